@@ -1,0 +1,220 @@
+"""The append-only, hash-chained audit log.
+
+Each entry stores ``hash = SHA-256(prev_hash || canonical_json(payload))``. The payload names
+subjects by their pseudonymous uid and carries only a SHA-256 of any free text, which lives in
+``audit_details`` where erasure can remove it without breaking the chain. Writers take the lock
+on the chain head row (``audit_head``), so on PostgreSQL concurrent writers are serialised and
+the sequence has no gaps; on SQLite the ledger's BEGIN IMMEDIATE does the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from consentsync.domain import canonical_json, iso
+from consentsync.ledger.schema import audit_details, audit_entries, audit_head
+
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One change to write down: what, old -> new, why, from where, by whom, in which run."""
+
+    action: str
+    what: dict[str, Any]
+    old: Any = None
+    new: Any = None
+    rule: str | None = None
+    source: str | None = None
+    actor: str | None = None
+    run_id: str | None = None
+    subject_uid: str | None = None
+    subject_id: int | None = None
+    details: dict[str, Any] | None = field(default=None)
+
+
+def chain_hash(prev_hash: str, payload_json: str) -> str:
+    return hashlib.sha256((prev_hash + payload_json).encode("utf-8")).hexdigest()
+
+
+def details_digest(details: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(details).encode("utf-8")).hexdigest()
+
+
+def append(conn: Connection, records: Sequence[AuditRecord], at: datetime) -> list[int]:
+    """Appends ``records`` in order inside the caller's transaction; returns their seqs."""
+    if not records:
+        return []
+    head = conn.execute(
+        select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
+    ).one()
+    seq, prev = head.seq, head.hash
+    stamp = iso(at)
+    entry_rows: list[dict[str, Any]] = []
+    detail_rows: list[dict[str, Any]] = []
+    for record in records:
+        seq += 1
+        payload: dict[str, Any] = {
+            "seq": seq,
+            "at": stamp,
+            "action": record.action,
+            "subject": record.subject_uid,
+            "run": record.run_id,
+            "what": record.what,
+            "old": record.old,
+            "new": record.new,
+            "rule": record.rule,
+            "source": record.source,
+            "actor": record.actor,
+        }
+        if record.details:
+            payload["details_sha256"] = details_digest(record.details)
+            detail_rows.append(
+                {
+                    "seq": seq,
+                    "subject_id": record.subject_id,
+                    "content": canonical_json(record.details),
+                }
+            )
+        text = canonical_json(payload)
+        digest = chain_hash(prev, text)
+        entry_rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "action": record.action,
+                "subject_uid": record.subject_uid,
+                "run_id": record.run_id,
+                "payload": text,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    conn.execute(insert(audit_entries), entry_rows)
+    if detail_rows:
+        conn.execute(insert(audit_details), detail_rows)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
+    return [row["seq"] for row in entry_rows]
+
+
+def erase_details(conn: Connection, subject_id: int) -> int:
+    """Removes the free text written about one subject; the chain keeps its digests."""
+    result = conn.execute(
+        update(audit_details)
+        .where(audit_details.c.subject_id == subject_id, audit_details.c.content.is_not(None))
+        .values(content=None)
+    )
+    return result.rowcount or 0
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    entries_checked: int
+    head_seq: int
+    broken_seq: int | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries_checked": self.entries_checked,
+            "head_seq": self.head_seq,
+            "broken_seq": self.broken_seq,
+            "problem": self.problem,
+        }
+
+
+def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
+    """Recomputes the chain from the genesis; names the first entry that does not verify."""
+    head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+    expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
+    last_seq = 0
+    while True:
+        rows = conn.execute(
+            select(
+                audit_entries.c.seq,
+                audit_entries.c.payload,
+                audit_entries.c.prev_hash,
+                audit_entries.c.hash,
+                audit_details.c.content,
+            )
+            .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+            .where(audit_entries.c.seq > last_seq)
+            .order_by(audit_entries.c.seq)
+            .limit(batch)
+        ).all()
+        if not rows:
+            break
+        for row in rows:
+            problem = _check_entry(row, expected_seq, expected_prev)
+            if problem:
+                return VerifyResult(False, checked, head.seq, row.seq, problem)
+            checked += 1
+            expected_prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
+    if last_seq != head.seq or expected_prev != head.hash:
+        return VerifyResult(
+            False,
+            checked,
+            head.seq,
+            last_seq + 1 if last_seq < head.seq else last_seq,
+            f"the chain ends at entry {last_seq} but its head says {head.seq}: entries were "
+            "removed from the end (or the head was altered)",
+        )
+    return VerifyResult(True, checked, head.seq)
+
+
+def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
+    if row.seq != expected_seq:
+        return f"entry {expected_seq} is missing (next present entry is {row.seq})"
+    if row.prev_hash != expected_prev:
+        return "prev_hash does not match the hash of the entry before it"
+    if chain_hash(row.prev_hash, row.payload) != row.hash:
+        return "hash does not match the entry's content: the entry was edited"
+    try:
+        payload = json.loads(row.payload)
+    except ValueError:
+        return "payload is not valid JSON"
+    if payload.get("seq") != row.seq:
+        return f"payload names seq {payload.get('seq')}: the entry was moved"
+    digest = payload.get("details_sha256")
+    if row.content is not None and digest != details_digest(json.loads(row.content)):
+        return "details do not match the digest in the chain: the details were edited"
+    return None
+
+
+def entries(
+    conn: Connection,
+    *,
+    subject_uids: Sequence[str] | None = None,
+    since: datetime | None = None,
+    action: str | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    query = (
+        select(audit_entries.c.seq, audit_entries.c.payload, audit_entries.c.hash, audit_details.c.content)
+        .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+        .order_by(audit_entries.c.seq)
+    )
+    if subject_uids is not None:
+        query = query.where(audit_entries.c.subject_uid.in_(list(subject_uids)))
+    if since is not None:
+        query = query.where(audit_entries.c.at >= since)
+    if action is not None:
+        query = query.where(audit_entries.c.action == action)
+    if limit is not None:
+        query = query.limit(limit)
+    for row in conn.execute(query):
+        entry = json.loads(row.payload)
+        entry["hash"] = row.hash
+        entry["details"] = json.loads(row.content) if row.content else None
+        yield entry

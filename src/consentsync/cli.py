@@ -1,0 +1,499 @@
+"""The command line: parses, calls a service, prints (tables for people, --json for scripts).
+
+Bad input exits with code 2 and a one-line error naming what was wrong and what is accepted;
+nothing is written before all input has been checked.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from consentsync.app import LedgerNotReady, open_ledger
+from consentsync.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    write_starter,
+)
+from consentsync.domain import (
+    ConsentStatus,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    normalise_email,
+    parse_enum,
+    parse_timestamp,
+)
+from consentsync.export import FORMATS, write_export
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.service import Ledger, NotFound
+from consentsync.logs import configure as configure_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"consentsync: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["consentsync.config"] = value
+
+
+def config_option(func: F) -> F:
+    """``--config`` is accepted before the command name and after it, on every command."""
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        expose_value=False,
+        is_eager=True,
+        callback=_store_config,
+        help="Config file (default ./consentsync.yaml, or $CONSENTSYNC_CONFIG).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def handled(func: F) -> F:
+    """Turns the errors people cause into one line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (InvalidInput, ConfigError, NotFound, LedgerNotReady) as error:
+            fail(str(error))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def current_config() -> Config:
+    ctx = click.get_current_context()
+    return load_config(default_config_path(ctx.meta.get("consentsync.config")))
+
+
+def current_ledger() -> Ledger:
+    return open_ledger(current_config())
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[_text(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _email(value: str) -> str:
+    return normalise_email(value)
+
+
+def _time(value: str | None, option: str) -> datetime | None:
+    return parse_timestamp(value, option) if value else None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@config_option
+@click.option("--log-level", default="WARNING", show_default=True, help="Log level (to stderr).")
+def main(log_level: str) -> None:
+    """consentsync: one truthful record of consent and lawful basis, every CRM in step with it."""
+    configure_logging(log_level)
+
+
+# -- init ------------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--ledger-url", metavar="URL", help="Ledger database URL for a new config.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config file.")
+@handled
+def init(ledger_url: str | None, force: bool) -> None:
+    """Write a commented starter config (if none exists) and create or upgrade the ledger."""
+    path = default_config_path(click.get_current_context().meta.get("consentsync.config"))
+    if path.exists() and not force:
+        click.echo(f"{path} exists: keeping it (use --force to overwrite)")
+    else:
+        key_path = write_starter(path, ledger_url)
+        click.echo(f"wrote {path} (erasure key in {key_path}, mode 0600: back it up)")
+    config = load_config(path)
+    open_ledger(config, migrate=True)
+    click.echo(f"ledger ready at {config.settings.ledger.url}")
+
+
+@main.command()
+@config_option
+@handled
+def migrate() -> None:
+    """Apply any pending ledger migrations."""
+    open_ledger(current_config(), migrate=True)
+    click.echo("ledger is up to date")
+
+
+# -- ledger ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def ledger() -> None:
+    """Record consent events and maintain the ledger."""
+
+
+@ledger.command("record")
+@config_option
+@click.option("--email", required=True, help="The person's email address.")
+@click.option("--purpose", required=True, help="A configured purpose key.")
+@click.option("--status", required=True, help="|".join(s.value for s in ConsentStatus))
+@click.option("--basis", help="Lawful basis (default: the purpose's).")
+@click.option("--channel", default="email", show_default=True, help="A configured channel.")
+@click.option("--source", required=True, help="Where it was captured (web_form, phone, ...).")
+@click.option("--at", "at", metavar="ISO8601", help="When the person acted (omit if unknown).")
+@click.option("--actor", help="Who recorded it (staff or system, never the subject's address).")
+@click.option("--notice-version", help="Version of the notice the person was shown.")
+@click.option("--double-opt-in-at", metavar="ISO8601", help="Double opt-in confirmation time.")
+@click.option("--evidence-ref", help="Reference to the proof (form submission id, recording, ...).")
+@json_option
+@handled
+def ledger_record(
+    email: str,
+    purpose: str,
+    status: str,
+    basis: str | None,
+    channel: str,
+    source: str,
+    at: str | None,
+    actor: str | None,
+    notice_version: str | None,
+    double_opt_in_at: str | None,
+    evidence_ref: str | None,
+    as_json: bool,
+) -> None:
+    """Record one consent event and show the effective state it leads to."""
+    address = _email(email)
+    if not source.strip():
+        raise InvalidInput("--source must not be empty")
+    target = current_ledger()
+    evidence = Evidence(
+        purpose=purpose.strip(),
+        channel=channel.strip().lower(),
+        status=parse_enum(ConsentStatus, status, "status"),
+        basis=parse_enum(LawfulBasis, basis, "lawful basis") if basis else None,
+        event_time=_time(at, "--at"),
+        observed_at=target.clock(),
+        source=source.strip(),
+        origin=Origin.CAPTURE,
+        actor=actor,
+        notice_version=notice_version,
+        double_opt_in_at=_time(double_opt_in_at, "--double-opt-in-at"),
+        evidence_ref=evidence_ref,
+    )
+    target.validate(evidence)
+    outcome = target.record(Identity(email=address), evidence)
+    result = {
+        "subject": outcome.subject_uid,
+        "duplicate": outcome.duplicate,
+        "before": outcome.before.as_dict() if outcome.before else None,
+        "after": outcome.after.as_dict() if outcome.after else None,
+    }
+    if as_json:
+        emit_json(result)
+    elif outcome.duplicate:
+        click.echo("already recorded: the same evidence is in the ledger; nothing changed")
+    else:
+        assert outcome.before is not None and outcome.after is not None
+        before, after = outcome.before, outcome.after
+        click.echo(
+            f"recorded {evidence.status.value} for {evidence.purpose}/{evidence.channel}: "
+            f"{before.status.value} -> {after.status.value}, basis {after.basis.value}, "
+            f"suppressed {_text(after.suppressed)} (rule {after.rule})"
+        )
+
+
+@ledger.command("expire")
+@config_option
+@json_option
+@handled
+def ledger_expire(as_json: bool) -> None:
+    """Record the expiry of every granted consent past its purpose's validity window."""
+    stats = current_ledger().expire_due()
+    if as_json:
+        emit_json({"expired": stats.recorded})
+    else:
+        click.echo(f"expired {stats.recorded} consent(s)")
+
+
+@ledger.command("requested")
+@config_option
+@click.option("--older-than", type=click.IntRange(min=0), metavar="DAYS", help="Default: policy.requested_stale_after_days.")
+@json_option
+@handled
+def ledger_requested(older_than: int | None, as_json: bool) -> None:
+    """Report consents requested and still unanswered after a while."""
+    config = current_config()
+    days = config.settings.policy.requested_stale_after_days if older_than is None else older_than
+    rows = open_ledger(config).stale_requests(days)
+    if as_json:
+        emit_json(rows)
+    else:
+        click.echo(f"consents requested more than {days} day(s) ago and still unanswered:")
+        print_table(rows, ["email", "purpose", "channel", "requested_since", "subject"])
+
+
+# -- objections ------------------------------------------------------------------------------------
+
+
+@main.group()
+def objection() -> None:
+    """Raise, review and decide objections (GDPR Art. 21)."""
+
+
+@objection.command("raise")
+@config_option
+@click.option("--email", required=True)
+@click.option("--purpose", required=True)
+@click.option("--direct-marketing", is_flag=True, help="An objection to direct marketing (Art. 21(2)): always upheld.")
+@click.option("--at", "at", metavar="ISO8601", help="When the person objected (default: now).")
+@click.option("--source", default="ops", show_default=True)
+@click.option("--actor")
+@json_option
+@handled
+def objection_raise(
+    email: str, purpose: str, direct_marketing: bool, at: str | None, source: str, actor: str | None, as_json: bool
+) -> None:
+    """Record an objection; the purpose's configuration decides whether it needs review."""
+    address = _email(email)
+    raised_at = _time(at, "--at")
+    result = current_ledger().raise_objection(
+        address, purpose.strip(), direct_marketing=direct_marketing, raised_at=raised_at, source=source, actor=actor
+    )
+    if as_json:
+        emit_json(result)
+    elif result["status"] == "pending":
+        click.echo(f"objection {result['id']} is pending review; {purpose} is suppressed until it is decided")
+    else:
+        click.echo(f"objection {result['id']} upheld ({result['decided_by']})")
+
+
+@objection.command("list")
+@config_option
+@click.option("--pending", is_flag=True, help="Only objections waiting for a decision.")
+@json_option
+@handled
+def objection_list(pending: bool, as_json: bool) -> None:
+    """List objections: pending first, oldest first."""
+    rows = current_ledger().list_objections(pending_only=pending)
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["id", "email", "purpose", "direct_marketing", "status", "raised_at", "decided_by"])
+
+
+@objection.command("decide")
+@config_option
+@click.argument("objection_id", type=int, metavar="ID")
+@click.option("--uphold", "decision", flag_value="uphold", help="Uphold the objection.")
+@click.option("--reject", "decision", flag_value="reject", help="Reject it: the controller's grounds override.")
+@click.option("--by", required=True, help="Who decides.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@json_option
+@handled
+def objection_decide(objection_id: int, decision: str | None, by: str, reason: str, as_json: bool) -> None:
+    """Decide a pending objection."""
+    if decision is None:
+        raise InvalidInput("say --uphold or --reject")
+    result = current_ledger().decide_objection(objection_id, uphold=decision == "uphold", by=by, reason=reason)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"objection {objection_id} {result['status']} by {by}")
+
+
+# -- erasure ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--email", required=True)
+@click.option("--reason", required=True, help="Why (kept with the suppression entry).")
+@click.option("--actor")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@handled
+def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) -> None:
+    """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
+    address = _email(email)
+    target = current_ledger()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Erase {address}? This cannot be undone", abort=True)
+    result = target.erase(address, reason=reason, actor=actor)
+    if as_json:
+        emit_json(result)
+    elif result["subject_known"]:
+        click.echo(f"erased subject {result['subject']}; suppression entry {result['suppression_id']} kept")
+    else:
+        click.echo(f"no subject held that address; suppression entry {result['suppression_id']} recorded")
+
+
+# -- subjects --------------------------------------------------------------------------------------
+
+
+@main.group()
+def subject() -> None:
+    """Look at one person's record."""
+
+
+@subject.command("show")
+@config_option
+@click.argument("email")
+@json_option
+@handled
+def subject_show(email: str, as_json: bool) -> None:
+    """Effective state per purpose and channel, with the deciding rule, and the full history."""
+    view = current_ledger().subject_view(_email(email))
+    if as_json:
+        emit_json(view)
+        return
+    click.echo(f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})")
+    if view["suppressed_by_erasure"]:
+        click.echo("  suppressed: this address was erased before")
+    click.echo("\neffective state:")
+    print_table(view["purposes"], ["purpose", "channel", "status", "basis", "suppressed", "rule", "since", "expires_at"])
+    click.echo("\nhistory:")
+    print_table(view["history"], ["event_time", "recorded_at", "purpose", "channel", "status", "basis", "source", "actor"])
+    if view["objections"]:
+        click.echo("\nobjections:")
+        print_table(view["objections"], ["id", "purpose", "direct_marketing", "status", "raised_at", "decided_by"])
+    if view["crm_records"]:
+        click.echo("\nCRM records:")
+        print_table(view["crm_records"], ["connector", "object", "record_id", "linked_at"])
+
+
+@subject.command("export")
+@config_option
+@click.argument("email")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True)
+@handled
+def subject_export(email: str, fmt: str, output: Path) -> None:
+    """Export one person's record as JSON, CSV or XLSX."""
+    view = current_ledger().subject_view(_email(email))
+    write_export(view, fmt, output)
+    click.echo(f"wrote {output}")
+
+
+# -- audit -----------------------------------------------------------------------------------------
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Read and verify the tamper-evident audit log."""
+
+
+@audit_group.command("log")
+@config_option
+@click.option("--email", help="Only entries about this person (also after erasure).")
+@click.option("--since", metavar="ISO8601")
+@click.option("--action", help="Only this action (consent.recorded, objection.decided, ...).")
+@click.option("--limit", type=click.IntRange(min=1))
+@json_option
+@handled
+def audit_log(email: str | None, since: str | None, action: str | None, limit: int | None, as_json: bool) -> None:
+    """List audit entries, oldest first."""
+    from consentsync import audit
+
+    target = current_ledger()
+    since_at = _time(since, "--since")
+    uids = target.subject_uids_for_email(_email(email)) if email else None
+    with target.engine.connect() as conn:
+        items = audit.entries(conn, subject_uids=uids, since=since_at, action=action, limit=limit)
+        if as_json:
+            _stream_json(items)
+        else:
+            print_table(
+                [_audit_row(entry) for entry in items],
+                ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"],
+            )
+
+
+def _audit_row(entry: dict[str, Any]) -> dict[str, Any]:
+    what = {k: v for k, v in (entry.get("what") or {}).items() if not k.endswith("fingerprint")}
+    return {
+        **entry,
+        "subject": (entry.get("subject") or "-")[:8],
+        "what": " ".join(f"{k}={_text(v)}" for k, v in what.items() if v is not None),
+        "change": f"{_brief(entry.get('old'))} -> {_brief(entry.get('new'))}",
+    }
+
+
+def _brief(state: Any) -> str:
+    """A state as people read it: ``granted`` or ``withdrawn (suppressed)``."""
+    if isinstance(state, dict) and "status" in state:
+        return state["status"] + (" (suppressed)" if state.get("suppressed") else "")
+    if isinstance(state, dict) and "suppressed" in state:
+        return "suppressed" if state["suppressed"] else "not suppressed"
+    return _text(state)
+
+
+def _stream_json(items: Iterable[dict[str, Any]]) -> None:
+    click.echo("[", nl=False)
+    for index, item in enumerate(items):
+        click.echo(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+    click.echo("\n]")
+
+
+@audit_group.command("verify")
+@config_option
+@json_option
+@handled
+def audit_verify(as_json: bool) -> None:
+    """Recompute the hash chain; exit 1 naming the first broken entry if it does not verify."""
+    from consentsync import audit
+
+    target = current_ledger()
+    with target.engine.connect() as conn:
+        result = audit.verify(conn)
+    if as_json:
+        emit_json(result.as_dict())
+    elif result.ok:
+        click.echo(f"audit chain verified: {result.entries_checked} entries, head at {result.head_seq}")
+    else:
+        click.echo(f"audit chain BROKEN at entry {result.broken_seq}: {result.problem}")
+    if not result.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""consentsync.yaml: loaded, secrets expanded from the environment, validated.
+
+Every error names the file, the line and the field, and what would have been accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from consentsync.domain import (
+    DEFAULT_CHANNELS,
+    LawfulBasis,
+    ObjectionHandling,
+    Purpose,
+)
+from consentsync.reconcile import Policy
+
+CONFIG_ENV = "CONSENTSYNC_CONFIG"
+ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
+DEFAULT_CONFIG_NAME = "consentsync.yaml"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LedgerSettings(_Strict):
+    url: str = "sqlite:///consentsync.db"
+
+
+class SecretSettings(_Strict):
+    erasure_hmac_key: str | None = None
+    erasure_hmac_key_file: str | None = None
+
+
+class PolicySettings(_Strict):
+    trusted_sources: list[str] = Field(
+        default_factory=lambda: ["web_form", "preference_center", "double_opt_in", "ops"]
+    )
+    requested_stale_after_days: int = Field(default=30, ge=1)
+    objection_handling: ObjectionHandling = ObjectionHandling.AUTO_UPHOLD
+
+
+class PurposeSettings(_Strict):
+    key: str
+    name: str
+    direct_marketing: bool = False
+    default_basis: LawfulBasis
+    validity_days: int | None = Field(default=None, ge=1)
+    objection_handling: ObjectionHandling | None = None
+    channels: list[str] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key_shape(cls, value: str) -> str:
+        if not _KEY.match(value):
+            raise ValueError("expected lower-case letters, digits and _, starting with a letter")
+        return value
+
+
+class Settings(_Strict):
+    version: Literal[1] = 1
+    ledger: LedgerSettings = LedgerSettings()
+    secrets: SecretSettings = SecretSettings()
+    policy: PolicySettings = PolicySettings()
+    channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
+    purposes: list[PurposeSettings] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        seen: set[str] = set()
+        for index, purpose in enumerate(self.purposes):
+            if purpose.key in seen:
+                raise _located(("purposes", index, "key"), f"duplicate purpose key {purpose.key!r}")
+            seen.add(purpose.key)
+            for channel in purpose.channels or []:
+                if channel not in self.channels:
+                    raise _located(
+                        ("purposes", index, "channels"),
+                        f"unknown channel {channel!r}: accepted are {', '.join(self.channels)}",
+                    )
+        for channel in self.channels:
+            if not _KEY.match(channel):
+                raise _located(("channels",), f"channel {channel!r} must be a lower-case word")
+        return self
+
+
+class _LocatedError(ValueError):
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _located(loc: tuple[str | int, ...], message: str) -> _LocatedError:
+    return _LocatedError(loc, message)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The loaded configuration, with paths resolved and purposes turned into domain objects."""
+
+    path: Path
+    settings: Settings
+
+    @property
+    def ledger_url(self) -> str:
+        return resolve_sqlite_url(self.settings.ledger.url, self.path.parent)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.settings.channels)
+
+    @property
+    def purposes(self) -> dict[str, Purpose]:
+        default = self.settings.policy.objection_handling
+        return {
+            p.key: Purpose(
+                key=p.key,
+                name=p.name,
+                direct_marketing=p.direct_marketing,
+                default_basis=p.default_basis,
+                validity_days=p.validity_days,
+                objection_handling=p.objection_handling or default,
+                channels=tuple(p.channels or self.settings.channels),
+            )
+            for p in self.settings.purposes
+        }
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(trusted_sources=frozenset(self.settings.policy.trusted_sources))
+
+    def erasure_key(self) -> bytes:
+        """The HMAC key for erasure suppressions: environment first, then the configured file."""
+        from_env = os.environ.get(ERASURE_KEY_ENV)
+        if from_env:
+            return from_env.encode()
+        if self.settings.secrets.erasure_hmac_key:
+            return self.settings.secrets.erasure_hmac_key.encode()
+        key_file = self.settings.secrets.erasure_hmac_key_file
+        if key_file:
+            path = Path(key_file)
+            if not path.is_absolute():
+                path = self.path.parent / path
+            try:
+                key = path.read_text().strip()
+            except OSError as error:
+                raise ConfigError(
+                    f"{self.path}: secrets.erasure_hmac_key_file: cannot read {path}: {error.strerror}"
+                ) from None
+            if len(key) < 16:
+                raise ConfigError(f"{path}: the erasure key must be at least 16 characters")
+            return key.encode()
+        raise ConfigError(
+            f"{self.path}: no erasure key: set {ERASURE_KEY_ENV} or secrets.erasure_hmac_key_file"
+        )
+
+
+def resolve_sqlite_url(url: str, base: Path) -> str:
+    """A relative SQLite path is relative to the config file, not to wherever the daemon runs."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:" and not Path(rest).is_absolute():
+            return prefix + str((base / rest).resolve())
+    return url
+
+
+def default_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found (run 'consentsync init' to write a starter one, "
+            f"or pass --config / set {CONFIG_ENV})"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {error.problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: expected a mapping of settings at the top level")
+    lines = _line_index(root)
+    try:
+        expanded = _expand_env(raw, ())
+    except _LocatedError as error:
+        raise ConfigError(_where(path, lines, error.loc) + str(error)) from None
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, path, lines)) from None
+    return Config(path=path, settings=settings)
+
+
+def _expand_env(value: Any, loc: tuple[str | int, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, (*loc, i)) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise _LocatedError(loc, f"environment variable {name} is not set")
+            return os.environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
+    """Maps each path in the document to the 1-based line it starts on."""
+    index: dict[tuple[str | int, ...], int] = {}
+
+    def walk(current: yaml.Node, loc: tuple[str | int, ...]) -> None:
+        index[loc] = current.start_mark.line + 1
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                key = key_node.value
+                index[(*loc, key)] = key_node.start_mark.line + 1
+                walk(value_node, (*loc, key))
+                index[(*loc, key)] = key_node.start_mark.line + 1
+        elif isinstance(current, yaml.SequenceNode):
+            for position, item in enumerate(current.value):
+                walk(item, (*loc, position))
+
+    if node is not None:
+        walk(node, ())
+    return index
+
+
+def _line(path: Path, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
+    probe = tuple(loc)
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    return f"{path}:{lines.get(probe, 1)}"
+
+
+def _where(path: Path, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
+    field = _dotted(loc)
+    return f"{_line(path, lines, loc)}: {field}: " if field else f"{_line(path, lines, loc)}: "
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(error: ValidationError, path: Path, lines: dict[tuple[str | int, ...], int]) -> str:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    kind = first["type"]
+    ctx = first.get("ctx") or {}
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = ", ".join(_allowed_keys(parent))
+        where = _dotted(parent) or "the top level"
+        return f"{_line(path, lines, loc)}: unknown key {loc[-1]!r} in {where}: accepted are {allowed}"
+    if kind == "enum":
+        return _where(path, lines, loc) + f"got {first['input']!r}: accepted are {ctx.get('expected')}"
+    if kind == "value_error" and isinstance(ctx.get("error"), _LocatedError):
+        located: _LocatedError = ctx["error"]
+        return _where(path, lines, located.loc) + str(located)
+    if kind == "missing":
+        return f"{_line(path, lines, loc)}: missing required key {_dotted(loc)!r}"
+    return _where(path, lines, loc) + f"{first['msg']} (got {first.get('input')!r})"
+
+
+def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
+    model: Any = Settings
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        model = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def starter_config_text() -> str:
+    return resources.files("consentsync").joinpath("starter_config.yaml").read_text(encoding="utf-8")
+
+
+def write_starter(path: Path, ledger_url: str | None = None) -> Path:
+    """Writes the commented starter config and a fresh erasure key beside it (mode 0600)."""
+    text = starter_config_text()
+    if ledger_url:
+        text = text.replace("url: sqlite:///consentsync.db", f"url: {ledger_url}", 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    key_path = path.parent / "consentsync.key"
+    if not key_path.exists():
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+    return key_path

@@ -1,0 +1,199 @@
+"""Who is who: subjects found by CRM record id first, then by normalised email.
+
+Duplicates (several CRM records, in one or several CRMs, with the same email) are linked to one
+subject and never deleted. An email whose owner was erased is recognised by its keyed hash and the
+new subject starts suppressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, insert, select, tuple_
+
+from consentsync.audit import AuditRecord
+from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
+
+EMAIL = "email"
+_CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CrmLink:
+    connector: str
+    object_type: str
+    record_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How an incoming record names its person: a CRM record, an email, or both (or, for
+    consentsync's own events, the subject id itself)."""
+
+    email: str | None = None
+    link: CrmLink | None = None
+    subject_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.email is None and self.link is None and self.subject_id is None:
+            raise ValueError("an identity needs an email, a CRM record or a subject id")
+
+
+def email_hmac(key: bytes, email: str) -> str:
+    return hmac.new(key, email.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SubjectResolver:
+    """Resolves a batch of identities to subject ids in one round of queries, creating subjects
+    (and their identifiers and links) that are new. Runs inside the caller's transaction."""
+
+    def __init__(self, conn: Connection, erasure_key: bytes, now: datetime, run_id: str | None):
+        self.conn = conn
+        self.key = erasure_key
+        self.now = now
+        self.run_id = run_id
+        self.audit: list[AuditRecord] = []
+
+    def resolve(self, identities: Sequence[Identity]) -> list[int]:
+        by_link = self._find_links({i.link for i in identities if i.link})
+        by_email = self._find_emails({i.email for i in identities if i.email})
+        unknown: dict[object, Identity] = {}
+        for identity in identities:
+            if identity.subject_id is not None:
+                continue
+            known = (by_link.get(identity.link) if identity.link else None) or (
+                by_email.get(identity.email) if identity.email else None
+            )
+            if known is None:
+                unknown.setdefault(identity.email or identity.link, identity)
+        created_for_link: dict[CrmLink, int] = {}
+        for identity, subject_id in zip(unknown.values(), self._create(list(unknown.values())), strict=True):
+            if identity.email:
+                by_email[identity.email] = subject_id
+            elif identity.link:
+                created_for_link[identity.link] = subject_id  # its link row is written below
+
+        resolved: list[int] = []
+        new_links: list[dict[str, Any]] = []
+        new_emails: list[dict[str, Any]] = []
+        for identity in identities:
+            subject_id = identity.subject_id
+            if subject_id is None and identity.link:
+                subject_id = by_link.get(identity.link)
+            if subject_id is None and identity.email:
+                subject_id = by_email.get(identity.email)
+            if subject_id is None and identity.link:
+                subject_id = created_for_link.get(identity.link)
+            assert subject_id is not None  # every unknown identity was created above
+            if identity.email and identity.email not in by_email:
+                new_emails.append({"subject_id": subject_id, "kind": EMAIL, "value": identity.email})
+                by_email[identity.email] = subject_id
+            if identity.link and identity.link not in by_link:
+                new_links.append(
+                    {
+                        "subject_id": subject_id,
+                        "connector": identity.link.connector,
+                        "object_type": identity.link.object_type,
+                        "record_id": identity.link.record_id,
+                        "linked_at": self.now,
+                    }
+                )
+                by_link[identity.link] = subject_id
+            resolved.append(subject_id)
+        if new_emails:
+            self.conn.execute(insert(subject_identifiers), new_emails)
+        if new_links:
+            self.conn.execute(insert(crm_links), new_links)
+        return resolved
+
+    def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
+        found: dict[CrmLink, int] = {}
+        key = tuple_(crm_links.c.connector, crm_links.c.object_type, crm_links.c.record_id)
+        for chunk in _chunks(sorted(links, key=lambda link: (link.connector, link.record_id))):
+            rows = self.conn.execute(
+                select(crm_links).where(key.in_([(c.connector, c.object_type, c.record_id) for c in chunk]))
+            )
+            for row in rows:
+                found[CrmLink(row.connector, row.object_type, row.record_id)] = row.subject_id
+        return found
+
+    def _find_emails(self, emails: set[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(sorted(emails)):
+            rows = self.conn.execute(
+                select(subject_identifiers.c.value, subject_identifiers.c.subject_id).where(
+                    subject_identifiers.c.kind == EMAIL, subject_identifiers.c.value.in_(chunk)
+                )
+            )
+            found.update({row.value: row.subject_id for row in rows})
+        return found
+
+    def _create(self, identities: Sequence[Identity]) -> list[int]:
+        if not identities:
+            return []
+        hashes = {i.email: email_hmac(self.key, i.email) for i in identities if i.email}
+        suppressed: dict[str, int] = {}
+        for chunk in _chunks(sorted(set(hashes.values()))):
+            rows = self.conn.execute(
+                select(suppressions.c.email_hmac, suppressions.c.id).where(
+                    suppressions.c.email_hmac.in_(chunk)
+                )
+            )
+            suppressed.update({row.email_hmac: row.id for row in rows})
+        rows = [
+            {
+                "uid": str(uuid.uuid4()),
+                "created_at": self.now,
+                "restricted": False,
+                "suppression_id": suppressed.get(hashes[i.email]) if i.email else None,
+            }
+            for i in identities
+        ]
+        ids = list(
+            self.conn.execute(
+                insert(subjects).returning(subjects.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+        )
+        emails = [
+            {"subject_id": subject_id, "kind": EMAIL, "value": identity.email}
+            for identity, subject_id in zip(identities, ids, strict=True)
+            if identity.email
+        ]
+        if emails:
+            self.conn.execute(insert(subject_identifiers), emails)
+        for identity, subject_id, row in zip(identities, ids, rows, strict=True):
+            erased_before = row["suppression_id"] is not None
+            self.audit.append(
+                AuditRecord(
+                    action="subject.created",
+                    what={
+                        "identifiers": [EMAIL] if identity.email else [],
+                        "crm_record": _link_json(identity.link),
+                    },
+                    new={"suppressed_by_earlier_erasure": erased_before},
+                    rule="erasure_suppression" if erased_before else None,
+                    run_id=self.run_id,
+                    subject_uid=row["uid"],
+                    subject_id=subject_id,
+                )
+            )
+        return ids
+
+
+def _link_json(link: CrmLink | None) -> dict[str, str] | None:
+    if link is None:
+        return None
+    return {"connector": link.connector, "object": link.object_type, "id": link.record_id}

@@ -1,0 +1,204 @@
+"""The ledger's tables (SQLAlchemy Core). Alembic migrations create them; this is their map.
+
+Personal data (email addresses, free-text reasons) lives only in tables that erasure may change:
+``subject_identifiers`` and ``audit_details``. The append-only tables (``consent_events``,
+``audit_entries``) carry pseudonymous subject ids and content hashes only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which keeps no offset) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger: times must carry an offset")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Timestamp = UTCDateTime()
+
+subjects = Table(
+    "subjects",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Pseudonymous public id: what the audit log and exports name instead of a person.
+    Column("uid", String(36), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("erased_at", Timestamp),
+    Column("suppression_id", Integer, ForeignKey("suppressions.id")),
+    Column("restricted", Boolean, nullable=False, default=False),
+)
+
+subject_identifiers = Table(
+    "subject_identifiers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("value", String(320), nullable=False),
+    UniqueConstraint("kind", "value"),
+)
+
+crm_links = Table(
+    "crm_links",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False, index=True),
+    Column("connector", String(64), nullable=False),
+    Column("object_type", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("linked_at", Timestamp, nullable=False),
+    UniqueConstraint("connector", "object_type", "record_id"),
+)
+
+purposes = Table(
+    "purposes",
+    metadata,
+    Column("key", String(63), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("direct_marketing", Boolean, nullable=False),
+    Column("default_basis", String(32), nullable=False),
+    Column("validity_days", Integer),
+    Column("objection_handling", String(16), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False),
+    Column("purpose", String(63), ForeignKey("purposes.key"), nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("basis", String(32)),
+    Column("event_time", Timestamp),
+    Column("recorded_at", Timestamp, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("actor", String(200)),
+    Column("notice_version", String(100)),
+    Column("double_opt_in_at", Timestamp),
+    Column("evidence_ref", String(500)),
+    Column("fingerprint", String(64), nullable=False),
+    Column("run_id", String(36)),
+    # Replaying the same evidence must not add a row: the fingerprint is the statement's identity.
+    UniqueConstraint("fingerprint", "subject_id"),
+)
+
+consent_states = Table(
+    "consent_states",
+    metadata,
+    Column("subject_id", Integer, ForeignKey("subjects.id"), primary_key=True),
+    Column("purpose", String(63), ForeignKey("purposes.key"), primary_key=True),
+    Column("channel", String(32), primary_key=True),
+    Column("summary", Text, nullable=False),
+    # Effective state as of updated_at, for queries; readers recompute it against the clock.
+    Column("status", String(16), nullable=False),
+    Column("basis", String(32), nullable=False),
+    Column("suppressed", Boolean, nullable=False),
+    Column("rule", String(64), nullable=False),
+    Column("since", Timestamp),
+    Column("expires_at", Timestamp),
+    Column("updated_at", Timestamp, nullable=False),
+    Index("ix_consent_states_status_since", "status", "since"),
+    Index("ix_consent_states_expires_at", "expires_at"),
+)
+
+objections = Table(
+    "objections",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False, index=True),
+    Column("purpose", String(63), ForeignKey("purposes.key"), nullable=False),
+    Column("direct_marketing", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("raised_at", Timestamp, nullable=False),
+    Column("recorded_at", Timestamp, nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("decided_by", String(200)),
+    Column("decided_at", Timestamp),
+    Index("ix_objections_status_raised_at", "status", "raised_at"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # HMAC-SHA256 of the normalised email under the configured key: never the address itself.
+    Column("email_hmac", String(64), nullable=False, unique=True),
+    Column("reason", String(500), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("at", Timestamp, nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject_uid", String(36), index=True),
+    Column("run_id", String(36), index=True),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+audit_details = Table(
+    "audit_details",
+    metadata,
+    Column("seq", Integer, ForeignKey("audit_entries.seq"), primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), index=True),
+    # Free text that may hold personal data; the chain holds only its SHA-256.
+    Column("content", Text),
+)
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)

@@ -1,0 +1,859 @@
+"""The consent ledger: the one place that writes consent events, states, objections, erasures
+and their audit entries, each change in one transaction with its audit entry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from consentsync import audit
+from consentsync.audit import AuditRecord
+from consentsync.domain import (
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    ObjectionFact,
+    ObjectionHandling,
+    ObjectionStatus,
+    Origin,
+    Purpose,
+    SubjectFlags,
+    canonical_json,
+    iso,
+)
+from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
+from consentsync.ledger.schema import (
+    consent_events,
+    consent_states,
+    crm_links,
+    objections,
+    purposes as purposes_table,
+    subject_identifiers,
+    subjects,
+    suppressions,
+)
+from consentsync.reconcile import Policy, Summary, effective_state, reconcile
+
+EXPIRY_SOURCE = "consentsync:expiry"
+_STATE_KEY = ("subject_id", "purpose", "channel")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRequest:
+    identity: Identity
+    evidence: Evidence
+
+
+@dataclass(slots=True)
+class RecordStats:
+    received: int = 0
+    recorded: int = 0
+    duplicates: int = 0
+    state_changes: int = 0
+    subjects_created: int = 0
+
+    def add(self, other: RecordStats) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    subject_uid: str
+    duplicate: bool
+    before: EffectiveState | None
+    after: EffectiveState | None
+
+
+class NotFound(LookupError):
+    """The email, objection or subject asked for is not in the ledger."""
+
+
+@dataclass(slots=True)
+class _SubjectContext:
+    uid: str
+    flags: SubjectFlags
+    objections: list[ObjectionFact] = field(default_factory=list)
+
+
+class Ledger:
+    def __init__(
+        self,
+        engine: Engine,
+        purposes: dict[str, Purpose],
+        policy: Policy,
+        erasure_key: Callable[[], bytes],
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.purposes = purposes
+        self.policy = policy
+        self._erasure_key = erasure_key
+        self.clock = clock
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def sync_purposes(self, actor: str = "config") -> list[str]:
+        """Mirrors the configured purposes into the ledger; audits each one added or changed."""
+        now = self.clock()
+        changed: list[str] = []
+        with self.engine.begin() as conn:
+            stored = {row.key: row for row in conn.execute(select(purposes_table))}
+            records: list[AuditRecord] = []
+            for purpose in self.purposes.values():
+                wanted = _purpose_row(purpose)
+                old = stored.get(purpose.key)
+                old_view = {k: getattr(old, k) for k in wanted} if old else None
+                if old_view == wanted:
+                    continue
+                if old is None:
+                    conn.execute(insert(purposes_table).values(**wanted, updated_at=now))
+                else:
+                    conn.execute(
+                        update(purposes_table)
+                        .where(purposes_table.c.key == purpose.key)
+                        .values(**wanted, updated_at=now)
+                    )
+                records.append(
+                    AuditRecord(
+                        "purpose.configured", {"purpose": purpose.key}, old_view, wanted, actor=actor
+                    )
+                )
+                changed.append(purpose.key)
+            audit.append(conn, records, now)
+        return changed
+
+    # -- consent events ------------------------------------------------------------------------
+
+    def validate(self, evidence: Evidence) -> Purpose:
+        purpose = self.purposes.get(evidence.purpose)
+        if purpose is None:
+            raise InvalidInput(
+                f"unknown purpose {evidence.purpose!r}: configured are {', '.join(self.purposes)}"
+            )
+        if evidence.channel not in purpose.channels:
+            raise InvalidInput(
+                f"channel {evidence.channel!r} is not configured for purpose {purpose.key!r}: "
+                f"accepted are {', '.join(purpose.channels)}"
+            )
+        return purpose
+
+    def record(
+        self, identity: Identity, evidence: Evidence, *, run_id: str | None = None
+    ) -> RecordOutcome:
+        outcomes: list[RecordOutcome] = []
+        self._record_batch([RecordRequest(identity, evidence)], run_id, outcomes)
+        return outcomes[0]
+
+    def record_many(
+        self, requests: Iterable[RecordRequest], *, run_id: str | None = None, batch_size: int = 2000
+    ) -> RecordStats:
+        """Records a stream of evidence, one transaction per batch; memory stays flat."""
+        total = RecordStats()
+        iterator = iter(requests)
+        while batch := list(islice(iterator, batch_size)):
+            total.add(self._record_batch(batch, run_id, None))
+        return total
+
+    def _record_batch(
+        self,
+        batch: Sequence[RecordRequest],
+        run_id: str | None,
+        outcomes: list[RecordOutcome] | None,
+    ) -> RecordStats:
+        for request in batch:
+            self.validate(request.evidence)
+        now = self.clock()
+        stats = RecordStats(received=len(batch))
+        with self.engine.begin() as conn:
+            resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
+            subject_ids = resolver.resolve([r.identity for r in batch])
+            stats.subjects_created = len(resolver.audit)
+            contexts = self._contexts(conn, set(subject_ids))
+            states = self._load_summaries(conn, set(subject_ids))
+            seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
+            events: list[dict[str, Any]] = []
+            records: list[AuditRecord] = list(resolver.audit)
+            dirty: dict[tuple[int, str, str], EffectiveState] = {}
+            for request, subject_id in zip(batch, subject_ids, strict=True):
+                evidence = request.evidence
+                context = contexts[subject_id]
+                fingerprint = evidence.fingerprint()
+                if (subject_id, fingerprint) in seen:
+                    stats.duplicates += 1
+                    if outcomes is not None:
+                        outcomes.append(RecordOutcome(context.uid, True, None, None))
+                    continue
+                seen.add((subject_id, fingerprint))
+                key = (subject_id, evidence.purpose, evidence.channel)
+                decision = reconcile(
+                    states.get(key),
+                    evidence,
+                    self.purposes[evidence.purpose],
+                    self.policy,
+                    flags=context.flags,
+                    objections=context.objections,
+                    now=now,
+                )
+                states[key] = decision.summary
+                dirty[key] = decision.after
+                stats.recorded += 1
+                stats.state_changes += decision.changed
+                events.append(_event_row(subject_id, evidence, fingerprint, run_id))
+                records.append(_recorded_entry(evidence, fingerprint, decision.before, decision.after, context.uid, subject_id, run_id))
+                if outcomes is not None:
+                    outcomes.append(RecordOutcome(context.uid, False, decision.before, decision.after))
+            if events:
+                conn.execute(insert(consent_events), events)
+            self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
+            audit.append(conn, records, now)
+        return stats
+
+    # -- objections ----------------------------------------------------------------------------
+
+    def raise_objection(
+        self,
+        email: str,
+        purpose_key: str,
+        *,
+        direct_marketing: bool = False,
+        raised_at: datetime | None = None,
+        source: str = "ops",
+        actor: str | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        purpose = self._purpose(purpose_key)
+        now = self.clock()
+        raised_at = raised_at or now
+        # Art. 21(2): an objection to direct marketing is absolute, whatever the configuration.
+        is_dm = direct_marketing or purpose.direct_marketing
+        if is_dm:
+            status, decided_by = ObjectionStatus.UPHELD, "policy:art21(2)_direct_marketing"
+        elif purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD:
+            status, decided_by = ObjectionStatus.UPHELD, "policy:auto_uphold"
+        else:
+            status, decided_by = ObjectionStatus.PENDING, None
+        with self.engine.begin() as conn:
+            resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
+            (subject_id,) = resolver.resolve([Identity(email=email)])
+            before = self._contexts(conn, {subject_id})[subject_id]
+            objection_id = conn.execute(
+                insert(objections)
+                .values(
+                    subject_id=subject_id,
+                    purpose=purpose.key,
+                    direct_marketing=is_dm,
+                    status=status.value,
+                    raised_at=raised_at,
+                    recorded_at=now,
+                    source=source,
+                    decided_by=decided_by,
+                    decided_at=now if decided_by else None,
+                )
+                .returning(objections.c.id)
+            ).scalar_one()
+            after = self._contexts(conn, {subject_id})[subject_id]
+            records = [
+                *resolver.audit,
+                AuditRecord(
+                    "objection.raised",
+                    {"objection": objection_id, "purpose": purpose.key, "direct_marketing": is_dm},
+                    old=None,
+                    new=status.value,
+                    rule="art21(2)_absolute" if is_dm else f"purpose_{purpose.objection_handling.value}",
+                    source=source,
+                    actor=actor,
+                    run_id=run_id,
+                    subject_uid=after.uid,
+                    subject_id=subject_id,
+                ),
+            ]
+            affected = self._affected_purposes(purpose, is_dm)
+            records += self._refresh(conn, subject_id, affected, before, after, now, run_id, source, actor)
+            audit.append(conn, records, now)
+        return {
+            "id": objection_id,
+            "subject": after.uid,
+            "purpose": purpose.key,
+            "direct_marketing": is_dm,
+            "status": status.value,
+            "decided_by": decided_by,
+        }
+
+    def list_objections(self, *, pending_only: bool = False) -> list[dict[str, Any]]:
+        query = (
+            select(objections, subjects.c.uid, subject_identifiers.c.value.label("email"))
+            .join(subjects, subjects.c.id == objections.c.subject_id)
+            .outerjoin(
+                subject_identifiers,
+                and_(
+                    subject_identifiers.c.subject_id == subjects.c.id,
+                    subject_identifiers.c.kind == "email",
+                ),
+            )
+        )
+        if pending_only:
+            query = query.where(objections.c.status == ObjectionStatus.PENDING.value)
+        # Pending first, oldest first: the review queue's order.
+        query = query.order_by(
+            (objections.c.status != ObjectionStatus.PENDING.value), objections.c.raised_at, objections.c.id
+        )
+        with self.engine.connect() as conn:
+            return [_objection_view(row) for row in conn.execute(query)]
+
+    def decide_objection(
+        self, objection_id: int, *, uphold: bool, by: str, reason: str, run_id: str | None = None
+    ) -> dict[str, Any]:
+        if not by.strip():
+            raise InvalidInput("--by must name the person deciding")
+        if not reason.strip():
+            raise InvalidInput("--reason must say why: a decision without a reason cannot be audited")
+        now = self.clock()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(objections).where(objections.c.id == objection_id).with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise NotFound(f"no objection with id {objection_id}")
+            if row.status != ObjectionStatus.PENDING.value:
+                raise InvalidInput(
+                    f"objection {objection_id} is already {row.status}: only pending objections "
+                    "can be decided"
+                )
+            before = self._contexts(conn, {row.subject_id})[row.subject_id]
+            status = ObjectionStatus.UPHELD if uphold else ObjectionStatus.REJECTED
+            conn.execute(
+                update(objections)
+                .where(objections.c.id == objection_id)
+                .values(status=status.value, decided_by=by, decided_at=now)
+            )
+            after = self._contexts(conn, {row.subject_id})[row.subject_id]
+            records = [
+                AuditRecord(
+                    "objection.decided",
+                    {"objection": objection_id, "purpose": row.purpose},
+                    old=ObjectionStatus.PENDING.value,
+                    new=status.value,
+                    rule="manual_review",
+                    source="review",
+                    actor=by,
+                    run_id=run_id,
+                    subject_uid=after.uid,
+                    subject_id=row.subject_id,
+                    details={"reason": reason},
+                )
+            ]
+            purpose = self._purpose(row.purpose)
+            affected = self._affected_purposes(purpose, row.direct_marketing)
+            records += self._refresh(conn, row.subject_id, affected, before, after, now, run_id, "review", by)
+            audit.append(conn, records, now)
+        return {"id": objection_id, "status": status.value, "decided_by": by, "subject": after.uid}
+
+    # -- erasure -------------------------------------------------------------------------------
+
+    def erase(self, email: str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
+        """Art. 17: personal data goes; a keyed hash stays so the person is never re-imported."""
+        if not reason.strip():
+            raise InvalidInput("--reason must say why the subject is erased")
+        now = self.clock()
+        digest = email_hmac(self._erasure_key(), email)
+        with self.engine.begin() as conn:
+            suppression_id = conn.execute(
+                select(suppressions.c.id).where(suppressions.c.email_hmac == digest)
+            ).scalar()
+            if suppression_id is None:
+                suppression_id = conn.execute(
+                    insert(suppressions)
+                    .values(email_hmac=digest, reason=reason, created_at=now)
+                    .returning(suppressions.c.id)
+                ).scalar_one()
+            subject_id = conn.execute(
+                select(subject_identifiers.c.subject_id).where(
+                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
+                )
+            ).scalar()
+            records: list[AuditRecord] = []
+            uid = None
+            if subject_id is not None:
+                before = self._contexts(conn, {subject_id})[subject_id]
+                uid = before.uid
+                conn.execute(
+                    update(subjects)
+                    .where(subjects.c.id == subject_id)
+                    .values(erased_at=now, suppression_id=suppression_id)
+                )
+                conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == subject_id))
+                erased_details = audit.erase_details(conn, subject_id)
+                after = self._contexts(conn, {subject_id})[subject_id]
+                records += self._refresh(
+                    conn, subject_id, list(self.purposes.values()), before, after, now, None, "erasure", actor
+                )
+            else:
+                erased_details = 0
+            records.insert(
+                0,
+                AuditRecord(
+                    "subject.erased",
+                    {"suppression": suppression_id, "subject_known": subject_id is not None},
+                    old=None,
+                    new={"suppressed": True, "audit_details_erased": erased_details},
+                    rule="erasure_suppression",
+                    source="erasure",
+                    actor=actor,
+                    subject_uid=uid,
+                    details={"reason": reason},
+                ),
+            )
+            audit.append(conn, records, now)
+        return {
+            "subject": uid,
+            "suppression_id": suppression_id,
+            "subject_known": subject_id is not None,
+            "audit_details_erased": erased_details,
+        }
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def expire_due(self, *, batch_size: int = 2000) -> RecordStats:
+        """Writes an ``expired`` event for every granted consent past its validity window."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            due = conn.execute(
+                select(consent_states).where(
+                    consent_states.c.status == ConsentStatus.GRANTED.value,
+                    consent_states.c.expires_at <= now,
+                )
+            ).all()
+        requests = [
+            RecordRequest(
+                Identity(subject_id=row.subject_id),
+                Evidence(
+                    purpose=row.purpose,
+                    channel=row.channel,
+                    status=ConsentStatus.EXPIRED,
+                    basis=LawfulBasis(row.basis),
+                    event_time=row.expires_at,
+                    observed_at=now,
+                    source=EXPIRY_SOURCE,
+                    origin=Origin.SYSTEM,
+                    actor="consentsync",
+                ),
+            )
+            for row in due
+        ]
+        return self.record_many(requests, batch_size=batch_size)
+
+    def stale_requests(self, older_than_days: int) -> list[dict[str, Any]]:
+        """Consents requested and still unanswered after ``older_than_days``."""
+        cutoff = self.clock() - timedelta(days=older_than_days)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(consent_states, subjects.c.uid, subject_identifiers.c.value.label("email"))
+                .join(subjects, subjects.c.id == consent_states.c.subject_id)
+                .outerjoin(
+                    subject_identifiers,
+                    and_(
+                        subject_identifiers.c.subject_id == subjects.c.id,
+                        subject_identifiers.c.kind == "email",
+                    ),
+                )
+                .where(
+                    consent_states.c.status == ConsentStatus.REQUESTED.value,
+                    consent_states.c.since <= cutoff,
+                )
+                .order_by(consent_states.c.since)
+            ).all()
+        return [
+            {
+                "subject": row.uid,
+                "email": row.email,
+                "purpose": row.purpose,
+                "channel": row.channel,
+                "requested_since": iso(row.since),
+            }
+            for row in rows
+        ]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def subject_view(self, email: str) -> dict[str, Any]:
+        """Everything the ledger holds about one person, effective state recomputed now."""
+        now = self.clock()
+        with self.engine.connect() as conn:
+            subject_id = conn.execute(
+                select(subject_identifiers.c.subject_id).where(
+                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
+                )
+            ).scalar()
+            if subject_id is None:
+                erased = self._erased_subject_uids(conn, email)
+                hint = " (it was erased: only its suppression entry remains)" if erased else ""
+                raise NotFound(f"no subject with email {email!r} in the ledger{hint}")
+            context = self._contexts(conn, {subject_id})[subject_id]
+            summaries = self._load_summaries(conn, {subject_id})
+            subject = conn.execute(select(subjects).where(subjects.c.id == subject_id)).one()
+            states = [
+                effective_state(
+                    summaries.get((subject_id, purpose.key, channel), Summary()),
+                    purpose,
+                    channel,
+                    flags=context.flags,
+                    objections=context.objections,
+                    now=now,
+                ).as_dict()
+                for purpose in self.purposes.values()
+                for channel in purpose.channels
+            ]
+            history = [
+                _event_view(row)
+                for row in conn.execute(
+                    select(consent_events)
+                    .where(consent_events.c.subject_id == subject_id)
+                    .order_by(consent_events.c.id)
+                )
+            ]
+            links = [
+                {
+                    "connector": row.connector,
+                    "object": row.object_type,
+                    "record_id": row.record_id,
+                    "linked_at": iso(row.linked_at),
+                }
+                for row in conn.execute(
+                    select(crm_links).where(crm_links.c.subject_id == subject_id).order_by(crm_links.c.id)
+                )
+            ]
+            subject_objections = [
+                _objection_view(row)
+                for row in conn.execute(
+                    select(objections, subjects.c.uid, subject_identifiers.c.value.label("email"))
+                    .join(subjects, subjects.c.id == objections.c.subject_id)
+                    .outerjoin(
+                        subject_identifiers,
+                        and_(
+                            subject_identifiers.c.subject_id == subjects.c.id,
+                            subject_identifiers.c.kind == "email",
+                        ),
+                    )
+                    .where(objections.c.subject_id == subject_id)
+                    .order_by(objections.c.id)
+                )
+            ]
+        return {
+            "subject": context.uid,
+            "email": email,
+            "created_at": iso(subject.created_at),
+            "suppressed_by_erasure": context.flags.suppressed_since is not None,
+            "restricted": context.flags.restricted,
+            "as_of": iso(now),
+            "purposes": states,
+            "history": history,
+            "objections": subject_objections,
+            "crm_records": links,
+        }
+
+    def subject_uids_for_email(self, email: str) -> list[str]:
+        """The live subject with this email, and any erased one recognised by its keyed hash."""
+        with self.engine.connect() as conn:
+            uids = list(
+                conn.execute(
+                    select(subjects.c.uid)
+                    .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
+                    .where(subject_identifiers.c.kind == "email", subject_identifiers.c.value == email)
+                ).scalars()
+            )
+            return uids + self._erased_subject_uids(conn, email)
+
+    def _erased_subject_uids(self, conn: Connection, email: str) -> list[str]:
+        digest = email_hmac(self._erasure_key(), email)
+        return list(
+            conn.execute(
+                select(subjects.c.uid)
+                .join(suppressions, suppressions.c.id == subjects.c.suppression_id)
+                .where(suppressions.c.email_hmac == digest)
+            ).scalars()
+        )
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _purpose(self, key: str) -> Purpose:
+        purpose = self.purposes.get(key)
+        if purpose is None:
+            raise InvalidInput(f"unknown purpose {key!r}: configured are {', '.join(self.purposes)}")
+        return purpose
+
+    def _affected_purposes(self, purpose: Purpose, direct_marketing: bool) -> list[Purpose]:
+        if not direct_marketing:
+            return [purpose]
+        return [purpose] + [p for p in self.purposes.values() if p.direct_marketing and p != purpose]
+
+    def _contexts(self, conn: Connection, subject_ids: set[int]) -> dict[int, _SubjectContext]:
+        contexts: dict[int, _SubjectContext] = {}
+        ids = sorted(subject_ids)
+        for chunk in _chunks(ids):
+            rows = conn.execute(
+                select(
+                    subjects.c.id,
+                    subjects.c.uid,
+                    subjects.c.restricted,
+                    suppressions.c.created_at,
+                    suppressions.c.reason,
+                )
+                .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
+                .where(subjects.c.id.in_(chunk))
+            )
+            for row in rows:
+                contexts[row.id] = _SubjectContext(
+                    uid=row.uid,
+                    flags=SubjectFlags(
+                        suppressed_since=row.created_at,
+                        suppression_reason="erased" if row.created_at else None,
+                        restricted=row.restricted,
+                    ),
+                )
+            for row in conn.execute(
+                select(objections).where(
+                    objections.c.subject_id.in_(chunk),
+                    objections.c.status != ObjectionStatus.REJECTED.value,
+                )
+            ):
+                contexts[row.subject_id].objections.append(
+                    ObjectionFact(
+                        purpose=row.purpose,
+                        direct_marketing=row.direct_marketing,
+                        status=ObjectionStatus(row.status),
+                        raised_at=row.raised_at,
+                    )
+                )
+        return contexts
+
+    def _load_summaries(self, conn: Connection, subject_ids: set[int]) -> dict[tuple[int, str, str], Summary]:
+        found: dict[tuple[int, str, str], Summary] = {}
+        for chunk in _chunks(sorted(subject_ids)):
+            rows = conn.execute(
+                select(
+                    consent_states.c.subject_id,
+                    consent_states.c.purpose,
+                    consent_states.c.channel,
+                    consent_states.c.summary,
+                ).where(consent_states.c.subject_id.in_(chunk))
+            )
+            for row in rows:
+                found[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(json.loads(row.summary))
+        return found
+
+    def _known_fingerprints(
+        self, conn: Connection, subject_ids: Sequence[int], evidence: Sequence[Evidence]
+    ) -> set[tuple[int, str]]:
+        wanted = sorted({e.fingerprint() for e in evidence})
+        known: set[tuple[int, str]] = set()
+        ids = set(subject_ids)
+        for chunk in _chunks(wanted):
+            rows = conn.execute(
+                select(consent_events.c.subject_id, consent_events.c.fingerprint).where(
+                    consent_events.c.fingerprint.in_(chunk)
+                )
+            )
+            known.update((row.subject_id, row.fingerprint) for row in rows if row.subject_id in ids)
+        return known
+
+    def _store_states(
+        self,
+        conn: Connection,
+        states: dict[tuple[int, str, str], tuple[Summary, EffectiveState]],
+        now: datetime,
+    ) -> None:
+        if not states:
+            return
+        rows = [
+            {
+                "subject_id": subject_id,
+                "purpose": purpose,
+                "channel": channel,
+                "summary": canonical_json(summary.to_json()),
+                "status": state.status.value,
+                "basis": state.basis.value,
+                "suppressed": state.suppressed,
+                "rule": state.rule,
+                "since": state.since,
+                "expires_at": state.expires_at,
+                "updated_at": now,
+            }
+            for (subject_id, purpose, channel), (summary, state) in states.items()
+        ]
+        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
+        statement = dialect.insert(consent_states)
+        statement = statement.on_conflict_do_update(
+            index_elements=list(_STATE_KEY),
+            set_={name: statement.excluded[name] for name in rows[0] if name not in _STATE_KEY},
+        )
+        conn.execute(statement, rows)
+
+    def _refresh(
+        self,
+        conn: Connection,
+        subject_id: int,
+        affected: Sequence[Purpose],
+        before: _SubjectContext,
+        after: _SubjectContext,
+        now: datetime,
+        run_id: str | None,
+        source: str,
+        actor: str | None,
+    ) -> list[AuditRecord]:
+        """Recomputes the effective states a subject-wide change touches; audits each change."""
+        summaries = self._load_summaries(conn, {subject_id})
+        changed: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+        records: list[AuditRecord] = []
+        for purpose in affected:
+            for channel in purpose.channels:
+                key = (subject_id, purpose.key, channel)
+                summary = summaries.get(key, Summary())
+                old, new = (
+                    effective_state(
+                        summary, purpose, channel, flags=ctx.flags, objections=ctx.objections, now=now
+                    )
+                    for ctx in (before, after)
+                )
+                if _state_tuple(old) == _state_tuple(new) and key in summaries:
+                    continue
+                changed[key] = (summary, new)
+                if _state_tuple(old) != _state_tuple(new):
+                    records.append(
+                        AuditRecord(
+                            "state.changed",
+                            {"purpose": purpose.key, "channel": channel},
+                            old=_state_tuple_json(old),
+                            new=_state_tuple_json(new),
+                            rule=new.rule,
+                            source=source,
+                            actor=actor,
+                            run_id=run_id,
+                            subject_uid=after.uid,
+                            subject_id=subject_id,
+                        )
+                    )
+        self._store_states(conn, changed, now)
+        return records
+
+
+def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _purpose_row(purpose: Purpose) -> dict[str, Any]:
+    return {
+        "key": purpose.key,
+        "name": purpose.name,
+        "direct_marketing": purpose.direct_marketing,
+        "default_basis": purpose.default_basis.value,
+        "validity_days": purpose.validity_days,
+        "objection_handling": purpose.objection_handling.value,
+    }
+
+
+def _state_tuple(state: EffectiveState) -> tuple[str, str, bool]:
+    return (state.status.value, state.basis.value, state.suppressed)
+
+
+def _state_tuple_json(state: EffectiveState) -> dict[str, Any]:
+    return {"status": state.status.value, "basis": state.basis.value, "suppressed": state.suppressed}
+
+
+def _event_row(subject_id: int, evidence: Evidence, fingerprint: str, run_id: str | None) -> dict[str, Any]:
+    return {
+        "subject_id": subject_id,
+        "purpose": evidence.purpose,
+        "channel": evidence.channel,
+        "status": evidence.status.value,
+        "basis": evidence.basis.value if evidence.basis else None,
+        "event_time": evidence.event_time,
+        "recorded_at": evidence.observed_at,
+        "source": evidence.source,
+        "origin": evidence.origin.value,
+        "actor": evidence.actor,
+        "notice_version": evidence.notice_version,
+        "double_opt_in_at": evidence.double_opt_in_at,
+        "evidence_ref": evidence.evidence_ref,
+        "fingerprint": fingerprint,
+        "run_id": run_id,
+    }
+
+
+def _recorded_entry(
+    evidence: Evidence,
+    fingerprint: str,
+    before: EffectiveState,
+    after: EffectiveState,
+    uid: str,
+    subject_id: int,
+    run_id: str | None,
+) -> AuditRecord:
+    return AuditRecord(
+        "consent.recorded",
+        {
+            "purpose": evidence.purpose,
+            "channel": evidence.channel,
+            "status": evidence.status.value,
+            "basis": evidence.basis.value if evidence.basis else None,
+            "event_time": iso(evidence.event_time),
+            "origin": evidence.origin.value,
+            "event_fingerprint": fingerprint,
+        },
+        old=_state_tuple_json(before),
+        new=_state_tuple_json(after),
+        rule=after.rule,
+        source=evidence.source,
+        actor=evidence.actor,
+        run_id=run_id,
+        subject_uid=uid,
+        subject_id=subject_id,
+    )
+
+
+def _event_view(row: Any) -> dict[str, Any]:
+    return {
+        "purpose": row.purpose,
+        "channel": row.channel,
+        "status": row.status,
+        "basis": row.basis,
+        "event_time": iso(row.event_time),
+        "recorded_at": iso(row.recorded_at),
+        "source": row.source,
+        "origin": row.origin,
+        "actor": row.actor,
+        "notice_version": row.notice_version,
+        "double_opt_in_at": iso(row.double_opt_in_at),
+        "evidence_ref": row.evidence_ref,
+        "run_id": row.run_id,
+    }
+
+
+def _objection_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "subject": row.uid,
+        "email": row.email,
+        "purpose": row.purpose,
+        "direct_marketing": row.direct_marketing,
+        "status": row.status,
+        "raised_at": iso(row.raised_at),
+        "source": row.source,
+        "decided_by": row.decided_by,
+        "decided_at": iso(row.decided_at),
+    }
