@@ -1,0 +1,115 @@
+"""Shared fixtures: a fresh ledger on SQLite and, where CONSENTSYNC_TEST_POSTGRES_URL is set, on
+a real PostgreSQL (each test in a schema of its own, dropped afterwards)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, text
+
+from consentsync.app import open_ledger
+from consentsync.cli import main
+from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
+from consentsync.ledger.service import Ledger
+
+POSTGRES_ENV = "CONSENTSYNC_TEST_POSTGRES_URL"
+TEST_ERASURE_KEY = "test-erasure-key-0123456789abcdef"
+
+
+def _postgres_base_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} is not set: the PostgreSQL variant of this test is skipped")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    base = _postgres_base_url()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _erasure_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ERASURE_KEY_ENV, TEST_ERASURE_KEY)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, ledger_url: str) -> Path:
+    path = tmp_path / "consentsync.yaml"
+    write_starter(path, ledger_url)
+    return path
+
+
+class Clock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def ledger(config_path: Path, clock: Clock) -> Iterator[Ledger]:
+    opened = open_ledger(load_config(config_path), migrate=True)
+    opened.clock = clock
+    yield opened
+    opened.engine.dispose()
+
+
+@dataclass
+class Cli:
+    config_path: Path
+    runner: CliRunner
+
+    def __call__(self, *args: str, input: str | None = None) -> Result:
+        return self.runner.invoke(main, ["--config", str(self.config_path), *args], input=input)
+
+    def ok(self, *args: str) -> Result:
+        result = self(*args)
+        assert result.exit_code == 0, f"{args} -> {result.exit_code}: {result.output}{result.stderr}"
+        return result
+
+    def json(self, *args: str) -> Any:
+        import json
+
+        return json.loads(self.ok(*args, "--json").stdout)
+
+
+@pytest.fixture
+def cli(config_path: Path) -> Cli:
+    runner = CliRunner()
+    cli = Cli(config_path, runner)
+    cli.ok("init")
+    return cli
