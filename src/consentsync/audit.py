@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
 from consentsync.domain import canonical_json, iso
+from consentsync.ledger.bulk import db_time, insert_rows
 from consentsync.ledger.schema import audit_details, audit_entries, audit_head
 
 GENESIS_HASH = "0" * 64
+ENTRY_COLUMNS = ("seq", "at", "action", "subject_uid", "run_id", "payload", "prev_hash", "hash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +59,9 @@ def append(conn: Connection, records: Sequence[AuditRecord], at: datetime) -> li
         select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1).with_for_update()
     ).one()
     seq, prev = head.seq, head.hash
-    stamp = iso(at)
-    entry_rows: list[dict[str, Any]] = []
-    detail_rows: list[dict[str, Any]] = []
+    stamp, stored_at = iso(at), db_time(conn, at)
+    entry_rows: list[tuple[Any, ...]] = []
+    detail_rows: list[tuple[Any, ...]] = []
     for record in records:
         seq += 1
         payload: dict[str, Any] = {
@@ -77,33 +79,17 @@ def append(conn: Connection, records: Sequence[AuditRecord], at: datetime) -> li
         }
         if record.details:
             payload["details_sha256"] = details_digest(record.details)
-            detail_rows.append(
-                {
-                    "seq": seq,
-                    "subject_id": record.subject_id,
-                    "content": canonical_json(record.details),
-                }
-            )
+            detail_rows.append((seq, record.subject_id, canonical_json(record.details)))
         text = canonical_json(payload)
         digest = chain_hash(prev, text)
         entry_rows.append(
-            {
-                "seq": seq,
-                "at": at,
-                "action": record.action,
-                "subject_uid": record.subject_uid,
-                "run_id": record.run_id,
-                "payload": text,
-                "prev_hash": prev,
-                "hash": digest,
-            }
+            (seq, stored_at, record.action, record.subject_uid, record.run_id, text, prev, digest)
         )
         prev = digest
-    conn.execute(insert(audit_entries), entry_rows)
-    if detail_rows:
-        conn.execute(insert(audit_details), detail_rows)
+    insert_rows(conn, audit_entries, ENTRY_COLUMNS, entry_rows)
+    insert_rows(conn, audit_details, ("seq", "subject_id", "content"), detail_rows)
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
-    return [row["seq"] for row in entry_rows]
+    return [row[0] for row in entry_rows]
 
 
 def erase_details(conn: Connection, subject_id: int) -> int:
@@ -158,7 +144,9 @@ def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
         for row in rows:
             problem = _check_entry(row, expected_seq, expected_prev)
             if problem:
-                return VerifyResult(False, checked, head.seq, row.seq, problem)
+                # A gap is named by the entry that is missing, anything else by the entry itself.
+                broken = expected_seq if row.seq != expected_seq else row.seq
+                return VerifyResult(False, checked, head.seq, broken, problem)
             checked += 1
             expected_prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
     if last_seq != head.seq or expected_prev != head.hash:
@@ -201,7 +189,12 @@ def entries(
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     query = (
-        select(audit_entries.c.seq, audit_entries.c.payload, audit_entries.c.hash, audit_details.c.content)
+        select(
+            audit_entries.c.seq,
+            audit_entries.c.payload,
+            audit_entries.c.hash,
+            audit_details.c.content,
+        )
         .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
         .order_by(audit_entries.c.seq)
     )

@@ -257,7 +257,12 @@ def ledger_expire(as_json: bool) -> None:
 
 @ledger.command("requested")
 @config_option
-@click.option("--older-than", type=click.IntRange(min=0), metavar="DAYS", help="Default: policy.requested_stale_after_days.")
+@click.option(
+    "--older-than",
+    type=click.IntRange(min=0),
+    metavar="DAYS",
+    help="Default: policy.requested_stale_after_days.",
+)
 @json_option
 @handled
 def ledger_requested(older_than: int | None, as_json: bool) -> None:
@@ -284,20 +289,35 @@ def objection() -> None:
 @config_option
 @click.option("--email", required=True)
 @click.option("--purpose", required=True)
-@click.option("--direct-marketing", is_flag=True, help="An objection to direct marketing (Art. 21(2)): always upheld.")
+@click.option(
+    "--direct-marketing",
+    is_flag=True,
+    help="An objection to direct marketing (Art. 21(2)): always upheld.",
+)
 @click.option("--at", "at", metavar="ISO8601", help="When the person objected (default: now).")
 @click.option("--source", default="ops", show_default=True)
 @click.option("--actor")
 @json_option
 @handled
 def objection_raise(
-    email: str, purpose: str, direct_marketing: bool, at: str | None, source: str, actor: str | None, as_json: bool
+    email: str,
+    purpose: str,
+    direct_marketing: bool,
+    at: str | None,
+    source: str,
+    actor: str | None,
+    as_json: bool,
 ) -> None:
     """Record an objection; the purpose's configuration decides whether it needs review."""
     address = _email(email)
     raised_at = _time(at, "--at")
     result = current_ledger().raise_objection(
-        address, purpose.strip(), direct_marketing=direct_marketing, raised_at=raised_at, source=source, actor=actor
+        address,
+        purpose.strip(),
+        direct_marketing=direct_marketing,
+        raised_at=raised_at,
+        source=source,
+        actor=actor,
     )
     if as_json:
         emit_json(result)
@@ -318,14 +338,22 @@ def objection_list(pending: bool, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
     else:
-        print_table(rows, ["id", "email", "purpose", "direct_marketing", "status", "raised_at", "decided_by"])
+        print_table(
+            rows,
+            ["id", "email", "purpose", "direct_marketing", "status", "raised_at", "decided_by"],
+        )
 
 
 @objection.command("decide")
 @config_option
 @click.argument("objection_id", type=int, metavar="ID")
 @click.option("--uphold", "decision", flag_value="uphold", help="Uphold the objection.")
-@click.option("--reject", "decision", flag_value="reject", help="Reject it: the controller's grounds override.")
+@click.option(
+    "--reject",
+    "decision",
+    flag_value="reject",
+    help="Reject it: the controller's grounds override.",
+)
 @click.option("--by", required=True, help="Who decides.")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @json_option
@@ -334,7 +362,9 @@ def objection_decide(objection_id: int, decision: str | None, by: str, reason: s
     """Decide a pending objection."""
     if decision is None:
         raise InvalidInput("say --uphold or --reject")
-    result = current_ledger().decide_objection(objection_id, uphold=decision == "uphold", by=by, reason=reason)
+    result = current_ledger().decide_objection(
+        objection_id, uphold=decision == "uphold", by=by, reason=reason
+    )
     if as_json:
         emit_json(result)
     else:
@@ -386,16 +416,27 @@ def subject_show(email: str, as_json: bool) -> None:
     if as_json:
         emit_json(view)
         return
-    click.echo(f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})")
+    click.echo(
+        f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})"
+    )
     if view["suppressed_by_erasure"]:
         click.echo("  suppressed: this address was erased before")
     click.echo("\neffective state:")
-    print_table(view["purposes"], ["purpose", "channel", "status", "basis", "suppressed", "rule", "since", "expires_at"])
+    print_table(
+        view["purposes"],
+        ["purpose", "channel", "status", "basis", "suppressed", "rule", "since", "expires_at"],
+    )
     click.echo("\nhistory:")
-    print_table(view["history"], ["event_time", "recorded_at", "purpose", "channel", "status", "basis", "source", "actor"])
+    print_table(
+        view["history"],
+        ["event_time", "recorded_at", "purpose", "channel", "status", "basis", "source", "actor"],
+    )
     if view["objections"]:
         click.echo("\nobjections:")
-        print_table(view["objections"], ["id", "purpose", "direct_marketing", "status", "raised_at", "decided_by"])
+        print_table(
+            view["objections"],
+            ["id", "purpose", "direct_marketing", "status", "raised_at", "decided_by"],
+        )
     if view["crm_records"]:
         click.echo("\nCRM records:")
         print_table(view["crm_records"], ["connector", "object", "record_id", "linked_at"])
@@ -430,7 +471,9 @@ def audit_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1))
 @json_option
 @handled
-def audit_log(email: str | None, since: str | None, action: str | None, limit: int | None, as_json: bool) -> None:
+def audit_log(
+    email: str | None, since: str | None, action: str | None, limit: int | None, as_json: bool
+) -> None:
     """List audit entries, oldest first."""
     from consentsync import audit
 
@@ -444,7 +487,18 @@ def audit_log(email: str | None, since: str | None, action: str | None, limit: i
         else:
             print_table(
                 [_audit_row(entry) for entry in items],
-                ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"],
+                [
+                    "seq",
+                    "at",
+                    "action",
+                    "subject",
+                    "what",
+                    "change",
+                    "rule",
+                    "source",
+                    "actor",
+                    "run",
+                ],
             )
 
 

@@ -6,12 +6,13 @@ Everything here is plain data; the rules that combine it live in reconcile.py.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
+
+import orjson
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -148,6 +149,14 @@ class Evidence:
     notice_version: str | None = None
     double_opt_in_at: datetime | None = None
     evidence_ref: str | None = None
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # One instant, one spelling: fingerprints and comparisons must not depend on offsets.
+        for name in ("event_time", "observed_at", "double_opt_in_at"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is not UTC:
+                object.__setattr__(self, name, as_utc(moment))
 
     @property
     def has_proof(self) -> bool:
@@ -164,21 +173,27 @@ class Evidence:
         ``observed_at`` is left out for evidence with a known event time, so a value read twice
         is one statement; without an event time the observation is all we know of when.
         """
-        body = {
-            "purpose": self.purpose,
-            "channel": self.channel,
-            "status": self.status.value,
-            "basis": self.basis.value if self.basis else None,
-            "event_time": iso(self.event_time),
-            "observed_at": None if self.event_time else iso(self.observed_at),
-            "source": self.source,
-            "origin": self.origin.value,
-            "actor": self.actor,
-            "notice_version": self.notice_version,
-            "double_opt_in_at": iso(self.double_opt_in_at),
-            "evidence_ref": self.evidence_ref,
-        }
-        return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        if self._fingerprint is None:
+            object.__setattr__(self, "_fingerprint", self._compute_fingerprint())
+        return self._fingerprint  # type: ignore[return-value]
+
+    def _compute_fingerprint(self) -> str:
+        # A JSON array: unambiguous whatever the values hold, and cheap to write.
+        parts = (
+            self.purpose,
+            self.channel,
+            self.status,
+            self.basis,
+            self.event_time,
+            None if self.event_time else self.observed_at,
+            self.source,
+            self.origin,
+            self.actor,
+            self.notice_version,
+            self.double_opt_in_at,
+            self.evidence_ref,
+        )
+        return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_UTC_Z)).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,5 +246,7 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def canonical_json(value: object) -> str:
-    """The one serialisation that hashes are computed over: sorted keys, no whitespace."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The one serialisation that hashes are computed over: sorted keys, no whitespace, UTF-8
+    (byte for byte what ``json.dumps(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` writes, at a fraction of the cost). Datetimes become ISO 8601 with Z."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z).decode("utf-8")

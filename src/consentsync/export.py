@@ -15,12 +15,43 @@ from openpyxl.utils import get_column_letter
 
 FORMATS = ("json", "csv", "xlsx")
 
-STATE_COLUMNS = ["purpose", "channel", "status", "basis", "suppressed", "rule", "since", "expires_at", "evidenced", "detail"]
-HISTORY_COLUMNS = [
-    "purpose", "channel", "status", "basis", "event_time", "recorded_at", "source", "origin",
-    "actor", "notice_version", "double_opt_in_at", "evidence_ref", "run_id",
+STATE_COLUMNS = [
+    "purpose",
+    "channel",
+    "status",
+    "basis",
+    "suppressed",
+    "rule",
+    "since",
+    "expires_at",
+    "evidenced",
+    "detail",
 ]
-OBJECTION_COLUMNS = ["id", "purpose", "direct_marketing", "status", "raised_at", "source", "decided_by", "decided_at"]
+HISTORY_COLUMNS = [
+    "purpose",
+    "channel",
+    "status",
+    "basis",
+    "event_time",
+    "recorded_at",
+    "source",
+    "origin",
+    "actor",
+    "notice_version",
+    "double_opt_in_at",
+    "evidence_ref",
+    "run_id",
+]
+OBJECTION_COLUMNS = [
+    "id",
+    "purpose",
+    "direct_marketing",
+    "status",
+    "raised_at",
+    "source",
+    "decided_by",
+    "decided_at",
+]
 LINK_COLUMNS = ["connector", "object", "record_id", "linked_at"]
 
 _SECTIONS = (

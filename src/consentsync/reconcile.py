@@ -110,13 +110,13 @@ class Ranked:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "sort_time": self.sort_time.isoformat(),
+            "sort_time": self.sort_time,
             "rank": self.rank,
             "fingerprint": self.fingerprint,
             "status": self.status.value,
             "basis": self.basis.value if self.basis else None,
-            "event_time": self.event_time.isoformat() if self.event_time else None,
-            "observed_at": self.observed_at.isoformat(),
+            "event_time": self.event_time,
+            "observed_at": self.observed_at,
             "source": self.source,
             "evidenced": self.evidenced,
         }
@@ -179,27 +179,28 @@ class Summary:
         )
 
     def to_json(self) -> dict[str, object]:
+        """Plain data (datetimes stay datetimes: ``domain.canonical_json`` writes them ISO 8601)."""
         return {
             "v": 1,
             "latest": self.latest.to_json() if self.latest else None,
             "tied": self.tied,
             "restriction": self.restriction.to_json() if self.restriction else None,
-            "trusted_opt_in_at": iso_full(self.trusted_opt_in_at),
+            "trusted_opt_in_at": self.trusted_opt_in_at,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Summary:
-        latest, restriction, trusted = data["latest"], data["restriction"], data["trusted_opt_in_at"]
+        latest, restriction, trusted = (
+            data["latest"],
+            data["restriction"],
+            data["trusted_opt_in_at"],
+        )
         return cls(
             latest=Ranked.from_json(latest) if isinstance(latest, dict) else None,
             tied=bool(data["tied"]),
             restriction=Ranked.from_json(restriction) if isinstance(restriction, dict) else None,
             trusted_opt_in_at=datetime.fromisoformat(str(trusted)) if trusted else None,
         )
-
-
-def iso_full(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment else None
 
 
 def summarise_one(evidence: Evidence, policy: Policy) -> Summary:
@@ -225,23 +226,31 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
     if latest is None:
         if purpose.default_basis is LawfulBasis.CONSENT:
             return EffectiveState(
-                purpose.key, channel, ConsentStatus.APPLICABLE, LawfulBasis.CONSENT,
-                suppressed=True, rule=Rule.NO_CONSENT_ON_RECORD,
+                purpose.key,
+                channel,
+                ConsentStatus.APPLICABLE,
+                LawfulBasis.CONSENT,
+                suppressed=True,
+                rule=Rule.NO_CONSENT_ON_RECORD,
                 detail="consent is the basis and none is on record",
             )
         return EffectiveState(
-            purpose.key, channel, ConsentStatus.NOT_APPLICABLE, purpose.default_basis,
-            suppressed=False, rule=Rule.DEFAULT_BASIS,
+            purpose.key,
+            channel,
+            ConsentStatus.NOT_APPLICABLE,
+            purpose.default_basis,
+            suppressed=False,
+            rule=Rule.DEFAULT_BASIS,
         )
     if restriction is not None and not _reversed(summary.trusted_opt_in_at, restriction):
         rule = (
-            Rule.STICKY_WITHDRAWAL
-            if restriction.status is ConsentStatus.WITHDRAWN
-            else Rule.STICKY_REFUSAL
+            Rule.STICKY_WITHDRAWAL if restriction.status is ConsentStatus.WITHDRAWN else Rule.STICKY_REFUSAL
         )
         return _state_of(restriction, purpose, channel, rule)
     if restriction is not None:
         rule = Rule.TRUSTED_OPT_IN
+    elif latest.status is ConsentStatus.EXPIRED:
+        rule = Rule.EXPIRED
     elif summary.tied:
         rule = Rule.MOST_RESTRICTIVE_ON_TIE
     elif latest.event_time is None:
@@ -307,9 +316,10 @@ def effective_state(
         return suppress(Rule.RESTRICTION, "processing restricted (Art. 18)")
     if flags.suppressed_since is not None and not _reversed(trusted_at, flags.suppressed_since):
         return suppress(
-            Rule.ERASURE, f"suppressed since {iso(flags.suppressed_since)}: {flags.suppression_reason}"
+            Rule.ERASURE,
+            f"suppressed since {iso(flags.suppressed_since)}: {flags.suppression_reason}",
         )
-    for objection in _relevant(objections, purpose):
+    for objection in _relevant(objections, purpose) if objections else ():
         if objection.status is ObjectionStatus.PENDING:
             return suppress(Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review")
         if _reversed(trusted_at, objection.raised_at):
@@ -372,13 +382,15 @@ def reconcile(
     flags: SubjectFlags,
     objections: Sequence[ObjectionFact],
     now: datetime,
+    before: EffectiveState | None = None,
 ) -> Decision:
+    """Folds one piece of evidence into ``current``. ``before``, when the caller already holds
+    the effective state of ``current`` (same flags, objections and clock), saves recomputing it."""
     current = current or Summary()
     updated = current.join(summarise_one(evidence, policy))
-    before, after = (
-        effective_state(
-            summary, purpose, evidence.channel, flags=flags, objections=objections, now=now
+    if before is None:
+        before = effective_state(
+            current, purpose, evidence.channel, flags=flags, objections=objections, now=now
         )
-        for summary in (current, updated)
-    )
+    after = effective_state(updated, purpose, evidence.channel, flags=flags, objections=objections, now=now)
     return Decision(summary=updated, before=before, after=after)

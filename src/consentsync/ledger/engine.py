@@ -36,6 +36,7 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes outgrow the 2 MiB default
         cursor.close()
 
     @event.listens_for(engine, "begin")

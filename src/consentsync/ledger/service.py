@@ -3,13 +3,13 @@ and their audit entries, each change in one transaction with its audit entry."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -30,16 +30,19 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
+from consentsync.ledger.bulk import db_time, insert_rows
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
     consent_states,
     crm_links,
     objections,
-    purposes as purposes_table,
     subject_identifiers,
     subjects,
     suppressions,
+)
+from consentsync.ledger.schema import (
+    purposes as purposes_table,
 )
 from consentsync.reconcile import Policy, Summary, effective_state, reconcile
 
@@ -130,7 +133,11 @@ class Ledger:
                     )
                 records.append(
                     AuditRecord(
-                        "purpose.configured", {"purpose": purpose.key}, old_view, wanted, actor=actor
+                        "purpose.configured",
+                        {"purpose": purpose.key},
+                        old_view,
+                        wanted,
+                        actor=actor,
                     )
                 )
                 changed.append(purpose.key)
@@ -152,15 +159,17 @@ class Ledger:
             )
         return purpose
 
-    def record(
-        self, identity: Identity, evidence: Evidence, *, run_id: str | None = None
-    ) -> RecordOutcome:
+    def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
         outcomes: list[RecordOutcome] = []
         self._record_batch([RecordRequest(identity, evidence)], run_id, outcomes)
         return outcomes[0]
 
     def record_many(
-        self, requests: Iterable[RecordRequest], *, run_id: str | None = None, batch_size: int = 2000
+        self,
+        requests: Iterable[RecordRequest],
+        *,
+        run_id: str | None = None,
+        batch_size: int = 2000,
     ) -> RecordStats:
         """Records a stream of evidence, one transaction per batch; memory stays flat."""
         total = RecordStats()
@@ -186,7 +195,7 @@ class Ledger:
             contexts = self._contexts(conn, set(subject_ids))
             states = self._load_summaries(conn, set(subject_ids))
             seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
-            events: list[dict[str, Any]] = []
+            events: list[tuple[Any, ...]] = []
             records: list[AuditRecord] = list(resolver.audit)
             dirty: dict[tuple[int, str, str], EffectiveState] = {}
             for request, subject_id in zip(batch, subject_ids, strict=True):
@@ -208,17 +217,27 @@ class Ledger:
                     flags=context.flags,
                     objections=context.objections,
                     now=now,
+                    before=dirty.get(key),
                 )
                 states[key] = decision.summary
                 dirty[key] = decision.after
                 stats.recorded += 1
                 stats.state_changes += decision.changed
-                events.append(_event_row(subject_id, evidence, fingerprint, run_id))
-                records.append(_recorded_entry(evidence, fingerprint, decision.before, decision.after, context.uid, subject_id, run_id))
+                events.append(_event_row(conn, subject_id, evidence, fingerprint, run_id))
+                records.append(
+                    _recorded_entry(
+                        evidence,
+                        fingerprint,
+                        decision.before,
+                        decision.after,
+                        context.uid,
+                        subject_id,
+                        run_id,
+                    )
+                )
                 if outcomes is not None:
                     outcomes.append(RecordOutcome(context.uid, False, decision.before, decision.after))
-            if events:
-                conn.execute(insert(consent_events), events)
+            insert_rows(conn, consent_events, EVENT_COLUMNS, events)
             self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
             audit.append(conn, records, now)
         return stats
@@ -310,7 +329,9 @@ class Ledger:
             query = query.where(objections.c.status == ObjectionStatus.PENDING.value)
         # Pending first, oldest first: the review queue's order.
         query = query.order_by(
-            (objections.c.status != ObjectionStatus.PENDING.value), objections.c.raised_at, objections.c.id
+            (objections.c.status != ObjectionStatus.PENDING.value),
+            objections.c.raised_at,
+            objections.c.id,
         )
         with self.engine.connect() as conn:
             return [_objection_view(row) for row in conn.execute(query)]
@@ -396,11 +417,21 @@ class Ledger:
                     .where(subjects.c.id == subject_id)
                     .values(erased_at=now, suppression_id=suppression_id)
                 )
-                conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == subject_id))
+                conn.execute(
+                    delete(subject_identifiers).where(subject_identifiers.c.subject_id == subject_id)
+                )
                 erased_details = audit.erase_details(conn, subject_id)
                 after = self._contexts(conn, {subject_id})[subject_id]
                 records += self._refresh(
-                    conn, subject_id, list(self.purposes.values()), before, after, now, None, "erasure", actor
+                    conn,
+                    subject_id,
+                    list(self.purposes.values()),
+                    before,
+                    after,
+                    now,
+                    None,
+                    "erasure",
+                    actor,
                 )
             else:
                 erased_details = 0
@@ -653,7 +684,9 @@ class Ledger:
                 ).where(consent_states.c.subject_id.in_(chunk))
             )
             for row in rows:
-                found[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(json.loads(row.summary))
+                found[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(
+                    orjson.loads(row.summary)
+                )
         return found
 
     def _known_fingerprints(
@@ -725,7 +758,12 @@ class Ledger:
                 summary = summaries.get(key, Summary())
                 old, new = (
                     effective_state(
-                        summary, purpose, channel, flags=ctx.flags, objections=ctx.objections, now=now
+                        summary,
+                        purpose,
+                        channel,
+                        flags=ctx.flags,
+                        objections=ctx.objections,
+                        now=now,
                     )
                     for ctx in (before, after)
                 )
@@ -772,27 +810,39 @@ def _state_tuple(state: EffectiveState) -> tuple[str, str, bool]:
 
 
 def _state_tuple_json(state: EffectiveState) -> dict[str, Any]:
-    return {"status": state.status.value, "basis": state.basis.value, "suppressed": state.suppressed}
-
-
-def _event_row(subject_id: int, evidence: Evidence, fingerprint: str, run_id: str | None) -> dict[str, Any]:
     return {
-        "subject_id": subject_id,
-        "purpose": evidence.purpose,
-        "channel": evidence.channel,
-        "status": evidence.status.value,
-        "basis": evidence.basis.value if evidence.basis else None,
-        "event_time": evidence.event_time,
-        "recorded_at": evidence.observed_at,
-        "source": evidence.source,
-        "origin": evidence.origin.value,
-        "actor": evidence.actor,
-        "notice_version": evidence.notice_version,
-        "double_opt_in_at": evidence.double_opt_in_at,
-        "evidence_ref": evidence.evidence_ref,
-        "fingerprint": fingerprint,
-        "run_id": run_id,
+        "status": state.status.value,
+        "basis": state.basis.value,
+        "suppressed": state.suppressed,
     }
+
+
+EVENT_COLUMNS = (
+    "subject_id", "purpose", "channel", "status", "basis", "event_time", "recorded_at", "source",
+    "origin", "actor", "notice_version", "double_opt_in_at", "evidence_ref", "fingerprint", "run_id",
+)  # fmt: skip
+
+
+def _event_row(
+    conn: Connection, subject_id: int, evidence: Evidence, fingerprint: str, run_id: str | None
+) -> tuple[Any, ...]:
+    return (
+        subject_id,
+        evidence.purpose,
+        evidence.channel,
+        evidence.status.value,
+        evidence.basis.value if evidence.basis else None,
+        db_time(conn, evidence.event_time),
+        db_time(conn, evidence.observed_at),
+        evidence.source,
+        evidence.origin.value,
+        evidence.actor,
+        evidence.notice_version,
+        db_time(conn, evidence.double_opt_in_at),
+        evidence.evidence_ref,
+        fingerprint,
+        run_id,
+    )
 
 
 def _recorded_entry(

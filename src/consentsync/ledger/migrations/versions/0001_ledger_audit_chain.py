@@ -35,9 +35,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("audit_entries", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_audit_entries_run_id"), ["run_id"], unique=False)
-        batch_op.create_index(
-            batch_op.f("ix_audit_entries_subject_uid"), ["subject_uid"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_audit_entries_subject_uid"), ["subject_uid"], unique=False)
 
     op.create_table(
         "audit_head",
@@ -96,9 +94,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_details")),
     )
     with op.batch_alter_table("audit_details", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_audit_details_subject_id"), ["subject_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_audit_details_subject_id"), ["subject_id"], unique=False)
 
     op.create_table(
         "consent_events",
@@ -188,18 +184,14 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=200), nullable=False),
         sa.Column("decided_by", sa.String(length=200), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["purpose"], ["purposes.key"], name=op.f("fk_objections_purpose_purposes")
-        ),
+        sa.ForeignKeyConstraint(["purpose"], ["purposes.key"], name=op.f("fk_objections_purpose_purposes")),
         sa.ForeignKeyConstraint(
             ["subject_id"], ["subjects.id"], name=op.f("fk_objections_subject_id_subjects")
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_objections")),
     )
     with op.batch_alter_table("objections", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_objections_status_raised_at", ["status", "raised_at"], unique=False
-        )
+        batch_op.create_index("ix_objections_status_raised_at", ["status", "raised_at"], unique=False)
         batch_op.create_index(batch_op.f("ix_objections_subject_id"), ["subject_id"], unique=False)
 
     op.create_table(
@@ -215,9 +207,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("kind", "value", name=op.f("uq_subject_identifiers_kind_value")),
     )
     with op.batch_alter_table("subject_identifiers", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_subject_identifiers_subject_id"), ["subject_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_subject_identifiers_subject_id"), ["subject_id"], unique=False)
 
     # ### end Alembic commands ###
     op.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '" + GENESIS + "')")
