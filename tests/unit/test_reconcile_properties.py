@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from consentsync.domain import (
     Origin,
     Purpose,
     SubjectFlags,
+    canonical_json,
 )
 from consentsync.reconcile import (
     Policy,
@@ -241,6 +243,7 @@ def test_join_of_summaries_is_summary_of_union(a: list[Evidence], b: list[Eviden
 @given(a=summaries)
 def test_summary_json_round_trip(a: Summary) -> None:
     assert Summary.from_json(a.to_json()) == a
+    assert Summary.from_json(json.loads(canonical_json(a.to_json()))) == a
 
 
 # (d) CRM re-reads never undo a sticky value ----------------------------------------------------

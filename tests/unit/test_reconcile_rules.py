@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from consentsync.domain import (
     Origin,
     Purpose,
     SubjectFlags,
+    canonical_json,
 )
 from consentsync.reconcile import (
     Decision,
@@ -349,7 +351,6 @@ class TestTiesAndUnknownTimes:
             (S.REQUESTED, True),
             (S.APPLICABLE, True),
             (S.NOT_APPLICABLE, True),  # consent basis: anything but granted is suppressed
-            (S.EXPIRED, True),
         ],
     )
     def test_equal_times_most_restrictive_wins(
@@ -361,6 +362,14 @@ class TestTiesAndUnknownTimes:
             assert result.status is other
             assert result.suppressed is expected_suppressed
             assert result.rule == Rule.MOST_RESTRICTIVE_ON_TIE
+
+    def test_equal_time_grant_and_expiry_expiry_wins(self) -> None:
+        # The tie picks the expiry; an expired value is reported under the expiry rule.
+        expiry = replace(crm(S.EXPIRED, t(2)), origin=Origin.SYSTEM, source="consentsync")
+        items = [crm(S.GRANTED, t(2)), expiry]
+        for ordering in (items, list(reversed(items))):
+            result = state(ordering)
+            assert (result.status, result.suppressed, result.rule) == (S.EXPIRED, True, Rule.EXPIRED)
 
     def test_equal_time_grant_and_withdrawal_withdrawal_wins_sticky(self) -> None:
         result = state([capture(S.GRANTED, t(2)), crm(S.WITHDRAWN, t(2))])
@@ -765,10 +774,13 @@ class TestSummaryAndDecision:
     )
     def test_summary_json_round_trip(self, evidence: list[Evidence]) -> None:
         summary = summarise(evidence, POLICY)
-        wire = json.dumps(summary.to_json())
+        # As the ledger stores it: canonical JSON text, read back with any JSON parser.
+        wire = canonical_json(summary.to_json())
         restored = Summary.from_json(json.loads(wire))
         assert restored == summary
-        assert restored.to_json() == summary.to_json()
+        assert canonical_json(restored.to_json()) == wire
+        # And straight from the plain data, without text in between.
+        assert Summary.from_json(summary.to_json()) == summary
         for purpose in (EMAIL, PROFILING):
             kwargs = {"flags": SubjectFlags(), "objections": (), "now": NOW}
             assert effective_state(restored, purpose, "email", **kwargs) == effective_state(
@@ -788,7 +800,7 @@ class TestSummaryAndDecision:
 
         paris = timezone(timedelta(hours=1))
         summary = summarise([capture(S.GRANTED, datetime(2026, 3, 1, 10, tzinfo=paris))], POLICY)
-        restored = Summary.from_json(json.loads(json.dumps(summary.to_json())))
+        restored = Summary.from_json(json.loads(canonical_json(summary.to_json())))
         assert restored == summary
         assert restored.trusted_opt_in_at == datetime(2026, 3, 1, 9, tzinfo=UTC)
 
