@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from datetime import UTC, datetime
@@ -15,7 +16,6 @@ from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import audit_details, audit_entries
 from consentsync.ledger.service import Ledger
-
 from tests.conftest import Cli
 
 
@@ -67,7 +67,7 @@ def test_untouched_chain_verifies_and_links_every_entry(ledger: Ledger) -> None:
         rows = conn.execute(select(audit_entries).order_by(audit_entries.c.seq)).all()
     assert [r.seq for r in rows] == list(range(1, head + 1))
     assert rows[0].prev_hash == audit.GENESIS_HASH
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert after.prev_hash == before.hash
         assert audit.chain_hash(after.prev_hash, after.payload) == after.hash
 
@@ -90,7 +90,9 @@ def test_edited_entry_is_named(ledger: Ledger) -> None:
     _populated(ledger)
     _disable_guards(ledger.engine)
     with ledger.engine.begin() as conn:
-        payload = json.loads(conn.execute(select(audit_entries.c.payload).where(audit_entries.c.seq == 5)).scalar_one())
+        payload = json.loads(
+            conn.execute(select(audit_entries.c.payload).where(audit_entries.c.seq == 5)).scalar_one()
+        )
         payload["new"] = {"status": "granted", "basis": "consent", "suppressed": False}
         conn.execute(
             audit_entries.update().where(audit_entries.c.seq == 5).values(payload=json.dumps(payload))
@@ -200,7 +202,7 @@ def test_concurrent_writers_keep_one_gapless_chain(ledger: Ledger) -> None:
         try:
             for day in range(1, 6):
                 _grant(ledger, f"w{worker}-{day}@example.com", day)
-        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
