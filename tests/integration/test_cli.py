@@ -55,9 +55,18 @@ def parse_iso(value: str) -> datetime:
 
 def record(cli: Any, email: str, purpose: str, status: str, *extra: str, source: str = "web_form") -> Any:
     return cli.json(
-        "ledger", "record", "--email", email, "--purpose", purpose, "--status", status,
-        "--source", source, *extra,
-    )  # fmt: skip
+        "ledger",
+        "record",
+        "--email",
+        email,
+        "--purpose",
+        purpose,
+        "--status",
+        status,
+        "--source",
+        source,
+        *extra,
+    )
 
 
 def show(cli: Any, email: str) -> dict[str, Any]:
@@ -134,7 +143,7 @@ def test_init_writes_config_and_key_then_keeps_them(cli: Any, tmp_path: Path, le
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert len(key.read_text().strip()) >= 16
     assert f"url: {ledger_url}" in fresh.read_text(encoding="utf-8")
-    assert STARTER_PURPOSES <= ledger_purposes(fresh)
+    assert ledger_purposes(fresh) >= STARTER_PURPOSES
 
     # A second run keeps the file (and the key) as they are.
     fresh.write_text(fresh.read_text(encoding="utf-8") + "# edited by hand\n", encoding="utf-8")
@@ -158,16 +167,37 @@ def test_init_registers_starter_purposes_once(cli: Any) -> None:
     assert {p["purpose"] for p in show(cli, "p@example.com")["purposes"]} == STARTER_PURPOSES
 
 
+def test_migrate_is_a_no_op_on_an_initialised_ledger(cli: Any) -> None:
+    count = audit_count(cli)
+    assert cli.ok("migrate").stdout.strip() == "ledger is up to date"
+    assert audit_count(cli) == count
+
+
 # -- ledger record ---------------------------------------------------------------------------------
 
 
 def test_record_with_every_option(cli: Any) -> None:
     at, doi = iso_ago(days=2), iso_ago(days=1)
     out = record(
-        cli, "  Ada@Example.COM ", "email_marketing", "granted",
-        "--basis", "consent", "--channel", "email", "--at", at, "--actor", "ops-alice",
-        "--notice-version", "privacy-v7", "--double-opt-in-at", doi, "--evidence-ref", "form-4711",
-    )  # fmt: skip
+        cli,
+        "  Ada@Example.COM ",
+        "email_marketing",
+        "granted",
+        "--basis",
+        "consent",
+        "--channel",
+        "email",
+        "--at",
+        at,
+        "--actor",
+        "ops-alice",
+        "--notice-version",
+        "privacy-v7",
+        "--double-opt-in-at",
+        doi,
+        "--evidence-ref",
+        "form-4711",
+    )
     assert set(out) == {"subject", "duplicate", "before", "after"}
     assert out["duplicate"] is False and isinstance(out["subject"], str)
     state_keys = {"purpose", "channel", "status", "basis", "suppressed", "rule", "since", "expires_at"}
@@ -177,8 +207,11 @@ def test_record_with_every_option(cli: Any) -> None:
     assert out["before"]["rule"] == "no_consent_on_record"
     after = out["after"]
     assert (after["purpose"], after["channel"], after["status"], after["basis"]) == (
-        "email_marketing", "email", "granted", "consent",
-    )  # fmt: skip
+        "email_marketing",
+        "email",
+        "granted",
+        "consent",
+    )
     assert after["suppressed"] is False and after["rule"] == "latest_event_time"
     assert parse_iso(after["since"]) == parse_iso(at)
     assert parse_iso(after["expires_at"]) == parse_iso(at) + timedelta(days=730)
@@ -198,9 +231,21 @@ def test_record_with_every_option(cli: Any) -> None:
 
 def test_record_other_channel_and_basis_human_output(cli: Any) -> None:
     result = cli.ok(
-        "ledger", "record", "--email", "bo@example.com", "--purpose", "service", "--status",
-        "granted", "--basis", "legitimate_interests", "--channel", "SMS", "--source", "phone",
-    )  # fmt: skip
+        "ledger",
+        "record",
+        "--email",
+        "bo@example.com",
+        "--purpose",
+        "service",
+        "--status",
+        "granted",
+        "--basis",
+        "legitimate_interests",
+        "--channel",
+        "SMS",
+        "--source",
+        "phone",
+    )
     assert result.stdout.strip() == (
         "recorded granted for service/sms: not_applicable -> granted, basis legitimate_interests, "
         "suppressed no (rule unknown_event_time_most_restrictive)"
@@ -217,9 +262,18 @@ def test_record_replay_is_reported_and_not_recorded_twice(cli: Any) -> None:
     second = record(cli, "REP@example.com", "email_marketing", "granted", *args)
     assert second == {"subject": first["subject"], "duplicate": True, "before": None, "after": None}
     human = cli.ok(
-        "ledger", "record", "--email", "rep@example.com", "--purpose", "email_marketing",
-        "--status", "granted", "--source", "web_form", *args,
-    )  # fmt: skip
+        "ledger",
+        "record",
+        "--email",
+        "rep@example.com",
+        "--purpose",
+        "email_marketing",
+        "--status",
+        "granted",
+        "--source",
+        "web_form",
+        *args,
+    )
     assert "already recorded" in human.stdout and "nothing changed" in human.stdout
     assert audit_count(cli) == count
     assert len(show(cli, "rep@example.com")["history"]) == 1
@@ -313,9 +367,15 @@ def test_direct_marketing_objection_is_upheld_at_once_everywhere(
     record(cli, email, "sms_offers", "granted", "--channel", "sms", "--at", iso_ago(days=5))
     assert state(show(cli, email), "sms_offers", "sms")["suppressed"] is False
 
-    purpose_args = ("--purpose", "email_marketing") if how == "email_marketing" else (
-        "--purpose", "service", "--direct-marketing",
-    )  # fmt: skip
+    purpose_args = (
+        ("--purpose", "email_marketing")
+        if how == "email_marketing"
+        else (
+            "--purpose",
+            "service",
+            "--direct-marketing",
+        )
+    )
     result = cli.json("objection", "raise", "--email", email, *purpose_args)
     assert result["status"] == "upheld" and result["direct_marketing"] is True
     assert result["decided_by"] == "policy:art21(2)_direct_marketing"
@@ -345,12 +405,38 @@ def test_objection_to_service_is_auto_upheld(cli: Any) -> None:
 
 
 def test_objection_list_pending_first_then_oldest(cli: Any) -> None:
-    upheld = cli.json("objection", "raise", "--email", "a@example.com", "--purpose", "service",
-                      "--at", "2026-01-01T00:00:00Z")  # fmt: skip
-    newer = cli.json("objection", "raise", "--email", "b@example.com", "--purpose", "profiling",
-                     "--at", "2026-03-01T00:00:00Z")  # fmt: skip
-    older = cli.json("objection", "raise", "--email", "c@example.com", "--purpose", "profiling",
-                     "--at", "2026-02-01T00:00:00Z", "--source", "letter")  # fmt: skip
+    upheld = cli.json(
+        "objection",
+        "raise",
+        "--email",
+        "a@example.com",
+        "--purpose",
+        "service",
+        "--at",
+        "2026-01-01T00:00:00Z",
+    )
+    newer = cli.json(
+        "objection",
+        "raise",
+        "--email",
+        "b@example.com",
+        "--purpose",
+        "profiling",
+        "--at",
+        "2026-03-01T00:00:00Z",
+    )
+    older = cli.json(
+        "objection",
+        "raise",
+        "--email",
+        "c@example.com",
+        "--purpose",
+        "profiling",
+        "--at",
+        "2026-02-01T01:00:00+01:00",
+        "--source",
+        "letter",
+    )
     rows = cli.json("objection", "list")
     assert [r["id"] for r in rows] == [older["id"], newer["id"], upheld["id"]]
     first = rows[0]
@@ -368,15 +454,35 @@ def test_objection_decide_reject_and_uphold(cli: Any) -> None:
     rejected = cli.json("objection", "raise", "--email", "r@example.com", "--purpose", "profiling")
     upheld = cli.json("objection", "raise", "--email", "u@example.com", "--purpose", "profiling")
 
-    result = cli.json("objection", "decide", str(rejected["id"]), "--reject", "--by", "dpo",
-                      "--reason", "compelling grounds")  # fmt: skip
-    assert result == {"id": rejected["id"], "status": "rejected", "decided_by": "dpo",
-                      "subject": rejected["subject"]}  # fmt: skip
+    result = cli.json(
+        "objection",
+        "decide",
+        str(rejected["id"]),
+        "--reject",
+        "--by",
+        "dpo",
+        "--reason",
+        "compelling grounds",
+    )
+    assert result == {
+        "id": rejected["id"],
+        "status": "rejected",
+        "decided_by": "dpo",
+        "subject": rejected["subject"],
+    }
     prof = state(show(cli, "r@example.com"), "profiling")
     assert (prof["suppressed"], prof["rule"]) == (False, "purpose_default_basis")
 
-    human = cli.ok("objection", "decide", str(upheld["id"]), "--uphold", "--by", "dpo",
-                   "--reason", "no overriding grounds")  # fmt: skip
+    human = cli.ok(
+        "objection",
+        "decide",
+        str(upheld["id"]),
+        "--uphold",
+        "--by",
+        "dpo",
+        "--reason",
+        "no overriding grounds",
+    )
     assert f"objection {upheld['id']} upheld by dpo" in human.stdout
     prof = state(show(cli, "u@example.com"), "profiling")
     assert (prof["suppressed"], prof["rule"]) == (True, "objection_upheld")
@@ -393,8 +499,7 @@ def test_objection_decide_twice_or_without_decision_fails(cli: Any) -> None:
     raised = cli.json("objection", "raise", "--email", "t@example.com", "--purpose", "profiling")
     oid = str(raised["id"])
     count = audit_count(cli)
-    assert_bad_input(cli("objection", "decide", oid, "--by", "dpo", "--reason", "x"),
-                     "--uphold", "--reject")  # fmt: skip
+    assert_bad_input(cli("objection", "decide", oid, "--by", "dpo", "--reason", "x"), "--uphold", "--reject")
     assert audit_count(cli) == count
     assert cli.json("objection", "list", "--pending")[0]["id"] == raised["id"]
 
@@ -402,7 +507,8 @@ def test_objection_decide_twice_or_without_decision_fails(cli: Any) -> None:
     count = audit_count(cli)
     message = assert_bad_input(
         cli("objection", "decide", oid, "--reject", "--by", "dpo", "--reason", "changed my mind"),
-        f"objection {oid}", "already upheld",
+        f"objection {oid}",
+        "already upheld",
     )
     assert "pending" in message
     assert audit_count(cli) == count
@@ -418,8 +524,16 @@ def test_erase_leaves_only_a_keyed_hash(cli: Any) -> None:
     record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=10), "--evidence-ref", "f-9")
     record(cli, email, "service", "granted", "--channel", "post")
     raised = cli.json("objection", "raise", "--email", email, "--purpose", "profiling")
-    cli.ok("objection", "decide", str(raised["id"]), "--uphold", "--by", "dpo",
-           "--reason", f"objection sent from {email}")  # fmt: skip
+    cli.ok(
+        "objection",
+        "decide",
+        str(raised["id"]),
+        "--uphold",
+        "--by",
+        "dpo",
+        "--reason",
+        f"objection sent from {email}",
+    )
     uid = show(cli, email)["subject"]
     before = audit_entries(cli, "--email", email)
     assert before and {e["subject"] for e in before} == {uid}
@@ -472,8 +586,18 @@ def test_subject_show_json_and_human(cli: Any) -> None:
     record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=1), "--actor", "ops-eve")
     record(cli, email, "service", "withdrawn", "--channel", "phone", "--at", iso_ago(hours=1))
     view = show(cli, email)
-    assert {"subject", "email", "created_at", "suppressed_by_erasure", "restricted", "as_of",
-            "purposes", "history", "objections", "crm_records"} <= set(view)  # fmt: skip
+    assert {
+        "subject",
+        "email",
+        "created_at",
+        "suppressed_by_erasure",
+        "restricted",
+        "as_of",
+        "purposes",
+        "history",
+        "objections",
+        "crm_records",
+    } <= set(view)
     assert isinstance(view["purposes"], list)
     expected_pairs = [("email_marketing", "email")] + [
         (p, c) for p in ("profiling", "service") for c in ALL_CHANNELS
@@ -485,16 +609,26 @@ def test_subject_show_json_and_human(cli: Any) -> None:
         assert isinstance(item["suppressed"], bool)
         assert item["status"] in ALL_STATUSES and item["basis"] in ALL_BASES
     assert state(view, "email_marketing") | {"since": None, "expires_at": None, "detail": ""} == {
-        "purpose": "email_marketing", "channel": "email", "status": "granted", "basis": "consent",
-        "suppressed": False, "rule": "latest_event_time", "since": None, "expires_at": None,
-        "evidenced": False, "detail": "",
-    }  # fmt: skip
+        "purpose": "email_marketing",
+        "channel": "email",
+        "status": "granted",
+        "basis": "consent",
+        "suppressed": False,
+        "rule": "latest_event_time",
+        "since": None,
+        "expires_at": None,
+        "evidenced": False,
+        "detail": "",
+    }
     phone = state(view, "service", "phone")
     assert (phone["status"], phone["suppressed"], phone["rule"]) == ("withdrawn", True, "sticky_withdrawal")
     prof = state(view, "profiling", "post")
     assert (prof["status"], prof["basis"], prof["suppressed"], prof["rule"]) == (
-        "not_applicable", "legitimate_interests", False, "purpose_default_basis",
-    )  # fmt: skip
+        "not_applicable",
+        "legitimate_interests",
+        False,
+        "purpose_default_basis",
+    )
     assert len(view["history"]) == 2 and view["objections"] == [] and view["crm_records"] == []
 
     human = cli.ok("subject", "show", email).stdout
@@ -506,14 +640,25 @@ def test_subject_show_json_and_human(cli: Any) -> None:
 
 def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
     email = "export@example.com"
-    formula = "=HYPERLINK(\"http://evil.example\",\"x\")"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=3),
-           "--notice-version", "v2", "--evidence-ref", formula)  # fmt: skip
+    formula = '=HYPERLINK("http://evil.example","x")'
+    record(
+        cli,
+        email,
+        "email_marketing",
+        "granted",
+        "--at",
+        iso_ago(days=3),
+        "--notice-version",
+        "v2",
+        "--evidence-ref",
+        formula,
+    )
     cli.json("objection", "raise", "--email", email, "--purpose", "profiling")
     uid = show(cli, email)["subject"]
 
     as_json = tmp_path / "out.json"
-    assert f"wrote {as_json}" in cli.ok("subject", "export", email, "--format", "json", "-o", str(as_json)).stdout
+    written = cli.ok("subject", "export", email, "--format", "json", "-o", str(as_json)).stdout
+    assert f"wrote {as_json}" in written
     data = json.loads(as_json.read_text(encoding="utf-8"))
     assert data["subject"] == uid and data["email"] == email
     assert data["history"][0]["evidence_ref"] == formula  # JSON keeps the value as it is
@@ -565,8 +710,19 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
     entries = audit_entries(cli)
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     for entry in entries:
-        assert {"seq", "at", "action", "subject", "what", "old", "new", "rule", "source",
-                "actor", "hash"} <= set(entry)  # fmt: skip
+        assert {
+            "seq",
+            "at",
+            "action",
+            "subject",
+            "what",
+            "old",
+            "new",
+            "rule",
+            "source",
+            "actor",
+            "hash",
+        } <= set(entry)
 
     one = audit_entries(cli, "--email", " ONE@example.com")
     assert [e["action"] for e in one] == ["subject.created", "consent.recorded"]
@@ -582,6 +738,7 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
     assert [e["seq"] for e in since] == [e["seq"] for e in entries if parse_iso(e["at"]) >= parse_iso(pivot)]
     assert since and since[-1]["seq"] == entries[-1]["seq"] and len(since) < len(entries)
     assert audit_entries(cli, "--email", "one@example.com", "--since", "2999-01-01") == []
+    assert audit_entries(cli, "--limit", "2") == entries[:2]
 
     human = cli.ok("audit", "log", "--email", "two@example.com").stdout
     assert "consent.recorded" in human and "ops-zed" in human and "withdrawn (suppressed)" in human
@@ -589,9 +746,12 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
     verify = cli.ok("audit", "verify")
     assert f"audit chain verified: {len(entries)} entries, head at {len(entries)}" in verify.stdout
     assert cli.json("audit", "verify") == {
-        "ok": True, "entries_checked": len(entries), "head_seq": len(entries),
-        "broken_seq": None, "problem": None,
-    }  # fmt: skip
+        "ok": True,
+        "entries_checked": len(entries),
+        "head_seq": len(entries),
+        "broken_seq": None,
+        "problem": None,
+    }
 
 
 # -- --config and CONSENTSYNC_CONFIG ---------------------------------------------------------------
@@ -601,8 +761,23 @@ def test_config_option_before_or_after_command_and_env(cli: Any, tmp_path: Path)
     path = str(cli.config_path)
     runner = cli.runner
     email = "cfg@example.com"
-    after = runner.invoke(main, ["ledger", "record", "--email", email, "--purpose", "service",
-                                 "--status", "granted", "--source", "phone", "--config", path])  # fmt: skip
+    after = runner.invoke(
+        main,
+        [
+            "ledger",
+            "record",
+            "--email",
+            email,
+            "--purpose",
+            "service",
+            "--status",
+            "granted",
+            "--source",
+            "phone",
+            "--config",
+            path,
+        ],
+    )
     assert after.exit_code == 0, after.stderr
     shown = runner.invoke(main, ["subject", "show", email, "--json", "--config", path])
     assert shown.exit_code == 0, shown.stderr
@@ -620,7 +795,8 @@ def test_config_option_before_or_after_command_and_env(cli: Any, tmp_path: Path)
     # An explicit --config wins over the environment.
     missing = {"CONSENTSYNC_CONFIG": str(tmp_path / "nowhere.yaml")}
     assert runner.invoke(main, ["subject", "show", email, "--config", path], env=missing).exit_code == 0
-    assert_bad_input(runner.invoke(main, ["subject", "show", email], env=missing), "nowhere.yaml", "not found")
+    unset = runner.invoke(main, ["subject", "show", email], env=missing)
+    assert_bad_input(unset, "nowhere.yaml", "not found")
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -645,9 +821,7 @@ GOOD = {"--email": "bad@example.com", "--purpose": "email_marketing", "--status"
             ["channel 'sms'", "purpose 'email_marketing'", "accepted are email"],
             id="channel",
         ),
-        pytest.param(
-            {"--email": "not-an-address"}, ["malformed email address 'not-an-address'"], id="email"
-        ),
+        pytest.param({"--email": "not-an-address"}, ["malformed email address 'not-an-address'"], id="email"),
         pytest.param({"--at": "yesterday"}, ["malformed --at 'yesterday'", "ISO 8601"], id="at"),
         pytest.param(
             {"--double-opt-in-at": "31/12/2025"},
@@ -688,9 +862,42 @@ def test_record_bad_input_changes_nothing(cli: Any, change: dict[str, str], need
             ["no objection with id 4242"],
             id="objection-id",
         ),
-        pytest.param(["erase", "--email", "@@", "--reason", "x", "--yes"], ["malformed email"], id="erase-email"),
+        pytest.param(
+            ["erase", "--email", "@@", "--reason", "x", "--yes"], ["malformed email"], id="erase-email"
+        ),
+        pytest.param(
+            ["erase", "--email", "keep@example.com", "--reason", "  ", "--yes"],
+            ["--reason"],
+            id="erase-reason",
+        ),
+        pytest.param(
+            ["objection", "decide", "1", "--uphold", "--by", " ", "--reason", "x"], ["--by"], id="decide-by"
+        ),
+        pytest.param(
+            ["objection", "decide", "1", "--reject", "--by", "dpo", "--reason", ""],
+            ["--reason"],
+            id="decide-reason",
+        ),
+        pytest.param(
+            [
+                "ledger",
+                "record",
+                "--email",
+                "keep@example.com",
+                "--purpose",
+                "service",
+                "--status",
+                "granted",
+                "--source",
+                " ",
+            ],
+            ["--source"],
+            id="record-source",
+        ),
         pytest.param(["audit", "log", "--since", "last week"], ["malformed --since"], id="audit-since"),
-        pytest.param(["subject", "show", "nobody@example.com"], ["no subject", "nobody@example.com"], id="subject"),
+        pytest.param(
+            ["subject", "show", "nobody@example.com"], ["no subject", "nobody@example.com"], id="subject"
+        ),
     ],
 )
 def test_other_bad_input_changes_nothing(cli: Any, args: list[str], needles: list[str]) -> None:
@@ -698,22 +905,64 @@ def test_other_bad_input_changes_nothing(cli: Any, args: list[str], needles: lis
     count = audit_count(cli)
     assert_bad_input(cli(*args), *needles)
     assert audit_count(cli) == count
-    assert [o["email"] for o in cli.json("objection", "list")] == ["keep@example.com"]
+    assert [(o["email"], o["status"]) for o in cli.json("objection", "list")] == [
+        ("keep@example.com", "pending")
+    ]
+    assert show(cli, "keep@example.com")["history"] == []
 
 
-def test_config_with_unknown_key_names_file_and_line(cli: Any) -> None:
+@pytest.mark.parametrize(
+    ("after", "line", "needles"),
+    [
+        pytest.param(
+            "version: 1",
+            "purpose: []\n",
+            ["unknown key 'purpose' in the top level", "accepted are", "purposes"],
+            id="top-level",
+        ),
+        pytest.param(
+            "  - key: profiling",
+            "    purpose: x\n",
+            ["unknown key 'purpose' in purposes[1]", "accepted are channels, default_basis"],
+            id="in-a-purpose",
+        ),
+        pytest.param(
+            "  requested_stale_after_days:",
+            "  trusted_source: [web_form]\n",
+            ["unknown key 'trusted_source' in policy", "accepted are", "trusted_sources"],
+            id="in-policy",
+        ),
+    ],
+)
+def test_config_with_unknown_key_names_file_and_line(
+    cli: Any, after: str, line: str, needles: list[str]
+) -> None:
     count = audit_count(cli)
     original = cli.config_path.read_text(encoding="utf-8")
     lines = original.splitlines(keepends=True)
-    index = next(i for i, line in enumerate(lines) if line.startswith("policy:"))
-    cli.config_path.write_text("".join([*lines[:index], "purpose: []\n", *lines[index:]]), encoding="utf-8")
+    index = next(i for i, text in enumerate(lines) if text.startswith(after)) + 1
+    cli.config_path.write_text("".join([*lines[:index], line, *lines[index:]]), encoding="utf-8")
     for args in (
-        ("ledger", "record", "--email", "cfgbad@example.com", "--purpose", "service",
-         "--status", "granted", "--source", "phone"),
+        (
+            "ledger",
+            "record",
+            "--email",
+            "cfgbad@example.com",
+            "--purpose",
+            "service",
+            "--status",
+            "granted",
+            "--source",
+            "phone",
+        ),
         ("audit", "log"),
-    ):  # fmt: skip
-        message = assert_bad_input(cli(*args), f"{cli.config_path}:{index + 1}:", "unknown key 'purpose'")
-        assert "accepted are" in message and "purposes" in message.split("accepted are", 1)[1]
+    ):
+        assert_bad_input(cli(*args), f"{cli.config_path}:{index + 1}: ", *needles)
+    # init keeps the existing file (and says so on stdout), then refuses it the same way.
+    result = cli("init")
+    assert result.exit_code == 2 and "exists: keeping it" in result.stdout
+    assert result.stderr.strip() == assert_bad_input(cli("audit", "log"), *needles)
+    assert original != cli.config_path.read_text(encoding="utf-8")  # the file was not rewritten
     cli.config_path.write_text(original, encoding="utf-8")
     assert audit_count(cli) == count
     assert_bad_input(cli("subject", "show", "cfgbad@example.com"), "no subject")
@@ -723,8 +972,21 @@ def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
     count = audit_count(cli)
     missing = tmp_path / "absent" / "consentsync.yaml"
     other = replace(cli, config_path=missing)
-    for args in (("audit", "log"), ("ledger", "record", "--email", "m@example.com", "--purpose",
-                                     "service", "--status", "granted", "--source", "phone")):  # fmt: skip
+    for args in (
+        ("audit", "log"),
+        (
+            "ledger",
+            "record",
+            "--email",
+            "m@example.com",
+            "--purpose",
+            "service",
+            "--status",
+            "granted",
+            "--source",
+            "phone",
+        ),
+    ):
         assert_bad_input(other(*args), str(missing), "config file not found", "consentsync init")
     assert not missing.exists()
     assert audit_count(cli) == count

@@ -26,6 +26,7 @@ from consentsync.domain import (
 from consentsync.reconcile import (
     Policy,
     Ranked,
+    Rule,
     Summary,
     effective_state,
     reconcile,
@@ -295,15 +296,41 @@ def test_crm_values_never_undo_a_sticky_value(
         assert result.suppressed
 
 
+@SETTINGS
+@given(
+    items=evidence_lists,
+    crm_values=st.lists(evidence(origins=st.just(Origin.CRM)), max_size=10),
+    suppressed_since=times,
+    raised_at=times,
+    now=st.sampled_from(NOWS),
+)
+def test_crm_values_never_lift_erasure_or_objection(
+    items: list[Evidence],
+    crm_values: list[Evidence],
+    suppressed_since: datetime,
+    raised_at: datetime,
+    now: datetime,
+) -> None:
+    """Erasure and an Art. 21(2) objection are sticky too: only a newer trusted opt-in lifts them."""
+    summary = summarise([*items, *crm_values], POLICY)
+    trusted = [e.event_time for e in items if POLICY.reverses_sticky(e) and e.event_time is not None]
+    erased = SubjectFlags(suppressed_since=suppressed_since, suppression_reason="erasure")
+    objection = ObjectionFact(EMAIL.key, True, ObjectionStatus.UPHELD, raised_at)
+    for purpose in PURPOSES:
+        result = effective_state(summary, purpose, "email", flags=erased, objections=(), now=now)
+        if not any(at > suppressed_since for at in trusted):
+            assert (result.suppressed, result.rule) == (True, Rule.ERASURE)
+    result = effective_state(summary, EMAIL, "email", flags=SubjectFlags(), objections=[objection], now=now)
+    if not any(at > raised_at for at in trusted):
+        assert (result.suppressed, result.rule) == (True, Rule.OBJECTION_DIRECT_MARKETING)
+
 
 @LAW_SETTINGS
 @given(
     items=evidence_lists,
     crm_values=st.lists(evidence(origins=st.just(Origin.CRM)), min_size=1, max_size=10),
 )
-def test_crm_values_never_add_a_trusted_opt_in(
-    items: list[Evidence], crm_values: list[Evidence]
-) -> None:
+def test_crm_values_never_add_a_trusted_opt_in(items: list[Evidence], crm_values: list[Evidence]) -> None:
     before = summarise(items, POLICY)
     after = summarise(crm_values, POLICY, start=before)
     assert after.trusted_opt_in_at == before.trusted_opt_in_at
@@ -331,9 +358,7 @@ def test_incremental_reconcile_equals_summarise(
             Summary(), purpose, "email", flags=flags, objections=objections, now=now
         )
         for item in items:
-            decision = reconcile(
-                current, item, purpose, POLICY, flags=flags, objections=objections, now=now
-            )
+            decision = reconcile(current, item, purpose, POLICY, flags=flags, objections=objections, now=now)
             assert decision.before == previous_after
             assert decision.changed == (
                 (decision.before.status, decision.before.basis, decision.before.suppressed)

@@ -239,9 +239,7 @@ class TestStickyWithdrawalAndRefusal:
         assert result.since == t(5)
 
     @pytest.mark.parametrize("opt_in_at", [t(0), t(1)], ids=["older", "equal"])
-    def test_trusted_evidenced_opt_in_older_or_equal_does_not_reverse(
-        self, opt_in_at: datetime
-    ) -> None:
+    def test_trusted_evidenced_opt_in_older_or_equal_does_not_reverse(self, opt_in_at: datetime) -> None:
         result = state([capture(S.GRANTED, opt_in_at), capture(S.WITHDRAWN, t(1))])
         assert result.status is S.WITHDRAWN
         assert result.suppressed
@@ -332,9 +330,7 @@ class TestLatestEventTime:
         assert (result.status, result.rule) == (S.GRANTED, Rule.LATEST_EVENT_TIME)
 
     def test_basis_comes_from_the_latest_value_else_the_purpose(self) -> None:
-        with_basis = state(
-            [crm(S.NOT_APPLICABLE, t(1), basis=LawfulBasis.LEGITIMATE_INTERESTS)], PROFILING
-        )
+        with_basis = state([crm(S.NOT_APPLICABLE, t(1), basis=LawfulBasis.LEGITIMATE_INTERESTS)], PROFILING)
         assert with_basis.basis is LawfulBasis.LEGITIMATE_INTERESTS
         without = state([crm(S.GRANTED, t(1))], PROFILING)
         assert without.basis is LawfulBasis.LEGITIMATE_INTERESTS
@@ -353,9 +349,7 @@ class TestTiesAndUnknownTimes:
             (S.NOT_APPLICABLE, True),  # consent basis: anything but granted is suppressed
         ],
     )
-    def test_equal_times_most_restrictive_wins(
-        self, other: ConsentStatus, expected_suppressed: bool
-    ) -> None:
+    def test_equal_times_most_restrictive_wins(self, other: ConsentStatus, expected_suppressed: bool) -> None:
         items = [crm(S.GRANTED, t(2)), crm(other, t(2), source="salesforce")]
         for ordering in (items, list(reversed(items))):
             result = state(ordering)
@@ -384,9 +378,7 @@ class TestTiesAndUnknownTimes:
         assert (result.status, result.rule) == (S.GRANTED, Rule.LATEST_EVENT_TIME)
 
     def test_earlier_tie_does_not_affect_later_single_value(self) -> None:
-        summary = summarise(
-            [crm(S.GRANTED, t(1)), crm(S.REQUESTED, t(1)), crm(S.GRANTED, t(3))], POLICY
-        )
+        summary = summarise([crm(S.GRANTED, t(1)), crm(S.REQUESTED, t(1)), crm(S.GRANTED, t(3))], POLICY)
         assert summary.tied is False
 
     def test_withdrawal_with_unknown_time_counts_as_observed_at(self) -> None:
@@ -485,8 +477,11 @@ class TestErasureAndRestriction:
 # --- objections -------------------------------------------------------------------------------
 
 
+RAISED = t(2)
+
+
 def objection(
-    purpose: Purpose, status: ObjectionStatus, at: datetime = t(2), *, dm: bool | None = None
+    purpose: Purpose, status: ObjectionStatus, at: datetime = RAISED, *, dm: bool | None = None
 ) -> ObjectionFact:
     return ObjectionFact(
         purpose=purpose.key,
@@ -532,17 +527,13 @@ class TestObjections:
     @pytest.mark.parametrize("purpose", [EMAIL, SMS_OFFERS], ids=lambda p: p.key)
     def test_direct_marketing_objection_suppresses_every_dm_purpose(self, purpose: Purpose) -> None:
         objections = [objection(EMAIL, ObjectionStatus.UPHELD)]
-        result = state(
-            [capture(S.GRANTED, t(1), purpose=purpose)], purpose, objections=objections
-        )
+        result = state([capture(S.GRANTED, t(1), purpose=purpose)], purpose, objections=objections)
         assert result.suppressed
         assert result.rule == Rule.OBJECTION_DIRECT_MARKETING
         assert "Art. 21(2)" in result.detail
 
     @pytest.mark.parametrize("purpose", [PROFILING, SERVICE], ids=lambda p: p.key)
-    def test_direct_marketing_objection_leaves_non_dm_purposes_alone(
-        self, purpose: Purpose
-    ) -> None:
+    def test_direct_marketing_objection_leaves_non_dm_purposes_alone(self, purpose: Purpose) -> None:
         result = state([], purpose, objections=[objection(EMAIL, ObjectionStatus.UPHELD)])
         assert (result.suppressed, result.rule) == (False, Rule.DEFAULT_BASIS)
 
@@ -657,9 +648,7 @@ class TestDefaultsAndBasis:
         [(PROFILING, LawfulBasis.LEGITIMATE_INTERESTS), (SERVICE, LawfulBasis.CONTRACT)],
         ids=["legitimate_interests", "contract"],
     )
-    def test_no_evidence_other_bases_not_suppressed(
-        self, purpose: Purpose, basis: LawfulBasis
-    ) -> None:
+    def test_no_evidence_other_bases_not_suppressed(self, purpose: Purpose, basis: LawfulBasis) -> None:
         result = state([], purpose, channel="post")
         assert result.status is S.NOT_APPLICABLE
         assert result.basis is basis
@@ -676,9 +665,7 @@ class TestDefaultsAndBasis:
         )
 
     def test_contract_basis_not_applicable_is_not_suppressed(self) -> None:
-        result = state(
-            [crm(S.NOT_APPLICABLE, t(1), basis=LawfulBasis.CONTRACT, purpose=SERVICE)], SERVICE
-        )
+        result = state([crm(S.NOT_APPLICABLE, t(1), basis=LawfulBasis.CONTRACT, purpose=SERVICE)], SERVICE)
         assert (result.status, result.basis, result.suppressed) == (
             S.NOT_APPLICABLE,
             LawfulBasis.CONTRACT,
@@ -703,9 +690,7 @@ class TestDefaultsAndBasis:
             (S.EXPIRED, LawfulBasis.PUBLIC_TASK, True),
         ],
     )
-    def test_is_suppressed_table(
-        self, status: ConsentStatus, basis: LawfulBasis, suppressed: bool
-    ) -> None:
+    def test_is_suppressed_table(self, status: ConsentStatus, basis: LawfulBasis, suppressed: bool) -> None:
         assert is_suppressed(status, basis) is suppressed
 
 
@@ -759,20 +744,21 @@ def test_rule_scenario_decides_with_that_rule(rule: str) -> None:
 # --- Summary serialisation; fingerprints; Decision --------------------------------------------
 
 
-class TestSummaryAndDecision:
-    MIXED = [
-        crm(S.WITHDRAWN, None, observed=t(3)),
-        capture(S.GRANTED, t(5), double_opt_in_at=t(5)),
-        crm(S.REQUESTED, t(5), basis=LawfulBasis.CONSENT),
-        crm(S.GRANTED, None, observed=t(1)),
-    ]
+MIXED = (
+    crm(S.WITHDRAWN, None, observed=t(3)),
+    capture(S.GRANTED, t(5), double_opt_in_at=t(5)),
+    crm(S.REQUESTED, t(5), basis=LawfulBasis.CONSENT),
+    crm(S.GRANTED, None, observed=t(1)),
+)
 
+
+class TestSummaryAndDecision:
     @pytest.mark.parametrize(
         "evidence",
-        [[], MIXED, MIXED[:1], [crm(S.GRANTED, None, observed=t(1))]],
+        [(), MIXED, MIXED[:1], (crm(S.GRANTED, None, observed=t(1)),)],
         ids=["empty", "mixed", "unknown-withdrawal", "unknown-grant"],
     )
-    def test_summary_json_round_trip(self, evidence: list[Evidence]) -> None:
+    def test_summary_json_round_trip(self, evidence: tuple[Evidence, ...]) -> None:
         summary = summarise(evidence, POLICY)
         # As the ledger stores it: canonical JSON text, read back with any JSON parser.
         wire = canonical_json(summary.to_json())
@@ -788,7 +774,7 @@ class TestSummaryAndDecision:
             )
 
     def test_mixed_summary_contents(self) -> None:
-        summary = summarise(self.MIXED, POLICY)
+        summary = summarise(MIXED, POLICY)
         assert summary.tied is True
         assert summary.latest is not None and summary.latest.status is S.REQUESTED
         assert summary.restriction is not None and summary.restriction.sort_time == t(3)
@@ -805,20 +791,18 @@ class TestSummaryAndDecision:
         assert restored.trusted_opt_in_at == datetime(2026, 3, 1, 9, tzinfo=UTC)
 
     def test_fingerprint_ignores_observed_at_only_when_event_time_known(self) -> None:
-        assert crm(S.GRANTED, t(1), observed=t(2)).fingerprint() == crm(
-            S.GRANTED, t(1), observed=t(9)
-        ).fingerprint()
-        assert crm(S.GRANTED, None, observed=t(2)).fingerprint() != crm(
-            S.GRANTED, None, observed=t(9)
-        ).fingerprint()
+        assert (
+            crm(S.GRANTED, t(1), observed=t(2)).fingerprint()
+            == crm(S.GRANTED, t(1), observed=t(9)).fingerprint()
+        )
+        assert (
+            crm(S.GRANTED, None, observed=t(2)).fingerprint()
+            != crm(S.GRANTED, None, observed=t(9)).fingerprint()
+        )
         assert crm(S.GRANTED, t(1)).fingerprint() != crm(S.REQUESTED, t(1)).fingerprint()
 
-    def _reconcile(
-        self, current: Summary | None, evidence: Evidence, purpose: Purpose = EMAIL
-    ) -> Decision:
-        return reconcile(
-            current, evidence, purpose, POLICY, flags=SubjectFlags(), objections=(), now=NOW
-        )
+    def _reconcile(self, current: Summary | None, evidence: Evidence, purpose: Purpose = EMAIL) -> Decision:
+        return reconcile(current, evidence, purpose, POLICY, flags=SubjectFlags(), objections=(), now=NOW)
 
     def test_decision_changed_on_first_grant(self) -> None:
         decision = self._reconcile(None, capture(S.GRANTED, t(1)))

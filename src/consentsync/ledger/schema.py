@@ -134,7 +134,8 @@ consent_states = Table(
     Column("purpose", String(63), ForeignKey("purposes.key"), primary_key=True),
     Column("channel", String(32), primary_key=True),
     Column("summary", Text, nullable=False),
-    # Effective state as of updated_at, for queries; readers recompute it against the clock.
+    # What the evidence says (status, basis, since, expires_at) and the effective suppression and
+    # rule as of updated_at, for queries; readers recompute the effective state against the clock.
     Column("status", String(16), nullable=False),
     Column("basis", String(32), nullable=False),
     Column("suppressed", Boolean, nullable=False),

@@ -44,7 +44,7 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
-from consentsync.reconcile import Policy, Summary, effective_state, reconcile
+from consentsync.reconcile import Policy, Summary, consent_state, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
 _STATE_KEY = ("subject_id", "purpose", "channel")
@@ -446,6 +446,7 @@ class Ledger:
                     source="erasure",
                     actor=actor,
                     subject_uid=uid,
+                    subject_id=subject_id,
                     details={"reason": reason},
                 ),
             )
@@ -710,24 +711,29 @@ class Ledger:
         states: dict[tuple[int, str, str], tuple[Summary, EffectiveState]],
         now: datetime,
     ) -> None:
+        """Upserts current-state rows. status, basis, since and expires_at are what the evidence
+        says (so that the expiry sweep and the stale-request report find them however long ago
+        they were recorded); suppressed and rule are the effective values as of ``now``."""
         if not states:
             return
-        rows = [
-            {
-                "subject_id": subject_id,
-                "purpose": purpose,
-                "channel": channel,
-                "summary": canonical_json(summary.to_json()),
-                "status": state.status.value,
-                "basis": state.basis.value,
-                "suppressed": state.suppressed,
-                "rule": state.rule,
-                "since": state.since,
-                "expires_at": state.expires_at,
-                "updated_at": now,
-            }
-            for (subject_id, purpose, channel), (summary, state) in states.items()
-        ]
+        rows = []
+        for (subject_id, purpose, channel), (summary, effective) in states.items():
+            evidenced = consent_state(summary, self.purposes[purpose], channel)
+            rows.append(
+                {
+                    "subject_id": subject_id,
+                    "purpose": purpose,
+                    "channel": channel,
+                    "summary": canonical_json(summary.to_json()),
+                    "status": evidenced.status.value,
+                    "basis": evidenced.basis.value,
+                    "suppressed": effective.suppressed,
+                    "rule": effective.rule,
+                    "since": evidenced.since,
+                    "expires_at": evidenced.expires_at,
+                    "updated_at": now,
+                }
+            )
         dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
         statement = dialect.insert(consent_states)
         statement = statement.on_conflict_do_update(

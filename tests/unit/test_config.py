@@ -1,0 +1,416 @@
+"""consentsync.yaml: the starter parses; every error names the file, the line and the field."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from consentsync.config import (
+    CONFIG_ENV,
+    ERASURE_KEY_ENV,
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_config,
+    resolve_sqlite_url,
+    starter_config_text,
+    write_starter,
+)
+from consentsync.domain import LawfulBasis, ObjectionHandling
+
+CONFIG = Path("/srv/consentsync/consentsync.yaml")
+
+# A minimal valid file; the tests below break it one line at a time.
+MINIMAL = """\
+version: 1
+ledger:
+  url: sqlite:///ledger.db
+purposes:
+  - key: newsletter
+    name: Newsletter
+    direct_marketing: true
+    default_basis: consent
+  - key: billing
+    name: Billing
+    default_basis: contract
+"""
+
+
+def error_of(text: str, path: Path = CONFIG) -> str:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text, path)
+    return str(raised.value)
+
+
+# --- the starter config -----------------------------------------------------------------------
+
+
+class TestStarterConfig:
+    def test_parses(self) -> None:
+        config = parse_config(starter_config_text(), CONFIG)
+        assert set(config.purposes) == {"email_marketing", "profiling", "service"}
+        assert config.channels == ("email", "phone", "sms", "post")
+        assert config.settings.version == 1
+
+    def test_email_marketing(self) -> None:
+        purpose = parse_config(starter_config_text(), CONFIG).purposes["email_marketing"]
+        assert purpose.direct_marketing is True
+        assert purpose.default_basis is LawfulBasis.CONSENT
+        assert purpose.validity_days == 730
+        assert purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD
+        assert purpose.channels == ("email",)
+
+    def test_profiling(self) -> None:
+        purpose = parse_config(starter_config_text(), CONFIG).purposes["profiling"]
+        assert purpose.direct_marketing is False
+        assert purpose.default_basis is LawfulBasis.LEGITIMATE_INTERESTS
+        assert purpose.objection_handling is ObjectionHandling.MANUAL_REVIEW
+        assert purpose.validity_days is None
+
+    def test_service(self) -> None:
+        purpose = parse_config(starter_config_text(), CONFIG).purposes["service"]
+        assert purpose.direct_marketing is False
+        assert purpose.default_basis is LawfulBasis.CONTRACT
+        # No handling of its own: the policy-wide default applies.
+        assert purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD
+        # No channels of its own: every configured channel.
+        assert purpose.channels == ("email", "phone", "sms", "post")
+
+    def test_policy(self) -> None:
+        config = parse_config(starter_config_text(), CONFIG)
+        assert config.policy.trusted_sources == frozenset(
+            {"web_form", "preference_center", "double_opt_in", "ops"}
+        )
+        assert config.settings.policy.requested_stale_after_days == 30
+        assert config.settings.secrets.erasure_hmac_key_file == "consentsync.key"
+
+    def test_ledger_next_to_the_config(self) -> None:
+        config = parse_config(starter_config_text(), CONFIG)
+        assert config.ledger_url == "sqlite:////srv/consentsync/consentsync.db"
+
+    def test_policy_default_objection_handling_reaches_purposes_without_their_own(self) -> None:
+        text = starter_config_text().replace(
+            "  objection_handling: auto_uphold\n\n# Channels",
+            "  objection_handling: manual_review\n\n# Channels",
+        )
+        assert text != starter_config_text()
+        purposes = parse_config(text, CONFIG).purposes
+        assert purposes["service"].objection_handling is ObjectionHandling.MANUAL_REVIEW
+        assert purposes["email_marketing"].objection_handling is ObjectionHandling.AUTO_UPHOLD
+
+
+# --- errors name the file, the line and the field -------------------------------------------
+
+
+class TestErrors:
+    def test_minimal_is_valid(self) -> None:
+        assert set(parse_config(MINIMAL, CONFIG).purposes) == {"newsletter", "billing"}
+
+    def test_unknown_top_level_key(self) -> None:
+        message = error_of(MINIMAL.replace("ledger:\n", "colour: blue\nledger:\n"))
+        assert message.startswith(f"{CONFIG}:2: ")
+        assert "unknown key 'colour' in the top level" in message
+        assert "accepted are channels, ledger, policy, purposes, secrets, version" in message
+
+    def test_unknown_key_inside_second_purpose(self) -> None:
+        message = error_of(MINIMAL.replace("    name: Billing\n", "    name: Billing\n    owner: finance\n"))
+        assert message.startswith(f"{CONFIG}:11: ")
+        assert "unknown key 'owner' in purposes[1]" in message
+        for key in ("key", "name", "default_basis", "direct_marketing", "validity_days"):
+            assert key in message.split("accepted are", 1)[1]
+
+    def test_unknown_key_in_a_section(self) -> None:
+        message = error_of(MINIMAL.replace("  url: sqlite:///ledger.db\n", "  url: x\n  pool: 5\n"))
+        assert message.startswith(f"{CONFIG}:4: ")
+        assert "unknown key 'pool' in ledger: accepted are url" in message
+
+    def test_bad_enum_value_lists_accepted_values(self) -> None:
+        message = error_of(MINIMAL.replace("default_basis: contract", "default_basis: contrakt"))
+        assert message.startswith(f"{CONFIG}:11: purposes[1].default_basis: ")
+        assert "'contrakt'" in message
+        for basis in LawfulBasis:
+            assert basis.value in message
+
+    def test_bad_objection_handling(self) -> None:
+        text = MINIMAL + "policy:\n  objection_handling: sometimes\n"
+        message = error_of(text)
+        assert message.startswith(f"{CONFIG}:13: policy.objection_handling: ")
+        assert "auto_uphold" in message and "manual_review" in message
+
+    def test_duplicate_purpose_key(self) -> None:
+        message = error_of(MINIMAL.replace("key: billing", "key: newsletter"))
+        assert message.startswith(f"{CONFIG}:9: purposes[1].key: ")
+        assert "duplicate purpose key 'newsletter'" in message
+
+    def test_missing_required_key_in_a_purpose(self) -> None:
+        message = error_of(MINIMAL.replace("    name: Billing\n", ""))
+        assert message.startswith(f"{CONFIG}:9: ")
+        assert "missing required key 'purposes[1].name'" in message
+
+    def test_missing_purposes(self) -> None:
+        message = error_of("version: 1\nledger:\n  url: sqlite:///x.db\n")
+        assert message.startswith(f"{CONFIG}:1: ")
+        assert "missing required key 'purposes'" in message
+
+    def test_empty_purposes(self) -> None:
+        message = error_of("purposes: []\n")
+        assert message.startswith(f"{CONFIG}:1: purposes: ")
+
+    def test_out_of_range_value(self) -> None:
+        text = MINIMAL.replace(
+            "    default_basis: consent\n", "    default_basis: consent\n    validity_days: 0\n"
+        )
+        message = error_of(text)
+        assert message.startswith(f"{CONFIG}:9: purposes[0].validity_days: ")
+        assert "got 0" in message
+
+    def test_bad_purpose_key_shape(self) -> None:
+        message = error_of(MINIMAL.replace("key: billing", "key: Billing-2"))
+        assert message.startswith(f"{CONFIG}:9: purposes[1].key: ")
+        assert "lower-case" in message and "'Billing-2'" in message
+
+    def test_unknown_channel_in_a_purpose(self) -> None:
+        text = MINIMAL + "    channels: [fax]\n"
+        message = error_of(text)
+        assert message.startswith(f"{CONFIG}:12: purposes[1].channels: ")
+        assert "unknown channel 'fax': accepted are email, phone, sms, post" in message
+
+    def test_unsupported_version(self) -> None:
+        message = error_of(MINIMAL.replace("version: 1", "version: 2"))
+        assert message.startswith(f"{CONFIG}:1: version: ")
+
+    @pytest.mark.parametrize(
+        ("text", "line"),
+        [
+            ("version: 1\nledger:\n  url: x\n bad: 2\npurposes: []\n", 4),
+            ("version: 1\nledger: {url: x\n", 3),
+            ("version: 1\n\tledger: {}\n", 2),
+        ],
+        ids=["indentation", "unclosed-flow", "tab"],
+    )
+    def test_invalid_yaml(self, text: str, line: int) -> None:
+        message = error_of(text)
+        assert message.startswith(f"{CONFIG}:{line}: invalid YAML: ")
+
+    @pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n- b\n", "just text\n"])
+    def test_top_level_must_be_a_mapping(self, text: str) -> None:
+        message = error_of(text)
+        assert message == f"{CONFIG}:1: expected a mapping of settings at the top level"
+
+    def test_load_missing_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "nowhere.yaml"
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert str(raised.value).startswith(f"{path}: config file not found")
+        assert "consentsync init" in str(raised.value)
+
+    def test_load_reports_the_real_path(self, tmp_path: Path) -> None:
+        path = tmp_path / "broken.yaml"
+        path.write_text(MINIMAL.replace("key: billing", "key: newsletter"), encoding="utf-8")
+        with pytest.raises(ConfigError) as raised:
+            load_config(path)
+        assert str(raised.value).startswith(f"{path}:9: ")
+
+
+# --- environment expansion --------------------------------------------------------------------
+
+
+class TestEnvironment:
+    def test_expansion(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("PGPASSWORD", "s3cret")
+        monkeypatch.setenv("PGHOST", "db.internal")
+        text = MINIMAL.replace(
+            "url: sqlite:///ledger.db",
+            "url: postgresql+psycopg://app:${PGPASSWORD}@${PGHOST}:5432/consentsync",
+        )
+        config = parse_config(text, CONFIG)
+        assert config.ledger_url == "postgresql+psycopg://app:s3cret@db.internal:5432/consentsync"
+
+    def test_expanded_value_is_validated_as_its_field(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("NEWSLETTER_DAYS", "365")
+        text = MINIMAL.replace(
+            "    default_basis: consent\n",
+            "    default_basis: consent\n    validity_days: ${NEWSLETTER_DAYS}\n",
+        )
+        assert parse_config(text, CONFIG).purposes["newsletter"].validity_days == 365
+
+    def test_expansion_is_not_recursive(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("OUTER", "${INNER}")
+        monkeypatch.delenv("INNER", raising=False)
+        text = MINIMAL.replace("url: sqlite:///ledger.db", "url: ${OUTER}")
+        assert parse_config(text, CONFIG).settings.ledger.url == "${INNER}"
+
+    def test_text_without_references_is_untouched(self) -> None:
+        text = MINIMAL.replace("name: Billing", "name: Billing $5 {x} $HOME")
+        assert parse_config(text, CONFIG).purposes["billing"].name == "Billing $5 {x} $HOME"
+
+    def test_missing_variable(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("CONSENTSYNC_TEST_UNSET_VAR", raising=False)
+        text = MINIMAL.replace("url: sqlite:///ledger.db", "url: ${CONSENTSYNC_TEST_UNSET_VAR}")
+        message = error_of(text)
+        assert message == (
+            f"{CONFIG}:3: ledger.url: environment variable CONSENTSYNC_TEST_UNSET_VAR is not set"
+        )
+
+    def test_missing_variable_in_a_list(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("CONSENTSYNC_TEST_UNSET_VAR", raising=False)
+        text = MINIMAL + "policy:\n  trusted_sources:\n    - web_form\n    - ${CONSENTSYNC_TEST_UNSET_VAR}\n"
+        message = error_of(text)
+        assert message.startswith(f"{CONFIG}:15: policy.trusted_sources[1]: ")
+        assert "CONSENTSYNC_TEST_UNSET_VAR is not set" in message
+
+
+# --- paths ------------------------------------------------------------------------------------
+
+
+class TestLedgerUrl:
+    def test_relative_sqlite_path_resolved_against_config_dir(self, tmp_path: Path) -> None:
+        path = tmp_path / "etc" / "consentsync.yaml"
+        text = MINIMAL.replace("sqlite:///ledger.db", "sqlite:///data/ledger.db")
+        config = parse_config(text, path)
+        expected = (tmp_path / "etc" / "data" / "ledger.db").resolve()
+        assert config.ledger_url == f"sqlite:///{expected}"
+
+    def test_relative_path_does_not_depend_on_the_working_directory(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        path = tmp_path / "consentsync.yaml"
+        path.write_text(MINIMAL, encoding="utf-8")
+        monkeypatch.chdir("/")
+        assert load_config(path).ledger_url == f"sqlite:///{(tmp_path / 'ledger.db').resolve()}"
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "sqlite:////var/lib/consentsync/ledger.db",
+            "sqlite:///:memory:",
+            "sqlite://",
+            "postgresql+psycopg://app@db:5432/consentsync",
+        ],
+    )
+    def test_other_urls_untouched(self, url: str) -> None:
+        assert resolve_sqlite_url(url, Path("/srv/consentsync")) == url
+
+
+def test_default_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV, raising=False)
+    assert default_config_path() == Path("consentsync.yaml")
+    monkeypatch.setenv(CONFIG_ENV, "/etc/consentsync/main.yaml")
+    assert default_config_path() == Path("/etc/consentsync/main.yaml")
+    assert default_config_path("explicit.yaml") == Path("explicit.yaml")
+
+
+# --- the erasure key --------------------------------------------------------------------------
+
+
+class TestErasureKey:
+    KEY_FILE_CONFIG = MINIMAL + "secrets:\n  erasure_hmac_key_file: keys/erasure.key\n"
+
+    def test_from_environment(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv(ERASURE_KEY_ENV, "env-key-0123456789abcdef")
+        config = parse_config(self.KEY_FILE_CONFIG, tmp_path / "consentsync.yaml")
+        # The environment wins over the file, which need not even exist.
+        assert config.erasure_key() == b"env-key-0123456789abcdef"
+
+    def test_from_file_relative_to_config(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "erasure.key").write_text("file-key-0123456789abcdef\n")
+        config = parse_config(self.KEY_FILE_CONFIG, tmp_path / "consentsync.yaml")
+        assert config.erasure_key() == b"file-key-0123456789abcdef"
+
+    def test_from_absolute_file(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        key_path = tmp_path / "abs.key"
+        key_path.write_text("absolute-key-0123456789\n")
+        text = MINIMAL + f"secrets:\n  erasure_hmac_key_file: {key_path}\n"
+        config = parse_config(text, Path("/elsewhere/consentsync.yaml"))
+        assert config.erasure_key() == b"absolute-key-0123456789"
+
+    def test_empty_environment_variable_falls_back_to_file(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        monkeypatch.setenv(ERASURE_KEY_ENV, "")
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "erasure.key").write_text("file-key-0123456789abcdef")
+        config = parse_config(self.KEY_FILE_CONFIG, tmp_path / "consentsync.yaml")
+        assert config.erasure_key() == b"file-key-0123456789abcdef"
+
+    def test_missing_file(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        config = parse_config(self.KEY_FILE_CONFIG, tmp_path / "consentsync.yaml")
+        with pytest.raises(ConfigError) as raised:
+            config.erasure_key()
+        message = str(raised.value)
+        assert message.startswith(f"{tmp_path / 'consentsync.yaml'}: secrets.erasure_hmac_key_file")
+        assert str(tmp_path / "keys" / "erasure.key") in message
+
+    def test_short_key_in_file(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        (tmp_path / "keys").mkdir()
+        (tmp_path / "keys" / "erasure.key").write_text("short\n")
+        config = parse_config(self.KEY_FILE_CONFIG, tmp_path / "consentsync.yaml")
+        with pytest.raises(ConfigError, match="at least 16 characters"):
+            config.erasure_key()
+
+    def test_no_key_anywhere(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        config = parse_config(MINIMAL, CONFIG)
+        with pytest.raises(ConfigError) as raised:
+            config.erasure_key()
+        assert str(raised.value).startswith(f"{CONFIG}: no erasure key")
+        assert ERASURE_KEY_ENV in str(raised.value)
+
+    def test_inline_key_from_env_reference(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        monkeypatch.setenv("MY_ERASURE_SECRET", "inline-secret-0123456789")
+        text = MINIMAL + "secrets:\n  erasure_hmac_key: ${MY_ERASURE_SECRET}\n"
+        assert parse_config(text, CONFIG).erasure_key() == b"inline-secret-0123456789"
+
+
+# --- write_starter ----------------------------------------------------------------------------
+
+
+class TestWriteStarter:
+    def test_writes_config_and_private_key(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+        path = tmp_path / "new" / "consentsync.yaml"
+        key_path = write_starter(path)
+        assert key_path == tmp_path / "new" / "consentsync.key"
+        assert path.read_text(encoding="utf-8") == starter_config_text()
+        assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+        config = load_config(path)
+        key = config.erasure_key()
+        assert len(key) >= 32
+        assert key == key_path.read_text().strip().encode()
+        assert config.ledger_url == f"sqlite:///{(tmp_path / 'new' / 'consentsync.db').resolve()}"
+
+    def test_key_is_private_even_with_a_permissive_umask(self, tmp_path: Path) -> None:
+        old = os.umask(0)
+        try:
+            key_path = write_starter(tmp_path / "consentsync.yaml")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+
+    def test_existing_key_is_kept(self, tmp_path: Path) -> None:
+        path = tmp_path / "consentsync.yaml"
+        key_path = write_starter(path)
+        first = key_path.read_text()
+        write_starter(path)
+        assert key_path.read_text() == first
+
+    def test_each_install_gets_its_own_key(self, tmp_path: Path) -> None:
+        one = write_starter(tmp_path / "a" / "consentsync.yaml").read_text()
+        two = write_starter(tmp_path / "b" / "consentsync.yaml").read_text()
+        assert one != two
+
+    def test_ledger_url_override(self, tmp_path: Path) -> None:
+        path = tmp_path / "consentsync.yaml"
+        write_starter(path, "postgresql+psycopg://app@db:5432/consentsync")
+        config = load_config(path)
+        assert config.ledger_url == "postgresql+psycopg://app@db:5432/consentsync"
+        assert set(config.purposes) == {"email_marketing", "profiling", "service"}
