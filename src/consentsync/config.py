@@ -147,12 +147,14 @@ class Config:
         return Policy(trusted_sources=frozenset(self.settings.policy.trusted_sources))
 
     def erasure_key(self) -> bytes:
-        """The HMAC key for erasure suppressions: environment first, then the configured file."""
+        """The HMAC key for erasure suppressions: environment first, then the config."""
         from_env = os.environ.get(ERASURE_KEY_ENV)
         if from_env:
-            return from_env.encode()
+            return _checked_key(from_env, f"environment variable {ERASURE_KEY_ENV}")
         if self.settings.secrets.erasure_hmac_key:
-            return self.settings.secrets.erasure_hmac_key.encode()
+            return _checked_key(
+                self.settings.secrets.erasure_hmac_key, f"{self.path}: secrets.erasure_hmac_key"
+            )
         key_file = self.settings.secrets.erasure_hmac_key_file
         if key_file:
             path = Path(key_file)
@@ -164,12 +166,19 @@ class Config:
                 raise ConfigError(
                     f"{self.path}: secrets.erasure_hmac_key_file: cannot read {path}: {error.strerror}"
                 ) from None
-            if len(key) < 16:
-                raise ConfigError(f"{path}: the erasure key must be at least 16 characters")
-            return key.encode()
+            return _checked_key(key, str(path))
         raise ConfigError(
             f"{self.path}: no erasure key: set {ERASURE_KEY_ENV} or secrets.erasure_hmac_key_file"
         )
+
+
+MIN_KEY_LENGTH = 16
+
+
+def _checked_key(key: str, where: str) -> bytes:
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"{where}: the erasure key must be at least {MIN_KEY_LENGTH} characters")
+    return key.encode()
 
 
 def resolve_sqlite_url(url: str, base: Path) -> str:
@@ -208,7 +217,10 @@ def parse_config(text: str, path: Path) -> Config:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {error.problem}") from None
+        # PyYAML often notices a mistake lines after it was made: name where the open construct began.
+        context = error.context_mark
+        began = f" ({error.context} at line {context.line + 1})" if error.context and context else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {error.problem}{began}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: expected a mapping of settings at the top level")
     lines = _line_index(root)

@@ -225,6 +225,8 @@ class EffectiveState:
     expires_at: datetime | None = None
     evidenced: bool = False
     detail: str = ""
+    # What the evidence alone says, before subject-wide rules and the clock (expiry) apply.
+    evidence_status: ConsentStatus | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {

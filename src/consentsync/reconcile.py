@@ -74,9 +74,13 @@ class Policy:
         )
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Ranked:
-    """One piece of evidence reduced to what precedence compares, in comparison order."""
+    """One piece of evidence reduced to what precedence compares.
+
+    Ordered by (sort time, restrictiveness, fingerprint): later wins, then more restrictive; the
+    fingerprint only makes the order total, so that the fold never depends on arrival order.
+    """
 
     sort_time: datetime
     rank: int
@@ -107,6 +111,16 @@ class Ranked:
             source=evidence.source,
             evidenced=evidence.has_proof,
         )
+
+    def __lt__(self, other: Ranked) -> bool:
+        return (self.sort_time, self.rank, self.fingerprint) < (
+            other.sort_time,
+            other.rank,
+            other.fingerprint,
+        )
+
+    def __gt__(self, other: Ranked) -> bool:
+        return other < self
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -268,7 +282,11 @@ def _reversed(trusted_opt_in_at: datetime | None, blocker: Ranked | datetime) ->
 def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> EffectiveState:
     basis = value.basis or purpose.default_basis
     expires_at = None
-    if value.status is ConsentStatus.GRANTED and purpose.validity_days is not None:
+    if (
+        value.status is ConsentStatus.GRANTED
+        and purpose.validity_days is not None
+        and basis is LawfulBasis.CONSENT
+    ):
         # Validity runs from the person's last affirmative action; unknown means first seen.
         anchor = value.event_time or value.observed_at
         expires_at = anchor + timedelta(days=purpose.validity_days)
@@ -283,6 +301,7 @@ def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> Effec
         expires_at=expires_at,
         evidenced=value.evidenced,
         detail=f"source {value.source}",
+        evidence_status=value.status,
     )
 
 

@@ -30,14 +30,36 @@ def insert_rows(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """Inserts ``rows`` (tuples in ``columns`` order, datetimes already passed through db_time)."""
+    if rows:
+        conn.exec_driver_sql(_insert_sql(conn, table, columns), list(rows))
+
+
+def upsert_rows(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    key: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """Inserts ``rows`` or, where ``key`` exists, overwrites the other columns
+    (``ON CONFLICT ... DO UPDATE``: the same text on SQLite 3.24+ and PostgreSQL 9.5+)."""
     if not rows:
         return
+    quote = conn.dialect.identifier_preparer.quote
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
+    statement = (
+        f"{_insert_sql(conn, table, columns)} "
+        f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {updates}"
+    )
+    conn.exec_driver_sql(statement, list(rows))
+
+
+def _insert_sql(conn: Connection, table: Table, columns: Sequence[str]) -> str:
     for name in columns:
         table.c[name]
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     quote = conn.dialect.identifier_preparer.quote
-    statement = (
+    return (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES ({', '.join(marker for _ in columns)})"
     )
-    conn.exec_driver_sql(statement, list(rows))

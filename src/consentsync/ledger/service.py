@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -30,7 +29,7 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
-from consentsync.ledger.bulk import db_time, insert_rows
+from consentsync.ledger.bulk import db_time, insert_rows, upsert_rows
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -44,10 +43,21 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
-from consentsync.reconcile import Policy, Summary, consent_state, effective_state, reconcile
+from consentsync.reconcile import Policy, Summary, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
 _STATE_KEY = ("subject_id", "purpose", "channel")
+STATE_COLUMNS = (
+    *_STATE_KEY,
+    "summary",
+    "status",
+    "basis",
+    "suppressed",
+    "rule",
+    "since",
+    "expires_at",
+    "updated_at",
+)
 
 
 def utcnow() -> datetime:
@@ -718,29 +728,22 @@ class Ledger:
             return
         rows = []
         for (subject_id, purpose, channel), (summary, effective) in states.items():
-            evidenced = consent_state(summary, self.purposes[purpose], channel)
             rows.append(
-                {
-                    "subject_id": subject_id,
-                    "purpose": purpose,
-                    "channel": channel,
-                    "summary": canonical_json(summary.to_json()),
-                    "status": evidenced.status.value,
-                    "basis": evidenced.basis.value,
-                    "suppressed": effective.suppressed,
-                    "rule": effective.rule,
-                    "since": evidenced.since,
-                    "expires_at": evidenced.expires_at,
-                    "updated_at": now,
-                }
+                (
+                    subject_id,
+                    purpose,
+                    channel,
+                    canonical_json(summary.to_json()),
+                    (effective.evidence_status or effective.status).value,
+                    effective.basis.value,
+                    effective.suppressed,
+                    effective.rule,
+                    db_time(conn, effective.since),
+                    db_time(conn, effective.expires_at),
+                    db_time(conn, now),
+                )
             )
-        dialect = sqlite if conn.dialect.name == "sqlite" else postgresql
-        statement = dialect.insert(consent_states)
-        statement = statement.on_conflict_do_update(
-            index_elements=list(_STATE_KEY),
-            set_={name: statement.excluded[name] for name in rows[0] if name not in _STATE_KEY},
-        )
-        conn.execute(statement, rows)
+        upsert_rows(conn, consent_states, STATE_COLUMNS, _STATE_KEY, rows)
 
     def _refresh(
         self,
