@@ -8,7 +8,7 @@ stored naive on SQLite, aware on PostgreSQL), so rows read back through Core are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,3 +63,24 @@ def _insert_sql(conn: Connection, table: Table, columns: Sequence[str]) -> str:
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES ({', '.join(marker for _ in columns)})"
     )
+
+
+def select_in(
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    values: Sequence[Any],
+    chunk: int = 500,
+) -> Iterator[tuple[Any, ...]]:
+    """``SELECT columns FROM table WHERE key IN (values)``, in chunks, as plain tuples (no type
+    processing: use it for text and integer columns)."""
+    quote = conn.dialect.identifier_preparer.quote
+    for name in (*columns, key):
+        table.c[name]
+    marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    head = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} WHERE {quote(key)} IN "
+    for start in range(0, len(values), chunk):
+        part = values[start : start + chunk]
+        cursor = conn.exec_driver_sql(head + f"({', '.join(marker for _ in part)})", tuple(part))
+        yield from cursor.fetchall()

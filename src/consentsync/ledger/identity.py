@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, insert, select, tuple_
 
 from consentsync.audit import AuditRecord
+from consentsync.ledger.bulk import select_in
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
@@ -131,15 +132,11 @@ class SubjectResolver:
         return found
 
     def _find_emails(self, emails: set[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for chunk in _chunks(sorted(emails)):
-            rows = self.conn.execute(
-                select(subject_identifiers.c.value, subject_identifiers.c.subject_id).where(
-                    subject_identifiers.c.kind == EMAIL, subject_identifiers.c.value.in_(chunk)
-                )
-            )
-            found.update({row.value: row.subject_id for row in rows})
-        return found
+        # Only kind "email" is stored today; the filter keeps other kinds out when they come.
+        rows = select_in(
+            self.conn, subject_identifiers, ("value", "subject_id", "kind"), "value", sorted(emails)
+        )
+        return {value: subject_id for value, subject_id, kind in rows if kind == EMAIL}
 
     def _create(self, identities: Sequence[Identity]) -> list[int]:
         if not identities:

@@ -29,7 +29,7 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
-from consentsync.ledger.bulk import db_time, insert_rows, upsert_rows
+from consentsync.ledger.bulk import db_time, insert_rows, select_in, upsert_rows
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -684,36 +684,21 @@ class Ledger:
         return contexts
 
     def _load_summaries(self, conn: Connection, subject_ids: set[int]) -> dict[tuple[int, str, str], Summary]:
-        found: dict[tuple[int, str, str], Summary] = {}
-        for chunk in _chunks(sorted(subject_ids)):
-            rows = conn.execute(
-                select(
-                    consent_states.c.subject_id,
-                    consent_states.c.purpose,
-                    consent_states.c.channel,
-                    consent_states.c.summary,
-                ).where(consent_states.c.subject_id.in_(chunk))
+        columns = ("subject_id", "purpose", "channel", "summary")
+        return {
+            (subject_id, purpose, channel): Summary.from_json(orjson.loads(summary))
+            for subject_id, purpose, channel, summary in select_in(
+                conn, consent_states, columns, "subject_id", sorted(subject_ids)
             )
-            for row in rows:
-                found[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(
-                    orjson.loads(row.summary)
-                )
-        return found
+        }
 
     def _known_fingerprints(
         self, conn: Connection, subject_ids: Sequence[int], evidence: Sequence[Evidence]
     ) -> set[tuple[int, str]]:
         wanted = sorted({e.fingerprint() for e in evidence})
-        known: set[tuple[int, str]] = set()
         ids = set(subject_ids)
-        for chunk in _chunks(wanted):
-            rows = conn.execute(
-                select(consent_events.c.subject_id, consent_events.c.fingerprint).where(
-                    consent_events.c.fingerprint.in_(chunk)
-                )
-            )
-            known.update((row.subject_id, row.fingerprint) for row in rows if row.subject_id in ids)
-        return known
+        rows = select_in(conn, consent_events, ("subject_id", "fingerprint"), "fingerprint", wanted)
+        return {(subject_id, fp) for subject_id, fp in rows if subject_id in ids}
 
     def _store_states(
         self,
