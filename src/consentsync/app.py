@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from consentsync.config import Config, ConfigError
 from consentsync.ledger.engine import make_engine
-from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.service import Ledger
 
 
@@ -17,25 +14,35 @@ class LedgerNotReady(RuntimeError):
     """The ledger database is missing, unreachable or behind the code's migrations."""
 
 
-def migration_state(engine: Engine) -> tuple[str | None, str]:
-    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    return current, str(head)
+# The newest migration this code expects; tests/integration/test_migrations.py checks that it is
+# Alembic's head, so normal commands need not load Alembic to know.
+SCHEMA_REVISION = "0001"
+
+
+def migration_state(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError) as error:
+        if "alembic_version" in str(error.orig):
+            return None
+        raise
 
 
 def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     engine = make_engine(config.ledger_url)
     try:
         if migrate:
+            from consentsync.ledger.migrate import upgrade
+
             upgrade(engine)
-        current, head = migration_state(engine)
+        current = migration_state(engine)
     except OperationalError as error:
         raise LedgerNotReady(f"cannot reach the ledger database: {error.orig}") from None
-    if current != head:
+    if current != SCHEMA_REVISION:
         raise LedgerNotReady(
-            f"the ledger is at migration {current or 'none'} but this consentsync needs {head}: "
-            "run 'consentsync init' (or 'consentsync migrate')"
+            f"the ledger is at migration {current or 'none'} but this consentsync needs "
+            f"{SCHEMA_REVISION}: run 'consentsync init' (or 'consentsync migrate')"
         )
     config.erasure_key()  # fail now, with the config's words, rather than at the first erasure
     ledger = Ledger(engine, config.purposes, config.policy, config.erasure_key)

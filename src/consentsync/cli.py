@@ -34,7 +34,6 @@ from consentsync.domain import (
     parse_enum,
     parse_timestamp,
 )
-from consentsync.export import FORMATS, write_export
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.logs import configure as configure_logging
@@ -42,6 +41,7 @@ from consentsync.logs import configure as configure_logging
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = 2
+EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -445,11 +445,13 @@ def subject_show(email: str, as_json: bool) -> None:
 @subject.command("export")
 @config_option
 @click.argument("email")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True)
 @handled
 def subject_export(email: str, fmt: str, output: Path) -> None:
     """Export one person's record as JSON, CSV or XLSX."""
+    from consentsync.export import write_export  # openpyxl is slow to import: only here
+
     view = current_ledger().subject_view(_email(email))
     write_export(view, fmt, output)
     click.echo(f"wrote {output}")
