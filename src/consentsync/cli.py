@@ -397,6 +397,25 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
         click.echo(f"no subject held that address; suppression entry {result['suppression_id']} recorded")
 
 
+@main.command()
+@config_option
+@click.option("--email", required=True)
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--lift", is_flag=True, help="Lift an earlier restriction.")
+@click.option("--actor")
+@json_option
+@handled
+def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bool) -> None:
+    """Restrict processing of a person (Art. 18): stored, not otherwise processed."""
+    result = current_ledger().restrict(_email(email), restricted=not lift, reason=reason, actor=actor)
+    if as_json:
+        emit_json(result)
+    elif lift:
+        click.echo(f"restriction lifted for subject {result['subject']}")
+    else:
+        click.echo(f"subject {result['subject']} restricted: every purpose is suppressed until lifted")
+
+
 # -- subjects --------------------------------------------------------------------------------------
 
 

@@ -996,3 +996,21 @@ def test_erasure_key_file_mode(cli: Any) -> None:
     """The fixture's key (written beside the config) is private too."""
     key = cli.config_path.parent / "consentsync.key"
     assert key.is_file() and stat.S_IMODE(os.stat(key).st_mode) == 0o600
+
+
+def test_restrict_and_lift(cli: Any) -> None:
+    record(cli, "held@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    result = cli.json("restrict", "--email", "held@example.com", "--reason", "accuracy contested")
+    assert result["restricted"] is True
+    assert all(
+        p["suppressed"] and p["rule"] == "restriction_art18"
+        for p in show(cli, "held@example.com")["purposes"]
+    )
+    before = audit_count(cli)
+    assert_bad_input(
+        cli("restrict", "--email", "held@example.com", "--reason", "again"), "already restricted"
+    )
+    assert_bad_input(cli("restrict", "--email", "nobody@example.com", "--reason", "x"), "no subject")
+    assert audit_count(cli) == before
+    cli.ok("restrict", "--email", "held@example.com", "--reason", "resolved", "--lift")
+    assert not state(show(cli, "held@example.com"), "email_marketing")["suppressed"]

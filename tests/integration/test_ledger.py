@@ -203,3 +203,17 @@ def test_changed_purpose_configuration_is_audited(config_path: Path, ledger: Led
     assert changes[-1]["old"]["validity_days"] == 730
     assert changes[-1]["new"]["validity_days"] == 365
     reopened.engine.dispose()
+
+
+def test_restriction_suppresses_everything_until_lifted(ledger: Ledger) -> None:
+    ledger.record(Identity(email="r18@example.com"), _evidence(ledger))
+    ledger.restrict("r18@example.com", restricted=True, reason="accuracy contested", actor="dpo")
+    states = ledger.subject_view("r18@example.com")["purposes"]
+    assert all(s["suppressed"] and s["rule"] == "restriction_art18" for s in states)
+    ledger.restrict("r18@example.com", restricted=False, reason="accuracy confirmed", actor="dpo")
+    assert not _state(ledger, "r18@example.com")["suppressed"]
+    assert not _state(ledger, "r18@example.com", "service")["suppressed"]
+    with ledger.engine.connect() as conn:
+        actions = [e["action"] for e in audit.entries(conn) if e["action"].startswith("subject.restr")]
+        assert audit.verify(conn).ok
+    assert actions == ["subject.restricted", "subject.restriction_lifted"]

@@ -43,7 +43,7 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
-from consentsync.reconcile import Policy, Summary, effective_state, reconcile
+from consentsync.reconcile import Policy, Rule, Summary, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
 _STATE_KEY = ("subject_id", "purpose", "channel")
@@ -467,6 +467,50 @@ class Ledger:
             "subject_known": subject_id is not None,
             "audit_details_erased": erased_details,
         }
+
+    # -- restriction ---------------------------------------------------------------------------
+
+    def restrict(
+        self, email: str, *, restricted: bool, reason: str, actor: str | None = None
+    ) -> dict[str, Any]:
+        """Art. 18: the data may be stored but not otherwise processed, until the restriction is
+        lifted. Every purpose is suppressed meanwhile, and the change is passed on like any other."""
+        if not reason.strip():
+            raise InvalidInput("--reason must say why processing is restricted or released")
+        now = self.clock()
+        with self.engine.begin() as conn:
+            subject_id = conn.execute(
+                select(subject_identifiers.c.subject_id).where(
+                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
+                )
+            ).scalar()
+            if subject_id is None:
+                raise NotFound(f"no subject with email {email!r} in the ledger")
+            before = self._contexts(conn, {subject_id})[subject_id]
+            if before.flags.restricted == restricted:
+                state = "restricted" if restricted else "not restricted"
+                raise InvalidInput(f"{email} is already {state}")
+            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted))
+            after = self._contexts(conn, {subject_id})[subject_id]
+            records = [
+                AuditRecord(
+                    "subject.restricted" if restricted else "subject.restriction_lifted",
+                    {"restriction": "art18"},
+                    old=before.flags.restricted,
+                    new=restricted,
+                    rule=Rule.RESTRICTION,
+                    source="ops",
+                    actor=actor,
+                    subject_uid=after.uid,
+                    subject_id=subject_id,
+                    details={"reason": reason},
+                ),
+                *self._refresh(
+                    conn, subject_id, list(self.purposes.values()), before, after, now, None, "ops", actor
+                ),
+            ]
+            audit.append(conn, records, now)
+        return {"subject": after.uid, "restricted": restricted}
 
     # -- expiry --------------------------------------------------------------------------------
 
