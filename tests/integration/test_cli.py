@@ -27,6 +27,7 @@ from consentsync.cli import main
 from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, LawfulBasis
 from consentsync.ledger.engine import make_engine
+from tests.conftest import TEST_ERASURE_KEY
 
 STARTER_PURPOSES = {"email_marketing", "profiling", "service"}
 ALL_STATUSES = [s.value for s in ConsentStatus]
@@ -1014,3 +1015,31 @@ def test_restrict_and_lift(cli: Any) -> None:
     assert audit_count(cli) == before
     cli.ok("restrict", "--email", "held@example.com", "--reason", "resolved", "--lift")
     assert not state(show(cli, "held@example.com"), "email_marketing")["suppressed"]
+
+
+def test_logs_name_subjects_never_addresses(cli: Any) -> None:
+    email = "private.person@example.com"
+    streams = []
+    for args in (
+        (
+            "ledger",
+            "record",
+            "--email",
+            email,
+            "--purpose",
+            "email_marketing",
+            "--status",
+            "granted",
+            "--source",
+            "web_form",
+        ),
+        ("objection", "raise", "--email", email, "--purpose", "profiling"),
+        ("erase", "--email", email, "--reason", "request", "--yes"),
+    ):
+        result = cli("--log-level", "DEBUG", *args)
+        assert result.exit_code == 0, result.output
+        streams.append(result.stderr)
+    logged = "".join(streams)
+    assert "evidence.recorded" in logged and "objection.raised" in logged and "subject.erased" in logged
+    assert email not in logged.lower()
+    assert TEST_ERASURE_KEY not in logged

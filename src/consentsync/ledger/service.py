@@ -10,6 +10,7 @@ from itertools import islice
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 
 from consentsync import audit
@@ -46,6 +47,9 @@ from consentsync.ledger.schema import (
 from consentsync.reconcile import Policy, Rule, Summary, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
+
+# Log lines name subjects by their pseudonymous uid and objections by id: never an address.
+log = structlog.get_logger("consentsync.ledger")
 _STATE_KEY = ("subject_id", "purpose", "channel")
 STATE_COLUMNS = (
     *_STATE_KEY,
@@ -250,6 +254,15 @@ class Ledger:
             insert_rows(conn, consent_events, EVENT_COLUMNS, events)
             self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
             audit.append(conn, records, now)
+        log.debug(
+            "evidence.recorded",
+            run_id=run_id,
+            received=stats.received,
+            recorded=stats.recorded,
+            duplicates=stats.duplicates,
+            state_changes=stats.state_changes,
+            subjects_created=stats.subjects_created,
+        )
         return stats
 
     # -- objections ----------------------------------------------------------------------------
@@ -314,6 +327,14 @@ class Ledger:
             affected = self._affected_purposes(purpose, is_dm)
             records += self._refresh(conn, subject_id, affected, before, after, now, run_id, source, actor)
             audit.append(conn, records, now)
+        log.info(
+            "objection.raised",
+            objection=objection_id,
+            subject=after.uid,
+            purpose=purpose.key,
+            direct_marketing=is_dm,
+            status=status.value,
+        )
         return {
             "id": objection_id,
             "subject": after.uid,
@@ -392,6 +413,7 @@ class Ledger:
             affected = self._affected_purposes(purpose, row.direct_marketing)
             records += self._refresh(conn, row.subject_id, affected, before, after, now, run_id, "review", by)
             audit.append(conn, records, now)
+        log.info("objection.decided", objection=objection_id, subject=after.uid, status=status.value)
         return {"id": objection_id, "status": status.value, "decided_by": by, "subject": after.uid}
 
     # -- erasure -------------------------------------------------------------------------------
@@ -461,6 +483,7 @@ class Ledger:
                 ),
             )
             audit.append(conn, records, now)
+        log.info("subject.erased", subject=uid, suppression=suppression_id, known=subject_id is not None)
         return {
             "subject": uid,
             "suppression_id": suppression_id,
@@ -510,6 +533,7 @@ class Ledger:
                 ),
             ]
             audit.append(conn, records, now)
+        log.info("subject.restriction", subject=after.uid, restricted=restricted)
         return {"subject": after.uid, "restricted": restricted}
 
     # -- expiry --------------------------------------------------------------------------------
