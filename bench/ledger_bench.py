@@ -27,6 +27,7 @@ from consentsync.config import parse_config, starter_config_text
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import RecordRequest
+from consentsync.logs import configure as configure_logging
 
 STATUSES = [
     (ConsentStatus.GRANTED, 6),
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="ledger URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    configure_logging("WARNING")
 
     workdir = Path(tempfile.mkdtemp(prefix="consentsync-bench-"))
     url = args.url or f"sqlite:///{workdir / 'ledger.db'}"
