@@ -202,3 +202,79 @@ audit_head = Table(
     Column("seq", Integer, nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# -- synchronisation -----------------------------------------------------------------------------
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("connector", String(64), nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("finished_at", Timestamp),
+    # running, succeeded, stopped (budget or rate limit: resumes next run), failed, dry_run
+    Column("status", String(16), nullable=False),
+    Column("full_load", Boolean, nullable=False),
+    Column("counts", Text, nullable=False),
+    Column("error", Text),
+    Index("ix_sync_runs_connector_started_at", "connector", "started_at"),
+)
+
+sync_cursors = Table(
+    "sync_cursors",
+    metadata,
+    Column("connector", String(64), primary_key=True),
+    Column("object_type", String(64), primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", String(36), nullable=False, index=True),
+    Column("connector", String(64), nullable=False),
+    Column("object_type", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("stage", String(16), nullable=False),  # pull (mapping, identity) or push (CRM refused)
+    Column("reason", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("resolved_at", Timestamp),
+    Index("ix_quarantine_open", "connector", "resolved_at"),
+)
+
+# What consentsync last saw in (or wrote to) each linked CRM record: the consent values it took
+# as evidence and the values of the fields it pushes. Undated values are evidence only when they
+# change, and pushes are made only where the CRM differs from the ledger.
+crm_snapshots = Table(
+    "crm_snapshots",
+    metadata,
+    Column("link_id", Integer, ForeignKey("crm_links.id"), primary_key=True),
+    Column("evidence", Text, nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+
+# Transactional outbox: written in the same transaction as the ledger change that implies it,
+# marked done only when the CRM acknowledged the write.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("connector", String(64), nullable=False),
+    Column("object_type", String(64), nullable=False),
+    Column("record_id", String(64), nullable=False),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("suppression", Boolean, nullable=False),
+    Column("rule", String(64)),
+    Column("run_id", String(36)),
+    Column("created_at", Timestamp, nullable=False),
+    Column("status", String(16), nullable=False),  # pending, done, dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Column("done_at", Timestamp),
+    Index("ix_outbox_pending", "connector", "status", "id"),
+)

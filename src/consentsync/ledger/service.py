@@ -90,6 +90,7 @@ class RecordStats:
 @dataclass(frozen=True, slots=True)
 class RecordOutcome:
     subject_uid: str
+    subject_id: int
     duplicate: bool
     before: EffectiveState | None
     after: EffectiveState | None
@@ -174,8 +175,8 @@ class Ledger:
         return purpose
 
     def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
-        outcomes: list[RecordOutcome] = []
-        self._record_batch([RecordRequest(identity, evidence)], run_id, outcomes)
+        with self.engine.begin() as conn:
+            _stats, outcomes = self.record_in(conn, [RecordRequest(identity, evidence)], run_id=run_id)
         return outcomes[0]
 
     def record_many(
@@ -189,71 +190,79 @@ class Ledger:
         total = RecordStats()
         iterator = iter(requests)
         while batch := list(islice(iterator, batch_size)):
-            total.add(self._record_batch(batch, run_id, None))
+            with self.engine.begin() as conn:
+                stats, _outcomes = self.record_in(conn, batch, run_id=run_id, keep_outcomes=False)
+            total.add(stats)
         return total
 
-    def _record_batch(
+    def record_in(
         self,
+        conn: Connection,
         batch: Sequence[RecordRequest],
-        run_id: str | None,
-        outcomes: list[RecordOutcome] | None,
-    ) -> RecordStats:
+        *,
+        run_id: str | None = None,
+        keep_outcomes: bool = True,
+    ) -> tuple[RecordStats, list[RecordOutcome]]:
+        """Records ``batch`` inside the caller's transaction, so that a sync run can commit the
+        ledger change together with its cursor, quarantine and outbox rows."""
         for request in batch:
             self.validate(request.evidence)
+        outcomes: list[RecordOutcome] = []
         now = self.clock()
         stats = RecordStats(received=len(batch))
-        with self.engine.begin() as conn:
-            resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
-            subject_ids = resolver.resolve([r.identity for r in batch])
-            stats.subjects_created = len(resolver.audit)
-            contexts = self._contexts(conn, set(subject_ids))
-            states = self._load_summaries(conn, set(subject_ids))
-            seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
-            events: list[tuple[Any, ...]] = []
-            records: list[AuditRecord] = list(resolver.audit)
-            dirty: dict[tuple[int, str, str], EffectiveState] = {}
-            for request, subject_id in zip(batch, subject_ids, strict=True):
-                evidence = request.evidence
-                context = contexts[subject_id]
-                fingerprint = evidence.fingerprint()
-                if (subject_id, fingerprint) in seen:
-                    stats.duplicates += 1
-                    if outcomes is not None:
-                        outcomes.append(RecordOutcome(context.uid, True, None, None))
-                    continue
-                seen.add((subject_id, fingerprint))
-                key = (subject_id, evidence.purpose, evidence.channel)
-                decision = reconcile(
-                    states.get(key),
+        resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
+        subject_ids = resolver.resolve([r.identity for r in batch])
+        stats.subjects_created = len(resolver.audit)
+        contexts = self._contexts(conn, set(subject_ids))
+        states = self._load_summaries(conn, set(subject_ids))
+        seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
+        events: list[tuple[Any, ...]] = []
+        records: list[AuditRecord] = list(resolver.audit)
+        dirty: dict[tuple[int, str, str], EffectiveState] = {}
+        for request, subject_id in zip(batch, subject_ids, strict=True):
+            evidence = request.evidence
+            context = contexts[subject_id]
+            fingerprint = evidence.fingerprint()
+            if (subject_id, fingerprint) in seen:
+                stats.duplicates += 1
+                if keep_outcomes:
+                    outcomes.append(RecordOutcome(context.uid, subject_id, True, None, None))
+                continue
+            seen.add((subject_id, fingerprint))
+            key = (subject_id, evidence.purpose, evidence.channel)
+            decision = reconcile(
+                states.get(key),
+                evidence,
+                self.purposes[evidence.purpose],
+                self.policy,
+                flags=context.flags,
+                objections=context.objections,
+                now=now,
+                before=dirty.get(key),
+            )
+            states[key] = decision.summary
+            dirty[key] = decision.after
+            stats.recorded += 1
+            stats.state_changes += decision.changed
+            events.append(_event_row(conn, subject_id, evidence, fingerprint, run_id))
+            records.append(
+                _recorded_entry(
                     evidence,
-                    self.purposes[evidence.purpose],
-                    self.policy,
-                    flags=context.flags,
-                    objections=context.objections,
-                    now=now,
-                    before=dirty.get(key),
+                    fingerprint,
+                    decision.before,
+                    decision.after,
+                    context.uid,
+                    subject_id,
+                    run_id,
                 )
-                states[key] = decision.summary
-                dirty[key] = decision.after
-                stats.recorded += 1
-                stats.state_changes += decision.changed
-                events.append(_event_row(conn, subject_id, evidence, fingerprint, run_id))
-                records.append(
-                    _recorded_entry(
-                        evidence,
-                        fingerprint,
-                        decision.before,
-                        decision.after,
-                        context.uid,
-                        subject_id,
-                        run_id,
-                    )
+            )
+            if keep_outcomes:
+                outcomes.append(
+                    RecordOutcome(context.uid, subject_id, False, decision.before, decision.after)
                 )
-                if outcomes is not None:
-                    outcomes.append(RecordOutcome(context.uid, False, decision.before, decision.after))
-            insert_rows(conn, consent_events, EVENT_COLUMNS, events)
-            self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
-            audit.append(conn, records, now)
+        insert_rows(conn, consent_events, EVENT_COLUMNS, events)
+        self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
+        audit.append(conn, records, now)
         log.debug(
             "evidence.recorded",
             run_id=run_id,
@@ -263,7 +272,7 @@ class Ledger:
             state_changes=stats.state_changes,
             subjects_created=stats.subjects_created,
         )
-        return stats
+        return stats, outcomes
 
     # -- objections ----------------------------------------------------------------------------
 
@@ -614,20 +623,9 @@ class Ledger:
                 hint = " (it was erased: only its suppression entry remains)" if erased else ""
                 raise NotFound(f"no subject with email {email!r} in the ledger{hint}")
             context = self._contexts(conn, {subject_id})[subject_id]
-            summaries = self._load_summaries(conn, {subject_id})
             subject = conn.execute(select(subjects).where(subjects.c.id == subject_id)).one()
-            states = [
-                effective_state(
-                    summaries.get((subject_id, purpose.key, channel), Summary()),
-                    purpose,
-                    channel,
-                    flags=context.flags,
-                    objections=context.objections,
-                    now=now,
-                ).as_dict()
-                for purpose in self.purposes.values()
-                for channel in purpose.channels
-            ]
+            effective = self.effective_states_in(conn, [subject_id])[subject_id]
+            states = [state.as_dict() for state in effective.values()]
             history = [
                 _event_view(row)
                 for row in conn.execute(
@@ -674,6 +672,30 @@ class Ledger:
             "history": history,
             "objections": subject_objections,
             "crm_records": links,
+        }
+
+    def effective_states_in(
+        self, conn: Connection, subject_ids: Sequence[int]
+    ) -> dict[int, dict[tuple[str, str], EffectiveState]]:
+        """Every configured (purpose, channel) of each subject, as of now: what a CRM must show."""
+        now = self.clock()
+        ids = set(subject_ids)
+        contexts = self._contexts(conn, ids)
+        summaries = self._load_summaries(conn, ids)
+        return {
+            subject_id: {
+                (purpose.key, channel): effective_state(
+                    summaries.get((subject_id, purpose.key, channel), Summary()),
+                    purpose,
+                    channel,
+                    flags=contexts[subject_id].flags,
+                    objections=contexts[subject_id].objections,
+                    now=now,
+                )
+                for purpose in self.purposes.values()
+                for channel in purpose.channels
+            }
+            for subject_id in ids
         }
 
     def subject_uids_for_email(self, email: str) -> list[str]:
