@@ -195,6 +195,18 @@ class Ledger:
             total.add(stats)
         return total
 
+    def link_in(
+        self, conn: Connection, identities: Sequence[Identity], *, run_id: str | None = None
+    ) -> tuple[list[int], int]:
+        """Resolves identities to subjects inside the caller's transaction, creating subjects and
+        CRM links that are new; returns the subject ids and how many subjects were created."""
+        if not identities:
+            return [], 0
+        resolver = SubjectResolver(conn, self._erasure_key(), self.clock(), run_id)
+        subject_ids = resolver.resolve(identities)
+        audit.append(conn, resolver.audit, self.clock())
+        return subject_ids, len(resolver.audit)
+
     def record_in(
         self,
         conn: Connection,

@@ -1,0 +1,550 @@
+"""One sync run for one connector: the fixed flow every connector goes through.
+
+pull (connector) -> map (mapping file) -> identify (CRM id, then email) -> reconcile (pure) ->
+commit (ledger events, audit entries, snapshots, quarantine, outbox rows and the new cursor, in
+ONE transaction per page) -> push (outbox -> connector; a row is done only when the CRM
+acknowledged it).
+
+A crash anywhere replays safely: the cursor never moves past a record that was not committed,
+nor past the moment the run started (less a lag for CRMs that stamp whole seconds).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from itertools import islice
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from sqlalchemy import Connection, and_, insert, select, update
+
+from consentsync import audit
+from consentsync.audit import AuditRecord
+from consentsync.domain import EffectiveState, Evidence, InvalidInput, canonical_json, iso
+from consentsync.ledger.bulk import db_time, upsert_rows
+from consentsync.ledger.identity import CrmLink, Identity
+from consentsync.ledger.schema import (
+    crm_links,
+    crm_snapshots,
+    outbox,
+    quarantine,
+    subjects,
+    sync_cursors,
+    sync_runs,
+)
+from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.mapping import Mapping
+from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate
+from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+
+log = structlog.get_logger("consentsync.sync")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    batch_size: int = 200
+    # Records changed within this many seconds before the run started are left to the next run:
+    # CRMs stamp whole seconds, so a later change in the same second could otherwise be missed.
+    signpost_lag_seconds: float = 2.0
+    push_batch_size: int = 200
+
+
+@dataclass(slots=True)
+class RunCounts:
+    read: int = 0
+    quarantined: int = 0
+    evidence_recorded: int = 0
+    evidence_duplicates: int = 0
+    unchanged_records: int = 0
+    state_changes: int = 0
+    subjects_created: int = 0
+    pushes_enqueued: int = 0
+    pushed: int = 0
+    push_failed: int = 0
+    api_calls: int = 0
+    api_used: int | None = None
+    api_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedChange:
+    subject: str
+    purpose: str
+    channel: str
+    before: str
+    after: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPush:
+    object_type: str
+    record_id: str
+    fields: dict[str, Any]
+    rule: str | None
+
+
+@dataclass(slots=True)
+class RunReport:
+    run_id: str
+    connector: str
+    status: str  # succeeded, stopped, failed, dry_run
+    started_at: datetime
+    finished_at: datetime | None = None
+    counts: RunCounts = field(default_factory=RunCounts)
+    error: str | None = None
+    plan_changes: list[PlannedChange] = field(default_factory=list)
+    plan_pushes: list[PlannedPush] = field(default_factory=list)
+
+
+class _DryRunRollback(Exception):
+    """Unwinds the page transaction of a dry run after the plan was taken from it."""
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class SyncEngine:
+    def __init__(
+        self,
+        ledger: Ledger,
+        connector: Connector,
+        mappings: Sequence[Mapping],
+        options: SyncOptions | None = None,
+        progress: Callable[[RunReport], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.connector = connector
+        self.mappings = list(mappings)
+        self.by_object = {m.object: m for m in self.mappings}
+        self.options = options or SyncOptions()
+        self.progress = progress or (lambda _report: None)
+        self.name = connector.name
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self, *, full: bool = False, dry_run: bool = False) -> RunReport:
+        started = self.ledger.clock()
+        report = RunReport(str(uuid.uuid4()), self.name, "running", started)
+        until = started - timedelta(seconds=self.options.signpost_lag_seconds)
+        bound = log.bind(run_id=report.run_id, connector=self.name)
+        if not dry_run:
+            self._record_run_start(report, full)
+        bound.info("sync.started", full=full, dry_run=dry_run)
+        try:
+            for mapping in self.mappings:
+                self._pull(mapping, report, until=until, full=full, dry_run=dry_run)
+            if not dry_run:
+                self._push(report)
+            report.status = "dry_run" if dry_run else "succeeded"
+        except (BudgetExhausted, ConnectorError) as error:
+            stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
+            report.status = "stopped" if stops else "failed"
+            report.error = f"{error.rule.fault.value}: {error}"
+            bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
+        except InvalidInput as error:
+            report.status = "failed"
+            report.error = f"config: {error}"
+            bound.error("sync.failed", error=str(error))
+        finally:
+            usage = self.connector.usage
+            report.counts.api_calls = usage.calls
+            report.counts.api_used, report.counts.api_limit = usage.used, usage.limit
+            report.finished_at = self.ledger.clock()
+            if not dry_run:
+                self._record_run_end(report)
+        bound.info("sync.finished", status=report.status, **asdict(report.counts))
+        return report
+
+    # -- pull ----------------------------------------------------------------------------------
+
+    def _pull(
+        self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool, dry_run: bool
+    ) -> None:
+        with self.ledger.engine.connect() as conn:
+            cursor = Cursor() if full else self._load_cursor(conn, mapping.object)
+        records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
+        for page in batched(records, self.options.batch_size):
+            try:
+                with self.ledger.engine.begin() as conn:
+                    self._commit_page(conn, mapping, page, report, dry_run=dry_run)
+                    if dry_run:
+                        raise _DryRunRollback
+            except _DryRunRollback:
+                pass
+            self.progress(report)
+
+    def _commit_page(
+        self, conn: Connection, mapping: Mapping, page: list[CrmRecord], report: RunReport, *, dry_run: bool
+    ) -> None:
+        now = self.ledger.clock()
+        counts = report.counts
+        counts.read += len(page)
+        snapshots = self._load_snapshots(conn, mapping.object, [r.record_id for r in page])
+        good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
+        problems: list[dict[str, Any]] = []
+        for record in page:
+            try:
+                record_id, email, links = mapping.identity_from(record.fields)
+                evidence = mapping.evidence_from(record.fields, connector=self.name, observed_at=now)
+                for item in evidence:
+                    self.ledger.validate(item)
+            except InvalidInput as error:
+                problems.append(
+                    self._quarantine_row(report, mapping.object, record.record_id, "pull", str(error), now)
+                )
+                continue
+            extra = [CrmLink(self.name, obj, linked) for obj, linked in links]
+            good.append(
+                (
+                    record,
+                    Identity(email=email, link=CrmLink(self.name, mapping.object, record_id)),
+                    extra,
+                    evidence,
+                )
+            )
+
+        subject_ids, created = self.ledger.link_in(
+            conn, [identity for _, identity, _, _ in good], run_id=report.run_id
+        )
+        extra_links = [
+            Identity(link=link, subject_id=subject_id)
+            for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True)
+            for link in links
+        ]
+        self.ledger.link_in(conn, extra_links, run_id=report.run_id)
+        counts.subjects_created += created
+
+        requests: list[RecordRequest] = []
+        snapshot_rows: list[tuple[Any, ...]] = []
+        link_ids = self._link_ids(conn, mapping.object, [r.record_id for r, _, _, _ in good])
+        for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
+            seen = snapshots.get(record.record_id, ({}, {}))[0]
+            view = {_evidence_key(e): _evidence_view(e) for e in evidence}
+            # Undated values are evidence only when they change: a re-read is not a new observation.
+            fresh = [e for e in evidence if seen.get(_evidence_key(e)) != view[_evidence_key(e)]]
+            if not fresh:
+                counts.unchanged_records += 1
+            requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
+            pushed_fields = {name: record.fields.get(name) for name in mapping.push_fields()}
+            snapshot_rows.append(
+                (
+                    link_ids[record.record_id],
+                    canonical_json(view),
+                    canonical_json(pushed_fields),
+                    db_time(conn, now),
+                )
+            )
+        stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
+        counts.evidence_recorded += stats.recorded
+        counts.evidence_duplicates += stats.duplicates
+        counts.state_changes += stats.state_changes
+        upsert_rows(
+            conn, crm_snapshots, ("link_id", "evidence", "fields", "updated_at"), ("link_id",), snapshot_rows
+        )
+        if problems:
+            conn.execute(insert(quarantine), problems)
+        enqueued = self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
+        if good or problems:
+            last = page[-1]
+            self._save_cursor(conn, mapping.object, Cursor(last.modstamp, last.record_id), report.run_id, now)
+        if dry_run:
+            uids = self._uids(conn, [o.subject_id for o in outcomes])
+            report.plan_changes += [
+                PlannedChange(
+                    uids[o.subject_id],
+                    o.after.purpose,
+                    o.after.channel,
+                    _brief(o.before),
+                    _brief(o.after),
+                    o.after.rule,
+                )
+                for o in outcomes
+                if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
+            ]
+            report.plan_pushes += enqueued
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def _enqueue_pushes(
+        self, conn: Connection, subject_ids: list[int], report: RunReport, now: datetime
+    ) -> list[PlannedPush]:
+        """For every record of this CRM that belongs to these people, the fields that differ
+        from what the ledger implies become an outbox row (superseding an older pending one)."""
+        if not subject_ids:
+            return []
+        states = self.ledger.effective_states_in(conn, subject_ids)
+        rows = conn.execute(
+            select(
+                crm_links.c.id,
+                crm_links.c.subject_id,
+                crm_links.c.object_type,
+                crm_links.c.record_id,
+                crm_snapshots.c.fields,
+            )
+            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(crm_links.c.connector == self.name, crm_links.c.subject_id.in_(subject_ids))
+            .order_by(crm_links.c.id)
+        ).all()
+        planned: list[PlannedPush] = []
+        for row in rows:
+            mapping = self.by_object.get(row.object_type)
+            if mapping is None:
+                continue
+            known = orjson.loads(row.fields) if row.fields else {}
+            subject_states = states[row.subject_id]
+            updates = mapping.updates_for(known, subject_states)
+            if not updates:
+                continue
+            suppression = any(state.suppressed for state in subject_states.values())
+            rule = _deciding_rule(subject_states)
+            conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.object_type == row.object_type,
+                    outbox.c.record_id == row.record_id,
+                    outbox.c.status == "pending",
+                )
+                .values(status="superseded", done_at=now)
+            )
+            conn.execute(
+                insert(outbox).values(
+                    connector=self.name,
+                    object_type=row.object_type,
+                    record_id=row.record_id,
+                    subject_id=row.subject_id,
+                    fields=canonical_json(updates),
+                    suppression=suppression,
+                    rule=rule,
+                    run_id=report.run_id,
+                    created_at=now,
+                    status="pending",
+                    attempts=0,
+                )
+            )
+            report.counts.pushes_enqueued += 1
+            planned.append(PlannedPush(row.object_type, row.record_id, updates, rule))
+        return planned
+
+    def _push(self, report: RunReport) -> None:
+        """Drains this connector's pending outbox rows once, oldest first; a row that fails with a
+        retryable error stays pending for the next run."""
+        floor = 0
+        while True:
+            with self.ledger.engine.connect() as conn:
+                rows = conn.execute(
+                    select(outbox)
+                    .where(outbox.c.connector == self.name, outbox.c.status == "pending", outbox.c.id > floor)
+                    .order_by(outbox.c.id)
+                    .limit(self.options.push_batch_size)
+                ).all()
+            if not rows:
+                return
+            floor = rows[-1].id
+            updates = [RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields)) for r in rows]
+            results = self.connector.write(updates)
+            now = self.ledger.clock()
+            with self.ledger.engine.begin() as conn:
+                records: list[AuditRecord] = []
+                uids = self._uids(conn, [r.subject_id for r in rows])
+                for row, update_, result in zip(rows, updates, results, strict=True):
+                    if result.ok:
+                        report.counts.pushed += 1
+                        old = self._apply_snapshot(conn, row, update_.fields, now)
+                        conn.execute(
+                            update(outbox)
+                            .where(outbox.c.id == row.id)
+                            .values(status="done", done_at=now, attempts=row.attempts + 1)
+                        )
+                        records.append(
+                            AuditRecord(
+                                "crm.pushed",
+                                {"connector": self.name, "object": row.object_type, "record": row.record_id},
+                                old=old,
+                                new=dict(update_.fields),
+                                rule=row.rule,
+                                source=self.name,
+                                actor="consentsync",
+                                run_id=report.run_id,
+                                subject_uid=uids[row.subject_id],
+                                subject_id=row.subject_id,
+                            )
+                        )
+                        continue
+                    report.counts.push_failed += 1
+                    reason = f"{result.error_code}: {result.message}"
+                    status = "pending" if result.retryable else "dead"
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id == row.id)
+                        .values(status=status, attempts=row.attempts + 1, last_error=reason)
+                    )
+                    if not result.retryable:
+                        conn.execute(
+                            insert(quarantine).values(
+                                self._quarantine_row(
+                                    report, row.object_type, row.record_id, "push", reason, now
+                                )
+                            )
+                        )
+                audit.append(conn, records, now)
+            self.progress(report)
+
+    def _apply_snapshot(
+        self, conn: Connection, row: Any, fields: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        link = conn.execute(
+            select(crm_links.c.id, crm_snapshots.c.fields, crm_snapshots.c.evidence)
+            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == row.object_type,
+                crm_links.c.record_id == row.record_id,
+            )
+        ).one()
+        known = orjson.loads(link.fields) if link.fields else {}
+        old = {name: known.get(name) for name in fields}
+        upsert_rows(
+            conn,
+            crm_snapshots,
+            ("link_id", "evidence", "fields", "updated_at"),
+            ("link_id",),
+            [(link.id, link.evidence or "{}", canonical_json({**known, **fields}), db_time(conn, now))],
+        )
+        return old
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _quarantine_row(
+        self, report: RunReport, object_type: str, record_id: str, stage: str, reason: str, now: datetime
+    ) -> dict[str, Any]:
+        report.counts.quarantined += 1
+        log.warning(
+            "record.quarantined",
+            run_id=report.run_id,
+            connector=self.name,
+            object=object_type,
+            record_id=record_id,
+            stage=stage,
+        )
+        return {
+            "run_id": report.run_id,
+            "connector": self.name,
+            "object_type": object_type,
+            "record_id": record_id,
+            "stage": stage,
+            "reason": reason,
+            "created_at": now,
+        }
+
+    def _load_cursor(self, conn: Connection, object_type: str) -> Cursor:
+        stored = conn.execute(
+            select(sync_cursors.c.cursor).where(
+                sync_cursors.c.connector == self.name, sync_cursors.c.object_type == object_type
+            )
+        ).scalar()
+        return Cursor.from_json(orjson.loads(stored)) if stored else Cursor()
+
+    def _save_cursor(
+        self, conn: Connection, object_type: str, cursor: Cursor, run_id: str, now: datetime
+    ) -> None:
+        upsert_rows(
+            conn,
+            sync_cursors,
+            ("connector", "object_type", "cursor", "run_id", "updated_at"),
+            ("connector", "object_type"),
+            [(self.name, object_type, canonical_json(cursor.to_json()), run_id, db_time(conn, now))],
+        )
+
+    def _load_snapshots(
+        self, conn: Connection, object_type: str, record_ids: list[str]
+    ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        rows = conn.execute(
+            select(crm_links.c.record_id, crm_snapshots.c.evidence, crm_snapshots.c.fields)
+            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == object_type,
+                crm_links.c.record_id.in_(record_ids),
+            )
+        )
+        return {row.record_id: (orjson.loads(row.evidence), orjson.loads(row.fields)) for row in rows}
+
+    def _link_ids(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, int]:
+        rows = conn.execute(
+            select(crm_links.c.record_id, crm_links.c.id).where(
+                and_(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == object_type,
+                    crm_links.c.record_id.in_(record_ids),
+                )
+            )
+        )
+        return {row.record_id: row.id for row in rows}
+
+    def _uids(self, conn: Connection, subject_ids: Iterable[int]) -> dict[int, str]:
+        ids = sorted(set(subject_ids))
+        if not ids:
+            return {}
+        rows = conn.execute(select(subjects.c.id, subjects.c.uid).where(subjects.c.id.in_(ids)))
+        return {row.id: row.uid for row in rows}
+
+    def _record_run_start(self, report: RunReport, full: bool) -> None:
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                insert(sync_runs).values(
+                    id=report.run_id,
+                    connector=self.name,
+                    started_at=report.started_at,
+                    status="running",
+                    full_load=full,
+                    counts=canonical_json(asdict(report.counts)),
+                )
+            )
+
+    def _record_run_end(self, report: RunReport) -> None:
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.id == report.run_id)
+                .values(
+                    status=report.status,
+                    finished_at=report.finished_at,
+                    counts=canonical_json(asdict(report.counts)),
+                    error=report.error,
+                )
+            )
+
+
+def _evidence_key(evidence: Evidence) -> str:
+    return f"{evidence.purpose}/{evidence.channel}"
+
+
+def _evidence_view(evidence: Evidence) -> list[str | None]:
+    return [
+        evidence.status.value,
+        evidence.basis.value if evidence.basis else None,
+        iso(evidence.event_time),
+    ]
+
+
+def _brief(state: EffectiveState | None) -> str:
+    if state is None:
+        return "-"
+    return state.status.value + (" (suppressed)" if state.suppressed else "")
+
+
+def _deciding_rule(states: dict[tuple[str, str], EffectiveState]) -> str | None:
+    """The rule behind a person's first suppressed state (else their first state), recorded with
+    the outbox row and the push's audit entry."""
+    ordered = sorted(states.values(), key=lambda state: not state.suppressed)
+    return ordered[0].rule if ordered else None
