@@ -23,6 +23,7 @@ from consentsync.domain import (
     Purpose,
 )
 from consentsync.reconcile import Policy
+from consentsync.sync.settings import ConnectorSettings
 
 CONFIG_ENV = "CONSENTSYNC_CONFIG"
 ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
@@ -81,6 +82,7 @@ class Settings(_Strict):
     policy: PolicySettings = PolicySettings()
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
     purposes: list[PurposeSettings] = Field(min_length=1)
+    connectors: list[ConnectorSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
@@ -95,6 +97,10 @@ class Settings(_Strict):
                         ("purposes", index, "channels"),
                         f"unknown channel {channel!r}: accepted are {', '.join(self.channels)}",
                     )
+        names = [c.name for c in self.connectors]
+        for index, name in enumerate(names):
+            if names.index(name) != index:
+                raise _located(("connectors", index, "name"), f"duplicate connector name {name!r}")
         for channel in self.channels:
             if not _KEY.match(channel):
                 raise _located(("channels",), f"channel {channel!r} must be a lower-case word")
@@ -145,6 +151,18 @@ class Config:
     @property
     def policy(self) -> Policy:
         return Policy(trusted_sources=frozenset(self.settings.policy.trusted_sources))
+
+    def connector(self, name: str) -> ConnectorSettings:
+        for candidate in self.settings.connectors:
+            if candidate.name == name:
+                return candidate
+        known = ", ".join(c.name for c in self.settings.connectors) or "none"
+        raise ConfigError(f"{self.path}: no connector named {name!r}: configured are {known}")
+
+    def resolve_path(self, relative: str) -> Path:
+        """Paths in the config (mapping files, key files) are relative to the config file."""
+        path = Path(relative)
+        return path if path.is_absolute() else self.path.parent / path
 
     def erasure_key(self) -> bytes:
         """The HMAC key for erasure suppressions: environment first, then the config."""
