@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from consentsync.config import Config, ConfigError
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.service import Ledger
+
+if TYPE_CHECKING:
+    from consentsync.mapping import Mapping
+    from consentsync.sdk import Connector
+    from consentsync.sync.engine import SyncEngine
 
 
 class LedgerNotReady(RuntimeError):
@@ -51,4 +58,34 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     return ledger
 
 
-__all__ = ["ConfigError", "LedgerNotReady", "open_ledger"]
+def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]:
+    """The configured connector instance ``name`` with its mapping files loaded and checked
+    against the configured purposes and channels."""
+    from consentsync.mapping import load_mapping
+    from consentsync.sdk import registry
+
+    settings = config.connector(name)
+    connector_class = registry.load(settings.vendor)
+    try:
+        connector = connector_class(settings.name, settings.settings)
+    except ValueError as error:  # the vendor's settings model names the bad key
+        raise ConfigError(f"{config.path}: connectors[{name}].settings: {error}") from None
+    mappings = [
+        load_mapping(config.resolve_path(path), purposes=set(config.purposes), channels=set(config.channels))
+        for path in settings.mappings
+    ]
+    for mapping in mappings:
+        if mapping.vendor != settings.vendor:
+            raise ConfigError(
+                f"{mapping.path}: maps {mapping.vendor} objects, but connector {name!r} is {settings.vendor}"
+            )
+    return connector, mappings
+
+
+def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEngine:
+    from consentsync.sync.engine import SyncEngine, SyncOptions
+
+    connector, mappings = open_connector(config, name)
+    settings = config.connector(name)
+    options = SyncOptions(batch_size=settings.batch_size, signpost_lag_seconds=settings.signpost_lag_seconds)
+    return SyncEngine(ledger or open_ledger(config), connector, mappings, options)

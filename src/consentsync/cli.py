@@ -280,7 +280,7 @@ def ledger_requested(older_than: int | None, as_json: bool) -> None:
 # -- objections ------------------------------------------------------------------------------------
 
 
-@main.group()
+@main.group(short_help="Raise, review and decide objections (GDPR Article 21).")
 def objection() -> None:
     """Raise, review and decide objections (GDPR Art. 21)."""
 
@@ -374,7 +374,7 @@ def objection_decide(objection_id: int, decision: str | None, by: str, reason: s
 # -- erasure ---------------------------------------------------------------------------------------
 
 
-@main.command()
+@main.command(short_help="Erase a person (GDPR Article 17), keeping a keyed-hash suppression.")
 @config_option
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept with the suppression entry).")
@@ -397,7 +397,7 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
         click.echo(f"no subject held that address; suppression entry {result['suppression_id']} recorded")
 
 
-@main.command()
+@main.command(short_help="Restrict processing of a person (GDPR Article 18), or lift it.")
 @config_option
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
@@ -569,6 +569,9 @@ def audit_verify(as_json: bool) -> None:
     if not result.ok:
         sys.exit(1)
 
+
+# The CRM commands live in their own module; importing it registers them on ``main``.
+from consentsync import cli_sync  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

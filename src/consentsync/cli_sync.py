@@ -1,0 +1,240 @@
+"""Commands around CRMs: sync, runs, mapping checks and the sandboxes."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consentsync.app import open_connector, open_ledger, open_sync
+from consentsync.cli import (
+    config_option,
+    current_config,
+    emit_json,
+    fail,
+    handled,
+    json_option,
+    main,
+    print_table,
+)
+from consentsync.domain import InvalidInput, iso
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
+
+
+@main.command()
+@config_option
+@click.argument("connector")
+@click.option("--full", is_flag=True, help="Read everything again, not only what changed since the last run.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print every ledger change and push it would make; change nothing."
+)
+@json_option
+@handled
+def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
+    """Run one sync of CONNECTOR now."""
+    config = current_config()
+    engine = open_sync(config, connector)
+    if sys.stderr.isatty() and not as_json:
+        engine.progress = _progress_line
+    try:
+        report = engine.run(full=full, dry_run=dry_run)
+    finally:
+        engine.connector.close()
+    if sys.stderr.isatty() and not as_json:
+        click.echo("", err=True)
+    if as_json:
+        emit_json(_report_json(report))
+    else:
+        _print_report(report)
+    if report.status == "failed":
+        sys.exit(1)
+    if report.status == "stopped":
+        sys.exit(EXIT_STOPPED)
+
+
+def _progress_line(report: Any) -> None:
+    c = report.counts
+    click.echo(
+        f"\r{report.connector}: read {c.read}, quarantined {c.quarantined}, "
+        f"ledger changes {c.state_changes}, pushed {c.pushed}, API calls {c.api_calls}   ",
+        nl=False,
+        err=True,
+    )
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    return {
+        "run_id": report.run_id,
+        "connector": report.connector,
+        "status": report.status,
+        "started_at": iso(report.started_at),
+        "finished_at": iso(report.finished_at),
+        "counts": asdict(report.counts),
+        "error": report.error,
+        "plan": {
+            "ledger_changes": [asdict(c) for c in report.plan_changes],
+            "pushes": [asdict(p) for p in report.plan_pushes],
+        }
+        if report.status == "dry_run"
+        else None,
+    }
+
+
+def _print_report(report: Any) -> None:
+    c = report.counts
+    if report.status == "dry_run":
+        click.echo(f"dry run of {report.connector}: nothing was changed, in the ledger or in the CRM")
+        click.echo(f"\nledger changes it would make ({len(report.plan_changes)}):")
+        print_table(
+            [asdict(p) for p in report.plan_changes],
+            ["subject", "purpose", "channel", "before", "after", "rule"],
+        )
+        click.echo(f"\npushes it would make ({len(report.plan_pushes)}):")
+        print_table(
+            [{**asdict(p), "fields": p.fields} for p in report.plan_pushes],
+            ["object_type", "record_id", "fields", "rule"],
+        )
+        return
+    click.echo(f"run {report.run_id} of {report.connector}: {report.status}")
+    click.echo(
+        f"  read {c.read} records ({c.unchanged_records} unchanged), quarantined {c.quarantined}\n"
+        f"  evidence recorded {c.evidence_recorded} ({c.evidence_duplicates} already known), "
+        f"ledger state changes {c.state_changes}, new subjects {c.subjects_created}\n"
+        f"  pushes queued {c.pushes_enqueued}, done {c.pushed}, failed {c.push_failed}\n"
+        f"  API calls {c.api_calls}" + (f" (org usage {c.api_used}/{c.api_limit})" if c.api_limit else "")
+    )
+    if report.error:
+        click.echo(f"  stopped by: {report.error}")
+    if c.quarantined:
+        click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
+
+
+@main.group()
+def runs() -> None:
+    """Past sync runs: counts, API calls, errors and quarantined records."""
+
+
+@runs.command("list")
+@config_option
+@click.option("--connector", help="Only this connector's runs.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@json_option
+@handled
+def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
+    """The latest runs, newest first."""
+    from consentsync.sync.runs import list_runs
+
+    rows = list_runs(open_ledger(current_config()).engine, connector=connector, limit=limit)
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        [
+            {
+                **row,
+                "read": row["counts"].get("read"),
+                "changes": row["counts"].get("state_changes"),
+                "pushed": row["counts"].get("pushed"),
+                "quarantined": row["counts"].get("quarantined"),
+                "api_calls": row["counts"].get("api_calls"),
+            }
+            for row in rows
+        ],
+        ["id", "connector", "status", "started_at", "read", "changes", "pushed", "quarantined", "api_calls"],
+    )
+
+
+@runs.command("show")
+@config_option
+@click.argument("run_id")
+@json_option
+@handled
+def runs_show(run_id: str, as_json: bool) -> None:
+    """One run: counts, API calls, errors and quarantined records with their reasons."""
+    from consentsync.sync.runs import show_run
+
+    run = show_run(open_ledger(current_config()).engine, run_id)
+    if run is None:
+        raise InvalidInput(f"no sync run with id {run_id!r} (see consentsync runs list)")
+    if as_json:
+        emit_json(run)
+        return
+    click.echo(f"run {run['id']} of {run['connector']}: {run['status']}")
+    click.echo(f"  started {run['started_at']}, finished {run['finished_at']}, full load: {run['full']}")
+    for name, value in run["counts"].items():
+        click.echo(f"  {name}: {value}")
+    if run["error"]:
+        click.echo(f"  error: {run['error']}")
+    click.echo("\nquarantined records:")
+    print_table(run["quarantined_records"], ["object", "record_id", "stage", "reason"])
+
+
+@main.group()
+def mapping() -> None:
+    """Check CRM field mappings."""
+
+
+@mapping.command("check")
+@config_option
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--against", "connector", metavar="CONNECTOR", help="Also check every field on the live CRM.")
+@json_option
+@handled
+def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool) -> None:
+    """Validate mapping FILES; with --against, check each field exists and is writable where pushed."""
+    from consentsync.mapping import load_mapping
+
+    config = current_config()
+    results: list[dict[str, Any]] = []
+    live = open_connector(config, connector)[0] if connector else None
+    try:
+        for path in files:
+            loaded = load_mapping(path, purposes=set(config.purposes), channels=set(config.channels))
+            problems: list[str] = []
+            if live is not None:
+                fields = live.describe(loaded.object)
+                for name in loaded.pull_fields():
+                    if name not in fields:
+                        problems.append(f"{loaded.object}.{name} does not exist or is not visible")
+                for name in loaded.push_fields():
+                    info = fields.get(name)
+                    if info is not None and not info.updateable:
+                        problems.append(f"{loaded.object}.{name} is pushed but not writable by this user")
+            results.append(
+                {"file": str(path), "object": loaded.object, "ok": not problems, "problems": problems}
+            )
+    finally:
+        if live is not None:
+            live.close()
+    if as_json:
+        emit_json(results)
+    else:
+        for result in results:
+            verdict = "ok" if result["ok"] else "PROBLEMS"
+            click.echo(f"{result['file']}: {result['object']}: {verdict}")
+            for problem in result["problems"]:
+                click.echo(f"  - {problem}")
+    if any(not r["ok"] for r in results):
+        fail("; ".join(p for r in results for p in r["problems"]))
+
+
+@main.group()
+def sandbox() -> None:
+    """Local CRM sandboxes that speak each vendor's wire format, for demos and tests."""
+
+
+@sandbox.command("salesforce")
+@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True)
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=200, show_default=True, help="Contacts to generate."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def sandbox_salesforce(port: int, seed: int, host: str) -> None:
+    """Run a Salesforce sandbox (HTTPS) until interrupted."""
+    from consentsync.sandbox.salesforce import serve_forever
+
+    serve_forever(port=port, seed=seed, host=host)
