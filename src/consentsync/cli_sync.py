@@ -230,11 +230,19 @@ def sandbox() -> None:
 @sandbox.command("salesforce")
 @click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True)
 @click.option(
-    "--seed", type=click.IntRange(min=0), default=200, show_default=True, help="Contacts to generate."
+    "--seed",
+    "records",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Seed the org with this many generated contacts (with duplicates and leads).",
+)
+@click.option(
+    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated org repeatable."
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
-def sandbox_salesforce(port: int, seed: int, host: str) -> None:
-    """Run a Salesforce sandbox (HTTPS) until interrupted."""
+def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> None:
+    """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.salesforce import serve_forever
 
-    serve_forever(port=port, seed=seed, host=host)
+    serve_forever(port=port, seed=random_seed, host=host, records=records)

@@ -78,8 +78,8 @@ class Policy:
 class Ranked:
     """One piece of evidence reduced to what precedence compares.
 
-    Ordered by (sort time, restrictiveness, fingerprint): later wins, then more restrictive; the
-    fingerprint only makes the order total, so that the fold never depends on arrival order.
+    Ordered by (sort time, restrictiveness, fingerprint, observation time): later wins, then more
+    restrictive; the last two only make the order total, so the fold never depends on arrival.
     """
 
     sort_time: datetime
@@ -113,10 +113,13 @@ class Ranked:
         )
 
     def __lt__(self, other: Ranked) -> bool:
-        return (self.sort_time, self.rank, self.fingerprint) < (
+        # The fingerprint leaves out the observation time of dated evidence (a re-read is the same
+        # statement), so it comes last, to keep the order total.
+        return (self.sort_time, self.rank, self.fingerprint, self.observed_at) < (
             other.sort_time,
             other.rank,
             other.fingerprint,
+            other.observed_at,
         )
 
     def __gt__(self, other: Ranked) -> bool:

@@ -1,0 +1,92 @@
+"""Salesforce record ids: 15 case-sensitive characters (3-character key prefix, 2-character pod,
+a reserved character and a 9-character base-62 number) and the 18-character form that appends a
+3-character checksum of the letter case, so the id survives case-insensitive systems.
+
+Ids made here are base-62 numbers written with the digits ``0-9A-Za-z``, which sort in ASCII
+order, so comparing two ids as strings compares their numbers (the sandbox's ``ORDER BY Id`` and
+``Id > '...'`` agree with each other, as a keyset cursor needs).
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["KEY_PREFIXES", "IdGenerator", "checksum", "is_valid_id", "to18"]
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+KEY_PREFIXES = {
+    "Contact": "003",
+    "Lead": "00Q",
+    "Individual": "0PK",
+    "ContactPointTypeConsent": "0ZY",
+    "DataUsePurpose": "0ZW",
+    "Organization": "00D",
+    "User": "005",
+    "QueryLocator": "01g",
+    "AsyncApexJob": "750",
+}
+
+
+def checksum(id15: str) -> str:
+    """The 3-character suffix of the 18-character id: one character per 5-character chunk, whose
+    bits say which characters of the chunk are upper-case letters."""
+    out = []
+    for start in (0, 5, 10):
+        bits = 0
+        for offset, char in enumerate(id15[start : start + 5]):
+            if "A" <= char <= "Z":
+                bits |= 1 << offset
+        out.append(_SUFFIX[bits])
+    return "".join(out)
+
+
+def to18(value: str) -> str | None:
+    """The 18-character form of a 15- or 18-character id; None when ``value`` is not an id (wrong
+    length, a character outside [0-9A-Za-z], or an 18-character id whose checksum does not match)."""
+    if not isinstance(value, str) or not value.isascii() or not value.isalnum():
+        return None
+    if len(value) == 15:
+        return value + checksum(value)
+    if len(value) == 18:
+        expected = checksum(value[:15])
+        if value[15:].upper() != expected:
+            return None
+        return value[:15] + expected
+    return None
+
+
+def is_valid_id(value: str) -> bool:
+    return to18(value) is not None
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(_B62[rest])
+    text = "".join(reversed(digits)) or "0"
+    if len(text) > width:
+        raise OverflowError("id space exhausted")
+    return text.rjust(width, "0")
+
+
+class IdGenerator:
+    """Makes increasing 18-character ids per key prefix (thread-safe)."""
+
+    def __init__(self, pod: str = "8d", start: int = 62**5 * 7 + 1234) -> None:
+        if len(pod) != 2 or not pod.isalnum():
+            raise ValueError("pod must be 2 alphanumeric characters")
+        self.pod = pod
+        self._start = start
+        self._next: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def new(self, prefix: str) -> str:
+        with self._lock:
+            # Each key prefix starts elsewhere, as real orgs' counters do.
+            number = self._next.get(prefix, self._start + sum(ord(c) * 7919 for c in prefix) * 101)
+            self._next[prefix] = number + 1
+        id15 = f"{prefix}{self.pod}0{_base62(number, 9)}"
+        return id15 + checksum(id15)

@@ -1,0 +1,1371 @@
+"""The sandbox org: schema, an in-memory, thread-safe record store, validation as Salesforce
+applies it on update, and seeding with realistic consent data.
+
+Values are kept as Python values (str, bool, aware UTC datetimes with whole-second precision,
+None) and rendered in Salesforce's JSON layout (``2026-11-23T03:21:24.000+0000``) on the way out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import threading
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from consentsync.sandbox.ids import KEY_PREFIXES, IdGenerator, to18
+from consentsync.sandbox.soql import TEXT_TYPES, BoundQuery, bind, parse, parse_datetime_literal
+
+__all__ = [
+    "LEGAL_BASIS_VALUES",
+    "ApiError",
+    "FieldDef",
+    "ObjectDef",
+    "RecordError",
+    "SalesforceOrg",
+    "format_datetime",
+    "parse_api_datetime",
+]
+
+LEGAL_BASIS_VALUES = (
+    "Consent",
+    "Legitimate Interest",
+    "Contract",
+    "Legal Obligation",
+    "Vital Interests",
+    "Public Task",
+)
+CONTACT_POINT_TYPES = ("Email", "MailingAddress", "Phone", "Social", "Web")
+PRIVACY_CONSENT_STATUSES = ("OptIn", "OptOut", "Seen", "NotSeen")
+LEAD_STATUSES = (
+    "Open - Not Contacted",
+    "Working - Contacted",
+    "Closed - Converted",
+    "Closed - Not Converted",
+)
+LEAD_SOURCES = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
+
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
+)
+
+
+def format_datetime(value: dt.datetime) -> str:
+    """Salesforce's JSON layout for a dateTime: ``2026-11-23T03:21:24.000+0000`` (UTC)."""
+    value = value.astimezone(dt.UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+
+
+def parse_api_datetime(text: str) -> dt.datetime | None:
+    """Parse a dateTime as clients send it in JSON or CSV (``...Z``, ``...+00:00``, ``...+0000``,
+    optional fraction) to an aware UTC datetime; None when unparseable."""
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    parsed = parse_datetime_literal(text)
+    if parsed is not None:
+        return parsed
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+class RecordError(Exception):
+    """A per-record failure: a SaveResult error (``statusCode``, ``message``, ``fields``)."""
+
+    def __init__(self, status_code: str, message: str, fields: Sequence[str] = ()):
+        super().__init__(f"{status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.fields = list(fields)
+
+    def as_save_error(self) -> dict[str, Any]:
+        return {"statusCode": self.status_code, "message": self.message, "fields": list(self.fields)}
+
+    def as_bulk_error(self) -> str:
+        fields = ",".join(self.fields)
+        return f"{self.status_code}:{self.message}:{fields + ' ' if fields else ''}--"
+
+
+class ApiError(Exception):
+    """A request-level failure: HTTP status and a Salesforce error body entry."""
+
+    def __init__(self, status: int, error_code: str, message: str, fields: Sequence[str] | None = None):
+        super().__init__(f"{status} {error_code}: {message}")
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.fields = list(fields) if fields is not None else None
+
+    def body(self) -> list[dict[str, Any]]:
+        entry: dict[str, Any] = {"message": self.message, "errorCode": self.error_code}
+        if self.fields is not None:
+            entry["fields"] = self.fields
+        return [entry]
+
+
+@dataclass(frozen=True)
+class FieldDef:
+    name: str
+    type: str
+    label: str
+    updateable: bool = True
+    createable: bool = True
+    nillable: bool = True
+    length: int = 0
+    picklist: tuple[str, ...] = ()
+    restricted: bool = False
+    reference_to: tuple[str, ...] = ()
+    relationship_name: str | None = None
+    custom: bool = False
+    default: Any = None
+    unique: bool = False
+    name_field: bool = False
+    calculated: bool = False
+
+    @property
+    def soap_type(self) -> str:
+        return {
+            "id": "tns:ID",
+            "reference": "tns:ID",
+            "boolean": "xsd:boolean",
+            "datetime": "xsd:dateTime",
+            "date": "xsd:date",
+        }.get(self.type, "xsd:string")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "aggregatable": self.type not in ("boolean", "textarea"),
+            "autoNumber": False,
+            "byteLength": self.length * 3,
+            "calculated": self.calculated,
+            "caseSensitive": False,
+            "createable": self.createable,
+            "custom": self.custom,
+            "defaultValue": self.default,
+            "defaultedOnCreate": self.default is not None or self.name in _SYSTEM_FIELDS,
+            "externalId": False,
+            "filterable": True,
+            "groupable": self.type not in ("datetime", "textarea"),
+            "idLookup": self.type == "id" or self.name == "Email",
+            "label": self.label,
+            "length": self.length,
+            "name": self.name,
+            "nameField": self.name_field,
+            "nillable": self.nillable,
+            "picklistValues": [
+                {
+                    "active": True,
+                    "defaultValue": value == self.default,
+                    "label": value,
+                    "validFor": None,
+                    "value": value,
+                }
+                for value in self.picklist
+            ],
+            "referenceTo": list(self.reference_to),
+            "relationshipName": self.relationship_name,
+            "restrictedPicklist": self.restricted,
+            "soapType": self.soap_type,
+            "sortable": self.type != "textarea",
+            "type": self.type,
+            "unique": self.unique,
+            "updateable": self.updateable,
+        }
+
+
+_READ_ONLY_HINT = (
+    "Please check the security settings of this field and verify that it is read/write for your profile or "
+    "permission set."
+)
+_SYSTEM_FIELDS = (
+    "Id",
+    "IsDeleted",
+    "CreatedDate",
+    "CreatedById",
+    "LastModifiedDate",
+    "LastModifiedById",
+    "SystemModstamp",
+)
+
+
+@dataclass
+class ObjectDef:
+    name: str
+    label: str
+    label_plural: str
+    key_prefix: str
+    fields: dict[str, FieldDef]
+    custom: bool = False
+    _by_lower: dict[str, FieldDef] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_lower = {name.lower(): f for name, f in self.fields.items()}
+
+    def field(self, name: str) -> FieldDef | None:
+        return self._by_lower.get(name.lower())
+
+    @property
+    def has_person_name(self) -> bool:
+        return "FirstName" in self.fields and "Name" in self.fields
+
+    def urls(self, version: str) -> dict[str, str]:
+        base = f"/services/data/v{version}/sobjects/{self.name}"
+        return {
+            "compactLayouts": f"{base}/describe/compactLayouts",
+            "rowTemplate": f"{base}/{{ID}}",
+            "describe": f"{base}/describe",
+            "sobject": base,
+        }
+
+    def summary(self, version: str) -> dict[str, Any]:
+        return {
+            "activateable": False,
+            "createable": True,
+            "custom": self.custom,
+            "customSetting": False,
+            "deletable": True,
+            "deprecatedAndHidden": False,
+            "feedEnabled": False,
+            "keyPrefix": self.key_prefix,
+            "label": self.label,
+            "labelPlural": self.label_plural,
+            "layoutable": True,
+            "mergeable": self.name in ("Contact", "Lead"),
+            "mruEnabled": True,
+            "name": self.name,
+            "queryable": True,
+            "replicateable": True,
+            "retrieveable": True,
+            "searchable": True,
+            "triggerable": True,
+            "undeletable": True,
+            "updateable": True,
+            "urls": self.urls(version),
+        }
+
+    def describe(self, version: str) -> dict[str, Any]:
+        out = self.summary(version)
+        out.update(
+            {
+                "childRelationships": [],
+                "fields": [f.describe() for f in self.fields.values()],
+                "recordTypeInfos": [],
+                "supportedScopes": [{"label": "All " + self.label_plural.lower(), "name": "everything"}],
+            }
+        )
+        return out
+
+
+def _system_fields() -> list[FieldDef]:
+    return [
+        FieldDef(
+            "Id",
+            "id",
+            "Record ID",
+            updateable=False,
+            createable=False,
+            nillable=False,
+            length=18,
+            unique=True,
+        ),
+        FieldDef(
+            "IsDeleted",
+            "boolean",
+            "Deleted",
+            updateable=False,
+            createable=False,
+            nillable=False,
+            default=False,
+        ),
+        FieldDef(
+            "CreatedDate", "datetime", "Created Date", updateable=False, createable=False, nillable=False
+        ),
+        FieldDef(
+            "CreatedById",
+            "reference",
+            "Created By ID",
+            updateable=False,
+            createable=False,
+            nillable=False,
+            length=18,
+            reference_to=("User",),
+            relationship_name="CreatedBy",
+        ),
+        FieldDef(
+            "LastModifiedDate",
+            "datetime",
+            "Last Modified Date",
+            updateable=False,
+            createable=False,
+            nillable=False,
+        ),
+        FieldDef(
+            "LastModifiedById",
+            "reference",
+            "Last Modified By ID",
+            updateable=False,
+            createable=False,
+            nillable=False,
+            length=18,
+            reference_to=("User",),
+            relationship_name="LastModifiedBy",
+        ),
+        FieldDef(
+            "SystemModstamp",
+            "datetime",
+            "System Modstamp",
+            updateable=False,
+            createable=False,
+            nillable=False,
+        ),
+    ]
+
+
+def _person_fields(last_required: bool = True) -> list[FieldDef]:
+    return [
+        FieldDef("FirstName", "string", "First Name", length=40),
+        FieldDef("LastName", "string", "Last Name", length=80, nillable=not last_required),
+        FieldDef(
+            "Name",
+            "string",
+            "Full Name",
+            updateable=False,
+            createable=False,
+            nillable=False,
+            length=121,
+            name_field=True,
+            calculated=True,
+        ),
+    ]
+
+
+def _consent_fields() -> list[FieldDef]:
+    return [
+        FieldDef("HasOptedOutOfEmail", "boolean", "Email Opt Out", nillable=False, default=False),
+        FieldDef("HasOptedOutOfFax", "boolean", "Fax Opt Out", nillable=False, default=False),
+        FieldDef("DoNotCall", "boolean", "Do Not Call", nillable=False, default=False),
+        FieldDef(
+            "IndividualId",
+            "reference",
+            "Individual ID",
+            length=18,
+            reference_to=("Individual",),
+            relationship_name="Individual",
+        ),
+        FieldDef(
+            "Legal_Basis__c",
+            "picklist",
+            "Legal Basis",
+            length=255,
+            picklist=LEGAL_BASIS_VALUES,
+            restricted=True,
+            custom=True,
+        ),
+    ]
+
+
+def _owner() -> FieldDef:
+    return FieldDef(
+        "OwnerId",
+        "reference",
+        "Owner ID",
+        nillable=False,
+        length=18,
+        reference_to=("User",),
+        relationship_name="Owner",
+    )
+
+
+def build_schema() -> dict[str, ObjectDef]:
+    def obj(name: str, label: str, plural: str, fields: Iterable[FieldDef]) -> ObjectDef:
+        system = _system_fields()
+        ordered = [system[0], *fields, *system[1:]]
+        return ObjectDef(name, label, plural, KEY_PREFIXES[name], {f.name: f for f in ordered})
+
+    contact = obj(
+        "Contact",
+        "Contact",
+        "Contacts",
+        [
+            _owner(),
+            *_person_fields(),
+            FieldDef(
+                "Salutation",
+                "picklist",
+                "Salutation",
+                length=40,
+                picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof."),
+            ),
+            FieldDef("Email", "email", "Email", length=80),
+            FieldDef("Phone", "phone", "Business Phone", length=40),
+            FieldDef("Title", "string", "Title", length=128),
+            FieldDef("MailingCountry", "string", "Mailing Country", length=80),
+            FieldDef("LeadSource", "picklist", "Lead Source", length=255, picklist=LEAD_SOURCES),
+            *_consent_fields(),
+        ],
+    )
+    lead = obj(
+        "Lead",
+        "Lead",
+        "Leads",
+        [
+            _owner(),
+            *_person_fields(),
+            FieldDef("Company", "string", "Company", length=255, nillable=False),
+            FieldDef("Email", "email", "Email", length=80),
+            FieldDef("Phone", "phone", "Phone", length=40),
+            FieldDef("Country", "string", "Country", length=80),
+            FieldDef(
+                "Status",
+                "picklist",
+                "Status",
+                length=255,
+                nillable=False,
+                picklist=LEAD_STATUSES,
+                restricted=True,
+                default=LEAD_STATUSES[0],
+            ),
+            FieldDef("LeadSource", "picklist", "Lead Source", length=255, picklist=LEAD_SOURCES),
+            FieldDef("IsConverted", "boolean", "Converted", updateable=False, nillable=False, default=False),
+            *_consent_fields(),
+        ],
+    )
+    individual = obj(
+        "Individual",
+        "Individual",
+        "Individuals",
+        [
+            _owner(),
+            *_person_fields(),
+            *(
+                FieldDef(name, "boolean", label, nillable=False, default=False)
+                for name, label in (
+                    ("HasOptedOutProcessing", "Don't Process"),
+                    ("HasOptedOutSolicit", "Don't Solicit"),
+                    ("HasOptedOutProfiling", "Don't Profile"),
+                    ("HasOptedOutTracking", "Don't Track"),
+                    ("HasOptedOutGeoTracking", "Don't Track Location"),
+                    ("CanStorePiiElsewhere", "OK to Store PII Data Elsewhere"),
+                    ("ShouldForget", "Forget this Individual"),
+                    ("SendIndividualData", "Export Individual's Data"),
+                )
+            ),
+        ],
+    )
+    purpose = obj(
+        "DataUsePurpose",
+        "Data Use Purpose",
+        "Data Use Purposes",
+        [
+            FieldDef("Name", "string", "Name", nillable=False, length=255, name_field=True),
+            FieldDef("Description", "textarea", "Description", length=1000),
+            FieldDef(
+                "CanDataSubjectOptOut", "boolean", "Can Data Subject Opt Out", nillable=False, default=False
+            ),
+        ],
+    )
+    consent = obj(
+        "ContactPointTypeConsent",
+        "Contact Point Type Consent",
+        "Contact Point Type Consents",
+        [
+            _owner(),
+            FieldDef("Name", "string", "Name", nillable=False, length=255, name_field=True),
+            FieldDef(
+                "PartyId",
+                "reference",
+                "Party ID",
+                nillable=False,
+                length=18,
+                reference_to=("Individual",),
+                relationship_name="Party",
+            ),
+            FieldDef(
+                "ContactPointType",
+                "picklist",
+                "Contact Point Type",
+                length=255,
+                picklist=CONTACT_POINT_TYPES,
+                restricted=True,
+            ),
+            FieldDef(
+                "CaptureContactPointType",
+                "picklist",
+                "Capture Contact Point Type",
+                length=255,
+                picklist=CONTACT_POINT_TYPES,
+                restricted=True,
+            ),
+            FieldDef("CaptureDate", "datetime", "Capture Date"),
+            FieldDef("CaptureSource", "string", "Capture Source", length=255),
+            FieldDef(
+                "DataUsePurposeId",
+                "reference",
+                "Data Use Purpose ID",
+                length=18,
+                reference_to=("DataUsePurpose",),
+                relationship_name="DataUsePurpose",
+            ),
+            FieldDef("DoubleConsentCaptureDate", "datetime", "Double Consent Capture Date"),
+            FieldDef("EffectiveFrom", "datetime", "Effective From"),
+            FieldDef("EffectiveTo", "datetime", "Effective To"),
+            FieldDef(
+                "PrivacyConsentStatus",
+                "picklist",
+                "Privacy Consent Status",
+                length=255,
+                picklist=PRIVACY_CONSENT_STATUSES,
+                restricted=True,
+            ),
+        ],
+    )
+    return {o.name: o for o in (contact, lead, individual, purpose, consent)}
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class _Planned:
+    record_id: str
+    sobject: ObjectDef
+    values: dict[str, Any]
+
+
+class SalesforceOrg:
+    """An org's data: records of Contact, Lead, Individual, ContactPointTypeConsent and
+    DataUsePurpose, keyed by 18-character id. All methods are thread-safe.
+
+    The helpers :meth:`create`, :meth:`update`, :meth:`delete` and :meth:`touch` act as a user in
+    Salesforce would: they validate like the API and stamp ``LastModifiedDate`` /
+    ``SystemModstamp`` with the current second (from :attr:`clock`).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        ids: IdGenerator | None = None,
+        username: str = "integration@consentsync.sandbox",
+    ) -> None:
+        self.ids = ids or IdGenerator()
+        self.org_id = self.ids.new(KEY_PREFIXES["Organization"])
+        self.user_id = self.ids.new(KEY_PREFIXES["User"])
+        self.username = username
+        self.clock: Callable[[], dt.datetime] = clock or _utc_now
+        self.schema = build_schema()
+        self._by_lower = {name.lower(): o for name, o in self.schema.items()}
+        self._by_prefix = {o.key_prefix: o for o in self.schema.values()}
+        self._records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
+        self._deleted: list[tuple[str, str, dt.datetime]] = []  # (sobject, id, deleted at)
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ schema
+
+    def now(self) -> dt.datetime:
+        """The current time at whole-second precision, as Salesforce stores timestamps."""
+        return self.clock().astimezone(dt.UTC).replace(microsecond=0)
+
+    def resolve(self, name: str) -> ObjectDef | None:
+        return self._by_lower.get(name.lower()) if isinstance(name, str) else None
+
+    def sobject_for_id(self, record_id: str) -> ObjectDef | None:
+        full = to18(record_id) if isinstance(record_id, str) else None
+        return self._by_prefix.get(full[:3]) if full else None
+
+    def describe(self, sobject: str, version: str = "59.0") -> dict[str, Any]:
+        obj = self.resolve(sobject)
+        if obj is None:
+            raise KeyError(sobject)
+        return obj.describe(version)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        """A copy of the record (Python values), deleted ones included; None when unknown."""
+        obj = self.sobject_for_id(record_id)
+        if obj is None:
+            return None
+        with self.lock:
+            record = self._records[obj.name].get(to18(record_id) or "")
+            return dict(record) if record is not None else None
+
+    def records(self, sobject: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        obj = self._require(sobject)
+        with self.lock:
+            return [
+                dict(r) for r in self._records[obj.name].values() if include_deleted or not r["IsDeleted"]
+            ]
+
+    def count(self, sobject: str, *, include_deleted: bool = False) -> int:
+        obj = self._require(sobject)
+        with self.lock:
+            return sum(1 for r in self._records[obj.name].values() if include_deleted or not r["IsDeleted"])
+
+    def find(self, sobject: str, **equals: Any) -> list[dict[str, Any]]:
+        """Live records whose fields equal the given values (text compared case-insensitively)."""
+        obj = self._require(sobject)
+        checks = []
+        for name, value in equals.items():
+            fdef = obj.field(name)
+            if fdef is None:
+                raise KeyError(f"{obj.name}.{name}")
+            if fdef.type in TEXT_TYPES and isinstance(value, str):
+                checks.append((fdef.name, value.casefold(), True))
+            elif fdef.type in ("id", "reference") and isinstance(value, str):
+                checks.append((fdef.name, to18(value), False))
+            else:
+                checks.append((fdef.name, value, False))
+
+        def match(record: dict[str, Any]) -> bool:
+            for name, value, fold in checks:
+                current = record.get(name)
+                if fold and isinstance(current, str):
+                    current = current.casefold()
+                if current != value:
+                    return False
+            return True
+
+        return [r for r in self.records(obj.name) if match(r)]
+
+    def query(self, soql: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """Run SOQL directly against the store; returns Python-valued copies of the selected
+        fields (raises :class:`~consentsync.sandbox.soql.SoqlError`)."""
+        bound = bind(parse(soql), self.resolve)
+        with self.lock:
+            rows = self.select(bound, include_deleted=include_deleted)
+            if bound.is_count:
+                return [{"expr0": len(rows)}]
+            return [{name: r.get(name) for name in bound.fields} for r in rows]
+
+    def select(self, bound: BoundQuery, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """The records (live objects: hold :attr:`lock` while using them) a bound query returns."""
+        with self.lock:
+            base = [
+                r for r in self._records[bound.sobject.name].values() if include_deleted or not r["IsDeleted"]
+            ]
+            return bound.run(base)
+
+    def render(
+        self, record: Mapping[str, Any], fields: Sequence[str], sobject: ObjectDef, version: str
+    ) -> dict:
+        out: dict[str, Any] = {
+            "attributes": {
+                "type": sobject.name,
+                "url": f"/services/data/v{version}/sobjects/{sobject.name}/{record['Id']}",
+            }
+        }
+        for name in fields:
+            out[name] = render_value(record.get(name))
+        return out
+
+    def updated_ids(self, sobject: str, start: dt.datetime, end: dt.datetime) -> list[str]:
+        obj = self._require(sobject)
+        with self.lock:
+            return [
+                r["Id"]
+                for r in self._records[obj.name].values()
+                if not r["IsDeleted"] and start <= r["SystemModstamp"] < end
+            ]
+
+    def deleted_records(
+        self, sobject: str, start: dt.datetime, end: dt.datetime
+    ) -> list[tuple[str, dt.datetime]]:
+        obj = self._require(sobject)
+        with self.lock:
+            return [(rid, at) for name, rid, at in self._deleted if name == obj.name and start <= at < end]
+
+    # ------------------------------------------------------------------ writing as a user
+
+    def create(self, sobject: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> str:
+        """Create a record as a user would (validated; CreatedDate and SystemModstamp = now).
+        Returns the new 18-character id; raises :class:`RecordError` or :class:`ApiError`."""
+        obj = self._require(sobject)
+        values = {**(fields or {}), **more}
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            fdef = self._field_or_error(obj, name)
+            if not fdef.createable:
+                raise RecordError(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {fdef.name}. {_READ_ONLY_HINT}",
+                    [fdef.name],
+                )
+            converted[fdef.name] = self._check(obj, fdef, _from_python(fdef, value))
+        with self.lock:
+            return self._insert(obj, converted, at=self.now())
+
+    def update(self, record_id: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> None:
+        """Update a record as a user would: validated, then LastModifiedDate/SystemModstamp = now
+        (whole second). Raises :class:`RecordError` or :class:`ApiError`."""
+        values = {**(fields or {}), **more}
+        obj = self.sobject_for_id(record_id)
+        if obj is None:
+            raise RecordError("MALFORMED_ID", f"id value of incorrect type: {record_id}", ["Id"])
+        converted = {}
+        for name, value in values.items():
+            fdef = self._field_or_error(obj, name)
+            converted[fdef.name] = _from_python(fdef, value)
+        results = self.apply_updates([(obj.name, record_id, converted)], all_or_none=True)
+        if results[0] is not None:
+            raise results[0]
+
+    def touch(self, record_id: str) -> None:
+        """Save a record without changes (bumps LastModifiedDate and SystemModstamp)."""
+        self.update(record_id, {})
+
+    def delete(self, record_id: str) -> None:
+        """Move a record to the recycle bin (IsDeleted; visible to queryAll and /deleted/)."""
+        obj = self.sobject_for_id(record_id)
+        with self.lock:
+            record = self._records[obj.name].get(to18(record_id) or "") if obj else None
+            if record is None or obj is None:
+                raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+            if record["IsDeleted"]:
+                raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+            now = self.now()
+            record["IsDeleted"] = True
+            record["LastModifiedDate"] = record["SystemModstamp"] = now
+            self._deleted.append((obj.name, record["Id"], now))
+
+    # ------------------------------------------------------------------ writing through the API
+
+    def convert_json_fields(self, obj: ObjectDef, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON field values to Python values; unknown fields and wrong JSON types fail the whole
+        request (ApiError INVALID_FIELD / JSON_PARSER_ERROR) as in Salesforce."""
+        out: dict[str, Any] = {}
+        for name, value in fields.items():
+            fdef = obj.field(name)
+            if fdef is None:
+                raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {obj.name}")
+            out[fdef.name] = _from_json(fdef, value)
+        return out
+
+    def convert_csv_value(self, fdef: FieldDef, text: str, column: int) -> Any:
+        """A Bulk API CSV cell to a Python value (``#N/A`` is null); RecordError when it does not
+        convert."""
+        if text == "#N/A":
+            return None
+        if fdef.type == "boolean":
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                return True
+            if lowered in ("false", "0", "no"):
+                return False
+            raise RecordError(
+                "INVALID_FIELD",
+                f"Failed to deserialize field at col {column}. Due to, '{text}' is not a valid value "
+                "for the type xsd:boolean",
+                [fdef.name],
+            )
+        if fdef.type == "datetime":
+            value = parse_api_datetime(text)
+            if value is None:
+                raise RecordError(
+                    "INVALID_FIELD",
+                    f"Failed to deserialize field at col {column}. Due to, '{text}' is not a valid value "
+                    "for the type xsd:dateTime",
+                    [fdef.name],
+                )
+            return value
+        return text
+
+    def apply_updates(
+        self,
+        items: Sequence[tuple[str | None, str | None, Mapping[str, Any]]],
+        *,
+        all_or_none: bool,
+        lock_check: Callable[[str], bool] | None = None,
+    ) -> list[RecordError | None]:
+        """Update records: ``items`` are (sobject type or None, id, Python field values). Returns
+        one entry per item, None for success. With ``all_or_none`` nothing is saved when any item
+        fails, and the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK."""
+        with self.lock:
+            plans: list[_Planned | RecordError] = []
+            for sobject, record_id, fields in items:
+                try:
+                    plans.append(self._plan(sobject, record_id, fields, lock_check))
+                except RecordError as exc:
+                    plans.append(exc)
+            failed = any(isinstance(p, RecordError) for p in plans)
+            if all_or_none and failed:
+                rolled = RecordError(
+                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                    "Record rolled back because not all records were valid and the request was using "
+                    "AllOrNone header",
+                )
+                return [p if isinstance(p, RecordError) else rolled for p in plans]
+            now = self.now()
+            results: list[RecordError | None] = []
+            for plan in plans:
+                if isinstance(plan, RecordError):
+                    results.append(plan)
+                    continue
+                record = self._records[plan.sobject.name][plan.record_id]
+                record.update(plan.values)
+                self._derive(plan.sobject, record)
+                record["LastModifiedDate"] = record["SystemModstamp"] = now
+                record["LastModifiedById"] = self.user_id
+                results.append(None)
+            return results
+
+    def _plan(
+        self,
+        sobject: str | None,
+        record_id: str | None,
+        fields: Mapping[str, Any],
+        lock_check: Callable[[str], bool] | None,
+    ) -> _Planned:
+        if not record_id:
+            raise RecordError("MISSING_ARGUMENT", "Id not specified in an update call")
+        declared = self.resolve(sobject) if sobject else None
+        full = to18(record_id) if isinstance(record_id, str) else None
+        target = self._by_prefix.get(full[:3]) if full else None
+        if full is None or target is None or (declared is not None and declared is not target):
+            label = (declared or target).label if (declared or target) else "Record"
+            raise RecordError("MALFORMED_ID", f"{label} ID: id value of incorrect type: {record_id}", ["Id"])
+        record = self._records[target.name].get(full)
+        if record is None:
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+        if record["IsDeleted"]:
+            raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        if lock_check is not None and lock_check(full):
+            raise RecordError(
+                "UNABLE_TO_LOCK_ROW", f"unable to obtain exclusive access to this record or 1 records: {full}"
+            )
+        readonly = [
+            name
+            for name in fields
+            if (f := target.field(name)) is not None and not f.updateable and name != "Id"
+        ]
+        if readonly:
+            raise RecordError(
+                "INVALID_FIELD_FOR_INSERT_UPDATE",
+                f"Unable to create/update fields: {', '.join(readonly)}. {_READ_ONLY_HINT}",
+                readonly,
+            )
+        values: dict[str, Any] = {}
+        for name, value in fields.items():
+            fdef = self._field_or_error(target, name)
+            if fdef.name == "Id":
+                continue
+            values[fdef.name] = self._check(target, fdef, value)
+        return _Planned(full, target, values)
+
+    def _check(self, obj: ObjectDef, fdef: FieldDef, value: Any) -> Any:
+        """Validate one Python value for a field as Salesforce does on save."""
+        if value is None:
+            if fdef.type == "boolean":
+                return False
+            if not fdef.nillable:
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{fdef.name}]", [fdef.name]
+                )
+            return None
+        if fdef.type in TEXT_TYPES:
+            if fdef.length and len(value) > fdef.length:
+                raise RecordError(
+                    "STRING_TOO_LONG",
+                    f"{fdef.label}: data value too large: {value[:40]} (max length={fdef.length})",
+                    [fdef.name],
+                )
+            if fdef.type == "email" and not _EMAIL_RE.match(value):
+                raise RecordError(
+                    "INVALID_EMAIL_ADDRESS", f"{fdef.label}: invalid email address: {value}", [fdef.name]
+                )
+            if fdef.type == "picklist" and fdef.restricted and value not in fdef.picklist:
+                raise RecordError(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"{fdef.label}: bad value for restricted picklist field: {value}",
+                    [fdef.name],
+                )
+        if fdef.type == "reference":
+            full = to18(value)
+            target = self._by_prefix.get(full[:3]) if full else None
+            allowed = {n for n in fdef.reference_to if n in self.schema}
+            if fdef.reference_to == ("User",):
+                if full is None or full[:3] != KEY_PREFIXES["User"]:
+                    raise RecordError(
+                        "MALFORMED_ID", f"{fdef.label}: id value of incorrect type: {value}", [fdef.name]
+                    )
+                return full
+            if full is None or target is None or target.name not in allowed:
+                raise RecordError(
+                    "MALFORMED_ID", f"{fdef.label}: id value of incorrect type: {value}", [fdef.name]
+                )
+            referenced = self._records[target.name].get(full)
+            if referenced is None or referenced["IsDeleted"]:
+                raise RecordError(
+                    "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}", [fdef.name]
+                )
+            return full
+        return value
+
+    def _field_or_error(self, obj: ObjectDef, name: str) -> FieldDef:
+        fdef = obj.field(name)
+        if fdef is None:
+            raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type {obj.name}")
+        return fdef
+
+    def _require(self, sobject: str) -> ObjectDef:
+        obj = self.resolve(sobject)
+        if obj is None:
+            raise KeyError(f"unknown sObject type {sobject!r}")
+        return obj
+
+    def _derive(self, obj: ObjectDef, record: dict[str, Any]) -> None:
+        if obj.has_person_name:
+            record["Name"] = " ".join(p for p in (record.get("FirstName"), record.get("LastName")) if p)
+
+    def _insert(
+        self,
+        obj: ObjectDef,
+        values: Mapping[str, Any],
+        *,
+        at: dt.datetime,
+        created: dt.datetime | None = None,
+    ) -> str:
+        """Store a new record with the given (already valid) values; caller holds the lock."""
+        for fdef in obj.fields.values():
+            if (
+                not fdef.nillable
+                and fdef.createable
+                and fdef.default is None
+                and values.get(fdef.name) is None
+                and fdef.name != "OwnerId"
+            ):
+                raise RecordError(
+                    "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{fdef.name}]", [fdef.name]
+                )
+        record_id = self.ids.new(obj.key_prefix)
+        record: dict[str, Any] = {}
+        for fdef in obj.fields.values():
+            record[fdef.name] = fdef.default
+        record.update({k: v for k, v in values.items() if v is not None or obj.fields[k].default is None})
+        created = created or at
+        record.update(
+            {
+                "Id": record_id,
+                "IsDeleted": False,
+                "CreatedDate": created,
+                "CreatedById": self.user_id,
+                "LastModifiedDate": at,
+                "LastModifiedById": self.user_id,
+                "SystemModstamp": at,
+            }
+        )
+        if "OwnerId" in obj.fields and record.get("OwnerId") is None:
+            record["OwnerId"] = self.user_id
+        self._derive(obj, record)
+        self._records[obj.name][record_id] = record
+        return record_id
+
+    # ------------------------------------------------------------------ seeding
+
+    def seed(
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        now: dt.datetime | None = None,
+        days: int = 7,
+        lead_share: float = 0.2,
+        duplicate_contact_share: float = 0.05,
+        individual_share: float = 0.5,
+        consent_share: float = 0.35,
+    ) -> dict[str, Any]:
+        """Add ``n`` contacts with realistic names, emails and consent values, plus:
+
+        * a share of them again as Leads with the same email (sometimes in another letter case),
+          with consent flags that may disagree;
+        * a share duplicated as a second Contact with the same email;
+        * Individuals linked (IndividualId) for a share, with ContactPointTypeConsent rows
+          (PartyId, DataUsePurposeId, PrivacyConsentStatus OptIn/OptOut, CaptureDate,
+          CaptureSource, EffectiveFrom, DoubleConsentCaptureDate) for some of those;
+        * SystemModstamps spread over the past ``days`` days and clustered on a few whole seconds
+          (mass updates), so hundreds of records can share one second.
+
+        Deterministic for a given ``seed`` and ``now``. Returns a summary with the ids made.
+        """
+        rng = random.Random(seed)
+        now = (now or self.now()).astimezone(dt.UTC).replace(microsecond=0)
+        span = max(1, days * 86400)
+        buckets = max(5, n // 25)
+        seconds = [now - dt.timedelta(seconds=rng.randrange(60, span)) for _ in range(buckets)]
+        weights = [1.0 / (rank + 1) for rank in range(buckets)]
+
+        def stamp() -> dt.datetime:
+            return rng.choices(seconds, weights)[0]
+
+        def created_before(moment: dt.datetime) -> dt.datetime:
+            return moment - dt.timedelta(seconds=rng.randrange(0, 60 * 86400))
+
+        summary: dict[str, Any] = {
+            "contacts": [],
+            "leads": [],
+            "individuals": [],
+            "consents": [],
+            "purposes": [],
+            "duplicate_emails": [],
+        }
+        with self.lock:
+            purposes = self._ensure_purposes(now)
+            summary["purposes"] = list(purposes.values())
+            used_emails: set[str] = {
+                r["Email"].lower() for r in self._records["Contact"].values() if r["Email"]
+            }
+            for index in range(n):
+                first = rng.choice(_FIRST_NAMES)
+                last = rng.choice(_LAST_NAMES)
+                email = _make_email(rng, first, last, index, used_emails)
+                modstamp = stamp()
+                individual_id = None
+                if rng.random() < individual_share:
+                    individual_id = self._insert(
+                        self.schema["Individual"],
+                        {
+                            "FirstName": first,
+                            "LastName": last,
+                            "HasOptedOutProcessing": rng.random() < 0.05,
+                            "HasOptedOutSolicit": rng.random() < 0.15,
+                            "HasOptedOutProfiling": rng.random() < 0.2,
+                            "HasOptedOutTracking": rng.random() < 0.2,
+                            "HasOptedOutGeoTracking": rng.random() < 0.25,
+                            "CanStorePiiElsewhere": rng.random() < 0.6,
+                            "ShouldForget": rng.random() < 0.02,
+                            "SendIndividualData": rng.random() < 0.03,
+                        },
+                        at=modstamp,
+                        created=created_before(modstamp),
+                    )
+                    summary["individuals"].append(individual_id)
+                    if rng.random() < consent_share / max(individual_share, 1e-9):
+                        summary["consents"] += self._seed_consents(
+                            rng, individual_id, first, last, purposes, stamp
+                        )
+                contact_values = {
+                    "Salutation": rng.choice((None, "Mr.", "Ms.", "Dr.")),
+                    "FirstName": first,
+                    "LastName": last,
+                    "Email": email,
+                    "Phone": f"+{rng.choice((44, 49, 33, 1, 31))} {rng.randrange(100, 999)} "
+                    f"{rng.randrange(10**5, 10**6)}",
+                    "Title": rng.choice(
+                        (None, "Buyer", "CFO", "Head of Marketing", "Engineer", "Office Manager")
+                    ),
+                    "MailingCountry": rng.choice(
+                        ("Germany", "France", "United Kingdom", "Netherlands", "Ireland")
+                    ),
+                    "LeadSource": rng.choice((None, *LEAD_SOURCES)),
+                    **_consent_values(rng),
+                    "IndividualId": individual_id,
+                }
+                contact_id = self._insert(
+                    self.schema["Contact"], contact_values, at=modstamp, created=created_before(modstamp)
+                )
+                summary["contacts"].append(contact_id)
+                if rng.random() < lead_share:
+                    lead_email = email.upper() if rng.random() < 0.3 else email
+                    lead_stamp = stamp()
+                    lead_id = self._insert(
+                        self.schema["Lead"],
+                        {
+                            "FirstName": first,
+                            "LastName": last,
+                            "Email": lead_email,
+                            "Company": rng.choice(_COMPANIES),
+                            "Status": rng.choice(LEAD_STATUSES[:2]),
+                            "LeadSource": rng.choice(LEAD_SOURCES),
+                            "Country": contact_values["MailingCountry"],
+                            **_consent_values(rng),
+                            "IndividualId": individual_id if rng.random() < 0.5 else None,
+                        },
+                        at=lead_stamp,
+                        created=created_before(lead_stamp),
+                    )
+                    summary["leads"].append(lead_id)
+                    summary["duplicate_emails"].append(email)
+                if rng.random() < duplicate_contact_share:
+                    dup_stamp = stamp()
+                    dup_id = self._insert(
+                        self.schema["Contact"],
+                        {
+                            "FirstName": first,
+                            "LastName": last,
+                            "Email": email.lower() if rng.random() < 0.5 else email,
+                            "MailingCountry": contact_values["MailingCountry"],
+                            **_consent_values(rng),
+                        },
+                        at=dup_stamp,
+                        created=created_before(dup_stamp),
+                    )
+                    summary["contacts"].append(dup_id)
+                    summary["duplicate_emails"].append(email)
+        return summary
+
+    def _ensure_purposes(self, now: dt.datetime) -> dict[str, str]:
+        existing = {
+            r["Name"]: r["Id"] for r in self._records["DataUsePurpose"].values() if not r["IsDeleted"]
+        }
+        for name, description, opt_out in _PURPOSES:
+            if name not in existing:
+                existing[name] = self._insert(
+                    self.schema["DataUsePurpose"],
+                    {"Name": name, "Description": description, "CanDataSubjectOptOut": opt_out},
+                    at=now - dt.timedelta(days=90),
+                )
+        return existing
+
+    def _seed_consents(
+        self,
+        rng: random.Random,
+        individual_id: str,
+        first: str,
+        last: str,
+        purposes: Mapping[str, str],
+        stamp: Callable[[], dt.datetime],
+    ) -> list[str]:
+        made = []
+        for purpose_name in rng.sample(sorted(purposes), rng.randint(1, 2)):
+            modstamp = stamp()
+            captured = modstamp - dt.timedelta(seconds=rng.randrange(0, 30 * 86400))
+            status = "OptIn" if rng.random() < 0.65 else "OptOut"
+            double = (
+                captured + dt.timedelta(minutes=rng.randrange(1, 180))
+                if status == "OptIn" and rng.random() < 0.5
+                else None
+            )
+            made.append(
+                self._insert(
+                    self.schema["ContactPointTypeConsent"],
+                    {
+                        "Name": f"{purpose_name} - {first} {last}"[:255],
+                        "PartyId": individual_id,
+                        "ContactPointType": "Email",
+                        "CaptureContactPointType": "Email",
+                        "CaptureDate": captured,
+                        "CaptureSource": rng.choice(_CAPTURE_SOURCES),
+                        "DataUsePurposeId": purposes[purpose_name],
+                        "DoubleConsentCaptureDate": double,
+                        "EffectiveFrom": captured,
+                        "PrivacyConsentStatus": status,
+                    },
+                    at=modstamp,
+                    created=captured,
+                )
+            )
+        return made
+
+
+def render_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return format_datetime(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _from_json(fdef: FieldDef, value: Any) -> Any:
+    if value is None:
+        return None
+    if fdef.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ApiError(
+            400,
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of boolean from {_json_kind(value)} value {value} or request may "
+            "be missing a required field",
+        )
+    if fdef.type == "datetime":
+        parsed = parse_api_datetime(value) if isinstance(value, str) else None
+        if parsed is None:
+            raise ApiError(
+                400,
+                "JSON_PARSER_ERROR",
+                f"Cannot deserialize instance of datetime from {_json_kind(value)} value {value} or request "
+                "may be missing a required field",
+            )
+        return parsed
+    if isinstance(value, (bool, dict, list)):
+        raise ApiError(
+            400,
+            "JSON_PARSER_ERROR",
+            f"Cannot deserialize instance of string from {_json_kind(value)} value {value} or request may be "
+            "missing a required field",
+        )
+    return str(value)
+
+
+def _from_python(fdef: FieldDef, value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if fdef.type != "datetime":
+            raise ApiError(
+                400, "JSON_PARSER_ERROR", f"{fdef.name}: a datetime is not valid for a {fdef.type} field"
+            )
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return aware.astimezone(dt.UTC).replace(microsecond=0)
+    return _from_json(fdef, value)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "VALUE_TRUE" if value else "VALUE_FALSE"
+    if isinstance(value, (int, float)):
+        return "VALUE_NUMBER_INT" if isinstance(value, int) else "VALUE_NUMBER_FLOAT"
+    if isinstance(value, dict):
+        return "START_OBJECT"
+    if isinstance(value, list):
+        return "START_ARRAY"
+    return "VALUE_STRING"
+
+
+def _consent_values(rng: random.Random) -> dict[str, Any]:
+    return {
+        "HasOptedOutOfEmail": rng.random() < 0.25,
+        "DoNotCall": rng.random() < 0.15,
+        "HasOptedOutOfFax": rng.random() < 0.1,
+        "Legal_Basis__c": rng.choices(
+            ("Consent", "Legitimate Interest", "Contract", "Legal Obligation", None), (35, 25, 15, 3, 22)
+        )[0],
+    }
+
+
+def _ascii(text: str) -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "".join(c for c in folded.lower() if c.isalnum() or c in "'-")
+
+
+def _make_email(rng: random.Random, first: str, last: str, index: int, used: set[str]) -> str:
+    local = rng.choice(
+        (
+            f"{_ascii(first)}.{_ascii(last)}",
+            f"{_ascii(first)[0]}{_ascii(last)}",
+            f"{_ascii(first)}_{_ascii(last)}",
+            f"{_ascii(last)}.{_ascii(first)}",
+        )
+    ).strip("-")
+    domain = rng.choice(_DOMAINS)
+    email = f"{local}@{domain}"
+    if email.lower() in used:
+        email = f"{local}{index}@{domain}"
+    used.add(email.lower())
+    if rng.random() < 0.12:
+        # Some people type their address with capitals; Salesforce stores it as typed.
+        email = f"{local.title()}@{domain.capitalize()}"
+    return email
+
+
+_PURPOSES = (
+    ("Email Marketing", "Newsletters and offers by email", True),
+    ("Profiling", "Segmentation and scoring for personalised offers", True),
+    ("Service Communications", "Messages needed to deliver the contracted service", False),
+)
+_CAPTURE_SOURCES = (
+    "Web Form",
+    "Preference Center",
+    "Double Opt-In",
+    "Event Badge Scan",
+    "Sales Call",
+    "Import",
+)
+_COMPANIES = (
+    "Acme GmbH",
+    "Globex Ltd",
+    "Initech BV",
+    "Umbrella SARL",
+    "Hooli Ireland",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Soylent AG",
+)
+_DOMAINS = (
+    "example.com",
+    "example.org",
+    "example.net",
+    "acme.test",
+    "globex.test",
+    "initech.test",
+    "mail.test",
+)
+_FIRST_NAMES = (
+    "Anna",
+    "Ben",
+    "Chloé",
+    "David",
+    "Elena",
+    "Finn",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Katarzyna",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Quentin",
+    "Rosa",
+    "Siobhán",
+    "Tomás",
+    "Ulrike",
+    "Victor",
+    "Wiebke",
+    "Xavier",
+    "Yara",
+    "Zoë",
+    "José",
+    "Łukasz",
+    "Aoife",
+    "Mehmet",
+    "Priya",
+    "Sven",
+    "Emma",
+    "Lucas",
+    "Sofia",
+    "Mateo",
+)
+_LAST_NAMES = (
+    "Müller",
+    "Schmidt",
+    "O'Brien",
+    "D'Angelo",
+    "Dubois",
+    "van der Berg",
+    "Nowak",
+    "García",
+    "Rossi",
+    "Murphy",
+    "Smith-Jones",
+    "Jansen",
+    "Kowalski",
+    "Larsen",
+    "Fischer",
+    "Martin",
+    "Bernard",
+    "Yılmaz",
+    "Papadopoulos",
+    "Novák",
+    "Silva",
+    "Andersson",
+    "Walsh",
+    "Weber",
+    "Bauer",
+    "Lefèvre",
+    "Horváth",
+    "Costa",
+    "Nielsen",
+    "Byrne",
+)

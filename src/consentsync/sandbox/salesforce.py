@@ -1,0 +1,1437 @@
+"""A Salesforce sandbox: a local HTTPS server on 127.0.0.1 that speaks the REST API's wire format
+as Salesforce documents it (OAuth token endpoint, query/queryMore, describe, sObject rows, sObject
+Collections, Bulk API 2.0 ingest, limits), backed by an in-memory org, with fault injection.
+
+>>> from consentsync.sandbox import SalesforceSandbox
+>>> with SalesforceSandbox() as sf:
+...     sf.org.seed(500, seed=1)
+...     session = sf.requests_session()
+...     token = session.post(sf.token_url, data=sf.client_credentials_form()).json()["access_token"]
+
+Every response carries ``Sforce-Limit-Info: api-usage=USED/LIMIT``; every authenticated call adds
+one to USED (usage may run past the limit, as in Salesforce). The server counts the calls it
+answered per endpoint kind in :attr:`SalesforceSandbox.calls`.
+
+Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUND):
+
+* ``POST /services/oauth2/token``: ``password``, ``client_credentials`` (form or HTTP Basic) and
+  ``urn:ietf:params:oauth:grant-type:jwt-bearer`` (RS256 signature checked with the configured
+  public key; ``iss``, ``sub``, ``aud``, ``exp`` required). Errors are OAuth bodies:
+  ``invalid_grant``/"authentication failure", ``invalid_client``/"invalid client credentials",
+  ``invalid_client_id``/"client identifier invalid", ``invalid_grant``/"invalid assertion",
+  "expired authorization code", "audience is invalid", "user hasn't approved this consumer",
+  ``unsupported_grant_type``.
+* ``GET /services/data/``, ``GET /vNN.N/``, ``/vNN.N/limits``, ``/id/{org}/{user}``.
+* ``GET /vNN.N/query?q=`` and ``/queryAll?q=`` (see :mod:`consentsync.sandbox.soql`), pages of
+  ``Sforce-Query-Options: batchSize=N`` (200..2000, default 2000) over a snapshot taken at the
+  first call, ``nextRecordsUrl`` ``/services/data/vNN.N/query/01g...-2000``; a locator expires
+  after ``locator_ttl`` seconds unused and only ``max_open_locators`` stay open (oldest dropped):
+  then 400 INVALID_QUERY_LOCATOR.
+* ``GET /vNN.N/sobjects``, ``/sobjects/{Object}``, ``/sobjects/{Object}/describe``,
+  ``/sobjects/{Object}/updated|deleted?start=&end=`` (whole minutes, at most 30 days back),
+  ``GET|PATCH|DELETE /sobjects/{Object}/{Id}``, ``POST /sobjects/{Object}``.
+* ``PATCH /vNN.N/composite/sobjects`` (at most 200 records, else 400 EXCEEDED_ID_LIMIT).
+* Bulk API 2.0 ingest: ``POST|GET /vNN.N/jobs/ingest``, ``GET|PATCH|DELETE .../{id}``,
+  ``PUT .../{id}/batches`` (201), ``GET .../{id}/successfulResults|failedResults|
+  unprocessedrecords``. Operations insert, update and delete; processed when the job is closed
+  (after ``bulk_delay`` seconds when set).
+
+Where the vendor documentation is silent the sandbox makes a choice, listed here so the
+connector does not rely on it: Bulk API 2.0 HTTP errors use the codes INVALIDJOB, INVALIDENTITY,
+INVALIDJOBSTATE (409 for an upload to a job that is not Open or already has data: one upload per
+job) and INVALIDCONTENTTYPE; results of an unfinished job are a header-only CSV; a 503 fault body
+is ``[{"errorCode": "SERVER_UNAVAILABLE", ...}]``; the token response carries ``issued_at`` and
+``signature`` for every grant; the ``nextRecordsUrl`` of a queryAll names ``queryAll``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import hashlib
+import hmac
+import io
+import json
+import logging
+import re
+import secrets
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+
+from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.ids import KEY_PREFIXES, to18
+from consentsync.sandbox.org import (
+    ApiError,
+    FieldDef,
+    ObjectDef,
+    RecordError,
+    SalesforceOrg,
+    format_datetime,
+    parse_api_datetime,
+)
+from consentsync.sandbox.soql import SoqlError, bind, no_such_column, parse
+from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+
+__all__ = [
+    "DEFAULT_API_VERSION",
+    "SUPPORTED_VERSIONS",
+    "SalesforceCredentials",
+    "SalesforceOrg",
+    "SalesforceSandbox",
+    "serve_forever",
+]
+
+log = logging.getLogger("consentsync.sandbox.salesforce")
+
+DEFAULT_API_VERSION = "59.0"
+MIN_API_VERSION = 59.0
+SUPPORTED_VERSIONS = (
+    ("Winter '24", "59.0"),
+    ("Spring '24", "60.0"),
+    ("Summer '24", "61.0"),
+    ("Winter '25", "62.0"),
+    ("Spring '25", "63.0"),
+    ("Summer '25", "64.0"),
+    ("Winter '26", "65.0"),
+    ("Spring '26", "66.0"),
+)
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+MAX_COLLECTION_RECORDS = 200
+DEFAULT_BATCH_SIZE = 2000
+MIN_BATCH_SIZE = 200
+MAX_REPLICATION_IDS = 600_000
+RESET = object()  # dispatch result: close the connection without answering
+
+_NOT_FOUND = "The requested resource does not exist"
+_JSON = "application/json;charset=UTF-8"
+
+
+@dataclass
+class SalesforceCredentials:
+    """The connected app and integration user the token endpoint accepts.
+
+    ``password`` grant: ``client_id``, ``client_secret``, ``username`` and ``password`` followed by
+    ``security_token`` (empty by default). ``client_credentials``: ``client_id`` and
+    ``client_secret`` (form fields or HTTP Basic). JWT bearer: an RS256 assertion with
+    ``iss=client_id``, ``sub=username``, ``aud`` one of ``jwt_audiences`` (or the sandbox's own
+    URL) and a future ``exp``, signed by the private key matching ``jwt_public_key_pem``.
+    """
+
+    client_id: str = "3MVG9consentsyncSandboxConsumerKey"
+    client_secret: str = "consentsync-sandbox-consumer-secret"
+    username: str = "integration@consentsync.sandbox"
+    password: str = "sandbox-password"
+    security_token: str = ""
+    jwt_public_key_pem: str | bytes | None = None
+    jwt_audiences: tuple[str, ...] = ("https://login.salesforce.com", "https://test.salesforce.com")
+
+
+@dataclass
+class SandboxRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+
+    def param(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    def json(self) -> Any:
+        if not self.body.strip():
+            raise ApiError(400, "JSON_PARSER_ERROR", "The request body is empty")
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
+
+
+@dataclass
+class SandboxResponse:
+    status: int
+    body: bytes = b""
+    content_type: str | None = _JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> SandboxResponse:
+    return SandboxResponse(status, json.dumps(payload, ensure_ascii=False).encode(), _JSON, headers or {})
+
+
+@dataclass
+class _Session:
+    token: str
+    issued: float
+    last_used: float
+
+
+@dataclass
+class _Locator:
+    records: list[dict[str, Any]]
+    batch_size: int
+    version: str
+    endpoint: str
+    last_used: float
+
+
+@dataclass
+class _IngestJob:
+    id: str
+    operation: str
+    sobject: ObjectDef
+    line_ending: str
+    column_delimiter: str
+    external_id: str | None
+    version: str
+    created: dt.datetime
+    modstamp: dt.datetime
+    state: str = "Open"
+    data: bytes | None = None
+    processed: int = 0
+    failed: int = 0
+    error_message: str | None = None
+    successful_csv: str = ""
+    failed_csv: str = ""
+    processing_ms: int = 0
+    timer: threading.Timer | None = None
+
+    def info(self, user_id: str, *, full: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "operation": self.operation,
+            "object": self.sobject.name,
+            "createdById": user_id,
+            "createdDate": format_datetime(self.created),
+            "systemModstamp": format_datetime(self.modstamp),
+            "state": self.state,
+        }
+        if self.external_id:
+            out["externalIdFieldName"] = self.external_id
+        out.update(
+            {
+                "concurrencyMode": "Parallel",
+                "contentType": "CSV",
+                "apiVersion": float(self.version),
+                "contentUrl": f"services/data/v{self.version}/jobs/ingest/{self.id}/batches",
+                "lineEnding": self.line_ending,
+                "columnDelimiter": self.column_delimiter,
+            }
+        )
+        if full:
+            out.update(
+                {
+                    "jobType": "V2Ingest",
+                    "numberRecordsProcessed": self.processed,
+                    "numberRecordsFailed": self.failed,
+                    "retries": 0,
+                    "totalProcessingTime": self.processing_ms,
+                    "apiActiveProcessingTime": self.processing_ms,
+                    "apexProcessingTime": 0,
+                }
+            )
+            if self.error_message:
+                out["errorMessage"] = self.error_message
+        return out
+
+
+_DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
+
+_V = r"/services/data/v(?P<version>\d+\.\d)"
+_ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
+    (method, re.compile(pattern), kind, auth)
+    for method, pattern, kind, auth in (
+        ("POST", r"/services/oauth2/token/?", "token", False),
+        ("GET", r"/services/data/?", "versions", False),
+        ("GET", r"/id/(?P<org>\w+)/(?P<user>\w+)/?", "identity", True),
+        ("GET", _V + r"/?", "resources", True),
+        ("GET", _V + r"/limits/?", "limits", True),
+        ("GET", _V + r"/(?P<endpoint>query|queryAll)/?", "query", True),
+        ("GET", _V + r"/(?P<endpoint>query|queryAll)/(?P<locator>\w+)-(?P<offset>\d+)/?", "queryMore", True),
+        ("GET", _V + r"/sobjects/?", "describe_global", True),
+        ("GET", _V + r"/sobjects/(?P<sobject>\w+)/describe/?", "describe", True),
+        ("GET", _V + r"/sobjects/(?P<sobject>\w+)/updated/?", "updated", True),
+        ("GET", _V + r"/sobjects/(?P<sobject>\w+)/deleted/?", "deleted", True),
+        ("GET", _V + r"/sobjects/(?P<sobject>\w+)/?", "sobject_info", True),
+        ("POST", _V + r"/sobjects/(?P<sobject>\w+)/?", "sobject_create", True),
+        ("GET", _V + r"/sobjects/(?P<sobject>\w+)/(?P<record_id>\w+)/?", "sobject_get", True),
+        ("PATCH", _V + r"/sobjects/(?P<sobject>\w+)/(?P<record_id>\w+)/?", "sobject_patch", True),
+        ("DELETE", _V + r"/sobjects/(?P<sobject>\w+)/(?P<record_id>\w+)/?", "sobject_delete", True),
+        ("PATCH", _V + r"/composite/sobjects/?", "composite", True),
+        ("POST", _V + r"/jobs/ingest/?", "bulk_create", True),
+        ("GET", _V + r"/jobs/ingest/?", "bulk_list", True),
+        ("GET", _V + r"/jobs/ingest/(?P<job_id>\w+)/?", "bulk_status", True),
+        ("PATCH", _V + r"/jobs/ingest/(?P<job_id>\w+)/?", "bulk_state", True),
+        ("DELETE", _V + r"/jobs/ingest/(?P<job_id>\w+)/?", "bulk_delete", True),
+        ("PUT", _V + r"/jobs/ingest/(?P<job_id>\w+)/batches/?", "bulk_upload", True),
+        (
+            "GET",
+            _V
+            + r"/jobs/ingest/(?P<job_id>\w+)/(?P<which>successfulResults|failedResults|unprocessedrecords)/?",
+            "bulk_results",
+            True,
+        ),
+    )
+]
+
+
+class SalesforceSandbox:
+    """The sandbox server. Construct, :meth:`start` (or use as a context manager), point clients
+    at :attr:`instance_url` with :attr:`ca_cert_path` (or :attr:`ca_bundle_path`) for TLS.
+
+    Run-time controls (HTTP-free): :attr:`faults` (:class:`~consentsync.sandbox.faults.Faults`),
+    :attr:`org` (the data), :meth:`issue_token`, :meth:`expire_sessions`,
+    :meth:`expire_query_locators`, :meth:`set_api_usage`, :meth:`reset_counters`.
+    """
+
+    def __init__(
+        self,
+        org: SalesforceOrg | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: SalesforceCredentials | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        api_limit: int = 100_000,
+        api_usage: int = 0,
+        session_timeout: float = 7200.0,
+        bulk_delay: float = 0.0,
+        locator_ttl: float = 900.0,
+        max_open_locators: int = 10,
+        tls: SandboxTLS | None = None,
+        tls_dir: str | Path | None = None,
+    ) -> None:
+        self.org = org or SalesforceOrg()
+        self.host = host
+        self.port = port
+        self.credentials = credentials or SalesforceCredentials(username=self.org.username)
+        if isinstance(faults, Faults):
+            self.faults = faults
+        else:
+            self.faults = Faults(**dict(faults or {}))
+        self.api_limit = api_limit
+        self.session_timeout = session_timeout
+        self.bulk_delay = bulk_delay
+        self.locator_ttl = locator_ttl
+        self.max_open_locators = max_open_locators
+        self.calls: Counter[str] = Counter()
+        self.faults_injected: Counter[str] = Counter()
+        self._api_used = api_usage
+        self._lock = threading.RLock()
+        self._sessions: dict[str, _Session] = {}
+        self._locators: OrderedDict[str, _Locator] = OrderedDict()
+        self._jobs: dict[str, _IngestJob] = {}
+        self._tls = tls
+        self._tls_dir = tls_dir
+        self._owns_tls = tls is None
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> SalesforceSandbox:
+        if self._httpd is not None:
+            return self
+        if self._tls is None:
+            self._tls = create_sandbox_tls(self._tls_dir)
+        self._httpd = _HTTPServer((self.host, self.port), _Handler, self, self._tls.server_context())
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="salesforce-sandbox",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("salesforce sandbox listening on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            for job in self._jobs.values():
+                if job.timer is not None:
+                    job.timer.cancel()
+
+    def close(self) -> None:
+        """Stop and remove the certificate files made for this server."""
+        self.stop()
+        if self._tls is not None and self._owns_tls:
+            self._tls.cleanup()
+
+    def __enter__(self) -> SalesforceSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._httpd is not None
+
+    # ------------------------------------------------------------------ addresses and TLS
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def instance_url(self) -> str:
+        return self.base_url
+
+    @property
+    def login_url(self) -> str:
+        """Where the token endpoint lives (the same server)."""
+        return self.base_url
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/services/oauth2/token"
+
+    def data_url(self, version: str = DEFAULT_API_VERSION) -> str:
+        return f"{self.base_url}/services/data/v{version}"
+
+    @property
+    def tls(self) -> SandboxTLS:
+        if self._tls is None:
+            raise RuntimeError("the sandbox has not been started")
+        return self._tls
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """The sandbox CA alone (PEM): pass as ``verify=`` on each request, or as
+        ``Session.verify`` with ``Session.trust_env = False``."""
+        return self.tls.ca_cert_path
+
+    @property
+    def ca_bundle_path(self) -> Path:
+        """The sandbox CA plus the system roots (PEM), usable as ``REQUESTS_CA_BUNDLE``."""
+        return self.tls.bundle_path
+
+    def requests_session(self) -> Any:
+        """A ``requests.Session`` verifying the sandbox CA, immune to REQUESTS_CA_BUNDLE."""
+        return self.tls.requests_session()
+
+    # ------------------------------------------------------------------ credentials and sessions
+
+    def password_form(self) -> dict[str, str]:
+        c = self.credentials
+        return {
+            "grant_type": "password",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            "username": c.username,
+            "password": c.password + c.security_token,
+        }
+
+    def client_credentials_form(self) -> dict[str, str]:
+        c = self.credentials
+        return {
+            "grant_type": "client_credentials",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+        }
+
+    def issue_token(self) -> str:
+        """A fresh access token without an HTTP call (not counted)."""
+        return self._new_session()["access_token"]
+
+    def expire_sessions(self) -> None:
+        """Invalidate every access token issued so far."""
+        with self._lock:
+            self._sessions.clear()
+
+    def expire_query_locators(self) -> None:
+        with self._lock:
+            self._locators.clear()
+
+    @property
+    def api_usage(self) -> tuple[int, int]:
+        with self._lock:
+            return self._api_used, self.api_limit
+
+    def set_api_usage(self, used: int, limit: int | None = None) -> None:
+        with self._lock:
+            self._api_used = used
+            if limit is not None:
+                self.api_limit = limit
+
+    @property
+    def total_calls(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.faults_injected.clear()
+
+    def _new_session(self, *, scope: bool = False) -> dict[str, Any]:
+        token = f"{self.org.org_id[:15]}!AQ{secrets.token_urlsafe(72)}"
+        now = time.monotonic()
+        with self._lock:
+            self._sessions[token] = _Session(token, now, now)
+        issued_at = str(int(time.time() * 1000))
+        identity = f"{self.login_url}/id/{self.org.org_id}/{self.org.user_id}"
+        signature = base64.b64encode(
+            hmac.new(
+                self.credentials.client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256
+            ).digest()
+        ).decode()
+        out: dict[str, Any] = {
+            "access_token": token,
+            "instance_url": self.instance_url,
+            "id": identity,
+            "token_type": "Bearer",
+            "issued_at": issued_at,
+            "signature": signature,
+        }
+        if scope:
+            out["scope"] = "api"
+        return out
+
+    def _authenticate(self, request: SandboxRequest) -> None:
+        header = request.header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        with self._lock:
+            session = self._sessions.get(token) if scheme.lower() in ("bearer", "oauth") else None
+            now = time.monotonic()
+            if session is not None and now - session.last_used > self.session_timeout:
+                del self._sessions[token]
+                session = None
+            if session is None:
+                raise ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+            session.last_used = now
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, request: SandboxRequest) -> SandboxResponse | object:
+        """Answer one request (HTTP-free entry point used by the HTTP handler)."""
+        kind, handler, params, auth = self._route(request)
+        if self.faults.decide_reset(kind):
+            with self._lock:
+                self.faults_injected["reset"] += 1
+            return RESET
+        delay = self.faults.delay_for(kind, request.path)
+        if delay > 0:
+            with self._lock:
+                self.faults_injected["delay"] += 1
+            time.sleep(delay)
+        try:
+            if auth:
+                self._authenticate(request)
+                used, limit = self.api_usage
+                if self.faults.request_limit_reached(used, limit):
+                    with self._lock:
+                        self.faults_injected["request_limit"] += 1
+                    raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+                with self._lock:
+                    self._api_used += 1
+                if self.faults.note_call():
+                    self.expire_sessions()
+            status = self.faults.decide_error(kind)
+            if status is not None:
+                with self._lock:
+                    self.faults_injected[f"http_{status}"] += 1
+                response = _json_response(
+                    status,
+                    [
+                        {
+                            "errorCode": "SERVER_UNAVAILABLE",
+                            "message": "Server temporarily unavailable, retry later",
+                        }
+                    ],
+                )
+            else:
+                response = handler(request, **params)
+        except ApiError as exc:
+            response = _json_response(exc.status, exc.body())
+        except SoqlError as exc:
+            response = _json_response(400, [{"message": exc.message, "errorCode": exc.error_code}])
+        except _OAuthError as exc:
+            response = _json_response(400, {"error": exc.error, "error_description": exc.description})
+        except Exception as exc:  # a sandbox bug must still answer like Salesforce does
+            log.exception("sandbox handler failed")
+            response = _json_response(
+                500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": f"{type(exc).__name__}"}]
+            )
+        with self._lock:
+            self.calls[kind] += 1
+            used, limit = self._api_used, self.api_limit
+        assert isinstance(response, SandboxResponse)
+        response.headers["Sforce-Limit-Info"] = f"api-usage={used}/{limit}"
+        return response
+
+    def _route(
+        self, request: SandboxRequest
+    ) -> tuple[str, Callable[..., SandboxResponse], dict[str, str], bool]:
+        allowed: list[str] = []
+        for method, pattern, kind, auth in _ROUTES:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            params = {k: v for k, v in match.groupdict().items() if v is not None}
+            version = params.pop("version", None)
+            if version is not None and float(version) < MIN_API_VERSION:
+                return "not_found", self._not_found, {}, False
+            handler = getattr(self, f"_h_{kind}")
+            if version is not None:
+                params["version"] = version
+            return kind, handler, params, auth
+        if allowed:
+            methods = ",".join(sorted(set(allowed)))
+
+            def not_allowed(_request: SandboxRequest) -> SandboxResponse:
+                raise ApiError(
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    f"HTTP Method '{request.method}' not allowed. Allowed are {methods}",
+                )
+
+            return "not_found", not_allowed, {}, False
+        return "not_found", self._not_found, {}, False
+
+    def _not_found(self, _request: SandboxRequest) -> SandboxResponse:
+        raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+
+    # ------------------------------------------------------------------ OAuth
+
+    def _h_token(self, request: SandboxRequest) -> SandboxResponse:
+        form = {k: v[0] for k, v in request.query.items()}
+        content_type = (request.header("Content-Type") or "").lower()
+        if request.body and "json" not in content_type:
+            form.update({k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()})
+        grant = form.get("grant_type")
+        c = self.credentials
+        if grant == "password":
+            self._check_client(form.get("client_id"), form.get("client_secret"), request)
+            if form.get("username") != c.username or form.get("password") != c.password + c.security_token:
+                raise _OAuthError("invalid_grant", "authentication failure")
+            return _json_response(200, self._new_session())
+        if grant == "client_credentials":
+            self._check_client(form.get("client_id"), form.get("client_secret"), request)
+            return _json_response(200, self._new_session(scope=True))
+        if grant == JWT_GRANT:
+            self._check_jwt(form.get("assertion") or "")
+            return _json_response(200, self._new_session(scope=True))
+        raise _OAuthError("unsupported_grant_type", "grant type not supported")
+
+    def _check_client(
+        self, client_id: str | None, client_secret: str | None, request: SandboxRequest
+    ) -> None:
+        basic = request.header("Authorization") or ""
+        if basic.lower().startswith("basic ") and client_id is None:
+            try:
+                client_id, _, client_secret = base64.b64decode(basic[6:]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise _OAuthError("invalid_client", "invalid client credentials") from None
+        if client_id != self.credentials.client_id:
+            raise _OAuthError("invalid_client_id", "client identifier invalid")
+        if client_secret != self.credentials.client_secret:
+            raise _OAuthError("invalid_client", "invalid client credentials")
+
+    def _check_jwt(self, assertion: str) -> None:
+        try:
+            claims = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise _OAuthError("invalid_grant", "invalid assertion") from None
+        if claims.get("iss") != self.credentials.client_id:
+            raise _OAuthError("invalid_client_id", "client identifier invalid")
+        key = self.credentials.jwt_public_key_pem
+        if not key:
+            raise _OAuthError("invalid_grant", "invalid assertion")
+        audiences = [*self.credentials.jwt_audiences, self.login_url]
+        try:
+            claims = jwt.decode(
+                assertion,
+                key=key,
+                algorithms=["RS256"],
+                audience=audiences,
+                options={"require": ["iss", "sub", "aud", "exp"]},
+                leeway=5,
+            )
+        except jwt.ExpiredSignatureError:
+            raise _OAuthError("invalid_grant", "expired authorization code") from None
+        except jwt.InvalidAudienceError:
+            raise _OAuthError("invalid_grant", "audience is invalid") from None
+        except jwt.PyJWTError:
+            raise _OAuthError("invalid_grant", "invalid assertion") from None
+        if claims.get("sub") != self.credentials.username:
+            raise _OAuthError("invalid_grant", "user hasn't approved this consumer")
+
+    # ------------------------------------------------------------------ discovery, limits, identity
+
+    def _h_versions(self, _request: SandboxRequest) -> SandboxResponse:
+        return _json_response(
+            200,
+            [
+                {"label": label, "url": f"/services/data/v{v}", "version": v}
+                for label, v in SUPPORTED_VERSIONS
+            ],
+        )
+
+    def _h_resources(self, _request: SandboxRequest, version: str) -> SandboxResponse:
+        base = f"/services/data/v{version}"
+        names = (
+            "sobjects",
+            "query",
+            "queryAll",
+            "limits",
+            "composite",
+            "jobs",
+            "search",
+            "recent",
+            "tooling",
+        )
+        return _json_response(200, {name: f"{base}/{name}" for name in names})
+
+    def _h_limits(self, _request: SandboxRequest, version: str) -> SandboxResponse:
+        used, limit = self.api_usage
+        return _json_response(
+            200,
+            {
+                "DailyApiRequests": {"Max": limit, "Remaining": max(0, limit - used)},
+                "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
+                "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
+                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+                "DataStorageMB": {"Max": 1024, "Remaining": 1000},
+                "SingleEmail": {"Max": 5000, "Remaining": 5000},
+            },
+        )
+
+    def _h_identity(self, _request: SandboxRequest, org: str, user: str) -> SandboxResponse:
+        if to18(org) != self.org.org_id or to18(user) != self.org.user_id:
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+        base = f"{self.base_url}/services/data/v{{version}}"
+        return _json_response(
+            200,
+            {
+                "id": f"{self.login_url}/id/{self.org.org_id}/{self.org.user_id}",
+                "asserted_user": True,
+                "user_id": self.org.user_id,
+                "organization_id": self.org.org_id,
+                "username": self.credentials.username,
+                "nick_name": self.credentials.username.split("@")[0],
+                "display_name": "Integration User",
+                "email": self.credentials.username,
+                "active": True,
+                "user_type": "STANDARD",
+                "language": "en_US",
+                "locale": "en_GB",
+                "utcOffset": 0,
+                "urls": {
+                    "rest": base + "/",
+                    "sobjects": base + "/sobjects/",
+                    "query": base + "/query/",
+                },
+            },
+        )
+
+    # ------------------------------------------------------------------ query
+
+    def _h_query(self, request: SandboxRequest, version: str, endpoint: str) -> SandboxResponse:
+        soql = request.param("q")
+        if not soql or not soql.strip():
+            raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+        bound = bind(parse(soql), self.org.resolve)
+        include_deleted = endpoint == "queryAll"
+        with self.org.lock:
+            rows = self.org.select(bound, include_deleted=include_deleted)
+            if bound.is_count:
+                return _json_response(200, {"totalSize": len(rows), "done": True, "records": []})
+            records = [self.org.render(r, bound.fields, bound.sobject, version) for r in rows]
+        batch_size = self._batch_size(request, DEFAULT_BATCH_SIZE)
+        if len(records) <= batch_size:
+            return _json_response(200, {"totalSize": len(records), "done": True, "records": records})
+        locator_id = self.org.ids.new(KEY_PREFIXES["QueryLocator"])
+        with self._lock:
+            self._locators[locator_id] = _Locator(records, batch_size, version, endpoint, time.monotonic())
+            while len(self._locators) > self.max_open_locators:
+                self._locators.popitem(last=False)
+        return self._page(locator_id, 0)
+
+    def _h_queryMore(
+        self, request: SandboxRequest, version: str, endpoint: str, locator: str, offset: str
+    ) -> SandboxResponse:
+        with self._lock:
+            found = self._locators.get(locator)
+            now = time.monotonic()
+            if found is not None and now - found.last_used > self.locator_ttl:
+                del self._locators[locator]
+                found = None
+            position = int(offset)
+            if found is None or not 0 < position < len(found.records):
+                raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+            found.last_used = now
+            found.batch_size = self._batch_size(request, found.batch_size)
+            self._locators.move_to_end(locator)
+        return self._page(locator, position)
+
+    def _page(self, locator_id: str, position: int) -> SandboxResponse:
+        with self._lock:
+            loc = self._locators[locator_id]
+            end = position + loc.batch_size
+            out: dict[str, Any] = {"totalSize": len(loc.records), "done": end >= len(loc.records)}
+            if end < len(loc.records):
+                out["nextRecordsUrl"] = f"/services/data/v{loc.version}/{loc.endpoint}/{locator_id}-{end}"
+            out["records"] = loc.records[position:end]
+        return _json_response(200, out)
+
+    @staticmethod
+    def _batch_size(request: SandboxRequest, default: int) -> int:
+        header = request.header("Sforce-Query-Options") or ""
+        match = re.search(r"batchSize\s*=\s*(\d+)", header, re.IGNORECASE)
+        if not match:
+            return default
+        return max(MIN_BATCH_SIZE, min(DEFAULT_BATCH_SIZE, int(match.group(1))))
+
+    # ------------------------------------------------------------------ sObjects
+
+    def _object(self, name: str) -> ObjectDef:
+        obj = self.org.resolve(name)
+        if obj is None:
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+        return obj
+
+    def _h_describe_global(self, _request: SandboxRequest, version: str) -> SandboxResponse:
+        return _json_response(
+            200,
+            {
+                "encoding": "UTF-8",
+                "maxBatchSize": MAX_COLLECTION_RECORDS,
+                "sobjects": [o.summary(version) for o in self.org.schema.values()],
+            },
+        )
+
+    def _h_sobject_info(self, _request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
+        obj = self._object(sobject)
+        return _json_response(200, {"objectDescribe": obj.summary(version), "recentItems": []})
+
+    def _h_describe(self, _request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
+        return _json_response(200, self._object(sobject).describe(version))
+
+    def _h_sobject_get(
+        self, request: SandboxRequest, version: str, sobject: str, record_id: str
+    ) -> SandboxResponse:
+        obj = self._object(sobject)
+        full = to18(record_id)
+        if full is None or full[:3] != obj.key_prefix:
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"Provided external ID field does not exist or is not accessible: {record_id}",
+            )
+        names = list(obj.fields)
+        wanted = request.param("fields")
+        if wanted:
+            names = []
+            for name in (n.strip() for n in wanted.split(",") if n.strip()):
+                fdef = obj.field(name)
+                if fdef is None:
+                    raise ApiError(
+                        400,
+                        "INVALID_FIELD",
+                        no_such_column(name, obj.name),
+                    )
+                names.append(fdef.name)
+        record = self.org.get(full)
+        if record is None:
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+        if record["IsDeleted"]:
+            raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
+        return _json_response(200, self.org.render(record, names, obj, version))
+
+    def _h_sobject_create(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
+        obj = self._object(sobject)
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        fields = {k: v for k, v in body.items() if k != "attributes"}
+        converted = self.org.convert_json_fields(obj, fields)
+        try:
+            new_id = self.org.create(obj.name, converted)
+        except RecordError as exc:
+            raise ApiError(400, exc.status_code, exc.message, exc.fields) from None
+        return _json_response(201, {"id": new_id, "success": True, "errors": []})
+
+    def _h_sobject_patch(
+        self, request: SandboxRequest, version: str, sobject: str, record_id: str
+    ) -> SandboxResponse:
+        obj = self._object(sobject)
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        fields = {k: v for k, v in body.items() if k not in ("attributes", "Id", "id")}
+        converted = self.org.convert_json_fields(obj, fields)
+        result = self.org.apply_updates(
+            [(obj.name, record_id, converted)], all_or_none=True, lock_check=self.faults.consume_lock
+        )[0]
+        if result is None:
+            return SandboxResponse(204, b"", None)
+        if result.status_code == "MALFORMED_ID":
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"Provided external ID field does not exist or is not accessible: {record_id}",
+            )
+        if result.status_code == "INVALID_CROSS_REFERENCE_KEY" and not result.fields:
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+        if result.status_code == "ENTITY_IS_DELETED":
+            raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted")
+        raise ApiError(400, result.status_code, result.message, result.fields)
+
+    def _h_sobject_delete(
+        self, request: SandboxRequest, version: str, sobject: str, record_id: str
+    ) -> SandboxResponse:
+        obj = self._object(sobject)
+        full = to18(record_id)
+        if full is None or full[:3] != obj.key_prefix:
+            raise ApiError(
+                404,
+                "NOT_FOUND",
+                f"Provided external ID field does not exist or is not accessible: {record_id}",
+            )
+        try:
+            self.org.delete(full)
+        except RecordError as exc:
+            if exc.status_code == "ENTITY_IS_DELETED":
+                raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted") from None
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND) from None
+        return SandboxResponse(204, b"", None)
+
+    def _replication_window(self, request: SandboxRequest) -> tuple[dt.datetime, dt.datetime]:
+        start_text, end_text = request.param("start"), request.param("end")
+        if not start_text or not end_text:
+            raise ApiError(400, "MISSING_ARGUMENT", "start and end are both required")
+        start, end = parse_api_datetime(start_text), parse_api_datetime(end_text)
+        if start is None or end is None:
+            bad = start_text if start is None else end_text
+            raise ApiError(400, "INVALID_REPLICATION_DATE", f"Invalid date time value: {bad}")
+        start = start.replace(second=0, microsecond=0)
+        end = end.replace(second=0, microsecond=0)
+        now = self.org.now()
+        if start < now - dt.timedelta(days=30):
+            raise ApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago")
+        if end <= start:
+            raise ApiError(
+                400,
+                "INVALID_REPLICATION_DATE",
+                "startDate must chronologically precede endDate by more than one minute",
+            )
+        return start, min(end, now.replace(second=0))
+
+    def _h_updated(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
+        obj = self._object(sobject)
+        start, end = self._replication_window(request)
+        ids = self.org.updated_ids(obj.name, start, end)
+        if len(ids) > MAX_REPLICATION_IDS:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        return _json_response(200, {"ids": ids, "latestDateCovered": format_datetime(end)})
+
+    def _h_deleted(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
+        obj = self._object(sobject)
+        start, end = self._replication_window(request)
+        rows = self.org.deleted_records(obj.name, start, end)
+        if len(rows) > MAX_REPLICATION_IDS:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        earliest = min((at for _, at in rows), default=start)
+        return _json_response(
+            200,
+            {
+                "deletedRecords": [{"id": rid, "deletedDate": format_datetime(at)} for rid, at in rows],
+                "earliestDateAvailable": format_datetime(earliest),
+                "latestDateCovered": format_datetime(end),
+            },
+        )
+
+    # ------------------------------------------------------------------ sObject Collections
+
+    def _h_composite(self, request: SandboxRequest, version: str) -> SandboxResponse:
+        body = request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+            raise ApiError(400, "JSON_PARSER_ERROR", "Expected an object with a 'records' list")
+        records = body["records"]
+        if len(records) > MAX_COLLECTION_RECORDS:
+            raise ApiError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than "
+                f"{MAX_COLLECTION_RECORDS} records into this call",
+            )
+        all_or_none = bool(body.get("allOrNone", False))
+        items: list[tuple[str | None, str | None, dict[str, Any]]] = []
+        for record in records:
+            if not isinstance(record, dict):
+                raise ApiError(400, "JSON_PARSER_ERROR", "Each record must be a JSON object")
+            attributes = record.get("attributes")
+            type_name = attributes.get("type") if isinstance(attributes, dict) else None
+            if not type_name:
+                raise ApiError(400, "INVALID_TYPE", "Must send a concrete entity type.")
+            obj = self.org.resolve(type_name)
+            if obj is None:
+                raise ApiError(400, "INVALID_TYPE", f"sObject type '{type_name}' is not supported.")
+            record_id = record.get("id", record.get("Id"))
+            fields = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
+            items.append((obj.name, record_id, self.org.convert_json_fields(obj, fields)))
+        results = self.org.apply_updates(items, all_or_none=all_or_none, lock_check=self.faults.consume_lock)
+        out = []
+        for (_, record_id, _), result in zip(items, results, strict=True):
+            if result is None:
+                out.append({"id": to18(str(record_id)), "success": True, "errors": []})
+            else:
+                out.append({"success": False, "errors": [result.as_save_error()]})
+        return _json_response(200, out)
+
+    # ------------------------------------------------------------------ Bulk API 2.0 ingest
+
+    def _job(self, job_id: str) -> _IngestJob:
+        with self._lock:
+            job = self._jobs.get(to18(job_id) or job_id)
+        if job is None:
+            raise ApiError(404, "NOT_FOUND", _NOT_FOUND)
+        return job
+
+    def _h_bulk_create(self, request: SandboxRequest, version: str) -> SandboxResponse:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        obj = self.org.resolve(str(body.get("object") or ""))
+        if obj is None:
+            raise ApiError(
+                400, "INVALIDENTITY", f"Entity '{body.get('object')}' is not supported by the Bulk API."
+            )
+        operation = body.get("operation")
+        if operation not in ("insert", "update", "delete"):
+            raise ApiError(
+                400,
+                "INVALIDJOB",
+                f"InvalidJob : operation '{operation}' is not supported by this sandbox "
+                "(insert, update, delete)",
+            )
+        if (body.get("contentType") or "CSV") != "CSV":
+            raise ApiError(400, "INVALIDJOB", "InvalidJob : contentType must be CSV")
+        line_ending = body.get("lineEnding") or "LF"
+        delimiter = body.get("columnDelimiter") or "COMMA"
+        if line_ending not in ("LF", "CRLF"):
+            raise ApiError(400, "INVALIDJOB", f"InvalidJob : invalid lineEnding '{line_ending}'")
+        if delimiter not in _DELIMITERS:
+            raise ApiError(400, "INVALIDJOB", f"InvalidJob : invalid columnDelimiter '{delimiter}'")
+        now = self.org.now()
+        job = _IngestJob(
+            id=self.org.ids.new(KEY_PREFIXES["AsyncApexJob"]),
+            operation=operation,
+            sobject=obj,
+            line_ending=line_ending,
+            column_delimiter=delimiter,
+            external_id=body.get("externalIdFieldName"),
+            version=version,
+            created=now,
+            modstamp=now,
+        )
+        with self._lock:
+            self._jobs[job.id] = job
+        return _json_response(200, job.info(self.org.user_id, full=False))
+
+    def _h_bulk_list(self, _request: SandboxRequest, version: str) -> SandboxResponse:
+        with self._lock:
+            jobs = [j.info(self.org.user_id, full=False) for j in self._jobs.values()]
+        return _json_response(200, {"done": True, "records": jobs, "nextRecordsUrl": None})
+
+    def _h_bulk_status(self, _request: SandboxRequest, version: str, job_id: str) -> SandboxResponse:
+        job = self._job(job_id)
+        with self._lock:
+            return _json_response(200, job.info(self.org.user_id, full=True))
+
+    def _h_bulk_upload(self, request: SandboxRequest, version: str, job_id: str) -> SandboxResponse:
+        job = self._job(job_id)
+        content_type = (request.header("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "text/csv":
+            raise ApiError(400, "INVALIDCONTENTTYPE", f"Content-Type must be text/csv, not '{content_type}'")
+        with self._lock:
+            if job.state != "Open":
+                raise ApiError(
+                    409, "INVALIDJOBSTATE", f"InvalidJobState : Job state is {job.state}, not Open"
+                )
+            if job.data is not None:
+                raise ApiError(
+                    409, "INVALIDJOBSTATE", "InvalidJobState : Data has already been uploaded for this job"
+                )
+            job.data = request.body
+            job.modstamp = self.org.now()
+        return SandboxResponse(201, b"", None)
+
+    def _h_bulk_state(self, request: SandboxRequest, version: str, job_id: str) -> SandboxResponse:
+        job = self._job(job_id)
+        body = request.json()
+        state = body.get("state") if isinstance(body, dict) else None
+        with self._lock:
+            if state == "UploadComplete" and job.state == "Open":
+                job.state = "UploadComplete"
+                job.modstamp = self.org.now()
+                process_now = self.bulk_delay <= 0
+                if not process_now:
+                    job.timer = threading.Timer(self.bulk_delay, self._process_job, args=(job,))
+                    job.timer.daemon = True
+                    job.timer.start()
+            elif state == "Aborted" and job.state in ("Open", "UploadComplete", "InProgress"):
+                job.state = "Aborted"
+                job.modstamp = self.org.now()
+                if job.timer is not None:
+                    job.timer.cancel()
+                process_now = False
+            else:
+                raise ApiError(
+                    400,
+                    "INVALIDJOBSTATE",
+                    f"InvalidJobState : Cannot change state of job from {job.state} to {state}",
+                )
+            info = job.info(self.org.user_id, full=False)
+        if process_now:
+            self._process_job(job)
+        return _json_response(200, info)
+
+    def _h_bulk_delete(self, _request: SandboxRequest, version: str, job_id: str) -> SandboxResponse:
+        job = self._job(job_id)
+        with self._lock:
+            if job.state not in ("JobComplete", "Failed", "Aborted", "UploadComplete"):
+                raise ApiError(
+                    400, "INVALIDJOBSTATE", f"InvalidJobState : Cannot delete a job in state {job.state}"
+                )
+            if job.timer is not None:
+                job.timer.cancel()
+            self._jobs.pop(job.id, None)
+        return SandboxResponse(204, b"", None)
+
+    def _h_bulk_results(
+        self, _request: SandboxRequest, version: str, job_id: str, which: str
+    ) -> SandboxResponse:
+        job = self._job(job_id)
+        with self._lock:
+            if which == "successfulResults":
+                text = job.successful_csv or _csv_line(["sf__Id", "sf__Created"])
+            elif which == "failedResults":
+                text = job.failed_csv or _csv_line(["sf__Id", "sf__Error"])
+            elif job.state in ("Failed", "Aborted") and job.data is not None:
+                text = job.data.decode("utf-8-sig", "replace")
+            else:
+                text = ""
+        return SandboxResponse(200, text.encode(), "text/csv")
+
+    def _process_job(self, job: _IngestJob) -> None:
+        started = time.monotonic()
+        with self._lock:
+            if job.state != "UploadComplete":
+                return
+            job.state = "InProgress"
+        try:
+            self._run_job(job)
+        except _JobFailed as exc:
+            with self._lock:
+                job.state = "Failed"
+                job.error_message = str(exc)
+        except Exception:  # keep the job answerable even when the sandbox has a bug
+            log.exception("bulk job processing failed")
+            with self._lock:
+                job.state = "Failed"
+                job.error_message = "UnknownException : internal error in the sandbox"
+        else:
+            with self._lock:
+                job.state = "JobComplete"
+        with self._lock:
+            job.processing_ms = int((time.monotonic() - started) * 1000)
+            job.modstamp = self.org.now()
+
+    def _run_job(self, job: _IngestJob) -> None:
+        if not job.data:
+            raise _JobFailed("InvalidBatch : No data uploaded for this job")
+        text = job.data.decode("utf-8-sig", "replace")
+        if job.line_ending == "LF" and "\r\n" in text:
+            raise _JobFailed(
+                "ClientInputError : LineEnding is invalid on user data. Current LineEnding setting is LF"
+            )
+        if job.line_ending == "CRLF" and re.search(r"(?<!\r)\n", text):
+            raise _JobFailed(
+                "ClientInputError : LineEnding is invalid on user data. Current LineEnding setting is CRLF"
+            )
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=_DELIMITERS[job.column_delimiter]))
+        rows = [r for r in rows if r]
+        if not rows:
+            raise _JobFailed("InvalidBatch : The CSV file is empty")
+        header, data = rows[0], rows[1:]
+        fields: list[FieldDef] = []
+        for name in header:
+            fdef = job.sobject.field(name.strip())
+            if fdef is None:
+                raise _JobFailed(f"InvalidBatch : Field name not found : {name}")
+            if fdef in fields:
+                raise _JobFailed(f"InvalidBatch : Duplicate field name: {name}")
+            fields.append(fdef)
+        outcomes: list[tuple[str, RecordError | None, bool]] = [("", None, False)] * len(data)
+        pending: list[tuple[int, str, dict[str, Any]]] = []
+        id_column = next((i for i, f in enumerate(fields) if f.name == "Id"), None)
+        for index, row in enumerate(data):
+            row_id = row[id_column].strip() if id_column is not None and id_column < len(row) else ""
+            try:
+                if len(row) != len(header):
+                    raise RecordError(
+                        "INVALID_FIELD", f"Row has {len(row)} columns, the header has {len(header)}", []
+                    )
+                values: dict[str, Any] = {}
+                for column, (fdef, cell) in enumerate(zip(fields, row, strict=True), start=1):
+                    if fdef.name == "Id" or cell == "":
+                        continue  # an empty cell leaves the field as it is
+                    values[fdef.name] = self.org.convert_csv_value(fdef, cell, column)
+                if job.operation == "insert":
+                    new_id = self.org.create(job.sobject.name, values)
+                    outcomes[index] = (new_id, None, True)
+                elif job.operation == "delete":
+                    if not row_id:
+                        raise RecordError("MISSING_ARGUMENT", "Id not specified in a delete call")
+                    if self.faults.consume_lock(to18(row_id) or row_id):
+                        raise RecordError(
+                            "UNABLE_TO_LOCK_ROW",
+                            f"unable to obtain exclusive access to this record or 1 records: {row_id}",
+                        )
+                    self.org.delete(row_id)
+                    outcomes[index] = (to18(row_id) or row_id, None, False)
+                else:
+                    pending.append((index, row_id, values))
+            except RecordError as exc:
+                outcomes[index] = (to18(row_id) or "", exc, False)
+            except ApiError as exc:
+                outcomes[index] = (to18(row_id) or "", RecordError(exc.error_code, exc.message), False)
+        if pending:
+            results = self.org.apply_updates(
+                [(job.sobject.name, row_id or None, values) for _, row_id, values in pending],
+                all_or_none=False,
+                lock_check=self.faults.consume_lock,
+            )
+            for (index, row_id, _), result in zip(pending, results, strict=True):
+                outcomes[index] = (to18(row_id) or "", result, False)
+        success_lines = [_csv_line(["sf__Id", "sf__Created", *header])]
+        failed_lines = [_csv_line(["sf__Id", "sf__Error", *header])]
+        failed = 0
+        for row, (record_id, error, created) in zip(data, outcomes, strict=True):
+            if error is None:
+                success_lines.append(_csv_line([record_id, "true" if created else "false", *row]))
+            else:
+                failed += 1
+                failed_lines.append(_csv_line([record_id, error.as_bulk_error(), *row]))
+        with self._lock:
+            job.processed = len(data)
+            job.failed = failed
+            job.successful_csv = "".join(success_lines)
+            job.failed_csv = "".join(failed_lines)
+
+
+def _csv_line(values: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+class _OAuthError(Exception):
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+
+
+class _JobFailed(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self, address: tuple[str, int], handler: type, app: SalesforceSandbox, context: ssl.SSLContext
+    ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+        self.app = app
+        self.ssl_context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The TLS handshake runs here, in the connection's own thread, not in the accept loop.
+        try:
+            request.settimeout(30)
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls_socket = self.ssl_context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        try:
+            self.RequestHandlerClass(tls_socket, client_address, self)
+        finally:
+            self.shutdown_request(tls_socket)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
+            return
+        log.exception("sandbox connection error from %s", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "SFDC"
+    sys_version = ""
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _serve(self) -> None:
+        split = urlsplit(self.path)
+        body = self._read_body()
+        request = SandboxRequest(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query, keep_blank_values=True),
+            headers=self.headers,
+            body=body,
+        )
+        result = self.server.app.handle(request)
+        if result is RESET:
+            self.close_connection = True
+            try:
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+            except OSError:
+                pass
+            return
+        assert isinstance(result, SandboxResponse)
+        self.send_response(result.status)
+        for name, value in result.headers.items():
+            self.send_header(name, value)
+        if result.content_type:
+            self.send_header("Content-Type", result.content_type)
+        self.send_header("Content-Length", str(len(result.body)))
+        self.end_headers()
+        if result.body and self.command != "HEAD":
+            self.wfile.write(result.body)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 2000,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[SalesforceSandbox], None] | None = None,
+) -> None:
+    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the instance
+    URL, the CA files and the demo credentials. ``on_ready`` is called with the running server."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    org = SalesforceOrg()
+    summary = org.seed(records, seed=seed)
+    tls = create_sandbox_tls()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    jwt_key_path = tls.directory / "jwt-private-key.pem"
+    jwt_key_path.write_bytes(private_pem)
+    jwt_key_path.chmod(0o600)
+    credentials = SalesforceCredentials(username=org.username, jwt_public_key_pem=public_pem)
+    sandbox = SalesforceSandbox(org, host=host, port=port, credentials=credentials, tls=tls)
+    sandbox.start()
+    c = sandbox.credentials
+    lines = [
+        "Salesforce sandbox is running (Ctrl-C to stop)",
+        f"  instance URL   {sandbox.instance_url}",
+        f"  token URL      {sandbox.token_url}",
+        f"  API versions   {SUPPORTED_VERSIONS[0][1]}+ (e.g. {sandbox.data_url()})",
+        f"  CA certificate {sandbox.ca_cert_path}",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  client_id      {c.client_id}",
+        f"  client_secret  {c.client_secret}",
+        f"  username       {c.username}",
+        f"  password       {c.password}",
+        f"  JWT key        {jwt_key_path}   (RS256; iss=client_id, sub=username, aud={sandbox.login_url})",
+        f"  seeded         {len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
+        f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents (seed {seed})",
+    ]
+    print("\n".join(lines), flush=True)
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()
+        tls.cleanup()

@@ -1,0 +1,208 @@
+"""TLS for the sandbox servers: a throw-away certificate authority and a server certificate for
+127.0.0.1 / localhost, made at start-up with ``cryptography``.
+
+Clients verify the server with :attr:`SandboxTLS.ca_cert_path`. Beware that ``requests`` lets the
+``REQUESTS_CA_BUNDLE`` (and ``CURL_CA_BUNDLE``) environment variables override ``Session.verify``
+whenever ``Session.trust_env`` is true, which is the default. Two ways out:
+
+* a session with ``trust_env = False`` and ``verify = ca_cert_path`` (proxies, if any, then have to
+  be configured explicitly), see :meth:`SandboxTLS.requests_session`;
+* a bundle holding the sandbox CA *and* the system roots (:meth:`SandboxTLS.write_bundle`), which
+  can itself be named by ``REQUESTS_CA_BUNDLE`` without breaking calls to real hosts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["SandboxTLS", "create_sandbox_tls", "system_ca_bundle_path"]
+
+_SYSTEM_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, OpenBSD
+)
+
+
+def system_ca_bundle_path() -> Path | None:
+    """The bundle of trusted roots this machine uses: ``REQUESTS_CA_BUNDLE`` / ``SSL_CERT_FILE``
+    when set, else the distribution's bundle, else certifi's."""
+    for env in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        value = os.environ.get(env)
+        if value and Path(value).is_file():
+            return Path(value)
+    for candidate in _SYSTEM_BUNDLES:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - certifi comes with requests
+        return None
+    return Path(certifi.where())
+
+
+@dataclass
+class SandboxTLS:
+    """Certificate files for one sandbox server (all PEM)."""
+
+    directory: Path
+    ca_cert_path: Path
+    cert_path: Path
+    key_path: Path
+    owns_directory: bool = False
+    _bundle_path: Path | None = field(default=None, repr=False)
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self.ca_cert_path.read_bytes()
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.cert_path), str(self.key_path))
+        return context
+
+    def client_context(self) -> ssl.SSLContext:
+        """An ``ssl`` context trusting only the sandbox CA (for http.client / urllib users)."""
+        return ssl.create_default_context(cafile=str(self.ca_cert_path))
+
+    def write_bundle(self, path: str | Path | None = None) -> Path:
+        """Write the sandbox CA followed by the system roots to ``path`` (default: ``bundle.pem``
+        beside the certificates) and return its path. Suitable for ``REQUESTS_CA_BUNDLE``."""
+        target = Path(path) if path is not None else self.directory / "bundle.pem"
+        parts = [self.ca_pem.rstrip(b"\n") + b"\n"]
+        system = system_ca_bundle_path()
+        if system is not None and system.resolve() != target.resolve():
+            parts.append(system.read_bytes())
+        target.write_bytes(b"".join(parts))
+        if path is None:
+            self._bundle_path = target
+        return target
+
+    @property
+    def bundle_path(self) -> Path:
+        """The combined bundle (CA + system roots), written on first use."""
+        if self._bundle_path is None or not self._bundle_path.is_file():
+            return self.write_bundle()
+        return self._bundle_path
+
+    def requests_session(self) -> requests.Session:
+        """A ``requests.Session`` that verifies the sandbox and ignores REQUESTS_CA_BUNDLE (and the
+        proxy variables: ``trust_env`` is off)."""
+        import requests
+
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = str(self.ca_cert_path)
+        return session
+
+    def cleanup(self) -> None:
+        if self.owns_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "consentsync sandbox"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def create_sandbox_tls(
+    directory: str | Path | None = None,
+    *,
+    hostnames: tuple[str, ...] = ("localhost",),
+    ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
+    valid_days: int = 30,
+) -> SandboxTLS:
+    """Create a CA and a server certificate signed by it, and write them to ``directory`` (a new
+    temporary directory when omitted, removed by :meth:`SandboxTLS.cleanup`)."""
+    owns = directory is None
+    folder = Path(tempfile.mkdtemp(prefix="consentsync-sandbox-tls-")) if owns else Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=valid_days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("consentsync sandbox CA")
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hostnames[0] if hostnames else ip_addresses[0]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    ca_path = folder / "ca.pem"
+    cert_path = folder / "server.pem"
+    key_path = folder / "server.key"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_pem_key(key))
+    key_path.chmod(0o600)
+    return SandboxTLS(
+        directory=folder, ca_cert_path=ca_path, cert_path=cert_path, key_path=key_path, owns_directory=owns
+    )
