@@ -51,8 +51,13 @@ def request_token(session: requests.Session, config: SalesforceSettings, *, time
     if response.status_code != 200:
         try:
             body = response.json()
-            detail = f"{body.get('error')}: {body.get('error_description')}"
         except ValueError:
+            body = None
+        if isinstance(body, dict):
+            detail = f"{body.get('error')}: {body.get('error_description')}"
+        elif isinstance(body, list) and body and isinstance(body[0], dict):
+            detail = f"{body[0].get('errorCode')}: {body[0].get('message')}"
+        else:
             detail = response.text[:200]
         action = Action.RETRY if response.status_code >= 500 else Action.FAIL
         fault = Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG

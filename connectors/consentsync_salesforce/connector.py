@@ -358,7 +358,8 @@ def _save_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
 
 
 def _retryable(code: str) -> bool:
-    return ERRORS.classify(None, code).action in (Action.RETRY, Action.RATE_LIMITED)
+    # A per-record error came in a 200 answer: only codes the table says are transient retry.
+    return ERRORS.classify(400, code).action in (Action.RETRY, Action.RATE_LIMITED)
 
 
 def _classified(error: SalesforceError) -> ConnectorError:

@@ -1,0 +1,158 @@
+"""The Salesforce connector over HTTPS against the sandbox: reads, writes, limits and faults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from consentsync_salesforce import SalesforceConnector
+
+from consentsync.sandbox import SalesforceSandbox
+from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate
+
+FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SalesforceSandbox]:
+    with SalesforceSandbox() as server:
+        server.org.seed(450, seed=3)
+        yield server
+
+
+def connector_for(sandbox: SalesforceSandbox, **extra: Any) -> SalesforceConnector:
+    creds = sandbox.credentials
+    settings = {
+        "login_url": sandbox.login_url,
+        "auth": "client_credentials",
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+        "ca_bundle": str(sandbox.ca_cert_path),
+        "query_batch_size": 200,
+        "max_attempts": 4,
+        **extra,
+    }
+    return SalesforceConnector("sf-test", settings)
+
+
+def _later() -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=5)
+
+
+def test_full_read_returns_every_contact_once_in_cursor_order(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    records = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    expected = sandbox.org.count("Contact")
+    assert len(records) == expected == len({r.record_id for r in records})
+    keys = [(r.modstamp, r.record_id) for r in records]
+    assert keys == sorted(keys)
+    assert sandbox.calls["queryMore"] >= expected // 200 - 1  # paged at 200
+
+
+def test_cursor_resumes_inside_a_second_shared_by_many_records(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    # Stop in the middle of the largest group of records sharing one SystemModstamp.
+    stamps: dict[datetime, list[int]] = {}
+    for index, record in enumerate(everything):
+        stamps.setdefault(record.modstamp, []).append(index)
+    crowded = max(stamps.values(), key=len)
+    assert len(crowded) > 3
+    middle = everything[crowded[len(crowded) // 2]]
+    rest = list(
+        connector.read_changes("Contact", FIELDS, Cursor(middle.modstamp, middle.record_id), _later())
+    )
+    assert [r.record_id for r in rest] == [r.record_id for r in everything[crowded[len(crowded) // 2] + 1 :]]
+
+
+def test_signpost_leaves_later_changes_for_the_next_run(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    before = list(connector.read_changes("Contact", FIELDS, Cursor(), cutoff))
+    assert all(r.modstamp <= cutoff for r in before)
+
+
+def test_write_reports_per_record_results_and_retries_locked_rows(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, lock_retries=2)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:250]]
+    sandbox.faults.lock_records(ids[0], attempts=1)  # locked once, then free
+    sandbox.faults.lock_records(ids[1])  # locked for good
+    updates = [RecordUpdate("Contact", i, {"HasOptedOutOfEmail": True}) for i in ids]
+    updates.append(RecordUpdate("Contact", "003000000000000AAA", {"HasOptedOutOfEmail": True}))
+    results = connector.write(updates)
+    assert len(results) == 251
+    assert results[0].ok
+    assert not results[1].ok and results[1].error_code == "UNABLE_TO_LOCK_ROW" and results[1].retryable
+    assert not results[-1].ok and not results[-1].retryable
+    assert all(r.ok for r in results[2:-1])
+    assert sandbox.org.get(ids[5])["HasOptedOutOfEmail"] is True
+    assert sandbox.calls["composite"] >= 2  # 251 records: at least two calls of at most 200
+
+
+def test_bulk_api_above_the_threshold(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
+    results = connector.write([RecordUpdate("Contact", i, {"DoNotCall": True}) for i in ids])
+    assert all(r.ok for r in results)
+    assert all(sandbox.org.get(i)["DoNotCall"] is True for i in ids)
+    assert sandbox.calls["composite"] == 0
+
+
+def test_expired_session_is_renewed(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    connector.check()
+    sandbox.expire_sessions()
+    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))) > 0
+
+
+def test_server_errors_and_resets_are_retried(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, max_attempts=8)
+    sandbox.faults.update(error_rate=0.3, reset_rate=0.1, seed=4)
+    records = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert len(records) == sandbox.org.count("Contact")
+    assert sum(sandbox.faults_injected.values()) > 0
+
+
+def test_daily_limit_stops_cleanly(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    sandbox.faults.update(request_limit_after=3)
+    with pytest.raises(ConnectorError) as raised:
+        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert raised.value.rule.code == "REQUEST_LIMIT_EXCEEDED" or isinstance(raised.value, BudgetExhausted)
+
+
+def test_budget_reserve_stops_before_the_org_runs_dry(sandbox: SalesforceSandbox) -> None:
+    sandbox.set_api_usage(95_000, 100_000)
+    connector = connector_for(sandbox, budget={"daily_reserve_percent": 10})
+    with pytest.raises(BudgetExhausted):
+        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+
+
+def test_run_budget_counts_every_call(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, budget={"per_run": 3})
+    with pytest.raises(BudgetExhausted):
+        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert connector.usage.calls == 3
+
+
+def test_missing_field_is_a_config_error(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    with pytest.raises(ConnectorError, match="Favourite_Colour__c"):
+        list(connector.read_changes("Contact", ["Favourite_Colour__c"], Cursor(), _later()))
+
+
+def test_wrong_secret_names_the_login_problem(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, client_secret="wrong")
+    with pytest.raises(ConnectorError, match="login with client_credentials") as raised:
+        connector.check()
+    assert "wrong" not in str(raised.value)
+
+
+def test_works_with_requests_ca_bundle_set(
+    sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    connector = connector_for(sandbox)
+    connector.check()
