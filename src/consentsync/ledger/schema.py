@@ -257,6 +257,17 @@ crm_snapshots = Table(
     Column("updated_at", Timestamp, nullable=False),
 )
 
+# The ledger's change feed: a row per subject whose effective state changed, written in the same
+# transaction as the change. Each connector follows it (its position is a sync cursor) to push
+# what changed elsewhere, an objection decided by ops, an erasure, another CRM's withdrawal.
+state_changes = Table(
+    "state_changes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
 # Transactional outbox: written in the same transaction as the ledger change that implies it,
 # marked done only when the CRM acknowledged the write.
 outbox = Table(

@@ -37,6 +37,7 @@ from consentsync.ledger.schema import (
     consent_states,
     crm_links,
     objections,
+    state_changes,
     subject_identifiers,
     subjects,
     suppressions,
@@ -231,6 +232,7 @@ class Ledger:
         events: list[tuple[Any, ...]] = []
         records: list[AuditRecord] = list(resolver.audit)
         dirty: dict[tuple[int, str, str], EffectiveState] = {}
+        changed_subjects: set[int] = set()
         for request, subject_id in zip(batch, subject_ids, strict=True):
             evidence = request.evidence
             context = contexts[subject_id]
@@ -275,6 +277,7 @@ class Ledger:
         insert_rows(conn, consent_events, EVENT_COLUMNS, events)
         self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
         audit.append(conn, records, now)
+        self._announce(conn, changed_subjects, now)
         log.debug(
             "evidence.recorded",
             run_id=run_id,
@@ -882,7 +885,18 @@ class Ledger:
                         )
                     )
         self._store_states(conn, changed, now)
+        if records:
+            self._announce(conn, {subject_id}, now)
         return records
+
+    def _announce(self, conn: Connection, subject_ids: set[int], now: datetime) -> None:
+        """Appends the subjects whose effective state changed to the change feed connectors follow."""
+        insert_rows(
+            conn,
+            state_changes,
+            ("subject_id", "created_at"),
+            [(s, db_time(conn, now)) for s in sorted(subject_ids)],
+        )
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:

@@ -32,6 +32,7 @@ from consentsync.ledger.schema import (
     crm_snapshots,
     outbox,
     quarantine,
+    state_changes,
     subjects,
     sync_cursors,
     sync_runs,
@@ -42,6 +43,7 @@ from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 
 log = structlog.get_logger("consentsync.sync")
+LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
 T = TypeVar("T")
 
 
@@ -140,9 +142,12 @@ class SyncEngine:
             self._record_run_start(report, full)
         bound.info("sync.started", full=full, dry_run=dry_run)
         try:
+            if not dry_run:
+                self._follow_ledger(report)
             for mapping in self.mappings:
                 self._pull(mapping, report, until=until, full=full, dry_run=dry_run)
             if not dry_run:
+                self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
         except (BudgetExhausted, ConnectorError) as error:
@@ -334,6 +339,46 @@ class SyncEngine:
             report.counts.pushes_enqueued += 1
             planned.append(PlannedPush(row.object_type, row.record_id, updates, rule))
         return planned
+
+    def _follow_ledger(self, report: RunReport) -> None:
+        """Enqueues pushes for people whose state changed in the ledger since this connector last
+        looked: an objection decided by ops, an erasure, a withdrawal captured in another CRM."""
+        while True:
+            with self.ledger.engine.begin() as conn:
+                position = self._load_position(conn)
+                rows = conn.execute(
+                    select(state_changes.c.id, state_changes.c.subject_id)
+                    .where(state_changes.c.id > position)
+                    .order_by(state_changes.c.id)
+                    .limit(self.options.batch_size)
+                ).all()
+                if not rows:
+                    return
+                now = self.ledger.clock()
+                self._enqueue_pushes(conn, sorted({row.subject_id for row in rows}), report, now)
+                upsert_rows(
+                    conn,
+                    sync_cursors,
+                    ("connector", "object_type", "cursor", "run_id", "updated_at"),
+                    ("connector", "object_type"),
+                    [
+                        (
+                            self.name,
+                            LEDGER_FEED,
+                            canonical_json({"state_change_id": rows[-1].id}),
+                            report.run_id,
+                            db_time(conn, now),
+                        )
+                    ],
+                )
+
+    def _load_position(self, conn: Connection) -> int:
+        stored = conn.execute(
+            select(sync_cursors.c.cursor).where(
+                sync_cursors.c.connector == self.name, sync_cursors.c.object_type == LEDGER_FEED
+            )
+        ).scalar()
+        return int(orjson.loads(stored)["state_change_id"]) if stored else 0
 
     def _push(self, report: RunReport) -> None:
         """Drains this connector's pending outbox rows once, oldest first; a row that fails with a
