@@ -66,8 +66,9 @@ def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]
 
     settings = config.connector(name)
     connector_class = registry.load(settings.vendor)
+    vendor_settings = config.connector_settings(name)
     try:
-        connector = connector_class(settings.name, settings.settings)
+        connector = connector_class(settings.name, vendor_settings)
     except ValueError as error:  # the vendor's settings model names the bad key
         raise ConfigError(f"{config.path}: connectors[{name}].settings: {error}") from None
     mappings = [

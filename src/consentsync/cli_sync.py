@@ -246,3 +246,27 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
     from consentsync.sandbox.salesforce import serve_forever
 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
+
+
+@main.command()
+@click.option(
+    "--records",
+    type=click.IntRange(min=10, max=20_000),
+    default=300,
+    show_default=True,
+    help="Contacts in the seeded sandbox org.",
+)
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's config, ledger and mappings here (default: a new temporary folder).",
+)
+@handled
+def demo(records: int, workdir: Path | None) -> None:
+    """Sync a seeded Salesforce sandbox with a fresh ledger, change it, sync again, report."""
+    from consentsync.demo import run_demo
+
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    run_demo(records=records, workdir=workdir, say=click.echo)

@@ -149,20 +149,25 @@ def _sync(
 
 def _change_org(sandbox: Any, ledger: Any, say: Callable[[str], None]) -> dict[str, Any]:
     org = sandbox.org
-    contacts = [c for c in org.records("Contact") if c.get("Email") and not c.get("HasOptedOutOfEmail")]
+    everyone = [c for c in org.records("Contact") if c.get("Email")]
+    # After the first sync, an unticked box means the ledger holds an opt-in for the person.
+    allowed = [c for c in everyone if not c.get("HasOptedOutOfEmail")] or everyone
     lead_emails = {str(lead.get("Email") or "").lower() for lead in org.records("Lead")}
-    # A person who also exists as a Lead: the withdrawal must reach both records.
-    target = next((c for c in contacts if str(c["Email"]).lower() in lead_emails), contacts[0])
+    # Preferably a person who also exists as a Lead: the withdrawal must reach both records.
+    target = next((c for c in allowed if str(c["Email"]).lower() in lead_emails), allowed[0])
     org.update(target["Id"], {"HasOptedOutOfEmail": True})
     say(f"  - {target['Email']} unsubscribed on Contact {target['Id']}")
     other = next(
-        c for c in contacts if c["Id"] != target["Id"] and str(c["Email"]).lower() not in lead_emails
+        c for c in everyone if c["Id"] != target["Id"] and str(c["Email"]).lower() not in lead_emails
     )
-    lead = org.create(
+    lead_id = org.create(
         "Lead", {"LastName": other.get("LastName") or "Doe", "Company": "Demo Ltd", "Email": other["Email"]}
     )
-    say(f"  - a new Lead {lead['Id']} with the email of Contact {other['Id']}")
-    objector = next(c for c in contacts if c["Id"] not in (target["Id"], other["Id"]))
+    say(f"  - a new Lead {lead_id} with the email of Contact {other['Id']}")
+    objector = next(
+        (c for c in allowed if c["Id"] not in (target["Id"], other["Id"])),
+        next(c for c in everyone if c["Id"] not in (target["Id"], other["Id"])),
+    )
     objection = ledger.raise_objection(
         str(objector["Email"]).strip().lower(),
         "email_marketing",
@@ -171,12 +176,12 @@ def _change_org(sandbox: Any, ledger: Any, say: Callable[[str], None]) -> dict[s
         actor="dpo",
     )
     say(
-        f"  - {objector['Email']} objected to direct marketing (objection {objection['id']}, "
-        f"{objection['status']})"
+        f"  - {objector['Email']} objected to direct marketing by letter to the DPO "
+        f"(objection {objection['id']}, {objection['status']})"
     )
     return {
         "withdrawn_email": str(target["Email"]).strip().lower(),
         "withdrawn_contact": target["Id"],
-        "new_lead": lead["Id"],
+        "new_lead": lead_id,
         "objector_email": str(objector["Email"]).strip().lower(),
     }

@@ -217,9 +217,19 @@ class SyncEngine:
                 )
             )
 
-        subject_ids, created = self.ledger.link_in(
-            conn, [identity for _, identity, _, _ in good], run_id=report.run_id
+        # Identity: the record's own id first, then the records it points to (a consent record's
+        # Individual), then the email address.
+        known = self._known_links(
+            conn, [link for _, own, links, _ in good for link in (own.link, *links) if link]
         )
+        identities = []
+        for _, identity, links, _ in good:
+            if identity.link not in known:
+                via = next((known[link] for link in links if link in known), None)
+                if via is not None:
+                    identity = Identity(email=identity.email, link=identity.link, subject_id=via)
+            identities.append(identity)
+        subject_ids, created = self.ledger.link_in(conn, identities, run_id=report.run_id)
         extra_links = [
             Identity(link=link, subject_id=subject_id)
             for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True)
@@ -239,12 +249,11 @@ class SyncEngine:
             if not fresh:
                 counts.unchanged_records += 1
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
-            pushed_fields = {name: record.fields.get(name) for name in mapping.push_fields()}
             snapshot_rows.append(
                 (
                     link_ids[record.record_id],
                     canonical_json(view),
-                    canonical_json(pushed_fields),
+                    canonical_json(_consent_fields(mapping, record.fields)),
                     db_time(conn, now),
                 )
             )
@@ -300,44 +309,51 @@ class SyncEngine:
             .order_by(crm_links.c.id)
         ).all()
         planned: list[PlannedPush] = []
+        examined: dict[str, list[str]] = {}
+        new_rows: list[dict[str, Any]] = []
         for row in rows:
             mapping = self.by_object.get(row.object_type)
             if mapping is None:
                 continue
+            examined.setdefault(row.object_type, []).append(row.record_id)
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
             updates = mapping.updates_for(known, subject_states)
             if not updates:
                 continue
-            suppression = any(state.suppressed for state in subject_states.values())
             rule = _deciding_rule(subject_states)
+            new_rows.append(
+                {
+                    "connector": self.name,
+                    "object_type": row.object_type,
+                    "record_id": row.record_id,
+                    "subject_id": row.subject_id,
+                    "fields": canonical_json(updates),
+                    "suppression": any(state.suppressed for state in subject_states.values()),
+                    "rule": rule,
+                    "run_id": report.run_id,
+                    "created_at": now,
+                    "status": "pending",
+                    "attempts": 0,
+                }
+            )
+            planned.append(PlannedPush(row.object_type, row.record_id, updates, rule))
+        # What was pending for these records was decided on an older state: the rows above
+        # (or nothing, where the CRM already agrees) replace it.
+        for object_type, record_ids in examined.items():
             conn.execute(
                 update(outbox)
                 .where(
                     outbox.c.connector == self.name,
-                    outbox.c.object_type == row.object_type,
-                    outbox.c.record_id == row.record_id,
+                    outbox.c.object_type == object_type,
+                    outbox.c.record_id.in_(record_ids),
                     outbox.c.status == "pending",
                 )
                 .values(status="superseded", done_at=now)
             )
-            conn.execute(
-                insert(outbox).values(
-                    connector=self.name,
-                    object_type=row.object_type,
-                    record_id=row.record_id,
-                    subject_id=row.subject_id,
-                    fields=canonical_json(updates),
-                    suppression=suppression,
-                    rule=rule,
-                    run_id=report.run_id,
-                    created_at=now,
-                    status="pending",
-                    attempts=0,
-                )
-            )
-            report.counts.pushes_enqueued += 1
-            planned.append(PlannedPush(row.object_type, row.record_id, updates, rule))
+        if new_rows:
+            conn.execute(insert(outbox), new_rows)
+        report.counts.pushes_enqueued += len(new_rows)
         return planned
 
     def _follow_ledger(self, report: RunReport) -> None:
@@ -447,6 +463,8 @@ class SyncEngine:
     def _apply_snapshot(
         self, conn: Connection, row: Any, fields: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
+        """Records what the CRM holds after an acknowledged write, so that reading our own write
+        back is neither new evidence nor a reason to push again."""
         link = conn.execute(
             select(crm_links.c.id, crm_snapshots.c.fields, crm_snapshots.c.evidence)
             .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
@@ -458,12 +476,22 @@ class SyncEngine:
         ).one()
         known = orjson.loads(link.fields) if link.fields else {}
         old = {name: known.get(name) for name in fields}
+        merged = {**known, **fields}
+        mapping = self.by_object[row.object_type]
+        record_id_field = mapping.spec.identity.record_id
+        try:
+            echoed = mapping.evidence_from(
+                {**merged, record_id_field: row.record_id}, connector=self.name, observed_at=now
+            )
+            view = {_evidence_key(e): _evidence_view(e) for e in echoed}
+        except InvalidInput:
+            view = orjson.loads(link.evidence) if link.evidence else {}
         upsert_rows(
             conn,
             crm_snapshots,
             ("link_id", "evidence", "fields", "updated_at"),
             ("link_id",),
-            [(link.id, link.evidence or "{}", canonical_json({**known, **fields}), db_time(conn, now))],
+            [(link.id, canonical_json(view), canonical_json(merged), db_time(conn, now))],
         )
         return old
 
@@ -524,6 +552,22 @@ class SyncEngine:
         )
         return {row.record_id: (orjson.loads(row.evidence), orjson.loads(row.fields)) for row in rows}
 
+    def _known_links(self, conn: Connection, links: list[CrmLink]) -> dict[CrmLink, int]:
+        found: dict[CrmLink, int] = {}
+        by_object: dict[str, list[str]] = {}
+        for link in links:
+            by_object.setdefault(link.object_type, []).append(link.record_id)
+        for object_type, record_ids in by_object.items():
+            rows = conn.execute(
+                select(crm_links.c.record_id, crm_links.c.subject_id).where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == object_type,
+                    crm_links.c.record_id.in_(sorted(set(record_ids))),
+                )
+            )
+            found.update({CrmLink(self.name, object_type, row.record_id): row.subject_id for row in rows})
+        return found
+
     def _link_ids(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, int]:
         rows = conn.execute(
             select(crm_links.c.record_id, crm_links.c.id).where(
@@ -568,6 +612,14 @@ class SyncEngine:
                     error=report.error,
                 )
             )
+
+
+def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:
+    """The record's values of the fields the mapping reads and writes, less its identity (the
+    email address stays out of snapshots: it is personal data the ledger keeps in one place)."""
+    identity = mapping.spec.identity
+    leave_out = {identity.email, identity.record_id, identity.modstamp}
+    return {name: fields.get(name) for name in mapping.pull_fields() if name not in leave_out}
 
 
 def _evidence_key(evidence: Evidence) -> str:
