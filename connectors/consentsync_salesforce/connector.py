@@ -151,7 +151,11 @@ class SalesforceConnector(Connector):
                     f"{describe}: {type(error).__name__}: {error}", ERRORS.classify(None, None)
                 ) from None
 
-        return call(attempt, policy=self.policy, refresh_session=self._login, describe=describe)
+        return call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
+
+    def _forget_session(self) -> None:
+        # The next attempt logs in again inside the retry, so a failing login is retried too.
+        self._sf = None
 
     # -- the four operations -------------------------------------------------------------------
 

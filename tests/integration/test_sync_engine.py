@@ -1,0 +1,185 @@
+"""The sync engine against the Salesforce sandbox, on SQLite and PostgreSQL: interrupted runs
+resume to the same end state, pages cut through shared seconds, pushes wait in the outbox until
+acknowledged, and nothing is recorded twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from consentsync import audit
+from consentsync.app import open_connector
+from consentsync.config import load_config
+from consentsync.ledger.schema import audit_entries, consent_events, crm_links, outbox, subjects
+from consentsync.ledger.service import Ledger, utcnow
+from consentsync.sandbox import SalesforceSandbox
+from consentsync.sync.engine import SyncEngine, SyncOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = ["contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml"]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SalesforceSandbox]:
+    with SalesforceSandbox() as server:
+        server.org.seed(120, seed=11)
+        yield server
+
+
+def _engine(ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, **settings: Any) -> SyncEngine:
+    import yaml
+
+    data = yaml.safe_load(config_path.read_text())
+    data["connectors"] = [
+        {
+            "name": "sf",
+            "vendor": "salesforce",
+            "mappings": [str(ROOT / "mappings" / "salesforce" / name) for name in MAPPINGS],
+            "settings": {
+                "login_url": sandbox.login_url,
+                "auth": "client_credentials",
+                "client_id": sandbox.credentials.client_id,
+                "client_secret": sandbox.credentials.client_secret,
+                "ca_bundle": str(sandbox.ca_cert_path),
+                "query_batch_size": 200,
+                "max_attempts": 3,
+                **settings,
+            },
+        }
+    ]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    connector, mappings = open_connector(load_config(config_path), "sf")
+    # The sandbox stamps records with the real time: the run's signpost must follow it.
+    ledger.clock = utcnow
+    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=37, signpost_lag_seconds=0))
+
+
+def _count(ledger: Ledger, table: Any) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def _org_flags(sandbox: SalesforceSandbox) -> dict[str, Any]:
+    return {
+        r["Id"]: (r.get("HasOptedOutOfEmail"), r.get("DoNotCall"))
+        for kind in ("Contact", "Lead")
+        for r in sandbox.org.records(kind)
+    }
+
+
+def test_full_sync_then_nothing_to_do(ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox) -> None:
+    first = _engine(ledger, config_path, sandbox).run(full=True)
+    assert first.status == "succeeded", first.error
+    total = sum(
+        sandbox.org.count(kind) for kind in ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
+    )
+    assert first.counts.read == total
+    assert 0 < first.counts.pushed <= first.counts.pushes_enqueued  # later pages supersede earlier rows
+    with ledger.engine.connect() as conn:
+        assert not conn.execute(select(outbox.c.id).where(outbox.c.status == "pending")).first()
+    events, entries = _count(ledger, consent_events), _count(ledger, audit_entries)
+    # Our own writes come back on the next read: they are neither evidence nor a reason to push.
+    second = _engine(ledger, config_path, sandbox).run()
+    assert second.status == "succeeded"
+    assert (second.counts.evidence_recorded, second.counts.pushes_enqueued) == (0, 0)
+    third = _engine(ledger, config_path, sandbox).run()
+    assert third.counts.read == 0
+    assert _count(ledger, consent_events) == events
+    assert _count(ledger, audit_entries) == entries
+    with ledger.engine.connect() as conn:
+        assert audit.verify(conn).ok
+
+
+def test_interrupted_runs_resume_to_the_state_of_an_uninterrupted_one(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, tmp_path: Path
+) -> None:
+    baseline = _flags_after_clean_run(tmp_path, config_path)
+    sandbox.faults.update(request_limit_after=9)
+    stopped = _engine(ledger, config_path, sandbox).run(full=True)
+    assert stopped.status == "stopped"
+    assert "REQUEST_LIMIT_EXCEEDED" in (stopped.error or "")
+    sandbox.faults.reset()
+    runs = 0
+    while True:
+        runs += 1
+        report = _engine(ledger, config_path, sandbox).run()
+        assert report.status == "succeeded", report.error
+        if report.counts.read == 0 and report.counts.pushes_enqueued == 0:
+            break
+        assert runs < 5
+    assert _org_flags(sandbox) == baseline
+    with ledger.engine.connect() as conn:
+        assert audit.verify(conn).ok
+        linked = conn.execute(select(func.count(func.distinct(crm_links.c.record_id)))).scalar_one()
+    assert linked == sum(
+        sandbox.org.count(k) for k in ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
+    )
+
+
+def _flags_after_clean_run(tmp_path: Path, config_path: Path) -> dict[str, Any]:
+    """The org's flags after one uninterrupted sync of an identical org into a fresh ledger."""
+    from consentsync.app import open_ledger
+    from consentsync.config import write_starter
+
+    with SalesforceSandbox() as twin:
+        twin.org.seed(120, seed=11)
+        clean_config = tmp_path / "clean" / "consentsync.yaml"
+        write_starter(clean_config, f"sqlite:///{tmp_path / 'clean' / 'ledger.db'}")
+        clean_ledger = open_ledger(load_config(clean_config), migrate=True)
+        report = _engine(clean_ledger, clean_config, twin).run(full=True)
+        assert report.status == "succeeded"
+        _engine(clean_ledger, clean_config, twin).run()
+        clean_ledger.engine.dispose()
+        return _org_flags(twin)
+
+
+def test_server_errors_resets_and_session_expiry_are_survived(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    sandbox.faults.update(error_rate=0.15, reset_rate=0.05, session_expiry_after=6, seed=5)
+    report = _engine(ledger, config_path, sandbox, max_attempts=8).run(full=True)
+    assert report.status == "succeeded", report.error
+    assert sum(sandbox.faults_injected.values()) > 0
+    assert report.counts.read == sum(
+        sandbox.org.count(k) for k in ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
+    )
+
+
+def test_locked_rows_wait_in_the_outbox_until_the_crm_takes_them(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    contacts = [r["Id"] for r in sandbox.org.records("Contact")]
+    sandbox.faults.lock_records(*contacts[:5])
+    first = _engine(ledger, config_path, sandbox, lock_retries=0).run(full=True)
+    assert first.status == "succeeded"
+    with ledger.engine.connect() as conn:
+        pending = conn.execute(select(outbox.c.record_id).where(outbox.c.status == "pending")).scalars().all()
+    locked_and_pending = set(pending) & set(contacts[:5])
+    assert locked_and_pending, "some locked contact needed a push"
+    sandbox.faults.unlock_records()
+    second = _engine(ledger, config_path, sandbox).run()
+    assert second.counts.pushed >= len(locked_and_pending)
+    with ledger.engine.connect() as conn:
+        assert (
+            conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.status == "pending")
+            ).scalar()
+            == 0
+        )
+
+
+def test_dry_run_changes_nothing_anywhere(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    before_flags, before_entries = _org_flags(sandbox), _count(ledger, audit_entries)
+    report = _engine(ledger, config_path, sandbox).run(full=True, dry_run=True)
+    assert report.status == "dry_run"
+    assert report.plan_changes and report.plan_pushes
+    assert _org_flags(sandbox) == before_flags
+    assert _count(ledger, audit_entries) == before_entries
+    assert _count(ledger, subjects) == 0
+    assert sandbox.calls["composite"] == 0
