@@ -156,3 +156,52 @@ def test_works_with_requests_ca_bundle_set(
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     connector = connector_for(sandbox)
     connector.check()
+
+
+def test_username_password_flow(sandbox: SalesforceSandbox) -> None:
+    creds = sandbox.credentials
+    connector = connector_for(
+        sandbox, auth="password", username=creds.username, password=creds.password, security_token=""
+    )
+    connector.check()
+    assert connector.usage.per_endpoint.get("token") == 1
+
+
+def test_jwt_bearer_flow(tmp_path: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from consentsync.sandbox import SalesforceCredentials
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "jwt.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with SalesforceSandbox(credentials=SalesforceCredentials(jwt_public_key_pem=public)) as server:
+        connector = SalesforceConnector(
+            "sf-jwt",
+            {
+                "login_url": server.login_url,
+                "auth": "jwt",
+                "client_id": server.credentials.client_id,
+                "username": server.credentials.username,
+                "private_key_file": str(key_file),
+                "ca_bundle": str(server.ca_cert_path),
+            },
+        )
+        connector.check()
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_file.write_bytes(
+            other.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        forged = SalesforceConnector("sf-jwt", {**connector.settings})
+        with pytest.raises(ConnectorError, match="login with jwt"):
+            forged.check()
