@@ -72,7 +72,7 @@ def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]
     except ValueError as error:  # the vendor's settings model names the bad key
         raise ConfigError(f"{config.path}: connectors[{name}].settings: {error}") from None
     mappings = [
-        load_mapping(config.resolve_path(path), purposes=set(config.purposes), channels=set(config.channels))
+        load_mapping(config.resolve_path(path), purposes=config.purposes, channels=set(config.channels))
         for path in settings.mappings
     ]
     for mapping in mappings:

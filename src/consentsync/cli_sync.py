@@ -193,7 +193,7 @@ def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool)
     live = open_connector(config, connector)[0] if connector else None
     try:
         for path in files:
-            loaded = load_mapping(path, purposes=set(config.purposes), channels=set(config.channels))
+            loaded = load_mapping(path, purposes=config.purposes, channels=set(config.channels))
             problems: list[str] = []
             if live is not None:
                 fields = live.describe(loaded.object)

@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from consentsync.domain import (
@@ -24,6 +23,7 @@ from consentsync.domain import (
 )
 from consentsync.reconcile import Policy
 from consentsync.sync.settings import ConnectorSettings
+from consentsync.yamlfile import LocatedError, describe, read_document, where
 
 CONFIG_ENV = "CONSENTSYNC_CONFIG"
 ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
@@ -107,14 +107,8 @@ class Settings(_Strict):
         return self
 
 
-class _LocatedError(ValueError):
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-
-
-def _located(loc: tuple[str | int, ...], message: str) -> _LocatedError:
-    return _LocatedError(loc, message)
+def _located(loc: tuple[str | int, ...], message: str) -> LocatedError:
+    return LocatedError(loc, message)
 
 
 @dataclass(frozen=True)
@@ -158,6 +152,16 @@ class Config:
                 return candidate
         known = ", ".join(c.name for c in self.settings.connectors) or "none"
         raise ConfigError(f"{self.path}: no connector named {name!r}: configured are {known}")
+
+    def connector_settings(self, name: str) -> dict[str, Any]:
+        """The vendor settings of connector ``name`` with ${ENV_VAR} references expanded."""
+        settings = self.connector(name)
+        index = self.settings.connectors.index(settings)
+        try:
+            expanded = _expand_env(dict(settings.settings), ("connectors", index, "settings", "*"))
+        except LocatedError as error:
+            raise ConfigError(f"{self.path}: connectors[{index}] ({name}).settings: {error}") from None
+        return dict(expanded)
 
     def resolve_path(self, relative: str) -> Path:
         """Paths in the config (mapping files, key files) are relative to the config file."""
@@ -229,31 +233,25 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(text: str, path: Path) -> Config:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        line = f":{mark.line + 1}" if mark else ""
-        # PyYAML often notices a mistake lines after it was made: name where the open construct began.
-        context = error.context_mark
-        began = f" ({error.context} at line {context.line + 1})" if error.context and context else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {error.problem}{began}") from None
+    raw, lines = read_document(text, path, error=ConfigError)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: expected a mapping of settings at the top level")
-    lines = _line_index(root)
     try:
         expanded = _expand_env(raw, ())
-    except _LocatedError as error:
-        raise ConfigError(_where(path, lines, error.loc) + str(error)) from None
+    except LocatedError as error:
+        raise ConfigError(where(path, lines, error.loc) + str(error)) from None
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as error:
-        raise ConfigError(_describe(error, path, lines)) from None
+        raise ConfigError(describe(error, path, lines, Settings)) from None
     return Config(path=path, settings=settings)
 
 
 def _expand_env(value: Any, loc: tuple[str | int, ...]) -> Any:
+    if len(loc) == 3 and loc[0] == "connectors" and loc[2] == "settings":
+        # A connector's secrets are read when that connector is opened (Config.connector_secrets):
+        # reading the audit log must not need every CRM's credentials in the environment.
+        return value
     if isinstance(value, dict):
         return {k: _expand_env(v, (*loc, k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -263,90 +261,11 @@ def _expand_env(value: Any, loc: tuple[str | int, ...]) -> Any:
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
-                raise _LocatedError(loc, f"environment variable {name} is not set")
+                raise LocatedError(loc, f"environment variable {name} is not set")
             return os.environ[name]
 
         return _ENV_REF.sub(substitute, value)
     return value
-
-
-def _line_index(node: yaml.Node | None) -> dict[tuple[str | int, ...], int]:
-    """Maps each path in the document to the 1-based line it starts on."""
-    index: dict[tuple[str | int, ...], int] = {}
-
-    def walk(current: yaml.Node, loc: tuple[str | int, ...]) -> None:
-        index[loc] = current.start_mark.line + 1
-        if isinstance(current, yaml.MappingNode):
-            for key_node, value_node in current.value:
-                key = key_node.value
-                index[(*loc, key)] = key_node.start_mark.line + 1
-                walk(value_node, (*loc, key))
-                index[(*loc, key)] = key_node.start_mark.line + 1
-        elif isinstance(current, yaml.SequenceNode):
-            for position, item in enumerate(current.value):
-                walk(item, (*loc, position))
-
-    if node is not None:
-        walk(node, ())
-    return index
-
-
-def _line(path: Path, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
-    probe = tuple(loc)
-    while probe and probe not in lines:
-        probe = probe[:-1]
-    return f"{path}:{lines.get(probe, 1)}"
-
-
-def _where(path: Path, lines: dict[tuple[str | int, ...], int], loc: tuple[str | int, ...]) -> str:
-    field = _dotted(loc)
-    return f"{_line(path, lines, loc)}: {field}: " if field else f"{_line(path, lines, loc)}: "
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _describe(error: ValidationError, path: Path, lines: dict[tuple[str | int, ...], int]) -> str:
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
-    kind = first["type"]
-    ctx = first.get("ctx") or {}
-    if kind == "extra_forbidden":
-        parent = loc[:-1]
-        allowed = ", ".join(_allowed_keys(parent))
-        where = _dotted(parent) or "the top level"
-        return f"{_line(path, lines, loc)}: unknown key {loc[-1]!r} in {where}: accepted are {allowed}"
-    if kind == "enum":
-        return _where(path, lines, loc) + f"got {first['input']!r}: accepted are {ctx.get('expected')}"
-    if kind == "value_error" and isinstance(ctx.get("error"), _LocatedError):
-        located: _LocatedError = ctx["error"]
-        return _where(path, lines, located.loc) + str(located)
-    if kind == "missing":
-        return f"{_line(path, lines, loc)}: missing required key {_dotted(loc)!r}"
-    return _where(path, lines, loc) + f"{first['msg']} (got {first.get('input')!r})"
-
-
-def _allowed_keys(parent: tuple[str | int, ...]) -> list[str]:
-    model: Any = Settings
-    for part in parent:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        model = next(
-            (a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)),
-            None,
-        )
-        if model is None:
-            return []
-    return sorted(model.model_fields)
 
 
 def starter_config_text() -> str:

@@ -1,0 +1,1064 @@
+"""CRM field mappings: which field of a CRM object carries which purpose, channel, consent status
+and lawful basis, with the tables that translate the CRM's values, and which way each field
+flows (pulled into the ledger, pushed back to the CRM, or both).
+
+Integration admins write one YAML file per CRM object (``mappings/<vendor>/<object>.yaml``). The
+file is validated by the models below (``mappings/schema.json`` is generated from them, so editors
+can check a file as it is typed); every error names the file, the line and the field, and what
+would have been accepted.
+
+The loaded ``Mapping`` does the translating for the sync engine:
+
+* ``evidence_from`` turns one CRM record into evidence for the ledger (origin ``crm``: evidence to
+  reconcile, never the authority);
+* ``identity_from`` gives the record's id, normalised email and links to other records;
+* ``updates_for`` gives the field values that make the record show what the ledger decided, and
+  only those that differ from what the record already shows, so a push can be replayed safely.
+
+A value the tables do not know raises ``MappingValueError``; the engine quarantines that record
+and carries on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Mapping as RecordMap
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from annotated_types import MinLen
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+
+from consentsync.domain import (
+    RESTRICTIVENESS,
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    as_utc,
+    normalise_email,
+    parse_timestamp,
+)
+from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, read_document
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Direction",
+    "Mapping",
+    "MappingError",
+    "MappingSpec",
+    "MappingValueError",
+    "json_schema",
+    "load_mapping",
+    "load_mappings",
+    "parse_mapping",
+    "schema_text",
+]
+
+FORMAT_VERSION = 1
+
+# Field and object names end up in SOQL (and other query languages) as they are written: only
+# API-name shapes pass. Letters, digits and _ (custom fields end in __c), starting with a letter;
+# a dotted path reads a field of a related record (Account.Name), at most five levels up.
+_API_PART = r"[A-Za-z][A-Za-z0-9_]{0,79}"
+FIELD_NAME_RE = re.compile(rf"^{_API_PART}(?:\.{_API_PART}){{0,4}}$")
+OBJECT_NAME_RE = re.compile(rf"^{_API_PART}$")
+VENDOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # purposes and channels, as in consentsync.yaml
+
+STATUS_PUSH_KEYS = ("suppressed", "allowed")
+NOTICE_VERSION_MAX = 100  # the ledger's column
+EVIDENCE_REF_MAX = 500
+
+_CONSTANT = f"{TAG_PREFIX}constant)"
+_LIST = f"{TAG_PREFIX}list)"
+_FROM_FIELD = f"{TAG_PREFIX}from field)"
+
+
+class MappingError(InvalidInput):
+    """A mapping file problem, already phrased for the person who wrote the file."""
+
+
+class MappingValueError(InvalidInput):
+    """A CRM record holds a value the mapping cannot translate; the engine quarantines the record.
+
+    The message names the object, the record id, the field, the value and what is accepted.
+    """
+
+    def __init__(
+        self,
+        field: str,
+        value: Any,
+        accepted: Iterable[Any] | str,
+        *,
+        object_type: str | None = None,
+        record_id: str | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.accepted = accepted if isinstance(accepted, str) else tuple(accepted)
+        self.object_type = object_type
+        self.record_id = record_id
+        self.path = path
+        record = " ".join(str(part) for part in (object_type, record_id) if part) or "record"
+        shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+        known = f" in {path}" if path else ""
+        wanted = (
+            f"expected {accepted}"
+            if isinstance(accepted, str)
+            else f"accepted are {', '.join(render_value(a) for a in self.accepted)}"
+        )
+        super().__init__(f"{record}: field {field}: cannot translate {shown} (mapping{known}): {wanted}")
+
+
+# -- CRM values --------------------------------------------------------------------------------
+
+
+def _is_crm_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, str))
+
+
+def crm_key(value: Any) -> Any:
+    """The form in which CRM values are compared: a table entry ``true`` matches the boolean true
+    and the text "true" (HubSpot sends text), ``1`` matches 1 and "1" (Vtiger's checkboxes); text
+    is otherwise compared exactly, as picklist values are."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        return value
+    return ("unmatched", repr(value))
+
+
+def render_value(value: Any) -> str:
+    """A CRM value as the mapping file spells it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, StrEnum):
+        return value.value
+    return str(value)
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def field_value(record: RecordMap[str, Any], name: str) -> Any:
+    """A field of a record; a dotted name reads a related record (Salesforce nests those:
+    ``{"Account": {"Name": ...}}``). A field the record lacks reads as null."""
+    if name in record:
+        return record[name]
+    current: Any = record
+    for part in name.split("."):
+        if not isinstance(current, RecordMap):
+            return None
+        current = current.get(part)
+    return current
+
+
+# -- validators (their messages are what the admin reads) ------------------------------------
+
+
+def _name_checker(pattern: re.Pattern[str], what: str, accepted: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not pattern.match(value):
+            raise Problem(f"{value!r} is not {what}: accepted are {accepted}")
+        return value
+
+    return check
+
+
+_FIELD_ACCEPTED = (
+    "letters, digits and _ starting with a letter (custom fields end in __c), with dots only "
+    "between the parts of a relationship path such as Account.Name"
+)
+FieldName = Annotated[
+    str,
+    PlainValidator(_name_checker(FIELD_NAME_RE, "a CRM field's API name", _FIELD_ACCEPTED)),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": FIELD_NAME_RE.pattern,
+            "description": "A field's API name (e.g. HasOptedOutOfEmail, Legal_Basis__c, Account.Name).",
+        }
+    ),
+]
+ObjectName = Annotated[
+    str,
+    PlainValidator(
+        _name_checker(
+            OBJECT_NAME_RE, "a CRM object's API name", "letters, digits and _ starting with a letter"
+        )
+    ),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": OBJECT_NAME_RE.pattern,
+            "description": "An object's API name (e.g. Contact, ContactPointTypeConsent).",
+        }
+    ),
+]
+Vendor = Annotated[
+    str,
+    PlainValidator(
+        _name_checker(VENDOR_RE, "a vendor name", "lower-case letters, digits, - and _ (e.g. salesforce)")
+    ),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": VENDOR_RE.pattern,
+            "description": "The connector plugin that understands this object (e.g. salesforce).",
+        }
+    ),
+]
+
+
+def _key_checker(what: str) -> Callable[[Any], str]:
+    return _name_checker(KEY_RE, f"a {what} key", "lower-case letters, digits and _, starting with a letter")
+
+
+PurposeKey = Annotated[
+    str,
+    PlainValidator(_key_checker("purpose")),
+    WithJsonSchema(
+        {"type": "string", "pattern": KEY_RE.pattern, "description": "A purpose key from consentsync.yaml."}
+    ),
+]
+ChannelKey = Annotated[
+    str,
+    PlainValidator(_key_checker("channel")),
+    WithJsonSchema(
+        {"type": "string", "pattern": KEY_RE.pattern, "description": "A channel from consentsync.yaml."}
+    ),
+]
+
+_CRM_SCALAR_SCHEMA: dict[str, Any] = {"type": ["boolean", "integer", "string", "null"]}
+_CRM_SCALAR_ACCEPTED = "true, false, whole numbers, text and null"
+
+
+def _table(value: Any, what: str, convert: Callable[[Any, Any], Any]) -> dict[Any, Any]:
+    """A translation table keyed by CRM values: each key checked and unique as compared."""
+    if not isinstance(value, dict) or not value:
+        raise Problem(f"expected a table of {what}, with at least one entry (got {value!r})")
+    seen: dict[Any, Any] = {}
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        if not _is_crm_scalar(key):
+            raise Problem(
+                f"{key!r} cannot be a CRM value: accepted are {_CRM_SCALAR_ACCEPTED}", line_at=(key,)
+            )
+        canonical = crm_key(key)
+        if canonical in seen:
+            raise Problem(
+                f"CRM value {render_value(key)} is listed twice (also as {render_value(seen[canonical])})",
+                line_at=(key,),
+            )
+        seen[canonical] = key
+        out[key] = convert(key, item)
+    return out
+
+
+def _enum_or_null(enum: type[StrEnum], what: str) -> Callable[[Any, Any], Any]:
+    accepted = ", ".join(member.value for member in enum)
+
+    def convert(key: Any, item: Any) -> Any:
+        if item is None:
+            return None
+        try:
+            return enum(item)
+        except ValueError:
+            raise Problem(
+                f"unknown {what} {item!r}: accepted are {accepted}, or null (says nothing)", line_at=(key,)
+            ) from None
+
+    return convert
+
+
+def _status_pull(value: Any) -> dict[Any, ConsentStatus | None]:
+    return _table(value, "CRM value: status", _enum_or_null(ConsentStatus, "status"))
+
+
+def _basis_pull(value: Any) -> dict[Any, LawfulBasis | None]:
+    return _table(value, "CRM value: lawful basis", _enum_or_null(LawfulBasis, "basis"))
+
+
+def _key_values(value: Any) -> dict[Any, str | None]:
+    def convert(key: Any, item: Any) -> str | None:
+        if item is not None and (not isinstance(item, str) or not KEY_RE.match(item)):
+            raise Problem(
+                f"{item!r} is not a key: accepted are lower-case letters, digits and _, or null (not ours)",
+                line_at=(key,),
+            )
+        return item
+
+    return _table(value, "CRM value: key", convert)
+
+
+def _crm_push_value(key: Any, item: Any) -> Any:
+    if not _is_crm_scalar(item):
+        raise Problem(
+            f"{item!r} cannot be written to a CRM field: accepted are {_CRM_SCALAR_ACCEPTED}",
+            line_at=(key,),
+        )
+    return item
+
+
+def _status_push(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        raise Problem(f"expected a table with suppressed, allowed or both (got {value!r})")
+    for key, item in value.items():
+        if key not in STATUS_PUSH_KEYS:
+            raise Problem(
+                f"unknown key {render_value(key)!r}: accepted are {', '.join(STATUS_PUSH_KEYS)}",
+                line_at=(key,),
+            )
+        _crm_push_value(key, item)
+    return dict(value)
+
+
+def _basis_push(value: Any) -> dict[LawfulBasis, Any]:
+    if not isinstance(value, dict) or not value:
+        raise Problem(f"expected a table of lawful basis: CRM value, with at least one entry (got {value!r})")
+    accepted = ", ".join(member.value for member in LawfulBasis)
+    out: dict[LawfulBasis, Any] = {}
+    for key, item in value.items():
+        try:
+            basis = LawfulBasis(key)
+        except ValueError:
+            raise Problem(f"unknown basis {key!r}: accepted are {accepted}", line_at=(key,)) from None
+        out[basis] = _crm_push_value(key, item)
+    return out
+
+
+def _table_schema(values: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": values,
+        "description": description,
+    }
+
+
+def _enum_schema(enum: type[StrEnum], nullable: bool) -> dict[str, Any]:
+    members: list[Any] = [member.value for member in enum]
+    return {"enum": [*members, None] if nullable else members}
+
+
+StatusPullTable = Annotated[
+    dict[Any, ConsentStatus | None],
+    PlainValidator(_status_pull),
+    WithJsonSchema(
+        _table_schema(
+            _enum_schema(ConsentStatus, nullable=True),
+            "CRM value -> ledger status; null means the value says nothing. Keys may be true, false, "
+            "numbers, text or null (an empty field, which otherwise says nothing).",
+        )
+    ),
+]
+BasisPullTable = Annotated[
+    dict[Any, LawfulBasis | None],
+    PlainValidator(_basis_pull),
+    WithJsonSchema(
+        _table_schema(
+            _enum_schema(LawfulBasis, nullable=True),
+            "CRM value -> lawful basis; null means the value names no basis.",
+        )
+    ),
+]
+KeyValuesTable = Annotated[
+    dict[Any, str | None],
+    PlainValidator(_key_values),
+    WithJsonSchema(
+        _table_schema(
+            {"type": ["string", "null"], "pattern": KEY_RE.pattern},
+            "CRM value -> key; null means a record with that value is not consentsync's concern.",
+        )
+    ),
+]
+StatusPushTable = Annotated[
+    dict[str, Any],
+    PlainValidator(_status_push),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "properties": {
+                "suppressed": {
+                    **_CRM_SCALAR_SCHEMA,
+                    "description": "Written when the ledger says the processing must stop.",
+                },
+                "allowed": {**_CRM_SCALAR_SCHEMA, "description": "Written when the ledger allows it."},
+            },
+            "additionalProperties": False,
+            "minProperties": 1,
+            "description": "Effective state -> CRM value. Leave a key out to never write in that case.",
+        }
+    ),
+]
+BasisPushTable = Annotated[
+    dict[LawfulBasis, Any],
+    PlainValidator(_basis_push),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": _enum_schema(LawfulBasis, nullable=False),
+            "additionalProperties": _CRM_SCALAR_SCHEMA,
+            "minProperties": 1,
+            "description": "Ledger basis -> CRM value; a basis left out is never written.",
+        }
+    ),
+]
+
+
+# -- the file format ---------------------------------------------------------------------------
+
+
+class Direction(StrEnum):
+    PULL = "pull"  # CRM -> ledger
+    PUSH = "push"  # ledger -> CRM
+    BOTH = "both"
+
+    @property
+    def pulls(self) -> bool:
+        return self is not Direction.PUSH
+
+    @property
+    def pushes(self) -> bool:
+        return self is not Direction.PULL
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkSpec(_Strict):
+    """Another CRM record this one points to (e.g. a Contact's Individual): the engine links both
+    records to the same person."""
+
+    object: ObjectName
+    field: FieldName = Field(description="The field holding the other record's id.")
+
+
+class IdentitySpec(_Strict):
+    """How records of this object are told apart and matched to a person."""
+
+    record_id: FieldName = Field(description="The CRM's primary key field (Salesforce: Id).")
+    modstamp: FieldName = Field(
+        description="The change timestamp used for the incremental cursor (Salesforce: SystemModstamp)."
+    )
+    email: FieldName | None = Field(
+        default=None, description="The email field, matched lower-cased and trimmed."
+    )
+    links: list[LinkSpec] = Field(default_factory=list)
+
+
+class FromFieldSpec(_Strict):
+    """A purpose or channel read from a field, through a table."""
+
+    field: FieldName
+    values: KeyValuesTable
+
+
+class StatusSpec(_Strict):
+    """The field that carries the consent status, and its translation both ways."""
+
+    field: FieldName
+    direction: Direction = Field(default=Direction.PULL, description="pull, push or both.")
+    also_read: list[FieldName] = Field(
+        default_factory=list,
+        description="More fields read with the same pull table; the most restrictive status wins. "
+        "Never written.",
+    )
+    pull: StatusPullTable | None = None
+    push: StatusPushTable | None = None
+
+    @model_validator(mode="after")
+    def _tables_match_direction(self) -> StatusSpec:
+        _check_direction(self.direction, self.pull, self.push, "{suppressed: ..., allowed: ...}")
+        if self.also_read and not self.direction.pulls:
+            raise Problem(
+                "also_read needs direction pull or both: these fields are only read", at=("also_read",)
+            )
+        return self
+
+
+class BasisSpec(_Strict):
+    """The field that carries the lawful basis, and its translation both ways."""
+
+    field: FieldName
+    direction: Direction = Field(default=Direction.PULL, description="pull, push or both.")
+    pull: BasisPullTable | None = None
+    push: BasisPushTable | None = None
+
+    @model_validator(mode="after")
+    def _tables_match_direction(self) -> BasisSpec:
+        _check_direction(self.direction, self.pull, self.push, "{consent: ..., contract: ...}")
+        return self
+
+
+def _check_direction(direction: Direction, pull: Any, push: Any, push_example: str) -> None:
+    if direction.pulls and pull is None:
+        raise Problem(
+            f"direction {direction.value} needs a pull table (CRM value: ledger value)", at=("direction",)
+        )
+    if direction.pushes and push is None:
+        raise Problem(f"direction {direction.value} needs a push table {push_example}", at=("direction",))
+    if not direction.pulls and pull is not None:
+        raise Problem(
+            "direction push never reads this table: set direction: both, or remove it", at=("pull",)
+        )
+    if not direction.pushes and push is not None:
+        raise Problem(
+            "direction pull never writes this table: set direction: both, or remove it", at=("push",)
+        )
+
+
+class ValueSpec(_Strict):
+    field: FieldName
+
+
+def _purpose_shape(value: Any) -> str:
+    return _FROM_FIELD if isinstance(value, dict) else _CONSTANT
+
+
+def _channel_shape(value: Any) -> str:
+    if isinstance(value, list):
+        return _LIST
+    return _purpose_shape(value)
+
+
+PurposeRef = Annotated[
+    Annotated[PurposeKey, Tag(_CONSTANT)] | Annotated[FromFieldSpec, Tag(_FROM_FIELD)],
+    Discriminator(_purpose_shape),
+]
+ChannelRef = Annotated[
+    Annotated[ChannelKey, Tag(_CONSTANT)]
+    | Annotated[list[ChannelKey], Tag(_LIST), MinLen(1)]
+    | Annotated[FromFieldSpec, Tag(_FROM_FIELD)],
+    Discriminator(_channel_shape),
+]
+
+
+class ConsentSpec(_Strict):
+    """One consent a record carries: for which purpose and channel, in which field."""
+
+    purpose: PurposeRef = Field(description="A purpose key, or {field, values} to read it from a field.")
+    channel: ChannelRef = Field(
+        description="A channel, a list of channels (the same status on each), or {field, values}."
+    )
+    status: StatusSpec
+    basis: BasisSpec | None = None
+    event_time: ValueSpec | None = Field(
+        default=None, description="When the person acted (not when the record changed)."
+    )
+    double_opt_in_at: ValueSpec | None = Field(
+        default=None, description="When a double opt-in was confirmed."
+    )
+    source: ValueSpec | None = Field(default=None, description="The capture source, kept with the evidence.")
+    notice_version: ValueSpec | None = Field(
+        default=None, description="The notice or purpose text version shown."
+    )
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> ConsentSpec:
+        channels = self.channel if isinstance(self.channel, list) else [self.channel]
+        for index, channel in enumerate(channels):
+            if isinstance(channel, str) and channels.index(channel) != index:
+                raise Problem(f"channel {channel!r} is listed twice", at=("channel", index))
+        writes = self.status.direction.pushes or (self.basis is not None and self.basis.direction.pushes)
+        if writes and (isinstance(self.purpose, FromFieldSpec) or isinstance(self.channel, FromFieldSpec)):
+            place = "status" if self.status.direction.pushes else "basis"
+            raise Problem(
+                "a consent whose purpose or channel is read from a field can only be pulled "
+                "(direction: pull): which record to write for a purpose is not known before reading it",
+                at=(place, "direction"),
+            )
+        for place, spec in (("status", self.status), ("basis", self.basis)):
+            if spec is not None and spec.direction.pushes and "." in spec.field:
+                raise Problem(
+                    f"{spec.field} is a field of a related record: it cannot be written through this "
+                    "object (set direction: pull, or map the related object in its own file)",
+                    at=(place, "field"),
+                )
+        _check_known(self, info.context or {})
+        return self
+
+    def constant_pairs(self) -> list[tuple[str, str]]:
+        """The (purpose, channel) pairs this consent always speaks for (none when read from fields)."""
+        if not isinstance(self.purpose, str) or isinstance(self.channel, FromFieldSpec):
+            return []
+        channels = self.channel if isinstance(self.channel, list) else [self.channel]
+        return [(self.purpose, channel) for channel in channels]
+
+
+def _listed(keys: Iterable[str]) -> str:
+    """Keys for a message: in the configuration's order, or sorted when they come as a set."""
+    return ", ".join(sorted(keys) if isinstance(keys, (set, frozenset)) else keys)
+
+
+def _check_known(consent: ConsentSpec, context: RecordMap[str, Any]) -> None:
+    """Purposes and channels against the caller's configuration, when it gives one."""
+    purposes = context.get("purposes")
+    channels = context.get("channels")
+    if purposes is not None:
+        accepted = _listed(purposes)
+        if isinstance(consent.purpose, str):
+            if consent.purpose not in purposes:
+                raise Problem(
+                    f"unknown purpose {consent.purpose!r}: accepted are {accepted}", at=("purpose",)
+                )
+        else:
+            for crm_value, key in consent.purpose.values.items():
+                if key is not None and key not in purposes:
+                    raise Problem(
+                        f"unknown purpose {key!r}: accepted are {accepted}, or null (not ours)",
+                        at=("purpose", "values"),
+                        line_at=(crm_value,),
+                    )
+    if channels is not None:
+        accepted = _listed(channels)
+        if isinstance(consent.channel, FromFieldSpec):
+            for crm_value, key in consent.channel.values.items():
+                if key is not None and key not in channels:
+                    raise Problem(
+                        f"unknown channel {key!r}: accepted are {accepted}, or null (not ours)",
+                        at=("channel", "values"),
+                        line_at=(crm_value,),
+                    )
+        else:
+            listed = consent.channel if isinstance(consent.channel, list) else [consent.channel]
+            for index, channel in enumerate(listed):
+                if channel not in channels:
+                    at = ("channel", index) if isinstance(consent.channel, list) else ("channel",)
+                    raise Problem(f"unknown channel {channel!r}: accepted are {accepted}", at=at)
+    # Given the configured Purpose objects (not just their keys), each pair is checked as the
+    # ledger will check it, so a mistake shows when the file loads, not as quarantined records.
+    if isinstance(purposes, RecordMap):
+        for purpose, channel in consent.constant_pairs():
+            allowed = getattr(purposes.get(purpose), "channels", None)
+            if allowed is not None and channel not in allowed:
+                at = (
+                    ("channel", consent.channel.index(channel))
+                    if isinstance(consent.channel, list)
+                    else ("channel",)
+                )
+                raise Problem(
+                    f"channel {channel!r} is not configured for purpose {purpose!r}: "
+                    f"accepted are {', '.join(allowed)}",
+                    at=at,
+                )
+
+
+class MappingSpec(_Strict):
+    """A consentsync mapping file (version 1): one CRM object's consent fields."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="consentsync mapping file",
+        json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"},
+    )
+
+    version: Literal[1] = Field(description="The format version: 1.")
+    vendor: Vendor
+    object: ObjectName
+    identity: IdentitySpec
+    consents: list[ConsentSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> MappingSpec:
+        pairs: dict[tuple[str, str], int] = {}
+        written: dict[str, str] = {}
+        for index, consent in enumerate(self.consents):
+            for pair in consent.constant_pairs():
+                if pair in pairs:
+                    raise Problem(
+                        f"purpose {pair[0]!r} on channel {pair[1]!r} is already mapped by "
+                        f"consents[{pairs[pair]}]: one consent per purpose and channel (read more "
+                        "fields for it with status.also_read)",
+                        at=("consents", index, "purpose"),
+                    )
+                pairs[pair] = index
+            for place, spec in (("status", consent.status), ("basis", consent.basis)):
+                if spec is None or not spec.direction.pushes:
+                    continue
+                if spec.field in written:
+                    raise Problem(
+                        f"field {spec.field} is already written by {written[spec.field]}: "
+                        "two consents writing one field would overwrite each other",
+                        at=("consents", index, place, "field"),
+                    )
+                written[spec.field] = f"consents[{index}].{place}"
+        return self
+
+
+# -- the loaded mapping ------------------------------------------------------------------------
+
+
+class Mapping:
+    """One loaded mapping file: translates records of one CRM object."""
+
+    __slots__ = ("_canonical", "object", "path", "spec", "vendor")
+
+    def __init__(self, spec: MappingSpec, path: Path) -> None:
+        self.spec = spec
+        self.path = path
+        self.vendor = spec.vendor
+        self.object = spec.object
+        # Translation tables keyed the way CRM values are compared (see crm_key), built once.
+        self._canonical: dict[int, dict[Any, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Mapping({self.vendor}:{self.object} from {self.path})"
+
+    # -- fields --------------------------------------------------------------------------------
+
+    def pull_fields(self) -> list[str]:
+        """Every CRM field to read, in a stable order without repeats: the id and change
+        timestamp first, and the pushed fields too (their current values make pushes idempotent)."""
+        identity = self.spec.identity
+        names = [identity.record_id, identity.modstamp]
+        if identity.email:
+            names.append(identity.email)
+        names += [link.field for link in identity.links]
+        for consent in self.spec.consents:
+            for ref in (consent.purpose, consent.channel):
+                if isinstance(ref, FromFieldSpec):
+                    names.append(ref.field)
+            names += [consent.status.field, *consent.status.also_read]
+            optional = (
+                consent.basis,
+                consent.event_time,
+                consent.double_opt_in_at,
+                consent.source,
+                consent.notice_version,
+            )
+            names += [spec.field for spec in optional if spec is not None]
+        return list(dict.fromkeys(names))
+
+    def push_fields(self) -> list[str]:
+        """The CRM fields consentsync writes (direction push or both), in file order."""
+        names: list[str] = []
+        for consent in self.spec.consents:
+            for spec in (consent.status, consent.basis):
+                if spec is not None and spec.direction.pushes:
+                    names.append(spec.field)
+        return list(dict.fromkeys(names))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def identity_from(self, record: RecordMap[str, Any]) -> tuple[str, str | None, list[tuple[str, str]]]:
+        """(record id, normalised email or None, [(object, id) of linked records])."""
+        record_id = self._record_id(record)
+        identity = self.spec.identity
+        email = None
+        if identity.email:
+            raw = field_value(record, identity.email)
+            if not _blank(raw):
+                email = self._email(record_id, identity.email, raw)
+        links: list[tuple[str, str]] = []
+        for link in identity.links:
+            raw = field_value(record, link.field)
+            if _blank(raw):
+                continue
+            if not isinstance(raw, (str, int)) or isinstance(raw, bool):
+                raise self._bad(record_id, link.field, raw, f"the id of a {link.object} record")
+            links.append((link.object, str(raw).strip()))
+        return record_id, email, links
+
+    def evidence_from(
+        self, record: RecordMap[str, Any], *, connector: str, observed_at: datetime
+    ) -> list[Evidence]:
+        """What the record says, one Evidence per consent and channel; a consent whose status
+        translates to null (or whose purpose or channel is not ours) says nothing."""
+        record_id = self._record_id(record)
+        source = f"{connector}:{self.object}"
+        out: list[Evidence] = []
+        for consent in self.spec.consents:
+            if not consent.status.direction.pulls:
+                continue
+            purpose = self._key(record, record_id, consent.purpose)
+            channels = self._channels(record, record_id, consent.channel)
+            if purpose is None or not channels:
+                continue
+            status = self._status(record, record_id, consent.status)
+            if status is None:
+                continue
+            basis = None
+            if consent.basis is not None and consent.basis.direction.pulls:
+                assert consent.basis.pull is not None
+                basis = self._translate(record, record_id, consent.basis.field, consent.basis.pull)
+            event_time = self._moment(record, record_id, consent.event_time)
+            double_opt_in_at = self._moment(record, record_id, consent.double_opt_in_at)
+            notice = self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX)
+            captured = self._text(record, record_id, consent.source, EVIDENCE_REF_MAX)
+            reference = f"{self.object}/{record_id}"
+            if captured:
+                reference = f"{reference} (capture source: {captured})"[:EVIDENCE_REF_MAX]
+            out += [
+                Evidence(
+                    purpose=purpose,
+                    channel=channel,
+                    status=status,
+                    basis=basis,
+                    event_time=event_time,
+                    observed_at=observed_at,
+                    source=source,
+                    origin=Origin.CRM,
+                    notice_version=notice,
+                    double_opt_in_at=double_opt_in_at,
+                    evidence_ref=reference,
+                )
+                for channel in channels
+            ]
+        return out
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def updates_for(
+        self, record: RecordMap[str, Any], states: dict[tuple[str, str], EffectiveState]
+    ) -> dict[str, Any]:
+        """The field values that make ``record`` show the ledger's ``states``: only fields pushed
+        (direction push or both), and only where the record shows something else (a field the
+        record lacks is written). Never raises: a push must not fail on what a record holds.
+
+        A status field covering several channels is written as suppressed when any of them is
+        suppressed (the most restrictive wins); a basis field is written from the ledger's basis,
+        and left alone for a basis its push table does not name.
+        """
+        updates: dict[str, Any] = {}
+        for consent in self.spec.consents:
+            present = [states[pair] for pair in consent.constant_pairs() if pair in states]
+            if not present:
+                continue
+            status = consent.status
+            if status.direction.pushes and status.push is not None:
+                case = "suppressed" if any(state.suppressed for state in present) else "allowed"
+                if case in status.push:
+                    _update(updates, record, status.field, status.push[case])
+            basis = consent.basis
+            if basis is not None and basis.direction.pushes and basis.push is not None:
+                wanted = present[0].basis
+                if wanted in basis.push:
+                    _update(updates, record, basis.field, basis.push[wanted])
+        return updates
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _bad(
+        self, record_id: str | None, field: str, value: Any, accepted: Iterable[Any] | str
+    ) -> MappingValueError:
+        return MappingValueError(
+            field, value, accepted, object_type=self.object, record_id=record_id, path=self.path
+        )
+
+    def _email(self, record_id: str, field: str, raw: Any) -> str:
+        try:
+            if isinstance(raw, str):
+                return normalise_email(raw)
+        except InvalidInput:
+            pass
+        # The quarantine reason is kept and shown to ops: say what is wrong, not the address.
+        shown = f"<{len(raw)} characters>" if isinstance(raw, str) else raw
+        raise self._bad(record_id, field, shown, "an email address like local@domain.tld")
+
+    def _record_id(self, record: RecordMap[str, Any]) -> str:
+        name = self.spec.identity.record_id
+        raw = field_value(record, name)
+        if _blank(raw) or not isinstance(raw, (str, int)) or isinstance(raw, bool):
+            raise self._bad(None, name, raw, "the record's id")
+        return str(raw).strip()
+
+    def _translate(
+        self, record: RecordMap[str, Any], record_id: str, field: str, table: dict[Any, Any]
+    ) -> Any:
+        raw = field_value(record, field)
+        canonical = self._canonical.get(id(table))
+        if canonical is None:
+            canonical = self._canonical[id(table)] = {crm_key(key): target for key, target in table.items()}
+        wanted = crm_key(raw)
+        if wanted in canonical:
+            return canonical[wanted]
+        if _blank(raw):
+            return canonical.get(None)  # an empty field says nothing unless the table names null
+        raise self._bad(record_id, field, raw, table)
+
+    def _key(self, record: RecordMap[str, Any], record_id: str, ref: str | FromFieldSpec) -> str | None:
+        if isinstance(ref, str):
+            return ref
+        return self._translate(record, record_id, ref.field, ref.values)
+
+    def _channels(
+        self, record: RecordMap[str, Any], record_id: str, ref: str | list[str] | FromFieldSpec
+    ) -> list[str]:
+        if isinstance(ref, list):
+            return list(ref)
+        key = self._key(record, record_id, ref)
+        return [key] if key else []
+
+    def _status(self, record: RecordMap[str, Any], record_id: str, spec: StatusSpec) -> ConsentStatus | None:
+        assert spec.pull is not None
+        found = [
+            self._translate(record, record_id, name, spec.pull) for name in (spec.field, *spec.also_read)
+        ]
+        said = [status for status in found if status is not None]
+        return max(said, key=RESTRICTIVENESS.__getitem__) if said else None
+
+    def _moment(self, record: RecordMap[str, Any], record_id: str, spec: ValueSpec | None) -> datetime | None:
+        if spec is None:
+            return None
+        raw = field_value(record, spec.field)
+        if _blank(raw):
+            return None
+        if isinstance(raw, datetime):
+            return as_utc(raw)
+        if isinstance(raw, date):
+            return datetime(raw.year, raw.month, raw.day, tzinfo=UTC)
+        if isinstance(raw, str):
+            try:
+                return parse_timestamp(raw)
+            except InvalidInput:
+                pass
+        raise self._bad(
+            record_id,
+            spec.field,
+            raw,
+            "an ISO 8601 date or time, e.g. 2026-11-23T03:21:24.000+0000, 2026-11-23T03:21:24Z or 2026-11-23",
+        )
+
+    def _text(
+        self, record: RecordMap[str, Any], record_id: str, spec: ValueSpec | None, limit: int
+    ) -> str | None:
+        if spec is None:
+            return None
+        raw = field_value(record, spec.field)
+        if _blank(raw):
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise self._bad(record_id, spec.field, raw, "text")
+        text = str(raw).strip()
+        if len(text) > limit:
+            raise self._bad(record_id, spec.field, raw, f"text of at most {limit} characters")
+        return text
+
+
+def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:
+    if field in record and crm_key(record[field]) == crm_key(value):
+        return
+    updates[field] = value
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+Purposes = Collection[str] | RecordMap[str, Any]
+
+
+def parse_mapping(
+    text: str, path: Path, *, purposes: Purposes | None = None, channels: Collection[str] | None = None
+) -> Mapping:
+    """A mapping from its text; ``path`` is only named in messages. ``purposes`` (keys, or the
+    config's ``purposes`` dict, which also checks each purpose's channels) and ``channels`` are
+    checked when given."""
+    raw, lines = read_document(
+        text, path, error=MappingError, loader=Yaml12Loader, typed_keys=True, unique_keys=True
+    )
+    if not isinstance(raw, dict):
+        raise MappingError(f"{path}:1: expected a mapping file: version, vendor, object, identity, consents")
+    context = {"purposes": purposes, "channels": channels}
+    try:
+        spec = MappingSpec.model_validate(raw, context=context)
+    except ValidationError as error:
+        raise MappingError(describe(error, path, lines, MappingSpec, prefer_unknown_keys=True)) from None
+    return Mapping(spec, path)
+
+
+def load_mapping(
+    path: str | Path, *, purposes: Purposes | None = None, channels: Collection[str] | None = None
+) -> Mapping:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MappingError(f"{path}: mapping file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise MappingError(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}") from None
+    return parse_mapping(text, path, purposes=purposes, channels=channels)
+
+
+def load_mappings(
+    directory: str | Path, *, purposes: Purposes | None = None, channels: Collection[str] | None = None
+) -> list[Mapping]:
+    """Every ``*.yaml`` / ``*.yml`` file below ``directory``, in path order; two files for the same
+    vendor and object are an error."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise MappingError(f"{root}: not a directory of mapping files")
+    paths = sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    loaded: list[Mapping] = []
+    seen: dict[tuple[str, str], Path] = {}
+    for path in paths:
+        mapping = load_mapping(path, purposes=purposes, channels=channels)
+        key = (mapping.vendor, mapping.object)
+        if key in seen:
+            raise MappingError(f"{path}: {mapping.vendor} {mapping.object} is already mapped by {seen[key]}")
+        seen[key] = path
+        loaded.append(mapping)
+    return loaded
+
+
+# -- the JSON Schema ---------------------------------------------------------------------------
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a mapping file, generated from the models above (the head first, for
+    the person who opens the file)."""
+    schema = MappingSpec.model_json_schema()
+    head: dict[str, Any] = {
+        key: schema.pop(key) for key in ("$schema", "title", "description") if key in schema
+    }
+    return {**head, **schema}
+
+
+def schema_text() -> str:
+    """``mappings/schema.json`` exactly as it should read."""
+    return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m consentsync.mapping [PATH]``: prints the JSON Schema, or writes it to PATH."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args:
+        Path(args[0]).write_text(schema_text(), encoding="utf-8")
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

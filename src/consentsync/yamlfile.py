@@ -1,0 +1,259 @@
+"""YAML files written by people: parsed with a line for every value, validated with pydantic, and
+every problem phrased as ``file:line: field: what is wrong: what is accepted``.
+
+Shared by the config (config.py) and the CRM mapping files (mapping.py). A *loc* is the path to a
+value inside the document, as pydantic spells it: ``("consents", 0, "status", "pull")``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+Loc = tuple[Any, ...]
+Lines = dict[Loc, int]
+
+# Tags of pydantic's tagged unions appear in error locations; a model that uses them names its
+# tags in this form so that they can be taken out again before the location is shown.
+TAG_PREFIX = "("
+
+
+class LocatedError(ValueError):
+    """A problem at a known place of the document (``loc`` is absolute)."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class Problem(ValueError):
+    """Raised inside a pydantic validator: a problem with the value being validated, or with the
+    value ``at`` below it. ``line_at`` (below ``at``) only moves the line shown, e.g. to the entry
+    of a table that is wrong while the field named stays the table."""
+
+    def __init__(self, message: str, *, at: Loc = (), line_at: Loc = ()) -> None:
+        super().__init__(message)
+        self.at = at
+        self.line_at = line_at
+
+
+class Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's plain scalars: only true/false are booleans, only decimal digits
+    are integers, and dates stay text. PyYAML's YAML 1.1 turns ``Yes``, ``No``, ``on`` and ``off``
+    into booleans, ``0123`` into 83 and ``2026-01-01`` into a date: wrong for the CRM values
+    (picklist entries, codes) that mapping files quote from the CRM."""
+
+
+Yaml12Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, pattern)
+        for tag, pattern in resolvers
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+
+
+def read_document(
+    text: str,
+    path: Path,
+    *,
+    error: type[Exception],
+    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
+    typed_keys: bool = False,
+    unique_keys: bool = False,
+) -> tuple[Any, Lines]:
+    """The document's data and its line index. Invalid YAML raises ``error`` naming the line.
+
+    ``typed_keys`` indexes mapping keys by their loaded value (``True`` for ``true:``) rather than
+    their spelling, as needed where keys are data; ``unique_keys`` rejects a key written twice in
+    one mapping (PyYAML would silently keep the last one).
+    """
+    parser = loader(text)
+    try:
+        root = parser.get_single_node()
+        data = parser.construct_document(root) if root is not None else None
+        key_of: Callable[[yaml.Node], Any] = (
+            (lambda node: parser.construct_object(node, deep=True))
+            if typed_keys
+            else (lambda node: node.value)
+        )
+        lines = line_index(root, key_of=key_of)
+        if unique_keys:
+            _check_unique_keys(root, key_of, path, error)
+    except yaml.MarkedYAMLError as problem:
+        mark = problem.problem_mark
+        at_line = f":{mark.line + 1}" if mark else ""
+        # PyYAML often notices a mistake lines after it was made: name where the open construct began.
+        context = problem.context_mark
+        began = f" ({problem.context} at line {context.line + 1})" if problem.context and context else ""
+        raise error(f"{path}{at_line}: invalid YAML: {problem.problem}{began}") from None
+    finally:
+        parser.dispose()
+    return data, lines
+
+
+def line_index(node: yaml.Node | None, *, key_of: Callable[[yaml.Node], Any] | None = None) -> Lines:
+    """Maps each path in the document to the 1-based line it starts on (a key's own line for a
+    mapping entry)."""
+    index: Lines = {}
+    spell = key_of or (lambda key_node: key_node.value)
+
+    def walk(current: yaml.Node, loc: Loc) -> None:
+        index[loc] = current.start_mark.line + 1
+        if isinstance(current, yaml.MappingNode):
+            for key_node, value_node in current.value:
+                key = spell(key_node) if isinstance(key_node, yaml.ScalarNode) else key_node.value
+                if not _hashable(key):
+                    continue
+                walk(value_node, (*loc, key))
+                index[(*loc, key)] = key_node.start_mark.line + 1
+        elif isinstance(current, yaml.SequenceNode):
+            for position, item in enumerate(current.value):
+                walk(item, (*loc, position))
+
+    if node is not None:
+        walk(node, ())
+    return index
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_unique_keys(
+    node: yaml.Node | None,
+    key_of: Callable[[yaml.Node], Any],
+    path: Path,
+    error: type[Exception],
+) -> None:
+    def walk(current: yaml.Node, loc: Loc) -> None:
+        if isinstance(current, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in current.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = key_of(key_node)
+                line = key_node.start_mark.line + 1
+                if _hashable(key) and key in seen:
+                    where = dotted(loc) or "the top level"
+                    raise error(
+                        f"{path}:{line}: duplicate key {key_node.value!r} in {where} "
+                        f"(first written at line {seen[key]})"
+                    )
+                if _hashable(key):
+                    seen[key] = line
+                    walk(value_node, (*loc, key))
+        elif isinstance(current, yaml.SequenceNode):
+            for position, item in enumerate(current.value):
+                walk(item, (*loc, position))
+
+    if node is not None:
+        walk(node, ())
+
+
+def line(path: Path, lines: Lines, loc: Loc) -> str:
+    """``path:N`` for the innermost part of ``loc`` the document has."""
+    probe = tuple(loc)
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    return f"{path}:{lines.get(probe, 1)}"
+
+
+def where(path: Path, lines: Lines, loc: Loc, line_loc: Loc | None = None) -> str:
+    """``path:N: field: `` (the prefix of a message about the value at ``loc``)."""
+    field = dotted(loc)
+    at = line(path, lines, loc if line_loc is None else line_loc)
+    return f"{at}: {field}: " if field else f"{at}: "
+
+
+def dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += (
+            f"[{part}]"
+            if isinstance(part, int) and not isinstance(part, bool)
+            else (f".{part}" if out else str(part))
+        )
+    return out
+
+
+def describe(
+    error: ValidationError,
+    path: Path,
+    lines: Lines,
+    model: type[BaseModel],
+    *,
+    prefer_unknown_keys: bool = False,
+) -> str:
+    """The first validation error, as a person fixing the file needs it. With
+    ``prefer_unknown_keys`` an unknown key is reported before anything else: a misspelt key is
+    usually also the "missing" one, and the misspelling is what the person has to see."""
+    errors = error.errors()
+    first = errors[0]
+    if prefer_unknown_keys:
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), first)
+    loc = tuple(part for part in first["loc"] if not _is_tag(part))
+    kind = first["type"]
+    ctx = first.get("ctx") or {}
+    cause = ctx.get("error")
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = ", ".join(allowed_keys(model, parent))
+        place = dotted(parent) or "the top level"
+        return f"{line(path, lines, loc)}: unknown key {loc[-1]!r} in {place}: accepted are {allowed}"
+    if kind == "enum":
+        return where(path, lines, loc) + f"got {first['input']!r}: accepted are {ctx.get('expected')}"
+    if kind == "value_error" and isinstance(cause, LocatedError):
+        return where(path, lines, cause.loc) + str(cause)
+    if kind == "value_error" and isinstance(cause, Problem):
+        at = (*loc, *cause.at)
+        return where(path, lines, at, (*at, *cause.line_at)) + str(cause)
+    if kind == "missing":
+        return f"{line(path, lines, loc)}: missing required key {dotted(loc)!r}"
+    return where(path, lines, loc) + f"{first['msg']} (got {first.get('input')!r})"
+
+
+def _is_tag(part: Any) -> bool:
+    return isinstance(part, str) and part.startswith(TAG_PREFIX)
+
+
+def allowed_keys(model: type[BaseModel], parent: Loc) -> list[str]:
+    """The keys accepted at ``parent`` (a loc without union tags), walking down from ``model``."""
+    current: type[BaseModel] | None = model
+    for part in parent:
+        if isinstance(part, int) and not isinstance(part, bool):
+            continue
+        if current is None:
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return sorted(current.model_fields) if current is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The first pydantic model inside an annotation (through Optional, unions, lists, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
