@@ -108,7 +108,8 @@ def _print_report(report: Any) -> None:
         f"  API calls {c.api_calls}" + (f" (org usage {c.api_used}/{c.api_limit})" if c.api_limit else "")
     )
     if report.error:
-        click.echo(f"  stopped by: {report.error}")
+        label = "stopped cleanly (the next run resumes from here)" if report.status == "stopped" else "failed"
+        click.echo(f"  {label}: {report.error}")
     if c.quarantined:
         click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
 
