@@ -88,5 +88,9 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
 
     connector, mappings = open_connector(config, name)
     settings = config.connector(name)
-    options = SyncOptions(batch_size=settings.batch_size, signpost_lag_seconds=settings.signpost_lag_seconds)
+    options = SyncOptions(
+        batch_size=settings.batch_size,
+        signpost_lag_seconds=settings.signpost_lag_seconds,
+        push_batch_size=settings.push_batch_size,
+    )
     return SyncEngine(ledger or open_ledger(config), connector, mappings, options)

@@ -53,7 +53,9 @@ class SyncOptions:
     # Records changed within this many seconds before the run started are left to the next run:
     # CRMs stamp whole seconds, so a later change in the same second could otherwise be missed.
     signpost_lag_seconds: float = 2.0
-    push_batch_size: int = 200
+    # Outbox rows handed to the connector per write: large enough that a connector can choose its
+    # bulk API (Salesforce: Bulk API 2.0 from 10,000 changes) over its batch one.
+    push_batch_size: int = 10_000
 
 
 @dataclass(slots=True)
