@@ -188,6 +188,7 @@ class SalesforceConnector(Connector):
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
         page = self._call(f"query {object_type}", lambda: self.sf.query(query, headers=headers))
+        self.expected_records = page.get("totalSize")
         while True:
             for raw in page["records"]:
                 yield _record(object_type, raw)

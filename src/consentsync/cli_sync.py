@@ -57,10 +57,18 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
 
 
 def _progress_line(report: Any) -> None:
+    """A progress bar for the object being read (the CRM says how many records to expect), and
+    the run's counts so far, redrawn in place on the terminal."""
     c = report.counts
+    done, total = report.stage_done, report.stage_total
+    if total:
+        filled = min(20, round(20 * done / total))
+        bar = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
+    else:
+        bar = f"{done}"
     click.echo(
-        f"\r{report.connector}: read {c.read}, quarantined {c.quarantined}, "
-        f"ledger changes {c.state_changes}, pushed {c.pushed}, API calls {c.api_calls}   ",
+        f"\r{report.connector} {report.stage} {bar} | read {c.read}, quarantined {c.quarantined}, "
+        f"changes {c.state_changes}, pushed {c.pushed}, API calls {c.api_calls}   ",
         nl=False,
         err=True,
     )
@@ -104,7 +112,7 @@ def _print_report(report: Any) -> None:
         f"  read {c.read} records ({c.unchanged_records} unchanged), quarantined {c.quarantined}\n"
         f"  evidence recorded {c.evidence_recorded} ({c.evidence_duplicates} already known), "
         f"ledger state changes {c.state_changes}, new subjects {c.subjects_created}\n"
-        f"  pushes queued {c.pushes_enqueued}, done {c.pushed}, failed {c.push_failed}\n"
+        f"  pushes to the CRM: done {c.pushed}, failed {c.push_failed}\n"
         f"  API calls {c.api_calls}" + (f" (org usage {c.api_used}/{c.api_limit})" if c.api_limit else "")
     )
     if report.error:

@@ -109,6 +109,8 @@ class Connector(ABC):
         self.name = name
         self.settings = settings
         self.usage = ApiUsage()
+        # How many records the read in progress will yield, where the CRM says (progress bars).
+        self.expected_records: int | None = None
 
     @abstractmethod
     def check(self) -> None:

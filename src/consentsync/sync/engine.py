@@ -104,6 +104,10 @@ class RunReport:
     error: str | None = None
     plan_changes: list[PlannedChange] = field(default_factory=list)
     plan_pushes: list[PlannedPush] = field(default_factory=list)
+    # For progress displays: the object being read, how many of it so far, and how many in all.
+    stage: str = ""
+    stage_done: int = 0
+    stage_total: int | None = None
 
 
 class _DryRunRollback(Exception):
@@ -179,7 +183,10 @@ class SyncEngine:
         with self.ledger.engine.connect() as conn:
             cursor = Cursor() if full else self._load_cursor(conn, mapping.object)
         records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
+        report.stage, report.stage_done, report.stage_total = f"reading {mapping.object}", 0, None
         for page in batched(records, self.options.batch_size):
+            report.stage_done += len(page)
+            report.stage_total = self.connector.expected_records
             try:
                 with self.ledger.engine.begin() as conn:
                     self._commit_page(conn, mapping, page, report, dry_run=dry_run)
@@ -187,6 +194,7 @@ class SyncEngine:
                         raise _DryRunRollback
             except _DryRunRollback:
                 pass
+            report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
 
     def _commit_page(
@@ -413,6 +421,7 @@ class SyncEngine:
             if not rows:
                 return
             floor = rows[-1].id
+            report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None
             updates = [RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields)) for r in rows]
             results = self.connector.write(updates)
             now = self.ledger.clock()
@@ -460,6 +469,7 @@ class SyncEngine:
                             )
                         )
                 audit.append(conn, records, now)
+            report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
 
     def _apply_snapshot(
