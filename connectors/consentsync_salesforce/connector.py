@@ -376,7 +376,11 @@ def _classified(error: SalesforceError) -> ConnectorError:
     else:
         message = str(content)[:300]
     rule = ERRORS.classify(error.status, code)
-    return ConnectorError(f"{error.resource_name}: {error.status} {code or ''} {message}".strip(), rule)
+    text = f"{error.resource_name}: {error.status} {code or ''} {message}".strip()
+    if code == "REQUEST_LIMIT_EXCEEDED":
+        # The org's rolling 24-hour allocation (or its concurrency cap): no use retrying now.
+        return BudgetExhausted(text, rule)
+    return ConnectorError(text, rule)
 
 
 def _csv_cell(fields: Mapping[str, Any], name: str) -> str:

@@ -16,7 +16,7 @@ from typing import TypeVar
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from consentsync.sdk.errors import Action, ConnectorError
+from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 
 T = TypeVar("T")
 log = structlog.get_logger("consentsync.sdk")
@@ -47,6 +47,8 @@ def call(
     def should_retry(error: BaseException) -> bool:
         if not isinstance(error, ConnectorError) or error.action not in _RETRIED:
             return False
+        if isinstance(error, BudgetExhausted):
+            return False  # waiting will not help within this run
         # A long rate limit is not waited out: the error reaches the engine, which stops the run
         # cleanly; the next run resumes from the last committed cursor.
         return not (

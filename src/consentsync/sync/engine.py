@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
@@ -110,10 +111,6 @@ class RunReport:
     stage_total: int | None = None
 
 
-class _DryRunRollback(Exception):
-    """Unwinds the page transaction of a dry run after the plan was taken from it."""
-
-
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -136,6 +133,7 @@ class SyncEngine:
         self.options = options or SyncOptions()
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
+        self._shared: Connection | None = None  # the one transaction of a dry run
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -148,11 +146,12 @@ class SyncEngine:
             self._record_run_start(report, full)
         bound.info("sync.started", full=full, dry_run=dry_run)
         try:
-            if not dry_run:
+            if dry_run:
+                self._plan(report, until=until, full=full)
+            else:
                 self._follow_ledger(report)
-            for mapping in self.mappings:
-                self._pull(mapping, report, until=until, full=full, dry_run=dry_run)
-            if not dry_run:
+                for mapping in self.mappings:
+                    self._pull(mapping, report, until=until, full=full, dry_run=False)
                 self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
@@ -175,25 +174,52 @@ class SyncEngine:
         bound.info("sync.finished", status=report.status, **asdict(report.counts))
         return report
 
+    def _plan(self, report: RunReport, *, until: datetime, full: bool) -> None:
+        """A dry run: the whole run in one transaction that is rolled back, so that every page
+        sees what earlier pages did, and the plan is exactly what a real run would do now."""
+        with self.ledger.engine.connect() as conn:
+            outer = conn.begin()
+            self._shared = conn
+            try:
+                self._follow_ledger(report)
+                for mapping in self.mappings:
+                    self._pull(mapping, report, until=until, full=full, dry_run=True)
+                self._follow_ledger(report)
+                pending = conn.execute(
+                    select(outbox)
+                    .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+                    .order_by(outbox.c.id)
+                ).all()
+                report.plan_pushes = [
+                    PlannedPush(row.object_type, row.record_id, orjson.loads(row.fields), row.rule)
+                    for row in pending
+                ]
+            finally:
+                self._shared = None
+                outer.rollback()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        if self._shared is not None:
+            yield self._shared
+        else:
+            with self.ledger.engine.begin() as conn:
+                yield conn
+
     # -- pull ----------------------------------------------------------------------------------
 
     def _pull(
         self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool, dry_run: bool
     ) -> None:
-        with self.ledger.engine.connect() as conn:
+        with self._transaction() as conn:
             cursor = Cursor() if full else self._load_cursor(conn, mapping.object)
         records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
         report.stage, report.stage_done, report.stage_total = f"reading {mapping.object}", 0, None
         for page in batched(records, self.options.batch_size):
             report.stage_done += len(page)
             report.stage_total = self.connector.expected_records
-            try:
-                with self.ledger.engine.begin() as conn:
-                    self._commit_page(conn, mapping, page, report, dry_run=dry_run)
-                    if dry_run:
-                        raise _DryRunRollback
-            except _DryRunRollback:
-                pass
+            with self._transaction() as conn:
+                self._commit_page(conn, mapping, page, report, dry_run=dry_run)
             report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
 
@@ -276,7 +302,7 @@ class SyncEngine:
         )
         if problems:
             conn.execute(insert(quarantine), problems)
-        enqueued = self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
+        self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
         if good or problems:
             last = page[-1]
             self._save_cursor(conn, mapping.object, Cursor(last.modstamp, last.record_id), report.run_id, now)
@@ -294,17 +320,16 @@ class SyncEngine:
                 for o in outcomes
                 if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
             ]
-            report.plan_pushes += enqueued
 
     # -- outbox --------------------------------------------------------------------------------
 
     def _enqueue_pushes(
         self, conn: Connection, subject_ids: list[int], report: RunReport, now: datetime
-    ) -> list[PlannedPush]:
+    ) -> None:
         """For every record of this CRM that belongs to these people, the fields that differ
         from what the ledger implies become an outbox row (superseding an older pending one)."""
         if not subject_ids:
-            return []
+            return
         states = self.ledger.effective_states_in(conn, subject_ids)
         rows = conn.execute(
             select(
@@ -318,7 +343,6 @@ class SyncEngine:
             .where(crm_links.c.connector == self.name, crm_links.c.subject_id.in_(subject_ids))
             .order_by(crm_links.c.id)
         ).all()
-        planned: list[PlannedPush] = []
         examined: dict[str, list[str]] = {}
         new_rows: list[dict[str, Any]] = []
         for row in rows:
@@ -347,7 +371,6 @@ class SyncEngine:
                     "attempts": 0,
                 }
             )
-            planned.append(PlannedPush(row.object_type, row.record_id, updates, rule))
         # What was pending for these records was decided on an older state: the rows above
         # (or nothing, where the CRM already agrees) replace it.
         for object_type, record_ids in examined.items():
@@ -364,13 +387,12 @@ class SyncEngine:
         if new_rows:
             conn.execute(insert(outbox), new_rows)
         report.counts.pushes_enqueued += len(new_rows)
-        return planned
 
     def _follow_ledger(self, report: RunReport) -> None:
         """Enqueues pushes for people whose state changed in the ledger since this connector last
         looked: an objection decided by ops, an erasure, a withdrawal captured in another CRM."""
         while True:
-            with self.ledger.engine.begin() as conn:
+            with self._transaction() as conn:
                 position = self._load_position(conn)
                 rows = conn.execute(
                     select(state_changes.c.id, state_changes.c.subject_id)
