@@ -458,11 +458,7 @@ class Ledger:
                     .values(email_hmac=digest, reason=reason, created_at=now)
                     .returning(suppressions.c.id)
                 ).scalar_one()
-            subject_id = conn.execute(
-                select(subject_identifiers.c.subject_id).where(
-                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
-                )
-            ).scalar()
+            subject_id = _subject_id_by_email(conn, email)
             records: list[AuditRecord] = []
             uid = None
             if subject_id is not None:
@@ -526,11 +522,7 @@ class Ledger:
             raise InvalidInput("--reason must say why processing is restricted or released")
         now = self.clock()
         with self.engine.begin() as conn:
-            subject_id = conn.execute(
-                select(subject_identifiers.c.subject_id).where(
-                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
-                )
-            ).scalar()
+            subject_id = _subject_id_by_email(conn, email)
             if subject_id is None:
                 raise NotFound(f"no subject with email {email!r} in the ledger")
             before = self._contexts(conn, {subject_id})[subject_id]
@@ -628,11 +620,7 @@ class Ledger:
         """Everything the ledger holds about one person, effective state recomputed now."""
         now = self.clock()
         with self.engine.connect() as conn:
-            subject_id = conn.execute(
-                select(subject_identifiers.c.subject_id).where(
-                    subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
-                )
-            ).scalar()
+            subject_id = _subject_id_by_email(conn, email)
             if subject_id is None:
                 erased = self._erased_subject_uids(conn, email)
                 hint = " (it was erased: only its suppression entry remains)" if erased else ""
@@ -897,6 +885,14 @@ class Ledger:
             ("subject_id", "created_at"),
             [(s, db_time(conn, now)) for s in sorted(subject_ids)],
         )
+
+
+def _subject_id_by_email(conn: Connection, email: str) -> int | None:
+    return conn.execute(
+        select(subject_identifiers.c.subject_id).where(
+            subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
+        )
+    ).scalar()
 
 
 def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
