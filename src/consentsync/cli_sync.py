@@ -21,6 +21,7 @@ from consentsync.cli import (
     print_table,
 )
 from consentsync.domain import InvalidInput, iso
+from consentsync.sync.locks import RunInProgress
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
 
@@ -42,6 +43,8 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
         engine.progress = _progress_line
     try:
         report = engine.run(full=full, dry_run=dry_run)
+    except RunInProgress as busy:
+        fail(str(busy), EXIT_STOPPED)
     finally:
         engine.connector.close()
     if sys.stderr.isatty() and not as_json:

@@ -196,3 +196,17 @@ def test_large_pushes_go_through_bulk_api(
     assert any(kind.startswith("bulk") for kind in sandbox.calls), sandbox.calls
     assert sandbox.calls["composite"] < 4  # at most one small batch per other object
     assert all(c["HasOptedOutOfEmail"] is not None for c in sandbox.org.records("Contact"))
+
+
+def test_one_run_per_connector_at_a_time(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    from consentsync.sync.locks import RunInProgress, connector_lock
+
+    engine = _engine(ledger, config_path, sandbox)
+    with connector_lock(ledger.engine, "sf"):  # as another process would hold it
+        with pytest.raises(RunInProgress, match="'sf'"):
+            engine.run()
+        with connector_lock(ledger.engine, "other-connector"):
+            pass  # other connectors are not held up
+    assert engine.run().status == "succeeded"

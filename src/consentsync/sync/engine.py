@@ -42,6 +42,7 @@ from consentsync.ledger.service import Ledger, RecordRequest
 from consentsync.mapping import Mapping
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+from consentsync.sync.locks import connector_lock
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -138,6 +139,11 @@ class SyncEngine:
     # -- the run -------------------------------------------------------------------------------
 
     def run(self, *, full: bool = False, dry_run: bool = False) -> RunReport:
+        """One run; raises ``RunInProgress`` when another process is running this connector."""
+        with connector_lock(self.ledger.engine, self.name):
+            return self._run(full=full, dry_run=dry_run)
+
+    def _run(self, *, full: bool, dry_run: bool) -> RunReport:
         started = self.ledger.clock()
         report = RunReport(str(uuid.uuid4()), self.name, "running", started)
         until = started - timedelta(seconds=self.options.signpost_lag_seconds)
