@@ -92,5 +92,6 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         batch_size=settings.batch_size,
         signpost_lag_seconds=settings.signpost_lag_seconds,
         push_batch_size=settings.push_batch_size,
+        max_push_attempts=settings.max_push_attempts,
     )
     return SyncEngine(ledger or open_ledger(config), connector, mappings, options)

@@ -282,3 +282,56 @@ def demo(records: int, workdir: Path | None) -> None:
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
     run_demo(records=records, workdir=workdir, say=click.echo)
+
+
+@main.group()
+def outbox() -> None:
+    """Pushes waiting to reach a CRM, and the dead-lettered ones."""
+
+
+@outbox.command("list")
+@config_option
+@click.option("--dead", is_flag=True, help="Dead-lettered rows instead of pending ones.")
+@click.option("--connector", help="Only this connector's rows.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@handled
+def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) -> None:
+    """Pending (or, with --dead, dead-lettered) pushes, oldest first."""
+    from consentsync.sync.outbox import list_rows
+
+    rows = list_rows(open_ledger(current_config()).engine, dead=dead, connector=connector, limit=limit)
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(
+            rows,
+            [
+                "id",
+                "connector",
+                "object",
+                "record_id",
+                "fields",
+                "rule",
+                "attempts",
+                "last_error",
+                "created_at",
+            ],
+        )
+
+
+@outbox.command("retry")
+@config_option
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--all", "retry_all", is_flag=True, help="Every dead-lettered row.")
+@click.option("--actor", help="Who decided to retry (kept in the audit log).")
+@handled
+def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> None:
+    """Put dead-lettered pushes back in the queue for the next run."""
+    from consentsync.sync.outbox import retry
+
+    if bool(ids) == retry_all:
+        raise InvalidInput("give outbox row ids or --all (not both)")
+    ledger = open_ledger(current_config())
+    count = retry(ledger.engine, None if retry_all else list(ids), actor=actor, now=ledger.clock())
+    click.echo(f"{count} row(s) back in the queue; the next run of their connector pushes them")

@@ -1043,3 +1043,11 @@ def test_logs_name_subjects_never_addresses(cli: Any) -> None:
     assert "evidence.recorded" in logged and "objection.raised" in logged and "subject.erased" in logged
     assert email not in logged.lower()
     assert TEST_ERASURE_KEY not in logged
+
+
+def test_outbox_commands_on_an_empty_outbox(cli: Any) -> None:
+    assert cli.json("outbox", "list") == []
+    assert cli.json("outbox", "list", "--dead") == []
+    assert_bad_input(cli("outbox", "retry", "42"), "no dead-lettered outbox row with id 42")
+    assert_bad_input(cli("outbox", "retry"), "ids or --all")
+    assert "0 row(s)" in cli.ok("outbox", "retry", "--all").stdout

@@ -210,3 +210,31 @@ def test_one_run_per_connector_at_a_time(
         with connector_lock(ledger.engine, "other-connector"):
             pass  # other connectors are not held up
     assert engine.run().status == "succeeded"
+
+
+def test_refused_pushes_are_dead_lettered_and_can_be_retried(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    from consentsync.sync import outbox as outbox_rows
+
+    contacts = [r["Id"] for r in sandbox.org.records("Contact")]
+    sandbox.faults.lock_records(*contacts)  # every contact write fails with UNABLE_TO_LOCK_ROW
+    engine = _engine(ledger, config_path, sandbox, lock_retries=0)
+    engine.options = SyncOptions(batch_size=37, signpost_lag_seconds=0, max_push_attempts=2)
+    engine.run(full=True)
+    assert outbox_rows.list_rows(ledger.engine, dead=True) == []  # one attempt so far
+    engine.run()
+    dead = outbox_rows.list_rows(ledger.engine, dead=True)
+    assert dead and all(row["last_error"].startswith("UNABLE_TO_LOCK_ROW") for row in dead)
+    assert all(row["object"] == "Contact" and row["attempts"] == 2 for row in dead)
+    sandbox.faults.unlock_records()
+    engine.run()
+    assert outbox_rows.list_rows(ledger.engine, dead=True) == dead  # dead rows wait for ops
+    assert outbox_rows.retry(ledger.engine, None, actor="ops-anna", now=utcnow()) == len(dead)
+    report = engine.run()
+    assert report.counts.pushed >= len(dead)
+    assert outbox_rows.list_rows(ledger.engine, dead=True) == []
+    with ledger.engine.connect() as conn:
+        retried = list(audit.entries(conn, action="outbox.retried"))
+        assert audit.verify(conn).ok
+    assert len(retried) == len(dead) and retried[0]["actor"] == "ops-anna"

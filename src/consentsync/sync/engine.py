@@ -58,6 +58,8 @@ class SyncOptions:
     # Outbox rows handed to the connector per write: large enough that a connector can choose its
     # bulk API (Salesforce: Bulk API 2.0 from 10,000 changes) over its batch one.
     push_batch_size: int = 10_000
+    # Attempts (one per run) before a push the CRM keeps refusing is dead-lettered.
+    max_push_attempts: int = 10
 
 
 @dataclass(slots=True)
@@ -482,13 +484,16 @@ class SyncEngine:
                         continue
                     report.counts.push_failed += 1
                     reason = f"{result.error_code}: {result.message}"
-                    status = "pending" if result.retryable else "dead"
+                    attempts = row.attempts + 1
+                    # A row the CRM keeps refusing is dead-lettered with its reason for ops
+                    # (consentsync outbox list --dead / retry) instead of being retried forever.
+                    alive = result.retryable and attempts < self.options.max_push_attempts
                     conn.execute(
                         update(outbox)
                         .where(outbox.c.id == row.id)
-                        .values(status=status, attempts=row.attempts + 1, last_error=reason)
+                        .values(status="pending" if alive else "dead", attempts=attempts, last_error=reason)
                     )
-                    if not result.retryable:
+                    if not alive:
                         conn.execute(
                             insert(quarantine).values(
                                 self._quarantine_row(

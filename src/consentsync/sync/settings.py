@@ -21,6 +21,7 @@ class ConnectorSettings(BaseModel):
     batch_size: int = Field(default=200, ge=1, le=10_000)
     signpost_lag_seconds: float = Field(default=2.0, ge=0)
     push_batch_size: int = Field(default=10_000, ge=1, le=100_000)
+    max_push_attempts: int = Field(default=10, ge=1, le=1_000)
 
     @field_validator("name")
     @classmethod
