@@ -335,3 +335,45 @@ def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> No
     ledger = open_ledger(current_config())
     count = retry(ledger.engine, None if retry_all else list(ids), actor=actor, now=ledger.clock())
     click.echo(f"{count} row(s) back in the queue; the next run of their connector pushes them")
+
+
+@main.command()
+@config_option
+@json_option
+@handled
+def status(as_json: bool) -> None:
+    """Per connector: last run, next run, outbox depth, dead letters, quarantine, API budget, alerts."""
+    from datetime import timedelta
+
+    from consentsync.sync.status import connector_status
+
+    config = current_config()
+    hours = config.settings.policy.late_suppression_hours
+    rows = connector_status(config, open_ledger(config).engine, late_after=timedelta(hours=hours))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no connectors configured (add them under `connectors:` in the config)")
+        return
+    for row in rows:
+        last = row["last_run"]
+        click.echo(f"{row['connector']} ({row['vendor']})")
+        if last:
+            click.echo(
+                f"  last run   {last['status']} at {last['started_at']}: read {last['read']}, "
+                f"changes {last['ledger_changes']}, pushed {last['pushed']}"
+                + (f"; {last['error']}" if last["error"] else "")
+            )
+        else:
+            click.echo("  last run   never")
+        click.echo(f"  next run   {row['next_run']}")
+        click.echo(
+            f"  outbox     {row['outbox_pending']} pending, {row['dead_letters']} dead-lettered; "
+            f"quarantined {row['quarantined_open']}; API budget left {row['api_budget_left']}"
+        )
+        for late in row["late_suppressions"]:
+            click.echo(
+                f"  ALERT      suppression for {late['object']} {late['record_id']} pending for "
+                f"{late['age_seconds'] / 3600:.1f} h (over {hours} h)"
+            )

@@ -56,6 +56,9 @@ class PolicySettings(_Strict):
     )
     requested_stale_after_days: int = Field(default=30, ge=1)
     objection_handling: ObjectionHandling = ObjectionHandling.AUTO_UPHOLD
+    # A suppression not yet pushed to a CRM after this long raises an alert (CAN-SPAM allows 10
+    # business days; alert well before).
+    late_suppression_hours: int = Field(default=48, ge=1)
 
 
 class PurposeSettings(_Strict):

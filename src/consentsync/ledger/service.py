@@ -258,6 +258,8 @@ class Ledger:
             dirty[key] = decision.after
             stats.recorded += 1
             stats.state_changes += decision.changed
+            if decision.changed:
+                changed_subjects.add(subject_id)
             events.append(_event_row(conn, subject_id, evidence, fingerprint, run_id))
             records.append(
                 _recorded_entry(

@@ -11,6 +11,7 @@ nor past the moment the run started (less a lag for CRMs that stamp whole second
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -114,6 +115,10 @@ class RunReport:
     stage_total: int | None = None
 
 
+class _Stop(Exception):
+    """The daemon asked the run to stop between pages."""
+
+
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
@@ -137,6 +142,8 @@ class SyncEngine:
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
         self._shared: Connection | None = None  # the one transaction of a dry run
+        # Set by the daemon on SIGTERM: the page in hand is committed, then the run stops cleanly.
+        self.stop_requested = threading.Event()
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -163,6 +170,9 @@ class SyncEngine:
                 self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
+        except _Stop:
+            report.status = "stopped"
+            report.error = "shutdown requested: stopped after the last committed page"
         except (BudgetExhausted, ConnectorError) as error:
             stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
             report.status = "stopped" if stops else "failed"
@@ -224,6 +234,8 @@ class SyncEngine:
         records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
         report.stage, report.stage_done, report.stage_total = f"reading {mapping.object}", 0, None
         for page in batched(records, self.options.batch_size):
+            if self.stop_requested.is_set():
+                raise _Stop
             report.stage_done += len(page)
             report.stage_total = self.connector.expected_records
             with self._transaction() as conn:
@@ -448,7 +460,7 @@ class SyncEngine:
                     .order_by(outbox.c.id)
                     .limit(self.options.push_batch_size)
                 ).all()
-            if not rows:
+            if not rows or self.stop_requested.is_set():
                 return
             floor = rows[-1].id
             report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None

@@ -6,9 +6,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+class Schedule(BaseModel):
+    """When the daemon runs a connector: every N seconds, or on a cron expression (UTC)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_seconds: int | None = Field(default=None, ge=10)
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Schedule:
+        if (self.interval_seconds is None) == (self.cron is None):
+            raise ValueError("give either interval_seconds or cron")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone="UTC")
+            except ValueError as error:
+                raise ValueError(f"cron {self.cron!r}: {error}") from None
+        return self
 
 
 class ConnectorSettings(BaseModel):
@@ -22,6 +44,7 @@ class ConnectorSettings(BaseModel):
     signpost_lag_seconds: float = Field(default=2.0, ge=0)
     push_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     max_push_attempts: int = Field(default=10, ge=1, le=1_000)
+    schedule: Schedule = Schedule(interval_seconds=900)
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,133 @@
+"""`consentsync run`: the scheduled background service.
+
+One APScheduler job per configured connector (interval or cron), at most one run of a connector
+at a time (the job's max_instances, and across processes the connector lock), missed runs
+coalesced. SIGTERM / SIGINT let the page in hand commit, then stop every run cleanly and exit.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from consentsync.app import open_sync
+from consentsync.config import Config
+from consentsync.ledger.service import Ledger
+from consentsync.sync.engine import RunReport, SyncEngine
+from consentsync.sync.locks import RunInProgress
+from consentsync.sync.settings import Schedule
+
+log = structlog.get_logger("consentsync.daemon")
+
+
+def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
+    if schedule.cron is not None:
+        return CronTrigger.from_crontab(schedule.cron, timezone="UTC")
+    assert schedule.interval_seconds is not None
+    return IntervalTrigger(seconds=schedule.interval_seconds, timezone="UTC")
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        *,
+        on_report: Callable[[RunReport], None] | None = None,
+        late_suppression_age: timedelta = timedelta(days=2),
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.on_report = on_report or (lambda _report: None)
+        self.late_suppression_age = late_suppression_age
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.stopping = threading.Event()
+        self._running: dict[str, SyncEngine] = {}
+        self._lock = threading.Lock()
+
+    def start(self, *, run_now: bool = True) -> None:
+        for settings in self.config.settings.connectors:
+            self.scheduler.add_job(
+                self.run_connector,
+                trigger_for(settings.schedule),
+                args=[settings.name],
+                id=settings.name,
+                name=f"sync {settings.name}",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                next_run_time=_now() if run_now else None,
+            )
+        self.scheduler.start()
+        log.info("daemon.started", connectors=[c.name for c in self.config.settings.connectors])
+
+    def next_runs(self) -> dict[str, Any]:
+        return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
+
+    def run_connector(self, name: str) -> RunReport | None:
+        if self.stopping.is_set():
+            return None
+        engine = open_sync(self.config, name, self.ledger)
+        with self._lock:
+            self._running[name] = engine
+        try:
+            report = engine.run()
+        except RunInProgress as busy:
+            log.warning("sync.skipped", connector=name, reason=str(busy))
+            return None
+        finally:
+            engine.connector.close()
+            with self._lock:
+                self._running.pop(name, None)
+        self.on_report(report)
+        self._warn_late_suppressions()
+        return report
+
+    def _warn_late_suppressions(self) -> None:
+        from consentsync.observability import late_suppressions
+
+        for row in late_suppressions(self.ledger.engine, self.late_suppression_age):
+            # CAN-SPAM allows 10 business days; a suppression stuck this long is an incident.
+            log.error(
+                "suppression.late",
+                outbox=row["id"],
+                connector=row["connector"],
+                object=row["object"],
+                record_id=row["record_id"],
+                age_seconds=row["age_seconds"],
+            )
+
+    def stop(self) -> None:
+        """Lets every run commit the page in hand and stop; waits for them; shuts down."""
+        self.stopping.set()
+        with self._lock:
+            for engine in self._running.values():
+                engine.stop_requested.set()
+        self.scheduler.shutdown(wait=True)
+        log.info("daemon.stopped")
+
+    def serve_until_signalled(self) -> None:
+        done = threading.Event()
+
+        def handle(signum: int, _frame: Any) -> None:
+            log.info("daemon.signal", signal=signal.Signals(signum).name)
+            done.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+        done.wait()
+        self.stop()
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
