@@ -21,6 +21,7 @@ from consentsync.cli import (
     print_table,
 )
 from consentsync.domain import InvalidInput, iso
+from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
@@ -377,3 +378,51 @@ def status(as_json: bool) -> None:
                 f"  ALERT      suppression for {late['object']} {late['record_id']} pending for "
                 f"{late['age_seconds'] / 3600:.1f} h (over {hours} h)"
             )
+
+
+@main.command("run")
+@config_option
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9181,
+    show_default=True,
+    help="/metrics, /healthz and /readyz (0 picks a free port).",
+)
+@click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and the health checks.")
+@handled
+def run_daemon(metrics_host: str, metrics_port: int, no_metrics: bool) -> None:
+    """Run every configured connector on its schedule until SIGTERM or Ctrl-C."""
+    from datetime import timedelta
+
+    from consentsync.observability import HealthServer, Metrics
+    from consentsync.sync.daemon import Daemon
+
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
+        configure_logging("INFO")  # a service says what it does unless told to be quieter
+    config = current_config()
+    if not config.settings.connectors:
+        raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
+    ledger = open_ledger(config)
+    metrics = Metrics(ledger.engine)
+    server = (
+        None if no_metrics else HealthServer(metrics, ledger.engine, host=metrics_host, port=metrics_port)
+    )
+    hours = config.settings.policy.late_suppression_hours
+    daemon = Daemon(
+        config, ledger, on_report=metrics.observe_run, late_suppression_age=timedelta(hours=hours)
+    )
+    if server is not None:
+        server.start()
+        click.echo(f"metrics and health checks at {server.url}/metrics, /healthz, /readyz", err=True)
+    daemon.start()
+    click.echo(
+        f"consentsync is running {len(config.settings.connectors)} connector(s); Ctrl-C stops", err=True
+    )
+    try:
+        daemon.serve_until_signalled()
+    finally:
+        if server is not None:
+            server.stop()

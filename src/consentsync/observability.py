@@ -1,0 +1,397 @@
+"""What the daemon serves for monitoring: Prometheus metrics, liveness and readiness.
+
+``Metrics`` owns its own registry (never prometheus_client's global one). Run counters are fed by
+``observe_run`` from each finished ``RunReport``; the outbox gauges are read from the ledger on
+every scrape, so they are true even when another process did the work. ``HealthServer`` serves
+``/metrics``, ``/healthz`` (the process is up) and ``/readyz`` (the ledger answers and no
+connector's last runs all failed).
+
+Nothing here names a person: labels are connector names, statuses and results; bodies carry
+counts, connector names and fixed reasons, never an exception's text (a driver error may hold the
+ledger URL and its password).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, and_, case, func, select, text
+
+from consentsync.ledger.schema import outbox, sync_runs
+from consentsync.sync.engine import RunReport
+
+log = structlog.get_logger("consentsync.observability")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9181
+DEFAULT_FAILURE_THRESHOLD = 3
+# Sync runs take seconds to hours: buckets from one second to six hours.
+RUN_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class LedgerCollector(Collector):
+    """Gauges read from the ledger at scrape time: outbox depth, dead letters and the age of the
+    oldest suppression still waiting to reach each CRM."""
+
+    def __init__(self, engine: Engine, clock: Clock = _utcnow, known: Callable[[], Iterable[str]] = tuple):
+        self.engine = engine
+        self.clock = clock
+        self.known = known  # connectors to report with zeros even when the outbox never held a row
+
+    def describe(self) -> Iterator[Metric]:
+        # Declared without reading the ledger, so registering the collector touches no database.
+        yield GaugeMetricFamily(
+            "consentsync_ledger_up", "1 when the last scrape could read the ledger, else 0"
+        )
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "consentsync_ledger_up", "1 when the last scrape could read the ledger, else 0"
+        )
+        try:
+            pending, dead, oldest = self._read()
+        except Exception as error:
+            log.error("metrics.ledger_unreachable", error_type=type(error).__name__)
+            up.add_metric([], 0.0)
+            yield up
+            return
+        up.add_metric([], 1.0)
+        yield up
+        now = self.clock()
+        names = set(pending) | set(dead) | set(oldest) | set(self.known())
+        pending_family, dead_family, age_family = self._families()
+        for name in sorted(names):
+            pending_family.add_metric([name], float(pending.get(name, 0)))
+            dead_family.add_metric([name], float(dead.get(name, 0)))
+            since = oldest.get(name)
+            age_family.add_metric([name], max(0.0, (now - since).total_seconds()) if since else 0.0)
+        yield pending_family
+        yield dead_family
+        yield age_family
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "consentsync_outbox_pending", "Outbox rows waiting to be pushed", labels=["connector"]
+            ),
+            GaugeMetricFamily(
+                "consentsync_outbox_dead",
+                "Outbox rows dead-lettered after repeated refusals",
+                labels=["connector"],
+            ),
+            GaugeMetricFamily(
+                "consentsync_oldest_pending_suppression_age_seconds",
+                "Age of the oldest pending outbox row that suppresses contact (0 when none)",
+                labels=["connector"],
+            ),
+        )
+
+    def _read(self) -> tuple[dict[str, int], dict[str, int], dict[str, datetime]]:
+        pending: dict[str, int] = {}
+        dead: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            counts = conn.execute(
+                select(outbox.c.connector, outbox.c.status, func.count())
+                .where(outbox.c.status.in_(("pending", "dead")))
+                .group_by(outbox.c.connector, outbox.c.status)
+            )
+            for connector, status, count in counts:
+                (pending if status == "pending" else dead)[connector] = int(count)
+            oldest = {
+                connector: since
+                for connector, since in conn.execute(
+                    select(outbox.c.connector, func.min(outbox.c.created_at))
+                    .where(and_(outbox.c.status == "pending", outbox.c.suppression.is_(True)))
+                    .group_by(outbox.c.connector)
+                )
+                if since is not None
+            }
+        return pending, dead, oldest
+
+
+class Metrics:
+    """The daemon's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, engine: Engine | None = None, *, clock: Clock = _utcnow) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._connectors: set[str] = set()
+        self._lock = threading.Lock()
+        labels = ["connector"]
+        r = self.registry
+        self.records_read = Counter("consentsync_records_read", "CRM records read", labels, registry=r)
+        self.ledger_changes = Counter(
+            "consentsync_ledger_changes", "Effective consent states changed in the ledger", labels, registry=r
+        )
+        self.pushes = Counter(
+            "consentsync_pushes",
+            "Writes to the CRM by result (done, failed)",
+            [*labels, "result"],
+            registry=r,
+        )
+        self.api_calls = Counter("consentsync_api_calls", "CRM API calls made", labels, registry=r)
+        self.quarantined = Counter(
+            "consentsync_quarantined", "Records held in quarantine", labels, registry=r
+        )
+        self.runs = Counter(
+            "consentsync_runs", "Sync runs finished, by status", [*labels, "status"], registry=r
+        )
+        self.api_budget_remaining = Gauge(
+            "consentsync_api_budget_remaining",
+            "CRM API calls left in the budget the CRM last reported",
+            labels,
+            registry=r,
+        )
+        self.run_duration = Histogram(
+            "consentsync_run_duration_seconds",
+            "Duration of sync runs",
+            labels,
+            buckets=RUN_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "consentsync_last_success_timestamp_seconds",
+            "Unix time the connector's last successful run finished",
+            labels,
+            registry=r,
+        )
+        self.engine = engine
+        if engine is not None:
+            r.register(LedgerCollector(engine, clock, self.connectors))
+
+    def connectors(self) -> list[str]:
+        with self._lock:
+            return sorted(self._connectors)
+
+    def observe_run(self, report: RunReport) -> None:
+        """Adds a finished run's counts. Dry runs change nothing and are not counted."""
+        if report.status in ("dry_run", "running"):
+            return
+        name = report.connector
+        with self._lock:
+            self._connectors.add(name)
+        counts = report.counts
+        self.records_read.labels(name).inc(max(0, counts.read))
+        self.ledger_changes.labels(name).inc(max(0, counts.state_changes))
+        self.pushes.labels(name, "done").inc(max(0, counts.pushed))
+        self.pushes.labels(name, "failed").inc(max(0, counts.push_failed))
+        self.api_calls.labels(name).inc(max(0, counts.api_calls))
+        self.quarantined.labels(name).inc(max(0, counts.quarantined))
+        self.runs.labels(name, report.status).inc()
+        if counts.api_limit is not None and counts.api_used is not None:
+            self.api_budget_remaining.labels(name).set(max(0, counts.api_limit - counts.api_used))
+        if report.finished_at is not None:
+            duration = (report.finished_at - report.started_at).total_seconds()
+            self.run_duration.labels(name).observe(max(0.0, duration))
+            if report.status == "succeeded":
+                self.last_success.labels(name).set(report.finished_at.timestamp())
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# -- readiness and late suppressions -------------------------------------------------------------
+
+
+def ledger_reachable(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception as error:
+        log.error("readyz.ledger_unreachable", error_type=type(error).__name__)
+        return False
+
+
+def failing_connectors(engine: Engine, threshold: int = DEFAULT_FAILURE_THRESHOLD) -> list[str]:
+    """Connectors whose last ``threshold`` finished runs all failed (a run in progress is left out:
+    it has not failed yet, and it has not succeeded either)."""
+    threshold = max(1, threshold)
+    ranked = select(
+        sync_runs.c.connector,
+        sync_runs.c.status,
+        func.row_number()
+        .over(
+            partition_by=sync_runs.c.connector,
+            order_by=(sync_runs.c.started_at.desc(), sync_runs.c.id.desc()),
+        )
+        .label("n"),
+    ).where(sync_runs.c.status != "running")
+    recent = ranked.subquery()
+    query = (
+        select(recent.c.connector, func.count(), func.sum(case((recent.c.status == "failed", 1), else_=0)))
+        .where(recent.c.n <= threshold)
+        .group_by(recent.c.connector)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return sorted(name for name, runs, failures in rows if runs >= threshold and failures == runs)
+
+
+def readiness(engine: Engine, threshold: int = DEFAULT_FAILURE_THRESHOLD) -> tuple[bool, dict[str, Any]]:
+    """(ready, body): the body says why not, in terms safe to show anyone who can reach the port."""
+    if not ledger_reachable(engine):
+        return False, {"status": "not ready", "reason": "ledger unreachable"}
+    try:
+        failing = failing_connectors(engine, threshold)
+    except Exception as error:
+        log.error("readyz.runs_unreadable", error_type=type(error).__name__)
+        return False, {"status": "not ready", "reason": "sync runs unreadable"}
+    if failing:
+        return False, {
+            "status": "not ready",
+            "reason": f"connector failing: last {threshold} runs failed",
+            "connectors": failing,
+        }
+    return True, {"status": "ready"}
+
+
+def late_suppressions(
+    engine: Engine, older_than: timedelta, *, now: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Pending outbox rows that suppress contact and have waited longer than ``older_than``:
+    someone withdrew or objected and the CRM still does not know. Oldest first. No personal data:
+    outbox rows name CRM records, not people."""
+    now = now or _utcnow()
+    cutoff = now - older_than
+    query = (
+        select(outbox.c.id, outbox.c.connector, outbox.c.object_type, outbox.c.record_id, outbox.c.created_at)
+        .where(
+            and_(
+                outbox.c.status == "pending",
+                outbox.c.suppression.is_(True),
+                outbox.c.created_at < cutoff,
+            )
+        )
+        .order_by(outbox.c.created_at, outbox.c.id)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return [
+        {
+            "id": row.id,
+            "connector": row.connector,
+            "object": row.object_type,
+            "record_id": row.record_id,
+            "age_seconds": round((now - row.created_at).total_seconds(), 3),
+        }
+        for row in rows
+    ]
+
+
+# -- the HTTP server -----------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "consentsync"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        owner = self.server.owner
+        if path == "/metrics":
+            self._send(HTTPStatus.OK, owner.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/readyz":
+            ready, body = readiness(owner.engine, owner.failure_threshold)
+            status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+            self._send(status, json.dumps(body).encode() + b"\n", "application/json")
+        else:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http.request", client=self.client_address[0], line=format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: HealthServer
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` from a daemon thread. Port 0 takes a
+    free port; ``.port`` says which once started."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        engine: Engine,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+    ) -> None:
+        self.metrics = metrics
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self.failure_threshold = failure_threshold
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> HealthServer:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self.port), _Handler)
+        server.owner = self
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="consentsync-health", daemon=True
+        )
+        self._thread.start()
+        log.info("health.listening", host=self.host, port=self.port)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

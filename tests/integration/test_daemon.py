@@ -1,0 +1,185 @@
+"""The daemon: scheduled runs per connector, propagation between two CRMs within one interval,
+and a clean stop that keeps what was committed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consentsync.config import load_config
+from consentsync.ledger.service import Ledger, utcnow
+from consentsync.sandbox import SalesforceSandbox
+from consentsync.sync.daemon import Daemon
+from consentsync.sync.engine import RunReport
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = ["contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml"]
+INTERVAL = 10
+
+
+@pytest.fixture
+def two_orgs() -> Iterator[tuple[SalesforceSandbox, SalesforceSandbox]]:
+    # The same seed makes the same people in both orgs: one person, two CRMs.
+    with SalesforceSandbox() as eu, SalesforceSandbox() as us:
+        eu.org.seed(60, seed=21)
+        us.org.seed(60, seed=21)
+        yield eu, us
+
+
+def _configure(config_path: Path, orgs: dict[str, SalesforceSandbox], interval: int = INTERVAL) -> Any:
+    data = yaml.safe_load(config_path.read_text())
+    data["connectors"] = [
+        {
+            "name": name,
+            "vendor": "salesforce",
+            "mappings": [str(ROOT / "mappings" / "salesforce" / m) for m in MAPPINGS],
+            "settings": {
+                "login_url": org.login_url,
+                "auth": "client_credentials",
+                "client_id": org.credentials.client_id,
+                "client_secret": org.credentials.client_secret,
+                "ca_bundle": str(org.ca_cert_path),
+            },
+            "signpost_lag_seconds": 0,
+            "schedule": {"interval_seconds": interval},
+        }
+        for name, org in orgs.items()
+    ]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load_config(config_path)
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.items: list[RunReport] = []
+        self.changed = threading.Condition()
+
+    def __call__(self, report: RunReport) -> None:
+        with self.changed:
+            self.items.append(report)
+            self.changed.notify_all()
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: predicate(self.items), timeout)
+
+
+def test_withdrawal_reaches_the_other_crm_within_one_interval(
+    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox]
+) -> None:
+    eu, us = two_orgs
+    config = _configure(config_path, {"sf-eu": eu, "sf-us": us})
+    ledger.clock = utcnow
+    reports = Reports()
+    daemon = Daemon(config, ledger, on_report=reports)
+    daemon.start()
+    try:
+        assert reports.wait_for(lambda items: {r.connector for r in items} == {"sf-eu", "sf-us"}, 60)
+        assert all(r.status == "succeeded" for r in reports.items), [r.error for r in reports.items]
+        # Someone both orgs know, whom the ledger allows to be emailed.
+        email = next(
+            c["Email"].lower()
+            for c in us.org.records("Contact")
+            if c.get("Email") and not c.get("HasOptedOutOfEmail")
+        )
+        eu_contact = next(c for c in eu.org.records("Contact") if str(c.get("Email")).lower() == email)
+        us_ids = [c["Id"] for c in us.org.records("Contact") if str(c.get("Email")).lower() == email]
+        withdrawn_at = time.monotonic()
+        eu.org.update(eu_contact["Id"], {"HasOptedOutOfEmail": True})
+        deadline = withdrawn_at + INTERVAL * 2 + 10  # the EU run picks it up, the US run pushes it
+        while time.monotonic() < deadline:
+            if all(us.org.get(i)["HasOptedOutOfEmail"] for i in us_ids):
+                break
+            time.sleep(0.2)
+        elapsed = time.monotonic() - withdrawn_at
+        assert all(us.org.get(i)["HasOptedOutOfEmail"] for i in us_ids), "the US org never got the withdrawal"
+        # Within the target connector's interval plus 10 seconds of the EU run that read it.
+        assert elapsed <= INTERVAL * 2 + 10, elapsed
+    finally:
+        daemon.stop()
+    assert not daemon.scheduler.running
+
+
+def test_stop_lets_the_page_in_hand_commit_and_the_next_run_resume(
+    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox]
+) -> None:
+    eu, _us = two_orgs
+    config = _configure(config_path, {"sf-eu": eu}, interval=3600)
+    ledger.clock = utcnow
+    eu.faults.update(delay=0.2)  # slow responses: the run is still reading when stop comes
+    reports = Reports()
+    daemon = Daemon(config, ledger, on_report=reports)
+    daemon.start()
+    time.sleep(1.0)
+    daemon.stop()
+    assert reports.wait_for(lambda items: len(items) == 1, 30)
+    first = reports.items[0]
+    assert first.status == "stopped", first.error
+    eu.faults.reset()
+    second = Daemon(config, ledger, on_report=reports).run_connector("sf-eu")
+    assert second is not None and second.status == "succeeded"
+    assert second.counts.evidence_duplicates == 0
+    total = sum(eu.org.count(kind) for kind in ("Contact", "Lead", "Individual", "ContactPointTypeConsent"))
+    # Nothing read twice beyond our own echoes, nothing lost.
+    assert first.counts.read + second.counts.read >= total
+
+
+def test_run_command_serves_health_and_metrics_and_stops_on_sigterm(
+    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox]
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    eu, _us = two_orgs
+    _configure(config_path, {"sf-eu": eu}, interval=3600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    consentsync = str(Path(sys.executable).parent / "consentsync")
+    process = subprocess.Popen(
+        [consentsync, "--config", str(config_path), "run", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CONSENTSYNC_CONFIG": ""},
+    )
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        deadline = time.monotonic() + 30
+        metrics = ""
+        while time.monotonic() < deadline:
+            try:
+                metrics = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                if 'consentsync_runs_total{connector="sf-eu",status="succeeded"}' in metrics:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        assert 'consentsync_runs_total{connector="sf-eu",status="succeeded"} 1.0' in metrics
+        assert session.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        assert session.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+        status = subprocess.run(
+            [consentsync, "--config", str(config_path), "status", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert '"status": "succeeded"' in status.stdout and '"next_run"' in status.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "daemon.stopped" in err
+    assert eu.credentials.client_secret not in out + err
