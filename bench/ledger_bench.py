@@ -93,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"ledger: {url}")
     print(f"events: {args.events:,}  subjects: {args.subjects:,}  batch: {args.batch:,}")
-    print(
-        f"{'events':>10}  {'events/s (window)':>18}  {'events/s (total)':>17}  {'peak RSS MiB':>12}"
-    )
+    print(f"{'events':>10}  {'events/s (window)':>18}  {'events/s (total)':>17}  {'peak RSS MiB':>12}")
     stream = evidence_stream(args.events, args.subjects, args.seed)
     started = window_started = time.perf_counter()
     done = 0

@@ -157,6 +157,7 @@ class SyncEngine:
         report = RunReport(str(uuid.uuid4()), self.name, "running", started)
         until = started - timedelta(seconds=self.options.signpost_lag_seconds)
         bound = log.bind(run_id=report.run_id, connector=self.name)
+        structlog.contextvars.bind_contextvars(run_id=report.run_id, connector=self.name)
         if not dry_run:
             self._record_run_start(report, full)
         bound.info("sync.started", full=full, dry_run=dry_run)
@@ -190,6 +191,7 @@ class SyncEngine:
             if not dry_run:
                 self._record_run_end(report)
         bound.info("sync.finished", status=report.status, **asdict(report.counts))
+        structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report
 
     def _plan(self, report: RunReport, *, until: datetime, full: bool) -> None:
@@ -482,7 +484,12 @@ class SyncEngine:
                         records.append(
                             AuditRecord(
                                 "crm.pushed",
-                                {"connector": self.name, "object": row.object_type, "record": row.record_id},
+                                {
+                                    "connector": self.name,
+                                    "object": row.object_type,
+                                    "record": row.record_id,
+                                    "outbox": row.id,
+                                },
                                 old=old,
                                 new=dict(update_.fields),
                                 rule=row.rule,
