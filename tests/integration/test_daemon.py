@@ -183,3 +183,28 @@ def test_run_command_serves_health_and_metrics_and_stops_on_sigterm(
     assert process.returncode == 0, err
     assert "daemon.stopped" in err
     assert eu.credentials.client_secret not in out + err
+
+
+def test_two_processes_never_run_the_same_connector_at_once(
+    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    eu, _us = two_orgs
+    _configure(config_path, {"sf-eu": eu}, interval=3600)
+    eu.faults.update(delay=0.3)  # the first run takes seconds: the second one starts meanwhile
+    consentsync = str(Path(sys.executable).parent / "consentsync")
+    command = [consentsync, "--config", str(config_path), "sync", "sf-eu"]
+    env = {**os.environ, "CONSENTSYNC_CONFIG": ""}
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    _out, first_err = first.communicate(timeout=120)
+    assert first.returncode == 0, first_err
+    assert second.returncode == 75, second.stderr
+    assert "another process is running connector 'sf-eu'" in second.stderr
+    with ledger.engine.connect() as conn:
+        runs = conn.exec_driver_sql("SELECT count(*) FROM sync_runs").scalar()
+    assert runs == 1  # the refused process did not even start a run
