@@ -39,7 +39,8 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         return
     base = _postgres_base_url()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
+    # pre_ping: a test may cut every session of the database (the ledger going away mid-run).
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     separator = "&" if "?" in base else "?"

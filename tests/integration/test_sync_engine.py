@@ -238,3 +238,45 @@ def test_refused_pushes_are_dead_lettered_and_can_be_retried(
         retried = list(audit.entries(conn, action="outbox.retried"))
         assert audit.verify(conn).ok
     assert len(retried) == len(dead) and retried[0]["actor"] == "ops-anna"
+
+
+def test_ledger_lost_mid_page_fails_cleanly_and_the_next_run_completes(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if ledger.engine.dialect.name != "postgresql":
+        pytest.skip("the database server going away mid-run is a PostgreSQL failure mode")
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(ledger.engine.url.set(query={}))
+    calls = {"n": 0}
+    record_in = ledger.record_in
+
+    def dying_record_in(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # inside the third page's transaction: every ledger session is cut
+            with admin.connect() as killer:
+                killer.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+        return record_in(conn, *args, **kwargs)
+
+    monkeypatch.setattr(ledger, "record_in", dying_record_in)
+    report = _engine(ledger, config_path, sandbox).run(full=True)
+    assert report.status == "failed"
+    assert (report.error or "").startswith("ledger:")
+    monkeypatch.setattr(ledger, "record_in", record_in)
+    events_after_failure = _count(ledger, consent_events)
+    assert events_after_failure > 0  # the first two pages stayed committed
+    resumed = _engine(ledger, config_path, sandbox).run()
+    assert resumed.status == "succeeded", resumed.error
+    _engine(ledger, config_path, sandbox).run()
+    with ledger.engine.connect() as conn:
+        assert audit.verify(conn).ok
+        linked = conn.execute(select(func.count(func.distinct(crm_links.c.record_id)))).scalar_one()
+    assert linked == sum(
+        sandbox.org.count(k) for k in ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
+    )
+    admin.dispose()

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -183,13 +184,22 @@ class SyncEngine:
             report.status = "failed"
             report.error = f"config: {error}"
             bound.error("sync.failed", error=str(error))
+        except SQLAlchemyError as error:
+            # The ledger went away mid-run: the page in hand was rolled back whole; the cursor
+            # stays at the last committed page, where the next run resumes.
+            report.status = "failed"
+            report.error = f"ledger: {type(error).__name__}: {getattr(error, 'orig', error)}"
+            bound.error("sync.failed", error=report.error)
         finally:
             usage = self.connector.usage
             report.counts.api_calls = usage.calls
             report.counts.api_used, report.counts.api_limit = usage.used, usage.limit
             report.finished_at = self.ledger.clock()
             if not dry_run:
-                self._record_run_end(report)
+                try:
+                    self._record_run_end(report)
+                except SQLAlchemyError as error:
+                    bound.error("sync.run_not_recorded", error=str(getattr(error, "orig", error)))
         bound.info("sync.finished", status=report.status, **asdict(report.counts))
         structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report

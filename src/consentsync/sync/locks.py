@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 
 class RunInProgress(RuntimeError):
@@ -38,8 +39,11 @@ def connector_lock(engine: Engine, connector: str) -> Iterator[None]:
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-                conn.commit()
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
+                except SQLAlchemyError:
+                    pass  # the session is gone, and its advisory lock with it
         return
     database = engine.url.database
     if not database or database == ":memory:":
