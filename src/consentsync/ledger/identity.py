@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, insert, select, tuple_
+from sqlalchemy import Connection, insert, select, text, tuple_
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import select_in
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
+_IDENTITY_LOCK = 0x636F6E73656E7401  # "consent" + 1: the advisory lock key for creating people
 _CHUNK = 500
 
 
@@ -71,6 +72,10 @@ class SubjectResolver:
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
         by_email = self._find_emails({i.email for i in identities if i.email})
+        if self._needs_writes(identities, by_link, by_email) and self._serialise_writers():
+            # Another writer may have created these people meanwhile: look again under the lock.
+            by_link = self._find_links({i.link for i in identities if i.link})
+            by_email = self._find_emails({i.email for i in identities if i.email})
         unknown: dict[object, Identity] = {}
         for identity in identities:
             if identity.subject_id is not None:
@@ -119,6 +124,25 @@ class SubjectResolver:
         if new_links:
             self.conn.execute(insert(crm_links), new_links)
         return resolved
+
+    @staticmethod
+    def _needs_writes(
+        identities: Sequence[Identity], by_link: dict[CrmLink, int], by_email: dict[str, int]
+    ) -> bool:
+        return any(
+            (i.link is not None and i.link not in by_link)
+            or (i.email is not None and i.email not in by_email)
+            for i in identities
+        )
+
+    def _serialise_writers(self) -> bool:
+        """On PostgreSQL, two runs (two connectors) may meet the same new person at once; creating
+        people and links takes a transaction-level lock so that one waits for the other. SQLite
+        transactions are already serialised (BEGIN IMMEDIATE)."""
+        if self.conn.dialect.name != "postgresql":
+            return False
+        self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IDENTITY_LOCK})
+        return True
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         found: dict[CrmLink, int] = {}
