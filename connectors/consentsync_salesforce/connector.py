@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import requests
+import requests.adapters
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 from simple_salesforce.format import format_soql
@@ -91,6 +92,11 @@ class SalesforceConnector(Connector):
         if self.config.proxy:
             self.session.proxies = {"https": self.config.proxy}
         self.session.hooks["response"].append(self._count)
+        # simple-salesforce passes no timeout: without one, a server that stops answering would
+        # hold the run (and its connector lock) for ever.
+        adapter = _TimeoutAdapter(self.config.timeout)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
         self._sf: Salesforce | None = None
         self._describes: dict[str, dict[str, FieldInfo]] = {}
 
@@ -339,6 +345,17 @@ class SalesforceConnector(Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, *args, **kwargs)
 
 
 def _check_api_name(name: str) -> None:

@@ -205,3 +205,18 @@ def test_jwt_bearer_flow(tmp_path: Any) -> None:
         forged = SalesforceConnector("sf-jwt", {**connector.settings})
         with pytest.raises(ConnectorError, match="login with jwt"):
             forged.check()
+
+
+def test_responses_slower_than_the_timeout_are_retried_then_given_up(sandbox: SalesforceSandbox) -> None:
+    import time
+
+    connector = connector_for(sandbox, timeout=0.5, max_attempts=2)
+    connector.check()
+    sandbox.faults.update(delay=2.0)
+    started = time.monotonic()
+    with pytest.raises(ConnectorError) as raised:
+        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert "Timeout" in str(raised.value)
+    assert time.monotonic() - started < 10  # two attempts of 0.5 s and a short backoff, not 2 x 2 s+
+    sandbox.faults.reset()
+    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))) > 0
