@@ -482,34 +482,43 @@ class SyncEngine:
             with self.ledger.engine.begin() as conn:
                 records: list[AuditRecord] = []
                 uids = self._uids(conn, [r.subject_id for r in rows])
-                for row, update_, result in zip(rows, updates, results, strict=True):
+                acknowledged = [
+                    (row, update_)
+                    for row, update_, result in zip(rows, updates, results, strict=True)
+                    if result.ok
+                ]
+                olds = self._apply_snapshots(
+                    conn, [(row, update_.fields) for row, update_ in acknowledged], now
+                )
+                if acknowledged:
+                    conn.execute(
+                        update(outbox)
+                        .where(outbox.c.id.in_([row.id for row, _ in acknowledged]))
+                        .values(status="done", done_at=now, attempts=outbox.c.attempts + 1)
+                    )
+                for row, update_ in acknowledged:
+                    report.counts.pushed += 1
+                    records.append(
+                        AuditRecord(
+                            "crm.pushed",
+                            {
+                                "connector": self.name,
+                                "object": row.object_type,
+                                "record": row.record_id,
+                                "outbox": row.id,
+                            },
+                            old=olds[row.id],
+                            new=dict(update_.fields),
+                            rule=row.rule,
+                            source=self.name,
+                            actor="consentsync",
+                            run_id=report.run_id,
+                            subject_uid=uids[row.subject_id],
+                            subject_id=row.subject_id,
+                        )
+                    )
+                for row, result in zip(rows, results, strict=True):
                     if result.ok:
-                        report.counts.pushed += 1
-                        old = self._apply_snapshot(conn, row, update_.fields, now)
-                        conn.execute(
-                            update(outbox)
-                            .where(outbox.c.id == row.id)
-                            .values(status="done", done_at=now, attempts=row.attempts + 1)
-                        )
-                        records.append(
-                            AuditRecord(
-                                "crm.pushed",
-                                {
-                                    "connector": self.name,
-                                    "object": row.object_type,
-                                    "record": row.record_id,
-                                    "outbox": row.id,
-                                },
-                                old=old,
-                                new=dict(update_.fields),
-                                rule=row.rule,
-                                source=self.name,
-                                actor="consentsync",
-                                run_id=report.run_id,
-                                subject_uid=uids[row.subject_id],
-                                subject_id=row.subject_id,
-                            )
-                        )
                         continue
                     report.counts.push_failed += 1
                     reason = f"{result.error_code}: {result.message}"
@@ -534,40 +543,58 @@ class SyncEngine:
             report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
 
-    def _apply_snapshot(
-        self, conn: Connection, row: Any, fields: dict[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        """Records what the CRM holds after an acknowledged write, so that reading our own write
-        back is neither new evidence nor a reason to push again."""
-        link = conn.execute(
-            select(crm_links.c.id, crm_snapshots.c.fields, crm_snapshots.c.evidence)
-            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(
-                crm_links.c.connector == self.name,
-                crm_links.c.object_type == row.object_type,
-                crm_links.c.record_id == row.record_id,
-            )
-        ).one()
-        known = orjson.loads(link.fields) if link.fields else {}
-        old = {name: known.get(name) for name in fields}
-        merged = {**known, **fields}
-        mapping = self.by_object[row.object_type]
-        record_id_field = mapping.spec.identity.record_id
-        try:
-            echoed = mapping.evidence_from(
-                {**merged, record_id_field: row.record_id}, connector=self.name, observed_at=now
-            )
-            view = {_evidence_key(e): _evidence_view(e) for e in echoed}
-        except InvalidInput:
-            view = orjson.loads(link.evidence) if link.evidence else {}
+    def _apply_snapshots(
+        self, conn: Connection, written: list[tuple[Any, dict[str, Any]]], now: datetime
+    ) -> dict[int, dict[str, Any]]:
+        """Records what the CRM holds after acknowledged writes, so that reading our own writes
+        back is neither new evidence nor a reason to push again. Returns each outbox row's old
+        values of the fields it wrote."""
+        if not written:
+            return {}
+        by_object: dict[str, list[str]] = {}
+        for row, _fields in written:
+            by_object.setdefault(row.object_type, []).append(row.record_id)
+        links: dict[tuple[str, str], Any] = {}
+        for object_type, record_ids in by_object.items():
+            for link in conn.execute(
+                select(
+                    crm_links.c.id, crm_links.c.record_id, crm_snapshots.c.fields, crm_snapshots.c.evidence
+                )
+                .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == object_type,
+                    crm_links.c.record_id.in_(record_ids),
+                )
+            ):
+                links[(object_type, link.record_id)] = link
+        olds: dict[int, dict[str, Any]] = {}
+        snapshots: dict[int, tuple[Any, ...]] = {}
+        stamp = db_time(conn, now)
+        for row, fields in written:
+            link = links[(row.object_type, row.record_id)]
+            known = orjson.loads(link.fields) if link.fields else {}
+            olds[row.id] = {name: known.get(name) for name in fields}
+            merged = {**known, **fields}
+            mapping = self.by_object[row.object_type]
+            try:
+                echoed = mapping.evidence_from(
+                    {**merged, mapping.spec.identity.record_id: row.record_id},
+                    connector=self.name,
+                    observed_at=now,
+                )
+                view = {_evidence_key(e): _evidence_view(e) for e in echoed}
+            except InvalidInput:
+                view = orjson.loads(link.evidence) if link.evidence else {}
+            snapshots[link.id] = (link.id, canonical_json(view), canonical_json(merged), stamp)
         upsert_rows(
             conn,
             crm_snapshots,
             ("link_id", "evidence", "fields", "updated_at"),
             ("link_id",),
-            [(link.id, canonical_json(view), canonical_json(merged), db_time(conn, now))],
+            list(snapshots.values()),
         )
-        return old
+        return olds
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
