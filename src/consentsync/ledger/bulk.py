@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
+    """Slices of at most ``size`` items: IN lists stay well under every driver's parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def db_time(conn: Connection, moment: datetime | None) -> Any:

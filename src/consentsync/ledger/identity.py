@@ -13,17 +13,16 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, text, tuple_
 
 from consentsync.audit import AuditRecord
-from consentsync.ledger.bulk import select_in
+from consentsync.ledger.bulk import chunks, select_in
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
 _IDENTITY_LOCK = 0x636F6E73656E7401  # "consent" + 1: the advisory lock key for creating people
-_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +48,6 @@ class Identity:
 
 def email_hmac(key: bytes, email: str) -> str:
     return hmac.new(key, email.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-T = TypeVar("T")
-
-
-def _chunks(items: Sequence[T], size: int = _CHUNK) -> list[Sequence[T]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class SubjectResolver:
@@ -147,7 +139,7 @@ class SubjectResolver:
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         found: dict[CrmLink, int] = {}
         key = tuple_(crm_links.c.connector, crm_links.c.object_type, crm_links.c.record_id)
-        for chunk in _chunks(sorted(links, key=lambda link: (link.connector, link.record_id))):
+        for chunk in chunks(sorted(links, key=lambda link: (link.connector, link.record_id))):
             rows = self.conn.execute(
                 select(crm_links).where(key.in_([(c.connector, c.object_type, c.record_id) for c in chunk]))
             )
@@ -167,7 +159,7 @@ class SubjectResolver:
             return []
         hashes = {i.email: email_hmac(self.key, i.email) for i in identities if i.email}
         suppressed: dict[str, int] = {}
-        for chunk in _chunks(sorted(set(hashes.values()))):
+        for chunk in chunks(sorted(set(hashes.values()))):
             rows = self.conn.execute(
                 select(suppressions.c.email_hmac, suppressions.c.id).where(
                     suppressions.c.email_hmac.in_(chunk)

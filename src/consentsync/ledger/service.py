@@ -3,7 +3,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -30,7 +30,7 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
-from consentsync.ledger.bulk import db_time, insert_rows, select_in, upsert_rows
+from consentsync.ledger.bulk import chunks, db_time, insert_rows, select_in, upsert_rows
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -741,7 +741,7 @@ class Ledger:
     def _contexts(self, conn: Connection, subject_ids: set[int]) -> dict[int, _SubjectContext]:
         contexts: dict[int, _SubjectContext] = {}
         ids = sorted(subject_ids)
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             rows = conn.execute(
                 select(
                     subjects.c.id,
@@ -895,11 +895,6 @@ def _subject_id_by_email(conn: Connection, email: str) -> int | None:
             subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
         )
     ).scalar()
-
-
-def _chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _purpose_row(purpose: Purpose) -> dict[str, Any]:
