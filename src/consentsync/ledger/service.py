@@ -371,17 +371,7 @@ class Ledger:
         }
 
     def list_objections(self, *, pending_only: bool = False) -> list[dict[str, Any]]:
-        query = (
-            select(objections, subjects.c.uid, subject_identifiers.c.value.label("email"))
-            .join(subjects, subjects.c.id == objections.c.subject_id)
-            .outerjoin(
-                subject_identifiers,
-                and_(
-                    subject_identifiers.c.subject_id == subjects.c.id,
-                    subject_identifiers.c.kind == "email",
-                ),
-            )
-        )
+        query = _with_subject(objections)
         if pending_only:
             query = query.where(objections.c.status == ObjectionStatus.PENDING.value)
         # Pending first, oldest first: the review queue's order.
@@ -590,15 +580,7 @@ class Ledger:
         cutoff = self.clock() - timedelta(days=older_than_days)
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(consent_states, subjects.c.uid, subject_identifiers.c.value.label("email"))
-                .join(subjects, subjects.c.id == consent_states.c.subject_id)
-                .outerjoin(
-                    subject_identifiers,
-                    and_(
-                        subject_identifiers.c.subject_id == subjects.c.id,
-                        subject_identifiers.c.kind == "email",
-                    ),
-                )
+                _with_subject(consent_states)
                 .where(
                     consent_states.c.status == ConsentStatus.REQUESTED.value,
                     consent_states.c.since <= cutoff,
@@ -653,15 +635,7 @@ class Ledger:
             subject_objections = [
                 _objection_view(row)
                 for row in conn.execute(
-                    select(objections, subjects.c.uid, subject_identifiers.c.value.label("email"))
-                    .join(subjects, subjects.c.id == objections.c.subject_id)
-                    .outerjoin(
-                        subject_identifiers,
-                        and_(
-                            subject_identifiers.c.subject_id == subjects.c.id,
-                            subject_identifiers.c.kind == "email",
-                        ),
-                    )
+                    _with_subject(objections)
                     .where(objections.c.subject_id == subject_id)
                     .order_by(objections.c.id)
                 )
@@ -887,6 +861,18 @@ class Ledger:
             ("subject_id", "created_at"),
             [(s, db_time(conn, now)) for s in sorted(subject_ids)],
         )
+
+
+def _with_subject(table: Any) -> Any:
+    """``SELECT table.*, subject uid, email`` for rows keyed by subject (email NULL once erased)."""
+    return (
+        select(table, subjects.c.uid, subject_identifiers.c.value.label("email"))
+        .join(subjects, subjects.c.id == table.c.subject_id)
+        .outerjoin(
+            subject_identifiers,
+            and_(subject_identifiers.c.subject_id == subjects.c.id, subject_identifiers.c.kind == "email"),
+        )
+    )
 
 
 def _subject_id_by_email(conn: Connection, email: str) -> int | None:
