@@ -1,0 +1,723 @@
+"""HubSpot, through requests: CRM v3 contacts and the communication-preferences API.
+
+Reading: contacts search on ``lastmodifieddate`` with an (updated, id) cursor. HubSpot sorts a
+search by one property only and pages with an offset (``after``) that stops at 10,000 results
+and shifts when a record changes mid-read, so every page is a fresh search from the cursor
+(keyset paging: the filter moves, ``after`` is never used). Records sharing a
+``lastmodifieddate`` are ordered by id here; a page whose records all share one timestamp is
+finished by a search on that timestamp sorted by ``hs_object_id``. Subscription statuses come
+from v4 batch status reads, one per page, as virtual fields ``subscription_<id>``,
+``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``.
+
+Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
+rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
+HubSpot's v3 never resubscribes a contact who unsubscribed: that refusal is a permanent
+per-record outcome (``HUBSPOT_REFUSES_RESUBSCRIBE``), never retried.
+
+Limits: the ``X-HubSpot-RateLimit-*`` headers keep a daily budget (stopping with a reserve
+left) and a secondly pace; a 429 SECONDLY is waited out, a 429 DAILY stops the run cleanly.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+import requests.adapters
+
+from consentsync.sdk import (
+    Action,
+    BudgetExhausted,
+    Connector,
+    ConnectorError,
+    CrmRecord,
+    Cursor,
+    ErrorRule,
+    ErrorTable,
+    Fault,
+    FieldInfo,
+    RecordUpdate,
+    RetryPolicy,
+    WriteResult,
+    call,
+)
+from consentsync_hubspot.settings import HubSpotSettings
+
+ERRORS = ErrorTable(
+    [
+        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "token rotated", 401, "TOKEN_ROTATED"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "private app token refused", 401),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "private app lacks a scope", 403, "MISSING_SCOPES"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "request refused", 403),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily API limit reached", 429, "DAILY"),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "secondly API limit reached", 429),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "request rejected", 400, "VALIDATION_ERROR"),
+        # Per record: in a 207 answer (retry next run) or a v3 409 (not retried within the call).
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "record being modified", code="CONFLICT"),
+        ErrorRule(Action.SKIP, Fault.TRANSIENT, "record being modified", 409, "CONFLICT"),
+        ErrorRule(Action.SKIP, Fault.DATA, "record not found", code="OBJECT_NOT_FOUND"),
+    ]
+)
+
+REFUSES_RESUBSCRIBE = "HUBSPOT_REFUSES_RESUBSCRIBE"
+SUBSCRIPTION_STATES = ("SUBSCRIBED", "UNSUBSCRIBED", "NOT_SPECIFIED")
+V3_LEGAL_BASES = (
+    "CONSENT_WITH_NOTICE",
+    "LEGITIMATE_INTEREST_CLIENT",
+    "LEGITIMATE_INTEREST_OTHER",
+    "LEGITIMATE_INTEREST_PQL",
+    "NON_GDPR",
+    "PERFORMANCE_OF_CONTRACT",
+    "PROCESS_AND_STORE",
+)
+_VIRTUAL = re.compile(r"^subscription_(?P<id>\d+)(?:_(?P<part>legal_basis|timestamp))?$")
+_PROPERTY = re.compile(r"^[a-z][a-z0-9_]*$")
+_REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubscribe")
+_ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
+OBJECT = "contacts"
+
+
+def parse_hs_datetime(value: str) -> datetime:
+    """``2026-11-23T03:21:24.123Z`` (or epoch milliseconds) to an aware UTC datetime."""
+    text = str(value).strip()
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def epoch_ms(moment: datetime) -> str:
+    return str(int(moment.astimezone(UTC).timestamp() * 1000))
+
+
+class HubSpotConnector(Connector):
+    vendor = "hubspot"
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        super().__init__(name, settings)
+        self.config = HubSpotSettings.model_validate(dict(settings))
+        self.policy = RetryPolicy(
+            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
+        )
+        self.base = self.config.api_url.rstrip("/")
+        self.session = requests.Session()
+        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
+        self.session.trust_env = False
+        self.session.verify = self.config.ca_bundle or True
+        if self.config.proxy:
+            self.session.proxies = {"https": self.config.proxy}
+        adapter = _TimeoutAdapter(self.config.timeout)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.hooks["response"].append(self._count)
+        self._token = self._read_token()
+        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._pace = threading.Lock()
+        self._last_search = 0.0
+        self._secondly_remaining: int | None = None
+        self._secondly_at = 0.0
+
+    # -- token ---------------------------------------------------------------------------------
+
+    def _read_token(self) -> str:
+        if self.config.access_token:
+            return self.config.access_token.strip()
+        path = Path(self.config.access_token_file or "")
+        try:
+            token = path.read_text().strip()
+        except OSError as error:
+            raise ConnectorError(
+                f"{self.name}: cannot read access_token_file {path}: {error.strerror}",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "token file unreadable"),
+            ) from None
+        if not token:
+            raise ConnectorError(
+                f"{self.name}: access_token_file {path} is empty",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "token file empty"),
+            )
+        return token
+
+    def _token_changed(self) -> bool:
+        """Re-reads the token file: True when it now holds another token (it was rotated)."""
+        if not self.config.access_token_file:
+            return False
+        fresh = self._read_token()
+        changed = fresh != self._token
+        self._token = fresh
+        return changed
+
+    # -- calling -------------------------------------------------------------------------------
+
+    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        usage = self.usage
+        usage.calls += 1
+        kind = _endpoint_kind(response.request.method or "", response.request.url or "")
+        usage.per_endpoint[kind] = usage.per_endpoint.get(kind, 0) + 1
+        headers = response.headers
+        daily, left = (
+            headers.get("X-HubSpot-RateLimit-Daily"),
+            headers.get("X-HubSpot-RateLimit-Daily-Remaining"),
+        )
+        if daily and left and daily.isdigit() and left.isdigit():
+            usage.limit, usage.used = int(daily), int(daily) - int(left)
+        secondly = headers.get("X-HubSpot-RateLimit-Secondly-Remaining")
+        if secondly and secondly.isdigit():
+            self._secondly_remaining, self._secondly_at = int(secondly), time.monotonic()
+
+    def _guard(self) -> None:
+        """Stops before the budget is spent (per run, and the daily allowance less the reserve)
+        and paces calls by the secondly headers and the search rate."""
+        usage, budget = self.usage, self.config.budget
+        if budget.per_run is not None and usage.calls >= budget.per_run:
+            raise BudgetExhausted(
+                f"{self.name}: the run's API budget of {budget.per_run} calls is spent",
+                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
+            )
+        if usage.used is not None and usage.limit:
+            floor = usage.limit * (1 - budget.daily_reserve_percent / 100)
+            if usage.used >= floor:
+                raise BudgetExhausted(
+                    f"{self.name}: {usage.used}/{usage.limit} daily HubSpot API calls used; "
+                    f"{budget.daily_reserve_percent}% is kept in reserve",
+                    ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily budget near its end"),
+                )
+        if self._secondly_remaining == 0:
+            wait = 1.0 - (time.monotonic() - self._secondly_at)
+            if wait > 0:
+                time.sleep(wait)
+            self._secondly_remaining = None
+
+    def _pace_search(self) -> None:
+        with self._pace:
+            gap = 1.0 / self.config.search_requests_per_second
+            wait = self._last_search + gap - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_search = time.monotonic()
+
+    def _request(self, method: str, path: str, *, describe: str, **kwargs: Any) -> requests.Response:
+        """One API call under the retry policy; answers the response of a 2xx (207 included)."""
+
+        def attempt() -> requests.Response:
+            self._guard()
+            if path.endswith("/search"):
+                self._pace_search()
+            headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+            try:
+                response = self.session.request(method, self.base + path, headers=headers, **kwargs)
+            except requests.RequestException as error:
+                raise ConnectorError(
+                    f"{describe}: {type(error).__name__}: {error}", ERRORS.classify(None, None)
+                ) from None
+            if response.status_code < 300:
+                return response
+            raise self._classified(describe, response)
+
+        return call(attempt, policy=self.policy, describe=describe)
+
+    def _classified(self, describe: str, response: requests.Response) -> ConnectorError:
+        body = _json(response)
+        status = response.status_code
+        category = str(body.get("category") or "") if isinstance(body, dict) else ""
+        message = str(body.get("message") or "")[:300] if isinstance(body, dict) else response.text[:200]
+        if status == 429:
+            policy = str(body.get("policyName") or "SECONDLY") if isinstance(body, dict) else "SECONDLY"
+            rule = ERRORS.classify(429, policy)
+            text = f"{describe}: 429 {policy}: {message}"
+            if policy == "DAILY":
+                return BudgetExhausted(text, rule)
+            retry_after = response.headers.get("Retry-After")
+            return ConnectorError(text, rule, retry_after=float(retry_after) if retry_after else 1.0)
+        if status == 401:
+            if self._token_changed():
+                return ConnectorError(f"{describe}: token rotated", ERRORS.classify(401, "TOKEN_ROTATED"))
+            where = "access_token_file" if self.config.access_token_file else "access_token"
+            return ConnectorError(
+                f"{describe}: HubSpot refused the private app token (401 {category}): {message} "
+                f"Check the token in {where} (Settings > Integrations > Private apps).",
+                ERRORS.classify(401, None),
+            )
+        if status == 403 and category == "MISSING_SCOPES":
+            needed = _required_scopes(body)
+            return ConnectorError(
+                f"{describe}: the private app lacks the scope(s) {', '.join(needed) or '?'}: {message}",
+                ERRORS.classify(403, "MISSING_SCOPES"),
+            )
+        return ConnectorError(
+            f"{describe}: {status} {category} {message}".strip(), ERRORS.classify(status, category)
+        )
+
+    # -- the four operations -------------------------------------------------------------------
+
+    def check(self) -> None:
+        self._request("GET", f"/crm/v3/objects/{OBJECT}", params={"limit": 1}, describe="list contacts")
+
+    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+        _check_object(object_type)
+        if object_type not in self._describes:
+            props = self._request(
+                "GET", f"/crm/v3/properties/{OBJECT}", describe="contact properties"
+            ).json()["results"]
+            fields = {
+                p["name"]: FieldInfo(
+                    name=p["name"],
+                    type=f"{p.get('type')}/{p.get('fieldType')}",
+                    updateable=not (p.get("modificationMetadata") or {}).get("readOnlyValue", False),
+                    picklist_values=tuple(o["value"] for o in p.get("options") or []),
+                )
+                for p in props
+            }
+            definitions = self._request(
+                "GET", "/communication-preferences/v3/definitions", describe="subscription definitions"
+            ).json()["subscriptionDefinitions"]
+            for item in definitions:
+                sid = str(item["id"])
+                fields[f"subscription_{sid}"] = FieldInfo(
+                    f"subscription_{sid}", "subscription", True, picklist_values=SUBSCRIPTION_STATES
+                )
+                fields[f"subscription_{sid}_legal_basis"] = FieldInfo(
+                    f"subscription_{sid}_legal_basis", "legal_basis", True, picklist_values=V3_LEGAL_BASES
+                )
+                fields[f"subscription_{sid}_timestamp"] = FieldInfo(
+                    f"subscription_{sid}_timestamp", "datetime", False
+                )
+            self._describes[object_type] = fields
+        return self._describes[object_type]
+
+    def read_changes(
+        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
+    ) -> Iterator[CrmRecord]:
+        known = self.describe(object_type)
+        missing = [name for name in fields if name not in known]
+        if missing:
+            raise ConnectorError(
+                f"contacts have no property or subscription {', '.join(missing)}"
+                " (or the private app cannot see it)",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
+            )
+        subscriptions = sorted({m["id"] for f in fields if (m := _VIRTUAL.match(f))})
+        properties = [f for f in fields if not _VIRTUAL.match(f)]
+        wanted = list(dict.fromkeys(["hs_object_id", "lastmodifieddate", *properties]))
+        if subscriptions and "email" not in wanted:
+            wanted.append("email")
+        cursor_id = _cursor_id(since)
+        stamp = since.modstamp
+        self.expected_records = None
+        while True:
+            page = self._search(self._window(stamp, cursor_id, until), wanted, "lastmodifieddate")
+            results = page["results"]
+            if self.expected_records is None:
+                self.expected_records = page.get("total")
+            if not results:
+                return
+            groups = _groups(results)
+            full = len(results) == self.config.page_size
+            if full and len(groups) == 1:
+                # One timestamp fills the page: read that second in id order, then go on after it.
+                only = groups[0][0]
+                last = cursor_id if stamp == only else None
+                for batch in self._same_stamp(only, last, wanted):
+                    yield from self._records(object_type, batch, subscriptions)
+                    cursor_id = int(batch[-1]["id"])
+                stamp = only
+                continue
+            done = groups[:-1] if full else groups
+            batch = [raw for _, members in done for raw in members]
+            yield from self._records(object_type, batch, subscriptions)
+            if not full:
+                return
+            stamp, cursor_id = done[-1][0], int(done[-1][1][-1]["id"])
+
+    def _window(self, stamp: datetime | None, cursor_id: int | None, until: datetime) -> list[dict[str, Any]]:
+        """Filter groups for records after the (updated, id) cursor and at or before ``until``."""
+        upper = {"propertyName": "lastmodifieddate", "operator": "LTE", "value": epoch_ms(until)}
+        if stamp is None:
+            return [{"filters": [upper]}]
+        later = {"propertyName": "lastmodifieddate", "operator": "GT", "value": epoch_ms(stamp)}
+        groups = [{"filters": [later, upper]}]
+        if cursor_id is not None:
+            same = {"propertyName": "lastmodifieddate", "operator": "EQ", "value": epoch_ms(stamp)}
+            after = {"propertyName": "hs_object_id", "operator": "GT", "value": str(cursor_id)}
+            groups.append({"filters": [same, after, upper]})
+        return groups
+
+    def _same_stamp(
+        self, stamp: datetime, after_id: int | None, wanted: list[str]
+    ) -> Iterator[list[dict[str, Any]]]:
+        while True:
+            filters = [{"propertyName": "lastmodifieddate", "operator": "EQ", "value": epoch_ms(stamp)}]
+            if after_id is not None:
+                filters.append({"propertyName": "hs_object_id", "operator": "GT", "value": str(after_id)})
+            page = self._search([{"filters": filters}], wanted, "hs_object_id")
+            results = page["results"]
+            if results:
+                yield results
+                after_id = int(results[-1]["id"])
+            if len(results) < self.config.page_size:
+                return
+
+    def _search(self, groups: list[dict[str, Any]], wanted: list[str], sort: str) -> dict[str, Any]:
+        body = {
+            "filterGroups": groups,
+            "sorts": [{"propertyName": sort, "direction": "ASCENDING"}],
+            "properties": wanted,
+            "limit": self.config.page_size,
+        }
+        return self._request(
+            "POST", f"/crm/v3/objects/{OBJECT}/search", json=body, describe="search contacts"
+        ).json()
+
+    def _records(
+        self, object_type: str, batch: list[dict[str, Any]], subscriptions: list[str]
+    ) -> Iterator[CrmRecord]:
+        statuses = (
+            self._statuses([str((r["properties"] or {}).get("email") or "") for r in batch])
+            if subscriptions
+            else {}
+        )
+        for raw in batch:
+            props = dict(raw.get("properties") or {})
+            props["hs_object_id"] = str(raw["id"])
+            basis = self.config.legal_basis_property
+            if isinstance(props.get(basis), str):
+                props[basis] = self._one_basis(props[basis])
+            email = str(props.get("email") or "").strip().lower()
+            held = statuses.get(email, {})
+            for sid in subscriptions:
+                status = held.get(sid, {})
+                props[f"subscription_{sid}"] = status.get("status") or ("NOT_SPECIFIED" if email else None)
+                props[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
+                props[f"subscription_{sid}_timestamp"] = status.get("timestamp")
+            modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
+            yield CrmRecord(object_type, str(raw["id"]), modstamp, props)
+
+    def _one_basis(self, value: str) -> str:
+        """A multiple checkbox holds several bases (``a;b``): the first in the configured
+        precedence is the one read; values outside it are left for the mapping to refuse."""
+        ticked = [v for v in value.split(";") if v]
+        for candidate in self.config.legal_basis_precedence:
+            if candidate in ticked:
+                return candidate
+        return value
+
+    def _statuses(self, emails: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+        """email (lower case) -> subscription id -> v4 status, by batch reads."""
+        wanted = list(dict.fromkeys(e for e in emails if e))
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        size = self.config.status_batch_size
+        for start in range(0, len(wanted), size):
+            chunk = wanted[start : start + size]
+            answer = self._request(
+                "POST",
+                "/communication-preferences/v4/statuses/batch/read",
+                params={"channel": "EMAIL"},
+                json={"inputs": chunk},
+                describe="subscription statuses",
+            ).json()
+            for result in answer.get("results") or []:
+                email = str(result.get("subscriberIdString") or "").strip().lower()
+                out[email] = {str(s["subscriptionId"]): s for s in result.get("statuses") or []}
+        return out
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+        if not updates:
+            return []
+        results: list[WriteResult | None] = [None] * len(updates)
+        property_parts: list[tuple[int, dict[str, Any]]] = []
+        subscription_parts: list[tuple[int, dict[str, Any]]] = []
+        known = self.describe(OBJECT)
+        for index, item in enumerate(updates):
+            _check_object(item.object_type)
+            props = {k: v for k, v in item.fields.items() if not _VIRTUAL.match(k)}
+            subs = {k: v for k, v in item.fields.items() if _VIRTUAL.match(k)}
+            refused = [k for k in props if k not in known or not known[k].updateable]
+            refused += [k for k in subs if k not in known]
+            if refused:
+                results[index] = WriteResult(
+                    item.record_id,
+                    False,
+                    "INVALID_FIELD",
+                    f"not a writable HubSpot field: {', '.join(refused)}",
+                )
+                continue
+            if props:
+                property_parts.append((index, props))
+            if subs:
+                subscription_parts.append((index, subs))
+        outcomes: dict[int, list[WriteResult]] = {}
+        for index, result in self._write_properties(updates, property_parts):
+            outcomes.setdefault(index, []).append(result)
+        for index, result in self._write_subscriptions(updates, subscription_parts):
+            outcomes.setdefault(index, []).append(result)
+        for index, item in enumerate(updates):
+            if results[index] is None:
+                results[index] = _combined(item.record_id, outcomes.get(index, []))
+        return [r for r in results if r is not None]
+
+    def _write_properties(
+        self, updates: Sequence[RecordUpdate], parts: list[tuple[int, dict[str, Any]]]
+    ) -> Iterator[tuple[int, WriteResult]]:
+        for chunk in _unique_chunks(parts, updates, self.config.batch_size):
+            yield from self._update_batch(updates, chunk)
+
+    def _update_batch(
+        self, updates: Sequence[RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]
+    ) -> Iterator[tuple[int, WriteResult]]:
+        inputs = [{"id": updates[i].record_id, "properties": _property_values(props)} for i, props in chunk]
+        try:
+            response = self._request(
+                "POST",
+                f"/crm/v3/objects/{OBJECT}/batch/update",
+                json={"inputs": inputs},
+                describe="batch update",
+            )
+        except ConnectorError as error:
+            if error.rule.status != 400:
+                raise
+            if len(chunk) > 1:
+                # HubSpot rejects a whole batch for one bad value: find it record by record.
+                for single in chunk:
+                    yield from self._update_batch(updates, [single])
+                return
+            index = chunk[0][0]
+            yield index, WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))
+            return
+        body = response.json()
+        failed: dict[str, tuple[str, str]] = {}
+        for error in body.get("errors") or []:
+            category = str(error.get("category") or "ERROR")
+            for record_id in (error.get("context") or {}).get("ids") or []:
+                failed[str(record_id)] = (category, str(error.get("message") or ""))
+        for index, _props in chunk:
+            record_id = updates[index].record_id
+            if record_id in failed:
+                category, message = failed[record_id]
+                retryable = ERRORS.classify(207, category).action in (Action.RETRY, Action.RATE_LIMITED)
+                yield index, WriteResult(record_id, False, category, message, retryable)
+            else:
+                yield index, WriteResult(record_id, True)
+
+    def _write_subscriptions(
+        self, updates: Sequence[RecordUpdate], parts: list[tuple[int, dict[str, Any]]]
+    ) -> Iterator[tuple[int, WriteResult]]:
+        if not parts:
+            return
+        emails = self._emails([updates[i].record_id for i, _ in parts])
+        for index, subs in parts:
+            record_id = updates[index].record_id
+            email = emails.get(record_id)
+            if not email:
+                yield (
+                    index,
+                    WriteResult(
+                        record_id,
+                        False,
+                        "NO_EMAIL",
+                        "the contact has no email address: HubSpot keys subscriptions by it",
+                    ),
+                )
+                continue
+            for key, value in subs.items():
+                match = _VIRTUAL.match(key)
+                assert match is not None
+                if match["part"] == "timestamp":
+                    yield index, WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only")
+                    continue
+                if match["part"] == "legal_basis":
+                    continue  # sent with the status it belongs to
+                basis = subs.get(f"subscription_{match['id']}_legal_basis")
+                yield (
+                    index,
+                    self._set_subscription(
+                        record_id, email, match["id"], str(value), str(basis) if basis else None
+                    ),
+                )
+
+    def _set_subscription(
+        self, record_id: str, email: str, sid: str, state: str, basis: str | None
+    ) -> WriteResult:
+        if state not in ("SUBSCRIBED", "UNSUBSCRIBED"):
+            return WriteResult(
+                record_id, False, "INVALID_VALUE", f"v3 sets SUBSCRIBED or UNSUBSCRIBED, not {state!r}"
+            )
+        action = "subscribe" if state == "SUBSCRIBED" else "unsubscribe"
+        explicit_basis = basis is not None
+        body = {
+            "emailAddress": email,
+            "subscriptionId": sid,
+            "legalBasis": basis or self.config.default_legal_basis,
+            "legalBasisExplanation": self.config.legal_basis_explanation,
+        }
+        if action == "unsubscribe" and not explicit_basis:
+            # The basis held stays; sending the default would change what the contact shows.
+            del body["legalBasis"], body["legalBasisExplanation"]
+        try:
+            self._request("POST", f"/communication-preferences/v3/{action}", json=body, describe=action)
+        except ConnectorError as error:
+            if error.rule.status == 409:
+                return WriteResult(record_id, False, "CONFLICT", str(error), retryable=True)
+            if error.rule.status != 400:
+                raise
+            text = str(error)
+            if _ALREADY.search(text):
+                return WriteResult(record_id, True)
+            if action == "subscribe" and _REFUSAL.search(text):
+                return WriteResult(
+                    record_id,
+                    False,
+                    REFUSES_RESUBSCRIBE,
+                    f"HubSpot refuses to resubscribe a contact who unsubscribed from subscription {sid} "
+                    "(communication-preferences v3); the person must opt in again through a HubSpot form "
+                    "or the preferences page. Not retried.",
+                    retryable=False,
+                )
+            return WriteResult(record_id, False, "VALIDATION_ERROR", text)
+        return WriteResult(record_id, True)
+
+    def _emails(self, record_ids: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(record_ids))
+        size = self.config.batch_size
+        for start in range(0, len(unique), size):
+            chunk = unique[start : start + size]
+            body = {"properties": ["email"], "inputs": [{"id": rid} for rid in chunk]}
+            answer = self._request(
+                "POST", f"/crm/v3/objects/{OBJECT}/batch/read", json=body, describe="batch read emails"
+            ).json()
+            for item in answer.get("results") or []:
+                email = (item.get("properties") or {}).get("email")
+                if email:
+                    out[str(item["id"])] = str(email)
+        return out
+
+    def close(self) -> None:
+        self.session.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, *args, **kwargs)
+
+
+def _check_object(object_type: str) -> None:
+    if object_type != OBJECT:
+        raise ConnectorError(
+            f"the HubSpot connector reads and writes contacts, not {object_type!r}",
+            ErrorRule(Action.FAIL, Fault.CONFIG, "unsupported object"),
+        )
+
+
+def _cursor_id(since: Cursor) -> int | None:
+    if since.record_id is None:
+        return None
+    if not since.record_id.isdigit():
+        raise ConnectorError(
+            f"cursor record id {since.record_id!r} is not a HubSpot record id",
+            ErrorRule(Action.FAIL, Fault.CONFIG, "bad cursor"),
+        )
+    return int(since.record_id)
+
+
+def _groups(results: list[dict[str, Any]]) -> list[tuple[datetime, list[dict[str, Any]]]]:
+    """Consecutive results sharing a ``lastmodifieddate``, each sorted by id (HubSpot leaves the
+    order of ties open)."""
+    groups: list[tuple[datetime, list[dict[str, Any]]]] = []
+    for raw in results:
+        props = raw.get("properties") or {}
+        stamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
+        if groups and groups[-1][0] == stamp:
+            groups[-1][1].append(raw)
+        else:
+            groups.append((stamp, [raw]))
+    for _stamp, members in groups:
+        members.sort(key=lambda raw: int(raw["id"]))
+    return groups
+
+
+def _unique_chunks(
+    parts: list[tuple[int, dict[str, Any]]], updates: Sequence[RecordUpdate], size: int
+) -> Iterator[list[tuple[int, dict[str, Any]]]]:
+    """Chunks of at most ``size`` in input order, no record twice in one chunk (HubSpot refuses
+    duplicate ids in a batch)."""
+    chunk: list[tuple[int, dict[str, Any]]] = []
+    ids: set[str] = set()
+    for part in parts:
+        record_id = updates[part[0]].record_id
+        if len(chunk) >= size or record_id in ids:
+            yield chunk
+            chunk, ids = [], set()
+        chunk.append(part)
+        ids.add(record_id)
+    if chunk:
+        yield chunk
+
+
+def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in props.items():
+        if isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif value is None:
+            out[name] = ""
+        else:
+            out[name] = value
+    return out
+
+
+def _combined(record_id: str, parts: list[WriteResult]) -> WriteResult:
+    failures = [p for p in parts if not p.ok]
+    if not failures:
+        return WriteResult(record_id, True)
+    first = failures[0]
+    return WriteResult(record_id, False, first.error_code, first.message, all(p.retryable for p in failures))
+
+
+def _json(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _required_scopes(body: Any) -> list[str]:
+    scopes: list[str] = []
+    for item in (body or {}).get("errors") or []:
+        scopes += (item.get("context") or {}).get("requiredGranularScopes") or []
+    return scopes
+
+
+def _endpoint_kind(method: str, url: str) -> str:
+    for marker, kind in (
+        ("/search", "search"),
+        ("/batch/update", "batch_update"),
+        ("/statuses/batch/read", "status_batch_read"),
+        ("/batch/read", "batch_read"),
+        ("/v3/subscribe", "subscribe"),
+        ("/v3/unsubscribe", "unsubscribe"),
+        ("/v3/definitions", "definitions"),
+        ("/properties/", "properties"),
+        ("/v4/statuses/", "status_read"),
+        ("/crm/v3/objects/", "list"),
+    ):
+        if marker in url:
+            return kind
+    return "other"
+
+
+__all__ = ["ERRORS", "REFUSES_RESUBSCRIBE", "HubSpotConnector", "parse_hs_datetime"]

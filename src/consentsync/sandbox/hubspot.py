@@ -1,0 +1,1248 @@
+"""A HubSpot sandbox: a local HTTPS server on 127.0.0.1 speaking the CRM v3 and
+communication-preferences wire formats as HubSpot documents them, backed by an in-memory portal,
+with the shared fault switches and call counting (:mod:`consentsync.sandbox.server`).
+
+>>> from consentsync.sandbox.hubspot import HubSpotSandbox
+>>> with HubSpotSandbox() as hs:
+...     hs.portal.seed(300, seed=1)
+...     session = hs.requests_session()
+...     session.headers["Authorization"] = f"Bearer {hs.credentials.access_token}"
+
+Endpoints (endpoint kind in brackets):
+
+* ``POST /crm/v3/objects/contacts/search`` [search]: ``filterGroups`` (at most 5 groups of at most
+  6 filters, 18 in all; groups OR, filters AND), operators EQ, NEQ, LT, LTE, GT, GTE, BETWEEN
+  (``value`` .. ``highValue``), IN, NOT_IN, HAS_PROPERTY, NOT_HAS_PROPERTY, CONTAINS_TOKEN,
+  NOT_CONTAINS_TOKEN; one sort at most (``{"propertyName", "direction"}``); ``limit`` 1..200
+  (default 10); ``after`` an offset. At most ``search_result_cap`` (10,000) results per search:
+  asking for ``after`` at or past the cap answers 400. Datetime filter values are epoch
+  milliseconds or ISO 8601; text EQ ignores case. ``total`` counts every match.
+* ``GET /crm/v3/objects/contacts`` [list], ``POST .../batch/read`` [batch_read],
+  ``POST .../batch/update`` [batch_update] (at most ``batch_limit`` inputs, 100): 200 when every
+  input was written, 207 with ``errors`` and ``numErrors`` when some were not (unknown ids:
+  OBJECT_NOT_FOUND with ``context.ids``); an invalid property value fails the whole batch with
+  400 VALIDATION_ERROR, as HubSpot does.
+* ``GET /crm/v3/properties/contacts`` [properties].
+* ``GET /communication-preferences/v3/definitions`` [definitions],
+  ``POST /communication-preferences/v3/subscribe|unsubscribe`` [subscribe, unsubscribe]
+  (``emailAddress``, ``subscriptionId``, ``legalBasis``, ``legalBasisExplanation``; the legal
+  basis and its explanation are required on a GDPR portal). v3 never resubscribes a contact who
+  unsubscribed: that answers 400.
+* ``GET /communication-preferences/v4/statuses/{email}?channel=EMAIL`` [status_read],
+  ``POST /communication-preferences/v4/statuses/batch/read?channel=EMAIL`` [status_batch_read].
+
+Auth: ``Authorization: Bearer <private app token>``; a missing or unknown token answers 401
+INVALID_AUTHENTICATION, a token without the scope a call needs 403 MISSING_SCOPES.
+
+Limits: every call counts against a daily allowance (``daily_limit``) and a one-second window
+(``secondly_limit``); searches also against ``search_per_second`` per token. Over a limit: 429
+``{"status": "error", "errorType": "RATE_LIMIT", "policyName": "SECONDLY" | "DAILY", ...}``.
+Responses other than search carry ``X-HubSpot-RateLimit-Daily``, ``-Daily-Remaining``,
+``-Secondly``, ``-Secondly-Remaining`` (HubSpot leaves them off search responses).
+
+Where HubSpot's documentation is silent the sandbox chooses, so that the connector must not rely
+on it: records that tie on the sort property come in an order that is neither id nor insertion
+order; the text of error messages; an injected per-record write failure (``Faults.fail_ids``) is
+a 207 error entry of category CONFLICT (a 409 CONFLICT from v3 subscribe/unsubscribe); an
+unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400 VALIDATION_ERROR whose
+message says the contact unsubscribed; subscribe or unsubscribe to the state already held
+answers 200 with the unchanged status; a subscription change bumps the contact's
+``lastmodifieddate`` and its ``hs_email_optout_{id}`` property.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.server import (
+    HttpsSandbox,
+    RequestBodyError,
+    Route,
+    SandboxRequest,
+    SandboxResponse,
+    json_response,
+)
+from consentsync.sandbox.tls import SandboxTLS
+
+__all__ = [
+    "ENDPOINT_KINDS",
+    "LEGAL_BASIS_OPTIONS",
+    "V3_LEGAL_BASES",
+    "HubSpotApiError",
+    "HubSpotCredentials",
+    "HubSpotPortal",
+    "HubSpotSandbox",
+    "Subscription",
+    "serve_forever",
+]
+
+ENDPOINT_KINDS = (
+    "search",
+    "list",
+    "batch_read",
+    "batch_update",
+    "properties",
+    "definitions",
+    "subscribe",
+    "unsubscribe",
+    "status_read",
+    "status_batch_read",
+    "not_found",
+)
+WRITE_KINDS = ("batch_update", "subscribe", "unsubscribe")
+
+#: The options of the contact property ``hs_legal_basis`` (a multiple checkbox: values joined by ;).
+LEGAL_BASIS_OPTIONS = (
+    "Legitimate interest – prospect/lead",
+    "Legitimate interest – existing customer",
+    "Legitimate interest - other",
+    "Performance of a contract",
+    "Freely given consent from contact",
+    "Not applicable",
+)
+#: The ``legalBasis`` values of the communication-preferences API.
+V3_LEGAL_BASES = (
+    "CONSENT_WITH_NOTICE",
+    "LEGITIMATE_INTEREST_CLIENT",
+    "LEGITIMATE_INTEREST_OTHER",
+    "LEGITIMATE_INTEREST_PQL",
+    "NON_GDPR",
+    "PERFORMANCE_OF_CONTRACT",
+    "PROCESS_AND_STORE",
+)
+ALL_SCOPES = frozenset(
+    {
+        "crm.objects.contacts.read",
+        "crm.objects.contacts.write",
+        "crm.schemas.contacts.read",
+        "communication_preferences.read",
+        "communication_preferences.write",
+    }
+)
+_SCOPE_OF_KIND = {
+    "search": "crm.objects.contacts.read",
+    "list": "crm.objects.contacts.read",
+    "batch_read": "crm.objects.contacts.read",
+    "batch_update": "crm.objects.contacts.write",
+    "properties": "crm.schemas.contacts.read",
+    "definitions": "communication_preferences.read",
+    "status_read": "communication_preferences.read",
+    "status_batch_read": "communication_preferences.read",
+    "subscribe": "communication_preferences.write",
+    "unsubscribe": "communication_preferences.write",
+}
+_OPERATORS = frozenset(
+    {
+        "EQ",
+        "NEQ",
+        "LT",
+        "LTE",
+        "GT",
+        "GTE",
+        "BETWEEN",
+        "IN",
+        "NOT_IN",
+        "HAS_PROPERTY",
+        "NOT_HAS_PROPERTY",
+        "CONTAINS_TOKEN",
+        "NOT_CONTAINS_TOKEN",
+    }
+)
+MAX_FILTER_GROUPS = 5
+MAX_FILTERS_PER_GROUP = 6
+MAX_FILTERS = 18
+MAX_SEARCH_LIMIT = 200
+
+
+class HubSpotApiError(Exception):
+    """An error answer: ``{"status": "error", "message", "correlationId", "category", ...}``."""
+
+    def __init__(self, status: int, category: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.category = category
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": "error", "message": self.message, "correlationId": str(uuid.uuid4())}
+        if self.category:
+            out["category"] = self.category
+        out.update(self.extra)
+        return out
+
+
+@dataclass
+class HubSpotCredentials:
+    """The private app: its access token and the scopes granted to it."""
+
+    access_token: str = field(default_factory=lambda: "pat-na1-" + str(uuid.uuid4()))
+    scopes: frozenset[str] = ALL_SCOPES
+    portal_id: int = 20261201
+
+
+@dataclass
+class Subscription:
+    """One contact's status for one subscription type (v4 words: SUBSCRIBED, UNSUBSCRIBED,
+    NOT_SPECIFIED)."""
+
+    status: str
+    legal_basis: str | None
+    explanation: str | None
+    timestamp: dt.datetime
+    source: str
+
+
+@dataclass(frozen=True)
+class PropertyDef:
+    name: str
+    label: str
+    type: str  # string, enumeration, datetime, bool, number
+    field_type: str  # text, checkbox, booleancheckbox, date, number
+    options: tuple[str, ...] = ()
+    read_only: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "type": self.type,
+            "fieldType": self.field_type,
+            "groupName": "contactinformation",
+            "options": [
+                {"label": o, "value": o, "displayOrder": i, "hidden": False}
+                for i, o in enumerate(self.options)
+            ],
+            "modificationMetadata": {"readOnlyValue": self.read_only, "archivable": True},
+            "hidden": False,
+            "formField": not self.read_only,
+        }
+
+
+DEFAULT_SUBSCRIPTIONS: dict[str, tuple[str, str]] = {
+    "1001": ("Marketing Information", "Marketing"),
+    "1002": ("Customer Service Communication", "Service"),
+    "1003": ("One to One", "Sales"),
+}
+
+
+def _now_ms() -> dt.datetime:
+    now = dt.datetime.now(dt.UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso_ms(moment: dt.datetime) -> str:
+    """HubSpot's timestamp spelling: ``2026-11-23T03:21:24.123Z``."""
+    moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_moment(value: Any) -> dt.datetime | None:
+    """Epoch milliseconds (number or digits) or ISO 8601 to an aware datetime; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return dt.datetime.fromtimestamp(value / 1000, dt.UTC)
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return dt.datetime.fromtimestamp(int(text) / 1000, dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+class HubSpotPortal:
+    """A portal's contacts and subscription statuses. Thread-safe. The helpers act as HubSpot's
+    users (and contacts, on the preferences page) would: every change moves ``lastmodifieddate``
+    to :attr:`clock`'s time (millisecond precision)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        subscriptions: Mapping[str, tuple[str, str]] | None = None,
+        first_id: int = 101,
+    ) -> None:
+        self.clock = clock or _now_ms
+        self.definitions = dict(subscriptions or DEFAULT_SUBSCRIPTIONS)
+        self.lock = threading.RLock()
+        self._next_id = first_id
+        self._contacts: dict[int, dict[str, Any]] = {}
+        self._statuses: dict[tuple[str, str], Subscription] = {}
+        self.properties: dict[str, PropertyDef] = {
+            p.name: p
+            for p in (
+                PropertyDef("hs_object_id", "Record ID", "number", "number", read_only=True),
+                PropertyDef("createdate", "Create Date", "datetime", "date", read_only=True),
+                PropertyDef("lastmodifieddate", "Last Modified Date", "datetime", "date", read_only=True),
+                PropertyDef("email", "Email", "string", "text"),
+                PropertyDef("firstname", "First Name", "string", "text"),
+                PropertyDef("lastname", "Last Name", "string", "text"),
+                PropertyDef("jobtitle", "Job Title", "string", "text"),
+                PropertyDef("company", "Company Name", "string", "text"),
+                PropertyDef(
+                    "hs_legal_basis",
+                    "Legal basis for processing contact's data",
+                    "enumeration",
+                    "checkbox",
+                    LEGAL_BASIS_OPTIONS,
+                ),
+                PropertyDef(
+                    "hs_email_optout",
+                    "Unsubscribed from all email",
+                    "bool",
+                    "booleancheckbox",
+                    read_only=True,
+                ),
+                *(
+                    PropertyDef(
+                        f"hs_email_optout_{sid}",
+                        f"Opted out of email: {name}",
+                        "enumeration",
+                        "booleancheckbox",
+                        ("true", "false"),
+                        read_only=True,
+                    )
+                    for sid, (name, _purpose) in self.definitions.items()
+                ),
+            )
+        }
+
+    def now(self) -> dt.datetime:
+        moment = self.clock().astimezone(dt.UTC)
+        return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+    # -- contacts ------------------------------------------------------------------------------
+
+    def create(self, properties: Mapping[str, Any] | None = None, /, *, at: dt.datetime | None = None) -> str:
+        """A new contact; returns its id."""
+        moment = at or self.now()
+        values = self._checked(properties or {}, user=True)
+        with self.lock:
+            contact_id = self._next_id
+            self._next_id += 1
+            self._contacts[contact_id] = {
+                **values,
+                "hs_object_id": str(contact_id),
+                "createdate": moment,
+                "lastmodifieddate": moment,
+            }
+        return str(contact_id)
+
+    def update(
+        self, contact_id: str, properties: Mapping[str, Any], /, *, at: dt.datetime | None = None
+    ) -> None:
+        """Edit a contact as a user would (read-only properties included: HubSpot's own UI
+        moves those)."""
+        values = self._checked(properties, user=True)
+        with self.lock:
+            record = self._contacts[int(contact_id)]
+            record.update(values)
+            record["lastmodifieddate"] = at or self.now()
+
+    def get(self, contact_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            try:
+                record = self._contacts.get(int(contact_id))
+            except ValueError:
+                return None
+            return dict(record) if record is not None else None
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [str(i) for i in self._contacts]
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self._contacts)
+
+    def find_by_email(self, email: str) -> str | None:
+        wanted = email.strip().lower()
+        with self.lock:
+            for contact_id, record in self._contacts.items():
+                if str(record.get("email") or "").lower() == wanted:
+                    return str(contact_id)
+        return None
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def status(self, email: str, subscription_id: str) -> Subscription | None:
+        with self.lock:
+            return self._statuses.get((email.strip().lower(), str(subscription_id)))
+
+    def statuses(self, email: str) -> dict[str, Subscription]:
+        wanted = email.strip().lower()
+        with self.lock:
+            return {sid: s for (address, sid), s in self._statuses.items() if address == wanted}
+
+    def set_status(
+        self,
+        email: str,
+        subscription_id: str,
+        status: str,
+        *,
+        legal_basis: str | None = None,
+        explanation: str | None = None,
+        source: str = "Subscription preferences page",
+        at: dt.datetime | None = None,
+    ) -> None:
+        """A status change as a contact (preferences page) or user would make it; the contact's
+        ``hs_email_optout_{id}`` and ``lastmodifieddate`` follow."""
+        if str(subscription_id) not in self.definitions:
+            raise KeyError(subscription_id)
+        if status not in ("SUBSCRIBED", "UNSUBSCRIBED", "NOT_SPECIFIED"):
+            raise ValueError(status)
+        moment = at or self.now()
+        with self.lock:
+            self._statuses[(email.strip().lower(), str(subscription_id))] = Subscription(
+                status, legal_basis, explanation, moment, source
+            )
+            contact_id = self.find_by_email(email)
+            if contact_id is not None:
+                record = self._contacts[int(contact_id)]
+                record[f"hs_email_optout_{subscription_id}"] = "true" if status == "UNSUBSCRIBED" else "false"
+                record["lastmodifieddate"] = moment
+
+    # -- API-side writes -----------------------------------------------------------------------
+
+    def api_update(self, contact_id: str, properties: Mapping[str, Any]) -> dict[str, Any]:
+        """An update through the API: read-only properties and invalid values raise
+        :class:`HubSpotApiError` (400 VALIDATION_ERROR)."""
+        values = self._checked(properties, user=False)
+        with self.lock:
+            record = self._contacts[int(contact_id)]
+            record.update(values)
+            record["lastmodifieddate"] = self.now()
+            return dict(record)
+
+    def _checked(self, properties: Mapping[str, Any], *, user: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in properties.items():
+            prop = self.properties.get(name)
+            if prop is None:
+                raise HubSpotApiError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f'Property values were not valid: [{{"isValid":false,"message":"Property \\"{name}\\" '
+                    f'does not exist","error":"PROPERTY_DOESNT_EXIST","name":"{name}"}}]',
+                )
+            if prop.read_only and not user:
+                raise HubSpotApiError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f'Property values were not valid: [{{"isValid":false,"message":"{name} is a read only '
+                    f'property; its value cannot be set.","error":"READ_ONLY_VALUE","name":"{name}"}}]',
+                )
+            out[name] = self._value(prop, value)
+        return out
+
+    @staticmethod
+    def _value(prop: PropertyDef, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        if prop.type == "datetime":
+            return parse_moment(value) if not isinstance(value, dt.datetime) else value
+        if prop.type == "bool" or prop.field_type == "booleancheckbox":
+            text = str(value).lower() if not isinstance(value, bool) else ("true" if value else "false")
+            if text not in ("true", "false"):
+                raise _invalid(prop.name, value, "INVALID_BOOLEAN")
+            return text
+        if prop.type == "enumeration":
+            chosen = str(value).split(";")
+            for option in chosen:
+                if option not in prop.options:
+                    raise _invalid(prop.name, option, "INVALID_OPTION")
+            return ";".join(chosen)
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise _invalid(prop.name, value, "INVALID_STRING")
+        text = str(value)
+        if len(text) > 65536:
+            raise _invalid(prop.name, "<long>", "MAX_CHARACTERS")
+        return text
+
+    # -- seeding -------------------------------------------------------------------------------
+
+    def seed(self, count: int, seed: int = 0, *, days: int = 7) -> list[str]:
+        """``count`` contacts with names, emails, legal bases and subscription statuses, their
+        ``lastmodifieddate`` spread over the past ``days`` days and clustered on a few
+        milliseconds (imports and workflows touch many contacts at once)."""
+        rng = random.Random(seed)
+        now = self.now()
+        moments = [
+            now - dt.timedelta(seconds=rng.randrange(60, days * 86400)) for _ in range(max(3, count // 30))
+        ]
+        made = []
+        for index in range(count):
+            first = rng.choice(
+                ("Ada", "Bo", "Chloé", "Dev", "Emeka", "Fatima", "Grete", "Hiro", "Ines", "Jon")
+            )
+            last = rng.choice(("Okafor", "Lind", "García", "Nakamura", "O'Neil", "Schmidt", "Nowak", "Silva"))
+            email = f"{first.lower()}.{last.lower().replace(chr(39), '')}.{index}.{seed}@example.test"
+            basis = rng.sample(LEGAL_BASIS_OPTIONS[:5], k=rng.choice((0, 1, 1, 2)))
+            moment = rng.choice(moments)
+            contact_id = self.create(
+                {
+                    "email": email,
+                    "firstname": first,
+                    "lastname": last,
+                    "hs_legal_basis": ";".join(basis) or None,
+                },
+                at=moment,
+            )
+            for sid in self.definitions:
+                roll = rng.random()
+                if roll < 0.35:
+                    self.set_status(
+                        email,
+                        sid,
+                        "SUBSCRIBED",
+                        legal_basis="CONSENT_WITH_NOTICE",
+                        explanation="Signed up on the website",
+                        source="Form",
+                        at=moment,
+                    )
+                elif roll < 0.5:
+                    self.set_status(email, sid, "UNSUBSCRIBED", at=moment)
+            made.append(contact_id)
+        return made
+
+
+def _invalid(name: str, value: Any, code: str) -> HubSpotApiError:
+    return HubSpotApiError(
+        400,
+        "VALIDATION_ERROR",
+        f'Property values were not valid: [{{"isValid":false,"message":"{value!s:.80} was not a valid '
+        f'value for {name}","error":"{code}","name":"{name}"}}]',
+    )
+
+
+def _tie_order(contact_id: int) -> str:
+    # Ties on the sort property come in an order that is neither id nor insertion order.
+    return hashlib.sha1(str(contact_id).encode()).hexdigest()
+
+
+class HubSpotSandbox(HttpsSandbox):
+    """The server. Run-time controls: :attr:`faults`, :attr:`portal`, :meth:`rotate_token`,
+    :meth:`set_daily_usage`, :meth:`reset_counters`."""
+
+    endpoint_kinds = ENDPOINT_KINDS
+    server_name = "HubSpot-sandbox"
+    thread_name = "hubspot-sandbox"
+
+    def __init__(
+        self,
+        portal: HubSpotPortal | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: HubSpotCredentials | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        daily_limit: int = 250_000,
+        secondly_limit: int = 19,
+        search_per_second: int = 4,
+        search_result_cap: int = 10_000,
+        batch_limit: int = 100,
+        status_batch_limit: int = 100,
+        gdpr: bool = True,
+        token_file: str | Path | None = None,
+        tls: SandboxTLS | None = None,
+        tls_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_id_or_none
+        )
+        self.portal = portal or HubSpotPortal()
+        self.credentials = credentials or HubSpotCredentials()
+        self.daily_limit = daily_limit
+        self.secondly_limit = secondly_limit
+        self.search_per_second = search_per_second
+        self.search_result_cap = search_result_cap
+        self.batch_limit = batch_limit
+        self.status_batch_limit = status_batch_limit
+        self.gdpr = gdpr
+        self.token_file = Path(token_file) if token_file else None
+        self._daily_used = 0
+        self._window: deque[float] = deque()
+        self._search_window: deque[float] = deque()
+        if self.token_file:
+            self.token_file.write_text(self.credentials.access_token + "\n")
+
+    def start(self) -> HubSpotSandbox:
+        super().start()
+        return self
+
+    def __enter__(self) -> HubSpotSandbox:
+        return self.start()
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    def rotate_token(self) -> str:
+        """A new private-app token, as an admin rotating it in HubSpot; the old one stops working.
+        With ``token_file``, the new token is written there (the secret store the connector
+        reads)."""
+        with self._lock:
+            self.credentials.access_token = "pat-na1-" + str(uuid.uuid4())
+            if self.token_file:
+                self.token_file.write_text(self.credentials.access_token + "\n")
+            return self.credentials.access_token
+
+    def expire_sessions(self) -> None:
+        self.rotate_token()
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        header = request.header("Authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if not header:
+            raise HubSpotApiError(
+                401,
+                "INVALID_AUTHENTICATION",
+                "Authentication credentials not found. This API supports OAuth 2.0 authentication and "
+                "you can find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+            )
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), self.credentials.access_token.encode()
+        ):
+            raise HubSpotApiError(
+                401,
+                "INVALID_AUTHENTICATION",
+                "The access token provided is invalid or has been revoked.",
+            )
+
+    def _require_scope(self, kind: str) -> None:
+        needed = _SCOPE_OF_KIND.get(kind)
+        if needed and needed not in self.credentials.scopes:
+            raise HubSpotApiError(
+                403,
+                "MISSING_SCOPES",
+                "This app hasn't been granted all required scopes to make this call. Read more about "
+                "required scopes here: https://developers.hubspot.com/scopes.",
+                errors=[
+                    {
+                        "message": "One or more of the following scopes are required.",
+                        "context": {"requiredGranularScopes": [needed]},
+                    }
+                ],
+            )
+
+    # -- limits --------------------------------------------------------------------------------
+
+    def set_daily_usage(self, used: int, limit: int | None = None) -> None:
+        with self._lock:
+            self._daily_used = used
+            if limit is not None:
+                self.daily_limit = limit
+
+    def daily_usage(self) -> tuple[int | None, int | None]:
+        with self._lock:
+            return self._daily_used, self.daily_limit
+
+    def request_limit_error(self) -> Exception:
+        return _rate_limit("DAILY", "You have reached your daily limit.")
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        return _rate_limit("SECONDLY", "You have reached your secondly limit.")
+
+    def note_api_call(self, request: SandboxRequest) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._daily_used >= self.daily_limit:
+                raise self.request_limit_error()
+            while self._window and now - self._window[0] >= 1.0:
+                self._window.popleft()
+            if len(self._window) >= self.secondly_limit:
+                raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
+            if request.path.endswith("/search"):
+                while self._search_window and now - self._search_window[0] >= 1.0:
+                    self._search_window.popleft()
+                if len(self._search_window) >= self.search_per_second:
+                    raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
+                self._search_window.append(now)
+            self._window.append(now)
+            self._daily_used += 1
+
+    def server_error(self, status: int) -> SandboxResponse:
+        return json_response(
+            status,
+            {
+                "status": "error",
+                "message": "internal error",
+                "correlationId": str(uuid.uuid4()),
+                "category": "INTERNAL_ERROR" if status == 500 else "SERVICE_UNAVAILABLE",
+            },
+        )
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, RequestBodyError):
+            error = HubSpotApiError(400, "VALIDATION_ERROR", f"Invalid input JSON: {error}")
+        if isinstance(error, HubSpotApiError):
+            return json_response(error.status, error.body())
+        return super().error_response(error)
+
+    def finish(self, response: SandboxResponse, request: SandboxRequest) -> SandboxResponse:
+        if request.path.endswith("/search"):
+            return response  # HubSpot sends no rate-limit headers with search responses
+        now = time.monotonic()
+        with self._lock:
+            recent = sum(1 for t in self._window if now - t < 1.0)
+            used, limit = self._daily_used, self.daily_limit
+        response.headers.update(
+            {
+                "X-HubSpot-RateLimit-Daily": str(limit),
+                "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, limit - used)),
+                "X-HubSpot-RateLimit-Secondly": str(self.secondly_limit),
+                "X-HubSpot-RateLimit-Secondly-Remaining": str(max(0, self.secondly_limit - recent)),
+            }
+        )
+        return response
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def route(self, request: SandboxRequest) -> Route:
+        path, method = request.path.rstrip("/"), request.method
+        table: dict[tuple[str, str], tuple[str, Callable[[SandboxRequest], SandboxResponse]]] = {
+            ("POST", "/crm/v3/objects/contacts/search"): ("search", self._h_search),
+            ("GET", "/crm/v3/objects/contacts"): ("list", self._h_list),
+            ("POST", "/crm/v3/objects/contacts/batch/read"): ("batch_read", self._h_batch_read),
+            ("POST", "/crm/v3/objects/contacts/batch/update"): ("batch_update", self._h_batch_update),
+            ("GET", "/crm/v3/properties/contacts"): ("properties", self._h_properties),
+            ("GET", "/communication-preferences/v3/definitions"): ("definitions", self._h_definitions),
+            ("POST", "/communication-preferences/v3/subscribe"): ("subscribe", self._h_subscribe),
+            ("POST", "/communication-preferences/v3/unsubscribe"): ("unsubscribe", self._h_unsubscribe),
+            ("POST", "/communication-preferences/v4/statuses/batch/read"): (
+                "status_batch_read",
+                self._h_status_batch_read,
+            ),
+        }
+        found = table.get((method, path))
+        if found is None and method == "GET" and path.startswith("/communication-preferences/v4/statuses/"):
+            found = ("status_read", self._h_status_read)
+        if found is None:
+            return Route("not_found", lambda: self._not_found(request), authenticated=False)
+        kind, handler = found
+
+        def answer() -> SandboxResponse:
+            self._require_scope(kind)
+            return handler(request)
+
+        return Route(kind, answer)
+
+    def _not_found(self, request: SandboxRequest) -> SandboxResponse:
+        raise HubSpotApiError(404, "OBJECT_NOT_FOUND", f"No route for {request.method} {request.path}")
+
+    # -- CRM objects ---------------------------------------------------------------------------
+
+    def _h_search(self, request: SandboxRequest) -> SandboxResponse:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        groups = body.get("filterGroups") or []
+        sorts = body.get("sorts") or []
+        limit = body.get("limit", 10)
+        after = body.get("after") or "0"
+        if not isinstance(groups, list) or len(groups) > MAX_FILTER_GROUPS:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"At most {MAX_FILTER_GROUPS} filterGroups are allowed"
+            )
+        total_filters = 0
+        for group in groups:
+            filters = group.get("filters") if isinstance(group, dict) else None
+            if not isinstance(filters, list) or len(filters) > MAX_FILTERS_PER_GROUP:
+                raise HubSpotApiError(
+                    400,
+                    "VALIDATION_ERROR",
+                    f"Each filterGroup holds a list of at most {MAX_FILTERS_PER_GROUP} filters",
+                )
+            total_filters += len(filters)
+        if total_filters > MAX_FILTERS:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"At most {MAX_FILTERS} filters are allowed in all"
+            )
+        if not isinstance(sorts, list) or len(sorts) > 1:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "Only one sort is supported")
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_SEARCH_LIMIT:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"limit must be between 1 and {MAX_SEARCH_LIMIT}, was {limit!r}"
+            )
+        try:
+            offset = int(str(after))
+        except ValueError:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"after must be a paging cursor, was {after!r}"
+            ) from None
+        if offset >= self.search_result_cap:
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"The search API only returns the first {self.search_result_cap} results: "
+                "narrow the search with filters to read further",
+            )
+        wanted = body.get("properties") or [
+            "createdate",
+            "email",
+            "firstname",
+            "hs_object_id",
+            "lastmodifieddate",
+            "lastname",
+        ]
+        with self.portal.lock:
+            contacts = [(int(cid), rec) for cid, rec in self.portal._contacts.items()]
+        matched = [(cid, rec) for cid, rec in contacts if self._matches(rec, groups)]
+        prop, descending = self._sort_spec(sorts)
+
+        def key(item: tuple[int, dict[str, Any]]) -> tuple[Any, ...]:
+            value = item[1].get(prop) if prop != "hs_object_id" else item[0]
+            present = value is not None
+            return (present, self._sort_value(prop, value) if present else 0, _tie_order(item[0]))
+
+        matched.sort(key=key, reverse=descending)
+        end = min(offset + limit, self.search_result_cap)
+        page = matched[offset:end]
+        out: dict[str, Any] = {
+            "total": len(matched),
+            "results": [self._object(c, r, wanted) for c, r in page],
+        }
+        if end < len(matched):
+            out["paging"] = {"next": {"after": str(end), "link": f"?after={end}"}}
+        return json_response(200, out)
+
+    def _sort_spec(self, sorts: list[Any]) -> tuple[str, bool]:
+        if not sorts:
+            return "hs_object_id", False
+        item = sorts[0]
+        if isinstance(item, str):
+            return item.lstrip("-"), item.startswith("-")
+        if not isinstance(item, dict) or not isinstance(item.get("propertyName"), str):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "A sort needs a propertyName")
+        direction = str(item.get("direction", "ASCENDING")).upper()
+        if direction not in ("ASCENDING", "DESCENDING"):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"Unknown sort direction {direction}")
+        name = item["propertyName"]
+        if name not in self.portal.properties:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"Cannot sort by unknown property {name}")
+        return name, direction == "DESCENDING"
+
+    def _sort_value(self, prop: str, value: Any) -> Any:
+        definition = self.portal.properties[prop]
+        if definition.type == "number":
+            return float(value)
+        if isinstance(value, dt.datetime):
+            return value.timestamp()
+        return str(value).lower()
+
+    def _matches(self, record: dict[str, Any], groups: list[dict[str, Any]]) -> bool:
+        if not groups:
+            return True
+        return any(all(self._filter(record, f) for f in group["filters"]) for group in groups)
+
+    def _filter(self, record: dict[str, Any], spec: Any) -> bool:
+        if not isinstance(spec, dict):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "A filter must be an object")
+        name, operator = spec.get("propertyName"), str(spec.get("operator", "EQ")).upper()
+        if operator not in _OPERATORS:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"Unknown operator {operator}")
+        prop = self.portal.properties.get(name) if isinstance(name, str) else None
+        if prop is None:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"There was a problem with the request: unknown property {name!r}"
+            )
+        held = record.get(name)
+        if operator == "HAS_PROPERTY":
+            return held is not None
+        if operator == "NOT_HAS_PROPERTY":
+            return held is None
+        if operator in ("IN", "NOT_IN"):
+            values = spec.get("values")
+            if not isinstance(values, list):
+                raise HubSpotApiError(400, "VALIDATION_ERROR", f"{operator} needs a list of values")
+            inside = held is not None and any(self._compare(prop, held, v) == 0 for v in values)
+            return inside if operator == "IN" else not inside
+        if operator in ("CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"):
+            token = str(spec.get("value", "")).lower().strip("*")
+            found = held is not None and token in str(held).lower()
+            return found if operator == "CONTAINS_TOKEN" else not found
+        if "value" not in spec:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"{operator} on {name} needs a value")
+        if held is None:
+            return operator == "NEQ"
+        order = self._compare(prop, held, spec["value"])
+        if operator == "BETWEEN":
+            if "highValue" not in spec:
+                raise HubSpotApiError(400, "VALIDATION_ERROR", "BETWEEN needs a highValue")
+            return order >= 0 and self._compare(prop, held, spec["highValue"]) <= 0
+        return {
+            "EQ": order == 0,
+            "NEQ": order != 0,
+            "LT": order < 0,
+            "LTE": order <= 0,
+            "GT": order > 0,
+            "GTE": order >= 0,
+        }[operator]
+
+    @staticmethod
+    def _compare(prop: PropertyDef, held: Any, given: Any) -> int:
+        if prop.type == "datetime":
+            wanted = parse_moment(given)
+            if wanted is None:
+                raise HubSpotApiError(
+                    400, "VALIDATION_ERROR", f"{given!r} is not a valid value for {prop.name}"
+                )
+            left = held if isinstance(held, dt.datetime) else parse_moment(held)
+            assert left is not None
+            return (left > wanted) - (left < wanted)
+        if prop.type == "number":
+            try:
+                a, b = float(held), float(str(given))
+            except ValueError:
+                raise HubSpotApiError(
+                    400, "VALIDATION_ERROR", f"{given!r} is not a valid value for {prop.name}"
+                ) from None
+            return (a > b) - (a < b)
+        a_text, b_text = str(held).lower(), str(given).lower()
+        return (a_text > b_text) - (a_text < b_text)
+
+    def _object(self, contact_id: int, record: dict[str, Any], wanted: Iterable[str]) -> dict[str, Any]:
+        names = dict.fromkeys(["hs_object_id", "createdate", "lastmodifieddate", *wanted])
+        properties = {}
+        for name in names:
+            if name not in self.portal.properties:
+                continue  # HubSpot leaves out properties that do not exist
+            value = record.get(name)
+            properties[name] = iso_ms(value) if isinstance(value, dt.datetime) else value
+        return {
+            "id": str(contact_id),
+            "properties": properties,
+            "createdAt": iso_ms(record["createdate"]),
+            "updatedAt": iso_ms(record["lastmodifieddate"]),
+            "archived": False,
+        }
+
+    def _h_list(self, request: SandboxRequest) -> SandboxResponse:
+        try:
+            limit = int(request.param("limit") or 10)
+            offset = int(request.param("after") or 0)
+        except ValueError:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "limit and after must be numbers") from None
+        if not 1 <= limit <= 100:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "limit must be between 1 and 100")
+        wanted = (request.param("properties") or "").split(",") if request.param("properties") else []
+        with self.portal.lock:
+            contacts = sorted(self.portal._contacts.items())
+        page = contacts[offset : offset + limit]
+        out: dict[str, Any] = {"results": [self._object(c, r, wanted) for c, r in page]}
+        if offset + limit < len(contacts):
+            out["paging"] = {"next": {"after": str(offset + limit)}}
+        return json_response(200, out)
+
+    def _inputs(self, body: Any, limit: int) -> list[Any]:
+        inputs = body.get("inputs") if isinstance(body, dict) else None
+        if not isinstance(inputs, list) or not inputs:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "inputs must be a non-empty list")
+        if len(inputs) > limit:
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"Batch input is limited to {limit} inputs, {len(inputs)} were sent"
+            )
+        return inputs
+
+    def _h_batch_read(self, request: SandboxRequest) -> SandboxResponse:
+        body = request.json()
+        inputs = self._inputs(body, self.batch_limit)
+        wanted = body.get("properties") or []
+        results, missing = [], []
+        started = iso_ms(self.portal.now())
+        for item in inputs:
+            contact_id = str(item.get("id")) if isinstance(item, dict) else None
+            record = self.portal.get(contact_id) if contact_id else None
+            if record is None:
+                missing.append(str(contact_id))
+                continue
+            results.append(self._object(int(contact_id), record, wanted))
+        return self._batch_answer(results, missing, [], started)
+
+    def _h_batch_update(self, request: SandboxRequest) -> SandboxResponse:
+        inputs = self._inputs(request.json(), self.batch_limit)
+        started = iso_ms(self.portal.now())
+        plan: list[tuple[str, dict[str, Any]]] = []
+        for item in inputs:
+            if not isinstance(item, dict) or not isinstance(item.get("properties"), dict):
+                raise HubSpotApiError(400, "VALIDATION_ERROR", "each input needs an id and properties")
+            plan.append((str(item.get("id")), item["properties"]))
+        # An invalid value anywhere fails the whole batch before anything is written.
+        for _contact_id, properties in plan:
+            self.portal._checked(properties, user=False)
+        results, missing, conflicts = [], [], []
+        for contact_id, properties in plan:
+            if self.portal.get(contact_id) is None:
+                missing.append(contact_id)
+                continue
+            if self.faults.consume_failure(contact_id):
+                conflicts.append(contact_id)
+                continue
+            record = self.portal.api_update(contact_id, properties)
+            results.append(self._object(int(contact_id), record, properties))
+        return self._batch_answer(results, missing, conflicts, started)
+
+    def _batch_answer(
+        self, results: list[dict[str, Any]], missing: list[str], conflicts: list[str], started: str
+    ) -> SandboxResponse:
+        errors = []
+        if missing:
+            errors.append(
+                {
+                    "status": "error",
+                    "category": "OBJECT_NOT_FOUND",
+                    "message": "Could not get some CONTACT objects, they may be deleted or not exist. "
+                    "Check that ids are valid.",
+                    "context": {"ids": missing},
+                }
+            )
+        for contact_id in conflicts:
+            errors.append(
+                {
+                    "status": "error",
+                    "category": "CONFLICT",
+                    "message": f"Contact {contact_id} is being modified by another process; try again later",
+                    "context": {"ids": [contact_id]},
+                }
+            )
+        out: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": iso_ms(self.portal.now()),
+        }
+        if errors:
+            out["errors"] = errors
+            out["numErrors"] = len(errors)
+        return json_response(207 if errors else 200, out)
+
+    def _h_properties(self, _request: SandboxRequest) -> SandboxResponse:
+        return json_response(200, {"results": [p.describe() for p in self.portal.properties.values()]})
+
+    # -- communication preferences -------------------------------------------------------------
+
+    def _h_definitions(self, _request: SandboxRequest) -> SandboxResponse:
+        created = "2019-08-05T13:01:15.875Z"
+        return json_response(
+            200,
+            {
+                "subscriptionDefinitions": [
+                    {
+                        "id": sid,
+                        "name": name,
+                        "description": f"{name} emails",
+                        "purpose": purpose,
+                        "communicationMethod": "Email",
+                        "isActive": True,
+                        "isDefault": True,
+                        "isInternal": False,
+                        "createdAt": created,
+                        "updatedAt": created,
+                    }
+                    for sid, (name, purpose) in self.portal.definitions.items()
+                ]
+            },
+        )
+
+    def _subscription_request(self, request: SandboxRequest) -> tuple[str, str, str | None, str | None]:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        missing = [k for k in ("emailAddress", "subscriptionId") if not body.get(k)]
+        if missing:
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                "Invalid input JSON on line 1, column 2: Cannot build PublicUpdateSubscriptionStatusRequest, "
+                f"some of required attributes are not set [{', '.join(missing)}]",
+            )
+        email, sid = str(body["emailAddress"]), str(body["subscriptionId"])
+        contact_id = self.portal.find_by_email(email)
+        if contact_id is not None and self.faults.consume_failure(contact_id):
+            raise HubSpotApiError(
+                409, "CONFLICT", f"The subscription status of {email} is being changed by another process"
+            )
+        if sid not in self.portal.definitions:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"Subscription {sid} does not exist")
+        basis, explanation = body.get("legalBasis"), body.get("legalBasisExplanation")
+        if basis is not None and basis not in V3_LEGAL_BASES:
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"legalBasis must be one of {', '.join(V3_LEGAL_BASES)}, was {basis!r}",
+            )
+        return email, sid, basis, explanation
+
+    def _status_body(self, email: str, sid: str) -> dict[str, Any]:
+        name, _purpose = self.portal.definitions[sid]
+        held = self.portal.status(email, sid)
+        out: dict[str, Any] = {
+            "id": sid,
+            "name": name,
+            "description": f"{name} emails",
+            "status": "SUBSCRIBED" if held and held.status == "SUBSCRIBED" else "NOT_SUBSCRIBED",
+            "sourceOfStatus": "SUBSCRIPTION_STATUS",
+        }
+        if held and held.legal_basis:
+            out["legalBasis"] = held.legal_basis
+            out["legalBasisExplanation"] = held.explanation or ""
+        return out
+
+    def _h_subscribe(self, request: SandboxRequest) -> SandboxResponse:
+        email, sid, basis, explanation = self._subscription_request(request)
+        if self.gdpr and (not basis or not explanation):
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                "legalBasis and legalBasisExplanation are required for portals with GDPR features enabled",
+            )
+        held = self.portal.status(email, sid)
+        if held is not None and held.status == "UNSUBSCRIBED":
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"{email} has unsubscribed from subscription {sid} and cannot be resubscribed through this "
+                "API; the contact must resubscribe through a HubSpot form or the preferences page",
+            )
+        if held is None or held.status != "SUBSCRIBED":
+            self.portal.set_status(
+                email, sid, "SUBSCRIBED", legal_basis=basis, explanation=explanation, source="API"
+            )
+        return json_response(200, self._status_body(email, sid))
+
+    def _h_unsubscribe(self, request: SandboxRequest) -> SandboxResponse:
+        email, sid, basis, explanation = self._subscription_request(request)
+        held = self.portal.status(email, sid)
+        if held is None or held.status != "UNSUBSCRIBED":
+            # Without a legal basis in the request, the one held stays.
+            self.portal.set_status(
+                email,
+                sid,
+                "UNSUBSCRIBED",
+                legal_basis=basis or (held.legal_basis if held else None),
+                explanation=explanation or (held.explanation if held else None),
+                source="API",
+            )
+        return json_response(200, self._status_body(email, sid))
+
+    def _v4_statuses(self, email: str) -> list[dict[str, Any]]:
+        held = self.portal.statuses(email)
+        out = []
+        for sid, (name, _purpose) in self.portal.definitions.items():
+            status = held.get(sid)
+            item: dict[str, Any] = {
+                "channel": "EMAIL",
+                "subscriberIdString": email,
+                "subscriptionId": int(sid),
+                "subscriptionName": name,
+                "status": status.status if status else "NOT_SPECIFIED",
+                "source": status.source if status else "",
+                "timestamp": iso_ms(status.timestamp) if status else None,
+            }
+            if status and status.legal_basis:
+                item["legalBasis"] = status.legal_basis
+                item["legalBasisExplanation"] = status.explanation or ""
+            out.append(item)
+        return out
+
+    def _channel(self, request: SandboxRequest) -> None:
+        if (request.param("channel") or "").upper() != "EMAIL":
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", "The query parameter channel is required and must be EMAIL"
+            )
+
+    def _h_status_read(self, request: SandboxRequest) -> SandboxResponse:
+        self._channel(request)
+        email = unquote(request.path.rstrip("/").rsplit("/", 1)[-1])
+        started = iso_ms(self.portal.now())
+        return json_response(
+            200,
+            {
+                "status": "COMPLETE",
+                "results": self._v4_statuses(email),
+                "startedAt": started,
+                "completedAt": started,
+            },
+        )
+
+    def _h_status_batch_read(self, request: SandboxRequest) -> SandboxResponse:
+        self._channel(request)
+        inputs = self._inputs(request.json(), self.status_batch_limit)
+        started = iso_ms(self.portal.now())
+        results = [
+            {"subscriberIdString": str(email), "statuses": self._v4_statuses(str(email))} for email in inputs
+        ]
+        return json_response(
+            200,
+            {
+                "status": "COMPLETE",
+                "results": results,
+                "startedAt": started,
+                "completedAt": iso_ms(self.portal.now()),
+            },
+        )
+
+
+def _rate_limit(policy: str, message: str) -> HubSpotApiError:
+    error = HubSpotApiError(429, "", message, errorType="RATE_LIMIT", policyName=policy)
+    error.extra["requestId"] = str(uuid.uuid4())
+    return error
+
+
+def _id_or_none(record_id: str) -> str | None:
+    text = str(record_id).strip()
+    return text if text.isdigit() else None
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 500,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[HubSpotSandbox], None] | None = None,
+) -> None:
+    """Run a seeded sandbox until interrupted (or ``stop`` is set), printing its URL, CA files
+    and private-app token."""
+    portal = HubSpotPortal()
+    portal.seed(records, seed=seed)
+    sandbox = HubSpotSandbox(portal, host=host, port=port).start()
+    lines = [
+        "HubSpot sandbox is running (Ctrl-C to stop)",
+        f"  API URL        {sandbox.api_url}",
+        f"  CA certificate {sandbox.ca_cert_path}",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  access token   {sandbox.credentials.access_token}   (private app; all scopes)",
+        f"  subscriptions  {', '.join(f'{k} {v[0]}' for k, v in portal.definitions.items())}",
+        f"  seeded         {portal.count()} contacts (seed {seed})",
+    ]
+    print("\n".join(lines), flush=True)
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()

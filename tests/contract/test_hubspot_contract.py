@@ -1,0 +1,9 @@
+"""The HubSpot connector passes the connector contract against its sandbox."""
+
+from consentsync_hubspot.testing import HubSpotHarness
+
+from consentsync.sdk.testing import ConnectorContract
+
+
+class TestHubSpotContract(ConnectorContract):
+    harness_class = HubSpotHarness
