@@ -531,6 +531,15 @@ class HubSpotConnector(Connector):
                     yield index, WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only")
                     continue
                 if match["part"] == "legal_basis":
+                    if f"subscription_{match['id']}" not in subs:
+                        # HubSpot records a legal basis only with a status change: claiming this
+                        # written would make the next read look like new evidence.
+                        yield index, WriteResult(
+                            record_id,
+                            False,
+                            "LEGAL_BASIS_WITHOUT_STATUS",
+                            f"HubSpot sets {key} only with a subscribe or unsubscribe; map it pull-only",
+                        )
                     continue  # sent with the status it belongs to
                 basis = subs.get(f"subscription_{match['id']}_legal_basis")
                 yield (

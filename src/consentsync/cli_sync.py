@@ -261,6 +261,27 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
 
 
+@sandbox.command("hubspot")
+@click.option("--port", type=click.IntRange(0, 65535), default=8444, show_default=True)
+@click.option(
+    "--seed",
+    "records",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Seed the portal with this many generated contacts (with subscription statuses).",
+)
+@click.option(
+    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated portal repeatable."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> None:
+    """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted."""
+    from consentsync.sandbox.hubspot import serve_forever
+
+    serve_forever(port=port, seed=random_seed, host=host, records=records)
+
+
 @main.command()
 @click.option(
     "--records",

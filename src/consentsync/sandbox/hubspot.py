@@ -59,7 +59,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -579,6 +579,8 @@ class HubSpotSandbox(HttpsSandbox):
         self.gdpr = gdpr
         self.token_file = Path(token_file) if token_file else None
         self._daily_used = 0
+        # Calls refused by the limits themselves (not by fault switches), by policy.
+        self.rejections: Counter[str] = Counter()
         self._window: deque[float] = deque()
         self._search_window: deque[float] = deque()
         if self.token_file:
@@ -667,15 +669,18 @@ class HubSpotSandbox(HttpsSandbox):
         now = time.monotonic()
         with self._lock:
             if self._daily_used >= self.daily_limit:
+                self.rejections["DAILY"] += 1
                 raise self.request_limit_error()
             while self._window and now - self._window[0] >= 1.0:
                 self._window.popleft()
             if len(self._window) >= self.secondly_limit:
+                self.rejections["SECONDLY"] += 1
                 raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
             if request.path.endswith("/search"):
                 while self._search_window and now - self._search_window[0] >= 1.0:
                     self._search_window.popleft()
                 if len(self._search_window) >= self.search_per_second:
+                    self.rejections["SEARCH_SECONDLY"] += 1
                     raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
                 self._search_window.append(now)
             self._window.append(now)

@@ -1,0 +1,245 @@
+"""The HubSpot connector over HTTPS against the sandbox: the search cap, shared timestamps,
+limits, scopes, multi-checkbox legal bases, batch failures and the resubscribe refusal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from consentsync_hubspot import HubSpotConnector
+from consentsync_hubspot.connector import REFUSES_RESUBSCRIBE
+from consentsync_hubspot.testing import HubSpotHarness
+from sqlalchemy import select
+
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.schema import outbox, quarantine
+from consentsync.sandbox.hubspot import HubSpotCredentials
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate
+from consentsync.sdk.harness import open_sync_engine, write_sync_config
+
+FIELDS = ["email", "jobtitle", "hs_legal_basis", "subscription_1001", "subscription_1001_legal_basis"]
+
+
+@pytest.fixture
+def harness(request: pytest.FixtureRequest) -> Iterator[HubSpotHarness]:
+    options = getattr(request, "param", {})
+    made = HubSpotHarness(**options)
+    made.start()
+    yield made
+    made.stop()
+
+
+def connector(harness: HubSpotHarness, **extra: Any) -> HubSpotConnector:
+    return HubSpotConnector("hs-test", harness.connector_settings(**extra))
+
+
+def _later() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+
+
+def _read(conn: HubSpotConnector, since: Cursor | None = None) -> list[Any]:
+    return list(conn.read_changes("contacts", FIELDS, since or Cursor(), _later()))
+
+
+@pytest.mark.parametrize("harness", [{"search_result_cap": 50}], indirect=True)
+def test_reads_past_the_search_result_cap(harness: HubSpotHarness) -> None:
+    harness.seed(60, shared_modstamp=True)
+    harness.seed(80)
+    records = _read(connector(harness))
+    assert len(records) == 140 == len({r.record_id for r in records})
+    keys = [(r.modstamp, int(r.record_id)) for r in records]
+    assert keys == sorted(keys)
+    # Keyset paging never asks for an offset, so the cap is never hit.
+    assert harness.sandbox.calls["search"] >= 140 // harness.page_size
+
+
+def test_the_sandbox_refuses_offsets_past_its_cap(harness: HubSpotHarness) -> None:
+    session = harness.sandbox.requests_session()
+    session.headers["Authorization"] = f"Bearer {harness.sandbox.credentials.access_token}"
+    harness.sandbox.search_result_cap = 30
+    harness.seed(40)
+    url = f"{harness.sandbox.api_url}/crm/v3/objects/contacts/search"
+    first = session.post(url, json={"limit": 20, "after": "20"}).json()
+    assert len(first["results"]) == 10 and first["paging"]["next"]["after"] == "30"
+    refused = session.post(url, json={"limit": 20, "after": "30"})
+    assert refused.status_code == 400 and refused.json()["category"] == "VALIDATION_ERROR"
+
+
+def test_subscription_statuses_come_with_the_contacts(harness: HubSpotHarness) -> None:
+    portal = harness.sandbox.portal
+    subscribed, unsubscribed, silent = harness.seed(3)
+    email = {rid: portal.get(rid)["email"] for rid in (subscribed, unsubscribed, silent)}
+    portal.set_status(email[subscribed], "1001", "SUBSCRIBED", legal_basis="LEGITIMATE_INTEREST_PQL")
+    portal.set_status(email[unsubscribed], "1001", "UNSUBSCRIBED")
+    records = {r.record_id: r.fields for r in _read(connector(harness))}
+    assert records[subscribed]["subscription_1001"] == "SUBSCRIBED"
+    assert records[subscribed]["subscription_1001_legal_basis"] == "LEGITIMATE_INTEREST_PQL"
+    assert records[unsubscribed]["subscription_1001"] == "UNSUBSCRIBED"
+    assert records[silent]["subscription_1001"] == "NOT_SPECIFIED"
+    assert harness.sandbox.calls["status_batch_read"] == 1
+
+
+def test_a_multi_checkbox_legal_basis_reads_as_the_strongest_ticked(harness: HubSpotHarness) -> None:
+    (contact,) = harness.seed(1)
+    harness.sandbox.portal.update(
+        contact, {"hs_legal_basis": "Legitimate interest - other;Freely given consent from contact"}
+    )
+    (record,) = _read(connector(harness))
+    assert record.fields["hs_legal_basis"] == "Freely given consent from contact"
+
+
+@pytest.mark.parametrize("harness", [{"secondly_limit": 6, "search_per_second": 4}], indirect=True)
+def test_paces_searches_and_waits_out_secondly_limits(harness: HubSpotHarness) -> None:
+    harness.seed(120)
+    records = _read(connector(harness, search_requests_per_second=4))
+    assert len(records) == 120
+    assert harness.sandbox.rejections["SEARCH_SECONDLY"] == 0  # the pace kept under the limit
+
+
+def test_secondly_429_is_retried(harness: HubSpotHarness) -> None:
+    harness.seed(30)
+    conn = connector(harness)
+    harness.sandbox.faults.update(throttle_after=1, throttle_calls=3)
+    assert len(_read(conn)) == 30
+    assert harness.sandbox.faults_injected["throttle"] == 3
+
+
+def test_daily_limit_stops_the_run(harness: HubSpotHarness) -> None:
+    harness.seed(5)
+    harness.sandbox.set_daily_usage(1000, 1000)
+    with pytest.raises(BudgetExhausted, match="DAILY"):
+        _read(connector(harness))
+    assert harness.sandbox.rejections["DAILY"] >= 1
+
+
+def test_daily_reserve_stops_before_the_portal_runs_dry(harness: HubSpotHarness) -> None:
+    harness.seed(5)
+    harness.sandbox.set_daily_usage(95_000, 100_000)
+    conn = connector(harness, budget={"daily_reserve_percent": 10})
+    with pytest.raises(BudgetExhausted, match="reserve"):
+        _read(conn)
+    assert conn.usage.limit == 100_000
+
+
+def test_missing_scope_is_named(harness: HubSpotHarness) -> None:
+    (contact,) = harness.seed(1)
+    creds = harness.sandbox.credentials
+    harness.sandbox.credentials = HubSpotCredentials(
+        access_token=creds.access_token, scopes=creds.scopes - {"crm.objects.contacts.write"}
+    )
+    with pytest.raises(ConnectorError, match=r"crm\.objects\.contacts\.write") as raised:
+        connector(harness).write([RecordUpdate("contacts", contact, {"jobtitle": "x"})])
+    assert raised.value.action is Action.FAIL
+
+
+def test_a_revoked_token_without_a_token_file_fails_clearly(harness: HubSpotHarness) -> None:
+    settings = harness.connector_settings(access_token=harness.sandbox.credentials.access_token)
+    del settings["access_token_file"]
+    conn = HubSpotConnector("hs-test", settings)
+    conn.check()
+    harness.sandbox.rotate_token()
+    with pytest.raises(ConnectorError, match="refused the private app token") as raised:
+        conn.check()
+    assert raised.value.action is Action.FAIL
+
+
+def test_a_rotated_token_is_read_again_from_its_file(harness: HubSpotHarness) -> None:
+    conn = connector(harness)
+    conn.check()
+    harness.sandbox.rotate_token()
+    conn.check()
+    assert conn.usage.per_endpoint["list"] == 3  # ok, 401, ok with the new token
+
+
+def test_a_bad_value_fails_its_record_not_the_batch(harness: HubSpotHarness) -> None:
+    ids = harness.seed(5)
+    updates = [RecordUpdate("contacts", rid, {"hs_legal_basis": "Performance of a contract"}) for rid in ids]
+    updates[2] = RecordUpdate("contacts", ids[2], {"hs_legal_basis": "Because we say so"})
+    updates.append(RecordUpdate("contacts", "999999", {"jobtitle": "nobody"}))
+    results = connector(harness).write(updates)
+    assert [r.ok for r in results] == [True, True, False, True, True, False]
+    assert results[2].error_code == "VALIDATION_ERROR" and not results[2].retryable
+    assert results[5].error_code == "OBJECT_NOT_FOUND" and not results[5].retryable
+    assert harness.sandbox.portal.get(ids[0])["hs_legal_basis"] == "Performance of a contract"
+
+
+def test_read_only_properties_are_refused_before_any_call(harness: HubSpotHarness) -> None:
+    (contact,) = harness.seed(1)
+    conn = connector(harness)
+    conn.describe("contacts")
+    before = harness.sandbox.calls["batch_update"]
+    (result,) = conn.write([RecordUpdate("contacts", contact, {"hs_email_optout": "true"})])
+    assert not result.ok and result.error_code == "INVALID_FIELD"
+    assert harness.sandbox.calls["batch_update"] == before
+
+
+def test_resubscribing_an_unsubscribed_contact_is_a_permanent_refusal(harness: HubSpotHarness) -> None:
+    contact, fresh = harness.seed(2)
+    portal = harness.sandbox.portal
+    portal.set_status(portal.get(contact)["email"], "1001", "UNSUBSCRIBED")
+    results = connector(harness).write(
+        [
+            RecordUpdate("contacts", contact, {"subscription_1001": "SUBSCRIBED"}),
+            RecordUpdate("contacts", fresh, {"subscription_1001": "SUBSCRIBED"}),
+        ]
+    )
+    assert results[0].error_code == REFUSES_RESUBSCRIBE and not results[0].retryable
+    assert "opt in again" in (results[0].message or "")
+    assert results[1].ok
+    assert harness.sandbox.calls["subscribe"] == 2  # one each: the refusal is not retried
+    assert portal.status(portal.get(contact)["email"], "1001").status == "UNSUBSCRIBED"
+
+
+def test_works_with_requests_ca_bundle_set(harness: HubSpotHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    connector(harness).check()
+
+
+def test_the_engine_dead_letters_a_refused_resubscription_once(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+
+    (contact,) = harness.seed(1)
+    portal = harness.sandbox.portal
+    email = portal.get(contact)["email"]
+    portal.set_status(email, "1001", "UNSUBSCRIBED", at=portal.now() - dt.timedelta(days=30))
+    config = write_sync_config(harness, tmp_path)
+    first = open_sync_engine(config).run(full=True)
+    assert first.status == "succeeded", first.error
+    # The person opts in again on the website, double opt-in confirmed: a trusted, newer capture.
+    engine = open_sync_engine(config)
+    now = dt.datetime.now(dt.UTC)
+    engine.ledger.record(
+        Identity(email=email),
+        Evidence(
+            purpose="email_marketing",
+            channel="email",
+            status=ConsentStatus.GRANTED,
+            basis=LawfulBasis.CONSENT,
+            event_time=now,
+            observed_at=now,
+            source="double_opt_in",
+            origin=Origin.CAPTURE,
+            double_opt_in_at=now,
+        ),
+    )
+    second = engine.run()
+    assert second.status == "succeeded", second.error
+    assert harness.sandbox.calls["subscribe"] == 1
+    with engine.ledger.engine.connect() as conn:
+        dead = conn.execute(select(outbox).where(outbox.c.status == "dead")).all()
+        reasons = (
+            conn.execute(select(quarantine.c.reason).where(quarantine.c.record_id == contact)).scalars().all()
+        )
+    assert len(dead) == 1 and REFUSES_RESUBSCRIBE in (dead[0].last_error or "")
+    assert any(REFUSES_RESUBSCRIBE in reason for reason in reasons)
+    # The ledger keeps the opt-in; HubSpot keeps its rule; nobody retries in a loop.
+    for _ in range(2):
+        again = open_sync_engine(config).run()
+        assert again.status == "succeeded", again.error
+    assert harness.sandbox.calls["subscribe"] == 1
+    assert portal.status(email, "1001").status == "UNSUBSCRIBED"
