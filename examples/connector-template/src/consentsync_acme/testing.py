@@ -1,0 +1,109 @@
+"""The Acme sandbox as consentsync's contract kit sees it (consentsync.sdk.harness.ContractHarness)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from consentsync.sdk import RecordUpdate
+from consentsync.sdk.harness import FaultOutcome
+from consentsync_acme.sandbox import AcmeSandbox
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+TIMEOUT = 2.0
+
+
+class AcmeHarness:
+    vendor = "acme"
+    object_type = "contacts"
+    read_fields = ("email", "note", "unsubscribed")
+    text_field = "note"
+    text_max_length = 500
+    page_size = 20
+    write_batch_size = 50
+    mapping_files = (MAPPINGS / "contacts.yaml",)
+    fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
+
+    def __init__(self) -> None:
+        self.sandbox = AcmeSandbox()
+        self._serial = 0
+
+    def start(self) -> None:
+        self.sandbox.start()
+
+    def stop(self) -> None:
+        self.sandbox.close()
+
+    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
+        return {
+            "api_url": self.sandbox.base_url,
+            "api_key": self.sandbox.api_key,
+            "ca_bundle": str(self.sandbox.ca_cert_path),
+            "page_size": self.page_size,
+            "timeout": TIMEOUT,
+            **overrides,
+        }
+
+    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
+        return self.connector_settings(api_key=wrong_secret)
+
+    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
+        now = self.sandbox.now()
+        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
+        made = []
+        for index in range(count):
+            self._serial += 1
+            moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
+            made.append(self.sandbox.create({"email": f"acme.{self._serial}@example.test"}, at=moment))
+        return made
+
+    def record_ids(self) -> list[str]:
+        return list(self.sandbox.contacts)
+
+    def change(self, record_id: str) -> None:
+        self.sandbox.update(record_id, {"name": "changed"})
+
+    def create_with_text(self, text: str) -> str:
+        self._serial += 1
+        return self.sandbox.create({"email": f"hostile.{self._serial}@example.test", "note": text})
+
+    def read_text(self, record_id: str) -> Any:
+        return self.sandbox.contacts[record_id].get("note")
+
+    def text_update(self, record_id: str, text: str) -> RecordUpdate:
+        return RecordUpdate("contacts", record_id, {"note": text})
+
+    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
+        return RecordUpdate("contacts", record_id, {"unsubscribed": opted_out})
+
+    def read_opted_out(self, record_id: str) -> bool:
+        return bool(self.sandbox.contacts[record_id]["unsubscribed"])
+
+    def fail_writes(self, record_ids: Sequence[str]) -> None:
+        self.sandbox.faults.fail_records(*record_ids)
+
+    def set_fault(self, fault: str) -> None:
+        self.sandbox.faults.update(
+            **{
+                "server_error": {"error_rate": 1.0, "error_calls": 2},
+                "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
+                "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
+                "session_expiry": {"session_expiry_after": 2},
+                "throttle": {"throttle_after": 0, "throttle_calls": 2},
+                "request_limit": {"request_limit_after": 1},
+            }[fault]
+        )
+
+    def clear_faults(self) -> None:
+        self.sandbox.faults.reset()
+
+    def faults_injected(self) -> int:
+        return sum(self.sandbox.faults_injected.values())
+
+    def api_calls(self) -> int:
+        return self.sandbox.total_calls
+
+    def write_calls(self) -> int:
+        return self.sandbox.calls["batch"]
