@@ -534,11 +534,14 @@ class HubSpotConnector(Connector):
                     if f"subscription_{match['id']}" not in subs:
                         # HubSpot records a legal basis only with a status change: claiming this
                         # written would make the next read look like new evidence.
-                        yield index, WriteResult(
-                            record_id,
-                            False,
-                            "LEGAL_BASIS_WITHOUT_STATUS",
-                            f"HubSpot sets {key} only with a subscribe or unsubscribe; map it pull-only",
+                        yield (
+                            index,
+                            WriteResult(
+                                record_id,
+                                False,
+                                "LEGAL_BASIS_WITHOUT_STATUS",
+                                f"HubSpot sets {key} only with a subscribe or unsubscribe; map it pull-only",
+                            ),
                         )
                     continue  # sent with the status it belongs to
                 basis = subs.get(f"subscription_{match['id']}_legal_basis")

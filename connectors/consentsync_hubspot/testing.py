@@ -4,9 +4,10 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +90,18 @@ class HubSpotHarness:
             )
         return ids
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        contact_id = self.sandbox.portal.create({"email": email, "lastname": "Person"})
+        if opted_out:
+            self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
+        return contact_id
+
+    def opt_out(self, record_id: str) -> None:
+        record = self.sandbox.portal.get(record_id)
+        assert record is not None
+        # The person clicks "unsubscribe" in an email: HubSpot's preferences page records it.
+        self.sandbox.portal.set_status(str(record["email"]), MARKETING, "UNSUBSCRIBED")
+
     def record_ids(self) -> list[str]:
         return self.sandbox.portal.ids()
 
@@ -117,6 +130,16 @@ class HubSpotHarness:
         assert record is not None
         status = self.sandbox.portal.status(str(record["email"]), MARKETING)
         return status is not None and status.status == "UNSUBSCRIBED"
+
+    @staticmethod
+    def minimum_write_calls(pushed: Sequence[Mapping[str, Any]]) -> int:
+        """HubSpot batches property updates (100 a call) but not subscription changes: v3 takes
+        one contact and one subscription a call."""
+        properties = sum(1 for fields in pushed if any(not k.startswith("subscription_") for k in fields))
+        subscriptions = sum(
+            1 for fields in pushed for k in fields if k.startswith("subscription_") and k.count("_") == 1
+        )
+        return math.ceil(properties / HubSpotHarness.write_batch_size) + subscriptions
 
     # -- faults and counting -------------------------------------------------------------------
 

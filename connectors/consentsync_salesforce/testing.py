@@ -85,6 +85,15 @@ class SalesforceHarness:
             org.clock = original
         return ids
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        self._serial += 1
+        return self.sandbox.org.create(
+            "Contact", LastName=f"Person {self._serial}", Email=email, HasOptedOutOfEmail=opted_out
+        )
+
+    def opt_out(self, record_id: str) -> None:
+        self.sandbox.org.update(record_id, HasOptedOutOfEmail=True)
+
     def record_ids(self) -> list[str]:
         return [r["Id"] for r in self.sandbox.org.records("Contact")]
 

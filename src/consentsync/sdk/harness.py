@@ -83,7 +83,8 @@ class ContractHarness(Protocol):
     * ``page_size``: records per read page as :meth:`connector_settings` configures the
       connector (small, so that seeds cross pages); ``write_batch_size``: records per write call.
     * ``mapping_files``: mapping files for ``object_type`` that load against the starter
-      config's purposes and channels, for the tests that run the sync engine.
+      config's purposes and channels, for the tests that run the sync engine; they map the email
+      opt-out to the purpose ``email_marketing`` on the channel ``email``.
     * ``fault_outcomes``: changes to :data:`STANDARD_FAULTS` (may be empty).
     """
 
@@ -134,6 +135,14 @@ class ContractHarness(Protocol):
 
     def read_opted_out(self, record_id: str) -> bool:
         """The stored opt-out flag, as a bool."""
+
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A record of ``object_type`` for a person with this email, as a CRM user creates it,
+        opted out of email marketing when ``opted_out``; returns its id."""
+
+    def opt_out(self, record_id: str) -> None:
+        """The CRM user ticks the email opt-out (withdraws email consent) on the record: its
+        change time moves to now."""
 
     def fail_writes(self, record_ids: Sequence[str]) -> None:
         """Make every write of these records fail with the CRM's per-record error."""

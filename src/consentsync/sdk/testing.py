@@ -18,6 +18,7 @@ point and check what every connector promises the sync engine.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -259,6 +260,41 @@ class ConnectorContract:
         assert harness.write_calls() == writes, "syncs with no change wrote to the CRM"
         assert (third.counts.read, fourth.counts.read) == (0, 0)
         assert third.counts.pushes_enqueued == fourth.counts.pushes_enqueued == 0
+
+    def test_a_withdrawal_in_the_crm_reaches_the_ledger(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+        from consentsync.ledger.identity import Identity
+
+        email = "withdraws.later@example.test"
+        record_id = harness.create_person(email)
+        config = write_sync_config(harness, tmp_path)
+        engine = open_sync_engine(config)
+        now = datetime.now(UTC)
+        engine.ledger.record(
+            Identity(email=email),
+            Evidence(
+                purpose="email_marketing",
+                channel="email",
+                status=ConsentStatus.GRANTED,
+                basis=LawfulBasis.CONSENT,
+                event_time=now,
+                observed_at=now,
+                source="web_form",
+                origin=Origin.CAPTURE,
+            ),
+        )
+        first = engine.run(full=True)
+        assert first.status == "succeeded", first.error
+        assert harness.read_opted_out(record_id) is False, "a person who opted in was opted out"
+        time.sleep(1.1)  # CRMs stamping whole seconds: the change lands in a later second
+        harness.opt_out(record_id)
+        second = open_sync_engine(config).run()
+        assert second.status == "succeeded", second.error
+        states = {(s["purpose"], s["channel"]): s for s in engine.ledger.subject_view(email)["purposes"]}
+        assert states[("email_marketing", "email")]["status"] == "withdrawn"
+        assert harness.read_opted_out(record_id) is True
 
     def test_sync_stopped_by_the_request_limit_resumes_where_it_stopped(
         self, harness: ContractHarness, tmp_path: Path

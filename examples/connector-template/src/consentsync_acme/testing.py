@@ -59,6 +59,12 @@ class AcmeHarness:
             made.append(self.sandbox.create({"email": f"acme.{self._serial}@example.test"}, at=moment))
         return made
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        return self.sandbox.create({"email": email, "unsubscribed": opted_out})
+
+    def opt_out(self, record_id: str) -> None:
+        self.sandbox.update(record_id, {"unsubscribed": True})
+
     def record_ids(self) -> list[str]:
         return list(self.sandbox.contacts)
 
