@@ -153,7 +153,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         tls: SandboxTLS | None = None,
         tls_dir: str | Path | None = None,
     ) -> None:
-        super().__init__(host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_person_key)
+        super().__init__(
+            host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_person_key
+        )
         self.tenant = tenant or SuperOfficeTenant()
         self.credentials = credentials or SuperOfficeCredentials()
         self.app_token = app_token
@@ -230,7 +232,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         )
 
     def server_error(self, status: int) -> SandboxResponse:
-        return json_response(status, _error_body("ServiceUnavailable", "The service is temporarily unavailable"))
+        return json_response(
+            status, _error_body("ServiceUnavailable", "The service is temporarily unavailable")
+        )
 
     def error_response(self, error: Exception) -> SandboxResponse:
         if isinstance(error, RequestBodyError):
@@ -238,7 +242,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         if isinstance(error, TenantError):
             error = SuperOfficeError(error.status, error.error_type, error.message)
         if isinstance(error, SuperOfficeError):
-            return json_response(error.status, _error_body(error.error_type, error.message), dict(error.headers))
+            return json_response(
+                error.status, _error_body(error.error_type, error.message), dict(error.headers)
+            )
         if isinstance(error, _OAuthError):
             return json_response(400, {"error": error.error, "error_description": error.description})
         log.error("sandbox handler failed", exc_info=error)
@@ -255,8 +261,10 @@ class SuperOfficeSandbox(HttpsSandbox):
                 continue
             handler: Callable[..., SandboxResponse] = getattr(self, f"_h_{kind}")
             params = match.groupdict()
-            return Route(kind, lambda: handler(request, **params), auth)
-        status, message = (405, "The requested resource does not support this method") if allowed else (404, "")
+            return Route(kind, lambda h=handler, p=params: h(request, **p), auth)
+        status, message = (
+            (405, "The requested resource does not support this method") if allowed else (404, "")
+        )
 
         def refuse() -> SandboxResponse:
             raise SuperOfficeError(status, "NotFound", message or f"No HTTP resource matches {request.path}")
@@ -326,12 +334,16 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     def _check_write(self, person_id: Any) -> None:
         if isinstance(person_id, int) and self.faults.consume_failure(str(person_id)):
-            raise SuperOfficeError(409, "ConcurrencyException", f"Person {person_id} is being updated by another user")
+            raise SuperOfficeError(
+                409, "ConcurrencyException", f"Person {person_id} is being updated by another user"
+            )
 
     def _h_set_consent(self, request: SandboxRequest) -> SandboxResponse:
         body = self._body(request, "PersonId", "Purpose", "Source", "LegalBase", "Comment")
         self._check_write(body["PersonId"])
-        self.tenant.set_consent(body["PersonId"], body["Purpose"], body["Source"], body["LegalBase"], body["Comment"])
+        self.tenant.set_consent(
+            body["PersonId"], body["Purpose"], body["Source"], body["LegalBase"], body["Comment"]
+        )
         return SandboxResponse(204, b"", None)
 
     def _h_remove_consent(self, request: SandboxRequest) -> SandboxResponse:
@@ -348,7 +360,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         body = self._body(request, "PersonId")
         person_id = body["PersonId"]
         if isinstance(person_id, bool) or not isinstance(person_id, int):
-            raise SuperOfficeError(400, "ArgumentException", f"PersonId must be an integer, not {person_id!r}")
+            raise SuperOfficeError(
+                400, "ArgumentException", f"PersonId must be an integer, not {person_id!r}"
+            )
         rows = sorted(self.tenant.consent_rows(person_id), key=lambda r: r.purpose.id)
         return json_response(200, [_consent_info(row) for row in rows])
 

@@ -39,7 +39,9 @@ def parse_so_datetime(text: str) -> dt.datetime:
     if dotted:
         year, month, day = (int(part) for part in dotted.groups())
         return dt.datetime(year, month, day, tzinfo=dt.UTC)
-    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?)(\.\d+)?(Z|[+-]\d{2}:?\d{2})?", value)
+    match = re.fullmatch(
+        r"(\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?)?)(\.\d+)?(Z|[+-]\d{2}:?\d{2})?", value
+    )
     if match is None:
         raise ValueError(value)
     base, fraction, zone = match.groups()
@@ -236,10 +238,7 @@ class _Parser:
         operator = _OPERATORS.get(op_token.text.lower())
         if operator is None:
             raise _bad(f"Unknown operator '{op_token.text}' for column '{column.name}'")
-        if operator in _MULTI:
-            values = self.values()
-        else:
-            values = [self.value()]
+        values = self.values() if operator in _MULTI else [self.value()]
         typed = [_typed(column, v) for v in values]
         return _predicate(column, operator, typed)
 
@@ -365,7 +364,9 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (1, value)
 
 
-def run_query(tenant: SuperOfficeTenant, query: ArchiveQuery, *, max_top: int) -> tuple[list[dict[str, Any]], bool]:
+def run_query(
+    tenant: SuperOfficeTenant, query: ArchiveQuery, *, max_top: int
+) -> tuple[list[dict[str, Any]], bool]:
     """The page of rows the query asks for, and whether more follow it."""
     columns = [_column(name) for name in query.select]
     predicate: Predicate = lambda _r, _t: True  # noqa: E731

@@ -185,7 +185,9 @@ class SuperOfficeTenant:
             person = Person(next(self._person_ids), first_name, last_name, email, stamp, stamp)
             self.persons[person.id] = person
             if self.default_legal_base:
-                self._set(person.id, self.default_purpose, self.default_source, self.default_legal_base, "", stamp)
+                self._set(
+                    person.id, self.default_purpose, self.default_source, self.default_legal_base, "", stamp
+                )
             return person
 
     def person(self, person_id: Any) -> Person:
@@ -250,7 +252,8 @@ class SuperOfficeTenant:
         legal_base = self.legal_base(legal_base_key)
         stamp = (at or self.now()).replace(microsecond=0)
         existing = next(
-            (r for r in self.consents.values() if r.person_id == person_id and r.purpose.id == purpose.id), None
+            (r for r in self.consents.values() if r.person_id == person_id and r.purpose.id == purpose.id),
+            None,
         )
         if existing is None:
             row = ConsentRow(
@@ -334,4 +337,3 @@ class SuperOfficeTenant:
                     summary["emarketing"] += 1
                     summary["withdrawn"] += int(withdrawn)
         return summary
-
