@@ -11,7 +11,8 @@ the one before, so rows that move while the run reads are neither skipped nor re
 person found is read whole with ``Agents/Person/GetConsentInfos`` (the archive shows list values by
 their display name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
 is ``SetConsent`` (with the configured source and comment), set to null it is ``RemoveConsent``;
-nothing else is writable.
+``Comment_<KEY>`` rewrites the consent's comment (SetConsent with its legal basis and source);
+nothing else is writable. SuperOffice has no batch call for consents: one call per consent.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ ERRORS = ErrorTable(
 OBJECT = "Person"
 PURPOSE_ATTRIBUTES = ("LegalBase", "Source", "Registered", "Updated", "Comment")
 PERSON_FIELDS = ("PersonId", "Email", "ConsentUpdated")
-WRITABLE = "LegalBase"
+WRITABLE = ("LegalBase", "Comment")
+_UNSET: Any = object()
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:/[A-Za-z][A-Za-z0-9_:]*)*$")
 _INFO_KEYS = {
@@ -211,9 +213,18 @@ class SuperOfficeConnector(Connector):
             )
 
     def _request(
-        self, kind: str, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        busy_is_final: bool = False,
     ) -> Any:
-        """One call, retried by the error table; answers the decoded JSON (None for 204)."""
+        """One call, retried by the error table; answers the decoded JSON (None for 204). With
+        ``busy_is_final`` a record another user holds (409) is not waited for: the write reports
+        it as a retryable failure and the next run tries again."""
 
         def attempt() -> Any:
             self._guard()
@@ -236,7 +247,13 @@ class SuperOfficeConnector(Connector):
                 return None
             if 200 <= response.status_code < 300:
                 return response.json()
-            raise _classified(kind, response)
+            error = _classified(kind, response)
+            if busy_is_final and response.status_code == 409:
+                rule = error.rule
+                raise ConnectorError(
+                    str(error), ErrorRule(Action.SKIP, Fault.TRANSIENT, rule.reason, 409, rule.code)
+                )
+            raise error
 
         return call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=kind)
 
@@ -283,7 +300,7 @@ class SuperOfficeConnector(Connector):
             for attribute in PURPOSE_ATTRIBUTES:
                 name = f"{attribute}_{key}"
                 kind = "datetime" if attribute in ("Registered", "Updated") else "string"
-                out[name] = FieldInfo(name, kind, updateable=attribute == WRITABLE)
+                out[name] = FieldInfo(name, kind, updateable=attribute in WRITABLE)
         return out
 
     def read_changes(
@@ -385,31 +402,21 @@ class SuperOfficeConnector(Connector):
             return WriteResult(
                 record_id, False, "INVALID_RECORD", f"not a SuperOffice Person id: {record_id!r}"
             )
+        by_purpose: dict[str, dict[str, Any]] = {}
         for name, value in update.fields.items():
             match = _PURPOSE_FIELD.match(name)
-            if match is None or match.group(1) != WRITABLE:
+            if match is None or match.group(1) not in WRITABLE:
                 return WriteResult(
-                    record_id, False, "FIELD_NOT_WRITABLE", f"{name}: only LegalBase_<PURPOSE KEY> is written"
+                    record_id,
+                    False,
+                    "FIELD_NOT_WRITABLE",
+                    f"{name}: only {' and '.join(a + '_<PURPOSE KEY>' for a in WRITABLE)} are written",
                 )
-            purpose = match.group(2)
-            if value is None:
-                kind, path = "remove_consent", "/Agents/Person/RemoveConsent"
-                body: dict[str, Any] = {"PersonId": int(record_id), "Purpose": purpose}
-            elif isinstance(value, str) and LIST_KEY.match(value):
-                kind, path = "set_consent", "/Agents/Person/SetConsent"
-                body = {
-                    "PersonId": int(record_id),
-                    "Purpose": purpose,
-                    "Source": self.config.write_source,
-                    "LegalBase": value,
-                    "Comment": self.config.write_comment,
-                }
-            else:
-                return WriteResult(
-                    record_id, False, "INVALID_VALUE", f"{name}: {value!r} is not a legal basis key"
-                )
+            by_purpose.setdefault(match.group(2), {})[match.group(1)] = value
+        person = int(record_id)
+        for purpose, values in by_purpose.items():
             try:
-                self._request(kind, "POST", path, body=body)
+                problem = self._write_consent(person, purpose, values)
             except BudgetExhausted:
                 raise
             except ConnectorError as error:
@@ -418,11 +425,59 @@ class SuperOfficeConnector(Connector):
                     or error.rule.fault is Fault.CONFIG
                 ):
                     raise  # the whole run's problem: it stops, the rows stay pending
-                retryable = error.action is Action.RETRY
-                return WriteResult(
-                    record_id, False, error.rule.code or str(error.rule.status), str(error), retryable
-                )
+                retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
+                code = error.rule.code or str(error.rule.status)
+                return WriteResult(record_id, False, code, str(error), retryable)
+            if problem is not None:
+                return WriteResult(record_id, False, problem[0], problem[1])
         return WriteResult(record_id, True)
+
+    def _write_consent(self, person: int, purpose: str, values: dict[str, Any]) -> tuple[str, str] | None:
+        """One consent's new legal basis and/or comment: SetConsent, or RemoveConsent for a null
+        legal basis. A comment alone keeps the consent's legal basis and source (SetConsent
+        takes them all, so they are read first). Answers (code, message) for a value refused
+        before any call."""
+        legal = values.get("LegalBase", _UNSET)
+        comment = values.get("Comment", _UNSET)
+        if comment is not _UNSET and not isinstance(comment, str | None):
+            return "INVALID_VALUE", f"Comment_{purpose}: text expected, not {type(comment).__name__}"
+        if legal is None:
+            self._request(
+                "remove_consent",
+                "POST",
+                "/Agents/Person/RemoveConsent",
+                body={"PersonId": person, "Purpose": purpose},
+                busy_is_final=True,
+            )
+            return None
+        source = self.config.write_source
+        if legal is _UNSET:
+            infos = self._request(
+                "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
+            )
+            current = next(
+                (i for i in infos or [] if str(i.get("ConsentPurposeKey") or "").upper() == purpose.upper()),
+                None,
+            )
+            if current is None or not current.get("LegalBaseKey"):
+                return "NO_CONSENT", f"person {person} has no {purpose} consent to comment on"
+            legal, source = current["LegalBaseKey"], current.get("ConsentSourceKey") or source
+        elif not isinstance(legal, str) or not LIST_KEY.match(legal):
+            return "INVALID_VALUE", f"LegalBase_{purpose}: {legal!r} is not a legal basis key"
+        self._request(
+            "set_consent",
+            "POST",
+            "/Agents/Person/SetConsent",
+            body={
+                "PersonId": person,
+                "Purpose": purpose,
+                "Source": source,
+                "LegalBase": legal,
+                "Comment": self.config.write_comment if comment is _UNSET else (comment or ""),
+            },
+            busy_is_final=True,
+        )
+        return None
 
     def close(self) -> None:
         self.session.close()
@@ -488,7 +543,9 @@ def _classified(kind: str, response: requests.Response) -> ConnectorError:
         message = body.get("Error") or body.get("Message") or body.get("ExceptionMessage")
     found = ERRORS.classify(response.status_code, str(code) if code else None)
     # The rule as matched, with SuperOffice's own error type as the code the run report shows.
-    rule = ErrorRule(found.action, found.fault, found.reason, response.status_code, str(code) if code else None)
+    rule = ErrorRule(
+        found.action, found.fault, found.reason, response.status_code, str(code) if code else None
+    )
     retry_after = None
     header = response.headers.get("Retry-After")
     if header and header.strip().isdigit():
