@@ -272,6 +272,7 @@ class SuperOfficeConnector(Connector):
     # -- the four operations -------------------------------------------------------------------
 
     def check(self) -> None:
+        self._purposes = None  # always one real call
         self._tenant_purposes()
 
     def _tenant_purposes(self) -> list[str]:

@@ -126,6 +126,7 @@ class SuperOfficeTenant:
         remove_mode: Literal["withdraw", "delete"] = "withdraw",
         clock: Callable[[], dt.datetime] | None = None,
         associate_id: int = 5,
+        keep_fractions: bool = False,
     ) -> None:
         self.purposes = _items(purposes, 1)
         self.legal_bases = _items(legal_bases, 1)
@@ -137,6 +138,8 @@ class SuperOfficeTenant:
         self.remove_mode = remove_mode
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.associate_id = associate_id
+        # Keep fractions of a second (the archive still shows whole seconds but sorts by them).
+        self.keep_fractions = keep_fractions
         self.persons: dict[int, Person] = {}
         self.consents: dict[int, ConsentRow] = {}
         self._lock = threading.RLock()
@@ -146,8 +149,12 @@ class SuperOfficeTenant:
     # ------------------------------------------------------------------ lists
 
     def now(self) -> dt.datetime:
-        """The tenant's time, to the whole second (UTC)."""
-        return self.clock().astimezone(dt.UTC).replace(microsecond=0)
+        """The tenant's time (UTC), to the whole second unless ``keep_fractions``."""
+        return self._stamp(self.clock())
+
+    def _stamp(self, moment: dt.datetime) -> dt.datetime:
+        moment = moment.astimezone(dt.UTC)
+        return moment if self.keep_fractions else moment.replace(microsecond=0)
 
     def _find(self, items: list[ListItem], key: str | None, what: str) -> ListItem:
         if not isinstance(key, str) or not key:
@@ -181,7 +188,7 @@ class SuperOfficeTenant:
     ) -> Person:
         """A new person; like SuperOffice, with the default purpose at the default legal basis."""
         with self._lock:
-            stamp = (at or self.now()).replace(microsecond=0)
+            stamp = self._stamp(at or self.clock())
             person = Person(next(self._person_ids), first_name, last_name, email, stamp, stamp)
             self.persons[person.id] = person
             if self.default_legal_base:
@@ -250,7 +257,7 @@ class SuperOfficeTenant:
         purpose = self.purpose(purpose_key)
         source = self.source(source_key)
         legal_base = self.legal_base(legal_base_key)
-        stamp = (at or self.now()).replace(microsecond=0)
+        stamp = self._stamp(at or self.clock())
         existing = next(
             (r for r in self.consents.values() if r.person_id == person_id and r.purpose.id == purpose.id),
             None,
@@ -291,7 +298,7 @@ class SuperOfficeTenant:
             if self.remove_mode == "delete":
                 del self.consents[row.id]
                 return
-            stamp = (at or self.now()).replace(microsecond=0)
+            stamp = self._stamp(at or self.clock())
             self.consents[row.id] = replace(
                 row,
                 legal_base=self.legal_base(self.withdrawn_legal_base),
