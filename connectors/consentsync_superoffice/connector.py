@@ -228,7 +228,8 @@ class SuperOfficeConnector(Connector):
 
         def attempt() -> Any:
             self._guard()
-            headers = {"Authorization": f"Bearer {self._access_token()}", "Accept": "application/json"}
+            credential = f"{self.config.auth_scheme} {self._access_token()}"
+            headers = {"Authorization": credential, "Accept": "application/json"}
             if self.config.app_token:
                 headers[self.config.app_token_header] = self.config.app_token
             self._count(kind)

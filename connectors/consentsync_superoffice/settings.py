@@ -29,6 +29,9 @@ class SuperOfficeSettings(BaseModel):
     # or an onsite installation's web API root; /api/v1 follows it.
     base_url: str
     auth: Literal["token", "refresh_token"] = "refresh_token"
+    # How the credential is sent: Bearer (an OpenID Connect access token) or SOTicket (a system
+    # user ticket obtained outside consentsync, put in access_token with auth: token).
+    auth_scheme: Literal["Bearer", "SOTicket"] = "Bearer"
     access_token: str | None = None
     client_id: str | None = None
     client_secret: str | None = None

@@ -25,7 +25,8 @@ serves them):
 * ``POST /login/common/oauth/tokens``: the refresh-token grant of SuperOffice Online's OpenID
   Connect login (``grant_type=refresh_token, client_id, client_secret, refresh_token``).
 
-Authentication: ``Authorization: Bearer <access token>``; with ``app_token`` set (as Online
+Authentication: ``Authorization: Bearer <access token>`` (or ``SOTicket <ticket>``, the system user
+flow's credential; the sandbox takes any token it issued in either scheme); with ``app_token`` set (as Online
 requires of a server-side app), also ``SO-AppToken``. Without valid credentials: 401 with
 ``WWW-Authenticate: Bearer`` and an error body.
 
@@ -196,7 +197,7 @@ class SuperOfficeSandbox(HttpsSandbox):
     def authenticate(self, request: SandboxRequest) -> None:
         scheme, _, token = (request.header("Authorization") or "").partition(" ")
         with self._lock:
-            expires = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+            expires = self._tokens.get(token.strip()) if scheme.lower() in ("bearer", "soticket") else None
             if expires is not None and expires < time.monotonic():
                 del self._tokens[token.strip()]
                 expires = None
