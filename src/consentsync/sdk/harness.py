@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from consentsync.sdk.connector import Connector, RecordUpdate
 
 HARNESS_GROUP = "consentsync.harnesses"
+PERSON_HARNESS_MISSING = "the harness lacks create_person/opt_out (consentsync.sdk.harness.PersonHarness)"
 
 
 class FaultOutcome(StrEnum):
@@ -136,14 +137,6 @@ class ContractHarness(Protocol):
     def read_opted_out(self, record_id: str) -> bool:
         """The stored opt-out flag, as a bool."""
 
-    def create_person(self, email: str, *, opted_out: bool = False) -> str:
-        """A record of ``object_type`` for a person with this email, as a CRM user creates it,
-        opted out of email marketing when ``opted_out``; returns its id."""
-
-    def opt_out(self, record_id: str) -> None:
-        """The CRM user ticks the email opt-out (withdraws email consent) on the record: its
-        change time moves to now."""
-
     def fail_writes(self, record_ids: Sequence[str]) -> None:
         """Make every write of these records fail with the CRM's per-record error."""
 
@@ -161,6 +154,21 @@ class ContractHarness(Protocol):
 
     def write_calls(self) -> int:
         """API calls that write records (batch updates, subscription changes)."""
+
+
+@runtime_checkable
+class PersonHarness(Protocol):
+    """People as the multi-CRM demo and the withdrawal contract test create them. Every harness
+    should implement it (it joins :class:`ContractHarness` once all built-ins do); the contract
+    test that needs it skips, saying so, for a harness without it."""
+
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A record of ``object_type`` for a person with this email, as a CRM user creates it,
+        opted out of email marketing when ``opted_out``; returns its id."""
+
+    def opt_out(self, record_id: str) -> None:
+        """The CRM user ticks the email opt-out (withdraws email consent) on the record: its
+        change time moves to now."""
 
 
 def fault_outcomes(harness: ContractHarness) -> dict[str, FaultOutcome]:
@@ -219,9 +227,11 @@ def open_sync_engine(config_path: Path, name: str = "contract", *, batch_size: i
 __all__ = [
     "HARNESS_GROUP",
     "HOSTILE_TEXTS",
+    "PERSON_HARNESS_MISSING",
     "STANDARD_FAULTS",
     "ContractHarness",
     "FaultOutcome",
+    "PersonHarness",
     "available_harnesses",
     "build_connector",
     "fault_outcomes",

@@ -29,9 +29,11 @@ import pytest
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor
 from consentsync.sdk.errors import Action, ConnectorError, Fault
 from consentsync.sdk.harness import (
+    PERSON_HARNESS_MISSING,
     STANDARD_FAULTS,
     ContractHarness,
     FaultOutcome,
+    PersonHarness,
     build_connector,
     fault_outcomes,
     hostile_texts,
@@ -267,6 +269,8 @@ class ConnectorContract:
         from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
         from consentsync.ledger.identity import Identity
 
+        if not isinstance(harness, PersonHarness):
+            pytest.skip(PERSON_HARNESS_MISSING)
         email = "withdraws.later@example.test"
         record_id = harness.create_person(email)
         config = write_sync_config(harness, tmp_path)
