@@ -28,9 +28,8 @@ def test_ledgers_in_two_schemas_of_one_database_lock_their_own_runs() -> None:
     )
     try:
         with connector_lock(first, "salesforce-main"):
-            with pytest.raises(RunInProgress):
-                with connector_lock(first, "salesforce-main"):
-                    pass
+            with pytest.raises(RunInProgress), connector_lock(first, "salesforce-main"):
+                pass
             with connector_lock(second, "salesforce-main"):
                 pass  # the other ledger's connector of the same name runs
     finally:
