@@ -3,11 +3,12 @@ them reaches all the others.
 
 Every CRM is its connector's sandbox, found through the harness its connector package registers
 (entry-point group ``consentsync.harnesses``, see ``consentsync.sdk.harness``): the core names no
-vendor. Each sandbox gets a few background contacts and the same person (one email address);
-every connector runs a full sync; the person then unticks email marketing in the first CRM; that
-connector syncs (the ledger records the withdrawal), then every other one (each pushes the
-suppression to its copy of the person); the report shows each CRM's flag and the audit log's
-push entries.
+vendor. Each sandbox gets a few background contacts and the same person (one email address), who
+subscribed on the web site with double opt-in (recorded in the ledger as a trusted capture);
+every connector runs a full sync, then an incremental one; the person then unsubscribes in the
+first CRM; that connector syncs (the ledger records the withdrawal), then every other one (each
+pushes the suppression to its copy of the person); the report shows each CRM's flag and the
+audit log's push entries.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ import yaml
 from consentsync import audit
 from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config, write_starter
-from consentsync.domain import InvalidInput
+from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
+from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
 from consentsync.sdk.harness import available_harnesses
 
@@ -60,8 +63,28 @@ def run_crms_demo(
         ledger.clock = utcnow
         say(f"ledger: {config.settings.ledger.url} (in {work})\n")
 
+        subscribed = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        ledger.record(
+            Identity(email=PERSON),
+            Evidence(
+                purpose="email_marketing",
+                channel="email",
+                status=ConsentStatus.GRANTED,
+                basis=LawfulBasis.CONSENT,
+                event_time=subscribed,
+                observed_at=subscribed,
+                source="web_form",
+                origin=Origin.CAPTURE,
+                notice_version="newsletter-v3",
+                double_opt_in_at=subscribed,
+            ),
+        )
+        say(f"{PERSON} subscribed to the newsletter on the web site (double opt-in, notice newsletter-v3)\n")
         for vendor in harnesses:
             _sync(config, ledger, vendor, "full sync", say, full=True)
+        say("")
+        for vendor in harnesses:  # every CRM now hears what the others said
+            _sync(config, ledger, vendor, "incremental sync", say)
 
         first, others = vendors[0], list(vendors[1:])
         harnesses[first].opt_out(person_ids[first])
