@@ -17,8 +17,8 @@ import os
 import re
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
