@@ -24,7 +24,9 @@ def test_a_withdrawal_in_one_crm_reaches_every_other_one(tmp_path: Path) -> None
     assert summary["ledger_state"]["suppressed"] is True
     assert summary["opted_out"] == {vendor: True for vendor in VENDORS}
     pushed_by = {push["connector"] for push in summary["pushes"]}
-    assert pushed_by == {f"{vendor}-demo" for vendor in VENDORS[1:]}
+    # Every other CRM pushed the withdrawal. The first may push too: a lawful basis another CRM
+    # taught the ledger meanwhile (HubSpot's hs_legal_basis is mapped both ways).
+    assert pushed_by >= {f"{vendor}-demo" for vendor in VENDORS[1:]}
     assert all(run["status"] == "succeeded" for run in summary["crms"].values())
     # Credentials are named in the config file, their values live in the environment.
     assert "${CONSENTSYNC_DEMO_" in (tmp_path / "consentsync.yaml").read_text()

@@ -292,8 +292,11 @@ class ConnectorContract:
         first = engine.run(full=True)
         assert first.status == "succeeded", first.error
         assert harness.read_opted_out(record_id) is False, "a person who opted in was opted out"
-        time.sleep(1.1)  # CRMs stamping whole seconds: the change lands in a later second
+        # CRMs stamping whole seconds: the change lands in a second of its own, and the sync runs
+        # after it (a connector may leave the current second to the next run).
+        time.sleep(1.1)
         harness.opt_out(record_id)
+        time.sleep(1.1)
         second = open_sync_engine(config).run()
         assert second.status == "succeeded", second.error
         states = {(s["purpose"], s["channel"]): s for s in engine.ledger.subject_view(email)["purposes"]}
