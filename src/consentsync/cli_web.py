@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from consentsync.app import open_ledger
@@ -63,7 +65,7 @@ def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
     from consentsync.accounts import Accounts
 
     accounts = Accounts(open_ledger(current_config()).engine)
-    password = click.get_text_stream("stdin").readline().rstrip("\n") if password_stdin else _password(True)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
     account = accounts.add(name, role, password, actor=actor)
     click.echo(f"account {account.name} added with role {account.role.label}")
 
@@ -79,7 +81,7 @@ def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
     from consentsync.accounts import Accounts
 
     accounts = Accounts(open_ledger(current_config()).engine)
-    password = click.get_text_stream("stdin").readline().rstrip("\n") if password_stdin else _password(True)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
     accounts.set_password(name, password, actor=actor)
     click.echo(f"password of {name} changed; its sessions have ended")
 
