@@ -351,3 +351,39 @@ def test_bad_filters_get_a_clear_400(app: Any, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 400
     assert "accepted" in response.text or "expected" in response.text
+
+
+def test_retrying_a_refused_push_puts_it_back_in_the_queue_and_the_next_run_delivers_it(
+    app: Any, world: World, cli: Cli
+) -> None:
+    import yaml
+
+    data = yaml.safe_load(world.config_path.read_text())
+    data["connectors"][0]["max_push_attempts"] = 1  # dead-lettered at the first refusal
+    world.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    contact = next(
+        r for r in world.sandbox.org.records("Contact") if r.get("Email") and not r["HasOptedOutOfEmail"]
+    )
+    world.sandbox.faults.fail_records(contact["Id"])
+    email = str(contact["Email"]).lower()
+    cli.ok("objection", "raise", "--email", email, "--purpose", "email_marketing", "--direct-marketing")
+    refused = cli.json("sync", "sf")
+    assert refused["counts"]["push_failed"] >= 1
+    client = TestClient(app)
+    csrf = api_login(client, "rex")
+    held = [
+        q
+        for q in client.get(f"/api/runs/{refused['run_id']}").json()["quarantined_records"]
+        if q["record_id"] == contact["Id"]
+    ]
+    assert [q["stage"] for q in held] == ["push"]
+    retried = client.post(f"/api/quarantine/{held[0]['id']}/retry", headers={"X-CSRF-Token": csrf}).json()
+    assert retried["resolved_at"] and retried["retry_requested_by"] == "rex"
+    (entry,) = entries(world, action="quarantine.retried")
+    assert (entry["old"], entry["new"], entry["actor"]) == ("dead", "pending", "rex")
+    assert entry["what"]["outbox"]
+
+    world.sandbox.faults.release_records(contact["Id"])
+    delivered = cli.json("sync", "sf")
+    assert delivered["status"] == "succeeded" and delivered["counts"]["push_failed"] == 0
+    assert world.sandbox.org.get(contact["Id"])["HasOptedOutOfEmail"] is True

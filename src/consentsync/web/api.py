@@ -18,6 +18,7 @@ Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=True))]
 Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=True))]
 Admin = Annotated[Account, Depends(require(Role.ADMIN, api=True))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 PerPage = Annotated[int, Query(ge=1, le=200)]
 Text = Annotated[str | None, Query(max_length=200)]
 
@@ -127,7 +128,7 @@ def run(request: Request, _account: Viewer, run_id: Annotated[str, Path(max_leng
 
 
 @router.post("/quarantine/{quarantine_id}/retry", summary="Retry a quarantined record (reviewer)")
-def retry(request: Request, account: Reviewer, quarantine_id: int) -> dict[str, Any]:
+def retry(request: Request, account: Reviewer, quarantine_id: RowId) -> dict[str, Any]:
     return console_of(request).retry_quarantined(quarantine_id, account)
 
 
@@ -196,12 +197,12 @@ def objection_list(
 
 
 @router.get("/objections/{objection_id}", summary="One objection with its subject's context")
-def objection(request: Request, objection_id: int, _account: Viewer) -> dict[str, Any]:
+def objection(request: Request, objection_id: RowId, _account: Viewer) -> dict[str, Any]:
     return console_of(request).objection(objection_id)
 
 
 @router.post("/objections/{objection_id}/decision", summary="Uphold or reject (reviewer); reason required")
-def decide(request: Request, objection_id: int, decision: Decision, account: Reviewer) -> dict[str, Any]:
+def decide(request: Request, objection_id: RowId, decision: Decision, account: Reviewer) -> dict[str, Any]:
     return console_of(request).decide(
         objection_id, uphold=decision.decision == "uphold", reason=decision.reason, account=account
     )

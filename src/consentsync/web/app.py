@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentsync.accounts import Account, LoginThrottled, Role
@@ -178,6 +179,11 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, error: NotFound) -> Response:
         return problem(request, 404, str(error))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, _error: DataError) -> Response:
+        # The database refused a value as data (PostgreSQL: a NUL character in text): bad input.
+        return problem(request, 400, "the input holds characters the ledger cannot store or compare")
 
     @app.exception_handler(LoginThrottled)
     async def _throttled(request: Request, error: LoginThrottled) -> Response:

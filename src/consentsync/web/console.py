@@ -331,9 +331,10 @@ def parse_day(value: str | None, what: str, *, end: bool = False) -> datetime | 
             day = datetime.fromisoformat(value).replace(tzinfo=UTC)
             return day + timedelta(days=1) if end else day
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        # In UTC here, where a time at the edge of the calendar fails as input, not later.
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidInput(f"{what}: expected a date YYYY-MM-DD or an ISO 8601 time, got {value!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 __all__ = ["EXPORT_TYPES", "PER_PAGE", "RUN_STATUSES", "Console", "Page", "iso", "parse_day"]

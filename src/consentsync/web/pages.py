@@ -10,7 +10,7 @@ import secrets
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from consentsync.accounts import Account, Role
@@ -31,6 +31,7 @@ Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=False))]
 Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=False))]
 Admin = Annotated[Account, Depends(require(Role.ADMIN, api=False))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 Text = Annotated[str, Query(max_length=200)]
 
 
@@ -183,7 +184,7 @@ def run(request: Request, run_id: str, _account: Viewer) -> Response:
 
 
 @router.post("/quarantine/{quarantine_id}/retry")
-def retry(request: Request, quarantine_id: int, account: Reviewer) -> Response:
+def retry(request: Request, quarantine_id: RowId, account: Reviewer) -> Response:
     row = console_of(request).retry_quarantined(quarantine_id, account)
     return RedirectResponse(f"/runs/{row['run_id']}?retried={quarantine_id}", status_code=303)
 
@@ -334,7 +335,7 @@ def objections(
 
 
 @router.get("/objections/{objection_id}")
-def objection(request: Request, objection_id: int, _account: Viewer) -> Response:
+def objection(request: Request, objection_id: RowId, _account: Viewer) -> Response:
     found = console_of(request).objection(objection_id)
     return render(request, "objection.html", {"title": f"Objection {objection_id}", **found, "error": None})
 
@@ -342,7 +343,7 @@ def objection(request: Request, objection_id: int, _account: Viewer) -> Response
 @router.post("/objections/{objection_id}/decide")
 def decide(
     request: Request,
-    objection_id: int,
+    objection_id: RowId,
     account: Reviewer,
     decision: Annotated[str, Form(max_length=10)] = "",
     reason: Annotated[str, Form(max_length=2000)] = "",
