@@ -13,7 +13,7 @@ from schemathesis import GenerationMode
 
 from tests.web.conftest import World, api_login
 
-EXAMPLES_PER_OPERATION = 10
+EXAMPLES_PER_OPERATION = 6
 
 
 def test_no_api_operation_answers_a_server_error(app: Any, world: World) -> None:
