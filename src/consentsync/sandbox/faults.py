@@ -86,7 +86,17 @@ _DEFAULTS: dict[str, Any] = {
 
 
 class Faults:
-    """Thread-safe fault switches (see the module docstring for the settings)."""
+    """Thread-safe fault switches (see the module docstring for the settings).
+
+    Another vendor's sandbox subclasses it with its own endpoint kinds and record id form.
+    """
+
+    kinds: tuple[str, ...] = ENDPOINT_KINDS
+
+    @staticmethod
+    def normalise_id(value: str) -> str | None:
+        """The canonical form of a record id for ``lock_ids``; None when it is not one."""
+        return to18(value)
 
     def __init__(self, **settings: Any) -> None:
         self._mutex = threading.Lock()
@@ -125,9 +135,9 @@ class Faults:
                     continue
                 if name.endswith("_kinds") or name == "delay_paths":
                     value = frozenset(value) if value is not None else None
-                    if name.endswith("_kinds") and value is not None and not value <= set(ENDPOINT_KINDS):
+                    if name.endswith("_kinds") and value is not None and not value <= set(self.kinds):
                         raise ValueError(
-                            f"unknown endpoint kind(s) in {name}: {sorted(value - set(ENDPOINT_KINDS))}"
+                            f"unknown endpoint kind(s) in {name}: {sorted(value - set(self.kinds))}"
                         )
                 if name in ("error_rate", "reset_rate") and not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{name} must be between 0 and 1")
@@ -159,14 +169,14 @@ class Faults:
             if not record_ids:
                 self._locked = {}
             for rid in record_ids:
-                self._locked.pop(to18(rid) or rid, None)
+                self._locked.pop(self.normalise_id(rid) or rid, None)
 
     def _add_locks(self, value: Mapping[str, int | None] | Iterable[str] | None) -> None:
         if not value:
             return
         pairs = value.items() if isinstance(value, Mapping) else ((rid, None) for rid in value)
         for rid, attempts in pairs:
-            full = to18(rid)
+            full = self.normalise_id(rid)
             if full is None:
                 raise ValueError(f"not a record id: {rid!r}")
             self._locked[full] = attempts
