@@ -1,13 +1,14 @@
 """Dynamics 365 / Dataverse, through the Web API (OData v4) with requests.
 
 Authenticates with OAuth 2.0 client credentials against a configurable token URL (an app
-registration with a Dataverse application user). Reads with change tracking: the first read of
-a table takes every row with ``Prefer: odata.track-changes`` and keeps the ``@odata.deltaLink``
-of its last page as the cursor's token; later reads GET that link and receive only what changed
-(deleted rows come as ``$deletedEntity`` and are counted, not yielded: a deleted record carries
-no consent). A refused delta link (expired or invalid) triggers one full reload. Tables without
-change tracking, or ``change_tracking: false``, are read by ``modifiedon`` with a (modifiedon, id)
-keyset ``$filter``. Writes go as ``$batch`` requests (at most 1,000) of ``PATCH`` with
+registration with a Dataverse application user). Reads with change tracking: a read without a
+delta link (the first) takes one (``Prefer: odata.track-changes``, ids only), reads the rows by a
+(modifiedon, id) keyset ``$filter`` up to the run's signpost, and hands the link over as the
+cursor's token; later reads GET that link and receive only what changed (deleted rows come as
+``$deletedEntity`` and are counted, not yielded: a deleted record carries no consent). A refused
+delta link (expired or invalid) triggers one full reload. Tables without change tracking, or
+``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as ``$batch``
+requests (at most 1,000) of ``PATCH`` with
 ``If-Match: *`` (a PATCH alone would create a missing row) and ``Prefer: odata.continue-on-error``,
 one result per request. 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 import structlog
@@ -290,36 +292,30 @@ class DynamicsConnector(Connector):
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
     ) -> Iterator[CrmRecord]:
-        """Delta reads ignore ``until``: a delta token is the server's row version, so there is
-        no same-second race for the signpost to guard against, and dropping rows after it would
-        lose them (the next delta link starts after them). Rows come in the service's change
-        order; the engine stores the delta link only after the last of them is committed."""
+        """With change tracking (the default, where the table has it enabled):
+
+        * a cursor holding a delta link reads what changed since (the link is the server's row
+          version: no same-second race, so ``until`` does not apply; a row changed after it comes
+          now, and the next link starts after it). A refused link (expired, invalid) means one
+          full reload, as below from the start;
+        * a cursor without one (the first sync, a --full run, a crash before the first link was
+          kept) takes a delta link first, then reads by (modifiedon, id) after the cursor up to
+          ``until``; the link is handed over once that read is done, so every change made
+          after it was taken comes in the next delta (a row read twice is harmless).
+
+        Without change tracking every read is the (modifiedon, id) keyset read.
+        """
         entity = self._entity(object_type)
         wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields]))
         filters = self.config.record_filters.get(object_type, {})
         wire = self._wire_names(object_type, list(dict.fromkeys([*wanted, *filters])))
-        if self.config.change_tracking and entity.change_tracking:
-            yield from self._read_delta(entity, wire, filters, since)
-        else:
+        if not (self.config.change_tracking and entity.change_tracking):
             yield from self._read_keyset(entity, wire, filters, since, until)
-
-    def _prefer(self, *extra: str) -> dict[str, str]:
-        return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
-
-    def _read_delta(
-        self, entity: _Entity, wire: Mapping[str, str], filters: Mapping[str, list[Any]], since: Cursor
-    ) -> Iterator[CrmRecord]:
-        start = f"{self.config.api_url}/{entity.entity_set}"
-        params: dict[str, str] | None = {"$select": ",".join(wire.values())}
-        url = start
-        resuming = bool(since.token and self._ours(since.token))
-        if resuming:
-            url, params = str(since.token), None
-        elif since.token:
-            log.warning("dynamics.delta_link_foreign", connector=self.name, table=entity.logical_name)
-        while True:
+            return
+        if since.token:
             try:
-                body = self._page(url, params, entity, delta=resuming)
+                yield from self._read_delta(entity, wire, filters, since)
+                return
             except _DeltaRefused as refused:
                 log.warning(
                     "dynamics.delta_link_refused",
@@ -328,21 +324,68 @@ class DynamicsConnector(Connector):
                     code=str(refused),
                 )
                 self.full_reloads += 1
-                url, params, resuming = start, {"$select": ",".join(wire.values())}, False
+                since = Cursor()
+        link = self._new_delta_link(entity, wire)
+        last: CrmRecord | None = None
+        for record in self._read_keyset(entity, wire, filters, since, until):
+            last = record
+            yield record
+        position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
+        self.completed_cursor = Cursor(*position, token=link)
+
+    def _prefer(self, *extra: str) -> dict[str, str]:
+        return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
+
+    def _new_delta_link(self, entity: _Entity, wire: Mapping[str, str]) -> str:
+        """A delta link for the table as it is now (the initial change-tracking read; its pages
+        are not yielded: the keyset read that follows is ordered and resumable). The link keeps
+        its $select, so it names every column the later deltas must carry."""
+        url: str = f"{self.config.api_url}/{entity.entity_set}"
+        params: dict[str, str] | None = {"$select": ",".join(wire.values())}
+        while True:
+            body = self._page(url, params, entity, delta=False)
+            if body.get("@odata.nextLink"):
+                url, params = self._checked_link(body["@odata.nextLink"]), None
                 continue
-            resuming = False  # only the first request of a read carries the stored link
+            if not body.get("@odata.deltaLink"):
+                raise ConnectorError(
+                    f"{self.name}: {entity.entity_set} answered no delta link: is change tracking on?",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "no delta link"),
+                )
+            return self._checked_link(body["@odata.deltaLink"])
+
+    def _read_delta(
+        self, entity: _Entity, wire: Mapping[str, str], filters: Mapping[str, list[Any]], since: Cursor
+    ) -> Iterator[CrmRecord]:
+        assert since.token
+        if not self._ours(since.token):
+            raise _DeltaRefused("a delta link of another environment")
+        selected = parse_qs(urlsplit(since.token).query).get("$select", [""])[0].split(",")
+        if set(wire.values()) - set(selected) - {entity.primary_id}:  # the key always comes
+            raise _DeltaRefused("the mapping reads columns the delta link does not select")
+        url: str = since.token
+        first = True
+        newest = (since.modstamp, since.record_id)
+        while True:
+            body = self._page(url, None, entity, delta=first)
+            first = False
             for row in body.get("value", []):
                 if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
                     self.deleted_rows += 1
                     continue
                 if _wanted(row, wire, filters):
-                    yield _record(entity, row, wire)
-            next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
-            if next_link:
-                url, params = self._checked_link(next_link), None
+                    record = _record(entity, row, wire)
+                    if newest[0] is None or (record.modstamp, record.record_id) > (
+                        newest[0],
+                        newest[1] or "",
+                    ):
+                        newest = (record.modstamp, record.record_id)
+                    yield record
+            if body.get("@odata.nextLink"):
+                url = self._checked_link(body["@odata.nextLink"])
                 continue
-            if delta_link:
-                self.completed_cursor = Cursor(token=self._checked_link(delta_link))
+            if body.get("@odata.deltaLink"):
+                self.completed_cursor = Cursor(*newest, token=self._checked_link(body["@odata.deltaLink"]))
             return
 
     def _page(self, url: str, params: Mapping[str, str] | None, entity: _Entity, *, delta: bool) -> Any:
@@ -374,10 +417,17 @@ class DynamicsConnector(Connector):
         terms = [f"modifiedon le {odata_literal(until)}"]
         if since.modstamp is not None:
             stamp = odata_literal(since.modstamp)
-            after = f"(modifiedon gt {stamp} or (modifiedon eq {stamp}"
-            if since.record_id and _GUID.match(since.record_id):
-                after += f" and {key} gt {since.record_id.lower()}"
-            terms.insert(0, after + "))")
+            if since.record_id is None:
+                terms.insert(0, f"modifiedon gt {stamp}")
+            elif _GUID.match(since.record_id):
+                after = uuid.UUID(since.record_id)
+                terms.insert(0, f"(modifiedon gt {stamp} or (modifiedon eq {stamp} and {key} gt {after}))")
+            else:
+                raise ConnectorError(
+                    f"{self.name}: the cursor names {since.record_id[:40]!r}, "
+                    "which is not a Dataverse row id",
+                    ErrorRule(Action.FAIL, Fault.DATA, "cursor id is not a row id"),
+                )
         for column, allowed in filters.items():
             terms.append("(" + " or ".join(f"{wire[column]} eq {odata_literal(v)}" for v in allowed) + ")")
         params: dict[str, str] | None = {

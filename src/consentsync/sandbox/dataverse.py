@@ -113,6 +113,7 @@ def _tables() -> dict[str, Table]:
                 Column("fullname", "String", updatable=False),
                 Column("emailaddress1", "String", max_length=100),
                 Column("telephone1", "String", max_length=50),
+                Column("description", "Memo", max_length=2000),
                 Column("donotemail", "Boolean"),
                 Column("donotbulkemail", "Boolean"),
                 Column("donotphone", "Boolean"),
@@ -161,13 +162,13 @@ class DataverseEnvironment:
         self.organization_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000001))
         self.user_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000002))
         self.business_unit_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000003))
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._rng = random.Random(0)
         for purpose_id, name in PURPOSES.items():
             self.create("msdynmkt_purpose", {"msdynmkt_name": name}, record_id=purpose_id)
 
     def now(self) -> datetime:
-        return self._clock().astimezone(UTC).replace(microsecond=0)
+        return self.clock().astimezone(UTC).replace(microsecond=0)
 
     def table(self, logical_name: str) -> Table:
         return self.tables[logical_name]

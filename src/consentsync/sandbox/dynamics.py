@@ -53,23 +53,22 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cmp_to_key
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from consentsync.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
-from consentsync.sandbox.salesforce import RESET, SandboxRequest, SandboxResponse, _Handler, _HTTPServer
-from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
+from consentsync.sandbox.tls import SandboxTLS
 
-__all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DataverseFaults", "DynamicsSandbox", "serve_forever"]
+__all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DynamicsSandbox", "normalize_guid", "serve_forever"]
 
 log = logging.getLogger("consentsync.sandbox.dynamics")
 
@@ -95,19 +94,12 @@ DYNAMICS_KINDS = (
 )
 
 
-class DataverseFaults(Faults):
-    """The Salesforce sandbox's fault switches, with Dataverse's endpoint kinds and GUID ids.
-    ``request_limit_after`` answers 429 with a long ``Retry-After`` (the service protection limit
-    held for minutes); ``lock_ids`` makes updates of those rows fail with 0x80044150."""
-
-    kinds = DYNAMICS_KINDS
-
-    @staticmethod
-    def normalise_id(value: str) -> str | None:
-        try:
-            return str(uuid.UUID(str(value))).lower()
-        except ValueError:
-            return None
+def normalize_guid(value: str) -> str | None:
+    """A row id in its canonical (lower-case) spelling; None when it is not a GUID."""
+    try:
+        return str(uuid.UUID(str(value))).lower()
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -129,6 +121,24 @@ class _TokenError(Exception):
         self.status, self.error, self.code, self.description = status, error, code, description
 
 
+def _token_error(error: _TokenError) -> SandboxResponse:
+    now = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}"
+    trace, correlation = uuid.uuid4(), uuid.uuid4()
+    return _json(
+        error.status,
+        {
+            "error": error.error,
+            "error_description": f"AADSTS{error.code}: {error.description} Trace ID: {trace} "
+            f"Correlation ID: {correlation} Timestamp: {now}",
+            "error_codes": [error.code],
+            "timestamp": now,
+            "trace_id": str(trace),
+            "correlation_id": str(correlation),
+            "error_uri": f"https://login.microsoftonline.com/error?code={error.code}",
+        },
+    )
+
+
 def _stamp(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
 
@@ -148,15 +158,21 @@ def _decode_state(text: str) -> dict[str, Any]:
     return state
 
 
-class DynamicsSandbox:
+class DynamicsSandbox(HttpsSandbox):
     """The sandbox server. :meth:`start` it (or use it as a context manager) and point clients at
     :attr:`environment_url` and :attr:`token_url`, trusting :attr:`ca_cert_path`.
 
-    Run-time controls (HTTP-free): :attr:`faults`, :attr:`environment` (the data),
-    :meth:`expire_tokens`, :meth:`expire_delta_tokens`, :meth:`set_rate_limit`,
+    Run-time controls (HTTP-free): :attr:`faults` (``fail_ids`` make PATCHes of those rows fail
+    with 0x80044150; ``throttle_*`` and ``request_limit_after`` answer 429 with Retry-After, the
+    latter with ``limit_retry_after`` seconds), :attr:`environment` (the data),
+    :meth:`expire_sessions`, :meth:`expire_delta_tokens`, :meth:`set_rate_limit`,
     :meth:`reset_counters`; :attr:`calls` counts answered calls per endpoint kind and
     :attr:`batch_requests` the requests inside batches.
     """
+
+    endpoint_kinds = DYNAMICS_KINDS
+    server_name = "Microsoft-IIS/10.0"
+    thread_name = "dynamics-sandbox"
 
     def __init__(
         self,
@@ -174,73 +190,23 @@ class DynamicsSandbox:
         change_retention: float = 7 * 24 * 3600.0,
         tls: SandboxTLS | None = None,
     ) -> None:
+        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=normalize_guid)
         self.environment = environment or DataverseEnvironment()
-        self.host, self.port = host, port
         self.credentials = credentials or DataverseCredentials()
-        self.faults = faults if isinstance(faults, Faults) else DataverseFaults(**dict(faults or {}))
         self.token_path = token_path
         self.token_lifetime = token_lifetime
         self.rate_limit, self.rate_window = rate_limit, rate_window
         self.limit_retry_after = limit_retry_after
         self.change_retention = change_retention
-        self.calls: Counter[str] = Counter()
-        self.faults_injected: Counter[str] = Counter()
         self.batch_requests = 0
         self.throttled = 0
-        self._lock = threading.RLock()
         self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
         self._window: deque[float] = deque()
         self._min_delta_version = 0
-        self._tls = tls
-        self._owns_tls = tls is None
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         pattern = re.escape(token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
         self._token_route = re.compile(pattern + "/?")
 
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    def start(self) -> DynamicsSandbox:
-        if self._httpd is not None:
-            return self
-        if self._tls is None:
-            self._tls = create_sandbox_tls()
-        self._httpd = _HTTPServer((self.host, self.port), _DataverseHandler, self, self._tls.server_context())  # type: ignore[arg-type]
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="dynamics-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tls is not None and self._owns_tls:
-            self._tls.cleanup()
-
-    def __enter__(self) -> DynamicsSandbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- addresses -----------------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"https://{self.host}:{self.port}"
 
     @property
     def environment_url(self) -> str:
@@ -252,20 +218,6 @@ class DynamicsSandbox:
 
     def api_url(self, version: str = "9.2") -> str:
         return f"{self.base_url}/api/data/v{version}"
-
-    @property
-    def ca_cert_path(self) -> Path:
-        assert self._tls is not None, "the sandbox has not been started"
-        return self._tls.ca_cert_path
-
-    @property
-    def ca_bundle_path(self) -> Path:
-        assert self._tls is not None, "the sandbox has not been started"
-        return self._tls.bundle_path
-
-    def requests_session(self) -> Any:
-        assert self._tls is not None, "the sandbox has not been started"
-        return self._tls.requests_session()
 
     def client_credentials_form(self) -> dict[str, str]:
         c = self.credentials
@@ -279,12 +231,14 @@ class DynamicsSandbox:
     # -- run-time controls ---------------------------------------------------------------------
 
     def issue_token(self) -> str:
+        """A fresh access token without an HTTP call (not counted)."""
         token = "eyJ0eXAiOiJKV1QifQ." + secrets.token_urlsafe(48)
         with self._lock:
             self._tokens[token] = time.monotonic() + self.token_lifetime
         return token
 
-    def expire_tokens(self) -> None:
+    def expire_sessions(self) -> None:
+        """Every access token issued so far is refused from now on (401)."""
         with self._lock:
             self._tokens.clear()
 
@@ -300,60 +254,107 @@ class DynamicsSandbox:
                 self.rate_window = window
             self._window.clear()
 
-    @property
-    def total_calls(self) -> int:
-        with self._lock:
-            return sum(self.calls.values())
-
     def reset_counters(self) -> None:
+        super().reset_counters()
         with self._lock:
-            self.calls.clear()
-            self.faults_injected.clear()
             self.batch_requests = self.throttled = 0
 
-    # -- dispatch ------------------------------------------------------------------------------
+    # -- the hooks of HttpsSandbox -------------------------------------------------------------
 
-    def handle(self, request: SandboxRequest) -> SandboxResponse | object:
+    def route(self, request: SandboxRequest) -> Route:
         match = self._token_route.fullmatch(request.path)
-        kind = "token" if match and request.method == "POST" else self._kind(request.method, request.path)
-        if self.faults.decide_reset(kind):
-            with self._lock:
-                self.faults_injected["reset"] += 1
-            return RESET
-        delay = self.faults.delay_for(kind, request.path)
-        if delay > 0:
-            with self._lock:
-                self.faults_injected["delay"] += 1
-            time.sleep(delay)
-        try:
-            if kind == "token":
-                assert match is not None
-                response = self._token(request, match.group("tenant"))
-            else:
-                response = self._api(request, kind)
-        except _TokenError as error:
-            response = _json(
-                error.status,
+        if match and request.method == "POST":
+            tenant = match.group("tenant")
+            return Route("token", lambda: self._token(request, tenant), authenticated=False)
+        kind = self._kind(request.method, request.path)
+        return Route(kind, lambda: self._answer(request))
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        with self._lock:
+            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+            if expiry is None or expiry < time.monotonic():
+                self._tokens.pop(token.strip(), None)
+                raise _Unauthorized
+
+    def request_limit_error(self) -> Exception:
+        with self._lock:
+            self.throttled += 1
+        return _Throttled(
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            self.limit_retry_after,
+        )
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        with self._lock:
+            self.throttled += 1
+        return _Throttled(
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            max(1, math.ceil(retry_after)),
+        )
+
+    def note_api_call(self, request: SandboxRequest) -> None:
+        """Service protection: the request limit over a sliding window (each request of a batch
+        counts)."""
+        weight = 1 + (
+            self._count_parts(request) if self._kind(request.method, request.path) == "batch" else 0
+        )
+        with self._lock:
+            if self.rate_limit is None:
+                return
+            now = time.monotonic()
+            while self._window and self._window[0] <= now - self.rate_window:
+                self._window.popleft()
+            if len(self._window) + weight > self.rate_limit:
+                self.throttled += 1
+                oldest = self._window[0] if self._window else now
+                raise _Throttled(
+                    f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
+                    f"{int(self.rate_window)} seconds.",
+                    max(1, math.ceil(oldest + self.rate_window - now)),
+                )
+            self._window.extend([now] * weight)
+
+    def server_error(self, status: int) -> SandboxResponse:
+        return _json(status, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}})
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, _Unauthorized):
+            return SandboxResponse(
+                401,
+                b"",
+                None,
                 {
-                    "error": error.error,
-                    "error_description": f"AADSTS{error.code}: {error.description} "
-                    f"Trace ID: {uuid.uuid4()} Correlation ID: {uuid.uuid4()} "
-                    f"Timestamp: {datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}",
-                    "error_codes": [error.code],
-                    "timestamp": f"{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}",
-                    "trace_id": str(uuid.uuid4()),
-                    "correlation_id": str(uuid.uuid4()),
-                    "error_uri": "https://login.microsoftonline.com/error?code=" + str(error.code),
+                    "WWW-Authenticate": 'Bearer error="invalid_token", error_description="The access token '
+                    'is missing, invalid or expired", authorization_uri='
+                    f'"https://login.microsoftonline.com/{self.credentials.tenant_id}/oauth2/authorize"',
                 },
             )
-        except Exception:  # a sandbox bug still answers like the service does
-            log.exception("dynamics sandbox handler failed")
-            response = _json(
-                500, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}}
+        if isinstance(error, _Throttled):
+            return _json(
+                429,
+                {"error": {"code": THROTTLED, "message": error.message}},
+                {"Retry-After": str(error.retry_after)},
             )
-        with self._lock:
-            self.calls[kind] += 1
+        if isinstance(error, ODataError):
+            return _json(error.status, error.body())
+        if isinstance(error, RowError):
+            return _json(error.status, {"error": {"code": error.code, "message": error.message}})
+        if isinstance(error, _TokenError):
+            return _token_error(error)
+        log.error("dynamics sandbox handler failed", exc_info=error)
+        return _json(500, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}})
+
+    def finish(self, response: SandboxResponse, request: SandboxRequest) -> SandboxResponse:
+        if not self._token_route.fullmatch(request.path):
+            response.headers = {"OData-Version": "4.0", **response.headers}
         return response
+
+    def _answer(self, request: SandboxRequest) -> SandboxResponse:
+        version = request.header("OData-Version")
+        if version and version.strip() not in ("4.0", "4.01"):
+            raise ODataError(f"The OData-Version '{version}' is not supported. Supported: 4.0.")
+        return self._route(request.method, request.path, request.query, request.headers, request.body)
 
     @staticmethod
     def _kind(method: str, path: str) -> str:
@@ -460,83 +461,6 @@ class DynamicsSandbox:
         )
 
     # -- the Web API ---------------------------------------------------------------------------
-
-    def _api(self, request: SandboxRequest, kind: str) -> SandboxResponse:
-        headers = {"OData-Version": "4.0"}
-        try:
-            self._authenticate(request)
-            self._protect(1 + (self._count_parts(request) if kind == "batch" else 0))
-            if self.faults.note_call():
-                self.expire_tokens()
-            status = self.faults.decide_error(kind)
-            if status is not None:
-                with self._lock:
-                    self.faults_injected[f"http_{status}"] += 1
-                raise ODataError("An unexpected error occurred.", "0x80040216", status)
-            version = request.header("OData-Version")
-            if version and version.strip() not in ("4.0", "4.01"):
-                raise ODataError(f"The OData-Version '{version}' is not supported. Supported: 4.0.")
-            response = self._route(request.method, request.path, request.query, request.headers, request.body)
-        except _Unauthorized:
-            return SandboxResponse(
-                401,
-                b"",
-                None,
-                {
-                    **headers,
-                    "WWW-Authenticate": 'Bearer error="invalid_token", error_description="The access token '
-                    'is missing, invalid or expired", authorization_uri='
-                    f'"https://login.microsoftonline.com/{self.credentials.tenant_id}/oauth2/authorize"',
-                },
-            )
-        except _Throttled as throttled:
-            return _json(
-                429,
-                {"error": {"code": THROTTLED, "message": throttled.message}},
-                {**headers, "Retry-After": str(throttled.retry_after)},
-            )
-        except ODataError as error:
-            return _json(error.status, error.body(), headers)
-        except RowError as error:
-            return _json(error.status, {"error": {"code": error.code, "message": error.message}}, headers)
-        response.headers = {**headers, **response.headers}
-        return response
-
-    def _authenticate(self, request: SandboxRequest) -> None:
-        scheme, _, token = (request.header("Authorization") or "").partition(" ")
-        with self._lock:
-            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-            if expiry is None or expiry < time.monotonic():
-                self._tokens.pop(token.strip(), None)
-                raise _Unauthorized
-
-    def _protect(self, weight: int) -> None:
-        """Service protection: the request limit over a sliding window, and the fault switch."""
-        used, limit = 0, 0
-        if self.faults.request_limit_reached(used, limit):
-            with self._lock:
-                self.faults_injected["request_limit"] += 1
-                self.throttled += 1
-            raise _Throttled(
-                "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
-                self.limit_retry_after,
-            )
-        with self._lock:
-            if self.rate_limit is None:
-                return
-            now = time.monotonic()
-            while self._window and self._window[0] <= now - self.rate_window:
-                self._window.popleft()
-            if len(self._window) + weight > self.rate_limit:
-                self.throttled += 1
-                oldest = self._window[0] if self._window else now
-                wait = max(1, math.ceil(oldest + self.rate_window - now))
-                raise _Throttled(
-                    f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
-                    f"{int(self.rate_window)} seconds.",
-                    wait,
-                )
-            self._window.extend([now] * weight)
 
     def _count_parts(self, request: SandboxRequest) -> int:
         try:
@@ -699,9 +623,11 @@ class DynamicsSandbox:
                 )
             applied.append("odata.track-changes")
             headers = {"Preference-Applied": ",".join(applied)}
+            # Links keep the $select as the client wrote it.
+            link_select = request.param("$select") or select_text
             if delta is not None:
-                return self._delta(api, table, names, select_text, context, delta, state, size, headers)
-            return self._initial_load(api, table, names, select_text, context, state, size, headers)
+                return self._delta(api, table, names, link_select, context, delta, state, size, headers)
+            return self._initial_load(api, table, names, link_select, context, state, size, headers)
         headers = {"Preference-Applied": ",".join(applied)} if applied else {}
         types = table.types()
         keep = (
@@ -859,9 +785,8 @@ class DynamicsSandbox:
             raise RowError(404, "0x80040217", f"{table.logical_name} With Id = {record_id} Does Not Exist")
         if request.header("If-None-Match") == "*" and exists:
             raise RowError(412, "0x80040237", "A record with matching key values already exists.")
-        if exists and self.faults.consume_lock(record_id):
-            with self._lock:
-                self.faults_injected["lock"] += 1
+        if exists and self.faults.consume_failure(record_id):
+            self._injected("fail_record")
             raise RowError(
                 500, "0x80044150", "Generic SQL error: the row is locked by another transaction (timeout)."
             )
@@ -1090,10 +1015,6 @@ def _comparer(order: list[tuple[str, bool]]) -> Callable[[Mapping[str, Any], Map
         return 0
 
     return compare
-
-
-class _DataverseHandler(_Handler):
-    server_version = "Microsoft-IIS/10.0"
 
 
 # ---------------------------------------------------------------------------------------------- CLI
