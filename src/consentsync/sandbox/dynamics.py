@@ -244,8 +244,9 @@ class DynamicsSandbox(HttpsSandbox):
 
     def expire_delta_tokens(self) -> None:
         """Every delta token issued so far is refused from now on (as after the retention period)."""
-        with self._lock:
-            self._min_delta_version = self.environment.version + 1
+        with self.environment.lock, self._lock:
+            self.environment.version += 1  # tokens issued from now on name a newer version
+            self._min_delta_version = self.environment.version
 
     def set_rate_limit(self, requests: int | None, window: float | None = None) -> None:
         with self._lock:

@@ -138,9 +138,11 @@ class _Parser:
         return tok
 
     def expect(self, text: str) -> None:
-        tok = self.take()
-        if tok.text != text:
-            raise ODataError(f"'{text}' expected at position {tok.position} in '{self.text}'.")
+        tok = self.peek()
+        if tok is None or tok.text != text:
+            position = tok.position if tok is not None else len(self.text)
+            raise ODataError(f"'{text}' expected at position {position} in '{self.text}'.")
+        self.index += 1
 
     def parse(self) -> Predicate:
         if not self.tokens:
