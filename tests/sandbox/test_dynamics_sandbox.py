@@ -277,3 +277,39 @@ def test_patch_without_if_match_is_an_upsert_and_odata_version_is_checked(dv: Dy
     assert old.status_code == 400
     unknown = session.patch(f"{dv.api_url()}/contacts({new_id})", json={"nosuch": 1})
     assert unknown.status_code == 400 and "nosuch" in unknown.json()["error"]["message"]
+
+
+def test_the_sandbox_command_serves_until_interrupted() -> None:
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = Path(sys.executable).parent / "consentsync"
+    process = subprocess.Popen(
+        [str(command), "sandbox", "dynamics", "--port", "0", "--seed", "12"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        printed = dict(
+            line.strip().split(None, 1) if " " in line.strip() else (line.strip(), "")
+            for line in (process.stdout.readline() for _ in range(10))
+        )
+        session = requests.Session()
+        session.trust_env = False
+        session.verify = printed["CA"].split()[1]
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": printed["client_id"],
+            "client_secret": printed["client_secret"],
+            "scope": printed["scope"],
+        }
+        token = session.post(printed["token"].split()[1], data=form, timeout=10).json()["access_token"]
+        api = printed["environment"].split()[1] + "/api/data/v9.2"
+        contacts = session.get(f"{api}/contacts", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert len(contacts.json()["value"]) == 12
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0

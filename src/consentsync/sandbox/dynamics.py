@@ -268,6 +268,8 @@ class DynamicsSandbox(HttpsSandbox):
             tenant = match.group("tenant")
             return Route("token", lambda: self._token(request, tenant), authenticated=False)
         kind = self._kind(request.method, request.path)
+        if kind == "query" and request.param("$deltatoken") is not None:
+            kind = "delta"
         return Route(kind, lambda: self._answer(request))
 
     def authenticate(self, request: SandboxRequest) -> None:
