@@ -84,6 +84,18 @@ class DynamicsHarness:
             env.clock = original
         return ids
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A contact with that address, as a Dynamics user would create it."""
+        self._serial += 1
+        return self.sandbox.environment.create(
+            "contact",
+            {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
+        )
+
+    def opt_out(self, record_id: str) -> None:
+        """The user ticks "Bulk Email: Do Not Allow" (email marketing withdrawn); modifiedon moves."""
+        self.sandbox.environment.update("contact", record_id, {"donotbulkemail": True})
+
     def record_ids(self) -> list[str]:
         return [r["contactid"] for r in self.sandbox.environment.records("contact")]
 
