@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from consentsync.sandbox.dynamics import DynamicsSandbox
-from consentsync.sandbox.odata import ODataError, format_literal, parse_filter
+from consentsync.sandbox.odata import ODataError, parse_filter
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_filter_with_doubled_quotes_and_malformed_filters(dv: DynamicsSandbox) -
         dv.api_url() + "/contacts",
         params={
             "$select": "lastname",
-            "$filter": "lastname eq " + format_literal("o'brien-TEST"),
+            "$filter": "lastname eq 'o''brien-TEST'",  # a quote is doubled inside a literal
         },
     )
     assert found.status_code == 200

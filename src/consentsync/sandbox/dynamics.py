@@ -38,7 +38,7 @@ requests (each request of a batch counts) in a sliding window of ``rate_window``
 Where the documentation is silent the sandbox chooses, and the connector must not rely on it:
 change tracking refuses ``$filter``, ``$orderby``, ``$top`` (400, 0x80060888); an expired delta
 token answers 400 ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400 0x80060888; a
-locked row (fault ``lock_ids``) answers 500 ``0x80044150``; more than 1000 batch requests
+row in the fault switch ``fail_ids`` answers 500 ``0x80044150``; more than 1000 batch requests
 answer 400 ``0x8006088a``; GUIDs sort as their lower-case text.
 """
 

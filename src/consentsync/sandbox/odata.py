@@ -19,14 +19,13 @@ comparison with null is false except ``eq null`` / ``ne null``. Malformed input 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["ODataError", "Predicate", "format_literal", "no_property", "parse_filter", "parse_orderby"]
+__all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
 
 ODATA_ERROR = "0x80060888"  # the code Dataverse gives OData syntax and schema errors
 
@@ -285,18 +284,3 @@ def parse_orderby(text: str, types: Mapping[str, str], entity: str) -> list[tupl
             raise no_property(words[0], entity)
         out.append((words[0], len(words) == 2 and words[1] == "desc"))
     return out
-
-
-def format_literal(value: Any) -> str:
-    """A Python value as an OData literal (the client's side of the escaping, used by tests)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, Decimal)):
-        return str(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return "'" + str(value).replace("'", "''") + "'"
