@@ -69,6 +69,7 @@ ERRORS = ErrorTable(
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "SQL error (row locked or timeout)", code="0x80044150"),
     ]
 )
+_AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
 _LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -301,7 +302,9 @@ class DynamicsConnector(Connector):
         * a cursor without one (the first sync, a --full run, a crash before the first link was
           kept) takes a delta link first, then reads by (modifiedon, id) after the cursor up to
           ``until``; the link is handed over once that read is done, so every change made
-          after it was taken comes in the next delta (a row read twice is harmless).
+          after it was taken comes in the next delta (a row read twice is harmless), marked with
+          the signpost: the next read also reads what changed after it, once, so a row changed
+          between the signpost and the link is not lost.
 
         Without change tracking every read is the (modifiedon, id) keyset read.
         """
@@ -314,7 +317,7 @@ class DynamicsConnector(Connector):
             return
         if since.token:
             try:
-                yield from self._read_delta(entity, wire, filters, since)
+                yield from self._read_delta(entity, wire, filters, since, until)
                 return
             except _DeltaRefused as refused:
                 log.warning(
@@ -331,7 +334,10 @@ class DynamicsConnector(Connector):
             last = record
             yield record
         position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
-        self.completed_cursor = Cursor(*position, token=link)
+        # The link was taken after the signpost: a row changed between the two is in neither this
+        # read nor the link's delta. The next read also reads what changed after the signpost,
+        # once (a URL fragment, never sent: the link stays the service's own).
+        self.completed_cursor = Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
 
     def _prefer(self, *extra: str) -> dict[str, str]:
         return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
@@ -355,17 +361,38 @@ class DynamicsConnector(Connector):
             return self._checked_link(body["@odata.deltaLink"])
 
     def _read_delta(
-        self, entity: _Entity, wire: Mapping[str, str], filters: Mapping[str, list[Any]], since: Cursor
+        self,
+        entity: _Entity,
+        wire: Mapping[str, str],
+        filters: Mapping[str, list[Any]],
+        since: Cursor,
+        until: datetime,
     ) -> Iterator[CrmRecord]:
         assert since.token
-        if not self._ours(since.token):
+        url, _, fragment = since.token.partition("#")
+        if not self._ours(url):
             raise _DeltaRefused("a delta link of another environment")
-        selected = parse_qs(urlsplit(since.token).query).get("$select", [""])[0].split(",")
+        selected = parse_qs(urlsplit(url).query).get("$select", [""])[0].split(",")
         if set(wire.values()) - set(selected) - {entity.primary_id}:  # the key always comes
             raise _DeltaRefused("the mapping reads columns the delta link does not select")
-        url: str = since.token
+        catch_up = None
+        if fragment.startswith(_AFTER):
+            try:
+                catch_up = parse_dataverse_datetime(fragment[len(_AFTER) :])
+            except ValueError:
+                raise _DeltaRefused("a delta link with an unreadable signpost") from None
         first = True
-        newest = (since.modstamp, since.record_id)
+        newest: tuple[datetime | None, str | None] = (since.modstamp, since.record_id)
+        # Only once after a first read (its catch-up follows): the ids this delta yields, bounded
+        # by the changes since that read, so that the catch-up does not yield them again.
+        delivered: set[str] = set()
+
+        def note(record: CrmRecord) -> CrmRecord:
+            nonlocal newest
+            if newest[0] is None or (record.modstamp, record.record_id) > (newest[0], newest[1] or ""):
+                newest = (record.modstamp, record.record_id)
+            return record
+
         while True:
             body = self._page(url, None, entity, delta=first)
             first = False
@@ -374,18 +401,23 @@ class DynamicsConnector(Connector):
                     self.deleted_rows += 1
                     continue
                 if _wanted(row, wire, filters):
-                    record = _record(entity, row, wire)
-                    if newest[0] is None or (record.modstamp, record.record_id) > (
-                        newest[0],
-                        newest[1] or "",
-                    ):
-                        newest = (record.modstamp, record.record_id)
+                    record = note(_record(entity, row, wire))
+                    if catch_up is not None:
+                        delivered.add(record.record_id)
                     yield record
             if body.get("@odata.nextLink"):
                 url = self._checked_link(body["@odata.nextLink"])
                 continue
-            if body.get("@odata.deltaLink"):
-                self.completed_cursor = Cursor(*newest, token=self._checked_link(body["@odata.deltaLink"]))
+            link = body.get("@odata.deltaLink")
+            if not link:
+                return
+            if catch_up is not None:
+                # Rows changed after the first read's signpost, up to this run's: with the delta
+                # (everything after the link) nothing between the first read and its link is lost.
+                for record in self._read_keyset(entity, wire, filters, Cursor(catch_up), until):
+                    if record.record_id not in delivered:  # else the delta carried it already
+                        yield note(record)
+            self.completed_cursor = Cursor(*newest, token=self._checked_link(link))
             return
 
     def _page(self, url: str, params: Mapping[str, str] | None, entity: _Entity, *, delta: bool) -> Any:

@@ -252,3 +252,20 @@ def test_describe_reads_the_attributes(dv: DynamicsSandbox) -> None:
     fields = connector_for(dv).describe("contact")
     assert fields["donotemail"].type == "Boolean" and fields["donotemail"].updateable
     assert not fields["modifiedon"].updateable
+
+
+def test_a_change_between_the_signpost_and_the_first_link_is_not_lost(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    signpost = datetime.now(UTC) - timedelta(seconds=30)  # the run started a while ago
+    late = dv.environment.records("contact")[5]["contactid"]
+    dv.environment.update("contact", late, {"donotemail": True})  # after the signpost, before the link
+    connector.completed_cursor = None
+    first = list(connector.read_changes("contact", FIELDS, Cursor(), signpost))
+    assert late not in {r.record_id for r in first}  # the signpost holds
+    cursor = connector.completed_cursor
+    assert cursor is not None and cursor.token and "#consentsync-after=" in cursor.token
+    second = _read(connector, cursor)
+    assert [r.record_id for r in second] == [late]
+    settled = connector.completed_cursor
+    assert settled is not None and settled.token and "#" not in settled.token  # caught up once
+    assert _read(connector, settled) == []
