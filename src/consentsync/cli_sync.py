@@ -261,8 +261,30 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
 
 
-@sandbox.command("dynamics")
+@sandbox.command("superoffice")
 @click.option("--port", type=click.IntRange(0, 65535), default=8444, show_default=True)
+@click.option(
+    "--seed",
+    "records",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Seed the tenant with this many generated persons and their consents.",
+)
+@click.option(
+    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated tenant repeatable."
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) -> None:
+    """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted."""
+    from consentsync.sandbox.superoffice import serve_forever as serve_superoffice
+
+    serve_superoffice(port=port, seed=random_seed, host=host, records=records)
+
+
+
+@sandbox.command("dynamics")
+@click.option("--port", type=click.IntRange(0, 65535), default=8445, show_default=True)
 @click.option(
     "--seed",
     "records",
@@ -272,19 +294,14 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
     help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
 )
 @click.option(
-    "--random-seed",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Makes the generated environment repeatable.",
+    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated environment repeatable."
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.dynamics import serve_forever
+    from consentsync.sandbox.dynamics import serve_forever as serve_dynamics
 
-    serve_forever(port=port, seed=random_seed, host=host, records=records)
-
+    serve_dynamics(port=port, seed=random_seed, host=host, records=records)
 
 @main.command()
 @click.option(
