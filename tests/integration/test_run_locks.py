@@ -1,5 +1,5 @@
-"""The PostgreSQL run lock is scoped to the ledger's schema: two ledgers in two schemas of one
-database run the same connector name at once, while one ledger still runs it once at a time."""
+"""The one-run-per-connector lock belongs to one ledger: on PostgreSQL, advisory locks are
+database-wide, so two ledgers in two schemas of one database must not block each other."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from tests.conftest import _postgres_base_url
 
 
 @pytest.mark.postgres
-def test_ledgers_in_two_schemas_do_not_block_each_other() -> None:
+def test_ledgers_in_two_schemas_of_one_database_lock_their_own_runs() -> None:
     base = _postgres_base_url()
     admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1))
-    schemas = [f"t_lock_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    schemas = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(2)]
     with admin.begin() as conn:
         for schema in schemas:
             conn.execute(text(f'CREATE SCHEMA "{schema}"'))
@@ -27,11 +27,11 @@ def test_ledgers_in_two_schemas_do_not_block_each_other() -> None:
         make_engine(f"{base}{separator}options={quote(f'-csearch_path={schema}')}") for schema in schemas
     )
     try:
-        with connector_lock(first, "sf"):
-            with connector_lock(second, "sf"):  # another ledger: not held up
+        with connector_lock(first, "salesforce-main"):
+            with pytest.raises(RunInProgress), connector_lock(first, "salesforce-main"):
                 pass
-            with pytest.raises(RunInProgress), connector_lock(first, "sf"):  # the same ledger: held
-                pass
+            with connector_lock(second, "salesforce-main"):
+                pass  # the other ledger's connector of the same name runs
     finally:
         first.dispose()
         second.dispose()
