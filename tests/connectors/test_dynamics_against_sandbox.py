@@ -269,3 +269,14 @@ def test_a_change_between_the_signpost_and_the_first_link_is_not_lost(dv: Dynami
     settled = connector.completed_cursor
     assert settled is not None and settled.token and "#" not in settled.token  # caught up once
     assert _read(connector, settled) == []
+
+
+def test_a_read_waits_for_the_sliding_window_and_completes(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv, page_size=20)
+    connector.check()
+    dv.set_rate_limit(4, window=2)  # 4 requests in any 2 seconds; the read needs 2 x 7 pages
+    started = time.monotonic()
+    records = _read(connector, Cursor())
+    assert len(records) == dv.environment.count("contact")
+    assert dv.throttled >= 1
+    assert time.monotonic() - started >= 2  # it waited for the window, per Retry-After
