@@ -169,6 +169,7 @@ class SyncEngine:
                 self._follow_ledger(report)
                 for mapping in self.mappings:
                     self._pull(mapping, report, until=until, full=full, dry_run=False)
+                self._reread_quarantined(report)
                 self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
@@ -269,6 +270,42 @@ class SyncEngine:
             with self._transaction() as conn:
                 self._save_cursor(conn, mapping.object, final, report.run_id, self.ledger.clock())
 
+    def _reread_quarantined(self, report: RunReport) -> None:
+        """Records quarantined on reading that ops asked to retry are read again by id and go
+        through the same flow as any page; the cursor stays where it is (they are behind it).
+        Each retried row is resolved; a record that still fails is quarantined again, in this run."""
+        if not self.connector.can_read_by_id:
+            return
+        with self._transaction() as conn:
+            asked = conn.execute(
+                select(quarantine.c.id, quarantine.c.object_type, quarantine.c.record_id).where(
+                    quarantine.c.connector == self.name,
+                    quarantine.c.stage == "pull",
+                    quarantine.c.resolved_at.is_(None),
+                    quarantine.c.retry_requested_at.is_not(None),
+                )
+            ).all()
+        by_object: dict[str, list[Any]] = {}
+        for row in asked:
+            by_object.setdefault(row.object_type, []).append(row)
+        for object_type, rows in by_object.items():
+            mapping = self.by_object.get(object_type)
+            if mapping is None:
+                continue
+            ids = sorted({row.record_id for row in rows})
+            report.stage, report.stage_done, report.stage_total = f"re-reading {object_type}", 0, len(ids)
+            page = list(self.connector.read_records(object_type, mapping.pull_fields(), ids))
+            with self._transaction() as conn:
+                if page:
+                    self._commit_page(conn, mapping, page, report, dry_run=False, advance_cursor=False)
+                conn.execute(
+                    update(quarantine)
+                    .where(quarantine.c.id.in_([row.id for row in rows]))
+                    .values(resolved_at=self.ledger.clock())
+                )
+            report.stage_done = len(ids)
+            self.progress(report)
+
     def _commit_page(
         self,
         conn: Connection,
@@ -277,6 +314,7 @@ class SyncEngine:
         report: RunReport,
         *,
         dry_run: bool,
+        advance_cursor: bool = True,
         token: str | None = None,
         final: Cursor | None = None,
     ) -> None:
@@ -357,7 +395,9 @@ class SyncEngine:
         if problems:
             conn.execute(insert(quarantine), problems)
         self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
-        if final is not None:
+        if not advance_cursor:
+            pass  # records re-read by id (quarantine retries) are no position in the change feed
+        elif final is not None:
             self._save_cursor(conn, mapping.object, final, report.run_id, now)
         elif good or problems:
             last = page[-1]
