@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from consentsync.sandbox.ids import to18
@@ -86,9 +86,22 @@ _DEFAULTS: dict[str, Any] = {
 
 
 class Faults:
-    """Thread-safe fault switches (see the module docstring for the settings)."""
+    """Thread-safe fault switches (see the module docstring for the settings).
 
-    def __init__(self, **settings: Any) -> None:
+    ``kinds`` are the endpoint kinds the ``*_kinds`` settings may name and ``normalise_id`` checks
+    and normalises the record ids of ``lock_ids``; both default to Salesforce's, and another
+    vendor's sandbox passes its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        kinds: Iterable[str] = ENDPOINT_KINDS,
+        normalise_id: Callable[[str], str | None] = to18,
+        **settings: Any,
+    ) -> None:
+        self._kinds = frozenset(kinds)
+        self._normalise_id = normalise_id
         self._mutex = threading.Lock()
         self._values: dict[str, Any] = dict(_DEFAULTS)
         self._rng = random.Random(0)
@@ -125,9 +138,9 @@ class Faults:
                     continue
                 if name.endswith("_kinds") or name == "delay_paths":
                     value = frozenset(value) if value is not None else None
-                    if name.endswith("_kinds") and value is not None and not value <= set(ENDPOINT_KINDS):
+                    if name.endswith("_kinds") and value is not None and not value <= self._kinds:
                         raise ValueError(
-                            f"unknown endpoint kind(s) in {name}: {sorted(value - set(ENDPOINT_KINDS))}"
+                            f"unknown endpoint kind(s) in {name}: {sorted(value - self._kinds)}"
                         )
                 if name in ("error_rate", "reset_rate") and not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{name} must be between 0 and 1")
@@ -159,14 +172,14 @@ class Faults:
             if not record_ids:
                 self._locked = {}
             for rid in record_ids:
-                self._locked.pop(to18(rid) or rid, None)
+                self._locked.pop(self._normalise_id(rid) or rid, None)
 
     def _add_locks(self, value: Mapping[str, int | None] | Iterable[str] | None) -> None:
         if not value:
             return
         pairs = value.items() if isinstance(value, Mapping) else ((rid, None) for rid in value)
         for rid, attempts in pairs:
-            full = to18(rid)
+            full = self._normalise_id(rid)
             if full is None:
                 raise ValueError(f"not a record id: {rid!r}")
             self._locked[full] = attempts
