@@ -2,6 +2,10 @@
 vendor's documented wire format, with in-memory data, seeding and fault injection, for the tests
 and the demo.
 
+Shared by every vendor: :class:`HttpsSandbox` (the HTTPS server, call counting per endpoint kind
+and the fault pipeline, :mod:`consentsync.sandbox.server`), :class:`Faults` (the fault switches),
+TLS (:mod:`consentsync.sandbox.tls`).
+
 Salesforce: :class:`SalesforceSandbox` (the server), :class:`SalesforceOrg` (the data),
 :class:`Faults` (fault switches), :func:`serve_forever` (the demo entry point).
 """
@@ -15,6 +19,7 @@ from consentsync.sandbox.salesforce import (
     SalesforceSandbox,
     serve_forever,
 )
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
 from consentsync.sandbox.soql import SoqlError
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls, system_ca_bundle_path
 
@@ -24,14 +29,19 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "ApiError",
     "Faults",
+    "HttpsSandbox",
     "RecordError",
+    "Route",
     "SalesforceCredentials",
     "SalesforceOrg",
     "SalesforceSandbox",
+    "SandboxRequest",
+    "SandboxResponse",
     "SandboxTLS",
     "SoqlError",
     "create_sandbox_tls",
     "format_datetime",
+    "json_response",
     "serve_forever",
     "system_ca_bundle_path",
 ]

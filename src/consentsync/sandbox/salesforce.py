@@ -52,26 +52,21 @@ import datetime as dt
 import hashlib
 import hmac
 import io
-import json
 import logging
 import re
 import secrets
-import socket
-import ssl
-import struct
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import jwt
 
-from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.faults import ENDPOINT_KINDS, Faults
 from consentsync.sandbox.ids import KEY_PREFIXES, to18
 from consentsync.sandbox.org import (
     ApiError,
@@ -82,6 +77,14 @@ from consentsync.sandbox.org import (
     format_datetime,
     parse_api_datetime,
 )
+from consentsync.sandbox.server import (
+    HttpsSandbox,
+    RequestBodyError,
+    Route,
+    SandboxRequest,
+    SandboxResponse,
+)
+from consentsync.sandbox.server import json_response as _json_response
 from consentsync.sandbox.soql import SoqlError, bind, no_such_column, parse
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
 
@@ -113,10 +116,8 @@ MAX_COLLECTION_RECORDS = 200
 DEFAULT_BATCH_SIZE = 2000
 MIN_BATCH_SIZE = 200
 MAX_REPLICATION_IDS = 600_000
-RESET = object()  # dispatch result: close the connection without answering
 
 _NOT_FOUND = "The requested resource does not exist"
-_JSON = "application/json;charset=UTF-8"
 
 
 @dataclass
@@ -137,42 +138,6 @@ class SalesforceCredentials:
     security_token: str = ""
     jwt_public_key_pem: str | bytes | None = None
     jwt_audiences: tuple[str, ...] = ("https://login.salesforce.com", "https://test.salesforce.com")
-
-
-@dataclass
-class SandboxRequest:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: Mapping[str, str]
-    body: bytes
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-    def json(self) -> Any:
-        if not self.body.strip():
-            raise ApiError(400, "JSON_PARSER_ERROR", "The request body is empty")
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
-
-
-@dataclass
-class SandboxResponse:
-    status: int
-    body: bytes = b""
-    content_type: str | None = _JSON
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> SandboxResponse:
-    return SandboxResponse(status, json.dumps(payload, ensure_ascii=False).encode(), _JSON, headers or {})
 
 
 @dataclass
@@ -291,7 +256,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
 ]
 
 
-class SalesforceSandbox:
+class SalesforceSandbox(HttpsSandbox):
     """The sandbox server. Construct, :meth:`start` (or use as a context manager), point clients
     at :attr:`instance_url` with :attr:`ca_cert_path` (or :attr:`ca_bundle_path`) for TLS.
 
@@ -299,6 +264,10 @@ class SalesforceSandbox:
     :attr:`org` (the data), :meth:`issue_token`, :meth:`expire_sessions`,
     :meth:`expire_query_locators`, :meth:`set_api_usage`, :meth:`reset_counters`.
     """
+
+    endpoint_kinds = ENDPOINT_KINDS
+    server_name = "SFDC"
+    thread_name = "salesforce-sandbox"
 
     def __init__(
         self,
@@ -317,86 +286,36 @@ class SalesforceSandbox:
         tls: SandboxTLS | None = None,
         tls_dir: str | Path | None = None,
     ) -> None:
+        super().__init__(host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=to18)
         self.org = org or SalesforceOrg()
-        self.host = host
-        self.port = port
         self.credentials = credentials or SalesforceCredentials(username=self.org.username)
-        if isinstance(faults, Faults):
-            self.faults = faults
-        else:
-            self.faults = Faults(**dict(faults or {}))
         self.api_limit = api_limit
         self.session_timeout = session_timeout
         self.bulk_delay = bulk_delay
         self.locator_ttl = locator_ttl
         self.max_open_locators = max_open_locators
-        self.calls: Counter[str] = Counter()
-        self.faults_injected: Counter[str] = Counter()
         self._api_used = api_usage
-        self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
         self._locators: OrderedDict[str, _Locator] = OrderedDict()
         self._jobs: dict[str, _IngestJob] = {}
-        self._tls = tls
-        self._tls_dir = tls_dir
-        self._owns_tls = tls is None
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> SalesforceSandbox:
-        if self._httpd is not None:
-            return self
-        if self._tls is None:
-            self._tls = create_sandbox_tls(self._tls_dir)
-        self._httpd = _HTTPServer((self.host, self.port), _Handler, self, self._tls.server_context())
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="salesforce-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
-        log.info("salesforce sandbox listening on %s", self.base_url)
+        super().start()
         return self
 
     def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().stop()
         with self._lock:
             for job in self._jobs.values():
                 if job.timer is not None:
                     job.timer.cancel()
 
-    def close(self) -> None:
-        """Stop and remove the certificate files made for this server."""
-        self.stop()
-        if self._tls is not None and self._owns_tls:
-            self._tls.cleanup()
-
     def __enter__(self) -> SalesforceSandbox:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self._httpd is not None
-
-    # ------------------------------------------------------------------ addresses and TLS
-
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}"
+    # ------------------------------------------------------------------ addresses
 
     @property
     def instance_url(self) -> str:
@@ -413,27 +332,6 @@ class SalesforceSandbox:
 
     def data_url(self, version: str = DEFAULT_API_VERSION) -> str:
         return f"{self.base_url}/services/data/v{version}"
-
-    @property
-    def tls(self) -> SandboxTLS:
-        if self._tls is None:
-            raise RuntimeError("the sandbox has not been started")
-        return self._tls
-
-    @property
-    def ca_cert_path(self) -> Path:
-        """The sandbox CA alone (PEM): pass as ``verify=`` on each request, or as
-        ``Session.verify`` with ``Session.trust_env = False``."""
-        return self.tls.ca_cert_path
-
-    @property
-    def ca_bundle_path(self) -> Path:
-        """The sandbox CA plus the system roots (PEM), usable as ``REQUESTS_CA_BUNDLE``."""
-        return self.tls.bundle_path
-
-    def requests_session(self) -> Any:
-        """A ``requests.Session`` verifying the sandbox CA, immune to REQUESTS_CA_BUNDLE."""
-        return self.tls.requests_session()
 
     # ------------------------------------------------------------------ credentials and sessions
 
@@ -479,16 +377,6 @@ class SalesforceSandbox:
             if limit is not None:
                 self.api_limit = limit
 
-    @property
-    def total_calls(self) -> int:
-        with self._lock:
-            return sum(self.calls.values())
-
-    def reset_counters(self) -> None:
-        with self._lock:
-            self.calls.clear()
-            self.faults_injected.clear()
-
     def _new_session(self, *, scope: bool = False) -> dict[str, Any]:
         token = f"{self.org.org_id[:15]}!AQ{secrets.token_urlsafe(72)}"
         now = time.monotonic()
@@ -529,62 +417,51 @@ class SalesforceSandbox:
 
     # ------------------------------------------------------------------ dispatch
 
-    def handle(self, request: SandboxRequest) -> SandboxResponse | object:
-        """Answer one request (HTTP-free entry point used by the HTTP handler)."""
-        kind, handler, params, auth = self._route(request)
-        if self.faults.decide_reset(kind):
-            with self._lock:
-                self.faults_injected["reset"] += 1
-            return RESET
-        delay = self.faults.delay_for(kind, request.path)
-        if delay > 0:
-            with self._lock:
-                self.faults_injected["delay"] += 1
-            time.sleep(delay)
-        try:
-            if auth:
-                self._authenticate(request)
-                used, limit = self.api_usage
-                if self.faults.request_limit_reached(used, limit):
-                    with self._lock:
-                        self.faults_injected["request_limit"] += 1
-                    raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
-                with self._lock:
-                    self._api_used += 1
-                if self.faults.note_call():
-                    self.expire_sessions()
-            status = self.faults.decide_error(kind)
-            if status is not None:
-                with self._lock:
-                    self.faults_injected[f"http_{status}"] += 1
-                response = _json_response(
-                    status,
-                    [
-                        {
-                            "errorCode": "SERVER_UNAVAILABLE",
-                            "message": "Server temporarily unavailable, retry later",
-                        }
-                    ],
-                )
-            else:
-                response = handler(request, **params)
-        except ApiError as exc:
-            response = _json_response(exc.status, exc.body())
-        except SoqlError as exc:
-            response = _json_response(400, [{"message": exc.message, "errorCode": exc.error_code}])
-        except _OAuthError as exc:
-            response = _json_response(400, {"error": exc.error, "error_description": exc.description})
-        except Exception as exc:  # a sandbox bug must still answer like Salesforce does
-            log.exception("sandbox handler failed")
-            response = _json_response(
-                500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": f"{type(exc).__name__}"}]
-            )
+    def authenticate(self, request: SandboxRequest) -> None:
+        self._authenticate(request)
+
+    def daily_usage(self) -> tuple[int | None, int | None]:
+        return self.api_usage
+
+    def note_api_call(self, request: SandboxRequest) -> None:
         with self._lock:
-            self.calls[kind] += 1
-            used, limit = self._api_used, self.api_limit
-        assert isinstance(response, SandboxResponse)
+            self._api_used += 1
+
+    def request_limit_error(self) -> Exception:
+        return ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        # Salesforce has no short-term throttle on REST calls but its concurrency cap, which it
+        # answers with the same error code as the daily limit.
+        return ApiError(403, "REQUEST_LIMIT_EXCEEDED", "ConcurrentPerOrgLongTxn Limit exceeded.")
+
+    def server_error(self, status: int) -> SandboxResponse:
+        return _json_response(
+            status,
+            [{"errorCode": "SERVER_UNAVAILABLE", "message": "Server temporarily unavailable, retry later"}],
+        )
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, RequestBodyError):
+            error = ApiError(400, "JSON_PARSER_ERROR", str(error))
+        if isinstance(error, ApiError):
+            return _json_response(error.status, error.body())
+        if isinstance(error, SoqlError):
+            return _json_response(400, [{"message": error.message, "errorCode": error.error_code}])
+        if isinstance(error, _OAuthError):
+            return _json_response(400, {"error": error.error, "error_description": error.description})
+        # A sandbox bug must still answer like Salesforce does.
+        log.error("sandbox handler failed", exc_info=error)
+        return _json_response(500, [{"errorCode": "UNKNOWN_EXCEPTION", "message": f"{type(error).__name__}"}])
+
+    def finish(self, response: SandboxResponse, request: SandboxRequest) -> SandboxResponse:
+        used, limit = self.api_usage
         response.headers["Sforce-Limit-Info"] = f"api-usage={used}/{limit}"
         return response
+
+    def route(self, request: SandboxRequest) -> Route:
+        kind, handler, params, auth = self._route(request)
+        return Route(kind, lambda: handler(request, **params), auth)
 
     def _route(
         self, request: SandboxRequest
@@ -1266,114 +1143,6 @@ class _OAuthError(Exception):
 
 class _JobFailed(Exception):
     pass
-
-
-# ---------------------------------------------------------------------------------------------- HTTP
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(
-        self, address: tuple[str, int], handler: type, app: SalesforceSandbox, context: ssl.SSLContext
-    ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-        self.app = app
-        self.ssl_context = context
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # The TLS handshake runs here, in the connection's own thread, not in the accept loop.
-        try:
-            request.settimeout(30)
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls_socket = self.ssl_context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        try:
-            self.RequestHandlerClass(tls_socket, client_address, self)
-        finally:
-            self.shutdown_request(tls_socket)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError, OSError)):
-            return
-        log.exception("sandbox connection error from %s", client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "SFDC"
-    sys_version = ""
-    server: _HTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s - %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    self.rfile.readline()
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _serve(self) -> None:
-        split = urlsplit(self.path)
-        body = self._read_body()
-        request = SandboxRequest(
-            method=self.command,
-            path=split.path,
-            query=parse_qs(split.query, keep_blank_values=True),
-            headers=self.headers,
-            body=body,
-        )
-        result = self.server.app.handle(request)
-        if result is RESET:
-            self.close_connection = True
-            try:
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-            except OSError:
-                pass
-            return
-        assert isinstance(result, SandboxResponse)
-        self.send_response(result.status)
-        for name, value in result.headers.items():
-            self.send_header(name, value)
-        if result.content_type:
-            self.send_header("Content-Type", result.content_type)
-        self.send_header("Content-Length", str(len(result.body)))
-        self.end_headers()
-        if result.body and self.command != "HEAD":
-            self.wfile.write(result.body)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,222 @@
+"""What a connector's contract tests (and the call benchmark) need from its sandbox: the
+:class:`ContractHarness` protocol. A connector package implements it once, next to its sandbox;
+:mod:`consentsync.sdk.testing` runs the same contract against it, and ``bench/connector_calls.py``
+measures its API calls. This module imports neither pytest nor any vendor.
+
+A harness is registered, like the connector, through an entry point (group
+``consentsync.harnesses``, same name as the connector), so that tools can find it::
+
+    [project.entry-points."consentsync.harnesses"]
+    acme = "consentsync_acme.testing:AcmeHarness"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from consentsync.sdk.connector import Connector, RecordUpdate
+
+HARNESS_GROUP = "consentsync.harnesses"
+
+
+class FaultOutcome(StrEnum):
+    """What a connector must do when a fault switch is on."""
+
+    SURVIVES = "survives"  # retried (or the session renewed): the read completes, nothing lost
+    STOPS = "stops"  # a ConnectorError whose action is RATE_LIMITED: the run stops cleanly
+
+
+#: The fault switches every sandbox offers (see :mod:`consentsync.sandbox.faults`) and what a
+#: connector must do under each. A harness may change an outcome in ``fault_outcomes`` where its
+#: CRM answers differently (Salesforce's only throttle is the daily limit's error code: it stops).
+STANDARD_FAULTS: Mapping[str, FaultOutcome] = {
+    "server_error": FaultOutcome.SURVIVES,  # the next 2 calls answer 5xx
+    "connection_reset": FaultOutcome.SURVIVES,  # the next 2 connections are reset
+    "slow_response": FaultOutcome.SURVIVES,  # the next call answers after the connector's timeout
+    "session_expiry": FaultOutcome.SURVIVES,  # every session expires after 2 calls
+    "throttle": FaultOutcome.SURVIVES,  # the next 2 calls get the short-term limit (Retry-After 1s)
+    "request_limit": FaultOutcome.STOPS,  # every call after the first gets the hard (daily) limit
+}
+
+#: Text that must travel through a connector unchanged and never break a query it builds:
+#: quotes and backslashes (SOQL, OData, VTQL, JSON), query-language operators, the HubSpot
+#: multi-checkbox separator, markup, control characters, unicode beyond the BMP.
+HOSTILE_TEXTS: tuple[str, ...] = (
+    "O'Brien",
+    'say "hi"',
+    "back\\slash\\",
+    "\\'; DROP TABLE contacts; --",
+    "' OR Id != '' OR LastName = '",
+    "') or (1 eq 1",
+    "50% _off_ *all* ?",
+    "a;b;c",
+    "$filter=x eq 'y'&$top=1",
+    '{"json": [1, {"a": null}]}',
+    "<b>tag</b> &amp; &lt;",
+    "line\nbreak\ttab",
+    "Zoë Ångström – 中文 – 🙂",
+    "\u200bzero\u202ewidth",
+)
+
+
+def hostile_texts(max_length: int) -> list[str]:
+    """:data:`HOSTILE_TEXTS` cut to ``max_length``, plus one text of exactly that length."""
+    long = ("Ünïcode'\"\\ " * (max_length // 10 + 1))[:max_length]
+    return [text[:max_length] for text in HOSTILE_TEXTS] + [long]
+
+
+@runtime_checkable
+class ContractHarness(Protocol):
+    """A connector's sandbox, seen by the contract kit. Every method acts on the sandbox's own
+    store (never through the connector under test), as a user of the CRM would.
+
+    Attributes:
+
+    * ``vendor``: the connector's entry-point name (group ``consentsync.connectors``).
+    * ``object_type``: the object the contract reads and writes (a contact-like object).
+    * ``read_fields``: fields the contract asks ``read_changes`` for (include ``text_field``).
+    * ``text_field``: a writable free-text field; ``text_max_length`` its length.
+    * ``page_size``: records per read page as :meth:`connector_settings` configures the
+      connector (small, so that seeds cross pages); ``write_batch_size``: records per write call.
+    * ``mapping_files``: mapping files for ``object_type`` that load against the starter
+      config's purposes and channels, for the tests that run the sync engine.
+    * ``fault_outcomes``: changes to :data:`STANDARD_FAULTS` (may be empty).
+    """
+
+    vendor: str
+    object_type: str
+    read_fields: Sequence[str]
+    text_field: str
+    text_max_length: int
+    page_size: int
+    write_batch_size: int
+    mapping_files: Sequence[Path]
+    fault_outcomes: Mapping[str, FaultOutcome]
+
+    def start(self) -> None:
+        """Start a fresh, empty sandbox."""
+
+    def stop(self) -> None:
+        """Stop it and remove what it made (certificates, files)."""
+
+    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
+        """The ``settings:`` block of a connector configured against the running sandbox, with a
+        short timeout (about 1 s) and enough retry attempts (at least 4)."""
+
+    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
+        """The same, with ``wrong_secret`` in place of the real secret or token."""
+
+    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
+        """Create ``count`` records of ``object_type`` with distinct emails; with
+        ``shared_modstamp`` they all carry one change time (a second in the past). Returns ids."""
+
+    def record_ids(self) -> list[str]:
+        """Every record of ``object_type`` in the store."""
+
+    def change(self, record_id: str) -> None:
+        """Edit the record as a CRM user would: its change time moves to now."""
+
+    def create_with_text(self, text: str) -> str:
+        """Create a record whose ``text_field`` holds ``text``; returns its id."""
+
+    def read_text(self, record_id: str) -> Any:
+        """The stored value of ``text_field``."""
+
+    def text_update(self, record_id: str, text: str) -> RecordUpdate:
+        """An update setting ``text_field`` to ``text``."""
+
+    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
+        """An update of the record's email opt-out flag (or its CRM's equivalent)."""
+
+    def read_opted_out(self, record_id: str) -> bool:
+        """The stored opt-out flag, as a bool."""
+
+    def fail_writes(self, record_ids: Sequence[str]) -> None:
+        """Make every write of these records fail with the CRM's per-record error."""
+
+    def set_fault(self, fault: str) -> None:
+        """Switch on one of :data:`STANDARD_FAULTS` (as each one's comment there says)."""
+
+    def clear_faults(self) -> None:
+        """Every fault switch off."""
+
+    def faults_injected(self) -> int:
+        """How many faults the sandbox has injected since it started."""
+
+    def api_calls(self) -> int:
+        """API calls the sandbox has answered (all endpoint kinds)."""
+
+    def write_calls(self) -> int:
+        """API calls that write records (batch updates, subscription changes)."""
+
+
+def fault_outcomes(harness: ContractHarness) -> dict[str, FaultOutcome]:
+    return {**STANDARD_FAULTS, **dict(getattr(harness, "fault_outcomes", {}) or {})}
+
+
+def build_connector(harness: ContractHarness, name: str = "contract", **overrides: Any) -> Connector:
+    """The harness's connector, loaded through its entry point (as the daemon loads it)."""
+    from consentsync.sdk import registry
+
+    return registry.load(harness.vendor)(name, harness.connector_settings(**overrides))
+
+
+def available_harnesses() -> dict[str, Any]:
+    """Harness classes registered under ``consentsync.harnesses``, by vendor."""
+    return {ep.name: ep for ep in entry_points(group=HARNESS_GROUP)}
+
+
+def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = "contract") -> Path:
+    """A consentsync.yaml in ``directory``: the starter config, a SQLite ledger beside it and one
+    connector, ``name``, configured against the harness's sandbox."""
+    import yaml
+
+    from consentsync.config import write_starter
+
+    path = directory / "consentsync.yaml"
+    write_starter(path, f"sqlite:///{directory / 'ledger.db'}")
+    data = yaml.safe_load(path.read_text())
+    data["connectors"] = [
+        {
+            "name": name,
+            "vendor": harness.vendor,
+            "mappings": [str(p) for p in harness.mapping_files],
+            "settings": harness.connector_settings(),
+        }
+    ]
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def open_sync_engine(config_path: Path, name: str = "contract", *, batch_size: int = 50) -> Any:
+    """The real sync engine on the config's ledger (migrated), following the sandbox's clock."""
+    from consentsync.app import open_connector, open_ledger
+    from consentsync.config import load_config
+    from consentsync.ledger.service import utcnow
+    from consentsync.sync.engine import SyncEngine, SyncOptions
+
+    config = load_config(config_path)
+    ledger = open_ledger(config, migrate=True)
+    # Sandboxes stamp records with the real time: the run's signpost must follow it.
+    ledger.clock = utcnow
+    connector, mappings = open_connector(config, name)
+    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=batch_size, signpost_lag_seconds=0))
+
+
+__all__ = [
+    "HARNESS_GROUP",
+    "HOSTILE_TEXTS",
+    "STANDARD_FAULTS",
+    "ContractHarness",
+    "FaultOutcome",
+    "available_harnesses",
+    "build_connector",
+    "fault_outcomes",
+    "hostile_texts",
+    "open_sync_engine",
+    "write_sync_config",
+]

@@ -1,0 +1,9 @@
+"""The Salesforce connector passes the connector contract against its sandbox."""
+
+from consentsync_salesforce.testing import SalesforceHarness
+
+from consentsync.sdk.testing import ConnectorContract
+
+
+class TestSalesforceContract(ConnectorContract):
+    harness_class = SalesforceHarness
