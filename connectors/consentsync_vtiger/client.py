@@ -91,9 +91,7 @@ class VtigerClient:
         token = str(challenge["token"])
         key = hashlib.md5((token + self._access_key).encode()).hexdigest()
         try:
-            result = self.request(
-                "login", {"username": self.username, "accessKey": key}, authenticated=False
-            )
+            result = self.request("login", {"username": self.username, "accessKey": key}, authenticated=False)
         except ConnectorError as error:
             if error.rule.code == "INVALID_AUTH_TOKEN":
                 raise ConnectorError(

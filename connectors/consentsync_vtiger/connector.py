@@ -54,6 +54,8 @@ _RECORD_ERRORS = frozenset(
         "INVALID_ID_ATTRIBUTE",
     }
 )
+# ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
+_RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR"})
 
 
 def vtql_string(value: str) -> str:
@@ -87,14 +89,17 @@ class VtigerConnector(Connector):
 
     # -- calls ---------------------------------------------------------------------------------
 
+    def _guard(self) -> None:
+        budget = self.config.budget.per_run
+        if budget is not None and self.usage.calls >= budget:
+            raise BudgetExhausted(
+                f"{self.name}: the run's API budget of {budget} calls is spent",
+                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
+            )
+
     def _call(self, operation: str, params: Mapping[str, Any], describe: str | None = None) -> Any:
         def attempt() -> Any:
-            budget = self.config.budget.per_run
-            if budget is not None and self.usage.calls >= budget:
-                raise BudgetExhausted(
-                    f"{self.name}: the run's API budget of {budget} calls is spent",
-                    ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-                )
+            self._guard()
             return self.client.request(operation, params)
 
         return call(
@@ -137,7 +142,7 @@ class VtigerConnector(Connector):
     ) -> Iterator[CrmRecord]:
         columns = self._columns(object_type, fields)
         page_size = self.config.page_size
-        step = max(1, page_size - self.config.crowded_second_overlap)
+        step = max(1, page_size - min(self.config.crowded_second_overlap, page_size // 2))
         upper = self._vtql_time(until)
         floor = self._vtql_time(since.modstamp) if since.modstamp is not None else None
         held: dict[str, dict[str, Any]] = {}  # records of the second `floor` not yielded yet
@@ -177,16 +182,35 @@ class VtigerConnector(Connector):
                 results.append(problem)
                 continue
             element = {"id": item.record_id, **{k: _wire(v) for k, v in item.fields.items()}}
-            try:
-                self._call("revise", {"element": element}, f"revise {item.object_type}")
-            except ConnectorError as error:
-                code = error.rule.code
-                if code not in _RECORD_ERRORS:
-                    raise
-                results.append(WriteResult(item.record_id, False, code, str(error), False))
-                continue
-            results.append(WriteResult(item.record_id, True))
+            refused = self._revise(item.object_type, element)
+            if refused is None:
+                results.append(WriteResult(item.record_id, True))
+            else:
+                code = refused.rule.code or "UNKNOWN"
+                results.append(WriteResult(item.record_id, False, code, str(refused), code in _RECORD_RETRY))
         return results
+
+    def _revise(self, object_type: str, element: dict[str, Any]) -> ConnectorError | None:
+        """None when Vtiger took the change; the error when it refused this record. Sessions,
+        server errors and resets are retried here; anything else about the call is raised."""
+
+        def attempt() -> ConnectorError | None:
+            try:
+                self._guard()
+                self.client.request("revise", {"element": element})
+            except ConnectorError as error:
+                if error.rule.code in _RECORD_ERRORS or error.rule.code in _RECORD_RETRY:
+                    # This record only: the next run retries it from the outbox.
+                    return error
+                raise
+            return None
+
+        return call(
+            attempt,
+            policy=self.policy,
+            refresh_session=self.client.forget_session,
+            describe=f"revise {object_type}",
+        )
 
     def close(self) -> None:
         self.client.close()

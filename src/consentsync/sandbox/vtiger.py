@@ -66,17 +66,14 @@ import secrets
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.org import _FIRST_NAMES, _LAST_NAMES, _make_email
-from consentsync.sandbox.salesforce import RESET, SandboxRequest, SandboxResponse, _Handler, _HTTPServer
-from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
+from consentsync.sandbox.tls import SandboxTLS
 from consentsync.sandbox.vtql import Query, VtqlError, parse, select
 
 __all__ = [
@@ -111,7 +108,6 @@ VTIGER_KINDS = (
 )
 _WRITE_OPERATIONS = {"login", "logout", "create", "revise", "update", "delete"}
 _TIME = "%Y-%m-%d %H:%M:%S"
-_JSON = "application/json; charset=UTF-8"
 _TRUE = {"1", "true", "on", "yes"}
 
 
@@ -700,15 +696,30 @@ class _Challenge:
     expires: float
 
 
-class VtigerSandbox:
+class _HttpAnswer(Exception):
+    """An answer outside the webservice's own errors: the limit faults (HTTP 429)."""
+
+    def __init__(self, status: int, error: VtigerError, headers: dict[str, str]) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+        self.headers = headers
+
+
+class VtigerSandbox(HttpsSandbox):
     """The sandbox server. Construct, :meth:`start` (or use as a context manager), point clients
     at :attr:`url` (the install's address; the API is :attr:`webservice_url`) with
     :attr:`ca_cert_path` for TLS.
 
-    Run-time controls: :attr:`faults`, :attr:`crm` (the data), :attr:`sync_fails`,
-    :meth:`expire_sessions`, :meth:`expire_challenges`, :meth:`reset_counters`; :attr:`calls`
-    counts the answered calls per operation.
+    Run-time controls: :attr:`faults` (``fail_ids``: writes of those records answer
+    DATABASE_QUERY_ERROR, as a MySQL lock wait does), :attr:`crm` (the data),
+    :attr:`sync_fails`, :meth:`expire_sessions`, :meth:`expire_challenges`,
+    :meth:`reset_counters`; :attr:`calls` counts the answered calls per operation.
     """
+
+    endpoint_kinds = VTIGER_KINDS
+    server_name = "Apache"
+    thread_name = "vtiger-sandbox"
 
     def __init__(
         self,
@@ -726,96 +737,28 @@ class VtigerSandbox:
         retry_after: int = 3600,
         tls: SandboxTLS | None = None,
     ) -> None:
+        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=_normalise_wsid)
         self.crm = crm or VtigerCrm()
-        self.host = host
-        self.port = port
         self.credentials = credentials or VtigerCredentials()
-        self.faults = (
-            faults
-            if isinstance(faults, Faults)
-            else Faults(kinds=VTIGER_KINDS, normalise_id=_normalise_wsid, **dict(faults or {}))
-        )
         self.challenge_ttl = challenge_ttl
         self.session_idle = session_idle
         self.session_lifetime = session_lifetime
         self.sync_fails = sync_fails
         self.api_limit = api_limit
         self.retry_after = retry_after
-        self.calls: Counter[str] = Counter()
-        self.faults_injected: Counter[str] = Counter()
         self._api_used = 0
-        self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
         self._challenges: dict[int | None, _Challenge] = {}
-        self._tls = tls
-        self._owns_tls = tls is None
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle --
-
-    def start(self) -> VtigerSandbox:
-        if self._httpd is not None:
-            return self
-        if self._tls is None:
-            self._tls = create_sandbox_tls()
-        self._httpd = _HTTPServer((self.host, self.port), _VtigerHandler, self, self._tls.server_context())  # type: ignore[arg-type]
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="vtiger-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._tls is not None and self._owns_tls:
-            self._tls.cleanup()
-
-    def __enter__(self) -> VtigerSandbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- addresses --
 
     @property
     def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
+        return self.base_url
 
     @property
     def webservice_url(self) -> str:
-        return f"{self.url}/webservice.php"
-
-    @property
-    def tls(self) -> SandboxTLS:
-        if self._tls is None:
-            raise RuntimeError("the sandbox has not been started")
-        return self._tls
-
-    @property
-    def ca_cert_path(self) -> Path:
-        return self.tls.ca_cert_path
-
-    @property
-    def ca_bundle_path(self) -> Path:
-        return self.tls.bundle_path
-
-    def requests_session(self) -> Any:
-        return self.tls.requests_session()
+        return f"{self.base_url}/webservice.php"
 
     # -- controls --
 
@@ -827,94 +770,75 @@ class VtigerSandbox:
         with self._lock:
             self._challenges.clear()
 
-    @property
-    def total_calls(self) -> int:
-        with self._lock:
-            return sum(self.calls.values())
-
-    def reset_counters(self) -> None:
-        with self._lock:
-            self.calls.clear()
-            self.faults_injected.clear()
-
     def login_key(self, token: str) -> str:
         return hashlib.md5((token + self.credentials.access_key).encode()).hexdigest()
 
+    # -- the shared pipeline's hooks --
+
+    def route(self, request: SandboxRequest) -> Route:
+        params = request.form()
+        operation = (params.get("operation") or "").lower()
+        if not request.path.rstrip("/").endswith("/webservice.php"):
+            page = SandboxResponse(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
+            return Route("not_found", lambda: page, authenticated=False)
+        kind = operation if operation in VTIGER_KINDS else "not_found"
+        return Route(
+            kind,
+            lambda: self._answer(request.method, operation, params),
+            authenticated=kind not in ("getchallenge", "login", "not_found"),
+        )
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        self._user(request.form())
+
+    def daily_usage(self) -> tuple[int | None, int | None]:
+        with self._lock:
+            return self._api_used, self.api_limit
+
+    def note_api_call(self, request: SandboxRequest) -> None:
+        with self._lock:
+            self._api_used += 1
+
+    def request_limit_error(self) -> Exception:
+        return _HttpAnswer(
+            429,
+            VtigerError("API_LIMIT_EXCEEDED", "API request limit exceeded"),
+            {"Retry-After": str(self.retry_after)},
+        )
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        return _HttpAnswer(
+            429,
+            VtigerError("API_LIMIT_EXCEEDED", "Too many requests, retry later"),
+            {"Retry-After": str(max(1, round(retry_after)))},
+        )
+
+    def server_error(self, status: int) -> SandboxResponse:
+        body = f"<html><head><title>{status}</title></head><body>Service Unavailable</body></html>"
+        return SandboxResponse(status, body.encode(), "text/html")
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, _HttpAnswer):
+            return _failure(error.error, error.status, error.headers)
+        if isinstance(error, VtigerError):
+            return _failure(error)
+        if isinstance(error, VtqlError):
+            return _failure(VtigerError(error.code, error.message))
+        log.error("vtiger sandbox operation failed", exc_info=error)
+        return _failure(VtigerError("INTERNAL_SERVER_ERROR", "Unknown Error while processing request"))
+
     # -- dispatch --
 
-    def handle(self, request: SandboxRequest) -> SandboxResponse | object:
-        params = self._params(request)
-        operation = (params.get("operation") or "").lower()
-        on_path = request.path.rstrip("/").endswith("/webservice.php")
-        kind = operation if on_path and operation in VTIGER_KINDS else "not_found"
-        if self.faults.decide_reset(kind):
-            with self._lock:
-                self.faults_injected["reset"] += 1
-            return RESET
-        delay = self.faults.delay_for(kind, request.path)
-        if delay > 0:
-            with self._lock:
-                self.faults_injected["delay"] += 1
-            time.sleep(delay)
-        with self._lock:
-            self.calls[kind] += 1
-        if not on_path:
-            return SandboxResponse(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
-        with self._lock:
-            limited = self.faults.request_limit_reached(self._api_used, self.api_limit)
-            self._api_used += 1
-        if limited:
-            with self._lock:
-                self.faults_injected["request_limit"] += 1
-            return self._answer_error(
-                VtigerError("API_LIMIT_EXCEEDED", "API request limit exceeded"),
-                status=429,
-                headers={"Retry-After": str(self.retry_after)},
-            )
-        if self.faults.note_call():
-            self.expire_sessions()
-        status = self.faults.decide_error(kind)
-        if status is not None:
-            with self._lock:
-                self.faults_injected[f"http_{status}"] += 1
-            body = f"<html><head><title>{status}</title></head><body>Service Unavailable</body></html>"
-            return SandboxResponse(status, body.encode(), "text/html")
-        try:
-            if kind == "not_found":
-                raise VtigerError("UNKNOWN_OPERATION", f"Unknown operation requested {operation}")
-            expected = "POST" if operation in _WRITE_OPERATIONS else "GET"
-            if request.method != expected:
-                raise VtigerError("UNKNOWN_OPERATION", "Permission to perform the operation is denied")
-            if operation == "sync" and self.sync_fails:
-                return SandboxResponse(500, b"", "text/html; charset=UTF-8")
-            result = getattr(self, f"_op_{operation}")(params)
-        except VtigerError as error:
-            return self._answer_error(error)
-        except VtqlError as error:
-            return self._answer_error(VtigerError(error.code, error.message))
-        except Exception:  # a sandbox bug must still answer like Vtiger does
-            log.exception("vtiger sandbox operation failed")
-            return self._answer_error(
-                VtigerError("INTERNAL_SERVER_ERROR", "Unknown Error while processing request")
-            )
-        return _json(200, {"success": True, "result": result})
-
-    def _params(self, request: SandboxRequest) -> dict[str, str]:
-        merged = {k: v[0] for k, v in request.query.items() if v}
-        if request.body:
-            try:
-                form = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
-            except UnicodeDecodeError:
-                form = {}
-            merged.update({k: v[0] for k, v in form.items() if v})
-        return merged
-
-    def _answer_error(
-        self, error: VtigerError, *, status: int = 200, headers: dict[str, str] | None = None
-    ) -> SandboxResponse:
-        response = _json(status, {"success": False, "error": {"code": error.code, "message": error.message}})
-        response.headers.update(headers or {})
-        return response
+    def _answer(self, method: str, operation: str, params: Mapping[str, str]) -> SandboxResponse:
+        if operation not in VTIGER_KINDS or operation == "not_found":
+            raise VtigerError("UNKNOWN_OPERATION", f"Unknown operation requested {operation}")
+        expected = "POST" if operation in _WRITE_OPERATIONS else "GET"
+        if method != expected:
+            raise VtigerError("UNKNOWN_OPERATION", "Permission to perform the operation is denied")
+        if operation == "sync" and self.sync_fails:
+            return SandboxResponse(500, b"", "text/html; charset=UTF-8")
+        result = getattr(self, f"_op_{operation}")(params)
+        return json_response(200, {"success": True, "result": result})
 
     def _user(self, params: Mapping[str, str]) -> int:
         name = params.get("sessionName")
@@ -936,6 +860,11 @@ class VtigerSandbox:
 
     def _user_id_for(self, username: str | None) -> int | None:
         return next((uid for uid, name in self.crm.users.items() if name == username), None)
+
+    def _check_write(self, wsid: str) -> None:
+        if self.faults.consume_failure(wsid):
+            self._injected("record_failure")
+            raise VtigerError("DATABASE_QUERY_ERROR", "Database query error")
 
     # -- operations --
 
@@ -1028,12 +957,16 @@ class VtigerSandbox:
     def _op_revise(self, params: Mapping[str, str]) -> dict[str, str]:
         self._user(params)
         element = self._element(params)
-        return self.crm.revise(str(element.pop("id", "")), element)
+        wsid = str(element.pop("id", ""))
+        self._check_write(wsid)
+        return self.crm.revise(wsid, element)
 
     def _op_update(self, params: Mapping[str, str]) -> dict[str, str]:
         self._user(params)
         element = self._element(params)
-        return self.crm.replace(str(element.pop("id", "")), element)
+        wsid = str(element.pop("id", ""))
+        self._check_write(wsid)
+        return self.crm.replace(wsid, element)
 
     def _op_create(self, params: Mapping[str, str]) -> dict[str, str]:
         self._user(params)
@@ -1071,12 +1004,9 @@ def _normalise_wsid(value: str) -> str | None:
     return value if sep and prefix.isdigit() and number.isdigit() else None
 
 
-def _json(status: int, payload: Any) -> SandboxResponse:
-    return SandboxResponse(status, json.dumps(payload, ensure_ascii=False).encode(), _JSON)
-
-
-class _VtigerHandler(_Handler):
-    server_version = "Apache"
+def _failure(error: VtigerError, status: int = 200, headers: dict[str, str] | None = None) -> SandboxResponse:
+    payload = {"success": False, "error": {"code": error.code, "message": error.message}}
+    return json_response(status, payload, headers)
 
 
 # -- CLI -----------------------------------------------------------------------------------------
