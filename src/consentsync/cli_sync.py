@@ -241,9 +241,9 @@ def sandbox() -> None:
     """Local CRM sandboxes that speak each vendor's wire format, for demos and tests."""
 
 
-def sandbox_options(default_port: int, seeded: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def sandbox_options(default_port: int, seed_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The options every ``consentsync sandbox VENDOR`` command takes: port, seed size, random
-    seed, host. ``seeded`` says what ``--seed`` generates."""
+    seed, host. ``seed_help`` says what ``--seed`` generates."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(
@@ -257,7 +257,7 @@ def sandbox_options(default_port: int, seeded: str) -> Callable[[Callable[..., A
                     type=click.IntRange(min=0),
                     default=200,
                     show_default=True,
-                    help=f"Seed it with this many generated contacts ({seeded}).",
+                    help=seed_help,
                 ),
                 click.option(
                     "--random-seed", type=int, default=1, show_default=True, help="Makes the seed repeatable."
@@ -272,7 +272,7 @@ def sandbox_options(default_port: int, seeded: str) -> Callable[[Callable[..., A
 
 
 @sandbox.command("salesforce")
-@sandbox_options(8443, "with duplicates and leads")
+@sandbox_options(8443, "Seed the org with this many generated contacts (with duplicates and leads).")
 def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.salesforce import serve_forever
@@ -280,8 +280,19 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
 
 
+@sandbox.command("superoffice")
+@sandbox_options(8444, "Seed the tenant with this many generated persons and their consents.")
+def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) -> None:
+    """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted."""
+    from consentsync.sandbox.superoffice import serve_forever as serve_superoffice
+
+    serve_superoffice(port=port, seed=random_seed, host=host, records=records)
+
+
 @sandbox.command("vtiger")
-@sandbox_options(8444, "with leads, organisations and Privacy Guard consents")
+@sandbox_options(
+    8445, "Seed the CRM with this many generated contacts (with leads, organisations, consents)."
+)
 @click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module.")
 @click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8).")
 def sandbox_vtiger(

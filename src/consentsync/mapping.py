@@ -84,7 +84,11 @@ OBJECT_NAME_RE = re.compile(rf"^{_API_PART}$")
 VENDOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # purposes and channels, as in consentsync.yaml
 
-STATUS_PUSH_KEYS = ("suppressed", "allowed")
+STATUS_PUSH_KEYS = ("suppressed", "allowed", "withdrawn")
+# Suppressed because the person said no (not merely for want of a consent): the optional push key
+# `withdrawn` is written in these cases instead of `suppressed`.
+SAID_NO_STATUSES = frozenset({ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED})
+SAID_NO_RULES = frozenset({"objection_direct_marketing", "objection_upheld"})
 NOTICE_VERSION_MAX = 100  # the ledger's column
 EVIDENCE_REF_MAX = 500
 
@@ -331,7 +335,7 @@ def _crm_push_value(key: Any, item: Any) -> Any:
 
 def _status_push(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not value:
-        raise Problem(f"expected a table with suppressed, allowed or both (got {value!r})")
+        raise Problem(f"expected a table with suppressed, allowed, withdrawn or some of them (got {value!r})")
     for key, item in value.items():
         if key not in STATUS_PUSH_KEYS:
             raise Problem(
@@ -413,6 +417,11 @@ StatusPushTable = Annotated[
                     "description": "Written when the ledger says the processing must stop.",
                 },
                 "allowed": {**_CRM_SCALAR_SCHEMA, "description": "Written when the ledger allows it."},
+                "withdrawn": {
+                    **_CRM_SCALAR_SCHEMA,
+                    "description": "Written instead of suppressed when the person said no: a withdrawal, "
+                    "a refusal or an upheld objection (not merely no consent on record, or an expiry).",
+                },
             },
             "additionalProperties": False,
             "minProperties": 1,
@@ -858,7 +867,7 @@ class Mapping:
                 continue
             status = consent.status
             if status.direction.pushes and status.push is not None:
-                case = "suppressed" if any(state.suppressed for state in present) else "allowed"
+                case = _push_case(present, status.push)
                 if case in status.push:
                     _update(updates, record, status.field, status.push[case])
             basis = consent.basis
@@ -965,6 +974,17 @@ class Mapping:
         if len(text) > limit:
             raise self._bad(record_id, spec.field, raw, f"text of at most {limit} characters")
         return text
+
+
+def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:
+    """Which entry of a status push table applies: ``withdrawn`` (when the table has it) for a
+    person who said no, else ``suppressed`` or ``allowed``. CRMs that record a withdrawal as a value
+    of its own (SuperOffice's Withdrawn legal basis) must not show it for a consent never given."""
+    suppressed = [state for state in present if state.suppressed]
+    if not suppressed:
+        return "allowed"
+    said_no = any(s.status in SAID_NO_STATUSES or s.rule in SAID_NO_RULES for s in suppressed)
+    return "withdrawn" if said_no and "withdrawn" in table else "suppressed"
 
 
 def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:

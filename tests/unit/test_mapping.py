@@ -332,7 +332,8 @@ class TestErrors:
             replaced("{suppressed: true, allowed: false}", "{suppressed: true, granted: false}")
         )
         assert message == (
-            f"{FILE}:15: consents[0].status.push: unknown key 'granted': accepted are suppressed, allowed"
+            f"{FILE}:15: consents[0].status.push: unknown key 'granted': "
+            "accepted are suppressed, allowed, withdrawn"
         )
 
     @pytest.mark.parametrize(

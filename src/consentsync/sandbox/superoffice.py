@@ -1,0 +1,440 @@
+"""A SuperOffice sandbox: a local HTTPS server on 127.0.0.1 speaking SuperOffice's REST WebAPI
+(``/api/v1``) as SuperOffice documents it, backed by an in-memory tenant
+(:class:`~consentsync.sandbox.superoffice_tenant.SuperOfficeTenant`), with the fault switches and
+call counting every sandbox has (:class:`~consentsync.sandbox.server.HttpsSandbox`).
+
+>>> from consentsync.sandbox.superoffice import SuperOfficeSandbox
+>>> with SuperOfficeSandbox() as so:
+...     so.tenant.seed(300, seed=1)
+...     token = so.issue_token()
+
+Endpoints (all also under a tenant prefix, ``/Cust12345/api/v1/...``, as SuperOffice Online
+serves them):
+
+* ``POST /api/v1/Agents/Person/SetConsent`` ``{PersonId, Purpose, Source, LegalBase, Comment}``
+  (keys of the purpose, the source and the legal basis), 204;
+* ``POST /api/v1/Agents/Person/RemoveConsent`` ``{PersonId, Purpose}``, 204;
+* ``POST /api/v1/Agents/Person/HasConsent`` ``{PersonId, Purpose}``, ``true`` / ``false``
+  (false for a withdrawn consent);
+* ``POST /api/v1/Agents/Person/GetConsentInfos`` ``{PersonId}``: ConsentInfo items
+  (``ConsentPersonId, Comment, Registered, RegisteredAssociateId, Updated, UpdatedAssociateId,
+  LegalBaseId/Key/Name, ConsentPurposeId/Key/Name, ConsentSourceId/Key/Name``);
+* ``GET /api/v1/archive/ConsentPurpose`` (:mod:`consentsync.sandbox.superoffice_archive`):
+  ``{"odata.metadata", "odata.nextLink", "value": [...]}``, at most ``max_page_size`` rows a page;
+* ``GET /api/v1/Person/{id}``: the person, 404 when there is none;
+* ``POST /login/common/oauth/tokens``: the refresh-token grant of SuperOffice Online's OpenID
+  Connect login (``grant_type=refresh_token, client_id, client_secret, refresh_token``).
+
+Authentication: ``Authorization: Bearer <access token>`` (or ``SOTicket <ticket>``, the system user
+flow's credential; the sandbox takes any token it issued in either scheme); with ``app_token`` set (as Online
+requires of a server-side app), also ``SO-AppToken``. Without valid credentials: 401 with
+``WWW-Authenticate: Bearer`` and an error body.
+
+Choices where SuperOffice's documentation is silent, so a connector must not rely on them: the
+error body is ``{"Error": message, "ErrorType": type, "ErrorSource": "WebApi"}`` (types
+``NotAuthenticated``, ``ArgumentException``, ``EntityNotFoundException``,
+``ConcurrencyException`` (a per-record ``fail_ids`` fault, 409), ``RequestLimitExceeded`` and
+``TooManyRequests`` (429 with ``Retry-After``), ``ServiceUnavailable``); ConsentInfo times carry
+an offset and seven fraction digits as SuperOffice's own sample does; GetConsentInfos of an unknown
+person answers an empty list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.server import (
+    HttpsSandbox,
+    RequestBodyError,
+    Route,
+    SandboxRequest,
+    SandboxResponse,
+    json_response,
+)
+from consentsync.sandbox.superoffice_archive import ArchiveQuery, run_query
+from consentsync.sandbox.superoffice_tenant import ConsentRow, SuperOfficeTenant, TenantError
+from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+
+__all__ = ["ENDPOINT_KINDS", "SuperOfficeCredentials", "SuperOfficeSandbox", "serve_forever"]
+
+log = logging.getLogger("consentsync.sandbox.superoffice")
+
+ENDPOINT_KINDS = (
+    "token",
+    "archive",
+    "person_get",
+    "set_consent",
+    "remove_consent",
+    "has_consent",
+    "get_consent_infos",
+    "not_found",
+)
+_WRITE_KINDS = ("set_consent", "remove_consent")
+_API = r"(?:/[A-Za-z0-9_-]+)?/api/v1"
+_ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
+    (method, re.compile(pattern, re.IGNORECASE), kind, auth)
+    for method, pattern, kind, auth in (
+        ("POST", r"(?:/[A-Za-z0-9_-]+)?/login/common/oauth/tokens", "token", False),
+        ("GET", _API + r"/archive/(?P<provider>[A-Za-z0-9_]+)", "archive", True),
+        ("GET", _API + r"/Person/(?P<person_id>[^/]+)", "person_get", True),
+        ("POST", _API + r"/Agents/Person/SetConsent", "set_consent", True),
+        ("POST", _API + r"/Agents/Person/RemoveConsent", "remove_consent", True),
+        ("POST", _API + r"/Agents/Person/HasConsent", "has_consent", True),
+        ("POST", _API + r"/Agents/Person/GetConsentInfos", "get_consent_infos", True),
+    )
+)
+
+
+@dataclass
+class SuperOfficeCredentials:
+    """What the sandbox's login accepts: an OpenID Connect client and one refresh token."""
+
+    client_id: str = "consentsync-sandbox-client"
+    client_secret: str = "consentsync-sandbox-client-secret"
+    refresh_token: str = "consentsync-sandbox-refresh-token"
+
+
+class SuperOfficeError(Exception):
+    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+        self.headers = headers or {}
+
+
+class _OAuthError(Exception):
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def _error_body(error_type: str, message: str) -> dict[str, Any]:
+    return {"Error": message, "ErrorType": error_type, "ErrorSource": "WebApi"}
+
+
+def _consent_time(moment: dt.datetime) -> str:
+    """``2019-06-16T16:48:30.1899348+02:00``-style, as SuperOffice's sample answers (here UTC)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond:06d}0+00:00"
+
+
+class SuperOfficeSandbox(HttpsSandbox):
+    """The server. Run-time controls (HTTP-free): :attr:`tenant`, :attr:`faults`,
+    :meth:`issue_token`, :meth:`expire_sessions`, :meth:`reset_counters`."""
+
+    endpoint_kinds = ENDPOINT_KINDS
+    server_name = "Microsoft-IIS/10.0"
+    thread_name = "superoffice-sandbox"
+
+    def __init__(
+        self,
+        tenant: SuperOfficeTenant | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: SuperOfficeCredentials | None = None,
+        app_token: str | None = None,
+        faults: Faults | dict[str, Any] | None = None,
+        max_page_size: int = 1000,
+        token_lifetime: float = 3600.0,
+        request_limit_retry_after: int = 3600,
+        tenant_name: str = "Cust12345",
+        tls: SandboxTLS | None = None,
+        tls_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(
+            host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_person_key
+        )
+        self.tenant = tenant or SuperOfficeTenant()
+        self.credentials = credentials or SuperOfficeCredentials()
+        self.app_token = app_token
+        self.max_page_size = max_page_size
+        self.token_lifetime = token_lifetime
+        self.request_limit_retry_after = request_limit_retry_after
+        self.tenant_name = tenant_name
+        self._tokens: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ addresses, credentials
+
+    @property
+    def tenant_url(self) -> str:
+        """What a connector is configured with: the tenant's root (``/api/v1`` follows it)."""
+        return f"{self.base_url}/{self.tenant_name}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.base_url}/login/common/oauth/tokens"
+
+    def issue_token(self) -> str:
+        """A fresh access token without an HTTP call (not counted)."""
+        token = f"8A:{self.tenant_name}.{secrets.token_urlsafe(48)}"
+        with self._lock:
+            self._tokens[token] = time.monotonic() + self.token_lifetime
+        return token
+
+    def expire_sessions(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    @property
+    def write_calls(self) -> int:
+        return self.calls_of(_WRITE_KINDS)
+
+    # ------------------------------------------------------------------ HttpsSandbox hooks
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        with self._lock:
+            expires = self._tokens.get(token.strip()) if scheme.lower() in ("bearer", "soticket") else None
+            if expires is not None and expires < time.monotonic():
+                del self._tokens[token.strip()]
+                expires = None
+        if expires is None:
+            raise SuperOfficeError(
+                401,
+                "NotAuthenticated",
+                "Authentication failed: the access token is missing, invalid or expired",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if self.app_token is not None and request.header("SO-AppToken") != self.app_token:
+            raise SuperOfficeError(
+                401,
+                "NotAuthenticated",
+                "Application token missing or not valid for this tenant (SO-AppToken)",
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def request_limit_error(self) -> Exception:
+        return SuperOfficeError(
+            429,
+            "RequestLimitExceeded",
+            "The request limit for this tenant is reached",
+            {"Retry-After": str(self.request_limit_retry_after)},
+        )
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        return SuperOfficeError(
+            429,
+            "TooManyRequests",
+            "Too many requests, slow down",
+            {"Retry-After": str(max(1, round(retry_after)))},
+        )
+
+    def server_error(self, status: int) -> SandboxResponse:
+        return json_response(
+            status, _error_body("ServiceUnavailable", "The service is temporarily unavailable")
+        )
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, RequestBodyError):
+            error = SuperOfficeError(400, "ArgumentException", f"Request body: {error}")
+        if isinstance(error, TenantError):
+            error = SuperOfficeError(error.status, error.error_type, error.message)
+        if isinstance(error, SuperOfficeError):
+            return json_response(
+                error.status, _error_body(error.error_type, error.message), dict(error.headers)
+            )
+        if isinstance(error, _OAuthError):
+            return json_response(400, {"error": error.error, "error_description": error.description})
+        log.error("sandbox handler failed", exc_info=error)
+        return json_response(500, _error_body(type(error).__name__, "An error has occurred"))
+
+    def route(self, request: SandboxRequest) -> Route:
+        allowed: list[str] = []
+        for method, pattern, kind, auth in _ROUTES:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            if method != request.method:
+                allowed.append(method)
+                continue
+            handler: Callable[..., SandboxResponse] = getattr(self, f"_h_{kind}")
+            params = match.groupdict()
+            return Route(kind, lambda h=handler, p=params: h(request, **p), auth)
+        status, message = (
+            (405, "The requested resource does not support this method") if allowed else (404, "")
+        )
+
+        def refuse() -> SandboxResponse:
+            raise SuperOfficeError(status, "NotFound", message or f"No HTTP resource matches {request.path}")
+
+        return Route("not_found", refuse, False)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _h_token(self, request: SandboxRequest) -> SandboxResponse:
+        form = request.form()
+        if form.get("grant_type") != "refresh_token":
+            raise _OAuthError("unsupported_grant_type", "Only refresh_token is supported here")
+        c = self.credentials
+        if form.get("client_id") != c.client_id or form.get("client_secret") != c.client_secret:
+            raise _OAuthError("invalid_client", "Unknown client or wrong client secret")
+        if form.get("refresh_token") != c.refresh_token:
+            raise _OAuthError("invalid_grant", "The refresh token is not valid")
+        return json_response(
+            200,
+            {
+                "token_type": "Bearer",
+                "access_token": self.issue_token(),
+                "expires_in": int(self.token_lifetime),
+                "id_token": secrets.token_urlsafe(32),
+            },
+        )
+
+    def _h_archive(self, request: SandboxRequest, provider: str) -> SandboxResponse:
+        if provider.lower() != "consentpurpose":
+            raise SuperOfficeError(404, "NotFound", f"Archive provider '{provider}' not found")
+        params = {key: values[0] for key, values in request.query.items()}
+        query = ArchiveQuery.from_params(params)
+        with self._lock:
+            rows, more = run_query(self.tenant, query, max_top=self.max_page_size)
+        prefix = request.path[: request.path.lower().index("/archive/")]
+        body: dict[str, Any] = {"odata.metadata": f"{self.base_url}{prefix}/archive/$metadata", "value": rows}
+        if more:
+            following = dict(params)
+            following["$skip"] = str(query.skip + len(rows))
+            following["$top"] = str(min(query.top or self.max_page_size, self.max_page_size))
+            body["odata.nextLink"] = f"{self.base_url}{request.path}?{urlencode(following)}"
+        return json_response(200, body)
+
+    def _h_person_get(self, _request: SandboxRequest, person_id: str) -> SandboxResponse:
+        if not person_id.isdigit():
+            raise SuperOfficeError(400, "ArgumentException", f"'{person_id}' is not a valid person id")
+        person = self.tenant.person(int(person_id))
+        return json_response(
+            200,
+            {
+                "PersonId": person.id,
+                "Firstname": person.first_name,
+                "Lastname": person.last_name,
+                "Emails": [{"Value": person.email, "StrippedValue": person.email}] if person.email else [],
+                "Registered": _consent_time(person.registered),
+                "Updated": _consent_time(person.updated),
+            },
+        )
+
+    def _body(self, request: SandboxRequest, *names: str) -> dict[str, Any]:
+        body = request.json()
+        if not isinstance(body, dict):
+            raise SuperOfficeError(400, "ArgumentException", "The request body must be a JSON object")
+        # SuperOffice binds properties case-insensitively.
+        lowered = {str(k).lower(): v for k, v in body.items()}
+        return {name: lowered.get(name.lower()) for name in names}
+
+    def _check_write(self, person_id: Any) -> None:
+        if isinstance(person_id, int) and self.faults.consume_failure(str(person_id)):
+            raise SuperOfficeError(
+                409, "ConcurrencyException", f"Person {person_id} is being updated by another user"
+            )
+
+    def _h_set_consent(self, request: SandboxRequest) -> SandboxResponse:
+        body = self._body(request, "PersonId", "Purpose", "Source", "LegalBase", "Comment")
+        self._check_write(body["PersonId"])
+        self.tenant.set_consent(
+            body["PersonId"], body["Purpose"], body["Source"], body["LegalBase"], body["Comment"]
+        )
+        return SandboxResponse(204, b"", None)
+
+    def _h_remove_consent(self, request: SandboxRequest) -> SandboxResponse:
+        body = self._body(request, "PersonId", "Purpose")
+        self._check_write(body["PersonId"])
+        self.tenant.remove_consent(body["PersonId"], body["Purpose"])
+        return SandboxResponse(204, b"", None)
+
+    def _h_has_consent(self, request: SandboxRequest) -> SandboxResponse:
+        body = self._body(request, "PersonId", "Purpose")
+        return json_response(200, self.tenant.has_consent(body["PersonId"], body["Purpose"]))
+
+    def _h_get_consent_infos(self, request: SandboxRequest) -> SandboxResponse:
+        body = self._body(request, "PersonId")
+        person_id = body["PersonId"]
+        if isinstance(person_id, bool) or not isinstance(person_id, int):
+            raise SuperOfficeError(
+                400, "ArgumentException", f"PersonId must be an integer, not {person_id!r}"
+            )
+        rows = sorted(self.tenant.consent_rows(person_id), key=lambda r: r.purpose.id)
+        return json_response(200, [_consent_info(row) for row in rows])
+
+
+def _person_key(record_id: str) -> str | None:
+    text = str(record_id).strip()
+    return text if text.isdigit() else None
+
+
+def _consent_info(row: ConsentRow) -> dict[str, Any]:
+    return {
+        "ConsentPersonId": row.id,
+        "Comment": row.comment,
+        "Registered": _consent_time(row.registered),
+        "RegisteredAssociateId": row.registered_by,
+        "Updated": _consent_time(row.updated),
+        "UpdatedAssociateId": row.updated_by,
+        "LegalBaseId": row.legal_base.id,
+        "LegalBaseKey": row.legal_base.key,
+        "LegalBaseName": row.legal_base.name,
+        "ConsentPurposeId": row.purpose.id,
+        "ConsentPurposeKey": row.purpose.key,
+        "ConsentPurposeName": row.purpose.name,
+        "ConsentSourceId": row.source.id,
+        "ConsentSourceKey": row.source.key,
+        "ConsentSourceName": row.source.name,
+        "TableRight": {"Mask": "Delete", "Reason": ""},
+        "FieldProperties": {},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 500,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[SuperOfficeSandbox], None] | None = None,
+) -> None:
+    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the tenant URL,
+    the CA files and the demo credentials."""
+    tenant = SuperOfficeTenant()
+    summary = tenant.seed(records, seed=seed)
+    tls = create_sandbox_tls()
+    sandbox = SuperOfficeSandbox(tenant, host=host, port=port, tls=tls)
+    sandbox.start()
+    c = sandbox.credentials
+    lines = [
+        "SuperOffice sandbox is running (Ctrl-C to stop)",
+        f"  tenant URL     {sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
+        f"  token URL      {sandbox.token_url}",
+        f"  CA certificate {sandbox.ca_cert_path}",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  client_id      {c.client_id}",
+        f"  client_secret  {c.client_secret}",
+        f"  refresh_token  {c.refresh_token}",
+        f"  access token   {sandbox.issue_token()}   (valid {int(sandbox.token_lifetime)} s)",
+        f"  seeded         {summary['persons']} persons, {summary['emarketing']} e-marketing consents "
+        f"({summary['withdrawn']} withdrawn), seed {seed}",
+    ]
+    print("\n".join(lines), flush=True)
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()
+        tls.cleanup()

@@ -1,0 +1,346 @@
+"""The data behind the SuperOffice sandbox: persons, consent purposes, the Privacy lists (legal
+basis, source) and the consents between them (SuperOffice's ConsentPerson rows), in memory.
+
+What SuperOffice documents, and the sandbox keeps:
+
+* two default purposes, "Sales and service" and "E-marketing"; a person created without a consent
+  gets "Sales and service" with the tenant's default legal basis (legitimate interest unless the
+  administrator changed it) and a source set automatically;
+* a consent is one row per person and purpose with a legal basis, a source, a comment and the
+  times it was registered and last updated (UTC); a withdrawn consent stays a row whose legal
+  basis is "Withdrawn" (HasConsent answers false for it).
+
+What it chooses where SuperOffice's documentation is silent (each is a constructor argument, so a
+test can take the other view): the list keys (STORE, EMARKETING, CONSENT, LEGITIMATE, WITHDRAWN,
+...); that RemoveConsent marks the consent withdrawn (``remove_mode="withdraw"``) rather than
+deleting the row (``remove_mode="delete"``); that times are kept to the whole second, so many
+rows share one updated time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import random
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+__all__ = [
+    "DEFAULT_LEGAL_BASES",
+    "DEFAULT_PURPOSES",
+    "DEFAULT_SOURCES",
+    "ConsentRow",
+    "ListItem",
+    "Person",
+    "SuperOfficeTenant",
+    "TenantError",
+]
+
+KEY_RE = re.compile(r"^[A-Za-z0-9]+$")  # SuperOffice's own rule for list item keys
+
+
+@dataclass(frozen=True, slots=True)
+class ListItem:
+    id: int
+    key: str
+    name: str
+    active: bool = True
+
+
+# (key, name): Privacy lists as a fresh tenant might hold them (keys unconfirmed, see the module doc).
+DEFAULT_PURPOSES = (("STORE", "Sales and service"), ("EMARKETING", "E-marketing"))
+DEFAULT_LEGAL_BASES = (
+    ("CONSENT", "Consent"),
+    ("LEGITIMATE", "Legitimate interest"),
+    ("SOFTOPTIN", "Email - soft opt-in"),
+    ("CONTRACT", "Contract"),
+    ("LEGALOBLIGATION", "Legal obligation"),
+    ("VITALINTEREST", "Vital interests"),
+    ("PUBLICINTEREST", "Public interest"),
+    ("WITHDRAWN", "Withdrawn"),
+)
+DEFAULT_SOURCES = (
+    ("MANUAL", "Manually"),
+    ("SYSTEM", "System"),
+    ("FORM", "Form"),
+    ("EMAIL", "E-mail"),
+    ("IMPORT", "Import"),
+)
+
+
+@dataclass(slots=True)
+class Person:
+    id: int
+    first_name: str
+    last_name: str
+    email: str | None
+    registered: dt.datetime
+    updated: dt.datetime
+    no_mailings: bool = False
+
+
+@dataclass(slots=True)
+class ConsentRow:
+    id: int
+    person_id: int
+    purpose: ListItem
+    legal_base: ListItem
+    source: ListItem
+    comment: str
+    registered: dt.datetime
+    updated: dt.datetime
+    registered_by: int
+    updated_by: int
+
+
+class TenantError(Exception):
+    """A request the tenant refuses; ``status`` and ``error_type`` say how the server answers."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def _items(pairs: Iterable[tuple[str, str]], start: int) -> list[ListItem]:
+    return [ListItem(start + i, key, name) for i, (key, name) in enumerate(pairs)]
+
+
+class SuperOfficeTenant:
+    """One SuperOffice database. Thread-safe; every change stamps the tenant's clock."""
+
+    def __init__(
+        self,
+        *,
+        purposes: Iterable[tuple[str, str]] = DEFAULT_PURPOSES,
+        legal_bases: Iterable[tuple[str, str]] = DEFAULT_LEGAL_BASES,
+        sources: Iterable[tuple[str, str]] = DEFAULT_SOURCES,
+        default_purpose: str = "STORE",
+        default_legal_base: str | None = "LEGITIMATE",
+        default_source: str = "SYSTEM",
+        withdrawn_legal_base: str = "WITHDRAWN",
+        remove_mode: Literal["withdraw", "delete"] = "withdraw",
+        clock: Callable[[], dt.datetime] | None = None,
+        associate_id: int = 5,
+        keep_fractions: bool = False,
+    ) -> None:
+        self.purposes = _items(purposes, 1)
+        self.legal_bases = _items(legal_bases, 1)
+        self.sources = _items(sources, 1)
+        self.default_purpose = default_purpose
+        self.default_legal_base = default_legal_base
+        self.default_source = default_source
+        self.withdrawn_legal_base = withdrawn_legal_base
+        self.remove_mode = remove_mode
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.associate_id = associate_id
+        # Keep fractions of a second (the archive still shows whole seconds but sorts by them).
+        self.keep_fractions = keep_fractions
+        self.persons: dict[int, Person] = {}
+        self.consents: dict[int, ConsentRow] = {}
+        self._lock = threading.RLock()
+        self._person_ids = itertools.count(1)
+        self._consent_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ lists
+
+    def now(self) -> dt.datetime:
+        """The tenant's time (UTC), to the whole second unless ``keep_fractions``."""
+        return self._stamp(self.clock())
+
+    def _stamp(self, moment: dt.datetime) -> dt.datetime:
+        moment = moment.astimezone(dt.UTC)
+        return moment if self.keep_fractions else moment.replace(microsecond=0)
+
+    def _find(self, items: list[ListItem], key: str | None, what: str) -> ListItem:
+        if not isinstance(key, str) or not key:
+            raise TenantError(400, "ArgumentException", f"{what} is required")
+        for item in items:
+            if item.key.lower() == key.lower():
+                return item
+        raise TenantError(400, "ArgumentException", f"Unknown {what} '{key}'")
+
+    def purpose(self, key: str | None) -> ListItem:
+        return self._find(self.purposes, key, "consent purpose")
+
+    def legal_base(self, key: str | None) -> ListItem:
+        return self._find(self.legal_bases, key, "legal base")
+
+    def source(self, key: str | None) -> ListItem:
+        return self._find(self.sources, key, "consent source")
+
+    def add_purpose(self, key: str, name: str) -> ListItem:
+        if not KEY_RE.match(key):
+            raise ValueError(f"a purpose key is letters and digits only: {key!r}")
+        with self._lock:
+            item = ListItem(max((p.id for p in self.purposes), default=0) + 1, key, name)
+            self.purposes.append(item)
+            return item
+
+    # ------------------------------------------------------------------ persons
+
+    def create_person(
+        self, first_name: str, last_name: str, email: str | None, *, at: dt.datetime | None = None
+    ) -> Person:
+        """A new person; like SuperOffice, with the default purpose at the default legal basis."""
+        with self._lock:
+            stamp = self._stamp(at or self.clock())
+            person = Person(next(self._person_ids), first_name, last_name, email, stamp, stamp)
+            self.persons[person.id] = person
+            if self.default_legal_base:
+                self._set(
+                    person.id, self.default_purpose, self.default_source, self.default_legal_base, "", stamp
+                )
+            return person
+
+    def person(self, person_id: Any) -> Person:
+        if isinstance(person_id, bool) or not isinstance(person_id, int):
+            raise TenantError(400, "ArgumentException", f"PersonId must be an integer, not {person_id!r}")
+        with self._lock:
+            found = self.persons.get(person_id)
+        if found is None:
+            raise TenantError(404, "EntityNotFoundException", f"Person with id {person_id} not found")
+        return found
+
+    def delete_person(self, person_id: int) -> None:
+        with self._lock:
+            self.persons.pop(person_id, None)
+            for row_id in [r.id for r in self.consents.values() if r.person_id == person_id]:
+                del self.consents[row_id]
+
+    # ------------------------------------------------------------------ consents
+
+    def consent_rows(self, person_id: int | None = None) -> list[ConsentRow]:
+        with self._lock:
+            rows = list(self.consents.values())
+        return [r for r in rows if person_id is None or r.person_id == person_id]
+
+    def consent(self, person_id: int, purpose_key: str) -> ConsentRow | None:
+        purpose = self.purpose(purpose_key)
+        with self._lock:
+            for row in self.consents.values():
+                if row.person_id == person_id and row.purpose.id == purpose.id:
+                    return row
+        return None
+
+    def set_consent(
+        self,
+        person_id: Any,
+        purpose_key: Any,
+        source_key: Any,
+        legal_base_key: Any,
+        comment: Any = "",
+        *,
+        at: dt.datetime | None = None,
+    ) -> ConsentRow:
+        """SetConsent: creates the person's consent for the purpose, or changes its legal basis,
+        source and comment; the updated time moves either way."""
+        if comment is not None and not isinstance(comment, str):
+            raise TenantError(400, "ArgumentException", "Comment must be a string")
+        with self._lock:
+            self.person(person_id)
+            return self._set(person_id, purpose_key, source_key, legal_base_key, comment or "", at)
+
+    def _set(
+        self,
+        person_id: int,
+        purpose_key: Any,
+        source_key: Any,
+        legal_base_key: Any,
+        comment: str,
+        at: dt.datetime | None,
+    ) -> ConsentRow:
+        purpose = self.purpose(purpose_key)
+        source = self.source(source_key)
+        legal_base = self.legal_base(legal_base_key)
+        stamp = self._stamp(at or self.clock())
+        existing = next(
+            (r for r in self.consents.values() if r.person_id == person_id and r.purpose.id == purpose.id),
+            None,
+        )
+        if existing is None:
+            row = ConsentRow(
+                next(self._consent_ids),
+                person_id,
+                purpose,
+                legal_base,
+                source,
+                comment,
+                stamp,
+                stamp,
+                self.associate_id,
+                self.associate_id,
+            )
+        else:
+            row = replace(
+                existing,
+                legal_base=legal_base,
+                source=source,
+                comment=comment,
+                updated=stamp,
+                updated_by=self.associate_id,
+            )
+        self.consents[row.id] = row
+        return row
+
+    def remove_consent(self, person_id: Any, purpose_key: Any, *, at: dt.datetime | None = None) -> None:
+        """RemoveConsent ("turn off consent"): the row is marked withdrawn, or deleted, as
+        ``remove_mode`` says. Removing a consent the person does not have changes nothing."""
+        with self._lock:
+            self.person(person_id)
+            row = self.consent(person_id, purpose_key)
+            if row is None:
+                return
+            if self.remove_mode == "delete":
+                del self.consents[row.id]
+                return
+            stamp = self._stamp(at or self.clock())
+            self.consents[row.id] = replace(
+                row,
+                legal_base=self.legal_base(self.withdrawn_legal_base),
+                updated=stamp,
+                updated_by=self.associate_id,
+            )
+
+    def has_consent(self, person_id: Any, purpose_key: Any) -> bool:
+        """HasConsent: a consent that is withdrawn answers false."""
+        self.person(person_id)
+        row = self.consent(person_id, purpose_key)
+        return row is not None and row.legal_base.key != self.withdrawn_legal_base
+
+    # ------------------------------------------------------------------ seeding
+
+    def seed(self, persons: int, *, seed: int = 0, start: dt.datetime | None = None) -> dict[str, int]:
+        """Persons with consents as a working tenant holds them: every one on Sales and service
+        (mostly legitimate interest, some contract), about half with an e-marketing consent, some
+        of those withdrawn, a few duplicates of an address and a few without one. Times crowd into
+        few seconds (about 25 changes a second), as a bulk import leaves them."""
+        rng = random.Random(seed)
+        origin = (start or self.now() - dt.timedelta(days=1)).replace(microsecond=0)
+        summary = {"persons": 0, "emarketing": 0, "withdrawn": 0}
+        has_emarketing = any(p.key == "EMARKETING" for p in self.purposes)
+        with self._lock:
+            first = len(self.persons)
+            for index in range(persons):
+                stamp = origin + dt.timedelta(seconds=index // 25)
+                number = first + index
+                email: str | None = f"person{number}@example.com"
+                if number % 37 == 5 and number > 5:
+                    email = f"person{number - 1}@example.com"  # two persons, one address
+                elif number % 53 == 7:
+                    email = None
+                person = self.create_person(f"Person{number}", f"Seed{seed}", email, at=stamp)
+                summary["persons"] += 1
+                if rng.random() < 0.1:
+                    self._set(person.id, "STORE", "MANUAL", "CONTRACT", "", stamp)
+                if has_emarketing and rng.random() < 0.5:
+                    withdrawn = rng.random() < 0.2
+                    legal = self.withdrawn_legal_base if withdrawn else "CONSENT"
+                    self._set(person.id, "EMARKETING", "FORM", legal, "", stamp)
+                    summary["emarketing"] += 1
+                    summary["withdrawn"] += int(withdrawn)
+        return summary

@@ -1,0 +1,199 @@
+"""The SuperOffice connector over HTTPS against the sandbox: whole-second reads when SuperOffice
+sorts by fractions it does not show, restrictions built from escaped values only, writes and
+their per-record results, authentication and budgets."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from consentsync_superoffice import SuperOfficeConnector
+from consentsync_superoffice.connector import archive_literal, parse_so_time
+
+from consentsync.sandbox.superoffice import SuperOfficeSandbox
+from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate
+
+FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKETING", "LegalBase_STORE"]
+
+
+@pytest.fixture
+def so() -> Iterator[SuperOfficeSandbox]:
+    with SuperOfficeSandbox() as server:
+        server.tenant.seed(120, seed=4)
+        yield server
+
+
+def connector_for(so: SuperOfficeSandbox, **extra: Any) -> SuperOfficeConnector:
+    settings = {
+        "base_url": so.tenant_url,
+        "auth": "token",
+        "access_token": so.issue_token(),
+        "ca_bundle": str(so.ca_cert_path),
+        "page_size": 20,
+        "max_attempts": 4,
+        **extra,
+    }
+    return SuperOfficeConnector("so-test", settings)
+
+
+def _later() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+
+
+def test_times_and_literals() -> None:
+    assert parse_so_time("2019-06-16T16:48:30.1899348+02:00") == dt.datetime(
+        2019, 6, 16, 14, 48, 30, 189934, tzinfo=dt.UTC
+    )
+    assert parse_so_time("2026-11-23T03:21:24") == dt.datetime(2026, 11, 23, 3, 21, 24, tzinfo=dt.UTC)
+    assert archive_literal("O'Brien\\") == "'O\\'Brien\\\\'"
+
+
+def test_hidden_fractions_of_a_second_lose_no_person() -> None:
+    # SuperOffice may sort by fractions its archive does not show: within one shown second the
+    # rows come in fraction order, not person order, and pages cut through that second.
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
+    tenant = SuperOfficeTenant(keep_fractions=True)
+    with SuperOfficeSandbox(tenant) as so:
+        for index in range(90):
+            tenant.create_person(
+                "P",
+                str(index),
+                f"p{index}@example.com",
+                at=start + dt.timedelta(microseconds=999_000 - index * 10_000),
+            )
+        for index in range(10):
+            tenant.create_person(
+                "Q", str(index), f"q{index}@example.com", at=start + dt.timedelta(seconds=1 + index)
+            )
+        connector = connector_for(so, page_size=25)
+        records = list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+        assert sorted(int(r.record_id) for r in records) == list(range(1, 101))
+        keys = [(r.modstamp, int(r.record_id)) for r in records]
+        assert keys == sorted(keys)
+        middle = records[40]
+        rest = list(
+            connector.read_changes("Person", FIELDS, Cursor(middle.modstamp, middle.record_id), _later())
+        )
+        assert [r.record_id for r in rest] == [r.record_id for r in records[41:]]
+
+
+def test_record_fields_come_from_consent_infos(so: SuperOfficeSandbox) -> None:
+    person = so.tenant.create_person("Ann", "Ek", "Ann.Ek@Example.com")
+    so.tenant.set_consent(person.id, "EMARKETING", "FORM", "CONSENT", "newsletter box")
+    records = [
+        r
+        for r in connector_for(so).read_changes("Person", FIELDS, Cursor(), _later())
+        if r.record_id == str(person.id)
+    ]
+    assert len(records) == 1
+    fields = records[0].fields
+    assert fields["Email"] == "Ann.Ek@Example.com"
+    assert (fields["LegalBase_EMARKETING"], fields["Source_EMARKETING"], fields["LegalBase_STORE"]) == (
+        "CONSENT",
+        "FORM",
+        "LEGITIMATE",
+    )
+    assert parse_so_time(fields["Updated_EMARKETING"]) == so.tenant.consent(person.id, "EMARKETING").updated
+
+
+def test_unknown_fields_and_objects_are_config_errors(so: SuperOfficeSandbox) -> None:
+    connector = connector_for(so)
+    with pytest.raises(ConnectorError) as raised:
+        list(
+            connector.read_changes(
+                "Person", ["LegalBase_EMARKETING", "HasOptedOutOfEmail"], Cursor(), _later()
+            )
+        )
+    assert raised.value.rule.fault is Fault.CONFIG and "HasOptedOutOfEmail" in str(raised.value)
+    with pytest.raises(ConnectorError):
+        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    with pytest.raises(ConnectorError):
+        connector_for(so, column_updated="consentPerson/updatedDate gt '2000-01-01' or 1 eq 1")
+
+
+def test_writes_set_and_remove_consents_with_one_result_each(so: SuperOfficeSandbox) -> None:
+    tenant = so.tenant
+    a = tenant.create_person("A", "A", "a@example.com")
+    b = tenant.create_person("B", "B", "b@example.com")
+    tenant.set_consent(b.id, "EMARKETING", "FORM", "CONSENT")
+    so.faults.fail_records(str(a.id), attempts=1)
+    connector = connector_for(so, write_source="SYSTEM", write_comment="by consentsync")
+    results = connector.write(
+        [
+            RecordUpdate("Person", str(a.id), {"LegalBase_EMARKETING": "WITHDRAWN"}),
+            RecordUpdate("Person", str(b.id), {"LegalBase_EMARKETING": None}),
+            RecordUpdate("Person", "424242", {"LegalBase_EMARKETING": "WITHDRAWN"}),
+            RecordUpdate("Person", str(b.id), {"Email": "x@example.com"}),
+            RecordUpdate("Person", str(b.id), {"LegalBase_STORE": "NO SUCH"}),
+        ]
+    )
+    busy, removed, missing, not_writable, bad_value = results
+    assert not busy.ok and busy.retryable and busy.error_code == "ConcurrencyException"
+    assert removed.ok and tenant.consent(b.id, "EMARKETING").legal_base.key == "WITHDRAWN"
+    assert not missing.ok and not missing.retryable and missing.error_code == "EntityNotFoundException"
+    assert not_writable.error_code == "FIELD_NOT_WRITABLE" and bad_value.error_code == "INVALID_VALUE"
+    assert connector.write([RecordUpdate("Person", str(a.id), {"LegalBase_EMARKETING": "WITHDRAWN"})])[0].ok
+    row = tenant.consent(a.id, "EMARKETING")
+    assert (row.legal_base.key, row.source.key, row.comment) == ("WITHDRAWN", "SYSTEM", "by consentsync")
+
+
+def test_an_expired_access_token_is_a_config_error_without_the_token(so: SuperOfficeSandbox) -> None:
+    connector = connector_for(so)
+    connector.check()
+    token = connector.config.access_token
+    so.expire_sessions()
+    with pytest.raises(ConnectorError) as raised:
+        connector.check()
+    assert raised.value.action is Action.FAIL and raised.value.rule.fault is Fault.CONFIG
+    assert token and token not in str(raised.value)
+
+
+def test_refresh_token_flow_renews_an_expired_session(so: SuperOfficeSandbox) -> None:
+    c = so.credentials
+    connector = connector_for(
+        so,
+        auth="refresh_token",
+        access_token=None,
+        client_id=c.client_id,
+        client_secret=c.client_secret,
+        refresh_token=c.refresh_token,
+        token_url=so.token_url,
+    )
+    connector.check()
+    so.expire_sessions()
+    assert len(list(connector.read_changes("Person", FIELDS, Cursor(), _later()))) == 120
+    assert connector.usage.per_endpoint["token"] == 2
+
+
+def test_application_token_is_sent_for_online() -> None:
+    with SuperOfficeSandbox(app_token="online-app") as so:
+        so.tenant.seed(3)
+        with pytest.raises(ConnectorError):
+            connector_for(so).check()
+        connector_for(so, app_token="online-app").check()
+
+
+def test_works_with_requests_ca_bundle_set(
+    so: SuperOfficeSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    bogus = tmp_path / "other.pem"
+    bogus.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bogus))
+    connector_for(so).check()
+
+
+def test_run_budget_stops_the_read(so: SuperOfficeSandbox) -> None:
+    connector = connector_for(so, budget={"per_run": 10})
+    with pytest.raises(BudgetExhausted):
+        list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+    assert connector.usage.calls == 10
+
+
+def test_hard_request_limit_stops_cleanly(so: SuperOfficeSandbox) -> None:
+    so.faults.update(request_limit_after=2)
+    with pytest.raises(ConnectorError) as raised:
+        list(connector_for(so).read_changes("Person", FIELDS, Cursor(), _later()))
+    assert raised.value.action is Action.RATE_LIMITED and raised.value.retry_after == 3600

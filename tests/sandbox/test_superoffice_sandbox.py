@@ -1,0 +1,220 @@
+"""The SuperOffice sandbox against SuperOffice's documentation: the Person agent's consent calls,
+the ConsentPurpose archive (restrictions, ordering, paging), bearer and application-token
+authentication, error bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from consentsync.sandbox.superoffice import SuperOfficeSandbox
+from consentsync.sandbox.superoffice_archive import parse_so_datetime
+from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
+
+
+@pytest.fixture
+def so() -> Iterator[SuperOfficeSandbox]:
+    with SuperOfficeSandbox(max_page_size=100) as server:
+        server.tenant.seed(150, seed=2)
+        yield server
+
+
+def _client(so: SuperOfficeSandbox) -> tuple[requests.Session, dict[str, str], str]:
+    return so.requests_session(), {"Authorization": f"Bearer {so.issue_token()}"}, so.tenant_url + "/api/v1"
+
+
+def _agent(so: SuperOfficeSandbox, name: str, body: Any) -> requests.Response:
+    session, headers, api = _client(so)
+    return session.post(f"{api}/Agents/Person/{name}", headers=headers, json=body)
+
+
+def test_a_new_person_gets_sales_and_service_on_legitimate_interest(so: SuperOfficeSandbox) -> None:
+    person = so.tenant.create_person("Ada", "Lovelace", "ada@example.com")
+    infos = _agent(so, "GetConsentInfos", {"PersonId": person.id}).json()
+    assert [(i["ConsentPurposeName"], i["LegalBaseName"]) for i in infos] == [
+        ("Sales and service", "Legitimate interest")
+    ]
+    info = infos[0]
+    assert {"ConsentPersonId", "Registered", "Updated", "ConsentSourceKey", "LegalBaseKey", "Comment"} <= set(
+        info
+    )
+    assert parse_so_datetime(info["Updated"]) == person.updated
+
+
+def test_set_consent_then_withdrawal_then_has_consent(so: SuperOfficeSandbox) -> None:
+    person = so.tenant.create_person("Bo", "Ek", "bo@example.com")
+    body = {
+        "PersonId": person.id,
+        "Purpose": "EMARKETING",
+        "Source": "FORM",
+        "LegalBase": "CONSENT",
+        "Comment": "web",
+    }
+    assert _agent(so, "SetConsent", body).status_code == 204
+    assert _agent(so, "HasConsent", {"PersonId": person.id, "Purpose": "EMARKETING"}).json() is True
+    assert _agent(so, "RemoveConsent", {"PersonId": person.id, "Purpose": "EMARKETING"}).status_code == 204
+    # HasConsent: "Withdraw consents return FALSE"; GetConsentInfos still lists the withdrawn one.
+    assert _agent(so, "HasConsent", {"PersonId": person.id, "Purpose": "EMARKETING"}).json() is False
+    keys = {
+        i["ConsentPurposeKey"]: i["LegalBaseKey"]
+        for i in _agent(so, "GetConsentInfos", {"PersonId": person.id}).json()
+    }
+    assert keys["EMARKETING"] == "WITHDRAWN"
+
+
+def test_remove_consent_can_delete_the_row_instead() -> None:
+    with SuperOfficeSandbox(SuperOfficeTenant(remove_mode="delete")) as so:
+        person = so.tenant.create_person("Cy", "Do", "cy@example.com")
+        so.tenant.set_consent(person.id, "EMARKETING", "FORM", "CONSENT")
+        assert (
+            _agent(so, "RemoveConsent", {"PersonId": person.id, "Purpose": "EMARKETING"}).status_code == 204
+        )
+        assert so.tenant.consent(person.id, "EMARKETING") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error_type"),
+    [
+        (
+            {"PersonId": 999999, "Purpose": "EMARKETING", "Source": "FORM", "LegalBase": "CONSENT"},
+            404,
+            "EntityNotFoundException",
+        ),
+        (
+            {"PersonId": 1, "Purpose": "NOSUCH", "Source": "FORM", "LegalBase": "CONSENT"},
+            400,
+            "ArgumentException",
+        ),
+        (
+            {"PersonId": 1, "Purpose": "EMARKETING", "Source": "FORM", "LegalBase": "NOSUCH"},
+            400,
+            "ArgumentException",
+        ),
+        (
+            {"PersonId": "1", "Purpose": "EMARKETING", "Source": "FORM", "LegalBase": "CONSENT"},
+            400,
+            "ArgumentException",
+        ),
+    ],
+)
+def test_refused_writes_answer_superoffice_error_bodies(
+    so: SuperOfficeSandbox, body: dict[str, Any], status: int, error_type: str
+) -> None:
+    response = _agent(so, "SetConsent", body)
+    assert response.status_code == status
+    assert response.json()["ErrorType"] == error_type and response.json()["Error"]
+
+
+def test_without_a_valid_bearer_token_the_answer_is_401(so: SuperOfficeSandbox) -> None:
+    session, _headers, api = _client(so)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic dGplMDpUamUw"}):
+        response = session.post(f"{api}/Agents/Person/HasConsent", headers=headers, json={"PersonId": 1})
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert response.json()["ErrorType"] == "NotAuthenticated"
+
+
+def test_online_requires_the_application_token() -> None:
+    with SuperOfficeSandbox(app_token="app-secret") as so:
+        session, headers, api = _client(so)
+        url = f"{api}/archive/ConsentPurpose"
+        assert session.get(url, headers=headers).status_code == 401
+        assert session.get(url, headers={**headers, "SO-AppToken": "app-secret"}).status_code == 200
+
+
+def test_refresh_token_grant(so: SuperOfficeSandbox) -> None:
+    session = so.requests_session()
+    c = so.credentials
+    form = {"grant_type": "refresh_token", "client_id": c.client_id, "client_secret": c.client_secret}
+    good = session.post(so.token_url, data={**form, "refresh_token": c.refresh_token})
+    assert good.status_code == 200 and good.json()["token_type"] == "Bearer"
+    token = good.json()["access_token"]
+    answer = session.get(
+        f"{so.tenant_url}/api/v1/archive/ConsentPurpose", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert answer.status_code == 200
+    bad = session.post(so.token_url, data={**form, "refresh_token": "stolen"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"
+
+
+def _archive(so: SuperOfficeSandbox, **params: str) -> requests.Response:
+    session, headers, api = _client(so)
+    return session.get(f"{api}/archive/ConsentPurpose", headers=headers, params=params)
+
+
+def test_archive_lists_purposes_without_person_columns(so: SuperOfficeSandbox) -> None:
+    rows = _archive(so, **{"$select": "key,name"}).json()["value"]
+    assert [(r["key"], r["name"]) for r in rows] == [
+        ("STORE", "Sales and service"),
+        ("EMARKETING", "E-marketing"),
+    ]
+
+
+def test_archive_restriction_order_and_paging(so: SuperOfficeSandbox) -> None:
+    tenant = so.tenant
+    cutoff = sorted(r.updated for r in tenant.consent_rows())[len(tenant.consent_rows()) // 2]
+    select = "consentPerson/personId,consentPerson/updatedDate,consentPerson/consentPurpose/key"
+    params = {
+        "$select": select,
+        "$filter": f"consentPerson/updatedDate ge '{cutoff:%Y-%m-%dT%H:%M:%S}'"
+        " and consentPerson/consentPurpose/key eq 'EMARKETING'",
+        "$orderby": "consentPerson/updatedDate asc,consentPerson/personId asc",
+        "$top": "30",
+    }
+    expected = sorted(
+        (r.updated, r.person_id)
+        for r in tenant.consent_rows()
+        if r.updated >= cutoff and r.purpose.key == "EMARKETING"
+    )
+    got: list[tuple[dt.datetime, int]] = []
+    answer = _archive(so, **params).json()
+    session, headers, _api = _client(so)
+    while True:
+        got += [
+            (parse_so_datetime(r["consentPerson/updatedDate"]), r["consentPerson/personId"])
+            for r in answer["value"]
+        ]
+        link = answer.get("odata.nextLink")
+        if not link:
+            break
+        answer = session.get(link, headers=headers).json()
+    assert got == expected and len(expected) > 30
+
+
+def test_archive_strings_take_backslash_escapes_and_bad_restrictions_are_400(so: SuperOfficeSandbox) -> None:
+    person = so.tenant.create_person("Quote", "Test", "o'brien\\x@example.com")
+    select = "consentPerson/personId"
+    value = "o\\'brien\\\\x@example.com"
+    rows = _archive(
+        so, **{"$select": select, "$filter": f"consentPerson/person/email/emailAddress eq '{value}'"}
+    ).json()
+    assert [r["consentPerson/personId"] for r in rows["value"]] == [person.id]
+    for bad in (
+        "nosuch eq 1",
+        "consentPerson/personId eq 'x'",
+        "consentPerson/personId eq",
+        "(consentPerson/personId eq 1",
+    ):
+        response = _archive(so, **{"$select": select, "$filter": bad})
+        assert response.status_code == 400, bad
+        assert response.json()["ErrorType"] == "ArgumentException"
+
+
+def test_faults_and_counting(so: SuperOfficeSandbox) -> None:
+    so.reset_counters()
+    so.faults.update(error_rate=1.0, error_calls=1)
+    assert _archive(so).status_code == 503
+    assert _archive(so).status_code == 200
+    so.faults.update(throttle_after=0, throttle_calls=1, throttle_retry_after=2)
+    throttled = _archive(so)
+    assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "2"
+    so.faults.fail_records("1")
+    busy = _agent(
+        so, "SetConsent", {"PersonId": 1, "Purpose": "STORE", "Source": "FORM", "LegalBase": "CONSENT"}
+    )
+    assert busy.status_code == 409 and busy.json()["ErrorType"] == "ConcurrencyException"
+    assert so.calls["archive"] == 3 and so.write_calls == 1
