@@ -7,7 +7,8 @@ that the sandbox answered, next to the minimum:
 
 * reading: the archive lists changed consents at most 1000 rows a call (``$top``), and shows a
   legal basis only by its display name, so reading keys needs one ``GetConsentInfos`` a person:
-  minimum = ceil(consent rows / 1000) + persons changed;
+  minimum = max(1, ceil(consent rows changed / 1000)) + persons changed, counted in the tenant
+  since the previous run began (our own writes of the previous run included);
 * writing: SuperOffice has no batch call for consents: minimum = one call per consent written.
 
     .venv/bin/python bench/superoffice_calls.py [--persons 2000] [--changes 100] [--page-size 1000]
@@ -19,6 +20,7 @@ import argparse
 import math
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -67,7 +69,15 @@ def main() -> None:
         ledger = open_ledger(config, migrate=True)
         ledger.clock = utcnow
 
-        def run(label: str, *, full: bool = False, rows: int, persons: int, writes: int) -> None:
+        last_start: list[datetime | None] = [None]
+
+        def run(label: str, *, full: bool = False) -> None:
+            # What changed in the tenant since the previous run began: the least a read can cost.
+            since = None if full else last_start[0]
+            changed_rows = [r for r in so.tenant.consent_rows() if since is None or r.updated >= since]
+            changed_persons = {r.person_id for r in changed_rows}
+            minimum_reads = max(1, math.ceil(len(changed_rows) / 1000)) + len(changed_persons)
+            last_start[0] = so.tenant.now()
             connector, mappings = open_connector(config, "so")
             so.reset_counters()
             started = time.perf_counter()
@@ -75,30 +85,29 @@ def main() -> None:
                 full=full
             )
             elapsed = time.perf_counter() - started
-            calls = dict(sorted(so.calls.items()))
             reads = so.calls["archive"] + so.calls["get_consent_infos"]
-            minimum_reads = math.ceil(rows / 1000) + persons
+            pushed = report.counts.pushed
             print(
-                f"{label:<38} status={report.status} read={report.counts.read} pushed={report.counts.pushed} "
-                f"time={elapsed:.1f}s"
+                f"{label:<40} {report.status}: read {report.counts.read} persons, "
+                f"evidence {report.counts.evidence_recorded}, pushed {pushed} in {elapsed:.1f}s"
             )
+            print(f"    calls by kind {dict(sorted(so.calls.items()))}")
             print(
-                f"    calls {calls} (token calls not counted by the tenant: {connector.usage.per_endpoint})"
-            )
-            print(
-                f"    read calls {reads} vs minimum {minimum_reads}; "
-                f"write calls {so.write_calls} vs minimum {writes}"
+                f"    read calls {reads} (minimum {minimum_reads}: {len(changed_rows)} consent rows of "
+                f"{len(changed_persons)} persons changed); write calls {so.write_calls} (minimum {pushed}: "
+                "one per consent written)"
             )
             connector.close()
 
-        rows = len(so.tenant.consent_rows())
-        run("full sync", full=True, rows=rows, persons=len(so.tenant.persons), writes=0)
+        # The full sync pushes too: seeded duplicates (two persons, one address) where one withdrew
+        # get the other's e-marketing consent withdrawn as well.
+        run("full sync", full=True)
         time.sleep(1.1)  # a run reads whole seconds before the one it started in
         changed = list(so.tenant.persons)[: args.changes]
         for person_id in changed:
             so.tenant.set_consent(person_id, "STORE", "MANUAL", "CONTRACT", "renewed contract")
         time.sleep(1.1)
-        run(f"incremental: {len(changed)} persons changed", rows=len(changed), persons=len(changed), writes=0)
+        run(f"incremental: {len(changed)} persons changed")
         emails = [person.email for person in so.tenant.persons.values()]
         consenting = [
             pid
@@ -124,17 +133,11 @@ def main() -> None:
                     origin=Origin.CAPTURE,
                 ),
             )
-        run(
-            f"push: {len(withdrawing)} withdrawals from a web form",
-            rows=0,
-            persons=0,
-            writes=len(withdrawing),
-        )
+        run(f"push: {len(withdrawing)} withdrawals from a web form")
         time.sleep(1.1)
-        run(
-            "incremental: our own writes read back", rows=len(withdrawing), persons=len(withdrawing), writes=0
-        )
-        run("incremental: no change", rows=0, persons=0, writes=0)
+        run("incremental: our own writes read back")
+        time.sleep(1.1)
+        run("incremental: no change")
         ledger.engine.dispose()
 
 

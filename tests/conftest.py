@@ -44,7 +44,9 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     with admin.begin() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
+    # The schema is also the sessions' application_name, so that a test cutting "every ledger
+    # session" cuts this test's only, not those of other test runs sharing the database.
+    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}&application_name={schema}"
     with admin.begin() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     admin.dispose()

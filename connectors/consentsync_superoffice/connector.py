@@ -368,13 +368,22 @@ class SuperOfficeConnector(Connector):
         position: tuple[datetime, int] | None,
         wanted: dict[str, list[str]],
     ) -> Iterator[CrmRecord]:
-        """Each person of complete seconds once, in (second, person id) order, read whole."""
-        done: set[tuple[datetime, int]] = set()
+        """Each person of complete seconds once, in (second, person id) order, read whole. A
+        person changed in several seconds of these rows is read at the last of them only: that
+        read holds the earlier changes too, and were the run to stop before it, the cursor would
+        still be before it."""
+        latest: dict[int, datetime] = {}
+        for second, person, _email in rows:
+            latest[person] = max(second, latest.get(person, second))
+        done: set[int] = set()
         for second, person, email in sorted(rows, key=lambda row: (row[0], row[1])):
-            key = (second, person)
-            if key in done or (position is not None and key <= position):
-                continue  # another purpose's row of the same person, or already handled
-            done.add(key)
+            if (
+                person in done
+                or second < latest[person]
+                or (position is not None and (second, person) <= position)
+            ):
+                continue  # another purpose's row, a later change of the same person, or handled
+            done.add(person)
             infos = self._request(
                 "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
             )

@@ -18,7 +18,7 @@ possible. ``effective_state`` then layers erasure, restriction, objections and e
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from consentsync.domain import (
@@ -332,7 +332,7 @@ def effective_state(
     trusted_at = summary.trusted_opt_in_at
 
     def suppress(rule: str, detail: str) -> EffectiveState:
-        return replace(state, suppressed=True, rule=rule, detail=detail)
+        return _altered(state, state.status, rule, detail)
 
     if flags.restricted:
         return suppress(Rule.RESTRICTION, "processing restricted (Art. 18)")
@@ -353,14 +353,31 @@ def effective_state(
             )
         return suppress(Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld")
     if state.status is ConsentStatus.GRANTED and state.expires_at is not None and now >= state.expires_at:
-        return replace(
+        return _altered(
             state,
-            status=ConsentStatus.EXPIRED,
-            suppressed=True,
-            rule=Rule.EXPIRED,
-            detail=f"granted consent expired at {iso(state.expires_at)}; renewal needed",
+            ConsentStatus.EXPIRED,
+            Rule.EXPIRED,
+            f"granted consent expired at {iso(state.expires_at)}; renewal needed",
         )
     return state
+
+
+def _altered(state: EffectiveState, status: ConsentStatus, rule: str, detail: str) -> EffectiveState:
+    """``state`` suppressed by a subject-wide rule or the clock (dataclasses.replace, written
+    out: it is on the recording path of every event, and replace costs as much as reconciling)."""
+    return EffectiveState(
+        state.purpose,
+        state.channel,
+        status,
+        state.basis,
+        True,
+        rule,
+        state.since,
+        state.expires_at,
+        state.evidenced,
+        detail,
+        state.evidence_status,
+    )
 
 
 def _relevant(objections: Sequence[ObjectionFact], purpose: Purpose) -> list[ObjectionFact]:

@@ -197,3 +197,21 @@ def test_hard_request_limit_stops_cleanly(so: SuperOfficeSandbox) -> None:
     with pytest.raises(ConnectorError) as raised:
         list(connector_for(so).read_changes("Person", FIELDS, Cursor(), _later()))
     assert raised.value.action is Action.RATE_LIMITED and raised.value.retry_after == 3600
+
+
+def test_a_person_changed_in_two_seconds_is_read_once_with_both_changes(so: SuperOfficeSandbox) -> None:
+    base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=30)
+    person = so.tenant.create_person("Twice", "Changed", "twice@example.com", at=base)
+    so.tenant.set_consent(person.id, "EMARKETING", "FORM", "CONSENT", at=base + dt.timedelta(seconds=5))
+    connector = connector_for(so)
+    records = [
+        r
+        for r in connector.read_changes("Person", FIELDS, Cursor(), _later())
+        if r.record_id == str(person.id)
+    ]
+    assert len(records) == 1
+    assert records[0].modstamp == base + dt.timedelta(seconds=5)
+    assert (records[0].fields["LegalBase_STORE"], records[0].fields["LegalBase_EMARKETING"]) == (
+        "LEGITIMATE",
+        "CONSENT",
+    )

@@ -259,8 +259,10 @@ def test_ledger_lost_mid_page_fails_cleanly_and_the_next_run_completes(
                 killer.execute(
                     text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
+                        "WHERE datname = current_database() AND application_name = :ledger "
+                        "AND pid <> pg_backend_pid()"
+                    ),
+                    {"ledger": ledger.engine.url.query["application_name"]},
                 )
         return record_in(conn, *args, **kwargs)
 

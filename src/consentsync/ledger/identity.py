@@ -22,7 +22,6 @@ from consentsync.ledger.bulk import chunks, select_in
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
-_IDENTITY_LOCK = 0x636F6E73656E7401  # "consent" + 1: the advisory lock key for creating people
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +132,13 @@ class SubjectResolver:
         transactions are already serialised (BEGIN IMMEDIATE)."""
         if self.conn.dialect.name != "postgresql":
             return False
-        self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IDENTITY_LOCK})
+        # Keyed by the ledger's schema: advisory locks are database-wide, ledgers are per schema.
+        self.conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock("
+                "hashtextextended('consentsync:identity:' || current_schema(), 0))"
+            )
+        )
         return True
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:

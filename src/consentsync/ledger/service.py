@@ -30,7 +30,7 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
-from consentsync.ledger.bulk import chunks, db_time, insert_rows, select_in, upsert_rows
+from consentsync.ledger.bulk import chunks, db_time, insert_rows, select_in, time_writer, upsert_rows
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -45,6 +45,7 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
+from consentsync.ledger.warm import WarmSubjects
 from consentsync.reconcile import Policy, Rule, Summary, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
@@ -187,13 +188,28 @@ class Ledger:
         run_id: str | None = None,
         batch_size: int = 2000,
     ) -> RecordStats:
-        """Records a stream of evidence, one transaction per batch; memory stays flat."""
+        """Records a stream of evidence, one transaction per batch; memory stays flat.
+
+        On SQLite, what each committed batch knows about its people is kept for the next ones
+        (``ledger.warm``) as long as no other connection writes in between."""
         total = RecordStats()
         iterator = iter(requests)
-        while batch := list(islice(iterator, batch_size)):
-            with self.engine.begin() as conn:
-                stats, _outcomes = self.record_in(conn, batch, run_id=run_id, keep_outcomes=False)
-            total.add(stats)
+        warm = WarmSubjects() if self.engine.dialect.name == "sqlite" else None
+        with self.engine.connect() as conn:
+            while batch := list(islice(iterator, batch_size)):
+                with conn.begin():
+                    if warm is not None:
+                        # Under the write lock: nobody can commit between this check and ours.
+                        version = conn.exec_driver_sql("PRAGMA data_version").scalar()
+                        if version != warm.data_version:
+                            warm.clear()
+                            warm.data_version = version
+                    stats, _outcomes = self.record_in(
+                        conn, batch, run_id=run_id, keep_outcomes=False, warm=warm
+                    )
+                if warm is not None:
+                    warm.promote()
+                total.add(stats)
         return total
 
     def link_in(
@@ -215,20 +231,32 @@ class Ledger:
         *,
         run_id: str | None = None,
         keep_outcomes: bool = True,
+        warm: WarmSubjects | None = None,
     ) -> tuple[RecordStats, list[RecordOutcome]]:
         """Records ``batch`` inside the caller's transaction, so that a sync run can commit the
-        ledger change together with its cursor, quarantine and outbox rows."""
+        ledger change together with its cursor, quarantine and outbox rows.
+
+        ``warm`` (``record_many`` only) supplies what earlier batches of the same call committed
+        and is handed what this batch knows, to be taken in once the caller committed."""
         for request in batch:
             self.validate(request.evidence)
         outcomes: list[RecordOutcome] = []
         now = self.clock()
         stats = RecordStats(received=len(batch))
         resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
-        subject_ids = resolver.resolve([r.identity for r in batch])
+        subject_ids = _resolve(resolver, [r.identity for r in batch], warm)
         stats.subjects_created = len(resolver.audit)
-        contexts = self._contexts(conn, set(subject_ids))
-        states = self._load_summaries(conn, set(subject_ids))
+        touched = set(subject_ids)
+        cold = touched if warm is None else {s for s in touched if not warm.knows(s)}
+        contexts = self._contexts(conn, cold)
+        states = self._load_summaries(conn, cold)
+        if warm is not None:
+            for subject_id in touched - cold:
+                contexts[subject_id] = warm.contexts[subject_id]
+                for (purpose, channel), summary in warm.summaries[subject_id].items():
+                    states[(subject_id, purpose, channel)] = summary
         seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
+        to_db = time_writer(conn)
         events: list[tuple[Any, ...]] = []
         records: list[AuditRecord] = list(resolver.audit)
         dirty: dict[tuple[int, str, str], EffectiveState] = {}
@@ -252,7 +280,7 @@ class Ledger:
                 flags=context.flags,
                 objections=context.objections,
                 now=now,
-                before=dirty.get(key),
+                before=dirty.get(key) or (warm.effective_at(key, now) if warm is not None else None),
             )
             states[key] = decision.summary
             dirty[key] = decision.after
@@ -260,7 +288,7 @@ class Ledger:
             stats.state_changes += decision.changed
             if decision.changed:
                 changed_subjects.add(subject_id)
-            events.append(_event_row(conn, subject_id, evidence, fingerprint, run_id))
+            events.append(_event_row(to_db, subject_id, evidence, fingerprint, run_id))
             records.append(
                 _recorded_entry(
                     evidence,
@@ -277,9 +305,21 @@ class Ledger:
                     RecordOutcome(context.uid, subject_id, False, decision.before, decision.after)
                 )
         insert_rows(conn, consent_events, EVENT_COLUMNS, events)
-        self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now)
+        self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now, to_db)
         audit.append(conn, records, now)
         self._announce(conn, changed_subjects, now)
+        if warm is not None:
+            warm.stage(
+                (
+                    (r.identity.email, s)
+                    for r, s in zip(batch, subject_ids, strict=True)
+                    if r.identity.email and r.identity.link is None and r.identity.subject_id is None
+                ),
+                contexts,
+                states,
+                dirty,
+                now,
+            )
         log.debug(
             "evidence.recorded",
             run_id=run_id,
@@ -774,12 +814,14 @@ class Ledger:
         conn: Connection,
         states: dict[tuple[int, str, str], tuple[Summary, EffectiveState]],
         now: datetime,
+        to_db: Callable[[datetime | None], Any] | None = None,
     ) -> None:
         """Upserts current-state rows. status, basis, since and expires_at are what the evidence
         says (so that the expiry sweep and the stale-request report find them however long ago
         they were recorded); suppressed and rule are the effective values as of ``now``."""
         if not states:
             return
+        to_db = to_db or time_writer(conn)
         rows = []
         for (subject_id, purpose, channel), (summary, effective) in states.items():
             rows.append(
@@ -792,9 +834,9 @@ class Ledger:
                     effective.basis.value,
                     effective.suppressed,
                     effective.rule,
-                    db_time(conn, effective.since),
-                    db_time(conn, effective.expires_at),
-                    db_time(conn, now),
+                    to_db(effective.since),
+                    to_db(effective.expires_at),
+                    to_db(now),
                 )
             )
         upsert_rows(conn, consent_states, STATE_COLUMNS, _STATE_KEY, rows)
@@ -863,6 +905,20 @@ class Ledger:
         )
 
 
+def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSubjects | None) -> list[int]:
+    """Subject ids for ``identities``: emails this call already committed come from ``warm``,
+    everything else (CRM records, new people) goes through the resolver."""
+    if warm is None or not warm.emails:
+        return resolver.resolve(identities)
+    known: list[int | None] = [
+        warm.emails.get(i.email) if i.email and i.link is None and i.subject_id is None else None
+        for i in identities
+    ]
+    rest = [i for i, subject_id in zip(identities, known, strict=True) if subject_id is None]
+    found = iter(resolver.resolve(rest) if rest else [])
+    return [subject_id if subject_id is not None else next(found) for subject_id in known]
+
+
 def _with_subject(table: Any) -> Any:
     """``SELECT table.*, subject uid, email`` for rows keyed by subject (email NULL once erased)."""
     return (
@@ -913,7 +969,11 @@ EVENT_COLUMNS = (
 
 
 def _event_row(
-    conn: Connection, subject_id: int, evidence: Evidence, fingerprint: str, run_id: str | None
+    to_db: Callable[[datetime | None], Any],
+    subject_id: int,
+    evidence: Evidence,
+    fingerprint: str,
+    run_id: str | None,
 ) -> tuple[Any, ...]:
     return (
         subject_id,
@@ -921,13 +981,13 @@ def _event_row(
         evidence.channel,
         evidence.status.value,
         evidence.basis.value if evidence.basis else None,
-        db_time(conn, evidence.event_time),
-        db_time(conn, evidence.observed_at),
+        to_db(evidence.event_time),
+        to_db(evidence.observed_at),
         evidence.source,
         evidence.origin.value,
         evidence.actor,
         evidence.notice_version,
-        db_time(conn, evidence.double_opt_in_at),
+        to_db(evidence.double_opt_in_at),
         evidence.evidence_ref,
         fingerprint,
         run_id,

@@ -14,7 +14,8 @@ What it chooses where SuperOffice's documentation is silent (each is a construct
 test can take the other view): the list keys (STORE, EMARKETING, CONSENT, LEGITIMATE, WITHDRAWN,
 ...); that RemoveConsent marks the consent withdrawn (``remove_mode="withdraw"``) rather than
 deleting the row (``remove_mode="delete"``); that times are kept to the whole second, so many
-rows share one updated time.
+rows share one updated time (``keep_fractions=True`` keeps microseconds instead, which the
+archive sorts by but does not show, as SuperOffice's own sample times suggest it may).
 """
 
 from __future__ import annotations

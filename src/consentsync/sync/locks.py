@@ -22,8 +22,10 @@ class RunInProgress(RuntimeError):
     """Another process is running this connector now."""
 
 
-def _lock_key(connector: str) -> int:
-    digest = hashlib.sha256(f"consentsync:run:{connector}".encode()).digest()
+def _lock_key(connector: str, schema: str) -> int:
+    # Advisory locks are database-wide: the ledger's schema is part of the key, so that two
+    # ledgers sharing a database (staging and production, two tenants) do not block each other.
+    digest = hashlib.sha256(f"consentsync:run:{schema}:{connector}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -31,7 +33,7 @@ def _lock_key(connector: str) -> int:
 def connector_lock(engine: Engine, connector: str) -> Iterator[None]:
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            key = _lock_key(connector)
+            key = _lock_key(connector, conn.execute(text("SELECT current_schema()")).scalar_one())
             taken = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
             conn.commit()
             if not taken:
