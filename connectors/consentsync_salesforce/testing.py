@@ -111,6 +111,15 @@ class SalesforceHarness:
     def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
         return RecordUpdate("Contact", record_id, {"HasOptedOutOfEmail": opted_out})
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        self._serial += 1
+        return self.sandbox.org.create(
+            "Contact", LastName=f"Person {self._serial}", Email=email, HasOptedOutOfEmail=opted_out
+        )
+
+    def opt_out(self, record_id: str) -> None:
+        self.sandbox.org.update(record_id, HasOptedOutOfEmail=True)
+
     def read_opted_out(self, record_id: str) -> bool:
         record = self.sandbox.org.get(record_id)
         assert record is not None

@@ -114,6 +114,16 @@ class SuperOfficeHarness:
             "Person", record_id, {"LegalBase_EMARKETING": "WITHDRAWN" if opted_out else "CONSENT"}
         )
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        self._serial += 1
+        person = self.tenant.create_person("Demo", f"Person {self._serial}", email)
+        legal_base = self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
+        self.tenant.set_consent(person.id, "EMARKETING", "MANUAL", legal_base, "")
+        return str(person.id)
+
+    def opt_out(self, record_id: str) -> None:
+        self.tenant.set_consent(int(record_id), "EMARKETING", "MANUAL", self.tenant.withdrawn_legal_base, "")
+
     def read_opted_out(self, record_id: str) -> bool:
         row = self.tenant.consent(int(record_id), "EMARKETING")
         return row is not None and row.legal_base.key == self.tenant.withdrawn_legal_base

@@ -325,13 +325,25 @@ def sandbox_vtiger(
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the demo's config, ledger and mappings here (default: a new temporary folder).",
 )
+@click.option(
+    "--crms",
+    help="Comma-separated CRMs (e.g. salesforce,hubspot,dynamics,superoffice,vtiger): one person in "
+    "all of them; a withdrawal in the first reaches every other one.",
+)
 @handled
-def demo(records: int, workdir: Path | None) -> None:
-    """Sync a seeded Salesforce sandbox with a fresh ledger, change it, sync again, report."""
-    from consentsync.demo import run_demo
-
+def demo(records: int, workdir: Path | None, crms: str | None) -> None:
+    """Sync a seeded Salesforce sandbox with a fresh ledger, change it, sync again, report
+    (with --crms: one person across several CRMs' sandboxes)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+    if crms:
+        from consentsync.demo_crms import run_crms_demo
+
+        vendors = [name.strip() for name in crms.split(",") if name.strip()]
+        run_crms_demo(vendors, records=min(records, 50), workdir=workdir, say=click.echo)
+        return
+    from consentsync.demo import run_demo
+
     run_demo(records=records, workdir=workdir, say=click.echo)
 
 
