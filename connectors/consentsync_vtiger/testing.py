@@ -103,6 +103,17 @@ class VtigerHarness:
     def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
         return RecordUpdate("Contacts", record_id, {"emailoptout": opted_out})
 
+    def create_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A contact with this address (for ``consentsync demo --crms``)."""
+        self._serial += 1
+        return self.sandbox.crm.create(
+            "Contacts", lastname=f"Person {self._serial}", email=email, emailoptout=opted_out
+        )
+
+    def opt_out(self, record_id: str) -> None:
+        """The person ticks "Email Opt Out" in Vtiger (its modifiedtime moves to now)."""
+        self.sandbox.crm.revise(record_id, emailoptout="1")
+
     def read_opted_out(self, record_id: str) -> bool:
         record = self.sandbox.crm.get(record_id)
         assert record is not None

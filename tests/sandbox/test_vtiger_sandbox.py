@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from consentsync.sandbox.vtiger import CONSENT_STATES, VtigerCrm, VtigerSandbox
+from consentsync.sandbox.vtiger import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
 from consentsync.sandbox.vtql import VtqlError, parse, quote, unquote
 
 
@@ -304,3 +306,47 @@ def test_faults_answer_as_apache_and_vtiger_would(sandbox: VtigerSandbox) -> Non
     assert client.revise({"id": record, "emailoptout": "1"})["success"]
     assert sandbox.calls["revise"] == 2 and sandbox.calls["login"] == 1
     assert sandbox.faults_injected["http_503"] == 1 and sandbox.faults_injected["request_limit"] == 1
+
+
+# -- seeding and the command line ---------------------------------------------------------------
+
+
+def test_the_seed_crowds_seconds_mixes_owners_and_shares_addresses() -> None:
+    crm = VtigerCrm()
+    made = crm.seed(300, seed=9)
+    contacts = crm.records("Contacts")
+    stamps = Counter(r["modifiedtime"] for r in contacts)
+    assert stamps.most_common(1)[0][1] >= 100, "an import puts more than a page in one second"
+    owners = Counter(crm.owner_of(r["id"]) for r in contacts)
+    assert owners["19x5"] > owners["20x2"] > 0, "some records belong to a group, not the user"
+    lead_emails = {r["email"].lower() for r in crm.records("Leads")}
+    assert lead_emails & {r["email"].lower() for r in contacts}
+    assert any("'" in r["email"] for r in contacts)
+    assert {r["consent_status"] for r in crm.records("Consents")} <= set(CONSENT_STATES)
+    assert len(made["consents"]) == crm.count("Consents") > 0
+
+
+def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    ready: list[VtigerSandbox] = []
+    thread = threading.Thread(
+        target=serve_forever,
+        args=(0, 5),
+        kwargs={"records": 50, "stop": stop, "on_ready": ready.append},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        for _ in range(200):
+            if ready:
+                break
+            threading.Event().wait(0.05)
+        assert ready, "the sandbox did not start"
+        sandbox = ready[0]
+        output = capsys.readouterr().out
+        assert sandbox.webservice_url in output and sandbox.credentials.access_key in output
+        assert Client(sandbox).login().query("SELECT count(*) FROM Contacts;")["result"] == [{"count": "50"}]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
