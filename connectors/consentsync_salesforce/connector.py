@@ -78,6 +78,7 @@ def parse_sf_datetime(value: str) -> datetime:
 
 class SalesforceConnector(Connector):
     vendor = "salesforce"
+    can_read_by_id = True
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -193,8 +194,23 @@ class SalesforceConnector(Connector):
     ) -> Iterator[CrmRecord]:
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
+        yield from self._query_all(object_type, query, headers, count=True)
+
+    def read_records(
+        self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
+    ) -> Iterator[CrmRecord]:
+        wanted = self._selected_fields(object_type, fields)
+        for start in range(0, len(record_ids), COLLECTION_LIMIT):
+            ids = list(record_ids[start : start + COLLECTION_LIMIT])
+            query = format_soql(f"SELECT {', '.join(wanted)} FROM {object_type} WHERE Id IN {{}}", ids)
+            yield from self._query_all(object_type, query, {})
+
+    def _query_all(
+        self, object_type: str, query: str, headers: dict[str, str], *, count: bool = False
+    ) -> Iterator[CrmRecord]:
         page = self._call(f"query {object_type}", lambda: self.sf.query(query, headers=headers))
-        self.expected_records = page.get("totalSize")
+        if count:
+            self.expected_records = page.get("totalSize")
         while True:
             for raw in page["records"]:
                 yield _record(object_type, raw)
@@ -206,9 +222,7 @@ class SalesforceConnector(Connector):
                 lambda locator=locator: self.sf.query_more(locator, identifier_is_url=True, headers=headers),
             )
 
-    def build_query(self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime) -> str:
-        """SOQL for the changes after ``since`` up to ``until``, in cursor order. Object and field
-        names are checked against describe(); every value goes through format_soql."""
+    def _selected_fields(self, object_type: str, fields: Sequence[str]) -> list[str]:
         known = self.describe(object_type)
         wanted = list(dict.fromkeys(["Id", "SystemModstamp", *fields]))
         missing = [name for name in wanted if name not in known]
@@ -218,6 +232,12 @@ class SalesforceConnector(Connector):
                 " (or the integration user cannot see them)",
                 ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
             )
+        return wanted
+
+    def build_query(self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime) -> str:
+        """SOQL for the changes after ``since`` up to ``until``, in cursor order. Object and field
+        names are checked against describe(); every value goes through format_soql."""
+        wanted = self._selected_fields(object_type, fields)
         where = format_soql("SystemModstamp <= {}", until.astimezone(UTC))
         if since.modstamp is not None:
             after = format_soql(

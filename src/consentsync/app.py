@@ -23,7 +23,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 def migration_state(engine: Engine) -> str | None:
@@ -81,6 +81,17 @@ def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]
                 f"{mapping.path}: maps {mapping.vendor} objects, but connector {name!r} is {settings.vendor}"
             )
     return connector, mappings
+
+
+def can_reread(config: Config, name: str) -> bool:
+    """Whether connector ``name`` can fetch one record by id (to retry a quarantined record)."""
+    from consentsync.domain import InvalidInput
+    from consentsync.sdk import registry
+
+    try:
+        return registry.load(config.connector(name).vendor).can_read_by_id
+    except (ConfigError, InvalidInput):
+        return False
 
 
 def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEngine:

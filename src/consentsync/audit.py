@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, or_, select, update
 
 from consentsync.domain import canonical_json, iso
 from consentsync.ledger.bulk import db_time, insert_rows
-from consentsync.ledger.schema import audit_details, audit_entries, audit_head
+from consentsync.ledger.schema import audit_details, audit_entries, audit_head, sync_runs
 
 GENESIS_HASH = "0" * 64
 ENTRY_COLUMNS = ("seq", "at", "action", "subject_uid", "run_id", "payload", "prev_hash", "hash")
@@ -180,13 +180,57 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
     return None
 
 
+def _like_json(key: str, value: str) -> str:
+    """A LIKE pattern for ``"key":"value"`` in canonical JSON, with LIKE's wildcards escaped."""
+    text = canonical_json({key: value})[1:-1]
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _where(
+    *,
+    subject_uids: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    action: str | None,
+    rule: str | None,
+    connector: str | None,
+) -> list[Any]:
+    where: list[Any] = []
+    if subject_uids is not None:
+        where.append(audit_entries.c.subject_uid.in_(list(subject_uids)))
+    if since is not None:
+        where.append(audit_entries.c.at >= since)
+    if until is not None:
+        where.append(audit_entries.c.at < until)
+    if action is not None:
+        where.append(audit_entries.c.action == action)
+    if rule is not None:
+        # The payload is canonical JSON: the rule appears exactly as "rule":"<value>".
+        where.append(audit_entries.c.payload.like(_like_json("rule", rule), escape="\\"))
+    if connector is not None:
+        # Entries about a connector: written in one of its runs, naming it, or sourced from it.
+        where.append(
+            or_(
+                audit_entries.c.run_id.in_(select(sync_runs.c.id).where(sync_runs.c.connector == connector)),
+                audit_entries.c.payload.like(_like_json("connector", connector), escape="\\"),
+                audit_entries.c.payload.like(_like_json("source", connector), escape="\\"),
+            )
+        )
+    return where
+
+
 def entries(
     conn: Connection,
     *,
     subject_uids: Sequence[str] | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     action: str | None = None,
+    rule: str | None = None,
+    connector: str | None = None,
     limit: int | None = None,
+    offset: int = 0,
+    newest_first: bool = False,
 ) -> Iterator[dict[str, Any]]:
     query = (
         select(
@@ -196,18 +240,40 @@ def entries(
             audit_details.c.content,
         )
         .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
-        .order_by(audit_entries.c.seq)
+        .where(
+            *_where(
+                subject_uids=subject_uids,
+                since=since,
+                until=until,
+                action=action,
+                rule=rule,
+                connector=connector,
+            )
+        )
+        .order_by(audit_entries.c.seq.desc() if newest_first else audit_entries.c.seq)
     )
-    if subject_uids is not None:
-        query = query.where(audit_entries.c.subject_uid.in_(list(subject_uids)))
-    if since is not None:
-        query = query.where(audit_entries.c.at >= since)
-    if action is not None:
-        query = query.where(audit_entries.c.action == action)
     if limit is not None:
         query = query.limit(limit)
+    if offset:
+        query = query.offset(offset)
     for row in conn.execute(query):
         entry = json.loads(row.payload)
         entry["hash"] = row.hash
         entry["details"] = json.loads(row.content) if row.content else None
         yield entry
+
+
+def count(
+    conn: Connection,
+    *,
+    subject_uids: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    action: str | None = None,
+    rule: str | None = None,
+    connector: str | None = None,
+) -> int:
+    where = _where(
+        subject_uids=subject_uids, since=since, until=until, action=action, rule=rule, connector=connector
+    )
+    return int(conn.execute(select(func.count()).select_from(audit_entries).where(*where)).scalar_one())

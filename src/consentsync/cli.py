@@ -570,8 +570,8 @@ def audit_verify(as_json: bool) -> None:
         sys.exit(1)
 
 
-# The CRM commands live in their own module; importing it registers them on ``main``.
-from consentsync import cli_sync  # noqa: E402, F401
+# The CRM and console commands live in their own modules; importing them registers them on ``main``.
+from consentsync import cli_sync, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -453,8 +453,16 @@ def status(as_json: bool) -> None:
     help="/metrics, /healthz and /readyz (0 picks a free port).",
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and the health checks.")
+@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--web-port",
+    type=click.IntRange(0, 65535),
+    help="Also serve the ops console on this port (0 picks a free one).",
+)
 @handled
-def run_daemon(metrics_host: str, metrics_port: int, no_metrics: bool) -> None:
+def run_daemon(
+    metrics_host: str, metrics_port: int, no_metrics: bool, web_host: str, web_port: int | None
+) -> None:
     """Run every configured connector on its schedule until SIGTERM or Ctrl-C."""
     from datetime import timedelta
 
@@ -479,6 +487,12 @@ def run_daemon(metrics_host: str, metrics_port: int, no_metrics: bool) -> None:
     if server is not None:
         server.start()
         click.echo(f"metrics and health checks at {server.url}/metrics, /healthz, /readyz", err=True)
+    console = None
+    if web_port is not None:
+        from consentsync.web.server import WebServer, build
+
+        console = WebServer(build(config, ledger), host=web_host, port=web_port).start()
+        click.echo(f"ops console at {console.url}/", err=True)
     daemon.start()
     click.echo(
         f"consentsync is running {len(config.settings.connectors)} connector(s); Ctrl-C stops", err=True
@@ -488,3 +502,5 @@ def run_daemon(metrics_host: str, metrics_port: int, no_metrics: bool) -> None:
     finally:
         if server is not None:
             server.stop()
+        if console is not None:
+            console.stop()

@@ -34,33 +34,38 @@ def sf(cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     copies of the example mappings next to the config and the secret in the environment."""
     with SalesforceSandbox() as sandbox:
         sandbox.org.seed(150, seed=SEED)
-        mapping_dir = config_path.parent / "mappings"
-        mapping_dir.mkdir()
-        names = sorted(path.name for path in MAPPINGS.glob("*.yaml"))
-        # Contacts first: the order the demo and the docs use (people before their records).
-        names.sort(key=lambda name: name != "contact.yaml")
-        for name in names:
-            shutil.copy(MAPPINGS / name, mapping_dir / name)
-        data = yaml.safe_load(config_path.read_text())
-        data["connectors"] = [
-            {
-                "name": "sf",
-                "vendor": "salesforce",
-                "mappings": [f"mappings/{name}" for name in names],
-                "settings": {
-                    "login_url": sandbox.login_url,
-                    "auth": "client_credentials",
-                    "client_id": sandbox.credentials.client_id,
-                    "client_secret": "${" + SECRET_ENV + "}",
-                    "ca_bundle": str(sandbox.ca_cert_path),
-                },
-                # The sandbox stamps whole seconds of the real clock: read up to the run's start.
-                "signpost_lag_seconds": 0,
-            }
-        ]
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        monkeypatch.setenv(SECRET_ENV, sandbox.credentials.client_secret)
+        connect_sandbox(sandbox, config_path, monkeypatch)
         yield sandbox
+
+
+def connect_sandbox(sandbox: SalesforceSandbox, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configures ``sandbox`` as connector `sf` in the config at ``config_path``."""
+    mapping_dir = config_path.parent / "mappings"
+    mapping_dir.mkdir()
+    names = sorted(path.name for path in MAPPINGS.glob("*.yaml"))
+    # Contacts first: the order the demo and the docs use (people before their records).
+    names.sort(key=lambda name: name != "contact.yaml")
+    for name in names:
+        shutil.copy(MAPPINGS / name, mapping_dir / name)
+    data = yaml.safe_load(config_path.read_text())
+    data["connectors"] = [
+        {
+            "name": "sf",
+            "vendor": "salesforce",
+            "mappings": [f"mappings/{name}" for name in names],
+            "settings": {
+                "login_url": sandbox.login_url,
+                "auth": "client_credentials",
+                "client_id": sandbox.credentials.client_id,
+                "client_secret": "${" + SECRET_ENV + "}",
+                "ca_bundle": str(sandbox.ca_cert_path),
+            },
+            # The sandbox stamps whole seconds of the real clock: read up to the run's start.
+            "signpost_lag_seconds": 0,
+        }
+    ]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv(SECRET_ENV, sandbox.credentials.client_secret)
 
 
 def _sync(cli: Cli, *args: str, code: int = 0) -> dict[str, Any]:

@@ -242,6 +242,9 @@ quarantine = Table(
     Column("reason", Text, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("resolved_at", Timestamp),
+    # Set by ops (console or CLI): the next run re-reads the record by id and resolves the row.
+    Column("retry_requested_at", Timestamp),
+    Column("retry_requested_by", String(200)),
     Index("ix_quarantine_open", "connector", "resolved_at"),
 )
 
@@ -288,4 +291,30 @@ outbox = Table(
     Column("last_error", Text),
     Column("done_at", Timestamp),
     Index("ix_outbox_pending", "connector", "status", "id"),
+)
+
+# -- the ops console ------------------------------------------------------------------------------
+
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),  # viewer, reviewer, admin
+    Column("password_hash", String(255), nullable=False),  # argon2id, with its parameters
+    Column("created_at", Timestamp, nullable=False),
+    Column("password_changed_at", Timestamp, nullable=False),
+    Column("disabled", Boolean, nullable=False, default=False),
+)
+
+# Failed logins, for throttling: digests of the name tried and the client, never either in clear.
+console_login_failures = Table(
+    "console_login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name_digest", String(64), nullable=False),
+    Column("client_digest", String(64), nullable=False),
+    Column("at", Timestamp, nullable=False),
+    Index("ix_console_login_failures_name_digest_at", "name_digest", "at"),
+    Index("ix_console_login_failures_client_digest_at", "client_digest", "at"),
 )

@@ -104,6 +104,9 @@ class Connector(ABC):
     """
 
     vendor: ClassVar[str]
+    # True where the connector implements ``read_records``: ops can then retry one quarantined
+    # record (the next run re-reads it by id); elsewhere a full run re-reads it.
+    can_read_by_id: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         self.name = name
@@ -126,6 +129,13 @@ class Connector(ABC):
     ) -> Iterator[CrmRecord]:
         """Records changed after ``since`` and at or before ``until``, in (modstamp, id) order,
         lazily: never a list of the whole org."""
+
+    def read_records(
+        self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
+    ) -> Iterator[CrmRecord]:
+        """The current state of the given records, for connectors with ``can_read_by_id``. A
+        record the CRM no longer has is left out."""
+        raise TypeError(f"the {self.vendor} connector does not read records by id (can_read_by_id)")
 
     @abstractmethod
     def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:

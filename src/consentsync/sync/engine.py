@@ -169,6 +169,7 @@ class SyncEngine:
                 self._follow_ledger(report)
                 for mapping in self.mappings:
                     self._pull(mapping, report, until=until, full=full, dry_run=False)
+                self._reread_quarantined(report)
                 self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
@@ -255,8 +256,51 @@ class SyncEngine:
             report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
 
+    def _reread_quarantined(self, report: RunReport) -> None:
+        """Records quarantined on reading that ops asked to retry are read again by id and go
+        through the same flow as any page; the cursor stays where it is (they are behind it).
+        Each retried row is resolved; a record that still fails is quarantined again, in this run."""
+        if not self.connector.can_read_by_id:
+            return
+        with self._transaction() as conn:
+            asked = conn.execute(
+                select(quarantine.c.id, quarantine.c.object_type, quarantine.c.record_id).where(
+                    quarantine.c.connector == self.name,
+                    quarantine.c.stage == "pull",
+                    quarantine.c.resolved_at.is_(None),
+                    quarantine.c.retry_requested_at.is_not(None),
+                )
+            ).all()
+        by_object: dict[str, list[Any]] = {}
+        for row in asked:
+            by_object.setdefault(row.object_type, []).append(row)
+        for object_type, rows in by_object.items():
+            mapping = self.by_object.get(object_type)
+            if mapping is None:
+                continue
+            ids = sorted({row.record_id for row in rows})
+            report.stage, report.stage_done, report.stage_total = f"re-reading {object_type}", 0, len(ids)
+            page = list(self.connector.read_records(object_type, mapping.pull_fields(), ids))
+            with self._transaction() as conn:
+                if page:
+                    self._commit_page(conn, mapping, page, report, dry_run=False, advance_cursor=False)
+                conn.execute(
+                    update(quarantine)
+                    .where(quarantine.c.id.in_([row.id for row in rows]))
+                    .values(resolved_at=self.ledger.clock())
+                )
+            report.stage_done = len(ids)
+            self.progress(report)
+
     def _commit_page(
-        self, conn: Connection, mapping: Mapping, page: list[CrmRecord], report: RunReport, *, dry_run: bool
+        self,
+        conn: Connection,
+        mapping: Mapping,
+        page: list[CrmRecord],
+        report: RunReport,
+        *,
+        dry_run: bool,
+        advance_cursor: bool = True,
     ) -> None:
         now = self.ledger.clock()
         counts = report.counts
@@ -335,7 +379,7 @@ class SyncEngine:
         if problems:
             conn.execute(insert(quarantine), problems)
         self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
-        if good or problems:
+        if (good or problems) and advance_cursor:
             last = page[-1]
             self._save_cursor(conn, mapping.object, Cursor(last.modstamp, last.record_id), report.run_id, now)
         if dry_run:

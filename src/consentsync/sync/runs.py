@@ -2,21 +2,65 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from consentsync.domain import iso
 from consentsync.ledger.schema import quarantine, sync_runs
+from consentsync.sync import quarantine as quarantined
 
 
-def list_runs(engine: Engine, *, connector: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    query = select(sync_runs).order_by(sync_runs.c.started_at.desc()).limit(limit)
+def _filters(
+    connector: str | None, status: str | None, since: datetime | None, until: datetime | None
+) -> list[Any]:
+    where: list[Any] = []
     if connector:
-        query = query.where(sync_runs.c.connector == connector)
+        where.append(sync_runs.c.connector == connector)
+    if status:
+        where.append(sync_runs.c.status == status)
+    if since is not None:
+        where.append(sync_runs.c.started_at >= since)
+    if until is not None:
+        where.append(sync_runs.c.started_at < until)
+    return where
+
+
+def list_runs(
+    engine: Engine,
+    *,
+    connector: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Runs newest first, filtered by connector, result and start time (``since`` <= t < ``until``)."""
+    query = (
+        select(sync_runs)
+        .where(*_filters(connector, status, since, until))
+        .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id)
+        .limit(limit)
+        .offset(offset)
+    )
     with engine.connect() as conn:
         return [_run_view(row) for row in conn.execute(query)]
+
+
+def count_runs(
+    engine: Engine,
+    *,
+    connector: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> int:
+    query = select(func.count()).select_from(sync_runs).where(*_filters(connector, status, since, until))
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
@@ -28,16 +72,7 @@ def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
             select(quarantine).where(quarantine.c.run_id == run_id).order_by(quarantine.c.id)
         ).all()
     view = _run_view(row)
-    view["quarantined_records"] = [
-        {
-            "object": q.object_type,
-            "record_id": q.record_id,
-            "stage": q.stage,
-            "reason": q.reason,
-            "resolved_at": iso(q.resolved_at),
-        }
-        for q in held
-    ]
+    view["quarantined_records"] = [quarantined.view(q) for q in held]
     return view
 
 

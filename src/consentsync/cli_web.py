@@ -1,0 +1,157 @@
+"""Commands of the ops console: `web`, `user add|passwd|list|role|disable|enable`, and
+`runs retry` (the console's retry action, from the shell)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from consentsync.app import open_ledger
+from consentsync.cli import config_option, current_config, emit_json, handled, json_option, main, print_table
+from consentsync.cli_sync import runs
+from consentsync.domain import InvalidInput
+
+
+@main.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate."
+)
+@click.option(
+    "--keyfile", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key."
+)
+@handled
+def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None:
+    """Serve the ops console (log in with an account from `consentsync user add`)."""
+    import uvicorn
+
+    from consentsync.accounts import Accounts
+    from consentsync.web.server import build, uvicorn_config
+
+    if bool(certfile) != bool(keyfile):
+        raise InvalidInput("give --certfile and --keyfile together")
+    config = current_config()
+    ledger = open_ledger(config)
+    if not Accounts(ledger.engine).list():
+        click.echo("no console account yet: add one with `consentsync user add NAME --role admin`", err=True)
+    scheme = "https" if certfile else "http"
+    click.echo(f"ops console at {scheme}://{host}:{port}/ (Ctrl-C stops)", err=True)
+    uvicorn.Server(
+        uvicorn_config(build(config, ledger), host=host, port=port, certfile=certfile, keyfile=keyfile)
+    ).run()
+
+
+@main.group()
+def user() -> None:
+    """Local accounts of the ops console (viewer, reviewer, admin)."""
+
+
+def _password(prompt: bool) -> str:
+    return click.prompt("Password", hide_input=True, confirmation_prompt=prompt)
+
+
+@user.command("add")
+@config_option
+@click.argument("name")
+@click.option("--role", type=click.Choice(["viewer", "reviewer", "admin"]), required=True)
+@click.option("--actor", default="cli", show_default=True, help="Who adds it (kept in the audit log).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
+@handled
+def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
+    """Add an account; asks for its password (12 characters or more)."""
+    from consentsync.accounts import Accounts
+
+    accounts = Accounts(open_ledger(current_config()).engine)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
+    account = accounts.add(name, role, password, actor=actor)
+    click.echo(f"account {account.name} added with role {account.role.label}")
+
+
+@user.command("passwd")
+@config_option
+@click.argument("name")
+@click.option("--actor", default="cli", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@handled
+def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
+    """Set an account's password; its open sessions end."""
+    from consentsync.accounts import Accounts
+
+    accounts = Accounts(open_ledger(current_config()).engine)
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
+    accounts.set_password(name, password, actor=actor)
+    click.echo(f"password of {name} changed; its sessions have ended")
+
+
+@user.command("role")
+@config_option
+@click.argument("name")
+@click.argument("role", type=click.Choice(["viewer", "reviewer", "admin"]))
+@click.option("--actor", default="cli", show_default=True)
+@handled
+def user_role(name: str, role: str, actor: str) -> None:
+    """Change an account's role."""
+    from consentsync.accounts import Accounts
+
+    Accounts(open_ledger(current_config()).engine).set_role(name, role, actor=actor)
+    click.echo(f"{name} is now {role}")
+
+
+@user.command("disable")
+@config_option
+@click.argument("name")
+@click.option("--enable", is_flag=True, help="Enable it again.")
+@click.option("--actor", default="cli", show_default=True)
+@handled
+def user_disable(name: str, enable: bool, actor: str) -> None:
+    """Disable an account (its sessions end at once), or with --enable, enable it again."""
+    from consentsync.accounts import Accounts
+
+    Accounts(open_ledger(current_config()).engine).set_disabled(name, not enable, actor=actor)
+    click.echo(f"{name} {'enabled' if enable else 'disabled'}")
+
+
+@user.command("list")
+@config_option
+@json_option
+@handled
+def user_list(as_json: bool) -> None:
+    """Every account, with its role."""
+    from consentsync.accounts import Accounts
+
+    rows = [a.as_dict() for a in Accounts(open_ledger(current_config()).engine).list()]
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["name", "role", "disabled", "password_changed_at"])
+
+
+@runs.command("retry")
+@config_option
+@click.argument("quarantine_id", type=int, metavar="QUARANTINE_ID")
+@click.option("--actor", required=True, help="Who asks (kept in the audit log).")
+@json_option
+@handled
+def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
+    """Retry a quarantined record: re-read on the connector's next run, or its push re-queued."""
+    from consentsync.app import can_reread
+    from consentsync.sync.quarantine import retry
+
+    config = current_config()
+    ledger = open_ledger(config)
+    row = retry(
+        ledger.engine,
+        quarantine_id,
+        actor=actor,
+        now=ledger.clock(),
+        can_reread=lambda name: can_reread(config, name),
+    )
+    if as_json:
+        emit_json(row)
+    elif row["stage"] == "push":
+        click.echo(f"quarantined record {quarantine_id}: its push is back in the queue for the next run")
+    else:
+        click.echo(f"quarantined record {quarantine_id}: the next run of {row['connector']} reads it again")

@@ -1,0 +1,238 @@
+"""The JSON API behind the pages: the same actions, the same roles (documented at /api/docs)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from consentsync.accounts import Account, Role
+from consentsync.web.app import console_of, now, require, session_of, sessions_of
+from consentsync.web.console import parse_day
+from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
+
+router = APIRouter(prefix="/api", tags=["console"])
+Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=True))]
+Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=True))]
+Admin = Annotated[Account, Depends(require(Role.ADMIN, api=True))]
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
+PerPage = Annotated[int, Query(ge=1, le=200)]
+Text = Annotated[str | None, Query(max_length=200)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(_Body):
+    name: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class AuditSearch(_Body):
+    email: str | None = Field(
+        default=None, max_length=320, description="Hashed-key lookup; also finds erased people."
+    )
+    subject: str | None = Field(default=None, max_length=36)
+    connector: str | None = Field(default=None, max_length=64)
+    rule: str | None = Field(default=None, max_length=64)
+    action: str | None = Field(default=None, max_length=64)
+    since: str | None = Field(default=None, max_length=40, description="Date (YYYY-MM-DD, UTC) or ISO time.")
+    until: str | None = Field(default=None, max_length=40, description="Inclusive date, or exclusive time.")
+    page: int = Field(default=1, ge=1, le=1_000_000)
+    per_page: int = Field(default=25, ge=1, le=200)
+
+
+class EmailLookup(_Body):
+    email: str = Field(min_length=1, max_length=320)
+
+
+class Decision(_Body):
+    decision: Literal["uphold", "reject"]
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class NewAccount(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["viewer", "reviewer", "admin"]
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class AccountChange(_Body):
+    role: Literal["viewer", "reviewer", "admin"] | None = None
+    disabled: bool | None = None
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+
+
+@router.post("/session", summary="Log in: sets the session cookie, answers the CSRF token")
+def login(credentials: Credentials, request: Request) -> JSONResponse:
+    console = console_of(request)
+    account = console.accounts.authenticate(credentials.name, credentials.password, client=client_of(request))
+    if account is None:
+        return JSONResponse({"detail": "wrong name or password"}, status_code=401)
+    sessions = sessions_of(request)
+    token = sessions.issue(account, now())
+    response = JSONResponse({"user": account.as_dict(), "csrf_token": sessions.csrf_for(token)})
+    set_cookie(response, request, SESSION_COOKIE, token, SESSION_HOURS * 3600)
+    response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+@router.get("/session", summary="Who is logged in, and the CSRF token of this session")
+def whoami(request: Request, account: Viewer) -> dict[str, Any]:
+    session = session_of(request)
+    assert session is not None
+    return {"user": account.as_dict(), "csrf_token": sessions_of(request).csrf_for(session.token)}
+
+
+@router.delete("/session", summary="Log out")
+def logout(_account: Viewer) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/overview", summary="Every connector at a glance, and the alerts")
+def overview(request: Request, _account: Viewer) -> dict[str, Any]:
+    return console_of(request).overview()
+
+
+@router.get("/runs", summary="Sync runs, newest first")
+def runs(
+    request: Request,
+    _account: Viewer,
+    connector: Text = None,
+    result: Annotated[Literal["running", "succeeded", "stopped", "failed", "dry_run"] | None, Query()] = None,
+    since: Text = None,
+    until: Text = None,
+    page: PageNumber = 1,
+    per_page: PerPage = 25,
+) -> dict[str, Any]:
+    found = console_of(request).runs(
+        connector=connector,
+        status=result,
+        since=parse_day(since, "since"),
+        until=parse_day(until, "until", end=True),
+        page=page,
+        per_page=per_page,
+    )
+    return found.as_dict()
+
+
+@router.get("/runs/{run_id}", summary="One run: counts, API calls, errors, quarantined records")
+def run(request: Request, _account: Viewer, run_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    return console_of(request).run(run_id)
+
+
+@router.post("/quarantine/{quarantine_id}/retry", summary="Retry a quarantined record (reviewer)")
+def retry(request: Request, account: Reviewer, quarantine_id: RowId) -> dict[str, Any]:
+    return console_of(request).retry_quarantined(quarantine_id, account)
+
+
+@router.post("/audit/search", summary="Search the audit trail, newest first")
+def audit_search(request: Request, search: AuditSearch, _account: Viewer) -> dict[str, Any]:
+    console = console_of(request)
+    uids: list[str] | None = None
+    if search.email:
+        uids = console.subject_uids_for_email(search.email)
+    if search.subject:
+        uids = [search.subject] if uids is None else [u for u in uids if u == search.subject]
+    found = console.audit(
+        subjects=uids,
+        connector=search.connector,
+        rule=search.rule,
+        action=search.action,
+        since=parse_day(search.since, "since"),
+        until=parse_day(search.until, "until", end=True),
+        page=search.page,
+        per_page=search.per_page,
+    )
+    return {**found.as_dict(), "subjects": uids}
+
+
+@router.post("/audit/verify", summary="Recompute the hash chain")
+def audit_verify(request: Request, _account: Viewer) -> dict[str, Any]:
+    return console_of(request).verify_audit()
+
+
+@router.post("/subjects/lookup", summary="One person's record, found by email")
+def subject_lookup(request: Request, lookup: EmailLookup, _account: Viewer) -> dict[str, Any]:
+    return console_of(request).subject_by_email(lookup.email)
+
+
+@router.get("/subjects/{uid}", summary="One person's record: state, history, objections, CRM records")
+def subject(request: Request, uid: Annotated[str, Path(max_length=36)], _account: Viewer) -> dict[str, Any]:
+    return console_of(request).subject(uid)
+
+
+@router.get("/subjects/{uid}/export", summary="One person's record as a file")
+def subject_export(
+    request: Request,
+    uid: Annotated[str, Path(max_length=36)],
+    _account: Viewer,
+    format: Literal["json", "csv", "xlsx"] = "json",
+) -> Response:
+    content, media_type, name = console_of(request).export(uid, format)
+    return Response(
+        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+@router.get("/objections", summary="The review queue: pending first, oldest first")
+def objection_list(
+    request: Request,
+    _account: Viewer,
+    status: Literal["pending", "all"] = "pending",
+    page: PageNumber = 1,
+    per_page: PerPage = 25,
+) -> dict[str, Any]:
+    return (
+        console_of(request)
+        .objections(pending_only=status == "pending", page=page, per_page=per_page)
+        .as_dict()
+    )
+
+
+@router.get("/objections/{objection_id}", summary="One objection with its subject's context")
+def objection(request: Request, objection_id: RowId, _account: Viewer) -> dict[str, Any]:
+    return console_of(request).objection(objection_id)
+
+
+@router.post("/objections/{objection_id}/decision", summary="Uphold or reject (reviewer); reason required")
+def decide(request: Request, objection_id: RowId, decision: Decision, account: Reviewer) -> dict[str, Any]:
+    return console_of(request).decide(
+        objection_id, uphold=decision.decision == "uphold", reason=decision.reason, account=account
+    )
+
+
+@router.get("/config", summary="Connectors, schedules, mappings and purposes as loaded")
+def configuration(request: Request, _account: Viewer) -> dict[str, Any]:
+    return console_of(request).configuration()
+
+
+@router.get("/users", summary="Accounts (admin)")
+def users(request: Request, _account: Admin) -> list[dict[str, Any]]:
+    return [account.as_dict() for account in console_of(request).accounts.list()]
+
+
+@router.post("/users", summary="Add an account (admin)", status_code=201)
+def add_user(request: Request, new: NewAccount, account: Admin) -> dict[str, Any]:
+    return console_of(request).accounts.add(new.name, new.role, new.password, actor=account.name).as_dict()
+
+
+@router.post("/users/{name}", summary="Change an account's role, password or state (admin)")
+def change_user(
+    request: Request, name: Annotated[str, Path(max_length=64)], change: AccountChange, account: Admin
+) -> dict[str, Any]:
+    accounts = console_of(request).accounts
+    target = accounts.get(name)
+    if change.role is not None:
+        target = accounts.set_role(name, change.role, actor=account.name)
+    if change.password is not None:
+        target = accounts.set_password(name, change.password, actor=account.name)
+    if change.disabled is not None:
+        target = accounts.set_disabled(name, change.disabled, actor=account.name)
+    return target.as_dict()

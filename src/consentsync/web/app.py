@@ -1,0 +1,214 @@
+"""The FastAPI application: shared dependencies (who is asking, may they, is the CSRF token
+right), error handling, security headers; the pages and the JSON API are routers of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from consentsync.accounts import Account, LoginThrottled, Role
+from consentsync.domain import InvalidInput
+from consentsync.ledger.service import NotFound
+from consentsync.web.console import Console
+from consentsync.web.security import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, Sessions, signing_key
+
+log = structlog.get_logger("consentsync.web")
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+_PACKAGE = resources.files("consentsync.web")
+
+
+class LoginRequired(Exception):
+    """A page asked for by someone not logged in: redirect to the login page."""
+
+
+class Forbidden(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def sessions_of(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+def session_of(request: Request) -> Session | None:
+    cached = getattr(request.state, "session", False)
+    if cached is not False:
+        return cached  # type: ignore[no-any-return]
+    found = sessions_of(request).read(request.cookies.get(SESSION_COOKIE), now())
+    request.state.session = found
+    return found
+
+
+async def _csrf_offered(request: Request) -> str | None:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    if request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def require(role: Role, *, api: bool) -> Callable[[Request], Awaitable[Account]]:
+    """A dependency: the logged-in account, which holds at least ``role``; on unsafe methods the
+    request must also carry the session's CSRF token."""
+
+    async def dependency(request: Request) -> Account:
+        session = session_of(request)
+        if session is None:
+            if api:
+                raise StarletteHTTPException(401, "log in first: POST /api/session")
+            raise LoginRequired
+        if request.method not in SAFE_METHODS:
+            offered = await _csrf_offered(request)
+            if not sessions_of(request).csrf_ok(session.token, offered):
+                raise Forbidden(
+                    f"missing or wrong CSRF token (send the {CSRF_HEADER} header from POST /api/session)"
+                    if api
+                    else "the form was out of date or not sent from this console: reload it and try again"
+                )
+        if not session.account.may(role):
+            raise Forbidden(
+                f"this needs the {role.label} role; {session.account.name} is {session.account.role.label}"
+            )
+        return session.account
+
+    return dependency
+
+
+def create_app(console: Console) -> FastAPI:
+    from consentsync.web import api, pages
+
+    app = FastAPI(
+        title="consentsync ops console API",
+        version="1",
+        description=(
+            "The actions of the ops console, with the same roles. Authenticate with "
+            "`POST /api/session` (name and password): it sets an HttpOnly session cookie and "
+            "answers a `csrf_token`; send it as the `X-CSRF-Token` header on every POST, PUT and "
+            "DELETE. Viewers read; reviewers also decide objections and retry quarantined "
+            "records; admins also manage accounts."
+        ),
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.console = console
+    app.state.sessions = Sessions(signing_key(console.config.erasure_key()), console.accounts)
+    app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    _install_handlers(app)
+
+    @app.middleware("http")
+    async def security_headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        if not request.url.path.startswith("/api/docs"):
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
+            )
+        if request.url.scheme == "https":
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
+        # Paths only: a query string may hold filters an operator typed; never log it.
+        log.info("web.request", method=request.method, path=request.url.path, status=response.status_code)
+        return response
+
+    return app
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def _install_handlers(app: FastAPI) -> None:
+    def problem(
+        request: Request, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": message}, status_code=status, headers=headers)
+        from consentsync.web.pages import render
+
+        return render(
+            request, "error.html", {"status": status, "message": message}, status=status, headers=headers
+        )
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, _error: LoginRequired) -> Response:
+        target = request.url.path if request.method == "GET" else "/"
+        return RedirectResponse(f"/login?next={target}", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, error: Forbidden) -> Response:
+        return problem(request, 403, error.message)
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(request: Request, error: InvalidInput) -> Response:
+        return problem(request, 400, str(error))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, error: NotFound) -> Response:
+        return problem(request, 404, str(error))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, _error: DataError) -> Response:
+        # The database refused a value as data (PostgreSQL: a NUL character in text): bad input.
+        return problem(request, 400, "the input holds characters the ledger cannot store or compare")
+
+    @app.exception_handler(LoginThrottled)
+    async def _throttled(request: Request, error: LoginThrottled) -> Response:
+        return problem(request, 429, str(error), {"Retry-After": str(error.retry_after)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        return problem(request, error.status_code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, error: RequestValidationError) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": _plain(error.errors())}, status_code=422)
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return problem(request, 422, f"{where}: {first.get('msg', 'invalid input')}")
+
+
+def _plain(errors: Any) -> Any:
+    """Validation errors as JSON-safe values (pydantic may put the offending bytes in them)."""
+    return [
+        {
+            "loc": [str(part) for part in item.get("loc", ())],
+            "msg": str(item.get("msg")),
+            "type": str(item.get("type")),
+        }
+        for item in errors
+    ]

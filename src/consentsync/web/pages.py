@@ -1,0 +1,414 @@
+"""The console's HTML pages: server-rendered, one form per action, each with its CSRF token.
+
+Email addresses never go into a URL (they would end up in browser histories and proxy logs): the
+searches that take one are POST forms that answer with a redirect to pseudonymous subject ids.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from consentsync.accounts import Account, Role
+from consentsync.domain import InvalidInput
+from consentsync.web.app import console_of, now, require, session_of, sessions_of
+from consentsync.web.console import EXPORT_TYPES, RUN_STATUSES, Page, parse_day
+from consentsync.web.security import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_HOURS,
+    client_of,
+    set_cookie,
+)
+
+router = APIRouter(include_in_schema=False)
+Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=False))]
+Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=False))]
+Admin = Annotated[Account, Depends(require(Role.ADMIN, api=False))]
+PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
+Text = Annotated[str, Query(max_length=200)]
+
+
+def render(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    session = session_of(request)
+    csrf = sessions_of(request).csrf_for(session.token) if session else None
+    response: HTMLResponse = request.app.state.templates.TemplateResponse(
+        request,
+        template,
+        {
+            "user": session.account if session else None,
+            "csrf_field": CSRF_FIELD,
+            "csrf": csrf,
+            "Role": Role,
+            **context,
+        },
+        status_code=status,
+        headers=headers,
+    )
+    return response
+
+
+def _pager(request: Request, page: Page) -> dict[str, Any]:
+    """Links to the previous and next page with the same filters."""
+
+    def link(number: int) -> str:
+        query = dict(request.query_params)
+        query["page"] = str(number)
+        return f"{request.url.path}?{urlencode(query)}"
+
+    return {
+        "page": page.page,
+        "pages": page.pages,
+        "total": page.total,
+        "prev": link(page.page - 1) if page.page > 1 else None,
+        "next": link(page.page + 1) if page.page < page.pages else None,
+    }
+
+
+# -- login -----------------------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    return target if target and target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.get("/login")
+def login_form(request: Request, next: Text = "/") -> Response:
+    if session_of(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    nonce = secrets.token_urlsafe(16)
+    response = render(
+        request,
+        "login.html",
+        {
+            "next": _safe_next(next),
+            "login_csrf": sessions_of(request).csrf_for("login|" + nonce),
+            "error": None,
+        },
+    )
+    set_cookie(response, request, LOGIN_COOKIE, nonce, 3600)
+    return response
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    name: Annotated[str, Form(max_length=200)],
+    password: Annotated[str, Form(max_length=1024)],
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=200)] = "/",
+) -> Response:
+    sessions = sessions_of(request)
+    nonce = request.cookies.get(LOGIN_COOKIE)
+    if not nonce or not sessions.csrf_ok("login|" + nonce, csrf_token):
+        return RedirectResponse("/login?" + urlencode({"next": _safe_next(next)}), status_code=303)
+    account = console_of(request).accounts.authenticate(name, password, client=client_of(request))
+    if account is None:
+        response = render(
+            request,
+            "login.html",
+            {"next": _safe_next(next), "login_csrf": csrf_token, "error": "Wrong name or password."},
+            status=401,
+        )
+        return response
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    set_cookie(response, request, SESSION_COOKIE, sessions.issue(account, now()), SESSION_HOURS * 3600)
+    response.delete_cookie(LOGIN_COOKIE, path="/")
+    return response
+
+
+@router.post("/logout")
+def logout(_account: Viewer) -> Response:
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# -- overview and runs -------------------------------------------------------------------------
+
+
+@router.get("/")
+def overview(request: Request, _account: Viewer) -> Response:
+    return render(request, "overview.html", {"title": "Overview", **console_of(request).overview()})
+
+
+@router.get("/runs")
+def runs(
+    request: Request,
+    _account: Viewer,
+    connector: Text = "",
+    result: Text = "",
+    since: Text = "",
+    until: Text = "",
+    page: PageNumber = 1,
+) -> Response:
+    console = console_of(request)
+    found = console.runs(
+        connector=connector,
+        status=result,
+        since=parse_day(since, "since"),
+        until=parse_day(until, "until", end=True),
+        page=page,
+    )
+    return render(
+        request,
+        "runs.html",
+        {
+            "title": "Runs",
+            "runs": found.items,
+            "pager": _pager(request, found),
+            "filters": {"connector": connector, "result": result, "since": since, "until": until},
+            "connectors": [c.name for c in console.config.settings.connectors],
+            "statuses": RUN_STATUSES,
+        },
+    )
+
+
+@router.get("/runs/{run_id}")
+def run(request: Request, run_id: str, _account: Viewer) -> Response:
+    found = console_of(request).run(run_id)
+    return render(request, "run.html", {"title": f"Run {run_id[:8]}", "run": found})
+
+
+@router.post("/quarantine/{quarantine_id}/retry")
+def retry(request: Request, quarantine_id: RowId, account: Reviewer) -> Response:
+    row = console_of(request).retry_quarantined(quarantine_id, account)
+    return RedirectResponse(f"/runs/{row['run_id']}?retried={quarantine_id}", status_code=303)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@router.get("/audit")
+def audit_page(
+    request: Request,
+    _account: Viewer,
+    subject: Annotated[list[str] | None, Query()] = None,
+    connector: Text = "",
+    rule: Text = "",
+    action: Text = "",
+    since: Text = "",
+    until: Text = "",
+    page: PageNumber = 1,
+    by_email: Text = "",
+) -> Response:
+    return _audit(request, subject, connector, rule, action, since, until, page, by_email == "1", None)
+
+
+def _audit(
+    request: Request,
+    subjects: list[str] | None,
+    connector: str,
+    rule: str,
+    action: str,
+    since: str,
+    until: str,
+    page: int,
+    by_email: bool,
+    verified: dict[str, Any] | None,
+) -> Response:
+    found = console_of(request).audit(
+        subjects=subjects,
+        connector=connector,
+        rule=rule,
+        action=action,
+        since=parse_day(since, "since"),
+        until=parse_day(until, "until", end=True),
+        page=page,
+    )
+    return render(
+        request,
+        "audit.html",
+        {
+            "title": "Audit trail",
+            "entries": found.items,
+            "pager": _pager(request, found),
+            "filters": {
+                "connector": connector,
+                "rule": rule,
+                "action": action,
+                "since": since,
+                "until": until,
+            },
+            "subjects": subjects,
+            "by_email": by_email,
+            "verified": verified,
+        },
+    )
+
+
+@router.post("/audit")
+def audit_search(
+    request: Request,
+    _account: Viewer,
+    email: Annotated[str, Form(max_length=320)] = "",
+    connector: Annotated[str, Form(max_length=200)] = "",
+    rule: Annotated[str, Form(max_length=200)] = "",
+    action: Annotated[str, Form(max_length=200)] = "",
+    since: Annotated[str, Form(max_length=200)] = "",
+    until: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    """The search form: an address is turned into subject ids here, so it never enters a URL."""
+    query: list[tuple[str, str]] = [
+        (k, v)
+        for k, v in (
+            ("connector", connector),
+            ("rule", rule),
+            ("action", action),
+            ("since", since),
+            ("until", until),
+        )
+        if v
+    ]
+    if email.strip():
+        uids = console_of(request).subject_uids_for_email(email)
+        # No subject: a filter that matches nothing, rather than no filter at all.
+        query += [("subject", uid) for uid in uids] or [("subject", "none")]
+        query.append(("by_email", "1"))
+    return RedirectResponse("/audit?" + urlencode(query), status_code=303)
+
+
+@router.post("/audit/verify")
+def audit_verify(request: Request, _account: Viewer) -> Response:
+    result = console_of(request).verify_audit()
+    return _audit(request, None, "", "", "", "", "", 1, False, result)
+
+
+# -- subjects ----------------------------------------------------------------------------------
+
+
+@router.get("/subjects")
+def subject_search(request: Request, _account: Viewer) -> Response:
+    return render(request, "subject_search.html", {"title": "Subject"})
+
+
+@router.post("/subjects")
+def subject_lookup(
+    request: Request, _account: Viewer, email: Annotated[str, Form(max_length=320)]
+) -> Response:
+    view = console_of(request).subject_by_email(email)
+    return RedirectResponse(f"/subjects/{view['subject']}", status_code=303)
+
+
+@router.get("/subjects/{uid}")
+def subject(request: Request, uid: str, _account: Viewer) -> Response:
+    view = console_of(request).subject(uid)
+    return render(request, "subject.html", {"title": "Subject", "view": view, "formats": list(EXPORT_TYPES)})
+
+
+@router.get("/subjects/{uid}/export.{fmt}")
+def subject_export(request: Request, uid: str, fmt: str, _account: Viewer) -> Response:
+    content, media_type, name = console_of(request).export(uid, fmt)
+    return Response(
+        content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+# -- objections --------------------------------------------------------------------------------
+
+
+@router.get("/objections")
+def objections(
+    request: Request, _account: Viewer, status: Text = "pending", page: PageNumber = 1
+) -> Response:
+    if status not in ("pending", "all"):
+        raise InvalidInput(f"status {status!r}: accepted are pending, all")
+    found = console_of(request).objections(pending_only=status == "pending", page=page)
+    return render(
+        request,
+        "objections.html",
+        {"title": "Objections", "objections": found.items, "pager": _pager(request, found), "status": status},
+    )
+
+
+@router.get("/objections/{objection_id}")
+def objection(request: Request, objection_id: RowId, _account: Viewer) -> Response:
+    found = console_of(request).objection(objection_id)
+    return render(request, "objection.html", {"title": f"Objection {objection_id}", **found, "error": None})
+
+
+@router.post("/objections/{objection_id}/decide")
+def decide(
+    request: Request,
+    objection_id: RowId,
+    account: Reviewer,
+    decision: Annotated[str, Form(max_length=10)] = "",
+    reason: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    console = console_of(request)
+    if decision not in ("uphold", "reject") or not reason.strip():
+        found = console.objection(objection_id)
+        message = (
+            "Choose uphold or reject." if decision not in ("uphold", "reject") else "A reason is required."
+        )
+        return render(
+            request,
+            "objection.html",
+            {"title": f"Objection {objection_id}", **found, "error": message},
+            status=400,
+        )
+    console.decide(objection_id, uphold=decision == "uphold", reason=reason, account=account)
+    return RedirectResponse(f"/objections/{objection_id}?decided=1", status_code=303)
+
+
+# -- configuration and accounts ------------------------------------------------------------------
+
+
+@router.get("/config")
+def configuration(request: Request, _account: Viewer) -> Response:
+    return render(
+        request, "config.html", {"title": "Configuration", "config": console_of(request).configuration()}
+    )
+
+
+@router.get("/users")
+def users(request: Request, _account: Admin) -> Response:
+    accounts = console_of(request).accounts.list()
+    return render(
+        request, "users.html", {"title": "Accounts", "accounts": accounts, "roles": [r.label for r in Role]}
+    )
+
+
+@router.post("/users")
+def add_user(
+    request: Request,
+    account: Admin,
+    name: Annotated[str, Form(max_length=64)],
+    role: Annotated[str, Form(max_length=16)],
+    password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    console_of(request).accounts.add(name, role, password, actor=account.name)
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/users/{name}")
+def change_user(
+    request: Request,
+    name: str,
+    account: Admin,
+    role: Annotated[str, Form(max_length=16)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+    disabled: Annotated[str, Form(max_length=5)] = "",
+) -> Response:
+    accounts = console_of(request).accounts
+    accounts.get(name)
+    if role:
+        accounts.set_role(name, role, actor=account.name)
+    if password:
+        accounts.set_password(name, password, actor=account.name)
+    if disabled in ("yes", "no"):
+        accounts.set_disabled(name, disabled == "yes", actor=account.name)
+    return RedirectResponse("/users", status_code=303)

@@ -1,0 +1,89 @@
+"""Serving the console with uvicorn: in the foreground (`consentsync web`) or in a thread beside
+the daemon (`consentsync run --web-port`) and in tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from consentsync.config import Config
+from consentsync.ledger.service import Ledger
+from consentsync.web.app import create_app
+from consentsync.web.console import Console
+
+
+def build(config: Config, ledger: Ledger) -> FastAPI:
+    return create_app(Console(config, ledger))
+
+
+def uvicorn_config(
+    app: FastAPI,
+    *,
+    host: str,
+    port: int,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    **extra: Any,
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # uvicorn's access log prints query strings; the app logs method, path and status itself.
+        access_log=False,
+        log_level="warning",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        # Behind a TLS-terminating proxy on this host, X-Forwarded-Proto marks requests as HTTPS
+        # (and so the cookies as Secure).
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        **extra,
+    )
+
+
+class WebServer:
+    """uvicorn in a background thread, on a given port or a free one (port 0)."""
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, **tls: Any) -> None:
+        self.host = host
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.port = self.sock.getsockname()[1]
+        self.scheme = "https" if tls.get("certfile") else "http"
+        self.server = uvicorn.Server(uvicorn_config(app, host=host, port=self.port, **tls))
+        self.thread = threading.Thread(target=self._serve, name="consentsync-web", daemon=True)
+
+    def _serve(self) -> None:
+        self.server.run(sockets=[self.sock])
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def start(self) -> WebServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the console did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> WebServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,23 @@
+// Times are rendered in UTC by the server; show them in the viewer's time zone, UTC on hover.
+(function () {
+  "use strict";
+  var fmt = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "2-digit",
+    hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
+  });
+  function localise() {
+    document.querySelectorAll("time[datetime]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) { return; }
+      el.textContent = fmt.format(when);
+      el.title = "UTC: " + when.toISOString().replace(".000Z", "Z");
+    });
+    document.querySelectorAll("[data-seconds]").forEach(function (el) {
+      var s = parseInt(el.getAttribute("data-seconds"), 10);
+      var text = s < 120 ? s + " s" : s < 7200 ? Math.round(s / 60) + " min" : s < 172800 ? Math.round(s / 3600) + " h" : Math.round(s / 86400) + " days";
+      el.textContent = text;
+      el.title = s + " seconds";
+    });
+  }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", localise); } else { localise(); }
+})();

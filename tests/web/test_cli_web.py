@@ -1,0 +1,91 @@
+"""`consentsync user`, `consentsync web` and `consentsync runs retry` from the command line, on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import Cli
+from tests.web.conftest import World
+
+CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
+
+
+def test_user_commands_hash_passwords_check_input_and_audit(cli: Cli) -> None:
+    result = cli(
+        "user", "add", "Ops.Lead", "--role", "reviewer", "--password-stdin", input="a-long-enough-password\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "ops.lead added with role reviewer" in result.output
+    (row,) = cli.json("user", "list")
+    assert (row["name"], row["role"], row["disabled"]) == ("ops.lead", "reviewer", False)
+    short = cli("user", "add", "bob", "--role", "viewer", "--password-stdin", input="short\n")
+    assert short.exit_code == 2 and "at least 12 characters" in short.stderr
+    again = cli(
+        "user", "add", "ops.lead", "--role", "viewer", "--password-stdin", input="another-long-password\n"
+    )
+    assert again.exit_code == 2 and "exists already" in again.stderr
+    bad = cli(
+        "user", "add", "no spaces", "--role", "viewer", "--password-stdin", input="another-long-password\n"
+    )
+    assert bad.exit_code == 2 and "lower-case letters" in bad.stderr
+    cli.ok("user", "role", "ops.lead", "admin")
+    cli.ok("user", "disable", "ops.lead")
+    (row,) = cli.json("user", "list")
+    assert (row["role"], row["disabled"]) == ("admin", True)
+    actions = [e["action"] for e in cli.json("audit", "log") if e["action"].startswith("user.")]
+    assert actions == ["user.added", "user.role_changed", "user.disabled"]
+    assert "a-long-enough-password" not in str(cli.json("audit", "log"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_consentsync_web_serves_the_login_page_and_nothing_else_anonymously(cli: Cli) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [CONSENTSYNC, "--config", str(cli.config_path), "web", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                login = requests.get(f"{base}/login", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None, process.stderr.read() if process.stderr else ""
+                assert time.monotonic() < deadline, "the console did not start"
+                time.sleep(0.2)
+        assert login.status_code == 200 and "Log in" in login.text
+        assert requests.get(f"{base}/", allow_redirects=False, timeout=5).status_code == 303
+        assert requests.get(f"{base}/api/runs", timeout=5).status_code == 401
+        assert requests.get(f"{base}/api/openapi.json", timeout=5).json()["info"]["title"]
+    finally:
+        process.terminate()
+        _out, err = process.communicate(timeout=20)
+    assert b"user add" in err  # no account yet: it says how to add one
+
+
+def test_runs_retry_from_the_shell(world: World, cli: Cli) -> None:
+    run = cli.json("runs", "show", world.run_id)
+    (held,) = [q for q in run["quarantined_records"] if q["record_id"] == world.odd_record]
+    result = cli.ok("runs", "retry", str(held["id"]), "--actor", "ops-oncall")
+    assert "reads it again" in result.stdout
+    (entry,) = cli.json("audit", "log", "--action", "quarantine.retried")
+    assert entry["actor"] == "ops-oncall"
+    missing = cli("runs", "retry", "424242", "--actor", "ops")
+    assert missing.exit_code == 2 and "no quarantined record with id 424242" in missing.stderr
