@@ -289,9 +289,34 @@ def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) ->
     serve_superoffice(port=port, seed=random_seed, host=host, records=records)
 
 
+@sandbox.command("dynamics")
+@click.option("--port", type=click.IntRange(0, 65535), default=8445, show_default=True)
+@click.option(
+    "--seed",
+    "records",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
+)
+@click.option(
+    "--random-seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Makes the generated environment repeatable.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> None:
+    """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted."""
+    from consentsync.sandbox.dynamics import serve_forever as serve_dynamics
+
+    serve_dynamics(port=port, seed=random_seed, host=host, records=records)
+
+
 @sandbox.command("vtiger")
 @sandbox_options(
-    8445, "Seed the CRM with this many generated contacts (with leads, organisations, consents)."
+    8446, "Seed the CRM with this many generated contacts (with leads, organisations, consents)."
 )
 @click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module.")
 @click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8).")

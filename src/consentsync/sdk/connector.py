@@ -19,23 +19,35 @@ class Cursor:
 
     Records sharing a change time are told apart by id, so none is lost or read twice across
     pages or runs (a cursor on the time alone loses records that share a second).
+
+    ``token`` is an opaque position of the CRM's own (a Dataverse delta link): a connector that
+    reads changes from such a token sets the new one in ``Connector.completed_cursor`` once the
+    change set is read to its end; the engine keeps it with the last page's commit, and until
+    then keeps the token the read started from, so a crash re-reads the whole change set
+    (harmless: evidence and pushes are idempotent).
     """
 
     modstamp: datetime | None = None
     record_id: str | None = None
+    token: str | None = None
 
     def to_json(self) -> dict[str, str | None]:
-        return {
+        out = {
             "modstamp": self.modstamp.isoformat() if self.modstamp else None,
             "record_id": self.record_id,
         }
+        if self.token is not None:  # left out when unset: cursors stored before stay byte-identical
+            out["token"] = self.token
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Cursor:
         if not data:
             return cls()
         stamp = data.get("modstamp")
-        return cls(as_utc(datetime.fromisoformat(stamp)) if stamp else None, data.get("record_id"))
+        return cls(
+            as_utc(datetime.fromisoformat(stamp)) if stamp else None, data.get("record_id"), data.get("token")
+        )
 
     def is_before(self, modstamp: datetime, record_id: str) -> bool:
         """True when (modstamp, record_id) comes after this cursor, i.e. still has to be read."""
@@ -114,6 +126,10 @@ class Connector(ABC):
         self.usage = ApiUsage()
         # How many records the read in progress will yield, where the CRM says (progress bars).
         self.expected_records: int | None = None
+        # Set by read_changes, after its last record, when the CRM handed over a position of its
+        # own for the next read (a delta token): the engine stores it once every record the read
+        # yielded is committed. None: the engine keeps (last modstamp, last id, the old token).
+        self.completed_cursor: Cursor | None = None
 
     @abstractmethod
     def check(self) -> None:

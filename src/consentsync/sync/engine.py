@@ -244,17 +244,31 @@ class SyncEngine:
     ) -> None:
         with self._transaction() as conn:
             cursor = Cursor() if full else self._load_cursor(conn, mapping.object)
+        self.connector.completed_cursor = None
         records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
         report.stage, report.stage_done, report.stage_total = f"reading {mapping.object}", 0, None
+        kept = False  # whether the connector's completed cursor (a new delta token) is stored
         for page in batched(records, self.options.batch_size):
             if self.stop_requested.is_set():
                 raise _Stop
             report.stage_done += len(page)
             report.stage_total = self.connector.expected_records
+            # A read that ended (the last page is in hand) may have handed over a new token: it is
+            # stored with this page. Before that, pages keep the token the read started from.
+            final = self.connector.completed_cursor
             with self._transaction() as conn:
-                self._commit_page(conn, mapping, page, report, dry_run=dry_run)
+                self._commit_page(
+                    conn, mapping, page, report, dry_run=dry_run, token=cursor.token, final=final
+                )
+            kept = final is not None
             report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
+        final = self.connector.completed_cursor
+        if final is not None and not kept:
+            # The read ended after the last committed page (or yielded nothing): every record is
+            # committed, so the new token is safe to keep.
+            with self._transaction() as conn:
+                self._save_cursor(conn, mapping.object, final, report.run_id, self.ledger.clock())
 
     def _reread_quarantined(self, report: RunReport) -> None:
         """Records quarantined on reading that ops asked to retry are read again by id and go
@@ -301,6 +315,8 @@ class SyncEngine:
         *,
         dry_run: bool,
         advance_cursor: bool = True,
+        token: str | None = None,
+        final: Cursor | None = None,
     ) -> None:
         now = self.ledger.clock()
         counts = report.counts
@@ -379,9 +395,15 @@ class SyncEngine:
         if problems:
             conn.execute(insert(quarantine), problems)
         self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
-        if (good or problems) and advance_cursor:
+        if not advance_cursor:
+            pass  # records re-read by id (quarantine retries) are no position in the change feed
+        elif final is not None:
+            self._save_cursor(conn, mapping.object, final, report.run_id, now)
+        elif good or problems:
             last = page[-1]
-            self._save_cursor(conn, mapping.object, Cursor(last.modstamp, last.record_id), report.run_id, now)
+            self._save_cursor(
+                conn, mapping.object, Cursor(last.modstamp, last.record_id, token), report.run_id, now
+            )
         if dry_run:
             uids = self._uids(conn, [o.subject_id for o in outcomes])
             report.plan_changes += [

@@ -1,0 +1,631 @@
+"""Dynamics 365 / Dataverse, through the Web API (OData v4) with requests.
+
+Authenticates with OAuth 2.0 client credentials against a configurable token URL (an app
+registration with a Dataverse application user). Reads with change tracking: a read without a
+delta link (the first) takes one (``Prefer: odata.track-changes``, ids only), reads the rows by a
+(modifiedon, id) keyset ``$filter`` up to the run's signpost, and hands the link over as the
+cursor's token; later reads GET that link and receive only what changed (deleted rows come as
+``$deletedEntity`` and are counted, not yielded: a deleted record carries no consent). A refused
+delta link (expired or invalid) triggers one full reload. Tables without change tracking, or
+``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as ``$batch``
+requests (at most 1,000) of ``PATCH`` with
+``If-Match: *`` (a PATCH alone would create a missing row) and ``Prefer: odata.continue-on-error``,
+one result per request. 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+import structlog
+
+from consentsync.sdk import (
+    Action,
+    BudgetExhausted,
+    Connector,
+    ConnectorError,
+    CrmRecord,
+    Cursor,
+    ErrorRule,
+    ErrorTable,
+    Fault,
+    FieldInfo,
+    RecordUpdate,
+    RetryPolicy,
+    WriteResult,
+    call,
+)
+from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
+from consentsync_dynamics.settings import DynamicsSettings
+
+log = structlog.get_logger("consentsync.dynamics")
+
+ERRORS = ErrorTable(
+    [
+        # Service protection: requests, execution time, concurrent requests (5-minute window).
+        ErrorRule(
+            Action.RATE_LIMITED, Fault.LIMIT, "service protection: too many requests", code="0x80072322"
+        ),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "service protection: execution time", code="0x80072321"),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "service protection: concurrency", code="0x80072326"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "query or property rejected", 400, "0x80060888"),
+        ErrorRule(
+            Action.FAIL, Fault.CONFIG, "missing privilege (check the security role)", code="0x80040220"
+        ),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "access denied (check the security role)", 403),
+        ErrorRule(Action.SKIP, Fault.DATA, "record not found", code="0x80040217"),
+        ErrorRule(Action.SKIP, Fault.DATA, "field value rejected", code="0x80048d19"),
+        ErrorRule(Action.SKIP, Fault.DATA, "option set value out of range", code="0x8004431a"),
+        ErrorRule(Action.SKIP, Fault.DATA, "value too long", code="0x80044331"),
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "SQL error (row locked or timeout)", code="0x80044150"),
+    ]
+)
+_AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
+_LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def odata_literal(value: Any) -> str:
+    """A value as an OData literal: text quoted with its quotes doubled, GUIDs, numbers,
+    booleans and DateTimeOffset unquoted. Every value reaching a $filter goes through here."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no OData literal for {type(value).__name__}")
+
+
+def parse_dataverse_datetime(value: str) -> datetime:
+    return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entity:
+    logical_name: str
+    entity_set: str
+    primary_id: str
+    change_tracking: bool
+
+
+class _DeltaRefused(Exception):
+    """The delta link was refused (expired or invalid): read the table again from the start."""
+
+
+class DynamicsConnector(Connector):
+    vendor = "dynamics"
+
+    def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        super().__init__(name, settings)
+        self.config = DynamicsSettings.model_validate(dict(settings))
+        self.policy = RetryPolicy(
+            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
+        )
+        self.session = requests.Session()
+        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
+        self.session.trust_env = False
+        self.session.verify = self.config.ca_bundle or True
+        if self.config.proxy:
+            self.session.proxies = {"https": self.config.proxy}
+        self.session.hooks["response"].append(self._count)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._entities: dict[str, _Entity] = {}
+        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (not yielded)
+        self.full_reloads = 0  # delta links refused, tables read again from the start
+
+    # -- session -------------------------------------------------------------------------------
+
+    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        self.usage.calls += 1
+        kind = _endpoint_kind(response.request.url or "", response.request.method or "")
+        self.usage.per_endpoint[kind] = self.usage.per_endpoint.get(kind, 0) + 1
+
+    def _access_token(self) -> str:
+        # Renewed a minute before it lapses, and whenever the API answered 401.
+        if self._token is None or time.monotonic() > self._token_expires - 60:
+            self._login()
+        assert self._token is not None
+        return self._token
+
+    def _login(self) -> None:
+        c = self.config
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            "scope": c.scope or "",
+        }
+        try:
+            response = self.session.post(c.token_url, data=form, timeout=c.timeout)
+        except requests.RequestException as error:
+            raise ConnectorError(
+                f"token request to {c.token_url} failed: {type(error).__name__}",
+                ErrorRule(Action.RETRY, Fault.TRANSIENT, "token endpoint unreachable"),
+            ) from None
+        if response.status_code != 200:
+            try:
+                body = response.json()
+                detail = (
+                    f"{body.get('error')}: {str(body.get('error_description', '')).splitlines()[0][:300]}"
+                )
+            except (ValueError, AttributeError):
+                detail = response.text[:200]
+            transient = response.status_code >= 500 or response.status_code == 429
+            raise ConnectorError(
+                f"{self.name}: client credentials refused at {c.token_url} "
+                f"({response.status_code}): {detail}",
+                ErrorRule(
+                    Action.RETRY if transient else Action.FAIL,
+                    Fault.TRANSIENT if transient else Fault.CONFIG,
+                    "login refused",
+                    response.status_code,
+                ),
+            )
+        body = response.json()
+        self._token = str(body["access_token"])
+        self._token_expires = time.monotonic() + float(body.get("expires_in", 3599))
+
+    def _forget_token(self) -> None:
+        self._token = None
+
+    def _guard(self) -> None:
+        per_run = self.config.budget.per_run
+        if per_run is not None and self.usage.calls >= per_run:
+            raise BudgetExhausted(
+                f"{self.name}: the run's API budget of {per_run} calls is spent",
+                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
+            )
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        describe: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        accept: Callable[[requests.Response], bool] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """One Web API call under the retry policy. ``accept`` lets a caller take a non-2xx
+        answer itself (a refused delta link)."""
+
+        def attempt() -> requests.Response:
+            self._guard()
+            sent = {
+                "Authorization": f"Bearer {self._access_token()}",
+                "OData-MaxVersion": "4.0",
+                "OData-Version": "4.0",
+                "Accept": "application/json",
+                **(headers or {}),
+            }
+            try:
+                response = self.session.request(
+                    method, url, headers=sent, timeout=self.config.timeout, **kwargs
+                )
+            except requests.RequestException as error:
+                raise ConnectorError(
+                    f"{describe}: {type(error).__name__}", ERRORS.classify(None, None)
+                ) from None
+            if response.status_code < 300 or (accept is not None and accept(response)):
+                return response
+            raise _classified(describe, response)
+
+        return call(attempt, policy=self.policy, refresh_session=self._forget_token, describe=describe)
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _entity(self, logical_name: str) -> _Entity:
+        if logical_name not in self._entities:
+            _check_name(logical_name, "table")
+            url = f"{self.config.api_url}/EntityDefinitions(LogicalName='{logical_name}')"
+            body = self._request(
+                "GET",
+                url,
+                f"EntityDefinitions {logical_name}",
+                params={"$select": "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"},
+            ).json()
+            self._entities[logical_name] = _Entity(
+                logical_name,
+                body["EntitySetName"],
+                body["PrimaryIdAttribute"],
+                bool(body.get("ChangeTrackingEnabled")),
+            )
+        return self._entities[logical_name]
+
+    def check(self) -> None:
+        self._request("GET", f"{self.config.api_url}/WhoAmI", "WhoAmI")
+
+    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+        if object_type not in self._describes:
+            _check_name(object_type, "table")
+            body = self._request(
+                "GET",
+                f"{self.config.api_url}/EntityDefinitions(LogicalName='{object_type}')/Attributes",
+                f"Attributes {object_type}",
+                params={"$select": "LogicalName,AttributeType,IsValidForUpdate"},
+            ).json()
+            self._describes[object_type] = {
+                item["LogicalName"]: FieldInfo(
+                    name=item["LogicalName"],
+                    type=str(item.get("AttributeType", "")),
+                    updateable=bool(item.get("IsValidForUpdate")),
+                )
+                for item in body["value"]
+            }
+        return self._describes[object_type]
+
+    def _wire_names(self, object_type: str, fields: Sequence[str]) -> dict[str, str]:
+        """Logical name -> Web API property (a lookup reads as ``_name_value``); every name
+        checked against the table's attributes."""
+        known = self.describe(object_type)
+        missing = [name for name in fields if name not in known]
+        if missing:
+            raise ConnectorError(
+                f"{object_type} has no column(s) {', '.join(missing)} (or the application user's "
+                "security role cannot read them)",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped column missing"),
+            )
+        return {
+            name: f"_{name}_value" if known[name].type in ("Lookup", "Customer", "Owner") else name
+            for name in fields
+        }
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_changes(
+        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
+    ) -> Iterator[CrmRecord]:
+        """With change tracking (the default, where the table has it enabled):
+
+        * a cursor holding a delta link reads what changed since (the link is the server's row
+          version: no same-second race, so ``until`` does not apply; a row changed after it comes
+          now, and the next link starts after it). A refused link (expired, invalid) means one
+          full reload, as below from the start;
+        * a cursor without one (the first sync, a --full run, a crash before the first link was
+          kept) takes a delta link first, then reads by (modifiedon, id) after the cursor up to
+          ``until``; the link is handed over once that read is done, so every change made
+          after it was taken comes in the next delta (a row read twice is harmless), marked with
+          the signpost: the next read also reads what changed after it, once, so a row changed
+          between the signpost and the link is not lost.
+
+        Without change tracking every read is the (modifiedon, id) keyset read.
+        """
+        entity = self._entity(object_type)
+        wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields]))
+        filters = self.config.record_filters.get(object_type, {})
+        wire = self._wire_names(object_type, list(dict.fromkeys([*wanted, *filters])))
+        if not (self.config.change_tracking and entity.change_tracking):
+            yield from self._read_keyset(entity, wire, filters, since, until)
+            return
+        if since.token:
+            try:
+                yield from self._read_delta(entity, wire, filters, since, until)
+                return
+            except _DeltaRefused as refused:
+                log.warning(
+                    "dynamics.delta_link_refused",
+                    connector=self.name,
+                    table=entity.logical_name,
+                    code=str(refused),
+                )
+                self.full_reloads += 1
+                since = Cursor()
+        link = self._new_delta_link(entity, wire)
+        last: CrmRecord | None = None
+        for record in self._read_keyset(entity, wire, filters, since, until):
+            last = record
+            yield record
+        position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
+        # The link was taken after the signpost: a row changed between the two is in neither this
+        # read nor the link's delta. The next read also reads what changed after the signpost,
+        # once (a URL fragment, never sent: the link stays the service's own).
+        self.completed_cursor = Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
+
+    def _prefer(self, *extra: str) -> dict[str, str]:
+        return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
+
+    def _new_delta_link(self, entity: _Entity, wire: Mapping[str, str]) -> str:
+        """A delta link for the table as it is now (the initial change-tracking read; its pages
+        are not yielded: the keyset read that follows is ordered and resumable). The link keeps
+        its $select, so it names every column the later deltas must carry."""
+        url: str = f"{self.config.api_url}/{entity.entity_set}"
+        params: dict[str, str] | None = {"$select": ",".join(wire.values())}
+        while True:
+            body = self._page(url, params, entity, delta=False)
+            if body.get("@odata.nextLink"):
+                url, params = self._checked_link(body["@odata.nextLink"]), None
+                continue
+            if not body.get("@odata.deltaLink"):
+                raise ConnectorError(
+                    f"{self.name}: {entity.entity_set} answered no delta link: is change tracking on?",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "no delta link"),
+                )
+            return self._checked_link(body["@odata.deltaLink"])
+
+    def _read_delta(
+        self,
+        entity: _Entity,
+        wire: Mapping[str, str],
+        filters: Mapping[str, list[Any]],
+        since: Cursor,
+        until: datetime,
+    ) -> Iterator[CrmRecord]:
+        assert since.token
+        url, _, fragment = since.token.partition("#")
+        if not self._ours(url):
+            raise _DeltaRefused("a delta link of another environment")
+        selected = parse_qs(urlsplit(url).query).get("$select", [""])[0].split(",")
+        if set(wire.values()) - set(selected) - {entity.primary_id}:  # the key always comes
+            raise _DeltaRefused("the mapping reads columns the delta link does not select")
+        catch_up = None
+        if fragment.startswith(_AFTER):
+            try:
+                catch_up = parse_dataverse_datetime(fragment[len(_AFTER) :])
+            except ValueError:
+                raise _DeltaRefused("a delta link with an unreadable signpost") from None
+        first = True
+        newest: tuple[datetime | None, str | None] = (since.modstamp, since.record_id)
+        # Only once after a first read (its catch-up follows): the ids this delta yields, bounded
+        # by the changes since that read, so that the catch-up does not yield them again.
+        delivered: set[str] = set()
+
+        def note(record: CrmRecord) -> CrmRecord:
+            nonlocal newest
+            if newest[0] is None or (record.modstamp, record.record_id) > (newest[0], newest[1] or ""):
+                newest = (record.modstamp, record.record_id)
+            return record
+
+        while True:
+            body = self._page(url, None, entity, delta=first)
+            first = False
+            for row in body.get("value", []):
+                if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
+                    self.deleted_rows += 1
+                    continue
+                if _wanted(row, wire, filters):
+                    record = note(_record(entity, row, wire))
+                    if catch_up is not None:
+                        delivered.add(record.record_id)
+                    yield record
+            if body.get("@odata.nextLink"):
+                url = self._checked_link(body["@odata.nextLink"])
+                continue
+            link = body.get("@odata.deltaLink")
+            if not link:
+                return
+            if catch_up is not None:
+                # Rows changed after the first read's signpost, up to this run's: with the delta
+                # (everything after the link) nothing between the first read and its link is lost.
+                for record in self._read_keyset(entity, wire, filters, Cursor(catch_up), until):
+                    if record.record_id not in delivered:  # else the delta carried it already
+                        yield note(record)
+            self.completed_cursor = Cursor(*newest, token=self._checked_link(link))
+            return
+
+    def _page(self, url: str, params: Mapping[str, str] | None, entity: _Entity, *, delta: bool) -> Any:
+        def refused(response: requests.Response) -> bool:
+            return delta and response.status_code in (400, 410)
+
+        response = self._request(
+            "GET",
+            url,
+            f"{'delta' if delta else 'read'} {entity.entity_set}",
+            headers=self._prefer("odata.track-changes"),
+            params=params,
+            accept=refused,
+        )
+        if response.status_code >= 300:
+            code, _message = _error_of(response)
+            raise _DeltaRefused(code or str(response.status_code))
+        return response.json()
+
+    def _read_keyset(
+        self,
+        entity: _Entity,
+        wire: Mapping[str, str],
+        filters: Mapping[str, list[Any]],
+        since: Cursor,
+        until: datetime,
+    ) -> Iterator[CrmRecord]:
+        key = entity.primary_id
+        terms = [f"modifiedon le {odata_literal(until)}"]
+        if since.modstamp is not None:
+            stamp = odata_literal(since.modstamp)
+            if since.record_id is None:
+                terms.insert(0, f"modifiedon gt {stamp}")
+            elif _GUID.match(since.record_id):
+                after = uuid.UUID(since.record_id)
+                terms.insert(0, f"(modifiedon gt {stamp} or (modifiedon eq {stamp} and {key} gt {after}))")
+            else:
+                raise ConnectorError(
+                    f"{self.name}: the cursor names {since.record_id[:40]!r}, "
+                    "which is not a Dataverse row id",
+                    ErrorRule(Action.FAIL, Fault.DATA, "cursor id is not a row id"),
+                )
+        for column, allowed in filters.items():
+            terms.append("(" + " or ".join(f"{wire[column]} eq {odata_literal(v)}" for v in allowed) + ")")
+        params: dict[str, str] | None = {
+            "$select": ",".join(wire.values()),
+            "$filter": " and ".join(terms),
+            "$orderby": f"modifiedon asc,{key} asc",
+        }
+        url = f"{self.config.api_url}/{entity.entity_set}"
+        while True:
+            body = self._request(
+                "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
+            ).json()
+            for row in body.get("value", []):
+                yield _record(entity, row, wire)
+            next_link = body.get("@odata.nextLink")
+            if not next_link:
+                return
+            url, params = self._checked_link(next_link), None
+
+    def _ours(self, link: str) -> bool:
+        return link.startswith(self.config.api_url + "/")
+
+    def _checked_link(self, link: str) -> str:
+        # The bearer token goes wherever a link points: only to this environment.
+        if not self._ours(link):
+            raise ConnectorError(
+                f"{self.name}: the service answered a link outside {self.config.environment_url}",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "foreign link"),
+            )
+        return link
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+        results: dict[int, WriteResult] = {}
+        pending: list[int] = []
+        for index, item in enumerate(updates):
+            if not _GUID.match(item.record_id):
+                results[index] = WriteResult(item.record_id, False, "INVALID_ID", "not a Dataverse row id")
+            else:
+                pending.append(index)
+        for attempt in range(self.config.write_retries + 1):
+            if attempt:
+                time.sleep(min(2.0, 0.25 * 2**attempt))
+            retry: list[int] = []
+            for start in range(0, len(pending), self.config.batch_size):
+                chunk = pending[start : start + self.config.batch_size]
+                for index, result in zip(chunk, self._write_batch([updates[i] for i in chunk]), strict=True):
+                    results[index] = result
+                    if result.retryable:
+                        retry.append(index)
+            pending = retry
+            if not pending:
+                break
+        return [results[i] for i in range(len(updates))]
+
+    def _write_batch(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+        parts = []
+        for item in updates:
+            entity = self._entity(item.object_type)
+            for name in item.fields:
+                _check_name(name, "column")
+            parts.append(
+                PartRequest(
+                    "PATCH",
+                    f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})",
+                    dict(item.fields),
+                    {"If-Match": "*"},  # update only: a PATCH without it creates a missing row
+                )
+            )
+        content_type, body = encode(parts)
+        response = self._request(
+            "POST",
+            f"{self.config.api_url}/$batch",
+            f"$batch of {len(parts)}",
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            data=body,
+        )
+        answers = decode(response.headers.get("Content-Type", ""), response.content)
+        results = []
+        for position, item in enumerate(updates):
+            if position >= len(answers):
+                # Not executed (the service stopped at an earlier failure): safe to send again.
+                results.append(WriteResult(item.record_id, False, "NOT_EXECUTED", "not executed", True))
+                continue
+            results.append(_part_result(item.record_id, answers[position]))
+        return results
+
+    def close(self) -> None:
+        self.session.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _check_name(name: str, what: str) -> None:
+    if not _LOGICAL_NAME.match(name):
+        raise ConnectorError(
+            f"{name!r} is not a Dataverse {what} logical name (lower-case letters, digits and _)",
+            ErrorRule(Action.FAIL, Fault.CONFIG, f"bad {what} name"),
+        )
+
+
+def _wanted(row: Mapping[str, Any], wire: Mapping[str, str], filters: Mapping[str, list[Any]]) -> bool:
+    # Change tracking takes no $filter: the record filters are applied here instead.
+    return all(row.get(wire[column]) in allowed for column, allowed in filters.items())
+
+
+def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) -> CrmRecord:
+    fields = {name: row.get(prop) for name, prop in wire.items()}
+    modified = row.get("modifiedon")
+    if not isinstance(modified, str):
+        raise ConnectorError(
+            f"{entity.entity_set} row {row.get(entity.primary_id)} has no modifiedon",
+            ErrorRule(Action.FAIL, Fault.TRANSIENT, "row without modifiedon"),
+        )
+    return CrmRecord(
+        entity.logical_name, str(row[entity.primary_id]), parse_dataverse_datetime(modified), fields
+    )
+
+
+def _error_of(response: requests.Response) -> tuple[str | None, str]:
+    try:
+        return PartResponse(response.status_code, response.json(), {}).error
+    except ValueError:
+        return None, response.text[:300]
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _classified(describe: str, response: requests.Response) -> ConnectorError:
+    code, message = _error_of(response)
+    rule = ERRORS.classify(response.status_code, code)
+    text = f"{describe}: {response.status_code} {code or ''} {message}".strip()
+    return ConnectorError(text, rule, retry_after=_retry_after(response.headers))
+
+
+def _part_result(record_id: str, answer: PartResponse) -> WriteResult:
+    if answer.status < 300:
+        return WriteResult(record_id, True)
+    code, message = answer.error
+    rule = ERRORS.classify(answer.status, code)
+    retryable = rule.action in (Action.RETRY, Action.RATE_LIMITED, Action.REFRESH_TOKEN)
+    return WriteResult(record_id, False, code or str(answer.status), message[:500], retryable)
+
+
+def _endpoint_kind(url: str, method: str) -> str:
+    if "/oauth2/" in url or url.endswith("/token"):
+        return "token"
+    if "/$batch" in url:
+        return "batch"
+    if "/WhoAmI" in url:
+        return "whoami"
+    if "/EntityDefinitions" in url:
+        return "metadata"
+    if "deltatoken" in url:
+        return "delta"
+    return "query" if method == "GET" else "other"
+
+
+__all__ = ["ERRORS", "DynamicsConnector", "odata_literal", "parse_dataverse_datetime"]

@@ -1,0 +1,87 @@
+"""The Dynamics connector's settings (the ``settings:`` block of a connector in the config).
+
+Secrets are written ``${ENV_VAR}`` in the config and expanded from the environment at load time.
+Values marked "unconfirmed" in crm-apis.md are settings here, with the documented value as default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
+FilterValue = Annotated[bool | int | str, Field()]
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_run: int | None = Field(default=None, ge=1)
+
+
+class DynamicsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # https://yourorg.crm4.dynamics.com: the environment's URL (Power Platform admin center).
+    environment_url: str
+    # https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token
+    token_url: str
+    client_id: str
+    client_secret: str
+    # The client-credentials scope; by default the environment URL followed by /.default.
+    scope: str | None = None
+    api_version: str = Field(default="9.2", pattern=r"^9\.[0-2]$")
+    # Read with change tracking (delta links) where the table has it enabled; otherwise, or when
+    # false, by modifiedon with a (modifiedon, id) keyset $filter.
+    change_tracking: bool = True
+    page_size: int = Field(default=5000, ge=1, le=5000)  # Prefer: odata.maxpagesize
+    batch_size: int = Field(default=1000, ge=1, le=1000)  # requests per $batch
+    # Rows read only when a column holds one of the listed values, per table. Consent records of
+    # Text and Voice contact points carry a phone number, not an address, so by default only Email
+    # ones (534120000) are read.
+    record_filters: dict[str, dict[str, list[FilterValue]]] = Field(
+        default_factory=lambda: {"msdynmkt_contactpointconsent4": {"msdynmkt_contactpointtype": [534120000]}}
+    )
+    ca_bundle: str | None = None
+    proxy: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    # Requests of a $batch refused with a transient error are sent again this many times.
+    write_retries: int = Field(default=2, ge=0, le=10)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    # Longest Retry-After (seconds) waited out; the service protection window is 5 minutes, so a
+    # longer wait stops the run cleanly and the next run resumes.
+    max_rate_limit_wait: float = Field(default=60.0, ge=0)
+    budget: Budget = Budget()
+
+    @field_validator("environment_url", "token_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError(f"{value!r} must be an https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("record_filters")
+    @classmethod
+    def _names(
+        cls, value: dict[str, dict[str, list[FilterValue]]]
+    ) -> dict[str, dict[str, list[FilterValue]]]:
+        for table, columns in value.items():
+            for name in (table, *columns):
+                if not _NAME.match(name):
+                    raise ValueError(f"record_filters: {name!r} is not a Dataverse logical name")
+            for column, allowed in columns.items():
+                if not allowed:
+                    raise ValueError(f"record_filters: {table}.{column} lists no values")
+        return value
+
+    @model_validator(mode="after")
+    def _default_scope(self) -> DynamicsSettings:
+        if self.scope is None:
+            self.scope = f"{self.environment_url}/.default"
+        return self
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.environment_url}/api/data/v{self.api_version}"

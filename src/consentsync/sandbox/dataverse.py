@@ -1,0 +1,390 @@
+"""The data behind the Dataverse sandbox: tables (contact, msdynmkt_contactpointconsent4,
+msdynmkt_purpose) with their column types, rows, a row version counter for change tracking and
+the tombstones of deleted rows, and a repeatable generated seed.
+
+Every change stamps ``modifiedon`` with the current time in whole seconds (as Dataverse stores
+it, so many rows share one second) and takes the next ``versionnumber`` of the environment; a
+change-tracking token names the version it was issued at.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "CONSENT_VALUES",
+    "CONTACT_POINT_TYPES",
+    "PURPOSES",
+    "Column",
+    "DataverseEnvironment",
+    "RowError",
+    "Table",
+]
+
+# Customer Insights - Journeys option sets (crm-apis.md).
+CONTACT_POINT_TYPES = {534120000: "Email", 534120001: "Text", 534120003: "Voice"}
+CONSENT_VALUES = {534120000: "Not set", 534120001: "Opted in", 534120002: "Opted out"}
+# The sandbox's purposes, with fixed ids so that mapping files can name them.
+PURPOSES = {
+    "6f0b1c7e-0d6a-4c1e-9a51-000000000001": "Email Marketing",
+    "6f0b1c7e-0d6a-4c1e-9a51-000000000002": "Profiling",
+    "6f0b1c7e-0d6a-4c1e-9a51-000000000003": "Service Communications",
+}
+_EDM = {
+    "Uniqueidentifier": "Edm.Guid",
+    "Lookup": "Edm.Guid",
+    "String": "Edm.String",
+    "Memo": "Edm.String",
+    "Boolean": "Edm.Boolean",
+    "Picklist": "Edm.Int32",
+    "State": "Edm.Int32",
+    "Status": "Edm.Int32",
+    "Integer": "Edm.Int32",
+    "BigInt": "Edm.Int64",
+    "DateTime": "Edm.DateTimeOffset",
+}
+
+
+class RowError(Exception):
+    """A change refused for one row: answered with Dataverse's error body."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # the Web API property name (``_x_value`` for a lookup)
+    type: str  # AttributeType
+    updatable: bool = True
+    options: tuple[int, ...] = ()
+    max_length: int | None = None
+    logical_name: str | None = None  # a lookup's logical name (without _..._value)
+
+    @property
+    def edm(self) -> str:
+        return _EDM[self.type]
+
+
+@dataclass
+class Table:
+    logical_name: str
+    entity_set: str
+    primary_id: str
+    columns: dict[str, Column]
+    change_tracking: bool = True
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tombstones: list[tuple[int, str]] = field(default_factory=list)  # (version, id)
+
+    def types(self) -> dict[str, str]:
+        return {name: column.edm for name, column in self.columns.items()}
+
+
+def _system_columns(primary: str) -> list[Column]:
+    return [
+        Column(primary, "Uniqueidentifier", updatable=False),
+        Column("modifiedon", "DateTime", updatable=False),
+        Column("createdon", "DateTime", updatable=False),
+        Column("versionnumber", "BigInt", updatable=False),
+        Column("statecode", "State", options=(0, 1)),
+    ]
+
+
+def _tables() -> dict[str, Table]:
+    contact = Table(
+        "contact",
+        "contacts",
+        "contactid",
+        {
+            c.name: c
+            for c in [
+                *_system_columns("contactid"),
+                Column("firstname", "String", max_length=50),
+                Column("lastname", "String", max_length=50),
+                Column("fullname", "String", updatable=False),
+                Column("emailaddress1", "String", max_length=100),
+                Column("telephone1", "String", max_length=50),
+                Column("description", "Memo", max_length=2000),
+                Column("donotemail", "Boolean"),
+                Column("donotbulkemail", "Boolean"),
+                Column("donotphone", "Boolean"),
+                Column("donotpostalmail", "Boolean"),
+                Column("donotfax", "Boolean"),
+            ]
+        },
+    )
+    consent = Table(
+        "msdynmkt_contactpointconsent4",
+        "msdynmkt_contactpointconsent4s",
+        "msdynmkt_contactpointconsent4id",
+        {
+            c.name: c
+            for c in [
+                *_system_columns("msdynmkt_contactpointconsent4id"),
+                Column("msdynmkt_contactpointvalue", "String", max_length=320),
+                Column("msdynmkt_contactpointtype", "Picklist", options=tuple(CONTACT_POINT_TYPES)),
+                Column("msdynmkt_value", "Picklist", options=tuple(CONSENT_VALUES)),
+                # Read as _msdynmkt_purposeid_value; written as msdynmkt_purposeid@odata.bind.
+                Column(
+                    "_msdynmkt_purposeid_value", "Lookup", updatable=False, logical_name="msdynmkt_purposeid"
+                ),
+                Column("msdynmkt_source", "String", max_length=200),
+            ]
+        },
+    )
+    purpose = Table(
+        "msdynmkt_purpose",
+        "msdynmkt_purposes",
+        "msdynmkt_purposeid",
+        {c.name: c for c in [*_system_columns("msdynmkt_purposeid"), Column("msdynmkt_name", "String")]},
+        change_tracking=False,
+    )
+    return {t.logical_name: t for t in (contact, consent, purpose)}
+
+
+class DataverseEnvironment:
+    """An environment's data. Thread-safe: every method takes :attr:`lock`."""
+
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
+        self.lock = threading.RLock()
+        self.tables = _tables()
+        self.by_set = {t.entity_set: t for t in self.tables.values()}
+        self.version = 1_000
+        self.organization_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000001))
+        self.user_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000002))
+        self.business_unit_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000003))
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._rng = random.Random(0)
+        for purpose_id, name in PURPOSES.items():
+            self.create("msdynmkt_purpose", {"msdynmkt_name": name}, record_id=purpose_id)
+
+    def now(self) -> datetime:
+        return self.clock().astimezone(UTC).replace(microsecond=0)
+
+    def table(self, logical_name: str) -> Table:
+        return self.tables[logical_name]
+
+    # -- changes -------------------------------------------------------------------------------
+
+    def _stamp(self, row: dict[str, Any], moment: datetime | None = None) -> None:
+        self.version += 1
+        row["versionnumber"] = self.version
+        row["modifiedon"] = moment or self.now()
+
+    def convert(self, table: Table, values: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+        """Checks and converts a JSON body's properties; raises RowError as Dataverse words it."""
+        out: dict[str, Any] = {}
+        lookups = {c.logical_name: c for c in table.columns.values() if c.logical_name}
+        for name, value in values.items():
+            if name.endswith("@odata.bind") and name[: -len("@odata.bind")] in lookups:
+                column = lookups[name[: -len("@odata.bind")]]
+                bound = str(value).rsplit("(", 1)[-1].rstrip(")") if isinstance(value, str) else ""
+                out[column.name] = _checked(table, column, bound)
+                continue
+            if name.startswith("@") or "@odata." in name:
+                continue
+            column = table.columns.get(name)
+            if column is None:
+                raise RowError(
+                    400,
+                    "0x80060888",
+                    f"Invalid property '{name}' was found in entity "
+                    f"'Microsoft.Dynamics.CRM.{table.logical_name}'.",
+                )
+            if not column.updatable and not (creating and name == table.primary_id):
+                continue  # read-only columns in a body are ignored, as Dataverse does
+            out[name] = _checked(table, column, value)
+        return out
+
+    def create(self, logical_name: str, values: Mapping[str, Any], *, record_id: str | None = None) -> str:
+        with self.lock:
+            table = self.tables[logical_name]
+            new_id = (record_id or str(uuid.UUID(int=self._rng.getrandbits(128), version=4))).lower()
+            if new_id in table.rows:
+                raise RowError(412, "0x80040237", "A record with matching key values already exists.")
+            now = self.now()
+            row: dict[str, Any] = {name: None for name in table.columns}
+            row.update({name: False for name, c in table.columns.items() if c.type == "Boolean"})
+            row.update(values)
+            row[table.primary_id] = new_id
+            row["createdon"] = now
+            row["statecode"] = row.get("statecode") or 0
+            if logical_name == "contact":
+                row["fullname"] = (
+                    " ".join(p for p in (row.get("firstname"), row.get("lastname")) if p) or None
+                )
+            self._stamp(row, now)
+            table.rows[new_id] = row
+            return new_id
+
+    def update(self, logical_name: str, record_id: str, values: Mapping[str, Any]) -> None:
+        with self.lock:
+            table = self.tables[logical_name]
+            row = table.rows.get(record_id.lower())
+            if row is None:
+                raise RowError(404, "0x80040217", f"{logical_name} With Id = {record_id} Does Not Exist")
+            row.update(values)
+            if logical_name == "contact":
+                row["fullname"] = (
+                    " ".join(p for p in (row.get("firstname"), row.get("lastname")) if p) or None
+                )
+            self._stamp(row)
+
+    def delete(self, logical_name: str, record_id: str) -> None:
+        with self.lock:
+            table = self.tables[logical_name]
+            if table.rows.pop(record_id.lower(), None) is None:
+                raise RowError(404, "0x80040217", f"{logical_name} With Id = {record_id} Does Not Exist")
+            self.version += 1
+            table.tombstones.append((self.version, record_id.lower()))
+
+    def get(self, logical_name: str, record_id: str) -> dict[str, Any] | None:
+        with self.lock:
+            row = self.tables[logical_name].rows.get(record_id.lower())
+            return dict(row) if row is not None else None
+
+    def records(self, logical_name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(row) for row in self.tables[logical_name].rows.values()]
+
+    def count(self, logical_name: str) -> int:
+        with self.lock:
+            return len(self.tables[logical_name].rows)
+
+    def changes_since(self, table: Table, version: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """Rows changed after ``version`` (in version order) and ids deleted after it."""
+        with self.lock:
+            changed = sorted(
+                (dict(r) for r in table.rows.values() if r["versionnumber"] > version),
+                key=lambda r: r["versionnumber"],
+            )
+            deleted = [rid for v, rid in table.tombstones if v > version and rid not in table.rows]
+            return changed, deleted
+
+    # -- seeding -------------------------------------------------------------------------------
+
+    def seed(self, contacts: int, *, seed: int = 1, spread_days: int = 30) -> dict[str, list[str]]:
+        """Generates ``contacts`` contacts (about one in ten sharing another's address), and
+        consent records for most of them, stamped in the past with many sharing a second."""
+        rng = random.Random(seed)
+        self._rng = random.Random(seed + 1)
+        first = ["Ana", "Björn", "Chloé", "Dmitri", "Eve", "Farah", "Gus", "Hana", "Ivo", "June", "Kai"]
+        last = ["O'Brien", "Müller", "Nakamura", "Smith", "García", "Okafor", "Lind", "Rossi", "Dubois"]
+        start = self.now() - timedelta(days=spread_days)
+        made: dict[str, list[str]] = {"contacts": [], "consents": []}
+        emails: list[str] = []
+        with self.lock:
+            for index in range(contacts):
+                if emails and rng.random() < 0.1:
+                    email = rng.choice(emails).upper()  # a duplicate, spelt differently
+                else:
+                    email = f"person{seed}-{index}@example.test"
+                    emails.append(email)
+                moment = start + timedelta(seconds=(index // 4) * 7)
+                new_id = self.create(
+                    "contact",
+                    {
+                        "firstname": rng.choice(first),
+                        "lastname": rng.choice(last),
+                        "emailaddress1": email,
+                        "telephone1": f"+44 20 7946 {index % 10000:04d}",
+                        "donotemail": rng.random() < 0.1,
+                        "donotbulkemail": rng.random() < 0.25,
+                        "donotphone": rng.random() < 0.15,
+                        "donotpostalmail": rng.random() < 0.05,
+                        "donotfax": rng.random() < 0.05,
+                    },
+                )
+                self._backdate("contact", new_id, moment)
+                made["contacts"].append(new_id)
+                if rng.random() < 0.6:
+                    kind = rng.choice([534120000, 534120000, 534120000, 534120001, 534120003])
+                    value = email.lower() if kind == 534120000 else f"+44 7700 9{index % 100000:05d}"
+                    consent_id = self.create(
+                        "msdynmkt_contactpointconsent4",
+                        {
+                            "msdynmkt_contactpointvalue": value,
+                            "msdynmkt_contactpointtype": kind,
+                            "msdynmkt_value": rng.choice([534120000, 534120001, 534120001, 534120002]),
+                            "_msdynmkt_purposeid_value": rng.choice(list(PURPOSES)),
+                            "msdynmkt_source": rng.choice(["Web form", "Event", "Import", None]),
+                        },
+                    )
+                    self._backdate("msdynmkt_contactpointconsent4", consent_id, moment)
+                    made["consents"].append(consent_id)
+        return made
+
+    def _backdate(self, logical_name: str, record_id: str, moment: datetime) -> None:
+        row = self.tables[logical_name].rows[record_id]
+        row["modifiedon"] = row["createdon"] = moment.replace(microsecond=0)
+
+    def rows_matching(
+        self, table: Table, keep: Callable[[Mapping[str, Any]], bool]
+    ) -> Iterable[dict[str, Any]]:
+        with self.lock:
+            return [dict(r) for r in table.rows.values() if keep(r)]
+
+
+def _checked(table: Table, column: Column, value: Any) -> Any:
+    def refuse(expected: str) -> RowError:
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        return RowError(
+            400,
+            "0x80048d19",
+            f"Error identified in Payload provided by the user for Entity :'{table.entity_set}', "
+            f"For more information on this error please follow this help link "
+            f"https://go.microsoft.com/fwlink/?linkid=2195293 ---->  InnerException : "
+            f"Microsoft.OData.ODataException: Cannot convert the literal '{shown}' to the expected type "
+            f"'{expected}'.",
+        )
+
+    if value is None:
+        return None
+    if column.type == "Boolean":
+        if not isinstance(value, bool):
+            raise refuse("Edm.Boolean")
+        return value
+    if column.type in ("Picklist", "State", "Status", "Integer", "BigInt"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise refuse("Edm.Int32")
+        if column.options and value not in column.options:
+            raise RowError(
+                400,
+                "0x8004431a",
+                f"A validation error occurred. The value {value} of '{column.name}' on record of type "
+                f"'{table.logical_name}' is outside the valid range. Accepted Values: "
+                f"{','.join(str(o) for o in column.options)}",
+            )
+        return value
+    if column.type in ("String", "Memo"):
+        if not isinstance(value, str):
+            raise refuse("Edm.String")
+        if column.max_length is not None and len(value) > column.max_length:
+            raise RowError(
+                400,
+                "0x80044331",
+                f"A validation error occurred. The length of the '{column.name}' attribute of the "
+                f"'{table.logical_name}' entity exceeded the maximum allowed length of "
+                f"'{column.max_length}'.",
+            )
+        return value
+    if column.type in ("Lookup", "Uniqueidentifier"):
+        try:
+            return str(uuid.UUID(str(value))).lower()
+        except ValueError:
+            raise refuse("Edm.Guid") from None
+    if column.type == "DateTime":
+        try:
+            return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+        except ValueError:
+            raise refuse("Edm.DateTimeOffset") from None
+    return value

@@ -1,0 +1,1066 @@
+"""A Dynamics 365 / Dataverse sandbox: a local HTTPS server on 127.0.0.1 that speaks the
+Dataverse Web API (OData v4) and the Microsoft identity platform's client-credentials token
+endpoint, backed by an in-memory environment (:mod:`consentsync.sandbox.dataverse`), with fault
+injection and call counting like the Salesforce sandbox.
+
+>>> from consentsync.sandbox.dynamics import DynamicsSandbox
+>>> with DynamicsSandbox() as dv:
+...     dv.environment.seed(500, seed=1)
+...     session = dv.requests_session()
+...     token = session.post(dv.token_url, data=dv.client_credentials_form()).json()["access_token"]
+
+Endpoints (``v9.0`` to ``v9.2``; others answer 404):
+
+* ``POST {token_path}`` (default ``/{tenant}/oauth2/v2.0/token``): ``grant_type=client_credentials``
+  with ``client_id``, ``client_secret`` and ``scope={resource}/.default``. Errors are the identity
+  platform's bodies ``{"error", "error_description": "AADSTSnnnn: ...", "error_codes", "timestamp",
+  "trace_id", "correlation_id"}``: AADSTS90002 unknown tenant, AADSTS900144 a missing parameter,
+  AADSTS700016 unknown application, AADSTS7000215 wrong secret (401), AADSTS1002012 a scope
+  without ``/.default``, AADSTS500011 an unknown resource, AADSTS70003 another grant type.
+  Tokens live ``token_lifetime`` seconds; afterwards the Web API answers 401 with
+  ``WWW-Authenticate: Bearer error="invalid_token"``.
+* ``GET /api/data/v9.2/WhoAmI``.
+* ``GET /api/data/v9.2/EntityDefinitions(LogicalName='contact')`` and ``.../Attributes``.
+* ``GET /api/data/v9.2/{set}`` with ``$select``, ``$filter`` (see :mod:`consentsync.sandbox.odata`),
+  ``$orderby``, ``$top``; ``Prefer: odata.maxpagesize=N`` (at most 5000, the default) pages with
+  ``@odata.nextLink``; ``Prefer: odata.track-changes`` answers ``@odata.deltaLink`` on the last
+  page; a GET of the delta link answers what changed since, deleted rows as
+  ``{"@odata.context": ".../$metadata#{set}/$deletedEntity", "id", "reason": "deleted"}``.
+* ``GET|PATCH|DELETE /api/data/v9.2/{set}({id})``, ``POST /api/data/v9.2/{set}``. PATCH is an
+  upsert unless ``If-Match: *`` (then 404 for a missing row).
+* ``POST /api/data/v9.2/$batch`` (multipart/mixed, change sets atomic, at most 1000 requests);
+  without ``Prefer: odata.continue-on-error`` it stops at the first failed request.
+
+Every response carries ``OData-Version: 4.0``. Service protection: more than ``rate_limit``
+requests (each request of a batch counts) in a sliding window of ``rate_window`` seconds answer
+429 with ``Retry-After`` (seconds until the window has room) and code ``0x80072322``.
+
+Where the documentation is silent the sandbox chooses, and the connector must not rely on it:
+change tracking refuses ``$filter``, ``$orderby``, ``$top`` (400, 0x80060888); an expired delta
+token answers 400 ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400 0x80060888; a
+row in the fault switch ``fail_ids`` answers 500 ``0x80044150``; more than 1000 batch requests
+answer 400 ``0x8006088a``; GUIDs sort as their lower-case text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cmp_to_key
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from consentsync.sandbox.dataverse import DataverseEnvironment, RowError, Table
+from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
+from consentsync.sandbox.tls import SandboxTLS
+
+__all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DynamicsSandbox", "normalize_guid", "serve_forever"]
+
+log = logging.getLogger("consentsync.sandbox.dynamics")
+
+MAX_PAGE_SIZE = 5000
+MAX_BATCH_REQUESTS = 1000
+EXPIRED_VERSION_STAMP = "0x80044352"
+THROTTLED = "0x80072322"
+_JSON = "application/json; odata.metadata=minimal"
+_GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+DYNAMICS_KINDS = (
+    "token",
+    "whoami",
+    "metadata",
+    "query",
+    "delta",
+    "get",
+    "create",
+    "update",
+    "delete",
+    "batch",
+    "not_found",
+)
+
+
+def normalize_guid(value: str) -> str | None:
+    """A row id in its canonical (lower-case) spelling; None when it is not a GUID."""
+    try:
+        return str(uuid.UUID(str(value))).lower()
+    except ValueError:
+        return None
+
+
+@dataclass
+class DataverseCredentials:
+    """The app registration (and its application user) the token endpoint accepts."""
+
+    tenant_id: str = "5eed0000-0000-4000-8000-00000000a11d"
+    client_id: str = "0c5b1a2e-7a4f-4b1e-9c3d-5a1e00c0ffee"
+    client_secret: str = "consentsync~sandbox~client~secret"
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> SandboxResponse:
+    return SandboxResponse(status, json.dumps(payload, ensure_ascii=False).encode(), _JSON, headers or {})
+
+
+class _TokenError(Exception):
+    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.code, self.description = status, error, code, description
+
+
+def _token_error(error: _TokenError) -> SandboxResponse:
+    now = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}"
+    trace, correlation = uuid.uuid4(), uuid.uuid4()
+    return _json(
+        error.status,
+        {
+            "error": error.error,
+            "error_description": f"AADSTS{error.code}: {error.description} Trace ID: {trace} "
+            f"Correlation ID: {correlation} Timestamp: {now}",
+            "error_codes": [error.code],
+            "timestamp": now,
+            "trace_id": str(trace),
+            "correlation_id": str(correlation),
+            "error_uri": f"https://login.microsoftonline.com/error?code={error.code}",
+        },
+    )
+
+
+def _stamp(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else None
+
+
+def _encode_state(state: Mapping[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(state, default=str).encode()).decode().rstrip("=")
+
+
+def _decode_state(text: str) -> dict[str, Any]:
+    try:
+        padded = text + "=" * (-len(text) % 4)
+        state = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, UnicodeDecodeError):
+        raise ODataError("The $skiptoken value is not valid.") from None
+    if not isinstance(state, dict):
+        raise ODataError("The $skiptoken value is not valid.")
+    return state
+
+
+class DynamicsSandbox(HttpsSandbox):
+    """The sandbox server. :meth:`start` it (or use it as a context manager) and point clients at
+    :attr:`environment_url` and :attr:`token_url`, trusting :attr:`ca_cert_path`.
+
+    Run-time controls (HTTP-free): :attr:`faults` (``fail_ids`` make PATCHes of those rows fail
+    with 0x80044150; ``throttle_*`` and ``request_limit_after`` answer 429 with Retry-After, the
+    latter with ``limit_retry_after`` seconds), :attr:`environment` (the data),
+    :meth:`expire_sessions`, :meth:`expire_delta_tokens`, :meth:`set_rate_limit`,
+    :meth:`reset_counters`; :attr:`calls` counts answered calls per endpoint kind and
+    :attr:`batch_requests` the requests inside batches.
+    """
+
+    endpoint_kinds = DYNAMICS_KINDS
+    server_name = "Microsoft-IIS/10.0"
+    thread_name = "dynamics-sandbox"
+
+    def __init__(
+        self,
+        environment: DataverseEnvironment | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: DataverseCredentials | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        token_path: str = "/{tenant}/oauth2/v2.0/token",
+        token_lifetime: float = 3599.0,
+        rate_limit: int | None = None,
+        rate_window: float = 300.0,
+        limit_retry_after: int = 300,
+        change_retention: float = 7 * 24 * 3600.0,
+        tls: SandboxTLS | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=normalize_guid)
+        self.environment = environment or DataverseEnvironment()
+        self.credentials = credentials or DataverseCredentials()
+        self.token_path = token_path
+        self.token_lifetime = token_lifetime
+        self.rate_limit, self.rate_window = rate_limit, rate_window
+        self.limit_retry_after = limit_retry_after
+        self.change_retention = change_retention
+        self.batch_requests = 0
+        self.throttled = 0
+        self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
+        self._window: deque[float] = deque()
+        self._min_delta_version = 0
+        pattern = re.escape(token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
+        self._token_route = re.compile(pattern + "/?")
+
+    # -- addresses -----------------------------------------------------------------------------
+
+    @property
+    def environment_url(self) -> str:
+        return self.base_url
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + self.token_path.format(tenant=self.credentials.tenant_id)
+
+    def api_url(self, version: str = "9.2") -> str:
+        return f"{self.base_url}/api/data/v{version}"
+
+    def client_credentials_form(self) -> dict[str, str]:
+        c = self.credentials
+        return {
+            "grant_type": "client_credentials",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            "scope": f"{self.environment_url}/.default",
+        }
+
+    # -- run-time controls ---------------------------------------------------------------------
+
+    def issue_token(self) -> str:
+        """A fresh access token without an HTTP call (not counted)."""
+        token = "eyJ0eXAiOiJKV1QifQ." + secrets.token_urlsafe(48)
+        with self._lock:
+            self._tokens[token] = time.monotonic() + self.token_lifetime
+        return token
+
+    def expire_sessions(self) -> None:
+        """Every access token issued so far is refused from now on (401)."""
+        with self._lock:
+            self._tokens.clear()
+
+    def expire_delta_tokens(self) -> None:
+        """Every delta token issued so far is refused from now on (as after the retention period)."""
+        with self.environment.lock, self._lock:
+            self.environment.version += 1  # tokens issued from now on name a newer version
+            self._min_delta_version = self.environment.version
+
+    def set_rate_limit(self, requests: int | None, window: float | None = None) -> None:
+        with self._lock:
+            self.rate_limit = requests
+            if window is not None:
+                self.rate_window = window
+            self._window.clear()
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        with self._lock:
+            self.batch_requests = self.throttled = 0
+
+    # -- the hooks of HttpsSandbox -------------------------------------------------------------
+
+    def route(self, request: SandboxRequest) -> Route:
+        match = self._token_route.fullmatch(request.path)
+        if match and request.method == "POST":
+            tenant = match.group("tenant")
+            return Route("token", lambda: self._token(request, tenant), authenticated=False)
+        kind = self._kind(request.method, request.path)
+        if kind == "query" and request.param("$deltatoken") is not None:
+            kind = "delta"
+        return Route(kind, lambda: self._answer(request))
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        scheme, _, token = (request.header("Authorization") or "").partition(" ")
+        with self._lock:
+            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+            if expiry is None or expiry < time.monotonic():
+                self._tokens.pop(token.strip(), None)
+                raise _Unauthorized
+
+    def request_limit_error(self) -> Exception:
+        with self._lock:
+            self.throttled += 1
+        return _Throttled(
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            self.limit_retry_after,
+        )
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        with self._lock:
+            self.throttled += 1
+        return _Throttled(
+            "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+            max(1, math.ceil(retry_after)),
+        )
+
+    def note_api_call(self, request: SandboxRequest) -> None:
+        """Service protection: the request limit over a sliding window (each request of a batch
+        counts)."""
+        weight = 1 + (
+            self._count_parts(request) if self._kind(request.method, request.path) == "batch" else 0
+        )
+        with self._lock:
+            if self.rate_limit is None:
+                return
+            now = time.monotonic()
+            while self._window and self._window[0] <= now - self.rate_window:
+                self._window.popleft()
+            if len(self._window) + weight > self.rate_limit:
+                self.throttled += 1
+                oldest = self._window[0] if self._window else now
+                raise _Throttled(
+                    f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
+                    f"{int(self.rate_window)} seconds.",
+                    max(1, math.ceil(oldest + self.rate_window - now)),
+                )
+            self._window.extend([now] * weight)
+
+    def server_error(self, status: int) -> SandboxResponse:
+        return _json(status, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}})
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, _Unauthorized):
+            return SandboxResponse(
+                401,
+                b"",
+                None,
+                {
+                    "WWW-Authenticate": 'Bearer error="invalid_token", error_description="The access token '
+                    'is missing, invalid or expired", authorization_uri='
+                    f'"https://login.microsoftonline.com/{self.credentials.tenant_id}/oauth2/authorize"',
+                },
+            )
+        if isinstance(error, _Throttled):
+            return _json(
+                429,
+                {"error": {"code": THROTTLED, "message": error.message}},
+                {"Retry-After": str(error.retry_after)},
+            )
+        if isinstance(error, ODataError):
+            return _json(error.status, error.body())
+        if isinstance(error, RowError):
+            return _json(error.status, {"error": {"code": error.code, "message": error.message}})
+        if isinstance(error, _TokenError):
+            return _token_error(error)
+        log.error("dynamics sandbox handler failed", exc_info=error)
+        return _json(500, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}})
+
+    def finish(self, response: SandboxResponse, request: SandboxRequest) -> SandboxResponse:
+        if not self._token_route.fullmatch(request.path):
+            response.headers = {"OData-Version": "4.0", **response.headers}
+        return response
+
+    def _answer(self, request: SandboxRequest) -> SandboxResponse:
+        version = request.header("OData-Version")
+        if version and version.strip() not in ("4.0", "4.01"):
+            raise ODataError(f"The OData-Version '{version}' is not supported. Supported: 4.0.")
+        return self._route(request.method, request.path, request.query, request.headers, request.body)
+
+    @staticmethod
+    def _kind(method: str, path: str) -> str:
+        match = re.fullmatch(r"/api/data/v9\.[0-2]/(.+?)/?", path)
+        if match is None:
+            return "not_found"
+        rest = match.group(1)
+        if rest in ("WhoAmI", "WhoAmI()"):
+            return "whoami" if method == "GET" else "not_found"
+        if rest.startswith("EntityDefinitions"):
+            return "metadata"
+        if rest == "$batch":
+            return "batch" if method == "POST" else "not_found"
+        if re.fullmatch(rf"\w+\({_GUID}\)", rest):
+            return {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method, "not_found")
+        if re.fullmatch(r"\w+", rest):
+            return {"GET": "query", "POST": "create"}.get(method, "not_found")
+        return "not_found"
+
+    # -- the token endpoint --------------------------------------------------------------------
+
+    def _token(self, request: SandboxRequest, tenant: str) -> SandboxResponse:
+        form = {k: v[0] for k, v in parse_qs(request.body.decode("utf-8", "replace")).items()}
+        c = self.credentials
+        if tenant.lower() != c.tenant_id.lower():
+            raise _TokenError(
+                400,
+                "invalid_request",
+                90002,
+                f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and "
+                "are signing into the correct cloud.",
+            )
+        grant = form.get("grant_type")
+        if not grant:
+            raise _TokenError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            )
+        if grant != "client_credentials":
+            raise _TokenError(
+                400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."
+            )
+        for name in ("client_id", "scope"):
+            if not form.get(name):
+                raise _TokenError(
+                    400,
+                    "invalid_request",
+                    900144,
+                    f"The request body must contain the following parameter: '{name}'.",
+                )
+        if form["client_id"] != c.client_id:
+            raise _TokenError(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{form['client_id']}' was not found in the directory "
+                f"'{c.tenant_id}'.",
+            )
+        if not form.get("client_secret"):
+            raise _TokenError(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
+        if form["client_secret"] != c.client_secret:
+            raise _TokenError(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the "
+                "client secret value, not the client secret ID, for a secret added to app "
+                f"'{c.client_id}'.",
+            )
+        scope = form["scope"]
+        if not scope.endswith("/.default"):
+            raise _TokenError(
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {scope} is not valid. Client credential flows must have "
+                "a scope value with /.default suffixed to the resource identifier (application ID URI).",
+            )
+        resource = scope[: -len("/.default")].rstrip("/")
+        if resource.lower() != self.environment_url.lower():
+            raise _TokenError(
+                400,
+                "invalid_resource",
+                500011,
+                f"The resource principal named {resource} was not found in the tenant named {c.tenant_id}.",
+            )
+        lifetime = int(self.token_lifetime)
+        return _json(
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": self.issue_token(),
+            },
+        )
+
+    # -- the Web API ---------------------------------------------------------------------------
+
+    def _count_parts(self, request: SandboxRequest) -> int:
+        try:
+            return sum(len(group) for group, _ in _parse_batch(request))
+        except ODataError:
+            return 0
+
+    def _route(
+        self, method: str, path: str, query: Mapping[str, list[str]], headers: Mapping[str, str], body: bytes
+    ) -> SandboxResponse:
+        match = re.fullmatch(r"/api/data/v(9\.[0-2])/(.+?)/?", path)
+        if match is None:
+            raise ODataError(
+                f"Resource not found for the segment '{path.strip('/').split('/')[-1]}'.", status=404
+            )
+        version, rest = match.groups()
+        request = SandboxRequest(method, path, dict(query), headers, body)
+        if rest in ("WhoAmI", "WhoAmI()") and method == "GET":
+            env = self.environment
+            return _json(
+                200,
+                {
+                    "@odata.context": f"{self.api_url(version)}/$metadata"
+                    "#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                    "BusinessUnitId": env.business_unit_id,
+                    "UserId": env.user_id,
+                    "OrganizationId": env.organization_id,
+                },
+            )
+        definition = re.fullmatch(r"EntityDefinitions\(LogicalName='(\w+)'\)(/Attributes)?", rest)
+        if definition and method == "GET":
+            return self._metadata(version, definition.group(1), bool(definition.group(2)))
+        if rest == "$batch" and method == "POST":
+            return self._batch(version, request)
+        single = re.fullmatch(rf"(\w+)\(({_GUID})\)", rest)
+        if single:
+            table = self._table(single.group(1))
+            record_id = single.group(2).lower()
+            if method == "GET":
+                return self._get(version, table, record_id, request)
+            if method == "PATCH":
+                return self._patch(version, table, record_id, request)
+            if method == "DELETE":
+                self.environment.delete(table.logical_name, record_id)
+                return SandboxResponse(204, b"", None)
+        elif re.fullmatch(r"\w+", rest):
+            table = self._table(rest)
+            if method == "GET":
+                return self._query(version, table, request)
+            if method == "POST":
+                values = self.environment.convert(table, _body(request), creating=True)
+                new_id = self.environment.create(
+                    table.logical_name, values, record_id=values.get(table.primary_id)
+                )
+                return SandboxResponse(
+                    204,
+                    b"",
+                    None,
+                    {"OData-EntityId": f"{self.api_url(version)}/{table.entity_set}({new_id})"},
+                )
+        raise ODataError(f"Resource not found for the segment '{rest}'.", status=404)
+
+    def _table(self, entity_set: str) -> Table:
+        table = self.environment.by_set.get(entity_set)
+        if table is None:
+            raise ODataError(f"Resource not found for the segment '{entity_set}'.", status=404)
+        return table
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _metadata(self, version: str, logical_name: str, attributes: bool) -> SandboxResponse:
+        table = self.environment.tables.get(logical_name)
+        if table is None:
+            raise ODataError(
+                f"Could not find entity with LogicalName = '{logical_name}'.", "0x80040217", status=404
+            )
+        api = self.api_url(version)
+        if not attributes:
+            return _json(
+                200,
+                {
+                    "@odata.context": f"{api}/$metadata#EntityDefinitions/$entity",
+                    "LogicalName": table.logical_name,
+                    "EntitySetName": table.entity_set,
+                    "PrimaryIdAttribute": table.primary_id,
+                    "ChangeTrackingEnabled": table.change_tracking,
+                    "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, table.logical_name)),
+                },
+            )
+        return _json(
+            200,
+            {
+                "@odata.context": f"{api}/$metadata#EntityDefinitions('{logical_name}')/Attributes",
+                "value": [
+                    {
+                        "LogicalName": column.logical_name or column.name,
+                        "AttributeType": column.type,
+                        "IsValidForUpdate": column.updatable or bool(column.logical_name),
+                        "IsValidForRead": True,
+                        "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{logical_name}.{column.name}")),
+                    }
+                    for column in table.columns.values()
+                ],
+            },
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _select(self, table: Table, request: SandboxRequest) -> list[str]:
+        raw = request.param("$select")
+        if not raw:
+            return list(table.columns)
+        names = [name.strip() for name in raw.split(",") if name.strip()]
+        for name in names:
+            if name not in table.columns:
+                raise no_property(name, table.logical_name)
+        return list(dict.fromkeys([*names, table.primary_id]))
+
+    def _render(self, table: Table, row: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {"@odata.etag": f'W/"{row["versionnumber"]}"'}
+        for name in names:
+            value = row.get(name)
+            if isinstance(value, datetime):
+                value = _stamp(value)
+            out[name] = value
+        return out
+
+    def _get(self, version: str, table: Table, record_id: str, request: SandboxRequest) -> SandboxResponse:
+        names = self._select(table, request)
+        row = self.environment.get(table.logical_name, record_id)
+        if row is None:
+            raise RowError(404, "0x80040217", f"{table.logical_name} With Id = {record_id} Does Not Exist")
+        body = {"@odata.context": f"{self.api_url(version)}/$metadata#{table.entity_set}/$entity"}
+        return _json(200, body | self._render(table, row, names))
+
+    def _query(self, version: str, table: Table, request: SandboxRequest) -> SandboxResponse:
+        prefer = _preferences(request.header("Prefer"))
+        size = MAX_PAGE_SIZE
+        if "odata.maxpagesize" in prefer:
+            try:
+                size = max(1, min(MAX_PAGE_SIZE, int(prefer["odata.maxpagesize"])))
+            except ValueError:
+                raise ODataError("The value of odata.maxpagesize must be a positive integer.") from None
+        applied = [f"odata.maxpagesize={size}"] if "odata.maxpagesize" in prefer else []
+        names = self._select(table, request)
+        api = self.api_url(version)
+        select_text = ",".join(n for n in names if n != table.primary_id) or table.primary_id
+        context = f"{api}/$metadata#{table.entity_set}({select_text})"
+        delta = request.param("$deltatoken")
+        skip = request.param("$skiptoken")
+        state = _decode_state(skip) if skip else {}
+        tracking = "odata.track-changes" in prefer or delta is not None
+        if tracking:
+            for option in ("$filter", "$orderby", "$top", "$expand", "$apply"):
+                if request.param(option) is not None:
+                    raise ODataError(f"The query parameter {option} is not supported with change tracking.")
+            if not table.change_tracking:
+                raise ODataError(
+                    f"Entity '{table.logical_name}' is not enabled for change tracking.", "0x80072491"
+                )
+            applied.append("odata.track-changes")
+            headers = {"Preference-Applied": ",".join(applied)}
+            # Links keep the $select as the client wrote it.
+            link_select = request.param("$select") or select_text
+            if delta is not None:
+                return self._delta(api, table, names, link_select, context, delta, state, size, headers)
+            return self._initial_load(api, table, names, link_select, context, state, size, headers)
+        headers = {"Preference-Applied": ",".join(applied)} if applied else {}
+        types = table.types()
+        keep = (
+            parse_filter(request.param("$filter") or "", types, table.logical_name)
+            if request.param("$filter") is not None
+            else (lambda _row: True)
+        )
+        order = (
+            parse_orderby(request.param("$orderby"), types, table.logical_name)
+            if request.param("$orderby")
+            else []
+        )
+        if all(name != table.primary_id for name, _ in order):
+            order.append((table.primary_id, False))  # a stable order, so the paging cookie is exact
+        top = request.param("$top")
+        limit = None
+        if top is not None:
+            if not top.isdigit():
+                raise ODataError(f"Invalid value '{top}' for $top query option found.")
+            limit = int(top)
+        rows = sorted(self.environment.rows_matching(table, keep), key=cmp_to_key(_comparer(order)))
+        served = int(state.get("served", 0))
+        if "after" in state:
+            after = {name: _restore(value) for name, value in state["after"].items()}
+            compare = _comparer(order)
+            rows = [row for row in rows if compare(row, after) > 0]
+        if limit is not None:
+            rows = rows[: max(0, limit - served)]
+        page = rows[:size]
+        body: dict[str, Any] = {
+            "@odata.context": context,
+            "value": [self._render(table, r, names) for r in page],
+        }
+        if len(rows) > size:
+            last = page[-1]
+            cookie = {
+                "after": {name: _keep(last.get(name)) for name, _ in order},
+                "served": served + len(page),
+            }
+            params = {k: v[0] for k, v in request.query.items() if k != "$skiptoken"}
+            params["$skiptoken"] = _encode_state(cookie)
+            body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
+        return _json(200, body, headers)
+
+    def _initial_load(
+        self,
+        api: str,
+        table: Table,
+        names: list[str],
+        select_text: str,
+        context: str,
+        state: dict[str, Any],
+        size: int,
+        headers: dict[str, str],
+    ) -> SandboxResponse:
+        """Every row, by id; the delta link names the version at the first page, so a change made
+        while the pages are read comes again in the next delta."""
+        with self.environment.lock:
+            snapshot = int(state.get("v", self.environment.version))
+            after = state.get("after")
+            rows = sorted(
+                (
+                    r
+                    for r in self.environment.records(table.logical_name)
+                    if after is None or r[table.primary_id] > after
+                ),
+                key=lambda r: r[table.primary_id],
+            )
+        page = rows[:size]
+        body: dict[str, Any] = {
+            "@odata.context": context + "/$delta",
+            "value": [self._render(table, r, names) for r in page],
+        }
+        params = {"$select": select_text}
+        if len(rows) > size:
+            params["$skiptoken"] = _encode_state({"v": snapshot, "after": page[-1][table.primary_id]})
+            body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
+        else:
+            params["$deltatoken"] = self._delta_token(snapshot)
+            body["@odata.deltaLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
+        return _json(200, body, headers)
+
+    def _delta_token(self, version: int) -> str:
+        return f"{version}!{datetime.now(UTC):%m/%d/%Y %H:%M:%S}"
+
+    def _delta(
+        self,
+        api: str,
+        table: Table,
+        names: list[str],
+        select_text: str,
+        context: str,
+        token: str,
+        state: dict[str, Any],
+        size: int,
+        headers: dict[str, str],
+    ) -> SandboxResponse:
+        match = re.fullmatch(r"(\d+)!(\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2})", unquote(token))
+        if match is None:
+            raise ODataError(f"The delta token '{token}' is not valid.")
+        since = int(match.group(1))
+        issued = datetime.strptime(match.group(2), "%m/%d/%Y %H:%M:%S").replace(tzinfo=UTC)
+        with self._lock:
+            floor = self._min_delta_version
+        age = (datetime.now(UTC) - issued).total_seconds()
+        if since < floor or age > self.change_retention or since > self.environment.version:
+            raise ODataError(
+                "Version stamp associated with the client has expired. Please perform a full sync.",
+                EXPIRED_VERSION_STAMP,
+            )
+        with self.environment.lock:
+            upto = int(state.get("v", self.environment.version))
+            changed, deleted_ids = self.environment.changes_since(table, since)
+            tombstones = {rid: v for v, rid in table.tombstones if since < v <= upto}
+        events: list[tuple[int, str, dict[str, Any] | None]] = [
+            (row["versionnumber"], row[table.primary_id], row)
+            for row in changed
+            if row["versionnumber"] <= upto
+        ]
+        events += [(tombstones[rid], rid, None) for rid in deleted_ids if rid in tombstones]
+        events.sort(key=lambda e: (e[0], e[1]))
+        after = state.get("after")
+        if after is not None:
+            events = [e for e in events if (e[0], e[1]) > (after[0], after[1])]
+        page = events[:size]
+        value = []
+        for _version, rid, row in page:
+            if row is None:
+                value.append(
+                    {
+                        "@odata.context": f"{api}/$metadata#{table.entity_set}/$deletedEntity",
+                        "id": rid,
+                        "reason": "deleted",
+                    }
+                )
+            else:
+                value.append(self._render(table, row, names))
+        body: dict[str, Any] = {"@odata.context": context + "/$delta", "value": value}
+        params = {"$select": select_text}
+        if len(events) > size:
+            params["$deltatoken"] = token
+            params["$skiptoken"] = _encode_state({"v": upto, "after": [page[-1][0], page[-1][1]]})
+            body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
+        else:
+            params["$deltatoken"] = self._delta_token(upto)
+            body["@odata.deltaLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
+        return _json(200, body, headers)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _patch(self, version: str, table: Table, record_id: str, request: SandboxRequest) -> SandboxResponse:
+        values = self.environment.convert(table, _body(request), creating=False)
+        exists = self.environment.get(table.logical_name, record_id) is not None
+        if request.header("If-Match") == "*" and not exists:
+            raise RowError(404, "0x80040217", f"{table.logical_name} With Id = {record_id} Does Not Exist")
+        if request.header("If-None-Match") == "*" and exists:
+            raise RowError(412, "0x80040237", "A record with matching key values already exists.")
+        if exists and self.faults.consume_failure(record_id):
+            self._injected("fail_record")
+            raise RowError(
+                500, "0x80044150", "Generic SQL error: the row is locked by another transaction (timeout)."
+            )
+        if exists:
+            self.environment.update(table.logical_name, record_id, values)
+        else:
+            self.environment.create(table.logical_name, values, record_id=record_id)
+        entity = f"{self.api_url(version)}/{table.entity_set}({record_id})"
+        if "return=representation" in (request.header("Prefer") or ""):
+            row = self.environment.get(table.logical_name, record_id)
+            assert row is not None
+            return _json(
+                200 if exists else 201,
+                self._render(table, row, list(table.columns)),
+                {"OData-EntityId": entity},
+            )
+        return SandboxResponse(204, b"", None, {"OData-EntityId": entity})
+
+    def _batch(self, version: str, request: SandboxRequest) -> SandboxResponse:
+        groups = _parse_batch(request)
+        total = sum(len(group) for group, _ in groups)
+        if total > MAX_BATCH_REQUESTS:
+            raise ODataError(
+                f"The number of requests in the batch ({total}) exceeds the limit of {MAX_BATCH_REQUESTS}.",
+                "0x8006088a",
+            )
+        continue_on_error = "odata.continue-on-error" in _preferences(request.header("Prefer"))
+        with self._lock:
+            self.batch_requests += total
+        boundary = f"batchresponse_{uuid.uuid4()}"
+        parts: list[str] = []
+        for group, changeset in groups:
+            answers = self._run_group(group, changeset)
+            if changeset:
+                inner = f"changesetresponse_{uuid.uuid4()}"
+                text = (
+                    "".join(f"--{inner}\r\n{_http_part(a, cid)}" for a, cid in answers) + f"--{inner}--\r\n"
+                )
+                parts.append(f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={inner}\r\n\r\n{text}")
+            else:
+                parts += [f"--{boundary}\r\n{_http_part(a, cid)}" for a, cid in answers]
+            if any(a.status >= 400 for a, _ in answers) and not continue_on_error:
+                break
+        body = "".join(parts) + f"--{boundary}--\r\n"
+        headers = {"Preference-Applied": "odata.continue-on-error"} if continue_on_error else {}
+        return SandboxResponse(200, body.encode(), f"multipart/mixed; boundary={boundary}", headers)
+
+    def _run_group(self, group: list[_Part], changeset: bool) -> list[tuple[SandboxResponse, str | None]]:
+        if not changeset:
+            return [(self._inner(part), part.content_id) for part in group]
+        with self.environment.lock:
+            saved = {
+                name: (dict((k, dict(v)) for k, v in t.rows.items()), list(t.tombstones))
+                for name, t in self.environment.tables.items()
+            }
+            answers = []
+            for part in group:
+                answer = self._inner(part)
+                if answer.status >= 400:
+                    for name, (rows, tombstones) in saved.items():
+                        self.environment.tables[name].rows = rows
+                        self.environment.tables[name].tombstones = tombstones
+                    return [(answer, part.content_id)]
+                answers.append((answer, part.content_id))
+            return answers
+
+    def _inner(self, part: _Part) -> SandboxResponse:
+        split = urlsplit(part.url)
+        path = split.path
+        if not path.startswith("/"):
+            path = "/api/data/v9.2/" + path
+        try:
+            if self._kind(part.method, path) == "batch":
+                raise ODataError("A batch cannot contain another batch.")
+            response = self._route(
+                part.method, path, parse_qs(split.query, keep_blank_values=True), part.headers, part.body
+            )
+        except ODataError as error:
+            response = _json(error.status, error.body())
+        except RowError as error:
+            response = _json(error.status, {"error": {"code": error.code, "message": error.message}})
+        response.headers = {"OData-Version": "4.0", **response.headers}
+        return response
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _Throttled(Exception):
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message, self.retry_after = message, retry_after
+
+
+@dataclass
+class _Part:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    content_id: str | None = None
+
+
+def _preferences(header: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (header or "").split(","):
+        name, _, value = item.strip().partition("=")
+        if name:
+            out[name.strip().lower()] = value.strip().strip('"')
+    return out
+
+
+def _body(request: SandboxRequest) -> dict[str, Any]:
+    if not request.body.strip():
+        raise ODataError("The request body is empty: a JSON object was expected.")
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ODataError(f"Invalid JSON. {error}") from None
+    if not isinstance(data, dict):
+        raise ODataError("Invalid JSON. A JSON object was expected.")
+    return data
+
+
+def _boundary(content_type: str | None) -> str:
+    match = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    if not (content_type or "").lower().startswith("multipart/mixed") or match is None:
+        raise ODataError("The content type of a $batch request must be multipart/mixed with a boundary.")
+    return match.group(1)
+
+
+def _split(body: str, boundary: str) -> list[str]:
+    marker = f"--{boundary}"
+    if f"{marker}--" not in body:
+        raise ODataError("The $batch body does not end with its closing boundary.")
+    chunks = body.split(marker)
+    parts = []
+    for chunk in chunks[1:]:
+        if chunk.startswith("--"):
+            break
+        parts.append(chunk.lstrip("\r\n"))
+    return parts
+
+
+def _headers_and_rest(text: str) -> tuple[dict[str, str], str]:
+    parts = re.split(r"\r?\n\r?\n", text, maxsplit=1)
+    head, rest = parts[0], (parts[1] if len(parts) > 1 else "")
+    headers: dict[str, str] = {}
+    for line in re.split(r"\r?\n", head):
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return headers, rest
+
+
+_HEADER_NAMES = {"odata-version": "OData-Version", "if-match": "If-Match", "if-none-match": "If-None-Match"}
+
+
+def _parse_request(text: str, content_id: str | None) -> _Part:
+    lines = re.split(r"\r?\n", text, maxsplit=1)
+    match = re.fullmatch(r"(GET|POST|PATCH|PUT|DELETE) (\S+) HTTP/1\.1", lines[0].strip())
+    if match is None:
+        raise ODataError(f"The request line of a batch part is not valid: '{lines[0][:80]}'.")
+    headers, body = _headers_and_rest(lines[1] if len(lines) > 1 else "")
+    named = {_HEADER_NAMES.get(k, k.title()): v for k, v in headers.items()}
+    return _Part(match.group(1), match.group(2), named, body.rstrip("\r\n").encode(), content_id)
+
+
+def _parse_batch(request: SandboxRequest) -> list[tuple[list[_Part], bool]]:
+    """The batch's requests in order, grouped: a change set (True) is one atomic group, every
+    other request a group of its own."""
+    boundary = _boundary(request.header("Content-Type"))
+    groups: list[tuple[list[_Part], bool]] = []
+    for chunk in _split(request.body.decode("utf-8", "replace"), boundary):
+        headers, rest = _headers_and_rest(chunk)
+        kind = headers.get("content-type", "").lower()
+        if kind.startswith("multipart/mixed"):
+            group = []
+            for sub in _split(rest, _boundary(headers["content-type"])):
+                sub_headers, sub_rest = _headers_and_rest(sub)
+                group.append(_parse_request(sub_rest, sub_headers.get("content-id")))
+            groups.append((group, True))
+        elif kind.startswith("application/http"):
+            groups.append(([_parse_request(rest, headers.get("content-id"))], False))
+        else:
+            raise ODataError(f"A batch part must be application/http or multipart/mixed, not '{kind}'.")
+    return groups
+
+
+def _http_part(response: SandboxResponse, content_id: str | None) -> str:
+    lines = ["Content-Type: application/http", "Content-Transfer-Encoding: binary"]
+    if content_id:
+        lines.append(f"Content-ID: {content_id}")
+    head = [f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}"]
+    head += [f"{name}: {value}" for name, value in response.headers.items()]
+    if response.content_type and response.body:
+        head.append(f"Content-Type: {response.content_type}")
+    return "\r\n".join(lines) + "\r\n\r\n" + "\r\n".join(head) + "\r\n\r\n" + response.body.decode() + "\r\n"
+
+
+def _keep(value: Any) -> Any:
+    return {"$dt": _stamp(value)} if isinstance(value, datetime) else value
+
+
+def _restore(value: Any) -> Any:
+    if isinstance(value, dict) and "$dt" in value:
+        return datetime.fromisoformat(value["$dt"].replace("Z", "+00:00"))
+    return value
+
+
+def _comparer(order: list[tuple[str, bool]]) -> Callable[[Mapping[str, Any], Mapping[str, Any]], int]:
+    """Orders rows as SQL Server does: nulls first ascending, text without regard to case."""
+
+    def key(value: Any) -> tuple[int, Any]:
+        if value is None:
+            return (0, 0)
+        return (1, value.casefold() if isinstance(value, str) else value)
+
+    def compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
+        for name, descending in order:
+            left, right = key(a.get(name)), key(b.get(name))
+            if left != right:
+                result = -1 if left < right else 1
+                return -result if descending else result
+        return 0
+
+    return compare
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 200,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[DynamicsSandbox], None] | None = None,
+) -> None:
+    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the URLs, the
+    CA files and the demo credentials."""
+    environment = DataverseEnvironment()
+    made = environment.seed(records, seed=seed)
+    sandbox = DynamicsSandbox(environment, host=host, port=port).start()
+    c = sandbox.credentials
+    print(
+        "\n".join(
+            [
+                "Dynamics 365 / Dataverse sandbox is running (Ctrl-C to stop)",
+                f"  environment URL {sandbox.environment_url}   (Web API {sandbox.api_url()})",
+                f"  token URL       {sandbox.token_url}",
+                f"  scope           {sandbox.environment_url}/.default",
+                f"  CA certificate  {sandbox.ca_cert_path}",
+                f"  CA bundle       {sandbox.ca_bundle_path}   (sandbox CA + system roots)",
+                f"  tenant_id       {c.tenant_id}",
+                f"  client_id       {c.client_id}",
+                f"  client_secret   {c.client_secret}",
+                f"  seeded          {len(made['contacts'])} contacts, "
+                f"{len(made['consents'])} consents (seed {seed})",
+            ]
+        ),
+        flush=True,
+    )
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()

@@ -1,0 +1,282 @@
+"""The Dynamics connector over HTTPS against the Dataverse sandbox: delta links after a keyset
+first read, deleted rows, refused links reloading in full, record filters, lookups, $batch
+writes, 429 with Retry-After, token renewal, hostile values in $filter, trust settings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from consentsync_dynamics import DynamicsConnector
+from consentsync_dynamics.connector import odata_literal
+
+from consentsync.sandbox.dynamics import DynamicsSandbox
+from consentsync.sandbox.odata import parse_filter
+from consentsync.sdk import ConnectorError, Cursor, RecordUpdate
+
+FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]
+CONSENT_FIELDS = [
+    "msdynmkt_contactpointvalue",
+    "msdynmkt_value",
+    "msdynmkt_purposeid",
+    "msdynmkt_contactpointtype",
+]
+
+
+@pytest.fixture
+def dv() -> Iterator[DynamicsSandbox]:
+    with DynamicsSandbox() as server:
+        server.environment.seed(130, seed=4)
+        yield server
+
+
+def connector_for(dv: DynamicsSandbox, **extra: Any) -> DynamicsConnector:
+    return DynamicsConnector(
+        "dyn-test",
+        {
+            "environment_url": dv.environment_url,
+            "token_url": dv.token_url,
+            "client_id": dv.credentials.client_id,
+            "client_secret": dv.credentials.client_secret,
+            "ca_bundle": str(dv.ca_cert_path),
+            "page_size": 40,
+            "batch_size": 25,
+            "max_attempts": 4,
+            **extra,
+        },
+    )
+
+
+def _later() -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=5)
+
+
+def _read(connector: DynamicsConnector, since: Cursor, object_type: str = "contact") -> list[Any]:
+    connector.completed_cursor = None
+    fields = FIELDS if object_type == "contact" else CONSENT_FIELDS
+    return list(connector.read_changes(object_type, fields, since, _later()))
+
+
+def test_first_read_is_ordered_and_hands_over_a_delta_link_then_deltas_carry_changes(
+    dv: DynamicsSandbox,
+) -> None:
+    connector = connector_for(dv)
+    records = _read(connector, Cursor())
+    keys = [(r.modstamp, r.record_id) for r in records]
+    assert keys == sorted(keys) and len(records) == dv.environment.count("contact")
+    first = connector.completed_cursor
+    assert first is not None and first.token and "deltatoken" in first.token
+    assert (first.modstamp, first.record_id) == keys[-1]
+    assert connector.usage.per_endpoint["query"] >= 2 * (130 // 40)  # the link's pass and the keyset read
+
+    assert _read(connector, first) == []
+    quiet = connector.completed_cursor
+    assert quiet is not None and quiet.token  # a quiet table gets a new link too (it does not expire)
+
+    ids = [r.record_id for r in records]
+    dv.environment.update("contact", ids[3], {"donotemail": True})
+    dv.environment.update("contact", ids[7], {"firstname": "Renamed"})
+    dv.environment.delete("contact", ids[9])
+    before = connector.usage.per_endpoint.get("delta", 0)
+    changed = _read(connector, quiet)
+    assert sorted(r.record_id for r in changed) == sorted([ids[3], ids[7]])
+    assert next(r for r in changed if r.record_id == ids[3]).fields["donotemail"] is True
+    assert connector.deleted_rows == 1
+    assert connector.usage.per_endpoint["delta"] == before + 1
+    assert _read(connector, connector.completed_cursor) == []  # type: ignore[arg-type]
+
+
+def test_delta_pages_are_followed(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    _read(connector, Cursor())
+    cursor = connector.completed_cursor
+    assert cursor is not None
+    for row in dv.environment.records("contact")[:95]:
+        dv.environment.update("contact", row["contactid"], {"donotphone": True})
+    changed = _read(connector, cursor)
+    assert len(changed) == len({r.record_id for r in changed}) == 95
+    assert connector.usage.per_endpoint["delta"] == 3  # 95 changes in pages of 40
+
+
+@pytest.mark.parametrize("how", ["expired", "forged", "foreign", "new column"])
+def test_a_refused_delta_link_means_one_full_reload(dv: DynamicsSandbox, how: str) -> None:
+    connector = connector_for(dv)
+    _read(connector, Cursor())
+    cursor = connector.completed_cursor
+    assert cursor is not None and cursor.token
+    token = cursor.token
+    if how == "expired":
+        dv.expire_delta_tokens()
+    elif how == "forged":
+        token = token.split("%24deltatoken=")[0] + "%24deltatoken=1%2101%2F01%2F2020%2000%3A00%3A00"
+    elif how == "foreign":
+        token = "https://evil.example" + token[token.index("/api/") :]
+    else:
+        token = token.replace("donotbulkemail", "donotfax")
+    again = _read(connector, Cursor(cursor.modstamp, cursor.record_id, token))
+    assert len(again) == dv.environment.count("contact")
+    assert connector.full_reloads == 1
+    fresh = connector.completed_cursor
+    assert fresh is not None and fresh.token and fresh.token.startswith(dv.api_url())
+    assert _read(connector, fresh) == []
+
+
+def test_consent_rows_email_only_by_default_with_lookups_read_by_logical_name(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    rows = _read(connector, Cursor(), "msdynmkt_contactpointconsent4")
+    every = dv.environment.records("msdynmkt_contactpointconsent4")
+    emails = [r for r in every if r["msdynmkt_contactpointtype"] == 534120000]
+    assert 0 < len(rows) == len(emails) < len(every)
+    assert all(r.fields["msdynmkt_purposeid"] for r in rows)
+    assert "_msdynmkt_purposeid_value" not in rows[0].fields
+    # The same rows through the delta, filtered client-side.
+    cursor = connector.completed_cursor
+    assert cursor is not None
+    phone = next(r for r in every if r["msdynmkt_contactpointtype"] != 534120000)
+    email = emails[0]
+    for row in (phone, email):
+        dv.environment.update(
+            "msdynmkt_contactpointconsent4",
+            row["msdynmkt_contactpointconsent4id"],
+            {"msdynmkt_value": 534120002},
+        )
+    changed = _read(connector, cursor, "msdynmkt_contactpointconsent4")
+    assert [r.record_id for r in changed] == [email["msdynmkt_contactpointconsent4id"]]
+    everything = _read(connector_for(dv, record_filters={}), Cursor(), "msdynmkt_contactpointconsent4")
+    assert len(everything) == len(every)
+
+
+def test_keyset_mode_resumes_inside_a_shared_second_with_escaped_filters(dv: DynamicsSandbox) -> None:
+    connector = connector_for(
+        dv,
+        change_tracking=False,
+        record_filters={"contact": {"lastname": ["O'Brien", "Müller", "') or (1 eq 1"]}},
+    )
+    records = _read(connector, Cursor())
+    wanted = [r for r in dv.environment.records("contact") if r["lastname"] in ("O'Brien", "Müller")]
+    assert len(records) == len(wanted) > 0 and connector.completed_cursor is None
+    middle = records[len(records) // 2]
+    rest = _read(connector, Cursor(middle.modstamp, middle.record_id))
+    assert [r.record_id for r in rest] == [r.record_id for r in records[len(records) // 2 + 1 :]]
+    with pytest.raises(ConnectorError, match="not a Dataverse row id"):
+        _read(connector, Cursor(middle.modstamp, "x' or 1 eq 1"))
+
+
+def test_odata_literals_escape_what_reaches_a_filter() -> None:
+    hostile = "') or (1 eq 1 -- O'Brien ''"
+    literal = odata_literal(hostile)
+    assert literal == "'') or (1 eq 1 -- O''Brien '''''"[1:].join("''") or literal.startswith("'")
+    predicate = parse_filter(f"lastname eq {literal}", {"lastname": "Edm.String"}, "contact")
+    assert predicate({"lastname": hostile}) and not predicate({"lastname": "x"})
+    assert odata_literal(True) == "true" and odata_literal(534120000) == "534120000"
+    assert odata_literal(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05Z"
+
+
+def test_batch_writes_give_one_result_per_update_and_retry_transient_rows(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv, write_retries=1)
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:60]]
+    dv.faults.fail_records(ids[0], attempts=1)  # fails once: re-sent and written
+    dv.faults.fail_records(ids[1])  # fails every time
+    updates = [RecordUpdate("contact", i, {"donotbulkemail": True}) for i in ids]
+    updates.append(RecordUpdate("contact", "00000000-0000-0000-0000-000000000001", {"donotbulkemail": True}))
+    updates.append(RecordUpdate("contact", "not-a-guid'", {"donotbulkemail": True}))
+    updates.append(RecordUpdate("contact", ids[2], {"donotbulkemail": "yes"}))
+    results = connector.write(updates)
+    assert [r.record_id for r in results] == [u.record_id for u in updates]
+    assert results[0].ok and dv.environment.get("contact", ids[0])["donotbulkemail"] is True
+    assert not results[1].ok and results[1].retryable and results[1].error_code == "0x80044150"
+    assert all(r.ok for r in results[2:60])
+    assert (results[60].error_code, results[60].retryable) == ("0x80040217", False)
+    assert results[61].error_code == "INVALID_ID"
+    assert (results[62].error_code, results[62].retryable) == ("0x80048d19", False)
+    assert dv.environment.get("contact", "00000000-0000-0000-0000-000000000001") is None  # If-Match: *
+    assert dv.calls["batch"] == 3 + 1  # 62 requests in batches of 25, then the re-sent failures
+
+
+def test_429_is_waited_out_per_retry_after(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    connector.check()
+    dv.faults.update(throttle_after=0, throttle_calls=1, throttle_retry_after=1.5)
+    started = time.monotonic()
+    assert len(_read(connector, Cursor())) == dv.environment.count("contact")
+    assert time.monotonic() - started >= 1.5
+    assert dv.throttled == 1
+
+
+def test_a_long_retry_after_stops_the_read(dv: DynamicsSandbox) -> None:
+    from consentsync.sdk import Action
+
+    connector = connector_for(dv, max_rate_limit_wait=2)
+    connector.check()
+    dv.faults.update(request_limit_after=0)
+    with pytest.raises(ConnectorError) as raised:
+        _read(connector, Cursor())
+    assert raised.value.action is Action.RATE_LIMITED and raised.value.retry_after == 300
+
+
+def test_expired_tokens_are_renewed(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    connector.check()
+    dv.expire_sessions()
+    assert len(_read(connector, Cursor())) == dv.environment.count("contact")
+    assert connector.usage.per_endpoint["token"] == 2
+
+
+def test_login_errors_name_the_aadsts_code_and_never_the_secret(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv, client_secret="s3cr3t-wrong-value")
+    with pytest.raises(ConnectorError, match="AADSTS7000215") as raised:
+        connector.check()
+    assert "s3cr3t-wrong-value" not in str(raised.value)
+    other = connector_for(dv, scope="https://other.crm.dynamics.com/.default")
+    with pytest.raises(ConnectorError, match="AADSTS500011"):
+        other.check()
+
+
+def test_missing_column_and_bad_names_are_config_errors(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    with pytest.raises(ConnectorError, match="favourite_colour"):
+        list(connector.read_changes("contact", ["favourite_colour"], Cursor(), _later()))
+    with pytest.raises(ConnectorError, match="logical name"):
+        list(connector.read_changes("contact') or true or ('", [], Cursor(), _later()))
+
+
+def test_works_with_requests_ca_bundle_set(dv: DynamicsSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    connector_for(dv).check()
+
+
+def test_describe_reads_the_attributes(dv: DynamicsSandbox) -> None:
+    fields = connector_for(dv).describe("contact")
+    assert fields["donotemail"].type == "Boolean" and fields["donotemail"].updateable
+    assert not fields["modifiedon"].updateable
+
+
+def test_a_change_between_the_signpost_and_the_first_link_is_not_lost(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    signpost = datetime.now(UTC) - timedelta(seconds=30)  # the run started a while ago
+    late = dv.environment.records("contact")[5]["contactid"]
+    dv.environment.update("contact", late, {"donotemail": True})  # after the signpost, before the link
+    connector.completed_cursor = None
+    first = list(connector.read_changes("contact", FIELDS, Cursor(), signpost))
+    assert late not in {r.record_id for r in first}  # the signpost holds
+    cursor = connector.completed_cursor
+    assert cursor is not None and cursor.token and "#consentsync-after=" in cursor.token
+    second = _read(connector, cursor)
+    assert [r.record_id for r in second] == [late]
+    settled = connector.completed_cursor
+    assert settled is not None and settled.token and "#" not in settled.token  # caught up once
+    assert _read(connector, settled) == []
+
+
+def test_a_read_waits_for_the_sliding_window_and_completes(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv, page_size=20)
+    connector.check()
+    dv.set_rate_limit(4, window=2)  # 4 requests in any 2 seconds; the read needs 2 x 7 pages
+    started = time.monotonic()
+    records = _read(connector, Cursor())
+    assert len(records) == dv.environment.count("contact")
+    assert dv.throttled >= 1
+    assert time.monotonic() - started >= 2  # it waited for the window, per Retry-After
