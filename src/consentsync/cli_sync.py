@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -240,20 +241,38 @@ def sandbox() -> None:
     """Local CRM sandboxes that speak each vendor's wire format, for demos and tests."""
 
 
+def sandbox_options(default_port: int, seed_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options every ``consentsync sandbox VENDOR`` command takes: port, seed size, random
+    seed, host. ``seed_help`` says what ``--seed`` generates."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(
+            (
+                click.option(
+                    "--port", type=click.IntRange(0, 65535), default=default_port, show_default=True
+                ),
+                click.option(
+                    "--seed",
+                    "records",
+                    type=click.IntRange(min=0),
+                    default=200,
+                    show_default=True,
+                    help=seed_help,
+                ),
+                click.option(
+                    "--random-seed", type=int, default=1, show_default=True, help="Makes the seed repeatable."
+                ),
+                click.option("--host", default="127.0.0.1", show_default=True),
+            )
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @sandbox.command("salesforce")
-@click.option("--port", type=click.IntRange(0, 65535), default=8443, show_default=True)
-@click.option(
-    "--seed",
-    "records",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    help="Seed the org with this many generated contacts (with duplicates and leads).",
-)
-@click.option(
-    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated org repeatable."
-)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@sandbox_options(8443, "Seed the org with this many generated contacts (with duplicates and leads).")
 def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.salesforce import serve_forever
@@ -283,19 +302,7 @@ def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> Non
 
 
 @sandbox.command("superoffice")
-@click.option("--port", type=click.IntRange(0, 65535), default=8444, show_default=True)
-@click.option(
-    "--seed",
-    "records",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    help="Seed the tenant with this many generated persons and their consents.",
-)
-@click.option(
-    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated tenant repeatable."
-)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@sandbox_options(8444, "Seed the tenant with this many generated persons and their consents.")
 def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.superoffice import serve_forever as serve_superoffice
@@ -326,6 +333,28 @@ def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> No
     from consentsync.sandbox.dynamics import serve_forever as serve_dynamics
 
     serve_dynamics(port=port, seed=random_seed, host=host, records=records)
+
+
+@sandbox.command("vtiger")
+@sandbox_options(
+    8446, "Seed the CRM with this many generated contacts (with leads, organisations, consents)."
+)
+@click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module.")
+@click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8).")
+def sandbox_vtiger(
+    port: int, records: int, random_seed: int, host: str, no_privacy_guard: bool, sync_fails: bool
+) -> None:
+    """Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted."""
+    from consentsync.sandbox.vtiger import serve_forever as serve_vtiger
+
+    serve_vtiger(
+        port=port,
+        seed=random_seed,
+        host=host,
+        records=records,
+        privacy_guard=not no_privacy_guard,
+        sync_fails=sync_fails,
+    )
 
 
 @main.command()

@@ -132,6 +132,7 @@ class TestExamples:
         assert len(comments) >= 8
 
     def test_load_mappings(self, starter: Config) -> None:
+        # Every shipped file, of every vendor, loads against the starter configuration.
         loaded = load_mappings(MAPPINGS, purposes=starter.purposes, channels=starter.channels)
         salesforce = [m.object for m in loaded if m.vendor == "salesforce"]
         assert salesforce == ["Contact", "ContactPointTypeConsent", "Individual", "Lead"]

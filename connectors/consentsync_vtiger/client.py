@@ -1,0 +1,198 @@
+"""A small client for Vtiger's webservice API (``webservice.php``): challenge / login with the
+access key, one method per call, errors classified by the connector's table.
+
+Vtiger answers its own errors with HTTP 200 and ``{"success": false, "error": {"code",
+"message"}}``; only PHP failures and proxies answer with other statuses. Every answer received is
+counted in :attr:`usage` per operation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from consentsync.sdk import (
+    Action,
+    ApiUsage,
+    ConnectorError,
+    ErrorRule,
+    ErrorTable,
+    Fault,
+)
+
+ERRORS = ErrorTable(
+    [
+        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session invalid", code="INVALID_SESSIONID"),
+        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session left idle", code="SESSION_LEFT_IDLE"),
+        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session life span over", code="SESSION_EXPIRED"),
+        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "not logged in", code="AUTHENTICATION_REQUIRED"),
+        # The challenge token lives 300 s; a new challenge replaces it. Also what an unknown
+        # username gets (Vtiger keeps no token for it): the final message says so.
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "login challenge expired", code="INVALID_AUTH_TOKEN"),
+        ErrorRule(
+            Action.FAIL, Fault.CONFIG, "username or access key refused", code="INVALID_USER_CREDENTIALS"
+        ),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "the user has no access key", code="ACCESSKEY_UNDEFINED"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "query rejected", code="QUERY_SYNTAX_ERROR"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "permission denied", code="ACCESS_DENIED"),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "operation not available", code="UNKNOWN_OPERATION"),
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "database error", code="DATABASE_QUERY_ERROR"),
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "internal error", code="INTERNAL_SERVER_ERROR"),
+        ErrorRule(Action.SKIP, Fault.DATA, "record not found", code="RECORD_NOT_FOUND"),
+        ErrorRule(Action.SKIP, Fault.DATA, "mandatory field empty", code="MANDATORY_FIELDS_MISSING"),
+        ErrorRule(Action.SKIP, Fault.DATA, "invalid reference", code="REFERENCE_INVALID"),
+        ErrorRule(Action.SKIP, Fault.DATA, "id of another module", code="INVALID_ID_ATTRIBUTE"),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "API limit reached", status=429),
+    ]
+)
+
+_WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
+
+
+class VtigerClient:
+    """One logged-in session with one install (thread-unsafe, like the connector)."""
+
+    def __init__(
+        self,
+        url: str,
+        username: str,
+        access_key: str,
+        *,
+        webservice_path: str = "webservice.php",
+        timeout: float = 30.0,
+        verify: str | bool = True,
+        proxy: str | None = None,
+        usage: ApiUsage | None = None,
+    ) -> None:
+        self.endpoint = f"{url.rstrip('/')}/{webservice_path.lstrip('/')}"
+        self.username = username
+        self._access_key = access_key
+        self.timeout = timeout
+        self.usage = usage or ApiUsage()
+        self.http = requests.Session()
+        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
+        self.http.trust_env = False
+        self.http.verify = verify
+        if proxy:
+            self.http.proxies = {"https": proxy, "http": proxy}
+        self.http.hooks["response"].append(self._count)
+        self.session_name: str | None = None
+        self.user_id: str | None = None
+
+    # -- session --
+
+    def login(self) -> None:
+        challenge = self.request("getchallenge", {"username": self.username}, authenticated=False)
+        token = str(challenge["token"])
+        key = hashlib.md5((token + self._access_key).encode()).hexdigest()
+        try:
+            result = self.request("login", {"username": self.username, "accessKey": key}, authenticated=False)
+        except ConnectorError as error:
+            if error.rule.code == "INVALID_AUTH_TOKEN":
+                raise ConnectorError(
+                    f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
+                    "or no such user: check the username)",
+                    error.rule,
+                ) from None
+            raise
+        self.session_name = str(result["sessionName"])
+        self.user_id = str(result.get("userId") or "")
+
+    def forget_session(self) -> None:
+        self.session_name = None
+
+    def ensure_session(self) -> None:
+        if self.session_name is None:
+            self.login()
+
+    # -- calls --
+
+    def request(self, operation: str, params: Mapping[str, Any], *, authenticated: bool = True) -> Any:
+        """One call; returns ``result`` or raises a classified ``ConnectorError``."""
+        form = {"operation": operation, **{k: _text(v) for k, v in params.items()}}
+        if authenticated:
+            self.ensure_session()
+            form["sessionName"] = self.session_name or ""
+        try:
+            if operation in _WRITES:
+                response = self.http.post(self.endpoint, data=form, timeout=self.timeout)
+            else:
+                response = self.http.get(self.endpoint, params=form, timeout=self.timeout)
+        except requests.RequestException as error:
+            # The text of a requests error can carry the URL, session included: name the kind only.
+            raise ConnectorError(
+                f"{operation}: {type(error).__name__} talking to {urlsplit(self.endpoint).netloc}",
+                ERRORS.classify(None, None),
+            ) from None
+        return self._result(operation, response)
+
+    def _result(self, operation: str, response: requests.Response) -> Any:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if status != 200:
+            code = _error_code(body)
+            retry_after = _seconds(response.headers.get("Retry-After"))
+            rule = ERRORS.classify(status, code)
+            if operation == "sync" and status == 500:
+                rule = ErrorRule(Action.FAIL, Fault.CONFIG, "operation=sync fails on this install", status)
+                raise ConnectorError(
+                    "operation=sync answered HTTP 500 (the stock Vtiger 8.2.0 fails it on PHP 8): "
+                    "set read_deletions: false",
+                    rule,
+                )
+            raise ConnectorError(
+                f"{operation}: HTTP {status} {code or ''}".strip(), rule, retry_after=retry_after
+            )
+        if not isinstance(body, dict) or "success" not in body:
+            # PHP notices printed before the JSON, or a proxy's page: likely to pass.
+            raise ConnectorError(
+                f"{operation}: the answer is not Vtiger's JSON ({response.headers.get('Content-Type')})",
+                ErrorRule(Action.RETRY, Fault.TRANSIENT, "answer not JSON", status),
+            )
+        if body.get("success"):
+            return body.get("result")
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        code = str(error.get("code") or "UNKNOWN")
+        message = str(error.get("message") or "")[:300]
+        raise ConnectorError(f"{operation}: {code}: {message}", ERRORS.classify(200, code))
+
+    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        request = response.request
+        body = request.body
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        sent = body if request.method == "POST" else urlsplit(request.url or "").query
+        fields = parse_qs(sent or "")
+        operation = (fields.get("operation") or ["other"])[0]
+        self.usage.calls += 1
+        self.usage.per_endpoint[operation] = self.usage.per_endpoint.get(operation, 0) + 1
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _error_code(body: Any) -> str | None:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("code") or "") or None
+    return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,1051 @@
+"""A Vtiger CRM sandbox: a local HTTPS server on 127.0.0.1 that speaks Vtiger's webservice API
+(``webservice.php``, form-encoded, JSON answers) as the open-source edition 8.2.0 does, backed by
+an in-memory CRM, with fault injection and call counting.
+
+>>> from consentsync.sandbox.vtiger import VtigerSandbox
+>>> with VtigerSandbox() as crm:
+...     crm.crm.seed(300, seed=1)
+...     session = crm.requests_session()
+...     token = session.get(crm.webservice_url, params={"operation": "getchallenge",
+...                         "username": crm.credentials.username}).json()["result"]["token"]
+
+Written from Vtiger's documentation and source (``webservice.php``, ``include/Webservices/``):
+
+* Every answer is HTTP 200 with ``{"success": true, "result": ...}`` or ``{"success": false,
+  "error": {"code", "message"}}``; only a PHP failure (see ``sync_fails``) or an injected fault
+  answers otherwise.
+* ``GET operation=getchallenge&username=U``: ``{token, serverTime, expireTime}``; the token lives
+  ``challenge_ttl`` seconds (300) and a new challenge replaces the user's previous one.
+* ``POST operation=login`` with ``username`` and ``accessKey = md5(token + access key)``:
+  ``{sessionName, userId, version, vtigerVersion}``. INVALID_AUTH_TOKEN when the token expired or
+  was never issued for that user, INVALID_USER_CREDENTIALS when the key does not match.
+* Every other operation needs ``sessionName``: AUTHENTICATION_REQUIRED without one,
+  INVALID_SESSIONID for an unknown (or expired) one, SESSION_LEFT_IDLE after ``session_idle``
+  seconds unused.
+* ``GET operation=query&query=VTQL``: see :mod:`consentsync.sandbox.vtql` (at most 100 rows;
+  the statement ends with ``;``). Every value comes back as a string: checkboxes "0"/"1", empty
+  fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds (UTC), ids ``<type>x<crmid>``.
+* ``GET operation=retrieve&id=``, ``GET operation=describe&elementType=``,
+  ``GET operation=listtypes``.
+* ``POST operation=revise&element={json}``: partial update, bumps ``modifiedtime``; a mandatory
+  field sent empty answers MANDATORY_FIELDS_MISSING. ``POST operation=update&element=``: the
+  full record; a mandatory field left out answers MANDATORY_FIELDS_MISSING and the editable
+  fields left out are cleared. ``POST operation=create&elementType=&element=``,
+  ``POST operation=delete&id=``, ``POST operation=logout``.
+* Reading or writing a deleted (or unknown) record answers ACCESS_DENIED; an id of another
+  module's type answers INVALID_ID_ATTRIBUTE.
+* ``GET operation=sync&modifiedTime=UNIX&elementType=M[&syncType=user|userandgroup|application]``
+  as ``GetUpdates.php`` does it: the window ends at the latest ``modifiedtime`` among the 100
+  oldest changes strictly after ``modifiedTime`` and every change up to that second is returned
+  (not capped at 100); only records owned by the logged-in user (``userandgroup``: and by the
+  user's groups; ``application``: admins only); ``{updated, deleted, lastModifiedTime, more}``.
+  With ``sync_fails`` on, it answers HTTP 500 with an empty body, as the stock 8.2.0 does on PHP 8.
+
+Modules and id prefixes: Leads 10x, Accounts 11x, Contacts 12x, Users 19x, Groups 20x and, when
+``privacy_guard`` is on, a Privacy Guard ``Consents`` module (prefix 52x). Contacts carry
+``emailoptout`` and ``donotcall``; Leads and Accounts ``emailoptout`` only; Accounts use
+``email1``/``email2`` for email.
+
+Where Vtiger is silent the sandbox chooses, so the connector must not rely on these: the Privacy
+Guard module's name, prefix and field names (``consent_name``, ``contact_id``,
+``consent_status``, ``granted_on``, ``consent_source``) are the sandbox's (Privacy Guard is a
+paid extension whose schema is not published: read ``describe`` on a real install); the
+``request_limit_after`` and ``enforce_daily_limit`` faults answer HTTP 429 with ``Retry-After``
+and the error code API_LIMIT_EXCEEDED (the open-source edition has no API limit; Vtiger Cloud
+has a daily quota); a server-error fault answers an HTML page, as Apache does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from consentsync.sandbox.faults import Faults
+from consentsync.sandbox.org import _FIRST_NAMES, _LAST_NAMES, _make_email
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
+from consentsync.sandbox.tls import SandboxTLS
+from consentsync.sandbox.vtql import Query, VtqlError, parse, select
+
+__all__ = [
+    "CONSENT_STATES",
+    "VTIGER_KINDS",
+    "VtigerCredentials",
+    "VtigerCrm",
+    "VtigerError",
+    "VtigerSandbox",
+    "serve_forever",
+]
+
+log = logging.getLogger("consentsync.sandbox.vtiger")
+
+API_VERSION = "0.22"
+VTIGER_VERSION = "8.2.0"
+CONSENT_STATES = ("Not Applicable", "Applicable", "Waiting", "Granted", "Not Granted")
+VTIGER_KINDS = (
+    "getchallenge",
+    "login",
+    "logout",
+    "listtypes",
+    "describe",
+    "query",
+    "retrieve",
+    "create",
+    "revise",
+    "update",
+    "delete",
+    "sync",
+    "not_found",
+)
+_WRITE_OPERATIONS = {"login", "logout", "create", "revise", "update", "delete"}
+_TIME = "%Y-%m-%d %H:%M:%S"
+_TRUE = {"1", "true", "on", "yes"}
+
+
+class VtigerError(Exception):
+    """A webservice error: answered as ``{"success": false, "error": {code, message}}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _denied(message: str = "Permission to read given object is denied") -> VtigerError:
+    return VtigerError("ACCESS_DENIED", message)
+
+
+def format_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime(_TIME)
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, _TIME).replace(tzinfo=dt.UTC)
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDef:
+    name: str
+    label: str
+    type: str  # string, email, boolean, datetime, reference, owner, picklist, autogenerated
+    mandatory: bool = False
+    editable: bool = True
+    refers_to: tuple[str, ...] = ()
+    picklist: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        kind: dict[str, Any] = {"name": self.type}
+        if self.type == "reference":
+            kind["refersTo"] = list(self.refers_to)
+        if self.type == "picklist":
+            kind["picklistValues"] = [{"label": v, "value": v} for v in self.picklist]
+            kind["defaultValue"] = self.picklist[0] if self.picklist else ""
+        if self.type == "owner":
+            kind["name"] = "owner"
+        return {
+            "name": self.name,
+            "label": self.label,
+            "mandatory": self.mandatory,
+            "type": kind,
+            "isunique": False,
+            "nullable": not self.mandatory,
+            "editable": self.editable,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleDef:
+    name: str
+    singular: str
+    prefix: str
+    fields: dict[str, FieldDef]
+    label_fields: str
+
+    def field(self, name: str) -> FieldDef | None:
+        return self.fields.get(name)
+
+
+def _system_fields(number_field: str, number_label: str) -> list[FieldDef]:
+    return [
+        FieldDef(number_field, number_label, "string", editable=False),
+        FieldDef("assigned_user_id", "Assigned To", "owner", mandatory=True),
+        FieldDef("createdtime", "Created Time", "datetime", editable=False),
+        FieldDef("modifiedtime", "Modified Time", "datetime", editable=False),
+        FieldDef("modifiedby", "Last Modified By", "reference", editable=False, refers_to=("Users",)),
+        FieldDef("source", "Source", "string", editable=False),
+        FieldDef("id", "Id", "autogenerated", editable=False),
+    ]
+
+
+def build_schema(*, privacy_guard: bool) -> dict[str, ModuleDef]:
+    def module(name: str, singular: str, prefix: str, labels: str, fields: Iterable[FieldDef]) -> ModuleDef:
+        return ModuleDef(name, singular, prefix, {f.name: f for f in fields}, labels)
+
+    person = [
+        FieldDef("firstname", "First Name", "string"),
+        FieldDef("lastname", "Last Name", "string", mandatory=True),
+        FieldDef("email", "Primary Email", "email"),
+        FieldDef("secondaryemail", "Secondary Email", "email"),
+        FieldDef("phone", "Office Phone", "phone"),
+        FieldDef("emailoptout", "Email Opt Out", "boolean"),
+    ]
+    schema = {
+        "Contacts": module(
+            "Contacts",
+            "Contact",
+            "12",
+            "firstname,lastname",
+            [
+                *person,
+                FieldDef("donotcall", "Do Not Call", "boolean"),
+                FieldDef("account_id", "Organization Name", "reference", refers_to=("Accounts",)),
+                *_system_fields("contact_no", "Contact Id"),
+            ],
+        ),
+        "Leads": module(
+            "Leads",
+            "Lead",
+            "10",
+            "firstname,lastname",
+            [
+                *person,
+                FieldDef("company", "Company", "string"),
+                *_system_fields("lead_no", "Lead No"),
+            ],
+        ),
+        "Accounts": module(
+            "Accounts",
+            "Organization",
+            "11",
+            "accountname",
+            [
+                FieldDef("accountname", "Organization Name", "string", mandatory=True),
+                FieldDef("email1", "Email", "email"),
+                FieldDef("email2", "Other Email", "email"),
+                FieldDef("phone", "Phone", "phone"),
+                FieldDef("emailoptout", "Email Opt Out", "boolean"),
+                *_system_fields("account_no", "Organization No"),
+            ],
+        ),
+    }
+    if privacy_guard:
+        schema["Consents"] = module(
+            "Consents",
+            "Consent",
+            "52",
+            "consent_name",
+            [
+                FieldDef(
+                    "consent_name",
+                    "Consent",
+                    "picklist",
+                    mandatory=True,
+                    picklist=("Email Marketing", "Phone Calls", "Profiling", "Store Personal Data"),
+                ),
+                FieldDef("contact_id", "Contact", "reference", refers_to=("Contacts",)),
+                FieldDef("consent_status", "Status", "picklist", picklist=CONSENT_STATES),
+                FieldDef("granted_on", "Granted On", "datetime"),
+                FieldDef("consent_source", "Consent Source", "string"),
+                *_system_fields("consent_no", "Consent No"),
+            ],
+        )
+    return schema
+
+
+_USER_PREFIX, _GROUP_PREFIX = "19", "20"
+
+
+@dataclass
+class _Record:
+    module: ModuleDef
+    crmid: int
+    values: dict[str, str | None]
+    owner: str
+    deleted: bool = False
+
+    @property
+    def wsid(self) -> str:
+        return f"{self.module.prefix}x{self.crmid}"
+
+
+# -- the data ----------------------------------------------------------------------------------
+
+
+class VtigerCrm:
+    """The in-memory CRM behind the sandbox (thread-safe). Records are stored as Vtiger returns
+    them: text, with None for an empty field; ``modifiedtime`` in whole seconds."""
+
+    def __init__(
+        self,
+        *,
+        privacy_guard: bool = True,
+        clock: Callable[[], dt.datetime] | None = None,
+        integration_user_id: int = 5,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.schema = build_schema(privacy_guard=privacy_guard)
+        self.by_prefix = {m.prefix: m for m in self.schema.values()}
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.users = {1: "admin", integration_user_id: "integration"}
+        self.admins = {1}
+        self.groups = {2: "Team Selling", 3: "Marketing Group"}
+        self.group_members = {2: {1}, 3: {1, integration_user_id}}
+        self.integration_user_id = integration_user_id
+        self._records: dict[int, _Record] = {}
+        self._next_crmid = 1000
+
+    def now(self) -> dt.datetime:
+        return self.clock().astimezone(dt.UTC).replace(microsecond=0)
+
+    # -- reading (no HTTP, not counted) --
+
+    def module(self, name: str) -> ModuleDef:
+        if name not in self.schema:
+            raise _denied("Permission to perform the operation is denied")
+        return self.schema[name]
+
+    def get(self, wsid: str, *, include_deleted: bool = False) -> dict[str, str] | None:
+        with self.lock:
+            record = self._lookup(wsid)
+            if record is None or (record.deleted and not include_deleted):
+                return None
+            return self._render(record)
+
+    def records(self, module: str, *, include_deleted: bool = False) -> list[dict[str, str]]:
+        with self.lock:
+            return [
+                self._render(r)
+                for r in self._records.values()
+                if r.module.name == module and (include_deleted or not r.deleted)
+            ]
+
+    def count(self, module: str) -> int:
+        with self.lock:
+            return sum(1 for r in self._records.values() if r.module.name == module and not r.deleted)
+
+    def owner_of(self, wsid: str) -> str | None:
+        with self.lock:
+            record = self._lookup(wsid)
+            return record.owner if record else None
+
+    # -- writing (no HTTP, not counted) --
+
+    def create(
+        self,
+        module: str,
+        values: Mapping[str, Any] | None = None,
+        *,
+        owner: str | None = None,
+        at: dt.datetime | None = None,
+        **more: Any,
+    ) -> str:
+        """Adds a record as a user would in the CRM; returns its id (``12x1001``)."""
+        mod = self.module(module)
+        given = {**dict(values or {}), **more}
+        with self.lock:
+            stored = self._coerce(mod, given, partial=False)
+            self._next_crmid += 1
+            crmid = self._next_crmid
+            stamp = format_time(at or self.now())
+            number = next(n for n, f in mod.fields.items() if n.endswith("_no") and not f.editable)
+            stored.update(
+                {
+                    number: f"{mod.singular[:3].upper()}{crmid}",
+                    "createdtime": stamp,
+                    "modifiedtime": stamp,
+                    "modifiedby": f"{_USER_PREFIX}x{self.integration_user_id}",
+                    "source": "CRM",
+                }
+            )
+            record = _Record(mod, crmid, stored, owner or f"{_USER_PREFIX}x{self.integration_user_id}")
+            stored["assigned_user_id"] = record.owner
+            self._records[crmid] = record
+            return record.wsid
+
+    def revise(
+        self,
+        wsid: str,
+        values: Mapping[str, Any] | None = None,
+        *,
+        at: dt.datetime | None = None,
+        **more: Any,
+    ) -> dict[str, str]:
+        """A partial update (what ``operation=revise`` does), bumping ``modifiedtime``."""
+        given = {**dict(values or {}), **more}
+        with self.lock:
+            record = self._writable(wsid)
+            changes = self._coerce(record.module, given, partial=True)
+            record.values.update(changes)
+            if changes.get("assigned_user_id"):
+                record.owner = changes["assigned_user_id"]
+            self._touch(record, at)
+            return self._render(record)
+
+    def replace(self, wsid: str, values: Mapping[str, Any]) -> dict[str, str]:
+        """A full update (what ``operation=update`` does): editable fields left out are cleared."""
+        with self.lock:
+            record = self._writable(wsid)
+            changes = self._coerce(record.module, values, partial=False)
+            for name, fdef in record.module.fields.items():
+                if fdef.editable:
+                    record.values[name] = changes.get(name)
+            record.owner = changes.get("assigned_user_id") or record.owner
+            record.values["assigned_user_id"] = record.owner
+            self._touch(record, None)
+            return self._render(record)
+
+    def delete(self, wsid: str, *, at: dt.datetime | None = None) -> None:
+        with self.lock:
+            record = self._writable(wsid)
+            record.deleted = True
+            self._touch(record, at)
+
+    def set_modifiedtime(self, wsid: str, moment: dt.datetime) -> None:
+        """Moves a record's ``modifiedtime`` (tests: many records in one second)."""
+        with self.lock:
+            record = self._lookup(wsid)
+            if record is None:
+                raise KeyError(wsid)
+            record.values["modifiedtime"] = format_time(moment)
+
+    # -- queries --
+
+    def query(self, vtql: str) -> list[dict[str, str]]:
+        query = parse(vtql)
+        with self.lock:
+            mod = self.module(query.module)
+            for name in query.referenced_columns():
+                if name not in mod.fields:
+                    raise _denied(f"Permission to access '{name}' attribute denied.")
+            rows = [
+                self._row(r)
+                for r in sorted(self._records.values(), key=lambda r: r.crmid)
+                if r.module is mod and not r.deleted
+            ]
+            if query.is_count:
+                counted = Query(query.module, ["*"], query.where)
+                counted.limit = len(rows)
+                return [{"count": str(len(select(counted, rows, self._kind(mod))))}]
+            chosen = select(query, rows, self._kind(mod))
+            return [self._project(mod, row, query.columns) for row in chosen]
+
+    def sync(
+        self, module: str, since_unix: int, *, user_id: int, sync_type: str = "user", limit: int = 100
+    ) -> dict[str, Any]:
+        mod = self.module(module)
+        since = format_time(dt.datetime.fromtimestamp(since_unix, dt.UTC))
+        if sync_type == "application" and user_id not in self.admins:
+            raise _denied("Only admin users can perform application sync")
+        owners: set[str] | None = {f"{_USER_PREFIX}x{user_id}"}
+        if sync_type == "userandgroup":
+            owners |= {
+                f"{_GROUP_PREFIX}x{g}" for g, members in self.group_members.items() if user_id in members
+            }
+        elif sync_type == "application":
+            owners = None
+        with self.lock:
+            changed = sorted(
+                (
+                    r
+                    for r in self._records.values()
+                    if r.module is mod
+                    and str(r.values["modifiedtime"]) > since
+                    and (owners is None or r.owner in owners)
+                ),
+                key=lambda r: str(r.values["modifiedtime"]),
+            )
+            if not changed:
+                return {"updated": [], "deleted": [], "lastModifiedTime": since_unix, "more": False}
+            last = max(str(r.values["modifiedtime"]) for r in changed[:limit])
+            window = [r for r in changed if str(r.values["modifiedtime"]) <= last]
+            return {
+                "updated": [self._render(r) for r in window if not r.deleted],
+                "deleted": [r.wsid for r in window if r.deleted],
+                "lastModifiedTime": int(parse_time(last).timestamp()),
+                "more": any(str(r.values["modifiedtime"]) > last for r in changed),
+            }
+
+    # -- seeding --
+
+    def seed(
+        self,
+        n: int,
+        seed: int = 0,
+        *,
+        now: dt.datetime | None = None,
+        days: int = 7,
+        lead_share: float = 0.25,
+        account_share: float = 0.1,
+        consent_share: float = 0.4,
+        burst: int | None = None,
+    ) -> dict[str, list[str]]:
+        """Adds ``n`` contacts (with leads sharing some of their addresses, organisations and,
+        with Privacy Guard, consent records), stamped over the past ``days`` days on a few
+        crowded seconds; ``burst`` records (default n // 3) share one second, as after an import.
+        Deterministic for a given ``seed`` and ``now``."""
+        rng = random.Random(seed)
+        now = (now or self.now()).replace(microsecond=0)
+        buckets = [
+            now - dt.timedelta(seconds=rng.randrange(120, days * 86400)) for _ in range(max(5, n // 20))
+        ]
+        import_second = now - dt.timedelta(seconds=rng.randrange(120, days * 86400))
+        burst = n // 3 if burst is None else burst
+        used: set[str] = set()
+        made: dict[str, list[str]] = {"contacts": [], "leads": [], "accounts": [], "consents": []}
+
+        def owner() -> str:
+            roll = rng.random()
+            if roll < 0.8:
+                return f"{_USER_PREFIX}x{self.integration_user_id}"
+            return f"{_GROUP_PREFIX}x2" if roll < 0.95 else f"{_USER_PREFIX}x1"
+
+        def stamp(index: int) -> dt.datetime:
+            return import_second if index < burst else rng.choice(buckets)
+
+        with self.lock:
+            for index in range(max(1, int(n * account_share)) if n else 0):
+                name = f"{rng.choice(_LAST_NAMES)} {rng.choice(('GmbH', 'Ltd', 'S.A.', 'Inc.', '& Söhne'))}"
+                made["accounts"].append(
+                    self.create(
+                        "Accounts",
+                        accountname=name,
+                        email1=f"info{index}@{name.split()[0].lower()}.example",
+                        emailoptout=rng.random() < 0.2,
+                        owner=owner(),
+                        at=rng.choice(buckets),
+                    )
+                )
+            for index in range(n):
+                first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
+                email = _make_email(rng, first, last, index, used)
+                if index % 41 == 7:
+                    email = f"o'{email}"  # a quote in the address, as people do have
+                contact = self.create(
+                    "Contacts",
+                    firstname=first,
+                    lastname=last,
+                    email=email,
+                    emailoptout=rng.random() < 0.25,
+                    donotcall=rng.random() < 0.15,
+                    account_id=rng.choice(made["accounts"])
+                    if made["accounts"] and rng.random() < 0.5
+                    else "",
+                    owner=owner(),
+                    at=stamp(index),
+                )
+                made["contacts"].append(contact)
+                if rng.random() < lead_share:
+                    made["leads"].append(
+                        self.create(
+                            "Leads",
+                            firstname=first,
+                            lastname=last,
+                            company=rng.choice(_LAST_NAMES) + " Ltd",
+                            email=email.upper() if rng.random() < 0.2 else email,
+                            emailoptout=rng.random() < 0.3,
+                            owner=owner(),
+                            at=rng.choice(buckets),
+                        )
+                    )
+                if "Consents" in self.schema and rng.random() < consent_share:
+                    stamp_at = rng.choice(buckets)
+                    made["consents"].append(
+                        self.create(
+                            "Consents",
+                            consent_name=rng.choice(("Email Marketing", "Phone Calls", "Profiling")),
+                            contact_id=contact,
+                            consent_status=rng.choices(CONSENT_STATES, (5, 10, 15, 45, 25))[0],
+                            granted_on=format_time(stamp_at - dt.timedelta(days=rng.randrange(0, 400))),
+                            consent_source=rng.choice(("Webform", "Email", "Manual", "Import")),
+                            owner=owner(),
+                            at=stamp_at,
+                        )
+                    )
+        return made
+
+    # -- internals --
+
+    def _lookup(self, wsid: str) -> _Record | None:
+        prefix, _, number = str(wsid).partition("x")
+        if not prefix.isdigit() or not number.isdigit():
+            return None
+        record = self._records.get(int(number))
+        if record is None or record.module.prefix != prefix:
+            return None
+        return record
+
+    def _writable(self, wsid: str) -> _Record:
+        prefix, _, number = str(wsid).partition("x")
+        if not prefix.isdigit() or not number.isdigit() or prefix not in self.by_prefix:
+            raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
+        record = self._records.get(int(number))
+        if record is not None and record.module.prefix != prefix:
+            raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
+        if record is None or record.deleted:
+            raise _denied()
+        return record
+
+    def _touch(self, record: _Record, at: dt.datetime | None) -> None:
+        record.values["modifiedtime"] = format_time(at or self.now())
+        record.values["modifiedby"] = f"{_USER_PREFIX}x{self.integration_user_id}"
+
+    def _coerce(self, mod: ModuleDef, given: Mapping[str, Any], *, partial: bool) -> dict[str, str | None]:
+        """Values as Vtiger stores them; unknown and read-only fields are ignored, as Vtiger's
+        DataTransform does."""
+        out: dict[str, str | None] = {}
+        for name, value in given.items():
+            fdef = mod.field(name)
+            if fdef is None or (not fdef.editable and name != "assigned_user_id"):
+                continue
+            out[name] = self._value(mod, fdef, value)
+        for name, fdef in mod.fields.items():
+            if not fdef.mandatory or name == "assigned_user_id":
+                continue
+            if (name in out or not partial) and not out.get(name):
+                raise VtigerError("MANDATORY_FIELDS_MISSING", f"{name} does not have a value")
+        return out
+
+    def _value(self, mod: ModuleDef, fdef: FieldDef, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        if fdef.type == "boolean":
+            return "1" if str(value).strip().lower() in _TRUE or value is True else "0"
+        text = str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
+        if fdef.type == "reference":
+            target = self._lookup(text)
+            if target is None or target.module.name not in fdef.refers_to:
+                raise VtigerError("REFERENCE_INVALID", f"Invalid reference specified for {fdef.name}")
+        if fdef.type == "owner":
+            prefix, _, number = text.partition("x")
+            known = (prefix == _USER_PREFIX and number.isdigit() and int(number) in self.users) or (
+                prefix == _GROUP_PREFIX and number.isdigit() and int(number) in self.groups
+            )
+            if not known:
+                raise _denied("Cannot assign record to the given user")
+        if fdef.type == "datetime":
+            try:
+                parse_time(text)
+            except ValueError:
+                raise VtigerError(
+                    "INVALID_MANDATORY_VALUE" if fdef.mandatory else "DATABASE_QUERY_ERROR",
+                    f"{fdef.name}: expected YYYY-MM-DD HH:MM:SS",
+                ) from None
+        return text
+
+    def _row(self, record: _Record) -> dict[str, Any]:
+        return {**record.values, "id": record.crmid, "assigned_user_id": record.owner}
+
+    @staticmethod
+    def _kind(mod: ModuleDef) -> Callable[[str], str]:
+        def kind(name: str) -> str:
+            fdef = mod.fields[name]
+            if name == "id":
+                return "id"
+            return "datetime" if fdef.type == "datetime" else "text"
+
+        return kind
+
+    def _project(self, mod: ModuleDef, row: Mapping[str, Any], columns: list[str]) -> dict[str, str]:
+        names = list(mod.fields) if columns == ["*"] else [*columns, "id"]
+        out: dict[str, str] = {}
+        for name in names:
+            if name == "id":
+                out["id"] = f"{mod.prefix}x{row['id']}"
+            else:
+                value = row.get(name)
+                out[name] = "" if value is None else str(value)
+        return out
+
+    def _render(self, record: _Record) -> dict[str, str]:
+        return self._project(record.module, self._row(record), ["*"])
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+@dataclass
+class VtigerCredentials:
+    """The integration user and the access key from its My Preferences page."""
+
+    username: str = "integration"
+    access_key: str = "sAnDbOxAcCeSsKeY"
+
+
+@dataclass
+class _Session:
+    user_id: int
+    started: float
+    last_used: float
+
+
+@dataclass
+class _Challenge:
+    token: str
+    expires: float
+
+
+class _HttpAnswer(Exception):
+    """An answer outside the webservice's own errors: the limit faults (HTTP 429)."""
+
+    def __init__(self, status: int, error: VtigerError, headers: dict[str, str]) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+        self.headers = headers
+
+
+class VtigerSandbox(HttpsSandbox):
+    """The sandbox server. Construct, :meth:`start` (or use as a context manager), point clients
+    at :attr:`url` (the install's address; the API is :attr:`webservice_url`) with
+    :attr:`ca_cert_path` for TLS.
+
+    Run-time controls: :attr:`faults` (``fail_ids``: writes of those records answer
+    DATABASE_QUERY_ERROR, as a MySQL lock wait does), :attr:`crm` (the data),
+    :attr:`sync_fails`, :meth:`expire_sessions`, :meth:`expire_challenges`,
+    :meth:`reset_counters`; :attr:`calls` counts the answered calls per operation.
+    """
+
+    endpoint_kinds = VTIGER_KINDS
+    server_name = "Apache"
+    thread_name = "vtiger-sandbox"
+
+    def __init__(
+        self,
+        crm: VtigerCrm | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: VtigerCredentials | None = None,
+        faults: Faults | Mapping[str, Any] | None = None,
+        challenge_ttl: float = 300.0,
+        session_idle: float = 1800.0,
+        session_lifetime: float = 86400.0,
+        sync_fails: bool = False,
+        api_limit: int = 100_000,
+        retry_after: int = 3600,
+        tls: SandboxTLS | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=_normalise_wsid)
+        self.crm = crm or VtigerCrm()
+        self.credentials = credentials or VtigerCredentials()
+        self.challenge_ttl = challenge_ttl
+        self.session_idle = session_idle
+        self.session_lifetime = session_lifetime
+        self.sync_fails = sync_fails
+        self.api_limit = api_limit
+        self.retry_after = retry_after
+        self._api_used = 0
+        self._sessions: dict[str, _Session] = {}
+        self._challenges: dict[int | None, _Challenge] = {}
+
+    # -- addresses --
+
+    @property
+    def url(self) -> str:
+        return self.base_url
+
+    @property
+    def webservice_url(self) -> str:
+        return f"{self.base_url}/webservice.php"
+
+    # -- controls --
+
+    def expire_sessions(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def expire_challenges(self) -> None:
+        with self._lock:
+            self._challenges.clear()
+
+    def login_key(self, token: str) -> str:
+        return hashlib.md5((token + self.credentials.access_key).encode()).hexdigest()
+
+    # -- the shared pipeline's hooks --
+
+    def route(self, request: SandboxRequest) -> Route:
+        params = request.form()
+        operation = (params.get("operation") or "").lower()
+        if not request.path.rstrip("/").endswith("/webservice.php"):
+            page = SandboxResponse(404, b"<html><body><h1>Not Found</h1></body></html>", "text/html")
+            return Route("not_found", lambda: page, authenticated=False)
+        kind = operation if operation in VTIGER_KINDS else "not_found"
+        return Route(
+            kind,
+            lambda: self._answer(request.method, operation, params),
+            authenticated=kind not in ("getchallenge", "login", "not_found"),
+        )
+
+    def authenticate(self, request: SandboxRequest) -> None:
+        self._user(request.form())
+
+    def daily_usage(self) -> tuple[int | None, int | None]:
+        with self._lock:
+            return self._api_used, self.api_limit
+
+    def note_api_call(self, request: SandboxRequest) -> None:
+        with self._lock:
+            self._api_used += 1
+
+    def request_limit_error(self) -> Exception:
+        return _HttpAnswer(
+            429,
+            VtigerError("API_LIMIT_EXCEEDED", "API request limit exceeded"),
+            {"Retry-After": str(self.retry_after)},
+        )
+
+    def throttle_error(self, retry_after: float) -> Exception:
+        return _HttpAnswer(
+            429,
+            VtigerError("API_LIMIT_EXCEEDED", "Too many requests, retry later"),
+            {"Retry-After": str(max(1, round(retry_after)))},
+        )
+
+    def server_error(self, status: int) -> SandboxResponse:
+        body = f"<html><head><title>{status}</title></head><body>Service Unavailable</body></html>"
+        return SandboxResponse(status, body.encode(), "text/html")
+
+    def error_response(self, error: Exception) -> SandboxResponse:
+        if isinstance(error, _HttpAnswer):
+            return _failure(error.error, error.status, error.headers)
+        if isinstance(error, VtigerError):
+            return _failure(error)
+        if isinstance(error, VtqlError):
+            return _failure(VtigerError(error.code, error.message))
+        log.error("vtiger sandbox operation failed", exc_info=error)
+        return _failure(VtigerError("INTERNAL_SERVER_ERROR", "Unknown Error while processing request"))
+
+    # -- dispatch --
+
+    def _answer(self, method: str, operation: str, params: Mapping[str, str]) -> SandboxResponse:
+        if operation not in VTIGER_KINDS or operation == "not_found":
+            raise VtigerError("UNKNOWN_OPERATION", f"Unknown operation requested {operation}")
+        expected = "POST" if operation in _WRITE_OPERATIONS else "GET"
+        if method != expected:
+            raise VtigerError("UNKNOWN_OPERATION", "Permission to perform the operation is denied")
+        if operation == "sync" and self.sync_fails:
+            return SandboxResponse(500, b"", "text/html; charset=UTF-8")
+        result = getattr(self, f"_op_{operation}")(params)
+        return json_response(200, {"success": True, "result": result})
+
+    def _user(self, params: Mapping[str, str]) -> int:
+        name = params.get("sessionName")
+        if not name or name.lower() == "null":
+            raise VtigerError("AUTHENTICATION_REQUIRED", "Authencation required")
+        now = time.monotonic()
+        with self._lock:
+            session = self._sessions.get(name)
+            if session is None:
+                raise VtigerError("INVALID_SESSIONID", "Session Identifier provided is Invalid")
+            if now - session.started > self.session_lifetime:
+                del self._sessions[name]
+                raise VtigerError("SESSION_EXPIRED", "Session has life span over please login again")
+            if now - session.last_used > self.session_idle:
+                del self._sessions[name]
+                raise VtigerError("SESSION_LEFT_IDLE", "Session has been invalidated to due lack activity")
+            session.last_used = now
+            return session.user_id
+
+    def _user_id_for(self, username: str | None) -> int | None:
+        return next((uid for uid, name in self.crm.users.items() if name == username), None)
+
+    def _check_write(self, wsid: str) -> None:
+        if self.faults.consume_failure(wsid):
+            self._injected("record_failure")
+            raise VtigerError("DATABASE_QUERY_ERROR", "Database query error")
+
+    # -- operations --
+
+    def _op_getchallenge(self, params: Mapping[str, str]) -> dict[str, Any]:
+        user_id = self._user_id_for(params.get("username"))
+        token = uuid.uuid4().hex[:13]
+        now = time.time()
+        with self._lock:
+            self._challenges[user_id] = _Challenge(token, time.monotonic() + self.challenge_ttl)
+        return {"token": token, "serverTime": int(now), "expireTime": int(now + self.challenge_ttl)}
+
+    def _op_login(self, params: Mapping[str, str]) -> dict[str, Any]:
+        username = params.get("username")
+        user_id = self._user_id_for(username)
+        with self._lock:
+            challenge = self._challenges.get(user_id) if user_id is not None else None
+            if challenge is None or challenge.expires < time.monotonic():
+                raise VtigerError("INVALID_AUTH_TOKEN", "Specified token is invalid or expired")
+        if username != self.credentials.username or not secrets.compare_digest(
+            params.get("accessKey") or "", self.login_key(challenge.token)
+        ):
+            raise VtigerError("INVALID_USER_CREDENTIALS", "Invalid username or password")
+        assert user_id is not None
+        session_name = secrets.token_hex(12)[:21]
+        now = time.monotonic()
+        with self._lock:
+            self._sessions[session_name] = _Session(user_id, now, now)
+        return {
+            "sessionName": session_name,
+            "userId": f"{_USER_PREFIX}x{user_id}",
+            "version": API_VERSION,
+            "vtigerVersion": VTIGER_VERSION,
+        }
+
+    def _op_logout(self, params: Mapping[str, str]) -> dict[str, Any]:
+        self._user(params)
+        with self._lock:
+            self._sessions.pop(params.get("sessionName") or "", None)
+        return {"message": "successfull"}
+
+    def _op_listtypes(self, params: Mapping[str, str]) -> dict[str, Any]:
+        self._user(params)
+        modules = list(self.crm.schema.values())
+        return {
+            "types": [m.name for m in modules],
+            "information": {
+                m.name: {"isEntity": True, "label": m.name, "singular": m.singular} for m in modules
+            },
+        }
+
+    def _op_describe(self, params: Mapping[str, str]) -> dict[str, Any]:
+        self._user(params)
+        mod = self.crm.module(params.get("elementType") or "")
+        return {
+            "label": mod.name,
+            "name": mod.name,
+            "createable": True,
+            "updateable": True,
+            "deleteable": True,
+            "retrieveable": True,
+            "fields": [f.describe() for f in mod.fields.values()],
+            "idPrefix": mod.prefix,
+            "isEntity": True,
+            "allowDuplicates": True,
+            "labelFields": mod.label_fields,
+        }
+
+    def _op_query(self, params: Mapping[str, str]) -> list[dict[str, str]]:
+        self._user(params)
+        return self.crm.query(params.get("query") or "")
+
+    def _op_retrieve(self, params: Mapping[str, str]) -> dict[str, str]:
+        self._user(params)
+        wsid = params.get("id") or ""
+        self.crm._writable(wsid)  # the same checks as a write: type, deleted
+        record = self.crm.get(wsid)
+        if record is None:
+            raise _denied()
+        return record
+
+    def _element(self, params: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            element = json.loads(params.get("element") or "")
+        except ValueError:
+            raise VtigerError("INVALID_ELEMENT", "element is not valid JSON") from None
+        if not isinstance(element, dict):
+            raise VtigerError("INVALID_ELEMENT", "element must be a JSON object")
+        return element
+
+    def _op_revise(self, params: Mapping[str, str]) -> dict[str, str]:
+        self._user(params)
+        element = self._element(params)
+        wsid = str(element.pop("id", ""))
+        self._check_write(wsid)
+        return self.crm.revise(wsid, element)
+
+    def _op_update(self, params: Mapping[str, str]) -> dict[str, str]:
+        self._user(params)
+        element = self._element(params)
+        wsid = str(element.pop("id", ""))
+        self._check_write(wsid)
+        return self.crm.replace(wsid, element)
+
+    def _op_create(self, params: Mapping[str, str]) -> dict[str, str]:
+        self._user(params)
+        element = self._element(params)
+        owner = element.pop("assigned_user_id", None)
+        if not owner:
+            raise VtigerError("MANDATORY_FIELDS_MISSING", "assigned_user_id does not have a value")
+        module = params.get("elementType") or ""
+        wsid = self.crm.create(module, element, owner=str(owner))
+        record = self.crm.get(wsid)
+        assert record is not None
+        return record
+
+    def _op_delete(self, params: Mapping[str, str]) -> dict[str, str]:
+        self._user(params)
+        self.crm.delete(params.get("id") or "")
+        return {"status": "successful"}
+
+    def _op_sync(self, params: Mapping[str, str]) -> dict[str, Any]:
+        user_id = self._user(params)
+        try:
+            since = int(params.get("modifiedTime") or "0")
+        except ValueError:
+            since = 0
+        return self.crm.sync(
+            params.get("elementType") or "",
+            since,
+            user_id=user_id,
+            sync_type=(params.get("syncType") or "user").lower(),
+        )
+
+
+def _normalise_wsid(value: str) -> str | None:
+    prefix, sep, number = str(value).partition("x")
+    return value if sep and prefix.isdigit() and number.isdigit() else None
+
+
+def _failure(error: VtigerError, status: int = 200, headers: dict[str, str] | None = None) -> SandboxResponse:
+    payload = {"success": False, "error": {"code": error.code, "message": error.message}}
+    return json_response(status, payload, headers)
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 200,
+    privacy_guard: bool = True,
+    sync_fails: bool = False,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[VtigerSandbox], None] | None = None,
+) -> None:
+    """Runs a seeded sandbox until interrupted (or ``stop`` is set), printing its address, CA and
+    credentials."""
+    crm = VtigerCrm(privacy_guard=privacy_guard)
+    made = crm.seed(records, seed=seed)
+    sandbox = VtigerSandbox(crm, host=host, port=port, sync_fails=sync_fails).start()
+    c = sandbox.credentials
+    lines = [
+        "Vtiger sandbox is running (Ctrl-C to stop)",
+        f"  url            {sandbox.url}   (API: {sandbox.webservice_url})",
+        f"  CA certificate {sandbox.ca_cert_path}",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  username       {c.username}",
+        f"  access key     {c.access_key}",
+        f"  seeded         {len(made['contacts'])} contacts, {len(made['leads'])} leads, "
+        f"{len(made['accounts'])} organisations, {len(made['consents'])} Privacy Guard consents "
+        f"(seed {seed})",
+    ]
+    print("\n".join(lines), flush=True)
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()

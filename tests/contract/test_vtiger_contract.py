@@ -1,0 +1,9 @@
+"""The Vtiger connector passes the connector contract against its sandbox."""
+
+from consentsync_vtiger.testing import VtigerHarness
+
+from consentsync.sdk.testing import ConnectorContract
+
+
+class TestVtigerContract(ConnectorContract):
+    harness_class = VtigerHarness

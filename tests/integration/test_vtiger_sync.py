@@ -1,0 +1,154 @@
+"""The sync engine against the Vtiger sandbox with the shipped mappings, on SQLite and PostgreSQL:
+a full sync then nothing to do, a withdrawal in Vtiger reaching the person's other records,
+Privacy Guard's states in the ledger, and a stopped run resuming."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import func, select
+
+from consentsync import audit
+from consentsync.app import open_connector
+from consentsync.config import load_config
+from consentsync.ledger.schema import consent_events, crm_links, outbox, quarantine
+from consentsync.ledger.service import Ledger, utcnow
+from consentsync.sandbox.vtiger import VtigerSandbox
+from consentsync.sync.engine import SyncEngine, SyncOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+MAPPINGS = ["contacts.yaml", "leads.yaml", "accounts.yaml", "consents.yaml"]
+MODULES = ("Contacts", "Leads", "Accounts", "Consents")
+
+
+@pytest.fixture
+def sandbox() -> Iterator[VtigerSandbox]:
+    with VtigerSandbox() as server:
+        server.crm.seed(150, seed=12)
+        yield server
+
+
+def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **settings: Any) -> SyncEngine:
+    data = yaml.safe_load(config_path.read_text())
+    data["connectors"] = [
+        {
+            "name": "vt",
+            "vendor": "vtiger",
+            "mappings": [str(ROOT / "mappings" / "vtiger" / name) for name in MAPPINGS],
+            "settings": {
+                "url": sandbox.url,
+                "username": sandbox.credentials.username,
+                "access_key": sandbox.credentials.access_key,
+                "ca_bundle": str(sandbox.ca_cert_path),
+                "max_attempts": 4,
+                **settings,
+            },
+        }
+    ]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    connector, mappings = open_connector(load_config(config_path), "vt")
+    ledger.clock = utcnow  # the sandbox stamps records with the real time
+    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=40, signpost_lag_seconds=0))
+
+
+def _count(ledger: Ledger, table: Any, *where: Any) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def test_full_sync_then_nothing_to_do(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox) -> None:
+    first = _engine(ledger, config_path, sandbox).run(full=True)
+    assert first.status == "succeeded", first.error
+    assert first.counts.read == sum(sandbox.crm.count(m) for m in MODULES)
+    assert first.counts.pushed > 0
+    assert _count(ledger, outbox, outbox.c.status == "pending") == 0
+    # A contact without a consent granted in Privacy Guard is suppressed: its box is ticked.
+    granted = {
+        c["contact_id"]
+        for c in sandbox.crm.records("Consents")
+        if (c["consent_name"], c["consent_status"]) == ("Email Marketing", "Granted")
+    }
+    boxes = {r["id"]: r["emailoptout"] for r in sandbox.crm.records("Contacts")}
+    assert granted and all(box == "1" for rid, box in boxes.items() if rid not in granted)
+    calls = first.counts.api_calls
+    events = _count(ledger, consent_events)
+    second = _engine(ledger, config_path, sandbox).run()
+    assert second.status == "succeeded", second.error
+    assert (second.counts.evidence_recorded, second.counts.pushes_enqueued) == (0, 0)
+    third = _engine(ledger, config_path, sandbox).run()
+    assert third.counts.read == 0 and third.counts.pushes_enqueued == 0
+    assert third.counts.api_calls < calls
+    assert _count(ledger, consent_events) == events
+    with ledger.engine.connect() as conn:
+        assert audit.verify(conn).ok
+
+
+def test_privacy_guard_states_reach_the_ledger_and_unknown_names_are_quarantined(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    contact = sandbox.crm.records("Contacts")[0]["id"]
+    sandbox.crm.create(
+        "Consents",
+        consent_name="Email Marketing",
+        contact_id=contact,
+        consent_status="Not Granted",
+        granted_on="2026-10-01 09:00:00",
+        consent_source="Webform",
+    )
+    odd = sandbox.crm.create(
+        "Consents", consent_name="Newsletter Deluxe", contact_id=contact, consent_status="Granted"
+    )
+    report = _engine(ledger, config_path, sandbox).run(full=True)
+    assert report.status == "succeeded", report.error
+    with ledger.engine.connect() as conn:
+        statuses = set(conn.execute(select(consent_events.c.status)).scalars())
+        reasons = conn.execute(select(quarantine.c.record_id, quarantine.c.reason)).all()
+        linked = conn.execute(
+            select(func.count()).select_from(crm_links).where(crm_links.c.object_type == "Consents")
+        ).scalar_one()
+    assert {"refused", "granted", "requested"} <= statuses
+    assert any(rid == odd and "Newsletter Deluxe" in reason for rid, reason in reasons)
+    assert linked == sandbox.crm.count("Consents") - 1
+
+
+def test_a_withdrawal_on_a_contact_reaches_the_lead_with_the_same_address(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    contact = sandbox.crm.create("Contacts", lastname="Doe", email="jane.doe@example.test", donotcall="0")
+    lead = sandbox.crm.create("Leads", lastname="Doe", email="Jane.Doe@Example.test")
+    assert _engine(ledger, config_path, sandbox).run(full=True).status == "succeeded"
+    # These runs read up to the moment they start (signpost lag 0): an edit in the very second
+    # a run read would be left behind by whole-second stamps (what the default lag of 2 s is
+    # for), so the people below act a second later.
+    time.sleep(1.1)
+    sandbox.crm.revise(lead, emailoptout="0")  # someone clears the lead's box in Vtiger
+    sandbox.crm.revise(contact, donotcall="1")  # and the person asks not to be called
+    report = _engine(ledger, config_path, sandbox).run()
+    assert report.status == "succeeded", report.error
+    lead_now, contact_now = sandbox.crm.get(lead), sandbox.crm.get(contact)
+    assert lead_now is not None and contact_now is not None
+    assert lead_now["emailoptout"] == "1", "a cleared box does not un-suppress: it is ticked again"
+    assert contact_now["donotcall"] == "1"
+
+
+def test_a_run_stopped_by_the_limit_resumes_and_loses_nothing(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    sandbox.faults.update(request_limit_after=6)
+    stopped = _engine(ledger, config_path, sandbox).run(full=True)
+    assert stopped.status == "stopped", stopped.error
+    sandbox.faults.reset()
+    for _ in range(4):
+        report = _engine(ledger, config_path, sandbox).run()
+        assert report.status == "succeeded", report.error
+        if report.counts.read == 0 and report.counts.pushes_enqueued == 0:
+            break
+    with ledger.engine.connect() as conn:
+        linked = conn.execute(select(func.count(func.distinct(crm_links.c.record_id)))).scalar_one()
+    assert linked == sum(sandbox.crm.count(m) for m in MODULES)
+    assert _count(ledger, outbox, outbox.c.status == "pending") == 0

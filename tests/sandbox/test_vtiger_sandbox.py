@@ -1,0 +1,352 @@
+"""The Vtiger sandbox against Vtiger's documented wire format: raw HTTPS calls with requests, as a
+client that is not our connector would make them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from consentsync.sandbox.vtiger import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
+from consentsync.sandbox.vtql import VtqlError, parse, quote, unquote
+
+
+@pytest.fixture
+def sandbox() -> Iterator[VtigerSandbox]:
+    with VtigerSandbox() as server:
+        server.crm.seed(300, seed=2)
+        yield server
+
+
+class Client:
+    def __init__(self, sandbox: VtigerSandbox) -> None:
+        self.sandbox = sandbox
+        self.http = sandbox.requests_session()
+        self.session_name = ""
+
+    def get(self, **params: Any) -> Any:
+        response = self.http.get(self.sandbox.webservice_url, params=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def post(self, **params: Any) -> Any:
+        response = self.http.post(self.sandbox.webservice_url, data=params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def login(self) -> Client:
+        token = self.get(operation="getchallenge", username="integration")["result"]["token"]
+        key = hashlib.md5((token + self.sandbox.credentials.access_key).encode()).hexdigest()
+        answer = self.post(operation="login", username="integration", accessKey=key)
+        assert answer["success"], answer
+        self.session_name = answer["result"]["sessionName"]
+        return self
+
+    def query(self, vtql: str) -> Any:
+        return self.get(operation="query", sessionName=self.session_name, query=vtql)
+
+    def revise(self, element: dict[str, Any]) -> Any:
+        return self.post(operation="revise", sessionName=self.session_name, element=json.dumps(element))
+
+
+def _error(answer: Any) -> str:
+    assert answer["success"] is False, answer
+    assert set(answer["error"]) == {"code", "message"}
+    return str(answer["error"]["code"])
+
+
+# -- VTQL ----------------------------------------------------------------------------------------
+
+
+def test_vtql_needs_its_semicolon_and_has_no_parentheses() -> None:
+    with pytest.raises(VtqlError) as missing:
+        parse("SELECT id FROM Contacts")
+    assert missing.value.code == "QUERY_SYNTAX_ERROR"
+    with pytest.raises(VtqlError):
+        parse("SELECT id FROM Contacts WHERE (email = 'a' OR email = 'b');")
+    with pytest.raises(VtqlError):
+        parse("SELECT id FROM Contacts WHERE email = '';")  # Vtiger's lexer takes no empty string
+    assert parse("select id from Contacts;").module == "Contacts"
+
+
+def test_vtql_caps_every_limit_at_100_and_keeps_the_offset() -> None:
+    assert parse("SELECT * FROM Contacts;").limit == 100
+    assert parse("SELECT * FROM Contacts LIMIT 5000;").limit == 100
+    capped = parse("SELECT * FROM Contacts LIMIT 200, 500;")
+    assert (capped.offset, capped.limit) == (200, 100)
+
+
+def test_vtql_string_literals_double_quotes_and_read_mysql_escapes() -> None:
+    for text in ("O'Brien", "back\\slash\\", "\\'; DROP TABLE x; --", "50% _off_"):
+        assert unquote(quote(text)) == text
+    assert unquote("'it''s'") == "it's"
+    assert unquote("'a\\nb'") == "a\nb"
+
+
+def test_vtql_and_binds_tighter_than_or(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    contacts = sandbox.crm.records("Contacts")
+    first, second = contacts[0], contacts[1]
+    rows = client.query(
+        f"SELECT id FROM Contacts WHERE id = '{first['id']}' OR id = '{second['id']}' "
+        f"AND email = 'nobody@example.test';"
+    )["result"]
+    assert [r["id"] for r in rows] == [first["id"]]
+
+
+def test_vtql_null_matches_no_comparison_and_desc_applies_to_the_last_column(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    rows = client.query("SELECT id, secondaryemail FROM Contacts WHERE secondaryemail != 'x@y.z';")["result"]
+    assert rows == []  # every secondaryemail is empty: NULL != 'x' is not true
+    rows = client.query("SELECT id, modifiedtime FROM Contacts ORDER BY modifiedtime, id DESC LIMIT 100;")
+    result = rows["result"]
+    stamps = [r["modifiedtime"] for r in result]
+    assert stamps == sorted(stamps)  # DESC reached only the id column
+    same = [int(r["id"].split("x")[1]) for r in result if r["modifiedtime"] == stamps[0]]
+    assert same == sorted(same, reverse=True)
+
+
+# -- login and sessions ------------------------------------------------------------------------
+
+
+def test_login_with_the_access_key_digest(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox)
+    challenge = client.get(operation="getchallenge", username="integration")["result"]
+    assert challenge["expireTime"] - challenge["serverTime"] == 300
+    wrong = hashlib.md5((challenge["token"] + "not-the-key").encode()).hexdigest()
+    assert _error(client.post(operation="login", username="integration", accessKey=wrong)) == (
+        "INVALID_USER_CREDENTIALS"
+    )
+    right = sandbox.login_key(challenge["token"])
+    answer = client.post(operation="login", username="integration", accessKey=right)["result"]
+    assert answer["userId"] == "19x5"
+    assert answer["sessionName"]
+
+
+def test_the_challenge_expires(sandbox: VtigerSandbox) -> None:
+    sandbox.challenge_ttl = 0.2
+    client = Client(sandbox)
+    token = client.get(operation="getchallenge", username="integration")["result"]["token"]
+    time.sleep(0.3)
+    answer = client.post(operation="login", username="integration", accessKey=sandbox.login_key(token))
+    assert _error(answer) == "INVALID_AUTH_TOKEN"
+
+
+def test_calls_without_or_with_a_dead_session(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox)
+    assert _error(client.get(operation="listtypes")) == "AUTHENTICATION_REQUIRED"
+    client.login()
+    assert client.get(operation="listtypes", sessionName=client.session_name)["success"]
+    sandbox.expire_sessions()
+    assert _error(client.get(operation="listtypes", sessionName=client.session_name)) == "INVALID_SESSIONID"
+
+
+def test_a_read_operation_sent_as_post_is_refused(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    assert _error(client.post(operation="query", sessionName=client.session_name, query="x")) == (
+        "UNKNOWN_OPERATION"
+    )
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def test_query_answers_at_most_100_rows_of_text(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    rows = client.query("SELECT id, email, emailoptout, donotcall, modifiedtime FROM Contacts LIMIT 0,500;")
+    result = rows["result"]
+    assert len(result) == 100
+    assert all(r["id"].startswith("12x") for r in result)
+    assert {r["emailoptout"] for r in result} <= {"0", "1"}
+    assert all(dt.datetime.strptime(r["modifiedtime"], "%Y-%m-%d %H:%M:%S") for r in result)
+    paged = client.query("SELECT id FROM Contacts ORDER BY id LIMIT 200,100;")["result"]
+    assert len(paged) == 100
+    assert client.query("SELECT count(*) FROM Contacts;")["result"] == [{"count": "300"}]
+
+
+def test_query_of_an_unknown_field_is_denied(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    assert _error(client.query("SELECT nope FROM Contacts;")) == "ACCESS_DENIED"
+    assert _error(client.query("SELECT id FROM Contacts")) == "QUERY_SYNTAX_ERROR"
+
+
+def test_modules_ids_and_consent_fields(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    described = {
+        name: client.get(operation="describe", sessionName=client.session_name, elementType=name)["result"]
+        for name in ("Contacts", "Leads", "Accounts", "Consents")
+    }
+    assert {n: d["idPrefix"] for n, d in described.items()} == {
+        "Contacts": "12",
+        "Leads": "10",
+        "Accounts": "11",
+        "Consents": "52",
+    }
+    fields = {n: {f["name"] for f in d["fields"]} for n, d in described.items()}
+    assert {"emailoptout", "donotcall", "email", "secondaryemail"} <= fields["Contacts"]
+    assert "emailoptout" in fields["Leads"] and "donotcall" not in fields["Leads"]
+    assert {"email1", "email2", "emailoptout"} <= fields["Accounts"] and "donotcall" not in fields["Accounts"]
+    status = next(f for f in described["Consents"]["fields"] if f["name"] == "consent_status")
+    assert [p["value"] for p in status["type"]["picklistValues"]] == list(CONSENT_STATES)
+
+
+def test_reading_a_deleted_record_is_access_denied(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    record_id = sandbox.crm.records("Contacts")[0]["id"]
+    assert client.get(operation="retrieve", sessionName=client.session_name, id=record_id)["success"]
+    sandbox.crm.delete(record_id)
+    answer = client.get(operation="retrieve", sessionName=client.session_name, id=record_id)
+    assert _error(answer) == "ACCESS_DENIED"
+    lead = sandbox.crm.records("Leads")[0]["id"]
+    wrong_type = "12x" + lead.split("x")[1]
+    assert _error(client.revise({"id": wrong_type, "emailoptout": "1"})) == "INVALID_ID_ATTRIBUTE"
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def test_revise_is_partial_and_bumps_modifiedtime(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    record = sandbox.crm.records("Contacts")[0]
+    for sent, stored in ((True, "1"), (False, "0"), ("1", "1"), ("0", "0")):
+        answer = client.revise({"id": record["id"], "emailoptout": sent})["result"]
+        assert answer["emailoptout"] == stored
+    after = sandbox.crm.get(record["id"])
+    assert after is not None
+    assert after["lastname"] == record["lastname"] and after["email"] == record["email"]
+    assert after["modifiedtime"] > record["modifiedtime"]
+    assert _error(client.revise({"id": record["id"], "lastname": ""})) == "MANDATORY_FIELDS_MISSING"
+
+
+def test_update_needs_the_whole_record(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    record = sandbox.crm.records("Contacts")[0]
+    partial = client.post(
+        operation="update",
+        sessionName=client.session_name,
+        element=json.dumps({"id": record["id"], "emailoptout": "1"}),
+    )
+    assert _error(partial) == "MANDATORY_FIELDS_MISSING"
+    whole = {**record, "emailoptout": "1"}
+    answer = client.post(operation="update", sessionName=client.session_name, element=json.dumps(whole))
+    assert answer["result"]["emailoptout"] == "1"
+
+
+# -- sync ----------------------------------------------------------------------------------------
+
+
+def _stamped(crm: VtigerCrm, moment: dt.datetime, count: int, owner: str) -> list[str]:
+    return [crm.create("Contacts", lastname=f"S{i}", owner=owner, at=moment) for i in range(count)]
+
+
+def test_sync_is_strict_uncapped_and_sees_only_the_users_own_records() -> None:
+    with VtigerSandbox() as sandbox:
+        crm = sandbox.crm
+        base = dt.datetime(2026, 11, 1, 12, 0, 0, tzinfo=dt.UTC)
+        early = _stamped(crm, base, 3, "19x5")
+        crowded = _stamped(crm, base + dt.timedelta(seconds=1), 150, "19x5")
+        grouped = _stamped(crm, base + dt.timedelta(seconds=1), 5, "20x2")
+        later = _stamped(crm, base + dt.timedelta(seconds=2), 4, "19x5")
+        client = Client(sandbox).login()
+        since = int(base.timestamp())
+        answer = client.get(
+            operation="sync", sessionName=client.session_name, modifiedTime=since, elementType="Contacts"
+        )["result"]
+        ids = {r["id"] for r in answer["updated"]}
+        assert not ids & set(early), "sync is strict: the second of modifiedTime is not included"
+        assert ids == set(crowded), "every record of the last second, past 100; no group's record"
+        assert not ids & set(grouped)
+        assert answer["lastModifiedTime"] == since + 1 and answer["more"] is True
+        crm.delete(later[0], at=base + dt.timedelta(seconds=3))
+        rest = client.get(
+            operation="sync", sessionName=client.session_name, modifiedTime=since + 1, elementType="Contacts"
+        )["result"]
+        assert {r["id"] for r in rest["updated"]} == set(later[1:])
+        assert rest["deleted"] == [later[0]], "a deletion moves modifiedtime: sync lists its id"
+        assert rest["more"] is False and rest["lastModifiedTime"] == since + 3
+
+
+def test_sync_can_fail_as_the_stock_release_does_on_php8(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    sandbox.sync_fails = True
+    response = client.http.get(
+        sandbox.webservice_url,
+        params={"operation": "sync", "sessionName": client.session_name, "modifiedTime": 0},
+    )
+    assert response.status_code == 500 and response.content == b""
+
+
+# -- faults and counting -------------------------------------------------------------------------
+
+
+def test_faults_answer_as_apache_and_vtiger_would(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    sandbox.faults.update(error_rate=1.0, error_calls=1)
+    failed = client.http.get(
+        sandbox.webservice_url, params={"operation": "listtypes", "sessionName": client.session_name}
+    )
+    assert failed.status_code == 503 and "html" in failed.headers["Content-Type"]
+    sandbox.faults.reset()
+    sandbox.faults.update(request_limit_after=0)
+    limited = client.http.get(
+        sandbox.webservice_url, params={"operation": "listtypes", "sessionName": client.session_name}
+    )
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 60
+    sandbox.faults.reset()
+    record = sandbox.crm.records("Contacts")[0]["id"]
+    sandbox.faults.fail_records(record, attempts=1)
+    assert _error(client.revise({"id": record, "emailoptout": "1"})) == "DATABASE_QUERY_ERROR"
+    assert client.revise({"id": record, "emailoptout": "1"})["success"]
+    assert sandbox.calls["revise"] == 2 and sandbox.calls["login"] == 1
+    assert sandbox.faults_injected["http_503"] == 1 and sandbox.faults_injected["request_limit"] == 1
+
+
+# -- seeding and the command line ---------------------------------------------------------------
+
+
+def test_the_seed_crowds_seconds_mixes_owners_and_shares_addresses() -> None:
+    crm = VtigerCrm()
+    made = crm.seed(300, seed=9)
+    contacts = crm.records("Contacts")
+    stamps = Counter(r["modifiedtime"] for r in contacts)
+    assert stamps.most_common(1)[0][1] >= 100, "an import puts more than a page in one second"
+    owners = Counter(crm.owner_of(r["id"]) for r in contacts)
+    assert owners["19x5"] > owners["20x2"] > 0, "some records belong to a group, not the user"
+    lead_emails = {r["email"].lower() for r in crm.records("Leads")}
+    assert lead_emails & {r["email"].lower() for r in contacts}
+    assert any("'" in r["email"] for r in contacts)
+    assert {r["consent_status"] for r in crm.records("Consents")} <= set(CONSENT_STATES)
+    assert len(made["consents"]) == crm.count("Consents") > 0
+
+
+def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    ready: list[VtigerSandbox] = []
+    thread = threading.Thread(
+        target=serve_forever,
+        args=(0, 5),
+        kwargs={"records": 50, "stop": stop, "on_ready": ready.append},
+        daemon=True,
+    )
+    thread.start()
+    try:
+        for _ in range(200):
+            if ready:
+                break
+            threading.Event().wait(0.05)
+        assert ready, "the sandbox did not start"
+        sandbox = ready[0]
+        output = capsys.readouterr().out
+        assert sandbox.webservice_url in output and sandbox.credentials.access_key in output
+        assert Client(sandbox).login().query("SELECT count(*) FROM Contacts;")["result"] == [{"count": "50"}]
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
