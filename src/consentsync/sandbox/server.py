@@ -28,6 +28,7 @@ import struct
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class Route:
     authenticated: bool = True
 
 
-class HttpsSandbox:
+class HttpsSandbox(ABC):
     """The server half every vendor sandbox shares. Construct, :meth:`start` (or use as a
     context manager), point clients at :attr:`base_url` and trust :attr:`ca_cert_path`."""
 
@@ -240,30 +241,31 @@ class HttpsSandbox:
 
     # ------------------------------------------------------------------ hooks (vendor specific)
 
+    @abstractmethod
     def route(self, request: SandboxRequest) -> Route:
-        raise NotImplementedError  # pragma: no cover - every sandbox routes
+        """The handler for one request (the vendor's URL space)."""
 
-    def authenticate(self, request: SandboxRequest) -> None:
+    def authenticate(self, request: SandboxRequest) -> None:  # noqa: B027 - optional hook
         """Raise the vendor's error when the request carries no valid credentials."""
 
-    def expire_sessions(self) -> None:
+    def expire_sessions(self) -> None:  # noqa: B027 - optional hook
         """Invalidate every session or token issued so far (session_expiry_after)."""
 
     def daily_usage(self) -> tuple[int | None, int | None]:
         """(used, limit) of the daily allocation, for ``enforce_daily_limit``."""
         return None, None
 
-    def note_api_call(self, request: SandboxRequest) -> None:
+    def note_api_call(self, request: SandboxRequest) -> None:  # noqa: B027 - optional hook
         """One authenticated call went through: count it against the vendor's allocations."""
 
+    @abstractmethod
     def request_limit_error(self) -> Exception:
         """The vendor's answer once the (daily) request limit is reached: raised, then turned into
         a response by :meth:`error_response`."""
-        raise NotImplementedError  # pragma: no cover
 
+    @abstractmethod
     def throttle_error(self, retry_after: float) -> Exception:
         """The vendor's short-term throttling answer (its per-second or per-window limit)."""
-        raise NotImplementedError  # pragma: no cover
 
     def server_error(self, status: int) -> SandboxResponse:
         return json_response(status, {"message": "Server temporarily unavailable, retry later"})
