@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         found = dict(
             (value, subject_id)
             for subject_id, value in _in(
-                "SELECT subject_id, value FROM subject_identifiers WHERE value", sorted(set(emails)), cursor
+                "SELECT subject_id, value FROM subject_identifiers WHERE kind = 'email' AND value",
+                sorted(set(emails)),
+                cursor,
             )
         )
         for email in sorted(set(emails) - found.keys()):

@@ -107,15 +107,26 @@ def select_in(
     key: str,
     values: Sequence[Any],
     chunk: int = 500,
+    *,
+    equal: Sequence[tuple[str, Any]] = (),
 ) -> Iterator[tuple[Any, ...]]:
-    """``SELECT columns FROM table WHERE key IN (values)``, in chunks, as plain tuples (no type
-    processing: use it for text and integer columns)."""
+    """``SELECT columns FROM table WHERE [column = value AND ...] key IN (values)``, in chunks,
+    as plain tuples (no type processing: use it for text and integer columns).
+
+    ``equal`` pins the leading columns of a composite index: without them neither SQLite nor
+    PostgreSQL can search an index on (those columns, key), and SQLite does not search one for
+    a row-value ``(a, b, key) IN (...)`` either; all of these read the whole table."""
     quote = conn.dialect.identifier_preparer.quote
-    for name in (*columns, key):
+    for name in (*columns, key, *(column for column, _ in equal)):
         table.c[name]
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    head = f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} WHERE {quote(key)} IN "
+    conditions = "".join(f"{quote(column)} = {marker} AND " for column, _ in equal)
+    head = (
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} "
+        f"WHERE {conditions}{quote(key)} IN "
+    )
+    prefix = tuple(value for _, value in equal)
     for start in range(0, len(values), chunk):
         part = values[start : start + chunk]
-        cursor = conn.exec_driver_sql(head + f"({', '.join(marker for _ in part)})", tuple(part))
+        cursor = conn.exec_driver_sql(head + f"({', '.join(marker for _ in part)})", prefix + tuple(part))
         yield from cursor.fetchall()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, tuple_
+from sqlalchemy import Connection, insert, select, text
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import chunks, select_in
@@ -142,22 +142,34 @@ class SubjectResolver:
         return True
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
+        # One query per (connector, object type): the unique index leads with both.
+        by_type: dict[tuple[str, str], list[str]] = {}
+        for link in links:
+            by_type.setdefault((link.connector, link.object_type), []).append(link.record_id)
         found: dict[CrmLink, int] = {}
-        key = tuple_(crm_links.c.connector, crm_links.c.object_type, crm_links.c.record_id)
-        for chunk in chunks(sorted(links, key=lambda link: (link.connector, link.record_id))):
-            rows = self.conn.execute(
-                select(crm_links).where(key.in_([(c.connector, c.object_type, c.record_id) for c in chunk]))
+        for (connector, object_type), record_ids in sorted(by_type.items()):
+            rows = select_in(
+                self.conn,
+                crm_links,
+                ("record_id", "subject_id"),
+                "record_id",
+                sorted(record_ids),
+                equal=[("connector", connector), ("object_type", object_type)],
             )
-            for row in rows:
-                found[CrmLink(row.connector, row.object_type, row.record_id)] = row.subject_id
+            for record_id, subject_id in rows:
+                found[CrmLink(connector, object_type, record_id)] = subject_id
         return found
 
     def _find_emails(self, emails: set[str]) -> dict[str, int]:
-        # Only kind "email" is stored today; the filter keeps other kinds out when they come.
         rows = select_in(
-            self.conn, subject_identifiers, ("value", "subject_id", "kind"), "value", sorted(emails)
+            self.conn,
+            subject_identifiers,
+            ("value", "subject_id"),
+            "value",
+            sorted(emails),
+            equal=[("kind", EMAIL)],
         )
-        return {value: subject_id for value, subject_id, kind in rows if kind == EMAIL}
+        return dict(rows)
 
     def _create(self, identities: Sequence[Identity]) -> list[int]:
         if not identities:

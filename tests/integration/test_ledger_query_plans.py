@@ -1,0 +1,98 @@
+"""The recording path looks people, states and fingerprints up through indexes, never by reading
+a whole table: a scan costs nothing on a test ledger and everything on one with a million rows
+(the email lookup once scanned ``subject_identifiers`` on every batch, because the unique index
+leads with ``kind`` and the query named only ``value``).
+
+Checked on SQLite, whose planner takes an index whenever one applies; PostgreSQL's planner
+chooses by table size and reads a tiny test table sequentially whatever its indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.ledger.identity import CrmLink, Identity
+from consentsync.ledger.service import Ledger, RecordRequest
+
+# Tables that grow with the number of people or events.
+GROWING = {
+    "subjects",
+    "subject_identifiers",
+    "crm_links",
+    "consent_events",
+    "consent_states",
+    "objections",
+    "suppressions",
+    "audit_entries",
+    "audit_details",
+    "state_changes",
+}
+
+
+def _requests(ledger: Ledger, people: int, start: datetime) -> Iterator[RecordRequest]:
+    for person in range(people):
+        link = CrmLink("salesforce", "Contact", f"003{person:012d}") if person % 2 else None
+        yield RecordRequest(
+            Identity(email=f"person{person}@example.org", link=link),
+            Evidence(
+                purpose="email_marketing",
+                channel="email",
+                status=ConsentStatus.GRANTED if person % 3 else ConsentStatus.WITHDRAWN,
+                basis=LawfulBasis.CONSENT,
+                event_time=start + timedelta(minutes=person),
+                observed_at=ledger.clock(),
+                source="salesforce" if link else "web_form",
+                origin=Origin.CRM if link else Origin.CAPTURE,
+            ),
+        )
+
+
+def _scans(ledger: Ledger, statements: list[tuple[str, Any]]) -> list[str]:
+    """The full-table (or full-index) reads the captured SELECTs would make, one line each."""
+    found: list[str] = []
+    raw = ledger.engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        for sql, params in statements:
+            if not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            for _id, _parent, _unused, detail in cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params):
+                words = detail.split()
+                if words[0] == "SCAN" and words[1] in GROWING:
+                    found.append(f"{detail}  <-  {' '.join(sql.split())[:160]}")
+    finally:
+        raw.close()
+    return found
+
+
+def test_recording_reads_every_growing_table_through_an_index(ledger: Ledger) -> None:
+    if ledger.engine.dialect.name != "sqlite":
+        pytest.skip("query plans are checked on SQLite: PostgreSQL plans by table size")
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ledger.record_many(_requests(ledger, 40, start), batch_size=10)  # people who already exist
+    ledger.raise_objection("person4@example.org", "profiling")
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
+        if not many:
+            statements.append((sql, params))
+
+    event.listen(ledger.engine, "before_cursor_execute", capture)
+    try:
+        # Known and new people, by email and by CRM record, through both entry points.
+        ledger.record_many(_requests(ledger, 80, start + timedelta(days=1)), batch_size=25)
+        ledger.record(
+            Identity(email="person2@example.org"),
+            next(_requests(ledger, 1, start + timedelta(days=2))).evidence,
+        )
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", capture)
+
+    assert any("subject_identifiers" in sql for sql, _ in statements), "no email lookup was captured"
+    assert any("crm_links" in sql for sql, _ in statements), "no CRM link lookup was captured"
+    assert _scans(ledger, statements) == []
