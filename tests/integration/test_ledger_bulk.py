@@ -5,6 +5,7 @@ on PostgreSQL the same tests show the uncached path gives the same answers."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -146,3 +147,35 @@ def test_the_cache_drops_a_cached_state_whose_expiry_passed() -> None:
     assert warm.effective_at(key, computed_at - timedelta(seconds=1)) is None  # the clock went back
     warm.effective[key] = (state, computed_at + timedelta(days=2))  # already expired when computed
     assert warm.effective_at(key, computed_at + timedelta(days=3)) is state
+
+
+def _people(ledger: Ledger, count: int, start: datetime) -> Iterator[RecordRequest]:
+    for person in range(count):
+        yield _request(ledger, start + timedelta(minutes=person), email=f"p{person}@example.org")
+
+
+def test_record_many_pauses_the_cycle_collector_and_leaves_no_cycles_per_event(ledger: Ledger) -> None:
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    ledger.record_many(_people(ledger, 50, start), batch_size=50)
+    seen: list[bool] = []
+
+    def watched() -> Iterator[RecordRequest]:
+        for request in _people(ledger, 300, start + timedelta(days=1)):
+            seen.append(gc.isenabled())
+            yield request
+
+    gc.collect()
+    ledger.record_many(watched(), batch_size=150)
+    assert seen and not any(seen), "the collector ran during the bulk call"
+    assert gc.isenabled()
+    few = gc.collect()
+    # Ten times the events in the same number of batches: cycles do not grow with the events.
+    ledger.record_many(_people(ledger, 3000, start + timedelta(days=2)), batch_size=1500)
+    assert gc.collect() <= few + 10
+
+    gc.disable()
+    try:
+        ledger.record_many(_people(ledger, 10, start + timedelta(days=3)))
+        assert not gc.isenabled(), "a caller's own pause was undone"
+    finally:
+        gc.enable()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from sqlalchemy import event
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.sandbox import SalesforceSandbox
+from tests.integration.test_sync_engine import _engine as sync_engine
 
 # Tables that grow with the number of people or events.
 GROWING = {
@@ -31,6 +34,10 @@ GROWING = {
     "audit_entries",
     "audit_details",
     "state_changes",
+    "crm_snapshots",
+    "outbox",
+    "quarantine",
+    "sync_runs",
 }
 
 
@@ -50,6 +57,20 @@ def _requests(ledger: Ledger, people: int, start: datetime) -> Iterator[RecordRe
                 origin=Origin.CRM if link else Origin.CAPTURE,
             ),
         )
+
+
+class _Statements(list[tuple[str, Any]]):
+    def append_statement(
+        self, _conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool
+    ) -> None:
+        if not many:
+            self.append((sql, params))
+
+
+def _capture(ledger: Ledger) -> _Statements:
+    statements = _Statements()
+    event.listen(ledger.engine, "before_cursor_execute", statements.append_statement)
+    return statements
 
 
 def _scans(ledger: Ledger, statements: list[tuple[str, Any]]) -> list[str]:
@@ -76,13 +97,7 @@ def test_recording_reads_every_growing_table_through_an_index(ledger: Ledger) ->
     start = datetime(2026, 3, 1, tzinfo=UTC)
     ledger.record_many(_requests(ledger, 40, start), batch_size=10)  # people who already exist
     ledger.raise_objection("person4@example.org", "profiling")
-    statements: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
-        if not many:
-            statements.append((sql, params))
-
-    event.listen(ledger.engine, "before_cursor_execute", capture)
+    statements = _capture(ledger)
     try:
         # Known and new people, by email and by CRM record, through both entry points.
         ledger.record_many(_requests(ledger, 80, start + timedelta(days=1)), batch_size=25)
@@ -91,8 +106,30 @@ def test_recording_reads_every_growing_table_through_an_index(ledger: Ledger) ->
             next(_requests(ledger, 1, start + timedelta(days=2))).evidence,
         )
     finally:
-        event.remove(ledger.engine, "before_cursor_execute", capture)
+        event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
 
     assert any("subject_identifiers" in sql for sql, _ in statements), "no email lookup was captured"
     assert any("crm_links" in sql for sql, _ in statements), "no CRM link lookup was captured"
+    assert _scans(ledger, statements) == []
+
+
+def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, config_path: Path) -> None:
+    if ledger.engine.dialect.name != "sqlite":
+        pytest.skip("query plans are checked on SQLite: PostgreSQL plans by table size")
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(60, seed=5)
+        engine = sync_engine(ledger, config_path, sandbox)
+        assert engine.run(full=True).status == "succeeded"
+        # Opt-outs to read, and to push to the other records of the same people.
+        subscribed = [r for r in sandbox.org.records("Contact") if not r.get("HasOptedOutOfEmail")]
+        for record in subscribed[:4]:
+            sandbox.org.update(record["Id"], HasOptedOutOfEmail=True)
+        statements = _capture(ledger)
+        try:
+            second = engine.run()
+        finally:
+            event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
+    assert second.status == "succeeded", second.error
+    assert second.counts.evidence_recorded >= 4
+    assert any("crm_snapshots" in sql for sql, _ in statements), "no snapshot read was captured"
     assert _scans(ledger, statements) == []

@@ -30,7 +30,15 @@ from consentsync.domain import (
     canonical_json,
     iso,
 )
-from consentsync.ledger.bulk import chunks, db_time, insert_rows, select_in, time_writer, upsert_rows
+from consentsync.ledger.bulk import (
+    chunks,
+    cyclic_gc_paused,
+    db_time,
+    insert_rows,
+    select_in,
+    time_writer,
+    upsert_rows,
+)
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -195,7 +203,7 @@ class Ledger:
         total = RecordStats()
         iterator = iter(requests)
         warm = WarmSubjects() if self.engine.dialect.name == "sqlite" else None
-        with self.engine.connect() as conn:
+        with cyclic_gc_paused(), self.engine.connect() as conn:
             while batch := list(islice(iterator, batch_size)):
                 with conn.begin():
                     if warm is not None:
