@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--subjects", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=5_000)
+    parser.add_argument("--batch", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
