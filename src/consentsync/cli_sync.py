@@ -281,19 +281,7 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
 
 
 @sandbox.command("hubspot")
-@click.option("--port", type=click.IntRange(0, 65535), default=8445, show_default=True)
-@click.option(
-    "--seed",
-    "records",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    help="Seed the portal with this many generated contacts (with subscription statuses).",
-)
-@click.option(
-    "--random-seed", type=int, default=1, show_default=True, help="Makes the generated portal repeatable."
-)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@sandbox_options(8445, "Seed the portal with this many generated contacts (with subscription statuses).")
 def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.hubspot import serve_forever
@@ -311,23 +299,9 @@ def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) ->
 
 
 @sandbox.command("dynamics")
-@click.option("--port", type=click.IntRange(0, 65535), default=8445, show_default=True)
-@click.option(
-    "--seed",
-    "records",
-    type=click.IntRange(min=0),
-    default=200,
-    show_default=True,
-    help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
+@sandbox_options(
+    8447, "Seed the environment with this many generated contacts (with duplicates and consent rows)."
 )
-@click.option(
-    "--random-seed",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Makes the generated environment repeatable.",
-)
-@click.option("--host", default="127.0.0.1", show_default=True)
 def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted."""
     from consentsync.sandbox.dynamics import serve_forever as serve_dynamics

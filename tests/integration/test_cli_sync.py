@@ -393,3 +393,20 @@ def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert "full sync: succeeded" in result.stdout
     assert "incremental sync: succeeded" in result.stdout
     assert (tmp_path / "demo" / "consentsync.yaml").exists()
+
+
+def test_every_sandbox_listens_on_a_port_of_its_own_by_default() -> None:
+    # The demo and ops run several sandboxes side by side: a shared default port would make the
+    # second one fail to start.
+    import click
+
+    from consentsync.cli import main
+
+    sandboxes = main.commands["sandbox"]
+    assert isinstance(sandboxes, click.Group)
+    ports = {
+        name: next(p.default for p in command.params if p.name == "port")
+        for name, command in sandboxes.commands.items()
+    }
+    assert len(ports) >= 5, ports
+    assert len(set(ports.values())) == len(ports), ports
