@@ -104,5 +104,7 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         signpost_lag_seconds=settings.signpost_lag_seconds,
         push_batch_size=settings.push_batch_size,
         max_push_attempts=settings.max_push_attempts,
+        lookback_seconds=settings.lookback_seconds,
+        erasure_actions=dict(settings.erasure),
     )
     return SyncEngine(ledger or open_ledger(config), connector, mappings, options)

@@ -698,6 +698,14 @@ class MappingSpec(_Strict):
     object: ObjectName
     identity: IdentitySpec
     consents: list[ConsentSpec] = Field(min_length=1)
+    personal_fields: dict[FieldName, str | None] = Field(
+        default_factory=dict,
+        description=(
+            "What the `anonymise` erasure action writes to this object's records of an erased "
+            "person: field -> value (null clears the field). Used only where the connector's "
+            "`erasure` setting names `anonymise` for this object."
+        ),
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> MappingSpec:

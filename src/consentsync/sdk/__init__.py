@@ -7,6 +7,7 @@ from consentsync.sdk.connector import (
     Cursor,
     FieldInfo,
     RecordUpdate,
+    WriteAction,
     WriteResult,
 )
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, ErrorRule, ErrorTable, Fault
@@ -26,6 +27,7 @@ __all__ = [
     "FieldInfo",
     "RecordUpdate",
     "RetryPolicy",
+    "WriteAction",
     "WriteResult",
     "call",
 ]

@@ -7,7 +7,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from consentsync.domain import as_utc
@@ -58,10 +59,19 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class CrmRecord:
+    """One record as the CRM holds it now, or the news that it is gone.
+
+    ``deleted``: the CRM deleted the record (``fields`` may be empty); ``modstamp`` is then the
+    time of the deletion. ``merged_into``: the record was merged away and this is the id of the
+    record that survived (``deleted`` is then True too).
+    """
+
     object_type: str
     record_id: str
     modstamp: datetime
     fields: Mapping[str, Any]
+    deleted: bool = False
+    merged_into: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +83,17 @@ class FieldInfo:
     picklist_values: tuple[str, ...] = ()
 
 
+class WriteAction(StrEnum):
+    UPDATE = "update"  # set ``fields`` on the record
+    DELETE = "delete"  # delete the record (an erasure passed on, Art. 17(2)); ``fields`` is empty
+
+
 @dataclass(frozen=True, slots=True)
 class RecordUpdate:
     object_type: str
     record_id: str
     fields: Mapping[str, Any]
+    action: WriteAction = WriteAction.UPDATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +126,32 @@ class ApiUsage:
 class Connector(ABC):
     """One configured CRM (an "instance": two Salesforce orgs are two connectors).
 
-    Subclasses set ``vendor`` and implement the four operations; they raise
-    ``consentsync.sdk.errors`` exceptions so that the engine knows whether to retry, skip a
-    record, stop cleanly or fail the run.
+    Subclasses set ``vendor`` and implement ``check``, ``describe``, ``read_changes`` and one of
+    ``write_batches`` (preferred) or ``write``; they raise ``consentsync.sdk.errors`` exceptions so
+    that the engine knows whether to retry, skip a record, stop cleanly or fail the run.
     """
 
     vendor: ClassVar[str]
     # True where the connector implements ``read_records``: ops can then retry one quarantined
     # record (the next run re-reads it by id); elsewhere a full run re-reads it.
     can_read_by_id: ClassVar[bool] = False
+    # How far behind the last record it read an incremental read starts again. A CRM stamps a
+    # change when its transaction starts writing and shows it when it commits: a record stamped
+    # before the watermark can become visible after a read passed it (long transactions,
+    # triggers, bulk jobs, search indexes that lag writes). Re-reading the window costs API calls
+    # but never creates evidence twice (the engine compares with the record's snapshot). Each
+    # connector sets it from its vendor's docs; ``lookback_seconds`` in the connector's config
+    # overrides it.
+    lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    # True where ``read_deletions`` lists records deleted (or merged away) in the CRM.
+    reads_deletions: ClassVar[bool] = False
+    # True where ``write_batches`` carries out ``WriteAction.DELETE`` (the ``delete`` erasure action).
+    can_delete: ClassVar[bool] = False
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
+        cls = type(self)
+        if cls.write is Connector.write and cls.write_batches is Connector.write_batches:
+            raise TypeError(f"{cls.__name__} implements neither write_batches nor write")
         self.name = name
         self.settings = settings
         self.usage = ApiUsage()
@@ -144,7 +175,24 @@ class Connector(ABC):
         self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
     ) -> Iterator[CrmRecord]:
         """Records changed after ``since`` and at or before ``until``, in (modstamp, id) order,
-        lazily: never a list of the whole org."""
+        lazily: never a list of the whole org. A connector whose CRM hands deletions over in
+        the same stream (Salesforce's queryAll, Dataverse's delta) may yield them here as
+        ``CrmRecord(deleted=True)``."""
+
+    def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
+        """Where an incremental read starts: ``lookback`` (the connector's own by default)
+        before the stored position, from the first record of that moment. A cursor holding a
+        CRM token (a delta link) is the CRM's own commit-ordered position: it is kept."""
+        window = self.lookback if lookback is None else lookback
+        if cursor.modstamp is None or cursor.token is not None or window <= timedelta(0):
+            return cursor
+        return Cursor(cursor.modstamp - window, None, None)
+
+    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+        """Records of ``object_type`` deleted or merged away after ``since`` and at or before
+        ``until``, in (deletion time, id) order, as ``CrmRecord(deleted=True, merged_into=...)``.
+        Connectors with ``reads_deletions`` implement it; the engine keeps its own cursor."""
+        raise TypeError(f"the {self.vendor} connector does not list deleted records (reads_deletions)")
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
@@ -153,10 +201,23 @@ class Connector(ABC):
         record the CRM no longer has is left out."""
         raise TypeError(f"the {self.vendor} connector does not read records by id (can_read_by_id)")
 
-    @abstractmethod
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """Applies ``updates`` (any size: the connector batches), yielding the CRM's answers call
+        by call (or Bulk job by job) as each call returns: a dict from the position of an update
+        in ``updates`` to its result. Over the whole iteration every position is answered once.
+
+        The engine commits each answer (outbox row done, audit entry, snapshot) before it asks
+        for the next, so a run stopped between two calls (a limit reached, a crash) loses no
+        acknowledgement. A connector must therefore yield as soon as a call returns, and keep
+        nothing back that the CRM already applied."""
+        yield dict(enumerate(self.write(updates)))
+
     def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        """Applies ``updates`` (any size: the connector batches) and answers one result per
-        update, in order."""
+        """Applies ``updates`` and answers one result per update, in order (all calls at once)."""
+        answers: dict[int, WriteResult] = {}
+        for batch in self.write_batches(updates):
+            answers.update(batch)
+        return [answers[index] for index in range(len(updates))]
 
     def close(self) -> None:  # noqa: B027 - optional hook: most connectors hold nothing to release
         """Releases sessions and sockets."""

@@ -171,6 +171,37 @@ class PersonHarness(Protocol):
         change time moves to now."""
 
 
+@runtime_checkable
+class LateCommitHarness(Protocol):
+    """A record whose transaction commits late, as every CRM produces one (a long transaction, a
+    trigger chain, a bulk job, a search index that lags the write). Every harness should
+    implement it; the contract test that needs it skips, saying so, for a harness without it."""
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        """Start creating a person's record (as :meth:`PersonHarness.create_person`): its id and
+        change time are given now, but no read of the CRM sees the record until
+        :meth:`commit_late`. Returns its id."""
+
+    def commit_late(self, record_id: str) -> None:
+        """The transaction commits: the record becomes visible with the id and the change time
+        it was given when it began (not the time of the commit)."""
+
+
+@runtime_checkable
+class DeletionHarness(Protocol):
+    """Records deleted, or merged into another, by a CRM user. ``can_merge`` is False where the
+    CRM has no merge (then :meth:`merge_records` is never called)."""
+
+    can_merge: bool
+
+    def delete_record(self, record_id: str) -> None:
+        """A CRM user deletes the record (to the recycle bin, where the CRM has one)."""
+
+    def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        """A CRM user merges ``merged_id`` into ``survivor_id``: the first survives, the second
+        is deleted and remembered as merged into the first."""
+
+
 def fault_outcomes(harness: ContractHarness) -> dict[str, FaultOutcome]:
     return {**STANDARD_FAULTS, **dict(getattr(harness, "fault_outcomes", {}) or {})}
 
@@ -203,6 +234,8 @@ def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = 
             "vendor": harness.vendor,
             "mappings": [str(p) for p in harness.mapping_files],
             "settings": harness.connector_settings(),
+            # Sandboxes stamp records with the real time and the tests sync right after a change.
+            "signpost_lag_seconds": 0,
         }
     ]
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -230,7 +263,9 @@ __all__ = [
     "PERSON_HARNESS_MISSING",
     "STANDARD_FAULTS",
     "ContractHarness",
+    "DeletionHarness",
     "FaultOutcome",
+    "LateCommitHarness",
     "PersonHarness",
     "available_harnesses",
     "build_connector",

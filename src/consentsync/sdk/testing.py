@@ -26,13 +26,15 @@ from typing import Any, ClassVar
 
 import pytest
 
-from consentsync.sdk.connector import Connector, CrmRecord, Cursor
+from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction
 from consentsync.sdk.errors import Action, ConnectorError, Fault
 from consentsync.sdk.harness import (
     PERSON_HARNESS_MISSING,
     STANDARD_FAULTS,
     ContractHarness,
+    DeletionHarness,
     FaultOutcome,
+    LateCommitHarness,
     PersonHarness,
     build_connector,
     fault_outcomes,
@@ -41,7 +43,7 @@ from consentsync.sdk.harness import (
     write_sync_config,
 )
 
-__all__ = ["ConnectorContract", "read_all"]
+__all__ = ["ConnectorContract", "ConnectorTrustContract", "read_all"]
 
 WRONG_SECRET = "wrong-secret-4c1f9e7a"
 
@@ -57,11 +59,268 @@ def read_all(connector: Connector, harness: ContractHarness, since: Cursor | Non
 
 
 def _key(record: CrmRecord, harness: ContractHarness) -> tuple[datetime, Any]:
+    return record.modstamp, _id_key(harness, record.record_id)
+
+
+def _as_stored(harness: ContractHarness, text: str) -> str:
+    """What the CRM keeps of ``text``: a harness whose CRM stores 3-byte UTF-8 only (MySQL's
+    ``utf8``, Vtiger's stock install) sets ``bmp_only`` and gets characters beyond the Basic
+    Multilingual Plane back as ``?``, as the real server answers."""
+    if getattr(harness, "bmp_only", False):
+        return "".join("?" if ord(char) > 0xFFFF else char for char in text)
+    return text
+
+
+def _id_key(harness: ContractHarness, record_id: str) -> Any:
     id_key = getattr(harness, "id_key", None)
-    return record.modstamp, id_key(record.record_id) if id_key else record.record_id
+    return id_key(record_id) if id_key else record_id
 
 
-class ConnectorContract:
+def _links(config: Path, harness: ContractHarness) -> dict[str, Any]:
+    """The ledger's links to the harness's object: record id -> row (subject_id, gone_at, ...)."""
+    from sqlalchemy import select
+
+    from consentsync.ledger.schema import crm_links
+
+    engine = open_sync_engine(config)
+    with engine.ledger.engine.connect() as conn:
+        rows = conn.execute(select(crm_links).where(crm_links.c.object_type == harness.object_type)).all()
+    engine.ledger.engine.dispose()
+    return {row.record_id: row for row in rows}
+
+
+def _push_entries(config: Path) -> list[dict[str, Any]]:
+    from consentsync import audit
+
+    engine = open_sync_engine(config)
+    with engine.ledger.engine.connect() as conn:
+        entries = [entry["what"] for entry in audit.entries(conn, action="crm.pushed")]
+    engine.ledger.engine.dispose()
+    return entries
+
+
+def _crm_evidence(config: Path) -> int:
+    """Consent events the ledger holds from the CRM (not from captures or the CLI)."""
+    from sqlalchemy import func, select
+
+    from consentsync.ledger.schema import consent_events
+
+    engine = open_sync_engine(config)
+    with engine.ledger.engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(consent_events).where(consent_events.c.source == "contract")
+        ).scalar_one()
+    engine.ledger.engine.dispose()
+    return int(count)
+
+
+def _people(harness: ContractHarness, count: int, prefix: str) -> list[str]:
+    if not isinstance(harness, PersonHarness):
+        pytest.skip(PERSON_HARNESS_MISSING)
+    return [harness.create_person(f"{prefix}.{n}@example.test") for n in range(count)]
+
+
+class ConnectorTrustContract:
+    """What the sync engine needs from a connector to stay truthful under the conditions real
+    CRMs create: changes committed late, pushes stopped half-way, processes killed between the
+    CRM's answer and the ledger's commit, records deleted or merged in the CRM. Part of
+    :class:`ConnectorContract`."""
+
+    # -- changes committed late ----------------------------------------------------------------
+
+    def test_a_change_committed_late_inside_the_lookback_window_is_read(
+        self, harness: ContractHarness, connector: Connector, tmp_path: Path
+    ) -> None:
+        if not isinstance(harness, LateCommitHarness):
+            pytest.skip("the harness lacks begin_late_person/commit_late (LateCommitHarness)")
+        _people(harness, 2, "before")
+        late = harness.begin_late_person("late.committer@example.test", opted_out=True)
+        time.sleep(1.1)  # whole-second CRMs: the late record's second is behind the cursor's
+        after = _people(harness, 3, "after")
+        time.sleep(1.1)
+        config = write_sync_config(harness, tmp_path)
+        first = open_sync_engine(config).run(full=True)
+        assert first.status == "succeeded", first.error
+        links = _links(config, harness)
+        assert late not in links and set(after) <= set(links)
+        assert _id_key(harness, late) < max(_id_key(harness, i) for i in after), "the late id must sort low"
+        harness.commit_late(late)
+        time.sleep(1.1)
+        second = open_sync_engine(config).run()
+        assert second.status == "succeeded", second.error
+        assert late in _links(config, harness), (
+            f"a record committed late, {connector.lookback} look-back, was never read"
+        )
+        view = open_sync_engine(config).ledger.subject_view("late.committer@example.test")
+        states = {(p["purpose"], p["channel"]): p["status"] for p in view["purposes"]}
+        assert states[("email_marketing", "email")] == "withdrawn"
+        evidence = _crm_evidence(config)
+        third = open_sync_engine(config).run()
+        assert third.status == "succeeded", third.error
+        assert _crm_evidence(config) == evidence, "re-reading the look-back window created evidence again"
+        assert third.counts.evidence_recorded == third.counts.pushes_enqueued == 0
+        assert third.counts.read == third.counts.unchanged_records, "a re-read record was taken as changed"
+
+    # -- pushes: acknowledged call by call ------------------------------------------------------
+
+    def test_write_answers_come_call_by_call_and_nothing_applied_is_held_back(
+        self, harness: ContractHarness, connector: Connector
+    ) -> None:
+        ids = harness.seed(harness.write_batch_size * 2 + 1)
+        batches = connector.write_batches([harness.consent_update(record_id, True) for record_id in ids])
+        first = next(batches)
+        assert 0 < len(first) < len(ids), "the first call's answers came with the whole write's"
+        answered = dict(first)
+        harness.set_fault("request_limit")
+        with pytest.raises(ConnectorError) as raised:
+            for batch in batches:
+                assert not set(batch) & set(answered), "a position was answered twice"
+                answered.update(batch)
+        harness.clear_faults()
+        assert raised.value.action is Action.RATE_LIMITED
+        applied = {i for i, record_id in enumerate(ids) if harness.read_opted_out(record_id)}
+        acknowledged = {i for i, result in answered.items() if result.ok}
+        assert applied <= acknowledged, (
+            f"{len(applied - acknowledged)} writes the CRM applied were never handed to the engine"
+        )
+        assert acknowledged, "nothing was acknowledged before the limit"
+
+    def _pushes_everyone(self, harness: ContractHarness, config: Path, count: int) -> None:
+        """After a clean finish: every record pushed once, audited once, no echo taken as evidence."""
+        for _ in range(2):
+            report = open_sync_engine(config).run()
+            assert report.status == "succeeded", report.error
+        entries = _push_entries(config)
+        outbox_ids = [entry["outbox"] for entry in entries]
+        assert len(outbox_ids) == len(set(outbox_ids)), "a push was audited twice"
+        records = [entry["record"] for entry in entries]
+        assert sorted(records) == sorted(set(records)) and len(records) == count, (
+            f"{len(records)} push entries for {count} records (an uninterrupted run has one each)"
+        )
+        assert _crm_evidence(config) == 0, "the project's own writes, read back, became evidence"
+        quiet = open_sync_engine(config).run()
+        assert quiet.counts.pushes_enqueued == 0 and quiet.counts.evidence_recorded == 0
+
+    def test_a_push_stopped_between_two_batches_ends_like_an_uninterrupted_run(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        people = _people(harness, harness.write_batch_size * 2 + 1, "stopped")
+        config = write_sync_config(harness, tmp_path)
+        engine = open_sync_engine(config)
+
+        def stop_after_a_batch(report: Any) -> None:
+            if report.stage == "pushing" and report.counts.pushed:
+                engine.stop_requested.set()
+
+        engine.progress = stop_after_a_batch
+        stopped = engine.run(full=True)
+        assert stopped.status == "stopped", f"{stopped.status}: {stopped.error}"
+        assert 0 < stopped.counts.pushed < len(people), stopped.counts
+        assert len(_push_entries(config)) == stopped.counts.pushed, "pushes done were not audited"
+        self._pushes_everyone(harness, config, len(people))
+        assert all(harness.read_opted_out(record_id) for record_id in people)
+
+    def test_a_process_killed_between_the_crms_answer_and_the_commit_loses_nothing(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        import os
+        import subprocess
+        import sys
+
+        people = _people(harness, harness.write_batch_size * 2 + 1, "killed")
+        config = write_sync_config(harness, tmp_path)
+        open_sync_engine(config).ledger.engine.dispose()  # migrated
+        command = [str(Path(sys.executable).parent / "consentsync"), "--config", str(config)]
+        env = {**os.environ, "CONSENTSYNC_FAILPOINTS": "sync.push.answered=kill@2"}
+        env.pop("CONSENTSYNC_CONFIG", None)
+        killed = subprocess.run(
+            [*command, "sync", "contract", "--full"], env=env, capture_output=True, timeout=300
+        )
+        assert killed.returncode == -9, (
+            f"the failpoint did not fire: {killed.returncode} {killed.stderr[-400:]!r}"
+        )
+        done_before = len(_push_entries(config))
+        assert 0 < done_before < len(people), "the first batch's answer was not committed before the kill"
+        self._pushes_everyone(harness, config, len(people))
+        assert all(harness.read_opted_out(record_id) for record_id in people)
+
+    # -- records deleted or merged in the CRM ---------------------------------------------------
+
+    def test_a_record_deleted_in_the_crm_is_marked_gone_and_never_pushed_to(
+        self, harness: ContractHarness, connector: Connector, tmp_path: Path
+    ) -> None:
+        if not isinstance(harness, DeletionHarness):
+            pytest.skip("the harness lacks delete_record/merge_records (DeletionHarness)")
+        kept, deleted = _people(harness, 2, "deletion")
+        config = write_sync_config(harness, tmp_path)
+        first = open_sync_engine(config).run(full=True)
+        assert first.status == "succeeded", first.error
+        time.sleep(1.1)
+        harness.delete_record(deleted)
+        time.sleep(1.1)
+        engine = open_sync_engine(config)
+        second = engine.run()
+        assert second.status == "succeeded", second.error
+        links = _links(config, harness)
+        assert links[deleted].gone_at is not None, "the deletion did not reach the ledger"
+        assert links[kept].gone_at is None
+        # The person and their history stay; a later objection is pushed to the live record only.
+        view = engine.ledger.subject_view("deletion.1@example.test")
+        assert any(link["gone"] for link in view["links"]), view["links"]
+        engine.ledger.erase("deletion.1@example.test", reason="contract test")
+        engine.ledger.erase("deletion.0@example.test", reason="contract test")
+        third = open_sync_engine(config).run()
+        assert third.status == "succeeded", third.error
+        assert not [e for e in _push_entries(config) if e["record"] == deleted and e.get("outbox")], (
+            "a push was sent to a deleted record"
+        )
+        if harness.can_merge:
+            survivor, merged = _people(harness, 2, "merge")
+            time.sleep(1.1)
+            assert open_sync_engine(config).run().status == "succeeded"
+            time.sleep(1.1)
+            harness.merge_records(survivor, merged)
+            time.sleep(1.1)
+            assert open_sync_engine(config).run().status == "succeeded"
+            links = _links(config, harness)
+            assert links[merged].gone_at is not None and links[merged].merged_into == survivor
+            assert links[survivor].gone_at is None
+
+    def test_the_delete_action_deletes_the_record(
+        self, harness: ContractHarness, connector: Connector
+    ) -> None:
+        if not connector.can_delete:
+            pytest.skip(f"the {connector.vendor} connector cannot delete (can_delete is False)")
+        ids = harness.seed(3)
+        results = connector.write([RecordUpdate(harness.object_type, ids[1], {}, WriteAction.DELETE)])
+        assert [r.ok for r in results] == [True], results
+        assert set(harness.record_ids()) == {ids[0], ids[2]}
+
+    # -- erasure ---------------------------------------------------------------------------------
+
+    def test_reading_an_erased_persons_record_never_restores_personal_data(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        (record_id,) = _people(harness, 1, "erased")
+        email = "erased.0@example.test"
+        config = write_sync_config(harness, tmp_path)
+        assert open_sync_engine(config).run(full=True).status == "succeeded"
+        engine = open_sync_engine(config)
+        engine.ledger.erase(email, reason="contract test")
+        time.sleep(1.1)
+        assert open_sync_engine(config).run().status == "succeeded"  # pushes the suppression
+        time.sleep(1.1)
+        harness.change(record_id)  # a CRM user edits the record
+        time.sleep(1.1)
+        assert open_sync_engine(config).run(full=True).status == "succeeded"
+        with engine.ledger.engine.connect() as conn:
+            stored = [row[0] for row in conn.exec_driver_sql("SELECT value FROM subject_identifiers")]
+        assert email not in stored, "the sync wrote the erased address back into the ledger"
+        assert record_id in _links(config, harness), "the erased person's CRM link was lost"
+        assert harness.read_opted_out(record_id) is True, "the erased person is not suppressed in the CRM"
+
+
+class ConnectorContract(ConnectorTrustContract):
     """Subclass it in a test module named ``Test...`` and set :attr:`harness_class` (a
     :class:`~consentsync.sdk.harness.ContractHarness` made with no arguments), or override
     :meth:`make_harness`."""
@@ -230,14 +489,16 @@ class ConnectorContract:
         records = read_all(connector, harness)
         read = {r.record_id: r.fields.get(harness.text_field) for r in records}
         for record_id, text in created.items():
-            assert read.get(record_id) == text, f"{text!r} came back as {read.get(record_id)!r}"
+            assert read.get(record_id) == _as_stored(harness, text), (
+                f"{text!r} came back as {read.get(record_id)!r}"
+            )
         targets = list(created)
         results = connector.write(
             [harness.text_update(rid, text) for rid, text in zip(targets, reversed(texts), strict=True)]
         )
         assert all(r.ok for r in results), [(r.error_code, r.message) for r in results if not r.ok]
         for record_id, text in zip(targets, reversed(texts), strict=True):
-            assert harness.read_text(record_id) == text
+            assert harness.read_text(record_id) == _as_stored(harness, text)
         # A cursor naming a hostile id is answered or refused as a ConnectorError, never a crash.
         stamp = records[0].modstamp
         for text in texts[:6]:

@@ -4,7 +4,7 @@ vendor's own settings (secrets as ${ENV_VAR}), and how the engine paces it."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -44,6 +44,14 @@ class ConnectorSettings(BaseModel):
     signpost_lag_seconds: float = Field(default=2.0, ge=0)
     push_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     max_push_attempts: int = Field(default=10, ge=1, le=1_000)
+    # How far behind its last read an incremental read starts again (changes committed late);
+    # None: the connector's own default, chosen from its vendor's docs.
+    lookback_seconds: float | None = Field(default=None, ge=0, le=7 * 86_400)
+    # Art. 17(2): what an erasure does to this CRM's records of the person, per object (the
+    # mapping's object name): suppress (push the suppression flags only; the default),
+    # anonymise (overwrite the personal fields the mapping names under personal_fields) or
+    # delete (the CRM's delete call, where the connector can delete).
+    erasure: dict[str, Literal["suppress", "anonymise", "delete"]] = Field(default_factory=dict)
     schedule: Schedule = Schedule(interval_seconds=900)
 
     @field_validator("name")
