@@ -1,8 +1,10 @@
 """Salesforce, through simple-salesforce and requests.
 
-Reads with SOQL on a (SystemModstamp, Id) cursor, lazily page by page; writes with sObject
-Collections (200 records a call, allOrNone false, per-record results) and with Bulk API 2.0
-above a threshold; keeps an API budget per run and per day from ``Sforce-Limit-Info``.
+Reads with SOQL on a (SystemModstamp, Id) cursor, lazily page by page, through ``queryAll`` so that
+records deleted or merged away come in the same stream (``IsDeleted``, ``MasterRecordId``);
+writes with sObject Collections (200 records a call, allOrNone false, per-record results) and with
+Bulk API 2.0 above a threshold, answering call by call (job by job); deletes with sObject
+Collections (200 ids a call); keeps an API budget per run and per day from ``Sforce-Limit-Info``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import csv
 import io
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -34,6 +36,7 @@ from consentsync.sdk import (
     FieldInfo,
     RecordUpdate,
     RetryPolicy,
+    WriteAction,
     WriteResult,
     call,
 )
@@ -61,7 +64,11 @@ ERRORS = ErrorTable(
     ]
 )
 
-COLLECTION_LIMIT = 200  # sObject Collections: records a call
+COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
+# Read alongside the mapped fields where the object has them: a record in the recycle bin
+# (queryAll) and, after a merge, the record it was merged into.
+DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
+_RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -79,6 +86,15 @@ def parse_sf_datetime(value: str) -> datetime:
 class SalesforceConnector(Connector):
     vendor = "salesforce"
     can_read_by_id = True
+    can_delete = True
+    # SystemModstamp is set when a transaction writes the record and the change shows when it
+    # commits. Salesforce's getUpdated() answers latestDateCovered (the start of a transaction
+    # still running) for that reason, and the Bulk and Streaming guides recommend overlapping
+    # windows, but no bound is documented on the lag itself. The longest a transaction can run
+    # is: an Apex transaction (triggers, flows, batch chunks) is stopped after 10 minutes of
+    # execution (Execution Governors and Limits), and a Bulk API batch chunk has the same 10
+    # minutes. So every read starts 10 minutes behind the last record it handled.
+    lookback = timedelta(minutes=10)
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -192,9 +208,14 @@ class SalesforceConnector(Connector):
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
     ) -> Iterator[CrmRecord]:
+        """Changes in (SystemModstamp, Id) order. Where the object has ``IsDeleted`` the read
+        goes through ``queryAll``: a deletion moves SystemModstamp to the time of the deletion,
+        so records deleted (or merged away: ``MasterRecordId``) come in the same stream and are
+        yielded as ``CrmRecord(deleted=True, merged_into=...)``."""
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
-        yield from self._query_all(object_type, query, headers, count=True)
+        include_deleted = "IsDeleted" in self.describe(object_type)
+        yield from self._query_all(object_type, query, headers, count=True, include_deleted=include_deleted)
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
@@ -206,9 +227,18 @@ class SalesforceConnector(Connector):
             yield from self._query_all(object_type, query, {})
 
     def _query_all(
-        self, object_type: str, query: str, headers: dict[str, str], *, count: bool = False
+        self,
+        object_type: str,
+        query: str,
+        headers: dict[str, str],
+        *,
+        count: bool = False,
+        include_deleted: bool = False,
     ) -> Iterator[CrmRecord]:
-        page = self._call(f"query {object_type}", lambda: self.sf.query(query, headers=headers))
+        page = self._call(
+            f"query {object_type}",
+            lambda: self.sf.query(query, include_deleted=include_deleted, headers=headers),
+        )
         if count:
             self.expected_records = page.get("totalSize")
         while True:
@@ -235,77 +265,119 @@ class SalesforceConnector(Connector):
         return wanted
 
     def build_query(self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime) -> str:
-        """SOQL for the changes after ``since`` up to ``until``, in cursor order. Object and field
-        names are checked against describe(); every value goes through format_soql."""
-        wanted = self._selected_fields(object_type, fields)
+        """SOQL for the changes after ``since`` up to ``until``, in cursor order. A cursor without
+        an id (a look-back start) takes every record stamped at or after its time. Object and
+        field names are checked against describe(); every value goes through format_soql."""
+        known = self.describe(object_type)
+        selected = self._selected_fields(object_type, fields)
+        wanted = list(dict.fromkeys([*selected, *(name for name in DELETION_FIELDS if name in known)]))
         where = format_soql("SystemModstamp <= {}", until.astimezone(UTC))
         if since.modstamp is not None:
-            after = format_soql(
-                "(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > {id}))",
-                stamp=since.modstamp.astimezone(UTC),
-                id=since.record_id or "",
-            )
+            stamp = since.modstamp.astimezone(UTC)
+            if since.record_id is None:
+                after = format_soql("SystemModstamp >= {}", stamp)
+            else:
+                after = format_soql(
+                    "(SystemModstamp > {stamp} OR (SystemModstamp = {stamp} AND Id > {id}))",
+                    stamp=stamp,
+                    id=since.record_id,
+                )
             where = f"{after} AND {where}"
         return f"SELECT {', '.join(wanted)} FROM {object_type} WHERE {where} ORDER BY SystemModstamp, Id"
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        if not updates:
-            return []
-        results: dict[int, WriteResult] = {}
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """Updates per object (sObject Collections, or one Bulk API 2.0 job above the threshold),
+        then deletes (sObject Collections, any objects in one call), yielding each call's (each
+        job's) answers as it returns."""
         by_object: dict[str, list[int]] = {}
-        for index, item in enumerate(updates):
-            by_object.setdefault(item.object_type, []).append(index)
-        for object_type, indexes in by_object.items():
-            _check_api_name(object_type)
-            chosen = [updates[i] for i in indexes]
-            if len(chosen) >= self.config.bulk_threshold:
-                answers = self._write_bulk(object_type, chosen)
+        deletes: list[int] = []
+        for position, item in enumerate(updates):
+            if item.action is WriteAction.DELETE:
+                deletes.append(position)
             else:
-                answers = self._write_collections(object_type, chosen)
-            results.update(zip(indexes, answers, strict=True))
-        return [results[i] for i in range(len(updates))]
+                by_object.setdefault(item.object_type, []).append(position)
+        for object_type, positions in by_object.items():
+            _check_api_name(object_type)
+            if len(positions) >= self.config.bulk_threshold:
+                yield self._write_bulk(object_type, updates, positions)
+            else:
+                yield from self._collection_calls(
+                    positions, lambda chunk, kind=object_type: self._save_chunk(kind, updates, chunk)
+                )
+        if deletes:
+            malformed = {p: _malformed_id(updates[p].record_id) for p in deletes if _bad_id(updates[p])}
+            if malformed:
+                yield malformed
+            wanted = [p for p in deletes if p not in malformed]
+            yield from self._collection_calls(wanted, lambda chunk: self._delete_chunk(updates, chunk))
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _write_collections(self, object_type: str, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        answers: dict[int, WriteResult] = {}
-        pending = list(range(len(updates)))
-        # Locked rows are retried within the write a few times; what still fails is reported.
+    def _collection_calls(
+        self, positions: Sequence[int], send: Callable[[list[int]], list[WriteResult]]
+    ) -> Iterator[dict[int, WriteResult]]:
+        """sObject Collections calls of at most 200 records, each call's answers yielded as it
+        returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, a few times;
+        a call's other answers are not held back for them. What still fails is reported."""
+        pending = list(positions)
         for attempt in range(self.config.lock_retries + 1):
             if attempt:
                 time.sleep(min(2.0, 0.25 * 2**attempt))
+            last_pass = attempt == self.config.lock_retries
             retry: list[int] = []
             for start in range(0, len(pending), COLLECTION_LIMIT):
                 chunk = pending[start : start + COLLECTION_LIMIT]
-                body = {
-                    "allOrNone": False,
-                    "records": [
-                        {"attributes": {"type": object_type}, "id": updates[i].record_id, **updates[i].fields}
-                        for i in chunk
-                    ],
-                }
-                saved = self._call(
-                    f"composite/sobjects {object_type}",
-                    lambda body=body: self.sf.restful("composite/sobjects", method="PATCH", json=body),
-                )
-                # Results come in input order; failed entries carry no id.
-                for index, outcome in zip(chunk, saved, strict=True):
-                    result = _save_result(updates[index].record_id, outcome)
-                    answers[index] = result
-                    if result.retryable:
-                        retry.append(index)
+                answered: dict[int, WriteResult] = {}
+                for position, result in zip(chunk, send(chunk), strict=True):
+                    if result.retryable and not last_pass:
+                        retry.append(position)
+                    else:
+                        answered[position] = result
+                if answered:
+                    yield answered
             pending = retry
             if not pending:
-                break
-        return [answers[i] for i in range(len(updates))]
+                return
 
-    def _write_bulk(self, object_type: str, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        """Bulk API 2.0 ingest: one job, one CSV upload, close, poll, read the failures."""
-        columns = sorted({name for u in updates for name in u.fields})
+    def _save_chunk(
+        self, object_type: str, updates: Sequence[RecordUpdate], chunk: Sequence[int]
+    ) -> list[WriteResult]:
+        body = {
+            "allOrNone": False,
+            "records": [
+                {"attributes": {"type": object_type}, "id": updates[i].record_id, **updates[i].fields}
+                for i in chunk
+            ],
+        }
+        saved = self._call(
+            f"composite/sobjects {object_type}",
+            lambda: self.sf.restful("composite/sobjects", method="PATCH", json=body),
+        )
+        # Results come in input order; failed entries carry no id.
+        return [_save_result(updates[i].record_id, outcome) for i, outcome in zip(chunk, saved, strict=True)]
+
+    def _delete_chunk(self, updates: Sequence[RecordUpdate], chunk: Sequence[int]) -> list[WriteResult]:
+        # Ids were checked to be plain 15/18-character ids: none can smuggle a comma into the list.
+        params = {"ids": ",".join(updates[i].record_id for i in chunk), "allOrNone": "false"}
+        deleted = self._call(
+            "composite/sobjects delete",
+            lambda: self.sf.restful("composite/sobjects", params=params, method="DELETE"),
+        )
+        return [
+            _delete_result(updates[i].record_id, outcome) for i, outcome in zip(chunk, deleted, strict=True)
+        ]
+
+    def _write_bulk(
+        self, object_type: str, updates: Sequence[RecordUpdate], positions: Sequence[int]
+    ) -> dict[int, WriteResult]:
+        """Bulk API 2.0 ingest: one job, one CSV upload, close, poll, read the results; answers
+        the job's records together, when it ends."""
+        chosen = [updates[i] for i in positions]
+        columns = sorted({name for u in chosen for name in u.fields})
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["Id", *columns])
-        for item in updates:
+        for item in chosen:
             writer.writerow([item.record_id, *(_csv_cell(item.fields, name) for name in columns)])
         job = self._call(
             f"bulk create {object_type}",
@@ -328,37 +400,48 @@ class SalesforceConnector(Connector):
         self._call(
             "bulk close", lambda: self.sf.restful(job_path, method="PATCH", json={"state": "UploadComplete"})
         )
+        info = self._wait_for_job(job["id"], job_path)
+        failures = self._bulk_results(job_path, "failedResults")
+        completed = info["state"] == "JobComplete"
+        # A job that failed or was aborted half-way may have saved some records: those are
+        # answered as done, and only the rest as a (retryable) job failure.
+        saved = None if completed else set(self._bulk_results(job_path, "successfulResults"))
+        job_error = info.get("errorMessage") or info["state"]
+        answers: dict[int, WriteResult] = {}
+        for position, item in zip(positions, chosen, strict=True):
+            error = failures.get(item.record_id)
+            if error is not None:
+                code = error.split(":", 1)[0]
+                answers[position] = WriteResult(item.record_id, False, code, error, _retryable(code))
+            elif saved is None or item.record_id in saved:
+                answers[position] = WriteResult(item.record_id, True)
+            else:
+                answers[position] = WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
+        return answers
+
+    def _wait_for_job(self, job_id: str, job_path: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.bulk_timeout
         while True:
             info = self._call("bulk poll", lambda: self.sf.restful(job_path))
             if info["state"] in ("JobComplete", "Failed", "Aborted"):
-                break
+                return info
             if time.monotonic() > deadline:
                 raise ConnectorError(
-                    f"bulk job {job['id']} still {info['state']} after {self.config.bulk_timeout}s",
+                    f"bulk job {job_id} still {info['state']} after {self.config.bulk_timeout}s",
                     ErrorRule(Action.RETRY, Fault.TRANSIENT, "bulk job slow"),
                 )
             time.sleep(self.config.bulk_poll_interval)
-        if info["state"] != "JobComplete":
-            message = info.get("errorMessage") or info["state"]
-            return [WriteResult(u.record_id, False, "BULK_JOB_FAILED", message, True) for u in updates]
-        failed_csv = self._call(
-            "bulk failed results",
-            lambda: self.sf._call_salesforce("GET", f"{self.sf.base_url}{job_path}/failedResults/").text,
+
+    def _bulk_results(self, job_path: str, which: str) -> dict[str, str]:
+        """A job's successful or failed records: id -> ``sf__Error`` (empty for successes)."""
+        text = self._call(
+            f"bulk {which}",
+            lambda: self.sf._call_salesforce("GET", f"{self.sf.base_url}{job_path}/{which}/").text,
         )
-        failures = {
-            row["sf__Id"] or row.get("Id", ""): row["sf__Error"]
-            for row in csv.DictReader(io.StringIO(failed_csv))
+        return {
+            row.get("sf__Id") or row.get("Id", ""): row.get("sf__Error", "")
+            for row in csv.DictReader(io.StringIO(text))
         }
-        results = []
-        for item in updates:
-            error = failures.get(item.record_id)
-            if error is None:
-                results.append(WriteResult(item.record_id, True))
-            else:
-                code = error.split(":", 1)[0]
-                results.append(WriteResult(item.record_id, False, code, error, _retryable(code)))
-        return results
 
     def close(self) -> None:
         self.session.close()
@@ -386,8 +469,17 @@ def _check_api_name(name: str) -> None:
 
 
 def _record(object_type: str, raw: Mapping[str, Any]) -> CrmRecord:
-    fields = {k: v for k, v in raw.items() if k != "attributes"}
-    return CrmRecord(object_type, str(raw["Id"]), parse_sf_datetime(str(raw["SystemModstamp"])), fields)
+    record_id = str(raw["Id"])
+    modstamp = parse_sf_datetime(str(raw["SystemModstamp"]))
+    if raw.get("IsDeleted") is True:
+        # In the recycle bin: SystemModstamp is the deletion. Its fields are not handed on (a
+        # deleted person's data has no business in the ledger); MasterRecordId names the
+        # survivor when it was merged away.
+        return CrmRecord(
+            object_type, record_id, modstamp, {}, deleted=True, merged_into=raw.get("MasterRecordId") or None
+        )
+    fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS)}
+    return CrmRecord(object_type, record_id, modstamp, fields)
 
 
 def _save_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
@@ -397,6 +489,23 @@ def _save_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
     code = str(errors[0].get("statusCode") or "UNKNOWN")
     message = "; ".join(str(e.get("message", "")) for e in errors)
     return WriteResult(record_id, False, code, message, _retryable(code))
+
+
+def _delete_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
+    errors = outcome.get("errors") or []
+    if not outcome.get("success") and errors and errors[0].get("statusCode") == "ENTITY_IS_DELETED":
+        # Already in the recycle bin (a user, or this delete sent again after a lost answer):
+        # the record is gone, which is what was asked.
+        return WriteResult(record_id, True, message="already deleted")
+    return _save_result(record_id, outcome)
+
+
+def _bad_id(update: RecordUpdate) -> bool:
+    return not _RECORD_ID.match(update.record_id)
+
+
+def _malformed_id(record_id: str) -> WriteResult:
+    return WriteResult(record_id, False, "MALFORMED_ID", "not a Salesforce record id", False)
 
 
 def _retryable(code: str) -> bool:

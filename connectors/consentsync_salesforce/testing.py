@@ -94,6 +94,25 @@ class SalesforceHarness:
     def opt_out(self, record_id: str) -> None:
         self.sandbox.org.update(record_id, HasOptedOutOfEmail=True)
 
+    # -- late commits, deletions and merges (LateCommitHarness, DeletionHarness) ----------------
+
+    can_merge = True  # Contacts and Leads merge: the merged ones carry MasterRecordId
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        self._serial += 1
+        return self.sandbox.org.begin_create(
+            "Contact", LastName=f"Late {self._serial}", Email=email, HasOptedOutOfEmail=opted_out
+        )
+
+    def commit_late(self, record_id: str) -> None:
+        self.sandbox.org.commit(record_id)
+
+    def delete_record(self, record_id: str) -> None:
+        self.sandbox.org.delete(record_id)
+
+    def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        self.sandbox.org.merge(survivor_id, merged_id)
+
     def record_ids(self) -> list[str]:
         return [r["Id"] for r in self.sandbox.org.records("Contact")]
 

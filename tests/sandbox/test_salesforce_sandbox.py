@@ -289,7 +289,8 @@ def test_versions_resources_and_limits(api: Api, sandbox: SalesforceSandbox) -> 
     used, limit = (int(x) for x in response.headers["Sforce-Limit-Info"].split("=")[1].split("/"))
     assert response.json()["DailyApiRequests"] == {"Max": limit, "Remaining": limit - used}
     assert error(api.get("no/such/thing"))["errorCode"] == "NOT_FOUND"
-    assert api.call("DELETE", "composite/sobjects").status_code == 405
+    assert api.call("PUT", "composite/sobjects").status_code == 405
+    assert error(api.call("DELETE", "composite/sobjects"))["errorCode"] == "MISSING_ARGUMENT"  # no ids
 
 
 def test_limit_header_counts_every_authenticated_call(sandbox: SalesforceSandbox, api: Api) -> None:

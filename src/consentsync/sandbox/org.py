@@ -48,6 +48,8 @@ LEAD_STATUSES = (
 )
 LEAD_SOURCES = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
 
+MERGEABLE = ("Contact", "Lead")  # the objects of this org that merge() accepts
+
 _EMAIL_RE = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
 )
@@ -372,6 +374,20 @@ def _consent_fields() -> list[FieldDef]:
     ]
 
 
+def _master_record(sobject: str) -> FieldDef:
+    """Set by a merge on the records merged away (deleted): the id of the record that survived."""
+    return FieldDef(
+        "MasterRecordId",
+        "reference",
+        "Master Record ID",
+        updateable=False,
+        createable=False,
+        length=18,
+        reference_to=(sobject,),
+        relationship_name="MasterRecord",
+    )
+
+
 def _owner() -> FieldDef:
     return FieldDef(
         "OwnerId",
@@ -410,6 +426,7 @@ def build_schema() -> dict[str, ObjectDef]:
             FieldDef("MailingCountry", "string", "Mailing Country", length=80),
             FieldDef("LeadSource", "picklist", "Lead Source", length=255, picklist=LEAD_SOURCES),
             *_consent_fields(),
+            _master_record("Contact"),
         ],
     )
     lead = obj(
@@ -436,6 +453,7 @@ def build_schema() -> dict[str, ObjectDef]:
             FieldDef("LeadSource", "picklist", "Lead Source", length=255, picklist=LEAD_SOURCES),
             FieldDef("IsConverted", "boolean", "Converted", updateable=False, nillable=False, default=False),
             *_consent_fields(),
+            _master_record("Lead"),
         ],
     )
     individual = obj(
@@ -545,9 +563,16 @@ class SalesforceOrg:
     """An org's data: records of Contact, Lead, Individual, ContactPointTypeConsent and
     DataUsePurpose, keyed by 18-character id. All methods are thread-safe.
 
-    The helpers :meth:`create`, :meth:`update`, :meth:`delete` and :meth:`touch` act as a user in
-    Salesforce would: they validate like the API and stamp ``LastModifiedDate`` /
+    The helpers :meth:`create`, :meth:`update`, :meth:`delete`, :meth:`merge` and :meth:`touch`
+    act as a user in Salesforce would: they validate like the API and stamp ``LastModifiedDate`` /
     ``SystemModstamp`` with the current second (from :attr:`clock`).
+
+    Deleted records stay in the store as Salesforce's recycle bin keeps them: ``IsDeleted`` true,
+    ``SystemModstamp`` moved to the deletion, ``MasterRecordId`` naming the survivor of a merge.
+    Only ``queryAll`` (``include_deleted``) and ``/deleted/`` show them.
+
+    :meth:`begin_create` and :meth:`commit` make a record whose transaction commits late: its id
+    and stamps are given when it begins, but no read sees it until it commits.
     """
 
     def __init__(
@@ -567,6 +592,9 @@ class SalesforceOrg:
         self._by_prefix = {o.key_prefix: o for o in self.schema.values()}
         self._records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.schema}
         self._deleted: list[tuple[str, str, dt.datetime]] = []  # (sobject, id, deleted at)
+        # Records whose creating transaction has not committed yet: no read sees them (see
+        # begin_create), so they live outside _records until commit().
+        self._uncommitted: dict[str, tuple[ObjectDef, dict[str, Any]]] = {}
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ schema
@@ -725,17 +753,116 @@ class SalesforceOrg:
 
     def delete(self, record_id: str) -> None:
         """Move a record to the recycle bin (IsDeleted; visible to queryAll and /deleted/)."""
-        obj = self.sobject_for_id(record_id)
+        (error,) = self.delete_many([record_id], all_or_none=True)
+        if error is not None:
+            raise error
+
+    def delete_many(
+        self,
+        record_ids: Sequence[str],
+        *,
+        all_or_none: bool,
+        lock_check: Callable[[str], bool] | None = None,
+    ) -> list[RecordError | None]:
+        """Delete records of any objects (to the recycle bin): one entry per id, None for
+        success. With ``all_or_none`` nothing is deleted when any id fails."""
         with self.lock:
-            record = self._records[obj.name].get(to18(record_id) or "") if obj else None
-            if record is None or obj is None:
-                raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
-            if record["IsDeleted"]:
-                raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+            planned: list[tuple[ObjectDef, dict[str, Any]] | RecordError] = []
+            for record_id in record_ids:
+                try:
+                    planned.append(self._plan_delete(record_id, lock_check))
+                except RecordError as exc:
+                    planned.append(exc)
+            if all_or_none and any(isinstance(p, RecordError) for p in planned):
+                rolled = RecordError(
+                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+                    "Record rolled back because not all records were valid and the request was using "
+                    "AllOrNone header",
+                )
+                return [p if isinstance(p, RecordError) else rolled for p in planned]
             now = self.now()
-            record["IsDeleted"] = True
-            record["LastModifiedDate"] = record["SystemModstamp"] = now
-            self._deleted.append((obj.name, record["Id"], now))
+            results: list[RecordError | None] = []
+            for plan in planned:
+                if isinstance(plan, RecordError):
+                    results.append(plan)
+                    continue
+                obj, record = plan
+                if record["IsDeleted"]:  # the same id twice in one call
+                    results.append(RecordError("ENTITY_IS_DELETED", "entity is deleted"))
+                    continue
+                record["IsDeleted"] = True
+                record["LastModifiedDate"] = record["SystemModstamp"] = now
+                record["LastModifiedById"] = self.user_id
+                self._deleted.append((obj.name, record["Id"], now))
+                results.append(None)
+            return results
+
+    def _plan_delete(
+        self, record_id: str, lock_check: Callable[[str], bool] | None
+    ) -> tuple[ObjectDef, dict[str, Any]]:
+        full = to18(record_id) if isinstance(record_id, str) else None
+        obj = self._by_prefix.get(full[:3]) if full else None
+        if full is None or obj is None:
+            raise RecordError("MALFORMED_ID", f"malformed id {record_id}")
+        record = self._records[obj.name].get(full)
+        if record is None:
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
+        if record["IsDeleted"]:
+            raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        if lock_check is not None and lock_check(full):
+            raise RecordError(
+                "UNABLE_TO_LOCK_ROW", f"unable to obtain exclusive access to this record or 1 records: {full}"
+            )
+        return obj, record
+
+    def merge(self, master_id: str, *merged_ids: str) -> None:
+        """Merge up to two records into ``master_id``, as ``merge()`` does for Contacts and Leads:
+        the merged ones go to the recycle bin with ``MasterRecordId`` set to the master, and the
+        master is saved (its stamps move to now)."""
+        master = self.sobject_for_id(master_id)
+        if master is None or master.name not in MERGEABLE:
+            raise RecordError("INVALID_TYPE", f"merge is not supported for {master_id}")
+        if not 1 <= len(merged_ids) <= 2:
+            raise RecordError("INVALID_ARGUMENT", "merge takes one or two records to merge into the master")
+        with self.lock:
+            survivor = self._live(master, master_id)
+            losers = [self._live(master, record_id) for record_id in merged_ids]
+            if any(loser["Id"] == survivor["Id"] for loser in losers):
+                raise RecordError("INVALID_ID_FIELD", "the master record cannot be merged into itself")
+            now = self.now()
+            for loser in losers:
+                loser["IsDeleted"] = True
+                loser["MasterRecordId"] = survivor["Id"]
+                loser["LastModifiedDate"] = loser["SystemModstamp"] = now
+                self._deleted.append((master.name, loser["Id"], now))
+            survivor["LastModifiedDate"] = survivor["SystemModstamp"] = now
+            survivor["LastModifiedById"] = self.user_id
+
+    def _live(self, obj: ObjectDef, record_id: str) -> dict[str, Any]:
+        record = self._records[obj.name].get(to18(record_id) or "")
+        if record is None or self.sobject_for_id(record_id) is not obj:
+            raise RecordError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {record_id}")
+        if record["IsDeleted"]:
+            raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        return record
+
+    def begin_create(self, sobject: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> str:
+        """Start creating a record in a transaction that commits late (a long Apex transaction, a
+        trigger chain, a Bulk API batch): its id, CreatedDate and SystemModstamp are set now, but
+        no read (query, queryAll, sObject GET, /updated/, :meth:`records`) sees it until
+        :meth:`commit`. Returns its id."""
+        record_id = self.create(sobject, fields, **more)
+        obj = self._require(sobject)
+        with self.lock:
+            self._uncommitted[record_id] = (obj, self._records[obj.name].pop(record_id))
+        return record_id
+
+    def commit(self, record_id: str) -> None:
+        """The late transaction commits: the record becomes visible with the stamps it was given
+        when it began (not the time of the commit)."""
+        with self.lock:
+            obj, record = self._uncommitted.pop(to18(record_id) or record_id)
+            self._records[obj.name][record["Id"]] = record
 
     # ------------------------------------------------------------------ writing through the API
 

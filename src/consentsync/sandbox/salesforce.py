@@ -30,7 +30,9 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
 * ``GET /vNN.N/sobjects``, ``/sobjects/{Object}``, ``/sobjects/{Object}/describe``,
   ``/sobjects/{Object}/updated|deleted?start=&end=`` (whole minutes, at most 30 days back),
   ``GET|PATCH|DELETE /sobjects/{Object}/{Id}``, ``POST /sobjects/{Object}``.
-* ``PATCH /vNN.N/composite/sobjects`` (at most 200 records, else 400 EXCEEDED_ID_LIMIT).
+* ``PATCH /vNN.N/composite/sobjects`` (at most 200 records, else 400 EXCEEDED_ID_LIMIT) and
+  ``DELETE /vNN.N/composite/sobjects?ids=ID,ID&allOrNone=false`` (at most 200 ids, any objects;
+  one DeleteResult per id, in order; deleted records go to the recycle bin).
 * Bulk API 2.0 ingest: ``POST|GET /vNN.N/jobs/ingest``, ``GET|PATCH|DELETE .../{id}``,
   ``PUT .../{id}/batches`` (201), ``GET .../{id}/successfulResults|failedResults|
   unprocessedrecords``. Operations insert, update and delete; processed when the job is closed
@@ -239,6 +241,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
         ("PATCH", _V + r"/sobjects/(?P<sobject>\w+)/(?P<record_id>\w+)/?", "sobject_patch", True),
         ("DELETE", _V + r"/sobjects/(?P<sobject>\w+)/(?P<record_id>\w+)/?", "sobject_delete", True),
         ("PATCH", _V + r"/composite/sobjects/?", "composite", True),
+        ("DELETE", _V + r"/composite/sobjects/?", "composite", True),
         ("POST", _V + r"/jobs/ingest/?", "bulk_create", True),
         ("GET", _V + r"/jobs/ingest/?", "bulk_list", True),
         ("GET", _V + r"/jobs/ingest/(?P<job_id>\w+)/?", "bulk_status", True),
@@ -254,6 +257,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
         ),
     )
 ]
+
+_HANDLER_BY_METHOD = {("DELETE", "composite"): "_h_composite_delete"}
 
 
 class SalesforceSandbox(HttpsSandbox):
@@ -478,7 +483,8 @@ class SalesforceSandbox(HttpsSandbox):
             version = params.pop("version", None)
             if version is not None and float(version) < MIN_API_VERSION:
                 return "not_found", self._not_found, {}, False
-            handler = getattr(self, f"_h_{kind}")
+            # One endpoint kind (counted and faulted as one) may take several methods.
+            handler = getattr(self, _HANDLER_BY_METHOD.get((method, kind), f"_h_{kind}"))
             if version is not None:
                 params["version"] = version
             return kind, handler, params, auth
@@ -884,6 +890,29 @@ class SalesforceSandbox(HttpsSandbox):
                 out.append({"id": to18(str(record_id)), "success": True, "errors": []})
             else:
                 out.append({"success": False, "errors": [result.as_save_error()]})
+        return _json_response(200, out)
+
+    def _h_composite_delete(self, request: SandboxRequest, version: str) -> SandboxResponse:
+        """``DELETE composite/sobjects?ids=a,b&allOrNone=false``: up to 200 ids of any objects,
+        one DeleteResult per id in the order given (failed ones carry no id)."""
+        ids = [part.strip() for part in (request.param("ids") or "").split(",") if part.strip()]
+        if not ids:
+            raise ApiError(400, "MISSING_ARGUMENT", "ids parameter is required")
+        if len(ids) > MAX_COLLECTION_RECORDS:
+            raise ApiError(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than "
+                f"{MAX_COLLECTION_RECORDS} records into this call",
+            )
+        all_or_none = (request.param("allOrNone") or "false").lower() == "true"
+        results = self.org.delete_many(ids, all_or_none=all_or_none, lock_check=self.faults.consume_lock)
+        out = [
+            {"id": to18(record_id), "success": True, "errors": []}
+            if error is None
+            else {"success": False, "errors": [error.as_save_error()]}
+            for record_id, error in zip(ids, results, strict=True)
+        ]
         return _json_response(200, out)
 
     # ------------------------------------------------------------------ Bulk API 2.0 ingest
