@@ -20,13 +20,14 @@ left) and a secondly pace; a 429 SECONDLY is waited out, a 429 DAILY stops the r
 
 from __future__ import annotations
 
+import heapq
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 import requests.adapters
@@ -44,6 +45,7 @@ from consentsync.sdk import (
     FieldInfo,
     RecordUpdate,
     RetryPolicy,
+    WriteAction,
     WriteResult,
     call,
 )
@@ -81,6 +83,7 @@ _PROPERTY = re.compile(r"^[a-z][a-z0-9_]*$")
 _REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubscribe")
 _ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
 OBJECT = "contacts"
+MERGED_IDS = "hs_merged_object_ids"  # on the survivor of a merge: the merged-away ids, ";"-joined
 
 
 def parse_hs_datetime(value: str) -> datetime:
@@ -97,6 +100,13 @@ def epoch_ms(moment: datetime) -> str:
 
 class HubSpotConnector(Connector):
     vendor = "hubspot"
+    # HubSpot's search index lags writes: a contact created or changed can take a few seconds to
+    # appear in search results (HubSpot's CRM search docs), longer under load, imports and
+    # workflows. A read from the stored cursor would pass such a contact by for good; five
+    # minutes back covers the lag many times over for the cost of re-reading five minutes.
+    lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
+    can_delete = True  # POST /crm/v3/objects/contacts/batch/archive
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -305,14 +315,34 @@ class HubSpotConnector(Connector):
         wanted = list(dict.fromkeys(["hs_object_id", "lastmodifieddate", *properties]))
         if subscriptions and "email" not in wanted:
             wanted.append("email")
-        cursor_id = _cursor_id(since)
-        stamp = since.modstamp
         self.expected_records = None
+
+        def note_total(total: int | None) -> None:
+            self.expected_records = total
+
+        pages = self._keyset_pages(since.modstamp, _cursor_id(since), until, wanted, [], note_total)
+        for batch in pages:
+            yield from self._records(object_type, batch, subscriptions)
+
+    def _keyset_pages(
+        self,
+        stamp: datetime | None,
+        cursor_id: int | None,
+        until: datetime,
+        wanted: list[str],
+        extra: list[dict[str, Any]],
+        note_total: Callable[[int | None], None] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Contacts matching ``extra`` filters after the (updated, id) cursor and at or before
+        ``until``, page by page in (lastmodifieddate, id) order. Without a cursor id every contact
+        stamped at ``stamp`` or later comes (a look-back cursor is inclusive)."""
+        first = True
         while True:
-            page = self._search(self._window(stamp, cursor_id, until), wanted, "lastmodifieddate")
+            page = self._search(self._window(stamp, cursor_id, until, extra), wanted, "lastmodifieddate")
             results = page["results"]
-            if self.expected_records is None:
-                self.expected_records = page.get("total")
+            if first and note_total is not None:
+                note_total(page.get("total"))
+            first = False
             if not results:
                 return
             groups = _groups(results)
@@ -321,36 +351,42 @@ class HubSpotConnector(Connector):
                 # One timestamp fills the page: read that second in id order, then go on after it.
                 only = groups[0][0]
                 last = cursor_id if stamp == only else None
-                for batch in self._same_stamp(only, last, wanted):
-                    yield from self._records(object_type, batch, subscriptions)
+                for batch in self._same_stamp(only, last, wanted, extra):
+                    yield batch
                     cursor_id = int(batch[-1]["id"])
                 stamp = only
                 continue
             done = groups[:-1] if full else groups
-            batch = [raw for _, members in done for raw in members]
-            yield from self._records(object_type, batch, subscriptions)
+            yield [raw for _, members in done for raw in members]
             if not full:
                 return
             stamp, cursor_id = done[-1][0], int(done[-1][1][-1]["id"])
 
-    def _window(self, stamp: datetime | None, cursor_id: int | None, until: datetime) -> list[dict[str, Any]]:
-        """Filter groups for records after the (updated, id) cursor and at or before ``until``."""
+    def _window(
+        self, stamp: datetime | None, cursor_id: int | None, until: datetime, extra: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Filter groups for records after the (updated, id) cursor and at or before ``until``;
+        a cursor without an id takes its whole timestamp (GTE)."""
         upper = {"propertyName": "lastmodifieddate", "operator": "LTE", "value": epoch_ms(until)}
         if stamp is None:
-            return [{"filters": [upper]}]
-        later = {"propertyName": "lastmodifieddate", "operator": "GT", "value": epoch_ms(stamp)}
-        groups = [{"filters": [later, upper]}]
+            return [{"filters": [*extra, upper]}]
+        operator = "GTE" if cursor_id is None else "GT"
+        later = {"propertyName": "lastmodifieddate", "operator": operator, "value": epoch_ms(stamp)}
+        groups = [{"filters": [*extra, later, upper]}]
         if cursor_id is not None:
             same = {"propertyName": "lastmodifieddate", "operator": "EQ", "value": epoch_ms(stamp)}
             after = {"propertyName": "hs_object_id", "operator": "GT", "value": str(cursor_id)}
-            groups.append({"filters": [same, after, upper]})
+            groups.append({"filters": [*extra, same, after, upper]})
         return groups
 
     def _same_stamp(
-        self, stamp: datetime, after_id: int | None, wanted: list[str]
+        self, stamp: datetime, after_id: int | None, wanted: list[str], extra: list[dict[str, Any]]
     ) -> Iterator[list[dict[str, Any]]]:
         while True:
-            filters = [{"propertyName": "lastmodifieddate", "operator": "EQ", "value": epoch_ms(stamp)}]
+            filters = [
+                *extra,
+                {"propertyName": "lastmodifieddate", "operator": "EQ", "value": epoch_ms(stamp)},
+            ]
             if after_id is not None:
                 filters.append({"propertyName": "hs_object_id", "operator": "GT", "value": str(after_id)})
             page = self._search([{"filters": filters}], wanted, "hs_object_id")
@@ -396,6 +432,64 @@ class HubSpotConnector(Connector):
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             yield CrmRecord(object_type, str(raw["id"]), modstamp, props)
 
+    # -- deletions and merges ------------------------------------------------------------------
+
+    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+        """Contacts archived (deleted) or merged away after ``since`` and at or before ``until``,
+        in (time, id) order: archived ones from the archived list (their ``archivedAt``), merged
+        ones from the survivors' ``hs_merged_object_ids`` (at the survivor's
+        ``lastmodifieddate``, which the merge moved; a later change of the survivor names them
+        again, which only repeats news of a record already gone)."""
+        _check_object(object_type)
+        floor = _cursor_id(since)
+
+        def wanted(record: CrmRecord) -> bool:
+            return _after(record, since.modstamp, floor) and record.modstamp <= until
+
+        archived = sorted(filter(wanted, self._archived()), key=_deletion_key)
+        merged = filter(wanted, self._merged_away(since.modstamp, until))
+        yield from heapq.merge(archived, merged, key=_deletion_key)
+
+    def _archived(self) -> Iterator[CrmRecord]:
+        """Every archived contact, page by page (the list comes in id order, not by
+        ``archivedAt``: the caller sorts what falls in its window)."""
+        params: dict[str, Any] = {"archived": "true", "limit": 100, "properties": "hs_object_id"}
+        while True:
+            body = self._request(
+                "GET", f"/crm/v3/objects/{OBJECT}", params=params, describe="list archived contacts"
+            ).json()
+            for raw in body.get("results") or []:
+                stamp = raw.get("archivedAt") or raw.get("updatedAt")
+                if stamp:
+                    yield CrmRecord(OBJECT, str(raw["id"]), parse_hs_datetime(str(stamp)), {}, deleted=True)
+            after = ((body.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return
+            params = {**params, "after": after}
+
+    def _merged_away(self, stamp: datetime | None, until: datetime) -> Iterator[CrmRecord]:
+        """Ids merged into survivors changed at or after ``stamp``, in (time, id) order. A merged
+        id leaves every list (it is not archived): only its survivor names it."""
+        merged_filter = [{"propertyName": MERGED_IDS, "operator": "HAS_PROPERTY"}]
+        wanted = ["hs_object_id", "lastmodifieddate", MERGED_IDS]
+        pending: list[CrmRecord] = []
+        for batch in self._keyset_pages(stamp, None, until, wanted, merged_filter):
+            for raw in batch:
+                props = raw.get("properties") or {}
+                moment = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
+                if pending and pending[0].modstamp != moment:
+                    yield from sorted(pending, key=_deletion_key)
+                    pending = []
+                survivor = str(raw["id"])
+                for merged_id in str(props.get(MERGED_IDS) or "").split(";"):
+                    if merged_id.strip().isdigit() and merged_id.strip() != survivor:
+                        pending.append(
+                            CrmRecord(
+                                OBJECT, merged_id.strip(), moment, {}, deleted=True, merged_into=survivor
+                            )
+                        )
+        yield from sorted(pending, key=_deletion_key)
+
     def _one_basis(self, value: str) -> str:
         """A multiple checkbox holds several bases (``a;b``): the first in the configured
         precedence is the one read; values outside it are left for the mapping to refuse."""
@@ -426,50 +520,76 @@ class HubSpotConnector(Connector):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """Property changes by batch update, ``batch_size`` contacts a call, each group's
+        subscription changes one v3 call each right after its batch, deletions by batch archive:
+        every call's answers are handed over as it returns. An update with both properties and
+        subscriptions is answered once its last call returned (one answer per update)."""
         if not updates:
-            return []
-        results: list[WriteResult | None] = [None] * len(updates)
-        property_parts: list[tuple[int, dict[str, Any]]] = []
-        subscription_parts: list[tuple[int, dict[str, Any]]] = []
-        known = self.describe(OBJECT)
+            return
+        known = self.describe(OBJECT) if any(u.action is WriteAction.UPDATE for u in updates) else {}
+        refused: dict[int, WriteResult] = {}
+        plans: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        deletes: list[int] = []
         for index, item in enumerate(updates):
             _check_object(item.object_type)
+            if item.action is WriteAction.DELETE:
+                if item.record_id.isdigit():
+                    deletes.append(index)
+                else:
+                    refused[index] = WriteResult(
+                        item.record_id, False, "INVALID_ID", "not a HubSpot record id"
+                    )
+                continue
             props = {k: v for k, v in item.fields.items() if not _VIRTUAL.match(k)}
             subs = {k: v for k, v in item.fields.items() if _VIRTUAL.match(k)}
-            refused = [k for k in props if k not in known or not known[k].updateable]
-            refused += [k for k in subs if k not in known]
-            if refused:
-                results[index] = WriteResult(
-                    item.record_id,
-                    False,
-                    "INVALID_FIELD",
-                    f"not a writable HubSpot field: {', '.join(refused)}",
+            bad = [k for k in props if k not in known or not known[k].updateable]
+            bad += [k for k in subs if k not in known]
+            if bad:
+                refused[index] = WriteResult(
+                    item.record_id, False, "INVALID_FIELD", f"not a writable HubSpot field: {', '.join(bad)}"
                 )
-                continue
-            if props:
-                property_parts.append((index, props))
-            if subs:
-                subscription_parts.append((index, subs))
-        outcomes: dict[int, list[WriteResult]] = {}
-        for index, result in self._write_properties(updates, property_parts):
-            outcomes.setdefault(index, []).append(result)
-        for index, result in self._write_subscriptions(updates, subscription_parts):
-            outcomes.setdefault(index, []).append(result)
-        for index, item in enumerate(updates):
-            if results[index] is None:
-                results[index] = _combined(item.record_id, outcomes.get(index, []))
-        return [r for r in results if r is not None]
+            elif not props and not subs:
+                refused[index] = WriteResult(item.record_id, True)  # nothing to change
+            else:
+                plans[index] = (props, subs)
+        if refused:
+            yield refused
+        for group in _unique_groups(list(plans), updates, self.config.batch_size):
+            yield from self._write_group(updates, group, plans)
+        for start in range(0, len(deletes), self.config.batch_size):
+            yield self._archive_batch(updates, deletes[start : start + self.config.batch_size])
 
-    def _write_properties(
-        self, updates: Sequence[RecordUpdate], parts: list[tuple[int, dict[str, Any]]]
-    ) -> Iterator[tuple[int, WriteResult]]:
-        for chunk in _unique_chunks(parts, updates, self.config.batch_size):
-            yield from self._update_batch(updates, chunk)
+    def _write_group(
+        self,
+        updates: Sequence[RecordUpdate],
+        group: list[int],
+        plans: Mapping[int, tuple[dict[str, Any], dict[str, Any]]],
+    ) -> Iterator[dict[int, WriteResult]]:
+        """One batch update for the group's properties, then its subscription calls."""
+        partial: dict[int, WriteResult] = {}
+        with_subs = [index for index in group if plans[index][1]]
+        property_parts = [(index, plans[index][0]) for index in group if plans[index][0]]
+        if property_parts:
+            for answered in self._update_calls(updates, property_parts):
+                done = {i: r for i, r in answered.items() if i not in with_subs}
+                partial.update({i: r for i, r in answered.items() if i in with_subs})
+                if done:
+                    yield done
+        if not with_subs:
+            return
+        emails = self._emails([updates[i].record_id for i in with_subs])
+        for index in with_subs:
+            record_id = updates[index].record_id
+            outcomes = [partial[index]] if index in partial else []
+            outcomes += self._subscription_results(record_id, emails.get(record_id), plans[index][1])
+            yield {index: _combined(record_id, outcomes)}
 
-    def _update_batch(
+    def _update_calls(
         self, updates: Sequence[RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]
-    ) -> Iterator[tuple[int, WriteResult]]:
+    ) -> Iterator[dict[int, WriteResult]]:
+        """One batch update (or, when HubSpot refuses the whole batch for one bad value, one
+        call per contact to find it): each call's answers as it returns."""
         inputs = [{"id": updates[i].record_id, "properties": _property_values(props)} for i, props in chunk]
         try:
             response = self._request(
@@ -482,12 +602,11 @@ class HubSpotConnector(Connector):
             if error.rule.status != 400:
                 raise
             if len(chunk) > 1:
-                # HubSpot rejects a whole batch for one bad value: find it record by record.
                 for single in chunk:
-                    yield from self._update_batch(updates, [single])
+                    yield from self._update_calls(updates, [single])
                 return
             index = chunk[0][0]
-            yield index, WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))
+            yield {index: WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))}
             return
         body = response.json()
         failed: dict[str, tuple[str, str]] = {}
@@ -495,62 +614,73 @@ class HubSpotConnector(Connector):
             category = str(error.get("category") or "ERROR")
             for record_id in (error.get("context") or {}).get("ids") or []:
                 failed[str(record_id)] = (category, str(error.get("message") or ""))
+        answers: dict[int, WriteResult] = {}
         for index, _props in chunk:
             record_id = updates[index].record_id
             if record_id in failed:
                 category, message = failed[record_id]
                 retryable = ERRORS.classify(207, category).action in (Action.RETRY, Action.RATE_LIMITED)
-                yield index, WriteResult(record_id, False, category, message, retryable)
+                answers[index] = WriteResult(record_id, False, category, message, retryable)
             else:
-                yield index, WriteResult(record_id, True)
+                answers[index] = WriteResult(record_id, True)
+        yield answers
 
-    def _write_subscriptions(
-        self, updates: Sequence[RecordUpdate], parts: list[tuple[int, dict[str, Any]]]
-    ) -> Iterator[tuple[int, WriteResult]]:
-        if not parts:
-            return
-        emails = self._emails([updates[i].record_id for i, _ in parts])
-        for index, subs in parts:
-            record_id = updates[index].record_id
-            email = emails.get(record_id)
-            if not email:
-                yield (
-                    index,
-                    WriteResult(
-                        record_id,
-                        False,
-                        "NO_EMAIL",
-                        "the contact has no email address: HubSpot keys subscriptions by it",
-                    ),
+    def _archive_batch(self, updates: Sequence[RecordUpdate], chunk: list[int]) -> dict[int, WriteResult]:
+        """``POST .../batch/archive``: HubSpot answers 204 for the whole batch (an id already
+        gone is no error: the record is deleted either way)."""
+        inputs = [{"id": updates[index].record_id} for index in chunk]
+        try:
+            self._request(
+                "POST", f"/crm/v3/objects/{OBJECT}/batch/archive", json={"inputs": inputs}, describe="archive"
+            )
+        except ConnectorError as error:
+            if error.rule.status != 400:
+                raise
+            return {
+                i: WriteResult(updates[i].record_id, False, "VALIDATION_ERROR", str(error)) for i in chunk
+            }
+        return {index: WriteResult(updates[index].record_id, True) for index in chunk}
+
+    def _subscription_results(
+        self, record_id: str, email: str | None, subs: Mapping[str, Any]
+    ) -> list[WriteResult]:
+        """One contact's subscription changes, one v3 call each."""
+        if not email:
+            return [
+                WriteResult(
+                    record_id,
+                    False,
+                    "NO_EMAIL",
+                    "the contact has no email address: HubSpot keys subscriptions by it",
                 )
+            ]
+        results = []
+        for key, value in subs.items():
+            match = _VIRTUAL.match(key)
+            assert match is not None
+            if match["part"] == "timestamp":
+                results.append(WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only"))
                 continue
-            for key, value in subs.items():
-                match = _VIRTUAL.match(key)
-                assert match is not None
-                if match["part"] == "timestamp":
-                    yield index, WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only")
-                    continue
-                if match["part"] == "legal_basis":
-                    if f"subscription_{match['id']}" not in subs:
-                        # HubSpot records a legal basis only with a status change: claiming this
-                        # written would make the next read look like new evidence.
-                        yield (
-                            index,
-                            WriteResult(
-                                record_id,
-                                False,
-                                "LEGAL_BASIS_WITHOUT_STATUS",
-                                f"HubSpot sets {key} only with a subscribe or unsubscribe; map it pull-only",
-                            ),
+            if match["part"] == "legal_basis":
+                if f"subscription_{match['id']}" not in subs:
+                    # HubSpot records a legal basis only with a status change: claiming this
+                    # written would make the next read look like new evidence.
+                    results.append(
+                        WriteResult(
+                            record_id,
+                            False,
+                            "LEGAL_BASIS_WITHOUT_STATUS",
+                            f"HubSpot sets {key} only with a subscribe or unsubscribe; map it pull-only",
                         )
-                    continue  # sent with the status it belongs to
-                basis = subs.get(f"subscription_{match['id']}_legal_basis")
-                yield (
-                    index,
-                    self._set_subscription(
-                        record_id, email, match["id"], str(value), str(basis) if basis else None
-                    ),
+                    )
+                continue  # sent with the status it belongs to
+            basis = subs.get(f"subscription_{match['id']}_legal_basis")
+            results.append(
+                self._set_subscription(
+                    record_id, email, match["id"], str(value), str(basis) if basis else None
                 )
+            )
+        return results
 
     def _set_subscription(
         self, record_id: str, email: str, sid: str, state: str, basis: str | None
@@ -662,22 +792,33 @@ def _groups(results: list[dict[str, Any]]) -> list[tuple[datetime, list[dict[str
     return groups
 
 
-def _unique_chunks(
-    parts: list[tuple[int, dict[str, Any]]], updates: Sequence[RecordUpdate], size: int
-) -> Iterator[list[tuple[int, dict[str, Any]]]]:
-    """Chunks of at most ``size`` in input order, no record twice in one chunk (HubSpot refuses
-    duplicate ids in a batch)."""
-    chunk: list[tuple[int, dict[str, Any]]] = []
+def _unique_groups(indexes: list[int], updates: Sequence[RecordUpdate], size: int) -> Iterator[list[int]]:
+    """Positions in groups of at most ``size``, in input order, no record twice in one group
+    (HubSpot refuses duplicate ids in a batch)."""
+    group: list[int] = []
     ids: set[str] = set()
-    for part in parts:
-        record_id = updates[part[0]].record_id
-        if len(chunk) >= size or record_id in ids:
-            yield chunk
-            chunk, ids = [], set()
-        chunk.append(part)
+    for index in indexes:
+        record_id = updates[index].record_id
+        if len(group) >= size or record_id in ids:
+            yield group
+            group, ids = [], set()
+        group.append(index)
         ids.add(record_id)
-    if chunk:
-        yield chunk
+    if group:
+        yield group
+
+
+def _deletion_key(record: CrmRecord) -> tuple[datetime, int]:
+    return record.modstamp, int(record.record_id)
+
+
+def _after(record: CrmRecord, stamp: datetime | None, record_id: int | None) -> bool:
+    """After the (time, id) cursor; a cursor without an id takes its whole timestamp."""
+    if stamp is None:
+        return True
+    if record_id is None:
+        return record.modstamp >= stamp
+    return _deletion_key(record) > (stamp, record_id)
 
 
 def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
@@ -718,6 +859,8 @@ def _endpoint_kind(method: str, url: str) -> str:
     for marker, kind in (
         ("/search", "search"),
         ("/batch/update", "batch_update"),
+        ("/batch/archive", "batch_archive"),
+        ("/contacts/merge", "merge"),
         ("/statuses/batch/read", "status_batch_read"),
         ("/batch/read", "batch_read"),
         ("/v3/subscribe", "subscribe"),

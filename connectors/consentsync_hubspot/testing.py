@@ -96,6 +96,28 @@ class HubSpotHarness:
             self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
         return contact_id
 
+    # -- late commits (the search index lagging a write) ---------------------------------------
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A contact written now that the search index has not caught up with yet."""
+        contact_id = self.sandbox.portal.begin_late({"email": email, "lastname": "Person"})
+        if opted_out:
+            self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
+        return contact_id
+
+    def commit_late(self, record_id: str) -> None:
+        self.sandbox.portal.index(record_id)
+
+    # -- deletions and merges ------------------------------------------------------------------
+
+    can_merge = True
+
+    def delete_record(self, record_id: str) -> None:
+        assert self.sandbox.portal.archive(record_id), f"no live contact {record_id}"
+
+    def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        self.sandbox.portal.merge(survivor_id, merged_id)
+
     def opt_out(self, record_id: str) -> None:
         record = self.sandbox.portal.get(record_id)
         assert record is not None

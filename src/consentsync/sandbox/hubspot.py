@@ -22,6 +22,15 @@ Endpoints (endpoint kind in brackets):
   input was written, 207 with ``errors`` and ``numErrors`` when some were not (unknown ids:
   OBJECT_NOT_FOUND with ``context.ids``); an invalid property value fails the whole batch with
   400 VALIDATION_ERROR, as HubSpot does.
+* ``GET /crm/v3/objects/contacts?archived=true`` [list]: archived (deleted) contacts, each with
+  ``"archived": true`` and ``archivedAt``, paged with ``after``, in id order (not archivedAt).
+* ``GET /crm/v3/objects/contacts/{id}`` [get]: one contact; a merged-away id answers the contact
+  it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
+* ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
+  most ``batch_limit``): 204 No Content; an unknown or already archived id is no error.
+* ``POST /crm/v3/objects/contacts/merge`` [merge] ``{"primaryObjectId", "objectIdToMerge"}``:
+  the merged contact leaves every list and search (it is not archived), the primary's
+  ``lastmodifieddate`` moves and its ``hs_merged_object_ids`` ("id1;id2") names the merged id.
 * ``GET /crm/v3/properties/contacts`` [properties].
 * ``GET /communication-preferences/v3/definitions`` [definitions],
   ``POST /communication-preferences/v3/subscribe|unsubscribe`` [subscribe, unsubscribe]
@@ -41,7 +50,10 @@ Responses other than search carry ``X-HubSpot-RateLimit-Daily``, ``-Daily-Remain
 ``-Secondly``, ``-Secondly-Remaining`` (HubSpot leaves them off search responses).
 
 Where HubSpot's documentation is silent the sandbox chooses, so that the connector must not rely
-on it: records that tie on the sort property come in an order that is neither id nor insertion
+on it: the search index lags writes (HubSpot: a new or changed object can take a few seconds to
+appear in search), modelled by :meth:`HubSpotPortal.begin_late` (a contact found by no search
+until :meth:`HubSpotPortal.index`, then with its original ``lastmodifieddate``; reads by id see
+it at once); records that tie on the sort property come in an order that is neither id nor insertion
 order; the text of error messages; an injected per-record write failure (``Faults.fail_ids``) is
 a 207 error entry of category CONFLICT (a 409 CONFLICT from v3 subscribe/unsubscribe); an
 unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400 VALIDATION_ERROR whose
@@ -92,8 +104,11 @@ __all__ = [
 ENDPOINT_KINDS = (
     "search",
     "list",
+    "get",
     "batch_read",
     "batch_update",
+    "batch_archive",
+    "merge",
     "properties",
     "definitions",
     "subscribe",
@@ -102,7 +117,7 @@ ENDPOINT_KINDS = (
     "status_batch_read",
     "not_found",
 )
-WRITE_KINDS = ("batch_update", "subscribe", "unsubscribe")
+WRITE_KINDS = ("batch_update", "batch_archive", "merge", "subscribe", "unsubscribe")
 
 #: The options of the contact property ``hs_legal_basis`` (a multiple checkbox: values joined by ;).
 LEGAL_BASIS_OPTIONS = (
@@ -135,8 +150,11 @@ ALL_SCOPES = frozenset(
 _SCOPE_OF_KIND = {
     "search": "crm.objects.contacts.read",
     "list": "crm.objects.contacts.read",
+    "get": "crm.objects.contacts.read",
     "batch_read": "crm.objects.contacts.read",
     "batch_update": "crm.objects.contacts.write",
+    "batch_archive": "crm.objects.contacts.write",
+    "merge": "crm.objects.contacts.write",
     "properties": "crm.schemas.contacts.read",
     "definitions": "communication_preferences.read",
     "status_read": "communication_preferences.read",
@@ -285,6 +303,12 @@ class HubSpotPortal:
         self.lock = threading.RLock()
         self._next_id = first_id
         self._contacts: dict[int, dict[str, Any]] = {}
+        # Archived (deleted) contacts, with their "archivedAt", as the archived list shows them.
+        self._archived: dict[int, dict[str, Any]] = {}
+        # Merged-away id -> the id of the contact that survived the merge.
+        self._merged_into: dict[int, int] = {}
+        # Contacts written but not yet in the search index (HubSpot's search lags writes).
+        self._unindexed: set[int] = set()
         self._statuses: dict[tuple[str, str], Subscription] = {}
         self.properties: dict[str, PropertyDef] = {
             p.name: p
@@ -292,6 +316,10 @@ class HubSpotPortal:
                 PropertyDef("hs_object_id", "Record ID", "number", "number", read_only=True),
                 PropertyDef("createdate", "Create Date", "datetime", "date", read_only=True),
                 PropertyDef("lastmodifieddate", "Last Modified Date", "datetime", "date", read_only=True),
+                # Set by merges only: the ids merged into the contact, joined by ";".
+                PropertyDef(
+                    "hs_merged_object_ids", "Merged Contact IDs", "enumeration", "checkbox", read_only=True
+                ),
                 PropertyDef("email", "Email", "string", "text"),
                 PropertyDef("firstname", "First Name", "string", "text"),
                 PropertyDef("lastname", "Last Name", "string", "text"),
@@ -364,6 +392,82 @@ class HubSpotPortal:
             except ValueError:
                 return None
             return dict(record) if record is not None else None
+
+    def begin_late(self, properties: Mapping[str, Any] | None = None, /) -> str:
+        """A contact written now (its id and ``lastmodifieddate`` given now) that the search
+        index has not caught up with: no search finds it until :meth:`index`. HubSpot documents
+        that a new or changed object can take a few seconds to appear in search results."""
+        contact_id = self.create(properties)
+        with self.lock:
+            self._unindexed.add(int(contact_id))
+        return contact_id
+
+    def index(self, contact_id: str) -> None:
+        """The search index catches up: the contact is found with its original stamp."""
+        with self.lock:
+            self._unindexed.discard(int(contact_id))
+
+    def indexed(self, contact_id: int) -> bool:
+        with self.lock:
+            return contact_id not in self._unindexed
+
+    def archive(self, contact_id: str, /, *, at: dt.datetime | None = None) -> bool:
+        """Delete (archive) a contact, as a user or ``batch/archive`` does: it leaves search,
+        reads and writes and shows in ``GET /crm/v3/objects/contacts?archived=true`` with its
+        ``archivedAt``. False when there was no such live contact."""
+        moment = at or self.now()
+        with self.lock:
+            record = self._contacts.pop(_as_int(contact_id), None)
+            if record is None:
+                return False
+            record["archivedAt"] = moment
+            self._archived[int(contact_id)] = record
+            self._unindexed.discard(int(contact_id))
+            return True
+
+    def archived(self) -> list[tuple[int, dict[str, Any]]]:
+        """Archived contacts in id order (the archived list's order)."""
+        with self.lock:
+            return [(cid, dict(record)) for cid, record in sorted(self._archived.items())]
+
+    def merge(self, primary_id: str, merged_id: str, /, *, at: dt.datetime | None = None) -> dict[str, Any]:
+        """Merge ``merged_id`` into ``primary_id`` as ``POST /crm/v3/objects/contacts/merge``
+        does: the merged contact is gone (not archived: it is in no list), a read of its id
+        answers the primary, and the primary's ``hs_merged_object_ids`` names it (and the ids
+        merged into it before)."""
+        moment = at or self.now()
+        with self.lock:
+            primary, merged = _as_int(primary_id), _as_int(merged_id)
+            if primary == merged or primary not in self._contacts or merged not in self._contacts:
+                raise HubSpotApiError(
+                    400, "VALIDATION_ERROR", f"Cannot merge contact {merged_id} into {primary_id}"
+                )
+            gone = self._contacts.pop(merged)
+            self._unindexed.discard(merged)
+            names = [
+                *_merged_ids(self._contacts[primary].get("hs_merged_object_ids")),
+                str(merged),
+                *_merged_ids(gone.get("hs_merged_object_ids")),
+            ]
+            record = self._contacts[primary]
+            record["hs_merged_object_ids"] = ";".join(dict.fromkeys(names))
+            record["lastmodifieddate"] = moment
+            for earlier, survivor in list(self._merged_into.items()):
+                if survivor == merged:
+                    self._merged_into[earlier] = primary
+            self._merged_into[merged] = primary
+            return dict(record)
+
+    def canonical(self, contact_id: str) -> str | None:
+        """The id a read of ``contact_id`` answers: itself, or the contact it was merged into;
+        None when it is neither live nor merged."""
+        with self.lock:
+            try:
+                wanted = int(contact_id)
+            except ValueError:
+                return None
+            wanted = self._merged_into.get(wanted, wanted)
+            return str(wanted) if wanted in self._contacts else None
 
     def ids(self) -> list[str]:
         with self.lock:
@@ -522,6 +626,17 @@ class HubSpotPortal:
                     self.set_status(email, sid, "UNSUBSCRIBED", at=moment)
             made.append(contact_id)
         return made
+
+
+def _as_int(contact_id: str | int) -> int:
+    try:
+        return int(contact_id)
+    except ValueError:
+        return -1
+
+
+def _merged_ids(value: Any) -> list[str]:
+    return [part for part in str(value or "").split(";") if part]
 
 
 def _invalid(name: str, value: Any, code: str) -> HubSpotApiError:
@@ -730,6 +845,8 @@ class HubSpotSandbox(HttpsSandbox):
             ("GET", "/crm/v3/objects/contacts"): ("list", self._h_list),
             ("POST", "/crm/v3/objects/contacts/batch/read"): ("batch_read", self._h_batch_read),
             ("POST", "/crm/v3/objects/contacts/batch/update"): ("batch_update", self._h_batch_update),
+            ("POST", "/crm/v3/objects/contacts/batch/archive"): ("batch_archive", self._h_batch_archive),
+            ("POST", "/crm/v3/objects/contacts/merge"): ("merge", self._h_merge),
             ("GET", "/crm/v3/properties/contacts"): ("properties", self._h_properties),
             ("GET", "/communication-preferences/v3/definitions"): ("definitions", self._h_definitions),
             ("POST", "/communication-preferences/v3/subscribe"): ("subscribe", self._h_subscribe),
@@ -742,6 +859,8 @@ class HubSpotSandbox(HttpsSandbox):
         found = table.get((method, path))
         if found is None and method == "GET" and path.startswith("/communication-preferences/v4/statuses/"):
             found = ("status_read", self._h_status_read)
+        if found is None and method == "GET" and path.startswith("/crm/v3/objects/contacts/"):
+            found = ("get", self._h_get)
         if found is None:
             return Route("not_found", lambda: self._not_found(request), authenticated=False)
         kind, handler = found
@@ -811,7 +930,12 @@ class HubSpotSandbox(HttpsSandbox):
             "lastname",
         ]
         with self.portal.lock:
-            contacts = [(int(cid), rec) for cid, rec in self.portal._contacts.items()]
+            # The search index lags writes: a contact not indexed yet is not found.
+            contacts = [
+                (int(cid), rec)
+                for cid, rec in self.portal._contacts.items()
+                if int(cid) not in self.portal._unindexed
+            ]
         matched = [(cid, rec) for cid, rec in contacts if self._matches(rec, groups)]
         prop, descending = self._sort_spec(sorts)
 
@@ -934,13 +1058,16 @@ class HubSpotSandbox(HttpsSandbox):
                 continue  # HubSpot leaves out properties that do not exist
             value = record.get(name)
             properties[name] = iso_ms(value) if isinstance(value, dt.datetime) else value
-        return {
+        out: dict[str, Any] = {
             "id": str(contact_id),
             "properties": properties,
             "createdAt": iso_ms(record["createdate"]),
             "updatedAt": iso_ms(record["lastmodifieddate"]),
-            "archived": False,
+            "archived": "archivedAt" in record,
         }
+        if "archivedAt" in record:
+            out["archivedAt"] = iso_ms(record["archivedAt"])
+        return out
 
     def _h_list(self, request: SandboxRequest) -> SandboxResponse:
         try:
@@ -951,13 +1078,45 @@ class HubSpotSandbox(HttpsSandbox):
         if not 1 <= limit <= 100:
             raise HubSpotApiError(400, "VALIDATION_ERROR", "limit must be between 1 and 100")
         wanted = (request.param("properties") or "").split(",") if request.param("properties") else []
+        archived = (request.param("archived") or "false").lower() == "true"
         with self.portal.lock:
-            contacts = sorted(self.portal._contacts.items())
+            contacts = self.portal.archived() if archived else sorted(self.portal._contacts.items())
         page = contacts[offset : offset + limit]
         out: dict[str, Any] = {"results": [self._object(c, r, wanted) for c, r in page]}
         if offset + limit < len(contacts):
             out["paging"] = {"next": {"after": str(offset + limit)}}
         return json_response(200, out)
+
+    def _h_get(self, request: SandboxRequest) -> SandboxResponse:
+        """One contact by id; a merged-away id answers the contact it was merged into."""
+        asked = unquote(request.path.rstrip("/").rsplit("/", 1)[-1])
+        found = self.portal.canonical(asked)
+        record = self.portal.get(found) if found else None
+        if found is None or record is None:
+            raise HubSpotApiError(404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric.")
+        wanted = (request.param("properties") or "").split(",") if request.param("properties") else []
+        return json_response(200, self._object(int(found), record, wanted))
+
+    def _h_batch_archive(self, request: SandboxRequest) -> SandboxResponse:
+        """Archive up to ``batch_limit`` contacts: 204 No Content, ids unknown or already
+        archived included (the answer says nothing per record)."""
+        inputs = self._inputs(request.json(), self.batch_limit)
+        ids = []
+        for item in inputs:
+            if not isinstance(item, dict) or not str(item.get("id") or "").strip():
+                raise HubSpotApiError(400, "VALIDATION_ERROR", "each input needs an id")
+            ids.append(str(item["id"]).strip())
+        for contact_id in ids:
+            self.portal.archive(contact_id)
+        return SandboxResponse(204, b"", None)
+
+    def _h_merge(self, request: SandboxRequest) -> SandboxResponse:
+        body = request.json()
+        if not isinstance(body, dict) or not body.get("primaryObjectId") or not body.get("objectIdToMerge"):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "primaryObjectId and objectIdToMerge are required")
+        primary = str(body["primaryObjectId"])
+        record = self.portal.merge(primary, str(body["objectIdToMerge"]))
+        return json_response(200, self._object(int(primary), record, ["hs_merged_object_ids"]))
 
     def _inputs(self, body: Any, limit: int) -> list[Any]:
         inputs = body.get("inputs") if isinstance(body, dict) else None
