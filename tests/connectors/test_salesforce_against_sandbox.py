@@ -10,7 +10,7 @@ import pytest
 from consentsync_salesforce import SalesforceConnector
 
 from consentsync.sandbox import SalesforceSandbox
-from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate
+from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 
 FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
 
@@ -91,6 +91,95 @@ def test_write_reports_per_record_results_and_retries_locked_rows(sandbox: Sales
     assert sandbox.calls["composite"] >= 2  # 251 records: at least two calls of at most 200
 
 
+def test_locked_rows_are_retried_without_holding_back_the_calls_other_answers(
+    sandbox: SalesforceSandbox,
+) -> None:
+    connector = connector_for(sandbox, lock_retries=2)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:250]]
+    sandbox.faults.lock_records(ids[3], attempts=1)
+    batches = connector.write_batches([RecordUpdate("Contact", i, {"DoNotCall": True}) for i in ids])
+    first = next(batches)
+    assert set(first) == set(range(200)) - {3}, "the first call's answers were held back"
+    assert sandbox.calls["composite"] == 1
+    second = next(batches)
+    assert set(second) == set(range(200, 250)) and sandbox.calls["composite"] == 2
+    retried = next(batches)
+    assert set(retried) == {3} and retried[3].ok
+    assert list(batches) == []
+    assert sandbox.org.get(ids[3])["DoNotCall"] is True
+
+
+def test_the_delete_action_deletes_in_calls_of_200_ids(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:201]]
+    sandbox.org.delete(ids[7])  # a user got there first
+    deletes = [RecordUpdate("Contact", i, {}, WriteAction.DELETE) for i in ids]
+    deletes.append(RecordUpdate("Contact", "003x,003y", {}, WriteAction.DELETE))
+    deletes.append(RecordUpdate("Contact", "003000000000000AAA", {}, WriteAction.DELETE))
+    batches = list(connector.write_batches(deletes))
+    assert [len(b) for b in batches] == [1, 200, 2], "one answer for the bad id, then one per call"
+    results = {position: result for batch in batches for position, result in batch.items()}
+    assert sorted(results) == list(range(len(deletes)))
+    assert all(results[i].ok for i in range(201)), "an id already in the recycle bin counts as deleted"
+    assert results[201].error_code == "MALFORMED_ID" and not results[201].retryable
+    assert results[202].error_code == "INVALID_CROSS_REFERENCE_KEY" and not results[202].ok
+    assert sandbox.calls["composite"] == 2
+    assert all(sandbox.org.get(i)["IsDeleted"] for i in ids)
+
+
+def test_updates_and_deletes_in_one_write(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    kept, erased = (r["Id"] for r in sandbox.org.records("Contact")[:2])
+    results = connector.write(
+        [
+            RecordUpdate("Contact", erased, {}, WriteAction.DELETE),
+            RecordUpdate("Contact", kept, {"HasOptedOutOfEmail": True}),
+        ]
+    )
+    assert [r.record_id for r in results] == [erased, kept] and all(r.ok for r in results)
+    assert sandbox.org.get(erased)["IsDeleted"] and sandbox.org.get(kept)["HasOptedOutOfEmail"]
+
+
+def test_deletions_and_merges_come_in_the_cursor_stream(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    last = everything[-1]
+    cursor = Cursor(last.modstamp, last.record_id)
+    survivor, merged, deleted = (r.record_id for r in everything[:3])
+    sandbox.org.clock = lambda: last.modstamp + timedelta(seconds=30)
+    sandbox.org.merge(survivor, merged)
+    sandbox.org.clock = lambda: last.modstamp + timedelta(seconds=60)
+    sandbox.org.delete(deleted)
+    changes = list(connector.read_changes("Contact", FIELDS, cursor, _later()))
+    assert [(r.record_id, r.deleted, r.merged_into) for r in changes] == [
+        (survivor, False, None),
+        (merged, True, survivor),
+        (deleted, True, None),
+    ]
+    assert changes[1].modstamp == last.modstamp + timedelta(seconds=30)
+    assert changes[1].fields == {} and changes[2].fields == {}
+    assert "IsDeleted" not in changes[0].fields and changes[0].fields["Email"]
+    by_id = list(connector.read_records("Contact", FIELDS, [survivor, merged]))
+    assert [r.record_id for r in by_id] == [survivor], "a record read by id must be live"
+
+
+def test_a_late_commit_inside_the_look_back_is_read_on_the_next_run(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=4)
+    sandbox.org.clock = lambda: start
+    late = sandbox.org.begin_create("Contact", LastName="Late", Email="late@example.test")
+    sandbox.org.clock = lambda: start + timedelta(minutes=1)
+    sandbox.org.create("Contact", LastName="Seen", Email="seen@example.test")
+    first = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert late not in {r.record_id for r in first}
+    stored = Cursor(first[-1].modstamp, first[-1].record_id)
+    sandbox.org.commit(late)
+    assert list(connector.read_changes("Contact", FIELDS, stored, _later())) == [], "no look-back: lost"
+    again = list(connector.read_changes("Contact", FIELDS, connector.resume_from(stored), _later()))
+    assert late in {r.record_id for r in again}
+    assert all(r.modstamp >= stored.modstamp - connector.lookback for r in again)
+
+
 def test_bulk_api_above_the_threshold(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
     ids = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
@@ -98,6 +187,39 @@ def test_bulk_api_above_the_threshold(sandbox: SalesforceSandbox) -> None:
     assert all(r.ok for r in results)
     assert all(sandbox.org.get(i)["DoNotCall"] is True for i in ids)
     assert sandbox.calls["composite"] == 0
+
+
+def test_a_bulk_job_is_answered_as_one_batch(sandbox: SalesforceSandbox) -> None:
+    connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
+    contacts = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
+    leads = [r["Id"] for r in sandbox.org.records("Lead")[:3]]
+    updates = [RecordUpdate("Contact", i, {"DoNotCall": True}) for i in contacts]
+    updates += [RecordUpdate("Lead", i, {"DoNotCall": True}) for i in leads]
+    batches = [sorted(batch) for batch in connector.write_batches(updates)]
+    assert batches == [list(range(60)), list(range(60, 60 + len(leads)))]
+    assert sandbox.calls["bulk_create"] == 1 and sandbox.calls["composite"] == 1
+
+
+def test_a_bulk_job_that_failed_half_way_answers_what_it_saved(
+    sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentsync.sandbox import salesforce as server
+
+    def save_half_then_fail(job: Any) -> None:
+        lines = job.data.decode().splitlines(keepends=True)
+        job.data = "".join(lines[: 1 + (len(lines) - 1) // 2]).encode()
+        original(job)
+        raise server._JobFailed("InternalServerError : the job stopped")
+
+    original = sandbox._run_job
+    monkeypatch.setattr(sandbox, "_run_job", save_half_then_fail)
+    connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
+    (answers,) = list(connector.write_batches([RecordUpdate("Contact", i, {"Title": "bulk"}) for i in ids]))
+    saved = {ids[i] for i, result in answers.items() if result.ok}
+    assert saved == {i for i in ids if sandbox.org.get(i)["Title"] == "bulk"} and len(saved) == 30
+    unsaved = [result for result in answers.values() if not result.ok]
+    assert len(unsaved) == 30 and all(r.retryable and r.error_code == "BULK_JOB_FAILED" for r in unsaved)
 
 
 def test_expired_session_is_renewed(sandbox: SalesforceSandbox) -> None:

@@ -65,3 +65,26 @@ def test_salesforce_timestamps_parse_to_utc(text: str) -> None:
 def test_settings_name_the_missing_credentials() -> None:
     with pytest.raises(ValueError, match="client_secret"):
         SalesforceConnector("sf", {"auth": "client_credentials", "client_id": "abc"})
+
+
+def test_a_look_back_cursor_reads_its_whole_second(connector: SalesforceConnector) -> None:
+    since = Cursor(datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC), None)
+    soql = connector.build_query("Contact", ["Email"], since, UNTIL)
+    assert "WHERE SystemModstamp >= 2026-11-23T03:21:24+00:00 AND SystemModstamp <=" in soql
+    assert "Id >" not in soql
+
+
+def test_resume_from_steps_back_ten_minutes_to_the_start_of_that_moment(
+    connector: SalesforceConnector,
+) -> None:
+    stored = Cursor(datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC), "003000000000001AAA")
+    assert connector.resume_from(stored) == Cursor(datetime(2026, 11, 23, 3, 11, 24, tzinfo=UTC), None)
+    assert connector.resume_from(Cursor()) == Cursor()
+
+
+def test_deletion_fields_are_read_where_the_object_has_them(connector: SalesforceConnector) -> None:
+    connector._describes["Contact"].update(
+        {name: FieldInfo(name, "boolean", False) for name in ("IsDeleted", "MasterRecordId")}
+    )
+    soql = connector.build_query("Contact", ["Email"], Cursor(), UNTIL)
+    assert soql.startswith("SELECT Id, SystemModstamp, Email, IsDeleted, MasterRecordId FROM Contact ")

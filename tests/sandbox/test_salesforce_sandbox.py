@@ -25,6 +25,7 @@ from simple_salesforce.exceptions import (
 
 from consentsync.sandbox import (
     Faults,
+    RecordError,
     SalesforceCredentials,
     SalesforceOrg,
     SalesforceSandbox,
@@ -589,6 +590,86 @@ def test_query_all_includes_deleted_records(sandbox: SalesforceSandbox, api: Api
     assert (
         error(api.get("sobjects/Contact/updated/", params=too_old))["errorCode"] == "INVALID_REPLICATION_DATE"
     )
+
+
+def test_a_merge_leaves_the_merged_record_in_the_recycle_bin_naming_the_survivor(
+    sandbox: SalesforceSandbox, api: Api
+) -> None:
+    survivor, merged, bystander = contact_ids(sandbox, 3)
+    merged_at = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(minutes=1)
+    sandbox.org.clock = lambda: merged_at
+    sandbox.org.merge(survivor, merged)
+    soql = "SELECT Id, IsDeleted, MasterRecordId, SystemModstamp FROM Contact ORDER BY SystemModstamp, Id"
+    live = {r["Id"]: r for r in api.records(soql)}
+    assert merged not in live and live[survivor]["SystemModstamp"] == format_datetime(merged_at)
+    every = {r["Id"]: r for r in api.query(soql, endpoint="queryAll").json()["records"]}
+    assert every[merged]["IsDeleted"] is True and every[merged]["MasterRecordId"] == survivor
+    assert every[merged]["SystemModstamp"] == format_datetime(merged_at)
+    assert every[survivor]["IsDeleted"] is False and every[survivor]["MasterRecordId"] is None
+    assert every[bystander]["SystemModstamp"] != format_datetime(merged_at)
+    # queryAll reads the recycle bin; plain query does not, even asked for it in the filter
+    filtered = format_soql("SELECT Id FROM Contact WHERE IsDeleted = true AND Id = {}", merged)
+    assert api.query(filtered).json()["totalSize"] == 0
+    assert api.query(filtered, endpoint="queryAll").json()["totalSize"] == 1
+    with pytest.raises(RecordError, match="ENTITY_IS_DELETED"):
+        sandbox.org.merge(survivor, merged)
+    with pytest.raises(RecordError, match="INVALID_TYPE"):
+        sandbox.org.merge(sandbox.org.records("Individual")[0]["Id"], bystander)
+
+
+def test_a_record_committed_late_appears_with_its_original_stamp(
+    sandbox: SalesforceSandbox, api: Api
+) -> None:
+    began_at = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=3)
+    sandbox.org.clock = lambda: began_at
+    late = sandbox.org.begin_create("Contact", LastName="Late", Email="late@example.test")
+    sandbox.org.clock = lambda: began_at + dt.timedelta(minutes=2)
+    after = sandbox.org.create("Contact", LastName="After", Email="after@example.test")
+    assert late < after
+    soql = format_soql("SELECT Id, SystemModstamp FROM Contact WHERE Id IN {}", [late, after])
+    for endpoint in ("query", "queryAll"):
+        assert [r["Id"] for r in api.query(soql, endpoint=endpoint).json()["records"]] == [after]
+    assert error(api.get(f"sobjects/Contact/{late}"))["errorCode"] == "NOT_FOUND"
+    assert late not in {r["Id"] for r in sandbox.org.records("Contact")}
+    sandbox.org.commit(late)
+    rows = {r["Id"]: r for r in api.query(soql).json()["records"]}
+    assert rows[late]["SystemModstamp"] == format_datetime(began_at)
+    assert api.get(f"sobjects/Contact/{late}").json()["Email"] == "late@example.test"
+
+
+def test_composite_delete_answers_one_result_per_id_in_order(sandbox: SalesforceSandbox, api: Api) -> None:
+    ids = contact_ids(sandbox, 4)
+    lead = sandbox.org.records("Lead")[0]["Id"]
+    sandbox.org.delete(ids[2])
+    sandbox.faults.lock_records(ids[3], attempts=1)
+    asked = [ids[0], "003000000000000AAA", ids[2], ids[3], "not-an-id", lead[:15]]
+    response = api.call("DELETE", "composite/sobjects", params={"ids": ",".join(asked), "allOrNone": "false"})
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert results[0] == {"id": ids[0], "success": True, "errors": []}
+    assert [r["success"] for r in results] == [True, False, False, False, False, True]
+    codes = [r["errors"][0]["statusCode"] for r in results if not r["success"]]
+    assert codes == ["INVALID_CROSS_REFERENCE_KEY", "ENTITY_IS_DELETED", "UNABLE_TO_LOCK_ROW", "MALFORMED_ID"]
+    assert all("id" not in r for r in results if not r["success"])
+    assert results[5]["id"] == lead  # ids of any object; 15-character ids answered in 18
+    deleted = {r["Id"] for r in sandbox.org.records("Contact", include_deleted=True) if r["IsDeleted"]}
+    assert {ids[0], ids[2]} <= deleted and ids[3] not in deleted
+    assert sandbox.org.get(lead)["IsDeleted"] is True
+    assert sandbox.calls["composite"] == 1
+
+
+def test_composite_delete_all_or_none_and_limits(sandbox: SalesforceSandbox, api: Api) -> None:
+    ids = contact_ids(sandbox, 2)
+    rolled = api.call(
+        "DELETE", "composite/sobjects", params={"ids": f"{ids[0]},003000000000000AAA", "allOrNone": "true"}
+    ).json()
+    assert rolled[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert sandbox.org.get(ids[0])["IsDeleted"] is False
+    too_many = ",".join([ids[0]] * 201)
+    assert error(api.call("DELETE", "composite/sobjects", params={"ids": too_many}))["errorCode"] == (
+        "EXCEEDED_ID_LIMIT"
+    )
+    assert sandbox.org.get(ids[0])["IsDeleted"] is False
 
 
 def test_other_objects_are_queryable(big_api: Api, big: SalesforceSandbox) -> None:

@@ -126,6 +126,31 @@ def test_org_validation_and_user_mutations() -> None:
     assert raised.value.status_code == "STRING_TOO_LONG"
 
 
+def test_org_recycle_bin_merge_and_late_commit() -> None:
+    clock = {"now": NOW}
+    org = SalesforceOrg(clock=lambda: clock["now"])
+    survivor = org.create("Lead", LastName="Keep", Company="Acme", Email="keep@example.com")
+    merged = org.create("Lead", LastName="Dup", Company="Acme", Email="KEEP@example.com")
+    late = org.begin_create("Lead", LastName="Late", Company="Acme")
+    assert org.count("Lead") == 2 and org.get(late) is None
+    assert org.updated_ids("Lead", NOW, NOW + dt.timedelta(minutes=1)) == [survivor, merged]
+    clock["now"] = NOW + dt.timedelta(minutes=5)
+    org.merge(survivor, merged)
+    gone = org.get(merged)
+    assert gone["IsDeleted"] is True and gone["MasterRecordId"] == survivor
+    assert gone["SystemModstamp"] == org.get(survivor)["SystemModstamp"] == clock["now"]
+    assert org.deleted_records("Lead", NOW, clock["now"] + dt.timedelta(seconds=1)) == [
+        (merged, clock["now"])
+    ]
+    assert org.query("SELECT Id FROM Lead WHERE IsDeleted = true") == []
+    assert org.query("SELECT Id FROM Lead WHERE IsDeleted = true", include_deleted=True) == [{"Id": merged}]
+    org.commit(late)
+    assert org.get(late)["SystemModstamp"] == NOW and org.count("Lead") == 2
+    with pytest.raises(RecordError, match="INVALID_FIELD_FOR_INSERT_UPDATE"):
+        org.update(survivor, MasterRecordId=merged)
+    assert org.delete_many([survivor, survivor], all_or_none=False)[1].status_code == "ENTITY_IS_DELETED"
+
+
 def test_seed_is_realistic_and_deterministic() -> None:
     first, second = SalesforceOrg(), SalesforceOrg()
     summary = first.seed(800, seed=21, now=NOW)
