@@ -342,3 +342,20 @@ def test_responses_slower_than_the_timeout_are_retried_then_given_up(sandbox: Sa
     assert time.monotonic() - started < 10  # two attempts of 0.5 s and a short backoff, not 2 x 2 s+
     sandbox.faults.reset()
     assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))) > 0
+
+
+@pytest.mark.parametrize("mapping", ["contact", "lead", "individual"])
+def test_the_anonymise_fields_of_each_mapping_are_accepted(sandbox: SalesforceSandbox, mapping: str) -> None:
+    from pathlib import Path
+
+    from consentsync.mapping import load_mapping
+
+    spec = load_mapping(Path(__file__).parents[2] / "mappings" / "salesforce" / f"{mapping}.yaml").spec
+    assert spec.personal_fields, f"{mapping}.yaml names no personal_fields"
+    record_id = sandbox.org.records(spec.object)[0]["Id"]
+    [result] = connector_for(sandbox).write(
+        [RecordUpdate(spec.object, record_id, dict(spec.personal_fields))]
+    )
+    assert result.ok, (result.error_code, result.message)
+    stored = sandbox.org.get(record_id)
+    assert {name: stored[name] for name in spec.personal_fields} == spec.personal_fields
