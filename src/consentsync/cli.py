@@ -458,7 +458,9 @@ def subject_show(email: str, as_json: bool) -> None:
         )
     if view["crm_records"]:
         click.echo("\nCRM records:")
-        print_table(view["crm_records"], ["connector", "object", "record_id", "linked_at"])
+        print_table(
+            view["crm_records"], ["connector", "object", "record_id", "linked_at", "status", "merged_into"]
+        )
 
 
 @subject.command("export")

@@ -52,7 +52,7 @@ OBJECTION_COLUMNS = [
     "decided_by",
     "decided_at",
 ]
-LINK_COLUMNS = ["connector", "object", "record_id", "linked_at"]
+LINK_COLUMNS = ["connector", "object", "record_id", "linked_at", "status", "gone_at", "merged_into"]
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),

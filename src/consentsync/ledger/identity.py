@@ -53,7 +53,20 @@ class SubjectResolver:
     """Resolves a batch of identities to subject ids in one round of queries, creating subjects
     (and their identifiers and links) that are new. Runs inside the caller's transaction."""
 
-    def __init__(self, conn: Connection, erasure_key: bytes, now: datetime, run_id: str | None):
+    def __init__(
+        self,
+        conn: Connection,
+        erasure_key: bytes,
+        now: datetime,
+        run_id: str | None,
+        *,
+        from_crm: bool = False,
+    ):
+        # from_crm: the identities come from CRM records, which still carry what the ledger erased.
+        # Such a record is matched to its erased person by the address's keyed hash, and the
+        # address is never written to the ledger again. A person who comes back through a capture
+        # (a new sign-up) is a new subject with their address, as they gave it anew.
+        self.from_crm = from_crm
         self.conn = conn
         self.key = erasure_key
         self.now = now
@@ -67,6 +80,16 @@ class SubjectResolver:
             # Another writer may have created these people meanwhile: look again under the lock.
             by_link = self._find_links({i.link for i in identities if i.link})
             by_email = self._find_emails({i.email for i in identities if i.email})
+        # An erased person's address is known only by its keyed hash: a record carrying it is
+        # that (erased) person, and the address is never written to the ledger again.
+        erased = (
+            self._erased_by_email(
+                {i.email for i in identities if i.email and i.email not in by_email and i.subject_id is None}
+            )
+            if self.from_crm
+            else {}
+        )
+        by_email.update(erased)
         unknown: dict[object, Identity] = {}
         for identity in identities:
             if identity.subject_id is not None:
@@ -86,6 +109,11 @@ class SubjectResolver:
         resolved: list[int] = []
         new_links: list[dict[str, Any]] = []
         new_emails: list[dict[str, Any]] = []
+        erased_ids = self._erased_ids(
+            {by_link[i.link] for i in identities if i.link and i.link in by_link and i.email}
+            | {i.subject_id for i in identities if i.subject_id is not None and i.email}
+            | set(erased.values())
+        )
         for identity in identities:
             subject_id = identity.subject_id
             if subject_id is None and identity.link:
@@ -96,8 +124,9 @@ class SubjectResolver:
                 subject_id = created_for_link.get(identity.link)
             assert subject_id is not None  # every unknown identity was created above
             if identity.email and identity.email not in by_email:
-                new_emails.append({"subject_id": subject_id, "kind": EMAIL, "value": identity.email})
                 by_email[identity.email] = subject_id
+                if subject_id not in erased_ids:
+                    new_emails.append({"subject_id": subject_id, "kind": EMAIL, "value": identity.email})
             if identity.link and identity.link not in by_link:
                 new_links.append(
                     {
@@ -160,6 +189,38 @@ class SubjectResolver:
                 found[CrmLink(connector, object_type, record_id)] = subject_id
         return found
 
+    def _erased_by_email(self, emails: set[str]) -> dict[str, int]:
+        """The subject behind each address whose keyed hash is on the suppression list (erased,
+        or created suppressed because its address had been erased before)."""
+        if not emails:
+            return {}
+        hashes = {email_hmac(self.key, email): email for email in emails}
+        found: dict[str, int] = {}
+        for chunk in chunks(sorted(hashes)):
+            rows = self.conn.execute(
+                select(suppressions.c.email_hmac, subjects.c.id)
+                .join(subjects, subjects.c.suppression_id == suppressions.c.id)
+                .where(suppressions.c.email_hmac.in_(chunk))
+                .order_by(subjects.c.id)
+            )
+            for row in rows:
+                found.setdefault(hashes[row.email_hmac], row.id)
+        return found
+
+    def _erased_ids(self, subject_ids: set[int]) -> set[int]:
+        if not subject_ids:
+            return set()
+        found: set[int] = set()
+        for chunk in chunks(sorted(subject_ids)):
+            found.update(
+                self.conn.execute(
+                    select(subjects.c.id).where(
+                        subjects.c.id.in_(chunk), subjects.c.suppression_id.is_not(None)
+                    )
+                ).scalars()
+            )
+        return found
+
     def _find_emails(self, emails: set[str]) -> dict[str, int]:
         rows = select_in(
             self.conn,
@@ -199,8 +260,9 @@ class SubjectResolver:
         )
         emails = [
             {"subject_id": subject_id, "kind": EMAIL, "value": identity.email}
-            for identity, subject_id in zip(identities, ids, strict=True)
-            if identity.email
+            for identity, subject_id, row in zip(identities, ids, rows, strict=True)
+            # From a CRM, an erased address stays a hash.
+            if identity.email and not (self.from_crm and row["suppression_id"] is not None)
         ]
         if emails:
             self.conn.execute(insert(subject_identifiers), emails)

@@ -89,6 +89,10 @@ crm_links = Table(
     Column("object_type", String(64), nullable=False),
     Column("record_id", String(64), nullable=False),
     Column("linked_at", Timestamp, nullable=False),
+    # Set when the CRM deleted the record (or merged it into ``merged_into``): the link is kept
+    # (the person and their history stay) but nothing is pushed to it any more.
+    Column("gone_at", Timestamp),
+    Column("merged_into", String(64)),
     UniqueConstraint("connector", "object_type", "record_id"),
 )
 
@@ -286,11 +290,33 @@ outbox = Table(
     Column("rule", String(64)),
     Column("run_id", String(36)),
     Column("created_at", Timestamp, nullable=False),
-    Column("status", String(16), nullable=False),  # pending, done, dead
+    Column("status", String(16), nullable=False),  # pending, done, dead, superseded
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text),
     Column("done_at", Timestamp),
+    # update (set ``fields``) or delete (an erasure passed on with the ``delete`` action)
+    Column("action", String(16), nullable=False, server_default="update"),
+    # Committed just before the row is handed to the CRM: a row sent and not acknowledged (the
+    # answer lost to a crash) is recognised when its values are read back, never taken as the
+    # person's own choice.
+    Column("sent_at", Timestamp),
     Index("ix_outbox_pending", "connector", "status", "id"),
+    Index("ix_outbox_record", "connector", "object_type", "record_id"),
+)
+
+# Who owns a connector's runs: a lease with a fencing token that grows with every new owner.
+# Every page commit and every push checks the token in its own transaction, so a run that lost
+# ownership (its database session dropped, its lease expired and taken over) can neither commit
+# nor push again.
+connector_leases = Table(
+    "connector_leases",
+    metadata,
+    Column("connector", String(64), primary_key=True),
+    Column("token", Integer, nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("holder", String(200), nullable=False),  # host:pid, for ops and for crashed-run recovery
+    Column("acquired_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
 )
 
 # -- the ops console ------------------------------------------------------------------------------

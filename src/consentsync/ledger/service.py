@@ -223,11 +223,12 @@ class Ledger:
     def link_in(
         self, conn: Connection, identities: Sequence[Identity], *, run_id: str | None = None
     ) -> tuple[list[int], int]:
-        """Resolves identities to subjects inside the caller's transaction, creating subjects and
-        CRM links that are new; returns the subject ids and how many subjects were created."""
+        """Resolves identities read from a CRM to subjects inside the caller's transaction,
+        creating subjects and CRM links that are new; returns the subject ids and how many
+        subjects were created. An erased person's address is matched by its keyed hash only."""
         if not identities:
             return [], 0
-        resolver = SubjectResolver(conn, self._erasure_key(), self.clock(), run_id)
+        resolver = SubjectResolver(conn, self._erasure_key(), self.clock(), run_id, from_crm=True)
         subject_ids = resolver.resolve(identities)
         audit.append(conn, resolver.audit, self.clock())
         return subject_ids, len(resolver.audit)
@@ -675,6 +676,10 @@ class Ledger:
                     "object": row.object_type,
                     "record_id": row.record_id,
                     "linked_at": iso(row.linked_at),
+                    # live, gone (deleted in the CRM) or merged (into merged_into)
+                    "status": "live" if row.gone_at is None else ("merged" if row.merged_into else "gone"),
+                    "gone_at": iso(row.gone_at) if row.gone_at else None,
+                    "merged_into": row.merged_into,
                 }
                 for row in conn.execute(
                     select(crm_links).where(crm_links.c.subject_id == subject_id).order_by(crm_links.c.id)

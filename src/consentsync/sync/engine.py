@@ -41,13 +41,16 @@ from consentsync.ledger.schema import (
     sync_runs,
 )
 from consentsync.ledger.service import Ledger, RecordRequest
-from consentsync.mapping import Mapping
-from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate
+from consentsync.mapping import Mapping, crm_key
+from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+from consentsync.sync.failpoints import failpoint
+from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import connector_lock
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
+DELETIONS = "#deleted"  # suffix of the sync_cursors row of an object's deletion listing
 T = TypeVar("T")
 
 
@@ -62,6 +65,13 @@ class SyncOptions:
     push_batch_size: int = 10_000
     # Attempts (one per run) before a push the CRM keeps refusing is dead-lettered.
     max_push_attempts: int = 10
+    # How far behind its stored position an incremental read starts again (changes committed
+    # late); None: the connector's own window (``Connector.lookback``).
+    lookback_seconds: float | None = None
+    # Per CRM object: suppress (default), anonymise or delete, for the records of erased people.
+    erasure_actions: dict[str, str] = field(default_factory=dict)
+    # The connector lease's time to live; a heartbeat renews it while the run is alive.
+    lease_seconds: float = 60.0
 
 
 @dataclass(slots=True)
@@ -71,6 +81,8 @@ class RunCounts:
     evidence_recorded: int = 0
     evidence_duplicates: int = 0
     unchanged_records: int = 0
+    deleted_records: int = 0  # records the CRM deleted or merged away (their links marked gone)
+    echoes_recognised: int = 0  # pushes whose lost answer was recovered by reading the value back
     state_changes: int = 0
     subjects_created: int = 0
     pushes_enqueued: int = 0
@@ -117,7 +129,10 @@ class RunReport:
 
 
 class _Stop(Exception):
-    """The daemon asked the run to stop between pages."""
+    """The daemon asked the run to stop between pages or push batches."""
+
+
+ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -143,6 +158,7 @@ class SyncEngine:
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
         self._shared: Connection | None = None  # the one transaction of a dry run
+        self._lease: Lease | None = None  # this run's ownership of the connector
         # Set by the daemon on SIGTERM: the page in hand is committed, then the run stops cleanly.
         self.stop_requested = threading.Event()
 
@@ -153,14 +169,34 @@ class SyncEngine:
         with connector_lock(self.ledger.engine, self.name):
             return self._run(full=full, dry_run=dry_run)
 
+    def _lookback(self) -> timedelta | None:
+        seconds = self.options.lookback_seconds
+        return None if seconds is None else timedelta(seconds=seconds)
+
     def _run(self, *, full: bool, dry_run: bool) -> RunReport:
         started = self.ledger.clock()
         report = RunReport(str(uuid.uuid4()), self.name, "running", started)
         until = started - timedelta(seconds=self.options.signpost_lag_seconds)
         bound = log.bind(run_id=report.run_id, connector=self.name)
         structlog.contextvars.bind_contextvars(run_id=report.run_id, connector=self.name)
+        self._lease = None
         if not dry_run:
-            self._record_run_start(report, full)
+            # The lease first: taking it over from a dead run records that run as crashed.
+            lease = Lease(
+                self.ledger.engine,
+                self.name,
+                report.run_id,
+                self.ledger.clock,
+                ttl=timedelta(seconds=self.options.lease_seconds),
+            )
+            lease.acquire()
+            self._lease = lease
+            try:
+                self._record_run_start(report, full)
+            except BaseException:
+                lease.release()
+                raise
+            lease.start_heartbeat(self.stop_requested.set)
         bound.info("sync.started", full=full, dry_run=dry_run)
         try:
             if dry_run:
@@ -169,13 +205,22 @@ class SyncEngine:
                 self._follow_ledger(report)
                 for mapping in self.mappings:
                     self._pull(mapping, report, until=until, full=full, dry_run=False)
+                    if self.connector.reads_deletions:
+                        self._pull_deletions(mapping, report, until=until, full=full)
                 self._reread_quarantined(report)
                 self._follow_ledger(report)
                 self._push(report)
             report.status = "dry_run" if dry_run else "succeeded"
-        except _Stop:
+        except (_Stop, LeaseLost) as stop:
+            lost = isinstance(stop, LeaseLost) or (self._lease is not None and self._lease.lost.is_set())
             report.status = "stopped"
-            report.error = "shutdown requested: stopped after the last committed page"
+            report.error = (
+                f"lease lost: {stop if isinstance(stop, LeaseLost) else 'taken over by another run'}"
+                if lost
+                else "shutdown requested: stopped after the last committed page or push batch"
+            )
+            if lost:
+                bound.error("sync.lease_lost", error=report.error)
         except (BudgetExhausted, ConnectorError) as error:
             stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
             report.status = "stopped" if stops else "failed"
@@ -201,6 +246,8 @@ class SyncEngine:
                     self._record_run_end(report)
                 except SQLAlchemyError as error:
                     bound.error("sync.run_not_recorded", error=str(getattr(error, "orig", error)))
+                if self._lease is not None:
+                    self._lease.release()
         bound.info("sync.finished", status=report.status, **asdict(report.counts))
         structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report
@@ -231,10 +278,13 @@ class SyncEngine:
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
+        """A write transaction that holds only while this run still owns its connector."""
         if self._shared is not None:
             yield self._shared
         else:
             with self.ledger.engine.begin() as conn:
+                if self._lease is not None:
+                    self._lease.check(conn)
                 yield conn
 
     # -- pull ----------------------------------------------------------------------------------
@@ -243,23 +293,63 @@ class SyncEngine:
         self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool, dry_run: bool
     ) -> None:
         with self._transaction() as conn:
-            cursor = Cursor() if full else self._load_cursor(conn, mapping.object)
+            stored = Cursor() if full else self._load_cursor(conn, mapping.object)
+        # An incremental read starts the look-back window behind the stored position: a change
+        # stamped before it may have become visible only since. What was already seen there is
+        # recognised by its snapshot and costs an API call, never a second piece of evidence.
+        since = stored if full else self.connector.resume_from(stored, self._lookback())
         self.connector.completed_cursor = None
-        records = self.connector.read_changes(mapping.object, mapping.pull_fields(), cursor, until)
-        report.stage, report.stage_done, report.stage_total = f"reading {mapping.object}", 0, None
+        records = self.connector.read_changes(mapping.object, mapping.pull_fields(), since, until)
+        self._read_pages(mapping, records, report, stored=stored, dry_run=dry_run, key=mapping.object)
+
+    def _pull_deletions(self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool) -> None:
+        """Records the CRM lists as deleted or merged away, on a cursor of their own."""
+        key = mapping.object + DELETIONS
+        with self._transaction() as conn:
+            stored = Cursor() if full else self._load_cursor(conn, key)
+        since = stored if full else self.connector.resume_from(stored, self._lookback())
+        self.connector.completed_cursor = None
+        records = self.connector.read_deletions(mapping.object, since, until)
+        self._read_pages(mapping, records, report, stored=stored, dry_run=False, key=key)
+
+    def _read_pages(
+        self,
+        mapping: Mapping,
+        records: Iterable[CrmRecord],
+        report: RunReport,
+        *,
+        stored: Cursor,
+        dry_run: bool,
+        key: str,
+    ) -> None:
+        """Commits ``records`` page by page, the cursor (``key``) moving with each page and never
+        backwards (pages inside the look-back window are behind it)."""
+        report.stage, report.stage_done, report.stage_total = f"reading {key}", 0, None
+        position = stored
         kept = False  # whether the connector's completed cursor (a new delta token) is stored
         for page in batched(records, self.options.batch_size):
             if self.stop_requested.is_set():
                 raise _Stop
+            failpoint("sync.page.read")
             report.stage_done += len(page)
             report.stage_total = self.connector.expected_records
             # A read that ended (the last page is in hand) may have handed over a new token: it is
             # stored with this page. Before that, pages keep the token the read started from.
             final = self.connector.completed_cursor
+            last = page[-1]
+            candidate = final or Cursor(last.modstamp, last.record_id, stored.token)
+            advance = final is not None or position.modstamp is None or _later(candidate, position)
             with self._transaction() as conn:
                 self._commit_page(
-                    conn, mapping, page, report, dry_run=dry_run, token=cursor.token, final=final
+                    conn,
+                    mapping,
+                    page,
+                    report,
+                    dry_run=dry_run,
+                    cursor=(key, candidate) if advance else None,
                 )
+            if advance:
+                position = candidate
             kept = final is not None
             report.counts.api_calls = self.connector.usage.calls
             self.progress(report)
@@ -268,7 +358,7 @@ class SyncEngine:
             # The read ended after the last committed page (or yielded nothing): every record is
             # committed, so the new token is safe to keep.
             with self._transaction() as conn:
-                self._save_cursor(conn, mapping.object, final, report.run_id, self.ledger.clock())
+                self._save_cursor(conn, key, final, report.run_id, self.ledger.clock())
 
     def _reread_quarantined(self, report: RunReport) -> None:
         """Records quarantined on reading that ops asked to retry are read again by id and go
@@ -297,7 +387,7 @@ class SyncEngine:
             page = list(self.connector.read_records(object_type, mapping.pull_fields(), ids))
             with self._transaction() as conn:
                 if page:
-                    self._commit_page(conn, mapping, page, report, dry_run=False, advance_cursor=False)
+                    self._commit_page(conn, mapping, page, report, dry_run=False, cursor=None)
                 conn.execute(
                     update(quarantine)
                     .where(quarantine.c.id.in_([row.id for row in rows]))
@@ -314,13 +404,18 @@ class SyncEngine:
         report: RunReport,
         *,
         dry_run: bool,
-        advance_cursor: bool = True,
-        token: str | None = None,
-        final: Cursor | None = None,
+        cursor: tuple[str, Cursor] | None,
     ) -> None:
         now = self.ledger.clock()
         counts = report.counts
         counts.read += len(page)
+        gone = [record for record in page if record.deleted]
+        if gone:
+            self._mark_gone(conn, mapping, gone, report, now)
+            page = [record for record in page if not record.deleted]
+        # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
+        # read back, they are acknowledged now, and their values are never the person's choice.
+        echoes = self._recognise_echoes(conn, mapping, page, report, now)
         snapshots = self._load_snapshots(conn, mapping.object, [r.record_id for r in page])
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
         problems: list[dict[str, Any]] = []
@@ -365,15 +460,23 @@ class SyncEngine:
         ]
         self.ledger.link_in(conn, extra_links, run_id=report.run_id)
         counts.subjects_created += created
+        self._revive_links(conn, mapping.object, [record.record_id for record, _, _, _ in good], report, now)
 
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
         link_ids = self._link_ids(conn, mapping.object, [r.record_id for r, _, _, _ in good])
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
+            echo = echoes.get(record.record_id, {})
             view = {_evidence_key(e): _evidence_view(e) for e in evidence}
-            # Undated values are evidence only when they change: a re-read is not a new observation.
-            fresh = [e for e in evidence if seen.get(_evidence_key(e)) != view[_evidence_key(e)]]
+            # Undated values are evidence only when they change: a re-read is not a new
+            # observation, and a value this project wrote is not the person's choice.
+            fresh = [
+                e
+                for e in evidence
+                if seen.get(_evidence_key(e)) != view[_evidence_key(e)]
+                and echo.get(_evidence_key(e)) != view[_evidence_key(e)]
+            ]
             if not fresh:
                 counts.unchanged_records += 1
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
@@ -395,15 +498,9 @@ class SyncEngine:
         if problems:
             conn.execute(insert(quarantine), problems)
         self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
-        if not advance_cursor:
-            pass  # records re-read by id (quarantine retries) are no position in the change feed
-        elif final is not None:
-            self._save_cursor(conn, mapping.object, final, report.run_id, now)
-        elif good or problems:
-            last = page[-1]
-            self._save_cursor(
-                conn, mapping.object, Cursor(last.modstamp, last.record_id, token), report.run_id, now
-            )
+        if cursor is not None:  # records re-read by id (quarantine retries) are no position
+            key, position = cursor
+            self._save_cursor(conn, key, position, report.run_id, now)
         if dry_run:
             uids = self._uids(conn, [o.subject_id for o in outcomes])
             report.plan_changes += [
@@ -419,13 +516,186 @@ class SyncEngine:
                 if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
             ]
 
+    # -- deleted and merged CRM records --------------------------------------------------------
+
+    def _mark_gone(
+        self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
+    ) -> None:
+        """A record deleted (or merged away) in the CRM: its link is marked gone, audited, and
+        nothing more is pushed to it; the person and their history stay. A merge's survivor is
+        linked to the same person when the ledger did not know it yet."""
+        rows = {
+            row.record_id: row
+            for row in conn.execute(
+                select(
+                    crm_links.c.id, crm_links.c.record_id, crm_links.c.subject_id, crm_links.c.gone_at
+                ).where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == mapping.object,
+                    crm_links.c.record_id.in_(sorted({r.record_id for r in gone})),
+                )
+            )
+        }
+        report.counts.deleted_records += len(gone)
+        survivors = [
+            Identity(
+                link=CrmLink(self.name, mapping.object, r.merged_into),
+                subject_id=rows[r.record_id].subject_id,
+            )
+            for r in gone
+            if r.merged_into and r.record_id in rows
+        ]
+        if survivors:
+            self.ledger.link_in(conn, survivors, run_id=report.run_id)
+        uids = self._uids(conn, [row.subject_id for row in rows.values()])
+        records: list[AuditRecord] = []
+        for record in gone:
+            row = rows.get(record.record_id)
+            if row is None or row.gone_at is not None:
+                continue  # never linked (nothing of the person here), or already known as gone
+            conn.execute(
+                update(crm_links)
+                .where(crm_links.c.id == row.id)
+                .values(gone_at=record.modstamp, merged_into=record.merged_into)
+            )
+            records.append(
+                AuditRecord(
+                    "crm.record_merged" if record.merged_into else "crm.record_deleted",
+                    {
+                        "connector": self.name,
+                        "object": mapping.object,
+                        "record": record.record_id,
+                        "merged_into": record.merged_into,
+                    },
+                    old={"link": "live"},
+                    new={"link": "merged" if record.merged_into else "gone"},
+                    rule="crm_record_gone",
+                    source=self.name,
+                    actor="consentsync",
+                    run_id=report.run_id,
+                    subject_uid=uids[row.subject_id],
+                    subject_id=row.subject_id,
+                )
+            )
+        if records:
+            conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.object_type == mapping.object,
+                    outbox.c.record_id.in_([r.what["record"] for r in records]),
+                    outbox.c.status == "pending",
+                )
+                .values(status="superseded", done_at=now, last_error="the CRM record is gone")
+            )
+            audit.append(conn, records, now)
+
+    def _revive_links(
+        self, conn: Connection, object_type: str, record_ids: list[str], report: RunReport, now: datetime
+    ) -> None:
+        """A record read again after it was deleted (restored from the CRM's recycle bin) is live."""
+        revived = conn.execute(
+            select(crm_links.c.id, crm_links.c.record_id, crm_links.c.subject_id).where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == object_type,
+                crm_links.c.record_id.in_(record_ids),
+                crm_links.c.gone_at.is_not(None),
+            )
+        ).all()
+        if not revived:
+            return
+        conn.execute(
+            update(crm_links)
+            .where(crm_links.c.id.in_([row.id for row in revived]))
+            .values(gone_at=None, merged_into=None)
+        )
+        uids = self._uids(conn, [row.subject_id for row in revived])
+        audit.append(
+            conn,
+            [
+                AuditRecord(
+                    "crm.record_restored",
+                    {"connector": self.name, "object": object_type, "record": row.record_id},
+                    old={"link": "gone"},
+                    new={"link": "live"},
+                    rule="crm_record_restored",
+                    source=self.name,
+                    actor="consentsync",
+                    run_id=report.run_id,
+                    subject_uid=uids[row.subject_id],
+                    subject_id=row.subject_id,
+                )
+                for row in revived
+            ],
+            now,
+        )
+
+    # -- our own writes, read back -------------------------------------------------------------
+
+    def _recognise_echoes(
+        self, conn: Connection, mapping: Mapping, page: list[CrmRecord], report: RunReport, now: datetime
+    ) -> dict[str, dict[str, Any]]:
+        """For each record of the page whose last write from this project was sent and never
+        acknowledged: the evidence view that write leaves behind (values matching it are ours,
+        not the person's). Where the record shows every value of that write, the write took
+        effect: it is acknowledged now, exactly as its lost answer would have been."""
+        if not page:
+            return {}
+        by_id = {record.record_id: record for record in page}
+        sent = conn.execute(
+            select(outbox)
+            .where(
+                outbox.c.connector == self.name,
+                outbox.c.object_type == mapping.object,
+                outbox.c.record_id.in_(sorted(by_id)),
+                outbox.c.sent_at.is_not(None),
+            )
+            .order_by(outbox.c.id)
+        ).all()
+        last: dict[str, Any] = {}
+        for row in sent:
+            last[row.record_id] = row  # the latest write sent to each record
+        unanswered = [row for row in last.values() if row.status in ("pending", "superseded")]
+        if not unanswered:
+            return {}
+        echoes: dict[str, dict[str, Any]] = {}
+        snapshots = self._load_snapshots(conn, mapping.object, [row.record_id for row in unanswered])
+        taken: list[tuple[Any, WriteResult]] = []
+        for row in unanswered:
+            if row.action != WriteAction.UPDATE:
+                continue
+            fields = orjson.loads(row.fields)
+            known = snapshots.get(row.record_id, ({}, {}))[1]
+            echoes[row.record_id] = self._echo_view(mapping, row.record_id, {**known, **fields}, now) or {}
+            shown = by_id[row.record_id].fields
+            if all(
+                name in shown and crm_key(shown[name]) == crm_key(value) for name, value in fields.items()
+            ):
+                taken.append((row, WriteResult(row.record_id, True)))
+        if taken:
+            report.counts.echoes_recognised += len(taken)
+            self._settle(conn, taken, report, now, confirmed_by="read_back")
+        return echoes
+
+    def _echo_view(
+        self, mapping: Mapping, record_id: str, fields: dict[str, Any], now: datetime
+    ) -> dict[str, Any] | None:
+        try:
+            echoed = mapping.evidence_from(
+                {**fields, mapping.spec.identity.record_id: record_id}, connector=self.name, observed_at=now
+            )
+        except InvalidInput:
+            return None
+        return {_evidence_key(e): _evidence_view(e) for e in echoed}
+
     # -- outbox --------------------------------------------------------------------------------
 
     def _enqueue_pushes(
         self, conn: Connection, subject_ids: list[int], report: RunReport, now: datetime
     ) -> None:
-        """For every record of this CRM that belongs to these people, the fields that differ
-        from what the ledger implies become an outbox row (superseding an older pending one)."""
+        """For every live record of this CRM that belongs to these people, the fields that differ
+        from what the ledger implies become an outbox row (superseding an older pending one); for
+        an erased person, the erasure action configured for the object (Art. 17(2))."""
         if not subject_ids:
             return
         states = self.ledger.effective_states_in(conn, subject_ids)
@@ -436,11 +706,18 @@ class SyncEngine:
                 crm_links.c.object_type,
                 crm_links.c.record_id,
                 crm_snapshots.c.fields,
+                subjects.c.erased_at,
             )
             .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(crm_links.c.connector == self.name, crm_links.c.subject_id.in_(subject_ids))
+            .join(subjects, subjects.c.id == crm_links.c.subject_id)
+            .where(
+                crm_links.c.connector == self.name,
+                crm_links.c.subject_id.in_(subject_ids),
+                crm_links.c.gone_at.is_(None),
+            )
             .order_by(crm_links.c.id)
         ).all()
+        erasures_done = self._erasures_done(conn, [row for row in rows if row.erased_at is not None])
         examined: dict[str, list[str]] = {}
         new_rows: list[dict[str, Any]] = []
         for row in rows:
@@ -451,9 +728,21 @@ class SyncEngine:
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
             updates = mapping.updates_for(known, subject_states)
-            if not updates:
-                continue
             rule = _deciding_rule(subject_states)
+            action = WriteAction.UPDATE
+            erasure = self.options.erasure_actions.get(row.object_type, "suppress")
+            if (
+                row.erased_at is not None
+                and erasure != "suppress"
+                and (row.object_type, row.record_id) not in erasures_done
+            ):
+                rule = ERASURE_RULES[erasure]
+                if erasure == "delete":
+                    action, updates = WriteAction.DELETE, {}
+                else:
+                    updates = {**updates, **mapping.spec.personal_fields}
+            elif not updates:
+                continue
             new_rows.append(
                 {
                     "connector": self.name,
@@ -467,6 +756,7 @@ class SyncEngine:
                     "created_at": now,
                     "status": "pending",
                     "attempts": 0,
+                    "action": action.value,
                 }
             )
         # What was pending for these records was decided on an older state: the rows above
@@ -485,6 +775,20 @@ class SyncEngine:
         if new_rows:
             conn.execute(insert(outbox), new_rows)
         report.counts.pushes_enqueued += len(new_rows)
+
+    def _erasures_done(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
+        """(object, record) pairs whose erasure action (anonymise, delete) the CRM acknowledged."""
+        if not rows:
+            return set()
+        done = conn.execute(
+            select(outbox.c.object_type, outbox.c.record_id).where(
+                outbox.c.connector == self.name,
+                outbox.c.record_id.in_(sorted({row.record_id for row in rows})),
+                outbox.c.rule.in_(sorted(ERASURE_RULES.values())),
+                outbox.c.status.in_(("done", "dead")),
+            )
+        ).all()
+        return {(row.object_type, row.record_id) for row in done}
 
     def _follow_ledger(self, report: RunReport) -> None:
         """Enqueues pushes for people whose state changed in the ledger since this connector last
@@ -527,7 +831,10 @@ class SyncEngine:
         return int(orjson.loads(stored)["state_change_id"]) if stored else 0
 
     def _push(self, report: RunReport) -> None:
-        """Drains this connector's pending outbox rows once, oldest first; a row that fails with a
+        """Drains this connector's pending outbox rows once, oldest first. Rows are marked sent
+        (committed) before the CRM sees them, and each CRM call's answers are committed before
+        the next call: a run stopped or killed anywhere loses no acknowledgement, and a write
+        whose answer was lost is recognised when it is read back. A row that fails with a
         retryable error stays pending for the next run."""
         floor = 0
         while True:
@@ -538,76 +845,130 @@ class SyncEngine:
                     .order_by(outbox.c.id)
                     .limit(self.options.push_batch_size)
                 ).all()
-            if not rows or self.stop_requested.is_set():
+            if not rows:
                 return
+            if self.stop_requested.is_set():
+                raise _Stop
             floor = rows[-1].id
             report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None
-            updates = [RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields)) for r in rows]
-            results = self.connector.write(updates)
-            now = self.ledger.clock()
-            with self.ledger.engine.begin() as conn:
-                records: list[AuditRecord] = []
-                uids = self._uids(conn, [r.subject_id for r in rows])
-                acknowledged = [
-                    (row, update_)
-                    for row, update_, result in zip(rows, updates, results, strict=True)
-                    if result.ok
-                ]
-                olds = self._apply_snapshots(
-                    conn, [(row, update_.fields) for row, update_ in acknowledged], now
+            with self._transaction() as conn:
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_([row.id for row in rows]))
+                    .values(sent_at=self.ledger.clock())
                 )
-                if acknowledged:
-                    conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id.in_([row.id for row, _ in acknowledged]))
-                        .values(status="done", done_at=now, attempts=outbox.c.attempts + 1)
-                    )
-                for row, update_ in acknowledged:
-                    report.counts.pushed += 1
-                    records.append(
-                        AuditRecord(
-                            "crm.pushed",
-                            {
-                                "connector": self.name,
-                                "object": row.object_type,
-                                "record": row.record_id,
-                                "outbox": row.id,
-                            },
-                            old=olds[row.id],
-                            new=dict(update_.fields),
-                            rule=row.rule,
-                            source=self.name,
-                            actor="consentsync",
-                            run_id=report.run_id,
-                            subject_uid=uids[row.subject_id],
-                            subject_id=row.subject_id,
+            failpoint("sync.push.sent")
+            updates = [
+                RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields), WriteAction(r.action))
+                for r in rows
+            ]
+            batches = self.connector.write_batches(updates)
+            try:
+                for answers in batches:
+                    failpoint("sync.push.answered")
+                    with self._transaction() as conn:
+                        self._settle(
+                            conn,
+                            [(rows[index], result) for index, result in sorted(answers.items())],
+                            report,
+                            self.ledger.clock(),
                         )
+                    report.counts.api_calls = self.connector.usage.calls
+                    self.progress(report)
+                    if self.stop_requested.is_set():
+                        raise _Stop
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+
+    def _settle(
+        self,
+        conn: Connection,
+        answered: list[tuple[Any, WriteResult]],
+        report: RunReport,
+        now: datetime,
+        *,
+        confirmed_by: str = "answer",
+    ) -> None:
+        """Commits the CRM's answers for outbox rows: done (audited, snapshot updated, a deleted
+        record's link marked gone), pending again, or dead-lettered. ``confirmed_by`` says how
+        the success was learnt: the CRM's answer, or reading the written values back."""
+        acknowledged = [row for row, result in answered if result.ok]
+        uids = self._uids(conn, [row.subject_id for row, _ in answered])
+        olds = self._apply_snapshots(
+            conn,
+            [(row, orjson.loads(row.fields)) for row in acknowledged if row.action == WriteAction.UPDATE],
+            now,
+        )
+        if acknowledged:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([row.id for row in acknowledged]))
+                .values(status="done", done_at=now, attempts=outbox.c.attempts + 1)
+            )
+        deleted = [row for row in acknowledged if row.action == WriteAction.DELETE]
+        for row in deleted:
+            conn.execute(
+                update(crm_links)
+                .where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == row.object_type,
+                    crm_links.c.record_id == row.record_id,
+                )
+                .values(gone_at=now)
+            )
+        records: list[AuditRecord] = []
+        for row in acknowledged:
+            report.counts.pushed += 1
+            what = {
+                "connector": self.name,
+                "object": row.object_type,
+                "record": row.record_id,
+                "outbox": row.id,
+            }
+            if row.action == WriteAction.DELETE:
+                what["action"] = "delete"
+            if confirmed_by != "answer":
+                what["confirmed_by"] = confirmed_by
+            records.append(
+                AuditRecord(
+                    "crm.pushed",
+                    what,
+                    old=olds.get(row.id),
+                    new=orjson.loads(row.fields) if row.action == WriteAction.UPDATE else {"deleted": True},
+                    rule=row.rule,
+                    source=self.name,
+                    actor="consentsync",
+                    run_id=report.run_id,
+                    subject_uid=uids[row.subject_id],
+                    subject_id=row.subject_id,
+                )
+            )
+        for row, result in answered:
+            if result.ok:
+                continue
+            report.counts.push_failed += 1
+            reason = f"{result.error_code}: {result.message}"
+            attempts = row.attempts + 1
+            # A row the CRM keeps refusing is dead-lettered with its reason for ops
+            # (consentsync outbox list --dead / retry) instead of being retried forever.
+            alive = result.retryable and attempts < self.options.max_push_attempts
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row.id)
+                # The CRM said it did not apply the write: it is no longer in flight.
+                .values(
+                    status="pending" if alive else "dead", attempts=attempts, last_error=reason, sent_at=None
+                )
+            )
+            if not alive:
+                conn.execute(
+                    insert(quarantine).values(
+                        self._quarantine_row(report, row.object_type, row.record_id, "push", reason, now)
                     )
-                for row, result in zip(rows, results, strict=True):
-                    if result.ok:
-                        continue
-                    report.counts.push_failed += 1
-                    reason = f"{result.error_code}: {result.message}"
-                    attempts = row.attempts + 1
-                    # A row the CRM keeps refusing is dead-lettered with its reason for ops
-                    # (consentsync outbox list --dead / retry) instead of being retried forever.
-                    alive = result.retryable and attempts < self.options.max_push_attempts
-                    conn.execute(
-                        update(outbox)
-                        .where(outbox.c.id == row.id)
-                        .values(status="pending" if alive else "dead", attempts=attempts, last_error=reason)
-                    )
-                    if not alive:
-                        conn.execute(
-                            insert(quarantine).values(
-                                self._quarantine_row(
-                                    report, row.object_type, row.record_id, "push", reason, now
-                                )
-                            )
-                        )
-                audit.append(conn, records, now)
-            report.counts.api_calls = self.connector.usage.calls
-            self.progress(report)
+                )
+        audit.append(conn, records, now)
 
     def _apply_snapshots(
         self, conn: Connection, written: list[tuple[Any, dict[str, Any]]], now: datetime
@@ -779,6 +1140,12 @@ class SyncEngine:
                     error=report.error,
                 )
             )
+
+
+def _later(candidate: Cursor, position: Cursor) -> bool:
+    """Whether ``candidate`` lies beyond ``position`` in (change time, id) order."""
+    assert candidate.modstamp is not None and position.modstamp is not None
+    return (candidate.modstamp, candidate.record_id or "") > (position.modstamp, position.record_id or "")
 
 
 def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:

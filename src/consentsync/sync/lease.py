@@ -1,0 +1,206 @@
+"""Who owns a connector's runs: a lease in the ledger with a fencing token.
+
+The run lock (:mod:`consentsync.sync.locks`) stops two runs starting together, but a
+PostgreSQL advisory lock lives as long as one database session: when that session is lost (a
+failover, a proxy's idle timeout, ``pg_terminate_backend``) another daemon can take the lock while
+the first run goes on reading and pushing on other connections. The lease closes that hole:
+
+* taking it writes a new, larger token; it is held until it expires (renewed by a heartbeat) or
+  its holder is seen dead on this host;
+* every page commit and every push batch checks the token *in the same transaction* as the work
+  (:meth:`Lease.check`), so a run that lost ownership can commit nothing more and sends nothing
+  more: it stops, saying why;
+* a run found dead when its lease is taken over is recorded as ``crashed``, never left "running".
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from consentsync.ledger.schema import connector_leases, sync_runs
+from consentsync.sync.locks import RunInProgress
+
+log = structlog.get_logger("consentsync.sync")
+
+__all__ = ["Lease", "LeaseLost", "RunInProgress", "this_process"]
+
+
+class LeaseLost(RuntimeError):
+    """This run no longer owns its connector: another run took the lease over."""
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_dead(holder: str) -> bool:
+    """True when ``holder`` ran on this host and its process is gone (a crash or SIGKILL)."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Lease:
+    def __init__(
+        self,
+        engine: Engine,
+        connector: str,
+        run_id: str,
+        clock: Callable[[], datetime],
+        *,
+        ttl: timedelta = timedelta(seconds=60),
+    ) -> None:
+        self.engine = engine
+        self.connector = connector
+        self.run_id = run_id
+        self.clock = clock
+        self.ttl = ttl
+        self.holder = this_process()
+        self.token: int | None = None
+        self.lost = threading.Event()
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # -- taking and giving back ----------------------------------------------------------------
+
+    def acquire(self) -> int:
+        """Takes the lease (a new token) or raises ``RunInProgress``; records a previous holder
+        that died as crashed."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            query = select(connector_leases).where(connector_leases.c.connector == self.connector)
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(connector_leases).values(self._values(conn, 1, now)))
+                except IntegrityError:
+                    raise RunInProgress(
+                        f"another process is running connector {self.connector!r} on this ledger"
+                    ) from None
+                self.token = 1
+            else:
+                expired = _aware(row.expires_at) <= now
+                dead = _holder_dead(row.holder)
+                if not (expired or dead):
+                    raise RunInProgress(
+                        f"another process ({row.holder}) is running connector {self.connector!r} "
+                        f"on this ledger; its lease runs until {_aware(row.expires_at).isoformat()}"
+                    )
+                token = int(row.token) + 1
+                taken = conn.execute(
+                    update(connector_leases)
+                    .where(
+                        connector_leases.c.connector == self.connector, connector_leases.c.token == row.token
+                    )
+                    .values(self._values(conn, token, now))
+                ).rowcount
+                if taken != 1:
+                    raise RunInProgress(f"another process took connector {self.connector!r} just now")
+                self.token = token
+                self._record_crashed(conn, row.run_id, "dead" if dead else "expired", now)
+        return self.token
+
+    def release(self) -> None:
+        self._stop_heartbeat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        if self.token is None or self.lost.is_set():
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(connector_leases)
+                    .where(
+                        connector_leases.c.connector == self.connector,
+                        connector_leases.c.token == self.token,
+                    )
+                    .values(expires_at=self.clock())
+                )
+        except SQLAlchemyError as error:  # the lease then simply expires
+            log.warning("lease.release_failed", connector=self.connector, error=type(error).__name__)
+
+    # -- holding -------------------------------------------------------------------------------
+
+    def check(self, conn: Connection) -> None:
+        """In the caller's transaction: still the owner (and the lease is extended), or
+        ``LeaseLost`` (the caller's transaction then rolls back whole)."""
+        if self.token is None:
+            return
+        renewed = conn.execute(
+            update(connector_leases)
+            .where(connector_leases.c.connector == self.connector, connector_leases.c.token == self.token)
+            .values(expires_at=self.clock() + self.ttl)
+        ).rowcount
+        if renewed != 1:
+            self.lost.set()
+            raise LeaseLost(
+                f"connector {self.connector!r} was taken over by another run (lease token {self.token} "
+                "is no longer current): this run stopped without committing or pushing more"
+            )
+
+    def start_heartbeat(self, on_lost: Callable[[], None]) -> None:
+        """Renews the lease every third of its time to live while the run waits on the CRM; on
+        loss, calls ``on_lost`` (the engine's stop request)."""
+
+        def beat() -> None:
+            while not self._stop_heartbeat.wait(self.ttl.total_seconds() / 3):
+                try:
+                    with self.engine.begin() as conn:
+                        self.check(conn)
+                except LeaseLost:
+                    log.error("lease.lost", connector=self.connector, run_id=self.run_id)
+                    on_lost()
+                    return
+                except SQLAlchemyError as error:  # a lost session: the pool reconnects next beat
+                    log.warning("lease.renewal_failed", connector=self.connector, error=type(error).__name__)
+
+        self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.connector}", daemon=True)
+        self._heartbeat.start()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _values(self, conn: Connection, token: int, now: datetime) -> dict[str, object]:
+        return {
+            "connector": self.connector,
+            "token": token,
+            "run_id": self.run_id,
+            "holder": self.holder,
+            "acquired_at": now,
+            "expires_at": now + self.ttl,
+        }
+
+    def _record_crashed(self, conn: Connection, run_id: str, how: str, now: datetime) -> None:
+        reason = (
+            "crashed: its process died before the run ended"
+            if how == "dead"
+            else "crashed: its lease expired before the run ended (the process hung or lost the ledger)"
+        )
+        conn.execute(
+            update(sync_runs)
+            .where(sync_runs.c.id == run_id, sync_runs.c.status == "running")
+            .values(status="crashed", finished_at=now, error=reason)
+        )
+
+
+def _aware(moment: datetime) -> datetime:
+    from datetime import UTC
+
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
