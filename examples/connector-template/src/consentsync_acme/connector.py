@@ -4,7 +4,7 @@ policy. Copy it, rename Acme, and replace the HTTP calls with your CRM's."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
@@ -64,6 +64,13 @@ class AcmeSettings(BaseModel):
 
 class AcmeConnector(Connector):
     vendor = "acme"
+    # Acme documents that a change can show in the contact list up to 2 minutes after its
+    # updated_at (the list is served from an index refreshed in the background): every read
+    # starts that far behind the last record handled. Set it from your CRM's docs and say why;
+    # users override it with ``lookback_seconds``.
+    lookback = timedelta(minutes=2)
+    # Acme documents no way to list deleted contacts and no delete call: ``reads_deletions`` and
+    # ``can_delete`` keep their defaults (False). Where your CRM has them, see the SDK docstrings.
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -130,7 +137,9 @@ class AcmeConnector(Connector):
         while True:
             params = {"limit": self.config.page_size, "until": until.astimezone(UTC).isoformat()}
             if cursor.modstamp is not None:
-                # Bound as query parameters, never spliced into a query language.
+                # Bound as query parameters, never spliced into a query language. A cursor without
+                # an id (where a look-back starts) sends since_id "": every id sorts after it, so
+                # the contacts stamped at ``since`` itself are read too.
                 params |= {"since": cursor.modstamp.isoformat(), "since_id": cursor.record_id or ""}
             page = self._call("GET", "/api/v1/contacts", params=params)
             for raw in page["contacts"]:
@@ -140,21 +149,19 @@ class AcmeConnector(Connector):
             if not page["has_more"]:
                 return
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        results: list[WriteResult] = []
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        # One call per BATCH updates, its answers yielded as soon as it returns (keyed by position
+        # in ``updates``): the engine commits them before asking for the next call, so a run
+        # stopped in between loses no acknowledgement. The base class builds ``write`` from this.
         for start in range(0, len(updates), BATCH):
             chunk = updates[start : start + BATCH]
             body = {"updates": [{"id": u.record_id, "fields": dict(u.fields)} for u in chunk]}
             answer = self._call("POST", "/api/v1/contacts/batch", json=body)["results"]
             # Acme answers in input order, one result per update.
-            for update, outcome in zip(chunk, answer, strict=True):
-                error = outcome.get("error")
-                results.append(
-                    WriteResult(
-                        update.record_id, bool(outcome["ok"]), error, error, retryable=error == "locked"
-                    )
-                )
-        return results
+            yield {
+                start + offset: _result(update, outcome)
+                for offset, (update, outcome) in enumerate(zip(chunk, answer, strict=True))
+            }
 
     def close(self) -> None:
         self.session.close()
@@ -165,3 +172,8 @@ def _only_contacts(object_type: str) -> None:
         raise ConnectorError(
             f"Acme has contacts, not {object_type!r}", ErrorRule(Action.FAIL, Fault.CONFIG, "unknown object")
         )
+
+
+def _result(update: RecordUpdate, outcome: Mapping[str, Any]) -> WriteResult:
+    error = outcome.get("error")
+    return WriteResult(update.record_id, bool(outcome["ok"]), error, error, retryable=error == "locked")

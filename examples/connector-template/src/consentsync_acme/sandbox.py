@@ -10,7 +10,9 @@ The (imaginary) Acme CRM documents:
   (``since``, ``since_id``) and at or before ``until``, ordered by (``updated_at``, ``id``), at most
   ``limit`` (1..100) with ``has_more``. Times are ISO 8601 UTC with milliseconds.
 * ``POST /api/v1/contacts/batch`` ``{"updates": [{"id", "fields"}]}``, at most 50: one result per
-  update, in order, ``{"id", "ok"}`` or ``{"id", "ok": false, "error"}``.
+  update, in order, ``{"id", "ok"}`` or ``{"id", "ok": false, "error"}``. ``null`` clears a text
+  field.
+* A change can show in the contact list up to 2 minutes after its ``updated_at``.
 * Limits: 429 ``{"error": "rate_limited"}`` with ``Retry-After`` (seconds) for a burst,
   429 ``{"error": "daily_quota_exceeded"}`` once the day's quota is spent.
 """
@@ -52,18 +54,25 @@ class AcmeSandbox(HttpsSandbox):
         self.api_key = secrets.token_urlsafe(24)
         self.sessions: set[str] = set()
         self.contacts: dict[str, dict[str, Any]] = {}
+        self.uncommitted: dict[str, dict[str, Any]] = {}  # written, not yet visible to any read
         self._serial = 0
         self._data = threading.Lock()
 
     # -- the data, as Acme's users change it ---------------------------------------------------
 
-    def create(self, fields: dict[str, Any], *, at: dt.datetime | None = None) -> str:
+    def create(self, fields: dict[str, Any], *, at: dt.datetime | None = None, visible: bool = True) -> str:
+        """A new contact; with ``visible`` False its transaction commits late: it has its id and
+        ``updated_at`` now, but no read sees it until :meth:`commit`."""
         with self._data:
             self._serial += 1
             contact_id = f"c-{self._serial:06d}"
-            self.contacts[contact_id] = {"unsubscribed": False, **fields, "id": contact_id}
-            self.contacts[contact_id]["updated_at"] = at or self.now()
+            contact = {"unsubscribed": False, **fields, "id": contact_id, "updated_at": at or self.now()}
+            (self.contacts if visible else self.uncommitted)[contact_id] = contact
             return contact_id
+
+    def commit(self, contact_id: str) -> None:
+        with self._data:
+            self.contacts[contact_id] = self.uncommitted.pop(contact_id)
 
     def update(self, contact_id: str, fields: dict[str, Any]) -> None:
         with self._data:
@@ -155,7 +164,7 @@ class AcmeSandbox(HttpsSandbox):
         results = []
         for item in updates:
             contact_id, fields = str(item["id"]), dict(item["fields"])
-            bad = [k for k, v in fields.items() if k not in FIELDS or not isinstance(v, FIELDS[k])]
+            bad = [k for k, v in fields.items() if k not in FIELDS or not _valid(FIELDS[k], v)]
             if contact_id not in self.contacts:
                 results.append({"id": contact_id, "ok": False, "error": "not_found"})
             elif bad:
@@ -166,3 +175,7 @@ class AcmeSandbox(HttpsSandbox):
                 self.update(contact_id, fields)
                 results.append({"id": contact_id, "ok": True})
         return json_response(200, {"results": results})
+
+
+def _valid(kind: type, value: Any) -> bool:
+    return isinstance(value, kind) or (value is None and kind is str)

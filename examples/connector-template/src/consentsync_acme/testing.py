@@ -65,6 +65,14 @@ class AcmeHarness:
     def opt_out(self, record_id: str) -> None:
         self.sandbox.update(record_id, {"unsubscribed": True})
 
+    # LateCommitHarness: a contact that shows up late with its original updated_at, to test the
+    # connector's look-back. (No DeletionHarness: Acme has no deletions to show.)
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        return self.sandbox.create({"email": email, "unsubscribed": opted_out}, visible=False)
+
+    def commit_late(self, record_id: str) -> None:
+        self.sandbox.commit(record_id)
+
     def record_ids(self) -> list[str]:
         return list(self.sandbox.contacts)
 
