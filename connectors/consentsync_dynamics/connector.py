@@ -4,13 +4,16 @@ Authenticates with OAuth 2.0 client credentials against a configurable token URL
 registration with a Dataverse application user). Reads with change tracking: a read without a
 delta link (the first) takes one (``Prefer: odata.track-changes``, ids only), reads the rows by a
 (modifiedon, id) keyset ``$filter`` up to the run's signpost, and hands the link over as the
-cursor's token; later reads GET that link and receive only what changed (deleted rows come as
-``$deletedEntity`` and are counted, not yielded: a deleted record carries no consent). A refused
-delta link (expired or invalid) triggers one full reload. Tables without change tracking, or
+cursor's token; later reads GET that link and receive only what changed, deleted rows
+(``$deletedEntity``) among them, yielded as ``CrmRecord(deleted=True)``. A contact merged away
+(the Merge action deactivates it, sets ``merged`` and ``masterid``) is yielded as
+``CrmRecord(deleted=True, merged_into=masterid)``. A refused delta link (expired or invalid)
+triggers one full reload. Tables without change tracking, or
 ``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as ``$batch``
 requests (at most 1,000) of ``PATCH`` with
-``If-Match: *`` (a PATCH alone would create a missing row) and ``Prefer: odata.continue-on-error``,
-one result per request. 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
+``If-Match: *`` (a PATCH alone would create a missing row), or ``DELETE`` for the delete action,
+and ``Prefer: odata.continue-on-error``, one result per request, handed over batch by batch.
+429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -41,6 +44,7 @@ from consentsync.sdk import (
     FieldInfo,
     RecordUpdate,
     RetryPolicy,
+    WriteAction,
     WriteResult,
     call,
 )
@@ -69,6 +73,8 @@ ERRORS = ErrorTable(
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "SQL error (row locked or timeout)", code="0x80044150"),
     ]
 )
+# Set by the Merge action on the subordinate row: read with every row of a table that has them.
+MERGE_COLUMNS = ("merged", "masterid")
 _AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
 _LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -110,6 +116,14 @@ class _DeltaRefused(Exception):
 
 class DynamicsConnector(Connector):
     vendor = "dynamics"
+    # Only the (modifiedon, id) keyset read (the first read, a refused delta link, tables without
+    # change tracking) needs it: modifiedon is stamped when the operation runs, and a row
+    # becomes visible when its transaction commits, up to the 2-minute limit of synchronous
+    # plug-ins later (longer behind a bulk job). Five minutes covers that with room. A cursor
+    # holding a delta link is kept as it is (resume_from): change tracking hands rows over by
+    # the row version assigned at commit, so a late commit comes in the next delta.
+    lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    can_delete = True  # DELETE /{set}({id}) inside $batch
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -128,7 +142,7 @@ class DynamicsConnector(Connector):
         self._token_expires = 0.0
         self._entities: dict[str, _Entity] = {}
         self._describes: dict[str, dict[str, FieldInfo]] = {}
-        self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (not yielded)
+        self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
         self.full_reloads = 0  # delta links refused, tables read again from the start
 
     # -- session -------------------------------------------------------------------------------
@@ -309,7 +323,8 @@ class DynamicsConnector(Connector):
         Without change tracking every read is the (modifiedon, id) keyset read.
         """
         entity = self._entity(object_type)
-        wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields]))
+        merges = [name for name in MERGE_COLUMNS if name in self.describe(object_type)]
+        wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields, *merges]))
         filters = self.config.record_filters.get(object_type, {})
         wire = self._wire_names(object_type, list(dict.fromkeys([*wanted, *filters])))
         if not (self.config.change_tracking and entity.change_tracking):
@@ -398,7 +413,9 @@ class DynamicsConnector(Connector):
             first = False
             for row in body.get("value", []):
                 if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
+                    # The delta carries no time of deletion: it happened before this page was read.
                     self.deleted_rows += 1
+                    yield _deleted(entity, row)
                     continue
                 if _wanted(row, wire, filters):
                     record = note(_record(entity, row, wire))
@@ -450,7 +467,8 @@ class DynamicsConnector(Connector):
         if since.modstamp is not None:
             stamp = odata_literal(since.modstamp)
             if since.record_id is None:
-                terms.insert(0, f"modifiedon gt {stamp}")
+                # A look-back cursor: every row stamped at that second or later.
+                terms.insert(0, f"modifiedon ge {stamp}")
             elif _GUID.match(since.record_id):
                 after = uuid.UUID(since.record_id)
                 terms.insert(0, f"(modifiedon gt {stamp} or (modifiedon eq {stamp} and {key} gt {after}))")
@@ -493,39 +511,52 @@ class DynamicsConnector(Connector):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        results: dict[int, WriteResult] = {}
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """One ``$batch`` per yield: its answers as it returns. Requests refused with a transient
+        error are sent again (``write_retries`` times) in later batches and answered when those
+        return; the rest of their batch is answered at once."""
+        refused: dict[int, WriteResult] = {}
         pending: list[int] = []
         for index, item in enumerate(updates):
             if not _GUID.match(item.record_id):
-                results[index] = WriteResult(item.record_id, False, "INVALID_ID", "not a Dataverse row id")
+                refused[index] = WriteResult(item.record_id, False, "INVALID_ID", "not a Dataverse row id")
             else:
                 pending.append(index)
+        if refused:
+            yield refused
         for attempt in range(self.config.write_retries + 1):
             if attempt:
                 time.sleep(min(2.0, 0.25 * 2**attempt))
+            last_attempt = attempt == self.config.write_retries
             retry: list[int] = []
             for start in range(0, len(pending), self.config.batch_size):
                 chunk = pending[start : start + self.config.batch_size]
+                answers: dict[int, WriteResult] = {}
                 for index, result in zip(chunk, self._write_batch([updates[i] for i in chunk]), strict=True):
-                    results[index] = result
-                    if result.retryable:
+                    if result.retryable and not last_attempt:
                         retry.append(index)
+                    else:
+                        answers[index] = result
+                if answers:
+                    yield answers
             pending = retry
             if not pending:
                 break
-        return [results[i] for i in range(len(updates))]
 
     def _write_batch(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
         parts = []
         for item in updates:
             entity = self._entity(item.object_type)
+            url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
+            if item.action is WriteAction.DELETE:
+                parts.append(PartRequest("DELETE", url))
+                continue
             for name in item.fields:
                 _check_name(name, "column")
             parts.append(
                 PartRequest(
                     "PATCH",
-                    f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})",
+                    url,
                     dict(item.fields),
                     {"If-Match": "*"},  # update only: a PATCH without it creates a missing row
                 )
@@ -545,7 +576,11 @@ class DynamicsConnector(Connector):
                 # Not executed (the service stopped at an earlier failure): safe to send again.
                 results.append(WriteResult(item.record_id, False, "NOT_EXECUTED", "not executed", True))
                 continue
-            results.append(_part_result(item.record_id, answers[position]))
+            answer = answers[position]
+            if item.action is WriteAction.DELETE and answer.status == 404:
+                # Already gone (deleted in Dataverse, or by a delete sent before a crash).
+                answer = PartResponse(204, None, answer.headers)
+            results.append(_part_result(item.record_id, answer))
         return results
 
     def close(self) -> None:
@@ -576,9 +611,19 @@ def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) ->
             f"{entity.entity_set} row {row.get(entity.primary_id)} has no modifiedon",
             ErrorRule(Action.FAIL, Fault.TRANSIENT, "row without modifiedon"),
         )
-    return CrmRecord(
-        entity.logical_name, str(row[entity.primary_id]), parse_dataverse_datetime(modified), fields
-    )
+    record_id, stamp = str(row[entity.primary_id]), parse_dataverse_datetime(modified)
+    if row.get("merged") is True:
+        # Merged away: the subordinate row stays, deactivated, naming the survivor in masterid.
+        master = row.get("_masterid_value")
+        return CrmRecord(entity.logical_name, record_id, stamp, fields, True, str(master) if master else None)
+    return CrmRecord(entity.logical_name, record_id, stamp, fields)
+
+
+def _deleted(entity: _Entity, row: Mapping[str, Any]) -> CrmRecord:
+    """A ``$deletedEntity`` row (``{"id", "reason": "deleted"}``): stamped with the time it was
+    read, the latest its deletion can have happened."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return CrmRecord(entity.logical_name, str(row.get("id") or ""), now, {}, deleted=True)
 
 
 def _error_of(response: requests.Response) -> tuple[str | None, str]:

@@ -92,6 +92,30 @@ class DynamicsHarness:
             {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
         )
 
+    # -- late commits --------------------------------------------------------------------------
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A contact created in a transaction that has not committed (a long plug-in chain)."""
+        self._serial += 1
+        return self.sandbox.environment.begin_late(
+            "contact",
+            {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
+        )
+
+    def commit_late(self, record_id: str) -> None:
+        self.sandbox.environment.commit_late("contact", record_id)
+
+    # -- deletions and merges ------------------------------------------------------------------
+
+    can_merge = True
+
+    def delete_record(self, record_id: str) -> None:
+        self.sandbox.environment.delete("contact", record_id)
+
+    def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        """A user merges two contacts (the Merge action): the subordinate is deactivated."""
+        self.sandbox.environment.merge("contact", survivor_id, merged_id)
+
     def opt_out(self, record_id: str) -> None:
         """The user ticks "Bulk Email: Do Not Allow" (email marketing withdrawn); modifiedon moves."""
         self.sandbox.environment.update("contact", record_id, {"donotbulkemail": True})

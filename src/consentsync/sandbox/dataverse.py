@@ -2,7 +2,11 @@
 msdynmkt_purpose) with their column types, rows, a row version counter for change tracking and
 the tombstones of deleted rows, and a repeatable generated seed.
 
-Every change stamps ``modifiedon`` with the current time in whole seconds (as Dataverse stores
+A row created with :meth:`DataverseEnvironment.begin_late` stays invisible to every read until
+its transaction commits (:meth:`DataverseEnvironment.commit_late`): it keeps the ``modifiedon``
+it was given but takes the row version of the commit, as change tracking orders rows by commit.
+:meth:`DataverseEnvironment.merge` is the Merge action (subordinate deactivated, ``merged``,
+``masterid``). Every change stamps ``modifiedon`` with the current time in whole seconds (as Dataverse stores
 it, so many rows share one second) and takes the next ``versionnumber`` of the environment; a
 change-tracking token names the version it was issued at.
 """
@@ -84,6 +88,8 @@ class Table:
     change_tracking: bool = True
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     tombstones: list[tuple[int, str]] = field(default_factory=list)  # (version, id)
+    # Rows whose transaction has not committed: no read sees them (see begin_late).
+    pending: set[str] = field(default_factory=set)
 
     def types(self) -> dict[str, str]:
         return {name: column.edm for name, column in self.columns.items()}
@@ -119,6 +125,10 @@ def _tables() -> dict[str, Table]:
                 Column("donotphone", "Boolean"),
                 Column("donotpostalmail", "Boolean"),
                 Column("donotfax", "Boolean"),
+                # Set by the Merge action on the subordinate (deactivated) contact: merged is
+                # true and masterid (read as _masterid_value) names the contact that survived.
+                Column("merged", "Boolean", updatable=False),
+                Column("_masterid_value", "Lookup", updatable=False, logical_name="masterid"),
             ]
         },
     )
@@ -239,32 +249,72 @@ class DataverseEnvironment:
                 )
             self._stamp(row)
 
+    def begin_late(self, logical_name: str, values: Mapping[str, Any]) -> str:
+        """A row created in a transaction that has not committed (a long plug-in chain, a bulk
+        job): its id and ``modifiedon`` are given now, but no read sees it until
+        :meth:`commit_late`."""
+        with self.lock:
+            new_id = self.create(logical_name, values)
+            self.tables[logical_name].pending.add(new_id)
+            return new_id
+
+    def commit_late(self, logical_name: str, record_id: str) -> None:
+        """The transaction commits: the row becomes visible with its original ``modifiedon``,
+        and takes the row version of the commit (change tracking orders by commit), so the
+        next delta hands it over."""
+        with self.lock:
+            table = self.tables[logical_name]
+            table.pending.discard(record_id.lower())
+            self.version += 1
+            table.rows[record_id.lower()]["versionnumber"] = self.version
+
+    def merge(self, logical_name: str, target_id: str, subordinate_id: str) -> None:
+        """The Merge action: the subordinate row is deactivated (statecode 1), ``merged`` set
+        and ``masterid`` pointed at the target; both rows are stamped."""
+        with self.lock:
+            table = self.tables[logical_name]
+            target, subordinate = table.rows.get(target_id.lower()), table.rows.get(subordinate_id.lower())
+            if target is None or subordinate is None or target is subordinate:
+                raise RowError(404, "0x80040217", f"{logical_name} to merge does not exist")
+            if subordinate.get("merged"):
+                raise RowError(400, "0x8004d2a9", "The subordinate record has already been merged.")
+            subordinate.update({"statecode": 1, "merged": True, "_masterid_value": target_id.lower()})
+            self._stamp(subordinate)
+            self._stamp(target)
+
     def delete(self, logical_name: str, record_id: str) -> None:
         with self.lock:
             table = self.tables[logical_name]
-            if table.rows.pop(record_id.lower(), None) is None:
+            if record_id.lower() in table.pending or table.rows.pop(record_id.lower(), None) is None:
                 raise RowError(404, "0x80040217", f"{logical_name} With Id = {record_id} Does Not Exist")
             self.version += 1
             table.tombstones.append((self.version, record_id.lower()))
 
     def get(self, logical_name: str, record_id: str) -> dict[str, Any] | None:
         with self.lock:
-            row = self.tables[logical_name].rows.get(record_id.lower())
-            return dict(row) if row is not None else None
+            table = self.tables[logical_name]
+            row = table.rows.get(record_id.lower())
+            return dict(row) if row is not None and record_id.lower() not in table.pending else None
 
     def records(self, logical_name: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [dict(row) for row in self.tables[logical_name].rows.values()]
+            table = self.tables[logical_name]
+            return [dict(row) for key, row in table.rows.items() if key not in table.pending]
 
     def count(self, logical_name: str) -> int:
         with self.lock:
-            return len(self.tables[logical_name].rows)
+            table = self.tables[logical_name]
+            return len(table.rows) - len(table.pending)
 
     def changes_since(self, table: Table, version: int) -> tuple[list[dict[str, Any]], list[str]]:
         """Rows changed after ``version`` (in version order) and ids deleted after it."""
         with self.lock:
             changed = sorted(
-                (dict(r) for r in table.rows.values() if r["versionnumber"] > version),
+                (
+                    dict(r)
+                    for key, r in table.rows.items()
+                    if r["versionnumber"] > version and key not in table.pending
+                ),
                 key=lambda r: r["versionnumber"],
             )
             deleted = [rid for v, rid in table.tombstones if v > version and rid not in table.rows]
@@ -331,7 +381,7 @@ class DataverseEnvironment:
         self, table: Table, keep: Callable[[Mapping[str, Any]], bool]
     ) -> Iterable[dict[str, Any]]:
         with self.lock:
-            return [dict(r) for r in table.rows.values() if keep(r)]
+            return [dict(r) for key, r in table.rows.items() if key not in table.pending and keep(r)]
 
 
 def _checked(table: Table, column: Column, value: Any) -> Any:

@@ -28,6 +28,12 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   ``{"@odata.context": ".../$metadata#{set}/$deletedEntity", "id", "reason": "deleted"}``.
 * ``GET|PATCH|DELETE /api/data/v9.2/{set}({id})``, ``POST /api/data/v9.2/{set}``. PATCH is an
   upsert unless ``If-Match: *`` (then 404 for a missing row).
+* ``POST /api/data/v9.2/Merge`` (contacts): the subordinate row is deactivated (``statecode`` 1)
+  with ``merged`` true and ``masterid`` (read ``_masterid_value``) naming the target; it stays
+  readable and comes in the next delta as a changed row.
+* Late commits: :meth:`~consentsync.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
+  row no read sees until it commits; it then comes in the next delta (its row version is the
+  commit's) with its original ``modifiedon``.
 * ``POST /api/data/v9.2/$batch`` (multipart/mixed, change sets atomic, at most 1000 requests);
   without ``Prefer: odata.continue-on-error`` it stops at the first failed request.
 
@@ -89,6 +95,7 @@ DYNAMICS_KINDS = (
     "create",
     "update",
     "delete",
+    "merge",
     "batch",
     "not_found",
 )
@@ -371,6 +378,8 @@ class DynamicsSandbox(HttpsSandbox):
             return "metadata"
         if rest == "$batch":
             return "batch" if method == "POST" else "not_found"
+        if rest == "Merge":
+            return "merge" if method == "POST" else "not_found"
         if re.fullmatch(rf"\w+\({_GUID}\)", rest):
             return {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method, "not_found")
         if re.fullmatch(r"\w+", rest):
@@ -498,6 +507,8 @@ class DynamicsSandbox(HttpsSandbox):
             return self._metadata(version, definition.group(1), bool(definition.group(2)))
         if rest == "$batch" and method == "POST":
             return self._batch(version, request)
+        if rest == "Merge" and method == "POST":
+            return self._merge(request)
         single = re.fullmatch(rf"(\w+)\(({_GUID})\)", rest)
         if single:
             table = self._table(single.group(1))
@@ -531,6 +542,29 @@ class DynamicsSandbox(HttpsSandbox):
         if table is None:
             raise ODataError(f"Resource not found for the segment '{entity_set}'.", status=404)
         return table
+
+    def _merge(self, request: SandboxRequest) -> SandboxResponse:
+        """The Merge action: ``{"Target": {"@odata.type": "Microsoft.Dynamics.CRM.contact",
+        "contactid"}, "Subordinate": {...}, "UpdateContent": {...}, "PerformParentingChecks"}``;
+        204. The subordinate is deactivated with ``merged`` and ``masterid`` set."""
+        body = _body(request)
+        target, subordinate = body.get("Target"), body.get("Subordinate")
+        if not isinstance(target, dict) or not isinstance(subordinate, dict):
+            raise ODataError("Merge needs the Target and Subordinate parameters.")
+        kind = str(target.get("@odata.type") or "").rsplit(".", 1)[-1]
+        table = self.environment.tables.get(kind)
+        if table is None or table.logical_name != "contact":
+            raise ODataError(f"Merge is not supported for the entity '{kind}'.", "0x80040203")
+        ids = [normalize_guid(str(part.get(table.primary_id) or "")) for part in (target, subordinate)]
+        if ids[0] is None or ids[1] is None:
+            raise ODataError(f"Target and Subordinate must name the {table.primary_id}.")
+        self.environment.merge(table.logical_name, ids[0], ids[1])
+        update = body.get("UpdateContent")
+        if isinstance(update, dict):
+            values = self.environment.convert(table, update, creating=False)
+            if values:
+                self.environment.update(table.logical_name, ids[0], values)
+        return SandboxResponse(204, b"", None)
 
     # -- metadata ------------------------------------------------------------------------------
 
