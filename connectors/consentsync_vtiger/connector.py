@@ -5,21 +5,34 @@ Reading: ``operation=query`` on ``modifiedtime``. Vtiger stamps whole seconds an
 drops what it already has; a second holding more than a page of changes is walked with LIMIT
 offsets (overlapping, so a record leaving that second mid-read cannot push another one out of
 sight). Each second is yielded whole, sorted by id, so the (modstamp, id) cursor the engine keeps
-resumes inside a second without loss or repetition. ``operation=sync`` is never the reader (it
-misses changes later in the same second and records owned by groups); it can list deleted ids.
+resumes inside a second without loss or repetition. An incremental read starts ``lookback``
+before the last record read (a save stamps ``modifiedtime`` before its transaction commits).
+``operation=sync`` is never the reader (it misses changes later in the same second and records
+owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed.
+
+Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone``
+(``server_timezone``). Each autumn a zone with daylight saving time repeats an hour and its
+stamps are ambiguous; they are read as the later of the two moments (never earlier than the
+truth, so no look-back filter drops a change; one stamped in the first pass of the hour is read
+up to an hour late), and the query bounds are widened by the zone's offset change so no stamp
+falls between them.
 
 Writing: ``operation=revise`` (a partial update), one call per record: Vtiger's open-source
-edition has no batch write. ``update`` is never used: it needs the full record and clears what
-it is not given.
+edition has no batch write; each call's answer is handed over as it returns. ``update`` is never
+used: it needs the full record and clears what it is not given. Checkboxes are written "1"/"0"
+only (8.2.0 stores "true", "yes" and "false" all as 0). ``WriteAction.DELETE`` is
+``operation=delete``, one call per record.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
+
+from pydantic import ValidationError
 
 from consentsync.sdk import (
     Action,
@@ -33,6 +46,7 @@ from consentsync.sdk import (
     FieldInfo,
     RecordUpdate,
     RetryPolicy,
+    WriteAction,
     WriteResult,
     call,
 )
@@ -56,6 +70,12 @@ _RECORD_ERRORS = frozenset(
 )
 # ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
 _RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR"})
+# Checkbox values as 8.2.0 stores them; "true", "yes" and "false" would all be stored as 0.
+_TICKED = frozenset({"1", "true", "yes", "on"})
+_UNTICKED = frozenset({"0", "false", "no", "off", ""})
+# How far either side of a moment the zone's offsets are looked at to widen a query bound: more
+# than any daylight-saving shift (at most two hours anywhere).
+_OFFSET_SPAN_HOURS = 26
 
 
 def vtql_string(value: str) -> str:
@@ -66,11 +86,21 @@ def vtql_string(value: str) -> str:
 
 class VtigerConnector(Connector):
     vendor = "vtiger"
+    # Vtiger stamps modifiedtime (whole seconds) when the save starts; its workflows and event
+    # handlers run in the same request before the commit, and an import saves row after row.
+    # Vtiger documents no bound: five minutes is an assumption (docs/connectors/vtiger.md).
+    lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    can_delete: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
-        self.config = VtigerSettings.model_validate(dict(settings))
-        self.zone = ZoneInfo(self.config.timezone)
+        try:
+            self.config = VtigerSettings.model_validate(dict(settings))
+        except ValidationError as error:
+            raise ValueError(_one_line(error)) from None
+        self.zone = ZoneInfo(self.config.server_timezone)
+        # Only where operation=sync works on the install (it fails on the stock 8.2.0).
+        self.reads_deletions = self.config.read_deletions  # type: ignore[misc]
         self.policy = RetryPolicy(
             max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
         )
@@ -122,7 +152,12 @@ class VtigerConnector(Connector):
     def describe(self, object_type: str) -> dict[str, FieldInfo]:
         if object_type not in self._describes:
             _check_name(object_type, "module")
-            result = self._call("describe", {"elementType": object_type}, f"describe {object_type}")
+            try:
+                result = self._call("describe", {"elementType": object_type}, f"describe {object_type}")
+            except ConnectorError as error:
+                if error.rule.code == "ACCESS_DENIED":
+                    raise self._module_missing(object_type) from None
+                raise
             fields: dict[str, FieldInfo] = {}
             for item in result.get("fields") or []:
                 kind = item.get("type") or {}
@@ -143,8 +178,9 @@ class VtigerConnector(Connector):
         columns = self._columns(object_type, fields)
         page_size = self.config.page_size
         step = max(1, page_size - min(self.config.crowded_second_overlap, page_size // 2))
-        upper = self._vtql_time(until)
-        floor = self._vtql_time(since.modstamp) if since.modstamp is not None else None
+        upper = self._upper_bound(until)
+        # Cursor(modstamp, None), where a look-back resumes, reads every record from that moment.
+        floor = self._lower_bound(since.modstamp) if since.modstamp is not None else None
         held: dict[str, dict[str, Any]] = {}  # records of the second `floor` not yielded yet
         offset = 0
         self.expected_records = None
@@ -155,49 +191,78 @@ class VtigerConnector(Connector):
             if full and len(seconds) == 1:
                 # One second holds a page or more: walk it with offsets.
                 if seconds[0] != floor:
-                    yield from self._second(object_type, floor, held, since)
+                    yield from self._second(object_type, floor, held, since, until)
                     floor, held, offset = seconds[0], {}, 0
                 held.update((str(row["id"]), row) for row in rows)
                 offset += step
                 continue
             if floor not in seconds:
                 # What was held of `floor` is all of it (the rest left that second meanwhile).
-                yield from self._second(object_type, floor, held, since)
+                yield from self._second(object_type, floor, held, since, until)
             for second in seconds if not full else seconds[:-1]:
                 found = held if second == floor else {}
                 found.update((str(r["id"]), r) for r in rows if str(r["modifiedtime"]) == second)
-                yield from self._second(object_type, second, found, since)
+                yield from self._second(object_type, second, found, since, until)
             if not full:
                 return
             last = seconds[-1]
             floor, offset = last, 0
             held = {str(r["id"]): r for r in rows if str(r["modifiedtime"]) == last}
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        """One ``revise`` call per record (Vtiger has no batch write): N updates cost N calls."""
-        results: list[WriteResult] = []
-        for item in updates:
-            problem = self._write_problem(item)
-            if problem is not None:
-                results.append(problem)
-                continue
-            element = {"id": item.record_id, **{k: _wire(v) for k, v in item.fields.items()}}
-            refused = self._revise(item.object_type, element)
-            if refused is None:
-                results.append(WriteResult(item.record_id, True))
-            else:
-                code = refused.rule.code or "UNKNOWN"
-                results.append(WriteResult(item.record_id, False, code, str(refused), code in _RECORD_RETRY))
-        return results
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """One call per record (``revise``, or ``delete`` for a deletion: Vtiger has no batch
+        write), each answer handed over as its call returns. A limit or a run-wide error raised
+        by a call propagates; the answers before it were already handed over."""
+        for position, item in enumerate(updates):
+            yield {position: self._write_one(item)}
 
-    def _revise(self, object_type: str, element: dict[str, Any]) -> ConnectorError | None:
-        """None when Vtiger took the change; the error when it refused this record. Sessions,
+    def _write_one(self, item: RecordUpdate) -> WriteResult:
+        problem = self._write_problem(item)
+        if problem is not None:
+            return problem
+        if item.action is WriteAction.DELETE:
+            refused = self._record_call("delete", {"id": item.record_id}, f"delete {item.object_type}")
+        else:
+            element = self._element(item)
+            if isinstance(element, WriteResult):
+                return element
+            refused = self._record_call("revise", {"element": element}, f"revise {item.object_type}")
+        if refused is None:
+            return WriteResult(item.record_id, True)
+        code = refused.rule.code or "UNKNOWN"
+        message = str(refused)
+        if item.action is WriteAction.DELETE and code == "ACCESS_DENIED":
+            message += " (deleted already, or the user's profile may not delete it)"
+        return WriteResult(item.record_id, False, code, message, code in _RECORD_RETRY)
+
+    def _element(self, item: RecordUpdate) -> dict[str, Any] | WriteResult:
+        """The ``revise`` element: checkboxes as "1"/"0" (the only values 8.2.0 stores as
+        written), null as "" (Vtiger clears a field sent empty)."""
+        known = self.describe(item.object_type)
+        element: dict[str, Any] = {"id": item.record_id}
+        for name, value in item.fields.items():
+            if known[name].type == "boolean":
+                checkbox = _checkbox(value)
+                if checkbox is None:
+                    return WriteResult(
+                        item.record_id,
+                        False,
+                        "INVALID_VALUE",
+                        f"{item.object_type}.{name} is a checkbox: {str(value)[:40]!r} is not 1/0",
+                    )
+                element[name] = checkbox
+            else:
+                element[name] = "" if value is None else value
+        return element
+
+    def _record_call(self, operation: str, params: Mapping[str, Any], what: str) -> ConnectorError | None:
+        """None when Vtiger took the call; the error when it refused this record. Sessions,
         server errors and resets are retried here; anything else about the call is raised."""
 
         def attempt() -> ConnectorError | None:
             try:
                 self._guard()
-                self.client.request("revise", {"element": element})
+                self.client.request(operation, params)
             except ConnectorError as error:
                 if error.rule.code in _RECORD_ERRORS or error.rule.code in _RECORD_RETRY:
                     # This record only: the next run retries it from the outbox.
@@ -205,39 +270,42 @@ class VtigerConnector(Connector):
                 raise
             return None
 
-        return call(
-            attempt,
-            policy=self.policy,
-            refresh_session=self.client.forget_session,
-            describe=f"revise {object_type}",
-        )
+        return call(attempt, policy=self.policy, refresh_session=self.client.forget_session, describe=what)
 
     def close(self) -> None:
         self.client.close()
 
     # -- deletions -----------------------------------------------------------------------------
 
-    def deleted_ids(self, object_type: str, since: datetime) -> Iterator[str]:
-        """Ids deleted after ``since``, from ``operation=sync`` (only when ``read_deletions`` is
-        on). Only records owned by the user (with ``sync_type: userandgroup``, also by its
-        groups) are listed, and a deletion in the same second as ``since`` can be missed: a hint
-        for clean-up, never the record of what changed."""
+    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+        """Records deleted after ``since``, from ``operation=sync``'s ``deleted`` ids (only with
+        ``read_deletions`` on). Sync names no deletion times: each id is stamped with the last
+        second of the batch that listed it (``lastModifiedTime``, at or after the deletion), and
+        a batch ending after ``until`` is left for the next run. Sync compares with a strict
+        ``>`` on whole seconds, so it is asked from the second before ``since``. Only records
+        owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
+        merge in Vtiger shows as a deletion of the merged-away record, without its survivor."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
             )
         _check_name(object_type, "module")
-        mark = int(since.timestamp())
+        mark = int(since.modstamp.timestamp()) - 1 if since.modstamp is not None else 0
         while True:
             result = self._call(
                 "sync",
                 {"modifiedTime": mark, "elementType": object_type, "syncType": self.config.sync_type},
                 f"sync {object_type}",
             )
-            yield from (str(i) for i in result.get("deleted") or [])
+            following = int(result.get("lastModifiedTime") or 0)
+            stamp = datetime.fromtimestamp(following, UTC)
+            if stamp > until:
+                return  # the batch runs past the read's end: the next run lists it
+            for record_id in sorted(str(i) for i in result.get("deleted") or []):
+                if since.is_before(stamp, record_id):
+                    yield CrmRecord(object_type, record_id, stamp, {}, deleted=True)
             if not result.get("more"):
                 return
-            following = int(result.get("lastModifiedTime") or 0)
             if following <= mark:
                 raise ConnectorError(
                     f"sync {object_type}: lastModifiedTime did not move past {mark}",
@@ -270,7 +338,7 @@ class VtigerConnector(Connector):
         offset: int,
         size: int,
     ) -> list[dict[str, Any]]:
-        where = f"modifiedtime <= {vtql_string(upper)}"
+        where = f"modifiedtime <= {vtql_string(upper)}"  # both bounds: wall-clock text, quoted
         if floor is not None:
             where = f"modifiedtime >= {vtql_string(floor)} AND {where}"
         query = (
@@ -286,20 +354,53 @@ class VtigerConnector(Connector):
         return rows
 
     def _second(
-        self, object_type: str, second: str | None, found: dict[str, dict[str, Any]], since: Cursor
+        self,
+        object_type: str,
+        second: str | None,
+        found: dict[str, dict[str, Any]],
+        since: Cursor,
+        until: datetime,
     ) -> Iterator[CrmRecord]:
         if second is None:
             return
         modstamp = self._parse_time(second)
+        if modstamp > until:
+            return  # inside the widened upper bound only: the next run reads it
         for record_id in sorted(found):
             if since.is_before(modstamp, record_id):
                 yield CrmRecord(object_type, record_id, modstamp, found[record_id])
 
-    def _vtql_time(self, moment: datetime) -> str:
-        return moment.astimezone(self.zone).strftime(_TIME)
+    def _offsets_near(self, moment: datetime) -> list[timedelta]:
+        """The zone's UTC offsets within a day either side of ``moment`` (hourly samples)."""
+        return [
+            (moment + timedelta(hours=hours)).astimezone(self.zone).utcoffset() or timedelta(0)
+            for hours in range(-_OFFSET_SPAN_HOURS, _OFFSET_SPAN_HOURS + 1)
+        ]
+
+    def _wall(self, moment: datetime, offset: timedelta) -> str:
+        return (moment.astimezone(UTC) + offset).strftime(_TIME)
+
+    def _lower_bound(self, moment: datetime) -> str:
+        """The earliest wall-clock text a change stamped at or after ``moment`` can carry: after
+        an autumn shift, wall-clock times start again an hour lower."""
+        return self._wall(moment, min(self._offsets_near(moment)))
+
+    def _upper_bound(self, moment: datetime) -> str:
+        """The latest wall-clock text a change stamped at or before ``moment`` can carry (read
+        as the later moment of a repeated hour: rows past ``moment`` are dropped)."""
+        return self._wall(moment, max(self._offsets_near(moment)))
 
     def _parse_time(self, text: str) -> datetime:
-        return datetime.strptime(text, _TIME).replace(tzinfo=self.zone).astimezone(UTC)
+        # fold=1: a repeated autumn hour is read as its second pass, never earlier than the truth.
+        return datetime.strptime(text, _TIME).replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+
+    def _module_missing(self, object_type: str) -> ConnectorError:
+        return ConnectorError(
+            f"{self.name}: Vtiger refused to describe module {object_type!r} (ACCESS_DENIED): the install "
+            f"lacks it or the user's profile hides it; enable the module, give the profile access, or "
+            f"map a module the install has (`object:` in the mapping file)",
+            ErrorRule(Action.FAIL, Fault.CONFIG, "module not available", code="ACCESS_DENIED"),
+        )
 
     def _write_problem(self, item: RecordUpdate) -> WriteResult | None:
         if not _WSID.match(item.record_id):
@@ -312,6 +413,8 @@ class VtigerConnector(Connector):
             return WriteResult(
                 item.record_id, False, "INVALID_ID_ATTRIBUTE", f"not an id of {item.object_type}"
             )
+        if item.action is WriteAction.DELETE:
+            return None
         refused = [name for name in item.fields if name not in known or not known[name].updateable]
         if refused:
             return WriteResult(
@@ -331,8 +434,22 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
-def _wire(value: Any) -> Any:
-    """Checkboxes as Vtiger stores them ("1"/"0"); revise also takes true/false."""
-    if isinstance(value, bool):
+def _checkbox(value: Any) -> str | None:
+    """A checkbox value as 8.2.0 stores it as written ("1"/"0"); None when it is neither."""
+    if value is None or isinstance(value, bool):
         return "1" if value else "0"
-    return value
+    if isinstance(value, int):
+        return {1: "1", 0: "0"}.get(value)
+    text = str(value).strip().lower()
+    if text in _TICKED:
+        return "1"
+    return "0" if text in _UNTICKED else None
+
+
+def _one_line(error: ValidationError) -> str:
+    """A settings error as one line naming the setting(s), for the CLI and the run report."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'settings'}: "
+        f"{str(item['msg']).removeprefix('Value error, ')}"
+        for item in error.errors()
+    )

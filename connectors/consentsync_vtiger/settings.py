@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 
 class Budget(BaseModel):
@@ -21,7 +21,7 @@ class Budget(BaseModel):
 
 
 class VtigerSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     url: str = Field(description="The install's address, e.g. https://crm.example.com/vtigercrm")
     webservice_path: str = "webservice.php"
@@ -37,11 +37,13 @@ class VtigerSettings(BaseModel):
     # Rows re-read at each step through a second holding more than page_size changes, so a
     # record that leaves that second during the read does not shift another one out of sight.
     crowded_second_overlap: int = Field(default=10, ge=0, le=50)
-    # The time zone of modifiedtime as the webservice returns it (UTC where the install is UTC;
-    # unconfirmed for installs set to another zone).
-    timezone: str = "UTC"
-    # operation=sync for deleted ids only (HTTP 500 on the stock 8.2.0 with PHP 8; returns only
-    # records owned by the user, or by its groups with userandgroup).
+    # The install's $default_timezone (config.inc.php, chosen in the install wizard), an IANA
+    # name: Vtiger 8.2.0 stores and serves modifiedtime as wall-clock time in it, whatever the API
+    # user's own zone or the server's OS zone. `timezone` is the name this setting had before.
+    server_timezone: str = Field(default="UTC", validation_alias=AliasChoices("server_timezone", "timezone"))
+    # List records deleted in Vtiger from operation=sync's `deleted` ids (the stock 8.2.0 fails
+    # sync with HTTP 500 on PHP 8: turn it on only where sync answers; it lists only records owned
+    # by the user, or by its groups with userandgroup).
     read_deletions: bool = False
     sync_type: Literal["user", "userandgroup", "application"] = "userandgroup"
     budget: Budget = Budget()
@@ -53,11 +55,14 @@ class VtigerSettings(BaseModel):
             raise ValueError("expected the install's address, starting with https://")
         return value.rstrip("/")
 
-    @field_validator("timezone")
+    @field_validator("server_timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}: expected an IANA name such as UTC") from None
+            raise ValueError(
+                f"{value!r} is not a time zone: expected an IANA name such as UTC or "
+                "Europe/Berlin (the install's $default_timezone in config.inc.php)"
+            ) from None
         return value

@@ -1,5 +1,11 @@
 """The Vtiger sandbox as the connector kit sees it (:class:`consentsync.sdk.harness.
-ContractHarness`): used by the contract tests and by bench/connector_calls.py."""
+ContractHarness`, with :class:`~consentsync.sdk.harness.LateCommitHarness` and
+:class:`~consentsync.sdk.harness.DeletionHarness`): used by the contract tests and by
+bench/connector_calls.py.
+
+The sandbox runs as an install whose ``$default_timezone`` is not UTC (``SERVER_TIMEZONE``), so
+every contract test also checks the connector's time-zone handling, and stores 3-byte UTF-8 only
+(``bmp_only``), as the stock install does."""
 
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "vtiger"
-WRITE_KINDS = ("revise", "update", "create")
-TIMEOUT = 1.0
+WRITE_KINDS = ("revise", "update", "create", "delete")
+TIMEOUT = 2.0  # under a loaded machine a 1 s answer is no fault
+# An install set up in California: modifiedtime is served in Pacific time.
+SERVER_TIMEZONE = "America/Los_Angeles"
 
 
 class VtigerHarness:
@@ -27,9 +35,11 @@ class VtigerHarness:
     write_batch_size = 1  # revise: one record a call, Vtiger has no batch write
     mapping_files = (MAPPINGS / "contacts.yaml",)
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
+    bmp_only = True  # the stock install's MySQL utf8: emoji come back as "?"
+    can_merge = False  # a merge in Vtiger shows on the API as the deletion of the merged record
 
     def __init__(self) -> None:
-        self.sandbox = VtigerSandbox(VtigerCrm(privacy_guard=False))
+        self.sandbox = VtigerSandbox(VtigerCrm(privacy_guard=False, timezone=SERVER_TIMEZONE))
         self._serial = 0
 
     # -- lifecycle and settings ----------------------------------------------------------------
@@ -49,6 +59,9 @@ class VtigerHarness:
             "ca_bundle": str(self.sandbox.ca_cert_path),
             "page_size": self.page_size,
             "crowded_second_overlap": 2,
+            "server_timezone": SERVER_TIMEZONE,
+            # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
+            "read_deletions": True,
             "timeout": TIMEOUT,
             "max_attempts": 5,
             "max_rate_limit_wait": 5.0,
@@ -109,6 +122,23 @@ class VtigerHarness:
         return self.sandbox.crm.create(
             "Contacts", lastname=f"Person {self._serial}", email=email, emailoptout=opted_out
         )
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A contact saved in a transaction that commits late (see :meth:`commit_late`)."""
+        self._serial += 1
+        return self.sandbox.crm.begin_late(
+            "Contacts", lastname=f"Person {self._serial}", email=email, emailoptout=opted_out
+        )
+
+    def commit_late(self, record_id: str) -> None:
+        self.sandbox.crm.commit_late(record_id)
+
+    def delete_record(self, record_id: str) -> None:
+        """A CRM user deletes the contact (Vtiger marks it deleted: its recycle bin)."""
+        self.sandbox.crm.delete(record_id)
+
+    def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        raise NotImplementedError("Vtiger's webservice shows no merges (can_merge is False)")
 
     def opt_out(self, record_id: str) -> None:
         """The person ticks "Email Opt Out" in Vtiger (its modifiedtime moves to now)."""

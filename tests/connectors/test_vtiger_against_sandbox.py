@@ -1,5 +1,6 @@
-"""The Vtiger connector over HTTPS against the sandbox: reads through crowded seconds, sessions,
-writes, deletions from sync, faults and secrets."""
+"""The Vtiger connector over HTTPS against the sandbox: reads through crowded seconds, the
+install's time zone (daylight saving included) and the look-back window, sessions, writes call by
+call, deletes, deletions from sync, faults and secrets."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import datetime as dt
 import math
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from consentsync_vtiger import VtigerConnector
 from consentsync_vtiger.connector import vtql_string
 
 from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
-from consentsync.sdk import Action, ConnectorError, Cursor, RecordUpdate
+from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction, WriteResult
 
 FIELDS = ["email", "emailoptout", "donotcall"]
 
@@ -141,20 +143,196 @@ def test_writes_are_one_revise_per_record_with_per_record_results(sandbox: Vtige
     assert connector.usage.per_endpoint["revise"] == len(ids)
 
 
-def test_deleted_ids_come_from_sync_and_its_http_500_is_named(sandbox: VtigerSandbox) -> None:
+def test_deletions_come_from_sync_in_order_and_its_http_500_is_named(sandbox: VtigerSandbox) -> None:
     sandbox.crm.seed(30, seed=6, burst=0)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
     owned = [r["id"] for r in sandbox.crm.records("Contacts") if sandbox.crm.owner_of(r["id"]) == "19x5"]
     for record_id in owned[:3]:
         sandbox.crm.delete(record_id)
     connector = connector_for(sandbox, read_deletions=True, sync_type="user")
-    assert sorted(connector.deleted_ids("Contacts", start)) == sorted(owned[:3])
+    assert connector.reads_deletions is True
+    gone = list(connector.read_deletions("Contacts", Cursor(start), _later()))
+    assert sorted(r.record_id for r in gone) == sorted(owned[:3])
+    assert all(r.deleted and r.merged_into is None and r.modstamp >= start for r in gone)
+    keys = [(r.modstamp, r.record_id) for r in gone]
+    assert keys == sorted(keys)
+    # Resuming from the last one lists nothing again; a look-back cursor lists its second again.
+    last = gone[-1]
+    assert list(connector.read_deletions("Contacts", Cursor(last.modstamp, last.record_id), _later())) == []
+    again = connector.read_deletions("Contacts", Cursor(last.modstamp.replace(microsecond=0)), _later())
+    assert {r.record_id for r in again} >= {last.record_id}
+    # A batch that ends after `until` is left for the next run.
+    assert list(connector.read_deletions("Contacts", Cursor(start), start)) == []
     sandbox.sync_fails = True
     with pytest.raises(ConnectorError) as failed:
-        list(connector.deleted_ids("Contacts", start))
+        list(connector.read_deletions("Contacts", Cursor(start), _later()))
     assert failed.value.action is Action.FAIL and "read_deletions" in str(failed.value)
+    off = connector_for(sandbox)
+    assert off.reads_deletions is False
     with pytest.raises(ConnectorError):
-        list(connector_for(sandbox).deleted_ids("Contacts", start))  # off by default
+        list(off.read_deletions("Contacts", Cursor(start), _later()))  # off by default
+
+
+def test_the_delete_action_is_one_delete_call_per_record(sandbox: VtigerSandbox) -> None:
+    ids = [
+        sandbox.crm.create("Contacts", lastname=f"Erase {i}", email=f"e{i}@example.test") for i in range(3)
+    ]
+    connector = connector_for(sandbox)
+    results = connector.write(
+        [
+            RecordUpdate("Contacts", ids[0], {}, WriteAction.DELETE),
+            RecordUpdate("Contacts", ids[1], {}, WriteAction.DELETE),
+            RecordUpdate("Contacts", ids[0], {}, WriteAction.DELETE),  # gone already
+            RecordUpdate("Contacts", "11x1", {}, WriteAction.DELETE),  # an id of another module
+        ]
+    )
+    assert [r.ok for r in results] == [True, True, False, False]
+    assert results[2].error_code == "ACCESS_DENIED" and "deleted already" in (results[2].message or "")
+    assert results[3].error_code == "INVALID_ID_ATTRIBUTE"
+    assert sandbox.calls["delete"] == 3  # the foreign id is refused before any call
+    assert [r["id"] for r in sandbox.crm.records("Contacts")] == [ids[2]]
+
+
+def test_write_answers_come_call_by_call(sandbox: VtigerSandbox) -> None:
+    ids = [
+        sandbox.crm.create("Contacts", lastname=f"Batch {i}", email=f"b{i}@example.test") for i in range(3)
+    ]
+    connector = connector_for(sandbox)
+    batches = connector.write_batches([RecordUpdate("Contacts", i, {"emailoptout": True}) for i in ids])
+    assert next(batches) == {0: WriteResult(ids[0], True)}
+    assert sandbox.calls["revise"] == 1, "the first answer waited for later calls"
+    assert [dict(b) for b in batches] == [{1: WriteResult(ids[1], True)}, {2: WriteResult(ids[2], True)}]
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (True, "1"),
+        ("true", "1"),
+        ("yes", "1"),
+        (1, "1"),
+        ("on", "1"),
+        (False, "0"),
+        ("false", "0"),
+        (None, "0"),
+    ],
+)
+def test_checkboxes_are_written_as_the_server_takes_them(
+    sandbox: VtigerSandbox, value: Any, stored: str
+) -> None:
+    record_id = sandbox.crm.create(
+        "Contacts", lastname="Box", email="box@example.test", emailoptout=stored == "0"
+    )
+    results = connector_for(sandbox).write([RecordUpdate("Contacts", record_id, {"emailoptout": value})])
+    assert results[0].ok, results
+    assert sandbox.crm.get(record_id)["emailoptout"] == stored  # type: ignore[index]
+
+
+def test_a_checkbox_value_that_is_not_one_or_zero_is_refused_before_any_call(sandbox: VtigerSandbox) -> None:
+    record_id = sandbox.crm.create("Contacts", lastname="Box", email="box@example.test")
+    results = connector_for(sandbox).write([RecordUpdate("Contacts", record_id, {"emailoptout": "maybe"})])
+    assert results[0].error_code == "INVALID_VALUE" and sandbox.calls["revise"] == 0
+
+
+def test_a_lookback_cursor_reads_every_record_of_its_second_and_after(sandbox: VtigerSandbox) -> None:
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=3)
+    before = _crowd(sandbox.crm, 2, moment - dt.timedelta(seconds=1))
+    at = _crowd(sandbox.crm, 3, moment)
+    after = _crowd(sandbox.crm, 2, moment + dt.timedelta(seconds=1))
+    connector = connector_for(sandbox)
+    resumed = connector.resume_from(Cursor(moment + dt.timedelta(seconds=1), after[-1]))
+    assert resumed == Cursor(moment + dt.timedelta(seconds=1) - connector.lookback)
+    assert connector.lookback == dt.timedelta(minutes=5)
+    read = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment), _later())]
+    assert read == sorted(at) + sorted(after) and not set(before) & set(read)
+    mid = sorted(at)[0]
+    rest = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment, mid), _later())]
+    assert rest == sorted(at)[1:] + sorted(after)
+
+
+# -- the install's time zone --------------------------------------------------------------------
+
+BERLIN_FALL_BACK = dt.datetime(2026, 10, 25, 1, 0, tzinfo=dt.UTC)  # 03:00 CEST becomes 02:00 CET
+
+
+def test_modifiedtime_in_a_non_utc_zone_is_read_back_as_utc() -> None:
+    with VtigerSandbox(VtigerCrm(privacy_guard=False, timezone="America/Los_Angeles")) as server:
+        moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=10)
+        record_id = server.crm.create("Contacts", lastname="Zone", email="zone@example.test", at=moment)
+        served = server.crm.get(record_id)["modifiedtime"]  # type: ignore[index]
+        assert served == moment.astimezone(ZoneInfo("America/Los_Angeles")).strftime("%Y-%m-%d %H:%M:%S")
+        connector = connector_for(server, server_timezone="America/Los_Angeles")
+        (record,) = connector.read_changes(
+            "Contacts", FIELDS, Cursor(moment - dt.timedelta(seconds=1)), _later()
+        )
+        assert record.modstamp == moment
+        # Read as if the install were UTC, the same change would sit hours away from the truth.
+        wrong = connector_for(server)
+        assert [r.modstamp for r in wrong.read_changes("Contacts", FIELDS, Cursor(), _later())] != [moment]
+
+
+# 45 minutes: a look-back that reaches back into the first pass of the repeated hour.
+@pytest.mark.parametrize("lookback", [dt.timedelta(0), dt.timedelta(minutes=5), dt.timedelta(minutes=45)])
+def test_runs_across_the_autumn_hour_lose_no_change_and_read_none_twice(lookback: dt.timedelta) -> None:
+    """Europe/Berlin repeats 02:00-03:00 on 2026-10-25: the stamps of that hour are ambiguous.
+    Runs every 25 minutes, each creating the changes made since the one before, as a real CRM
+    would show them; each run resumes from the last record read (less the look-back)."""
+    zero = BERLIN_FALL_BACK
+    changes = {  # when each change really happened (UTC) -> the wall clock Vtiger stores
+        "F": zero - dt.timedelta(minutes=70),  # 01:50 CEST
+        "A": zero - dt.timedelta(minutes=50),  # 02:10 CEST (first pass)
+        "B": zero - dt.timedelta(minutes=20),  # 02:40 CEST (first pass)
+        "C": zero + dt.timedelta(minutes=5),  # 02:05 CET (second pass)
+        "D": zero + dt.timedelta(minutes=30),  # 02:30 CET (second pass)
+        "E": zero + dt.timedelta(minutes=70),  # 03:10 CET
+    }
+    runs = [zero - dt.timedelta(minutes=65), *(zero + dt.timedelta(minutes=m) for m in (-15, 10, 35, 40, 90))]
+    crm = VtigerCrm(privacy_guard=False, timezone="Europe/Berlin")
+    with VtigerSandbox(crm) as server:
+        connector = connector_for(server, server_timezone="Europe/Berlin")
+        names: dict[str, str] = {}
+        cursor = Cursor()
+        seen: list[tuple[str, dt.datetime]] = []
+        for until in runs:
+            for name, moment in changes.items():
+                if moment <= until and name not in names:
+                    names[name] = crm.create(
+                        "Contacts", lastname=name, email=f"{name}@example.test", at=moment
+                    )
+            since = connector.resume_from(cursor, lookback) if cursor.modstamp else cursor
+            for record in connector.read_changes("Contacts", FIELDS, since, until):
+                assert record.modstamp <= until
+                seen.append((record.record_id, record.modstamp))
+                cursor = Cursor(record.modstamp, record.record_id)
+        by_name = {v: k for k, v in names.items()}
+        read = [by_name[record_id] for record_id, _ in seen]
+        assert set(read) == set(changes), f"lost: {set(changes) - set(read)}"
+        if not lookback:
+            assert sorted(read) == sorted(set(read)), f"read twice: {read}"
+        for record_id, modstamp in seen:
+            truth = changes[by_name[record_id]]
+            # Never earlier than the truth (a look-back filter would drop it), at most an hour late.
+            assert truth <= modstamp <= truth + dt.timedelta(hours=1)
+
+
+def test_an_unknown_server_timezone_is_one_line_naming_the_setting(sandbox: VtigerSandbox) -> None:
+    with pytest.raises(ValueError) as refused:
+        connector_for(sandbox, server_timezone="Mars/Olympus_Mons")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("server_timezone: 'Mars/Olympus_Mons' is not a time zone")
+    assert "IANA" in message
+    # The name the setting had before still works.
+    assert connector_for(sandbox, timezone="Europe/Berlin").zone == ZoneInfo("Europe/Berlin")
+
+
+def test_describe_of_a_module_the_install_lacks_is_a_one_line_config_error() -> None:
+    crm = VtigerCrm(privacy_guard=False, missing_modules=("Leads",))
+    with VtigerSandbox(crm) as server, pytest.raises(ConnectorError) as refused:
+        connector_for(server).describe("Leads")
+    assert refused.value.rule.fault is Fault.CONFIG and refused.value.action is Action.FAIL
+    message = str(refused.value)
+    assert "\n" not in message and "'Leads'" in message and "enable the module" in message
 
 
 def test_bad_access_key_fails_without_leaking_it(sandbox: VtigerSandbox) -> None:
@@ -201,3 +379,29 @@ def test_field_and_module_names_are_checked_before_they_reach_a_query(sandbox: V
         list(connector.read_changes("Contacts", ["nosuchfield"], Cursor(), _later()))
     assert "nosuchfield" in str(missing.value)
     assert sandbox.calls["query"] == 0
+
+
+@pytest.mark.parametrize(("module", "mapping"), [("Contacts", "contacts"), ("Leads", "leads")])
+def test_the_mappings_personal_fields_are_written_by_one_revise(
+    sandbox: VtigerSandbox, module: str, mapping: str
+) -> None:
+    from pathlib import Path
+
+    from consentsync.mapping import load_mapping
+
+    spec = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "vtiger" / f"{mapping}.yaml").spec
+    record_id = sandbox.crm.create(
+        module, firstname="Ada", lastname="Lovelace", email="ada@example.test", phone="+44 20 7946 0000"
+    )
+    fields = {"emailoptout": "1", **spec.personal_fields}
+    (result,) = connector_for(sandbox).write([RecordUpdate(module, record_id, fields)])
+    assert result.ok, result
+    stored = sandbox.crm.get(record_id)
+    assert stored is not None and sandbox.calls["revise"] == 1
+    assert (stored["firstname"], stored["lastname"], stored["email"], stored["phone"]) == (
+        "",
+        "Erased",
+        "",
+        "",
+    )
+    assert stored["emailoptout"] == "1"

@@ -350,3 +350,92 @@ def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str])
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+# -- the install's time zone, what MySQL's utf8 keeps, late commits, missing modules, delete ----
+
+
+def test_modifiedtime_is_stored_and_served_in_the_installs_zone() -> None:
+    crm = VtigerCrm(privacy_guard=False, timezone="Europe/Berlin")
+    summer = dt.datetime(2026, 7, 1, 10, 0, 5, tzinfo=dt.UTC)
+    record_id = crm.create("Contacts", lastname="Zone", email="zone@example.test", at=summer)
+    assert crm.get(record_id)["modifiedtime"] == "2026-07-01 12:00:05"  # type: ignore[index]
+    rows = crm.query("SELECT id FROM Contacts WHERE modifiedtime >= '2026-07-01 12:00:05';")
+    assert [r["id"] for r in rows] == [record_id]
+    assert crm.query("SELECT id FROM Contacts WHERE modifiedtime > '2026-07-01 10:00:05';") == [
+        {"id": record_id}
+    ]
+    # sync takes and answers Unix times: the zone is the server's business.
+    answer = crm.sync("Contacts", int(summer.timestamp()) - 1, user_id=crm.integration_user_id)
+    assert answer["lastModifiedTime"] == int(summer.timestamp())
+
+
+def test_checkbox_words_are_stored_as_zero_as_the_real_server_does(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    record_id = sandbox.crm.create("Contacts", lastname="Box", email="box@example.test")
+    for sent, stored in [("true", "0"), ("1", "1"), ("yes", "0"), ("on", "1"), (True, "1"), ("false", "0")]:
+        answer = client.revise({"id": record_id, "emailoptout": sent})
+        assert answer["success"], answer
+        assert answer["result"]["emailoptout"] == stored, sent
+    assert sandbox.crm.get(sandbox.crm.create("Leads", lastname="L", emailoptout="yes"))["emailoptout"] == "0"  # type: ignore[index]
+
+
+def test_characters_beyond_the_bmp_are_stored_as_question_marks(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    record_id = sandbox.crm.create("Contacts", lastname="Emoji \U0001f600", firstname="Zoë 中")
+    assert sandbox.crm.get(record_id)["lastname"] == "Emoji ?"  # type: ignore[index]
+    assert sandbox.crm.get(record_id)["firstname"] == "Zoë 中"  # type: ignore[index]
+    answer = client.revise({"id": record_id, "firstname": "\U0001f389 party \U0001f44d\U0001f3fd"})
+    assert answer["result"]["firstname"] == "? party ??"
+
+
+def test_a_late_commit_is_invisible_until_it_commits_then_shows_its_first_stamp(
+    sandbox: VtigerSandbox,
+) -> None:
+    client = Client(sandbox).login()
+    began = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=30)
+    sandbox.crm.clock = lambda: began
+    late = sandbox.crm.begin_late("Contacts", lastname="Late", email="late@example.test")
+    sandbox.crm.clock = lambda: dt.datetime.now(dt.UTC)
+    query = f"SELECT id, modifiedtime FROM Contacts WHERE id = '{late}';"
+    assert client.query(query)["result"] == []
+    assert (
+        _error(client.get(operation="retrieve", sessionName=client.session_name, id=late)) == "ACCESS_DENIED"
+    )
+    assert late not in [r["id"] for r in sandbox.crm.records("Contacts")]
+    since = int(began.timestamp()) - 1
+    assert late not in sandbox.crm.sync("Contacts", since, user_id=5)["updated"]
+    sandbox.crm.commit_late(late)
+    assert client.query(query)["result"] == [
+        {"id": late, "modifiedtime": began.strftime("%Y-%m-%d %H:%M:%S")}
+    ]
+    assert late in [r["id"] for r in sandbox.crm.sync("Contacts", since, user_id=5)["updated"]]
+
+
+def test_a_module_the_install_lacks_is_denied_by_name() -> None:
+    with VtigerSandbox(VtigerCrm(privacy_guard=False, missing_modules=("Leads",))) as server:
+        client = Client(server).login()
+        answer = client.get(operation="describe", sessionName=client.session_name, elementType="Leads")
+        assert _error(answer) == "ACCESS_DENIED"
+        assert answer["error"]["message"] == "Permission to perform the operation is denied for name : Leads"
+        types = client.get(operation="listtypes", sessionName=client.session_name)["result"]["types"]
+        assert "Leads" not in types and "Contacts" in types
+
+
+def test_delete_marks_the_record_deleted_and_sync_lists_it(sandbox: VtigerSandbox) -> None:
+    client = Client(sandbox).login()
+    start = int(time.time()) - 1
+    record_id = sandbox.crm.create("Contacts", lastname="Doomed", email="doomed@example.test")
+    answer = client.post(operation="delete", sessionName=client.session_name, id=record_id)
+    assert answer == {"success": True, "result": {"status": "successful"}}
+    again = client.post(operation="delete", sessionName=client.session_name, id=record_id)
+    assert _error(again) == "ACCESS_DENIED"
+    assert client.query(f"SELECT id FROM Contacts WHERE id = '{record_id}';")["result"] == []
+    listed = client.get(
+        operation="sync", sessionName=client.session_name, modifiedTime=start, elementType="Contacts"
+    )["result"]
+    assert listed["deleted"] == [record_id]
+    assert _error(client.get(operation="delete", sessionName=client.session_name, id=record_id)) in (
+        "UNKNOWN_OPERATION",
+        "ACCESS_DENIED",
+    )  # a write sent as GET

@@ -24,7 +24,14 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   seconds unused.
 * ``GET operation=query&query=VTQL``: see :mod:`consentsync.sandbox.vtql` (at most 100 rows;
   the statement ends with ``;``). Every value comes back as a string: checkboxes "0"/"1", empty
-  fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds (UTC), ids ``<type>x<crmid>``.
+  fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds, ids ``<type>x<crmid>``.
+* Times are wall-clock times in the install's ``$default_timezone`` (config.inc.php; the CRM's
+  ``timezone``, UTC by default), as 8.2.0 stores and serves ``modifiedtime``: neither UTC nor the
+  API user's zone. Where the zone has daylight saving time, an hour of wall-clock times repeats
+  each autumn and the stored times are ambiguous, as on the real server.
+* Values are stored as the stock install's MySQL ``utf8`` (3-byte) columns keep them: characters
+  beyond the Basic Multilingual Plane (emoji) become ``?``. A checkbox is ticked by JSON true, 1,
+  "1" or "on"; anything else ("true", "yes" and "false" included) stores 0, as 8.2.0 does.
 * ``GET operation=retrieve&id=``, ``GET operation=describe&elementType=``,
   ``GET operation=listtypes``.
 * ``POST operation=revise&element={json}``: partial update, bumps ``modifiedtime``; a mandatory
@@ -33,7 +40,12 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   fields left out are cleared. ``POST operation=create&elementType=&element=``,
   ``POST operation=delete&id=``, ``POST operation=logout``.
 * Reading or writing a deleted (or unknown) record answers ACCESS_DENIED; an id of another
-  module's type answers INVALID_ID_ATTRIBUTE.
+  module's type answers INVALID_ID_ATTRIBUTE. A module the install lacks (``missing_modules``)
+  answers ACCESS_DENIED "Permission to perform the operation is denied for name : X".
+* ``POST operation=delete&id=``: one record a call, ``{"status": "successful"}``; the record is
+  marked deleted (its ``modifiedtime`` moves to the deletion) and listed by ``sync``'s ``deleted``.
+* A record begun with :meth:`VtigerCrm.begin_late` (a save whose transaction commits late) has
+  its id and ``modifiedtime`` from the start but no call sees it until :meth:`VtigerCrm.commit_late`.
 * ``GET operation=sync&modifiedTime=UNIX&elementType=M[&syncType=user|userandgroup|application]``
   as ``GetUpdates.php`` does it: the window ends at the latest ``modifiedtime`` among the 100
   oldest changes strictly after ``modifiedTime`` and every change up to that second is returned
@@ -69,6 +81,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.org import _FIRST_NAMES, _LAST_NAMES, _make_email
@@ -108,7 +121,8 @@ VTIGER_KINDS = (
 )
 _WRITE_OPERATIONS = {"login", "logout", "create", "revise", "update", "delete"}
 _TIME = "%Y-%m-%d %H:%M:%S"
-_TRUE = {"1", "true", "on", "yes"}
+# What 8.2.0 stores as a ticked checkbox; every other text ("true", "yes", "false") is stored as 0.
+_TICKED = {"1", "on"}
 
 
 class VtigerError(Exception):
@@ -124,12 +138,19 @@ def _denied(message: str = "Permission to read given object is denied") -> Vtige
     return VtigerError("ACCESS_DENIED", message)
 
 
-def format_time(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime(_TIME)
+def format_time(moment: dt.datetime, zone: dt.tzinfo = dt.UTC) -> str:
+    """A moment as the install stores it: wall-clock time in its ``$default_timezone``."""
+    return moment.astimezone(zone).strftime(_TIME)
 
 
-def parse_time(text: str) -> dt.datetime:
-    return dt.datetime.strptime(text, _TIME).replace(tzinfo=dt.UTC)
+def parse_time(text: str, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
+    """A stored time read as PHP's strtotime does (the first of a repeated autumn hour)."""
+    return dt.datetime.strptime(text, _TIME).replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def _bmp_only(text: str) -> str:
+    """What MySQL's 3-byte ``utf8`` keeps of ``text``: characters beyond the BMP become ``?``."""
+    return "".join("?" if ord(char) > 0xFFFF else char for char in text)
 
 
 # -- schema ------------------------------------------------------------------------------------
@@ -199,6 +220,7 @@ def build_schema(*, privacy_guard: bool) -> dict[str, ModuleDef]:
         FieldDef("email", "Primary Email", "email"),
         FieldDef("secondaryemail", "Secondary Email", "email"),
         FieldDef("phone", "Office Phone", "phone"),
+        FieldDef("mobile", "Mobile Phone", "phone"),
         FieldDef("emailoptout", "Email Opt Out", "boolean"),
     ]
     schema = {
@@ -274,6 +296,8 @@ class _Record:
     values: dict[str, str | None]
     owner: str
     deleted: bool = False
+    # Saved in a transaction not committed yet: no call sees the record (see begin_late).
+    pending: bool = False
 
     @property
     def wsid(self) -> str:
@@ -293,9 +317,15 @@ class VtigerCrm:
         privacy_guard: bool = True,
         clock: Callable[[], dt.datetime] | None = None,
         integration_user_id: int = 5,
+        timezone: str = "UTC",
+        missing_modules: Iterable[str] = (),
     ) -> None:
         self.lock = threading.RLock()
+        # The install's $default_timezone: the zone of every stored time.
+        self.zone = ZoneInfo(timezone)
         self.schema = build_schema(privacy_guard=privacy_guard)
+        for name in missing_modules:  # an install without that module (or the user's profile hides it)
+            self.schema.pop(name, None)
         self.by_prefix = {m.prefix: m for m in self.schema.values()}
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.users = {1: "admin", integration_user_id: "integration"}
@@ -309,17 +339,23 @@ class VtigerCrm:
     def now(self) -> dt.datetime:
         return self.clock().astimezone(dt.UTC).replace(microsecond=0)
 
+    def format_time(self, moment: dt.datetime) -> str:
+        return format_time(moment, self.zone)
+
+    def parse_time(self, text: str) -> dt.datetime:
+        return parse_time(text, self.zone)
+
     # -- reading (no HTTP, not counted) --
 
     def module(self, name: str) -> ModuleDef:
         if name not in self.schema:
-            raise _denied("Permission to perform the operation is denied")
+            raise _denied(f"Permission to perform the operation is denied for name : {name}")
         return self.schema[name]
 
     def get(self, wsid: str, *, include_deleted: bool = False) -> dict[str, str] | None:
         with self.lock:
             record = self._lookup(wsid)
-            if record is None or (record.deleted and not include_deleted):
+            if record is None or record.pending or (record.deleted and not include_deleted):
                 return None
             return self._render(record)
 
@@ -328,12 +364,16 @@ class VtigerCrm:
             return [
                 self._render(r)
                 for r in self._records.values()
-                if r.module.name == module and (include_deleted or not r.deleted)
+                if r.module.name == module and not r.pending and (include_deleted or not r.deleted)
             ]
 
     def count(self, module: str) -> int:
         with self.lock:
-            return sum(1 for r in self._records.values() if r.module.name == module and not r.deleted)
+            return sum(
+                1
+                for r in self._records.values()
+                if r.module.name == module and not r.deleted and not r.pending
+            )
 
     def owner_of(self, wsid: str) -> str | None:
         with self.lock:
@@ -358,7 +398,7 @@ class VtigerCrm:
             stored = self._coerce(mod, given, partial=False)
             self._next_crmid += 1
             crmid = self._next_crmid
-            stamp = format_time(at or self.now())
+            stamp = self.format_time(at or self.now())
             number = next(n for n, f in mod.fields.items() if n.endswith("_no") and not f.editable)
             stored.update(
                 {
@@ -373,6 +413,24 @@ class VtigerCrm:
             stored["assigned_user_id"] = record.owner
             self._records[crmid] = record
             return record.wsid
+
+    def begin_late(self, module: str, values: Mapping[str, Any] | None = None, **more: Any) -> str:
+        """A save whose transaction commits late: the id and ``modifiedtime`` are given now, but
+        no call sees the record until :meth:`commit_late`."""
+        with self.lock:
+            wsid = self.create(module, values, **more)
+            record = self._lookup(wsid)
+            assert record is not None
+            record.pending = True
+            return wsid
+
+    def commit_late(self, wsid: str) -> None:
+        """The transaction commits: the record shows, stamped when the save began."""
+        with self.lock:
+            record = self._lookup(wsid)
+            if record is None or not record.pending:
+                raise KeyError(wsid)
+            record.pending = False
 
     def revise(
         self,
@@ -418,7 +476,7 @@ class VtigerCrm:
             record = self._lookup(wsid)
             if record is None:
                 raise KeyError(wsid)
-            record.values["modifiedtime"] = format_time(moment)
+            record.values["modifiedtime"] = self.format_time(moment)
 
     # -- queries --
 
@@ -432,7 +490,7 @@ class VtigerCrm:
             rows = [
                 self._row(r)
                 for r in sorted(self._records.values(), key=lambda r: r.crmid)
-                if r.module is mod and not r.deleted
+                if r.module is mod and not r.deleted and not r.pending
             ]
             if query.is_count:
                 counted = Query(query.module, ["*"], query.where)
@@ -445,7 +503,8 @@ class VtigerCrm:
         self, module: str, since_unix: int, *, user_id: int, sync_type: str = "user", limit: int = 100
     ) -> dict[str, Any]:
         mod = self.module(module)
-        since = format_time(dt.datetime.fromtimestamp(since_unix, dt.UTC))
+        # GetUpdates.php turns the Unix time into the install's wall-clock time (PHP's date()).
+        since = self.format_time(dt.datetime.fromtimestamp(since_unix, dt.UTC))
         if sync_type == "application" and user_id not in self.admins:
             raise _denied("Only admin users can perform application sync")
         owners: set[str] | None = {f"{_USER_PREFIX}x{user_id}"}
@@ -461,6 +520,7 @@ class VtigerCrm:
                     r
                     for r in self._records.values()
                     if r.module is mod
+                    and not r.pending
                     and str(r.values["modifiedtime"]) > since
                     and (owners is None or r.owner in owners)
                 ),
@@ -473,7 +533,7 @@ class VtigerCrm:
             return {
                 "updated": [self._render(r) for r in window if not r.deleted],
                 "deleted": [r.wsid for r in window if r.deleted],
-                "lastModifiedTime": int(parse_time(last).timestamp()),
+                "lastModifiedTime": int(self.parse_time(last).timestamp()),
                 "more": any(str(r.values["modifiedtime"]) > last for r in changed),
             }
 
@@ -567,7 +627,7 @@ class VtigerCrm:
                             consent_name=rng.choice(("Email Marketing", "Phone Calls", "Profiling")),
                             contact_id=contact,
                             consent_status=rng.choices(CONSENT_STATES, (5, 10, 15, 45, 25))[0],
-                            granted_on=format_time(stamp_at - dt.timedelta(days=rng.randrange(0, 400))),
+                            granted_on=self.format_time(stamp_at - dt.timedelta(days=rng.randrange(0, 400))),
                             consent_source=rng.choice(("Webform", "Email", "Manual", "Import")),
                             owner=owner(),
                             at=stamp_at,
@@ -593,12 +653,12 @@ class VtigerCrm:
         record = self._records.get(int(number))
         if record is not None and record.module.prefix != prefix:
             raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
-        if record is None or record.deleted:
+        if record is None or record.deleted or record.pending:
             raise _denied()
         return record
 
     def _touch(self, record: _Record, at: dt.datetime | None) -> None:
-        record.values["modifiedtime"] = format_time(at or self.now())
+        record.values["modifiedtime"] = self.format_time(at or self.now())
         record.values["modifiedby"] = f"{_USER_PREFIX}x{self.integration_user_id}"
 
     def _coerce(self, mod: ModuleDef, given: Mapping[str, Any], *, partial: bool) -> dict[str, str | None]:
@@ -621,8 +681,10 @@ class VtigerCrm:
         if value is None or value == "":
             return None
         if fdef.type == "boolean":
-            return "1" if str(value).strip().lower() in _TRUE or value is True else "0"
+            ticked = value is True or (type(value) is int and value == 1) or str(value).strip() in _TICKED
+            return "1" if ticked else "0"
         text = str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
+        text = _bmp_only(text)
         if fdef.type == "reference":
             target = self._lookup(text)
             if target is None or target.module.name not in fdef.refers_to:
@@ -636,7 +698,7 @@ class VtigerCrm:
                 raise _denied("Cannot assign record to the given user")
         if fdef.type == "datetime":
             try:
-                parse_time(text)
+                self.parse_time(text)
             except ValueError:
                 raise VtigerError(
                     "INVALID_MANDATORY_VALUE" if fdef.mandatory else "DATABASE_QUERY_ERROR",
@@ -1020,12 +1082,13 @@ def serve_forever(
     records: int = 200,
     privacy_guard: bool = True,
     sync_fails: bool = False,
+    timezone: str = "UTC",
     stop: threading.Event | None = None,
     on_ready: Callable[[VtigerSandbox], None] | None = None,
 ) -> None:
     """Runs a seeded sandbox until interrupted (or ``stop`` is set), printing its address, CA and
     credentials."""
-    crm = VtigerCrm(privacy_guard=privacy_guard)
+    crm = VtigerCrm(privacy_guard=privacy_guard, timezone=timezone)
     made = crm.seed(records, seed=seed)
     sandbox = VtigerSandbox(crm, host=host, port=port, sync_fails=sync_fails).start()
     c = sandbox.credentials
