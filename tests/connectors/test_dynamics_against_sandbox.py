@@ -15,7 +15,7 @@ from consentsync_dynamics.connector import odata_literal
 
 from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sandbox.odata import parse_filter
-from consentsync.sdk import ConnectorError, Cursor, RecordUpdate
+from consentsync.sdk import ConnectorError, Cursor, RecordUpdate, WriteAction
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]
 CONSENT_FIELDS = [
@@ -82,8 +82,12 @@ def test_first_read_is_ordered_and_hands_over_a_delta_link_then_deltas_carry_cha
     dv.environment.delete("contact", ids[9])
     before = connector.usage.per_endpoint.get("delta", 0)
     changed = _read(connector, quiet)
-    assert sorted(r.record_id for r in changed) == sorted([ids[3], ids[7]])
-    assert next(r for r in changed if r.record_id == ids[3]).fields["donotemail"] is True
+    live = [r for r in changed if not r.deleted]
+    assert sorted(r.record_id for r in live) == sorted([ids[3], ids[7]])
+    assert next(r for r in live if r.record_id == ids[3]).fields["donotemail"] is True
+    assert [(r.record_id, r.merged_into, dict(r.fields)) for r in changed if r.deleted] == [
+        (ids[9], None, {})
+    ]
     assert connector.deleted_rows == 1
     assert connector.usage.per_endpoint["delta"] == before + 1
     assert _read(connector, connector.completed_cursor) == []  # type: ignore[arg-type]
@@ -280,3 +284,82 @@ def test_a_read_waits_for_the_sliding_window_and_completes(dv: DynamicsSandbox) 
     assert len(records) == dv.environment.count("contact")
     assert dv.throttled >= 1
     assert time.monotonic() - started >= 2  # it waited for the window, per Retry-After
+
+
+# -- deletions, merges, the delete action, the look-back -----------------------------------------
+
+
+def test_a_merged_contact_comes_as_merged_into_its_master_in_deltas_and_keyset_reads(
+    dv: DynamicsSandbox,
+) -> None:
+    connector = connector_for(dv)
+    _read(connector, Cursor())
+    cursor = connector.completed_cursor
+    assert cursor is not None
+    master, subordinate = (r["contactid"] for r in dv.environment.records("contact")[:2])
+    dv.environment.merge("contact", master, subordinate)
+    changed = {r.record_id: r for r in _read(connector, cursor)}
+    assert changed[subordinate].deleted and changed[subordinate].merged_into == master
+    assert not changed[master].deleted and changed[master].merged_into is None
+    # A first (keyset) read sees the deactivated subordinate the same way.
+    keyset = {r.record_id: r for r in _read(connector_for(dv, change_tracking=False), Cursor())}
+    assert keyset[subordinate].deleted and keyset[subordinate].merged_into == master
+    assert sum(r.deleted for r in keyset.values()) == 1
+
+
+def test_a_late_commit_comes_in_the_next_delta_with_its_original_stamp(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv)
+    late = dv.environment.begin_late("contact", {"lastname": "Late", "emailaddress1": "late@example.test"})
+    stamp = dv.environment.tables["contact"].rows[late]["modifiedon"]
+    assert late not in {r.record_id for r in _read(connector, Cursor())}
+    cursor = connector.completed_cursor
+    assert cursor is not None and cursor.token
+    time.sleep(1.1)
+    dv.environment.commit_late("contact", late)
+    (record,) = _read(connector, cursor)
+    assert record.record_id == late and record.modstamp == stamp < datetime.now(UTC) - timedelta(seconds=1)
+
+
+def test_resume_from_keeps_a_delta_link_and_moves_a_keyset_cursor_back_inclusively(
+    dv: DynamicsSandbox,
+) -> None:
+    connector = connector_for(dv, change_tracking=False)
+    records = _read(connector, Cursor())
+    last = records[-1]
+    token = Cursor(last.modstamp, last.record_id, "https://example.invalid/delta")
+    assert connector.resume_from(token) == token
+    assert connector.resume_from(Cursor(last.modstamp, last.record_id)) == Cursor(
+        last.modstamp - connector.lookback, None, None
+    )
+    # A cursor without an id reads its whole second (ge), a (stamp, id) cursor only after the id.
+    same_second = [r.record_id for r in records if r.modstamp == last.modstamp]
+    inclusive = [r.record_id for r in _read(connector, Cursor(last.modstamp))]
+    assert inclusive == same_second and last.record_id in inclusive
+    assert _read(connector, Cursor(last.modstamp, last.record_id)) == []
+
+
+def test_the_delete_action_deletes_in_batches_and_a_row_already_gone_counts_as_done(
+    dv: DynamicsSandbox,
+) -> None:
+    connector = connector_for(dv)
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:30]]
+    dv.environment.delete("contact", ids[5])
+    deletes = [RecordUpdate("contact", i, {}, WriteAction.DELETE) for i in ids]
+    before = dv.calls["batch"]
+    batches = list(connector.write_batches(deletes))
+    assert [len(b) for b in batches] == [25, 5]  # one $batch per yield
+    assert all(result.ok for batch in batches for result in batch.values())
+    assert dv.calls["batch"] == before + 2
+    assert not {r["contactid"] for r in dv.environment.records("contact")} & set(ids)
+
+
+def test_retried_rows_are_answered_when_their_retry_returns_and_the_rest_at_once(dv: DynamicsSandbox) -> None:
+    connector = connector_for(dv, write_retries=1)
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:30]]
+    dv.faults.fail_records(ids[3], attempts=1)
+    batches = connector.write_batches([RecordUpdate("contact", i, {"donotphone": True}) for i in ids])
+    first = next(batches)
+    assert set(first) == set(range(25)) - {3} and all(r.ok for r in first.values())
+    assert dv.environment.get("contact", ids[0])["donotphone"] is True  # applied and answered
+    rest = list(batches)
+    assert [set(b) for b in rest] == [set(range(25, 30)), {3}] and rest[1][3].ok

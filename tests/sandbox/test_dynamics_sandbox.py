@@ -5,7 +5,9 @@ protection's 429 with Retry-After, expired tokens, OData-Version."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -313,3 +315,85 @@ def test_the_sandbox_command_serves_until_interrupted() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+def _delta_link(session: requests.Session, dv: DynamicsSandbox, select: str) -> str:
+    prefer = {"Prefer": "odata.track-changes"}
+    body = session.get(dv.api_url() + "/contacts", params={"$select": select}, headers=prefer).json()
+    while "@odata.nextLink" in body:
+        body = session.get(body["@odata.nextLink"], headers=prefer).json()
+    return str(body["@odata.deltaLink"])
+
+
+def test_a_late_commit_is_seen_by_no_read_then_comes_in_the_next_delta_with_its_stamp(
+    dv: DynamicsSandbox,
+) -> None:
+    session = _session(dv)
+    late = dv.environment.begin_late("contact", {"lastname": "Late", "emailaddress1": "late@example.test"})
+    stamp = dv.environment.tables["contact"].rows[late]["modifiedon"]
+    link = _delta_link(session, dv, "lastname,modifiedon")
+    everyone = session.get(dv.api_url() + "/contacts", params={"$select": "lastname"}).json()["value"]
+    assert late not in {r["contactid"] for r in everyone}
+    assert session.get(f"{dv.api_url()}/contacts({late})").status_code == 404
+    dv.environment.update("contact", everyone[0]["contactid"], {"lastname": "Edited"})  # a later change
+    dv.environment.commit_late("contact", late)
+    changes = session.get(link, headers={"Prefer": "odata.track-changes"}).json()["value"]
+    assert [r["contactid"] for r in changes] == [everyone[0]["contactid"], late]  # commit order
+    assert changes[1]["modifiedon"] == stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_the_merge_action_deactivates_the_subordinate_and_names_its_master(dv: DynamicsSandbox) -> None:
+    session = _session(dv)
+    master, subordinate = (r["contactid"] for r in dv.environment.records("contact")[:2])
+    link = _delta_link(session, dv, "merged,_masterid_value,statecode")
+    body = {
+        "Target": {"@odata.type": "Microsoft.Dynamics.CRM.contact", "contactid": master},
+        "Subordinate": {"@odata.type": "Microsoft.Dynamics.CRM.contact", "contactid": subordinate},
+        "UpdateContent": {"@odata.type": "Microsoft.Dynamics.CRM.contact", "telephone1": "+44 20 7946 0000"},
+        "PerformParentingChecks": False,
+    }
+    assert session.post(dv.api_url() + "/Merge", json=body).status_code == 204
+    row = session.get(f"{dv.api_url()}/contacts({subordinate})").json()
+    assert (row["merged"], row["_masterid_value"], row["statecode"]) == (True, master, 1)
+    assert session.get(f"{dv.api_url()}/contacts({master})").json()["telephone1"] == "+44 20 7946 0000"
+    changes = {
+        r["contactid"]: r
+        for r in session.get(link, headers={"Prefer": "odata.track-changes"}).json()["value"]
+    }
+    assert changes[subordinate]["merged"] is True and changes[master]["merged"] is False
+    again = session.post(dv.api_url() + "/Merge", json=body)
+    assert again.status_code == 400  # a subordinate is merged once
+
+
+def test_delete_inside_a_batch_answers_204_and_shows_as_a_deleted_entity(dv: DynamicsSandbox) -> None:
+    session = _session(dv)
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:2]]
+    link = _delta_link(session, dv, "lastname")
+    parts = [
+        ("DELETE", f"{dv.api_url()}/contacts({ids[0]})", ""),
+        ("DELETE", f"{dv.api_url()}/contacts({ids[0]})", ""),
+    ]
+    answer = session.post(
+        dv.api_url() + "/$batch",
+        data=_batch(parts),
+        headers={"Content-Type": "multipart/mixed; boundary=batch_t", "Prefer": "odata.continue-on-error"},
+    )
+    assert [int(code) for code in re.findall(r"HTTP/1\.1 (\d{3})", answer.text)] == [204, 404]
+    assert dv.environment.get("contact", ids[0]) is None and dv.environment.get("contact", ids[1]) is not None
+    changes = session.get(link, headers={"Prefer": "odata.track-changes"}).json()["value"]
+    assert [(r.get("id"), r.get("reason")) for r in changes] == [(ids[0], "deleted")]
+
+
+def test_the_anonymise_write_of_the_contact_mapping_is_accepted(dv: DynamicsSandbox) -> None:
+    from consentsync.mapping import load_mapping
+
+    session = _session(dv)
+    (contact,) = (r["contactid"] for r in dv.environment.records("contact")[:1])
+    mapping = Path(__file__).resolve().parents[2] / "mappings" / "dynamics" / "contact.yaml"
+    fields = load_mapping(mapping).spec.personal_fields
+    assert {"lastname", "emailaddress1"} <= set(fields)
+    answer = session.patch(f"{dv.api_url()}/contacts({contact})", json=fields, headers={"If-Match": "*"})
+    assert answer.status_code == 204, answer.text
+    row = dv.environment.get("contact", contact)
+    assert row is not None and row["lastname"] == "Erased" and row["emailaddress1"] is None
+    assert row["fullname"] == "Erased"

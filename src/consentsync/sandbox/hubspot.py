@@ -324,6 +324,8 @@ class HubSpotPortal:
                 PropertyDef("firstname", "First Name", "string", "text"),
                 PropertyDef("lastname", "Last Name", "string", "text"),
                 PropertyDef("jobtitle", "Job Title", "string", "text"),
+                PropertyDef("phone", "Phone Number", "string", "text"),
+                PropertyDef("mobilephone", "Mobile Phone Number", "string", "text"),
                 PropertyDef("company", "Company Name", "string", "text"),
                 PropertyDef(
                     "hs_legal_basis",
