@@ -4,6 +4,7 @@ limits, scopes, multi-checkbox legal bases, batch failures and the resubscribe r
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, quarantine
 from consentsync.sandbox.hubspot import HubSpotCredentials
-from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 
 FIELDS = ["email", "jobtitle", "hs_legal_basis", "subscription_1001", "subscription_1001_legal_basis"]
@@ -243,3 +244,87 @@ def test_the_engine_dead_letters_a_refused_resubscription_once(
         assert again.status == "succeeded", again.error
     assert harness.sandbox.calls["subscribe"] == 1
     assert portal.status(email, "1001").status == "UNSUBSCRIBED"
+
+
+# -- deletions, merges, the delete action, the look-back -----------------------------------------
+
+
+def test_read_deletions_lists_archived_and_merged_contacts_in_time_order(harness: HubSpotHarness) -> None:
+    portal = harness.sandbox.portal
+    ids = harness.seed(6)
+    base = portal.now() - dt.timedelta(minutes=10)
+    portal.archive(ids[4], at=base + dt.timedelta(seconds=3))
+    portal.archive(ids[1], at=base + dt.timedelta(seconds=1))
+    portal.merge(ids[0], ids[2], at=base + dt.timedelta(seconds=2))
+    portal.archive(ids[5], at=base + dt.timedelta(seconds=3))  # same time as ids[4]: id order
+    conn = connector(harness)
+    gone = list(conn.read_deletions("contacts", Cursor(), _later()))
+    assert [(r.record_id, r.merged_into) for r in gone] == [
+        (ids[1], None),
+        (ids[2], ids[0]),
+        (ids[4], None),
+        (ids[5], None),
+    ]
+    assert all(r.deleted and not r.fields for r in gone)
+    # After a (time, id) cursor; a cursor without an id takes its whole time; until bounds it.
+    after = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp, ids[4]), _later()))
+    assert [r.record_id for r in after] == [ids[5]]
+    same_time = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp), _later()))
+    assert [r.record_id for r in same_time] == [ids[4], ids[5]]
+    early = list(conn.read_deletions("contacts", Cursor(), base + dt.timedelta(seconds=2)))
+    assert [r.record_id for r in early] == [ids[1], ids[2]]
+
+
+def test_the_delete_action_archives_a_hundred_a_call_answering_each_call(harness: HubSpotHarness) -> None:
+    ids = harness.seed(150)
+    conn = connector(harness)
+    before = harness.sandbox.calls["batch_archive"]
+    batches = list(conn.write_batches([RecordUpdate("contacts", i, {}, WriteAction.DELETE) for i in ids]))
+    assert [len(b) for b in batches] == [100, 50]
+    assert all(result.ok for batch in batches for result in batch.values())
+    assert harness.sandbox.calls["batch_archive"] == before + 2
+    assert not set(ids) & set(harness.record_ids())
+    assert {r.record_id for r in conn.read_deletions("contacts", Cursor(), _later())} == set(ids)
+
+
+def test_property_writes_are_answered_call_by_call(harness: HubSpotHarness) -> None:
+    ids = harness.seed(250)
+    batches = connector(harness).write_batches([harness.text_update(i, "x") for i in ids])
+    first = next(batches)
+    assert sorted(first) == list(range(100)) and harness.sandbox.calls["batch_update"] == 1
+    assert [sorted(b) for b in batches] == [list(range(100, 200)), list(range(200, 250))]
+
+
+def test_a_lookback_cursor_reads_its_whole_millisecond_and_resume_from_moves_back(
+    harness: HubSpotHarness,
+) -> None:
+    harness.seed(30, shared_modstamp=True)
+    harness.seed(5)
+    conn = connector(harness)
+    records = _read(conn)
+    crowded = records[0].modstamp
+    inclusive = _read(conn, Cursor(crowded))
+    assert [r.record_id for r in inclusive] == [r.record_id for r in records]  # 30 at that stamp, then 5
+    assert len(_read(conn, Cursor(crowded, records[29].record_id))) == 5
+    last = records[-1]
+    assert conn.resume_from(Cursor(last.modstamp, last.record_id)) == Cursor(
+        last.modstamp - conn.lookback, None, None
+    )
+    assert dt.timedelta(minutes=1) <= conn.lookback <= dt.timedelta(minutes=10)
+
+
+def test_a_contact_the_search_index_lags_is_read_inside_the_lookback(harness: HubSpotHarness) -> None:
+    portal = harness.sandbox.portal
+    harness.seed(3)
+    late = portal.begin_late({"email": "late@example.test", "lastname": "Late"})
+    time.sleep(0.01)
+    after = portal.create({"email": "after@example.test", "lastname": "After"})
+    conn = connector(harness)
+    records = _read(conn)
+    assert late not in {r.record_id for r in records}
+    newest = records[-1]
+    assert newest.record_id == after
+    portal.index(late)
+    assert _read(conn, Cursor(newest.modstamp, newest.record_id)) == []  # the stored cursor passed it
+    again = _read(conn, conn.resume_from(Cursor(newest.modstamp, newest.record_id)))
+    assert late in {r.record_id for r in again}

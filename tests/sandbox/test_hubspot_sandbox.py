@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from consentsync.sandbox.hubspot import HubSpotCredentials, HubSpotPortal, HubSpotSandbox
+from consentsync.sandbox.hubspot import HubSpotCredentials, HubSpotPortal, HubSpotSandbox, iso_ms
 
 
 @pytest.fixture
@@ -297,3 +297,84 @@ def test_faults_and_call_counting(sandbox: HubSpotSandbox, api: requests.Session
     assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts").status_code == 200
     assert sandbox.credentials.access_token != old
     assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts").status_code == 401
+
+
+def _all_ids(api: requests.Session, sandbox: HubSpotSandbox) -> set[str]:
+    body = search(api, sandbox, limit=200, properties=["email"]).json()
+    return {r["id"] for r in body["results"]}
+
+
+def test_a_contact_the_index_lags_is_found_by_no_search_then_with_its_original_stamp(
+    sandbox: HubSpotSandbox, api: requests.Session
+) -> None:
+    late = sandbox.portal.begin_late({"email": "late@example.test"})
+    stamp = sandbox.portal.get(late)["lastmodifieddate"]
+    assert late not in _all_ids(api, sandbox)
+    # Read by id, the contact is there (only the search index lags the write).
+    assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts/{late}").status_code == 200
+    sandbox.portal.index(late)
+    found = search(
+        api,
+        sandbox,
+        filterGroups=[
+            {"filters": [{"propertyName": "email", "operator": "EQ", "value": "late@example.test"}]}
+        ],
+    ).json()["results"]
+    assert [r["id"] for r in found] == [late]
+    assert found[0]["properties"]["lastmodifieddate"] == iso_ms(stamp)
+
+
+def test_batch_archive_answers_204_and_the_archived_list_shows_archived_at(
+    sandbox: HubSpotSandbox, api: requests.Session
+) -> None:
+    first, second = sandbox.portal.ids()[:2]
+    url = f"{sandbox.api_url}/crm/v3/objects/contacts/batch/archive"
+    answer = api.post(url, json={"inputs": [{"id": first}, {"id": second}, {"id": "999999"}]})
+    assert answer.status_code == 204 and not answer.content
+    assert not {first, second} & _all_ids(api, sandbox)
+    assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts/{first}").status_code == 404
+    listed = api.get(f"{sandbox.api_url}/crm/v3/objects/contacts", params={"archived": "true"}).json()
+    assert [r["id"] for r in listed["results"]] == [first, second]
+    assert all(r["archived"] is True and r["archivedAt"] for r in listed["results"])
+    too_many = api.post(url, json={"inputs": [{"id": str(n)} for n in range(101)]})
+    assert too_many.status_code == 400
+
+
+def test_a_merged_contact_is_gone_and_named_by_the_primary(
+    sandbox: HubSpotSandbox, api: requests.Session
+) -> None:
+    primary, merged, later = sandbox.portal.ids()[:3]
+    url = f"{sandbox.api_url}/crm/v3/objects/contacts/merge"
+    answer = api.post(url, json={"primaryObjectId": primary, "objectIdToMerge": merged})
+    assert answer.status_code == 200
+    assert answer.json()["properties"]["hs_merged_object_ids"] == merged
+    # A read of the merged id answers the primary; it is in no list, not even the archived one.
+    assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts/{merged}").json()["id"] == primary
+    assert merged not in _all_ids(api, sandbox)
+    archived = api.get(f"{sandbox.api_url}/crm/v3/objects/contacts", params={"archived": "true"}).json()
+    assert archived["results"] == []
+    # Merging the primary into another carries its merged ids along.
+    api.post(url, json={"primaryObjectId": later, "objectIdToMerge": primary})
+    assert sandbox.portal.get(later)["hs_merged_object_ids"] == f"{primary};{merged}"
+    assert api.get(f"{sandbox.api_url}/crm/v3/objects/contacts/{merged}").json()["id"] == later
+    assert api.post(url, json={"primaryObjectId": later, "objectIdToMerge": later}).status_code == 400
+
+
+def test_the_anonymise_write_of_the_contacts_mapping_is_accepted(
+    sandbox: HubSpotSandbox, api: requests.Session
+) -> None:
+    from pathlib import Path
+
+    from consentsync.mapping import load_mapping
+
+    mapping = Path(__file__).resolve().parents[2] / "mappings" / "hubspot" / "contacts.yaml"
+    fields = load_mapping(mapping).spec.personal_fields
+    contact = sandbox.portal.ids()[0]
+    properties = {name: "" if value is None else value for name, value in fields.items()}
+    answer = api.post(
+        f"{sandbox.api_url}/crm/v3/objects/contacts/batch/update",
+        json={"inputs": [{"id": contact, "properties": properties}]},
+    )
+    assert answer.status_code == 200, answer.text
+    record = sandbox.portal.get(contact)
+    assert record["lastname"] == "Erased" and record["email"] is None and record["firstname"] is None
