@@ -611,6 +611,7 @@ def test_a_merge_leaves_the_merged_record_in_the_recycle_bin_naming_the_survivor
     filtered = format_soql("SELECT Id FROM Contact WHERE IsDeleted = true AND Id = {}", merged)
     assert api.query(filtered).json()["totalSize"] == 0
     assert api.query(filtered, endpoint="queryAll").json()["totalSize"] == 1
+    assert error(api.query("SELECT Id FROM Contact ALL ROWS"))["errorCode"] == "MALFORMED_QUERY"  # Apex only
     with pytest.raises(RecordError, match="ENTITY_IS_DELETED"):
         sandbox.org.merge(survivor, merged)
     with pytest.raises(RecordError, match="INVALID_TYPE"):

@@ -22,7 +22,9 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
   "expired authorization code", "audience is invalid", "user hasn't approved this consumer",
   ``unsupported_grant_type``.
 * ``GET /services/data/``, ``GET /vNN.N/``, ``/vNN.N/limits``, ``/id/{org}/{user}``.
-* ``GET /vNN.N/query?q=`` and ``/queryAll?q=`` (see :mod:`consentsync.sandbox.soql`), pages of
+* ``GET /vNN.N/query?q=`` and ``/queryAll?q=`` (see :mod:`consentsync.sandbox.soql`; only
+  ``queryAll`` shows the recycle bin: records deleted or merged away, with ``IsDeleted`` true,
+  ``SystemModstamp`` at the deletion and ``MasterRecordId`` naming a merge's survivor), pages of
   ``Sforce-Query-Options: batchSize=N`` (200..2000, default 2000) over a snapshot taken at the
   first call, ``nextRecordsUrl`` ``/services/data/vNN.N/query/01g...-2000``; a locator expires
   after ``locator_ttl`` seconds unused and only ``max_open_locators`` stay open (oldest dropped):
@@ -266,7 +268,8 @@ class SalesforceSandbox(HttpsSandbox):
     at :attr:`instance_url` with :attr:`ca_cert_path` (or :attr:`ca_bundle_path`) for TLS.
 
     Run-time controls (HTTP-free): :attr:`faults` (:class:`~consentsync.sandbox.faults.Faults`),
-    :attr:`org` (the data), :meth:`issue_token`, :meth:`expire_sessions`,
+    :attr:`org` (the data; ``org.merge``, ``org.delete`` and ``org.begin_create``/``org.commit``
+    for records merged, deleted or committed late by a user), :meth:`issue_token`, :meth:`expire_sessions`,
     :meth:`expire_query_locators`, :meth:`set_api_usage`, :meth:`reset_counters`.
     """
 
