@@ -1,6 +1,14 @@
 """Crash-safety harness: SIGKILL `consentsync sync` at random moments, restart it, and check that
 the ledger, the CRM and the audit log end exactly as after an uninterrupted run.
 
+Each killed run dies in one of these ways, chosen at random (the report counts each):
+
+* ``timed``: SIGKILL from outside after a random delay (whatever the run was doing);
+* ``read``: the run kills itself after reading its N-th page, before committing it;
+* ``push-sent``: after marking a push batch sent, before the CRM sees it;
+* ``push-answered``: after the CRM answered a push batch (the writes are applied), before the
+  ledger commits the answer: the case where a lost acknowledgement must not become evidence.
+
 Used by bench/crash_soak.py (50+ trials) and by the test suite (a handful).
 """
 
@@ -31,17 +39,34 @@ OBJECTS = ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
 CONNECTOR = "sf"
 
 
+KILL_PHASES = ("timed", "read", "push-sent", "push-answered")
+
+
 @dataclass
 class Trial:
     kills: int = 0
     runs: int = 0
     problems: list[str] = field(default_factory=list)
+    kills_by_phase: Counter[str] = field(default_factory=Counter)
 
 
-def _write_config(folder: Path, sandbox: Any, mappings: Path) -> Path:
+def _failpoints(phase: str, rng: random.Random) -> str | None:
+    """The CONSENTSYNC_FAILPOINTS value that makes a run die in ``phase``."""
+    if phase == "read":
+        return f"sync.page.read=kill@{rng.randint(1, 6)}"
+    if phase == "push-sent":
+        return "sync.push.sent=kill@1"
+    if phase == "push-answered":
+        return f"sync.push.answered=kill@{rng.randint(1, 2)}"
+    return None
+
+
+def write_config(folder: Path, sandbox: Any, mappings: Path, ledger_url: str | None = None) -> Path:
+    """A consentsync.yaml in ``folder`` with one Salesforce connector, ``sf``, against ``sandbox``
+    (its secret read from CRASHTEST_SF_SECRET) and a ledger (SQLite beside it by default)."""
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "consentsync.yaml"
-    write_starter(config_path, f"sqlite:///{folder / 'ledger.db'}")
+    write_starter(config_path, ledger_url or f"sqlite:///{folder / 'ledger.db'}")
     ca = folder / "ca.pem"
     shutil.copy(sandbox.ca_cert_path, ca)
     data = yaml.safe_load(config_path.read_text())
@@ -75,10 +100,10 @@ def _sync(config_path: Path, env: dict[str, str], *, kill_after: float | None) -
         "sync",
         CONNECTOR,
     ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        process.wait(timeout=kill_after if kill_after is not None else 120)
-        return False
+        # A run killed by its own failpoint ends with -SIGKILL.
+        return process.wait(timeout=kill_after if kill_after is not None else 120) == -signal.SIGKILL
     except subprocess.TimeoutExpired:
         if kill_after is None:
             raise
@@ -164,7 +189,13 @@ def compare(reference: dict[str, Any], trial: dict[str, Any]) -> list[str]:
 
 
 def run_trials(
-    trials: int, *, records: int = 60, seed: int = 1, workdir: Path, max_kill_after: float = 3.0
+    trials: int,
+    *,
+    records: int = 60,
+    seed: int = 1,
+    workdir: Path,
+    max_kill_after: float = 3.0,
+    phases: tuple[str, ...] = KILL_PHASES,
 ) -> list[Trial]:
     from consentsync.demo import find_mappings
     from consentsync.sandbox import SalesforceSandbox
@@ -177,7 +208,7 @@ def run_trials(
     with SalesforceSandbox() as reference_org:
         reference_org.org.seed(records, seed=seed)
         env["CRASHTEST_SF_SECRET"] = reference_org.credentials.client_secret
-        reference_config = _write_config(workdir / "reference", reference_org, mappings)
+        reference_config = write_config(workdir / "reference", reference_org, mappings)
         open_ledger(load_config(reference_config), migrate=True).engine.dispose()
         _quiesce(reference_config, env, Trial())
         reference = end_state(reference_config, reference_org)
@@ -186,11 +217,21 @@ def run_trials(
         with SalesforceSandbox() as org:
             org.org.seed(records, seed=seed)
             env["CRASHTEST_SF_SECRET"] = org.credentials.client_secret
-            config = _write_config(workdir / f"trial-{number}", org, mappings)
+            config = write_config(workdir / f"trial-{number}", org, mappings)
             open_ledger(load_config(config), migrate=True).engine.dispose()
             for _ in range(rng.randint(1, 3)):
                 trial.runs += 1
-                trial.kills += _sync(config, env, kill_after=rng.uniform(0.3, max_kill_after))
+                phase = rng.choice(phases)
+                points = _failpoints(phase, rng)
+                run_env = {**env, "CONSENTSYNC_FAILPOINTS": points} if points else env
+                # A failpoint run that is not killed by its point (too few pages or pushes) is
+                # still bounded by the timed kill.
+                killed = _sync(
+                    config, run_env, kill_after=rng.uniform(0.3, max_kill_after) if not points else 60
+                )
+                trial.kills += killed
+                if killed:
+                    trial.kills_by_phase[phase] += 1
             _quiesce(config, env, trial)
             trial.problems = compare(reference, end_state(config, org))
         results.append(trial)
@@ -213,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     kills = sum(t.kills for t in results)
     failed = [t for t in results if t.problems]
     runs = sum(t.runs for t in results)
+    phases: Counter[str] = sum((t.kills_by_phase for t in results), Counter())
     print(f"trials: {len(results)}, processes killed with SIGKILL: {kills}, runs: {runs}")
+    print("kills by phase: " + ", ".join(f"{phase} {phases[phase]}" for phase in KILL_PHASES))
     print(f"failures: {len(failed)}")
     for number, trial in enumerate(results):
         for problem in trial.problems:

@@ -1,0 +1,179 @@
+"""A run owns its connector through a lease with a fencing token: a run that lost it can neither
+commit nor push again, a second daemon cannot start while the owner lives (even when the owner's
+database session, and with it the advisory lock, is gone), and a dead owner's run is recorded as
+crashed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from consentsync import audit
+from consentsync.app import open_ledger, open_sync
+from consentsync.config import load_config
+from consentsync.demo import find_mappings
+from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
+from consentsync.sandbox import SalesforceSandbox
+from consentsync.sync.crashtest import CONNECTOR, write_config
+from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
+
+
+@pytest.fixture
+def org() -> Any:
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(120, seed=3)
+        yield sandbox
+
+
+@pytest.fixture
+def sync_config(tmp_path: Path, ledger_url: str, org: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CRASHTEST_SF_SECRET", org.credentials.client_secret)
+    config = write_config(tmp_path / "run", org, find_mappings(), ledger_url)
+    open_ledger(load_config(config), migrate=True).engine.dispose()
+    return config
+
+
+def _lease(config: Path, run_id: str, **kwargs: Any) -> Lease:
+    ledger = open_ledger(load_config(config))
+    return Lease(ledger.engine, CONNECTOR, run_id, ledger.clock, **kwargs)
+
+
+def test_a_live_lease_refuses_a_second_owner_and_an_expired_one_is_taken_over(sync_config: Path) -> None:
+    first = _lease(sync_config, "run-1", ttl=timedelta(seconds=30))
+    assert first.acquire() == 1
+    with pytest.raises(RunInProgress):
+        _lease(sync_config, "run-2").acquire()
+    # The owner's lease runs out (it hung): the next run takes over with a larger token, and the
+    # first can commit nothing more.
+    with first.engine.begin() as conn:
+        conn.execute(update(connector_leases).values(expires_at=first.clock() - timedelta(seconds=1)))
+    second = _lease(sync_config, "run-2")
+    assert second.acquire() == 2
+    with pytest.raises(LeaseLost), first.engine.begin() as conn:
+        first.check(conn)
+    with second.engine.begin() as conn:
+        second.check(conn)
+
+
+def test_a_run_whose_lease_is_taken_over_stops_without_committing_more(sync_config: Path) -> None:
+    config = load_config(sync_config)
+    engine = open_sync(config, CONNECTOR)
+    engine.options = type(engine.options)(batch_size=25, signpost_lag_seconds=0)
+    committed_pages: list[int] = []
+
+    def take_over_after_two_pages(report: Any) -> None:
+        committed_pages.append(report.stage_done)
+        if len(committed_pages) == 2:
+            with engine.ledger.engine.begin() as conn:  # another daemon takes the connector over
+                conn.execute(update(connector_leases).values(token=connector_leases.c.token + 1))
+
+    engine.progress = take_over_after_two_pages
+    report = engine.run(full=True)
+    assert report.status == "stopped"
+    assert report.error is not None and report.error.startswith("lease lost")
+    with engine.ledger.engine.connect() as conn:
+        linked = len(conn.execute(select(crm_links.c.id).where(crm_links.c.object_type == "Contact")).all())
+        pushed = list(audit.entries(conn, action="crm.pushed"))
+    assert report.counts.read == 2 * 25
+    assert linked == 2 * 25, f"{linked} contacts linked: pages were committed after the lease was lost"
+    assert pushed == [], "the run pushed after it lost its lease"
+
+
+def test_a_dead_owners_run_is_recorded_as_crashed_and_its_connector_is_free(sync_config: Path) -> None:
+    env = {**os.environ, "CONSENTSYNC_FAILPOINTS": "sync.page.read=kill@2"}
+    env.pop("CONSENTSYNC_CONFIG", None)
+    command = [
+        str(Path(sys.executable).parent / "consentsync"),
+        "--config",
+        str(sync_config),
+        "sync",
+        CONNECTOR,
+    ]
+    killed = subprocess.run([*command, "--full"], env=env, capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-400:]
+    env.pop("CONSENTSYNC_FAILPOINTS")
+    after = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert after.returncode == 0, after.stderr[-800:]
+    ledger = open_ledger(load_config(sync_config))
+    with ledger.engine.connect() as conn:
+        runs = conn.execute(
+            select(sync_runs.c.status, sync_runs.c.error).order_by(sync_runs.c.started_at)
+        ).all()
+    ledger.engine.dispose()
+    assert [run.status for run in runs] == ["crashed", "succeeded"]
+    assert "process died" in runs[0].error
+
+
+@pytest.mark.postgres
+def test_a_lost_database_session_lets_no_second_daemon_push_twice(
+    sync_config: Path, ledger_url: str, org: Any
+) -> None:
+    """The owner's lock session is terminated mid-run (its advisory lock goes with it) while the
+    run goes on; a second daemon starts at once. Before leases, both ran and pushed the same
+    records twice."""
+    if not ledger_url.startswith("postgresql"):
+        pytest.skip("advisory locks and session termination are PostgreSQL's")
+    application = ledger_url.rsplit("application_name=", 1)[1]
+    org.faults.update(delay=0.15, delay_kinds=["query", "queryMore", "composite"])
+    env = {**os.environ}
+    env.pop("CONSENTSYNC_CONFIG", None)
+    command = [
+        str(Path(sys.executable).parent / "consentsync"),
+        "--config",
+        str(sync_config),
+        "sync",
+        CONNECTOR,
+    ]
+    first = subprocess.Popen(
+        [*command, "--full"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ledger = open_ledger(load_config(sync_config))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with ledger.engine.connect() as conn:
+            if conn.execute(select(crm_links.c.id).limit(1)).first():
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the first run committed nothing within a minute")
+    with ledger.engine.connect() as conn:
+        terminated = conn.execute(
+            text(
+                # The session holding the run's advisory lock: a proxy's idle timeout cuts the
+                # idle one first, and the run goes on over its other connections.
+                "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a "
+                "JOIN pg_locks l ON l.pid = a.pid AND l.locktype = 'advisory' "
+                "WHERE a.application_name = :name AND a.state = 'idle' AND a.pid <> pg_backend_pid()"
+            ),
+            {"name": application},
+        ).scalar_one()
+    assert terminated >= 1
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    first.wait(timeout=300)
+    org.faults.reset()
+    # Whatever each of them did, a clean run afterwards finishes the work.
+    for _ in range(2):
+        clean = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert clean.returncode == 0, clean.stderr[-800:]
+    with ledger.engine.connect() as conn:
+        entries = list(audit.entries(conn, action="crm.pushed"))
+        done = conn.execute(select(outbox.c.id).where(outbox.c.status == "done")).all()
+        verified = audit.verify(conn)
+    ledger.engine.dispose()
+    assert verified.ok
+    twice = [key for key, n in Counter(e["what"]["outbox"] for e in entries).items() if n > 1]
+    assert twice == [], f"outbox rows pushed and audited twice: {twice[:5]}"
+    records = Counter((e["what"]["object"], e["what"]["record"], str(e["new"])) for e in entries)
+    assert [key for key, n in records.items() if n > 1] == [], "the same write was pushed twice"
+    assert len(entries) == len(done)
+    assert first.returncode == 0, "the owner should have gone on after losing only its lock session"
+    assert second.returncode == 75 and "is running connector" in second.stderr, second.stderr[-800:]
