@@ -12,15 +12,23 @@ person found is read whole with ``Agents/Person/GetConsentInfos`` (the archive s
 their display name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
 is ``SetConsent`` (with the configured source and comment), set to null it is ``RemoveConsent``;
 ``Comment_<KEY>`` rewrites the consent's comment (SetConsent with its legal basis and source);
-nothing else is writable. SuperOffice has no batch call for consents: one call per consent.
+the person's own fields (``Firstname``, ``MiddleName``, ``Lastname``, ``Title``, ``Email``,
+``MobilePhone``, ``OfficePhone``, ``PrivatePhone``: what the ``anonymise`` erasure action
+writes) are one ``PATCH Person/{id}`` (JSON Patch). SuperOffice has no batch call for consents:
+one call per consent, and each update's answer is handed over as soon as its calls return.
+``WriteAction.DELETE`` is ``DELETE Person/{id}``.
+
+Deleted and merged persons: SuperOffice soft-deletes a person (its recycle bin) and hides it from
+every API read, archives included; no endpoint lists deleted persons, and a merge (``POST
+Person/{id}/MergeTo/{id}``) leaves no trace the API can list. The connector reads no deletions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 import requests
 
@@ -37,6 +45,7 @@ from consentsync.sdk import (
     FieldInfo,
     RecordUpdate,
     RetryPolicy,
+    WriteAction,
     WriteResult,
     call,
 )
@@ -58,6 +67,16 @@ OBJECT = "Person"
 PURPOSE_ATTRIBUTES = ("LegalBase", "Source", "Registered", "Updated", "Comment")
 PERSON_FIELDS = ("PersonId", "Email", "ConsentUpdated")
 WRITABLE = ("LegalBase", "Comment")
+# The person's own fields written by PATCH Person/{id} (the anonymise erasure action): text
+# properties, and list properties written as their only item (null clears the list).
+PERSON_TEXTS = ("Firstname", "MiddleName", "Lastname", "Title")
+PERSON_LISTS = {
+    "Email": "Emails",
+    "MobilePhone": "MobilePhones",
+    "OfficePhone": "OfficePhones",
+    "PrivatePhone": "PrivatePhones",
+}
+PERSON_WRITABLE = (*PERSON_TEXTS, *PERSON_LISTS)
 _UNSET: Any = object()
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:/[A-Za-z][A-Za-z0-9_:]*)*$")
@@ -98,6 +117,11 @@ def purpose_fields(fields: Sequence[str]) -> dict[str, list[str]]:
     for name in fields:
         if name in PERSON_FIELDS:
             continue
+        if name in PERSON_WRITABLE:
+            raise ConnectorError(
+                f"Person field {name} is written only (personal_fields), never read: map it nowhere else",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "write-only field read"),
+            )
         match = _PURPOSE_FIELD.match(name)
         if match is None:
             unknown.append(name)
@@ -114,6 +138,12 @@ def purpose_fields(fields: Sequence[str]) -> dict[str, list[str]]:
 
 class SuperOfficeConnector(Connector):
     vendor = "superoffice"
+    # The archive reads the database as it is (no search index between): a consent shows once
+    # its transaction commits. SuperOffice documents no bound on how long a save (with its
+    # NetServer scripts and triggers, or a bulk import) may hold its stamp before the commit:
+    # five minutes is an assumption (docs/connectors/superoffice.md).
+    lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    can_delete: ClassVar[bool] = True
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -298,6 +328,9 @@ class SuperOfficeConnector(Connector):
             "Email": FieldInfo("Email", "string", updateable=False),
             "ConsentUpdated": FieldInfo("ConsentUpdated", "datetime", updateable=False, nillable=False),
         }
+        out["Email"] = FieldInfo("Email", "string", updateable=True)
+        for name in PERSON_WRITABLE:
+            out.setdefault(name, FieldInfo(name, "string", updateable=True))
         for key in keys:
             for attribute in PURPOSE_ATTRIBUTES:
                 name = f"{attribute}_{key}"
@@ -320,6 +353,8 @@ class SuperOfficeConnector(Connector):
         wanted = purpose_fields(fields)
         position: tuple[datetime, int] | None = None
         if since.modstamp is not None:
+            # Cursor(modstamp, None), where a look-back resumes: every person of that second on
+            # (person ids start at 1). A fraction of a second counts as the whole second.
             position = (_second(since.modstamp), _person_id(since.record_id or "0"))
         self.expected_records = None
         config = self.config
@@ -404,8 +439,12 @@ class SuperOfficeConnector(Connector):
             where = f"{updated} ge {moment(floor)} and {where}"
         return where
 
-    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
-        return [self._write_one(update) for update in updates]
+    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        """Each update's answer as soon as its calls return (SuperOffice has no batch call: one
+        SetConsent or RemoveConsent per person and purpose, one PATCH for the person's own
+        fields, one DELETE). A limit or a run-wide error propagates after the answers before."""
+        for position, update in enumerate(updates):
+            yield {position: self._write_one(update)}
 
     def _write_one(self, update: RecordUpdate) -> WriteResult:
         record_id = update.record_id
@@ -413,35 +452,69 @@ class SuperOfficeConnector(Connector):
             return WriteResult(
                 record_id, False, "INVALID_RECORD", f"not a SuperOffice Person id: {record_id!r}"
             )
+        person = int(record_id)
+        if update.action is WriteAction.DELETE:
+            return self._outcome(record_id, lambda: self._delete_person(person))
         by_purpose: dict[str, dict[str, Any]] = {}
+        person_fields: dict[str, Any] = {}
         for name, value in update.fields.items():
+            if name in PERSON_WRITABLE:
+                person_fields[name] = value
+                continue
             match = _PURPOSE_FIELD.match(name)
             if match is None or match.group(1) not in WRITABLE:
                 return WriteResult(
                     record_id,
                     False,
                     "FIELD_NOT_WRITABLE",
-                    f"{name}: only {' and '.join(a + '_<PURPOSE KEY>' for a in WRITABLE)} are written",
+                    f"{name}: only {' and '.join(a + '_<PURPOSE KEY>' for a in WRITABLE)} and the "
+                    f"person's {', '.join(PERSON_WRITABLE)} are written",
                 )
             by_purpose.setdefault(match.group(2), {})[match.group(1)] = value
-        person = int(record_id)
+        patch = _person_patch(person_fields)
+        if isinstance(patch, str):
+            return WriteResult(record_id, False, "INVALID_VALUE", patch)
         for purpose, values in by_purpose.items():
-            try:
-                problem = self._write_consent(person, purpose, values)
-            except BudgetExhausted:
-                raise
-            except ConnectorError as error:
-                if (
-                    error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
-                    or error.rule.fault is Fault.CONFIG
-                ):
-                    raise  # the whole run's problem: it stops, the rows stay pending
-                retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
-                code = error.rule.code or str(error.rule.status)
-                return WriteResult(record_id, False, code, str(error), retryable)
-            if problem is not None:
-                return WriteResult(record_id, False, problem[0], problem[1])
+            answer = self._outcome(record_id, lambda p=purpose, v=values: self._write_consent(person, p, v))
+            if not answer.ok:
+                return answer
+        if patch:
+            return self._outcome(record_id, lambda: self._patch_person(person, patch))
         return WriteResult(record_id, True)
+
+    def _outcome(self, record_id: str, action: Callable[[], tuple[str, str] | None]) -> WriteResult:
+        """Runs one record's calls: a refusal of this record is its answer; what concerns the
+        whole run (a limit, the token, the configuration) is raised."""
+        try:
+            problem = action()
+        except BudgetExhausted:
+            raise
+        except ConnectorError as error:
+            if (
+                error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
+                or error.rule.fault is Fault.CONFIG
+            ):
+                raise  # the whole run's problem: it stops, the rows stay pending
+            retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
+            code = error.rule.code or str(error.rule.status)
+            return WriteResult(record_id, False, code, str(error), retryable)
+        if problem is not None:
+            return WriteResult(record_id, False, problem[0], problem[1])
+        return WriteResult(record_id, True)
+
+    def _delete_person(self, person: int) -> tuple[str, str] | None:
+        """DELETE Person/{id}: SuperOffice soft-deletes it (recycle bin). A person already gone
+        (404) is what the deletion wants: done."""
+        try:
+            self._request("person_delete", "DELETE", f"/Person/{person}", busy_is_final=True)
+        except ConnectorError as error:
+            if error.rule.status != 404:
+                raise
+        return None
+
+    def _patch_person(self, person: int, patch: list[dict[str, Any]]) -> tuple[str, str] | None:
+        self._request("person_patch", "PATCH", f"/Person/{person}", body=patch, busy_is_final=True)
+        return None
 
     def _write_consent(self, person: int, purpose: str, values: dict[str, Any]) -> tuple[str, str] | None:
         """One consent's new legal basis and/or comment: SetConsent, or RemoveConsent for a null
@@ -519,6 +592,21 @@ def _person_id(value: Any) -> int:
             f"not a person id: {str(value)[:40]!r}", ErrorRule(Action.FAIL, Fault.DATA, "bad id")
         ) from None
     return number
+
+
+def _person_patch(fields: Mapping[str, Any]) -> list[dict[str, Any]] | str:
+    """The JSON Patch of PATCH Person/{id} for the person's own fields (a list field gets its
+    value as its only item, null clears it); a message when a value is not text."""
+    operations: list[dict[str, Any]] = []
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            return f"{name}: text or null expected, not {type(value).__name__}"
+        if name in PERSON_LISTS:
+            items = [{"Value": value}] if value else []
+            operations.append({"op": "replace", "path": f"/{PERSON_LISTS[name]}", "value": items})
+        else:
+            operations.append({"op": "replace", "path": f"/{name}", "value": value or ""})
+    return operations
 
 
 def _record(

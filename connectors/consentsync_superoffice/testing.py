@@ -2,7 +2,11 @@
 ContractHarness`): used by the contract tests and by bench/connector_calls.py.
 
 A record is a Person; its text field is the comment of its Sales and service consent, its opt-out
-flag the E-marketing consent's legal basis (Withdrawn or not)."""
+flag the E-marketing consent's legal basis (Withdrawn or not).
+
+It implements :class:`~consentsync.sdk.harness.LateCommitHarness`. It does not implement
+``DeletionHarness``: SuperOffice's API lists no deleted or merged persons, so the connector reads
+no deletions (``reads_deletions`` is False) and the contract's deletion test is skipped."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "superoffice"
-WRITE_KINDS = ("set_consent", "remove_consent")
+WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
 TIMEOUT = 2.0
 
 
@@ -120,6 +124,18 @@ class SuperOfficeHarness:
         legal_base = self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
         self.tenant.set_consent(person.id, "EMARKETING", "MANUAL", legal_base, "")
         return str(person.id)
+
+    def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
+        """A person (with an e-marketing consent) saved in a transaction that commits late."""
+        self._serial += 1
+        legal_base = self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
+        person = self.tenant.begin_late_person(
+            "Late", f"Person {self._serial}", email, [("EMARKETING", "MANUAL", legal_base, "")]
+        )
+        return str(person.id)
+
+    def commit_late(self, record_id: str) -> None:
+        self.tenant.commit_late(int(record_id))
 
     def opt_out(self, record_id: str) -> None:
         self.tenant.set_consent(int(record_id), "EMARKETING", "MANUAL", self.tenant.withdrawn_legal_base, "")

@@ -14,7 +14,7 @@ from consentsync_superoffice.connector import archive_literal, parse_so_time
 
 from consentsync.sandbox.superoffice import SuperOfficeSandbox
 from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
-from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
 
 FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKETING", "LegalBase_STORE"]
 
@@ -126,7 +126,7 @@ def test_writes_set_and_remove_consents_with_one_result_each(so: SuperOfficeSand
             RecordUpdate("Person", str(a.id), {"LegalBase_EMARKETING": "WITHDRAWN"}),
             RecordUpdate("Person", str(b.id), {"LegalBase_EMARKETING": None}),
             RecordUpdate("Person", "424242", {"LegalBase_EMARKETING": "WITHDRAWN"}),
-            RecordUpdate("Person", str(b.id), {"Email": "x@example.com"}),
+            RecordUpdate("Person", str(b.id), {"Updated_STORE": "2026-01-01T00:00:00Z"}),
             RecordUpdate("Person", str(b.id), {"LegalBase_STORE": "NO SUCH"}),
         ]
     )
@@ -215,3 +215,107 @@ def test_a_person_changed_in_two_seconds_is_read_once_with_both_changes(so: Supe
         "LEGITIMATE",
         "CONSENT",
     )
+
+
+# -- look-back, late commits, deletes, personal fields, answers call by call -------------------
+
+
+def _later() -> dt.datetime:
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+
+
+def test_a_lookback_cursor_reads_every_person_of_its_second_and_after() -> None:
+    tenant = SuperOfficeTenant()
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=3)
+    before = tenant.create_person("B", "Before", "b@example.test", at=moment - dt.timedelta(seconds=1))
+    at = [tenant.create_person("A", str(i), f"a{i}@example.test", at=moment) for i in range(3)]
+    after = tenant.create_person("C", "After", "c@example.test", at=moment + dt.timedelta(seconds=1))
+    with SuperOfficeSandbox(tenant) as server:
+        connector = connector_for(server)
+        assert connector.lookback == dt.timedelta(minutes=5)
+        resumed = connector.resume_from(Cursor(moment, str(after.id)))
+        assert resumed == Cursor(moment - dt.timedelta(minutes=5))
+        read = [r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(moment), _later())]
+        assert read == [str(p.id) for p in at] + [str(after.id)] and str(before.id) not in read
+        # A fraction of a second in the cursor still means its whole second.
+        fraction = Cursor(moment + dt.timedelta(microseconds=500_000))
+        assert [r.record_id for r in connector.read_changes("Person", FIELDS, fraction, _later())] == read
+
+
+def test_a_late_commit_is_read_with_its_first_stamp_through_the_lookback() -> None:
+    tenant = SuperOfficeTenant()
+    with SuperOfficeSandbox(tenant) as server:
+        connector = connector_for(server)
+        early = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=20)
+        tenant.clock = lambda: early
+        late = tenant.begin_late_person(
+            "Late", "Person", "late@example.test", [("EMARKETING", "FORM", "WITHDRAWN", "")]
+        )
+        tenant.clock = lambda: dt.datetime.now(dt.UTC)
+        later = tenant.create_person(
+            "After", "Person", "after@example.test", at=early + dt.timedelta(seconds=10)
+        )
+        first = list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+        assert [r.record_id for r in first] == [str(later.id)]
+        tenant.commit_late(late.id)
+        stored = Cursor(first[-1].modstamp, first[-1].record_id)
+        assert list(connector.read_changes("Person", FIELDS, stored, _later())) == [], (
+            "past the cursor: unseen"
+        )
+        again = list(connector.read_changes("Person", FIELDS, connector.resume_from(stored), _later()))
+        assert [r.record_id for r in again] == [str(late.id), str(later.id)]
+        assert again[0].modstamp == early and again[0].fields["LegalBase_EMARKETING"] == "WITHDRAWN"
+
+
+def test_write_answers_come_call_by_call(so: SuperOfficeSandbox) -> None:
+    ids = sorted(so.tenant.persons)[:3]
+    batches = connector_for(so).write_batches(
+        [RecordUpdate("Person", str(i), {"LegalBase_EMARKETING": "WITHDRAWN"}) for i in ids]
+    )
+    first = next(batches)
+    assert list(first) == [0] and first[0].ok
+    assert so.calls["set_consent"] == 1, "the first answer waited for later calls"
+    assert [list(batch) for batch in batches] == [[1], [2]]
+
+
+def test_the_delete_action_deletes_the_person_and_a_gone_one_counts_as_done(so: SuperOfficeSandbox) -> None:
+    keep, doomed = sorted(so.tenant.persons)[:2]
+    connector = connector_for(so)
+    results = connector.write(
+        [
+            RecordUpdate("Person", str(doomed), {}, WriteAction.DELETE),
+            RecordUpdate("Person", str(doomed), {}, WriteAction.DELETE),  # gone already (404)
+            RecordUpdate("Person", "x1", {}, WriteAction.DELETE),
+        ]
+    )
+    assert [r.ok for r in results] == [True, True, False]
+    assert so.calls["person_delete"] == 2
+    assert doomed not in so.tenant.persons and keep in so.tenant.persons
+    read = {r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(), _later())}
+    assert str(doomed) not in read and str(keep) in read
+    assert connector.can_delete and not connector.reads_deletions
+
+
+def test_the_mappings_personal_fields_are_one_patch_after_the_consent_calls(so: SuperOfficeSandbox) -> None:
+    from pathlib import Path
+
+    from consentsync.mapping import load_mapping
+
+    spec = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "superoffice" / "person.yaml").spec
+    person = so.tenant.person(sorted(so.tenant.persons)[5])
+    person.phones["mobilephones"] = ["+47 99 99 99 99"]
+    fields = {"LegalBase_EMARKETING": "WITHDRAWN", **spec.personal_fields}
+    (result,) = connector_for(so).write([RecordUpdate("Person", str(person.id), fields)])
+    assert result.ok, result
+    assert (so.calls["set_consent"], so.calls["person_patch"]) == (1, 1)
+    assert (person.first_name, person.last_name, person.email, person.phones["mobilephones"]) == (
+        "",
+        "Erased",
+        None,
+        [],
+    )
+    refused = connector_for(so).write([RecordUpdate("Person", str(person.id), {"Firstname": 42})])
+    assert refused[0].error_code == "INVALID_VALUE" and so.calls["person_patch"] == 1
+    with pytest.raises(ConnectorError) as write_only:
+        list(connector_for(so).read_changes("Person", ["Firstname"], Cursor(), _later()))
+    assert write_only.value.rule.fault is Fault.CONFIG

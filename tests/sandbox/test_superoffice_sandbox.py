@@ -218,3 +218,77 @@ def test_faults_and_counting(so: SuperOfficeSandbox) -> None:
     )
     assert busy.status_code == 409 and busy.json()["ErrorType"] == "ConcurrencyException"
     assert so.calls["archive"] == 3 and so.write_calls == 1
+
+
+# -- late commits, DELETE and PATCH Person -------------------------------------------------------
+
+
+def _archive_people(so: SuperOfficeSandbox, person_id: int) -> set[int]:
+    """The persons the ConsentPurpose archive shows among ``person_id``'s consent rows."""
+    session, headers, api = _client(so)
+    answer = session.get(
+        f"{api}/archive/ConsentPurpose",
+        headers=headers,
+        params={
+            "$select": "consentPerson/personId,consentPerson/updatedDate",
+            "$filter": f"consentPerson/personId eq {person_id}",
+        },
+    ).json()
+    return {int(row["consentPerson/personId"]) for row in answer["value"]}
+
+
+def test_a_late_commit_shows_nowhere_until_it_commits_then_with_its_first_stamp(
+    so: SuperOfficeSandbox,
+) -> None:
+    began = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=40)
+    so.tenant.clock = lambda: began
+    late = so.tenant.begin_late_person(
+        "Late", "Saver", "late@example.com", [("EMARKETING", "FORM", "CONSENT", "")]
+    )
+    so.tenant.clock = lambda: dt.datetime.now(dt.UTC)
+    session, headers, api = _client(so)
+    assert late.id not in _archive_people(so, late.id)
+    assert _agent(so, "GetConsentInfos", {"PersonId": late.id}).json() == []
+    assert session.get(f"{api}/Person/{late.id}", headers=headers).status_code == 404
+    so.tenant.commit_late(late.id)
+    assert late.id in _archive_people(so, late.id)
+    infos = _agent(so, "GetConsentInfos", {"PersonId": late.id}).json()
+    assert {i["ConsentPurposeKey"] for i in infos} == {"STORE", "EMARKETING"}
+    assert all(parse_so_datetime(i["Updated"]) == began for i in infos)
+
+
+def test_delete_person_answers_204_then_the_person_is_gone_from_every_read(so: SuperOfficeSandbox) -> None:
+    session, headers, api = _client(so)
+    person = so.tenant.create_person("Gone", "Soon", "gone@example.com")
+    assert session.delete(f"{api}/Person/{person.id}", headers=headers).status_code == 204
+    assert session.get(f"{api}/Person/{person.id}", headers=headers).status_code == 404
+    assert person.id not in _archive_people(so, person.id)
+    assert _agent(so, "GetConsentInfos", {"PersonId": person.id}).json() == []
+    again = session.delete(f"{api}/Person/{person.id}", headers=headers)
+    assert again.status_code == 404 and again.json()["ErrorType"] == "EntityNotFoundException"
+    assert session.delete(f"{api}/Person/abc", headers=headers).status_code == 400
+
+
+def test_patch_person_takes_json_patch_and_merge_patch(so: SuperOfficeSandbox) -> None:
+    session, headers, api = _client(so)
+    person = so.tenant.create_person("Ada", "Lovelace", "ada@example.com")
+    patch = [
+        {"op": "replace", "path": "/Firstname", "value": None},
+        {"op": "replace", "path": "lastname", "value": "Erased"},
+        {"op": "replace", "path": "/Emails", "value": []},
+        {"op": "add", "path": "/MobilePhones", "value": [{"Value": "+47 1"}]},
+    ]
+    answer = session.patch(f"{api}/Person/{person.id}", headers=headers, json=patch)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["Firstname"], body["Lastname"], body["Emails"]) == ("", "Erased", [])
+    assert [m["Value"] for m in body["MobilePhones"]] == ["+47 1"]
+    merge = session.patch(f"{api}/Person/{person.id}", headers=headers, json={"Title": "Dr"})
+    assert merge.json()["Title"] == "Dr"
+    unknown = session.patch(
+        f"{api}/Person/{person.id}", headers=headers, json=[{"op": "replace", "path": "/Nope"}]
+    )
+    assert unknown.status_code == 400
+    nameless = session.patch(f"{api}/Person/{person.id}", headers=headers, json={"Lastname": None})
+    assert nameless.status_code == 400  # a person needs a first or last name
+    assert session.patch(f"{api}/Person/999999", headers=headers, json={"Title": "x"}).status_code == 404

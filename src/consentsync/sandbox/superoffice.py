@@ -21,7 +21,13 @@ serves them):
   LegalBaseId/Key/Name, ConsentPurposeId/Key/Name, ConsentSourceId/Key/Name``);
 * ``GET /api/v1/archive/ConsentPurpose`` (:mod:`consentsync.sandbox.superoffice_archive`):
   ``{"odata.metadata", "odata.nextLink", "value": [...]}``, at most ``max_page_size`` rows a page;
-* ``GET /api/v1/Person/{id}``: the person, 404 when there is none;
+* ``GET /api/v1/Person/{id}``: the person, 404 when there is none (or it was deleted);
+* ``PATCH /api/v1/Person/{id}``: a JSON Patch array (``replace``/``add``/``remove`` on
+  ``Firstname``, ``MiddleName``, ``Lastname``, ``Title``, ``Emails``, ``MobilePhones``,
+  ``OfficePhones``, ``PrivatePhones``; paths case-insensitive, leading slash optional) or a JSON
+  Merge Patch object; 200 with the person, 404 when there is none;
+* ``DELETE /api/v1/Person/{id}``: 204; the person and its consents are gone from every read
+  (SuperOffice soft-deletes to its recycle bin, which the API never shows); 404 when there is none;
 * ``POST /login/common/oauth/tokens``: the refresh-token grant of SuperOffice Online's OpenID
   Connect login (``grant_type=refresh_token, client_id, client_secret, refresh_token``).
 
@@ -74,13 +80,15 @@ ENDPOINT_KINDS = (
     "token",
     "archive",
     "person_get",
+    "person_patch",
+    "person_delete",
     "set_consent",
     "remove_consent",
     "has_consent",
     "get_consent_infos",
     "not_found",
 )
-_WRITE_KINDS = ("set_consent", "remove_consent")
+_WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
 _API = r"(?:/[A-Za-z0-9_-]+)?/api/v1"
 _ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
     (method, re.compile(pattern, re.IGNORECASE), kind, auth)
@@ -88,6 +96,8 @@ _ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
         ("POST", r"(?:/[A-Za-z0-9_-]+)?/login/common/oauth/tokens", "token", False),
         ("GET", _API + r"/archive/(?P<provider>[A-Za-z0-9_]+)", "archive", True),
         ("GET", _API + r"/Person/(?P<person_id>[^/]+)", "person_get", True),
+        ("PATCH", _API + r"/Person/(?P<person_id>[^/]+)", "person_patch", True),
+        ("DELETE", _API + r"/Person/(?P<person_id>[^/]+)", "person_delete", True),
         ("POST", _API + r"/Agents/Person/SetConsent", "set_consent", True),
         ("POST", _API + r"/Agents/Person/RemoveConsent", "remove_consent", True),
         ("POST", _API + r"/Agents/Person/HasConsent", "has_consent", True),
@@ -310,20 +320,23 @@ class SuperOfficeSandbox(HttpsSandbox):
         return json_response(200, body)
 
     def _h_person_get(self, _request: SandboxRequest, person_id: str) -> SandboxResponse:
-        if not person_id.isdigit():
-            raise SuperOfficeError(400, "ArgumentException", f"'{person_id}' is not a valid person id")
-        person = self.tenant.person(int(person_id))
-        return json_response(
-            200,
-            {
-                "PersonId": person.id,
-                "Firstname": person.first_name,
-                "Lastname": person.last_name,
-                "Emails": [{"Value": person.email, "StrippedValue": person.email}] if person.email else [],
-                "Registered": _consent_time(person.registered),
-                "Updated": _consent_time(person.updated),
-            },
-        )
+        person = self.tenant.person(_path_person(person_id))
+        return json_response(200, _person_entity(person))
+
+    def _h_person_patch(self, request: SandboxRequest, person_id: str) -> SandboxResponse:
+        number = _path_person(person_id)
+        self._check_write(number)
+        changes = _patch_changes(request.json())
+        with self._lock:
+            person = self.tenant.patch_person(number, changes)
+        return json_response(200, _person_entity(person))
+
+    def _h_person_delete(self, _request: SandboxRequest, person_id: str) -> SandboxResponse:
+        number = _path_person(person_id)
+        self._check_write(number)
+        self.tenant.person(number)  # 404 when there is none
+        self.tenant.delete_person(number)
+        return SandboxResponse(204, b"", None)
 
     def _body(self, request: SandboxRequest, *names: str) -> dict[str, Any]:
         body = request.json()
@@ -366,6 +379,57 @@ class SuperOfficeSandbox(HttpsSandbox):
             )
         rows = sorted(self.tenant.consent_rows(person_id), key=lambda r: r.purpose.id)
         return json_response(200, [_consent_info(row) for row in rows])
+
+
+def _path_person(person_id: str) -> int:
+    if not person_id.isdigit():
+        raise SuperOfficeError(400, "ArgumentException", f"'{person_id}' is not a valid person id")
+    return int(person_id)
+
+
+def _items(values: list[str]) -> list[dict[str, str]]:
+    return [{"Value": value, "StrippedValue": value} for value in values]
+
+
+def _person_entity(person: Any) -> dict[str, Any]:
+    return {
+        "PersonId": person.id,
+        "Firstname": person.first_name,
+        "MiddleName": person.middle_name,
+        "Lastname": person.last_name,
+        "Title": person.title,
+        "Emails": _items([person.email] if person.email else []),
+        "MobilePhones": _items(person.phones.get("mobilephones", [])),
+        "OfficePhones": _items(person.phones.get("officephones", [])),
+        "PrivatePhones": _items(person.phones.get("privatephones", [])),
+        "CreatedDate": _consent_time(person.registered),
+        "UpdatedDate": _consent_time(person.updated),
+        "Registered": _consent_time(person.registered),
+        "Updated": _consent_time(person.updated),
+    }
+
+
+def _patch_changes(body: Any) -> dict[str, Any]:
+    """A JSON Patch array or a JSON Merge Patch object as property (lower-cased) -> new value."""
+    if isinstance(body, dict):
+        return {str(name).lower(): value for name, value in body.items()}
+    if not isinstance(body, list):
+        raise SuperOfficeError(
+            400, "ArgumentException", "Expected a JSON Patch array or a merge patch object"
+        )
+    changes: dict[str, Any] = {}
+    for operation in body:
+        if not isinstance(operation, dict) or not isinstance(operation.get("path"), str):
+            raise SuperOfficeError(400, "ArgumentException", "Each patch operation needs op and path")
+        op = str(operation.get("op") or "").lower()
+        path = operation["path"].lstrip("/").lower()
+        if op in ("replace", "add"):
+            changes[path] = operation.get("value")
+        elif op == "remove":
+            changes[path] = None
+        else:
+            raise SuperOfficeError(400, "ArgumentException", f"Patch operation '{op}' is not supported")
+    return changes
 
 
 def _person_key(record_id: str) -> str | None:

@@ -386,7 +386,12 @@ def run_query(
         order.append((column, direction == "desc"))
     with tenant._lock:
         if joined:
-            rows = [_Row(c.purpose, c) for c in sorted(tenant.consents.values(), key=lambda c: c.id)]
+            # A person whose save has not committed shows no row (see SuperOfficeTenant.uncommitted).
+            rows = [
+                _Row(c.purpose, c)
+                for c in sorted(tenant.consents.values(), key=lambda c: c.id)
+                if c.person_id not in tenant.uncommitted
+            ]
         else:
             rows = [_Row(p, None) for p in tenant.purposes]
         chosen = [row for row in rows if predicate(row, tenant)]

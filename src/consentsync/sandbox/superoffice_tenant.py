@@ -16,6 +16,11 @@ test can take the other view): the list keys (STORE, EMARKETING, CONSENT, LEGITI
 deleting the row (``remove_mode="delete"``); that times are kept to the whole second, so many
 rows share one updated time (``keep_fractions=True`` keeps microseconds instead, which the
 archive sorts by but does not show, as SuperOffice's own sample times suggest it may).
+
+A person begun with :meth:`SuperOfficeTenant.begin_late_person` (a save whose transaction commits
+late) has its id and times from the start, but no read sees it or its consents until
+:meth:`SuperOfficeTenant.commit_late`. A deleted person (``DELETE /api/v1/Person/{id}``, or the
+user's delete) is gone from every read: SuperOffice's soft delete hides it from the API.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import random
 import re
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 __all__ = [
@@ -81,6 +86,10 @@ class Person:
     registered: dt.datetime
     updated: dt.datetime
     no_mailings: bool = False
+    middle_name: str = ""
+    title: str = ""
+    # Phone numbers by PersonEntity list: MobilePhones, OfficePhones, PrivatePhones.
+    phones: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -143,6 +152,8 @@ class SuperOfficeTenant:
         self.keep_fractions = keep_fractions
         self.persons: dict[int, Person] = {}
         self.consents: dict[int, ConsentRow] = {}
+        # Persons whose saving transaction has not committed: invisible to every read.
+        self.uncommitted: set[int] = set()
         self._lock = threading.RLock()
         self._person_ids = itertools.count(1)
         self._consent_ids = itertools.count(1)
@@ -198,11 +209,38 @@ class SuperOfficeTenant:
                 )
             return person
 
+    def begin_late_person(
+        self,
+        first_name: str,
+        last_name: str,
+        email: str | None,
+        consents: Iterable[tuple[str, str, str, str]] = (),
+    ) -> Person:
+        """A person (and its ``(purpose, source, legal basis, comment)`` consents) saved in a
+        transaction that commits late: ids and times are given now, nothing shows until
+        :meth:`commit_late`."""
+        with self._lock:
+            person = self.create_person(first_name, last_name, email)
+            for purpose, source, legal_base, comment in consents:
+                self._set(person.id, purpose, source, legal_base, comment, person.updated)
+            self.uncommitted.add(person.id)
+            return person
+
+    def commit_late(self, person_id: int) -> None:
+        with self._lock:
+            if person_id not in self.uncommitted:
+                raise KeyError(person_id)
+            self.uncommitted.discard(person_id)
+
+    def visible(self, person_id: int) -> bool:
+        with self._lock:
+            return person_id in self.persons and person_id not in self.uncommitted
+
     def person(self, person_id: Any) -> Person:
         if isinstance(person_id, bool) or not isinstance(person_id, int):
             raise TenantError(400, "ArgumentException", f"PersonId must be an integer, not {person_id!r}")
         with self._lock:
-            found = self.persons.get(person_id)
+            found = self.persons.get(person_id) if person_id not in self.uncommitted else None
         if found is None:
             raise TenantError(404, "EntityNotFoundException", f"Person with id {person_id} not found")
         return found
@@ -213,11 +251,43 @@ class SuperOfficeTenant:
             for row_id in [r.id for r in self.consents.values() if r.person_id == person_id]:
                 del self.consents[row_id]
 
+    def patch_person(self, person_id: Any, changes: dict[str, Any]) -> Person:
+        """PATCH Person/{id}: ``changes`` by PersonEntity property (lower-cased): firstname,
+        middlename, lastname, title (text or null), emails, mobilephones, officephones,
+        privatephones (lists of ``{"Value": ...}``; empty or null clears). The person's updated
+        time moves; its consents' do not."""
+        texts = {
+            "firstname": "first_name",
+            "middlename": "middle_name",
+            "lastname": "last_name",
+            "title": "title",
+        }
+        lists = {"emails", "mobilephones", "officephones", "privatephones"}
+        with self._lock:
+            person = self.person(person_id)
+            for name, value in changes.items():
+                if name in texts:
+                    if value is not None and not isinstance(value, str):
+                        raise TenantError(400, "ArgumentException", f"{name} must be a string")
+                    setattr(person, texts[name], value or "")
+                elif name in lists:
+                    values = _list_values(name, value)
+                    if name == "emails":
+                        person.email = values[0] if values else None
+                    else:
+                        person.phones[name] = values
+                else:
+                    raise TenantError(400, "ArgumentException", f"PersonEntity has no property '{name}'")
+            if not (person.first_name or person.last_name):
+                raise TenantError(400, "ArgumentException", "A person needs a first or last name")
+            person.updated = self.now()
+            return person
+
     # ------------------------------------------------------------------ consents
 
     def consent_rows(self, person_id: int | None = None) -> list[ConsentRow]:
         with self._lock:
-            rows = list(self.consents.values())
+            rows = [r for r in self.consents.values() if r.person_id not in self.uncommitted]
         return [r for r in rows if person_id is None or r.person_id == person_id]
 
     def consent(self, person_id: int, purpose_key: str) -> ConsentRow | None:
@@ -345,3 +415,12 @@ class SuperOfficeTenant:
                     summary["emarketing"] += 1
                     summary["withdrawn"] += int(withdrawn)
         return summary
+
+
+def _list_values(name: str, value: Any) -> list[str]:
+    """A PersonEntity list (``[{"Value": ...}, ...]``) as its values; null is empty."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TenantError(400, "ArgumentException", f"{name} must be a list of {{Value: ...}} objects")
+    return [str(v.get("Value")) for v in value if v.get("Value")]
