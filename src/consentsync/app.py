@@ -99,6 +99,7 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
 
     connector, mappings = open_connector(config, name)
     settings = config.connector(name)
+    _check_erasure_actions(config, name, connector, mappings)
     options = SyncOptions(
         batch_size=settings.batch_size,
         signpost_lag_seconds=settings.signpost_lag_seconds,
@@ -108,3 +109,23 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         erasure_actions=dict(settings.erasure),
     )
     return SyncEngine(ledger or open_ledger(config), connector, mappings, options)
+
+
+def _check_erasure_actions(config: Config, name: str, connector: Connector, mappings: list[Mapping]) -> None:
+    """Each object named under ``erasure:`` is mapped, and its action can be carried out."""
+    by_object = {mapping.object: mapping for mapping in mappings}
+    for object_type, action in config.connector(name).erasure.items():
+        where = f"{config.path}: connectors[{name}].erasure.{object_type}"
+        mapping = by_object.get(object_type)
+        if mapping is None:
+            raise ConfigError(
+                f"{where}: no mapping file maps {object_type}; mapped: {', '.join(sorted(by_object))}"
+            )
+        if action == "delete" and not connector.can_delete:
+            raise ConfigError(
+                f"{where}: the {connector.vendor} connector cannot delete records; use suppress or anonymise"
+            )
+        if action == "anonymise" and not mapping.spec.personal_fields:
+            raise ConfigError(
+                f"{where}: anonymise needs personal_fields in {mapping.path} (the fields to overwrite)"
+            )

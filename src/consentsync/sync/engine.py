@@ -464,6 +464,9 @@ class SyncEngine:
 
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
+        # People whose pushes must be looked at again: a record new to the ledger, or changed. A
+        # record re-read unchanged (the look-back window) leaves its pending pushes as they are.
+        examine: set[int] = set()
         link_ids = self._link_ids(conn, mapping.object, [r.record_id for r, _, _, _ in good])
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
@@ -477,16 +480,15 @@ class SyncEngine:
                 if seen.get(_evidence_key(e)) != view[_evidence_key(e)]
                 and echo.get(_evidence_key(e)) != view[_evidence_key(e)]
             ]
+            fields = canonical_json(_consent_fields(mapping, record.fields))
+            stored = snapshots.get(record.record_id)
             if not fresh:
                 counts.unchanged_records += 1
+            if fresh or stored is None or canonical_json(stored[1]) != fields:
+                examine.add(subject_id)
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
-                (
-                    link_ids[record.record_id],
-                    canonical_json(view),
-                    canonical_json(_consent_fields(mapping, record.fields)),
-                    db_time(conn, now),
-                )
+                (link_ids[record.record_id], canonical_json(view), fields, db_time(conn, now))
             )
         stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
         counts.evidence_recorded += stats.recorded
@@ -497,7 +499,7 @@ class SyncEngine:
         )
         if problems:
             conn.execute(insert(quarantine), problems)
-        self._enqueue_pushes(conn, sorted(set(subject_ids)), report, now)
+        self._enqueue_pushes(conn, sorted(examine), report, now)
         if cursor is not None:  # records re-read by id (quarantine retries) are no position
             key, position = cursor
             self._save_cursor(conn, key, position, report.run_id, now)
@@ -759,6 +761,7 @@ class SyncEngine:
                     "action": action.value,
                 }
             )
+        new_rows = self._without_repeats(conn, examined, new_rows)
         # What was pending for these records was decided on an older state: the rows above
         # (or nothing, where the CRM already agrees) replace it.
         for object_type, record_ids in examined.items():
@@ -775,6 +778,43 @@ class SyncEngine:
         if new_rows:
             conn.execute(insert(outbox), new_rows)
         report.counts.pushes_enqueued += len(new_rows)
+
+    def _without_repeats(
+        self, conn: Connection, examined: dict[str, list[str]], new_rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Leaves out a new row that repeats the record's latest pending row (which then stays,
+        with its attempts and its sent mark) or its latest dead-lettered one (the CRM refused
+        exactly this for good: ops retry it, a re-read does not)."""
+        latest: dict[tuple[str, str], Any] = {}
+        for object_type, record_ids in examined.items():
+            for row in conn.execute(
+                select(outbox.c.id, outbox.c.record_id, outbox.c.status, outbox.c.fields, outbox.c.action)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.object_type == object_type,
+                    outbox.c.record_id.in_(record_ids),
+                    outbox.c.status.in_(("pending", "dead", "done")),
+                )
+                .order_by(outbox.c.id)
+            ):
+                latest[(object_type, row.record_id)] = row
+        kept: list[dict[str, Any]] = []
+        for new in new_rows:
+            key = (new["object_type"], new["record_id"])
+            old = latest.get(key)
+            if (
+                old is not None
+                and old.status in ("pending", "dead")
+                and (old.fields, old.action)
+                == (
+                    new["fields"],
+                    new["action"],
+                )
+            ):
+                examined[new["object_type"]].remove(new["record_id"])  # its pending row stays
+                continue
+            kept.append(new)
+        return kept
 
     def _erasures_done(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
         """(object, record) pairs whose erasure action (anonymise, delete) the CRM acknowledged."""
