@@ -455,6 +455,11 @@ def status(as_json: bool) -> None:
             f"  outbox     {row['outbox_pending']} pending, {row['dead_letters']} dead-lettered; "
             f"quarantined {row['quarantined_open']}; API budget left {row['api_budget_left']}"
         )
+        if row["erasures_pending"]:
+            click.echo(
+                f"  erasures   {row['erasures_pending']} person(s) erased in the ledger, "
+                "not yet passed on to this CRM (the next run pushes them)"
+            )
         for late in row["late_suppressions"]:
             click.echo(
                 f"  ALERT      suppression for {late['object']} {late['record_id']} pending for "

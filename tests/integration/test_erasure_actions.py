@@ -52,6 +52,18 @@ def _sync(path: Path) -> Any:
     return report
 
 
+def _erasures_pending(path: Path) -> int:
+    from datetime import timedelta
+
+    from consentsync.sync.status import connector_status
+
+    config = load_config(path)
+    ledger = open_ledger(config)
+    (row,) = connector_status(config, ledger.engine, late_after=timedelta(hours=1))
+    ledger.engine.dispose()
+    return int(row["erasures_pending"])
+
+
 def _pushes(path: Path, record_id: str) -> list[dict[str, Any]]:
     ledger = open_ledger(load_config(path))
     with ledger.engine.connect() as conn:
@@ -72,9 +84,11 @@ def test_the_configured_erasure_action_reaches_the_crm_once(
     before = len(_pushes(path, erased))
     ledger = open_ledger(load_config(path))
     ledger.erase(ERASED, reason="Art. 17 request")
+    assert _erasures_pending(path) == 1, "status does not show the erasure waiting for this CRM"
     ledger.engine.dispose()
     _sync(path)
     _sync(path)  # reads its own writes back; nothing more to do
+    assert _erasures_pending(path) == 0
     record = org.org.get(erased)
     pushes = _pushes(path, erased)[before:]
     if action == "delete":

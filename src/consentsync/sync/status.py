@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, and_, exists, func, or_, select
 
 from consentsync.config import Config
 from consentsync.domain import iso
-from consentsync.ledger.schema import outbox, quarantine, sync_runs
+from consentsync.ledger.schema import crm_links, outbox, quarantine, subjects, sync_runs
 from consentsync.sync.daemon import trigger_for
 
 
@@ -64,6 +64,32 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                     ),
                     "api_budget_left": budget_left,
                     "late_suppressions": [row for row in late if row["connector"] == name],
+                    "erasures_pending": _erasures_pending(conn, name),
                 }
             )
     return rows
+
+
+def _erasures_pending(conn: Connection, connector: str) -> int:
+    """People erased whose erasure has not yet reached this CRM (Art. 17(2)): they have a live
+    record there, and either a push for them is pending, or no run of the connector has finished
+    since the erasure."""
+    last_success = (
+        select(func.max(sync_runs.c.started_at))
+        .where(sync_runs.c.connector == connector, sync_runs.c.status == "succeeded")
+        .scalar_subquery()
+    )
+    pending_push = exists().where(
+        outbox.c.connector == connector, outbox.c.subject_id == subjects.c.id, outbox.c.status == "pending"
+    )
+    query = (
+        select(func.count(func.distinct(subjects.c.id)))
+        .select_from(subjects.join(crm_links, crm_links.c.subject_id == subjects.c.id))
+        .where(
+            subjects.c.erased_at.is_not(None),
+            crm_links.c.connector == connector,
+            crm_links.c.gone_at.is_(None),
+            or_(pending_push, last_success.is_(None), and_(subjects.c.erased_at > last_success)),
+        )
+    )
+    return int(conn.execute(query).scalar_one())
