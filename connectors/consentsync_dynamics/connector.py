@@ -124,6 +124,8 @@ class DynamicsConnector(Connector):
     # the row version assigned at commit, so a late commit comes in the next delta.
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     can_delete = True  # DELETE /{set}({id}) inside $batch
+    deletions = "stream"  # $deletedEntity rows in the delta; merged = true with masterid
+    reports_merges = True
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)

@@ -107,6 +107,7 @@ class HubSpotConnector(Connector):
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
     can_delete = True  # POST /crm/v3/objects/contacts/batch/archive
+    reports_merges = True  # hs_merged_object_ids on the primary
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)

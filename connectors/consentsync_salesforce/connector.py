@@ -87,6 +87,8 @@ class SalesforceConnector(Connector):
     vendor = "salesforce"
     can_read_by_id = True
     can_delete = True
+    deletions = "stream"  # queryAll: IsDeleted and MasterRecordId in the (SystemModstamp, Id) stream
+    reports_merges = True
     # SystemModstamp is set when a transaction writes the record and the change shows when it
     # commits. Salesforce's getUpdated() answers latestDateCovered (the start of a transaction
     # still running) for that reason, and the Bulk and Streaming guides recommend overlapping

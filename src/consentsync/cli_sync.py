@@ -367,6 +367,24 @@ def demo(records: int, workdir: Path | None, crms: str | None) -> None:
     run_demo(records=records, workdir=workdir, say=click.echo)
 
 
+@main.command("connectors")
+@json_option
+@handled
+def connectors(as_json: bool) -> None:
+    """The installed connector plugins and what each does with changes committed late (its
+    look-back window), records deleted or merged in the CRM, and erasures."""
+    from consentsync.sdk import registry
+
+    rows = [registry.load(name).capabilities() for name in sorted(registry.available())]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        row["lookback"] = f"{row['lookback_seconds'] / 60:g} min"
+        row["erasure_actions"] = ", ".join(row["erasure_actions"])
+    print_table(rows, ["vendor", "lookback", "deletions", "merges", "erasure_actions", "read_by_id"])
+
+
 @main.group()
 def outbox() -> None:
     """Pushes waiting to reach a CRM, and the dead-lettered ones."""

@@ -66,3 +66,35 @@ def test_registered_connector_has_documentation(vendor: str) -> None:
 
 def test_the_meta_test_notices_a_connector_without_a_contract() -> None:
     assert "no-such-vendor" not in contract_vendors()
+
+
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_the_trust_contract_runs_for_what_the_connector_declares(vendor: str) -> None:
+    """A connector that says it reports deletions (or merges) has a harness that can delete (or
+    merge) records, so that the trust contract checks the claim instead of skipping it; every
+    harness can commit a record late (the look-back window is every connector's duty)."""
+    from consentsync.sdk.harness import DeletionHarness, LateCommitHarness
+
+    declared = registry.load(vendor).capabilities()
+    harness = available_harnesses()[vendor].load()()
+    assert isinstance(harness, LateCommitHarness), f"{vendor}: the harness cannot commit a record late"
+    assert declared["lookback_seconds"] > 0, f"{vendor}: no look-back window"
+    if declared["deletions"] != "none":
+        assert isinstance(harness, DeletionHarness), f"{vendor} reports deletions; its harness cannot delete"
+    if declared["merges"]:
+        assert isinstance(harness, DeletionHarness) and harness.can_merge, f"{vendor}: merges unchecked"
+
+
+def test_connectors_command_lists_what_each_connector_does() -> None:
+    from click.testing import CliRunner
+
+    from consentsync.cli import main
+
+    result = CliRunner().invoke(main, ["connectors", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    listed = {row["vendor"]: row for row in json.loads(result.output)}
+    assert set(listed) == set(VENDORS)
+    for vendor, row in listed.items():
+        assert row == registry.load(vendor).capabilities()

@@ -145,6 +145,11 @@ class Connector(ABC):
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     # True where ``read_deletions`` lists records deleted (or merged away) in the CRM.
     reads_deletions: ClassVar[bool] = False
+    # Where deletions come from, for ops and docs: "stream" (``read_changes`` yields them),
+    # "listing" (``read_deletions``) or "none" (the CRM offers no documented way); and whether a
+    # merged-away record names the record it was merged into.
+    deletions: ClassVar[str] = "none"
+    reports_merges: ClassVar[bool] = False
     # True where ``write_batches`` carries out ``WriteAction.DELETE`` (the ``delete`` erasure action).
     can_delete: ClassVar[bool] = False
 
@@ -178,6 +183,19 @@ class Connector(ABC):
         lazily: never a list of the whole org. A connector whose CRM hands deletions over in
         the same stream (Salesforce's queryAll, Dataverse's delta) may yield them here as
         ``CrmRecord(deleted=True)``."""
+
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        """What this connector does under the conditions the trust contract checks."""
+        deletions = "listing" if cls.reads_deletions else cls.deletions
+        return {
+            "vendor": cls.vendor,
+            "lookback_seconds": cls.lookback.total_seconds(),
+            "deletions": deletions,
+            "merges": cls.reports_merges,
+            "erasure_actions": ["suppress", "anonymise", *(["delete"] if cls.can_delete else [])],
+            "read_by_id": cls.can_read_by_id,
+        }
 
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)
