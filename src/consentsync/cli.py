@@ -37,10 +37,12 @@ from consentsync.domain import (
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.logs import configure as configure_logging
+from consentsync.sdk.errors import ConnectorError, Fault
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = 2
+EXIT_TEMPORARY = 75  # EX_TEMPFAIL: the CRM could not be reached now; try again later
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
@@ -80,6 +82,11 @@ def handled(func: F) -> F:
             return func(*args, **kwargs)
         except (InvalidInput, ConfigError, NotFound, LedgerNotReady) as error:
             fail(str(error))
+        except ConnectorError as error:
+            # The CRM refused (credentials, a module or field the install lacks: the admin's to
+            # fix, exit 2) or could not be reached now (try again later, exit 75).
+            fixable = error.rule.fault in (Fault.CONFIG, Fault.DATA)
+            fail(f"{error.rule.fault.value}: {error}", EXIT_BAD_INPUT if fixable else EXIT_TEMPORARY)
 
     return wrapper  # type: ignore[return-value]
 

@@ -40,10 +40,6 @@ def test_the_contacts_mapping_checks_against_the_sandbox(harness: VtigerHarness,
     assert "Contacts: ok" in result.output  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    reason="the CLI's @handled does not catch ConnectorError yet (a change in src/consentsync/cli.py)",
-    strict=False,
-)
 def test_a_module_the_install_lacks_is_one_line_and_exit_code_2(
     harness: VtigerHarness, tmp_path: Path
 ) -> None:

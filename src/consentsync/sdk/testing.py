@@ -114,25 +114,27 @@ def _crm_evidence(config: Path) -> int:
     return int(count)
 
 
-def _opt_in(ledger: Any, email: str) -> None:
-    """The person subscribes on the web site (a trusted capture): the CRM's opt-out stays clear."""
+def _captured(ledger: Any, emails: list[str], *, granted: bool) -> None:
+    """The people subscribe (``granted``) or unsubscribe on the web site, a trusted capture: the
+    CRM's email opt-out is then to be cleared, or ticked, whatever the CRM held before."""
     from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
     from consentsync.ledger.identity import Identity
 
     now = datetime.now(UTC)
-    ledger.record(
-        Identity(email=email),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=ConsentStatus.GRANTED,
-            basis=LawfulBasis.CONSENT,
-            event_time=now,
-            observed_at=now,
-            source="web_form",
-            origin=Origin.CAPTURE,
-        ),
-    )
+    for email in emails:
+        ledger.record(
+            Identity(email=email),
+            Evidence(
+                purpose="email_marketing",
+                channel="email",
+                status=ConsentStatus.GRANTED if granted else ConsentStatus.WITHDRAWN,
+                basis=LawfulBasis.CONSENT,
+                event_time=now,
+                observed_at=now,
+                source="web_form",
+                origin=Origin.CAPTURE,
+            ),
+        )
     ledger.engine.dispose()
 
 
@@ -140,6 +142,17 @@ def _people(harness: ContractHarness, count: int, prefix: str) -> list[str]:
     if not isinstance(harness, PersonHarness):
         pytest.skip(PERSON_HARNESS_MISSING)
     return [harness.create_person(f"{prefix}.{n}@example.test") for n in range(count)]
+
+
+def _unsubscribed_people(harness: ContractHarness, config: Path, count: int, prefix: str) -> list[str]:
+    """``count`` people in the CRM who all unsubscribed on the web site: whatever the mapping,
+    the first sync has an opt-out to push to each of them."""
+    people = _people(harness, count, prefix)
+    _captured(
+        open_sync_engine(config).ledger, [f"{prefix}.{n}@example.test" for n in range(count)], granted=False
+    )
+    time.sleep(1.1)  # whole-second CRMs read a second only once it is over
+    return people
 
 
 class ConnectorTrustContract:
@@ -208,7 +221,9 @@ class ConnectorTrustContract:
         assert acknowledged, "nothing was acknowledged before the limit"
 
     def _pushes_everyone(self, harness: ContractHarness, config: Path, count: int) -> None:
-        """After a clean finish: every record pushed once, audited once, no echo taken as evidence."""
+        """After a clean finish: every record pushed once, audited once, no echo taken as evidence
+        (the CRM's evidence is what the interrupted run read, and does not grow)."""
+        evidence = _crm_evidence(config)
         for _ in range(2):
             report = open_sync_engine(config).run()
             assert report.status == "succeeded", report.error
@@ -219,15 +234,15 @@ class ConnectorTrustContract:
         assert sorted(records) == sorted(set(records)) and len(records) == count, (
             f"{len(records)} push entries for {count} records (an uninterrupted run has one each)"
         )
-        assert _crm_evidence(config) == 0, "the project's own writes, read back, became evidence"
+        assert _crm_evidence(config) == evidence, "the project's own writes, read back, became evidence"
         quiet = open_sync_engine(config).run()
         assert quiet.counts.pushes_enqueued == 0 and quiet.counts.evidence_recorded == 0
 
     def test_a_push_stopped_between_two_batches_ends_like_an_uninterrupted_run(
         self, harness: ContractHarness, tmp_path: Path
     ) -> None:
-        people = _people(harness, harness.write_batch_size * 2 + 1, "stopped")
         config = write_sync_config(harness, tmp_path)
+        people = _unsubscribed_people(harness, config, harness.write_batch_size * 2 + 1, "stopped")
         engine = open_sync_engine(config)
 
         def stop_after_a_batch(report: Any) -> None:
@@ -249,9 +264,8 @@ class ConnectorTrustContract:
         import subprocess
         import sys
 
-        people = _people(harness, harness.write_batch_size * 2 + 1, "killed")
         config = write_sync_config(harness, tmp_path)
-        open_sync_engine(config).ledger.engine.dispose()  # migrated
+        people = _unsubscribed_people(harness, config, harness.write_batch_size * 2 + 1, "killed")
         command = [str(Path(sys.executable).parent / "consentsync"), "--config", str(config)]
         env = {**os.environ, "CONSENTSYNC_FAILPOINTS": "sync.push.answered=kill@2"}
         env.pop("CONSENTSYNC_CONFIG", None)
@@ -275,8 +289,12 @@ class ConnectorTrustContract:
             pytest.skip("the harness lacks delete_record/merge_records (DeletionHarness)")
         kept, deleted = _people(harness, 2, "deletion")
         config = write_sync_config(harness, tmp_path)
-        for email in ("deletion.0@example.test", "deletion.1@example.test"):
-            _opt_in(open_sync_engine(config).ledger, email)  # so that the erasure has a push to make
+        # Both opted in, so that the erasure has a push to make.
+        _captured(
+            open_sync_engine(config).ledger,
+            ["deletion.0@example.test", "deletion.1@example.test"],
+            granted=True,
+        )
         first = open_sync_engine(config).run(full=True)
         assert first.status == "succeeded", first.error
         pushed_before = {entry["outbox"] for entry in _push_entries(config)}
