@@ -91,6 +91,9 @@ class VtigerConnector(Connector):
     # Vtiger documents no bound: five minutes is an assumption (docs/connectors/vtiger.md).
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     can_delete: ClassVar[bool] = True
+    # Deleted ids from operation=sync, when the read_deletions setting is on (the stock 8.2.0 on PHP 8
+    # fails sync); the webservice keeps no merge survivor: a merge is seen as a deletion.
+    deletions: ClassVar[str] = "listing"
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
