@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import timedelta
@@ -23,7 +22,7 @@ from consentsync.config import load_config
 from consentsync.demo import find_mappings
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
 from consentsync.sandbox import SalesforceSandbox
-from consentsync.sync.crashtest import CONNECTOR, write_config
+from consentsync.sync.crashtest import CONNECTOR, sync_command, write_config
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
 
 
@@ -91,13 +90,7 @@ def test_a_run_whose_lease_is_taken_over_stops_without_committing_more(sync_conf
 def test_a_dead_owners_run_is_recorded_as_crashed_and_its_connector_is_free(sync_config: Path) -> None:
     env = {**os.environ, "CONSENTSYNC_FAILPOINTS": "sync.page.read=kill@2"}
     env.pop("CONSENTSYNC_CONFIG", None)
-    command = [
-        str(Path(sys.executable).parent / "consentsync"),
-        "--config",
-        str(sync_config),
-        "sync",
-        CONNECTOR,
-    ]
+    command = sync_command(sync_config)
     killed = subprocess.run([*command, "--full"], env=env, capture_output=True, timeout=120)
     assert killed.returncode == -9, killed.stderr[-400:]
     env.pop("CONSENTSYNC_FAILPOINTS")
@@ -126,13 +119,7 @@ def test_a_lost_database_session_lets_no_second_daemon_push_twice(
     org.faults.update(delay=0.15, delay_kinds=["query", "queryMore", "composite"])
     env = {**os.environ}
     env.pop("CONSENTSYNC_CONFIG", None)
-    command = [
-        str(Path(sys.executable).parent / "consentsync"),
-        "--config",
-        str(sync_config),
-        "sync",
-        CONNECTOR,
-    ]
+    command = sync_command(sync_config)
     first = subprocess.Popen(
         [*command, "--full"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

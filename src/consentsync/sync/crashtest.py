@@ -90,17 +90,17 @@ def write_config(folder: Path, sandbox: Any, mappings: Path, ledger_url: str | N
     return config_path
 
 
+def sync_command(config_path: Path) -> list[str]:
+    """`consentsync --config PATH sync sf`, with this interpreter's consentsync."""
+    return [str(Path(sys.executable).parent / "consentsync"), "--config", str(config_path), "sync", CONNECTOR]
+
+
 def _sync(config_path: Path, env: dict[str, str], *, kill_after: float | None) -> bool:
     """Runs one sync in its own process; SIGKILLs it after ``kill_after`` seconds if still running.
     Returns True when the process was killed."""
-    command = [
-        str(Path(sys.executable).parent / "consentsync"),
-        "--config",
-        str(config_path),
-        "sync",
-        CONNECTOR,
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        sync_command(config_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # A run killed by its own failpoint ends with -SIGKILL.
         return process.wait(timeout=kill_after if kill_after is not None else 120) == -signal.SIGKILL
@@ -116,7 +116,10 @@ def _quiesce(config_path: Path, env: dict[str, str], trial: Trial) -> None:
     """Uninterrupted runs until a run has nothing to read beyond its own echoes and nothing to push."""
     for _ in range(4):
         trial.runs += 1
-        _sync(config_path, env, kill_after=None)
+        done = subprocess.run(sync_command(config_path), env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])[-600:]
+            trial.problems.append(f"a clean run after the kills exited {done.returncode}: {tail}")
     # Four runs are plenty: the first resumes, the second reads the first's echoes, the rest find nothing.
 
 
@@ -233,7 +236,7 @@ def run_trials(
                 if killed:
                     trial.kills_by_phase[phase] += 1
             _quiesce(config, env, trial)
-            trial.problems = compare(reference, end_state(config, org))
+            trial.problems += compare(reference, end_state(config, org))
         results.append(trial)
         shutil.rmtree(workdir / f"trial-{number}", ignore_errors=True)
     return results

@@ -561,22 +561,13 @@ class SyncEngine:
                 .values(gone_at=record.modstamp, merged_into=record.merged_into)
             )
             records.append(
-                AuditRecord(
+                self._link_entry(
                     "crm.record_merged" if record.merged_into else "crm.record_deleted",
-                    {
-                        "connector": self.name,
-                        "object": mapping.object,
-                        "record": record.record_id,
-                        "merged_into": record.merged_into,
-                    },
-                    old={"link": "live"},
-                    new={"link": "merged" if record.merged_into else "gone"},
-                    rule="crm_record_gone",
-                    source=self.name,
-                    actor="consentsync",
-                    run_id=report.run_id,
-                    subject_uid=uids[row.subject_id],
-                    subject_id=row.subject_id,
+                    {"object": mapping.object, "record": record.record_id, "merged_into": record.merged_into},
+                    ("live", "merged" if record.merged_into else "gone"),
+                    row.subject_id,
+                    uids,
+                    report,
                 )
             )
         if records:
@@ -615,21 +606,40 @@ class SyncEngine:
         audit.append(
             conn,
             [
-                AuditRecord(
+                self._link_entry(
                     "crm.record_restored",
-                    {"connector": self.name, "object": object_type, "record": row.record_id},
-                    old={"link": "gone"},
-                    new={"link": "live"},
-                    rule="crm_record_restored",
-                    source=self.name,
-                    actor="consentsync",
-                    run_id=report.run_id,
-                    subject_uid=uids[row.subject_id],
-                    subject_id=row.subject_id,
+                    {"object": object_type, "record": row.record_id},
+                    ("gone", "live"),
+                    row.subject_id,
+                    uids,
+                    report,
                 )
                 for row in revived
             ],
             now,
+        )
+
+    def _link_entry(
+        self,
+        action: str,
+        what: dict[str, Any],
+        change: tuple[str, str],
+        subject_id: int,
+        uids: dict[int, str],
+        report: RunReport,
+    ) -> AuditRecord:
+        """The audit entry of a CRM link changing state (live, gone, merged)."""
+        return AuditRecord(
+            action,
+            {"connector": self.name, **what},
+            old={"link": change[0]},
+            new={"link": change[1]},
+            rule="crm_record_restored" if change[1] == "live" else "crm_record_gone",
+            source=self.name,
+            actor="consentsync",
+            run_id=report.run_id,
+            subject_uid=uids[subject_id],
+            subject_id=subject_id,
         )
 
     # -- our own writes, read back -------------------------------------------------------------
