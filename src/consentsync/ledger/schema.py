@@ -106,6 +106,7 @@ purposes = Table(
     Column("validity_days", Integer),
     Column("objection_handling", String(16), nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    Column("eprivacy", Boolean),  # follows PECR reg. 22 / ePrivacy Art. 13 (0005)
 )
 
 consent_events = Table(
@@ -127,6 +128,11 @@ consent_events = Table(
     Column("evidence_ref", String(500)),
     Column("fingerprint", String(64), nullable=False),
     Column("run_id", String(36)),
+    # The PECR / ePrivacy soft opt-in's three conditions, each with its evidence (0005).
+    Column("soft_opt_in_sale_ref", String(200)),
+    Column("soft_opt_in_similar_products", String(200)),
+    Column("soft_opt_in_refusal_at_collection", String(200)),
+    Column("soft_opt_in_refusal_in_messages", String(200)),
     # Replaying the same evidence must not add a row: the fingerprint is the statement's identity.
     UniqueConstraint("fingerprint", "subject_id"),
 )
