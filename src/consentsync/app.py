@@ -52,7 +52,13 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
             f"{SCHEMA_REVISION}: run 'consentsync init' (or 'consentsync migrate')"
         )
     config.erasure_key()  # fail now, with the config's words, rather than at the first erasure
-    ledger = Ledger(engine, config.purposes, config.policy, config.erasure_key)
+    ledger = Ledger(
+        engine,
+        config.purposes,
+        config.policy,
+        config.erasure_key,
+        max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
+    )
     # Events reference purposes, so the ledger must know every configured one before recording.
     ledger.sync_purposes()
     return ledger

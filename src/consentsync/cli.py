@@ -25,11 +25,17 @@ from consentsync.config import (
     write_starter,
 )
 from consentsync.domain import (
+    ACTOR_MAX,
+    EVIDENCE_REF_MAX,
+    NOTICE_VERSION_MAX,
+    SOURCE_MAX,
     ConsentStatus,
     Evidence,
     InvalidInput,
     LawfulBasis,
     Origin,
+    check_label,
+    check_moment,
     normalise_email,
     parse_enum,
     parse_timestamp,
@@ -82,6 +88,9 @@ def handled(func: F) -> F:
             return func(*args, **kwargs)
         except (InvalidInput, ConfigError, NotFound, LedgerNotReady) as error:
             fail(str(error))
+        except UnicodeError:
+            # Bytes that are not UTF-8 in an argument (the shell passes them as lone surrogates).
+            fail("the input holds bytes that are not UTF-8 text: nothing was changed")
         except ConnectorError as error:
             # The CRM refused (credentials, a module or field the install lacks: the admin's to
             # fix, exit 2) or could not be reached now (try again later, exit 75).
@@ -212,7 +221,14 @@ def ledger_record(
     address = _email(email)
     if not source.strip():
         raise InvalidInput("--source must not be empty")
+    check_label(source.strip(), "--source", SOURCE_MAX, required=True)
+    check_label(actor, "--actor", ACTOR_MAX)
+    check_label(notice_version, "--notice-version", NOTICE_VERSION_MAX)
+    check_label(evidence_ref, "--evidence-ref", EVIDENCE_REF_MAX)
     target = current_ledger()
+    now, skew = target.clock(), target.max_clock_skew_seconds
+    check_moment(_time(at, "--at"), "--at", now, skew)
+    check_moment(_time(double_opt_in_at, "--double-opt-in-at"), "--double-opt-in-at", now, skew)
     evidence = Evidence(
         purpose=purpose.strip(),
         channel=channel.strip().lower(),
@@ -318,7 +334,11 @@ def objection_raise(
     """Record an objection; the purpose's configuration decides whether it needs review."""
     address = _email(email)
     raised_at = _time(at, "--at")
-    result = current_ledger().raise_objection(
+    check_label(source, "--source", SOURCE_MAX, required=True)
+    check_label(actor, "--actor", ACTOR_MAX)
+    target = current_ledger()
+    check_moment(raised_at, "--at", target.clock(), target.max_clock_skew_seconds)
+    result = target.raise_objection(
         address,
         purpose.strip(),
         direct_marketing=direct_marketing,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from consentsync.domain import (
     DEFAULT_CHANNELS,
+    DEFAULT_CLOCK_SKEW_SECONDS,
     LawfulBasis,
     ObjectionHandling,
     Purpose,
@@ -59,6 +60,9 @@ class PolicySettings(_Strict):
     # A suppression not yet pushed to a CRM after this long raises an alert (CAN-SPAM allows 10
     # business days; alert well before).
     late_suppression_hours: int = Field(default=48, ge=1)
+    # Event times later than now plus this many seconds are refused at input (quarantined when a
+    # CRM sends them): clocks disagree a little, but no one acts in the future.
+    max_clock_skew_seconds: int = Field(default=DEFAULT_CLOCK_SKEW_SECONDS, ge=0, le=86400)
 
 
 class PurposeSettings(_Strict):

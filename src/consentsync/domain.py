@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
@@ -74,6 +74,8 @@ class ObjectionStatus(StrEnum):
 
 
 DEFAULT_CHANNELS: tuple[str, ...] = ("email", "phone", "sms", "post")
+# "Electronic mail" in PECR reg. 2 and ePrivacy Art. 2(h): email, SMS, MMS, voicemail.
+ELECTRONIC_MAIL_CHANNELS: tuple[str, ...] = ("email", "sms")
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -83,11 +85,115 @@ class InvalidInput(ValueError):
 
 
 def normalise_email(raw: str) -> str:
-    """Lower-cased and trimmed, as domain.md's identity rule asks; raises on anything malformed."""
+    """Lower-cased and trimmed, as domain.md's identity rule asks; raises on anything malformed
+    (control or format characters, lone surrogates, more than 320 characters)."""
     email = raw.strip().lower()
-    if not _EMAIL_RE.match(email) or len(email) > 320:
-        raise InvalidInput(f"malformed email address {raw!r}: expected local@domain.tld")
+    if len(email) > EMAIL_MAX or not _EMAIL_RE.match(email) or _FORBIDDEN_IN_LABEL.search(email):
+        raise InvalidInput(
+            f"malformed email address {shown(raw)}: expected local@domain.tld, at most {EMAIL_MAX} "
+            "characters, no control characters"
+        )
     return email
+
+
+# -- input bounds (docs/policy.md, "Input limits") ----------------------------------------------
+#
+# Every text value the ledger keeps has a maximum length, checked at input on every path (CLI, web
+# API, CRM mapping), so that SQLite and PostgreSQL hold the same values and neither answers with a
+# traceback. Labels (sources, actors, notice versions, evidence references, who decided) are one
+# line: no control, format or separator characters. Reasons are free text: line breaks and tabs
+# are allowed, nothing else of the sort. Labels may hold no email address: the audit chain, which
+# erasure cannot change, keeps them; nor may the reason of an erasure, kept with its suppression
+# entry. Other reasons live in the audit details that erasure removes (docs/policy.md, "Erasure").
+
+EMAIL_MAX = 320
+SOURCE_MAX = 200
+ACTOR_MAX = 200
+NOTICE_VERSION_MAX = 100
+EVIDENCE_REF_MAX = 500
+REASON_MAX = 2000  # an objection decision's or a restriction's reason
+ERASURE_REASON_MAX = 500  # kept with the suppression entry
+# Event times: none before this, none later than now plus the configured clock skew.
+EARLIEST_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_CLOCK_SKEW_SECONDS = 300
+
+# Cc (controls), Cf (format: bidi overrides, zero-width), Cs (lone surrogates: not storable as
+# UTF-8), Zl/Zp (line and paragraph separators), and the noncharacters U+FFFE/U+FFFF.
+_FORBIDDEN_IN_LABEL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f"
+    "\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ufffe\uffff\ud800-\udfff]"
+)
+_FORBIDDEN_IN_REASON = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+# An email address anywhere in a text (looser than _EMAIL_RE: it finds, it does not validate).
+_NOT_IN_ADDRESS = r"[^\s@<>()\[\]{},;:\"'`|/\\]"
+EMAIL_IN_TEXT = re.compile(rf"{_NOT_IN_ADDRESS}+@{_NOT_IN_ADDRESS}+\.[^\s@<>()\[\]{{}},;:\"'`|/\\.]+")
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value quoted for an error message: one line, never long, never an email address."""
+    text = EMAIL_IN_TEXT.sub("<email address>", value) if isinstance(value, str) else value
+    rendered = repr(text)
+    if len(rendered) <= limit:
+        return rendered
+    return f"{rendered[: limit - 3]}... ({len(str(value))} characters)"
+
+
+def check_label(value: str | None, what: str, limit: int, *, required: bool = False) -> str | None:
+    """A one-line label (source, actor, notice version, evidence reference): at most ``limit``
+    characters, no control characters, no email address. Returns it unchanged."""
+    if value is None or (not required and value == ""):
+        return None if value is None else value
+    if required and not value.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters long: accepted are at most {limit}")
+    if _FORBIDDEN_IN_LABEL.search(value):
+        raise InvalidInput(
+            f"{what} {shown(value)} holds a control character: accepted is one line of printable text"
+        )
+    if EMAIL_IN_TEXT.search(value):
+        raise InvalidInput(
+            f"{what} must not hold an email address (it is kept where erasure cannot reach): "
+            "name a system, a role or a reference instead"
+        )
+    return value
+
+
+def check_reason(value: str, what: str, limit: int = REASON_MAX, *, erasable: bool = True) -> str:
+    """Free text saying why (an erasure, a restriction, a decision): not empty, at most ``limit``
+    characters, line breaks and tabs allowed but no other control character. A reason kept where
+    the person's erasure removes it (``erasable``: the audit details of the subject) may name
+    them; one that outlives the erasure (the erasure's own) may hold no email address."""
+    if not value.strip():
+        raise InvalidInput(f"{what} must say why")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value)} characters long: accepted are at most {limit}")
+    if _FORBIDDEN_IN_REASON.search(value):
+        raise InvalidInput(f"{what} holds a control character: accepted is printable text and line breaks")
+    if not erasable and EMAIL_IN_TEXT.search(value):
+        raise InvalidInput(
+            f"{what} must not hold an email address (it outlives the erasure): say why without it"
+        )
+    return value
+
+
+def check_moment(
+    moment: datetime | None, what: str, now: datetime, skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
+) -> datetime | None:
+    """An event time: not before 1970, not later than ``now`` plus the allowed clock skew."""
+    if moment is None:
+        return None
+    latest = now + timedelta(seconds=skew_seconds)
+    if moment > latest:
+        raise InvalidInput(
+            f"{what} {iso(moment)} is in the future: accepted are times up to now ({iso(now)}) plus "
+            f"the allowed clock skew of {skew_seconds} s (policy.max_clock_skew_seconds)"
+        )
+    if moment < EARLIEST_EVENT_TIME:
+        raise InvalidInput(
+            f"{what} {iso(moment)} is out of range: accepted are times from {iso(EARLIEST_EVENT_TIME)} to now"
+        )
+    return moment
 
 
 def parse_enum(enum: type[E], value: str, what: str) -> E:
@@ -104,12 +210,15 @@ def parse_timestamp(value: str, what: str = "timestamp") -> datetime:
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
     try:
-        parsed = datetime.fromisoformat(text)
+        return as_utc(datetime.fromisoformat(text))
     except ValueError:
         raise InvalidInput(
-            f"malformed {what} {value!r}: expected ISO 8601, e.g. 2026-11-23T10:15:00Z"
+            f"malformed {what} {shown(value)}: expected ISO 8601, e.g. 2026-11-23T10:15:00Z"
         ) from None
-    return as_utc(parsed)
+    except OverflowError:  # year 1 or 9999 with an offset that takes it off the calendar
+        raise InvalidInput(
+            f"{what} {shown(value)} is out of range: expected a time between 1970 and now"
+        ) from None
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -127,6 +236,54 @@ class Purpose:
     validity_days: int | None
     objection_handling: ObjectionHandling
     channels: tuple[str, ...] = DEFAULT_CHANNELS
+    # PECR reg. 22 / ePrivacy Art. 13: marketing by electronic mail needs consent or a soft
+    # opt-in. None follows ``direct_marketing`` (docs/policy.md, "Soft opt-in").
+    eprivacy: bool | None = None
+    # The channels that are "electronic mail" in the ePrivacy sense (email, SMS and the like).
+    electronic_mail_channels: tuple[str, ...] = ELECTRONIC_MAIL_CHANNELS
+
+    def eprivacy_applies(self, channel: str) -> bool:
+        """Whether marketing on ``channel`` needs consent or a soft opt-in (PECR reg. 22)."""
+        follows = self.direct_marketing if self.eprivacy is None else self.eprivacy
+        return follows and channel in self.electronic_mail_channels
+
+
+# The soft opt-in's conditions are short references to where their evidence is kept.
+SOFT_OPT_IN_TEXT_MAX = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SoftOptIn:
+    """The PECR reg. 22(3) / ePrivacy Art. 13(2) / UWG 7(3) soft opt-in: its three conditions,
+    each with a reference to its evidence. Built only when every condition is evidenced."""
+
+    # 1. the contact details were obtained from the person in a sale or its negotiation
+    sale_ref: str
+    # 2. the marketing is of the controller's own similar products and services
+    similar_products: str
+    # 3. a simple means of refusing was given when the details were collected ...
+    refusal_at_collection: str
+    # ... and is given in every message
+    refusal_in_messages: str
+
+    def __post_init__(self) -> None:
+        for name, what in SOFT_OPT_IN_CONDITIONS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidInput(f"soft opt-in: {what} must be evidenced (a reference to the proof)")
+            check_label(value, f"soft opt-in evidence of {what}", SOFT_OPT_IN_TEXT_MAX)
+
+    def values(self) -> tuple[str, str, str, str]:
+        return (self.sale_ref, self.similar_products, self.refusal_at_collection, self.refusal_in_messages)
+
+
+# (field, what it proves), in the order of PECR reg. 22(3).
+SOFT_OPT_IN_CONDITIONS: tuple[tuple[str, str], ...] = (
+    ("sale_ref", "the sale or negotiation the contact details were obtained in"),
+    ("similar_products", "the similar products and services marketed"),
+    ("refusal_at_collection", "the chance to refuse given at collection"),
+    ("refusal_in_messages", "the chance to refuse given in every message"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +306,7 @@ class Evidence:
     notice_version: str | None = None
     double_opt_in_at: datetime | None = None
     evidence_ref: str | None = None
+    soft_opt_in: SoftOptIn | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -193,6 +351,8 @@ class Evidence:
             self.double_opt_in_at,
             self.evidence_ref,
         )
+        if self.soft_opt_in is not None:  # appended only when present: older prints stay valid
+            parts = (*parts, *self.soft_opt_in.values())
         return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_UTC_Z)).hexdigest()
 
 

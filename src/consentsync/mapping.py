@@ -46,6 +46,9 @@ from pydantic import (
 )
 
 from consentsync.domain import (
+    EMAIL_IN_TEXT,
+    EVIDENCE_REF_MAX,
+    NOTICE_VERSION_MAX,
     RESTRICTIVENESS,
     ConsentStatus,
     EffectiveState,
@@ -54,8 +57,10 @@ from consentsync.domain import (
     LawfulBasis,
     Origin,
     as_utc,
+    check_label,
     normalise_email,
     parse_timestamp,
+    shown,
 )
 from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, read_document
 
@@ -89,8 +94,7 @@ STATUS_PUSH_KEYS = ("suppressed", "allowed", "withdrawn")
 # `withdrawn` is written in these cases instead of `suppressed`.
 SAID_NO_STATUSES = frozenset({ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED})
 SAID_NO_RULES = frozenset({"objection_direct_marketing", "objection_upheld"})
-NOTICE_VERSION_MAX = 100  # the ledger's column
-EVIDENCE_REF_MAX = 500
+RECORD_ID_MAX = 64  # the ledger's crm_links.record_id
 
 _CONSTANT = f"{TAG_PREFIX}constant)"
 _LIST = f"{TAG_PREFIX}list)"
@@ -124,14 +128,17 @@ class MappingValueError(InvalidInput):
         self.record_id = record_id
         self.path = path
         record = " ".join(str(part) for part in (object_type, record_id) if part) or "record"
-        shown = repr(value) if len(repr(value)) <= 120 else repr(value)[:117] + "..."
+        # Kept as the quarantine reason and shown to ops: short, one line, no email address.
+        value_shown = shown(value, 120)
         known = f" in {path}" if path else ""
         wanted = (
             f"expected {accepted}"
             if isinstance(accepted, str)
             else f"accepted are {', '.join(render_value(a) for a in self.accepted)}"
         )
-        super().__init__(f"{record}: field {field}: cannot translate {shown} (mapping{known}): {wanted}")
+        super().__init__(
+            f"{record}: field {field}: cannot translate {value_shown} (mapping{known}): {wanted}"
+        )
 
 
 # -- CRM values --------------------------------------------------------------------------------
@@ -803,7 +810,7 @@ class Mapping:
             raw = field_value(record, link.field)
             if _blank(raw):
                 continue
-            if not isinstance(raw, (str, int)) or isinstance(raw, bool):
+            if not isinstance(raw, (str, int)) or isinstance(raw, bool) or not _is_id(str(raw).strip()):
                 raise self._bad(record_id, link.field, raw, f"the id of a {link.object} record")
             links.append((link.object, str(raw).strip()))
         return record_id, email, links
@@ -907,8 +914,15 @@ class Mapping:
     def _record_id(self, record: RecordMap[str, Any]) -> str:
         name = self.spec.identity.record_id
         raw = field_value(record, name)
-        if _blank(raw) or not isinstance(raw, (str, int)) or isinstance(raw, bool):
-            raise self._bad(None, name, raw, "the record's id")
+        if (
+            _blank(raw)
+            or not isinstance(raw, (str, int))
+            or isinstance(raw, bool)
+            or not _is_id(str(raw).strip())
+        ):
+            raise self._bad(
+                None, name, raw, f"the record's id: one line of at most {RECORD_ID_MAX} characters"
+            )
         return str(raw).strip()
 
     def _translate(
@@ -952,8 +966,11 @@ class Mapping:
         raw = field_value(record, spec.field)
         if _blank(raw):
             return None
-        if isinstance(raw, datetime):
-            return as_utc(raw)
+        try:
+            if isinstance(raw, datetime):
+                return as_utc(raw)
+        except OverflowError:  # year 1 or 9999 with an offset: off the calendar in UTC
+            raise self._bad(record_id, spec.field, raw, "a time between 1970 and now") from None
         if isinstance(raw, date):
             return datetime(raw.year, raw.month, raw.day, tzinfo=UTC)
         if isinstance(raw, str):
@@ -978,10 +995,26 @@ class Mapping:
             return None
         if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
             raise self._bad(record_id, spec.field, raw, "text")
-        text = str(raw).strip()
+        # Line breaks and tabs in a CRM's text field read as spaces; an email address in it (a
+        # capture note naming the person) is left out: the ledger keeps this text where erasure
+        # cannot reach (docs/policy.md, "Erasure"). Anything else that is no label is refused.
+        text = EMAIL_IN_TEXT.sub("[address left out]", " ".join(str(raw).split()))
         if len(text) > limit:
             raise self._bad(record_id, spec.field, raw, f"text of at most {limit} characters")
+        try:
+            check_label(text, "text", limit)
+        except InvalidInput:
+            raise self._bad(record_id, spec.field, raw, "printable text without control characters") from None
         return text
+
+
+def _is_id(text: str) -> bool:
+    """A CRM record id the ledger can keep: one line of at most ``RECORD_ID_MAX`` characters."""
+    try:
+        check_label(text, "id", RECORD_ID_MAX, required=True)
+    except InvalidInput:
+        return False
+    return True
 
 
 def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:

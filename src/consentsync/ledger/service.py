@@ -4,7 +4,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -16,6 +16,13 @@ from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import (
+    ACTOR_MAX,
+    DEFAULT_CLOCK_SKEW_SECONDS,
+    ERASURE_REASON_MAX,
+    EVIDENCE_REF_MAX,
+    NOTICE_VERSION_MAX,
+    REASON_MAX,
+    SOURCE_MAX,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -28,6 +35,9 @@ from consentsync.domain import (
     Purpose,
     SubjectFlags,
     canonical_json,
+    check_label,
+    check_moment,
+    check_reason,
     iso,
 )
 from consentsync.ledger.bulk import (
@@ -45,6 +55,8 @@ from consentsync.ledger.schema import (
     consent_states,
     crm_links,
     objections,
+    outbox,
+    quarantine,
     state_changes,
     subject_identifiers,
     subjects,
@@ -57,6 +69,12 @@ from consentsync.ledger.warm import WarmSubjects
 from consentsync.reconcile import Policy, Rule, Summary, effective_state, reconcile
 
 EXPIRY_SOURCE = "consentsync:expiry"
+# The rules under which a requested consent may be chased: the evidence alone decides the state.
+# Any other rule (restriction, erasure, objections, and any rule added later) keeps the person off
+# every list of people to contact.
+CHASEABLE_RULES = frozenset(
+    {Rule.LATEST_EVENT_TIME, Rule.MOST_RESTRICTIVE_ON_TIE, Rule.UNKNOWN_EVENT_TIME, Rule.TRUSTED_OPT_IN}
+)
 
 # Log lines name subjects by their pseudonymous uid and objections by id: never an address.
 log = structlog.get_logger("consentsync.ledger")
@@ -126,12 +144,15 @@ class Ledger:
         erasure_key: Callable[[], bytes],
         *,
         clock: Callable[[], datetime] = utcnow,
+        max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS,
     ) -> None:
         self.engine = engine
         self.purposes = purposes
         self.policy = policy
         self._erasure_key = erasure_key
         self.clock = clock
+        # How far in the future an event time may lie (clocks disagree a little): rule 3.
+        self.max_clock_skew_seconds = max_clock_skew_seconds
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -182,6 +203,15 @@ class Ledger:
                 f"channel {evidence.channel!r} is not configured for purpose {purpose.key!r}: "
                 f"accepted are {', '.join(purpose.channels)}"
             )
+        # Event times are bounded by now (plus the allowed clock skew) and by 1970; every text
+        # has its maximum length and no control character or email address (docs/policy.md).
+        now = self.clock()
+        check_moment(evidence.event_time, "event time", now, self.max_clock_skew_seconds)
+        check_moment(evidence.double_opt_in_at, "double opt-in time", now, self.max_clock_skew_seconds)
+        check_label(evidence.source, "source", SOURCE_MAX, required=True)
+        check_label(evidence.actor, "actor", ACTOR_MAX)
+        check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX)
+        check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX)
         return purpose
 
     def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
@@ -271,7 +301,7 @@ class Ledger:
         dirty: dict[tuple[int, str, str], EffectiveState] = {}
         changed_subjects: set[int] = set()
         for request, subject_id in zip(batch, subject_ids, strict=True):
-            evidence = request.evidence
+            evidence = _not_after_observation(request.evidence)
             context = contexts[subject_id]
             fingerprint = evidence.fingerprint()
             if (subject_id, fingerprint) in seen:
@@ -355,7 +385,10 @@ class Ledger:
     ) -> dict[str, Any]:
         purpose = self._purpose(purpose_key)
         now = self.clock()
-        raised_at = raised_at or now
+        check_moment(raised_at, "objection time", now, self.max_clock_skew_seconds)
+        check_label(source, "source", SOURCE_MAX, required=True)
+        check_label(actor, "actor", ACTOR_MAX)
+        raised_at = min(raised_at, now) if raised_at else now
         # Art. 21(2): an objection to direct marketing is absolute, whatever the configuration.
         is_dm = direct_marketing or purpose.direct_marketing
         if is_dm:
@@ -439,6 +472,8 @@ class Ledger:
             raise InvalidInput("--by must name the person deciding")
         if not reason.strip():
             raise InvalidInput("--reason must say why: a decision without a reason cannot be audited")
+        check_label(by, "--by", ACTOR_MAX, required=True)
+        check_reason(reason, "--reason", REASON_MAX)
         now = self.clock()
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -487,6 +522,9 @@ class Ledger:
         """Art. 17: personal data goes; a keyed hash stays so the person is never re-imported."""
         if not reason.strip():
             raise InvalidInput("--reason must say why the subject is erased")
+        # The reason outlives the erasure (suppression entry, audit details): no address in it.
+        check_reason(reason, "--reason", ERASURE_REASON_MAX, erasable=False)
+        check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
         digest = email_hmac(self._erasure_key(), email)
         with self.engine.begin() as conn:
@@ -514,6 +552,7 @@ class Ledger:
                     delete(subject_identifiers).where(subject_identifiers.c.subject_id == subject_id)
                 )
                 erased_details = audit.erase_details(conn, subject_id)
+                redacted = _redact_operational_text(conn, subject_id)
                 after = self._contexts(conn, {subject_id})[subject_id]
                 records += self._refresh(
                     conn,
@@ -527,14 +566,18 @@ class Ledger:
                     actor,
                 )
             else:
-                erased_details = 0
+                erased_details = redacted = 0
             records.insert(
                 0,
                 AuditRecord(
                     "subject.erased",
                     {"suppression": suppression_id, "subject_known": subject_id is not None},
                     old=None,
-                    new={"suppressed": True, "audit_details_erased": erased_details},
+                    new={
+                        "suppressed": True,
+                        "audit_details_erased": erased_details,
+                        **({"operational_text_redacted": redacted} if redacted else {}),
+                    },
                     rule="erasure_suppression",
                     source="erasure",
                     actor=actor,
@@ -561,6 +604,8 @@ class Ledger:
         lifted. Every purpose is suppressed meanwhile, and the change is passed on like any other."""
         if not reason.strip():
             raise InvalidInput("--reason must say why processing is restricted or released")
+        check_reason(reason, "--reason", REASON_MAX)
+        check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
         with self.engine.begin() as conn:
             subject_id = _subject_id_by_email(conn, email)
@@ -625,17 +670,47 @@ class Ledger:
         return self.record_many(requests, batch_size=batch_size)
 
     def stale_requests(self, older_than_days: int) -> list[dict[str, Any]]:
-        """Consents requested and still unanswered after ``older_than_days``."""
-        cutoff = self.clock() - timedelta(days=older_than_days)
+        """Consents requested and still unanswered after ``older_than_days``: people to chase.
+
+        Only people who may be contacted about it (rule 6): never an erased person, a restricted
+        one (Art. 18) or one whose state for that purpose and channel a subject-wide rule decides
+        (an objection, an erasure suppression, ...). A request is chased only while the evidence
+        alone decides its state (``CHASEABLE_RULES``)."""
+        now = self.clock()
+        try:
+            cutoff = now - timedelta(days=older_than_days)
+        except OverflowError:
+            return []  # further back than the calendar goes: nothing is that old
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            candidates = conn.execute(
                 _with_subject(consent_states)
                 .where(
                     consent_states.c.status == ConsentStatus.REQUESTED.value,
                     consent_states.c.since <= cutoff,
+                    subjects.c.erased_at.is_(None),
+                    subjects.c.restricted.is_(False),
                 )
-                .order_by(consent_states.c.since)
+                .order_by(consent_states.c.since, consent_states.c.subject_id)
             ).all()
+            ids = {row.subject_id for row in candidates}
+            contexts = self._contexts(conn, ids)
+            summaries = self._load_summaries(conn, ids)
+        rows = []
+        for row in candidates:
+            purpose = self.purposes.get(row.purpose)
+            if purpose is None or row.channel not in purpose.channels:
+                continue  # no longer configured: nothing to ask for
+            context = contexts[row.subject_id]
+            state = effective_state(
+                summaries.get((row.subject_id, row.purpose, row.channel), Summary()),
+                purpose,
+                row.channel,
+                flags=context.flags,
+                objections=context.objections,
+                now=now,
+            )
+            if state.status is ConsentStatus.REQUESTED and state.rule in CHASEABLE_RULES:
+                rows.append(row)
         return [
             {
                 "subject": row.uid,
@@ -930,6 +1005,60 @@ def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSu
     rest = [i for i, subject_id in zip(identities, known, strict=True) if subject_id is None]
     found = iter(resolver.resolve(rest) if rest else [])
     return [subject_id if subject_id is not None else next(found) for subject_id in known]
+
+
+def _not_after_observation(evidence: Evidence) -> Evidence:
+    """No one acts after consentsync learned of the act: an event time inside the allowed clock
+    skew but later than its observation is recorded as the observation time, so that a clock
+    running ahead never makes a value outrank one the person gave after it (rule 3)."""
+    observed = evidence.observed_at
+    event_time, double_opt_in_at = evidence.event_time, evidence.double_opt_in_at
+    if (event_time is None or event_time <= observed) and (
+        double_opt_in_at is None or double_opt_in_at <= observed
+    ):
+        return evidence
+    return replace(
+        evidence,
+        event_time=min(event_time, observed) if event_time else None,
+        double_opt_in_at=min(double_opt_in_at, observed) if double_opt_in_at else None,
+    )
+
+
+ERASED_TEXT = "(redacted: the person was erased, Art. 17)"
+
+
+def _redact_operational_text(conn: Connection, subject_id: int) -> int:
+    """Error texts kept about an erased person's CRM records (a quarantine reason, a CRM's answer
+    to a push) may quote what the CRM holds, their address or name included: they go with the
+    person. The rows stay (ops see that something was quarantined or refused, not what)."""
+    links = select(crm_links.c.connector, crm_links.c.object_type, crm_links.c.record_id).where(
+        crm_links.c.subject_id == subject_id
+    )
+    redacted = 0
+    for link in conn.execute(links).all():
+        redacted += (
+            conn.execute(
+                update(quarantine)
+                .where(
+                    quarantine.c.connector == link.connector,
+                    quarantine.c.object_type == link.object_type,
+                    quarantine.c.record_id == link.record_id,
+                    quarantine.c.reason != ERASED_TEXT,
+                )
+                .values(reason=ERASED_TEXT)
+            ).rowcount
+            or 0
+        )
+    redacted += (
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.subject_id == subject_id, outbox.c.last_error.is_not(None))
+            .where(outbox.c.last_error != ERASED_TEXT)
+            .values(last_error=ERASED_TEXT)
+        ).rowcount
+        or 0
+    )
+    return redacted
 
 
 def _with_subject(table: Any) -> Any:
