@@ -113,6 +113,9 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         max_push_attempts=settings.max_push_attempts,
         lookback_seconds=settings.lookback_seconds,
         erasure_actions=dict(settings.erasure),
+        mode=settings.mode,
+        guard_max_records=settings.push_guard.max_records,
+        guard_max_share=settings.push_guard.max_share,
     )
     return SyncEngine(ledger or open_ledger(config), connector, mappings, options)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -25,6 +26,7 @@ from consentsync.domain import InvalidInput, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
 
+EXIT_HELD = 3  # the push guard held the run's pushes: review `consentsync plan`, then `apply`
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
 
 
@@ -59,6 +61,8 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
         sys.exit(1)
     if report.status == "stopped":
         sys.exit(EXIT_STOPPED)
+    if report.status == "held":
+        sys.exit(EXIT_HELD)
 
 
 def _progress_line(report: Any) -> None:
@@ -120,8 +124,16 @@ def _print_report(report: Any) -> None:
         f"  pushes to the CRM: done {c.pushed}, failed {c.push_failed}\n"
         f"  API calls {c.api_calls}" + (f" (org usage {c.api_used}/{c.api_limit})" if c.api_limit else "")
     )
+    if c.pushes_held:
+        click.echo(f"  pushes held: {c.pushes_held} (what they would write, per field and value:)")
+        for change in c.would_push:
+            click.echo(
+                f"    {change['object']}.{change['field']} -> {change['new']}: {change['records']} record(s)"
+            )
     if report.error:
-        label = "stopped cleanly (the next run resumes from here)" if report.status == "stopped" else "failed"
+        label = {"stopped": "stopped cleanly (the next run resumes from here)", "held": "held"}.get(
+            report.status, "failed"
+        )
         click.echo(f"  {label}: {report.error}")
     if c.quarantined:
         click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
@@ -367,6 +379,97 @@ def demo(records: int, workdir: Path | None, crms: str | None) -> None:
     run_demo(records=records, workdir=workdir, say=click.echo)
 
 
+@main.command("plan")
+@config_option
+@click.argument("connector")
+@click.option("--full", is_flag=True, help="Read everything again first, not only what changed.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan here (JSON)."
+)
+@json_option
+@handled
+def plan_command(connector: str, full: bool, output: Path | None, as_json: bool) -> None:
+    """What the next run of CONNECTOR would push, per CRM record: field, old -> new, and the rule
+    that decided it. Nothing is changed; approve the plan with `consentsync apply PLAN`."""
+    config = current_config()
+    engine = open_sync(config, connector)
+    try:
+        report = engine.run(full=full, dry_run=True)
+    except RunInProgress as busy:
+        fail(str(busy), EXIT_STOPPED)
+    finally:
+        engine.connector.close()
+    if report.plan is None:
+        fail(f"no plan: {report.error or report.status}", 1)
+    document = report.plan.to_json()
+    if output is not None:
+        output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if as_json:
+        emit_json(document)
+        return
+    click.echo(
+        f"plan for {connector}: {document['records']} record(s) to push to "
+        f"(mode {engine.options.mode}); digest {document['digest'][:16]}"
+    )
+    print_table(document["changes"], ["object", "field", "new", "records"])
+    click.echo("")
+    print_table(
+        [
+            {
+                "object": item["object_type"],
+                "record": item["record_id"],
+                "person": item["who"],
+                "change": "delete the record"
+                if item["action"] == "delete"
+                else ", ".join(f"{k}: {item['old'].get(k)!r} -> {v!r}" for k, v in item["new"].items()),
+                "rule": item["rule"],
+            }
+            for item in document["items"]
+        ],
+        ["object", "record", "person", "change", "rule"],
+    )
+    if output is not None:
+        click.echo(f"\nwritten to {output}; push exactly this with: consentsync apply {output}")
+
+
+@main.command("apply")
+@config_option
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PLAN")
+@click.option("--actor", help="Who approved the plan (kept in the audit log).")
+@json_option
+@handled
+def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
+    """Push exactly the plan in PLAN (written by `consentsync plan -o`), whatever the connector's
+    mode and push guard; nothing is pushed when the ledger or the CRM changed in a way that alters
+    the plan. Audited with the plan's digest."""
+    from consentsync.sync.plan import Plan
+
+    try:
+        data = json.loads(plan_file.read_text(encoding="utf-8"))
+        plan = Plan.from_json(data)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InvalidInput(f"{plan_file}: not a plan written by `consentsync plan -o` ({error})") from None
+    if data.get("digest") not in (None, plan.digest):
+        raise InvalidInput(f"{plan_file}: the plan was edited after it was made (its digest does not match)")
+    config = current_config()
+    engine = open_sync(config, plan.connector)
+    engine.plan_actor = actor
+    try:
+        report = engine.run(apply_plan=plan)
+    except RunInProgress as busy:
+        fail(str(busy), EXIT_STOPPED)
+    finally:
+        engine.connector.close()
+    if as_json:
+        emit_json(_report_json(report))
+    else:
+        _print_report(report)
+    if report.status == "failed":
+        sys.exit(1)
+    if report.status == "stopped":
+        sys.exit(EXIT_STOPPED)
+
+
 @main.command("connectors")
 @json_option
 @handled
@@ -473,6 +576,8 @@ def status(as_json: bool) -> None:
             f"  outbox     {row['outbox_pending']} pending, {row['dead_letters']} dead-lettered; "
             f"quarantined {row['quarantined_open']}; API budget left {row['api_budget_left']}"
         )
+        if last and last["status"] == "held":
+            click.echo(f"  ALERT      {last['error']}")
         if row["erasures_pending"]:
             click.echo(
                 f"  erasures   {row['erasures_pending']} person(s) erased in the ledger, "

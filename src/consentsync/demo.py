@@ -122,6 +122,9 @@ def _write_config(work: Path, sandbox: Any) -> Path:
                 "ca_bundle": str(ca),
             },
             "signpost_lag_seconds": 0,
+            # Pushes straight away, to every record (a real connector starts in observe mode).
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
         }
     ]
     os.environ["CONSENTSYNC_DEMO_SF_SECRET"] = credentials.client_secret

@@ -162,6 +162,9 @@ def _write_config(work: Path, harnesses: dict[str, Any]) -> Path:
             "mappings": [str(p) for p in harness.mapping_files],
             "settings": _secrets_to_env(vendor, harness.connector_settings()),
             "signpost_lag_seconds": 0,
+            # Pushes straight away, to every record (a real connector starts in observe mode).
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
         }
         for vendor, harness in harnesses.items()
     ]

@@ -171,6 +171,13 @@ class Metrics:
             buckets=RUN_DURATION_BUCKETS,
             registry=r,
         )
+        self.pushes_held = Gauge(
+            "consentsync_pushes_held",
+            "Pushes the connector's last run held back: observe mode, or the blast-radius guard "
+            "(the run's status is then held, waiting for an approved plan)",
+            labels,
+            registry=r,
+        )
         self.last_success = Gauge(
             "consentsync_last_success_timestamp_seconds",
             "Unix time the connector's last successful run finished",
@@ -200,6 +207,7 @@ class Metrics:
         self.api_calls.labels(name).inc(max(0, counts.api_calls))
         self.quarantined.labels(name).inc(max(0, counts.quarantined))
         self.runs.labels(name, report.status).inc()
+        self.pushes_held.labels(name).set(max(0, counts.pushes_held))
         if counts.api_limit is not None and counts.api_used is not None:
             self.api_budget_remaining.labels(name).set(max(0, counts.api_limit - counts.api_used))
         if report.finished_at is not None:

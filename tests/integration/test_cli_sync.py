@@ -62,6 +62,8 @@ def connect_sandbox(sandbox: SalesforceSandbox, config_path: Path, monkeypatch: 
             },
             # The sandbox stamps whole seconds of the real clock: read up to the run's start.
             "signpost_lag_seconds": 0,
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
         }
     ]
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -47,6 +47,8 @@ def _configure(config_path: Path, orgs: dict[str, SalesforceSandbox], interval: 
                 "ca_bundle": str(org.ca_cert_path),
             },
             "signpost_lag_seconds": 0,
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
             "schedule": {"interval_seconds": interval},
         }
         for name, org in orgs.items()

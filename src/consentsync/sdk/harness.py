@@ -236,6 +236,9 @@ def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = 
             "settings": harness.connector_settings(),
             # Sandboxes stamp records with the real time and the tests sync right after a change.
             "signpost_lag_seconds": 0,
+            # The contract checks what a connector pushes: two-way, every record may be pushed to.
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
         }
     ]
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -243,18 +246,21 @@ def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = 
 
 
 def open_sync_engine(config_path: Path, name: str = "contract", *, batch_size: int = 50) -> Any:
-    """The real sync engine on the config's ledger (migrated), following the sandbox's clock."""
-    from consentsync.app import open_connector, open_ledger
+    """The real sync engine on the config's ledger (migrated), with the connector's configured
+    options (mode, push guard, erasure actions), following the sandbox's clock."""
+    from dataclasses import replace
+
+    from consentsync.app import open_ledger, open_sync
     from consentsync.config import load_config
     from consentsync.ledger.service import utcnow
-    from consentsync.sync.engine import SyncEngine, SyncOptions
 
     config = load_config(config_path)
     ledger = open_ledger(config, migrate=True)
     # Sandboxes stamp records with the real time: the run's signpost must follow it.
     ledger.clock = utcnow
-    connector, mappings = open_connector(config, name)
-    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=batch_size, signpost_lag_seconds=0))
+    engine = open_sync(config, name, ledger)
+    engine.options = replace(engine.options, batch_size=batch_size, signpost_lag_seconds=0)
+    return engine
 
 
 __all__ = [

@@ -138,6 +138,14 @@ def _captured(ledger: Any, emails: list[str], *, granted: bool) -> None:
     ledger.engine.dispose()
 
 
+def _set_connector(config: Path, **settings: Any) -> None:
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    data["connectors"][0].update(settings)
+    config.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
 def _people(harness: ContractHarness, count: int, prefix: str) -> list[str]:
     if not isinstance(harness, PersonHarness):
         pytest.skip(PERSON_HARNESS_MISSING)
@@ -279,6 +287,41 @@ class ConnectorTrustContract:
         assert 0 < done_before < len(people), "the first batch's answer was not committed before the kill"
         self._pushes_everyone(harness, config, len(people))
         assert all(harness.read_opted_out(record_id) for record_id in people)
+
+    # -- adoption: observe, plan, apply, the push guard -----------------------------------------
+
+    def test_observe_writes_nothing_and_an_applied_plan_writes_exactly_it(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        from consentsync.sync.plan import Plan
+
+        config = write_sync_config(harness, tmp_path)
+        _set_connector(config, mode="observe")
+        people = _unsubscribed_people(harness, config, 3, "observed")
+        writes = harness.write_calls()
+        observed = open_sync_engine(config).run(full=True)
+        assert observed.status == "succeeded", observed.error
+        assert harness.write_calls() == writes, "observe mode wrote to the CRM"
+        assert not any(harness.read_opted_out(record_id) for record_id in people)
+        assert observed.counts.pushes_held >= len(people) and observed.counts.would_push
+        planned = open_sync_engine(config).run(dry_run=True).plan
+        assert planned is not None and {i.record_id for i in planned.items} >= set(people)
+        applied = open_sync_engine(config).run(apply_plan=Plan.from_json(planned.to_json()))
+        assert applied.status == "succeeded", applied.error
+        assert applied.counts.pushed == len(planned.items)
+        assert all(harness.read_opted_out(record_id) for record_id in people)
+
+    def test_the_push_guard_holds_a_run_that_would_push_too_much(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        config = write_sync_config(harness, tmp_path)
+        _set_connector(config, mode="two_way", push_guard={"max_records": 2, "max_share": None})
+        people = _unsubscribed_people(harness, config, 3, "guarded")
+        writes = harness.write_calls()
+        held = open_sync_engine(config).run(full=True)
+        assert held.status == "held" and held.error and "push guard" in held.error
+        assert harness.write_calls() == writes and held.counts.pushed == 0
+        assert not any(harness.read_opted_out(record_id) for record_id in people)
 
     # -- records deleted or merged in the CRM ---------------------------------------------------
 

@@ -84,6 +84,8 @@ def write_config(folder: Path, sandbox: Any, mappings: Path, ledger_url: str | N
             },
             "signpost_lag_seconds": 0,
             "batch_size": 25,
+            "mode": "two_way",
+            "push_guard": {"max_records": None, "max_share": None},
         }
     ]
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit
@@ -47,6 +47,7 @@ from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import connector_lock
+from consentsync.sync.plan import Plan, plan_items, restricting
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -72,6 +73,14 @@ class SyncOptions:
     erasure_actions: dict[str, str] = field(default_factory=dict)
     # The connector lease's time to live; a heartbeat renews it while the run is alive.
     lease_seconds: float = 60.0
+    # observe (push nothing), suppress_only (push only what restricts processing) or two_way.
+    # The engine's own default is two_way; a connector configured in consentsync.yaml starts
+    # in observe (see ConnectorSettings).
+    mode: str = "two_way"
+    # The blast-radius guard: more pushes than this many records, or this share of the
+    # connector's live records, and the run pushes nothing until a plan is approved.
+    guard_max_records: int | None = None
+    guard_max_share: float | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +92,9 @@ class RunCounts:
     unchanged_records: int = 0
     deleted_records: int = 0  # records the CRM deleted or merged away (their links marked gone)
     echoes_recognised: int = 0  # pushes whose lost answer was recovered by reading the value back
+    pushes_held: int = 0  # pending pushes not sent: observe mode, or the blast-radius guard
+    # What the held pushes would write, per object, field and new value (the adoption report).
+    would_push: list[dict[str, Any]] = field(default_factory=list)
     state_changes: int = 0
     subjects_created: int = 0
     pushes_enqueued: int = 0
@@ -115,7 +127,7 @@ class PlannedPush:
 class RunReport:
     run_id: str
     connector: str
-    status: str  # succeeded, stopped, failed, dry_run
+    status: str  # succeeded, stopped, held (the push guard), failed, dry_run
     started_at: datetime
     finished_at: datetime | None = None
     counts: RunCounts = field(default_factory=RunCounts)
@@ -126,10 +138,16 @@ class RunReport:
     stage: str = ""
     stage_done: int = 0
     stage_total: int | None = None
+    # A dry run's pushes as a plan for review (consentsync plan / apply).
+    plan: Plan | None = None
 
 
 class _Stop(Exception):
     """The daemon asked the run to stop between pages or push batches."""
+
+
+class PlanOutdated(Exception):
+    """The plan being applied no longer matches what the run would push."""
 
 
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
@@ -159,13 +177,18 @@ class SyncEngine:
         self.name = connector.name
         self._shared: Connection | None = None  # the one transaction of a dry run
         self._lease: Lease | None = None  # this run's ownership of the connector
+        self._apply_plan: Plan | None = None
+        self.plan_actor: str | None = None  # who approved the plan being applied (its audit entry)
         # Set by the daemon on SIGTERM: the page in hand is committed, then the run stops cleanly.
         self.stop_requested = threading.Event()
 
     # -- the run -------------------------------------------------------------------------------
 
-    def run(self, *, full: bool = False, dry_run: bool = False) -> RunReport:
-        """One run; raises ``RunInProgress`` when another process is running this connector."""
+    def run(self, *, full: bool = False, dry_run: bool = False, apply_plan: Plan | None = None) -> RunReport:
+        """One run; raises ``RunInProgress`` when another process is running this connector.
+        With ``apply_plan``, the run pushes exactly that plan (whatever the mode and the guard),
+        or nothing when the plan no longer matches what it would push."""
+        self._apply_plan = apply_plan
         with connector_lock(self.ledger.engine, self.name):
             return self._run(full=full, dry_run=dry_run)
 
@@ -210,7 +233,12 @@ class SyncEngine:
                 self._reread_quarantined(report)
                 self._follow_ledger(report)
                 self._push(report)
-            report.status = "dry_run" if dry_run else "succeeded"
+            if report.status == "running":
+                report.status = "dry_run" if dry_run else "succeeded"
+        except PlanOutdated as outdated:
+            report.status = "failed"
+            report.error = f"plan: {outdated}"
+            bound.error("sync.plan_outdated", error=report.error)
         except (_Stop, LeaseLost) as stop:
             lost = isinstance(stop, LeaseLost) or (self._lease is not None and self._lease.lost.is_set())
             report.status = "stopped"
@@ -272,6 +300,8 @@ class SyncEngine:
                     PlannedPush(row.object_type, row.record_id, orjson.loads(row.fields), row.rule)
                     for row in pending
                 ]
+                report.plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
+                report.counts.would_push = report.plan.changes()
             finally:
                 self._shared = None
                 outer.rollback()
@@ -753,6 +783,10 @@ class SyncEngine:
                     action, updates = WriteAction.DELETE, {}
                 else:
                     updates = {**updates, **mapping.spec.personal_fields}
+            elif self.options.mode == "suppress_only":
+                updates = restricting(mapping, updates)
+                if not updates:
+                    continue
             elif not updates:
                 continue
             new_rows.append(
@@ -886,15 +920,23 @@ class SyncEngine:
         the next call: a run stopped or killed anywhere loses no acknowledgement, and a write
         whose answer was lost is recognised when it is read back. A row that fails with a
         retryable error stays pending for the next run."""
+        approved: set[int] | None = None
+        if self._apply_plan is not None:
+            approved = self._check_plan(self._apply_plan, report)
+        elif self._held(report):
+            return
         floor = 0
         while True:
             with self.ledger.engine.connect() as conn:
-                rows = conn.execute(
+                query = (
                     select(outbox)
                     .where(outbox.c.connector == self.name, outbox.c.status == "pending", outbox.c.id > floor)
                     .order_by(outbox.c.id)
                     .limit(self.options.push_batch_size)
-                ).all()
+                )
+                if approved is not None:
+                    query = query.where(outbox.c.id.in_(sorted(approved)))
+                rows = conn.execute(query).all()
             if not rows:
                 return
             if self.stop_requested.is_set():
@@ -931,6 +973,81 @@ class SyncEngine:
                 close = getattr(batches, "close", None)
                 if close is not None:
                     close()
+
+    def _pending(self, conn: Connection) -> list[Any]:
+        return conn.execute(
+            select(outbox)
+            .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+            .order_by(outbox.c.id)
+        ).all()
+
+    def _held(self, report: RunReport) -> bool:
+        """True when nothing may be pushed now: the connector observes, or the pushes waiting
+        exceed the blast-radius guard (the run is then ``held`` until a plan is approved)."""
+        options = self.options
+        with self.ledger.engine.connect() as conn:
+            pending = self._pending(conn)
+            if not pending:
+                return False
+            live = conn.execute(
+                select(func.count())
+                .select_from(crm_links)
+                .where(crm_links.c.connector == self.name, crm_links.c.gone_at.is_(None))
+            ).scalar_one()
+            plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
+        records = len({(row.object_type, row.record_id) for row in pending})
+        too_many = options.guard_max_records is not None and records > options.guard_max_records
+        too_much = options.guard_max_share is not None and live and records / live > options.guard_max_share
+        if options.mode != "observe" and not (too_many or too_much):
+            return False
+        report.counts.pushes_held = len(pending)
+        report.counts.would_push = plan.changes()
+        if options.mode == "observe":
+            log.info("sync.observing", run_id=report.run_id, connector=self.name, would_push=len(pending))
+            return True
+        limit = []
+        if too_many:
+            limit.append(f"more than {options.guard_max_records} records")
+        if too_much:
+            limit.append(f"more than {options.guard_max_share:.0%} of its {live} live records")
+        report.status = "held"
+        report.error = (
+            f"push guard: {records} records to push is {' and '.join(limit)}: nothing was pushed; "
+            f"review `consentsync plan {self.name}` and approve it with `consentsync apply`"
+        )
+        log.warning("sync.push_held", run_id=report.run_id, connector=self.name, records=records, live=live)
+        return True
+
+    def _check_plan(self, plan: Plan, report: RunReport) -> set[int]:
+        """The outbox rows of an approved plan, when what the run would push is exactly that
+        plan (else ``PlanOutdated``); audited with the plan's digest."""
+        if plan.connector != self.name:
+            raise PlanOutdated(f"the plan is for connector {plan.connector!r}, not {self.name!r}")
+        with self._transaction() as conn:
+            now_pending = Plan(self.name, plan_items(conn, self.name, list(self._pending(conn))))
+            if now_pending.digest != plan.digest:
+                planned = {canonical_json(item.key()) for item in plan.items}
+                current = {canonical_json(item.key()) for item in now_pending.items}
+                raise PlanOutdated(
+                    f"the ledger or the CRM changed since the plan was made ({len(planned - current)} of its "
+                    f"{len(planned)} pushes no longer apply, {len(current - planned)} new ones): nothing was "
+                    f"pushed; make a new plan with `consentsync plan {self.name}`"
+                )
+            audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        "plan.applied",
+                        {"connector": self.name, "digest": plan.digest, "records": len(plan.items)},
+                        new={"changes": plan.changes()},
+                        source=self.name,
+                        actor=self.plan_actor,
+                        run_id=report.run_id,
+                    )
+                ],
+                self.ledger.clock(),
+            )
+        return {item.outbox_id for item in now_pending.items}
 
     def _settle(
         self,

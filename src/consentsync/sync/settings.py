@@ -33,6 +33,16 @@ class Schedule(BaseModel):
         return self
 
 
+class PushGuard(BaseModel):
+    """The blast-radius guard: a run that would push to more records than this (a number, or a
+    share of the connector's live records) pushes nothing and waits for an approved plan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_records: int | None = Field(default=500, ge=0)
+    max_share: float | None = Field(default=0.05, gt=0, le=1)
+
+
 class ConnectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,6 +62,11 @@ class ConnectorSettings(BaseModel):
     # anonymise (overwrite the personal fields the mapping names under personal_fields) or
     # delete (the CRM's delete call, where the connector can delete).
     erasure: dict[str, Literal["suppress", "anonymise", "delete"]] = Field(default_factory=dict)
+    # observe: read and reconcile, push nothing (a new connector's mode: see what it would do with
+    # `consentsync plan`); suppress_only: push only what restricts processing (opt-outs,
+    # suppressions, erasure actions); two_way: everything the mappings mark as pushed.
+    mode: Literal["observe", "suppress_only", "two_way"] = "observe"
+    push_guard: PushGuard = PushGuard()
     schedule: Schedule = Schedule(interval_seconds=900)
 
     @field_validator("name")

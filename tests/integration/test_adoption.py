@@ -1,0 +1,169 @@
+"""Connecting a CRM that already holds years of data without damaging it: a connector observes
+first (nothing in the CRM changes), reports what it would push, plans it for review, and pushes
+exactly the approved plan; suppress_only pushes only what restricts processing; the blast-radius
+guard holds an oversized run until a plan is approved."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consentsync.domain import canonical_json
+from consentsync.sandbox import SalesforceSandbox
+from tests.conftest import Cli
+from tests.integration.test_cli_sync import connect_sandbox
+
+KINDS = ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
+
+
+@pytest.fixture
+def org(cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SalesforceSandbox]:
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(80, seed=11)  # opted in and out, unspecified, several bases, consent records
+        connect_sandbox(sandbox, config_path, monkeypatch)
+        yield sandbox
+
+
+def _configure(config_path: Path, **settings: Any) -> None:
+    data = yaml.safe_load(config_path.read_text())
+    connector = data["connectors"][0]
+    for key in ("mode", "push_guard"):
+        connector.pop(key, None)  # a newly configured connector: the defaults
+    connector.update(settings)
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _state(org: SalesforceSandbox) -> str:
+    return canonical_json({kind: sorted(org.org.records(kind), key=lambda r: r["Id"]) for kind in KINDS})
+
+
+def _run(cli: Cli, *args: str, code: int = 0) -> dict[str, Any]:
+    result = cli(*args, "--json")
+    assert result.exit_code == code, f"{args} -> {result.exit_code}: {result.output}{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def _changed_fields(before: dict[str, Any], after: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    changed: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind in KINDS:
+        old = {r["Id"]: r for r in before[kind]}
+        for record in after[kind]:
+            previous = old.get(record["Id"], {})
+            diff = {
+                k: v
+                for k, v in record.items()
+                if previous.get(k) != v and k not in ("SystemModstamp", "LastModifiedDate")
+            }
+            if diff:
+                changed[(kind, record["Id"])] = diff
+    return changed
+
+
+def test_a_new_connector_observes_reports_plans_and_pushes_only_the_approved_plan(
+    cli: Cli, config_path: Path, org: SalesforceSandbox
+) -> None:
+    _configure(config_path)
+    before = _state(org)
+    observed = _run(cli, "sync", "sf", "--full")
+    assert observed["status"] == "succeeded"
+    assert _state(org) == before, "observe mode changed the CRM"
+    held = observed["counts"]["pushes_held"]
+    assert held > 0 and observed["counts"]["pushed"] == 0
+    report = observed["counts"]["would_push"]
+    assert report and all(row["records"] > 0 for row in report)
+    # The plan lists exactly what the adoption report counted, and the same figures everywhere.
+    plan_path = config_path.parent / "plan.json"
+    plan = _run(cli, "plan", "sf", "-o", str(plan_path))
+    assert plan == json.loads(plan_path.read_text())
+    assert plan["changes"] == report
+    assert plan["records"] == held == len(plan["items"])
+    shown = _run(cli, "runs", "show", observed["run_id"])
+    assert shown["counts"]["would_push"] == report
+    assert all("@" not in item["who"] or "***" in item["who"] for item in plan["items"]), "an address leaked"
+    # Applying pushes exactly the plan: every planned field, and nothing else.
+    snapshot = json.loads(before)
+    applied = _run(cli, "apply", str(plan_path), "--actor", "dpo")
+    assert applied["status"] == "succeeded", applied["error"]
+    assert applied["counts"]["pushed"] == len(plan["items"])
+    changed = _changed_fields(snapshot, json.loads(_state(org)))
+    planned = {(item["object_type"], item["record_id"]): item["new"] for item in plan["items"]}
+    assert changed == planned
+    log = _run(cli, "audit", "log", "--action", "plan.applied")
+    assert [entry["what"]["digest"] for entry in log] == [plan["digest"]]
+    # The connector still observes: the next run pushes nothing more.
+    after = _state(org)
+    assert _run(cli, "sync", "sf")["counts"]["pushed"] == 0
+    assert _state(org) == after
+
+
+def test_a_plan_the_crm_changed_underneath_is_refused_and_nothing_is_pushed(
+    cli: Cli, config_path: Path, org: SalesforceSandbox
+) -> None:
+    _configure(config_path)
+    _run(cli, "sync", "sf", "--full")
+    plan_path = config_path.parent / "plan.json"
+    plan = _run(cli, "plan", "sf", "-o", str(plan_path))
+    target = next(item for item in plan["items"] if item["object_type"] == "Contact")
+    field, value = next(iter(target["new"].items()))
+    org.org.update(target["record_id"], **{field: value})  # a CRM user did it meanwhile
+    before = _state(org)
+    refused = _run(cli, "apply", str(plan_path), code=1)
+    assert refused["status"] == "failed" and refused["error"].startswith("plan: ")
+    assert refused["counts"]["pushed"] == 0
+    assert _state(org) == before
+
+
+def test_suppress_only_pushes_only_what_restricts_processing(
+    cli: Cli, config_path: Path, org: SalesforceSandbox
+) -> None:
+    from datetime import UTC, datetime
+
+    _configure(config_path)
+    _run(cli, "sync", "sf", "--full")  # observe: the ledger learns the org
+    # Someone who ticked the CRM's opt-out subscribes again on the web site, evidenced: the
+    # two-way plan clears the box; suppress_only must not.
+    opted_out = next(r for r in org.org.records("Contact") if r["HasOptedOutOfEmail"] and r.get("Email"))
+    cli.ok(
+        "ledger", "record", "--email", str(opted_out["Email"]), "--purpose", "email_marketing",
+        "--status", "granted", "--source", "web_form", "--at", datetime.now(UTC).isoformat(),
+        "--notice-version", "privacy-2026-01", "--evidence-ref", "form-123",
+    )  # fmt: skip
+    _configure(config_path, mode="two_way", push_guard={"max_records": None, "max_share": None})
+    everything = _run(cli, "plan", "sf", "--full")
+    _configure(config_path, mode="suppress_only", push_guard={"max_records": None, "max_share": None})
+    restricting = _run(cli, "plan", "sf", "--full")
+    assert 0 < restricting["records"] <= everything["records"]
+    allowed_values = {"false", "null"}
+    for item in restricting["items"]:
+        assert all(json.dumps(value) not in allowed_values for value in item["new"].values()), item
+    lifted = [i for i in everything["items"] if any(json.dumps(v) == "false" for v in i["new"].values())]
+    assert lifted, "the org should hold someone whose opt-out the two-way plan clears"
+    before = json.loads(_state(org))
+    ran = _run(cli, "sync", "sf", "--full")
+    assert ran["status"] == "succeeded"
+    for (_, _), fields in _changed_fields(before, json.loads(_state(org))).items():
+        assert all(value is True for value in fields.values()), fields
+
+
+def test_the_push_guard_holds_an_oversized_run_until_a_plan_is_approved(
+    cli: Cli, config_path: Path, org: SalesforceSandbox
+) -> None:
+    _configure(config_path, mode="two_way", push_guard={"max_records": 5, "max_share": None})
+    before = _state(org)
+    held = _run(cli, "sync", "sf", "--full", code=3)
+    assert held["status"] == "held" and "push guard" in held["error"]
+    assert held["counts"]["pushed"] == 0 and held["counts"]["pushes_held"] > 5
+    assert _state(org) == before
+    status = _run(cli, "status")
+    assert status[0]["last_run"]["status"] == "held"
+    text = cli("status").output
+    assert "ALERT" in text and "push guard" in text
+    plan_path = config_path.parent / "plan.json"
+    plan = _run(cli, "plan", "sf", "-o", str(plan_path))
+    applied = _run(cli, "apply", str(plan_path))
+    assert applied["status"] == "succeeded" and applied["counts"]["pushed"] == plan["records"]
