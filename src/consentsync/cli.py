@@ -413,7 +413,10 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
     """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
     address = _email(email)
     target = current_ledger()
-    if not yes and sys.stdin.isatty():
+    if not yes:
+        if not sys.stdin.isatty():
+            # A script must say so: an erasure cannot be undone, and nobody is there to ask.
+            raise InvalidInput("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase {address}? This cannot be undone", abort=True)
     result = target.erase(address, reason=reason, actor=actor)
     if as_json:

@@ -1051,3 +1051,14 @@ def test_outbox_commands_on_an_empty_outbox(cli: Any) -> None:
     assert_bad_input(cli("outbox", "retry", "42"), "no dead-lettered outbox row with id 42")
     assert_bad_input(cli("outbox", "retry"), "ids or --all")
     assert "0 row(s)" in cli.ok("outbox", "retry", "--all").stdout
+
+
+def test_erase_without_a_terminal_needs_yes_and_changes_nothing(cli: Any) -> None:
+    cli.ok(
+        "ledger", "record", "--email", "stays@example.org", "--purpose", "email_marketing",
+        "--status", "granted", "--source", "web_form",
+    )  # fmt: skip
+    refused = cli("erase", "--email", "stays@example.org", "--reason", "art17 request")
+    assert refused.exit_code == 2
+    assert "--yes" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert cli.json("subject", "show", "stays@example.org")["purposes"], "the person was erased anyway"
