@@ -7,12 +7,19 @@ keeps exactly what domain.md's precedence rules need:
 
 * ``latest``: the value with the latest event time (ties: the most restrictive);
 * ``restriction``: the latest withdrawal or refusal, which is sticky;
-* ``trusted_opt_in_at``: the latest newer, evidenced opt-in from a trusted capture source, the
-  only thing that reverses a sticky value.
+* ``trusted_opt_in_at``: the latest new consent (granted, on consent, evidenced, from a trusted
+  capture source), the only thing that reverses a sticky value or an objection;
+* ``soft_opt_in_at``: the latest PECR / ePrivacy soft opt-in on record;
+* ``lapsed_at``: the latest expiry consentsync itself recorded. It decides nothing: expiry is
+  computed from the latest affirmative action and the clock, so a late renewal counts whether
+  the expiry sweep ran before or after it; it only says that the lapse is on record.
 
 Unknown event times are read in the most restrictive way: a withdrawal or refusal is taken to
 have happened as late as possible (when it was first observed), anything else as early as
-possible. ``effective_state`` then layers erasure, restriction, objections and expiry on top.
+possible. An event time later than the observation (beyond the clock skew) is not a time anyone
+acted at: it is read as unknown, so a future-dated value never outranks a real one.
+``effective_state`` then layers erasure, restriction, objections, the ePrivacy rule and expiry
+on top.
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ from consentsync.domain import (
 )
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
+# Summaries written by another version of the fold are rebuilt from the events (the ledger does).
+SUMMARY_VERSION = 2
+DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
 
 
 class Rule:
@@ -53,6 +63,9 @@ class Rule:
     LATEST_EVENT_TIME = "latest_event_time"
     MOST_RESTRICTIVE_ON_TIE = "most_restrictive_on_tie"
     UNKNOWN_EVENT_TIME = "unknown_event_time_most_restrictive"
+    NO_BASIS_SWITCH = "no_basis_switch_after_withdrawal"
+    EPRIVACY_SOFT_OPT_IN = "eprivacy_soft_opt_in"
+    EPRIVACY_CONSENT_REQUIRED = "eprivacy_consent_required"
     EXPIRED = "validity_expired"
     NO_CONSENT_ON_RECORD = "no_consent_on_record"
     DEFAULT_BASIS = "purpose_default_basis"
@@ -63,15 +76,47 @@ class Policy:
     """The configurable parts of precedence."""
 
     trusted_sources: frozenset[str]
+    # How far an event time may lie after its observation and still be a time someone acted at.
+    clock_skew: timedelta = DEFAULT_CLOCK_SKEW
+
+    def credible_time(self, evidence: Evidence) -> datetime | None:
+        """The event time, unless it lies after the observation (beyond the clock skew): no one
+        acts in the future, so such a time is read as unknown (most restrictively)."""
+        moment = evidence.event_time
+        if moment is None or moment > evidence.observed_at + self.clock_skew:
+            return None
+        return moment
 
     def reverses_sticky(self, evidence: Evidence) -> bool:
-        """Only a newer, evidenced, affirmative opt-in from a trusted capture source may."""
+        """Only a new consent from the person may (EDPB 05/2020 paras 121-123, Art. 21(3)):
+        granted, on consent (no other basis), evidenced, dated credibly, from a trusted capture
+        source. Another basis, whoever records it, never does."""
         return (
             evidence.status is ConsentStatus.GRANTED
+            and evidence.basis in (None, LawfulBasis.CONSENT)
             and evidence.origin is Origin.CAPTURE
             and evidence.source in self.trusted_sources
             and evidence.has_proof
+            and self.credible_time(evidence) is not None
         )
+
+
+def is_system_expiry(evidence: Evidence) -> bool:
+    """An expiry consentsync derived itself (``ledger expire``): a record of the clock, not a
+    statement of the person's."""
+    return evidence.origin is Origin.SYSTEM and evidence.status is ConsentStatus.EXPIRED
+
+
+def is_soft_opt_in(evidence: Evidence, policy: Policy) -> bool:
+    """A soft opt-in record (PECR reg. 22(3)): every condition evidenced, on legitimate
+    interests, dated credibly; ``domain.SoftOptIn`` refuses a condition without evidence."""
+    return (
+        evidence.soft_opt_in is not None
+        and evidence.status is ConsentStatus.NOT_APPLICABLE
+        and evidence.basis is LawfulBasis.LEGITIMATE_INTERESTS
+        and evidence.origin is not Origin.SYSTEM
+        and policy.credible_time(evidence) is not None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +138,11 @@ class Ranked:
     evidenced: bool
 
     @classmethod
-    def of(cls, evidence: Evidence) -> Ranked:
-        if evidence.event_time is not None:
-            sort_time = evidence.event_time
+    def of(cls, evidence: Evidence, policy: Policy | None = None) -> Ranked:
+        """``event_time`` is the credible one: a future-dated value counts as undated."""
+        event_time = (policy or _DEFAULT_POLICY).credible_time(evidence)
+        if event_time is not None:
+            sort_time = event_time
         elif evidence.status in STICKY_STATUSES or evidence.status is ConsentStatus.EXPIRED:
             sort_time = evidence.observed_at
         else:
@@ -106,7 +153,7 @@ class Ranked:
             fingerprint=evidence.fingerprint(),
             status=evidence.status,
             basis=evidence.basis,
-            event_time=evidence.event_time,
+            event_time=event_time,
             observed_at=evidence.observed_at,
             source=evidence.source,
             evidenced=evidence.has_proof,
@@ -155,6 +202,9 @@ class Ranked:
         )
 
 
+_DEFAULT_POLICY = Policy(trusted_sources=frozenset())
+
+
 def _later(a: Ranked | None, b: Ranked | None) -> Ranked | None:
     if a is None:
         return b
@@ -179,6 +229,8 @@ class Summary:
     tied: bool = False  # the latest event time carries more than one status
     restriction: Ranked | None = None
     trusted_opt_in_at: datetime | None = None
+    soft_opt_in_at: datetime | None = None
+    lapsed_at: datetime | None = None
 
     def join(self, other: Summary) -> Summary:
         latest = _later(self.latest, other.latest)
@@ -193,40 +245,56 @@ class Summary:
             tied=tied,
             restriction=_later(self.restriction, other.restriction),
             trusted_opt_in_at=_latest_time(self.trusted_opt_in_at, other.trusted_opt_in_at),
+            soft_opt_in_at=_latest_time(self.soft_opt_in_at, other.soft_opt_in_at),
+            lapsed_at=_latest_time(self.lapsed_at, other.lapsed_at),
         )
 
     def to_json(self) -> dict[str, object]:
         """Plain data (datetimes stay datetimes: ``domain.canonical_json`` writes them ISO 8601)."""
         return {
-            "v": 1,
+            "v": SUMMARY_VERSION,
             "latest": self.latest.to_json() if self.latest else None,
             "tied": self.tied,
             "restriction": self.restriction.to_json() if self.restriction else None,
             "trusted_opt_in_at": self.trusted_opt_in_at,
+            "soft_opt_in_at": self.soft_opt_in_at,
+            "lapsed_at": self.lapsed_at,
         }
+
+    @staticmethod
+    def is_current(data: dict[str, object]) -> bool:
+        """Whether ``data`` was written by this version of the fold (else: fold the events again)."""
+        return data.get("v") == SUMMARY_VERSION
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Summary:
-        latest, restriction, trusted = (
-            data["latest"],
-            data["restriction"],
-            data["trusted_opt_in_at"],
-        )
+        latest, restriction = data["latest"], data["restriction"]
         return cls(
             latest=Ranked.from_json(latest) if isinstance(latest, dict) else None,
             tied=bool(data["tied"]),
             restriction=Ranked.from_json(restriction) if isinstance(restriction, dict) else None,
-            trusted_opt_in_at=datetime.fromisoformat(str(trusted)) if trusted else None,
+            trusted_opt_in_at=_moment(data.get("trusted_opt_in_at")),
+            soft_opt_in_at=_moment(data.get("soft_opt_in_at")),
+            lapsed_at=_moment(data.get("lapsed_at")),
         )
 
 
+def _moment(value: object) -> datetime | None:
+    return datetime.fromisoformat(str(value)) if value else None
+
+
 def summarise_one(evidence: Evidence, policy: Policy) -> Summary:
-    ranked = Ranked.of(evidence)
+    if is_system_expiry(evidence):
+        # A record that the clock ran out, derived from the rest: it decides nothing, so the
+        # state cannot depend on whether the sweep ran before or after a late renewal.
+        return Summary(lapsed_at=evidence.event_time or evidence.observed_at)
+    ranked = Ranked.of(evidence, policy)
     return Summary(
         latest=ranked,
         tied=False,
         restriction=ranked if evidence.status in STICKY_STATUSES else None,
-        trusted_opt_in_at=evidence.event_time if policy.reverses_sticky(evidence) else None,
+        trusted_opt_in_at=ranked.event_time if policy.reverses_sticky(evidence) else None,
+        soft_opt_in_at=ranked.event_time if is_soft_opt_in(evidence, policy) else None,
     )
 
 
@@ -260,9 +328,13 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
             rule=Rule.DEFAULT_BASIS,
         )
     if restriction is not None and not _reversed(summary.trusted_opt_in_at, restriction):
-        rule = (
-            Rule.STICKY_WITHDRAWAL if restriction.status is ConsentStatus.WITHDRAWN else Rule.STICKY_REFUSAL
-        )
+        if latest.sort_time > restriction.sort_time and _other_basis(latest):
+            # Another basis recorded after the withdrawal or refusal, by whoever: no switching.
+            rule = Rule.NO_BASIS_SWITCH
+        elif restriction.status is ConsentStatus.WITHDRAWN:
+            rule = Rule.STICKY_WITHDRAWAL
+        else:
+            rule = Rule.STICKY_REFUSAL
         return _state_of(restriction, purpose, channel, rule)
     if restriction is not None:
         rule = Rule.TRUSTED_OPT_IN
@@ -275,6 +347,16 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
     else:
         rule = Rule.LATEST_EVENT_TIME
     return _state_of(latest, purpose, channel, rule)
+
+
+def _other_basis(value: Ranked) -> bool:
+    """The value states a lawful basis other than consent."""
+    return value.basis is not None and value.basis is not LawfulBasis.CONSENT
+
+
+def _is_consent(value: Ranked | None) -> bool:
+    """The value is a consent given: granted, and on no basis other than consent."""
+    return value is not None and value.status is ConsentStatus.GRANTED and not _other_basis(value)
 
 
 def _reversed(trusted_opt_in_at: datetime | None, blocker: Ranked | datetime) -> bool:
@@ -326,7 +408,8 @@ def effective_state(
     """The state a CRM must show, with the name of the rule that decided it.
 
     Precedence, most binding first: restriction, erasure/suppression, objections (direct
-    marketing, upheld, pending review), sticky withdrawal/refusal, expiry, then the latest value.
+    marketing, upheld, pending review), sticky withdrawal/refusal (no basis switching), the
+    ePrivacy rule (consent or soft opt-in), expiry, then the latest value.
     """
     state = consent_state(summary, purpose, channel)
     trusted_at = summary.trusted_opt_in_at
@@ -352,31 +435,62 @@ def effective_state(
                 f"objection to direct marketing of {iso(objection.raised_at)} (Art. 21(2))",
             )
         return suppress(Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld")
+    if not state.suppressed and purpose.eprivacy_applies(channel) and not _is_consent(summary.latest):
+        # PECR reg. 22 / ePrivacy Art. 13: electronic mail marketing needs consent, or a soft
+        # opt-in the person has not refused since.
+        soft_at = summary.soft_opt_in_at
+        blocked = summary.restriction
+        if soft_at is None or (blocked is not None and soft_at <= blocked.sort_time):
+            return suppress(
+                Rule.EPRIVACY_CONSENT_REQUIRED,
+                f"{state.basis.value} is not enough for marketing by {channel}: consent or a "
+                "soft opt-in is needed (PECR reg. 22, ePrivacy Art. 13)",
+            )
+        return _altered(
+            state,
+            state.status,
+            Rule.EPRIVACY_SOFT_OPT_IN,
+            f"soft opt-in of {iso(soft_at)} (PECR reg. 22(3), ePrivacy Art. 13(2))",
+            suppressed=False,
+        )
     if state.status is ConsentStatus.GRANTED and state.expires_at is not None and now >= state.expires_at:
+        lapse_recorded = summary.lapsed_at is not None and summary.lapsed_at >= state.expires_at
         return _altered(
             state,
             ConsentStatus.EXPIRED,
             Rule.EXPIRED,
             f"granted consent expired at {iso(state.expires_at)}; renewal needed",
+            # What the evidence says: expired once the sweep recorded this lapse, so that the
+            # sweep finds each lapse once (it looks for granted consents past their window).
+            evidence_status=ConsentStatus.EXPIRED if lapse_recorded else state.evidence_status,
         )
     return state
 
 
-def _altered(state: EffectiveState, status: ConsentStatus, rule: str, detail: str) -> EffectiveState:
-    """``state`` suppressed by a subject-wide rule or the clock (dataclasses.replace, written
-    out: it is on the recording path of every event, and replace costs as much as reconciling)."""
+def _altered(
+    state: EffectiveState,
+    status: ConsentStatus,
+    rule: str,
+    detail: str,
+    *,
+    suppressed: bool = True,
+    evidence_status: ConsentStatus | None = None,
+) -> EffectiveState:
+    """``state`` decided by a subject-wide rule or the clock, suppressed unless said otherwise
+    (dataclasses.replace, written out: it is on the recording path of every event, and replace
+    costs as much as reconciling)."""
     return EffectiveState(
         state.purpose,
         state.channel,
         status,
         state.basis,
-        True,
+        suppressed,
         rule,
         state.since,
         state.expires_at,
         state.evidenced,
         detail,
-        state.evidence_status,
+        evidence_status or state.evidence_status,
     )
 
 

@@ -19,10 +19,12 @@ from consentsync.domain import (
     ObjectionStatus,
     Origin,
     Purpose,
+    SoftOptIn,
     SubjectFlags,
     canonical_json,
 )
 from consentsync.reconcile import (
+    SUMMARY_VERSION,
     Decision,
     Policy,
     Rule,
@@ -74,8 +76,25 @@ SERVICE = Purpose(
     objection_handling=ObjectionHandling.AUTO_UPHOLD,
 )
 
+# Direct marketing to customers on legitimate interests (PECR: needs a soft opt-in by email).
+OFFERS = Purpose(
+    key="offers",
+    name="Offers to customers",
+    direct_marketing=True,
+    default_basis=LawfulBasis.LEGITIMATE_INTERESTS,
+    validity_days=None,
+    objection_handling=ObjectionHandling.AUTO_UPHOLD,
+    channels=("email", "sms", "post"),
+)
+
 POLICY = Policy(trusted_sources=frozenset({"web_form", "preference_center", "double_opt_in", "ops"}))
 NOW = t(30)
+SOFT = SoftOptIn(
+    sale_ref="order 2026-0042",
+    similar_products="garden tools (the product line bought)",
+    refusal_at_collection="checkout form v4, opt-out box",
+    refusal_in_messages="newsletter template v2, unsubscribe link",
+)
 
 S = ConsentStatus
 
@@ -358,8 +377,9 @@ class TestTiesAndUnknownTimes:
             assert result.rule == Rule.MOST_RESTRICTIVE_ON_TIE
 
     def test_equal_time_grant_and_expiry_expiry_wins(self) -> None:
-        # The tie picks the expiry; an expired value is reported under the expiry rule.
-        expiry = replace(crm(S.EXPIRED, t(2)), origin=Origin.SYSTEM, source="consentsync")
+        # The tie picks the expiry a CRM reports; an expired value is reported under the expiry
+        # rule. (consentsync's own expiry records decide nothing: TestExpiryOrderOfRecording.)
+        expiry = crm(S.EXPIRED, t(2), source="salesforce")
         items = [crm(S.GRANTED, t(2)), expiry]
         for ordering in (items, list(reversed(items))):
             result = state(ordering)
@@ -694,6 +714,288 @@ class TestDefaultsAndBasis:
         assert is_suppressed(status, basis) is suppressed
 
 
+# --- issue 12, rule 1: no switching of lawful basis after a withdrawal or refusal ------------
+
+
+def soft_opt_in(at: datetime, *, purpose: Purpose = OFFERS, channel: str = "email", **kw: object) -> Evidence:
+    return replace(
+        capture(S.NOT_APPLICABLE, at, purpose=purpose, channel=channel, source="checkout"),
+        basis=LawfulBasis.LEGITIMATE_INTERESTS,
+        soft_opt_in=SOFT,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+class TestNoBasisSwitching:
+    """EDPB Guidelines 05/2020 paras 121-123, Art. 7(3)."""
+
+    @pytest.mark.parametrize("sticky", [S.WITHDRAWN, S.REFUSED])
+    @pytest.mark.parametrize("basis", [b for b in LawfulBasis if b is not LawfulBasis.CONSENT])
+    @pytest.mark.parametrize("status", [S.GRANTED, S.NOT_APPLICABLE, S.APPLICABLE, S.REQUESTED])
+    @pytest.mark.parametrize("purpose", [EMAIL, PROFILING, SERVICE], ids=lambda p: p.key)
+    def test_another_basis_recorded_later_by_a_trusted_source_with_proof_resumes_nothing(
+        self, sticky: ConsentStatus, basis: LawfulBasis, status: ConsentStatus, purpose: Purpose
+    ) -> None:
+        switch = capture(status, t(5), source="ops", purpose=purpose, basis=basis, evidence_ref="contract-7")
+        for items in (
+            [capture(sticky, t(1), purpose=purpose), switch],
+            [switch, crm(sticky, t(1), purpose=purpose)],
+        ):
+            result = state(items, purpose, channel="post")
+            assert result.suppressed
+            assert result.status is sticky
+            assert result.rule == Rule.NO_BASIS_SWITCH
+
+    def test_another_basis_from_a_crm_resumes_nothing(self) -> None:
+        items = [capture(S.WITHDRAWN, t(1)), crm(S.NOT_APPLICABLE, t(9), basis=LawfulBasis.CONTRACT)]
+        result = state(items, SERVICE, channel="post")
+        assert (result.status, result.suppressed, result.rule) == (S.WITHDRAWN, True, Rule.NO_BASIS_SWITCH)
+
+    def test_a_grant_naming_another_basis_is_no_new_consent(self) -> None:
+        relabelled = capture(S.GRANTED, t(5), basis=LawfulBasis.LEGITIMATE_INTERESTS, evidence_ref="call-1")
+        assert not POLICY.reverses_sticky(relabelled)
+        result = state([capture(S.REFUSED, t(1)), relabelled], PROFILING)
+        assert (result.status, result.suppressed, result.rule) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
+
+    def test_a_soft_opt_in_after_a_refusal_resumes_nothing(self) -> None:
+        result = state([capture(S.REFUSED, t(1), purpose=OFFERS), soft_opt_in(t(5))], OFFERS)
+        assert (result.status, result.suppressed, result.rule) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
+
+    @pytest.mark.parametrize("basis", [None, LawfulBasis.CONSENT])
+    def test_only_a_new_consent_resumes(self, basis: LawfulBasis | None) -> None:
+        items = [
+            capture(S.WITHDRAWN, t(1), purpose=PROFILING),
+            capture(S.NOT_APPLICABLE, t(3), purpose=PROFILING, basis=LawfulBasis.LEGITIMATE_INTERESTS),
+            capture(S.GRANTED, t(5), purpose=PROFILING, basis=basis),
+        ]
+        result = state(items, PROFILING)
+        assert (result.status, result.suppressed, result.rule) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
+
+    def test_after_a_new_consent_the_latest_value_wins_again(self) -> None:
+        items = [
+            capture(S.WITHDRAWN, t(1), purpose=SERVICE),
+            capture(S.GRANTED, t(3), purpose=SERVICE),
+            crm(S.NOT_APPLICABLE, t(5), purpose=SERVICE, basis=LawfulBasis.CONTRACT),
+        ]
+        result = state(items, SERVICE, channel="post")
+        assert (result.status, result.basis, result.suppressed) == (
+            S.NOT_APPLICABLE,
+            LawfulBasis.CONTRACT,
+            False,
+        )
+
+    def test_the_withdrawal_is_per_channel(self) -> None:
+        items = [capture(S.NOT_APPLICABLE, t(5), purpose=SERVICE, channel="post", basis=LawfulBasis.CONTRACT)]
+        assert not state(items, SERVICE, channel="post").suppressed
+
+
+# --- issue 12, rule 2: an Art. 21(2) objection to direct marketing is absolute ----------------
+
+
+class TestDirectMarketingObjectionIsAbsolute:
+    OBJECTED = (ObjectionFact(EMAIL.key, True, ObjectionStatus.UPHELD, t(2)),)
+
+    @pytest.mark.parametrize("basis", [b for b in LawfulBasis if b is not LawfulBasis.CONSENT])
+    @pytest.mark.parametrize("purpose", [EMAIL, SMS_OFFERS, OFFERS], ids=lambda p: p.key)
+    def test_no_later_entry_on_another_basis_resumes_it(self, basis: LawfulBasis, purpose: Purpose) -> None:
+        entries = [
+            capture(S.GRANTED, t(5), source="ops", purpose=purpose, basis=basis, evidence_ref="x"),
+            capture(S.NOT_APPLICABLE, t(6), source="web_form", purpose=purpose, basis=basis),
+            crm(S.GRANTED, t(7), purpose=purpose, basis=basis, evidence_ref="y"),
+        ]
+        for channel in ("email", "post"):
+            result = state(entries, purpose, channel=channel, objections=self.OBJECTED)
+            assert (result.suppressed, result.rule) == (True, Rule.OBJECTION_DIRECT_MARKETING)
+
+    def test_a_soft_opt_in_after_the_objection_resumes_nothing(self) -> None:
+        result = state([soft_opt_in(t(5))], OFFERS, objections=self.OBJECTED)
+        assert (result.suppressed, result.rule) == (True, Rule.OBJECTION_DIRECT_MARKETING)
+
+    def test_the_persons_new_consent_resumes_it_for_that_purpose_and_channel(self) -> None:
+        consent = capture(S.GRANTED, t(5), purpose=SMS_OFFERS, channel="sms")
+        result = state([consent], SMS_OFFERS, channel="sms", objections=self.OBJECTED)
+        assert (result.status, result.suppressed) == (S.GRANTED, False)
+        # Not for another channel or another direct-marketing purpose.
+        # (each channel has its own summary: the one for email holds no consent)
+        assert state([], SMS_OFFERS, channel="email", objections=self.OBJECTED).suppressed
+        assert state([], EMAIL, objections=self.OBJECTED).rule == Rule.OBJECTION_DIRECT_MARKETING
+
+    def test_a_consent_older_than_the_objection_does_not(self) -> None:
+        result = state([capture(S.GRANTED, t(1))], EMAIL, objections=self.OBJECTED)
+        assert (result.suppressed, result.rule) == (True, Rule.OBJECTION_DIRECT_MARKETING)
+
+
+# --- issue 12, rule 4: expiry counts from the latest affirmative action, in any order ---------
+
+
+def expiry_record(at: datetime, observed: datetime) -> Evidence:
+    """What ``ledger expire`` writes: an expiry of consentsync's own making."""
+    return Evidence(
+        purpose=EMAIL.key,
+        channel="email",
+        status=S.EXPIRED,
+        basis=LawfulBasis.CONSENT,
+        event_time=at,
+        observed_at=observed,
+        source="consentsync:expiry",
+        origin=Origin.SYSTEM,
+        actor="consentsync",
+    )
+
+
+class TestExpiryOrderOfRecording:
+    def test_a_late_recorded_renewal_counts_after_the_sweep(self) -> None:
+        grant, renewal = capture(S.GRANTED, t(0)), capture(S.GRANTED, t(700), observed=t(740))
+        sweep = expiry_record(t(730), observed=t(731))
+        before_sweep = state([grant, renewal, sweep], now=t(800))
+        after_sweep = state([grant, sweep, renewal], now=t(800))
+        no_sweep = state([grant, renewal], now=t(800))
+        for result in (before_sweep, after_sweep):
+            assert (result.status, result.suppressed, result.expires_at) == (S.GRANTED, False, t(1430))
+            assert result.rule == no_sweep.rule
+        assert state([grant, sweep, renewal], now=t(1430)).rule == Rule.EXPIRED
+
+    def test_the_recorded_expiry_says_the_lapse_is_on_record(self) -> None:
+        grant = capture(S.GRANTED, t(0))
+        pending = state([grant], now=t(731))
+        recorded = state([grant, expiry_record(t(730), observed=t(731))], now=t(731))
+        assert (pending.status, pending.rule) == (recorded.status, recorded.rule) == (S.EXPIRED, Rule.EXPIRED)
+        assert pending.evidence_status is S.GRANTED  # the sweep still has to record it
+        assert recorded.evidence_status is S.EXPIRED
+        # A lapse recorded for an earlier grant is not the lapse of a renewal.
+        renewed = state([grant, expiry_record(t(730), t(731)), capture(S.GRANTED, t(700))], now=t(1431))
+        assert (renewed.status, renewed.evidence_status) == (S.EXPIRED, S.GRANTED)
+
+    def test_a_recorded_expiry_alone_decides_nothing(self) -> None:
+        assert state([expiry_record(t(1), t(2))]) == state([])
+
+    def test_an_expiry_a_crm_reports_is_evidence(self) -> None:
+        result = state([capture(S.GRANTED, t(0)), crm(S.EXPIRED, t(10))])
+        assert (result.status, result.suppressed, result.rule) == (S.EXPIRED, True, Rule.EXPIRED)
+
+
+# --- issue 12, rule 7: the PECR / ePrivacy soft opt-in ----------------------------------------
+
+
+class TestSoftOptIn:
+    @pytest.mark.parametrize("status", [S.NOT_APPLICABLE, S.APPLICABLE, S.REQUESTED, S.GRANTED])
+    @pytest.mark.parametrize("channel", ["email", "sms"])
+    def test_electronic_marketing_on_legitimate_interests_without_it_is_suppressed(
+        self, status: ConsentStatus, channel: str
+    ) -> None:
+        noted = capture(
+            status,
+            t(5),
+            purpose=OFFERS,
+            channel=channel,
+            basis=LawfulBasis.LEGITIMATE_INTERESTS,
+            evidence_ref="soft opt-in: bought in 2025",
+        )
+        result = state([noted], OFFERS, channel=channel)
+        assert (result.suppressed, result.rule) == (True, Rule.EPRIVACY_CONSENT_REQUIRED)
+        assert "PECR" in result.detail
+
+    def test_nothing_on_record_is_no_soft_opt_in(self) -> None:
+        result = state([], OFFERS)
+        assert (result.suppressed, result.rule) == (True, Rule.EPRIVACY_CONSENT_REQUIRED)
+        assert state([], OFFERS, channel="post") == state([], replace(OFFERS, eprivacy=False), channel="post")
+        assert not state([], OFFERS, channel="post").suppressed
+
+    def test_the_soft_opt_in_allows_it(self) -> None:
+        result = state([soft_opt_in(t(5))], OFFERS)
+        assert (result.status, result.basis, result.suppressed) == (
+            S.NOT_APPLICABLE,
+            LawfulBasis.LEGITIMATE_INTERESTS,
+            False,
+        )
+        assert result.rule == Rule.EPRIVACY_SOFT_OPT_IN
+        assert "PECR reg. 22(3)" in result.detail
+
+    def test_it_stays_on_record_when_later_values_on_legitimate_interests_arrive(self) -> None:
+        later = crm(S.NOT_APPLICABLE, t(9), purpose=OFFERS, basis=LawfulBasis.LEGITIMATE_INTERESTS)
+        assert state([soft_opt_in(t(5)), later], OFFERS).rule == Rule.EPRIVACY_SOFT_OPT_IN
+
+    def test_a_refusal_after_it_ends_it(self) -> None:
+        items = [soft_opt_in(t(5)), crm(S.REFUSED, t(7), purpose=OFFERS)]
+        assert state(items, OFFERS).suppressed
+        # A new consent lifts the refusal; the soft opt-in from before it stays ended.
+        again = [*items, capture(S.GRANTED, t(8), purpose=OFFERS)]
+        assert not state(again, OFFERS).suppressed
+        later = [*again, crm(S.NOT_APPLICABLE, t(9), purpose=OFFERS, basis=LawfulBasis.LEGITIMATE_INTERESTS)]
+        assert state(later, OFFERS).rule == Rule.EPRIVACY_CONSENT_REQUIRED
+
+    def test_consent_needs_no_soft_opt_in(self) -> None:
+        result = state([capture(S.GRANTED, t(5), purpose=OFFERS)], OFFERS)
+        assert (result.status, result.suppressed, result.rule) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
+
+    def test_it_is_per_channel(self) -> None:
+        # Each channel has its own summary: the soft opt-in recorded for email is not in the SMS one.
+        assert state([], OFFERS, channel="sms").rule == Rule.EPRIVACY_CONSENT_REQUIRED
+
+    def test_a_purpose_outside_the_rules_or_not_direct_marketing_is_unaffected(self) -> None:
+        b2b = replace(OFFERS, eprivacy=False)
+        assert (state([], b2b).suppressed, state([], b2b).rule) == (False, Rule.DEFAULT_BASIS)
+        assert not state([], PROFILING).suppressed
+        assert not state([], SERVICE).suppressed
+        # eprivacy forced on for a purpose that is not flagged direct marketing
+        assert state([], replace(PROFILING, eprivacy=True)).rule == Rule.EPRIVACY_CONSENT_REQUIRED
+
+    def test_a_future_dated_soft_opt_in_is_none(self) -> None:
+        future = soft_opt_in(t(50), observed_at=t(5))
+        assert summarise([future], POLICY).soft_opt_in_at is None
+        assert state([future], OFFERS).suppressed
+
+    @pytest.mark.parametrize(
+        "missing", ["sale_ref", "similar_products", "refusal_at_collection", "refusal_in_messages"]
+    )
+    def test_each_condition_must_be_evidenced(self, missing: str) -> None:
+        from consentsync.domain import InvalidInput
+
+        values = {
+            "sale_ref": "order 1",
+            "similar_products": "tools",
+            "refusal_at_collection": "form v4",
+            "refusal_in_messages": "footer v2",
+        }
+        with pytest.raises(InvalidInput, match="soft opt-in"):
+            SoftOptIn(**{**values, missing: "  "})
+
+    def test_the_fingerprint_of_evidence_without_it_is_unchanged(self) -> None:
+        plain = capture(S.GRANTED, t(1))
+        assert plain.fingerprint() != replace(plain, soft_opt_in=SOFT).fingerprint()
+        # Known value: prints stored before the soft opt-in existed still match.
+        assert crm(S.GRANTED, t(1)).fingerprint() == crm(S.GRANTED, t(1), observed=t(3)).fingerprint()
+
+
+# --- issue 12, rule 3 (reconciler side): a future-dated value never outranks a real one -------
+
+
+class TestFutureDatedValues:
+    def test_a_future_dated_grant_does_not_outrank_a_real_request(self) -> None:
+        future_grant = crm(S.GRANTED, t(400), observed=t(10))
+        result = state([crm(S.REQUESTED, t(3)), future_grant])
+        assert (result.status, result.suppressed) == (S.REQUESTED, True)
+
+    def test_a_future_dated_opt_in_reverses_nothing(self) -> None:
+        future_opt_in = capture(S.GRANTED, t(400), observed=t(10))
+        assert not POLICY.reverses_sticky(future_opt_in)
+        result = state([capture(S.WITHDRAWN, t(3)), future_opt_in])
+        assert (result.status, result.rule) == (S.WITHDRAWN, Rule.STICKY_WITHDRAWAL)
+
+    def test_a_future_dated_withdrawal_counts_from_when_it_was_seen(self) -> None:
+        result = state([crm(S.WITHDRAWN, t(400), observed=t(10)), capture(S.GRANTED, t(20))])
+        assert (result.status, result.rule, result.since) == (S.GRANTED, Rule.TRUSTED_OPT_IN, t(20))
+
+    def test_a_future_dated_grant_expires_from_when_it_was_seen(self) -> None:
+        result = state([crm(S.GRANTED, t(9000), observed=t(10))], now=t(741))
+        assert (result.status, result.expires_at) == (S.EXPIRED, t(740))
+
+    def test_a_small_clock_skew_is_tolerated(self) -> None:
+        skewed = capture(S.GRANTED, t(5) + timedelta(minutes=4), observed=t(5))
+        assert POLICY.credible_time(skewed) == skewed.event_time
+        assert POLICY.reverses_sticky(skewed)
+
+
 # --- every Rule name is reachable -------------------------------------------------------------
 
 RULE_SCENARIOS: dict[str, tuple[list[Evidence], Purpose, SubjectFlags, list[ObjectionFact]]] = {
@@ -724,6 +1026,14 @@ RULE_SCENARIOS: dict[str, tuple[list[Evidence], Purpose, SubjectFlags, list[Obje
     ),
     Rule.UNKNOWN_EVENT_TIME: ([crm(S.REQUESTED, None)], EMAIL, SubjectFlags(), []),
     Rule.EXPIRED: ([crm(S.GRANTED, t(-731))], EMAIL, SubjectFlags(), []),
+    Rule.NO_BASIS_SWITCH: (
+        [crm(S.WITHDRAWN, t(1)), capture(S.GRANTED, t(2), basis=LawfulBasis.LEGITIMATE_INTERESTS)],
+        EMAIL,
+        SubjectFlags(),
+        [],
+    ),
+    Rule.EPRIVACY_CONSENT_REQUIRED: ([], OFFERS, SubjectFlags(), []),
+    Rule.EPRIVACY_SOFT_OPT_IN: ([soft_opt_in(t(1))], OFFERS, SubjectFlags(), []),
     Rule.NO_CONSENT_ON_RECORD: ([], EMAIL, SubjectFlags(), []),
     Rule.DEFAULT_BASIS: ([], SERVICE, SubjectFlags(), []),
 }
@@ -779,7 +1089,7 @@ class TestSummaryAndDecision:
         assert summary.latest is not None and summary.latest.status is S.REQUESTED
         assert summary.restriction is not None and summary.restriction.sort_time == t(3)
         assert summary.trusted_opt_in_at == t(5)
-        assert summary.to_json()["v"] == 1
+        assert summary.to_json()["v"] == SUMMARY_VERSION == 2
 
     def test_round_trip_preserves_a_non_utc_offset(self) -> None:
         from datetime import timezone
