@@ -181,6 +181,17 @@ def subject_export(
     )
 
 
+@router.get("/requested", summary="Consents requested and unanswered: the people who may be chased")
+def requested(
+    request: Request,
+    _account: Viewer,
+    older_than: Annotated[int | None, Query(ge=0, le=36500)] = None,
+    page: PageNumber = 1,
+    per_page: PerPage = 25,
+) -> dict[str, Any]:
+    return console_of(request).requested(older_than_days=older_than, page=page, per_page=per_page).as_dict()
+
+
 @router.get("/objections", summary="The review queue: pending first, oldest first")
 def objection_list(
     request: Request,

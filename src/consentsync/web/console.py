@@ -205,6 +205,22 @@ class Console:
             content = path.read_bytes()
         return content, EXPORT_TYPES[fmt], f"subject-{uid}.{fmt}"
 
+    # -- people to chase ------------------------------------------------------------------------
+
+    def requested(
+        self, *, older_than_days: int | None = None, page: int = 1, per_page: int = PER_PAGE
+    ) -> Page:
+        """Consents requested and still unanswered (``ledger requested``): never an erased or
+        restricted person, nor one a subject-wide rule keeps from being contacted."""
+        days = (
+            self.config.settings.policy.requested_stale_after_days
+            if older_than_days is None
+            else older_than_days
+        )
+        rows = self.ledger.stale_requests(days)
+        start = _offset(page, per_page)
+        return Page(rows[start : start + per_page], page, per_page, len(rows))
+
     # -- objections ----------------------------------------------------------------------------
 
     def count_objections(self, *, pending_only: bool) -> int:
