@@ -34,6 +34,7 @@ from consentsync.domain import (
     InvalidInput,
     LawfulBasis,
     Origin,
+    SoftOptIn,
     check_label,
     check_moment,
     normalise_email,
@@ -201,6 +202,28 @@ def ledger() -> None:
 @click.option("--notice-version", help="Version of the notice the person was shown.")
 @click.option("--double-opt-in-at", metavar="ISO8601", help="Double opt-in confirmation time.")
 @click.option("--evidence-ref", help="Reference to the proof (form submission id, recording, ...).")
+@click.option(
+    "--soft-opt-in-sale",
+    metavar="REF",
+    help="Soft opt-in (PECR reg. 22(3)), condition 1: the sale or negotiation the contact details "
+    "were obtained in (order or quote reference). The soft opt-in needs all four --soft-opt-in "
+    "options, --at, --status not_applicable (basis legitimate_interests).",
+)
+@click.option(
+    "--soft-opt-in-similar-products",
+    metavar="TEXT",
+    help="Soft opt-in, condition 2: the similar products and services the marketing is about.",
+)
+@click.option(
+    "--soft-opt-in-refusal-at-collection",
+    metavar="REF",
+    help="Soft opt-in, condition 3: where the chance to refuse was given at collection (form version).",
+)
+@click.option(
+    "--soft-opt-in-refusal-in-messages",
+    metavar="REF",
+    help="Soft opt-in, condition 3: how every message offers it (template with its unsubscribe link).",
+)
 @json_option
 @handled
 def ledger_record(
@@ -215,9 +238,13 @@ def ledger_record(
     notice_version: str | None,
     double_opt_in_at: str | None,
     evidence_ref: str | None,
+    soft_opt_in_sale: str | None,
+    soft_opt_in_similar_products: str | None,
+    soft_opt_in_refusal_at_collection: str | None,
+    soft_opt_in_refusal_in_messages: str | None,
     as_json: bool,
 ) -> None:
-    """Record one consent event and show the effective state it leads to."""
+    """Record one consent event (or a soft opt-in) and show the effective state it leads to."""
     address = _email(email)
     if not source.strip():
         raise InvalidInput("--source must not be empty")
@@ -229,11 +256,20 @@ def ledger_record(
     now, skew = target.clock(), target.max_clock_skew_seconds
     check_moment(_time(at, "--at"), "--at", now, skew)
     check_moment(_time(double_opt_in_at, "--double-opt-in-at"), "--double-opt-in-at", now, skew)
+    soft_opt_in = _soft_opt_in(
+        soft_opt_in_sale,
+        soft_opt_in_similar_products,
+        soft_opt_in_refusal_at_collection,
+        soft_opt_in_refusal_in_messages,
+    )
+    if soft_opt_in is not None and not basis:
+        basis = LawfulBasis.LEGITIMATE_INTERESTS.value  # a soft opt-in is no consent
     evidence = Evidence(
         purpose=purpose.strip(),
         channel=channel.strip().lower(),
         status=parse_enum(ConsentStatus, status, "status"),
         basis=parse_enum(LawfulBasis, basis, "lawful basis") if basis else None,
+        soft_opt_in=soft_opt_in,
         event_time=_time(at, "--at"),
         observed_at=target.clock(),
         source=source.strip(),
@@ -263,6 +299,25 @@ def ledger_record(
             f"{before.status.value} -> {after.status.value}, basis {after.basis.value}, "
             f"suppressed {_text(after.suppressed)} (rule {after.rule})"
         )
+
+
+def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
+    """The four --soft-opt-in options: none of them, or all (each condition evidenced)."""
+    names = (
+        "--soft-opt-in-sale",
+        "--soft-opt-in-similar-products",
+        "--soft-opt-in-refusal-at-collection",
+        "--soft-opt-in-refusal-in-messages",
+    )
+    if all(value is None for value in values):
+        return None
+    missing = [name for name, value in zip(names, values, strict=True) if not (value or "").strip()]
+    if missing:
+        raise InvalidInput(
+            f"a soft opt-in needs each of its conditions evidenced: missing {', '.join(missing)}"
+        )
+    sale, similar, at_collection, in_messages = (str(value).strip() for value in values)
+    return SoftOptIn(sale, similar, at_collection, in_messages)
 
 
 @ledger.command("expire")

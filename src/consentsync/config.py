@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from consentsync.domain import (
     DEFAULT_CHANNELS,
     DEFAULT_CLOCK_SKEW_SECONDS,
+    ELECTRONIC_MAIL_CHANNELS,
     LawfulBasis,
     ObjectionHandling,
     Purpose,
@@ -63,6 +65,9 @@ class PolicySettings(_Strict):
     # Event times later than now plus this many seconds are refused at input (quarantined when a
     # CRM sends them): clocks disagree a little, but no one acts in the future.
     max_clock_skew_seconds: int = Field(default=DEFAULT_CLOCK_SKEW_SECONDS, ge=0, le=86400)
+    # The channels that are "electronic mail" under PECR reg. 2 / ePrivacy Art. 2(h): marketing
+    # on them needs consent or a soft opt-in wherever a purpose follows the ePrivacy rules.
+    electronic_mail_channels: list[str] = Field(default_factory=lambda: list(ELECTRONIC_MAIL_CHANNELS))
 
 
 class PurposeSettings(_Strict):
@@ -73,6 +78,9 @@ class PurposeSettings(_Strict):
     validity_days: int | None = Field(default=None, ge=1)
     objection_handling: ObjectionHandling | None = None
     channels: list[str] | None = None
+    # PECR reg. 22 / ePrivacy Art. 13 / UWG 7: marketing by electronic mail needs consent or a
+    # soft opt-in. Default: the purpose's direct_marketing (docs/policy.md, "Soft opt-in").
+    eprivacy: bool | None = None
 
     @field_validator("key")
     @classmethod
@@ -145,13 +153,18 @@ class Config:
                 validity_days=p.validity_days,
                 objection_handling=p.objection_handling or default,
                 channels=tuple(p.channels or self.settings.channels),
+                eprivacy=p.eprivacy,
+                electronic_mail_channels=tuple(self.settings.policy.electronic_mail_channels),
             )
             for p in self.settings.purposes
         }
 
     @property
     def policy(self) -> Policy:
-        return Policy(trusted_sources=frozenset(self.settings.policy.trusted_sources))
+        return Policy(
+            trusted_sources=frozenset(self.settings.policy.trusted_sources),
+            clock_skew=timedelta(seconds=self.settings.policy.max_clock_skew_seconds),
+        )
 
     def connector(self, name: str) -> ConnectorSettings:
         for candidate in self.settings.connectors:

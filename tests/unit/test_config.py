@@ -93,8 +93,8 @@ class TestStarterConfig:
 
     def test_policy_default_objection_handling_reaches_purposes_without_their_own(self) -> None:
         text = starter_config_text().replace(
-            "  objection_handling: auto_uphold\n\n# Channels",
-            "  objection_handling: manual_review\n\n# Channels",
+            "\n  objection_handling: auto_uphold\n",  # the policy's (purposes' are indented more)
+            "\n  objection_handling: manual_review\n",
         )
         assert text != starter_config_text()
         purposes = parse_config(text, CONFIG).purposes

@@ -33,6 +33,7 @@ from consentsync.domain import (
     ObjectionStatus,
     Origin,
     Purpose,
+    SoftOptIn,
     SubjectFlags,
     canonical_json,
     check_label,
@@ -66,7 +67,15 @@ from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
 from consentsync.ledger.warm import WarmSubjects
-from consentsync.reconcile import Policy, Rule, Summary, effective_state, reconcile
+from consentsync.reconcile import (
+    Policy,
+    Rule,
+    Summary,
+    effective_state,
+    is_system_expiry,
+    reconcile,
+    summarise,
+)
 
 EXPIRY_SOURCE = "consentsync:expiry"
 # The rules under which a requested consent may be chased: the evidence alone decides the state.
@@ -212,6 +221,8 @@ class Ledger:
         check_label(evidence.actor, "actor", ACTOR_MAX)
         check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX)
         check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX)
+        if evidence.soft_opt_in is not None:
+            _check_soft_opt_in(evidence, purpose)
         return purpose
 
     def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
@@ -325,7 +336,9 @@ class Ledger:
             dirty[key] = decision.after
             stats.recorded += 1
             stats.state_changes += decision.changed
-            if decision.changed:
+            if decision.changed or is_system_expiry(evidence):
+                # A recorded expiry is announced even though the clock had already decided it:
+                # it is when the CRMs, last told "granted", must be told "expired".
                 changed_subjects.add(subject_id)
             events.append(_event_row(to_db, subject_id, evidence, fingerprint, run_id))
             records.append(
@@ -882,12 +895,34 @@ class Ledger:
 
     def _load_summaries(self, conn: Connection, subject_ids: set[int]) -> dict[tuple[int, str, str], Summary]:
         columns = ("subject_id", "purpose", "channel", "summary")
-        return {
-            (subject_id, purpose, channel): Summary.from_json(orjson.loads(summary))
-            for subject_id, purpose, channel, summary in select_in(
-                conn, consent_states, columns, "subject_id", sorted(subject_ids)
-            )
-        }
+        loaded: dict[tuple[int, str, str], Summary] = {}
+        stale: set[tuple[int, str, str]] = set()
+        for subject_id, purpose, channel, summary in select_in(
+            conn, consent_states, columns, "subject_id", sorted(subject_ids)
+        ):
+            data = orjson.loads(summary)
+            if Summary.is_current(data):
+                loaded[(subject_id, purpose, channel)] = Summary.from_json(data)
+            else:
+                stale.add((subject_id, purpose, channel))
+        if stale:
+            loaded.update(self._refold(conn, stale))
+        return loaded
+
+    def _refold(
+        self, conn: Connection, keys: set[tuple[int, str, str]]
+    ) -> dict[tuple[int, str, str], Summary]:
+        """Summaries written by an earlier version of the fold, folded again from the events
+        (the events are the record; a summary is only their digest). The next write of each key
+        stores the new one."""
+        evidence: dict[tuple[int, str, str], list[Evidence]] = {key: [] for key in keys}
+        for chunk in chunks(sorted({key[0] for key in keys})):
+            for row in conn.execute(select(consent_events).where(consent_events.c.subject_id.in_(chunk))):
+                key = (row.subject_id, row.purpose, row.channel)
+                if key in evidence:
+                    evidence[key].append(_event_evidence(row))
+        log.info("summaries.refolded", keys=len(keys))
+        return {key: summarise(items, self.policy) for key, items in evidence.items()}
 
     def _known_fingerprints(
         self, conn: Connection, subject_ids: Sequence[int], evidence: Sequence[Evidence]
@@ -1089,6 +1124,7 @@ def _purpose_row(purpose: Purpose) -> dict[str, Any]:
         "default_basis": purpose.default_basis.value,
         "validity_days": purpose.validity_days,
         "objection_handling": purpose.objection_handling.value,
+        "eprivacy": purpose.direct_marketing if purpose.eprivacy is None else purpose.eprivacy,
     }
 
 
@@ -1104,10 +1140,61 @@ def _state_tuple_json(state: EffectiveState) -> dict[str, Any]:
     }
 
 
+SOFT_OPT_IN_COLUMNS = (
+    "soft_opt_in_sale_ref", "soft_opt_in_similar_products", "soft_opt_in_refusal_at_collection",
+    "soft_opt_in_refusal_in_messages",
+)  # fmt: skip
 EVENT_COLUMNS = (
     "subject_id", "purpose", "channel", "status", "basis", "event_time", "recorded_at", "source",
     "origin", "actor", "notice_version", "double_opt_in_at", "evidence_ref", "fingerprint", "run_id",
+    *SOFT_OPT_IN_COLUMNS,
 )  # fmt: skip
+
+
+def _check_soft_opt_in(evidence: Evidence, purpose: Purpose) -> None:
+    """A soft opt-in (PECR reg. 22(3), ePrivacy Art. 13(2)) is a record of its own: the time of
+    the sale, on legitimate interests, for electronic mail, every condition evidenced
+    (``domain.SoftOptIn`` checks the last)."""
+    if evidence.event_time is None:
+        raise InvalidInput("a soft opt-in needs the time the contact details were obtained (--at)")
+    if (
+        evidence.status is not ConsentStatus.NOT_APPLICABLE
+        or evidence.basis is not LawfulBasis.LEGITIMATE_INTERESTS
+    ):
+        raise InvalidInput(
+            "a soft opt-in is no consent: record it as status not_applicable on basis legitimate_interests"
+        )
+    if evidence.channel not in purpose.electronic_mail_channels:
+        raise InvalidInput(
+            f"a soft opt-in is for electronic mail ({', '.join(purpose.electronic_mail_channels)}): "
+            f"channel {evidence.channel!r} needs none"
+        )
+
+
+def _event_evidence(row: Any) -> Evidence:
+    """A stored event as the evidence it recorded (observed when it was recorded)."""
+    soft = [getattr(row, name) for name in SOFT_OPT_IN_COLUMNS]
+    soft_opt_in = None
+    if all(soft):
+        try:
+            soft_opt_in = SoftOptIn(*soft)
+        except InvalidInput:  # stored before the bounds existed: not a soft opt-in then
+            soft_opt_in = None
+    return Evidence(
+        purpose=row.purpose,
+        channel=row.channel,
+        status=ConsentStatus(row.status),
+        basis=LawfulBasis(row.basis) if row.basis else None,
+        event_time=row.event_time,
+        observed_at=row.recorded_at,
+        source=row.source,
+        origin=Origin(row.origin),
+        actor=row.actor,
+        notice_version=row.notice_version,
+        double_opt_in_at=row.double_opt_in_at,
+        evidence_ref=row.evidence_ref,
+        soft_opt_in=soft_opt_in,
+    )
 
 
 def _event_row(
@@ -1133,6 +1220,7 @@ def _event_row(
         evidence.evidence_ref,
         fingerprint,
         run_id,
+        *(evidence.soft_opt_in.values() if evidence.soft_opt_in else (None, None, None, None)),
     )
 
 
@@ -1182,6 +1270,16 @@ def _event_view(row: Any) -> dict[str, Any]:
         "double_opt_in_at": iso(row.double_opt_in_at),
         "evidence_ref": row.evidence_ref,
         "run_id": row.run_id,
+        "soft_opt_in": (
+            {
+                "sale_ref": row.soft_opt_in_sale_ref,
+                "similar_products": row.soft_opt_in_similar_products,
+                "refusal_at_collection": row.soft_opt_in_refusal_at_collection,
+                "refusal_in_messages": row.soft_opt_in_refusal_in_messages,
+            }
+            if row.soft_opt_in_sale_ref
+            else None
+        ),
     }
 
 
