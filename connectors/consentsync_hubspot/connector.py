@@ -521,6 +521,15 @@ class HubSpotConnector(Connector):
 
     # -- writing -------------------------------------------------------------------------------
 
+    def irreversible(self, update: RecordUpdate) -> set[str]:
+        """An unsubscribe: HubSpot's API can never resubscribe the contact (v3 refuses it)."""
+        fields = {
+            name
+            for name, value in update.fields.items()
+            if (match := _VIRTUAL.match(name)) and not match["part"] and str(value).upper() == "UNSUBSCRIBED"
+        }
+        return fields | super().irreversible(update)
+
     def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
         """Property changes by batch update, ``batch_size`` contacts a call, each group's
         subscription changes one v3 call each right after its batch, deletions by batch archive:

@@ -89,11 +89,16 @@ OBJECT_NAME_RE = re.compile(rf"^{_API_PART}$")
 VENDOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # purposes and channels, as in consentsync.yaml
 
-STATUS_PUSH_KEYS = ("suppressed", "allowed", "withdrawn")
+STATUS_PUSH_KEYS = ("suppressed", "allowed", "withdrawn", "no_consent")
 # Suppressed because the person said no (not merely for want of a consent): the optional push key
 # `withdrawn` is written in these cases instead of `suppressed`.
 SAID_NO_STATUSES = frozenset({ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED})
 SAID_NO_RULES = frozenset({"objection_direct_marketing", "objection_upheld"})
+# States the ledger holds by default, on no evidence: no consent on record (or none valid under
+# the ePrivacy rules), or the purpose's default basis. They never overwrite what a CRM shows
+# (a status is written from the push key `no_consent` only, where the mapping names one; a lawful
+# basis is not written at all): only newer evidence does.
+NO_EVIDENCE_RULES = frozenset({"no_consent_on_record", "purpose_default_basis", "eprivacy_consent_required"})
 RECORD_ID_MAX = 64  # the ledger's crm_links.record_id
 
 _CONSTANT = f"{TAG_PREFIX}constant)"
@@ -342,7 +347,10 @@ def _crm_push_value(key: Any, item: Any) -> Any:
 
 def _status_push(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not value:
-        raise Problem(f"expected a table with suppressed, allowed, withdrawn or some of them (got {value!r})")
+        raise Problem(
+            "expected a table with suppressed, allowed, withdrawn, no_consent or some of them "
+            f"(got {value!r})"
+        )
     for key, item in value.items():
         if key not in STATUS_PUSH_KEYS:
             raise Problem(
@@ -428,6 +436,12 @@ StatusPushTable = Annotated[
                     **_CRM_SCALAR_SCHEMA,
                     "description": "Written instead of suppressed when the person said no: a withdrawal, "
                     "a refusal or an upheld objection (not merely no consent on record, or an expiry).",
+                },
+                "no_consent": {
+                    **_CRM_SCALAR_SCHEMA,
+                    "description": "Written when the processing stops only because no consent is on record "
+                    "(nobody said no). Leave it out to leave the CRM's value alone in that case: a "
+                    "default never overwrites what the CRM shows. Choose a value the CRM can undo.",
                 },
             },
             "additionalProperties": False,
@@ -888,7 +902,7 @@ class Mapping:
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
                 wanted = present[0].basis
-                if wanted in basis.push:
+                if wanted in basis.push and present[0].rule not in NO_EVIDENCE_RULES:
                     _update(updates, record, basis.field, basis.push[wanted])
         return updates
 
@@ -1025,7 +1039,11 @@ def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:
     if not suppressed:
         return "allowed"
     said_no = any(s.status in SAID_NO_STATUSES or s.rule in SAID_NO_RULES for s in suppressed)
-    return "withdrawn" if said_no and "withdrawn" in table else "suppressed"
+    if said_no:
+        return "withdrawn" if "withdrawn" in table else "suppressed"
+    if all(s.rule in NO_EVIDENCE_RULES for s in suppressed):
+        return "no_consent"  # written only where the table names it
+    return "suppressed"
 
 
 def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:

@@ -209,7 +209,7 @@ class TestErrors:
     def test_unknown_key_at_the_top_level(self) -> None:
         message = error_of(replaced("object: Contact\n", "object: Contact\nowner: ops\n"))
         assert message.startswith(f"{FILE}:4: unknown key 'owner' in the top level: ")
-        assert "consents, identity, object, vendor, version" in message
+        assert "consents, identity, object, personal_fields, vendor, version" in message
 
     def test_unknown_key_in_identity_link(self) -> None:
         text = replaced(
@@ -334,7 +334,7 @@ class TestErrors:
         )
         assert message == (
             f"{FILE}:15: consents[0].status.push: unknown key 'granted': "
-            "accepted are suppressed, allowed, withdrawn"
+            "accepted are suppressed, allowed, withdrawn, no_consent"
         )
 
     @pytest.mark.parametrize(

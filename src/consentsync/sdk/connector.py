@@ -197,6 +197,13 @@ class Connector(ABC):
             "read_by_id": cls.can_read_by_id,
         }
 
+    def irreversible(self, update: RecordUpdate) -> set[str]:
+        """The fields of ``update`` whose write the CRM can never undo (HubSpot's v3 unsubscribe:
+        its API cannot resubscribe a contact); ``""`` stands for the record itself (a delete). The
+        engine writes them only for an evidenced withdrawal, objection or erasure, never because
+        consent is merely absent."""
+        return {""} if update.action is WriteAction.DELETE else set()
+
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)
         before the stored position, from the first record of that moment. A cursor holding a

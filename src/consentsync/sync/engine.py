@@ -93,6 +93,9 @@ class RunCounts:
     deleted_records: int = 0  # records the CRM deleted or merged away (their links marked gone)
     echoes_recognised: int = 0  # pushes whose lost answer was recovered by reading the value back
     pushes_held: int = 0  # pending pushes not sent: observe mode, or the blast-radius guard
+    # Writes the CRM could never undo, left out for want of an evidenced withdrawal, objection
+    # or erasure (consent merely absent).
+    irreversible_held: int = 0
     # What the held pushes would write, per object, field and new value (the adoption report).
     would_push: list[dict[str, Any]] = field(default_factory=list)
     state_changes: int = 0
@@ -785,9 +788,8 @@ class SyncEngine:
                     updates = {**updates, **mapping.spec.personal_fields}
             elif self.options.mode == "suppress_only":
                 updates = restricting(mapping, updates)
-                if not updates:
-                    continue
-            elif not updates:
+            updates = self._reversible_or_evidenced(mapping, row, updates, action, subject_states, report)
+            if not updates and action is WriteAction.UPDATE:
                 continue
             new_rows.append(
                 {
@@ -822,6 +824,33 @@ class SyncEngine:
         if new_rows:
             conn.execute(insert(outbox), new_rows)
         report.counts.pushes_enqueued += len(new_rows)
+
+    def _reversible_or_evidenced(
+        self,
+        mapping: Mapping,
+        row: Any,
+        updates: dict[str, Any],
+        action: WriteAction,
+        states: dict[tuple[str, str], EffectiveState],
+        report: RunReport,
+    ) -> dict[str, Any]:
+        """``updates`` less the writes the CRM could never undo, unless the person's state for the
+        field's purposes rests on an evidenced withdrawal, refusal, objection or erasure."""
+        if action is WriteAction.DELETE:
+            return updates  # only ever an erasure action
+        fixed = self.connector.irreversible(RecordUpdate(row.object_type, row.record_id, updates, action))
+        if not fixed:
+            return updates
+        kept = dict(updates)
+        for name in fixed & set(updates):
+            pairs = [
+                pair for consent in mapping.spec.consents if consent.status.field == name
+                for pair in consent.constant_pairs()
+            ]  # fmt: skip
+            if not any(_said_no(states[pair]) for pair in pairs if pair in states):
+                del kept[name]
+                report.counts.irreversible_held += 1
+        return kept
 
     def _without_repeats(
         self, conn: Connection, examined: dict[str, list[str]], new_rows: list[dict[str, Any]]
@@ -1307,6 +1336,16 @@ class SyncEngine:
                     error=report.error,
                 )
             )
+
+
+def _said_no(state: EffectiveState) -> bool:
+    """The state rests on the person's own no (a withdrawal, a refusal, an objection) or their
+    erasure: evidence enough for a write the CRM cannot undo."""
+    from consentsync.mapping import SAID_NO_RULES, SAID_NO_STATUSES
+
+    return state.suppressed and (
+        state.status in SAID_NO_STATUSES or state.rule in SAID_NO_RULES or state.rule == "erasure_suppression"
+    )
 
 
 def _later(candidate: Cursor, position: Cursor) -> bool:

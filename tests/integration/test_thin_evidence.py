@@ -1,0 +1,140 @@
+"""A CRM's values are never overwritten on thinner evidence than they carry: "no consent on
+record" leaves a CRM status alone unless the mapping names a (reversible) value for it, a default
+basis never replaces one the CRM holds, and a write the CRM can never undo (HubSpot's unsubscribe)
+is sent only for an evidenced withdrawal, objection or erasure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from consentsync_hubspot.testing import HubSpotHarness
+
+from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis, Origin
+from consentsync.ledger.identity import Identity
+from consentsync.mapping import parse_mapping
+from consentsync.sdk.harness import open_sync_engine, write_sync_config
+
+
+@pytest.fixture
+def hubspot() -> Iterator[HubSpotHarness]:
+    harness = HubSpotHarness()
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def _withdrawal(email: str) -> tuple[Identity, Evidence]:
+    now = datetime.now(UTC)
+    return Identity(email=email), Evidence(
+        purpose="email_marketing",
+        channel="email",
+        status=ConsentStatus.WITHDRAWN,
+        basis=LawfulBasis.CONSENT,
+        event_time=now,
+        observed_at=now,
+        source="web_form",
+        origin=Origin.CAPTURE,
+    )
+
+
+def test_an_unsubscribe_is_sent_for_a_withdrawal_never_for_a_restriction_or_no_consent(
+    hubspot: HubSpotHarness, tmp_path: Path
+) -> None:
+    nobody = hubspot.create_person("no.consent@example.test")
+    restricted = hubspot.create_person("restricted@example.test")
+    withdrew = hubspot.create_person("withdrew@example.test")
+    config = write_sync_config(hubspot, tmp_path)
+    engine = open_sync_engine(config)
+    engine.ledger.record(*_withdrawal("withdrew@example.test"))
+    engine.ledger.record(*_withdrawal("restricted@example.test"))
+    # An Art. 18 restriction is lifted one day: a newer evidenced opt-in first, then restricted.
+    now = datetime.now(UTC)
+    engine.ledger.record(
+        Identity(email="restricted@example.test"),
+        Evidence(
+            purpose="email_marketing",
+            channel="email",
+            status=ConsentStatus.GRANTED,
+            basis=LawfulBasis.CONSENT,
+            event_time=now,
+            observed_at=now,
+            source="web_form",
+            origin=Origin.CAPTURE,
+            notice_version="v1",
+        ),
+    )
+    engine.ledger.restrict("restricted@example.test", restricted=True, reason="accuracy contested")
+    time.sleep(1.1)
+    report = open_sync_engine(config).run(full=True)
+    assert report.status == "succeeded", report.error
+    assert hubspot.read_opted_out(withdrew), "an evidenced withdrawal was not passed on"
+    assert not hubspot.read_opted_out(restricted), "a restriction (lifted one day) became an unsubscribe"
+    assert not hubspot.read_opted_out(nobody), "a contact without consent on record was unsubscribed"
+    assert report.counts.irreversible_held >= 1
+
+
+MAPPING = """
+version: 1
+vendor: acme
+object: Contact
+identity: {record_id: Id, modstamp: Modified, email: Email}
+consents:
+  - purpose: email_marketing
+    channel: email
+    status:
+      field: OptOut
+      direction: both
+      pull: {true: withdrawn, false: null}
+      push: {suppressed: true, allowed: false, no_consent: NONE_ON_RECORD}
+  - purpose: service
+    channel: email
+    status:
+      field: ServiceOptOut
+      direction: both
+      pull: {true: withdrawn, false: null}
+      push: {suppressed: true}
+    basis:
+      field: Basis
+      direction: both
+      pull: {Consent: consent, Contract: contract}
+      push: {consent: Consent, contract: Contract}
+"""
+
+
+def _state(
+    purpose: str, rule: str, *, suppressed: bool, basis: LawfulBasis, status: ConsentStatus
+) -> EffectiveState:
+    return EffectiveState(purpose, "email", status, basis, suppressed=suppressed, rule=rule)
+
+
+def test_no_consent_on_record_writes_only_the_mappings_no_consent_value_and_defaults_no_basis() -> None:
+    mapping = parse_mapping(MAPPING, Path("contact.yaml"))
+    by_default = {
+        ("email_marketing", "email"): _state(
+            "email_marketing", "no_consent_on_record", suppressed=True, basis=LawfulBasis.CONSENT,
+            status=ConsentStatus.APPLICABLE,
+        ),
+        ("service", "email"): _state(
+            "service", "purpose_default_basis", suppressed=False, basis=LawfulBasis.CONTRACT,
+            status=ConsentStatus.NOT_APPLICABLE,
+        ),
+    }  # fmt: skip
+    crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Consent"}
+    assert mapping.updates_for(crm, by_default) == {"OptOut": "NONE_ON_RECORD"}
+    evidenced = {
+        ("email_marketing", "email"): _state(
+            "email_marketing", "sticky_withdrawal", suppressed=True, basis=LawfulBasis.CONSENT,
+            status=ConsentStatus.WITHDRAWN,
+        ),
+        ("service", "email"): _state(
+            "service", "latest_event_time", suppressed=False, basis=LawfulBasis.CONTRACT,
+            status=ConsentStatus.GRANTED,
+        ),
+    }  # fmt: skip
+    assert mapping.updates_for(crm, evidenced) == {"OptOut": True, "Basis": "Contract"}
