@@ -350,3 +350,32 @@ console_login_failures = Table(
     Index("ix_console_login_failures_name_digest_at", "name_digest", "at"),
     Index("ix_console_login_failures_client_digest_at", "client_digest", "at"),
 )
+
+# Push plans made in the console (issue 13): what a run would push to a CRM, kept for an admin to
+# approve (applied exactly, at most once) or reject. A table rather than the audit log: a plan's
+# status changes (pending -> applied, refused, failed, rejected, superseded) and its approval must
+# be taken once only (a conditional update), and its items hold CRM field values, the old values
+# of an anonymising erasure included, which must not enter the append-only chain. The items are
+# kept only while the plan awaits a decision (NULL after); who each record belongs to is looked
+# up when shown, never stored. The audit log has plan.made, plan.applied and plan.rejected.
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("connector", String(64), nullable=False),
+    Column("digest", String(64), nullable=False),
+    # pending, applying, applied, refused (outdated), failed, rejected, superseded
+    Column("status", String(16), nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("changes", Text, nullable=False),  # counts per object, field and new value (JSON)
+    Column("items", Text),  # the plan's records (JSON), while pending
+    Column("made_by", String(64), nullable=False),
+    Column("made_at", Timestamp, nullable=False),
+    Column("made_run_id", String(36)),  # the dry run that computed it
+    Column("decided_by", String(64)),
+    Column("decided_at", Timestamp),
+    Column("outcome", Text),  # the rejection's reason, the refusal's or the run's error
+    Column("run_id", String(36)),  # the run that applied it
+    Column("pushed", Integer),
+    Index("ix_plans_connector_id", "connector", "id"),
+)
