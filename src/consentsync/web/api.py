@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from consentsync.accounts import Account, Role
 from consentsync.web.app import console_of, now, require, session_of, sessions_of
-from consentsync.web.console import parse_day
+from consentsync.web.console import Page, parse_day
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
 router = APIRouter(prefix="/api", tags=["console"])
@@ -105,7 +105,9 @@ def runs(
     request: Request,
     _account: Viewer,
     connector: Text = None,
-    result: Annotated[Literal["running", "succeeded", "stopped", "failed", "dry_run"] | None, Query()] = None,
+    result: Annotated[
+        Literal["running", "succeeded", "stopped", "held", "failed", "dry_run"] | None, Query()
+    ] = None,
     since: Text = None,
     until: Text = None,
     page: PageNumber = 1,
@@ -247,3 +249,65 @@ def change_user(
     if change.disabled is not None:
         target = accounts.set_disabled(name, change.disabled, actor=account.name)
     return target.as_dict()
+
+
+class PlanApproval(_Body):
+    digest: str = Field(
+        min_length=64,
+        max_length=64,
+        description="The digest of the plan as reviewed: confirms which plan is approved.",
+    )
+
+
+class PlanRejection(_Body):
+    reason: str = Field(
+        min_length=1, max_length=2000, description="Why (kept in the audit log; no addresses)."
+    )
+
+
+ConnectorName = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/connectors/{name}/plans", summary="A connector's push plans, newest first, and its mode")
+def plans(
+    request: Request, name: ConnectorName, _account: Viewer, page: PageNumber = 1, per_page: PerPage = 25
+) -> dict[str, Any]:
+    desk = console_of(request).plans
+    connector = desk.connector(name)
+    items, total = desk.history(name, page=page, per_page=per_page)
+    return {**Page(items, page, per_page, total).as_dict(), "connector": connector}
+
+
+@router.post(
+    "/connectors/{name}/plans",
+    summary="Make a plan (reviewer): a dry run of the connector, kept for an admin's decision",
+    status_code=201,
+)
+def make_plan(request: Request, name: ConnectorName, account: Reviewer) -> dict[str, Any]:
+    desk = console_of(request).plans
+    return desk.view(desk.make(name, account), page=1, per_page=25)
+
+
+@router.get("/plans/{plan_id}", summary="One plan: counts per object, field and new value, and its records")
+def plan(
+    request: Request, plan_id: RowId, _account: Viewer, page: PageNumber = 1, per_page: PerPage = 25
+) -> dict[str, Any]:
+    return console_of(request).plans.view(plan_id, page=page, per_page=per_page)
+
+
+@router.post(
+    "/plans/{plan_id}/approve",
+    summary="Approve (admin): push exactly this plan, once; refused when outdated",
+    responses={409: {"description": "The plan is not pending, or a run of the connector is in progress."}},
+)
+def approve_plan(request: Request, plan_id: RowId, approval: PlanApproval, account: Admin) -> dict[str, Any]:
+    return console_of(request).plans.approve(plan_id, approval.digest, account)
+
+
+@router.post(
+    "/plans/{plan_id}/reject",
+    summary="Reject (admin); reason required",
+    responses={409: {"description": "The plan is not pending."}},
+)
+def reject_plan(request: Request, plan_id: RowId, rejection: PlanRejection, account: Admin) -> dict[str, Any]:
+    return console_of(request).plans.reject(plan_id, rejection.reason, account)

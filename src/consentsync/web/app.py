@@ -21,6 +21,7 @@ from consentsync.accounts import Account, LoginThrottled, Role
 from consentsync.domain import InvalidInput
 from consentsync.ledger.service import NotFound
 from consentsync.web.console import Console
+from consentsync.web.plans import Conflict
 from consentsync.web.security import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, Sessions, signing_key
 
 log = structlog.get_logger("consentsync.web")
@@ -110,8 +111,9 @@ def create_app(console: Console) -> FastAPI:
             "The actions of the ops console, with the same roles. Authenticate with "
             "`POST /api/session` (name and password): it sets an HttpOnly session cookie and "
             "answers a `csrf_token`; send it as the `X-CSRF-Token` header on every POST, PUT and "
-            "DELETE. Viewers read; reviewers also decide objections and retry quarantined "
-            "records; admins also manage accounts."
+            "DELETE. Viewers read; reviewers also decide objections, retry quarantined "
+            "records and make push plans; admins also approve or reject plans and manage "
+            "accounts."
         ),
         docs_url="/api/docs",
         redoc_url=None,
@@ -175,6 +177,10 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidInput)
     async def _invalid(request: Request, error: InvalidInput) -> Response:
         return problem(request, 400, str(error))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, error: Conflict) -> Response:
+        return problem(request, 409, str(error))
 
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, error: NotFound) -> Response:

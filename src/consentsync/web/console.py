@@ -16,13 +16,14 @@ from consentsync import audit
 from consentsync.accounts import Account, Accounts
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
-from consentsync.ledger.schema import objections, subject_identifiers, subjects
+from consentsync.ledger.schema import objections, subject_identifiers, subjects, sync_runs
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.sync import quarantine
 from consentsync.sync.runs import count_runs, list_runs, show_run
+from consentsync.web.plans import PlanDesk
 
 PER_PAGE = 25
-RUN_STATUSES = ("running", "succeeded", "stopped", "failed", "dry_run")
+RUN_STATUSES = ("running", "succeeded", "stopped", "held", "failed", "dry_run")
 EXPORT_TYPES = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
@@ -64,6 +65,7 @@ class Console:
         self.ledger = ledger
         self.engine = ledger.engine
         self.accounts = Accounts(ledger.engine, clock=lambda: ledger.clock())
+        self.plans = PlanDesk(config, ledger)
 
     # -- overview ------------------------------------------------------------------------------
 
@@ -97,8 +99,48 @@ class Console:
             {"kind": "failing_connector", "connector": name, "message": f"{name}: its last runs all failed"}
             for name in failing
         ]
+        alerts += self._held_pushes()
         pending = self.count_objections(pending_only=True)
         return {"connectors": rows, "alerts": alerts, "pending_objections": pending}
+
+    def _held_pushes(self) -> list[dict[str, Any]]:
+        """Connectors whose last run was held by the push guard, or observed with pushes held:
+        each with a link to its plans."""
+        import orjson
+
+        alerts: list[dict[str, Any]] = []
+        with self.engine.connect() as conn:
+            for item in self.config.settings.connectors:
+                last = conn.execute(
+                    select(sync_runs.c.status, sync_runs.c.counts, sync_runs.c.error)
+                    .where(sync_runs.c.connector == item.name, sync_runs.c.status != "running")
+                    .order_by(sync_runs.c.started_at.desc())
+                    .limit(1)
+                ).first()
+                if last is None:
+                    continue
+                held = orjson.loads(last.counts).get("pushes_held") or 0
+                link = f"/connectors/{item.name}/plans"
+                if last.status == "held":
+                    alerts.append(
+                        {
+                            "kind": "pushes_held",
+                            "connector": item.name,
+                            "message": f"{item.name}: {last.error or 'held by the push guard'}",
+                            "link": link,
+                        }
+                    )
+                elif held:
+                    alerts.append(
+                        {
+                            "kind": "pushes_held",
+                            "connector": item.name,
+                            "message": f"{item.name} ({item.mode}): its last run held {held} push(es); "
+                            "review a plan of them",
+                            "link": link,
+                        }
+                    )
+        return alerts
 
     # -- runs ----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput
 from consentsync.web.app import console_of, now, require, session_of, sessions_of
-from consentsync.web.console import EXPORT_TYPES, RUN_STATUSES, Page, parse_day
+from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
 from consentsync.web.security import (
     CSRF_FIELD,
     LOGIN_COOKIE,
@@ -412,3 +412,81 @@ def change_user(
     if disabled in ("yes", "no"):
         accounts.set_disabled(name, disabled == "yes", actor=account.name)
     return RedirectResponse("/users", status_code=303)
+
+
+# -- push plans --------------------------------------------------------------------------------
+
+ConnectorName = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/connectors/{name}/plans")
+def plans(request: Request, name: ConnectorName, _account: Viewer, page: PageNumber = 1) -> Response:
+    desk = console_of(request).plans
+    connector = desk.connector(name)
+    items, total = desk.history(name, page=page, per_page=PER_PAGE)
+    return render(
+        request,
+        "plans.html",
+        {
+            "title": f"Plans of {name}",
+            "connector": connector,
+            "plans": items,
+            "pager": _pager(request, Page(items, page, PER_PAGE, total)),
+        },
+    )
+
+
+@router.post("/connectors/{name}/plans")
+def make_plan(request: Request, name: ConnectorName, account: Reviewer) -> Response:
+    plan_id = console_of(request).plans.make(name, account)
+    return RedirectResponse(f"/plans/{plan_id}", status_code=303)
+
+
+def _plan_page(
+    request: Request, plan_id: int, page: int = 1, *, error: str | None = None, status: int = 200
+) -> Response:
+    plan = console_of(request).plans.view(plan_id, page=page, per_page=PER_PAGE)
+    items = plan["items"]
+    pager = _pager(request, Page(items["items"], page, PER_PAGE, items["total"]))
+    return render(
+        request,
+        "plan.html",
+        {"title": f"Plan {plan_id}", "plan": plan, "pager": pager, "error": error},
+        status=status,
+    )
+
+
+@router.get("/plans/{plan_id}")
+def plan(request: Request, plan_id: RowId, _account: Viewer, page: PageNumber = 1) -> Response:
+    return _plan_page(request, plan_id, page)
+
+
+@router.get("/plans/{plan_id}/approve")
+def approve_plan_form(request: Request, plan_id: RowId, _account: Admin) -> Response:
+    """The confirmation step: what will be pushed, and the digest being approved."""
+    plan = console_of(request).plans.view(plan_id, page=1, per_page=PER_PAGE)
+    return render(request, "plan_approve.html", {"title": f"Plan {plan_id}", "plan": plan})
+
+
+@router.post("/plans/{plan_id}/approve")
+def approve_plan(
+    request: Request,
+    plan_id: RowId,
+    account: Admin,
+    digest: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    console_of(request).plans.approve(plan_id, digest, account)
+    return RedirectResponse(f"/plans/{plan_id}?decided=1", status_code=303)
+
+
+@router.post("/plans/{plan_id}/reject")
+def reject_plan(
+    request: Request,
+    plan_id: RowId,
+    account: Admin,
+    reason: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    if not reason.strip():
+        return _plan_page(request, plan_id, error="A reason is required to reject a plan.", status=400)
+    console_of(request).plans.reject(plan_id, reason, account)
+    return RedirectResponse(f"/plans/{plan_id}?decided=1", status_code=303)
