@@ -7,6 +7,7 @@ nothing is written before all input has been checked.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+from sqlalchemy.exc import DataError
 
 from consentsync.app import LedgerNotReady, open_ledger
 from consentsync.config import (
@@ -49,6 +51,7 @@ from consentsync.sdk.errors import ConnectorError, Fault
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = 2
+MAX_ROW_ID = 2**31 - 1  # the ledger's integer keys
 EXIT_TEMPORARY = 75  # EX_TEMPFAIL: the CRM could not be reached now; try again later
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 
@@ -92,6 +95,10 @@ def handled(func: F) -> F:
         except UnicodeError:
             # Bytes that are not UTF-8 in an argument (the shell passes them as lone surrogates).
             fail("the input holds bytes that are not UTF-8 text: nothing was changed")
+        except (DataError, OverflowError):
+            # The database refused a value as data (PostgreSQL: a NUL character, a number beyond
+            # its integers; SQLite: an integer beyond 64 bits): bad input, rolled back.
+            fail("the input holds a value the ledger cannot store or compare: nothing was changed")
         except ConnectorError as error:
             # The CRM refused (credentials, a module or field the install lacks: the admin's to
             # fix, exit 2) or could not be reached now (try again later, exit 75).
@@ -444,6 +451,8 @@ def objection_decide(objection_id: int, decision: str | None, by: str, reason: s
     """Decide a pending objection."""
     if decision is None:
         raise InvalidInput("say --uphold or --reject")
+    if not 1 <= objection_id <= MAX_ROW_ID:
+        raise NotFound(f"no objection with id {objection_id}")
     result = current_ledger().decide_objection(
         objection_id, uphold=decision == "uphold", by=by, reason=reason
     )
@@ -589,6 +598,8 @@ def audit_log(
     since_at = _time(since, "--since")
     uids = target.subject_uids_for_email(_email(email)) if email else None
     with target.engine.connect() as conn:
+        if limit is not None and limit > MAX_ROW_ID:
+            limit = None  # more than the log can ever hold: no limit
         items = audit.entries(conn, subject_uids=uids, since=since_at, action=action, limit=limit)
         if as_json:
             _stream_json(items)
@@ -630,8 +641,11 @@ def _brief(state: Any) -> str:
 
 
 def _stream_json(items: Iterable[dict[str, Any]]) -> None:
+    # The query runs (and may refuse the input) before anything is printed.
+    iterator = iter(items)
+    first = next(iterator, None)
     click.echo("[", nl=False)
-    for index, item in enumerate(items):
+    for index, item in enumerate(itertools.chain([first], iterator) if first is not None else ()):
         click.echo(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
     click.echo("\n]")
 

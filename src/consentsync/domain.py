@@ -201,7 +201,7 @@ def parse_enum(enum: type[E], value: str, what: str) -> E:
         return enum(value.strip().lower())
     except ValueError:
         accepted = ", ".join(member.value for member in enum)
-        raise InvalidInput(f"unknown {what} {value!r}: accepted are {accepted}") from None
+        raise InvalidInput(f"unknown {what} {shown(value)}: accepted are {accepted}") from None
 
 
 def parse_timestamp(value: str, what: str = "timestamp") -> datetime:

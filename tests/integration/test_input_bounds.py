@@ -396,7 +396,7 @@ def test_exports_open_for_values_stored_before_the_checks(
 def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
     cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from consentsync.app import open_ledger
     from consentsync.config import load_config
@@ -446,9 +446,7 @@ def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
                 ).all()
             )
             references = list(conn.execute(select(consent_events.c.evidence_ref)).scalars())
-            latest = conn.execute(
-                select(consent_events.c.event_time).order_by(consent_events.c.event_time.desc())
-            ).first()
+            latest = conn.execute(select(func.max(consent_events.c.event_time))).scalar()
     finally:
         ledger.engine.dispose()
     assert "event time" in reasons[future] and "in the future" in reasons[future]
@@ -459,4 +457,34 @@ def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
     (reference,) = [r for r in references if r and named in r]
     assert "jane.roe" not in reference and "[address left out]" in reference
     # Nothing dated after now reached the ledger.
-    assert latest is not None and latest[0] <= datetime.now(UTC)
+    assert latest is not None and latest <= datetime.now(UTC)
+
+
+_DECIDE = ("--uphold", "--by", "x", "--reason", "y")
+_RECORD_P = ("ledger", "record", "--email", "p@example.com", "--source", "s", "--status", "granted")
+NEVER_A_TRACEBACK = [
+    pytest.param(("audit", "log", "--limit", str(10**20), "--json"), 0, id="limit-beyond-64-bits"),
+    pytest.param(("audit", "log", "--action", "a\x00b", "--json"), None, id="nul-in-a-filter"),
+    pytest.param(("audit", "log", "--action", "a\udcffb"), 2, id="not-utf8-in-a-filter"),
+    pytest.param(("audit", "log", "--since", "9999-12-31T23:59:59.999999Z", "--json"), 0, id="since-9999"),
+    pytest.param(("objection", "decide", "99999999999", *_DECIDE), 2, id="id-beyond-32-bits"),
+    pytest.param(("objection", "decide", str(10**30), *_DECIDE), 2, id="id-beyond-64-bits"),
+    pytest.param(("ledger", "requested", "--older-than", str(10**30), "--json"), 0, id="older-than-calendar"),
+    pytest.param((*_RECORD_P, "--purpose", "x" * 10_000), 2, id="long-purpose"),
+    pytest.param((*_RECORD_P, "--purpose", "email_marketing", "--channel", "\x00"), 2, id="nul-channel"),
+    pytest.param((*_RECORD_P, "--purpose", "email_marketing", "--basis", "x\udcff"), 2, id="not-utf8-basis"),
+]
+
+
+@pytest.mark.parametrize(("args", "code"), NEVER_A_TRACEBACK)
+def test_odd_input_is_never_a_traceback(cli: Cli, args: tuple[str, ...], code: int | None) -> None:
+    record(cli, "p@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    before = audit_count(cli)
+    result = cli(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in ((0, 2) if code is None else (code,)), result.output
+    if result.exit_code == 2:
+        assert_bad_input(result)
+    else:
+        json.loads(result.stdout)
+    assert audit_count(cli) == before

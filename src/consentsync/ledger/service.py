@@ -40,6 +40,7 @@ from consentsync.domain import (
     check_moment,
     check_reason,
     iso,
+    shown,
 )
 from consentsync.ledger.bulk import (
     chunks,
@@ -205,11 +206,11 @@ class Ledger:
         purpose = self.purposes.get(evidence.purpose)
         if purpose is None:
             raise InvalidInput(
-                f"unknown purpose {evidence.purpose!r}: configured are {', '.join(self.purposes)}"
+                f"unknown purpose {shown(evidence.purpose)}: configured are {', '.join(self.purposes)}"
             )
         if evidence.channel not in purpose.channels:
             raise InvalidInput(
-                f"channel {evidence.channel!r} is not configured for purpose {purpose.key!r}: "
+                f"channel {shown(evidence.channel)} is not configured for purpose {purpose.key!r}: "
                 f"accepted are {', '.join(purpose.channels)}"
             )
         # Event times are bounded by now (plus the allowed clock skew) and by 1970; every text
@@ -845,7 +846,7 @@ class Ledger:
     def _purpose(self, key: str) -> Purpose:
         purpose = self.purposes.get(key)
         if purpose is None:
-            raise InvalidInput(f"unknown purpose {key!r}: configured are {', '.join(self.purposes)}")
+            raise InvalidInput(f"unknown purpose {shown(key)}: configured are {', '.join(self.purposes)}")
         return purpose
 
     def _affected_purposes(self, purpose: Purpose, direct_marketing: bool) -> list[Purpose]:
