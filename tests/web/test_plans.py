@@ -307,7 +307,7 @@ def test_the_overview_alerts_on_held_pushes_and_links_to_the_plans(
     alerts = client.get("/api/overview").json()["alerts"]
     assert [a["kind"] for a in alerts] == ["pushes_held"] and alerts[0]["link"] == "/connectors/sf/plans"
     run = client.get(f"/runs/{observed.run_id}").text
-    assert 'href="/connectors/sf/plans"' in run
+    assert 'href="/connectors/sf/plans"' in run and "Would push (held)" in run
     # The push guard holds a two-way run: the alert says so.
     configure(observed.config_path, mode="two_way", push_guard={"max_records": 1, "max_share": None})
     held = cli("sync", "sf", "--json")
