@@ -488,3 +488,30 @@ def test_odd_input_is_never_a_traceback(cli: Cli, args: tuple[str, ...], code: i
     else:
         json.loads(result.stdout)
     assert audit_count(cli) == before
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        pytest.param({"Id": "0" * 65}, "Id", id="id-too-long"),
+        pytest.param({"Id": "003\x00A"}, "Id", id="id-with-nul"),
+        pytest.param({"Id": "003A", "IndividualId": "0PK\u202eX"}, "IndividualId", id="link-with-bidi"),
+        pytest.param({"Id": "003A", "Email": "a\x01b@example.com"}, "Email", id="email-with-control"),
+    ],
+)
+def test_crm_identifiers_the_ledger_cannot_keep_quarantine_the_record(
+    config_path: Path, record: dict[str, Any], field: str
+) -> None:
+    from consentsync.config import load_config
+    from consentsync.mapping import MappingValueError, load_mapping
+
+    config = load_config(config_path)
+    mapping = load_mapping(
+        Path(__file__).parents[2] / "mappings" / "salesforce" / "contact.yaml",
+        purposes=config.purposes,
+        channels=set(config.channels),
+    )
+    with pytest.raises(MappingValueError) as refused:
+        mapping.identity_from(record)
+    assert f"field {field}" in str(refused.value) and "\n" not in str(refused.value)
+    assert "@example.com" not in str(refused.value)

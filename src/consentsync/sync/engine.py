@@ -1237,7 +1237,7 @@ class SyncEngine:
             "run_id": report.run_id,
             "connector": self.name,
             "object_type": object_type,
-            "record_id": record_id,
+            "record_id": record_id[:64],  # the column's width: an id no CRM issues is kept cut
             "stage": stage,
             "reason": reason,
             "created_at": now,
