@@ -980,6 +980,7 @@ class Ledger:
         """Recomputes the effective states a subject-wide change touches; audits each change."""
         summaries = self._load_summaries(conn, {subject_id})
         changed: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+        rules_changed = False
         records: list[AuditRecord] = []
         for purpose in affected:
             for channel in purpose.channels:
@@ -996,9 +997,13 @@ class Ledger:
                     )
                     for ctx in (before, after)
                 )
-                if _state_tuple(old) == _state_tuple(new) and key in summaries:
+                # A new deciding rule matters to the CRMs even where the state reads the same: an
+                # objection where there was merely no consent is pushed as a no (mapping push cases).
+                same_rule = old.rule == new.rule
+                if _state_tuple(old) == _state_tuple(new) and same_rule and key in summaries:
                     continue
                 changed[key] = (summary, new)
+                rules_changed = rules_changed or not same_rule
                 if _state_tuple(old) != _state_tuple(new):
                     records.append(
                         AuditRecord(
@@ -1015,7 +1020,7 @@ class Ledger:
                         )
                     )
         self._store_states(conn, changed, now)
-        if records:
+        if records or rules_changed:
             self._announce(conn, {subject_id}, now)
         return records
 
