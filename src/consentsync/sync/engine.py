@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
-from consentsync.domain import EffectiveState, Evidence, InvalidInput, canonical_json, iso
+from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, upsert_rows
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.schema import (
@@ -1359,7 +1359,15 @@ def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:
     email address stays out of snapshots: it is personal data the ledger keeps in one place)."""
     identity = mapping.spec.identity
     leave_out = {identity.email, identity.record_id, identity.modstamp}
-    return {name: fields.get(name) for name in mapping.pull_fields() if name not in leave_out}
+    # An address written in a free-text field (a capture note) stays out too: no erasure could
+    # find it here (docs/policy.md, "Erasure"). Pushed fields are flags and picklists: untouched.
+    return {
+        name: _without_addresses(fields.get(name)) for name in mapping.pull_fields() if name not in leave_out
+    }
+
+
+def _without_addresses(value: Any) -> Any:
+    return EMAIL_IN_TEXT.sub("[address left out]", value) if isinstance(value, str) else value
 
 
 def _evidence_key(evidence: Evidence) -> str:
