@@ -94,6 +94,11 @@ def test_the_console_lists_the_same_people(cli: Cli, config_path: Path, ledger: 
     assert client.get("/api/requested", params={"older_than": 365}).json()["total"] == 0
     for bad in ("-1", "100000", "10000000000000000000000", "x"):
         assert client.get("/api/requested", params={"older_than": bad}).status_code == 422
+    # The console's page shows the same list.
+    page = client.get("/requested")
+    assert page.status_code == 200 and "plain@example.com" in page.text
+    assert "restricted@example.com" not in page.text and "erased@example.com" not in page.text
+    assert client.get("/requested", params={"older_than": "100000"}).status_code == 422
 
 
 # -- a property: the report is exactly the people no rule keeps from being contacted ---------------

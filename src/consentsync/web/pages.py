@@ -317,6 +317,30 @@ def subject_export(request: Request, uid: str, fmt: str, _account: Viewer) -> Re
     )
 
 
+# -- people to chase ---------------------------------------------------------------------------
+
+
+@router.get("/requested")
+def requested(
+    request: Request,
+    _account: Viewer,
+    older_than: Annotated[int | None, Query(ge=0, le=36500)] = None,
+    page: PageNumber = 1,
+) -> Response:
+    found = console_of(request).requested(older_than_days=older_than, page=page)
+    days = console_of(request).config.settings.policy.requested_stale_after_days
+    return render(
+        request,
+        "requested.html",
+        {
+            "title": "Unanswered requests",
+            "rows": found.items,
+            "pager": _pager(request, found),
+            "days": days if older_than is None else older_than,
+        },
+    )
+
+
 # -- objections --------------------------------------------------------------------------------
 
 
