@@ -22,7 +22,7 @@ from consentsync.cli import (
     main,
     print_table,
 )
-from consentsync.domain import InvalidInput, iso
+from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
 
@@ -444,6 +444,7 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     the plan. Audited with the plan's digest."""
     from consentsync.sync.plan import Plan
 
+    check_label(actor, "--actor", ACTOR_MAX)  # kept in the audit chain: no address, one line
     try:
         data = json.loads(plan_file.read_text(encoding="utf-8"))
         plan = Plan.from_json(data)
@@ -536,6 +537,7 @@ def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> No
 
     if bool(ids) == retry_all:
         raise InvalidInput("give outbox row ids or --all (not both)")
+    check_label(actor, "--actor", ACTOR_MAX)  # kept in the audit chain: no address, one line
     ledger = open_ledger(current_config())
     count = retry(ledger.engine, None if retry_all else list(ids), actor=actor, now=ledger.clock())
     click.echo(f"{count} row(s) back in the queue; the next run of their connector pushes them")

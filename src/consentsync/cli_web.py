@@ -10,7 +10,7 @@ import click
 from consentsync.app import open_ledger
 from consentsync.cli import config_option, current_config, emit_json, handled, json_option, main, print_table
 from consentsync.cli_sync import runs
-from consentsync.domain import InvalidInput
+from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
 
 
 @main.command()
@@ -140,6 +140,7 @@ def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
     from consentsync.app import can_reread
     from consentsync.sync.quarantine import retry
 
+    check_label(actor, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain
     config = current_config()
     ledger = open_ledger(config)
     row = retry(

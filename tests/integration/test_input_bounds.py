@@ -520,3 +520,17 @@ def test_crm_identifiers_the_ledger_cannot_keep_quarantine_the_record(
         mapping.identity_from(record)
     assert f"field {field}" in str(refused.value) and "\n" not in str(refused.value)
     assert "@example.com" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("outbox", "retry", "--all"), id="outbox-retry"),
+        pytest.param(("runs", "retry", "1"), id="quarantine-retry"),
+    ],
+)
+@pytest.mark.parametrize("actor", ["ops@example.com", "x" * (ACTOR_MAX + 1), "ops\x1bbob"])
+def test_every_actor_kept_in_the_chain_is_checked(cli: Cli, args: tuple[str, ...], actor: str) -> None:
+    before = audit_count(cli)
+    assert_bad_input(cli(*args, "--actor", actor), "--actor")
+    assert audit_count(cli) == before
