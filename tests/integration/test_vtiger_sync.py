@@ -62,19 +62,20 @@ def _count(ledger: Ledger, table: Any, *where: Any) -> int:
 
 
 def test_full_sync_then_nothing_to_do(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox) -> None:
+    before = {r["id"]: r["emailoptout"] for r in sandbox.crm.records("Contacts")}
     first = _engine(ledger, config_path, sandbox).run(full=True)
     assert first.status == "succeeded", first.error
     assert first.counts.read == sum(sandbox.crm.count(m) for m in MODULES)
-    assert first.counts.pushed > 0
     assert _count(ledger, outbox, outbox.c.status == "pending") == 0
-    # A contact without a consent granted in Privacy Guard is suppressed: its box is ticked.
-    granted = {
-        c["contact_id"]
-        for c in sandbox.crm.records("Consents")
-        if (c["consent_name"], c["consent_status"]) == ("Email Marketing", "Granted")
-    }
+    # No consent on record is not a no: a box is ticked only on the strength of a person's own no
+    # (an opt-out or refusal on any of their records), never for want of a consent (the mapping
+    # names no `no_consent` value), and a box is never cleared on no evidence.
     boxes = {r["id"]: r["emailoptout"] for r in sandbox.crm.records("Contacts")}
-    assert granted and all(box == "1" for rid, box in boxes.items() if rid not in granted)
+    changed = {rid for rid in boxes if boxes[rid] != before.get(rid, boxes[rid])}
+    with ledger.engine.connect() as conn:
+        rules = {e["what"]["record"]: e["rule"] for e in audit.entries(conn, action="crm.pushed")}
+    assert changed and all(boxes[rid] == "1" for rid in changed)
+    assert not [rid for rid in changed if rules.get(rid) in (None, "no_consent_on_record")]
     calls = first.counts.api_calls
     events = _count(ledger, consent_events)
     second = _engine(ledger, config_path, sandbox).run()
@@ -129,13 +130,12 @@ def test_a_withdrawal_on_a_contact_reaches_the_lead_with_the_same_address(
     # a run read would be left behind by whole-second stamps (what the default lag of 2 s is
     # for), so the people below act a second later.
     time.sleep(1.1)
-    sandbox.crm.revise(lead, emailoptout="0")  # someone clears the lead's box in Vtiger
-    sandbox.crm.revise(contact, donotcall="1")  # and the person asks not to be called
+    sandbox.crm.revise(contact, emailoptout="1", donotcall="1")  # the person opts out, and of calls
     report = _engine(ledger, config_path, sandbox).run()
     assert report.status == "succeeded", report.error
     lead_now, contact_now = sandbox.crm.get(lead), sandbox.crm.get(contact)
     assert lead_now is not None and contact_now is not None
-    assert lead_now["emailoptout"] == "1", "a cleared box does not un-suppress: it is ticked again"
+    assert lead_now["emailoptout"] == "1", "the contact's opt-out did not reach the lead with its address"
     assert contact_now["donotcall"] == "1"
 
 
