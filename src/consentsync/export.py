@@ -51,6 +51,7 @@ HISTORY_COLUMNS = [
     "notice_version",
     "double_opt_in_at",
     "evidence_ref",
+    "soft_opt_in",  # the PECR / ePrivacy soft opt-in's conditions, as JSON (empty for others)
     "run_id",
 ]
 OBJECTION_COLUMNS = [
@@ -119,6 +120,8 @@ def _cells(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):  # nested values (a soft opt-in's conditions) as JSON
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
     if isinstance(value, str) and value[:1] in _FORMULA_START:
         # A value a spreadsheet would run as a formula (CSV/formula injection) is kept as text.
         return "'" + value
@@ -126,8 +129,6 @@ def _cell(value: Any) -> Any:
 
 
 def _xlsx_cell(value: Any) -> Any:
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
     value = _cell(value)
     if not isinstance(value, str):
         return value

@@ -218,6 +218,13 @@ def test_cli_legitimate_interests_email_marketing_without_a_soft_opt_in_is_suppr
         "refusal_in_messages": "newsletter template v2 (unsubscribe link)",
     }
     assert history[0]["soft_opt_in"] is None
+    exported = cli.config_path.parent / "di.csv"
+    cli.ok("subject", "export", email, "--format", "csv", "-o", str(exported))
+    import csv
+    import json
+
+    rows = [row for row in csv.DictReader(exported.open(encoding="utf-8")) if row.get("soft_opt_in")]
+    assert [json.loads(row["soft_opt_in"])["sale_ref"] for row in rows] == ["order 2026-0042"]
     # The person refuses in a message: the soft opt-in ends.
     refused = _record(cli, email, "email_marketing", "refused", "--at", _ago(hours=1), source="unsubscribe")
     assert refused["after"]["suppressed"] is True
