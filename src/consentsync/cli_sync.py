@@ -53,16 +53,18 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
         engine.connector.close()
     if sys.stderr.isatty() and not as_json:
         click.echo("", err=True)
+    _finish(report, as_json)
+
+
+def _finish(report: Any, as_json: bool) -> None:
+    """Prints a run's report and exits with its status's code (0 when it succeeded)."""
     if as_json:
         emit_json(_report_json(report))
     else:
         _print_report(report)
-    if report.status == "failed":
-        sys.exit(1)
-    if report.status == "stopped":
-        sys.exit(EXIT_STOPPED)
-    if report.status == "held":
-        sys.exit(EXIT_HELD)
+    code = {"failed": 1, "stopped": EXIT_STOPPED, "held": EXIT_HELD}.get(report.status)
+    if code is not None:
+        sys.exit(code)
 
 
 def _progress_line(report: Any) -> None:
@@ -461,14 +463,7 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
         fail(str(busy), EXIT_STOPPED)
     finally:
         engine.connector.close()
-    if as_json:
-        emit_json(_report_json(report))
-    else:
-        _print_report(report)
-    if report.status == "failed":
-        sys.exit(1)
-    if report.status == "stopped":
-        sys.exit(EXIT_STOPPED)
+    _finish(report, as_json)
 
 
 @main.command("connectors")
