@@ -202,6 +202,26 @@ class DeletionHarness(Protocol):
         is deleted and remembered as merged into the first."""
 
 
+@runtime_checkable
+class AdoptionHarness(Protocol):
+    """A CRM that has been used for years, for the adoption contract (observe, plan, apply).
+    Every harness should implement it; the contract test that needs it skips, saying so, for a
+    harness without it."""
+
+    def seed_existing_org(self) -> list[str]:
+        """Fill the sandbox as a production org looks: at least 20 people of ``object_type`` (and
+        of the other objects the mapping files read, where the CRM has them), opted in, opted
+        out and unspecified, under several lawful bases where the CRM records one, with the
+        CRM's own dates where it keeps them, some people on several records. Returns the email
+        addresses of the people, in the order they were created."""
+
+    def store_state(self) -> dict[str, dict[str, Any]]:
+        """Every record of every object the mapping files read (and what the CRM keeps beside
+        them, such as subscription statuses or consent rows), as ``{"Object/id": {field: value}}``
+        with the fields a write could change, leaving out change stamps: equal before and after a
+        run that wrote nothing, and different exactly for the records a run wrote to."""
+
+
 def fault_outcomes(harness: ContractHarness) -> dict[str, FaultOutcome]:
     return {**STANDARD_FAULTS, **dict(getattr(harness, "fault_outcomes", {}) or {})}
 
@@ -268,6 +288,7 @@ __all__ = [
     "HOSTILE_TEXTS",
     "PERSON_HARNESS_MISSING",
     "STANDARD_FAULTS",
+    "AdoptionHarness",
     "ContractHarness",
     "DeletionHarness",
     "FaultOutcome",

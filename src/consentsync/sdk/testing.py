@@ -31,6 +31,7 @@ from consentsync.sdk.errors import Action, ConnectorError, Fault
 from consentsync.sdk.harness import (
     PERSON_HARNESS_MISSING,
     STANDARD_FAULTS,
+    AdoptionHarness,
     ContractHarness,
     DeletionHarness,
     FaultOutcome,
@@ -310,6 +311,45 @@ class ConnectorTrustContract:
         assert applied.status == "succeeded", applied.error
         assert applied.counts.pushed == len(planned.items)
         assert all(harness.read_opted_out(record_id) for record_id in people)
+
+    def test_an_existing_org_is_observed_unchanged_and_changed_exactly_as_planned(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        """The shipped mappings against an org with years of data: observing changes nothing in
+        the CRM, byte for byte; the adoption report, the plan and what apply changes agree."""
+        from consentsync.sync.plan import Plan
+
+        if not isinstance(harness, AdoptionHarness):
+            pytest.skip("the harness lacks seed_existing_org/store_state (AdoptionHarness)")
+        emails = harness.seed_existing_org()
+        assert len(emails) >= 20, "an existing org has people in it"
+        config = write_sync_config(harness, tmp_path)
+        _set_connector(config, mode="observe", push_guard={"max_records": 500, "max_share": 0.05})
+        # Two people unsubscribe on the web site meanwhile: the plan has something to push.
+        _captured(open_sync_engine(config).ledger, emails[:2], granted=False)
+        time.sleep(1.1)
+        before = harness.store_state()
+        observed = open_sync_engine(config).run(full=True)
+        assert observed.status == "succeeded", observed.error
+        assert harness.store_state() == before, "observing changed the CRM"
+        planned = open_sync_engine(config).run(dry_run=True).plan
+        assert planned is not None and planned.items, "nothing to push for two people who unsubscribed"
+        assert planned.changes() == observed.counts.would_push, "the plan and the adoption report disagree"
+        applied = open_sync_engine(config).run(apply_plan=Plan.from_json(planned.to_json()))
+        assert applied.status == "succeeded", applied.error
+        assert applied.counts.pushed == len(planned.items)
+        after = harness.store_state()
+        changed = {key for key in after.keys() | before.keys() if after.get(key) != before.get(key)}
+        written = {f"{item.object_type}/{item.record_id}" for item in planned.items}
+        assert changed == written, (
+            f"changed {sorted(changed - written)[:5]}, planned {sorted(written - changed)[:5]}"
+        )
+        # Two-way with a guard smaller than the org's pending pushes: held, nothing written.
+        _set_connector(config, mode="two_way", push_guard={"max_records": 0, "max_share": None})
+        _captured(open_sync_engine(config).ledger, emails[2:4], granted=False)
+        held = open_sync_engine(config).run()
+        assert held.status == "held", f"{held.status}: {held.error}"
+        assert harness.store_state() == after
 
     def test_the_push_guard_holds_a_run_that_would_push_too_much(
         self, harness: ContractHarness, tmp_path: Path
