@@ -4,10 +4,12 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.dataverse import PURPOSES
 from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
@@ -15,6 +17,60 @@ from consentsync.sdk.harness import FaultOutcome
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "dynamics"
 WRITE_KINDS = ("batch", "update")
 TIMEOUT = 2.0
+#: The tables the adoption contract looks at: contact (what the mapping reads and writes) and the
+#: consent rows Customer Insights - Journeys keeps beside it, so that a write to either shows.
+ADOPTION_TABLES = ("contact", "msdynmkt_contactpointconsent4")
+#: Columns every change moves (store_state leaves them out).
+CHANGE_STAMPS = frozenset({"modifiedon", "versionnumber"})
+#: When the environment went live; every seeded row is created and edited after it, years ago.
+ENVIRONMENT_START = dt.datetime(2019, 9, 2, 7, 45, tzinfo=dt.UTC)
+_EMAIL_MARKETING, _PROFILING, _SERVICE = PURPOSES
+_OPTED_IN, _OPTED_OUT, _NOT_SET = 534120001, 534120002, 534120000
+_EMAIL_POINT = 534120000
+
+#: The environment's people in the order they were created: (first name, last name, address,
+#: the contact's "Do Not Allow" columns ticked later, consent rows for the address as (purpose
+#: id, value, source)). The first four may still receive bulk email (the contract withdraws them
+#: on the web site and expects a push).
+_PEOPLE: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, int, str | None], ...]], ...] = (
+    ("Ana", "Müller", "ana.mueller@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, "Web form"),)),
+    ("Björn", "Lind", "bjorn.lind@example.test", (), ()),
+    ("Chloé", "Dubois", "chloe.dubois@example.test", ("donotphone",),
+     ((_SERVICE, _OPTED_IN, "Event"),)),
+    ("Dmitri", "Rossi", "dmitri.rossi@example.test", ("donotpostalmail",),
+     ((_EMAIL_MARKETING, _NOT_SET, "Import"),)),
+    ("Eve", "O'Brien", "eve.obrien@example.test", ("donotbulkemail",),
+     ((_EMAIL_MARKETING, _OPTED_OUT, "Web form"),)),
+    ("Farah", "Okafor", "farah.okafor@example.test", ("donotemail",), ()),
+    ("Gus", "Smith", "gus.smith@example.test", ("donotbulkemail", "donotphone", "donotfax"), ()),
+    ("Hana", "Nakamura", "hana.nakamura@example.test", (),
+     ((_EMAIL_MARKETING, _OPTED_IN, "Event"), (_PROFILING, _OPTED_OUT, "Web form"))),
+    ("Ivo", "García", "ivo.garcia@example.test", ("donotpostalmail", "donotphone"), ()),
+    ("June", "Dubois", "june.dubois@example.test", ("donotbulkemail",), ()),
+    ("Kai", "Lind", "kai.lind@example.test", (), ((_SERVICE, _OPTED_OUT, None),)),
+    ("Lena", "Müller", "lena.mueller@example.test", ("donotemail", "donotbulkemail"),
+     ((_EMAIL_MARKETING, _OPTED_OUT, "Web form"),)),
+    ("Milo", "Rossi", "milo.rossi@example.test", (), ()),
+    ("Nora", "Smith", "nora.smith@example.test", ("donotfax",), ((_EMAIL_MARKETING, _OPTED_IN, "Import"),)),
+    ("Oskar", "Okafor", "oskar.okafor@example.test", ("donotbulkemail",), ()),
+    ("Pia", "Nakamura", "pia.nakamura@example.test", (), ((_EMAIL_MARKETING, _NOT_SET, "Event"),)),
+    ("Rui", "García", "rui.garcia@example.test", ("donotphone",), ()),
+    ("Sara", "O'Brien", "sara.obrien@example.test", (), ((_PROFILING, _OPTED_IN, "Web form"),)),
+    ("Timo", "Dubois", "timo.dubois@example.test", ("donotbulkemail", "donotpostalmail"), ()),
+    ("Uma", "Lind", "uma.lind@example.test", (), ()),
+    ("Vik", "Müller", "vik.mueller@example.test", ("donotemail",), ((_SERVICE, _OPTED_OUT, "Web form"),)),
+    ("Wen", "Rossi", "wen.rossi@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, "Web form"),)),
+)  # fmt: skip
+#: People on two contacts: (index in _PEOPLE, the second contact's ticked columns, how the second
+#: contact ends: "kept" (both active, the address in another letter case), "merged" (merged into
+#: the first with the Merge action, deactivated) or "deactivated" (statecode 1 by a user)).
+_SECOND_CONTACTS: tuple[tuple[int, tuple[str, ...], str], ...] = (
+    (1, (), "kept"),
+    (7, ("donotbulkemail",), "kept"),
+    (12, ("donotbulkemail",), "merged"),
+    (16, (), "kept"),
+    (19, ("donotemail",), "deactivated"),
+)
 
 
 class DynamicsHarness:
@@ -91,6 +147,94 @@ class DynamicsHarness:
             "contact",
             {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
         )
+
+    # -- an environment used for years (AdoptionHarness) ----------------------------------------
+
+    @contextmanager
+    def _at(self, moment: dt.datetime) -> Iterator[None]:
+        """The environment's users act at ``moment`` (createdon and modifiedon)."""
+        env = self.sandbox.environment
+        original = env.clock
+        env.clock = lambda: moment
+        try:
+            yield
+        finally:
+            env.clock = original
+
+    def seed_existing_org(self) -> list[str]:
+        """22 people over six years: contacts with every "Do Not Allow" column ticked somewhere
+        and none ticked for others (the flags ticked after the contact was created, as people
+        ask), second contacts for five people (kept with the address in another letter case and
+        flags that agree or not, merged away, deactivated), and Customer Insights - Journeys
+        consent rows for the addresses (opted in, opted out, not set; several purposes)."""
+        env = self.sandbox.environment
+        emails = []
+        for index, (first, last, email, ticked, consents) in enumerate(_PEOPLE):
+            created = ENVIRONMENT_START + dt.timedelta(days=67 * index, hours=index % 8, minutes=9 * index)
+            with self._at(created):
+                contact = env.create(
+                    "contact",
+                    {
+                        "firstname": first,
+                        "lastname": last,
+                        "emailaddress1": email,
+                        "emailaddress2": f"{first.lower()}@home.example.test" if index % 4 == 1 else None,
+                        "telephone1": f"+44 20 7946 {index:04d}",
+                        "mobilephone": f"+44 7700 900{index:03d}" if index % 3 == 0 else None,
+                        "description": ("Met at the trade fair", None, "Key account")[index % 3],
+                    },
+                )
+            emails.append(email)
+            edited = created + dt.timedelta(days=150 + 7 * index)
+            if ticked:
+                with self._at(edited):
+                    env.update("contact", contact, {column: True for column in ticked})
+            for number, (purpose, value, source) in enumerate(consents):
+                with self._at(created + dt.timedelta(days=number, minutes=30)):
+                    env.create(
+                        "msdynmkt_contactpointconsent4",
+                        {
+                            "msdynmkt_contactpointvalue": email,
+                            "msdynmkt_contactpointtype": _EMAIL_POINT,
+                            "msdynmkt_value": value,
+                            "_msdynmkt_purposeid_value": purpose,
+                            "msdynmkt_source": source,
+                        },
+                    )
+            for position, second_ticked, end in _SECOND_CONTACTS:
+                if position != index:
+                    continue
+                moment = edited + dt.timedelta(days=45)
+                with self._at(moment):
+                    second = env.create(
+                        "contact",
+                        {
+                            "firstname": first,
+                            "lastname": last,
+                            "emailaddress1": email.upper() if end == "kept" else email,
+                            **dict.fromkeys(second_ticked, True),
+                        },
+                    )
+                with self._at(moment + dt.timedelta(days=20)):
+                    if end == "merged":
+                        env.merge("contact", contact, second)
+                    elif end == "deactivated":
+                        env.update("contact", second, {"statecode": 1})
+        return emails
+
+    def store_state(self) -> dict[str, dict[str, Any]]:
+        """Every contact and consent row, column by column, without modifiedon and versionnumber."""
+        env = self.sandbox.environment
+        state = {}
+        for logical_name in ADOPTION_TABLES:
+            primary = env.table(logical_name).primary_id
+            for row in env.records(logical_name):
+                state[f"{logical_name}/{row[primary]}"] = {
+                    name: value.isoformat() if isinstance(value, dt.datetime) else value
+                    for name, value in sorted(row.items())
+                    if name not in CHANGE_STAMPS
+                }
+        return state
 
     # -- late commits --------------------------------------------------------------------------
 

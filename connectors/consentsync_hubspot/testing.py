@@ -11,13 +11,90 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox.hubspot import WRITE_KINDS, HubSpotPortal, HubSpotSandbox
+from consentsync.sandbox.hubspot import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "hubspot"
 TIMEOUT = 2.0
 MARKETING = "1001"
+#: Properties every change moves (store_state leaves them out).
+CHANGE_STAMPS = frozenset({"lastmodifieddate"})
+#: When the portal went live; every seeded contact and status change is years old.
+PORTAL_START = dt.datetime(2019, 5, 6, 8, 30, 0, 250_000, tzinfo=dt.UTC)
+_CONSENT = "Freely given consent from contact"
+_CONTRACT = "Performance of a contract"
+_LI_LEAD = "Legitimate interest – prospect/lead"
+_LI_CUSTOMER = "Legitimate interest – existing customer"
+_LI_OTHER = "Legitimate interest - other"
+_NOT_APPLICABLE = "Not applicable"
+
+#: The portal's people in the order they were created: (first name, last name, email, company,
+#: the ticked hs_legal_basis options, subscription status changes as (subscription id, status,
+#: legal basis, source, days after the contact's creation), in the order they happened). No
+#: status for a subscription reads NOT_SPECIFIED. The first four can still be unsubscribed from
+#: Marketing Information (the contract withdraws them on the web site and expects a push).
+_Change = tuple[str, str, str | None, str, int]
+_PEOPLE: tuple[tuple[str, str, str, str | None, tuple[str, ...], tuple[_Change, ...]], ...] = (
+    ("Ada", "Okafor", "ada.okafor@example.test", "Okafor Logistics", (_CONSENT,),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),)),
+    ("Bo", "Lind", "bo.lind@example.test", None, (_LI_LEAD,), ()),
+    ("Chloé", "García", "chloe.garcia@example.test", "García & Hijos", (_CONTRACT,),
+     (("1002", "SUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Import", 0),
+      ("1001", "SUBSCRIBED", "LEGITIMATE_INTEREST_CLIENT", "Sales", 90))),
+    ("Dev", "Nakamura", "dev.nakamura@example.test", "Nakamura KK", (), ()),
+    ("Emeka", "Schmidt", "emeka.schmidt@example.test", None, (_CONSENT,),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1001", "UNSUBSCRIBED", "CONSENT_WITH_NOTICE", "Subscription preferences page", 400))),
+    ("Fatima", "O'Neil", "fatima.oneil@example.test", "O'Neil Partners", (_LI_CUSTOMER, _CONTRACT),
+     (("1002", "SUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Import", 0),
+      ("1003", "SUBSCRIBED", "LEGITIMATE_INTEREST_CLIENT", "Sales", 3))),
+    ("Grete", "Nowak", "grete.nowak@example.test", None, (),
+     (("1001", "UNSUBSCRIBED", None, "Subscription preferences page", 12),)),
+    ("Hiro", "Silva", "hiro.silva@example.test", "Silva Imports", (_LI_OTHER,),
+     (("1001", "SUBSCRIBED", "LEGITIMATE_INTEREST_OTHER", "Import", 0),)),
+    ("Ines", "Lind", "ines.lind@example.test", None, (_NOT_APPLICABLE,),
+     (("1001", "SUBSCRIBED", "NON_GDPR", "Form", 0),)),
+    ("Jon", "Okafor", "jon.okafor@example.test", "Okafor Logistics", (_CONSENT,),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1002", "SUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Import", 0),
+      ("1001", "UNSUBSCRIBED", "CONSENT_WITH_NOTICE", "Unsubscribe link", 700),
+      ("1002", "UNSUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Unsubscribe link", 700),
+      ("1003", "UNSUBSCRIBED", None, "Unsubscribe link", 700))),
+    ("Kai", "García", "kai.garcia@example.test", None, (_LI_LEAD,),
+     (("1001", "SUBSCRIBED", "LEGITIMATE_INTEREST_PQL", "Sales", 30),)),
+    ("Lea", "Nakamura", "lea.nakamura@example.test", "Nakamura KK", (_CONTRACT,),
+     (("1002", "UNSUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Subscription preferences page", 200),)),
+    ("Mo", "Schmidt", "mo.schmidt@example.test", None, (),
+     (("1001", "SUBSCRIBED", "PROCESS_AND_STORE", "Import", 0),)),
+    ("Nia", "O'Neil", "nia.oneil@example.test", None, (_CONSENT,),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1002", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0))),
+    ("Omar", "Silva", "omar.silva@example.test", "Silva Imports", (_LI_CUSTOMER,),
+     (("1001", "NOT_SPECIFIED", None, "Import", 0),)),
+    ("Pia", "Nowak", "pia.nowak@example.test", None, (_CONSENT, _LI_LEAD),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1001", "UNSUBSCRIBED", "CONSENT_WITH_NOTICE", "Bounce management", 1100))),
+    ("Quinn", "Lind", "quinn.lind@example.test", "Lind AB", (_CONTRACT,),
+     (("1002", "SUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Import", 0),)),
+    ("Rosa", "Okafor", "rosa.okafor@example.test", None, (), ()),
+    ("Sven", "García", "sven.garcia@example.test", None, (_LI_OTHER,),
+     (("1003", "SUBSCRIBED", "LEGITIMATE_INTEREST_OTHER", "Sales", 5),)),
+    ("Tara", "Nakamura", "tara.nakamura@example.test", "Nakamura KK", (_CONSENT,),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1002", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1002", "UNSUBSCRIBED", "CONSENT_WITH_NOTICE", "Subscription preferences page", 365))),
+    ("Uli", "Schmidt", "uli.schmidt@example.test", None, (_LI_LEAD,),
+     (("1001", "UNSUBSCRIBED", "LEGITIMATE_INTEREST_PQL", "Subscription preferences page", 60),)),
+    ("Vera", "O'Neil", "vera.oneil@example.test", "O'Neil Partners", (_CONTRACT, _CONSENT),
+     (("1001", "SUBSCRIBED", "CONSENT_WITH_NOTICE", "Form", 0),
+      ("1002", "SUBSCRIBED", "PERFORMANCE_OF_CONTRACT", "Import", 0))),
+)  # fmt: skip
+#: People who were on two contacts: (index in _PEOPLE, their second address). The second
+#: contact (with statuses of its own, kept by its address) is merged into the first.
+_MERGED = ((6, "grete@nowak-design.example.test"), (13, "nia.oneil@work.example.test"))
+#: A contact deleted years ago (HubSpot keeps its unsubscription, by address).
+_ARCHIVED = ("former.customer@example.test", "Former", "Customer")
 
 
 class HubSpotHarness:
@@ -95,6 +172,110 @@ class HubSpotHarness:
         if opted_out:
             self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
         return contact_id
+
+    # -- a portal used for years (AdoptionHarness) ---------------------------------------------
+
+    def seed_existing_org(self) -> list[str]:
+        """22 people over six years: subscription statuses for Marketing Information, Customer
+        Service Communication and One to One (subscribed, unsubscribed, never specified, an
+        explicit NOT_SPECIFIED) under every v3 legal basis, each with its own timestamp and
+        source; hs_legal_basis with no, one and two options ticked (Not applicable included);
+        two people whose second contact was merged into the first (its address keeps its
+        statuses); a contact deleted with its unsubscription kept."""
+        portal = self.sandbox.portal
+        emails = []
+        for index, (first, last, email, company, bases, changes) in enumerate(_PEOPLE):
+            created = PORTAL_START + dt.timedelta(days=53 * index, hours=index % 7, minutes=11 * index)
+            contact_id = portal.create(
+                {
+                    "email": email,
+                    "firstname": first,
+                    "lastname": last,
+                    "company": company,
+                    "jobtitle": ("Buyer", "CFO", None, "Marketing Manager", "Engineer")[index % 5],
+                    "phone": f"+44 20 7946 {index:04d}" if index % 3 else None,
+                    "hs_legal_basis": ";".join(bases) or None,
+                },
+                at=created,
+            )
+            emails.append(email)
+            for sid, status, basis, source, days in changes:
+                portal.set_status(
+                    email,
+                    sid,
+                    status,
+                    legal_basis=basis,
+                    explanation=f"{source}, {created.year + days // 365}" if basis else None,
+                    source=source,
+                    at=created + dt.timedelta(days=days, minutes=5),
+                )
+            for position, second in _MERGED:
+                if position == index:
+                    moment = created + dt.timedelta(days=40)
+                    other = portal.create(
+                        {"email": second, "firstname": first, "lastname": last, "company": company}, at=moment
+                    )
+                    portal.set_status(
+                        second,
+                        MARKETING,
+                        "SUBSCRIBED",
+                        legal_basis="CONSENT_WITH_NOTICE",
+                        explanation="Trade fair sign-up",
+                        source="Form",
+                        at=moment,
+                    )
+                    portal.merge(contact_id, other, at=moment + dt.timedelta(days=100))
+            if index == 10:
+                address, first_name, last_name = _ARCHIVED
+                moment = created + dt.timedelta(hours=2)
+                gone = portal.create(
+                    {"email": address, "firstname": first_name, "lastname": last_name}, at=moment
+                )
+                portal.set_status(address, MARKETING, "UNSUBSCRIBED", source="Unsubscribe link", at=moment)
+                portal.archive(gone, at=moment + dt.timedelta(days=15))
+        return emails
+
+    def store_state(self) -> dict[str, dict[str, Any]]:
+        """Every live contact, its properties without lastmodifieddate and, under
+        ``subscriptions``, the statuses HubSpot keeps for its address; archived contacts; and
+        the statuses of addresses that no live contact has (``subscriptions/<address>``)."""
+        portal = self.sandbox.portal
+
+        def statuses(email: str) -> dict[str, Any]:
+            return {
+                sid: {
+                    "status": held.status,
+                    "legal_basis": held.legal_basis,
+                    "explanation": held.explanation,
+                    "timestamp": iso_ms(held.timestamp),
+                    "source": held.source,
+                }
+                for sid, held in sorted(portal.statuses(email).items())
+            }
+
+        def rendered(record: dict[str, Any]) -> dict[str, Any]:
+            return {
+                name: iso_ms(value) if isinstance(value, dt.datetime) else value
+                for name, value in sorted(record.items())
+                if name not in CHANGE_STAMPS
+            }
+
+        state: dict[str, dict[str, Any]] = {}
+        addresses: set[str] = set()
+        with portal.lock:
+            for contact_id in portal.ids():
+                record = portal.get(contact_id) or {}
+                email = str(record.get("email") or "").strip().lower()
+                state[f"contacts/{contact_id}"] = {
+                    **rendered(record),
+                    "subscriptions": statuses(email) if email else {},
+                }
+                addresses.add(email)
+            for contact_id, record in portal.archived():
+                state[f"contacts/{contact_id}"] = {**rendered(record), "archived": True}
+            for address in sorted({address for address, _sid in portal._statuses} - addresses):
+                state[f"subscriptions/{address}"] = statuses(address)
+        return state
 
     # -- late commits (the search index lagging a write) ---------------------------------------
 
