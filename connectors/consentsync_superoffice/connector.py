@@ -145,6 +145,15 @@ class SuperOfficeConnector(Connector):
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     can_delete: ClassVar[bool] = True
 
+    def as_read_back(self, update: RecordUpdate) -> dict[str, Any]:
+        """A removed consent (LegalBase_<KEY> set to null: RemoveConsent) reads back as the
+        tenant's mark for it (``removal_reads_back_as``)."""
+        fields = dict(update.fields)
+        for name, value in update.fields.items():
+            if name.startswith("LegalBase_") and value is None:
+                fields[name] = self.config.removal_reads_back_as
+        return fields
+
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = SuperOfficeSettings.model_validate(dict(settings))

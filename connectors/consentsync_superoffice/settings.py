@@ -50,6 +50,10 @@ class SuperOfficeSettings(BaseModel):
     # Changed consents a page of the ConsentPurpose archive (its $top).
     page_size: int = Field(default=200, ge=1, le=1000)
     # The archive provider read for changed consents, and its columns (SuperOffice's names).
+    # What a consent removed by RemoveConsent reads back as: the legal basis key the tenant marks
+    # it with (the sandbox's and, unconfirmed, SuperOffice's "turn off consent": WITHDRAWN), or
+    # null where the tenant deletes the row. consentsync recognises its own removals by it.
+    removal_reads_back_as: str | None = "WITHDRAWN"
     archive_provider: str = "ConsentPurpose"
     column_person_id: str = "consentPerson/personId"
     column_updated: str = "consentPerson/updatedDate"

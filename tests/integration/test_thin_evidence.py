@@ -138,3 +138,45 @@ def test_no_consent_on_record_writes_only_the_mappings_no_consent_value_and_defa
         ),
     }  # fmt: skip
     assert mapping.updates_for(crm, evidenced) == {"OptOut": True, "Basis": "Contract"}
+
+
+def test_a_consent_removed_for_expiry_reads_back_withdrawn_and_is_no_withdrawal(tmp_path: Path) -> None:
+    """SuperOffice marks a consent removed by RemoveConsent Withdrawn, stamped when it applied
+    the write: read back, that is the project's own write, never the person's withdrawal (which
+    only a new trusted opt-in could reverse), and it is not removed again."""
+    from consentsync_superoffice.testing import SuperOfficeHarness
+
+    from consentsync.sdk.testing import _set_connector
+
+    harness = SuperOfficeHarness()
+    harness.start()
+    try:
+        emails = harness.seed_existing_org()  # consents registered since 2019: some expired
+        config = write_sync_config(harness, tmp_path)
+        time.sleep(1.1)
+        assert open_sync_engine(config).run(full=True).status == "succeeded"
+        ledger = open_sync_engine(config).ledger
+        expired = [
+            email
+            for email in emails
+            if any(
+                (p["purpose"], p["status"]) == ("email_marketing", "expired")
+                for p in ledger.subject_view(email)["purposes"]
+            )
+        ]
+        assert expired, "the seeded org has a consent older than the purpose's validity"
+        time.sleep(1.1)
+        again = open_sync_engine(config).run()  # reads the removals back as Withdrawn
+        assert again.status == "succeeded", again.error
+        assert (again.counts.evidence_recorded, again.counts.pushes_enqueued) == (0, 0)
+        states = {
+            email: next(
+                p for p in ledger.subject_view(email)["purposes"] if p["purpose"] == "email_marketing"
+            )
+            for email in expired
+        }
+        assert {state["rule"] for state in states.values()} == {"validity_expired"}, states
+        _set_connector(config, mode="two_way")
+        assert open_sync_engine(config).run().counts.pushed == 0
+    finally:
+        harness.stop()

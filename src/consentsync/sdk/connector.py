@@ -204,6 +204,13 @@ class Connector(ABC):
         consent is merely absent."""
         return {""} if update.action is WriteAction.DELETE else set()
 
+    def as_read_back(self, update: RecordUpdate) -> dict[str, Any]:
+        """``update``'s fields as the CRM will show them when they are read back. The same by
+        default; a CRM that records a write as a value of its own (SuperOffice marking a removed
+        consent Withdrawn) says so here, so that the engine recognises its own write and never
+        takes it for the person's choice, nor writes it again."""
+        return dict(update.fields)
+
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)
         before the stored position, from the first record of that moment. A cursor holding a

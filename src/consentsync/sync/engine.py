@@ -510,8 +510,8 @@ class SyncEngine:
             fresh = [
                 e
                 for e in evidence
-                if seen.get(_evidence_key(e)) != view[_evidence_key(e)]
-                and echo.get(_evidence_key(e)) != view[_evidence_key(e)]
+                if not _same(seen.get(_evidence_key(e)), view[_evidence_key(e)])
+                and not _same(echo.get(_evidence_key(e)), view[_evidence_key(e)])
             ]
             fields = canonical_json(_consent_fields(mapping, record.fields))
             stored = snapshots.get(record.record_id)
@@ -709,7 +709,9 @@ class SyncEngine:
         for row in unanswered:
             if row.action != WriteAction.UPDATE:
                 continue
-            fields = orjson.loads(row.fields)
+            fields = self.connector.as_read_back(
+                RecordUpdate(row.object_type, row.record_id, orjson.loads(row.fields))
+            )
             known = snapshots.get(row.record_id, ({}, {}))[1]
             echoes[row.record_id] = self._echo_view(mapping, row.record_id, {**known, **fields}, now) or {}
             shown = by_id[row.record_id].fields
@@ -731,7 +733,7 @@ class SyncEngine:
             )
         except InvalidInput:
             return None
-        return {_evidence_key(e): _evidence_view(e) for e in echoed}
+        return {_evidence_key(e): _our_write(_evidence_view(e)) for e in echoed}
 
     # -- outbox --------------------------------------------------------------------------------
 
@@ -772,8 +774,8 @@ class SyncEngine:
             examined.setdefault(row.object_type, []).append(row.record_id)
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
-            updates = mapping.updates_for(known, subject_states)
-            rule = _deciding_rule(subject_states)
+            updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
+            rule = _rule_for(mapping, updates, subject_states)
             action = WriteAction.UPDATE
             erasure = self.options.erasure_actions.get(row.object_type, "suppress")
             if (
@@ -888,6 +890,18 @@ class SyncEngine:
                 continue
             kept.append(new)
         return kept
+
+    def _not_shown_yet(self, row: Any, updates: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
+        """``updates`` less what the record already shows as the CRM reads such a write back (a
+        consent SuperOffice marked Withdrawn when it was removed is not removed again)."""
+        if not updates:
+            return updates
+        shown = self.connector.as_read_back(RecordUpdate(row.object_type, row.record_id, updates))
+        return {
+            name: value
+            for name, value in updates.items()
+            if name not in known or crm_key(shown.get(name)) != crm_key(known[name])
+        }
 
     def _erasures_done(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
         """(object, record) pairs whose erasure action (anonymise, delete) the CRM acknowledged."""
@@ -1021,7 +1035,13 @@ class SyncEngine:
             live = conn.execute(
                 select(func.count())
                 .select_from(crm_links)
-                .where(crm_links.c.connector == self.name, crm_links.c.gone_at.is_(None))
+                .where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.gone_at.is_(None),
+                    # Records the connector reads (a contact's Individual, linked but not
+                    # mapped, is not one of its records).
+                    crm_links.c.object_type.in_(sorted(self.by_object)),
+                )
             ).scalar_one()
             plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
         records = len({(row.object_type, row.record_id) for row in pending})
@@ -1198,7 +1218,10 @@ class SyncEngine:
             link = links[(row.object_type, row.record_id)]
             known = orjson.loads(link.fields) if link.fields else {}
             olds[row.id] = {name: known.get(name) for name in fields}
-            merged = {**known, **fields}
+            merged = {
+                **known,
+                **self.connector.as_read_back(RecordUpdate(row.object_type, row.record_id, fields)),
+            }
             mapping = self.by_object[row.object_type]
             try:
                 echoed = mapping.evidence_from(
@@ -1206,7 +1229,7 @@ class SyncEngine:
                     connector=self.name,
                     observed_at=now,
                 )
-                view = {_evidence_key(e): _evidence_view(e) for e in echoed}
+                view = {_evidence_key(e): _our_write(_evidence_view(e)) for e in echoed}
             except InvalidInput:
                 view = orjson.loads(link.evidence) if link.evidence else {}
             snapshots[link.id] = (link.id, canonical_json(view), canonical_json(merged), stamp)
@@ -1382,10 +1405,37 @@ def _evidence_view(evidence: Evidence) -> list[str | None]:
     ]
 
 
+def _our_write(view: list[str | None]) -> list[str | None]:
+    """The view of a value this project wrote: its status and basis, and no time (the CRM stamps
+    a write when it applies it, a time nobody can know before reading it back)."""
+    return [view[0], view[1], None, "ours"]
+
+
+def _same(seen: list[str | None] | None, view: list[str | None]) -> bool:
+    """Whether a value read is the one last seen or written: a written value (see _our_write)
+    matches on status and basis, whatever time the CRM stamped on it."""
+    if seen is not None and len(seen) == 4:
+        return seen[:2] == view[:2]
+    return seen == view
+
+
 def _brief(state: EffectiveState | None) -> str:
     if state is None:
         return "-"
     return state.status.value + (" (suppressed)" if state.suppressed else "")
+
+
+def _rule_for(
+    mapping: Mapping, updates: dict[str, Any], states: dict[tuple[str, str], EffectiveState]
+) -> str | None:
+    """The rule behind the fields a push writes: the state of the consents those fields carry
+    (a suppressed one first), else the person's deciding rule."""
+    behind: dict[tuple[str, str], EffectiveState] = {}
+    for consent in mapping.spec.consents:
+        fields = {consent.status.field, consent.basis.field if consent.basis else None}
+        if fields & set(updates):
+            behind.update({pair: states[pair] for pair in consent.constant_pairs() if pair in states})
+    return _deciding_rule(behind or states)
 
 
 def _deciding_rule(states: dict[tuple[str, str], EffectiveState]) -> str | None:
