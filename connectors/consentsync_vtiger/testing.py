@@ -228,7 +228,11 @@ class VtigerHarness:
         self.sandbox.crm.delete(record_id)
 
     def merge_records(self, survivor_id: str, merged_id: str) -> None:
-        raise NotImplementedError("Vtiger's webservice shows no merges (can_merge is False)")
+        """Vtiger's duplicate merge keeps the survivor and deletes the other record; the
+        webservice keeps no link between them, so a merge reads as a deletion (can_merge is
+        False: the contract expects no merged_into)."""
+        assert self.sandbox.crm.get(survivor_id) is not None, f"no record {survivor_id}"
+        self.sandbox.crm.delete(merged_id)
 
     def opt_out(self, record_id: str) -> None:
         """The person ticks "Email Opt Out" in Vtiger (its modifiedtime moves to now)."""

@@ -106,15 +106,15 @@ def test_a_dead_owners_run_is_recorded_as_crashed_and_its_connector_is_free(sync
     assert "process died" in runs[0].error
 
 
+# Advisory locks and session termination are PostgreSQL's: this test has no SQLite variant.
 @pytest.mark.postgres
+@pytest.mark.parametrize("ledger_url", ["postgres"], indirect=True)
 def test_a_lost_database_session_lets_no_second_daemon_push_twice(
     sync_config: Path, ledger_url: str, org: Any
 ) -> None:
     """The owner's lock session is terminated mid-run (its advisory lock goes with it) while the
     run goes on; a second daemon starts at once. Before leases, both ran and pushed the same
     records twice."""
-    if not ledger_url.startswith("postgresql"):
-        pytest.skip("advisory locks and session termination are PostgreSQL's")
     application = ledger_url.rsplit("application_name=", 1)[1]
     org.faults.update(delay=0.15, delay_kinds=["query", "queryMore", "composite"])
     env = {**os.environ}

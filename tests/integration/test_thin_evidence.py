@@ -29,17 +29,19 @@ def hubspot() -> Iterator[HubSpotHarness]:
         harness.stop()
 
 
-def _withdrawal(email: str) -> tuple[Identity, Evidence]:
+def _captured(email: str, status: ConsentStatus, **proof: str) -> tuple[Identity, Evidence]:
+    """The person's email-marketing choice, captured now on the web site."""
     now = datetime.now(UTC)
     return Identity(email=email), Evidence(
         purpose="email_marketing",
         channel="email",
-        status=ConsentStatus.WITHDRAWN,
+        status=status,
         basis=LawfulBasis.CONSENT,
         event_time=now,
         observed_at=now,
         source="web_form",
         origin=Origin.CAPTURE,
+        **proof,
     )
 
 
@@ -51,24 +53,10 @@ def test_an_unsubscribe_is_sent_for_a_withdrawal_never_for_a_restriction_or_no_c
     withdrew = hubspot.create_person("withdrew@example.test")
     config = write_sync_config(hubspot, tmp_path)
     engine = open_sync_engine(config)
-    engine.ledger.record(*_withdrawal("withdrew@example.test"))
-    engine.ledger.record(*_withdrawal("restricted@example.test"))
+    engine.ledger.record(*_captured("withdrew@example.test", ConsentStatus.WITHDRAWN))
+    engine.ledger.record(*_captured("restricted@example.test", ConsentStatus.WITHDRAWN))
     # An Art. 18 restriction is lifted one day: a newer evidenced opt-in first, then restricted.
-    now = datetime.now(UTC)
-    engine.ledger.record(
-        Identity(email="restricted@example.test"),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=ConsentStatus.GRANTED,
-            basis=LawfulBasis.CONSENT,
-            event_time=now,
-            observed_at=now,
-            source="web_form",
-            origin=Origin.CAPTURE,
-            notice_version="v1",
-        ),
-    )
+    engine.ledger.record(*_captured("restricted@example.test", ConsentStatus.GRANTED, notice_version="v1"))
     engine.ledger.restrict("restricted@example.test", restricted=True, reason="accuracy contested")
     time.sleep(1.1)
     report = open_sync_engine(config).run(full=True)

@@ -1029,8 +1029,16 @@ class SyncEngine:
         exceed the blast-radius guard (the run is then ``held`` until a plan is approved)."""
         options = self.options
         with self.ledger.engine.connect() as conn:
-            pending = self._pending(conn)
-            if not pending:
+            # Counted in the database: the whole queue is loaded only when it is held (for the
+            # adoption report), not on every run that pushes.
+            waiting = (
+                select(outbox.c.object_type, outbox.c.record_id)
+                .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+                .distinct()
+                .subquery()
+            )
+            records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+            if not records:
                 return False
             live = conn.execute(
                 select(func.count())
@@ -1043,12 +1051,14 @@ class SyncEngine:
                     crm_links.c.object_type.in_(sorted(self.by_object)),
                 )
             ).scalar_one()
+            too_many = options.guard_max_records is not None and records > options.guard_max_records
+            too_much = (
+                options.guard_max_share is not None and live and records / live > options.guard_max_share
+            )
+            if options.mode != "observe" and not (too_many or too_much):
+                return False
+            pending = self._pending(conn)
             plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
-        records = len({(row.object_type, row.record_id) for row in pending})
-        too_many = options.guard_max_records is not None and records > options.guard_max_records
-        too_much = options.guard_max_share is not None and live and records / live > options.guard_max_share
-        if options.mode != "observe" and not (too_many or too_much):
-            return False
         report.counts.pushes_held = len(pending)
         report.counts.would_push = plan.changes()
         if options.mode == "observe":
