@@ -48,6 +48,7 @@ from consentsync.sync.failpoints import failpoint
 from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
+from consentsync.sync.prefetch import Prefetch
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -360,32 +361,42 @@ class SyncEngine:
         report.stage, report.stage_done, report.stage_total = f"reading {key}", 0, None
         position = stored
         kept = False  # whether the connector's completed cursor (a new delta token) is stored
-        for page in batched(records, self.options.batch_size):
-            if self.stop_requested.is_set():
-                raise _Stop
-            failpoint("sync.page.read")
-            report.stage_done += len(page)
-            report.stage_total = self.connector.expected_records
-            # A read that ended (the last page is in hand) may have handed over a new token: it is
-            # stored with this page. Before that, pages keep the token the read started from.
-            final = self.connector.completed_cursor
-            last = page[-1]
-            candidate = final or Cursor(last.modstamp, last.record_id, stored.token)
-            advance = final is not None or position.modstamp is None or _later(candidate, position)
-            with self._transaction() as conn:
-                self._commit_page(
-                    conn,
-                    mapping,
-                    page,
-                    report,
-                    dry_run=dry_run,
-                    cursor=(key, candidate) if advance else None,
-                )
-            if advance:
-                position = candidate
-            kept = final is not None
-            report.counts.api_calls = self.connector.usage.calls
-            self.progress(report)
+        # The next page is read while this one is committed (one page ahead: memory stays flat).
+        # A read that ended (the last page in hand) may have handed over a new token: it is taken
+        # with that page, as the reader saw it then, and stored with it. Before that, pages keep
+        # the token the read started from.
+        pages = Prefetch(
+            batched(records, self.options.batch_size),
+            capture=lambda: self.connector.completed_cursor,
+            stop=self.stop_requested,
+            name=f"consentsync-read-{self.name}",
+        )
+        with pages:
+            for page, final in pages:
+                if self.stop_requested.is_set():
+                    raise _Stop
+                failpoint("sync.page.read")
+                report.stage_done += len(page)
+                report.stage_total = self.connector.expected_records
+                last = page[-1]
+                candidate = final or Cursor(last.modstamp, last.record_id, stored.token)
+                advance = final is not None or position.modstamp is None or _later(candidate, position)
+                with self._transaction() as conn:
+                    self._commit_page(
+                        conn,
+                        mapping,
+                        page,
+                        report,
+                        dry_run=dry_run,
+                        cursor=(key, candidate) if advance else None,
+                    )
+                if advance:
+                    position = candidate
+                kept = final is not None
+                report.counts.api_calls = self.connector.usage.calls
+                self.progress(report)
+        if self.stop_requested.is_set():
+            raise _Stop
         final = self.connector.completed_cursor
         if final is not None and not kept:
             # The read ended after the last committed page (or yielded nothing): every record is
@@ -997,25 +1008,35 @@ class SyncEngine:
                 RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields), WriteAction(r.action))
                 for r in rows
             ]
-            batches = self.connector.write_batches(updates)
-            try:
-                for answers in batches:
-                    failpoint("sync.push.answered")
-                    with self._transaction() as conn:
-                        self._settle(
-                            conn,
-                            [(rows[index], result) for index, result in sorted(answers.items())],
-                            report,
-                            self.ledger.clock(),
-                        )
-                    report.counts.api_calls = self.connector.usage.calls
-                    self.progress(report)
+            # The next CRM call is made while this one's answers are committed. A stop lets the
+            # call in flight finish and commits its answers too: no answer the CRM gave is lost.
+            calls = Prefetch(
+                self.connector.write_batches(updates),
+                stop=self.stop_requested,
+                name=f"consentsync-push-{self.name}",
+            )
+            with calls:
+                for answers, _ in calls:
+                    self._settle_call(rows, answers, report)
                     if self.stop_requested.is_set():
+                        for left, _ in calls.close():
+                            self._settle_call(rows, left, report)
                         raise _Stop
-            finally:
-                close = getattr(batches, "close", None)
-                if close is not None:
-                    close()
+            if self.stop_requested.is_set():
+                raise _Stop
+
+    def _settle_call(self, rows: list[Any], answers: dict[int, WriteResult], report: RunReport) -> None:
+        """Commits one CRM call's answers (``answers`` by position in ``rows``)."""
+        failpoint("sync.push.answered")
+        with self._transaction() as conn:
+            self._settle(
+                conn,
+                [(rows[index], result) for index, result in sorted(answers.items())],
+                report,
+                self.ledger.clock(),
+            )
+        report.counts.api_calls = self.connector.usage.calls
+        self.progress(report)
 
     def _pending(self, conn: Connection) -> list[Any]:
         return conn.execute(

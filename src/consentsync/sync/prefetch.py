@@ -1,0 +1,122 @@
+"""Runs an iterator one step ahead in a thread of its own, so that the next CRM call (a query page,
+a write batch) is in flight while the current one is committed to the ledger.
+
+Bounded: at most ``depth`` items are produced ahead of the consumer, the one in the making
+included, so memory stays flat however long the stream. Each item is
+handed over with ``capture()``'s value taken right after the item was produced (the connector's
+state at that moment: whether its read had ended), never a later one. An exception in the thread
+is raised in the consumer, at the item where it happened. ``close()`` stops the thread after the
+call in flight and hands back what it produced meanwhile, so that a stopped run can still commit
+every answer the CRM gave.
+
+The standard library's ``concurrent.futures`` runs calls, not generators that must stay on one
+thread and stop between items; this is the small bounded queue that does that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+class _Raised:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Prefetch(Generic[T]):
+    """``for item, captured in Prefetch(source, capture=...)``: the items of ``source``, produced
+    in a background thread at most ``depth`` ahead of the consumer."""
+
+    def __init__(
+        self,
+        source: Iterable[T],
+        *,
+        depth: int = 1,
+        capture: Callable[[], Any] = lambda: None,
+        stop: threading.Event | None = None,
+        name: str = "consentsync-prefetch",
+    ) -> None:
+        self._source = iter(source)
+        self._capture = capture
+        self._queue: queue.Queue[Any] = queue.Queue()
+        # A slot is taken before an item is asked for and given back when the consumer takes one.
+        self._slots = threading.Semaphore(max(1, depth))
+        self._stop = threading.Event()
+        self._asked_to_stop = stop or threading.Event()  # the run's stop: no new item is begun
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+        self._thread.start()
+
+    def _may_begin(self) -> bool:
+        while not (self._stop.is_set() or self._asked_to_stop.is_set()):
+            if self._slots.acquire(timeout=0.05):
+                return True
+        return False
+
+    def _produce(self) -> None:
+        try:
+            while self._may_begin():
+                try:
+                    item = next(self._source)
+                except StopIteration:
+                    break
+                self._queue.put((item, self._capture()))
+            self._queue.put(_END)
+        except BaseException as error:  # handed to the consumer, raised there
+            self._queue.put(_Raised(error))
+        finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                # The source's own clean-up: its errors, if any, were already handed over above.
+                with contextlib.suppress(Exception):
+                    close()
+
+    def __iter__(self) -> Iterator[tuple[T, Any]]:
+        return self
+
+    def __next__(self) -> tuple[T, Any]:
+        if self._finished:
+            raise StopIteration
+        got = self._queue.get()
+        self._slots.release()
+        if got is _END:
+            self._finished = True
+            self._thread.join()
+            raise StopIteration
+        if isinstance(got, _Raised):
+            self._finished = True
+            self._thread.join()
+            raise got.error
+        return got  # type: ignore[no-any-return]
+
+    def close(self) -> list[tuple[T, Any]]:
+        """Stops producing after the item in progress; returns the items produced and not taken
+        (an exception raised meanwhile is dropped: the consumer is stopping anyway)."""
+        self._stop.set()
+        self._thread.join()
+        left: list[tuple[T, Any]] = []
+        while True:
+            try:
+                got = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if got is not _END and not isinstance(got, _Raised):
+                left.append(got)
+        self._finished = True
+        return left
+
+    def __enter__(self) -> Prefetch[T]:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
