@@ -2,6 +2,7 @@
 
     python bench/ledger_bench.py                 # 1,000,000 events, 100,000 people
     python bench/ledger_bench.py --events 200000 --subjects 20000 --url sqlite:////tmp/x.db
+    python bench/ledger_bench.py --compare --events 200000 --subjects 20000 [--pg-url URL]
 
 Every event goes the whole way: identity resolution, replay check, reconciliation, the event
 row, the current-state upsert and a hash-chained audit entry. Memory is sampled at checkpoints
@@ -12,26 +13,38 @@ Batches of 50,000 events a transaction, as a bulk import would write them: each 
 every index page its batch touched, and the indexes keyed by fingerprint and subject take random
 keys, so larger batches write each page fewer times (--batch 5000 measures the smaller batches
 of a sync run). docs/performance.md has the figures and what bounds them.
+
+--compare records the same stream, in one run, into the SQLite floor (bench/sqlite_floor.py),
+a SQLite ledger and a PostgreSQL ledger (in a schema of its own, created and dropped on the
+server of --pg-url, default $CONSENTSYNC_TEST_POSTGRES_URL), and prints the ratios of
+issue 14: SQLite ledger / floor (events/s, at least 0.5) and PostgreSQL ledger / SQLite ledger
+(time, at most 2.0). CPU seconds are this process's: PostgreSQL's own work is not in them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
+from urllib.parse import quote
 
-from consentsync.app import open_ledger
+from sqlalchemy import create_engine, text
+from sqlite_floor import open_fresh_ledger, people, record_floor, stream_arguments
+
 from consentsync.audit import verify
-from consentsync.config import parse_config, starter_config_text
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
-from consentsync.ledger.service import RecordRequest
+from consentsync.ledger.service import Ledger, RecordRequest, RecordStats
 from consentsync.logs import configure as configure_logging
 
 STATUSES = [
@@ -41,6 +54,7 @@ STATUSES = [
     (ConsentStatus.REFUSED, 1),
 ]
 SOURCES = [("web_form", Origin.CAPTURE), ("salesforce", Origin.CRM), ("hubspot", Origin.CRM)]
+POSTGRES_ENV = "CONSENTSYNC_TEST_POSTGRES_URL"
 
 
 def rss_mib() -> float:
@@ -49,22 +63,25 @@ def rss_mib() -> float:
 
 
 def evidence_stream(events: int, subjects: int, seed: int) -> Iterator[RecordRequest]:
-    rng = random.Random(seed)
-    # A pool of statuses drawn by weight once, indexed by a cheap random int per event, so the
-    # figures measure the ledger rather than this generator.
+    """One event per person of ``sqlite_floor.people`` (the floor's stream, for the same seed)."""
+    rng = random.Random(seed + 1)
+    # A pool of statuses drawn by weight once, indexed by a cheap random int per event, and one
+    # identity per person, so that the figures measure the ledger rather than this generator.
     pool = [status for status, weight in STATUSES for _ in range(weight)]
+    identities: dict[int, Identity] = {}
     start = datetime(2024, 1, 1, tzinfo=UTC)
     observed = datetime(2026, 11, 1, tzinfo=UTC)
-    for index in range(events):
-        person = int(rng.random() * subjects)
+    for index, person in enumerate(people(events, subjects, seed)):
+        identity = identities.get(person)
+        if identity is None:
+            identity = identities[person] = Identity(email=f"person{person}@example.org")
         source, origin = SOURCES[index % len(SOURCES)]
-        status = pool[int(rng.random() * len(pool))]
         yield RecordRequest(
-            Identity(email=f"person{person}@example.org"),
+            identity,
             Evidence(
                 purpose="email_marketing",
                 channel="email",
-                status=status,
+                status=pool[int(rng.random() * len(pool))],
                 basis=LawfulBasis.CONSENT,
                 event_time=start + timedelta(seconds=index),
                 observed_at=observed,
@@ -75,65 +92,150 @@ def evidence_stream(events: int, subjects: int, seed: int) -> Iterator[RecordReq
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--subjects", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=50_000)
-    parser.add_argument("--checkpoint", type=int, default=100_000)
-    parser.add_argument("--url", help="ledger URL (default: a SQLite file in a temp dir)")
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
+@dataclass(slots=True)
+class LedgerRun:
+    stats: RecordStats
+    elapsed: float
+    cpu: float
 
+
+def record(
+    ledger: Ledger,
+    stream: Iterable[RecordRequest],
+    batch: int,
+    checkpoint: int,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> LedgerRun:
+    """Records ``stream`` through ``Ledger.record_many``, ``checkpoint`` events a call."""
+    iterator = iter(stream)
+    total = RecordStats()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    while True:
+        window = time.perf_counter()
+        stats = ledger.record_many(islice(iterator, checkpoint), batch_size=batch)
+        if not stats.received:
+            break
+        total.add(stats)
+        if progress is not None:
+            progress(total.received, stats.received, time.perf_counter() - window)
+    return LedgerRun(total, time.perf_counter() - started, time.process_time() - cpu_started)
+
+
+def verified(ledger: Ledger) -> str:
+    started = time.perf_counter()
+    with ledger.engine.connect() as conn:
+        result = verify(conn)
+    return (
+        f"audit verify: ok={result.ok}, {result.entries_checked:,} entries in "
+        f"{time.perf_counter() - started:,.1f} s"
+    )
+
+
+def single(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="consentsync-bench-"))
     url = args.url or f"sqlite:///{workdir / 'ledger.db'}"
-    text = starter_config_text().replace("url: sqlite:///consentsync.db", f"url: {url}")
-    text = text.replace(
-        "erasure_hmac_key_file: consentsync.key", "erasure_hmac_key: bench-key-0123456789abcdef"
-    )
-    ledger = open_ledger(parse_config(text, workdir / "consentsync.yaml"), migrate=True)
-
+    ledger = open_fresh_ledger(url, workdir)
     print(f"ledger: {url}")
     print(f"events: {args.events:,}  subjects: {args.subjects:,}  batch: {args.batch:,}")
     print(f"{'events':>10}  {'events/s (window)':>18}  {'events/s (total)':>17}  {'peak RSS MiB':>12}")
-    stream = evidence_stream(args.events, args.subjects, args.seed)
-    started = window_started = time.perf_counter()
-    cpu_started = time.process_time()
-    done = 0
-    totals = {"recorded": 0, "duplicates": 0, "state_changes": 0, "subjects_created": 0}
-    while done < args.events:
-        chunk = min(args.checkpoint, args.events - done)
-        stats = ledger.record_many((next(stream) for _ in range(chunk)), batch_size=args.batch)
-        for name in totals:
-            totals[name] += getattr(stats, name)
-        done += chunk
-        now = time.perf_counter()
+    started = time.perf_counter()
+
+    def progress(done: int, chunk: int, seconds: float) -> None:
         print(
-            f"{done:>10,}  {chunk / (now - window_started):>18,.0f}  {done / (now - started):>17,.0f}"
+            f"{done:>10,}  {chunk / seconds:>18,.0f}  {done / (time.perf_counter() - started):>17,.0f}"
             f"  {rss_mib():>12,.1f}",
             flush=True,
         )
-        window_started = now
-    elapsed = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
+
+    stream = evidence_stream(args.events, args.subjects, args.seed)
+    run = record(ledger, stream, args.batch, args.checkpoint, progress)
+    stats, done = run.stats, run.stats.received
     print(
-        f"\nrecorded {totals['recorded']:,} events ({totals['duplicates']:,} duplicates) "
-        f"for {totals['subjects_created']:,} new subjects, {totals['state_changes']:,} state changes"
+        f"\nrecorded {stats.recorded:,} events ({stats.duplicates:,} duplicates) "
+        f"for {stats.subjects_created:,} new subjects, {stats.state_changes:,} state changes"
     )
-    print(f"total: {elapsed:,.1f} s, {done / elapsed:,.0f} events/s, peak RSS {rss_mib():,.1f} MiB")
+    print(f"total: {run.elapsed:,.1f} s, {done / run.elapsed:,.0f} events/s, peak RSS {rss_mib():,.1f} MiB")
     # On a busy machine the wall clock also counts other processes' turns; CPU seconds do not.
-    print(f"cpu: {cpu:,.1f} s of this process, {done / cpu:,.0f} events per CPU second")
-    verify_started = time.perf_counter()
-    with ledger.engine.connect() as conn:
-        result = verify(conn)
+    print(f"cpu: {run.cpu:,.1f} s of this process, {done / run.cpu:,.0f} events per CPU second")
+    summary = verified(ledger)
+    print(summary)
+    return 0 if "ok=True" in summary else 1
+
+
+def _in_schema(url: str, schema: str) -> str:
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+def compare(args: argparse.Namespace) -> int:
+    pg_url = args.pg_url or os.environ.get(POSTGRES_ENV)
+    if not pg_url:
+        print(f"--compare needs --pg-url or {POSTGRES_ENV}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="consentsync-compare-"))
+    print(f"events: {args.events:,}  subjects: {args.subjects:,}  batch: {args.batch:,}  seed: {args.seed}")
+    floor = record_floor(workdir / "floor.db", people(args.events, args.subjects, args.seed), args.batch)
+    print(f"  SQLite floor done in {floor.elapsed:,.1f} s", flush=True)
+
+    def measure(ledger: Ledger, name: str) -> LedgerRun:
+        stream = evidence_stream(args.events, args.subjects, args.seed)
+        run = record(ledger, stream, args.batch, args.checkpoint)
+        print(f"  {name} done in {run.elapsed:,.1f} s; {verified(ledger)}", flush=True)
+        return run
+
+    sqlite = measure(open_fresh_ledger(f"sqlite:///{workdir / 'ledger.db'}", workdir), "SQLite ledger")
+    schema = f"consentsync_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        ledger = open_fresh_ledger(_in_schema(pg_url, schema), workdir)
+        postgres = measure(ledger, f"PostgreSQL ledger (schema {schema})")
+        ledger.engine.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    if (sqlite.stats.recorded, sqlite.stats.state_changes) != (
+        postgres.stats.recorded,
+        postgres.stats.state_changes,
+    ):
+        print(f"the two ledgers disagree: SQLite {sqlite.stats}, PostgreSQL {postgres.stats}")
+        return 1
     print(
-        f"audit verify: ok={result.ok}, {result.entries_checked:,} entries in "
-        f"{time.perf_counter() - verify_started:,.1f} s"
+        f"\nrecorded {sqlite.stats.recorded:,} events for {sqlite.stats.subjects_created:,} people, "
+        f"{sqlite.stats.state_changes:,} state changes (the same on both ledgers)"
     )
-    return 0 if result.ok else 1
+    print(f"{'':<20} {'events/s':>10} {'wall s':>8} {'CPU s':>8}")
+    for name, elapsed, cpu in (
+        ("SQLite floor", floor.elapsed, floor.cpu),
+        ("SQLite ledger", sqlite.elapsed, sqlite.cpu),
+        ("PostgreSQL ledger", postgres.elapsed, postgres.cpu),
+    ):
+        print(f"{name:<20} {args.events / elapsed:>10,.0f} {elapsed:>8,.1f} {cpu:>8,.1f}")
+    floor_ratio = floor.elapsed / sqlite.elapsed
+    pg_ratio = postgres.elapsed / sqlite.elapsed
+    print(
+        f"\nsqlite ledger / floor (events/s): {floor_ratio:.2f}x  (target >= 0.5: "
+        f"{'met' if floor_ratio >= 0.5 else 'NOT met'})"
+    )
+    print(
+        f"postgres ledger / sqlite ledger (time): {pg_ratio:.2f}x  (target <= 2.0: "
+        f"{'met' if pg_ratio <= 2.0 else 'NOT met'})"
+    )
+    print(f"peak RSS of the whole run: {rss_mib():,.1f} MiB")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stream_arguments(__doc__)
+    parser.add_argument("--checkpoint", type=int, default=100_000)
+    parser.add_argument("--url", help="ledger URL (default: a SQLite file in a temp dir)")
+    parser.add_argument("--compare", action="store_true", help="floor, SQLite and PostgreSQL in one run")
+    parser.add_argument("--pg-url", help=f"PostgreSQL server for --compare (default: ${POSTGRES_ENV})")
+    args = parser.parse_args(argv)
+    configure_logging("WARNING")
+    return compare(args) if args.compare else single(args)
 
 
 if __name__ == "__main__":

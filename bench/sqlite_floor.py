@@ -10,6 +10,9 @@ change-feed row, plus the reads it makes (people by email, their subject rows, o
 states, the replay check by fingerprint). No reconciliation, no Python objects: the values are
 made up as cheaply as possible. What the ledger reaches can only be below this figure; the gap
 between the two is the cost of consentsync's own code.
+
+``bench/ledger_bench.py --compare`` runs ``record_floor`` on the same stream of people as the
+ledgers it measures.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import orjson
 
 from consentsync.app import open_ledger
 from consentsync.config import parse_config, starter_config_text
+from consentsync.ledger.service import Ledger
 from consentsync.logs import configure as configure_logging
 
 NOW = "2026-11-01 00:00:00.000000"
@@ -69,6 +76,27 @@ AUDIT_INSERT = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class FloorRun:
+    events: int
+    elapsed: float  # wall seconds
+    cpu: float  # CPU seconds of this process
+
+
+def open_fresh_ledger(url: str, workdir: Path) -> Ledger:
+    """A ledger at ``url`` (migrated to the current schema) with the starter configuration."""
+    text = starter_config_text().replace("url: sqlite:///consentsync.db", f"url: {url}")
+    text = text.replace(
+        "erasure_hmac_key_file: consentsync.key", "erasure_hmac_key: bench-key-0123456789abcdef"
+    )
+    return open_ledger(parse_config(text, workdir / "consentsync.yaml"), migrate=True)
+
+
+def people(events: int, subjects: int, seed: int) -> Iterable[int]:
+    rng = random.Random(seed)
+    return (int(rng.random() * subjects) for _ in range(events))
+
+
 def _in(column_sql: str, values: list, cursor, size: int = 500) -> list:  # type: ignore[type-arg]
     rows: list = []  # type: ignore[type-arg]
     for start in range(0, len(values), size):
@@ -77,34 +105,20 @@ def _in(column_sql: str, values: list, cursor, size: int = 500) -> list:  # type
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--subjects", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=50_000)
-    parser.add_argument("--seed", type=int, default=7)
-    args = parser.parse_args(argv)
-    configure_logging("WARNING")
-    workdir = Path(tempfile.mkdtemp(prefix="consentsync-floor-"))
-    text = starter_config_text().replace(
-        "url: sqlite:///consentsync.db", f"url: sqlite:///{workdir / 'ledger.db'}"
-    )
-    text = text.replace(
-        "erasure_hmac_key_file: consentsync.key", "erasure_hmac_key: bench-key-0123456789abcdef"
-    )
-    ledger = open_ledger(parse_config(text, workdir / "consentsync.yaml"), migrate=True)
+def record_floor(db_path: Path, persons: Iterable[int], batch: int) -> FloorRun:
+    """Writes the rows of one event per person in ``persons`` (an index: person{N}@example.org)
+    into a fresh ledger file at ``db_path``, ``batch`` events a transaction."""
+    ledger = open_fresh_ledger(f"sqlite:///{db_path}", db_path.parent)
     raw = ledger.engine.raw_connection()  # the ledger's own connection settings
     db = raw.driver_connection
     cursor = db.cursor()
-    rng = random.Random(args.seed)
+    stream = iter(persons)
     seq, prev = cursor.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()
     started, cpu_started, done = time.perf_counter(), time.process_time(), 0
-    while done < args.events:
-        size = min(args.batch, args.events - done)
+    while chunk := list(islice(stream, batch)):
+        size = len(chunk)
         cursor.execute("BEGIN IMMEDIATE")
-        emails = [f"person{int(rng.random() * args.subjects)}@example.org" for _ in range(size)]
+        emails = [f"person{person}@example.org" for person in chunk]
         found = dict(
             (value, subject_id)
             for subject_id, value in _in(
@@ -162,11 +176,35 @@ def main(argv: list[str] | None = None) -> int:
         cursor.execute("COMMIT")
         done += size
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"events: {done:,}  subjects: {args.subjects:,}  batch: {args.batch:,}")
-    print(f"SQLite floor: {done / elapsed:,.0f} events/s ({elapsed:,.1f} s), peak RSS {peak:,.1f} MiB")
-    print(f"cpu: {cpu:,.1f} s of this process, {done / cpu:,.0f} events per CPU second")
     raw.close()
+    ledger.engine.dispose()
+    return FloorRun(done, elapsed, cpu)
+
+
+def stream_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options that say which stream a bench records (the floor's and the ledger's)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--subjects", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--seed", type=int, default=7)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stream_arguments(__doc__).parse_args(argv)
+    configure_logging("WARNING")
+    workdir = Path(tempfile.mkdtemp(prefix="consentsync-floor-"))
+    run = record_floor(workdir / "ledger.db", people(args.events, args.subjects, args.seed), args.batch)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"events: {run.events:,}  subjects: {args.subjects:,}  batch: {args.batch:,}")
+    print(
+        f"SQLite floor: {run.events / run.elapsed:,.0f} events/s ({run.elapsed:,.1f} s), "
+        f"peak RSS {peak:,.1f} MiB"
+    )
+    print(f"cpu: {run.cpu:,.1f} s of this process, {run.events / run.cpu:,.0f} events per CPU second")
     return 0
 
 

@@ -1,9 +1,14 @@
-"""Plain DBAPI executemany for the ledger's hot inserts (events and audit entries).
+"""Plain DBAPI statements for the ledger's hot reads and writes (events, states, audit entries).
 
 SQLAlchemy's Core executemany spends more time building bound parameters per row than SQLite
 spends storing the row; on the recording path that is most of the cost. These statements are
 built from the same Table objects and bind the same values SQLAlchemy would (UTC datetimes
 stored naive on SQLite, aware on PostgreSQL), so rows read back through Core are identical.
+
+On PostgreSQL every statement is a round trip to the server: inserts go as one COPY, lookups
+as one ``key = ANY(array)`` per few thousand keys instead of one ``IN`` list per 500, and the
+rows each connection writes are counted (``written``) so that ``engine.analyse_grown`` can give
+the planner statistics once a table has grown by a large share.
 """
 
 from __future__ import annotations
@@ -15,8 +20,27 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
+
+# Keys per ``= ANY(array)`` lookup on PostgreSQL: one round trip and one plan for a whole batch
+# of a sync page or most of a bulk import's, with the rows fetched still bounded.
+PG_LOOKUP_CHUNK = 10_000
+_WRITTEN = "consentsync.rows_written"
+
+
+def written(conn: Connection) -> dict[str, int]:
+    """Rows this connection inserted or upserted per table since ``engine.analyse_grown`` last
+    looked (the counts live on the pooled DBAPI connection, across transactions)."""
+    counts: dict[str, int] = conn.info.setdefault(_WRITTEN, {})
+    return counts
+
+
+def note_written(conn: Connection, table: str, count: int) -> None:
+    if count:
+        counts = written(conn)
+        counts[table] = counts.get(table, 0) + count
 
 
 @contextmanager
@@ -87,9 +111,40 @@ def time_writer(conn: Connection) -> Callable[[datetime | None], Any]:
 def insert_rows(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
-    """Inserts ``rows`` (tuples in ``columns`` order, datetimes already passed through db_time)."""
-    if rows:
+    """Inserts ``rows`` (tuples in ``columns`` order, datetimes already passed through db_time):
+    one executemany on SQLite, one COPY on PostgreSQL (a twentieth of the server's work of a
+    statement per row, and half the client's)."""
+    if not rows:
+        return
+    note_written(conn, table.name, len(rows))
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, table, columns, rows)
+    else:
         conn.exec_driver_sql(_insert_sql(conn, table, columns), list(rows))
+
+
+def _copy_rows(
+    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """``COPY table (columns) FROM STDIN`` in the connection's transaction; a driver error is
+    raised as SQLAlchemy's, as ``exec_driver_sql`` would (a dropped connection invalidated)."""
+    for name in columns:
+        table.c[name]
+    quote = conn.dialect.identifier_preparer.quote
+    statement = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    dbapi = conn.connection.dbapi_connection
+    try:
+        with dbapi.cursor() as cursor, cursor.copy(statement) as copy:  # type: ignore[union-attr]
+            write = copy.write_row
+            for row in rows:
+                write(row)
+    except conn.dialect.loaded_dbapi.Error as error:
+        gone = conn.dialect.is_disconnect(error, dbapi, None)
+        if gone:
+            conn.invalidate(error)
+        raise DBAPIError.instance(
+            statement, None, error, conn.dialect.loaded_dbapi.Error, connection_invalidated=gone
+        ) from error
 
 
 def upsert_rows(
@@ -103,6 +158,7 @@ def upsert_rows(
     (``ON CONFLICT ... DO UPDATE``: the same text on SQLite 3.24+ and PostgreSQL 9.5+)."""
     if not rows:
         return
+    note_written(conn, table.name, len(rows))
     quote = conn.dialect.identifier_preparer.quote
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c not in key)
     statement = (
@@ -134,7 +190,8 @@ def select_in(
     equal: Sequence[tuple[str, Any]] = (),
 ) -> Iterator[tuple[Any, ...]]:
     """``SELECT columns FROM table WHERE [column = value AND ...] key IN (values)``, in chunks,
-    as plain tuples (no type processing: use it for text and integer columns).
+    as plain tuples (no type processing: use it for text and integer columns). On PostgreSQL
+    the condition is ``key = ANY(%s)`` with one array of up to ``PG_LOOKUP_CHUNK`` values.
 
     ``equal`` pins the leading columns of a composite index: without them neither SQLite nor
     PostgreSQL can search an index on (those columns, key), and SQLite does not search one for
@@ -149,6 +206,12 @@ def select_in(
         f"WHERE {conditions}{quote(key)} IN "
     )
     prefix = tuple(value for _, value in equal)
+    if conn.dialect.name == "postgresql":
+        statement, size = head.removesuffix(" IN ") + " = ANY(%s)", max(chunk, PG_LOOKUP_CHUNK)
+        for start in range(0, len(values), size):
+            part = list(values[start : start + size])
+            yield from conn.exec_driver_sql(statement, (*prefix, part)).fetchall()
+        return
     for start in range(0, len(values), chunk):
         part = values[start : start + chunk]
         cursor = conn.exec_driver_sql(head + f"({', '.join(marker for _ in part)})", prefix + tuple(part))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+
+from consentsync.ledger.bulk import written
 
 
 def normalise_url(url: str) -> str:
@@ -50,3 +52,45 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+# A table is analysed once the rows written since its last analysis reach this many plus this
+# share of its size (autovacuum's rule is 50 rows plus 10%; the floor is higher here: below a few
+# thousand rows a sequential scan costs little, and each ANALYZE samples up to 30,000 rows).
+ANALYSE_MIN_ROWS = 2000
+ANALYSE_SHARE = 0.2
+
+
+def analyse_grown(conn: Connection) -> list[str]:
+    """Analyses, inside the caller's transaction, the tables this connection grew by a large
+    share since they were last analysed (PostgreSQL; nothing on SQLite); returns their names.
+
+    Without statistics PostgreSQL's planner guesses that ``fingerprint = ANY(...)`` matches a
+    large part of ``consent_events`` and reads the whole table for every replay check (75 ms
+    against 6 ms per lookup at 150,000 rows). Autovacuum would analyse such a table after a
+    large load, but it may be off, or minutes late, and a first sync or a bulk import is one
+    long series of such loads. The check costs one query once this connection wrote
+    ``ANALYSE_MIN_ROWS`` rows (``bulk.written``); the analysis counts the transaction's own
+    rows, and skips a table another session is analysing or vacuuming (it never waits)."""
+    counts = written(conn)
+    if conn.dialect.name != "postgresql" or sum(counts.values()) < ANALYSE_MIN_ROWS:
+        return []
+    mine = dict(counts)
+    counts.clear()
+    # n_mod_since_analyze counts what committed (this connection's earlier batches included,
+    # once reported); this transaction's rows are added from the connection's own count.
+    stats = conn.exec_driver_sql(
+        "SELECT c.relname, c.reltuples, coalesce(s.n_mod_since_analyze, 0) FROM pg_class c"
+        " LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+        " WHERE c.oid = ANY(ARRAY(SELECT to_regclass(n) FROM unnest(%s::text[]) AS n))",
+        (sorted(mine),),
+    ).all()
+    grown = sorted(
+        name
+        for name, size, changed in stats
+        if changed + mine.get(name, 0) >= ANALYSE_MIN_ROWS + ANALYSE_SHARE * max(size, 0)
+    )
+    if grown:
+        quote = conn.dialect.identifier_preparer.quote
+        conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {', '.join(quote(name) for name in grown)}")
+    return grown

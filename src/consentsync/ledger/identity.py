@@ -18,10 +18,12 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, text
 
 from consentsync.audit import AuditRecord
-from consentsync.ledger.bulk import chunks, select_in
+from consentsync.ledger.bulk import chunks, db_time, insert_rows, note_written, select_in
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
+IDENTIFIER_COLUMNS = ("subject_id", "kind", "value")
+LINK_COLUMNS = ("subject_id", "connector", "object_type", "record_id", "linked_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +109,9 @@ class SubjectResolver:
                 created_for_link[identity.link] = subject_id  # its link row is written below
 
         resolved: list[int] = []
-        new_links: list[dict[str, Any]] = []
-        new_emails: list[dict[str, Any]] = []
+        new_links: list[tuple[Any, ...]] = []
+        new_emails: list[tuple[Any, ...]] = []
+        linked_at = db_time(self.conn, self.now)
         erased_ids = self._erased_ids(
             {by_link[i.link] for i in identities if i.link and i.link in by_link and i.email}
             | {i.subject_id for i in identities if i.subject_id is not None and i.email}
@@ -126,23 +129,14 @@ class SubjectResolver:
             if identity.email and identity.email not in by_email:
                 by_email[identity.email] = subject_id
                 if subject_id not in erased_ids:
-                    new_emails.append({"subject_id": subject_id, "kind": EMAIL, "value": identity.email})
+                    new_emails.append((subject_id, EMAIL, identity.email))
             if identity.link and identity.link not in by_link:
-                new_links.append(
-                    {
-                        "subject_id": subject_id,
-                        "connector": identity.link.connector,
-                        "object_type": identity.link.object_type,
-                        "record_id": identity.link.record_id,
-                        "linked_at": self.now,
-                    }
-                )
+                link = identity.link
+                new_links.append((subject_id, link.connector, link.object_type, link.record_id, linked_at))
                 by_link[identity.link] = subject_id
             resolved.append(subject_id)
-        if new_emails:
-            self.conn.execute(insert(subject_identifiers), new_emails)
-        if new_links:
-            self.conn.execute(insert(crm_links), new_links)
+        insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)
+        insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
         return resolved
 
     @staticmethod
@@ -258,14 +252,14 @@ class SubjectResolver:
                 insert(subjects).returning(subjects.c.id, sort_by_parameter_order=True), rows
             ).scalars()
         )
+        note_written(self.conn, subjects.name, len(ids))
         emails = [
-            {"subject_id": subject_id, "kind": EMAIL, "value": identity.email}
+            (subject_id, EMAIL, identity.email)
             for identity, subject_id, row in zip(identities, ids, rows, strict=True)
             # From a CRM, an erased address stays a hash.
             if identity.email and not (self.from_crm and row["suppression_id"] is not None)
         ]
-        if emails:
-            self.conn.execute(insert(subject_identifiers), emails)
+        insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, emails)
         for identity, subject_id, row in zip(identities, ids, rows, strict=True):
             erased_before = row["suppression_id"] is not None
             self.audit.append(

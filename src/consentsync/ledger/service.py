@@ -51,6 +51,7 @@ from consentsync.ledger.bulk import (
     time_writer,
     upsert_rows,
 )
+from consentsync.ledger.engine import analyse_grown
 from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
@@ -273,6 +274,7 @@ class Ledger:
         resolver = SubjectResolver(conn, self._erasure_key(), self.clock(), run_id, from_crm=True)
         subject_ids = resolver.resolve(identities)
         audit.append(conn, resolver.audit, self.clock())
+        analyse_grown(conn)
         return subject_ids, len(resolver.audit)
 
     def record_in(
@@ -361,6 +363,7 @@ class Ledger:
         self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now, to_db)
         audit.append(conn, records, now)
         self._announce(conn, changed_subjects, now)
+        analyse_grown(conn)
         if warm is not None:
             warm.stage(
                 (
