@@ -268,6 +268,20 @@ crm_snapshots = Table(
     Column("evidence", Text, nullable=False),
     Column("fields", Text, nullable=False),
     Column("updated_at", Timestamp, nullable=False),
+    # A keyed hash (the erasure key's HMAC) of the record's identity as last read: its address.
+    # With ``fields`` it tells a record read again unchanged (the look-back window, our own
+    # writes read back) without resolving who it is again. Never the address itself.
+    Column("identity", String(64)),
+)
+
+# People a sync run must look at again (what to push to their records of this connector): each
+# page marks them in its own transaction, and they are examined once, after the pages, however
+# many pages named them. A run that stops leaves its marks for the next run.
+sync_examine = Table(
+    "sync_examine",
+    metadata,
+    Column("connector", String(64), primary_key=True),
+    Column("subject_id", Integer, ForeignKey("subjects.id"), primary_key=True),
 )
 
 # The ledger's change feed: a row per subject whose effective state changed, written in the same

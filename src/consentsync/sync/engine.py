@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit
@@ -38,6 +40,7 @@ from consentsync.ledger.schema import (
     state_changes,
     subjects,
     sync_cursors,
+    sync_examine,
     sync_runs,
 )
 from consentsync.ledger.service import Ledger, RecordRequest
@@ -155,6 +158,7 @@ class PlanOutdated(Exception):
 
 
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
+ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -229,7 +233,7 @@ class SyncEngine:
             if dry_run:
                 self._plan(report, until=until, full=full)
             else:
-                self._follow_ledger(report)
+                self._catch_up_feed(report)
                 for mapping in self.mappings:
                     self._pull(mapping, report, until=until, full=full, dry_run=False)
                     if self.connector.reads_deletions:
@@ -291,7 +295,7 @@ class SyncEngine:
             outer = conn.begin()
             self._shared = conn
             try:
-                self._follow_ledger(report)
+                self._catch_up_feed(report)
                 for mapping in self.mappings:
                     self._pull(mapping, report, until=until, full=full, dry_run=True)
                 self._follow_ledger(report)
@@ -543,7 +547,10 @@ class SyncEngine:
         )
         if problems:
             conn.execute(insert(quarantine), problems)
-        self._enqueue_pushes(conn, sorted(examine), report, now)
+        # What to push to these people is decided once, after the pages (a person's records come
+        # on several pages: contact, lead, consent records); the marks commit with the page.
+        self._mark_for_examination(conn, examine)
+        self._follow_feed(conn, report, now)
         if cursor is not None:  # records re-read by id (quarantine retries) are no position
             key, position = cursor
             self._save_cursor(conn, key, position, report.run_id, now)
@@ -757,43 +764,46 @@ class SyncEngine:
         if not subject_ids:
             return
         states = self.ledger.effective_states_in(conn, subject_ids)
-        rows = conn.execute(
-            select(
-                crm_links.c.id,
-                crm_links.c.subject_id,
-                crm_links.c.object_type,
-                crm_links.c.record_id,
-                crm_snapshots.c.fields,
-                subjects.c.erased_at,
+        # By person only, through the subject index (a person has a few links): naming the
+        # connector too would let the planner pick the (connector, object, record) index and
+        # read every link of the connector for each page.
+        rows = [
+            row
+            for row in conn.execute(
+                select(
+                    crm_links.c.id,
+                    crm_links.c.subject_id,
+                    crm_links.c.connector,
+                    crm_links.c.object_type,
+                    crm_links.c.record_id,
+                    crm_links.c.gone_at,
+                    crm_snapshots.c.fields,
+                    subjects.c.erased_at,
+                )
+                .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .join(subjects, subjects.c.id == crm_links.c.subject_id)
+                .where(crm_links.c.subject_id.in_(subject_ids))
+                .order_by(crm_links.c.id)
             )
-            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .join(subjects, subjects.c.id == crm_links.c.subject_id)
-            .where(
-                crm_links.c.connector == self.name,
-                crm_links.c.subject_id.in_(subject_ids),
-                crm_links.c.gone_at.is_(None),
-            )
-            .order_by(crm_links.c.id)
-        ).all()
-        erasures_done = self._erasures_done(conn, [row for row in rows if row.erased_at is not None])
-        examined: dict[str, list[str]] = {}
+            if row.connector == self.name and row.gone_at is None and row.object_type in self.by_object
+        ]
+        queued = self._queued(conn, rows)
+        erasures_done = {
+            key for key, history in queued.items() for old in history
+            if old.rule in ERASURE_RULE_NAMES and old.status in ("done", "dead")
+        }  # fmt: skip
+        superseded: list[int] = []
         new_rows: list[dict[str, Any]] = []
         for row in rows:
-            mapping = self.by_object.get(row.object_type)
-            if mapping is None:
-                continue
-            examined.setdefault(row.object_type, []).append(row.record_id)
+            mapping = self.by_object[row.object_type]
+            key = (row.object_type, row.record_id)
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
             rule = _rule_for(mapping, updates, subject_states)
             action = WriteAction.UPDATE
             erasure = self.options.erasure_actions.get(row.object_type, "suppress")
-            if (
-                row.erased_at is not None
-                and erasure != "suppress"
-                and (row.object_type, row.record_id) not in erasures_done
-            ):
+            if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
                 rule = ERASURE_RULES[erasure]
                 if erasure == "delete":
                     action, updates = WriteAction.DELETE, {}
@@ -802,15 +812,21 @@ class SyncEngine:
             elif self.options.mode == "suppress_only":
                 updates = restricting(mapping, updates)
             updates = self._reversible_or_evidenced(mapping, row, updates, action, subject_states, report)
+            pending = [old.id for old in queued.get(key, ()) if old.status == "pending"]
             if not updates and action is WriteAction.UPDATE:
+                superseded += pending  # decided on an older state: the CRM already agrees now
                 continue
+            fields = canonical_json(updates)
+            if _repeats(queued.get(key, ()), fields, action.value):
+                continue  # its pending row stays, with its attempts and its sent mark
+            superseded += pending
             new_rows.append(
                 {
                     "connector": self.name,
                     "object_type": row.object_type,
                     "record_id": row.record_id,
                     "subject_id": row.subject_id,
-                    "fields": canonical_json(updates),
+                    "fields": fields,
                     "suppression": any(state.suppressed for state in subject_states.values()),
                     "rule": rule,
                     "run_id": report.run_id,
@@ -820,23 +836,41 @@ class SyncEngine:
                     "action": action.value,
                 }
             )
-        new_rows = self._without_repeats(conn, examined, new_rows)
-        # What was pending for these records was decided on an older state: the rows above
-        # (or nothing, where the CRM already agrees) replace it.
-        for object_type, record_ids in examined.items():
+        if superseded:
             conn.execute(
-                update(outbox)
-                .where(
-                    outbox.c.connector == self.name,
-                    outbox.c.object_type == object_type,
-                    outbox.c.record_id.in_(record_ids),
-                    outbox.c.status == "pending",
-                )
-                .values(status="superseded", done_at=now)
+                update(outbox).where(outbox.c.id.in_(superseded)).values(status="superseded", done_at=now)
             )
         if new_rows:
             conn.execute(insert(outbox), new_rows)
         report.counts.pushes_enqueued += len(new_rows)
+
+    def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[Any]]:
+        """The outbox rows of these records that still matter (pending, done, dead), oldest first,
+        by (object, record), looked up per record through the record index."""
+        by_object: dict[str, list[str]] = {}
+        for row in rows:
+            by_object.setdefault(row.object_type, []).append(row.record_id)
+        queued: dict[tuple[str, str], list[Any]] = {}
+        for object_type, record_ids in by_object.items():
+            for old in conn.execute(
+                select(
+                    outbox.c.id,
+                    outbox.c.record_id,
+                    outbox.c.status,
+                    outbox.c.fields,
+                    outbox.c.action,
+                    outbox.c.rule,
+                )
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.object_type == object_type,
+                    outbox.c.record_id.in_(record_ids),
+                )
+                .order_by(outbox.c.id)
+            ):
+                if old.status != "superseded":
+                    queued.setdefault((object_type, old.record_id), []).append(old)
+        return queued
 
     def _reversible_or_evidenced(
         self,
@@ -865,43 +899,6 @@ class SyncEngine:
                 report.counts.irreversible_held += 1
         return kept
 
-    def _without_repeats(
-        self, conn: Connection, examined: dict[str, list[str]], new_rows: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """Leaves out a new row that repeats the record's latest pending row (which then stays,
-        with its attempts and its sent mark) or its latest dead-lettered one (the CRM refused
-        exactly this for good: ops retry it, a re-read does not)."""
-        latest: dict[tuple[str, str], Any] = {}
-        for object_type, record_ids in examined.items():
-            for row in conn.execute(
-                select(outbox.c.id, outbox.c.record_id, outbox.c.status, outbox.c.fields, outbox.c.action)
-                .where(
-                    outbox.c.connector == self.name,
-                    outbox.c.object_type == object_type,
-                    outbox.c.record_id.in_(record_ids),
-                    outbox.c.status.in_(("pending", "dead", "done")),
-                )
-                .order_by(outbox.c.id)
-            ):
-                latest[(object_type, row.record_id)] = row
-        kept: list[dict[str, Any]] = []
-        for new in new_rows:
-            key = (new["object_type"], new["record_id"])
-            old = latest.get(key)
-            if (
-                old is not None
-                and old.status in ("pending", "dead")
-                and (old.fields, old.action)
-                == (
-                    new["fields"],
-                    new["action"],
-                )
-            ):
-                examined[new["object_type"]].remove(new["record_id"])  # its pending row stays
-                continue
-            kept.append(new)
-        return kept
-
     def _not_shown_yet(self, row: Any, updates: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
         """``updates`` less what the record already shows as the CRM reads such a write back (a
         consent SuperOffice marked Withdrawn when it was removed is not removed again)."""
@@ -914,51 +911,78 @@ class SyncEngine:
             if name not in known or crm_key(shown.get(name)) != crm_key(known[name])
         }
 
-    def _erasures_done(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
-        """(object, record) pairs whose erasure action (anonymise, delete) the CRM acknowledged."""
-        if not rows:
-            return set()
-        done = conn.execute(
-            select(outbox.c.object_type, outbox.c.record_id).where(
-                outbox.c.connector == self.name,
-                outbox.c.record_id.in_(sorted({row.record_id for row in rows})),
-                outbox.c.rule.in_(sorted(ERASURE_RULES.values())),
-                outbox.c.status.in_(("done", "dead")),
-            )
-        ).all()
-        return {(row.object_type, row.record_id) for row in done}
-
     def _follow_ledger(self, report: RunReport) -> None:
-        """Enqueues pushes for people whose state changed in the ledger since this connector last
-        looked: an objection decided by ops, an erasure, a withdrawal captured in another CRM."""
+        """Enqueues what to push to the people whose state changed in the ledger since this
+        connector last looked (an objection decided by ops, an erasure, a withdrawal captured in
+        another CRM) and to every person the pages read marked: once per person, whatever the
+        number of pages and changes that named them."""
+        self._catch_up_feed(report)
+        self._examine_marked(report)
+
+    def _catch_up_feed(self, report: RunReport) -> None:
         while True:
             with self._transaction() as conn:
-                position = self._load_position(conn)
-                rows = conn.execute(
-                    select(state_changes.c.id, state_changes.c.subject_id)
-                    .where(state_changes.c.id > position)
-                    .order_by(state_changes.c.id)
-                    .limit(self.options.batch_size)
-                ).all()
-                if not rows:
+                if not self._follow_feed(conn, report, self.ledger.clock()):
                     return
-                now = self.ledger.clock()
-                self._enqueue_pushes(conn, sorted({row.subject_id for row in rows}), report, now)
-                upsert_rows(
-                    conn,
-                    sync_cursors,
-                    ("connector", "object_type", "cursor", "run_id", "updated_at"),
-                    ("connector", "object_type"),
-                    [
-                        (
-                            self.name,
-                            LEDGER_FEED,
-                            canonical_json({"state_change_id": rows[-1].id}),
-                            report.run_id,
-                            db_time(conn, now),
-                        )
-                    ],
+
+    def _examine_marked(self, report: RunReport) -> None:
+        while True:
+            with self._transaction() as conn:
+                marked = (
+                    conn.execute(
+                        select(sync_examine.c.subject_id)
+                        .where(sync_examine.c.connector == self.name)
+                        .order_by(sync_examine.c.subject_id)
+                        .limit(self.options.batch_size)
+                    )
+                    .scalars()
+                    .all()
                 )
+                if not marked:
+                    return
+                self._enqueue_pushes(conn, list(marked), report, self.ledger.clock())
+                conn.execute(
+                    delete(sync_examine).where(
+                        sync_examine.c.connector == self.name, sync_examine.c.subject_id.in_(marked)
+                    )
+                )
+
+    def _mark_for_examination(self, conn: Connection, subject_ids: Iterable[int]) -> None:
+        rows = [{"connector": self.name, "subject_id": subject_id} for subject_id in sorted(set(subject_ids))]
+        if not rows:
+            return
+        dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(dialect_insert(sync_examine).on_conflict_do_nothing(), rows)
+
+    def _follow_feed(self, conn: Connection, report: RunReport, now: datetime) -> bool:
+        """Marks the people named by the next batch of the ledger's change feed, in ``conn``, and
+        moves the feed position past it. False when the feed held nothing new."""
+        position = self._load_position(conn)
+        rows = conn.execute(
+            select(state_changes.c.id, state_changes.c.subject_id)
+            .where(state_changes.c.id > position)
+            .order_by(state_changes.c.id)
+            .limit(self.options.batch_size * 5)
+        ).all()
+        if not rows:
+            return False
+        self._mark_for_examination(conn, (row.subject_id for row in rows))
+        upsert_rows(
+            conn,
+            sync_cursors,
+            ("connector", "object_type", "cursor", "run_id", "updated_at"),
+            ("connector", "object_type"),
+            [
+                (
+                    self.name,
+                    LEDGER_FEED,
+                    canonical_json({"state_change_id": rows[-1].id}),
+                    report.run_id,
+                    db_time(conn, now),
+                )
+            ],
+        )
+        return True
 
     def _load_position(self, conn: Connection) -> int:
         stored = conn.execute(
@@ -1400,6 +1424,15 @@ def _said_no(state: EffectiveState) -> bool:
     return state.suppressed and (
         state.status in SAID_NO_STATUSES or state.rule in SAID_NO_RULES or state.rule == "erasure_suppression"
     )
+
+
+def _repeats(history: Sequence[Any], fields: str, action: str) -> bool:
+    """Whether a new outbox row would repeat the record's latest row that is pending (it stays)
+    or dead-lettered (the CRM refused exactly this for good: ops retry it, a re-read does not)."""
+    if not history:
+        return False
+    latest = history[-1]
+    return latest.status in ("pending", "dead") and (latest.fields, latest.action) == (fields, action)
 
 
 def _later(candidate: Cursor, position: Cursor) -> bool:
