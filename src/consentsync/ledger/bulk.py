@@ -32,7 +32,8 @@ _WRITTEN = "consentsync.rows_written"
 
 def written(conn: Connection) -> dict[str, int]:
     """Rows this connection inserted or upserted per table since ``engine.analyse_grown`` last
-    looked (the counts live on the pooled DBAPI connection, across transactions)."""
+    analysed the table, and under ``""`` since it last looked at all (the counts live on the
+    pooled DBAPI connection, across transactions)."""
     counts: dict[str, int] = conn.info.setdefault(_WRITTEN, {})
     return counts
 
@@ -41,6 +42,7 @@ def note_written(conn: Connection, table: str, count: int) -> None:
     if count:
         counts = written(conn)
         counts[table] = counts.get(table, 0) + count
+        counts[""] = counts.get("", 0) + count
 
 
 @contextmanager

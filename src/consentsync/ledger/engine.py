@@ -73,23 +73,26 @@ def analyse_grown(conn: Connection) -> list[str]:
     ``ANALYSE_MIN_ROWS`` rows (``bulk.written``); the analysis counts the transaction's own
     rows, and skips a table another session is analysing or vacuuming (it never waits)."""
     counts = written(conn)
-    if conn.dialect.name != "postgresql" or sum(counts.values()) < ANALYSE_MIN_ROWS:
+    if conn.dialect.name != "postgresql" or counts.get("", 0) < ANALYSE_MIN_ROWS:
         return []
-    mine = dict(counts)
-    counts.clear()
-    # n_mod_since_analyze counts what committed (this connection's earlier batches included,
-    # once reported); this transaction's rows are added from the connection's own count.
+    counts[""] = 0
+    names = sorted(name for name in counts if name)
+    # n_mod_since_analyze counts the rows that committed, this connection's included once the
+    # server's statistics have them (up to a second later); this transaction's rows, and the
+    # others not counted yet, are in this connection's own count.
     stats = conn.exec_driver_sql(
         "SELECT c.relname, c.reltuples, coalesce(s.n_mod_since_analyze, 0) FROM pg_class c"
         " LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
         " WHERE c.oid = ANY(ARRAY(SELECT to_regclass(n) FROM unnest(%s::text[]) AS n))",
-        (sorted(mine),),
+        (names,),
     ).all()
     grown = sorted(
         name
         for name, size, changed in stats
-        if changed + mine.get(name, 0) >= ANALYSE_MIN_ROWS + ANALYSE_SHARE * max(size, 0)
+        if max(changed, counts.get(name, 0)) >= ANALYSE_MIN_ROWS + ANALYSE_SHARE * max(size, 0)
     )
+    for name in grown:
+        del counts[name]
     if grown:
         quote = conn.dialect.identifier_preparer.quote
         conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {', '.join(quote(name) for name in grown)}")
