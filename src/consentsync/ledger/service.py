@@ -165,6 +165,12 @@ class Ledger:
         # How far in the future an event time may lie (clocks disagree a little): rule 3.
         self.max_clock_skew_seconds = max_clock_skew_seconds
 
+    def keyed_hasher(self) -> Callable[[str], str]:
+        """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
+        (the sync engine keeps one of each CRM record's identity beside its snapshot)."""
+        key = self._erasure_key()
+        return lambda text: email_hmac(key, text)
+
     # -- configuration -------------------------------------------------------------------------
 
     def sync_purposes(self, actor: str = "config") -> list[str]:
@@ -226,6 +232,28 @@ class Ledger:
         if evidence.soft_opt_in is not None:
             _check_soft_opt_in(evidence, purpose)
         return purpose
+
+    def _validate_all(self, items: Sequence[Evidence]) -> None:
+        """``validate`` for each item; the purpose, channel and labels only once for each
+        combination a batch carries (a bulk import repeats a few), the times for every item."""
+        checked: set[tuple[Any, ...]] = set()
+        skew = self.max_clock_skew_seconds
+        now = self.clock()
+        for evidence in items:
+            labels = (
+                evidence.purpose,
+                evidence.channel,
+                evidence.source,
+                evidence.actor,
+                evidence.notice_version,
+                evidence.evidence_ref,
+            )
+            if evidence.soft_opt_in is not None or labels not in checked:
+                self.validate(evidence)
+                checked.add(labels)
+                continue
+            check_moment(evidence.event_time, "event time", now, skew)
+            check_moment(evidence.double_opt_in_at, "double opt-in time", now, skew)
 
     def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
         with self.engine.begin() as conn:
@@ -291,8 +319,7 @@ class Ledger:
 
         ``warm`` (``record_many`` only) supplies what earlier batches of the same call committed
         and is handed what this batch knows, to be taken in once the caller committed."""
-        for request in batch:
-            self.validate(request.evidence)
+        self._validate_all([request.evidence for request in batch])
         outcomes: list[RecordOutcome] = []
         now = self.clock()
         stats = RecordStats(received=len(batch))
@@ -311,7 +338,7 @@ class Ledger:
         seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
         to_db = time_writer(conn)
         events: list[tuple[Any, ...]] = []
-        records: list[AuditRecord] = list(resolver.audit)
+        entries: list[audit.Entry] = [(audit.payload_of(r), r.details, r.subject_id) for r in resolver.audit]
         dirty: dict[tuple[int, str, str], EffectiveState] = {}
         changed_subjects: set[int] = set()
         for request, subject_id in zip(batch, subject_ids, strict=True):
@@ -344,15 +371,13 @@ class Ledger:
                 # it is when the CRMs, last told "granted", must be told "expired".
                 changed_subjects.add(subject_id)
             events.append(_event_row(to_db, subject_id, evidence, fingerprint, run_id))
-            records.append(
-                _recorded_entry(
-                    evidence,
-                    fingerprint,
-                    decision.before,
-                    decision.after,
-                    context.uid,
+            entries.append(
+                (
+                    _recorded_payload(
+                        evidence, fingerprint, decision.before, decision.after, context.uid, run_id
+                    ),
+                    None,
                     subject_id,
-                    run_id,
                 )
             )
             if keep_outcomes:
@@ -361,7 +386,7 @@ class Ledger:
                 )
         insert_rows(conn, consent_events, EVENT_COLUMNS, events)
         self._store_states(conn, {k: (states[k], v) for k, v in dirty.items()}, now, to_db)
-        audit.append(conn, records, now)
+        audit.append_payloads(conn, entries, now)
         self._announce(conn, changed_subjects, now)
         analyse_grown(conn)
         if warm is not None:
@@ -1233,35 +1258,35 @@ def _event_row(
     )
 
 
-def _recorded_entry(
+def _recorded_payload(
     evidence: Evidence,
     fingerprint: str,
     before: EffectiveState,
     after: EffectiveState,
     uid: str,
-    subject_id: int,
     run_id: str | None,
-) -> AuditRecord:
-    return AuditRecord(
-        "consent.recorded",
-        {
+) -> dict[str, Any]:
+    """The audit payload of one recorded event (``audit.payload_of`` an ``AuditRecord`` of it,
+    made directly: this is written once per event)."""
+    return {
+        "action": "consent.recorded",
+        "subject": uid,
+        "run": run_id,
+        "what": {
             "purpose": evidence.purpose,
             "channel": evidence.channel,
             "status": evidence.status.value,
             "basis": evidence.basis.value if evidence.basis else None,
-            "event_time": iso(evidence.event_time),
+            "event_time": evidence.event_time,  # canonical JSON writes it as iso() does
             "origin": evidence.origin.value,
             "event_fingerprint": fingerprint,
         },
-        old=_state_tuple_json(before),
-        new=_state_tuple_json(after),
-        rule=after.rule,
-        source=evidence.source,
-        actor=evidence.actor,
-        run_id=run_id,
-        subject_uid=uid,
-        subject_id=subject_id,
-    )
+        "old": {"status": before.status.value, "basis": before.basis.value, "suppressed": before.suppressed},
+        "new": {"status": after.status.value, "basis": after.basis.value, "suppressed": after.suppressed},
+        "rule": after.rule,
+        "source": evidence.source,
+        "actor": evidence.actor,
+    }
 
 
 def _event_view(row: Any) -> dict[str, Any]:
