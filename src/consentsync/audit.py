@@ -58,17 +58,24 @@ def append(conn: Connection, records: Sequence[AuditRecord], at: datetime) -> li
 
 def payload_of(record: AuditRecord) -> dict[str, Any]:
     """What the chain says about ``record``, but for its seq and time (``append_payloads``)."""
-    return {
-        "action": record.action,
-        "subject": record.subject_uid,
-        "run": record.run_id,
-        "what": record.what,
-        "old": record.old,
-        "new": record.new,
-        "rule": record.rule,
-        "source": record.source,
-        "actor": record.actor,
-    }
+    r = record
+    return payload(r.action, r.subject_uid, r.run_id, r.what, r.old, r.new, r.rule, r.source, r.actor)
+
+
+def payload(
+    action: str,
+    subject_uid: str | None,
+    run_id: str | None,
+    what: dict[str, Any],
+    old: Any,
+    new: Any,
+    rule: str | None,
+    source: str | None,
+    actor: str | None,
+) -> dict[str, Any]:
+    """An entry's payload but for its seq and time, from the fields of an ``AuditRecord``."""
+    return {"action": action, "subject": subject_uid, "run": run_id, "what": what, "old": old, "new": new,
+            "rule": rule, "source": source, "actor": actor}  # fmt: skip
 
 
 Entry = tuple[dict[str, Any], dict[str, Any] | None, int | None]  # payload, details, subject id

@@ -1266,13 +1266,13 @@ def _recorded_payload(
     uid: str,
     run_id: str | None,
 ) -> dict[str, Any]:
-    """The audit payload of one recorded event (``audit.payload_of`` an ``AuditRecord`` of it,
-    made directly: this is written once per event)."""
-    return {
-        "action": "consent.recorded",
-        "subject": uid,
-        "run": run_id,
-        "what": {
+    """The audit payload of one recorded event (made without an ``AuditRecord``: this is
+    written once per event)."""
+    return audit.payload(
+        "consent.recorded",
+        uid,
+        run_id,
+        {
             "purpose": evidence.purpose,
             "channel": evidence.channel,
             "status": evidence.status.value,
@@ -1281,12 +1281,12 @@ def _recorded_payload(
             "origin": evidence.origin.value,
             "event_fingerprint": fingerprint,
         },
-        "old": {"status": before.status.value, "basis": before.basis.value, "suppressed": before.suppressed},
-        "new": {"status": after.status.value, "basis": after.basis.value, "suppressed": after.suppressed},
-        "rule": after.rule,
-        "source": evidence.source,
-        "actor": evidence.actor,
-    }
+        {"status": before.status.value, "basis": before.basis.value, "suppressed": before.suppressed},
+        {"status": after.status.value, "basis": after.basis.value, "suppressed": after.suppressed},
+        after.rule,
+        evidence.source,
+        evidence.actor,
+    )
 
 
 def _event_view(row: Any) -> dict[str, Any]:
