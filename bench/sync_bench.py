@@ -268,6 +268,7 @@ def run_sync(config_path: Path, full: bool) -> dict[str, Any]:
         "pushed": report.counts.pushed,
         "enqueued": report.counts.pushes_enqueued,
         "calls": report.counts.api_calls,
+        "stages": report.seconds,
     }
 
 
@@ -368,6 +369,10 @@ def _print(name: str, result: dict[str, Any]) -> None:
         extra = f"  pushed {result['pushed']:,}"
     if "enqueued" in result:
         extra += f" (enqueued {result['enqueued']:,}, {result['calls']:,} API calls)"
+    if "stages" in result:
+        extra += (
+            "\n" + " " * 21 + "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["stages"].items())
+        )
     print(
         f"  {name:<18} wall {result['wall']:8.1f} s  cpu {result['cpu']:7.1f} s  "
         f"{result['records']:>9,} records  {rate:9,.0f}/s  peak RSS {result['rss_mib']:6.0f} MiB{extra}",

@@ -422,7 +422,10 @@ class SalesforceConnector(Connector):
         return answers
 
     def _wait_for_job(self, job_id: str, job_path: str) -> dict[str, Any]:
+        """Polls the job from a short first wait, doubling up to ``bulk_poll_interval``: a job of
+        a few thousand rows is done in well under a second, a large one is not polled often."""
         deadline = time.monotonic() + self.config.bulk_timeout
+        wait = min(self.config.bulk_poll_first, self.config.bulk_poll_interval)
         while True:
             info = self._call("bulk poll", lambda: self.sf.restful(job_path))
             if info["state"] in ("JobComplete", "Failed", "Aborted"):
@@ -432,7 +435,8 @@ class SalesforceConnector(Connector):
                     f"bulk job {job_id} still {info['state']} after {self.config.bulk_timeout}s",
                     ErrorRule(Action.RETRY, Fault.TRANSIENT, "bulk job slow"),
                 )
-            time.sleep(self.config.bulk_poll_interval)
+            time.sleep(wait)
+            wait = min(wait * 2, self.config.bulk_poll_interval)
 
     def _bulk_results(self, job_path: str, which: str) -> dict[str, str]:
         """A job's successful or failed records: id -> ``sf__Error`` (empty for successes)."""

@@ -39,6 +39,9 @@ class SalesforceSettings(BaseModel):
     query_batch_size: int = Field(default=2000, ge=200, le=2000)
     bulk_threshold: int = Field(default=10_000, ge=1)
     bulk_timeout: float = Field(default=600.0, gt=0)
+    # A Bulk API 2.0 job is polled after bulk_poll_first seconds, then at twice the last wait, up
+    # to bulk_poll_interval.
+    bulk_poll_first: float = Field(default=0.1, gt=0)
     bulk_poll_interval: float = Field(default=2.0, gt=0)
     lock_retries: int = Field(default=2, ge=0, le=10)
     max_attempts: int = Field(default=5, ge=1, le=20)

@@ -359,3 +359,13 @@ def test_the_anonymise_fields_of_each_mapping_are_accepted(sandbox: SalesforceSa
     assert result.ok, (result.error_code, result.message)
     stored = sandbox.org.get(record_id)
     assert {name: stored[name] for name in spec.personal_fields} == spec.personal_fields
+
+
+def test_a_bulk_job_is_polled_soon_then_less_and_less_often(sandbox: SalesforceSandbox) -> None:
+    """A job done in 0.7 s is polled at about 0.1, 0.3 and 0.7 s (not first after the 2 s a fixed
+    interval would wait), and a slow one is not polled more often than the interval allows."""
+    sandbox.bulk_delay = 0.7
+    connector = connector_for(sandbox, bulk_threshold=50)
+    ids = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
+    assert all(r.ok for r in connector.write([RecordUpdate("Contact", i, {"DoNotCall": True}) for i in ids]))
+    assert 3 <= sandbox.calls["bulk_status"] <= 5, sandbox.calls

@@ -285,3 +285,43 @@ def test_ledger_lost_mid_page_fails_cleanly_and_the_next_run_completes(
         sandbox.org.count(k) for k in ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
     )
     admin.dispose()
+
+
+def test_a_record_read_again_unchanged_is_skipped_but_an_address_change_alone_is_not(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    """Records read again exactly as last seen are recognised by their snapshot and the keyed
+    hash of their identity, without resolving who they are again; a record whose address alone
+    changed (no consent field moved) is still taken through identity resolution."""
+    from sqlalchemy import event
+
+    from consentsync.ledger.schema import crm_snapshots, subject_identifiers
+
+    assert _engine(ledger, config_path, sandbox).run(full=True).status == "succeeded"
+    contact = next(r for r in sandbox.org.records("Contact") if r.get("Email"))
+    new_address = "moved.person@example.test"
+    sandbox.org.update(contact["Id"], Email=new_address)
+    statements: list[str] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        statements.append(sql)
+
+    event.listen(ledger.engine, "before_cursor_execute", capture)
+    try:
+        again = _engine(ledger, config_path, sandbox).run(full=True)
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", capture)
+    assert again.status == "succeeded", again.error
+    assert again.counts.unchanged_records == again.counts.read  # no consent value moved
+    assert (again.counts.evidence_recorded, again.counts.pushes_enqueued) == (0, 0)
+    # Only the moved contact went through identity resolution (one page of one object).
+    lookups = [
+        sql for sql in statements if "subject_identifiers" in sql and sql.lstrip().startswith("SELECT")
+    ]
+    assert len(lookups) <= 2, lookups
+    assert ledger.subject_uids_for_email(new_address), "the new address was not linked"
+    with ledger.engine.connect() as conn:
+        digests = conn.execute(select(crm_snapshots.c.identity)).scalars().all()
+        addresses = conn.execute(select(subject_identifiers.c.value)).scalars().all()
+    assert all(digest and len(digest) == 64 for digest in digests)
+    assert not set(digests) & set(addresses), "an address is stored in the snapshots"

@@ -31,23 +31,33 @@ class Cursor:
     modstamp: datetime | None = None
     record_id: str | None = None
     token: str | None = None
+    # The upper bound (``until``) of the read that stored this cursor: every change stamped a
+    # look-back window before it was visible to that read, so the next read need not go back
+    # further than that (see ``Connector.resume_from``).
+    read_until: datetime | None = None
 
     def to_json(self) -> dict[str, str | None]:
         out = {
             "modstamp": self.modstamp.isoformat() if self.modstamp else None,
             "record_id": self.record_id,
         }
-        if self.token is not None:  # left out when unset: cursors stored before stay byte-identical
+        # Left out when unset: cursors stored before stay byte-identical.
+        if self.token is not None:
             out["token"] = self.token
+        if self.read_until is not None:
+            out["read_until"] = self.read_until.isoformat()
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Cursor:
         if not data:
             return cls()
-        stamp = data.get("modstamp")
+        stamp, until = data.get("modstamp"), data.get("read_until")
         return cls(
-            as_utc(datetime.fromisoformat(stamp)) if stamp else None, data.get("record_id"), data.get("token")
+            as_utc(datetime.fromisoformat(stamp)) if stamp else None,
+            data.get("record_id"),
+            data.get("token"),
+            as_utc(datetime.fromisoformat(until)) if until else None,
         )
 
     def is_before(self, modstamp: datetime, record_id: str) -> bool:
@@ -213,12 +223,21 @@ class Connector(ABC):
 
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)
-        before the stored position, from the first record of that moment. A cursor holding a
-        CRM token (a delta link) is the CRM's own commit-ordered position: it is kept."""
+        before the stored position, from the first record of that moment, but never before the
+        window behind the last read's upper bound (a change stamped earlier than that was visible
+        to that read: it was read then), and at the stored position itself when that lies
+        before the window (nothing at or before it can still appear). A cursor holding a CRM
+        token (a delta link) is the CRM's own commit-ordered position: it is kept."""
         window = self.lookback if lookback is None else lookback
         if cursor.modstamp is None or cursor.token is not None or window <= timedelta(0):
             return cursor
-        return Cursor(cursor.modstamp - window, None, None)
+        start = cursor.modstamp - window
+        if cursor.read_until is not None:
+            settled = cursor.read_until - window
+            if cursor.modstamp <= settled:
+                return Cursor(cursor.modstamp, cursor.record_id)
+            start = max(start, settled)
+        return Cursor(start, None, None)
 
     def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
         """Records of ``object_type`` deleted or merged away after ``since`` and at or before

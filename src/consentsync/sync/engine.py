@@ -12,10 +12,11 @@ nor past the moment the run started (less a lag for CRMs that stamp whole second
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, TypeVar
@@ -44,7 +45,7 @@ from consentsync.ledger.schema import (
     sync_runs,
 )
 from consentsync.ledger.service import Ledger, RecordRequest
-from consentsync.mapping import Mapping, crm_key
+from consentsync.mapping import Mapping, crm_key, field_value
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 from consentsync.sync.failpoints import failpoint
@@ -61,7 +62,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class SyncOptions:
-    batch_size: int = 200
+    batch_size: int = 1000
     # Records changed within this many seconds before the run started are left to the next run:
     # CRMs stamp whole seconds, so a later change in the same second could otherwise be missed.
     signpost_lag_seconds: float = 2.0
@@ -147,6 +148,21 @@ class RunReport:
     stage_total: int | None = None
     # A dry run's pushes as a plan for review (consentsync plan / apply).
     plan: Plan | None = None
+    # Wall seconds per stage: waiting for the CRM's pages (read), committing them (pages),
+    # deciding the pushes (examine), pushing (push). Logged with the run's end.
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+
+STAGES = ("read", "pages", "examine", "push")
+
+
+@contextmanager
+def _timed(report: RunReport, stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.seconds[stage] += time.perf_counter() - started
 
 
 class _Stop(Exception):
@@ -240,7 +256,8 @@ class SyncEngine:
                         self._pull_deletions(mapping, report, until=until, full=full)
                 self._reread_quarantined(report)
                 self._follow_ledger(report)
-                self._push(report)
+                with _timed(report, "push"):
+                    self._push(report)
             if report.status == "running":
                 report.status = "dry_run" if dry_run else "succeeded"
         except PlanOutdated as outdated:
@@ -284,7 +301,12 @@ class SyncEngine:
                     bound.error("sync.run_not_recorded", error=str(getattr(error, "orig", error)))
                 if self._lease is not None:
                     self._lease.release()
-        bound.info("sync.finished", status=report.status, **asdict(report.counts))
+        bound.info(
+            "sync.finished",
+            status=report.status,
+            seconds={stage: round(spent, 3) for stage, spent in report.seconds.items()},
+            **asdict(report.counts),
+        )
         structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report
 
@@ -338,7 +360,9 @@ class SyncEngine:
         since = stored if full else self.connector.resume_from(stored, self._lookback())
         self.connector.completed_cursor = None
         records = self.connector.read_changes(mapping.object, mapping.pull_fields(), since, until)
-        self._read_pages(mapping, records, report, stored=stored, dry_run=dry_run, key=mapping.object)
+        self._read_pages(
+            mapping, records, report, stored=stored, until=until, dry_run=dry_run, key=mapping.object
+        )
 
     def _pull_deletions(self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool) -> None:
         """Records the CRM lists as deleted or merged away, on a cursor of their own."""
@@ -348,7 +372,7 @@ class SyncEngine:
         since = stored if full else self.connector.resume_from(stored, self._lookback())
         self.connector.completed_cursor = None
         records = self.connector.read_deletions(mapping.object, since, until)
-        self._read_pages(mapping, records, report, stored=stored, dry_run=False, key=key)
+        self._read_pages(mapping, records, report, stored=stored, until=until, dry_run=False, key=key)
 
     def _read_pages(
         self,
@@ -357,11 +381,13 @@ class SyncEngine:
         report: RunReport,
         *,
         stored: Cursor,
+        until: datetime,
         dry_run: bool,
         key: str,
     ) -> None:
         """Commits ``records`` page by page, the cursor (``key``) moving with each page and never
-        backwards (pages inside the look-back window are behind it)."""
+        backwards (pages inside the look-back window are behind it). The cursor keeps the read's
+        upper bound, ``until``: the next read's look-back window starts behind that."""
         report.stage, report.stage_done, report.stage_total = f"reading {key}", 0, None
         position = stored
         kept = False  # whether the connector's completed cursor (a new delta token) is stored
@@ -376,16 +402,21 @@ class SyncEngine:
             name=f"consentsync-read-{self.name}",
         )
         with pages:
-            for page, final in pages:
+            while True:
+                with _timed(report, "read"):
+                    got = next(pages, None)
+                if got is None:
+                    break
+                page, final = got
                 if self.stop_requested.is_set():
                     raise _Stop
                 failpoint("sync.page.read")
                 report.stage_done += len(page)
                 report.stage_total = self.connector.expected_records
                 last = page[-1]
-                candidate = final or Cursor(last.modstamp, last.record_id, stored.token)
+                candidate = final or Cursor(last.modstamp, last.record_id, stored.token, until)
                 advance = final is not None or position.modstamp is None or _later(candidate, position)
-                with self._transaction() as conn:
+                with _timed(report, "pages"), self._transaction() as conn:
                     self._commit_page(
                         conn,
                         mapping,
@@ -407,6 +438,13 @@ class SyncEngine:
             # committed, so the new token is safe to keep.
             with self._transaction() as conn:
                 self._save_cursor(conn, key, final, report.run_id, self.ledger.clock())
+        elif final is None and position.modstamp is not None and position.read_until != until:
+            # The read went to its end without passing the position (only the look-back window
+            # was there): every change visible up to ``until`` is committed all the same.
+            with self._transaction() as conn:
+                self._save_cursor(
+                    conn, key, replace(position, read_until=until), report.run_id, self.ledger.clock()
+                )
 
     def _reread_quarantined(self, report: RunReport) -> None:
         """Records quarantined on reading that ops asked to retry are read again by id and go
@@ -464,6 +502,13 @@ class SyncEngine:
         # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
         # read back, they are acknowledged now, and their values are never the person's choice.
         echoes = self._recognise_echoes(conn, mapping, page, report, now)
+        # A record read again exactly as last seen (the look-back window, our own writes read
+        # back, a full re-read) says nothing new: only the cursor moves past it.
+        digests = self._identity_digests(mapping, page)
+        unchanged = self._unchanged(conn, mapping, page, digests, set(echoes))
+        if unchanged:
+            counts.unchanged_records += len(unchanged)
+            page = [record for record in page if record.record_id not in unchanged]
         snapshots = self._load_snapshots(conn, mapping.object, [r.record_id for r in page])
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
         problems: list[dict[str, Any]] = []
@@ -536,14 +581,24 @@ class SyncEngine:
                 examine.add(subject_id)
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
-                (link_ids[record.record_id], canonical_json(view), fields, db_time(conn, now))
+                (
+                    link_ids[record.record_id],
+                    canonical_json(view),
+                    fields,
+                    digests[record.record_id],
+                    db_time(conn, now),
+                )
             )
         stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
         counts.evidence_recorded += stats.recorded
         counts.evidence_duplicates += stats.duplicates
         counts.state_changes += stats.state_changes
         upsert_rows(
-            conn, crm_snapshots, ("link_id", "evidence", "fields", "updated_at"), ("link_id",), snapshot_rows
+            conn,
+            crm_snapshots,
+            ("link_id", "evidence", "fields", "identity", "updated_at"),
+            ("link_id",),
+            snapshot_rows,
         )
         if problems:
             conn.execute(insert(quarantine), problems)
@@ -917,7 +972,8 @@ class SyncEngine:
         another CRM) and to every person the pages read marked: once per person, whatever the
         number of pages and changes that named them."""
         self._catch_up_feed(report)
-        self._examine_marked(report)
+        with _timed(report, "examine"):
+            self._examine_marked(report)
 
     def _catch_up_feed(self, report: RunReport) -> None:
         while True:
@@ -1339,6 +1395,55 @@ class SyncEngine:
             ("connector", "object_type"),
             [(self.name, object_type, canonical_json(cursor.to_json()), run_id, db_time(conn, now))],
         )
+
+    def _identity_digests(self, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
+        """Each record's identity as a keyed hash (its address: the links it names are among
+        the snapshot's fields), to tell a record read again unchanged without its address."""
+        digest = self.ledger.keyed_hasher()
+        email_field = mapping.spec.identity.email
+        return {
+            record.record_id: digest(
+                canonical_json(field_value(record.fields, email_field) if email_field else None)
+            )
+            for record in page
+        }
+
+    def _unchanged(
+        self,
+        conn: Connection,
+        mapping: Mapping,
+        page: list[CrmRecord],
+        identities: dict[str, str],
+        echoed: set[str],
+    ) -> set[str]:
+        """The records of the page whose live link's snapshot holds exactly their values and
+        identity (a record with a write of ours in flight is never among them)."""
+        if not page:
+            return set()
+        stored = {
+            row.record_id: row
+            for row in conn.execute(
+                select(crm_links.c.record_id, crm_snapshots.c.fields, crm_snapshots.c.identity)
+                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == mapping.object,
+                    crm_links.c.record_id.in_([record.record_id for record in page]),
+                    crm_links.c.gone_at.is_(None),
+                )
+            )
+        }
+        unchanged: set[str] = set()
+        for record in page:
+            row = stored.get(record.record_id)
+            if (
+                row is not None
+                and record.record_id not in echoed
+                and row.identity == identities[record.record_id]
+                and row.fields == canonical_json(_consent_fields(mapping, record.fields))
+            ):
+                unchanged.add(record.record_id)
+        return unchanged
 
     def _load_snapshots(
         self, conn: Connection, object_type: str, record_ids: list[str]
