@@ -11,6 +11,7 @@ nor past the moment the run started (less a lag for CRMs that stamp whole second
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -1130,32 +1131,28 @@ class SyncEngine:
         exceed the blast-radius guard (the run is then ``held`` until a plan is approved)."""
         options = self.options
         with self.ledger.engine.connect() as conn:
-            # Counted in the database: the whole queue is loaded only when it is held (for the
-            # adoption report), not on every run that pushes.
-            waiting = (
-                select(outbox.c.object_type, outbox.c.record_id)
-                .where(outbox.c.connector == self.name, outbox.c.status == "pending")
-                .distinct()
-                .subquery()
+            # The waiting records are read through the pending index (the rows asked for); the
+            # whole queue is loaded only when it is held (for the adoption report).
+            records = len(
+                set(
+                    conn.execute(
+                        select(outbox.c.object_type, outbox.c.record_id).where(
+                            outbox.c.connector == self.name, outbox.c.status == "pending"
+                        )
+                    ).all()
+                )
             )
-            records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
             if not records:
                 return False
-            live = conn.execute(
-                select(func.count())
-                .select_from(crm_links)
-                .where(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.gone_at.is_(None),
-                    # Records the connector reads (a contact's Individual, linked but not
-                    # mapped, is not one of its records).
-                    crm_links.c.object_type.in_(sorted(self.by_object)),
-                )
-            ).scalar_one()
             too_many = options.guard_max_records is not None and records > options.guard_max_records
-            too_much = (
-                options.guard_max_share is not None and live and records / live > options.guard_max_share
-            )
+            live: int | None = None
+            too_much = False
+            if options.guard_max_share is not None and not too_many:
+                # Whether the connector has fewer live records than the share allows: counted up
+                # to that many only (an incremental run's few pushes never count the whole org).
+                enough = math.ceil(records / options.guard_max_share) + 1
+                live = self._live_records(conn, limit=enough)
+                too_much = bool(live) and records > options.guard_max_share * live
             if options.mode != "observe" and not (too_many or too_much):
                 return False
             pending = self._pending(conn)
@@ -1170,6 +1167,9 @@ class SyncEngine:
             limit.append(f"more than {options.guard_max_records} records")
         if too_much:
             limit.append(f"more than {options.guard_max_share:.0%} of its {live} live records")
+        elif options.guard_max_share is not None:
+            with self.ledger.engine.connect() as conn:
+                live = self._live_records(conn)
         report.status = "held"
         report.error = (
             f"push guard: {records} records to push is {' and '.join(limit)}: nothing was pushed; "
@@ -1177,6 +1177,18 @@ class SyncEngine:
         )
         log.warning("sync.push_held", run_id=report.run_id, connector=self.name, records=records, live=live)
         return True
+
+    def _live_records(self, conn: Connection, *, limit: int | None = None) -> int:
+        """The connector's live records of the objects it reads (a contact's Individual, linked
+        but not mapped, is not one of them), counted up to ``limit``."""
+        query = select(crm_links.c.id).where(
+            crm_links.c.connector == self.name,
+            crm_links.c.gone_at.is_(None),
+            crm_links.c.object_type.in_(sorted(self.by_object)),
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return int(conn.execute(select(func.count()).select_from(query.subquery())).scalar_one())
 
     def _check_plan(self, plan: Plan, report: RunReport) -> set[int]:
         """The outbox rows of an approved plan, when what the run would push is exactly that
