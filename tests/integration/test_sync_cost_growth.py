@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sqlalchemy import event
 
-from consentsync.app import open_connector
 from consentsync.config import load_config
-from consentsync.ledger.service import Ledger, utcnow
+from consentsync.ledger.service import Ledger
 from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
-from tests.integration.test_sync_engine import MAPPINGS, ROOT
+from tests.integration.test_sync_engine import _engine as sync_engine
 
 STEP = 50  # VM instructions per progress-handler call
 SMALL, LARGE = 150, 1200  # contacts in the two orgs (8x)
@@ -32,28 +30,9 @@ CHANGED = 6
 
 
 def _engine(ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox) -> SyncEngine:
-    data = yaml.safe_load(config_path.read_text())
-    data["connectors"] = [
-        {
-            "name": "sf",
-            "vendor": "salesforce",
-            "mappings": [str(ROOT / "mappings" / "salesforce" / name) for name in MAPPINGS],
-            "settings": {
-                "login_url": sandbox.login_url,
-                "auth": "client_credentials",
-                "client_id": sandbox.credentials.client_id,
-                "client_secret": sandbox.credentials.client_secret,
-                "ca_bundle": str(sandbox.ca_cert_path),
-            },
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    connector, mappings = open_connector(load_config(config_path), "sf")
-    ledger.clock = utcnow
     # A look-back window of zero: both runs read exactly the changed records.
-    return SyncEngine(
-        ledger, connector, mappings, SyncOptions(batch_size=500, signpost_lag_seconds=0, lookback_seconds=0)
-    )
+    options = SyncOptions(batch_size=500, signpost_lag_seconds=0, lookback_seconds=0)
+    return sync_engine(ledger, config_path, sandbox, options)
 
 
 def _shape(sql: str) -> str:

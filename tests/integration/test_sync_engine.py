@@ -30,7 +30,13 @@ def sandbox() -> Iterator[SalesforceSandbox]:
         yield server
 
 
-def _engine(ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, **settings: Any) -> SyncEngine:
+def _engine(
+    ledger: Ledger,
+    config_path: Path,
+    sandbox: SalesforceSandbox,
+    options: SyncOptions | None = None,
+    **settings: Any,
+) -> SyncEngine:
     import yaml
 
     data = yaml.safe_load(config_path.read_text())
@@ -55,7 +61,8 @@ def _engine(ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, **set
     connector, mappings = open_connector(load_config(config_path), "sf")
     # The sandbox stamps records with the real time: the run's signpost must follow it.
     ledger.clock = utcnow
-    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=37, signpost_lag_seconds=0))
+    options = options or SyncOptions(batch_size=37, signpost_lag_seconds=0)
+    return SyncEngine(ledger, connector, mappings, options)
 
 
 def _count(ledger: Ledger, table: Any) -> int:
