@@ -506,11 +506,22 @@ class SyncEngine:
         # A record read again exactly as last seen (the look-back window, our own writes read
         # back, a full re-read) says nothing new: only the cursor moves past it.
         digests = self._identity_digests(mapping, page)
-        unchanged = self._unchanged(conn, mapping, page, digests, set(echoes))
+        # The page's own links and snapshots, in one lookup.
+        held = self._page_links(conn, mapping.object, [record.record_id for record in page])
+        unchanged = {
+            record.record_id
+            for record in page
+            if _unchanged(mapping, record, held.get(record.record_id), digests[record.record_id])
+            and record.record_id not in echoes
+        }
         if unchanged:
             counts.unchanged_records += len(unchanged)
             page = [record for record in page if record.record_id not in unchanged]
-        snapshots = self._load_snapshots(conn, mapping.object, [r.record_id for r in page])
+        snapshots = {
+            record_id: (orjson.loads(row.evidence), orjson.loads(row.fields))
+            for record_id, row in held.items()
+            if row.fields is not None and record_id not in unchanged
+        }
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
         problems: list[dict[str, Any]] = []
         for record in page:
@@ -536,9 +547,10 @@ class SyncEngine:
 
         # Identity: the record's own id first, then the records it points to (a consent record's
         # Individual), then the email address.
-        known = self._known_links(
-            conn, [link for _, own, links, _ in good for link in (own.link, *links) if link]
-        )
+        known = {
+            CrmLink(self.name, mapping.object, record_id): row.subject_id for record_id, row in held.items()
+        }
+        known.update(self._known_links(conn, [link for _, _, links, _ in good for link in links]))
         identities = []
         for _, identity, links, _ in good:
             if identity.link not in known:
@@ -554,14 +566,21 @@ class SyncEngine:
         ]
         self.ledger.link_in(conn, extra_links, run_id=report.run_id)
         counts.subjects_created += created
-        self._revive_links(conn, mapping.object, [record.record_id for record, _, _, _ in good], report, now)
+        revived = [
+            row for record, _, _, _ in good if (row := held.get(record.record_id)) and row.gone_at is not None
+        ]
+        if revived:
+            self._revive_links(conn, mapping.object, revived, report, now)
 
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
         # People whose pushes must be looked at again: a record new to the ledger, or changed. A
         # record re-read unchanged (the look-back window) leaves its pending pushes as they are.
         examine: set[int] = set()
-        link_ids = self._link_ids(conn, mapping.object, [r.record_id for r, _, _, _ in good])
+        link_ids = {record_id: row.link_id for record_id, row in held.items()}
+        new_links = [record.record_id for record, _, _, _ in good if record.record_id not in link_ids]
+        if new_links:
+            link_ids.update(self._link_ids(conn, mapping.object, new_links))
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
@@ -691,22 +710,15 @@ class SyncEngine:
             audit.append(conn, records, now)
 
     def _revive_links(
-        self, conn: Connection, object_type: str, record_ids: list[str], report: RunReport, now: datetime
+        self, conn: Connection, object_type: str, revived: list[Any], report: RunReport, now: datetime
     ) -> None:
-        """A record read again after it was deleted (restored from the CRM's recycle bin) is live."""
-        revived = conn.execute(
-            select(crm_links.c.id, crm_links.c.record_id, crm_links.c.subject_id).where(
-                crm_links.c.connector == self.name,
-                crm_links.c.object_type == object_type,
-                crm_links.c.record_id.in_(record_ids),
-                crm_links.c.gone_at.is_not(None),
-            )
-        ).all()
+        """Records read again after they were deleted (restored from the CRM's recycle bin) are
+        live: ``revived`` are their gone links (``_page_links`` rows)."""
         if not revived:
             return
         conn.execute(
             update(crm_links)
-            .where(crm_links.c.id.in_([row.id for row in revived]))
+            .where(crm_links.c.id.in_([row.link_id for row in revived]))
             .values(gone_at=None, merged_into=None)
         )
         uids = self._uids(conn, [row.subject_id for row in revived])
@@ -1420,42 +1432,29 @@ class SyncEngine:
             for record in page
         }
 
-    def _unchanged(
-        self,
-        conn: Connection,
-        mapping: Mapping,
-        page: list[CrmRecord],
-        identities: dict[str, str],
-        echoed: set[str],
-    ) -> set[str]:
-        """The records of the page whose live link's snapshot holds exactly their values and
-        identity (a record with a write of ours in flight is never among them)."""
-        if not page:
-            return set()
-        stored = {
-            row.record_id: row
-            for row in conn.execute(
-                select(crm_links.c.record_id, crm_snapshots.c.fields, crm_snapshots.c.identity)
-                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                .where(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.object_type == mapping.object,
-                    crm_links.c.record_id.in_([record.record_id for record in page]),
-                    crm_links.c.gone_at.is_(None),
-                )
+    def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, Any]:
+        """The links of these records that exist, with their snapshots (None where none is kept),
+        by record id: one lookup by the (connector, object, record) index."""
+        if not record_ids:
+            return {}
+        rows = conn.execute(
+            select(
+                crm_links.c.id.label("link_id"),
+                crm_links.c.record_id,
+                crm_links.c.subject_id,
+                crm_links.c.gone_at,
+                crm_snapshots.c.evidence,
+                crm_snapshots.c.fields,
+                crm_snapshots.c.identity,
             )
-        }
-        unchanged: set[str] = set()
-        for record in page:
-            row = stored.get(record.record_id)
-            if (
-                row is not None
-                and record.record_id not in echoed
-                and row.identity == identities[record.record_id]
-                and row.fields == canonical_json(_consent_fields(mapping, record.fields))
-            ):
-                unchanged.add(record.record_id)
-        return unchanged
+            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == object_type,
+                crm_links.c.record_id.in_(record_ids),
+            )
+        )
+        return {row.record_id: row for row in rows}
 
     def _load_snapshots(
         self, conn: Connection, object_type: str, record_ids: list[str]
@@ -1540,6 +1539,17 @@ def _said_no(state: EffectiveState) -> bool:
 
     return state.suppressed and (
         state.status in SAID_NO_STATUSES or state.rule in SAID_NO_RULES or state.rule == "erasure_suppression"
+    )
+
+
+def _unchanged(mapping: Mapping, record: CrmRecord, held: Any, digest: str) -> bool:
+    """Whether a record is read exactly as its live link's snapshot holds it: its values and
+    its identity (by keyed hash)."""
+    return (
+        held is not None
+        and held.gone_at is None
+        and held.identity == digest
+        and held.fields == canonical_json(_consent_fields(mapping, record.fields))
     )
 
 
