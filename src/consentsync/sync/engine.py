@@ -174,6 +174,23 @@ class PlanOutdated(Exception):
     """The plan being applied no longer matches what the run would push."""
 
 
+@dataclass(slots=True)
+class _Read:
+    """One read of a run: an object's changes, or its deletions (``key`` ends with DELETIONS),
+    from ``since``; ``position`` is the cursor committed so far."""
+
+    mapping: Mapping
+    key: str
+    stored: Cursor
+    since: Cursor
+    deletions: bool
+    position: Cursor = field(init=False)
+    kept: bool = False  # whether the connector's completed cursor (a new delta token) is stored
+
+    def __post_init__(self) -> None:
+        self.position = self.stored
+
+
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
 
@@ -251,10 +268,7 @@ class SyncEngine:
                 self._plan(report, until=until, full=full)
             else:
                 self._catch_up_feed(report)
-                for mapping in self.mappings:
-                    self._pull(mapping, report, until=until, full=full, dry_run=False)
-                    if self.connector.reads_deletions:
-                        self._pull_deletions(mapping, report, until=until, full=full)
+                self._pull(report, until=until, full=full, dry_run=False)
                 self._reread_quarantined(report)
                 self._follow_ledger(report)
                 with _timed(report, "push"):
@@ -319,8 +333,7 @@ class SyncEngine:
             self._shared = conn
             try:
                 self._catch_up_feed(report)
-                for mapping in self.mappings:
-                    self._pull(mapping, report, until=until, full=full, dry_run=True)
+                self._pull(report, until=until, full=full, dry_run=True)
                 self._follow_ledger(report)
                 pending = conn.execute(
                     select(outbox)
@@ -350,57 +363,27 @@ class SyncEngine:
 
     # -- pull ----------------------------------------------------------------------------------
 
-    def _pull(
-        self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool, dry_run: bool
-    ) -> None:
+    def _pull(self, report: RunReport, *, until: datetime, full: bool, dry_run: bool) -> None:
+        """Reads every mapped object's changes (and, where the connector lists them, its
+        deletions, on a cursor of their own), committing page by page. The reads run one after
+        the other in a reader thread one page ahead of the commits, across objects too: the next
+        object's first page is on its way while the last one's is committed."""
+        reads: list[_Read] = []
         with self._transaction() as conn:
-            stored = Cursor() if full else self._load_cursor(conn, mapping.object)
-        # An incremental read starts the look-back window behind the stored position: a change
-        # stamped before it may have become visible only since. What was already seen there is
-        # recognised by its snapshot and costs an API call, never a second piece of evidence.
-        since = stored if full else self.connector.resume_from(stored, self._lookback())
-        self.connector.completed_cursor = None
-        records = self.connector.read_changes(mapping.object, mapping.pull_fields(), since, until)
-        self._read_pages(
-            mapping, records, report, stored=stored, until=until, dry_run=dry_run, key=mapping.object
-        )
-
-    def _pull_deletions(self, mapping: Mapping, report: RunReport, *, until: datetime, full: bool) -> None:
-        """Records the CRM lists as deleted or merged away, on a cursor of their own."""
-        key = mapping.object + DELETIONS
-        with self._transaction() as conn:
-            stored = Cursor() if full else self._load_cursor(conn, key)
-        since = stored if full else self.connector.resume_from(stored, self._lookback())
-        self.connector.completed_cursor = None
-        records = self.connector.read_deletions(mapping.object, since, until)
-        self._read_pages(mapping, records, report, stored=stored, until=until, dry_run=False, key=key)
-
-    def _read_pages(
-        self,
-        mapping: Mapping,
-        records: Iterable[CrmRecord],
-        report: RunReport,
-        *,
-        stored: Cursor,
-        until: datetime,
-        dry_run: bool,
-        key: str,
-    ) -> None:
-        """Commits ``records`` page by page, the cursor (``key``) moving with each page and never
-        backwards (pages inside the look-back window are behind it). The cursor keeps the read's
-        upper bound, ``until``: the next read's look-back window starts behind that."""
-        report.stage, report.stage_done, report.stage_total = f"reading {key}", 0, None
-        position = stored
-        kept = False  # whether the connector's completed cursor (a new delta token) is stored
-        # The next page is read while this one is committed (one page ahead: memory stays flat).
-        # A read that ended (the last page in hand) may have handed over a new token: it is taken
-        # with that page, as the reader saw it then, and stored with it. Before that, pages keep
-        # the token the read started from.
+            for mapping in self.mappings:
+                keys = [mapping.object]
+                if self.connector.reads_deletions and not dry_run:
+                    keys.append(mapping.object + DELETIONS)
+                for key in keys:
+                    stored = Cursor() if full else self._load_cursor(conn, key)
+                    # An incremental read starts the look-back window behind the stored position:
+                    # a change stamped before it may have become visible only since. What was
+                    # already seen there is recognised by its snapshot and costs an API call,
+                    # never a second piece of evidence.
+                    since = stored if full else self.connector.resume_from(stored, self._lookback())
+                    reads.append(_Read(mapping, key, stored, since, key.endswith(DELETIONS)))
         pages = Prefetch(
-            batched(records, self.options.batch_size),
-            capture=lambda: self.connector.completed_cursor,
-            stop=self.stop_requested,
-            name=f"consentsync-read-{self.name}",
+            self._pages_of(reads, until), stop=self.stop_requested, name=f"consentsync-read-{self.name}"
         )
         with pages:
             while True:
@@ -408,43 +391,86 @@ class SyncEngine:
                     got = next(pages, None)
                 if got is None:
                     break
-                page, final = got
+                (read, page, final), _ = got
                 if self.stop_requested.is_set():
                     raise _Stop
-                failpoint("sync.page.read")
-                report.stage_done += len(page)
-                report.stage_total = self.connector.expected_records
-                last = page[-1]
-                candidate = final or Cursor(last.modstamp, last.record_id, stored.token, until)
-                advance = final is not None or position.modstamp is None or _later(candidate, position)
-                with _timed(report, "pages"), self._transaction() as conn:
-                    self._commit_page(
-                        conn,
-                        mapping,
-                        page,
-                        report,
-                        dry_run=dry_run,
-                        cursor=(key, candidate) if advance else None,
-                    )
-                if advance:
-                    position = candidate
-                kept = final is not None
-                report.counts.api_calls = self.connector.usage.calls
-                self.progress(report)
+                if page is None:
+                    self._end_read(read, final, report, until=until)
+                else:
+                    self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run)
         if self.stop_requested.is_set():
             raise _Stop
-        final = self.connector.completed_cursor
-        if final is not None and not kept:
+
+    def _pages_of(
+        self, reads: list[_Read], until: datetime
+    ) -> Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]]:
+        """In the reader thread: each read's pages, each with the connector's completed cursor as
+        it stood right after the page was made (a read that ended may hand over a new token with
+        its last page), then ``(read, None, completed cursor)`` when the read ended."""
+        connector = self.connector
+        for read in reads:
+            connector.completed_cursor = None
+            mapping = read.mapping
+            records = (
+                connector.read_deletions(mapping.object, read.since, until)
+                if read.deletions
+                else connector.read_changes(mapping.object, mapping.pull_fields(), read.since, until)
+            )
+            for page in batched(records, self.options.batch_size):
+                yield read, page, connector.completed_cursor
+            yield read, None, connector.completed_cursor
+
+    def _commit_read_page(
+        self,
+        read: _Read,
+        page: list[CrmRecord],
+        final: Cursor | None,
+        report: RunReport,
+        *,
+        until: datetime,
+        dry_run: bool,
+    ) -> None:
+        """Commits one page, the read's cursor moving with it and never backwards (pages inside
+        the look-back window are behind it). The cursor keeps the read's upper bound, ``until``:
+        the next read's look-back window starts behind that. Before the read ended, pages keep
+        the token the read started from."""
+        if report.stage != f"reading {read.key}":
+            report.stage, report.stage_done, report.stage_total = f"reading {read.key}", 0, None
+        failpoint("sync.page.read")
+        report.stage_done += len(page)
+        report.stage_total = self.connector.expected_records
+        last = page[-1]
+        candidate = final or Cursor(last.modstamp, last.record_id, read.stored.token, until)
+        position = read.position
+        advance = final is not None or position.modstamp is None or _later(candidate, position)
+        with _timed(report, "pages"), self._transaction() as conn:
+            self._commit_page(
+                conn,
+                read.mapping,
+                page,
+                report,
+                dry_run=dry_run,
+                cursor=(read.key, candidate) if advance else None,
+            )
+        if advance:
+            read.position = candidate
+        read.kept = final is not None
+        report.counts.api_calls = self.connector.usage.calls
+        self.progress(report)
+
+    def _end_read(self, read: _Read, final: Cursor | None, report: RunReport, *, until: datetime) -> None:
+        position = read.position
+        if final is not None and not read.kept:
             # The read ended after the last committed page (or yielded nothing): every record is
             # committed, so the new token is safe to keep.
             with self._transaction() as conn:
-                self._save_cursor(conn, key, final, report.run_id, self.ledger.clock())
+                self._save_cursor(conn, read.key, final, report.run_id, self.ledger.clock())
         elif final is None and position.modstamp is not None and position.read_until != until:
             # The read went to its end without passing the position (only the look-back window
             # was there): every change visible up to ``until`` is committed all the same.
             with self._transaction() as conn:
                 self._save_cursor(
-                    conn, key, replace(position, read_until=until), report.run_id, self.ledger.clock()
+                    conn, read.key, replace(position, read_until=until), report.run_id, self.ledger.clock()
                 )
 
     def _reread_quarantined(self, report: RunReport) -> None:
