@@ -50,6 +50,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve()
 CONNECTOR = "salesforce-bench"
+BENCH_DATABASE = "consentsync_syncbench"  # made anew on the --url server by every run
 LOOKBACK_SECONDS = 15  # the bench's look-back window (the connector's default is 10 minutes)
 
 
@@ -313,9 +314,7 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
     workdir = Path(tempfile.mkdtemp(prefix=f"consentsync-syncbench-{contacts}-"))
     try:
         with sandbox_process(contacts, args.delay, workdir, args.seed) as (info, process):
-            config_path = write_config(workdir, info, args.url)
-            if args.url:
-                _reset_database(args.url)
+            config_path = write_config(workdir, info, _fresh_database(args.url) if args.url else None)
             print(
                 f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per query page)",
                 flush=True,
@@ -354,15 +353,20 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
     return results
 
 
-def _reset_database(url: str) -> None:
-    """An empty ledger on the PostgreSQL server (the bench's schema is dropped and made anew)."""
+def _fresh_database(url: str) -> str:
+    """A new, empty database for the ledger on the given PostgreSQL server (made anew by every
+    run, so that the figures are a first sync's), as a ledger URL."""
     from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+    from consentsync.ledger.engine import normalise_url
+
+    server = create_engine(normalise_url(url), isolation_level="AUTOCOMMIT")
+    with server.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"))
+        conn.execute(text(f"CREATE DATABASE {BENCH_DATABASE}"))
+    server.dispose()
+    return make_url(url).set(database=BENCH_DATABASE).render_as_string(hide_password=False)
 
 
 def _print(name: str, result: dict[str, Any]) -> None:
@@ -398,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contacts", type=int, nargs="+", default=[20_000])
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per query page (0.25: a real org)")
     parser.add_argument(
-        "--url", help="ledger URL (default: a fresh SQLite file); PostgreSQL: its public schema is emptied"
+        "--url", help="a PostgreSQL server URL: the ledger goes in a database of its own made anew there "
+        "(default: a fresh SQLite file)"
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the hand-written peer")
     parser.add_argument("--seed", type=int, default=7)
