@@ -147,23 +147,25 @@ class Ranked:
             sort_time = evidence.observed_at
         else:
             sort_time = EARLIEST
-        return cls(
-            sort_time=sort_time,
-            rank=RESTRICTIVENESS[evidence.status],
-            fingerprint=evidence.fingerprint(),
-            status=evidence.status,
-            basis=evidence.basis,
-            event_time=event_time,
-            observed_at=evidence.observed_at,
-            source=evidence.source,
-            evidenced=evidence.has_proof,
+        return cls(  # positionally: keywords cost a quarter of the construction
+            sort_time,
+            RESTRICTIVENESS[evidence.status],
+            evidence.fingerprint(),
+            evidence.status,
+            evidence.basis,
+            event_time,
+            evidence.observed_at,
+            evidence.source,
+            evidence.has_proof,
         )
 
     def __lt__(self, other: Ranked) -> bool:
         # The fingerprint leaves out the observation time of dated evidence (a re-read is the same
-        # statement), so it comes last, to keep the order total.
-        return (self.sort_time, self.rank, self.fingerprint, self.observed_at) < (
-            other.sort_time,
+        # statement), so it comes last, to keep the order total. The times mostly differ: they
+        # decide without building the tuples.
+        if self.sort_time != other.sort_time:
+            return self.sort_time < other.sort_time
+        return (self.rank, self.fingerprint, self.observed_at) < (
             other.rank,
             other.fingerprint,
             other.observed_at,
@@ -187,22 +189,24 @@ class Ranked:
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Ranked:
-        event_time = data["event_time"]
-        basis = data["basis"]
+        status, basis = str(data["status"]), data["basis"]
         return cls(
-            sort_time=datetime.fromisoformat(str(data["sort_time"])),
-            rank=int(str(data["rank"])),
-            fingerprint=str(data["fingerprint"]),
-            status=ConsentStatus(str(data["status"])),
-            basis=LawfulBasis(str(basis)) if basis else None,
-            event_time=datetime.fromisoformat(str(event_time)) if event_time else None,
-            observed_at=datetime.fromisoformat(str(data["observed_at"])),
-            source=str(data["source"]),
-            evidenced=bool(data["evidenced"]),
+            datetime.fromisoformat(str(data["sort_time"])),
+            int(str(data["rank"])),
+            str(data["fingerprint"]),
+            # A dict lookup first: calling the enum costs ten times as much.
+            _STATUSES.get(status) or ConsentStatus(status),
+            (_BASES.get(str(basis)) or LawfulBasis(str(basis))) if basis else None,
+            _moment(data["event_time"]),
+            datetime.fromisoformat(str(data["observed_at"])),
+            str(data["source"]),
+            bool(data["evidenced"]),
         )
 
 
 _DEFAULT_POLICY = Policy(trusted_sources=frozenset())
+_STATUSES = {status.value: status for status in ConsentStatus}
+_BASES = {basis.value: basis for basis in LawfulBasis}
 
 
 def _later(a: Ranked | None, b: Ranked | None) -> Ranked | None:
@@ -210,7 +214,7 @@ def _later(a: Ranked | None, b: Ranked | None) -> Ranked | None:
         return b
     if b is None:
         return a
-    return max(a, b)
+    return b if a < b else a  # max(a, b)
 
 
 def _latest_time(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -218,7 +222,7 @@ def _latest_time(a: datetime | None, b: datetime | None) -> datetime | None:
         return b
     if b is None:
         return a
-    return max(a, b)
+    return b if a < b else a  # max(a, b)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,20 +237,41 @@ class Summary:
     lapsed_at: datetime | None = None
 
     def join(self, other: Summary) -> Summary:
-        latest = _later(self.latest, other.latest)
-        if self.latest is None or other.latest is None:
-            tied = self.tied or other.tied
-        elif self.latest.sort_time == other.latest.sort_time:
-            tied = self.tied or other.tied or self.latest.status is not other.latest.status
-        else:
-            tied = self.tied if latest is self.latest else other.tied
+        return self._joined(
+            other.latest,
+            other.tied,
+            other.restriction,
+            other.trusted_opt_in_at,
+            other.soft_opt_in_at,
+            other.lapsed_at,
+        )
+
+    def _joined(
+        self,
+        latest: Ranked | None,
+        tied: bool,
+        restriction: Ranked | None,
+        trusted_opt_in_at: datetime | None,
+        soft_opt_in_at: datetime | None,
+        lapsed_at: datetime | None,
+    ) -> Summary:
+        """``join``, given the other summary's fields: folding in one event (``_facts``) then
+        builds one Summary, not two."""
+        mine = self.latest
+        later = _later(mine, latest)
+        if mine is None or latest is None:
+            tied = self.tied or tied
+        elif mine.sort_time == latest.sort_time:
+            tied = self.tied or tied or mine.status is not latest.status
+        elif later is mine:
+            tied = self.tied
         return Summary(
-            latest=latest,
-            tied=tied,
-            restriction=_later(self.restriction, other.restriction),
-            trusted_opt_in_at=_latest_time(self.trusted_opt_in_at, other.trusted_opt_in_at),
-            soft_opt_in_at=_latest_time(self.soft_opt_in_at, other.soft_opt_in_at),
-            lapsed_at=_latest_time(self.lapsed_at, other.lapsed_at),
+            later,
+            tied,
+            _later(self.restriction, restriction),
+            _latest_time(self.trusted_opt_in_at, trusted_opt_in_at),
+            _latest_time(self.soft_opt_in_at, soft_opt_in_at),
+            _latest_time(self.lapsed_at, lapsed_at),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -270,38 +295,53 @@ class Summary:
     def from_json(cls, data: dict[str, object]) -> Summary:
         latest, restriction = data["latest"], data["restriction"]
         return cls(
-            latest=Ranked.from_json(latest) if isinstance(latest, dict) else None,
-            tied=bool(data["tied"]),
-            restriction=Ranked.from_json(restriction) if isinstance(restriction, dict) else None,
-            trusted_opt_in_at=_moment(data.get("trusted_opt_in_at")),
-            soft_opt_in_at=_moment(data.get("soft_opt_in_at")),
-            lapsed_at=_moment(data.get("lapsed_at")),
+            Ranked.from_json(latest) if isinstance(latest, dict) else None,
+            bool(data["tied"]),
+            Ranked.from_json(restriction) if isinstance(restriction, dict) else None,
+            _moment(data.get("trusted_opt_in_at")),
+            _moment(data.get("soft_opt_in_at")),
+            _moment(data.get("lapsed_at")),
         )
+
+
+# The summary of no evidence (immutable: one serves every caller).
+NO_EVIDENCE = Summary()
 
 
 def _moment(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value)) if value else None
 
 
-def summarise_one(evidence: Evidence, policy: Policy) -> Summary:
+# A Summary's fields, in order: latest, tied, restriction, trusted_opt_in_at, soft_opt_in_at,
+# lapsed_at.
+_Facts = tuple[Ranked | None, bool, Ranked | None, datetime | None, datetime | None, datetime | None]
+
+
+def _facts(evidence: Evidence, policy: Policy) -> _Facts:
+    """The fields of the summary of ``evidence`` alone."""
     if is_system_expiry(evidence):
         # A record that the clock ran out, derived from the rest: it decides nothing, so the
         # state cannot depend on whether the sweep ran before or after a late renewal.
-        return Summary(lapsed_at=evidence.event_time or evidence.observed_at)
+        return None, False, None, None, None, evidence.event_time or evidence.observed_at
     ranked = Ranked.of(evidence, policy)
-    return Summary(
-        latest=ranked,
-        tied=False,
-        restriction=ranked if evidence.status in STICKY_STATUSES else None,
-        trusted_opt_in_at=ranked.event_time if policy.reverses_sticky(evidence) else None,
-        soft_opt_in_at=ranked.event_time if is_soft_opt_in(evidence, policy) else None,
+    return (
+        ranked,
+        False,
+        ranked if evidence.status in STICKY_STATUSES else None,
+        ranked.event_time if policy.reverses_sticky(evidence) else None,
+        ranked.event_time if is_soft_opt_in(evidence, policy) else None,
+        None,
     )
 
 
+def summarise_one(evidence: Evidence, policy: Policy) -> Summary:
+    return Summary(*_facts(evidence, policy))
+
+
 def summarise(evidence: Iterable[Evidence], policy: Policy, start: Summary | None = None) -> Summary:
-    summary = start or Summary()
+    summary = start or NO_EVIDENCE
     for item in evidence:
-        summary = summary.join(summarise_one(item, policy))
+        summary = summary._joined(*_facts(item, policy))
     return summary
 
 
@@ -380,13 +420,13 @@ def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> Effec
         channel,
         value.status,
         basis,
-        suppressed=is_suppressed(value.status, basis),
-        rule=rule,
-        since=value.event_time or value.observed_at,
-        expires_at=expires_at,
-        evidenced=value.evidenced,
-        detail=f"source {value.source}",
-        evidence_status=value.status,
+        is_suppressed(value.status, basis),
+        rule,
+        value.event_time or value.observed_at,  # since
+        expires_at,
+        value.evidenced,
+        f"source {value.source}",
+        value.status,  # evidence_status
     )
 
 
@@ -413,35 +453,36 @@ def effective_state(
     """
     state = consent_state(summary, purpose, channel)
     trusted_at = summary.trusted_opt_in_at
-
-    def suppress(rule: str, detail: str) -> EffectiveState:
-        return _altered(state, state.status, rule, detail)
-
     if flags.restricted:
-        return suppress(Rule.RESTRICTION, "processing restricted (Art. 18)")
+        return _suppress(state, Rule.RESTRICTION, "processing restricted (Art. 18)")
     if flags.suppressed_since is not None and not _reversed(trusted_at, flags.suppressed_since):
-        return suppress(
+        return _suppress(
+            state,
             Rule.ERASURE,
             f"suppressed since {iso(flags.suppressed_since)}: {flags.suppression_reason}",
         )
     for objection in _relevant(objections, purpose) if objections else ():
         if objection.status is ObjectionStatus.PENDING:
-            return suppress(Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review")
+            return _suppress(
+                state, Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review"
+            )
         if _reversed(trusted_at, objection.raised_at):
             continue
         if objection.direct_marketing:
-            return suppress(
+            return _suppress(
+                state,
                 Rule.OBJECTION_DIRECT_MARKETING,
                 f"objection to direct marketing of {iso(objection.raised_at)} (Art. 21(2))",
             )
-        return suppress(Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld")
+        return _suppress(state, Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld")
     if not state.suppressed and purpose.eprivacy_applies(channel) and not _is_consent(summary.latest):
         # PECR reg. 22 / ePrivacy Art. 13: electronic mail marketing needs consent, or a soft
         # opt-in the person has not refused since.
         soft_at = summary.soft_opt_in_at
         blocked = summary.restriction
         if soft_at is None or (blocked is not None and soft_at <= blocked.sort_time):
-            return suppress(
+            return _suppress(
+                state,
                 Rule.EPRIVACY_CONSENT_REQUIRED,
                 f"{state.basis.value} is not enough for marketing by {channel}: consent or a "
                 "soft opt-in is needed (PECR reg. 22, ePrivacy Art. 13)",
@@ -465,6 +506,10 @@ def effective_state(
             evidence_status=ConsentStatus.EXPIRED if lapse_recorded else state.evidence_status,
         )
     return state
+
+
+def _suppress(state: EffectiveState, rule: str, detail: str) -> EffectiveState:
+    return _altered(state, state.status, rule, detail)
 
 
 def _altered(
@@ -539,11 +584,16 @@ def reconcile(
 ) -> Decision:
     """Folds one piece of evidence into ``current``. ``before``, when the caller already holds
     the effective state of ``current`` (same flags, objections and clock), saves recomputing it."""
-    current = current or Summary()
-    updated = current.join(summarise_one(evidence, policy))
+    facts = _facts(evidence, policy)
+    updated = Summary(*facts) if current is None else current._joined(*facts)
     if before is None:
         before = effective_state(
-            current, purpose, evidence.channel, flags=flags, objections=objections, now=now
+            NO_EVIDENCE if current is None else current,
+            purpose,
+            evidence.channel,
+            flags=flags,
+            objections=objections,
+            now=now,
         )
     after = effective_state(updated, purpose, evidence.channel, flags=flags, objections=objections, now=now)
     return Decision(summary=updated, before=before, after=after)

@@ -70,6 +70,7 @@ from consentsync.ledger.schema import (
 )
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.reconcile import (
+    NO_EVIDENCE,
     Policy,
     Rule,
     Summary,
@@ -744,7 +745,7 @@ class Ledger:
                 continue  # no longer configured: nothing to ask for
             context = contexts[row.subject_id]
             state = effective_state(
-                summaries.get((row.subject_id, row.purpose, row.channel), Summary()),
+                summaries.get((row.subject_id, row.purpose, row.channel), NO_EVIDENCE),
                 purpose,
                 row.channel,
                 flags=context.flags,
@@ -834,7 +835,7 @@ class Ledger:
         return {
             subject_id: {
                 (purpose.key, channel): effective_state(
-                    summaries.get((subject_id, purpose.key, channel), Summary()),
+                    summaries.get((subject_id, purpose.key, channel), NO_EVIDENCE),
                     purpose,
                     channel,
                     flags=contexts[subject_id].flags,
@@ -1013,7 +1014,7 @@ class Ledger:
         for purpose in affected:
             for channel in purpose.channels:
                 key = (subject_id, purpose.key, channel)
-                summary = summaries.get(key, Summary())
+                summary = summaries.get(key, NO_EVIDENCE)
                 old, new = (
                     effective_state(
                         summary,
