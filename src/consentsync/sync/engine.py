@@ -155,6 +155,7 @@ class RunReport:
 
 
 STAGES = ("read", "pages", "examine", "push")
+READ_AHEAD = 4  # batches read ahead of the commits (memory: a few thousand records at most)
 
 
 @contextmanager
@@ -382,8 +383,13 @@ class SyncEngine:
                     # never a second piece of evidence.
                     since = stored if full else self.connector.resume_from(stored, self._lookback())
                     reads.append(_Read(mapping, key, stored, since, key.endswith(DELETIONS)))
+        # A few batches ahead: a CRM page holds several of our batches, and the next CRM page
+        # must be on its way while the last batches of this one are committed.
         pages = Prefetch(
-            self._pages_of(reads, until), stop=self.stop_requested, name=f"consentsync-read-{self.name}"
+            self._pages_of(reads, until),
+            depth=READ_AHEAD,
+            stop=self.stop_requested,
+            name=f"consentsync-read-{self.name}",
         )
         with pages:
             while True:
