@@ -832,16 +832,32 @@ class Ledger:
         ids = set(subject_ids)
         contexts = self._contexts(conn, ids)
         summaries = self._load_summaries(conn, ids)
+        # Without evidence or objections, a key's state follows from its purpose, its channel and
+        # the person's flags alone (effective_state is pure): most keys of most people share one.
+        blank: dict[tuple[str, str, SubjectFlags], EffectiveState] = {}
+
+        def state(subject_id: int, purpose: Purpose, channel: str) -> EffectiveState:
+            context = contexts[subject_id]
+            summary = summaries.get((subject_id, purpose.key, channel))
+            shared = summary is None and not context.objections
+            key = (purpose.key, channel, context.flags)
+            if shared and key in blank:
+                return blank[key]
+            decided = effective_state(
+                summary or NO_EVIDENCE,
+                purpose,
+                channel,
+                flags=context.flags,
+                objections=context.objections,
+                now=now,
+            )
+            if shared:
+                blank[key] = decided
+            return decided
+
         return {
             subject_id: {
-                (purpose.key, channel): effective_state(
-                    summaries.get((subject_id, purpose.key, channel), NO_EVIDENCE),
-                    purpose,
-                    channel,
-                    flags=contexts[subject_id].flags,
-                    objections=contexts[subject_id].objections,
-                    now=now,
-                )
+                (purpose.key, channel): state(subject_id, purpose, channel)
                 for purpose in self.purposes.values()
                 for channel in purpose.channels
             }
