@@ -265,6 +265,7 @@ class Summary:
             tied = self.tied or tied or mine.status is not latest.status
         elif later is mine:
             tied = self.tied
+        # else the other side's latest wins, and with it its tie
         return Summary(
             later,
             tied,
