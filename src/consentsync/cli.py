@@ -150,9 +150,19 @@ def _time(value: str | None, option: str) -> datetime | None:
     return parse_timestamp(value, option) if value else None
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="consentsync", prog_name="consentsync", message="%(prog)s %(version)s")
 @config_option
-@click.option("--log-level", default="WARNING", show_default=True, help="Log level (to stderr).")
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    help="Log level (to stderr).",
+)
 def main(log_level: str) -> None:
     """consentsync: one truthful record of consent and lawful basis, every CRM in step with it."""
     configure_logging(log_level)

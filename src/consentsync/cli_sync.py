@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,7 +50,8 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
     if sys.stderr.isatty() and not as_json:
         engine.progress = _progress_line
     try:
-        report = engine.run(full=full, dry_run=dry_run)
+        with stopped_by_signals(engine.stop_requested):
+            report = engine.run(full=full, dry_run=dry_run)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
     finally:
@@ -54,6 +59,35 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
     if sys.stderr.isatty() and not as_json:
         click.echo("", err=True)
     _finish(report, as_json)
+
+
+@contextmanager
+def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM ask the run to stop as the daemon's do: the page or push
+    batch in hand is committed, the run is recorded as stopped, and the command exits 75. A
+    second signal stops the process at once (what it left half done, the next run finds)."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        click.echo(
+            f"\n{signal.Signals(signum).name}: stopping after the page or push batch in hand "
+            "(again to stop at once)",
+            err=True,
+        )
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach the main thread only (the CLI's tests call commands in threads)
+        return
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _finish(report: Any, as_json: bool) -> None:

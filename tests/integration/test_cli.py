@@ -1062,3 +1062,19 @@ def test_erase_without_a_terminal_needs_yes_and_changes_nothing(cli: Any) -> Non
     assert refused.exit_code == 2
     assert "--yes" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert cli.json("subject", "show", "stays@example.org")["purposes"], "the person was erased anyway"
+
+
+def test_version_and_a_bad_log_level_are_answered_in_one_line() -> None:
+    from importlib.metadata import version
+
+    from click.testing import CliRunner
+
+    from consentsync.cli import main
+
+    runner = CliRunner()
+    shown = runner.invoke(main, ["--version"])
+    assert shown.exit_code == 0 and shown.output.strip() == f"consentsync {version('consentsync')}"
+    bad = runner.invoke(main, ["--log-level", "banana", "status"])
+    assert bad.exit_code == 2
+    assert "Traceback" not in bad.output
+    assert "'banana' is not one of" in bad.output and "warning" in bad.output.lower()
