@@ -26,6 +26,7 @@ from consentsync.cli import (
     main,
     print_table,
 )
+from consentsync.config import ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
@@ -46,7 +47,11 @@ EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next
 def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
     """Run one sync of CONNECTOR now."""
     config = current_config()
-    engine = open_sync(config, connector)
+    try:
+        engine = open_sync(config, connector)
+    except (ConfigError, InvalidInput) as error:
+        _record_unstarted(config, connector, error)
+        raise
     if sys.stderr.isatty() and not as_json:
         engine.progress = _progress_line
     try:
@@ -59,6 +64,21 @@ def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
     if sys.stderr.isatty() and not as_json:
         click.echo("", err=True)
     _finish(report, as_json)
+
+
+def _record_unstarted(config: Any, connector: str, error: Exception) -> None:
+    """A run that fails before it starts leaves a failed run row with its reason, where the
+    ledger itself can be opened (the error is then raised as the command's one-line error)."""
+    from consentsync.sync.runs import record_unstarted
+
+    if not any(c.name == connector for c in config.settings.connectors):
+        return  # no such connector: nothing ran, nothing to record
+    try:
+        ledger = open_ledger(config)
+    except Exception:
+        return
+    record_unstarted(ledger.engine, connector, str(error), ledger.clock())
+    ledger.engine.dispose()
 
 
 @contextmanager

@@ -412,3 +412,43 @@ def test_every_sandbox_listens_on_a_port_of_its_own_by_default() -> None:
     }
     assert len(ports) >= 5, ports
     assert len(set(ports.values())) == len(ports), ports
+
+
+def test_a_run_that_fails_before_its_first_call_leaves_a_failed_run_with_its_reason(
+    cli: Cli, sf: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch, config_path: Path
+) -> None:
+    """A missing secret, then a missing mapping file: each is a one-line error and a failed run
+    that `runs list` (and so the console, status and /metrics) shows with its reason."""
+    monkeypatch.delenv(SECRET_ENV)
+    missing_secret = cli("sync", "sf")
+    assert missing_secret.exit_code not in (0, 1), missing_secret.output
+    assert "Traceback" not in missing_secret.output + missing_secret.stderr
+    assert SECRET_ENV in missing_secret.stderr
+    monkeypatch.setenv(SECRET_ENV, sf.credentials.client_secret)
+    (config_path.parent / "mappings" / "lead.yaml").unlink()
+    missing_mapping = cli("sync", "sf")
+    assert missing_mapping.exit_code == missing_secret.exit_code
+    assert "lead.yaml" in missing_mapping.stderr
+    runs = cli.json("runs", "list")
+    assert [run["status"] for run in runs] == ["failed", "failed"]
+    reasons = [run["error"] for run in runs]
+    assert any("lead.yaml" in reason for reason in reasons)
+    assert any(SECRET_ENV in reason for reason in reasons)
+    assert sf.total_calls == 0  # neither run reached the CRM
+
+
+def test_the_daemon_records_a_run_that_cannot_start(
+    cli: Cli, sf: SalesforceSandbox, config_path: Path
+) -> None:
+    from consentsync.app import open_ledger
+    from consentsync.config import load_config
+    from consentsync.sync.daemon import Daemon
+    from consentsync.sync.runs import list_runs
+
+    (config_path.parent / "mappings" / "lead.yaml").unlink()
+    config = load_config(config_path)
+    ledger = open_ledger(config)
+    daemon = Daemon(config, ledger)
+    assert daemon.run_connector("sf") is None
+    runs = list_runs(ledger.engine, connector="sf")
+    assert [run["status"] for run in runs] == ["failed"] and "lead.yaml" in runs[0]["error"]

@@ -19,10 +19,13 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from consentsync.app import open_sync
-from consentsync.config import Config
+from consentsync.config import Config, ConfigError
+from consentsync.domain import InvalidInput
 from consentsync.ledger.service import Ledger
+from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.engine import RunReport, SyncEngine
 from consentsync.sync.locks import RunInProgress
+from consentsync.sync.runs import record_unstarted
 from consentsync.sync.settings import Schedule
 
 log = structlog.get_logger("consentsync.daemon")
@@ -75,7 +78,13 @@ class Daemon:
     def run_connector(self, name: str) -> RunReport | None:
         if self.stopping.is_set():
             return None
-        engine = open_sync(self.config, name, self.ledger)
+        try:
+            engine = open_sync(self.config, name, self.ledger)
+        except (ConfigError, InvalidInput, ConnectorError) as error:
+            # Failed before its first API call: recorded like any failed run, with its reason.
+            record_unstarted(self.ledger.engine, name, str(error), self.ledger.clock())
+            log.error("sync.failed", connector=name, error=f"config: {error}")
+            return None
         with self._lock:
             self._running[name] = engine
         try:

@@ -32,7 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
-from consentsync.ledger.bulk import db_time, upsert_rows
+from consentsync.ledger.bulk import db_time, note_written, upsert_rows
+from consentsync.ledger.engine import analyse_grown
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.schema import (
     crm_links,
@@ -942,6 +943,10 @@ class SyncEngine:
             )
         if new_rows:
             conn.execute(insert(outbox), new_rows)
+            # A first sync queues a push for a large share of the org: on PostgreSQL the outbox
+            # is analysed once it grew that much (autovacuum may be off, or late).
+            note_written(conn, outbox.name, len(new_rows))
+            analyse_grown(conn)
         report.counts.pushes_enqueued += len(new_rows)
 
     def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[Any]]:
@@ -1054,6 +1059,7 @@ class SyncEngine:
             return
         dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(dialect_insert(sync_examine).on_conflict_do_nothing(), rows)
+        note_written(conn, sync_examine.name, len(rows))
 
     def _follow_feed(self, conn: Connection, report: RunReport, now: datetime) -> bool:
         """Marks the people named by the next batch of the ledger's change feed, in ``conn``, and

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 
 from consentsync.domain import iso
 from consentsync.ledger.schema import quarantine, sync_runs
@@ -87,3 +87,30 @@ def _run_view(row: Any) -> dict[str, Any]:
         "counts": orjson.loads(row.counts),
         "error": row.error,
     }
+
+
+def record_unstarted(engine: Engine, connector: str, error: str, now: datetime) -> str:
+    """A run that failed before it could start (a configuration error, a missing secret or
+    mapping file, a connector that cannot be built): recorded as failed with its reason, so that
+    `status`, `runs list`, the console and `/metrics` show it as they show any failed run."""
+    import uuid
+    from dataclasses import asdict
+
+    from consentsync.domain import canonical_json
+    from consentsync.sync.engine import RunCounts
+
+    run_id = str(uuid.uuid4())
+    with engine.begin() as conn:
+        conn.execute(
+            insert(sync_runs).values(
+                id=run_id,
+                connector=connector[:64],
+                started_at=now,
+                finished_at=now,
+                status="failed",
+                full_load=False,
+                counts=canonical_json(asdict(RunCounts())),
+                error=f"config: {error}",
+            )
+        )
+    return run_id
