@@ -312,9 +312,10 @@ def test_the_sandbox_command_serves_until_interrupted() -> None:
         api = printed["environment"].split()[1] + "/api/data/v9.2"
         contacts = session.get(f"{api}/contacts", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert len(contacts.json()["value"]) == 12
+        session.close()  # no kept-alive connection for the server's shutdown to wait on
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=30) == 0
 
 
 def _delta_link(session: requests.Session, dv: DynamicsSandbox, select: str) -> str:

@@ -219,7 +219,13 @@ def test_retrying_a_quarantined_record_rereads_it_by_id_without_moving_the_curso
     # Nothing else changed among the consent records: their cursor stays where it was (the
     # record is far behind it), and yet the record was read again, by its id. It still names an
     # unmapped purpose, so the old row is resolved and it is quarantined again in the new run.
-    assert cursors_after["ContactPointTypeConsent"] == cursors_before["ContactPointTypeConsent"]
+    # (The cursor keeps the new read's upper bound, read_until: its position is what must hold.)
+    position = {"modstamp", "record_id", "token"}
+    after, before = (
+        {k: v for k, v in json.loads(c["ContactPointTypeConsent"]).items() if k in position}
+        for c in (cursors_after, cursors_before)
+    )
+    assert after == before
     assert {r.run_id for r in rows if r.resolved_at is not None} == {world.run_id}
     assert {r.run_id for r in rows if r.resolved_at is None} == {report["run_id"]}
 
