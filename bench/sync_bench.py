@@ -402,8 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contacts", type=int, nargs="+", default=[20_000])
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per query page (0.25: a real org)")
     parser.add_argument(
-        "--url", help="a PostgreSQL server URL: the ledger goes in a database of its own made anew there "
-        "(default: a fresh SQLite file)"
+        "--url",
+        help="a PostgreSQL server URL: the ledger goes in a database of its own made anew there "
+        "(default: a fresh SQLite file)",
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the hand-written peer")
     parser.add_argument("--seed", type=int, default=7)
