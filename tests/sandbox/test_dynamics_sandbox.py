@@ -292,6 +292,9 @@ def test_the_sandbox_command_serves_until_interrupted() -> None:
         [str(command), "sandbox", "dynamics", "--port", "0", "--seed", "12"],
         stdout=subprocess.PIPE,
         text=True,
+        # A suite started in the background (`cmd &` in a shell without job control) ignores
+        # SIGINT, and a child inherits that: Ctrl-C is restored, as a terminal would give it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert process.stdout is not None
