@@ -116,7 +116,7 @@ def test_a_lost_database_session_lets_no_second_daemon_push_twice(
     run goes on; a second daemon starts at once. Before leases, both ran and pushed the same
     records twice."""
     application = ledger_url.rsplit("application_name=", 1)[1]
-    org.faults.update(delay=0.15, delay_kinds=["query", "queryMore", "composite"])
+    org.faults.update(delay=0.4, delay_kinds=["query", "queryMore", "composite"])
     env = {**os.environ}
     env.pop("CONSENTSYNC_CONFIG", None)
     command = sync_command(sync_config)
