@@ -110,28 +110,36 @@ def test_a_dead_owners_run_is_recorded_as_crashed_and_its_connector_is_free(sync
 @pytest.mark.postgres
 @pytest.mark.parametrize("ledger_url", ["postgres"], indirect=True)
 def test_a_lost_database_session_lets_no_second_daemon_push_twice(
-    sync_config: Path, ledger_url: str, org: Any
+    sync_config: Path, ledger_url: str, tmp_path: Path
 ) -> None:
     """The owner's lock session is terminated mid-run (its advisory lock goes with it) while the
     run goes on; a second daemon starts at once. Before leases, both ran and pushed the same
     records twice."""
     application = ledger_url.rsplit("application_name=", 1)[1]
-    org.faults.update(delay=0.4, delay_kinds=["query", "queryMore", "composite"])
-    env = {**os.environ}
+    # The first run is held after its first page committed, so the second daemon starts while
+    # the owner is alive and mid-run, however fast the run is.
+    held = tmp_path / "failpoints"
+    held.mkdir()
+    env = {
+        **os.environ,
+        "CONSENTSYNC_FAILPOINTS": "sync.page.read=hold@2",
+        "CONSENTSYNC_FAILPOINT_DIR": str(held),
+    }
     env.pop("CONSENTSYNC_CONFIG", None)
     command = sync_command(sync_config)
     first = subprocess.Popen(
         [*command, "--full"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    ledger = open_ledger(load_config(sync_config))
+    marker = held / "sync.page.read.held"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with ledger.engine.connect() as conn:
-            if conn.execute(select(crm_links.c.id).limit(1)).first():
-                break
+    while not marker.exists():
+        assert first.poll() is None, "the first run ended before its second page"
+        assert time.monotonic() < deadline, "the first run reached no second page within a minute"
         time.sleep(0.05)
-    else:
-        pytest.fail("the first run committed nothing within a minute")
+    env.pop("CONSENTSYNC_FAILPOINTS")
+    ledger = open_ledger(load_config(sync_config))
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(crm_links.c.id).limit(1)).first(), "no first page committed"
     with ledger.engine.connect() as conn:
         terminated = conn.execute(
             text(
@@ -145,8 +153,8 @@ def test_a_lost_database_session_lets_no_second_daemon_push_twice(
         ).scalar_one()
     assert terminated >= 1
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    marker.unlink()
     first.wait(timeout=300)
-    org.faults.reset()
     # Whatever each of them did, a clean run afterwards finishes the work.
     for _ in range(2):
         clean = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

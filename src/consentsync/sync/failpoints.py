@@ -4,14 +4,19 @@ nothing (the crash-safety tests and ``bench/crash_soak.py``).
 ``CONSENTSYNC_FAILPOINTS="sync.push.answered=kill@2,sync.page.read=raise"`` kills the process
 with SIGKILL the second time the push path reaches ``sync.push.answered`` (the CRM answered a
 batch, the ledger has not committed it), and raises :class:`FailpointHit` the first time a page
-is read. Unset (production), :func:`failpoint` is a dictionary lookup that finds nothing.
+is read. ``hold`` pauses the process there instead, so a test can act while a run is at a known
+point: it creates ``<name>.held`` in ``CONSENTSYNC_FAILPOINT_DIR`` and waits until the test
+deletes it (at most five minutes). Unset (production), :func:`failpoint` is a dictionary lookup
+that finds nothing.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
+from pathlib import Path
 
 __all__ = ["FailpointHit", "failpoint"]
 
@@ -43,4 +48,15 @@ def failpoint(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "hold":
+        _hold(name)
+        return
     raise FailpointHit(name)
+
+
+def _hold(name: str, longest: float = 300.0) -> None:
+    marker = Path(os.environ["CONSENTSYNC_FAILPOINT_DIR"]) / f"{name}.held"
+    marker.touch()
+    deadline = time.monotonic() + longest
+    while marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
