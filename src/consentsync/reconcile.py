@@ -45,7 +45,7 @@ from consentsync.domain import (
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Summaries written by another version of the fold are rebuilt from the events (the ledger does).
-SUMMARY_VERSION = 2
+SUMMARY_VERSION = 3
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -123,8 +123,12 @@ def is_soft_opt_in(evidence: Evidence, policy: Policy) -> bool:
 class Ranked:
     """One piece of evidence reduced to what precedence compares.
 
-    Ordered by (sort time, restrictiveness, fingerprint, observation time): later wins, then more
-    restrictive; the last two only make the order total, so the fold never depends on arrival.
+    Ordered by sort time, then restrictiveness of the status, then of the basis
+    (``BASIS_RESTRICTIVENESS``), then proof over none, source and observation time, and last the
+    fingerprint: later wins, then more restrictive. Everything before the fingerprint is either
+    meaningful or a time compared as a time, so moving every time of a story by the same amount
+    never changes which value wins; the fingerprint (a hash) only orders values that give the same
+    state, to keep the order total, so the fold never depends on arrival.
     """
 
     sort_time: datetime
@@ -165,10 +169,20 @@ class Ranked:
         # decide without building the tuples.
         if self.sort_time != other.sort_time:
             return self.sort_time < other.sort_time
-        return (self.rank, self.fingerprint, self.observed_at) < (
+        return (
+            self.rank,
+            BASIS_RESTRICTIVENESS[self.basis],
+            self.evidenced,
+            self.source,
+            self.observed_at,
+            self.fingerprint,
+        ) < (
             other.rank,
-            other.fingerprint,
+            BASIS_RESTRICTIVENESS[other.basis],
+            other.evidenced,
+            other.source,
             other.observed_at,
+            other.fingerprint,
         )
 
     def __gt__(self, other: Ranked) -> bool:
@@ -204,6 +218,18 @@ class Ranked:
         )
 
 
+# Values with the same event time and status that name different bases: the one that protects
+# the person most wins (consent, then no basis stated, which means the purpose's default, then the
+# bases a person can object to before those they cannot).
+BASIS_RESTRICTIVENESS: dict[LawfulBasis | None, int] = {
+    LawfulBasis.CONSENT: 6,
+    None: 5,
+    LawfulBasis.LEGITIMATE_INTERESTS: 4,
+    LawfulBasis.PUBLIC_TASK: 3,
+    LawfulBasis.CONTRACT: 2,
+    LawfulBasis.LEGAL_OBLIGATION: 1,
+    LawfulBasis.VITAL_INTERESTS: 0,
+}
 _DEFAULT_POLICY = Policy(trusted_sources=frozenset())
 _STATUSES = {status.value: status for status in ConsentStatus}
 _BASES = {basis.value: basis for basis in LawfulBasis}
@@ -262,7 +288,7 @@ class Summary:
         if mine is None or latest is None:
             tied = self.tied or tied
         elif mine.sort_time == latest.sort_time:
-            tied = self.tied or tied or mine.status is not latest.status
+            tied = self.tied or tied or mine.status is not latest.status or mine.basis is not latest.basis
         elif later is mine:
             tied = self.tied
         # else the other side's latest wins, and with it its tie

@@ -6,6 +6,7 @@ recording, the ePrivacy soft opt-in, future-dated values)."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -250,6 +251,9 @@ def new_consents_after(items: list[Evidence], moment: datetime) -> bool:
     )
 
 
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z")
+
+
 def _sort_time(item: Evidence) -> datetime:
     return Ranked.of(item, POLICY).sort_time
 
@@ -282,6 +286,59 @@ def test_order_of_arrival_does_not_matter(
     assert permuted == original
     assert permuted.to_json() == original.to_json()
     assert states(permuted, flags, objections, now) == states(original, flags, objections, now)
+
+
+@SETTINGS
+@given(
+    items=evidence_lists,
+    flags=flags_strategy,
+    objections=objections_strategy,
+    now=st.sampled_from(NOWS),
+    shift=st.timedeltas(min_value=timedelta(days=-3000), max_value=timedelta(days=3000)),
+)
+def test_moving_every_time_by_the_same_amount_changes_no_decision(
+    items: list[Evidence],
+    flags: SubjectFlags,
+    objections: list[ObjectionFact],
+    now: datetime,
+    shift: timedelta,
+) -> None:
+    """Only the times relative to each other decide: two people with the same story told a year
+    apart end in the same state (a tie once went to whichever value's hash sorted first, and the
+    hash holds the absolute times)."""
+
+    def moved(at: datetime | None) -> datetime | None:
+        return None if at is None else at + shift
+
+    shifted = [
+        replace(
+            e,
+            event_time=moved(e.event_time),
+            observed_at=e.observed_at + shift,
+            double_opt_in_at=moved(e.double_opt_in_at),
+        )
+        for e in items
+    ]
+    moved_flags = replace(flags, suppressed_since=moved(flags.suppressed_since))
+    moved_objections = [replace(o, raised_at=o.raised_at + shift) for o in objections]
+    before = states(summarise(items, POLICY), flags, objections, now)
+    after = states(summarise(shifted, POLICY), moved_flags, moved_objections, now + shift)
+
+    def seen(
+        state: EffectiveState, since: datetime | None, expires_at: datetime | None
+    ) -> tuple[object, ...]:
+        # The detail names the deciding value's source, and its times (which move).
+        return (
+            *decided(state)[:4],
+            since,
+            expires_at,
+            state.evidenced,
+            ISO_TIME.sub("T", state.detail or ""),
+        )
+
+    assert [seen(state, moved(state.since), moved(state.expires_at)) for state in before] == [
+        seen(state, state.since, state.expires_at) for state in after
+    ]
 
 
 # (b) replays ----------------------------------------------------------------------------------
