@@ -1070,7 +1070,9 @@ class Ledger:
         return records
 
     def _announce(self, conn: Connection, subject_ids: set[int], now: datetime) -> None:
-        """Appends the subjects whose effective state changed to the change feed connectors follow."""
+        """Appends the subjects whose effective state changed to the change feed connectors follow.
+        Always after this transaction's other writes: on PostgreSQL it then holds a transaction id
+        before it takes feed ids, which the readers' gap tracking relies on (``sync.feed``)."""
         insert_rows(
             conn,
             state_changes,

@@ -40,7 +40,6 @@ from consentsync.ledger.schema import (
     crm_snapshots,
     outbox,
     quarantine,
-    state_changes,
     subjects,
     sync_cursors,
     sync_examine,
@@ -51,6 +50,7 @@ from consentsync.mapping import Mapping, crm_key, field_value
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 from consentsync.sync.failpoints import failpoint
+from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
@@ -1063,41 +1063,27 @@ class SyncEngine:
 
     def _follow_feed(self, conn: Connection, report: RunReport, now: datetime) -> bool:
         """Marks the people named by the next batch of the ledger's change feed, in ``conn``, and
-        moves the feed position past it. False when the feed held nothing new."""
-        position = self._load_position(conn)
-        rows = conn.execute(
-            select(state_changes.c.id, state_changes.c.subject_id)
-            .where(state_changes.c.id > position)
-            .order_by(state_changes.c.id)
-            .limit(self.options.batch_size * 5)
-        ).all()
-        if not rows:
-            return False
-        self._mark_for_examination(conn, (row.subject_id for row in rows))
-        upsert_rows(
-            conn,
-            sync_cursors,
-            ("connector", "object_type", "cursor", "run_id", "updated_at"),
-            ("connector", "object_type"),
-            [
-                (
-                    self.name,
-                    LEDGER_FEED,
-                    canonical_json({"state_change_id": rows[-1].id}),
-                    report.run_id,
-                    db_time(conn, now),
-                )
-            ],
-        )
-        return True
-
-    def _load_position(self, conn: Connection) -> int:
+        moves this connector's place past it (``sync.feed``: a change that commits after a later
+        one is still read). False when the feed held nothing new."""
         stored = conn.execute(
             select(sync_cursors.c.cursor).where(
                 sync_cursors.c.connector == self.name, sync_cursors.c.object_type == LEDGER_FEED
             )
         ).scalar()
-        return int(orjson.loads(stored)["state_change_id"]) if stored else 0
+        place = FeedPlace.from_json(stored)
+        rows, moved = read_feed(conn, place, self.options.batch_size * 5)
+        if moved != place:
+            upsert_rows(
+                conn,
+                sync_cursors,
+                ("connector", "object_type", "cursor", "run_id", "updated_at"),
+                ("connector", "object_type"),
+                [(self.name, LEDGER_FEED, moved.to_json(), report.run_id, db_time(conn, now))],
+            )
+        if not rows:
+            return False
+        self._mark_for_examination(conn, (subject_id for _, subject_id in rows))
+        return True
 
     def _push(self, report: RunReport) -> None:
         """Drains this connector's pending outbox rows once, oldest first. Rows are marked sent
