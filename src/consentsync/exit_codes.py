@@ -1,0 +1,24 @@
+"""What a consentsync command's exit status tells a scheduler (cron, systemd, Kubernetes, Airflow).
+
+| code | name | meaning | what a scheduler should do |
+|---|---|---|---|
+| 0 | OK | done | nothing |
+| 1 | FAILED | an error consentsync did not expect (details in the log) | alert |
+| 2 | CONFIG | bad configuration, mapping or input: retrying will not help | alert an admin |
+| 3 | HELD | the push guard held the run's pushes: review `consentsync plan`, then `apply` | alert an admin |
+| 4 | QUARANTINED | finished, with records quarantined (`consentsync quarantine list`) | warn |
+| 69 | UNAVAILABLE | the CRM or the ledger could not be reached now (EX_UNAVAILABLE) | retry later |
+| 75 | STOPPED | stopped cleanly (signal, API budget, rate limit) or another run holds the connector; the next run resumes (EX_TEMPFAIL) | retry at the next interval |
+| 77 | CREDENTIALS | the CRM refused the credentials (EX_NOPERM) | alert an admin |
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1
+CONFIG = 2
+HELD = 3
+QUARANTINED = 4
+UNAVAILABLE = 69
+STOPPED = 75
+CREDENTIALS = 77
