@@ -23,7 +23,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 
 
 def migration_state(engine: Engine) -> str | None:
@@ -117,7 +117,14 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         guard_max_records=settings.push_guard.max_records,
         guard_max_share=settings.push_guard.max_share,
     )
-    return SyncEngine(ledger or open_ledger(config), connector, mappings, options)
+    from consentsync.checkpoints import signer_for
+
+    ledger = ledger or open_ledger(config)
+    engine = SyncEngine(ledger, connector, mappings, options)
+    signer = signer_for(config, ledger.clock)  # checkpoints of the audit chain's head, when configured
+    if signer is not None:
+        engine.after_run = lambda report: signer.checkpoint(ledger.engine, "run", report.run_id)
+    return engine
 
 
 def _check_erasure_actions(config: Config, name: str, connector: Connector, mappings: list[Mapping]) -> None:

@@ -16,11 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, Select, func, or_, select, update
 
 from consentsync.domain import canonical_json, iso
 from consentsync.ledger.bulk import db_time, insert_rows
-from consentsync.ledger.schema import audit_details, audit_entries, audit_head, sync_runs
+from consentsync.ledger.schema import (
+    audit_details,
+    audit_entries,
+    audit_head,
+    consent_events,
+    subjects,
+    sync_runs,
+)
 
 GENESIS_HASH = "0" * 64
 ENTRY_COLUMNS = ("seq", "at", "action", "subject_uid", "run_id", "payload", "prev_hash", "hash")
@@ -144,35 +151,38 @@ class VerifyResult:
         }
 
 
+def in_pages(conn: Connection, query: Select[Any], key: Any, batch: int) -> Iterator[Any]:
+    """The rows of ``query`` in ``key`` order, ``batch`` at a time (keyset paging: the first
+    column of the query must be ``key``)."""
+    last = 0
+    while True:
+        rows = conn.execute(query.where(key > last).order_by(key).limit(batch)).all()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1][0]
+
+
 def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
     """Recomputes the chain from the genesis; names the first entry that does not verify."""
     head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
     expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
     last_seq = 0
-    while True:
-        rows = conn.execute(
-            select(
-                audit_entries.c.seq,
-                audit_entries.c.payload,
-                audit_entries.c.prev_hash,
-                audit_entries.c.hash,
-                audit_details.c.content,
-            )
-            .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
-            .where(audit_entries.c.seq > last_seq)
-            .order_by(audit_entries.c.seq)
-            .limit(batch)
-        ).all()
-        if not rows:
-            break
-        for row in rows:
-            problem = _check_entry(row, expected_seq, expected_prev)
-            if problem:
-                # A gap is named by the entry that is missing, anything else by the entry itself.
-                broken = expected_seq if row.seq != expected_seq else row.seq
-                return VerifyResult(False, checked, head.seq, broken, problem)
-            checked += 1
-            expected_prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
+    query = select(
+        audit_entries.c.seq,
+        audit_entries.c.payload,
+        audit_entries.c.prev_hash,
+        audit_entries.c.hash,
+        audit_details.c.content,
+    ).outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+    for row in in_pages(conn, query, audit_entries.c.seq, batch):
+        problem = _check_entry(row, expected_seq, expected_prev)
+        if problem:
+            # A gap is named by the entry that is missing, anything else by the entry itself.
+            broken = expected_seq if row.seq != expected_seq else row.seq
+            return VerifyResult(False, checked, head.seq, broken, problem)
+        checked += 1
+        expected_prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
     if last_seq != head.seq or expected_prev != head.hash:
         return VerifyResult(
             False,
@@ -301,3 +311,101 @@ def count(
         subject_uids=subject_uids, since=since, until=until, action=action, rule=rule, connector=connector
     )
     return int(conn.execute(select(func.count()).select_from(audit_entries).where(*where)).scalar_one())
+
+
+# -- consent events and their audit entries -------------------------------------------------------
+
+# What a consent event and its ``consent.recorded`` entry both say (the recording path writes the
+# two in one transaction, ledger/service.py ``record_in``): who, which statement (the evidence's
+# fingerprint), and its purpose, channel, status, basis, origin, source, actor and run.
+EVENT_FIELDS = ("purpose", "channel", "status", "basis", "origin", "source", "actor", "run_id")
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementResult:
+    ok: bool
+    events: int
+    entries: int
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "events": self.events, "entries": self.entries, "problem": self.problem}
+
+
+def _event_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    query = select(
+        consent_events.c.id,
+        subjects.c.uid,
+        consent_events.c.fingerprint,
+        *(consent_events.c[name] for name in EVENT_FIELDS),
+    ).join(subjects, subjects.c.id == consent_events.c.subject_id)
+    for row in in_pages(conn, query, consent_events.c.id, batch):
+        yield row[0], tuple(row[1:])
+
+
+def _entry_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    query = select(audit_entries.c.seq, audit_entries.c.payload).where(
+        audit_entries.c.action == "consent.recorded"
+    )
+    for seq, text in in_pages(conn, query, audit_entries.c.seq, batch):
+        payload = json.loads(text)
+        what = payload.get("what") or {}
+        said = {
+            **what,
+            "source": payload.get("source"),
+            "actor": payload.get("actor"),
+            "run_id": payload.get("run"),
+        }
+        yield (
+            seq,
+            (payload.get("subject"), what.get("event_fingerprint"), *(said.get(n) for n in EVENT_FIELDS)),
+        )
+
+
+def _key_digest(key: tuple[Any, ...]) -> int:
+    return int.from_bytes(hashlib.sha256(canonical_json(list(key)).encode("utf-8")).digest(), "big")
+
+
+def agreement(conn: Connection, batch: int = 5000) -> AgreementResult:
+    """Every consent event has its ``consent.recorded`` audit entry and every such entry its
+    event, saying the same (``EVENT_FIELDS``). One pass over each table, comparing an
+    order-free digest of the two sides (a sum of SHA-256 values); only when they differ are the
+    two read again to name the first event or entry without its counterpart."""
+    modulus = 1 << 256
+    events = entries = 0
+    event_sum = entry_sum = 0
+    for _id, key in _event_keys(conn, batch):
+        events += 1
+        event_sum = (event_sum + _key_digest(key)) % modulus
+    for _seq, key in _entry_keys(conn, batch):
+        entries += 1
+        entry_sum = (entry_sum + _key_digest(key)) % modulus
+    if events == entries and event_sum == entry_sum:
+        return AgreementResult(True, events, entries)
+    return AgreementResult(False, events, entries, _disagreement(conn, batch))
+
+
+def _disagreement(conn: Connection, batch: int) -> str:
+    unmatched: dict[tuple[Any, ...], list[int]] = {}
+    for event_id, key in _event_keys(conn, batch):
+        unmatched.setdefault(key, []).append(event_id)
+    orphans: list[int] = []
+    for seq, key in _entry_keys(conn, batch):
+        ids = unmatched.get(key)
+        if ids:
+            ids.pop(0)
+        else:
+            orphans.append(seq)
+    lonely = sorted(event_id for ids in unmatched.values() for event_id in ids)
+    parts = []
+    if lonely:
+        parts.append(
+            f"consent event {lonely[0]} has no audit entry saying the same"
+            + (f" ({len(lonely)} events in all)" if len(lonely) > 1 else "")
+        )
+    if orphans:
+        parts.append(
+            f"audit entry {orphans[0]} records a consent event the ledger does not hold as it says"
+            + (f" ({len(orphans)} entries in all)" if len(orphans) > 1 else "")
+        )
+    return "; ".join(parts) + ": events were added, removed or edited outside the recording path"

@@ -662,27 +662,31 @@ def _stream_json(items: Iterable[dict[str, Any]]) -> None:
 
 @audit_group.command("verify")
 @config_option
+@click.option(
+    "--checkpoints",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Also prove the chain extends every signed checkpoint in DIR (docs/tamper-evidence.md).",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The checkpoints' public key (KEY.pub; default: the configured signing key's).",
+)
 @json_option
 @handled
-def audit_verify(as_json: bool) -> None:
-    """Recompute the hash chain; exit 1 naming the first broken entry if it does not verify."""
-    from consentsync import audit
+def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
+    """Recompute the hash chain and check that the consent events and their audit entries
+    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 1
+    naming the first broken entry, event or checkpoint."""
+    from consentsync.cli_audit import verify_command
 
-    target = current_ledger()
-    with target.engine.connect() as conn:
-        result = audit.verify(conn)
-    if as_json:
-        emit_json(result.as_dict())
-    elif result.ok:
-        click.echo(f"audit chain verified: {result.entries_checked} entries, head at {result.head_seq}")
-    else:
-        click.echo(f"audit chain BROKEN at entry {result.broken_seq}: {result.problem}")
-    if not result.ok:
-        sys.exit(1)
+    verify_command(current_config(), checkpoints, public_key, as_json)
 
 
 # The CRM and console commands live in their own modules; importing them registers them on ``main``.
-from consentsync import cli_sync, cli_web  # noqa: E402, F401
+from consentsync import cli_audit, cli_sync, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

@@ -225,6 +225,9 @@ class SyncEngine:
         self.plan_actor: str | None = None  # who approved the plan being applied (its audit entry)
         # Set by the daemon on SIGTERM: the page in hand is committed, then the run stops cleanly.
         self.stop_requested = threading.Event()
+        # Called with the report of every run but a dry run (app.open_sync: a signed checkpoint
+        # of the audit chain's head, consentsync.checkpoints).
+        self.after_run: Callable[[RunReport], None] | None = None
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -234,7 +237,10 @@ class SyncEngine:
         or nothing when the plan no longer matches what it would push."""
         self._apply_plan = apply_plan
         with connector_lock(self.ledger.engine, self.name):
-            return self._run(full=full, dry_run=dry_run)
+            report = self._run(full=full, dry_run=dry_run)
+        if self.after_run is not None and not dry_run:
+            self.after_run(report)
+        return report
 
     def _lookback(self) -> timedelta | None:
         seconds = self.options.lookback_seconds

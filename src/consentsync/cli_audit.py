@@ -1,0 +1,358 @@
+"""Commands that make the audit log hold against the database owner (docs/tamper-evidence.md):
+``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, the checks behind
+``audit verify``, ``db grant`` (the application role's grants on PostgreSQL) and ``doctor``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from consentsync import exit_codes
+from consentsync.checkpoints import CheckpointError
+from consentsync.cli import audit_group, config_option, current_config, emit_json, handled, json_option, main
+from consentsync.config import Config
+
+# The application role's privileges per table: the append-only tables take rows, never change
+# them; the chain head only moves forward (the 0008 trigger checks how); the free text of the
+# audit details may only be erased. Every other table: read and write rows. No table: DDL,
+# TRUNCATE, triggers, REFERENCES (those stay with the owner, who runs the migrations).
+APP_GRANTS: dict[str, list[str]] = {
+    "audit_entries": ["SELECT", "INSERT"],
+    "consent_events": ["SELECT", "INSERT"],
+    "audit_head": ["SELECT", "UPDATE (seq, hash)"],
+    "audit_details": ["SELECT", "INSERT", "UPDATE (content)"],
+    "alembic_version": ["SELECT"],
+}
+DEFAULT_GRANT = ["SELECT", "INSERT", "UPDATE", "DELETE"]
+AUDIT_TABLES = ("audit_entries", "audit_head", "audit_details", "consent_events")
+# The triggers that keep the audit tables append-only (migrations 0001 and 0008).
+AUDIT_TRIGGERS = {
+    "postgresql": (
+        "audit_entries_append_only",
+        "audit_entries_no_truncate",
+        "consent_events_append_only",
+        "consent_events_no_truncate",
+        "audit_head_forward_only",
+        "audit_head_no_truncate",
+    ),
+    "sqlite": (
+        "audit_entries_no_update",
+        "audit_entries_no_delete",
+        "consent_events_no_update",
+        "consent_events_no_delete",
+        "audit_head_forward_only",
+        "audit_head_no_delete",
+    ),
+}
+
+
+# -- audit keygen / checkpoint / verify -----------------------------------------------------------
+
+
+@audit_group.command("keygen")
+@config_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the key (default: audit.checkpoints.key_file of the config).",
+)
+@handled
+def audit_keygen(output: Path | None) -> None:
+    """Create the Ed25519 key that signs audit checkpoints (mode 0600, never overwritten) and
+    its public half beside it (KEY.pub, for `audit verify --public-key`)."""
+    from consentsync.checkpoints import generate_key
+
+    if output is None:
+        config = current_config()
+        key_file = config.settings.audit.checkpoints.key_file
+        if not key_file:
+            raise CheckpointError(
+                f"{config.path}: audit.checkpoints.key_file is not set: pass -o FILE or set it"
+            )
+        output = config.resolve_path(key_file)
+    public, key_id = generate_key(output)
+    click.echo(f"wrote signing key {output} (mode 0600; keep it off the database host's backups)")
+    click.echo(f"wrote public key {public} (key id {key_id}): keep a copy with the checkpoints")
+
+
+@audit_group.command("checkpoint")
+@config_option
+@handled
+def audit_checkpoint() -> None:
+    """Sign the audit chain's head now and write the checkpoint (as each sync run does)."""
+    from consentsync.app import open_ledger
+    from consentsync.checkpoints import signer_for
+
+    config = current_config()
+    ledger = open_ledger(config)
+    signer = signer_for(config)
+    if signer is None:
+        raise CheckpointError(
+            f"{config.path}: checkpoints are off: set audit.checkpoints.directory and a key "
+            "(audit.checkpoints.key_file, or CONSENTSYNC_CHECKPOINT_KEY)"
+        )
+    path = signer.write(ledger.engine, "manual", None)
+    click.echo(f"wrote {path}")
+
+
+def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
+    """``audit verify``: the chain, the consent events against their entries and, with
+    ``--checkpoints``, every checkpoint. Exit 1 when any of them fails."""
+    from consentsync import audit
+    from consentsync import checkpoints as signed
+    from consentsync.app import open_ledger
+
+    key = None
+    if checkpoints is not None:
+        key = _verifying_key(config, public_key)
+        signed.read_directory(checkpoints)  # a wrong directory is bad input, found before any work
+    elif public_key is not None:
+        raise CheckpointError("--public-key goes with --checkpoints DIR")
+    ledger = open_ledger(config)
+    with ledger.engine.connect() as conn:
+        chain = audit.verify(conn)
+        events = audit.agreement(conn)
+        checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
+    ok = chain.ok and events.ok and (checked is None or checked.ok)
+    if as_json:
+        emit_json(
+            {
+                **chain.as_dict(),
+                "ok": ok,
+                "chain_ok": chain.ok,
+                "events": events.as_dict(),
+                "checkpoints": checked.as_dict() if checked is not None else None,
+            }
+        )
+    else:
+        if chain.ok:
+            click.echo(f"audit chain verified: {chain.entries_checked} entries, head at {chain.head_seq}")
+        else:
+            click.echo(f"audit chain BROKEN at entry {chain.broken_seq}: {chain.problem}")
+        if events.ok:
+            click.echo(f"consent events and audit entries agree: {events.events} events")
+        else:
+            click.echo(f"consent events and audit entries DISAGREE: {events.problem}")
+        if checked is not None:
+            failure = checked.first_failure
+            if failure is None:
+                newest = max((c.seq or 0) for c in checked.checked)
+                click.echo(
+                    f"checkpoints verified: the chain extends all {len(checked.checked)} "
+                    f"(the latest at entry {newest})"
+                )
+            else:
+                failed = sum(1 for c in checked.checked if not c.ok)
+                click.echo(
+                    f"checkpoint FAILED: {failure.file} (entry {failure.seq}, signed at {failure.at}): "
+                    f"{failure.problem} ({failed} of {len(checked.checked)} checkpoints fail)"
+                )
+    if not ok:
+        sys.exit(exit_codes.FAILED)
+
+
+def _verifying_key(config: Config, public_key: Path | None) -> Any:
+    from consentsync.checkpoints import configured_key, load_public_key
+
+    if public_key is not None:
+        return load_public_key(public_key)
+    private = configured_key(config)
+    if private is None:
+        raise CheckpointError(
+            "--checkpoints needs the signing key's public half: pass --public-key FILE (the KEY.pub "
+            "that `consentsync audit keygen` wrote)"
+        )
+    return private.public_key()
+
+
+# -- db grant / doctor -------------------------------------------------------------------------------
+
+
+@main.group("db")
+def db_group() -> None:
+    """PostgreSQL roles: the owner runs migrations, the application role cannot rewrite the audit log."""
+
+
+@db_group.command("grant")
+@config_option
+@click.option(
+    "--app-role", required=True, metavar="NAME", help="The role the daemon and the console log in as."
+)
+@click.option("--dry-run", is_flag=True, help="Print the statements; change nothing.")
+@handled
+def db_grant(app_role: str, dry_run: bool) -> None:
+    """Grant the application role what it needs and no more (run as the tables' owner, after
+    every `consentsync migrate`): it can append to the audit log and move its head forward, but
+    not alter tables, disable or drop triggers, or change or delete audit entries."""
+    from consentsync.app import open_ledger
+
+    config = current_config()
+    ledger = open_ledger(config)
+    if ledger.engine.dialect.name != "postgresql":
+        raise CheckpointError(
+            f"{config.path}: ledger.url: db grant is for PostgreSQL; a SQLite ledger has no roles "
+            "(protect the file's permissions, and use signed checkpoints)"
+        )
+    try:
+        with ledger.engine.begin() as conn:
+            statements = grant_statements(conn, app_role)
+            if dry_run:
+                for statement in statements:
+                    click.echo(statement + ";")
+                return
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+    except DBAPIError as error:
+        first = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise CheckpointError(
+            f"db grant: the database refused: {first} (run it as the tables' owner)"
+        ) from None
+    tables = (len(statements) - 2) // 2
+    click.echo(f"granted {app_role} the application role's privileges on {tables} tables")
+
+
+def grant_statements(conn: Connection, role: str) -> list[str]:
+    """The GRANT statements for ``role`` on every table of the ledger's schema."""
+    quote = conn.dialect.identifier_preparer.quote
+    facts = conn.execute(
+        text(
+            "SELECT r.rolsuper, pg_has_role(r.oid, c.relowner, 'MEMBER') AS owner"
+            " FROM pg_roles r, pg_class c WHERE r.rolname = :role AND c.oid = to_regclass('audit_entries')"
+        ),
+        {"role": role},
+    ).first()
+    if facts is None:
+        exists = conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}).first()
+        if exists is None:
+            raise CheckpointError(f"--app-role: no role {role!r}: create it first (CREATE ROLE ... LOGIN)")
+        raise CheckpointError("the ledger has no audit tables: run 'consentsync migrate' first")
+    if facts.rolsuper or facts.owner:
+        raise CheckpointError(
+            f"--app-role: {role!r} is a superuser or owns the tables: the application role must be "
+            "another role, so that it cannot alter them"
+        )
+    schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    tables = conn.execute(
+        text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename")
+    ).scalars()
+    who, where = quote(role), quote(schema)
+    statements = [f"GRANT USAGE ON SCHEMA {where} TO {who}"]
+    for table in tables:
+        name = f"{where}.{quote(table)}"
+        statements.append(f"REVOKE ALL ON {name} FROM {who}")
+        statements.append(f"GRANT {', '.join(APP_GRANTS.get(table, DEFAULT_GRANT))} ON {name} TO {who}")
+    statements.append(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {where} TO {who}")
+    return statements
+
+
+@main.command("doctor")
+@config_option
+@json_option
+@handled
+def doctor(as_json: bool) -> None:
+    """Check that the audit log holds: the append-only triggers are in place and enabled, the
+    role consentsync runs as cannot alter the audit tables, and the checkpoints are configured.
+    Exit 1 on an error; warnings are printed and exit 0."""
+    from consentsync.app import open_ledger
+    from consentsync.checkpoints import signer_for
+
+    config = current_config()
+    ledger = open_ledger(config)
+    with ledger.engine.connect() as conn:
+        findings = audit_protection(conn)
+    try:
+        signer = signer_for(config)
+    except CheckpointError as error:
+        findings.append(("error", f"checkpoints: {error}"))
+    else:
+        if signer is None:
+            findings.append(
+                ("warning", "checkpoints are off: set audit.checkpoints (docs/tamper-evidence.md)")
+            )
+        else:
+            findings.append(("ok", f"checkpoints signed by key {signer.key_id} into {signer.directory}"))
+    if as_json:
+        emit_json([{"level": level, "message": message} for level, message in findings])
+    else:
+        for level, message in findings:
+            click.echo(f"{level.upper():7}  {message}")
+    if any(level == "error" for level, _ in findings):
+        sys.exit(exit_codes.FAILED)
+
+
+def audit_protection(conn: Connection) -> list[tuple[str, str]]:
+    """What protects the audit tables from the role of ``conn``: (level, message) pairs."""
+    dialect = conn.dialect.name
+    findings: list[tuple[str, str]] = []
+    if dialect == "sqlite":
+        present = set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars())
+    else:
+        rows = conn.execute(
+            text(
+                "SELECT t.tgname, t.tgenabled FROM pg_trigger t"
+                " WHERE t.tgrelid = ANY(ARRAY[to_regclass('audit_entries'), to_regclass('consent_events'),"
+                " to_regclass('audit_head')]) AND NOT t.tgisinternal"
+            )
+        ).all()
+        present = {row.tgname for row in rows}
+        for row in rows:
+            if row.tgenabled == "D":
+                findings.append(
+                    ("error", f"trigger {row.tgname} is disabled: the audit log is not append-only")
+                )
+    missing = [name for name in AUDIT_TRIGGERS.get(dialect, ()) if name not in present]
+    if missing:
+        findings.append(
+            ("error", f"triggers missing: {', '.join(missing)}: the audit log is not append-only")
+        )
+    elif not findings:
+        findings.append(("ok", "append-only triggers in place on the audit tables"))
+    if dialect == "sqlite":
+        findings.append(
+            (
+                "warning",
+                "SQLite: whoever can write the ledger file can rewrite the audit log; signed "
+                "checkpoints are what catch it (PostgreSQL with two roles in production)",
+            )
+        )
+        return findings
+    role = conn.execute(
+        text(
+            "SELECT current_user AS name, r.rolsuper AS superuser,"
+            " pg_has_role(current_user, c.relowner, 'MEMBER') AS owner"
+            " FROM pg_roles r, pg_class c"
+            " WHERE r.rolname = current_user AND c.oid = to_regclass('audit_entries')"
+        )
+    ).one()
+    if role.superuser or role.owner:
+        what = "a superuser" if role.superuser else "the owner of the audit tables"
+        findings.append(
+            (
+                "warning",
+                f"consentsync runs as {role.name}, {what}: "
+                "it can disable the triggers and rewrite the audit log. Run the daemon and the console as "
+                "an application role (consentsync db grant --app-role NAME, docs/tamper-evidence.md)",
+            )
+        )
+        return findings
+    can = [
+        f"{privilege} on {table}"
+        for table in AUDIT_TABLES
+        for privilege in ("UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "REFERENCES")
+        if conn.execute(
+            text("SELECT has_table_privilege(:table, :privilege)"), {"table": table, "privilege": privilege}
+        ).scalar()
+    ]
+    if can:
+        findings.append(
+            ("warning", f"role {role.name} holds {', '.join(can)}: run consentsync db grant again")
+        )
+    else:
+        findings.append(("ok", f"role {role.name} cannot alter, truncate or rewrite the audit tables"))
+    return findings
