@@ -66,19 +66,6 @@ class AuditSettings(_Strict):
     checkpoints: CheckpointSettings = CheckpointSettings()
 
 
-class CheckpointSettings(_Strict):
-    """Signed checkpoints of the audit chain's head (docs/tamper-evidence.md): off unless a
-    directory and a key (this file, or the CONSENTSYNC_CHECKPOINT_KEY variable) are set."""
-
-    directory: str | None = None
-    key_file: str | None = None
-    interval_seconds: int = Field(default=3600, ge=1)
-
-
-class AuditSettings(_Strict):
-    checkpoints: CheckpointSettings = CheckpointSettings()
-
-
 class PolicySettings(_Strict):
     trusted_sources: list[str] = Field(
         default_factory=lambda: ["web_form", "preference_center", "double_opt_in", "ops"]

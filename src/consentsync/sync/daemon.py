@@ -70,27 +70,8 @@ class Daemon:
                 next_run_time=_now() if run_now else None,
             )
         self._schedule_checkpoints()
-        self._schedule_checkpoints()
         self.scheduler.start()
         log.info("daemon.started", connectors=[c.name for c in self.config.settings.connectors])
-
-    def _schedule_checkpoints(self) -> None:
-        """Signed checkpoints of the audit chain's head at the configured interval, when
-        configured (consentsync.checkpoints; each run writes one at its end too)."""
-        from consentsync.checkpoints import signer_for
-
-        signer = signer_for(self.config, self.ledger.clock)
-        if signer is not None:
-            self.scheduler.add_job(
-                signer.checkpoint_if_moved,
-                IntervalTrigger(seconds=signer.interval_seconds, timezone="UTC"),
-                args=[self.ledger.engine],
-                id="~audit-checkpoint",
-                name="audit checkpoint",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=_now(),
-            )
 
     def _schedule_checkpoints(self) -> None:
         """Signed checkpoints of the audit chain's head at the configured interval, when

@@ -228,9 +228,6 @@ class SyncEngine:
         # Called with the report of every run but a dry run (app.open_sync: a signed checkpoint
         # of the audit chain's head, consentsync.checkpoints).
         self.after_run: Callable[[RunReport], None] | None = None
-        # Called with the report of every run but a dry run (app.open_sync: a signed checkpoint
-        # of the audit chain's head, consentsync.checkpoints).
-        self.after_run: Callable[[RunReport], None] | None = None
 
     # -- the run -------------------------------------------------------------------------------
 
