@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +23,6 @@ from consentsync.sdk import (
     ErrorRule,
     ErrorTable,
     Fault,
-    network_error,
 )
 
 ERRORS = ErrorTable(
@@ -37,11 +35,7 @@ ERRORS = ErrorTable(
         # username gets (Vtiger keeps no token for it): the final message says so.
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "login challenge expired", code="INVALID_AUTH_TOKEN"),
         ErrorRule(
-            Action.FAIL,
-            Fault.CONFIG,
-            "username or access key refused",
-            code="INVALID_USER_CREDENTIALS",
-            credentials=True,
+            Action.FAIL, Fault.CONFIG, "username or access key refused", code="INVALID_USER_CREDENTIALS"
         ),
         ErrorRule(Action.FAIL, Fault.CONFIG, "the user has no access key", code="ACCESSKEY_UNDEFINED"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "query rejected", code="QUERY_SYNTAX_ERROR"),
@@ -103,8 +97,7 @@ class VtigerClient:
                 raise ConnectorError(
                     f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
                     "or no such user: check the username)",
-                    # Retried with a fresh challenge; refused still, it is the username's (exit 77).
-                    replace(error.rule, credentials=True),
+                    error.rule,
                 ) from None
             raise
         self.session_name = str(result["sessionName"])
@@ -132,7 +125,10 @@ class VtigerClient:
                 response = self.http.get(self.endpoint, params=form, timeout=self.timeout)
         except requests.RequestException as error:
             # The text of a requests error can carry the URL, session included: name the kind only.
-            raise network_error(operation, error, urlsplit(self.endpoint).netloc) from None
+            raise ConnectorError(
+                f"{operation}: {type(error).__name__} talking to {urlsplit(self.endpoint).netloc}",
+                ERRORS.classify(None, None),
+            ) from None
         return self._result(operation, response)
 
     def _result(self, operation: str, response: requests.Response) -> Any:

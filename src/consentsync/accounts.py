@@ -115,7 +115,17 @@ _ROLE_VALUES = {role.label: role.value for role in Role}
 
 
 class Accounts:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        *,
+        keyed: Callable[[str], str] | None = None,
+    ) -> None:
+        # The deployment's keyed hash (Ledger.keyed_hasher) for a login name that matches no
+        # account in the audit log: it may be someone's address, and a bare SHA-256 of an address
+        # is reversed by anyone holding a list of them.
+        self.keyed = keyed
         self.engine = engine
         self.clock = clock
 
@@ -239,7 +249,8 @@ class Accounts:
         not. Raises ``LoginThrottled`` before checking anything when too many attempts failed."""
         now = self.clock()
         tried = name.strip().lower()[:200]
-        name_digest, client_digest = _digest(tried), _digest(client)
+        digest = self.keyed or _digest
+        name_digest, client_digest = digest(tried), digest(client)
         self._check_throttle(name_digest, client_digest, now)
         with self.engine.connect() as conn:
             row = conn.execute(select(console_users).where(console_users.c.name == tried)).first()
@@ -268,7 +279,9 @@ class Accounts:
                         name_digest=name_digest, client_digest=client_digest, at=now
                     )
                 )
-                what = {"user": row.name} if row else {"user": None, "name_sha256": name_digest}
+                what: dict[str, Any] = {"user": row.name} if row else {"user": None}
+                if row is None and self.keyed is not None:
+                    what["name_hmac"] = self.keyed(tried)
                 record = AuditRecord(
                     "login.failed",
                     what,

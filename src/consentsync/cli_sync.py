@@ -32,8 +32,8 @@ from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
 
-EXIT_HELD = exit_codes.HELD  # the push guard held the run's pushes: review `plan`, then `apply`
-EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the next run resumes
+EXIT_HELD = 3  # the push guard held the run's pushes: review `consentsync plan`, then `apply`
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
 
 
 @main.command()
@@ -117,22 +117,9 @@ def _finish(report: Any, as_json: bool) -> None:
         emit_json(_report_json(report))
     else:
         _print_report(report)
-    code = run_exit_code(report)
-    if code:
+    code = {"failed": 1, "stopped": EXIT_STOPPED, "held": EXIT_HELD}.get(report.status)
+    if code is not None:
         sys.exit(code)
-
-
-def run_exit_code(report: Any) -> int:
-    """A run's result as the exit code a scheduler acts on (exit_codes.py)."""
-    if report.status == "failed":
-        return report.exit_code or exit_codes.FAILED
-    if report.status == "stopped":
-        return exit_codes.STOPPED
-    if report.status == "held":
-        return exit_codes.HELD
-    if report.status == "succeeded" and report.counts.quarantined:
-        return exit_codes.QUARANTINED
-    return exit_codes.OK
 
 
 def _progress_line(report: Any) -> None:
@@ -222,9 +209,11 @@ def runs() -> None:
 @handled
 def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
     """The latest runs, newest first."""
-    from consentsync.sync.runs import list_runs
+    from consentsync.sync.runs import list_runs, settle_crashed
 
-    rows = list_runs(open_ledger(current_config()).engine, connector=connector, limit=limit)
+    ledger = open_ledger(current_config())
+    settle_crashed(ledger.engine, ledger.clock())  # a run whose process died shows as crashed
+    rows = list_runs(ledger.engine, connector=connector, limit=limit)
     if as_json:
         emit_json(rows)
         return
@@ -237,11 +226,31 @@ def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
                 "pushed": row["counts"].get("pushed"),
                 "quarantined": row["counts"].get("quarantined"),
                 "api_calls": row["counts"].get("api_calls"),
+                "reason": _short(row["error"]),
             }
             for row in rows
         ],
-        ["id", "connector", "status", "started_at", "read", "changes", "pushed", "quarantined", "api_calls"],
+        [
+            "id",
+            "connector",
+            "status",
+            "started_at",
+            "read",
+            "changes",
+            "pushed",
+            "quarantined",
+            "api_calls",
+            "reason",
+        ],
     )
+
+
+def _short(text: str | None, width: int = 72) -> str | None:
+    """A run's reason on one table line (in full with `runs show`)."""
+    if not text:
+        return None
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 @runs.command("show")
@@ -619,15 +628,29 @@ def status(as_json: bool) -> None:
     config = current_config()
     hours = config.settings.policy.late_suppression_hours
     rows = connector_status(config, open_ledger(config).engine, late_after=timedelta(hours=hours))
+    problems = [problem for row in rows for problem in row["problems"]]
     if as_json:
         emit_json(rows)
-        return
-    if not rows:
+    elif not rows:
         click.echo("no connectors configured (add them under `connectors:` in the config)")
-        return
+    else:
+        _print_status(rows, hours)
+    if problems:  # what status reports cannot run as configured: an error, with the first reason
+        more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
+        fail(problems[0] + more, exit_codes.CONFIG)
+
+
+def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
+    daemons = rows[0]["daemon"]
+    if daemons:
+        click.echo("daemon     " + ", ".join(f"{d['holder']} (since {d['since']})" for d in daemons))
+    else:
+        click.echo("daemon     no daemon running (no next runs: start one with `consentsync run`)")
     for row in rows:
         last = row["last_run"]
         click.echo(f"{row['connector']} ({row['vendor']})")
+        for problem in row["problems"]:
+            click.echo(f"  ERROR      {problem}")
         if last:
             click.echo(
                 f"  last run   {last['status']} at {last['started_at']}: read {last['read']}, "
@@ -636,10 +659,16 @@ def status(as_json: bool) -> None:
             )
         else:
             click.echo("  last run   never")
-        click.echo(f"  next run   {row['next_run']}")
+        click.echo(f"  next run   {row['next_run'] or 'none: no daemon running'}")
+        budget = row["api_budget"]
         click.echo(
             f"  outbox     {row['outbox_pending']} pending, {row['dead_letters']} dead-lettered; "
-            f"quarantined {row['quarantined_open']}; API budget left {row['api_budget_left']}"
+            f"quarantined {row['quarantined_open']}"
+        )
+        click.echo(
+            f"  API budget {budget['left']} of {budget['limit']} calls left (as of {budget['as_of']})"
+            if budget
+            else "  API budget not reported by this CRM"
         )
         if last and last["status"] == "held":
             click.echo(f"  ALERT      {last['error']}")
@@ -666,6 +695,14 @@ def status(as_json: bool) -> None:
     help="/metrics, /healthz and /readyz (0 picks a free port).",
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and the health checks.")
+@click.option(
+    "--unready-after",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    envvar="CONSENTSYNC_UNREADY_AFTER",
+    help="/readyz is not ready while a connector's last this many runs all failed.",
+)
 @click.option("--web-host", default="127.0.0.1", show_default=True)
 @click.option(
     "--web-port",
@@ -674,24 +711,42 @@ def status(as_json: bool) -> None:
 )
 @handled
 def run_daemon(
-    metrics_host: str, metrics_port: int, no_metrics: bool, web_host: str, web_port: int | None
+    metrics_host: str,
+    metrics_port: int,
+    no_metrics: bool,
+    unready_after: int,
+    web_host: str,
+    web_port: int | None,
 ) -> None:
-    """Run every configured connector on its schedule until SIGTERM or Ctrl-C."""
+    """Run every configured connector on its schedule until SIGTERM or Ctrl-C. Logs go to
+    stdout, one JSON object a line unless --log-format console."""
     from datetime import timedelta
+
+    import structlog
 
     from consentsync.observability import HealthServer, Metrics
     from consentsync.sync.daemon import Daemon
 
     root = click.get_current_context().find_root()
-    if root.get_parameter_source("log_level") is click.core.ParameterSource.DEFAULT:
-        configure_logging("INFO")  # a service says what it does unless told to be quieter
+    quieter = root.get_parameter_source("log_level") is not click.core.ParameterSource.DEFAULT
+    configure_logging(
+        root.params["log_level"] if quieter else "INFO",  # a service says what it does unless told
+        fmt=root.meta.get("consentsync.log_format"),
+        stream="stdout",
+    )
+    log = structlog.get_logger("consentsync.daemon")
     config = current_config()
     if not config.settings.connectors:
         raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
     ledger = open_ledger(config)
     metrics = Metrics(ledger.engine)
+    metrics.watch(c.name for c in config.settings.connectors)
     server = (
-        None if no_metrics else HealthServer(metrics, ledger.engine, host=metrics_host, port=metrics_port)
+        None
+        if no_metrics
+        else HealthServer(
+            metrics, ledger.engine, host=metrics_host, port=metrics_port, failure_threshold=unready_after
+        )
     )
     hours = config.settings.policy.late_suppression_hours
     daemon = Daemon(
@@ -699,17 +754,14 @@ def run_daemon(
     )
     if server is not None:
         server.start()
-        click.echo(f"metrics and health checks at {server.url}/metrics, /healthz, /readyz", err=True)
+        log.info("daemon.metrics", url=f"{server.url}/metrics", health=["/healthz", "/readyz"])
     console = None
     if web_port is not None:
         from consentsync.web.server import WebServer, build
 
         console = WebServer(build(config, ledger), host=web_host, port=web_port).start()
-        click.echo(f"ops console at {console.url}/", err=True)
+        log.info("daemon.console", url=f"{console.url}/")
     daemon.start()
-    click.echo(
-        f"consentsync is running {len(config.settings.connectors)} connector(s); Ctrl-C stops", err=True
-    )
     try:
         daemon.serve_until_signalled()
     finally:

@@ -37,6 +37,10 @@ log = structlog.get_logger("consentsync.observability")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9181
 DEFAULT_FAILURE_THRESHOLD = 3
+RUN_STATUSES = ("running", "succeeded", "stopped", "held", "failed", "crashed", "skipped")
+FAILED_STATUSES = ("failed", "crashed")
+NOT_A_VERDICT = ("running", "skipped", "dry_run")  # runs that say nothing of a connector's health
+STREAK_WINDOW = 100
 # Sync runs take seconds to hours: buckets from one second to six hours.
 RUN_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 
@@ -64,7 +68,41 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(
             "consentsync_ledger_up", "1 when the last scrape could read the ledger, else 0"
         )
+        yield from self._run_families()
         yield from self._families()
+
+    @staticmethod
+    def _run_families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "consentsync_last_run_status",
+                "1 for the status of the connector's last run in the ledger (any process's), else 0",
+                labels=["connector", "status"],
+            ),
+            GaugeMetricFamily(
+                "consentsync_consecutive_failed_runs",
+                "Finished runs in a row, up to the last one, that failed or crashed (skipped runs "
+                "are passed over)",
+                labels=["connector"],
+            ),
+        )
+
+    def _streaks(self, names: list[str]) -> dict[str, tuple[str, int]]:
+        """Per connector: the last run's status and how many of its last finished runs failed."""
+        found: dict[str, tuple[str, int]] = {}
+        with self.engine.connect() as conn:
+            for name in names:
+                statuses = list(
+                    conn.execute(
+                        select(sync_runs.c.status)
+                        .where(sync_runs.c.connector == name)
+                        .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())
+                        .limit(STREAK_WINDOW)
+                    ).scalars()
+                )
+                if statuses:
+                    found[name] = (statuses[0], failure_streak(statuses))
+        return found
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -81,6 +119,18 @@ class LedgerCollector(Collector):
         yield up
         now = self.clock()
         names = set(pending) | set(dead) | set(oldest) | set(self.known())
+        try:
+            streaks = self._streaks(sorted(set(self.known())))
+        except Exception as error:
+            log.error("metrics.runs_unreadable", error_type=type(error).__name__)
+            streaks = {}
+        last_family, failing_family = self._run_families()
+        for name, (last, failing) in sorted(streaks.items()):
+            for status in RUN_STATUSES:
+                last_family.add_metric([name, status], 1.0 if status == last else 0.0)
+            failing_family.add_metric([name], float(failing))
+        yield last_family
+        yield failing_family
         pending_family, dead_family, age_family = self._families()
         for name in sorted(names):
             pending_family.add_metric([name], float(pending.get(name, 0)))
@@ -192,6 +242,11 @@ class Metrics:
         with self._lock:
             return sorted(self._connectors)
 
+    def watch(self, names: Iterable[str]) -> None:
+        """Connectors reported from the first scrape on, before any of their runs ends."""
+        with self._lock:
+            self._connectors.update(names)
+
     def observe_run(self, report: RunReport) -> None:
         """Adds a finished run's counts. Dry runs change nothing and are not counted."""
         if report.status in ("dry_run", "running"):
@@ -199,6 +254,9 @@ class Metrics:
         name = report.connector
         with self._lock:
             self._connectors.add(name)
+        if report.status == "skipped":  # another process held the connector: nothing was done
+            self.runs.labels(name, report.status).inc()
+            return
         counts = report.counts
         self.records_read.labels(name).inc(max(0, counts.read))
         self.ledger_changes.labels(name).inc(max(0, counts.state_changes))
@@ -233,9 +291,22 @@ def ledger_reachable(engine: Engine) -> bool:
         return False
 
 
+def failure_streak(statuses: Iterable[str]) -> int:
+    """How many runs in a row, newest first, failed or crashed; runs in progress and skipped runs
+    are passed over."""
+    streak = 0
+    for status in statuses:
+        if status in NOT_A_VERDICT:
+            continue
+        if status not in FAILED_STATUSES:
+            break
+        streak += 1
+    return streak
+
+
 def failing_connectors(engine: Engine, threshold: int = DEFAULT_FAILURE_THRESHOLD) -> list[str]:
-    """Connectors whose last ``threshold`` finished runs all failed (a run in progress is left out:
-    it has not failed yet, and it has not succeeded either)."""
+    """Connectors whose last ``threshold`` finished runs all failed or crashed (a run in progress
+    and a skipped run are left out: they have not failed, and they have not succeeded either)."""
     threshold = max(1, threshold)
     ranked = select(
         sync_runs.c.connector,
@@ -246,10 +317,14 @@ def failing_connectors(engine: Engine, threshold: int = DEFAULT_FAILURE_THRESHOL
             order_by=(sync_runs.c.started_at.desc(), sync_runs.c.id.desc()),
         )
         .label("n"),
-    ).where(sync_runs.c.status != "running")
+    ).where(sync_runs.c.status.not_in(NOT_A_VERDICT))
     recent = ranked.subquery()
     query = (
-        select(recent.c.connector, func.count(), func.sum(case((recent.c.status == "failed", 1), else_=0)))
+        select(
+            recent.c.connector,
+            func.count(),
+            func.sum(case((recent.c.status.in_(FAILED_STATUSES), 1), else_=0)),
+        )
         .where(recent.c.n <= threshold)
         .group_by(recent.c.connector)
     )

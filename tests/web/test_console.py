@@ -4,6 +4,7 @@ the ledger."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -152,6 +153,9 @@ def test_logins_and_failed_logins_are_audited_and_throttled(app: Any, world: Wor
     failed = entries(world, action="login.failed")
     assert [e["what"].get("user") for e in failed] == ["rex", None]
     assert "nobody" not in json.dumps(failed)  # a mistyped name may be a password: only its digest
+    # ... and a keyed one: a bare SHA-256 of a name (or an address) is reversed by a list of them.
+    assert failed[1]["what"]["name_hmac"] == world.ledger.keyed_hasher()("nobody")
+    assert hashlib.sha256(b"nobody").hexdigest() not in json.dumps(failed)
     assert [e["actor"] for e in entries(world, action="login.succeeded")] == ["rex"]
 
     for _ in range(MAX_FAILURES_PER_ACCOUNT):

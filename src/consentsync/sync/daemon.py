@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -24,8 +25,9 @@ from consentsync.domain import InvalidInput
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.engine import RunReport, SyncEngine
+from consentsync.sync.heartbeat import Heartbeat
 from consentsync.sync.locks import RunInProgress
-from consentsync.sync.runs import record_unstarted
+from consentsync.sync.runs import record_unstarted, settle_crashed
 from consentsync.sync.settings import Schedule
 
 log = structlog.get_logger("consentsync.daemon")
@@ -55,6 +57,7 @@ class Daemon:
         self.stopping = threading.Event()
         self._running: dict[str, SyncEngine] = {}
         self._lock = threading.Lock()
+        self.heartbeat = Heartbeat(ledger.engine, ledger.clock, on_beat=self._settle_crashed)
 
     def start(self, *, run_now: bool = True) -> None:
         for settings in self.config.settings.connectors:
@@ -69,9 +72,16 @@ class Daemon:
                 misfire_grace_time=None,
                 next_run_time=_now() if run_now else None,
             )
+        self.heartbeat.start()
         self._schedule_checkpoints()
         self.scheduler.start()
         log.info("daemon.started", connectors=[c.name for c in self.config.settings.connectors])
+
+    def _settle_crashed(self) -> None:
+        """Runs left "running" by a process that died are recorded as crashed (and so seen by
+        `status`, the metrics and /readyz) without waiting for the connector's next run."""
+        for run_id in settle_crashed(self.ledger.engine, self.ledger.clock()):
+            log.error("sync.crashed_run_found", run_id=run_id)
 
     def _schedule_checkpoints(self) -> None:
         """Signed checkpoints of the audit chain's head at the configured interval, when
@@ -95,28 +105,63 @@ class Daemon:
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
 
     def run_connector(self, name: str) -> RunReport | None:
+        """One scheduled run. Whatever happens, the run leaves a row with its reason and is
+        counted in the metrics; nothing is raised to APScheduler (which would log a bare
+        traceback and record nothing)."""
         if self.stopping.is_set():
             return None
         try:
             engine = open_sync(self.config, name, self.ledger)
         except (ConfigError, InvalidInput, ConnectorError) as error:
             # Failed before its first API call: recorded like any failed run, with its reason.
-            record_unstarted(self.ledger.engine, name, str(error), self.ledger.clock())
-            log.error("sync.failed", connector=name, error=f"config: {error}")
-            return None
+            problem = str(error)
+            return self._unstarted(name, f"config: {problem}", lambda: self._record(name, problem))
+        except Exception as error:  # a connector that cannot be built for a reason nobody foresaw
+            reason = f"{type(error).__name__} (the traceback is in the log)"
+            record = lambda: self._record(name, reason, "internal")  # noqa: E731
+            return self._unstarted(name, f"internal: {reason}", record, exc_info=True)
         with self._lock:
             self._running[name] = engine
         try:
             report = engine.run()
         except RunInProgress as busy:
+            # The engine recorded the skipped run; the metrics count it.
             log.warning("sync.skipped", connector=name, reason=str(busy))
-            return None
+            return self._unstarted(name, f"skipped: {busy}", None, status="skipped")
+        except Exception as error:
+            # The engine recorded the run as failed and logged the traceback.
+            log.error("sync.run_raised", connector=name, error_type=type(error).__name__)
+            return self._unstarted(name, f"internal: {type(error).__name__}", None)
         finally:
             engine.connector.close()
             with self._lock:
                 self._running.pop(name, None)
         self.on_report(report)
         self._warn_late_suppressions()
+        return report
+
+    def _record(self, name: str, reason: str, kind: str = "config") -> None:
+        record_unstarted(self.ledger.engine, name, reason, self.ledger.clock(), kind=kind)
+
+    def _unstarted(
+        self,
+        name: str,
+        error: str,
+        record: Callable[[], None] | None,
+        *,
+        status: str = "failed",
+        exc_info: bool = False,
+    ) -> RunReport:
+        if status == "failed":
+            log.error("sync.failed", connector=name, error=error, exc_info=exc_info)
+        if record is not None:
+            try:
+                record()
+            except Exception as failure:  # the ledger is away too: the log says so
+                log.error("sync.run_not_recorded", connector=name, error_type=type(failure).__name__)
+        now = self.ledger.clock()
+        report = RunReport(str(uuid.uuid4()), name, status, now, finished_at=now, error=error)
+        self.on_report(report)
         return report
 
     def _warn_late_suppressions(self) -> None:
@@ -140,6 +185,7 @@ class Daemon:
             for engine in self._running.values():
                 engine.stop_requested.set()
         self.scheduler.shutdown(wait=True)
+        self.heartbeat.stop()
         log.info("daemon.stopped")
 
     def serve_until_signalled(self) -> None:

@@ -29,13 +29,12 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from consentsync import audit, exit_codes
+from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, note_written, upsert_rows
 from consentsync.ledger.engine import analyse_grown
 from consentsync.ledger.identity import CrmLink, Identity
-from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     crm_links,
     crm_snapshots,
@@ -53,7 +52,7 @@ from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
-from consentsync.sync.locks import connector_lock
+from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
 from consentsync.sync.prefetch import Prefetch
 
@@ -154,9 +153,6 @@ class RunReport:
     # Wall seconds per stage: waiting for the CRM's pages (read), committing them (pages),
     # deciding the pushes (examine), pushing (push). Logged with the run's end.
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    # Why a failed run failed, as the exit code of `consentsync sync` (exit_codes.py): the
-    # credentials (77), the CRM or the ledger out of reach (69), the config (2); None: 1.
-    exit_code: int | None = None
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -240,8 +236,18 @@ class SyncEngine:
         With ``apply_plan``, the run pushes exactly that plan (whatever the mode and the guard),
         or nothing when the plan no longer matches what it would push."""
         self._apply_plan = apply_plan
-        with connector_lock(self.ledger.engine, self.name):
-            report = self._run(full=full, dry_run=dry_run)
+        try:
+            with connector_lock(self.ledger.engine, self.name):
+                report = self._run(full=full, dry_run=dry_run)
+        except RunInProgress as busy:
+            if not dry_run:  # skipped: a run row says so, and why (status, runs list, /metrics)
+                from consentsync.sync.runs import record_unstarted
+
+                now = self.ledger.clock()
+                record_unstarted(
+                    self.ledger.engine, self.name, str(busy), now, status="skipped", kind="skipped"
+                )
+            raise
         if self.after_run is not None and not dry_run:
             self.after_run(report)
         return report
@@ -304,27 +310,25 @@ class SyncEngine:
         except (BudgetExhausted, ConnectorError) as error:
             stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
             report.status = "stopped" if stops else "failed"
-            label = "credentials" if error.rule.credentials else error.rule.fault.value
-            report.error = f"{label}: {error}"
-            report.exit_code = exit_codes.for_connector_error(error.rule)
+            report.error = f"{error.rule.fault.value}: {error}"
             bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
         except InvalidInput as error:
             report.status = "failed"
             report.error = f"config: {error}"
-            report.exit_code = exit_codes.CONFIG
             bound.error("sync.failed", error=str(error))
         except SQLAlchemyError as error:
             # The ledger went away mid-run: the page in hand was rolled back whole; the cursor
             # stays at the last committed page, where the next run resumes.
             report.status = "failed"
-            problem = ledger_problem(error, self.ledger.engine.url.render_as_string())
-            report.error = (
-                f"ledger: {problem.message}"
-                if problem
-                else f"ledger: {type(error).__name__}: {getattr(error, 'orig', error)}"
-            )
-            report.exit_code = problem.exit_code if problem else None
+            report.error = f"ledger: {type(error).__name__}: {getattr(error, 'orig', error)}"
             bound.error("sync.failed", error=report.error)
+        except Exception as error:
+            # Unexpected: the run is recorded as failed (never left "running"), the traceback
+            # logged as a field, and the error raised on to the caller.
+            report.status = "failed"
+            report.error = f"internal: {type(error).__name__} (the traceback is in the log)"
+            bound.error("sync.crashed", error=report.error, exc_info=True)
+            raise
         finally:
             usage = self.connector.usage
             report.counts.api_calls = usage.calls

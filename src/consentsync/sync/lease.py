@@ -41,7 +41,7 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _holder_dead(holder: str) -> bool:
+def holder_dead(holder: str) -> bool:
     """True when ``holder`` ran on this host and its process is gone (a crash or SIGKILL)."""
     host, _, pid = holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
@@ -98,7 +98,7 @@ class Lease:
                 self.token = 1
             else:
                 expired = _aware(row.expires_at) <= now
-                dead = _holder_dead(row.holder)
+                dead = holder_dead(row.holder)
                 if not (expired or dead):
                     raise RunInProgress(
                         f"another process ({row.holder}) is running connector {self.connector!r} "

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, select, update
 
 from consentsync.domain import iso
 from consentsync.ledger.schema import quarantine, sync_runs
@@ -89,10 +89,13 @@ def _run_view(row: Any) -> dict[str, Any]:
     }
 
 
-def record_unstarted(engine: Engine, connector: str, error: str, now: datetime) -> str:
+def record_unstarted(
+    engine: Engine, connector: str, error: str, now: datetime, *, status: str = "failed", kind: str = "config"
+) -> str:
     """A run that failed before it could start (a configuration error, a missing secret or
-    mapping file, a connector that cannot be built): recorded as failed with its reason, so that
-    `status`, `runs list`, the console and `/metrics` show it as they show any failed run."""
+    mapping file, a connector that cannot be built), or was skipped (another process holds the
+    connector): recorded with its reason, so that `status`, `runs list`, the console and
+    `/metrics` show it as they show any other run."""
     import uuid
     from dataclasses import asdict
 
@@ -107,10 +110,49 @@ def record_unstarted(engine: Engine, connector: str, error: str, now: datetime) 
                 connector=connector[:64],
                 started_at=now,
                 finished_at=now,
-                status="failed",
+                status=status,
                 full_load=False,
                 counts=canonical_json(asdict(RunCounts())),
-                error=f"config: {error}",
+                error=f"{kind}: {error}",
             )
         )
     return run_id
+
+
+def settle_crashed(engine: Engine, now: datetime) -> list[str]:
+    """Runs still marked "running" whose process is gone, recorded as crashed; returns their ids.
+
+    A run holds its connector's lease from before its row is written until it ends: a running
+    row whose lease another run has since taken, whose lease expired (its heartbeat stopped), or
+    whose holder is a process of this host that no longer exists, is not running any more."""
+    from consentsync.ledger.schema import connector_leases
+    from consentsync.sync.lease import _aware, holder_dead
+
+    query = select(
+        sync_runs.c.id,
+        connector_leases.c.run_id,
+        connector_leases.c.holder,
+        connector_leases.c.expires_at,
+    ).select_from(
+        sync_runs.outerjoin(connector_leases, connector_leases.c.connector == sync_runs.c.connector)
+    )
+    crashed: dict[str, str] = {}
+    with engine.begin() as conn:
+        for run_id, lease_run, holder, expires in conn.execute(query.where(sync_runs.c.status == "running")):
+            if lease_run is None:
+                crashed[run_id] = "crashed: it holds no lease on its connector (its process is gone)"
+            elif lease_run != run_id:
+                crashed[run_id] = "crashed: another run took its connector over before it ended"
+            elif holder_dead(holder):
+                crashed[run_id] = "crashed: its process died before the run ended"
+            elif _aware(expires) <= now:
+                crashed[run_id] = (
+                    "crashed: its lease expired before the run ended (the process hung or lost the ledger)"
+                )
+        for run_id, reason in crashed.items():
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.id == run_id, sync_runs.c.status == "running")
+                .values(status="crashed", finished_at=now, error=reason)
+            )
+    return sorted(crashed)

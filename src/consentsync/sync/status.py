@@ -14,10 +14,38 @@ from consentsync.ledger.schema import crm_links, outbox, quarantine, subjects, s
 from consentsync.sync.daemon import trigger_for
 
 
+def connector_problems(config: Config, name: str) -> list[str]:
+    """What keeps connector ``name`` from running, as one-line messages: a vendor that is not
+    installed, a mapping file missing or invalid (checked without calling the CRM)."""
+    from consentsync.domain import InvalidInput
+    from consentsync.mapping import load_mapping
+    from consentsync.sdk import registry
+
+    settings = config.connector(name)
+    problems: list[str] = []
+    try:
+        registry.load(settings.vendor)
+    except InvalidInput as error:
+        problems.append(f"{config.path}: connectors[{name}].vendor: {error}")
+    for path in settings.mappings:
+        try:
+            load_mapping(config.resolve_path(path), purposes=config.purposes, channels=set(config.channels))
+        except InvalidInput as error:
+            problems.append(str(error))
+    return problems
+
+
 def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -> list[dict[str, Any]]:
+    """Per configured connector: problems, last run, next run (only while a daemon runs), the
+    outbox, quarantine, API budget and alerts. Runs left "running" by a dead process are recorded
+    as crashed first."""
     from consentsync.observability import late_suppressions
+    from consentsync.sync.heartbeat import running_daemons
+    from consentsync.sync.runs import settle_crashed
 
     now = datetime.now(UTC)
+    settle_crashed(engine, now)
+    daemons = running_daemons(engine, now)
     late = late_suppressions(engine, late_after)
     rows: list[dict[str, Any]] = []
     with engine.connect() as conn:
@@ -34,16 +62,17 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
             def count(table: Any, *where: Any) -> int:
                 return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
 
-            trigger = trigger_for(settings.schedule)
-            previous = last.started_at if last else None
-            upcoming = trigger.get_next_fire_time(previous, now)
-            budget_left = None
-            if counts.get("api_limit") and counts.get("api_used") is not None:
-                budget_left = counts["api_limit"] - counts["api_used"]
+            upcoming = None
+            if daemons:  # a next run only when a daemon will make it
+                previous = last.started_at if last else None
+                upcoming = trigger_for(settings.schedule).get_next_fire_time(previous, now)
+            budget = _last_budget(conn, name)
             rows.append(
                 {
                     "connector": name,
                     "vendor": settings.vendor,
+                    "problems": connector_problems(config, name),
+                    "daemon": [{"holder": d.holder, "since": iso(d.started_at)} for d in daemons],
                     "last_run": {
                         "id": last.id,
                         "status": last.status,
@@ -62,12 +91,30 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                     "quarantined_open": count(
                         quarantine, quarantine.c.connector == name, quarantine.c.resolved_at.is_(None)
                     ),
-                    "api_budget_left": budget_left,
+                    "api_budget_left": budget["left"] if budget else None,
+                    "api_budget": budget,
                     "late_suppressions": [row for row in late if row["connector"] == name],
                     "erasures_pending": _erasures_pending(conn, name),
                 }
             )
     return rows
+
+
+def _last_budget(conn: Connection, connector: str) -> dict[str, Any] | None:
+    """The API budget the CRM last reported (its limit and what was used, as of that run); None
+    when its CRM never reported one. Runs that never reached the CRM are passed over."""
+    recent = conn.execute(
+        select(sync_runs.c.started_at, sync_runs.c.counts)
+        .where(sync_runs.c.connector == connector, sync_runs.c.status.not_in(("skipped", "running")))
+        .order_by(sync_runs.c.started_at.desc())
+        .limit(20)
+    )
+    for started_at, text in recent:
+        counts = orjson.loads(text)
+        if counts.get("api_limit") and counts.get("api_used") is not None:
+            limit, used = int(counts["api_limit"]), int(counts["api_used"])
+            return {"limit": limit, "used": used, "left": max(0, limit - used), "as_of": iso(started_at)}
+    return None
 
 
 def _erasures_pending(conn: Connection, connector: str) -> int:

@@ -64,7 +64,7 @@ class Console:
         self.config = config
         self.ledger = ledger
         self.engine = ledger.engine
-        self.accounts = Accounts(ledger.engine, clock=lambda: ledger.clock())
+        self.accounts = Accounts(ledger.engine, clock=lambda: ledger.clock(), keyed=ledger.keyed_hasher())
         self.plans = PlanDesk(config, ledger)
 
     # -- overview ------------------------------------------------------------------------------
