@@ -22,6 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from consentsync.app import open_sync
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput
+from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.engine import RunReport, SyncEngine
@@ -129,6 +130,9 @@ class Daemon:
             log.warning("sync.skipped", connector=name, reason=str(busy))
             return self._unstarted(name, f"skipped: {busy}", None, status="skipped")
         except Exception as error:
+            problem = ledger_problem(error, self.config.ledger_url)
+            if problem is not None:  # the ledger refused (at the lock, the lease): one line, no traceback
+                return self._unstarted(name, f"ledger: {problem.message}", None)
             # The engine recorded the run as failed and logged the traceback.
             log.error("sync.run_raised", connector=name, error_type=type(error).__name__)
             return self._unstarted(name, f"internal: {type(error).__name__}", None)
@@ -137,7 +141,13 @@ class Daemon:
             with self._lock:
                 self._running.pop(name, None)
         self.on_report(report)
-        self._warn_late_suppressions()
+        try:
+            self._warn_late_suppressions()
+        except Exception as error:
+            problem = ledger_problem(error, self.config.ledger_url)
+            if problem is None:
+                raise
+            log.error("suppression.check_failed", connector=name, error=f"ledger: {problem.message}")
         return report
 
     def _record(self, name: str, reason: str, kind: str = "config") -> None:
