@@ -113,7 +113,9 @@ class TestErrors:
         message = error_of(MINIMAL.replace("ledger:\n", "colour: blue\nledger:\n"))
         assert message.startswith(f"{CONFIG}:2: ")
         assert "unknown key 'colour' in the top level" in message
-        assert "accepted are channels, connectors, ledger, policy, purposes, secrets, version" in message
+        assert (
+            "accepted are audit, channels, connectors, ledger, policy, purposes, secrets, version" in message
+        )
 
     def test_unknown_key_inside_second_purpose(self) -> None:
         message = error_of(MINIMAL.replace("    name: Billing\n", "    name: Billing\n    owner: finance\n"))
