@@ -242,7 +242,6 @@ def signer_for(config: Config, clock: Callable[[], datetime] | None = None) -> S
     """The configured signer, or None when checkpoints are off (no directory configured). A
     directory without a key, or a key without a directory, is a config error."""
     settings = config.settings.audit.checkpoints
-    key = configured_key(config)
     if settings.directory is None:
         if settings.key_file:
             raise ConfigError(
@@ -250,6 +249,7 @@ def signer_for(config: Config, clock: Callable[[], datetime] | None = None) -> S
                 "is not: set both to write signed checkpoints (or neither)"
             )
         return None
+    key = configured_key(config)
     if key is None:
         raise ConfigError(
             f"{config.path}: audit.checkpoints.directory is set but there is no signing key: set "
