@@ -47,6 +47,7 @@ from consentsync.sdk import (
     WriteAction,
     WriteResult,
     call,
+    network_error,
 )
 from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
 from consentsync_dynamics.settings import DynamicsSettings
@@ -116,6 +117,7 @@ class _DeltaRefused(Exception):
 
 class DynamicsConnector(Connector):
     vendor = "dynamics"
+    settings_model = DynamicsSettings
     # Only the (modifiedon, id) keyset read (the first read, a refused delta link, tables without
     # change tracking) needs it: modifiedon is stamped when the operation runs, and a row
     # becomes visible when its transaction commits, up to the 2-minute limit of synchronous
@@ -172,10 +174,7 @@ class DynamicsConnector(Connector):
         try:
             response = self.session.post(c.token_url, data=form, timeout=c.timeout)
         except requests.RequestException as error:
-            raise ConnectorError(
-                f"token request to {c.token_url} failed: {type(error).__name__}",
-                ErrorRule(Action.RETRY, Fault.TRANSIENT, "token endpoint unreachable"),
-            ) from None
+            raise network_error(f"token request to {c.token_url}", error) from None
         if response.status_code != 200:
             try:
                 body = response.json()
@@ -191,8 +190,9 @@ class DynamicsConnector(Connector):
                 ErrorRule(
                     Action.RETRY if transient else Action.FAIL,
                     Fault.TRANSIENT if transient else Fault.CONFIG,
-                    "login refused",
+                    "login failed" if transient else "credentials refused",
                     response.status_code,
+                    credentials=not transient,
                 ),
             )
         body = response.json()
@@ -237,9 +237,7 @@ class DynamicsConnector(Connector):
                     method, url, headers=sent, timeout=self.config.timeout, **kwargs
                 )
             except requests.RequestException as error:
-                raise ConnectorError(
-                    f"{describe}: {type(error).__name__}", ERRORS.classify(None, None)
-                ) from None
+                raise network_error(describe, error) from None
             if response.status_code < 300 or (accept is not None and accept(response)):
                 return response
             raise _classified(describe, response)

@@ -48,13 +48,14 @@ from consentsync.sdk import (
     WriteAction,
     WriteResult,
     call,
+    network_error,
 )
 from consentsync_hubspot.settings import HubSpotSettings
 
 ERRORS = ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "token rotated", 401, "TOKEN_ROTATED"),
-        ErrorRule(Action.FAIL, Fault.CONFIG, "private app token refused", 401),
+        ErrorRule(Action.FAIL, Fault.CONFIG, "private app token refused", 401, credentials=True),
         ErrorRule(Action.FAIL, Fault.CONFIG, "private app lacks a scope", 403, "MISSING_SCOPES"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "request refused", 403),
         ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily API limit reached", 429, "DAILY"),
@@ -100,6 +101,7 @@ def epoch_ms(moment: datetime) -> str:
 
 class HubSpotConnector(Connector):
     vendor = "hubspot"
+    settings_model = HubSpotSettings
     # HubSpot's search index lags writes: a contact created or changed can take a few seconds to
     # appear in search results (HubSpot's CRM search docs), longer under load, imports and
     # workflows. A read from the stored cursor would pass such a contact by for good; five
@@ -222,9 +224,7 @@ class HubSpotConnector(Connector):
             try:
                 response = self.session.request(method, self.base + path, headers=headers, **kwargs)
             except requests.RequestException as error:
-                raise ConnectorError(
-                    f"{describe}: {type(error).__name__}: {error}", ERRORS.classify(None, None)
-                ) from None
+                raise network_error(describe, error) from None
             if response.status_code < 300:
                 return response
             raise self._classified(describe, response)

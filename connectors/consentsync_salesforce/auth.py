@@ -7,11 +7,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 import requests
 
-from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault, network_error
 from consentsync_salesforce.settings import SalesforceSettings
 
 
@@ -44,10 +45,7 @@ def request_token(session: requests.Session, config: SalesforceSettings, *, time
     try:
         response = session.post(url, data=form, timeout=timeout)
     except requests.RequestException as error:
-        raise ConnectorError(
-            f"token request to {config.login_url} failed: {type(error).__name__}",
-            ErrorRule(Action.RETRY, Fault.TRANSIENT, "login unreachable"),
-        ) from None
+        raise network_error(f"token request to {config.login_url}", error, urlsplit(url).netloc) from None
     if response.status_code != 200:
         try:
             body = response.json()
@@ -63,7 +61,13 @@ def request_token(session: requests.Session, config: SalesforceSettings, *, time
         fault = Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG
         raise ConnectorError(
             f"login with {config.auth} at {config.login_url} refused ({response.status_code}): {detail}",
-            ErrorRule(action, fault, "login refused", response.status_code),
+            ErrorRule(
+                action,
+                fault,
+                "credentials refused" if action is Action.FAIL else "login failed",
+                response.status_code,
+                credentials=action is Action.FAIL,
+            ),
         )
     body = response.json()
     return TokenGrant(body["access_token"], body["instance_url"])

@@ -39,6 +39,7 @@ from consentsync.sdk import (
     WriteAction,
     WriteResult,
     call,
+    network_error,
 )
 from consentsync_salesforce.auth import TokenGrant, request_token
 from consentsync_salesforce.settings import SalesforceSettings
@@ -85,6 +86,7 @@ def parse_sf_datetime(value: str) -> datetime:
 
 class SalesforceConnector(Connector):
     vendor = "salesforce"
+    settings_model = SalesforceSettings
     can_read_by_id = True
     can_delete = True
     deletions = "stream"  # queryAll: IsDeleted and MasterRecordId in the (SystemModstamp, Id) stream
@@ -172,9 +174,7 @@ class SalesforceConnector(Connector):
             except SalesforceError as error:
                 raise _classified(error) from None
             except requests.RequestException as error:
-                raise ConnectorError(
-                    f"{describe}: {type(error).__name__}: {error}", ERRORS.classify(None, None)
-                ) from None
+                raise network_error(describe, error) from None
 
         return call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
 

@@ -48,6 +48,7 @@ from consentsync.sdk import (
     WriteAction,
     WriteResult,
     call,
+    network_error,
 )
 from consentsync_superoffice.settings import LIST_KEY, SuperOfficeSettings
 
@@ -138,6 +139,7 @@ def purpose_fields(fields: Sequence[str]) -> dict[str, list[str]]:
 
 class SuperOfficeConnector(Connector):
     vendor = "superoffice"
+    settings_model = SuperOfficeSettings
     # The archive reads the database as it is (no search index between): a consent shows once
     # its transaction commits. SuperOffice documents no bound on how long a save (with its
     # NetServer scripts and triggers, or a bulk import) may hold its stamp before the commit:
@@ -210,10 +212,7 @@ class SuperOfficeConnector(Connector):
         try:
             response = self.session.post(config.token_url, data=form, timeout=config.timeout)
         except requests.RequestException as error:
-            raise ConnectorError(
-                f"token request to {config.token_url} failed: {type(error).__name__}",
-                ErrorRule(Action.RETRY, Fault.TRANSIENT, "login unreachable"),
-            ) from None
+            raise network_error(f"token request to {config.token_url}", error) from None
         if response.status_code != 200:
             detail = _json_or_text(response)
             if isinstance(detail, dict):
@@ -222,7 +221,10 @@ class SuperOfficeConnector(Connector):
             raise ConnectorError(
                 f"{self.name}: login at {config.token_url} refused ({response.status_code}): {detail}",
                 ErrorRule(
-                    action, Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG, "login refused"
+                    action,
+                    Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG,
+                    "login failed" if action is Action.RETRY else "credentials refused",
+                    credentials=action is not Action.RETRY,
                 ),
             )
         token = response.json().get("access_token")
@@ -282,7 +284,7 @@ class SuperOfficeConnector(Connector):
                     timeout=self.config.timeout,
                 )
             except requests.RequestException as error:
-                raise ConnectorError(f"{kind}: {type(error).__name__}", ERRORS.classify(None, None)) from None
+                raise network_error(kind, error) from None
             if response.status_code == 204:
                 return None
             if 200 <= response.status_code < 300:

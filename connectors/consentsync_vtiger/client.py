@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,7 @@ from consentsync.sdk import (
     ErrorRule,
     ErrorTable,
     Fault,
+    network_error,
 )
 
 ERRORS = ErrorTable(
@@ -35,7 +37,11 @@ ERRORS = ErrorTable(
         # username gets (Vtiger keeps no token for it): the final message says so.
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "login challenge expired", code="INVALID_AUTH_TOKEN"),
         ErrorRule(
-            Action.FAIL, Fault.CONFIG, "username or access key refused", code="INVALID_USER_CREDENTIALS"
+            Action.FAIL,
+            Fault.CONFIG,
+            "username or access key refused",
+            code="INVALID_USER_CREDENTIALS",
+            credentials=True,
         ),
         ErrorRule(Action.FAIL, Fault.CONFIG, "the user has no access key", code="ACCESSKEY_UNDEFINED"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "query rejected", code="QUERY_SYNTAX_ERROR"),
@@ -97,7 +103,8 @@ class VtigerClient:
                 raise ConnectorError(
                     f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
                     "or no such user: check the username)",
-                    error.rule,
+                    # Retried with a fresh challenge; refused still, it is the username's (exit 77).
+                    replace(error.rule, credentials=True),
                 ) from None
             raise
         self.session_name = str(result["sessionName"])
@@ -125,10 +132,7 @@ class VtigerClient:
                 response = self.http.get(self.endpoint, params=form, timeout=self.timeout)
         except requests.RequestException as error:
             # The text of a requests error can carry the URL, session included: name the kind only.
-            raise ConnectorError(
-                f"{operation}: {type(error).__name__} talking to {urlsplit(self.endpoint).netloc}",
-                ERRORS.classify(None, None),
-            ) from None
+            raise network_error(operation, error, urlsplit(self.endpoint).netloc) from None
         return self._result(operation, response)
 
     def _result(self, operation: str, response: requests.Response) -> Any:

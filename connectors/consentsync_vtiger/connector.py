@@ -86,6 +86,7 @@ def vtql_string(value: str) -> str:
 
 class VtigerConnector(Connector):
     vendor = "vtiger"
+    settings_model = VtigerSettings
     # Vtiger stamps modifiedtime (whole seconds) when the save starts; its workflows and event
     # handlers run in the same request before the commit, and an import saves row after row.
     # Vtiger documents no bound: five minutes is an assumption (docs/connectors/vtiger.md).

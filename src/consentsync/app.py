@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
+from consentsync import exit_codes
 from consentsync.config import Config, ConfigError
 from consentsync.ledger.engine import make_engine
+from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger
+from consentsync.sdk.errors import scrub
+from consentsync.yamlfile import describe
 
 if TYPE_CHECKING:
     from consentsync.mapping import Mapping
@@ -18,7 +27,11 @@ if TYPE_CHECKING:
 
 
 class LedgerNotReady(RuntimeError):
-    """The ledger database is missing, unreachable or behind the code's migrations."""
+    """The ledger database is missing, unreachable, damaged or behind the code's migrations."""
+
+    def __init__(self, message: str, exit_code: int = exit_codes.CONFIG) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
@@ -36,16 +49,60 @@ def migration_state(engine: Engine) -> str | None:
         raise
 
 
-def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
-    engine = make_engine(config.ledger_url)
+@contextmanager
+def ledger_refusals(url: str) -> Iterator[None]:
+    """A damaged, read-only, full or unreachable ledger as ``LedgerNotReady`` with one line
+    naming the file (or server) and what to do (ledger/problems.py)."""
     try:
+        yield
+    except (DBAPIError, sqlite3.DatabaseError) as error:
+        problem = ledger_problem(error, url)
+        if problem is None:
+            raise
+        raise LedgerNotReady(problem.message, problem.exit_code) from None
+
+
+def ledger_engine(config: Config) -> Engine:
+    """The ledger's engine; a URL no installed driver serves is a config error naming the line."""
+    url = config.settings.ledger.url
+    try:
+        return make_engine(config.ledger_url)
+    except ArgumentError:
+        raise ConfigError(f"{config.where('ledger', 'url')}not a database URL: {_safe(url)}") from None
+    except NoSuchModuleError:
+        scheme = url.split(":", 1)[0]
+        raise ConfigError(
+            f"{config.where('ledger', 'url')}unknown URL scheme {scheme!r}: accepted are "
+            "sqlite:///PATH and postgresql://USER@HOST:PORT/DATABASE"
+        ) from None
+    except ModuleNotFoundError as error:
+        if url.startswith(("postgresql", "postgres")):
+            raise ConfigError(
+                f"{config.where('ledger', 'url')}a PostgreSQL ledger needs its driver (psycopg, "
+                f"not installed: {error.name}): pip install 'consentsync[postgres]'"
+            ) from None
+        raise ConfigError(
+            f"{config.where('ledger', 'url')}the driver for {url.split(':', 1)[0]} is not installed "
+            f"({error.name})"
+        ) from None
+
+
+def _safe(url: str) -> str:
+    """A URL as it may be shown: without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return repr(url.split("@")[-1])
+
+
+def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
+    engine = ledger_engine(config)
+    with ledger_refusals(config.ledger_url):
         if migrate:
             from consentsync.ledger.migrate import upgrade
 
             upgrade(engine)
         current = migration_state(engine)
-    except OperationalError as error:
-        raise LedgerNotReady(f"cannot reach the ledger database: {error.orig}") from None
     if current != SCHEMA_REVISION:
         raise LedgerNotReady(
             f"the ledger is at migration {current or 'none'} but this consentsync needs "
@@ -60,7 +117,8 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
         max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
     )
     # Events reference purposes, so the ledger must know every configured one before recording.
-    ledger.sync_purposes()
+    with ledger_refusals(config.ledger_url):
+        ledger.sync_purposes()
     return ledger
 
 
@@ -73,10 +131,22 @@ def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]
     settings = config.connector(name)
     connector_class = registry.load(settings.vendor)
     vendor_settings = config.connector_settings(name)
+    at = ("connectors", config.settings.connectors.index(settings), "settings")
+    model = connector_class.settings_model
+    if model is not None:
+        try:
+            model.model_validate(vendor_settings)
+        except ValidationError as error:
+            # file:line, the key and what is accepted; never the value (it may be a secret).
+            raise ConfigError(
+                describe(
+                    error, config.path, config.lines, model, prefer_unknown_keys=True, at=at, show_input=False
+                )
+            ) from None
     try:
         connector = connector_class(settings.name, vendor_settings)
     except ValueError as error:  # the vendor's settings model names the bad key
-        raise ConfigError(f"{config.path}: connectors[{name}].settings: {error}") from None
+        raise ConfigError(f"{config.where(*at)}{scrub(str(error))}") from None
     mappings = [
         load_mapping(config.resolve_path(path), purposes=config.purposes, channels=set(config.channels))
         for path in settings.mappings

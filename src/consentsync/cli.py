@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
+from consentsync import exit_codes
 from consentsync.app import LedgerNotReady, open_ledger
 from consentsync.config import (
     Config,
@@ -44,17 +46,17 @@ from consentsync.domain import (
     parse_timestamp,
 )
 from consentsync.ledger.identity import Identity
+from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.logs import FORMATS as LOG_FORMATS
 from consentsync.logs import LEVELS as LOG_LEVELS
 from consentsync.logs import configure as configure_logging
-from consentsync.sdk.errors import ConnectorError, Fault
+from consentsync.sdk.errors import ConnectorError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = exit_codes.CONFIG
 MAX_ROW_ID = 2**31 - 1  # the ledger's integer keys
-EXIT_TEMPORARY = 75  # EX_TEMPFAIL: the CRM could not be reached now; try again later
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
@@ -92,7 +94,9 @@ def handled(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (InvalidInput, ConfigError, NotFound, LedgerNotReady) as error:
+        except LedgerNotReady as error:
+            fail(str(error), error.exit_code)
+        except (InvalidInput, ConfigError, NotFound) as error:
             fail(str(error))
         except UnicodeError:
             # Bytes that are not UTF-8 in an argument (the shell passes them as lone surrogates).
@@ -101,13 +105,28 @@ def handled(func: F) -> F:
             # The database refused a value as data (PostgreSQL: a NUL character, a number beyond
             # its integers; SQLite: an integer beyond 64 bits): bad input, rolled back.
             fail("the input holds a value the ledger cannot store or compare: nothing was changed")
+        except (SQLAlchemyError, sqlite3.DatabaseError) as error:
+            # The ledger refused mid-command (a damaged or read-only file, a full disk, the server
+            # gone): the transaction in hand was rolled back whole.
+            problem = ledger_problem(error, _ledger_url())
+            if problem is None:
+                raise
+            fail(problem.message, problem.exit_code)
         except ConnectorError as error:
-            # The CRM refused (credentials, a module or field the install lacks: the admin's to
-            # fix, exit 2) or could not be reached now (try again later, exit 75).
-            fixable = error.rule.fault in (Fault.CONFIG, Fault.DATA)
-            fail(f"{error.rule.fault.value}: {error}", EXIT_BAD_INPUT if fixable else EXIT_TEMPORARY)
+            # The CRM refused the credentials (exit 77), refused something else the admin must
+            # fix (a module or field the install lacks, its TLS certificate: exit 2) or could not
+            # be reached now (try again later, exit 69): see exit_codes.py.
+            label = "credentials" if error.rule.credentials else error.rule.fault.value
+            fail(f"{label}: {error}", exit_codes.for_connector_error(error.rule))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _ledger_url() -> str:
+    try:
+        return current_config().ledger_url
+    except ConfigError:
+        return ""
 
 
 def current_config() -> Config:
@@ -585,6 +604,8 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
     """Export one person's record as JSON, CSV or XLSX."""
     from consentsync.export import write_export  # openpyxl is slow to import: only here
 
+    if not output.parent.is_dir():
+        raise InvalidInput(f"-o {output}: no folder {output.parent}: create it first, or write elsewhere")
     view = current_ledger().subject_view(_email(email))
     write_export(view, fmt, output)
     click.echo(f"wrote {output}")

@@ -32,8 +32,8 @@ from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.sync.locks import RunInProgress
 
-EXIT_HELD = 3  # the push guard held the run's pushes: review `consentsync plan`, then `apply`
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped cleanly (budget, rate limit); the next run resumes
+EXIT_HELD = exit_codes.HELD  # the push guard held the run's pushes: review `plan`, then `apply`
+EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the next run resumes
 
 
 @main.command()
@@ -117,9 +117,22 @@ def _finish(report: Any, as_json: bool) -> None:
         emit_json(_report_json(report))
     else:
         _print_report(report)
-    code = {"failed": 1, "stopped": EXIT_STOPPED, "held": EXIT_HELD}.get(report.status)
-    if code is not None:
+    code = run_exit_code(report)
+    if code:
         sys.exit(code)
+
+
+def run_exit_code(report: Any) -> int:
+    """A run's result as the exit code a scheduler acts on (exit_codes.py)."""
+    if report.status == "failed":
+        return report.exit_code or exit_codes.FAILED
+    if report.status == "stopped":
+        return exit_codes.STOPPED
+    if report.status == "held":
+        return exit_codes.HELD
+    if report.status == "succeeded" and report.counts.quarantined:
+        return exit_codes.QUARANTINED
+    return exit_codes.OK
 
 
 def _progress_line(report: Any) -> None:

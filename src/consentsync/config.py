@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
@@ -26,7 +26,7 @@ from consentsync.domain import (
 )
 from consentsync.reconcile import Policy
 from consentsync.sync.settings import ConnectorSettings
-from consentsync.yamlfile import LocatedError, describe, read_document, where
+from consentsync.yamlfile import Lines, LocatedError, describe, read_document, where
 
 CONFIG_ENV = "CONSENTSYNC_CONFIG"
 ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
@@ -146,6 +146,12 @@ class Config:
 
     path: Path
     settings: Settings
+    # The line of every value in the file, for errors found after loading (yamlfile.Lines).
+    lines: Lines = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, *loc: str | int) -> str:
+        """``path:N: field: `` for the value at ``loc`` (a message about it follows)."""
+        return where(self.path, self.lines, loc)
 
     @property
     def ledger_url(self) -> str:
@@ -192,9 +198,9 @@ class Config:
         settings = self.connector(name)
         index = self.settings.connectors.index(settings)
         try:
-            expanded = _expand_env(dict(settings.settings), ("connectors", index, "settings", "*"))
+            expanded = _expand_env(dict(settings.settings), ("connectors", index, "settings"), secrets=True)
         except LocatedError as error:
-            raise ConfigError(f"{self.path}: connectors[{index}] ({name}).settings: {error}") from None
+            raise ConfigError(where(self.path, self.lines, error.loc) + str(error)) from None
         return dict(expanded)
 
     def resolve_path(self, relative: str) -> Path:
@@ -242,7 +248,7 @@ def resolve_sqlite_url(url: str, base: Path) -> str:
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith("sqlite:////"):
         rest = url[len(prefix) :]
-        if rest and rest != ":memory:" and not Path(rest).is_absolute():
+        if rest and rest != ":memory:" and not rest.startswith("file:") and not Path(rest).is_absolute():
             return prefix + str((base / rest).resolve())
     return url
 
@@ -261,13 +267,19 @@ def load_config(path: Path) -> Config:
             f"{path}: config file not found (run 'consentsync init' to write a starter one, "
             f"or pass --config / set {CONFIG_ENV})"
         ) from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}): save the file as UTF-8"
+        ) from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     return parse_config(text, path)
 
 
 def parse_config(text: str, path: Path) -> Config:
-    raw, lines = read_document(text, path, error=ConfigError)
+    raw, lines = read_document(text, path, error=ConfigError, unique_keys=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: expected a mapping of settings at the top level")
     try:
@@ -278,18 +290,35 @@ def parse_config(text: str, path: Path) -> Config:
         settings = Settings.model_validate(expanded)
     except ValidationError as error:
         raise ConfigError(describe(error, path, lines, Settings)) from None
-    return Config(path=path, settings=settings)
+    _check_ledger_url(settings.ledger.url, path, lines)
+    return Config(path=path, settings=settings, lines=lines)
 
 
-def _expand_env(value: Any, loc: tuple[str | int, ...]) -> Any:
-    if len(loc) == 3 and loc[0] == "connectors" and loc[2] == "settings":
-        # A connector's secrets are read when that connector is opened (Config.connector_secrets):
+LEDGER_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def _check_ledger_url(url: str, path: Path, lines: Lines) -> None:
+    """The ledger URL's scheme is one consentsync serves (the URL itself is not echoed: it may
+    hold a password)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme.lower() not in LEDGER_SCHEMES:
+        shown = repr(scheme) if scheme else "none"
+        raise ConfigError(
+            where(path, lines, ("ledger", "url"))
+            + f"unknown URL scheme {shown}: accepted are sqlite:///PATH and "
+            "postgresql://USER@HOST:PORT/DATABASE"
+        )
+
+
+def _expand_env(value: Any, loc: tuple[str | int, ...], *, secrets: bool = False) -> Any:
+    if not secrets and len(loc) == 3 and loc[0] == "connectors" and loc[2] == "settings":
+        # A connector's secrets are read when that connector is opened (Config.connector_settings):
         # reading the audit log must not need every CRM's credentials in the environment.
         return value
     if isinstance(value, dict):
-        return {k: _expand_env(v, (*loc, k)) for k, v in value.items()}
+        return {k: _expand_env(v, (*loc, k), secrets=secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, (*loc, i)) for i, v in enumerate(value)]
+        return [_expand_env(v, (*loc, i), secrets=secrets) for i, v in enumerate(value)]
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:

@@ -8,7 +8,8 @@
 | 3 | HELD | the push guard held the run's pushes: review `consentsync plan`, then `apply` | alert an admin |
 | 4 | QUARANTINED | finished, with records quarantined (`consentsync quarantine list`) | warn |
 | 69 | UNAVAILABLE | the CRM or the ledger could not be reached now (EX_UNAVAILABLE) | retry later |
-| 75 | STOPPED | stopped cleanly (signal, API budget, rate limit) or another run holds the connector; the next run resumes (EX_TEMPFAIL) | retry at the next interval |
+| 75 | STOPPED | stopped cleanly (signal, API budget, rate limit) or another run holds the |
+|    |         | connector; the next run resumes (EX_TEMPFAIL) | retry at the next interval |
 | 77 | CREDENTIALS | the CRM refused the credentials (EX_NOPERM) | alert an admin |
 """
 
@@ -22,3 +23,19 @@ QUARANTINED = 4
 UNAVAILABLE = 69
 STOPPED = 75
 CREDENTIALS = 77
+
+
+def for_connector_error(rule: object) -> int:
+    """The code for a CRM's refusal or silence, by the rule that classified it
+    (``consentsync.sdk.errors.ErrorRule``): credentials refused 77, a stop to resume later 75
+    (budget, rate limit), the CRM unreachable now 69, anything an admin must fix 2."""
+    from consentsync.sdk.errors import Action, Fault
+
+    if getattr(rule, "credentials", False):
+        return CREDENTIALS
+    fault = getattr(rule, "fault", None)
+    if fault is Fault.LIMIT or getattr(rule, "action", None) is Action.RATE_LIMITED:
+        return STOPPED
+    if fault is Fault.TRANSIENT:
+        return UNAVAILABLE
+    return CONFIG

@@ -200,25 +200,33 @@ def describe(
     model: type[BaseModel],
     *,
     prefer_unknown_keys: bool = False,
+    at: Loc = (),
+    show_input: bool = True,
 ) -> str:
     """The first validation error, as a person fixing the file needs it. With
     ``prefer_unknown_keys`` an unknown key is reported before anything else: a misspelt key is
-    usually also the "missing" one, and the misspelling is what the person has to see."""
+    usually also the "missing" one, and the misspelling is what the person has to see.
+
+    ``at`` is where ``model``'s value sits in the document (a connector's ``settings``);
+    ``show_input=False`` never repeats the value that was refused (it may be a secret)."""
     errors = error.errors()
     first = errors[0]
     if prefer_unknown_keys:
         first = next((e for e in errors if e["type"] == "extra_forbidden"), first)
-    loc = tuple(part for part in first["loc"] if not _is_tag(part))
+    own = tuple(part for part in first["loc"] if not _is_tag(part))
+    loc = (*at, *own)
     kind = first["type"]
     ctx = first.get("ctx") or {}
     cause = ctx.get("error")
     if kind == "extra_forbidden":
         parent = loc[:-1]
-        allowed = ", ".join(allowed_keys(model, parent))
+        allowed = ", ".join(allowed_keys(model, own[:-1]))
         place = dotted(parent) or "the top level"
         return f"{line(path, lines, loc)}: unknown key {loc[-1]!r} in {place}: accepted are {allowed}"
-    if kind == "enum":
+    if kind == "enum" and show_input:
         return where(path, lines, loc) + f"got {first['input']!r}: accepted are {ctx.get('expected')}"
+    if kind in ("enum", "literal_error"):
+        return where(path, lines, loc) + f"accepted are {ctx.get('expected')}"
     if kind == "value_error" and isinstance(cause, LocatedError):
         return where(path, lines, cause.loc) + str(cause)
     if kind == "value_error" and isinstance(cause, Problem):
@@ -226,6 +234,8 @@ def describe(
         return where(path, lines, at, (*at, *cause.line_at)) + str(cause)
     if kind == "missing":
         return f"{line(path, lines, loc)}: missing required key {dotted(loc)!r}"
+    if not show_input:
+        return where(path, lines, loc) + str(first["msg"]).removeprefix("Value error, ")
     return where(path, lines, loc) + f"{first['msg']} (got {first.get('input')!r})"
 
 

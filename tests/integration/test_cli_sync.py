@@ -16,6 +16,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from consentsync import exit_codes
 from consentsync.cli import main
 from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
@@ -25,7 +26,7 @@ MAPPINGS = ROOT / "mappings" / "salesforce"
 OBJECTS = ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
 SEED = 5
 SECRET_ENV = "SF_TEST_SECRET"
-EXIT_STOPPED = 75
+EXIT_STOPPED = exit_codes.STOPPED
 
 
 @pytest.fixture
@@ -233,7 +234,8 @@ def test_a_record_that_does_not_translate_is_quarantined_and_the_rest_synced(
             "PrivacyConsentStatus": "OptIn",
         },
     )
-    report = _sync(cli)
+    # Finished, with records quarantined: exit 4 (exit_codes.QUARANTINED), for a scheduler to warn.
+    report = _sync(cli, code=exit_codes.QUARANTINED)
     assert report["status"] == "succeeded", report["error"]
     assert report["counts"]["quarantined"] >= 1
     assert report["counts"]["read"] == _org_total(sf)
@@ -365,9 +367,9 @@ def test_a_refused_login_fails_the_run_without_showing_the_secret(
     secret = f"wrong-{secrets.token_hex(12)}"
     monkeypatch.setenv(SECRET_ENV, secret)
     human = cli("sync", "sf")
-    assert human.exit_code == 1
+    assert human.exit_code == exit_codes.CREDENTIALS
     assert "login" in human.stdout and "invalid_client" in human.stdout
-    report = _sync(cli, code=1)
+    report = _sync(cli, code=exit_codes.CREDENTIALS)
     assert report["status"] == "failed" and "login" in report["error"]
     runs = cli("runs", "list", "--json")
     for output in (human.stdout, human.stderr, runs.stdout, json.dumps(report)):

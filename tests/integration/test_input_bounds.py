@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openpyxl import load_workbook
 
+from consentsync import exit_codes
 from consentsync.domain import (
     ACTOR_MAX,
     EMAIL_MAX,
@@ -434,7 +435,10 @@ def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
             CaptureSource="Web form, confirmed by jane.roe@example.net",
             PrivacyConsentStatus="OptOut",
         )
-        report = cli.json("sync", "sf")
+        result = cli("sync", "sf", "--json")
+        # Finished, with the out-of-bounds records quarantined: exit 4 (exit_codes.QUARANTINED).
+        assert result.exit_code == exit_codes.QUARANTINED, result.output
+        report = json.loads(result.stdout)
         assert report["status"] == "succeeded", report["error"]
 
     ledger = open_ledger(load_config(config_path))

@@ -242,8 +242,8 @@ class TestEnvironment:
     def test_expansion_is_not_recursive(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("OUTER", "${INNER}")
         monkeypatch.delenv("INNER", raising=False)
-        text = MINIMAL.replace("url: sqlite:///ledger.db", "url: ${OUTER}")
-        assert parse_config(text, CONFIG).settings.ledger.url == "${INNER}"
+        text = MINIMAL.replace("url: sqlite:///ledger.db", "url: sqlite:///${OUTER}")
+        assert parse_config(text, CONFIG).settings.ledger.url == "sqlite:///${INNER}"
 
     def test_text_without_references_is_untouched(self) -> None:
         text = MINIMAL.replace("name: Billing", "name: Billing $5 {x} $HOME")

@@ -10,7 +10,16 @@ from consentsync.sdk.connector import (
     WriteAction,
     WriteResult,
 )
-from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, ErrorRule, ErrorTable, Fault
+from consentsync.sdk.errors import (
+    Action,
+    BudgetExhausted,
+    ConnectorError,
+    ErrorRule,
+    ErrorTable,
+    Fault,
+    network_error,
+    register_secret,
+)
 from consentsync.sdk.retry import RetryPolicy, call
 
 __all__ = [
@@ -30,4 +39,6 @@ __all__ = [
     "WriteAction",
     "WriteResult",
     "call",
+    "network_error",
+    "register_secret",
 ]

@@ -11,7 +11,10 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from consentsync.domain import as_utc
+from consentsync.sdk.errors import register_secrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +165,9 @@ class Connector(ABC):
     reports_merges: ClassVar[bool] = False
     # True where ``write_batches`` carries out ``WriteAction.DELETE`` (the ``delete`` erasure action).
     can_delete: ClassVar[bool] = False
+    # The pydantic model of the connector's ``settings:`` block: a typo is then reported with
+    # the config file's line and the accepted keys, never with the value (it may be a secret).
+    settings_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         cls = type(self)
@@ -169,6 +175,8 @@ class Connector(ABC):
             raise TypeError(f"{cls.__name__} implements neither write_batches nor write")
         self.name = name
         self.settings = settings
+        # Every secret in the settings is redacted, whole or in part, from errors and logs.
+        register_secrets(settings)
         self.usage = ApiUsage()
         # How many records the read in progress will yield, where the CRM says (progress bars).
         self.expected_records: int | None = None

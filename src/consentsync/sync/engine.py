@@ -29,12 +29,13 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from consentsync import audit
+from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, note_written, upsert_rows
 from consentsync.ledger.engine import analyse_grown
 from consentsync.ledger.identity import CrmLink, Identity
+from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     crm_links,
     crm_snapshots,
@@ -153,6 +154,9 @@ class RunReport:
     # Wall seconds per stage: waiting for the CRM's pages (read), committing them (pages),
     # deciding the pushes (examine), pushing (push). Logged with the run's end.
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    # Why a failed run failed, as the exit code of `consentsync sync` (exit_codes.py): the
+    # credentials (77), the CRM or the ledger out of reach (69), the config (2); None: 1.
+    exit_code: int | None = None
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -310,17 +314,26 @@ class SyncEngine:
         except (BudgetExhausted, ConnectorError) as error:
             stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
             report.status = "stopped" if stops else "failed"
-            report.error = f"{error.rule.fault.value}: {error}"
+            label = "credentials" if error.rule.credentials else error.rule.fault.value
+            report.error = f"{label}: {error}"
+            report.exit_code = exit_codes.for_connector_error(error.rule)
             bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
         except InvalidInput as error:
             report.status = "failed"
             report.error = f"config: {error}"
+            report.exit_code = exit_codes.CONFIG
             bound.error("sync.failed", error=str(error))
         except SQLAlchemyError as error:
             # The ledger went away mid-run: the page in hand was rolled back whole; the cursor
             # stays at the last committed page, where the next run resumes.
             report.status = "failed"
-            report.error = f"ledger: {type(error).__name__}: {getattr(error, 'orig', error)}"
+            problem = ledger_problem(error, self.ledger.engine.url.render_as_string())
+            report.error = (
+                f"ledger: {problem.message}"
+                if problem
+                else f"ledger: {type(error).__name__}: {getattr(error, 'orig', error)}"
+            )
+            report.exit_code = problem.exit_code if problem else None
             bound.error("sync.failed", error=report.error)
         except Exception as error:
             # Unexpected: the run is recorded as failed (never left "running"), the traceback

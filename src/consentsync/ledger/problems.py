@@ -1,0 +1,113 @@
+"""A ledger the database refuses, said in one line an admin can act on: which file (or server),
+what is wrong with it, and what to do; with the exit code a scheduler acts on (exit_codes.py).
+
+SQLite names its troubles in its messages (a file that is not a database, a damaged or truncated
+one, a read-only file, a full disk); PostgreSQL's server going away is an ``OperationalError``
+whose connection is gone. Neither is shown as a traceback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from consentsync import exit_codes
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    message: str
+    exit_code: int
+
+
+# SQLite's message (lower case) -> what it means for the file, what to do, the exit code.
+_SQLITE = (
+    (
+        "file is not a database",
+        "is not a SQLite database (damaged, truncated or another file)",
+        "restore it from a backup, or point ledger.url at the right file",
+        exit_codes.CONFIG,
+    ),
+    (
+        "malformed",
+        "is damaged (the database image is malformed, e.g. truncated)",
+        "restore it from a backup",
+        exit_codes.CONFIG,
+    ),
+    (
+        "readonly database",
+        "is read-only",
+        "make the file and its folder writable by this user (SQLite writes a -wal file beside it)",
+        exit_codes.CONFIG,
+    ),
+    (
+        "disk is full",
+        "cannot grow: the disk (or the database's size limit) is full",
+        "free space on its disk, then run again; nothing was half-written",
+        exit_codes.UNAVAILABLE,
+    ),
+    (
+        "disk i/o error",
+        "could not be read or written (disk I/O error)",
+        "check the disk, then restore the file from a backup if it is damaged",
+        exit_codes.UNAVAILABLE,
+    ),
+    (
+        "unable to open database file",
+        "cannot be opened",
+        "check that its folder exists and is writable by this user",
+        exit_codes.CONFIG,
+    ),
+)
+
+
+def _orig(error: BaseException) -> BaseException:
+    return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+
+
+def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
+    """The one-line explanation of ``error`` raised by the ledger at ``url``, or None where the
+    error is not the database's (a bug, bad input: the caller's to handle)."""
+    cause = _orig(error)
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    try:
+        parsed = make_url(url)
+    except Exception:  # an unparseable URL is reported before any query runs
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite":
+        lowered = text.lower()
+        for needle, what, todo, code in _SQLITE:
+            if needle in lowered:
+                return LedgerProblem(f"the ledger file {_file(parsed.database)} {what}: {todo}", code)
+        if isinstance(cause, sqlite3.DatabaseError):
+            return LedgerProblem(
+                f"the ledger file {_file(parsed.database)} was refused by SQLite ({text}): "
+                "restore it from a backup if it is damaged",
+                exit_codes.FAILED,
+            )
+        return None
+    if isinstance(error, SQLAlchemyError) and _connection_gone(error):
+        server = (
+            f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database}" if parsed else "server"
+        )
+        return LedgerProblem(
+            f"the ledger database at {server} cannot be reached now ({text}): retry when it is back",
+            exit_codes.UNAVAILABLE,
+        )
+    return None
+
+
+def _file(database: str | None) -> str:
+    """The file of a SQLite URL's database (``file:PATH?mode=ro`` URIs included)."""
+    return (database or "").removeprefix("file:").split("?", 1)[0] or "(in memory)"
+
+
+def _connection_gone(error: SQLAlchemyError) -> bool:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (OperationalError, InterfaceError))

@@ -1,0 +1,310 @@
+"""Errors an admin can act on (issue 15): each bad config, damaged ledger or refused command ends
+in one line `consentsync: error: ...` naming the file, line or field and what to do, with the exit
+code of exit_codes.py, no traceback, and nothing changed."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from consentsync_salesforce.testing import MAPPINGS as SALESFORCE_MAPPINGS
+from sqlalchemy import event
+
+from consentsync import exit_codes
+from consentsync.cli import main
+from consentsync.config import write_starter
+from consentsync.sdk.errors import Action, ErrorRule, Fault, network_error
+
+EMAIL = "ana@example.test"
+
+
+def run(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--config", str(config), *args])
+
+
+def one_line_error(result: Result, code: int, *needles: str) -> str:
+    """The result is exit ``code`` with one `consentsync: error:` line holding every needle."""
+    assert result.exit_code == code, f"{result.exit_code}: {result.output}{result.stderr}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("consentsync: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "consentsync.yaml"
+    write_starter(path, f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert run(path, "init").exit_code == 0
+    return path
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(
+        n for n, line in enumerate(path.read_text().splitlines(), 1) if line.lstrip().startswith(text)
+    )
+
+
+# -- the config file ------------------------------------------------------------------------------
+
+
+def test_a_duplicate_key_names_both_lines(config: Path) -> None:
+    first = line_of(config, "channels:")
+    config.write_text(config.read_text() + "channels: [email]\n")
+    second = len(config.read_text().splitlines())
+    one_line_error(
+        run(config, "status"),
+        exit_codes.CONFIG,
+        f"{config}:{second}: duplicate key 'channels'",
+        f"first written at line {first}",
+    )
+
+
+def test_a_second_connectors_block_does_not_replace_the_first(config: Path) -> None:
+    data = config.read_text()
+    block = "connectors:\n  - name: {0}\n    vendor: salesforce\n    mappings: []\n    settings: {{}}\n"
+    config.write_text(data + block.format("first") + block.format("second"))
+    one_line_error(run(config, "status"), exit_codes.CONFIG, "duplicate key 'connectors'")
+
+
+def test_a_config_that_is_not_utf8_names_its_line(config: Path) -> None:
+    lines = config.read_bytes().splitlines(keepends=True)
+    lines.insert(3, "# Zoë's notes\n".encode("latin-1"))
+    config.write_bytes(b"".join(lines))
+    one_line_error(
+        run(config, "status"), exit_codes.CONFIG, f"{config}:4: not UTF-8", "save the file as UTF-8"
+    )
+
+
+def test_an_unknown_ledger_url_scheme(config: Path) -> None:
+    config.write_text(config.read_text().replace("url: sqlite:///", "url: mysql://app:pw@db/x#", 1))
+    message = one_line_error(
+        run(config, "status"), exit_codes.CONFIG, f"{config}:{line_of(config, 'url: mysql')}: ledger.url"
+    )
+    assert "unknown URL scheme 'mysql'" in message and "postgresql://" in message
+    assert "pw" not in message  # the URL (and its password) is not repeated
+
+
+def test_a_postgres_ledger_without_its_driver_names_the_extra(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.write_text(
+        config.read_text().replace("url: sqlite:///", "url: postgresql://app@127.0.0.1:1/x#", 1)
+    )
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `pip install consentsync` alone
+    one_line_error(
+        run(config, "status"),
+        exit_codes.CONFIG,
+        "ledger.url",
+        "pip install 'consentsync[postgres]'",
+    )
+
+
+# -- command-line input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("objection", "decide", str(2**63), "--uphold", "--by", "ops", "--reason", "r"),
+        ("objection", "decide", str(2**64 + 5), "--reject", "--by", "ops", "--reason", "r"),
+        ("outbox", "retry", str(2**63)),
+        ("outbox", "retry", "1", str(2**70)),
+    ],
+)
+def test_ids_beyond_64_bits_are_one_line_errors(config: Path, args: tuple[str, ...]) -> None:
+    one_line_error(run(config, *args), exit_codes.CONFIG)
+
+
+def test_an_export_into_a_missing_folder(config: Path, tmp_path: Path) -> None:
+    assert _record(config).exit_code == 0
+    target = tmp_path / "no" / "such" / "folder" / "out.json"
+    one_line_error(
+        run(config, "subject", "export", EMAIL, "--format", "json", "-o", str(target)),
+        exit_codes.CONFIG,
+        str(target.parent),
+    )
+    assert not target.parent.exists()
+
+
+# -- damaged ledgers ------------------------------------------------------------------------------
+
+
+def _ledger(config: Path) -> Path:
+    """The ledger file, with every connection of the commands run so far in this process closed
+    (a pooled connection left open would write its pages back over the damage done below)."""
+    gc.collect()
+    return config.parent / "ledger.db"
+
+
+def _record(config: Path, email: str = EMAIL) -> Result:
+    args = "ledger record --purpose email_marketing --status granted --source web_form --email"
+    return run(config, *args.split(), email)
+
+
+def test_a_file_that_is_not_a_database(config: Path) -> None:
+    _with_connector(config, SF_SETTINGS)  # for `consentsync run`
+    ledger = _ledger(config)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+    ledger.write_bytes(os.urandom(6000))
+    for args in (("status",), ("audit", "verify"), ("subject", "show", EMAIL), ("run", "--no-metrics")):
+        one_line_error(run(config, *args), exit_codes.CONFIG, str(ledger), "not a SQLite database", "backup")
+
+
+def test_a_truncated_ledger(config: Path) -> None:
+    for n in range(30):
+        assert _record(config, f"p{n}@example.test").exit_code == 0
+    ledger = _ledger(config)
+    with sqlite3.connect(ledger) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = ledger.stat().st_size
+    with ledger.open("r+b") as handle:
+        handle.truncate(size // 2)
+    for args in (("subject", "show", "p29@example.test"), ("audit", "verify"), ("runs", "list")):
+        message = one_line_error(run(config, *args), exit_codes.CONFIG, str(ledger), "backup")
+        assert "damaged" in message or "not a SQLite database" in message
+
+
+def test_a_read_only_ledger_changes_nothing(config: Path) -> None:
+    assert _record(config).exit_code == 0
+    ledger = _ledger(config)
+    with sqlite3.connect(ledger) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = ledger.read_bytes()
+    # As root a 0444 file is still writable: SQLite's read-only open gives the same refusal.
+    url = f"sqlite:///file:{ledger}?mode=ro&uri=true"
+    config.write_text(config.read_text().replace(f"sqlite:///{ledger}", url))
+    one_line_error(
+        _record(config, "new@example.test"), exit_codes.CONFIG, str(ledger), "read-only", "writable"
+    )
+    assert ledger.read_bytes() == before
+
+
+def test_a_full_disk_leaves_no_half_written_page(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _record(config).exit_code == 0
+    ledger = _ledger(config)
+    from consentsync.ledger import engine as engine_module
+
+    made = engine_module.make_engine
+
+    def full(url: str, **kwargs: Any) -> Any:
+        engine = made(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _no_room(dbapi_connection: Any, _record: Any) -> None:
+            pages = dbapi_connection.execute("PRAGMA page_count").fetchone()[0]
+            dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+        return engine
+
+    monkeypatch.setattr("consentsync.app.make_engine", full)
+    counts_before = _counts(ledger)
+    failed = None
+    for n in range(200):  # until a page more is needed
+        result = _record(config, f"{'x' * 60}{n}@example.test")
+        if result.exit_code != 0:
+            failed = result
+            break
+    assert failed is not None, "the ledger never ran out of room"
+    one_line_error(failed, exit_codes.UNAVAILABLE, str(ledger), "full", "free space")
+    monkeypatch.undo()
+    # The refused event left nothing behind: every event has its audit entry, the chain verifies.
+    events, entries = _counts(ledger)
+    assert events - counts_before[0] == entries - counts_before[1] == n
+    assert run(config, "audit", "verify").exit_code == 0
+
+
+def _counts(ledger: Path) -> tuple[int, int]:
+    with sqlite3.connect(ledger) as conn:
+        events = conn.execute("SELECT count(*) FROM consent_events").fetchone()[0]
+        entries = conn.execute("SELECT count(*) FROM audit_entries").fetchone()[0]
+    return events, entries
+
+
+def test_an_unreachable_postgres_ledger_is_transient(config: Path) -> None:
+    config.write_text(
+        config.read_text().replace(f"sqlite:///{_ledger(config)}", "postgresql://app@127.0.0.1:1/x")
+    )
+    one_line_error(run(config, "status"), exit_codes.UNAVAILABLE, "127.0.0.1:1/x", "cannot be reached")
+
+
+# -- connectors -----------------------------------------------------------------------------------
+
+
+def _with_connector(config: Path, settings: dict[str, Any]) -> None:
+    data = yaml.safe_load(config.read_text())
+    mapping = str(SALESFORCE_MAPPINGS / "contact.yaml")
+    data["connectors"] = [{"name": "sf", "vendor": "salesforce", "mappings": [mapping], "settings": settings}]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+SF_SETTINGS = {
+    "login_url": "https://127.0.0.1:1",
+    "auth": "client_credentials",
+    "client_id": "cid",
+    "client_secret": "${SF_ADMIN_TEST_SECRET}",
+}
+
+
+def test_a_settings_typo_names_the_line_and_the_accepted_keys(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SF_ADMIN_TEST_SECRET", "not-shown-anywhere-0123")
+    _with_connector(config, {**SF_SETTINGS, "client_secrte": "also-not-shown-4567"})
+    message = one_line_error(
+        run(config, "sync", "sf"),
+        exit_codes.CONFIG,
+        f"{config}:{line_of(config, 'client_secrte')}: unknown key 'client_secrte'",
+        "connectors[0].settings",
+        "accepted are ",
+        "client_secret",
+    )
+    assert "not-shown" not in message and "also-not-shown" not in message
+
+
+def test_a_missing_environment_variable_names_the_line(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SF_ADMIN_TEST_SECRET", raising=False)
+    _with_connector(config, SF_SETTINGS)
+    one_line_error(
+        run(config, "sync", "sf"),
+        exit_codes.CONFIG,
+        f"{config}:{line_of(config, 'client_secret:')}: connectors[0].settings.client_secret",
+        "environment variable SF_ADMIN_TEST_SECRET is not set",
+    )
+
+
+def test_an_unreachable_crm_is_transient_and_says_so(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SF_ADMIN_TEST_SECRET", "s3cret-value-for-this-test")
+    _with_connector(config, {**SF_SETTINGS, "max_attempts": 1, "timeout": 2})
+    result = run(config, "sync", "sf")
+    assert result.exit_code == exit_codes.UNAVAILABLE, result.output
+    assert "host unreachable: cannot connect to 127.0.0.1:1" in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_network_errors_say_which_they_are() -> None:
+    import requests
+
+    tls = network_error(
+        "describe Contact", requests.exceptions.SSLError("certificate verify failed"), "crm:443"
+    )
+    assert "TLS refused" in str(tls) and "ca_bundle" in str(tls)
+    assert exit_codes.for_connector_error(tls.rule) == exit_codes.CONFIG and tls.action is Action.FAIL
+    down = network_error("describe Contact", requests.exceptions.ConnectionError("refused"), "crm:443")
+    assert "host unreachable" in str(down) and down.action is Action.RETRY
+    assert exit_codes.for_connector_error(down.rule) == exit_codes.UNAVAILABLE
+    refused = ErrorRule(Action.FAIL, Fault.CONFIG, "credentials refused", 401, credentials=True)
+    assert exit_codes.for_connector_error(refused) == exit_codes.CREDENTIALS
+    limit = ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "budget")
+    assert exit_codes.for_connector_error(limit) == exit_codes.STOPPED
