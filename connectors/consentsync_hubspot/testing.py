@@ -129,9 +129,16 @@ class HubSpotHarness:
         shutil.rmtree(self._directory, ignore_errors=True)
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
+        # A sandbox served on its own (`consentsync sandbox hubspot`) keeps its token in no file.
+        token_file = self.sandbox.token_file
+        token = (
+            {"access_token_file": str(token_file)}
+            if token_file
+            else {"access_token": self.sandbox.credentials.access_token}
+        )
         return {
             "api_url": self.sandbox.api_url,
-            "access_token_file": str(self.token_file),
+            **token,
             "ca_bundle": str(self.sandbox.ca_cert_path),
             "page_size": self.page_size,
             "search_requests_per_second": 20,

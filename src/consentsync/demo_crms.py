@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -31,11 +30,10 @@ from consentsync.config import load_config, write_starter
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
+from consentsync.sandbox.serving import secrets_to_env
 from consentsync.sdk.harness import available_harnesses
 
 PERSON = "pat.doe@example.org"
-# Settings whose values are credentials: the demo's config names them as ${ENV} variables.
-_SECRET_KEY = re.compile(r"(?i)(secret|token|password|access_?key|api_?key)")
 
 
 def run_crms_demo(
@@ -175,14 +173,8 @@ def _write_config(work: Path, harnesses: dict[str, Any]) -> Path:
 
 def _secrets_to_env(vendor: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Credentials go to the environment; the config file names them, as it would in production."""
-    written: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, str) and _SECRET_KEY.search(key):
-            variable = f"CONSENTSYNC_DEMO_{vendor}_{key}".upper()
-            os.environ[variable] = value
-            written[key] = "${" + variable + "}"
-        else:
-            written[key] = value
+    written, env = secrets_to_env(settings, f"CONSENTSYNC_DEMO_{vendor}")
+    os.environ.update(env)
     return written
 
 

@@ -72,6 +72,7 @@ from consentsync.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
+from consentsync.sandbox.serving import serve
 from consentsync.sandbox.tls import SandboxTLS
 
 __all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DynamicsSandbox", "normalize_guid", "serve_forever"]
@@ -1072,29 +1073,16 @@ def serve_forever(
     made = environment.seed(records, seed=seed)
     sandbox = DynamicsSandbox(environment, host=host, port=port).start()
     c = sandbox.credentials
-    print(
-        "\n".join(
-            [
-                "Dynamics 365 / Dataverse sandbox is running (Ctrl-C to stop)",
-                f"  environment URL {sandbox.environment_url}   (Web API {sandbox.api_url()})",
-                f"  token URL       {sandbox.token_url}",
-                f"  scope           {sandbox.environment_url}/.default",
-                f"  CA certificate  {sandbox.ca_cert_path}",
-                f"  CA bundle       {sandbox.ca_bundle_path}   (sandbox CA + system roots)",
-                f"  tenant_id       {c.tenant_id}",
-                f"  client_id       {c.client_id}",
-                f"  client_secret   {c.client_secret}",
-                f"  seeded          {len(made['contacts'])} contacts, "
-                f"{len(made['consents'])} consents (seed {seed})",
-            ]
-        ),
-        flush=True,
-    )
-    if on_ready is not None:
-        on_ready(sandbox)
-    try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.close()
+    lines = [
+        "Dynamics 365 / Dataverse sandbox is running (Ctrl-C to stop)",
+        f"  environment URL {sandbox.environment_url}   (Web API {sandbox.api_url()})",
+        f"  token URL       {sandbox.token_url}",
+        f"  scope           {sandbox.environment_url}/.default",
+        f"  CA certificate  {sandbox.ca_cert_path}",
+        f"  CA bundle       {sandbox.ca_bundle_path}   (sandbox CA + system roots)",
+        f"  tenant_id       {c.tenant_id}",
+        f"  client_id       {c.client_id}",
+        f"  client_secret   {c.client_secret}",
+        f"  seeded          {len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
+    ]
+    serve("dynamics", sandbox, lines, stop=stop, on_ready=on_ready)

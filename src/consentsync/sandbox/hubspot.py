@@ -87,6 +87,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
+from consentsync.sandbox.serving import serve
 from consentsync.sandbox.tls import SandboxTLS
 
 __all__ = [
@@ -1398,17 +1399,9 @@ def serve_forever(
         "HubSpot sandbox is running (Ctrl-C to stop)",
         f"  API URL        {sandbox.api_url}",
         f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
         f"  access token   {sandbox.credentials.access_token}   (private app; all scopes)",
         f"  subscriptions  {', '.join(f'{k} {v[0]}' for k, v in portal.definitions.items())}",
         f"  seeded         {portal.count()} contacts (seed {seed})",
     ]
-    print("\n".join(lines), flush=True)
-    if on_ready is not None:
-        on_ready(sandbox)
-    try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.close()
+    serve("hubspot", sandbox, lines, stop=stop, on_ready=on_ready)

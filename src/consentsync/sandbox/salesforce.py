@@ -89,6 +89,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
 )
 from consentsync.sandbox.server import json_response as _json_response
+from consentsync.sandbox.serving import serve
 from consentsync.sandbox.soql import SoqlError, bind, no_such_column, parse
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
 
@@ -1217,7 +1218,7 @@ def serve_forever(
         f"  token URL      {sandbox.token_url}",
         f"  API versions   {SUPPORTED_VERSIONS[0][1]}+ (e.g. {sandbox.data_url()})",
         f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
         f"  client_id      {c.client_id}",
         f"  client_secret  {c.client_secret}",
         f"  username       {c.username}",
@@ -1226,13 +1227,4 @@ def serve_forever(
         f"  seeded         {len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
         f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents (seed {seed})",
     ]
-    print("\n".join(lines), flush=True)
-    if on_ready is not None:
-        on_ready(sandbox)
-    try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.close()
-        tls.cleanup()
+    serve("salesforce", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)

@@ -68,6 +68,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
+from consentsync.sandbox.serving import serve
 from consentsync.sandbox.superoffice_archive import ArchiveQuery, run_query
 from consentsync.sandbox.superoffice_tenant import ConsentRow, SuperOfficeTenant, TenantError
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
@@ -484,7 +485,7 @@ def serve_forever(
         f"  tenant URL     {sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
         f"  token URL      {sandbox.token_url}",
         f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
         f"  client_id      {c.client_id}",
         f"  client_secret  {c.client_secret}",
         f"  refresh_token  {c.refresh_token}",
@@ -492,13 +493,4 @@ def serve_forever(
         f"  seeded         {summary['persons']} persons, {summary['emarketing']} e-marketing consents "
         f"({summary['withdrawn']} withdrawn), seed {seed}",
     ]
-    print("\n".join(lines), flush=True)
-    if on_ready is not None:
-        on_ready(sandbox)
-    try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.close()
-        tls.cleanup()
+    serve("superoffice", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)

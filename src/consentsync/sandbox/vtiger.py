@@ -86,6 +86,7 @@ from zoneinfo import ZoneInfo
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.org import _FIRST_NAMES, _LAST_NAMES, _make_email
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
+from consentsync.sandbox.serving import serve
 from consentsync.sandbox.tls import SandboxTLS
 from consentsync.sandbox.vtql import Query, VtqlError, parse, select
 
@@ -1096,19 +1097,11 @@ def serve_forever(
         "Vtiger sandbox is running (Ctrl-C to stop)",
         f"  url            {sandbox.url}   (API: {sandbox.webservice_url})",
         f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots: REQUESTS_CA_BUNDLE)",
+        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
         f"  username       {c.username}",
         f"  access key     {c.access_key}",
         f"  seeded         {len(made['contacts'])} contacts, {len(made['leads'])} leads, "
         f"{len(made['accounts'])} organisations, {len(made['consents'])} Privacy Guard consents "
         f"(seed {seed})",
     ]
-    print("\n".join(lines), flush=True)
-    if on_ready is not None:
-        on_ready(sandbox)
-    try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.close()
+    serve("vtiger", sandbox, lines, stop=stop, on_ready=on_ready)

@@ -1,0 +1,103 @@
+"""What every ``consentsync sandbox VENDOR`` does once its sandbox is up: print what it serves and
+the ``connectors:`` block to paste into consentsync.yaml (with the ``export`` lines of its
+secrets), then serve until interrupted.
+
+The block's settings come from the connector's own test harness (``connector_settings()``, found
+through the ``consentsync.harnesses`` entry points), pointed at the running sandbox: the core
+names no vendor's settings. Only the settings that say where and who (URLs, ids, secrets, the CA
+file) are kept; the harness's test tunings (short timeouts, few attempts) are left to defaults.
+"""
+
+from __future__ import annotations
+
+import shlex
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import yaml
+
+from consentsync.sdk.errors import is_secret_key
+
+
+def secrets_to_env(settings: Mapping[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``settings`` with every secret replaced by a ``${PREFIX_KEY}`` reference, and the values
+    of those variables: the config file names the secrets, the environment holds them."""
+    written: dict[str, Any] = {}
+    env: dict[str, str] = {}
+    for key, value in settings.items():
+        if isinstance(value, str) and is_secret_key(key):
+            variable = f"{prefix}_{key}".upper().replace("-", "_")
+            env[variable] = value
+            written[key] = "${" + variable + "}"
+        else:
+            written[key] = value
+    return written, env
+
+
+def connectors_block(
+    vendor: str, sandbox: Any, *, name: str | None = None
+) -> tuple[str, dict[str, str]] | None:
+    """The ``connectors:`` YAML block that syncs with the running ``sandbox`` and the environment
+    variables its secrets are read from; None when no harness of ``vendor`` is installed."""
+    from consentsync.sdk.harness import available_harnesses
+
+    entry = available_harnesses().get(vendor)
+    if entry is None:
+        return None
+    harness = entry.load()()
+    own = harness.sandbox
+    harness.sandbox = sandbox
+    try:
+        settings = harness.connector_settings()
+        mappings = [str(path) for path in harness.mapping_files]
+    finally:
+        harness.sandbox = own
+        harness.stop()  # the harness's own sandbox was never started: this frees its files
+    where = {key: value for key, value in settings.items() if isinstance(value, str)}
+    written, env = secrets_to_env(where, vendor)
+    connector = {
+        "name": name or f"{vendor}-sandbox",
+        "vendor": vendor,
+        "mappings": mappings,
+        "settings": written,
+    }
+    return yaml.safe_dump({"connectors": [connector]}, sort_keys=False, allow_unicode=True), env
+
+
+def paste_lines(vendor: str, sandbox: Any) -> list[str]:
+    """The lines that tell an admin how to sync with ``sandbox``: the block and the exports."""
+    made = connectors_block(vendor, sandbox)
+    if made is None:
+        return [f"(install the consentsync {vendor} connector for a connectors: block to paste)"]
+    block, env = made
+    lines = ["", "Paste into consentsync.yaml (the CA file is the sandbox's own: ca_bundle trusts it):", ""]
+    lines += block.rstrip("\n").splitlines()
+    if env:
+        lines += ["", "and in the shell that runs consentsync (the sandbox's throw-away credentials):", ""]
+        lines += [f"export {variable}={shlex.quote(value)}" for variable, value in env.items()]
+    return lines
+
+
+def serve(
+    vendor: str,
+    sandbox: Any,
+    lines: Iterable[str],
+    *,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+    cleanup: Callable[[], None] | None = None,
+) -> None:
+    """Prints ``lines`` (what the sandbox serves) and the block to paste, then serves until
+    interrupted (or until ``stop`` is set); ``on_ready`` is called with the running sandbox."""
+    print("\n".join([*lines, *paste_lines(vendor, sandbox)]), flush=True)
+    if on_ready is not None:
+        on_ready(sandbox)
+    try:
+        (stop or threading.Event()).wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.close()
+        if cleanup is not None:
+            cleanup()

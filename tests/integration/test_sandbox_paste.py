@@ -1,0 +1,92 @@
+"""`consentsync sandbox VENDOR` prints the `connectors:` block to paste into consentsync.yaml and the
+`export` lines of its secrets: pasted as printed, `consentsync sync` works against the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from consentsync.config import write_starter
+
+CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
+
+
+def _printed(process: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    """What the sandbox printed up to its export lines (or its exit)."""
+    assert process.stdout is not None
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.extend(iter(process.stdout.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(line.startswith("export ") for line in out):
+            time.sleep(0.1)  # the block is printed in one write: the rest is here too
+            break
+        time.sleep(0.05)
+    return "".join(out)
+
+
+def _block_and_exports(text: str) -> tuple[dict, dict[str, str]]:
+    lines = text.splitlines()
+    start = lines.index("connectors:")
+    end = lines.index("", start)
+    block = yaml.safe_load("\n".join(lines[start:end]))
+    exports = {}
+    for line in lines:
+        if line.startswith("export "):
+            name, _, value = shlex.split(line[len("export ") :])[0].partition("=")
+            exports[name] = value
+    return block, exports
+
+
+@pytest.mark.parametrize("vendor", ["salesforce", "hubspot"])
+def test_the_printed_block_and_exports_sync_with_the_sandbox(vendor: str, tmp_path: Path) -> None:
+    sandbox = subprocess.Popen(
+        [CONSENTSYNC, "sandbox", vendor, "--port", "0", "--seed", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        text = _printed(sandbox)
+        assert "REQUESTS_CA_BUNDLE" not in text  # the connectors ignore it: no hint about it
+        block, exports = _block_and_exports(text)
+        (connector,) = block["connectors"]
+        settings = connector["settings"]
+        assert Path(settings["ca_bundle"]).is_file()  # the CA file the sandbox wrote
+        # Every secret is a ${VAR} reference whose value is in the printed exports, never inline.
+        refs = {v[2:-1] for v in settings.values() if isinstance(v, str) and v.startswith("${")}
+        assert refs and refs == set(exports)
+        assert not any(value in yaml.safe_dump(block) for value in exports.values())
+
+        config = tmp_path / "consentsync.yaml"
+        write_starter(config, f"sqlite:///{tmp_path / 'ledger.db'}")
+        data = yaml.safe_load(config.read_text())
+        data["connectors"] = block["connectors"]
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        env = {**os.environ, "CONSENTSYNC_CONFIG": str(config)}
+        assert subprocess.run([CONSENTSYNC, "init"], env=env, capture_output=True).returncode == 0
+
+        run = subprocess.run(
+            [CONSENTSYNC, "sync", connector["name"], "--json"],
+            env={**env, **exports},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert report["status"] == "succeeded"
+        assert report["counts"]["read"] >= 30
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
