@@ -52,7 +52,7 @@ def main() -> None:
             {
                 "name": "so",
                 "vendor": "superoffice",
-                "mappings": [str(ROOT / "mappings" / "superoffice" / "person.yaml")],
+                "mappings": [str(ROOT / "connectors/consentsync_superoffice/mappings/person.yaml")],
                 "settings": {
                     "base_url": so.tenant_url,
                     "client_id": c.client_id,

@@ -14,7 +14,7 @@ from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "dynamics"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("batch", "update")
 TIMEOUT = 2.0
 #: The tables the adoption contract looks at: contact (what the mapping reads and writes) and the

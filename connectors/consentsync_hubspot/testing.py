@@ -15,7 +15,7 @@ from consentsync.sandbox.hubspot import WRITE_KINDS, HubSpotPortal, HubSpotSandb
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "hubspot"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 TIMEOUT = 2.0
 MARKETING = "1001"
 #: Properties every change moves (store_state leaves them out).

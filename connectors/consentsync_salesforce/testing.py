@@ -15,7 +15,7 @@ from consentsync.sandbox.org import render_value
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "salesforce"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("composite", "sobject_patch", "bulk_upload")
 TIMEOUT = 2.0
 #: The objects of the org the adoption contract looks at: Contact (what the mapping reads and

@@ -21,7 +21,7 @@ from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "superoffice"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
 TIMEOUT = 2.0
 

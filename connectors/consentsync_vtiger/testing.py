@@ -18,7 +18,7 @@ from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings" / "vtiger"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("revise", "update", "create", "delete")
 TIMEOUT = 2.0  # under a loaded machine a 1 s answer is no fault
 # An install set up in California: modifiedtime is served in Pacific time.

@@ -293,7 +293,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
 
 @main.group()
 def mapping() -> None:
-    """Check CRM field mappings."""
+    """Check CRM field mappings, and copy out the shipped examples."""
 
 
 @mapping.command("check")
@@ -338,6 +338,26 @@ def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool)
                 click.echo(f"  - {problem}")
     if any(not r["ok"] for r in results):
         fail("; ".join(p for r in results for p in r["problems"]))
+
+
+@mapping.command("examples")
+@click.argument("vendor", required=False)
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Folder to copy them into."
+)
+@click.option("--force", is_flag=True, help="Overwrite files that are there already.")
+def mapping_examples(vendor: str | None, out: Path, force: bool) -> None:
+    """Copy the example mappings of VENDOR (default: every installed connector's) into OUT, as
+    OUT/<vendor>/<object>.yaml beside OUT/schema.json, to adapt and name in consentsync.yaml."""
+    from consentsync import exit_codes
+    from consentsync.mapping_examples import copy_examples
+
+    try:
+        written = copy_examples(vendor, out, force=force)
+    except InvalidInput as error:
+        fail(str(error), exit_codes.CONFIG)
+    for path in written:
+        click.echo(str(path))
 
 
 @main.group()
@@ -460,6 +480,7 @@ def demo(records: int, workdir: Path | None, crms: str | None) -> None:
     (with --crms: one person across several CRMs' sandboxes)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
+        workdir = workdir.resolve()  # a relative --dir: the config's paths are relative to itself
     if crms:
         from consentsync.demo_crms import run_crms_demo
 
@@ -699,12 +720,13 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
 
 @main.command("run")
 @config_option
-@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="CONSENTSYNC_METRICS_HOST")
 @click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=9181,
     show_default=True,
+    envvar="CONSENTSYNC_METRICS_PORT",
     help="/metrics, /healthz and /readyz (0 picks a free port).",
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and the health checks.")
@@ -716,10 +738,11 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
     envvar="CONSENTSYNC_UNREADY_AFTER",
     help="/readyz is not ready while a connector's last this many runs all failed.",
 )
-@click.option("--web-host", default="127.0.0.1", show_default=True)
+@click.option("--web-host", default="127.0.0.1", show_default=True, envvar="CONSENTSYNC_WEB_HOST")
 @click.option(
     "--web-port",
     type=click.IntRange(0, 65535),
+    envvar="CONSENTSYNC_WEB_PORT",
     help="Also serve the ops console on this port (0 picks a free one).",
 )
 @handled
@@ -734,6 +757,11 @@ def run_daemon(
     """Run every configured connector on its schedule until SIGTERM or Ctrl-C. Logs go to
     stdout, one JSON object a line unless --log-format console."""
     from datetime import timedelta
+
+    if web_port is not None:
+        from consentsync.extras import require
+
+        require("console", "--web-port (the ops console)")
 
     import structlog
 

@@ -11,12 +11,21 @@ from consentsync.app import open_ledger
 from consentsync.cli import config_option, current_config, emit_json, handled, json_option, main, print_table
 from consentsync.cli_sync import runs
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
+from consentsync.extras import require
 
 
 @main.command()
 @config_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="CONSENTSYNC_WEB_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, envvar="CONSENTSYNC_WEB_PORT"
+)
 @click.option(
     "--certfile", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate."
 )
@@ -26,6 +35,7 @@ from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
 @handled
 def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None:
     """Serve the ops console (log in with an account from `consentsync user add`)."""
+    require("console", "the ops console")
     import uvicorn
 
     from consentsync.accounts import Accounts
@@ -45,8 +55,10 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
 
 
 @main.group()
+@handled
 def user() -> None:
     """Local accounts of the ops console (viewer, reviewer, admin)."""
+    require("console", "the ops console's accounts")
 
 
 def _password(prompt: bool) -> str:

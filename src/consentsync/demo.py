@@ -26,13 +26,11 @@ MAPPINGS = ("contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_
 
 
 def find_mappings() -> Path:
-    """The example mappings shipped in the repository's mappings/salesforce/."""
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "mappings" / "salesforce"
-        if (candidate / MAPPINGS[0]).exists():
-            return candidate
-    raise FileNotFoundError("cannot find mappings/salesforce/ (run the demo from a checkout of consentsync)")
+    """The Salesforce connector's example mappings (package data of its connector package, found
+    through its entry point: an installed wheel has them as a checkout does)."""
+    from consentsync.mapping_examples import vendor_path
+
+    return vendor_path("salesforce")
 
 
 def run_demo(

@@ -3,9 +3,9 @@ and lawful basis, with the tables that translate the CRM's values, and which way
 flows (pulled into the ledger, pushed back to the CRM, or both).
 
 Integration admins write one YAML file per CRM object (``mappings/<vendor>/<object>.yaml``). The
-file is validated by the models below (``mappings/schema.json`` is generated from them, so editors
-can check a file as it is typed); every error names the file, the line and the field, and what
-would have been accepted.
+file is validated by the models below (``consentsync/mappings/schema.json`` is generated from
+them, so editors can check a file as it is typed); every error names the file, the line and the
+field, and what would have been accepted.
 
 The loaded ``Mapping`` does the translating for the sync engine:
 
@@ -1125,7 +1125,7 @@ def json_schema() -> dict[str, Any]:
 
 
 def schema_text() -> str:
-    """``mappings/schema.json`` exactly as it should read."""
+    """``consentsync/mappings/schema.json`` exactly as it should read."""
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 

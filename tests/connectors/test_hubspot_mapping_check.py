@@ -25,7 +25,7 @@ def harness() -> Iterator[HubSpotHarness]:
 
 def test_the_example_mapping_checks_against_the_sandbox(harness: HubSpotHarness, tmp_path: Path) -> None:
     config = write_sync_config(harness, tmp_path, name="hubspot-main")
-    mapping = str(ROOT / "mappings" / "hubspot" / "contacts.yaml")
+    mapping = str(ROOT / "connectors/consentsync_hubspot/mappings/contacts.yaml")
     result = CliRunner().invoke(
         main, ["--config", str(config), "mapping", "check", mapping, "--against", "hubspot-main"]
     )
@@ -36,7 +36,7 @@ def test_the_example_mapping_checks_against_the_sandbox(harness: HubSpotHarness,
 def test_a_subscription_the_portal_lacks_is_named(harness: HubSpotHarness, tmp_path: Path) -> None:
     config = write_sync_config(harness, tmp_path, name="hubspot-main")
     text = (
-        (ROOT / "mappings" / "hubspot" / "contacts.yaml")
+        (ROOT / "connectors/consentsync_hubspot/mappings/contacts.yaml")
         .read_text()
         .replace("subscription_1002", "subscription_4242")
     )

@@ -350,7 +350,9 @@ def test_the_anonymise_fields_of_each_mapping_are_accepted(sandbox: SalesforceSa
 
     from consentsync.mapping import load_mapping
 
-    spec = load_mapping(Path(__file__).parents[2] / "mappings" / "salesforce" / f"{mapping}.yaml").spec
+    spec = load_mapping(
+        Path(__file__).parents[2] / "connectors/consentsync_salesforce/mappings" / f"{mapping}.yaml"
+    ).spec
     assert spec.personal_fields, f"{mapping}.yaml names no personal_fields"
     record_id = sandbox.org.records(spec.object)[0]["Id"]
     [result] = connector_for(sandbox).write(

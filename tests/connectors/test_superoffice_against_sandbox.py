@@ -301,7 +301,9 @@ def test_the_mappings_personal_fields_are_one_patch_after_the_consent_calls(so: 
 
     from consentsync.mapping import load_mapping
 
-    spec = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "superoffice" / "person.yaml").spec
+    spec = load_mapping(
+        Path(__file__).resolve().parents[2] / "connectors/consentsync_superoffice/mappings/person.yaml"
+    ).spec
     person = so.tenant.person(sorted(so.tenant.persons)[5])
     person.phones["mobilephones"] = ["+47 99 99 99 99"]
     fields = {"LegalBase_EMARKETING": "WITHDRAWN", **spec.personal_fields}

@@ -389,7 +389,9 @@ def test_the_mappings_personal_fields_are_written_by_one_revise(
 
     from consentsync.mapping import load_mapping
 
-    spec = load_mapping(Path(__file__).resolve().parents[2] / "mappings" / "vtiger" / f"{mapping}.yaml").spec
+    spec = load_mapping(
+        Path(__file__).resolve().parents[2] / "connectors/consentsync_vtiger/mappings" / f"{mapping}.yaml"
+    ).spec
     record_id = sandbox.crm.create(
         module, firstname="Ada", lastname="Lovelace", email="ada@example.test", phone="+44 20 7946 0000"
     )

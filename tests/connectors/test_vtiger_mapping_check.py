@@ -35,7 +35,7 @@ def _check(config: Path, mapping: str) -> object:
 
 def test_the_contacts_mapping_checks_against_the_sandbox(harness: VtigerHarness, tmp_path: Path) -> None:
     config = write_sync_config(harness, tmp_path, name="vtiger-main")
-    result = _check(config, str(ROOT / "mappings" / "vtiger" / "contacts.yaml"))
+    result = _check(config, str(ROOT / "connectors/consentsync_vtiger/mappings/contacts.yaml"))
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     assert "Contacts: ok" in result.output  # type: ignore[attr-defined]
 
@@ -44,7 +44,7 @@ def test_a_module_the_install_lacks_is_one_line_and_exit_code_2(
     harness: VtigerHarness, tmp_path: Path
 ) -> None:
     config = write_sync_config(harness, tmp_path, name="vtiger-main")
-    result = _check(config, str(ROOT / "mappings" / "vtiger" / "leads.yaml"))
+    result = _check(config, str(ROOT / "connectors/consentsync_vtiger/mappings/leads.yaml"))
     output = result.output.strip()  # type: ignore[attr-defined]
     assert result.exit_code == 2, (result.exit_code, output, result.exception)  # type: ignore[attr-defined]
     assert "Traceback" not in output and len(output.splitlines()) == 1, output

@@ -55,11 +55,13 @@ def test_the_template_is_found_through_its_entry_points(tmp_path: Path) -> None:
     probe = (
         "from consentsync.sdk import registry\n"
         "from consentsync.sdk.harness import available_harnesses\n"
+        "from consentsync.mapping_examples import vendor_dirs\n"
         "print(registry.load('acme').__name__, available_harnesses()['acme'].value)\n"
+        "print(*(item.name for item in vendor_dirs()['acme'].iterdir()))\n"
     )
     done = _run(probe, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["AcmeConnector", "consentsync_acme.testing:AcmeHarness"]
+    assert done.stdout.split() == ["AcmeConnector", "consentsync_acme.testing:AcmeHarness", "contacts.yaml"]
 
 
 def test_the_template_passes_the_contract_kit(tmp_path: Path) -> None:

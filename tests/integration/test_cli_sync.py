@@ -22,7 +22,7 @@ from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS = ROOT / "mappings" / "salesforce"
+MAPPINGS = ROOT / "connectors/consentsync_salesforce/mappings"
 OBJECTS = ("Contact", "Lead", "Individual", "ContactPointTypeConsent")
 SEED = 5
 SECRET_ENV = "SF_TEST_SECRET"

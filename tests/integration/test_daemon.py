@@ -38,7 +38,7 @@ def _configure(config_path: Path, orgs: dict[str, SalesforceSandbox], interval: 
         {
             "name": name,
             "vendor": "salesforce",
-            "mappings": [str(ROOT / "mappings" / "salesforce" / m) for m in MAPPINGS],
+            "mappings": [str(ROOT / "connectors/consentsync_salesforce/mappings" / m) for m in MAPPINGS],
             "settings": {
                 "login_url": org.login_url,
                 "auth": "client_credentials",

@@ -41,7 +41,7 @@ def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: 
         {
             "name": "dyn",
             "vendor": "dynamics",
-            "mappings": [str(ROOT / "mappings" / "dynamics" / name) for name in MAPPINGS],
+            "mappings": [str(ROOT / "connectors/consentsync_dynamics/mappings" / name) for name in MAPPINGS],
             "settings": {
                 "environment_url": dv.environment_url,
                 "token_url": dv.token_url,

@@ -516,7 +516,7 @@ def test_crm_identifiers_the_ledger_cannot_keep_quarantine_the_record(
 
     config = load_config(config_path)
     mapping = load_mapping(
-        Path(__file__).parents[2] / "mappings" / "salesforce" / "contact.yaml",
+        Path(__file__).parents[2] / "connectors/consentsync_salesforce/mappings/contact.yaml",
         purposes=config.purposes,
         channels=set(config.channels),
     )

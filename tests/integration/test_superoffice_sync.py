@@ -37,7 +37,7 @@ def _engine(ledger: Ledger, config_path: Path, so: SuperOfficeSandbox) -> SyncEn
         {
             "name": "so",
             "vendor": "superoffice",
-            "mappings": [str(ROOT / "mappings" / "superoffice" / "person.yaml")],
+            "mappings": [str(ROOT / "connectors/consentsync_superoffice/mappings/person.yaml")],
             "settings": {
                 "base_url": so.tenant_url,
                 "auth": "refresh_token",

@@ -44,7 +44,9 @@ def _engine(
         {
             "name": "sf",
             "vendor": "salesforce",
-            "mappings": [str(ROOT / "mappings" / "salesforce" / name) for name in MAPPINGS],
+            "mappings": [
+                str(ROOT / "connectors/consentsync_salesforce/mappings" / name) for name in MAPPINGS
+            ],
             "settings": {
                 "login_url": sandbox.login_url,
                 "auth": "client_credentials",

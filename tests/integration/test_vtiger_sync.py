@@ -39,7 +39,7 @@ def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **setting
         {
             "name": "vt",
             "vendor": "vtiger",
-            "mappings": [str(ROOT / "mappings" / "vtiger" / name) for name in MAPPINGS],
+            "mappings": [str(ROOT / "connectors/consentsync_vtiger/mappings" / name) for name in MAPPINGS],
             "settings": {
                 "url": sandbox.url,
                 "username": sandbox.credentials.username,

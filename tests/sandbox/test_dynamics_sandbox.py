@@ -393,7 +393,7 @@ def test_the_anonymise_write_of_the_contact_mapping_is_accepted(dv: DynamicsSand
 
     session = _session(dv)
     (contact,) = (r["contactid"] for r in dv.environment.records("contact")[:1])
-    mapping = Path(__file__).resolve().parents[2] / "mappings" / "dynamics" / "contact.yaml"
+    mapping = Path(__file__).resolve().parents[2] / "connectors/consentsync_dynamics/mappings/contact.yaml"
     fields = load_mapping(mapping).spec.personal_fields
     assert {"lastname", "emailaddress1"} <= set(fields)
     answer = session.patch(f"{dv.api_url()}/contacts({contact})", json=fields, headers={"If-Match": "*"})

@@ -367,7 +367,7 @@ def test_the_anonymise_write_of_the_contacts_mapping_is_accepted(
 
     from consentsync.mapping import load_mapping
 
-    mapping = Path(__file__).resolve().parents[2] / "mappings" / "hubspot" / "contacts.yaml"
+    mapping = Path(__file__).resolve().parents[2] / "connectors/consentsync_hubspot/mappings/contacts.yaml"
     fields = load_mapping(mapping).spec.personal_fields
     contact = sandbox.portal.ids()[0]
     properties = {name: "" if value is None else value for name, value in fields.items()}

@@ -29,8 +29,9 @@ from consentsync.mapping import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-MAPPINGS = ROOT / "mappings"
-EXAMPLES = sorted((MAPPINGS / "salesforce").glob("*.yaml"))
+CONNECTORS = ROOT / "connectors"
+SCHEMA = ROOT / "src" / "consentsync" / "mappings" / "schema.json"
+EXAMPLES = sorted((CONNECTORS / "consentsync_salesforce" / "mappings").glob("*.yaml"))
 FILE = Path("mappings/salesforce/contact.yaml")
 OBSERVED = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 CONNECTOR = "salesforce-main"
@@ -43,7 +44,9 @@ def starter() -> Config:
 
 def example(name: str, starter: Config) -> Mapping:
     return load_mapping(
-        MAPPINGS / "salesforce" / f"{name}.yaml", purposes=starter.purposes, channels=starter.channels
+        CONNECTORS / "consentsync_salesforce" / "mappings" / f"{name}.yaml",
+        purposes=starter.purposes,
+        channels=starter.channels,
     )
 
 
@@ -127,13 +130,20 @@ class TestExamples:
     @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
     def test_teaches_with_comments(self, path: Path) -> None:
         text = path.read_text(encoding="utf-8")
-        assert text.startswith("# yaml-language-server: $schema=../schema.json\n")
+        # Editors find the schema from the checkout; copied out, the line reads ../schema.json.
+        first = text.splitlines()[0]
+        assert first.startswith("# yaml-language-server: $schema=")
+        assert (path.parent / first.split("$schema=", 1)[1]).resolve() == SCHEMA
         comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
         assert len(comments) >= 8
 
     def test_load_mappings(self, starter: Config) -> None:
         # Every shipped file, of every vendor, loads against the starter configuration.
-        loaded = load_mappings(MAPPINGS, purposes=starter.purposes, channels=starter.channels)
+        loaded = [
+            mapping
+            for folder in sorted(CONNECTORS.glob("consentsync_*/mappings"))
+            for mapping in load_mappings(folder, purposes=starter.purposes, channels=starter.channels)
+        ]
         salesforce = [m.object for m in loaded if m.vendor == "salesforce"]
         assert salesforce == ["Contact", "ContactPointTypeConsent", "Individual", "Lead"]
         assert {m.vendor for m in loaded} >= {"salesforce", "hubspot"}
@@ -187,8 +197,9 @@ class TestExamples:
 
 
 def test_schema_json_is_up_to_date() -> None:
-    assert (MAPPINGS / "schema.json").read_text(encoding="utf-8") == schema_text(), (
-        "mappings/schema.json is stale: run `python -m consentsync.mapping mappings/schema.json`"
+    assert SCHEMA.read_text(encoding="utf-8") == schema_text(), (
+        "src/consentsync/mappings/schema.json is stale: run "
+        "`python -m consentsync.mapping src/consentsync/mappings/schema.json`"
     )
 
 
@@ -749,7 +760,7 @@ class TestUntranslatable:
         assert message.startswith(
             "Contact 003000000000001AAA: field Legal_Basis__c: cannot translate 'Because We Can'"
         )
-        assert "mappings/salesforce/contact.yaml" in message
+        assert "consentsync_salesforce/mappings/contact.yaml" in message
         assert message.endswith(
             "accepted are Consent, Legitimate Interest, Contract, Legal Obligation, Vital Interests, "
             "Public Task"

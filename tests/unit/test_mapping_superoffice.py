@@ -11,7 +11,7 @@ from consentsync.config import parse_config, starter_config_text
 from consentsync.domain import ConsentStatus, EffectiveState, LawfulBasis
 from consentsync.mapping import MappingError, load_mapping, parse_mapping
 
-PERSON = Path(__file__).resolve().parents[2] / "mappings" / "superoffice" / "person.yaml"
+PERSON = Path(__file__).resolve().parents[2] / "connectors/consentsync_superoffice/mappings/person.yaml"
 
 
 def _state(status: ConsentStatus, *, suppressed: bool, rule: str = "test") -> dict:  # type: ignore[type-arg]

@@ -11,7 +11,7 @@ from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_acme.sandbox import AcmeSandbox
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+MAPPINGS = Path(__file__).resolve().parent / "mappings"  # shipped as package data
 TIMEOUT = 2.0
 
 
