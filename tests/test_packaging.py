@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from string import Formatter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,98 @@ def test_readme_leads_with_the_two_commands_and_ci_runs_the_second_exactly() -> 
     assert run_tests in ci, ".ci/run must run the README's test command exactly as written"
 
 
-def test_dockerfile_installs_the_way_ci_does() -> None:
-    run_tests = _readme_commands()[1]
-    install = run_tests.split(" && .venv/bin/python -m pytest")[0]
-    assert f"RUN {install}" in (ROOT / "Dockerfile").read_text()
+def _template(template: str) -> re.Pattern[str]:
+    """A shell template of tests/integration/test_wheel_install.py as a pattern: each ``{name}``
+    is any word, the same each time it appears."""
+    pattern, seen = "", set()
+    for literal, name, _, _ in Formatter().parse(template):
+        pattern += re.escape(literal)
+        if name is not None:
+            pattern += f"(?P={name})" if name in seen else f'(?P<{name}>[^\\s"$]*)'
+            seen.add(name)
+    return re.compile(pattern + "$")
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_builds_and_installs_the_wheel_as_the_wheel_test_does() -> None:
+    from tests.integration.test_wheel_install import BUILD, INSTALL
+
+    runs = [args for keyword, args in _instructions() if keyword == "RUN"]
+    built = [m for m in (_template(BUILD).search(args) for args in runs) if m]
+    installed = [m for m in (_template(INSTALL).search(args) for args in runs) if m]
+    assert built and installed, f"no RUN line builds ({BUILD}) and installs ({INSTALL}) the wheel"
+    assert installed[-1]["dist"] == built[0]["dist"], "the install takes the wheel the build made"
+    extras = set(installed[-1]["extras"].strip("[]").split(","))
+    assert {"console", "postgres"} <= extras and "test" not in extras
+    whole = (ROOT / "Dockerfile").read_text()
+    for tooling in ("-e ", "[test]", "pytest", "playwright", "chromium", "ruff"):
+        assert tooling not in whole, f"the production image must not install {tooling!r}"
+
+
+def test_dockerfile_runs_as_a_user_exposes_its_ports_and_checks_health() -> None:
+    from consentsync.cli import main
+
+    instructions = _instructions()
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    run = main.commands["run"]
+    web = main.commands["web"]
+    defaults = {p.name: p for p in (*run.params, *web.params)}
+    exposed = {port for keyword, args in instructions if keyword == "EXPOSE" for port in args.split()}
+    assert {str(defaults["metrics_port"].default), str(defaults["port"].default)} <= exposed
+    health = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    assert health and "/healthz" in health[0] and "curl" not in health[0]
+    env = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    for option in ("metrics_host", "web_host"):
+        assert f"{defaults[option].envvar}=0.0.0.0" in env, f"--{option} is set from the environment"
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore matching, enough for these checks: ``**`` any folders, ``*`` and
+    ``?`` within one name; a matched folder takes its contents; ``!`` re-includes."""
+    ignored = False
+    parts = path.split("/")
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw.lstrip("!").strip("/")
+        regex = "".join(
+            ".*"
+            if token == "**"
+            else "[^/]*"
+            if token == "*"
+            else "[^/]"
+            if token == "?"
+            else re.escape(token)
+            for token in re.split(r"(\*\*|\*|\?)", pattern)
+        ).replace(".*/", "(?:.*/)?")
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_the_key_the_venv_and_ledgers_out() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for path in (
+        "consentsync.key",
+        "deploy/consentsync.key",
+        ".venv/bin/python",
+        "consentsync.db",
+        "data/ledger.db",
+        "consentsync.db-wal",
+        "consentsync.sqlite3",
+        "deploy/ledger.sqlite-journal",
+        ".env",
+    ):
+        assert _ignored(path, patterns), f".dockerignore lets {path} into the image"
+    for path in ("pyproject.toml", "README.md", "src/consentsync/cli.py", "connectors/README.md"):
+        assert not _ignored(path, patterns), f"the build needs {path}"
 
 
 def test_ruff_is_clean() -> None:
