@@ -4,6 +4,7 @@ waiting for review, and one account per role."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from consentsync import exit_codes
 from consentsync.accounts import Accounts
 from consentsync.app import open_ledger
 from consentsync.config import load_config
@@ -71,7 +73,9 @@ def sf(cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def world(cli: Cli, sf: SalesforceSandbox, config_path: Path) -> Iterator[World]:
     odd = add_odd_consent(sf)
-    report = cli.json("sync", "sf")
+    synced = cli("sync", "sf", "--json")
+    assert synced.exit_code == exit_codes.QUARANTINED, synced.stderr  # done, a record quarantined
+    report = json.loads(synced.stdout)
     assert report["status"] == "succeeded", report["error"]
     assert report["counts"]["quarantined"] >= 1
     contact = next(r for r in sf.org.records("Contact") if r.get("Email"))
