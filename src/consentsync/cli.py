@@ -715,7 +715,7 @@ def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: boo
 
 
 # The CRM and console commands live in their own modules; importing them registers them on ``main``.
-from consentsync import cli_audit, cli_sync, cli_web  # noqa: E402, F401
+from consentsync import cli_admin, cli_audit, cli_sync, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

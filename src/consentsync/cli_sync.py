@@ -38,18 +38,26 @@ EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the n
 
 @main.command()
 @config_option
-@click.argument("connector")
+@click.argument("connector", required=False)
+@click.option("--all", "run_all", is_flag=True, help="Every configured connector in turn (exit: the worst).")
 @click.option("--full", is_flag=True, help="Read everything again, not only what changed since the last run.")
 @click.option(
     "--dry-run", is_flag=True, help="Print every ledger change and push it would make; change nothing."
 )
 @json_option
 @handled
-def sync(connector: str, full: bool, dry_run: bool, as_json: bool) -> None:
-    """Run one sync of CONNECTOR now."""
+def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_json: bool) -> None:
+    """Run one sync of CONNECTOR now (or, with --all, of every configured connector)."""
+    from consentsync.cli_admin import guard_objects, sync_all
+
+    if run_all == (connector is not None):
+        raise InvalidInput("give a CONNECTOR or --all (not both)")
+    if connector is None:
+        return sync_all(full, dry_run, as_json)
     config = current_config()
     try:
         engine = open_sync(config, connector)
+        guard_objects(engine)
     except (ConfigError, InvalidInput) as error:
         _record_unstarted(config, connector, error)
         raise
@@ -118,6 +126,8 @@ def _finish(report: Any, as_json: bool) -> None:
     else:
         _print_report(report)
     code = run_exit_code(report)
+    if report.status == "failed" and report.error:
+        fail(" ".join(report.error.split()), code)  # the reason, on the one line a script reads
     if code:
         sys.exit(code)
 
@@ -305,6 +315,7 @@ def mapping() -> None:
 def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool) -> None:
     """Validate mapping FILES; with --against, check each field exists and is writable where pushed."""
     from consentsync.mapping import load_mapping
+    from consentsync.sdk.objects import describe_object
 
     config = current_config()
     results: list[dict[str, Any]] = []
@@ -314,7 +325,7 @@ def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool)
             loaded = load_mapping(path, purposes=config.purposes, channels=set(config.channels))
             problems: list[str] = []
             if live is not None:
-                fields = live.describe(loaded.object)
+                fields = describe_object(live, loaded.object, source=str(path))
                 for name in loaded.pull_fields():
                     if name not in fields:
                         problems.append(f"{loaded.object}.{name} does not exist or is not visible")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from consentsync.domain import iso
+from consentsync.domain import InvalidInput, iso
 from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.sync import quarantine as quarantined
 
@@ -63,8 +64,45 @@ def count_runs(
         return int(conn.execute(query).scalar_one())
 
 
+class AmbiguousRunId(InvalidInput):
+    """A short run id that more than one run's id starts with."""
+
+
+#: Fewer characters than this are no run id: a prefix as short matches too many runs to mean one.
+MIN_PREFIX = 4
+
+
+def resolve_run_id(conn: Connection, run_id: str) -> str | None:
+    """The full id of the run ``run_id`` names: its whole id, or (like git) a unique prefix of at
+    least :data:`MIN_PREFIX` characters. None when no run matches; ``AmbiguousRunId`` when
+    several do."""
+    given = run_id.strip()
+    if conn.execute(select(sync_runs.c.id).where(sync_runs.c.id == given)).first() is not None:
+        return given
+    wanted = given.lower()
+    if len(wanted) < MIN_PREFIX or not _RUN_ID_TEXT.fullmatch(wanted):
+        return None
+    found = list(
+        conn.execute(
+            select(sync_runs.c.id).where(sync_runs.c.id.startswith(wanted, autoescape=True)).limit(6)
+        ).scalars()
+    )
+    if len(found) > 1:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise AmbiguousRunId(f"run id {run_id!r} is ambiguous: it starts {shown}; give more characters")
+    return found[0] if found else None
+
+
+_RUN_ID_TEXT = re.compile(r"[0-9a-f-]+")
+
+
 def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
+    """One run by its id or a unique prefix of it (``resolve_run_id``); None when none matches."""
     with engine.connect() as conn:
+        full = resolve_run_id(conn, run_id)
+        if full is None:
+            return None
+        run_id = full
         row = conn.execute(select(sync_runs).where(sync_runs.c.id == run_id)).one_or_none()
         if row is None:
             return None
