@@ -30,6 +30,7 @@ from consentsync.cli import (
 from consentsync.config import ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
+from consentsync.progress import progress_interval_option, shown_progress
 from consentsync.sync.locks import RunInProgress
 
 EXIT_HELD = exit_codes.HELD  # the push guard held the run's pushes: review `plan`, then `apply`
@@ -44,6 +45,7 @@ EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the n
 @click.option(
     "--dry-run", is_flag=True, help="Print every ledger change and push it would make; change nothing."
 )
+@progress_interval_option
 @json_option
 @handled
 def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_json: bool) -> None:
@@ -61,17 +63,13 @@ def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_jso
     except (ConfigError, InvalidInput) as error:
         _record_unstarted(config, connector, error)
         raise
-    if sys.stderr.isatty() and not as_json:
-        engine.progress = _progress_line
     try:
-        with stopped_by_signals(engine.stop_requested):
+        with stopped_by_signals(engine.stop_requested), shown_progress(engine):
             report = engine.run(full=full, dry_run=dry_run)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
     finally:
         engine.connector.close()
-    if sys.stderr.isatty() and not as_json:
-        click.echo("", err=True)
     _finish(report, as_json)
 
 
@@ -143,24 +141,6 @@ def run_exit_code(report: Any) -> int:
     if report.status == "succeeded" and report.counts.quarantined:
         return exit_codes.QUARANTINED
     return exit_codes.OK
-
-
-def _progress_line(report: Any) -> None:
-    """A progress bar for the object being read (the CRM says how many records to expect), and
-    the run's counts so far, redrawn in place on the terminal."""
-    c = report.counts
-    done, total = report.stage_done, report.stage_total
-    if total:
-        filled = min(20, round(20 * done / total))
-        bar = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{total}"
-    else:
-        bar = f"{done}"
-    click.echo(
-        f"\r{report.connector} {report.stage} {bar} | read {c.read}, quarantined {c.quarantined}, "
-        f"changes {c.state_changes}, pushed {c.pushed}, API calls {c.api_calls}   ",
-        nl=False,
-        err=True,
-    )
 
 
 def _report_json(report: Any) -> dict[str, Any]:

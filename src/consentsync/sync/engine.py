@@ -1068,6 +1068,11 @@ class SyncEngine:
                     return
 
     def _examine_marked(self, report: RunReport) -> None:
+        with self._transaction() as conn:  # a dry run's shared connection holds the ledger
+            total = conn.execute(
+                select(func.count()).select_from(sync_examine).where(sync_examine.c.connector == self.name)
+            ).scalar_one()
+        report.stage, report.stage_done, report.stage_total = "examining", 0, total
         while True:
             with self._transaction() as conn:
                 marked = (
@@ -1088,6 +1093,9 @@ class SyncEngine:
                         sync_examine.c.connector == self.name, sync_examine.c.subject_id.in_(marked)
                     )
                 )
+            report.stage_done += len(marked)
+            report.stage_total = max(total, report.stage_done)
+            self.progress(report)
 
     def _mark_for_examination(self, conn: Connection, subject_ids: Iterable[int]) -> None:
         rows = [{"connector": self.name, "subject_id": subject_id} for subject_id in sorted(set(subject_ids))]

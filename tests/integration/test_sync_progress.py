@@ -1,0 +1,144 @@
+"""`consentsync sync`'s progress, as a real process against the Salesforce sandbox: rich's bars
+with a rate on a terminal (a pseudo-terminal here), `sync.progress` JSON lines at a fixed interval
+off one, and `--json`'s stdout left to the report."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from consentsync_salesforce.testing import SalesforceHarness
+
+from consentsync.cli import main
+from consentsync.config import write_starter
+from consentsync.sandbox import SalesforceSandbox
+
+CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
+SECRET_ENV = "SF_PROGRESS_SECRET"
+SEED = 600  # with the duplicates the seed adds: four pages of 200
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+@pytest.fixture
+def synced(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], int]]:
+    """The command that syncs a seeded sandbox org (its pages slowed to 0.25 s each, so that the
+    read lasts about a second) and its environment."""
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(SEED, seed=3)
+        sandbox.faults.update(delay=0.25, delay_kinds=["query", "queryMore"])
+        config = tmp_path / "consentsync.yaml"
+        write_starter(config, f"sqlite:///{tmp_path / 'ledger.db'}")
+        data = yaml.safe_load(config.read_text())
+        data["connectors"] = [
+            {
+                "name": "sf",
+                "vendor": "salesforce",
+                "mappings": [str(path) for path in SalesforceHarness.mapping_files],
+                "settings": {
+                    "login_url": sandbox.login_url,
+                    "auth": "client_credentials",
+                    "client_id": sandbox.credentials.client_id,
+                    "client_secret": "${" + SECRET_ENV + "}",
+                    "ca_bundle": str(sandbox.ca_cert_path),
+                    "query_batch_size": 200,
+                },
+                "signpost_lag_seconds": 0,
+                "batch_size": 200,  # a ledger commit (and a progress update) a page
+            }
+        ]
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        assert CliRunner().invoke(main, ["--config", str(config), "init"]).exit_code == 0
+        env = {**os.environ, SECRET_ENV: sandbox.credentials.client_secret, "CONSENTSYNC_CONFIG": str(config)}
+        env.pop("CONSENTSYNC_PROGRESS_INTERVAL", None)
+        yield [CONSENTSYNC, "sync", "sf"], env, sandbox.org.count("Contact")
+
+
+def _under_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Runs ``command`` with stdin, stdout and stderr on a pseudo-terminal 160 columns wide."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    process = subprocess.Popen(
+        command, stdin=follower, stdout=follower, stderr=follower, env={**env, "TERM": "xterm-256color"}
+    )
+    os.close(follower)
+    chunks = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(timeout=10), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_on_a_terminal_rich_shows_each_stage_with_its_rate(
+    synced: tuple[list[str], dict[str, str], int],
+) -> None:
+    command, env, contacts = synced
+    code, output = _under_a_terminal(command, env)
+    assert code == 0, output[-2000:]
+    screen = ANSI.sub("", output)
+    assert "\x1b[" in output  # drawn in place by rich, not printed line after line
+    reading = [line for line in screen.splitlines() if "sf reading Contact" in line]
+    assert reading, screen[-2000:]
+    # The last drawing of the read: every record of the object, a rate a second, the ETA column.
+    assert f"{contacts}/{contacts}" in reading[-1] and "ETA" in reading[-1], reading[-1]
+    assert re.search(r"\b[1-9][\d,]*/s\b", reading[-1]), reading[-1]
+    assert "sf examining" in screen
+    assert "Run " in screen or "succeeded" in screen  # the report follows the bars
+
+
+def test_off_a_terminal_progress_is_a_json_line_at_the_interval(
+    synced: tuple[list[str], dict[str, str], int],
+) -> None:
+    command, env, contacts = synced
+    started = time.monotonic()
+    run = subprocess.run(
+        [*command, "--json", "--progress-interval", "0.2"],
+        env={**env, "CONSENTSYNC_LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout)["status"] == "succeeded"  # stdout: the report and nothing else
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if line["event"] == "sync.progress"]
+    # The run lasts about a second: a line every 0.2 s, and one at its end.
+    assert len(progress) >= 3, run.stderr[-2000:]
+    assert len(progress) <= elapsed / 0.2 + 2
+    for line in progress:
+        assert {"stage", "done", "total", "rate"} <= set(line)
+        assert isinstance(line["done"], int) and isinstance(line["rate"], int | float)
+    reads = [line for line in progress if line["stage"] == "reading Contact"]
+    assert reads and reads[-1]["total"] == contacts and 0 < reads[-1]["done"] <= contacts
+    assert any(line["rate"] > 0 for line in reads)
+    assert progress[-1]["stage"] == "examining" and progress[-1]["done"] == progress[-1]["total"]
+
+
+def test_a_bad_interval_in_the_environment_is_a_one_line_error(
+    synced: tuple[list[str], dict[str, str], int],
+) -> None:
+    command, env, _ = synced
+    bad = subprocess.run(
+        command, env={**env, "CONSENTSYNC_PROGRESS_INTERVAL": "soon"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "progress-interval" in bad.stderr and "Traceback" not in bad.stderr
