@@ -23,47 +23,32 @@ from click.testing import CliRunner
 from consentsync_salesforce.testing import SalesforceHarness
 
 from consentsync.cli import main
-from consentsync.config import write_starter
-from consentsync.sandbox import SalesforceSandbox
+from consentsync.sdk.harness import write_sync_config
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
-SECRET_ENV = "SF_PROGRESS_SECRET"
 SEED = 600  # with the duplicates the seed adds: four pages of 200
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
 @pytest.fixture
 def synced(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], int]]:
-    """The command that syncs a seeded sandbox org (its pages slowed to 0.25 s each, so that the
-    read lasts about a second) and its environment."""
-    with SalesforceSandbox() as sandbox:
-        sandbox.org.seed(SEED, seed=3)
-        sandbox.faults.update(delay=0.25, delay_kinds=["query", "queryMore"])
-        config = tmp_path / "consentsync.yaml"
-        write_starter(config, f"sqlite:///{tmp_path / 'ledger.db'}")
+    """The command that syncs (two-way) a seeded sandbox org whose pages are slowed to 0.25 s
+    each, so that the read lasts about a second; its environment; the org's contacts."""
+    harness = SalesforceHarness()
+    harness.start()
+    try:
+        harness.sandbox.org.seed(SEED, seed=3)
+        harness.sandbox.faults.update(delay=0.25, delay_kinds=["query", "queryMore"])
+        config = write_sync_config(harness, tmp_path)
         data = yaml.safe_load(config.read_text())
-        data["connectors"] = [
-            {
-                "name": "sf",
-                "vendor": "salesforce",
-                "mappings": [str(path) for path in SalesforceHarness.mapping_files],
-                "settings": {
-                    "login_url": sandbox.login_url,
-                    "auth": "client_credentials",
-                    "client_id": sandbox.credentials.client_id,
-                    "client_secret": "${" + SECRET_ENV + "}",
-                    "ca_bundle": str(sandbox.ca_cert_path),
-                    "query_batch_size": 200,
-                },
-                "signpost_lag_seconds": 0,
-                "batch_size": 200,  # a ledger commit (and a progress update) a page
-            }
-        ]
+        data["connectors"][0]["batch_size"] = harness.page_size  # a commit and an update a page
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         assert CliRunner().invoke(main, ["--config", str(config), "init"]).exit_code == 0
-        env = {**os.environ, SECRET_ENV: sandbox.credentials.client_secret, "CONSENTSYNC_CONFIG": str(config)}
+        env = {**os.environ, "CONSENTSYNC_CONFIG": str(config)}
         env.pop("CONSENTSYNC_PROGRESS_INTERVAL", None)
-        yield [CONSENTSYNC, "sync", "sf"], env, sandbox.org.count("Contact")
+        yield [CONSENTSYNC, "sync", "contract"], env, harness.sandbox.org.count("Contact")
+    finally:
+        harness.stop()
 
 
 def _under_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
@@ -96,12 +81,12 @@ def test_on_a_terminal_rich_shows_each_stage_with_its_rate(
     assert code == 0, output[-2000:]
     screen = ANSI.sub("", output)
     assert "\x1b[" in output  # drawn in place by rich, not printed line after line
-    reading = [line for line in screen.splitlines() if "sf reading Contact" in line]
+    reading = [line for line in screen.splitlines() if "contract reading Contact" in line]
     assert reading, screen[-2000:]
     # The last drawing of the read: every record of the object, a rate a second, the ETA column.
     assert f"{contacts}/{contacts}" in reading[-1] and "ETA" in reading[-1], reading[-1]
     assert re.search(r"\b[1-9][\d,]*/s\b", reading[-1]), reading[-1]
-    assert "sf examining" in screen
+    assert "contract examining" in screen and "contract pushing" in screen
     assert "Run " in screen or "succeeded" in screen  # the report follows the bars
 
 
@@ -131,7 +116,9 @@ def test_off_a_terminal_progress_is_a_json_line_at_the_interval(
     reads = [line for line in progress if line["stage"] == "reading Contact"]
     assert reads and reads[-1]["total"] == contacts and 0 < reads[-1]["done"] <= contacts
     assert any(line["rate"] > 0 for line in reads)
-    assert progress[-1]["stage"] == "examining" and progress[-1]["done"] == progress[-1]["total"]
+    # The run ends pushing: the last line says how many pushes went through.
+    assert progress[-1]["stage"] == "pushing"
+    assert progress[-1]["done"] == json.loads(run.stdout)["counts"]["pushed"] > 0
 
 
 def test_a_bad_interval_in_the_environment_is_a_one_line_error(

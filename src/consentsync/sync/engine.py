@@ -1197,6 +1197,7 @@ class SyncEngine:
                 self.ledger.clock(),
             )
         report.counts.api_calls = self.connector.usage.calls
+        report.stage_done = report.counts.pushed
         self.progress(report)
 
     def _pending(self, conn: Connection) -> list[Any]:
