@@ -451,6 +451,8 @@ def test_the_daemon_records_a_run_that_cannot_start(
     config = load_config(config_path)
     ledger = open_ledger(config)
     daemon = Daemon(config, ledger)
-    assert daemon.run_connector("sf") is None
+    report = daemon.run_connector("sf")
+    assert report is not None and report.status == "failed" and "lead.yaml" in (report.error or "")
     runs = list_runs(ledger.engine, connector="sf")
     assert [run["status"] for run in runs] == ["failed"] and "lead.yaml" in runs[0]["error"]
+    assert runs[0]["id"] == report.run_id

@@ -150,27 +150,28 @@ class Daemon:
             log.error("suppression.check_failed", connector=name, error=f"ledger: {problem.message}")
         return report
 
-    def _record(self, name: str, reason: str, kind: str = "config") -> None:
-        record_unstarted(self.ledger.engine, name, reason, self.ledger.clock(), kind=kind)
+    def _record(self, name: str, reason: str, kind: str = "config") -> str:
+        return record_unstarted(self.ledger.engine, name, reason, self.ledger.clock(), kind=kind)
 
     def _unstarted(
         self,
         name: str,
         error: str,
-        record: Callable[[], None] | None,
+        record: Callable[[], str] | None,
         *,
         status: str = "failed",
         exc_info: bool = False,
     ) -> RunReport:
         if status == "failed":
             log.error("sync.failed", connector=name, error=error, exc_info=exc_info)
+        run_id = None
         if record is not None:
             try:
-                record()
+                run_id = record()  # the report names the run row that was recorded
             except Exception as failure:  # the ledger is away too: the log says so
                 log.error("sync.run_not_recorded", connector=name, error_type=type(failure).__name__)
         now = self.ledger.clock()
-        report = RunReport(str(uuid.uuid4()), name, status, now, finished_at=now, error=error)
+        report = RunReport(run_id or str(uuid.uuid4()), name, status, now, finished_at=now, error=error)
         self.on_report(report)
         return report
 
