@@ -178,9 +178,8 @@ class DynamicsConnector(Connector):
         if response.status_code != 200:
             try:
                 body = response.json()
-                detail = (
-                    f"{body.get('error')}: {str(body.get('error_description', '')).splitlines()[0][:300]}"
-                )
+                described = str(body.get("error_description") or "").splitlines() or [""]
+                detail = f"{body.get('error')}: {described[0][:300]}"
             except (ValueError, AttributeError):
                 detail = response.text[:200]
             transient = response.status_code >= 500 or response.status_code == 429

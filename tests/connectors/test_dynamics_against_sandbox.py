@@ -363,3 +363,12 @@ def test_retried_rows_are_answered_when_their_retry_returns_and_the_rest_at_once
     assert dv.environment.get("contact", ids[0])["donotphone"] is True  # applied and answered
     rest = list(batches)
     assert [set(b) for b in rest] == [set(range(25, 30)), {3}] and rest[1][3].ok
+
+
+def test_a_token_endpoint_refusing_without_a_description_is_one_clear_error(dv: DynamicsSandbox) -> None:
+    """Every call answered 403, the token request included, with no error_description: a
+    ConnectorError naming the refusal (once an IndexError escaped as a traceback)."""
+    dv.faults.update(error_rate=1.0, error_status=403)
+    connector = connector_for(dv)
+    with pytest.raises(ConnectorError, match="refused"):
+        connector.describe("contact")
