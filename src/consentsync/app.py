@@ -171,9 +171,13 @@ def can_reread(config: Config, name: str) -> bool:
 
 
 def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEngine:
+    from consentsync.sdk.objects import guard_describe
     from consentsync.sync.engine import SyncEngine, SyncOptions
 
     connector, mappings = open_connector(config, name)
+    # A describe the CRM refuses, or of an object it lacks, names the mapping file (every caller:
+    # sync, apply, the daemon).
+    guard_describe(connector, {m.object: str(m.path) for m in mappings})
     settings = config.connector(name)
     _check_erasure_actions(config, name, connector, mappings)
     options = SyncOptions(

@@ -363,7 +363,6 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
         outcome: dict[str, Any] = {"connector": name}
         try:
             engine = open_sync(config, name)
-            guard_objects(engine)
         except (ConfigError, InvalidInput) as error:
             _record_unstarted(config, name, error)
             outcome.update(status="failed", error=str(error), exit_code=exit_codes.CONFIG)
@@ -395,14 +394,6 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
         print_table(results, ["connector", "status", "exit_code", "error"])
     if code:
         sys.exit(code)
-
-
-def guard_objects(engine: Any) -> None:
-    """A describe the CRM refuses, or of an object it does not have, said with the mapping file
-    that names the object (``consentsync.sdk.objects.guard_describe``)."""
-    from consentsync.sdk.objects import guard_describe
-
-    guard_describe(engine.connector, {m.object: str(m.path) for m in engine.mappings})
 
 
 # -- sandboxes: a port in use ----------------------------------------------------------------------

@@ -50,7 +50,7 @@ EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the n
 @handled
 def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_json: bool) -> None:
     """Run one sync of CONNECTOR now (or, with --all, of every configured connector)."""
-    from consentsync.cli_admin import guard_objects, sync_all
+    from consentsync.cli_admin import sync_all
 
     if run_all == (connector is not None):
         raise InvalidInput("give a CONNECTOR or --all (not both)")
@@ -59,7 +59,6 @@ def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_jso
     config = current_config()
     try:
         engine = open_sync(config, connector)
-        guard_objects(engine)
     except (ConfigError, InvalidInput) as error:
         _record_unstarted(config, connector, error)
         raise
