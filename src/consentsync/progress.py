@@ -30,6 +30,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 ENV_INTERVAL = "CONSENTSYNC_PROGRESS_INTERVAL"
@@ -86,27 +87,19 @@ def shown_progress(engine: Any, interval: float | None = None) -> Iterator[None]
         display.stop()
 
 
-def _counts(report: Any) -> str:
-    c = report.counts
-    return (
-        f"read {c.read}, quarantined {c.quarantined}, changes {c.state_changes}, "
-        f"pushed {c.pushed}, API calls {c.api_calls}"
-    )
-
-
 class _Bars:
     """One rich task per stage; a stage that ends is left complete on screen."""
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            # The stage's name never folds (the run's counts come in the summary after the bars).
+            TextColumn("{task.description}", table_column=Column(no_wrap=True)),
             BarColumn(),
             MofNCompleteColumn(),
             _RateColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[counts]}", style="dim"),
             console=Console(stderr=True),
             refresh_per_second=8,
         )
@@ -122,12 +115,8 @@ class _Bars:
         if report.stage != self.stage:
             self._finish()
             self.stage = report.stage
-            self.task = self.progress.add_task(
-                f"{report.connector} {report.stage}", total=report.stage_total, counts=""
-            )
-        self.progress.update(
-            self.task, completed=report.stage_done, total=report.stage_total, counts=_counts(report)
-        )
+            self.task = self.progress.add_task(f"{report.connector} {report.stage}", total=report.stage_total)
+        self.progress.update(self.task, completed=report.stage_done, total=report.stage_total)
 
     def _finish(self) -> None:
         if self.task is not None:

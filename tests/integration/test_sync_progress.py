@@ -51,10 +51,11 @@ def synced(tmp_path: Path) -> Iterator[tuple[list[str], dict[str, str], int]]:
         harness.stop()
 
 
-def _under_a_terminal(command: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Runs ``command`` with stdin, stdout and stderr on a pseudo-terminal 160 columns wide."""
+def _under_a_terminal(command: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:
+    """Runs ``command`` with stdin, stdout and stderr on a pseudo-terminal ``columns`` wide (the
+    counts beside the bars grow as the run goes on: the stage's name must stay whole)."""
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     process = subprocess.Popen(
         command, stdin=follower, stdout=follower, stderr=follower, env={**env, "TERM": "xterm-256color"}
     )

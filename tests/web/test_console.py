@@ -22,7 +22,7 @@ from consentsync.accounts import MAX_FAILURES_PER_ACCOUNT
 from consentsync.cli import main
 from consentsync.ledger.schema import quarantine, sync_cursors
 from tests.conftest import Cli
-from tests.web.conftest import PASSWORDS, World, api_login, log_in, login_csrf, page_csrf
+from tests.web.conftest import PASSWORDS, World, api_login, log_in, login_csrf, page_csrf, synced
 
 PAGES = ["/", "/runs", "/audit", "/subjects", "/objections", "/config", "/users"]
 
@@ -211,7 +211,7 @@ def test_retrying_a_quarantined_record_rereads_it_by_id_without_moving_the_curso
 
     with world.ledger.engine.connect() as conn:
         cursors_before = dict(conn.execute(select(sync_cursors.c.object_type, sync_cursors.c.cursor)).all())
-    report = cli.json("sync", "sf")
+    report = synced(cli)
     assert report["status"] == "succeeded", report["error"]
     with world.ledger.engine.connect() as conn:
         cursors_after = dict(conn.execute(select(sync_cursors.c.object_type, sync_cursors.c.cursor)).all())
@@ -242,7 +242,7 @@ def test_retrying_twice_or_a_resolved_record_is_answered_clearly(app: Any, world
     again = client.post(f"/api/quarantine/{held['id']}/retry", headers={"X-CSRF-Token": csrf})
     assert first.status_code == again.status_code == 200
     assert len(entries(world, action="quarantine.retried")) == 1
-    cli.json("sync", "sf")
+    synced(cli)
     resolved = client.post(f"/api/quarantine/{held['id']}/retry", headers={"X-CSRF-Token": csrf})
     assert resolved.status_code == 400 and "resolved" in resolved.json()["detail"]
     assert client.post("/api/quarantine/999999/retry", headers={"X-CSRF-Token": csrf}).status_code == 404
@@ -270,7 +270,7 @@ def test_rejecting_an_objection_needs_a_reason_is_audited_and_reaches_the_crm(
     assert (decided["actor"], decided["old"], decided["new"]) == ("rex", "pending", "rejected")
     assert decided["details"] == {"reason": "compelling fraud-prevention grounds"}
     # The decision enters the change feed: the next run looks at every record of the person.
-    report = cli.json("sync", "sf")
+    report = synced(cli)
     assert report["status"] == "succeeded"
     again = client.post(
         f"/objections/{world.objection_id}/decide",
@@ -377,7 +377,7 @@ def test_retrying_a_refused_push_puts_it_back_in_the_queue_and_the_next_run_deli
     world.sandbox.faults.fail_records(contact["Id"])
     email = str(contact["Email"]).lower()
     cli.ok("objection", "raise", "--email", email, "--purpose", "email_marketing", "--direct-marketing")
-    refused = cli.json("sync", "sf")
+    refused = synced(cli)
     assert refused["counts"]["push_failed"] >= 1
     client = TestClient(app)
     csrf = api_login(client, "rex")
@@ -394,6 +394,6 @@ def test_retrying_a_refused_push_puts_it_back_in_the_queue_and_the_next_run_deli
     assert entry["what"]["outbox"]
 
     world.sandbox.faults.release_records(contact["Id"])
-    delivered = cli.json("sync", "sf")
+    delivered = synced(cli)
     assert delivered["status"] == "succeeded" and delivered["counts"]["push_failed"] == 0
     assert world.sandbox.org.get(contact["Id"])["HasOptedOutOfEmail"] is True
