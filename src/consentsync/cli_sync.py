@@ -177,7 +177,7 @@ def _print_report(report: Any) -> None:
         return
     click.echo(f"run {report.run_id} of {report.connector}: {report.status}")
     click.echo(
-        f"  read {c.read} records ({c.unchanged_records} unchanged), quarantined {c.quarantined}\n"
+        f"  read {c.read} records ({c.unchanged_records} with nothing new), quarantined {c.quarantined}\n"
         f"  evidence recorded {c.evidence_recorded} ({c.evidence_duplicates} already known), "
         f"ledger state changes {c.state_changes}, new subjects {c.subjects_created}\n"
         f"  pushes to the CRM: done {c.pushed}, failed {c.push_failed}\n"
