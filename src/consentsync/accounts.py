@@ -3,17 +3,27 @@
 Roles are ordered: a viewer reads; a reviewer also decides objections and retries quarantined
 records; an admin also manages accounts. Every account change, login and failed login is an
 audit entry. A failed login names the account only when it exists (a name typed by mistake may be
-a password); throttling counts SHA-256 digests of the name tried and of the client, never either
-in clear.
+a password); throttling counts digests of the name tried and of the client, never either in clear.
+
+Throttling cannot lock an account out for everyone: failures are counted per account *and*
+client (each failure past the first few doubles the wait before that client may try that account
+again) and per client across accounts (a budget). An admin unlocks an account; a new password
+unlocks it too. Sessions live in the ledger (``console_sessions``), keyed by the SHA-256 of a
+random id: logging out, disabling the account and an admin end them for good; a new password ends
+the account's other sessions. Passwords are at least 12 characters and not in the shipped list of
+the 10,000 most common passwords (docs/console.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -23,16 +33,22 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import InvalidInput, iso
-from consentsync.ledger.schema import console_login_failures, console_users
+from consentsync.ledger.schema import console_login_failures, console_sessions, console_users
 
 # argon2id, RFC 9106's second recommended option (64 MiB, 3 passes): memory-hard.
 HASHER = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4)
 MIN_PASSWORD_LENGTH = 12
-# Five wrong passwords for one account, or twenty from one client, within the window lock
-# further attempts until the oldest of them leaves the window.
+# One client may get one account's password wrong FREE_FAILURES times in a row; each further
+# failure doubles the wait before it may try that account again (BACKOFF_BASE, 2x, 4x ... at most
+# the window). Twenty failures from one client within the window, whatever the accounts, stop
+# that client until the oldest leaves the window. Another client is never locked out by these.
 THROTTLE_WINDOW = timedelta(minutes=15)
-MAX_FAILURES_PER_ACCOUNT = 5
+FREE_FAILURES = 3
+BACKOFF_BASE = timedelta(seconds=2)
 MAX_FAILURES_PER_CLIENT = 20
+SESSION_HOURS = 12
+# last_seen_at is written at most this often per session (not on every request).
+SEEN_EVERY = timedelta(minutes=1)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # Verified against when the account does not exist, so that a wrong name costs as long as a
 # wrong password and the timing does not tell which accounts exist.
@@ -99,12 +115,43 @@ def check_name(name: str) -> str:
     return cleaned
 
 
+@cache
+def common_passwords() -> frozenset[str]:
+    """The 10,000 most common passwords (package data, lower-case; see docs/console.md)."""
+    text = (resources.files("consentsync") / "common-passwords.txt").read_text(encoding="utf-8")
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise InvalidInput(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
     if len(password) > 1024:
         raise InvalidInput("the password must be at most 1024 characters long")
+    if password.strip().lower() in common_passwords():
+        raise InvalidInput("the password is one of the most common passwords: choose another")
     return password
+
+
+def token_hash(token: str) -> str:
+    return _digest(token)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: int
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    ended_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": iso(self.created_at),
+            "last_seen_at": iso(self.last_seen_at),
+            "expires_at": iso(self.expires_at),
+            "ended_at": iso(self.ended_at) if self.ended_at else None,
+        }
 
 
 def _account(row: Any) -> Account:
@@ -154,18 +201,22 @@ class Accounts:
             )
         return self.get(name)
 
-    def set_password(self, name: str, password: str, *, actor: str) -> Account:
+    def set_password(
+        self, name: str, password: str, *, actor: str, keep_session: str | None = None
+    ) -> Account:
+        """A new password; it ends the account's sessions (but ``keep_session``, the token of the
+        session making the change) and clears its login lock."""
         name, password = check_name(name), check_password(password)
         now = self.clock()
+        current = self.get(name)
         with self.engine.begin() as conn:
-            done = conn.execute(
+            conn.execute(
                 update(console_users)
-                .where(console_users.c.name == name)
+                .where(console_users.c.id == current.id)
                 .values(password_hash=HASHER.hash(password), password_changed_at=now)
-            ).rowcount
-            if not done:
-                raise InvalidInput(f"no account named {name!r}")
-            # A new password ends the sessions signed with the old one (they carry its time).
+            )
+            self._end_sessions(conn, current.id, now, keep=keep_session)
+            self._clear_failures(conn, name)
             audit.append(
                 conn,
                 [AuditRecord("user.password_changed", {"user": name}, source="console", actor=actor)],
@@ -176,6 +227,8 @@ class Accounts:
     def set_role(self, name: str, role: str, *, actor: str) -> Account:
         current = self.get(name)
         parsed = Role.parse(role)
+        if parsed < Role.ADMIN:
+            self._keep_an_admin(current, "demoted")
         now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(
@@ -199,11 +252,15 @@ class Accounts:
 
     def set_disabled(self, name: str, disabled: bool, *, actor: str) -> Account:
         current = self.get(name)
+        if disabled:
+            self._keep_an_admin(current, "disabled")
         now = self.clock()
         with self.engine.begin() as conn:
             conn.execute(
                 update(console_users).where(console_users.c.id == current.id).values(disabled=disabled)
             )
+            if disabled:  # for good: enabling the account again does not revive them
+                self._end_sessions(conn, current.id, now)
             audit.append(
                 conn,
                 [
@@ -219,6 +276,139 @@ class Accounts:
                 now,
             )
         return self.get(name)
+
+    def _keep_an_admin(self, current: Account, change: str) -> None:
+        if current.role < Role.ADMIN or current.disabled:
+            return
+        others = [a for a in self.list() if a.role == Role.ADMIN and not a.disabled and a.id != current.id]
+        if not others:
+            raise InvalidInput(
+                f"{current.name} is the last enabled admin and cannot be {change}: make another admin first"
+            )
+
+    def unlock(self, name: str, *, actor: str) -> Account:
+        """Clear an account's failed logins (every client's backoff for it)."""
+        current = self.get(name)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            self._clear_failures(conn, current.name)
+            audit.append(
+                conn,
+                [AuditRecord("user.unlocked", {"user": current.name}, source="console", actor=actor)],
+                now,
+            )
+        return current
+
+    def locked(self, name: str) -> bool:
+        """Whether some client must wait before trying this account again."""
+        now = self.clock()
+        table = console_login_failures
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(table.c.client_digest, func.count(), func.max(table.c.at))
+                .where(table.c.name_digest == self._name_digest(name), table.c.at >= now - THROTTLE_WINDOW)
+                .group_by(table.c.client_digest)
+            ).all()
+        return any(_backoff_until(count, last) > now for _client, count, last in rows)
+
+    def _name_digest(self, name: str) -> str:
+        return (self.keyed or _digest)(name.strip().lower()[:200])
+
+    def _clear_failures(self, conn: Any, name: str) -> None:
+        table = console_login_failures
+        conn.execute(delete(table).where(table.c.name_digest == self._name_digest(name)))
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def start_session(self, account: Account, *, user_agent: str = "") -> str:
+        """A new session's token (for the cookie; the ledger keeps its SHA-256 only)."""
+        token = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(console_sessions).values(
+                    token_hash=token_hash(token),
+                    user_id=account.id,
+                    created_at=now,
+                    last_seen_at=now,
+                    expires_at=now + timedelta(hours=SESSION_HOURS),
+                    user_agent_hash=_digest(user_agent[:1000]) if user_agent else None,
+                )
+            )
+        return token
+
+    def session_account(self, token: str) -> Account | None:
+        """The account of a live session (not ended, not expired, account enabled), or None."""
+        now = self.clock()
+        table = console_sessions
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(table, console_users)
+                .join(console_users, console_users.c.id == table.c.user_id)
+                .where(table.c.token_hash == token_hash(token))
+            ).first()
+        if row is None or row.ended_at is not None or row.expires_at <= now or row.disabled:
+            return None
+        if now - row.last_seen_at >= SEEN_EVERY:
+            with self.engine.begin() as conn:
+                conn.execute(update(table).where(table.c.id == row.id).values(last_seen_at=now))
+        return Account(
+            row.user_id, row.name, Role(_ROLE_VALUES[row.role]), row.password_changed_at, row.disabled
+        )
+
+    def end_session(self, token: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(console_sessions)
+                .where(
+                    console_sessions.c.token_hash == token_hash(token), console_sessions.c.ended_at.is_(None)
+                )
+                .values(ended_at=self.clock())
+            )
+
+    def sessions(self, name: str) -> list[SessionInfo]:
+        """An account's live sessions, newest first."""
+        current = self.get(name)
+        table = console_sessions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(table)
+                .where(
+                    table.c.user_id == current.id,
+                    table.c.ended_at.is_(None),
+                    table.c.expires_at > self.clock(),
+                )
+                .order_by(table.c.created_at.desc(), table.c.id.desc())
+            ).all()
+        return [SessionInfo(r.id, r.created_at, r.last_seen_at, r.expires_at, r.ended_at) for r in rows]
+
+    def end_sessions(self, name: str, *, actor: str) -> int:
+        """End every session of an account; how many were live."""
+        current = self.get(name)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            ended = self._end_sessions(conn, current.id, now)
+            audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        "user.sessions_ended",
+                        {"user": current.name},
+                        new=ended,
+                        source="console",
+                        actor=actor,
+                    )
+                ],
+                now,
+            )
+        return ended
+
+    def _end_sessions(self, conn: Any, user_id: int, now: datetime, keep: str | None = None) -> int:
+        table = console_sessions
+        query = update(table).where(table.c.user_id == user_id, table.c.ended_at.is_(None))
+        if keep:
+            query = query.where(table.c.token_hash != token_hash(keep))
+        return int(conn.execute(query.values(ended_at=now)).rowcount)
 
     def get(self, name: str) -> Account:
         found = self.find(name)
@@ -264,7 +454,10 @@ class Accounts:
             if ok:
                 assert row is not None
                 conn.execute(
-                    delete(console_login_failures).where(console_login_failures.c.name_digest == name_digest)
+                    delete(console_login_failures).where(
+                        console_login_failures.c.name_digest == name_digest,
+                        console_login_failures.c.client_digest == client_digest,
+                    )
                 )
                 if HASHER.check_needs_rehash(row.password_hash):
                     conn.execute(
@@ -297,13 +490,24 @@ class Accounts:
         table = console_login_failures
         with self.engine.begin() as conn:
             conn.execute(delete(table).where(table.c.at < since))
-            for column, limit in (
-                (table.c.name_digest == name_digest, MAX_FAILURES_PER_ACCOUNT),
-                (table.c.client_digest == client_digest, MAX_FAILURES_PER_CLIENT),
-            ):
-                count, oldest = conn.execute(
-                    select(func.count(), func.min(table.c.at)).where(column, table.c.at >= since)
-                ).one()
-                if count >= limit:
-                    first = oldest or now
-                    raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
+            count, last = conn.execute(
+                select(func.count(), func.max(table.c.at)).where(
+                    table.c.name_digest == name_digest, table.c.client_digest == client_digest
+                )
+            ).one()
+            until = _backoff_until(count, last)
+            if until > now:
+                raise LoginThrottled(max(1, int((until - now).total_seconds()) + 1))
+            count, oldest = conn.execute(
+                select(func.count(), func.min(table.c.at)).where(table.c.client_digest == client_digest)
+            ).one()
+            if count >= MAX_FAILURES_PER_CLIENT:
+                first = oldest or now
+                raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
+
+
+def _backoff_until(failures: int, last: datetime | None) -> datetime:
+    """Until when a client that failed ``failures`` times in a row, last at ``last``, waits."""
+    if last is None or failures < FREE_FAILURES:
+        return datetime.min.replace(tzinfo=UTC)
+    return last + min(BACKOFF_BASE * 2 ** min(failures - FREE_FAILURES, 20), THROTTLE_WINDOW)

@@ -18,7 +18,7 @@ from openpyxl import load_workbook
 from sqlalchemy import select
 
 from consentsync import audit
-from consentsync.accounts import MAX_FAILURES_PER_ACCOUNT
+from consentsync.accounts import FREE_FAILURES
 from consentsync.cli import main
 from consentsync.ledger.schema import quarantine, sync_cursors
 from tests.conftest import Cli
@@ -158,7 +158,7 @@ def test_logins_and_failed_logins_are_audited_and_throttled(app: Any, world: Wor
     assert hashlib.sha256(b"nobody").hexdigest() not in json.dumps(failed)
     assert [e["actor"] for e in entries(world, action="login.succeeded")] == ["rex"]
 
-    for _ in range(MAX_FAILURES_PER_ACCOUNT):
+    for _ in range(FREE_FAILURES):
         client.post("/api/session", json={"name": "vic", "password": "wrong-password"})
     throttled = client.post("/api/session", json={"name": "vic", "password": PASSWORDS["vic"]})
     assert throttled.status_code == 429

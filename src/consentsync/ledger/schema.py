@@ -363,6 +363,24 @@ console_login_failures = Table(
     Column("at", Timestamp, nullable=False),
     Index("ix_console_login_failures_name_digest_at", "name_digest", "at"),
     Index("ix_console_login_failures_client_digest_at", "client_digest", "at"),
+    Index("ix_console_login_failures_pair_at", "name_digest", "client_digest", "at"),
+)
+
+# Console sessions (migration 0009): the cookie holds a random id, this table its SHA-256 only.
+# Logging out, disabling the account, a new password (the other sessions) and an admin end one
+# by setting ended_at; an ended session never comes back.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("console_users.id"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_seen_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("ended_at", Timestamp),
+    Column("user_agent_hash", String(64)),
+    Index("ix_console_sessions_user_id", "user_id"),
 )
 
 # Push plans made in the console (issue 13): what a run would push to a CRM, kept for an admin to
