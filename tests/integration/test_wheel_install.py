@@ -168,6 +168,10 @@ def test_the_console_names_its_extra_then_serves_once_installed(installed: Insta
         stylesheet = re.search(r'href="(/static/[^"]+\.css)"', page)
         assert stylesheet, page[:500]
         assert _get(f"http://127.0.0.1:{port}{stylesheet.group(1)}", server)
+        # The API docs' Swagger UI is vendored in the wheel (no CDN).
+        assert "SwaggerUIBundle" in _get(
+            f"http://127.0.0.1:{port}/static/swagger-ui/swagger-ui-bundle.js", server
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)
