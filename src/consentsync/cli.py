@@ -7,6 +7,7 @@ nothing is written before all input has been checked.
 from __future__ import annotations
 
 import functools
+import getpass
 import itertools
 import json
 import sqlite3
@@ -547,6 +548,14 @@ def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bo
         click.echo(f"subject {result['subject']} restricted: every purpose is suppressed until lifted")
 
 
+def login_name() -> str:
+    """Who runs the command, for the audit log: the operating system's login name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
 # -- subjects --------------------------------------------------------------------------------------
 
 
@@ -562,7 +571,9 @@ def subject() -> None:
 @handled
 def subject_show(email: str, as_json: bool) -> None:
     """Effective state per purpose and channel, with the deciding rule, and the full history."""
-    view = current_ledger().subject_view(_email(email))
+    ledger = current_ledger()
+    view = ledger.subject_view(_email(email))
+    ledger.audit_read(view["subject"], "subject.viewed", actor=login_name(), source="cli")
     if as_json:
         emit_json(view)
         return
@@ -606,8 +617,12 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 
     if not output.parent.is_dir():
         raise InvalidInput(f"-o {output}: no folder {output.parent}: create it first, or write elsewhere")
-    view = current_ledger().subject_view(_email(email))
+    ledger = current_ledger()
+    view = ledger.subject_view(_email(email))
     write_export(view, fmt, output)
+    ledger.audit_read(
+        view["subject"], "subject.exported", actor=login_name(), source="cli", what={"format": fmt}
+    )
     click.echo(f"wrote {output}")
 
 
@@ -623,7 +638,10 @@ def audit_group() -> None:
 @config_option
 @click.option("--email", help="Only entries about this person (also after erasure).")
 @click.option("--since", metavar="ISO8601")
-@click.option("--action", help="Only this action (consent.recorded, objection.decided, ...).")
+@click.option(
+    "--action",
+    help="Only this action (consent.recorded, objection.decided, subject.viewed, subject.exported, ...).",
+)
 @click.option("--limit", type=click.IntRange(min=1))
 @json_option
 @handled

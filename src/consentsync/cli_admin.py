@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import getpass
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from consentsync.cli import (
     fail,
     handled,
     json_option,
+    login_name,
     main,
     print_table,
     subject,
@@ -267,7 +267,7 @@ def state_reset(connector: str, object_type: str, to: str | None, actor: str | N
     from consentsync.sync.locks import RunInProgress
 
     moment = parse_timestamp(to, "--to") if to is not None else None
-    who = actor if actor is not None else _login_name()
+    who = actor if actor is not None else login_name()
     check_label(who, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain
     config = current_config()
     config.connector(connector)
@@ -289,13 +289,6 @@ def state_reset(connector: str, object_type: str, to: str | None, actor: str | N
             f"{_position_text(result['before']) if result['before'] else 'none'} -> "
             f"{_position_text(result['after']) if result['after'] else 'the beginning'}"
         )
-
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
 
 
 # -- subject search --------------------------------------------------------------------------------

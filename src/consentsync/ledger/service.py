@@ -767,6 +767,18 @@ class Ledger:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def audit_read(
+        self, uid: str, action: str, *, actor: str, source: str, what: dict[str, Any] | None = None
+    ) -> None:
+        """Writes down a read of one person's record (GDPR Art. 30, accountability): who, when,
+        how (``subject.viewed``, ``subject.exported``), naming the person by uid only."""
+        with self.engine.begin() as conn:
+            audit.append(
+                conn,
+                [AuditRecord(action, what or {}, source=source, actor=actor, subject_uid=uid)],
+                self.clock(),
+            )
+
     def subject_view(self, email: str) -> dict[str, Any]:
         """Everything the ledger holds about one person, effective state recomputed now."""
         now = self.clock()
