@@ -790,7 +790,7 @@ def run_daemon(
     if web_port is not None:
         from consentsync.web.server import WebServer, build
 
-        console = WebServer(build(config, ledger), host=web_host, port=web_port).start()
+        console = WebServer(build(config, ledger, host=web_host), host=web_host, port=web_port).start()
         log.info("daemon.console", url=f"{console.url}/")
     daemon.start()
     try:

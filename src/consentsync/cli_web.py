@@ -1,9 +1,11 @@
-"""Commands of the ops console: `web`, `user add|passwd|list|role|disable|enable`, and
+"""Commands of the ops console: `web`, `user add|passwd|list|role|disable|enable|sessions|
+end-sessions|unlock`, and
 `runs retry` (the console's retry action, from the shell)."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +14,9 @@ from consentsync.cli import config_option, current_config, emit_json, handled, j
 from consentsync.cli_sync import runs
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
 from consentsync.extras import require
+
+if TYPE_CHECKING:
+    from consentsync.accounts import Accounts
 
 
 @main.command()
@@ -50,7 +55,9 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     scheme = "https" if certfile else "http"
     click.echo(f"ops console at {scheme}://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.Server(
-        uvicorn_config(build(config, ledger), host=host, port=port, certfile=certfile, keyfile=keyfile)
+        uvicorn_config(
+            build(config, ledger, host=host), host=host, port=port, certfile=certfile, keyfile=keyfile
+        )
     ).run()
 
 
@@ -59,6 +66,14 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
 def user() -> None:
     """Local accounts of the ops console (viewer, reviewer, admin)."""
     require("console", "the ops console's accounts")
+
+
+def _accounts() -> Accounts:
+    """The accounts, with the deployment's keyed hash (the one the console counts failed logins by)."""
+    from consentsync.accounts import Accounts
+
+    ledger = open_ledger(current_config())
+    return Accounts(ledger.engine, clock=lambda: ledger.clock(), keyed=ledger.keyed_hasher())
 
 
 def _password(prompt: bool) -> str:
@@ -74,9 +89,7 @@ def _password(prompt: bool) -> str:
 @handled
 def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
     """Add an account; asks for its password (12 characters or more)."""
-    from consentsync.accounts import Accounts
-
-    accounts = Accounts(open_ledger(current_config()).engine)
+    accounts = _accounts()
     password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
     account = accounts.add(name, role, password, actor=actor)
     click.echo(f"account {account.name} added with role {account.role.label}")
@@ -90,9 +103,7 @@ def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
 @handled
 def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
     """Set an account's password; its open sessions end."""
-    from consentsync.accounts import Accounts
-
-    accounts = Accounts(open_ledger(current_config()).engine)
+    accounts = _accounts()
     password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
     accounts.set_password(name, password, actor=actor)
     click.echo(f"password of {name} changed; its sessions have ended")
@@ -106,9 +117,7 @@ def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
 @handled
 def user_role(name: str, role: str, actor: str) -> None:
     """Change an account's role."""
-    from consentsync.accounts import Accounts
-
-    Accounts(open_ledger(current_config()).engine).set_role(name, role, actor=actor)
+    _accounts().set_role(name, role, actor=actor)
     click.echo(f"{name} is now {role}")
 
 
@@ -120,9 +129,7 @@ def user_role(name: str, role: str, actor: str) -> None:
 @handled
 def user_disable(name: str, enable: bool, actor: str) -> None:
     """Disable an account (its sessions end at once), or with --enable, enable it again."""
-    from consentsync.accounts import Accounts
-
-    Accounts(open_ledger(current_config()).engine).set_disabled(name, not enable, actor=actor)
+    _accounts().set_disabled(name, not enable, actor=actor)
     click.echo(f"{name} {'enabled' if enable else 'disabled'}")
 
 
@@ -132,13 +139,48 @@ def user_disable(name: str, enable: bool, actor: str) -> None:
 @handled
 def user_list(as_json: bool) -> None:
     """Every account, with its role."""
-    from consentsync.accounts import Accounts
 
-    rows = [a.as_dict() for a in Accounts(open_ledger(current_config()).engine).list()]
+    rows = [a.as_dict() for a in _accounts().list()]
     if as_json:
         emit_json(rows)
     else:
         print_table(rows, ["name", "role", "disabled", "password_changed_at"])
+
+
+@user.command("sessions")
+@config_option
+@click.argument("name")
+@json_option
+@handled
+def user_sessions(name: str, as_json: bool) -> None:
+    """An account's open sessions (started, last seen, expires)."""
+    rows = [s.as_dict() for s in _accounts().sessions(name)]
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, ["id", "created_at", "last_seen_at", "expires_at"])
+
+
+@user.command("end-sessions")
+@config_option
+@click.argument("name")
+@click.option("--actor", default="cli", show_default=True)
+@handled
+def user_end_sessions(name: str, actor: str) -> None:
+    """End every open session of an account (it must log in again)."""
+    ended = _accounts().end_sessions(name, actor=actor)
+    click.echo(f"{ended} session(s) of {name} ended")
+
+
+@user.command("unlock")
+@config_option
+@click.argument("name")
+@click.option("--actor", default="cli", show_default=True)
+@handled
+def user_unlock(name: str, actor: str) -> None:
+    """Clear an account's failed logins, so that every client may try it again at once."""
+    _accounts().unlock(name, actor=actor)
+    click.echo(f"{name} unlocked")
 
 
 @runs.command("retry")

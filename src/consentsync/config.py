@@ -5,6 +5,7 @@ Every error names the file, the line and the field, and what would have been acc
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
@@ -66,6 +67,32 @@ class AuditSettings(_Strict):
     checkpoints: CheckpointSettings = CheckpointSettings()
 
 
+class WebSettings(_Strict):
+    """The ops console. ``allowed_hosts``: the host names (``*.example.org`` for any subdomain,
+    ``*`` for any) a request's Host header may name; by default the bind address and localhost,
+    so a DNS-rebinding page cannot reach the console under a name of its own."""
+
+    allowed_hosts: list[str] | None = None
+    # The reverse proxies (addresses or CIDR blocks) whose X-Forwarded-For the console believes:
+    # the client of a request from one of them is the right-most address in that header that is
+    # not a trusted proxy. Empty (the default): the client is the socket's peer, whatever the
+    # header says.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR block (e.g. 10.0.0.0/8)") from None
+        return value
+
+    def trusted_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies]
+
+
 class PolicySettings(_Strict):
     trusted_sources: list[str] = Field(
         default_factory=lambda: ["web_form", "preference_center", "double_opt_in", "ops"]
@@ -109,6 +136,7 @@ class Settings(_Strict):
     secrets: SecretSettings = SecretSettings()
     policy: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
+    web: WebSettings = WebSettings()
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
     purposes: list[PurposeSettings] = Field(min_length=1)
     connectors: list[ConnectorSettings] = Field(default_factory=list)

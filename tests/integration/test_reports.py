@@ -83,7 +83,7 @@ def test_the_console_lists_the_same_people(cli: Cli, config_path: Path, ledger: 
     cli.ok("restrict", "--email", "restricted@example.com", "--reason", "disputed")
     cli.ok("erase", "--email", "erased@example.com", "--reason", "art17", "--yes")
     Accounts(ledger.engine).add("vic", "viewer", "vic-viewer-password-1", actor="test")
-    client = TestClient(build(load_config(config_path), ledger), base_url="https://testserver")
+    client = TestClient(build(load_config(config_path), ledger), base_url="https://localhost")
     assert (
         client.post("/api/session", json={"name": "vic", "password": "vic-viewer-password-1"}).status_code
         == 200

@@ -59,6 +59,17 @@ def add_odd_consent(sandbox: SalesforceSandbox) -> str:
     )
 
 
+TEST_HOSTS = "web:\n  allowed_hosts: [testserver, localhost, 127.0.0.1]\n"
+
+
+@pytest.fixture
+def config_path(config_path: Path) -> Path:
+    """The starter config, answering to TestClient's host name (``testserver``) too."""
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write("\n" + TEST_HOSTS)
+    return config_path
+
+
 ORG_SIZE = 40  # contacts in the seeded org: enough for duplicates, leads and paging, and quick
 
 

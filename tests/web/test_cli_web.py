@@ -37,11 +37,17 @@ def test_user_commands_hash_passwords_check_input_and_audit(cli: Cli) -> None:
     )
     assert bad.exit_code == 2 and "lower-case letters" in bad.stderr
     cli.ok("user", "role", "ops.lead", "admin")
+    assert (
+        cli(
+            "user", "add", "second", "--role", "admin", "--password-stdin", input="yet-another-pw-1\n"
+        ).exit_code
+        == 0
+    )
     cli.ok("user", "disable", "ops.lead")
-    (row,) = cli.json("user", "list")
-    assert (row["role"], row["disabled"]) == ("admin", True)
+    row = cli.json("user", "list")[0]
+    assert (row["name"], row["role"], row["disabled"]) == ("ops.lead", "admin", True)
     actions = [e["action"] for e in cli.json("audit", "log") if e["action"].startswith("user.")]
-    assert actions == ["user.added", "user.role_changed", "user.disabled"]
+    assert actions == ["user.added", "user.role_changed", "user.added", "user.disabled"]
     assert "a-long-enough-password" not in str(cli.json("audit", "log"))
 
 
@@ -73,7 +79,11 @@ def test_consentsync_web_serves_the_login_page_and_nothing_else_anonymously(cli:
         assert login.status_code == 200 and "Log in" in login.text
         assert requests.get(f"{base}/", allow_redirects=False, timeout=5).status_code == 303
         assert requests.get(f"{base}/api/runs", timeout=5).status_code == 401
-        assert requests.get(f"{base}/api/openapi.json", timeout=5).json()["info"]["title"]
+        assert requests.get(f"{base}/api/openapi.json", timeout=5).status_code == 401
+        docs = requests.get(f"{base}/api/docs", allow_redirects=False, timeout=5)
+        assert docs.status_code == 303 and docs.headers["location"] == "/login?next=/api/docs"
+        foreign = requests.get(f"{base}/login", headers={"Host": f"attacker.example:{port}"}, timeout=5)
+        assert foreign.status_code == 400
     finally:
         process.terminate()
         _out, err = process.communicate(timeout=20)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from consentsync.accounts import Account, Role
-from consentsync.web.app import console_of, now, require, session_of, sessions_of
+from consentsync.web.app import console_of, require, session_of, sessions_of
 from consentsync.web.console import Page, parse_day
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
@@ -74,7 +74,7 @@ def login(credentials: Credentials, request: Request) -> JSONResponse:
     if account is None:
         return JSONResponse({"detail": "wrong name or password"}, status_code=401)
     sessions = sessions_of(request)
-    token = sessions.issue(account, now())
+    token = sessions.issue(account, request.headers.get("user-agent", ""))
     response = JSONResponse({"user": account.as_dict(), "csrf_token": sessions.csrf_for(token)})
     set_cookie(response, request, SESSION_COOKIE, token, SESSION_HOURS * 3600)
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -88,8 +88,11 @@ def whoami(request: Request, account: Viewer) -> dict[str, Any]:
     return {"user": account.as_dict(), "csrf_token": sessions_of(request).csrf_for(session.token)}
 
 
-@router.delete("/session", summary="Log out")
-def logout(_account: Viewer) -> Response:
+@router.delete("/session", summary="Log out (the session ends on the server)")
+def logout(request: Request, _account: Viewer) -> Response:
+    session = session_of(request)
+    if session is not None:
+        sessions_of(request).end(session.token)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -161,23 +164,23 @@ def audit_verify(request: Request, _account: Viewer) -> dict[str, Any]:
 
 
 @router.post("/subjects/lookup", summary="One person's record, found by email")
-def subject_lookup(request: Request, lookup: EmailLookup, _account: Viewer) -> dict[str, Any]:
-    return console_of(request).subject_by_email(lookup.email)
+def subject_lookup(request: Request, lookup: EmailLookup, account: Viewer) -> dict[str, Any]:
+    return console_of(request).subject_by_email(lookup.email, reader=(account, "api"))
 
 
 @router.get("/subjects/{uid}", summary="One person's record: state, history, objections, CRM records")
-def subject(request: Request, uid: Annotated[str, Path(max_length=36)], _account: Viewer) -> dict[str, Any]:
-    return console_of(request).subject(uid)
+def subject(request: Request, uid: Annotated[str, Path(max_length=36)], account: Viewer) -> dict[str, Any]:
+    return console_of(request).subject(uid, reader=(account, "api"))
 
 
 @router.get("/subjects/{uid}/export", summary="One person's record as a file")
 def subject_export(
     request: Request,
     uid: Annotated[str, Path(max_length=36)],
-    _account: Viewer,
+    account: Viewer,
     format: Literal["json", "csv", "xlsx"] = "json",
 ) -> Response:
-    content, media_type, name = console_of(request).export(uid, format)
+    content, media_type, name = console_of(request).export(uid, format, reader=(account, "api"))
     return Response(
         content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
     )
@@ -210,8 +213,8 @@ def objection_list(
 
 
 @router.get("/objections/{objection_id}", summary="One objection with its subject's context")
-def objection(request: Request, objection_id: RowId, _account: Viewer) -> dict[str, Any]:
-    return console_of(request).objection(objection_id)
+def objection(request: Request, objection_id: RowId, account: Viewer) -> dict[str, Any]:
+    return console_of(request).objection(objection_id, reader=(account, "api"))
 
 
 @router.post("/objections/{objection_id}/decision", summary="Uphold or reject (reviewer); reason required")
@@ -245,10 +248,34 @@ def change_user(
     if change.role is not None:
         target = accounts.set_role(name, change.role, actor=account.name)
     if change.password is not None:
-        target = accounts.set_password(name, change.password, actor=account.name)
+        session = session_of(request)
+        target = accounts.set_password(
+            name, change.password, actor=account.name, keep_session=session.token if session else None
+        )
     if change.disabled is not None:
         target = accounts.set_disabled(name, change.disabled, actor=account.name)
     return target.as_dict()
+
+
+@router.get("/users/{name}/sessions", summary="An account's live sessions (admin)")
+def user_sessions(
+    request: Request, name: Annotated[str, Path(max_length=64)], _account: Admin
+) -> list[dict[str, Any]]:
+    return [s.as_dict() for s in console_of(request).accounts.sessions(name)]
+
+
+@router.delete("/users/{name}/sessions", summary="End every session of an account (admin)")
+def end_user_sessions(
+    request: Request, name: Annotated[str, Path(max_length=64)], account: Admin
+) -> dict[str, int]:
+    return {"ended": console_of(request).accounts.end_sessions(name, actor=account.name)}
+
+
+@router.post("/users/{name}/unlock", summary="Clear an account's failed logins (admin)")
+def unlock_user(
+    request: Request, name: Annotated[str, Path(max_length=64)], account: Admin
+) -> dict[str, Any]:
+    return console_of(request).accounts.unlock(name, actor=account.name).as_dict()
 
 
 class PlanApproval(_Body):

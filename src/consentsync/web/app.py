@@ -3,15 +3,19 @@ right), error handling, security headers; the pages and the JSON API are routers
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.exc import DataError
@@ -57,7 +61,7 @@ def session_of(request: Request) -> Session | None:
     cached = getattr(request.state, "session", False)
     if cached is not False:
         return cached  # type: ignore[no-any-return]
-    found = sessions_of(request).read(request.cookies.get(SESSION_COOKIE), now())
+    found = sessions_of(request).read(request.cookies.get(SESSION_COOKIE))
     request.state.session = found
     return found
 
@@ -101,7 +105,57 @@ def require(role: Role, *, api: bool) -> Callable[[Request], Awaitable[Account]]
     return dependency
 
 
-def create_app(console: Console) -> FastAPI:
+CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+DOCS_URL = "/api/docs"
+OPENAPI_URL = "/api/openapi.json"
+SWAGGER = "/static/swagger-ui"  # vendored swagger-ui-dist (static/swagger-ui/README.md)
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(console: Console, bind: str | None) -> list[str]:
+    """The names a request's Host header may give: ``web.allowed_hosts``, or by default
+    localhost and the address the console is bound to (not a wildcard one: those need a list)."""
+    configured = console.config.settings.web.allowed_hosts
+    if configured is not None:
+        return [name.lower() for name in configured]
+    extra = [bind.lower()] if bind and bind not in ("0.0.0.0", "::", "") else []
+    return [*LOCAL_HOSTS, *extra]
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port (``[::1]:8080`` is ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(name: str, allowed: list[str]) -> bool:
+    return any(
+        pattern == "*" or name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+        for pattern in allowed
+    )
+
+
+def _docs_page() -> tuple[HTMLResponse, str]:
+    """Swagger UI from the package's own files, and the CSP that lets exactly its one inline
+    script (the page's initialiser, hashed) and the files from 'self' run."""
+    page = get_swagger_ui_html(
+        openapi_url=OPENAPI_URL,
+        title="consentsync ops console API",
+        swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+    )
+    inline = re.findall(r"<script>(.*?)</script>", bytes(page.body).decode(), re.S)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in inline
+    )
+    return page, CSP.replace("default-src 'self';", f"default-src 'self'; script-src 'self' {hashes};")
+
+
+def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     from consentsync.web import api, pages
 
     app = FastAPI(
@@ -115,31 +169,44 @@ def create_app(console: Console) -> FastAPI:
             "records and make push plans; admins also approve or reject plans and manage "
             "accounts."
         ),
-        docs_url="/api/docs",
+        # Served below, behind a login like every other page.
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
     )
     app.state.console = console
     app.state.sessions = Sessions(signing_key(console.config.erasure_key()), console.accounts)
+    app.state.trusted_proxies = tuple(console.config.settings.web.trusted_networks())
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)
     _install_handlers(app)
+    docs_page, docs_csp = _docs_page()
+    hosts = allowed_hosts(console, host)
+
+    @app.get(OPENAPI_URL, include_in_schema=False)
+    def openapi(_account: Annotated[Account, Depends(require(Role.VIEWER, api=True))]) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def docs(_account: Annotated[Account, Depends(require(Role.VIEWER, api=False))]) -> Response:
+        return HTMLResponse(docs_page.body, headers={"Content-Security-Policy": docs_csp})
 
     @app.middleware("http")
     async def security_headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
+        if not host_allowed(host_name(request.headers.get("host", "")), hosts):
+            # A name this console does not answer to (DNS rebinding, a misrouted proxy).
+            response: Response = PlainTextResponse("unknown Host header", status_code=400)
+        else:
+            response = await call_next(request)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "same-origin"
-        if not request.url.path.startswith("/api/docs"):
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
-            )
+        response.headers.setdefault("Content-Security-Policy", CSP)
         if request.url.scheme == "https":
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         # Paths only: a query string may hold filters an operator typed; never log it.

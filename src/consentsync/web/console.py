@@ -18,6 +18,7 @@ from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
 from consentsync.ledger.schema import objections, subject_identifiers, subjects, sync_runs
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.sdk.errors import is_secret_key, scrub
 from consentsync.sync import quarantine
 from consentsync.sync.runs import count_runs, list_runs, show_run
 from consentsync.web.plans import PlanDesk
@@ -29,7 +30,14 @@ EXPORT_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 }
-_SECRET_KEY = re.compile(r"secret|password|token|private|key", re.I)
+# Names of settings whose values are secrets beyond the SDK's (``is_secret_key``).
+_PRIVATE_KEY = re.compile(r"(?i)(^|_)key$")
+# Credentials inside a value: a URL's user information, and query parameters that carry one.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]+@")
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
+_SECRET_PARAMS = {"key", "sig", "signature", "auth", "code", "session", "sid", "pwd", "pass"}
+HIDDEN = "(hidden)"
+Reader = tuple[Account, str]  # who reads a person's record, and where from ("console", "api")
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,10 +226,21 @@ class Console:
 
     # -- subjects ------------------------------------------------------------------------------
 
-    def subject_by_email(self, email: str) -> dict[str, Any]:
-        return self.ledger.subject_view(normalise_email(email))
+    def _read(self, uid: str, action: str, reader: Reader, **what: Any) -> None:
+        """A read of one person's record, written down (Art. 30): who, how, which subject (its
+        uid: never the address)."""
+        account, source = reader
+        self.ledger.audit_read(uid, action, actor=account.name, source=source, what=what)
 
-    def subject(self, uid: str) -> dict[str, Any]:
+    def subject_by_email(self, email: str, *, reader: Reader | None) -> dict[str, Any]:
+        view = self.ledger.subject_view(normalise_email(email))
+        if reader is not None:
+            self._read(view["subject"], "subject.viewed", reader, by="email")
+        return view
+
+    def subject(self, uid: str, *, reader: Reader | None) -> dict[str, Any]:
+        """One person's record; ``reader`` (who, from where) is audited, unless the caller
+        audits the read itself (an export, an objection's context)."""
         with self.engine.connect() as conn:
             email = conn.execute(
                 select(subject_identifiers.c.value)
@@ -232,15 +251,19 @@ class Console:
             ).scalar()
         if email is None:
             raise NotFound(f"no subject {uid!r} with an address in the ledger (unknown, or erased)")
-        return self.ledger.subject_view(email)
+        view = self.ledger.subject_view(email)
+        if reader is not None:
+            self._read(view["subject"], "subject.viewed", reader)
+        return view
 
-    def export(self, uid: str, fmt: str) -> tuple[bytes, str, str]:
+    def export(self, uid: str, fmt: str, *, reader: Reader) -> tuple[bytes, str, str]:
         """(content, media type, file name) of one subject's record."""
         from consentsync.export import write_export
 
         if fmt not in EXPORT_TYPES:
             raise InvalidInput(f"unknown export format {fmt!r}: accepted are {', '.join(EXPORT_TYPES)}")
-        view = self.subject(uid)
+        view = self.subject(uid, reader=None)
+        self._read(view["subject"], "subject.exported", reader, format=fmt)
         with tempfile.TemporaryDirectory(prefix="consentsync-export-") as folder:
             path = Path(folder) / f"subject.{fmt}"
             write_export(view, fmt, path)
@@ -279,15 +302,17 @@ class Console:
         start = _offset(page, per_page)
         return Page(rows[start : start + per_page], page, per_page, len(rows))
 
-    def objection(self, objection_id: int) -> dict[str, Any]:
+    def objection(self, objection_id: int, *, reader: Reader | None) -> dict[str, Any]:
         """One objection with its subject's context: current state, history, other objections."""
         found = next((o for o in self.ledger.list_objections() if o["id"] == objection_id), None)
         if found is None:
             raise NotFound(f"no objection with id {objection_id}")
         try:
-            context = self.subject(found["subject"])
+            context = self.subject(found["subject"], reader=None)
         except NotFound:
             context = None  # erased since: the objection stays, the person's details do not
+        if context is not None and reader is not None:
+            self._read(found["subject"], "subject.viewed", reader, objection=objection_id)
         return {"objection": found, "subject": context}
 
     def decide(self, objection_id: int, *, uphold: bool, reason: str, account: Account) -> dict[str, Any]:
@@ -336,7 +361,7 @@ class Console:
                             "reads": [],
                             "writes": [],
                             "consents": [],
-                            "error": str(error),
+                            "error": masked_text(str(error)),
                         }
                     )
             connectors.append(
@@ -344,20 +369,43 @@ class Console:
                     "name": item.name,
                     "vendor": item.vendor,
                     "schedule": item.schedule.model_dump(exclude_none=True),
-                    "settings": {
-                        k: ("(hidden)" if _SECRET_KEY.search(k) else v) for k, v in item.settings.items()
-                    },
+                    "settings": {k: masked(k, v) for k, v in item.settings.items()},
                     "mappings": mappings,
                 }
             )
         return {
             "file": str(self.config.path),
-            "ledger": _database_kind(self.config.ledger_url),
+            "ledger": masked_text(_database_kind(self.config.ledger_url)),
             "channels": list(self.config.channels),
             "policy": settings.policy.model_dump(mode="json"),
             "purposes": [p.model_dump(mode="json") for p in settings.purposes],
             "connectors": connectors,
         }
+
+
+def masked(key: str, value: Any) -> Any:
+    """A setting as the configuration page may show it: a secret's value hidden by its name
+    (the SDK's ``is_secret_key``, and private keys), and credentials inside any text (a URL's
+    user and password, a token in its query, a bearer token) hidden wherever they are."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if is_secret_key(key) or _PRIVATE_KEY.search(key):
+        return HIDDEN
+    if isinstance(value, dict):
+        return {k: masked(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [masked(key, v) for v in value]
+    return masked_text(str(value))
+
+
+def masked_text(text: str) -> str:
+    def param(match: re.Match[str]) -> str:
+        name = match.group(2)
+        secret = is_secret_key(name) or name.lower() in _SECRET_PARAMS
+        return f"{match.group(1)}{name}={HIDDEN}" if secret and match.group(3) else match.group(0)
+
+    text = _USERINFO.sub(lambda m: f"{m.group(1)}{HIDDEN}@", scrub(text))
+    return _QUERY_PARAM.sub(param, text)
 
 
 def _shown(ref: Any) -> str:

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput
-from consentsync.web.app import console_of, now, require, session_of, sessions_of
+from consentsync.web.app import console_of, require, session_of, sessions_of
 from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
 from consentsync.web.security import (
     CSRF_FIELD,
@@ -125,13 +125,20 @@ def login(
         )
         return response
     response = RedirectResponse(_safe_next(next), status_code=303)
-    set_cookie(response, request, SESSION_COOKIE, sessions.issue(account, now()), SESSION_HOURS * 3600)
+    set_cookie(
+        response,
+        request,
+        SESSION_COOKIE,
+        sessions.issue(account, request.headers.get("user-agent", "")),
+        SESSION_HOURS * 3600,
+    )
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
 
 @router.post("/logout")
-def logout(_account: Viewer) -> Response:
+def logout(request: Request, _account: Viewer) -> Response:
+    _end_own_session(request)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -299,19 +306,20 @@ def subject_search(request: Request, _account: Viewer) -> Response:
 def subject_lookup(
     request: Request, _account: Viewer, email: Annotated[str, Form(max_length=320)]
 ) -> Response:
-    view = console_of(request).subject_by_email(email)
+    # The page it leads to audits the read.
+    view = console_of(request).subject_by_email(email, reader=None)
     return RedirectResponse(f"/subjects/{view['subject']}", status_code=303)
 
 
 @router.get("/subjects/{uid}")
-def subject(request: Request, uid: str, _account: Viewer) -> Response:
-    view = console_of(request).subject(uid)
+def subject(request: Request, uid: str, account: Viewer) -> Response:
+    view = console_of(request).subject(uid, reader=(account, "console"))
     return render(request, "subject.html", {"title": "Subject", "view": view, "formats": list(EXPORT_TYPES)})
 
 
 @router.get("/subjects/{uid}/export.{fmt}")
-def subject_export(request: Request, uid: str, fmt: str, _account: Viewer) -> Response:
-    content, media_type, name = console_of(request).export(uid, fmt)
+def subject_export(request: Request, uid: str, fmt: str, account: Viewer) -> Response:
+    content, media_type, name = console_of(request).export(uid, fmt, reader=(account, "console"))
     return Response(
         content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
     )
@@ -359,8 +367,8 @@ def objections(
 
 
 @router.get("/objections/{objection_id}")
-def objection(request: Request, objection_id: RowId, _account: Viewer) -> Response:
-    found = console_of(request).objection(objection_id)
+def objection(request: Request, objection_id: RowId, account: Viewer) -> Response:
+    found = console_of(request).objection(objection_id, reader=(account, "console"))
     return render(request, "objection.html", {"title": f"Objection {objection_id}", **found, "error": None})
 
 
@@ -374,7 +382,7 @@ def decide(
 ) -> Response:
     console = console_of(request)
     if decision not in ("uphold", "reject") or not reason.strip():
-        found = console.objection(objection_id)
+        found = console.objection(objection_id, reader=(account, "console"))
         message = (
             "Choose uphold or reject." if decision not in ("uphold", "reject") else "A reason is required."
         )
@@ -398,12 +406,41 @@ def configuration(request: Request, _account: Viewer) -> Response:
     )
 
 
+def _end_own_session(request: Request) -> None:
+    session = session_of(request)
+    if session is not None:
+        sessions_of(request).end(session.token)
+
+
 @router.get("/users")
 def users(request: Request, _account: Admin) -> Response:
-    accounts = console_of(request).accounts.list()
+    manager = console_of(request).accounts
+    accounts = manager.list()
     return render(
-        request, "users.html", {"title": "Accounts", "accounts": accounts, "roles": [r.label for r in Role]}
+        request,
+        "users.html",
+        {
+            "title": "Accounts",
+            "accounts": accounts,
+            "roles": [r.label for r in Role],
+            "locked": {a.name for a in accounts if manager.locked(a.name)},
+            "live": {a.name: len(manager.sessions(a.name)) for a in accounts},
+        },
     )
+
+
+@router.post("/users/{name}/unlock")
+def unlock_user(request: Request, name: Annotated[str, Path(max_length=64)], account: Admin) -> Response:
+    console_of(request).accounts.unlock(name, actor=account.name)
+    return RedirectResponse("/users", status_code=303)
+
+
+@router.post("/users/{name}/end-sessions")
+def end_user_sessions(
+    request: Request, name: Annotated[str, Path(max_length=64)], account: Admin
+) -> Response:
+    console_of(request).accounts.end_sessions(name, actor=account.name)
+    return RedirectResponse("/users", status_code=303)
 
 
 @router.post("/users")
@@ -432,7 +469,10 @@ def change_user(
     if role:
         accounts.set_role(name, role, actor=account.name)
     if password:
-        accounts.set_password(name, password, actor=account.name)
+        session = session_of(request)
+        accounts.set_password(
+            name, password, actor=account.name, keep_session=session.token if session else None
+        )
     if disabled in ("yes", "no"):
         accounts.set_disabled(name, disabled == "yes", actor=account.name)
     return RedirectResponse("/users", status_code=303)

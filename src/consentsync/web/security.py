@@ -1,11 +1,11 @@
 """Sessions, CSRF tokens and role checks of the console.
 
-A session is a cookie holding the account id, when it was issued and when the account's password
-last changed, signed with HMAC-SHA256: changing a password or disabling an account ends its
-sessions, and a session lasts at most ``SESSION_HOURS``. The cookie is HttpOnly, SameSite=Strict,
-and Secure whenever the request came over HTTPS. Every state-changing request carries a CSRF
-token bound to the session (a form field, or the X-CSRF-Token header for the JSON API); the login
-form's token is bound to a short-lived pre-session cookie.
+A session is a random id in a cookie; the ledger keeps its SHA-256 (``console_sessions``, see
+accounts.py): logging out, disabling the account, a new password (the account's other sessions)
+and an admin end it on the server for good, and a session lasts at most ``SESSION_HOURS``. The
+cookie is HttpOnly, SameSite=Strict, and Secure whenever the request came over HTTPS. Every
+state-changing request carries a CSRF token bound to the session (a form field, or the
+X-CSRF-Token header for the JSON API); the login form's token is bound to a short-lived pre-session cookie.
 
 The signing key comes from CONSENTSYNC_WEB_SECRET when set, else it is derived from the erasure
 key (HMAC with a fixed label), so a fresh install is secure without another secret to manage.
@@ -16,22 +16,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
-import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
-import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from consentsync.accounts import Account, Accounts
+from consentsync.accounts import SESSION_HOURS, Account, Accounts
+
+__all__ = ["SESSION_HOURS"]
 
 SESSION_COOKIE = "consentsync_session"
 LOGIN_COOKIE = "consentsync_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
-SESSION_HOURS = 12
 SECRET_ENV = "CONSENTSYNC_WEB_SECRET"
 
 
@@ -66,38 +65,17 @@ class Sessions:
     def _sign(self, text: str) -> str:
         return _b64(hmac.new(self.key, text.encode(), hashlib.sha256).digest())
 
-    def issue(self, account: Account, now: datetime) -> str:
-        body = _b64(
-            orjson.dumps(
-                {
-                    "a": account.id,
-                    "i": int(now.timestamp()),
-                    "p": account.password_changed_at.isoformat(),
-                    "n": secrets.token_hex(8),
-                }
-            )
-        )
-        return f"{body}.{self._sign('session|' + body)}"
+    def issue(self, account: Account, user_agent: str = "") -> str:
+        return self.accounts.start_session(account, user_agent=user_agent)
 
-    def read(self, token: str | None, now: datetime) -> Session | None:
-        if not token or token.count(".") != 1:
+    def read(self, token: str | None) -> Session | None:
+        if not token or len(token) > 200:
             return None
-        body, signature = token.split(".")
-        if not hmac.compare_digest(signature, self._sign("session|" + body)):
-            return None
-        try:
-            data = orjson.loads(_unb64(body))
-            issued = datetime.fromtimestamp(int(data["i"]), UTC)
-            account = self.accounts.by_id(int(data["a"]))
-        except (ValueError, KeyError, TypeError):
-            return None
-        if account is None or account.disabled:
-            return None
-        if data.get("p") != account.password_changed_at.isoformat():
-            return None  # the password changed since: every older session ends
-        if not issued <= now + timedelta(minutes=5) or now - issued > timedelta(hours=SESSION_HOURS):
-            return None
-        return Session(account, token)
+        account = self.accounts.session_account(token)
+        return Session(account, token) if account is not None else None
+
+    def end(self, token: str) -> None:
+        self.accounts.end_session(token)
 
     def csrf_for(self, bound_to: str) -> str:
         return self._sign("csrf|" + bound_to)
@@ -125,4 +103,26 @@ def set_cookie(response: Response, request: Request, name: str, value: str, max_
 
 
 def client_of(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    """The client's address for throttling: the socket's peer, unless that peer is a trusted
+    proxy (``web.trusted_proxies``); then the right-most address of X-Forwarded-For that is not
+    a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    trusted: tuple[IPNetwork, ...] = getattr(request.app.state, "trusted_proxies", ())
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop[:100]
+    return hops[0][:100] if hops else peer
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted if network.version == ip.version)

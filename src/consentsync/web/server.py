@@ -17,8 +17,9 @@ from consentsync.web.app import create_app
 from consentsync.web.console import Console
 
 
-def build(config: Config, ledger: Ledger) -> FastAPI:
-    return create_app(Console(config, ledger))
+def build(config: Config, ledger: Ledger, *, host: str | None = None) -> FastAPI:
+    """The console's app; ``host``, the address it is bound to, is a name it answers to."""
+    return create_app(Console(config, ledger), host=host)
 
 
 def uvicorn_config(
@@ -39,12 +40,17 @@ def uvicorn_config(
         log_level="warning",
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
-        # Behind a TLS-terminating proxy on this host, X-Forwarded-Proto marks requests as HTTPS
-        # (and so the cookies as Secure).
-        proxy_headers=True,
-        forwarded_allow_ips="127.0.0.1",
+        # Behind a TLS-terminating proxy listed in web.trusted_proxies, X-Forwarded-Proto marks
+        # requests as HTTPS (and so the cookies as Secure) and X-Forwarded-For names the client;
+        # from anyone else (loopback included) both are ignored.
+        proxy_headers=bool(_trusted(app)),
+        forwarded_allow_ips=",".join(_trusted(app)) or None,
         **extra,
     )
+
+
+def _trusted(app: FastAPI) -> list[str]:
+    return [str(network) for network in getattr(app.state, "trusted_proxies", ())]
 
 
 class WebServer:
