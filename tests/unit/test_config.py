@@ -416,3 +416,16 @@ class TestWriteStarter:
         config = load_config(path)
         assert config.ledger_url == "postgresql+psycopg://app@db:5432/consentsync"
         assert set(config.purposes) == {"email_marketing", "profiling", "service"}
+
+
+def test_the_starter_configs_commented_console_settings_parse(tmp_path: Path) -> None:
+    """The `web:` example in the starter file, uncommented, is a valid configuration."""
+    from consentsync.config import parse_config, starter_config_text
+
+    lines = starter_config_text().splitlines()
+    start = lines.index("# web:")
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("#   "))
+    block = [line.removeprefix("# ") for line in lines[start:end]]
+    web = parse_config("\n".join([*lines[:start], *block, *lines[end:]]), tmp_path / "c.yaml").settings.web
+    assert web.allowed_hosts == ["consent.example.org"]
+    assert [str(n) for n in web.trusted_networks()] == ["10.0.0.0/8"]
