@@ -432,6 +432,16 @@ class Accounts:
                 _account(row) for row in conn.execute(select(console_users).order_by(console_users.c.name))
             ]
 
+    def last_logins(self) -> dict[str, datetime]:
+        """Each account's last login: when its newest session began (sessions are kept, ended)."""
+        query = (
+            select(console_users.c.name, func.max(console_sessions.c.created_at))
+            .join(console_sessions, console_sessions.c.user_id == console_users.c.id)
+            .group_by(console_users.c.name)
+        )
+        with self.engine.connect() as conn:
+            return {name: at for name, at in conn.execute(query)}
+
     # -- login ---------------------------------------------------------------------------------
 
     def authenticate(self, name: str, password: str, *, client: str) -> Account | None:

@@ -3,6 +3,7 @@ HTML pages and the JSON API both call, so that the two cannot drift apart."""
 
 from __future__ import annotations
 
+import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from consentsync import audit
 from consentsync.accounts import Account, Accounts
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
-from consentsync.ledger.schema import objections, subject_identifiers, subjects, sync_runs
+from consentsync.ledger.schema import (
+    audit_details,
+    audit_entries,
+    objections,
+    subject_identifiers,
+    subjects,
+    sync_runs,
+)
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.sdk.errors import is_secret_key, scrub
 from consentsync.sync import quarantine
@@ -37,6 +45,8 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]+@")
 _QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
 _SECRET_PARAMS = {"key", "sig", "signature", "auth", "code", "session", "sid", "pwd", "pass"}
 HIDDEN = "(hidden)"
+# How late a connector's next run may be, while a daemon runs, before the overview says so.
+OVERDUE_MARGIN = timedelta(minutes=5)
 Reader = tuple[Account, str]  # who reads a person's record, and where from ("console", "api")
 
 
@@ -103,13 +113,48 @@ class Console:
             for row in rows
             for late in row["late_suppressions"]
         ]
+        last_run = {row["connector"]: (row["last_run"] or {}).get("id") for row in rows}
         alerts += [
-            {"kind": "failing_connector", "connector": name, "message": f"{name}: its last runs all failed"}
+            {
+                "kind": "failing_connector",
+                "connector": name,
+                "message": f"{name}: its last runs all failed",
+                "run": last_run.get(name),
+            }
             for name in failing
         ]
+        alerts += self._daemon_alerts(rows, now)
         alerts += self._held_pushes()
         pending = self.count_objections(pending_only=True)
-        return {"connectors": rows, "alerts": alerts, "pending_objections": pending}
+        return {"connectors": rows, "alerts": alerts, "pending_objections": pending, "as_of": iso(now)}
+
+    def _daemon_alerts(self, rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        """No daemon running (nothing runs on schedule), or, while one runs, a connector whose
+        next run is more than ``OVERDUE_MARGIN`` late: each overdue one linked to its last run."""
+        from consentsync.sync.heartbeat import running_daemons
+
+        if not running_daemons(self.engine, now):
+            return [
+                {
+                    "kind": "no_daemon",
+                    "message": "no daemon running: no scheduled run will happen "
+                    "(start one with consentsync run)",
+                }
+            ]
+        alerts: list[dict[str, Any]] = []
+        for row in rows:
+            due = row["next_run"]
+            if row["last_run"] and due and _parse(due) + OVERDUE_MARGIN < now:
+                alerts.append(
+                    {
+                        "kind": "overdue",
+                        "connector": row["connector"],
+                        "message": f"{row['connector']}: its scheduled run is overdue",
+                        "due": due,
+                        "run": row["last_run"]["id"],
+                    }
+                )
+        return alerts
 
     def _held_pushes(self) -> list[dict[str, Any]]:
         """Connectors whose last run was held by the push guard, or observed with pushes held:
@@ -120,7 +165,7 @@ class Console:
         with self.engine.connect() as conn:
             for item in self.config.settings.connectors:
                 last = conn.execute(
-                    select(sync_runs.c.status, sync_runs.c.counts, sync_runs.c.error)
+                    select(sync_runs.c.id, sync_runs.c.status, sync_runs.c.counts, sync_runs.c.error)
                     .where(sync_runs.c.connector == item.name, sync_runs.c.status != "running")
                     .order_by(sync_runs.c.started_at.desc())
                     .limit(1)
@@ -136,6 +181,7 @@ class Console:
                             "connector": item.name,
                             "message": f"{item.name}: {last.error or 'held by the push guard'}",
                             "link": link,
+                            "run": last.id,
                         }
                     )
                 elif held:
@@ -146,6 +192,7 @@ class Console:
                             "message": f"{item.name} ({item.mode}): its last run held {held} push(es); "
                             "review a plan of them",
                             "link": link,
+                            "run": last.id,
                         }
                     )
         return alerts
@@ -300,13 +347,44 @@ class Console:
     def objections(self, *, pending_only: bool, page: int = 1, per_page: int = PER_PAGE) -> Page:
         rows = self.ledger.list_objections(pending_only=pending_only)  # pending first, oldest first
         start = _offset(page, per_page)
-        return Page(rows[start : start + per_page], page, per_page, len(rows))
+        return Page(self._with_trail(rows[start : start + per_page]), page, per_page, len(rows))
+
+    def _with_trail(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each objection with who raised it and the decision's reason, from the audit log (the
+        objections table keeps neither): a policy decision's reason is the rule that made it."""
+        if not rows:
+            return rows
+        query = (
+            select(audit_entries.c.action, audit_entries.c.payload, audit_details.c.content)
+            .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+            .where(
+                audit_entries.c.action.in_(("objection.raised", "objection.decided")),
+                audit_entries.c.subject_uid.in_(sorted({row["subject"] for row in rows})),
+            )
+        )
+        raised: dict[int, dict[str, Any]] = {}
+        reasons: dict[int, str] = {}
+        with self.engine.connect() as conn:
+            for action, text, content in conn.execute(query):
+                entry = json.loads(text)
+                key = (entry.get("what") or {}).get("objection")
+                if action == "objection.raised":
+                    raised[key] = entry
+                elif content:
+                    reasons[key] = json.loads(content).get("reason")
+        for row in rows:
+            entry = raised.get(row["id"], {})
+            row["raised_by"] = entry.get("actor")
+            policy = (row["decided_by"] or "").startswith("policy:")
+            row["reason"] = reasons.get(row["id"]) or (entry.get("rule") if policy else None)
+        return rows
 
     def objection(self, objection_id: int, *, reader: Reader | None) -> dict[str, Any]:
         """One objection with its subject's context: current state, history, other objections."""
         found = next((o for o in self.ledger.list_objections() if o["id"] == objection_id), None)
         if found is None:
             raise NotFound(f"no objection with id {objection_id}")
+        self._with_trail([found])
         try:
             context = self.subject(found["subject"], reader=None)
         except NotFound:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from consentsync.accounts import Account, Role
-from consentsync.domain import InvalidInput
+from consentsync.domain import InvalidInput, iso
 from consentsync.web.app import console_of, require, session_of, sessions_of
 from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
 from consentsync.web.security import (
@@ -425,6 +425,7 @@ def users(request: Request, _account: Admin) -> Response:
             "roles": [r.label for r in Role],
             "locked": {a.name for a in accounts if manager.locked(a.name)},
             "live": {a.name: len(manager.sessions(a.name)) for a in accounts},
+            "last_login": {name: iso(at) for name, at in manager.last_logins().items()},
         },
     )
 
@@ -465,17 +466,18 @@ def change_user(
     disabled: Annotated[str, Form(max_length=5)] = "",
 ) -> Response:
     accounts = console_of(request).accounts
-    accounts.get(name)
-    if role:
+    current = accounts.get(name)
+    # Only what changed is saved (and audited): a save that changes nothing writes nothing.
+    if role and Role.parse(role) != current.role:
         accounts.set_role(name, role, actor=account.name)
     if password:
         session = session_of(request)
         accounts.set_password(
             name, password, actor=account.name, keep_session=session.token if session else None
         )
-    if disabled in ("yes", "no"):
+    if disabled in ("yes", "no") and (disabled == "yes") != current.disabled:
         accounts.set_disabled(name, disabled == "yes", actor=account.name)
-    return RedirectResponse("/users", status_code=303)
+    return RedirectResponse("/users?" + urlencode({"reset": name}) if password else "/users", status_code=303)
 
 
 # -- push plans --------------------------------------------------------------------------------

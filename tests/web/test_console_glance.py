@@ -1,0 +1,113 @@
+"""Ops questions answered at a glance (issue 16), on SQLite and PostgreSQL: the overview says when
+no daemon runs or a run is overdue, as of when, refreshes itself and links alerts to their runs;
+objections show their decision, reason, decider and raiser; the accounts page audits only real
+changes, shows last login and lock status, and lets an admin reset a password."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi.testclient import TestClient
+from markupsafe import escape
+from sqlalchemy import update
+
+from consentsync.ledger.schema import sync_runs
+from consentsync.sync.heartbeat import Heartbeat
+from tests.web.conftest import PASSWORDS, World, log_in, login_csrf, page_csrf
+from tests.web.test_console import entries
+
+
+def test_the_overview_says_no_daemon_runs_or_a_run_is_overdue_as_of_when_and_refreshes(
+    app: Any, world: World
+) -> None:
+    client = log_in(TestClient(app), "vic")
+    page = client.get("/").text
+    assert '<meta http-equiv="refresh" content="60">' in page
+    assert "As of <time datetime=" in page
+    assert "no daemon running" in page
+    assert "overdue" not in page
+
+    # A daemon runs, and the connector's last run began two days ago (its interval is an hour).
+    engine = world.ledger.engine
+    with engine.begin() as conn:
+        conn.execute(
+            update(sync_runs)
+            .where(sync_runs.c.id == world.run_id)
+            .values(started_at=datetime.now(UTC) - timedelta(days=2))
+        )
+    heartbeat = Heartbeat(engine, lambda: datetime.now(UTC))
+    heartbeat.beat()
+    try:
+        page = client.get("/").text
+    finally:
+        heartbeat.stop()
+    assert "no daemon running" not in page
+    assert "its scheduled run is overdue" in page
+    assert f'<a href="/runs/{world.run_id}">Run {world.run_id[:8]}</a>' in page
+    assert "(due <time datetime=" in page
+
+
+def test_objections_show_decision_reason_decider_and_raiser_in_list_and_detail(
+    app: Any, world: World
+) -> None:
+    client = log_in(TestClient(app), "rex")
+    detail = client.get(f"/objections/{world.objection_id}")
+    reason = "Compelling legitimate grounds: fraud prevention <checked>"
+    decided = client.post(
+        f"/objections/{world.objection_id}/decide",
+        data={"decision": "reject", "reason": reason, "csrf_token": page_csrf(detail.text)},
+        follow_redirects=False,
+    )
+    assert decided.status_code == 303, decided.text
+    (raised,) = entries(world, action="objection.raised")
+    raiser = raised["actor"] or raised["source"]
+    listing = client.get("/objections?status=all").text
+    row = next(r for r in listing.split("<tr>") if f'href="/objections/{world.objection_id}"' in r)
+    assert "rejected" in row and ">rex<" in row
+    assert str(escape(reason)) in row
+    assert row.count("<time datetime=") == 2  # raised and decided, local like every time
+    assert f'data-label="Raised by">{escape(raiser)}<' in row
+    detail = client.get(f"/objections/{world.objection_id}").text
+    assert str(escape(reason)) in detail
+    assert "<dt>Decided</dt><dd>by rex <time datetime=" in detail
+    assert "<dt>Decision</dt>" in detail
+
+
+def test_accounts_page_audits_only_changes_shows_last_login_and_lock_and_resets_passwords(
+    app: Any, world: World
+) -> None:
+    log_in(TestClient(app), "vic")
+    client = log_in(TestClient(app), "ada")
+    page = client.get("/users").text
+    assert "<th>Last login</th>" in page
+    vic_row = next(r for r in page.split("<tr>") if 'data-label="Name">vic<' in r)
+    assert 'data-label="Last login"><time datetime=' in vic_row
+    assert "not locked" in vic_row
+    rex_row = next(r for r in page.split("<tr>") if 'data-label="Name">rex<' in r)
+    assert 'data-label="Last login"><span class="muted">never' in rex_row
+    assert "Reset password" in vic_row
+
+    before = len(entries(world))
+    unchanged = {"role": "viewer", "disabled": "no", "csrf_token": page_csrf(page)}
+    saved = client.post("/users/vic", data=unchanged, follow_redirects=False)
+    assert saved.status_code == 303
+    assert len(entries(world)) == before  # a save that changes nothing writes nothing
+    changed = {**unchanged, "role": "reviewer"}
+    assert client.post("/users/vic", data=changed, follow_redirects=False).status_code == 303
+    assert [e["action"] for e in entries(world)[before:]] == ["user.role_changed"]
+
+    new_password = "vic-new-password-after-reset-2"
+    reset = client.post(
+        "/users/vic", data={"password": new_password, "csrf_token": page_csrf(page)}, follow_redirects=True
+    )
+    assert "Password reset for vic" in reset.text
+    assert entries(world)[-1]["action"] == "user.password_changed"
+    other = TestClient(app)
+    response = other.post(
+        "/login",
+        data={"name": "vic", "password": new_password, "csrf_token": login_csrf(other), "next": "/"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert PASSWORDS["vic"] != new_password
