@@ -91,12 +91,21 @@ def log_in(page: Any, base: str, name: str, target: str = "/") -> None:
     assert "/login" in page.url
     page.fill("input[name=name]", name)
     page.fill("input[name=password]", PASSWORDS[name])
-    page.click("button[type=submit]")
+    follow(page, "button[type=submit]")
     page.wait_for_url(re.compile(re.escape(base + target) + r"(\?.*)?$"))
 
 
+def follow(page: Any, selector: str) -> None:
+    """Click something that loads a new page and wait until that page has loaded.
+
+    A bare click returns once the navigation has started: reading the page straight
+    after it can read the page being left (it did once in CI, on PostgreSQL)."""
+    with page.expect_navigation():
+        page.click(selector)
+
+
 def log_out(page: Any) -> None:
-    page.click("form.who button")
+    follow(page, "form.who button")
     page.wait_for_url(re.compile(r".*/login$"))
 
 
@@ -123,59 +132,61 @@ def test_the_console_in_a_browser(
     shots.take(page, "overview")
 
     # Runs: the run with a quarantined record, and its retry.
-    page.click("nav.main >> text=Runs")
+    follow(page, "nav.main >> text=Runs")
     page.select_option("select[name=result]", "succeeded")
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     shots.take(page, "runs")
     row = page.locator("tbody tr", has=page.locator("td[data-label=Quarantined] .tag"))
-    row.first.locator("a").click()
+    with page.expect_navigation():
+        row.first.locator("a").click()
     assert world.run_id in page.url
     odd = page.locator("tr", has_text=world.odd_record)
     assert "ContactPointTypeConsent" in odd.inner_text()
     shots.take(page, "run")
-    odd.locator("button", has_text="Retry").click()
+    with page.expect_navigation():
+        odd.locator("button", has_text="Retry").click()
     assert "queued again" in page.locator("p[role=status]").inner_text()
     assert "re-read requested" in page.locator("tr", has_text=world.odd_record).inner_text()
 
     # Objections: the queue, pending first and oldest first; reject one with a reason.
-    page.click("nav.main >> text=Objections")
+    follow(page, "nav.main >> text=Objections")
     queue = page.locator("tbody tr td[data-label='#']").all_inner_texts()
     assert queue == [str(world.objection_id), str(second["id"])]
     shots.take(page, "objections")
-    page.click(f"tbody a[href='/objections/{world.objection_id}']")
+    follow(page, f"tbody a[href='/objections/{world.objection_id}']")
     assert world.objector in page.locator("main").inner_text()
     page.check("input[value=reject]")
     page.click("button:has-text('Record decision')")  # the reason is required: the form refuses
     assert "decided" not in page.url
     page.fill("textarea[name=reason]", "Fraud prevention outweighs the objection (case 17)")
     shots.take(page, "objection")
-    page.click("button:has-text('Record decision')")
+    follow(page, "button:has-text('Record decision')")
     assert "Decision recorded" in page.locator("p[role=status]").inner_text()
 
     # The audit trail has both actions, by whom, with the reason; the chain verifies.
-    page.click("nav.main >> text=Audit trail")
-    page.click("button:has-text('Verify chain')")
+    follow(page, "nav.main >> text=Audit trail")
+    follow(page, "button:has-text('Verify chain')")
     assert "Chain verified" in page.locator("p[role=status]").inner_text()
     page.fill("input[name=action]", "objection.decided")
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     decided = page.locator("table.audit tbody tr").first.inner_text()
     assert all(word in decided for word in ("rex", "Fraud prevention", "pending", "rejected"))
     page.fill("input[name=action]", "quarantine.retried")
     page.fill("input[name=email]", "")
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     retried = page.locator("table.audit tbody tr").first.inner_text()
     assert "rex" in retried and world.odd_record in retried
     page.fill("input[name=action]", "")
     page.fill("input[name=email]", world.objector)
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     assert "@" not in page.url
     assert "objection.decided" in page.locator("table.audit").inner_text()
     shots.take(page, "audit")
 
     # A subject, exported as XLSX and opened.
-    page.click("nav.main >> text=Subject")
+    follow(page, "nav.main >> text=Subject")
     page.fill("input[name=email]", world.objector)
-    page.click("form.filters button")
+    follow(page, "form.filters button")
     assert "Effective state" in page.locator("main").inner_text()
     shots.take(page, "subject")
     with page.expect_download() as download:
@@ -189,7 +200,7 @@ def test_the_console_in_a_browser(
     statuses = [row[3].value for row in book["Objections"].iter_rows(min_row=2)]
     assert "rejected" in statuses
 
-    page.click("nav.main >> text=Configuration")
+    follow(page, "nav.main >> text=Configuration")
     assert "salesforce" in page.locator("main").inner_text()
     shots.take(page, "config")
 
@@ -211,7 +222,7 @@ def test_the_console_in_a_browser(
     page.fill("form.stack input[name=name]", "olga")
     page.select_option("form.stack select[name=role]", "viewer")
     page.fill("form.stack input[name=password]", "olga-password-123")
-    page.click("form.stack button")
+    follow(page, "form.stack button")
     assert "olga" in page.locator("table").inner_text()
     shots.take(page, "accounts")
     log_out(page)
