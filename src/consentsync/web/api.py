@@ -9,8 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from consentsync.accounts import Account, Role
-from consentsync.web.app import console_of, require, session_of, sessions_of
 from consentsync.web.console import Page, parse_day
+from consentsync.web.deps import console_of, require, session_of, sessions_of
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
 router = APIRouter(prefix="/api", tags=["console"])

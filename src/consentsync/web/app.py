@@ -7,7 +7,6 @@ import base64
 import hashlib
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 
@@ -24,85 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from consentsync.accounts import Account, LoginThrottled, Role
 from consentsync.domain import InvalidInput
 from consentsync.ledger.service import NotFound
+from consentsync.web import api, pages
 from consentsync.web.console import Console
+from consentsync.web.deps import Forbidden, LoginRequired, require
 from consentsync.web.plans import Conflict
-from consentsync.web.security import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Session, Sessions, signing_key
+from consentsync.web.rendering import render
+from consentsync.web.security import Sessions, signing_key
 
 log = structlog.get_logger("consentsync.web")
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 _PACKAGE = resources.files("consentsync.web")
-
-
-class LoginRequired(Exception):
-    """A page asked for by someone not logged in: redirect to the login page."""
-
-
-class Forbidden(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def console_of(request: Request) -> Console:
-    console: Console = request.app.state.console
-    return console
-
-
-def sessions_of(request: Request) -> Sessions:
-    sessions: Sessions = request.app.state.sessions
-    return sessions
-
-
-def session_of(request: Request) -> Session | None:
-    cached = getattr(request.state, "session", False)
-    if cached is not False:
-        return cached  # type: ignore[no-any-return]
-    found = sessions_of(request).read(request.cookies.get(SESSION_COOKIE))
-    request.state.session = found
-    return found
-
-
-async def _csrf_offered(request: Request) -> str | None:
-    header = request.headers.get(CSRF_HEADER)
-    if header:
-        return header
-    if request.headers.get("content-type", "").startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
-    ):
-        value = (await request.form()).get(CSRF_FIELD)
-        return value if isinstance(value, str) else None
-    return None
-
-
-def require(role: Role, *, api: bool) -> Callable[[Request], Awaitable[Account]]:
-    """A dependency: the logged-in account, which holds at least ``role``; on unsafe methods the
-    request must also carry the session's CSRF token."""
-
-    async def dependency(request: Request) -> Account:
-        session = session_of(request)
-        if session is None:
-            if api:
-                raise StarletteHTTPException(401, "log in first: POST /api/session")
-            raise LoginRequired
-        if request.method not in SAFE_METHODS:
-            offered = await _csrf_offered(request)
-            if not sessions_of(request).csrf_ok(session.token, offered):
-                raise Forbidden(
-                    f"missing or wrong CSRF token (send the {CSRF_HEADER} header from POST /api/session)"
-                    if api
-                    else "the form was out of date or not sent from this console: reload it and try again"
-                )
-        if not session.account.may(role):
-            raise Forbidden(
-                f"this needs the {role.label} role; {session.account.name} is {session.account.role.label}"
-            )
-        return session.account
-
-    return dependency
 
 
 CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
@@ -156,8 +85,6 @@ def _docs_page() -> tuple[HTMLResponse, str]:
 
 
 def create_app(console: Console, *, host: str | None = None) -> FastAPI:
-    from consentsync.web import api, pages
-
     app = FastAPI(
         title="consentsync ops console API",
         version="1",
@@ -226,8 +153,6 @@ def _install_handlers(app: FastAPI) -> None:
     ) -> Response:
         if _is_api(request):
             return JSONResponse({"detail": message}, status_code=status, headers=headers)
-        from consentsync.web.pages import render
-
         return render(
             request, "error.html", {"status": status, "message": message}, status=status, headers=headers
         )

@@ -11,14 +11,14 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 
 from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput, iso
-from consentsync.web.app import console_of, require, session_of, sessions_of
 from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
+from consentsync.web.deps import console_of, require, session_of, sessions_of
+from consentsync.web.rendering import pager_links, render
 from consentsync.web.security import (
-    CSRF_FIELD,
     LOGIN_COOKIE,
     SESSION_COOKIE,
     SESSION_HOURS,
@@ -33,49 +33,6 @@ Admin = Annotated[Account, Depends(require(Role.ADMIN, api=False))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 Text = Annotated[str, Query(max_length=200)]
-
-
-def render(
-    request: Request,
-    template: str,
-    context: dict[str, Any],
-    *,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-) -> HTMLResponse:
-    session = session_of(request)
-    csrf = sessions_of(request).csrf_for(session.token) if session else None
-    response: HTMLResponse = request.app.state.templates.TemplateResponse(
-        request,
-        template,
-        {
-            "user": session.account if session else None,
-            "csrf_field": CSRF_FIELD,
-            "csrf": csrf,
-            "Role": Role,
-            **context,
-        },
-        status_code=status,
-        headers=headers,
-    )
-    return response
-
-
-def _pager(request: Request, page: Page) -> dict[str, Any]:
-    """Links to the previous and next page with the same filters."""
-
-    def link(number: int) -> str:
-        query = dict(request.query_params)
-        query["page"] = str(number)
-        return f"{request.url.path}?{urlencode(query)}"
-
-    return {
-        "page": page.page,
-        "pages": page.pages,
-        "total": page.total,
-        "prev": link(page.page - 1) if page.page > 1 else None,
-        "next": link(page.page + 1) if page.page < page.pages else None,
-    }
 
 
 # -- login -----------------------------------------------------------------------------------------
@@ -176,7 +133,7 @@ def runs(
         {
             "title": "Runs",
             "runs": found.items,
-            "pager": _pager(request, found),
+            "pager": pager_links(request, found),
             "filters": {"connector": connector, "result": result, "since": since, "until": until},
             "connectors": [c.name for c in console.config.settings.connectors],
             "statuses": RUN_STATUSES,
@@ -242,7 +199,7 @@ def _audit(
         {
             "title": "Audit trail",
             "entries": found.items,
-            "pager": _pager(request, found),
+            "pager": pager_links(request, found),
             "filters": {
                 "connector": connector,
                 "rule": rule,
@@ -343,7 +300,7 @@ def requested(
         {
             "title": "Unanswered requests",
             "rows": found.items,
-            "pager": _pager(request, found),
+            "pager": pager_links(request, found),
             "days": days if older_than is None else older_than,
         },
     )
@@ -362,7 +319,12 @@ def objections(
     return render(
         request,
         "objections.html",
-        {"title": "Objections", "objections": found.items, "pager": _pager(request, found), "status": status},
+        {
+            "title": "Objections",
+            "objections": found.items,
+            "pager": pager_links(request, found),
+            "status": status,
+        },
     )
 
 
@@ -497,7 +459,7 @@ def plans(request: Request, name: ConnectorName, _account: Viewer, page: PageNum
             "title": f"Plans of {name}",
             "connector": connector,
             "plans": items,
-            "pager": _pager(request, Page(items, page, PER_PAGE, total)),
+            "pager": pager_links(request, Page(items, page, PER_PAGE, total)),
         },
     )
 
@@ -513,7 +475,7 @@ def _plan_page(
 ) -> Response:
     plan = console_of(request).plans.view(plan_id, page=page, per_page=PER_PAGE)
     items = plan["items"]
-    pager = _pager(request, Page(items["items"], page, PER_PAGE, items["total"]))
+    pager = pager_links(request, Page(items["items"], page, PER_PAGE, items["total"]))
     return render(
         request,
         "plan.html",
