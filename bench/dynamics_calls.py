@@ -13,8 +13,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from consentsync_dynamics import DynamicsConnector
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
-from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sdk import Cursor, RecordUpdate
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail", "donotphone", "donotpostalmail"]

@@ -24,13 +24,13 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 
 from consentsync.app import open_connector, open_ledger
 from consentsync.config import load_config, write_starter
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
-from consentsync.sandbox.superoffice import SuperOfficeSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 
 ROOT = Path(__file__).resolve().parents[1]

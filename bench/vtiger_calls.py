@@ -18,8 +18,8 @@ import math
 import time
 
 from consentsync_vtiger import VtigerConnector
+from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
-from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
 from consentsync.sdk import Cursor, RecordUpdate
 
 

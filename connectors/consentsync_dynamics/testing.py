@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox.dataverse import PURPOSES
-from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
+from consentsync_dynamics.sandbox.dataverse import PURPOSES
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
 MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("batch", "update")

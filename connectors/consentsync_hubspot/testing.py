@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox.hubspot import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
+from consentsync_hubspot.sandbox.server import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
 
 MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 TIMEOUT = 2.0

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox import SalesforceSandbox
-from consentsync.sandbox.org import render_value
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
+from consentsync_salesforce.sandbox import SalesforceSandbox
+from consentsync_salesforce.sandbox.org import render_value
 
 MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("composite", "sobject_patch", "bulk_upload")

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox.superoffice import SuperOfficeSandbox
-from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
+from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
+from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
 MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
+from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
 MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
 WRITE_KINDS = ("revise", "update", "create", "delete")

@@ -389,7 +389,7 @@ def sandbox_options(default_port: int, seed_help: str) -> Callable[[Callable[...
 @sandbox_options(8443, "Seed the org with this many generated contacts (with duplicates and leads).")
 def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.salesforce import serve_forever
+    from consentsync_salesforce.sandbox.server import serve_forever
 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
 
@@ -398,7 +398,7 @@ def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> 
 @sandbox_options(8445, "Seed the portal with this many generated contacts (with subscription statuses).")
 def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.hubspot import serve_forever
+    from consentsync_hubspot.sandbox.server import serve_forever
 
     serve_forever(port=port, seed=random_seed, host=host, records=records)
 
@@ -407,7 +407,7 @@ def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> Non
 @sandbox_options(8444, "Seed the tenant with this many generated persons and their consents.")
 def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.superoffice import serve_forever as serve_superoffice
+    from consentsync_superoffice.sandbox.server import serve_forever as serve_superoffice
 
     serve_superoffice(port=port, seed=random_seed, host=host, records=records)
 
@@ -418,7 +418,7 @@ def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) ->
 )
 def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> None:
     """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.dynamics import serve_forever as serve_dynamics
+    from consentsync_dynamics.sandbox.server import serve_forever as serve_dynamics
 
     serve_dynamics(port=port, seed=random_seed, host=host, records=records)
 
@@ -433,7 +433,7 @@ def sandbox_vtiger(
     port: int, records: int, random_seed: int, host: str, no_privacy_guard: bool, sync_fails: bool
 ) -> None:
     """Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted."""
-    from consentsync.sandbox.vtiger import serve_forever as serve_vtiger
+    from consentsync_vtiger.sandbox.server import serve_forever as serve_vtiger
 
     serve_vtiger(
         port=port,

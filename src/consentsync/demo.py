@@ -40,7 +40,7 @@ def run_demo(
     keep: bool = False,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    from consentsync.sandbox import SalesforceSandbox
+    from consentsync_salesforce.sandbox import SalesforceSandbox
 
     started = time.monotonic()
     work = workdir or Path(tempfile.mkdtemp(prefix="consentsync-demo-"))

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from consentsync_dynamics import DynamicsConnector
 from consentsync_dynamics.connector import odata_literal
+from consentsync_dynamics.sandbox.odata import parse_filter
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
-from consentsync.sandbox.dynamics import DynamicsSandbox
-from consentsync.sandbox.odata import parse_filter
 from consentsync.sdk import ConnectorError, Cursor, RecordUpdate, WriteAction
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]

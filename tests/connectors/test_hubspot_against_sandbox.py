@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from consentsync_hubspot import HubSpotConnector
 from consentsync_hubspot.connector import REFUSES_RESUBSCRIBE
+from consentsync_hubspot.sandbox.server import HubSpotCredentials
 from consentsync_hubspot.testing import HubSpotHarness
 from sqlalchemy import select
 
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, quarantine
-from consentsync.sandbox.hubspot import HubSpotCredentials
 from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 

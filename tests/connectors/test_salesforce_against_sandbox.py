@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from consentsync_salesforce import SalesforceConnector
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 
 FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
@@ -203,7 +203,7 @@ def test_a_bulk_job_is_answered_as_one_batch(sandbox: SalesforceSandbox) -> None
 def test_a_bulk_job_that_failed_half_way_answers_what_it_saved(
     sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from consentsync.sandbox import salesforce as server
+    from consentsync_salesforce.sandbox import server
 
     def save_half_then_fail(job: Any) -> None:
         lines = job.data.decode().splitlines(keepends=True)
@@ -290,10 +290,9 @@ def test_username_password_flow(sandbox: SalesforceSandbox) -> None:
 
 
 def test_jwt_bearer_flow(tmp_path: Any) -> None:
+    from consentsync_salesforce.sandbox import SalesforceCredentials
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-
-    from consentsync.sandbox import SalesforceCredentials
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "jwt.pem"

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from consentsync_superoffice import SuperOfficeConnector
 from consentsync_superoffice.connector import archive_literal, parse_so_time
+from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
+from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
-from consentsync.sandbox.superoffice import SuperOfficeSandbox
-from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
 from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
 
 FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKETING", "LegalBase_STORE"]

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from consentsync_vtiger import VtigerConnector
 from consentsync_vtiger.connector import vtql_string
+from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
-from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
 from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction, WriteResult
 
 FIELDS = ["email", "emailoptout", "donotcall"]

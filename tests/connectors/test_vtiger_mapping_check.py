@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 from consentsync_vtiger.testing import VtigerHarness
 
 from consentsync.cli import main
-from consentsync.sandbox.vtiger import VtigerCrm, VtigerSandbox
 from consentsync.sdk.harness import write_sync_config
 
 ROOT = Path(__file__).resolve().parents[2]

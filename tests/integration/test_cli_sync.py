@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync import exit_codes
 from consentsync.cli import main
-from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 import requests
-
-from consentsync.sandbox.dynamics import DynamicsSandbox
-from consentsync.sandbox.odata import ODataError, parse_filter
+from consentsync_dynamics.sandbox.odata import ODataError, parse_filter
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
 
 @pytest.fixture

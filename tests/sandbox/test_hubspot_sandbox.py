@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import requests
-
-from consentsync.sandbox.hubspot import HubSpotCredentials, HubSpotPortal, HubSpotSandbox, iso_ms
+from consentsync_hubspot.sandbox.server import HubSpotCredentials, HubSpotPortal, HubSpotSandbox, iso_ms
 
 
 @pytest.fixture

@@ -12,6 +12,14 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from consentsync_salesforce.sandbox import (
+    RecordError,
+    SalesforceCredentials,
+    SalesforceOrg,
+    SalesforceSandbox,
+    format_datetime,
+)
+from consentsync_salesforce.sandbox.ids import to18
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from simple_salesforce import Salesforce, format_soql
@@ -23,16 +31,7 @@ from simple_salesforce.exceptions import (
     SalesforceResourceNotFound,
 )
 
-from consentsync.sandbox import (
-    Faults,
-    RecordError,
-    SalesforceCredentials,
-    SalesforceOrg,
-    SalesforceSandbox,
-    format_datetime,
-    system_ca_bundle_path,
-)
-from consentsync.sandbox.ids import to18
+from consentsync.sandbox import Faults, system_ca_bundle_path
 
 SEED = 11
 BIG = 1500  # contacts in the shared org: its busiest second holds more than one 200-record page

@@ -9,11 +9,10 @@ from collections import Counter
 
 import pytest
 import requests
-
-from consentsync.sandbox import RecordError, SalesforceOrg, SalesforceSandbox, serve_forever
-from consentsync.sandbox.ids import IdGenerator, checksum, is_valid_id, to18
-from consentsync.sandbox.org import format_datetime, parse_api_datetime
-from consentsync.sandbox.soql import SoqlError, bind, parse, parse_datetime_literal
+from consentsync_salesforce.sandbox import RecordError, SalesforceOrg, SalesforceSandbox, serve_forever
+from consentsync_salesforce.sandbox.ids import IdGenerator, checksum, is_valid_id, to18
+from consentsync_salesforce.sandbox.org import format_datetime, parse_api_datetime
+from consentsync_salesforce.sandbox.soql import SoqlError, bind, parse, parse_datetime_literal
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
 

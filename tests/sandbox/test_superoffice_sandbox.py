@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 import requests
-
-from consentsync.sandbox.superoffice import SuperOfficeSandbox
-from consentsync.sandbox.superoffice_archive import parse_so_datetime
-from consentsync.sandbox.superoffice_tenant import SuperOfficeTenant
+from consentsync_superoffice.sandbox.archive import parse_so_datetime
+from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
+from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from consentsync.sandbox.vtiger import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
-from consentsync.sandbox.vtql import VtqlError, parse, quote, unquote
+from consentsync_vtiger.sandbox.server import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
+from consentsync_vtiger.sandbox.vtql import VtqlError, parse, quote, unquote
 
 
 @pytest.fixture

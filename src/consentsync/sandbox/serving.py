@@ -1,6 +1,7 @@
-"""What every ``consentsync sandbox VENDOR`` does once its sandbox is up: print what it serves and
-the ``connectors:`` block to paste into consentsync.yaml (with the ``export`` lines of its
-secrets), then serve until interrupted.
+"""What every ``consentsync sandbox VENDOR`` is: its command (:func:`sandbox_command`, which a
+connector package registers under the entry-point group ``consentsync.sandboxes``), and what it
+does once its sandbox is up: print what it serves and the ``connectors:`` block to paste into
+consentsync.yaml (with the ``export`` lines of its secrets), then serve until interrupted.
 
 The block's settings come from the connector's own test harness (``connector_settings()``, found
 through the ``consentsync.harnesses`` entry points), pointed at the running sandbox: the core
@@ -12,9 +13,10 @@ from __future__ import annotations
 
 import shlex
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import click
 import yaml
 
 from consentsync.sdk.errors import is_secret_key
@@ -101,3 +103,38 @@ def serve(
         sandbox.close()
         if cleanup is not None:
             cleanup()
+
+
+def sandbox_command(
+    serve_forever: Callable[..., None],
+    *,
+    port: int,
+    seed_help: str,
+    help: str,
+    options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
+) -> click.Command:
+    """The ``consentsync sandbox VENDOR`` command of one vendor's sandbox, for its connector
+    package to register under the entry-point group ``consentsync.sandboxes``: the options every
+    sandbox takes (``--port`` defaulting to ``port``, ``--seed`` saying ``seed_help``,
+    ``--random-seed``, ``--host``), then ``options`` of the vendor's own, passed to
+    ``serve_forever(port=, seed=, host=, records=, **vendor_options)`` by name."""
+
+    def run(port: int, records: int, random_seed: int, host: str, **vendor_options: Any) -> None:
+        serve_forever(port=port, seed=random_seed, host=host, records=records, **vendor_options)
+
+    # The common options first (as --help lists them), then the vendor's.
+    decorators = [
+        click.option("--port", type=click.IntRange(0, 65535), default=port, show_default=True),
+        click.option(
+            "--seed", "records", type=click.IntRange(min=0), default=200, show_default=True, help=seed_help
+        ),
+        click.option(
+            "--random-seed", type=int, default=1, show_default=True, help="Makes the seed repeatable."
+        ),
+        click.option("--host", default="127.0.0.1", show_default=True),
+        *options,
+    ]
+    command: Callable[..., Any] = run
+    for decorate in reversed(decorators):
+        command = decorate(command)
+    return click.command(help=help)(command)

@@ -2,7 +2,7 @@
 as Salesforce documents it (OAuth token endpoint, query/queryMore, describe, sObject rows, sObject
 Collections, Bulk API 2.0 ingest, limits), backed by an in-memory org, with fault injection.
 
->>> from consentsync.sandbox import SalesforceSandbox
+>>> from consentsync_salesforce.sandbox import SalesforceSandbox
 >>> with SalesforceSandbox() as sf:
 ...     sf.org.seed(500, seed=1)
 ...     session = sf.requests_session()
@@ -22,7 +22,7 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
   "expired authorization code", "audience is invalid", "user hasn't approved this consumer",
   ``unsupported_grant_type``.
 * ``GET /services/data/``, ``GET /vNN.N/``, ``/vNN.N/limits``, ``/id/{org}/{user}``.
-* ``GET /vNN.N/query?q=`` and ``/queryAll?q=`` (see :mod:`consentsync.sandbox.soql`; only
+* ``GET /vNN.N/query?q=`` and ``/queryAll?q=`` (see :mod:`consentsync_salesforce.sandbox.soql`; only
   ``queryAll`` shows the recycle bin: records deleted or merged away, with ``IsDeleted`` true,
   ``SystemModstamp`` at the deletion and ``MasterRecordId`` naming a merge's survivor), pages of
   ``Sforce-Query-Options: batchSize=N`` (200..2000, default 2000) over a snapshot taken at the
@@ -71,16 +71,6 @@ from urllib.parse import parse_qs
 import jwt
 
 from consentsync.sandbox.faults import ENDPOINT_KINDS, Faults
-from consentsync.sandbox.ids import KEY_PREFIXES, to18
-from consentsync.sandbox.org import (
-    ApiError,
-    FieldDef,
-    ObjectDef,
-    RecordError,
-    SalesforceOrg,
-    format_datetime,
-    parse_api_datetime,
-)
 from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
@@ -89,9 +79,19 @@ from consentsync.sandbox.server import (
     SandboxResponse,
 )
 from consentsync.sandbox.server import json_response as _json_response
-from consentsync.sandbox.serving import serve
-from consentsync.sandbox.soql import SoqlError, bind, no_such_column, parse
+from consentsync.sandbox.serving import sandbox_command, serve
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, to18
+from consentsync_salesforce.sandbox.org import (
+    ApiError,
+    FieldDef,
+    ObjectDef,
+    RecordError,
+    SalesforceOrg,
+    format_datetime,
+    parse_api_datetime,
+)
+from consentsync_salesforce.sandbox.soql import SoqlError, bind, no_such_column, parse
 
 __all__ = [
     "DEFAULT_API_VERSION",
@@ -102,7 +102,7 @@ __all__ = [
     "serve_forever",
 ]
 
-log = logging.getLogger("consentsync.sandbox.salesforce")
+log = logging.getLogger("consentsync_salesforce.sandbox.server")
 
 DEFAULT_API_VERSION = "59.0"
 MIN_API_VERSION = 59.0
@@ -1228,3 +1228,12 @@ def serve_forever(
         f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents (seed {seed})",
     ]
     serve("salesforce", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)
+
+
+#: ``consentsync sandbox salesforce`` (entry-point group ``consentsync.sandboxes``).
+command = sandbox_command(
+    serve_forever,
+    port=8443,
+    seed_help="Seed the org with this many generated contacts (with duplicates and leads).",
+    help="Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted.",
+)

@@ -1,9 +1,9 @@
 """A SuperOffice sandbox: a local HTTPS server on 127.0.0.1 speaking SuperOffice's REST WebAPI
 (``/api/v1``) as SuperOffice documents it, backed by an in-memory tenant
-(:class:`~consentsync.sandbox.superoffice_tenant.SuperOfficeTenant`), with the fault switches and
+(:class:`~consentsync_superoffice.sandbox.tenant.SuperOfficeTenant`), with the fault switches and
 call counting every sandbox has (:class:`~consentsync.sandbox.server.HttpsSandbox`).
 
->>> from consentsync.sandbox.superoffice import SuperOfficeSandbox
+>>> from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 >>> with SuperOfficeSandbox() as so:
 ...     so.tenant.seed(300, seed=1)
 ...     token = so.issue_token()
@@ -19,7 +19,7 @@ serves them):
 * ``POST /api/v1/Agents/Person/GetConsentInfos`` ``{PersonId}``: ConsentInfo items
   (``ConsentPersonId, Comment, Registered, RegisteredAssociateId, Updated, UpdatedAssociateId,
   LegalBaseId/Key/Name, ConsentPurposeId/Key/Name, ConsentSourceId/Key/Name``);
-* ``GET /api/v1/archive/ConsentPurpose`` (:mod:`consentsync.sandbox.superoffice_archive`):
+* ``GET /api/v1/archive/ConsentPurpose`` (:mod:`consentsync_superoffice.sandbox.archive`):
   ``{"odata.metadata", "odata.nextLink", "value": [...]}``, at most ``max_page_size`` rows a page;
 * ``GET /api/v1/Person/{id}``: the person, 404 when there is none (or it was deleted);
 * ``PATCH /api/v1/Person/{id}``: a JSON Patch array (``replace``/``add``/``remove`` on
@@ -68,14 +68,14 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
-from consentsync.sandbox.serving import serve
-from consentsync.sandbox.superoffice_archive import ArchiveQuery, run_query
-from consentsync.sandbox.superoffice_tenant import ConsentRow, SuperOfficeTenant, TenantError
+from consentsync.sandbox.serving import sandbox_command, serve
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync_superoffice.sandbox.archive import ArchiveQuery, run_query
+from consentsync_superoffice.sandbox.tenant import ConsentRow, SuperOfficeTenant, TenantError
 
 __all__ = ["ENDPOINT_KINDS", "SuperOfficeCredentials", "SuperOfficeSandbox", "serve_forever"]
 
-log = logging.getLogger("consentsync.sandbox.superoffice")
+log = logging.getLogger("consentsync_superoffice.sandbox.server")
 
 ENDPOINT_KINDS = (
     "token",
@@ -494,3 +494,12 @@ def serve_forever(
         f"({summary['withdrawn']} withdrawn), seed {seed}",
     ]
     serve("superoffice", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)
+
+
+#: ``consentsync sandbox superoffice`` (entry-point group ``consentsync.sandboxes``).
+command = sandbox_command(
+    serve_forever,
+    port=8444,
+    seed_help="Seed the tenant with this many generated persons and their consents.",
+    help="Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted.",
+)

@@ -1,9 +1,9 @@
 """A Dynamics 365 / Dataverse sandbox: a local HTTPS server on 127.0.0.1 that speaks the
 Dataverse Web API (OData v4) and the Microsoft identity platform's client-credentials token
-endpoint, backed by an in-memory environment (:mod:`consentsync.sandbox.dataverse`), with fault
+endpoint, backed by an in-memory environment (:mod:`consentsync_dynamics.sandbox.dataverse`), with fault
 injection and call counting like the Salesforce sandbox.
 
->>> from consentsync.sandbox.dynamics import DynamicsSandbox
+>>> from consentsync_dynamics.sandbox.server import DynamicsSandbox
 >>> with DynamicsSandbox() as dv:
 ...     dv.environment.seed(500, seed=1)
 ...     session = dv.requests_session()
@@ -21,7 +21,7 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   ``WWW-Authenticate: Bearer error="invalid_token"``.
 * ``GET /api/data/v9.2/WhoAmI``.
 * ``GET /api/data/v9.2/EntityDefinitions(LogicalName='contact')`` and ``.../Attributes``.
-* ``GET /api/data/v9.2/{set}`` with ``$select``, ``$filter`` (see :mod:`consentsync.sandbox.odata`),
+* ``GET /api/data/v9.2/{set}`` with ``$select``, ``$filter`` (see :mod:`consentsync_dynamics.sandbox.odata`),
   ``$orderby``, ``$top``; ``Prefer: odata.maxpagesize=N`` (at most 5000, the default) pages with
   ``@odata.nextLink``; ``Prefer: odata.track-changes`` answers ``@odata.deltaLink`` on the last
   page; a GET of the delta link answers what changed since, deleted rows as
@@ -31,7 +31,7 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
 * ``POST /api/data/v9.2/Merge`` (contacts): the subordinate row is deactivated (``statecode`` 1)
   with ``merged`` true and ``masterid`` (read ``_masterid_value``) naming the target; it stays
   readable and comes in the next delta as a changed row.
-* Late commits: :meth:`~consentsync.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
+* Late commits: :meth:`~consentsync_dynamics.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
   row no read sees until it commits; it then comes in the next delta (its row version is the
   commit's) with its original ``modifiedon``.
 * ``POST /api/data/v9.2/$batch`` (multipart/mixed, change sets atomic, at most 1000 requests);
@@ -68,16 +68,16 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from consentsync.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync.sandbox.faults import Faults
-from consentsync.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
-from consentsync.sandbox.serving import serve
+from consentsync.sandbox.serving import sandbox_command, serve
 from consentsync.sandbox.tls import SandboxTLS
+from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
+from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 
 __all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DynamicsSandbox", "normalize_guid", "serve_forever"]
 
-log = logging.getLogger("consentsync.sandbox.dynamics")
+log = logging.getLogger("consentsync_dynamics.sandbox.server")
 
 MAX_PAGE_SIZE = 5000
 MAX_BATCH_REQUESTS = 1000
@@ -1086,3 +1086,12 @@ def serve_forever(
         f"  seeded          {len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
     ]
     serve("dynamics", sandbox, lines, stop=stop, on_ready=on_ready)
+
+
+#: ``consentsync sandbox dynamics`` (entry-point group ``consentsync.sandboxes``).
+command = sandbox_command(
+    serve_forever,
+    port=8447,
+    seed_help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
+    help="Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted.",
+)

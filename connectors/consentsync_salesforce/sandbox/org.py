@@ -11,13 +11,13 @@ import datetime as dt
 import random
 import re
 import threading
-import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from consentsync.sandbox.ids import KEY_PREFIXES, IdGenerator, to18
-from consentsync.sandbox.soql import TEXT_TYPES, BoundQuery, bind, parse, parse_datetime_literal
+from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
+from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, IdGenerator, to18
+from consentsync_salesforce.sandbox.soql import TEXT_TYPES, BoundQuery, bind, parse, parse_datetime_literal
 
 __all__ = [
     "LEGAL_BASIS_VALUES",
@@ -667,7 +667,7 @@ class SalesforceOrg:
 
     def query(self, soql: str, *, include_deleted: bool = False) -> list[dict[str, Any]]:
         """Run SOQL directly against the store; returns Python-valued copies of the selected
-        fields (raises :class:`~consentsync.sandbox.soql.SoqlError`)."""
+        fields (raises :class:`~consentsync_salesforce.sandbox.soql.SoqlError`)."""
         bound = bind(parse(soql), self.resolve)
         with self.lock:
             rows = self.select(bound, include_deleted=include_deleted)
@@ -1151,9 +1151,9 @@ class SalesforceOrg:
                 r["Email"].lower() for r in self._records["Contact"].values() if r["Email"]
             }
             for index in range(n):
-                first = rng.choice(_FIRST_NAMES)
-                last = rng.choice(_LAST_NAMES)
-                email = _make_email(rng, first, last, index, used_emails)
+                first = rng.choice(FIRST_NAMES)
+                last = rng.choice(LAST_NAMES)
+                email = make_email(rng, first, last, index, used_emails)
                 modstamp = stamp()
                 individual_id = None
                 if rng.random() < individual_share:
@@ -1369,31 +1369,6 @@ def _consent_values(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def _ascii(text: str) -> str:
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return "".join(c for c in folded.lower() if c.isalnum() or c in "'-")
-
-
-def _make_email(rng: random.Random, first: str, last: str, index: int, used: set[str]) -> str:
-    local = rng.choice(
-        (
-            f"{_ascii(first)}.{_ascii(last)}",
-            f"{_ascii(first)[0]}{_ascii(last)}",
-            f"{_ascii(first)}_{_ascii(last)}",
-            f"{_ascii(last)}.{_ascii(first)}",
-        )
-    ).strip("-")
-    domain = rng.choice(_DOMAINS)
-    email = f"{local}@{domain}"
-    if email.lower() in used:
-        email = f"{local}{index}@{domain}"
-    used.add(email.lower())
-    if rng.random() < 0.12:
-        # Some people type their address with capitals; Salesforce stores it as typed.
-        email = f"{local.title()}@{domain.capitalize()}"
-    return email
-
-
 _PURPOSES = (
     ("Email Marketing", "Newsletters and offers by email", True),
     ("Profiling", "Segmentation and scoring for personalised offers", True),
@@ -1416,83 +1391,4 @@ _COMPANIES = (
     "Stark Industries",
     "Wayne Enterprises",
     "Soylent AG",
-)
-_DOMAINS = (
-    "example.com",
-    "example.org",
-    "example.net",
-    "acme.test",
-    "globex.test",
-    "initech.test",
-    "mail.test",
-)
-_FIRST_NAMES = (
-    "Anna",
-    "Ben",
-    "Chloé",
-    "David",
-    "Elena",
-    "Finn",
-    "Greta",
-    "Hugo",
-    "Ines",
-    "Jonas",
-    "Katarzyna",
-    "Liam",
-    "Maria",
-    "Noah",
-    "Olivia",
-    "Paul",
-    "Quentin",
-    "Rosa",
-    "Siobhán",
-    "Tomás",
-    "Ulrike",
-    "Victor",
-    "Wiebke",
-    "Xavier",
-    "Yara",
-    "Zoë",
-    "José",
-    "Łukasz",
-    "Aoife",
-    "Mehmet",
-    "Priya",
-    "Sven",
-    "Emma",
-    "Lucas",
-    "Sofia",
-    "Mateo",
-)
-_LAST_NAMES = (
-    "Müller",
-    "Schmidt",
-    "O'Brien",
-    "D'Angelo",
-    "Dubois",
-    "van der Berg",
-    "Nowak",
-    "García",
-    "Rossi",
-    "Murphy",
-    "Smith-Jones",
-    "Jansen",
-    "Kowalski",
-    "Larsen",
-    "Fischer",
-    "Martin",
-    "Bernard",
-    "Yılmaz",
-    "Papadopoulos",
-    "Novák",
-    "Silva",
-    "Andersson",
-    "Walsh",
-    "Weber",
-    "Bauer",
-    "Lefèvre",
-    "Horváth",
-    "Costa",
-    "Nielsen",
-    "Byrne",
 )

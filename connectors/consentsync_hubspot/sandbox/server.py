@@ -2,7 +2,7 @@
 communication-preferences wire formats as HubSpot documents them, backed by an in-memory portal,
 with the shared fault switches and call counting (:mod:`consentsync.sandbox.server`).
 
->>> from consentsync.sandbox.hubspot import HubSpotSandbox
+>>> from consentsync_hubspot.sandbox.server import HubSpotSandbox
 >>> with HubSpotSandbox() as hs:
 ...     hs.portal.seed(300, seed=1)
 ...     session = hs.requests_session()
@@ -87,7 +87,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
-from consentsync.sandbox.serving import serve
+from consentsync.sandbox.serving import sandbox_command, serve
 from consentsync.sandbox.tls import SandboxTLS
 
 __all__ = [
@@ -1405,3 +1405,12 @@ def serve_forever(
         f"  seeded         {portal.count()} contacts (seed {seed})",
     ]
     serve("hubspot", sandbox, lines, stop=stop, on_ready=on_ready)
+
+
+#: ``consentsync sandbox hubspot`` (entry-point group ``consentsync.sandboxes``).
+command = sandbox_command(
+    serve_forever,
+    port=8445,
+    seed_help="Seed the portal with this many generated contacts (with subscription statuses).",
+    help="Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted.",
+)

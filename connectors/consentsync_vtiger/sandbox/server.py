@@ -2,7 +2,7 @@
 (``webservice.php``, form-encoded, JSON answers) as the open-source edition 8.2.0 does, backed by
 an in-memory CRM, with fault injection and call counting.
 
->>> from consentsync.sandbox.vtiger import VtigerSandbox
+>>> from consentsync_vtiger.sandbox.server import VtigerSandbox
 >>> with VtigerSandbox() as crm:
 ...     crm.crm.seed(300, seed=1)
 ...     session = crm.requests_session()
@@ -22,7 +22,7 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
 * Every other operation needs ``sessionName``: AUTHENTICATION_REQUIRED without one,
   INVALID_SESSIONID for an unknown (or expired) one, SESSION_LEFT_IDLE after ``session_idle``
   seconds unused.
-* ``GET operation=query&query=VTQL``: see :mod:`consentsync.sandbox.vtql` (at most 100 rows;
+* ``GET operation=query&query=VTQL``: see :mod:`consentsync_vtiger.sandbox.vtql` (at most 100 rows;
   the statement ends with ``;``). Every value comes back as a string: checkboxes "0"/"1", empty
   fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds, ids ``<type>x<crmid>``.
 * Times are wall-clock times in the install's ``$default_timezone`` (config.inc.php; the CRM's
@@ -83,12 +83,14 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import click
+
 from consentsync.sandbox.faults import Faults
-from consentsync.sandbox.org import _FIRST_NAMES, _LAST_NAMES, _make_email
+from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
-from consentsync.sandbox.serving import serve
+from consentsync.sandbox.serving import sandbox_command, serve
 from consentsync.sandbox.tls import SandboxTLS
-from consentsync.sandbox.vtql import Query, VtqlError, parse, select
+from consentsync_vtiger.sandbox.vtql import Query, VtqlError, parse, select
 
 __all__ = [
     "CONSENT_STATES",
@@ -100,7 +102,7 @@ __all__ = [
     "serve_forever",
 ]
 
-log = logging.getLogger("consentsync.sandbox.vtiger")
+log = logging.getLogger("consentsync_vtiger.sandbox.server")
 
 API_VERSION = "0.22"
 VTIGER_VERSION = "8.2.0"
@@ -577,7 +579,7 @@ class VtigerCrm:
 
         with self.lock:
             for index in range(max(1, int(n * account_share)) if n else 0):
-                name = f"{rng.choice(_LAST_NAMES)} {rng.choice(('GmbH', 'Ltd', 'S.A.', 'Inc.', '& Söhne'))}"
+                name = f"{rng.choice(LAST_NAMES)} {rng.choice(('GmbH', 'Ltd', 'S.A.', 'Inc.', '& Söhne'))}"
                 made["accounts"].append(
                     self.create(
                         "Accounts",
@@ -589,8 +591,8 @@ class VtigerCrm:
                     )
                 )
             for index in range(n):
-                first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
-                email = _make_email(rng, first, last, index, used)
+                first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+                email = make_email(rng, first, last, index, used)
                 if index % 41 == 7:
                     email = f"o'{email}"  # a quote in the address, as people do have
                 contact = self.create(
@@ -613,7 +615,7 @@ class VtigerCrm:
                             "Leads",
                             firstname=first,
                             lastname=last,
-                            company=rng.choice(_LAST_NAMES) + " Ltd",
+                            company=rng.choice(LAST_NAMES) + " Ltd",
                             email=email.upper() if rng.random() < 0.2 else email,
                             emailoptout=rng.random() < 0.3,
                             owner=owner(),
@@ -1105,3 +1107,20 @@ def serve_forever(
         f"(seed {seed})",
     ]
     serve("vtiger", sandbox, lines, stop=stop, on_ready=on_ready)
+
+
+def _serve_from_the_command(*, no_privacy_guard: bool, **options: Any) -> None:
+    serve_forever(privacy_guard=not no_privacy_guard, **options)
+
+
+#: ``consentsync sandbox vtiger`` (entry-point group ``consentsync.sandboxes``).
+command = sandbox_command(
+    _serve_from_the_command,
+    port=8446,
+    seed_help="Seed the CRM with this many generated contacts (with leads, organisations, consents).",
+    help="Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted.",
+    options=(
+        click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module."),
+        click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8)."),
+    ),
+)

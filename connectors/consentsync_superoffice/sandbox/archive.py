@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consentsync.sandbox.superoffice_tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
+from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
 
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
 

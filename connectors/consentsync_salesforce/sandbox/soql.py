@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from consentsync.sandbox.ids import to18
+from consentsync_salesforce.sandbox.ids import to18
 
 __all__ = ["BoundQuery", "Query", "SoqlError", "bind", "no_such_column", "parse", "parse_datetime_literal"]
 
