@@ -60,8 +60,8 @@ LOOKBACK_SECONDS = 15  # the bench's look-back window (the connector's default i
 def serve(contacts: int, delay: float, info_path: Path, seed: int) -> None:
     """Seeds an org and serves it until stdin closes. Reads commands on stdin: ``change K``
     flips the email opt-out of K random contacts and answers ``changed``."""
-    from consentsync.sandbox import SalesforceSandbox
-    from consentsync.sandbox.org import SalesforceOrg
+    from consentsync_salesforce.sandbox import SalesforceSandbox
+    from consentsync_salesforce.sandbox.org import SalesforceOrg
 
     org = SalesforceOrg()
     org.seed(contacts, seed=seed)

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync.domain import canonical_json
-from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
 from tests.integration.test_cli_sync import connect_sandbox
 

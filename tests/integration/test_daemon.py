@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync.config import load_config
 from consentsync.ledger.service import Ledger, utcnow
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.daemon import Daemon
 from consentsync.sync.engine import RunReport
 

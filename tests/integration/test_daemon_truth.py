@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select
 
@@ -26,7 +27,6 @@ from consentsync.config import load_config
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.observability import failing_connectors, failure_streak
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.heartbeat import Heartbeat, running_daemons
 from consentsync.sync.lease import this_process
 from consentsync.sync.locks import connector_lock

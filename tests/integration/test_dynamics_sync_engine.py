@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
@@ -18,7 +19,6 @@ from consentsync.app import open_connector
 from consentsync.config import load_config
 from consentsync.ledger.schema import consent_events, sync_cursors
 from consentsync.ledger.service import Ledger, utcnow
-from consentsync.sandbox.dynamics import DynamicsSandbox
 from consentsync.sdk import Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
 

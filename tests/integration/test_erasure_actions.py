@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import select
 
 from consentsync import audit
@@ -16,7 +17,6 @@ from consentsync.app import open_ledger, open_sync
 from consentsync.config import ConfigError, load_config
 from consentsync.demo import find_mappings
 from consentsync.ledger.schema import crm_links, subject_identifiers
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.crashtest import CONNECTOR, write_config
 from consentsync.sync.engine import SyncOptions
 

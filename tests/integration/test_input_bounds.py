@@ -397,12 +397,12 @@ def test_exports_open_for_values_stored_before_the_checks(
 def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
     cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from consentsync_salesforce.sandbox import SalesforceSandbox
     from sqlalchemy import func, select
 
     from consentsync.app import open_ledger
     from consentsync.config import load_config
     from consentsync.ledger.schema import consent_events, quarantine
-    from consentsync.sandbox import SalesforceSandbox
     from tests.integration.test_cli_sync import connect_sandbox
 
     with SalesforceSandbox() as sandbox:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import select, text, update
 
 from consentsync import audit
@@ -21,7 +22,6 @@ from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config
 from consentsync.demo import find_mappings
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.crashtest import CONNECTOR, sync_command, write_config
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
 

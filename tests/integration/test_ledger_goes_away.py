@@ -17,12 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.config import load_config
 from consentsync.demo import find_mappings
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.crashtest import sync_command, write_config
 
 

@@ -21,12 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import event
 
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.service import Ledger, RecordRequest
-from consentsync.sandbox import SalesforceSandbox
 from tests.integration.test_sync_engine import _engine as sync_engine
 
 # Tables that grow with the number of people or events.

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from consentsync.sandbox import SalesforceSandbox
+from consentsync_salesforce.sandbox import SalesforceSandbox
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:

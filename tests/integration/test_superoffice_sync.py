@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 
 from consentsync.app import open_connector
 from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, utcnow
-from consentsync.sandbox.superoffice import SuperOfficeSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,11 +15,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import event
 
 from consentsync.config import load_config
 from consentsync.ledger.service import Ledger
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.test_sync_engine import _engine as sync_engine
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
@@ -16,7 +17,6 @@ from consentsync.app import open_connector
 from consentsync.config import load_config
 from consentsync.ledger.schema import audit_entries, consent_events, crm_links, outbox, subjects
 from consentsync.ledger.service import Ledger, utcnow
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 
 ROOT = Path(__file__).resolve().parents[2]

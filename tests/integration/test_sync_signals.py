@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import create_engine, select
 
 from consentsync.ledger.engine import normalise_url
 from consentsync.ledger.schema import crm_links, sync_cursors, sync_runs
-from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
 from tests.integration.test_cli_sync import EXIT_STOPPED, _org_total, connect_sandbox
 

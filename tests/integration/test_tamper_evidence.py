@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
@@ -24,7 +25,6 @@ from consentsync.checkpoints import KEY_ENV
 from consentsync.config import load_config
 from consentsync.ledger.schema import audit_details, audit_entries, audit_head, consent_events, subjects
 from consentsync.ledger.service import Ledger
-from consentsync.sandbox import SalesforceSandbox
 from tests.conftest import Cli
 from tests.integration.test_audit_chain import _grant
 from tests.integration.test_cli_sync import connect_sandbox

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from consentsync_vtiger.sandbox.server import VtigerSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
@@ -18,7 +19,6 @@ from consentsync.app import open_connector
 from consentsync.config import load_config
 from consentsync.ledger.schema import consent_events, crm_links, outbox, quarantine
 from consentsync.ledger.service import Ledger, utcnow
-from consentsync.sandbox.vtiger import VtigerSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from fastapi.testclient import TestClient
 
 from consentsync import exit_codes
@@ -19,7 +20,6 @@ from consentsync.accounts import Accounts
 from consentsync.app import open_ledger
 from consentsync.config import load_config
 from consentsync.ledger.service import Ledger
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.web.server import build
 from tests.conftest import Cli
 from tests.integration.test_cli_sync import connect_sandbox

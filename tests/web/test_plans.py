@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
@@ -23,7 +24,6 @@ from consentsync.accounts import Accounts
 from consentsync.app import open_ledger
 from consentsync.config import load_config
 from consentsync.ledger.service import Ledger
-from consentsync.sandbox import SalesforceSandbox
 from consentsync.web.server import build
 from tests.conftest import Cli
 from tests.integration.test_adoption import _changed_fields, _state

@@ -202,8 +202,9 @@ def run_trials(
     max_kill_after: float = 3.0,
     phases: tuple[str, ...] = KILL_PHASES,
 ) -> list[Trial]:
+    from consentsync_salesforce.sandbox import SalesforceSandbox
+
     from consentsync.demo import find_mappings
-    from consentsync.sandbox import SalesforceSandbox
 
     mappings = find_mappings()
     rng = random.Random(seed)
