@@ -36,7 +36,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0009"
+SCHEMA_REVISION = "0010"
 
 
 def migration_state(engine: Engine) -> str | None:

@@ -121,6 +121,11 @@ class PurposeSettings(_Strict):
     # PECR reg. 22 / ePrivacy Art. 13 / UWG 7: marketing by electronic mail needs consent or a
     # soft opt-in. Default: the purpose's direct_marketing (docs/policy.md, "Soft opt-in").
     eprivacy: bool | None = None
+    # What the purpose means, in the words the preference centre shows the person.
+    description: str | None = None
+    # A grant captured through the hub waits as "requested" until the person follows the link
+    # mailed to them (double opt-in); the confirmation time is kept as evidence.
+    double_opt_in: bool = False
 
     @field_validator("key")
     @classmethod
@@ -130,6 +135,46 @@ class PurposeSettings(_Strict):
         return value
 
 
+class BrandingSettings(_Strict):
+    """How the preference centre and the mails look: the company's, not consentsync's."""
+
+    name: str = "Preference centre"
+    logo_url: str | None = None
+    primary_colour: str = Field(default="#1f4e79", pattern=r"^#[0-9a-fA-F]{6}$")
+    privacy_policy_url: str | None = None
+    contact_email: str | None = None
+
+
+class SmtpSettings(_Strict):
+    """Where the hub's mails go out (double opt-in, requests, receipts). The password comes from
+    the environment variable named here, never from the file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=25, ge=1, le=65535)
+    sender: str = "privacy@example.org"
+    starttls: bool = False
+    username: str | None = None
+    password_env: str | None = None
+
+
+class HubSettings(_Strict):
+    """The capture API and the preference centre (docs/hub.md)."""
+
+    # The address people reach the preference centre at: the links in mails start with it.
+    public_url: str = "http://127.0.0.1:8080"
+    # Purposes a Global Privacy Control signal (Sec-GPC: 1) opts out of: under the CCPA, the
+    # sale or sharing of personal information.
+    gpc_purposes: list[str] = Field(default_factory=list)
+    # How long a preference link and a confirmation link stay valid.
+    link_days: int = Field(default=30, ge=1, le=365)
+    confirmation_days: int = Field(default=7, ge=1, le=90)
+    # Requests per minute one API key may make (an API key may set its own).
+    rate_per_minute: int = Field(default=600, ge=1)
+    languages: list[str] = Field(default_factory=lambda: ["en", "de"])
+    branding: BrandingSettings = BrandingSettings()
+    smtp: SmtpSettings = SmtpSettings()
+
+
 class Settings(_Strict):
     version: Literal[1] = 1
     ledger: LedgerSettings = LedgerSettings()
@@ -137,6 +182,7 @@ class Settings(_Strict):
     policy: PolicySettings = PolicySettings()
     audit: AuditSettings = AuditSettings()
     web: WebSettings = WebSettings()
+    hub: HubSettings = HubSettings()
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
     purposes: list[PurposeSettings] = Field(min_length=1)
     connectors: list[ConnectorSettings] = Field(default_factory=list)
@@ -154,6 +200,12 @@ class Settings(_Strict):
                         ("purposes", index, "channels"),
                         f"unknown channel {channel!r}: accepted are {', '.join(self.channels)}",
                     )
+        for index, key in enumerate(self.hub.gpc_purposes):
+            if key not in seen:
+                raise _located(
+                    ("hub", "gpc_purposes", index),
+                    f"unknown purpose {key!r}: configured are {', '.join(sorted(seen))}",
+                )
         names = [c.name for c in self.connectors]
         for index, name in enumerate(names):
             if names.index(name) != index:

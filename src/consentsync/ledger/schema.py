@@ -411,3 +411,78 @@ plans = Table(
     Column("pushed", Integer),
     Index("ix_plans_connector_id", "connector", "id"),
 )
+
+# The hub (issue 18): consent captured where the person acts, not only read from CRMs.
+#
+# An API key per capture source (a web form, a shop, a sending tool). Only its SHA-256 is kept:
+# the key is 32 random bytes, so a plain hash cannot be reversed, and a copy of the table opens
+# nothing. ``purposes`` and ``actions`` (JSON lists, ``*`` for any) scope what it may do.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("source", String(200), nullable=False),
+    Column("purposes", Text, nullable=False),
+    Column("actions", Text, nullable=False),
+    Column("key_prefix", String(16), nullable=False),  # shown in lists, to tell keys apart
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("rate_per_minute", Integer),  # None: hub.rate_per_minute
+    Column("created_at", Timestamp, nullable=False),
+    Column("created_by", String(64)),
+    Column("revoked_at", Timestamp),
+    Column("last_used_at", Timestamp),
+)
+
+# A capture retried with the same Idempotency-Key records once: the first answer is kept and
+# given again; the same key with another request is refused. Written in the transaction that
+# records the capture, so the two cannot disagree.
+capture_requests = Table(
+    "capture_requests",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("request_sha256", String(64), nullable=False),
+    Column("status_code", Integer, nullable=False),
+    Column("response", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    UniqueConstraint("key_id", "idempotency_key"),
+)
+
+# The texts people are shown when asked for consent, per purpose, versioned and content-hashed:
+# a capture names the version shown, and the text it names can be produced years later.
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("purpose", String(64), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("language", String(16), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("created_by", String(64)),
+    UniqueConstraint("purpose", "version", "language"),
+)
+
+# Things a person confirms by following a link mailed to them: a double opt-in, an erasure
+# asked for on the preference page. The link carries a random token; only its SHA-256 is kept.
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # double_opt_in, erasure
+    Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False),
+    Column("purpose", String(64)),
+    Column("channel", String(32)),
+    Column("notice_version", String(100)),
+    Column("source", String(200), nullable=False),
+    Column("requested_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("confirmed_at", Timestamp),
+    Column("lapsed_at", Timestamp),
+    Index("ix_confirmations_subject_id", "subject_id"),
+    Index("ix_confirmations_open", "confirmed_at", "lapsed_at", "expires_at"),
+)

@@ -876,6 +876,38 @@ class Ledger:
             for subject_id in ids
         }
 
+    def decision_for(self, email: str, purpose_key: str, channel: str) -> tuple[str | None, EffectiveState]:
+        """May this address be contacted for this purpose on this channel now, and under which
+        rule: the person's uid (None for someone the ledger does not know) and effective state.
+
+        An erased address is recognised by its keyed hash and stays suppressed; an unknown one
+        gets what its purpose says with no evidence (consent-based: not without consent)."""
+        purpose = self._purpose(purpose_key)
+        if channel not in purpose.channels:
+            raise InvalidInput(
+                f"channel {channel!r} is not one of purpose {purpose.key!r}'s: {', '.join(purpose.channels)}"
+            )
+        now = self.clock()
+        with self.engine.connect() as conn:
+            subject_id = _subject_id_by_email(conn, email)
+            if subject_id is not None:
+                context = self._contexts(conn, {subject_id})[subject_id]
+                summary = self._load_summaries(conn, {subject_id}).get((subject_id, purpose.key, channel))
+                flags, objections_, uid = context.flags, context.objections, context.uid
+            else:
+                summary, objections_, uid = None, (), None
+                erased_at = conn.execute(
+                    select(suppressions.c.created_at).where(
+                        suppressions.c.email_hmac == email_hmac(self._erasure_key(), email)
+                    )
+                ).scalar()
+                erased = "erased" if erased_at else None
+                flags = SubjectFlags(suppressed_since=erased_at, suppression_reason=erased)
+        state = effective_state(
+            summary or NO_EVIDENCE, purpose, channel, flags=flags, objections=objections_, now=now
+        )
+        return uid, state
+
     def subject_uids_for_email(self, email: str) -> list[str]:
         """The live subject with this email, and any erased one recognised by its keyed hash."""
         with self.engine.connect() as conn:

@@ -1,0 +1,198 @@
+"""The capture API (``/v1``): consents, objections, erasure requests and the decision a sending
+tool asks for before every message. Authenticated by API key (``Authorization: Bearer``), scoped
+and rate-limited per key, separate from the console's logins; documented at ``/v1/docs``."""
+
+# No "from __future__ import annotations": FastAPI reads the annotations of the routes defined
+# inside create_app at run time, and postponed ones would name locals it cannot see.
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from consentsync.domain import InvalidInput
+from consentsync.hub import keys
+from consentsync.hub.capture import BATCH_MAX, Conflict, ConsentCapture, Forbidden, Hub, request_digest
+from consentsync.hub.keys import ApiKey
+from consentsync.hub.ratelimit import RateLimiter
+from consentsync.ledger.service import NotFound
+
+log = structlog.get_logger("consentsync.hub.api")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ConsentIn(_Body):
+    email: str = Field(max_length=320, description="The person's email address.")
+    purpose: str = Field(max_length=64, description="A configured purpose key.")
+    channel: str = Field(default="email", max_length=32)
+    status: Literal["granted", "withdrawn", "refused"]
+    basis: str | None = Field(default=None, description="Only consent is captured for a grant.")
+    event_time: datetime | None = Field(
+        default=None, description="When the person acted (ISO 8601 with offset); default: now."
+    )
+    notice_version: str | None = Field(
+        default=None, max_length=100, description="The notice version shown; required for a grant."
+    )
+    evidence_ref: str | None = Field(default=None, max_length=500, description="Where the proof is kept.")
+
+
+class ConsentBatchIn(_Body):
+    consents: list[ConsentIn] = Field(max_length=BATCH_MAX)
+    gpc: bool = Field(default=False, description="The person's browser sent a Global Privacy Control signal.")
+
+
+def _shape(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "consents" in value else "one"
+
+
+# One consent, or a batch: told apart by the "consents" key, so that a mistake is reported
+# against the shape that was meant, not against both.
+ConsentsBody = Annotated[
+    Annotated[ConsentBatchIn, Tag("batch")] | Annotated[ConsentIn, Tag("one")], Discriminator(_shape)
+]
+
+
+class ObjectionIn(_Body):
+    email: str = Field(max_length=320)
+    purpose: str = Field(max_length=64)
+    direct_marketing: bool = False
+
+
+class ErasureIn(_Body):
+    email: str = Field(max_length=320)
+    reason: str = Field(max_length=500, description="Why; kept with the suppression, so no address in it.")
+
+
+class DecisionIn(_Body):
+    email: str = Field(max_length=320)
+    purpose: str = Field(max_length=64)
+    channel: str = Field(default="email", max_length=32)
+
+
+class Unauthorised(Exception):
+    pass
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(
+        title="consentsync capture API",
+        version="1",
+        description="Record consents, objections and erasure requests where people act, and ask "
+        "before each message whether a person may be contacted. Authenticate with an API key "
+        "(`consentsync apikey add`) as `Authorization: Bearer <key>`.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    limiter = RateLimiter()
+    default_rate = hub.settings.rate_per_minute
+
+    def api_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+        scheme, _, secret = (authorization or "").partition(" ")
+        key = keys.authenticate(hub.ledger, secret.strip()) if scheme.lower() == "bearer" else None
+        if key is None:
+            raise Unauthorised()
+        wait = limiter.take(key.id, key.rate_per_minute or default_rate)
+        if wait:
+            raise RateLimited(wait)
+        return key
+
+    Key = Annotated[ApiKey, Depends(api_key)]
+
+    @app.exception_handler(Unauthorised)
+    async def _unauthorised(_request: Request, _error: Unauthorised) -> JSONResponse:
+        return JSONResponse(
+            {"error": "a valid API key is needed: Authorization: Bearer <key>"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(RateLimited)
+    async def _limited(_request: Request, error: RateLimited) -> JSONResponse:
+        return JSONResponse(
+            {"error": "too many requests for this API key"},
+            status_code=429,
+            headers={"Retry-After": str(max(1, math.ceil(error.retry_after)))},
+        )
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_request: Request, error: InvalidInput) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=422)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_request: Request, error: Forbidden) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=403)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_request: Request, error: Conflict) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=409)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_request: Request, error: NotFound) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=404)
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(_request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {"loc": (), "msg": "malformed request"}
+        where = ".".join(
+            f"[{part}]" if isinstance(part, int) else str(part)
+            for part in first.get("loc", ())
+            if part not in ("body", "batch", "one")
+        ).replace(".[", "[")
+        return JSONResponse(
+            {"error": f"{where}: {first.get('msg')}" if where else str(first.get("msg"))}, 422
+        )
+
+    @app.post("/consents", status_code=201)
+    def record_consents(
+        body: ConsentsBody,
+        key: Key,
+        sec_gpc: Annotated[str | None, Header(alias="Sec-GPC")] = None,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
+    ) -> JSONResponse:
+        """One consent, or a batch (``{"consents": [...]}``), recorded in one transaction. With an
+        ``Idempotency-Key`` header a retried request records once and gets the first answer."""
+        batch = body if isinstance(body, ConsentBatchIn) else ConsentBatchIn(consents=[body])
+        gpc = batch.gpc or (sec_gpc or "").strip() == "1"
+        items = [ConsentCapture(**item.model_dump()) for item in batch.consents]
+        result = hub.capture(
+            key,
+            items,
+            gpc=gpc,
+            idempotency_key=idempotency_key,
+            fingerprint=request_digest(body.model_dump(mode="json")) if idempotency_key else None,
+        )
+        for mail in result.mails:
+            hub.send_confirmation(mail)
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+    @app.post("/objections", status_code=201)
+    def raise_objection(body: ObjectionIn, key: Key) -> dict[str, Any]:
+        """An objection (GDPR Art. 21); to direct marketing it is upheld at once (Art. 21(3))."""
+        return hub.objection(key, body.email, body.purpose, direct_marketing=body.direct_marketing)
+
+    @app.post("/erasure-requests", status_code=200)
+    def request_erasure(body: ErasureIn, key: Key) -> dict[str, Any]:
+        """Erases the person (GDPR Art. 17): a keyed hash stays so they are never re-imported."""
+        return hub.erasure(key, body.email, body.reason)
+
+    @app.post("/decisions")
+    def decide(body: DecisionIn, key: Key) -> dict[str, Any]:
+        """May this person be contacted for this purpose on this channel now, and under which
+        rule. A POST, so that the address never appears in a URL or an access log."""
+        return hub.decide(key, body.email, body.purpose, body.channel)
+
+    return app

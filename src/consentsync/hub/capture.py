@@ -1,0 +1,506 @@
+"""What the hub does with a capture: checks it against the key's scope and the notice registry,
+records it in the ledger (once, however often it is retried), starts a double opt-in where the
+purpose asks for one, and answers whether a person may be contacted.
+
+Pure of HTTP: ``api`` turns requests into these calls and their errors into statuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import structlog
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from consentsync.config import Config
+from consentsync.domain import (
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    iso,
+    normalise_email,
+)
+from consentsync.hub.i18n import translator
+from consentsync.hub.keys import ApiKey
+from consentsync.hub.links import LinkRefused, make_token
+from consentsync.hub.mail import Mail, Mailer, MailFailed
+from consentsync.hub.notices import known_versions
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.schema import capture_requests, confirmations
+from consentsync.ledger.service import Ledger, RecordRequest
+
+log = structlog.get_logger("consentsync.hub")
+
+# What a capture may say a person did. "requested" is the hub's own (double opt-in pending).
+CAPTURED_STATUSES = (ConsentStatus.GRANTED, ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
+BATCH_MAX = 500
+GPC_EVIDENCE = "Sec-GPC: 1"
+# The source of a consent the person confirmed through a mailed link (a trusted source by
+# default: policy.trusted_sources).
+DOUBLE_OPT_IN_SOURCE = "double_opt_in"
+
+
+class Forbidden(PermissionError):
+    """The key may not do this (its actions or purposes)."""
+
+
+class Conflict(ValueError):
+    """An Idempotency-Key reused with another request."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentCapture:
+    """One consent statement as a capture source sends it (already parsed; checked here)."""
+
+    email: str
+    purpose: str
+    status: str
+    channel: str = "email"
+    basis: str | None = None
+    event_time: datetime | None = None
+    notice_version: str | None = None
+    evidence_ref: str | None = None
+    language: str = "en"  # of the notice shown, and of the mails that follow
+
+
+@dataclass(slots=True)
+class PendingMail:
+    """A confirmation to mail once the capture is committed."""
+
+    email: str
+    uid: str
+    purpose: str
+    channel: str
+    token: str
+    language: str = "en"
+
+
+@dataclass(slots=True)
+class CaptureResult:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool = False
+    mails: list[PendingMail] = field(default_factory=list)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def request_digest(payload: Any) -> str:
+    """The identity of a request's content, to refuse an Idempotency-Key reused for another."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def state_view(state: EffectiveState) -> dict[str, Any]:
+    return {
+        "status": state.status.value,
+        "basis": state.basis.value,
+        "suppressed": state.suppressed,
+        "rule": state.rule,
+    }
+
+
+class Hub:
+    """The capture service over one ledger and configuration."""
+
+    def __init__(self, config: Config, ledger: Ledger, mailer: Mailer | None = None) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.settings = config.settings.hub
+        self.mailer = mailer or Mailer(self.settings.smtp, sender_name=self.settings.branding.name)
+        self._double_opt_in = {p.key for p in config.settings.purposes if p.double_opt_in}
+
+    def url(self, path: str) -> str:
+        return self.settings.public_url.rstrip("/") + path
+
+    def preference_link(self, uid: str) -> str:
+        return self.url("/p/preferences/" + make_token(self.ledger, uid, days=self.settings.link_days))
+
+    # -- double opt-in -------------------------------------------------------------------------
+
+    def send_confirmation(self, pending: PendingMail) -> bool:
+        """Mails the confirmation link of a double opt-in; False (logged, never raised) if the
+        mail could not go: the request stays pending until it lapses."""
+        _ = translator(pending.language)
+        purpose = self.ledger.purposes[pending.purpose]
+        link = self.url(f"/p/confirm/{pending.token}")
+        text = _(
+            "You asked to receive {purpose} by {channel}. Please confirm by opening this link "
+            "within {days} days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing changes "
+            "until the link is followed.\n\nAll your choices, at any time: {preferences}\n",
+            purpose=purpose.name,
+            channel=pending.channel,
+            days=self.settings.confirmation_days,
+            link=link,
+            preferences=self.preference_link(pending.uid),
+        )
+        mail = Mail(pending.email, _("Please confirm: {purpose}", purpose=purpose.name), text)
+        try:
+            self.mailer.send(mail)
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=pending.uid, kind="double_opt_in", error=str(error))
+            return False
+        log.info("hub.mail_sent", subject=pending.uid, kind="double_opt_in", purpose=pending.purpose)
+        return True
+
+    def pending_confirmation(self, token: str) -> dict[str, Any]:
+        """What a confirmation link asks the person to confirm (raises ``LinkRefused``)."""
+        row = self._confirmation(token)
+        return {
+            "kind": row.kind,
+            "purpose": row.purpose,
+            "channel": row.channel,
+            "confirmed_at": iso(row.confirmed_at) if row.confirmed_at else None,
+        }
+
+    def _confirmation(self, token: str) -> Any:
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                select(confirmations).where(confirmations.c.token_hash == token_digest(token))
+            ).one_or_none()
+        if row is None:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        if row.confirmed_at is None and (row.lapsed_at is not None or row.expires_at <= self.ledger.clock()):
+            raise LinkRefused("this confirmation link has expired: please sign up again")
+        return row
+
+    def confirm(self, token: str) -> dict[str, Any]:
+        """The person followed the link and confirmed: the consent is granted, with the
+        confirmation time as evidence. A second confirmation changes nothing."""
+        row = self._confirmation(token)
+        if row.confirmed_at is not None:
+            return {"purpose": row.purpose, "channel": row.channel, "already": True}
+        now = self.ledger.clock()
+        evidence = Evidence(
+            purpose=row.purpose,
+            channel=row.channel,
+            status=ConsentStatus.GRANTED,
+            basis=LawfulBasis.CONSENT,
+            event_time=now,
+            observed_at=now,
+            source=DOUBLE_OPT_IN_SOURCE,
+            origin=Origin.CAPTURE,
+            notice_version=row.notice_version,
+            double_opt_in_at=now,
+            evidence_ref=f"confirmation:{row.id}",
+        )
+        with self.ledger.engine.begin() as conn:
+            done = conn.execute(
+                update(confirmations)
+                .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
+                .values(confirmed_at=now)
+            ).rowcount
+            if not done:  # confirmed meanwhile, by the same link followed twice at once
+                return {"purpose": row.purpose, "channel": row.channel, "already": True}
+            _stats, outcomes = self.ledger.record_in(
+                conn, [RecordRequest(Identity(subject_id=row.subject_id), evidence)]
+            )
+        log.info("hub.confirmed", subject=outcomes[0].subject_uid, purpose=row.purpose)
+        return {
+            "purpose": row.purpose,
+            "channel": row.channel,
+            "already": False,
+            "subject": outcomes[0].subject_uid,
+        }
+
+    def lapse_unconfirmed(self) -> int:
+        """Marks double opt-ins past their link's expiry as lapsed: the consent stays
+        "requested" (no one may be contacted on it), and the link opens nothing."""
+        now = self.ledger.clock()
+        with self.ledger.engine.begin() as conn:
+            return conn.execute(
+                update(confirmations)
+                .where(
+                    confirmations.c.confirmed_at.is_(None),
+                    confirmations.c.lapsed_at.is_(None),
+                    confirmations.c.expires_at <= now,
+                )
+                .values(lapsed_at=now)
+            ).rowcount
+
+    # -- consents ------------------------------------------------------------------------------
+
+    def capture(
+        self,
+        key: ApiKey,
+        items: Sequence[ConsentCapture],
+        *,
+        gpc: bool = False,
+        idempotency_key: str | None = None,
+        fingerprint: str | None = None,
+    ) -> CaptureResult:
+        """Records ``items`` (and a GPC opt-out, if signalled) in one transaction. With an
+        ``idempotency_key`` the first answer is kept with it and given again on a retry."""
+        if not key.may("consents"):
+            raise Forbidden(f"API key {key.name!r} may not record consents")
+        if not items and not gpc:
+            raise InvalidInput("consents: at least one consent (or a GPC signal) is needed")
+        if len(items) > BATCH_MAX:
+            raise InvalidInput(f"consents: {len(items)} in one request, at most {BATCH_MAX}")
+        now = self.ledger.clock()
+        requests, doi = self._evidence(key, items, now)
+        languages = {index: items[index].language for index in range(len(items))}
+        emails = {r.identity.email for r in requests}
+        if gpc:
+            for email in sorted(e for e in emails if e) or []:
+                requests += self._gpc_evidence(key, email, now)
+        if gpc and not emails:
+            raise InvalidInput("gpc: a GPC signal needs the person's email in a consent of the request")
+        try:
+            with self.ledger.engine.begin() as conn:
+                if idempotency_key is not None:
+                    kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
+                    if kept is not None:
+                        return kept
+                _stats, outcomes = self.ledger.record_in(conn, requests)
+                results: list[dict[str, Any]] = []
+                mails: list[PendingMail] = []
+                for index, (request, outcome) in enumerate(zip(requests, outcomes, strict=True)):
+                    evidence = request.evidence
+                    entry: dict[str, Any] = {
+                        "subject": outcome.subject_uid,
+                        "purpose": evidence.purpose,
+                        "channel": evidence.channel,
+                        "recorded": evidence.status.value,
+                        "duplicate": outcome.duplicate,
+                        "state": state_view(outcome.after) if outcome.after else None,
+                    }
+                    if evidence.evidence_ref == GPC_EVIDENCE and evidence.source == key.source:
+                        entry["gpc"] = True
+                    if index in doi and not outcome.duplicate:
+                        token = secrets.token_urlsafe(32)
+                        conn.execute(
+                            insert(confirmations).values(
+                                token_hash=token_digest(token),
+                                kind="double_opt_in",
+                                subject_id=outcome.subject_id,
+                                purpose=evidence.purpose,
+                                channel=evidence.channel,
+                                notice_version=evidence.notice_version,
+                                source=key.source,
+                                requested_at=now,
+                                expires_at=now + timedelta(days=self.settings.confirmation_days),
+                            )
+                        )
+                        mails.append(
+                            PendingMail(
+                                str(request.identity.email),
+                                outcome.subject_uid,
+                                evidence.purpose,
+                                evidence.channel,
+                                token,
+                                languages[index],
+                            )
+                        )
+                        entry["confirmation"] = "mailed"
+                    results.append(entry)
+                body = {"recorded": sum(not r["duplicate"] for r in results), "results": results}
+                status_code = 201
+                if idempotency_key is not None:
+                    conn.execute(
+                        insert(capture_requests).values(
+                            key_id=key.id,
+                            idempotency_key=idempotency_key,
+                            request_sha256=fingerprint or "",
+                            status_code=status_code,
+                            response=orjson.dumps(body).decode(),
+                            created_at=now,
+                        )
+                    )
+        except IntegrityError:
+            # The same key raced in from another request and committed first: its answer is ours.
+            if idempotency_key is None:
+                raise
+            with self.ledger.engine.connect() as conn:
+                kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
+            if kept is None:
+                raise
+            return kept
+        log.info(
+            "hub.captured",
+            apikey=key.name,
+            recorded=body["recorded"],
+            received=len(requests),
+            double_opt_in=len(mails),
+            gpc=gpc,
+        )
+        return CaptureResult(status_code, body, mails=mails)
+
+    def _kept_answer(
+        self, conn: Any, key: ApiKey, idempotency_key: str, fingerprint: str
+    ) -> CaptureResult | None:
+        row = conn.execute(
+            select(capture_requests).where(
+                capture_requests.c.key_id == key.id, capture_requests.c.idempotency_key == idempotency_key
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        if row.request_sha256 != fingerprint:
+            raise Conflict(
+                "Idempotency-Key was used before with another request: a key names one request; "
+                "send a new key for a new request"
+            )
+        return CaptureResult(row.status_code, orjson.loads(row.response), replayed=True)
+
+    def _evidence(
+        self, key: ApiKey, items: Sequence[ConsentCapture], now: datetime
+    ) -> tuple[list[RecordRequest], set[int]]:
+        """Checks every item, naming the first bad one; returns the evidence and which items
+        start a double opt-in."""
+        notices = known_versions(self.ledger)
+        requests: list[RecordRequest] = []
+        doi: set[int] = set()
+        for index, item in enumerate(items):
+            at = f"consents[{index}]"
+            try:
+                email = normalise_email(item.email)
+            except InvalidInput as error:
+                raise InvalidInput(f"{at}.email: {error}") from None
+            if item.purpose not in self.ledger.purposes:
+                raise InvalidInput(
+                    f"{at}.purpose: unknown purpose {item.purpose!r}: configured are "
+                    f"{', '.join(self.ledger.purposes)}"
+                )
+            if not key.covers(item.purpose):
+                raise Forbidden(f"{at}.purpose: API key {key.name!r} may not record purpose {item.purpose!r}")
+            status = _status(item.status, f"{at}.status")
+            basis = _basis(item.basis, f"{at}.basis")
+            if status is ConsentStatus.GRANTED and basis not in (None, LawfulBasis.CONSENT):
+                raise InvalidInput(f"{at}.basis: a capture grants consent; other bases are not captured")
+            if status is ConsentStatus.GRANTED:
+                if item.notice_version is None:
+                    raise InvalidInput(f"{at}.notice_version: a grant must name the notice version shown")
+                if (item.purpose, item.notice_version) not in notices:
+                    raise InvalidInput(
+                        f"{at}.notice_version: {item.notice_version!r} is not a registered notice of "
+                        f"{item.purpose!r} (consentsync notice add {item.purpose} VERSION FILE)"
+                    )
+            requested = status is ConsentStatus.GRANTED and item.purpose in self._double_opt_in
+            evidence = Evidence(
+                purpose=item.purpose,
+                channel=item.channel,
+                status=ConsentStatus.REQUESTED if requested else status,
+                basis=LawfulBasis.CONSENT if status is ConsentStatus.GRANTED else basis,
+                event_time=item.event_time or now,
+                observed_at=now,
+                source=key.source,
+                origin=Origin.CAPTURE,
+                actor=f"apikey:{key.name}",
+                notice_version=item.notice_version,
+                evidence_ref=item.evidence_ref,
+            )
+            try:
+                self.ledger.validate(evidence)
+            except InvalidInput as error:
+                raise InvalidInput(f"{at}: {error}") from None
+            if requested:
+                doi.add(len(requests))
+            requests.append(RecordRequest(Identity(email=email), evidence))
+        return requests, doi
+
+    def _gpc_evidence(self, key: ApiKey, email: str, now: datetime) -> list[RecordRequest]:
+        """A Global Privacy Control signal: an opt-out of every purpose ``hub.gpc_purposes``
+        names, on each of its channels. Recorded whatever the key's purposes: it is the person's
+        own signal, and an opt-out can only protect them."""
+        found: list[RecordRequest] = []
+        for key_name in self.settings.gpc_purposes:
+            purpose = self.ledger.purposes[key_name]
+            for channel in purpose.channels:
+                found.append(
+                    RecordRequest(
+                        Identity(email=email),
+                        Evidence(
+                            purpose=purpose.key,
+                            channel=channel,
+                            status=ConsentStatus.WITHDRAWN,
+                            basis=None,
+                            event_time=now,
+                            observed_at=now,
+                            source=key.source,
+                            origin=Origin.CAPTURE,
+                            actor=f"apikey:{key.name}",
+                            evidence_ref=GPC_EVIDENCE,
+                        ),
+                    )
+                )
+        return found
+
+    # -- objections and erasure ----------------------------------------------------------------
+
+    def objection(
+        self, key: ApiKey, email: str, purpose: str, *, direct_marketing: bool = False
+    ) -> dict[str, Any]:
+        if not key.may("objections"):
+            raise Forbidden(f"API key {key.name!r} may not record objections")
+        if purpose in self.ledger.purposes and not key.covers(purpose):
+            raise Forbidden(f"purpose: API key {key.name!r} may not record purpose {purpose!r}")
+        return self.ledger.raise_objection(
+            normalise_email(email),
+            purpose,
+            direct_marketing=direct_marketing,
+            source=key.source,
+            actor=f"apikey:{key.name}",
+        )
+
+    def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
+        if not key.may("erasure"):
+            raise Forbidden(f"API key {key.name!r} may not request erasure")
+        result = self.ledger.erase(normalise_email(email), reason=reason, actor=f"apikey:{key.name}")
+        return {
+            "erased": True,
+            "subject_known": result["subject_known"],
+            "suppression_id": result["suppression_id"],
+        }
+
+    # -- the decision endpoint -----------------------------------------------------------------
+
+    def decide(self, key: ApiKey, email: str, purpose: str, channel: str) -> dict[str, Any]:
+        """May this person be contacted for this purpose on this channel now, and why."""
+        if not key.may("decisions"):
+            raise Forbidden(f"API key {key.name!r} may not ask for decisions")
+        if purpose in self.ledger.purposes and not key.covers(purpose):
+            raise Forbidden(f"purpose: API key {key.name!r} may not ask about purpose {purpose!r}")
+        uid, state = self.ledger.decision_for(normalise_email(email), purpose, channel)
+        return {
+            "contact": not state.suppressed,
+            "purpose": purpose,
+            "channel": channel,
+            "status": state.status.value,
+            "basis": state.basis.value,
+            "rule": state.rule,
+            "detail": state.detail,
+            "since": iso(state.since) if state.since else None,
+            "expires_at": iso(state.expires_at) if state.expires_at else None,
+            "known": uid is not None,
+            "as_of": iso(self.ledger.clock()),
+        }
+
+
+def _status(value: str, where: str) -> ConsentStatus:
+    accepted = [s.value for s in CAPTURED_STATUSES]
+    if value not in accepted:
+        raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(accepted)}")
+    return ConsentStatus(value)
+
+
+def _basis(value: str | None, where: str) -> LawfulBasis | None:
+    if value is None:
+        return None
+    try:
+        return LawfulBasis(value)
+    except ValueError:
+        raise InvalidInput(
+            f"{where}: {value!r} is not one of {', '.join(b.value for b in LawfulBasis)}"
+        ) from None

@@ -1,0 +1,181 @@
+"""API keys for capture sources: created once (the secret is shown once), stored as a SHA-256,
+scoped to purposes and actions, revocable; every change is in the audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+from sqlalchemy import insert, select, update
+
+from consentsync import audit
+from consentsync.audit import AuditRecord
+from consentsync.domain import SOURCE_MAX, InvalidInput, check_label
+from consentsync.ledger.schema import api_keys
+from consentsync.ledger.service import Ledger, NotFound
+
+ACTIONS = ("consents", "objections", "erasure", "decisions")
+ANY = "*"
+KEY_PREFIX = "csk_"
+# A key's last use is written at most this often: the decision endpoint is a hot path.
+LAST_USED_RESOLUTION = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: int
+    name: str
+    source: str
+    purposes: tuple[str, ...]
+    actions: tuple[str, ...]
+    prefix: str
+    rate_per_minute: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    def may(self, action: str) -> bool:
+        return ANY in self.actions or action in self.actions
+
+    def covers(self, purpose: str) -> bool:
+        return ANY in self.purposes or purpose in self.purposes
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "purposes": list(self.purposes),
+            "actions": list(self.actions),
+            "prefix": self.prefix,
+            "rate_per_minute": self.rate_per_minute,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+        }
+
+
+def digest(secret: str) -> str:
+    # 32 random bytes: a plain SHA-256 cannot be reversed, and needs no per-key salt.
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def _row_key(row: object) -> ApiKey:
+    return ApiKey(
+        id=row.id,  # type: ignore[attr-defined]
+        name=row.name,  # type: ignore[attr-defined]
+        source=row.source,  # type: ignore[attr-defined]
+        purposes=tuple(orjson.loads(row.purposes)),  # type: ignore[attr-defined]
+        actions=tuple(orjson.loads(row.actions)),  # type: ignore[attr-defined]
+        prefix=row.key_prefix,  # type: ignore[attr-defined]
+        rate_per_minute=row.rate_per_minute,  # type: ignore[attr-defined]
+        created_at=row.created_at,  # type: ignore[attr-defined]
+        revoked_at=row.revoked_at,  # type: ignore[attr-defined]
+        last_used_at=row.last_used_at,  # type: ignore[attr-defined]
+    )
+
+
+def _checked_scope(values: list[str], accepted: tuple[str, ...], what: str) -> list[str]:
+    if not values:
+        raise InvalidInput(f"--{what} needs at least one value: {', '.join(accepted)} or {ANY}")
+    for value in values:
+        if value != ANY and value not in accepted:
+            raise InvalidInput(f"--{what}: unknown {value!r}: accepted are {', '.join(accepted)} or {ANY}")
+    return sorted(set(values))
+
+
+def create(
+    ledger: Ledger,
+    name: str,
+    *,
+    source: str,
+    purposes: list[str],
+    actions: list[str],
+    rate_per_minute: int | None = None,
+    actor: str | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key and its secret, which is shown this once and never stored."""
+    check_label(name, "name", 64, required=True)
+    check_label(source, "--source", SOURCE_MAX, required=True)
+    purposes = _checked_scope(purposes, tuple(ledger.purposes), "purposes")
+    actions = _checked_scope(actions, ACTIONS, "actions")
+    if rate_per_minute is not None and rate_per_minute < 1:
+        raise InvalidInput("--rate must be at least 1 request a minute")
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    now = ledger.clock()
+    with ledger.engine.begin() as conn:
+        if conn.execute(select(api_keys.c.id).where(api_keys.c.name == name)).first():
+            raise InvalidInput(f"an API key named {name!r} exists already (revoke it, or pick another name)")
+        conn.execute(
+            insert(api_keys).values(
+                name=name,
+                source=source,
+                purposes=orjson.dumps(purposes).decode(),
+                actions=orjson.dumps(actions).decode(),
+                key_prefix=secret[:12],
+                key_hash=digest(secret),
+                rate_per_minute=rate_per_minute,
+                created_at=now,
+                created_by=actor,
+            )
+        )
+        row = conn.execute(select(api_keys).where(api_keys.c.name == name)).one()
+        audit.append(
+            conn,
+            [
+                AuditRecord(
+                    "apikey.created",
+                    {"apikey": name},
+                    new={"source": source, "purposes": purposes, "actions": actions, "prefix": secret[:12]},
+                    source="cli",
+                    actor=actor,
+                )
+            ],
+            now,
+        )
+    return _row_key(row), secret
+
+
+def listed(ledger: Ledger) -> list[ApiKey]:
+    with ledger.engine.connect() as conn:
+        return [_row_key(row) for row in conn.execute(select(api_keys).order_by(api_keys.c.id))]
+
+
+def revoke(ledger: Ledger, name: str, *, actor: str | None = None) -> ApiKey:
+    now = ledger.clock()
+    with ledger.engine.begin() as conn:
+        row = conn.execute(select(api_keys).where(api_keys.c.name == name)).one_or_none()
+        if row is None:
+            raise NotFound(f"no API key named {name!r}")
+        if row.revoked_at is not None:
+            raise InvalidInput(f"API key {name!r} was revoked already")
+        conn.execute(update(api_keys).where(api_keys.c.id == row.id).values(revoked_at=now))
+        audit.append(
+            conn,
+            [
+                AuditRecord(
+                    "apikey.revoked", {"apikey": name}, old="active", new="revoked", source="cli", actor=actor
+                )
+            ],
+            now,
+        )
+        return _row_key(conn.execute(select(api_keys).where(api_keys.c.id == row.id)).one())
+
+
+def authenticate(ledger: Ledger, secret: str) -> ApiKey | None:
+    """The live key with this secret, or None (unknown or revoked: the caller says 401 either
+    way, so a probe cannot tell a revoked key from a wrong one)."""
+    if not secret.startswith(KEY_PREFIX):
+        return None
+    with ledger.engine.connect() as conn:
+        row = conn.execute(select(api_keys).where(api_keys.c.key_hash == digest(secret))).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    key = _row_key(row)
+    now = ledger.clock()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        with ledger.engine.begin() as conn:
+            conn.execute(update(api_keys).where(api_keys.c.id == key.id).values(last_used_at=now))
+    return key

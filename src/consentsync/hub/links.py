@@ -1,0 +1,48 @@
+"""Signed, expiring, single-person links to the preference centre.
+
+A link holds a JWT (PyJWT, HS256) naming the person by uid only, with an expiry and an audience:
+nothing personal is in it, a changed character breaks its signature, and a link made for one
+person opens no one else's page. The signing key is derived from the erasure key, which every
+ledger already has and keeps secret; rotating that key ends every link (and every pseudonym)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import jwt
+
+from consentsync.ledger.service import Ledger
+
+AUDIENCE = "consentsync:preferences"
+ALGORITHM = "HS256"
+
+
+class LinkRefused(ValueError):
+    """A link that is not ours, was changed, or has expired: the message says which."""
+
+
+def _key(ledger: Ledger) -> bytes:
+    return ledger.keyed_hasher()("consentsync/preference-links/v1").encode("ascii")
+
+
+def make_token(ledger: Ledger, uid: str, *, days: int, now: datetime | None = None) -> str:
+    issued = now or ledger.clock()
+    claims = {"sub": uid, "aud": AUDIENCE, "iat": issued, "exp": issued + timedelta(days=days)}
+    return jwt.encode(claims, _key(ledger), algorithm=ALGORITHM)
+
+
+def read_token(ledger: Ledger, token: str) -> str:
+    """The uid a link was made for; raises ``LinkRefused``."""
+    try:
+        claims = jwt.decode(
+            token,
+            _key(ledger),
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["sub", "exp", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise LinkRefused("this link has expired: ask for a new one") from None
+    except jwt.InvalidTokenError:
+        raise LinkRefused("this link is not valid: it may have been cut or changed") from None
+    return str(claims["sub"])

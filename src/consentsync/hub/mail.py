@@ -1,0 +1,74 @@
+"""Sending the hub's mails over SMTP (smtplib): the double opt-in confirmation, consent requests,
+renewals and receipts. The password comes from the environment variable the config names."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+
+import structlog
+
+from consentsync.config import SmtpSettings
+
+log = structlog.get_logger("consentsync.hub.mail")
+
+
+class MailFailed(RuntimeError):
+    """The SMTP server could not be reached or refused the message (the reason, without
+    credentials or the recipient's address)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    to: str
+    subject: str
+    text: str
+    html: str | None = None
+    attachment: tuple[str, bytes, str] | None = None  # file name, content, MIME type
+
+
+class Mailer:
+    def __init__(
+        self, settings: SmtpSettings, *, sender_name: str | None = None, timeout: float = 10.0
+    ) -> None:
+        self.settings = settings
+        self.sender_name = sender_name
+        self.timeout = timeout
+
+    def message(self, mail: Mail) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = formataddr((self.sender_name or "", self.settings.sender))
+        message["To"] = mail.to
+        message["Subject"] = mail.subject
+        message["Message-ID"] = make_msgid(domain=self.settings.sender.rpartition("@")[2] or None)
+        message.set_content(mail.text)
+        if mail.html is not None:
+            message.add_alternative(mail.html, subtype="html")
+        if mail.attachment is not None:
+            name, content, mime = mail.attachment
+            maintype, _, subtype = mime.partition("/")
+            message.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
+        return message
+
+    def send(self, mail: Mail) -> str:
+        """Sends ``mail``; returns its Message-ID. Raises ``MailFailed``."""
+        message = self.message(mail)
+        settings = self.settings
+        try:
+            with smtplib.SMTP(settings.host, settings.port, timeout=self.timeout) as smtp:
+                if settings.starttls:
+                    smtp.starttls()
+                if settings.username:
+                    password = os.environ.get(settings.password_env or "", "")
+                    if not password:
+                        raise MailFailed(f"hub.smtp.password_env: {settings.password_env!r} is not set")
+                    smtp.login(settings.username, password)
+                smtp.send_message(message)
+        except (OSError, smtplib.SMTPException) as error:
+            raise MailFailed(
+                f"SMTP {settings.host}:{settings.port}: {type(error).__name__}: {error}"
+            ) from None
+        return str(message["Message-ID"])
