@@ -908,6 +908,16 @@ class Ledger:
         )
         return uid, state
 
+    def email_of(self, uid: str) -> str | None:
+        """The live email address of the subject with this uid (None once erased or unknown)."""
+        with self.engine.connect() as conn:
+            return conn.execute(
+                select(subject_identifiers.c.value)
+                .join(subjects, subjects.c.id == subject_identifiers.c.subject_id)
+                .where(subjects.c.uid == uid, subject_identifiers.c.kind == "email")
+                .order_by(subject_identifiers.c.id)
+            ).scalar()
+
     def subject_uids_for_email(self, email: str) -> list[str]:
         """The live subject with this email, and any erased one recognised by its keyed hash."""
         with self.engine.connect() as conn:

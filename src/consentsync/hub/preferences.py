@@ -1,0 +1,230 @@
+"""What a person can do on their preference page, as service calls (the pages are in
+``people``): see each purpose with its state, basis and notice; grant or withdraw per purpose and
+channel; object (Art. 21); take a copy of their record (Art. 15); ask for erasure (Art. 17),
+confirmed through a mailed link.
+
+Every action is evidence: the time, the notice version shown, and a keyed hash of the client
+address and user agent (never the address or agent themselves)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select, update
+
+from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
+from consentsync.hub.capture import Hub, token_digest
+from consentsync.hub.i18n import translator
+from consentsync.hub.links import LinkRefused, read_token
+from consentsync.hub.mail import Mail, MailFailed
+from consentsync.hub.notices import current
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.schema import confirmations, subjects
+
+log = structlog.get_logger("consentsync.hub.preferences")
+
+SOURCE = "preference_center"  # a trusted source by default (policy.trusted_sources)
+ERASURE_REASON = "asked for by the person on the preference page, confirmed through a mailed link"
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """Who acts on a page, as evidence: keyed hashes only."""
+
+    client_hash: str
+    agent_hash: str
+
+    @property
+    def evidence_ref(self) -> str:
+        return f"{SOURCE} client:{self.client_hash} agent:{self.agent_hash}"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    uid: str
+    email: str
+
+
+class PreferenceCentre:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.ledger = hub.ledger
+        self._hash = hub.ledger.keyed_hasher()
+
+    def visitor(self, client_address: str | None, user_agent: str | None) -> Visitor:
+        return Visitor(
+            self._hash(f"client:{client_address or ''}")[:16], self._hash(f"agent:{user_agent or ''}")[:16]
+        )
+
+    def person(self, token: str) -> Person:
+        """The person a preference link was made for (raises ``LinkRefused``: also once erased)."""
+        uid = read_token(self.ledger, token)
+        email = self.ledger.email_of(uid)
+        if email is None:
+            raise LinkRefused("this link opens no record any more: the record was erased")
+        return Person(uid, email)
+
+    def purposes(self, person: Person, language: str = "en") -> list[dict[str, Any]]:
+        """Each purpose and channel with its current state, basis and the notice shown."""
+        view = self.ledger.subject_view(person.email)
+        states = {(s["purpose"], s["channel"]): s for s in view["purposes"]}
+        described = {p.key: p.description for p in self.hub.config.settings.purposes}
+        shown: list[dict[str, Any]] = []
+        for purpose in self.ledger.purposes.values():
+            notice = current(self.ledger, purpose.key, language)
+            for channel in purpose.channels:
+                state = states[(purpose.key, channel)]
+                shown.append(
+                    {
+                        "purpose": purpose.key,
+                        "name": purpose.name,
+                        "description": described.get(purpose.key),
+                        "channel": channel,
+                        "status": state["status"],
+                        "basis": state["basis"],
+                        "suppressed": state["suppressed"],
+                        "rule": state["rule"],
+                        # May the person grant here? Only where consent is the basis asked for.
+                        "consent_based": purpose.default_basis is LawfulBasis.CONSENT
+                        or state["basis"] == LawfulBasis.CONSENT.value,
+                        "objectable": purpose.default_basis
+                        in (LawfulBasis.LEGITIMATE_INTERESTS, LawfulBasis.PUBLIC_TASK),
+                        "notice_version": notice.version if notice else None,
+                        "notice_text": notice.text if notice else None,
+                        "notice_sha256": notice.sha256 if notice else None,
+                    }
+                )
+        return shown
+
+    def choose(
+        self,
+        person: Person,
+        purpose: str,
+        channel: str,
+        *,
+        grant: bool,
+        visitor: Visitor,
+        language: str = "en",
+    ) -> dict[str, Any]:
+        """Grants or withdraws one purpose on one channel, with the notice version shown."""
+        known = self.ledger.purposes.get(purpose)
+        if known is None or channel not in known.channels:
+            raise InvalidInput(f"unknown purpose or channel: {purpose!r} {channel!r}")
+        notice = current(self.ledger, purpose, language)
+        if grant and notice is None:
+            raise InvalidInput(f"purpose {purpose!r} has no notice to show: it cannot be granted here")
+        now = self.ledger.clock()
+        evidence = Evidence(
+            purpose=purpose,
+            channel=channel,
+            status=ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN,
+            basis=LawfulBasis.CONSENT if grant else None,
+            event_time=now,
+            observed_at=now,
+            source=SOURCE,
+            origin=Origin.CAPTURE,
+            notice_version=notice.version if notice else None,
+            evidence_ref=visitor.evidence_ref,
+        )
+        outcome = self.ledger.record(Identity(email=person.email), evidence)
+        log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, granted=grant)
+        after = outcome.after
+        return {
+            "purpose": purpose,
+            "channel": channel,
+            "recorded": evidence.status.value,
+            "status": after.status.value if after else None,
+            "suppressed": after.suppressed if after else None,
+            "at": iso(now),
+            "notice_version": evidence.notice_version,
+        }
+
+    def object(self, person: Person, purpose: str, visitor: Visitor) -> dict[str, Any]:
+        """An objection (Art. 21); to direct marketing it is upheld at once."""
+        result = self.ledger.raise_objection(
+            person.email, purpose, source=SOURCE, actor=visitor.evidence_ref[:200]
+        )
+        log.info("hub.objection", subject=person.uid, purpose=purpose, status=result["status"])
+        return result
+
+    def export(self, person: Person) -> dict[str, Any]:
+        """Art. 15: the same view of the record that ops export; the read is audited."""
+        view = self.ledger.subject_view(person.email)
+        self.ledger.audit_read(person.uid, "subject.exported", actor="data subject", source=SOURCE)
+        return view
+
+    def request_erasure(self, person: Person, visitor: Visitor, language: str = "en") -> bool:
+        """Art. 17: mails a confirmation link; nothing is erased until it is followed. Returns
+        whether the mail went out."""
+        token = secrets.token_urlsafe(32)
+        now = self.ledger.clock()
+        with self.ledger.engine.begin() as conn:
+            subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == person.uid)).scalar_one()
+            conn.execute(
+                insert(confirmations).values(
+                    token_hash=token_digest(token),
+                    kind="erasure",
+                    subject_id=subject_id,
+                    source=SOURCE,
+                    requested_at=now,
+                    expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
+                )
+            )
+        _ = translator(language)
+        text = _(
+            "You asked us to erase your data. Please confirm by opening this link within {days} "
+            "days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing is erased until the link "
+            "is followed.\n",
+            days=self.hub.settings.confirmation_days,
+            link=self.hub.url(f"/p/erase/{token}"),
+        )
+        try:
+            self.hub.mailer.send(Mail(person.email, _("Please confirm the erasure of your data"), text))
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=person.uid, kind="erasure", error=str(error))
+            return False
+        log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash)
+        return True
+
+    def erasure_pending(self, token: str) -> None:
+        """Raises ``LinkRefused`` unless ``token`` is an open erasure confirmation."""
+        self._open_erasure(token)
+
+    def _open_erasure(self, token: str) -> Any:
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                select(confirmations).where(
+                    confirmations.c.token_hash == token_digest(token), confirmations.c.kind == "erasure"
+                )
+            ).one_or_none()
+        if row is None:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        if row.confirmed_at is not None:
+            raise LinkRefused("this erasure was confirmed already: the data is gone")
+        if row.expires_at <= self.ledger.clock():
+            raise LinkRefused("this confirmation link has expired: ask again on your preference page")
+        return row
+
+    def confirm_erasure(self, token: str) -> dict[str, Any]:
+        row = self._open_erasure(token)
+        with self.ledger.engine.connect() as conn:
+            uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == row.subject_id)).scalar_one()
+        email = self.ledger.email_of(uid)
+        # Erased first, then marked: a stop in between leaves a link that finds the record gone.
+        result = (
+            None if email is None else self.ledger.erase(email, reason=ERASURE_REASON, actor="data subject")
+        )
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                update(confirmations)
+                .where(confirmations.c.id == row.id)
+                .values(confirmed_at=self.ledger.clock())
+            )
+        log.info("hub.erasure_confirmed", subject=uid)
+        if result is None:  # erased meanwhile by other means
+            return {"erased": True, "already": True}
+        return {"erased": True, "already": False, "suppression_id": result["suppression_id"]}

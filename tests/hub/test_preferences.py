@@ -1,0 +1,92 @@
+"""The preference centre's actions as service calls: a signed link opens one person's record,
+each choice is evidence (time, notice version, keyed hashes of client and agent), objection,
+export, and erasure only once the mailed link is followed."""
+
+from __future__ import annotations
+
+import pytest
+
+from consentsync import audit
+from consentsync.hub.links import LinkRefused, make_token
+from consentsync.hub.preferences import PreferenceCentre
+from tests.hub.conftest import HubWorld
+
+GRANT = {
+    "email": "ada@example.test",
+    "purpose": "newsletter",
+    "status": "granted",
+    "notice_version": "2026-05",
+}
+
+
+@pytest.fixture
+def centre(world: HubWorld) -> PreferenceCentre:
+    world.post("/consents", GRANT)
+    return PreferenceCentre(world.hub)
+
+
+def token_of(world: HubWorld) -> str:
+    (uid,) = world.ledger.subject_uids_for_email("ada@example.test")
+    return world.hub.preference_link(uid).rsplit("/", 1)[1]
+
+
+def test_a_link_opens_one_record_and_a_changed_or_old_link_none(
+    world: HubWorld, centre: PreferenceCentre
+) -> None:
+    token = token_of(world)
+    assert centre.person(token).email == "ada@example.test"
+    with pytest.raises(LinkRefused, match="not valid"):
+        centre.person(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
+    with pytest.raises(LinkRefused, match="not valid"):  # signed by another ledger's key
+        other = make_token(world.ledger, "someone", days=1)
+        centre.person(other.replace(other.split(".")[2], "x" * 43))
+    world.clock.advance(days=31)
+    with pytest.raises(LinkRefused, match="expired"):
+        centre.person(token)
+
+
+def test_a_choice_is_evidence_with_notice_and_keyed_hashes(world: HubWorld, centre: PreferenceCentre) -> None:
+    person = centre.person(token_of(world))
+    visitor = centre.visitor("203.0.113.9", "Mozilla/5.0 test")
+    shown = {(p["purpose"], p["channel"]): p for p in centre.purposes(person)}
+    assert shown[("newsletter", "email")]["status"] == "granted"
+    assert shown[("newsletter", "email")]["notice_version"] == "2026-05"
+    world.clock.advance(minutes=5)
+    result = centre.choose(person, "newsletter", "email", grant=False, visitor=visitor)
+    assert result["status"] == "withdrawn" and result["suppressed"] is True
+    event = world.ledger.subject_view("ada@example.test")["history"][-1]
+    assert event["source"] == "preference_center" and event["notice_version"] == "2026-05"
+    assert visitor.client_hash in event["evidence_ref"] and "203.0.113.9" not in event["evidence_ref"]
+    assert "Mozilla" not in event["evidence_ref"]
+    world.clock.advance(minutes=5)
+    # The person's own new grant reverses their withdrawal (a trusted source, evidenced).
+    assert centre.choose(person, "newsletter", "email", grant=True, visitor=visitor)["status"] == "granted"
+
+
+def test_objection_and_export(world: HubWorld, centre: PreferenceCentre) -> None:
+    person = centre.person(token_of(world))
+    objection = centre.object(person, "profiling", centre.visitor("198.51.100.1", "ua"))
+    assert objection["status"] in ("upheld", "pending")
+    view = centre.export(person)
+    assert view["email"] == "ada@example.test" and view["objections"]
+    with world.ledger.engine.connect() as conn:
+        reads = list(audit.entries(conn, subject_uids=[person.uid], action="subject.exported"))
+    assert [(e["actor"], e["source"]) for e in reads] == [("data subject", "preference_center")]
+
+
+def test_erasure_waits_for_the_mailed_link(world: HubWorld, centre: PreferenceCentre) -> None:
+    person = centre.person(token_of(world))
+    assert centre.request_erasure(person, centre.visitor("192.0.2.1", "ua")) is True
+    assert world.ledger.email_of(person.uid) == "ada@example.test"  # nothing erased yet
+    token = world.inbox.link("/p/erase/").rsplit("/", 1)[1]
+    centre.erasure_pending(token)
+    assert centre.confirm_erasure(token)["already"] is False
+    assert world.ledger.email_of(person.uid) is None
+    with pytest.raises(LinkRefused, match="confirmed already"):
+        centre.confirm_erasure(token)
+    with pytest.raises(LinkRefused, match="erased"):
+        centre.person(token_of_uid(world, person.uid))
+
+
+def token_of_uid(world: HubWorld, uid: str) -> str:
+    return world.hub.preference_link(uid).rsplit("/", 1)[1]
