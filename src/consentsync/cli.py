@@ -732,8 +732,8 @@ def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: boo
     verify_command(current_config(), checkpoints, public_key, as_json)
 
 
-# The CRM and console commands live in their own modules; importing them registers them on ``main``.
-from consentsync import cli_admin, cli_audit, cli_sync, cli_web  # noqa: E402, F401
+# The CRM, console and hub commands live in their own modules; importing them registers them on ``main``.
+from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

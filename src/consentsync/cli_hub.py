@@ -1,0 +1,207 @@
+"""Commands of the hub (issue 18): ``apikey add|list|revoke`` (keys for capture sources),
+``notice add|list|show`` (the texts people are shown), ``link EMAIL`` (a person's preference
+link) and ``hub lapse`` (unconfirmed double opt-ins whose link expired)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from consentsync.cli import (
+    config_option,
+    current_config,
+    current_ledger,
+    emit_json,
+    handled,
+    json_option,
+    login_name,
+    main,
+    print_table,
+)
+from consentsync.domain import InvalidInput, normalise_email
+from consentsync.ledger.service import NotFound
+
+
+def _listed(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# -- API keys --------------------------------------------------------------------------------------
+
+
+@main.group(short_help="API keys for capture sources (web forms, shops, sending tools).")
+def apikey() -> None:
+    """Keys the capture API (/v1) accepts: one per capture source, scoped and revocable."""
+
+
+@apikey.command("add")
+@config_option
+@click.argument("name")
+@click.option("--source", required=True, help="The capture source its evidence names (e.g. web_form).")
+@click.option("--purposes", default="*", show_default=True, help="Comma-separated purpose keys, or *.")
+@click.option(
+    "--actions",
+    default="consents,decisions",
+    show_default=True,
+    help="Comma-separated: consents, objections, erasure, decisions; or *.",
+)
+@click.option(
+    "--rate", type=click.IntRange(min=1), help="Requests per minute (default: hub.rate_per_minute)."
+)
+@json_option
+@handled
+def apikey_add(name: str, source: str, purposes: str, actions: str, rate: int | None, as_json: bool) -> None:
+    """Create a key. Its secret is shown this once: only a hash of it is kept."""
+    from consentsync.hub import keys
+
+    key, secret = keys.create(
+        current_ledger(),
+        name,
+        source=source,
+        purposes=_listed(purposes),
+        actions=_listed(actions),
+        rate_per_minute=rate,
+        actor=login_name(),
+    )
+    if as_json:
+        emit_json({**key.as_dict(), "secret": secret})
+        return
+    click.echo(f"API key {key.name!r} for source {key.source!r} created. Its secret (shown once):\n")
+    click.echo(f"  {secret}\n")
+    click.echo("Send it as: Authorization: Bearer <secret>")
+
+
+@apikey.command("list")
+@config_option
+@json_option
+@handled
+def apikey_list(as_json: bool) -> None:
+    """Every key, live and revoked (never their secrets)."""
+    from consentsync.hub import keys
+
+    rows = [key.as_dict() for key in keys.listed(current_ledger())]
+    if as_json:
+        emit_json(rows)
+        return
+    for row in rows:
+        row["purposes"] = ",".join(row["purposes"])  # type: ignore[arg-type]
+        row["actions"] = ",".join(row["actions"])  # type: ignore[arg-type]
+    print_table(
+        rows, ["name", "source", "prefix", "purposes", "actions", "created_at", "last_used_at", "revoked_at"]
+    )
+
+
+@apikey.command("revoke")
+@config_option
+@click.argument("name")
+@handled
+def apikey_revoke(name: str) -> None:
+    """Revoke a key: it is refused from the next request on."""
+    from consentsync.hub import keys
+
+    keys.revoke(current_ledger(), name, actor=login_name())
+    click.echo(f"API key {name!r} revoked")
+
+
+# -- notices ---------------------------------------------------------------------------------------
+
+
+@main.group(short_help="The notice texts people are shown, versioned per purpose.")
+def notice() -> None:
+    """Notices: what a person was told when asked for consent. A capture names the version."""
+
+
+@notice.command("add")
+@config_option
+@click.argument("purpose")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--version", "version", required=True, help="The version name captures will give.")
+@click.option("--language", default="en", show_default=True)
+@json_option
+@handled
+def notice_add(purpose: str, file: Path, version: str, language: str, as_json: bool) -> None:
+    """Register FILE (UTF-8 text) as notice VERSION of PURPOSE. A version names one text forever."""
+    from consentsync.hub import notices
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInput(f"{file}: no such file") from None
+    except UnicodeDecodeError as error:
+        raise InvalidInput(f"{file}: not UTF-8 text (byte {error.start})") from None
+    added = notices.add(current_ledger(), purpose, version, text, language=language, actor=login_name())
+    if as_json:
+        emit_json(added.as_dict())
+        return
+    click.echo(f"notice {added.purpose} {added.version} ({added.language}) sha256 {added.sha256}")
+
+
+@notice.command("list")
+@config_option
+@click.argument("purpose", required=False)
+@json_option
+@handled
+def notice_list(purpose: str | None, as_json: bool) -> None:
+    """Every notice version (of PURPOSE), with its content hash."""
+    from consentsync.hub import notices
+
+    rows = [n.as_dict() for n in notices.listed(current_ledger(), purpose)]
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(rows, ["purpose", "version", "language", "sha256", "created_at"])
+
+
+@notice.command("show")
+@config_option
+@click.argument("purpose")
+@click.argument("version")
+@click.option("--language")
+@handled
+def notice_show(purpose: str, version: str, language: str | None) -> None:
+    """Print the text of a notice version."""
+    from consentsync.hub import notices
+
+    click.echo(notices.find(current_ledger(), purpose, version, language).text, nl=False)
+
+
+# -- links and upkeep ------------------------------------------------------------------------------
+
+
+@main.command(short_help="A person's signed, expiring link to their preference page.")
+@config_option
+@click.argument("email")
+@json_option
+@handled
+def link(email: str, as_json: bool) -> None:
+    """Print EMAIL's preference-centre link (valid hub.link_days days; for this person only)."""
+    from consentsync.hub.capture import Hub
+
+    config = current_config()
+    ledger = current_ledger()
+    address = normalise_email(email)
+    uids = [uid for uid in ledger.subject_uids_for_email(address) if ledger.email_of(uid) == address]
+    if not uids:
+        raise NotFound(f"no subject with email {email!r} in the ledger")
+    url = Hub(config, ledger).preference_link(uids[0])
+    if as_json:
+        emit_json({"subject": uids[0], "link": url, "valid_days": config.settings.hub.link_days})
+        return
+    click.echo(url)
+
+
+@main.group(short_help="Upkeep of the hub: lapsing unconfirmed double opt-ins.")
+def hub() -> None:
+    """The hub's scheduled work, also run by the daemon."""
+
+
+@hub.command("lapse")
+@config_option
+@handled
+def hub_lapse() -> None:
+    """Mark double opt-ins whose confirmation link expired as lapsed (they stay 'requested')."""
+    from consentsync.hub.capture import Hub
+
+    lapsed = Hub(current_config(), current_ledger()).lapse_unconfirmed()
+    click.echo(f"{lapsed} unconfirmed double opt-in(s) lapsed")
