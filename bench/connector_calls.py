@@ -1,13 +1,16 @@
 """API calls of a full and an incremental sync, per connector, against the CRM's minimum.
 
-For every connector whose harness is registered under ``consentsync.harnesses`` (built-ins and
-installed third-party connectors alike), against its sandbox: seed N records, run a full sync
+The one call benchmark for every connector: each whose harness is registered under
+``consentsync.harnesses`` (built-ins and installed third-party connectors alike; ``--vendor``
+picks some), against its sandbox: seed N records (``--same-second`` puts a share of them on one
+change time, the case CRMs stamping whole seconds must page through), run a full sync
 with the real engine on a fresh SQLite ledger, change K records as a CRM user would, run an
 incremental sync, and count the calls the sandbox answered. The minimum is what the CRM's own
 paging and batching allow: ceil(records read / page size) reads plus ceil(records written /
 batch size) writes, the page and batch sizes being the harness's.
 
-    .venv/bin/python bench/connector_calls.py [--records 500] [--changes 50] [--vendor NAME ...]
+    .venv/bin/python bench/connector_calls.py [--records 500] [--changes 50] [--same-second 0.25]
+        [--vendor NAME ...]
 
 Prints one line per connector and sync, and the ratio of calls made to the minimum.
 """
@@ -75,11 +78,12 @@ def _minimum_writes(harness: Any, pushed: list[dict[str, Any]]) -> int:
     return math.ceil(len(pushed) / harness.write_batch_size)
 
 
-def measure(vendor: str, records: int, changes: int) -> list[Measured]:
+def measure(vendor: str, records: int, changes: int, same_second: float = 0.0) -> list[Measured]:
     harness = available_harnesses()[vendor].load()()
     harness.start()
     try:
-        ids = harness.seed(records)
+        shared = round(records * same_second)
+        ids = harness.seed(records - shared) + (harness.seed(shared, shared_modstamp=True) if shared else [])
         with tempfile.TemporaryDirectory(prefix=f"bench-{vendor}-") as directory:
             config = write_sync_config(harness, Path(directory))
             out = []
@@ -109,6 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument(
+        "--same-second", type=float, default=0.0, help="share of the records seeded on one change time"
+    )
     parser.add_argument("--vendor", action="append", help="only these (default: every registered harness)")
     args = parser.parse_args()
     os.environ.setdefault("CONSENTSYNC_ERASURE_KEY", "bench-erasure-key-0123456789abcdef")
@@ -116,7 +123,7 @@ def main() -> None:
     header = ("connector", "sync", "read", "pushed", "calls", "writes", "minimum", "ratio")
     print("{:<12} {:<12} {:>6} {:>7} {:>6} {:>7} {:>8} {:>6}".format(*header))
     for vendor in vendors:
-        for row in measure(vendor, args.records, args.changes):
+        for row in measure(vendor, args.records, args.changes, args.same_second):
             print(
                 f"{row.vendor:<12} {row.sync:<12} {row.read:>6} {row.pushed:>7} {row.calls:>6} "
                 f"{row.writes:>7} {row.minimum:>8} {row.ratio:>6.2f}",

@@ -3,6 +3,7 @@ README's first command working as written."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -128,19 +129,54 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_core_never_imports_a_vendor() -> None:
-    """Vendors are plugins under connectors/, found through entry points. (The sandboxes imitate
-    vendors' servers for demos and tests; they are not connectors.)"""
-    vendors = ("salesforce", "hubspot", "dynamics", "superoffice", "vtiger")
+VENDORS = ("salesforce", "hubspot", "dynamics", "superoffice", "vtiger")
+
+# Where the core may still name a vendor in code, and why. Comments and docstrings (docs) may name
+# vendors anywhere.
+VENDOR_NAMED_IN_CORE = {
+    # configuration default: the CRM `consentsync demo` runs when --crm names none
+    "demo.py": ("salesforce",),
+    # the demo command's help text (docs) gives example names
+    "cli_sync.py": VENDORS,
+    # the mapping file format's field descriptions (docs, in the JSON Schema) give examples
+    "mapping.py": ("salesforce",),
+    # the crash harness drives the Salesforce sandbox; it belongs to the sync engine's owner, who
+    # is to take the sandbox and settings from the harness (consentsync.harnesses) instead
+    "sync/crashtest.py": ("salesforce",),
+}
+
+
+def _named_in_code(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every import and every string that is not a docstring, in ``path``."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, node.module or ""))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found.append((node.lineno, node.value))
+    return found
+
+
+def test_core_names_no_vendor() -> None:
+    """Vendors are plugins under connectors/, found through entry points (connectors, sandboxes,
+    harnesses, demos): no module of the core imports one or names one in its code."""
     core = ROOT / "src" / "consentsync"
     for path in core.rglob("*.py"):
-        if "sandbox" in path.parts:
-            continue
-        for line in path.read_text().splitlines():
-            statement = line.strip()
-            if not statement.startswith(("import ", "from ")) or ".sandbox" in statement:
-                continue
-            assert not any(v in statement for v in vendors), f"{path}: {statement}"
+        allowed = VENDOR_NAMED_IN_CORE.get(str(path.relative_to(core)), ())
+        for line, text in _named_in_code(path):
+            named = [v for v in VENDORS if v in text.lower() and v not in allowed]
+            assert not named, f"{path}:{line} names {named}: {text[:100]!r}"
 
 
 def test_walkthrough_from_the_readme_runs(tmp_path: Path) -> None:

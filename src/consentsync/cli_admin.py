@@ -4,8 +4,6 @@ fields, a starter mapping), ``state show|reset`` (the stored cursors), ``subject
 
 from __future__ import annotations
 
-import errno
-import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,6 @@ from consentsync.cli import (
     print_table,
     subject,
 )
-from consentsync.cli_sync import sandbox
 from consentsync.config import Config, ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, parse_timestamp
 from consentsync.sdk.connector import Connector
@@ -387,35 +384,3 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
         print_table(results, ["connector", "status", "exit_code", "error"])
     if code:
         sys.exit(code)
-
-
-# -- sandboxes: a port in use ----------------------------------------------------------------------
-
-
-def _port_checked(command: Any) -> Any:
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except OSError as error:
-            if error.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                raise
-            host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port")
-            why = {
-                errno.EADDRINUSE: "is in use (another sandbox or program listens there)",
-                errno.EACCES: "needs privileges this user lacks",
-                errno.EADDRNOTAVAIL: "is not an address of this machine",
-            }[error.errno]
-            fail(
-                f"--port {port} on {host} {why}: pass --port with a free port (or 0 to pick one)"
-                if error.errno != errno.EADDRNOTAVAIL
-                else f"--host {host} {why}: pass --host 127.0.0.1 or an address of this machine",
-                exit_codes.CONFIG,
-            )
-
-    return run
-
-
-for _command in sandbox.commands.values():
-    if _command.callback is not None:
-        _command.callback = _port_checked(_command.callback)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -350,99 +352,72 @@ def mapping_examples(vendor: str | None, out: Path, force: bool) -> None:
         click.echo(str(path))
 
 
-@main.group()
-def sandbox() -> None:
-    """Local CRM sandboxes that speak each vendor's wire format, for demos and tests."""
+class SandboxGroup(click.Group):
+    """``consentsync sandbox NAME``: the sandbox commands the installed connector packages register
+    under the entry-point group ``consentsync.sandboxes`` (none in the runtime install: they come
+    with the ``demo`` extra). Each is loaded only when named or listed."""
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from consentsync.sdk.registry import SANDBOX_GROUP, available
 
-def sandbox_options(default_port: int, seed_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The options every ``consentsync sandbox VENDOR`` command takes: port, seed size, random
-    seed, host. ``seed_help`` says what ``--seed`` generates."""
+        return sorted(available(SANDBOX_GROUP))
 
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            (
-                click.option(
-                    "--port", type=click.IntRange(0, 65535), default=default_port, show_default=True
-                ),
-                click.option(
-                    "--seed",
-                    "records",
-                    type=click.IntRange(min=0),
-                    default=200,
-                    show_default=True,
-                    help=seed_help,
-                ),
-                click.option(
-                    "--random-seed", type=int, default=1, show_default=True, help="Makes the seed repeatable."
-                ),
-                click.option("--host", default="127.0.0.1", show_default=True),
-            )
-        ):
-            command = option(command)
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        from consentsync.sdk.registry import SANDBOX_GROUP, available
+
+        entry = available(SANDBOX_GROUP).get(cmd_name)
+        if entry is None:
+            return None
+        command = entry.load()
+        if not isinstance(command, click.Command):
+            raise click.ClickException(f"sandbox entry point {cmd_name!r} ({entry.value}) is no command")
+        command.name = cmd_name  # the entry point's name is the command's, whatever its function
+        if command.callback is not None:
+            # A port in use (or a host not of this machine) is a one-line error, whatever the sandbox.
+            command.callback = _port_checked(command.callback)
         return command
 
-    return decorate
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        from consentsync.sdk.registry import SANDBOX_EXTRA
+
+        if args and not args[0].startswith("-") and not self.list_commands(ctx):
+            ctx.fail(f"no CRM sandbox is installed: {SANDBOX_EXTRA}")
+        return super().resolve_command(ctx, args)
 
 
-@sandbox.command("salesforce")
-@sandbox_options(8443, "Seed the org with this many generated contacts (with duplicates and leads).")
-def sandbox_salesforce(port: int, records: int, random_seed: int, host: str) -> None:
-    """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync_salesforce.sandbox.server import serve_forever
+def _port_checked(command: Any) -> Any:
+    if getattr(command, "port_checked", False):
+        return command  # an entry point loads the same command each time: wrapped once
 
-    serve_forever(port=port, seed=random_seed, host=host, records=records)
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as error:
+            if error.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+                raise
+            host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port")
+            why = {
+                errno.EADDRINUSE: "is in use (another sandbox or program listens there)",
+                errno.EACCES: "needs privileges this user lacks",
+                errno.EADDRNOTAVAIL: "is not an address of this machine",
+            }[error.errno]
+            fail(
+                f"--port {port} on {host} {why}: pass --port with a free port (or 0 to pick one)"
+                if error.errno != errno.EADDRNOTAVAIL
+                else f"--host {host} {why}: pass --host 127.0.0.1 or an address of this machine",
+                exit_codes.CONFIG,
+            )
 
-
-@sandbox.command("hubspot")
-@sandbox_options(8445, "Seed the portal with this many generated contacts (with subscription statuses).")
-def sandbox_hubspot(port: int, records: int, random_seed: int, host: str) -> None:
-    """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync_hubspot.sandbox.server import serve_forever
-
-    serve_forever(port=port, seed=random_seed, host=host, records=records)
-
-
-@sandbox.command("superoffice")
-@sandbox_options(8444, "Seed the tenant with this many generated persons and their consents.")
-def sandbox_superoffice(port: int, records: int, random_seed: int, host: str) -> None:
-    """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync_superoffice.sandbox.server import serve_forever as serve_superoffice
-
-    serve_superoffice(port=port, seed=random_seed, host=host, records=records)
-
-
-@sandbox.command("dynamics")
-@sandbox_options(
-    8447, "Seed the environment with this many generated contacts (with duplicates and consent rows)."
-)
-def sandbox_dynamics(port: int, records: int, random_seed: int, host: str) -> None:
-    """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted."""
-    from consentsync_dynamics.sandbox.server import serve_forever as serve_dynamics
-
-    serve_dynamics(port=port, seed=random_seed, host=host, records=records)
+    run.port_checked = True  # type: ignore[attr-defined]
+    return run
 
 
-@sandbox.command("vtiger")
-@sandbox_options(
-    8446, "Seed the CRM with this many generated contacts (with leads, organisations, consents)."
-)
-@click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module.")
-@click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8).")
-def sandbox_vtiger(
-    port: int, records: int, random_seed: int, host: str, no_privacy_guard: bool, sync_fails: bool
-) -> None:
-    """Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted."""
-    from consentsync_vtiger.sandbox.server import serve_forever as serve_vtiger
-
-    serve_vtiger(
-        port=port,
-        seed=random_seed,
-        host=host,
-        records=records,
-        privacy_guard=not no_privacy_guard,
-        sync_fails=sync_fails,
-    )
+@main.group(cls=SandboxGroup)
+def sandbox() -> None:
+    """Local CRM sandboxes that speak each vendor's wire format, for demos and tests."""
 
 
 @main.command()

@@ -48,6 +48,27 @@ def _block_and_exports(text: str) -> tuple[dict, dict[str, str]]:
     return block, exports
 
 
+def sync_as_pasted(block: dict, exports: dict[str, str], folder: Path, env: dict[str, str]) -> dict:
+    """`consentsync init` then `sync --json` of the block's connector, with the block pasted into a
+    starter config in ``folder`` and the exports in the environment: the sync's report."""
+    config = folder / "consentsync.yaml"
+    write_starter(config, f"sqlite:///{folder / 'ledger.db'}")
+    data = yaml.safe_load(config.read_text())
+    data["connectors"] = block["connectors"]
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**env, "CONSENTSYNC_CONFIG": str(config)}
+    assert subprocess.run([CONSENTSYNC, "init"], env=env, capture_output=True).returncode == 0
+    run = subprocess.run(
+        [CONSENTSYNC, "sync", block["connectors"][0]["name"], "--json"],
+        env={**env, **exports},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
 @pytest.mark.parametrize("vendor", ["salesforce", "hubspot"])
 def test_the_printed_block_and_exports_sync_with_the_sandbox(vendor: str, tmp_path: Path) -> None:
     sandbox = subprocess.Popen(
@@ -68,23 +89,7 @@ def test_the_printed_block_and_exports_sync_with_the_sandbox(vendor: str, tmp_pa
         assert refs and refs == set(exports)
         assert not any(value in yaml.safe_dump(block) for value in exports.values())
 
-        config = tmp_path / "consentsync.yaml"
-        write_starter(config, f"sqlite:///{tmp_path / 'ledger.db'}")
-        data = yaml.safe_load(config.read_text())
-        data["connectors"] = block["connectors"]
-        config.write_text(yaml.safe_dump(data, sort_keys=False))
-        env = {**os.environ, "CONSENTSYNC_CONFIG": str(config)}
-        assert subprocess.run([CONSENTSYNC, "init"], env=env, capture_output=True).returncode == 0
-
-        run = subprocess.run(
-            [CONSENTSYNC, "sync", connector["name"], "--json"],
-            env={**env, **exports},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert run.returncode == 0, run.stderr
-        report = json.loads(run.stdout)
+        report = sync_as_pasted(block, exports, tmp_path, dict(os.environ))
         assert report["status"] == "succeeded"
         assert report["counts"]["read"] >= 30
     finally:

@@ -70,7 +70,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from consentsync.sandbox.faults import ENDPOINT_KINDS, Faults
+from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
@@ -123,6 +123,36 @@ MIN_BATCH_SIZE = 200
 MAX_REPLICATION_IDS = 600_000
 
 _NOT_FOUND = "The requested resource does not exist"
+
+
+# The endpoint kinds this sandbox counts calls of and aims faults at.
+ENDPOINT_KINDS = (
+    "token",
+    "versions",
+    "resources",
+    "identity",
+    "limits",
+    "query",
+    "queryMore",
+    "describe_global",
+    "sobject_info",
+    "describe",
+    "updated",
+    "deleted",
+    "sobject_get",
+    "sobject_create",
+    "sobject_patch",
+    "sobject_delete",
+    "composite",
+    "bulk_create",
+    "bulk_list",
+    "bulk_status",
+    "bulk_state",
+    "bulk_upload",
+    "bulk_results",
+    "bulk_delete",
+    "not_found",
+)
 
 
 @dataclass

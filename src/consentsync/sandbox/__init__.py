@@ -12,12 +12,11 @@ fault pipeline, :mod:`consentsync.sandbox.server`), :class:`Faults` (the fault s
 ``consentsync sandbox NAME`` prints and serves (:mod:`consentsync.sandbox.serving`).
 """
 
-from consentsync.sandbox.faults import ENDPOINT_KINDS, Faults
+from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls, system_ca_bundle_path
 
 __all__ = [
-    "ENDPOINT_KINDS",
     "Faults",
     "HttpsSandbox",
     "Route",

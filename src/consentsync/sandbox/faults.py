@@ -44,36 +44,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["ENDPOINT_KINDS", "Faults"]
+__all__ = ["Faults"]
 
-# Salesforce's endpoint kinds, kept here for the callers that imported them from this module.
-ENDPOINT_KINDS = (
-    "token",
-    "versions",
-    "resources",
-    "identity",
-    "limits",
-    "query",
-    "queryMore",
-    "describe_global",
-    "sobject_info",
-    "describe",
-    "updated",
-    "deleted",
-    "sobject_get",
-    "sobject_create",
-    "sobject_patch",
-    "sobject_delete",
-    "composite",
-    "bulk_create",
-    "bulk_list",
-    "bulk_status",
-    "bulk_state",
-    "bulk_upload",
-    "bulk_results",
-    "bulk_delete",
-    "not_found",
-)
 
 _DEFAULTS: dict[str, Any] = {
     "seed": 0,

@@ -1,7 +1,10 @@
-"""Finds connectors through the entry-point group ``consentsync.connectors``.
+"""Finds plugins through entry points: connectors (group ``consentsync.connectors``), their
+sandboxes' ``consentsync sandbox NAME`` commands (``consentsync.sandboxes``) and single-CRM demos
+(``consentsync.demos``); the contract harnesses are in :mod:`consentsync.sdk.harness`.
 
 Built-in connectors are registered there exactly as a third party's would be; an allow-list in
-the config can restrict which ones load.
+the config can restrict which ones load. The sandboxes and demos are registered only by an
+install that has them (the ``demo`` extra): the runtime install has none.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ from consentsync.domain import InvalidInput
 from consentsync.sdk.connector import Connector
 
 GROUP = "consentsync.connectors"
+SANDBOX_GROUP = "consentsync.sandboxes"
+DEMO_GROUP = "consentsync.demos"
+#: What to install for the sandboxes, said wherever one is asked for and none is installed.
+SANDBOX_EXTRA = "pip install 'consentsync[demo]'"
 
 
-def available() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+def available(group: str = GROUP) -> dict[str, EntryPoint]:
+    """The entry points of ``group`` (default: the connectors), by name."""
+    return {ep.name: ep for ep in entry_points(group=group)}
 
 
 def load(vendor: str, *, allowed: Iterable[str] | None = None) -> type[Connector]:
@@ -34,3 +42,15 @@ def load(vendor: str, *, allowed: Iterable[str] | None = None) -> type[Connector
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
         raise InvalidInput(f"entry point {vendor!r} ({entry.value}) is not a consentsync Connector")
     return cls
+
+
+def load_plugin(group: str, name: str, what: str) -> object:
+    """The object registered as ``name`` in ``group`` (a sandbox command, a demo); an
+    :class:`InvalidInput` naming the installed ones, or the extra to install, when none is."""
+    found = available(group)
+    entry = found.get(name)
+    if entry is None:
+        installed = ", ".join(sorted(found))
+        hint = f"installed are {installed}" if installed else f"none is installed: {SANDBOX_EXTRA}"
+        raise InvalidInput(f"no {what} {name!r}: {hint}")
+    return entry.load()
