@@ -130,9 +130,9 @@ def change_contacts(process: Any, count: int) -> None:
 
 def write_config(workdir: Path, info: dict[str, Any], url: str | None) -> Path:
     import yaml
+    from consentsync_salesforce.sandbox.demo import MAPPINGS, find_mappings
 
     from consentsync.config import write_starter
-    from consentsync.demo import MAPPINGS, find_mappings
 
     config_path = workdir / "consentsync.yaml"
     write_starter(config_path, url or f"sqlite:///{workdir / 'ledger.db'}")
