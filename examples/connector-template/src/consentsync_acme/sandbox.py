@@ -20,11 +20,15 @@ The (imaginary) Acme CRM documents:
 from __future__ import annotations
 
 import datetime as dt
+import random
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
+from consentsync.sandbox.serving import sandbox_command, serve
 
 FIELDS = {"email": str, "name": str, "note": str, "unsubscribed": bool}
 MAX_BATCH = 50
@@ -179,3 +183,40 @@ class AcmeSandbox(HttpsSandbox):
 
 def _valid(kind: type, value: Any) -> bool:
     return isinstance(value, kind) or (value is None and kind is str)
+
+
+def serve_forever(
+    port: int,
+    seed: int,
+    host: str = "127.0.0.1",
+    *,
+    records: int = 200,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[AcmeSandbox], None] | None = None,
+) -> None:
+    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing its URL, CA file
+    and API key, and the ``connectors:`` block to paste (from :class:`AcmeHarness`)."""
+    sandbox = AcmeSandbox(host=host, port=port)
+    rng, used = random.Random(seed), set()
+    for index in range(records):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        email = make_email(rng, first, last, index, used)
+        sandbox.create({"email": email, "name": f"{first} {last}", "unsubscribed": rng.random() < 0.2})
+    sandbox.start()
+    lines = [
+        "Acme sandbox is running (Ctrl-C to stop)",
+        f"  API URL        {sandbox.base_url}",
+        f"  CA certificate {sandbox.ca_cert_path}",
+        f"  api_key        {sandbox.api_key}",
+        f"  seeded         {len(sandbox.contacts)} contacts (seed {seed})",
+    ]
+    serve("acme", sandbox, lines, stop=stop, on_ready=on_ready)
+
+
+#: ``consentsync sandbox acme``, registered under the entry-point group ``consentsync.sandboxes``.
+command = sandbox_command(
+    serve_forever,
+    port=8450,
+    seed_help="Seed Acme with this many generated contacts (a fifth unsubscribed).",
+    help="Run an Acme sandbox (HTTPS, self-signed CA) until interrupted.",
+)
