@@ -1,0 +1,559 @@
+"""The preference centre's pages, for the person themselves (no account): mounted at ``/p``.
+
+``/preferences/{token}`` shows each purpose in plain language with its state, basis and notice,
+and the forms to grant, withdraw, object (Art. 21), download a copy of the record (Art. 15) and
+ask for erasure (Art. 17). ``/confirm/{token}`` (double opt-in) and ``/erase/{token}`` (erasure)
+show what the mailed link confirms and confirm only on POST: mail scanners fetch links.
+
+The token in the URL is the person's only credential, so it is guarded like one: it is never
+logged (the subject's uid is), ``Referrer-Policy: no-referrer`` keeps it from other sites, and
+``Cache-Control: no-store`` from shared caches. It also makes a CSRF token needless: a forged
+form cannot name a token its author does not know. No JavaScript: plain forms and
+Post/Redirect/Get; the CSP allows no script at all, and the brand colour comes from a stylesheet
+of its own, built from the configured colour once it is checked to be one.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the annotations of the routes defined
+# inside create_app at run time, and postponed ones would name locals it cannot see.
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+import structlog
+from fastapi import FastAPI, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from consentsync.config import BrandingSettings
+from consentsync.domain import InvalidInput
+from consentsync.hub.capture import Hub
+from consentsync.hub.i18n import Translate, negotiate, translator
+from consentsync.hub.links import LinkRefused
+from consentsync.hub.preferences import Person, PreferenceCentre
+from consentsync.ledger.service import NotFound
+
+log = structlog.get_logger("consentsync.hub.people")
+_PACKAGE = resources.files("consentsync.hub")
+
+# Longer than any token we make (a JWT of a uid, or 43 characters): refused before any work.
+TOKEN_MAX = 1024
+LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español", "it": "Italiano",
+                  "nl": "Nederlands", "pl": "Polski", "sv": "Svenska", "da": "Dansk"}  # fmt: skip
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase)/)[^/]+")
+
+
+def _status_labels(_: Translate) -> dict[str, str]:
+    """A consent's states, in the person's words."""
+    return {
+        "granted": _("Yes: you agreed"),
+        "withdrawn": _("No: you withdrew your consent"),
+        "refused": _("No: you declined"),
+        "requested": _("Waiting for your confirmation"),
+        "applicable": _("Not decided yet"),
+        "not_applicable": _("Does not apply to you"),
+        "expired": _("Your consent has expired"),
+    }
+
+
+def _other_status(_: Translate, status: str, suppressed: bool) -> str:
+    """The state of a purpose that is not based on consent: whether we do it, not "agreed"."""
+    if status == "not_applicable":
+        return _("Does not apply to you")
+    return _("Stopped for you") if suppressed else _("We do this")
+
+
+def _basis_labels(_: Translate) -> dict[str, str]:
+    return {
+        "consent": _("your consent"),
+        "contract": _("our contract with you"),
+        "legal_obligation": _("a legal obligation"),
+        "vital_interests": _("your vital interests"),
+        "public_task": _("a task in the public interest"),
+        "legitimate_interests": _("our legitimate interests"),
+    }
+
+
+def _channel_labels(_: Translate) -> dict[str, str]:
+    return {
+        "email": _("Email"),
+        "phone": _("Phone"),
+        "sms": _("Text message (SMS)"),
+        "post": _("Post"),
+    }
+
+
+def _objection_labels(_: Translate) -> dict[str, str]:
+    return {
+        "pending": _("You objected. We are looking at your objection and will answer you."),
+        "upheld": _("You objected, and we stopped."),
+        "rejected": _("You objected; we found reasons that override it. You may object again."),
+    }
+
+
+def mask_email(email: str) -> str:
+    """Whose page this is, without spelling out the address to whoever the link was passed to."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}•••@{domain}"
+
+
+def _contrast(colour: str, other: str) -> float:
+    """WCAG contrast ratio of two #rrggbb colours."""
+
+    def luminance(value: str) -> float:
+        channels = [int(value[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    light, dark = sorted((luminance(colour), luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def brand_css(branding: BrandingSettings) -> str:
+    """The brand colour as CSS variables: the text on it black or white, whichever reads better,
+    and a darker ink for links and borders where the colour itself is too light to read on
+    white (WCAG AA needs 4.5:1). Anything but #rrggbb falls back to the default colour: the
+    value goes into a stylesheet, so nothing else may reach it."""
+    colour = branding.primary_colour if _COLOUR.match(branding.primary_colour) else "#1f4e79"
+    on_brand = "#ffffff" if _contrast(colour, "#ffffff") >= _contrast(colour, "#000000") else "#000000"
+    ink = colour if _contrast(colour, "#ffffff") >= 4.5 else "#1b1f24"
+    return f":root {{ --brand: {colour}; --on-brand: {on_brand}; --brand-ink: {ink}; }}\n"
+
+
+def _origin(url: str | None) -> str | None:
+    """The http(s) origin of a configured URL (to allow the logo in the CSP), else None."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def content_security_policy(branding: BrandingSettings) -> str:
+    images = " ".join(filter(None, ["'self'", "data:", _origin(branding.logo_url)]))
+    return (
+        f"default-src 'none'; style-src 'self'; img-src {images}; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def _log_path(request: Request) -> str:
+    """The path as a route template: a token in a URL is a credential, never logged."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+    return _TOKEN_PATH.sub(r"\1{token}", path)
+
+
+def refusal_status(error: LinkRefused) -> int:
+    """410 Gone where the link was ours but its time or its record has passed, 403 otherwise."""
+    text = str(error)
+    return 410 if any(word in text for word in ("expired", "erased", "confirmed already")) else 403
+
+
+def sentence(text: str) -> str:
+    """A service's message (written to follow a colon in a log) as a sentence on a page."""
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+class BadForm(ValueError):
+    """A form that our pages never send (a purpose that cannot be granted, say)."""
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(title="consentsync preference centre", docs_url=None, redoc_url=None, openapi_url=None)
+    centre = PreferenceCentre(hub)
+    settings = hub.settings
+    branding = settings.branding
+    offered = list(settings.languages) or ["en"]
+    templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
+    csp = content_security_policy(branding)
+    stylesheet = brand_css(branding)
+    logo = (
+        branding.logo_url
+        if branding.logo_url and (_origin(branding.logo_url) or branding.logo_url.startswith("/"))
+        else None
+    )
+
+    def language(request: Request, chosen: str | None = None) -> str:
+        return negotiate(
+            request.headers.get("accept-language"), offered, chosen or request.query_params.get("lang")
+        )
+
+    def path_of(request: Request, name: str, query: dict[str, str] | None = None, **params: str) -> str:
+        """A path under the mount point (relative: no Host header is trusted to build it)."""
+        path = request.url_for(name, **params).path
+        return path + ("?" + urlencode(query) if query else "")
+
+    def render(
+        request: Request, template: str, lang: str, context: dict[str, Any], *, status: int = 200
+    ) -> HTMLResponse:
+        _ = translator(lang)
+        here = request.url.path
+        # Another language is the same page again, so only a page that a GET shows offers one.
+        switch = [
+            {
+                "code": code,
+                "name": LANGUAGE_NAMES.get(code, code),
+                "href": here + "?" + urlencode({"lang": code}),
+            }
+            for code in offered
+            if code != lang and request.method == "GET"
+        ]
+        return templates.TemplateResponse(
+            request,
+            template,
+            {
+                "_": _,
+                "lang": lang,
+                "brand": branding,
+                "logo": logo,
+                "languages": switch,
+                "css": [path_of(request, "static", path="people.css"), path_of(request, "brand_css")],
+                **context,
+            },
+            status_code=status,
+        )
+
+    def refused(request: Request, error: LinkRefused, lang: str | None = None) -> HTMLResponse:
+        status = refusal_status(error)
+        log.info("people.link_refused", path=_log_path(request), status=status)
+        lang = lang or language(request)
+        _ = translator(lang)
+        title = _("This link has expired") if status == 410 else _("This link does not work")
+        return render(
+            request, "refused.html", lang, {"title": title, "message": _(str(error))}, status=status
+        )
+
+    def problem(request: Request, status: int, message: str) -> HTMLResponse:
+        lang = language(request)
+        _ = translator(lang)
+        return render(
+            request,
+            "problem.html",
+            lang,
+            {"title": _("Something went wrong"), "message": _(message)},
+            status=status,
+        )
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # A page, not a traceback: an error's text may name the person (or hold the token).
+        try:
+            response = await call_next(request)
+        except Exception as error:
+            log.error(
+                "people.failed", method=request.method, path=_log_path(request), error=type(error).__name__
+            )
+            response = problem(request, 500, "We could not do this just now. Please try again later.")
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Robots-Tag"] = "noindex, nofollow"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = csp
+        log.info(
+            "people.request", method=request.method, path=_log_path(request), status=response.status_code
+        )
+        return response
+
+    @app.exception_handler(LinkRefused)
+    async def _refused(request: Request, error: LinkRefused) -> Response:
+        return refused(request, error)
+
+    @app.exception_handler(NotFound)
+    async def _gone(request: Request, _error: NotFound) -> Response:
+        # The link's person is no longer in the ledger (erased meanwhile): its text names them.
+        return refused(request, LinkRefused("this link opens no record any more: the record was erased"))
+
+    @app.exception_handler(BadForm)
+    @app.exception_handler(InvalidInput)
+    async def _bad_form(request: Request, _error: Exception) -> Response:
+        return problem(request, 400, "This form cannot be sent like this. Please open the page again.")
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, _error: RequestValidationError) -> Response:
+        return problem(request, 400, "This form cannot be sent like this. Please open the page again.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 404:
+            return problem(request, 404, "There is no page at this address.")
+        return problem(request, error.status_code, "This page cannot be opened like this.")
+
+    def person_of(token: str) -> Person:
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this link is not valid: it may have been cut or changed")
+        return centre.person(token)
+
+    def visitor_of(request: Request) -> Any:
+        # The socket's peer: behind a trusted proxy, uvicorn has already put the client there.
+        return centre.visitor(
+            request.client.host if request.client else None, request.headers.get("user-agent")
+        )
+
+    def back(request: Request, token: str, lang: str, done: str, item: str | None = None) -> RedirectResponse:
+        query = {"lang": lang, "done": done, **({"item": item} if item else {})}
+        return RedirectResponse(path_of(request, "preferences", query, token=token), status_code=303)
+
+    def row_of(person: Person, purpose: str, channel: str | None = None) -> dict[str, Any]:
+        for row in centre.purposes(person):
+            if row["purpose"] == purpose and (channel is None or row["channel"] == channel):
+                return row
+        raise BadForm(f"unknown purpose or channel: {purpose!r} {channel!r}")
+
+    # -- the preference page ------------------------------------------------------------------
+
+    @app.get("/preferences/{token}", name="preferences", response_class=HTMLResponse)
+    def preferences(request: Request, token: str) -> Response:
+        person = person_of(token)
+        lang = language(request)
+        _ = translator(lang)
+        rows = centre.purposes(person, lang)
+        objections = {o["purpose"]: o for o in hub.ledger.subject_view(person.email)["objections"]}
+        statuses, bases, channels = _status_labels(_), _basis_labels(_), _channel_labels(_)
+        groups: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            group = groups.setdefault(
+                row["purpose"],
+                {
+                    "key": row["purpose"],
+                    "name": _(row["name"]),
+                    "description": _(row["description"]) if row["description"] else None,
+                    "notice_text": row["notice_text"],
+                    "notice_version": row["notice_version"],
+                    "consent_based": row["consent_based"],
+                    "objectable": row["objectable"],
+                    "objection": objections.get(row["purpose"]),
+                    "rows": [],
+                },
+            )
+            group["rows"].append(
+                {
+                    "channel": row["channel"],
+                    "channel_label": channels.get(row["channel"], row["channel"]),
+                    "status": row["status"],
+                    "status_label": statuses.get(row["status"], row["status"])
+                    if row["consent_based"]
+                    else _other_status(_, row["status"], row["suppressed"]),
+                    "basis_label": bases.get(row["basis"], row["basis"]),
+                    "granted": row["status"] == "granted",
+                    "suppressed": row["suppressed"],
+                }
+            )
+        for group in groups.values():
+            # Shown for the purposes the person cannot switch: why not, in plain words.
+            basis = bases.get(
+                next((r for r in rows if r["purpose"] == group["key"]), {}).get("basis", ""), ""
+            )
+            group["basis_label"] = basis
+            objection = group["objection"]
+            group["objection_label"] = _objection_labels(_).get(objection["status"]) if objection else None
+            group["may_object"] = group["objectable"] and (
+                objection is None or objection["status"] == "rejected"
+            )
+        log.info("people.preferences_shown", subject=person.uid)
+        return render(
+            request,
+            "preferences.html",
+            lang,
+            {
+                "title": _("Your privacy choices"),
+                "who": mask_email(person.email),
+                "groups": list(groups.values()),
+                "status": _done_message(_, request, channels),
+                "token": token,
+                "actions": {
+                    name: path_of(request, name, token=token)
+                    for name in ("choose", "object", "export", "erase_request")
+                },
+                "formats": [("json", "JSON"), ("csv", "CSV"), ("xlsx", _("Excel (XLSX)"))],
+                "days": settings.confirmation_days,
+            },
+        )
+
+    def _done_message(_: Translate, request: Request, channels: dict[str, str]) -> dict[str, str] | None:
+        """The outcome of the action just taken (Post/Redirect/Get), from a fixed set of
+        messages: nothing from the query string is shown but a configured purpose's name."""
+        done = request.query_params.get("done")
+        purpose, _sep, channel = (request.query_params.get("item") or "").partition(":")
+        known = hub.ledger.purposes.get(purpose)
+        name = _(known.name) if known else ""
+        channel_label = channels.get(channel, "") if known and channel in known.channels else ""
+        messages = {
+            "granted": (
+                "good",
+                _("Thank you: you agreed to {purpose} ({channel}).", purpose=name, channel=channel_label),
+            ),
+            "withdrawn": (
+                "good",
+                _(
+                    "Done: you withdrew your consent to {purpose} ({channel}).",
+                    purpose=name,
+                    channel=channel_label,
+                ),
+            ),
+            "objected_upheld": ("good", _("Done: we stopped {purpose} for you.", purpose=name)),
+            "objected_pending": (
+                "good",
+                _("We received your objection to {purpose} and will answer you.", purpose=name),
+            ),
+            "erasure_mailed": (
+                "good",
+                _("We sent you a mail. Your data is erased once you open the link in it and confirm."),
+            ),
+            "erasure_failed": (
+                "bad",
+                _("We could not send the confirmation mail just now. Please try again later."),
+            ),
+        }
+        if done not in messages or (done not in ("erasure_mailed", "erasure_failed") and not known):
+            return None
+        kind, text = messages[done]
+        return {"kind": kind, "text": text}
+
+    @app.post("/preferences/{token}/choose", name="choose")
+    def choose(
+        request: Request,
+        token: str,
+        purpose: Annotated[str, Form(max_length=64)],
+        channel: Annotated[str, Form(max_length=32)],
+        action: Annotated[str, Form(pattern="^(grant|withdraw)$")],
+        lang: Annotated[str, Form(max_length=16)] = "",
+    ) -> Response:
+        person = person_of(token)
+        lang = language(request, lang)
+        row = row_of(person, purpose, channel)
+        if not row["consent_based"]:
+            raise BadForm(f"{purpose!r} is not based on consent: it cannot be granted or withdrawn here")
+        result = centre.choose(
+            person, purpose, channel, grant=action == "grant", visitor=visitor_of(request), language=lang
+        )
+        return back(request, token, lang, result["recorded"], f"{purpose}:{channel}")
+
+    @app.post("/preferences/{token}/object", name="object")
+    def object_(
+        request: Request,
+        token: str,
+        purpose: Annotated[str, Form(max_length=64)],
+        lang: Annotated[str, Form(max_length=16)] = "",
+    ) -> Response:
+        person = person_of(token)
+        lang = language(request, lang)
+        if not row_of(person, purpose)["objectable"]:
+            raise BadForm(f"{purpose!r} is not based on legitimate interests or a public task")
+        result = centre.object(person, purpose, visitor_of(request))
+        done = "objected_upheld" if result["status"] == "upheld" else "objected_pending"
+        return back(request, token, lang, done, purpose)
+
+    @app.post("/preferences/{token}/export", name="export")
+    def export(
+        request: Request,
+        token: str,
+        format: Annotated[str, Form(pattern="^(json|csv|xlsx)$")],
+    ) -> Response:
+        # openpyxl is slow to import, and the console's media types are the ones to send.
+        from consentsync.export import write_export
+        from consentsync.web.console import EXPORT_TYPES
+
+        person = person_of(token)
+        view = centre.export(person)
+        with tempfile.TemporaryDirectory(prefix="consentsync-export-") as folder:
+            path = Path(folder) / f"record.{format}"
+            write_export(view, format, path)
+            content = path.read_bytes()
+        log.info("people.exported", subject=person.uid, format=format)
+        name = f"my-data-{view['as_of'][:10]}.{format}"
+        return Response(
+            content,
+            media_type=EXPORT_TYPES[format],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.post("/preferences/{token}/erase", name="erase_request")
+    def erase_request(
+        request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = ""
+    ) -> Response:
+        person = person_of(token)
+        lang = language(request, lang)
+        mailed = centre.request_erasure(person, visitor_of(request), lang)
+        return back(request, token, lang, "erasure_mailed" if mailed else "erasure_failed")
+
+    # -- links from mails: shown on GET, done on POST -----------------------------------------
+
+    @app.get("/confirm/{token}", name="confirm", response_class=HTMLResponse)
+    def confirm_page(request: Request, token: str) -> Response:
+        lang = language(request)
+        _ = translator(lang)
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        pending = hub.pending_confirmation(token)
+        known = hub.ledger.purposes[pending["purpose"]]
+        return render(
+            request,
+            "confirm.html",
+            lang,
+            {
+                "title": _("Please confirm") if not pending["confirmed_at"] else _("Confirmed"),
+                "purpose": _(known.name),
+                "channel": _channel_labels(_).get(pending["channel"], pending["channel"]),
+                "confirmed": pending["confirmed_at"] is not None,
+                "action": path_of(request, "confirm", token=token),
+            },
+        )
+
+    @app.post("/confirm/{token}")
+    def confirm(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        hub.confirm(token)
+        return RedirectResponse(
+            path_of(request, "confirm", {"lang": language(request, lang)}, token=token), status_code=303
+        )
+
+    @app.get("/erase/{token}", name="erase", response_class=HTMLResponse)
+    def erase_page(request: Request, token: str) -> Response:
+        lang = language(request)
+        _ = translator(lang)
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        centre.erasure_pending(token)
+        return render(
+            request,
+            "erase.html",
+            lang,
+            {"title": _("Erase your data?"), "action": path_of(request, "erase", token=token)},
+        )
+
+    @app.post("/erase/{token}")
+    def erase(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        centre.confirm_erasure(token)
+        # The erased page has no token: the link is spent, and a reload must not ask again.
+        return RedirectResponse(
+            path_of(request, "erased", {"lang": language(request, lang)}), status_code=303
+        )
+
+    @app.get("/erased", name="erased", response_class=HTMLResponse)
+    def erased(request: Request) -> Response:
+        lang = language(request)
+        _ = translator(lang)
+        return render(request, "erased.html", lang, {"title": _("Your data was erased")})
+
+    @app.get("/brand.css", name="brand_css")
+    def brand() -> Response:
+        return Response(stylesheet, media_type="text/css")
+
+    return app

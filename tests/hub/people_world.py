@@ -1,0 +1,65 @@
+"""What the preference centre's page tests share: the people's pages mounted at ``/p`` as the
+links in mails expect, a person with a grant, and their preference link."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from consentsync.hub.capture import Hub
+from consentsync.hub.people import create_app
+from tests.hub.conftest import HubWorld
+
+EMAIL = "ada@example.test"
+GRANT = {"email": EMAIL, "purpose": "newsletter", "status": "granted", "notice_version": "2026-05"}
+
+
+def mounted(hub: Hub) -> FastAPI:
+    """The pages under /p, as the console serves them."""
+    outer = FastAPI()
+    outer.mount("/p", create_app(hub))
+    return outer
+
+
+def seed(world: HubWorld) -> str:
+    """Ada, with a newsletter grant and a pending double opt-in for email marketing; her uid."""
+    assert world.post("/consents", GRANT).status_code == 201
+    marketing = {**GRANT, "purpose": "email_marketing"}
+    assert world.post("/consents", marketing).status_code == 201
+    (uid,) = world.ledger.subject_uids_for_email(EMAIL)
+    return uid
+
+
+def token_of(world: HubWorld, uid: str) -> str:
+    return world.hub.preference_link(uid).rsplit("/", 1)[1]
+
+
+def page_texts() -> set[str]:
+    """Every text the people's pages and mails put through the translator: the ``_("...")``
+    calls of the hub's modules and templates, the messages of refused links (shown translated)
+    and the configured purposes' names of the starter config."""
+    import ast
+    import re
+    from importlib import resources
+
+    import yaml
+
+    hub = resources.files("consentsync.hub")
+    found: set[str] = set()
+    for name in ("capture.py", "preferences.py", "links.py", "people.py"):
+        tree = ast.parse((hub / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            called = node.func.id if isinstance(node.func, ast.Name) else None
+            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if called in ("_", "LinkRefused") and texts:
+                found.add(texts[0])
+            elif called == "problem" and texts:  # problem(request, status, message)
+                found.add(texts[-1])
+    for template in (hub / "templates").iterdir():
+        text = template.read_text(encoding="utf-8")
+        found |= set(re.findall(r'_\("((?:[^"\\]|\\.)*)"', text))
+        found |= set(re.findall(r"_\('((?:[^'\\]|\\.)*)'", text))
+    starter = yaml.safe_load((resources.files("consentsync") / "starter_config.yaml").read_text("utf-8"))
+    found |= {purpose["name"] for purpose in starter["purposes"]}
+    return found
