@@ -277,6 +277,29 @@ class Accounts:
             )
         return self.get(name)
 
+    def update(
+        self,
+        name: str,
+        *,
+        actor: str,
+        role: str | None = None,
+        password: str | None = None,
+        disabled: bool | None = None,
+        keep_session: str | None = None,
+    ) -> Account:
+        """Save what differs from the account as it is, and only that: a save that changes nothing
+        writes nothing (no audit entry). A password given is always set (it cannot be compared).
+        ``keep_session``: the session of whoever sets the password, which stays (the console's
+        pages and its API both save through here)."""
+        current = self.get(name)
+        if role and Role.parse(role) != current.role:
+            self.set_role(name, role, actor=actor)
+        if password:
+            self.set_password(name, password, actor=actor, keep_session=keep_session)
+        if disabled is not None and disabled != current.disabled:
+            self.set_disabled(name, disabled, actor=actor)
+        return self.get(name)
+
     def _keep_an_admin(self, current: Account, change: str) -> None:
         if current.role < Role.ADMIN or current.disabled:
             return
@@ -355,6 +378,17 @@ class Accounts:
         return Account(
             row.user_id, row.name, Role(_ROLE_VALUES[row.role]), row.password_changed_at, row.disabled
         )
+
+    def session_owner(self, token: str) -> str | None:
+        """The name of the account a session was issued to, live or not (ended, expired): whose
+        form an expired session sent, so that only they get back what they typed."""
+        with self.engine.connect() as conn:
+            name = conn.execute(
+                select(console_users.c.name)
+                .join(console_sessions, console_sessions.c.user_id == console_users.c.id)
+                .where(console_sessions.c.token_hash == token_hash(token))
+            ).scalar()
+        return str(name) if name is not None else None
 
     def end_session(self, token: str) -> None:
         with self.engine.begin() as conn:

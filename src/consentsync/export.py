@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ XLSX_CELL_MAX = 32767  # Excel's limit on the characters of one cell
 # What an XLSX (XML 1.0) cell cannot carry: C0 controls but tab, line feed and carriage return;
 # lone surrogates; the noncharacters U+FFFE and U+FFFF.
 _NOT_IN_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# A time as the ledger writes it (domain.iso): UTC, with a Z.
+_ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+XLSX_TIME_FORMAT = 'yyyy-mm-dd hh:mm:ss "UTC"'  # Excel has no zones: the format says it
+TIME_COLUMNS = frozenset(
+    {"since", "expires_at", "event_time", "recorded_at", "double_opt_in_at", "raised_at", "decided_at",
+     "linked_at", "gone_at"}
+)  # fmt: skip
 # Spreadsheets run a cell starting with one of these as a formula (CSV/formula injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -98,21 +106,63 @@ def _write_csv(view: dict[str, Any], path: Path) -> None:
 
 
 def _write_xlsx(view: dict[str, Any], path: Path) -> None:
+    """A sheet per part. Times are Excel date-times (UTC, formatted), so that they sort and
+    compute; every text is a string cell, so that a value starting with ``=`` is shown exactly as
+    the ledger holds it and never runs as a formula (no apostrophe added to what the person gets)."""
     book = Workbook()
     summary = book.active
     assert summary is not None
     summary.title = "Subject"
-    for field in ("subject", "email", "created_at", "suppressed_by_erasure", "restricted", "as_of"):
-        summary.append([field, _xlsx_cell(view.get(field))])
+    for row, field in enumerate(
+        ("subject", "email", "created_at", "suppressed_by_erasure", "restricted", "as_of"), start=1
+    ):
+        _put(summary, row, 1, field)
+        _put(summary, row, 2, view.get(field))
+    summary.column_dimensions["A"].width = 24
+    summary.column_dimensions["B"].width = 40
     for _type, title, key, columns in _SECTIONS:
         sheet = book.create_sheet(title)
-        sheet.append(columns)
-        for item in view[key]:
-            sheet.append([_xlsx_cell(item.get(column)) for column in columns])
         for index, column in enumerate(columns, start=1):
-            sheet.column_dimensions[get_column_letter(index)].width = max(12, len(column) + 2)
+            _put(sheet, 1, index, column)
+        for row, item in enumerate(view[key], start=2):
+            for index, column in enumerate(columns, start=1):
+                _put(sheet, row, index, item.get(column))
+        for index, column in enumerate(columns, start=1):
+            wide = 20 if column in TIME_COLUMNS else 12
+            sheet.column_dimensions[get_column_letter(index)].width = max(wide, len(column) + 2)
         sheet.freeze_panes = "A2"
     book.save(path)
+
+
+def _put(sheet: Any, row: int, column: int, value: Any) -> None:
+    """One cell, typed: a UTC time as an Excel date-time, a text as a string cell (data type
+    ``s``: a spreadsheet never evaluates it), numbers and booleans as they are."""
+    if isinstance(value, (dict, list)):  # nested values (a soft opt-in's conditions) as JSON
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    moment = _utc_time(value)
+    cell = sheet.cell(row=row, column=column)
+    if moment is not None:
+        cell.value = moment
+        cell.number_format = XLSX_TIME_FORMAT
+    elif isinstance(value, str):
+        text = _NOT_IN_XML.sub(_picture, value)
+        if len(text) > XLSX_CELL_MAX:
+            text = text[: XLSX_CELL_MAX - 1] + "\u2026"
+        cell.value = text
+        cell.data_type = "s"  # set after the value: openpyxl types "=..." as a formula otherwise
+    else:
+        cell.value = value
+
+
+def _utc_time(value: Any) -> datetime | None:
+    """A time the ledger wrote (``iso``: UTC, ending in Z) as a naive UTC datetime (Excel has no
+    zones: the cell's number format says UTC); anything else None."""
+    if not isinstance(value, str) or not _ISO_UTC.fullmatch(value):
+        return None
+    try:
+        return datetime.fromisoformat(value[:-1])
+    except ValueError:
+        return None
 
 
 def _cells(item: dict[str, Any]) -> dict[str, Any]:
@@ -120,21 +170,14 @@ def _cells(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
+    """A CSV field. CSV has no cell types: a spreadsheet opening the file decides itself what a
+    field is and runs one starting with ``=``, ``+``, ``-`` or ``@`` as a formula (CSV/formula
+    injection). The only defence that survives the file is the one OWASP recommends, a leading
+    apostrophe, so CSV keeps it; XLSX does not need it (its cells are typed, see ``_put``)."""
     if isinstance(value, (dict, list)):  # nested values (a soft opt-in's conditions) as JSON
         value = json.dumps(value, ensure_ascii=False, sort_keys=True)
     if isinstance(value, str) and value[:1] in _FORMULA_START:
-        # A value a spreadsheet would run as a formula (CSV/formula injection) is kept as text.
         return "'" + value
-    return value
-
-
-def _xlsx_cell(value: Any) -> Any:
-    value = _cell(value)
-    if not isinstance(value, str):
-        return value
-    value = _NOT_IN_XML.sub(_picture, value)
-    if len(value) > XLSX_CELL_MAX:
-        value = value[: XLSX_CELL_MAX - 1] + "\u2026"
     return value
 
 

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from consentsync.accounts import Account, Role
+from consentsync.domain import InvalidInput
 from consentsync.web.console import Page, parse_day
-from consentsync.web.deps import console_of, require, session_of, sessions_of
+from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
 router = APIRouter(prefix="/api", tags=["console"])
@@ -20,6 +21,7 @@ Admin = Annotated[Account, Depends(require(Role.ADMIN, api=True))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 PerPage = Annotated[int, Query(ge=1, le=200)]
+TZ_HELP = "IANA time zone the dates are days in (e.g. Australia/Sydney); UTC when absent or unknown."
 Text = Annotated[str | None, Query(max_length=200)]
 
 
@@ -40,8 +42,11 @@ class AuditSearch(_Body):
     connector: str | None = Field(default=None, max_length=64)
     rule: str | None = Field(default=None, max_length=64)
     action: str | None = Field(default=None, max_length=64)
-    since: str | None = Field(default=None, max_length=40, description="Date (YYYY-MM-DD, UTC) or ISO time.")
+    since: str | None = Field(
+        default=None, max_length=40, description="Date (YYYY-MM-DD, a day in tz) or ISO time."
+    )
     until: str | None = Field(default=None, max_length=40, description="Inclusive date, or exclusive time.")
+    tz: str | None = Field(default=None, max_length=64, description=TZ_HELP)
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=25, ge=1, le=200)
 
@@ -113,14 +118,20 @@ def runs(
     ] = None,
     since: Text = None,
     until: Text = None,
+    quarantine: Annotated[
+        Literal["open"] | None, Query(description="open: only runs still holding open quarantined records")
+    ] = None,
+    tz: Annotated[str | None, Query(max_length=64, description=TZ_HELP)] = None,
     page: PageNumber = 1,
     per_page: PerPage = 25,
 ) -> dict[str, Any]:
+    zone = viewer_zone(request, tz).zone
     found = console_of(request).runs(
         connector=connector,
         status=result,
-        since=parse_day(since, "since"),
-        until=parse_day(until, "until", end=True),
+        since=parse_day(since, "since", zone=zone),
+        until=parse_day(until, "until", end=True, zone=zone),
+        open_quarantine=quarantine == "open",
         page=page,
         per_page=per_page,
     )
@@ -130,6 +141,43 @@ def runs(
 @router.get("/runs/{run_id}", summary="One run: counts, API calls, errors, quarantined records")
 def run(request: Request, _account: Viewer, run_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
     return console_of(request).run(run_id)
+
+
+@router.get("/runs/{run_id}/quarantined", summary="A run's quarantined records, a page at a time")
+def quarantined(
+    request: Request,
+    _account: Viewer,
+    run_id: Annotated[str, Path(max_length=64)],
+    reason: Annotated[str | None, Query(max_length=4000)] = None,
+    state: Literal["open", "resolved"] | None = None,
+    page: PageNumber = 1,
+    per_page: PerPage = 25,
+) -> dict[str, Any]:
+    console = console_of(request)
+    full = console.run(run_id)["id"]
+    return console.quarantined(full, reason=reason, state=state, page=page, per_page=per_page).as_dict()
+
+
+class BulkRetry(_Body):
+    scope: Literal["selected", "reason", "all"]
+    ids: list[int] = Field(default_factory=list, max_length=1000)
+    reason: str | None = Field(default=None, max_length=4000)
+
+
+@router.post("/runs/{run_id}/retry", summary="Retry a run's open quarantined records in bulk (reviewer)")
+def retry_many(
+    request: Request, account: Reviewer, run_id: Annotated[str, Path(max_length=64)], bulk: BulkRetry
+) -> dict[str, Any]:
+    if bulk.scope == "selected" and not bulk.ids:
+        raise InvalidInput("scope selected needs ids")
+    if bulk.scope == "reason" and not bulk.reason:
+        raise InvalidInput("scope reason needs a reason")
+    return console_of(request).retry_many(
+        run_id,
+        account,
+        ids=bulk.ids if bulk.scope == "selected" else None,
+        reason=bulk.reason if bulk.scope == "reason" else None,
+    )
 
 
 @router.post("/quarantine/{quarantine_id}/retry", summary="Retry a quarantined record (reviewer)")
@@ -145,13 +193,14 @@ def audit_search(request: Request, search: AuditSearch, _account: Viewer) -> dic
         uids = console.subject_uids_for_email(search.email)
     if search.subject:
         uids = [search.subject] if uids is None else [u for u in uids if u == search.subject]
+    zone = viewer_zone(request, search.tz).zone
     found = console.audit(
         subjects=uids,
         connector=search.connector,
         rule=search.rule,
         action=search.action,
-        since=parse_day(search.since, "since"),
-        until=parse_day(search.until, "until", end=True),
+        since=parse_day(search.since, "since", zone=zone),
+        until=parse_day(search.until, "until", end=True, zone=zone),
         page=search.page,
         per_page=search.per_page,
     )
@@ -239,22 +288,26 @@ def add_user(request: Request, new: NewAccount, account: Admin) -> dict[str, Any
     return console_of(request).accounts.add(new.name, new.role, new.password, actor=account.name).as_dict()
 
 
-@router.post("/users/{name}", summary="Change an account's role, password or state (admin)")
+@router.post(
+    "/users/{name}",
+    summary="Change an account's role, password or state (admin); only what differs is saved and audited",
+)
 def change_user(
     request: Request, name: Annotated[str, Path(max_length=64)], change: AccountChange, account: Admin
 ) -> dict[str, Any]:
-    accounts = console_of(request).accounts
-    target = accounts.get(name)
-    if change.role is not None:
-        target = accounts.set_role(name, change.role, actor=account.name)
-    if change.password is not None:
-        session = session_of(request)
-        target = accounts.set_password(
-            name, change.password, actor=account.name, keep_session=session.token if session else None
+    session = session_of(request)
+    return (
+        console_of(request)
+        .accounts.update(
+            name,
+            actor=account.name,
+            role=change.role,
+            password=change.password,
+            disabled=change.disabled,
+            keep_session=session.token if session else None,
         )
-    if change.disabled is not None:
-        target = accounts.set_disabled(name, change.disabled, actor=account.name)
-    return target.as_dict()
+        .as_dict()
+    )
 
 
 @router.get("/users/{name}/sessions", summary="An account's live sessions (admin)")

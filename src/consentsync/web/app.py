@@ -9,6 +9,7 @@ import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
 
 import structlog
 from fastapi import Depends, FastAPI, Request
@@ -26,9 +27,10 @@ from consentsync.ledger.service import NotFound
 from consentsync.web import api, pages
 from consentsync.web.console import Console
 from consentsync.web.deps import Forbidden, LoginRequired, require
+from consentsync.web.drafts import DRAFT_COOKIE, DRAFT_MINUTES, Drafts
 from consentsync.web.plans import Conflict
-from consentsync.web.rendering import render
-from consentsync.web.security import Sessions, signing_key
+from consentsync.web.rendering import is_utc_time, render
+from consentsync.web.security import CSRF_FIELD, SESSION_COOKIE, Sessions, set_cookie, signing_key
 
 log = structlog.get_logger("consentsync.web")
 _PACKAGE = resources.files("consentsync.web")
@@ -103,8 +105,10 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     )
     app.state.console = console
     app.state.sessions = Sessions(signing_key(console.config.erasure_key()), console.accounts)
+    app.state.drafts = Drafts()
     app.state.trusted_proxies = tuple(console.config.settings.web.trusted_networks())
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
+    app.state.templates.env.tests["utc_time"] = is_utc_time
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)
@@ -143,6 +147,44 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     return app
 
 
+async def keep_draft(request: Request) -> Response:
+    """A form sent after its session ended: back to the login page, saying so; what was typed
+    (not passwords) is kept for the session's account, and after logging in again they return to
+    the page the form was on, filled in again (web/drafts.py). Kept only for a form this console
+    served that session (its CSRF token is right for the ended session)."""
+    console: Console = request.app.state.console
+    sessions: Sessions = request.app.state.sessions
+    token = request.cookies.get(SESSION_COOKIE)
+    back = _same_origin_path(request)
+    query = {"next": back, "expired": "1"}
+    owner = console.accounts.session_owner(token) if token and len(token) <= 200 else None
+    draft = None
+    if owner is not None and request.headers.get("content-type", "").startswith(
+        "application/x-www-form-urlencoded"
+    ):
+        form = await request.form()
+        if sessions.csrf_ok(token, form.get(CSRF_FIELD) if isinstance(form.get(CSRF_FIELD), str) else None):
+            fields = [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+            draft = request.app.state.drafts.keep(owner, urlsplit(back).path, fields)
+    if draft is None:
+        query["expired"] = "lost"
+    response = RedirectResponse("/login?" + urlencode(query), status_code=303)
+    if draft is not None:
+        set_cookie(response, request, DRAFT_COOKIE, draft, DRAFT_MINUTES * 60)
+    return response
+
+
+def _same_origin_path(request: Request) -> str:
+    """The page a form was sent from (its Referer, when it is this console's), else the overview."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    if referer.netloc and referer.netloc != request.headers.get("host", ""):
+        return "/"
+    path = referer.path or "/"
+    if not path.startswith("/") or path.startswith("//") or path.startswith("/login"):
+        return "/"
+    return path + (f"?{referer.query}" if referer.query else "")
+
+
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
@@ -159,8 +201,10 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _error: LoginRequired) -> Response:
-        target = request.url.path if request.method == "GET" else "/"
-        return RedirectResponse(f"/login?next={target}", status_code=303)
+        if request.method == "GET":
+            here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse("/login?" + urlencode({"next": here}, safe="/"), status_code=303)
+        return await keep_draft(request)
 
     @app.exception_handler(Forbidden)
     async def _forbidden(request: Request, error: Forbidden) -> Response:

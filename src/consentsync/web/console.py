@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,13 @@ from consentsync import audit
 from consentsync.accounts import Account, Accounts
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
+from consentsync.ledger.console_queries import (
+    audit_choices,
+    open_quarantine_ids,
+    quarantine_page,
+    reread_in_run,
+    runs_page,
+)
 from consentsync.ledger.schema import (
     audit_details,
     audit_entries,
@@ -28,11 +36,12 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.sdk.errors import is_secret_key, scrub
 from consentsync.sync import quarantine
-from consentsync.sync.runs import count_runs, list_runs, show_run
+from consentsync.sync.runs import list_runs, show_run
 from consentsync.web.plans import PlanDesk
 
 PER_PAGE = 25
 RUN_STATUSES = ("running", "succeeded", "stopped", "held", "failed", "dry_run")
+QUARANTINE_STATES = ("open", "resolved")
 EXPORT_TYPES = {
     "json": "application/json",
     "csv": "text/csv; charset=utf-8",
@@ -58,6 +67,7 @@ class Page:
     page: int
     per_page: int
     total: int
+    summary: dict[str, Any] = field(default_factory=dict)  # facts about the whole filtered list
 
     @property
     def pages(self) -> int:
@@ -70,6 +80,7 @@ class Page:
             "per_page": self.per_page,
             "total": self.total,
             "pages": self.pages,
+            **self.summary,
         }
 
 
@@ -84,6 +95,8 @@ class Console:
         self.engine = ledger.engine
         self.accounts = Accounts(ledger.engine, clock=lambda: ledger.clock(), keyed=ledger.keyed_hasher())
         self.plans = PlanDesk(config, ledger)
+        self._choices: dict[str, Any] = {"actions": set(), "rules": set(), "connectors": set(), "head": 0}
+        self._choices_lock = threading.Lock()
 
     # -- overview ------------------------------------------------------------------------------
 
@@ -206,20 +219,60 @@ class Console:
         status: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        open_quarantine: bool = False,
         page: int = 1,
         per_page: int = PER_PAGE,
     ) -> Page:
+        """Runs newest first, each with its duration and open quarantined records; the summary
+        says how many open quarantined records the whole filtered list holds (what the
+        overview's count of a connector links to)."""
         if status and status not in RUN_STATUSES:
             raise InvalidInput(f"unknown run result {status!r}: accepted are {', '.join(RUN_STATUSES)}")
-        filters = {"connector": connector or None, "status": status or None, "since": since, "until": until}
-        items = list_runs(self.engine, **filters, limit=per_page, offset=_offset(page, per_page))
-        return Page(items, page, per_page, count_runs(self.engine, **filters))
+        items, total, held = runs_page(
+            self.engine,
+            connector=connector or None,
+            status=status or None,
+            since=since,
+            until=until,
+            open_quarantine=open_quarantine,
+            limit=per_page,
+            offset=_offset(page, per_page),
+        )
+        return Page(items, page, per_page, total, {"quarantined_open": held})
 
     def run(self, run_id: str) -> dict[str, Any]:
+        """One run, its quarantined records and the records it re-read because ops retried them."""
         found = show_run(self.engine, run_id)
         if found is None:
             raise NotFound(f"no sync run with id {run_id!r}")
+        found["reread"] = reread_in_run(self.engine, found)
+        finished = found["finished_at"]
+        found["duration_seconds"] = (
+            int((_parse(finished) - _parse(found["started_at"])).total_seconds()) if finished else None
+        )
         return found
+
+    def quarantined(
+        self,
+        run_id: str,
+        *,
+        reason: str | None = None,
+        state: str | None = None,
+        page: int = 1,
+        per_page: int = PER_PAGE,
+    ) -> Page:
+        """One page of a run's quarantined records; the summary lists every reason in the run."""
+        if state and state not in QUARANTINE_STATES:
+            raise InvalidInput(f"state {state!r}: accepted are {', '.join(QUARANTINE_STATES)}")
+        found = quarantine_page(
+            self.engine,
+            run_id,
+            reason=reason or None,
+            state=state or None,
+            limit=per_page,
+            offset=_offset(page, per_page),
+        )
+        return Page(found["items"], page, per_page, found["total"], {"reasons": found["reasons"]})
 
     def retry_quarantined(self, quarantine_id: int, account: Account) -> dict[str, Any]:
         from consentsync.app import can_reread
@@ -231,6 +284,40 @@ class Console:
             now=self.ledger.clock(),
             can_reread=lambda name: can_reread(self.config, name),
         )
+
+    def retry_many(
+        self,
+        run_id: str,
+        account: Account,
+        *,
+        ids: list[int] | None = None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """Retry a run's open quarantined records in one go: those of ``ids`` (the ones ticked),
+        else those with ``reason``, else all of them. Each retry is its own audit entry; a
+        record that cannot be retried (its connector cannot re-read by id) is reported, not fatal.
+        """
+        run_id = self.run(run_id)["id"]
+        open_ids = open_quarantine_ids(self.engine, run_id, reason=None if ids else (reason or None))
+        if ids:
+            foreign = sorted(set(ids) - set(open_quarantine_ids(self.engine, run_id)))
+            if foreign:
+                raise InvalidInput(
+                    f"quarantined record(s) {', '.join(map(str, foreign[:10]))} are not open records "
+                    f"of run {run_id[:8]}"
+                )
+            open_ids = sorted(set(ids))
+        if not open_ids:
+            raise InvalidInput("no open quarantined record to retry: tick one, or choose a reason")
+        retried: list[int] = []
+        refused: list[str] = []
+        for quarantine_id in open_ids:
+            try:
+                self.retry_quarantined(quarantine_id, account)
+                retried.append(quarantine_id)
+            except InvalidInput as error:
+                refused.append(f"{quarantine_id}: {error}")
+        return {"run_id": run_id, "retried": retried, "refused": refused}
 
     # -- audit ---------------------------------------------------------------------------------
 
@@ -267,6 +354,25 @@ class Console:
             )
         return Page(items, page, per_page, total)
 
+    def audit_choices(self, *, extra: dict[str, str] | None = None) -> dict[str, list[str]]:
+        """What the trail's connector, rule and action filters offer: the values that exist (kept
+        between requests, and brought up to date by reading only the entries added since), plus
+        the configured connectors and whatever a filter is set to now."""
+        with self._choices_lock:
+            found = audit_choices(self.engine, after_seq=self._choices["head"])
+            for key in ("actions", "rules", "connectors"):
+                self._choices[key] |= found[key]
+            self._choices["head"] = max(self._choices["head"], found["head"])
+            choices = {
+                "connector": self._choices["connectors"] | {c.name for c in self.config.settings.connectors},
+                "rule": set(self._choices["rules"]),
+                "action": set(self._choices["actions"]),
+            }
+        for key, value in (extra or {}).items():
+            if value:
+                choices[key].add(value)
+        return {key: sorted(values) for key, values in choices.items()}
+
     def verify_audit(self) -> dict[str, Any]:
         with self.engine.connect() as conn:
             return audit.verify(conn).as_dict()
@@ -302,6 +408,20 @@ class Console:
         if reader is not None:
             self._read(view["subject"], "subject.viewed", reader)
         return view
+
+    @staticmethod
+    def evidence_by_purpose(view: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (purpose, channel), the newest event the ledger holds for it: what the person was
+        shown (notice version), when they confirmed (double opt-in), the reference to the proof,
+        and where it was captured (source and origin), with the soft opt-in's conditions."""
+        newest: dict[tuple[str, str], dict[str, Any]] = {}
+        for event in view["history"]:  # oldest first: a later one replaces an earlier
+            key = (event["purpose"], event["channel"])
+            when = event["event_time"] or event["recorded_at"] or ""
+            held = newest.get(key)
+            if held is None or when >= (held["event_time"] or held["recorded_at"] or ""):
+                newest[key] = event
+        return newest
 
     def export(self, uid: str, fmt: str, *, reader: Reader) -> tuple[bytes, str, str]:
         """(content, media type, file name) of one subject's record."""
@@ -506,17 +626,19 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-def parse_day(value: str | None, what: str, *, end: bool = False) -> datetime | None:
-    """A date (YYYY-MM-DD, UTC) or ISO time from a filter; ``end`` makes a date's end exclusive."""
+def parse_day(value: str | None, what: str, *, end: bool = False, zone: tzinfo = UTC) -> datetime | None:
+    """A date (YYYY-MM-DD) or ISO time from a filter, as a UTC moment. A date is a day in ``zone``
+    (the viewer's: "today" in Sydney starts at 13:00 UTC the day before); ``end`` makes a date's
+    end exclusive (the next day's midnight there). A time without an offset is in ``zone`` too."""
     if not value:
         return None
     try:
         if len(value) == 10:
-            day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-            return day + timedelta(days=1) if end else day
+            day = date.fromisoformat(value) + timedelta(days=1 if end else 0)
+            return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         # In UTC here, where a time at the edge of the calendar fails as input, not later.
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=zone)).astimezone(UTC)
     except (ValueError, OverflowError):
         raise InvalidInput(f"{what}: expected a date YYYY-MM-DD or an ISO 8601 time, got {value!r}") from None
 

@@ -6,6 +6,9 @@ all import it without a cycle."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -83,3 +86,28 @@ def require(role: Role, *, api: bool) -> Callable[[Request], Awaitable[Account]]
         return session.account
 
     return dependency
+
+
+TZ_FIELD = "tz"  # the viewer's IANA time zone: a hidden field the page's script fills, and a cookie
+
+
+@dataclass(frozen=True, slots=True)
+class ViewerZone:
+    """The time zone a viewer's dates mean: the one their browser named, or UTC when it named none
+    (no JavaScript) or one this machine does not know (``known`` False: the page says so)."""
+
+    zone: tzinfo
+    name: str
+    known: bool
+
+
+def viewer_zone(request: Request, given: str | None = None) -> ViewerZone:
+    """The zone from ``given`` (a form's or query's ``tz``), else the ``tz`` cookie the console's
+    script sets on every page, else UTC."""
+    for name in (given, request.query_params.get(TZ_FIELD), request.cookies.get(TZ_FIELD)):
+        if name and len(name) <= 64:
+            try:
+                return ViewerZone(ZoneInfo(name), name, True)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ViewerZone(UTC, "UTC", False)

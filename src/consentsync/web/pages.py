@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
@@ -16,7 +16,7 @@ from fastapi.responses import RedirectResponse, Response
 from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput, iso
 from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
-from consentsync.web.deps import console_of, require, session_of, sessions_of
+from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
 from consentsync.web.rendering import pager_links, render
 from consentsync.web.security import (
     LOGIN_COOKIE,
@@ -33,6 +33,8 @@ Admin = Annotated[Account, Depends(require(Role.ADMIN, api=False))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 Text = Annotated[str, Query(max_length=200)]
+LOGIN_FORM_SECONDS = 3600  # how long a login form's token holds
+NO_SUBJECT = "none"  # the audit filter an address that names no subject becomes
 
 
 # -- login -----------------------------------------------------------------------------------------
@@ -42,10 +44,24 @@ def _safe_next(target: str | None) -> str:
     return target if target and target.startswith("/") and not target.startswith("//") else "/"
 
 
-@router.get("/login")
-def login_form(request: Request, next: Text = "/") -> Response:
-    if session_of(request) is not None:
-        return RedirectResponse(_safe_next(next), status_code=303)
+EXPIRED = {
+    "1": "Your session ended before the form was sent, so nothing was done. Log in again: you "
+    "return to the form with what you typed filled in (never a password). Check it and send it again.",
+    "lost": "Your session ended before the form was sent, so nothing was done, and what you typed "
+    "could not be kept. Log in again and fill the form in again.",
+}
+
+
+def _login_page(
+    request: Request,
+    next: str,
+    *,
+    name: str = "",
+    error: str | None = None,
+    notice: str | None = None,
+    status: int = 200,
+) -> Response:
+    """The login form with a fresh one-hour token (its nonce in a cookie), the name kept."""
     nonce = secrets.token_urlsafe(16)
     response = render(
         request,
@@ -53,11 +69,21 @@ def login_form(request: Request, next: Text = "/") -> Response:
         {
             "next": _safe_next(next),
             "login_csrf": sessions_of(request).csrf_for("login|" + nonce),
-            "error": None,
+            "name": name,
+            "error": error,
+            "notice": notice,
         },
+        status=status,
     )
-    set_cookie(response, request, LOGIN_COOKIE, nonce, 3600)
+    set_cookie(response, request, LOGIN_COOKIE, nonce, LOGIN_FORM_SECONDS)
     return response
+
+
+@router.get("/login")
+def login_form(request: Request, next: Text = "/", expired: Text = "") -> Response:
+    if session_of(request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_page(request, next, notice=EXPIRED.get(expired))
 
 
 @router.post("/login")
@@ -71,13 +97,28 @@ def login(
     sessions = sessions_of(request)
     nonce = request.cookies.get(LOGIN_COOKIE)
     if not nonce or not sessions.csrf_ok("login|" + nonce, csrf_token):
-        return RedirectResponse("/login?" + urlencode({"next": _safe_next(next)}), status_code=303)
+        # The page was left open past its token's hour (or its cookie went): not a silent reload
+        # that empties the form; the name stays, the password is asked for again.
+        return _login_page(
+            request,
+            next,
+            name=name,
+            error="This login form had expired (it was open for over an hour): your name is kept, "
+            "enter your password again.",
+            status=400,
+        )
     account = console_of(request).accounts.authenticate(name, password, client=client_of(request))
     if account is None:
         response = render(
             request,
             "login.html",
-            {"next": _safe_next(next), "login_csrf": csrf_token, "error": "Wrong name or password."},
+            {
+                "next": _safe_next(next),
+                "login_csrf": csrf_token,
+                "name": name,
+                "error": "Wrong name or password.",
+                "notice": None,
+            },
             status=401,
         )
         return response
@@ -117,14 +158,17 @@ def runs(
     result: Text = "",
     since: Text = "",
     until: Text = "",
+    quarantine: Text = "",
     page: PageNumber = 1,
 ) -> Response:
     console = console_of(request)
+    zone = viewer_zone(request).zone
     found = console.runs(
         connector=connector,
         status=result,
-        since=parse_day(since, "since"),
-        until=parse_day(until, "until", end=True),
+        since=parse_day(since, "since", zone=zone),
+        until=parse_day(until, "until", end=True, zone=zone),
+        open_quarantine=quarantine == "open",
         page=page,
     )
     return render(
@@ -133,8 +177,15 @@ def runs(
         {
             "title": "Runs",
             "runs": found.items,
+            "held": found.summary["quarantined_open"],
             "pager": pager_links(request, found),
-            "filters": {"connector": connector, "result": result, "since": since, "until": until},
+            "filters": {
+                "connector": connector,
+                "result": result,
+                "since": since,
+                "until": until,
+                "quarantine": quarantine,
+            },
             "connectors": [c.name for c in console.config.settings.connectors],
             "statuses": RUN_STATUSES,
         },
@@ -142,15 +193,81 @@ def runs(
 
 
 @router.get("/runs/{run_id}")
-def run(request: Request, run_id: str, _account: Viewer) -> Response:
-    found = console_of(request).run(run_id)
-    return render(request, "run.html", {"title": f"Run {run_id[:8]}", "run": found})
+def run(
+    request: Request,
+    run_id: Annotated[str, Path(max_length=64)],
+    _account: Viewer,
+    reason: Annotated[str, Query(max_length=4000)] = "",
+    state: Text = "",
+    page: PageNumber = 1,
+) -> Response:
+    console = console_of(request)
+    found = console.run(run_id)
+    held = console.quarantined(found["id"], reason=reason, state=state, page=page)
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return render(
+        request,
+        "run.html",
+        {
+            "title": f"Run {found['id'][:8]}",
+            "run": found,
+            "held": held.items,
+            "reasons": held.summary["reasons"],
+            "pager": pager_links(request, held, anchor="quarantined"),
+            "filters": {"reason": reason, "state": state},
+            "here": here,
+            "retried": request.query_params.get("retried"),
+            "refused": request.query_params.getlist("refused"),
+        },
+    )
+
+
+def _back_to_run(run_id: str, back: str, retried: int, refused: list[str], anchor: str) -> str:
+    """Where a retry returns: the run page as the user had it (its filters and page, from the
+    form's ``back``), saying how many were queued, scrolled to where they clicked."""
+    target = urlsplit(back if back.startswith(f"/runs/{run_id}") and "//" not in back else f"/runs/{run_id}")
+    query = [(k, v) for k, v in parse_qsl(target.query) if k not in ("retried", "refused")]
+    query += [("retried", str(retried))] + [("refused", text[:300]) for text in refused[:5]]
+    return f"{target.path}?{urlencode(query)}#{anchor}"
 
 
 @router.post("/quarantine/{quarantine_id}/retry")
-def retry(request: Request, quarantine_id: RowId, account: Reviewer) -> Response:
+def retry(
+    request: Request,
+    quarantine_id: RowId,
+    account: Reviewer,
+    back: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
     row = console_of(request).retry_quarantined(quarantine_id, account)
-    return RedirectResponse(f"/runs/{row['run_id']}?retried={quarantine_id}", status_code=303)
+    target = _back_to_run(row["run_id"], back, 1, [], f"q{quarantine_id}")
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/runs/{run_id}/retry")
+def retry_many(
+    request: Request,
+    run_id: Annotated[str, Path(max_length=64)],
+    account: Reviewer,
+    scope: Annotated[str, Form(max_length=10)] = "selected",
+    ids: Annotated[list[int] | None, Form()] = None,
+    reason: Annotated[str, Form(max_length=4000)] = "",
+    back: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    """Retry the ticked records (``scope`` selected), those of one reason, or all open ones."""
+    if scope not in ("selected", "reason", "all"):
+        raise InvalidInput(f"scope {scope!r}: accepted are selected, reason, all")
+    if scope == "selected" and not ids:
+        raise InvalidInput("no record ticked: tick the records to retry, or retry all of them")
+    if scope == "reason" and not reason:
+        raise InvalidInput("choose the reason whose records to retry")
+    done = console_of(request).retry_many(
+        run_id,
+        account,
+        ids=ids if scope == "selected" else None,
+        reason=reason if scope == "reason" else None,
+    )
+    target = _back_to_run(done["run_id"], back, len(done["retried"]), done["refused"], "quarantined")
+    return RedirectResponse(target, status_code=303)
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -184,15 +301,19 @@ def _audit(
     by_email: bool,
     verified: dict[str, Any] | None,
 ) -> Response:
-    found = console_of(request).audit(
+    console = console_of(request)
+    zone = viewer_zone(request).zone
+    no_match = by_email and subjects == [NO_SUBJECT]
+    found = console.audit(
         subjects=subjects,
         connector=connector,
         rule=rule,
         action=action,
-        since=parse_day(since, "since"),
-        until=parse_day(until, "until", end=True),
+        since=parse_day(since, "since", zone=zone),
+        until=parse_day(until, "until", end=True, zone=zone),
         page=page,
     )
+    filters = {"connector": connector, "rule": rule, "action": action}
     return render(
         request,
         "audit.html",
@@ -207,8 +328,10 @@ def _audit(
                 "since": since,
                 "until": until,
             },
+            "choices": console.audit_choices(extra=filters),
             "subjects": subjects,
             "by_email": by_email,
+            "no_match": no_match,
             "verified": verified,
         },
     )
@@ -224,6 +347,7 @@ def audit_search(
     action: Annotated[str, Form(max_length=200)] = "",
     since: Annotated[str, Form(max_length=200)] = "",
     until: Annotated[str, Form(max_length=200)] = "",
+    tz: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     """The search form: an address is turned into subject ids here, so it never enters a URL."""
     query: list[tuple[str, str]] = [
@@ -234,13 +358,14 @@ def audit_search(
             ("action", action),
             ("since", since),
             ("until", until),
+            ("tz", tz),
         )
         if v
     ]
     if email.strip():
         uids = console_of(request).subject_uids_for_email(email)
-        # No subject: a filter that matches nothing, rather than no filter at all.
-        query += [("subject", uid) for uid in uids] or [("subject", "none")]
+        # No subject: a filter that matches nothing, rather than no filter at all (the page says so).
+        query += [("subject", uid) for uid in uids] or [("subject", NO_SUBJECT)]
         query.append(("by_email", "1"))
     return RedirectResponse("/audit?" + urlencode(query), status_code=303)
 
@@ -269,9 +394,27 @@ def subject_lookup(
 
 
 @router.get("/subjects/{uid}")
-def subject(request: Request, uid: str, account: Viewer) -> Response:
-    view = console_of(request).subject(uid, reader=(account, "console"))
-    return render(request, "subject.html", {"title": "Subject", "view": view, "formats": list(EXPORT_TYPES)})
+def subject(request: Request, uid: str, account: Viewer, page: PageNumber = 1) -> Response:
+    """One person: effective state with the evidence behind each purpose, the history newest
+    first a page at a time, objections and CRM records."""
+    console = console_of(request)
+    view = console.subject(uid, reader=(account, "console"))
+    evidence = console.evidence_by_purpose(view)
+    history = list(reversed(view["history"]))
+    start = (page - 1) * PER_PAGE
+    shown = Page(history[start : start + PER_PAGE], page, PER_PAGE, len(history))
+    return render(
+        request,
+        "subject.html",
+        {
+            "title": "Subject",
+            "view": view,
+            "evidence": {f"{purpose}|{channel}": event for (purpose, channel), event in evidence.items()},
+            "history": shown.items,
+            "pager": pager_links(request, shown, anchor="history"),
+            "formats": list(EXPORT_TYPES),
+        },
+    )
 
 
 @router.get("/subjects/{uid}/export.{fmt}")
@@ -427,18 +570,15 @@ def change_user(
     password: Annotated[str, Form(max_length=1024)] = "",
     disabled: Annotated[str, Form(max_length=5)] = "",
 ) -> Response:
-    accounts = console_of(request).accounts
-    current = accounts.get(name)
-    # Only what changed is saved (and audited): a save that changes nothing writes nothing.
-    if role and Role.parse(role) != current.role:
-        accounts.set_role(name, role, actor=account.name)
-    if password:
-        session = session_of(request)
-        accounts.set_password(
-            name, password, actor=account.name, keep_session=session.token if session else None
-        )
-    if disabled in ("yes", "no") and (disabled == "yes") != current.disabled:
-        accounts.set_disabled(name, disabled == "yes", actor=account.name)
+    session = session_of(request)
+    console_of(request).accounts.update(
+        name,
+        actor=account.name,
+        role=role or None,
+        password=password or None,
+        disabled={"yes": True, "no": False}.get(disabled),
+        keep_session=session.token if session else None,
+    )
     return RedirectResponse("/users?" + urlencode({"reset": name}) if password else "/users", status_code=303)
 
 

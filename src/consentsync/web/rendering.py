@@ -4,6 +4,7 @@ handler; imports neither of them."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,8 +13,16 @@ from fastapi.responses import HTMLResponse
 
 from consentsync.accounts import Role
 from consentsync.web.console import Page
-from consentsync.web.deps import session_of, sessions_of
+from consentsync.web.deps import TZ_FIELD, session_of, sessions_of, viewer_zone
+from consentsync.web.drafts import DRAFT_COOKIE
 from consentsync.web.security import CSRF_FIELD
+
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+def is_utc_time(value: Any) -> bool:
+    """A template test: a value the ledger wrote as a UTC time (``iso``), to show in the viewer's zone."""
+    return isinstance(value, str) and _UTC_TIME.fullmatch(value) is not None
 
 
 def render(
@@ -26,6 +35,14 @@ def render(
 ) -> HTMLResponse:
     session = session_of(request)
     csrf = sessions_of(request).csrf_for(session.token) if session else None
+    # What this account typed into a form here before its session ended (web/drafts.py): once.
+    draft = (
+        request.app.state.drafts.take(
+            request.cookies.get(DRAFT_COOKIE), session.account.name, request.url.path
+        )
+        if session and request.cookies.get(DRAFT_COOKIE)
+        else None
+    )
     response: HTMLResponse = request.app.state.templates.TemplateResponse(
         request,
         template,
@@ -34,21 +51,29 @@ def render(
             "csrf_field": CSRF_FIELD,
             "csrf": csrf,
             "Role": Role,
+            "zone": viewer_zone(request),
+            "tz_field": TZ_FIELD,
+            "draft": {name: values[0] for name, values in (draft or {}).items()},
+            "draft_restored": draft is not None,
             **context,
         },
         status_code=status,
         headers=headers,
     )
+    if draft is not None:
+        response.delete_cookie(DRAFT_COOKIE, path="/")
     return response
 
 
-def pager_links(request: Request, page: Page) -> dict[str, Any]:
-    """Links to the previous and next page with the same filters."""
+def pager_links(request: Request, page: Page, *, anchor: str = "") -> dict[str, Any]:
+    """Links to the previous and next page with the same filters (and to ``anchor`` on it)."""
 
     def link(number: int) -> str:
-        query = dict(request.query_params)
-        query["page"] = str(number)
-        return f"{request.url.path}?{urlencode(query)}"
+        query = [
+            (k, v) for k, v in request.query_params.multi_items() if k not in ("page", "retried", "refused")
+        ]
+        query.append(("page", str(number)))
+        return f"{request.url.path}?{urlencode(query)}" + (f"#{anchor}" if anchor else "")
 
     return {
         "page": page.page,

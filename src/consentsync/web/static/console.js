@@ -19,5 +19,19 @@
       el.title = s + " seconds";
     });
   }
-  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", localise); } else { localise(); }
+  // Date filters mean days in the viewer's zone: tell the server which zone that is, in the
+  // filter forms (a hidden field) and in a cookie (for links such as the overview's counts).
+  function zone() {
+    var name = "";
+    try { name = Intl.DateTimeFormat().resolvedOptions().timeZone || ""; } catch (e) { name = ""; }
+    if (!/^[A-Za-z0-9_+\-\/]{1,64}$/.test(name)) { return; }
+    document.cookie = "tz=" + name + "; path=/; max-age=31536000; samesite=lax" +
+      (location.protocol === "https:" ? "; secure" : "");
+    document.querySelectorAll("input[data-tz]").forEach(function (el) { el.value = name; });
+    document.querySelectorAll("[data-zone-note]").forEach(function (el) {
+      el.textContent = "Dates are days in " + name + ", your time zone.";
+    });
+  }
+  function start() { zone(); localise(); }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
 })();

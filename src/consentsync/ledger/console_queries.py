@@ -1,0 +1,243 @@
+"""Read-only questions the ops console asks of the ledger, beyond the services' own: runs with their
+open quarantined records, a run's quarantined records one page at a time (with the run that
+re-read each retried one), the records a run re-read, and the values the audit trail's filters can
+take. Nothing here writes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Connection, Engine, and_, case, cast, distinct, func, or_, select, type_coerce
+from sqlalchemy.dialects.postgresql import JSONB
+
+from consentsync.domain import as_utc
+from consentsync.ledger.schema import audit_entries, quarantine, sync_runs
+from consentsync.sync.quarantine import view as quarantine_view
+
+# The run list's own filters and row view, shared with `runs list` (private there: one meaning).
+from consentsync.sync.runs import _filters as run_filters
+from consentsync.sync.runs import _run_view as run_view
+
+
+def _run_filters(
+    connector: str | None,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    open_quarantine: bool,
+) -> list[Any]:
+    where = run_filters(connector, status, since, until)
+    if open_quarantine:
+        where.append(
+            sync_runs.c.id.in_(select(quarantine.c.run_id).where(quarantine.c.resolved_at.is_(None)))
+        )
+    return where
+
+
+def runs_page(
+    engine: Engine,
+    *,
+    connector: str | None = None,
+    status: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    open_quarantine: bool = False,
+    limit: int = 25,
+    offset: int = 0,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """(runs newest first, how many match, how many open quarantined records they hold): each run
+    with its duration and its open quarantined records; ``open_quarantine`` keeps only the runs
+    that still hold one."""
+    where = _run_filters(connector, status, since, until, open_quarantine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(sync_runs)
+            .where(*where)
+            .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id)
+            .limit(limit)
+            .offset(offset)
+        ).all()
+        total = int(conn.execute(select(func.count()).select_from(sync_runs).where(*where)).scalar_one())
+        held = conn.execute(
+            select(func.count())
+            .select_from(quarantine)
+            .where(
+                quarantine.c.resolved_at.is_(None),
+                quarantine.c.run_id.in_(select(sync_runs.c.id).where(*where)),
+            )
+        ).scalar_one()
+        open_by_run = _open_counts(conn, [row.id for row in rows])
+    return [_run(row, open_by_run.get(row.id, 0)) for row in rows], total, int(held)
+
+
+def _open_counts(conn: Connection, run_ids: list[str]) -> dict[str, int]:
+    if not run_ids:
+        return {}
+    query = (
+        select(quarantine.c.run_id, func.count())
+        .where(quarantine.c.run_id.in_(run_ids), quarantine.c.resolved_at.is_(None))
+        .group_by(quarantine.c.run_id)
+    )
+    return {run_id: int(n) for run_id, n in conn.execute(query)}
+
+
+def _run(row: Any, open_quarantined: int) -> dict[str, Any]:
+    duration = (
+        int((as_utc(row.finished_at) - as_utc(row.started_at)).total_seconds())
+        if row.finished_at is not None
+        else None
+    )
+    return {**run_view(row), "duration_seconds": duration, "quarantined_open": open_quarantined}
+
+
+def _quarantine_filters(run_id: str, reason: str | None, state: str | None) -> list[Any]:
+    where: list[Any] = [quarantine.c.run_id == run_id]
+    if reason:
+        where.append(quarantine.c.reason == reason)
+    if state == "open":
+        where.append(quarantine.c.resolved_at.is_(None))
+    elif state == "resolved":
+        where.append(quarantine.c.resolved_at.is_not(None))
+    return where
+
+
+def quarantine_page(
+    engine: Engine,
+    run_id: str,
+    *,
+    reason: str | None = None,
+    state: str | None = None,
+    limit: int = 25,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """One page of a run's quarantined records (``reason``: exactly that reason; ``state``: open or
+    resolved), how many match, and every reason of the run's records with how many are open
+    and how many of those can be retried (not already waiting for a re-read). A
+    retried record read again carries ``reread_by``: the run of its connector that re-read it."""
+    where = _quarantine_filters(run_id, reason, state)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(quarantine).where(*where).order_by(quarantine.c.id).limit(limit).offset(offset)
+        ).all()
+        total = int(conn.execute(select(func.count()).select_from(quarantine).where(*where)).scalar_one())
+        unresolved = quarantine.c.resolved_at.is_(None)
+        retryable = and_(
+            unresolved, or_(quarantine.c.stage == "push", quarantine.c.retry_requested_at.is_(None))
+        )
+        reasons = [
+            {"reason": text, "records": int(n), "open": int(still or 0), "retryable": int(ready or 0)}
+            for text, n, still, ready in conn.execute(
+                select(
+                    quarantine.c.reason,
+                    func.count(),
+                    func.sum(case((unresolved, 1), else_=0)),
+                    func.sum(case((retryable, 1), else_=0)),
+                )
+                .where(quarantine.c.run_id == run_id)
+                .group_by(quarantine.c.reason)
+                .order_by(func.count().desc(), quarantine.c.reason)
+            )
+        ]
+        items = [quarantine_view(row) for row in rows]
+        for item, row in zip(items, rows, strict=True):
+            item["reread_by"] = (
+                _run_at(conn, row.connector, row.resolved_at)
+                if row.stage == "pull" and row.retry_requested_at is not None and row.resolved_at
+                else None
+            )
+    return {"items": items, "total": total, "reasons": reasons}
+
+
+def _run_at(conn: Connection, connector: str, moment: datetime) -> str | None:
+    """The run of ``connector`` in progress at ``moment`` (the one that resolved a re-read)."""
+    return conn.execute(
+        select(sync_runs.c.id)
+        .where(
+            sync_runs.c.connector == connector,
+            sync_runs.c.started_at <= moment,
+            or_(sync_runs.c.finished_at.is_(None), sync_runs.c.finished_at >= moment),
+        )
+        .order_by(sync_runs.c.started_at.desc())
+        .limit(1)
+    ).scalar()
+
+
+def open_quarantine_ids(engine: Engine, run_id: str, *, reason: str | None = None) -> list[int]:
+    """The run's quarantined records not yet resolved nor already asked to be re-read (all, or
+    those of one reason): what a bulk retry of the run takes up."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(quarantine.c.id)
+                .where(
+                    *_quarantine_filters(run_id, reason, "open"),
+                    or_(quarantine.c.stage == "push", quarantine.c.retry_requested_at.is_(None)),
+                )
+                .order_by(quarantine.c.id)
+            ).scalars()
+        )
+
+
+def reread_in_run(engine: Engine, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records ``run`` read again because ops retried them (quarantined on reading in an
+    earlier run, resolved while this run ran), each saying whether this run quarantined it again."""
+    started = datetime.fromisoformat(run["started_at"].replace("Z", "+00:00"))
+    finished = run["finished_at"] and datetime.fromisoformat(run["finished_at"].replace("Z", "+00:00"))
+    window = [quarantine.c.resolved_at >= started]
+    if finished:
+        window.append(quarantine.c.resolved_at <= finished)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(quarantine)
+            .where(
+                quarantine.c.connector == run["connector"],
+                quarantine.c.stage == "pull",
+                quarantine.c.run_id != run["id"],
+                quarantine.c.retry_requested_at.is_not(None),
+                and_(*window),
+            )
+            .order_by(quarantine.c.id)
+        ).all()
+        again = set(
+            conn.execute(
+                select(quarantine.c.object_type, quarantine.c.record_id).where(
+                    quarantine.c.run_id == run["id"]
+                )
+            ).tuples()
+        )
+    return [
+        {**quarantine_view(row), "quarantined_again": (row.object_type, row.record_id) in again}
+        for row in rows
+    ]
+
+
+def audit_choices(engine: Engine, *, after_seq: int = 0) -> dict[str, Any]:
+    """The actions and rules the audit trail's entries after ``after_seq`` hold, and the connectors
+    that ever ran, for the trail's filters; ``head`` is the last entry's number (to ask for only
+    what came after it next time)."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            rule = cast(audit_entries.c.payload, JSONB)["rule"].astext
+        else:
+            rule = type_coerce(audit_entries.c.payload, JSON)["rule"].as_string()
+        newer = audit_entries.c.seq > after_seq
+        actions = set(conn.execute(select(distinct(audit_entries.c.action)).where(newer)).scalars())
+        rules = {r for r in conn.execute(select(distinct(rule)).where(newer)).scalars() if r}
+        connectors = set(conn.execute(select(distinct(sync_runs.c.connector))).scalars())
+        head = conn.execute(select(func.max(audit_entries.c.seq))).scalar()
+    return {
+        "actions": actions,
+        "rules": {str(r) for r in rules},
+        "connectors": connectors,
+        "head": int(head or 0),
+    }
+
+
+__all__ = [
+    "audit_choices",
+    "open_quarantine_ids",
+    "quarantine_page",
+    "reread_in_run",
+    "runs_page",
+]
