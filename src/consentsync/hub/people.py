@@ -233,7 +233,7 @@ def create_app(hub: Hub) -> FastAPI:
         _ = translator(lang)
         title = _("This link has expired") if status == 410 else _("This link does not work")
         return render(
-            request, "refused.html", lang, {"title": title, "message": _(str(error))}, status=status
+            request, "refused.html", lang, {"title": title, "message": sentence(_(str(error)))}, status=status
         )
 
     def problem(request: Request, status: int, message: str) -> HTMLResponse:
