@@ -138,7 +138,7 @@ def test_the_console_in_a_browser(
     shots.take(page, "runs")
     row = page.locator("tbody tr", has=page.locator("td[data-label=Quarantined] .tag"))
     with page.expect_navigation():
-        row.first.locator("a").click()
+        row.first.locator("td[data-label=Started] a").click()
     assert world.run_id in page.url
     odd = page.locator("tr", has_text=world.odd_record)
     assert "ContactPointTypeConsent" in odd.inner_text()

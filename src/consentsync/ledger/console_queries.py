@@ -199,13 +199,14 @@ def reread_in_run(engine: Engine, run: dict[str, Any]) -> list[dict[str, Any]]:
             )
             .order_by(quarantine.c.id)
         ).all()
-        again = set(
-            conn.execute(
+        again = {
+            (object_type, record_id)
+            for object_type, record_id in conn.execute(
                 select(quarantine.c.object_type, quarantine.c.record_id).where(
                     quarantine.c.run_id == run["id"]
                 )
-            ).tuples()
-        )
+            )
+        }
     return [
         {**quarantine_view(row), "quarantined_again": (row.object_type, row.record_id) in again}
         for row in rows
