@@ -5,6 +5,7 @@ and rate-limited per key, separate from the console's logins; documented at ``/v
 # No "from __future__ import annotations": FastAPI reads the annotations of the routes defined
 # inside create_app at run time, and postponed ones would name locals it cannot see.
 import math
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from consentsync.hub.ratelimit import RateLimiter
 from consentsync.ledger.service import NotFound
 
 log = structlog.get_logger("consentsync.hub.api")
+KEY_CACHE_SECONDS = 1.0
 
 
 class _Body(BaseModel):
@@ -99,9 +101,26 @@ def create_app(hub: Hub) -> FastAPI:
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute
 
+    # Keys looked up in the last second, by secret: a sending tool asks before every message,
+    # and a key read per request would cost as much as the decision. A revoked key is refused
+    # within KEY_CACHE_SECONDS (docs/hub.md).
+    known: dict[str, tuple[ApiKey, float]] = {}
+
     def api_key(authorization: Annotated[str | None, Header()] = None) -> ApiKey:
         scheme, _, secret = (authorization or "").partition(" ")
-        key = keys.authenticate(hub.ledger, secret.strip()) if scheme.lower() == "bearer" else None
+        secret = secret.strip()
+        if scheme.lower() != "bearer":
+            raise Unauthorised()
+        cached = known.get(secret)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            key: ApiKey | None = cached[0]
+        else:
+            key = keys.authenticate(hub.ledger, secret)
+            if key is not None:
+                if len(known) > 10_000:  # a flood of made-up keys is never cached, but be sure
+                    known.clear()
+                known[secret] = (key, now + KEY_CACHE_SECONDS)
         if key is None:
             raise Unauthorised()
         wait = limiter.take(key.id, key.rate_per_minute or default_rate)

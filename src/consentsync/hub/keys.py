@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import SOURCE_MAX, InvalidInput, check_label
+from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import api_keys
 from consentsync.ledger.service import Ledger, NotFound
 
@@ -164,13 +165,18 @@ def revoke(ledger: Ledger, name: str, *, actor: str | None = None) -> ApiKey:
         return _row_key(conn.execute(select(api_keys).where(api_keys.c.id == row.id)).one())
 
 
+_BY_HASH = select(api_keys).where(api_keys.c.key_hash == bindparam("key_hash"))
+
+
 def authenticate(ledger: Ledger, secret: str) -> ApiKey | None:
     """The live key with this secret, or None (unknown or revoked: the caller says 401 either
     way, so a probe cannot tell a revoked key from a wrong one)."""
     if not secret.startswith(KEY_PREFIX):
         return None
-    with ledger.engine.connect() as conn:
-        row = conn.execute(select(api_keys).where(api_keys.c.key_hash == digest(secret))).one_or_none()
+    # Looked up on every request (a revoked key is refused from the next one on): a prepared
+    # statement on a connection that takes no write lock.
+    with reading(ledger.engine) as conn:
+        row = conn.execute(_BY_HASH, {"key_hash": digest(secret)}).one_or_none()
     if row is None or row.revoked_at is not None:
         return None
     key = _row_key(row)

@@ -47,7 +47,22 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A connection opened with ``reading`` only reads: a deferred BEGIN takes no write lock,
+        # and in WAL mode it reads a snapshot while a writer works (the decision endpoint must
+        # not queue behind a sync's page).
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READ_ONLY = "consentsync_read_only"
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only (on SQLite it takes no write lock; a write through it may
+    fail with "database is locked"): ``with reading(engine) as conn: ...``."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 def is_postgres(engine: Engine) -> bool:
