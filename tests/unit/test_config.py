@@ -114,7 +114,8 @@ class TestErrors:
         assert message.startswith(f"{CONFIG}:2: ")
         assert "unknown key 'colour' in the top level" in message
         assert (
-            "accepted are audit, channels, connectors, hub, ledger, policy, purposes, secrets, version, web" in message
+            "accepted are audit, channels, connectors, hub, ledger, policy, purposes, secrets, version, web"
+            in message
         )
 
     def test_unknown_key_inside_second_purpose(self) -> None:
