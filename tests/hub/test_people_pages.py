@@ -78,6 +78,7 @@ def test_the_page_shows_each_purpose_with_state_basis_and_notice(
     assert "Waiting for your confirmation" in words  # email marketing: the double opt-in pending
     # Not consent: no switch, and why; legitimate interests: an objection instead.
     assert "we rely on our contract with you, so it cannot be switched on or off here" in words
+    assert "Email, Phone, Text message (SMS), Post Does not apply to you" in words  # one line
     assert "we rely on our legitimate interests" in words and "Art. 21 GDPR" in words
     assert words.count("Withdraw consent") == 1 and words.count("I agree") == 1
     assert "Art. 15 GDPR" in words and "Art. 17 GDPR" in words
@@ -209,7 +210,7 @@ def test_a_double_opt_in_is_confirmed_on_post_only(world: HubWorld, people: Test
     asked = people.get(path)
     assert asked.status_code == 200
     words = text_of(asked.text)
-    assert "You asked to receive Email marketing by Email. Please confirm that it was you." in words
+    assert "You asked to receive Email marketing (Email). Please confirm that it was you." in words
     assert world.ledger.decision_for(EMAIL, "email_marketing", "email")[1].status.value == "requested"
     world.clock.advance(minutes=10)
     done = people.post(path, data={"lang": "en"}, follow_redirects=False)
@@ -262,7 +263,7 @@ def test_the_page_speaks_german(world: HubWorld, people: TestClient, token: str)
     by_browser = people.get(f"/p/preferences/{token}", headers={"Accept-Language": "de-DE,de;q=0.9,en;q=0.5"})
     assert '<html lang="de">' in by_browser.text
     words = text_of(by_browser.text)
-    assert "Ihre Datenschutzeinstellungen" in words and "Grundlage: Ihre Einwilligung" in words
+    assert "Ihre Datenschutzeinstellungen" in words and "Rechtsgrundlage: Ihre Einwilligung" in words
     assert "Einwilligung widerrufen" in words and "Servicenachrichten" in words
     assert f'href="/p/preferences/{token}?lang=en"' in by_browser.text  # the switch back
     chosen = page(people, token, lang="en")

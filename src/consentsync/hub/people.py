@@ -166,6 +166,19 @@ def sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
+def _merged(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line for the channels of a purpose the person cannot switch that read the same
+    (four identical lines say less than one)."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["status_label"], row["basis_label"])
+        if key in merged:
+            merged[key]["channel_label"] += ", " + row["channel_label"]
+        else:
+            merged[key] = dict(row)
+    return list(merged.values())
+
+
 class BadForm(ValueError):
     """A form that our pages never send (a purpose that cannot be granted, say)."""
 
@@ -231,7 +244,12 @@ def create_app(hub: Hub) -> FastAPI:
         log.info("people.link_refused", path=_log_path(request), status=status)
         lang = lang or language(request)
         _ = translator(lang)
-        title = _("This link has expired") if status == 410 else _("This link does not work")
+        if status == 403:
+            title = _("This link does not work")
+        else:  # its time ran out, or what it was for is done (the record erased)
+            title = (
+                _("This link has expired") if "expired" in str(error) else _("This link is no longer in use")
+            )
         return render(
             request, "refused.html", lang, {"title": title, "message": sentence(_(str(error)))}, status=status
         )
@@ -353,6 +371,8 @@ def create_app(hub: Hub) -> FastAPI:
                 }
             )
         for group in groups.values():
+            if not group["consent_based"]:
+                group["rows"] = _merged(group["rows"])
             # Shown for the purposes the person cannot switch: why not, in plain words.
             basis = bases.get(
                 next((r for r in rows if r["purpose"] == group["key"]), {}).get("basis", ""), ""
