@@ -171,6 +171,9 @@ class HubSettings(_Strict):
     # Requests per minute one API key may make (an API key may set its own).
     rate_per_minute: int = Field(default=600, ge=1)
     languages: list[str] = Field(default_factory=lambda: ["en", "de"])
+    # Mail the person a consent receipt (ISO/IEC TS 27560, JSON) for every grant, withdrawal or
+    # refusal made through the capture API or the preference centre.
+    mail_receipts: bool = True
     branding: BrandingSettings = BrandingSettings()
     smtp: SmtpSettings = SmtpSettings()
 

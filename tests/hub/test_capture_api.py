@@ -4,6 +4,7 @@ decision a sending tool asks for; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from consentsync.hub import keys
@@ -214,3 +215,36 @@ def test_each_key_has_its_rate(world: HubWorld) -> None:
 def test_the_api_is_documented(world: HubWorld) -> None:
     spec = world.client.get("/openapi.json").json()
     assert {"/consents", "/objections", "/erasure-requests", "/decisions"} <= set(spec["paths"])
+
+
+def test_every_grant_and_withdrawal_gets_a_receipt(world: HubWorld) -> None:
+    granted = world.post("/consents", GRANT).json()["results"][0]
+    (mail,) = world.inbox.messages
+    assert mail["To"] == "ada@example.test" and "receipt" in mail["Subject"].lower()
+    (attachment,) = [part for part in mail.iter_attachments()]
+    receipt = json.loads(attachment.get_content())
+    assert receipt["schema_version"].startswith("ISO/IEC TS 27560")
+    assert receipt["pii_principal_id"] == granted["subject"] and "ada@" not in json.dumps(receipt)
+    assert receipt["record_id"] == granted["record_id"]
+    assert receipt["notice"]["version"] == "2026-05" and len(receipt["notice"]["content_sha256"]) == 64
+    assert receipt["purposes"][0]["legal_basis"] == "consent"
+    assert receipt["events"][0]["event_state"] == "given"
+    assert receipt["events"][0]["collection_method"] == "web_form"
+    assert receipt["pii_controller"]["name"] == "Globex privacy"
+    # The same receipt can be fetched later by the capture source.
+    fetched = world.client.get(f"/receipts/{granted['subject']}/{granted['record_id']}", headers=world.auth())
+    assert fetched.status_code == 200
+    assert {k: v for k, v in fetched.json().items() if k != "receipt_timestamp"} == {
+        k: v for k, v in receipt.items() if k != "receipt_timestamp"
+    }
+    assert world.client.get(f"/receipts/{granted['subject']}/nope", headers=world.auth()).status_code == 404
+    world.clock.advance(minutes=1)
+    world.post("/consents", {**GRANT, "status": "withdrawn"})
+    withdrawn = json.loads(next(world.inbox.messages[-1].iter_attachments()).get_content())
+    assert withdrawn["events"][0]["event_state"] == "withdrawn"
+    assert withdrawn["receipt_id"] != receipt["receipt_id"]
+    # A replayed capture mails nothing more.
+    world.post("/consents", GRANT, **{"Idempotency-Key": "k1"})
+    count = len(world.inbox.messages)
+    world.post("/consents", GRANT, **{"Idempotency-Key": "k1"})
+    assert len(world.inbox.messages) == count

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
@@ -178,6 +178,7 @@ def create_app(hub: Hub) -> FastAPI:
     def record_consents(
         body: ConsentsBody,
         key: Key,
+        background: BackgroundTasks,
         sec_gpc: Annotated[str | None, Header(alias="Sec-GPC")] = None,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
     ) -> JSONResponse:
@@ -193,10 +194,24 @@ def create_app(hub: Hub) -> FastAPI:
             idempotency_key=idempotency_key,
             fingerprint=request_digest(body.model_dump(mode="json")) if idempotency_key else None,
         )
+        # Mails go after the answer (BackgroundTasks): the capture is committed either way, and a
+        # mail server's delay is not the form's. A mail that fails is logged (hub.mail_failed).
         for mail in result.mails:
-            hub.send_confirmation(mail)
+            background.add_task(hub.send_confirmation, mail)
+        for pending in result.receipts:
+            background.add_task(hub.mail_receipt, pending)
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+        return JSONResponse(
+            result.body, status_code=result.status_code, headers=headers, background=background
+        )
+
+    @app.get("/receipts/{subject}/{record_id}")
+    def get_receipt(subject: str, record_id: str, key: Key, language: str = "en") -> dict[str, Any]:
+        """The consent receipt (ISO/IEC TS 27560, JSON) of a record this API returned
+        (``results[].subject`` and ``results[].record_id``)."""
+        if not key.may("consents"):
+            raise Forbidden(f"API key {key.name!r} may not read consent receipts")
+        return hub.receipt(subject, record_id, language)
 
     @app.post("/objections", status_code=201)
     def raise_objection(body: ObjectionIn, key: Key) -> dict[str, Any]:

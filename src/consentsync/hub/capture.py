@@ -30,11 +30,13 @@ from consentsync.domain import (
     iso,
     normalise_email,
 )
+from consentsync.hub import receipts
 from consentsync.hub.i18n import translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, make_token
 from consentsync.hub.mail import Mail, Mailer, MailFailed
 from consentsync.hub.notices import known_versions
+from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import capture_requests, confirmations
 from consentsync.ledger.service import Ledger, RecordRequest
@@ -85,12 +87,23 @@ class PendingMail:
     language: str = "en"
 
 
+@dataclass(frozen=True, slots=True)
+class PendingReceipt:
+    """A receipt to mail once the capture is committed."""
+
+    email: str
+    uid: str
+    record_id: str
+    language: str = "en"
+
+
 @dataclass(slots=True)
 class CaptureResult:
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
     mails: list[PendingMail] = field(default_factory=list)
+    receipts: list[PendingReceipt] = field(default_factory=list)
 
 
 def token_digest(token: str) -> str:
@@ -154,6 +167,39 @@ class Hub:
         log.info("hub.mail_sent", subject=pending.uid, kind="double_opt_in", purpose=pending.purpose)
         return True
 
+    def receipt(self, uid: str, record_id: str, language: str = "en") -> dict[str, Any]:
+        """The consent receipt of one record of person ``uid`` (raises ``NotFound``)."""
+        return receipts.find(self.ledger, self.settings.branding, uid, record_id, language)
+
+    def mail_receipt(self, pending: PendingReceipt) -> bool:
+        """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go."""
+        _ = translator(pending.language)
+        document = self.receipt(pending.uid, pending.record_id, pending.language)
+        purpose = document["purposes"][0]
+        state = document["events"][0]["event_state"]
+        text = _(
+            "This is your receipt: {purpose} by {channel}, {state} at {time}.\n\nThe receipt is "
+            "attached (JSON, ISO/IEC TS 27560). All your choices, at any time: {preferences}\n",
+            purpose=purpose["purpose"],
+            channel=purpose["channel"],
+            state=_(state),
+            time=document["events"][0]["event_time"],
+            preferences=self.preference_link(pending.uid),
+        )
+        mail = Mail(
+            pending.email,
+            _("Your consent receipt: {purpose}", purpose=purpose["purpose"]),
+            text,
+            attachment=receipts.as_attachment(document),
+        )
+        try:
+            self.mailer.send(mail)
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=pending.uid, kind="receipt", error=str(error))
+            return False
+        log.info("hub.mail_sent", subject=pending.uid, kind="receipt", record=pending.record_id)
+        return True
+
     def pending_confirmation(self, token: str) -> dict[str, Any]:
         """What a confirmation link asks the person to confirm (raises ``LinkRefused``)."""
         row = self._confirmation(token)
@@ -207,6 +253,10 @@ class Hub:
                 conn, [RecordRequest(Identity(subject_id=row.subject_id), evidence)]
             )
         log.info("hub.confirmed", subject=outcomes[0].subject_uid, purpose=row.purpose)
+        if self.settings.mail_receipts:
+            email = self.ledger.email_of(outcomes[0].subject_uid)
+            if email is not None:
+                self.mail_receipt(PendingReceipt(email, outcomes[0].subject_uid, evidence.fingerprint()))
         return {
             "purpose": row.purpose,
             "channel": row.channel,
@@ -250,7 +300,7 @@ class Hub:
             raise InvalidInput(f"consents: {len(items)} in one request, at most {BATCH_MAX}")
         now = self.ledger.clock()
         requests, doi = self._evidence(key, items, now)
-        languages = {index: items[index].language for index in range(len(items))}
+        languages = {index: item.language for index, item in enumerate(items)}
         emails = {r.identity.email for r in requests}
         if gpc:
             for email in sorted(e for e in emails if e) or []:
@@ -266,6 +316,7 @@ class Hub:
                 _stats, outcomes = self.ledger.record_in(conn, requests)
                 results: list[dict[str, Any]] = []
                 mails: list[PendingMail] = []
+                to_receipt: list[PendingReceipt] = []
                 for index, (request, outcome) in enumerate(zip(requests, outcomes, strict=True)):
                     evidence = request.evidence
                     entry: dict[str, Any] = {
@@ -278,6 +329,16 @@ class Hub:
                     }
                     if evidence.evidence_ref == GPC_EVIDENCE and evidence.source == key.source:
                         entry["gpc"] = True
+                    elif not outcome.duplicate and evidence.status.value in RECEIPTED:
+                        entry["record_id"] = evidence.fingerprint()
+                        to_receipt.append(
+                            PendingReceipt(
+                                str(request.identity.email),
+                                outcome.subject_uid,
+                                evidence.fingerprint(),
+                                languages.get(index, "en"),
+                            )
+                        )
                     if index in doi and not outcome.duplicate:
                         token = secrets.token_urlsafe(32)
                         conn.execute(
@@ -300,7 +361,7 @@ class Hub:
                                 evidence.purpose,
                                 evidence.channel,
                                 token,
-                                languages[index],
+                                languages.get(index, "en"),
                             )
                         )
                         entry["confirmation"] = "mailed"
@@ -335,7 +396,9 @@ class Hub:
             double_opt_in=len(mails),
             gpc=gpc,
         )
-        return CaptureResult(status_code, body, mails=mails)
+        return CaptureResult(
+            status_code, body, mails=mails, receipts=to_receipt if self.settings.mail_receipts else []
+        )
 
     def _kept_answer(
         self, conn: Any, key: ApiKey, idempotency_key: str, fingerprint: str

@@ -17,7 +17,7 @@ import structlog
 from sqlalchemy import insert, select, update
 
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
-from consentsync.hub.capture import Hub, token_digest
+from consentsync.hub.capture import Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
 from consentsync.hub.links import LinkRefused, read_token
 from consentsync.hub.mail import Mail, MailFailed
@@ -132,6 +132,8 @@ class PreferenceCentre:
         )
         outcome = self.ledger.record(Identity(email=person.email), evidence)
         log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, granted=grant)
+        if not outcome.duplicate and self.hub.settings.mail_receipts:
+            self.hub.mail_receipt(PendingReceipt(person.email, person.uid, evidence.fingerprint(), language))
         after = outcome.after
         return {
             "purpose": purpose,
@@ -141,6 +143,7 @@ class PreferenceCentre:
             "suppressed": after.suppressed if after else None,
             "at": iso(now),
             "notice_version": evidence.notice_version,
+            "record_id": evidence.fingerprint(),
         }
 
     def object(self, person: Person, purpose: str, visitor: Visitor) -> dict[str, Any]:
