@@ -3,6 +3,8 @@ links in mails expect, a person with a grant, and their preference link."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import FastAPI
 
 from consentsync.hub.capture import Hub
@@ -31,6 +33,19 @@ def seed(world: HubWorld) -> str:
 
 def token_of(world: HubWorld, uid: str) -> str:
     return world.hub.preference_link(uid).rsplit("/", 1)[1]
+
+
+def mailed(world: HubWorld, path: str) -> str:
+    """The path of the newest link to ``path`` the SMTP server received (other mails, such
+    as receipts, may have come after it)."""
+    for index in range(len(world.inbox.messages) - 1, -1, -1):
+        if path in world.inbox.text(index):
+            return urlsplit(world.inbox.link(path, index)).path
+    raise AssertionError(f"no mail with a {path} link among {len(world.inbox.messages)}")
+
+
+def mails_with(world: HubWorld, path: str) -> int:
+    return sum(path in world.inbox.text(index) for index in range(len(world.inbox.messages)))
 
 
 def page_texts() -> set[str]:

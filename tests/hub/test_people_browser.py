@@ -10,14 +10,13 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from openpyxl import load_workbook
 
 from consentsync.web.server import WebServer
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, mounted, seed, token_of
+from tests.hub.people_world import EMAIL, mailed, mounted, seed, token_of
 from tests.web import test_browser as console_browser
 from tests.web.test_browser import CHROMIUM, LAPTOP, PHONE, Shots, follow
 
@@ -60,12 +59,6 @@ def accessible(page: Any, shots: Shots, name: str) -> None:
         assert results.violations_count == 0, f"{name} at {size['width']}px:\n{results.generate_report()}"
     page.set_viewport_size(LAPTOP)
     shots.take(page, name)
-
-
-def local(site: WebServer, mailed: str) -> str:
-    """A link from a mail (made for hub.public_url) on the test's server."""
-    parts = urlsplit(mailed)
-    return site.url + parts.path
 
 
 def status_text(page: Any) -> str:
@@ -143,7 +136,7 @@ def test_erasure_through_the_mailed_link_in_a_browser(
     accessible(page, shots, "erasure-asked")
     assert world.ledger.email_of(uid) == EMAIL
 
-    page.goto(local(site, world.inbox.link("/p/erase/")))
+    page.goto(site.url + mailed(world, "/p/erase/"))
     assert page.locator("h1").inner_text() == "Erase your data?"
     accessible(page, shots, "erase-confirm")
     assert world.ledger.email_of(uid) == EMAIL  # opening the link erased nothing
@@ -163,7 +156,7 @@ def test_double_opt_in_confirmed_in_a_browser(
 ) -> None:
     seed(world)
     page = browser.new_page()
-    page.goto(local(site, world.inbox.link("/p/confirm/")))
+    page.goto(site.url + mailed(world, "/p/confirm/"))
     assert "Please confirm that it was you." in page.locator("main").inner_text()
     accessible(page, shots, "confirm")
     world.clock.advance(minutes=10)

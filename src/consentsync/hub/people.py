@@ -512,13 +512,22 @@ def create_app(hub: Hub) -> FastAPI:
 
     # -- links from mails: shown on GET, done on POST -----------------------------------------
 
+    def double_opt_in(token: str) -> dict[str, Any]:
+        """The double opt-in a confirmation link opens. Hub.confirm reads any kind of
+        confirmation: an erasure's link (its token is in the same table) must grant nothing."""
+        refused = LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        if len(token) > TOKEN_MAX:
+            raise refused
+        pending = hub.pending_confirmation(token)
+        if pending["kind"] != "double_opt_in" or pending["purpose"] not in hub.ledger.purposes:
+            raise refused
+        return pending
+
     @app.get("/confirm/{token}", name="confirm", response_class=HTMLResponse)
     def confirm_page(request: Request, token: str) -> Response:
         lang = language(request)
         _ = translator(lang)
-        if len(token) > TOKEN_MAX:
-            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
-        pending = hub.pending_confirmation(token)
+        pending = double_opt_in(token)
         known = hub.ledger.purposes[pending["purpose"]]
         return render(
             request,
@@ -535,8 +544,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.post("/confirm/{token}")
     def confirm(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
-        if len(token) > TOKEN_MAX:
-            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        double_opt_in(token)
         hub.confirm(token)
         return RedirectResponse(
             path_of(request, "confirm", {"lang": language(request, lang)}, token=token), status_code=303
