@@ -191,7 +191,7 @@ def link(email: str, as_json: bool) -> None:
     click.echo(url)
 
 
-@main.group(short_help="Upkeep of the hub: lapsing unconfirmed double opt-ins.")
+@main.group(short_help="The hub's mails and upkeep: consent requests, renewals, lapsing.")
 def hub() -> None:
     """The hub's scheduled work, also run by the daemon."""
 
@@ -205,3 +205,40 @@ def hub_lapse() -> None:
 
     lapsed = Hub(current_config(), current_ledger()).lapse_unconfirmed()
     click.echo(f"{lapsed} unconfirmed double opt-in(s) lapsed")
+
+
+@hub.command("requests")
+@config_option
+@click.argument("purpose")
+@click.option("--limit", type=click.IntRange(min=1), help="Ask at most this many people in this run.")
+@click.option("--dry-run", is_flag=True, help="Count who would be asked; send nothing.")
+@handled
+def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
+    """Mail a consent request for PURPOSE to everyone it applies to with nothing on record
+    (never to erased, restricted or objecting people, nor to anyone who withdrew or refused)."""
+    from consentsync.hub.capture import Hub
+    from consentsync.hub.outreach import Outreacher
+
+    done = Outreacher(Hub(current_config(), current_ledger())).request_consent(
+        purpose, limit=limit, dry_run=dry_run
+    )
+    if dry_run:
+        click.echo(f"{done.candidates} person(s) would be asked for {purpose}")
+        return
+    click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed")
+
+
+@hub.command("renew")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Count the renewals due; send nothing.")
+@handled
+def hub_renew(dry_run: bool) -> None:
+    """Mail renewal requests for granted consents within their purpose's renewal_days_before."""
+    from consentsync.hub.capture import Hub
+    from consentsync.hub.outreach import Outreacher
+
+    done = Outreacher(Hub(current_config(), current_ledger())).renew(dry_run=dry_run)
+    if dry_run:
+        click.echo(f"{done.candidates} renewal(s) due")
+        return
+    click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed")

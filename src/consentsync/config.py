@@ -126,6 +126,8 @@ class PurposeSettings(_Strict):
     # A grant captured through the hub waits as "requested" until the person follows the link
     # mailed to them (double opt-in); the confirmation time is kept as evidence.
     double_opt_in: bool = False
+    # Mail a renewal request this many days before a granted consent expires (validity_days).
+    renewal_days_before: int | None = Field(default=None, ge=1)
 
     @field_validator("key")
     @classmethod
@@ -174,6 +176,10 @@ class HubSettings(_Strict):
     # Mail the person a consent receipt (ISO/IEC TS 27560, JSON) for every grant, withdrawal or
     # refusal made through the capture API or the preference centre.
     mail_receipts: bool = True
+    # Consent requests and renewal mails: at most this many a minute, and the daemon's upkeep
+    # (lapsing, renewals) every this many minutes (0: only by command).
+    mails_per_minute: int = Field(default=60, ge=1)
+    upkeep_minutes: int = Field(default=60, ge=0)
     branding: BrandingSettings = BrandingSettings()
     smtp: SmtpSettings = SmtpSettings()
 

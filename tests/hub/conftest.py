@@ -79,7 +79,7 @@ def hub_config(config_path: Path, smtp_port: int) -> None:
             purpose["description"] = "Offers and news by email, about twice a month."
     data["purposes"].append(
         {"key": "newsletter", "name": "Newsletter", "default_basis": "consent", "channels": ["email"],
-         "description": "Our monthly newsletter."}
+         "description": "Our monthly newsletter.", "validity_days": 365, "renewal_days_before": 30}
     )  # fmt: skip
     data["hub"] = {
         "public_url": "http://prefs.example.test",

@@ -50,6 +50,8 @@ GPC_EVIDENCE = "Sec-GPC: 1"
 # The source of a consent the person confirmed through a mailed link (a trusted source by
 # default: policy.trusted_sources).
 DOUBLE_OPT_IN_SOURCE = "double_opt_in"
+# Confirmations that grant consent when their link is followed (an erasure's is another matter).
+CONSENT_CONFIRMATIONS = ("double_opt_in", "request", "renewal")
 
 
 class Forbidden(PermissionError):
@@ -142,29 +144,48 @@ class Hub:
 
     # -- double opt-in -------------------------------------------------------------------------
 
-    def send_confirmation(self, pending: PendingMail) -> bool:
-        """Mails the confirmation link of a double opt-in; False (logged, never raised) if the
-        mail could not go: the request stays pending until it lapses."""
+    def send_confirmation(self, pending: PendingMail, kind: str = "double_opt_in") -> bool:
+        """Mails a confirmation link: a double opt-in, a consent request or a renewal. False
+        (logged, never raised) if the mail could not go: the request stays open until it lapses."""
         _ = translator(pending.language)
         purpose = self.ledger.purposes[pending.purpose]
-        link = self.url(f"/p/confirm/{pending.token}")
-        text = _(
-            "You asked to receive {purpose} by {channel}. Please confirm by opening this link "
-            "within {days} days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing changes "
-            "until the link is followed.\n\nAll your choices, at any time: {preferences}\n",
-            purpose=purpose.name,
-            channel=pending.channel,
-            days=self.settings.confirmation_days,
-            link=link,
-            preferences=self.preference_link(pending.uid),
-        )
-        mail = Mail(pending.email, _("Please confirm: {purpose}", purpose=purpose.name), text)
+        values = {
+            "purpose": purpose.name,
+            "channel": pending.channel,
+            "days": self.settings.confirmation_days,
+            "link": self.url(f"/p/confirm/{pending.token}"),
+            "preferences": self.preference_link(pending.uid),
+        }
+        if kind == "request":
+            subject = _("May we send you {purpose}?", **values)
+            text = _(
+                "We would like to send you {purpose} by {channel}. If you agree, open this link within "
+                "{days} days and confirm:\n\n{link}\n\nIf you do not, ignore this mail: nothing is "
+                "sent to you.\n\nAll your choices, at any time: {preferences}\n",
+                **values,
+            )
+        elif kind == "renewal":
+            subject = _("Renew your consent: {purpose}", **values)
+            text = _(
+                "Your consent to receive {purpose} by {channel} runs out soon. To keep receiving it, "
+                "open this link within {days} days and confirm:\n\n{link}\n\nIf you do not, it "
+                "ends and we stop.\n\nAll your choices, at any time: {preferences}\n",
+                **values,
+            )
+        else:
+            subject = _("Please confirm: {purpose}", **values)
+            text = _(
+                "You asked to receive {purpose} by {channel}. Please confirm by opening this link "
+                "within {days} days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing changes "
+                "until the link is followed.\n\nAll your choices, at any time: {preferences}\n",
+                **values,
+            )
         try:
-            self.mailer.send(mail)
+            self.mailer.send(Mail(pending.email, subject, text))
         except MailFailed as error:
-            log.warning("hub.mail_failed", subject=pending.uid, kind="double_opt_in", error=str(error))
+            log.warning("hub.mail_failed", subject=pending.uid, kind=kind, error=str(error))
             return False
-        log.info("hub.mail_sent", subject=pending.uid, kind="double_opt_in", purpose=pending.purpose)
+        log.info("hub.mail_sent", subject=pending.uid, kind=kind, purpose=pending.purpose)
         return True
 
     def receipt(self, uid: str, record_id: str, language: str = "en") -> dict[str, Any]:
@@ -213,7 +234,10 @@ class Hub:
     def _confirmation(self, token: str) -> Any:
         with self.ledger.engine.connect() as conn:
             row = conn.execute(
-                select(confirmations).where(confirmations.c.token_hash == token_digest(token))
+                select(confirmations).where(
+                    confirmations.c.token_hash == token_digest(token),
+                    confirmations.c.kind.in_(CONSENT_CONFIRMATIONS),
+                )
             ).one_or_none()
         if row is None:
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")

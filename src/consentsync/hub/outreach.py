@@ -1,0 +1,239 @@
+"""Asking people: consent requests (a purpose applies to them and nothing is on record: Vtiger's
+"applicable -> waiting") and renewals (a granted consent about to expire). Both mail a
+confirmation link; following it grants, with the confirmation time as evidence.
+
+Never to a person who may not be contacted about it: an erased address, a restricted person, an
+objection, a withdrawal or refusal on record (only "no consent on record" is asked), nor twice
+while a request is open. Mails go at most ``hub.mails_per_minute``."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import insert, select
+
+from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
+from consentsync.hub.capture import Hub, PendingMail, token_digest
+from consentsync.hub.notices import current
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.schema import confirmations, consent_states, subject_identifiers, subjects
+from consentsync.ledger.service import RecordRequest
+from consentsync.reconcile import Rule
+
+log = structlog.get_logger("consentsync.hub.outreach")
+
+REQUEST_SOURCE = "consent_request"
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Outreach:
+    """What a run did: mails sent, and how many failed."""
+
+    kind: str
+    sent: int
+    failed: int
+    candidates: int
+
+
+def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
+    rows = conn.execute(
+        select(confirmations.c.subject_id, confirmations.c.purpose, confirmations.c.channel).where(
+            confirmations.c.confirmed_at.is_(None),
+            confirmations.c.lapsed_at.is_(None),
+            confirmations.c.expires_at > now,
+        )
+    )
+    return {(row.subject_id, row.purpose, row.channel) for row in rows}
+
+
+def _people(conn: Any) -> Iterator[list[tuple[int, str, str]]]:
+    """(subject id, uid, email) of every live person, in chunks."""
+    query = (
+        select(subjects.c.id, subjects.c.uid, subject_identifiers.c.value)
+        .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
+        .where(subject_identifiers.c.kind == "email", subjects.c.erased_at.is_(None))
+        .order_by(subjects.c.id)
+    )
+    chunk: list[tuple[int, str, str]] = []
+    for row in conn.execute(query):
+        chunk.append((row.id, row.uid, row.value))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class Outreacher:
+    def __init__(self, hub: Hub, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.hub = hub
+        self.ledger = hub.ledger
+        self.sleep = sleep
+
+    def _pace(self, sent: int) -> None:
+        if sent:
+            self.sleep(60.0 / self.hub.settings.mails_per_minute)
+
+    def request_consent(
+        self, purpose_key: str, *, limit: int | None = None, dry_run: bool = False
+    ) -> Outreach:
+        """Asks everyone for whom ``purpose_key`` (consent-based) applies and nothing is on record."""
+        purpose = self.ledger.purposes.get(purpose_key)
+        if purpose is None:
+            raise InvalidInput(
+                f"unknown purpose {purpose_key!r}: configured are {', '.join(self.ledger.purposes)}"
+            )
+        if purpose.default_basis is not LawfulBasis.CONSENT:
+            raise InvalidInput(f"purpose {purpose_key!r} is not based on consent: there is nothing to ask")
+        notice = current(self.ledger, purpose.key)
+        if notice is None:
+            raise InvalidInput(
+                f"purpose {purpose_key!r} has no notice to show "
+                f"(consentsync notice add {purpose_key} VERSION FILE)"
+            )
+        now = self.ledger.clock()
+        wanted: list[tuple[int, str, str, str]] = []
+        with self.ledger.engine.connect() as conn:
+            busy = _open_confirmations(conn, now)
+            for chunk in _people(conn):
+                states = self.ledger.effective_states_in(conn, [person[0] for person in chunk])
+                for subject_id, uid, email in chunk:
+                    for channel in purpose.channels:
+                        state = states[subject_id][(purpose.key, channel)]
+                        # Only "nothing on record": a refusal, withdrawal, objection, erasure or
+                        # restriction is decided by another rule and is never asked again.
+                        if (
+                            state.rule == Rule.NO_CONSENT_ON_RECORD
+                            and (subject_id, purpose.key, channel) not in busy
+                        ):
+                            wanted.append((subject_id, uid, email, channel))
+        if limit is not None:
+            wanted = wanted[:limit]
+        if dry_run:
+            return Outreach("request", 0, 0, len(wanted))
+        sent = failed = 0
+        for subject_id, uid, email, channel in wanted:
+            token = secrets.token_urlsafe(32)
+            at = self.ledger.clock()
+            evidence = Evidence(
+                purpose=purpose.key,
+                channel=channel,
+                status=ConsentStatus.REQUESTED,
+                basis=LawfulBasis.CONSENT,
+                event_time=at,
+                observed_at=at,
+                source=REQUEST_SOURCE,
+                origin=Origin.SYSTEM,
+                actor="consentsync",
+                notice_version=notice.version,
+            )
+            with self.ledger.engine.begin() as conn:
+                self.ledger.record_in(conn, [RecordRequest(Identity(subject_id=subject_id), evidence)])
+                self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
+            self._pace(sent + failed)
+            ok = self.hub.send_confirmation(
+                PendingMail(email, uid, purpose.key, channel, token), kind="request"
+            )
+            sent, failed = sent + ok, failed + (not ok)
+        log.info("hub.requests_sent", purpose=purpose.key, sent=sent, failed=failed)
+        return Outreach("request", sent, failed, len(wanted))
+
+    def renew(self, *, dry_run: bool = False) -> Outreach:
+        """Mails a renewal link for every granted consent that expires within its purpose's
+        ``renewal_days_before`` and may still be used (not suppressed by any rule)."""
+        windows = {
+            p.key: p.renewal_days_before
+            for p in self.hub.config.settings.purposes
+            if p.renewal_days_before and p.validity_days
+        }
+        if not windows:
+            return Outreach("renewal", 0, 0, 0)
+        now = self.ledger.clock()
+        wanted: list[tuple[int, str, str, str, str]] = []
+        with self.ledger.engine.connect() as conn:
+            busy = _open_confirmations(conn, now)
+            horizon = now + timedelta(days=max(windows.values()))
+            rows = conn.execute(
+                select(consent_states.c.subject_id, consent_states.c.purpose, consent_states.c.channel)
+                .where(
+                    consent_states.c.status == ConsentStatus.GRANTED.value,
+                    consent_states.c.purpose.in_(sorted(windows)),
+                    consent_states.c.expires_at > now,
+                    consent_states.c.expires_at <= horizon,
+                )
+                .order_by(consent_states.c.subject_id)
+            ).all()
+            ids = sorted({row.subject_id for row in rows})
+            states = self.ledger.effective_states_in(conn, ids) if ids else {}
+            people = {
+                row.subject_id: (row.uid, row.value)
+                for row in conn.execute(
+                    select(subjects.c.id.label("subject_id"), subjects.c.uid, subject_identifiers.c.value)
+                    .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
+                    .where(subject_identifiers.c.kind == "email", subjects.c.id.in_(ids))
+                )
+            } if ids else {}  # fmt: skip
+        for row in rows:
+            state = states[row.subject_id][(row.purpose, row.channel)]
+            due = state.expires_at is not None and state.expires_at - now <= timedelta(
+                days=windows[row.purpose]
+            )
+            key = (row.subject_id, row.purpose, row.channel)
+            if due and not state.suppressed and row.subject_id in people and key not in busy:
+                uid, email = people[row.subject_id]
+                wanted.append((row.subject_id, uid, email, row.purpose, row.channel))
+        if dry_run:
+            return Outreach("renewal", 0, 0, len(wanted))
+        sent = failed = 0
+        for subject_id, uid, email, purpose_key, channel in wanted:
+            token = secrets.token_urlsafe(32)
+            notice = current(self.ledger, purpose_key)
+            with self.ledger.engine.begin() as conn:
+                self._open(
+                    conn,
+                    "renewal",
+                    subject_id,
+                    purpose_key,
+                    channel,
+                    notice.version if notice else None,
+                    token,
+                )
+            self._pace(sent + failed)
+            ok = self.hub.send_confirmation(
+                PendingMail(email, uid, purpose_key, channel, token), kind="renewal"
+            )
+            sent, failed = sent + ok, failed + (not ok)
+        log.info("hub.renewals_sent", sent=sent, failed=failed)
+        return Outreach("renewal", sent, failed, len(wanted))
+
+    def _open(
+        self,
+        conn: Any,
+        kind: str,
+        subject_id: int,
+        purpose: str,
+        channel: str,
+        notice: str | None,
+        token: str,
+    ) -> None:
+        now = self.ledger.clock()
+        conn.execute(
+            insert(confirmations).values(
+                token_hash=token_digest(token),
+                kind=kind,
+                subject_id=subject_id,
+                purpose=purpose,
+                channel=channel,
+                notice_version=notice,
+                source=REQUEST_SOURCE,
+                requested_at=now,
+                expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
+            )
+        )

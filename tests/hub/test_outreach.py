@@ -1,0 +1,81 @@
+"""Consent requests and renewals: asked only of people with nothing on record (never the erased,
+restricted, objecting, withdrawn or already asked), confirmed through the mailed link; renewals
+mailed inside the window, and following the link extends the consent."""
+
+from __future__ import annotations
+
+from consentsync.hub.outreach import Outreacher
+from tests.hub.conftest import HubWorld
+
+
+def someone(world: HubWorld, email: str) -> None:
+    """A person the ledger knows (through a profiling objection) with nothing on record for the
+    newsletter."""
+    world.ledger.raise_objection(email, "service", direct_marketing=False)
+
+
+def test_requests_go_only_to_people_with_nothing_on_record(world: HubWorld) -> None:
+    for name in ("ada", "bob", "cy", "dee", "eve"):
+        someone(world, f"{name}@example.test")
+    world.post("/consents", {"email": "bob@example.test", "purpose": "newsletter", "status": "withdrawn"})
+    world.ledger.restrict("cy@example.test", restricted=True, reason="disputed accuracy")
+    world.ledger.erase("dee@example.test", reason="asked")
+    world.ledger.raise_objection("eve@example.test", "newsletter", direct_marketing=True)
+    world.inbox.messages.clear()
+    outreach = Outreacher(world.hub, sleep=lambda _seconds: None)
+    assert outreach.request_consent("newsletter", dry_run=True).candidates == 1
+    done = outreach.request_consent("newsletter")
+    assert (done.sent, done.failed) == (1, 0)
+    (mail,) = world.inbox.messages
+    assert mail["To"] == "ada@example.test" and "Newsletter" in mail["Subject"]
+    token = world.inbox.link("/p/confirm/").rsplit("/", 1)[1]
+    # Asked once: a second run asks no one, before or after the answer.
+    assert outreach.request_consent("newsletter").candidates == 0
+    world.clock.advance(hours=3)
+    assert world.hub.confirm(token)["already"] is False
+    state = world.ledger.subject_view("ada@example.test")["history"][-1]
+    assert state["status"] == "granted" and state["double_opt_in_at"] is not None
+    assert outreach.request_consent("newsletter").candidates == 0
+
+
+def test_a_request_needs_a_consent_purpose_with_a_notice(world: HubWorld) -> None:
+    import pytest
+
+    from consentsync.domain import InvalidInput
+
+    outreach = Outreacher(world.hub, sleep=lambda _seconds: None)
+    with pytest.raises(InvalidInput, match="not based on consent"):
+        outreach.request_consent("profiling")
+    with pytest.raises(InvalidInput, match="unknown purpose"):
+        outreach.request_consent("nope")
+
+
+def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
+    world.post(
+        "/consents",
+        {
+            "email": "ada@example.test",
+            "purpose": "newsletter",
+            "status": "granted",
+            "notice_version": "2026-05",
+        },
+    )
+    outreach = Outreacher(world.hub, sleep=lambda _seconds: None)
+    assert outreach.renew().candidates == 0  # a year to go
+    world.clock.advance(days=340)
+    world.inbox.messages.clear()
+    done = outreach.renew()
+    assert (done.candidates, done.sent) == (1, 1)
+    assert "Renew" in world.inbox.messages[-1]["Subject"]
+    assert outreach.renew().candidates == 0  # a renewal is open
+    before = world.ledger.subject_view("ada@example.test")["purposes"]
+    expiry = next(s["expires_at"] for s in before if s["purpose"] == "newsletter")
+    world.clock.advance(days=2)
+    world.hub.confirm(world.inbox.link("/p/confirm/").rsplit("/", 1)[1])
+    after = world.ledger.subject_view("ada@example.test")["purposes"]
+    renewed = next(s for s in after if s["purpose"] == "newsletter")
+    assert renewed["status"] == "granted" and renewed["expires_at"] > expiry
+    # Withdrawn people are not asked to renew.
+    world.post("/consents", {"email": "ada@example.test", "purpose": "newsletter", "status": "withdrawn"})
+    world.clock.advance(days=340)
+    assert outreach.renew().candidates == 0
