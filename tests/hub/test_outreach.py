@@ -79,3 +79,41 @@ def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
     world.post("/consents", {"email": "ada@example.test", "purpose": "newsletter", "status": "withdrawn"})
     world.clock.advance(days=340)
     assert outreach.renew().candidates == 0
+
+
+def test_the_daemon_lapses_and_renews_on_its_schedule(world: HubWorld) -> None:
+    from consentsync.sync.daemon import Daemon
+
+    world.post(
+        "/consents",
+        {
+            "email": "ada@example.test",
+            "purpose": "newsletter",
+            "status": "granted",
+            "notice_version": "2026-05",
+        },
+    )
+    world.post(
+        "/consents",
+        {
+            "email": "bob@example.test",
+            "purpose": "email_marketing",
+            "status": "granted",
+            "notice_version": "2026-05",
+        },
+    )
+    world.clock.advance(days=340)
+    world.inbox.messages.clear()
+    daemon = Daemon(world.hub.config, world.ledger)
+    assert [job.id for job in daemon.scheduler.get_jobs()] == []
+    daemon._schedule_hub_upkeep()
+    assert [job.id for job in daemon.scheduler.get_jobs()] == ["~hub-upkeep"]
+    daemon.hub_upkeep()
+    assert [m["To"] for m in world.inbox.messages] == ["ada@example.test"]  # the renewal
+    from sqlalchemy import select
+
+    from consentsync.ledger.schema import confirmations
+
+    with world.ledger.engine.connect() as conn:
+        kinds = {(row.kind, row.lapsed_at is not None) for row in conn.execute(select(confirmations))}
+    assert kinds == {("double_opt_in", True), ("renewal", False)}  # bob's unconfirmed opt-in lapsed

@@ -75,6 +75,7 @@ class Daemon:
             )
         self.heartbeat.start()
         self._schedule_checkpoints()
+        self._schedule_hub_upkeep()
         self.scheduler.start()
         log.info("daemon.started", connectors=[c.name for c in self.config.settings.connectors])
 
@@ -101,6 +102,37 @@ class Daemon:
                 coalesce=True,
                 next_run_time=_now(),
             )
+
+    def _schedule_hub_upkeep(self) -> None:
+        """The hub's upkeep every ``hub.upkeep_minutes``: unconfirmed double opt-ins lapse, and
+        renewal requests go out for consents about to expire. Consent requests to new people are
+        never automatic: an admin sends them (``consentsync hub requests``)."""
+        minutes = self.config.settings.hub.upkeep_minutes
+        if minutes:
+            self.scheduler.add_job(
+                self.hub_upkeep,
+                IntervalTrigger(minutes=minutes, timezone="UTC"),
+                id="~hub-upkeep",
+                name="hub upkeep",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=_now(),
+            )
+
+    def hub_upkeep(self) -> None:
+        from consentsync.hub.capture import Hub
+        from consentsync.hub.outreach import Outreacher
+
+        hub = Hub(self.config, self.ledger)
+        try:
+            lapsed = hub.lapse_unconfirmed()
+            renewals = Outreacher(hub, sleep=self.stopping.wait).renew()
+        except Exception as error:
+            # The daemon goes on and the next upkeep tries again. The class only: a message may
+            # quote an address.
+            log.error("hub.upkeep_failed", error=type(error).__name__)
+            return
+        log.info("hub.upkeep", lapsed=lapsed, renewals_sent=renewals.sent, renewals_failed=renewals.failed)
 
     def next_runs(self) -> dict[str, Any]:
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
