@@ -1,6 +1,8 @@
 # The production image: the wheel is built in one stage and installed with its runtime extras in
-# the next; no sources, no test tools, no browser. tests/test_packaging.py holds the build and
-# install lines to those of tests/integration/test_wheel_install.py (which runs them).
+# the next; no sources, no test tools, no browser, no sandbox code (the wheel of `.` leaves the
+# CRM sandboxes out: they are the `demo` extra's distribution, built from sandboxes/).
+# tests/test_packaging.py holds the build and install lines to those of
+# tests/integration/test_wheel_install.py (which runs them).
 #   docker build -t consentsync .
 #   docker run -v "$PWD/deploy:/data" -p 9181:9181 consentsync            # the daemon
 #   docker run -v "$PWD/deploy:/data" -p 8080:8080 consentsync web          # the ops console

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from string import Formatter
 
@@ -22,10 +23,51 @@ def _readme_commands() -> list[str]:
 
 def test_readme_leads_with_the_two_commands_and_ci_runs_the_second_exactly() -> None:
     run_main, run_tests = _readme_commands()[:2]
-    assert run_main.startswith("python3 -m venv .venv && .venv/bin/pip install -e .")
+    assert run_main.startswith("python3 -m venv .venv && .venv/bin/pip install -e '.")
+    # The demo needs the sandboxes, which the runtime install leaves out: the first command asks
+    # for them (the `demo` extra, from the checkout's sandboxes/), as does the test command.
+    for command in (run_main, run_tests):
+        assert "-e ./sandboxes" in command, command
+    assert "'.[demo]'" in run_main and run_main.endswith("consentsync demo")
     assert "pytest" in run_tests
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert run_tests in ci, ".ci/run must run the README's test command exactly as written"
+
+
+def test_the_sandboxes_are_their_own_distribution_and_the_demo_extra() -> None:
+    """The runtime wheel leaves every sandbox package out; consentsync-sandboxes (sandboxes/)
+    packages exactly those, at consentsync's version, registers them, and is the `demo` extra."""
+    main = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    own = tomllib.loads((ROOT / "sandboxes" / "pyproject.toml").read_text())
+    version = main["project"]["version"]
+    assert own["project"]["version"] == version
+    assert own["project"]["dependencies"] == [f"consentsync=={version}"]
+    assert main["project"]["optional-dependencies"]["demo"] == [f"consentsync-sandboxes=={version}"]
+    excluded = main["tool"]["setuptools"]["packages"]["find"]["exclude"]
+    assert {"consentsync.sandbox", "*.sandbox", "*.sandbox.*"} <= set(excluded)
+    sandboxes = sorted(
+        ".".join(path.relative_to(root).parts)
+        for root in (ROOT / "src", ROOT / "connectors")
+        for path in root.glob("*/sandbox")
+        if (path / "__init__.py").is_file()
+    )
+    setup = ast.parse((ROOT / "sandboxes" / "setup.py").read_text())
+    (packages,) = (
+        ast.literal_eval(node.value)
+        for node in setup.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PACKAGES"
+    )
+    assert sorted(packages) == sandboxes
+    for package, folder in packages.items():
+        assert (ROOT / "sandboxes" / folder).resolve() == (
+            ROOT / ("src" if package.startswith("consentsync.") else "connectors") / package.replace(".", "/")
+        )
+    groups = set(own["project"]["entry-points"])
+    assert groups == {"consentsync.sandboxes", "consentsync.demos", "consentsync.harnesses"}
+    assert not groups & set(main["project"].get("entry-points", {}))
+    # The production image installs the runtime wheel and never the sandboxes.
+    installs = " ".join(args for keyword, args in _instructions() if keyword == "RUN")
+    assert "demo" not in installs and "sandboxes" not in installs and "_sandboxes" not in installs
 
 
 def _template(template: str) -> re.Pattern[str]:

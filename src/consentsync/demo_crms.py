@@ -30,8 +30,8 @@ from consentsync.config import load_config, write_starter
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
-from consentsync.sandbox.serving import secrets_to_env
 from consentsync.sdk.harness import available_harnesses
+from consentsync.sdk.registry import SANDBOX_EXTRA
 
 PERSON = "pat.doe@example.org"
 
@@ -140,6 +140,8 @@ def _past_this_second() -> None:
 
 def _harnesses(vendors: Sequence[str]) -> dict[str, Any]:
     registered = available_harnesses()
+    if not registered:
+        raise InvalidInput(f"--crms needs the CRM sandboxes, and none is installed: {SANDBOX_EXTRA}")
     unknown = [v for v in vendors if v not in registered]
     if unknown or len(set(vendors)) < 2 or len(set(vendors)) != len(vendors):
         raise InvalidInput(
@@ -173,6 +175,10 @@ def _write_config(work: Path, harnesses: dict[str, Any]) -> Path:
 
 def _secrets_to_env(vendor: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Credentials go to the environment; the config file names them, as it would in production."""
+    # Imported here: the sandboxes (and their serving module) are the `demo` extra's, which a
+    # harness being registered implies.
+    from consentsync.sandbox.serving import secrets_to_env
+
     written, env = secrets_to_env(settings, f"CONSENTSYNC_DEMO_{vendor}")
     os.environ.update(env)
     return written

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from consentsync_hubspot import HubSpotConnector
 from consentsync_hubspot.connector import REFUSES_RESUBSCRIBE
+from consentsync_hubspot.sandbox.harness import HubSpotHarness
 from consentsync_hubspot.sandbox.server import HubSpotCredentials
-from consentsync_hubspot.testing import HubSpotHarness
 from sqlalchemy import select
 
 from consentsync.ledger.identity import Identity

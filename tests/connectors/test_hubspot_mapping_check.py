@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from consentsync_hubspot.testing import HubSpotHarness
+from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
 from consentsync.cli import main
 from consentsync.sdk.harness import write_sync_config

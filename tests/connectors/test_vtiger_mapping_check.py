@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from consentsync_vtiger.sandbox.harness import VtigerHarness
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
-from consentsync_vtiger.testing import VtigerHarness
 
 from consentsync.cli import main
 from consentsync.sdk.harness import write_sync_config

@@ -1,6 +1,6 @@
 """The Dynamics 365 / Dataverse connector passes the connector contract against its sandbox."""
 
-from consentsync_dynamics.testing import DynamicsHarness
+from consentsync_dynamics.sandbox.harness import DynamicsHarness
 
 from consentsync.sdk.testing import ConnectorContract
 

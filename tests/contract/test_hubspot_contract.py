@@ -1,6 +1,6 @@
 """The HubSpot connector passes the connector contract against its sandbox."""
 
-from consentsync_hubspot.testing import HubSpotHarness
+from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
 from consentsync.sdk.testing import ConnectorContract
 

@@ -1,6 +1,6 @@
 """The Salesforce connector passes the connector contract against its sandbox."""
 
-from consentsync_salesforce.testing import SalesforceHarness
+from consentsync_salesforce.sandbox.harness import SalesforceHarness
 
 from consentsync.sdk.testing import ConnectorContract
 

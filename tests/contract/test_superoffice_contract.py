@@ -1,6 +1,6 @@
 """The SuperOffice connector passes the connector contract against its sandbox."""
 
-from consentsync_superoffice.testing import SuperOfficeHarness
+from consentsync_superoffice.sandbox.harness import SuperOfficeHarness
 
 from consentsync.sdk.testing import ConnectorContract
 

@@ -1,6 +1,6 @@
 """The Vtiger connector passes the connector contract against its sandbox."""
 
-from consentsync_vtiger.testing import VtigerHarness
+from consentsync_vtiger.sandbox.harness import VtigerHarness
 
 from consentsync.sdk.testing import ConnectorContract
 

@@ -1,7 +1,8 @@
 """The built wheel is the product: installed with pip into a fresh venv (not an editable checkout)
-and run from a folder outside the repository, the demo, `init`, the example mappings and the
-console work. The Dockerfile installs the same way (tests/test_packaging.py holds it to BUILD and
-INSTALL below).
+and run from a folder outside the repository, `init`, the example mappings and the console work.
+The runtime wheel has no sandbox code: the demo then names the `demo` extra, and once that is
+installed (consentsync-sandboxes, the wheel built from sandboxes/) the demo runs. The Dockerfile
+installs the same way (tests/test_packaging.py holds it to BUILD and INSTALL below).
 
 Needs a package index or pip's cache for the dependencies (and for setuptools, to build): where
 pip cannot reach one, the tests skip saying so. `-m "not wheel"` leaves them out.
@@ -42,6 +43,8 @@ class Installed:
     venv: Path
     dist: Path
     home: Path  # a folder outside the repository, the cwd of every command
+    # What the runtime install (no extra) answered, asked before any test installs an extra.
+    runtime: dict[str, subprocess.CompletedProcess[str]]
 
     def run(
         self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
@@ -82,8 +85,52 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     dist, venv, home = base / "dist", base / "venv", base / "home"
     home.mkdir()
     _shell(BUILD.format(dist=dist, src=ROOT), cwd=base)
+    _shell(BUILD.format(dist=dist, src=ROOT / "sandboxes"), cwd=base)
     _shell(INSTALL.format(venv=venv, dist=dist, extras=""), cwd=base)
-    return Installed(venv, dist, home)
+    installed = Installed(venv, dist, home, {})
+    installed.runtime = {
+        "demo": installed.run("demo", "--records", "20", "--dir", "no-demo"),
+        "demo --crms": installed.run("demo", "--crms", "salesforce,hubspot", "--dir", "no-demo"),
+        "sandbox": installed.run("sandbox", "salesforce", "--port", "0"),
+        "import": subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import consentsync.sandbox"],
+            cwd=home,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+        ),
+    }
+    return installed
+
+
+@pytest.fixture(scope="module")
+def demo(installed: Installed) -> Installed:
+    """The same venv with the `demo` extra: pip takes consentsync-sandboxes from the wheels built."""
+    (wheel,) = installed.dist.glob("consentsync-*.whl")
+    _shell(
+        f'{installed.venv}/bin/pip install --find-links "{installed.dist}" "{wheel}[demo]"',
+        cwd=installed.home,
+    )
+    return installed
+
+
+def test_the_runtime_wheel_has_no_sandbox_code_and_the_demo_names_its_extra(installed: Installed) -> None:
+    import zipfile
+
+    (wheel,) = installed.dist.glob("consentsync-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not [n for n in names if "/sandbox/" in n or (n.endswith("/testing.py") and "/sdk/" not in n)]
+    (sandboxes,) = installed.dist.glob("consentsync_sandboxes-*.whl")
+    assert any(n.startswith("consentsync_salesforce/sandbox/") for n in zipfile.ZipFile(sandboxes).namelist())
+    site = next((installed.venv / "lib").glob("python3*/site-packages"))
+    assert not list(site.glob("consentsync*/sandbox")), "a sandbox package in the runtime install"
+    assert installed.runtime["import"].returncode == 1
+    for command in ("demo", "demo --crms", "sandbox"):
+        answer = installed.runtime[command]
+        assert answer.returncode == 2, (command, answer.stdout, answer.stderr)
+        assert "Traceback" not in answer.stderr
+        assert "pip install 'consentsync[demo]'" in answer.stderr, (command, answer.stderr)
 
 
 def test_installed_from_the_wheel_not_the_checkout(installed: Installed) -> None:
@@ -107,7 +154,8 @@ def test_installed_from_the_wheel_not_the_checkout(installed: Installed) -> None
     assert (result.returncode, result.stdout.strip()) == (0, f"consentsync {version}")
 
 
-def test_demo_runs_outside_the_repository(installed: Installed) -> None:
+def test_demo_runs_outside_the_repository(demo: Installed) -> None:
+    installed = demo
     result = installed.run("demo", "--records", "50", "--dir", "demo")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "incremental sync" in result.stdout
@@ -118,8 +166,8 @@ def test_demo_runs_outside_the_repository(installed: Installed) -> None:
     )
 
 
-def test_demo_across_crms(installed: Installed) -> None:
-    result = installed.run("demo", "--crms", "salesforce,hubspot", "--dir", "crms")
+def test_demo_across_crms(demo: Installed) -> None:
+    result = demo.run("demo", "--crms", "salesforce,hubspot", "--dir", "crms")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert re.search(r"API calls served: \{'salesforce': [1-9]\d*, 'hubspot': [1-9]\d*\}", result.stdout)
 

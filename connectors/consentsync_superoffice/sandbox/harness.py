@@ -21,7 +21,7 @@ from consentsync.sdk.harness import FaultOutcome
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
-MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
 TIMEOUT = 2.0
 

@@ -15,7 +15,7 @@ from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_hubspot.sandbox.server import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
 
-MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 TIMEOUT = 2.0
 MARKETING = "1001"
 #: Properties every change moves (store_state leaves them out).

@@ -18,7 +18,7 @@ from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
-MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 WRITE_KINDS = ("revise", "update", "create", "delete")
 TIMEOUT = 2.0  # under a loaded machine a 1 s answer is no fault
 # An install set up in California: modifiedtime is served in Pacific time.

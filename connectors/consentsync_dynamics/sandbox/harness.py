@@ -14,7 +14,7 @@ from consentsync.sdk.harness import FaultOutcome
 from consentsync_dynamics.sandbox.dataverse import PURPOSES
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
-MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 WRITE_KINDS = ("batch", "update")
 TIMEOUT = 2.0
 #: The tables the adoption contract looks at: contact (what the mapping reads and writes) and the

@@ -15,7 +15,7 @@ from consentsync.sdk.harness import FaultOutcome
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from consentsync_salesforce.sandbox.org import render_value
 
-MAPPINGS = Path(__file__).resolve().parent / "mappings"  # the package's own example mappings
+MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 WRITE_KINDS = ("composite", "sobject_patch", "bulk_upload")
 TIMEOUT = 2.0
 #: The objects of the org the adoption contract looks at: Contact (what the mapping reads and
