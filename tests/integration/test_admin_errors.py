@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from consentsync_salesforce.testing import MAPPINGS as SALESFORCE_MAPPINGS
+from consentsync_salesforce.sandbox.harness import MAPPINGS as SALESFORCE_MAPPINGS
 from sqlalchemy import event
 
 from consentsync import exit_codes

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from consentsync_salesforce.testing import SalesforceHarness
+from consentsync_salesforce.sandbox.harness import SalesforceHarness
 
 from consentsync.cli import main
 from consentsync.sdk.harness import write_sync_config

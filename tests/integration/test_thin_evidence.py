@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from consentsync_hubspot.testing import HubSpotHarness
+from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
 from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
@@ -132,7 +132,7 @@ def test_a_consent_removed_for_expiry_reads_back_withdrawn_and_is_no_withdrawal(
     """SuperOffice marks a consent removed by RemoveConsent Withdrawn, stamped when it applied
     the write: read back, that is the project's own write, never the person's withdrawal (which
     only a new trusted opt-in could reverse), and it is not removed again."""
-    from consentsync_superoffice.testing import SuperOfficeHarness
+    from consentsync_superoffice.sandbox.harness import SuperOfficeHarness
 
     from consentsync.sdk.testing import _set_connector
 
