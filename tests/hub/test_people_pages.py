@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Iterator
+from datetime import timedelta
 from io import BytesIO
 from typing import Any
 
@@ -15,15 +17,17 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
+from sqlalchemy import insert, select
 from structlog.testing import capture_logs
 
 from consentsync import audit
 from consentsync.config import BrandingSettings
 from consentsync.hub import i18n
-from consentsync.hub.capture import Hub
+from consentsync.hub.capture import Hub, token_digest
 from consentsync.hub.links import make_token
 from consentsync.hub.people import brand_css, content_security_policy, mask_email
 from consentsync.hub.preferences import PreferenceCentre
+from consentsync.ledger.schema import confirmations, subjects
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import EMAIL, mailed, mails_with, mounted, page_texts, seed, token_of
 
@@ -233,6 +237,45 @@ def test_an_erasure_link_confirms_no_double_opt_in(world: HubWorld, people: Test
     confirm = mailed(world, "/p/confirm/").rsplit("/", 1)[1]
     assert people.post(f"/p/erase/{confirm}").status_code == 403
     assert world.ledger.email_of(uid_of(token)) == EMAIL
+
+
+def open_confirmation(world: HubWorld, kind: str, purpose: str = "newsletter") -> str:
+    """A consent request or renewal link as the hub mails one: its token (the row by hand,
+    so that the page is tested whatever sends them)."""
+    raw = secrets.token_urlsafe(32)
+    now = world.clock()
+    with world.ledger.engine.begin() as conn:
+        subject_id = conn.execute(select(subjects.c.id)).scalars().first()
+        conn.execute(
+            insert(confirmations).values(
+                token_hash=token_digest(raw), kind=kind, subject_id=subject_id, purpose=purpose,
+                channel="email", notice_version="2026-05", source="test", requested_at=now,
+                expires_at=now + timedelta(days=7),
+            )
+        )  # fmt: skip
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("kind", "asked", "done"),
+    [
+        (
+            "request",
+            "We would like to send you Newsletter (Email). Do you agree?",
+            "you agreed to Newsletter",
+        ),
+        ("renewal", "Your consent to Newsletter (Email) runs out soon.", "is renewed"),
+    ],
+)
+def test_a_consent_request_and_a_renewal_are_confirmed_on_post(
+    world: HubWorld, people: TestClient, token: str, kind: str, asked: str, done: str
+) -> None:
+    link = f"/p/confirm/{open_confirmation(world, kind)}"
+    assert asked in text_of(people.get(link).text)
+    world.clock.advance(minutes=1)
+    shown = people.post(link, data={"lang": "en"})
+    assert shown.status_code == 200 and done in shown.text
+    assert newest_event(world, "newsletter")["double_opt_in_at"] is not None
 
 
 def tampered(token: str) -> str:

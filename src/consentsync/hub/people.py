@@ -98,6 +98,33 @@ def _objection_labels(_: Translate) -> dict[str, str]:
     }
 
 
+def _confirmation_texts(_: Translate, kind: str, values: dict[str, str]) -> dict[str, str]:
+    """What a confirmation page asks, offers, says to whoever does not want it, and says once
+    confirmed: a double opt-in the person asked for, a consent we ask for, or a renewal."""
+    if kind == "request":
+        return {
+            "ask": _("We would like to send you {purpose} ({channel}). Do you agree?", **values),
+            "button": _("Yes, I agree"),
+            "decline": _("If you do not want this, close this page: nothing is sent to you."),
+            "done": _("Thank you: you agreed to {purpose} ({channel}).", **values),
+        }
+    if kind == "renewal":
+        return {
+            "ask": _(
+                "Your consent to {purpose} ({channel}) runs out soon. Do you want to keep it?", **values
+            ),
+            "button": _("Yes, keep it"),
+            "decline": _("If you do not, close this page: your consent ends and we stop."),
+            "done": _("Thank you: your consent to {purpose} ({channel}) is renewed.", **values),
+        }
+    return {
+        "ask": _("You asked to receive {purpose} ({channel}). Please confirm that it was you.", **values),
+        "button": _("Yes, I confirm"),
+        "decline": _("If it was not you, close this page: nothing changes."),
+        "done": _("Thank you: you confirmed that you want to receive {purpose} ({channel}).", **values),
+    }
+
+
 def mask_email(email: str) -> str:
     """Whose page this is, without spelling out the address to whoever the link was passed to."""
     local, _, domain = email.partition("@")
@@ -512,14 +539,14 @@ def create_app(hub: Hub) -> FastAPI:
 
     # -- links from mails: shown on GET, done on POST -----------------------------------------
 
-    def double_opt_in(token: str) -> dict[str, Any]:
-        """The double opt-in a confirmation link opens. Hub.confirm reads any kind of
-        confirmation: an erasure's link (its token is in the same table) must grant nothing."""
+    def consent_confirmation(token: str) -> dict[str, Any]:
+        """The consent a confirmation link opens (a double opt-in, a consent request or a
+        renewal). An erasure's link is kept in the same table: it must grant nothing."""
         refused = LinkRefused("this confirmation link is not valid: it may have been cut or changed")
         if len(token) > TOKEN_MAX:
             raise refused
         pending = hub.pending_confirmation(token)
-        if pending["kind"] != "double_opt_in" or pending["purpose"] not in hub.ledger.purposes:
+        if pending["kind"] == "erasure" or pending["purpose"] not in hub.ledger.purposes:
             raise refused
         return pending
 
@@ -527,24 +554,26 @@ def create_app(hub: Hub) -> FastAPI:
     def confirm_page(request: Request, token: str) -> Response:
         lang = language(request)
         _ = translator(lang)
-        pending = double_opt_in(token)
-        known = hub.ledger.purposes[pending["purpose"]]
+        pending = consent_confirmation(token)
+        values = {
+            "purpose": _(hub.ledger.purposes[pending["purpose"]].name),
+            "channel": _channel_labels(_).get(pending["channel"], pending["channel"]),
+        }
         return render(
             request,
             "confirm.html",
             lang,
             {
                 "title": _("Please confirm") if not pending["confirmed_at"] else _("Confirmed"),
-                "purpose": _(known.name),
-                "channel": _channel_labels(_).get(pending["channel"], pending["channel"]),
                 "confirmed": pending["confirmed_at"] is not None,
+                "texts": _confirmation_texts(_, pending["kind"], values),
                 "action": path_of(request, "confirm", token=token),
             },
         )
 
     @app.post("/confirm/{token}")
     def confirm(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
-        double_opt_in(token)
+        consent_confirmation(token)
         hub.confirm(token)
         return RedirectResponse(
             path_of(request, "confirm", {"lang": language(request, lang)}, token=token), status_code=303
