@@ -82,6 +82,11 @@ def test_choices_objection_and_download_in_a_browser(
     assert "No: you withdrew your consent" in newsletter.inner_text()
     assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].suppressed
     accessible(page, shots, "withdrawn")
+    with page.expect_download() as download:  # the receipt of the withdrawal
+        page.click("[role=status] a[download]")
+    receipt = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert download.value.suggested_filename.startswith("consent-receipt-")
+    assert receipt["events"][0]["event_state"] and EMAIL not in json.dumps(receipt)
 
     world.clock.advance(minutes=5)
     follow(page, "#purpose-newsletter ~ ul button[value=grant]")

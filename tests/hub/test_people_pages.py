@@ -63,6 +63,10 @@ def text_of(html: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
+BOB = "bob@example.test"
+GRANT_OF_BOB = {"email": BOB, "purpose": "newsletter", "notice_version": "2026-05"}
+
+
 def newest_event(world: HubWorld, purpose: str, channel: str = "email") -> dict[str, Any]:
     history = world.ledger.subject_view(EMAIL)["history"]
     return [e for e in history if e["purpose"] == purpose and e["channel"] == channel][-1]
@@ -125,6 +129,27 @@ def test_withdraw_and_grant_are_evidence_and_redirect_back_with_a_message(
     assert newest_event(world, "newsletter")["status"] == "granted"
     decision = world.hub.ledger.decision_for(EMAIL, "newsletter", "email")[1]
     assert not decision.suppressed
+
+
+def test_a_choice_offers_its_receipt(world: HubWorld, people: TestClient, token: str) -> None:
+    form = {"purpose": "newsletter", "channel": "email", "action": "withdraw", "lang": "en"}
+    world.clock.advance(minutes=5)
+    shown = act(people, token, "choose", form)
+    found = re.search(r'<a href="(/p/preferences/[^"]+/receipt/([0-9a-f]{64}))" download>', shown.text)
+    assert found and "Download your receipt (JSON)" in shown.text
+    receipt = people.get(found.group(1))
+    assert receipt.status_code == 200 and receipt.headers["cache-control"] == "no-store"
+    assert receipt.headers["content-disposition"].startswith('attachment; filename="consent-receipt-')
+    document = receipt.json()
+    assert document["events"][0]["event_state"] and EMAIL not in receipt.text
+    assert world.hub.receipt(uid_of(token), found.group(2)) == document
+    # Only this person's records, by their id: anything else is no page.
+    bob = world.post("/consents", {**GRANT_OF_BOB, "status": "withdrawn"}).json()["results"][0]
+    assert bob["subject"] != uid_of(token) and re.fullmatch("[0-9a-f]{64}", bob["record_id"])
+    assert world.hub.receipt(bob["subject"], bob["record_id"])  # Bob's, through Bob's link only
+    for record in (bob["record_id"], "f" * 64, "not-a-record"):
+        assert people.get(f"/p/preferences/{token}/receipt/{record}").status_code == 404
+    assert people.get(f"/p/preferences/{tampered(token)}/receipt/{found.group(2)}").status_code == 403
 
 
 def test_what_cannot_be_chosen_is_refused(world: HubWorld, people: TestClient, token: str) -> None:

@@ -47,6 +47,7 @@ TOKEN_MAX = 1024
 LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español", "it": "Italiano",
                   "nl": "Nederlands", "pl": "Polski", "sv": "Svenska", "da": "Dansk"}  # fmt: skip
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_RECORD_ID = re.compile(r"^[0-9a-f]{64}$")  # an evidence fingerprint (SHA-256)
 _TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase)/)[^/]+")
 
 
@@ -348,8 +349,10 @@ def create_app(hub: Hub) -> FastAPI:
             request.client.host if request.client else None, request.headers.get("user-agent")
         )
 
-    def back(request: Request, token: str, lang: str, done: str, item: str | None = None) -> RedirectResponse:
-        query = {"lang": lang, "done": done, **({"item": item} if item else {})}
+    def back(request: Request, token: str, lang: str, done: str, **more: str | None) -> RedirectResponse:
+        """To the page again (Post/Redirect/Get), saying what was done (``item``: to what;
+        ``receipt``: the record whose receipt the page offers)."""
+        query = {"lang": lang, "done": done, **{name: value for name, value in more.items() if value}}
         return RedirectResponse(path_of(request, "preferences", query, token=token), status_code=303)
 
     def row_of(person: Person, purpose: str, channel: str | None = None) -> dict[str, Any]:
@@ -419,7 +422,7 @@ def create_app(hub: Hub) -> FastAPI:
                 "title": _("Your privacy choices"),
                 "who": mask_email(person.email),
                 "groups": list(groups.values()),
-                "status": _done_message(_, request, channels),
+                "status": _done_message(_, request, token, channels),
                 "token": token,
                 "actions": {
                     name: path_of(request, name, token=token)
@@ -430,7 +433,9 @@ def create_app(hub: Hub) -> FastAPI:
             },
         )
 
-    def _done_message(_: Translate, request: Request, channels: dict[str, str]) -> dict[str, str] | None:
+    def _done_message(
+        _: Translate, request: Request, token: str, channels: dict[str, str]
+    ) -> dict[str, str] | None:
         """The outcome of the action just taken (Post/Redirect/Get), from a fixed set of
         messages: nothing from the query string is shown but a configured purpose's name."""
         done = request.query_params.get("done")
@@ -468,7 +473,11 @@ def create_app(hub: Hub) -> FastAPI:
         if done not in messages or (done not in ("erasure_mailed", "erasure_failed") and not known):
             return None
         kind, text = messages[done]
-        return {"kind": kind, "text": text}
+        shown = {"kind": kind, "text": text}
+        record_id = request.query_params.get("receipt") or ""
+        if done in ("granted", "withdrawn") and _RECORD_ID.match(record_id):
+            shown["receipt"] = path_of(request, "receipt", token=token, record_id=record_id)
+        return shown
 
     @app.post("/preferences/{token}/choose", name="choose")
     def choose(
@@ -487,7 +496,14 @@ def create_app(hub: Hub) -> FastAPI:
         result = centre.choose(
             person, purpose, channel, grant=action == "grant", visitor=visitor_of(request), language=lang
         )
-        return back(request, token, lang, result["recorded"], f"{purpose}:{channel}")
+        return back(
+            request,
+            token,
+            lang,
+            result["recorded"],
+            item=f"{purpose}:{channel}",
+            receipt=result.get("record_id"),
+        )
 
     @app.post("/preferences/{token}/object", name="object")
     def object_(
@@ -502,7 +518,7 @@ def create_app(hub: Hub) -> FastAPI:
             raise BadForm(f"{purpose!r} is not based on legitimate interests or a public task")
         result = centre.object(person, purpose, visitor_of(request))
         done = "objected_upheld" if result["status"] == "upheld" else "objected_pending"
-        return back(request, token, lang, done, purpose)
+        return back(request, token, lang, done, item=purpose)
 
     @app.post("/preferences/{token}/export", name="export")
     def export(
@@ -526,6 +542,24 @@ def create_app(hub: Hub) -> FastAPI:
             content,
             media_type=EXPORT_TYPES[format],
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.get("/preferences/{token}/receipt/{record_id}", name="receipt")
+    def receipt(request: Request, token: str, record_id: str) -> Response:
+        """The consent receipt of one of the person's choices (ISO/IEC TS 27560, JSON)."""
+        from consentsync.hub import receipts
+
+        person = person_of(token)
+        if not _RECORD_ID.match(record_id):
+            return problem(request, 404, "There is no page at this address.")
+        try:
+            document = hub.receipt(person.uid, record_id, language(request))
+        except NotFound:  # not this person's record: nothing of anyone else's is said
+            return problem(request, 404, "There is no page at this address.")
+        name, content, media_type = receipts.as_attachment(document)
+        log.info("people.receipt", subject=person.uid)
+        return Response(
+            content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
 
     @app.post("/preferences/{token}/erase", name="erase_request")
