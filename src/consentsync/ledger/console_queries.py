@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, and_, case, cast, distinct, func, or_, select, type_coerce
+from sqlalchemy import JSON, Connection, Engine, and_, case, cast, func, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
 from consentsync.domain import as_utc
@@ -223,9 +223,9 @@ def audit_choices(engine: Engine, *, after_seq: int = 0) -> dict[str, Any]:
         else:
             rule = type_coerce(audit_entries.c.payload, JSON)["rule"].as_string()
         newer = audit_entries.c.seq > after_seq
-        actions = set(conn.execute(select(distinct(audit_entries.c.action)).where(newer)).scalars())
-        rules = {r for r in conn.execute(select(distinct(rule)).where(newer)).scalars() if r}
-        connectors = set(conn.execute(select(distinct(sync_runs.c.connector))).scalars())
+        actions = set(conn.execute(select(audit_entries.c.action).where(newer).distinct()).scalars())
+        rules = {r for r in conn.execute(select(rule).where(newer).distinct()).scalars() if r}
+        connectors = set(conn.execute(select(sync_runs.c.connector).distinct()).scalars())
         head = conn.execute(select(func.max(audit_entries.c.seq))).scalar()
     return {
         "actions": actions,

@@ -110,6 +110,7 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     app.state.templates.env.tests["utc_time"] = is_utc_time
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
+    _mount_hub(app, console)
     app.include_router(api.router)
     app.include_router(pages.router)
     _install_handlers(app)
@@ -136,15 +137,42 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "same-origin"
+        # The preference centre sets no-referrer: its URLs hold the person's link token.
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("Content-Security-Policy", CSP)
         if request.url.scheme == "https":
             response.headers["Strict-Transport-Security"] = "max-age=31536000"
         # Paths only: a query string may hold filters an operator typed; never log it.
-        log.info("web.request", method=request.method, path=request.url.path, status=response.status_code)
+        log.info(
+            "web.request",
+            method=request.method,
+            path=logged_path(request.url.path),
+            status=response.status_code,
+        )
         return response
 
     return app
+
+
+# The hub's people pages carry a person's link or confirmation token in their path: a credential.
+_PEOPLE_TOKEN = re.compile(r"^(/p/(?:preferences|confirm|erase)/)[^/]+")
+
+
+def logged_path(path: str) -> str:
+    """A request path as the log may hold it: a people page's token replaced by ``<token>``."""
+    return _PEOPLE_TOKEN.sub(r"\1<token>", path)
+
+
+def _mount_hub(app: FastAPI, console: Console) -> None:
+    """The hub (docs/hub.md) beside the console: the capture API at /v1 (API keys) and the
+    preference centre at /p (signed links); neither uses the console's logins."""
+    from consentsync.hub import people
+    from consentsync.hub.api import create_app as capture_app
+    from consentsync.hub.capture import Hub
+
+    hub = Hub(console.config, console.ledger)
+    app.mount("/v1", capture_app(hub))
+    app.mount("/p", people.create_app(hub))
 
 
 async def keep_draft(request: Request) -> Response:
