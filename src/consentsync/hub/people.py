@@ -221,11 +221,9 @@ def create_app(hub: Hub) -> FastAPI:
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
     csp = content_security_policy(branding)
     stylesheet = brand_css(branding)
-    logo = (
-        branding.logo_url
-        if branding.logo_url and (_origin(branding.logo_url) or branding.logo_url.startswith("/"))
-        else None
-    )
+    # An http(s) URL (its origin is allowed in the CSP) or a path on this site; "//host" is neither.
+    local_logo = (branding.logo_url or "").startswith("/") and not (branding.logo_url or "").startswith("//")
+    logo = branding.logo_url if branding.logo_url and (_origin(branding.logo_url) or local_logo) else None
 
     def language(request: Request, chosen: str | None = None) -> str:
         return negotiate(
