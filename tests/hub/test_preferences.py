@@ -90,3 +90,11 @@ def test_erasure_waits_for_the_mailed_link(world: HubWorld, centre: PreferenceCe
 
 def token_of_uid(world: HubWorld, uid: str) -> str:
     return world.hub.preference_link(uid).rsplit("/", 1)[1]
+
+
+def test_only_a_consent_purpose_can_be_granted(world: HubWorld, centre: PreferenceCentre) -> None:
+    from consentsync.domain import InvalidInput
+
+    person = centre.person(token_of(world))
+    with pytest.raises(InvalidInput, match="not based on consent"):
+        centre.choose(person, "service", "email", grant=True, visitor=centre.visitor("192.0.2.1", "ua"))

@@ -114,6 +114,10 @@ class PreferenceCentre:
         known = self.ledger.purposes.get(purpose)
         if known is None or channel not in known.channels:
             raise InvalidInput(f"unknown purpose or channel: {purpose!r} {channel!r}")
+        if grant and known.default_basis is not LawfulBasis.CONSENT:
+            # A grant records consent: on a purpose with another basis it would claim a consent
+            # the person was never asked for (the page offers no such button either).
+            raise InvalidInput(f"purpose {purpose!r} is not based on consent: it cannot be granted here")
         notice = current(self.ledger, purpose, language)
         if grant and notice is None:
             raise InvalidInput(f"purpose {purpose!r} has no notice to show: it cannot be granted here")
