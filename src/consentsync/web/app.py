@@ -29,7 +29,7 @@ from consentsync.web.console import Console
 from consentsync.web.deps import Forbidden, LoginRequired, require
 from consentsync.web.drafts import DRAFT_COOKIE, DRAFT_MINUTES, Drafts
 from consentsync.web.plans import Conflict
-from consentsync.web.rendering import is_utc_time, render
+from consentsync.web.rendering import is_utc_time, render, soft_breaks
 from consentsync.web.security import CSRF_FIELD, SESSION_COOKIE, Sessions, set_cookie, signing_key
 
 log = structlog.get_logger("consentsync.web")
@@ -109,6 +109,7 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     app.state.trusted_proxies = tuple(console.config.settings.web.trusted_networks())
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     app.state.templates.env.tests["utc_time"] = is_utc_time
+    app.state.templates.env.filters["soft"] = soft_breaks
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
     _mount_hub(app, console)
     app.include_router(api.router)

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from markupsafe import Markup, escape
 
 from consentsync.accounts import Role
 from consentsync.web.console import Page
@@ -23,6 +24,16 @@ _UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 def is_utc_time(value: Any) -> bool:
     """A template test: a value the ledger wrote as a UTC time (``iso``), to show in the viewer's zone."""
     return isinstance(value, str) and _UTC_TIME.fullmatch(value) is not None
+
+
+_SOFT_BREAK = re.compile(r"([:_=./,])(?=\S)")
+
+
+def soft_breaks(value: Any) -> Markup:
+    """A template filter: the text, escaped, with a line-break opportunity (``<wbr>``) after each
+    separator inside a token (``sf:<wbr>Contact``, ``manual_<wbr>review``), so that a narrow
+    column wraps an identifier between its parts, never inside a word."""
+    return Markup(_SOFT_BREAK.sub(r"\1<wbr>", str(escape(value))))
 
 
 def render(
