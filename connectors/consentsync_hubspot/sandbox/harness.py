@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_hubspot.sandbox.server import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
@@ -97,7 +98,11 @@ _MERGED = ((6, "grete@nowak-design.example.test"), (13, "nia.oneil@work.example.
 _ARCHIVED = ("former.customer@example.test", "Former", "Customer")
 
 
-class HubSpotHarness:
+class HubSpotHarness(SandboxHarness):
+    # The standard session expiry is the admin rotating the private app's token: the connector
+    # re-reads its token file.
+    timeout = TIMEOUT
+    write_kinds = WRITE_KINDS
     vendor = "hubspot"
     object_type = "contacts"
     read_fields = ("email", "jobtitle", "hs_legal_basis", f"subscription_{MARKETING}")
@@ -352,30 +357,3 @@ class HubSpotHarness:
         return math.ceil(properties / HubSpotHarness.write_batch_size) + subscriptions
 
     # -- faults and counting -------------------------------------------------------------------
-
-    def fail_writes(self, record_ids: Sequence[str]) -> None:
-        self.sandbox.faults.fail_records(*record_ids)
-
-    def set_fault(self, fault: str) -> None:
-        settings: dict[str, Any] = {
-            "server_error": {"error_rate": 1.0, "error_calls": 2},
-            "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
-            "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
-            # The admin rotates the private app's token; the connector re-reads its token file.
-            "session_expiry": {"session_expiry_after": 2},
-            "throttle": {"throttle_after": 0, "throttle_calls": 2},
-            "request_limit": {"request_limit_after": 1},
-        }[fault]
-        self.sandbox.faults.update(**settings)
-
-    def clear_faults(self) -> None:
-        self.sandbox.faults.reset()
-
-    def faults_injected(self) -> int:
-        return sum(self.sandbox.faults_injected.values())
-
-    def api_calls(self) -> int:
-        return self.sandbox.total_calls
-
-    def write_calls(self) -> int:
-        return self.sandbox.calls_of(WRITE_KINDS)

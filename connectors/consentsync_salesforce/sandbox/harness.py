@@ -4,12 +4,13 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_salesforce.sandbox import SalesforceSandbox
@@ -178,7 +179,9 @@ _TITLES = (None, "Buyer", "CFO", "Head of Marketing", "Engineer", "Office Manage
 _SOURCES = (None, "Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
 
 
-class SalesforceHarness:
+class SalesforceHarness(SandboxHarness):
+    timeout = TIMEOUT
+    write_kinds = WRITE_KINDS
     vendor = "salesforce"
     object_type = "Contact"
     read_fields = ("Email", "HasOptedOutOfEmail", "DoNotCall", "Title")
@@ -425,29 +428,3 @@ class SalesforceHarness:
         return bool(record["HasOptedOutOfEmail"])
 
     # -- faults and counting -------------------------------------------------------------------
-
-    def fail_writes(self, record_ids: Sequence[str]) -> None:
-        self.sandbox.faults.fail_records(*record_ids)
-
-    def set_fault(self, fault: str) -> None:
-        settings: dict[str, Any] = {
-            "server_error": {"error_rate": 1.0, "error_calls": 2},
-            "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
-            "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
-            "session_expiry": {"session_expiry_after": 2},
-            "throttle": {"throttle_after": 0, "throttle_calls": 2},
-            "request_limit": {"request_limit_after": 1},
-        }[fault]
-        self.sandbox.faults.update(**settings)
-
-    def clear_faults(self) -> None:
-        self.sandbox.faults.reset()
-
-    def faults_injected(self) -> int:
-        return sum(self.sandbox.faults_injected.values())
-
-    def api_calls(self) -> int:
-        return self.sandbox.total_calls
-
-    def write_calls(self) -> int:
-        return self.sandbox.calls_of(WRITE_KINDS)

@@ -12,10 +12,10 @@ no deletions (``reads_deletions`` is False) and the contract's deletion test is 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
@@ -160,7 +160,12 @@ _EXISTING_ORG: tuple[tuple[str, str, str | None, int, tuple[_ExistingConsent, ..
 )
 
 
-class SuperOfficeHarness:
+class SuperOfficeHarness(SandboxHarness):
+    timeout = TIMEOUT
+    write_kinds = WRITE_KINDS
+    fault_settings: ClassVar[dict[str, dict[str, Any]]] = {
+        "throttle": {"throttle_after": 0, "throttle_calls": 2, "throttle_retry_after": 1.0},
+    }
     vendor = "superoffice"
     object_type = "Person"
     read_fields = ("Email", "LegalBase_EMARKETING", "LegalBase_STORE", "Updated_STORE", "Comment_STORE")
@@ -320,29 +325,3 @@ class SuperOfficeHarness:
         return row is not None and row.legal_base.key == self.tenant.withdrawn_legal_base
 
     # -- faults and counting -------------------------------------------------------------------
-
-    def fail_writes(self, record_ids: Sequence[str]) -> None:
-        self.sandbox.faults.fail_records(*record_ids)
-
-    def set_fault(self, fault: str) -> None:
-        settings: dict[str, Any] = {
-            "server_error": {"error_rate": 1.0, "error_calls": 2},
-            "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
-            "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
-            "session_expiry": {"session_expiry_after": 2},
-            "throttle": {"throttle_after": 0, "throttle_calls": 2, "throttle_retry_after": 1.0},
-            "request_limit": {"request_limit_after": 1},
-        }[fault]
-        self.sandbox.faults.update(**settings)
-
-    def clear_faults(self) -> None:
-        self.sandbox.faults.reset()
-
-    def faults_injected(self) -> int:
-        return sum(self.sandbox.faults_injected.values())
-
-    def api_calls(self) -> int:
-        return self.sandbox.total_calls
-
-    def write_calls(self) -> int:
-        return self.sandbox.calls_of(WRITE_KINDS)

@@ -10,10 +10,10 @@ every contract test also checks the connector's time-zone handling, and stores 3
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
@@ -74,7 +74,12 @@ _EXISTING_ORG: tuple[tuple[str, str, str | None, int, str, str, int | None, str,
 _CHANGE_STAMPS = ("modifiedtime", "modifiedby")
 
 
-class VtigerHarness:
+class VtigerHarness(SandboxHarness):
+    timeout = TIMEOUT
+    write_kinds = WRITE_KINDS
+    fault_settings: ClassVar[dict[str, dict[str, Any]]] = {
+        "session_expiry": {"session_expiry_after": 2, "session_expiry_repeat": True},
+    }
     vendor = "vtiger"
     object_type = "Contacts"
     read_fields = ("email", "emailoptout", "donotcall", "firstname")
@@ -244,29 +249,3 @@ class VtigerHarness:
         return record["emailoptout"] == "1"
 
     # -- faults and counting -------------------------------------------------------------------
-
-    def fail_writes(self, record_ids: Sequence[str]) -> None:
-        self.sandbox.faults.fail_records(*record_ids)
-
-    def set_fault(self, fault: str) -> None:
-        settings: dict[str, Any] = {
-            "server_error": {"error_rate": 1.0, "error_calls": 2},
-            "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
-            "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
-            "session_expiry": {"session_expiry_after": 2, "session_expiry_repeat": True},
-            "throttle": {"throttle_after": 0, "throttle_calls": 2},
-            "request_limit": {"request_limit_after": 1},
-        }[fault]
-        self.sandbox.faults.update(**settings)
-
-    def clear_faults(self) -> None:
-        self.sandbox.faults.reset()
-
-    def faults_injected(self) -> int:
-        return sum(self.sandbox.faults_injected.values())
-
-    def api_calls(self) -> int:
-        return self.sandbox.total_calls
-
-    def write_calls(self) -> int:
-        return self.sandbox.calls_of(WRITE_KINDS)

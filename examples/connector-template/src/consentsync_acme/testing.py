@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_acme.sandbox import AcmeSandbox
@@ -15,7 +15,12 @@ MAPPINGS = Path(__file__).resolve().parent / "mappings"  # shipped as package da
 TIMEOUT = 2.0
 
 
-class AcmeHarness:
+class AcmeHarness(SandboxHarness):
+    # The fault switches and call counts come from the sandbox kit (fail_writes, set_fault,
+    # clear_faults, faults_injected, api_calls, write_calls); it needs the timeout the settings
+    # give the connector and the endpoint kinds that write.
+    timeout = TIMEOUT
+    write_kinds = ("batch",)
     vendor = "acme"
     object_type = "contacts"
     read_fields = ("email", "note", "unsubscribed")
@@ -94,30 +99,3 @@ class AcmeHarness:
 
     def read_opted_out(self, record_id: str) -> bool:
         return bool(self.sandbox.contacts[record_id]["unsubscribed"])
-
-    def fail_writes(self, record_ids: Sequence[str]) -> None:
-        self.sandbox.faults.fail_records(*record_ids)
-
-    def set_fault(self, fault: str) -> None:
-        self.sandbox.faults.update(
-            **{
-                "server_error": {"error_rate": 1.0, "error_calls": 2},
-                "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
-                "slow_response": {"delay": TIMEOUT + 1.0, "delay_calls": 1},
-                "session_expiry": {"session_expiry_after": 2},
-                "throttle": {"throttle_after": 0, "throttle_calls": 2},
-                "request_limit": {"request_limit_after": 1},
-            }[fault]
-        )
-
-    def clear_faults(self) -> None:
-        self.sandbox.faults.reset()
-
-    def faults_injected(self) -> int:
-        return sum(self.sandbox.faults_injected.values())
-
-    def api_calls(self) -> int:
-        return self.sandbox.total_calls
-
-    def write_calls(self) -> int:
-        return self.sandbox.calls["batch"]

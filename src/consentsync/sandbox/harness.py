@@ -1,0 +1,55 @@
+"""What every contract harness over an :class:`~consentsync.sandbox.server.HttpsSandbox` does the
+same way: switch the standard faults on and off, make records' writes fail, count API and write
+calls. A harness (:class:`consentsync.sdk.harness.ContractHarness`) subclasses
+:class:`SandboxHarness`, keeps its sandbox in ``self.sandbox`` and says ``timeout`` (the
+connector's, as its settings configure it) and ``write_kinds`` (the endpoint kinds that write);
+it changes a fault's switches in ``fault_settings`` where its CRM needs other ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+
+def standard_fault_settings(timeout: float) -> dict[str, dict[str, Any]]:
+    """The :class:`~consentsync.sandbox.faults.Faults` switches of each standard fault
+    (:data:`consentsync.sdk.harness.STANDARD_FAULTS`), for a connector whose calls time out after
+    ``timeout`` seconds."""
+    return {
+        "server_error": {"error_rate": 1.0, "error_calls": 2},
+        "connection_reset": {"reset_rate": 1.0, "reset_calls": 2},
+        "slow_response": {"delay": timeout + 1.0, "delay_calls": 1},
+        "session_expiry": {"session_expiry_after": 2},
+        "throttle": {"throttle_after": 0, "throttle_calls": 2},
+        "request_limit": {"request_limit_after": 1},
+    }
+
+
+class SandboxHarness:
+    """The fault switches and call counts of a harness whose sandbox is an ``HttpsSandbox``."""
+
+    sandbox: Any
+    timeout: ClassVar[float] = 2.0
+    write_kinds: ClassVar[Sequence[str]] = ()
+    #: Switches that replace a standard fault's (e.g. a session expiring every 2 calls, not once).
+    fault_settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def fail_writes(self, record_ids: Sequence[str]) -> None:
+        self.sandbox.faults.fail_records(*record_ids)
+
+    def set_fault(self, fault: str) -> None:
+        settings = self.fault_settings.get(fault) or standard_fault_settings(self.timeout)[fault]
+        self.sandbox.faults.update(**settings)
+
+    def clear_faults(self) -> None:
+        self.sandbox.faults.reset()
+
+    def faults_injected(self) -> int:
+        return sum(self.sandbox.faults_injected.values())
+
+    def api_calls(self) -> int:
+        return self.sandbox.total_calls
+
+    def write_calls(self) -> int:
+        return self.sandbox.calls_of(self.write_kinds)
