@@ -1110,7 +1110,7 @@ def test_faults_at_construction_and_validation() -> None:
     with pytest.raises(ValueError):
         shared.update(error_kinds={"no_such_kind"})
     with pytest.raises(ValueError):
-        shared.lock_records("not-an-id")
+        shared.fail_records("not-an-id")
 
 
 def test_call_counters(sandbox: SalesforceSandbox, api: Api) -> None:

@@ -125,6 +125,16 @@ MAX_REPLICATION_IDS = 600_000
 _NOT_FOUND = "The requested resource does not exist"
 
 
+class SalesforceFaults(Faults):
+    """The shared fault switches, with Salesforce's words for the per-record write failure (its
+    error is UNABLE_TO_LOCK_ROW): ``lock_ids``, :meth:`lock_records`, :meth:`consume_lock`."""
+
+    id_settings = ("fail_ids", "lock_ids")
+    lock_records = Faults.fail_records
+    unlock_records = Faults.release_records
+    consume_lock = Faults.consume_failure
+
+
 # The endpoint kinds this sandbox counts calls of and aims faults at.
 ENDPOINT_KINDS = (
     "token",
@@ -305,6 +315,7 @@ class SalesforceSandbox(HttpsSandbox):
     """
 
     endpoint_kinds = ENDPOINT_KINDS
+    faults_class = SalesforceFaults
     server_name = "SFDC"
     thread_name = "salesforce-sandbox"
 
@@ -808,7 +819,7 @@ class SalesforceSandbox(HttpsSandbox):
         fields = {k: v for k, v in body.items() if k not in ("attributes", "Id", "id")}
         converted = self.org.convert_json_fields(obj, fields)
         result = self.org.apply_updates(
-            [(obj.name, record_id, converted)], all_or_none=True, lock_check=self.faults.consume_lock
+            [(obj.name, record_id, converted)], all_or_none=True, lock_check=self.faults.consume_failure
         )[0]
         if result is None:
             return SandboxResponse(204, b"", None)
@@ -917,7 +928,9 @@ class SalesforceSandbox(HttpsSandbox):
             record_id = record.get("id", record.get("Id"))
             fields = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
             items.append((obj.name, record_id, self.org.convert_json_fields(obj, fields)))
-        results = self.org.apply_updates(items, all_or_none=all_or_none, lock_check=self.faults.consume_lock)
+        results = self.org.apply_updates(
+            items, all_or_none=all_or_none, lock_check=self.faults.consume_failure
+        )
         out = []
         for (_, record_id, _), result in zip(items, results, strict=True):
             if result is None:
@@ -940,7 +953,7 @@ class SalesforceSandbox(HttpsSandbox):
                 f"{MAX_COLLECTION_RECORDS} records into this call",
             )
         all_or_none = (request.param("allOrNone") or "false").lower() == "true"
-        results = self.org.delete_many(ids, all_or_none=all_or_none, lock_check=self.faults.consume_lock)
+        results = self.org.delete_many(ids, all_or_none=all_or_none, lock_check=self.faults.consume_failure)
         out = [
             {"id": to18(record_id), "success": True, "errors": []}
             if error is None
@@ -1154,7 +1167,7 @@ class SalesforceSandbox(HttpsSandbox):
                 elif job.operation == "delete":
                     if not row_id:
                         raise RecordError("MISSING_ARGUMENT", "Id not specified in a delete call")
-                    if self.faults.consume_lock(to18(row_id) or row_id):
+                    if self.faults.consume_failure(to18(row_id) or row_id):
                         raise RecordError(
                             "UNABLE_TO_LOCK_ROW",
                             f"unable to obtain exclusive access to this record or 1 records: {row_id}",
@@ -1171,7 +1184,7 @@ class SalesforceSandbox(HttpsSandbox):
             results = self.org.apply_updates(
                 [(job.sobject.name, row_id or None, values) for _, row_id, values in pending],
                 all_or_none=False,
-                lock_check=self.faults.consume_lock,
+                lock_check=self.faults.consume_failure,
             )
             for (index, row_id, _), result in zip(pending, results, strict=True):
                 outcomes[index] = (to18(row_id) or "", result, False)

@@ -31,10 +31,11 @@ Settings (all optional):
 ``session_expiry_after``, ``session_expiry_repeat``
     after this many further API calls every session issued so far expires (the vendor's 401 until
     the client logs in again); once, or every that many calls.
-``fail_ids`` (Salesforce's name: ``lock_ids``)
-    record ids whose writes fail with the vendor's per-record error (Salesforce
-    UNABLE_TO_LOCK_ROW): a mapping of id to the number of attempts that fail (None: every
-    attempt), or an iterable of ids (always).
+``fail_ids``
+    record ids whose writes fail with the vendor's per-record error (a locked row, a validation
+    rule): a mapping of id to the number of attempts that fail (None: every attempt), or an
+    iterable of ids (always). A vendor's sandbox may give the switch its vendor's name too
+    (:attr:`Faults.id_settings`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,6 @@ _DEFAULTS: dict[str, Any] = {
     "session_expiry_after": None,
     "session_expiry_repeat": False,
 }
-_ID_SETTINGS = ("fail_ids", "lock_ids")
 
 
 def _same(record_id: str) -> str | None:
@@ -81,6 +81,9 @@ class Faults:
     A sandbox binds its instance to its endpoint kinds and its record id spelling
     (:meth:`bind`); until then any kind name and any non-empty id is accepted.
     """
+
+    #: The names of the ``fail_ids`` switch (a subclass adds its vendor's word for it).
+    id_settings: tuple[str, ...] = ("fail_ids",)
 
     def __init__(self, **settings: Any) -> None:
         self._mutex = threading.Lock()
@@ -119,18 +122,17 @@ class Faults:
     def settings(self) -> dict[str, Any]:
         with self._mutex:
             out = dict(self._values)
-            out["fail_ids"] = dict(self._failing)
-            out["lock_ids"] = dict(self._failing)
+            out.update((name, dict(self._failing)) for name in self.id_settings)
             return out
 
     def update(self, **settings: Any) -> None:
         """Change some switches; the others keep their values."""
-        unknown = set(settings) - set(_DEFAULTS) - set(_ID_SETTINGS)
+        unknown = set(settings) - set(_DEFAULTS) - set(self.id_settings)
         if unknown:
             raise TypeError(f"unknown fault setting(s): {', '.join(sorted(unknown))}")
         with self._mutex:
             for name, value in settings.items():
-                if name in _ID_SETTINGS:
+                if name in self.id_settings:
                     self._failing = {}
                     self._add_failures(value)
                     continue
@@ -194,11 +196,6 @@ class Faults:
             else:
                 self._failing[key] = remaining - 1
             return True
-
-    # Salesforce's words for the same switch (its per-record error is UNABLE_TO_LOCK_ROW).
-    lock_records = fail_records
-    unlock_records = release_records
-    consume_lock = consume_failure
 
     def _check_kinds(self, name: str, value: frozenset[str] | None) -> None:
         if value is not None and self._kinds is not None and not value <= self._kinds:

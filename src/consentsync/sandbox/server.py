@@ -121,6 +121,8 @@ class HttpsSandbox(ABC):
 
     #: The vendor's endpoint kinds; fault switches limited to kinds are checked against them.
     endpoint_kinds: tuple[str, ...] = ()
+    #: The fault switches a sandbox makes when it is given none (or only their settings).
+    faults_class: type[Faults] = Faults
     #: The ``Server`` header.
     server_name = "consentsync-sandbox"
     thread_name = "sandbox"
@@ -137,7 +139,7 @@ class HttpsSandbox(ABC):
     ) -> None:
         self.host = host
         self.port = port
-        self.faults = faults if isinstance(faults, Faults) else Faults(**dict(faults or {}))
+        self.faults = faults if isinstance(faults, Faults) else self.faults_class(**dict(faults or {}))
         self.faults.bind(self.endpoint_kinds, normalize_id)
         self.calls: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
