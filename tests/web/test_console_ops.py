@@ -215,15 +215,22 @@ def test_quarantined_records_are_paginated_retried_in_bulk_and_a_retry_returns_t
     assert everything.headers["location"].startswith(f"/runs/{world.run_id}?retried=")
     assert _requested(world) == set(ids)
 
-    # Nothing left, and ids of another run or none ticked are refused, plainly.
-    refused = client.post(
-        f"/runs/{world.run_id}/retry", data={"scope": "all", "csrf_token": page_csrf(second)}
+    # Nothing left, or none ticked: back to the page, saying why; ids of another run are refused.
+    for form, why in (
+        ({"scope": "all"}, "no open quarantined record"),
+        ({"scope": "selected"}, "no record ticked"),
+    ):
+        again = client.post(
+            f"/runs/{world.run_id}/retry", data={**form, "back": back, "csrf_token": page_csrf(second)}
+        )
+        assert again.status_code == 200 and "page=2" in str(again.url)
+        alert = again.text[again.text.index('role="alert"') :].split("</div>")[0]
+        assert why in alert and "queued again" not in again.text
+    foreign = client.post(
+        f"/runs/{world.run_id}/retry",
+        data={"scope": "selected", "ids": ["999999"], "csrf_token": page_csrf(second)},
     )
-    assert refused.status_code == 400 and "no open quarantined record" in refused.text
-    none = client.post(
-        f"/runs/{world.run_id}/retry", data={"scope": "selected", "csrf_token": page_csrf(second)}
-    )
-    assert none.status_code == 400 and "no record ticked" in none.text
+    assert "are not open records of run" in foreign.text
 
     # A viewer cannot retry.
     viewer = log_in(TestClient(app), "vic")

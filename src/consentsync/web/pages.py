@@ -253,20 +253,26 @@ def retry_many(
     reason: Annotated[str, Form(max_length=4000)] = "",
     back: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    """Retry the ticked records (``scope`` selected), those of one reason, or all open ones."""
-    if scope not in ("selected", "reason", "all"):
-        raise InvalidInput(f"scope {scope!r}: accepted are selected, reason, all")
-    if scope == "selected" and not ids:
-        raise InvalidInput("no record ticked: tick the records to retry, or retry all of them")
-    if scope == "reason" and not reason:
-        raise InvalidInput("choose the reason whose records to retry")
-    done = console_of(request).retry_many(
-        run_id,
-        account,
-        ids=ids if scope == "selected" else None,
-        reason=reason if scope == "reason" else None,
-    )
-    target = _back_to_run(done["run_id"], back, len(done["retried"]), done["refused"], "quarantined")
+    """Retry the ticked records (``scope`` selected), those of one reason, or all open ones. A
+    request that cannot be done (nothing ticked, nothing open) returns to the page saying why."""
+    console = console_of(request)
+    full = console.run(run_id)["id"]
+    try:
+        if scope not in ("selected", "reason", "all"):
+            raise InvalidInput(f"scope {scope!r}: accepted are selected, reason, all")
+        if scope == "selected" and not ids:
+            raise InvalidInput("no record ticked: tick the records to retry, or retry all of them")
+        if scope == "reason" and not reason:
+            raise InvalidInput("choose the reason whose records to retry")
+        done = console.retry_many(
+            full,
+            account,
+            ids=ids if scope == "selected" else None,
+            reason=reason if scope == "reason" else None,
+        )
+    except InvalidInput as error:
+        done = {"retried": [], "refused": [str(error)]}
+    target = _back_to_run(full, back, len(done["retried"]), done["refused"], "quarantined")
     return RedirectResponse(target, status_code=303)
 
 
