@@ -42,7 +42,7 @@ def test_the_sandboxes_are_their_own_distribution_and_the_demo_extra() -> None:
     version = main["project"]["version"]
     assert own["project"]["version"] == version
     assert own["project"]["dependencies"] == [f"consentsync=={version}"]
-    assert main["project"]["optional-dependencies"]["demo"] == [f"consentsync-sandboxes=={version}"]
+    assert f"consentsync-sandboxes=={version}" in main["project"]["optional-dependencies"]["demo"]
     excluded = main["tool"]["setuptools"]["packages"]["find"]["exclude"]
     assert {"consentsync.sandbox", "*.sandbox", "*.sandbox.*"} <= set(excluded)
     sandboxes = sorted(

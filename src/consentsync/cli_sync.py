@@ -439,13 +439,27 @@ def sandbox() -> None:
     help="Comma-separated CRMs (e.g. salesforce,hubspot,dynamics,superoffice,vtiger): one person in "
     "all of them; a withdrawal in the first reaches every other one.",
 )
+@click.option(
+    "--hub",
+    is_flag=True,
+    help="The ledger as the hub: a web form's capture with double opt-in through a local SMTP "
+    "server, the grant pushed to every CRM (--crms, default all installed), then a withdrawal on "
+    "the preference page reaching them all.",
+)
 @handled
-def demo(records: int, workdir: Path | None, crms: str | None) -> None:
+def demo(records: int, workdir: Path | None, crms: str | None, hub: bool) -> None:
     """Sync a seeded Salesforce sandbox with a fresh ledger, change it, sync again, report
-    (with --crms: one person across several CRMs' sandboxes)."""
+    (with --crms: one person across several CRMs' sandboxes; with --hub: capture and preference
+    centre end to end)."""
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         workdir = workdir.resolve()  # a relative --dir: the config's paths are relative to itself
+    if hub:
+        from consentsync.demo_hub import run_hub_demo
+
+        chosen = [name.strip() for name in crms.split(",") if name.strip()] if crms else None
+        run_hub_demo(chosen, records=min(records, 50), workdir=workdir, say=click.echo)
+        return
     if crms:
         from consentsync.demo_crms import run_crms_demo
 
