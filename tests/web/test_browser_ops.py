@@ -168,7 +168,7 @@ def test_a_decided_objections_reason_and_a_form_that_outlived_its_session(
     notice = page.locator("p[role=status]").inner_text()
     assert "Your session ended before the form was sent" in notice
     shots.take(page, "login-session-ended")
-    page.fill("input[name=name]", "rex")
+    assert page.locator("input[name=name]").input_value() == "rex"  # kept: only the password is asked
     page.fill("input[name=password]", "rex-reviewer-password-1")
     follow(page, "button[type=submit]")
     page.wait_for_url(re.compile(r".*/subjects$"))

@@ -420,6 +420,7 @@ def test_a_form_sent_after_the_session_ended_returns_after_login_with_what_was_t
     assert target.path == "/login" and parse_qs(target.query) == {"next": [path], "expired": ["1"]}
     login_page = client.get(sent.headers["location"]).text
     assert "Your session ended before the form was sent, so nothing was done" in login_page
+    assert 'autocomplete="username" required value="rex"' in login_page  # whose form it was
     assert reason not in sent.headers["location"] and "fraud" not in login_page
     assert world.ledger.list_objections()[0]["status"] == "pending"  # nothing was decided
 

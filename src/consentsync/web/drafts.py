@@ -48,6 +48,13 @@ class Drafts:
             self._drafts[key] = Draft(owner, path, kept, time.monotonic() + DRAFT_MINUTES * 60)
         return key
 
+    def owner(self, key: str | None) -> str | None:
+        """Whose draft ``key`` is (the login page fills in their name), or None."""
+        with self._lock:
+            self._expire()
+            draft = self._drafts.get(key or "")
+        return draft.owner if draft is not None else None
+
     def take(self, key: str | None, owner: str, path: str) -> dict[str, list[str]] | None:
         """The fields kept under ``key`` if they are ``owner``'s and were typed on ``path``
         (then they are gone: a page fills them in once); else None."""

@@ -17,6 +17,7 @@ from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput, iso
 from consentsync.web.console import EXPORT_TYPES, PER_PAGE, RUN_STATUSES, Page, parse_day
 from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
+from consentsync.web.drafts import DRAFT_COOKIE
 from consentsync.web.rendering import pager_links, render
 from consentsync.web.security import (
     LOGIN_COOKIE,
@@ -83,7 +84,9 @@ def _login_page(
 def login_form(request: Request, next: Text = "/", expired: Text = "") -> Response:
     if session_of(request) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _login_page(request, next, notice=EXPIRED.get(expired))
+    # After a form outlived its session: the name of the account whose form it was.
+    owner = request.app.state.drafts.owner(request.cookies.get(DRAFT_COOKIE)) if expired == "1" else None
+    return _login_page(request, next, name=owner or "", notice=EXPIRED.get(expired))
 
 
 @router.post("/login")
