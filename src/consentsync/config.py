@@ -180,6 +180,9 @@ class HubSettings(_Strict):
     # (lapsing, renewals) every this many minutes (0: only by command).
     mails_per_minute: int = Field(default=60, ge=1)
     upkeep_minutes: int = Field(default=60, ge=0)
+    # Consent purposes the daemon's upkeep sends consent requests for, to everyone they apply to
+    # with nothing on record (empty: only `consentsync hub requests PURPOSE` sends them).
+    request_purposes: list[str] = Field(default_factory=list)
     branding: BrandingSettings = BrandingSettings()
     smtp: SmtpSettings = SmtpSettings()
 
@@ -209,12 +212,13 @@ class Settings(_Strict):
                         ("purposes", index, "channels"),
                         f"unknown channel {channel!r}: accepted are {', '.join(self.channels)}",
                     )
-        for index, key in enumerate(self.hub.gpc_purposes):
-            if key not in seen:
-                raise _located(
-                    ("hub", "gpc_purposes", index),
-                    f"unknown purpose {key!r}: configured are {', '.join(sorted(seen))}",
-                )
+        for field_name in ("gpc_purposes", "request_purposes"):
+            for index, key in enumerate(getattr(self.hub, field_name)):
+                if key not in seen:
+                    raise _located(
+                        ("hub", field_name, index),
+                        f"unknown purpose {key!r}: configured are {', '.join(sorted(seen))}",
+                    )
         names = [c.name for c in self.connectors]
         for index, name in enumerate(names):
             if names.index(name) != index:

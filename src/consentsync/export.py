@@ -57,6 +57,7 @@ HISTORY_COLUMNS = [
     "origin",
     "actor",
     "notice_version",
+    "notice_sha256",  # the text shown, from the hub's notice registry (empty when unregistered)
     "double_opt_in_at",
     "evidence_ref",
     "soft_opt_in",  # the PECR / ePrivacy soft opt-in's conditions, as JSON (empty for others)

@@ -117,3 +117,23 @@ def test_the_daemon_lapses_and_renews_on_its_schedule(world: HubWorld) -> None:
     with world.ledger.engine.connect() as conn:
         kinds = {(row.kind, row.lapsed_at is not None) for row in conn.execute(select(confirmations))}
     assert kinds == {("double_opt_in", True), ("renewal", False)}  # bob's unconfirmed opt-in lapsed
+
+
+def test_the_daemon_sends_consent_requests_only_for_the_purposes_configured(world: HubWorld) -> None:
+    from dataclasses import replace
+
+    from consentsync.sync.daemon import Daemon
+
+    someone(world, "ada@example.test")
+    world.inbox.messages.clear()
+    Daemon(world.hub.config, world.ledger).hub_upkeep()
+    assert world.inbox.messages == []  # none configured: requests are a deliberate command
+    settings = world.hub.config.settings
+    configured = replace(
+        world.hub.config,
+        settings=settings.model_copy(
+            update={"hub": settings.hub.model_copy(update={"request_purposes": ["newsletter"]})}
+        ),
+    )
+    Daemon(configured, world.ledger).hub_upkeep()
+    assert [m["To"] for m in world.inbox.messages] == ["ada@example.test"]

@@ -4,12 +4,16 @@ export, and erasure only once the mailed link is followed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consentsync import audit
+from consentsync.export import write_export
 from consentsync.hub.links import LinkRefused, make_token
+from consentsync.hub.notices import text_digest
 from consentsync.hub.preferences import PreferenceCentre
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld
 
 GRANT = {
     "email": "ada@example.test",
@@ -63,12 +67,17 @@ def test_a_choice_is_evidence_with_notice_and_keyed_hashes(world: HubWorld, cent
     assert centre.choose(person, "newsletter", "email", grant=True, visitor=visitor)["status"] == "granted"
 
 
-def test_objection_and_export(world: HubWorld, centre: PreferenceCentre) -> None:
+def test_objection_and_export(world: HubWorld, centre: PreferenceCentre, tmp_path: Path) -> None:
     person = centre.person(token_of(world))
     objection = centre.object(person, "profiling", centre.visitor("198.51.100.1", "ua"))
     assert objection["status"] in ("upheld", "pending")
     view = centre.export(person)
     assert view["email"] == "ada@example.test" and view["objections"]
+    # The export names the notice text shown by its content hash, in every format.
+    grant = next(e for e in view["history"] if e["status"] == "granted")
+    assert grant["notice_version"] == "2026-05" and grant["notice_sha256"] == text_digest(NEWSLETTER_NOTICE)
+    write_export(view, "csv", tmp_path / "record.csv")
+    assert text_digest(NEWSLETTER_NOTICE) in (tmp_path / "record.csv").read_text()
     with world.ledger.engine.connect() as conn:
         reads = list(audit.entries(conn, subject_uids=[person.uid], action="subject.exported"))
     assert [(e["actor"], e["source"]) for e in reads] == [("data subject", "preference_center")]

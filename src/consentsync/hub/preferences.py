@@ -185,9 +185,10 @@ class PreferenceCentre:
         text = _(
             "You asked us to erase your data. Please confirm by opening this link within {days} "
             "days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing is erased until the link "
-            "is followed.\n",
+            "is followed.\n\nAll your choices, at any time: {preferences}\n",
             days=self.hub.settings.confirmation_days,
             link=self.hub.url(f"/p/erase/{token}"),
+            preferences=self.hub.preference_link(person.uid),
         )
         try:
             self.hub.mailer.send(Mail(person.email, _("Please confirm the erasure of your data"), text))

@@ -57,6 +57,7 @@ from consentsync.ledger.schema import (
     consent_events,
     consent_states,
     crm_links,
+    notices,
     objections,
     outbox,
     quarantine,
@@ -800,6 +801,19 @@ class Ledger:
                     .order_by(consent_events.c.id)
                 )
             ]
+            # Each event's notice text by its content hash (the registry's first text of that
+            # version: its original language), so an export says exactly what the person was shown.
+            versions = sorted({item["notice_version"] for item in history if item["notice_version"]})
+            if versions:
+                hashes: dict[tuple[str, str], str] = {}
+                for row in conn.execute(
+                    select(notices.c.purpose, notices.c.version, notices.c.sha256)
+                    .where(notices.c.version.in_(versions))
+                    .order_by(notices.c.id.desc())
+                ):
+                    hashes[(row.purpose, row.version)] = row.sha256
+                for item in history:
+                    item["notice_sha256"] = hashes.get((item["purpose"], item["notice_version"]))
             links = [
                 {
                     "connector": row.connector,
@@ -1421,6 +1435,7 @@ def _event_view(row: Any) -> dict[str, Any]:
         "origin": row.origin,
         "actor": row.actor,
         "notice_version": row.notice_version,
+        "notice_sha256": None,  # filled by subject_view from the notice registry
         "double_opt_in_at": iso(row.double_opt_in_at),
         "evidence_ref": row.evidence_ref,
         "run_id": row.run_id,

@@ -104,9 +104,10 @@ class Daemon:
             )
 
     def _schedule_hub_upkeep(self) -> None:
-        """The hub's upkeep every ``hub.upkeep_minutes``: unconfirmed double opt-ins lapse, and
-        renewal requests go out for consents about to expire. Consent requests to new people are
-        never automatic: an admin sends them (``consentsync hub requests``)."""
+        """The hub's upkeep every ``hub.upkeep_minutes``: unconfirmed double opt-ins lapse,
+        renewal requests go out for consents about to expire, and consent requests for the
+        purposes ``hub.request_purposes`` names (none by default: an admin sends them with
+        ``consentsync hub requests``)."""
         minutes = self.config.settings.hub.upkeep_minutes
         if minutes:
             self.scheduler.add_job(
@@ -124,15 +125,23 @@ class Daemon:
         from consentsync.hub.outreach import Outreacher
 
         hub = Hub(self.config, self.ledger)
+        outreach = Outreacher(hub, sleep=self.stopping.wait)
         try:
             lapsed = hub.lapse_unconfirmed()
-            renewals = Outreacher(hub, sleep=self.stopping.wait).renew()
+            renewals = outreach.renew()
+            requests = [outreach.request_consent(key) for key in self.config.settings.hub.request_purposes]
         except Exception as error:
             # The daemon goes on and the next upkeep tries again. The class only: a message may
             # quote an address.
             log.error("hub.upkeep_failed", error=type(error).__name__)
             return
-        log.info("hub.upkeep", lapsed=lapsed, renewals_sent=renewals.sent, renewals_failed=renewals.failed)
+        log.info(
+            "hub.upkeep",
+            lapsed=lapsed,
+            renewals_sent=renewals.sent,
+            renewals_failed=renewals.failed,
+            requests_sent=sum(done.sent for done in requests),
+        )
 
     def next_runs(self) -> dict[str, Any]:
         return {job.id: job.next_run_time for job in self.scheduler.get_jobs()}
