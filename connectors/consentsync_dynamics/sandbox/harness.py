@@ -91,12 +91,6 @@ class DynamicsHarness(SandboxHarness):
         self.sandbox = DynamicsSandbox()
         self._serial = 0
 
-    def start(self) -> None:
-        self.sandbox.start()
-
-    def stop(self) -> None:
-        self.sandbox.close()
-
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
         return {
@@ -114,20 +108,14 @@ class DynamicsHarness(SandboxHarness):
             **overrides,
         }
 
-    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
-        return self.connector_settings(client_secret=wrong_secret)
-
     # -- the environment's data ----------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         env = self.sandbox.environment
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         ids = []
         original = env.clock
         try:
-            for index in range(count):
-                moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
+            for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
                 env.clock = lambda moment=moment: moment
                 self._serial += 1
                 ids.append(

@@ -162,11 +162,8 @@ class HubSpotHarness(SandboxHarness):
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         portal = self.sandbox.portal
-        now = portal.now()
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         ids = []
-        for index in range(count):
-            moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp, now=portal.now()):
             self._serial += 1
             ids.append(
                 portal.create(

@@ -200,12 +200,6 @@ class SalesforceHarness(SandboxHarness):
 
     # -- lifecycle and settings ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self.sandbox.start()
-
-    def stop(self) -> None:
-        self.sandbox.close()
-
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
         return {
@@ -222,20 +216,14 @@ class SalesforceHarness(SandboxHarness):
             **overrides,
         }
 
-    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
-        return self.connector_settings(client_secret=wrong_secret)
-
     # -- the org's data ------------------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         org = self.sandbox.org
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         ids = []
         original = org.clock
         try:
-            for index in range(count):
-                moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
+            for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
                 org.clock = lambda moment=moment: moment
                 self._serial += 1
                 ids.append(

@@ -186,12 +186,6 @@ class SuperOfficeHarness(SandboxHarness):
 
     # -- lifecycle and settings ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self.sandbox.start()
-
-    def stop(self) -> None:
-        self.sandbox.close()
-
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
         return {
@@ -209,9 +203,6 @@ class SuperOfficeHarness(SandboxHarness):
             **overrides,
         }
 
-    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
-        return self.connector_settings(client_secret=wrong_secret)
-
     # -- the tenant's data ---------------------------------------------------------------------
 
     @property
@@ -219,11 +210,8 @@ class SuperOfficeHarness(SandboxHarness):
         return self.sandbox.tenant
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         ids = []
-        for index in range(count):
-            moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
             self._serial += 1
             person = self.tenant.create_person(
                 "Contract", f"Person {self._serial}", f"contract.{self._serial}@example.test", at=moment

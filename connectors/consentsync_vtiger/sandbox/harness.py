@@ -76,6 +76,7 @@ _CHANGE_STAMPS = ("modifiedtime", "modifiedby")
 
 class VtigerHarness(SandboxHarness):
     timeout = TIMEOUT
+    secret_setting = "access_key"
     write_kinds = WRITE_KINDS
     fault_settings: ClassVar[dict[str, dict[str, Any]]] = {
         "session_expiry": {"session_expiry_after": 2, "session_expiry_repeat": True},
@@ -98,12 +99,6 @@ class VtigerHarness(SandboxHarness):
 
     # -- lifecycle and settings ----------------------------------------------------------------
 
-    def start(self) -> None:
-        self.sandbox.start()
-
-    def stop(self) -> None:
-        self.sandbox.close()
-
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
         return {
@@ -122,23 +117,18 @@ class VtigerHarness(SandboxHarness):
             **overrides,
         }
 
-    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
-        return self.connector_settings(access_key=wrong_secret)
-
     # -- the CRM's data ------------------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         ids = []
-        for index in range(count):
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
             self._serial += 1
             ids.append(
                 self.sandbox.crm.create(
                     "Contacts",
                     lastname=f"Contract {self._serial}",
                     email=f"contract.{self._serial}@example.test",
-                    at=start if shared_modstamp else start + dt.timedelta(seconds=index),
+                    at=moment,
                 )
             )
         return ids

@@ -1,13 +1,16 @@
 """What every contract harness over an :class:`~consentsync.sandbox.server.HttpsSandbox` does the
-same way: switch the standard faults on and off, make records' writes fail, count API and write
-calls. A harness (:class:`consentsync.sdk.harness.ContractHarness`) subclasses
-:class:`SandboxHarness`, keeps its sandbox in ``self.sandbox`` and says ``timeout`` (the
-connector's, as its settings configure it) and ``write_kinds`` (the endpoint kinds that write);
-it changes a fault's switches in ``fault_settings`` where its CRM needs other ones.
+same way: start and stop the sandbox, the bad-credentials settings, the change times of a seed,
+switch the standard faults on and off, make records' writes fail, count API and write calls. A
+harness (:class:`consentsync.sdk.harness.ContractHarness`) subclasses :class:`SandboxHarness`,
+keeps its sandbox in ``self.sandbox`` and says ``timeout`` (the connector's, as its settings
+configure it), ``write_kinds`` (the endpoint kinds that write) and ``secret_setting`` (the
+setting holding the secret); it changes a fault's switches in ``fault_settings`` where its CRM
+needs other ones.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -34,6 +37,31 @@ class SandboxHarness:
     write_kinds: ClassVar[Sequence[str]] = ()
     #: Switches that replace a standard fault's (e.g. a session expiring every 2 calls, not once).
     fault_settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: The connector setting that holds the secret (token, key) the contract gets wrong.
+    secret_setting: ClassVar[str] = "client_secret"
+
+    def start(self) -> None:
+        self.sandbox.start()
+
+    def stop(self) -> None:
+        self.sandbox.close()
+
+    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
+        return self.connector_settings(**{self.secret_setting: wrong_secret})
+
+    @staticmethod
+    def seed_times(count: int, *, shared_modstamp: bool, now: dt.datetime | None = None) -> list[dt.datetime]:
+        """The change times of ``count`` seeded records: one a second, ending two minutes before
+        ``now`` (default: this whole second), or all on one time an hour back (``shared_modstamp``,
+        the contract's records sharing a timestamp across pages)."""
+        now = now or dt.datetime.now(dt.UTC).replace(microsecond=0)
+        if shared_modstamp:
+            return [now - dt.timedelta(hours=1)] * count
+        start = now - dt.timedelta(seconds=count + 120)
+        return [start + dt.timedelta(seconds=index) for index in range(count)]
 
     def fail_writes(self, record_ids: Sequence[str]) -> None:
         self.sandbox.faults.fail_records(*record_ids)

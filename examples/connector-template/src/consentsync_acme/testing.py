@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ class AcmeHarness(SandboxHarness):
     # give the connector and the endpoint kinds that write.
     timeout = TIMEOUT
     write_kinds = ("batch",)
+    secret_setting = "api_key"
     vendor = "acme"
     object_type = "contacts"
     read_fields = ("email", "note", "unsubscribed")
@@ -35,12 +35,6 @@ class AcmeHarness(SandboxHarness):
         self.sandbox = AcmeSandbox()
         self._serial = 0
 
-    def start(self) -> None:
-        self.sandbox.start()
-
-    def stop(self) -> None:
-        self.sandbox.close()
-
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         return {
             "api_url": self.sandbox.base_url,
@@ -51,16 +45,10 @@ class AcmeHarness(SandboxHarness):
             **overrides,
         }
 
-    def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
-        return self.connector_settings(api_key=wrong_secret)
-
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        now = self.sandbox.now()
-        start = now - dt.timedelta(hours=1) if shared_modstamp else now - dt.timedelta(seconds=count + 120)
         made = []
-        for index in range(count):
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp, now=self.sandbox.now()):
             self._serial += 1
-            moment = start if shared_modstamp else start + dt.timedelta(seconds=index)
             made.append(self.sandbox.create({"email": f"acme.{self._serial}@example.test"}, at=moment))
         return made
 
