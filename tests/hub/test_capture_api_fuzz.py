@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 from consentsync.hub.api import create_app
 from tests.hub.conftest import HubWorld
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 
 
 def test_no_capture_operation_answers_a_server_error(world: HubWorld) -> None:
