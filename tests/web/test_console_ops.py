@@ -453,3 +453,6 @@ def test_a_form_sent_after_the_session_ended_returns_after_login_with_what_was_t
     )
     assert parse_qs(urlsplit(forged.headers["location"]).query)["expired"] == ["lost"]
     assert "could not be kept" in client.get(forged.headers["location"]).text
+    # Logging out of an ended session is no lost form.
+    out = client.post("/logout", data={"csrf_token": "x"}, follow_redirects=False)
+    assert out.headers["location"] == "/login"

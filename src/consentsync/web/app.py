@@ -230,6 +230,8 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _error: LoginRequired) -> Response:
+        if request.url.path == "/logout":  # already logged out: nothing to keep or explain
+            return RedirectResponse("/login", status_code=303)
         if request.method == "GET":
             here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             return RedirectResponse("/login?" + urlencode({"next": here}, safe="/"), status_code=303)
