@@ -239,7 +239,7 @@ def retry(
     request: Request,
     quarantine_id: RowId,
     account: Reviewer,
-    back: Annotated[str, Form(max_length=2000)] = "",
+    back: Annotated[str, Form(max_length=8000)] = "",
 ) -> Response:
     row = console_of(request).retry_quarantined(quarantine_id, account)
     target = _back_to_run(row["run_id"], back, 1, [], f"q{quarantine_id}")
@@ -254,7 +254,7 @@ def retry_many(
     scope: Annotated[str, Form(max_length=10)] = "selected",
     ids: Annotated[list[int] | None, Form()] = None,
     reason: Annotated[str, Form(max_length=4000)] = "",
-    back: Annotated[str, Form(max_length=2000)] = "",
+    back: Annotated[str, Form(max_length=8000)] = "",
 ) -> Response:
     """Retry the ticked records (``scope`` selected), those of one reason, or all open ones. A
     request that cannot be done (nothing ticked, nothing open) returns to the page saying why."""
