@@ -685,7 +685,7 @@ def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
     assert summary["subject"] == uid and summary["email"] == email
     history = list(book["History"].iter_rows(values_only=True))
     header, (first,) = history[0], history[1:]
-    assert first[header.index("evidence_ref")] == "'" + formula
+    assert first[header.index("evidence_ref")] == formula  # as held: a string cell, not a formula
     assert first[header.index("status")] == "granted"
     cell = book["History"].cell(row=2, column=header.index("evidence_ref") + 1)
     assert cell.data_type == "s"  # text, not a formula

@@ -387,7 +387,7 @@ def test_exports_open_for_values_stored_before_the_checks(
     history = load_workbook(tmp_path / "subject.xlsx")["History"]
     row = {history.cell(1, c).value: history.cell(2, c).value for c in range(1, history.max_column + 1)}
     assert row["actor"] == "ops\u2401\u241b\u240bbob"
-    assert row["evidence_ref"] == "'=HYPERLINK(1)\u2408"
+    assert row["evidence_ref"] == "=HYPERLINK(1)\u2408"  # a string cell: shown as held, never run
     assert len(row["notice_version"]) == 32767
 
 
