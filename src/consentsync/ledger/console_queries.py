@@ -15,9 +15,8 @@ from consentsync.domain import as_utc
 from consentsync.ledger.schema import audit_entries, quarantine, sync_runs
 from consentsync.sync.quarantine import view as quarantine_view
 
-# The run list's own filters and row view, shared with `runs list` (private there: one meaning).
-from consentsync.sync.runs import _filters as run_filters
-from consentsync.sync.runs import _run_view as run_view
+# The run list's own filters and row view, shared with `runs list`: one meaning of each filter.
+from consentsync.sync.runs import run_filters, run_view
 
 
 def _run_filters(

@@ -14,7 +14,7 @@ from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.sync import quarantine as quarantined
 
 
-def _filters(
+def run_filters(
     connector: str | None, status: str | None, since: datetime | None, until: datetime | None
 ) -> list[Any]:
     where: list[Any] = []
@@ -42,13 +42,13 @@ def list_runs(
     """Runs newest first, filtered by connector, result and start time (``since`` <= t < ``until``)."""
     query = (
         select(sync_runs)
-        .where(*_filters(connector, status, since, until))
+        .where(*run_filters(connector, status, since, until))
         .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id)
         .limit(limit)
         .offset(offset)
     )
     with engine.connect() as conn:
-        return [_run_view(row) for row in conn.execute(query)]
+        return [run_view(row) for row in conn.execute(query)]
 
 
 def count_runs(
@@ -59,7 +59,7 @@ def count_runs(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> int:
-    query = select(func.count()).select_from(sync_runs).where(*_filters(connector, status, since, until))
+    query = select(func.count()).select_from(sync_runs).where(*run_filters(connector, status, since, until))
     with engine.connect() as conn:
         return int(conn.execute(query).scalar_one())
 
@@ -109,12 +109,12 @@ def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
         held = conn.execute(
             select(quarantine).where(quarantine.c.run_id == run_id).order_by(quarantine.c.id)
         ).all()
-    view = _run_view(row)
+    view = run_view(row)
     view["quarantined_records"] = [quarantined.view(q) for q in held]
     return view
 
 
-def _run_view(row: Any) -> dict[str, Any]:
+def run_view(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
         "connector": row.connector,
