@@ -111,3 +111,42 @@ def test_accounts_page_audits_only_changes_shows_last_login_and_lock_and_resets_
     )
     assert response.status_code == 303
     assert PASSWORDS["vic"] != new_password
+
+
+def test_the_overview_outbox_and_dead_letter_numbers_link_to_what_they_count(app: Any, world: World) -> None:
+    from sqlalchemy import insert, select
+
+    from consentsync.ledger.schema import outbox, subjects
+
+    with world.ledger.engine.begin() as conn:
+        subject_id = conn.execute(select(subjects.c.id).limit(1)).scalar_one()
+        now = datetime.now(UTC)
+        row = {"connector": "sf", "object_type": "Contact", "subject_id": subject_id, "suppression": True,
+               "rule": "sticky_withdrawal", "run_id": world.run_id, "created_at": now, "attempts": 0,
+               "fields": '{"HasOptedOutOfEmail": true}'}  # fmt: skip
+        conn.execute(
+            insert(outbox), [{**row, "record_id": f"003P{n}", "status": "pending"} for n in range(3)]
+        )
+        conn.execute(
+            insert(outbox),
+            [
+                {
+                    **row,
+                    "record_id": "003DEAD",
+                    "status": "dead",
+                    "attempts": 5,
+                    "last_error": "FIELD_INTEGRITY",
+                }
+            ],
+        )
+    client = log_in(TestClient(app), "vic")
+    overview = client.get("/").text
+    assert '<a href="/connectors/sf/outbox?status=pending" title="the pushes waiting">3</a>' in overview
+    assert '<a href="/connectors/sf/outbox?status=dead"' in overview
+    pending = client.get("/connectors/sf/outbox?status=pending").text
+    assert "3 push(es)." in pending and "003P0" in pending and "003DEAD" not in pending
+    assert "HasOptedOutOfEmail" in pending and "true" not in pending.split("003P0", 1)[1].split("</tr>", 1)[0]
+    dead = client.get("/connectors/sf/outbox?status=dead").text
+    assert "1 push(es)." in dead and "003DEAD" in dead and "FIELD_INTEGRITY" in dead
+    assert client.get("/connectors/nope/outbox").status_code == 404
+    assert client.get("/connectors/sf/outbox?status=done").status_code in (400, 422)

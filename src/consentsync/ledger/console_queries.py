@@ -241,3 +241,43 @@ __all__ = [
     "reread_in_run",
     "runs_page",
 ]
+
+
+# -- the outbox --------------------------------------------------------------------------------------
+
+OUTBOX_STATES = ("pending", "dead")
+
+
+def outbox_page(
+    engine: Engine, connector: str, status: str, *, page: int, per_page: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A connector's pushes waiting (``pending``) or given up (``dead``), oldest first: what the
+    overview's Outbox and Dead letters numbers count. Field names only, never their values (an
+    erasure's push may carry what it overwrites)."""
+    import orjson
+
+    from consentsync.ledger.schema import outbox
+
+    where = [outbox.c.connector == connector, outbox.c.status == status]
+    with engine.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(outbox).where(*where)).scalar_one()
+        rows = conn.execute(
+            select(outbox).where(*where).order_by(outbox.c.id).limit(per_page).offset((page - 1) * per_page)
+        ).all()
+    items = [
+        {
+            "id": row.id,
+            "object_type": row.object_type,
+            "record_id": row.record_id,
+            "action": row.action,
+            "fields": sorted(orjson.loads(row.fields)) if row.fields else [],
+            "suppression": row.suppression,
+            "rule": row.rule,
+            "attempts": row.attempts,
+            "last_error": row.last_error,
+            "created_at": row.created_at,
+            "run_id": row.run_id,
+        }
+        for row in rows
+    ]
+    return items, int(total)

@@ -19,8 +19,10 @@ from consentsync.accounts import Account, Accounts
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
 from consentsync.ledger.console_queries import (
+    OUTBOX_STATES,
     audit_choices,
     open_quarantine_ids,
+    outbox_page,
     quarantine_page,
     reread_in_run,
     runs_page,
@@ -99,6 +101,18 @@ class Console:
         self._choices_lock = threading.Lock()
 
     # -- overview ------------------------------------------------------------------------------
+
+    def outbox(self, connector: str, status: str, *, page: int, per_page: int) -> Page:
+        """A connector's pending pushes or dead letters (the overview's two numbers)."""
+        if connector not in {c.name for c in self.config.settings.connectors}:
+            raise NotFound(f"no connector named {connector!r}")  # a 404, not an empty list
+        if status not in OUTBOX_STATES:
+            raise InvalidInput(f"status {status!r}: accepted are {', '.join(OUTBOX_STATES)}")
+        items, total = outbox_page(self.engine, connector, status, page=page, per_page=per_page)
+        for item in items:
+            # What the CRM answered may quote a credential the connector was given: scrubbed.
+            item["last_error"] = scrub(item["last_error"]) if item["last_error"] else None
+        return Page(items, page, per_page, total)
 
     def overview(self) -> dict[str, Any]:
         from consentsync.observability import failing_connectors

@@ -596,6 +596,24 @@ def change_user(
 ConnectorName = Annotated[str, Path(max_length=64)]
 
 
+@router.get("/connectors/{name}/outbox")
+def outbox(
+    request: Request,
+    name: ConnectorName,
+    _account: Viewer,
+    status: Annotated[str, Query(pattern="^(pending|dead)$")] = "pending",
+    page: PageNumber = 1,
+) -> Response:
+    listed = console_of(request).outbox(name, status, page=page, per_page=PER_PAGE)
+    title = f"{'Pending pushes' if status == 'pending' else 'Dead letters'} of {name}"
+    return render(
+        request,
+        "outbox.html",
+        {"title": title, "connector": name, "status": status, "rows": listed.items, "total": listed.total,
+         "pager": pager_links(request, listed)},
+    )  # fmt: skip
+
+
 @router.get("/connectors/{name}/plans")
 def plans(request: Request, name: ConnectorName, _account: Viewer, page: PageNumber = 1) -> Response:
     desk = console_of(request).plans
