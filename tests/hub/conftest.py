@@ -90,6 +90,16 @@ def hub_config(config_path: Path, smtp_port: int) -> None:
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+@pytest.fixture
+def info_logs() -> None:
+    """Log lines at INFO reach the handlers and ``structlog.testing.capture_logs``: another test
+    in the same worker may have configured a higher level, and the level filters a line before
+    any processor (capture_logs' included) sees it."""
+    from consentsync.logs import configure
+
+    configure("INFO")
+
+
 @dataclass
 class HubWorld:
     hub: Hub

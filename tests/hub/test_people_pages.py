@@ -361,6 +361,7 @@ def test_the_page_speaks_german(world: HubWorld, people: TestClient, token: str)
     assert "Sie haben uns gebeten, Ihre Daten zu löschen." in world.inbox.text(index)
 
 
+@pytest.mark.usefixtures("info_logs")
 def test_logs_name_the_subject_never_the_token(world: HubWorld, people: TestClient, token: str) -> None:
     uid = uid_of(token)
     with capture_logs() as logs:
