@@ -1,5 +1,5 @@
 """The console end to end in a real headless Chromium (Debian's package, driven by Playwright),
-served by uvicorn on a free port, on SQLite and PostgreSQL: a reviewer logs in, finds the run with
+served by uvicorn on a free port, on SQLite: a reviewer logs in, finds the run with
 a quarantined record and retries it, rejects an objection with a reason, finds both in the audit
 trail, exports a subject as XLSX and opens the file; a reviewer cannot manage accounts, a viewer
 cannot decide, and an anonymous visitor is sent to the login page. Every page is saved as a
@@ -37,10 +37,15 @@ CHROMIUM_ARGS = [
 LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 390, "height": 844}
 
-pytestmark = pytest.mark.skipif(
+NEEDS_CHROMIUM = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason=f"no Chromium at {CHROMIUM}: install Debian's chromium package (.ci/run does) to run them",
 )
+# The browser tests run on SQLite: what a browser adds (pages, scripts, cookies, layout) does not
+# depend on the database, and every console query behind them runs on both databases in the
+# HTTP tests (test_console*.py). Keeps CI within its 15 minutes.
+SQLITE_ONLY = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+pytestmark = [NEEDS_CHROMIUM, SQLITE_ONLY]
 
 
 @pytest.fixture

@@ -11,12 +11,15 @@ import pytest
 
 from consentsync.web.server import WebServer
 from tests.web.test_browser import (  # noqa: F401 (fixtures)
+    NEEDS_CHROMIUM,
+    SQLITE_ONLY,
     Shots,
     browser,
     console,
     log_in,
-    pytestmark,
 )
+
+pytestmark = [NEEDS_CHROMIUM, SQLITE_ONLY]
 
 VIOLATIONS = """
 window.__csp = [];
