@@ -116,3 +116,12 @@ def cli(config_path: Path) -> Cli:
     cli = Cli(config_path, runner)
     cli.ok("init")
     return cli
+
+
+# The longest tests (a wheel built and installed, a browser driven) go first: pytest-xdist's work
+# stealing then runs them beside the short ones instead of leaving one to finish alone at the end.
+_SLOW_FIRST = ("test_wheel_install", "browser", "crash", "soak", "demo")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not any(part in item.nodeid for part in _SLOW_FIRST))

@@ -1,4 +1,5 @@
-"""The preference centre's pages through FastAPI's test client, on SQLite and PostgreSQL: the
+"""The preference centre's pages through FastAPI's test client, on SQLite (the service calls behind
+them run on both databases in test_preferences.py and test_capture_api.py): the
 page shows each purpose with state, basis and notice; every action is a form that records
 evidence and redirects back with a message; links from mails confirm only on POST; a changed
 or old link is refused with a page; the headers keep the token private; German is shipped."""
@@ -11,6 +12,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import timedelta
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -30,6 +32,13 @@ from consentsync.hub.preferences import PreferenceCentre
 from consentsync.ledger.schema import confirmations, subjects
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import EMAIL, mailed, mails_with, mounted, page_texts, seed, token_of
+
+
+@pytest.fixture
+def ledger_url(tmp_path: Path) -> str:
+    """SQLite only here: rendering, forms and headers do not depend on the database (CI's 15
+    minutes do)."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
 @pytest.fixture
