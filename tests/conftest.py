@@ -52,6 +52,11 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     admin.dispose()
 
 
+# For tests whose subject does not depend on the database (pages, headers, commands, mails): the
+# SQL behind them runs on both databases in other tests, and CI has 15 minutes on two cores.
+SQLITE_ONLY = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(autouse=True)
 def _erasure_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ERASURE_KEY_ENV, TEST_ERASURE_KEY)

@@ -12,11 +12,13 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from consentsync.hub.api import create_app
+from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
 
 EXAMPLES_PER_OPERATION = 15
 
 
+@SQLITE_ONLY
 def test_no_capture_operation_answers_a_server_error(world: HubWorld) -> None:
     app = create_app(world.hub)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -13,9 +13,10 @@ from consentsync.config import load_config
 from consentsync.hub.api import KEY_CACHE_SECONDS, create_app
 from consentsync.hub.capture import Hub
 from consentsync.hub.preferences import PreferenceCentre
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 
 
+@SQLITE_ONLY
 def test_api_keys_from_the_command_line(cli: Cli, tmp_path: Path) -> None:
     made = cli.json(
         "apikey", "add", "website", "--source", "web_form", "--purposes", "email_marketing,profiling"
@@ -46,6 +47,7 @@ def test_api_keys_from_the_command_line(cli: Cli, tmp_path: Path) -> None:
     ledger.engine.dispose()
 
 
+@SQLITE_ONLY
 def test_notices_and_links(cli: Cli, tmp_path: Path) -> None:
     text = tmp_path / "notice.txt"
     text.write_text("Wir schicken Ihnen Angebote per E-Mail. Abmelden jederzeit: 🙂\n", encoding="utf-8")

@@ -5,6 +5,7 @@ mailed inside the window, and following the link extends the consent."""
 from __future__ import annotations
 
 from consentsync.hub.outreach import Outreacher
+from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
 
 
@@ -14,6 +15,7 @@ def someone(world: HubWorld, email: str) -> None:
     world.ledger.raise_objection(email, "service", direct_marketing=False)
 
 
+@SQLITE_ONLY
 def test_requests_go_only_to_people_with_nothing_on_record(world: HubWorld) -> None:
     for name in ("ada", "bob", "cy", "dee", "eve"):
         someone(world, f"{name}@example.test")
@@ -38,6 +40,7 @@ def test_requests_go_only_to_people_with_nothing_on_record(world: HubWorld) -> N
     assert outreach.request_consent("newsletter").candidates == 0
 
 
+@SQLITE_ONLY
 def test_a_request_needs_a_consent_purpose_with_a_notice(world: HubWorld) -> None:
     import pytest
 
@@ -50,6 +53,7 @@ def test_a_request_needs_a_consent_purpose_with_a_notice(world: HubWorld) -> Non
         outreach.request_consent("nope")
 
 
+@SQLITE_ONLY
 def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
     world.post(
         "/consents",
@@ -81,6 +85,7 @@ def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
     assert outreach.renew().candidates == 0
 
 
+@SQLITE_ONLY
 def test_the_daemon_lapses_and_renews_on_its_schedule(world: HubWorld) -> None:
     from consentsync.sync.daemon import Daemon
 
@@ -119,6 +124,7 @@ def test_the_daemon_lapses_and_renews_on_its_schedule(world: HubWorld) -> None:
     assert kinds == {("double_opt_in", True), ("renewal", False)}  # bob's unconfirmed opt-in lapsed
 
 
+@SQLITE_ONLY
 def test_the_daemon_sends_consent_requests_only_for_the_purposes_configured(world: HubWorld) -> None:
     from dataclasses import replace
 

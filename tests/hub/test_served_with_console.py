@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from consentsync.web.server import build
+from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
 
 
@@ -16,6 +17,7 @@ def served(world: HubWorld) -> TestClient:
 
 
 @pytest.mark.usefixtures("info_logs")
+@SQLITE_ONLY
 def test_the_capture_api_and_the_preference_centre_are_served(
     world: HubWorld, served: TestClient, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import requests
 
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 from tests.web.conftest import World
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
 
 
+@SQLITE_ONLY
 def test_user_commands_hash_passwords_check_input_and_audit(cli: Cli) -> None:
     result = cli(
         "user", "add", "Ops.Lead", "--role", "reviewer", "--password-stdin", input="a-long-enough-password\n"
@@ -57,6 +58,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@SQLITE_ONLY
 def test_consentsync_web_serves_the_login_page_and_nothing_else_anonymously(cli: Cli) -> None:
     port = _free_port()
     process = subprocess.Popen(
@@ -90,6 +92,7 @@ def test_consentsync_web_serves_the_login_page_and_nothing_else_anonymously(cli:
     assert b"user add" in err  # no account yet: it says how to add one
 
 
+@SQLITE_ONLY
 def test_runs_retry_from_the_shell(world: World, cli: Cli) -> None:
     run = cli.json("runs", "show", world.run_id)
     (held,) = [q for q in run["quarantined_records"] if q["record_id"] == world.odd_record]

@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from consentsync.ledger.schema import sync_runs
 from consentsync.sync.heartbeat import Heartbeat
+from tests.conftest import SQLITE_ONLY
 from tests.web.conftest import PASSWORDS, World, log_in, login_csrf, page_csrf
 from tests.web.test_console import entries
 
@@ -113,6 +114,7 @@ def test_accounts_page_audits_only_changes_shows_last_login_and_lock_and_resets_
     assert PASSWORDS["vic"] != new_password
 
 
+@SQLITE_ONLY
 def test_the_overview_outbox_and_dead_letter_numbers_link_to_what_they_count(app: Any, world: World) -> None:
     from sqlalchemy import insert, select
 

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from consentsync.domain import ConsentStatus, Evidence, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import quarantine, sync_runs
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 from tests.web.conftest import PASSWORDS, World, api_login, log_in, login_csrf, page_csrf, synced
 from tests.web.test_console import entries
 
@@ -240,6 +240,7 @@ def test_quarantined_records_are_paginated_retried_in_bulk_and_a_retry_returns_t
     assert denied.status_code == 403
 
 
+@SQLITE_ONLY
 def test_the_api_retries_in_bulk_and_pages_a_runs_quarantined_records(app: Any, world: World) -> None:
     ids = _quarantine_many(world, 4)
     client = TestClient(app)
@@ -359,6 +360,7 @@ def test_the_subject_page_shows_consent_evidence_and_pages_its_history(app: Any,
     assert "notice-v0<" in older and "notice-v29" not in older[older.index('id="history"') :]
 
 
+@SQLITE_ONLY
 def test_an_api_save_that_changes_nothing_writes_no_audit_entry(app: Any, world: World) -> None:
     client = TestClient(app)
     token = api_login(client, "ada")
@@ -373,6 +375,7 @@ def test_an_api_save_that_changes_nothing_writes_no_audit_entry(app: Any, world:
     assert [e["action"] for e in entries(world)[before:]] == ["user.role_changed"]
 
 
+@SQLITE_ONLY
 def test_a_login_form_left_open_keeps_the_name_and_says_why(app: Any, world: World) -> None:
     client = TestClient(app)
     login_csrf(client)
@@ -400,6 +403,7 @@ def test_a_login_form_left_open_keeps_the_name_and_says_why(app: Any, world: Wor
     assert again.status_code == 303 and again.headers["location"] == "/runs"
 
 
+@SQLITE_ONLY
 def test_a_form_sent_after_the_session_ended_returns_after_login_with_what_was_typed(
     app: Any, world: World
 ) -> None:

@@ -20,12 +20,13 @@ from consentsync import audit
 from consentsync.config import load_config
 from consentsync.ledger.schema import audit_entries
 from consentsync.web.server import build
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 from tests.web.conftest import World, api_login, log_in
 
 SWAGGER_JS = "/static/swagger-ui/swagger-ui-bundle.js"
 
 
+@SQLITE_ONLY
 def test_docs_need_a_login_and_run_offline_hosts_are_checked_and_credentials_masked(
     app: Any, world: World
 ) -> None:
@@ -122,6 +123,7 @@ def _reads(world: World) -> list[dict[str, Any]]:
         ]
 
 
+@SQLITE_ONLY
 def test_reads_of_a_persons_record_are_audited_and_can_be_filtered(
     app: Any, world: World, cli: Cli, tmp_path: Path
 ) -> None:
