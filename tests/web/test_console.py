@@ -21,7 +21,7 @@ from consentsync import audit
 from consentsync.accounts import FREE_FAILURES
 from consentsync.cli import main
 from consentsync.ledger.schema import quarantine, sync_cursors
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 from tests.web.conftest import PASSWORDS, World, api_login, log_in, login_csrf, page_csrf, synced
 
 PAGES = ["/", "/runs", "/audit", "/subjects", "/objections", "/config", "/users"]
@@ -32,6 +32,7 @@ def entries(world: World, **filters: Any) -> list[dict[str, Any]]:
         return list(audit.entries(conn, **filters))
 
 
+@SQLITE_ONLY
 def test_anonymous_requests_are_sent_to_the_login_page_and_the_api_answers_401(
     app: Any, world: World
 ) -> None:
@@ -51,6 +52,7 @@ def test_anonymous_requests_are_sent_to_the_login_page_and_the_api_answers_401(
     assert client.post("/quarantine/1/retry", follow_redirects=False).status_code == 303
 
 
+@SQLITE_ONLY
 def test_session_cookie_is_httponly_samesite_and_secure_over_https(app: Any) -> None:
     plain = TestClient(app)
     log_in(plain, "vic")
@@ -79,6 +81,7 @@ def test_every_page_renders_for_a_viewer_with_security_headers(app: Any, world: 
         assert "<time datetime=" in response.text or path in ("/subjects", "/config")
 
 
+@SQLITE_ONLY
 def test_a_viewer_reads_but_cannot_decide_nor_retry(app: Any, world: World) -> None:
     client = TestClient(app)
     csrf = api_login(client, "vic")
@@ -98,6 +101,7 @@ def test_a_viewer_reads_but_cannot_decide_nor_retry(app: Any, world: World) -> N
     assert client.get(f"/api/objections/{world.objection_id}").json()["objection"]["status"] == "pending"
 
 
+@SQLITE_ONLY
 def test_a_reviewer_cannot_manage_accounts_but_an_admin_can(app: Any, world: World) -> None:
     client = TestClient(app)
     csrf = api_login(client, "rex")
@@ -116,6 +120,7 @@ def test_a_reviewer_cannot_manage_accounts_but_an_admin_can(app: Any, world: Wor
     assert names == {"ada", "rex", "vic", "eve"}
 
 
+@SQLITE_ONLY
 def test_forms_and_api_calls_without_the_csrf_token_are_refused(app: Any, world: World) -> None:
     client = log_in(TestClient(app), "rex")
     form = client.post(
@@ -279,6 +284,7 @@ def test_rejecting_an_objection_needs_a_reason_is_audited_and_reaches_the_crm(
     assert again.status_code == 400 and "already rejected" in again.text
 
 
+@SQLITE_ONLY
 def test_audit_search_by_email_keeps_the_address_out_of_urls(app: Any, world: World) -> None:
     client = log_in(TestClient(app), "vic")
     csrf = page_csrf(client.get("/audit").text)
@@ -355,6 +361,7 @@ def test_overview_and_configuration_show_the_connector(app: Any, world: World) -
     assert {m["object"] for m in connector["mappings"]} >= {"Contact", "Lead"}
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("path", ["/runs?result=bogus", "/runs?since=yesterday", "/objections?status=x"])
 def test_bad_filters_get_a_clear_400(app: Any, path: str) -> None:
     client = log_in(TestClient(app), "vic")

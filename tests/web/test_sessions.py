@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from consentsync import accounts, exit_codes
 from consentsync.accounts import FREE_FAILURES, common_passwords
-from tests.conftest import Cli
+from tests.conftest import SQLITE_ONLY, Cli
 from tests.web.conftest import PASSWORDS, World, api_login, log_in, page_csrf
 
 PROXY = ("10.1.2.3", 40000)
@@ -95,6 +95,7 @@ def test_a_new_password_ends_the_other_sessions_but_not_the_one_changing_it(app:
     assert other.get("/api/overview").status_code == 401
 
 
+@SQLITE_ONLY
 def test_x_forwarded_for_is_ignored_from_an_untrusted_peer_and_honoured_from_a_trusted_one(app: Any) -> None:
     client = TestClient(app, client=PROXY)
     # Untrusted peer (no proxy configured): each attempt claims another client; all count as one.
@@ -177,6 +178,7 @@ def test_the_last_admin_cannot_disable_or_demote_themselves(app: Any, cli: Cli) 
     cli.ok("user", "disable", "ada")  # another admin exists now
 
 
+@SQLITE_ONLY
 def test_passwords_follow_the_policy(app: Any, cli: Cli) -> None:
     assert len(common_passwords()) == 10_000
     assert "1qaz2wsx3edc" in common_passwords()
