@@ -47,7 +47,9 @@ class SandboxHarness:
         self.sandbox.close()
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """The connector's settings against this sandbox: only the vendor's harness knows them
+        (each built-in and the Acme example define it; the contract calls it first)."""
+        raise NotImplementedError(f"{type(self).__name__} must define connector_settings for its sandbox")
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         return self.connector_settings(**{self.secret_setting: wrong_secret})
