@@ -12,6 +12,7 @@ from sqlalchemy import JSON, Connection, Engine, and_, case, cast, func, or_, se
 from sqlalchemy.dialects.postgresql import JSONB
 
 from consentsync.domain import as_utc
+from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import audit_entries, quarantine, sync_runs
 from consentsync.sync.quarantine import view as quarantine_view
 
@@ -49,7 +50,7 @@ def runs_page(
     with its duration and its open quarantined records; ``open_quarantine`` keeps only the runs
     that still hold one."""
     where = _run_filters(connector, status, since, until, open_quarantine)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             select(sync_runs)
             .where(*where)
@@ -115,7 +116,7 @@ def quarantine_page(
     and how many of those can be retried (not already waiting for a re-read). A
     retried record read again carries ``reread_by``: the run of its connector that re-read it."""
     where = _quarantine_filters(run_id, reason, state)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             select(quarantine).where(*where).order_by(quarantine.c.id).limit(limit).offset(offset)
         ).all()
@@ -165,7 +166,7 @@ def _run_at(conn: Connection, connector: str, moment: datetime) -> str | None:
 def open_quarantine_ids(engine: Engine, run_id: str, *, reason: str | None = None) -> list[int]:
     """The run's quarantined records not yet resolved nor already asked to be re-read (all, or
     those of one reason): what a bulk retry of the run takes up."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return list(
             conn.execute(
                 select(quarantine.c.id)
@@ -186,7 +187,7 @@ def reread_in_run(engine: Engine, run: dict[str, Any]) -> list[dict[str, Any]]:
     window = [quarantine.c.resolved_at >= started]
     if finished:
         window.append(quarantine.c.resolved_at <= finished)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             select(quarantine)
             .where(
@@ -216,7 +217,7 @@ def audit_choices(engine: Engine, *, after_seq: int = 0) -> dict[str, Any]:
     """The actions and rules the audit trail's entries after ``after_seq`` hold, and the connectors
     that ever ran, for the trail's filters; ``head`` is the last entry's number (to ask for only
     what came after it next time)."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         if conn.dialect.name == "postgresql":
             rule = cast(audit_entries.c.payload, JSONB)["rule"].astext
         else:
@@ -259,7 +260,7 @@ def outbox_page(
     from consentsync.ledger.schema import outbox
 
     where = [outbox.c.connector == connector, outbox.c.status == status]
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         total = conn.execute(select(func.count()).select_from(outbox).where(*where)).scalar_one()
         rows = conn.execute(
             select(outbox).where(*where).order_by(outbox.c.id).limit(per_page).offset((page - 1) * per_page)

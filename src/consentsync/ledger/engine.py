@@ -24,7 +24,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         _serialise_sqlite_writers(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    _serialise_postgres_writers(engine)
+    return engine
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:
@@ -57,6 +59,29 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
 
 READ_ONLY = "consentsync_read_only"
+
+# How long a writer waits for the ledger before its run fails with a one-line error
+# (problems.py), rather than hang: SQLite's busy timeout above plays the same part.
+WRITER_WAIT = "120s"
+
+
+def _serialise_postgres_writers(engine: Engine) -> None:
+    """Ledger writers take one transaction-level advisory lock at BEGIN, as SQLite's BEGIN
+    IMMEDIATE does. Two syncs (two connectors) meet the same people: row locks taken in the order
+    each CRM lists them deadlocked, and a transaction that read a person's consent summary before
+    another committed a withdrawal for them would store a state folded without it. Taken first,
+    the lock orders every writer before it reads what it will write. Readers (``reading``) take
+    nothing and read a snapshot."""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READ_ONLY):
+            return
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITER_WAIT}'")
+        connection.exec_driver_sql(
+            # Keyed by the ledger's schema: advisory locks are database-wide, ledgers per schema.
+            "SELECT pg_advisory_xact_lock(hashtextextended('consentsync:writer:' || current_schema(), 0))"
+        )
 
 
 def reading(engine: Engine) -> Connection:

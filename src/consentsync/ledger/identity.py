@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, insert, select
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import chunks, db_time, insert_rows, note_written, select_in
@@ -78,10 +78,8 @@ class SubjectResolver:
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
         by_email = self._find_emails({i.email for i in identities if i.email})
-        if self._needs_writes(identities, by_link, by_email) and self._serialise_writers():
-            # Another writer may have created these people meanwhile: look again under the lock.
-            by_link = self._find_links({i.link for i in identities if i.link})
-            by_email = self._find_emails({i.email for i in identities if i.email})
+        # Two runs that meet the same new person do not both create them: every ledger writer
+        # holds the writer lock from BEGIN (engine.py), so these reads see what the other wrote.
         # An erased person's address is known only by its keyed hash: a record carrying it is
         # that (erased) person, and the address is never written to the ledger again.
         erased = (
@@ -138,31 +136,6 @@ class SubjectResolver:
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)
         insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
         return resolved
-
-    @staticmethod
-    def _needs_writes(
-        identities: Sequence[Identity], by_link: dict[CrmLink, int], by_email: dict[str, int]
-    ) -> bool:
-        return any(
-            (i.link is not None and i.link not in by_link)
-            or (i.email is not None and i.email not in by_email)
-            for i in identities
-        )
-
-    def _serialise_writers(self) -> bool:
-        """On PostgreSQL, two runs (two connectors) may meet the same new person at once; creating
-        people and links takes a transaction-level lock so that one waits for the other. SQLite
-        transactions are already serialised (BEGIN IMMEDIATE)."""
-        if self.conn.dialect.name != "postgresql":
-            return False
-        # Keyed by the ledger's schema: advisory locks are database-wide, ledgers are per schema.
-        self.conn.execute(
-            text(
-                "SELECT pg_advisory_xact_lock("
-                "hashtextextended('consentsync:identity:' || current_schema(), 0))"
-            )
-        )
-        return True
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.

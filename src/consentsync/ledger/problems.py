@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from consentsync import exit_codes
+from consentsync.ledger.engine import WRITER_WAIT
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,21 @@ def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
                 exit_codes.FAILED,
             )
         return None
-    if isinstance(error, SQLAlchemyError) and _connection_gone(error):
-        server = (
-            f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database}" if parsed else "server"
+    server = f"{parsed.host or 'localhost'}:{parsed.port or 5432}/{parsed.database}" if parsed else "server"
+    state = getattr(cause, "sqlstate", None) or ""
+    if state.startswith("40"):  # transaction rollback: deadlock, serialization failure
+        return LedgerProblem(
+            f"the ledger database at {server} rolled a transaction back ({text}): "
+            "what it was writing was not kept; run again",
+            exit_codes.UNAVAILABLE,
         )
+    if state == "55P03":  # lock_not_available: the writer lock's wait (engine.WRITER_WAIT)
+        return LedgerProblem(
+            f"the ledger database at {server} was held by another writer for longer than "
+            f"{WRITER_WAIT} ({text}): find the long transaction (pg_stat_activity), then run again",
+            exit_codes.UNAVAILABLE,
+        )
+    if isinstance(error, SQLAlchemyError) and _connection_gone(error):
         return LedgerProblem(
             f"the ledger database at {server} cannot be reached now ({text}): retry when it is back",
             exit_codes.UNAVAILABLE,

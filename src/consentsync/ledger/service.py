@@ -506,7 +506,7 @@ class Ledger:
             objections.c.raised_at,
             objections.c.id,
         )
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return [_objection_view(row) for row in conn.execute(query)]
 
     def decide_objection(
@@ -783,7 +783,7 @@ class Ledger:
     def subject_view(self, email: str) -> dict[str, Any]:
         """Everything the ledger holds about one person, effective state recomputed now."""
         now = self.clock()
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             subject_id = _subject_id_by_email(conn, email)
             if subject_id is None:
                 erased = self._erased_subject_uids(conn, email)
@@ -945,7 +945,7 @@ class Ledger:
 
     def email_of(self, uid: str) -> str | None:
         """The live email address of the subject with this uid (None once erased or unknown)."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return conn.execute(
                 select(subject_identifiers.c.value)
                 .join(subjects, subjects.c.id == subject_identifiers.c.subject_id)
@@ -955,7 +955,7 @@ class Ledger:
 
     def subject_uids_for_email(self, email: str) -> list[str]:
         """The live subject with this email, and any erased one recognised by its keyed hash."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             uids = list(
                 conn.execute(
                     select(subjects.c.uid)

@@ -27,6 +27,7 @@ from consentsync.ledger.console_queries import (
     reread_in_run,
     runs_page,
 )
+from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import (
     audit_details,
     audit_entries,
@@ -189,7 +190,7 @@ class Console:
         import orjson
 
         alerts: list[dict[str, Any]] = []
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             for item in self.config.settings.connectors:
                 last = conn.execute(
                     select(sync_runs.c.id, sync_runs.c.status, sync_runs.c.counts, sync_runs.c.error)
@@ -359,7 +360,7 @@ class Console:
             "since": since,
             "until": until,
         }
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             total = audit.count(conn, **filters)
             items = list(
                 audit.entries(
@@ -475,7 +476,7 @@ class Console:
         query = select(func.count()).select_from(objections)
         if pending_only:
             query = query.where(objections.c.status == ObjectionStatus.PENDING.value)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             return int(conn.execute(query).scalar_one())
 
     def objections(self, *, pending_only: bool, page: int = 1, per_page: int = PER_PAGE) -> Page:
@@ -498,7 +499,7 @@ class Console:
         )
         raised: dict[int, dict[str, Any]] = {}
         reasons: dict[int, str] = {}
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             for action, text, content in conn.execute(query):
                 entry = json.loads(text)
                 key = (entry.get("what") or {}).get("objection")

@@ -23,6 +23,7 @@ from consentsync.accounts import Account
 from consentsync.audit import AuditRecord
 from consentsync.config import Config, ConfigError
 from consentsync.domain import REASON_MAX, InvalidInput, check_reason, iso
+from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import crm_links, plans, subject_identifiers
 from consentsync.ledger.service import Ledger, NotFound
 
@@ -59,7 +60,7 @@ class PlanDesk:
 
     def history(self, connector: str, *, page: int, per_page: int) -> tuple[list[dict[str, Any]], int]:
         self.connector(connector)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             total = conn.execute(
                 select(func.count()).select_from(plans).where(plans.c.connector == connector)
             ).scalar_one()
@@ -74,7 +75,7 @@ class PlanDesk:
 
     def view(self, plan_id: int, *, page: int, per_page: int) -> dict[str, Any]:
         """One plan: its counts per object, field and new value, and a page of its records."""
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             row = conn.execute(select(plans).where(plans.c.id == plan_id)).one_or_none()
             if row is None:
                 raise NotFound(f"no plan with id {plan_id}")

@@ -1,0 +1,116 @@
+"""Two syncs write the ledger at once (the daemon runs connectors side by side) and meet the same
+people, each CRM listing them in its own order. Every page commits (no deadlock), and every
+person's stored state is the fold of all the evidence both recorded: neither run stores a state
+folded without what the other committed meanwhile."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import psycopg
+from psycopg.errors import DeadlockDetected, LockNotAvailable
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from consentsync import exit_codes
+from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.ledger.engine import WRITER_WAIT
+from consentsync.ledger.identity import CrmLink, Identity
+from consentsync.ledger.problems import ledger_problem
+from consentsync.ledger.schema import consent_events, consent_states
+from consentsync.ledger.service import Ledger, RecordRequest, _event_evidence
+from consentsync.reconcile import Summary, summarise
+
+PEOPLE = 120
+PAGE = 20
+ROUNDS = 3
+
+
+def _page(ledger: Ledger, connector: str, people: list[int], round_: int) -> list[RecordRequest]:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    requests = []
+    for person in people:
+        # The two CRMs disagree, and say so at different times: withdrawals and grants interleave.
+        withdrawn = (person + round_ + (connector == "crm-b")) % 2 == 0
+        requests.append(
+            RecordRequest(
+                Identity(
+                    email=f"person{person}@example.org",
+                    link=CrmLink(connector, "Contact", f"{connector}-{person}"),
+                ),
+                Evidence(
+                    purpose="email_marketing",
+                    channel="email",
+                    status=ConsentStatus.WITHDRAWN if withdrawn else ConsentStatus.GRANTED,
+                    basis=LawfulBasis.CONSENT,
+                    event_time=start + timedelta(minutes=person, seconds=round_ * 7 + (connector == "crm-b")),
+                    observed_at=ledger.clock(),
+                    source=connector,
+                    origin=Origin.CRM,
+                ),
+            )
+        )
+    return requests
+
+
+def _sync(ledger: Ledger, connector: str, order: list[int], errors: list[BaseException]) -> None:
+    """A sync run's page transactions: link the page's people, then record their evidence."""
+    try:
+        for round_ in range(ROUNDS):
+            for at in range(0, len(order), PAGE):
+                page = _page(ledger, connector, order[at : at + PAGE], round_)
+                with ledger.engine.begin() as conn:
+                    subject_ids, _ = ledger.link_in(conn, [r.identity for r in page])
+                    ledger.record_in(
+                        conn,
+                        [
+                            RecordRequest(Identity(subject_id=s), r.evidence)
+                            for r, s in zip(page, subject_ids, strict=True)
+                        ],
+                    )
+    except BaseException as error:
+        errors.append(error)
+
+
+def test_two_syncs_meeting_the_same_people_commit_and_keep_every_state_whole(ledger: Ledger) -> None:
+    errors: list[BaseException] = []
+    forward = list(range(PEOPLE))
+    runs = [
+        threading.Thread(target=_sync, args=(ledger, "crm-a", forward, errors)),
+        threading.Thread(target=_sync, args=(ledger, "crm-b", forward[::-1], errors)),
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=300)
+    assert errors == []
+    assert not any(run.is_alive() for run in runs)
+
+    with ledger.engine.connect() as conn:
+        events: dict[tuple[int, str, str], list[Evidence]] = {}
+        for row in conn.execute(select(consent_events)):
+            events.setdefault((row.subject_id, row.purpose, row.channel), []).append(_event_evidence(row))
+        stored = {
+            (row.subject_id, row.purpose, row.channel): orjson.loads(row.summary)
+            for row in conn.execute(select(consent_states))
+        }
+    # One person per address, whichever run met them first; each with both runs' evidence.
+    assert len(events) == PEOPLE
+    assert {len(items) for items in events.values()} == {2 * ROUNDS}
+    for key, items in events.items():
+        assert Summary.from_json(stored[key]) == summarise(items, ledger.policy), key
+
+
+def test_a_rolled_back_or_timed_out_writer_is_named_for_what_it_is() -> None:
+    """A transaction PostgreSQL rolled back (deadlock, serialization failure) or a writer that
+    waited too long for the lock is not "the database cannot be reached"."""
+    url = "postgresql://ledger@db.example:5432/consent"
+    deadlock = ledger_problem(OperationalError("UPDATE", {}, DeadlockDetected("deadlock detected")), url)
+    assert deadlock is not None and deadlock.exit_code == exit_codes.UNAVAILABLE
+    assert deadlock.message.startswith("the ledger database at db.example:5432/consent rolled a")
+    waited = ledger_problem(OperationalError("SELECT", {}, LockNotAvailable("lock timeout")), url)
+    assert waited is not None and f"held by another writer for longer than {WRITER_WAIT}" in waited.message
+    gone = ledger_problem(OperationalError("SELECT", {}, psycopg.OperationalError("connection refused")), url)
+    assert gone is not None and "cannot be reached now" in gone.message
