@@ -13,9 +13,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from argon2 import PasswordHasher
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
+from consentsync import accounts
 from consentsync.app import open_ledger
 from consentsync.cli import main
 from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
@@ -60,6 +62,20 @@ SQLITE_ONLY = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 @pytest.fixture(autouse=True)
 def _erasure_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ERASURE_KEY_ENV, TEST_ERASURE_KEY)
+
+
+# The console's accounts hash passwords with argon2id at 64 MiB and 3 passes: about 0.2 s a hash
+# or a login here, the product's setting, which tests/web/test_sessions.py checks (marked
+# ``production_hashing``). The other tests, of roles, sessions and pages, hash with argon2id's
+# smallest cost: what they test is not the hash's cost, and the console's tests log in some
+# thousand times (Django's own test settings swap in a fast hasher for the same reason).
+CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def _cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("production_hashing") is None:
+        monkeypatch.setattr(accounts, "HASHER", CHEAP_HASHER)
 
 
 @pytest.fixture

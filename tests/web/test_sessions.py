@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
 
 from consentsync import accounts, exit_codes
 from consentsync.accounts import FREE_FAILURES, common_passwords
-from tests.conftest import SQLITE_ONLY, Cli
+from consentsync.ledger.schema import console_users
+from tests.conftest import CHEAP_HASHER, SQLITE_ONLY, Cli
 from tests.web.conftest import PASSWORDS, World, api_login, log_in, page_csrf
 
 PROXY = ("10.1.2.3", 40000)
@@ -34,6 +36,29 @@ def fail(client: TestClient, name: str, times: int, **headers: str) -> list[int]
         ).status_code
         for _ in range(times)
     ]
+
+
+@pytest.mark.production_hashing
+@SQLITE_ONLY
+def test_passwords_are_stored_as_argon2id_at_the_products_cost(app: Any, world: World) -> None:
+    """The stored hash is argon2id at 64 MiB, 3 passes, 4 lanes (RFC 9106's second option); a
+    hash made at a lower cost is upgraded at the next successful login."""
+    production = "$argon2id$v=19$m=65536,t=3,p=4$"
+    rex = console_users.c.name == "rex"
+
+    def stored() -> str:
+        with world.ledger.engine.connect() as conn:
+            return str(conn.execute(select(console_users.c.password_hash).where(rex)).scalar_one())
+
+    assert stored().startswith(production), stored()
+    with world.ledger.engine.begin() as conn:
+        conn.execute(
+            update(console_users).where(rex).values(password_hash=CHEAP_HASHER.hash(PASSWORDS["rex"]))
+        )
+    assert not stored().startswith(production)
+    log_in(TestClient(app), "rex")
+    assert stored().startswith(production), stored()
+    assert accounts.HASHER.verify(stored(), PASSWORDS["rex"])
 
 
 def test_logging_out_ends_the_session_on_the_server(app: Any) -> None:
