@@ -1,5 +1,6 @@
 """TLS for the sandbox servers: a throw-away certificate authority and a server certificate for
-127.0.0.1 / localhost, made at start-up with ``cryptography``.
+127.0.0.1 / localhost, made at start-up with ``trustme`` (which exists for exactly this: test CAs
+whose keys never leave the process's temporary files).
 
 Clients verify the server with :attr:`SandboxTLS.ca_cert_path`. Beware that ``requests`` lets the
 ``REQUESTS_CA_BUNDLE`` (and ``CURL_CA_BUNDLE``) environment variables override ``Session.verify``
@@ -14,7 +15,6 @@ whenever ``Session.trust_env`` is true, which is the default. Two ways out:
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import shutil
 import ssl
@@ -23,10 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+import trustme
 
 if TYPE_CHECKING:
     import requests
@@ -117,21 +114,6 @@ class SandboxTLS:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "consentsync sandbox"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def create_sandbox_tls(
     directory: str | Path | None = None,
     *,
@@ -139,69 +121,29 @@ def create_sandbox_tls(
     ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1"),
     valid_days: int = 30,
 ) -> SandboxTLS:
-    """Create a CA and a server certificate signed by it, and write them to ``directory`` (a new
-    temporary directory when omitted, removed by :meth:`SandboxTLS.cleanup`)."""
+    """Create a CA and a server certificate signed by it for ``hostnames`` and ``ip_addresses``,
+    and write them to ``directory`` (a new temporary directory when omitted, removed by
+    :meth:`SandboxTLS.cleanup`)."""
     owns = directory is None
     folder = Path(tempfile.mkdtemp(prefix="consentsync-sandbox-tls-")) if owns else Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    # A few minutes back: a client whose clock runs slightly behind still accepts the certificate.
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=valid_days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("consentsync sandbox CA")
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
+    ca = trustme.CA(organization_name="consentsync sandbox")
+    cert = ca.issue_cert(
+        *hostnames,
+        *ip_addresses,
+        organization_name="consentsync sandbox",
+        not_before=now,
+        not_after=now + dt.timedelta(days=valid_days),
     )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hostnames[0] if hostnames else ip_addresses[0]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
     ca_path = folder / "ca.pem"
     cert_path = folder / "server.pem"
     key_path = folder / "server.key"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem_key(key))
+    ca.cert_pem.write_to_path(str(ca_path))
+    for index, pem in enumerate(cert.cert_chain_pems):
+        pem.write_to_path(str(cert_path), append=index > 0)
+    cert.private_key_pem.write_to_path(str(key_path))
     key_path.chmod(0o600)
     return SandboxTLS(
         directory=folder, ca_cert_path=ca_path, cert_path=cert_path, key_path=key_path, owns_directory=owns
