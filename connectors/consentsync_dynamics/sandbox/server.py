@@ -56,7 +56,6 @@ import logging
 import math
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections import deque
@@ -65,13 +64,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cmp_to_key
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from consentsync.sandbox.faults import Faults
-from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
-from consentsync.sandbox.serving import sandbox_command, serve
-from consentsync.sandbox.tls import SandboxTLS
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, ServerOptions
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 
@@ -186,19 +183,16 @@ class DynamicsSandbox(HttpsSandbox):
         self,
         environment: DataverseEnvironment | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         credentials: DataverseCredentials | None = None,
-        faults: Faults | Mapping[str, Any] | None = None,
         token_path: str = "/{tenant}/oauth2/v2.0/token",
         token_lifetime: float = 3599.0,
         rate_limit: int | None = None,
         rate_window: float = 300.0,
         limit_retry_after: int = 300,
         change_retention: float = 7 * 24 * 3600.0,
-        tls: SandboxTLS | None = None,
+        **server: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=normalize_guid)
+        super().__init__(normalize_id=normalize_guid, **server)
         self.environment = environment or DataverseEnvironment()
         self.credentials = credentials or DataverseCredentials()
         self.token_path = token_path
@@ -1058,40 +1052,33 @@ def _comparer(order: list[tuple[str, bool]]) -> Callable[[Mapping[str, Any], Map
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def serve_forever(
-    port: int,
-    seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 200,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[DynamicsSandbox], None] | None = None,
-) -> None:
-    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the URLs, the
-    CA files and the demo credentials."""
+@sandbox_main(
+    "dynamics",
+    port=8447,
+    records=200,
+    seed_help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
+)
+def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+    """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted.
+
+    Prints the URLs, the CA files and the demo credentials."""
     environment = DataverseEnvironment()
     made = environment.seed(records, seed=seed)
     sandbox = DynamicsSandbox(environment, host=host, port=port).start()
     c = sandbox.credentials
-    lines = [
-        "Dynamics 365 / Dataverse sandbox is running (Ctrl-C to stop)",
-        f"  environment URL {sandbox.environment_url}   (Web API {sandbox.api_url()})",
-        f"  token URL       {sandbox.token_url}",
-        f"  scope           {sandbox.environment_url}/.default",
-        f"  CA certificate  {sandbox.ca_cert_path}",
-        f"  CA bundle       {sandbox.ca_bundle_path}   (sandbox CA + system roots)",
-        f"  tenant_id       {c.tenant_id}",
-        f"  client_id       {c.client_id}",
-        f"  client_secret   {c.client_secret}",
-        f"  seeded          {len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
-    ]
-    serve("dynamics", sandbox, lines, stop=stop, on_ready=on_ready)
+    where = {
+        "environment URL": f"{sandbox.environment_url}   (Web API {sandbox.api_url()})",
+        "token URL": sandbox.token_url,
+        "scope": f"{sandbox.environment_url}/.default",
+    }
+    who = {
+        "tenant_id": c.tenant_id,
+        "client_id": c.client_id,
+        "client_secret": c.client_secret,
+        "seeded": f"{len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
+    }
+    return Serving(sandbox, running_lines("Dynamics 365 / Dataverse", sandbox, where, who))
 
 
 #: ``consentsync sandbox dynamics`` (entry-point group ``consentsync.sandboxes``).
-command = sandbox_command(
-    serve_forever,
-    port=8447,
-    seed_help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
-    help="Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted.",
-)
+command = serve_forever.command

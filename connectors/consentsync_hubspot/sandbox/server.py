@@ -75,20 +75,19 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import unquote
 
-from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
     Route,
     SandboxRequest,
     SandboxResponse,
+    ServerOptions,
     json_response,
 )
-from consentsync.sandbox.serving import sandbox_command, serve
-from consentsync.sandbox.tls import SandboxTLS
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 
 __all__ = [
     "ENDPOINT_KINDS",
@@ -668,10 +667,7 @@ class HubSpotSandbox(HttpsSandbox):
         self,
         portal: HubSpotPortal | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         credentials: HubSpotCredentials | None = None,
-        faults: Faults | Mapping[str, Any] | None = None,
         daily_limit: int = 250_000,
         secondly_limit: int = 19,
         search_per_second: int = 4,
@@ -680,12 +676,9 @@ class HubSpotSandbox(HttpsSandbox):
         status_batch_limit: int = 100,
         gdpr: bool = True,
         token_file: str | Path | None = None,
-        tls: SandboxTLS | None = None,
-        tls_dir: str | Path | None = None,
+        **server: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_id_or_none
-        )
+        super().__init__(normalize_id=_id_or_none, **server)
         self.portal = portal or HubSpotPortal()
         self.credentials = credentials or HubSpotCredentials()
         self.daily_limit = daily_limit
@@ -703,13 +696,6 @@ class HubSpotSandbox(HttpsSandbox):
         self._search_window: deque[float] = deque()
         if self.token_file:
             self.token_file.write_text(self.credentials.access_token + "\n")
-
-    def start(self) -> HubSpotSandbox:
-        super().start()
-        return self
-
-    def __enter__(self) -> HubSpotSandbox:
-        return self.start()
 
     @property
     def api_url(self) -> str:
@@ -1381,36 +1367,26 @@ def _id_or_none(record_id: str) -> str | None:
     return text if text.isdigit() else None
 
 
-def serve_forever(
-    port: int,
-    seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 500,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[HubSpotSandbox], None] | None = None,
-) -> None:
-    """Run a seeded sandbox until interrupted (or ``stop`` is set), printing its URL, CA files
-    and private-app token."""
+@sandbox_main(
+    "hubspot",
+    port=8445,
+    records=500,
+    seed_help="Seed the portal with this many generated contacts (with subscription statuses).",
+)
+def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+    """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted.
+
+    Prints its URL, CA files and private-app token."""
     portal = HubSpotPortal()
     portal.seed(records, seed=seed)
     sandbox = HubSpotSandbox(portal, host=host, port=port).start()
-    lines = [
-        "HubSpot sandbox is running (Ctrl-C to stop)",
-        f"  API URL        {sandbox.api_url}",
-        f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
-        f"  access token   {sandbox.credentials.access_token}   (private app; all scopes)",
-        f"  subscriptions  {', '.join(f'{k} {v[0]}' for k, v in portal.definitions.items())}",
-        f"  seeded         {portal.count()} contacts (seed {seed})",
-    ]
-    serve("hubspot", sandbox, lines, stop=stop, on_ready=on_ready)
+    who = {
+        "access token": f"{sandbox.credentials.access_token}   (private app; all scopes)",
+        "subscriptions": ", ".join(f"{k} {v[0]}" for k, v in portal.definitions.items()),
+        "seeded": f"{portal.count()} contacts (seed {seed})",
+    }
+    return Serving(sandbox, running_lines("HubSpot", sandbox, {"API URL": sandbox.api_url}, who))
 
 
 #: ``consentsync sandbox hubspot`` (entry-point group ``consentsync.sandboxes``).
-command = sandbox_command(
-    serve_forever,
-    port=8445,
-    seed_help="Seed the portal with this many generated contacts (with subscription statuses).",
-    help="Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted.",
-)
+command = serve_forever.command

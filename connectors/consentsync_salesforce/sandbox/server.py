@@ -62,10 +62,9 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import parse_qs
 
 import jwt
@@ -77,10 +76,11 @@ from consentsync.sandbox.server import (
     Route,
     SandboxRequest,
     SandboxResponse,
+    ServerOptions,
 )
 from consentsync.sandbox.server import json_response as _json_response
-from consentsync.sandbox.serving import sandbox_command, serve
-from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.tls import create_sandbox_tls
 from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, to18
 from consentsync_salesforce.sandbox.org import (
     ApiError,
@@ -323,20 +323,16 @@ class SalesforceSandbox(HttpsSandbox):
         self,
         org: SalesforceOrg | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         credentials: SalesforceCredentials | None = None,
-        faults: Faults | Mapping[str, Any] | None = None,
         api_limit: int = 100_000,
         api_usage: int = 0,
         session_timeout: float = 7200.0,
         bulk_delay: float = 0.0,
         locator_ttl: float = 900.0,
         max_open_locators: int = 10,
-        tls: SandboxTLS | None = None,
-        tls_dir: str | Path | None = None,
+        **server: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=to18)
+        super().__init__(normalize_id=to18, **server)
         self.org = org or SalesforceOrg()
         self.credentials = credentials or SalesforceCredentials(username=self.org.username)
         self.api_limit = api_limit
@@ -351,19 +347,12 @@ class SalesforceSandbox(HttpsSandbox):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> SalesforceSandbox:
-        super().start()
-        return self
-
     def stop(self) -> None:
         super().stop()
         with self._lock:
             for job in self._jobs.values():
                 if job.timer is not None:
                     job.timer.cancel()
-
-    def __enter__(self) -> SalesforceSandbox:
-        return self.start()
 
     # ------------------------------------------------------------------ addresses
 
@@ -1224,17 +1213,17 @@ class _JobFailed(Exception):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def serve_forever(
-    port: int,
-    seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 2000,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[SalesforceSandbox], None] | None = None,
-) -> None:
-    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the instance
-    URL, the CA files and the demo credentials. ``on_ready`` is called with the running server."""
+@sandbox_main(
+    "salesforce",
+    port=8443,
+    records=2000,
+    seed_help="Seed the org with this many generated contacts (with duplicates and leads).",
+)
+def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+    """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted.
+
+    Prints the instance URL, the CA files and the demo credentials, with a JWT key written beside
+    the certificates (removed when the sandbox stops)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -1252,31 +1241,24 @@ def serve_forever(
     jwt_key_path.write_bytes(private_pem)
     jwt_key_path.chmod(0o600)
     credentials = SalesforceCredentials(username=org.username, jwt_public_key_pem=public_pem)
-    sandbox = SalesforceSandbox(org, host=host, port=port, credentials=credentials, tls=tls)
-    sandbox.start()
+    sandbox = SalesforceSandbox(org, host=host, port=port, credentials=credentials, tls=tls).start()
     c = sandbox.credentials
-    lines = [
-        "Salesforce sandbox is running (Ctrl-C to stop)",
-        f"  instance URL   {sandbox.instance_url}",
-        f"  token URL      {sandbox.token_url}",
-        f"  API versions   {SUPPORTED_VERSIONS[0][1]}+ (e.g. {sandbox.data_url()})",
-        f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
-        f"  client_id      {c.client_id}",
-        f"  client_secret  {c.client_secret}",
-        f"  username       {c.username}",
-        f"  password       {c.password}",
-        f"  JWT key        {jwt_key_path}   (RS256; iss=client_id, sub=username, aud={sandbox.login_url})",
-        f"  seeded         {len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
+    where = {
+        "instance URL": sandbox.instance_url,
+        "token URL": sandbox.token_url,
+        "API versions": f"{SUPPORTED_VERSIONS[0][1]}+ (e.g. {sandbox.data_url()})",
+    }
+    who = {
+        "client_id": c.client_id,
+        "client_secret": c.client_secret,
+        "username": c.username,
+        "password": c.password,
+        "JWT key": f"{jwt_key_path}   (RS256; iss=client_id, sub=username, aud={sandbox.login_url})",
+        "seeded": f"{len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
         f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents (seed {seed})",
-    ]
-    serve("salesforce", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)
+    }
+    return Serving(sandbox, running_lines("Salesforce", sandbox, where, who), cleanup=tls.cleanup)
 
 
 #: ``consentsync sandbox salesforce`` (entry-point group ``consentsync.sandboxes``).
-command = sandbox_command(
-    serve_forever,
-    port=8443,
-    seed_help="Seed the org with this many generated contacts (with duplicates and leads).",
-    help="Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted.",
-)
+command = serve_forever.command

@@ -51,25 +51,22 @@ import datetime as dt
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlencode
 
-from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
     Route,
     SandboxRequest,
     SandboxResponse,
+    ServerOptions,
     json_response,
 )
-from consentsync.sandbox.serving import sandbox_command, serve
-from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 from consentsync_superoffice.sandbox.archive import ArchiveQuery, run_query
 from consentsync_superoffice.sandbox.tenant import ConsentRow, SuperOfficeTenant, TenantError
 
@@ -153,21 +150,15 @@ class SuperOfficeSandbox(HttpsSandbox):
         self,
         tenant: SuperOfficeTenant | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         credentials: SuperOfficeCredentials | None = None,
         app_token: str | None = None,
-        faults: Faults | dict[str, Any] | None = None,
         max_page_size: int = 1000,
         token_lifetime: float = 3600.0,
         request_limit_retry_after: int = 3600,
         tenant_name: str = "Cust12345",
-        tls: SandboxTLS | None = None,
-        tls_dir: str | Path | None = None,
+        **server: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            host=host, port=port, faults=faults, tls=tls, tls_dir=tls_dir, normalize_id=_person_key
-        )
+        super().__init__(normalize_id=_person_key, **server)
         self.tenant = tenant or SuperOfficeTenant()
         self.credentials = credentials or SuperOfficeCredentials()
         self.app_token = app_token
@@ -463,43 +454,34 @@ def _consent_info(row: ConsentRow) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def serve_forever(
-    port: int,
-    seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 500,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[SuperOfficeSandbox], None] | None = None,
-) -> None:
-    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing the tenant URL,
-    the CA files and the demo credentials."""
+@sandbox_main(
+    "superoffice",
+    port=8444,
+    records=500,
+    seed_help="Seed the tenant with this many generated persons and their consents.",
+)
+def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+    """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted.
+
+    Prints the tenant URL, the CA files and the demo credentials."""
     tenant = SuperOfficeTenant()
     summary = tenant.seed(records, seed=seed)
-    tls = create_sandbox_tls()
-    sandbox = SuperOfficeSandbox(tenant, host=host, port=port, tls=tls)
-    sandbox.start()
+    sandbox = SuperOfficeSandbox(tenant, host=host, port=port).start()
     c = sandbox.credentials
-    lines = [
-        "SuperOffice sandbox is running (Ctrl-C to stop)",
-        f"  tenant URL     {sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
-        f"  token URL      {sandbox.token_url}",
-        f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
-        f"  client_id      {c.client_id}",
-        f"  client_secret  {c.client_secret}",
-        f"  refresh_token  {c.refresh_token}",
-        f"  access token   {sandbox.issue_token()}   (valid {int(sandbox.token_lifetime)} s)",
-        f"  seeded         {summary['persons']} persons, {summary['emarketing']} e-marketing consents "
+    where = {
+        "tenant URL": f"{sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
+        "token URL": sandbox.token_url,
+    }
+    who = {
+        "client_id": c.client_id,
+        "client_secret": c.client_secret,
+        "refresh_token": c.refresh_token,
+        "access token": f"{sandbox.issue_token()}   (valid {int(sandbox.token_lifetime)} s)",
+        "seeded": f"{summary['persons']} persons, {summary['emarketing']} e-marketing consents "
         f"({summary['withdrawn']} withdrawn), seed {seed}",
-    ]
-    serve("superoffice", sandbox, lines, stop=stop, on_ready=on_ready, cleanup=tls.cleanup)
+    }
+    return Serving(sandbox, running_lines("SuperOffice", sandbox, where, who))
 
 
 #: ``consentsync sandbox superoffice`` (entry-point group ``consentsync.sandboxes``).
-command = sandbox_command(
-    serve_forever,
-    port=8444,
-    seed_help="Seed the tenant with this many generated persons and their consents.",
-    help="Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted.",
-)
+command = serve_forever.command

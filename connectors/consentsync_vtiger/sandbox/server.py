@@ -80,16 +80,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 from zoneinfo import ZoneInfo
 
 import click
 
-from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
-from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
-from consentsync.sandbox.serving import sandbox_command, serve
-from consentsync.sandbox.tls import SandboxTLS
+from consentsync.sandbox.server import (
+    HttpsSandbox,
+    Route,
+    SandboxRequest,
+    SandboxResponse,
+    ServerOptions,
+    json_response,
+)
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 from consentsync_vtiger.sandbox.vtql import Query, VtqlError, parse, select
 
 __all__ = [
@@ -790,19 +795,16 @@ class VtigerSandbox(HttpsSandbox):
         self,
         crm: VtigerCrm | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
         credentials: VtigerCredentials | None = None,
-        faults: Faults | Mapping[str, Any] | None = None,
         challenge_ttl: float = 300.0,
         session_idle: float = 1800.0,
         session_lifetime: float = 86400.0,
         sync_fails: bool = False,
         api_limit: int = 100_000,
         retry_after: int = 3600,
-        tls: SandboxTLS | None = None,
+        **server: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(host=host, port=port, faults=faults, tls=tls, normalize_id=_normalise_wsid)
+        super().__init__(normalize_id=_normalise_wsid, **server)
         self.crm = crm or VtigerCrm()
         self.credentials = credentials or VtigerCredentials()
         self.challenge_ttl = challenge_ttl
@@ -1077,50 +1079,46 @@ def _failure(error: VtigerError, status: int = 200, headers: dict[str, str] | No
 # -- CLI -----------------------------------------------------------------------------------------
 
 
+@sandbox_main(
+    "vtiger",
+    port=8446,
+    records=200,
+    seed_help="Seed the CRM with this many generated contacts (with leads, organisations, consents).",
+    options=(
+        click.option(
+            "--privacy-guard/--no-privacy-guard",
+            default=True,
+            help="With (the default) or without the Privacy Guard Consents module.",
+        ),
+        click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8)."),
+    ),
+)
 def serve_forever(
     port: int,
     seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 200,
+    host: str,
+    records: int,
     privacy_guard: bool = True,
     sync_fails: bool = False,
     timezone: str = "UTC",
-    stop: threading.Event | None = None,
-    on_ready: Callable[[VtigerSandbox], None] | None = None,
-) -> None:
-    """Runs a seeded sandbox until interrupted (or ``stop`` is set), printing its address, CA and
-    credentials."""
+) -> Serving:
+    """Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted.
+
+    Prints its address, CA and credentials."""
     crm = VtigerCrm(privacy_guard=privacy_guard, timezone=timezone)
     made = crm.seed(records, seed=seed)
     sandbox = VtigerSandbox(crm, host=host, port=port, sync_fails=sync_fails).start()
     c = sandbox.credentials
-    lines = [
-        "Vtiger sandbox is running (Ctrl-C to stop)",
-        f"  url            {sandbox.url}   (API: {sandbox.webservice_url})",
-        f"  CA certificate {sandbox.ca_cert_path}",
-        f"  CA bundle      {sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
-        f"  username       {c.username}",
-        f"  access key     {c.access_key}",
-        f"  seeded         {len(made['contacts'])} contacts, {len(made['leads'])} leads, "
+    who = {
+        "username": c.username,
+        "access key": c.access_key,
+        "seeded": f"{len(made['contacts'])} contacts, {len(made['leads'])} leads, "
         f"{len(made['accounts'])} organisations, {len(made['consents'])} Privacy Guard consents "
         f"(seed {seed})",
-    ]
-    serve("vtiger", sandbox, lines, stop=stop, on_ready=on_ready)
-
-
-def _serve_from_the_command(*, no_privacy_guard: bool, **options: Any) -> None:
-    serve_forever(privacy_guard=not no_privacy_guard, **options)
+    }
+    where = {"url": f"{sandbox.url}   (API: {sandbox.webservice_url})"}
+    return Serving(sandbox, running_lines("Vtiger", sandbox, where, who))
 
 
 #: ``consentsync sandbox vtiger`` (entry-point group ``consentsync.sandboxes``).
-command = sandbox_command(
-    _serve_from_the_command,
-    port=8446,
-    seed_help="Seed the CRM with this many generated contacts (with leads, organisations, consents).",
-    help="Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted.",
-    options=(
-        click.option("--no-privacy-guard", is_flag=True, help="Without the Privacy Guard Consents module."),
-        click.option("--sync-fails", is_flag=True, help="operation=sync answers HTTP 500 (8.2.0 on PHP 8)."),
-    ),
-)
+command = serve_forever.command

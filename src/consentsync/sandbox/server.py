@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 from consentsync.sandbox.faults import Faults
@@ -47,6 +47,7 @@ __all__ = [
     "Route",
     "SandboxRequest",
     "SandboxResponse",
+    "ServerOptions",
     "json_response",
 ]
 
@@ -115,6 +116,17 @@ class Route:
     authenticated: bool = True
 
 
+class ServerOptions(TypedDict, total=False):
+    """Where and how an :class:`HttpsSandbox` serves: the keywords a vendor sandbox's constructor
+    takes as ``**server: Unpack[ServerOptions]`` and hands on unchanged to the base."""
+
+    host: str
+    port: int
+    faults: Faults | Mapping[str, Any] | None
+    tls: SandboxTLS | None
+    tls_dir: str | Path | None
+
+
 class HttpsSandbox(ABC):
     """The server half every vendor sandbox shares. Construct, :meth:`start` (or use as a
     context manager), point clients at :attr:`base_url` and trust :attr:`ca_cert_path`."""
@@ -152,7 +164,7 @@ class HttpsSandbox(ABC):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> Any:
+    def start(self) -> Self:
         if self._httpd is not None:
             return self
         if self._tls is None:
@@ -184,7 +196,7 @@ class HttpsSandbox(ABC):
         if self._tls is not None and self._owns_tls:
             self._tls.cleanup()
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

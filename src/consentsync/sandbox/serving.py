@@ -3,6 +3,10 @@ connector package registers under the entry-point group ``consentsync.sandboxes`
 does once its sandbox is up: print what it serves and the ``connectors:`` block to paste into
 consentsync.yaml (with the ``export`` lines of its secrets), then serve until interrupted.
 
+A vendor writes only the function that starts its seeded sandbox and says what to print
+(:class:`Serving`, :func:`running_lines`); :func:`sandbox_main` makes its ``serve_forever`` and
+its command from it.
+
 The block's settings come from the connector's own test harness (``connector_settings()``, found
 through the ``consentsync.harnesses`` entry points), pointed at the running sandbox: the core
 names no vendor's settings. Only the settings that say where and who (URLs, ids, secrets, the CA
@@ -11,9 +15,11 @@ file) are kept; the harness's test tunings (short timeouts, few attempts) are le
 
 from __future__ import annotations
 
+import functools
 import shlex
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -138,3 +144,88 @@ def sandbox_command(
     for decorate in reversed(decorators):
         command = decorate(command)
     return click.command(help=help)(command)
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What a vendor's start function (:func:`sandbox_main`) gives back: its seeded, running
+    sandbox, the lines saying what it serves, and what to remove once it stops (files the sandbox
+    does not own, such as a key written beside its certificates)."""
+
+    sandbox: Any
+    lines: list[str]
+    cleanup: Callable[[], None] | None = None
+
+
+def running_lines(title: str, sandbox: Any, where: Mapping[str, str], who: Mapping[str, str]) -> list[str]:
+    """What a running sandbox prints first: ``title`` is running, its addresses (``where``), the CA
+    files clients trust, then its credentials and seed (``who``), one aligned label a line."""
+    rows = {
+        **where,
+        "CA certificate": str(sandbox.ca_cert_path),
+        "CA bundle": f"{sandbox.ca_bundle_path}   (sandbox CA + system roots, for curl and browsers)",
+        **who,
+    }
+    width = max(len(label) for label in rows)
+    return [
+        f"{title} sandbox is running (Ctrl-C to stop)",
+        *(f"  {label:<{width}} {value}" for label, value in rows.items()),
+    ]
+
+
+class SandboxMain:
+    """A vendor's ``serve_forever(port, seed, host, *, records, stop, on_ready, **own_options)``
+    (start the sandbox, print what it serves and the block to paste, serve until interrupted or
+    ``stop`` is set; ``on_ready`` gets the running sandbox) and its ``consentsync sandbox VENDOR``
+    :attr:`command`, made by :func:`sandbox_main` from the vendor's start function."""
+
+    def __init__(
+        self,
+        vendor: str,
+        start: Callable[..., Serving],
+        *,
+        port: int,
+        records: int,
+        seed_help: str,
+        options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
+    ) -> None:
+        functools.update_wrapper(self, start)
+        self.vendor = vendor
+        self.start = start
+        self.records = records
+        help = (start.__doc__ or "").strip().split("\n\n")[0]
+        self.command = sandbox_command(self, port=port, seed_help=seed_help, help=help, options=options)
+
+    def __call__(
+        self,
+        port: int,
+        seed: int,
+        host: str = "127.0.0.1",
+        *,
+        records: int | None = None,
+        stop: threading.Event | None = None,
+        on_ready: Callable[[Any], None] | None = None,
+        **options: Any,
+    ) -> None:
+        records = self.records if records is None else records
+        served = self.start(port=port, seed=seed, host=host, records=records, **options)
+        serve(self.vendor, served.sandbox, served.lines, stop=stop, on_ready=on_ready, cleanup=served.cleanup)
+
+
+def sandbox_main(
+    vendor: str,
+    *,
+    port: int,
+    records: int,
+    seed_help: str,
+    options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
+) -> Callable[[Callable[..., Serving]], SandboxMain]:
+    """Decorates a vendor's ``start(port=, seed=, host=, records=, **own_options) -> Serving``
+    (whose docstring is the command's help) into its :class:`SandboxMain`: ``records`` is the
+    function's default seed size, ``port``, ``seed_help`` and ``options`` go to
+    :func:`sandbox_command`. The module then says ``command = serve_forever.command``."""
+
+    def decorate(start: Callable[..., Serving]) -> SandboxMain:
+        return SandboxMain(vendor, start, port=port, records=records, seed_help=seed_help, options=options)
+
+    return decorate

@@ -23,12 +23,11 @@ import datetime as dt
 import random
 import secrets
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
-from consentsync.sandbox.serving import sandbox_command, serve
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 
 FIELDS = {"email": str, "name": str, "note": str, "unsubscribed": bool}
 MAX_BATCH = 50
@@ -185,17 +184,17 @@ def _valid(kind: type, value: Any) -> bool:
     return isinstance(value, kind) or (value is None and kind is str)
 
 
-def serve_forever(
-    port: int,
-    seed: int,
-    host: str = "127.0.0.1",
-    *,
-    records: int = 200,
-    stop: threading.Event | None = None,
-    on_ready: Callable[[AcmeSandbox], None] | None = None,
-) -> None:
-    """Run a seeded sandbox until interrupted (or until ``stop`` is set), printing its URL, CA file
-    and API key, and the ``connectors:`` block to paste (from :class:`AcmeHarness`)."""
+@sandbox_main(
+    "acme",
+    port=8450,
+    records=200,
+    seed_help="Seed Acme with this many generated contacts (a fifth unsubscribed).",
+)
+def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+    """Run an Acme sandbox (HTTPS, self-signed CA) until interrupted.
+
+    Prints its URL, CA files and API key; the kit adds the ``connectors:`` block to paste (from
+    :class:`AcmeHarness`)."""
     sandbox = AcmeSandbox(host=host, port=port)
     rng, used = random.Random(seed), set()
     for index in range(records):
@@ -203,20 +202,9 @@ def serve_forever(
         email = make_email(rng, first, last, index, used)
         sandbox.create({"email": email, "name": f"{first} {last}", "unsubscribed": rng.random() < 0.2})
     sandbox.start()
-    lines = [
-        "Acme sandbox is running (Ctrl-C to stop)",
-        f"  API URL        {sandbox.base_url}",
-        f"  CA certificate {sandbox.ca_cert_path}",
-        f"  api_key        {sandbox.api_key}",
-        f"  seeded         {len(sandbox.contacts)} contacts (seed {seed})",
-    ]
-    serve("acme", sandbox, lines, stop=stop, on_ready=on_ready)
+    who = {"api_key": sandbox.api_key, "seeded": f"{len(sandbox.contacts)} contacts (seed {seed})"}
+    return Serving(sandbox, running_lines("Acme", sandbox, {"API URL": sandbox.base_url}, who))
 
 
 #: ``consentsync sandbox acme``, registered under the entry-point group ``consentsync.sandboxes``.
-command = sandbox_command(
-    serve_forever,
-    port=8450,
-    seed_help="Seed Acme with this many generated contacts (a fifth unsubscribed).",
-    help="Run an Acme sandbox (HTTPS, self-signed CA) until interrupted.",
-)
+command = serve_forever.command
