@@ -56,6 +56,7 @@ from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
 from consentsync.sync.prefetch import Prefetch
+from consentsync.sync.runs import RunCounts, record_unstarted
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -89,31 +90,6 @@ class SyncOptions:
     # connector's live records, and the run pushes nothing until a plan is approved.
     guard_max_records: int | None = None
     guard_max_share: float | None = None
-
-
-@dataclass(slots=True)
-class RunCounts:
-    read: int = 0
-    quarantined: int = 0
-    evidence_recorded: int = 0
-    evidence_duplicates: int = 0
-    unchanged_records: int = 0
-    deleted_records: int = 0  # records the CRM deleted or merged away (their links marked gone)
-    echoes_recognised: int = 0  # pushes whose lost answer was recovered by reading the value back
-    pushes_held: int = 0  # pending pushes not sent: observe mode, or the blast-radius guard
-    # Writes the CRM could never undo, left out for want of an evidenced withdrawal, objection
-    # or erasure (consent merely absent).
-    irreversible_held: int = 0
-    # What the held pushes would write, per object, field and new value (the adoption report).
-    would_push: list[dict[str, Any]] = field(default_factory=list)
-    state_changes: int = 0
-    subjects_created: int = 0
-    pushes_enqueued: int = 0
-    pushed: int = 0
-    push_failed: int = 0
-    api_calls: int = 0
-    api_used: int | None = None
-    api_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +221,6 @@ class SyncEngine:
                 report = self._run(full=full, dry_run=dry_run)
         except RunInProgress as busy:
             if not dry_run:  # skipped: a run row says so, and why (status, runs list, /metrics)
-                from consentsync.sync.runs import record_unstarted
-
                 now = self.ledger.clock()
                 record_unstarted(
                     self.ledger.engine, self.name, str(busy), now, status="skipped", kind="skipped"

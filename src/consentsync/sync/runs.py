@@ -1,17 +1,48 @@
-"""Past sync runs, for `consentsync runs list|show` and the ops console."""
+"""Sync runs as the ledger keeps them (sync_runs): their counts, a run that never started,
+runs whose process died, and the past runs for `consentsync runs list|show` and the ops console."""
 
 from __future__ import annotations
 
 import re
+import uuid
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from consentsync.domain import InvalidInput, iso
+from consentsync.domain import InvalidInput, canonical_json, iso
 from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.sync import quarantine as quarantined
+
+
+@dataclass(slots=True)
+class RunCounts:
+    """What a run did, as its row keeps it (sync_runs.counts): the engine counts into one as it
+    goes; a run that never started keeps the zero counts."""
+
+    read: int = 0
+    quarantined: int = 0
+    evidence_recorded: int = 0
+    evidence_duplicates: int = 0
+    unchanged_records: int = 0
+    deleted_records: int = 0  # records the CRM deleted or merged away (their links marked gone)
+    echoes_recognised: int = 0  # pushes whose lost answer was recovered by reading the value back
+    pushes_held: int = 0  # pending pushes not sent: observe mode, or the blast-radius guard
+    # Writes the CRM could never undo, left out for want of an evidenced withdrawal, objection
+    # or erasure (consent merely absent).
+    irreversible_held: int = 0
+    # What the held pushes would write, per object, field and new value (the adoption report).
+    would_push: list[dict[str, Any]] = field(default_factory=list)
+    state_changes: int = 0
+    subjects_created: int = 0
+    pushes_enqueued: int = 0
+    pushed: int = 0
+    push_failed: int = 0
+    api_calls: int = 0
+    api_used: int | None = None
+    api_limit: int | None = None
 
 
 def run_filters(
@@ -134,12 +165,6 @@ def record_unstarted(
     mapping file, a connector that cannot be built), or was skipped (another process holds the
     connector): recorded with its reason, so that `status`, `runs list`, the console and
     `/metrics` show it as they show any other run."""
-    import uuid
-    from dataclasses import asdict
-
-    from consentsync.domain import canonical_json
-    from consentsync.sync.engine import RunCounts
-
     run_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(
