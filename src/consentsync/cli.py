@@ -1,34 +1,43 @@
-"""The command line: parses, calls a service, prints (tables for people, --json for scripts).
+"""The command line's entry point (``consentsync = "consentsync.cli:main"``) and the ledger's own
+commands: init, migrate, ledger, objection, erase, restrict, subject show|export, audit log.
 
-Bad input exits with code 2 and a one-line error naming what was wrong and what is accepted;
-nothing is written before all input has been checked.
+The command line parses, calls a service, prints (tables for people, --json for scripts). Bad
+input exits with code 2 and a one-line error naming what was wrong and what is accepted; nothing
+is written before all input has been checked. What every command module shares is in cli_base;
+the CRM, console, hub and admin commands are in the cli_* modules, imported here so that they
+register on ``main``.
 """
 
 from __future__ import annotations
 
-import functools
-import getpass
 import itertools
 import json
-import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
-from sqlalchemy.exc import DataError, SQLAlchemyError
 
-from consentsync import exit_codes
-from consentsync.app import LedgerNotReady, open_ledger
-from consentsync.config import (
-    Config,
-    ConfigError,
-    default_config_path,
-    load_config,
-    write_starter,
+# Importing the command modules registers their commands on ``main``.
+from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
+from consentsync.app import open_ledger
+from consentsync.cli_base import (
+    audit_group,
+    cell_text,
+    config_option,
+    current_config,
+    current_ledger,
+    emit_json,
+    handled,
+    json_option,
+    login_name,
+    main,
+    print_table,
+    subject,
 )
+from consentsync.config import default_config_path, load_config, write_starter
 from consentsync.domain import (
     ACTOR_MAX,
     EVIDENCE_REF_MAX,
@@ -47,121 +56,10 @@ from consentsync.domain import (
     parse_timestamp,
 )
 from consentsync.ledger.identity import Identity
-from consentsync.ledger.problems import ledger_problem
-from consentsync.ledger.service import Ledger, NotFound
-from consentsync.logs import FORMATS as LOG_FORMATS
-from consentsync.logs import LEVELS as LOG_LEVELS
-from consentsync.logs import configure as configure_logging
-from consentsync.sdk.errors import ConnectorError
+from consentsync.ledger.service import NotFound
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_BAD_INPUT = exit_codes.CONFIG
 MAX_ROW_ID = 2**31 - 1  # the ledger's integer keys
 EXPORT_FORMATS = ("json", "csv", "xlsx")
-
-
-def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    click.echo(f"consentsync: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        ctx.meta["consentsync.config"] = value
-
-
-def config_option(func: F) -> F:
-    """``--config`` is accepted before the command name and after it, on every command."""
-    return click.option(
-        "--config",
-        "config_path",
-        metavar="PATH",
-        expose_value=False,
-        is_eager=True,
-        callback=_store_config,
-        help="Config file (default ./consentsync.yaml, or $CONSENTSYNC_CONFIG).",
-    )(func)
-
-
-def json_option(func: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
-
-
-def handled(func: F) -> F:
-    """Turns the errors people cause into one line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LedgerNotReady as error:
-            fail(str(error), error.exit_code)
-        except (InvalidInput, ConfigError, NotFound) as error:
-            fail(str(error))
-        except UnicodeError:
-            # Bytes that are not UTF-8 in an argument (the shell passes them as lone surrogates).
-            fail("the input holds bytes that are not UTF-8 text: nothing was changed")
-        except (DataError, OverflowError):
-            # The database refused a value as data (PostgreSQL: a NUL character, a number beyond
-            # its integers; SQLite: an integer beyond 64 bits): bad input, rolled back.
-            fail("the input holds a value the ledger cannot store or compare: nothing was changed")
-        except (SQLAlchemyError, sqlite3.DatabaseError) as error:
-            # The ledger refused mid-command (a damaged or read-only file, a full disk, the server
-            # gone): the transaction in hand was rolled back whole.
-            problem = ledger_problem(error, _ledger_url())
-            if problem is None:
-                raise
-            fail(problem.message, problem.exit_code)
-        except ConnectorError as error:
-            # The CRM refused the credentials (exit 77), refused something else the admin must
-            # fix (a module or field the install lacks, its TLS certificate: exit 2) or could not
-            # be reached now (try again later, exit 69): see exit_codes.py.
-            label = "credentials" if error.rule.credentials else error.rule.fault.value
-            fail(f"{label}: {error}", exit_codes.for_connector_error(error.rule))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _ledger_url() -> str:
-    try:
-        return current_config().ledger_url
-    except ConfigError:
-        return ""
-
-
-def current_config() -> Config:
-    ctx = click.get_current_context()
-    return load_config(default_config_path(ctx.meta.get("consentsync.config")))
-
-
-def current_ledger() -> Ledger:
-    return open_ledger(current_config())
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
-
-
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        click.echo("(none)")
-        return
-    cells = [[_text(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_text(v)}" for k, v in value.items())
-    return str(value)
 
 
 def _email(value: str) -> str:
@@ -170,30 +68,6 @@ def _email(value: str) -> str:
 
 def _time(value: str | None, option: str) -> datetime | None:
     return parse_timestamp(value, option) if value else None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="consentsync", prog_name="consentsync", message="%(prog)s %(version)s")
-@config_option
-@click.option(
-    "--log-level",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="WARNING",
-    show_default=True,
-    envvar="CONSENTSYNC_LOG_LEVEL",
-    help="Log level (`consentsync run`: INFO unless set). Env: CONSENTSYNC_LOG_LEVEL.",
-)
-@click.option(
-    "--log-format",
-    type=click.Choice(LOG_FORMATS, case_sensitive=False),
-    envvar="CONSENTSYNC_LOG_FORMAT",
-    help="Log lines as JSON or for people (default: console on a terminal, else JSON). "
-    "Logs go to stderr; `consentsync run` logs to stdout. Env: CONSENTSYNC_LOG_FORMAT.",
-)
-def main(log_level: str, log_format: str | None) -> None:
-    """consentsync: one truthful record of consent and lawful basis, every CRM in step with it."""
-    click.get_current_context().meta["consentsync.log_format"] = log_format
-    configure_logging(log_level, fmt=log_format)
 
 
 # -- init ------------------------------------------------------------------------------------------
@@ -342,7 +216,7 @@ def ledger_record(
         click.echo(
             f"recorded {evidence.status.value} for {evidence.purpose}/{evidence.channel}: "
             f"{before.status.value} -> {after.status.value}, basis {after.basis.value}, "
-            f"suppressed {_text(after.suppressed)} (rule {after.rule})"
+            f"suppressed {cell_text(after.suppressed)} (rule {after.rule})"
         )
 
 
@@ -548,20 +422,7 @@ def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bo
         click.echo(f"subject {result['subject']} restricted: every purpose is suppressed until lifted")
 
 
-def login_name() -> str:
-    """Who runs the command, for the audit log: the operating system's login name."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "cli"
-
-
 # -- subjects --------------------------------------------------------------------------------------
-
-
-@main.group()
-def subject() -> None:
-    """Look at one person's record."""
 
 
 @subject.command("show")
@@ -629,11 +490,6 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 # -- audit -----------------------------------------------------------------------------------------
 
 
-@main.group("audit")
-def audit_group() -> None:
-    """Read and verify the tamper-evident audit log."""
-
-
 @audit_group.command("log")
 @config_option
 @click.option("--email", help="Only entries about this person (also after erasure).")
@@ -683,7 +539,7 @@ def _audit_row(entry: dict[str, Any]) -> dict[str, Any]:
     return {
         **entry,
         "subject": (entry.get("subject") or "-")[:8],
-        "what": " ".join(f"{k}={_text(v)}" for k, v in what.items() if v is not None),
+        "what": " ".join(f"{k}={cell_text(v)}" for k, v in what.items() if v is not None),
         "change": f"{_brief(entry.get('old'))} -> {_brief(entry.get('new'))}",
     }
 
@@ -694,7 +550,7 @@ def _brief(state: Any) -> str:
         return state["status"] + (" (suppressed)" if state.get("suppressed") else "")
     if isinstance(state, dict) and "suppressed" in state:
         return "suppressed" if state["suppressed"] else "not suppressed"
-    return _text(state)
+    return cell_text(state)
 
 
 def _stream_json(items: Iterable[dict[str, Any]]) -> None:
@@ -706,34 +562,6 @@ def _stream_json(items: Iterable[dict[str, Any]]) -> None:
         click.echo(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
     click.echo("\n]")
 
-
-@audit_group.command("verify")
-@config_option
-@click.option(
-    "--checkpoints",
-    type=click.Path(file_okay=False, path_type=Path),
-    metavar="DIR",
-    help="Also prove the chain extends every signed checkpoint in DIR (docs/tamper-evidence.md).",
-)
-@click.option(
-    "--public-key",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="The checkpoints' public key (KEY.pub; default: the configured signing key's).",
-)
-@json_option
-@handled
-def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
-    """Recompute the hash chain and check that the consent events and their audit entries
-    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 1
-    naming the first broken entry, event or checkpoint."""
-    from consentsync.cli_audit import verify_command
-
-    verify_command(current_config(), checkpoints, public_key, as_json)
-
-
-# The CRM, console and hub commands live in their own modules; importing them registers them on ``main``.
-from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: E402, F401
 
 if __name__ == "__main__":
     main()

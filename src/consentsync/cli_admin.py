@@ -1,18 +1,17 @@
 """Commands an integration admin expects of a sync tool: ``discover`` (a CRM's objects and
-fields, a starter mapping), ``state show|reset`` (the stored cursors), ``subject search``, and
-``sync --all`` (every configured connector in turn; see :func:`sync_all` for its exit code)."""
+fields, a starter mapping), ``state show|reset`` (the stored cursors) and ``subject search``.
+(``sync --all``, every configured connector in turn, is with ``sync`` in cli_sync.)"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from consentsync import exit_codes
-from consentsync.app import open_ledger, open_sync
-from consentsync.cli import (
+from consentsync.app import open_ledger
+from consentsync.cli_base import (
     config_option,
     current_config,
     emit_json,
@@ -24,32 +23,11 @@ from consentsync.cli import (
     print_table,
     subject,
 )
+from consentsync.cli_sync import SEVERITY, worst  # noqa: F401 (sync --all's ranking, first defined here)
 from consentsync.config import Config, ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, parse_timestamp
 from consentsync.sdk.connector import Connector
 from consentsync.sdk.errors import ConnectorError, scrub
-
-#: How bad each exit code is, worst first, as a scheduler acts on them (exit_codes.py): an
-#: unexpected failure, then what an admin must fix (credentials, config, held pushes), then what
-#: clears by itself (the CRM out of reach, a clean stop), then quarantined records, then success.
-#: ``sync --all`` exits with the worst code of its runs.
-SEVERITY = (
-    exit_codes.FAILED,
-    exit_codes.CREDENTIALS,
-    exit_codes.CONFIG,
-    exit_codes.HELD,
-    exit_codes.UNAVAILABLE,
-    exit_codes.STOPPED,
-    exit_codes.QUARANTINED,
-    exit_codes.OK,
-)
-
-
-def worst(codes: list[int]) -> int:
-    """The worst of ``codes`` by :data:`SEVERITY` (an unknown code counts as FAILED)."""
-    rank = {code: index for index, code in enumerate(SEVERITY)}
-    return min(codes, key=lambda code: rank.get(code, 0), default=exit_codes.OK)
-
 
 # -- discover --------------------------------------------------------------------------------------
 
@@ -332,55 +310,3 @@ def subject_search(term: str, by: str, connector: str | None, as_json: bool) -> 
         ],
         ["subject", "matched_by", "emails", "erased", "restricted", "crm_records"],
     )
-
-
-# -- sync --all ------------------------------------------------------------------------------------
-
-
-def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
-    """``consentsync sync --all``: every configured connector in turn, in the config's order,
-    each run reported as ``sync`` reports it; a connector that cannot start does not stop the
-    others. Exits with the worst code of the runs, by :data:`SEVERITY` (exit_codes.py)."""
-    from consentsync.cli_sync import _print_report, _record_unstarted, _report_json, run_exit_code
-    from consentsync.sync.locks import RunInProgress
-
-    config = current_config()
-    names = [c.name for c in config.settings.connectors]
-    if not names:
-        raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
-    results: list[dict[str, Any]] = []
-    for name in names:
-        outcome: dict[str, Any] = {"connector": name}
-        try:
-            engine = open_sync(config, name)
-        except (ConfigError, InvalidInput) as error:
-            _record_unstarted(config, name, error)
-            outcome.update(status="failed", error=str(error), exit_code=exit_codes.CONFIG)
-            results.append(outcome)
-            click.echo(f"consentsync: error: {name}: {error}", err=True)
-            continue
-        try:
-            report = engine.run(full=full, dry_run=dry_run)
-        except RunInProgress as busy:
-            outcome.update(status="skipped", error=str(busy), exit_code=exit_codes.STOPPED)
-        except ConnectorError as error:
-            outcome.update(
-                status="failed", error=str(error), exit_code=exit_codes.for_connector_error(error.rule)
-            )
-        else:
-            outcome.update(_report_json(report), exit_code=run_exit_code(report))
-            if not as_json:
-                _print_report(report)
-        finally:
-            engine.connector.close()
-        if outcome["status"] in ("failed", "skipped") and outcome.get("error"):
-            click.echo(f"consentsync: error: {name}: {' '.join(str(outcome['error']).split())}", err=True)
-        results.append(outcome)
-    code = worst([r["exit_code"] for r in results])
-    if as_json:
-        emit_json(results)
-    else:
-        click.echo("")
-        print_table(results, ["connector", "status", "exit_code", "error"])
-    if code:
-        sys.exit(code)

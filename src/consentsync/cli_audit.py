@@ -1,6 +1,7 @@
 """Commands that make the audit log hold against the database owner (docs/tamper-evidence.md):
-``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, the checks behind
-``audit verify``, ``db grant`` (the application role's grants on PostgreSQL) and ``doctor``."""
+``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, ``audit verify`` (the chain,
+the consent events, the signed checkpoints), ``db grant`` (the application role's grants on
+PostgreSQL) and ``doctor``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from sqlalchemy.exc import DBAPIError
 
 from consentsync import exit_codes
 from consentsync.checkpoints import CheckpointError
-from consentsync.cli import audit_group, config_option, current_config, emit_json, handled, json_option, main
+from consentsync.cli_base import (
+    audit_group,
+    config_option,
+    current_config,
+    emit_json,
+    handled,
+    json_option,
+    main,
+)
 from consentsync.config import Config
 
 # The application role's privileges per table: the append-only tables take rows, never change
@@ -99,6 +108,29 @@ def audit_checkpoint() -> None:
         )
     path = signer.write(ledger.engine, "manual", None)
     click.echo(f"wrote {path}")
+
+
+@audit_group.command("verify")
+@config_option
+@click.option(
+    "--checkpoints",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Also prove the chain extends every signed checkpoint in DIR (docs/tamper-evidence.md).",
+)
+@click.option(
+    "--public-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="The checkpoints' public key (KEY.pub; default: the configured signing key's).",
+)
+@json_option
+@handled
+def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
+    """Recompute the hash chain and check that the consent events and their audit entries
+    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 1
+    naming the first broken entry, event or checkpoint."""
+    verify_command(current_config(), checkpoints, public_key, as_json)
 
 
 def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from consentsync.cli import (
+from consentsync.cli_base import (
     config_option,
     current_config,
     current_ledger,

@@ -19,7 +19,7 @@ import click
 
 from consentsync import exit_codes
 from consentsync.app import open_connector, open_ledger, open_sync
-from consentsync.cli import (
+from consentsync.cli_base import (
     config_option,
     current_config,
     emit_json,
@@ -28,15 +28,38 @@ from consentsync.cli import (
     json_option,
     main,
     print_table,
+    runs,
 )
 from consentsync.config import ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
 from consentsync.logs import configure as configure_logging
 from consentsync.progress import progress_interval_option, shown_progress
+from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.locks import RunInProgress
 
 EXIT_HELD = exit_codes.HELD  # the push guard held the run's pushes: review `plan`, then `apply`
 EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the next run resumes
+
+#: How bad each exit code is, worst first, as a scheduler acts on them (exit_codes.py): an
+#: unexpected failure, then what an admin must fix (credentials, config, held pushes), then what
+#: clears by itself (the CRM out of reach, a clean stop), then quarantined records, then success.
+#: ``sync --all`` exits with the worst code of its runs.
+SEVERITY = (
+    exit_codes.FAILED,
+    exit_codes.CREDENTIALS,
+    exit_codes.CONFIG,
+    exit_codes.HELD,
+    exit_codes.UNAVAILABLE,
+    exit_codes.STOPPED,
+    exit_codes.QUARANTINED,
+    exit_codes.OK,
+)
+
+
+def worst(codes: list[int]) -> int:
+    """The worst of ``codes`` by :data:`SEVERITY` (an unknown code counts as FAILED)."""
+    rank = {code: index for index, code in enumerate(SEVERITY)}
+    return min(codes, key=lambda code: rank.get(code, 0), default=exit_codes.OK)
 
 
 @main.command()
@@ -52,8 +75,6 @@ EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the n
 @handled
 def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_json: bool) -> None:
     """Run one sync of CONNECTOR now (or, with --all, of every configured connector)."""
-    from consentsync.cli_admin import sync_all
-
     if run_all == (connector is not None):
         raise InvalidInput("give a CONNECTOR or --all (not both)")
     if connector is None:
@@ -200,9 +221,56 @@ def _print_report(report: Any) -> None:
         click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
 
 
-@main.group()
-def runs() -> None:
-    """Past sync runs: counts, API calls, errors and quarantined records."""
+# -- sync --all ------------------------------------------------------------------------------------
+
+
+def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
+    """``consentsync sync --all``: every configured connector in turn, in the config's order,
+    each run reported as ``sync`` reports it; a connector that cannot start does not stop the
+    others. Exits with the worst code of the runs, by :data:`SEVERITY` (exit_codes.py)."""
+    config = current_config()
+    names = [c.name for c in config.settings.connectors]
+    if not names:
+        raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
+    results: list[dict[str, Any]] = []
+    for name in names:
+        outcome: dict[str, Any] = {"connector": name}
+        try:
+            engine = open_sync(config, name)
+        except (ConfigError, InvalidInput) as error:
+            _record_unstarted(config, name, error)
+            outcome.update(status="failed", error=str(error), exit_code=exit_codes.CONFIG)
+            results.append(outcome)
+            click.echo(f"consentsync: error: {name}: {error}", err=True)
+            continue
+        try:
+            report = engine.run(full=full, dry_run=dry_run)
+        except RunInProgress as busy:
+            outcome.update(status="skipped", error=str(busy), exit_code=exit_codes.STOPPED)
+        except ConnectorError as error:
+            outcome.update(
+                status="failed", error=str(error), exit_code=exit_codes.for_connector_error(error.rule)
+            )
+        else:
+            outcome.update(_report_json(report), exit_code=run_exit_code(report))
+            if not as_json:
+                _print_report(report)
+        finally:
+            engine.connector.close()
+        if outcome["status"] in ("failed", "skipped") and outcome.get("error"):
+            click.echo(f"consentsync: error: {name}: {' '.join(str(outcome['error']).split())}", err=True)
+        results.append(outcome)
+    code = worst([r["exit_code"] for r in results])
+    if as_json:
+        emit_json(results)
+    else:
+        click.echo("")
+        print_table(results, ["connector", "status", "exit_code", "error"])
+    if code:
+        sys.exit(code)
+
+
+# -- runs ------------------------------------------------------------------------------------------
 
 
 @runs.command("list")

@@ -10,8 +10,16 @@ from typing import TYPE_CHECKING
 import click
 
 from consentsync.app import open_ledger
-from consentsync.cli import config_option, current_config, emit_json, handled, json_option, main, print_table
-from consentsync.cli_sync import runs
+from consentsync.cli_base import (
+    config_option,
+    current_config,
+    emit_json,
+    handled,
+    json_option,
+    main,
+    print_table,
+    runs,
+)
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
 from consentsync.extras import require
 

@@ -1,0 +1,190 @@
+"""What every command module of the command line shares, and nothing else: the root group
+``main``, the ``--config`` and ``--json`` options, the handling that turns the errors people cause
+into one line and exit code 2, the config and ledger a command works on, JSON and table output,
+and the groups more than one module adds commands to (``subject``, ``audit``, ``runs``).
+
+It imports no command module: they import it (consentsync.cli is the entry point that imports
+them all, which registers their commands on ``main``).
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy.exc import DataError, SQLAlchemyError
+
+from consentsync import exit_codes
+from consentsync.app import LedgerNotReady, open_ledger
+from consentsync.config import Config, ConfigError, default_config_path, load_config
+from consentsync.domain import InvalidInput
+from consentsync.ledger.problems import ledger_problem
+from consentsync.ledger.service import Ledger, NotFound
+from consentsync.logs import FORMATS as LOG_FORMATS
+from consentsync.logs import LEVELS as LOG_LEVELS
+from consentsync.logs import configure as configure_logging
+from consentsync.sdk.errors import ConnectorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_BAD_INPUT = exit_codes.CONFIG
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"consentsync: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta["consentsync.config"] = value
+
+
+def config_option(func: F) -> F:
+    """``--config`` is accepted before the command name and after it, on every command."""
+    return click.option(
+        "--config",
+        "config_path",
+        metavar="PATH",
+        expose_value=False,
+        is_eager=True,
+        callback=_store_config,
+        help="Config file (default ./consentsync.yaml, or $CONSENTSYNC_CONFIG).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(func)
+
+
+def handled(func: F) -> F:
+    """Turns the errors people cause into one line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LedgerNotReady as error:
+            fail(str(error), error.exit_code)
+        except (InvalidInput, ConfigError, NotFound) as error:
+            fail(str(error))
+        except UnicodeError:
+            # Bytes that are not UTF-8 in an argument (the shell passes them as lone surrogates).
+            fail("the input holds bytes that are not UTF-8 text: nothing was changed")
+        except (DataError, OverflowError):
+            # The database refused a value as data (PostgreSQL: a NUL character, a number beyond
+            # its integers; SQLite: an integer beyond 64 bits): bad input, rolled back.
+            fail("the input holds a value the ledger cannot store or compare: nothing was changed")
+        except (SQLAlchemyError, sqlite3.DatabaseError) as error:
+            # The ledger refused mid-command (a damaged or read-only file, a full disk, the server
+            # gone): the transaction in hand was rolled back whole.
+            problem = ledger_problem(error, _ledger_url())
+            if problem is None:
+                raise
+            fail(problem.message, problem.exit_code)
+        except ConnectorError as error:
+            # The CRM refused the credentials (exit 77), refused something else the admin must
+            # fix (a module or field the install lacks, its TLS certificate: exit 2) or could not
+            # be reached now (try again later, exit 69): see exit_codes.py.
+            label = "credentials" if error.rule.credentials else error.rule.fault.value
+            fail(f"{label}: {error}", exit_codes.for_connector_error(error.rule))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ledger_url() -> str:
+    try:
+        return current_config().ledger_url
+    except ConfigError:
+        return ""
+
+
+def current_config() -> Config:
+    ctx = click.get_current_context()
+    return load_config(default_config_path(ctx.meta.get("consentsync.config")))
+
+
+def current_ledger() -> Ledger:
+    return open_ledger(current_config())
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[cell_text(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cell_text(value: Any) -> str:
+    """A value as a table cell shows it: "-" for none, yes/no, k=v pairs."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell_text(v)}" for k, v in value.items())
+    return str(value)
+
+
+def login_name() -> str:
+    """Who runs the command, for the audit log: the operating system's login name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="consentsync", prog_name="consentsync", message="%(prog)s %(version)s")
+@config_option
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+    envvar="CONSENTSYNC_LOG_LEVEL",
+    help="Log level (`consentsync run`: INFO unless set). Env: CONSENTSYNC_LOG_LEVEL.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    envvar="CONSENTSYNC_LOG_FORMAT",
+    help="Log lines as JSON or for people (default: console on a terminal, else JSON). "
+    "Logs go to stderr; `consentsync run` logs to stdout. Env: CONSENTSYNC_LOG_FORMAT.",
+)
+def main(log_level: str, log_format: str | None) -> None:
+    """consentsync: one truthful record of consent and lawful basis, every CRM in step with it."""
+    click.get_current_context().meta["consentsync.log_format"] = log_format
+    configure_logging(log_level, fmt=log_format)
+
+
+# -- groups more than one command module adds commands to ------------------------------------------
+
+
+@main.group()
+def subject() -> None:
+    """Look at one person's record."""
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """Read and verify the tamper-evident audit log."""
+
+
+@main.group()
+def runs() -> None:
+    """Past sync runs: counts, API calls, errors and quarantined records."""
