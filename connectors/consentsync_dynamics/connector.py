@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,30 +31,25 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 import structlog
 
+from consentsync import sdk
 from consentsync.sdk import (
     Action,
-    BudgetExhausted,
-    Connector,
     ConnectorError,
     CrmRecord,
     Cursor,
     ErrorRule,
-    ErrorTable,
     Fault,
     FieldInfo,
     RecordUpdate,
-    RetryPolicy,
     WriteAction,
     WriteResult,
-    call,
-    network_error,
 )
 from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
 from consentsync_dynamics.settings import DynamicsSettings
 
 log = structlog.get_logger("consentsync.dynamics")
 
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         # Service protection: requests, execution time, concurrent requests (5-minute window).
         ErrorRule(
@@ -115,7 +110,7 @@ class _DeltaRefused(Exception):
     """The delta link was refused (expired or invalid): read the table again from the start."""
 
 
-class DynamicsConnector(Connector):
+class DynamicsConnector(sdk.Connector):
     vendor = "dynamics"
     settings_model = DynamicsSettings
     # Only the (modifiedon, id) keyset read (the first read, a refused delta link, tables without
@@ -132,16 +127,19 @@ class DynamicsConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = DynamicsSettings.model_validate(dict(settings))
-        self.policy = RetryPolicy(
-            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
+        self.api = sdk.HttpClient(
+            session=sdk.http_session(self.config, on_response=self._count),
+            policy=self.config.retry_policy(),
+            classify=_classified,
+            guard=lambda: self.config.budget.check(self.name, self.usage),
+            headers=lambda: {
+                "Authorization": f"Bearer {self._access_token()}",
+                "OData-MaxVersion": "4.0",
+                "OData-Version": "4.0",
+                "Accept": "application/json",
+            },
+            refresh_session=self._forget_token,
         )
-        self.session = requests.Session()
-        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
-        self.session.trust_env = False
-        self.session.verify = self.config.ca_bundle or True
-        if self.config.proxy:
-            self.session.proxies = {"https": self.config.proxy}
-        self.session.hooks["response"].append(self._count)
         self._token: str | None = None
         self._token_expires = 0.0
         self._entities: dict[str, _Entity] = {}
@@ -151,10 +149,8 @@ class DynamicsConnector(Connector):
 
     # -- session -------------------------------------------------------------------------------
 
-    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        self.usage.calls += 1
-        kind = _endpoint_kind(response.request.url or "", response.request.method or "")
-        self.usage.per_endpoint[kind] = self.usage.per_endpoint.get(kind, 0) + 1
+    def _count(self, response: requests.Response) -> None:
+        self.usage.count(_endpoint_kind(response.request.url or "", response.request.method or ""))
 
     def _access_token(self) -> str:
         # Renewed a minute before it lapses, and whenever the API answered 401.
@@ -171,77 +167,24 @@ class DynamicsConnector(Connector):
             "client_secret": c.client_secret,
             "scope": c.scope or "",
         }
-        try:
-            response = self.session.post(c.token_url, data=form, timeout=c.timeout)
-        except requests.RequestException as error:
-            raise network_error(f"token request to {c.token_url}", error) from None
-        if response.status_code != 200:
-            try:
-                body = response.json()
-                described = str(body.get("error_description") or "").splitlines() or [""]
-                detail = f"{body.get('error')}: {described[0][:300]}"
-            except (ValueError, AttributeError):
-                detail = response.text[:200]
-            transient = response.status_code >= 500 or response.status_code == 429
-            raise ConnectorError(
-                f"{self.name}: client credentials refused at {c.token_url} "
-                f"({response.status_code}): {detail}",
-                ErrorRule(
-                    Action.RETRY if transient else Action.FAIL,
-                    Fault.TRANSIENT if transient else Fault.CONFIG,
-                    "login failed" if transient else "credentials refused",
-                    response.status_code,
-                    credentials=not transient,
-                ),
-            )
-        body = response.json()
+        body = sdk.request_token(
+            self.api.session,
+            c.token_url,
+            form,
+            timeout=c.timeout,
+            login="login with client credentials",
+            who=f"{self.name}: ",
+        )
         self._token = str(body["access_token"])
         self._token_expires = time.monotonic() + float(body.get("expires_in", 3599))
 
     def _forget_token(self) -> None:
         self._token = None
 
-    def _guard(self) -> None:
-        per_run = self.config.budget.per_run
-        if per_run is not None and self.usage.calls >= per_run:
-            raise BudgetExhausted(
-                f"{self.name}: the run's API budget of {per_run} calls is spent",
-                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-            )
-
-    def _request(
-        self,
-        method: str,
-        url: str,
-        describe: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        accept: Callable[[requests.Response], bool] | None = None,
-        **kwargs: Any,
-    ) -> requests.Response:
-        """One Web API call under the retry policy. ``accept`` lets a caller take a non-2xx
-        answer itself (a refused delta link)."""
-
-        def attempt() -> requests.Response:
-            self._guard()
-            sent = {
-                "Authorization": f"Bearer {self._access_token()}",
-                "OData-MaxVersion": "4.0",
-                "OData-Version": "4.0",
-                "Accept": "application/json",
-                **(headers or {}),
-            }
-            try:
-                response = self.session.request(
-                    method, url, headers=sent, timeout=self.config.timeout, **kwargs
-                )
-            except requests.RequestException as error:
-                raise network_error(describe, error) from None
-            if response.status_code < 300 or (accept is not None and accept(response)):
-                return response
-            raise _classified(describe, response)
-
-        return call(attempt, policy=self.policy, refresh_session=self._forget_token, describe=describe)
+    def _request(self, method: str, url: str, describe: str, **kwargs: Any) -> requests.Response:
+        """One Web API call under the retry policy (``HttpClient.send``: ``accept`` lets a caller
+        take a non-2xx answer itself, a refused delta link)."""
+        return self.api.send(method, url, describe=describe, **kwargs)
 
     # -- metadata ------------------------------------------------------------------------------
 
@@ -583,7 +526,7 @@ class DynamicsConnector(Connector):
         return results
 
     def close(self) -> None:
-        self.session.close()
+        self.api.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -632,21 +575,8 @@ def _error_of(response: requests.Response) -> tuple[str | None, str]:
         return None, response.text[:300]
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return float(value)
-            except ValueError:
-                return None
-    return None
-
-
 def _classified(describe: str, response: requests.Response) -> ConnectorError:
-    code, message = _error_of(response)
-    rule = ERRORS.classify(response.status_code, code)
-    text = f"{describe}: {response.status_code} {code or ''} {message}".strip()
-    return ConnectorError(text, rule, retry_after=_retry_after(response.headers))
+    return sdk.response_error(describe, response, ERRORS, *_error_of(response))
 
 
 def _part_result(record_id: str, answer: PartResponse) -> WriteResult:

@@ -9,20 +9,18 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from consentsync.sdk import ConnectorSettings
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 FilterValue = Annotated[bool | int | str, Field()]
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    per_run: int | None = Field(default=None, ge=1)
-
-
-class DynamicsSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DynamicsSettings(ConnectorSettings):
+    """Dataverse's keys; the shared ones (``ca_bundle``, ``timeout``, ``budget`` ...) come from
+    ``ConnectorSettings``. Service protection answers a Retry-After of up to 5 minutes: one longer
+    than ``max_rate_limit_wait`` stops the run cleanly and the next run resumes."""
 
     # https://yourorg.crm4.dynamics.com: the environment's URL (Power Platform admin center).
     environment_url: str
@@ -44,16 +42,8 @@ class DynamicsSettings(BaseModel):
     record_filters: dict[str, dict[str, list[FilterValue]]] = Field(
         default_factory=lambda: {"msdynmkt_contactpointconsent4": {"msdynmkt_contactpointtype": [534120000]}}
     )
-    ca_bundle: str | None = None
-    proxy: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
     # Requests of a $batch refused with a transient error are sent again this many times.
     write_retries: int = Field(default=2, ge=0, le=10)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    # Longest Retry-After (seconds) waited out; the service protection window is 5 minutes, so a
-    # longer wait stops the run cleanly and the next run resumes.
-    max_rate_limit_wait: float = Field(default=60.0, ge=0)
-    budget: Budget = Budget()
 
     @field_validator("environment_url", "token_url")
     @classmethod

@@ -30,29 +30,24 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
-import requests.adapters
 
+from consentsync import sdk
 from consentsync.sdk import (
     Action,
     BudgetExhausted,
-    Connector,
     ConnectorError,
     CrmRecord,
     Cursor,
     ErrorRule,
-    ErrorTable,
     Fault,
     FieldInfo,
     RecordUpdate,
-    RetryPolicy,
     WriteAction,
     WriteResult,
-    call,
-    network_error,
 )
 from consentsync_hubspot.settings import HubSpotSettings
 
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "token rotated", 401, "TOKEN_ROTATED"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "private app token refused", 401, credentials=True),
@@ -99,7 +94,7 @@ def epoch_ms(moment: datetime) -> str:
     return str(int(moment.astimezone(UTC).timestamp() * 1000))
 
 
-class HubSpotConnector(Connector):
+class HubSpotConnector(sdk.Connector):
     vendor = "hubspot"
     settings_model = HubSpotSettings
     # HubSpot's search index lags writes: a contact created or changed can take a few seconds to
@@ -114,20 +109,14 @@ class HubSpotConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = HubSpotSettings.model_validate(dict(settings))
-        self.policy = RetryPolicy(
-            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
-        )
         self.base = self.config.api_url.rstrip("/")
-        self.session = requests.Session()
-        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
-        self.session.trust_env = False
-        self.session.verify = self.config.ca_bundle or True
-        if self.config.proxy:
-            self.session.proxies = {"https": self.config.proxy}
-        adapter = _TimeoutAdapter(self.config.timeout)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
-        self.session.hooks["response"].append(self._count)
+        self.api = sdk.HttpClient(
+            session=sdk.http_session(self.config, on_response=self._count),
+            policy=self.config.retry_policy(),
+            classify=self._classified,
+            guard=self._guard,
+            headers=lambda: {"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
+        )
         self._token = self._read_token()
         self._describes: dict[str, dict[str, FieldInfo]] = {}
         self._pace = threading.Lock()
@@ -166,11 +155,9 @@ class HubSpotConnector(Connector):
 
     # -- calling -------------------------------------------------------------------------------
 
-    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    def _count(self, response: requests.Response) -> None:
         usage = self.usage
-        usage.calls += 1
-        kind = _endpoint_kind(response.request.method or "", response.request.url or "")
-        usage.per_endpoint[kind] = usage.per_endpoint.get(kind, 0) + 1
+        usage.count(_endpoint_kind(response.request.method or "", response.request.url or ""))
         headers = response.headers
         daily, left = (
             headers.get("X-HubSpot-RateLimit-Daily"),
@@ -185,20 +172,7 @@ class HubSpotConnector(Connector):
     def _guard(self) -> None:
         """Stops before the budget is spent (per run, and the daily allowance less the reserve)
         and paces calls by the secondly headers and the search rate."""
-        usage, budget = self.usage, self.config.budget
-        if budget.per_run is not None and usage.calls >= budget.per_run:
-            raise BudgetExhausted(
-                f"{self.name}: the run's API budget of {budget.per_run} calls is spent",
-                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-            )
-        if usage.used is not None and usage.limit:
-            floor = usage.limit * (1 - budget.daily_reserve_percent / 100)
-            if usage.used >= floor:
-                raise BudgetExhausted(
-                    f"{self.name}: {usage.used}/{usage.limit} daily HubSpot API calls used; "
-                    f"{budget.daily_reserve_percent}% is kept in reserve",
-                    ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily budget near its end"),
-                )
+        self.config.budget.check(self.name, self.usage, calls="HubSpot API")
         if self._secondly_remaining == 0:
             wait = 1.0 - (time.monotonic() - self._secondly_at)
             if wait > 0:
@@ -215,24 +189,11 @@ class HubSpotConnector(Connector):
 
     def _request(self, method: str, path: str, *, describe: str, **kwargs: Any) -> requests.Response:
         """One API call under the retry policy; answers the response of a 2xx (207 included)."""
-
-        def attempt() -> requests.Response:
-            self._guard()
-            if path.endswith("/search"):
-                self._pace_search()
-            headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
-            try:
-                response = self.session.request(method, self.base + path, headers=headers, **kwargs)
-            except requests.RequestException as error:
-                raise network_error(describe, error) from None
-            if response.status_code < 300:
-                return response
-            raise self._classified(describe, response)
-
-        return call(attempt, policy=self.policy, describe=describe)
+        pace = self._pace_search if path.endswith("/search") else None
+        return self.api.send(method, self.base + path, describe=describe, before=pace, **kwargs)
 
     def _classified(self, describe: str, response: requests.Response) -> ConnectorError:
-        body = _json(response)
+        body = sdk.json_or_none(response)
         status = response.status_code
         category = str(body.get("category") or "") if isinstance(body, dict) else ""
         message = str(body.get("message") or "")[:300] if isinstance(body, dict) else response.text[:200]
@@ -242,8 +203,8 @@ class HubSpotConnector(Connector):
             text = f"{describe}: 429 {policy}: {message}"
             if policy == "DAILY":
                 return BudgetExhausted(text, rule)
-            retry_after = response.headers.get("Retry-After")
-            return ConnectorError(text, rule, retry_after=float(retry_after) if retry_after else 1.0)
+            wait = sdk.retry_after(response)
+            return ConnectorError(text, rule, retry_after=1.0 if wait is None else wait)
         if status == 401:
             if self._token_changed():
                 return ConnectorError(f"{describe}: token rotated", ERRORS.classify(401, "TOKEN_ROTATED"))
@@ -750,21 +711,10 @@ class HubSpotConnector(Connector):
         return out
 
     def close(self) -> None:
-        self.session.close()
+        self.api.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self.timeout = timeout
-
-    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, *args, **kwargs)
 
 
 def _check_object(object_type: str) -> None:
@@ -849,13 +799,6 @@ def _combined(record_id: str, parts: list[WriteResult]) -> WriteResult:
         return WriteResult(record_id, True)
     first = failures[0]
     return WriteResult(record_id, False, first.error_code, first.message, all(p.retryable for p in failures))
-
-
-def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _required_scopes(body: Any) -> list[str]:

@@ -6,7 +6,9 @@ hubspot.md) are settings with the documented or observed value as default.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from consentsync.sdk import ConnectorSettings, DailyBudget
 
 #: When a contact has several ``hs_legal_basis`` boxes ticked, the first of these it holds is
 #: the one consentsync reads (the strongest proof first).
@@ -20,27 +22,12 @@ DEFAULT_LEGAL_BASIS_PRECEDENCE = (
 )
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    per_run: int | None = Field(default=None, ge=1)
-    # Share of the portal's daily allowance left for the other integrations sharing it.
-    daily_reserve_percent: float = Field(default=10.0, ge=0, le=100)
-
-
-class HubSpotSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HubSpotSettings(ConnectorSettings):
     api_url: str = "https://api.hubapi.com"
     # The private app's access token, written ${ENV_VAR} in the config; or a file holding it,
     # re-read when HubSpot refuses the token (rotate it without restarting the daemon).
     access_token: str | None = None
     access_token_file: str | None = None
-    ca_bundle: str | None = None
-    proxy: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    max_rate_limit_wait: float = Field(default=60.0, ge=0)
     # Search: at most 200 results a page (unconfirmed), a few requests a second per token
     # (unconfirmed: 4), at most 10,000 results per search (unconfirmed).
     page_size: int = Field(default=200, ge=1, le=200)
@@ -55,7 +42,9 @@ class HubSpotSettings(BaseModel):
     legal_basis_explanation: str = "Consent recorded in the consentsync ledger"
     legal_basis_property: str = "hs_legal_basis"
     legal_basis_precedence: list[str] = Field(default_factory=lambda: list(DEFAULT_LEGAL_BASIS_PRECEDENCE))
-    budget: Budget = Budget()
+    # budget.daily_reserve_percent: share of the portal's daily allowance left for the other
+    # integrations sharing it.
+    budget: DailyBudget = DailyBudget()
 
     @model_validator(mode="after")
     def _one_token_source(self) -> HubSpotSettings:

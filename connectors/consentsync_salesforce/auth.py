@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jwt
 import requests
 
-from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault, network_error
+from consentsync import sdk
 from consentsync_salesforce.settings import SalesforceSettings
 
 
@@ -42,34 +41,7 @@ def request_token(session: requests.Session, config: SalesforceSettings, *, time
             "assertion": _assertion(config),
         }
     url = config.login_url.rstrip("/") + "/services/oauth2/token"
-    try:
-        response = session.post(url, data=form, timeout=timeout)
-    except requests.RequestException as error:
-        raise network_error(f"token request to {config.login_url}", error, urlsplit(url).netloc) from None
-    if response.status_code != 200:
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict):
-            detail = f"{body.get('error')}: {body.get('error_description')}"
-        elif isinstance(body, list) and body and isinstance(body[0], dict):
-            detail = f"{body[0].get('errorCode')}: {body[0].get('message')}"
-        else:
-            detail = response.text[:200]
-        action = Action.RETRY if response.status_code >= 500 else Action.FAIL
-        fault = Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG
-        raise ConnectorError(
-            f"login with {config.auth} at {config.login_url} refused ({response.status_code}): {detail}",
-            ErrorRule(
-                action,
-                fault,
-                "credentials refused" if action is Action.FAIL else "login failed",
-                response.status_code,
-                credentials=action is Action.FAIL,
-            ),
-        )
-    body = response.json()
+    body = sdk.request_token(session, url, form, timeout=timeout, login=f"login with {config.auth}")
     return TokenGrant(body["access_token"], body["instance_url"])
 
 

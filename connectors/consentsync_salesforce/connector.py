@@ -18,33 +18,28 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-import requests.adapters
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 from simple_salesforce.format import format_soql
 
+from consentsync import sdk
 from consentsync.sdk import (
     Action,
     BudgetExhausted,
-    Connector,
     ConnectorError,
     CrmRecord,
     Cursor,
     ErrorRule,
-    ErrorTable,
     Fault,
     FieldInfo,
     RecordUpdate,
-    RetryPolicy,
     WriteAction,
     WriteResult,
-    call,
-    network_error,
 )
 from consentsync_salesforce.auth import TokenGrant, request_token
 from consentsync_salesforce.settings import SalesforceSettings
 
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session expired", 401, "INVALID_SESSION_ID"),
         ErrorRule(
@@ -84,7 +79,7 @@ def parse_sf_datetime(value: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-class SalesforceConnector(Connector):
+class SalesforceConnector(sdk.Connector):
     vendor = "salesforce"
     settings_model = SalesforceSettings
     can_read_by_id = True
@@ -103,21 +98,9 @@ class SalesforceConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = SalesforceSettings.model_validate(dict(settings))
-        self.policy = RetryPolicy(
-            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
-        )
-        self.session = requests.Session()
-        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
-        self.session.trust_env = False
-        self.session.verify = self.config.ca_bundle or True
-        if self.config.proxy:
-            self.session.proxies = {"https": self.config.proxy}
-        self.session.hooks["response"].append(self._count)
-        # simple-salesforce passes no timeout: without one, a server that stops answering would
-        # hold the run (and its connector lock) for ever.
-        adapter = _TimeoutAdapter(self.config.timeout)
-        self.session.mount("https://", adapter)
-        self.session.mount("http://", adapter)
+        self.policy = self.config.retry_policy()
+        # simple-salesforce passes no timeout: the sdk's session gives every request one.
+        self.session = sdk.http_session(self.config, on_response=self._count)
         self._sf: Salesforce | None = None
         self._describes: dict[str, dict[str, FieldInfo]] = {}
 
@@ -139,44 +122,26 @@ class SalesforceConnector(Connector):
             version=self.config.api_version,
         )
 
-    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
-        usage = self.usage
-        usage.calls += 1
-        endpoint = _endpoint_kind(response.request.url or "")
-        usage.per_endpoint[endpoint] = usage.per_endpoint.get(endpoint, 0) + 1
+    def _count(self, response: requests.Response) -> None:
+        self.usage.count(_endpoint_kind(response.request.url or ""))
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
-            usage.used, usage.limit = int(match.group(1)), int(match.group(2))
-
-    def _guard(self) -> None:
-        """Stops the run before it spends the budget: per run, and the org's daily allocation
-        less the configured reserve (other integrations share it)."""
-        usage, budget = self.usage, self.config.budget
-        if budget.per_run is not None and usage.calls >= budget.per_run:
-            raise BudgetExhausted(
-                f"{self.name}: the run's API budget of {budget.per_run} calls is spent",
-                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-            )
-        if usage.used is not None and usage.limit:
-            floor = usage.limit * (1 - budget.daily_reserve_percent / 100)
-            if usage.used >= floor:
-                raise BudgetExhausted(
-                    f"{self.name}: {usage.used}/{usage.limit} daily API calls used; "
-                    f"{budget.daily_reserve_percent}% is kept in reserve",
-                    ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily budget near its end"),
-                )
+            self.usage.used, self.usage.limit = int(match.group(1)), int(match.group(2))
 
     def _call(self, describe: str, operation: Any) -> Any:
+        """``operation`` (a simple-salesforce call) under the retry policy, after the budget
+        check: per run, and the org's daily allocation less the reserve other integrations share."""
+
         def attempt() -> Any:
-            self._guard()
+            self.config.budget.check(self.name, self.usage)
             try:
                 return operation()
             except SalesforceError as error:
                 raise _classified(error) from None
             except requests.RequestException as error:
-                raise network_error(describe, error) from None
+                raise sdk.network_error(describe, error) from None
 
-        return call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
+        return sdk.call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
 
     def _forget_session(self) -> None:
         # The next attempt logs in again inside the retry, so a failing login is retried too.
@@ -454,17 +419,6 @@ class SalesforceConnector(Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self.timeout = timeout
-
-    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, *args, **kwargs)
 
 
 def _check_api_name(name: str) -> None:

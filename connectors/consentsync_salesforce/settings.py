@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from consentsync.sdk import ConnectorSettings, DailyBudget
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    per_run: int | None = Field(default=None, ge=1)
-    # Share of the org's rolling 24-hour allocation left for other integrations.
-    daily_reserve_percent: float = Field(default=10.0, ge=0, le=100)
-
-
-class SalesforceSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SalesforceSettings(ConnectorSettings):
     login_url: str = "https://login.salesforce.com"
     auth: Literal["client_credentials", "password", "jwt", "token"] = "client_credentials"
     client_id: str | None = None
@@ -33,9 +25,6 @@ class SalesforceSettings(BaseModel):
     access_token: str | None = None
     instance_url: str | None = None
     api_version: str = "59.0"
-    ca_bundle: str | None = None
-    proxy: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
     query_batch_size: int = Field(default=2000, ge=200, le=2000)
     bulk_threshold: int = Field(default=10_000, ge=1)
     bulk_timeout: float = Field(default=600.0, gt=0)
@@ -44,19 +33,19 @@ class SalesforceSettings(BaseModel):
     bulk_poll_first: float = Field(default=0.1, gt=0)
     bulk_poll_interval: float = Field(default=2.0, gt=0)
     lock_retries: int = Field(default=2, ge=0, le=10)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    max_rate_limit_wait: float = Field(default=60.0, ge=0)
-    budget: Budget = Budget()
+    # budget.daily_reserve_percent: share of the org's rolling 24-hour allocation left for other
+    # integrations.
+    budget: DailyBudget = DailyBudget()
 
     @model_validator(mode="after")
     def _credentials_for_the_flow(self) -> SalesforceSettings:
-        needed = {
-            "client_credentials": ("client_id", "client_secret"),
-            "password": ("client_id", "client_secret", "username", "password"),
-            "jwt": ("client_id", "username", "private_key_file"),
-            "token": ("access_token", "instance_url"),
-        }[self.auth]
-        missing = [name for name in needed if not getattr(self, name)]
-        if missing:
-            raise ValueError(f"auth {self.auth} needs {', '.join(missing)}")
+        self.require(
+            self.auth,
+            {
+                "client_credentials": ("client_id", "client_secret"),
+                "password": ("client_id", "client_secret", "username", "password"),
+                "jwt": ("client_id", "username", "private_key_file"),
+                "token": ("access_token", "instance_url"),
+            },
+        )
         return self

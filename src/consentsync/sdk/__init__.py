@@ -1,5 +1,7 @@
-"""What a connector author imports: the Connector base, the error table and the retry policy."""
+"""What a connector author imports: the Connector base, the error table, the retry policy, and
+the pieces every connector needs (settings base, HTTP client, OAuth token request)."""
 
+from consentsync.sdk.auth import request_token
 from consentsync.sdk.connector import (
     ApiUsage,
     Connector,
@@ -20,7 +22,15 @@ from consentsync.sdk.errors import (
     network_error,
     register_secret,
 )
+from consentsync.sdk.http import (
+    HttpClient,
+    http_session,
+    json_or_none,
+    response_error,
+    retry_after,
+)
 from consentsync.sdk.retry import RetryPolicy, call
+from consentsync.sdk.settings import ConnectorSettings, DailyBudget, RunBudget
 
 __all__ = [
     "Action",
@@ -28,17 +38,26 @@ __all__ = [
     "BudgetExhausted",
     "Connector",
     "ConnectorError",
+    "ConnectorSettings",
     "CrmRecord",
     "Cursor",
+    "DailyBudget",
     "ErrorRule",
     "ErrorTable",
     "Fault",
     "FieldInfo",
+    "HttpClient",
     "RecordUpdate",
     "RetryPolicy",
+    "RunBudget",
     "WriteAction",
     "WriteResult",
     "call",
+    "http_session",
+    "json_or_none",
     "network_error",
     "register_secret",
+    "request_token",
+    "response_error",
+    "retry_after",
 ]

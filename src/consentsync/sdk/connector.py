@@ -129,6 +129,11 @@ class ApiUsage:
     limit: int | None = None
     per_endpoint: dict[str, int] = field(default_factory=dict)
 
+    def count(self, endpoint: str) -> None:
+        """Counts one call made to ``endpoint`` (a kind of call: "query", "token", ...)."""
+        self.calls += 1
+        self.per_endpoint[endpoint] = self.per_endpoint.get(endpoint, 0) + 1
+
     @property
     def remaining(self) -> int | None:
         if self.used is None or self.limit is None:

@@ -1,0 +1,74 @@
+"""Asking an OAuth 2.0 token endpoint for an access token (client credentials, refresh token,
+password or JWT bearer grants: the form is the connector's), with the refusal said as an admin
+can act on it: a refused grant is the credentials' (exit 77, not retried), an endpoint that is
+down or busy is retried, and the secrets sent never reach the message."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from consentsync.sdk.errors import Action, ConnectorError, ErrorRule, Fault, network_error
+from consentsync.sdk.http import json_or_none
+
+__all__ = ["oauth_error_detail", "request_token"]
+
+
+def request_token(
+    session: requests.Session,
+    url: str,
+    form: Mapping[str, str],
+    *,
+    timeout: float,
+    login: str,
+    who: str = "",
+) -> dict[str, Any]:
+    """POSTs ``form`` to the token endpoint ``url`` and answers the decoded body, which holds a
+    non-empty ``access_token``. A refusal raises ``{who}{login} at {url} refused (status):
+    error: description`` (``login`` names the grant, e.g. "login with password"; ``who`` the
+    connector, e.g. "crm1: ")."""
+    try:
+        response = session.post(url, data=dict(form), timeout=timeout)
+    except requests.RequestException as error:
+        raise network_error(f"token request to {url}", error, urlsplit(url).netloc) from None
+    status = response.status_code
+    if status != 200:
+        # The endpoint down or busy passes; anything else is the credentials (or the app).
+        transient = status >= 500 or status == 429
+        raise ConnectorError(
+            f"{who}{login} at {url} refused ({status}): {oauth_error_detail(response)}",
+            ErrorRule(
+                Action.RETRY if transient else Action.FAIL,
+                Fault.TRANSIENT if transient else Fault.CONFIG,
+                "login failed" if transient else "credentials refused",
+                status,
+                credentials=not transient,
+            ),
+        )
+    body = json_or_none(response)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("access_token"), str)
+        or not body["access_token"]
+    ):
+        raise ConnectorError(
+            f"{who}the {login} at {url} answered no access_token",
+            ErrorRule(Action.FAIL, Fault.CONFIG, "login refused"),
+        )
+    return body
+
+
+def oauth_error_detail(response: requests.Response) -> str:
+    """``error: description`` of an OAuth error body (RFC 6749 5.2; the first line of the
+    description, which Entra ID follows with trace ids), ``errorCode: message`` of Salesforce-
+    style list bodies, else the start of the text."""
+    body = json_or_none(response)
+    if isinstance(body, dict):
+        described = str(body.get("error_description") or "").splitlines() or [""]
+        return f"{body.get('error')}: {described[0][:300]}"
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        return f"{body[0].get('errorCode')}: {body[0].get('message')}"
+    return response.text[:200]

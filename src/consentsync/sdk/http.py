@@ -1,0 +1,145 @@
+"""Calling a CRM over HTTP, the way every connector must: on a ``requests`` session that trusts
+the configured CA bundle (and nothing from the environment), never waits without a timeout,
+counts every answer against the run's API budget, sorts every refusal through the connector's
+``ErrorTable`` and retries it under the sdk's tenacity policy. Error texts go through
+``ConnectorError``, which scrubs tokens and every registered secret from them, and a request
+that got no answer is said without its URL (which can carry a session or a query).
+
+What stays the connector's: its URLs and wire format, how it reads an error code out of an
+answer (its ``classify``), and its error table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import requests.adapters
+
+from consentsync.sdk.errors import ConnectorError, ErrorTable, network_error
+from consentsync.sdk.retry import RetryPolicy, call
+from consentsync.sdk.settings import ConnectorSettings
+
+#: ``classify(describe, response)``: the error a refused answer raises.
+Classify = Callable[[str, requests.Response], ConnectorError]
+
+
+class TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """An adapter that gives every request a timeout: a library that passes none (simple-
+    salesforce) would otherwise let a CRM that stops answering hold the run, and its connector
+    lock, for ever."""
+
+    def __init__(self, timeout: float, pool_size: int = requests.adapters.DEFAULT_POOLSIZE) -> None:
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size)
+        self.timeout = timeout
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, *args, **kwargs)
+
+
+def http_session(
+    settings: ConnectorSettings,
+    *,
+    on_response: Callable[[requests.Response], None] | None = None,
+    pool_size: int = requests.adapters.DEFAULT_POOLSIZE,
+) -> requests.Session:
+    """A ``requests`` session for one CRM, set up from the connector's settings: ``ca_bundle``
+    (or the system's trust), ``proxy`` for http and https, ``timeout`` on every request that
+    names none, ``pool_size`` connections kept per host, and ``on_response`` called with every
+    answer received (to count calls, read the CRM's own usage headers)."""
+    session = requests.Session()
+    # REQUESTS_CA_BUNDLE (or a proxy variable) would override what is configured: the
+    # configured trust wins instead.
+    session.trust_env = False
+    session.verify = settings.ca_bundle or True
+    if settings.proxy:
+        session.proxies = {"https": settings.proxy, "http": settings.proxy}
+    adapter = TimeoutAdapter(settings.timeout, pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    if on_response is not None:
+        session.hooks["response"].append(lambda response, *_args, **_kwargs: on_response(response))
+    return session
+
+
+def json_or_none(response: requests.Response) -> Any:
+    """The decoded JSON body, or None when the body is not JSON (a proxy's page, PHP notices)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """``Retry-After`` in seconds, or None when absent or not a number (an HTTP date)."""
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def response_error(
+    describe: str, response: requests.Response, errors: ErrorTable, code: str | None, message: str
+) -> ConnectorError:
+    """A refused answer as the error the table says: ``describe: status code message``, with the
+    answer's ``Retry-After``. ``code`` and ``message`` are what the connector read from its
+    CRM's error body."""
+    rule = errors.classify(response.status_code, code)
+    text = f"{describe}: {response.status_code} {code or ''} {message}".strip()
+    return ConnectorError(text, rule, retry_after=retry_after(response))
+
+
+@dataclass(slots=True, kw_only=True)
+class HttpClient:
+    """One CRM's API on a session: :meth:`send` makes a call under the retry policy, checks the
+    budget before each attempt, adds the headers of the moment (a token that may have been
+    renewed), and raises what ``classify`` makes of a refused answer."""
+
+    session: requests.Session
+    policy: RetryPolicy
+    classify: Classify
+    # Called before every attempt: stops the run when its budget is spent (RunBudget.check).
+    guard: Callable[[], None] | None = None
+    # The headers every call sends, asked for at each attempt (a renewed token).
+    headers: Callable[[], Mapping[str, str]] | None = None
+    # Called after an answer the table says is a REFRESH_TOKEN: forget the token.
+    refresh_session: Callable[[], None] | None = None
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        describe: str,
+        headers: Mapping[str, str] | None = None,
+        accept: Callable[[requests.Response], bool] | None = None,
+        before: Callable[[], None] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        """The answer to one call: a 2xx, or one ``accept`` takes (a caller's own handling of a
+        refusal); anything else raises, after the retries the error table allows. ``before`` is
+        called before each attempt, after the guard (pacing one kind of call)."""
+
+        def attempt() -> requests.Response:
+            if self.guard is not None:
+                self.guard()
+            if before is not None:
+                before()
+            sent = {**(self.headers() if self.headers is not None else {}), **(headers or {})}
+            try:
+                response = self.session.request(method, url, headers=sent, **kwargs)
+            except requests.RequestException as error:
+                raise network_error(describe, error) from None
+            if response.status_code < 300 or (accept is not None and accept(response)):
+                return response
+            raise self.classify(describe, response)
+
+        return call(attempt, policy=self.policy, refresh_session=self.refresh_session, describe=describe)
+
+    def close(self) -> None:
+        self.session.close()

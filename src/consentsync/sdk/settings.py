@@ -1,0 +1,86 @@
+"""The settings every connector has, once: the pydantic base of a connector's ``settings:`` block.
+
+A connector's own model subclasses :class:`ConnectorSettings` and adds its CRM's keys (URLs,
+credentials, page sizes); the keys here (trust, proxy, timeout, retries, budget) then read and
+validate the same in every connector, and a typo is reported with the config file's line and
+the accepted keys like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from consentsync.sdk.connector import ApiUsage
+from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
+from consentsync.sdk.retry import RetryPolicy
+
+__all__ = ["ConnectorSettings", "DailyBudget", "RunBudget"]
+
+
+class RunBudget(BaseModel):
+    """``budget:``: how many API calls one run may make (none: no cap of consentsync's own)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_run: int | None = Field(default=None, ge=1)
+
+    def check(self, name: str, usage: ApiUsage, *, calls: str = "API") -> None:
+        """Raises ``BudgetExhausted`` (the run stops cleanly, the next one resumes from its
+        cursor) once connector ``name`` has made ``per_run`` calls in this run. ``calls`` names
+        the calls in the message ("HubSpot API")."""
+        if self.per_run is not None and usage.calls >= self.per_run:
+            raise BudgetExhausted(
+                f"{name}: the run's API budget of {self.per_run} calls is spent",
+                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
+            )
+
+
+class DailyBudget(RunBudget):
+    """``budget:`` of a CRM that says how much of its daily allocation is used: the run stops
+    cleanly before it takes the share kept for the other integrations sharing the allocation."""
+
+    daily_reserve_percent: float = Field(default=10.0, ge=0, le=100)
+
+    def check(self, name: str, usage: ApiUsage, *, calls: str = "API") -> None:
+        """As ``RunBudget.check``, and also once the CRM's own count (``usage.used`` of
+        ``usage.limit``, read from its answers) reaches the reserve."""
+        super().check(name, usage, calls=calls)
+        if usage.used is not None and usage.limit:
+            floor = usage.limit * (1 - self.daily_reserve_percent / 100)
+            if usage.used >= floor:
+                raise BudgetExhausted(
+                    f"{name}: {usage.used}/{usage.limit} daily {calls} calls used; "
+                    f"{self.daily_reserve_percent}% is kept in reserve",
+                    ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily budget near its end"),
+                )
+
+
+class ConnectorSettings(BaseModel):
+    """The keys every connector accepts. Unknown keys are refused (``extra="forbid"``): a
+    misspelt key is reported, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A CA file (PEM) to trust instead of the system's: a CRM behind a private CA.
+    ca_bundle: str | None = None
+    # An HTTP(S) proxy for every call to the CRM (environment variables are not read).
+    proxy: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    # Longest Retry-After (seconds) waited out; a longer wait stops the run cleanly and the next
+    # run resumes from the last cursor.
+    max_rate_limit_wait: float = Field(default=60.0, ge=0)
+    budget: RunBudget = RunBudget()
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy these settings ask for, for :func:`consentsync.sdk.call`."""
+        return RetryPolicy(max_attempts=self.max_attempts, max_rate_limit_wait=self.max_rate_limit_wait)
+
+    def require(self, flow: str, needed: Mapping[str, Sequence[str]]) -> None:
+        """Raises ``auth <flow> needs <keys>`` where the keys ``needed[flow]`` names are empty:
+        for a model validator of a connector with several ways to authenticate."""
+        missing = [name for name in needed[flow] if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"auth {flow} needs {', '.join(missing)}")
