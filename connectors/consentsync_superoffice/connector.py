@@ -27,32 +27,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import requests
 
+from consentsync import sdk
 from consentsync.sdk import (
     Action,
     BudgetExhausted,
-    Connector,
     ConnectorError,
     CrmRecord,
     Cursor,
     ErrorRule,
-    ErrorTable,
     Fault,
     FieldInfo,
     RecordUpdate,
-    RetryPolicy,
     WriteAction,
     WriteResult,
-    call,
-    network_error,
 )
 from consentsync_superoffice.settings import LIST_KEY, SuperOfficeSettings
 
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "access token refused", 401),
         ErrorRule(Action.FAIL, Fault.CONFIG, "the integration user may not do this", 403),
@@ -137,7 +134,7 @@ def purpose_fields(fields: Sequence[str]) -> dict[str, list[str]]:
     return wanted
 
 
-class SuperOfficeConnector(Connector):
+class SuperOfficeConnector(sdk.Connector):
     vendor = "superoffice"
     settings_model = SuperOfficeSettings
     # The archive reads the database as it is (no search index between): a consent shows once
@@ -170,16 +167,15 @@ class SuperOfficeConnector(Connector):
                 f"{self.config.archive_provider!r} is not an archive provider name",
                 ErrorRule(Action.FAIL, Fault.CONFIG, "bad provider name"),
             )
-        self.policy = RetryPolicy(
-            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
+        self.base = self.config.base_url.rstrip("/") + "/api/v1"
+        self.api = sdk.HttpClient(
+            session=sdk.http_session(self.config),
+            policy=self.config.retry_policy(),
+            classify=_classified,
+            guard=lambda: self.config.budget.check(self.name, self.usage),
+            headers=self._headers,
+            refresh_session=self._forget_session,
         )
-        self.api = self.config.base_url.rstrip("/") + "/api/v1"
-        self.session = requests.Session()
-        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
-        self.session.trust_env = False
-        self.session.verify = self.config.ca_bundle or True
-        if self.config.proxy:
-            self.session.proxies = {"https": self.config.proxy, "http": self.config.proxy}
         self._token: str | None = None
         self._token_refused = False
         self._purposes: list[str] | None = None
@@ -208,50 +204,31 @@ class SuperOfficeConnector(Connector):
         }
         if config.redirect_uri:
             form["redirect_uri"] = config.redirect_uri
-        self._count("token")
-        try:
-            response = self.session.post(config.token_url, data=form, timeout=config.timeout)
-        except requests.RequestException as error:
-            raise network_error(f"token request to {config.token_url}", error) from None
-        if response.status_code != 200:
-            detail = _json_or_text(response)
-            if isinstance(detail, dict):
-                detail = f"{detail.get('error')}: {detail.get('error_description')}"
-            action = Action.RETRY if response.status_code >= 500 else Action.FAIL
-            raise ConnectorError(
-                f"{self.name}: login at {config.token_url} refused ({response.status_code}): {detail}",
-                ErrorRule(
-                    action,
-                    Fault.TRANSIENT if action is Action.RETRY else Fault.CONFIG,
-                    "login failed" if action is Action.RETRY else "credentials refused",
-                    credentials=action is not Action.RETRY,
-                ),
-            )
-        token = response.json().get("access_token")
-        if not isinstance(token, str) or not token:
-            raise ConnectorError(
-                f"{self.name}: the login at {config.token_url} answered no access_token",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "login refused"),
-            )
-        self._token = token
+        self.usage.count("token")
+        body = sdk.request_token(
+            self.api.session,
+            config.token_url,
+            form,
+            timeout=config.timeout,
+            login="login",
+            who=f"{self.name}: ",
+        )
+        self._token = token = str(body["access_token"])
         return token
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Authorization": f"{self.config.auth_scheme} {self._access_token()}",
+            "Accept": "application/json",
+        }
+        if self.config.app_token:
+            headers[self.config.app_token_header] = self.config.app_token
+        return headers
 
     def _forget_session(self) -> None:
         if self.config.auth == "token":
             self._token_refused = True
         self._token = None
-
-    def _count(self, kind: str) -> None:
-        self.usage.calls += 1
-        self.usage.per_endpoint[kind] = self.usage.per_endpoint.get(kind, 0) + 1
-
-    def _guard(self) -> None:
-        per_run = self.config.budget.per_run
-        if per_run is not None and self.usage.calls >= per_run:
-            raise BudgetExhausted(
-                f"{self.name}: the run's API budget of {per_run} calls is spent",
-                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-            )
 
     def _request(
         self,
@@ -267,37 +244,25 @@ class SuperOfficeConnector(Connector):
         ``busy_is_final`` a record another user holds (409) is not waited for: the write reports
         it as a retryable failure and the next run tries again."""
 
-        def attempt() -> Any:
-            self._guard()
-            credential = f"{self.config.auth_scheme} {self._access_token()}"
-            headers = {"Authorization": credential, "Accept": "application/json"}
-            if self.config.app_token:
-                headers[self.config.app_token_header] = self.config.app_token
-            self._count(kind)
-            try:
-                response = self.session.request(
-                    method,
-                    self.api + path,
-                    params=params,
-                    json=body,
-                    headers=headers,
-                    timeout=self.config.timeout,
-                )
-            except requests.RequestException as error:
-                raise network_error(kind, error) from None
-            if response.status_code == 204:
-                return None
-            if 200 <= response.status_code < 300:
-                return response.json()
+        response = self.api.send(
+            method,
+            self.base + path,
+            describe=kind,
+            params=params,
+            json=body,
+            # A busy record's 409 is taken here, not retried, when the caller says so.
+            accept=lambda answer: busy_is_final and answer.status_code == 409,
+            before=lambda: self.usage.count(kind),
+        )
+        if response.status_code == 409:
             error = _classified(kind, response)
-            if busy_is_final and response.status_code == 409:
-                rule = error.rule
-                raise ConnectorError(
-                    str(error), ErrorRule(Action.SKIP, Fault.TRANSIENT, rule.reason, 409, rule.code)
-                )
-            raise error
-
-        return call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=kind)
+            rule = error.rule
+            raise ConnectorError(
+                str(error), ErrorRule(Action.SKIP, Fault.TRANSIENT, rule.reason, 409, rule.code)
+            )
+        if response.status_code == 204:
+            return None
+        return response.json()
 
     def _read(self, kind: str, method: str, path: str, **kwargs: Any) -> Any:
         """A read: a refusal the table would skip (a bad restriction, a missing provider) is a
@@ -575,7 +540,7 @@ class SuperOfficeConnector(Connector):
         return None
 
     def close(self) -> None:
-        self.session.close()
+        self.api.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -638,30 +603,18 @@ def _record(
     return CrmRecord(OBJECT, str(person), stamp, fields)
 
 
-def _json_or_text(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:200]
-
-
 def _classified(kind: str, response: requests.Response) -> ConnectorError:
-    body = _json_or_text(response)
+    body = sdk.json_or_none(response)
     code = message = None
     if isinstance(body, dict):
         code = body.get("ErrorType") or body.get("ExceptionType")
         message = body.get("Error") or body.get("Message") or body.get("ExceptionMessage")
-    found = ERRORS.classify(response.status_code, str(code) if code else None)
+    code = str(code) if code else None
+    shown = message or (response.text[:200] if body is None else body)
+    error = sdk.response_error(kind, response, ERRORS, code, str(shown))
     # The rule as matched, with SuperOffice's own error type as the code the run report shows.
-    rule = ErrorRule(
-        found.action, found.fault, found.reason, response.status_code, str(code) if code else None
-    )
-    retry_after = None
-    header = response.headers.get("Retry-After")
-    if header and header.strip().isdigit():
-        retry_after = float(header.strip())
-    text = f"{kind}: {response.status_code} {code or ''} {message or body}".strip()
-    return ConnectorError(text, rule, retry_after=retry_after)
+    error.rule = replace(error.rule, status=response.status_code, code=code)
+    return error
 
 
 __all__ = ["ERRORS", "SuperOfficeConnector", "archive_literal", "parse_so_time", "purpose_fields"]

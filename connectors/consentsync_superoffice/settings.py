@@ -10,21 +10,15 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from consentsync.sdk import ConnectorSettings
 
 # SuperOffice's own rule for the keys of list items (purposes, legal bases, sources).
 LIST_KEY = re.compile(r"^[A-Za-z0-9]+$")
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    per_run: int | None = Field(default=None, ge=1)
-
-
-class SuperOfficeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SuperOfficeSettings(ConnectorSettings):
     # The tenant's root: https://online.superoffice.com/Cust12345 (Online; sod. for development)
     # or an onsite installation's web API root; /api/v1 follows it.
     base_url: str
@@ -42,11 +36,6 @@ class SuperOfficeSettings(BaseModel):
     # header; onsite installations ignore it. Leave app_token out where it is not needed.
     app_token: str | None = None
     app_token_header: str = "SO-AppToken"
-    ca_bundle: str | None = None
-    proxy: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    max_rate_limit_wait: float = Field(default=60.0, ge=0)
     # Changed consents a page of the ConsentPurpose archive (its $top).
     page_size: int = Field(default=200, ge=1, le=1000)
     # The archive provider read for changed consents, and its columns (SuperOffice's names).
@@ -66,7 +55,6 @@ class SuperOfficeSettings(BaseModel):
     write_comment: str = Field(default="Set by consentsync", max_length=500)
     # Purpose keys describe() lists when the tenant cannot be asked (it is asked first).
     purposes: list[str] = Field(default_factory=lambda: ["STORE", "EMARKETING"])
-    budget: Budget = Budget()
 
     @field_validator("write_source")
     @classmethod
@@ -85,13 +73,10 @@ class SuperOfficeSettings(BaseModel):
 
     @model_validator(mode="after")
     def _credentials_for_the_flow(self) -> SuperOfficeSettings:
-        needed = {
-            "token": ("access_token",),
-            "refresh_token": ("client_id", "client_secret", "refresh_token"),
-        }[self.auth]
-        missing = [name for name in needed if not getattr(self, name)]
-        if missing:
-            raise ValueError(f"auth {self.auth} needs {', '.join(missing)}")
+        self.require(
+            self.auth,
+            {"token": ("access_token",), "refresh_token": ("client_id", "client_secret", "refresh_token")},
+        )
         if not self.base_url.startswith(("https://", "http://")):
             raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
         return self

@@ -17,17 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from consentsync.sdk import (
-    Action,
-    ApiUsage,
-    ConnectorError,
-    ErrorRule,
-    ErrorTable,
-    Fault,
-    network_error,
-)
+from consentsync import sdk
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync_vtiger.settings import VtigerSettings
 
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session invalid", code="INVALID_SESSIONID"),
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session left idle", code="SESSION_LEFT_IDLE"),
@@ -63,30 +57,13 @@ _WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
 class VtigerClient:
     """One logged-in session with one install (thread-unsafe, like the connector)."""
 
-    def __init__(
-        self,
-        url: str,
-        username: str,
-        access_key: str,
-        *,
-        webservice_path: str = "webservice.php",
-        timeout: float = 30.0,
-        verify: str | bool = True,
-        proxy: str | None = None,
-        usage: ApiUsage | None = None,
-    ) -> None:
-        self.endpoint = f"{url.rstrip('/')}/{webservice_path.lstrip('/')}"
-        self.username = username
-        self._access_key = access_key
-        self.timeout = timeout
-        self.usage = usage or ApiUsage()
-        self.http = requests.Session()
-        # REQUESTS_CA_BUNDLE would override Session.verify: the configured trust wins instead.
-        self.http.trust_env = False
-        self.http.verify = verify
-        if proxy:
-            self.http.proxies = {"https": proxy, "http": proxy}
-        self.http.hooks["response"].append(self._count)
+    def __init__(self, config: VtigerSettings, usage: sdk.ApiUsage | None = None) -> None:
+        self.endpoint = f"{config.url.rstrip('/')}/{config.webservice_path.lstrip('/')}"
+        self.username = config.username
+        self._access_key = config.access_key
+        self.usage = usage or sdk.ApiUsage()
+        # The sdk's session: ca_bundle, proxy and a timeout on every call.
+        self.http = sdk.http_session(config, on_response=self._count)
         self.session_name: str | None = None
         self.user_id: str | None = None
 
@@ -127,23 +104,19 @@ class VtigerClient:
             form["sessionName"] = self.session_name or ""
         try:
             if operation in _WRITES:
-                response = self.http.post(self.endpoint, data=form, timeout=self.timeout)
+                response = self.http.post(self.endpoint, data=form)
             else:
-                response = self.http.get(self.endpoint, params=form, timeout=self.timeout)
+                response = self.http.get(self.endpoint, params=form)
         except requests.RequestException as error:
             # The text of a requests error can carry the URL, session included: name the kind only.
-            raise network_error(operation, error, urlsplit(self.endpoint).netloc) from None
+            raise sdk.network_error(operation, error, urlsplit(self.endpoint).netloc) from None
         return self._result(operation, response)
 
     def _result(self, operation: str, response: requests.Response) -> Any:
         status = response.status_code
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = sdk.json_or_none(response)
         if status != 200:
             code = _error_code(body)
-            retry_after = _seconds(response.headers.get("Retry-After"))
             rule = ERRORS.classify(status, code)
             if operation == "sync" and status == 500:
                 rule = ErrorRule(Action.FAIL, Fault.CONFIG, "operation=sync fails on this install", status)
@@ -153,7 +126,9 @@ class VtigerClient:
                     rule,
                 )
             raise ConnectorError(
-                f"{operation}: HTTP {status} {code or ''}".strip(), rule, retry_after=retry_after
+                f"{operation}: HTTP {status} {code or ''}".strip(),
+                rule,
+                retry_after=sdk.retry_after(response),
             )
         if not isinstance(body, dict) or "success" not in body:
             # PHP notices printed before the JSON, or a proxy's page: likely to pass.
@@ -168,16 +143,14 @@ class VtigerClient:
         message = str(error.get("message") or "")[:300]
         raise ConnectorError(f"{operation}: {code}: {message}", ERRORS.classify(200, code))
 
-    def _count(self, response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+    def _count(self, response: requests.Response) -> None:
         request = response.request
         body = request.body
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         sent = body if request.method == "POST" else urlsplit(request.url or "").query
         fields = parse_qs(sent or "")
-        operation = (fields.get("operation") or ["other"])[0]
-        self.usage.calls += 1
-        self.usage.per_endpoint[operation] = self.usage.per_endpoint.get(operation, 0) + 1
+        self.usage.count((fields.get("operation") or ["other"])[0])
 
     def close(self) -> None:
         self.http.close()
@@ -193,10 +166,3 @@ def _error_code(body: Any) -> str | None:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return str(body["error"].get("code") or "") or None
     return None
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None

@@ -34,10 +34,9 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from consentsync import sdk
 from consentsync.sdk import (
     Action,
-    BudgetExhausted,
-    Connector,
     ConnectorError,
     CrmRecord,
     Cursor,
@@ -45,10 +44,8 @@ from consentsync.sdk import (
     Fault,
     FieldInfo,
     RecordUpdate,
-    RetryPolicy,
     WriteAction,
     WriteResult,
-    call,
 )
 from consentsync_vtiger.client import ERRORS, VtigerClient
 from consentsync_vtiger.settings import VtigerSettings
@@ -84,7 +81,7 @@ def vtql_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-class VtigerConnector(Connector):
+class VtigerConnector(sdk.Connector):
     vendor = "vtiger"
     settings_model = VtigerSettings
     # Vtiger stamps modifiedtime (whole seconds) when the save starts; its workflows and event
@@ -105,38 +102,22 @@ class VtigerConnector(Connector):
         self.zone = ZoneInfo(self.config.server_timezone)
         # Only where operation=sync works on the install (it fails on the stock 8.2.0).
         self.reads_deletions = self.config.read_deletions  # type: ignore[misc]
-        self.policy = RetryPolicy(
-            max_attempts=self.config.max_attempts, max_rate_limit_wait=self.config.max_rate_limit_wait
-        )
-        self.client = VtigerClient(
-            self.config.url,
-            self.config.username,
-            self.config.access_key,
-            webservice_path=self.config.webservice_path,
-            timeout=self.config.timeout,
-            verify=self.config.ca_bundle or True,
-            proxy=self.config.proxy,
-            usage=self.usage,
-        )
+        self.policy = self.config.retry_policy()
+        self.client = VtigerClient(self.config, self.usage)
         self._describes: dict[str, dict[str, FieldInfo]] = {}
         self._prefixes: dict[str, str] = {}
 
     # -- calls ---------------------------------------------------------------------------------
 
     def _guard(self) -> None:
-        budget = self.config.budget.per_run
-        if budget is not None and self.usage.calls >= budget:
-            raise BudgetExhausted(
-                f"{self.name}: the run's API budget of {budget} calls is spent",
-                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
-            )
+        self.config.budget.check(self.name, self.usage)
 
     def _call(self, operation: str, params: Mapping[str, Any], describe: str | None = None) -> Any:
         def attempt() -> Any:
             self._guard()
             return self.client.request(operation, params)
 
-        return call(
+        return sdk.call(
             attempt,
             policy=self.policy,
             refresh_session=self.client.forget_session,
@@ -274,7 +255,9 @@ class VtigerConnector(Connector):
                 raise
             return None
 
-        return call(attempt, policy=self.policy, refresh_session=self.client.forget_session, describe=what)
+        return sdk.call(
+            attempt, policy=self.policy, refresh_session=self.client.forget_session, describe=what
+        )
 
     def close(self) -> None:
         self.client.close()

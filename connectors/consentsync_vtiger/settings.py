@@ -10,28 +10,18 @@ from __future__ import annotations
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator
+
+from consentsync.sdk import ConnectorSettings, RunBudget
 
 
-class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Calls a run may make; the open-source edition has no API limit, Vtiger Cloud a daily one.
-    per_run: int | None = Field(default=None, ge=1)
-
-
-class VtigerSettings(BaseModel):
+class VtigerSettings(ConnectorSettings):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     url: str = Field(description="The install's address, e.g. https://crm.example.com/vtigercrm")
     webservice_path: str = "webservice.php"
     username: str
     access_key: str = Field(min_length=1, description="From the user's My Preferences page")
-    ca_bundle: str | None = None
-    proxy: str | None = None
-    timeout: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    max_rate_limit_wait: float = Field(default=60.0, ge=0)
     # Rows a query answers at most: 100 on 8.2.0 whatever LIMIT says.
     page_size: int = Field(default=100, ge=1, le=100)
     # Rows re-read at each step through a second holding more than page_size changes, so a
@@ -46,7 +36,9 @@ class VtigerSettings(BaseModel):
     # by the user, or by its groups with userandgroup).
     read_deletions: bool = False
     sync_type: Literal["user", "userandgroup", "application"] = "userandgroup"
-    budget: Budget = Budget()
+    # budget.per_run: calls a run may make; the open-source edition has no API limit, Vtiger
+    # Cloud a daily one.
+    budget: RunBudget = RunBudget()
 
     @field_validator("url")
     @classmethod

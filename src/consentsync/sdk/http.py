@@ -123,14 +123,15 @@ class HttpClient:
     ) -> requests.Response:
         """The answer to one call: a 2xx, or one ``accept`` takes (a caller's own handling of a
         refusal); anything else raises, after the retries the error table allows. ``before`` is
-        called before each attempt, after the guard (pacing one kind of call)."""
+        called before each attempt, just before the request is sent (to pace or count one kind of
+        call)."""
 
         def attempt() -> requests.Response:
             if self.guard is not None:
                 self.guard()
+            sent = {**(self.headers() if self.headers is not None else {}), **(headers or {})}
             if before is not None:
                 before()
-            sent = {**(self.headers() if self.headers is not None else {}), **(headers or {})}
             try:
                 response = self.session.request(method, url, headers=sent, **kwargs)
             except requests.RequestException as error:
