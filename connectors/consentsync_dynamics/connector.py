@@ -168,12 +168,7 @@ class DynamicsConnector(sdk.Connector):
             "scope": c.scope or "",
         }
         body = sdk.request_token(
-            self.api.session,
-            c.token_url,
-            form,
-            timeout=c.timeout,
-            login="login with client credentials",
-            who=f"{self.name}: ",
+            self.api.session, c.token_url, form, login="login with client credentials", who=f"{self.name}: "
         )
         self._token = str(body["access_token"])
         self._token_expires = time.monotonic() + float(body.get("expires_in", 3599))

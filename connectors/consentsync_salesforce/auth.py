@@ -21,7 +21,8 @@ class TokenGrant:
     instance_url: str
 
 
-def request_token(session: requests.Session, config: SalesforceSettings, *, timeout: float) -> TokenGrant:
+def request_token(session: requests.Session, config: SalesforceSettings) -> TokenGrant:
+    """The token the configured flow grants (the session's timeout applies)."""
     if config.auth == "token":
         assert config.access_token and config.instance_url
         return TokenGrant(config.access_token, config.instance_url)
@@ -41,7 +42,7 @@ def request_token(session: requests.Session, config: SalesforceSettings, *, time
             "assertion": _assertion(config),
         }
     url = config.login_url.rstrip("/") + "/services/oauth2/token"
-    body = sdk.request_token(session, url, form, timeout=timeout, login=f"login with {config.auth}")
+    body = sdk.request_token(session, url, form, login=f"login with {config.auth}")
     return TokenGrant(body["access_token"], body["instance_url"])
 
 

@@ -114,7 +114,7 @@ class SalesforceConnector(sdk.Connector):
         return self._sf
 
     def _login(self) -> None:
-        grant: TokenGrant = request_token(self.session, self.config, timeout=self.config.timeout)
+        grant: TokenGrant = request_token(self.session, self.config)
         self._sf = Salesforce(
             instance_url=grant.instance_url,
             session_id=grant.access_token,

@@ -206,12 +206,7 @@ class SuperOfficeConnector(sdk.Connector):
             form["redirect_uri"] = config.redirect_uri
         self.usage.count("token")
         body = sdk.request_token(
-            self.api.session,
-            config.token_url,
-            form,
-            timeout=config.timeout,
-            login="login",
-            who=f"{self.name}: ",
+            self.api.session, config.token_url, form, login="login", who=f"{self.name}: "
         )
         self._token = token = str(body["access_token"])
         return token

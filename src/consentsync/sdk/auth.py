@@ -22,14 +22,14 @@ def request_token(
     url: str,
     form: Mapping[str, str],
     *,
-    timeout: float,
     login: str,
     who: str = "",
+    timeout: float | None = None,
 ) -> dict[str, Any]:
     """POSTs ``form`` to the token endpoint ``url`` and answers the decoded body, which holds a
     non-empty ``access_token``. A refusal raises ``{who}{login} at {url} refused (status):
     error: description`` (``login`` names the grant, e.g. "login with password"; ``who`` the
-    connector, e.g. "crm1: ")."""
+    connector, e.g. "crm1: "). ``timeout``: the session's own (``http_session``) where None."""
     try:
         response = session.post(url, data=dict(form), timeout=timeout)
     except requests.RequestException as error:
