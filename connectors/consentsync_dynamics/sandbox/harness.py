@@ -4,13 +4,10 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_dynamics.sandbox.dataverse import PURPOSES
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
@@ -81,6 +78,7 @@ class DynamicsHarness(SandboxHarness):
     object_type = "contact"
     read_fields = ("emailaddress1", "donotbulkemail", "donotemail", "description")
     text_field = "description"
+    opt_out_field = "donotbulkemail"
     text_max_length = 2000
     page_size = 50  # Prefer: odata.maxpagesize
     write_batch_size = 50  # requests per $batch
@@ -89,68 +87,40 @@ class DynamicsHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = DynamicsSandbox()
-        self._serial = 0
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
-        return {
-            "environment_url": self.sandbox.environment_url,
-            "token_url": self.sandbox.token_url,
-            "client_id": creds.client_id,
-            "client_secret": creds.client_secret,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "page_size": self.page_size,
-            "batch_size": self.write_batch_size,
-            "timeout": TIMEOUT,
-            "max_attempts": 5,
-            "max_rate_limit_wait": 5.0,
-            "write_retries": 0,
-            **overrides,
-        }
+        return self.sandbox_settings(
+            {
+                "environment_url": self.sandbox.environment_url,
+                "token_url": self.sandbox.token_url,
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                "page_size": self.page_size,
+                "batch_size": self.write_batch_size,
+                "max_attempts": 5,
+                "max_rate_limit_wait": 5.0,
+                "write_retries": 0,
+            },
+            overrides,
+        )
 
     # -- the environment's data ----------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         env = self.sandbox.environment
         ids = []
-        original = env.clock
-        try:
-            for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-                env.clock = lambda moment=moment: moment
-                self._serial += 1
-                ids.append(
-                    env.create(
-                        "contact",
-                        {
-                            "lastname": f"Contract {self._serial}",
-                            "emailaddress1": f"contract.{self._serial}@example.test",
-                        },
-                    )
-                )
-        finally:
-            env.clock = original
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
+            name, email = self.new_name("Contract")
+            with self.clock_at(env, moment):
+                ids.append(env.create("contact", {"lastname": name, "emailaddress1": email}))
         return ids
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact with that address, as a Dynamics user would create it."""
-        self._serial += 1
-        return self.sandbox.environment.create(
-            "contact",
-            {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
-        )
+        return self.sandbox.environment.create("contact", self._person(email, opted_out))
 
     # -- an environment used for years (AdoptionHarness) ----------------------------------------
-
-    @contextmanager
-    def _at(self, moment: dt.datetime) -> Iterator[None]:
-        """The environment's users act at ``moment`` (createdon and modifiedon)."""
-        env = self.sandbox.environment
-        original = env.clock
-        env.clock = lambda: moment
-        try:
-            yield
-        finally:
-            env.clock = original
 
     def seed_existing_org(self) -> list[str]:
         """22 people over six years: contacts with every "Do Not Allow" column ticked somewhere
@@ -162,7 +132,7 @@ class DynamicsHarness(SandboxHarness):
         emails = []
         for index, (first, last, email, ticked, consents) in enumerate(_PEOPLE):
             created = ENVIRONMENT_START + dt.timedelta(days=67 * index, hours=index % 8, minutes=9 * index)
-            with self._at(created):
+            with self.clock_at(env, created):
                 contact = env.create(
                     "contact",
                     {
@@ -178,10 +148,10 @@ class DynamicsHarness(SandboxHarness):
             emails.append(email)
             edited = created + dt.timedelta(days=150 + 7 * index)
             if ticked:
-                with self._at(edited):
+                with self.clock_at(env, edited):
                     env.update("contact", contact, {column: True for column in ticked})
             for number, (purpose, value, source) in enumerate(consents):
-                with self._at(created + dt.timedelta(days=number, minutes=30)):
+                with self.clock_at(env, created + dt.timedelta(days=number, minutes=30)):
                     env.create(
                         "msdynmkt_contactpointconsent4",
                         {
@@ -196,7 +166,7 @@ class DynamicsHarness(SandboxHarness):
                 if position != index:
                     continue
                 moment = edited + dt.timedelta(days=45)
-                with self._at(moment):
+                with self.clock_at(env, moment):
                     second = env.create(
                         "contact",
                         {
@@ -206,7 +176,7 @@ class DynamicsHarness(SandboxHarness):
                             **dict.fromkeys(second_ticked, True),
                         },
                     )
-                with self._at(moment + dt.timedelta(days=20)):
+                with self.clock_at(env, moment + dt.timedelta(days=20)):
                     if end == "merged":
                         env.merge("contact", contact, second)
                     elif end == "deactivated":
@@ -231,11 +201,7 @@ class DynamicsHarness(SandboxHarness):
 
     def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact created in a transaction that has not committed (a long plug-in chain)."""
-        self._serial += 1
-        return self.sandbox.environment.begin_late(
-            "contact",
-            {"lastname": f"Person {self._serial}", "emailaddress1": email, "donotbulkemail": opted_out},
-        )
+        return self.sandbox.environment.begin_late("contact", self._person(email, opted_out))
 
     def commit_late(self, record_id: str) -> None:
         self.sandbox.environment.commit_late("contact", record_id)
@@ -262,15 +228,18 @@ class DynamicsHarness(SandboxHarness):
         self.sandbox.environment.update("contact", record_id, {"description": f"changed {self._serial}"})
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
+        name, email = self.new_name("Hostile")
         return self.sandbox.environment.create(
-            "contact",
-            {
-                "lastname": f"Hostile {self._serial}",
-                "emailaddress1": f"hostile.{self._serial}@example.test",
-                "description": text,
-            },
+            "contact", {"lastname": name, "emailaddress1": email, "description": text}
         )
+
+    def _person(self, email: str, opted_out: bool) -> dict[str, Any]:
+        """A new contact's columns, as a Dynamics user fills them in."""
+        return {
+            "lastname": f"Person {self.next_serial()}",
+            "emailaddress1": email,
+            "donotbulkemail": opted_out,
+        }
 
     def _row(self, record_id: str) -> dict[str, Any]:
         row = self.sandbox.environment.get("contact", record_id)
@@ -279,12 +248,6 @@ class DynamicsHarness(SandboxHarness):
 
     def read_text(self, record_id: str) -> Any:
         return self._row(record_id)["description"]
-
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("contact", record_id, {"description": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        return RecordUpdate("contact", record_id, {"donotbulkemail": opted_out})
 
     def read_opted_out(self, record_id: str) -> bool:
         return bool(self._row(record_id)["donotbulkemail"])

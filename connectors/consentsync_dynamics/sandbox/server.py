@@ -177,7 +177,6 @@ class DynamicsSandbox(HttpsSandbox):
 
     endpoint_kinds = DYNAMICS_KINDS
     server_name = "Microsoft-IIS/10.0"
-    thread_name = "dynamics-sandbox"
 
     def __init__(
         self,

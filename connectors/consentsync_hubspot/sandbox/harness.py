@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_hubspot.sandbox.server import WRITE_KINDS, HubSpotPortal, HubSpotSandbox, iso_ms
 
@@ -107,6 +106,8 @@ class HubSpotHarness(SandboxHarness):
     object_type = "contacts"
     read_fields = ("email", "jobtitle", "hs_legal_basis", f"subscription_{MARKETING}")
     text_field = "jobtitle"
+    opt_out_field = f"subscription_{MARKETING}"
+    opt_out_values = ("SUBSCRIBED", "UNSUBSCRIBED")
     text_max_length = 2000
     page_size = 20
     write_batch_size = 100
@@ -118,7 +119,6 @@ class HubSpotHarness(SandboxHarness):
         self.token_file = self._directory / "token"
         options = {"secondly_limit": 100, "search_per_second": 20, **sandbox_options}
         self.sandbox = HubSpotSandbox(HubSpotPortal(), token_file=self.token_file, **options)
-        self._serial = 0
 
     @staticmethod
     def id_key(record_id: str) -> int:
@@ -141,17 +141,17 @@ class HubSpotHarness(SandboxHarness):
             if token_file
             else {"access_token": self.sandbox.credentials.access_token}
         )
-        return {
-            "api_url": self.sandbox.api_url,
-            **token,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "page_size": self.page_size,
-            "search_requests_per_second": 20,
-            "timeout": TIMEOUT,
-            "max_attempts": 5,
-            "max_rate_limit_wait": 5.0,
-            **overrides,
-        }
+        return self.sandbox_settings(
+            {
+                "api_url": self.sandbox.api_url,
+                **token,
+                "page_size": self.page_size,
+                "search_requests_per_second": 20,
+                "max_attempts": 5,
+                "max_rate_limit_wait": 5.0,
+            },
+            overrides,
+        )
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         settings = self.connector_settings(access_token=wrong_secret)
@@ -164,22 +164,17 @@ class HubSpotHarness(SandboxHarness):
         portal = self.sandbox.portal
         ids = []
         for moment in self.seed_times(count, shared_modstamp=shared_modstamp, now=portal.now()):
-            self._serial += 1
-            ids.append(
-                portal.create(
-                    {
-                        "email": f"contract.{self._serial}@example.test",
-                        "lastname": f"Contract {self._serial}",
-                    },
-                    at=moment,
-                )
-            )
+            name, email = self.new_name("Contract")
+            ids.append(portal.create({"email": email, "lastname": name}, at=moment))
         return ids
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
-        contact_id = self.sandbox.portal.create({"email": email, "lastname": "Person"})
+        return self._opted_out(self.sandbox.portal.create({"email": email, "lastname": "Person"}), opted_out)
+
+    def _opted_out(self, contact_id: str, opted_out: bool) -> str:
+        """The contact, unsubscribed from marketing on HubSpot's preferences page if ``opted_out``."""
         if opted_out:
-            self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
+            self.opt_out(contact_id)
         return contact_id
 
     # -- a portal used for years (AdoptionHarness) ---------------------------------------------
@@ -290,10 +285,9 @@ class HubSpotHarness(SandboxHarness):
 
     def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact written now that the search index has not caught up with yet."""
-        contact_id = self.sandbox.portal.begin_late({"email": email, "lastname": "Person"})
-        if opted_out:
-            self.sandbox.portal.set_status(email, MARKETING, "UNSUBSCRIBED")
-        return contact_id
+        return self._opted_out(
+            self.sandbox.portal.begin_late({"email": email, "lastname": "Person"}), opted_out
+        )
 
     def commit_late(self, record_id: str) -> None:
         self.sandbox.portal.index(record_id)
@@ -318,24 +312,15 @@ class HubSpotHarness(SandboxHarness):
         return self.sandbox.portal.ids()
 
     def change(self, record_id: str) -> None:
-        self._serial += 1
-        self.sandbox.portal.update(record_id, {"jobtitle": f"changed {self._serial}"})
+        self.sandbox.portal.update(record_id, {"jobtitle": f"changed {self.next_serial()}"})
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
-        return self.sandbox.portal.create({"email": f"hostile.{self._serial}@example.test", "jobtitle": text})
+        return self.sandbox.portal.create({"email": self.new_name("Hostile")[1], "jobtitle": text})
 
     def read_text(self, record_id: str) -> Any:
         record = self.sandbox.portal.get(record_id)
         assert record is not None
         return record.get("jobtitle")
-
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("contacts", record_id, {"jobtitle": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        state = "UNSUBSCRIBED" if opted_out else "SUBSCRIBED"
-        return RecordUpdate("contacts", record_id, {f"subscription_{MARKETING}": state})
 
     def read_opted_out(self, record_id: str) -> bool:
         record = self.sandbox.portal.get(record_id)

@@ -661,7 +661,6 @@ class HubSpotSandbox(HttpsSandbox):
 
     endpoint_kinds = ENDPOINT_KINDS
     server_name = "HubSpot-sandbox"
-    thread_name = "hubspot-sandbox"
 
     def __init__(
         self,

@@ -4,14 +4,11 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from consentsync_salesforce.sandbox.org import render_value
@@ -186,6 +183,7 @@ class SalesforceHarness(SandboxHarness):
     object_type = "Contact"
     read_fields = ("Email", "HasOptedOutOfEmail", "DoNotCall", "Title")
     text_field = "Title"
+    opt_out_field = "HasOptedOutOfEmail"
     text_max_length = 128
     page_size = 200  # Sforce-Query-Options batchSize, the smallest Salesforce accepts
     write_batch_size = 200  # sObject Collections
@@ -196,68 +194,45 @@ class SalesforceHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = SalesforceSandbox()
-        self._serial = 0
 
     # -- lifecycle and settings ----------------------------------------------------------------
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
-        return {
-            "login_url": self.sandbox.login_url,
-            "auth": "client_credentials",
-            "client_id": creds.client_id,
-            "client_secret": creds.client_secret,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "query_batch_size": self.page_size,
-            "timeout": TIMEOUT,
-            "max_attempts": 5,
-            "max_rate_limit_wait": 5.0,
-            "lock_retries": 0,
-            **overrides,
-        }
+        return self.sandbox_settings(
+            {
+                "login_url": self.sandbox.login_url,
+                "auth": "client_credentials",
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                "query_batch_size": self.page_size,
+                "max_attempts": 5,
+                "max_rate_limit_wait": 5.0,
+                "lock_retries": 0,
+            },
+            overrides,
+        )
 
     # -- the org's data ------------------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         org = self.sandbox.org
         ids = []
-        original = org.clock
-        try:
-            for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-                org.clock = lambda moment=moment: moment
-                self._serial += 1
-                ids.append(
-                    org.create(
-                        "Contact",
-                        LastName=f"Contract {self._serial}",
-                        Email=f"contract.{self._serial}@example.test",
-                    )
-                )
-        finally:
-            org.clock = original
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
+            name, email = self.new_name("Contract")
+            with self.clock_at(org, moment):
+                ids.append(org.create("Contact", LastName=name, Email=email))
         return ids
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
-        self._serial += 1
         return self.sandbox.org.create(
-            "Contact", LastName=f"Person {self._serial}", Email=email, HasOptedOutOfEmail=opted_out
+            "Contact", LastName=f"Person {self.next_serial()}", Email=email, HasOptedOutOfEmail=opted_out
         )
 
     def opt_out(self, record_id: str) -> None:
         self.sandbox.org.update(record_id, HasOptedOutOfEmail=True)
 
     # -- an org used for years (AdoptionHarness) -----------------------------------------------
-
-    @contextmanager
-    def _at(self, moment: dt.datetime) -> Iterator[None]:
-        """The org's users act at ``moment`` (CreatedDate, LastModifiedDate and SystemModstamp)."""
-        org = self.sandbox.org
-        original = org.clock
-        org.clock = lambda: moment
-        try:
-            yield
-        finally:
-            org.clock = original
 
     def seed_existing_org(self) -> list[str]:
         """24 people over six years: Contacts with and without the email opt-out and Do Not Call,
@@ -266,7 +241,7 @@ class SalesforceHarness(SandboxHarness):
         address, Individuals with consent records (OptIn, OptOut, Seen, NotSeen; CaptureDate,
         DoubleConsentCaptureDate, CaptureSource) and contacts edited after their creation."""
         org = self.sandbox.org
-        with self._at(ORG_START):
+        with self.clock_at(org, ORG_START):
             purposes = {r["Name"]: r["Id"] for r in org.records("DataUsePurpose")}
             for name in ("Email Marketing", "Profiling", "Service Communications"):
                 if name not in purposes:
@@ -276,7 +251,7 @@ class SalesforceHarness(SandboxHarness):
             edited = created + dt.timedelta(days=200 + 13 * index, minutes=index)
             individual = None
             if person.consents or person.solicit_opt_out:
-                with self._at(created):
+                with self.clock_at(org, created):
                     individual = org.create(
                         "Individual",
                         FirstName=person.first,
@@ -286,7 +261,7 @@ class SalesforceHarness(SandboxHarness):
                     )
                 for number, (purpose, status, source) in enumerate(person.consents):
                     captured = created + dt.timedelta(days=1 + number, minutes=12)
-                    with self._at(captured):
+                    with self.clock_at(org, captured):
                         org.create(
                             "ContactPointTypeConsent",
                             Name=f"{purpose} - {person.first} {person.last}",
@@ -302,7 +277,7 @@ class SalesforceHarness(SandboxHarness):
                                 captured + dt.timedelta(minutes=40) if source == "Double Opt-In" else None
                             ),
                         )
-            with self._at(created):
+            with self.clock_at(org, created):
                 contact = org.create(
                     "Contact",
                     Salutation=("Mr.", "Ms.", "Dr.", None)[index % 4],
@@ -317,14 +292,14 @@ class SalesforceHarness(SandboxHarness):
                     IndividualId=individual,
                 )
             # The flags are ticked later, as people ask (and some Contacts are edited otherwise).
-            with self._at(edited):
+            with self.clock_at(org, edited):
                 if person.email_opt_out or person.do_not_call:
                     org.update(contact, HasOptedOutOfEmail=person.email_opt_out, DoNotCall=person.do_not_call)
                 elif index % 3 == 0:
                     org.update(contact, Title="Procurement")
             if person.duplicate is not None:
                 opted_out, basis = person.duplicate
-                with self._at(edited + dt.timedelta(days=30)):
+                with self.clock_at(org, edited + dt.timedelta(days=30)):
                     org.create(
                         "Contact",
                         FirstName=person.first,
@@ -337,7 +312,7 @@ class SalesforceHarness(SandboxHarness):
                     )
             if person.lead is not None:
                 opted_out, basis = person.lead
-                with self._at(created - dt.timedelta(days=20)):
+                with self.clock_at(org, created - dt.timedelta(days=20)):
                     org.create(
                         "Lead",
                         FirstName=person.first,
@@ -370,9 +345,8 @@ class SalesforceHarness(SandboxHarness):
     can_merge = True  # Contacts and Leads merge: the merged ones carry MasterRecordId
 
     def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
-        self._serial += 1
         return self.sandbox.org.begin_create(
-            "Contact", LastName=f"Late {self._serial}", Email=email, HasOptedOutOfEmail=opted_out
+            "Contact", LastName=f"Late {self.next_serial()}", Email=email, HasOptedOutOfEmail=opted_out
         )
 
     def commit_late(self, record_id: str) -> None:
@@ -391,24 +365,13 @@ class SalesforceHarness(SandboxHarness):
         self.sandbox.org.update(record_id, Title=f"changed {self._serial}")
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
-        return self.sandbox.org.create(
-            "Contact",
-            LastName=f"Hostile {self._serial}",
-            Email=f"hostile.{self._serial}@example.test",
-            Title=text,
-        )
+        name, email = self.new_name("Hostile")
+        return self.sandbox.org.create("Contact", LastName=name, Email=email, Title=text)
 
     def read_text(self, record_id: str) -> Any:
         record = self.sandbox.org.get(record_id)
         assert record is not None
         return record["Title"]
-
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("Contact", record_id, {"Title": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        return RecordUpdate("Contact", record_id, {"HasOptedOutOfEmail": opted_out})
 
     def read_opted_out(self, record_id: str) -> bool:
         record = self.sandbox.org.get(record_id)

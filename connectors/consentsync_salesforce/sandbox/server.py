@@ -317,7 +317,6 @@ class SalesforceSandbox(HttpsSandbox):
     endpoint_kinds = ENDPOINT_KINDS
     faults_class = SalesforceFaults
     server_name = "SFDC"
-    thread_name = "salesforce-sandbox"
 
     def __init__(
         self,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
@@ -170,6 +169,8 @@ class SuperOfficeHarness(SandboxHarness):
     object_type = "Person"
     read_fields = ("Email", "LegalBase_EMARKETING", "LegalBase_STORE", "Updated_STORE", "Comment_STORE")
     text_field = "Comment_STORE"
+    opt_out_field = "LegalBase_EMARKETING"
+    opt_out_values = ("CONSENT", "WITHDRAWN")
     text_max_length = 250
     page_size = 50  # rows of the ConsentPurpose archive a page
     write_batch_size = 1  # SuperOffice has no batch call: one SetConsent per consent
@@ -178,7 +179,6 @@ class SuperOfficeHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = SuperOfficeSandbox(SuperOfficeTenant())
-        self._serial = 0
 
     @staticmethod
     def id_key(record_id: str) -> int:
@@ -188,20 +188,20 @@ class SuperOfficeHarness(SandboxHarness):
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
-        return {
-            "base_url": self.sandbox.tenant_url,
-            "auth": "refresh_token",
-            "client_id": creds.client_id,
-            "client_secret": creds.client_secret,
-            "refresh_token": creds.refresh_token,
-            "token_url": self.sandbox.token_url,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "page_size": self.page_size,
-            "timeout": TIMEOUT,
-            "max_attempts": 5,
-            "max_rate_limit_wait": 5.0,
-            **overrides,
-        }
+        return self.sandbox_settings(
+            {
+                "base_url": self.sandbox.tenant_url,
+                "auth": "refresh_token",
+                "client_id": creds.client_id,
+                "client_secret": creds.client_secret,
+                "refresh_token": creds.refresh_token,
+                "token_url": self.sandbox.token_url,
+                "page_size": self.page_size,
+                "max_attempts": 5,
+                "max_rate_limit_wait": 5.0,
+            },
+            overrides,
+        )
 
     # -- the tenant's data ---------------------------------------------------------------------
 
@@ -212,10 +212,8 @@ class SuperOfficeHarness(SandboxHarness):
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         ids = []
         for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-            self._serial += 1
-            person = self.tenant.create_person(
-                "Contract", f"Person {self._serial}", f"contract.{self._serial}@example.test", at=moment
-            )
+            name, email = self.new_name("Contract")
+            person = self.tenant.create_person("Contract", name, email, at=moment)
             ids.append(str(person.id))
         return ids
 
@@ -263,14 +261,13 @@ class SuperOfficeHarness(SandboxHarness):
         return state
 
     def change(self, record_id: str) -> None:
-        self._serial += 1
-        self.tenant.set_consent(int(record_id), "STORE", "MANUAL", "CONTRACT", f"changed {self._serial}")
+        self.tenant.set_consent(
+            int(record_id), "STORE", "MANUAL", "CONTRACT", f"changed {self.next_serial()}"
+        )
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
-        person = self.tenant.create_person(
-            "Hostile", str(self._serial), f"hostile.{self._serial}@example.test"
-        )
+        name, email = self.new_name("Hostile")
+        person = self.tenant.create_person("Hostile", name, email)
         self.tenant.set_consent(person.id, "STORE", "MANUAL", "LEGITIMATE", text)
         return str(person.id)
 
@@ -278,28 +275,19 @@ class SuperOfficeHarness(SandboxHarness):
         row = self.tenant.consent(int(record_id), "STORE")
         return row.comment if row is not None else None
 
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("Person", record_id, {"Comment_STORE": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        return RecordUpdate(
-            "Person", record_id, {"LegalBase_EMARKETING": "WITHDRAWN" if opted_out else "CONSENT"}
-        )
-
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
-        self._serial += 1
-        person = self.tenant.create_person("Demo", f"Person {self._serial}", email)
-        legal_base = self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
-        self.tenant.set_consent(person.id, "EMARKETING", "MANUAL", legal_base, "")
+        person = self.tenant.create_person("Demo", self.new_name("Person")[0], email)
+        self.tenant.set_consent(person.id, "EMARKETING", "MANUAL", self._emarketing_basis(opted_out), "")
         return str(person.id)
+
+    def _emarketing_basis(self, opted_out: bool) -> str:
+        """The legal basis of a new person's e-marketing consent: withdrawn or consent."""
+        return self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
 
     def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
         """A person (with an e-marketing consent) saved in a transaction that commits late."""
-        self._serial += 1
-        legal_base = self.tenant.withdrawn_legal_base if opted_out else "CONSENT"
-        person = self.tenant.begin_late_person(
-            "Late", f"Person {self._serial}", email, [("EMARKETING", "MANUAL", legal_base, "")]
-        )
+        consent = ("EMARKETING", "MANUAL", self._emarketing_basis(opted_out), "")
+        person = self.tenant.begin_late_person("Late", self.new_name("Person")[0], email, [consent])
         return str(person.id)
 
     def commit_late(self, record_id: str) -> None:

@@ -144,7 +144,6 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     endpoint_kinds = ENDPOINT_KINDS
     server_name = "Microsoft-IIS/10.0"
-    thread_name = "superoffice-sandbox"
 
     def __init__(
         self,

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
@@ -85,6 +84,7 @@ class VtigerHarness(SandboxHarness):
     object_type = "Contacts"
     read_fields = ("email", "emailoptout", "donotcall", "firstname")
     text_field = "firstname"
+    opt_out_field = "emailoptout"
     text_max_length = 40  # vtiger_contactdetails.firstname is varchar(40)
     page_size = 10  # the connector's page_size setting (Vtiger answers at most 100 rows)
     write_batch_size = 1  # revise: one record a call, Vtiger has no batch write
@@ -95,42 +95,34 @@ class VtigerHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = VtigerSandbox(VtigerCrm(privacy_guard=False, timezone=SERVER_TIMEZONE))
-        self._serial = 0
 
     # -- lifecycle and settings ----------------------------------------------------------------
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
         creds = self.sandbox.credentials
-        return {
-            "url": self.sandbox.url,
-            "username": creds.username,
-            "access_key": creds.access_key,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "page_size": self.page_size,
-            "crowded_second_overlap": 2,
-            "server_timezone": SERVER_TIMEZONE,
-            # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
-            "read_deletions": True,
-            "timeout": TIMEOUT,
-            "max_attempts": 5,
-            "max_rate_limit_wait": 5.0,
-            **overrides,
-        }
+        return self.sandbox_settings(
+            {
+                "url": self.sandbox.url,
+                "username": creds.username,
+                "access_key": creds.access_key,
+                "page_size": self.page_size,
+                "crowded_second_overlap": 2,
+                "server_timezone": SERVER_TIMEZONE,
+                # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
+                "read_deletions": True,
+                "max_attempts": 5,
+                "max_rate_limit_wait": 5.0,
+            },
+            overrides,
+        )
 
     # -- the CRM's data ------------------------------------------------------------------------
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         ids = []
         for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-            self._serial += 1
-            ids.append(
-                self.sandbox.crm.create(
-                    "Contacts",
-                    lastname=f"Contract {self._serial}",
-                    email=f"contract.{self._serial}@example.test",
-                    at=moment,
-                )
-            )
+            name, email = self.new_name("Contract")
+            ids.append(self.sandbox.crm.create("Contacts", lastname=name, email=email, at=moment))
         return ids
 
     def record_ids(self) -> list[str]:
@@ -178,41 +170,27 @@ class VtigerHarness(SandboxHarness):
         }
 
     def change(self, record_id: str) -> None:
-        self._serial += 1
-        self.sandbox.crm.revise(record_id, firstname=f"changed {self._serial}")
+        self.sandbox.crm.revise(record_id, firstname=f"changed {self.next_serial()}")
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
-        return self.sandbox.crm.create(
-            "Contacts",
-            lastname=f"Hostile {self._serial}",
-            email=f"hostile.{self._serial}@example.test",
-            firstname=text,
-        )
+        name, email = self.new_name("Hostile")
+        return self.sandbox.crm.create("Contacts", lastname=name, email=email, firstname=text)
 
     def read_text(self, record_id: str) -> Any:
         record = self.sandbox.crm.get(record_id)
         assert record is not None
         return record["firstname"]
 
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("Contacts", record_id, {"firstname": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        return RecordUpdate("Contacts", record_id, {"emailoptout": opted_out})
-
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact with this address (for ``consentsync demo --crms``)."""
-        self._serial += 1
         return self.sandbox.crm.create(
-            "Contacts", lastname=f"Person {self._serial}", email=email, emailoptout=opted_out
+            "Contacts", lastname=self.new_name("Person")[0], email=email, emailoptout=opted_out
         )
 
     def begin_late_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact saved in a transaction that commits late (see :meth:`commit_late`)."""
-        self._serial += 1
         return self.sandbox.crm.begin_late(
-            "Contacts", lastname=f"Person {self._serial}", email=email, emailoptout=opted_out
+            "Contacts", lastname=self.new_name("Person")[0], email=email, emailoptout=opted_out
         )
 
     def commit_late(self, record_id: str) -> None:

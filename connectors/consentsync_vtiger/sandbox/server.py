@@ -789,7 +789,6 @@ class VtigerSandbox(HttpsSandbox):
 
     endpoint_kinds = VTIGER_KINDS
     server_name = "Apache"
-    thread_name = "vtiger-sandbox"
 
     def __init__(
         self,

@@ -1,18 +1,23 @@
 """What every contract harness over an :class:`~consentsync.sandbox.server.HttpsSandbox` does the
-same way: start and stop the sandbox, the bad-credentials settings, the change times of a seed,
-switch the standard faults on and off, make records' writes fail, count API and write calls. A
-harness (:class:`consentsync.sdk.harness.ContractHarness`) subclasses :class:`SandboxHarness`,
-keeps its sandbox in ``self.sandbox`` and says ``timeout`` (the connector's, as its settings
-configure it), ``write_kinds`` (the endpoint kinds that write) and ``secret_setting`` (the
-setting holding the secret); it changes a fault's switches in ``fault_settings`` where its CRM
-needs other ones.
+same way: start and stop the sandbox, the settings every connector takes against it, the
+bad-credentials settings, the change times of a seed and a store's clock set to them, the text
+and opt-out updates the contract pushes, switch the standard faults on and off, make records'
+writes fail, count API and write calls. A harness
+(:class:`consentsync.sdk.harness.ContractHarness`) subclasses :class:`SandboxHarness`, keeps its
+sandbox in ``self.sandbox`` and says ``timeout`` (the connector's, as its settings configure it),
+``write_kinds`` (the endpoint kinds that write), ``secret_setting`` (the setting holding the
+secret), ``object_type``, ``text_field`` and ``opt_out_field`` (with ``opt_out_values``); it
+changes a fault's switches in ``fault_settings`` where its CRM needs other ones.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
+
+from consentsync.sdk.connector import RecordUpdate
 
 
 def standard_fault_settings(timeout: float) -> dict[str, dict[str, Any]]:
@@ -39,6 +44,14 @@ class SandboxHarness:
     fault_settings: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     #: The connector setting that holds the secret (token, key) the contract gets wrong.
     secret_setting: ClassVar[str] = "client_secret"
+    #: The record type the contract reads and writes, and its free-text field.
+    object_type: ClassVar[str]
+    text_field: ClassVar[str]
+    #: The field holding the person's email opt-out, and its values (not opted out, opted out).
+    opt_out_field: ClassVar[str]
+    opt_out_values: ClassVar[tuple[Any, Any]] = (False, True)
+    #: A counter for names and addresses no other seeded record has.
+    _serial: int = 0
 
     def start(self) -> None:
         self.sandbox.start()
@@ -50,6 +63,12 @@ class SandboxHarness:
         """The connector's settings against this sandbox: only the vendor's harness knows them
         (each built-in and the Acme example define it; the contract calls it first)."""
         raise NotImplementedError(f"{type(self).__name__} must define connector_settings for its sandbox")
+
+    def sandbox_settings(self, own: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """A connector's settings against this sandbox, for its harness's ``connector_settings``:
+        what every connector says (trust the sandbox's CA, time out after ``timeout``), then the
+        vendor's ``own``, then the caller's ``overrides`` (which win)."""
+        return {"ca_bundle": str(self.sandbox.ca_cert_path), "timeout": self.timeout, **own, **overrides}
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         return self.connector_settings(**{self.secret_setting: wrong_secret})
@@ -64,6 +83,37 @@ class SandboxHarness:
             return [now - dt.timedelta(hours=1)] * count
         start = now - dt.timedelta(seconds=count + 120)
         return [start + dt.timedelta(seconds=index) for index in range(count)]
+
+    @staticmethod
+    @contextmanager
+    def clock_at(store: Any, moment: dt.datetime) -> Iterator[None]:
+        """``store``'s users act at ``moment`` (its creation and change stamps): its ``clock``
+        answers ``moment`` until the block ends."""
+        original = store.clock
+        store.clock = lambda: moment
+        try:
+            yield
+        finally:
+            store.clock = original
+
+    def next_serial(self) -> int:
+        """The next number for a record's name and address (unique within this harness)."""
+        self._serial += 1
+        return self._serial
+
+    def new_name(self, kind: str) -> tuple[str, str]:
+        """A last name and an address no other record of this harness has (``Kind N``,
+        ``kind.N@example.test``), for the records a seed or a contract test creates."""
+        serial = self.next_serial()
+        return f"{kind} {serial}", f"{kind.lower()}.{serial}@example.test"
+
+    def text_update(self, record_id: str, text: str) -> RecordUpdate:
+        """An update setting ``text_field`` to ``text``."""
+        return RecordUpdate(self.object_type, record_id, {self.text_field: text})
+
+    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
+        """An update of ``opt_out_field`` to its opted-out (or not) value."""
+        return RecordUpdate(self.object_type, record_id, {self.opt_out_field: self.opt_out_values[opted_out]})
 
     def fail_writes(self, record_ids: Sequence[str]) -> None:
         self.sandbox.faults.fail_records(*record_ids)

@@ -137,7 +137,6 @@ class HttpsSandbox(ABC):
     faults_class: type[Faults] = Faults
     #: The ``Server`` header.
     server_name = "consentsync-sandbox"
-    thread_name = "sandbox"
 
     def __init__(
         self,
@@ -174,7 +173,7 @@ class HttpsSandbox(ABC):
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
-            name=self.thread_name,
+            name=type(self).__name__,  # the vendor's sandbox, in thread dumps and logs
             daemon=True,
         )
         self._thread.start()

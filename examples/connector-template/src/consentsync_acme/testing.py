@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
-from consentsync.sdk import RecordUpdate
 from consentsync.sdk.harness import FaultOutcome
 from consentsync_acme.sandbox import AcmeSandbox
 
@@ -16,8 +15,9 @@ TIMEOUT = 2.0
 
 class AcmeHarness(SandboxHarness):
     # The fault switches and call counts come from the sandbox kit (fail_writes, set_fault,
-    # clear_faults, faults_injected, api_calls, write_calls); it needs the timeout the settings
-    # give the connector and the endpoint kinds that write.
+    # clear_faults, faults_injected, api_calls, write_calls), and so do text_update and
+    # consent_update (from object_type, text_field and opt_out_field); it needs the timeout the
+    # settings give the connector and the endpoint kinds that write.
     timeout = TIMEOUT
     write_kinds = ("batch",)
     secret_setting = "api_key"
@@ -25,6 +25,7 @@ class AcmeHarness(SandboxHarness):
     object_type = "contacts"
     read_fields = ("email", "note", "unsubscribed")
     text_field = "note"
+    opt_out_field = "unsubscribed"
     text_max_length = 500
     page_size = 20
     write_batch_size = 50
@@ -33,23 +34,22 @@ class AcmeHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = AcmeSandbox()
-        self._serial = 0
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return {
-            "api_url": self.sandbox.base_url,
-            "api_key": self.sandbox.api_key,
-            "ca_bundle": str(self.sandbox.ca_cert_path),
-            "page_size": self.page_size,
-            "timeout": TIMEOUT,
-            **overrides,
-        }
+        # sandbox_settings adds what every connector says: trust the sandbox's CA, its timeout.
+        return self.sandbox_settings(
+            {
+                "api_url": self.sandbox.base_url,
+                "api_key": self.sandbox.api_key,
+                "page_size": self.page_size,
+            },
+            overrides,
+        )
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         made = []
         for moment in self.seed_times(count, shared_modstamp=shared_modstamp, now=self.sandbox.now()):
-            self._serial += 1
-            made.append(self.sandbox.create({"email": f"acme.{self._serial}@example.test"}, at=moment))
+            made.append(self.sandbox.create({"email": self.new_name("acme")[1]}, at=moment))
         return made
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
@@ -73,17 +73,10 @@ class AcmeHarness(SandboxHarness):
         self.sandbox.update(record_id, {"name": "changed"})
 
     def create_with_text(self, text: str) -> str:
-        self._serial += 1
-        return self.sandbox.create({"email": f"hostile.{self._serial}@example.test", "note": text})
+        return self.sandbox.create({"email": self.new_name("Hostile")[1], "note": text})
 
     def read_text(self, record_id: str) -> Any:
         return self.sandbox.contacts[record_id].get("note")
-
-    def text_update(self, record_id: str, text: str) -> RecordUpdate:
-        return RecordUpdate("contacts", record_id, {"note": text})
-
-    def consent_update(self, record_id: str, opted_out: bool) -> RecordUpdate:
-        return RecordUpdate("contacts", record_id, {"unsubscribed": opted_out})
 
     def read_opted_out(self, record_id: str) -> bool:
         return bool(self.sandbox.contacts[record_id]["unsubscribed"])
