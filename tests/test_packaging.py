@@ -41,7 +41,9 @@ def test_the_sandboxes_are_their_own_distribution_and_the_demo_extra() -> None:
     own = tomllib.loads((ROOT / "sandboxes" / "pyproject.toml").read_text())
     version = main["project"]["version"]
     assert own["project"]["version"] == version
-    assert own["project"]["dependencies"] == [f"consentsync=={version}"]
+    # consentsync at the same version, and trustme for the sandboxes' throw-away CA (only they need it).
+    assert sorted(own["project"]["dependencies"]) == [f"consentsync=={version}", "trustme>=1.2"]
+    assert not [d for d in main["project"]["dependencies"] if d.startswith("trustme")]
     assert f"consentsync-sandboxes=={version}" in main["project"]["optional-dependencies"]["demo"]
     excluded = main["tool"]["setuptools"]["packages"]["find"]["exclude"]
     assert {"consentsync.sandbox", "*.sandbox", "*.sandbox.*"} <= set(excluded)
@@ -182,9 +184,6 @@ VENDOR_NAMED_IN_CORE = {
     "cli_sync.py": VENDORS,
     # the mapping file format's field descriptions (docs, in the JSON Schema) give examples
     "mapping.py": ("salesforce",),
-    # the crash harness drives the Salesforce sandbox; it belongs to the sync engine's owner, who
-    # is to take the sandbox and settings from the harness (consentsync.harnesses) instead
-    "sync/crashtest.py": ("salesforce",),
 }
 
 

@@ -17,8 +17,8 @@ from consentsync.app import open_ledger, open_sync
 from consentsync.config import ConfigError, load_config
 from consentsync.demo import find_mappings
 from consentsync.ledger.schema import crm_links, subject_identifiers
-from consentsync.sync.crashtest import CONNECTOR, write_config
 from consentsync.sync.engine import SyncOptions
+from tests.integration.crash_config import CONNECTOR, write_config
 
 ERASED = "erase.me@example.test"
 KEPT = "keep.me@example.test"

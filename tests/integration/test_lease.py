@@ -22,8 +22,8 @@ from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config
 from consentsync.demo import find_mappings
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
-from consentsync.sync.crashtest import CONNECTOR, sync_command, write_config
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
+from tests.integration.crash_config import CONNECTOR, sync_command, write_config
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.config import load_config
 from consentsync.demo import find_mappings
-from consentsync.sync.crashtest import sync_command, write_config
+from tests.integration.crash_config import sync_command, write_config
 
 
 class Outage:

@@ -238,9 +238,12 @@ def available_harnesses() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=HARNESS_GROUP)}
 
 
-def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = "contract") -> Path:
+def write_sync_config(
+    harness: ContractHarness, directory: Path, *, name: str = "contract", batch_size: int | None = None
+) -> Path:
     """A consentsync.yaml in ``directory``: the starter config, a SQLite ledger beside it and one
-    connector, ``name``, configured against the harness's sandbox."""
+    connector, ``name``, configured against the harness's sandbox (reading ``batch_size`` records
+    a page where given)."""
     import yaml
 
     from consentsync.config import write_starter
@@ -259,6 +262,7 @@ def write_sync_config(harness: ContractHarness, directory: Path, *, name: str = 
             # The contract checks what a connector pushes: two-way, every record may be pushed to.
             "mode": "two_way",
             "push_guard": {"max_records": None, "max_share": None},
+            **({"batch_size": batch_size} if batch_size else {}),
         }
     ]
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

@@ -1,0 +1,231 @@
+"""Crash-safety trials for any registered connector: SIGKILL `consentsync sync` at random moments,
+restart it, and check that the ledger, the CRM and the audit log end exactly as after an
+uninterrupted run.
+
+The connector's sandbox comes from its contract harness (entry-point group
+``consentsync.harnesses``), which must seed an existing org and read its store back
+(``AdoptionHarness``): the built-ins and a third party's connector alike.
+
+Each killed run dies in one of these ways, chosen at random (the report counts each):
+
+* ``timed``: SIGKILL from outside after a random delay (whatever the run was doing);
+* ``read``: the run kills itself after reading its N-th page, before committing it;
+* ``push-sent``: after marking a push batch sent, before the CRM sees it;
+* ``push-answered``: after the CRM answered a push batch (the writes are applied), before the
+  ledger commits the answer: the case where a lost acknowledgement must not become evidence.
+
+Used by bench/crash_soak.py (50+ trials a connector) and by the test suite (a handful).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from consentsync import audit
+from consentsync.app import open_ledger
+from consentsync.config import load_config
+from consentsync.ledger.schema import audit_entries, consent_events, outbox
+from consentsync.sdk.harness import AdoptionHarness, available_harnesses, write_sync_config
+
+# The connector's name in the trial's configuration.
+CONNECTOR = "crm"
+KILL_PHASES = ("timed", "read", "push-sent", "push-answered")
+PAGE = 10
+
+
+@dataclass
+class Trial:
+    kills: int = 0
+    runs: int = 0
+    problems: list[str] = field(default_factory=list)
+    kills_by_phase: Counter[str] = field(default_factory=Counter)
+
+
+def failpoints(phase: str, rng: random.Random) -> str | None:
+    """The CONSENTSYNC_FAILPOINTS value that makes a run die in ``phase``."""
+    if phase == "read":
+        return f"sync.page.read=kill@{rng.randint(1, 6)}"
+    if phase == "push-sent":
+        return "sync.push.sent=kill@1"
+    if phase == "push-answered":
+        return f"sync.push.answered=kill@{rng.randint(1, 2)}"
+    return None
+
+
+def sync_command(config_path: Path, connector: str = CONNECTOR) -> list[str]:
+    """`consentsync --config PATH sync CONNECTOR`, with this interpreter's consentsync."""
+    return [str(Path(sys.executable).parent / "consentsync"), "--config", str(config_path), "sync", connector]
+
+
+def run_killed(config_path: Path, env: dict[str, str], *, kill_after: float | None) -> bool:
+    """Runs one sync in its own process; SIGKILLs it after ``kill_after`` seconds if still running.
+    Returns True when the process was killed."""
+    process = subprocess.Popen(
+        sync_command(config_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        # A run killed by its own failpoint ends with -SIGKILL.
+        return process.wait(timeout=kill_after if kill_after is not None else 120) == -signal.SIGKILL
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            raise
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return True
+
+
+def quiesce(config_path: Path, env: dict[str, str], trial: Trial) -> None:
+    """Uninterrupted runs until a run has nothing to read beyond its own echoes and nothing to push.
+    Four are plenty: the first resumes, the second reads the first's echoes, the rest find nothing."""
+    for _ in range(4):
+        trial.runs += 1
+        done = subprocess.run(sync_command(config_path), env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])[-600:]
+            trial.problems.append(f"a clean run after the kills exited {done.returncode}: {tail}")
+
+
+def crm_state(harness: AdoptionHarness) -> list[tuple[tuple[str, str], ...]]:
+    """The CRM's records as the harness reads them from its store, without their ids (each
+    sandbox makes its own): one sorted tuple of (field, value) per record, in a sorted list."""
+    store = harness.store_state()
+    ids = {part for key in store for part in key.split("/")}
+    return sorted(
+        tuple(sorted((name, str(value)) for name, value in fields.items() if str(value) not in ids))
+        for fields in store.values()
+    )
+
+
+def end_state(config_path: Path, harness: AdoptionHarness) -> dict[str, Any]:
+    """The ledger (events, states, audit chain), the outbox and the CRM after the trial's runs."""
+    ledger = open_ledger(load_config(config_path))
+    try:
+        with ledger.engine.connect() as conn:
+            verified = audit.verify(conn)
+            events = conn.execute(select(consent_events.c.subject_id)).all()
+            pushed = [e["what"].get("outbox") for e in audit.entries(conn, action="crm.pushed")]
+            done = conn.execute(select(outbox.c.id).where(outbox.c.status == "done")).scalars().all()
+            pending = conn.execute(select(outbox.c.id).where(outbox.c.status == "pending")).scalars().all()
+            actions = Counter(conn.execute(select(audit_entries.c.action)).scalars().all())
+            emails = [
+                row[0]
+                for row in conn.exec_driver_sql("SELECT value FROM subject_identifiers WHERE kind = 'email'")
+            ]
+        states = {}
+        for email in emails:
+            view = ledger.subject_view(email)
+            states[email] = sorted(
+                (p["purpose"], p["channel"], p["status"], p["suppressed"]) for p in view["purposes"]
+            )
+    finally:
+        ledger.engine.dispose()
+    return {
+        "verified": verified.ok,
+        "events": len(events),
+        "pushed_outbox_ids": pushed,
+        "outbox_done": len(done),
+        "outbox_pending": len(pending),
+        "subject_created": actions["subject.created"],
+        "consent_recorded": actions["consent.recorded"],
+        "states": states,
+        "crm": crm_state(harness),
+    }
+
+
+def compare(reference: dict[str, Any], trial: dict[str, Any]) -> list[str]:
+    problems = []
+    if not trial["verified"]:
+        problems.append("audit verify failed")
+    duplicates = [i for i, n in Counter(trial["pushed_outbox_ids"]).items() if n > 1]
+    if duplicates:
+        problems.append(f"push audited twice for outbox rows {duplicates[:5]}")
+    if len(trial["pushed_outbox_ids"]) != trial["outbox_done"]:
+        problems.append(
+            f"{len(trial['pushed_outbox_ids'])} push entries for {trial['outbox_done']} done rows"
+        )
+    if trial["outbox_pending"]:
+        problems.append(f"{trial['outbox_pending']} pushes still pending")
+    for name in ("states", "crm", "events", "subject_created", "consent_recorded"):
+        if trial[name] != reference[name]:
+            problems.append(f"{name} differs from the uninterrupted run")
+    return problems
+
+
+def started_harness(vendor: str) -> AdoptionHarness:
+    """The vendor's harness (entry point), its sandbox started and seeded as an existing org."""
+    harnesses = available_harnesses()
+    if vendor not in harnesses:
+        raise LookupError(
+            f"no harness registered for {vendor!r}: installed are {', '.join(sorted(harnesses))}"
+        )
+    harness = harnesses[vendor].load()()
+    if not (hasattr(harness, "seed_existing_org") and hasattr(harness, "store_state")):
+        raise LookupError(f"{vendor}: its harness cannot seed an existing org or read its store back")
+    harness.start()
+    harness.seed_existing_org()
+    return harness
+
+
+def configured(harness: Any, folder: Path) -> Path:
+    """The trial's consentsync.yaml (a SQLite ledger beside it, migrated)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # Small pages: a run is killed between pages as well as inside the last one.
+    config = write_sync_config(harness, folder, name=CONNECTOR, batch_size=PAGE)
+    open_ledger(load_config(config), migrate=True).engine.dispose()
+    return config
+
+
+def run_trials(
+    vendor: str,
+    trials: int,
+    *,
+    seed: int = 1,
+    workdir: Path,
+    max_kill_after: float = 3.0,
+    phases: tuple[str, ...] = KILL_PHASES,
+) -> list[Trial]:
+    """``trials`` sandboxes seeded alike, each synced by one to three killed runs and then to
+    quiescence, each compared with one uninterrupted run's end."""
+    rng = random.Random(seed)
+    env = {k: v for k, v in os.environ.items() if k != "CONSENTSYNC_CONFIG"}
+    reference_harness = started_harness(vendor)
+    try:
+        config = configured(reference_harness, workdir / "reference")
+        quiesce(config, env, Trial())
+        reference = end_state(config, reference_harness)
+    finally:
+        reference_harness.stop()
+    results = []
+    for number in range(trials):
+        trial, harness = Trial(), started_harness(vendor)
+        try:
+            config = configured(harness, workdir / f"trial-{number}")
+            for _ in range(rng.randint(1, 3)):
+                trial.runs += 1
+                phase = rng.choice(phases)
+                points = failpoints(phase, rng)
+                run_env = {**env, "CONSENTSYNC_FAILPOINTS": points} if points else env
+                # A failpoint run its point does not kill (too few pages or pushes) is still
+                # bounded by the timed kill.
+                kill_after = rng.uniform(0.3, max_kill_after) if not points else 60
+                killed = run_killed(config, run_env, kill_after=kill_after)
+                trial.kills += killed
+                trial.kills_by_phase[phase] += killed
+            quiesce(config, env, trial)
+            trial.problems += compare(reference, end_state(config, harness))
+        finally:
+            harness.stop()
+        results.append(trial)
+        shutil.rmtree(workdir / f"trial-{number}", ignore_errors=True)
+    return results
