@@ -18,14 +18,13 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, case, func, select, text
 
@@ -45,6 +44,7 @@ STREAK_WINDOW = 100
 RUN_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 
 Clock = Callable[[], datetime]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _utcnow() -> datetime:
@@ -387,41 +387,39 @@ def late_suppressions(
 # -- the HTTP server -----------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "consentsync"
-    sys_version = ""
+def health_app(owner: HealthServer) -> WsgiApp:
+    """A WSGI app: prometheus-client's own ``/metrics`` app (content negotiation, OpenMetrics,
+    gzip, ``name[]`` filters) over the daemon's registry, beside ``/healthz`` and ``/readyz``."""
+    metrics_app = make_wsgi_app(owner.metrics.registry)
 
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        owner = self.server.owner
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            self._send(HTTPStatus.OK, owner.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._send(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            status, body, content_type = HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8"
         elif path == "/readyz":
-            ready, body = readiness(owner.engine, owner.failure_threshold)
+            ready, answer = readiness(owner.engine, owner.failure_threshold)
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-            self._send(status, json.dumps(body).encode() + b"\n", "application/json")
+            body, content_type = json.dumps(answer).encode() + b"\n", "application/json"
         else:
-            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            status, body, content_type = HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8"
+        start_response(
+            f"{status.value} {status.phrase}",
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+    return app
 
+
+class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http.request", client=self.client_address[0], line=format % args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: HealthServer
 
 
 class HealthServer:
@@ -442,14 +440,15 @@ class HealthServer:
         self.host = host
         self.port = port
         self.failure_threshold = failure_threshold
-        self._server: _Server | None = None
+        self._server: ThreadingWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> HealthServer:
         if self._server is not None:
             return self
-        server = _Server((self.host, self.port), _Handler)
-        server.owner = self
+        server = make_server(
+            self.host, self.port, health_app(self), ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self._server = server
         self.port = server.server_address[1]
         self._thread = threading.Thread(
