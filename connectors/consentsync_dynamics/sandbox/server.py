@@ -656,9 +656,10 @@ class DynamicsSandbox(HttpsSandbox):
             headers = {"Preference-Applied": ",".join(applied)}
             # Links keep the $select as the client wrote it.
             link_select = request.param("$select") or select_text
+            read = _TrackedRead(api, table, names, link_select, context, size, headers)
             if delta is not None:
-                return self._delta(api, table, names, link_select, context, delta, state, size, headers)
-            return self._initial_load(api, table, names, link_select, context, state, size, headers)
+                return self._delta(read, delta, state)
+            return self._initial_load(read, state)
         headers = {"Preference-Applied": ",".join(applied)} if applied else {}
         types = table.types()
         keep = (
@@ -703,19 +704,10 @@ class DynamicsSandbox(HttpsSandbox):
             body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
         return _json(200, body, headers)
 
-    def _initial_load(
-        self,
-        api: str,
-        table: Table,
-        names: list[str],
-        select_text: str,
-        context: str,
-        state: dict[str, Any],
-        size: int,
-        headers: dict[str, str],
-    ) -> SandboxResponse:
+    def _initial_load(self, read: _TrackedRead, state: dict[str, Any]) -> SandboxResponse:
         """Every row, by id; the delta link names the version at the first page, so a change made
         while the pages are read comes again in the next delta."""
+        table, size = read.table, read.size
         with self.environment.lock:
             snapshot = int(state.get("v", self.environment.version))
             after = state.get("after")
@@ -728,34 +720,16 @@ class DynamicsSandbox(HttpsSandbox):
                 key=lambda r: r[table.primary_id],
             )
         page = rows[:size]
-        body: dict[str, Any] = {
-            "@odata.context": context + "/$delta",
-            "value": [self._render(table, r, names) for r in page],
-        }
-        params = {"$select": select_text}
-        if len(rows) > size:
-            params["$skiptoken"] = _encode_state({"v": snapshot, "after": page[-1][table.primary_id]})
-            body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
-        else:
-            params["$deltatoken"] = self._delta_token(snapshot)
-            body["@odata.deltaLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
-        return _json(200, body, headers)
+        more = {"v": snapshot, "after": page[-1][table.primary_id]} if len(rows) > size else None
+        value = [self._render(table, r, read.names) for r in page]
+        return read.page(value, more=more, delta_token=self._delta_token(snapshot))
 
     def _delta_token(self, version: int) -> str:
         return f"{version}!{datetime.now(UTC):%m/%d/%Y %H:%M:%S}"
 
-    def _delta(
-        self,
-        api: str,
-        table: Table,
-        names: list[str],
-        select_text: str,
-        context: str,
-        token: str,
-        state: dict[str, Any],
-        size: int,
-        headers: dict[str, str],
-    ) -> SandboxResponse:
+    def _delta(self, read: _TrackedRead, token: str, state: dict[str, Any]) -> SandboxResponse:
+        """The changes (and deletions) since the version ``token`` names, by version."""
+        table, size = read.table, read.size
         match = re.fullmatch(r"(\d+)!(\d{2}/\d{2}/\d{4} \d{2}:\d{2}:\d{2})", unquote(token))
         if match is None:
             raise ODataError(f"The delta token '{token}' is not valid.")
@@ -789,23 +763,15 @@ class DynamicsSandbox(HttpsSandbox):
             if row is None:
                 value.append(
                     {
-                        "@odata.context": f"{api}/$metadata#{table.entity_set}/$deletedEntity",
+                        "@odata.context": f"{read.api}/$metadata#{table.entity_set}/$deletedEntity",
                         "id": rid,
                         "reason": "deleted",
                     }
                 )
             else:
-                value.append(self._render(table, row, names))
-        body: dict[str, Any] = {"@odata.context": context + "/$delta", "value": value}
-        params = {"$select": select_text}
-        if len(events) > size:
-            params["$deltatoken"] = token
-            params["$skiptoken"] = _encode_state({"v": upto, "after": [page[-1][0], page[-1][1]]})
-            body["@odata.nextLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
-        else:
-            params["$deltatoken"] = self._delta_token(upto)
-            body["@odata.deltaLink"] = f"{api}/{table.entity_set}?{urlencode(params, quote_via=quote)}"
-        return _json(200, body, headers)
+                value.append(self._render(table, row, read.names))
+        more = {"v": upto, "after": [page[-1][0], page[-1][1]]} if len(events) > size else None
+        return read.page(value, more=more, delta_token=self._delta_token(upto), token=token)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -901,6 +867,45 @@ class DynamicsSandbox(HttpsSandbox):
             response = _json(error.status, {"error": {"code": error.code, "message": error.message}})
         response.headers = {"OData-Version": "4.0", **response.headers}
         return response
+
+
+@dataclass(frozen=True)
+class _TrackedRead:
+    """What every page of one change-tracking read shares: its API root, table and columns, the
+    ``$select`` its links keep as the client wrote it, its context, page size and headers."""
+
+    api: str
+    table: Table
+    names: list[str]
+    select_text: str
+    context: str
+    size: int
+    headers: dict[str, str]
+
+    def page(
+        self,
+        value: list[dict[str, Any]],
+        *,
+        more: dict[str, Any] | None,
+        delta_token: str,
+        token: str | None = None,
+    ) -> SandboxResponse:
+        """One page: a next link going on from ``more`` (with the read's own ``token``, for a
+        delta) while rows remain, else the delta link naming ``delta_token``."""
+        body: dict[str, Any] = {"@odata.context": self.context + "/$delta", "value": value}
+        params = {"$select": self.select_text}
+        if more is not None:
+            if token is not None:
+                params["$deltatoken"] = token
+            params["$skiptoken"] = _encode_state(more)
+            body["@odata.nextLink"] = self._link(params)
+        else:
+            params["$deltatoken"] = delta_token
+            body["@odata.deltaLink"] = self._link(params)
+        return _json(200, body, self.headers)
+
+    def _link(self, params: dict[str, str]) -> str:
+        return f"{self.api}/{self.table.entity_set}?{urlencode(params, quote_via=quote)}"
 
 
 class _Unauthorized(Exception):

@@ -78,6 +78,7 @@ from pathlib import Path
 from typing import Any, Unpack
 from urllib.parse import unquote
 
+from consentsync.sandbox.people import crowded_seconds
 from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
@@ -591,9 +592,7 @@ class HubSpotPortal:
         milliseconds (imports and workflows touch many contacts at once)."""
         rng = random.Random(seed)
         now = self.now()
-        moments = [
-            now - dt.timedelta(seconds=rng.randrange(60, days * 86400)) for _ in range(max(3, count // 30))
-        ]
+        moments = crowded_seconds(rng, now, max(3, count // 30), days=days)
         made = []
         for index in range(count):
             first = rng.choice(
@@ -865,9 +864,7 @@ class HubSpotSandbox(HttpsSandbox):
     # -- CRM objects ---------------------------------------------------------------------------
 
     def _h_search(self, request: SandboxRequest) -> SandboxResponse:
-        body = request.json()
-        if not isinstance(body, dict):
-            raise HubSpotApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        body = request.json_object()
         groups = body.get("filterGroups") or []
         sorts = body.get("sorts") or []
         limit = body.get("limit", 10)
@@ -1217,9 +1214,7 @@ class HubSpotSandbox(HttpsSandbox):
         )
 
     def _subscription_request(self, request: SandboxRequest) -> tuple[str, str, str | None, str | None]:
-        body = request.json()
-        if not isinstance(body, dict):
-            raise HubSpotApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object")
+        body = request.json_object()
         missing = [k for k in ("emailAddress", "subscriptionId") if not body.get(k)]
         if missing:
             raise HubSpotApiError(

@@ -13,9 +13,9 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
+from consentsync.sandbox.people import crowded_seconds, random_person
 from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, IdGenerator, to18
 from consentsync_salesforce.sandbox.soql import TEXT_TYPES, BoundQuery, bind, parse, parse_datetime_literal
 
@@ -767,19 +767,10 @@ class SalesforceOrg:
         """Delete records of any objects (to the recycle bin): one entry per id, None for
         success. With ``all_or_none`` nothing is deleted when any id fails."""
         with self.lock:
-            planned: list[tuple[ObjectDef, dict[str, Any]] | RecordError] = []
-            for record_id in record_ids:
-                try:
-                    planned.append(self._plan_delete(record_id, lock_check))
-                except RecordError as exc:
-                    planned.append(exc)
-            if all_or_none and any(isinstance(p, RecordError) for p in planned):
-                rolled = RecordError(
-                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-                    "Record rolled back because not all records were valid and the request was using "
-                    "AllOrNone header",
-                )
-                return [p if isinstance(p, RecordError) else rolled for p in planned]
+            planned = _plan_each(record_ids, lambda record_id: self._plan_delete(record_id, lock_check))
+            refused = _rolled_back(planned, all_or_none)
+            if refused is not None:
+                return refused
             now = self.now()
             results: list[RecordError | None] = []
             for plan in planned:
@@ -917,20 +908,10 @@ class SalesforceOrg:
         one entry per item, None for success. With ``all_or_none`` nothing is saved when any item
         fails, and the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK."""
         with self.lock:
-            plans: list[_Planned | RecordError] = []
-            for sobject, record_id, fields in items:
-                try:
-                    plans.append(self._plan(sobject, record_id, fields, lock_check))
-                except RecordError as exc:
-                    plans.append(exc)
-            failed = any(isinstance(p, RecordError) for p in plans)
-            if all_or_none and failed:
-                rolled = RecordError(
-                    "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-                    "Record rolled back because not all records were valid and the request was using "
-                    "AllOrNone header",
-                )
-                return [p if isinstance(p, RecordError) else rolled for p in plans]
+            plans = _plan_each(items, lambda item: self._plan(*item, lock_check))
+            refused = _rolled_back(plans, all_or_none)
+            if refused is not None:
+                return refused
             now = self.now()
             results: list[RecordError | None] = []
             for plan in plans:
@@ -1125,9 +1106,8 @@ class SalesforceOrg:
         """
         rng = random.Random(seed)
         now = (now or self.now()).astimezone(dt.UTC).replace(microsecond=0)
-        span = max(1, days * 86400)
         buckets = max(5, n // 25)
-        seconds = [now - dt.timedelta(seconds=rng.randrange(60, span)) for _ in range(buckets)]
+        seconds = crowded_seconds(rng, now, buckets, days=days)
         weights = [1.0 / (rank + 1) for rank in range(buckets)]
 
         def stamp() -> dt.datetime:
@@ -1151,9 +1131,7 @@ class SalesforceOrg:
                 r["Email"].lower() for r in self._records["Contact"].values() if r["Email"]
             }
             for index in range(n):
-                first = rng.choice(FIRST_NAMES)
-                last = rng.choice(LAST_NAMES)
-                email = make_email(rng, first, last, index, used_emails)
+                first, last, email = random_person(rng, index, used_emails)
                 modstamp = stamp()
                 individual_id = None
                 if rng.random() < individual_share:
@@ -1356,6 +1334,33 @@ def _json_kind(value: Any) -> str:
     if isinstance(value, list):
         return "START_ARRAY"
     return "VALUE_STRING"
+
+
+_T = TypeVar("_T")
+_P = TypeVar("_P")
+
+
+def _plan_each(items: Iterable[_T], plan: Callable[[_T], _P]) -> list[_P | RecordError]:
+    """Each item's plan, or the error that refuses it (a write checks every record first)."""
+    plans: list[_P | RecordError] = []
+    for item in items:
+        try:
+            plans.append(plan(item))
+        except RecordError as exc:
+            plans.append(exc)
+    return plans
+
+
+def _rolled_back(plans: Sequence[object], all_or_none: bool) -> list[RecordError | None] | None:
+    """With AllOrNone and a refused record, the answer of every record (its own error, or
+    ALL_OR_NONE_OPERATION_ROLLED_BACK for the others); None when the write goes ahead."""
+    if not (all_or_none and any(isinstance(p, RecordError) for p in plans)):
+        return None
+    rolled = RecordError(
+        "ALL_OR_NONE_OPERATION_ROLLED_BACK",
+        "Record rolled back because not all records were valid and the request was using AllOrNone header",
+    )
+    return [p if isinstance(p, RecordError) else rolled for p in plans]
 
 
 def _consent_values(rng: random.Random) -> dict[str, Any]:

@@ -753,9 +753,9 @@ class SalesforceSandbox(HttpsSandbox):
     def _h_describe(self, _request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
         return _json_response(200, self._object(sobject).describe(version))
 
-    def _h_sobject_get(
-        self, request: SandboxRequest, version: str, sobject: str, record_id: str
-    ) -> SandboxResponse:
+    def _record_path(self, sobject: str, record_id: str) -> tuple[ObjectDef, str]:
+        """The object and the 18-character id a record URL names; 404 when the id is no id of
+        that object (as Salesforce reads it then: an external id it does not know)."""
         obj = self._object(sobject)
         full = to18(record_id)
         if full is None or full[:3] != obj.key_prefix:
@@ -764,6 +764,12 @@ class SalesforceSandbox(HttpsSandbox):
                 "NOT_FOUND",
                 f"Provided external ID field does not exist or is not accessible: {record_id}",
             )
+        return obj, full
+
+    def _h_sobject_get(
+        self, request: SandboxRequest, version: str, sobject: str, record_id: str
+    ) -> SandboxResponse:
+        obj, full = self._record_path(sobject, record_id)
         names = list(obj.fields)
         wanted = request.param("fields")
         if wanted:
@@ -786,9 +792,7 @@ class SalesforceSandbox(HttpsSandbox):
 
     def _h_sobject_create(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
         obj = self._object(sobject)
-        body = request.json()
-        if not isinstance(body, dict):
-            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        body = request.json_object()
         fields = {k: v for k, v in body.items() if k != "attributes"}
         converted = self.org.convert_json_fields(obj, fields)
         try:
@@ -801,9 +805,7 @@ class SalesforceSandbox(HttpsSandbox):
         self, request: SandboxRequest, version: str, sobject: str, record_id: str
     ) -> SandboxResponse:
         obj = self._object(sobject)
-        body = request.json()
-        if not isinstance(body, dict):
-            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        body = request.json_object()
         fields = {k: v for k, v in body.items() if k not in ("attributes", "Id", "id")}
         converted = self.org.convert_json_fields(obj, fields)
         result = self.org.apply_updates(
@@ -826,14 +828,7 @@ class SalesforceSandbox(HttpsSandbox):
     def _h_sobject_delete(
         self, request: SandboxRequest, version: str, sobject: str, record_id: str
     ) -> SandboxResponse:
-        obj = self._object(sobject)
-        full = to18(record_id)
-        if full is None or full[:3] != obj.key_prefix:
-            raise ApiError(
-                404,
-                "NOT_FOUND",
-                f"Provided external ID field does not exist or is not accessible: {record_id}",
-            )
+        full = self._record_path(sobject, record_id)[1]
         try:
             self.org.delete(full)
         except RecordError as exc:
@@ -960,9 +955,7 @@ class SalesforceSandbox(HttpsSandbox):
         return job
 
     def _h_bulk_create(self, request: SandboxRequest, version: str) -> SandboxResponse:
-        body = request.json()
-        if not isinstance(body, dict):
-            raise ApiError(400, "JSON_PARSER_ERROR", "Expected a JSON object")
+        body = request.json_object()
         obj = self.org.resolve(str(body.get("object") or ""))
         if obj is None:
             raise ApiError(

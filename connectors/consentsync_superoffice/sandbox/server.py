@@ -330,9 +330,7 @@ class SuperOfficeSandbox(HttpsSandbox):
         return SandboxResponse(204, b"", None)
 
     def _body(self, request: SandboxRequest, *names: str) -> dict[str, Any]:
-        body = request.json()
-        if not isinstance(body, dict):
-            raise SuperOfficeError(400, "ArgumentException", "The request body must be a JSON object")
+        body = request.json_object()
         # SuperOffice binds properties case-insensitively.
         lowered = {str(k).lower(): v for k, v in body.items()}
         return {name: lowered.get(name.lower()) for name in names}

@@ -85,7 +85,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
+from consentsync.sandbox.people import LAST_NAMES, crowded_seconds, random_person
 from consentsync.sandbox.server import (
     HttpsSandbox,
     Route,
@@ -565,10 +565,8 @@ class VtigerCrm:
         Deterministic for a given ``seed`` and ``now``."""
         rng = random.Random(seed)
         now = (now or self.now()).replace(microsecond=0)
-        buckets = [
-            now - dt.timedelta(seconds=rng.randrange(120, days * 86400)) for _ in range(max(5, n // 20))
-        ]
-        import_second = now - dt.timedelta(seconds=rng.randrange(120, days * 86400))
+        buckets = crowded_seconds(rng, now, max(5, n // 20), days=days, after=120)
+        (import_second,) = crowded_seconds(rng, now, 1, days=days, after=120)
         burst = n // 3 if burst is None else burst
         used: set[str] = set()
         made: dict[str, list[str]] = {"contacts": [], "leads": [], "accounts": [], "consents": []}
@@ -596,8 +594,7 @@ class VtigerCrm:
                     )
                 )
             for index in range(n):
-                first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-                email = make_email(rng, first, last, index, used)
+                first, last, email = random_person(rng, index, used)
                 if index % 41 == 7:
                     email = f"o'{email}"  # a quote in the address, as people do have
                 contact = self.create(

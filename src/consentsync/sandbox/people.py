@@ -1,18 +1,36 @@
 """Generated people for every sandbox's seed: first and last names from across Europe (accents,
 apostrophes, particles: what breaks naive escaping), and email addresses made from them the way
-people make theirs. Shared so that every vendor's sandbox seeds the same kind of population."""
+people make theirs, and the crowded seconds their change stamps fall on. Shared so that every
+vendor's sandbox seeds the same kind of population."""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import unicodedata
 
-__all__ = ["DOMAINS", "FIRST_NAMES", "LAST_NAMES", "make_email"]
+__all__ = ["DOMAINS", "FIRST_NAMES", "LAST_NAMES", "crowded_seconds", "make_email", "random_person"]
 
 
 def _ascii(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(c for c in folded.lower() if c.isalnum() or c in "'-")
+
+
+def random_person(rng: random.Random, index: int, used: set[str]) -> tuple[str, str, str]:
+    """The ``index``-th generated person of a seed: first name, last name and an address that
+    ``used`` (lower-cased, updated) does not hold yet."""
+    first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+    return first, last, make_email(rng, first, last, index, used)
+
+
+def crowded_seconds(
+    rng: random.Random, now: dt.datetime, count: int, *, days: int, after: int = 60
+) -> list[dt.datetime]:
+    """``count`` moments of the past ``days`` days (at least ``after`` seconds before ``now``) on
+    which a seed's change stamps crowd, as imports and mass updates make many records share one
+    second in a real CRM (what a connector's paging must get right)."""
+    return [now - dt.timedelta(seconds=rng.randrange(after, days * 86400)) for _ in range(count)]
 
 
 def make_email(rng: random.Random, first: str, last: str, index: int, used: set[str]) -> str:

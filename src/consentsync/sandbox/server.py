@@ -84,6 +84,14 @@ class SandboxRequest:
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestBodyError(f"Unexpected character: {exc}") from None
 
+    def json_object(self) -> dict[str, Any]:
+        """The body as a JSON object; anything else is the client's error (:class:`RequestBodyError`,
+        which each vendor's ``error_response`` answers its way)."""
+        body = self.json()
+        if not isinstance(body, dict):
+            raise RequestBodyError("Expected a JSON object")
+        return body
+
     def form(self) -> dict[str, str]:
         """Query parameters and a form-encoded body, first value of each."""
         values = {k: v[0] for k, v in self.query.items()}

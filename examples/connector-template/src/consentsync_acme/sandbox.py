@@ -25,7 +25,7 @@ import secrets
 import threading
 from typing import Any
 
-from consentsync.sandbox.people import FIRST_NAMES, LAST_NAMES, make_email
+from consentsync.sandbox.people import random_person
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 
@@ -198,8 +198,7 @@ def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
     sandbox = AcmeSandbox(host=host, port=port)
     rng, used = random.Random(seed), set()
     for index in range(records):
-        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-        email = make_email(rng, first, last, index, used)
+        first, last, email = random_person(rng, index, used)
         sandbox.create({"email": email, "name": f"{first} {last}", "unsubscribed": rng.random() < 0.2})
     sandbox.start()
     who = {"api_key": sandbox.api_key, "seeded": f"{len(sandbox.contacts)} contacts (seed {seed})"}
