@@ -19,8 +19,9 @@ import structlog
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from consentsync.domain import as_utc
 from consentsync.ledger.schema import connector_leases
-from consentsync.sync.lease import _aware, holder_dead, this_process
+from consentsync.sync.lease import holder_dead, this_process
 
 log = structlog.get_logger("consentsync.daemon")
 
@@ -129,7 +130,7 @@ def running_daemons(engine: Engine, now: datetime | None = None) -> list[DaemonS
         rows = conn.execute(query).all()
     seen = []
     for row in rows:
-        until = _aware(row.expires_at)
+        until = as_utc(row.expires_at)
         if until > now and not holder_dead(row.holder):
-            seen.append(DaemonSeen(row.holder, _aware(row.acquired_at), until))
+            seen.append(DaemonSeen(row.holder, as_utc(row.acquired_at), until))
     return sorted(seen, key=lambda d: d.started_at)

@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from consentsync.domain import as_utc
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.sync.locks import RunInProgress
 
@@ -97,12 +98,12 @@ class Lease:
                     ) from None
                 self.token = 1
             else:
-                expired = _aware(row.expires_at) <= now
+                expired = as_utc(row.expires_at) <= now
                 dead = holder_dead(row.holder)
                 if not (expired or dead):
                     raise RunInProgress(
                         f"another process ({row.holder}) is running connector {self.connector!r} "
-                        f"on this ledger; its lease runs until {_aware(row.expires_at).isoformat()}"
+                        f"on this ledger; its lease runs until {as_utc(row.expires_at).isoformat()}"
                     )
                 token = int(row.token) + 1
                 taken = conn.execute(
@@ -198,9 +199,3 @@ class Lease:
             .where(sync_runs.c.id == run_id, sync_runs.c.status == "running")
             .values(status="crashed", finished_at=now, error=reason)
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    from datetime import UTC
-
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from consentsync.domain import InvalidInput, canonical_json, iso
+from consentsync.domain import InvalidInput, as_utc, canonical_json, iso
 from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.sync import quarantine as quarantined
 
@@ -189,7 +189,7 @@ def settle_crashed(engine: Engine, now: datetime) -> list[str]:
     row whose lease another run has since taken, whose lease expired (its heartbeat stopped), or
     whose holder is a process of this host that no longer exists, is not running any more."""
     from consentsync.ledger.schema import connector_leases
-    from consentsync.sync.lease import _aware, holder_dead
+    from consentsync.sync.lease import holder_dead
 
     query = select(
         sync_runs.c.id,
@@ -208,7 +208,7 @@ def settle_crashed(engine: Engine, now: datetime) -> list[str]:
                 crashed[run_id] = "crashed: another run took its connector over before it ended"
             elif holder_dead(holder):
                 crashed[run_id] = "crashed: its process died before the run ended"
-            elif _aware(expires) <= now:
+            elif as_utc(expires) <= now:
                 crashed[run_id] = (
                     "crashed: its lease expired before the run ended (the process hung or lost the ledger)"
                 )
