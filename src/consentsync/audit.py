@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection, Select, func, or_, select, update
 
@@ -220,15 +220,20 @@ def _like_json(key: str, value: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _where(
-    *,
-    subject_uids: Sequence[str] | None,
-    since: datetime | None,
-    until: datetime | None,
-    action: str | None,
-    rule: str | None,
-    connector: str | None,
-) -> list[Any]:
+class AuditFilters(TypedDict, total=False):
+    """Which entries a reader asks for (each left out or None: any)."""
+
+    subject_uids: Sequence[str] | None
+    since: datetime | None
+    until: datetime | None
+    action: str | None
+    rule: str | None
+    connector: str | None
+
+
+def _where(**filters: Unpack[AuditFilters]) -> list[Any]:
+    subject_uids, since, until = filters.get("subject_uids"), filters.get("since"), filters.get("until")
+    action, rule, connector = filters.get("action"), filters.get("rule"), filters.get("connector")
     where: list[Any] = []
     if subject_uids is not None:
         where.append(audit_entries.c.subject_uid.in_(list(subject_uids)))
@@ -256,15 +261,10 @@ def _where(
 def entries(
     conn: Connection,
     *,
-    subject_uids: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    action: str | None = None,
-    rule: str | None = None,
-    connector: str | None = None,
     limit: int | None = None,
     offset: int = 0,
     newest_first: bool = False,
+    **filters: Unpack[AuditFilters],
 ) -> Iterator[dict[str, Any]]:
     query = (
         select(
@@ -274,16 +274,7 @@ def entries(
             audit_details.c.content,
         )
         .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
-        .where(
-            *_where(
-                subject_uids=subject_uids,
-                since=since,
-                until=until,
-                action=action,
-                rule=rule,
-                connector=connector,
-            )
-        )
+        .where(*_where(**filters))
         .order_by(audit_entries.c.seq.desc() if newest_first else audit_entries.c.seq)
     )
     if limit is not None:
@@ -297,19 +288,8 @@ def entries(
         yield entry
 
 
-def count(
-    conn: Connection,
-    *,
-    subject_uids: Sequence[str] | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    action: str | None = None,
-    rule: str | None = None,
-    connector: str | None = None,
-) -> int:
-    where = _where(
-        subject_uids=subject_uids, since=since, until=until, action=action, rule=rule, connector=connector
-    )
+def count(conn: Connection, **filters: Unpack[AuditFilters]) -> int:
+    where = _where(**filters)
     return int(conn.execute(select(func.count()).select_from(audit_entries).where(*where)).scalar_one())
 
 

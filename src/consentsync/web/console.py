@@ -352,14 +352,14 @@ class Console:
         page: int = 1,
         per_page: int = PER_PAGE,
     ) -> Page:
-        filters = {
-            "subject_uids": subjects,
-            "connector": connector or None,
-            "rule": rule or None,
-            "action": action or None,
-            "since": since,
-            "until": until,
-        }
+        filters = audit.AuditFilters(
+            subject_uids=subjects,
+            connector=connector or None,
+            rule=rule or None,
+            action=action or None,
+            since=since,
+            until=until,
+        )
         with reading(self.engine) as conn:
             total = audit.count(conn, **filters)
             items = list(
