@@ -25,14 +25,16 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from consentsync.sandbox.lexing import Token as _Tok
+from consentsync.sandbox.lexing import tokenize
+
 __all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
 
 ODATA_ERROR = "0x80060888"  # the code Dataverse gives OData syntax and schema errors
 
 _TOKEN = re.compile(
     r"""
-    (?P<ws>\s+)
-  | (?P<string>'(?:[^']|'')*')
+    (?P<string>'(?:[^']|'')*')
   | (?P<unterminated>'(?:[^']|'')*$)
   | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?(?:Z|[+-]\d{2}:\d{2}))
   | (?P<guid>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(?![\w-]))
@@ -68,27 +70,14 @@ class ODataError(Exception):
         return {"error": {"code": self.code, "message": self.message}}
 
 
-@dataclass(frozen=True, slots=True)
-class _Tok:
-    kind: str
-    text: str
-    position: int
-
-
 def _tokens(text: str) -> list[_Tok]:
-    out: list[_Tok] = []
-    position = 0
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            raise ODataError(f"Syntax error at position {position} in '{text}'.")
-        kind = match.lastgroup or ""
-        if kind == "unterminated":
-            raise ODataError(f"There is an unterminated string literal at position {position} in '{text}'.")
-        if kind != "ws":
-            out.append(_Tok(kind, match.group(), position))
-        position = match.end()
-    return out
+    tokens = tokenize(_TOKEN, text, lambda at: ODataError(f"Syntax error at position {at} in '{text}'."))
+    for token in tokens:
+        if token.kind == "unterminated":
+            raise ODataError(
+                f"There is an unterminated string literal at position {token.position} in '{text}'."
+            )
+    return tokens
 
 
 @dataclass(frozen=True, slots=True)

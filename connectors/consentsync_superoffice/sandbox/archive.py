@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from consentsync.sandbox.lexing import Token as _Token
+from consentsync.sandbox.lexing import tokenize
 from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
 
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
@@ -136,7 +138,7 @@ def _column(name: str) -> Column:
 # -- $filter ------------------------------------------------------------------------------------
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<string>'(?:[^'\\]|\\.)*')|(?P<number>-?\d+(?:\.\d+)?)(?![\w/])|(?P<punct>[(),])"
+    r"(?:(?P<string>'(?:[^'\\]|\\.)*')|(?P<number>-?\d+(?:\.\d+)?)(?![\w/])|(?P<punct>[(),])"
     r"|(?P<symbol><=|>=|<>|=|<|>)|(?P<word>[A-Za-z_][A-Za-z0-9_/:.]*))"
 )
 _OPERATORS = {
@@ -154,28 +156,16 @@ _OPERATORS = {
 _MULTI = {"in", "notin", "between"}
 
 
-@dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str
-    text: str
-
-
 def _tokens(text: str) -> list[_Token]:
-    out: list[_Token] = []
-    position = 0
-    while position < len(text):
-        if text[position:].strip() == "":
-            break
-        match = _TOKEN.match(text, position)
-        if match is None or match.end() == position:
-            raise _bad(f"Cannot parse restriction at position {position}: {text[position : position + 20]!r}")
-        kind = match.lastgroup or ""
-        value = match.group(kind)
-        if kind == "string":
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        out.append(_Token(kind, value))
-        position = match.end()
-    return out
+    def refuse(at: int) -> Exception:
+        return _bad(f"Cannot parse restriction at position {at}: {text[at : at + 20]!r}")
+
+    return [
+        _Token("string", re.sub(r"\\(.)", r"\1", token.text[1:-1]), token.position)
+        if token.kind == "string"
+        else token
+        for token in tokenize(_TOKEN, text, refuse)
+    ]
 
 
 Predicate = Callable[[_Row, SuperOfficeTenant], bool]

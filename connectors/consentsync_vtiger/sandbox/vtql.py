@@ -34,12 +34,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from consentsync.sandbox.lexing import Token as _Token
+from consentsync.sandbox.lexing import tokenize
+
 __all__ = ["MAX_ROWS", "Condition", "Query", "VtqlError", "parse", "quote"]
 
 MAX_ROWS = 100
 
 _TOKEN = re.compile(
-    r"""\s*(?:
+    r"""(?:
         (?P<string>'(?:[^']|'')+')
       | (?P<number>[+-]?\d+(?![A-Za-z_]))
       | (?P<word>\w+)
@@ -91,15 +94,6 @@ def unquote(literal: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Token:
-    kind: str  # string, number, word, op, punct, end
-    text: str
-
-    def is_word(self, *words: str) -> bool:
-        return self.kind == "word" and self.text.lower() in words
-
-
-@dataclass(frozen=True, slots=True)
 class Condition:
     column: str
     operator: str  # =, !=, <, >, <=, >=, LIKE, IN
@@ -127,21 +121,9 @@ class Query:
 
 
 def _tokens(text: str) -> list[_Token]:
-    out: list[_Token] = []
-    position = 0
-    while True:
-        while position < len(text) and text[position] in " \t\r\n":
-            position += 1
-        if position >= len(text):
-            break
-        match = _TOKEN.match(text, position)
-        if match is None or match.end() == position:
-            raise _syntax(f"Unexpected input at line1: {text[position]}")
-        kind = match.lastgroup or "punct"
-        out.append(_Token(kind, match.group(kind)))
-        position = match.end()
-    out.append(_Token("end", ""))
-    return out
+    """The query's tokens (string, number, word, op, punct), then an ``end`` token."""
+    tokens = tokenize(_TOKEN, text, lambda at: _syntax(f"Unexpected input at line1: {text[at]}"))
+    return [*tokens, _Token("end", "", len(text))]
 
 
 class _Parser:
