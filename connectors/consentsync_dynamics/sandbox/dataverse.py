@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from consentsync.sandbox.server import SandboxError
+
 __all__ = [
     "CONSENT_VALUES",
     "CONTACT_POINT_TYPES",
@@ -55,14 +57,8 @@ _EDM = {
 }
 
 
-class RowError(Exception):
+class RowError(SandboxError):
     """A change refused for one row: answered with Dataverse's error body."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

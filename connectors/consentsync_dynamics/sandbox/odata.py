@@ -27,6 +27,7 @@ from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Tok
 from consentsync.sandbox.lexing import tokenize
+from consentsync.sandbox.server import SandboxError
 
 __all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
 
@@ -59,12 +60,11 @@ _OPERATOR_NAMES = {
 Predicate = Callable[[Mapping[str, Any]], bool]
 
 
-class ODataError(Exception):
+class ODataError(SandboxError):
+    """A query Dataverse refuses (400, 0x80060888 unless said otherwise)."""
+
     def __init__(self, message: str, code: str = ODATA_ERROR, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
+        super().__init__(status, code, message)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message}}

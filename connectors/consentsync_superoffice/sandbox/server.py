@@ -61,6 +61,7 @@ from consentsync.sandbox.server import (
     HttpsSandbox,
     RequestBodyError,
     Route,
+    SandboxError,
     SandboxRequest,
     SandboxResponse,
     ServerOptions,
@@ -113,13 +114,8 @@ class SuperOfficeCredentials:
     refresh_token: str = "consentsync-sandbox-refresh-token"
 
 
-class SuperOfficeError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.headers = headers or {}
+class SuperOfficeError(SandboxError):
+    """An answer of the web API's own (``code`` is SuperOffice's ErrorType)."""
 
 
 class _OAuthError(Exception):
@@ -242,11 +238,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         if isinstance(error, RequestBodyError):
             error = SuperOfficeError(400, "ArgumentException", f"Request body: {error}")
         if isinstance(error, TenantError):
-            error = SuperOfficeError(error.status, error.error_type, error.message)
+            error = SuperOfficeError(error.status, error.code, error.message)
         if isinstance(error, SuperOfficeError):
-            return json_response(
-                error.status, _error_body(error.error_type, error.message), dict(error.headers)
-            )
+            return json_response(error.status, _error_body(error.code, error.message), dict(error.headers))
         if isinstance(error, _OAuthError):
             return json_response(400, {"error": error.error, "error_description": error.description})
         log.error("sandbox handler failed", exc_info=error)

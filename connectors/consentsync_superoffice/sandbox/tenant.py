@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from consentsync.sandbox.server import SandboxError
+
 __all__ = [
     "DEFAULT_LEGAL_BASES",
     "DEFAULT_PURPOSES",
@@ -106,14 +108,9 @@ class ConsentRow:
     updated_by: int
 
 
-class TenantError(Exception):
-    """A request the tenant refuses; ``status`` and ``error_type`` say how the server answers."""
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
+class TenantError(SandboxError):
+    """A request the tenant refuses; ``status`` and ``code`` (SuperOffice's ErrorType) say how the
+    server answers."""
 
 
 def _items(pairs: Iterable[tuple[str, str]], start: int) -> list[ListItem]:

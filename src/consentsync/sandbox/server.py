@@ -45,6 +45,7 @@ __all__ = [
     "HttpsSandbox",
     "RequestBodyError",
     "Route",
+    "SandboxError",
     "SandboxRequest",
     "SandboxResponse",
     "ServerOptions",
@@ -55,6 +56,19 @@ log = logging.getLogger("consentsync.sandbox")
 
 RESET = object()  # a handler's answer meaning: close the connection with RST, answer nothing
 JSON_TYPE = "application/json;charset=UTF-8"
+
+
+class SandboxError(Exception):
+    """A refusal a vendor sandbox answers in its wire format: the HTTP status, the vendor's error
+    code and message, and headers to send with them. A vendor's errors subclass it; its
+    :meth:`HttpsSandbox.error_response` writes the body its CRM writes."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
 
 
 class RequestBodyError(ValueError):
