@@ -101,59 +101,64 @@ def _system_columns(primary: str) -> list[Column]:
     ]
 
 
+def _table(
+    logical_name: str,
+    entity_set: str,
+    primary_id: str,
+    columns: list[Column],
+    *,
+    change_tracking: bool = True,
+) -> Table:
+    """A table with the system columns every Dataverse table has, then ``columns``."""
+    every = [*_system_columns(primary_id), *columns]
+    return Table(
+        logical_name, entity_set, primary_id, {c.name: c for c in every}, change_tracking=change_tracking
+    )
+
+
 def _tables() -> dict[str, Table]:
-    contact = Table(
+    contact = _table(
         "contact",
         "contacts",
         "contactid",
-        {
-            c.name: c
-            for c in [
-                *_system_columns("contactid"),
-                Column("firstname", "String", max_length=50),
-                Column("lastname", "String", max_length=50),
-                Column("fullname", "String", updatable=False),
-                Column("emailaddress1", "String", max_length=100),
-                Column("emailaddress2", "String", max_length=100),
-                Column("telephone1", "String", max_length=50),
-                Column("mobilephone", "String", max_length=50),
-                Column("description", "Memo", max_length=2000),
-                Column("donotemail", "Boolean"),
-                Column("donotbulkemail", "Boolean"),
-                Column("donotphone", "Boolean"),
-                Column("donotpostalmail", "Boolean"),
-                Column("donotfax", "Boolean"),
-                # Set by the Merge action on the subordinate (deactivated) contact: merged is
-                # true and masterid (read as _masterid_value) names the contact that survived.
-                Column("merged", "Boolean", updatable=False),
-                Column("_masterid_value", "Lookup", updatable=False, logical_name="masterid"),
-            ]
-        },
+        [
+            Column("firstname", "String", max_length=50),
+            Column("lastname", "String", max_length=50),
+            Column("fullname", "String", updatable=False),
+            Column("emailaddress1", "String", max_length=100),
+            Column("emailaddress2", "String", max_length=100),
+            Column("telephone1", "String", max_length=50),
+            Column("mobilephone", "String", max_length=50),
+            Column("description", "Memo", max_length=2000),
+            Column("donotemail", "Boolean"),
+            Column("donotbulkemail", "Boolean"),
+            Column("donotphone", "Boolean"),
+            Column("donotpostalmail", "Boolean"),
+            Column("donotfax", "Boolean"),
+            # Set by the Merge action on the subordinate (deactivated) contact: merged is
+            # true and masterid (read as _masterid_value) names the contact that survived.
+            Column("merged", "Boolean", updatable=False),
+            Column("_masterid_value", "Lookup", updatable=False, logical_name="masterid"),
+        ],
     )
-    consent = Table(
+    consent = _table(
         "msdynmkt_contactpointconsent4",
         "msdynmkt_contactpointconsent4s",
         "msdynmkt_contactpointconsent4id",
-        {
-            c.name: c
-            for c in [
-                *_system_columns("msdynmkt_contactpointconsent4id"),
-                Column("msdynmkt_contactpointvalue", "String", max_length=320),
-                Column("msdynmkt_contactpointtype", "Picklist", options=tuple(CONTACT_POINT_TYPES)),
-                Column("msdynmkt_value", "Picklist", options=tuple(CONSENT_VALUES)),
-                # Read as _msdynmkt_purposeid_value; written as msdynmkt_purposeid@odata.bind.
-                Column(
-                    "_msdynmkt_purposeid_value", "Lookup", updatable=False, logical_name="msdynmkt_purposeid"
-                ),
-                Column("msdynmkt_source", "String", max_length=200),
-            ]
-        },
+        [
+            Column("msdynmkt_contactpointvalue", "String", max_length=320),
+            Column("msdynmkt_contactpointtype", "Picklist", options=tuple(CONTACT_POINT_TYPES)),
+            Column("msdynmkt_value", "Picklist", options=tuple(CONSENT_VALUES)),
+            # Read as _msdynmkt_purposeid_value; written as msdynmkt_purposeid@odata.bind.
+            Column("_msdynmkt_purposeid_value", "Lookup", updatable=False, logical_name="msdynmkt_purposeid"),
+            Column("msdynmkt_source", "String", max_length=200),
+        ],
     )
-    purpose = Table(
+    purpose = _table(
         "msdynmkt_purpose",
         "msdynmkt_purposes",
         "msdynmkt_purposeid",
-        {c.name: c for c in [*_system_columns("msdynmkt_purposeid"), Column("msdynmkt_name", "String")]},
+        [Column("msdynmkt_name", "String")],
         change_tracking=False,
     )
     return {t.logical_name: t for t in (contact, consent, purpose)}

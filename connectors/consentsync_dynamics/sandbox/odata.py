@@ -19,7 +19,7 @@ comparison with null is false except ``eq null`` / ``ne null``. Malformed input 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -142,18 +142,20 @@ class _Parser:
         return predicate
 
     def or_expr(self) -> Predicate:
-        parts = [self.and_expr()]
-        while (tok := self.peek()) is not None and tok.text == "or":
-            self.take()
-            parts.append(self.and_expr())
-        return parts[0] if len(parts) == 1 else (lambda row: any(p(row) for p in parts))
+        return self._joined("or", self.and_expr, any)
 
     def and_expr(self) -> Predicate:
-        parts = [self.unary()]
-        while (tok := self.peek()) is not None and tok.text == "and":
+        return self._joined("and", self.unary, all)
+
+    def _joined(
+        self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
+    ) -> Predicate:
+        """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
+        parts = [operand()]
+        while (tok := self.peek()) is not None and tok.text == word:
             self.take()
-            parts.append(self.unary())
-        return parts[0] if len(parts) == 1 else (lambda row: all(p(row) for p in parts))
+            parts.append(operand())
+        return parts[0] if len(parts) == 1 else (lambda row: combine(p(row) for p in parts))
 
     def unary(self) -> Predicate:
         tok = self.take()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,16 +201,19 @@ class _Parser:
         return False
 
     def disjunction(self) -> Predicate:
-        terms = [self.conjunction()]
-        while self._keyword("or"):
-            terms.append(self.conjunction())
-        return terms[0] if len(terms) == 1 else (lambda r, t: any(term(r, t) for term in terms))
+        return self._joined("or", self.conjunction, any)
 
     def conjunction(self) -> Predicate:
-        terms = [self.primary()]
-        while self._keyword("and"):
-            terms.append(self.primary())
-        return terms[0] if len(terms) == 1 else (lambda r, t: all(term(r, t) for term in terms))
+        return self._joined("and", self.primary, all)
+
+    def _joined(
+        self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
+    ) -> Predicate:
+        """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
+        terms = [operand()]
+        while self._keyword(word):
+            terms.append(operand())
+        return terms[0] if len(terms) == 1 else (lambda r, t: combine(term(r, t) for term in terms))
 
     def primary(self) -> Predicate:
         token = self.take()

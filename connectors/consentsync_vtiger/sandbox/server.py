@@ -1018,18 +1018,19 @@ class VtigerSandbox(HttpsSandbox):
         return element
 
     def _op_revise(self, params: Mapping[str, str]) -> dict[str, str]:
-        self._user(params)
-        element = self._element(params)
-        wsid = str(element.pop("id", ""))
-        self._check_write(wsid)
-        return self.crm.revise(wsid, element)
+        return self.crm.revise(*self._write_of(params))
 
     def _op_update(self, params: Mapping[str, str]) -> dict[str, str]:
+        return self.crm.replace(*self._write_of(params))
+
+    def _write_of(self, params: Mapping[str, str]) -> tuple[str, dict[str, Any]]:
+        """The record a revise or update names and the values it writes, once its session and
+        the record's write faults are checked."""
         self._user(params)
         element = self._element(params)
         wsid = str(element.pop("id", ""))
         self._check_write(wsid)
-        return self.crm.replace(wsid, element)
+        return wsid, element
 
     def _op_create(self, params: Mapping[str, str]) -> dict[str, str]:
         self._user(params)
