@@ -45,6 +45,16 @@ def error_of(text: str, path: Path = CONFIG) -> str:
     return str(raised.value)
 
 
+def assert_error_at(text: str, where: str, *says: str) -> str:
+    """Parse ``text`` expecting a ConfigError whose message starts with ``<file>:<where>`` (the line
+    and the field) and contains each of ``says``; returns the message for the checks left."""
+    message = error_of(text)
+    assert message.startswith(f"{CONFIG}:{where}"), message
+    for part in says:
+        assert part in message, message
+    return message
+
+
 # --- the starter config -----------------------------------------------------------------------
 
 
@@ -110,80 +120,84 @@ class TestErrors:
         assert set(parse_config(MINIMAL, CONFIG).purposes) == {"newsletter", "billing"}
 
     def test_unknown_top_level_key(self) -> None:
-        message = error_of(MINIMAL.replace("ledger:\n", "colour: blue\nledger:\n"))
-        assert message.startswith(f"{CONFIG}:2: ")
-        assert "unknown key 'colour' in the top level" in message
+        message = assert_error_at(
+            MINIMAL.replace("ledger:\n", "colour: blue\nledger:\n"),
+            "2: ",
+            "unknown key 'colour' in the top level",
+        )
         assert (
             "accepted are audit, channels, connectors, hub, ledger, policy, purposes, secrets, version, web"
             in message
         )
 
     def test_unknown_key_inside_second_purpose(self) -> None:
-        message = error_of(MINIMAL.replace("    name: Billing\n", "    name: Billing\n    owner: finance\n"))
-        assert message.startswith(f"{CONFIG}:11: ")
-        assert "unknown key 'owner' in purposes[1]" in message
+        message = assert_error_at(
+            MINIMAL.replace("    name: Billing\n", "    name: Billing\n    owner: finance\n"),
+            "11: ",
+            "unknown key 'owner' in purposes[1]",
+        )
         for key in ("key", "name", "default_basis", "direct_marketing", "validity_days"):
             assert key in message.split("accepted are", 1)[1]
 
     def test_unknown_key_in_a_section(self) -> None:
-        message = error_of(MINIMAL.replace("  url: sqlite:///ledger.db\n", "  url: x\n  pool: 5\n"))
-        assert message.startswith(f"{CONFIG}:4: ")
-        assert "unknown key 'pool' in ledger: accepted are url" in message
+        assert_error_at(
+            MINIMAL.replace("  url: sqlite:///ledger.db\n", "  url: x\n  pool: 5\n"),
+            "4: ",
+            "unknown key 'pool' in ledger: accepted are url",
+        )
 
     def test_bad_enum_value_lists_accepted_values(self) -> None:
-        message = error_of(MINIMAL.replace("default_basis: contract", "default_basis: contrakt"))
-        assert message.startswith(f"{CONFIG}:11: purposes[1].default_basis: ")
-        assert "'contrakt'" in message
+        message = assert_error_at(
+            MINIMAL.replace("default_basis: contract", "default_basis: contrakt"),
+            "11: purposes[1].default_basis: ",
+            "'contrakt'",
+        )
         for basis in LawfulBasis:
             assert basis.value in message
 
     def test_bad_objection_handling(self) -> None:
         text = MINIMAL + "policy:\n  objection_handling: sometimes\n"
-        message = error_of(text)
-        assert message.startswith(f"{CONFIG}:13: policy.objection_handling: ")
+        message = assert_error_at(text, "13: policy.objection_handling: ")
         assert "auto_uphold" in message and "manual_review" in message
 
     def test_duplicate_purpose_key(self) -> None:
-        message = error_of(MINIMAL.replace("key: billing", "key: newsletter"))
-        assert message.startswith(f"{CONFIG}:9: purposes[1].key: ")
-        assert "duplicate purpose key 'newsletter'" in message
+        assert_error_at(
+            MINIMAL.replace("key: billing", "key: newsletter"),
+            "9: purposes[1].key: ",
+            "duplicate purpose key 'newsletter'",
+        )
 
     def test_missing_required_key_in_a_purpose(self) -> None:
-        message = error_of(MINIMAL.replace("    name: Billing\n", ""))
-        assert message.startswith(f"{CONFIG}:9: ")
-        assert "missing required key 'purposes[1].name'" in message
+        assert_error_at(
+            MINIMAL.replace("    name: Billing\n", ""), "9: ", "missing required key 'purposes[1].name'"
+        )
 
     def test_missing_purposes(self) -> None:
-        message = error_of("version: 1\nledger:\n  url: sqlite:///x.db\n")
-        assert message.startswith(f"{CONFIG}:1: ")
-        assert "missing required key 'purposes'" in message
+        assert_error_at(
+            "version: 1\nledger:\n  url: sqlite:///x.db\n", "1: ", "missing required key 'purposes'"
+        )
 
     def test_empty_purposes(self) -> None:
-        message = error_of("purposes: []\n")
-        assert message.startswith(f"{CONFIG}:1: purposes: ")
+        assert_error_at("purposes: []\n", "1: purposes: ")
 
     def test_out_of_range_value(self) -> None:
         text = MINIMAL.replace(
             "    default_basis: consent\n", "    default_basis: consent\n    validity_days: 0\n"
         )
-        message = error_of(text)
-        assert message.startswith(f"{CONFIG}:9: purposes[0].validity_days: ")
-        assert "got 0" in message
+        assert_error_at(text, "9: purposes[0].validity_days: ", "got 0")
 
     def test_bad_purpose_key_shape(self) -> None:
-        message = error_of(MINIMAL.replace("key: billing", "key: Billing-2"))
-        assert message.startswith(f"{CONFIG}:9: purposes[1].key: ")
+        message = assert_error_at(MINIMAL.replace("key: billing", "key: Billing-2"), "9: purposes[1].key: ")
         assert "lower-case" in message and "'Billing-2'" in message
 
     def test_unknown_channel_in_a_purpose(self) -> None:
         text = MINIMAL + "    channels: [fax]\n"
-        message = error_of(text)
-        assert message.startswith(f"{CONFIG}:12: purposes[1].channels: ")
-        assert "unknown channel 'fax': accepted are email, phone, sms, post" in message
+        assert_error_at(
+            text, "12: purposes[1].channels: ", "unknown channel 'fax': accepted are email, phone, sms, post"
+        )
 
     def test_unsupported_version(self) -> None:
-        message = error_of(MINIMAL.replace("version: 1", "version: 2"))
-        assert message.startswith(f"{CONFIG}:1: version: ")
+        assert_error_at(MINIMAL.replace("version: 1", "version: 2"), "1: version: ")
 
     @pytest.mark.parametrize(
         ("text", "line"),
@@ -195,8 +209,7 @@ class TestErrors:
         ids=["indentation", "unclosed-flow", "tab"],
     )
     def test_invalid_yaml(self, text: str, line: int) -> None:
-        message = error_of(text)
-        assert message.startswith(f"{CONFIG}:{line}: invalid YAML: ")
+        assert_error_at(text, f"{line}: invalid YAML: ")
 
     @pytest.mark.parametrize("text", ["", "# only a comment\n", "- a\n- b\n", "just text\n"])
     def test_top_level_must_be_a_mapping(self, text: str) -> None:
@@ -261,9 +274,7 @@ class TestEnvironment:
     def test_missing_variable_in_a_list(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv("CONSENTSYNC_TEST_UNSET_VAR", raising=False)
         text = MINIMAL + "policy:\n  trusted_sources:\n    - web_form\n    - ${CONSENTSYNC_TEST_UNSET_VAR}\n"
-        message = error_of(text)
-        assert message.startswith(f"{CONFIG}:15: policy.trusted_sources[1]: ")
-        assert "CONSENTSYNC_TEST_UNSET_VAR is not set" in message
+        assert_error_at(text, "15: policy.trusted_sources[1]: ", "CONSENTSYNC_TEST_UNSET_VAR is not set")
 
 
 # --- paths ------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from consentsync.reconcile import (
     reconcile,
     summarise,
 )
+from tests.unit.purposes import make_purpose
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # Small pools so that equal times, replays and unknown times happen often.
@@ -54,42 +55,17 @@ BASES: list[LawfulBasis | None] = [None, *LawfulBasis]
 OTHER_BASES = [b for b in LawfulBasis if b is not LawfulBasis.CONSENT]
 CHANNELS = ("email", "post")
 
-EMAIL = Purpose(
-    key="email_marketing",
-    name="Email marketing",
-    direct_marketing=True,
-    default_basis=LawfulBasis.CONSENT,
-    validity_days=730,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
-)
+CONSENT, LEGIT = LawfulBasis.CONSENT, LawfulBasis.LEGITIMATE_INTERESTS
+EMAIL = make_purpose("email_marketing", "Email marketing", CONSENT, direct_marketing=True, validity_days=730)
 # Direct marketing on legitimate interests: needs a soft opt-in by email (eprivacy follows
 # direct_marketing), not by post.
-OFFERS = Purpose(
-    key="offers",
-    name="Offers to customers",
-    direct_marketing=True,
-    default_basis=LawfulBasis.LEGITIMATE_INTERESTS,
-    validity_days=None,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
-)
+OFFERS = make_purpose("offers", "Offers to customers", LEGIT, direct_marketing=True)
 # The same, configured outside the ePrivacy rules (B2B to corporate subscribers, say).
 B2B = replace(OFFERS, key="b2b_offers", eprivacy=False)
-PROFILING = Purpose(
-    key="profiling",
-    name="Profiling",
-    direct_marketing=False,
-    default_basis=LawfulBasis.LEGITIMATE_INTERESTS,
-    validity_days=None,
-    objection_handling=ObjectionHandling.MANUAL_REVIEW,
+PROFILING = make_purpose(
+    "profiling", "Profiling", LEGIT, direct_marketing=False, handling=ObjectionHandling.MANUAL_REVIEW
 )
-SERVICE = Purpose(
-    key="service",
-    name="Service messages",
-    direct_marketing=False,
-    default_basis=LawfulBasis.CONTRACT,
-    validity_days=None,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
-)
+SERVICE = make_purpose("service", "Service messages", LawfulBasis.CONTRACT, direct_marketing=False)
 PURPOSES = (EMAIL, OFFERS, B2B, PROFILING, SERVICE)
 DM_PURPOSES = tuple(p for p in PURPOSES if p.direct_marketing)
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict, Unpack
 
 import pytest
 
@@ -34,57 +35,34 @@ from consentsync.reconcile import (
     reconcile,
     summarise,
 )
+from tests.unit.purposes import make_purpose
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+CONSENT, LEGIT = LawfulBasis.CONSENT, LawfulBasis.LEGITIMATE_INTERESTS
+MANUAL_REVIEW = ObjectionHandling.MANUAL_REVIEW
 
 
 def t(days: float) -> datetime:
     return T0 + timedelta(days=days)
 
 
-EMAIL = Purpose(
-    key="email_marketing",
-    name="Email marketing",
+EMAIL = make_purpose(
+    "email_marketing",
+    "Email marketing",
+    CONSENT,
     direct_marketing=True,
-    default_basis=LawfulBasis.CONSENT,
     validity_days=730,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
     channels=("email",),
 )
-SMS_OFFERS = Purpose(
-    key="sms_offers",
-    name="Offers by SMS",
-    direct_marketing=True,
-    default_basis=LawfulBasis.CONSENT,
-    validity_days=None,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
+SMS_OFFERS = make_purpose("sms_offers", "Offers by SMS", CONSENT, direct_marketing=True)
+PROFILING = make_purpose(
+    "profiling", "Profiling and segmentation", LEGIT, direct_marketing=False, handling=MANUAL_REVIEW
 )
-PROFILING = Purpose(
-    key="profiling",
-    name="Profiling and segmentation",
-    direct_marketing=False,
-    default_basis=LawfulBasis.LEGITIMATE_INTERESTS,
-    validity_days=None,
-    objection_handling=ObjectionHandling.MANUAL_REVIEW,
-)
-SERVICE = Purpose(
-    key="service",
-    name="Service messages",
-    direct_marketing=False,
-    default_basis=LawfulBasis.CONTRACT,
-    validity_days=None,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
-)
+SERVICE = make_purpose("service", "Service messages", LawfulBasis.CONTRACT, direct_marketing=False)
 
 # Direct marketing to customers on legitimate interests (PECR: needs a soft opt-in by email).
-OFFERS = Purpose(
-    key="offers",
-    name="Offers to customers",
-    direct_marketing=True,
-    default_basis=LawfulBasis.LEGITIMATE_INTERESTS,
-    validity_days=None,
-    objection_handling=ObjectionHandling.AUTO_UPHOLD,
-    channels=("email", "sms", "post"),
+OFFERS = make_purpose(
+    "offers", "Offers to customers", LEGIT, direct_marketing=True, channels=("email", "sms", "post")
 )
 
 POLICY = Policy(trusted_sources=frozenset({"web_form", "preference_center", "double_opt_in", "ops"}))
@@ -99,62 +77,57 @@ SOFT = SoftOptIn(
 S = ConsentStatus
 
 
-def crm(
+class Recorded(TypedDict, total=False):
+    """What a test may say of a value besides its status and time (the rest has defaults)."""
+
+    observed: datetime | None
+    source: str
+    purpose: Purpose
+    channel: str
+    basis: LawfulBasis | None
+    notice_version: str | None
+    evidence_ref: str | None
+    double_opt_in_at: datetime | None
+
+
+def _recorded(
     status: ConsentStatus,
     at: datetime | None,
-    *,
-    observed: datetime | None = None,
-    source: str = "hubspot",
-    purpose: Purpose = EMAIL,
-    channel: str = "email",
-    basis: LawfulBasis | None = None,
-    notice_version: str | None = None,
-    evidence_ref: str | None = None,
-    double_opt_in_at: datetime | None = None,
+    origin: Origin,
+    lag: timedelta,
+    fields: Recorded,
+    **defaults: str,
 ) -> Evidence:
-    """A value re-read from a CRM."""
+    """A value of ``origin`` on EMAIL by email, observed ``lag`` after it happened (or at T0 when
+    undated) unless ``observed`` says otherwise; ``fields`` override ``defaults``."""
+    chosen: dict[str, Any] = {"purpose": EMAIL, "channel": "email", "basis": None, **defaults, **fields}
+    observed = chosen.pop("observed", None)
     return Evidence(
-        purpose=purpose.key,
-        channel=channel,
+        purpose=chosen.pop("purpose").key,
         status=status,
-        basis=basis,
         event_time=at,
-        observed_at=observed or (at + timedelta(hours=1) if at else T0),
-        source=source,
-        origin=Origin.CRM,
-        notice_version=notice_version,
-        evidence_ref=evidence_ref,
-        double_opt_in_at=double_opt_in_at,
+        observed_at=observed or (at + lag if at else T0),
+        origin=origin,
+        **chosen,
     )
 
 
-def capture(
-    status: ConsentStatus,
-    at: datetime | None,
-    *,
-    observed: datetime | None = None,
-    source: str = "web_form",
-    purpose: Purpose = EMAIL,
-    channel: str = "email",
-    basis: LawfulBasis | None = None,
-    notice_version: str | None = "privacy-notice-v3",
-    evidence_ref: str | None = None,
-    double_opt_in_at: datetime | None = None,
-) -> Evidence:
+def crm(status: ConsentStatus, at: datetime | None, **fields: Unpack[Recorded]) -> Evidence:
+    """A value re-read from a CRM."""
+    return _recorded(status, at, Origin.CRM, timedelta(hours=1), fields, source="hubspot")
+
+
+def capture(status: ConsentStatus, at: datetime | None, **fields: Unpack[Recorded]) -> Evidence:
     """Recorded where the person acted; by default evidenced by the notice shown."""
-    return Evidence(
-        purpose=purpose.key,
-        channel=channel,
-        status=status,
-        basis=basis,
-        event_time=at,
-        observed_at=observed or (at + timedelta(minutes=5) if at else T0),
-        source=source,
-        origin=Origin.CAPTURE,
+    return _recorded(
+        status,
+        at,
+        Origin.CAPTURE,
+        timedelta(minutes=5),
+        fields,
+        source="web_form",
         actor="subject",
-        notice_version=notice_version,
-        evidence_ref=evidence_ref,
-        double_opt_in_at=double_opt_in_at,
+        notice_version="privacy-notice-v3",
     )
 
 
@@ -830,16 +803,9 @@ class TestDirectMarketingObjectionIsAbsolute:
 
 def expiry_record(at: datetime, observed: datetime) -> Evidence:
     """What ``ledger expire`` writes: an expiry of consentsync's own making."""
-    return Evidence(
-        purpose=EMAIL.key,
-        channel="email",
-        status=S.EXPIRED,
-        basis=LawfulBasis.CONSENT,
-        event_time=at,
-        observed_at=observed,
-        source="consentsync:expiry",
-        origin=Origin.SYSTEM,
-        actor="consentsync",
+    made: Recorded = {"observed": observed, "basis": LawfulBasis.CONSENT}
+    return _recorded(
+        S.EXPIRED, at, Origin.SYSTEM, timedelta(0), made, source="consentsync:expiry", actor="consentsync"
     )
 
 
