@@ -1,5 +1,5 @@
-"""Tokens for the sandboxes' query languages (OData ``$filter``, SuperOffice archive restrictions,
-VTQL, ...): a language says its tokens as one regular expression with a named group per kind, and
+"""Tokens for the sandboxes' query languages (a ``$filter``, an archive restriction, a SQL-like
+query): a language says its tokens as one regular expression with a named group per kind, and
 :func:`tokenize` reads a text into them. The grammar, its errors and its wording stay in each
 vendor's sandbox."""
 
