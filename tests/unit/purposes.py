@@ -20,12 +20,5 @@ def make_purpose(
     channels: tuple[str, ...] | None = None,
 ) -> Purpose:
     """A purpose as configured; ``channels`` None keeps the product's default channels."""
-    built = Purpose(
-        key=key,
-        name=name,
-        direct_marketing=direct_marketing,
-        default_basis=basis,
-        validity_days=validity_days,
-        objection_handling=handling,
-    )
+    built = Purpose(key, name, direct_marketing, basis, validity_days, handling)
     return built if channels is None else replace(built, channels=channels)
