@@ -32,18 +32,7 @@ import requests
 import structlog
 
 from consentsync import sdk
-from consentsync.sdk import (
-    Action,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    WriteAction,
-    WriteResult,
-)
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
 from consentsync_dynamics.settings import DynamicsSettings
 
@@ -143,7 +132,7 @@ class DynamicsConnector(sdk.Connector):
         self._token: str | None = None
         self._token_expires = 0.0
         self._entities: dict[str, _Entity] = {}
-        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
         self.full_reloads = 0  # delta links refused, tables read again from the start
 
@@ -204,7 +193,7 @@ class DynamicsConnector(sdk.Connector):
     def check(self) -> None:
         self._request("GET", f"{self.config.api_url}/WhoAmI", "WhoAmI")
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         if object_type not in self._describes:
             _check_name(object_type, "table")
             body = self._request(
@@ -214,7 +203,7 @@ class DynamicsConnector(sdk.Connector):
                 params={"$select": "LogicalName,AttributeType,IsValidForUpdate"},
             ).json()
             self._describes[object_type] = {
-                item["LogicalName"]: FieldInfo(
+                item["LogicalName"]: sdk.FieldInfo(
                     name=item["LogicalName"],
                     type=str(item.get("AttributeType", "")),
                     updateable=bool(item.get("IsValidForUpdate")),
@@ -242,8 +231,8 @@ class DynamicsConnector(sdk.Connector):
     # -- reading -------------------------------------------------------------------------------
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         """With change tracking (the default, where the table has it enabled):
 
         * a cursor holding a delta link reads what changed since (the link is the server's row
@@ -279,9 +268,9 @@ class DynamicsConnector(sdk.Connector):
                     code=str(refused),
                 )
                 self.full_reloads += 1
-                since = Cursor()
+                since = sdk.Cursor()
         link = self._new_delta_link(entity, wire)
-        last: CrmRecord | None = None
+        last: sdk.CrmRecord | None = None
         for record in self._read_keyset(entity, wire, filters, since, until):
             last = record
             yield record
@@ -289,7 +278,7 @@ class DynamicsConnector(sdk.Connector):
         # The link was taken after the signpost: a row changed between the two is in neither this
         # read nor the link's delta. The next read also reads what changed after the signpost,
         # once (a URL fragment, never sent: the link stays the service's own).
-        self.completed_cursor = Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
+        self.completed_cursor = sdk.Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
 
     def _prefer(self, *extra: str) -> dict[str, str]:
         return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
@@ -317,9 +306,9 @@ class DynamicsConnector(sdk.Connector):
         entity: _Entity,
         wire: Mapping[str, str],
         filters: Mapping[str, list[Any]],
-        since: Cursor,
+        since: sdk.Cursor,
         until: datetime,
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         assert since.token
         url, _, fragment = since.token.partition("#")
         if not self._ours(url):
@@ -339,7 +328,7 @@ class DynamicsConnector(sdk.Connector):
         # by the changes since that read, so that the catch-up does not yield them again.
         delivered: set[str] = set()
 
-        def note(record: CrmRecord) -> CrmRecord:
+        def note(record: sdk.CrmRecord) -> sdk.CrmRecord:
             nonlocal newest
             if newest[0] is None or (record.modstamp, record.record_id) > (newest[0], newest[1] or ""):
                 newest = (record.modstamp, record.record_id)
@@ -368,10 +357,10 @@ class DynamicsConnector(sdk.Connector):
             if catch_up is not None:
                 # Rows changed after the first read's signpost, up to this run's: with the delta
                 # (everything after the link) nothing between the first read and its link is lost.
-                for record in self._read_keyset(entity, wire, filters, Cursor(catch_up), until):
+                for record in self._read_keyset(entity, wire, filters, sdk.Cursor(catch_up), until):
                     if record.record_id not in delivered:  # else the delta carried it already
                         yield note(record)
-            self.completed_cursor = Cursor(*newest, token=self._checked_link(link))
+            self.completed_cursor = sdk.Cursor(*newest, token=self._checked_link(link))
             return
 
     def _page(self, url: str, params: Mapping[str, str] | None, entity: _Entity, *, delta: bool) -> Any:
@@ -396,9 +385,9 @@ class DynamicsConnector(sdk.Connector):
         entity: _Entity,
         wire: Mapping[str, str],
         filters: Mapping[str, list[Any]],
-        since: Cursor,
+        since: sdk.Cursor,
         until: datetime,
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         key = entity.primary_id
         terms = [f"modifiedon le {odata_literal(until)}"]
         if since.modstamp is not None:
@@ -448,15 +437,17 @@ class DynamicsConnector(sdk.Connector):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One ``$batch`` per yield: its answers as it returns. Requests refused with a transient
         error are sent again (``write_retries`` times) in later batches and answered when those
         return; the rest of their batch is answered at once."""
-        refused: dict[int, WriteResult] = {}
+        refused: dict[int, sdk.WriteResult] = {}
         pending: list[int] = []
         for index, item in enumerate(updates):
             if not _GUID.match(item.record_id):
-                refused[index] = WriteResult(item.record_id, False, "INVALID_ID", "not a Dataverse row id")
+                refused[index] = sdk.WriteResult(
+                    item.record_id, False, "INVALID_ID", "not a Dataverse row id"
+                )
             else:
                 pending.append(index)
         if refused:
@@ -468,7 +459,7 @@ class DynamicsConnector(sdk.Connector):
             retry: list[int] = []
             for start in range(0, len(pending), self.config.batch_size):
                 chunk = pending[start : start + self.config.batch_size]
-                answers: dict[int, WriteResult] = {}
+                answers: dict[int, sdk.WriteResult] = {}
                 for index, result in zip(chunk, self._write_batch([updates[i] for i in chunk]), strict=True):
                     if result.retryable and not last_attempt:
                         retry.append(index)
@@ -480,12 +471,12 @@ class DynamicsConnector(sdk.Connector):
             if not pending:
                 break
 
-    def _write_batch(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+    def _write_batch(self, updates: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
         parts = []
         for item in updates:
             entity = self._entity(item.object_type)
             url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
-            if item.action is WriteAction.DELETE:
+            if item.action is sdk.WriteAction.DELETE:
                 parts.append(PartRequest("DELETE", url))
                 continue
             for name in item.fields:
@@ -511,10 +502,10 @@ class DynamicsConnector(sdk.Connector):
         for position, item in enumerate(updates):
             if position >= len(answers):
                 # Not executed (the service stopped at an earlier failure): safe to send again.
-                results.append(WriteResult(item.record_id, False, "NOT_EXECUTED", "not executed", True))
+                results.append(sdk.WriteResult(item.record_id, False, "NOT_EXECUTED", "not executed", True))
                 continue
             answer = answers[position]
-            if item.action is WriteAction.DELETE and answer.status == 404:
+            if item.action is sdk.WriteAction.DELETE and answer.status == 404:
                 # Already gone (deleted in Dataverse, or by a delete sent before a crash).
                 answer = PartResponse(204, None, answer.headers)
             results.append(_part_result(item.record_id, answer))
@@ -540,7 +531,7 @@ def _wanted(row: Mapping[str, Any], wire: Mapping[str, str], filters: Mapping[st
     return all(row.get(wire[column]) in allowed for column, allowed in filters.items())
 
 
-def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) -> CrmRecord:
+def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) -> sdk.CrmRecord:
     fields = {name: row.get(prop) for name, prop in wire.items()}
     modified = row.get("modifiedon")
     if not isinstance(modified, str):
@@ -552,15 +543,17 @@ def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) ->
     if row.get("merged") is True:
         # Merged away: the subordinate row stays, deactivated, naming the survivor in masterid.
         master = row.get("_masterid_value")
-        return CrmRecord(entity.logical_name, record_id, stamp, fields, True, str(master) if master else None)
-    return CrmRecord(entity.logical_name, record_id, stamp, fields)
+        return sdk.CrmRecord(
+            entity.logical_name, record_id, stamp, fields, True, str(master) if master else None
+        )
+    return sdk.CrmRecord(entity.logical_name, record_id, stamp, fields)
 
 
-def _deleted(entity: _Entity, row: Mapping[str, Any]) -> CrmRecord:
+def _deleted(entity: _Entity, row: Mapping[str, Any]) -> sdk.CrmRecord:
     """A ``$deletedEntity`` row (``{"id", "reason": "deleted"}``): stamped with the time it was
     read, the latest its deletion can have happened."""
     now = datetime.now(UTC).replace(microsecond=0)
-    return CrmRecord(entity.logical_name, str(row.get("id") or ""), now, {}, deleted=True)
+    return sdk.CrmRecord(entity.logical_name, str(row.get("id") or ""), now, {}, deleted=True)
 
 
 def _error_of(response: requests.Response) -> tuple[str | None, str]:
@@ -574,13 +567,13 @@ def _classified(describe: str, response: requests.Response) -> ConnectorError:
     return sdk.response_error(describe, response, ERRORS, *_error_of(response))
 
 
-def _part_result(record_id: str, answer: PartResponse) -> WriteResult:
+def _part_result(record_id: str, answer: PartResponse) -> sdk.WriteResult:
     if answer.status < 300:
-        return WriteResult(record_id, True)
+        return sdk.WriteResult(record_id, True)
     code, message = answer.error
     rule = ERRORS.classify(answer.status, code)
     retryable = rule.action in (Action.RETRY, Action.RATE_LIMITED, Action.REFRESH_TOKEN)
-    return WriteResult(record_id, False, code or str(answer.status), message[:500], retryable)
+    return sdk.WriteResult(record_id, False, code or str(answer.status), message[:500], retryable)
 
 
 def _endpoint_kind(url: str, method: str) -> str:

@@ -32,19 +32,7 @@ from typing import Any, ClassVar
 import requests
 
 from consentsync import sdk
-from consentsync.sdk import (
-    Action,
-    BudgetExhausted,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    WriteAction,
-    WriteResult,
-)
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_hubspot.settings import HubSpotSettings
 
 ERRORS = sdk.ErrorTable(
@@ -118,7 +106,7 @@ class HubSpotConnector(sdk.Connector):
             headers=lambda: {"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
         )
         self._token = self._read_token()
-        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         self._pace = threading.Lock()
         self._last_search = 0.0
         self._secondly_remaining: int | None = None
@@ -202,7 +190,7 @@ class HubSpotConnector(sdk.Connector):
             rule = ERRORS.classify(429, policy)
             text = f"{describe}: 429 {policy}: {message}"
             if policy == "DAILY":
-                return BudgetExhausted(text, rule)
+                return sdk.BudgetExhausted(text, rule)
             wait = sdk.retry_after(response)
             return ConnectorError(text, rule, retry_after=1.0 if wait is None else wait)
         if status == 401:
@@ -229,14 +217,14 @@ class HubSpotConnector(sdk.Connector):
     def check(self) -> None:
         self._request("GET", f"/crm/v3/objects/{OBJECT}", params={"limit": 1}, describe="list contacts")
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         _check_object(object_type)
         if object_type not in self._describes:
             props = self._request(
                 "GET", f"/crm/v3/properties/{OBJECT}", describe="contact properties"
             ).json()["results"]
             fields = {
-                p["name"]: FieldInfo(
+                p["name"]: sdk.FieldInfo(
                     name=p["name"],
                     type=f"{p.get('type')}/{p.get('fieldType')}",
                     updateable=not (p.get("modificationMetadata") or {}).get("readOnlyValue", False),
@@ -249,21 +237,21 @@ class HubSpotConnector(sdk.Connector):
             ).json()["subscriptionDefinitions"]
             for item in definitions:
                 sid = str(item["id"])
-                fields[f"subscription_{sid}"] = FieldInfo(
+                fields[f"subscription_{sid}"] = sdk.FieldInfo(
                     f"subscription_{sid}", "subscription", True, picklist_values=SUBSCRIPTION_STATES
                 )
-                fields[f"subscription_{sid}_legal_basis"] = FieldInfo(
+                fields[f"subscription_{sid}_legal_basis"] = sdk.FieldInfo(
                     f"subscription_{sid}_legal_basis", "legal_basis", True, picklist_values=V3_LEGAL_BASES
                 )
-                fields[f"subscription_{sid}_timestamp"] = FieldInfo(
+                fields[f"subscription_{sid}_timestamp"] = sdk.FieldInfo(
                     f"subscription_{sid}_timestamp", "datetime", False
                 )
             self._describes[object_type] = fields
         return self._describes[object_type]
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         known = self.describe(object_type)
         missing = [name for name in fields if name not in known]
         if missing:
@@ -372,7 +360,7 @@ class HubSpotConnector(sdk.Connector):
 
     def _records(
         self, object_type: str, batch: list[dict[str, Any]], subscriptions: list[str]
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         statuses = (
             self._statuses([str((r["properties"] or {}).get("email") or "") for r in batch])
             if subscriptions
@@ -392,11 +380,11 @@ class HubSpotConnector(sdk.Connector):
                 props[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
                 props[f"subscription_{sid}_timestamp"] = status.get("timestamp")
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
-            yield CrmRecord(object_type, str(raw["id"]), modstamp, props)
+            yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props)
 
     # -- deletions and merges ------------------------------------------------------------------
 
-    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+    def read_deletions(self, object_type: str, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
         """Contacts archived (deleted) or merged away after ``since`` and at or before ``until``,
         in (time, id) order: archived ones from the archived list (their ``archivedAt``), merged
         ones from the survivors' ``hs_merged_object_ids`` (at the survivor's
@@ -405,14 +393,14 @@ class HubSpotConnector(sdk.Connector):
         _check_object(object_type)
         floor = _cursor_id(since)
 
-        def wanted(record: CrmRecord) -> bool:
+        def wanted(record: sdk.CrmRecord) -> bool:
             return _after(record, since.modstamp, floor) and record.modstamp <= until
 
         archived = sorted(filter(wanted, self._archived()), key=_deletion_key)
         merged = filter(wanted, self._merged_away(since.modstamp, until))
         yield from heapq.merge(archived, merged, key=_deletion_key)
 
-    def _archived(self) -> Iterator[CrmRecord]:
+    def _archived(self) -> Iterator[sdk.CrmRecord]:
         """Every archived contact, page by page (the list comes in id order, not by
         ``archivedAt``: the caller sorts what falls in its window)."""
         params: dict[str, Any] = {"archived": "true", "limit": 100, "properties": "hs_object_id"}
@@ -423,18 +411,20 @@ class HubSpotConnector(sdk.Connector):
             for raw in body.get("results") or []:
                 stamp = raw.get("archivedAt") or raw.get("updatedAt")
                 if stamp:
-                    yield CrmRecord(OBJECT, str(raw["id"]), parse_hs_datetime(str(stamp)), {}, deleted=True)
+                    yield sdk.CrmRecord(
+                        OBJECT, str(raw["id"]), parse_hs_datetime(str(stamp)), {}, deleted=True
+                    )
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
                 return
             params = {**params, "after": after}
 
-    def _merged_away(self, stamp: datetime | None, until: datetime) -> Iterator[CrmRecord]:
+    def _merged_away(self, stamp: datetime | None, until: datetime) -> Iterator[sdk.CrmRecord]:
         """Ids merged into survivors changed at or after ``stamp``, in (time, id) order. A merged
         id leaves every list (it is not archived): only its survivor names it."""
         merged_filter = [{"propertyName": MERGED_IDS, "operator": "HAS_PROPERTY"}]
         wanted = ["hs_object_id", "lastmodifieddate", MERGED_IDS]
-        pending: list[CrmRecord] = []
+        pending: list[sdk.CrmRecord] = []
         for batch in self._keyset_pages(stamp, None, until, wanted, merged_filter):
             for raw in batch:
                 props = raw.get("properties") or {}
@@ -446,7 +436,7 @@ class HubSpotConnector(sdk.Connector):
                 for merged_id in str(props.get(MERGED_IDS) or "").split(";"):
                     if merged_id.strip().isdigit() and merged_id.strip() != survivor:
                         pending.append(
-                            CrmRecord(
+                            sdk.CrmRecord(
                                 OBJECT, merged_id.strip(), moment, {}, deleted=True, merged_into=survivor
                             )
                         )
@@ -482,7 +472,7 @@ class HubSpotConnector(sdk.Connector):
 
     # -- writing -------------------------------------------------------------------------------
 
-    def irreversible(self, update: RecordUpdate) -> set[str]:
+    def irreversible(self, update: sdk.RecordUpdate) -> set[str]:
         """An unsubscribe: HubSpot's API can never resubscribe the contact (v3 refuses it)."""
         fields = {
             name
@@ -491,24 +481,24 @@ class HubSpotConnector(sdk.Connector):
         }
         return fields | super().irreversible(update)
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Property changes by batch update, ``batch_size`` contacts a call, each group's
         subscription changes one v3 call each right after its batch, deletions by batch archive:
         every call's answers are handed over as it returns. An update with both properties and
         subscriptions is answered once its last call returned (one answer per update)."""
         if not updates:
             return
-        known = self.describe(OBJECT) if any(u.action is WriteAction.UPDATE for u in updates) else {}
-        refused: dict[int, WriteResult] = {}
+        known = self.describe(OBJECT) if any(u.action is sdk.WriteAction.UPDATE for u in updates) else {}
+        refused: dict[int, sdk.WriteResult] = {}
         plans: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         deletes: list[int] = []
         for index, item in enumerate(updates):
             _check_object(item.object_type)
-            if item.action is WriteAction.DELETE:
+            if item.action is sdk.WriteAction.DELETE:
                 if item.record_id.isdigit():
                     deletes.append(index)
                 else:
-                    refused[index] = WriteResult(
+                    refused[index] = sdk.WriteResult(
                         item.record_id, False, "INVALID_ID", "not a HubSpot record id"
                     )
                 continue
@@ -517,11 +507,11 @@ class HubSpotConnector(sdk.Connector):
             bad = [k for k in props if k not in known or not known[k].updateable]
             bad += [k for k in subs if k not in known]
             if bad:
-                refused[index] = WriteResult(
+                refused[index] = sdk.WriteResult(
                     item.record_id, False, "INVALID_FIELD", f"not a writable HubSpot field: {', '.join(bad)}"
                 )
             elif not props and not subs:
-                refused[index] = WriteResult(item.record_id, True)  # nothing to change
+                refused[index] = sdk.WriteResult(item.record_id, True)  # nothing to change
             else:
                 plans[index] = (props, subs)
         if refused:
@@ -533,12 +523,12 @@ class HubSpotConnector(sdk.Connector):
 
     def _write_group(
         self,
-        updates: Sequence[RecordUpdate],
+        updates: Sequence[sdk.RecordUpdate],
         group: list[int],
         plans: Mapping[int, tuple[dict[str, Any], dict[str, Any]]],
-    ) -> Iterator[dict[int, WriteResult]]:
+    ) -> Iterator[dict[int, sdk.WriteResult]]:
         """One batch update for the group's properties, then its subscription calls."""
-        partial: dict[int, WriteResult] = {}
+        partial: dict[int, sdk.WriteResult] = {}
         with_subs = [index for index in group if plans[index][1]]
         property_parts = [(index, plans[index][0]) for index in group if plans[index][0]]
         if property_parts:
@@ -557,8 +547,8 @@ class HubSpotConnector(sdk.Connector):
             yield {index: _combined(record_id, outcomes)}
 
     def _update_calls(
-        self, updates: Sequence[RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]
-    ) -> Iterator[dict[int, WriteResult]]:
+        self, updates: Sequence[sdk.RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]
+    ) -> Iterator[dict[int, sdk.WriteResult]]:
         """One batch update (or, when HubSpot refuses the whole batch for one bad value, one
         call per contact to find it): each call's answers as it returns."""
         inputs = [{"id": updates[i].record_id, "properties": _property_values(props)} for i, props in chunk]
@@ -577,7 +567,7 @@ class HubSpotConnector(sdk.Connector):
                     yield from self._update_calls(updates, [single])
                 return
             index = chunk[0][0]
-            yield {index: WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))}
+            yield {index: sdk.WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))}
             return
         body = response.json()
         failed: dict[str, tuple[str, str]] = {}
@@ -585,18 +575,20 @@ class HubSpotConnector(sdk.Connector):
             category = str(error.get("category") or "ERROR")
             for record_id in (error.get("context") or {}).get("ids") or []:
                 failed[str(record_id)] = (category, str(error.get("message") or ""))
-        answers: dict[int, WriteResult] = {}
+        answers: dict[int, sdk.WriteResult] = {}
         for index, _props in chunk:
             record_id = updates[index].record_id
             if record_id in failed:
                 category, message = failed[record_id]
                 retryable = ERRORS.classify(207, category).action in (Action.RETRY, Action.RATE_LIMITED)
-                answers[index] = WriteResult(record_id, False, category, message, retryable)
+                answers[index] = sdk.WriteResult(record_id, False, category, message, retryable)
             else:
-                answers[index] = WriteResult(record_id, True)
+                answers[index] = sdk.WriteResult(record_id, True)
         yield answers
 
-    def _archive_batch(self, updates: Sequence[RecordUpdate], chunk: list[int]) -> dict[int, WriteResult]:
+    def _archive_batch(
+        self, updates: Sequence[sdk.RecordUpdate], chunk: list[int]
+    ) -> dict[int, sdk.WriteResult]:
         """``POST .../batch/archive``: HubSpot answers 204 for the whole batch (an id already
         gone is no error: the record is deleted either way)."""
         inputs = [{"id": updates[index].record_id} for index in chunk]
@@ -608,17 +600,17 @@ class HubSpotConnector(sdk.Connector):
             if error.rule.status != 400:
                 raise
             return {
-                i: WriteResult(updates[i].record_id, False, "VALIDATION_ERROR", str(error)) for i in chunk
+                i: sdk.WriteResult(updates[i].record_id, False, "VALIDATION_ERROR", str(error)) for i in chunk
             }
-        return {index: WriteResult(updates[index].record_id, True) for index in chunk}
+        return {index: sdk.WriteResult(updates[index].record_id, True) for index in chunk}
 
     def _subscription_results(
         self, record_id: str, email: str | None, subs: Mapping[str, Any]
-    ) -> list[WriteResult]:
+    ) -> list[sdk.WriteResult]:
         """One contact's subscription changes, one v3 call each."""
         if not email:
             return [
-                WriteResult(
+                sdk.WriteResult(
                     record_id,
                     False,
                     "NO_EMAIL",
@@ -630,14 +622,14 @@ class HubSpotConnector(sdk.Connector):
             match = _VIRTUAL.match(key)
             assert match is not None
             if match["part"] == "timestamp":
-                results.append(WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only"))
+                results.append(sdk.WriteResult(record_id, False, "INVALID_FIELD", f"{key} is read-only"))
                 continue
             if match["part"] == "legal_basis":
                 if f"subscription_{match['id']}" not in subs:
                     # HubSpot records a legal basis only with a status change: claiming this
                     # written would make the next read look like new evidence.
                     results.append(
-                        WriteResult(
+                        sdk.WriteResult(
                             record_id,
                             False,
                             "LEGAL_BASIS_WITHOUT_STATUS",
@@ -655,9 +647,9 @@ class HubSpotConnector(sdk.Connector):
 
     def _set_subscription(
         self, record_id: str, email: str, sid: str, state: str, basis: str | None
-    ) -> WriteResult:
+    ) -> sdk.WriteResult:
         if state not in ("SUBSCRIBED", "UNSUBSCRIBED"):
-            return WriteResult(
+            return sdk.WriteResult(
                 record_id, False, "INVALID_VALUE", f"v3 sets SUBSCRIBED or UNSUBSCRIBED, not {state!r}"
             )
         action = "subscribe" if state == "SUBSCRIBED" else "unsubscribe"
@@ -675,14 +667,14 @@ class HubSpotConnector(sdk.Connector):
             self._request("POST", f"/communication-preferences/v3/{action}", json=body, describe=action)
         except ConnectorError as error:
             if error.rule.status == 409:
-                return WriteResult(record_id, False, "CONFLICT", str(error), retryable=True)
+                return sdk.WriteResult(record_id, False, "CONFLICT", str(error), retryable=True)
             if error.rule.status != 400:
                 raise
             text = str(error)
             if _ALREADY.search(text):
-                return WriteResult(record_id, True)
+                return sdk.WriteResult(record_id, True)
             if action == "subscribe" and _REFUSAL.search(text):
-                return WriteResult(
+                return sdk.WriteResult(
                     record_id,
                     False,
                     REFUSES_RESUBSCRIBE,
@@ -691,8 +683,8 @@ class HubSpotConnector(sdk.Connector):
                     "or the preferences page. Not retried.",
                     retryable=False,
                 )
-            return WriteResult(record_id, False, "VALIDATION_ERROR", text)
-        return WriteResult(record_id, True)
+            return sdk.WriteResult(record_id, False, "VALIDATION_ERROR", text)
+        return sdk.WriteResult(record_id, True)
 
     def _emails(self, record_ids: list[str]) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -725,7 +717,7 @@ def _check_object(object_type: str) -> None:
         )
 
 
-def _cursor_id(since: Cursor) -> int | None:
+def _cursor_id(since: sdk.Cursor) -> int | None:
     if since.record_id is None:
         return None
     if not since.record_id.isdigit():
@@ -752,7 +744,7 @@ def _groups(results: list[dict[str, Any]]) -> list[tuple[datetime, list[dict[str
     return groups
 
 
-def _unique_groups(indexes: list[int], updates: Sequence[RecordUpdate], size: int) -> Iterator[list[int]]:
+def _unique_groups(indexes: list[int], updates: Sequence[sdk.RecordUpdate], size: int) -> Iterator[list[int]]:
     """Positions in groups of at most ``size``, in input order, no record twice in one group
     (HubSpot refuses duplicate ids in a batch)."""
     group: list[int] = []
@@ -768,11 +760,11 @@ def _unique_groups(indexes: list[int], updates: Sequence[RecordUpdate], size: in
         yield group
 
 
-def _deletion_key(record: CrmRecord) -> tuple[datetime, int]:
+def _deletion_key(record: sdk.CrmRecord) -> tuple[datetime, int]:
     return record.modstamp, int(record.record_id)
 
 
-def _after(record: CrmRecord, stamp: datetime | None, record_id: int | None) -> bool:
+def _after(record: sdk.CrmRecord, stamp: datetime | None, record_id: int | None) -> bool:
     """After the (time, id) cursor; a cursor without an id takes its whole timestamp."""
     if stamp is None:
         return True
@@ -793,12 +785,14 @@ def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _combined(record_id: str, parts: list[WriteResult]) -> WriteResult:
+def _combined(record_id: str, parts: list[sdk.WriteResult]) -> sdk.WriteResult:
     failures = [p for p in parts if not p.ok]
     if not failures:
-        return WriteResult(record_id, True)
+        return sdk.WriteResult(record_id, True)
     first = failures[0]
-    return WriteResult(record_id, False, first.error_code, first.message, all(p.retryable for p in failures))
+    return sdk.WriteResult(
+        record_id, False, first.error_code, first.message, all(p.retryable for p in failures)
+    )
 
 
 def _required_scopes(body: Any) -> list[str]:

@@ -23,19 +23,7 @@ from simple_salesforce.exceptions import SalesforceError
 from simple_salesforce.format import format_soql
 
 from consentsync import sdk
-from consentsync.sdk import (
-    Action,
-    BudgetExhausted,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    WriteAction,
-    WriteResult,
-)
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_salesforce.auth import TokenGrant, request_token
 from consentsync_salesforce.settings import SalesforceSettings
 
@@ -102,7 +90,7 @@ class SalesforceConnector(sdk.Connector):
         # simple-salesforce passes no timeout: the sdk's session gives every request one.
         self.session = sdk.http_session(self.config, on_response=self._count)
         self._sf: Salesforce | None = None
-        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
 
     # -- session -------------------------------------------------------------------------------
 
@@ -152,14 +140,14 @@ class SalesforceConnector(sdk.Connector):
     def check(self) -> None:
         self._call("limits", lambda: self.sf.restful("limits"))
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         if object_type not in self._describes:
             _check_api_name(object_type)
             result = self._call(
                 f"describe {object_type}", lambda: self.sf.restful(f"sobjects/{object_type}/describe")
             )
             self._describes[object_type] = {
-                item["name"]: FieldInfo(
+                item["name"]: sdk.FieldInfo(
                     name=item["name"],
                     type=item.get("type", ""),
                     updateable=bool(item.get("updateable")),
@@ -173,8 +161,8 @@ class SalesforceConnector(sdk.Connector):
         return self._describes[object_type]
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         """Changes in (SystemModstamp, Id) order. Where the object has ``IsDeleted`` the read
         goes through ``queryAll``: a deletion moves SystemModstamp to the time of the deletion,
         so records deleted (or merged away: ``MasterRecordId``) come in the same stream and are
@@ -186,7 +174,7 @@ class SalesforceConnector(sdk.Connector):
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         wanted = self._selected_fields(object_type, fields)
         for start in range(0, len(record_ids), COLLECTION_LIMIT):
             ids = list(record_ids[start : start + COLLECTION_LIMIT])
@@ -201,7 +189,7 @@ class SalesforceConnector(sdk.Connector):
         *,
         count: bool = False,
         include_deleted: bool = False,
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         page = self._call(
             f"query {object_type}",
             lambda: self.sf.query(query, include_deleted=include_deleted, headers=headers),
@@ -231,7 +219,7 @@ class SalesforceConnector(sdk.Connector):
             )
         return wanted
 
-    def build_query(self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime) -> str:
+    def build_query(self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime) -> str:
         """SOQL for the changes after ``since`` up to ``until``, in cursor order. A cursor without
         an id (a look-back start) takes every record stamped at or after its time. Object and
         field names are checked against describe(); every value goes through format_soql."""
@@ -252,14 +240,14 @@ class SalesforceConnector(sdk.Connector):
             where = f"{after} AND {where}"
         return f"SELECT {', '.join(wanted)} FROM {object_type} WHERE {where} ORDER BY SystemModstamp, Id"
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Updates per object (sObject Collections, or one Bulk API 2.0 job above the threshold),
         then deletes (sObject Collections, any objects in one call), yielding each call's (each
         job's) answers as it returns."""
         by_object: dict[str, list[int]] = {}
         deletes: list[int] = []
         for position, item in enumerate(updates):
-            if item.action is WriteAction.DELETE:
+            if item.action is sdk.WriteAction.DELETE:
                 deletes.append(position)
             else:
                 by_object.setdefault(item.object_type, []).append(position)
@@ -281,8 +269,8 @@ class SalesforceConnector(sdk.Connector):
     # -- writing -------------------------------------------------------------------------------
 
     def _collection_calls(
-        self, positions: Sequence[int], send: Callable[[list[int]], list[WriteResult]]
-    ) -> Iterator[dict[int, WriteResult]]:
+        self, positions: Sequence[int], send: Callable[[list[int]], list[sdk.WriteResult]]
+    ) -> Iterator[dict[int, sdk.WriteResult]]:
         """sObject Collections calls of at most 200 records, each call's answers yielded as it
         returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, a few times;
         a call's other answers are not held back for them. What still fails is reported."""
@@ -294,7 +282,7 @@ class SalesforceConnector(sdk.Connector):
             retry: list[int] = []
             for start in range(0, len(pending), COLLECTION_LIMIT):
                 chunk = pending[start : start + COLLECTION_LIMIT]
-                answered: dict[int, WriteResult] = {}
+                answered: dict[int, sdk.WriteResult] = {}
                 for position, result in zip(chunk, send(chunk), strict=True):
                     if result.retryable and not last_pass:
                         retry.append(position)
@@ -307,8 +295,8 @@ class SalesforceConnector(sdk.Connector):
                 return
 
     def _save_chunk(
-        self, object_type: str, updates: Sequence[RecordUpdate], chunk: Sequence[int]
-    ) -> list[WriteResult]:
+        self, object_type: str, updates: Sequence[sdk.RecordUpdate], chunk: Sequence[int]
+    ) -> list[sdk.WriteResult]:
         body = {
             "allOrNone": False,
             "records": [
@@ -323,7 +311,9 @@ class SalesforceConnector(sdk.Connector):
         # Results come in input order; failed entries carry no id.
         return [_save_result(updates[i].record_id, outcome) for i, outcome in zip(chunk, saved, strict=True)]
 
-    def _delete_chunk(self, updates: Sequence[RecordUpdate], chunk: Sequence[int]) -> list[WriteResult]:
+    def _delete_chunk(
+        self, updates: Sequence[sdk.RecordUpdate], chunk: Sequence[int]
+    ) -> list[sdk.WriteResult]:
         # Ids were checked to be plain 15/18-character ids: none can smuggle a comma into the list.
         params = {"ids": ",".join(updates[i].record_id for i in chunk), "allOrNone": "false"}
         deleted = self._call(
@@ -335,8 +325,8 @@ class SalesforceConnector(sdk.Connector):
         ]
 
     def _write_bulk(
-        self, object_type: str, updates: Sequence[RecordUpdate], positions: Sequence[int]
-    ) -> dict[int, WriteResult]:
+        self, object_type: str, updates: Sequence[sdk.RecordUpdate], positions: Sequence[int]
+    ) -> dict[int, sdk.WriteResult]:
         """Bulk API 2.0 ingest: one job, one CSV upload, close, poll, read the results; answers
         the job's records together, when it ends."""
         chosen = [updates[i] for i in positions]
@@ -374,16 +364,16 @@ class SalesforceConnector(sdk.Connector):
         # answered as done, and only the rest as a (retryable) job failure.
         saved = None if completed else set(self._bulk_results(job_path, "successfulResults"))
         job_error = info.get("errorMessage") or info["state"]
-        answers: dict[int, WriteResult] = {}
+        answers: dict[int, sdk.WriteResult] = {}
         for position, item in zip(positions, chosen, strict=True):
             error = failures.get(item.record_id)
             if error is not None:
                 code = error.split(":", 1)[0]
-                answers[position] = WriteResult(item.record_id, False, code, error, _retryable(code))
+                answers[position] = sdk.WriteResult(item.record_id, False, code, error, _retryable(code))
             elif saved is None or item.record_id in saved:
-                answers[position] = WriteResult(item.record_id, True)
+                answers[position] = sdk.WriteResult(item.record_id, True)
             else:
-                answers[position] = WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
+                answers[position] = sdk.WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
         return answers
 
     def _wait_for_job(self, job_id: str, job_path: str) -> dict[str, Any]:
@@ -428,44 +418,44 @@ def _check_api_name(name: str) -> None:
         )
 
 
-def _record(object_type: str, raw: Mapping[str, Any]) -> CrmRecord:
+def _record(object_type: str, raw: Mapping[str, Any]) -> sdk.CrmRecord:
     record_id = str(raw["Id"])
     modstamp = parse_sf_datetime(str(raw["SystemModstamp"]))
     if raw.get("IsDeleted") is True:
         # In the recycle bin: SystemModstamp is the deletion. Its fields are not handed on (a
         # deleted person's data has no business in the ledger); MasterRecordId names the
         # survivor when it was merged away.
-        return CrmRecord(
+        return sdk.CrmRecord(
             object_type, record_id, modstamp, {}, deleted=True, merged_into=raw.get("MasterRecordId") or None
         )
     fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS)}
-    return CrmRecord(object_type, record_id, modstamp, fields)
+    return sdk.CrmRecord(object_type, record_id, modstamp, fields)
 
 
-def _save_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
+def _save_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:
     if outcome.get("success"):
-        return WriteResult(record_id, True)
+        return sdk.WriteResult(record_id, True)
     errors = outcome.get("errors") or [{}]
     code = str(errors[0].get("statusCode") or "UNKNOWN")
     message = "; ".join(str(e.get("message", "")) for e in errors)
-    return WriteResult(record_id, False, code, message, _retryable(code))
+    return sdk.WriteResult(record_id, False, code, message, _retryable(code))
 
 
-def _delete_result(record_id: str, outcome: Mapping[str, Any]) -> WriteResult:
+def _delete_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:
     errors = outcome.get("errors") or []
     if not outcome.get("success") and errors and errors[0].get("statusCode") == "ENTITY_IS_DELETED":
         # Already in the recycle bin (a user, or this delete sent again after a lost answer):
         # the record is gone, which is what was asked.
-        return WriteResult(record_id, True, message="already deleted")
+        return sdk.WriteResult(record_id, True, message="already deleted")
     return _save_result(record_id, outcome)
 
 
-def _bad_id(update: RecordUpdate) -> bool:
+def _bad_id(update: sdk.RecordUpdate) -> bool:
     return not _RECORD_ID.match(update.record_id)
 
 
-def _malformed_id(record_id: str) -> WriteResult:
-    return WriteResult(record_id, False, "MALFORMED_ID", "not a Salesforce record id", False)
+def _malformed_id(record_id: str) -> sdk.WriteResult:
+    return sdk.WriteResult(record_id, False, "MALFORMED_ID", "not a Salesforce record id", False)
 
 
 def _retryable(code: str) -> bool:
@@ -485,7 +475,7 @@ def _classified(error: SalesforceError) -> ConnectorError:
     text = f"{error.resource_name}: {error.status} {code or ''} {message}".strip()
     if code == "REQUEST_LIMIT_EXCEEDED":
         # The org's rolling 24-hour allocation (or its concurrency cap): no use retrying now.
-        return BudgetExhausted(text, rule)
+        return sdk.BudgetExhausted(text, rule)
     return ConnectorError(text, rule)
 
 

@@ -34,19 +34,7 @@ from typing import Any, ClassVar
 import requests
 
 from consentsync import sdk
-from consentsync.sdk import (
-    Action,
-    BudgetExhausted,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    WriteAction,
-    WriteResult,
-)
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_superoffice.settings import LIST_KEY, SuperOfficeSettings
 
 ERRORS = sdk.ErrorTable(
@@ -144,7 +132,7 @@ class SuperOfficeConnector(sdk.Connector):
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     can_delete: ClassVar[bool] = True
 
-    def as_read_back(self, update: RecordUpdate) -> dict[str, Any]:
+    def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
         """A removed consent (LegalBase_<KEY> set to null: RemoveConsent) reads back as the
         tenant's mark for it (``removal_reads_back_as``)."""
         fields = dict(update.fields)
@@ -288,30 +276,30 @@ class SuperOfficeConnector(sdk.Connector):
             self._purposes = [str(row.get("key")) for row in answer.get("value") or [] if row.get("key")]
         return self._purposes
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         _check_object(object_type)
         try:
             keys = self._tenant_purposes()
         except ConnectorError:
             keys = list(self.config.purposes)
         out = {
-            "PersonId": FieldInfo("PersonId", "int", updateable=False, nillable=False),
-            "Email": FieldInfo("Email", "string", updateable=False),
-            "ConsentUpdated": FieldInfo("ConsentUpdated", "datetime", updateable=False, nillable=False),
+            "PersonId": sdk.FieldInfo("PersonId", "int", updateable=False, nillable=False),
+            "Email": sdk.FieldInfo("Email", "string", updateable=False),
+            "ConsentUpdated": sdk.FieldInfo("ConsentUpdated", "datetime", updateable=False, nillable=False),
         }
-        out["Email"] = FieldInfo("Email", "string", updateable=True)
+        out["Email"] = sdk.FieldInfo("Email", "string", updateable=True)
         for name in PERSON_WRITABLE:
-            out.setdefault(name, FieldInfo(name, "string", updateable=True))
+            out.setdefault(name, sdk.FieldInfo(name, "string", updateable=True))
         for key in keys:
             for attribute in PURPOSE_ATTRIBUTES:
                 name = f"{attribute}_{key}"
                 kind = "datetime" if attribute in ("Registered", "Updated") else "string"
-                out[name] = FieldInfo(name, kind, updateable=attribute in WRITABLE)
+                out[name] = sdk.FieldInfo(name, kind, updateable=attribute in WRITABLE)
         return out
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         """Persons whose consents changed after ``since`` and before ``until``'s second.
 
         Times are read to the whole second, and a second is handed on only once every row of it
@@ -373,7 +361,7 @@ class SuperOfficeConnector(sdk.Connector):
         rows: list[tuple[datetime, int, Any]],
         position: tuple[datetime, int] | None,
         wanted: dict[str, list[str]],
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         """Each person of complete seconds once, in (second, person id) order, read whole. A
         person changed in several seconds of these rows is read at the last of them only: that
         read holds the earlier changes too, and were the run to stop before it, the cursor would
@@ -410,21 +398,21 @@ class SuperOfficeConnector(sdk.Connector):
             where = f"{updated} ge {moment(floor)} and {where}"
         return where
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Each update's answer as soon as its calls return (SuperOffice has no batch call: one
         SetConsent or RemoveConsent per person and purpose, one PATCH for the person's own
         fields, one DELETE). A limit or a run-wide error propagates after the answers before."""
         for position, update in enumerate(updates):
             yield {position: self._write_one(update)}
 
-    def _write_one(self, update: RecordUpdate) -> WriteResult:
+    def _write_one(self, update: sdk.RecordUpdate) -> sdk.WriteResult:
         record_id = update.record_id
         if update.object_type != OBJECT or not str(record_id).isdigit():
-            return WriteResult(
+            return sdk.WriteResult(
                 record_id, False, "INVALID_RECORD", f"not a SuperOffice Person id: {record_id!r}"
             )
         person = int(record_id)
-        if update.action is WriteAction.DELETE:
+        if update.action is sdk.WriteAction.DELETE:
             return self._outcome(record_id, lambda: self._delete_person(person))
         by_purpose: dict[str, dict[str, Any]] = {}
         person_fields: dict[str, Any] = {}
@@ -434,7 +422,7 @@ class SuperOfficeConnector(sdk.Connector):
                 continue
             match = _PURPOSE_FIELD.match(name)
             if match is None or match.group(1) not in WRITABLE:
-                return WriteResult(
+                return sdk.WriteResult(
                     record_id,
                     False,
                     "FIELD_NOT_WRITABLE",
@@ -444,21 +432,21 @@ class SuperOfficeConnector(sdk.Connector):
             by_purpose.setdefault(match.group(2), {})[match.group(1)] = value
         patch = _person_patch(person_fields)
         if isinstance(patch, str):
-            return WriteResult(record_id, False, "INVALID_VALUE", patch)
+            return sdk.WriteResult(record_id, False, "INVALID_VALUE", patch)
         for purpose, values in by_purpose.items():
             answer = self._outcome(record_id, lambda p=purpose, v=values: self._write_consent(person, p, v))
             if not answer.ok:
                 return answer
         if patch:
             return self._outcome(record_id, lambda: self._patch_person(person, patch))
-        return WriteResult(record_id, True)
+        return sdk.WriteResult(record_id, True)
 
-    def _outcome(self, record_id: str, action: Callable[[], tuple[str, str] | None]) -> WriteResult:
+    def _outcome(self, record_id: str, action: Callable[[], tuple[str, str] | None]) -> sdk.WriteResult:
         """Runs one record's calls: a refusal of this record is its answer; what concerns the
         whole run (a limit, the token, the configuration) is raised."""
         try:
             problem = action()
-        except BudgetExhausted:
+        except sdk.BudgetExhausted:
             raise
         except ConnectorError as error:
             if (
@@ -468,10 +456,10 @@ class SuperOfficeConnector(sdk.Connector):
                 raise  # the whole run's problem: it stops, the rows stay pending
             retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
             code = error.rule.code or str(error.rule.status)
-            return WriteResult(record_id, False, code, str(error), retryable)
+            return sdk.WriteResult(record_id, False, code, str(error), retryable)
         if problem is not None:
-            return WriteResult(record_id, False, problem[0], problem[1])
-        return WriteResult(record_id, True)
+            return sdk.WriteResult(record_id, False, problem[0], problem[1])
+        return sdk.WriteResult(record_id, True)
 
     def _delete_person(self, person: int) -> tuple[str, str] | None:
         """DELETE Person/{id}: SuperOffice soft-deletes it (recycle bin). A person already gone
@@ -582,7 +570,7 @@ def _person_patch(fields: Mapping[str, Any]) -> list[dict[str, Any]] | str:
 
 def _record(
     person: int, stamp: datetime, email: Any, infos: list[Mapping[str, Any]], wanted: dict[str, list[str]]
-) -> CrmRecord:
+) -> sdk.CrmRecord:
     fields: dict[str, Any] = {
         "PersonId": str(person),
         "Email": email if isinstance(email, str) and email.strip() else None,
@@ -595,7 +583,7 @@ def _record(
             attribute = name.split("_", 1)[0]
             value = info.get(_INFO_KEYS[attribute]) if info is not None else None
             fields[name] = value if value not in ("", None) else None
-    return CrmRecord(OBJECT, str(person), stamp, fields)
+    return sdk.CrmRecord(OBJECT, str(person), stamp, fields)
 
 
 def _classified(kind: str, response: requests.Response) -> ConnectorError:

@@ -35,18 +35,7 @@ from zoneinfo import ZoneInfo
 from pydantic import ValidationError
 
 from consentsync import sdk
-from consentsync.sdk import (
-    Action,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    WriteAction,
-    WriteResult,
-)
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_vtiger.client import ERRORS, VtigerClient
 from consentsync_vtiger.settings import VtigerSettings
 
@@ -104,7 +93,7 @@ class VtigerConnector(sdk.Connector):
         self.reads_deletions = self.config.read_deletions  # type: ignore[misc]
         self.policy = self.config.retry_policy()
         self.client = VtigerClient(self.config, self.usage)
-        self._describes: dict[str, dict[str, FieldInfo]] = {}
+        self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         self._prefixes: dict[str, str] = {}
 
     # -- calls ---------------------------------------------------------------------------------
@@ -134,7 +123,7 @@ class VtigerConnector(sdk.Connector):
                 ErrorRule(Action.FAIL, Fault.CONFIG, "Contacts not visible"),
             )
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         if object_type not in self._describes:
             _check_name(object_type, "module")
             try:
@@ -143,10 +132,10 @@ class VtigerConnector(sdk.Connector):
                 if error.rule.code == "ACCESS_DENIED":
                     raise self._module_missing(object_type) from None
                 raise
-            fields: dict[str, FieldInfo] = {}
+            fields: dict[str, sdk.FieldInfo] = {}
             for item in result.get("fields") or []:
                 kind = item.get("type") or {}
-                fields[item["name"]] = FieldInfo(
+                fields[item["name"]] = sdk.FieldInfo(
                     name=item["name"],
                     type=str(kind.get("name") or ""),
                     updateable=bool(item.get("editable")),
@@ -158,8 +147,8 @@ class VtigerConnector(sdk.Connector):
         return self._describes[object_type]
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         columns = self._columns(object_type, fields)
         page_size = self.config.page_size
         step = max(1, page_size - min(self.config.crowded_second_overlap, page_size // 2))
@@ -194,33 +183,33 @@ class VtigerConnector(sdk.Connector):
             floor, offset = last, 0
             held = {str(r["id"]): r for r in rows if str(r["modifiedtime"]) == last}
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One call per record (``revise``, or ``delete`` for a deletion: Vtiger has no batch
         write), each answer handed over as its call returns. A limit or a run-wide error raised
         by a call propagates; the answers before it were already handed over."""
         for position, item in enumerate(updates):
             yield {position: self._write_one(item)}
 
-    def _write_one(self, item: RecordUpdate) -> WriteResult:
+    def _write_one(self, item: sdk.RecordUpdate) -> sdk.WriteResult:
         problem = self._write_problem(item)
         if problem is not None:
             return problem
-        if item.action is WriteAction.DELETE:
+        if item.action is sdk.WriteAction.DELETE:
             refused = self._record_call("delete", {"id": item.record_id}, f"delete {item.object_type}")
         else:
             element = self._element(item)
-            if isinstance(element, WriteResult):
+            if isinstance(element, sdk.WriteResult):
                 return element
             refused = self._record_call("revise", {"element": element}, f"revise {item.object_type}")
         if refused is None:
-            return WriteResult(item.record_id, True)
+            return sdk.WriteResult(item.record_id, True)
         code = refused.rule.code or "UNKNOWN"
         message = str(refused)
-        if item.action is WriteAction.DELETE and code == "ACCESS_DENIED":
+        if item.action is sdk.WriteAction.DELETE and code == "ACCESS_DENIED":
             message += " (deleted already, or the user's profile may not delete it)"
-        return WriteResult(item.record_id, False, code, message, code in _RECORD_RETRY)
+        return sdk.WriteResult(item.record_id, False, code, message, code in _RECORD_RETRY)
 
-    def _element(self, item: RecordUpdate) -> dict[str, Any] | WriteResult:
+    def _element(self, item: sdk.RecordUpdate) -> dict[str, Any] | sdk.WriteResult:
         """The ``revise`` element: checkboxes as "1"/"0" (the only values 8.2.0 stores as
         written), null as "" (Vtiger clears a field sent empty)."""
         known = self.describe(item.object_type)
@@ -229,7 +218,7 @@ class VtigerConnector(sdk.Connector):
             if known[name].type == "boolean":
                 checkbox = _checkbox(value)
                 if checkbox is None:
-                    return WriteResult(
+                    return sdk.WriteResult(
                         item.record_id,
                         False,
                         "INVALID_VALUE",
@@ -264,7 +253,7 @@ class VtigerConnector(sdk.Connector):
 
     # -- deletions -----------------------------------------------------------------------------
 
-    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+    def read_deletions(self, object_type: str, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
         """Records deleted after ``since``, from ``operation=sync``'s ``deleted`` ids (only with
         ``read_deletions`` on). Sync names no deletion times: each id is stamped with the last
         second of the batch that listed it (``lastModifiedTime``, at or after the deletion), and
@@ -290,7 +279,7 @@ class VtigerConnector(sdk.Connector):
                 return  # the batch runs past the read's end: the next run lists it
             for record_id in sorted(str(i) for i in result.get("deleted") or []):
                 if since.is_before(stamp, record_id):
-                    yield CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                    yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
             if not result.get("more"):
                 return
             if following <= mark:
@@ -345,9 +334,9 @@ class VtigerConnector(sdk.Connector):
         object_type: str,
         second: str | None,
         found: dict[str, dict[str, Any]],
-        since: Cursor,
+        since: sdk.Cursor,
         until: datetime,
-    ) -> Iterator[CrmRecord]:
+    ) -> Iterator[sdk.CrmRecord]:
         if second is None:
             return
         modstamp = self._parse_time(second)
@@ -355,7 +344,7 @@ class VtigerConnector(sdk.Connector):
             return  # inside the widened upper bound only: the next run reads it
         for record_id in sorted(found):
             if since.is_before(modstamp, record_id):
-                yield CrmRecord(object_type, record_id, modstamp, found[record_id])
+                yield sdk.CrmRecord(object_type, record_id, modstamp, found[record_id])
 
     def _offsets_near(self, moment: datetime) -> list[timedelta]:
         """The zone's UTC offsets within a day either side of ``moment`` (hourly samples)."""
@@ -389,22 +378,22 @@ class VtigerConnector(sdk.Connector):
             ErrorRule(Action.FAIL, Fault.CONFIG, "module not available", code="ACCESS_DENIED"),
         )
 
-    def _write_problem(self, item: RecordUpdate) -> WriteResult | None:
+    def _write_problem(self, item: sdk.RecordUpdate) -> sdk.WriteResult | None:
         if not _WSID.match(item.record_id):
-            return WriteResult(
+            return sdk.WriteResult(
                 item.record_id, False, "INVALID_ID_ATTRIBUTE", "not a Vtiger id (<type>x<number>)"
             )
         known = self.describe(item.object_type)
         prefix = self._prefixes.get(item.object_type)
         if prefix and not item.record_id.startswith(f"{prefix}x"):
-            return WriteResult(
+            return sdk.WriteResult(
                 item.record_id, False, "INVALID_ID_ATTRIBUTE", f"not an id of {item.object_type}"
             )
-        if item.action is WriteAction.DELETE:
+        if item.action is sdk.WriteAction.DELETE:
             return None
         refused = [name for name in item.fields if name not in known or not known[name].updateable]
         if refused:
-            return WriteResult(
+            return sdk.WriteResult(
                 item.record_id,
                 False,
                 "FIELD_NOT_WRITABLE",

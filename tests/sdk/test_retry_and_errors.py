@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consentsync.sdk import Action, ConnectorError, ErrorRule, ErrorTable, Fault, RetryPolicy, call
-from consentsync.sdk.errors import scrub
+from consentsync.sdk.errors import register_secret, scrub
 
 TABLE = ErrorTable(
     [
@@ -109,3 +109,11 @@ def test_secrets_are_scrubbed_from_messages() -> None:
         assert secret not in cleaned
     assert "[redacted]" in cleaned
     assert "sup3rs3cret" not in str(ConnectorError(text, TABLE.classify(500, None)))
+
+
+def test_a_registered_secret_sharing_a_part_with_a_key_name_does_not_unmask_its_value() -> None:
+    # A sandbox's password "sandbox-password" shares "password" with the key of password=...: its
+    # redaction must not hide the key from the pattern that redacts the value.
+    register_secret("sandbox-password")
+    cleaned = scrub("login failed: username=ada&password=hunter2xyz")
+    assert "hunter2xyz" not in cleaned

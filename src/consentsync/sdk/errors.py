@@ -171,10 +171,11 @@ def _redact_known(text: str) -> str:
 def scrub(text: str) -> str:
     """Removes tokens, passwords, session ids and every known secret (``register_secret``), whole
     or in part, from text meant for logs and run reports."""
-    text = _redact_known(text)
+    # The patterns first: a known secret that shares a part with a key name ("sandbox-password"
+    # and "password=") would otherwise redact the key and hide the value from its pattern.
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
-    return text
+    return _redact_known(text)
 
 
 def network_error(describe: str, error: BaseException, host: str | None = None) -> ConnectorError:

@@ -119,17 +119,22 @@ class HttpClient:
         headers: Mapping[str, str] | None = None,
         accept: Callable[[requests.Response], bool] | None = None,
         before: Callable[[], None] | None = None,
+        authenticated: bool = True,
+        retry: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
         """The answer to one call: a 2xx, or one ``accept`` takes (a caller's own handling of a
         refusal); anything else raises, after the retries the error table allows. ``before`` is
         called before each attempt, just before the request is sent (to pace or count one kind of
-        call)."""
+        call). ``authenticated=False`` leaves out the client's ``headers`` (a login call);
+        ``retry=False`` makes one attempt, for a call made inside another call's attempt (a login
+        before the call that needs its token), whose own retries cover it."""
 
         def attempt() -> requests.Response:
             if self.guard is not None:
                 self.guard()
-            sent = {**(self.headers() if self.headers is not None else {}), **(headers or {})}
+            own = self.headers() if self.headers is not None and authenticated else {}
+            sent = {**own, **(headers or {})}
             if before is not None:
                 before()
             try:
@@ -140,6 +145,8 @@ class HttpClient:
                 return response
             raise self.classify(describe, response)
 
+        if not retry:
+            return attempt()
         return call(attempt, policy=self.policy, refresh_session=self.refresh_session, describe=describe)
 
     def close(self) -> None:

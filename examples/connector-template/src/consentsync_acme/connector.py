@@ -1,5 +1,12 @@
-"""The Acme connector: the four operations, an error table, and calls under the sdk's retry
-policy. Copy it, rename Acme, and replace the HTTP calls with your CRM's."""
+"""The Acme connector: the four operations, an error table, and calls through the sdk's HTTP
+client. Copy it, rename Acme, and replace the HTTP calls with your CRM's.
+
+What the sdk gives (``consentsync.sdk``): ``ConnectorSettings`` (settings.py), ``http_session``
+(the CA bundle, proxy and timeout of the settings), ``HttpClient`` (every call checked against
+the run's budget, its refusals sorted by ``ERRORS`` and retried under the settings' policy,
+its messages scrubbed of secrets) and ``response_error``/``json_or_none`` to read a refusal.
+What stays yours: URLs, the wire format, which error code an answer carries, the error table.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field
 
-from consentsync.sdk import (
-    Action,
-    BudgetExhausted,
-    Connector,
-    ConnectorError,
-    CrmRecord,
-    Cursor,
-    ErrorRule,
-    ErrorTable,
-    Fault,
-    FieldInfo,
-    RecordUpdate,
-    RetryPolicy,
-    WriteResult,
-    call,
-)
+from consentsync import sdk
+from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync_acme.settings import AcmeSettings
 
 # What to do about each answer: the sdk retries RETRY, REFRESH_TOKEN and short RATE_LIMITED,
 # stops the run cleanly on BudgetExhausted, and fails it on FAIL.
-ERRORS = ErrorTable(
+ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session expired", 401, "session_expired"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "API key refused", 401, "invalid_api_key"),
@@ -39,31 +32,21 @@ ERRORS = ErrorTable(
     ]
 )
 FIELDS = {
-    "id": FieldInfo("id", "string", False, nillable=False),
-    "email": FieldInfo("email", "string", True),
-    "name": FieldInfo("name", "string", True),
-    "note": FieldInfo("note", "string", True),
-    "unsubscribed": FieldInfo("unsubscribed", "boolean", True, nillable=False),
-    "updated_at": FieldInfo("updated_at", "datetime", False, nillable=False),
+    "id": sdk.FieldInfo("id", "string", False, nillable=False),
+    "email": sdk.FieldInfo("email", "string", True),
+    "name": sdk.FieldInfo("name", "string", True),
+    "note": sdk.FieldInfo("note", "string", True),
+    "unsubscribed": sdk.FieldInfo("unsubscribed", "boolean", True, nillable=False),
+    "updated_at": sdk.FieldInfo("updated_at", "datetime", False, nillable=False),
 }
 BATCH = 50  # updates a call, as Acme documents
 
 
-class AcmeSettings(BaseModel):
-    """The ``settings:`` block; write secrets as ${ENV_VAR} in consentsync.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    api_url: str
-    api_key: str
-    ca_bundle: str | None = None
-    page_size: int = Field(default=100, ge=1, le=100)
-    timeout: float = Field(default=30.0, gt=0)
-    max_attempts: int = Field(default=5, ge=1)
-
-
-class AcmeConnector(Connector):
+class AcmeConnector(sdk.Connector):
     vendor = "acme"
+    # The settings model: a typo in consentsync.yaml is reported with its file, line and the
+    # accepted keys, never with the value (it may be the API key).
+    settings_model = AcmeSettings
     # Acme documents that a change can show in the contact list up to 2 minutes after its
     # updated_at (the list is served from an index refreshed in the background): every read
     # starts that far behind the last record handled. Set it from your CRM's docs and say why;
@@ -75,57 +58,54 @@ class AcmeConnector(Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = AcmeSettings.model_validate(dict(settings))
-        self.session = requests.Session()
-        self.session.trust_env = False  # REQUESTS_CA_BUNDLE must not override ca_bundle
-        self.session.verify = self.config.ca_bundle or True
-        self.policy = RetryPolicy(max_attempts=self.config.max_attempts, max_rate_limit_wait=10)
+        self.base = self.config.api_url.rstrip("/")
+        self.api = sdk.HttpClient(
+            session=sdk.http_session(self.config, on_response=self._count),
+            policy=self.config.retry_policy(),
+            classify=_classified,
+            guard=lambda: self.config.budget.check(self.name, self.usage),
+            headers=lambda: {"Authorization": f"Bearer {self._session_token()}"},
+            refresh_session=self._forget_token,  # on a REFRESH_TOKEN answer (session_expired)
+        )
         self._token: str | None = None
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        def attempt() -> Any:
-            if self._token is None:
-                login = self._send("POST", "/api/v1/session", json={"api_key": self.config.api_key})
-                self._token = login["token"]
-            return self._send(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+    def _count(self, response: requests.Response) -> None:
+        # Every answer counts against the budget; the path names the kind for the run report.
+        self.usage.count(response.request.path_url.split("?")[0].removeprefix("/api/v1/") or "other")
 
-        def forget_session() -> None:
-            self._token = None
-
-        return call(attempt, policy=self.policy, refresh_session=forget_session, describe=f"{method} {path}")
-
-    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.session.request(
-                method, self.config.api_url.rstrip("/") + path, timeout=self.config.timeout, **kwargs
+    def _session_token(self) -> str:
+        if self._token is None:
+            # Made inside the attempt of the call that needs the token: that call's retries
+            # cover the login too (retry=False), and a refused API key fails it (ERRORS).
+            login = self.api.send(
+                "POST",
+                self.base + "/api/v1/session",
+                describe="login",
+                json={"api_key": self.config.api_key},
+                authenticated=False,
+                retry=False,
             )
-        except requests.RequestException as error:
-            raise ConnectorError(f"{path}: {type(error).__name__}", ERRORS.classify(None, None)) from None
-        self.usage.calls += 1
-        if response.status_code < 300:
-            return response.json()
-        try:
-            code = response.json().get("error")
-        except ValueError:
-            code = None
-        rule = ERRORS.classify(response.status_code, code)
-        text = f"{path}: {response.status_code} {code}"
-        if code == "daily_quota_exceeded":
-            raise BudgetExhausted(text, rule)
-        retry_after = response.headers.get("Retry-After")
-        raise ConnectorError(text, rule, retry_after=float(retry_after) if retry_after else None)
+            self._token = str(login.json()["token"])
+        return self._token
+
+    def _forget_token(self) -> None:
+        self._token = None
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.api.send(method, self.base + path, describe=f"{method} {path}", **kwargs).json()
 
     # -- the four operations -------------------------------------------------------------------
 
     def check(self) -> None:
         self._call("GET", "/api/v1/me")
 
-    def describe(self, object_type: str) -> dict[str, FieldInfo]:
+    def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         _only_contacts(object_type)
         return dict(FIELDS)
 
     def read_changes(
-        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
-    ) -> Iterator[CrmRecord]:
+        self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
         _only_contacts(object_type)
         unknown = [f for f in fields if f not in FIELDS]
         if unknown:
@@ -144,12 +124,12 @@ class AcmeConnector(Connector):
             page = self._call("GET", "/api/v1/contacts", params=params)
             for raw in page["contacts"]:
                 stamp = datetime.fromisoformat(raw["updated_at"].replace("Z", "+00:00")).astimezone(UTC)
-                yield CrmRecord(object_type, raw["id"], stamp, raw)
-                cursor = Cursor(stamp, raw["id"])
+                yield sdk.CrmRecord(object_type, raw["id"], stamp, raw)
+                cursor = sdk.Cursor(stamp, raw["id"])
             if not page["has_more"]:
                 return
 
-    def write_batches(self, updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+    def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         # One call per BATCH updates, its answers yielded as soon as it returns (keyed by position
         # in ``updates``): the engine commits them before asking for the next call, so a run
         # stopped in between loses no acknowledgement. The base class builds ``write`` from this.
@@ -164,7 +144,18 @@ class AcmeConnector(Connector):
             }
 
     def close(self) -> None:
-        self.session.close()
+        self.api.close()
+
+
+def _classified(describe: str, response: requests.Response) -> ConnectorError:
+    """A refused answer: Acme's error code is ``{"error": ...}``; a spent daily quota stops the
+    run cleanly (the next run resumes) instead of failing it."""
+    body = sdk.json_or_none(response)
+    code = str(body["error"]) if isinstance(body, dict) and body.get("error") else None
+    error = sdk.response_error(describe, response, ERRORS, code, "")
+    if code == "daily_quota_exceeded":
+        return sdk.BudgetExhausted(str(error), error.rule)
+    return error
 
 
 def _only_contacts(object_type: str) -> None:
@@ -174,6 +165,6 @@ def _only_contacts(object_type: str) -> None:
         )
 
 
-def _result(update: RecordUpdate, outcome: Mapping[str, Any]) -> WriteResult:
+def _result(update: sdk.RecordUpdate, outcome: Mapping[str, Any]) -> sdk.WriteResult:
     error = outcome.get("error")
-    return WriteResult(update.record_id, bool(outcome["ok"]), error, error, retryable=error == "locked")
+    return sdk.WriteResult(update.record_id, bool(outcome["ok"]), error, error, retryable=error == "locked")
