@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Tok
-from consentsync.sandbox.lexing import tokenize
+from consentsync.sandbox.lexing import joined, tokenize
 from consentsync.sandbox.server import SandboxError
 
 __all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
@@ -151,11 +151,15 @@ class _Parser:
         self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
     ) -> Predicate:
         """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
-        parts = [operand()]
-        while (tok := self.peek()) is not None and tok.text == word:
-            self.take()
-            parts.append(operand())
+        parts = joined(operand, lambda: self._skip(word))
         return parts[0] if len(parts) == 1 else (lambda row: combine(p(row) for p in parts))
+
+    def _skip(self, word: str) -> bool:
+        """Whether ``word`` comes next, moving past it if it does."""
+        if (tok := self.peek()) is not None and tok.text == word:
+            self.take()
+            return True
+        return False
 
     def unary(self) -> Predicate:
         tok = self.take()

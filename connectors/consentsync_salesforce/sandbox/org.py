@@ -268,67 +268,26 @@ class ObjectDef:
 
 def _system_fields() -> list[FieldDef]:
     return [
-        FieldDef(
-            "Id",
-            "id",
-            "Record ID",
-            updateable=False,
-            createable=False,
-            nillable=False,
-            length=18,
-            unique=True,
-        ),
-        FieldDef(
-            "IsDeleted",
-            "boolean",
-            "Deleted",
-            updateable=False,
-            createable=False,
-            nillable=False,
-            default=False,
-        ),
-        FieldDef(
-            "CreatedDate", "datetime", "Created Date", updateable=False, createable=False, nillable=False
-        ),
-        FieldDef(
-            "CreatedById",
-            "reference",
-            "Created By ID",
-            updateable=False,
-            createable=False,
-            nillable=False,
-            length=18,
-            reference_to=("User",),
-            relationship_name="CreatedBy",
-        ),
-        FieldDef(
-            "LastModifiedDate",
-            "datetime",
-            "Last Modified Date",
-            updateable=False,
-            createable=False,
-            nillable=False,
-        ),
-        FieldDef(
-            "LastModifiedById",
-            "reference",
-            "Last Modified By ID",
-            updateable=False,
-            createable=False,
-            nillable=False,
-            length=18,
-            reference_to=("User",),
-            relationship_name="LastModifiedBy",
-        ),
-        FieldDef(
-            "SystemModstamp",
-            "datetime",
-            "System Modstamp",
-            updateable=False,
-            createable=False,
-            nillable=False,
-        ),
+        _read_only("Id", "id", "Record ID", length=18, unique=True),
+        _read_only("IsDeleted", "boolean", "Deleted", default=False),
+        _read_only("CreatedDate", "datetime", "Created Date"),
+        _user_reference("CreatedById", "Created By ID", "CreatedBy"),
+        _read_only("LastModifiedDate", "datetime", "Last Modified Date"),
+        _user_reference("LastModifiedById", "Last Modified By ID", "LastModifiedBy"),
+        _read_only("SystemModstamp", "datetime", "System Modstamp"),
     ]
+
+
+def _read_only(name: str, type_: str, label: str, **more: Any) -> FieldDef:
+    """A field only Salesforce writes: never updateable, createable or empty."""
+    return FieldDef(name, type_, label, updateable=False, createable=False, nillable=False, **more)
+
+
+def _user_reference(name: str, label: str, relationship: str) -> FieldDef:
+    """A read-only reference to the User who did something to the record."""
+    return _read_only(
+        name, "reference", label, length=18, reference_to=("User",), relationship_name=relationship
+    )
 
 
 def _person_fields(last_required: bool = True) -> list[FieldDef]:

@@ -720,54 +720,25 @@ def _literal(token: Token, name: str, ftype: str, soql: str) -> Any:
     """Convert a literal token to the comparable value for a field of type ``ftype``."""
     if token.keyword == "NULL":
         return None
+
+    def wrong_type(expected: str, rule: str = " and should not be enclosed in quotes") -> SoqlError:
+        message = f"value of filter criterion for field '{name}' must be of type {expected}{rule}"
+        return SoqlError("INVALID_FIELD", message, soql, token.pos)
+
     if ftype == "boolean":
         if token.keyword in ("TRUE", "FALSE"):
             return token.keyword == "TRUE"
-        quoted = " and should not be enclosed in quotes" if token.kind == "STRING" else ""
-        raise SoqlError(
-            "INVALID_FIELD",
-            f"value of filter criterion for field '{name}' must be of type boolean{quoted}",
-            soql,
-            token.pos,
-        )
-    if ftype == "datetime":
-        if token.kind == "DATETIME":
+        raise wrong_type("boolean", " and should not be enclosed in quotes" if token.kind == "STRING" else "")
+    # The literal kind each type takes, and the type's name in Salesforce's message.
+    typed = {"datetime": ("DATETIME", "dateTime"), "date": ("DATE", "date")}
+    typed.update(dict.fromkeys(("int", "double", "currency", "percent"), ("NUMBER", ftype)))
+    if ftype in typed:
+        kind, expected = typed[ftype]
+        if token.kind == kind:
             return token.value
-        raise SoqlError(
-            "INVALID_FIELD",
-            f"value of filter criterion for field '{name}' must be of type dateTime and should not be "
-            "enclosed in quotes",
-            soql,
-            token.pos,
-        )
-    if ftype == "date":
-        if token.kind == "DATE":
-            return token.value
-        raise SoqlError(
-            "INVALID_FIELD",
-            f"value of filter criterion for field '{name}' must be of type date and should not be enclosed "
-            "in quotes",
-            soql,
-            token.pos,
-        )
-    if ftype in ("int", "double", "currency", "percent"):
-        if token.kind == "NUMBER":
-            return token.value
-        raise SoqlError(
-            "INVALID_FIELD",
-            f"value of filter criterion for field '{name}' must be of type {ftype} and should not be "
-            "enclosed in quotes",
-            soql,
-            token.pos,
-        )
+        raise wrong_type(expected)
     if token.kind != "STRING":
-        raise SoqlError(
-            "INVALID_FIELD",
-            f"value of filter criterion for field '{name}' must be of type string and should be enclosed in "
-            "quotes",
-            soql,
-            token.pos,
-        )
+        raise wrong_type("string", " and should be enclosed in quotes")
     if ftype in ID_TYPES:
         normalized = to18(token.value)
         if normalized is None:

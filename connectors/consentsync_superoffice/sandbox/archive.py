@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Token
-from consentsync.sandbox.lexing import tokenize
+from consentsync.sandbox.lexing import joined, tokenize
 from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
 
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
@@ -210,9 +210,7 @@ class _Parser:
         self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
     ) -> Predicate:
         """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
-        terms = [operand()]
-        while self._keyword(word):
-            terms.append(operand())
+        terms = joined(operand, lambda: self._keyword(word))
         return terms[0] if len(terms) == 1 else (lambda r, t: combine(term(r, t) for term in terms))
 
     def primary(self) -> Predicate:

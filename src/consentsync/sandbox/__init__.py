@@ -18,26 +18,16 @@ and serves (:mod:`consentsync.sandbox.serving`: ``sandbox_main``, ``Serving``,
 """
 
 from consentsync.sandbox.faults import Faults
-from consentsync.sandbox.server import (
-    HttpsSandbox,
-    Route,
-    SandboxError,
-    SandboxRequest,
-    SandboxResponse,
-    ServerOptions,
-    json_response,
-)
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, json_response
 from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls, system_ca_bundle_path
 
 __all__ = [
     "Faults",
     "HttpsSandbox",
     "Route",
-    "SandboxError",
     "SandboxRequest",
     "SandboxResponse",
     "SandboxTLS",
-    "ServerOptions",
     "create_sandbox_tls",
     "json_response",
     "system_ca_bundle_path",

@@ -8,8 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-__all__ = ["Token", "tokenize"]
+__all__ = ["Token", "joined", "tokenize"]
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +43,12 @@ def tokenize(pattern: re.Pattern[str], text: str, refuse: Callable[[int], Except
             raise refuse(position)
         tokens.append(Token(match.lastgroup, match.group(match.lastgroup), position))
         position = match.end()
+
+
+def joined(operand: Callable[[], _T], joiner: Callable[[], bool]) -> list[_T]:
+    """One ``operand`` or more, read for as long as ``joiner`` reads the word that joins them (an
+    ``and``, an ``or``): the terms of a boolean chain, which the language then combines."""
+    terms = [operand()]
+    while joiner():
+        terms.append(operand())
+    return terms
