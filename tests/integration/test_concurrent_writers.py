@@ -10,18 +10,21 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import psycopg
+import pytest
 from psycopg.errors import DeadlockDetected, LockNotAvailable
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from consentsync import exit_codes
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
-from consentsync.ledger.engine import WRITER_WAIT
+from consentsync.ledger.engine import WRITER_WAIT, beside_writers
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import consent_events, consent_states
 from consentsync.ledger.service import Ledger, RecordRequest, _event_evidence
 from consentsync.reconcile import Summary, summarise
+from consentsync.sync.heartbeat import Heartbeat
+from consentsync.sync.lease import Lease
 
 PEOPLE = 120
 PAGE = 20
@@ -114,3 +117,42 @@ def test_a_rolled_back_or_timed_out_writer_is_named_for_what_it_is() -> None:
     assert waited is not None and f"held by another writer for longer than {WRITER_WAIT}" in waited.message
     gone = ledger_problem(OperationalError("SELECT", {}, psycopg.OperationalError("connection refused")), url)
     assert gone is not None and "cannot be reached now" in gone.message
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ledger_url", ["postgres"], indirect=True)
+def test_leases_and_heartbeats_are_renewed_while_a_long_transaction_holds_the_writer_lock(
+    ledger: Ledger,
+) -> None:
+    """A plan holds the writer lock for as long as it reads its CRM; the other runs' leases and
+    the daemon's heartbeat must still be renewed meanwhile, or those runs would lose their
+    connectors to a takeover. (On SQLite every write transaction waits for the one writer.)"""
+    lease = Lease(ledger.engine, "crm-a", "run-1", ledger.clock, ttl=timedelta(seconds=30))
+    lease.acquire()
+    heartbeat = Heartbeat(ledger.engine, ledger.clock)
+    done: list[str] = []
+
+    def renew() -> None:
+        with beside_writers(ledger.engine) as conn:
+            lease.check(conn)
+        heartbeat.beat()
+        done.append("renewed")
+
+    with ledger.engine.begin() as plan:  # the writer lock, held as a plan holds it
+        plan.execute(select(consent_states.c.subject_id).limit(1)).all()
+        renewer = threading.Thread(target=renew)
+        renewer.start()
+        renewer.join(timeout=20)
+        assert done == ["renewed"], "the lease waited for the writer lock"
+
+        # A ledger writer, by contrast, waits for it.
+        def write() -> None:
+            with ledger.engine.begin():
+                done.append("wrote")
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        writer.join(timeout=1)
+        assert done == ["renewed"]
+    writer.join(timeout=20)
+    assert done == ["renewed", "wrote"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -59,6 +61,7 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
 
 
 READ_ONLY = "consentsync_read_only"
+BESIDE_WRITERS = "consentsync_beside_writers"
 
 # How long a writer waits for the ledger before its run fails with a one-line error
 # (problems.py), rather than hang: SQLite's busy timeout above plays the same part.
@@ -75,7 +78,8 @@ def _serialise_postgres_writers(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        if connection.get_execution_options().get(READ_ONLY):
+        options = connection.get_execution_options()
+        if options.get(READ_ONLY) or options.get(BESIDE_WRITERS):
             return
         connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITER_WAIT}'")
         connection.exec_driver_sql(
@@ -88,6 +92,16 @@ def reading(engine: Engine) -> Connection:
     """A connection for reads only (on SQLite it takes no write lock; a write through it may
     fail with "database is locked"): ``with reading(engine) as conn: ...``."""
     return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+@contextmanager
+def beside_writers(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that does not queue behind the ledger's writers on PostgreSQL, for rows
+    no ledger writer reads to decide what it writes (connector leases, daemon heartbeats): a run's
+    lease must be renewed while another transaction holds the writer lock for long (a plan reads a
+    whole CRM in one). Its own row locks still order it. On SQLite it is an ordinary transaction."""
+    with engine.connect().execution_options(**{BESIDE_WRITERS: True}) as conn, conn.begin():
+        yield conn
 
 
 def is_postgres(engine: Engine) -> bool:

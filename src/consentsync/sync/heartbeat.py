@@ -20,6 +20,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync.domain import as_utc
+from consentsync.ledger.engine import beside_writers
 from consentsync.ledger.schema import connector_leases
 from consentsync.sync.lease import holder_dead, this_process
 
@@ -68,7 +69,7 @@ class Heartbeat:
             self._started_at = now
         values = {"expires_at": now + 3 * self.interval}
         key = _key(self.holder)
-        with self.engine.begin() as conn:
+        with beside_writers(self.engine) as conn:
             # Rows of daemons long gone (killed, their host rebuilt) are cleared as we go.
             conn.execute(
                 delete(connector_leases).where(
@@ -114,7 +115,7 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            with self.engine.begin() as conn:
+            with beside_writers(self.engine) as conn:
                 conn.execute(
                     delete(connector_leases).where(connector_leases.c.connector == _key(self.holder))
                 )

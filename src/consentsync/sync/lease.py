@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from consentsync.domain import as_utc
+from consentsync.ledger.engine import beside_writers
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.sync.locks import RunInProgress
 
@@ -83,7 +84,7 @@ class Lease:
         """Takes the lease (a new token) or raises ``RunInProgress``; records a previous holder
         that died as crashed."""
         now = self.clock()
-        with self.engine.begin() as conn:
+        with beside_writers(self.engine) as conn:
             query = select(connector_leases).where(connector_leases.c.connector == self.connector)
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
@@ -126,7 +127,7 @@ class Lease:
         if self.token is None or self.lost.is_set():
             return
         try:
-            with self.engine.begin() as conn:
+            with beside_writers(self.engine) as conn:
                 conn.execute(
                     update(connector_leases)
                     .where(
@@ -164,7 +165,7 @@ class Lease:
         def beat() -> None:
             while not self._stop_heartbeat.wait(self.ttl.total_seconds() / 3):
                 try:
-                    with self.engine.begin() as conn:
+                    with beside_writers(self.engine) as conn:
                         self.check(conn)
                 except LeaseLost:
                     log.error("lease.lost", connector=self.connector, run_id=self.run_id)
