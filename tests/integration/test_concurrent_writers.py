@@ -5,6 +5,7 @@ folded without what the other committed meanwhile."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -156,3 +157,10 @@ def test_leases_and_heartbeats_are_renewed_while_a_long_transaction_holds_the_wr
         assert done == ["renewed"]
     writer.join(timeout=20)
     assert done == ["renewed", "wrote"]
+
+
+def test_a_sqlite_ledger_held_too_long_by_another_writer_is_named_for_what_it_is() -> None:
+    locked = sqlite3.OperationalError("database is locked")
+    problem = ledger_problem(OperationalError("BEGIN IMMEDIATE", {}, locked), "sqlite:////srv/ledger.db")
+    assert problem is not None and problem.exit_code == exit_codes.UNAVAILABLE
+    assert problem.message.startswith("the ledger file /srv/ledger.db was held by another writer"), problem

@@ -45,6 +45,12 @@ _SQLITE = (
         exit_codes.CONFIG,
     ),
     (
+        "database is locked",
+        "was held by another writer for longer than the 30 s wait (a plan, an import)",
+        "run again once it has ended; nothing of this transaction was kept",
+        exit_codes.UNAVAILABLE,
+    ),
+    (
         "disk is full",
         "cannot grow: the disk (or the database's size limit) is full",
         "free space on its disk, then run again; nothing was half-written",
