@@ -241,15 +241,9 @@ class DynamicsHarness(SandboxHarness):
             "donotbulkemail": opted_out,
         }
 
-    def _row(self, record_id: str) -> dict[str, Any]:
+    def stored(self, record_id: str) -> dict[str, Any]:
         row = self.sandbox.environment.get("contact", record_id)
         assert row is not None
         return row
-
-    def read_text(self, record_id: str) -> Any:
-        return self._row(record_id)["description"]
-
-    def read_opted_out(self, record_id: str) -> bool:
-        return bool(self._row(record_id)["donotbulkemail"])
 
     # -- faults and counting -------------------------------------------------------------------

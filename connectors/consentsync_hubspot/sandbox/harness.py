@@ -317,15 +317,14 @@ class HubSpotHarness(SandboxHarness):
     def create_with_text(self, text: str) -> str:
         return self.sandbox.portal.create({"email": self.new_name("Hostile")[1], "jobtitle": text})
 
-    def read_text(self, record_id: str) -> Any:
+    def stored(self, record_id: str) -> dict[str, Any]:
         record = self.sandbox.portal.get(record_id)
         assert record is not None
-        return record.get("jobtitle")
+        return record
 
     def read_opted_out(self, record_id: str) -> bool:
-        record = self.sandbox.portal.get(record_id)
-        assert record is not None
-        status = self.sandbox.portal.status(str(record["email"]), MARKETING)
+        """Whether the person's marketing subscription is UNSUBSCRIBED (HubSpot keeps it by address)."""
+        status = self.sandbox.portal.status(str(self.stored(record_id)["email"]), MARKETING)
         return status is not None and status.status == "UNSUBSCRIBED"
 
     @staticmethod

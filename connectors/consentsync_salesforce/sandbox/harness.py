@@ -368,14 +368,9 @@ class SalesforceHarness(SandboxHarness):
         name, email = self.new_name("Hostile")
         return self.sandbox.org.create("Contact", LastName=name, Email=email, Title=text)
 
-    def read_text(self, record_id: str) -> Any:
+    def stored(self, record_id: str) -> dict[str, Any]:
         record = self.sandbox.org.get(record_id)
         assert record is not None
-        return record["Title"]
-
-    def read_opted_out(self, record_id: str) -> bool:
-        record = self.sandbox.org.get(record_id)
-        assert record is not None
-        return bool(record["HasOptedOutOfEmail"])
+        return record
 
     # -- faults and counting -------------------------------------------------------------------

@@ -176,10 +176,10 @@ class VtigerHarness(SandboxHarness):
         name, email = self.new_name("Hostile")
         return self.sandbox.crm.create("Contacts", lastname=name, email=email, firstname=text)
 
-    def read_text(self, record_id: str) -> Any:
+    def stored(self, record_id: str) -> dict[str, Any]:
         record = self.sandbox.crm.get(record_id)
         assert record is not None
-        return record["firstname"]
+        return record
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact with this address (for ``consentsync demo --crms``)."""
@@ -212,8 +212,6 @@ class VtigerHarness(SandboxHarness):
         self.sandbox.crm.revise(record_id, emailoptout="1")
 
     def read_opted_out(self, record_id: str) -> bool:
-        record = self.sandbox.crm.get(record_id)
-        assert record is not None
-        return record["emailoptout"] == "1"
+        return self.stored(record_id)["emailoptout"] == "1"  # the CRM stores checkboxes as "0"/"1"
 
     # -- faults and counting -------------------------------------------------------------------

@@ -107,6 +107,19 @@ class SandboxHarness:
         serial = self.next_serial()
         return f"{kind} {serial}", f"{kind.lower()}.{serial}@example.test"
 
+    def stored(self, record_id: str) -> Mapping[str, Any]:
+        """The record as the sandbox's store holds it, by the field names the contract uses (for
+        :meth:`read_text` and :meth:`read_opted_out`); each harness says where its store keeps it."""
+        raise NotImplementedError(f"{type(self).__name__} must define stored(record_id) or read_text")
+
+    def read_text(self, record_id: str) -> Any:
+        """The record's ``text_field``, as the store holds it."""
+        return self.stored(record_id).get(self.text_field)
+
+    def read_opted_out(self, record_id: str) -> bool:
+        """Whether the store holds the record's ``opt_out_field`` at its opted-out value."""
+        return self.stored(record_id).get(self.opt_out_field) == self.opt_out_values[1]
+
     def text_update(self, record_id: str, text: str) -> RecordUpdate:
         """An update setting ``text_field`` to ``text``."""
         return RecordUpdate(self.object_type, record_id, {self.text_field: text})

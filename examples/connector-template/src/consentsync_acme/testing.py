@@ -15,9 +15,10 @@ TIMEOUT = 2.0
 
 class AcmeHarness(SandboxHarness):
     # The fault switches and call counts come from the sandbox kit (fail_writes, set_fault,
-    # clear_faults, faults_injected, api_calls, write_calls), and so do text_update and
-    # consent_update (from object_type, text_field and opt_out_field); it needs the timeout the
-    # settings give the connector and the endpoint kinds that write.
+    # clear_faults, faults_injected, api_calls, write_calls), and so do text_update,
+    # consent_update, read_text and read_opted_out (from object_type, text_field and
+    # opt_out_field, and `stored`); it needs the timeout the settings give the connector and the
+    # endpoint kinds that write.
     timeout = TIMEOUT
     write_kinds = ("batch",)
     secret_setting = "api_key"
@@ -75,8 +76,6 @@ class AcmeHarness(SandboxHarness):
     def create_with_text(self, text: str) -> str:
         return self.sandbox.create({"email": self.new_name("Hostile")[1], "note": text})
 
-    def read_text(self, record_id: str) -> Any:
-        return self.sandbox.contacts[record_id].get("note")
-
-    def read_opted_out(self, record_id: str) -> bool:
-        return bool(self.sandbox.contacts[record_id]["unsubscribed"])
+    # read_text and read_opted_out (the kit's) read text_field and opt_out_field of this record.
+    def stored(self, record_id: str) -> dict[str, Any]:
+        return self.sandbox.contacts[record_id]
