@@ -116,10 +116,10 @@ class DynamicsConnector(sdk.Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = DynamicsSettings.model_validate(dict(settings))
-        self.api = sdk.HttpClient(
-            session=sdk.http_session(self.config, on_response=self._count),
-            policy=self.config.retry_policy(),
-            classify=_classified,
+        self.api = sdk.HttpClient.configured(
+            self.config,
+            _classified,
+            on_response=self._count,
             guard=lambda: self.config.budget.check(self.name, self.usage),
             headers=lambda: {
                 "Authorization": f"Bearer {self._access_token()}",
@@ -216,13 +216,13 @@ class DynamicsConnector(sdk.Connector):
         """Logical name -> Web API property (a lookup reads as ``_name_value``); every name
         checked against the table's attributes."""
         known = self.describe(object_type)
-        missing = [name for name in fields if name not in known]
-        if missing:
-            raise ConnectorError(
-                f"{object_type} has no column(s) {', '.join(missing)} (or the application user's "
-                "security role cannot read them)",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped column missing"),
-            )
+        sdk.require_fields(
+            fields,
+            known,
+            f"{object_type} has no column(s)",
+            "(or the application user's security role cannot read them)",
+            reason="mapped column missing",
+        )
         return {
             name: f"_{name}_value" if known[name].type in ("Lookup", "Customer", "Owner") else name
             for name in fields

@@ -98,10 +98,10 @@ class HubSpotConnector(sdk.Connector):
         super().__init__(name, settings)
         self.config = HubSpotSettings.model_validate(dict(settings))
         self.base = self.config.api_url.rstrip("/")
-        self.api = sdk.HttpClient(
-            session=sdk.http_session(self.config, on_response=self._count),
-            policy=self.config.retry_policy(),
-            classify=self._classified,
+        self.api = sdk.HttpClient.configured(
+            self.config,
+            self._classified,
+            on_response=self._count,
             guard=self._guard,
             headers=lambda: {"Authorization": f"Bearer {self._token}", "Accept": "application/json"},
         )
@@ -253,13 +253,9 @@ class HubSpotConnector(sdk.Connector):
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
         known = self.describe(object_type)
-        missing = [name for name in fields if name not in known]
-        if missing:
-            raise ConnectorError(
-                f"contacts have no property or subscription {', '.join(missing)}"
-                " (or the private app cannot see it)",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
-            )
+        sdk.require_fields(
+            fields, known, "contacts have no property or subscription", "(or the private app cannot see it)"
+        )
         subscriptions = sorted({m["id"] for f in fields if (m := _VIRTUAL.match(f))})
         properties = [f for f in fields if not _VIRTUAL.match(f)]
         wanted = list(dict.fromkeys(["hs_object_id", "lastmodifieddate", *properties]))
@@ -711,9 +707,8 @@ class HubSpotConnector(sdk.Connector):
 
 def _check_object(object_type: str) -> None:
     if object_type != OBJECT:
-        raise ConnectorError(
-            f"the HubSpot connector reads and writes contacts, not {object_type!r}",
-            ErrorRule(Action.FAIL, Fault.CONFIG, "unsupported object"),
+        raise sdk.config_error(
+            f"the HubSpot connector reads and writes contacts, not {object_type!r}", "unsupported object"
         )
 
 

@@ -210,13 +210,9 @@ class SalesforceConnector(sdk.Connector):
     def _selected_fields(self, object_type: str, fields: Sequence[str]) -> list[str]:
         known = self.describe(object_type)
         wanted = list(dict.fromkeys(["Id", "SystemModstamp", *fields]))
-        missing = [name for name in wanted if name not in known]
-        if missing:
-            raise ConnectorError(
-                f"{object_type} has no field(s) {', '.join(missing)}"
-                " (or the integration user cannot see them)",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
-            )
+        sdk.require_fields(
+            wanted, known, f"{object_type} has no field(s)", "(or the integration user cannot see them)"
+        )
         return wanted
 
     def build_query(self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime) -> str:

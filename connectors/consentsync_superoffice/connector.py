@@ -156,10 +156,9 @@ class SuperOfficeConnector(sdk.Connector):
                 ErrorRule(Action.FAIL, Fault.CONFIG, "bad provider name"),
             )
         self.base = self.config.base_url.rstrip("/") + "/api/v1"
-        self.api = sdk.HttpClient(
-            session=sdk.http_session(self.config),
-            policy=self.config.retry_policy(),
-            classify=_classified,
+        self.api = sdk.HttpClient.configured(
+            self.config,
+            _classified,
             guard=lambda: self.config.budget.check(self.name, self.usage),
             headers=self._headers,
             refresh_session=self._forget_session,
@@ -531,9 +530,9 @@ class SuperOfficeConnector(sdk.Connector):
 
 def _check_object(object_type: str) -> None:
     if object_type != OBJECT:
-        raise ConnectorError(
+        raise sdk.config_error(
             f"SuperOffice objects: {OBJECT} (its consents are fields of it), not {object_type!r}",
-            ErrorRule(Action.FAIL, Fault.CONFIG, "unknown object"),
+            "unknown object",
         )
 
 

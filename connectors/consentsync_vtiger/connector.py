@@ -296,13 +296,12 @@ class VtigerConnector(sdk.Connector):
         wanted = list(dict.fromkeys(["id", "modifiedtime", *fields]))
         for name in wanted:
             _check_name(name, "field")
-        missing = [name for name in wanted if name not in known]
-        if missing:
-            raise ConnectorError(
-                f"{object_type} has no field(s) {', '.join(missing)} (or the integration user's profile "
-                "cannot see them)",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
-            )
+        sdk.require_fields(
+            wanted,
+            known,
+            f"{object_type} has no field(s)",
+            "(or the integration user's profile cannot see them)",
+        )
         return wanted
 
     def _page(

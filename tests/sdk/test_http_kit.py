@@ -228,3 +228,15 @@ def test_retry_after_in_seconds(header: str, seconds: float | None) -> None:
     response = requests.Response()
     response.headers["Retry-After"] = header
     assert sdk.retry_after(response) == seconds
+
+
+def test_mapped_fields_the_crm_lacks_are_a_configuration_error_naming_them() -> None:
+    sdk.require_fields(["a", "b"], {"a": 1, "b": 2}, "Thing has no field(s)", "(hidden?)")
+    with pytest.raises(ConnectorError) as raised:
+        sdk.require_fields(["a", "x", "y"], {"a"}, "Thing has no field(s)", "(or the user cannot see them)")
+    assert str(raised.value) == "Thing has no field(s) x, y (or the user cannot see them)"
+    assert (raised.value.action, raised.value.rule.fault, raised.value.rule.reason) == (
+        Action.FAIL,
+        Fault.CONFIG,
+        "mapped field missing",
+    )

@@ -29,6 +29,7 @@ from consentsync.sdk.http import (
     response_error,
     retry_after,
 )
+from consentsync.sdk.objects import config_error, require_fields
 from consentsync.sdk.retry import RetryPolicy, call
 from consentsync.sdk.settings import ConnectorSettings, DailyBudget, RunBudget
 
@@ -53,11 +54,13 @@ __all__ = [
     "WriteAction",
     "WriteResult",
     "call",
+    "config_error",
     "http_session",
     "json_or_none",
     "network_error",
     "register_secret",
     "request_token",
+    "require_fields",
     "response_error",
     "retry_after",
 ]

@@ -110,6 +110,20 @@ class HttpClient:
     # Called after an answer the table says is a REFRESH_TOKEN: forget the token.
     refresh_session: Callable[[], None] | None = None
 
+    @classmethod
+    def configured(
+        cls,
+        settings: ConnectorSettings,
+        classify: Classify,
+        *,
+        on_response: Callable[[requests.Response], None] | None = None,
+        **hooks: Any,
+    ) -> HttpClient:
+        """A client on ``http_session(settings, on_response=...)`` under ``settings``'s retry
+        policy; ``hooks``: ``guard``, ``headers``, ``refresh_session``."""
+        session = http_session(settings, on_response=on_response)
+        return cls(session=session, policy=settings.retry_policy(), classify=classify, **hooks)
+
     def send(
         self,
         method: str,

@@ -9,14 +9,43 @@ the CRM's own catalogue); where it does not, the objects its example mappings na
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from consentsync.sdk.connector import Connector, FieldInfo
 from consentsync.sdk.errors import Action, ConnectorError, ErrorRule, Fault
 
-__all__ = ["describe_object", "guard_describe", "list_objects", "object_error"]
+__all__ = [
+    "config_error",
+    "describe_object",
+    "guard_describe",
+    "list_objects",
+    "object_error",
+    "require_fields",
+]
+
+
+def config_error(message: str, reason: str, *, code: str | None = None) -> ConnectorError:
+    """A problem the admin must fix (an object, field or name the configuration gets wrong):
+    not retried, the run fails with ``reason`` in its report."""
+    return ConnectorError(message, ErrorRule(Action.FAIL, Fault.CONFIG, reason, code=code))
+
+
+def require_fields(
+    wanted: Iterable[str],
+    known: Container[str],
+    lacks: str,
+    hidden: str,
+    *,
+    reason: str = "mapped field missing",
+) -> None:
+    """Raises ``{lacks} a, b ({hidden})`` as a ``config_error`` when names of ``wanted`` (the
+    mapped fields) are not among ``known`` (what describe() answered): e.g. lacks "Contact has
+    no field(s)", hidden "(or the integration user cannot see them)"."""
+    missing = [name for name in wanted if name not in known]
+    if missing:
+        raise config_error(f"{lacks} {', '.join(missing)} {hidden}", reason)
 
 
 def object_error(

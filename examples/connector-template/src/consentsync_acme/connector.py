@@ -59,10 +59,10 @@ class AcmeConnector(sdk.Connector):
         super().__init__(name, settings)
         self.config = AcmeSettings.model_validate(dict(settings))
         self.base = self.config.api_url.rstrip("/")
-        self.api = sdk.HttpClient(
-            session=sdk.http_session(self.config, on_response=self._count),
-            policy=self.config.retry_policy(),
-            classify=_classified,
+        self.api = sdk.HttpClient.configured(
+            self.config,
+            _classified,
+            on_response=self._count,
             guard=lambda: self.config.budget.check(self.name, self.usage),
             headers=lambda: {"Authorization": f"Bearer {self._session_token()}"},
             refresh_session=self._forget_token,  # on a REFRESH_TOKEN answer (session_expired)
@@ -107,12 +107,7 @@ class AcmeConnector(sdk.Connector):
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
         _only_contacts(object_type)
-        unknown = [f for f in fields if f not in FIELDS]
-        if unknown:
-            raise ConnectorError(
-                f"Acme contacts have no field {', '.join(unknown)}",
-                ErrorRule(Action.FAIL, Fault.CONFIG, "mapped field missing"),
-            )
+        sdk.require_fields(fields, FIELDS, "Acme contacts have no field(s)", "(see describe())")
         cursor = since
         while True:
             params = {"limit": self.config.page_size, "until": until.astimezone(UTC).isoformat()}
@@ -160,9 +155,7 @@ def _classified(describe: str, response: requests.Response) -> ConnectorError:
 
 def _only_contacts(object_type: str) -> None:
     if object_type != "contacts":
-        raise ConnectorError(
-            f"Acme has contacts, not {object_type!r}", ErrorRule(Action.FAIL, Fault.CONFIG, "unknown object")
-        )
+        raise sdk.config_error(f"Acme has contacts, not {object_type!r}", "unknown object")
 
 
 def _result(update: sdk.RecordUpdate, outcome: Mapping[str, Any]) -> sdk.WriteResult:
