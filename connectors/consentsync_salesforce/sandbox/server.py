@@ -374,11 +374,12 @@ class SalesforceSandbox(HttpsSandbox):
     # ------------------------------------------------------------------ credentials and sessions
 
     def password_form(self) -> dict[str, str]:
+        """The username-password flow's form: the client's, the user's password and token."""
         c = self.credentials
+        form = self.client_credentials_form()
         return {
+            **form,
             "grant_type": "password",
-            "client_id": c.client_id,
-            "client_secret": c.client_secret,
             "username": c.username,
             "password": c.password + c.security_token,
         }
