@@ -4,15 +4,16 @@ its seeding, and the demo entry point."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 from collections import Counter
 
 import pytest
 import requests
-from consentsync_salesforce.sandbox import RecordError, SalesforceOrg, SalesforceSandbox, serve_forever
+from consentsync_salesforce.sandbox import RecordError, SalesforceOrg, serve_forever
 from consentsync_salesforce.sandbox.ids import IdGenerator, checksum, is_valid_id, to18
 from consentsync_salesforce.sandbox.org import format_datetime, parse_api_datetime
 from consentsync_salesforce.sandbox.soql import SoqlError, bind, parse, parse_datetime_literal
+
+from tests.sandbox.serving import served
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -182,22 +183,7 @@ def test_seed_is_realistic_and_deterministic() -> None:
 
 
 def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str]) -> None:
-    stop = threading.Event()
-    ready: list[SalesforceSandbox] = []
-    thread = threading.Thread(
-        target=serve_forever,
-        args=(0, 5),
-        kwargs={"records": 100, "stop": stop, "on_ready": ready.append},
-        daemon=True,
-    )
-    thread.start()
-    try:
-        for _ in range(200):
-            if ready:
-                break
-            threading.Event().wait(0.05)
-        assert ready, "the sandbox did not start"
-        sandbox = ready[0]
+    with served(serve_forever, records=100) as sandbox:
         output = capsys.readouterr().out
         assert sandbox.instance_url in output and str(sandbox.ca_bundle_path) in output
         assert sandbox.credentials.client_secret in output
@@ -206,7 +192,3 @@ def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str])
         )
         assert token.status_code == 200
         assert sandbox.org.count("Contact") >= 100
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from typing import Any
 import pytest
 from consentsync_vtiger.sandbox.server import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
 from consentsync_vtiger.sandbox.vtql import VtqlError, parse, quote, unquote
+
+from tests.sandbox.serving import served
 
 
 @pytest.fixture
@@ -326,29 +327,10 @@ def test_the_seed_crowds_seconds_mixes_owners_and_shares_addresses() -> None:
 
 
 def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str]) -> None:
-    stop = threading.Event()
-    ready: list[VtigerSandbox] = []
-    thread = threading.Thread(
-        target=serve_forever,
-        args=(0, 5),
-        kwargs={"records": 50, "stop": stop, "on_ready": ready.append},
-        daemon=True,
-    )
-    thread.start()
-    try:
-        for _ in range(200):
-            if ready:
-                break
-            threading.Event().wait(0.05)
-        assert ready, "the sandbox did not start"
-        sandbox = ready[0]
+    with served(serve_forever, records=50) as sandbox:
         output = capsys.readouterr().out
         assert sandbox.webservice_url in output and sandbox.credentials.access_key in output
         assert Client(sandbox).login().query("SELECT count(*) FROM Contacts;")["result"] == [{"count": "50"}]
-    finally:
-        stop.set()
-        thread.join(timeout=10)
-    assert not thread.is_alive()
 
 
 # -- the install's time zone, what MySQL's utf8 keeps, late commits, missing modules, delete ----
