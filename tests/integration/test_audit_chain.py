@@ -12,28 +12,17 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError
 
 from consentsync import audit
-from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import audit_details, audit_entries
 from consentsync.ledger.service import Ledger
 from tests.conftest import Cli
+from tests.integration.helpers import consent_value
 
 
 def _grant(ledger: Ledger, email: str, day: int, status: ConsentStatus = ConsentStatus.GRANTED) -> None:
-    ledger.record(
-        Identity(email=email),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=status,
-            basis=LawfulBasis.CONSENT,
-            event_time=datetime(2026, 1, day, tzinfo=UTC),
-            observed_at=ledger.clock(),
-            source="web_form",
-            origin=Origin.CAPTURE,
-            notice_version="v1",
-        ),
-    )
+    at = datetime(2026, 1, day, tzinfo=UTC)
+    ledger.record(Identity(email=email), consent_value(status, at, ledger.clock(), notice_version="v1"))
 
 
 def _populated(ledger: Ledger) -> int:

@@ -15,14 +15,12 @@ from consentsync_dynamics.sandbox.server import DynamicsSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
-from consentsync.app import open_connector
-from consentsync.config import load_config
 from consentsync.ledger.schema import consent_events, sync_cursors
-from consentsync.ledger.service import Ledger, utcnow
+from consentsync.ledger.service import Ledger
 from consentsync.sdk import Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.helpers import sandbox_engine, shipped_mappings
 
-ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ["contact.yaml", "contact_point_consent.yaml"]
 
 
@@ -34,31 +32,20 @@ def dv() -> Iterator[DynamicsSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: Any) -> SyncEngine:
-    import yaml
-
-    data = yaml.safe_load(config_path.read_text())
-    data["connectors"] = [
-        {
-            "name": "dyn",
-            "vendor": "dynamics",
-            "mappings": [str(ROOT / "connectors/consentsync_dynamics/mappings" / name) for name in MAPPINGS],
-            "settings": {
-                "environment_url": dv.environment_url,
-                "token_url": dv.token_url,
-                "client_id": dv.credentials.client_id,
-                "client_secret": dv.credentials.client_secret,
-                "ca_bundle": str(dv.ca_cert_path),
-                "page_size": 40,
-                "batch_size": 50,
-                "max_attempts": 3,
-                **settings,
-            },
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    connector, mappings = open_connector(load_config(config_path), "dyn")
-    ledger.clock = utcnow  # the sandbox stamps rows with the real time
-    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=37, signpost_lag_seconds=0))
+    settings = {
+        "environment_url": dv.environment_url,
+        "token_url": dv.token_url,
+        "client_id": dv.credentials.client_id,
+        "client_secret": dv.credentials.client_secret,
+        "ca_bundle": str(dv.ca_cert_path),
+        "page_size": 40,
+        "batch_size": 50,
+        "max_attempts": 3,
+        **settings,
+    }
+    connector = {"name": "dyn", "vendor": "dynamics", "mappings": shipped_mappings("dynamics", *MAPPINGS)}
+    options = SyncOptions(batch_size=37, signpost_lag_seconds=0)
+    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
 
 
 def _cursor(ledger: Ledger, object_type: str = "contact") -> Cursor:

@@ -46,6 +46,7 @@ from consentsync.export import write_export
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
 from tests.conftest import Cli, Clock
+from tests.integration.helpers import consent_value
 from tests.integration.test_cli import assert_bad_input, audit_count, iso_ago, record, show
 
 
@@ -153,15 +154,9 @@ def test_the_clock_skew_is_configurable(cli: Cli) -> None:
 def test_the_ledger_refuses_future_evidence_from_any_caller(ledger: Ledger, clock: Clock) -> None:
     """Ledger.validate is the gate every path goes through (the sync engine quarantines what it
     refuses): the message names the field and what is accepted."""
-    evidence = Evidence(
-        purpose="email_marketing",
-        channel="email",
-        status=ConsentStatus.GRANTED,
-        basis=None,
-        event_time=clock.now + timedelta(minutes=6),
-        observed_at=clock.now,
-        source="hubspot:contact",
-        origin=Origin.CRM,
+    soon = clock.now + timedelta(minutes=6)
+    evidence = consent_value(
+        ConsentStatus.GRANTED, soon, clock.now, basis=None, source="hubspot:contact", origin=Origin.CRM
     )
     with pytest.raises(InvalidInput, match=r"event time .* is in the future: accepted are times up to now"):
         ledger.validate(evidence)
@@ -333,15 +328,12 @@ LABEL_TEXT = st.text(
 def test_every_export_opens_for_any_value_the_ledger_accepts(
     ledger: Ledger, clock: Clock, tmp_path: Path, actor: str, source: str, reference: str, notice: str
 ) -> None:
-    evidence = Evidence(
-        purpose="email_marketing",
-        channel="email",
-        status=ConsentStatus.GRANTED,
+    evidence = consent_value(
+        ConsentStatus.GRANTED,
+        clock.now - timedelta(days=1),
+        clock.now,
         basis=None,
-        event_time=clock.now - timedelta(days=1),
-        observed_at=clock.now,
         source=source,
-        origin=Origin.CAPTURE,
         actor=actor or None,
         notice_version=notice or None,
         evidence_ref=reference or None,
@@ -368,15 +360,11 @@ def test_exports_open_for_values_stored_before_the_checks(
     monkeypatch.setattr(ledger, "validate", lambda evidence: ledger.purposes[evidence.purpose])
     ledger.record(
         Identity(email="legacy@example.com"),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=ConsentStatus.GRANTED,
+        consent_value(
+            ConsentStatus.GRANTED,
+            clock.now - timedelta(days=1),
+            clock.now,
             basis=None,
-            event_time=clock.now - timedelta(days=1),
-            observed_at=clock.now,
-            source="web_form",
-            origin=Origin.CAPTURE,
             actor="ops\x01\x1b\x0bbob",
             evidence_ref="=HYPERLINK(1)\x08",
         ),

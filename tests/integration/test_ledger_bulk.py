@@ -12,11 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from consentsync import audit
-from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus, EffectiveState, LawfulBasis
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
 from tests.conftest import Clock
+from tests.integration.helpers import consent_value
 
 EMAIL = "ann@example.org"
 
@@ -25,18 +26,7 @@ def _request(
     ledger: Ledger, at: datetime, status: ConsentStatus = ConsentStatus.GRANTED, email: str = EMAIL
 ) -> RecordRequest:
     return RecordRequest(
-        Identity(email=email),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=status,
-            basis=LawfulBasis.CONSENT,
-            event_time=at,
-            observed_at=ledger.clock(),
-            source="web_form",
-            origin=Origin.CAPTURE,
-            notice_version="v1",
-        ),
+        Identity(email=email), consent_value(status, at, ledger.clock(), notice_version="v1")
     )
 
 
@@ -90,19 +80,8 @@ def test_an_expiry_falling_between_two_batches_is_applied_to_the_second(ledger: 
 
 def test_a_failed_batch_leaves_nothing_in_the_cache(ledger: Ledger) -> None:
     start = datetime(2026, 5, 1, tzinfo=UTC)
-    bad = RecordRequest(
-        Identity(email="bob@example.org"),
-        Evidence(
-            purpose="no_such_purpose",
-            channel="email",
-            status=ConsentStatus.GRANTED,
-            basis=LawfulBasis.CONSENT,
-            event_time=start,
-            observed_at=ledger.clock(),
-            source="web_form",
-            origin=Origin.CAPTURE,
-        ),
-    )
+    unknown = consent_value(ConsentStatus.GRANTED, start, ledger.clock(), purpose="no_such_purpose")
+    bad = RecordRequest(Identity(email="bob@example.org"), unknown)
     with pytest.raises(Exception, match="unknown purpose"):
         ledger.record_many([_request(ledger, start), bad], batch_size=2)
     # Nothing of the failed batch was committed, so a new call starts from the ledger alone.

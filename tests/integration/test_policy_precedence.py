@@ -40,6 +40,7 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
 from consentsync.reconcile import Rule, effective_state, summarise
 from tests.conftest import Clock
+from tests.integration.helpers import consent_value
 
 OFFERS_PURPOSE = """
   # Offers to customers on legitimate interests (PECR: a soft opt-in by email and SMS).
@@ -286,15 +287,13 @@ def test_cli_a_soft_opt_in_is_a_record_of_its_own(cli: Any, extra: tuple[str, ..
 def _grant(
     ledger: Ledger, at: datetime, *, purpose: str = "email_marketing", channel: str = "email"
 ) -> Evidence:
-    return Evidence(
+    return consent_value(
+        ConsentStatus.GRANTED,
+        at,
+        ledger.clock(),
         purpose=purpose,
         channel=channel,
-        status=ConsentStatus.GRANTED,
         basis=None,
-        event_time=at,
-        observed_at=ledger.clock(),
-        source="web_form",
-        origin=Origin.CAPTURE,
         notice_version="v3",
     )
 

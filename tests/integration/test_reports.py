@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 
 from consentsync.accounts import Accounts
 from consentsync.config import load_config
-from consentsync.domain import ConsentStatus, Evidence, Origin
+from consentsync.domain import ConsentStatus, Evidence
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
 from consentsync.web.server import build
 from tests.conftest import Cli, Clock
+from tests.integration.helpers import consent_value
 from tests.integration.test_cli import iso_ago, record
 
 OLD = iso_ago(days=60)
@@ -140,13 +141,4 @@ def test_the_report_is_exactly_the_people_who_may_be_chased(
 
 
 def _evidence(clock: Clock, status: ConsentStatus, *, days_ago: int) -> Evidence:
-    return Evidence(
-        purpose="email_marketing",
-        channel="email",
-        status=status,
-        basis=None,
-        event_time=clock.now - timedelta(days=days_ago),
-        observed_at=clock.now,
-        source="web_form",
-        origin=Origin.CAPTURE,
-    )
+    return consent_value(status, clock.now - timedelta(days=days_ago), clock.now, basis=None)

@@ -10,17 +10,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 
-from consentsync.app import open_connector
-from consentsync.config import load_config
-from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sync.engine import SyncEngine, SyncOptions
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.integration.helpers import consent_value, sandbox_engine, shipped_mappings
 
 
 @pytest.fixture
@@ -31,29 +27,24 @@ def so() -> Iterator[SuperOfficeSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, so: SuperOfficeSandbox) -> SyncEngine:
-    data = yaml.safe_load(config_path.read_text())
     c = so.credentials
-    data["connectors"] = [
-        {
-            "name": "so",
-            "vendor": "superoffice",
-            "mappings": [str(ROOT / "connectors/consentsync_superoffice/mappings/person.yaml")],
-            "settings": {
-                "base_url": so.tenant_url,
-                "auth": "refresh_token",
-                "client_id": c.client_id,
-                "client_secret": c.client_secret,
-                "refresh_token": c.refresh_token,
-                "token_url": so.token_url,
-                "ca_bundle": str(so.ca_cert_path),
-                "page_size": 30,
-            },
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    connector, mappings = open_connector(load_config(config_path), "so")
-    ledger.clock = utcnow  # the sandbox stamps with the real time
-    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=25, signpost_lag_seconds=0))
+    settings = {
+        "base_url": so.tenant_url,
+        "auth": "refresh_token",
+        "client_id": c.client_id,
+        "client_secret": c.client_secret,
+        "refresh_token": c.refresh_token,
+        "token_url": so.token_url,
+        "ca_bundle": str(so.ca_cert_path),
+        "page_size": 30,
+    }
+    connector = {
+        "name": "so",
+        "vendor": "superoffice",
+        "mappings": shipped_mappings("superoffice", "person.yaml"),
+    }
+    options = SyncOptions(batch_size=25, signpost_lag_seconds=0)
+    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
 
 
 def _emarketing(so: SuperOfficeSandbox) -> dict[int, str | None]:
@@ -64,19 +55,7 @@ def _emarketing(so: SuperOfficeSandbox) -> dict[int, str | None]:
 
 
 def _capture(ledger: Ledger, email: str, status: ConsentStatus) -> None:
-    ledger.record(
-        Identity(email=email),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=status,
-            basis=LawfulBasis.CONSENT,
-            event_time=utcnow(),
-            observed_at=utcnow(),
-            source="web_form",
-            origin=Origin.CAPTURE,
-        ),
-    )
+    ledger.record(Identity(email=email), consent_value(status, utcnow(), utcnow()))
 
 
 def test_superoffice_consents_reach_the_ledger_and_withdrawals_go_back(

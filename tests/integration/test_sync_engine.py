@@ -13,13 +13,12 @@ from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
-from consentsync.app import open_connector
 from consentsync.config import load_config
 from consentsync.ledger.schema import audit_entries, consent_events, crm_links, outbox, subjects
 from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.helpers import sandbox_engine, shipped_mappings
 
-ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ["contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml"]
 
 
@@ -37,34 +36,19 @@ def _engine(
     options: SyncOptions | None = None,
     **settings: Any,
 ) -> SyncEngine:
-    import yaml
-
-    data = yaml.safe_load(config_path.read_text())
-    data["connectors"] = [
-        {
-            "name": "sf",
-            "vendor": "salesforce",
-            "mappings": [
-                str(ROOT / "connectors/consentsync_salesforce/mappings" / name) for name in MAPPINGS
-            ],
-            "settings": {
-                "login_url": sandbox.login_url,
-                "auth": "client_credentials",
-                "client_id": sandbox.credentials.client_id,
-                "client_secret": sandbox.credentials.client_secret,
-                "ca_bundle": str(sandbox.ca_cert_path),
-                "query_batch_size": 200,
-                "max_attempts": 3,
-                **settings,
-            },
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    connector, mappings = open_connector(load_config(config_path), "sf")
-    # The sandbox stamps records with the real time: the run's signpost must follow it.
-    ledger.clock = utcnow
+    settings = {
+        "login_url": sandbox.login_url,
+        "auth": "client_credentials",
+        "client_id": sandbox.credentials.client_id,
+        "client_secret": sandbox.credentials.client_secret,
+        "ca_bundle": str(sandbox.ca_cert_path),
+        "query_batch_size": 200,
+        "max_attempts": 3,
+        **settings,
+    }
+    connector = {"name": "sf", "vendor": "salesforce", "mappings": shipped_mappings("salesforce", *MAPPINGS)}
     options = options or SyncOptions(batch_size=37, signpost_lag_seconds=0)
-    return SyncEngine(ledger, connector, mappings, options)
+    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
 
 
 def _count(ledger: Ledger, table: Any) -> int:

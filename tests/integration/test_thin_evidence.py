@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
-from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis
 from consentsync.ledger.identity import Identity
 from consentsync.mapping import parse_mapping
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
+from tests.integration.helpers import consent_value
 
 
 @pytest.fixture
@@ -32,17 +33,7 @@ def hubspot() -> Iterator[HubSpotHarness]:
 def _captured(email: str, status: ConsentStatus, **proof: str) -> tuple[Identity, Evidence]:
     """The person's email-marketing choice, captured now on the web site."""
     now = datetime.now(UTC)
-    return Identity(email=email), Evidence(
-        purpose="email_marketing",
-        channel="email",
-        status=status,
-        basis=LawfulBasis.CONSENT,
-        event_time=now,
-        observed_at=now,
-        source="web_form",
-        origin=Origin.CAPTURE,
-        **proof,
-    )
+    return Identity(email=email), consent_value(status, now, now, **proof)
 
 
 def test_an_unsubscribe_is_sent_for_a_withdrawal_never_for_a_restriction_or_no_consent(

@@ -10,18 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from consentsync_vtiger.sandbox.server import VtigerSandbox
 from sqlalchemy import func, select
 
 from consentsync import audit
-from consentsync.app import open_connector
-from consentsync.config import load_config
 from consentsync.ledger.schema import consent_events, crm_links, outbox, quarantine
-from consentsync.ledger.service import Ledger, utcnow
+from consentsync.ledger.service import Ledger
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.helpers import sandbox_engine, shipped_mappings
 
-ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ["contacts.yaml", "leads.yaml", "accounts.yaml", "consents.yaml"]
 MODULES = ("Contacts", "Leads", "Accounts", "Consents")
 
@@ -34,26 +31,17 @@ def sandbox() -> Iterator[VtigerSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **settings: Any) -> SyncEngine:
-    data = yaml.safe_load(config_path.read_text())
-    data["connectors"] = [
-        {
-            "name": "vt",
-            "vendor": "vtiger",
-            "mappings": [str(ROOT / "connectors/consentsync_vtiger/mappings" / name) for name in MAPPINGS],
-            "settings": {
-                "url": sandbox.url,
-                "username": sandbox.credentials.username,
-                "access_key": sandbox.credentials.access_key,
-                "ca_bundle": str(sandbox.ca_cert_path),
-                "max_attempts": 4,
-                **settings,
-            },
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-    connector, mappings = open_connector(load_config(config_path), "vt")
-    ledger.clock = utcnow  # the sandbox stamps records with the real time
-    return SyncEngine(ledger, connector, mappings, SyncOptions(batch_size=40, signpost_lag_seconds=0))
+    settings = {
+        "url": sandbox.url,
+        "username": sandbox.credentials.username,
+        "access_key": sandbox.credentials.access_key,
+        "ca_bundle": str(sandbox.ca_cert_path),
+        "max_attempts": 4,
+        **settings,
+    }
+    connector = {"name": "vt", "vendor": "vtiger", "mappings": shipped_mappings("vtiger", *MAPPINGS)}
+    options = SyncOptions(batch_size=40, signpost_lag_seconds=0)
+    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
 
 
 def _count(ledger: Ledger, table: Any, *where: Any) -> int:

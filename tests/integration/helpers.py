@@ -1,0 +1,113 @@
+"""What the integration tests share besides fixtures: a consent value to record, a connector of
+the shipped mappings written into the test's config, a sandboxed Salesforce org for the crash
+config, and the daemon's metrics read over HTTP while it runs."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
+
+from consentsync.app import open_connector, open_ledger
+from consentsync.config import load_config
+from consentsync.demo import find_mappings
+from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.ledger.service import Ledger, utcnow
+from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.crash_config import write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def consent_value(
+    status: ConsentStatus,
+    at: datetime | None,
+    observed_at: datetime,
+    *,
+    purpose: str = "email_marketing",
+    channel: str = "email",
+    basis: LawfulBasis | None = LawfulBasis.CONSENT,
+    source: str = "web_form",
+    origin: Origin = Origin.CAPTURE,
+    **more: Any,
+) -> Evidence:
+    """A value to record, by default for email marketing by email on consent, given on the web
+    form, as most tests record one; ``more`` sets the rest (notice_version, actor, ...)."""
+    return Evidence(purpose, channel, status, basis, at, observed_at, source, origin, **more)
+
+
+def shipped_mappings(vendor: str, *names: str) -> list[str]:
+    """The paths of mapping files ``vendor``'s connector ships (connectors/consentsync_<vendor>)."""
+    return [str(ROOT / f"connectors/consentsync_{vendor}/mappings" / name) for name in names]
+
+
+def sandbox_engine(
+    ledger: Ledger, config_path: Path, connector: dict[str, Any], options: SyncOptions
+) -> SyncEngine:
+    """A sync engine on ``ledger`` for ``connector`` (a config entry: name, vendor, mappings,
+    settings), written into the test's config as its only connector. The ledger's clock becomes
+    the real one: a sandbox stamps its records with the real time, and the run's signpost follows."""
+    data = yaml.safe_load(config_path.read_text())
+    data["connectors"] = [connector]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    opened, mappings = open_connector(load_config(config_path), connector["name"])
+    ledger.clock = utcnow
+    return SyncEngine(ledger, opened, mappings, options)
+
+
+def seeded_org(people: int, seed: int) -> Iterator[SalesforceSandbox]:
+    """For a fixture to ``yield from``: a Salesforce sandbox seeded with ``people`` people."""
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(people, seed=seed)
+        yield sandbox
+
+
+def migrated_crash_config(
+    directory: Path, org: SalesforceSandbox, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """The crash tests' config (tests/integration/crash_config.py) for ``org`` with the shipped
+    mappings, its ledger at ``ledger_url`` migrated; the client secret is in the environment."""
+    monkeypatch.setenv("CRASHTEST_SF_SECRET", org.credentials.client_secret)
+    path = write_config(directory, org, find_mappings(), ledger_url)
+    open_ledger(load_config(path), migrate=True).engine.dispose()
+    return path
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on (for the daemon's metrics server)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def local_session() -> requests.Session:
+    """An HTTP session to the daemon on 127.0.0.1 that no proxy setting of the machine diverts."""
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+def scrape_until(
+    session: requests.Session, port: int, done: Callable[[str], bool], *, pause: float = 0.3
+) -> str:
+    """Read the daemon's /metrics on ``port`` until ``done`` holds of the text or 30 seconds have
+    passed; returns the last text read ("" while the server does not answer)."""
+    deadline = time.monotonic() + 30
+    metrics = ""
+    while time.monotonic() < deadline:
+        try:
+            metrics = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except requests.ConnectionError:
+            metrics = ""
+        if done(metrics):
+            break
+        time.sleep(pause)
+    return metrics
