@@ -725,27 +725,38 @@ class SalesforceOrg:
     ) -> list[RecordError | None]:
         """Delete records of any objects (to the recycle bin): one entry per id, None for
         success. With ``all_or_none`` nothing is deleted when any id fails."""
+
+        def delete(plan: tuple[ObjectDef, dict[str, Any]], now: dt.datetime) -> RecordError | None:
+            obj, record = plan
+            if record["IsDeleted"]:  # the same id twice in one call
+                return RecordError("ENTITY_IS_DELETED", "entity is deleted")
+            record["IsDeleted"] = True
+            self._touch(record, now)
+            self._deleted.append((obj.name, record["Id"], now))
+            return None
+
         with self.lock:
             planned = _plan_each(record_ids, lambda record_id: self._plan_delete(record_id, lock_check))
-            refused = _rolled_back(planned, all_or_none)
-            if refused is not None:
-                return refused
-            now = self.now()
-            results: list[RecordError | None] = []
-            for plan in planned:
-                if isinstance(plan, RecordError):
-                    results.append(plan)
-                    continue
-                obj, record = plan
-                if record["IsDeleted"]:  # the same id twice in one call
-                    results.append(RecordError("ENTITY_IS_DELETED", "entity is deleted"))
-                    continue
-                record["IsDeleted"] = True
-                record["LastModifiedDate"] = record["SystemModstamp"] = now
-                record["LastModifiedById"] = self.user_id
-                self._deleted.append((obj.name, record["Id"], now))
-                results.append(None)
-            return results
+            return self._write(planned, all_or_none, delete)
+
+    def _write(
+        self,
+        plans: Sequence[_P | RecordError],
+        all_or_none: bool,
+        write: Callable[[_P, dt.datetime], RecordError | None],
+    ) -> list[RecordError | None]:
+        """Each record's answer: its refusal, or what ``write(plan, now)`` answers; nothing is
+        written when AllOrNone and one record is refused (:func:`_rolled_back`)."""
+        refused = _rolled_back(plans, all_or_none)
+        if refused is not None:
+            return refused
+        now = self.now()
+        return [plan if isinstance(plan, RecordError) else write(plan, now) for plan in plans]
+
+    def _touch(self, record: dict[str, Any], now: dt.datetime) -> None:
+        """A save by the API user at ``now``: the change stamps move."""
+        record["LastModifiedDate"] = record["SystemModstamp"] = now
+        record["LastModifiedById"] = self.user_id
 
     def _plan_delete(
         self, record_id: str, lock_check: Callable[[str], bool] | None
@@ -785,8 +796,7 @@ class SalesforceOrg:
                 loser["MasterRecordId"] = survivor["Id"]
                 loser["LastModifiedDate"] = loser["SystemModstamp"] = now
                 self._deleted.append((master.name, loser["Id"], now))
-            survivor["LastModifiedDate"] = survivor["SystemModstamp"] = now
-            survivor["LastModifiedById"] = self.user_id
+            self._touch(survivor, now)
 
     def _live(self, obj: ObjectDef, record_id: str) -> dict[str, Any]:
         record = self._records[obj.name].get(to18(record_id) or "")
@@ -866,24 +876,17 @@ class SalesforceOrg:
         """Update records: ``items`` are (sobject type or None, id, Python field values). Returns
         one entry per item, None for success. With ``all_or_none`` nothing is saved when any item
         fails, and the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK."""
+
+        def update(plan: _Planned, now: dt.datetime) -> RecordError | None:
+            record = self._records[plan.sobject.name][plan.record_id]
+            record.update(plan.values)
+            self._derive(plan.sobject, record)
+            self._touch(record, now)
+            return None
+
         with self.lock:
             plans = _plan_each(items, lambda item: self._plan(*item, lock_check))
-            refused = _rolled_back(plans, all_or_none)
-            if refused is not None:
-                return refused
-            now = self.now()
-            results: list[RecordError | None] = []
-            for plan in plans:
-                if isinstance(plan, RecordError):
-                    results.append(plan)
-                    continue
-                record = self._records[plan.sobject.name][plan.record_id]
-                record.update(plan.values)
-                self._derive(plan.sobject, record)
-                record["LastModifiedDate"] = record["SystemModstamp"] = now
-                record["LastModifiedById"] = self.user_id
-                results.append(None)
-            return results
+            return self._write(plans, all_or_none, update)
 
     def _plan(
         self,
