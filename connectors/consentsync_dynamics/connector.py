@@ -452,24 +452,12 @@ class DynamicsConnector(sdk.Connector):
                 pending.append(index)
         if refused:
             yield refused
-        for attempt in range(self.config.write_retries + 1):
-            if attempt:
-                time.sleep(min(2.0, 0.25 * 2**attempt))
-            last_attempt = attempt == self.config.write_retries
-            retry: list[int] = []
-            for start in range(0, len(pending), self.config.batch_size):
-                chunk = pending[start : start + self.config.batch_size]
-                answers: dict[int, sdk.WriteResult] = {}
-                for index, result in zip(chunk, self._write_batch([updates[i] for i in chunk]), strict=True):
-                    if result.retryable and not last_attempt:
-                        retry.append(index)
-                    else:
-                        answers[index] = result
-                if answers:
-                    yield answers
-            pending = retry
-            if not pending:
-                break
+        yield from sdk.write_in_passes(
+            pending,
+            lambda chunk: self._write_batch([updates[i] for i in chunk]),
+            size=self.config.batch_size,
+            retries=self.config.write_retries,
+        )
 
     def _write_batch(self, updates: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
         parts = []

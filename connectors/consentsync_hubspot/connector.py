@@ -706,10 +706,8 @@ class HubSpotConnector(sdk.Connector):
 
 
 def _check_object(object_type: str) -> None:
-    if object_type != OBJECT:
-        raise sdk.config_error(
-            f"the HubSpot connector reads and writes contacts, not {object_type!r}", "unsupported object"
-        )
+    message = f"the HubSpot connector reads and writes contacts, not {object_type!r}"
+    sdk.require_object(object_type, {OBJECT}, message, "unsupported object")
 
 
 def _cursor_id(since: sdk.Cursor) -> int | None:

@@ -270,25 +270,9 @@ class SalesforceConnector(sdk.Connector):
         """sObject Collections calls of at most 200 records, each call's answers yielded as it
         returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, a few times;
         a call's other answers are not held back for them. What still fails is reported."""
-        pending = list(positions)
-        for attempt in range(self.config.lock_retries + 1):
-            if attempt:
-                time.sleep(min(2.0, 0.25 * 2**attempt))
-            last_pass = attempt == self.config.lock_retries
-            retry: list[int] = []
-            for start in range(0, len(pending), COLLECTION_LIMIT):
-                chunk = pending[start : start + COLLECTION_LIMIT]
-                answered: dict[int, sdk.WriteResult] = {}
-                for position, result in zip(chunk, send(chunk), strict=True):
-                    if result.retryable and not last_pass:
-                        retry.append(position)
-                    else:
-                        answered[position] = result
-                if answered:
-                    yield answered
-            pending = retry
-            if not pending:
-                return
+        yield from sdk.write_in_passes(
+            positions, send, size=COLLECTION_LIMIT, retries=self.config.lock_retries
+        )
 
     def _save_chunk(
         self, object_type: str, updates: Sequence[sdk.RecordUpdate], chunk: Sequence[int]

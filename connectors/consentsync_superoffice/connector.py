@@ -529,11 +529,8 @@ class SuperOfficeConnector(sdk.Connector):
 
 
 def _check_object(object_type: str) -> None:
-    if object_type != OBJECT:
-        raise sdk.config_error(
-            f"SuperOffice objects: {OBJECT} (its consents are fields of it), not {object_type!r}",
-            "unknown object",
-        )
+    message = f"SuperOffice objects: {OBJECT} (its consents are fields of it), not {object_type!r}"
+    sdk.require_object(object_type, {OBJECT}, message)
 
 
 def _second(moment: datetime) -> datetime:

@@ -240,3 +240,31 @@ def test_mapped_fields_the_crm_lacks_are_a_configuration_error_naming_them() -> 
         Fault.CONFIG,
         "mapped field missing",
     )
+
+
+def test_retryable_answers_are_sent_again_in_a_later_pass_without_holding_back_the_rest() -> None:
+    locked_once = {2, 5}
+    calls: list[list[int]] = []
+    pauses: list[float] = []
+
+    def send(chunk: list[int]) -> list[sdk.WriteResult]:
+        calls.append(chunk)
+        answers = [sdk.WriteResult(str(p), p not in locked_once, retryable=p in locked_once) for p in chunk]
+        locked_once.difference_update(chunk)  # unlocked by the next pass
+        return answers
+
+    batches = list(sdk.write_in_passes(range(6), send, size=4, retries=2, sleep=pauses.append))
+    assert calls == [[0, 1, 2, 3], [4, 5], [2, 5]]
+    assert [sorted(batch) for batch in batches] == [[0, 1, 3], [4], [2, 5]]
+    assert all(result.ok for batch in batches for result in batch.values()) and pauses == [0.5]
+    # Still refused after the last pass: reported as it is, each position answered once.
+    stuck = list(
+        sdk.write_in_passes(
+            [7],
+            lambda c: [sdk.WriteResult("7", False, retryable=True)],
+            size=4,
+            retries=1,
+            sleep=pauses.append,
+        )
+    )
+    assert stuck == [{7: sdk.WriteResult("7", False, retryable=True)}]

@@ -2,6 +2,7 @@
 the pieces every connector needs (settings base, HTTP client, OAuth token request)."""
 
 from consentsync.sdk.auth import request_token
+from consentsync.sdk.batches import write_in_passes
 from consentsync.sdk.connector import (
     ApiUsage,
     Connector,
@@ -29,7 +30,7 @@ from consentsync.sdk.http import (
     response_error,
     retry_after,
 )
-from consentsync.sdk.objects import config_error, require_fields
+from consentsync.sdk.objects import config_error, require_fields, require_object
 from consentsync.sdk.retry import RetryPolicy, call
 from consentsync.sdk.settings import ConnectorSettings, DailyBudget, RunBudget
 
@@ -61,6 +62,8 @@ __all__ = [
     "register_secret",
     "request_token",
     "require_fields",
+    "require_object",
     "response_error",
     "retry_after",
+    "write_in_passes",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "list_objects",
     "object_error",
     "require_fields",
+    "require_object",
 ]
 
 
@@ -30,6 +31,15 @@ def config_error(message: str, reason: str, *, code: str | None = None) -> Conne
     """A problem the admin must fix (an object, field or name the configuration gets wrong):
     not retried, the run fails with ``reason`` in its report."""
     return ConnectorError(message, ErrorRule(Action.FAIL, Fault.CONFIG, reason, code=code))
+
+
+def require_object(
+    object_type: str, offered: Container[str], message: str, reason: str = "unknown object"
+) -> None:
+    """Raises ``message`` as a ``config_error`` when ``object_type`` is not one of ``offered``
+    (a connector that reads and writes only some objects)."""
+    if object_type not in offered:
+        raise config_error(message, reason)
 
 
 def require_fields(

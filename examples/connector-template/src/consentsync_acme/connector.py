@@ -154,8 +154,7 @@ def _classified(describe: str, response: requests.Response) -> ConnectorError:
 
 
 def _only_contacts(object_type: str) -> None:
-    if object_type != "contacts":
-        raise sdk.config_error(f"Acme has contacts, not {object_type!r}", "unknown object")
+    sdk.require_object(object_type, {"contacts"}, f"Acme has contacts, not {object_type!r}")
 
 
 def _result(update: sdk.RecordUpdate, outcome: Mapping[str, Any]) -> sdk.WriteResult:
