@@ -860,19 +860,11 @@ class SalesforceSandbox(HttpsSandbox):
         return start, min(end, now.replace(second=0))
 
     def _h_updated(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
-        obj = self._object(sobject)
-        start, end = self._replication_window(request)
-        ids = self.org.updated_ids(obj.name, start, end)
-        if len(ids) > MAX_REPLICATION_IDS:
-            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        ids, _start, end = self._replicated(request, sobject, self.org.updated_ids)
         return _json_response(200, {"ids": ids, "latestDateCovered": format_datetime(end)})
 
     def _h_deleted(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
-        obj = self._object(sobject)
-        start, end = self._replication_window(request)
-        rows = self.org.deleted_records(obj.name, start, end)
-        if len(rows) > MAX_REPLICATION_IDS:
-            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        rows, start, end = self._replicated(request, sobject, self.org.deleted_records)
         earliest = min((at for _, at in rows), default=start)
         return _json_response(
             200,
@@ -882,6 +874,21 @@ class SalesforceSandbox(HttpsSandbox):
                 "latestDateCovered": format_datetime(end),
             },
         )
+
+    def _replicated(
+        self,
+        request: SandboxRequest,
+        sobject: str,
+        read: Callable[[str, dt.datetime, dt.datetime], list[Any]],
+    ) -> tuple[list[Any], dt.datetime, dt.datetime]:
+        """What ``read`` finds of ``sobject`` in the request's replication window, and the window;
+        too many answers EXCEEDED_ID_LIMIT."""
+        obj = self._object(sobject)  # an unknown object answers before a bad window
+        start, end = self._replication_window(request)
+        found = read(obj.name, start, end)
+        if len(found) > MAX_REPLICATION_IDS:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        return found, start, end
 
     # ------------------------------------------------------------------ sObject Collections
 
