@@ -145,7 +145,7 @@ class HubSpotConnector(sdk.Connector):
 
     def _count(self, response: requests.Response) -> None:
         usage = self.usage
-        usage.count(_endpoint_kind(response.request.method or "", response.request.url or ""))
+        usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
         headers = response.headers
         daily, left = (
             headers.get("X-HubSpot-RateLimit-Daily"),
@@ -795,24 +795,21 @@ def _required_scopes(body: Any) -> list[str]:
     return scopes
 
 
-def _endpoint_kind(method: str, url: str) -> str:
-    for marker, kind in (
-        ("/search", "search"),
-        ("/batch/update", "batch_update"),
-        ("/batch/archive", "batch_archive"),
-        ("/contacts/merge", "merge"),
-        ("/statuses/batch/read", "status_batch_read"),
-        ("/batch/read", "batch_read"),
-        ("/v3/subscribe", "subscribe"),
-        ("/v3/unsubscribe", "unsubscribe"),
-        ("/v3/definitions", "definitions"),
-        ("/properties/", "properties"),
-        ("/v4/statuses/", "status_read"),
-        ("/crm/v3/objects/", "list"),
-    ):
-        if marker in url:
-            return kind
-    return "other"
+#: What each call counts as in the run's usage (``ApiUsage.per_endpoint``), most specific first.
+_ENDPOINTS = (
+    ("/search", "search"),
+    ("/batch/update", "batch_update"),
+    ("/batch/archive", "batch_archive"),
+    ("/contacts/merge", "merge"),
+    ("/statuses/batch/read", "status_batch_read"),
+    ("/batch/read", "batch_read"),
+    ("/v3/subscribe", "subscribe"),
+    ("/v3/unsubscribe", "unsubscribe"),
+    ("/v3/definitions", "definitions"),
+    ("/properties/", "properties"),
+    ("/v4/statuses/", "status_read"),
+    ("/crm/v3/objects/", "list"),
+)
 
 
 __all__ = ["ERRORS", "REFUSES_RESUBSCRIBE", "HubSpotConnector", "parse_hs_datetime"]

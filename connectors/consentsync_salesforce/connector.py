@@ -111,7 +111,7 @@ class SalesforceConnector(sdk.Connector):
         )
 
     def _count(self, response: requests.Response) -> None:
-        self.usage.count(_endpoint_kind(response.request.url or ""))
+        self.usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.usage.used, self.usage.limit = int(match.group(1)), int(match.group(2))
@@ -470,21 +470,18 @@ def _csv_cell(fields: Mapping[str, Any], name: str) -> str:
     return str(value)
 
 
-def _endpoint_kind(url: str) -> str:
-    for marker, kind in (
-        ("/oauth2/token", "token"),
-        ("/composite/sobjects", "composite"),
-        ("/jobs/ingest", "bulk"),
-        ("/query/?q=", "query"),
-        ("/queryAll/?q=", "query"),
-        ("/query/", "queryMore"),
-        ("/describe", "describe"),
-        ("/limits", "limits"),
-        ("/sobjects/", "sobject"),
-    ):
-        if marker in url:
-            return kind
-    return "other"
+#: What each call counts as in the run's usage (``ApiUsage.per_endpoint``), most specific first.
+_ENDPOINTS = (
+    ("/oauth2/token", "token"),
+    ("/composite/sobjects", "composite"),
+    ("/jobs/ingest", "bulk"),
+    ("/query/?q=", "query"),
+    ("/queryAll/?q=", "query"),
+    ("/query/", "queryMore"),
+    ("/describe", "describe"),
+    ("/limits", "limits"),
+    ("/sobjects/", "sobject"),
+)
 
 
 __all__ = ["ERRORS", "SalesforceConnector", "parse_sf_datetime"]

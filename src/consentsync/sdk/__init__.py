@@ -25,6 +25,7 @@ from consentsync.sdk.errors import (
 )
 from consentsync.sdk.http import (
     HttpClient,
+    endpoint_kind,
     http_session,
     json_or_none,
     response_error,
@@ -56,6 +57,7 @@ __all__ = [
     "WriteResult",
     "call",
     "config_error",
+    "endpoint_kind",
     "http_session",
     "json_or_none",
     "network_error",

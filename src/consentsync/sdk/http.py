@@ -11,7 +11,7 @@ answer (its ``classify``), and its error table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,12 @@ def http_session(
     if on_response is not None:
         session.hooks["response"].append(lambda response, *_args, **_kwargs: on_response(response))
     return session
+
+
+def endpoint_kind(url: str, markers: Iterable[tuple[str, str]], default: str = "other") -> str:
+    """The kind of call ``url`` is, for ``ApiUsage.count``: the kind of the first (marker, kind)
+    whose marker is in the URL (put the more specific markers first)."""
+    return next((kind for marker, kind in markers if marker in url), default)
 
 
 def json_or_none(response: requests.Response) -> Any:
