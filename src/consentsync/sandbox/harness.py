@@ -35,7 +35,8 @@ def standard_fault_settings(timeout: float) -> dict[str, dict[str, Any]]:
 
 
 class SandboxHarness:
-    """The fault switches and call counts of a harness whose sandbox is an ``HttpsSandbox``."""
+    """What a harness whose sandbox is an ``HttpsSandbox`` does like every other: settings, seed
+    names and times, the contract's updates and reads, fault switches and call counts."""
 
     sandbox: Any
     timeout: ClassVar[float] = 2.0
