@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,12 +105,29 @@ def clock() -> Clock:
     return Clock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
 
 
-@pytest.fixture
-def ledger(config_path: Path, clock: Clock) -> Iterator[Ledger]:
+@contextmanager
+def migrated_ledger(config_path: Path, clock: Clock) -> Iterator[Ledger]:
+    """The ledger of the config at ``config_path``, migrated, on the test's clock; disposed of
+    afterwards (for a ``ledger`` fixture of a config of its own)."""
     opened = open_ledger(load_config(config_path), migrate=True)
     opened.clock = clock
     yield opened
     opened.engine.dispose()
+
+
+@pytest.fixture
+def ledger(config_path: Path, clock: Clock) -> Iterator[Ledger]:
+    with migrated_ledger(config_path, clock) as opened:
+        yield opened
+
+
+def record_args(
+    email: str, purpose: str, status: str, *extra: str, source: str = "web_form"
+) -> tuple[str, ...]:
+    """The words of ``consentsync ledger record`` for one value: who (by email), the purpose, the
+    status and where it came from, then ``extra`` options (``--at``, ``--channel``, ...)."""
+    value = ("--email", email, "--purpose", purpose, "--status", status, "--source", source)
+    return ("ledger", "record", *value, *extra)
 
 
 @dataclass

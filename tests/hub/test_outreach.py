@@ -7,6 +7,7 @@ from __future__ import annotations
 from consentsync.hub.outreach import Outreacher
 from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
+from tests.hub.people_world import GRANT
 
 
 def someone(world: HubWorld, email: str) -> None:
@@ -55,15 +56,7 @@ def test_a_request_needs_a_consent_purpose_with_a_notice(world: HubWorld) -> Non
 
 @SQLITE_ONLY
 def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
-    world.post(
-        "/consents",
-        {
-            "email": "ada@example.test",
-            "purpose": "newsletter",
-            "status": "granted",
-            "notice_version": "2026-05",
-        },
-    )
+    world.post("/consents", GRANT)
     outreach = Outreacher(world.hub, sleep=lambda _seconds: None)
     assert outreach.renew().candidates == 0  # a year to go
     world.clock.advance(days=340)
@@ -89,24 +82,8 @@ def test_renewals_inside_the_window_extend_the_consent(world: HubWorld) -> None:
 def test_the_daemon_lapses_and_renews_on_its_schedule(world: HubWorld) -> None:
     from consentsync.sync.daemon import Daemon
 
-    world.post(
-        "/consents",
-        {
-            "email": "ada@example.test",
-            "purpose": "newsletter",
-            "status": "granted",
-            "notice_version": "2026-05",
-        },
-    )
-    world.post(
-        "/consents",
-        {
-            "email": "bob@example.test",
-            "purpose": "email_marketing",
-            "status": "granted",
-            "notice_version": "2026-05",
-        },
-    )
+    world.post("/consents", GRANT)
+    world.post("/consents", {**GRANT, "email": "bob@example.test", "purpose": "email_marketing"})
     world.clock.advance(days=340)
     world.inbox.messages.clear()
     daemon = Daemon(world.hub.config, world.ledger)

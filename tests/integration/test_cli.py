@@ -27,7 +27,7 @@ from consentsync.cli import main
 from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, LawfulBasis
 from consentsync.ledger.engine import make_engine
-from tests.conftest import TEST_ERASURE_KEY
+from tests.conftest import TEST_ERASURE_KEY, record_args
 
 STARTER_PURPOSES = {"email_marketing", "profiling", "service"}
 ALL_STATUSES = [s.value for s in ConsentStatus]
@@ -55,19 +55,7 @@ def parse_iso(value: str) -> datetime:
 
 
 def record(cli: Any, email: str, purpose: str, status: str, *extra: str, source: str = "web_form") -> Any:
-    return cli.json(
-        "ledger",
-        "record",
-        "--email",
-        email,
-        "--purpose",
-        purpose,
-        "--status",
-        status,
-        "--source",
-        source,
-        *extra,
-    )
+    return cli.json(*record_args(email, purpose, status, *extra, source=source))
 
 
 def show(cli: Any, email: str) -> dict[str, Any]:
@@ -231,22 +219,8 @@ def test_record_with_every_option(cli: Any) -> None:
 
 
 def test_record_other_channel_and_basis_human_output(cli: Any) -> None:
-    result = cli.ok(
-        "ledger",
-        "record",
-        "--email",
-        "bo@example.com",
-        "--purpose",
-        "service",
-        "--status",
-        "granted",
-        "--basis",
-        "legitimate_interests",
-        "--channel",
-        "SMS",
-        "--source",
-        "phone",
-    )
+    extra = ("--basis", "legitimate_interests", "--channel", "SMS")
+    result = cli.ok(*record_args("bo@example.com", "service", "granted", *extra, source="phone"))
     assert result.stdout.strip() == (
         "recorded granted for service/sms: not_applicable -> granted, basis legitimate_interests, "
         "suppressed no (rule unknown_event_time_most_restrictive)"
@@ -262,19 +236,7 @@ def test_record_replay_is_reported_and_not_recorded_twice(cli: Any) -> None:
     count = audit_count(cli)
     second = record(cli, "REP@example.com", "email_marketing", "granted", *args)
     assert second == {"subject": first["subject"], "duplicate": True, "before": None, "after": None}
-    human = cli.ok(
-        "ledger",
-        "record",
-        "--email",
-        "rep@example.com",
-        "--purpose",
-        "email_marketing",
-        "--status",
-        "granted",
-        "--source",
-        "web_form",
-        *args,
-    )
+    human = cli.ok(*record_args("rep@example.com", "email_marketing", "granted", *args))
     assert "already recorded" in human.stdout and "nothing changed" in human.stdout
     assert audit_count(cli) == count
     assert len(show(cli, "rep@example.com")["history"]) == 1
@@ -766,20 +728,7 @@ def test_config_option_before_or_after_command_and_env(cli: Any, tmp_path: Path)
     email = "cfg@example.com"
     after = runner.invoke(
         main,
-        [
-            "ledger",
-            "record",
-            "--email",
-            email,
-            "--purpose",
-            "service",
-            "--status",
-            "granted",
-            "--source",
-            "phone",
-            "--config",
-            path,
-        ],
+        [*record_args(email, "service", "granted", "--config", path, source="phone")],
     )
     assert after.exit_code == 0, after.stderr
     shown = runner.invoke(main, ["subject", "show", email, "--json", "--config", path])
@@ -882,18 +831,7 @@ def test_record_bad_input_changes_nothing(cli: Any, change: dict[str, str], need
             id="decide-reason",
         ),
         pytest.param(
-            [
-                "ledger",
-                "record",
-                "--email",
-                "keep@example.com",
-                "--purpose",
-                "service",
-                "--status",
-                "granted",
-                "--source",
-                " ",
-            ],
+            [*record_args("keep@example.com", "service", "granted", source=" ")],
             ["--source"],
             id="record-source",
         ),
@@ -946,18 +884,7 @@ def test_config_with_unknown_key_names_file_and_line(
     index = next(i for i, text in enumerate(lines) if text.startswith(after)) + 1
     cli.config_path.write_text("".join([*lines[:index], line, *lines[index:]]), encoding="utf-8")
     for args in (
-        (
-            "ledger",
-            "record",
-            "--email",
-            "cfgbad@example.com",
-            "--purpose",
-            "service",
-            "--status",
-            "granted",
-            "--source",
-            "phone",
-        ),
+        record_args("cfgbad@example.com", "service", "granted", source="phone"),
         ("audit", "log"),
     ):
         assert_bad_input(cli(*args), f"{cli.config_path}:{index + 1}: ", *needles)
@@ -977,18 +904,7 @@ def test_missing_config_file(cli: Any, tmp_path: Path) -> None:
     other = replace(cli, config_path=missing)
     for args in (
         ("audit", "log"),
-        (
-            "ledger",
-            "record",
-            "--email",
-            "m@example.com",
-            "--purpose",
-            "service",
-            "--status",
-            "granted",
-            "--source",
-            "phone",
-        ),
+        record_args("m@example.com", "service", "granted", source="phone"),
     ):
         assert_bad_input(other(*args), str(missing), "config file not found", "consentsync init")
     assert not missing.exists()
@@ -1023,18 +939,7 @@ def test_logs_name_subjects_never_addresses(cli: Any) -> None:
     email = "private.person@example.com"
     streams = []
     for args in (
-        (
-            "ledger",
-            "record",
-            "--email",
-            email,
-            "--purpose",
-            "email_marketing",
-            "--status",
-            "granted",
-            "--source",
-            "web_form",
-        ),
+        record_args(email, "email_marketing", "granted"),
         ("objection", "raise", "--email", email, "--purpose", "profiling"),
         ("erase", "--email", email, "--reason", "request", "--yes"),
     ):

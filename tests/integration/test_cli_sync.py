@@ -113,6 +113,22 @@ def _email_state(cli: Cli, email: str) -> dict[str, Any]:
 # -- a run, what it leaves behind and how it is shown ---------------------------------------------
 
 
+def add_odd_consent(sandbox: SalesforceSandbox) -> str:
+    """A consent record naming a purpose the mapping does not list: it is quarantined on reading."""
+    individual = sandbox.org.records("Individual")[0]["Id"]
+    purpose = sandbox.org.create("DataUsePurpose", {"Name": "Newsletter"})
+    return sandbox.org.create(
+        "ContactPointTypeConsent",
+        {
+            "Name": "Newsletter by email",
+            "PartyId": individual,
+            "DataUsePurposeId": purpose,
+            "ContactPointType": "Email",
+            "PrivacyConsentStatus": "OptIn",
+        },
+    )
+
+
 def test_sync_reads_the_org_pushes_and_audits_every_push(cli: Cli, sf: SalesforceSandbox) -> None:
     report = _sync(cli)
     assert report["status"] == "succeeded", report["error"]
@@ -222,18 +238,7 @@ def test_a_record_that_does_not_translate_is_quarantined_and_the_rest_synced(
 ) -> None:
     # The sandbox refuses a malformed email as Salesforce does, so the record that cannot be
     # translated is a consent record naming a purpose the mapping does not list.
-    individual = sf.org.records("Individual")[0]["Id"]
-    purpose = sf.org.create("DataUsePurpose", {"Name": "Newsletter"})
-    odd = sf.org.create(
-        "ContactPointTypeConsent",
-        {
-            "Name": "Newsletter by email",
-            "PartyId": individual,
-            "DataUsePurposeId": purpose,
-            "ContactPointType": "Email",
-            "PrivacyConsentStatus": "OptIn",
-        },
-    )
+    odd = add_odd_consent(sf)
     # Finished, with records quarantined: exit 4 (exit_codes.QUARANTINED), for a scheduler to warn.
     report = _sync(cli, code=exit_codes.QUARANTINED)
     assert report["status"] == "succeeded", report["error"]

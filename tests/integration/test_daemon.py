@@ -17,6 +17,7 @@ from consentsync.config import load_config
 from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sync.daemon import Daemon
 from consentsync.sync.engine import RunReport
+from tests.integration.helpers import free_port, local_session, scrape_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ["contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml"]
@@ -149,17 +150,12 @@ def test_run_command_serves_health_and_metrics_and_stops_on_sigterm(
 ) -> None:
     import os
     import signal
-    import socket
     import subprocess
     import sys
 
-    import requests
-
     eu, _us = two_orgs
     _configure(config_path, {"sf-eu": eu}, interval=3600)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     consentsync = str(Path(sys.executable).parent / "consentsync")
     process = subprocess.Popen(
         [consentsync, "--config", str(config_path), "run", "--metrics-port", str(port)],
@@ -168,19 +164,11 @@ def test_run_command_serves_health_and_metrics_and_stops_on_sigterm(
         text=True,
         env={**os.environ, "CONSENTSYNC_CONFIG": ""},
     )
-    session = requests.Session()
-    session.trust_env = False
+    session = local_session()
     try:
-        deadline = time.monotonic() + 30
-        metrics = ""
-        while time.monotonic() < deadline:
-            try:
-                metrics = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-                if 'consentsync_runs_total{connector="sf-eu",status="succeeded"}' in metrics:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.3)
+        metrics = scrape_until(
+            session, port, lambda text: 'consentsync_runs_total{connector="sf-eu",status="succeeded"}' in text
+        )
         assert 'consentsync_runs_total{connector="sf-eu",status="succeeded"} 1.0' in metrics
         assert session.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
         assert session.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200

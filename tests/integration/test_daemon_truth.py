@@ -10,14 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from prometheus_client.parser import text_string_to_metric_families
@@ -31,6 +29,7 @@ from consentsync.sync.heartbeat import Heartbeat, running_daemons
 from consentsync.sync.lease import this_process
 from consentsync.sync.locks import connector_lock
 from consentsync.sync.runs import settle_crashed
+from tests.integration.helpers import free_port, local_session, scrape_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
@@ -77,6 +76,14 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def _both_failed(metrics: str) -> bool:
+    """Whether both broken connectors' failed runs show in the daemon's metrics."""
+    return all(
+        _metric(metrics, "consentsync_runs_total", connector=name, status="failed")
+        for name in ("sf-crashes", "sf-unmapped")
+    )
+
+
 def _status(config_path: Path, env: dict[str, str]) -> tuple[int, Any, str]:
     done = subprocess.run(
         [CONSENTSYNC, "--config", str(config_path), "status", "--json"],
@@ -104,9 +111,7 @@ def test_daemon_logs_json_lines_records_every_failure_and_is_not_ready(
                 _connector("sf-unmapped", org, [str(tmp_path / "missing.yaml")]),
             ],
         )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         env = {
             **os.environ,
             "CONSENTSYNC_CONFIG": "",
@@ -131,23 +136,9 @@ def test_daemon_logs_json_lines_records_every_failure_and_is_not_ready(
             text=True,
             env=env,
         )
-        session = requests.Session()
-        session.trust_env = False
+        session = local_session()
         try:
-            deadline = time.monotonic() + 30
-            metrics = ""
-            while time.monotonic() < deadline:
-                try:
-                    metrics = session.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-                except requests.ConnectionError:
-                    metrics = ""
-                failed = [
-                    _metric(metrics, "consentsync_runs_total", connector=name, status="failed")
-                    for name in ("sf-crashes", "sf-unmapped")
-                ]
-                if all(failed):
-                    break
-                time.sleep(0.2)
+            metrics = scrape_until(session, port, _both_failed, pause=0.2)
             assert _metric(metrics, "consentsync_runs_total", connector="sf-crashes", status="failed") == 1
             assert _metric(metrics, "consentsync_runs_total", connector="sf-unmapped", status="failed") == 1
             for name in ("sf-crashes", "sf-unmapped"):

@@ -48,6 +48,12 @@ def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: 
     return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
 
 
+def _sync_to_a_delta_link(ledger: Ledger, config_path: Path, dv: DynamicsSandbox) -> None:
+    """A full sync and then one through its delta link, both succeeding: the link is in use."""
+    assert _engine(ledger, config_path, dv).run(full=True).status == "succeeded"
+    assert _engine(ledger, config_path, dv).run().status == "succeeded"
+
+
 def _cursor(ledger: Ledger, object_type: str = "contact") -> Cursor:
     with ledger.engine.connect() as conn:
         raw = conn.execute(
@@ -117,8 +123,7 @@ def test_a_withdrawal_in_dynamics_reaches_the_persons_other_contacts(
 def test_a_sync_stopped_mid_delta_keeps_the_old_link_and_the_next_one_reads_it_again(
     ledger: Ledger, config_path: Path, dv: DynamicsSandbox
 ) -> None:
-    assert _engine(ledger, config_path, dv).run(full=True).status == "succeeded"
-    assert _engine(ledger, config_path, dv).run().status == "succeeded"
+    _sync_to_a_delta_link(ledger, config_path, dv)
     before = _cursor(ledger)
     rows = dv.environment.records("contact")[:120]
     turned = sum(1 for row in rows if not row["donotphone"])  # each is one new withdrawal
@@ -144,8 +149,7 @@ def test_a_sync_stopped_mid_delta_keeps_the_old_link_and_the_next_one_reads_it_a
 def test_a_refused_delta_link_reloads_in_full_and_records_nothing_twice(
     ledger: Ledger, config_path: Path, dv: DynamicsSandbox
 ) -> None:
-    assert _engine(ledger, config_path, dv).run(full=True).status == "succeeded"
-    assert _engine(ledger, config_path, dv).run().status == "succeeded"
+    _sync_to_a_delta_link(ledger, config_path, dv)
     events = _events(ledger)
     old = _cursor(ledger).token
     dv.expire_delta_tokens()

@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,25 +21,20 @@ from sqlalchemy import select, text, update
 from consentsync import audit
 from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config
-from consentsync.demo import find_mappings
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
-from tests.integration.crash_config import CONNECTOR, sync_command, write_config
+from tests.integration.crash_config import CONNECTOR, sync_command
+from tests.integration.helpers import migrated_crash_config, seeded_org
 
 
 @pytest.fixture
-def org() -> Any:
-    with SalesforceSandbox() as sandbox:
-        sandbox.org.seed(120, seed=3)
-        yield sandbox
+def org() -> Iterator[SalesforceSandbox]:
+    yield from seeded_org(120, seed=3)
 
 
 @pytest.fixture
 def sync_config(tmp_path: Path, ledger_url: str, org: Any, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("CRASHTEST_SF_SECRET", org.credentials.client_secret)
-    config = write_config(tmp_path / "run", org, find_mappings(), ledger_url)
-    open_ledger(load_config(config), migrate=True).engine.dispose()
-    return config
+    return migrated_crash_config(tmp_path / "run", org, ledger_url, monkeypatch)
 
 
 def _lease(config: Path, run_id: str, **kwargs: Any) -> Lease:

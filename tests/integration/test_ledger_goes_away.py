@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,10 +21,8 @@ import pytest
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync import exit_codes
-from consentsync.app import open_ledger
-from consentsync.config import load_config
-from consentsync.demo import find_mappings
-from tests.integration.crash_config import sync_command, write_config
+from tests.integration.crash_config import sync_command
+from tests.integration.helpers import migrated_crash_config, seeded_org
 
 
 class Outage:
@@ -99,22 +98,17 @@ def outage(ledger_url: str) -> Any:
 
 
 @pytest.fixture
-def org() -> Any:
-    with SalesforceSandbox() as sandbox:
-        sandbox.org.seed(60, seed=5)
-        yield sandbox
+def org() -> Iterator[SalesforceSandbox]:
+    yield from seeded_org(60, seed=5)
 
 
 @pytest.fixture
 def config(
     tmp_path: Path, ledger_url: str, outage: Outage, org: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    monkeypatch.setenv("CRASHTEST_SF_SECRET", org.credentials.client_secret)
     where = urlsplit(ledger_url)
     proxied = ledger_url.replace(f"{where.hostname}:{where.port or 5432}", f"127.0.0.1:{outage.port}", 1)
-    path = write_config(tmp_path / "run", org, find_mappings(), proxied)
-    open_ledger(load_config(path), migrate=True).engine.dispose()
-    return path
+    return migrated_crash_config(tmp_path / "run", org, proxied, monkeypatch)
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consentsync.app import open_ledger
-from consentsync.config import load_config
 from consentsync.domain import (
     ConsentStatus,
     Evidence,
@@ -39,8 +37,9 @@ from consentsync.domain import (
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
 from consentsync.reconcile import Rule, effective_state, summarise
-from tests.conftest import Clock
+from tests.conftest import Clock, migrated_ledger
 from tests.integration.helpers import consent_value
+from tests.integration.test_cli import iso_ago, record
 
 OFFERS_PURPOSE = """
   # Offers to customers on legitimate interests (PECR: a soft opt-in by email and SMS).
@@ -70,30 +69,8 @@ def policy_config(config_path: Path) -> Path:
 
 @pytest.fixture
 def policy_ledger(policy_config: Path, clock: Clock) -> Iterator[Ledger]:
-    opened = open_ledger(load_config(policy_config), migrate=True)
-    opened.clock = clock
-    yield opened
-    opened.engine.dispose()
-
-
-def _ago(**delta: float) -> str:
-    return (datetime.now(UTC) - timedelta(**delta)).isoformat().replace("+00:00", "Z")
-
-
-def _record(cli: Any, email: str, purpose: str, status: str, *extra: str, source: str = "web_form") -> Any:
-    return cli.json(
-        "ledger",
-        "record",
-        "--email",
-        email,
-        "--purpose",
-        purpose,
-        "--status",
-        status,
-        "--source",
-        source,
-        *extra,
-    )
+    with migrated_ledger(policy_config, clock) as opened:
+        yield opened
 
 
 def _state(cli: Any, email: str, purpose: str, channel: str = "email") -> dict[str, Any]:
@@ -108,15 +85,15 @@ def _state(cli: Any, email: str, purpose: str, channel: str = "email") -> dict[s
 @pytest.mark.parametrize("basis", ["legitimate_interests", "contract", "legal_obligation"])
 def test_cli_no_basis_switch_after_a_withdrawal(cli: Any, basis: str) -> None:
     email = "ann@example.com"
-    _record(cli, email, "email_marketing", "granted", "--at", _ago(days=9), "--notice-version", "v3")
-    _record(cli, email, "email_marketing", "withdrawn", "--at", _ago(days=5))
-    switched = _record(
+    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=9), "--notice-version", "v3")
+    record(cli, email, "email_marketing", "withdrawn", "--at", iso_ago(days=5))
+    switched = record(
         cli,
         email,
         "email_marketing",
         "granted",
         "--at",
-        _ago(days=1),
+        iso_ago(days=1),
         "--basis",
         basis,
         "--evidence-ref",
@@ -129,16 +106,16 @@ def test_cli_no_basis_switch_after_a_withdrawal(cli: Any, basis: str) -> None:
     logged = cli.json("audit", "log", "--email", email, "--action", "consent.recorded")
     assert logged[-1]["rule"] == Rule.NO_BASIS_SWITCH
     # Only the person's new consent resumes.
-    renewed = _record(
-        cli, email, "email_marketing", "granted", "--at", _ago(hours=1), "--notice-version", "v4"
+    renewed = record(
+        cli, email, "email_marketing", "granted", "--at", iso_ago(hours=1), "--notice-version", "v4"
     )
     assert (renewed["after"]["suppressed"], renewed["after"]["rule"]) == (False, Rule.TRUSTED_OPT_IN)
 
 
 def test_cli_a_refused_profiling_consent_is_not_resumed_on_legitimate_interests(cli: Any) -> None:
     email = "bo@example.com"
-    _record(cli, email, "profiling", "refused", "--at", _ago(days=3), "--channel", "post")
-    out = _record(
+    record(cli, email, "profiling", "refused", "--at", iso_ago(days=3), "--channel", "post")
+    out = record(
         cli,
         email,
         "profiling",
@@ -146,7 +123,7 @@ def test_cli_a_refused_profiling_consent_is_not_resumed_on_legitimate_interests(
         "--basis",
         "legitimate_interests",
         "--at",
-        _ago(days=1),
+        iso_ago(days=1),
         "--channel",
         "post",
         source="ops",
@@ -160,16 +137,16 @@ def test_cli_a_refused_profiling_consent_is_not_resumed_on_legitimate_interests(
 
 def test_cli_direct_marketing_objection_is_lifted_by_a_new_consent_only(cli: Any) -> None:
     email = "cy@example.com"
-    _record(cli, email, "email_marketing", "granted", "--at", _ago(days=9), "--notice-version", "v3")
-    cli.ok("objection", "raise", "--email", email, "--purpose", "email_marketing", "--at", _ago(days=5))
+    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=9), "--notice-version", "v3")
+    cli.ok("objection", "raise", "--email", email, "--purpose", "email_marketing", "--at", iso_ago(days=5))
     for basis in ("legitimate_interests", "contract"):
-        out = _record(
+        out = record(
             cli,
             email,
             "email_marketing",
             "granted",
             "--at",
-            _ago(days=2),
+            iso_ago(days=2),
             "--basis",
             basis,
             "--evidence-ref",
@@ -177,12 +154,12 @@ def test_cli_direct_marketing_objection_is_lifted_by_a_new_consent_only(cli: Any
             source="ops",
         )
         assert (out["after"]["suppressed"], out["after"]["rule"]) == (True, Rule.OBJECTION_DIRECT_MARKETING)
-    soft = _record(
-        cli, email, "email_marketing", "not_applicable", "--at", _ago(days=1), *SOFT_OPT_IN_OPTIONS
+    soft = record(
+        cli, email, "email_marketing", "not_applicable", "--at", iso_ago(days=1), *SOFT_OPT_IN_OPTIONS
     )
     assert (soft["after"]["suppressed"], soft["after"]["rule"]) == (True, Rule.OBJECTION_DIRECT_MARKETING)
-    consent = _record(
-        cli, email, "email_marketing", "granted", "--at", _ago(hours=1), "--notice-version", "v4"
+    consent = record(
+        cli, email, "email_marketing", "granted", "--at", iso_ago(hours=1), "--notice-version", "v4"
     )
     assert consent["after"]["suppressed"] is False
 
@@ -192,7 +169,7 @@ def test_cli_direct_marketing_objection_is_lifted_by_a_new_consent_only(cli: Any
 
 def test_cli_legitimate_interests_email_marketing_without_a_soft_opt_in_is_suppressed(cli: Any) -> None:
     email = "di@example.com"
-    noted = _record(
+    noted = record(
         cli,
         email,
         "email_marketing",
@@ -200,14 +177,14 @@ def test_cli_legitimate_interests_email_marketing_without_a_soft_opt_in_is_suppr
         "--basis",
         "legitimate_interests",
         "--at",
-        _ago(days=1),
+        iso_ago(days=1),
         "--evidence-ref",
         "soft opt-in: bought in 2025",
         source="checkout",
     )
     assert (noted["after"]["suppressed"], noted["after"]["rule"]) == (True, Rule.EPRIVACY_CONSENT_REQUIRED)
-    soft = _record(
-        cli, email, "email_marketing", "not_applicable", "--at", _ago(hours=2), *SOFT_OPT_IN_OPTIONS
+    soft = record(
+        cli, email, "email_marketing", "not_applicable", "--at", iso_ago(hours=2), *SOFT_OPT_IN_OPTIONS
     )
     assert (soft["after"]["status"], soft["after"]["basis"]) == ("not_applicable", "legitimate_interests")
     assert (soft["after"]["suppressed"], soft["after"]["rule"]) == (False, Rule.EPRIVACY_SOFT_OPT_IN)
@@ -227,7 +204,7 @@ def test_cli_legitimate_interests_email_marketing_without_a_soft_opt_in_is_suppr
     rows = [row for row in csv.DictReader(exported.open(encoding="utf-8")) if row.get("soft_opt_in")]
     assert [json.loads(row["soft_opt_in"])["sale_ref"] for row in rows] == ["order 2026-0042"]
     # The person refuses in a message: the soft opt-in ends.
-    refused = _record(cli, email, "email_marketing", "refused", "--at", _ago(hours=1), source="unsubscribe")
+    refused = record(cli, email, "email_marketing", "refused", "--at", iso_ago(hours=1), source="unsubscribe")
     assert refused["after"]["suppressed"] is True
 
 
@@ -248,7 +225,7 @@ def test_cli_a_soft_opt_in_without_each_condition_evidenced_is_refused(
 ) -> None:
     result = cli(
         "ledger", "record", "--email", "ed@example.com", "--purpose", "email_marketing",
-        "--status", "not_applicable", "--source", "checkout", "--at", _ago(days=1), *extra,
+        "--status", "not_applicable", "--source", "checkout", "--at", iso_ago(days=1), *extra,
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     message = (result.stderr or result.output).strip()
@@ -267,7 +244,7 @@ def test_cli_a_soft_opt_in_without_each_condition_evidenced_is_refused(
     ids=["granted", "consent-basis", "post", "undated"],
 )
 def test_cli_a_soft_opt_in_is_a_record_of_its_own(cli: Any, extra: tuple[str, ...], needle: str) -> None:
-    args = ["--purpose", "email_marketing", "--at", _ago(days=1), *SOFT_OPT_IN_OPTIONS, *extra]
+    args = ["--purpose", "email_marketing", "--at", iso_ago(days=1), *SOFT_OPT_IN_OPTIONS, *extra]
     if "--no-at" in args:
         args.remove("--no-at")
         index = args.index("--at")

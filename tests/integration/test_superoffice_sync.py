@@ -54,6 +54,15 @@ def _emarketing(so: SuperOfficeSandbox) -> dict[int, str | None]:
     }
 
 
+def _synced_consenter(ledger: Ledger, config_path: Path, so: SuperOfficeSandbox) -> tuple[int, str]:
+    """After a full sync: a person who consents to e-marketing in SuperOffice, and their email."""
+    assert _engine(ledger, config_path, so).run(full=True).status == "succeeded"
+    pid = next(pid for pid, key in _emarketing(so).items() if key == "CONSENT")
+    email = so.tenant.persons[pid].email
+    assert email
+    return pid, email
+
+
 def _capture(ledger: Ledger, email: str, status: ConsentStatus) -> None:
     ledger.record(Identity(email=email), consent_value(status, utcnow(), utcnow()))
 
@@ -99,10 +108,7 @@ def test_superoffice_consents_reach_the_ledger_and_withdrawals_go_back(
 def test_a_withdrawal_in_superoffice_is_sticky_in_the_ledger(
     ledger: Ledger, config_path: Path, so: SuperOfficeSandbox
 ) -> None:
-    assert _engine(ledger, config_path, so).run(full=True).status == "succeeded"
-    pid = next(pid for pid, key in _emarketing(so).items() if key == "CONSENT")
-    email = so.tenant.persons[pid].email
-    assert email
+    pid, email = _synced_consenter(ledger, config_path, so)
     so.tenant.set_consent(pid, "EMARKETING", "MANUAL", "WITHDRAWN", "asked by phone")
     time.sleep(1.1)  # a run reads whole seconds before the one it started in
     run = _engine(ledger, config_path, so).run()
@@ -114,10 +120,7 @@ def test_a_withdrawal_in_superoffice_is_sticky_in_the_ledger(
 def test_an_objection_to_direct_marketing_is_written_as_withdrawn(
     ledger: Ledger, config_path: Path, so: SuperOfficeSandbox
 ) -> None:
-    assert _engine(ledger, config_path, so).run(full=True).status == "succeeded"
-    pid = next(pid for pid, key in _emarketing(so).items() if key == "CONSENT")
-    email = so.tenant.persons[pid].email
-    assert email
+    pid, email = _synced_consenter(ledger, config_path, so)
     ledger.raise_objection(email, "email_marketing", direct_marketing=True, raised_at=datetime.now(UTC))
     run = _engine(ledger, config_path, so).run()
     assert run.status == "succeeded", run.error

@@ -86,36 +86,32 @@ consents:
 """
 
 
-def _state(
-    purpose: str, rule: str, *, suppressed: bool, basis: LawfulBasis, status: ConsentStatus
-) -> EffectiveState:
-    return EffectiveState(purpose, "email", status, basis, suppressed=suppressed, rule=rule)
+Outcome = tuple[ConsentStatus, str, bool]  # a purpose's status, the rule deciding it, suppressed
+
+
+def _states(marketing: Outcome, service: Outcome) -> dict[tuple[str, str], EffectiveState]:
+    """What the mapping is handed: email marketing (on consent) and service (on contract), by email."""
+    return {
+        (purpose, "email"): EffectiveState(purpose, "email", status, basis, suppressed=suppressed, rule=rule)
+        for purpose, basis, (status, rule, suppressed) in (
+            ("email_marketing", LawfulBasis.CONSENT, marketing),
+            ("service", LawfulBasis.CONTRACT, service),
+        )
+    }
 
 
 def test_no_consent_on_record_writes_only_the_mappings_no_consent_value_and_defaults_no_basis() -> None:
     mapping = parse_mapping(MAPPING, Path("contact.yaml"))
-    by_default = {
-        ("email_marketing", "email"): _state(
-            "email_marketing", "no_consent_on_record", suppressed=True, basis=LawfulBasis.CONSENT,
-            status=ConsentStatus.APPLICABLE,
-        ),
-        ("service", "email"): _state(
-            "service", "purpose_default_basis", suppressed=False, basis=LawfulBasis.CONTRACT,
-            status=ConsentStatus.NOT_APPLICABLE,
-        ),
-    }  # fmt: skip
+    by_default = _states(
+        marketing=(ConsentStatus.APPLICABLE, "no_consent_on_record", True),
+        service=(ConsentStatus.NOT_APPLICABLE, "purpose_default_basis", False),
+    )
     crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Consent"}
     assert mapping.updates_for(crm, by_default) == {"OptOut": "NONE_ON_RECORD"}
-    evidenced = {
-        ("email_marketing", "email"): _state(
-            "email_marketing", "sticky_withdrawal", suppressed=True, basis=LawfulBasis.CONSENT,
-            status=ConsentStatus.WITHDRAWN,
-        ),
-        ("service", "email"): _state(
-            "service", "latest_event_time", suppressed=False, basis=LawfulBasis.CONTRACT,
-            status=ConsentStatus.GRANTED,
-        ),
-    }  # fmt: skip
+    evidenced = _states(
+        marketing=(ConsentStatus.WITHDRAWN, "sticky_withdrawal", True),
+        service=(ConsentStatus.GRANTED, "latest_event_time", False),
+    )
     assert mapping.updates_for(crm, evidenced) == {"OptOut": True, "Basis": "Contract"}
 
 

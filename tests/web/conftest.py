@@ -22,7 +22,7 @@ from consentsync.config import load_config
 from consentsync.ledger.service import Ledger
 from consentsync.web.server import build
 from tests.conftest import Cli
-from tests.integration.test_cli_sync import connect_sandbox
+from tests.integration.test_cli_sync import add_odd_consent, connect_sandbox
 
 PASSWORDS = {
     "ada": "ada-admin-password-1",
@@ -41,22 +41,6 @@ class World:
     odd_record: str
     objection_id: int
     objector: str
-
-
-def add_odd_consent(sandbox: SalesforceSandbox) -> str:
-    """A consent record naming a purpose the mapping does not list: it is quarantined on reading."""
-    individual = sandbox.org.records("Individual")[0]["Id"]
-    purpose = sandbox.org.create("DataUsePurpose", {"Name": "Newsletter"})
-    return sandbox.org.create(
-        "ContactPointTypeConsent",
-        {
-            "Name": "Newsletter by email",
-            "PartyId": individual,
-            "DataUsePurposeId": purpose,
-            "ContactPointType": "Email",
-            "PrivacyConsentStatus": "OptIn",
-        },
-    )
 
 
 TEST_HOSTS = "web:\n  allowed_hosts: [testserver, localhost, 127.0.0.1]\n"

@@ -76,6 +76,13 @@ def make_plan(client: TestClient, csrf: str) -> dict[str, Any]:
     return dict(made.json())
 
 
+def admin_with_plan(console: Any) -> tuple[TestClient, str, dict[str, Any]]:
+    """An admin (ada) logged in to the API, her CSRF token, and a plan she made for ``sf``."""
+    client = TestClient(console)
+    csrf = api_login(client, "ada")
+    return client, csrf, make_plan(client, csrf)
+
+
 def test_an_admin_makes_a_plan_with_the_cli_s_figures_and_approving_it_pushes_exactly_it(
     console: Any, observed: Observed, cli: Cli
 ) -> None:
@@ -157,9 +164,7 @@ def test_an_admin_makes_a_plan_with_the_cli_s_figures_and_approving_it_pushes_ex
 def test_only_an_admin_approves_or_rejects_and_every_post_needs_the_csrf_token(
     console: Any, observed: Observed
 ) -> None:
-    admin = TestClient(console)
-    admin_csrf = api_login(admin, "ada")
-    plan = make_plan(admin, admin_csrf)
+    admin, admin_csrf, plan = admin_with_plan(console)
     before = _state(observed.sandbox)
     for name in ("rex", "vic"):
         client = TestClient(console)
@@ -221,9 +226,7 @@ def test_only_an_admin_approves_or_rejects_and_every_post_needs_the_csrf_token(
 
 
 def test_rejecting_a_plan_needs_a_reason_and_is_audited(console: Any, observed: Observed) -> None:
-    client = TestClient(console)
-    csrf = api_login(client, "ada")
-    plan = make_plan(client, csrf)
+    client, csrf, plan = admin_with_plan(console)
     headers = {"X-CSRF-Token": csrf}
     assert (
         client.post(f"/api/plans/{plan['id']}/reject", json={"reason": ""}, headers=headers).status_code
@@ -270,9 +273,7 @@ def test_rejecting_a_plan_needs_a_reason_and_is_audited(console: Any, observed: 
 def test_a_plan_the_crm_changed_underneath_is_refused_and_nothing_is_pushed(
     console: Any, observed: Observed
 ) -> None:
-    client = TestClient(console)
-    csrf = api_login(client, "ada")
-    plan = make_plan(client, csrf)
+    client, csrf, plan = admin_with_plan(console)
     everything = client.get(f"/api/plans/{plan['id']}", params={"per_page": 200}).json()["items"]["items"]
     target = next(item for item in everything if item["object_type"] == "Contact")
     field, value = next(iter(target["new"].items()))
