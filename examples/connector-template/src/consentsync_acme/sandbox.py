@@ -197,9 +197,15 @@ def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
     :class:`AcmeHarness`)."""
     sandbox = AcmeSandbox(host=host, port=port)
     rng, used = random.Random(seed), set()
+    # An org that was in use before the sandbox started: one change a second, ending two minutes
+    # back (a sync started at once reads them all; its signpost stays seconds behind "now").
+    ended = AcmeSandbox.now() - dt.timedelta(minutes=2)
     for index in range(records):
         first, last, email = random_person(rng, index, used)
-        sandbox.create({"email": email, "name": f"{first} {last}", "unsubscribed": rng.random() < 0.2})
+        sandbox.create(
+            {"email": email, "name": f"{first} {last}", "unsubscribed": rng.random() < 0.2},
+            at=ended - dt.timedelta(seconds=records - index),
+        )
     sandbox.start()
     who = {"api_key": sandbox.api_key, "seeded": f"{len(sandbox.contacts)} contacts (seed {seed})"}
     return Serving(sandbox, running_lines("Acme", sandbox, {"API URL": sandbox.base_url}, who))
