@@ -5,13 +5,17 @@ folded without what the other committed meanwhile."""
 
 from __future__ import annotations
 
+import copy
 import sqlite3
+import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
+import yaml
 from psycopg.errors import DeadlockDetected, LockNotAvailable
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -78,6 +82,23 @@ def _sync(ledger: Ledger, connector: str, order: list[int], errors: list[BaseExc
         errors.append(error)
 
 
+def _assert_states_are_the_fold_of_the_events(ledger: Ledger) -> dict[tuple[int, str, str], list[Evidence]]:
+    """Every stored state is the fold of all the evidence recorded for its key; returns the
+    evidence by key."""
+    with ledger.engine.connect() as conn:
+        events: dict[tuple[int, str, str], list[Evidence]] = {}
+        for row in conn.execute(select(consent_events)):
+            events.setdefault((row.subject_id, row.purpose, row.channel), []).append(_event_evidence(row))
+        stored = {
+            (row.subject_id, row.purpose, row.channel): orjson.loads(row.summary)
+            for row in conn.execute(select(consent_states))
+        }
+    assert events
+    for key, items in events.items():
+        assert Summary.from_json(stored[key]) == summarise(items, ledger.policy), key
+    return events
+
+
 def test_two_syncs_meeting_the_same_people_commit_and_keep_every_state_whole(ledger: Ledger) -> None:
     errors: list[BaseException] = []
     forward = list(range(PEOPLE))
@@ -92,19 +113,10 @@ def test_two_syncs_meeting_the_same_people_commit_and_keep_every_state_whole(led
     assert errors == []
     assert not any(run.is_alive() for run in runs)
 
-    with ledger.engine.connect() as conn:
-        events: dict[tuple[int, str, str], list[Evidence]] = {}
-        for row in conn.execute(select(consent_events)):
-            events.setdefault((row.subject_id, row.purpose, row.channel), []).append(_event_evidence(row))
-        stored = {
-            (row.subject_id, row.purpose, row.channel): orjson.loads(row.summary)
-            for row in conn.execute(select(consent_states))
-        }
+    events = _assert_states_are_the_fold_of_the_events(ledger)
     # One person per address, whichever run met them first; each with both runs' evidence.
     assert len(events) == PEOPLE
     assert {len(items) for items in events.values()} == {2 * ROUNDS}
-    for key, items in events.items():
-        assert Summary.from_json(stored[key]) == summarise(items, ledger.policy), key
 
 
 def test_a_rolled_back_or_timed_out_writer_is_named_for_what_it_is() -> None:
@@ -164,3 +176,50 @@ def test_a_sqlite_ledger_held_too_long_by_another_writer_is_named_for_what_it_is
     problem = ledger_problem(OperationalError("BEGIN IMMEDIATE", {}, locked), "sqlite:////srv/ledger.db")
     assert problem is not None and problem.exit_code == exit_codes.UNAVAILABLE
     assert problem.message.startswith("the ledger file /srv/ledger.db was held by another writer"), problem
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("ledger_url", ["postgres"], indirect=True)
+def test_two_sync_processes_meeting_the_same_people_both_commit_every_page(
+    ledger: Ledger, ledger_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case CI once met in the daemon, with real processes: two `consentsync sync` runs of two
+    CRMs holding the same people, pages of 25, side by side on one PostgreSQL ledger, twice
+    over. Every run succeeds and every state is the fold of all the evidence recorded."""
+    from consentsync_salesforce.sandbox import SalesforceSandbox
+
+    from consentsync.demo import find_mappings
+    from consentsync.sdk import crashtest
+    from tests.integration.crash_config import write_config
+
+    with SalesforceSandbox() as eu, SalesforceSandbox() as us:
+        eu.org.seed(150, seed=7)
+        us.org.seed(150, seed=7)  # the same people, each org its own records and ids
+        monkeypatch.setenv("CRASHTEST_SF_SECRET", eu.credentials.client_secret)
+        monkeypatch.setenv("CRASHTEST_SF2_SECRET", us.credentials.client_secret)
+        config = write_config(tmp_path / "cfg", eu, find_mappings(), ledger_url)
+        data = yaml.safe_load(config.read_text())
+        second = copy.deepcopy(data["connectors"][0])
+        (tmp_path / "cfg" / "us-ca.pem").write_bytes(Path(us.ca_cert_path).read_bytes())
+        second["name"] = "sf2"
+        second["settings"].update(
+            login_url=us.login_url,
+            client_secret="${CRASHTEST_SF2_SECRET}",
+            ca_bundle=str(tmp_path / "cfg" / "us-ca.pem"),
+        )
+        data["connectors"].append(second)
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        for _ in range(2):
+            runs = [
+                subprocess.Popen(
+                    crashtest.sync_command(config, name), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                )
+                for name in ("sf", "sf2")
+            ]
+            outcomes = [run.communicate(timeout=180) for run in runs]
+            # Succeeded (0), or succeeded with records quarantined (4): no run failed.
+            assert [run.returncode in (0, 4) for run in runs] == [True, True], outcomes
+            # Before the second round, people change their minds in one CRM.
+            for contact in eu.org.records("Contact")[:20]:
+                eu.org.update(contact["Id"], HasOptedOutOfEmail=not contact["HasOptedOutOfEmail"])
+    _assert_states_are_the_fold_of_the_events(ledger)
