@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 from consentsync.domain import (
     RESTRICTIVENESS,
@@ -235,20 +236,22 @@ _STATUSES = {status.value: status for status in ConsentStatus}
 _BASES = {basis.value: basis for basis in LawfulBasis}
 
 
-def _later(a: Ranked | None, b: Ranked | None) -> Ranked | None:
+class _Ordered(Protocol):
+    """What ``_later`` compares: evidence (``Ranked``) or a moment (``datetime``)."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+_T = TypeVar("_T", bound=_Ordered)
+
+
+def _later(a: _T | None, b: _T | None) -> _T | None:
+    """The later of two, either of which may be missing (None only when both are)."""
     if a is None:
         return b
     if b is None:
         return a
-    return b if a < b else a  # max(a, b)
-
-
-def _latest_time(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return b if a < b else a  # max(a, b)
+    return b if a < b else a  # max(a, b), keeping ``a`` on a tie
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +299,9 @@ class Summary:
             later,
             tied,
             _later(self.restriction, restriction),
-            _latest_time(self.trusted_opt_in_at, trusted_opt_in_at),
-            _latest_time(self.soft_opt_in_at, soft_opt_in_at),
-            _latest_time(self.lapsed_at, lapsed_at),
+            _later(self.trusted_opt_in_at, trusted_opt_in_at),
+            _later(self.soft_opt_in_at, soft_opt_in_at),
+            _later(self.lapsed_at, lapsed_at),
         )
 
     def to_json(self) -> dict[str, object]:
