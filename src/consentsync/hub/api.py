@@ -6,6 +6,7 @@ and rate-limited per key, separate from the console's logins; documented at ``/v
 # inside create_app at run time, and postponed ones would name locals it cannot see.
 import math
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -87,6 +88,19 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+# The core's refusals, each answered with its message as ``{"error": ...}`` and this status.
+REFUSAL_STATUS: dict[type[Exception], int] = {InvalidInput: 422, Forbidden: 403, Conflict: 409, NotFound: 404}
+
+
+def _refused(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """An exception handler answering a refusal with its message and ``status``."""
+
+    async def answer(_request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=status)
+
+    return answer
+
+
 def create_app(hub: Hub) -> FastAPI:
     app = FastAPI(
         title="consentsync capture API",
@@ -146,21 +160,8 @@ def create_app(hub: Hub) -> FastAPI:
             headers={"Retry-After": str(max(1, math.ceil(error.retry_after)))},
         )
 
-    @app.exception_handler(InvalidInput)
-    async def _invalid(_request: Request, error: InvalidInput) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=422)
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(_request: Request, error: Forbidden) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=403)
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_request: Request, error: Conflict) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=409)
-
-    @app.exception_handler(NotFound)
-    async def _not_found(_request: Request, error: NotFound) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=404)
+    for refusal, status in REFUSAL_STATUS.items():
+        app.add_exception_handler(refusal, _refused(status))
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_request: Request, error: RequestValidationError) -> JSONResponse:
