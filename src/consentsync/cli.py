@@ -30,6 +30,7 @@ from consentsync.cli_base import (
     current_config,
     current_ledger,
     emit_json,
+    emit_rows,
     handled,
     json_option,
     login_name,
@@ -336,13 +337,9 @@ def objection_raise(
 def objection_list(pending: bool, as_json: bool) -> None:
     """List objections: pending first, oldest first."""
     rows = current_ledger().list_objections(pending_only=pending)
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(
-            rows,
-            ["id", "email", "purpose", "direct_marketing", "status", "raised_at", "decided_by"],
-        )
+    emit_rows(
+        rows, ["id", "email", "purpose", "direct_marketing", "status", "raised_at", "decided_by"], as_json
+    )
 
 
 @objection.command("decide")

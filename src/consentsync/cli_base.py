@@ -129,6 +129,14 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
+def emit_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    """A listing command's answer: its rows as JSON with ``--json``, else these columns as a table."""
+    if as_json:
+        emit_json(rows)
+    else:
+        print_table(rows, columns)
+
+
 def cell_text(value: Any) -> str:
     """A value as a table cell shows it: "-" for none, yes/no, k=v pairs."""
     if value is None:

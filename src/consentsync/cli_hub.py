@@ -13,6 +13,7 @@ from consentsync.cli_base import (
     current_config,
     current_ledger,
     emit_json,
+    emit_rows,
     handled,
     json_option,
     login_name,
@@ -147,10 +148,7 @@ def notice_list(purpose: str | None, as_json: bool) -> None:
     from consentsync.hub import notices
 
     rows = [n.as_dict() for n in notices.listed(current_ledger(), purpose)]
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(rows, ["purpose", "version", "language", "sha256", "created_at"])
+    emit_rows(rows, ["purpose", "version", "language", "sha256", "created_at"], as_json)
 
 
 @notice.command("show")

@@ -23,6 +23,7 @@ from consentsync.cli_base import (
     config_option,
     current_config,
     emit_json,
+    emit_rows,
     fail,
     handled,
     json_option,
@@ -659,23 +660,11 @@ def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) ->
     from consentsync.sync.outbox import list_rows
 
     rows = list_rows(open_ledger(current_config()).engine, dead=dead, connector=connector, limit=limit)
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(
-            rows,
-            [
-                "id",
-                "connector",
-                "object",
-                "record_id",
-                "fields",
-                "rule",
-                "attempts",
-                "last_error",
-                "created_at",
-            ],
-        )
+    emit_rows(
+        rows,
+        ["id", "connector", "object", "record_id", "fields", "rule", "attempts", "last_error", "created_at"],
+        as_json,
+    )
 
 
 @outbox.command("retry")

@@ -14,10 +14,10 @@ from consentsync.cli_base import (
     config_option,
     current_config,
     emit_json,
+    emit_rows,
     handled,
     json_option,
     main,
-    print_table,
     runs,
 )
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
@@ -149,10 +149,7 @@ def user_list(as_json: bool) -> None:
     """Every account, with its role."""
 
     rows = [a.as_dict() for a in _accounts().list()]
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(rows, ["name", "role", "disabled", "password_changed_at"])
+    emit_rows(rows, ["name", "role", "disabled", "password_changed_at"], as_json)
 
 
 @user.command("sessions")
@@ -163,10 +160,7 @@ def user_list(as_json: bool) -> None:
 def user_sessions(name: str, as_json: bool) -> None:
     """An account's open sessions (started, last seen, expires)."""
     rows = [s.as_dict() for s in _accounts().sessions(name)]
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(rows, ["id", "created_at", "last_seen_at", "expires_at"])
+    emit_rows(rows, ["id", "created_at", "last_seen_at", "expires_at"], as_json)
 
 
 @user.command("end-sessions")
