@@ -37,11 +37,7 @@ def connector_for(dv: DynamicsSandbox, **extra: Any) -> DynamicsConnector:
     return DynamicsConnector(
         "dyn-test",
         {
-            "environment_url": dv.environment_url,
-            "token_url": dv.token_url,
-            "client_id": dv.credentials.client_id,
-            "client_secret": dv.credentials.client_secret,
-            "ca_bundle": str(dv.ca_cert_path),
+            **dv.connection_settings(),
             "page_size": 40,
             "batch_size": 25,
             "max_attempts": 4,

@@ -23,13 +23,8 @@ def sandbox() -> Iterator[SalesforceSandbox]:
 
 
 def connector_for(sandbox: SalesforceSandbox, **extra: Any) -> SalesforceConnector:
-    creds = sandbox.credentials
     settings = {
-        "login_url": sandbox.login_url,
-        "auth": "client_credentials",
-        "client_id": creds.client_id,
-        "client_secret": creds.client_secret,
-        "ca_bundle": str(sandbox.ca_cert_path),
+        **sandbox.connection_settings(),
         "query_batch_size": 200,
         "max_attempts": 4,
         **extra,

@@ -28,10 +28,7 @@ def sandbox() -> Iterator[VtigerSandbox]:
 
 def connector_for(sandbox: VtigerSandbox, **extra: Any) -> VtigerConnector:
     settings = {
-        "url": sandbox.url,
-        "username": sandbox.credentials.username,
-        "access_key": sandbox.credentials.access_key,
-        "ca_bundle": str(sandbox.ca_cert_path),
+        **sandbox.connection_settings(),
         "max_attempts": 4,
         "timeout": 5,
         **extra,

@@ -33,11 +33,7 @@ def dv() -> Iterator[DynamicsSandbox]:
 
 def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: Any) -> SyncEngine:
     settings = {
-        "environment_url": dv.environment_url,
-        "token_url": dv.token_url,
-        "client_id": dv.credentials.client_id,
-        "client_secret": dv.credentials.client_secret,
-        "ca_bundle": str(dv.ca_cert_path),
+        **dv.connection_settings(),
         "page_size": 40,
         "batch_size": 50,
         "max_attempts": 3,

@@ -27,17 +27,7 @@ def so() -> Iterator[SuperOfficeSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, so: SuperOfficeSandbox) -> SyncEngine:
-    c = so.credentials
-    settings = {
-        "base_url": so.tenant_url,
-        "auth": "refresh_token",
-        "client_id": c.client_id,
-        "client_secret": c.client_secret,
-        "refresh_token": c.refresh_token,
-        "token_url": so.token_url,
-        "ca_bundle": str(so.ca_cert_path),
-        "page_size": 30,
-    }
+    settings = {**so.connection_settings(), "page_size": 30}
     connector = {
         "name": "so",
         "vendor": "superoffice",

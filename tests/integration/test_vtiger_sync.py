@@ -32,10 +32,7 @@ def sandbox() -> Iterator[VtigerSandbox]:
 
 def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **settings: Any) -> SyncEngine:
     settings = {
-        "url": sandbox.url,
-        "username": sandbox.credentials.username,
-        "access_key": sandbox.credentials.access_key,
-        "ca_bundle": str(sandbox.ca_cert_path),
+        **sandbox.connection_settings(),
         "max_attempts": 4,
         **settings,
     }

@@ -89,13 +89,8 @@ class DynamicsHarness(SandboxHarness):
         self.sandbox = DynamicsSandbox()
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        creds = self.sandbox.credentials
         return self.sandbox_settings(
             {
-                "environment_url": self.sandbox.environment_url,
-                "token_url": self.sandbox.token_url,
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
                 "page_size": self.page_size,
                 "batch_size": self.write_batch_size,
                 "max_attempts": 5,

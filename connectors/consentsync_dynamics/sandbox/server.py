@@ -220,6 +220,16 @@ class DynamicsSandbox(HttpsSandbox):
     def api_url(self, version: str = "9.2") -> str:
         return f"{self.base_url}/api/data/v{version}"
 
+    def connection_settings(self) -> dict[str, Any]:
+        c = self.credentials
+        return {
+            **super().connection_settings(),
+            "environment_url": self.environment_url,
+            "token_url": self.token_url,
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+        }
+
     def client_credentials_form(self) -> dict[str, str]:
         c = self.credentials
         return {

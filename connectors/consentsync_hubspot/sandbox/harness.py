@@ -134,17 +134,8 @@ class HubSpotHarness(SandboxHarness):
         shutil.rmtree(self._directory, ignore_errors=True)
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        # A sandbox served on its own (`consentsync sandbox hubspot`) keeps its token in no file.
-        token_file = self.sandbox.token_file
-        token = (
-            {"access_token_file": str(token_file)}
-            if token_file
-            else {"access_token": self.sandbox.credentials.access_token}
-        )
         return self.sandbox_settings(
             {
-                "api_url": self.sandbox.api_url,
-                **token,
                 "page_size": self.page_size,
                 "search_requests_per_second": 20,
                 "max_attempts": 5,

@@ -699,6 +699,15 @@ class HubSpotSandbox(HttpsSandbox):
     def api_url(self) -> str:
         return self.base_url
 
+    def connection_settings(self) -> dict[str, Any]:
+        # A sandbox served on its own (`consentsync sandbox hubspot`) keeps its token in no file.
+        token = (
+            {"access_token_file": str(self.token_file)}
+            if self.token_file
+            else {"access_token": self.credentials.access_token}
+        )
+        return {**super().connection_settings(), "api_url": self.api_url, **token}
+
     # -- credentials ---------------------------------------------------------------------------
 
     def rotate_token(self) -> str:

@@ -198,13 +198,8 @@ class SalesforceHarness(SandboxHarness):
     # -- lifecycle and settings ----------------------------------------------------------------
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        creds = self.sandbox.credentials
         return self.sandbox_settings(
             {
-                "login_url": self.sandbox.login_url,
-                "auth": "client_credentials",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
                 "query_batch_size": self.page_size,
                 "max_attempts": 5,
                 "max_rate_limit_wait": 5.0,

@@ -368,6 +368,11 @@ class SalesforceSandbox(HttpsSandbox):
     def token_url(self) -> str:
         return f"{self.base_url}/services/oauth2/token"
 
+    def connection_settings(self) -> dict[str, Any]:
+        c = self.credentials
+        sign_in = {"auth": "client_credentials", "client_id": c.client_id, "client_secret": c.client_secret}
+        return {**super().connection_settings(), "login_url": self.login_url, **sign_in}
+
     def data_url(self, version: str = DEFAULT_API_VERSION) -> str:
         return f"{self.base_url}/services/data/v{version}"
 

@@ -187,15 +187,8 @@ class SuperOfficeHarness(SandboxHarness):
     # -- lifecycle and settings ----------------------------------------------------------------
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        creds = self.sandbox.credentials
         return self.sandbox_settings(
             {
-                "base_url": self.sandbox.tenant_url,
-                "auth": "refresh_token",
-                "client_id": creds.client_id,
-                "client_secret": creds.client_secret,
-                "refresh_token": creds.refresh_token,
-                "token_url": self.sandbox.token_url,
                 "page_size": self.page_size,
                 "max_attempts": 5,
                 "max_rate_limit_wait": 5.0,

@@ -174,6 +174,18 @@ class SuperOfficeSandbox(HttpsSandbox):
     def token_url(self) -> str:
         return f"{self.base_url}/login/common/oauth/tokens"
 
+    def connection_settings(self) -> dict[str, Any]:
+        c = self.credentials
+        return {
+            **super().connection_settings(),
+            "base_url": self.tenant_url,
+            "auth": "refresh_token",
+            "client_id": c.client_id,
+            "client_secret": c.client_secret,
+            "refresh_token": c.refresh_token,
+            "token_url": self.token_url,
+        }
+
     def issue_token(self) -> str:
         """A fresh access token without an HTTP call (not counted)."""
         token = f"8A:{self.tenant_name}.{secrets.token_urlsafe(48)}"

@@ -99,12 +99,8 @@ class VtigerHarness(SandboxHarness):
     # -- lifecycle and settings ----------------------------------------------------------------
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        creds = self.sandbox.credentials
         return self.sandbox_settings(
             {
-                "url": self.sandbox.url,
-                "username": creds.username,
-                "access_key": creds.access_key,
                 "page_size": self.page_size,
                 "crowded_second_overlap": 2,
                 "server_timezone": SERVER_TIMEZONE,

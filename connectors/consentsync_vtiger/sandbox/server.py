@@ -819,6 +819,11 @@ class VtigerSandbox(HttpsSandbox):
     def url(self) -> str:
         return self.base_url
 
+    def connection_settings(self) -> dict[str, Any]:
+        c = self.credentials
+        where = {"url": self.url, "username": c.username}
+        return {**super().connection_settings(), **where, "access_key": c.access_key}
+
     @property
     def webservice_url(self) -> str:
         return f"{self.base_url}/webservice.php"

@@ -67,9 +67,11 @@ class SandboxHarness:
 
     def sandbox_settings(self, own: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
         """A connector's settings against this sandbox, for its harness's ``connector_settings``:
-        what every connector says (trust the sandbox's CA, time out after ``timeout``), then the
-        vendor's ``own``, then the caller's ``overrides`` (which win)."""
-        return {"ca_bundle": str(self.sandbox.ca_cert_path), "timeout": self.timeout, **own, **overrides}
+        what every connector says (trust the sandbox's CA, time out after ``timeout``), then where
+        and who (the sandbox's ``connection_settings()``), then the harness's ``own`` tunings, then
+        the caller's ``overrides`` (which win)."""
+        where = self.sandbox.connection_settings()
+        return {"ca_bundle": where["ca_bundle"], "timeout": self.timeout, **where, **own, **overrides}
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         return self.connector_settings(**{self.secret_setting: wrong_secret})

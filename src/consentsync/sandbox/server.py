@@ -254,6 +254,12 @@ class HttpsSandbox(ABC):
         """A ``requests.Session`` verifying the sandbox CA, immune to REQUESTS_CA_BUNDLE."""
         return self.tls.requests_session()
 
+    def connection_settings(self) -> dict[str, Any]:
+        """The connector settings that reach and sign in to this running sandbox: trust its CA
+        (``ca_bundle``) and, in each vendor's sandbox, its addresses and credentials. Tests and
+        harnesses add their own tunings (page sizes, attempts) to these."""
+        return {"ca_bundle": str(self.ca_cert_path)}
+
     # ------------------------------------------------------------------ counters
 
     @property

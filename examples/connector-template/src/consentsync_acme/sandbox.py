@@ -81,6 +81,10 @@ class AcmeSandbox(HttpsSandbox):
         with self._data:
             self.contacts[contact_id].update(fields, updated_at=self.now())
 
+    def connection_settings(self) -> dict[str, Any]:
+        """Where Acme's connector reaches this sandbox and the key it signs in with (with the CA)."""
+        return {**super().connection_settings(), "api_url": self.base_url, "api_key": self.api_key}
+
     @staticmethod
     def now() -> dt.datetime:
         moment = dt.datetime.now(dt.UTC)

@@ -37,15 +37,9 @@ class AcmeHarness(SandboxHarness):
         self.sandbox = AcmeSandbox()
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        # sandbox_settings adds what every connector says: trust the sandbox's CA, its timeout.
-        return self.sandbox_settings(
-            {
-                "api_url": self.sandbox.base_url,
-                "api_key": self.sandbox.api_key,
-                "page_size": self.page_size,
-            },
-            overrides,
-        )
+        # sandbox_settings adds what every connector says (trust the sandbox's CA, its timeout)
+        # and where and who: the sandbox's connection_settings().
+        return self.sandbox_settings({"page_size": self.page_size}, overrides)
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         made = []
