@@ -125,13 +125,13 @@ def runs(
     page: PageNumber = 1,
     per_page: PerPage = 25,
 ) -> dict[str, Any]:
-    zone = viewer_zone(request, tz).zone
-    found = console_of(request).runs(
+    found = console_of(request).runs_filtered(
         connector=connector,
-        status=result,
-        since=parse_day(since, "since", zone=zone),
-        until=parse_day(until, "until", end=True, zone=zone),
-        open_quarantine=quarantine == "open",
+        result=result,
+        since=since,
+        until=until,
+        quarantine=quarantine,
+        zone=viewer_zone(request, tz).zone,
         page=page,
         per_page=per_page,
     )

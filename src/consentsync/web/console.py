@@ -255,6 +255,31 @@ class Console:
         )
         return Page(items, page, per_page, total, {"quarantined_open": held})
 
+    def runs_filtered(
+        self,
+        *,
+        connector: str | None,
+        result: str | None,
+        since: str | None,
+        until: str | None,
+        quarantine: str | None,
+        zone: tzinfo,
+        page: int,
+        per_page: int = PER_PAGE,
+    ) -> Page:
+        """``runs`` as the runs page and the API filter them, from the text a viewer gave: days
+        (or moments) read in the viewer's ``zone``, ``until`` taking its whole day, and
+        ``quarantine`` "open" for only the runs still holding open quarantined records."""
+        return self.runs(
+            connector=connector,
+            status=result,
+            since=parse_day(since, "since", zone=zone),
+            until=parse_day(until, "until", end=True, zone=zone),
+            open_quarantine=quarantine == "open",
+            page=page,
+            per_page=per_page,
+        )
+
     def run(self, run_id: str) -> dict[str, Any]:
         """One run, its quarantined records and the records it re-read because ops retried them."""
         found = show_run(self.engine, run_id)

@@ -165,13 +165,13 @@ def runs(
     page: PageNumber = 1,
 ) -> Response:
     console = console_of(request)
-    zone = viewer_zone(request).zone
-    found = console.runs(
+    found = console.runs_filtered(
         connector=connector,
-        status=result,
-        since=parse_day(since, "since", zone=zone),
-        until=parse_day(until, "until", end=True, zone=zone),
-        open_quarantine=quarantine == "open",
+        result=result,
+        since=since,
+        until=until,
+        quarantine=quarantine,
+        zone=viewer_zone(request).zone,
         page=page,
     )
     return render(
