@@ -1,12 +1,13 @@
 """What the integration tests share besides fixtures: a consent value to record, a connector of
-the shipped mappings written into the test's config, a sandboxed Salesforce org for the crash
-config, and the daemon's metrics read over HTTP while it runs."""
+the shipped mappings written into the test's config (against a sandbox: :func:`shipped_engine`),
+a sandboxed Salesforce org for the crash config, and the daemon's metrics read over HTTP while it
+runs."""
 
 from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from consentsync.config import load_config
 from consentsync.demo import find_mappings
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.service import Ledger, utcnow
+from consentsync.sandbox.server import HttpsSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.crash_config import write_config
 
@@ -61,6 +63,27 @@ def sandbox_engine(
     opened, mappings = open_connector(load_config(config_path), connector["name"])
     ledger.clock = utcnow
     return SyncEngine(ledger, opened, mappings, options)
+
+
+def shipped_engine(
+    ledger: Ledger,
+    config_path: Path,
+    sandbox: HttpsSandbox,
+    name: str,
+    vendor: str,
+    mappings: Sequence[str],
+    settings: Mapping[str, Any],
+    options: SyncOptions,
+) -> SyncEngine:
+    """A :func:`sandbox_engine` for connector ``name`` of ``vendor`` with its shipped ``mappings``
+    (file names), against the running ``sandbox``: its connection settings, then ``settings``."""
+    connector = {
+        "name": name,
+        "vendor": vendor,
+        "mappings": shipped_mappings(vendor, *mappings),
+        "settings": {**sandbox.connection_settings(), **settings},
+    }
+    return sandbox_engine(ledger, config_path, connector, options)
 
 
 def seeded_org(people: int, seed: int) -> Iterator[SalesforceSandbox]:

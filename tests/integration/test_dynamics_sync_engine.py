@@ -19,7 +19,7 @@ from consentsync.ledger.schema import consent_events, sync_cursors
 from consentsync.ledger.service import Ledger
 from consentsync.sdk import Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
-from tests.integration.helpers import sandbox_engine, shipped_mappings
+from tests.integration.helpers import shipped_engine
 
 MAPPINGS = ["contact.yaml", "contact_point_consent.yaml"]
 
@@ -32,16 +32,9 @@ def dv() -> Iterator[DynamicsSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: Any) -> SyncEngine:
-    settings = {
-        **dv.connection_settings(),
-        "page_size": 40,
-        "batch_size": 50,
-        "max_attempts": 3,
-        **settings,
-    }
-    connector = {"name": "dyn", "vendor": "dynamics", "mappings": shipped_mappings("dynamics", *MAPPINGS)}
     options = SyncOptions(batch_size=37, signpost_lag_seconds=0)
-    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
+    tuned = {"page_size": 40, "batch_size": 50, "max_attempts": 3, **settings}
+    return shipped_engine(ledger, config_path, dv, "dyn", "dynamics", MAPPINGS, tuned, options)
 
 
 def _sync_to_a_delta_link(ledger: Ledger, config_path: Path, dv: DynamicsSandbox) -> None:

@@ -16,7 +16,7 @@ from consentsync.domain import ConsentStatus
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sync.engine import SyncEngine, SyncOptions
-from tests.integration.helpers import consent_value, sandbox_engine, shipped_mappings
+from tests.integration.helpers import consent_value, shipped_engine
 
 
 @pytest.fixture
@@ -27,14 +27,10 @@ def so() -> Iterator[SuperOfficeSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, so: SuperOfficeSandbox) -> SyncEngine:
-    settings = {**so.connection_settings(), "page_size": 30}
-    connector = {
-        "name": "so",
-        "vendor": "superoffice",
-        "mappings": shipped_mappings("superoffice", "person.yaml"),
-    }
     options = SyncOptions(batch_size=25, signpost_lag_seconds=0)
-    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
+    return shipped_engine(
+        ledger, config_path, so, "so", "superoffice", ["person.yaml"], {"page_size": 30}, options
+    )
 
 
 def _emarketing(so: SuperOfficeSandbox) -> dict[int, str | None]:

@@ -17,7 +17,7 @@ from consentsync import audit
 from consentsync.ledger.schema import consent_events, crm_links, outbox, quarantine
 from consentsync.ledger.service import Ledger
 from consentsync.sync.engine import SyncEngine, SyncOptions
-from tests.integration.helpers import sandbox_engine, shipped_mappings
+from tests.integration.helpers import shipped_engine
 
 MAPPINGS = ["contacts.yaml", "leads.yaml", "accounts.yaml", "consents.yaml"]
 MODULES = ("Contacts", "Leads", "Accounts", "Consents")
@@ -31,14 +31,9 @@ def sandbox() -> Iterator[VtigerSandbox]:
 
 
 def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **settings: Any) -> SyncEngine:
-    settings = {
-        **sandbox.connection_settings(),
-        "max_attempts": 4,
-        **settings,
-    }
-    connector = {"name": "vt", "vendor": "vtiger", "mappings": shipped_mappings("vtiger", *MAPPINGS)}
     options = SyncOptions(batch_size=40, signpost_lag_seconds=0)
-    return sandbox_engine(ledger, config_path, {**connector, "settings": settings}, options)
+    tuned = {"max_attempts": 4, **settings}
+    return shipped_engine(ledger, config_path, sandbox, "vt", "vtiger", MAPPINGS, tuned, options)
 
 
 def _count(ledger: Ledger, table: Any, *where: Any) -> int:

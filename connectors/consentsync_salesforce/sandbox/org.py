@@ -758,13 +758,11 @@ class SalesforceOrg:
         record["LastModifiedDate"] = record["SystemModstamp"] = now
         record["LastModifiedById"] = self.user_id
 
-    def _plan_delete(
-        self, record_id: str, lock_check: Callable[[str], bool] | None
-    ) -> tuple[ObjectDef, dict[str, Any]]:
-        full = to18(record_id) if isinstance(record_id, str) else None
-        obj = self._by_prefix.get(full[:3]) if full else None
-        if full is None or obj is None:
-            raise RecordError("MALFORMED_ID", f"malformed id {record_id}")
+    def _writable(
+        self, obj: ObjectDef, full: str, lock_check: Callable[[str], bool] | None
+    ) -> dict[str, Any]:
+        """The live record ``full`` of ``obj`` that an update or a delete may change, or the
+        error Salesforce answers such a write with: no such record, deleted, or locked."""
         record = self._records[obj.name].get(full)
         if record is None:
             raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
@@ -774,7 +772,16 @@ class SalesforceOrg:
             raise RecordError(
                 "UNABLE_TO_LOCK_ROW", f"unable to obtain exclusive access to this record or 1 records: {full}"
             )
-        return obj, record
+        return record
+
+    def _plan_delete(
+        self, record_id: str, lock_check: Callable[[str], bool] | None
+    ) -> tuple[ObjectDef, dict[str, Any]]:
+        full = to18(record_id) if isinstance(record_id, str) else None
+        obj = self._by_prefix.get(full[:3]) if full else None
+        if full is None or obj is None:
+            raise RecordError("MALFORMED_ID", f"malformed id {record_id}")
+        return obj, self._writable(obj, full, lock_check)
 
     def merge(self, master_id: str, *merged_ids: str) -> None:
         """Merge up to two records into ``master_id``, as ``merge()`` does for Contacts and Leads:
@@ -903,15 +910,7 @@ class SalesforceOrg:
         if full is None or target is None or (declared is not None and declared is not target):
             label = (declared or target).label if (declared or target) else "Record"
             raise RecordError("MALFORMED_ID", f"{label} ID: id value of incorrect type: {record_id}", ["Id"])
-        record = self._records[target.name].get(full)
-        if record is None:
-            raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
-        if record["IsDeleted"]:
-            raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
-        if lock_check is not None and lock_check(full):
-            raise RecordError(
-                "UNABLE_TO_LOCK_ROW", f"unable to obtain exclusive access to this record or 1 records: {full}"
-            )
+        self._writable(target, full, lock_check)  # refuses a missing, deleted or locked record
         readonly = [
             name
             for name in fields
