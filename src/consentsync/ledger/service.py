@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, delete, insert, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -793,14 +793,7 @@ class Ledger:
             subject = conn.execute(select(subjects).where(subjects.c.id == subject_id)).one()
             effective = self.effective_states_in(conn, [subject_id])[subject_id]
             states = [state.as_dict() for state in effective.values()]
-            history = [
-                _event_view(row)
-                for row in conn.execute(
-                    select(consent_events)
-                    .where(consent_events.c.subject_id == subject_id)
-                    .order_by(consent_events.c.id)
-                )
-            ]
+            history = [_event_view(row) for row in _rows_of_subject(conn, consent_events, subject_id)]
             # Each event's notice text by its content hash (the registry's first text of that
             # version: its original language), so an export says exactly what the person was shown.
             versions = sorted({item["notice_version"] for item in history if item["notice_version"]})
@@ -825,17 +818,11 @@ class Ledger:
                     "gone_at": iso(row.gone_at) if row.gone_at else None,
                     "merged_into": row.merged_into,
                 }
-                for row in conn.execute(
-                    select(crm_links).where(crm_links.c.subject_id == subject_id).order_by(crm_links.c.id)
-                )
+                for row in _rows_of_subject(conn, crm_links, subject_id)
             ]
             subject_objections = [
                 _objection_view(row)
-                for row in conn.execute(
-                    _with_subject(objections)
-                    .where(objections.c.subject_id == subject_id)
-                    .order_by(objections.c.id)
-                )
+                for row in _rows_of_subject(conn, objections, subject_id, _with_subject(objections))
             ]
         return {
             "subject": context.uid,
@@ -1236,6 +1223,15 @@ def _redact_operational_text(conn: Connection, subject_id: int) -> int:
         or 0
     )
     return redacted
+
+
+def _rows_of_subject(
+    conn: Connection, table: Table, subject_id: int, query: Any = None
+) -> Sequence[Row[Any]]:
+    """``table``'s rows of one subject in the order they were written; ``query`` selects them
+    (all of the table's columns when None)."""
+    chosen = select(table) if query is None else query
+    return conn.execute(chosen.where(table.c.subject_id == subject_id).order_by(table.c.id)).all()
 
 
 def _with_subject(table: Any) -> Any:
