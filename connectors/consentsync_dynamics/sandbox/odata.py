@@ -19,14 +19,14 @@ comparison with null is false except ``eq null`` / ``ne null``. Malformed input 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Tok
-from consentsync.sandbox.lexing import joined, tokenize
+from consentsync.sandbox.lexing import chained, tokenize
 from consentsync.sandbox.server import SandboxError
 
 __all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
@@ -142,17 +142,10 @@ class _Parser:
         return predicate
 
     def or_expr(self) -> Predicate:
-        return self._joined("or", self.and_expr, any)
+        return chained(self.and_expr, lambda: self._skip("or"), any)
 
     def and_expr(self) -> Predicate:
-        return self._joined("and", self.unary, all)
-
-    def _joined(
-        self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
-    ) -> Predicate:
-        """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
-        parts = joined(operand, lambda: self._skip(word))
-        return parts[0] if len(parts) == 1 else (lambda row: combine(p(row) for p in parts))
+        return chained(self.unary, lambda: self._skip("and"), all)
 
     def _skip(self, word: str) -> bool:
         """Whether ``word`` comes next, moving past it if it does."""

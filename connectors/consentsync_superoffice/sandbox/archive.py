@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Token
-from consentsync.sandbox.lexing import joined, tokenize
+from consentsync.sandbox.lexing import chained, tokenize
 from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
 
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
@@ -201,17 +201,10 @@ class _Parser:
         return False
 
     def disjunction(self) -> Predicate:
-        return self._joined("or", self.conjunction, any)
+        return chained(self.conjunction, lambda: self._keyword("or"), any)
 
     def conjunction(self) -> Predicate:
-        return self._joined("and", self.primary, all)
-
-    def _joined(
-        self, word: str, operand: Callable[[], Predicate], combine: Callable[[Iterable[bool]], bool]
-    ) -> Predicate:
-        """One ``operand``, or several joined by ``word``: true when ``combine`` (any, all) says."""
-        terms = joined(operand, lambda: self._keyword(word))
-        return terms[0] if len(terms) == 1 else (lambda r, t: combine(term(r, t) for term in terms))
+        return chained(self.primary, lambda: self._keyword("and"), all)
 
     def primary(self) -> Predicate:
         token = self.take()

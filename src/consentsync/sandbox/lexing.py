@@ -1,18 +1,21 @@
 """Tokens for the sandboxes' query languages (a ``$filter``, an archive restriction, a SQL-like
 query): a language says its tokens as one regular expression with a named group per kind, and
-:func:`tokenize` reads a text into them. The grammar, its errors and its wording stay in each
-vendor's sandbox."""
+:func:`tokenize` reads a text into them; :func:`joined` and :func:`chained` read the ``and``/``or``
+chains every one of them has. The grammar, its errors and its wording stay in each vendor's
+sandbox."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
-__all__ = ["Token", "joined", "tokenize"]
+__all__ = ["Token", "chained", "joined", "tokenize"]
 
 _T = TypeVar("_T")
+#: A compiled condition: called with what a language's filter tests (a row; a row and its store).
+_P = TypeVar("_P", bound=Callable[..., bool])
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +55,19 @@ def joined(operand: Callable[[], _T], joiner: Callable[[], bool]) -> list[_T]:
     while joiner():
         terms.append(operand())
     return terms
+
+
+def chained(
+    operand: Callable[[], _P], joiner: Callable[[], bool], combine: Callable[[Iterable[bool]], bool]
+) -> _P:
+    """A boolean chain (:func:`joined`) compiled into one condition: the ``operand`` alone, or a
+    condition true when ``combine`` (``any`` for an ``or``, ``all`` for an ``and``) says so of its
+    terms, each called with the same arguments."""
+    terms = joined(operand, joiner)
+    if len(terms) == 1:
+        return terms[0]
+
+    def combined(*args: Any) -> bool:
+        return combine(term(*args) for term in terms)
+
+    return cast(_P, combined)
