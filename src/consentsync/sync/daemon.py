@@ -92,15 +92,8 @@ class Daemon:
 
         signer = signer_for(self.config, self.ledger.clock)
         if signer is not None:
-            self.scheduler.add_job(
-                signer.checkpoint_if_moved,
-                IntervalTrigger(seconds=signer.interval_seconds, timezone="UTC"),
-                args=[self.ledger.engine],
-                id="~audit-checkpoint",
-                name="audit checkpoint",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=_now(),
+            self._every(
+                signer.interval_seconds, "audit-checkpoint", signer.checkpoint_if_moved, self.ledger.engine
             )
 
     def _schedule_hub_upkeep(self) -> None:
@@ -110,15 +103,22 @@ class Daemon:
         ``consentsync hub requests``)."""
         minutes = self.config.settings.hub.upkeep_minutes
         if minutes:
-            self.scheduler.add_job(
-                self.hub_upkeep,
-                IntervalTrigger(minutes=minutes, timezone="UTC"),
-                id="~hub-upkeep",
-                name="hub upkeep",
-                max_instances=1,
-                coalesce=True,
-                next_run_time=_now(),
-            )
+            self._every(minutes * 60, "hub-upkeep", self.hub_upkeep)
+
+    def _every(self, seconds: float, job: str, func: Callable[..., object], *args: object) -> None:
+        """Schedules one of the daemon's own jobs every ``seconds``, as ``~job`` (no connector's name
+        starts with "~") named ``job`` with spaces for dashes: its first run at once, one at a time, and
+        runs it missed coalesced into one."""
+        self.scheduler.add_job(
+            func,
+            IntervalTrigger(seconds=seconds, timezone="UTC"),
+            args=list(args),
+            id=f"~{job}",
+            name=job.replace("-", " "),
+            max_instances=1,
+            coalesce=True,
+            next_run_time=_now(),
+        )
 
     def hub_upkeep(self) -> None:
         from consentsync.hub.capture import Hub
