@@ -86,6 +86,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": path, **extra}
 
 
+def _consentsync(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``consentsync ARGS`` run to its end, the template installed as :func:`_env` says."""
+    return subprocess.run(
+        [CONSENTSYNC, *args], env=_env(tmp_path), capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_consentsync_sandbox_acme_serves_and_its_printed_block_syncs(tmp_path: Path) -> None:
     """`consentsync sandbox acme` comes from the template's own entry point (the core names no
     vendor): it prints the `connectors:` block, and pasted as printed, `consentsync sync` reads
@@ -118,12 +125,8 @@ def test_consentsync_sandbox_acme_serves_and_its_printed_block_syncs(tmp_path: P
 def test_demo_across_crms_takes_acme_in(tmp_path: Path) -> None:
     """`consentsync demo --crms acme,salesforce`: Acme's harness (its entry point) gives the demo
     its sandbox; the withdrawal given in Acme reaches Salesforce. (The demo needs two CRMs.)"""
-    done = subprocess.run(
-        [CONSENTSYNC, "demo", "--crms", "acme,salesforce", "--dir", str(tmp_path / "demo")],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = _consentsync(
+        tmp_path, "demo", "--crms", "acme,salesforce", "--dir", str(tmp_path / "demo"), timeout=300
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "unsubscribes from email marketing in acme" in done.stdout
@@ -132,12 +135,6 @@ def test_demo_across_crms_takes_acme_in(tmp_path: Path) -> None:
 
 
 def test_mapping_examples_acme_copies_the_templates_mapping(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [CONSENTSYNC, "mapping", "examples", "acme", "-o", str(tmp_path / "mappings")],
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _consentsync(tmp_path, "mapping", "examples", "acme", "-o", str(tmp_path / "mappings"), timeout=60)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "mappings" / "acme" / "contacts.yaml").is_file()
