@@ -16,6 +16,7 @@ from consentsync_dynamics.sandbox.odata import parse_filter
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
 from consentsync.sdk import ConnectorError, Cursor, RecordUpdate, WriteAction
+from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]
 CONSENT_FIELDS = [
@@ -244,8 +245,7 @@ def test_missing_column_and_bad_names_are_config_errors(dv: DynamicsSandbox) -> 
 
 
 def test_works_with_requests_ca_bundle_set(dv: DynamicsSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    connector_for(dv).check()
+    check_with_requests_ca_bundle_set(connector_for(dv), monkeypatch)
 
 
 def test_describe_reads_the_attributes(dv: DynamicsSandbox) -> None:

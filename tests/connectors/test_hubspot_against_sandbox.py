@@ -20,6 +20,7 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, quarantine
 from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
+from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["email", "jobtitle", "hs_legal_basis", "subscription_1001", "subscription_1001_legal_basis"]
 
@@ -195,8 +196,7 @@ def test_resubscribing_an_unsubscribed_contact_is_a_permanent_refusal(harness: H
 
 
 def test_works_with_requests_ca_bundle_set(harness: HubSpotHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    connector(harness).check()
+    check_with_requests_ca_bundle_set(connector(harness), monkeypatch)
 
 
 def test_the_engine_dead_letters_a_refused_resubscription_once(

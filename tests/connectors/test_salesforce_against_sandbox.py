@@ -11,6 +11,7 @@ from consentsync_salesforce import SalesforceConnector
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
+from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
 
@@ -270,9 +271,7 @@ def test_wrong_secret_names_the_login_problem(sandbox: SalesforceSandbox) -> Non
 def test_works_with_requests_ca_bundle_set(
     sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    connector = connector_for(sandbox)
-    connector.check()
+    check_with_requests_ca_bundle_set(connector_for(sandbox), monkeypatch)
 
 
 def test_username_password_flow(sandbox: SalesforceSandbox) -> None:

@@ -15,6 +15,7 @@ from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
 from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
+from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKETING", "LegalBase_STORE"]
 
@@ -176,13 +177,8 @@ def test_application_token_is_sent_for_online() -> None:
         connector_for(so, app_token="online-app").check()
 
 
-def test_works_with_requests_ca_bundle_set(
-    so: SuperOfficeSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    bogus = tmp_path / "other.pem"
-    bogus.write_text("")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bogus))
-    connector_for(so).check()
+def test_works_with_requests_ca_bundle_set(so: SuperOfficeSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_with_requests_ca_bundle_set(connector_for(so), monkeypatch)
 
 
 def test_run_budget_stops_the_read(so: SuperOfficeSandbox) -> None:

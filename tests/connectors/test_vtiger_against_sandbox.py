@@ -16,6 +16,7 @@ from consentsync_vtiger.connector import vtql_string
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
 from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction, WriteResult
+from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["email", "emailoptout", "donotcall"]
 
@@ -110,12 +111,9 @@ def test_an_expired_session_is_renewed_mid_read(sandbox: VtigerSandbox) -> None:
 
 
 def test_requests_ca_bundle_in_the_environment_does_not_override_the_configured_ca(
-    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    unrelated = tmp_path / "unrelated.pem"
-    unrelated.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(unrelated))
-    connector_for(sandbox).check()
+    check_with_requests_ca_bundle_set(connector_for(sandbox), monkeypatch)
 
 
 def test_writes_are_one_revise_per_record_with_per_record_results(sandbox: VtigerSandbox) -> None:
