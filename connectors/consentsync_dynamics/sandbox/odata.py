@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Tok
-from consentsync.sandbox.lexing import chained, tokenize
+from consentsync.sandbox.lexing import TokenStream, chained, tokenize
 from consentsync.sandbox.server import SandboxError
 
 __all__ = ["ODataError", "Predicate", "no_property", "parse_filter", "parse_orderby"]
@@ -107,23 +107,15 @@ def _literal(tok: _Tok, source: str) -> _Literal:
     raise ODataError(f"Syntax error at position {tok.position} in '{source}'.")
 
 
-class _Parser:
+class _Parser(TokenStream):
     def __init__(self, text: str, types: Mapping[str, str], entity: str) -> None:
+        super().__init__(_tokens(text))
         self.text = text
-        self.tokens = _tokens(text)
-        self.index = 0
         self.types = types  # property name -> Edm type
         self.entity = entity
 
-    def peek(self) -> _Tok | None:
-        return self.tokens[self.index] if self.index < len(self.tokens) else None
-
-    def take(self) -> _Tok:
-        tok = self.peek()
-        if tok is None:
-            raise ODataError(f"Expression expected at position {len(self.text)} in '{self.text}'.")
-        self.index += 1
-        return tok
+    def end_error(self) -> ODataError:
+        return ODataError(f"Expression expected at position {len(self.text)} in '{self.text}'.")
 
     def expect(self, text: str) -> None:
         tok = self.peek()

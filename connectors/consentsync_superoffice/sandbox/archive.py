@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Token
-from consentsync.sandbox.lexing import chained, tokenize
+from consentsync.sandbox.lexing import TokenStream, chained, tokenize
 from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOfficeTenant, TenantError
 
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
@@ -171,21 +171,13 @@ def _tokens(text: str) -> list[_Token]:
 Predicate = Callable[[_Row, SuperOfficeTenant], bool]
 
 
-class _Parser:
+class _Parser(TokenStream):
     def __init__(self, text: str) -> None:
-        self.tokens = _tokens(text)
-        self.position = 0
+        super().__init__(_tokens(text))
         self.joined = False
 
-    def peek(self) -> _Token | None:
-        return self.tokens[self.position] if self.position < len(self.tokens) else None
-
-    def take(self) -> _Token:
-        token = self.peek()
-        if token is None:
-            raise _bad("Restriction ends too early")
-        self.position += 1
-        return token
+    def end_error(self) -> TenantError:
+        return _bad("Restriction ends too early")
 
     def parse(self) -> Predicate:
         predicate = self.disjunction()
@@ -196,7 +188,7 @@ class _Parser:
     def _keyword(self, word: str) -> bool:
         token = self.peek()
         if token is not None and token.kind == "word" and token.text.lower() == word:
-            self.position += 1
+            self.index += 1
             return True
         return False
 

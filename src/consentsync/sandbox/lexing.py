@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-__all__ = ["Token", "chained", "joined", "tokenize"]
+__all__ = ["Token", "TokenStream", "chained", "joined", "tokenize"]
 
 _T = TypeVar("_T")
 #: A compiled condition: called with what a language's filter tests (a row; a row and its store).
@@ -29,6 +29,30 @@ class Token:
     def is_word(self, *words: str) -> bool:
         """Whether this is one of ``words`` (lower case), as a ``word`` token in any letter case."""
         return self.kind == "word" and self.text.lower() in words
+
+
+class TokenStream:
+    """A parser's place in its tokens, for a parser to subclass: the next token (:meth:`peek`,
+    None past the last), and taking it (:meth:`take`), which past the last raises the language's
+    own error for a text that ends too early (:meth:`end_error`)."""
+
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.index = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self) -> Token:
+        token = self.peek()
+        if token is None:
+            raise self.end_error()
+        self.index += 1
+        return token
+
+    def end_error(self) -> Exception:
+        """The language's error for a text that ends where a token is wanted."""
+        raise NotImplementedError(f"{type(self).__name__} must say its end_error")
 
 
 def tokenize(pattern: re.Pattern[str], text: str, refuse: Callable[[int], Exception]) -> list[Token]:
