@@ -1,8 +1,8 @@
 """Tokens for the sandboxes' query languages (a ``$filter``, an archive restriction, a SQL-like
 query): a language says its tokens as one regular expression with a named group per kind, and
-:func:`tokenize` reads a text into them; :func:`joined` and :func:`chained` read the ``and``/``or``
-chains every one of them has. The grammar, its errors and its wording stay in each vendor's
-sandbox."""
+:func:`tokenize` reads a text into them; a parser walks them as a :class:`TokenStream`, and
+:func:`joined` and :func:`chained` read the ``and``/``or`` chains every one of them has. The
+grammar, its errors and its wording stay in each vendor's sandbox."""
 
 from __future__ import annotations
 
