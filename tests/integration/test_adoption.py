@@ -6,6 +6,8 @@ guard holds an oversized run until a plan is approved."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
+from sqlalchemy import func, select
 
 from consentsync.domain import canonical_json
+from consentsync.ledger.schema import sync_runs
 from tests.conftest import Cli
 from tests.integration.test_cli_sync import connect_sandbox
 
@@ -167,3 +171,37 @@ def test_the_push_guard_holds_an_oversized_run_until_a_plan_is_approved(
     plan = _run(cli, "plan", "sf", "-o", str(plan_path))
     applied = _run(cli, "apply", str(plan_path))
     assert applied["status"] == "succeeded" and applied["counts"]["pushed"] == plan["records"]
+
+
+def test_a_plan_reads_its_crm_before_it_holds_the_ledger_for_writing(
+    config_path: Path, org: SalesforceSandbox
+) -> None:
+    """A plan is one rolled-back transaction holding the ledger's writer lock; while it waits on
+    a slow CRM (a first read of a large org), the daemon's other runs must still commit. Every
+    query page is slowed down here: a ledger write made meanwhile does not wait for the plan."""
+    from consentsync.app import open_ledger, open_sync
+    from consentsync.config import load_config
+
+    _configure(config_path)
+    config = load_config(config_path)
+    ledger = open_ledger(config, migrate=True)
+    engine = open_sync(config, "sf", ledger)
+    org.faults.update(delay=0.4, delay_kinds={"query"})
+    plans: list[Any] = []
+    planner = threading.Thread(target=lambda: plans.append(engine.run(full=True, dry_run=True)))
+    planner.start()
+    try:
+        time.sleep(1.0)  # the plan is reading its second or third page
+        assert planner.is_alive()
+        started = time.monotonic()
+        with ledger.engine.begin() as conn:  # a writer, as another run's page is
+            conn.execute(select(func.count()).select_from(sync_runs)).scalar_one()
+        waited = time.monotonic() - started
+        assert waited < 0.3, f"a ledger writer waited {waited:.1f} s for the plan's CRM reads"
+        assert planner.is_alive(), "the plan ended before the write: the check proved nothing"
+    finally:
+        planner.join(timeout=120)
+        org.faults.update(delay=0.0)
+    (plan,) = plans
+    assert plan.status == "dry_run" and plan.plan is not None and plan.plan.items
+    ledger.engine.dispose()

@@ -33,7 +33,7 @@ from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, note_written, upsert_rows
-from consentsync.ledger.engine import analyse_grown
+from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
@@ -57,6 +57,7 @@ from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
 from consentsync.sync.prefetch import Prefetch
 from consentsync.sync.runs import RunCounts, record_unstarted
+from consentsync.sync.spool import PageSpool
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -339,28 +340,52 @@ class SyncEngine:
 
     def _plan(self, report: RunReport, *, until: datetime, full: bool) -> None:
         """A dry run: the whole run in one transaction that is rolled back, so that every page
-        sees what earlier pages did, and the plan is exactly what a real run would do now."""
-        with self.ledger.engine.connect() as conn:
-            outer = conn.begin()
-            self._shared = conn
-            try:
-                self._catch_up_feed(report)
-                self._pull(report, until=until, full=full, dry_run=True)
-                self._follow_ledger(report)
-                pending = conn.execute(
-                    select(outbox)
-                    .where(outbox.c.connector == self.name, outbox.c.status == "pending")
-                    .order_by(outbox.c.id)
-                ).all()
-                report.plan_pushes = [
-                    PlannedPush(row.object_type, row.record_id, orjson.loads(row.fields), row.rule)
-                    for row in pending
-                ]
-                report.plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
-                report.counts.would_push = report.plan.changes()
-            finally:
-                self._shared = None
-                outer.rollback()
+        sees what earlier pages did, and the plan is exactly what a real run would do now.
+
+        The CRM is read first, into a spool, outside any write transaction: the plan's
+        transaction holds the ledger's writer lock, and the other runs must not wait on this
+        CRM's answers (a first read of a large CRM takes minutes)."""
+        with reading(self.ledger.engine) as conn:
+            reads = self._reads(conn, full=full, dry_run=True)
+        number = {id(read): index for index, read in enumerate(reads)}
+        with PageSpool() as spool:
+            pages = iter(self._pages_of(reads, until))
+            while True:
+                with _timed(report, "read"):
+                    item = next(pages, None)
+                if item is None:
+                    break
+                if self.stop_requested.is_set():
+                    raise _Stop
+                read, page, final = item
+                spool.add((number[id(read)], page, final))
+            with self.ledger.engine.connect() as conn:
+                outer = conn.begin()
+                self._shared = conn
+                try:
+                    self._catch_up_feed(report)
+                    self._pull(
+                        report,
+                        until=until,
+                        full=full,
+                        dry_run=True,
+                        spooled=((reads[index], page, final) for index, page, final in spool),
+                    )
+                    self._follow_ledger(report)
+                    pending = conn.execute(
+                        select(outbox)
+                        .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+                        .order_by(outbox.c.id)
+                    ).all()
+                    report.plan_pushes = [
+                        PlannedPush(row.object_type, row.record_id, orjson.loads(row.fields), row.rule)
+                        for row in pending
+                    ]
+                    report.plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
+                    report.counts.would_push = report.plan.changes()
+                finally:
+                    self._shared = None
+                    outer.rollback()
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
@@ -375,25 +400,50 @@ class SyncEngine:
 
     # -- pull ----------------------------------------------------------------------------------
 
-    def _pull(self, report: RunReport, *, until: datetime, full: bool, dry_run: bool) -> None:
-        """Reads every mapped object's changes (and, where the connector lists them, its
-        deletions, on a cursor of their own), committing page by page. The reads run one after
-        the other in a reader thread one page ahead of the commits, across objects too: the next
-        object's first page is on its way while the last one's is committed."""
+    def _reads(self, conn: Connection, *, full: bool, dry_run: bool) -> list[_Read]:
+        """Every mapped object's read (and, where the connector lists them, its deletions', on a
+        cursor of their own), each from its stored cursor."""
         reads: list[_Read] = []
+        for mapping in self.mappings:
+            keys = [mapping.object]
+            if self.connector.reads_deletions and not dry_run:
+                keys.append(mapping.object + DELETIONS)
+            for key in keys:
+                stored = Cursor() if full else self._load_cursor(conn, key)
+                # An incremental read starts the look-back window behind the stored position:
+                # a change stamped before it may have become visible only since. What was
+                # already seen there is recognised by its snapshot and costs an API call,
+                # never a second piece of evidence.
+                since = stored if full else self.connector.resume_from(stored, self._lookback())
+                reads.append(_Read(mapping, key, stored, since, key.endswith(DELETIONS)))
+        return reads
+
+    def _pull(
+        self,
+        report: RunReport,
+        *,
+        until: datetime,
+        full: bool,
+        dry_run: bool,
+        spooled: Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]] | None = None,
+    ) -> None:
+        """Reads every mapped object's changes, committing page by page. The reads run one after
+        the other in a reader thread one page ahead of the commits, across objects too: the next
+        object's first page is on its way while the last one's is committed. A plan hands in
+        the pages it read beforehand (``spooled``)."""
+
+        def take(read: _Read, page: list[CrmRecord] | None, final: Cursor | None) -> None:
+            if page is None:
+                self._end_read(read, final, report, until=until)
+            else:
+                self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run)
+
+        if spooled is not None:
+            for item in spooled:
+                take(*item)
+            return
         with self._transaction() as conn:
-            for mapping in self.mappings:
-                keys = [mapping.object]
-                if self.connector.reads_deletions and not dry_run:
-                    keys.append(mapping.object + DELETIONS)
-                for key in keys:
-                    stored = Cursor() if full else self._load_cursor(conn, key)
-                    # An incremental read starts the look-back window behind the stored position:
-                    # a change stamped before it may have become visible only since. What was
-                    # already seen there is recognised by its snapshot and costs an API call,
-                    # never a second piece of evidence.
-                    since = stored if full else self.connector.resume_from(stored, self._lookback())
-                    reads.append(_Read(mapping, key, stored, since, key.endswith(DELETIONS)))
+            reads = self._reads(conn, full=full, dry_run=dry_run)
         # A few batches ahead: a CRM page holds several of our batches, and the next CRM page
         # must be on its way while the last batches of this one are committed.
         pages = Prefetch(
@@ -408,13 +458,10 @@ class SyncEngine:
                     got = next(pages, None)
                 if got is None:
                     break
-                (read, page, final), _ = got
+                item, _ = got
                 if self.stop_requested.is_set():
                     raise _Stop
-                if page is None:
-                    self._end_read(read, final, report, until=until)
-                else:
-                    self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run)
+                take(*item)
         if self.stop_requested.is_set():
             raise _Stop
 
