@@ -76,12 +76,20 @@ def _serialise_postgres_writers(engine: Engine) -> None:
     the lock orders every writer before it reads what it will write. Readers (``reading``) take
     nothing and read a snapshot."""
 
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Once a session, not a statement a transaction: every lock wait of the session is
+        # bounded (the writer lock's, and a reader's behind a migration's).
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET lock_timeout = '{WRITER_WAIT}'")
+        dbapi_connection.autocommit = False
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         options = connection.get_execution_options()
         if options.get(READ_ONLY) or options.get(BESIDE_WRITERS):
             return
-        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{WRITER_WAIT}'")
         connection.exec_driver_sql(
             # Keyed by the ledger's schema: advisory locks are database-wide, ledgers per schema.
             "SELECT pg_advisory_xact_lock(hashtextextended('consentsync:writer:' || current_schema(), 0))"
