@@ -46,10 +46,12 @@ def main(argv: list[str]) -> int:
                 continue
         failed = [t for t in results if t.problems]
         phases: Counter[str] = sum((t.kills_by_phase for t in results), Counter())
+        tried: Counter[str] = sum((t.runs_by_phase for t in results), Counter())
         kills, runs = sum(t.kills for t in results), sum(t.runs for t in results)
         print(f"{vendor}: {len(results)} trials, {kills} killed, {runs} runs, {len(failed)} failed")
         print(f"  took {time.monotonic() - started:.0f} s")
-        print("  kills by phase: " + ", ".join(f"{phase} {phases[phase]}" for phase in KILL_PHASES))
+        killed_of = (f"{phase} {phases[phase]}/{tried[phase]}" for phase in KILL_PHASES)
+        print("  runs killed / runs tried, by phase: " + ", ".join(killed_of))
         for number, trial in enumerate(results):
             for problem in trial.problems:
                 print(f"  trial {number}: {problem}")

@@ -50,6 +50,7 @@ class Trial:
     runs: int = 0
     problems: list[str] = field(default_factory=list)
     kills_by_phase: Counter[str] = field(default_factory=Counter)
+    runs_by_phase: Counter[str] = field(default_factory=Counter)  # killed or not
 
 
 def failpoints(phase: str, rng: random.Random) -> str | None:
@@ -211,9 +212,10 @@ def run_trials(
         trial, harness = Trial(), started_harness(vendor)
         try:
             config = configured(harness, workdir / f"trial-{number}")
-            for _ in range(rng.randint(1, 3)):
+            for attempt in range(rng.randint(1, 3)):
                 trial.runs += 1
-                phase = rng.choice(phases)
+                # In turn, so that a few trials already try every phase; where it strikes is random.
+                phase = phases[(number + attempt) % len(phases)]
                 points = failpoints(phase, rng)
                 run_env = {**env, "CONSENTSYNC_FAILPOINTS": points} if points else env
                 # A failpoint run its point does not kill (too few pages or pushes) is still
@@ -222,6 +224,7 @@ def run_trials(
                 killed = run_killed(config, run_env, kill_after=kill_after)
                 trial.kills += killed
                 trial.kills_by_phase[phase] += killed
+                trial.runs_by_phase[phase] += 1
             quiesce(config, env, trial)
             trial.problems += compare(reference, end_state(config, harness))
         finally:
