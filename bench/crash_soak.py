@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from consentsync.logs import configure as configure_logging
 from consentsync.sdk.crashtest import KILL_PHASES, run_trials
 from consentsync.sdk.harness import available_harnesses
 
@@ -33,6 +34,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--connector", default="all", help="a registered harness's name, or 'all'")
     args = parser.parse_args(argv)
     os.environ.setdefault("CONSENTSYNC_ERASURE_KEY", "crash-soak-erasure-key-0123456789abcdef")
+    configure_logging("WARNING")  # the trials' own ledger writes log at debug
     vendors = sorted(available_harnesses()) if args.connector == "all" else [args.connector]
     worst = 0
     for vendor in vendors:

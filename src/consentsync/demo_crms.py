@@ -27,7 +27,7 @@ import yaml
 from consentsync import audit
 from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config, write_starter
-from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus, Evidence, InvalidInput
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
 from consentsync.sdk.harness import available_harnesses
@@ -66,15 +66,10 @@ def run_crms_demo(
         subscribed = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
         ledger.record(
             Identity(email=PERSON),
-            Evidence(
-                purpose="email_marketing",
-                channel="email",
-                status=ConsentStatus.GRANTED,
-                basis=LawfulBasis.CONSENT,
-                event_time=subscribed,
-                observed_at=subscribed,
-                source="web_form",
-                origin=Origin.CAPTURE,
+            Evidence.from_web_form(
+                ConsentStatus.GRANTED,
+                subscribed,
+                subscribed,
                 notice_version="newsletter-v3",
                 double_opt_in_at=subscribed,
             ),

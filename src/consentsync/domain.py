@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
@@ -315,6 +315,24 @@ class Evidence:
             moment = getattr(self, name)
             if moment is not None and moment.tzinfo is not UTC:
                 object.__setattr__(self, name, as_utc(moment))
+
+    @classmethod
+    def from_web_form(
+        cls, status: ConsentStatus, event_time: datetime, observed_at: datetime, **more: Any
+    ) -> Evidence:
+        """Email marketing by email, under consent, as a web site's form captures it: the most
+        common capture, spelled once (demos, contract and crash trials)."""
+        return cls(
+            purpose="email_marketing",
+            channel="email",
+            status=status,
+            basis=LawfulBasis.CONSENT,
+            event_time=event_time,
+            observed_at=observed_at,
+            source="web_form",
+            origin=Origin.CAPTURE,
+            **more,
+        )
 
     @property
     def has_proof(self) -> bool:

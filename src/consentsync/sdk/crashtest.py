@@ -27,6 +27,7 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from sqlalchemy import select
 from consentsync import audit
 from consentsync.app import open_ledger
 from consentsync.config import load_config
+from consentsync.domain import ConsentStatus, Evidence
+from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import audit_entries, consent_events, outbox
 from consentsync.sdk.harness import AdoptionHarness, available_harnesses, write_sync_config
 
@@ -42,6 +45,8 @@ from consentsync.sdk.harness import AdoptionHarness, available_harnesses, write_
 CONNECTOR = "crm"
 KILL_PHASES = ("timed", "read", "push-sent", "push-answered")
 PAGE = 10
+# When the people the trials make withdraw on the web site: after every seeded change.
+WITHDRAWN_AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
 
 @dataclass
@@ -97,18 +102,42 @@ def quiesce(config_path: Path, env: dict[str, str], trial: Trial) -> None:
             trial.problems.append(f"a clean run after the kills exited {done.returncode}: {tail}")
 
 
-def crm_state(harness: AdoptionHarness) -> list[tuple[tuple[str, str], ...]]:
+def crm_state(harness: AdoptionHarness, since: datetime) -> list[tuple[tuple[str, str], ...]]:
     """The CRM's records as the harness reads them from its store, without their ids (each
-    sandbox makes its own): one sorted tuple of (field, value) per record, in a sorted list."""
+    sandbox makes its own) and with the times the runs stamped (at or after ``since``, when the
+    org was seeded) said as such: whether a run wrote a value matters here, not when. One
+    sorted tuple of (field, value) per record, in a sorted list."""
     store = harness.store_state()
     ids = {part for key in store for part in key.split("/")}
     return sorted(
-        tuple(sorted((name, str(value)) for name, value in fields.items() if str(value) not in ids))
+        tuple(
+            sorted(
+                (name, str(_run_times_said(value, since)))
+                for name, value in fields.items()
+                if str(value) not in ids
+            )
+        )
         for fields in store.values()
     )
 
 
-def end_state(config_path: Path, harness: AdoptionHarness) -> dict[str, Any]:
+def _run_times_said(value: Any, since: datetime) -> Any:
+    if isinstance(value, dict):
+        return {key: _run_times_said(item, since) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_run_times_said(item, since) for item in value]
+    if isinstance(value, datetime | str):
+        try:
+            moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        # A CRM that stamps whole seconds stamps a run at the start of its second.
+        if moment.tzinfo is not None and moment >= since - timedelta(seconds=1):
+            return "<stamped by a run>"
+    return value
+
+
+def end_state(config_path: Path, harness: AdoptionHarness, since: datetime) -> dict[str, Any]:
     """The ledger (events, states, audit chain), the outbox and the CRM after the trial's runs."""
     ledger = open_ledger(load_config(config_path))
     try:
@@ -140,7 +169,7 @@ def end_state(config_path: Path, harness: AdoptionHarness) -> dict[str, Any]:
         "subject_created": actions["subject.created"],
         "consent_recorded": actions["consent.recorded"],
         "states": states,
-        "crm": crm_state(harness),
+        "crm": crm_state(harness, since),
     }
 
 
@@ -163,8 +192,9 @@ def compare(reference: dict[str, Any], trial: dict[str, Any]) -> list[str]:
     return problems
 
 
-def started_harness(vendor: str) -> AdoptionHarness:
-    """The vendor's harness (entry point), its sandbox started and seeded as an existing org."""
+def started_harness(vendor: str) -> tuple[AdoptionHarness, list[str]]:
+    """The vendor's harness (entry point), its sandbox started and seeded as an existing org;
+    with the addresses of the org's people."""
     harnesses = available_harnesses()
     if vendor not in harnesses:
         raise LookupError(
@@ -174,16 +204,26 @@ def started_harness(vendor: str) -> AdoptionHarness:
     if not (hasattr(harness, "seed_existing_org") and hasattr(harness, "store_state")):
         raise LookupError(f"{vendor}: its harness cannot seed an existing org or read its store back")
     harness.start()
-    harness.seed_existing_org()
-    return harness
+    return harness, harness.seed_existing_org()
 
 
-def configured(harness: Any, folder: Path) -> Path:
-    """The trial's consentsync.yaml (a SQLite ledger beside it, migrated)."""
+def configured(harness: Any, folder: Path, people: list[str]) -> Path:
+    """The trial's consentsync.yaml (a SQLite ledger beside it, migrated), the ledger knowing
+    that every third of ``people`` withdrew from email marketing on the web site: the CRM does
+    not know it yet, so the runs push (an org that agrees with itself gives nothing to push, and
+    the push phases would never be reached)."""
     folder.mkdir(parents=True, exist_ok=True)
     # Small pages: a run is killed between pages as well as inside the last one.
     config = write_sync_config(harness, folder, name=CONNECTOR, batch_size=PAGE)
-    open_ledger(load_config(config), migrate=True).engine.dispose()
+    ledger = open_ledger(load_config(config), migrate=True)
+    try:
+        for email in people[::3]:
+            ledger.record(
+                Identity(email=email),
+                Evidence.from_web_form(ConsentStatus.WITHDRAWN, WITHDRAWN_AT, ledger.clock()),
+            )
+    finally:
+        ledger.engine.dispose()
     return config
 
 
@@ -200,18 +240,20 @@ def run_trials(
     quiescence, each compared with one uninterrupted run's end."""
     rng = random.Random(seed)
     env = {k: v for k, v in os.environ.items() if k != "CONSENTSYNC_CONFIG"}
-    reference_harness = started_harness(vendor)
+    reference_harness, people = started_harness(vendor)
     try:
-        config = configured(reference_harness, workdir / "reference")
+        since = datetime.now(UTC)
+        config = configured(reference_harness, workdir / "reference", people)
         quiesce(config, env, Trial())
-        reference = end_state(config, reference_harness)
+        reference = end_state(config, reference_harness, since)
     finally:
         reference_harness.stop()
     results = []
     for number in range(trials):
-        trial, harness = Trial(), started_harness(vendor)
+        trial, (harness, people) = Trial(), started_harness(vendor)
         try:
-            config = configured(harness, workdir / f"trial-{number}")
+            since = datetime.now(UTC)
+            config = configured(harness, workdir / f"trial-{number}", people)
             for attempt in range(rng.randint(1, 3)):
                 trial.runs += 1
                 # In turn, so that a few trials already try every phase; where it strikes is random.
@@ -226,7 +268,7 @@ def run_trials(
                 trial.kills_by_phase[phase] += killed
                 trial.runs_by_phase[phase] += 1
             quiesce(config, env, trial)
-            trial.problems += compare(reference, end_state(config, harness))
+            trial.problems += compare(reference, end_state(config, harness, since))
         finally:
             harness.stop()
         results.append(trial)

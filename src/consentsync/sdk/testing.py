@@ -655,7 +655,7 @@ class ConnectorContract(ConnectorTrustContract):
     def test_a_withdrawal_in_the_crm_reaches_the_ledger(
         self, harness: ContractHarness, tmp_path: Path
     ) -> None:
-        from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+        from consentsync.domain import ConsentStatus, Evidence
         from consentsync.ledger.identity import Identity
 
         if not isinstance(harness, PersonHarness):
@@ -665,19 +665,7 @@ class ConnectorContract(ConnectorTrustContract):
         config = write_sync_config(harness, tmp_path)
         engine = open_sync_engine(config)
         now = datetime.now(UTC)
-        engine.ledger.record(
-            Identity(email=email),
-            Evidence(
-                purpose="email_marketing",
-                channel="email",
-                status=ConsentStatus.GRANTED,
-                basis=LawfulBasis.CONSENT,
-                event_time=now,
-                observed_at=now,
-                source="web_form",
-                origin=Origin.CAPTURE,
-            ),
-        )
+        engine.ledger.record(Identity(email=email), Evidence.from_web_form(ConsentStatus.GRANTED, now, now))
         first = engine.run(full=True)
         assert first.status == "succeeded", first.error
         assert harness.read_opted_out(record_id) is False, "a person who opted in was opted out"
