@@ -20,26 +20,18 @@ from consentsync.audit import AuditRecord
 from consentsync.domain import InvalidInput, iso
 from consentsync.ledger.schema import outbox, quarantine
 from consentsync.ledger.service import NotFound
+from consentsync.rowview import RowView
 
 
 class QuarantineNotFound(NotFound):
     """No quarantined record has that id."""
 
 
-def view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "run_id": row.run_id,
-        "connector": row.connector,
-        "object": row.object_type,
-        "record_id": row.record_id,
-        "stage": row.stage,
-        "reason": row.reason,
-        "created_at": iso(row.created_at),
-        "resolved_at": iso(row.resolved_at),
-        "retry_requested_at": iso(row.retry_requested_at),
-        "retry_requested_by": row.retry_requested_by,
-    }
+#: A quarantined record as the command line, the console and the API show it.
+view = RowView(
+    "id run_id connector object=object_type record_id stage reason created_at resolved_at"
+    " retry_requested_at retry_requested_by"
+)
 
 
 def get(engine: Engine, quarantine_id: int) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from consentsync.domain import InvalidInput, as_utc, canonical_json, iso
+from consentsync.domain import InvalidInput, as_utc, canonical_json
 from consentsync.ledger.schema import quarantine, sync_runs
+from consentsync.rowview import RowView
 from consentsync.sync import quarantine as quarantined
 
 
@@ -145,17 +146,11 @@ def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
     return view
 
 
+_RUN_COLUMNS = RowView("id connector status full=full_load started_at finished_at")
+
+
 def run_view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "connector": row.connector,
-        "status": row.status,
-        "full": row.full_load,
-        "started_at": iso(row.started_at),
-        "finished_at": iso(row.finished_at),
-        "counts": orjson.loads(row.counts),
-        "error": row.error,
-    }
+    return {**_RUN_COLUMNS(row), "counts": orjson.loads(row.counts), "error": row.error}
 
 
 def record_unstarted(

@@ -22,10 +22,11 @@ from consentsync import audit
 from consentsync.accounts import Account
 from consentsync.audit import AuditRecord
 from consentsync.config import Config, ConfigError
-from consentsync.domain import REASON_MAX, InvalidInput, check_reason, iso
+from consentsync.domain import REASON_MAX, InvalidInput, check_reason
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import crm_links, plans, subject_identifiers
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.rowview import RowView
 
 PENDING = "pending"
 # A plan's statuses: pending (awaiting a decision), applying (an approval is running it), applied,
@@ -317,21 +318,10 @@ class PlanDesk:
             )
 
 
-def _summary(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "connector": row.connector,
-        "digest": row.digest,
-        "status": row.status,
-        "records": row.records,
-        "made_by": row.made_by,
-        "made_at": iso(row.made_at),
-        "decided_by": row.decided_by,
-        "decided_at": iso(row.decided_at),
-        "outcome": row.outcome,
-        "run_id": row.run_id,
-        "pushed": row.pushed,
-    }
+#: A plan without its items, as the plans list and a plan's page head show it.
+_summary = RowView(
+    "id connector digest status records made_by made_at decided_by decided_at outcome run_id pushed"
+)
 
 
 def _who(conn: Any, connector: str, items: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
