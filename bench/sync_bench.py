@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each consentsync sync here")
     args = parser.parse_args(argv)
     if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
         for name in ("full", "next", "incremental"):
             PROFILE_ENV[name] = {"SYNC_BENCH_PROFILE": str(Path(args.profile) / f"{name}.prof")}
     measured = {size: bench_size(size, args) for size in args.contacts}
