@@ -16,6 +16,7 @@ from consentsync_dynamics.sandbox.odata import parse_filter
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
 from consentsync.sdk import ConnectorError, Cursor, RecordUpdate, WriteAction
+from tests.connectors.against_sandbox import connector_settings, read_until, serve_seeded
 from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]
@@ -29,32 +30,18 @@ CONSENT_FIELDS = [
 
 @pytest.fixture
 def dv() -> Iterator[DynamicsSandbox]:
-    with DynamicsSandbox() as server:
-        server.environment.seed(130, seed=4)
-        yield server
+    yield from serve_seeded(DynamicsSandbox(), lambda server: server.environment.seed(130, seed=4))
 
 
 def connector_for(dv: DynamicsSandbox, **extra: Any) -> DynamicsConnector:
-    return DynamicsConnector(
-        "dyn-test",
-        {
-            **dv.connection_settings(),
-            "page_size": 40,
-            "batch_size": 25,
-            "max_attempts": 4,
-            **extra,
-        },
-    )
-
-
-def _later() -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=5)
+    settings = connector_settings(dv.connection_settings(), {"page_size": 40, "batch_size": 25}, extra)
+    return DynamicsConnector("dyn-test", settings)
 
 
 def _read(connector: DynamicsConnector, since: Cursor, object_type: str = "contact") -> list[Any]:
     connector.completed_cursor = None
     fields = FIELDS if object_type == "contact" else CONSENT_FIELDS
-    return list(connector.read_changes(object_type, fields, since, _later()))
+    return list(connector.read_changes(object_type, fields, since, read_until()))
 
 
 def test_first_read_is_ordered_and_hands_over_a_delta_link_then_deltas_carry_changes(
@@ -239,9 +226,9 @@ def test_login_errors_name_the_aadsts_code_and_never_the_secret(dv: DynamicsSand
 def test_missing_column_and_bad_names_are_config_errors(dv: DynamicsSandbox) -> None:
     connector = connector_for(dv)
     with pytest.raises(ConnectorError, match="favourite_colour"):
-        list(connector.read_changes("contact", ["favourite_colour"], Cursor(), _later()))
+        list(connector.read_changes("contact", ["favourite_colour"], Cursor(), read_until()))
     with pytest.raises(ConnectorError, match="logical name"):
-        list(connector.read_changes("contact') or true or ('", [], Cursor(), _later()))
+        list(connector.read_changes("contact') or true or ('", [], Cursor(), read_until()))
 
 
 def test_works_with_requests_ca_bundle_set(dv: DynamicsSandbox, monkeypatch: pytest.MonkeyPatch) -> None:

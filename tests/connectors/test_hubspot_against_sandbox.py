@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, quarantine
 from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
+from tests.connectors.against_sandbox import read_until
 from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["email", "jobtitle", "hs_legal_basis", "subscription_1001", "subscription_1001_legal_basis"]
@@ -38,12 +40,8 @@ def connector(harness: HubSpotHarness, **extra: Any) -> HubSpotConnector:
     return HubSpotConnector("hs-test", harness.connector_settings(**extra))
 
 
-def _later() -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-
-
 def _read(conn: HubSpotConnector, since: Cursor | None = None) -> list[Any]:
-    return list(conn.read_changes("contacts", FIELDS, since or Cursor(), _later()))
+    return list(conn.read_changes("contacts", FIELDS, since or Cursor(), read_until()))
 
 
 @pytest.mark.parametrize("harness", [{"search_result_cap": 50}], indirect=True)
@@ -202,7 +200,7 @@ def test_works_with_requests_ca_bundle_set(harness: HubSpotHarness, monkeypatch:
 def test_the_engine_dead_letters_a_refused_resubscription_once(
     harness: HubSpotHarness, tmp_path: Path
 ) -> None:
-    from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+    from consentsync.domain import ConsentStatus, Evidence
 
     (contact,) = harness.seed(1)
     portal = harness.sandbox.portal
@@ -214,20 +212,8 @@ def test_the_engine_dead_letters_a_refused_resubscription_once(
     # The person opts in again on the website, double opt-in confirmed: a trusted, newer capture.
     engine = open_sync_engine(config)
     now = dt.datetime.now(dt.UTC)
-    engine.ledger.record(
-        Identity(email=email),
-        Evidence(
-            purpose="email_marketing",
-            channel="email",
-            status=ConsentStatus.GRANTED,
-            basis=LawfulBasis.CONSENT,
-            event_time=now,
-            observed_at=now,
-            source="double_opt_in",
-            origin=Origin.CAPTURE,
-            double_opt_in_at=now,
-        ),
-    )
+    confirmed = Evidence.from_web_form(ConsentStatus.GRANTED, now, now, double_opt_in_at=now)
+    engine.ledger.record(Identity(email=email), replace(confirmed, source="double_opt_in"))
     second = engine.run()
     assert second.status == "succeeded", second.error
     assert harness.sandbox.calls["subscribe"] == 1
@@ -258,7 +244,7 @@ def test_read_deletions_lists_archived_and_merged_contacts_in_time_order(harness
     portal.merge(ids[0], ids[2], at=base + dt.timedelta(seconds=2))
     portal.archive(ids[5], at=base + dt.timedelta(seconds=3))  # same time as ids[4]: id order
     conn = connector(harness)
-    gone = list(conn.read_deletions("contacts", Cursor(), _later()))
+    gone = list(conn.read_deletions("contacts", Cursor(), read_until()))
     assert [(r.record_id, r.merged_into) for r in gone] == [
         (ids[1], None),
         (ids[2], ids[0]),
@@ -267,9 +253,9 @@ def test_read_deletions_lists_archived_and_merged_contacts_in_time_order(harness
     ]
     assert all(r.deleted and not r.fields for r in gone)
     # After a (time, id) cursor; a cursor without an id takes its whole time; until bounds it.
-    after = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp, ids[4]), _later()))
+    after = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp, ids[4]), read_until()))
     assert [r.record_id for r in after] == [ids[5]]
-    same_time = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp), _later()))
+    same_time = list(conn.read_deletions("contacts", Cursor(gone[2].modstamp), read_until()))
     assert [r.record_id for r in same_time] == [ids[4], ids[5]]
     early = list(conn.read_deletions("contacts", Cursor(), base + dt.timedelta(seconds=2)))
     assert [r.record_id for r in early] == [ids[1], ids[2]]
@@ -284,7 +270,7 @@ def test_the_delete_action_archives_a_hundred_a_call_answering_each_call(harness
     assert all(result.ok for batch in batches for result in batch.values())
     assert harness.sandbox.calls["batch_archive"] == before + 2
     assert not set(ids) & set(harness.record_ids())
-    assert {r.record_id for r in conn.read_deletions("contacts", Cursor(), _later())} == set(ids)
+    assert {r.record_id for r in conn.read_deletions("contacts", Cursor(), read_until())} == set(ids)
 
 
 def test_property_writes_are_answered_call_by_call(harness: HubSpotHarness) -> None:

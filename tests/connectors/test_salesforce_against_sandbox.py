@@ -11,6 +11,12 @@ from consentsync_salesforce import SalesforceConnector
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
+from tests.connectors.against_sandbox import (
+    assert_budget_stops_a_full_read,
+    connector_settings,
+    read_until,
+    serve_seeded,
+)
 from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
@@ -18,28 +24,17 @@ FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
 
 @pytest.fixture
 def sandbox() -> Iterator[SalesforceSandbox]:
-    with SalesforceSandbox() as server:
-        server.org.seed(450, seed=3)
-        yield server
+    yield from serve_seeded(SalesforceSandbox(), lambda server: server.org.seed(450, seed=3))
 
 
 def connector_for(sandbox: SalesforceSandbox, **extra: Any) -> SalesforceConnector:
-    settings = {
-        **sandbox.connection_settings(),
-        "query_batch_size": 200,
-        "max_attempts": 4,
-        **extra,
-    }
+    settings = connector_settings(sandbox.connection_settings(), {"query_batch_size": 200}, extra)
     return SalesforceConnector("sf-test", settings)
-
-
-def _later() -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=5)
 
 
 def test_full_read_returns_every_contact_once_in_cursor_order(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
-    records = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    records = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     expected = sandbox.org.count("Contact")
     assert len(records) == expected == len({r.record_id for r in records})
     keys = [(r.modstamp, r.record_id) for r in records]
@@ -49,7 +44,7 @@ def test_full_read_returns_every_contact_once_in_cursor_order(sandbox: Salesforc
 
 def test_cursor_resumes_inside_a_second_shared_by_many_records(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
-    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     # Stop in the middle of the largest group of records sharing one SystemModstamp.
     stamps: dict[datetime, list[int]] = {}
     for index, record in enumerate(everything):
@@ -58,7 +53,7 @@ def test_cursor_resumes_inside_a_second_shared_by_many_records(sandbox: Salesfor
     assert len(crowded) > 3
     middle = everything[crowded[len(crowded) // 2]]
     rest = list(
-        connector.read_changes("Contact", FIELDS, Cursor(middle.modstamp, middle.record_id), _later())
+        connector.read_changes("Contact", FIELDS, Cursor(middle.modstamp, middle.record_id), read_until())
     )
     assert [r.record_id for r in rest] == [r.record_id for r in everything[crowded[len(crowded) // 2] + 1 :]]
 
@@ -138,7 +133,7 @@ def test_updates_and_deletes_in_one_write(sandbox: SalesforceSandbox) -> None:
 
 def test_deletions_and_merges_come_in_the_cursor_stream(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
-    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     last = everything[-1]
     cursor = Cursor(last.modstamp, last.record_id)
     survivor, merged, deleted = (r.record_id for r in everything[:3])
@@ -146,7 +141,7 @@ def test_deletions_and_merges_come_in_the_cursor_stream(sandbox: SalesforceSandb
     sandbox.org.merge(survivor, merged)
     sandbox.org.clock = lambda: last.modstamp + timedelta(seconds=60)
     sandbox.org.delete(deleted)
-    changes = list(connector.read_changes("Contact", FIELDS, cursor, _later()))
+    changes = list(connector.read_changes("Contact", FIELDS, cursor, read_until()))
     assert [(r.record_id, r.deleted, r.merged_into) for r in changes] == [
         (survivor, False, None),
         (merged, True, survivor),
@@ -166,12 +161,12 @@ def test_a_late_commit_inside_the_look_back_is_read_on_the_next_run(sandbox: Sal
     late = sandbox.org.begin_create("Contact", LastName="Late", Email="late@example.test")
     sandbox.org.clock = lambda: start + timedelta(minutes=1)
     sandbox.org.create("Contact", LastName="Seen", Email="seen@example.test")
-    first = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    first = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     assert late not in {r.record_id for r in first}
     stored = Cursor(first[-1].modstamp, first[-1].record_id)
     sandbox.org.commit(late)
-    assert list(connector.read_changes("Contact", FIELDS, stored, _later())) == [], "no look-back: lost"
-    again = list(connector.read_changes("Contact", FIELDS, connector.resume_from(stored), _later()))
+    assert list(connector.read_changes("Contact", FIELDS, stored, read_until())) == [], "no look-back: lost"
+    again = list(connector.read_changes("Contact", FIELDS, connector.resume_from(stored), read_until()))
     assert late in {r.record_id for r in again}
     assert all(r.modstamp >= stored.modstamp - connector.lookback for r in again)
 
@@ -222,13 +217,13 @@ def test_expired_session_is_renewed(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
     connector.check()
     sandbox.expire_sessions()
-    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))) > 0
+    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))) > 0
 
 
 def test_server_errors_and_resets_are_retried(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox, max_attempts=8)
     sandbox.faults.update(error_rate=0.3, reset_rate=0.1, seed=4)
-    records = list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    records = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     assert len(records) == sandbox.org.count("Contact")
     assert sum(sandbox.faults_injected.values()) > 0
 
@@ -237,28 +232,26 @@ def test_daily_limit_stops_cleanly(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
     sandbox.faults.update(request_limit_after=3)
     with pytest.raises(ConnectorError) as raised:
-        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+        list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     assert raised.value.rule.code == "REQUEST_LIMIT_EXCEEDED" or isinstance(raised.value, BudgetExhausted)
 
 
 def test_budget_reserve_stops_before_the_org_runs_dry(sandbox: SalesforceSandbox) -> None:
     sandbox.set_api_usage(95_000, 100_000)
     connector = connector_for(sandbox, budget={"daily_reserve_percent": 10})
-    with pytest.raises(BudgetExhausted):
-        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert_budget_stops_a_full_read(connector, "Contact", FIELDS)
 
 
 def test_run_budget_counts_every_call(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox, budget={"per_run": 3})
-    with pytest.raises(BudgetExhausted):
-        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+    assert_budget_stops_a_full_read(connector, "Contact", FIELDS)
     assert connector.usage.calls == 3
 
 
 def test_missing_field_is_a_config_error(sandbox: SalesforceSandbox) -> None:
     connector = connector_for(sandbox)
     with pytest.raises(ConnectorError, match="Favourite_Colour__c"):
-        list(connector.read_changes("Contact", ["Favourite_Colour__c"], Cursor(), _later()))
+        list(connector.read_changes("Contact", ["Favourite_Colour__c"], Cursor(), read_until()))
 
 
 def test_wrong_secret_names_the_login_problem(sandbox: SalesforceSandbox) -> None:
@@ -330,11 +323,11 @@ def test_responses_slower_than_the_timeout_are_retried_then_given_up(sandbox: Sa
     sandbox.faults.update(delay=2.0)
     started = time.monotonic()
     with pytest.raises(ConnectorError) as raised:
-        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+        list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     assert "Timeout" in str(raised.value)
     assert time.monotonic() - started < 10  # two attempts of 0.5 s and a short backoff, not 2 x 2 s+
     sandbox.faults.reset()
-    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))) > 0
+    assert len(list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))) > 0
 
 
 @pytest.mark.parametrize("mapping", ["contact", "lead", "individual"])

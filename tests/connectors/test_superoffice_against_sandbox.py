@@ -14,7 +14,13 @@ from consentsync_superoffice.connector import archive_literal, parse_so_time
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
-from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
+from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
+from tests.connectors.against_sandbox import (
+    assert_budget_stops_a_full_read,
+    connector_settings,
+    read_until,
+    serve_seeded,
+)
 from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKETING", "LegalBase_STORE"]
@@ -22,26 +28,18 @@ FIELDS = ["Email", "LegalBase_EMARKETING", "Source_EMARKETING", "Updated_EMARKET
 
 @pytest.fixture
 def so() -> Iterator[SuperOfficeSandbox]:
-    with SuperOfficeSandbox() as server:
-        server.tenant.seed(120, seed=4)
-        yield server
+    yield from serve_seeded(SuperOfficeSandbox(), lambda server: server.tenant.seed(120, seed=4))
 
 
 def connector_for(so: SuperOfficeSandbox, **extra: Any) -> SuperOfficeConnector:
-    settings = {
+    # A ready access token rather than the sandbox's refresh-token sign-in: no token call to count.
+    signed_in = {
         "base_url": so.tenant_url,
         "auth": "token",
         "access_token": so.issue_token(),
         "ca_bundle": str(so.ca_cert_path),
-        "page_size": 20,
-        "max_attempts": 4,
-        **extra,
     }
-    return SuperOfficeConnector("so-test", settings)
-
-
-def _later() -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    return SuperOfficeConnector("so-test", connector_settings(signed_in, {"page_size": 20}, extra))
 
 
 def test_times_and_literals() -> None:
@@ -70,13 +68,13 @@ def test_hidden_fractions_of_a_second_lose_no_person() -> None:
                 "Q", str(index), f"q{index}@example.com", at=start + dt.timedelta(seconds=1 + index)
             )
         connector = connector_for(so, page_size=25)
-        records = list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+        records = list(connector.read_changes("Person", FIELDS, Cursor(), read_until()))
         assert sorted(int(r.record_id) for r in records) == list(range(1, 101))
         keys = [(r.modstamp, int(r.record_id)) for r in records]
         assert keys == sorted(keys)
         middle = records[40]
         rest = list(
-            connector.read_changes("Person", FIELDS, Cursor(middle.modstamp, middle.record_id), _later())
+            connector.read_changes("Person", FIELDS, Cursor(middle.modstamp, middle.record_id), read_until())
         )
         assert [r.record_id for r in rest] == [r.record_id for r in records[41:]]
 
@@ -86,7 +84,7 @@ def test_record_fields_come_from_consent_infos(so: SuperOfficeSandbox) -> None:
     so.tenant.set_consent(person.id, "EMARKETING", "FORM", "CONSENT", "newsletter box")
     records = [
         r
-        for r in connector_for(so).read_changes("Person", FIELDS, Cursor(), _later())
+        for r in connector_for(so).read_changes("Person", FIELDS, Cursor(), read_until())
         if r.record_id == str(person.id)
     ]
     assert len(records) == 1
@@ -105,12 +103,12 @@ def test_unknown_fields_and_objects_are_config_errors(so: SuperOfficeSandbox) ->
     with pytest.raises(ConnectorError) as raised:
         list(
             connector.read_changes(
-                "Person", ["LegalBase_EMARKETING", "HasOptedOutOfEmail"], Cursor(), _later()
+                "Person", ["LegalBase_EMARKETING", "HasOptedOutOfEmail"], Cursor(), read_until()
             )
         )
     assert raised.value.rule.fault is Fault.CONFIG and "HasOptedOutOfEmail" in str(raised.value)
     with pytest.raises(ConnectorError):
-        list(connector.read_changes("Contact", FIELDS, Cursor(), _later()))
+        list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     with pytest.raises(ConnectorError):
         connector_for(so, column_updated="consentPerson/updatedDate gt '2000-01-01' or 1 eq 1")
 
@@ -165,7 +163,7 @@ def test_refresh_token_flow_renews_an_expired_session(so: SuperOfficeSandbox) ->
     )
     connector.check()
     so.expire_sessions()
-    assert len(list(connector.read_changes("Person", FIELDS, Cursor(), _later()))) == 120
+    assert len(list(connector.read_changes("Person", FIELDS, Cursor(), read_until()))) == 120
     assert connector.usage.per_endpoint["token"] == 2
 
 
@@ -183,15 +181,14 @@ def test_works_with_requests_ca_bundle_set(so: SuperOfficeSandbox, monkeypatch: 
 
 def test_run_budget_stops_the_read(so: SuperOfficeSandbox) -> None:
     connector = connector_for(so, budget={"per_run": 10})
-    with pytest.raises(BudgetExhausted):
-        list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+    assert_budget_stops_a_full_read(connector, "Person", FIELDS)
     assert connector.usage.calls == 10
 
 
 def test_hard_request_limit_stops_cleanly(so: SuperOfficeSandbox) -> None:
     so.faults.update(request_limit_after=2)
     with pytest.raises(ConnectorError) as raised:
-        list(connector_for(so).read_changes("Person", FIELDS, Cursor(), _later()))
+        list(connector_for(so).read_changes("Person", FIELDS, Cursor(), read_until()))
     assert raised.value.action is Action.RATE_LIMITED and raised.value.retry_after == 3600
 
 
@@ -202,7 +199,7 @@ def test_a_person_changed_in_two_seconds_is_read_once_with_both_changes(so: Supe
     connector = connector_for(so)
     records = [
         r
-        for r in connector.read_changes("Person", FIELDS, Cursor(), _later())
+        for r in connector.read_changes("Person", FIELDS, Cursor(), read_until())
         if r.record_id == str(person.id)
     ]
     assert len(records) == 1
@@ -216,10 +213,6 @@ def test_a_person_changed_in_two_seconds_is_read_once_with_both_changes(so: Supe
 # -- look-back, late commits, deletes, personal fields, answers call by call -------------------
 
 
-def _later() -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-
-
 def test_a_lookback_cursor_reads_every_person_of_its_second_and_after() -> None:
     tenant = SuperOfficeTenant()
     moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=3)
@@ -231,11 +224,11 @@ def test_a_lookback_cursor_reads_every_person_of_its_second_and_after() -> None:
         assert connector.lookback == dt.timedelta(minutes=5)
         resumed = connector.resume_from(Cursor(moment, str(after.id)))
         assert resumed == Cursor(moment - dt.timedelta(minutes=5))
-        read = [r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(moment), _later())]
+        read = [r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(moment), read_until())]
         assert read == [str(p.id) for p in at] + [str(after.id)] and str(before.id) not in read
         # A fraction of a second in the cursor still means its whole second.
         fraction = Cursor(moment + dt.timedelta(microseconds=500_000))
-        assert [r.record_id for r in connector.read_changes("Person", FIELDS, fraction, _later())] == read
+        assert [r.record_id for r in connector.read_changes("Person", FIELDS, fraction, read_until())] == read
 
 
 def test_a_late_commit_is_read_with_its_first_stamp_through_the_lookback() -> None:
@@ -251,14 +244,14 @@ def test_a_late_commit_is_read_with_its_first_stamp_through_the_lookback() -> No
         later = tenant.create_person(
             "After", "Person", "after@example.test", at=early + dt.timedelta(seconds=10)
         )
-        first = list(connector.read_changes("Person", FIELDS, Cursor(), _later()))
+        first = list(connector.read_changes("Person", FIELDS, Cursor(), read_until()))
         assert [r.record_id for r in first] == [str(later.id)]
         tenant.commit_late(late.id)
         stored = Cursor(first[-1].modstamp, first[-1].record_id)
-        assert list(connector.read_changes("Person", FIELDS, stored, _later())) == [], (
+        assert list(connector.read_changes("Person", FIELDS, stored, read_until())) == [], (
             "past the cursor: unseen"
         )
-        again = list(connector.read_changes("Person", FIELDS, connector.resume_from(stored), _later()))
+        again = list(connector.read_changes("Person", FIELDS, connector.resume_from(stored), read_until()))
         assert [r.record_id for r in again] == [str(late.id), str(later.id)]
         assert again[0].modstamp == early and again[0].fields["LegalBase_EMARKETING"] == "WITHDRAWN"
 
@@ -287,7 +280,7 @@ def test_the_delete_action_deletes_the_person_and_a_gone_one_counts_as_done(so: 
     assert [r.ok for r in results] == [True, True, False]
     assert so.calls["person_delete"] == 2
     assert doomed not in so.tenant.persons and keep in so.tenant.persons
-    read = {r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(), _later())}
+    read = {r.record_id for r in connector.read_changes("Person", FIELDS, Cursor(), read_until())}
     assert str(doomed) not in read and str(keep) in read
     assert connector.can_delete and not connector.reads_deletions
 
@@ -315,5 +308,5 @@ def test_the_mappings_personal_fields_are_one_patch_after_the_consent_calls(so: 
     refused = connector_for(so).write([RecordUpdate("Person", str(person.id), {"Firstname": 42})])
     assert refused[0].error_code == "INVALID_VALUE" and so.calls["person_patch"] == 1
     with pytest.raises(ConnectorError) as write_only:
-        list(connector_for(so).read_changes("Person", ["Firstname"], Cursor(), _later()))
+        list(connector_for(so).read_changes("Person", ["Firstname"], Cursor(), read_until()))
     assert write_only.value.rule.fault is Fault.CONFIG

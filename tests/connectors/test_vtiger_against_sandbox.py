@@ -16,6 +16,7 @@ from consentsync_vtiger.connector import vtql_string
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
 from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction, WriteResult
+from tests.connectors.against_sandbox import connector_settings, read_until
 from tests.connectors.trust import check_with_requests_ca_bundle_set
 
 FIELDS = ["email", "emailoptout", "donotcall"]
@@ -28,17 +29,9 @@ def sandbox() -> Iterator[VtigerSandbox]:
 
 
 def connector_for(sandbox: VtigerSandbox, **extra: Any) -> VtigerConnector:
-    settings = {
-        **sandbox.connection_settings(),
-        "max_attempts": 4,
-        "timeout": 5,
-        **extra,
-    }
-    return VtigerConnector("vt-test", settings)
-
-
-def _later() -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
+    return VtigerConnector(
+        "vt-test", connector_settings(sandbox.connection_settings(), {"timeout": 5}, extra)
+    )
 
 
 def _crowd(crm: VtigerCrm, count: int, moment: dt.datetime) -> list[str]:
@@ -51,7 +44,7 @@ def _crowd(crm: VtigerCrm, count: int, moment: dt.datetime) -> list[str]:
 def test_full_read_costs_one_query_per_100_records_plus_login(sandbox: VtigerSandbox) -> None:
     sandbox.crm.seed(450, seed=3, burst=0)
     connector = connector_for(sandbox)
-    records = list(connector.read_changes("Contacts", FIELDS, Cursor(), _later()))
+    records = list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))
     assert len(records) == 450 == len({r.record_id for r in records})
     keys = [(r.modstamp, r.record_id) for r in records]
     assert keys == sorted(keys)
@@ -68,10 +61,12 @@ def test_a_second_holding_far_more_than_a_page_is_read_whole_and_resumable(sandb
     crowd = _crowd(sandbox.crm, 260, now - dt.timedelta(hours=1))
     after = _crowd(sandbox.crm, 7, now - dt.timedelta(minutes=30))
     connector = connector_for(sandbox)
-    everything = list(connector.read_changes("Contacts", FIELDS, Cursor(), _later()))
+    everything = list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))
     assert [r.record_id for r in everything] == sorted(before) + sorted(crowd) + sorted(after)
     stop = everything[7 + 150]
-    rest = list(connector.read_changes("Contacts", FIELDS, Cursor(stop.modstamp, stop.record_id), _later()))
+    rest = list(
+        connector.read_changes("Contacts", FIELDS, Cursor(stop.modstamp, stop.record_id), read_until())
+    )
     assert [r.record_id for r in rest] == [r.record_id for r in everything[7 + 151 :]]
 
 
@@ -96,7 +91,7 @@ def test_a_record_leaving_a_crowded_second_mid_read_hides_no_other(
 
     monkeypatch.setattr(sandbox.crm, "query", query_then_users_edit)
     connector = connector_for(sandbox, crowded_second_overlap=overlap)
-    seen = {r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(), _later())}
+    seen = {r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(), read_until())}
     assert (not set(crowd) <= seen) is loses
 
 
@@ -105,7 +100,7 @@ def test_an_expired_session_is_renewed_mid_read(sandbox: VtigerSandbox) -> None:
     connector = connector_for(sandbox)
     connector.check()
     sandbox.expire_sessions()
-    records = list(connector.read_changes("Contacts", FIELDS, Cursor(), _later()))
+    records = list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))
     assert len(records) == 250
     assert connector.usage.per_endpoint["login"] == 2
 
@@ -146,26 +141,28 @@ def test_deletions_come_from_sync_in_order_and_its_http_500_is_named(sandbox: Vt
         sandbox.crm.delete(record_id)
     connector = connector_for(sandbox, read_deletions=True, sync_type="user")
     assert connector.reads_deletions is True
-    gone = list(connector.read_deletions("Contacts", Cursor(start), _later()))
+    gone = list(connector.read_deletions("Contacts", Cursor(start), read_until()))
     assert sorted(r.record_id for r in gone) == sorted(owned[:3])
     assert all(r.deleted and r.merged_into is None and r.modstamp >= start for r in gone)
     keys = [(r.modstamp, r.record_id) for r in gone]
     assert keys == sorted(keys)
     # Resuming from the last one lists nothing again; a look-back cursor lists its second again.
     last = gone[-1]
-    assert list(connector.read_deletions("Contacts", Cursor(last.modstamp, last.record_id), _later())) == []
-    again = connector.read_deletions("Contacts", Cursor(last.modstamp.replace(microsecond=0)), _later())
+    assert (
+        list(connector.read_deletions("Contacts", Cursor(last.modstamp, last.record_id), read_until())) == []
+    )
+    again = connector.read_deletions("Contacts", Cursor(last.modstamp.replace(microsecond=0)), read_until())
     assert {r.record_id for r in again} >= {last.record_id}
     # A batch that ends after `until` is left for the next run.
     assert list(connector.read_deletions("Contacts", Cursor(start), start)) == []
     sandbox.sync_fails = True
     with pytest.raises(ConnectorError) as failed:
-        list(connector.read_deletions("Contacts", Cursor(start), _later()))
+        list(connector.read_deletions("Contacts", Cursor(start), read_until()))
     assert failed.value.action is Action.FAIL and "read_deletions" in str(failed.value)
     off = connector_for(sandbox)
     assert off.reads_deletions is False
     with pytest.raises(ConnectorError):
-        list(off.read_deletions("Contacts", Cursor(start), _later()))  # off by default
+        list(off.read_deletions("Contacts", Cursor(start), read_until()))  # off by default
 
 
 def test_the_delete_action_is_one_delete_call_per_record(sandbox: VtigerSandbox) -> None:
@@ -238,10 +235,12 @@ def test_a_lookback_cursor_reads_every_record_of_its_second_and_after(sandbox: V
     resumed = connector.resume_from(Cursor(moment + dt.timedelta(seconds=1), after[-1]))
     assert resumed == Cursor(moment + dt.timedelta(seconds=1) - connector.lookback)
     assert connector.lookback == dt.timedelta(minutes=5)
-    read = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment), _later())]
+    read = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment), read_until())]
     assert read == sorted(at) + sorted(after) and not set(before) & set(read)
     mid = sorted(at)[0]
-    rest = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment, mid), _later())]
+    rest = [
+        r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(moment, mid), read_until())
+    ]
     assert rest == sorted(at)[1:] + sorted(after)
 
 
@@ -258,12 +257,14 @@ def test_modifiedtime_in_a_non_utc_zone_is_read_back_as_utc() -> None:
         assert served == moment.astimezone(ZoneInfo("America/Los_Angeles")).strftime("%Y-%m-%d %H:%M:%S")
         connector = connector_for(server, server_timezone="America/Los_Angeles")
         (record,) = connector.read_changes(
-            "Contacts", FIELDS, Cursor(moment - dt.timedelta(seconds=1)), _later()
+            "Contacts", FIELDS, Cursor(moment - dt.timedelta(seconds=1)), read_until()
         )
         assert record.modstamp == moment
         # Read as if the install were UTC, the same change would sit hours away from the truth.
         wrong = connector_for(server)
-        assert [r.modstamp for r in wrong.read_changes("Contacts", FIELDS, Cursor(), _later())] != [moment]
+        assert [r.modstamp for r in wrong.read_changes("Contacts", FIELDS, Cursor(), read_until())] != [
+            moment
+        ]
 
 
 # 45 minutes: a look-back that reaches back into the first pass of the repeated hour.
@@ -347,12 +348,12 @@ def test_a_long_rate_limit_stops_and_server_errors_are_retried(sandbox: VtigerSa
     sandbox.crm.seed(120, seed=7)
     connector = connector_for(sandbox, max_attempts=8)
     sandbox.faults.update(error_rate=0.3, reset_rate=0.1, seed=3)
-    assert len(list(connector.read_changes("Contacts", FIELDS, Cursor(), _later()))) == 120
+    assert len(list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))) == 120
     assert sum(sandbox.faults_injected.values()) > 0
     sandbox.faults.reset()
     sandbox.faults.update(request_limit_after=0)
     with pytest.raises(ConnectorError) as stopped:
-        list(connector.read_changes("Contacts", FIELDS, Cursor(), _later()))
+        list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))
     assert stopped.value.action is Action.RATE_LIMITED
 
 
@@ -369,9 +370,9 @@ def test_vtql_values_are_escaped_for_vtigers_lexer_and_mysql(sandbox: VtigerSand
 def test_field_and_module_names_are_checked_before_they_reach_a_query(sandbox: VtigerSandbox) -> None:
     connector = connector_for(sandbox)
     with pytest.raises(ConnectorError):
-        list(connector.read_changes("Contacts", ["email FROM Leads;--"], Cursor(), _later()))
+        list(connector.read_changes("Contacts", ["email FROM Leads;--"], Cursor(), read_until()))
     with pytest.raises(ConnectorError) as missing:
-        list(connector.read_changes("Contacts", ["nosuchfield"], Cursor(), _later()))
+        list(connector.read_changes("Contacts", ["nosuchfield"], Cursor(), read_until()))
     assert "nosuchfield" in str(missing.value)
     assert sandbox.calls["query"] == 0
 

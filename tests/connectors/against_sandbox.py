@@ -1,0 +1,50 @@
+"""What every connector's tests against its sandbox share: a seeded sandbox served for one test,
+the settings a test's connector gets (the sandbox's, the file's tunings, the test's own) and where
+a test's read stops."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from consentsync.sdk import BudgetExhausted, Connector, Cursor
+
+# Enough to ride out the one fault at a time the tests inject, few enough that a test meant to
+# fail fails fast; a test that needs more or fewer says so in its own settings.
+TEST_ATTEMPTS = 4
+
+Server = TypeVar("Server")
+
+
+def serve_seeded(
+    sandbox: AbstractContextManager[Server], seed: Callable[[Server], object]
+) -> Iterator[Server]:
+    """A fixture's body: ``sandbox`` running, seeded by ``seed``, stopped after the test."""
+    with sandbox as server:
+        seed(server)
+        yield server
+
+
+def connector_settings(connection: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:
+    """A connector's settings: how to reach the sandbox, :data:`TEST_ATTEMPTS`, then each layer
+    in turn (the file's tunings, then a test's own), a later layer winning."""
+    merged: dict[str, Any] = {**connection, "max_attempts": TEST_ATTEMPTS}
+    for layer in layers:
+        merged.update(layer)
+    return merged
+
+
+def read_until() -> datetime:
+    """Where a test's read stops: a little after now, so that every change a test has made is
+    inside the window (a connector never reads up to the present)."""
+    return datetime.now(UTC) + timedelta(seconds=5)
+
+
+def assert_budget_stops_a_full_read(connector: Connector, object_type: str, fields: list[str]) -> None:
+    """A full read of ``object_type`` ends in :class:`BudgetExhausted` (not a partial answer)."""
+    with pytest.raises(BudgetExhausted):
+        list(connector.read_changes(object_type, fields, Cursor(), read_until()))
