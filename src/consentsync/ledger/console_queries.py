@@ -20,21 +20,6 @@ from consentsync.sync.quarantine import view as quarantine_view
 from consentsync.sync.runs import run_filters, run_view
 
 
-def _run_filters(
-    connector: str | None,
-    status: str | None,
-    since: datetime | None,
-    until: datetime | None,
-    open_quarantine: bool,
-) -> list[Any]:
-    where = run_filters(connector, status, since, until)
-    if open_quarantine:
-        where.append(
-            sync_runs.c.id.in_(select(quarantine.c.run_id).where(quarantine.c.resolved_at.is_(None)))
-        )
-    return where
-
-
 def runs_page(
     engine: Engine,
     *,
@@ -49,7 +34,7 @@ def runs_page(
     """(runs newest first, how many match, how many open quarantined records they hold): each run
     with its duration and its open quarantined records; ``open_quarantine`` keeps only the runs
     that still hold one."""
-    where = _run_filters(connector, status, since, until, open_quarantine)
+    where = run_filters(connector, status, since, until, open_quarantine)
     with reading(engine) as conn:
         rows = conn.execute(
             select(sync_runs)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from consentsync.domain import InvalidInput, as_utc, canonical_json
 from consentsync.ledger.schema import quarantine, sync_runs
@@ -47,8 +47,15 @@ class RunCounts:
 
 
 def run_filters(
-    connector: str | None, status: str | None, since: datetime | None, until: datetime | None
+    connector: str | None,
+    status: str | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    open_quarantine: bool = False,
 ) -> list[Any]:
+    """The runs of ``connector`` that ended ``status``, started ``since`` <= t < ``until``; with
+    ``open_quarantine``, only those still holding an unresolved quarantined record. One meaning
+    of each filter for `runs list`, the console and the API."""
     where: list[Any] = []
     if connector:
         where.append(sync_runs.c.connector == connector)
@@ -58,42 +65,26 @@ def run_filters(
         where.append(sync_runs.c.started_at >= since)
     if until is not None:
         where.append(sync_runs.c.started_at < until)
+    if open_quarantine:
+        where.append(
+            sync_runs.c.id.in_(select(quarantine.c.run_id).where(quarantine.c.resolved_at.is_(None)))
+        )
     return where
 
 
 def list_runs(
-    engine: Engine,
-    *,
-    connector: str | None = None,
-    status: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int = 50,
-    offset: int = 0,
+    engine: Engine, *, connector: str | None = None, status: str | None = None, limit: int = 50
 ) -> list[dict[str, Any]]:
-    """Runs newest first, filtered by connector, result and start time (``since`` <= t < ``until``)."""
+    """The latest ``limit`` runs, newest first, of ``connector`` that ended ``status``. (The
+    console's paged, filtered list is ``console_queries.runs_page``.)"""
     query = (
         select(sync_runs)
-        .where(*run_filters(connector, status, since, until))
+        .where(*run_filters(connector, status))
         .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id)
         .limit(limit)
-        .offset(offset)
     )
     with engine.connect() as conn:
         return [run_view(row) for row in conn.execute(query)]
-
-
-def count_runs(
-    engine: Engine,
-    *,
-    connector: str | None = None,
-    status: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> int:
-    query = select(func.count()).select_from(sync_runs).where(*run_filters(connector, status, since, until))
-    with engine.connect() as conn:
-        return int(conn.execute(query).scalar_one())
 
 
 class AmbiguousRunId(InvalidInput):

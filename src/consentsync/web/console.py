@@ -227,34 +227,6 @@ class Console:
 
     # -- runs ----------------------------------------------------------------------------------
 
-    def runs(
-        self,
-        *,
-        connector: str | None = None,
-        status: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        open_quarantine: bool = False,
-        page: int = 1,
-        per_page: int = PER_PAGE,
-    ) -> Page:
-        """Runs newest first, each with its duration and open quarantined records; the summary
-        says how many open quarantined records the whole filtered list holds (what the
-        overview's count of a connector links to)."""
-        if status and status not in RUN_STATUSES:
-            raise InvalidInput(f"unknown run result {status!r}: accepted are {', '.join(RUN_STATUSES)}")
-        items, total, held = runs_page(
-            self.engine,
-            connector=connector or None,
-            status=status or None,
-            since=since,
-            until=until,
-            open_quarantine=open_quarantine,
-            limit=per_page,
-            offset=_offset(page, per_page),
-        )
-        return Page(items, page, per_page, total, {"quarantined_open": held})
-
     def runs_filtered(
         self,
         *,
@@ -267,18 +239,25 @@ class Console:
         page: int,
         per_page: int = PER_PAGE,
     ) -> Page:
-        """``runs`` as the runs page and the API filter them, from the text a viewer gave: days
-        (or moments) read in the viewer's ``zone``, ``until`` taking its whole day, and
-        ``quarantine`` "open" for only the runs still holding open quarantined records."""
-        return self.runs(
-            connector=connector,
-            status=result,
-            since=parse_day(since, "since", zone=zone),
-            until=parse_day(until, "until", end=True, zone=zone),
+        """Runs newest first, each with its duration and open quarantined records, as the runs
+        page and the API filter them from the text a viewer gave: days (or moments) read in the
+        viewer's ``zone``, ``until`` taking its whole day, and ``quarantine`` "open" for only the
+        runs still holding open quarantined records. The summary says how many open quarantined
+        records the whole filtered list holds (what the overview's count of a connector links to)."""
+        start, end = parse_day(since, "since", zone=zone), parse_day(until, "until", end=True, zone=zone)
+        if result and result not in RUN_STATUSES:
+            raise InvalidInput(f"unknown run result {result!r}: accepted are {', '.join(RUN_STATUSES)}")
+        items, total, held = runs_page(
+            self.engine,
+            connector=connector or None,
+            status=result or None,
+            since=start,
+            until=end,
             open_quarantine=quarantine == "open",
-            page=page,
-            per_page=per_page,
+            limit=per_page,
+            offset=_offset(page, per_page),
         )
+        return Page(items, page, per_page, total, {"quarantined_open": held})
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run, its quarantined records and the records it re-read because ops retried them."""
