@@ -1,13 +1,12 @@
-"""What every connector's tests against its sandbox share: a seeded sandbox served for one test,
-the settings a test's connector gets (the sandbox's, the file's tunings, the test's own) and where
-a test's read stops."""
+"""What every connector's tests against its sandbox share: the settings a test's connector gets
+(the sandbox's, the file's tunings, the test's own), where a test's read stops, and the budget
+check of a full read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -16,17 +15,6 @@ from consentsync.sdk import BudgetExhausted, Connector, Cursor
 # Enough to ride out the one fault at a time the tests inject, few enough that a test meant to
 # fail fails fast; a test that needs more or fewer says so in its own settings.
 TEST_ATTEMPTS = 4
-
-Server = TypeVar("Server")
-
-
-def serve_seeded(
-    sandbox: AbstractContextManager[Server], seed: Callable[[Server], object]
-) -> Iterator[Server]:
-    """A fixture's body: ``sandbox`` running, seeded by ``seed``, stopped after the test."""
-    with sandbox as server:
-        seed(server)
-        yield server
 
 
 def connector_settings(connection: Mapping[str, Any], *layers: Mapping[str, Any]) -> dict[str, Any]:

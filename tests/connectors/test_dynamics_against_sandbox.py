@@ -16,8 +16,9 @@ from consentsync_dynamics.sandbox.odata import parse_filter
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
 from consentsync.sdk import ConnectorError, Cursor, RecordUpdate, WriteAction
-from tests.connectors.against_sandbox import connector_settings, read_until, serve_seeded
+from tests.connectors.against_sandbox import connector_settings, read_until
 from tests.connectors.trust import check_with_requests_ca_bundle_set
+from tests.sandbox.serving import serve_seeded
 
 FIELDS = ["emailaddress1", "donotemail", "donotbulkemail"]
 CONSENT_FIELDS = [

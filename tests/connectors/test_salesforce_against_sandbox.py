@@ -15,9 +15,9 @@ from tests.connectors.against_sandbox import (
     assert_budget_stops_a_full_read,
     connector_settings,
     read_until,
-    serve_seeded,
 )
 from tests.connectors.trust import check_with_requests_ca_bundle_set
+from tests.sandbox.serving import serve_seeded
 
 FIELDS = ["Email", "HasOptedOutOfEmail", "DoNotCall"]
 

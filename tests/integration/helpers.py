@@ -25,6 +25,7 @@ from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sandbox.server import HttpsSandbox
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.crash_config import write_config
+from tests.sandbox.serving import serve_seeded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,9 +89,7 @@ def shipped_engine(
 
 def seeded_org(people: int, seed: int) -> Iterator[SalesforceSandbox]:
     """For a fixture to ``yield from``: a Salesforce sandbox seeded with ``people`` people."""
-    with SalesforceSandbox() as sandbox:
-        sandbox.org.seed(people, seed=seed)
-        yield sandbox
+    yield from serve_seeded(SalesforceSandbox(), lambda sandbox: sandbox.org.seed(people, seed=seed))
 
 
 def migrated_crash_config(

@@ -20,27 +20,20 @@ from consentsync.ledger.service import Ledger
 from consentsync.sdk import Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.helpers import shipped_engine
+from tests.sandbox.serving import serve_seeded
 
 MAPPINGS = ["contact.yaml", "contact_point_consent.yaml"]
 
 
 @pytest.fixture
 def dv() -> Iterator[DynamicsSandbox]:
-    with DynamicsSandbox() as server:
-        server.environment.seed(150, seed=9)
-        yield server
+    yield from serve_seeded(DynamicsSandbox(), lambda server: server.environment.seed(150, seed=9))
 
 
 def _engine(ledger: Ledger, config_path: Path, dv: DynamicsSandbox, **settings: Any) -> SyncEngine:
     options = SyncOptions(batch_size=37, signpost_lag_seconds=0)
     tuned = {"page_size": 40, "batch_size": 50, "max_attempts": 3, **settings}
     return shipped_engine(ledger, config_path, dv, "dyn", "dynamics", MAPPINGS, tuned, options)
-
-
-def _sync_to_a_delta_link(ledger: Ledger, config_path: Path, dv: DynamicsSandbox) -> None:
-    """A full sync and then one through its delta link, both succeeding: the link is in use."""
-    assert _engine(ledger, config_path, dv).run(full=True).status == "succeeded"
-    assert _engine(ledger, config_path, dv).run().status == "succeeded"
 
 
 def _cursor(ledger: Ledger, object_type: str = "contact") -> Cursor:
@@ -51,6 +44,15 @@ def _cursor(ledger: Ledger, object_type: str = "contact") -> Cursor:
             )
         ).scalar()
     return Cursor.from_json(orjson.loads(raw)) if raw else Cursor()
+
+
+@pytest.fixture
+def delta_link(ledger: Ledger, config_path: Path, dv: DynamicsSandbox) -> Cursor:
+    """The contacts' cursor after a full sync and then one through its delta link, both
+    succeeding: the link is in use."""
+    assert _engine(ledger, config_path, dv).run(full=True).status == "succeeded"
+    assert _engine(ledger, config_path, dv).run().status == "succeeded"
+    return _cursor(ledger)
 
 
 def _events(ledger: Ledger) -> int:
@@ -110,10 +112,8 @@ def test_a_withdrawal_in_dynamics_reaches_the_persons_other_contacts(
 
 
 def test_a_sync_stopped_mid_delta_keeps_the_old_link_and_the_next_one_reads_it_again(
-    ledger: Ledger, config_path: Path, dv: DynamicsSandbox
+    ledger: Ledger, config_path: Path, dv: DynamicsSandbox, delta_link: Cursor
 ) -> None:
-    _sync_to_a_delta_link(ledger, config_path, dv)
-    before = _cursor(ledger)
     rows = dv.environment.records("contact")[:120]
     turned = sum(1 for row in rows if not row["donotphone"])  # each is one new withdrawal
     for row in rows:
@@ -122,13 +122,13 @@ def test_a_sync_stopped_mid_delta_keeps_the_old_link_and_the_next_one_reads_it_a
     engine.progress = lambda _report: engine.stop_requested.set()  # stop after the first page
     stopped = engine.run()
     assert stopped.status == "stopped" and 0 < stopped.counts.read < 120
-    assert _cursor(ledger).token == before.token  # not advanced past records not yet handled
+    assert _cursor(ledger).token == delta_link.token  # not advanced past records not yet handled
     events = _events(ledger)
     resumed = _engine(ledger, config_path, dv).run()
     assert resumed.status == "succeeded", resumed.error
     assert resumed.counts.read >= 120  # the whole change set again, harmlessly
     after = _cursor(ledger)
-    assert after.token and after.token != before.token
+    assert after.token and after.token != delta_link.token
     # Nothing recorded twice: the rows of the stopped run's page are recognised as handled.
     assert stopped.counts.evidence_recorded + resumed.counts.evidence_recorded == turned
     assert _events(ledger) - events == resumed.counts.evidence_recorded
@@ -136,17 +136,15 @@ def test_a_sync_stopped_mid_delta_keeps_the_old_link_and_the_next_one_reads_it_a
 
 
 def test_a_refused_delta_link_reloads_in_full_and_records_nothing_twice(
-    ledger: Ledger, config_path: Path, dv: DynamicsSandbox
+    ledger: Ledger, config_path: Path, dv: DynamicsSandbox, delta_link: Cursor
 ) -> None:
-    _sync_to_a_delta_link(ledger, config_path, dv)
     events = _events(ledger)
-    old = _cursor(ledger).token
     dv.expire_delta_tokens()
     reload = _engine(ledger, config_path, dv).run()
     assert reload.status == "succeeded", reload.error
     assert reload.counts.read == dv.environment.count("contact") + _email_consents(dv)
     assert reload.counts.evidence_recorded == 0 and _events(ledger) == events
-    assert _cursor(ledger).token not in (None, old)
+    assert _cursor(ledger).token not in (None, delta_link.token)
     # Contacts come through the new delta link (nothing new); consent rows, a table without change
     # tracking, are re-read by their look-back window and recognised as already seen.
     after = _engine(ledger, config_path, dv).run().counts

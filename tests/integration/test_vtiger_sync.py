@@ -18,6 +18,7 @@ from consentsync.ledger.schema import consent_events, crm_links, outbox, quarant
 from consentsync.ledger.service import Ledger
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.helpers import shipped_engine
+from tests.sandbox.serving import serve_seeded
 
 MAPPINGS = ["contacts.yaml", "leads.yaml", "accounts.yaml", "consents.yaml"]
 MODULES = ("Contacts", "Leads", "Accounts", "Consents")
@@ -25,9 +26,7 @@ MODULES = ("Contacts", "Leads", "Accounts", "Consents")
 
 @pytest.fixture
 def sandbox() -> Iterator[VtigerSandbox]:
-    with VtigerSandbox() as server:
-        server.crm.seed(150, seed=12)
-        yield server
+    yield from serve_seeded(VtigerSandbox(), lambda server: server.crm.seed(150, seed=12))
 
 
 def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **settings: Any) -> SyncEngine:

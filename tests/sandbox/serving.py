@@ -1,11 +1,15 @@
-"""What the sandbox tests share about ``consentsync sandbox NAME``'s ``serve_forever``."""
+"""Running a sandbox for a test: ``consentsync sandbox NAME``'s ``serve_forever`` in a thread
+(:func:`served`, for the sandbox tests), or a sandbox seeded for one test's fixture
+(:func:`serve_seeded`, for every test against a sandbox)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
+
+Server = TypeVar("Server")
 
 
 @contextmanager
@@ -32,3 +36,13 @@ def served(serve_forever: Callable[..., None], records: int) -> Iterator[Any]:
         stop.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def serve_seeded(
+    sandbox: AbstractContextManager[Server], seed: Callable[[Server], object]
+) -> Iterator[Server]:
+    """For a fixture to ``yield from``: ``sandbox`` running, seeded by ``seed``, stopped after the
+    test."""
+    with sandbox as server:
+        seed(server)
+        yield server
