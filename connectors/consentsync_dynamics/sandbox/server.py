@@ -64,10 +64,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cmp_to_key
 from http import HTTPStatus
-from typing import Any, Unpack
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse, ServerOptions
+from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
@@ -177,34 +177,24 @@ class DynamicsSandbox(HttpsSandbox):
 
     endpoint_kinds = DYNAMICS_KINDS
     server_name = "Microsoft-IIS/10.0"
+    credentials_class = DataverseCredentials
+    # The environment's settings (Dataverse's values; constructor keywords too).
+    token_path = "/{tenant}/oauth2/v2.0/token"  # the token endpoint, below the sandbox's address
+    token_lifetime = 3599.0  # seconds an access token lives
+    rate_limit = None  # requests a window (service protection), None for no limit
+    rate_window = 300.0  # seconds of the sliding window
+    limit_retry_after = 300  # the Retry-After of request_limit_after's 429
+    change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
 
-    def __init__(
-        self,
-        environment: DataverseEnvironment | None = None,
-        *,
-        credentials: DataverseCredentials | None = None,
-        token_path: str = "/{tenant}/oauth2/v2.0/token",
-        token_lifetime: float = 3599.0,
-        rate_limit: int | None = None,
-        rate_window: float = 300.0,
-        limit_retry_after: int = 300,
-        change_retention: float = 7 * 24 * 3600.0,
-        **server: Unpack[ServerOptions],
-    ) -> None:
-        super().__init__(normalize_id=normalize_guid, **server)
+    def __init__(self, environment: DataverseEnvironment | None = None, **options: Any) -> None:
         self.environment = environment or DataverseEnvironment()
-        self.credentials = credentials or DataverseCredentials()
-        self.token_path = token_path
-        self.token_lifetime = token_lifetime
-        self.rate_limit, self.rate_window = rate_limit, rate_window
-        self.limit_retry_after = limit_retry_after
-        self.change_retention = change_retention
+        super().__init__(normalize_id=normalize_guid, **options)
         self.batch_requests = 0
         self.throttled = 0
         self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
         self._window: deque[float] = deque()
         self._min_delta_version = 0
-        pattern = re.escape(token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
+        pattern = re.escape(self.token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
         self._token_route = re.compile(pattern + "/?")
 
     # -- addresses -----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any
 from urllib.parse import unquote
 
 from consentsync.sandbox.people import crowded_seconds
@@ -85,7 +85,6 @@ from consentsync.sandbox.server import (
     Route,
     SandboxRequest,
     SandboxResponse,
-    ServerOptions,
     json_response,
 )
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
@@ -660,32 +659,22 @@ class HubSpotSandbox(HttpsSandbox):
 
     endpoint_kinds = ENDPOINT_KINDS
     server_name = "HubSpot-sandbox"
+    credentials_class = HubSpotCredentials
+    # The portal's limits (HubSpot's documented private-app values; constructor keywords too).
+    daily_limit = 250_000
+    secondly_limit = 19
+    search_per_second = 4
+    search_result_cap = 10_000
+    batch_limit = 100
+    status_batch_limit = 100
+    #: GDPR features on: a subscription change must carry a legal basis and its explanation.
+    gdpr = True
 
     def __init__(
-        self,
-        portal: HubSpotPortal | None = None,
-        *,
-        credentials: HubSpotCredentials | None = None,
-        daily_limit: int = 250_000,
-        secondly_limit: int = 19,
-        search_per_second: int = 4,
-        search_result_cap: int = 10_000,
-        batch_limit: int = 100,
-        status_batch_limit: int = 100,
-        gdpr: bool = True,
-        token_file: str | Path | None = None,
-        **server: Unpack[ServerOptions],
+        self, portal: HubSpotPortal | None = None, *, token_file: str | Path | None = None, **options: Any
     ) -> None:
-        super().__init__(normalize_id=_id_or_none, **server)
         self.portal = portal or HubSpotPortal()
-        self.credentials = credentials or HubSpotCredentials()
-        self.daily_limit = daily_limit
-        self.secondly_limit = secondly_limit
-        self.search_per_second = search_per_second
-        self.search_result_cap = search_result_cap
-        self.batch_limit = batch_limit
-        self.status_batch_limit = status_batch_limit
-        self.gdpr = gdpr
+        super().__init__(normalize_id=_id_or_none, **options)
         self.token_file = Path(token_file) if token_file else None
         self._daily_used = 0
         # Calls refused by the limits themselves (not by fault switches), by policy.

@@ -64,7 +64,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any
 from urllib.parse import parse_qs
 
 import jwt
@@ -76,7 +76,6 @@ from consentsync.sandbox.server import (
     Route,
     SandboxRequest,
     SandboxResponse,
-    ServerOptions,
 )
 from consentsync.sandbox.server import json_response as _json_response
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
@@ -317,32 +316,24 @@ class SalesforceSandbox(HttpsSandbox):
     endpoint_kinds = ENDPOINT_KINDS
     faults_class = SalesforceFaults
     server_name = "SFDC"
+    # The org's limits and lifetimes (Salesforce's defaults; constructor keywords too).
+    api_limit = 100_000  # the daily API request allocation
+    session_timeout = 7200.0  # seconds a session lives without use
+    bulk_delay = 0.0  # seconds a closed Bulk API job takes to process
+    locator_ttl = 900.0  # seconds a query locator lives unused
+    max_open_locators = 10  # query locators that stay open (the oldest is dropped)
 
-    def __init__(
-        self,
-        org: SalesforceOrg | None = None,
-        *,
-        credentials: SalesforceCredentials | None = None,
-        api_limit: int = 100_000,
-        api_usage: int = 0,
-        session_timeout: float = 7200.0,
-        bulk_delay: float = 0.0,
-        locator_ttl: float = 900.0,
-        max_open_locators: int = 10,
-        **server: Unpack[ServerOptions],
-    ) -> None:
-        super().__init__(normalize_id=to18, **server)
+    def __init__(self, org: SalesforceOrg | None = None, *, api_usage: int = 0, **options: Any) -> None:
         self.org = org or SalesforceOrg()
-        self.credentials = credentials or SalesforceCredentials(username=self.org.username)
-        self.api_limit = api_limit
-        self.session_timeout = session_timeout
-        self.bulk_delay = bulk_delay
-        self.locator_ttl = locator_ttl
-        self.max_open_locators = max_open_locators
+        super().__init__(normalize_id=to18, **options)
         self._api_used = api_usage
         self._sessions: dict[str, _Session] = {}
         self._locators: OrderedDict[str, _Locator] = OrderedDict()
         self._jobs: dict[str, _IngestJob] = {}
+
+    def default_credentials(self) -> SalesforceCredentials:
+        """A connected app of its own, signing in as the org's user."""
+        return SalesforceCredentials(username=self.org.username)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -54,7 +54,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any
 from urllib.parse import urlencode
 
 from consentsync.sandbox.server import (
@@ -64,7 +64,6 @@ from consentsync.sandbox.server import (
     SandboxError,
     SandboxRequest,
     SandboxResponse,
-    ServerOptions,
     json_response,
 )
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
@@ -140,27 +139,17 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     endpoint_kinds = ENDPOINT_KINDS
     server_name = "Microsoft-IIS/10.0"
+    credentials_class = SuperOfficeCredentials
+    # The tenant's settings (SuperOffice Online's values; constructor keywords too).
+    app_token = None  # the SO-AppToken every request must carry, when set
+    max_page_size = 1000  # rows a page at most
+    token_lifetime = 3600.0  # seconds an access token lives
+    request_limit_retry_after = 3600  # the Retry-After of the request limit's answer
+    tenant_name = "Cust12345"  # the tenant's path segment (its context identifier)
 
-    def __init__(
-        self,
-        tenant: SuperOfficeTenant | None = None,
-        *,
-        credentials: SuperOfficeCredentials | None = None,
-        app_token: str | None = None,
-        max_page_size: int = 1000,
-        token_lifetime: float = 3600.0,
-        request_limit_retry_after: int = 3600,
-        tenant_name: str = "Cust12345",
-        **server: Unpack[ServerOptions],
-    ) -> None:
-        super().__init__(normalize_id=_person_key, **server)
+    def __init__(self, tenant: SuperOfficeTenant | None = None, **options: Any) -> None:
         self.tenant = tenant or SuperOfficeTenant()
-        self.credentials = credentials or SuperOfficeCredentials()
-        self.app_token = app_token
-        self.max_page_size = max_page_size
-        self.token_lifetime = token_lifetime
-        self.request_limit_retry_after = request_limit_retry_after
-        self.tenant_name = tenant_name
+        super().__init__(normalize_id=_person_key, **options)
         self._tokens: dict[str, float] = {}
 
     # ------------------------------------------------------------------ addresses, credentials

@@ -80,7 +80,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import click
@@ -91,7 +91,6 @@ from consentsync.sandbox.server import (
     Route,
     SandboxRequest,
     SandboxResponse,
-    ServerOptions,
     json_response,
 )
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
@@ -786,29 +785,18 @@ class VtigerSandbox(HttpsSandbox):
 
     endpoint_kinds = VTIGER_KINDS
     server_name = "Apache"
+    credentials_class = VtigerCredentials
+    # The install's lifetimes and limits (vtiger's defaults; constructor keywords too).
+    challenge_ttl = 300.0  # seconds a getchallenge token is good for
+    session_idle = 1800.0  # seconds a session lives without use
+    session_lifetime = 86400.0  # seconds a session lives at most
+    sync_fails = False  # sync answers HTTP 500 with an empty body, as stock 8.2.0 on PHP 8 does
+    api_limit = 100_000  # API calls before API_LIMIT_EXCEEDED (enforce_daily_limit)
+    retry_after = 3600  # the Retry-After of API_LIMIT_EXCEEDED
 
-    def __init__(
-        self,
-        crm: VtigerCrm | None = None,
-        *,
-        credentials: VtigerCredentials | None = None,
-        challenge_ttl: float = 300.0,
-        session_idle: float = 1800.0,
-        session_lifetime: float = 86400.0,
-        sync_fails: bool = False,
-        api_limit: int = 100_000,
-        retry_after: int = 3600,
-        **server: Unpack[ServerOptions],
-    ) -> None:
-        super().__init__(normalize_id=_normalise_wsid, **server)
+    def __init__(self, crm: VtigerCrm | None = None, **options: Any) -> None:
         self.crm = crm or VtigerCrm()
-        self.credentials = credentials or VtigerCredentials()
-        self.challenge_ttl = challenge_ttl
-        self.session_idle = session_idle
-        self.session_lifetime = session_lifetime
-        self.sync_fails = sync_fails
-        self.api_limit = api_limit
-        self.retry_after = retry_after
+        super().__init__(normalize_id=_normalise_wsid, **options)
         self._api_used = 0
         self._sessions: dict[str, _Session] = {}
         self._challenges: dict[int | None, _Challenge] = {}

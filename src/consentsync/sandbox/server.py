@@ -2,7 +2,9 @@
 start-up), the request and response values its handlers exchange, call counting per endpoint
 kind, and one fault pipeline driven by :class:`~consentsync.sandbox.faults.Faults`.
 
-A vendor sandbox subclasses :class:`HttpsSandbox` and implements a few hooks:
+A vendor sandbox subclasses :class:`HttpsSandbox`, says its credentials
+(:attr:`HttpsSandbox.credentials_class`) and the limits a test may change (plain class attributes,
+:attr:`HttpsSandbox.tunings`, each a constructor keyword too), and implements a few hooks:
 
 * :meth:`HttpsSandbox.route` names the endpoint kind of a request and the function answering it;
 * :meth:`HttpsSandbox.authenticate` refuses a request without valid credentials (raising the
@@ -34,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self, TypedDict
+from typing import Any, ClassVar, Self, TypedDict
 from urllib.parse import parse_qs, urlsplit
 
 from consentsync.sandbox.faults import Faults
@@ -139,14 +141,19 @@ class Route:
 
 
 class ServerOptions(TypedDict, total=False):
-    """Where and how an :class:`HttpsSandbox` serves: the keywords a vendor sandbox's constructor
-    takes as ``**server: Unpack[ServerOptions]`` and hands on unchanged to the base."""
+    """Where and how an :class:`HttpsSandbox` serves: keywords a vendor sandbox's constructor
+    hands on unchanged to the base (with ``credentials`` and the vendor's :attr:`~HttpsSandbox.tunings`)."""
 
     host: str
     port: int
     faults: Faults | Mapping[str, Any] | None
     tls: SandboxTLS | None
     tls_dir: str | Path | None
+
+
+def _is_plain_value(value: object) -> bool:
+    """A class attribute that holds a value: not a method, property or other descriptor."""
+    return not callable(value) and not hasattr(value, "__get__")
 
 
 class HttpsSandbox(ABC):
@@ -159,6 +166,20 @@ class HttpsSandbox(ABC):
     faults_class: type[Faults] = Faults
     #: The ``Server`` header.
     server_name = "consentsync-sandbox"
+    #: The vendor's credentials, made with their throw-away defaults when none are given.
+    credentials_class: Callable[[], Any] = type(None)
+    #: The vendor's limits and behaviours that a test or a demo may change: the plain class
+    #: attributes a vendor sandbox adds (``daily_limit = 250_000``, the CRM's documented value),
+    #: each also a keyword of its constructor, which sets it on the instance.
+    tunings: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.tunings = cls.tunings | {
+            name
+            for name, value in vars(cls).items()
+            if not name.startswith("_") and name not in vars(HttpsSandbox) and _is_plain_value(value)
+        }
 
     def __init__(
         self,
@@ -169,7 +190,16 @@ class HttpsSandbox(ABC):
         tls: SandboxTLS | None = None,
         tls_dir: str | Path | None = None,
         normalize_id: Callable[[str], str | None] | None = None,
+        credentials: Any = None,
+        **tunings: Any,
     ) -> None:
+        unknown = sorted(set(tunings) - self.tunings)
+        if unknown:
+            raise TypeError(f"{type(self).__name__} has no setting {', '.join(unknown)}")
+        for name, value in tunings.items():
+            setattr(self, name, value)
+        #: What a client signs in with (the vendor's credentials: ids, secrets, tokens).
+        self.credentials = credentials if credentials is not None else self.default_credentials()
         self.host = host
         self.port = port
         self.faults = faults if isinstance(faults, Faults) else self.faults_class(**dict(faults or {}))
@@ -281,6 +311,10 @@ class HttpsSandbox(ABC):
             self.faults_injected[what] += 1
 
     # ------------------------------------------------------------------ hooks (vendor specific)
+
+    def default_credentials(self) -> Any:
+        """The credentials of a sandbox constructed without any: the vendor's throw-away ones."""
+        return self.credentials_class()
 
     @abstractmethod
     def route(self, request: SandboxRequest) -> Route:
