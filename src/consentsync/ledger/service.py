@@ -80,6 +80,7 @@ from consentsync.reconcile import (
     reconcile,
     summarise,
 )
+from consentsync.rowview import RowView
 
 EXPIRY_SOURCE = "consentsync:expiry"
 # The rules under which a requested consent may be chased: the evidence alone decides the state.
@@ -1419,22 +1420,20 @@ def _recorded_payload(
     )
 
 
+_EVENT_COLUMNS = RowView(
+    "purpose channel status basis event_time recorded_at source origin actor notice_version"
+)
+_EVENT_REFERENCES = RowView("double_opt_in_at evidence_ref run_id")
+_OBJECTION_COLUMNS = RowView(
+    "id subject=uid email purpose direct_marketing status raised_at source decided_by decided_at"
+)
+
+
 def _event_view(row: Any) -> dict[str, Any]:
     return {
-        "purpose": row.purpose,
-        "channel": row.channel,
-        "status": row.status,
-        "basis": row.basis,
-        "event_time": iso(row.event_time),
-        "recorded_at": iso(row.recorded_at),
-        "source": row.source,
-        "origin": row.origin,
-        "actor": row.actor,
-        "notice_version": row.notice_version,
+        **_EVENT_COLUMNS(row),
         "notice_sha256": None,  # filled by subject_view from the notice registry
-        "double_opt_in_at": iso(row.double_opt_in_at),
-        "evidence_ref": row.evidence_ref,
-        "run_id": row.run_id,
+        **_EVENT_REFERENCES(row),
         "soft_opt_in": (
             {
                 "sale_ref": row.soft_opt_in_sale_ref,
@@ -1449,15 +1448,4 @@ def _event_view(row: Any) -> dict[str, Any]:
 
 
 def _objection_view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "subject": row.uid,
-        "email": row.email,
-        "purpose": row.purpose,
-        "direct_marketing": row.direct_marketing,
-        "status": row.status,
-        "raised_at": iso(row.raised_at),
-        "source": row.source,
-        "decided_by": row.decided_by,
-        "decided_at": iso(row.decided_at),
-    }
+    return _OBJECTION_COLUMNS(row)
