@@ -4,7 +4,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
@@ -149,29 +149,24 @@ class _SubjectContext:
     objections: list[ObjectionFact] = field(default_factory=list)
 
 
+@dataclass(eq=False)
 class Ledger:
-    def __init__(
-        self,
-        engine: Engine,
-        purposes: dict[str, Purpose],
-        policy: Policy,
-        erasure_key: Callable[[], bytes],
-        *,
-        clock: Callable[[], datetime] = utcnow,
-        max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS,
-    ) -> None:
-        self.engine = engine
-        self.purposes = purposes
-        self.policy = policy
-        self._erasure_key = erasure_key
-        self.clock = clock
-        # How far in the future an event time may lie (clocks disagree a little): rule 3.
-        self.max_clock_skew_seconds = max_clock_skew_seconds
+    """The consent ledger over one database: evidence in, effective states and erasures out."""
+
+    engine: Engine
+    purposes: dict[str, Purpose]
+    policy: Policy
+    # Called when a digest is made, never kept: the key lives in a file or a secret store.
+    erasure_key: Callable[[], bytes]
+    _: KW_ONLY
+    clock: Callable[[], datetime] = utcnow
+    # How far in the future an event time may lie (clocks disagree a little): rule 3.
+    max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
 
     def keyed_hasher(self) -> Callable[[str], str]:
         """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
         (the sync engine keeps one of each CRM record's identity beside its snapshot)."""
-        key = self._erasure_key()
+        key = self.erasure_key()
         return lambda text: email_hmac(key, text)
 
     # -- configuration -------------------------------------------------------------------------
@@ -302,7 +297,7 @@ class Ledger:
         subjects were created. An erased person's address is matched by its keyed hash only."""
         if not identities:
             return [], 0
-        resolver = SubjectResolver(conn, self._erasure_key(), self.clock(), run_id, from_crm=True)
+        resolver = SubjectResolver(conn, self.erasure_key(), self.clock(), run_id, from_crm=True)
         subject_ids = resolver.resolve(identities)
         audit.append(conn, resolver.audit, self.clock())
         analyse_grown(conn)
@@ -326,7 +321,7 @@ class Ledger:
         outcomes: list[RecordOutcome] = []
         now = self.clock()
         stats = RecordStats(received=len(batch))
-        resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
+        resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
         subject_ids = _resolve(resolver, [r.identity for r in batch], warm)
         stats.subjects_created = len(resolver.audit)
         touched = set(subject_ids)
@@ -443,7 +438,7 @@ class Ledger:
         else:
             status, decided_by = ObjectionStatus.PENDING, None
         with self.engine.begin() as conn:
-            resolver = SubjectResolver(conn, self._erasure_key(), now, run_id)
+            resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
             (subject_id,) = resolver.resolve([Identity(email=email)])
             before = self._contexts(conn, {subject_id})[subject_id]
             objection_id = conn.execute(
@@ -571,7 +566,7 @@ class Ledger:
         check_reason(reason, "--reason", ERASURE_REASON_MAX, erasable=False)
         check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
-        digest = email_hmac(self._erasure_key(), email)
+        digest = email_hmac(self.erasure_key(), email)
         with self.engine.begin() as conn:
             suppression_id = conn.execute(
                 select(suppressions.c.id).where(suppressions.c.email_hmac == digest)
@@ -921,7 +916,7 @@ class Ledger:
             else:
                 uid = None
                 erased_at = conn.execute(
-                    _DECISION_ERASED, {"digest": email_hmac(self._erasure_key(), email)}
+                    _DECISION_ERASED, {"digest": email_hmac(self.erasure_key(), email)}
                 ).scalar()
                 flags = SubjectFlags(
                     suppressed_since=erased_at, suppression_reason="erased" if erased_at else None
@@ -954,7 +949,7 @@ class Ledger:
             return uids + self._erased_subject_uids(conn, email)
 
     def _erased_subject_uids(self, conn: Connection, email: str) -> list[str]:
-        digest = email_hmac(self._erasure_key(), email)
+        digest = email_hmac(self.erasure_key(), email)
         return list(
             conn.execute(
                 select(subjects.c.uid)
