@@ -1058,11 +1058,9 @@ def _comparer(order: list[tuple[str, bool]]) -> Callable[[Mapping[str, Any], Map
 
 @sandbox_main(
     "dynamics",
-    port=8447,
-    records=200,
     seed_help="Seed the environment with this many generated contacts (with duplicates and consent rows).",
 )
-def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+def serve_forever(*, port: int = 8447, records: int = 200, seed: int, host: str) -> Serving:
     """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints the URLs, the CA files and the demo credentials."""

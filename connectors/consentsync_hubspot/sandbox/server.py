@@ -1361,11 +1361,9 @@ def _id_or_none(record_id: str) -> str | None:
 
 @sandbox_main(
     "hubspot",
-    port=8445,
-    records=500,
     seed_help="Seed the portal with this many generated contacts (with subscription statuses).",
 )
-def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+def serve_forever(*, port: int = 8445, records: int = 500, seed: int, host: str) -> Serving:
     """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints its URL, CA files and private-app token."""

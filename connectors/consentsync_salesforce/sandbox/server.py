@@ -1211,11 +1211,9 @@ class _JobFailed(Exception):
 
 @sandbox_main(
     "salesforce",
-    port=8443,
-    records=2000,
     seed_help="Seed the org with this many generated contacts (with duplicates and leads).",
 )
-def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+def serve_forever(*, port: int = 8443, records: int = 2000, seed: int, host: str) -> Serving:
     """Run a Salesforce sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints the instance URL, the CA files and the demo credentials, with a JWT key written beside

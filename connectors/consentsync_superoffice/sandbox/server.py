@@ -448,11 +448,9 @@ def _consent_info(row: ConsentRow) -> dict[str, Any]:
 
 @sandbox_main(
     "superoffice",
-    port=8444,
-    records=500,
     seed_help="Seed the tenant with this many generated persons and their consents.",
 )
-def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+def serve_forever(*, port: int = 8444, records: int = 500, seed: int, host: str) -> Serving:
     """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints the tenant URL, the CA files and the demo credentials."""

@@ -1071,8 +1071,6 @@ def _failure(error: VtigerError, status: int = 200, headers: dict[str, str] | No
 
 @sandbox_main(
     "vtiger",
-    port=8446,
-    records=200,
     seed_help="Seed the CRM with this many generated contacts (with leads, organisations, consents).",
     options=(
         click.option(
@@ -1084,10 +1082,11 @@ def _failure(error: VtigerError, status: int = 200, headers: dict[str, str] | No
     ),
 )
 def serve_forever(
-    port: int,
+    *,
+    port: int = 8446,
+    records: int = 200,
     seed: int,
     host: str,
-    records: int,
     privacy_guard: bool = True,
     sync_fails: bool = False,
     timezone: str = "UTC",

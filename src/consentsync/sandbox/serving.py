@@ -16,6 +16,7 @@ file) are kept; the harness's test tunings (short timeouts, few attempts) are le
 from __future__ import annotations
 
 import functools
+import inspect
 import shlex
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -184,17 +185,19 @@ class SandboxMain:
         vendor: str,
         start: Callable[..., Serving],
         *,
-        port: int,
-        records: int,
         seed_help: str,
         options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
     ) -> None:
         functools.update_wrapper(self, start)
         self.vendor = vendor
         self.start = start
-        self.records = records
+        parameters = inspect.signature(start).parameters
+        #: The seed size when none is asked for: the start function's default ``records``.
+        self.records: int = parameters["records"].default
         help = (start.__doc__ or "").strip().split("\n\n")[0]
-        self.command = sandbox_command(self, port=port, seed_help=seed_help, help=help, options=options)
+        self.command = sandbox_command(
+            self, port=parameters["port"].default, seed_help=seed_help, help=help, options=options
+        )
 
     def __call__(
         self,
@@ -215,17 +218,16 @@ class SandboxMain:
 def sandbox_main(
     vendor: str,
     *,
-    port: int,
-    records: int,
     seed_help: str,
     options: Sequence[Callable[[Callable[..., Any]], Callable[..., Any]]] = (),
 ) -> Callable[[Callable[..., Serving]], SandboxMain]:
-    """Decorates a vendor's ``start(port=, seed=, host=, records=, **own_options) -> Serving``
-    (whose docstring is the command's help) into its :class:`SandboxMain`: ``records`` is the
-    function's default seed size, ``port``, ``seed_help`` and ``options`` go to
-    :func:`sandbox_command`. The module then says ``command = serve_forever.command``."""
+    """Decorates a vendor's ``start(*, port=DEFAULT_PORT, records=DEFAULT_SEED_SIZE, seed, host,
+    **own_options) -> Serving`` into its :class:`SandboxMain`: the command's help is the function's
+    docstring, its ``--port`` and ``--seed`` default to the function's ``port`` and ``records``,
+    and ``seed_help`` and ``options`` go to :func:`sandbox_command`. The module then says
+    ``command = serve_forever.command``."""
 
     def decorate(start: Callable[..., Serving]) -> SandboxMain:
-        return SandboxMain(vendor, start, port=port, records=records, seed_help=seed_help, options=options)
+        return SandboxMain(vendor, start, seed_help=seed_help, options=options)
 
     return decorate

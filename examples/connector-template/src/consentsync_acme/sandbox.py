@@ -190,11 +190,9 @@ def _valid(kind: type, value: Any) -> bool:
 
 @sandbox_main(
     "acme",
-    port=8450,
-    records=200,
     seed_help="Seed Acme with this many generated contacts (a fifth unsubscribed).",
 )
-def serve_forever(port: int, seed: int, host: str, records: int) -> Serving:
+def serve_forever(*, port: int = 8450, records: int = 200, seed: int, host: str) -> Serving:
     """Run an Acme sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints its URL, CA files and API key; the kit adds the ``connectors:`` block to paste (from
