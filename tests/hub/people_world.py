@@ -3,6 +3,9 @@ links in mails expect, a person with a grant, and their preference link."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
@@ -20,6 +23,16 @@ def mounted(hub: Hub) -> FastAPI:
     outer = FastAPI()
     outer.mount("/p", create_app(hub))
     return outer
+
+
+Host = TypeVar("Host")
+
+
+def served_pages(world: HubWorld, host: Callable[[FastAPI], AbstractContextManager[Host]]) -> Iterator[Host]:
+    """For a fixture to ``yield from``: the world's pages, :func:`mounted`, in ``host`` (a test
+    client, or a real web server for a browser) until the test ends."""
+    with host(mounted(world.hub)) as serving:
+        yield serving
 
 
 def seed(world: HubWorld) -> str:

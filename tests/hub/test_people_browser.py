@@ -16,7 +16,7 @@ from openpyxl import load_workbook
 
 from consentsync.web.server import WebServer
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, mailed, mounted, seed, token_of
+from tests.hub.people_world import EMAIL, mailed, seed, served_pages, token_of
 from tests.web import test_browser as console_browser
 from tests.web.test_browser import CHROMIUM, LAPTOP, PHONE, Shots, follow
 
@@ -40,8 +40,7 @@ WCAG_AA = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 
 @pytest.fixture
 def site(world: HubWorld) -> Iterator[WebServer]:
-    with WebServer(mounted(world.hub)) as server:
-        yield server
+    yield from served_pages(world, WebServer)
 
 
 @pytest.fixture

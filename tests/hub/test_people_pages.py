@@ -31,7 +31,16 @@ from consentsync.hub.people import brand_css, content_security_policy, mask_emai
 from consentsync.hub.preferences import PreferenceCentre
 from consentsync.ledger.schema import confirmations, subjects
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, mailed, mails_with, mounted, page_texts, seed, token_of
+from tests.hub.people_world import (
+    EMAIL,
+    mailed,
+    mails_with,
+    mounted,
+    page_texts,
+    seed,
+    served_pages,
+    token_of,
+)
 
 
 @pytest.fixture
@@ -43,8 +52,7 @@ def ledger_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def people(world: HubWorld) -> Iterator[TestClient]:
-    with TestClient(mounted(world.hub)) as client:
-        yield client
+    yield from served_pages(world, TestClient)
 
 
 @pytest.fixture

@@ -47,6 +47,23 @@ def consent_value(
     return Evidence(purpose, channel, status, basis, at, observed_at, source, origin, **more)
 
 
+def mapping_text(vendor: str, object_type: str, identity: tuple[str, str, str], consents: str) -> str:
+    """A mapping file's text for a test's own connector: the header every mapping carries (version
+    1, ``vendor``, ``object_type``, the ``identity`` fields: record id, modstamp and email), then
+    ``consents``, its list in YAML."""
+    record_id, modstamp, email = identity
+    return "\n".join(
+        [
+            "version: 1",
+            f"vendor: {vendor}",
+            f"object: {object_type}",
+            f"identity: {{record_id: {record_id}, modstamp: {modstamp}, email: {email}}}",
+            "consents:",
+            consents,
+        ]
+    )
+
+
 def shipped_mappings(vendor: str, *names: str) -> list[str]:
     """The paths of mapping files ``vendor``'s connector ships (connectors/consentsync_<vendor>)."""
     return [str(ROOT / f"connectors/consentsync_{vendor}/mappings" / name) for name in names]

@@ -24,17 +24,14 @@ from consentsync.mapping import parse_mapping
 from consentsync.sdk import Action, Connector, ConnectorError, CrmRecord, Cursor, ErrorRule, Fault
 from consentsync.sdk.connector import FieldInfo, RecordUpdate, WriteResult
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.helpers import mapping_text
 
-MAPPING = """
-version: 1
-vendor: scripted
-object: thing
-identity: {record_id: id, modstamp: modifiedon, email: email}
-consents:
+CONSENTS = """\
   - purpose: email_marketing
     channel: email
     status: {field: optout, pull: {true: withdrawn, false: null}}
 """
+MAPPING = mapping_text("scripted", "thing", ("id", "modifiedon", "email"), CONSENTS)
 
 
 def test_cursor_json_is_backwards_compatible() -> None:

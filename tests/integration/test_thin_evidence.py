@@ -17,7 +17,7 @@ from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBa
 from consentsync.ledger.identity import Identity
 from consentsync.mapping import parse_mapping
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
-from tests.integration.helpers import consent_value
+from tests.integration.helpers import consent_value, mapping_text
 
 
 @pytest.fixture
@@ -58,12 +58,7 @@ def test_an_unsubscribe_is_sent_for_a_withdrawal_never_for_a_restriction_or_no_c
     assert report.counts.irreversible_held >= 1
 
 
-MAPPING = """
-version: 1
-vendor: acme
-object: Contact
-identity: {record_id: Id, modstamp: Modified, email: Email}
-consents:
+CONSENTS = """\
   - purpose: email_marketing
     channel: email
     status:
@@ -84,6 +79,7 @@ consents:
       pull: {Consent: consent, Contract: contract}
       push: {consent: Consent, contract: Contract}
 """
+MAPPING = mapping_text("acme", "Contact", ("Id", "Modified", "Email"), CONSENTS)
 
 
 Outcome = tuple[ConsentStatus, str, bool]  # a purpose's status, the rule deciding it, suppressed
