@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, insert, select
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import chunks, db_time, insert_rows, note_written, select_in
@@ -31,6 +31,16 @@ class CrmLink:
     connector: str
     object_type: str
     record_id: str
+
+    def rows_in(self, table: Table) -> ColumnElement[bool]:
+        """The condition that picks this record's rows in a table keyed by connector, object and
+        record id (links, quarantine, outbox)."""
+        columns = table.c
+        return and_(
+            columns.connector == self.connector,
+            columns.object_type == self.object_type,
+            columns.record_id == self.record_id,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,7 +52,7 @@ from consentsync.ledger.bulk import (
     upsert_rows,
 )
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import Identity, SubjectResolver, email_hmac
+from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     consent_events,
     consent_states,
@@ -1196,15 +1196,11 @@ def _redact_operational_text(conn: Connection, subject_id: int) -> int:
     )
     redacted = 0
     for link in conn.execute(links).all():
+        record = CrmLink(link.connector, link.object_type, link.record_id)
         redacted += (
             conn.execute(
                 update(quarantine)
-                .where(
-                    quarantine.c.connector == link.connector,
-                    quarantine.c.object_type == link.object_type,
-                    quarantine.c.record_id == link.record_id,
-                    quarantine.c.reason != ERASED_TEXT,
-                )
+                .where(record.rows_in(quarantine), quarantine.c.reason != ERASED_TEXT)
                 .values(reason=ERASED_TEXT)
             ).rowcount
             or 0

@@ -1352,11 +1352,7 @@ class SyncEngine:
         for row in deleted:
             conn.execute(
                 update(crm_links)
-                .where(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.object_type == row.object_type,
-                    crm_links.c.record_id == row.record_id,
-                )
+                .where(CrmLink(self.name, row.object_type, row.record_id).rows_in(crm_links))
                 .values(gone_at=now)
             )
         records: list[AuditRecord] = []
