@@ -379,23 +379,16 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
     """What the evidence alone says, before subject-wide facts and expiry are applied."""
     latest, restriction = summary.latest, summary.restriction
     if latest is None:
-        if purpose.default_basis is LawfulBasis.CONSENT:
-            return EffectiveState(
-                purpose.key,
-                channel,
-                ConsentStatus.APPLICABLE,
-                LawfulBasis.CONSENT,
-                suppressed=True,
-                rule=Rule.NO_CONSENT_ON_RECORD,
-                detail="consent is the basis and none is on record",
-            )
+        # No evidence: a purpose founded on consent has none (suppressed); any other basis holds.
+        needs_consent = purpose.default_basis is LawfulBasis.CONSENT
         return EffectiveState(
             purpose.key,
             channel,
-            ConsentStatus.NOT_APPLICABLE,
+            ConsentStatus.APPLICABLE if needs_consent else ConsentStatus.NOT_APPLICABLE,
             purpose.default_basis,
-            suppressed=False,
-            rule=Rule.DEFAULT_BASIS,
+            suppressed=needs_consent,
+            rule=Rule.NO_CONSENT_ON_RECORD if needs_consent else Rule.DEFAULT_BASIS,
+            detail="consent is the basis and none is on record" if needs_consent else "",
         )
     if restriction is not None and not _reversed(summary.trusted_opt_in_at, restriction):
         if latest.sort_time > restriction.sort_time and _other_basis(latest):
