@@ -53,6 +53,7 @@ ERRORS = sdk.ErrorTable(
 
 REFUSES_RESUBSCRIBE = "HUBSPOT_REFUSES_RESUBSCRIBE"
 SUBSCRIPTION_STATES = ("SUBSCRIBED", "UNSUBSCRIBED", "NOT_SPECIFIED")
+#: The ``legalBasis`` values of the communication-preferences API (HubSpot's documented list).
 V3_LEGAL_BASES = (
     "CONSENT_WITH_NOTICE",
     "LEGITIMATE_INTEREST_CLIENT",

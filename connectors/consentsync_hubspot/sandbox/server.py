@@ -89,6 +89,10 @@ from consentsync.sandbox.server import (
 )
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 
+# The ``legalBasis`` values of the communication-preferences API: HubSpot's documented list,
+# written once for the connector and its sandbox.
+from consentsync_hubspot.connector import V3_LEGAL_BASES
+
 __all__ = [
     "ENDPOINT_KINDS",
     "LEGAL_BASIS_OPTIONS",
@@ -127,16 +131,6 @@ LEGAL_BASIS_OPTIONS = (
     "Performance of a contract",
     "Freely given consent from contact",
     "Not applicable",
-)
-#: The ``legalBasis`` values of the communication-preferences API.
-V3_LEGAL_BASES = (
-    "CONSENT_WITH_NOTICE",
-    "LEGITIMATE_INTEREST_CLIENT",
-    "LEGITIMATE_INTEREST_OTHER",
-    "LEGITIMATE_INTEREST_PQL",
-    "NON_GDPR",
-    "PERFORMANCE_OF_CONTRACT",
-    "PROCESS_AND_STORE",
 )
 ALL_SCOPES = frozenset(
     {

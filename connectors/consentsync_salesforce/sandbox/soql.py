@@ -38,58 +38,20 @@ __all__ = ["BoundQuery", "Query", "SoqlError", "bind", "no_such_column", "parse"
 TEXT_TYPES = frozenset({"string", "email", "picklist", "phone", "textarea", "url", "combobox"})
 ID_TYPES = frozenset({"id", "reference"})
 
-_KEYWORDS = frozenset(
-    {
-        "SELECT",
-        "FROM",
-        "WHERE",
-        "AND",
-        "OR",
-        "NOT",
-        "IN",
-        "LIKE",
-        "ORDER",
-        "BY",
-        "ASC",
-        "DESC",
-        "NULLS",
-        "FIRST",
-        "LAST",
-        "LIMIT",
-        "OFFSET",
-        "TRUE",
-        "FALSE",
-        "NULL",
-        "GROUP",
-        "HAVING",
-        "WITH",
-        "FOR",
-        "USING",
-        "INCLUDES",
-        "EXCLUDES",
-    }
-)
+# SOQL's reserved words, by what they do (an identifier spelled as one, in any letter case, is it).
+_CLAUSE_WORDS = ("SELECT", "FROM", "WHERE", "GROUP", "HAVING", "ORDER", "BY", "LIMIT", "OFFSET")
+_OPERATOR_WORDS = ("AND", "OR", "NOT", "IN", "LIKE", "INCLUDES", "EXCLUDES")
+_ORDERING_WORDS = ("ASC", "DESC", "NULLS", "FIRST", "LAST")
+_OTHER_WORDS = ("TRUE", "FALSE", "NULL", "WITH", "FOR", "USING")
+_KEYWORDS = frozenset((*_CLAUSE_WORDS, *_OPERATOR_WORDS, *_ORDERING_WORDS, *_OTHER_WORDS))
 
 _DATETIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})")
 _PARTIAL_DATETIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T[0-9:.]*")
 _DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _NUMBER_RE = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-_ESCAPES = {
-    "n": "\n",
-    "N": "\n",
-    "r": "\r",
-    "R": "\r",
-    "t": "\t",
-    "T": "\t",
-    "b": "\b",
-    "B": "\b",
-    "f": "\f",
-    "F": "\f",
-    '"': '"',
-    "'": "'",
-    "\\": "\\",
-}
+#: A string literal's backslash escapes (the letters in either case: ``\N`` is ``\n``).
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 
 
 class SoqlError(Exception):
@@ -217,8 +179,9 @@ def _read_string(soql: str, start: int) -> tuple[Token, int]:
             if i + 1 >= n:
                 break
             nxt = soql[i + 1]
-            if nxt in _ESCAPES:
-                chars.append((_ESCAPES[nxt], True))
+            escaped = _ESCAPES.get(nxt.lower() if nxt in "NRTBF" else nxt)
+            if escaped is not None:
+                chars.append((escaped, True))
                 i += 2
                 continue
             if nxt in "%_":
