@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
@@ -142,13 +142,7 @@ class VerifyResult:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "entries_checked": self.entries_checked,
-            "head_seq": self.head_seq,
-            "broken_seq": self.broken_seq,
-            "problem": self.problem,
-        }
+        return asdict(self)
 
 
 def in_pages(conn: Connection, query: Select[Any], key: Any, batch: int) -> Iterator[Any]:
@@ -309,7 +303,7 @@ class AgreementResult:
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "entries": self.entries, "problem": self.problem}
+        return asdict(self)
 
 
 def _event_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:

@@ -77,14 +77,8 @@ class Page:
         return max(1, -(-self.total // self.per_page))
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "items": self.items,
-            "page": self.page,
-            "per_page": self.per_page,
-            "total": self.total,
-            "pages": self.pages,
-            **self.summary,
-        }
+        position = {"page": self.page, "per_page": self.per_page, "total": self.total, "pages": self.pages}
+        return {"items": self.items, **position, **self.summary}
 
 
 def _offset(page: int, per_page: int) -> int:
