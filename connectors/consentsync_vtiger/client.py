@@ -19,17 +19,38 @@ import requests
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync.sdk.error_codes import coded_rules
 from consentsync_vtiger.settings import VtigerSettings
 
 ERRORS = sdk.ErrorTable(
     [
-        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session invalid", code="INVALID_SESSIONID"),
-        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session left idle", code="SESSION_LEFT_IDLE"),
-        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session life span over", code="SESSION_EXPIRED"),
-        ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "not logged in", code="AUTHENTICATION_REQUIRED"),
-        # The challenge token lives 300 s; a new challenge replaces it. Also what an unknown
-        # username gets (Vtiger keeps no token for it): the final message says so.
-        ErrorRule(Action.RETRY, Fault.TRANSIENT, "login challenge expired", code="INVALID_AUTH_TOKEN"),
+        *coded_rules(
+            refresh_token={
+                "INVALID_SESSIONID": "session invalid",
+                "SESSION_LEFT_IDLE": "session left idle",
+                "SESSION_EXPIRED": "session life span over",
+                "AUTHENTICATION_REQUIRED": "not logged in",
+            },
+            retry={
+                # The challenge token lives 300 s; a new challenge replaces it. Also what an unknown
+                # username gets (Vtiger keeps no token for it): the final message says so.
+                "INVALID_AUTH_TOKEN": "login challenge expired",
+                "DATABASE_QUERY_ERROR": "database error",
+                "INTERNAL_SERVER_ERROR": "internal error",
+            },
+            fail={
+                "ACCESSKEY_UNDEFINED": "the user has no access key",
+                "QUERY_SYNTAX_ERROR": "query rejected",
+                "ACCESS_DENIED": "permission denied",
+                "UNKNOWN_OPERATION": "operation not available",
+            },
+            skip={
+                "RECORD_NOT_FOUND": "record not found",
+                "MANDATORY_FIELDS_MISSING": "mandatory field empty",
+                "REFERENCE_INVALID": "invalid reference",
+                "INVALID_ID_ATTRIBUTE": "id of another module",
+            },
+        ),
         ErrorRule(
             Action.FAIL,
             Fault.CONFIG,
@@ -37,16 +58,6 @@ ERRORS = sdk.ErrorTable(
             code="INVALID_USER_CREDENTIALS",
             credentials=True,
         ),
-        ErrorRule(Action.FAIL, Fault.CONFIG, "the user has no access key", code="ACCESSKEY_UNDEFINED"),
-        ErrorRule(Action.FAIL, Fault.CONFIG, "query rejected", code="QUERY_SYNTAX_ERROR"),
-        ErrorRule(Action.FAIL, Fault.CONFIG, "permission denied", code="ACCESS_DENIED"),
-        ErrorRule(Action.FAIL, Fault.CONFIG, "operation not available", code="UNKNOWN_OPERATION"),
-        ErrorRule(Action.RETRY, Fault.TRANSIENT, "database error", code="DATABASE_QUERY_ERROR"),
-        ErrorRule(Action.RETRY, Fault.TRANSIENT, "internal error", code="INTERNAL_SERVER_ERROR"),
-        ErrorRule(Action.SKIP, Fault.DATA, "record not found", code="RECORD_NOT_FOUND"),
-        ErrorRule(Action.SKIP, Fault.DATA, "mandatory field empty", code="MANDATORY_FIELDS_MISSING"),
-        ErrorRule(Action.SKIP, Fault.DATA, "invalid reference", code="REFERENCE_INVALID"),
-        ErrorRule(Action.SKIP, Fault.DATA, "id of another module", code="INVALID_ID_ATTRIBUTE"),
         ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "API limit reached", status=429),
     ]
 )
