@@ -119,6 +119,18 @@ def log_in(client: TestClient, name: str) -> TestClient:
     return client
 
 
+@pytest.fixture
+def reviewer(app: Any) -> TestClient:
+    """The console signed in as rex, the reviewer (decides objections, retries records)."""
+    return log_in(TestClient(app), "rex")
+
+
+@pytest.fixture
+def viewer(app: Any) -> TestClient:
+    """The console signed in as vic, the viewer (reads every page, changes nothing)."""
+    return log_in(TestClient(app), "vic")
+
+
 def api_login(client: TestClient, name: str) -> str:
     response = client.post("/api/session", json={"name": name, "password": PASSWORDS[name]})
     assert response.status_code == 200, response.text

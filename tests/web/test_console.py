@@ -68,13 +68,12 @@ def test_session_cookie_is_httponly_samesite_and_secure_over_https(app: Any) -> 
     assert response.headers["strict-transport-security"]
 
 
-def test_every_page_renders_for_a_viewer_with_security_headers(app: Any, world: World) -> None:
-    client = log_in(TestClient(app), "vic")
+def test_every_page_renders_for_a_viewer_with_security_headers(viewer: TestClient, world: World) -> None:
     for path in [p for p in PAGES if p != "/users"] + [
         f"/runs/{world.run_id}",
         f"/objections/{world.objection_id}",
     ]:
-        response = client.get(path)
+        response = viewer.get(path)
         assert response.status_code == 200, (path, response.text[:300])
         assert "default-src 'self'" in response.headers["content-security-policy"]
         assert response.headers["x-frame-options"] == "DENY"
@@ -199,17 +198,16 @@ def _odd_rows(client: TestClient, world: World) -> list[dict[str, Any]]:
 
 
 def test_retrying_a_quarantined_record_rereads_it_by_id_without_moving_the_cursor(
-    app: Any, world: World, cli: Cli
+    reviewer: TestClient, world: World, cli: Cli
 ) -> None:
-    client = log_in(TestClient(app), "rex")
-    (held,) = _odd_rows(client, world)
+    (held,) = _odd_rows(reviewer, world)
     assert held["stage"] == "pull" and held["resolved_at"] is None
-    page = client.get(f"/runs/{world.run_id}").text
-    retried = client.post(
+    page = reviewer.get(f"/runs/{world.run_id}").text
+    retried = reviewer.post(
         f"/quarantine/{held['id']}/retry", data={"csrf_token": page_csrf(page)}, follow_redirects=False
     )
     assert retried.status_code == 303
-    (asked,) = _odd_rows(client, world)
+    (asked,) = _odd_rows(reviewer, world)
     assert asked["retry_requested_by"] == "rex" and asked["resolved_at"] is None
     (entry,) = entries(world, action="quarantine.retried")
     assert entry["actor"] == "rex" and entry["what"]["record"] == world.odd_record
@@ -254,18 +252,17 @@ def test_retrying_twice_or_a_resolved_record_is_answered_clearly(app: Any, world
 
 
 def test_rejecting_an_objection_needs_a_reason_is_audited_and_reaches_the_crm(
-    app: Any, world: World, cli: Cli
+    reviewer: TestClient, world: World, cli: Cli
 ) -> None:
-    client = log_in(TestClient(app), "rex")
-    page = client.get(f"/objections/{world.objection_id}")
+    page = reviewer.get(f"/objections/{world.objection_id}")
     assert str(escape(world.objector)) in page.text  # the subject's context, escaped
     csrf = page_csrf(page.text)
-    empty = client.post(
+    empty = reviewer.post(
         f"/objections/{world.objection_id}/decide",
         data={"decision": "reject", "reason": " ", "csrf_token": csrf},
     )
     assert empty.status_code == 400 and "reason is required" in empty.text
-    done = client.post(
+    done = reviewer.post(
         f"/objections/{world.objection_id}/decide",
         data={"decision": "reject", "reason": "compelling fraud-prevention grounds", "csrf_token": csrf},
         follow_redirects=False,
@@ -277,7 +274,7 @@ def test_rejecting_an_objection_needs_a_reason_is_audited_and_reaches_the_crm(
     # The decision enters the change feed: the next run looks at every record of the person.
     report = synced(cli)
     assert report["status"] == "succeeded"
-    again = client.post(
+    again = reviewer.post(
         f"/objections/{world.objection_id}/decide",
         data={"decision": "uphold", "reason": "x", "csrf_token": csrf},
     )
@@ -285,24 +282,23 @@ def test_rejecting_an_objection_needs_a_reason_is_audited_and_reaches_the_crm(
 
 
 @SQLITE_ONLY
-def test_audit_search_by_email_keeps_the_address_out_of_urls(app: Any, world: World) -> None:
-    client = log_in(TestClient(app), "vic")
-    csrf = page_csrf(client.get("/audit").text)
-    response = client.post(
+def test_audit_search_by_email_keeps_the_address_out_of_urls(viewer: TestClient, world: World) -> None:
+    csrf = page_csrf(viewer.get("/audit").text)
+    response = viewer.post(
         "/audit", data={"email": world.objector.upper(), "csrf_token": csrf}, follow_redirects=False
     )
     location = response.headers["location"]
     assert "@" not in location and "subject=" in location
-    page = client.get(location)
+    page = viewer.get(location)
     assert "objection.raised" in page.text
     shown = {int(seq) for seq in re.findall(r'<td data-label="#">(\d+)</td>', page.text)}
     uids = world.ledger.subject_uids_for_email(world.objector)
     assert shown == {e["seq"] for e in entries(world, subject_uids=uids)}
-    by_rule = client.get("/audit?rule=purpose_manual_review").text
+    by_rule = viewer.get("/audit?rule=purpose_manual_review").text
     assert "objection.raised" in by_rule
-    by_connector = client.get("/audit?connector=sf").text
+    by_connector = viewer.get("/audit?connector=sf").text
     assert "crm.pushed" in by_connector
-    verified = client.post("/audit/verify", data={"csrf_token": csrf})
+    verified = viewer.post("/audit/verify", data={"csrf_token": csrf})
     assert "Chain verified" in verified.text
 
 
@@ -363,9 +359,8 @@ def test_overview_and_configuration_show_the_connector(app: Any, world: World) -
 
 @SQLITE_ONLY
 @pytest.mark.parametrize("path", ["/runs?result=bogus", "/runs?since=yesterday", "/objections?status=x"])
-def test_bad_filters_get_a_clear_400(app: Any, path: str) -> None:
-    client = log_in(TestClient(app), "vic")
-    response = client.get(path)
+def test_bad_filters_get_a_clear_400(viewer: TestClient, path: str) -> None:
+    response = viewer.get(path)
     assert response.status_code == 400
     assert "accepted" in response.text or "expected" in response.text
 

@@ -20,10 +20,9 @@ from tests.web.test_console import entries
 
 
 def test_the_overview_says_no_daemon_runs_or_a_run_is_overdue_as_of_when_and_refreshes(
-    app: Any, world: World
+    viewer: TestClient, world: World
 ) -> None:
-    client = log_in(TestClient(app), "vic")
-    page = client.get("/").text
+    page = viewer.get("/").text
     assert '<meta http-equiv="refresh" content="60">' in page
     assert "As of <time datetime=" in page
     assert "no daemon running" in page
@@ -40,7 +39,7 @@ def test_the_overview_says_no_daemon_runs_or_a_run_is_overdue_as_of_when_and_ref
     heartbeat = Heartbeat(engine, lambda: datetime.now(UTC))
     heartbeat.beat()
     try:
-        page = client.get("/").text
+        page = viewer.get("/").text
     finally:
         heartbeat.stop()
     assert "no daemon running" not in page
@@ -50,12 +49,11 @@ def test_the_overview_says_no_daemon_runs_or_a_run_is_overdue_as_of_when_and_ref
 
 
 def test_objections_show_decision_reason_decider_and_raiser_in_list_and_detail(
-    app: Any, world: World
+    reviewer: TestClient, world: World
 ) -> None:
-    client = log_in(TestClient(app), "rex")
-    detail = client.get(f"/objections/{world.objection_id}")
+    detail = reviewer.get(f"/objections/{world.objection_id}")
     reason = "Compelling legitimate grounds: fraud prevention <checked>"
-    decided = client.post(
+    decided = reviewer.post(
         f"/objections/{world.objection_id}/decide",
         data={"decision": "reject", "reason": reason, "csrf_token": page_csrf(detail.text)},
         follow_redirects=False,
@@ -63,13 +61,13 @@ def test_objections_show_decision_reason_decider_and_raiser_in_list_and_detail(
     assert decided.status_code == 303, decided.text
     (raised,) = entries(world, action="objection.raised")
     raiser = raised["actor"] or raised["source"]
-    listing = client.get("/objections?status=all").text
+    listing = reviewer.get("/objections?status=all").text
     row = next(r for r in listing.split("<tr>") if f'href="/objections/{world.objection_id}"' in r)
     assert "rejected" in row and ">rex<" in row
     assert str(escape(reason)) in row
     assert row.count("<time datetime=") == 2  # raised and decided, local like every time
     assert f'data-label="Raised by">{escape(raiser)}<' in row
-    detail = client.get(f"/objections/{world.objection_id}").text
+    detail = reviewer.get(f"/objections/{world.objection_id}").text
     assert str(escape(reason)) in detail
     assert "<dt>Decided</dt><dd>by rex <time datetime=" in detail
     assert "<dt>Decision</dt>" in detail
@@ -115,7 +113,9 @@ def test_accounts_page_audits_only_changes_shows_last_login_and_lock_and_resets_
 
 
 @SQLITE_ONLY
-def test_the_overview_outbox_and_dead_letter_numbers_link_to_what_they_count(app: Any, world: World) -> None:
+def test_the_overview_outbox_and_dead_letter_numbers_link_to_what_they_count(
+    viewer: TestClient, world: World
+) -> None:
     from sqlalchemy import insert, select
 
     from consentsync.ledger.schema import outbox, subjects
@@ -141,14 +141,13 @@ def test_the_overview_outbox_and_dead_letter_numbers_link_to_what_they_count(app
                 }
             ],
         )
-    client = log_in(TestClient(app), "vic")
-    overview = client.get("/").text
+    overview = viewer.get("/").text
     assert '<a href="/connectors/sf/outbox?status=pending" title="the pushes waiting">3</a>' in overview
     assert '<a href="/connectors/sf/outbox?status=dead"' in overview
-    pending = client.get("/connectors/sf/outbox?status=pending").text
+    pending = viewer.get("/connectors/sf/outbox?status=pending").text
     assert "3 push(es)." in pending and "003P0" in pending and "003DEAD" not in pending
     assert "HasOptedOutOfEmail" in pending and "true" not in pending.split("003P0", 1)[1].split("</tr>", 1)[0]
-    dead = client.get("/connectors/sf/outbox?status=dead").text
+    dead = viewer.get("/connectors/sf/outbox?status=dead").text
     assert "1 push(es)." in dead and "003DEAD" in dead and "FIELD_INTEGRITY" in dead
-    assert client.get("/connectors/nope/outbox").status_code == 404
-    assert client.get("/connectors/sf/outbox?status=done").status_code in (400, 422)
+    assert viewer.get("/connectors/nope/outbox").status_code == 404
+    assert viewer.get("/connectors/sf/outbox?status=done").status_code in (400, 422)

@@ -83,12 +83,11 @@ def test_date_filters_are_days_in_the_viewers_time_zone(app: Any, world: World) 
 
 
 def test_the_runs_list_shows_error_duration_load_pushes_and_quarantined_and_filters_open_ones(
-    app: Any, world: World
+    viewer: TestClient, world: World
 ) -> None:
     error = "connector: the CRM answered 503 Service Unavailable " + "x" * 120
     _move_run(world, datetime.now(UTC) - timedelta(hours=1), error=error, full_load=True)
-    client = log_in(TestClient(app), "vic")
-    page = client.get("/runs").text
+    page = viewer.get("/runs").text
     row = next(r for r in page.split("<tr>") if f'href="/runs/{world.run_id}"' in r)
     assert 'data-label="Load">full<' in row
     assert 'data-label="Duration"><span data-seconds="83">' in row
@@ -97,18 +96,18 @@ def test_the_runs_list_shows_error_duration_load_pushes_and_quarantined_and_filt
     shown = re.search(r'class="error" href="[^"]+#error"><span title="([^"]+)">([^<]+)</span>', row)
     assert shown, row
     assert shown.group(1) == str(escape(error)) and len(shown.group(2)) <= 61  # short, full on hover
-    run_page = client.get(f"/runs/{world.run_id}").text
+    run_page = viewer.get(f"/runs/{world.run_id}").text
     assert f'id="error">{escape(error)}</dd>' in run_page  # the full text on the run page
 
     # The overview's quarantined count links to exactly the runs holding those records.
-    overview = client.get("/").text
+    overview = viewer.get("/").text
     link = re.search(
         r'<a href="(/runs\?[^"]+)" title="the runs holding them"><span class="tag warn">(\d+)<', overview
     )
     assert link, overview
     target = link.group(1).replace("&amp;", "&")
     assert parse_qs(urlsplit(target).query) == {"connector": ["sf"], "quarantine": ["open"]}
-    listed = client.get(target).text
+    listed = viewer.get(target).text
     held = re.search(r"(\d+) run\(s\) holding (\d+) open quarantined record\(s\) of sf", listed)
     assert held and held.group(2) == link.group(2)
     assert f'href="/runs/{world.run_id}"' in listed
@@ -116,8 +115,8 @@ def test_the_runs_list_shows_error_duration_load_pushes_and_quarantined_and_filt
     # Resolved, the run leaves the filtered list (and the overview shows no count).
     with world.ledger.engine.begin() as conn:
         conn.execute(update(quarantine).values(resolved_at=datetime.now(UTC)))
-    assert "No run matches." in client.get(target).text
-    assert 'title="the runs holding them"' not in client.get("/").text
+    assert "No run matches." in viewer.get(target).text
+    assert 'title="the runs holding them"' not in viewer.get("/").text
 
 
 def _quarantine_many(world: World, count: int) -> list[int]:
@@ -257,21 +256,20 @@ def test_the_api_retries_in_bulk_and_pages_a_runs_quarantined_records(app: Any, 
     assert _requested(world) == set(ids[:2])
 
 
-def test_a_run_shows_the_records_it_reread(app: Any, world: World, cli: Cli) -> None:
-    client = log_in(TestClient(app), "rex")
-    page = client.get(f"/runs/{world.run_id}").text
+def test_a_run_shows_the_records_it_reread(reviewer: TestClient, world: World, cli: Cli) -> None:
+    page = reviewer.get(f"/runs/{world.run_id}").text
     odd = re.search(
         r'<tr id="q(\d+)">\s*<td data-label="Select"><input[^>]+>.*?' + world.odd_record, page, re.S
     )
     assert odd, page
-    client.post(f"/quarantine/{odd.group(1)}/retry", data={"csrf_token": page_csrf(page)})
+    reviewer.post(f"/quarantine/{odd.group(1)}/retry", data={"csrf_token": page_csrf(page)})
     report = synced(cli)  # the next run re-reads it (and, still odd, quarantines it again)
-    later = client.get(f"/runs/{report['run_id']}").text
+    later = reviewer.get(f"/runs/{report['run_id']}").text
     assert "Re-read in this run (1)" in later
     reread = later[later.index('id="reread"') :]
     assert world.odd_record in reread and "quarantined again" in reread
     assert f'<a href="/runs/{world.run_id}">run {world.run_id[:8]}</a>' in reread
-    earlier = client.get(f"/runs/{world.run_id}").text
+    earlier = reviewer.get(f"/runs/{world.run_id}").text
     row = earlier[earlier.index(f'<tr id="q{odd.group(1)}">') :].split("</tr>")[0]
     assert f're-read by <a href="/runs/{report["run_id"]}">' in row
     assert "Re-read in this run (0)" in earlier
@@ -320,7 +318,9 @@ def test_audit_filters_are_choices_an_unknown_address_says_so_and_detail_times_a
     assert f'due=<time datetime="{decided_at.isoformat().replace("+00:00", "Z")}"' in timed
 
 
-def test_the_subject_page_shows_consent_evidence_and_pages_its_history(app: Any, world: World) -> None:
+def test_the_subject_page_shows_consent_evidence_and_pages_its_history(
+    viewer: TestClient, world: World
+) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     email = "evidence.person@example.com"
     for n in range(30):
@@ -340,9 +340,8 @@ def test_the_subject_page_shows_consent_evidence_and_pages_its_history(app: Any,
                 evidence_ref=f"=form-{n}",
             ),
         )
-    client = log_in(TestClient(app), "vic")
-    found = client.post(
-        "/subjects", data={"email": email, "csrf_token": page_csrf(client.get("/subjects").text)}
+    found = viewer.post(
+        "/subjects", data={"email": email, "csrf_token": page_csrf(viewer.get("/subjects").text)}
     )
     page = found.text
     state = page[page.index("<h2>Effective state</h2>") : page.index('id="history"')]
@@ -356,7 +355,7 @@ def test_the_subject_page_shows_consent_evidence_and_pages_its_history(app: Any,
     history = page[page.index('id="history"') :]
     assert history.count("notice <strong>") == 25
     assert history.index("notice-v29") < history.index("notice-v28")
-    older = client.get(str(found.url), params={"page": 2}).text
+    older = viewer.get(str(found.url), params={"page": 2}).text
     assert "notice-v0<" in older and "notice-v29" not in older[older.index('id="history"') :]
 
 
