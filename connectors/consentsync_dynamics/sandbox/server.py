@@ -69,6 +69,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.tokens import IssuedTokens, client_credentials_form
 from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 
@@ -191,7 +192,7 @@ class DynamicsSandbox(HttpsSandbox):
         super().__init__(normalize_id=normalize_guid, **options)
         self.batch_requests = 0
         self.throttled = 0
-        self._tokens: dict[str, float] = {}  # access token -> expiry (monotonic)
+        self._tokens = IssuedTokens()
         self._window: deque[float] = deque()
         self._min_delta_version = 0
         pattern = re.escape(self.token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
@@ -221,27 +222,17 @@ class DynamicsSandbox(HttpsSandbox):
         }
 
     def client_credentials_form(self) -> dict[str, str]:
-        c = self.credentials
-        return {
-            "grant_type": "client_credentials",
-            "client_id": c.client_id,
-            "client_secret": c.client_secret,
-            "scope": f"{self.environment_url}/.default",
-        }
+        return client_credentials_form(self.credentials, scope=f"{self.environment_url}/.default")
 
     # -- run-time controls ---------------------------------------------------------------------
 
     def issue_token(self) -> str:
         """A fresh access token without an HTTP call (not counted)."""
-        token = "eyJ0eXAiOiJKV1QifQ." + secrets.token_urlsafe(48)
-        with self._lock:
-            self._tokens[token] = time.monotonic() + self.token_lifetime
-        return token
+        return self._tokens.issue("eyJ0eXAiOiJKV1QifQ." + secrets.token_urlsafe(48), self.token_lifetime)
 
     def expire_sessions(self) -> None:
         """Every access token issued so far is refused from now on (401)."""
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.clear()
 
     def expire_delta_tokens(self) -> None:
         """Every delta token issued so far is refused from now on (as after the retention period)."""
@@ -275,11 +266,8 @@ class DynamicsSandbox(HttpsSandbox):
 
     def authenticate(self, request: SandboxRequest) -> None:
         scheme, _, token = (request.header("Authorization") or "").partition(" ")
-        with self._lock:
-            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-            if expiry is None or expiry < time.monotonic():
-                self._tokens.pop(token.strip(), None)
-                raise _Unauthorized
+        if scheme.lower() != "bearer" or not self._tokens.valid(token.strip()):
+            raise _Unauthorized
 
     def request_limit_error(self) -> Exception:
         with self._lock:

@@ -72,14 +72,18 @@ import jwt
 from consentsync.sandbox.faults import Faults
 from consentsync.sandbox.server import (
     HttpsSandbox,
+    PathMatch,
+    PathRoute,
     RequestBodyError,
     Route,
     SandboxRequest,
     SandboxResponse,
+    match_path,
 )
 from consentsync.sandbox.server import json_response as _json_response
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
 from consentsync.sandbox.tls import create_sandbox_tls
+from consentsync.sandbox.tokens import client_credentials_form
 from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, to18
 from consentsync_salesforce.sandbox.org import (
     ApiError,
@@ -263,7 +267,7 @@ class _IngestJob:
 _DELIMITERS = {"COMMA": ",", "TAB": "\t", "PIPE": "|", "SEMICOLON": ";", "CARET": "^", "BACKQUOTE": "`"}
 
 _V = r"/services/data/v(?P<version>\d+\.\d)"
-_ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
+_ROUTES: list[PathRoute] = [
     (method, re.compile(pattern), kind, auth)
     for method, pattern, kind, auth in (
         ("POST", r"/services/oauth2/token/?", "token", False),
@@ -381,12 +385,7 @@ class SalesforceSandbox(HttpsSandbox):
         }
 
     def client_credentials_form(self) -> dict[str, str]:
-        c = self.credentials
-        return {
-            "grant_type": "client_credentials",
-            "client_id": c.client_id,
-            "client_secret": c.client_secret,
-        }
+        return client_credentials_form(self.credentials)
 
     def issue_token(self) -> str:
         """A fresh access token without an HTTP call (not counted)."""
@@ -501,25 +500,17 @@ class SalesforceSandbox(HttpsSandbox):
     def _route(
         self, request: SandboxRequest
     ) -> tuple[str, Callable[..., SandboxResponse], dict[str, str], bool]:
-        allowed: list[str] = []
-        for method, pattern, kind, auth in _ROUTES:
-            match = pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            if method != request.method:
-                allowed.append(method)
-                continue
-            params = {k: v for k, v in match.groupdict().items() if v is not None}
-            version = params.pop("version", None)
+        found = match_path(_ROUTES, request)
+        if isinstance(found, PathMatch):
+            params = {k: v for k, v in found.params.items() if v is not None}
+            version = params.get("version")
             if version is not None and float(version) < MIN_API_VERSION:
                 return "not_found", self._not_found, {}, False
             # One endpoint kind (counted and faulted as one) may take several methods.
-            handler = getattr(self, _HANDLER_BY_METHOD.get((method, kind), f"_h_{kind}"))
-            if version is not None:
-                params["version"] = version
-            return kind, handler, params, auth
-        if allowed:
-            methods = ",".join(sorted(set(allowed)))
+            handler = getattr(self, _HANDLER_BY_METHOD.get((found.method, found.kind), f"_h_{found.kind}"))
+            return found.kind, handler, params, found.authenticated
+        if found:
+            methods = ",".join(sorted(found))
 
             def not_allowed(_request: SandboxRequest) -> SandboxResponse:
                 raise ApiError(

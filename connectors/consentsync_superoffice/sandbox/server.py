@@ -51,7 +51,6 @@ import datetime as dt
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,14 +58,18 @@ from urllib.parse import urlencode
 
 from consentsync.sandbox.server import (
     HttpsSandbox,
+    PathMatch,
+    PathRoute,
     RequestBodyError,
     Route,
     SandboxError,
     SandboxRequest,
     SandboxResponse,
     json_response,
+    match_path,
 )
 from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.tokens import IssuedTokens
 from consentsync_superoffice.sandbox.archive import ArchiveQuery, run_query
 from consentsync_superoffice.sandbox.tenant import ConsentRow, SuperOfficeTenant, TenantError
 
@@ -88,7 +91,7 @@ ENDPOINT_KINDS = (
 )
 _WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
 _API = r"(?:/[A-Za-z0-9_-]+)?/api/v1"
-_ROUTES: tuple[tuple[str, re.Pattern[str], str, bool], ...] = tuple(
+_ROUTES: tuple[PathRoute, ...] = tuple(
     (method, re.compile(pattern, re.IGNORECASE), kind, auth)
     for method, pattern, kind, auth in (
         ("POST", r"(?:/[A-Za-z0-9_-]+)?/login/common/oauth/tokens", "token", False),
@@ -150,7 +153,7 @@ class SuperOfficeSandbox(HttpsSandbox):
     def __init__(self, tenant: SuperOfficeTenant | None = None, **options: Any) -> None:
         self.tenant = tenant or SuperOfficeTenant()
         super().__init__(normalize_id=_person_key, **options)
-        self._tokens: dict[str, float] = {}
+        self._tokens = IssuedTokens()
 
     # ------------------------------------------------------------------ addresses, credentials
 
@@ -177,14 +180,10 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     def issue_token(self) -> str:
         """A fresh access token without an HTTP call (not counted)."""
-        token = f"8A:{self.tenant_name}.{secrets.token_urlsafe(48)}"
-        with self._lock:
-            self._tokens[token] = time.monotonic() + self.token_lifetime
-        return token
+        return self._tokens.issue(f"8A:{self.tenant_name}.{secrets.token_urlsafe(48)}", self.token_lifetime)
 
     def expire_sessions(self) -> None:
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.clear()
 
     @property
     def write_calls(self) -> int:
@@ -194,12 +193,7 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     def authenticate(self, request: SandboxRequest) -> None:
         scheme, _, token = (request.header("Authorization") or "").partition(" ")
-        with self._lock:
-            expires = self._tokens.get(token.strip()) if scheme.lower() in ("bearer", "soticket") else None
-            if expires is not None and expires < time.monotonic():
-                del self._tokens[token.strip()]
-                expires = None
-        if expires is None:
+        if scheme.lower() not in ("bearer", "soticket") or not self._tokens.valid(token.strip()):
             raise SuperOfficeError(
                 401,
                 "NotAuthenticated",
@@ -248,20 +242,11 @@ class SuperOfficeSandbox(HttpsSandbox):
         return json_response(500, _error_body(type(error).__name__, "An error has occurred"))
 
     def route(self, request: SandboxRequest) -> Route:
-        allowed: list[str] = []
-        for method, pattern, kind, auth in _ROUTES:
-            match = pattern.fullmatch(request.path)
-            if match is None:
-                continue
-            if method != request.method:
-                allowed.append(method)
-                continue
-            handler: Callable[..., SandboxResponse] = getattr(self, f"_h_{kind}")
-            params = match.groupdict()
-            return Route(kind, lambda h=handler, p=params: h(request, **p), auth)
-        status, message = (
-            (405, "The requested resource does not support this method") if allowed else (404, "")
-        )
+        found = match_path(_ROUTES, request)
+        if isinstance(found, PathMatch):
+            handler: Callable[..., SandboxResponse] = getattr(self, f"_h_{found.kind}")
+            return Route(found.kind, lambda: handler(request, **found.params), found.authenticated)
+        status, message = (405, "The requested resource does not support this method") if found else (404, "")
 
         def refuse() -> SandboxResponse:
             raise SuperOfficeError(status, "NotFound", message or f"No HTTP resource matches {request.path}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import ssl
 import struct
@@ -45,6 +46,8 @@ from consentsync.sandbox.tls import SandboxTLS, create_sandbox_tls
 __all__ = [
     "RESET",
     "HttpsSandbox",
+    "PathMatch",
+    "PathRoute",
     "RequestBodyError",
     "Route",
     "SandboxError",
@@ -52,6 +55,7 @@ __all__ = [
     "SandboxResponse",
     "ServerOptions",
     "json_response",
+    "match_path",
 ]
 
 log = logging.getLogger("consentsync.sandbox")
@@ -138,6 +142,38 @@ class Route:
     kind: str
     answer: Callable[[], SandboxResponse | object]
     authenticated: bool = True
+
+
+#: One row of a vendor's URL table: the method, the path's pattern (matched whole), the endpoint
+#: kind and whether the call needs credentials.
+PathRoute = tuple[str, re.Pattern[str], str, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    """The row of a URL table a request matched (:func:`match_path`), with its pattern's named
+    groups (None for an optional group that matched nothing)."""
+
+    method: str
+    kind: str
+    params: dict[str, str | None]
+    authenticated: bool
+
+
+def match_path(routes: Iterable[PathRoute], request: SandboxRequest) -> PathMatch | frozenset[str]:
+    """The first route taking ``request``'s method at its path; where none does, the methods the
+    routes of that path take: none for a path the vendor does not serve (its 404), some for a
+    method it does not take there (its 405, which names them)."""
+    allowed: set[str] = set()
+    for method, pattern, kind, authenticated in routes:
+        match = pattern.fullmatch(request.path)
+        if match is None:
+            continue
+        if method != request.method:
+            allowed.add(method)
+            continue
+        return PathMatch(method, kind, match.groupdict(), authenticated)
+    return frozenset(allowed)
 
 
 class ServerOptions(TypedDict, total=False):
