@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,6 +81,14 @@ def _observed(draw: st.DrawFn, event_time: datetime | None) -> datetime:
     return event_time + draw(st.sampled_from(OBSERVED_AFTER))
 
 
+def on_one_key(status: ConsentStatus, at: datetime | None, observed_at: datetime, **more: Any) -> Evidence:
+    """A value for purpose "p" by email, the one key these strategies draw for (the fold sees one
+    key at a time); ``more`` gives the rest (``basis`` at least)."""
+    return Evidence(
+        purpose="p", channel="email", status=status, event_time=at, observed_at=observed_at, **more
+    )
+
+
 @st.composite
 def evidence(
     draw: st.DrawFn,
@@ -88,13 +97,11 @@ def evidence(
     statuses: st.SearchStrategy[ConsentStatus] = st.sampled_from(ConsentStatus),  # noqa: B008
 ) -> Evidence:
     event_time = draw(maybe_times)
-    return Evidence(
-        purpose="p",
-        channel="email",
-        status=draw(statuses),
+    return on_one_key(
+        draw(statuses),
+        event_time,
+        _observed(draw, event_time),
         basis=draw(bases),
-        event_time=event_time,
-        observed_at=_observed(draw, event_time),
         source=draw(st.sampled_from(TRUSTED + UNTRUSTED)),
         origin=draw(origins),
         actor=draw(st.sampled_from([None, "subject"])),
@@ -104,18 +111,25 @@ def evidence(
     )
 
 
+def at_a_drawn_time(draw: st.DrawFn, status: ConsentStatus, *, promptly: bool, **more: Any) -> Evidence:
+    """``status`` dated at a drawn time and observed after it: ``promptly`` within a day (never
+    future-dated), else by any of :data:`OBSERVED_AFTER`."""
+    at = draw(times)
+    observed = at + draw(st.sampled_from(OBSERVED_AFTER[:3])) if promptly else _observed(draw, at)
+    return on_one_key(status, at, observed, **more)
+
+
 @st.composite
 def trusted_opt_in(draw: st.DrawFn) -> Evidence:
     """A new consent: it can reverse a sticky value (and an objection) when it is newer."""
-    at = draw(times)
-    item = Evidence(
-        purpose="p",
-        channel="email",
-        status=ConsentStatus.GRANTED,
-        basis=draw(st.sampled_from([None, LawfulBasis.CONSENT])),
-        event_time=at,
-        observed_at=at + draw(st.sampled_from(OBSERVED_AFTER[:3])),
-        source=draw(st.sampled_from(TRUSTED)),
+    basis = draw(st.sampled_from([None, LawfulBasis.CONSENT]))
+    source = draw(st.sampled_from(TRUSTED))
+    item = at_a_drawn_time(
+        draw,
+        ConsentStatus.GRANTED,
+        promptly=True,
+        basis=basis,
+        source=source,
         origin=Origin.CAPTURE,
         notice_version="v1",
     )
@@ -126,14 +140,11 @@ def trusted_opt_in(draw: st.DrawFn) -> Evidence:
 @st.composite
 def soft_opt_in(draw: st.DrawFn) -> Evidence:
     """A soft opt-in record: its three conditions evidenced, on legitimate interests."""
-    at = draw(times)
-    return Evidence(
-        purpose="p",
-        channel="email",
-        status=ConsentStatus.NOT_APPLICABLE,
+    return at_a_drawn_time(
+        draw,
+        ConsentStatus.NOT_APPLICABLE,
+        promptly=False,
         basis=LawfulBasis.LEGITIMATE_INTERESTS,
-        event_time=at,
-        observed_at=_observed(draw, at),
         source=draw(st.sampled_from(("checkout", *TRUSTED))),
         origin=draw(st.sampled_from([Origin.CAPTURE, Origin.CRM])),
         soft_opt_in=SOFT,
@@ -143,14 +154,12 @@ def soft_opt_in(draw: st.DrawFn) -> Evidence:
 @st.composite
 def system_expiry(draw: st.DrawFn) -> Evidence:
     """What ``ledger expire`` records, at any time: a record of the clock, never a decision."""
-    at = draw(times)
-    return Evidence(
-        purpose="p",
-        channel="email",
-        status=ConsentStatus.EXPIRED,
-        basis=draw(st.sampled_from(BASES)),
-        event_time=at,
-        observed_at=at + draw(st.sampled_from(OBSERVED_AFTER[:3])),
+    basis = draw(st.sampled_from(BASES))
+    return at_a_drawn_time(
+        draw,
+        ConsentStatus.EXPIRED,
+        promptly=True,
+        basis=basis,
         source="consentsync:expiry",
         origin=Origin.SYSTEM,
         actor="consentsync",

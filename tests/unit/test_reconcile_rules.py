@@ -150,6 +150,11 @@ def state(
     )
 
 
+def outcome(result: EffectiveState) -> tuple[ConsentStatus, bool, Rule]:
+    """What a rule decides for a key: its status, whether it is suppressed, and the rule."""
+    return (result.status, result.suppressed, result.rule)
+
+
 # --- 1. sticky withdrawal and refusal -------------------------------------------------------
 
 
@@ -163,11 +168,7 @@ class TestStickyWithdrawalAndRefusal:
 
     def test_crm_withdrawal_after_grant_is_honoured(self) -> None:
         result = state([capture(S.GRANTED, t(1)), crm(S.WITHDRAWN, t(2))])
-        assert (result.status, result.suppressed, result.rule) == (
-            S.WITHDRAWN,
-            True,
-            Rule.STICKY_WITHDRAWAL,
-        )
+        assert outcome(result) == (S.WITHDRAWN, True, Rule.STICKY_WITHDRAWAL)
 
     def test_crm_reread_granted_with_later_event_time_does_not_reverse(self) -> None:
         result = state([capture(S.WITHDRAWN, t(1)), crm(S.GRANTED, t(5))])
@@ -192,11 +193,7 @@ class TestStickyWithdrawalAndRefusal:
     def test_untrusted_capture_source_does_not_reverse(self) -> None:
         opt_in = capture(S.GRANTED, t(5), source="purchased_list", evidence_ref="row-7")
         result = state([capture(S.WITHDRAWN, t(1)), opt_in])
-        assert (result.status, result.suppressed, result.rule) == (
-            S.WITHDRAWN,
-            True,
-            Rule.STICKY_WITHDRAWAL,
-        )
+        assert outcome(result) == (S.WITHDRAWN, True, Rule.STICKY_WITHDRAWAL)
 
     def test_trusted_source_without_proof_does_not_reverse(self) -> None:
         bare = capture(S.GRANTED, t(5), notice_version=None)
@@ -239,11 +236,7 @@ class TestStickyWithdrawalAndRefusal:
 
     def test_refusal_is_sticky(self) -> None:
         result = state([crm(S.REFUSED, t(1)), crm(S.GRANTED, t(3))])
-        assert (result.status, result.suppressed, result.rule) == (
-            S.REFUSED,
-            True,
-            Rule.STICKY_REFUSAL,
-        )
+        assert outcome(result) == (S.REFUSED, True, Rule.STICKY_REFUSAL)
 
     def test_refusal_not_reversed_by_untrusted_or_unproven(self) -> None:
         result = state(
@@ -257,11 +250,7 @@ class TestStickyWithdrawalAndRefusal:
 
     def test_refusal_reversed_by_trusted_evidenced_newer_opt_in(self) -> None:
         result = state([crm(S.REFUSED, t(1)), capture(S.GRANTED, t(3), source="ops")])
-        assert (result.status, result.suppressed, result.rule) == (
-            S.GRANTED,
-            False,
-            Rule.TRUSTED_OPT_IN,
-        )
+        assert outcome(result) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
 
     def test_a_new_withdrawal_after_a_reversal_is_sticky_again(self) -> None:
         result = state(
@@ -300,11 +289,7 @@ class TestLatestEventTime:
 
     def test_later_grant_replaces_earlier_request(self) -> None:
         result = state([crm(S.REQUESTED, t(1)), crm(S.GRANTED, t(3), source="salesforce")])
-        assert (result.status, result.suppressed, result.rule) == (
-            S.GRANTED,
-            False,
-            Rule.LATEST_EVENT_TIME,
-        )
+        assert outcome(result) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
         assert result.detail == "source salesforce"
 
     def test_event_time_wins_not_sync_time(self) -> None:
@@ -356,7 +341,7 @@ class TestTiesAndUnknownTimes:
         items = [crm(S.GRANTED, t(2)), expiry]
         for ordering in (items, list(reversed(items))):
             result = state(ordering)
-            assert (result.status, result.suppressed, result.rule) == (S.EXPIRED, True, Rule.EXPIRED)
+            assert outcome(result) == (S.EXPIRED, True, Rule.EXPIRED)
 
     def test_equal_time_grant_and_withdrawal_withdrawal_wins_sticky(self) -> None:
         result = state([capture(S.GRANTED, t(2)), crm(S.WITHDRAWN, t(2))])
@@ -550,11 +535,7 @@ class TestObjections:
             [capture(S.GRANTED, t(5))],
             objections=[objection(EMAIL, ObjectionStatus.UPHELD, t(2))],
         )
-        assert (result.status, result.suppressed, result.rule) == (
-            S.GRANTED,
-            False,
-            Rule.LATEST_EVENT_TIME,
-        )
+        assert outcome(result) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
 
     def test_objection_not_reversed_by_older_opt_in(self) -> None:
         result = state(
@@ -600,11 +581,7 @@ class TestExpiry:
 
     def test_renewal_with_a_newer_grant(self) -> None:
         result = state([capture(S.GRANTED, t(0)), capture(S.GRANTED, t(700))], now=t(731))
-        assert (result.status, result.suppressed, result.rule) == (
-            S.GRANTED,
-            False,
-            Rule.LATEST_EVENT_TIME,
-        )
+        assert outcome(result) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
         assert result.expires_at == t(1430)
 
     def test_renewal_after_expiry(self) -> None:
@@ -668,13 +645,9 @@ class TestDefaultsAndBasis:
     @pytest.mark.parametrize(
         ("status", "basis", "suppressed"),
         [
-            (S.GRANTED, LawfulBasis.CONSENT, False),
-            (S.REQUESTED, LawfulBasis.CONSENT, True),
-            (S.APPLICABLE, LawfulBasis.CONSENT, True),
-            (S.NOT_APPLICABLE, LawfulBasis.CONSENT, True),
-            (S.EXPIRED, LawfulBasis.CONSENT, True),
-            (S.WITHDRAWN, LawfulBasis.CONSENT, True),
-            (S.REFUSED, LawfulBasis.CONSENT, True),
+            # On consent, every status but a consent given suppresses.
+            *[(status, LawfulBasis.CONSENT, status is not S.GRANTED) for status in ConsentStatus],
+            # On another basis, only a withdrawal, a refusal or an expiry does.
             (S.NOT_APPLICABLE, LawfulBasis.CONTRACT, False),
             (S.REQUESTED, LawfulBasis.LEGITIMATE_INTERESTS, False),
             (S.GRANTED, LawfulBasis.LEGAL_OBLIGATION, False),
@@ -722,17 +695,17 @@ class TestNoBasisSwitching:
     def test_another_basis_from_a_crm_resumes_nothing(self) -> None:
         items = [capture(S.WITHDRAWN, t(1)), crm(S.NOT_APPLICABLE, t(9), basis=LawfulBasis.CONTRACT)]
         result = state(items, SERVICE, channel="post")
-        assert (result.status, result.suppressed, result.rule) == (S.WITHDRAWN, True, Rule.NO_BASIS_SWITCH)
+        assert outcome(result) == (S.WITHDRAWN, True, Rule.NO_BASIS_SWITCH)
 
     def test_a_grant_naming_another_basis_is_no_new_consent(self) -> None:
         relabelled = capture(S.GRANTED, t(5), basis=LawfulBasis.LEGITIMATE_INTERESTS, evidence_ref="call-1")
         assert not POLICY.reverses_sticky(relabelled)
         result = state([capture(S.REFUSED, t(1)), relabelled], PROFILING)
-        assert (result.status, result.suppressed, result.rule) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
+        assert outcome(result) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
 
     def test_a_soft_opt_in_after_a_refusal_resumes_nothing(self) -> None:
         result = state([capture(S.REFUSED, t(1), purpose=OFFERS), soft_opt_in(t(5))], OFFERS)
-        assert (result.status, result.suppressed, result.rule) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
+        assert outcome(result) == (S.REFUSED, True, Rule.NO_BASIS_SWITCH)
 
     @pytest.mark.parametrize("basis", [None, LawfulBasis.CONSENT])
     def test_only_a_new_consent_resumes(self, basis: LawfulBasis | None) -> None:
@@ -742,7 +715,7 @@ class TestNoBasisSwitching:
             capture(S.GRANTED, t(5), purpose=PROFILING, basis=basis),
         ]
         result = state(items, PROFILING)
-        assert (result.status, result.suppressed, result.rule) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
+        assert outcome(result) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
 
     def test_after_a_new_consent_the_latest_value_wins_again(self) -> None:
         items = [
@@ -837,7 +810,7 @@ class TestExpiryOrderOfRecording:
 
     def test_an_expiry_a_crm_reports_is_evidence(self) -> None:
         result = state([capture(S.GRANTED, t(0)), crm(S.EXPIRED, t(10))])
-        assert (result.status, result.suppressed, result.rule) == (S.EXPIRED, True, Rule.EXPIRED)
+        assert outcome(result) == (S.EXPIRED, True, Rule.EXPIRED)
 
 
 # --- issue 12, rule 7: the PECR / ePrivacy soft opt-in ----------------------------------------
@@ -892,7 +865,7 @@ class TestSoftOptIn:
 
     def test_consent_needs_no_soft_opt_in(self) -> None:
         result = state([capture(S.GRANTED, t(5), purpose=OFFERS)], OFFERS)
-        assert (result.status, result.suppressed, result.rule) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
+        assert outcome(result) == (S.GRANTED, False, Rule.LATEST_EVENT_TIME)
 
     def test_it_is_per_channel(self) -> None:
         # Each channel has its own summary: the soft opt-in recorded for email is not in the SMS one.
