@@ -38,6 +38,12 @@ class LedgerNotReady(RuntimeError):
 # Alembic's head, so normal commands need not load Alembic to know.
 SCHEMA_REVISION = "0010"
 
+# Development revisions squashed into the baseline 0010 before 0.1.0 (ledger/migrations/versions/
+# 0010_baseline.py). This code cannot upgrade a ledger stamped with one; the last commit that can
+# is named, so that such a ledger can still be brought to 0010 and then used as it is.
+SQUASHED_REVISIONS = frozenset({"0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009"})
+LAST_COMMIT_WITH_SQUASHED_REVISIONS = "799c0bf"
+
 
 def migration_state(engine: Engine) -> str | None:
     try:
@@ -98,11 +104,19 @@ def _safe(url: str) -> str:
 def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     engine = ledger_engine(config)
     with ledger_refusals(config.ledger_url):
+        current = migration_state(engine)
+        if current in SQUASHED_REVISIONS:
+            raise LedgerNotReady(
+                f"the ledger {_safe(config.ledger_url)} is at development migration {current}, which "
+                "this consentsync cannot upgrade (0001-0009 were squashed into 0010 "
+                "before 0.1.0): create a new ledger, or first upgrade this one with consentsync at "
+                f"commit {LAST_COMMIT_WITH_SQUASHED_REVISIONS} ('consentsync migrate')"
+            )
         if migrate:
             from consentsync.ledger.migrate import upgrade
 
             upgrade(engine)
-        current = migration_state(engine)
+            current = migration_state(engine)
     if current != SCHEMA_REVISION:
         raise LedgerNotReady(
             f"the ledger is at migration {current or 'none'} but this consentsync needs "

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 
 from consentsync.app import SCHEMA_REVISION, migration_state
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.schema import metadata
+from tests.conftest import Cli
 
 
 def test_expected_revision_is_the_head(ledger_url: str) -> None:
@@ -43,3 +45,27 @@ def test_the_migrated_schema_is_the_one_the_code_declares(ledger_url: str) -> No
         differences = compare_metadata(MigrationContext.configure(conn), metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_a_ledger_at_a_squashed_development_revision_is_refused_in_one_line(
+    cli: Cli, ledger_url: str
+) -> None:
+    """Revisions 0001-0009 were squashed into the baseline 0010 before 0.1.0: a ledger stamped
+    with one is neither upgraded nor opened, and every command says why and what to do."""
+    engine = make_engine(ledger_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0007'"))
+    for command_words in (("init",), ("migrate",), ("audit", "log")):
+        result = cli(*command_words)
+        assert result.exit_code == 2, f"{command_words} -> {result.exit_code}: {result.output}"
+        message = result.stderr.strip()
+        assert "\n" not in message, f"expected one line, got:\n{message}"
+        for needle in (
+            make_url(ledger_url).database,
+            "at development migration 0007",
+            "new ledger",
+            "799c0bf",
+        ):
+            assert needle in message, f"{needle!r} not in {message!r}"
+    assert migration_state(engine) == "0007"
+    engine.dispose()

@@ -106,7 +106,7 @@ purposes = Table(
     Column("validity_days", Integer),
     Column("objection_handling", String(16), nullable=False),
     Column("updated_at", Timestamp, nullable=False),
-    Column("eprivacy", Boolean),  # follows PECR reg. 22 / ePrivacy Art. 13 (0005)
+    Column("eprivacy", Boolean),  # follows PECR reg. 22 / ePrivacy Art. 13
 )
 
 consent_events = Table(
@@ -128,7 +128,7 @@ consent_events = Table(
     Column("evidence_ref", String(500)),
     Column("fingerprint", String(64), nullable=False),
     Column("run_id", String(36)),
-    # The PECR / ePrivacy soft opt-in's three conditions, each with its evidence (0005).
+    # The PECR / ePrivacy soft opt-in's three conditions, each with its evidence.
     Column("soft_opt_in_sale_ref", String(200)),
     Column("soft_opt_in_similar_products", String(200)),
     Column("soft_opt_in_refusal_at_collection", String(200)),
@@ -366,7 +366,7 @@ console_login_failures = Table(
     Index("ix_console_login_failures_pair_at", "name_digest", "client_digest", "at"),
 )
 
-# Console sessions (migration 0009): the cookie holds a random id, this table its SHA-256 only.
+# Console sessions: the cookie holds a random id, this table its SHA-256 only.
 # Logging out, disabling the account, a new password (the other sessions) and an admin end one
 # by setting ended_at; an ended session never comes back.
 console_sessions = Table(
