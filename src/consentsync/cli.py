@@ -26,16 +26,16 @@ from consentsync.app import open_ledger
 from consentsync.cli_base import (
     audit_group,
     cell_text,
-    config_option,
+    configured,
     current_config,
     current_ledger,
     emit_json,
+    emit_result,
     emit_rows,
-    handled,
-    json_option,
     login_name,
     main,
     print_table,
+    scriptable,
     subject,
 )
 from consentsync.config import default_config_path, load_config, write_starter
@@ -75,10 +75,9 @@ def _time(value: str | None, option: str) -> datetime | None:
 
 
 @main.command()
-@config_option
 @click.option("--ledger-url", metavar="URL", help="Ledger database URL for a new config.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config file.")
-@handled
+@configured
 def init(ledger_url: str | None, force: bool) -> None:
     """Write a commented starter config (if none exists) and create or upgrade the ledger."""
     path = default_config_path(click.get_current_context().meta.get("consentsync.config"))
@@ -93,8 +92,7 @@ def init(ledger_url: str | None, force: bool) -> None:
 
 
 @main.command()
-@config_option
-@handled
+@configured
 def migrate() -> None:
     """Apply any pending ledger migrations."""
     open_ledger(current_config(), migrate=True)
@@ -110,7 +108,6 @@ def ledger() -> None:
 
 
 @ledger.command("record")
-@config_option
 @click.option("--email", required=True, help="The person's email address.")
 @click.option("--purpose", required=True, help="A configured purpose key.")
 @click.option("--status", required=True, help="|".join(s.value for s in ConsentStatus))
@@ -144,8 +141,7 @@ def ledger() -> None:
     metavar="REF",
     help="Soft opt-in, condition 3: how every message offers it (template with its unsubscribe link).",
 )
-@json_option
-@handled
+@scriptable
 def ledger_record(
     email: str,
     purpose: str,
@@ -241,28 +237,21 @@ def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
 
 
 @ledger.command("expire")
-@config_option
-@json_option
-@handled
+@scriptable
 def ledger_expire(as_json: bool) -> None:
     """Record the expiry of every granted consent past its purpose's validity window."""
     stats = current_ledger().expire_due()
-    if as_json:
-        emit_json({"expired": stats.recorded})
-    else:
-        click.echo(f"expired {stats.recorded} consent(s)")
+    emit_result({"expired": stats.recorded}, as_json, f"expired {stats.recorded} consent(s)")
 
 
 @ledger.command("requested")
-@config_option
 @click.option(
     "--older-than",
     type=click.IntRange(min=0),
     metavar="DAYS",
     help="Default: policy.requested_stale_after_days.",
 )
-@json_option
-@handled
+@scriptable
 def ledger_requested(older_than: int | None, as_json: bool) -> None:
     """Report consents requested and still unanswered after a while."""
     config = current_config()
@@ -284,7 +273,6 @@ def objection() -> None:
 
 
 @objection.command("raise")
-@config_option
 @click.option("--email", required=True)
 @click.option("--purpose", required=True)
 @click.option(
@@ -295,8 +283,7 @@ def objection() -> None:
 @click.option("--at", "at", metavar="ISO8601", help="When the person objected (default: now).")
 @click.option("--source", default="ops", show_default=True)
 @click.option("--actor")
-@json_option
-@handled
+@scriptable
 def objection_raise(
     email: str,
     purpose: str,
@@ -321,19 +308,19 @@ def objection_raise(
         source=source,
         actor=actor,
     )
-    if as_json:
-        emit_json(result)
-    elif result["status"] == "pending":
-        click.echo(f"objection {result['id']} is pending review; {purpose} is suppressed until it is decided")
-    else:
-        click.echo(f"objection {result['id']} upheld ({result['decided_by']})")
+    pending = result["status"] == "pending"
+    emit_result(
+        result,
+        as_json,
+        f"objection {result['id']} is pending review; {purpose} is suppressed until it is decided"
+        if pending
+        else f"objection {result['id']} upheld ({result['decided_by']})",
+    )
 
 
 @objection.command("list")
-@config_option
 @click.option("--pending", is_flag=True, help="Only objections waiting for a decision.")
-@json_option
-@handled
+@scriptable
 def objection_list(pending: bool, as_json: bool) -> None:
     """List objections: pending first, oldest first."""
     rows = current_ledger().list_objections(pending_only=pending)
@@ -343,7 +330,6 @@ def objection_list(pending: bool, as_json: bool) -> None:
 
 
 @objection.command("decide")
-@config_option
 @click.argument("objection_id", type=int, metavar="ID")
 @click.option("--uphold", "decision", flag_value="uphold", help="Uphold the objection.")
 @click.option(
@@ -354,8 +340,7 @@ def objection_list(pending: bool, as_json: bool) -> None:
 )
 @click.option("--by", required=True, help="Who decides.")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
-@json_option
-@handled
+@scriptable
 def objection_decide(objection_id: int, decision: str | None, by: str, reason: str, as_json: bool) -> None:
     """Decide a pending objection."""
     if decision is None:
@@ -365,23 +350,18 @@ def objection_decide(objection_id: int, decision: str | None, by: str, reason: s
     result = current_ledger().decide_objection(
         objection_id, uphold=decision == "uphold", by=by, reason=reason
     )
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"objection {objection_id} {result['status']} by {by}")
+    emit_result(result, as_json, f"objection {objection_id} {result['status']} by {by}")
 
 
 # -- erasure ---------------------------------------------------------------------------------------
 
 
 @main.command(short_help="Erase a person (GDPR Article 17), keeping a keyed-hash suppression.")
-@config_option
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept with the suppression entry).")
 @click.option("--actor")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@json_option
-@handled
+@scriptable
 def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) -> None:
     """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
     address = _email(email)
@@ -392,41 +372,41 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
             raise InvalidInput("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase {address}? This cannot be undone", abort=True)
     result = target.erase(address, reason=reason, actor=actor)
-    if as_json:
-        emit_json(result)
-    elif result["subject_known"]:
-        click.echo(f"erased subject {result['subject']}; suppression entry {result['suppression_id']} kept")
-    else:
-        click.echo(f"no subject held that address; suppression entry {result['suppression_id']} recorded")
+    entry = result["suppression_id"]
+    emit_result(
+        result,
+        as_json,
+        f"erased subject {result['subject']}; suppression entry {entry} kept"
+        if result["subject_known"]
+        else f"no subject held that address; suppression entry {entry} recorded",
+    )
 
 
 @main.command(short_help="Restrict processing of a person (GDPR Article 18), or lift it.")
-@config_option
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @click.option("--lift", is_flag=True, help="Lift an earlier restriction.")
 @click.option("--actor")
-@json_option
-@handled
+@scriptable
 def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bool) -> None:
     """Restrict processing of a person (Art. 18): stored, not otherwise processed."""
     result = current_ledger().restrict(_email(email), restricted=not lift, reason=reason, actor=actor)
-    if as_json:
-        emit_json(result)
-    elif lift:
-        click.echo(f"restriction lifted for subject {result['subject']}")
-    else:
-        click.echo(f"subject {result['subject']} restricted: every purpose is suppressed until lifted")
+    subject_uid = result["subject"]
+    emit_result(
+        result,
+        as_json,
+        f"restriction lifted for subject {subject_uid}"
+        if lift
+        else f"subject {subject_uid} restricted: every purpose is suppressed until lifted",
+    )
 
 
 # -- subjects --------------------------------------------------------------------------------------
 
 
 @subject.command("show")
-@config_option
 @click.argument("email")
-@json_option
-@handled
+@scriptable
 def subject_show(email: str, as_json: bool) -> None:
     """Effective state per purpose and channel, with the deciding rule, and the full history."""
     ledger = current_ledger()
@@ -464,11 +444,10 @@ def subject_show(email: str, as_json: bool) -> None:
 
 
 @subject.command("export")
-@config_option
 @click.argument("email")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True)
-@handled
+@configured
 def subject_export(email: str, fmt: str, output: Path) -> None:
     """Export one person's record as JSON, CSV or XLSX."""
     from consentsync.export import write_export  # openpyxl is slow to import: only here
@@ -488,7 +467,6 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 
 
 @audit_group.command("log")
-@config_option
 @click.option("--email", help="Only entries about this person (also after erasure).")
 @click.option("--since", metavar="ISO8601")
 @click.option(
@@ -496,8 +474,7 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
     help="Only this action (consent.recorded, objection.decided, subject.viewed, subject.exported, ...).",
 )
 @click.option("--limit", type=click.IntRange(min=1))
-@json_option
-@handled
+@scriptable
 def audit_log(
     email: str | None, since: str | None, action: str | None, limit: int | None, as_json: bool
 ) -> None:

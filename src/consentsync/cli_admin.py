@@ -12,15 +12,13 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
-    config_option,
     current_config,
     emit_json,
     fail,
-    handled,
-    json_option,
     login_name,
     main,
     print_table,
+    scriptable,
     subject,
 )
 from consentsync.cli_sync import SEVERITY, worst  # noqa: F401 (sync --all's ranking, first defined here)
@@ -61,7 +59,6 @@ def mapped_objects(config: Config, name: str) -> dict[str, str]:
 
 
 @main.command()
-@config_option
 @click.argument("connector")
 @click.argument("object_type", metavar="[OBJECT]", required=False)
 @click.option(
@@ -71,8 +68,7 @@ def mapped_objects(config: Config, name: str) -> dict[str, str]:
     help="With OBJECT: write a starter mapping guessed from its fields to FILE.",
 )
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-@json_option
-@handled
+@scriptable
 def discover(
     connector: str, object_type: str | None, mapping_out: Path | None, force: bool, as_json: bool
 ) -> None:
@@ -163,11 +159,9 @@ def state() -> None:
 
 
 @state.command("show")
-@config_option
 @click.argument("connector")
 @click.argument("object_type", metavar="[OBJECT]", required=False)
-@json_option
-@handled
+@scriptable
 def state_show(connector: str, object_type: str | None, as_json: bool) -> None:
     """CONNECTOR's stored cursors (of OBJECT only when given); the ledger feed is its place in
     the ledger's change feed (the people to examine for pushes)."""
@@ -222,7 +216,6 @@ def _known_objects(config: Config, connector: str, engine: Any) -> set[str]:
 
 
 @state.command("reset")
-@config_option
 @click.argument("connector")
 @click.argument("object_type", metavar="OBJECT")
 @click.option(
@@ -233,8 +226,7 @@ def _known_objects(config: Config, connector: str, engine: Any) -> set[str]:
     "beginning, a full read).",
 )
 @click.option("--actor", help="Who moves it (kept in the audit log; default: your login name).")
-@json_option
-@handled
+@scriptable
 def state_reset(connector: str, object_type: str, to: str | None, actor: str | None, as_json: bool) -> None:
     """Move CONNECTOR's cursor of OBJECT (or "ledger" for its ledger feed) back to the beginning
     or --to a time; refused while a run holds the connector; audited."""
@@ -270,7 +262,6 @@ def state_reset(connector: str, object_type: str, to: str | None, actor: str | N
 
 
 @subject.command("search")
-@config_option
 @click.argument("term")
 @click.option(
     "--by",
@@ -280,8 +271,7 @@ def state_reset(connector: str, object_type: str, to: str | None, actor: str | N
     help="What TERM is: an email, a CRM record id, a subject uid (or a unique prefix), or any.",
 )
 @click.option("--connector", help="Only CRM records of this connector.")
-@json_option
-@handled
+@scriptable
 def subject_search(term: str, by: str, connector: str | None, as_json: bool) -> None:
     """Find people by email, CRM record id or pseudonymous id (subject uid)."""
     from consentsync.subjects import search

@@ -17,12 +17,11 @@ from consentsync import exit_codes
 from consentsync.checkpoints import CheckpointError
 from consentsync.cli_base import (
     audit_group,
-    config_option,
+    configured,
     current_config,
     emit_json,
-    handled,
-    json_option,
     main,
+    scriptable,
 )
 from consentsync.config import Config
 
@@ -64,14 +63,13 @@ AUDIT_TRIGGERS = {
 
 
 @audit_group.command("keygen")
-@config_option
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the key (default: audit.checkpoints.key_file of the config).",
 )
-@handled
+@configured
 def audit_keygen(output: Path | None) -> None:
     """Create the Ed25519 key that signs audit checkpoints (mode 0600, never overwritten) and
     its public half beside it (KEY.pub, for `audit verify --public-key`)."""
@@ -91,8 +89,7 @@ def audit_keygen(output: Path | None) -> None:
 
 
 @audit_group.command("checkpoint")
-@config_option
-@handled
+@configured
 def audit_checkpoint() -> None:
     """Sign the audit chain's head now and write the checkpoint (as each sync run does)."""
     from consentsync.app import open_ledger
@@ -111,7 +108,6 @@ def audit_checkpoint() -> None:
 
 
 @audit_group.command("verify")
-@config_option
 @click.option(
     "--checkpoints",
     type=click.Path(file_okay=False, path_type=Path),
@@ -124,8 +120,7 @@ def audit_checkpoint() -> None:
     metavar="FILE",
     help="The checkpoints' public key (KEY.pub; default: the configured signing key's).",
 )
-@json_option
-@handled
+@scriptable
 def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """Recompute the hash chain and check that the consent events and their audit entries
     agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 1
@@ -212,12 +207,11 @@ def db_group() -> None:
 
 
 @db_group.command("grant")
-@config_option
 @click.option(
     "--app-role", required=True, metavar="NAME", help="The role the daemon and the console log in as."
 )
 @click.option("--dry-run", is_flag=True, help="Print the statements; change nothing.")
-@handled
+@configured
 def db_grant(app_role: str, dry_run: bool) -> None:
     """Grant the application role what it needs and no more (run as the tables' owner, after
     every `consentsync migrate`): it can append to the audit log and move its head forward, but
@@ -284,9 +278,7 @@ def grant_statements(conn: Connection, role: str) -> list[str]:
 
 
 @main.command("doctor")
-@config_option
-@json_option
-@handled
+@scriptable
 def doctor(as_json: bool) -> None:
     """Check that the audit log holds: the append-only triggers are in place and enabled, the
     role consentsync runs as cannot alter the audit tables, and the checkpoints are configured.

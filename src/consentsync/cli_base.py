@@ -98,6 +98,17 @@ def handled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def configured(func: F) -> F:
+    """What every command has, below its own options: ``--config``, and the errors people cause
+    as one line and exit code 2 (``handled``)."""
+    return config_option(handled(func))
+
+
+def scriptable(func: F) -> F:
+    """``configured``, and ``--json``: the command answers scripts in JSON, people in text."""
+    return configured(json_option(func))
+
+
 def _ledger_url() -> str:
     try:
         return current_config().ledger_url
@@ -127,6 +138,14 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def emit_result(result: Any, as_json: bool, line: str) -> None:
+    """A command's answer: ``result`` as JSON with ``--json``, else the one ``line`` a person reads."""
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(line)
 
 
 def emit_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:

@@ -9,16 +9,15 @@ from pathlib import Path
 import click
 
 from consentsync.cli_base import (
-    config_option,
+    configured,
     current_config,
     current_ledger,
     emit_json,
     emit_rows,
-    handled,
-    json_option,
     login_name,
     main,
     print_table,
+    scriptable,
 )
 from consentsync.domain import InvalidInput, normalise_email
 from consentsync.ledger.service import NotFound
@@ -37,7 +36,6 @@ def apikey() -> None:
 
 
 @apikey.command("add")
-@config_option
 @click.argument("name")
 @click.option("--source", required=True, help="The capture source its evidence names (e.g. web_form).")
 @click.option("--purposes", default="*", show_default=True, help="Comma-separated purpose keys, or *.")
@@ -50,8 +48,7 @@ def apikey() -> None:
 @click.option(
     "--rate", type=click.IntRange(min=1), help="Requests per minute (default: hub.rate_per_minute)."
 )
-@json_option
-@handled
+@scriptable
 def apikey_add(name: str, source: str, purposes: str, actions: str, rate: int | None, as_json: bool) -> None:
     """Create a key. Its secret is shown this once: only a hash of it is kept."""
     from consentsync.hub import keys
@@ -74,9 +71,7 @@ def apikey_add(name: str, source: str, purposes: str, actions: str, rate: int | 
 
 
 @apikey.command("list")
-@config_option
-@json_option
-@handled
+@scriptable
 def apikey_list(as_json: bool) -> None:
     """Every key, live and revoked (never their secrets)."""
     from consentsync.hub import keys
@@ -94,9 +89,8 @@ def apikey_list(as_json: bool) -> None:
 
 
 @apikey.command("revoke")
-@config_option
 @click.argument("name")
-@handled
+@configured
 def apikey_revoke(name: str) -> None:
     """Revoke a key: it is refused from the next request on."""
     from consentsync.hub import keys
@@ -114,13 +108,11 @@ def notice() -> None:
 
 
 @notice.command("add")
-@config_option
 @click.argument("purpose")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--version", "version", required=True, help="The version name captures will give.")
 @click.option("--language", default="en", show_default=True)
-@json_option
-@handled
+@scriptable
 def notice_add(purpose: str, file: Path, version: str, language: str, as_json: bool) -> None:
     """Register FILE (UTF-8 text) as notice VERSION of PURPOSE. A version names one text forever."""
     from consentsync.hub import notices
@@ -139,10 +131,8 @@ def notice_add(purpose: str, file: Path, version: str, language: str, as_json: b
 
 
 @notice.command("list")
-@config_option
 @click.argument("purpose", required=False)
-@json_option
-@handled
+@scriptable
 def notice_list(purpose: str | None, as_json: bool) -> None:
     """Every notice version (of PURPOSE), with its content hash."""
     from consentsync.hub import notices
@@ -152,11 +142,10 @@ def notice_list(purpose: str | None, as_json: bool) -> None:
 
 
 @notice.command("show")
-@config_option
 @click.argument("purpose")
 @click.argument("version")
 @click.option("--language")
-@handled
+@configured
 def notice_show(purpose: str, version: str, language: str | None) -> None:
     """Print the text of a notice version."""
     from consentsync.hub import notices
@@ -168,10 +157,8 @@ def notice_show(purpose: str, version: str, language: str | None) -> None:
 
 
 @main.command(short_help="A person's signed, expiring link to their preference page.")
-@config_option
 @click.argument("email")
-@json_option
-@handled
+@scriptable
 def link(email: str, as_json: bool) -> None:
     """Print EMAIL's preference-centre link (valid hub.link_days days; for this person only)."""
     from consentsync.hub.capture import Hub
@@ -195,8 +182,7 @@ def hub() -> None:
 
 
 @hub.command("lapse")
-@config_option
-@handled
+@configured
 def hub_lapse() -> None:
     """Mark double opt-ins whose confirmation link expired as lapsed (they stay 'requested')."""
     from consentsync.hub.capture import Hub
@@ -206,11 +192,10 @@ def hub_lapse() -> None:
 
 
 @hub.command("requests")
-@config_option
 @click.argument("purpose")
 @click.option("--limit", type=click.IntRange(min=1), help="Ask at most this many people in this run.")
 @click.option("--dry-run", is_flag=True, help="Count who would be asked; send nothing.")
-@handled
+@configured
 def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
     """Mail a consent request for PURPOSE to everyone it applies to with nothing on record
     (never to erased, restricted or objecting people, nor to anyone who withdrew or refused)."""
@@ -227,9 +212,8 @@ def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
 
 
 @hub.command("renew")
-@config_option
 @click.option("--dry-run", is_flag=True, help="Count the renewals due; send nothing.")
-@handled
+@configured
 def hub_renew(dry_run: bool) -> None:
     """Mail renewal requests for granted consents within their purpose's renewal_days_before."""
     from consentsync.hub.capture import Hub

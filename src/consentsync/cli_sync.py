@@ -20,7 +20,7 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_connector, open_ledger, open_sync
 from consentsync.cli_base import (
-    config_option,
+    configured,
     current_config,
     emit_json,
     emit_rows,
@@ -30,6 +30,7 @@ from consentsync.cli_base import (
     main,
     print_table,
     runs,
+    scriptable,
 )
 from consentsync.config import ConfigError
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, iso
@@ -64,7 +65,6 @@ def worst(codes: list[int]) -> int:
 
 
 @main.command()
-@config_option
 @click.argument("connector", required=False)
 @click.option("--all", "run_all", is_flag=True, help="Every configured connector in turn (exit: the worst).")
 @click.option("--full", is_flag=True, help="Read everything again, not only what changed since the last run.")
@@ -72,8 +72,7 @@ def worst(codes: list[int]) -> int:
     "--dry-run", is_flag=True, help="Print every ledger change and push it would make; change nothing."
 )
 @progress_interval_option
-@json_option
-@handled
+@scriptable
 def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_json: bool) -> None:
     """Run one sync of CONNECTOR now (or, with --all, of every configured connector)."""
     if run_all == (connector is not None):
@@ -275,11 +274,9 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
 
 
 @runs.command("list")
-@config_option
 @click.option("--connector", help="Only this connector's runs.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@json_option
-@handled
+@scriptable
 def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
     """The latest runs, newest first."""
     from consentsync.sync.runs import list_runs, settle_crashed
@@ -327,10 +324,8 @@ def _short(text: str | None, width: int = 72) -> str | None:
 
 
 @runs.command("show")
-@config_option
 @click.argument("run_id")
-@json_option
-@handled
+@scriptable
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run: counts, API calls, errors and quarantined records with their reasons."""
     from consentsync.sync.runs import show_run
@@ -357,11 +352,9 @@ def mapping() -> None:
 
 
 @mapping.command("check")
-@config_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--against", "connector", metavar="CONNECTOR", help="Also check every field on the live CRM.")
-@json_option
-@handled
+@scriptable
 def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool) -> None:
     """Validate mapping FILES; with --against, check each field exists and is writable where pushed."""
     from consentsync.mapping import load_mapping
@@ -541,14 +534,12 @@ def demo(records: int, workdir: Path | None, crms: str | None, hub: bool) -> Non
 
 
 @main.command("plan")
-@config_option
 @click.argument("connector")
 @click.option("--full", is_flag=True, help="Read everything again first, not only what changed.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the plan here (JSON)."
 )
-@json_option
-@handled
+@scriptable
 def plan_command(connector: str, full: bool, output: Path | None, as_json: bool) -> None:
     """What the next run of CONNECTOR would push, per CRM record: field, old -> new, and the rule
     that decided it. Nothing is changed; approve the plan with `consentsync apply PLAN`."""
@@ -594,11 +585,9 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
 
 
 @main.command("apply")
-@config_option
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PLAN")
 @click.option("--actor", help="Who approved the plan (kept in the audit log).")
-@json_option
-@handled
+@scriptable
 def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     """Push exactly the plan in PLAN (written by `consentsync plan -o`), whatever the connector's
     mode and push guard; nothing is pushed when the ledger or the CRM changed in a way that alters
@@ -649,12 +638,10 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@config_option
 @click.option("--dead", is_flag=True, help="Dead-lettered rows instead of pending ones.")
 @click.option("--connector", help="Only this connector's rows.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-@json_option
-@handled
+@scriptable
 def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) -> None:
     """Pending (or, with --dead, dead-lettered) pushes, oldest first."""
     from consentsync.sync.outbox import list_rows
@@ -668,11 +655,10 @@ def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) ->
 
 
 @outbox.command("retry")
-@config_option
 @click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
 @click.option("--all", "retry_all", is_flag=True, help="Every dead-lettered row.")
 @click.option("--actor", help="Who decided to retry (kept in the audit log).")
-@handled
+@configured
 def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> None:
     """Put dead-lettered pushes back in the queue for the next run."""
     from consentsync.sync.outbox import retry
@@ -686,9 +672,7 @@ def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> No
 
 
 @main.command()
-@config_option
-@json_option
-@handled
+@scriptable
 def status(as_json: bool) -> None:
     """Per connector: last run, next run, outbox depth, dead letters, quarantine, API budget, alerts."""
     from datetime import timedelta
@@ -755,7 +739,6 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
 
 
 @main.command("run")
-@config_option
 @click.option("--metrics-host", default="127.0.0.1", show_default=True, envvar="CONSENTSYNC_METRICS_HOST")
 @click.option(
     "--metrics-port",
@@ -781,7 +764,7 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
     envvar="CONSENTSYNC_WEB_PORT",
     help="Also serve the ops console on this port (0 picks a free one).",
 )
-@handled
+@configured
 def run_daemon(
     metrics_host: str,
     metrics_port: int,

@@ -5,20 +5,22 @@ end-sessions|unlock`, and
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
-    config_option,
+    F,
+    configured,
     current_config,
-    emit_json,
+    emit_result,
     emit_rows,
     handled,
-    json_option,
     main,
     runs,
+    scriptable,
 )
 from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
 from consentsync.extras import require
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 
 
 @main.command()
-@config_option
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 @click.option(
     "--keyfile", type=click.Path(exists=True, dir_okay=False), help="The certificate's private key."
 )
-@handled
+@configured
 def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None:
     """Serve the ops console (log in with an account from `consentsync user add`)."""
     require("console", "the ops console")
@@ -88,13 +89,27 @@ def _password(prompt: bool) -> str:
     return click.prompt("Password", hide_input=True, confirmation_prompt=prompt)
 
 
-@user.command("add")
-@config_option
-@click.argument("name")
-@click.option("--role", type=click.Choice(["viewer", "reviewer", "admin"]), required=True)
-@click.option("--actor", default="cli", show_default=True, help="Who adds it (kept in the audit log).")
-@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (for scripts).")
-@handled
+_ROLE = click.Choice(["viewer", "reviewer", "admin"])
+_ACTOR = click.option(
+    "--actor", default="cli", show_default=True, help="Who changes it (kept in the audit log)."
+)
+_PASSWORD_STDIN = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from standard input (for scripts)."
+)
+
+
+def _account_change(name: str, *options: Callable[[F], F]) -> Callable[[F], click.Command]:
+    """A `user` command that changes the account NAME: the command's own ``options``, and --actor."""
+
+    def command(func: F) -> click.Command:
+        for decorator in reversed((click.argument("name"), *options, _ACTOR, configured)):
+            func = decorator(func)
+        return user.command(name)(func)
+
+    return command
+
+
+@_account_change("add", click.option("--role", type=_ROLE, required=True), _PASSWORD_STDIN)
 def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
     """Add an account; asks for its password (12 characters or more)."""
     accounts = _accounts()
@@ -103,12 +118,7 @@ def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
     click.echo(f"account {account.name} added with role {account.role.label}")
 
 
-@user.command("passwd")
-@config_option
-@click.argument("name")
-@click.option("--actor", default="cli", show_default=True)
-@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
-@handled
+@_account_change("passwd", _PASSWORD_STDIN)
 def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
     """Set an account's password; its open sessions end."""
     accounts = _accounts()
@@ -117,24 +127,14 @@ def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
     click.echo(f"password of {name} changed; its sessions have ended")
 
 
-@user.command("role")
-@config_option
-@click.argument("name")
-@click.argument("role", type=click.Choice(["viewer", "reviewer", "admin"]))
-@click.option("--actor", default="cli", show_default=True)
-@handled
+@_account_change("role", click.argument("role", type=_ROLE))
 def user_role(name: str, role: str, actor: str) -> None:
     """Change an account's role."""
     _accounts().set_role(name, role, actor=actor)
     click.echo(f"{name} is now {role}")
 
 
-@user.command("disable")
-@config_option
-@click.argument("name")
-@click.option("--enable", is_flag=True, help="Enable it again.")
-@click.option("--actor", default="cli", show_default=True)
-@handled
+@_account_change("disable", click.option("--enable", is_flag=True, help="Enable it again."))
 def user_disable(name: str, enable: bool, actor: str) -> None:
     """Disable an account (its sessions end at once), or with --enable, enable it again."""
     _accounts().set_disabled(name, not enable, actor=actor)
@@ -142,9 +142,7 @@ def user_disable(name: str, enable: bool, actor: str) -> None:
 
 
 @user.command("list")
-@config_option
-@json_option
-@handled
+@scriptable
 def user_list(as_json: bool) -> None:
     """Every account, with its role."""
 
@@ -153,32 +151,22 @@ def user_list(as_json: bool) -> None:
 
 
 @user.command("sessions")
-@config_option
 @click.argument("name")
-@json_option
-@handled
+@scriptable
 def user_sessions(name: str, as_json: bool) -> None:
     """An account's open sessions (started, last seen, expires)."""
     rows = [s.as_dict() for s in _accounts().sessions(name)]
     emit_rows(rows, ["id", "created_at", "last_seen_at", "expires_at"], as_json)
 
 
-@user.command("end-sessions")
-@config_option
-@click.argument("name")
-@click.option("--actor", default="cli", show_default=True)
-@handled
+@_account_change("end-sessions")
 def user_end_sessions(name: str, actor: str) -> None:
     """End every open session of an account (it must log in again)."""
     ended = _accounts().end_sessions(name, actor=actor)
     click.echo(f"{ended} session(s) of {name} ended")
 
 
-@user.command("unlock")
-@config_option
-@click.argument("name")
-@click.option("--actor", default="cli", show_default=True)
-@handled
+@_account_change("unlock")
 def user_unlock(name: str, actor: str) -> None:
     """Clear an account's failed logins, so that every client may try it again at once."""
     _accounts().unlock(name, actor=actor)
@@ -186,11 +174,9 @@ def user_unlock(name: str, actor: str) -> None:
 
 
 @runs.command("retry")
-@config_option
 @click.argument("quarantine_id", type=int, metavar="QUARANTINE_ID")
 @click.option("--actor", required=True, help="Who asks (kept in the audit log).")
-@json_option
-@handled
+@scriptable
 def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
     """Retry a quarantined record: re-read on the connector's next run, or its push re-queued."""
     from consentsync.app import can_reread
@@ -206,9 +192,10 @@ def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
         now=ledger.clock(),
         can_reread=lambda name: can_reread(config, name),
     )
-    if as_json:
-        emit_json(row)
-    elif row["stage"] == "push":
-        click.echo(f"quarantined record {quarantine_id}: its push is back in the queue for the next run")
-    else:
-        click.echo(f"quarantined record {quarantine_id}: the next run of {row['connector']} reads it again")
+    emit_result(
+        row,
+        as_json,
+        f"quarantined record {quarantine_id}: its push is back in the queue for the next run"
+        if row["stage"] == "push"
+        else f"quarantined record {quarantine_id}: the next run of {row['connector']} reads it again",
+    )
