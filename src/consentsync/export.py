@@ -12,12 +12,15 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from openpyxl import Workbook
 from openpyxl.utils import get_column_letter
+
+from consentsync.domain import EffectiveState
 
 FORMATS = ("json", "csv", "xlsx")
 XLSX_CELL_MAX = 32767  # Excel's limit on the characters of one cell
@@ -34,18 +37,9 @@ TIME_COLUMNS = frozenset(
 # Spreadsheets run a cell starting with one of these as a formula (CSV/formula injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
-STATE_COLUMNS = [
-    "purpose",
-    "channel",
-    "status",
-    "basis",
-    "suppressed",
-    "rule",
-    "since",
-    "expires_at",
-    "evidenced",
-    "detail",
-]
+# A person's effective states as the subject view shows them (EffectiveState.as_dict): every field
+# but what the evidence alone says, which only the rules engine reads.
+STATE_COLUMNS = [field.name for field in fields(EffectiveState) if field.name != "evidence_status"]
 HISTORY_COLUMNS = [
     "purpose",
     "channel",
