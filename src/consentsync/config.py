@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,6 +25,7 @@ from consentsync.domain import (
     ObjectionHandling,
     Purpose,
 )
+from consentsync.identifiers import shaped
 from consentsync.reconcile import Policy
 from consentsync.sync.settings import ConnectorSettings
 from consentsync.yamlfile import Lines, LocatedError, describe, read_document, where
@@ -111,7 +112,7 @@ class PolicySettings(_Strict):
 
 
 class PurposeSettings(_Strict):
-    key: str
+    key: Annotated[str, shaped(_KEY, "lower-case letters, digits and _, starting with a letter")]
     name: str
     direct_marketing: bool = False
     default_basis: LawfulBasis
@@ -128,13 +129,6 @@ class PurposeSettings(_Strict):
     double_opt_in: bool = False
     # Mail a renewal request this many days before a granted consent expires (validity_days).
     renewal_days_before: int | None = Field(default=None, ge=1)
-
-    @field_validator("key")
-    @classmethod
-    def _key_shape(cls, value: str) -> str:
-        if not _KEY.match(value):
-            raise ValueError("expected lower-case letters, digits and _, starting with a letter")
-        return value
 
 
 class BrandingSettings(_Strict):

@@ -4,9 +4,11 @@ vendor's own settings (secrets as ${ENV_VAR}), and how the engine paces it."""
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from consentsync.identifiers import shaped
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -46,7 +48,7 @@ class PushGuard(BaseModel):
 class ConnectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: Annotated[str, shaped(_NAME, "lower-case letters, digits, - and _, starting with a letter")]
     vendor: str
     mappings: list[str] = Field(min_length=1)
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -70,10 +72,3 @@ class ConnectorSettings(BaseModel):
     mode: Literal["observe", "suppress_only", "two_way"] = "observe"
     push_guard: PushGuard = PushGuard()
     schedule: Schedule = Schedule(interval_seconds=900)
-
-    @field_validator("name")
-    @classmethod
-    def _name_shape(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("expected lower-case letters, digits, - and _, starting with a letter")
-        return value
