@@ -229,9 +229,11 @@ class ConnectorTrustContract:
         )
         assert acknowledged, "nothing was acknowledged before the limit"
 
-    def _pushes_everyone(self, harness: ContractHarness, config: Path, count: int) -> None:
+    def _pushes_everyone(self, harness: ContractHarness, config: Path, people: list[str]) -> None:
         """After a clean finish: every record pushed once, audited once, no echo taken as evidence
-        (the CRM's evidence is what the interrupted run read, and does not grow)."""
+        (the CRM's evidence is what the interrupted run read, and does not grow), and every one
+        of ``people`` opted out in the CRM."""
+        count = len(people)
         evidence = _crm_evidence(config)
         for _ in range(2):
             report = open_sync_engine(config).run()
@@ -246,6 +248,7 @@ class ConnectorTrustContract:
         assert _crm_evidence(config) == evidence, "the project's own writes, read back, became evidence"
         quiet = open_sync_engine(config).run()
         assert quiet.counts.pushes_enqueued == 0 and quiet.counts.evidence_recorded == 0
+        assert all(harness.read_opted_out(record_id) for record_id in people)
 
     def test_a_push_stopped_between_two_batches_ends_like_an_uninterrupted_run(
         self, harness: ContractHarness, tmp_path: Path
@@ -263,8 +266,7 @@ class ConnectorTrustContract:
         assert stopped.status == "stopped", f"{stopped.status}: {stopped.error}"
         assert 0 < stopped.counts.pushed < len(people), stopped.counts
         assert len(_push_entries(config)) == stopped.counts.pushed, "pushes done were not audited"
-        self._pushes_everyone(harness, config, len(people))
-        assert all(harness.read_opted_out(record_id) for record_id in people)
+        self._pushes_everyone(harness, config, people)
 
     def test_a_process_killed_between_the_crms_answer_and_the_commit_loses_nothing(
         self, harness: ContractHarness, tmp_path: Path
@@ -286,8 +288,7 @@ class ConnectorTrustContract:
         )
         done_before = len(_push_entries(config))
         assert 0 < done_before < len(people), "the first batch's answer was not committed before the kill"
-        self._pushes_everyone(harness, config, len(people))
-        assert all(harness.read_opted_out(record_id) for record_id in people)
+        self._pushes_everyone(harness, config, people)
 
     # -- adoption: observe, plan, apply, the push guard -----------------------------------------
 
