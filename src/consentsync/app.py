@@ -112,9 +112,15 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
                 "before 0.1.0): create a new ledger, or first upgrade this one with consentsync at "
                 f"commit {LAST_COMMIT_WITH_SQUASHED_REVISIONS} ('consentsync migrate')"
             )
-        if migrate:
-            from consentsync.ledger.migrate import upgrade
+        from consentsync.ledger.migrate import known_revisions, upgrade
 
+        if current is not None and current not in known_revisions(engine):
+            raise LedgerNotReady(
+                f"the ledger {_safe(config.ledger_url)} is at migration {current}, which this "
+                f"consentsync ({SCHEMA_REVISION} at the newest) does not know: a newer consentsync "
+                "upgraded it; run that version"
+            )
+        if migrate:
             upgrade(engine)
             current = migration_state(engine)
     if current != SCHEMA_REVISION:

@@ -69,3 +69,19 @@ def test_a_ledger_at_a_squashed_development_revision_is_refused_in_one_line(
             assert needle in message, f"{needle!r} not in {message!r}"
     assert migration_state(engine) == "0007"
     engine.dispose()
+
+
+def test_a_ledger_from_a_newer_consentsync_is_refused_in_one_line(ledger_url: str, cli: Cli) -> None:
+    """A revision this consentsync does not know (a newer one upgraded the ledger) is neither
+    downgraded nor opened: one line, exit 2, the ledger left as it was."""
+    engine = make_engine(ledger_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    for command_words in (("init",), ("migrate",), ("status",)):
+        result = cli(*command_words)
+        assert result.exit_code == 2, f"{command_words} -> {result.exit_code}: {result.output}"
+        message = result.stderr.strip()
+        assert "\n" not in message and "Traceback" not in message, message
+        assert "at migration 0099" in message and "newer consentsync" in message, message
+    assert migration_state(engine) == "0099"
+    engine.dispose()

@@ -20,3 +20,13 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
+
+
+def known_revisions(engine: Engine) -> set[str]:
+    """The revisions this consentsync's migrations know: a ledger at any other was made by a
+    newer consentsync (or squashed away) and must not be upgraded from here."""
+    from alembic.script import ScriptDirectory
+
+    return {
+        script.revision for script in ScriptDirectory.from_config(alembic_config(engine)).walk_revisions()
+    }
