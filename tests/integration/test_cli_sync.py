@@ -54,13 +54,8 @@ def connect_sandbox(sandbox: SalesforceSandbox, config_path: Path, monkeypatch: 
             "name": "sf",
             "vendor": "salesforce",
             "mappings": [f"mappings/{name}" for name in names],
-            "settings": {
-                "login_url": sandbox.login_url,
-                "auth": "client_credentials",
-                "client_id": sandbox.credentials.client_id,
-                "client_secret": "${" + SECRET_ENV + "}",
-                "ca_bundle": str(sandbox.ca_cert_path),
-            },
+            # The sandbox's own settings, but the secret is read from the environment.
+            "settings": {**sandbox.connection_settings(), "client_secret": "${" + SECRET_ENV + "}"},
             # The sandbox stamps whole seconds of the real clock: read up to the run's start.
             "signpost_lag_seconds": 0,
             "mode": "two_way",
