@@ -317,6 +317,12 @@ class Evidence:
                 object.__setattr__(self, name, as_utc(moment))
 
     @classmethod
+    def witnessed(cls, moment: datetime, **fields: Any) -> Evidence:
+        """A statement the project saw made, at ``moment``: a confirmation, a choice on its
+        preference page, a request it sent, a signal it received. Made and observed then."""
+        return cls(event_time=moment, observed_at=moment, **fields)
+
+    @classmethod
     def from_web_form(
         cls, status: ConsentStatus, event_time: datetime, observed_at: datetime, **more: Any
     ) -> Evidence:

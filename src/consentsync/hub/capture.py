@@ -252,13 +252,12 @@ class Hub:
         if row.confirmed_at is not None:
             return {"purpose": row.purpose, "channel": row.channel, "already": True}
         now = self.ledger.clock()
-        evidence = Evidence(
+        evidence = Evidence.witnessed(
+            now,
             purpose=row.purpose,
             channel=row.channel,
             status=ConsentStatus.GRANTED,
             basis=LawfulBasis.CONSENT,
-            event_time=now,
-            observed_at=now,
             source=DOUBLE_OPT_IN_SOURCE,
             origin=Origin.CAPTURE,
             notice_version=row.notice_version,
@@ -508,13 +507,12 @@ class Hub:
                 found.append(
                     RecordRequest(
                         Identity(email=email),
-                        Evidence(
+                        Evidence.witnessed(
+                            now,
                             purpose=purpose.key,
                             channel=channel,
                             status=ConsentStatus.WITHDRAWN,
                             basis=None,
-                            event_time=now,
-                            observed_at=now,
                             source=key.source,
                             origin=Origin.CAPTURE,
                             actor=f"apikey:{key.name}",

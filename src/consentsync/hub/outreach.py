@@ -122,13 +122,12 @@ class Outreacher:
         for subject_id, uid, email, channel in wanted:
             token = secrets.token_urlsafe(32)
             at = self.ledger.clock()
-            evidence = Evidence(
+            evidence = Evidence.witnessed(
+                at,
                 purpose=purpose.key,
                 channel=channel,
                 status=ConsentStatus.REQUESTED,
                 basis=LawfulBasis.CONSENT,
-                event_time=at,
-                observed_at=at,
                 source=REQUEST_SOURCE,
                 origin=Origin.SYSTEM,
                 actor="consentsync",

@@ -122,13 +122,12 @@ class PreferenceCentre:
         if grant and notice is None:
             raise InvalidInput(f"purpose {purpose!r} has no notice to show: it cannot be granted here")
         now = self.ledger.clock()
-        evidence = Evidence(
+        evidence = Evidence.witnessed(
+            now,
             purpose=purpose,
             channel=channel,
             status=ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN,
             basis=LawfulBasis.CONSENT if grant else None,
-            event_time=now,
-            observed_at=now,
             source=SOURCE,
             origin=Origin.CAPTURE,
             notice_version=notice.version if notice else None,

@@ -118,23 +118,14 @@ def _crm_evidence(config: Path) -> int:
 def _captured(ledger: Any, emails: list[str], *, granted: bool) -> None:
     """The people subscribe (``granted``) or unsubscribe on the web site, a trusted capture: the
     CRM's email opt-out is then to be cleared, or ticked, whatever the CRM held before."""
-    from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+    from consentsync.domain import ConsentStatus, Evidence
     from consentsync.ledger.identity import Identity
 
     now = datetime.now(UTC)
     for email in emails:
         ledger.record(
             Identity(email=email),
-            Evidence(
-                purpose="email_marketing",
-                channel="email",
-                status=ConsentStatus.GRANTED if granted else ConsentStatus.WITHDRAWN,
-                basis=LawfulBasis.CONSENT,
-                event_time=now,
-                observed_at=now,
-                source="web_form",
-                origin=Origin.CAPTURE,
-            ),
+            Evidence.from_web_form(ConsentStatus.GRANTED if granted else ConsentStatus.WITHDRAWN, now, now),
         )
     ledger.engine.dispose()
 
