@@ -133,16 +133,22 @@ def erase_details(conn: Connection, subject_id: int) -> int:
     return result.rowcount or 0
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckResult:
+    """What a check of the ledger found: ``ok``, or the first ``problem`` it met."""
+
     ok: bool
-    entries_checked: int
-    head_seq: int
-    broken_seq: int | None = None
     problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyResult(CheckResult):
+    entries_checked: int
+    head_seq: int
+    broken_seq: int | None = None
 
 
 def in_pages(conn: Connection, query: Select[Any], key: Any, batch: int) -> Iterator[Any]:
@@ -174,19 +180,21 @@ def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
         if problem:
             # A gap is named by the entry that is missing, anything else by the entry itself.
             broken = expected_seq if row.seq != expected_seq else row.seq
-            return VerifyResult(False, checked, head.seq, broken, problem)
+            return VerifyResult(
+                ok=False, entries_checked=checked, head_seq=head.seq, broken_seq=broken, problem=problem
+            )
         checked += 1
         expected_prev, expected_seq, last_seq = row.hash, row.seq + 1, row.seq
     if last_seq != head.seq or expected_prev != head.hash:
         return VerifyResult(
-            False,
-            checked,
-            head.seq,
-            last_seq + 1 if last_seq < head.seq else last_seq,
-            f"the chain ends at entry {last_seq} but its head says {head.seq}: entries were "
+            ok=False,
+            entries_checked=checked,
+            head_seq=head.seq,
+            broken_seq=last_seq + 1 if last_seq < head.seq else last_seq,
+            problem=f"the chain ends at entry {last_seq} but its head says {head.seq}: entries were "
             "removed from the end (or the head was altered)",
         )
-    return VerifyResult(True, checked, head.seq)
+    return VerifyResult(ok=True, entries_checked=checked, head_seq=head.seq)
 
 
 def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
@@ -295,15 +303,10 @@ def count(conn: Connection, **filters: Unpack[AuditFilters]) -> int:
 EVENT_FIELDS = ("purpose", "channel", "status", "basis", "origin", "source", "actor", "run_id")
 
 
-@dataclass(frozen=True, slots=True)
-class AgreementResult:
-    ok: bool
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgreementResult(CheckResult):
     events: int
     entries: int
-    problem: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _event_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
@@ -355,8 +358,8 @@ def agreement(conn: Connection, batch: int = 5000) -> AgreementResult:
         entries += 1
         entry_sum = (entry_sum + _key_digest(key)) % modulus
     if events == entries and event_sum == entry_sum:
-        return AgreementResult(True, events, entries)
-    return AgreementResult(False, events, entries, _disagreement(conn, batch))
+        return AgreementResult(ok=True, events=events, entries=entries)
+    return AgreementResult(ok=False, events=events, entries=entries, problem=_disagreement(conn, batch))
 
 
 def _disagreement(conn: Connection, batch: int) -> str:
