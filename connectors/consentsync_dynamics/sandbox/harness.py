@@ -4,6 +4,7 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,32 +85,16 @@ class DynamicsHarness(SandboxHarness):
     write_batch_size = 50  # requests per $batch
     mapping_files = (MAPPINGS / "contact.yaml",)
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
+    own_settings: ClassVar[Mapping[str, Any]] = {"batch_size": write_batch_size, "write_retries": 0}
+    store_attribute = "environment"
 
     def __init__(self) -> None:
         self.sandbox = DynamicsSandbox()
 
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return self.sandbox_settings(
-            {
-                "page_size": self.page_size,
-                "batch_size": self.write_batch_size,
-                "max_attempts": 5,
-                "max_rate_limit_wait": 5.0,
-                "write_retries": 0,
-            },
-            overrides,
-        )
-
     # -- the environment's data ----------------------------------------------------------------
 
-    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        env = self.sandbox.environment
-        ids = []
-        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-            name, email = self.new_name("Contract")
-            with self.clock_at(env, moment):
-                ids.append(env.create("contact", {"lastname": name, "emailaddress1": email}))
-        return ids
+    def create_named(self, last_name: str, email: str, **fields: Any) -> str:
+        return self.store.create("contact", {"lastname": last_name, "emailaddress1": email, **fields})
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact with that address, as a Dynamics user would create it."""
@@ -222,12 +207,6 @@ class DynamicsHarness(SandboxHarness):
     def change(self, record_id: str) -> None:
         self.sandbox.environment.update("contact", record_id, {"description": f"changed {self._serial}"})
 
-    def create_with_text(self, text: str) -> str:
-        name, email = self.new_name("Hostile")
-        return self.sandbox.environment.create(
-            "contact", {"lastname": name, "emailaddress1": email, "description": text}
-        )
-
     def _person(self, email: str, opted_out: bool) -> dict[str, Any]:
         """A new contact's columns, as a Dynamics user fills them in."""
         return {
@@ -237,8 +216,6 @@ class DynamicsHarness(SandboxHarness):
         }
 
     def stored(self, record_id: str) -> dict[str, Any]:
-        row = self.sandbox.environment.get("contact", record_id)
-        assert row is not None
-        return row
+        return self.existing(self.sandbox.environment.get("contact", record_id), record_id)
 
     # -- faults and counting -------------------------------------------------------------------

@@ -113,6 +113,7 @@ class HubSpotHarness(SandboxHarness):
     write_batch_size = 100
     mapping_files = (MAPPINGS / "contacts.yaml",)
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
+    own_settings: ClassVar[Mapping[str, Any]] = {"search_requests_per_second": 20}
 
     def __init__(self, **sandbox_options: Any) -> None:
         self._directory = Path(tempfile.mkdtemp(prefix="consentsync-hubspot-"))
@@ -132,17 +133,6 @@ class HubSpotHarness(SandboxHarness):
     def stop(self) -> None:
         self.sandbox.close()
         shutil.rmtree(self._directory, ignore_errors=True)
-
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return self.sandbox_settings(
-            {
-                "page_size": self.page_size,
-                "search_requests_per_second": 20,
-                "max_attempts": 5,
-                "max_rate_limit_wait": 5.0,
-            },
-            overrides,
-        )
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         settings = self.connector_settings(access_token=wrong_secret)
@@ -294,8 +284,7 @@ class HubSpotHarness(SandboxHarness):
         self.sandbox.portal.merge(survivor_id, merged_id)
 
     def opt_out(self, record_id: str) -> None:
-        record = self.sandbox.portal.get(record_id)
-        assert record is not None
+        record = self.stored(record_id)
         # The person clicks "unsubscribe" in an email: HubSpot's preferences page records it.
         self.sandbox.portal.set_status(str(record["email"]), MARKETING, "UNSUBSCRIBED")
 
@@ -309,9 +298,7 @@ class HubSpotHarness(SandboxHarness):
         return self.sandbox.portal.create({"email": self.new_name("Hostile")[1], "jobtitle": text})
 
     def stored(self, record_id: str) -> dict[str, Any]:
-        record = self.sandbox.portal.get(record_id)
-        assert record is not None
-        return record
+        return self.existing(self.sandbox.portal.get(record_id), record_id)
 
     def read_opted_out(self, record_id: str) -> bool:
         """Whether the person's marketing subscription is UNSUBSCRIBED (HubSpot keeps it by address)."""

@@ -4,6 +4,7 @@ ContractHarness`): used by the contract tests and by bench/connector_calls.py.""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -191,33 +192,17 @@ class SalesforceHarness(SandboxHarness):
     # Salesforce's only short-term limit (25 concurrent long requests) answers the daily limit's
     # REQUEST_LIMIT_EXCEEDED: the connector cannot tell them apart and stops the run.
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {"throttle": FaultOutcome.STOPS}
+    page_size_setting = "query_batch_size"
+    own_settings: ClassVar[Mapping[str, Any]] = {"lock_retries": 0}
+    store_attribute = "org"
 
     def __init__(self) -> None:
         self.sandbox = SalesforceSandbox()
 
-    # -- lifecycle and settings ----------------------------------------------------------------
-
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return self.sandbox_settings(
-            {
-                "query_batch_size": self.page_size,
-                "max_attempts": 5,
-                "max_rate_limit_wait": 5.0,
-                "lock_retries": 0,
-            },
-            overrides,
-        )
-
     # -- the org's data ------------------------------------------------------------------------
 
-    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        org = self.sandbox.org
-        ids = []
-        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-            name, email = self.new_name("Contract")
-            with self.clock_at(org, moment):
-                ids.append(org.create("Contact", LastName=name, Email=email))
-        return ids
+    def create_named(self, last_name: str, email: str, **fields: Any) -> str:
+        return self.sandbox.org.create("Contact", LastName=last_name, Email=email, **fields)
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         return self.sandbox.org.create(
@@ -359,13 +344,7 @@ class SalesforceHarness(SandboxHarness):
     def change(self, record_id: str) -> None:
         self.sandbox.org.update(record_id, Title=f"changed {self._serial}")
 
-    def create_with_text(self, text: str) -> str:
-        name, email = self.new_name("Hostile")
-        return self.sandbox.org.create("Contact", LastName=name, Email=email, Title=text)
-
     def stored(self, record_id: str) -> dict[str, Any]:
-        record = self.sandbox.org.get(record_id)
-        assert record is not None
-        return record
+        return self.existing(self.sandbox.org.get(record_id), record_id)
 
     # -- faults and counting -------------------------------------------------------------------

@@ -184,18 +184,6 @@ class SuperOfficeHarness(SandboxHarness):
     def id_key(record_id: str) -> int:
         return int(record_id)  # person ids are numbers, ordered as numbers
 
-    # -- lifecycle and settings ----------------------------------------------------------------
-
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return self.sandbox_settings(
-            {
-                "page_size": self.page_size,
-                "max_attempts": 5,
-                "max_rate_limit_wait": 5.0,
-            },
-            overrides,
-        )
-
     # -- the tenant's data ---------------------------------------------------------------------
 
     @property

@@ -10,6 +10,7 @@ every contract test also checks the connector's time-zone handling, and stores 3
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,36 +91,23 @@ class VtigerHarness(SandboxHarness):
     write_batch_size = 1  # revise: one record a call, Vtiger has no batch write
     mapping_files = (MAPPINGS / "contacts.yaml",)
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
+    own_settings: ClassVar[Mapping[str, Any]] = {
+        "crowded_second_overlap": 2,
+        "server_timezone": SERVER_TIMEZONE,
+        # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
+        "read_deletions": True,
+    }
+    store_attribute = "crm"
     bmp_only = True  # the stock install's MySQL utf8: emoji come back as "?"
     can_merge = False  # a merge in Vtiger shows on the API as the deletion of the merged record
 
     def __init__(self) -> None:
         self.sandbox = VtigerSandbox(VtigerCrm(privacy_guard=False, timezone=SERVER_TIMEZONE))
 
-    # -- lifecycle and settings ----------------------------------------------------------------
-
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        return self.sandbox_settings(
-            {
-                "page_size": self.page_size,
-                "crowded_second_overlap": 2,
-                "server_timezone": SERVER_TIMEZONE,
-                # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
-                "read_deletions": True,
-                "max_attempts": 5,
-                "max_rate_limit_wait": 5.0,
-            },
-            overrides,
-        )
-
     # -- the CRM's data ------------------------------------------------------------------------
 
-    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
-        ids = []
-        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
-            name, email = self.new_name("Contract")
-            ids.append(self.sandbox.crm.create("Contacts", lastname=name, email=email, at=moment))
-        return ids
+    def create_named(self, last_name: str, email: str, **fields: Any) -> str:
+        return self.store.create("Contacts", lastname=last_name, email=email, **fields)
 
     def record_ids(self) -> list[str]:
         return [r["id"] for r in self.sandbox.crm.records("Contacts")]
@@ -168,14 +156,8 @@ class VtigerHarness(SandboxHarness):
     def change(self, record_id: str) -> None:
         self.sandbox.crm.revise(record_id, firstname=f"changed {self.next_serial()}")
 
-    def create_with_text(self, text: str) -> str:
-        name, email = self.new_name("Hostile")
-        return self.sandbox.crm.create("Contacts", lastname=name, email=email, firstname=text)
-
     def stored(self, record_id: str) -> dict[str, Any]:
-        record = self.sandbox.crm.get(record_id)
-        assert record is not None
-        return record
+        return self.existing(self.sandbox.crm.get(record_id), record_id)
 
     def create_person(self, email: str, *, opted_out: bool = False) -> str:
         """A contact with this address (for ``consentsync demo --crms``)."""

@@ -51,6 +51,16 @@ class SandboxHarness:
     #: The field holding the person's email opt-out, and its values (not opted out, opted out).
     opt_out_field: ClassVar[str]
     opt_out_values: ClassVar[tuple[Any, Any]] = (False, True)
+    #: What every contract run tunes alike, whatever the CRM: the default number of attempts, and
+    #: a rate limit waited out only when it lifts within seconds (the throttle fault says 1 s).
+    contract_tunings: ClassVar[Mapping[str, Any]] = {"max_attempts": 5, "max_rate_limit_wait": 5.0}
+    #: The records a page the contract reads, and the connector setting that asks for them.
+    page_size: ClassVar[int]
+    page_size_setting: ClassVar[str] = "page_size"
+    #: The harness's other tunings of its connector (fewer retries of one kind, a time zone).
+    own_settings: ClassVar[Mapping[str, Any]] = {}
+    #: The sandbox's attribute holding its data (an org, an environment): :attr:`store`.
+    store_attribute: ClassVar[str]
     #: A counter for names and addresses no other seeded record has.
     _serial: int = 0
 
@@ -61,17 +71,26 @@ class SandboxHarness:
         self.sandbox.close()
 
     def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        """The connector's settings against this sandbox: only the vendor's harness knows them
-        (each built-in and the Acme example define it; the contract calls it first)."""
-        raise NotImplementedError(f"{type(self).__name__} must define connector_settings for its sandbox")
+        """The connector's settings against this sandbox (:meth:`sandbox_settings`), its records
+        a page (``page_size``, in the setting :attr:`page_size_setting` names) and the harness's
+        :attr:`own_settings`; the contract calls it first."""
+        own = {self.page_size_setting: self.page_size, **self.own_settings}
+        return self.sandbox_settings(own, overrides)
 
     def sandbox_settings(self, own: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
         """A connector's settings against this sandbox, for its harness's ``connector_settings``:
         what every connector says (trust the sandbox's CA, time out after ``timeout``), then where
-        and who (the sandbox's ``connection_settings()``), then the harness's ``own`` tunings, then
-        the caller's ``overrides`` (which win)."""
+        and who (the sandbox's ``connection_settings()``), then :attr:`contract_tunings` and the
+        harness's ``own`` tunings, then the caller's ``overrides`` (which win)."""
         where = self.sandbox.connection_settings()
-        return {"ca_bundle": where["ca_bundle"], "timeout": self.timeout, **where, **own, **overrides}
+        return {
+            "ca_bundle": where["ca_bundle"],
+            "timeout": self.timeout,
+            **where,
+            **self.contract_tunings,
+            **own,
+            **overrides,
+        }
 
     def bad_credentials_settings(self, wrong_secret: str) -> dict[str, Any]:
         return self.connector_settings(**{self.secret_setting: wrong_secret})
@@ -89,15 +108,52 @@ class SandboxHarness:
 
     @staticmethod
     @contextmanager
-    def clock_at(store: Any, moment: dt.datetime) -> Iterator[None]:
+    def clock_at(store: Any, moment: dt.datetime | None) -> Iterator[None]:
         """``store``'s users act at ``moment`` (its creation and change stamps): its ``clock``
-        answers ``moment`` until the block ends."""
+        answers ``moment`` until the block ends (None: the store keeps its own time)."""
+        if moment is None:
+            yield
+            return
         original = store.clock
         store.clock = lambda: moment
         try:
             yield
         finally:
             store.clock = original
+
+    @property
+    def store(self) -> Any:
+        """The sandbox's data (its attribute :attr:`store_attribute`), whose ``clock``
+        :meth:`clock_at` sets."""
+        return getattr(self.sandbox, self.store_attribute)
+
+    def create_named(self, last_name: str, email: str, **fields: Any) -> str:
+        """A new ``object_type`` record with that last name and address and the contract's
+        ``fields``, created as the CRM's users create it: each harness says how its store makes
+        one, for :meth:`seed` and :meth:`create_with_text`."""
+        raise NotImplementedError(f"{type(self).__name__} must define create_named or seed")
+
+    def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
+        """``count`` records named ``Contract N``, created in the :attr:`store` at
+        :meth:`seed_times`."""
+        ids = []
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
+            name, email = self.new_name("Contract")
+            with self.clock_at(self.store, moment):
+                ids.append(self.create_named(name, email))
+        return ids
+
+    def create_with_text(self, text: str) -> str:
+        """A record whose ``text_field`` holds ``text`` (the contract's hostile texts)."""
+        return self.create_named(*self.new_name("Hostile"), **{self.text_field: text})
+
+    @staticmethod
+    def existing(record: Any, record_id: str) -> Any:
+        """``record`` as a store's lookup found it; a record the store does not hold is a broken
+        contract test, not an answer."""
+        if record is None:
+            raise AssertionError(f"the sandbox holds no record {record_id}")
+        return record
 
     def next_serial(self) -> int:
         """The next number for a record's name and address (unique within this harness)."""

@@ -17,8 +17,9 @@ class AcmeHarness(SandboxHarness):
     # The fault switches and call counts come from the sandbox kit (fail_writes, set_fault,
     # clear_faults, faults_injected, api_calls, write_calls), and so do text_update,
     # consent_update, read_text and read_opted_out (from object_type, text_field and
-    # opt_out_field, and `stored`); it needs the timeout the settings give the connector and the
-    # endpoint kinds that write.
+    # opt_out_field, and `stored`) and connector_settings (the sandbox's connection_settings(),
+    # the timeout, the contract's retry tunings and page_size); it needs the timeout the
+    # settings give the connector and the endpoint kinds that write.
     timeout = TIMEOUT
     write_kinds = ("batch",)
     secret_setting = "api_key"
@@ -35,11 +36,6 @@ class AcmeHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = AcmeSandbox()
-
-    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
-        # sandbox_settings adds what every connector says (trust the sandbox's CA, its timeout)
-        # and where and who: the sandbox's connection_settings().
-        return self.sandbox_settings({"page_size": self.page_size}, overrides)
 
     def seed(self, count: int, *, shared_modstamp: bool = False) -> list[str]:
         made = []
