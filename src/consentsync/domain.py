@@ -426,6 +426,11 @@ class EffectiveState:
             "detail": self.detail,
         }
 
+    def decision(self) -> dict[str, object]:
+        """What was decided, and by which rule: the part of ``as_dict`` the capture API answers."""
+        view = self.as_dict()
+        return {key: view[key] for key in ("status", "basis", "suppressed", "rule")}
+
 
 def iso(moment: datetime | None) -> str | None:
     return as_utc(moment).isoformat().replace("+00:00", "Z") if moment else None

@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 from consentsync.config import Config
 from consentsync.domain import (
     ConsentStatus,
-    EffectiveState,
     Evidence,
     InvalidInput,
     LawfulBasis,
@@ -115,15 +114,6 @@ def token_digest(token: str) -> str:
 def request_digest(payload: Any) -> str:
     """The identity of a request's content, to refuse an Idempotency-Key reused for another."""
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def state_view(state: EffectiveState) -> dict[str, Any]:
-    return {
-        "status": state.status.value,
-        "basis": state.basis.value,
-        "suppressed": state.suppressed,
-        "rule": state.rule,
-    }
 
 
 class Hub:
@@ -348,7 +338,7 @@ class Hub:
                         "channel": evidence.channel,
                         "recorded": evidence.status.value,
                         "duplicate": outcome.duplicate,
-                        "state": state_view(outcome.after) if outcome.after else None,
+                        "state": outcome.after.decision() if outcome.after else None,
                     }
                     if evidence.evidence_ref == GPC_EVIDENCE and evidence.source == key.source:
                         entry["gpc"] = True
