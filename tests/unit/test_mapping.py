@@ -10,14 +10,7 @@ from typing import Any
 import pytest
 
 from consentsync.config import Config, parse_config, starter_config_text
-from consentsync.domain import (
-    ConsentStatus,
-    EffectiveState,
-    Evidence,
-    InvalidInput,
-    LawfulBasis,
-    Origin,
-)
+from consentsync.domain import ConsentStatus, EffectiveState, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.mapping import (
     Mapping,
     MappingError,
