@@ -16,6 +16,12 @@ from consentsync.sdk.registry import DEMO_GROUP, load_plugin
 DEFAULT_CRM = "salesforce"
 
 
+def email_marketing_state(view: dict[str, Any]) -> dict[str, Any]:
+    """The state of email marketing by email in a subject's view (``Ledger.subject_view``): what
+    every demo reports on."""
+    return next(p for p in view["purposes"] if p["purpose"] == "email_marketing" and p["channel"] == "email")
+
+
 def find_mappings(crm: str = DEFAULT_CRM) -> Path:
     """The example mappings of the demo's CRM (package data of its connector package)."""
     from consentsync.mapping_examples import vendor_path

@@ -27,6 +27,7 @@ import yaml
 from consentsync import audit
 from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config, write_starter
+from consentsync.demo import email_marketing_state
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import utcnow
@@ -91,9 +92,7 @@ def run_crms_demo(
             summary["crms"][vendor] = _sync(config, ledger, vendor, "incremental sync", say)
 
         view = ledger.subject_view(PERSON)
-        state = next(
-            p for p in view["purposes"] if p["purpose"] == "email_marketing" and p["channel"] == "email"
-        )
+        state = email_marketing_state(view)
         say(
             f"\nledger: {PERSON} email_marketing/email is {state['status']}, suppressed "
             f"{state['suppressed']} (rule {state['rule']}), linked to {len(view['crm_records'])} CRM records"

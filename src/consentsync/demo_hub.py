@@ -27,6 +27,7 @@ import yaml
 
 from consentsync.app import open_ledger
 from consentsync.config import load_config
+from consentsync.demo import email_marketing_state
 from consentsync.demo_crms import PERSON, _past_this_second, _sync, _write_config
 from consentsync.domain import InvalidInput
 from consentsync.ledger.service import utcnow
@@ -229,5 +230,4 @@ def _refusals(ledger: Any) -> dict[tuple[str, str], str]:
 
 
 def _state(ledger: Any) -> dict[str, Any]:
-    view = ledger.subject_view(PERSON)
-    return next(p for p in view["purposes"] if p["purpose"] == "email_marketing" and p["channel"] == "email")
+    return email_marketing_state(ledger.subject_view(PERSON))
