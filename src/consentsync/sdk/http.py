@@ -115,6 +115,8 @@ class HttpClient:
     headers: Callable[[], Mapping[str, str]] | None = None
     # Called after an answer the table says is a REFRESH_TOKEN: forget the token.
     refresh_session: Callable[[], None] | None = None
+    # The CRM's API root: a path that :meth:`send` is given (``/api/v1/contacts``) is below it.
+    base_url: str | None = None
 
     @classmethod
     def configured(
@@ -126,9 +128,25 @@ class HttpClient:
         **hooks: Any,
     ) -> HttpClient:
         """A client on ``http_session(settings, on_response=...)`` under ``settings``'s retry
-        policy; ``hooks``: ``guard``, ``headers``, ``refresh_session``."""
+        policy; ``hooks``: ``guard``, ``headers``, ``refresh_session``, ``base_url``."""
         session = http_session(settings, on_response=on_response)
         return cls(session=session, policy=settings.retry_policy(), classify=classify, **hooks)
+
+    @classmethod
+    def for_connector(
+        cls,
+        connector: Any,
+        classify: Classify,
+        *,
+        on_response: Callable[[requests.Response], None] | None = None,
+        **hooks: Any,
+    ) -> HttpClient:
+        """:meth:`configured` on ``connector.config`` (its validated settings), every attempt
+        first checking the connector's run budget (``connector.config.budget``, against its
+        ``usage``) unless ``hooks`` give another ``guard``."""
+        config = connector.config
+        hooks.setdefault("guard", lambda: config.budget.check(connector.name, connector.usage))
+        return cls.configured(config, classify, on_response=on_response, **hooks)
 
     def send(
         self,
@@ -148,7 +166,10 @@ class HttpClient:
         called before each attempt, just before the request is sent (to pace or count one kind of
         call). ``authenticated=False`` leaves out the client's ``headers`` (a login call);
         ``retry=False`` makes one attempt, for a call made inside another call's attempt (a login
-        before the call that needs its token), whose own retries cover it."""
+        before the call that needs its token), whose own retries cover it. ``url`` may be a path
+        below :attr:`base_url`."""
+        if self.base_url is not None and url.startswith("/"):
+            url = self.base_url.rstrip("/") + url
 
         def attempt() -> requests.Response:
             if self.guard is not None:

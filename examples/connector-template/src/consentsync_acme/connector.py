@@ -58,12 +58,12 @@ class AcmeConnector(sdk.Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = AcmeSettings.model_validate(dict(settings))
-        self.base = self.config.api_url.rstrip("/")
-        self.api = sdk.HttpClient.configured(
-            self.config,
+        # Every call first checks the run's budget (self.config.budget, against self.usage).
+        self.api = sdk.HttpClient.for_connector(
+            self,
             _classified,
+            base_url=self.config.api_url,  # send() takes the paths below it
             on_response=self._count,
-            guard=lambda: self.config.budget.check(self.name, self.usage),
             headers=lambda: {"Authorization": f"Bearer {self._session_token()}"},
             refresh_session=self._forget_token,  # on a REFRESH_TOKEN answer (session_expired)
         )
@@ -79,7 +79,7 @@ class AcmeConnector(sdk.Connector):
             # cover the login too (retry=False), and a refused API key fails it (ERRORS).
             login = self.api.send(
                 "POST",
-                self.base + "/api/v1/session",
+                "/api/v1/session",
                 describe="login",
                 json={"api_key": self.config.api_key},
                 authenticated=False,
@@ -92,7 +92,7 @@ class AcmeConnector(sdk.Connector):
         self._token = None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.api.send(method, self.base + path, describe=f"{method} {path}", **kwargs).json()
+        return self.api.send(method, path, describe=f"{method} {path}", **kwargs).json()
 
     # -- the four operations -------------------------------------------------------------------
 
