@@ -95,6 +95,16 @@ class _Entity:
     change_tracking: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _TableRead:
+    """What a read of one table asks for: the table, the wire names of the fields it reads (by
+    mapped name) and the record filters it keeps (by mapped name too)."""
+
+    entity: _Entity
+    wire: Mapping[str, str]
+    filters: Mapping[str, list[Any]]
+
+
 class _DeltaRefused(Exception):
     """The delta link was refused (expired or invalid): read the table again from the start."""
 
@@ -253,12 +263,13 @@ class DynamicsConnector(sdk.Connector):
         wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields, *merges]))
         filters = self.config.record_filters.get(object_type, {})
         wire = self._wire_names(object_type, list(dict.fromkeys([*wanted, *filters])))
+        table = _TableRead(entity, wire, filters)
         if not (self.config.change_tracking and entity.change_tracking):
-            yield from self._read_keyset(entity, wire, filters, since, until)
+            yield from self._read_keyset(table, since, until)
             return
         if since.token:
             try:
-                yield from self._read_delta(entity, wire, filters, since, until)
+                yield from self._read_delta(table, since, until)
                 return
             except _DeltaRefused as refused:
                 log.warning(
@@ -271,7 +282,7 @@ class DynamicsConnector(sdk.Connector):
                 since = sdk.Cursor()
         link = self._new_delta_link(entity, wire)
         last: sdk.CrmRecord | None = None
-        for record in self._read_keyset(entity, wire, filters, since, until):
+        for record in self._read_keyset(table, since, until):
             last = record
             yield record
         position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
@@ -301,14 +312,8 @@ class DynamicsConnector(sdk.Connector):
                 )
             return self._checked_link(body["@odata.deltaLink"])
 
-    def _read_delta(
-        self,
-        entity: _Entity,
-        wire: Mapping[str, str],
-        filters: Mapping[str, list[Any]],
-        since: sdk.Cursor,
-        until: datetime,
-    ) -> Iterator[sdk.CrmRecord]:
+    def _read_delta(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+        entity, wire, filters = table.entity, table.wire, table.filters
         assert since.token
         url, _, fragment = since.token.partition("#")
         if not self._ours(url):
@@ -357,7 +362,7 @@ class DynamicsConnector(sdk.Connector):
             if catch_up is not None:
                 # Rows changed after the first read's signpost, up to this run's: with the delta
                 # (everything after the link) nothing between the first read and its link is lost.
-                for record in self._read_keyset(entity, wire, filters, sdk.Cursor(catch_up), until):
+                for record in self._read_keyset(table, sdk.Cursor(catch_up), until):
                     if record.record_id not in delivered:  # else the delta carried it already
                         yield note(record)
             self.completed_cursor = sdk.Cursor(*newest, token=self._checked_link(link))
@@ -380,14 +385,8 @@ class DynamicsConnector(sdk.Connector):
             raise _DeltaRefused(code or str(response.status_code))
         return response.json()
 
-    def _read_keyset(
-        self,
-        entity: _Entity,
-        wire: Mapping[str, str],
-        filters: Mapping[str, list[Any]],
-        since: sdk.Cursor,
-        until: datetime,
-    ) -> Iterator[sdk.CrmRecord]:
+    def _read_keyset(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+        entity, wire, filters = table.entity, table.wire, table.filters
         key = entity.primary_id
         terms = [f"modifiedon le {odata_literal(until)}"]
         if since.modstamp is not None:
