@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consentsync.sandbox.lexing import Token as _Token
-from consentsync.sandbox.lexing import tokenize
+from consentsync.sandbox.lexing import TokenStream, tokenize
 
 __all__ = ["MAX_ROWS", "Condition", "Query", "VtqlError", "parse", "quote"]
 
@@ -126,19 +126,20 @@ def _tokens(text: str) -> list[_Token]:
     return [*tokens, _Token("end", "", len(text))]
 
 
-class _Parser:
+class _Parser(TokenStream):
     def __init__(self, text: str) -> None:
-        self.tokens = _tokens(text)
-        self.index = 0
+        super().__init__(_tokens(text))
 
     @property
     def current(self) -> _Token:
-        return self.tokens[self.index]
-
-    def take(self) -> _Token:
-        token = self.tokens[self.index]
-        self.index += 1
+        """The next token: the ``end`` token at the end (never taken for good)."""
+        token = self.peek()
+        if token is None:
+            raise self.end_error()
         return token
+
+    def end_error(self) -> VtqlError:
+        return _syntax("Syntax Error on line 1: the query ends too early")
 
     def fail(self, expected: str) -> VtqlError:
         token = self.current
