@@ -9,6 +9,7 @@ Collections (200 ids a call); keeps an API budget per run and per day from ``Sfo
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import re
@@ -130,6 +131,14 @@ class SalesforceConnector(sdk.Connector):
                 raise sdk.network_error(describe, error) from None
 
         return sdk.call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
+
+    def reader(self) -> SalesforceConnector:
+        """Salesforce serves a run's reads side by side: an org takes up to 25 concurrent
+        long-running API requests (Salesforce Developer Limits), and a run reads a handful of
+        objects. A reader shares this connector's login (made here, once), session, describes,
+        usage and budget, and keeps its own per-read state."""
+        self._call("login", lambda: self.sf)
+        return copy.copy(self)
 
     def _forget_session(self) -> None:
         # The next attempt logs in again inside the retry, so a failing login is retried too.

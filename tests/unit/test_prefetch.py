@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from consentsync.sync.prefetch import Prefetch
+from consentsync.sync.prefetch import Prefetch, PrefetchEach
 
 
 def test_items_arrive_in_order_with_the_state_captured_when_each_was_made() -> None:
@@ -81,3 +81,49 @@ def test_the_source_is_closed_in_its_own_thread() -> None:
     next(items)
     items.close()
     assert closed == ["reader"]
+
+
+def test_each_source_is_produced_from_the_start_and_taken_in_order() -> None:
+    begun: set[str] = set()
+    all_begun = threading.Event()
+
+    def source(name: str) -> Iterator[str]:
+        begun.add(name)
+        if begun == {"a", "b", "c"}:
+            all_begun.set()
+        yield from (f"{name}1", f"{name}2")
+
+    with PrefetchEach([source("a"), source("b"), source("c")], depth=2) as items:
+        # Nothing taken yet, and every source has begun: the last one is not waiting its turn.
+        assert all_begun.wait(timeout=5), begun
+        assert [item for item, _ in items] == ["a1", "a2", "b1", "b2", "c1", "c2"]
+
+
+def test_an_error_of_a_later_source_is_raised_at_its_place() -> None:
+    def failing() -> Iterator[str]:
+        yield "b1"
+        raise RuntimeError("the CRM refused the second read's next page")
+
+    taken: list[str] = []
+    with PrefetchEach([iter(["a1", "a2"]), failing()]) as items, pytest.raises(RuntimeError, match="second"):
+        for item, _ in items:
+            taken.append(item)
+    assert taken == ["a1", "a2", "b1"]
+
+
+def test_closing_stops_every_source() -> None:
+    produced: list[int] = []
+
+    def endless(offset: int) -> Iterator[int]:
+        number = offset
+        while True:
+            produced.append(number)
+            yield number
+            number += 2
+
+    items = PrefetchEach([endless(0), endless(1)], depth=1)
+    next(items)
+    items.close()
+    settled = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == settled  # nothing is produced after close

@@ -4,6 +4,7 @@ talks to its CRM."""
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,11 +129,14 @@ class ApiUsage:
     used: int | None = None
     limit: int | None = None
     per_endpoint: dict[str, int] = field(default_factory=dict)
+    # Readers running side by side (``Connector.reader``) count into one usage.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, endpoint: str) -> None:
         """Counts one call made to ``endpoint`` (a kind of call: "query", "token", ...)."""
-        self.calls += 1
-        self.per_endpoint[endpoint] = self.per_endpoint.get(endpoint, 0) + 1
+        with self._lock:
+            self.calls += 1
+            self.per_endpoint[endpoint] = self.per_endpoint.get(endpoint, 0) + 1
 
     @property
     def remaining(self) -> int | None:
@@ -251,6 +255,15 @@ class Connector(ABC):
                 return Cursor(cursor.modstamp, cursor.record_id)
             start = max(start, settled)
         return Cursor(start, None, None)
+
+    def reader(self) -> Connector | None:
+        """A connector for one more read beside this one's, where the CRM serves concurrent
+        reads: the engine then asks for every object's pages side by side (a run waits about one
+        round trip for its objects' first pages, not one per object) and still commits them one
+        read after the other. It shares this connector's session, API usage and budget and keeps
+        its own per-read state (``completed_cursor``, ``expected_records``). None, the default:
+        reads run one after another."""
+        return None
 
     def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
         """Records of ``object_type`` deleted or merged away after ``since`` and at or before

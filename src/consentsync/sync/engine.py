@@ -55,7 +55,7 @@ from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
-from consentsync.sync.prefetch import Prefetch
+from consentsync.sync.prefetch import Prefetch, PrefetchEach
 from consentsync.sync.runs import RunCounts, record_unstarted
 from consentsync.sync.spool import PageSpool
 
@@ -169,6 +169,7 @@ class _Read:
     deletions: bool
     position: Cursor = field(init=False)
     kept: bool = False  # whether the connector's completed cursor (a new delta token) is stored
+    expected_records: int | None = None  # how many records the read will yield, where the CRM says
 
     def __post_init__(self) -> None:
         self.position = self.stored
@@ -349,7 +350,7 @@ class SyncEngine:
             reads = self._reads(conn, full=full, dry_run=True)
         number = {id(read): index for index, read in enumerate(reads)}
         with PageSpool() as spool:
-            pages = iter(self._pages_of(reads, until))
+            pages = iter(self._pages_of(reads, until, self.connector))
             while True:
                 with _timed(report, "read"):
                     item = next(pages, None)
@@ -446,12 +447,27 @@ class SyncEngine:
             reads = self._reads(conn, full=full, dry_run=dry_run)
         # A few batches ahead: a CRM page holds several of our batches, and the next CRM page
         # must be on its way while the last batches of this one are committed.
-        pages = Prefetch(
-            self._pages_of(reads, until),
-            depth=READ_AHEAD,
-            stop=self.stop_requested,
-            name=f"consentsync-read-{self.name}",
-        )
+        readers = [self.connector.reader() for _ in reads[1:]]
+        pages: Prefetch[Any] | PrefetchEach[Any]
+        if reads[1:] and all(reader is not None for reader in readers):
+            # The CRM serves reads side by side: each read has a reader of its own, all of them
+            # asking from the start; their pages are still committed one read after another.
+            pages = PrefetchEach(
+                [
+                    self._pages_of([read], until, reader)
+                    for read, reader in zip(reads, [self.connector, *readers], strict=True)
+                ],
+                depth=READ_AHEAD,
+                stop=self.stop_requested,
+                name=f"consentsync-read-{self.name}",
+            )
+        else:
+            pages = Prefetch(
+                self._pages_of(reads, until, self.connector),
+                depth=READ_AHEAD,
+                stop=self.stop_requested,
+                name=f"consentsync-read-{self.name}",
+            )
         with pages:
             while True:
                 with _timed(report, "read"):
@@ -466,12 +482,11 @@ class SyncEngine:
             raise _Stop
 
     def _pages_of(
-        self, reads: list[_Read], until: datetime
+        self, reads: list[_Read], until: datetime, connector: Connector
     ) -> Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]]:
-        """In the reader thread: each read's pages, each with the connector's completed cursor as
+        """In a reader thread: each read's pages, each with the connector's completed cursor as
         it stood right after the page was made (a read that ended may hand over a new token with
         its last page), then ``(read, None, completed cursor)`` when the read ended."""
-        connector = self.connector
         for read in reads:
             connector.completed_cursor = None
             mapping = read.mapping
@@ -481,6 +496,7 @@ class SyncEngine:
                 else connector.read_changes(mapping.object, mapping.pull_fields(), read.since, until)
             )
             for page in batched(records, self.options.batch_size):
+                read.expected_records = connector.expected_records
                 yield read, page, connector.completed_cursor
             yield read, None, connector.completed_cursor
 
@@ -502,7 +518,7 @@ class SyncEngine:
             report.stage, report.stage_done, report.stage_total = f"reading {read.key}", 0, None
         failpoint("sync.page.read")
         report.stage_done += len(page)
-        report.stage_total = self.connector.expected_records
+        report.stage_total = read.expected_records
         last = page[-1]
         candidate = final or Cursor(last.modstamp, last.record_id, read.stored.token, until)
         position = read.position
