@@ -393,12 +393,10 @@ class SalesforceSandbox(HttpsSandbox):
 
     def expire_sessions(self) -> None:
         """Invalidate every access token issued so far."""
-        with self._lock:
-            self._sessions.clear()
+        self.forget(self._sessions)
 
     def expire_query_locators(self) -> None:
-        with self._lock:
-            self._locators.clear()
+        self.forget(self._locators)
 
     @property
     def api_usage(self) -> tuple[int, int]:

@@ -819,12 +819,10 @@ class VtigerSandbox(HttpsSandbox):
     # -- controls --
 
     def expire_sessions(self) -> None:
-        with self._lock:
-            self._sessions.clear()
+        self.forget(self._sessions)
 
     def expire_challenges(self) -> None:
-        with self._lock:
-            self._challenges.clear()
+        self.forget(self._challenges)
 
     def login_key(self, token: str) -> str:
         return hashlib.md5((token + self.credentials.access_key).encode()).hexdigest()

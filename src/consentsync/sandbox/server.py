@@ -33,7 +33,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -341,6 +341,13 @@ class HttpsSandbox(ABC):
         with self._lock:
             self.calls.clear()
             self.faults_injected.clear()
+
+    def forget(self, *tables: MutableMapping[Any, Any]) -> None:
+        """Empty these tables of the sandbox's own state (its sessions, challenges, query cursors)
+        under its lock: what a run-time control that expires them all at once does."""
+        with self._lock:
+            for table in tables:
+                table.clear()
 
     def _injected(self, what: str) -> None:
         with self._lock:
