@@ -537,18 +537,10 @@ class HubSpotPortal:
         for name, value in properties.items():
             prop = self.properties.get(name)
             if prop is None:
-                raise HubSpotApiError(
-                    400,
-                    "VALIDATION_ERROR",
-                    f'Property values were not valid: [{{"isValid":false,"message":"Property \\"{name}\\" '
-                    f'does not exist","error":"PROPERTY_DOESNT_EXIST","name":"{name}"}}]',
-                )
+                raise _not_valid(name, "PROPERTY_DOESNT_EXIST", f'Property \\"{name}\\" does not exist')
             if prop.read_only and not user:
-                raise HubSpotApiError(
-                    400,
-                    "VALIDATION_ERROR",
-                    f'Property values were not valid: [{{"isValid":false,"message":"{name} is a read only '
-                    f'property; its value cannot be set.","error":"READ_ONLY_VALUE","name":"{name}"}}]',
+                raise _not_valid(
+                    name, "READ_ONLY_VALUE", f"{name} is a read only property; its value cannot be set."
                 )
             out[name] = self._value(prop, value)
         return out
@@ -633,13 +625,18 @@ def _merged_ids(value: Any) -> list[str]:
     return [part for part in str(value or "").split(";") if part]
 
 
-def _invalid(name: str, value: Any, code: str) -> HubSpotApiError:
+def _not_valid(name: str, code: str, message: str) -> HubSpotApiError:
+    """HubSpot's 400 for a property value it refuses: ``message`` and ``code`` in its JSON list."""
     return HubSpotApiError(
         400,
         "VALIDATION_ERROR",
-        f'Property values were not valid: [{{"isValid":false,"message":"{value!s:.80} was not a valid '
-        f'value for {name}","error":"{code}","name":"{name}"}}]',
+        f'Property values were not valid: [{{"isValid":false,"message":"{message}","error":"{code}",'
+        f'"name":"{name}"}}]',
     )
+
+
+def _invalid(name: str, value: Any, code: str) -> HubSpotApiError:
+    return _not_valid(name, code, f"{value!s:.80} was not a valid value for {name}")
 
 
 def _tie_order(contact_id: int) -> str:
