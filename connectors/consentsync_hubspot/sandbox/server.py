@@ -105,22 +105,6 @@ __all__ = [
     "serve_forever",
 ]
 
-ENDPOINT_KINDS = (
-    "search",
-    "list",
-    "get",
-    "batch_read",
-    "batch_update",
-    "batch_archive",
-    "merge",
-    "properties",
-    "definitions",
-    "subscribe",
-    "unsubscribe",
-    "status_read",
-    "status_batch_read",
-    "not_found",
-)
 WRITE_KINDS = ("batch_update", "batch_archive", "merge", "subscribe", "unsubscribe")
 
 #: The options of the contact property ``hs_legal_basis`` (a multiple checkbox: values joined by ;).
@@ -132,15 +116,6 @@ LEGAL_BASIS_OPTIONS = (
     "Freely given consent from contact",
     "Not applicable",
 )
-ALL_SCOPES = frozenset(
-    {
-        "crm.objects.contacts.read",
-        "crm.objects.contacts.write",
-        "crm.schemas.contacts.read",
-        "communication_preferences.read",
-        "communication_preferences.write",
-    }
-)
 _SCOPE_OF_KIND = {
     "search": "crm.objects.contacts.read",
     "list": "crm.objects.contacts.read",
@@ -151,11 +126,15 @@ _SCOPE_OF_KIND = {
     "merge": "crm.objects.contacts.write",
     "properties": "crm.schemas.contacts.read",
     "definitions": "communication_preferences.read",
-    "status_read": "communication_preferences.read",
-    "status_batch_read": "communication_preferences.read",
     "subscribe": "communication_preferences.write",
     "unsubscribe": "communication_preferences.write",
+    "status_read": "communication_preferences.read",
+    "status_batch_read": "communication_preferences.read",
 }
+#: Every kind of call (each needs its scope), and the answer to a path HubSpot does not serve.
+ENDPOINT_KINDS = (*_SCOPE_OF_KIND, "not_found")
+#: The scopes a private app granted all of them has.
+ALL_SCOPES = frozenset(_SCOPE_OF_KIND.values())
 _OPERATORS = frozenset(
     {
         "EQ",
