@@ -68,7 +68,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from consentsync.sandbox.server import HttpsSandbox, Route, SandboxRequest, SandboxResponse
-from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.serving import Serving, credential_lines, running_lines, sandbox_main, seeded
 from consentsync.sandbox.tokens import IssuedTokens, client_credentials_form
 from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
@@ -1052,19 +1052,14 @@ def serve_forever(*, port: int = 8447, records: int = 200, seed: int, host: str)
     """Run a Dynamics 365 / Dataverse sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints the URLs, the CA files and the demo credentials."""
-    environment = DataverseEnvironment()
-    made = environment.seed(records, seed=seed)
-    sandbox = DynamicsSandbox(environment, host=host, port=port).start()
-    c = sandbox.credentials
+    sandbox, made = seeded(DynamicsSandbox, DataverseEnvironment(), records, seed, host=host, port=port)
     where = {
         "environment URL": f"{sandbox.environment_url}   (Web API {sandbox.api_url()})",
         "token URL": sandbox.token_url,
         "scope": f"{sandbox.environment_url}/.default",
     }
     who = {
-        "tenant_id": c.tenant_id,
-        "client_id": c.client_id,
-        "client_secret": c.client_secret,
+        **credential_lines(sandbox.credentials, "tenant_id", "client_id", "client_secret"),
         "seeded": f"{len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
     }
     return Serving(sandbox, running_lines("Dynamics 365 / Dataverse", sandbox, where, who))

@@ -87,7 +87,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
-from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main, seeded
 
 # The ``legalBasis`` values of the communication-preferences API: HubSpot's documented list,
 # written once for the connector and its sandbox.
@@ -1337,9 +1337,8 @@ def serve_forever(*, port: int = 8445, records: int = 500, seed: int, host: str)
     """Run a HubSpot sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints its URL, CA files and private-app token."""
-    portal = HubSpotPortal()
-    portal.seed(records, seed=seed)
-    sandbox = HubSpotSandbox(portal, host=host, port=port).start()
+    sandbox, _summary = seeded(HubSpotSandbox, HubSpotPortal(), records, seed, host=host, port=port)
+    portal = sandbox.portal
     who = {
         "access token": f"{sandbox.credentials.access_token}   (private app; all scopes)",
         "subscriptions": ", ".join(f"{k} {v[0]}" for k, v in portal.definitions.items()),

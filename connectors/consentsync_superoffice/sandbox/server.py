@@ -68,7 +68,7 @@ from consentsync.sandbox.server import (
     json_response,
     match_path,
 )
-from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.serving import Serving, credential_lines, running_lines, sandbox_main, seeded
 from consentsync.sandbox.tokens import IssuedTokens
 from consentsync_superoffice.sandbox.archive import ArchiveQuery, run_query
 from consentsync_superoffice.sandbox.tenant import ConsentRow, SuperOfficeTenant, TenantError
@@ -439,18 +439,13 @@ def serve_forever(*, port: int = 8444, records: int = 500, seed: int, host: str)
     """Run a SuperOffice sandbox (HTTPS, self-signed CA) until interrupted.
 
     Prints the tenant URL, the CA files and the demo credentials."""
-    tenant = SuperOfficeTenant()
-    summary = tenant.seed(records, seed=seed)
-    sandbox = SuperOfficeSandbox(tenant, host=host, port=port).start()
-    c = sandbox.credentials
+    sandbox, summary = seeded(SuperOfficeSandbox, SuperOfficeTenant(), records, seed, host=host, port=port)
     where = {
         "tenant URL": f"{sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
         "token URL": sandbox.token_url,
     }
     who = {
-        "client_id": c.client_id,
-        "client_secret": c.client_secret,
-        "refresh_token": c.refresh_token,
+        **credential_lines(sandbox.credentials, "client_id", "client_secret", "refresh_token"),
         "access token": f"{sandbox.issue_token()}   (valid {int(sandbox.token_lifetime)} s)",
         "seeded": f"{summary['persons']} persons, {summary['emarketing']} e-marketing consents "
         f"({summary['withdrawn']} withdrawn), seed {seed}",

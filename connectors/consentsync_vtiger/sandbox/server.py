@@ -93,7 +93,7 @@ from consentsync.sandbox.server import (
     SandboxResponse,
     json_response,
 )
-from consentsync.sandbox.serving import Serving, running_lines, sandbox_main
+from consentsync.sandbox.serving import Serving, running_lines, sandbox_main, seeded
 from consentsync_vtiger.sandbox.vtql import Query, VtqlError, parse, select
 
 __all__ = [
@@ -1093,8 +1093,7 @@ def serve_forever(
 
     Prints its address, CA and credentials."""
     crm = VtigerCrm(privacy_guard=privacy_guard, timezone=timezone)
-    made = crm.seed(records, seed=seed)
-    sandbox = VtigerSandbox(crm, host=host, port=port, sync_fails=sync_fails).start()
+    sandbox, made = seeded(VtigerSandbox, crm, records, seed, host=host, port=port, sync_fails=sync_fails)
     c = sandbox.credentials
     who = {
         "username": c.username,

@@ -158,6 +158,20 @@ class Serving:
     cleanup: Callable[[], None] | None = None
 
 
+def seeded(sandbox_class: Callable[..., Any], store: Any, records: int, seed: int, **server: Any) -> Any:
+    """``store`` seeded with ``records`` generated people (random seed ``seed``) and a started
+    ``sandbox_class(store, **server)`` serving it, with the seed's summary: how a vendor's start
+    function opens (``sandbox, summary = seeded(...)``)."""
+    summary = store.seed(records, seed=seed)
+    return sandbox_class(store, **server).start(), summary
+
+
+def credential_lines(credentials: Any, *names: str) -> dict[str, str]:
+    """The lines of ``running_lines``'s ``who`` that show these fields of a sandbox's
+    credentials, each under its own name."""
+    return {name: str(getattr(credentials, name)) for name in names}
+
+
 def running_lines(title: str, sandbox: Any, where: Mapping[str, str], who: Mapping[str, str]) -> list[str]:
     """What a running sandbox prints first: ``title`` is running, its addresses (``where``), the CA
     files clients trust, then its credentials and seed (``who``), one aligned label a line."""
