@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import requests
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
@@ -59,13 +60,23 @@ _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
 
 def parse_sf_datetime(value: str) -> datetime:
-    """``2026-11-23T03:21:24.000+0000`` (and the ISO spellings) to an aware UTC datetime."""
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    elif re.search(r"[+-]\d{4}$", text):
-        text = text[:-2] + ":" + text[-2:]
-    return datetime.fromisoformat(text).astimezone(UTC)
+    """``2026-11-23T03:21:24.000+0000`` (and the ISO spellings) to an aware UTC datetime.
+    Python 3.11's ``fromisoformat`` reads ``Z`` and ``+0000`` itself."""
+    stamp = datetime.fromisoformat(value.strip())
+    return stamp if stamp.tzinfo is UTC else stamp.astimezone(UTC)
+
+
+class _Salesforce(Salesforce):
+    """simple-salesforce, decoding answers with orjson. simple-salesforce decodes every query
+    page with the standard library into OrderedDicts, which cost more CPU than the rest of the
+    read; orjson gives the same values as plain dicts. A body that is not UTF-8 JSON (orjson
+    reads nothing else) is left to the standard decoder, as before."""
+
+    def parse_result_to_json(self, result: requests.Response) -> Any:
+        try:
+            return orjson.loads(result.content)
+        except orjson.JSONDecodeError:
+            return super().parse_result_to_json(result)
 
 
 class SalesforceConnector(sdk.Connector):
@@ -104,7 +115,7 @@ class SalesforceConnector(sdk.Connector):
 
     def _login(self) -> None:
         grant: TokenGrant = request_token(self.session, self.config)
-        self._sf = Salesforce(
+        self._sf = _Salesforce(
             instance_url=grant.instance_url,
             session_id=grant.access_token,
             session=self.session,

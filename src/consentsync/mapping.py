@@ -761,7 +761,7 @@ class MappingSpec(_Strict):
 class Mapping:
     """One loaded mapping file: translates records of one CRM object."""
 
-    __slots__ = ("_canonical", "object", "path", "spec", "vendor")
+    __slots__ = ("_canonical", "_consent_fields", "_pull_fields", "object", "path", "spec", "vendor")
 
     def __init__(self, spec: MappingSpec, path: Path) -> None:
         self.spec = spec
@@ -770,6 +770,11 @@ class Mapping:
         self.object = spec.object
         # Translation tables keyed the way CRM values are compared (see crm_key), built once.
         self._canonical: dict[int, dict[Any, Any]] = {}
+        # Asked for every record a sync reads: worked out once, from a spec that never changes.
+        self._pull_fields = self._fields_to_pull()
+        identity = spec.identity
+        leave_out = {identity.email, identity.record_id, identity.modstamp}
+        self._consent_fields = tuple(name for name in self._pull_fields if name not in leave_out)
 
     def __repr__(self) -> str:
         return f"Mapping({self.vendor}:{self.object} from {self.path})"
@@ -779,6 +784,14 @@ class Mapping:
     def pull_fields(self) -> list[str]:
         """Every CRM field to read, in a stable order without repeats: the id and change
         timestamp first, and the pushed fields too (their current values make pushes idempotent)."""
+        return list(self._pull_fields)
+
+    def consent_fields(self) -> tuple[str, ...]:
+        """The fields read that carry consent (``pull_fields`` less the record's id, change
+        timestamp and email address)."""
+        return self._consent_fields
+
+    def _fields_to_pull(self) -> tuple[str, ...]:
         identity = self.spec.identity
         names = [identity.record_id, identity.modstamp]
         if identity.email:
@@ -797,7 +810,7 @@ class Mapping:
                 consent.notice_version,
             )
             names += [spec.field for spec in optional if spec is not None]
-        return list(dict.fromkeys(names))
+        return tuple(dict.fromkeys(names))
 
     def push_fields(self) -> list[str]:
         """The CRM fields consentsync writes (direction push or both), in file order."""
@@ -830,11 +843,18 @@ class Mapping:
         return record_id, email, links
 
     def evidence_from(
-        self, record: RecordMap[str, Any], *, connector: str, observed_at: datetime
+        self,
+        record: RecordMap[str, Any],
+        *,
+        connector: str,
+        observed_at: datetime,
+        record_id: str | None = None,
     ) -> list[Evidence]:
         """What the record says, one Evidence per consent and channel; a consent whose status
-        translates to null (or whose purpose or channel is not ours) says nothing."""
-        record_id = self._record_id(record)
+        translates to null (or whose purpose or channel is not ours) says nothing. ``record_id``:
+        the id ``identity_from`` already read from this record."""
+        if record_id is None:
+            record_id = self._record_id(record)
         source = f"{connector}:{self.object}"
         out: list[Evidence] = []
         for consent in self.spec.consents:

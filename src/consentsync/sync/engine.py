@@ -633,7 +633,9 @@ class SyncEngine:
         for record in page:
             try:
                 record_id, email, links = mapping.identity_from(record.fields)
-                evidence = mapping.evidence_from(record.fields, connector=self.name, observed_at=now)
+                evidence = mapping.evidence_from(
+                    record.fields, connector=self.name, observed_at=now, record_id=record_id
+                )
                 for item in evidence:
                     self.ledger.validate(item)
             except InvalidInput as error:
@@ -687,6 +689,7 @@ class SyncEngine:
         new_links = [record.record_id for record, _, _, _ in good if record.record_id not in link_ids]
         if new_links:
             link_ids.update(self._link_ids(conn, mapping.object, new_links))
+        stamp = db_time(conn, now)
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
@@ -712,7 +715,7 @@ class SyncEngine:
                     canonical_json(view),
                     fields,
                     digests[record.record_id],
-                    db_time(conn, now),
+                    stamp,
                 )
             )
         stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
@@ -1673,13 +1676,9 @@ def _later(candidate: Cursor, position: Cursor) -> bool:
 def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:
     """The record's values of the fields the mapping reads and writes, less its identity (the
     email address stays out of snapshots: it is personal data the ledger keeps in one place)."""
-    identity = mapping.spec.identity
-    leave_out = {identity.email, identity.record_id, identity.modstamp}
     # An address written in a free-text field (a capture note) stays out too: no erasure could
     # find it here (docs/policy.md, "Erasure"). Pushed fields are flags and picklists: untouched.
-    return {
-        name: _without_addresses(fields.get(name)) for name in mapping.pull_fields() if name not in leave_out
-    }
+    return {name: _without_addresses(fields.get(name)) for name in mapping.consent_fields()}
 
 
 def _without_addresses(value: Any) -> Any:
