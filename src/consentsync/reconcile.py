@@ -42,6 +42,7 @@ from consentsync.domain import (
     Purpose,
     SubjectFlags,
     iso,
+    quick_init,
 )
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
@@ -120,6 +121,7 @@ def is_soft_opt_in(evidence: Evidence, policy: Policy) -> bool:
     )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Ranked:
     """One piece of evidence reduced to what precedence compares.
@@ -152,7 +154,7 @@ class Ranked:
             sort_time = evidence.observed_at
         else:
             sort_time = EARLIEST
-        return cls(  # positionally: keywords cost a quarter of the construction
+        return cls(  # positionally: keywords cost more
             sort_time,
             RESTRICTIVENESS[evidence.status],
             evidence.fingerprint(),
@@ -194,8 +196,8 @@ class Ranked:
             "sort_time": self.sort_time,
             "rank": self.rank,
             "fingerprint": self.fingerprint,
-            "status": self.status.value,
-            "basis": self.basis.value if self.basis else None,
+            "status": self.status._value_,  # the plain string, without ``value``'s property
+            "basis": self.basis._value_ if self.basis else None,
             "event_time": self.event_time,
             "observed_at": self.observed_at,
             "source": self.source,
@@ -254,6 +256,7 @@ def _later(a: _T | None, b: _T | None) -> _T | None:
     return b if a < b else a  # max(a, b), keeping ``a`` on a tie
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Summary:
     """Everything precedence needs to know about a set of evidence; see the module docstring."""
@@ -577,6 +580,7 @@ def _relevant(objections: Sequence[ObjectionFact], purpose: Purpose) -> list[Obj
     return sorted(binding, key=lambda o: (order[o.status], not o.direct_marketing, o.raised_at))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What one piece of evidence does to the ledger."""

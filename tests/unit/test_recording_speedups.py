@@ -1,0 +1,102 @@
+"""What the recording path's shortcuts must not change: ``domain.quick_init`` makes the same
+frozen dataclasses as ``dataclass`` does, and ``check_label``'s cache of accepted labels never
+accepts what the check refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from consentsync.domain import (
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    check_label,
+    quick_init,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Plain:
+    a: int
+    b: str = "b"
+    c: list[int] = field(default_factory=list)
+    d: int | None = field(default=None, init=False)
+    _: dataclasses.KW_ONLY
+    e: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "d", self.a * 2)
+
+
+@quick_init
+@dataclass(frozen=True, slots=True)
+class Quick:
+    a: int
+    b: str = "b"
+    c: list[int] = field(default_factory=list)
+    d: int | None = field(default=None, init=False)
+    _: dataclasses.KW_ONLY
+    e: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "d", self.a * 2)
+
+
+def test_quick_init_makes_what_dataclass_makes() -> None:
+    assert str(inspect.signature(Quick)) == str(inspect.signature(Plain))
+    for args, kwargs in [((1,), {}), ((1, "x"), {"e": True}), ((3,), {"c": [1], "b": "y"})]:
+        quick, plain = Quick(*args, **kwargs), Plain(*args, **kwargs)  # type: ignore[arg-type]
+        assert dataclasses.astuple(quick) == dataclasses.astuple(plain)
+        assert repr(quick).removeprefix("Quick") == repr(plain).removeprefix("Plain")
+    assert Quick(1).c is not Quick(1).c  # a fresh default each time
+    assert Quick(1) == Quick(1) != Quick(2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Quick(1).a = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Quick(1, "b", [], True)  # type: ignore[misc]  # e is keyword-only
+    with pytest.raises(TypeError):
+        Quick()  # type: ignore[call-arg]
+    assert dataclasses.replace(Quick(1), a=5).d == 10
+
+
+def test_evidence_and_states_stay_frozen_dataclasses() -> None:
+    moment = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    evidence = Evidence("p", "email", ConsentStatus.GRANTED, None, moment, moment, "web_form", Origin.CAPTURE)
+    assert evidence.event_time == moment and evidence.event_time.tzinfo is UTC  # normalised
+    assert evidence.fingerprint() == dataclasses.replace(evidence).fingerprint()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        evidence.source = "x"  # type: ignore[misc]
+    state = EffectiveState("p", "email", ConsentStatus.GRANTED, LawfulBasis.CONSENT, False, "rule")
+    assert state.detail == "" and state.evidence_status is None
+    assert [f.name for f in dataclasses.fields(state)][-1] == "evidence_status"
+
+
+def test_check_label_cache_accepts_only_what_was_checked() -> None:
+    assert check_label("crm-import", "source", 20) == "crm-import"
+    assert check_label("crm-import", "source", 20) == "crm-import"  # from the cache
+    with pytest.raises(InvalidInput, match="at most 5"):
+        check_label("crm-import", "source", 5)  # a tighter bound is checked again
+    assert check_label("   ", "actor", 20) == "   "
+    with pytest.raises(InvalidInput, match="must not be empty"):
+        check_label("   ", "actor", 20, required=True)  # required is checked again
+    for bad in ("a\x00b", "someone@example.org"):
+        for _ in range(2):
+            with pytest.raises(InvalidInput):
+                check_label(bad, "source", 200)
+
+
+def test_check_label_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consentsync import domain
+
+    monkeypatch.setattr(domain, "ACCEPTED_LABELS_MAX", 10)
+    for index in range(50):
+        check_label(f"label-{index}", "source", 200)
+        assert len(domain._ACCEPTED_LABELS) <= 10
