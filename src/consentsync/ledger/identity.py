@@ -18,11 +18,19 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Table, and_, insert, select
 
 from consentsync.audit import AuditRecord
-from consentsync.ledger.bulk import chunks, db_time, insert_rows, note_written, select_in
+from consentsync.ledger.bulk import (
+    chunks,
+    db_time,
+    insert_returning_ids,
+    insert_rows,
+    note_written,
+    select_in,
+)
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
 
 EMAIL = "email"
 IDENTIFIER_COLUMNS = ("subject_id", "kind", "value")
+SUBJECT_COLUMNS = ("uid", "created_at", "restricted", "suppression_id")
 LINK_COLUMNS = ("subject_id", "connector", "object_type", "record_id", "linked_at")
 
 
@@ -230,12 +238,17 @@ class SubjectResolver:
             }
             for i in identities
         ]
-        ids = list(
-            self.conn.execute(
-                insert(subjects).returning(subjects.c.id, sort_by_parameter_order=True), rows
-            ).scalars()
-        )
-        note_written(self.conn, subjects.name, len(ids))
+        if self.conn.dialect.name == "sqlite":
+            created_at = db_time(self.conn, self.now)
+            values = [(row["uid"], created_at, False, row["suppression_id"]) for row in rows]
+            ids = insert_returning_ids(self.conn, subjects, SUBJECT_COLUMNS, values)
+        else:
+            ids = list(
+                self.conn.execute(
+                    insert(subjects).returning(subjects.c.id, sort_by_parameter_order=True), rows
+                ).scalars()
+            )
+            note_written(self.conn, subjects.name, len(ids))
         emails = [
             (subject_id, EMAIL, identity.email)
             for identity, subject_id, row in zip(identities, ids, rows, strict=True)
