@@ -339,15 +339,17 @@ class Ledger:
                 contexts[subject_id] = warm.contexts[subject_id]
                 for (purpose, channel), summary in warm.summaries[subject_id].items():
                     states[(subject_id, purpose, channel)] = summary
-        seen = self._known_fingerprints(conn, subject_ids, [r.evidence for r in batch])
+        # What is recorded, and so what a replay must be matched against: a value dated after its
+        # observation is recorded at the observation.
+        recorded = [_not_after_observation(r.evidence) for r in batch]
+        seen = self._known_fingerprints(conn, subject_ids, recorded)
         to_db = time_writer(conn)
         events: list[tuple[Any, ...]] = []
         entries: list[audit.Entry] = [(audit.payload_of(r), r.details, r.subject_id) for r in resolver.audit]
         dirty: dict[tuple[int, str, str], EffectiveState] = {}
         changed_subjects: set[int] = set()
         purposes, policy = self.purposes, self.policy
-        for request, subject_id in zip(batch, subject_ids, strict=True):
-            evidence = _not_after_observation(request.evidence)
+        for evidence, subject_id in zip(recorded, subject_ids, strict=True):
             context = contexts[subject_id]
             fingerprint = evidence.fingerprint()
             if (subject_id, fingerprint) in seen:
