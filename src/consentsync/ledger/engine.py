@@ -10,6 +10,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from consentsync.ledger.bulk import written
+from consentsync.ledger.checkpoint import BACKSTOP_PAGES, BackgroundCheckpoint
 
 
 def normalise_url(url: str) -> str:
@@ -25,6 +26,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         _serialise_sqlite_writers(engine)
+        path = engine.url.database
+        if path and path != ":memory:" and not path.startswith("file:"):
+            BackgroundCheckpoint(path).attach(engine)
         return engine
     engine = create_engine(url, pool_pre_ping=True, **kwargs)
     _serialise_postgres_writers(engine)
@@ -43,10 +47,9 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: the indexes outgrow the 2 MiB default
-        # Checkpoint the WAL every ~64 MiB rather than every 4 MiB: a batch of events then costs
-        # one checkpoint in many instead of one each, and pages rewritten by several batches are
-        # copied back once.
-        cursor.execute("PRAGMA wal_autocheckpoint=16384")
+        # The log is copied back beside the writer (ledger/checkpoint.py); SQLite's own
+        # checkpoint, on the committing thread, is the backstop.
+        cursor.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

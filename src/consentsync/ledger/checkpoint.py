@@ -1,0 +1,93 @@
+"""Copying a SQLite ledger's write-ahead log back into the database file, beside the writer.
+
+In WAL mode a commit appends pages to the ``-wal`` file; a checkpoint copies them back into the
+database and, with ``synchronous=NORMAL``, is the only step that waits for the disk (fsync).
+SQLite's automatic checkpoint runs inside the commit that crossed the threshold, on the
+writer's thread: a sync run or a bulk import stood still while tens of megabytes were copied and
+synced, and more so as the ledger outgrew the page cache.
+
+Here, while a process writes, a passive checkpoint runs about once a ``period`` on a connection
+of its own in a short-lived thread. SQLite releases the GIL while it works, so the copy and the
+fsync run on another core while the writer carries on: a passive checkpoint takes no lock a
+writer needs and never waits for one. SQLite's own automatic checkpoint stays, at a higher
+threshold, for the case where this one cannot keep up (a reader holding an old snapshot).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from sqlalchemy import Engine, event
+
+log = structlog.get_logger(__name__)
+
+# SQLite's own checkpoint, as a backstop: 65,536 pages of 4 KiB (256 MiB of log).
+BACKSTOP_PAGES = 65536
+# A log larger than this is copied to its end and emptied, waiting for the writer at most
+# RESTART_WAIT_MS (and holding it up at most that long for a reader still using the log).
+RESTART_BYTES = 64 * 1024 * 1024
+RESTART_WAIT_MS = 500
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+class BackgroundCheckpoint:
+    """Starts a passive checkpoint of ``path`` in a thread of its own when a write transaction
+    begins and none ran for ``period`` seconds; at most one at a time."""
+
+    def __init__(self, path: str, period: float = 1.0) -> None:
+        self.path = path
+        self.period = period
+        self._lock = threading.Lock()
+        self._running = False
+        self._last = time.monotonic()
+        self.completed = 0  # checkpoints that ran to their end (for tests and logs)
+
+    def attach(self, engine: Engine) -> None:
+        @event.listens_for(engine, "begin")
+        def _on_begin(_connection: Any) -> None:
+            self.maybe_start()
+
+    def maybe_start(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._running or now - self._last < self.period:
+                return
+            self._running, self._last = True, now
+        threading.Thread(target=self._run, name="consentsync-wal-checkpoint", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            # mode=rw: a ledger file removed meanwhile is not created again, empty.
+            connection = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=0)
+            try:
+                # PASSIVE: copies what no reader still needs, waits for no lock, blocks no writer.
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if _size(self.path + "-wal") > RESTART_BYTES:
+                    # A writer that commits while a passive checkpoint copies keeps the log from
+                    # ever being all copied, and only then may SQLite start it over: the file
+                    # would grow for as long as the run writes. What is left to copy is what was
+                    # committed meanwhile; this takes the write lock for that long, after the
+                    # writer's transaction, and empties the file.
+                    connection.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+                    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                self.completed += 1
+            finally:
+                connection.close()
+        except sqlite3.Error as error:  # the next one tries again; SQLite's backstop remains
+            log.debug("ledger.checkpoint_failed", error=type(error).__name__)
+        finally:
+            with self._lock:
+                self._running = False
+                self._last = time.monotonic()
