@@ -764,7 +764,16 @@ class MappingSpec(_Strict):
 class Mapping:
     """One loaded mapping file: translates records of one CRM object."""
 
-    __slots__ = ("_canonical", "_consent_fields", "_pull_fields", "object", "path", "spec", "vendor")
+    __slots__ = (
+        "_canonical",
+        "_consent_fields",
+        "_pull_fields",
+        "object",
+        "pairs",
+        "path",
+        "spec",
+        "vendor",
+    )
 
     def __init__(self, spec: MappingSpec, path: Path) -> None:
         self.spec = spec
@@ -778,6 +787,9 @@ class Mapping:
         identity = spec.identity
         leave_out = {identity.email, identity.record_id, identity.modstamp}
         self._consent_fields = tuple(name for name in self._pull_fields if name not in leave_out)
+        # Each consent with the (purpose, channel) pairs it always speaks for: asked for every
+        # record a push is decided for.
+        self.pairs = [(consent, consent.constant_pairs()) for consent in spec.consents]
 
     def __repr__(self) -> str:
         return f"Mapping({self.vendor}:{self.object} from {self.path})"
@@ -913,8 +925,8 @@ class Mapping:
         and left alone for a basis its push table does not name.
         """
         updates: dict[str, Any] = {}
-        for consent in self.spec.consents:
-            present = [states[pair] for pair in consent.constant_pairs() if pair in states]
+        for consent, pairs in self.pairs:
+            present = [states[pair] for pair in pairs if pair in states]
             if not present:
                 continue
             status = consent.status

@@ -320,3 +320,43 @@ def test_a_record_read_again_unchanged_is_skipped_but_an_address_change_alone_is
         addresses = conn.execute(select(subject_identifiers.c.value)).scalars().all()
     assert all(digest and len(digest) == 64 for digest in digests)
     assert not set(digests) & set(addresses), "an address is stored in the snapshots"
+
+
+def test_a_write_by_another_connection_between_pages_is_seen_by_the_next_page(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox
+) -> None:
+    """A run keeps what its committed pages knew about their people (sync/writer.py). A person
+    erased by another process while the run reads (after their contact's page, before their
+    consent records) must be reconciled as erased by every later page: every state row written
+    after the erasure is the erasure's suppression."""
+    from consentsync.ledger.schema import consent_states
+
+    consents = sandbox.org.records("ContactPointTypeConsent")
+    granted = {r["PartyId"] for r in consents if r.get("PrivacyConsentStatus") == "OptIn"}
+    person = next(
+        r for r in sandbox.org.records("Contact") if r.get("Email") and r.get("IndividualId") in granted
+    )
+    erased: dict[str, Any] = {}
+
+    def erase_once_contacts_are_in(report: Any) -> None:
+        if not erased and report.stage.startswith("reading") and "Contact" not in report.stage:
+            erased.update(ledger.erase(person["Email"], reason="Art. 17 request, ticket 4711"))
+            erased["at"] = utcnow()
+
+    engine = _engine(ledger, config_path, sandbox)
+    engine.progress = erase_once_contacts_are_in
+    report = engine.run(full=True)
+    assert report.status == "succeeded", report.error
+    assert erased, "the run never got past its contacts"
+    with ledger.engine.connect() as conn:
+        subject_id = conn.execute(
+            select(crm_links.c.subject_id).where(crm_links.c.record_id == person["Id"])
+        ).scalar_one()
+        rows = conn.execute(
+            select(consent_states.c.suppressed, consent_states.c.rule, consent_states.c.updated_at).where(
+                consent_states.c.subject_id == subject_id
+            )
+        ).all()
+    later = [row for row in rows if row.updated_at.replace(tzinfo=erased["at"].tzinfo) > erased["at"]]
+    assert later, "no page wrote this person's states after the erasure"
+    assert all(row.suppressed and row.rule == "erasure_suppression" for row in later), later

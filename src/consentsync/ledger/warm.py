@@ -71,6 +71,10 @@ class WarmSubjects:
         batch committed."""
         self._staged = (list(emails), contexts, summaries, effective, computed_at)
 
+    def discard(self) -> None:
+        """Forgets what a batch staged: its transaction was rolled back."""
+        self._staged = None
+
     def promote(self) -> None:
         if self._staged is None:
             return

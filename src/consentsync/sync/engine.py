@@ -47,6 +47,7 @@ from consentsync.ledger.schema import (
     sync_runs,
 )
 from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import Mapping, crm_key, field_value
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
@@ -58,6 +59,7 @@ from consentsync.sync.plan import Plan, plan_items, restricting
 from consentsync.sync.prefetch import Prefetch, PrefetchEach
 from consentsync.sync.runs import RunCounts, record_unstarted
 from consentsync.sync.spool import PageSpool
+from consentsync.sync.writer import RunWriter
 
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
@@ -202,6 +204,7 @@ class SyncEngine:
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
         self._shared: Connection | None = None  # the one transaction of a dry run
+        self._writer: RunWriter | None = None  # a run's write connection on SQLite
         self._lease: Lease | None = None  # this run's ownership of the connector
         self._apply_plan: Plan | None = None
         self.plan_actor: str | None = None  # who approved the plan being applied (its audit entry)
@@ -260,6 +263,8 @@ class SyncEngine:
                 lease.release()
                 raise
             lease.start_heartbeat(self.stop_requested.set)
+            if self.ledger.engine.dialect.name == "sqlite":
+                self._writer = RunWriter(self.ledger.engine)
         bound.info("sync.started", full=full, dry_run=dry_run)
         try:
             if dry_run:
@@ -323,6 +328,9 @@ class SyncEngine:
             report.counts.api_calls = usage.calls
             report.counts.api_used, report.counts.api_limit = usage.used, usage.limit
             report.finished_at = self.ledger.clock()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
             if not dry_run:
                 try:
                     self._record_run_end(report)
@@ -393,11 +401,20 @@ class SyncEngine:
         """A write transaction that holds only while this run still owns its connector."""
         if self._shared is not None:
             yield self._shared
+        elif self._writer is not None:
+            with self._writer.transaction(self._lease.check if self._lease is not None else None) as conn:
+                yield conn
         else:
             with self.ledger.engine.begin() as conn:
                 if self._lease is not None:
                     self._lease.check(conn)
                 yield conn
+
+    def _warm_for(self, conn: Connection) -> WarmSubjects | None:
+        """What the run's committed pages know about their people, for a transaction on the
+        run's own write connection (sync/writer.py)."""
+        writer = self._writer
+        return writer.warm if writer is not None and conn is writer.connection else None
 
     # -- pull ----------------------------------------------------------------------------------
 
@@ -693,14 +710,14 @@ class SyncEngine:
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
-            view = {_evidence_key(e): _evidence_view(e) for e in evidence}
+            keyed = [(_evidence_key(e), e) for e in evidence]
+            view = {key: _evidence_view(e) for key, e in keyed}
             # Undated values are evidence only when they change: a re-read is not a new
             # observation, and a value this project wrote is not the person's choice.
             fresh = [
                 e
-                for e in evidence
-                if not _same(seen.get(_evidence_key(e)), view[_evidence_key(e)])
-                and not _same(echo.get(_evidence_key(e)), view[_evidence_key(e)])
+                for key, e in keyed
+                if not _same(seen.get(key), view[key]) and not _same(echo.get(key), view[key])
             ]
             fields = canonical_json(_consent_fields(mapping, record.fields))
             stored = snapshots.get(record.record_id)
@@ -718,7 +735,9 @@ class SyncEngine:
                     stamp,
                 )
             )
-        stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
+        stats, outcomes = self.ledger.record_in(
+            conn, requests, run_id=report.run_id, warm=self._warm_for(conn)
+        )
         counts.evidence_recorded += stats.recorded
         counts.evidence_duplicates += stats.duplicates
         counts.state_changes += stats.state_changes
@@ -882,8 +901,10 @@ class SyncEngine:
         if not page:
             return {}
         by_id = {record.record_id: record for record in page}
+        # Ids and states first: reading our own writes back meets a done row for nearly every
+        # record, and only the unanswered ones are needed whole.
         sent = conn.execute(
-            select(outbox)
+            select(outbox.c.id, outbox.c.record_id, outbox.c.status)
             .where(
                 outbox.c.connector == self.name,
                 outbox.c.object_type == mapping.object,
@@ -895,9 +916,11 @@ class SyncEngine:
         last: dict[str, Any] = {}
         for row in sent:
             last[row.record_id] = row  # the latest write sent to each record
-        unanswered = [row for row in last.values() if row.status in ("pending", "superseded")]
-        if not unanswered:
+        wanted = [row.id for row in last.values() if row.status in ("pending", "superseded")]
+        if not wanted:
             return {}
+        whole = {row.id: row for row in conn.execute(select(outbox).where(outbox.c.id.in_(wanted)))}
+        unanswered = [whole[outbox_id] for outbox_id in wanted]
         echoes: dict[str, dict[str, Any]] = {}
         snapshots = self._load_snapshots(conn, mapping.object, [row.record_id for row in unanswered])
         taken: list[tuple[Any, WriteResult]] = []
@@ -977,7 +1000,7 @@ class SyncEngine:
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
-            rule = _rule_for(mapping, updates, subject_states)
+            wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
             erasure = self.options.erasure_actions.get(row.object_type, "suppress")
             if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
@@ -993,6 +1016,8 @@ class SyncEngine:
             if not updates and action is WriteAction.UPDATE:
                 superseded += pending  # decided on an older state: the CRM already agrees now
                 continue
+            if rule is None:
+                rule = _rule_for(mapping, wanted, subject_states)
             fields = canonical_json(updates)
             if _repeats(queued.get(key, ()), fields, action.value):
                 continue  # its pending row stays, with its attempts and its sent mark
@@ -1064,8 +1089,8 @@ class SyncEngine:
     ) -> dict[str, Any]:
         """``updates`` less the writes the CRM could never undo, unless the person's state for the
         field's purposes rests on an evidenced withdrawal, refusal, objection or erasure."""
-        if action is WriteAction.DELETE:
-            return updates  # only ever an erasure action
+        if action is WriteAction.DELETE or not updates:
+            return updates  # a delete is only ever an erasure action
         fixed = self.connector.irreversible(RecordUpdate(row.object_type, row.record_id, updates, action))
         if not fixed:
             return updates
@@ -1727,10 +1752,9 @@ def _rule_for(
     """The rule behind the fields a push writes: the state of the consents those fields carry
     (a suppressed one first), else the person's deciding rule."""
     behind: dict[tuple[str, str], EffectiveState] = {}
-    for consent in mapping.spec.consents:
-        fields = {consent.status.field, consent.basis.field if consent.basis else None}
-        if fields & set(updates):
-            behind.update({pair: states[pair] for pair in consent.constant_pairs() if pair in states})
+    for consent, pairs in mapping.pairs:
+        if consent.status.field in updates or (consent.basis is not None and consent.basis.field in updates):
+            behind.update({pair: states[pair] for pair in pairs if pair in states})
     return _deciding_rule(behind or states)
 
 

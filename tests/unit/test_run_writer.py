@@ -1,0 +1,73 @@
+"""A sync run's write connection keeps what its pages committed, and only while nobody else writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from consentsync.ledger.engine import make_engine
+from consentsync.sync.writer import RunWriter
+
+NOW = datetime(2026, 12, 3, tzinfo=UTC)
+
+
+def _stage(writer: RunWriter, subject_id: int) -> None:
+    writer.warm.stage([], {subject_id: object()}, {}, {}, NOW)
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (v INTEGER)"))
+    yield engine
+    engine.dispose()
+
+
+def test_what_a_committed_transaction_staged_is_kept_for_the_next(engine) -> None:
+    writer = RunWriter(engine)
+    with writer.transaction() as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        _stage(writer, 7)
+    with writer.transaction():
+        assert writer.warm.knows(7)
+    writer.close()
+
+
+def test_a_commit_by_another_connection_empties_it(engine) -> None:
+    writer = RunWriter(engine)
+    with writer.transaction():
+        _stage(writer, 7)
+    with engine.begin() as other:  # an objection decided, an erasure, a capture meanwhile
+        other.execute(text("INSERT INTO t VALUES (2)"))
+    with writer.transaction():
+        assert not writer.warm.knows(7)
+    writer.close()
+
+
+def test_a_rolled_back_transaction_leaves_nothing(engine) -> None:
+    writer = RunWriter(engine)
+    with pytest.raises(RuntimeError), writer.transaction():
+        _stage(writer, 7)
+        raise RuntimeError("the page failed")
+    with writer.transaction():
+        pass  # a later transaction that stages nothing must not take in the failed one's
+    assert not writer.warm.knows(7)
+    writer.close()
+
+
+def test_the_check_runs_inside_the_transaction_and_can_refuse_it(engine) -> None:
+    writer = RunWriter(engine)
+
+    def lost(conn) -> None:
+        assert conn.in_transaction()
+        raise LookupError("lease lost")
+
+    with pytest.raises(LookupError), writer.transaction(lost) as conn:
+        conn.execute(text("INSERT INTO t VALUES (3)"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM t WHERE v = 3")).scalar() == 0
+    writer.close()
