@@ -330,15 +330,7 @@ class Ledger:
         resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
         subject_ids = _resolve(resolver, [r.identity for r in batch], warm)
         stats.subjects_created = len(resolver.audit)
-        touched = set(subject_ids)
-        cold = touched if warm is None else {s for s in touched if not warm.knows(s)}
-        contexts = self._contexts(conn, cold)
-        states = self._load_summaries(conn, cold)
-        if warm is not None:
-            for subject_id in touched - cold:
-                contexts[subject_id] = warm.contexts[subject_id]
-                for (purpose, channel), summary in warm.summaries[subject_id].items():
-                    states[(subject_id, purpose, channel)] = summary
+        contexts, states = self._known(conn, set(subject_ids), warm)
         # What is recorded, and so what a replay must be matched against: a value dated after its
         # observation is recorded at the observation.
         recorded = [_not_after_observation(r.evidence) for r in batch]
@@ -847,13 +839,14 @@ class Ledger:
         }
 
     def effective_states_in(
-        self, conn: Connection, subject_ids: Sequence[int]
+        self, conn: Connection, subject_ids: Sequence[int], *, warm: WarmSubjects | None = None
     ) -> dict[int, dict[tuple[str, str], EffectiveState]]:
-        """Every configured (purpose, channel) of each subject, as of now: what a CRM must show."""
+        """Every configured (purpose, channel) of each subject, as of now: what a CRM must show.
+        ``warm``: what the caller's committed transactions know about these people (a sync run's
+        pages), read instead of the ledger's rows."""
         now = self.clock()
         ids = set(subject_ids)
-        contexts = self._contexts(conn, ids)
-        summaries = self._load_summaries(conn, ids)
+        contexts, summaries = self._known(conn, ids, warm)
         # Without evidence or objections, a key's state follows from its purpose, its channel and
         # the person's flags alone (effective_state is pure): most keys of most people share one.
         blank: dict[tuple[str, str, SubjectFlags], EffectiveState] = {}
@@ -983,6 +976,21 @@ class Ledger:
         if not direct_marketing:
             return [purpose]
         return [purpose] + [p for p in self.purposes.values() if p.direct_marketing and p != purpose]
+
+    def _known(
+        self, conn: Connection, subject_ids: set[int], warm: WarmSubjects | None
+    ) -> tuple[dict[int, _SubjectContext], dict[tuple[int, str, str], Summary]]:
+        """The subjects' contexts and consent summaries: from ``warm`` where it knows them, else
+        read from the ledger."""
+        cold = subject_ids if warm is None else {s for s in subject_ids if not warm.knows(s)}
+        contexts = self._contexts(conn, cold)
+        summaries = self._load_summaries(conn, cold)
+        if warm is not None:
+            for subject_id in subject_ids - cold:
+                contexts[subject_id] = warm.contexts[subject_id]
+                for (purpose, channel), summary in warm.summaries[subject_id].items():
+                    summaries[(subject_id, purpose, channel)] = summary
+        return contexts, summaries
 
     def _contexts(self, conn: Connection, subject_ids: set[int]) -> dict[int, _SubjectContext]:
         contexts: dict[int, _SubjectContext] = {}

@@ -963,7 +963,7 @@ class SyncEngine:
         an erased person, the erasure action configured for the object (Art. 17(2))."""
         if not subject_ids:
             return
-        states = self.ledger.effective_states_in(conn, subject_ids)
+        states = self.ledger.effective_states_in(conn, subject_ids, warm=self._warm_for(conn))
         # By person only, through the subject index (a person has a few links): naming the
         # connector too would let the planner pick the (connector, object, record) index and
         # read every link of the connector for each page.
