@@ -18,7 +18,7 @@ from typing import Any, TypedDict, Unpack
 
 from sqlalchemy import Connection, Select, func, or_, select, update
 
-from consentsync.domain import canonical_json, iso
+from consentsync.domain import canonical_json, iso, sha256_hex
 from consentsync.ledger.bulk import db_time, insert_rows
 from consentsync.ledger.schema import (
     audit_details,
@@ -103,7 +103,6 @@ def append_payloads(conn: Connection, entries: Sequence[Entry], at: datetime) ->
     stamp, stored_at = iso(at), db_time(conn, at)
     entry_rows: list[tuple[Any, ...]] = []
     detail_rows: list[tuple[Any, ...]] = []
-    sha256 = hashlib.sha256
     for payload, details, subject_id in entries:
         seq += 1
         payload["seq"] = seq
@@ -112,7 +111,7 @@ def append_payloads(conn: Connection, entries: Sequence[Entry], at: datetime) ->
             payload["details_sha256"] = details_digest(details)
             detail_rows.append((seq, subject_id, canonical_json(details)))
         text = canonical_json(payload)
-        digest = sha256((prev + text).encode("utf-8")).hexdigest()  # chain_hash, inlined
+        digest = sha256_hex((prev + text).encode("utf-8"))  # chain_hash, inlined
         entry_rows.append(
             (seq, stored_at, payload["action"], payload["subject"], payload["run"], text, prev, digest)
         )

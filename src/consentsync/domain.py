@@ -444,7 +444,7 @@ class Evidence:
         )
         if self.soft_opt_in is not None:  # appended only when present: older prints stay valid
             parts = (*parts, *self.soft_opt_in.values())
-        return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_UTC_Z)).hexdigest()
+        return sha256_hex(orjson.dumps(parts, option=orjson.OPT_UTC_Z))
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,6 +498,18 @@ class EffectiveState:
         """What was decided, and by which rule: the part of ``as_dict`` the capture API answers."""
         view = self.as_dict()
         return {key: view[key] for key in ("status", "basis", "suppressed", "rule")}
+
+
+_SHA256 = hashlib.sha256()
+
+
+def sha256_hex(data: bytes) -> str:
+    """``hashlib.sha256(data).hexdigest()``, from a copy of an empty hash: OpenSSL 3 looks the
+    algorithm up by name for every new hash, which costs more than hashing a fingerprint's or an
+    audit entry's few hundred bytes (each event makes both)."""
+    digest = _SHA256.copy()
+    digest.update(data)
+    return digest.hexdigest()
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -100,3 +100,15 @@ def test_check_label_cache_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     for index in range(50):
         check_label(f"label-{index}", "source", 200)
         assert len(domain._ACCEPTED_LABELS) <= 10
+
+
+def test_sqlite_binds_none_and_bools_as_before() -> None:
+    import sqlite3
+
+    import consentsync.ledger.bulk  # noqa: F401  (registers the adapters)
+
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a, b, c)")
+    db.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, True, False), (1, "x", None)])
+    rows = db.execute("SELECT a, typeof(a), b, typeof(b), c, typeof(c) FROM t ORDER BY rowid").fetchall()
+    assert rows == [(None, "null", 1, "integer", 0, "integer"), (1, "integer", "x", "text", None, "null")]
