@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from consentsync.ledger import checkpoint
 from consentsync.ledger.engine import make_engine
 from consentsync.sync.writer import RunWriter
 
@@ -70,4 +71,28 @@ def test_the_check_runs_inside_the_transaction_and_can_refuse_it(engine) -> None
         conn.execute(text("INSERT INTO t VALUES (3)"))
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM t WHERE v = 3")).scalar() == 0
+    writer.close()
+
+
+def test_the_run_empties_a_large_log_itself_and_keeps_what_it_knows(engine, monkeypatch) -> None:
+    # A log restarted by another connection reads to the run as someone's commit and would empty
+    # its cache every few seconds of a large sync; the run restarts it on its own connection.
+    monkeypatch.setattr(checkpoint, "RESTART_BYTES", 512 * 1024)
+    wal = Path(f"{engine.url.database}-wal")
+    writer = RunWriter(engine)
+    with writer.transaction():
+        _stage(writer, 7)
+    largest, emptied = 0, False
+    for _ in range(400):
+        with writer.transaction() as conn:
+            conn.execute(
+                text("INSERT INTO t SELECT length(randomblob(4000)) FROM (SELECT 1 UNION ALL SELECT 2)")
+            )
+            conn.execute(text("CREATE TABLE IF NOT EXISTS big (b BLOB)"))
+            conn.execute(text("INSERT INTO big VALUES (randomblob(8000))"))
+        size = wal.stat().st_size if wal.exists() else 0
+        emptied = emptied or (largest > 512 * 1024 and size < largest)
+        largest = max(largest, size)
+    assert emptied, f"the log grew to {largest} bytes and was never started over"
+    assert writer.warm.knows(7), "restarting the log emptied the run's cache"
     writer.close()

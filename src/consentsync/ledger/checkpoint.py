@@ -23,16 +23,19 @@ from typing import Any
 from urllib.parse import quote
 
 import structlog
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 
 log = structlog.get_logger(__name__)
 
 # SQLite's own checkpoint, as a backstop: 65,536 pages of 4 KiB (256 MiB of log).
 BACKSTOP_PAGES = 65536
-# A log larger than this is copied to its end and emptied, waiting for the writer at most
-# RESTART_WAIT_MS (and holding it up at most that long for a reader still using the log).
+# A log larger than this is copied to its end and emptied by the writer that finds it so before
+# its next transaction (``restart_log``), waiting at most RESTART_WAIT_MS for a reader still
+# using the log. A writer that never does (another process's) leaves it to the background
+# checkpoint at four times the size.
 RESTART_BYTES = 64 * 1024 * 1024
 RESTART_WAIT_MS = 500
+BUSY_TIMEOUT_MS = 30_000  # the ledger's connections' own (ledger/engine.py)
 
 
 def _size(path: str) -> int:
@@ -40,6 +43,29 @@ def _size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def restart_log(conn: Connection) -> None:
+    """Between two transactions of a writer that keeps one connection (a sync run, a bulk
+    import): when the log has grown past RESTART_BYTES, copies what is left of it (the
+    background checkpoint copied the rest) and empties it.
+
+    A writer that commits while a passive checkpoint copies keeps the log from ever being all
+    copied, and only then may SQLite start it over: without this the file grows for as long
+    as the run writes. Done on the writer's own connection, it leaves that connection's
+    ``data_version`` as it is, so the writer's cache of what it committed (ledger/warm.py)
+    stays; done by any other connection, the restart reads to the writer as someone's commit."""
+    path = conn.engine.url.database
+    if conn.dialect.name != "sqlite" or not path or _size(path + "-wal") <= RESTART_BYTES:
+        return
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    # The DBAPI connection autocommits (ledger/engine.py): no transaction is opened around this.
+    dbapi_connection.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
+    try:
+        dbapi_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 class BackgroundCheckpoint:
@@ -74,11 +100,9 @@ class BackgroundCheckpoint:
             try:
                 # PASSIVE: copies what no reader still needs, waits for no lock, blocks no writer.
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if _size(self.path + "-wal") > RESTART_BYTES:
-                    # A writer that commits while a passive checkpoint copies keeps the log from
-                    # ever being all copied, and only then may SQLite start it over: the file
-                    # would grow for as long as the run writes. What is left to copy is what was
-                    # committed meanwhile; this takes the write lock for that long, after the
+                if _size(self.path + "-wal") > 4 * RESTART_BYTES:
+                    # No writer restarted the log (see restart_log): what is left to copy is what
+                    # was committed meanwhile; this takes the write lock for that long, after the
                     # writer's transaction, and empties the file.
                     connection.execute(f"PRAGMA busy_timeout={RESTART_WAIT_MS}")
                     connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from consentsync.ledger.bulk import written
-from consentsync.ledger.checkpoint import BACKSTOP_PAGES, BackgroundCheckpoint
+from consentsync.ledger.checkpoint import BACKSTOP_PAGES, BUSY_TIMEOUT_MS, BackgroundCheckpoint
 
 
 def normalise_url(url: str) -> str:
@@ -24,7 +24,9 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}, **kwargs
+        )
         _serialise_sqlite_writers(engine)
         path = engine.url.database
         if path and path != ":memory:" and not path.startswith("file:"):

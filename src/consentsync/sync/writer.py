@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
+from consentsync.ledger.checkpoint import restart_log
 from consentsync.ledger.warm import WarmSubjects
 
 
@@ -31,6 +32,7 @@ class RunWriter:
         emptied where another connection committed since this one last wrote, and what the
         transaction staged taken in once it committed."""
         conn = self.connection
+        restart_log(conn)
         try:
             with conn.begin():
                 if check is not None:
