@@ -994,15 +994,23 @@ class SyncEngine:
         }  # fmt: skip
         superseded: list[int] = []
         new_rows: list[dict[str, Any]] = []
+        writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
         for row in rows:
             mapping = self.by_object[row.object_type]
             key = (row.object_type, row.record_id)
+            erasure = self.options.erasure_actions.get(row.object_type, "suppress")
+            if not writes[row.object_type] and (
+                row.erased_at is None or erasure == "suppress" or key in erasures_done
+            ):
+                # An object the mapping only reads (consent records) is never written, but for
+                # an erasure's anonymise or delete: a pending row from an older mapping goes.
+                superseded += [old.id for old in queued.get(key, ()) if old.status == "pending"]
+                continue
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
-            erasure = self.options.erasure_actions.get(row.object_type, "suppress")
             if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
                 rule = ERASURE_RULES[erasure]
                 if erasure == "delete":
