@@ -513,9 +513,13 @@ def sha256_hex(data: bytes) -> str:
 
 
 def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 in UTC with Z: ``as_utc(moment).isoformat()`` with Z for +00:00, its fields
+    formatted directly (half the cost: the recording path writes one into most decisions)."""
     if not moment:
         return None
-    return (moment if moment.tzinfo is UTC else as_utc(moment)).isoformat().replace("+00:00", "Z")
+    m = moment if moment.tzinfo is UTC else as_utc(moment)
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (m.year, m.month, m.day, m.hour, m.minute, m.second)  # noqa: UP031
+    return f"{text}.{m.microsecond:06d}Z" if m.microsecond else f"{text}Z"
 
 
 def canonical_json(value: object) -> str:

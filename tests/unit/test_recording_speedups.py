@@ -112,3 +112,17 @@ def test_sqlite_binds_none_and_bools_as_before() -> None:
     db.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, True, False), (1, "x", None)])
     rows = db.execute("SELECT a, typeof(a), b, typeof(b), c, typeof(c) FROM t ORDER BY rowid").fetchall()
     assert rows == [(None, "null", 1, "integer", 0, "integer"), (1, "integer", "x", "text", None, "null")]
+
+
+def test_iso_writes_what_isoformat_writes() -> None:
+    from consentsync.domain import as_utc, iso
+
+    for moment in [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 60, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 6, 1, 0, 30, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 6, 1, 0, 30, 0, 1),  # naive: read as UTC
+    ]:
+        assert iso(moment) == as_utc(moment).isoformat().replace("+00:00", "Z")
+    assert iso(None) is None
