@@ -52,7 +52,6 @@ from consentsync.ledger.bulk import (
     time_writer,
     upsert_rows,
 )
-from consentsync.ledger.checkpoint import restart_log
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
@@ -281,7 +280,6 @@ class Ledger:
         warm = WarmSubjects() if self.engine.dialect.name == "sqlite" else None
         with cyclic_gc_paused(), self.engine.connect() as conn:
             while batch := list(islice(iterator, batch_size)):
-                restart_log(conn)  # on this connection: the warm cache stays (ledger/checkpoint.py)
                 with conn.begin():
                     if warm is not None:
                         # Under the write lock: nobody can commit between this check and ours.
