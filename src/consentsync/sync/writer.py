@@ -20,11 +20,15 @@ from sqlalchemy import Connection, Engine
 from consentsync.ledger.checkpoint import restart_log
 from consentsync.ledger.warm import WarmSubjects
 
+# People kept at most: memory and the cycle collector's walks stay flat however large the org.
+# A person's pages come close together in a small org; in a large one the cache starts over.
+WARM_SUBJECTS = 20_000
+
 
 class RunWriter:
     def __init__(self, engine: Engine) -> None:
         self.connection = engine.connect()
-        self.warm = WarmSubjects()
+        self.warm = WarmSubjects(max_subjects=WARM_SUBJECTS)
 
     @contextmanager
     def transaction(self, check: Callable[[Connection], None] | None = None) -> Iterator[Connection]:
