@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -59,3 +60,43 @@ def test_a_log_written_without_pause_is_emptied_once_large(tmp_path: Path, monke
         largest = max(largest, size)
     assert emptied, f"the log grew to {largest} bytes and was never started over"
     engine.dispose()
+
+
+def test_a_checkpoint_started_after_a_commit_copies_the_whole_log(tmp_path: Path) -> None:
+    # Started once the writer committed (not as its next transaction begins), the copy reaches
+    # the log's end, so SQLite can start the log over at the next write with nobody waiting.
+    path = tmp_path / "ledger.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)"))
+        conn.execute(text("INSERT INTO t (v) SELECT randomblob(4000) FROM (SELECT 1 UNION ALL SELECT 2)"))
+    background = checkpoint._ATTACHED[engine]
+    background._last = 0.0  # its period has passed
+    done = background.completed
+    checkpoint.after_commit(engine)
+    deadline = time.monotonic() + 5.0
+    while background.completed == done and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert background.completed == done + 1
+    # Every page the log held is in the database file now: its size is the database's.
+    connection = sqlite3.connect(path)
+    pages, page_size = (
+        connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "page_size")
+    )
+    connection.close()
+    assert pages > 2
+    assert path.stat().st_size == pages * page_size
+    engine.dispose()
+
+
+def test_while_a_writer_paces_checkpoints_a_beginning_transaction_starts_none(tmp_path: Path) -> None:
+    background = BackgroundCheckpoint(str(tmp_path / "ledger.db"), period=0)
+    background._run = lambda: None  # type: ignore[method-assign]  # what starts matters here, not the copy
+    background._running = True  # as after_commit leaves it, without a thread
+    background.maybe_start(after_commit=True)
+    background._running = False
+    background.maybe_start()
+    assert not background._running
+    background._paced_until = 0.0  # the writer stopped calling after_commit long ago
+    background.maybe_start()
+    assert background._running

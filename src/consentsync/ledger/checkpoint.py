@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import Any
 from urllib.parse import quote
 
@@ -73,9 +74,27 @@ def restart_log(conn: Connection) -> None:
         dbapi_connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+_ATTACHED: weakref.WeakKeyDictionary[Engine, BackgroundCheckpoint] = weakref.WeakKeyDictionary()
+
+
+def after_commit(engine: Engine) -> None:
+    """Called by a writer that commits large transactions back to back (a sync run's pages, a
+    bulk import's batches), right after each commit: the log is copied while the writer prepares
+    its next transaction, so the copy catches up with the log's end and SQLite starts the log
+    over at the next write, with nobody waiting for it."""
+    checkpoint = _ATTACHED.get(engine)
+    if checkpoint is not None:
+        checkpoint.maybe_start(after_commit=True)
+
+
 class BackgroundCheckpoint:
-    """Starts a passive checkpoint of ``path`` in a thread of its own when a write transaction
-    begins and none ran for ``period`` seconds; at most one at a time."""
+    """Starts a passive checkpoint of ``path`` in a thread of its own, at most one at a time and
+    one per ``period`` seconds: when a writer has just committed (``after_commit``), else when a
+    write transaction begins."""
+
+    # A writer that calls after_commit paces the checkpoints while it writes: one started as
+    # another transaction begins would copy beside it and never reach the log's end.
+    PACED_FOR = 5.0
 
     def __init__(self, path: str, period: float = 1.0) -> None:
         self.path = path
@@ -83,16 +102,23 @@ class BackgroundCheckpoint:
         self._lock = threading.Lock()
         self._running = False
         self._last = time.monotonic()
+        self._paced_until = 0.0
         self.completed = 0  # checkpoints that ran to their end (for tests and logs)
 
     def attach(self, engine: Engine) -> None:
+        _ATTACHED[engine] = self
+
         @event.listens_for(engine, "begin")
         def _on_begin(_connection: Any) -> None:
             self.maybe_start()
 
-    def maybe_start(self) -> None:
+    def maybe_start(self, *, after_commit: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
+            if after_commit:
+                self._paced_until = now + self.PACED_FOR
+            elif now < self._paced_until:
+                return
             if self._running or now - self._last < self.period:
                 return
             self._running, self._last = True, now

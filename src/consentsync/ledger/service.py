@@ -52,6 +52,7 @@ from consentsync.ledger.bulk import (
     time_writer,
     upsert_rows,
 )
+from consentsync.ledger.checkpoint import after_commit
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
@@ -290,6 +291,7 @@ class Ledger:
                     stats, _outcomes = self.record_in(
                         conn, batch, run_id=run_id, keep_outcomes=False, warm=warm
                     )
+                after_commit(self.engine)
                 if warm is not None:
                     warm.promote()
                 total.add(stats)

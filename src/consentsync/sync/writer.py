@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
-from consentsync.ledger.checkpoint import restart_log
+from consentsync.ledger.checkpoint import after_commit, restart_log
 from consentsync.ledger.warm import WarmSubjects
 
 # People kept at most: memory and the cycle collector's walks stay flat however large the org.
@@ -27,6 +27,7 @@ WARM_SUBJECTS = 20_000
 
 class RunWriter:
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self.connection = engine.connect()
         self.warm = WarmSubjects(max_subjects=WARM_SUBJECTS)
 
@@ -50,6 +51,7 @@ class RunWriter:
         except BaseException:
             self.warm.discard()
             raise
+        after_commit(self.engine)
         self.warm.promote()
 
     def close(self) -> None:
