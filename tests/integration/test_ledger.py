@@ -217,20 +217,3 @@ def test_restriction_suppresses_everything_until_lifted(ledger: Ledger) -> None:
         actions = [e["action"] for e in audit.entries(conn) if e["action"].startswith("subject.restr")]
         assert audit.verify(conn).ok
     assert actions == ["subject.restricted", "subject.restriction_lifted"]
-
-
-def test_new_subjects_uids_follow_their_creation(ledger: Ledger) -> None:
-    # Time-ordered uids (UUID version 7) go at the end of the uid indexes of subjects and audit
-    # entries: a random uid dirtied a page anywhere in each for every person a first sync met.
-    for batch in range(3):
-        requests = [
-            RecordRequest(Identity(email=f"u{batch}-{n}@example.com"), _evidence(ledger)) for n in range(40)
-        ]
-        ledger.record_many(requests, batch_size=20)
-    with ledger.engine.connect() as conn:
-        uids = conn.execute(select(subjects.c.uid).order_by(subjects.c.id)).scalars().all()
-    assert len(uids) == 120
-    assert all(uid[14] == "7" for uid in uids)  # the version digit
-    # Within one millisecond the order is random: compare the 48-bit time prefixes.
-    assert [uid[:13] for uid in uids] == sorted(uid[:13] for uid in uids)
-    assert len(set(uids)) == 120

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Table, and_, insert, select
-from uuid6 import uuid7
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import (
@@ -231,10 +231,7 @@ class SubjectResolver:
             suppressed.update({row.email_hmac: row.id for row in rows})
         rows = [
             {
-                # Time-ordered (RFC 9562 version 7, 74 random bits): a new person's uid goes at the
-                # end of the subjects' and audit entries' uid indexes, where a random one dirtied a
-                # page of each anywhere in them (a third of a large first sync's log writes).
-                "uid": str(uuid7()),
+                "uid": str(uuid.uuid4()),
                 "created_at": self.now,
                 "restricted": False,
                 "suppression_id": suppressed.get(hashes[i.email]) if i.email else None,
