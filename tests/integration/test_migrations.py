@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from consentsync.app import SCHEMA_REVISION, migration_state
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.schema import metadata
-from tests.conftest import Cli
+from tests.conftest import Cli, record_args
 
 
 def test_expected_revision_is_the_head(ledger_url: str) -> None:
@@ -84,4 +86,49 @@ def test_a_ledger_from_a_newer_consentsync_is_refused_in_one_line(ledger_url: st
         assert "\n" not in message and "Traceback" not in message, message
         assert "at migration 0099" in message and "newer consentsync" in message, message
     assert migration_state(engine) == "0099"
+    engine.dispose()
+
+
+def test_consent_events_keep_their_rows_and_guards_through_the_key_change_and_back(
+    cli: Cli, ledger_url: str
+) -> None:
+    """0011 rebuilds consent_events on SQLite (a unique key is part of the table there): the
+    events a ledger holds survive it both ways, the table stays append-only, and a replayed
+    statement is still refused by the new key."""
+    cli.ok("init")
+    for n, status in enumerate(("granted", "withdrawn", "granted")):
+        at = f"2026-05-0{n + 1}T10:00:00Z"
+        cli.ok(*record_args(f"p{n}@example.org", "email_marketing", status, "--at", at))
+    engine = make_engine(ledger_url)
+
+    def events() -> list[tuple[object, ...]]:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text("SELECT * FROM consent_events ORDER BY id"))]
+
+    recorded = events()
+    assert len(recorded) == 3
+    command.downgrade(alembic_config(engine), "0010")
+    assert events() == recorded
+    upgrade(engine)
+    assert migration_state(engine) == SCHEMA_REVISION and events() == recorded
+    assert cli("audit", "verify").exit_code == 0
+    with engine.connect() as conn:
+        unique_keys = inspect(conn).get_unique_constraints("consent_events")
+        assert [key["column_names"] for key in unique_keys] == [["subject_id", "fingerprint"]]
+        first = conn.execute(text("SELECT subject_id, fingerprint FROM consent_events LIMIT 1")).one()
+    for refused in (
+        "UPDATE consent_events SET status = 'withdrawn'",
+        "DELETE FROM consent_events",
+        "INSERT INTO consent_events SELECT id + 100, subject_id, purpose, channel, status, basis, "
+        "event_time, recorded_at, source, origin, actor, notice_version, double_opt_in_at, "
+        "evidence_ref, fingerprint, run_id, soft_opt_in_sale_ref, soft_opt_in_similar_products, "
+        "soft_opt_in_refusal_at_collection, soft_opt_in_refusal_in_messages "
+        f"FROM consent_events WHERE subject_id = {first.subject_id} "
+        f"AND fingerprint = '{first.fingerprint}'",
+    ):
+        # Each in its own transaction, after the reading connection closed: a writer waiting
+        # behind it would only time out.
+        with pytest.raises(DBAPIError), engine.begin() as writer:
+            writer.execute(text(refused))
+    assert events() == recorded
     engine.dispose()

@@ -134,7 +134,8 @@ consent_events = Table(
     Column("soft_opt_in_refusal_at_collection", String(200)),
     Column("soft_opt_in_refusal_in_messages", String(200)),
     # Replaying the same evidence must not add a row: the fingerprint is the statement's identity.
-    UniqueConstraint("fingerprint", "subject_id"),
+    # Keyed by subject first, so that new events land together (a fingerprint is a hash).
+    UniqueConstraint("subject_id", "fingerprint"),
 )
 
 consent_states = Table(

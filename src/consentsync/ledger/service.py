@@ -1068,10 +1068,11 @@ class Ledger:
     def _known_fingerprints(
         self, conn: Connection, subject_ids: Sequence[int], evidence: Sequence[Evidence]
     ) -> set[tuple[int, str]]:
-        wanted = sorted({e.fingerprint() for e in evidence})
-        ids = set(subject_ids)
-        rows = select_in(conn, consent_events, ("subject_id", "fingerprint"), "fingerprint", wanted)
-        return {(subject_id, fp) for subject_id, fp in rows if subject_id in ids}
+        # By subject: the unique key (subject_id, fingerprint) is the index that serves this.
+        wanted = {e.fingerprint() for e in evidence}
+        ids = sorted(set(subject_ids))
+        rows = select_in(conn, consent_events, ("subject_id", "fingerprint"), "subject_id", ids)
+        return {(subject_id, fp) for subject_id, fp in rows if fp in wanted}
 
     def _store_states(
         self,
