@@ -182,6 +182,19 @@ def test_seed_is_realistic_and_deterministic() -> None:
     assert all(r["CreatedDate"] <= r["SystemModstamp"] for r in contacts)
 
 
+def test_no_seeded_consent_is_confirmed_after_its_record_last_changed() -> None:
+    """A double opt-in is recorded on the record, so its time is never after the record's stamp
+    (a seed just made would otherwise carry confirmations in the future, which a sync rightly
+    quarantines). About one confirmation in 500 fell there, so the org is large enough to show it."""
+    org = SalesforceOrg()
+    org.seed(20_000, seed=7, now=NOW)
+    confirmed = [c for c in org.records("ContactPointTypeConsent") if c["DoubleConsentCaptureDate"]]
+    assert len(confirmed) > 1000
+    late = [c["Id"] for c in confirmed if c["DoubleConsentCaptureDate"] > c["SystemModstamp"]]
+    assert late == []
+    assert all(c["CaptureDate"] <= c["DoubleConsentCaptureDate"] for c in confirmed)
+
+
 def test_serve_forever_prints_how_to_connect(capsys: pytest.CaptureFixture[str]) -> None:
     with served(serve_forever, records=100) as sandbox:
         output = capsys.readouterr().out

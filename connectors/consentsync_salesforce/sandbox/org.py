@@ -1208,8 +1208,10 @@ class SalesforceOrg:
             modstamp = stamp()
             captured = modstamp - dt.timedelta(seconds=rng.randrange(0, 30 * 86400))
             status = "OptIn" if rng.random() < 0.65 else "OptOut"
+            # A confirmation is recorded on the record, so it is never later than the record's
+            # last change (a later one would lie in the future of a record stamped just now).
             double = (
-                captured + dt.timedelta(minutes=rng.randrange(1, 180))
+                min(captured + dt.timedelta(minutes=rng.randrange(1, 180)), modstamp)
                 if status == "OptIn" and rng.random() < 0.5
                 else None
             )
