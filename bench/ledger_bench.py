@@ -10,9 +10,10 @@ so that "flat in the number of events" can be read off the output; the chain is 
 end.
 
 Batches of 50,000 events a transaction, as a bulk import would write them: each commit rewrites
-every index page its batch touched, and the indexes keyed by fingerprint and subject take random
-keys, so larger batches write each page fewer times (--batch 5000 measures the smaller batches
-of a sync run). docs/performance.md has the figures and what bounds them.
+every index page its batch touched, and the indexes keyed by hashes (identifiers, uids) or by the
+people a batch meets take random keys, so larger batches write each page fewer times (--batch 5000
+measures the smaller batches of a sync run). docs/performance.md has the figures and what bounds
+them.
 
 --compare records the same stream, in one run, into the SQLite floor (bench/sqlite_floor.py),
 a SQLite ledger and a PostgreSQL ledger (in a schema of its own, created and dropped on the

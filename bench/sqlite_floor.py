@@ -4,12 +4,12 @@
     python bench/sqlite_floor.py --events 200000 --subjects 20000
 
 Same ledger schema, same connection settings (foreign keys, WAL, synchronous=NORMAL, cache), same
-batches, same rows per event as ``Ledger.record_many`` writes: a subject and its email for each
-new person, the consent event, its hash-chained audit entry, the current-state upsert and the
+batches, same rows per event as ``Ledger.record_many`` writes: a subject and its email for each new
+person, the consent event, its hash-chained audit entry, the current-state upsert and the
 change-feed row, plus the reads it makes (people by email, their subject rows, objections and
-states, the replay check by fingerprint). No reconciliation, no Python objects: the values are
-made up as cheaply as possible. What the ledger reaches can only be below this figure; the gap
-between the two is the cost of consentsync's own code.
+states, the replay check by subject through the key (subject_id, fingerprint)). No reconciliation,
+no Python objects: the values are made up as cheaply as possible. What the ledger reaches can only
+be below this figure; the gap between the two is the cost of consentsync's own code.
 
 ``bench/ledger_bench.py --compare`` runs ``record_floor`` on the same stream of people as the
 ledgers it measures.
@@ -142,7 +142,7 @@ def record_floor(db_path: Path, persons: Iterable[int], batch: int) -> FloorRun:
         _in("SELECT * FROM objections WHERE subject_id", ids, cursor)
         _in("SELECT subject_id, purpose, channel, summary FROM consent_states WHERE subject_id", ids, cursor)
         prints = [hashlib.sha256(f"{done + i}".encode()).hexdigest() for i in range(size)]
-        _in("SELECT subject_id, fingerprint FROM consent_events WHERE fingerprint", prints, cursor)
+        _in("SELECT subject_id, fingerprint FROM consent_events WHERE subject_id", ids, cursor)
         events, entries = [], []
         for email, fingerprint in zip(emails, prints, strict=True):
             subject_id = found[email]
