@@ -21,6 +21,7 @@ from sqlalchemy import select, text, update
 from consentsync import audit
 from consentsync.app import open_ledger, open_sync
 from consentsync.config import load_config
+from consentsync.domain import as_utc
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
 from tests.integration.crash_config import CONNECTOR, sync_command
@@ -57,6 +58,44 @@ def test_a_live_lease_refuses_a_second_owner_and_an_expired_one_is_taken_over(sy
         first.check(conn)
     with second.engine.begin() as conn:
         second.check(conn)
+
+
+def test_the_heartbeat_writes_only_when_no_commit_renewed_the_lease(
+    sync_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's page and push commits renew its lease (``check`` in their own transaction); the
+    heartbeat then only reads. On SQLite a writer committing back to back can keep another
+    connection's BEGIN IMMEDIATE waiting past its busy timeout: a heartbeat that always wrote
+    logged lease.renewal_failed in a 1M-contact sync. Once the commits stop (the run waits on the
+    CRM), the heartbeat renews the lease itself."""
+    import consentsync.sync.lease as lease_module
+
+    beats: list[float] = []
+    write_beside = lease_module.beside_writers
+
+    def counted(engine: Any) -> Any:
+        beats.append(time.monotonic())
+        return write_beside(engine)
+
+    lease = _lease(sync_config, "run-1", ttl=timedelta(seconds=3))  # a beat every second
+    lease.acquire()
+    monkeypatch.setattr(lease_module, "beside_writers", counted)
+    lease.start_heartbeat(on_lost=lambda: pytest.fail("the lease was lost"))
+    try:
+        committing_until = time.monotonic() + 3.5
+        while time.monotonic() < committing_until:  # pages committed back to back
+            with lease.engine.begin() as conn:
+                lease.check(conn)
+            time.sleep(0.05)
+        assert beats == [], "the heartbeat wrote while the run's own commits kept the lease"
+        time.sleep(3.5)  # waiting on the CRM: nothing commits
+        assert beats, "nobody renewed the lease while the run committed nothing"
+        with lease.engine.connect() as conn:
+            expires_at = conn.execute(select(connector_leases.c.expires_at)).scalar_one()
+        assert as_utc(expires_at) > lease.clock() + timedelta(seconds=1)
+    finally:
+        lease.release()
+    assert not lease.lost.is_set()
 
 
 def test_a_run_whose_lease_is_taken_over_stops_without_committing_more(sync_config: Path) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from consentsync.domain import as_utc
-from consentsync.ledger.engine import beside_writers
+from consentsync.ledger.engine import beside_writers, reading
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.sync.locks import RunInProgress
 
@@ -165,6 +165,8 @@ class Lease:
         def beat() -> None:
             while not self._stop_heartbeat.wait(self.ttl.total_seconds() / 3):
                 try:
+                    if self._renewed_lately():
+                        continue
                     with beside_writers(self.engine) as conn:
                         self.check(conn)
                 except LeaseLost:
@@ -172,10 +174,34 @@ class Lease:
                     on_lost()
                     return
                 except SQLAlchemyError as error:  # a lost session: the pool reconnects next beat
-                    log.warning("lease.renewal_failed", connector=self.connector, error=type(error).__name__)
+                    log.warning(
+                        "lease.renewal_failed",
+                        connector=self.connector,
+                        error=type(error).__name__,
+                        # The driver's own words ("database is locked", "server closed the
+                        # connection"): a lease statement binds no personal data.
+                        detail=str(getattr(error, "orig", None) or error).splitlines()[0][:200],
+                    )
 
         self._heartbeat = threading.Thread(target=beat, name=f"lease-{self.connector}", daemon=True)
         self._heartbeat.start()
+
+    def _renewed_lately(self) -> bool:
+        """True when a committed transaction of this run (a page's or a push batch's ``check``)
+        extended the lease within the last third of its time to live: the heartbeat then has
+        nothing to write. Read without the writer lock. On SQLite a writer that commits back to
+        back keeps another connection's BEGIN IMMEDIATE waiting, since the lock is not handed
+        over in turn: a heartbeat that always wrote timed out there (``lease.renewal_failed``,
+        twice in a 1M-contact sync) while the run itself was renewing the lease every page."""
+        with reading(self.engine) as conn:
+            row = conn.execute(
+                select(connector_leases.c.token, connector_leases.c.expires_at).where(
+                    connector_leases.c.connector == self.connector
+                )
+            ).first()
+        if row is None or int(row.token) != self.token:
+            return False  # ``check`` says what happened, in a transaction of its own
+        return as_utc(row.expires_at) - self.clock() > self.ttl * 2 / 3
 
     # -- helpers -------------------------------------------------------------------------------
 
