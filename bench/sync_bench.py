@@ -3,6 +3,7 @@
     .venv/bin/python bench/sync_bench.py                       # 20,000 contacts, no delay
     .venv/bin/python bench/sync_bench.py --contacts 20000 100000 --delay 0.25
     .venv/bin/python bench/sync_bench.py --contacts 100000 --url postgresql://postgres@127.0.0.1/test
+    .venv/bin/python bench/sync_bench.py --contacts 1000000 --skip-peer --timeout 120  # 6 GiB, 16 min
 
 For each org size, a Salesforce sandbox is seeded in a process of its own (contacts, with leads,
 Individuals and consent records beside them) and answers every query page after ``--delay``
@@ -128,7 +129,7 @@ def change_contacts(process: Any, count: int) -> None:
 # ------------------------------------------------------------------------------ configuration
 
 
-def write_config(workdir: Path, info: dict[str, Any], url: str | None) -> Path:
+def write_config(workdir: Path, info: dict[str, Any], url: str | None, timeout: float) -> Path:
     import yaml
     from consentsync_salesforce.sandbox.demo import MAPPINGS, find_mappings
 
@@ -149,6 +150,7 @@ def write_config(workdir: Path, info: dict[str, Any], url: str | None) -> Path:
                 "client_id": info["client_id"],
                 "client_secret": info["client_secret"],
                 "ca_bundle": info["ca_bundle"],
+                "timeout": timeout,
             },
             "signpost_lag_seconds": 0,
             "lookback_seconds": LOOKBACK_SECONDS,
@@ -314,7 +316,9 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
     workdir = Path(tempfile.mkdtemp(prefix=f"consentsync-syncbench-{contacts}-"))
     try:
         with sandbox_process(contacts, args.delay, workdir, args.seed) as (info, process):
-            config_path = write_config(workdir, info, _fresh_database(args.url) if args.url else None)
+            config_path = write_config(
+                workdir, info, _fresh_database(args.url) if args.url else None, args.timeout
+            )
             print(
                 f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per query page)",
                 flush=True,
@@ -408,6 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the hand-written peer")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="the connector's request timeout, seconds (the sandbox answers a first query over a "
+        "million records, four side by side, in more than the default 30)",
+    )
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each consentsync sync here")
     args = parser.parse_args(argv)
     if args.profile:
