@@ -129,7 +129,9 @@ def change_contacts(process: Any, count: int) -> None:
 # ------------------------------------------------------------------------------ configuration
 
 
-def write_config(workdir: Path, info: dict[str, Any], url: str | None, timeout: float) -> Path:
+def write_config(
+    workdir: Path, info: dict[str, Any], url: str | None, timeout: float, batch_size: int | None = None
+) -> Path:
     import yaml
     from consentsync_salesforce.sandbox.demo import MAPPINGS, find_mappings
 
@@ -156,6 +158,7 @@ def write_config(workdir: Path, info: dict[str, Any], url: str | None, timeout: 
             "lookback_seconds": LOOKBACK_SECONDS,
             "mode": "two_way",
             "push_guard": {"max_records": None, "max_share": None},
+            **({"batch_size": batch_size} if batch_size else {}),
         }
     ]
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -317,7 +320,7 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
     try:
         with sandbox_process(contacts, args.delay, workdir, args.seed) as (info, process):
             config_path = write_config(
-                workdir, info, _fresh_database(args.url) if args.url else None, args.timeout
+                workdir, info, _fresh_database(args.url) if args.url else None, args.timeout, args.batch_size
             )
             print(
                 f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per query page)",
@@ -418,6 +421,11 @@ def main(argv: list[str] | None = None) -> int:
         default=30.0,
         help="the connector's request timeout, seconds (the sandbox answers a first query over a "
         "million records, four side by side, in more than the default 30)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="records per ledger transaction (the connector's batch_size; default: the shipped one)",
     )
     parser.add_argument("--profile", metavar="DIR", help="write a cProfile of each consentsync sync here")
     args = parser.parse_args(argv)

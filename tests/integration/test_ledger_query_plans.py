@@ -204,3 +204,20 @@ def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, c
     assert second.counts.evidence_recorded >= 4
     assert any("crm_snapshots" in sql for sql, _ in statements), "no snapshot read was captured"
     assert _whole_table_reads(ledger, statements) == []
+
+
+def test_expiry_and_chasing_read_states_through_their_partial_indexes(ledger: Ledger) -> None:
+    """The expiry run and the list of requests to chase find their states through the partial
+    indexes of 0012 (consents with an expiry; requested ones by age): a query whose terms did not
+    imply an index's condition would read every state instead."""
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ledger.record_many(_requests(ledger, 30, start), batch_size=10)
+    statements = _capture(ledger)
+    try:
+        ledger.expire_due()
+        ledger.stale_requests(older_than_days=1)
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
+    state_reads = [sql for sql, _ in statements if "FROM consent_states" in sql]
+    assert len(state_reads) >= 2, "the expiry and chasing queries were not captured"
+    assert _whole_table_reads(ledger, statements) == []

@@ -23,8 +23,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 from sqlalchemy.engine import Dialect
+
+from consentsync.domain import ConsentStatus
 
 metadata = MetaData(
     naming_convention={
@@ -138,6 +142,8 @@ consent_events = Table(
     UniqueConstraint("subject_id", "fingerprint"),
 )
 
+_REQUESTED = text(f"status = '{ConsentStatus.REQUESTED.value}'")
+
 consent_states = Table(
     "consent_states",
     metadata,
@@ -154,9 +160,28 @@ consent_states = Table(
     Column("since", Timestamp),
     Column("expires_at", Timestamp),
     Column("updated_at", Timestamp, nullable=False),
-    Index("ix_consent_states_status_since", "status", "since"),
-    Index("ix_consent_states_expires_at", "expires_at"),
+    # Partial: each holds only the rows its queries ask for (requested consents by age, consents
+    # with an expiry), so that most state writes move no entry of either; their keys are event
+    # times, written in no order (migration 0012).
+    Index(
+        "ix_consent_states_requested_since",
+        "since",
+        sqlite_where=_REQUESTED,
+        postgresql_where=_REQUESTED,
+    ),
+    Index(
+        "ix_consent_states_expires_at",
+        "expires_at",
+        sqlite_where=text("expires_at IS NOT NULL"),
+        postgresql_where=text("expires_at IS NOT NULL"),
+    ),
 )
+
+# The condition of ``ix_consent_states_requested_since`` as a query must write it: a planner
+# uses a partial index only where the query's own terms imply the index's, and a generic plan of
+# a prepared statement (PostgreSQL's, after psycopg prepares a repeated query) does not know
+# what a bound parameter holds.
+STATE_IS_REQUESTED = consent_states.c.status == literal_column(f"'{ConsentStatus.REQUESTED.value}'")
 
 objections = Table(
     "objections",

@@ -56,6 +56,7 @@ from consentsync.ledger.checkpoint import after_commit
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
+    STATE_IS_REQUESTED,
     consent_events,
     consent_states,
     crm_links,
@@ -732,7 +733,7 @@ class Ledger:
             candidates = conn.execute(
                 _with_subject(consent_states)
                 .where(
-                    consent_states.c.status == ConsentStatus.REQUESTED.value,
+                    STATE_IS_REQUESTED,
                     consent_states.c.since <= cutoff,
                     subjects.c.erased_at.is_(None),
                     subjects.c.restricted.is_(False),
