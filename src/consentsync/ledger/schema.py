@@ -72,6 +72,14 @@ subjects = Table(
     Column("erased_at", Timestamp),
     Column("suppression_id", Integer, ForeignKey("suppressions.id")),
     Column("restricted", Boolean, nullable=False, default=False),
+    # Set only for the people erased or created suppressed: the lookup of a new address among
+    # the erased ones joins through it (migration 0012; without it the join read every subject).
+    Index(
+        "ix_subjects_suppression_id",
+        "suppression_id",
+        sqlite_where=text("suppression_id IS NOT NULL"),
+        postgresql_where=text("suppression_id IS NOT NULL"),
+    ),
 )
 
 subject_identifiers = Table(
