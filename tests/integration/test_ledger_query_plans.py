@@ -27,6 +27,7 @@ from sqlalchemy import event
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.sync.engine import SyncOptions
 from tests.integration.test_sync_engine import _engine as sync_engine
 
 # Tables that grow with the number of people or events.
@@ -189,7 +190,9 @@ def test_recording_reads_every_growing_table_through_an_index(ledger: Ledger) ->
 def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, config_path: Path) -> None:
     with SalesforceSandbox() as sandbox:
         sandbox.org.seed(60, seed=5)
-        engine = sync_engine(ledger, config_path, sandbox)
+        # A push guard that never holds, so that the pushes waiting are counted.
+        guarded = SyncOptions(batch_size=37, signpost_lag_seconds=0, guard_max_records=10**6)
+        engine = sync_engine(ledger, config_path, sandbox, options=guarded)
         # Both runs: the first creates the people (its lookups of new addresses, of erased
         # ones among them, run only then), the second meets them again.
         statements = _capture(ledger)
@@ -207,6 +210,7 @@ def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, c
     assert second.counts.evidence_recorded >= 4
     assert any("crm_snapshots" in sql for sql, _ in statements), "no snapshot read was captured"
     assert any("suppressions.email_hmac IN" in sql for sql, _ in statements), "no erased-address lookup"
+    assert any("count(*)" in sql and "outbox" in sql for sql, _ in statements), "no push guard count"
     assert _whole_table_reads(ledger, statements) == []
 
 

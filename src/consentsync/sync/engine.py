@@ -1284,18 +1284,21 @@ class SyncEngine:
         """True when nothing may be pushed now: the connector observes, or the pushes waiting
         exceed the blast-radius guard (the run is then ``held`` until a plan is approved)."""
         options = self.options
+        guarded = options.guard_max_records is not None or options.guard_max_share is not None
+        if options.mode != "observe" and not guarded:
+            return False
         with self.ledger.engine.connect() as conn:
-            # The waiting records are read through the pending index (the rows asked for); the
-            # whole queue is loaded only when it is held (for the adoption report).
-            records = len(
-                set(
-                    conn.execute(
-                        select(outbox.c.object_type, outbox.c.record_id).where(
-                            outbox.c.connector == self.name, outbox.c.status == "pending"
-                        )
-                    ).all()
-                )
+            # The waiting records are counted by the database, through the pending index (the
+            # rows asked for): loaded here, a first sync's whole queue of pushes (600,000 at a
+            # million contacts) took 240 MiB at once. It is loaded only when it is held (for
+            # the adoption report).
+            waiting = (
+                select(outbox.c.object_type, outbox.c.record_id)
+                .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+                .distinct()
+                .subquery()
             )
+            records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
             if not records:
                 return False
             too_many = options.guard_max_records is not None and records > options.guard_max_records
