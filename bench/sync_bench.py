@@ -26,9 +26,10 @@ CPU time and peak memory are its own:
     after 0.1% of the contacts changed, an incremental sync, against ``floor-incremental``: the
     page-through of the rows that query returns.
 
-Prints wall and CPU seconds, records/s and peak RSS per contestant, then the ratios the issue
-sets targets for: full/floor, CPU per record across sizes, next/floor of the rows read back,
-incremental/floor of its rows.
+Prints wall and CPU seconds, records/s and peak RSS per contestant (and, on Linux, the bytes
+each sync wrote: mostly the ledger's log), then the ratios the issue sets targets for:
+full/floor, CPU per record across sizes, next/floor of the rows read back, incremental/floor
+of its rows.
 """
 
 from __future__ import annotations
@@ -290,7 +291,22 @@ def contestant(name: str, config_path: Path, info_path: Path) -> None:
     else:
         result = run_sync(config_path, full=name == "full")
     result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    written = _bytes_written()
+    if written is not None:
+        result["written"] = written
     print(json.dumps(result), flush=True)
+
+
+def _bytes_written() -> int | None:
+    """What this process handed to write calls, all threads (Linux's ``/proc/self/io``): for a
+    sync on SQLite, mostly the write-ahead log and its checkpoints. Unlike CPU time it hardly
+    varies from run to run, so the ledger's write amplification can be compared across sizes
+    and changes by one run each."""
+    try:
+        fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    except OSError:
+        return None
+    return int(fields["wchar"])
 
 
 def measure(name: str, config_path: Path, workdir: Path) -> dict[str, Any]:
@@ -376,6 +392,10 @@ def _fresh_database(url: str) -> str:
     return make_url(url).set(database=BENCH_DATABASE).render_as_string(hide_password=False)
 
 
+def _kib_per_record(result: dict[str, Any]) -> float:
+    return result["written"] / 1024 / result["records"]
+
+
 def _print(name: str, result: dict[str, Any]) -> None:
     rate = result["records"] / result["wall"] if result["wall"] else 0.0
     extra = ""
@@ -383,6 +403,9 @@ def _print(name: str, result: dict[str, Any]) -> None:
         extra = f"  pushed {result['pushed']:,}"
     if "enqueued" in result:
         extra += f" (enqueued {result['enqueued']:,}, {result['calls']:,} API calls)"
+    if "written" in result and "calls" in result and result["records"]:  # the syncs only
+        mib, per_record = result["written"] / 2**20, _kib_per_record(result)
+        extra += f"\n{' ' * 21}written {mib:,.0f} MiB, {per_record:.1f} KiB a record"
     if result.get("stages"):
         extra += (
             "\n" + " " * 21 + "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["stages"].items())
@@ -439,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         small, large = measured[sizes[0]]["full"], measured[sizes[-1]]["full"]
         ratio = (large["cpu"] / large["records"]) / (small["cpu"] / small["records"])
         print(f"\nCPU per record, {sizes[-1]:,} against {sizes[0]:,} contacts: {ratio:.2f}x")
+        if "written" in small and "written" in large:
+            grown = _kib_per_record(large) / _kib_per_record(small)
+            print(f"bytes written per record, {sizes[-1]:,} against {sizes[0]:,} contacts: {grown:.2f}x")
         print(
             "peak RSS of the full sync: "
             + ", ".join(f"{size:,}: {measured[size]['full']['rss_mib']:.0f} MiB" for size in sizes)
