@@ -127,3 +127,39 @@ def test_closing_stops_every_source() -> None:
     settled = len(produced)
     time.sleep(0.2)
     assert len(produced) == settled  # nothing is produced after close
+
+
+def test_ready_hands_over_what_was_produced_without_waiting_and_an_error_after_it() -> None:
+    release = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        release.wait(5)
+        raise RuntimeError("the CRM went away")
+
+    items = Prefetch(source(), depth=5)
+    deadline = time.monotonic() + 5
+    got: list[int] = []
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += [item for item, _ in items.ready()]  # never blocks on the item in the making
+    assert got == [1, 2]
+    assert items.ready() == []
+    release.set()
+    items._thread.join(5)
+    with pytest.raises(RuntimeError, match="went away"):
+        items.ready()
+    with pytest.raises(StopIteration):
+        next(items)
+
+
+def test_ready_hands_over_the_items_before_an_error_and_raises_it_at_the_next_call() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        raise RuntimeError("the CRM went away")
+
+    items = Prefetch(source(), depth=5)
+    items._thread.join(5)  # both the item and the error are waiting
+    assert [item for item, _ in items.ready()] == [1]
+    with pytest.raises(RuntimeError, match="went away"):
+        items.ready()

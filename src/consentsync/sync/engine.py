@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -159,6 +159,14 @@ class PlanOutdated(Exception):
     """The plan being applied no longer matches what the run would push."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """Outbox rows marked sent and the CRM calls writing them, answers by position in ``rows``."""
+
+    rows: list[Any]
+    calls: Prefetch[dict[int, WriteResult]]
+
+
 @dataclass(slots=True)
 class _Read:
     """One read of a run: an object's changes, or its deletions (``key`` ends with DELETIONS),
@@ -273,7 +281,7 @@ class SyncEngine:
                 self._catch_up_feed(report)
                 self._pull(report, until=until, full=full, dry_run=False)
                 self._reread_quarantined(report)
-                self._follow_ledger(report)
+                self._follow_ledger(report, push_along=self._pushes_when_decided())
                 with _timed(report, "push"):
                     self._push(report)
             if report.status == "running":
@@ -1125,14 +1133,26 @@ class SyncEngine:
             if name not in known or crm_key(shown.get(name)) != crm_key(known[name])
         }
 
-    def _follow_ledger(self, report: RunReport) -> None:
+    def _follow_ledger(self, report: RunReport, *, push_along: bool = False) -> None:
         """Enqueues what to push to the people whose state changed in the ledger since this
         connector last looked (an objection decided by ops, an erasure, a withdrawal captured in
         another CRM) and to every person the pages read marked: once per person, whatever the
-        number of pages and changes that named them."""
+        number of pages and changes that named them. With ``push_along``, each examined batch's
+        pushes are sent while the next batch is examined."""
         self._catch_up_feed(report)
         with _timed(report, "examine"):
-            self._examine_marked(report)
+            self._examine_marked(report, push_along=push_along)
+
+    def _pushes_when_decided(self) -> bool:
+        """True when a push may be sent as soon as it is decided: no approved plan to check it
+        against, no guard that must first count the whole queue, and the connector not observing."""
+        options = self.options
+        return (
+            self._apply_plan is None
+            and options.mode != "observe"
+            and options.guard_max_records is None
+            and options.guard_max_share is None
+        )
 
     def _catch_up_feed(self, report: RunReport) -> None:
         while True:
@@ -1140,35 +1160,91 @@ class SyncEngine:
                 if not self._follow_feed(conn, report, self.ledger.clock()):
                     return
 
-    def _examine_marked(self, report: RunReport) -> None:
+    def _examine_marked(self, report: RunReport, *, push_along: bool = False) -> None:
+        """Decides the pushes of the marked people, a batch a transaction. With ``push_along``,
+        each ``push_batch_size`` pushes decided are sent as soon as they are committed (the
+        same groups the push stage sends, so a connector's choice of API by size holds), and
+        their CRM calls run while later batches are examined: the CRM's time overlaps the
+        examination's CPU. Their answers are committed between batches as they come."""
         with self._transaction() as conn:  # a dry run's shared connection holds the ledger
             total = conn.execute(
                 select(func.count()).select_from(sync_examine).where(sync_examine.c.connector == self.name)
             ).scalar_one()
+            # The outbox rows this run adds get ids above the highest now.
+            sent_up_to = conn.execute(select(func.max(outbox.c.id))).scalar() or 0
         report.stage, report.stage_done, report.stage_total = "examining", 0, total
-        while True:
-            with self._transaction() as conn:
-                marked = (
+        in_flight: _Calls | None = None
+        waiting = 0  # pushes decided and not sent yet
+        try:
+            while True:
+                enqueued = report.counts.pushes_enqueued
+                with self._transaction() as conn:
+                    marked = (
+                        conn.execute(
+                            select(sync_examine.c.subject_id)
+                            .where(sync_examine.c.connector == self.name)
+                            .order_by(sync_examine.c.subject_id)
+                            .limit(self.options.batch_size)
+                        )
+                        .scalars()
+                        .all()
+                    )
+                    if not marked:
+                        break
+                    self._enqueue_pushes(conn, list(marked), report, self.ledger.clock())
                     conn.execute(
-                        select(sync_examine.c.subject_id)
-                        .where(sync_examine.c.connector == self.name)
-                        .order_by(sync_examine.c.subject_id)
-                        .limit(self.options.batch_size)
+                        delete(sync_examine).where(
+                            sync_examine.c.connector == self.name, sync_examine.c.subject_id.in_(marked)
+                        )
                     )
-                    .scalars()
-                    .all()
+                waiting += report.counts.pushes_enqueued - enqueued
+                report.stage_done += len(marked)
+                report.stage_total = max(total, report.stage_done)
+                self.progress(report)
+                if in_flight is not None:
+                    for answers, _ in in_flight.calls.ready():
+                        self._settle_call(in_flight.rows, answers, report)
+                if (
+                    push_along
+                    and waiting >= self.options.push_batch_size
+                    and not self.stop_requested.is_set()
+                ):
+                    if in_flight is not None:
+                        sent, in_flight = in_flight, None
+                        self._settle_calls(sent, report)
+                    rows = self._decided_since(sent_up_to, report)
+                    waiting = max(0, waiting - len(rows))
+                    if rows:
+                        sent_up_to = rows[-1].id
+                        # Every call of the group may run ahead of its answers, which are
+                        # committed as each examined batch ends (a tenth of a second apart).
+                        in_flight = self._send(rows, depth=len(rows))
+        except BaseException:
+            if in_flight is not None:
+                # What the CRM answered before the error is committed if the ledger still takes
+                # it; an answer lost here is recognised when the write is read back.
+                with suppress(Exception):
+                    for answers, _ in in_flight.calls.close():
+                        self._settle_call(in_flight.rows, answers, report)
+            raise
+        if in_flight is not None:
+            self._settle_calls(in_flight, report)
+
+    def _decided_since(self, sent_up_to: int, report: RunReport) -> list[Any]:
+        """The first ``push_batch_size`` pending outbox rows this run added after row
+        ``sent_up_to``, oldest first."""
+        with self.ledger.engine.connect() as conn:
+            return conn.execute(
+                select(outbox)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.status == "pending",
+                    outbox.c.id > sent_up_to,
+                    outbox.c.run_id == report.run_id,
                 )
-                if not marked:
-                    return
-                self._enqueue_pushes(conn, list(marked), report, self.ledger.clock())
-                conn.execute(
-                    delete(sync_examine).where(
-                        sync_examine.c.connector == self.name, sync_examine.c.subject_id.in_(marked)
-                    )
-                )
-            report.stage_done += len(marked)
-            report.stage_total = max(total, report.stage_done)
-            self.progress(report)
+                .order_by(outbox.c.id)
+                .limit(self.options.push_batch_size)
+            ).all()
 
     def _mark_for_examination(self, conn: Connection, subject_ids: Iterable[int]) -> None:
         rows = [{"connector": self.name, "subject_id": subject_id} for subject_id in sorted(set(subject_ids))]
@@ -1218,7 +1294,14 @@ class SyncEngine:
             with self.ledger.engine.connect() as conn:
                 query = (
                     select(outbox)
-                    .where(outbox.c.connector == self.name, outbox.c.status == "pending", outbox.c.id > floor)
+                    .where(
+                        outbox.c.connector == self.name,
+                        outbox.c.status == "pending",
+                        outbox.c.id > floor,
+                        # A row this run already sent and the CRM refused for now waits for
+                        # the next run, as one this stage sends does.
+                        or_(outbox.c.run_id != report.run_id, outbox.c.attempts == 0),
+                    )
                     .order_by(outbox.c.id)
                     .limit(self.options.push_batch_size)
                 )
@@ -1231,33 +1314,43 @@ class SyncEngine:
                 raise _Stop
             floor = rows[-1].id
             report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None
-            with self._transaction() as conn:
-                conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_([row.id for row in rows]))
-                    .values(sent_at=self.ledger.clock())
-                )
-            failpoint("sync.push.sent")
-            updates = [
-                RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields), WriteAction(r.action))
-                for r in rows
-            ]
-            # The next CRM call is made while this one's answers are committed. A stop lets the
-            # call in flight finish and commits its answers too: no answer the CRM gave is lost.
-            calls = Prefetch(
-                self.connector.write_batches(updates),
-                stop=self.stop_requested,
-                name=f"consentsync-push-{self.name}",
+            self._settle_calls(self._send(rows), report)
+
+    def _send(self, rows: list[Any], *, depth: int = 1) -> _Calls:
+        """Marks ``rows`` sent (committed before the CRM sees them) and begins their CRM calls in
+        a thread of their own, at most ``depth`` calls ahead of the answers committed."""
+        with self._transaction() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id.in_([row.id for row in rows]))
+                .values(sent_at=self.ledger.clock())
             )
-            with calls:
-                for answers, _ in calls:
-                    self._settle_call(rows, answers, report)
-                    if self.stop_requested.is_set():
-                        for left, _ in calls.close():
-                            self._settle_call(rows, left, report)
-                        raise _Stop
-            if self.stop_requested.is_set():
-                raise _Stop
+        failpoint("sync.push.sent")
+        updates = [
+            RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields), WriteAction(r.action))
+            for r in rows
+        ]
+        calls = Prefetch(
+            self.connector.write_batches(updates),
+            depth=depth,
+            stop=self.stop_requested,
+            name=f"consentsync-push-{self.name}",
+        )
+        return _Calls(rows, calls)
+
+    def _settle_calls(self, sent: _Calls, report: RunReport) -> None:
+        """Commits the answers of ``sent``'s calls as they come. The next CRM call is made while
+        one's answers are committed. A stop lets the call in flight finish and commits its
+        answers too: no answer the CRM gave is lost."""
+        with sent.calls:
+            for answers, _ in sent.calls:
+                self._settle_call(sent.rows, answers, report)
+                if self.stop_requested.is_set():
+                    for left, _ in sent.calls.close():
+                        self._settle_call(sent.rows, left, report)
+                    raise _Stop
+        if self.stop_requested.is_set():
+            raise _Stop
 
     def _settle_call(self, rows: list[Any], answers: dict[int, WriteResult], report: RunReport) -> None:
         """Commits one CRM call's answers (``answers`` by position in ``rows``)."""
@@ -1270,7 +1363,8 @@ class SyncEngine:
                 self.ledger.clock(),
             )
         report.counts.api_calls = self.connector.usage.calls
-        report.stage_done = report.counts.pushed
+        if report.stage == "pushing":
+            report.stage_done = report.counts.pushed
         self.progress(report)
 
     def _pending(self, conn: Connection) -> list[Any]:

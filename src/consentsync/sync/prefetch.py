@@ -54,6 +54,7 @@ class Prefetch(Generic[T]):
         self._stop = threading.Event()
         self._asked_to_stop = stop or threading.Event()  # the run's stop: no new item is begun
         self._finished = False
+        self._error: BaseException | None = None  # met by ready(), raised at the next item
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
         self._thread.start()
 
@@ -85,9 +86,38 @@ class Prefetch(Generic[T]):
         return self
 
     def __next__(self) -> tuple[T, Any]:
+        self._raise_met()
         if self._finished:
             raise StopIteration
-        got = self._queue.get()
+        return self._take(self._queue.get())  # type: ignore[no-any-return]
+
+    def ready(self) -> list[tuple[T, Any]]:
+        """The items produced and not yet taken, without waiting for more. An exception met
+        after them is raised at the next call of ``ready`` or ``next``."""
+        self._raise_met()
+        items: list[tuple[T, Any]] = []
+        while not self._finished:
+            try:
+                got = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                items.append(self._take(got))
+            except StopIteration:
+                break
+            except BaseException as error:
+                if not items:
+                    raise
+                self._error = error
+                break
+        return items
+
+    def _raise_met(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _take(self, got: Any) -> Any:
         self._slots.release()
         if got is _END:
             self._finished = True
@@ -97,7 +127,7 @@ class Prefetch(Generic[T]):
             self._finished = True
             self._thread.join()
             raise got.error
-        return got  # type: ignore[no-any-return]
+        return got
 
     def close(self) -> list[tuple[T, Any]]:
         """Stops producing after the item in progress; returns the items produced and not taken
