@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/sync_bench.py                       # 20,000 contacts, no delay
     .venv/bin/python bench/sync_bench.py --contacts 20000 100000 --delay 0.25
+    .venv/bin/python bench/sync_bench.py --delay 0.25 --delay-writes [--push-after-examining]
     .venv/bin/python bench/sync_bench.py --contacts 100000 --url postgresql://postgres@127.0.0.1/test
     .venv/bin/python bench/sync_bench.py --contacts 1000000 --skip-peer --timeout 120  # 6 GiB, 16 min
 
@@ -53,21 +54,26 @@ from typing import Any
 HERE = Path(__file__).resolve()
 CONNECTOR = "salesforce-bench"
 BENCH_DATABASE = "consentsync_syncbench"  # made anew on the --url server by every run
+# The sandbox's kinds of call the delay applies to: query pages, and with --delay-writes the
+# write calls too (sObject Collections, one record's update, a Bulk API 2.0 job's upload and close).
+QUERY_CALLS = ("query", "queryMore")
+WRITE_CALLS = ("composite", "sobject_patch", "bulk_upload", "bulk_state")
 LOOKBACK_SECONDS = 15  # the bench's look-back window (the connector's default is 10 minutes)
 
 
 # ------------------------------------------------------------------------------ the sandbox process
 
 
-def serve(contacts: int, delay: float, info_path: Path, seed: int) -> None:
-    """Seeds an org and serves it until stdin closes. Reads commands on stdin: ``change K``
-    flips the email opt-out of K random contacts and answers ``changed``."""
+def serve(contacts: int, delay: float, info_path: Path, seed: int, delayed: tuple[str, ...]) -> None:
+    """Seeds an org and serves it until stdin closes, answering the ``delayed`` kinds of call
+    after ``delay`` seconds. Reads commands on stdin: ``change K`` flips the email opt-out of K
+    random contacts and answers ``changed``."""
     from consentsync_salesforce.sandbox import SalesforceSandbox
     from consentsync_salesforce.sandbox.org import SalesforceOrg
 
     org = SalesforceOrg()
     org.seed(contacts, seed=seed)
-    faults = {"delay": delay, "delay_kinds": ("query", "queryMore")} if delay > 0 else None
+    faults = {"delay": delay, "delay_kinds": delayed} if delay > 0 else None
     sandbox = SalesforceSandbox(org, faults=faults, api_limit=10**9, tls_dir=info_path.parent / "tls")
     sandbox.start()
     credentials = sandbox.credentials
@@ -97,11 +103,11 @@ def serve(contacts: int, delay: float, info_path: Path, seed: int) -> None:
 
 @contextmanager
 def sandbox_process(
-    contacts: int, delay: float, workdir: Path, seed: int
+    contacts: int, delay: float, workdir: Path, seed: int, delayed: tuple[str, ...] = QUERY_CALLS
 ) -> Iterator[tuple[dict[str, Any], Any]]:
     info_path = workdir / "sandbox.json"
     process = subprocess.Popen(
-        [sys.executable, str(HERE), "serve", str(contacts), str(delay), str(info_path), str(seed)],
+        [sys.executable, str(HERE), "serve", str(contacts), str(delay), str(info_path), str(seed), *delayed],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -131,7 +137,13 @@ def change_contacts(process: Any, count: int) -> None:
 
 
 def write_config(
-    workdir: Path, info: dict[str, Any], url: str | None, timeout: float, batch_size: int | None = None
+    workdir: Path,
+    info: dict[str, Any],
+    url: str | None,
+    timeout: float,
+    batch_size: int | None = None,
+    *,
+    push_after_examining: bool = False,
 ) -> Path:
     import yaml
     from consentsync_salesforce.sandbox.demo import MAPPINGS, find_mappings
@@ -158,7 +170,8 @@ def write_config(
             "signpost_lag_seconds": 0,
             "lookback_seconds": LOOKBACK_SECONDS,
             "mode": "two_way",
-            "push_guard": {"max_records": None, "max_share": None},
+            # A guard no run reaches still makes a run examine everyone before it pushes.
+            "push_guard": {"max_records": 10**9 if push_after_examining else None, "max_share": None},
             **({"batch_size": batch_size} if batch_size else {}),
         }
     ]
@@ -334,12 +347,19 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix=f"consentsync-syncbench-{contacts}-"))
     try:
-        with sandbox_process(contacts, args.delay, workdir, args.seed) as (info, process):
+        delayed = QUERY_CALLS + (WRITE_CALLS if args.delay_writes else ())
+        with sandbox_process(contacts, args.delay, workdir, args.seed, delayed) as (info, process):
             config_path = write_config(
-                workdir, info, _fresh_database(args.url) if args.url else None, args.timeout, args.batch_size
+                workdir,
+                info,
+                _fresh_database(args.url) if args.url else None,
+                args.timeout,
+                args.batch_size,
+                push_after_examining=args.push_after_examining,
             )
             print(
-                f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per query page)",
+                f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per "
+                f"{'query page and write call' if args.delay_writes else 'query page'})",
                 flush=True,
             )
             for name in ("floor", "full"):
@@ -357,7 +377,7 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
                 results[name] = measure(name, config_path, workdir)
                 _print(name, results[name])
         if not args.skip_peer:
-            with sandbox_process(contacts, args.delay, workdir, args.seed) as (info, _process):
+            with sandbox_process(contacts, args.delay, workdir, args.seed, delayed) as (info, _process):
                 results["peer"] = measure("peer", config_path, workdir)
                 _print("peer", results["peer"])
     finally:
@@ -421,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        serve(int(argv[1]), float(argv[2]), Path(argv[3]), int(argv[4]))
+        serve(int(argv[1]), float(argv[2]), Path(argv[3]), int(argv[4]), tuple(argv[5:]))
         return 0
     if argv[:1] == ["contestant"]:
         contestant(argv[1], Path(argv[2]), Path(argv[3]))
@@ -435,6 +455,17 @@ def main(argv: list[str] | None = None) -> int:
         "--url",
         help="a PostgreSQL server URL: the ledger goes in a database of its own made anew there "
         "(default: a fresh SQLite file)",
+    )
+    parser.add_argument(
+        "--delay-writes",
+        action="store_true",
+        help="every write call waits --delay too, as a real org's do (the floor only reads)",
+    )
+    parser.add_argument(
+        "--push-after-examining",
+        action="store_true",
+        help="a push guard no run reaches: the sync examines every person before it pushes, as "
+        "before pushes were sent along the examination (to compare)",
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the hand-written peer")
     parser.add_argument("--seed", type=int, default=7)

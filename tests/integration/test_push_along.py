@@ -6,18 +6,31 @@ and a push the CRM refused for now is not sent twice in one run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import func, select
 
-from consentsync.config import write_starter
+from consentsync.app import open_ledger
+from consentsync.config import load_config, write_starter
 from consentsync.ledger.schema import outbox, sync_examine
 from consentsync.ledger.service import Ledger
 from consentsync.sdk import RecordUpdate, WriteResult
+from consentsync.sdk.crashtest import (
+    Trial,
+    compare,
+    configured,
+    end_state,
+    quiesce,
+    run_killed,
+    started_harness,
+)
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.conftest import Clock, migrated_ledger
 from tests.integration.test_sync_engine import _engine, _org_flags
@@ -112,3 +125,44 @@ def test_a_push_the_crm_refused_for_now_is_not_sent_again_in_the_same_run(
     refused = [(record, attempts) for record, status, attempts in _outbox(ledger) if status == "pending"]
     assert refused, "some locked contact needed a push"
     assert {attempts for _, attempts in refused} == {1}, refused
+
+
+@pytest.mark.parametrize("point", ["sync.push.sent=kill@1", "sync.push.answered=kill@1"])
+def test_a_run_killed_while_pushing_along_the_examination_ends_like_an_uninterrupted_one(
+    tmp_path: Path, point: str
+) -> None:
+    """SIGKILLed after a group was marked sent (before the CRM saw it), or after the CRM answered
+    a call (before the ledger committed the answer), while later people were still to be
+    examined: the runs after it end where an uninterrupted run does."""
+    env = {k: v for k, v in os.environ.items() if k != "CONSENTSYNC_CONFIG"}
+    harness, people = started_harness("salesforce")
+    try:
+        since = datetime.now(UTC)
+        config = configured(harness, tmp_path / "reference", people, push_along=True)
+        quiesce(config, env, Trial())
+        reference = end_state(config, harness, since)
+    finally:
+        harness.stop()
+    harness, people = started_harness("salesforce")
+    try:
+        since = datetime.now(UTC)
+        config = configured(harness, tmp_path / "killed", people, push_along=True)
+        assert run_killed(config, {**env, "CONSENTSYNC_FAILPOINTS": point}, kill_after=120)
+        ledger = open_ledger(load_config(config))
+        try:
+            with ledger.engine.connect() as conn:
+                still_marked = conn.execute(select(func.count()).select_from(sync_examine)).scalar_one()
+                sent = conn.execute(
+                    select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_not(None))
+                ).scalar_one()
+        finally:
+            ledger.engine.dispose()
+        assert still_marked > 0 and sent > 0, (
+            f"killed with {still_marked} people left to examine, {sent} sent"
+        )
+        trial = Trial()
+        quiesce(config, env, trial)
+        assert trial.problems == []
+        assert compare(reference, end_state(config, harness, since)) == []
+    finally:
+        harness.stop()

@@ -45,6 +45,9 @@ from consentsync.sdk.harness import AdoptionHarness, available_harnesses, write_
 CONNECTOR = "crm"
 KILL_PHASES = ("timed", "read", "push-sent", "push-answered")
 PAGE = 10
+# Pushes a group where the trial pushes along the examination: a seeded org's first run decides
+# a few pushes a page.
+PUSH_ALONG = 2
 # When the people the trials make withdraw on the web site: after every seeded change.
 WITHDRAWN_AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
 
@@ -207,14 +210,17 @@ def started_harness(vendor: str) -> tuple[AdoptionHarness, list[str]]:
     return harness, harness.seed_existing_org()
 
 
-def configured(harness: Any, folder: Path, people: list[str]) -> Path:
+def configured(harness: Any, folder: Path, people: list[str], *, push_along: bool = False) -> Path:
     """The trial's consentsync.yaml (a SQLite ledger beside it, migrated), the ledger knowing
     that every third of ``people`` withdrew from email marketing on the web site: the CRM does
     not know it yet, so the runs push (an org that agrees with itself gives nothing to push, and
-    the push phases would never be reached)."""
+    the push phases would never be reached). With ``push_along``, pushes go in groups of
+    ``PUSH_ALONG``, so that they are sent while later people are still examined."""
     folder.mkdir(parents=True, exist_ok=True)
     # Small pages: a run is killed between pages as well as inside the last one.
-    config = write_sync_config(harness, folder, name=CONNECTOR, batch_size=PAGE)
+    config = write_sync_config(
+        harness, folder, name=CONNECTOR, batch_size=PAGE, push_batch_size=PUSH_ALONG if push_along else None
+    )
     ledger = open_ledger(load_config(config), migrate=True)
     try:
         for email in people[::3]:
@@ -253,7 +259,8 @@ def run_trials(
         trial, (harness, people) = Trial(), started_harness(vendor)
         try:
             since = datetime.now(UTC)
-            config = configured(harness, workdir / f"trial-{number}", people)
+            # Every other trial pushes along the examination: the push stage alone, or both.
+            config = configured(harness, workdir / f"trial-{number}", people, push_along=number % 2 == 1)
             for attempt in range(rng.randint(1, 3)):
                 trial.runs += 1
                 # In turn, so that a few trials already try every phase; where it strikes is random.

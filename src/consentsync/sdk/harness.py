@@ -239,11 +239,16 @@ def available_harnesses() -> dict[str, Any]:
 
 
 def write_sync_config(
-    harness: ContractHarness, directory: Path, *, name: str = "contract", batch_size: int | None = None
+    harness: ContractHarness,
+    directory: Path,
+    *,
+    name: str = "contract",
+    batch_size: int | None = None,
+    push_batch_size: int | None = None,
 ) -> Path:
     """A consentsync.yaml in ``directory``: the starter config, a SQLite ledger beside it and one
     connector, ``name``, configured against the harness's sandbox (reading ``batch_size`` records
-    a page where given)."""
+    a page and pushing ``push_batch_size`` a group, where given)."""
     import yaml
 
     from consentsync.config import write_starter
@@ -263,6 +268,7 @@ def write_sync_config(
             "mode": "two_way",
             "push_guard": {"max_records": None, "max_share": None},
             **({"batch_size": batch_size} if batch_size else {}),
+            **({"push_batch_size": push_batch_size} if push_batch_size else {}),
         }
     ]
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
