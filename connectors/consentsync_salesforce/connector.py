@@ -94,6 +94,12 @@ class SalesforceConnector(sdk.Connector):
     # execution (Execution Governors and Limits), and a Bulk API batch chunk has the same 10
     # minutes. So every read starts 10 minutes behind the last record it handled.
     lookback = timedelta(minutes=10)
+    # Write calls side by side: "There isn't a limit on the number of concurrent requests shorter
+    # than 20 seconds" (API Request Limits and Allocations); a Collections call of 200 records
+    # takes well under that. Children of one parent updated side by side can meet
+    # UNABLE_TO_LOCK_ROW, as in Bulk API's parallel mode: sent again in a later pass
+    # (``lock_retries``), then left pending for the next run. ``push_concurrency: 1`` is serial.
+    write_concurrency = 4
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -281,6 +287,23 @@ class SalesforceConnector(sdk.Connector):
                 yield malformed
             wanted = [p for p in deletes if p not in malformed]
             yield from self._collection_calls(wanted, lambda chunk: self._delete_chunk(updates, chunk))
+
+    def write_shares(self, updates: Sequence[sdk.RecordUpdate], shares: int) -> list[list[int]]:
+        """An object with ``bulk_threshold`` updates or more stays whole in a share of its own (one
+        Bulk API 2.0 job, as ``write_batches`` would send it); the rest is cut as by default."""
+        by_object: dict[str, list[int]] = {}
+        for position, item in enumerate(updates):
+            if item.action is not sdk.WriteAction.DELETE:
+                by_object.setdefault(item.object_type, []).append(position)
+        whole = [
+            positions for positions in by_object.values() if len(positions) >= self.config.bulk_threshold
+        ]
+        if not whole:
+            return super().write_shares(updates, shares)
+        kept = {position for positions in whole for position in positions}
+        rest = [position for position in range(len(updates)) if position not in kept]
+        cut = super().write_shares([updates[position] for position in rest], max(1, shares - len(whole)))
+        return whole + [[rest[index] for index in share] for share in cut]
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -204,6 +204,7 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         batch_size=settings.batch_size,
         signpost_lag_seconds=settings.signpost_lag_seconds,
         push_batch_size=settings.push_batch_size,
+        push_concurrency=settings.push_concurrency,
         max_push_attempts=settings.max_push_attempts,
         lookback_seconds=settings.lookback_seconds,
         erasure_actions=dict(settings.erasure),

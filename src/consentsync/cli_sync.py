@@ -619,7 +619,8 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
 @handled
 def connectors(as_json: bool) -> None:
     """The installed connector plugins and what each does with changes committed late (its
-    look-back window), records deleted or merged in the CRM, and erasures."""
+    look-back window), records deleted or merged in the CRM, and erasures, and how many write
+    calls it makes side by side."""
     from consentsync.sdk import registry
 
     rows = [registry.load(name).capabilities() for name in sorted(registry.available())]
@@ -629,7 +630,10 @@ def connectors(as_json: bool) -> None:
     for row in rows:
         row["lookback"] = f"{row['lookback_seconds'] / 60:g} min"
         row["erasure_actions"] = ", ".join(row["erasure_actions"])
-    print_table(rows, ["vendor", "lookback", "deletions", "merges", "erasure_actions", "read_by_id"])
+    print_table(
+        rows,
+        ["vendor", "lookback", "deletions", "merges", "erasure_actions", "read_by_id", "write_concurrency"],
+    )
 
 
 @main.group()

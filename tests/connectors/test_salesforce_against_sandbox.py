@@ -191,6 +191,28 @@ def test_a_bulk_job_is_answered_as_one_batch(sandbox: SalesforceSandbox) -> None
     assert sandbox.calls["bulk_create"] == 1 and sandbox.calls["composite"] == 1
 
 
+def test_writes_cut_into_shares_keep_a_bulk_job_whole(sandbox: SalesforceSandbox) -> None:
+    """Written side by side, a push group's shares are what write_batches would have sent: the
+    Contacts above the bulk threshold stay one Bulk API 2.0 job, the Leads and deletes are cut."""
+    connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
+    contacts = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
+    leads = [r["Id"] for r in sandbox.org.records("Lead")[:9]]
+    updates = [RecordUpdate("Lead", i, {"DoNotCall": True}) for i in leads[:6]]
+    updates += [RecordUpdate("Contact", i, {"DoNotCall": True}) for i in contacts]
+    updates += [RecordUpdate("Lead", i, {}, WriteAction.DELETE) for i in leads[6:]]
+    shares = connector.write_shares(updates, 4)
+    assert shares[0] == list(range(6, 66))  # the Contacts, whole
+    assert len(shares) == 4
+    assert sorted(p for share in shares[1:] for p in share) == [*range(6), *range(66, 69)]
+    assert connector_for(sandbox).write_shares(updates, 4) == [
+        list(range(0, 18)), list(range(18, 35)), list(range(35, 52)), list(range(52, 69))
+    ]  # fmt: skip
+    for share in shares:
+        connector.write([updates[p] for p in share])
+    assert sandbox.calls["bulk_create"] == 1
+    assert all(sandbox.org.get(i)["DoNotCall"] is True for i in contacts)
+
+
 def test_a_bulk_job_that_failed_half_way_answers_what_it_saved(
     sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,8 +7,10 @@ and a push the CRM refused for now is not sent twice in one run."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,56 @@ def test_a_push_the_crm_refused_for_now_is_not_sent_again_in_the_same_run(
     refused = [(record, attempts) for record, status, attempts in _outbox(ledger) if status == "pending"]
     assert refused, "some locked contact needed a push"
     assert {attempts for _, attempts in refused} == {1}, refused
+
+
+def _watch_side_by_side(engine: SyncEngine) -> list[int]:
+    """The most CRM write calls in flight at once, in a list of one, kept up to date."""
+    most, now, lock = [0], [0], threading.Lock()
+    write_batches = engine.connector.write_batches
+
+    def watched(updates: Sequence[RecordUpdate]) -> Iterator[dict[int, WriteResult]]:
+        batches = write_batches(updates)
+        while True:
+            with lock:
+                now[0] += 1
+                most[0] = max(most[0], now[0])
+            try:
+                answers = next(batches)
+            except StopIteration:
+                return
+            finally:
+                with lock:
+                    now[0] -= 1
+            yield answers
+
+    engine.connector.write_batches = watched  # type: ignore[method-assign]
+    return most
+
+
+@pytest.mark.parametrize("push_along", [True, False], ids=["along", "after-examining"])
+def test_a_push_group_is_written_in_shares_side_by_side(
+    ledger: Ledger, config_path: Path, tmp_path: Path, clock: Clock, push_along: bool
+) -> None:
+    """With ``push_concurrency`` 3, a group's calls overlap (each write call of the sandbox takes
+    0.1 s), and the CRM ends as after one call at a time."""
+    guard = None if push_along else 10**6
+    with _seeded() as sandbox:
+        sandbox.faults.update(delay=0.1, delay_kinds=("composite",))
+        options = SyncOptions(batch_size=10, push_batch_size=40, push_concurrency=3, signpost_lag_seconds=0)
+        engine = _engine(ledger, config_path, sandbox, options=replace(options, guard_max_records=guard))
+        most = _watch_side_by_side(engine)
+        report = engine.run(full=True)
+        assert report.status == "succeeded", report.error
+        assert most[0] >= 2, "the write calls went one at a time"
+        flags = _org_flags(sandbox)
+    with _seeded() as sandbox, _second_ledger(tmp_path / "serial", clock) as (serial_ledger, serial_config):
+        options = SyncOptions(batch_size=10, push_batch_size=40, push_concurrency=1, signpost_lag_seconds=0)
+        engine = _engine(serial_ledger, serial_config, sandbox, options=options)
+        most = _watch_side_by_side(engine)
+        assert engine.run(full=True).status == "succeeded"
+        assert most[0] == 1
+        assert _org_flags(sandbox) == flags
+    assert {status for _, status, _ in _outbox(ledger)} == {"done"}
 
 
 @pytest.mark.parametrize("point", ["sync.push.sent=kill@1", "sync.push.answered=kill@1"])

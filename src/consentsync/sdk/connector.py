@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any, ClassVar
 
 from pydantic import BaseModel
@@ -174,6 +175,10 @@ class Connector(ABC):
     reports_merges: ClassVar[bool] = False
     # True where ``write_batches`` carries out ``WriteAction.DELETE`` (the ``delete`` erasure action).
     can_delete: ClassVar[bool] = False
+    # How many ``write_batches`` a run may have writing at once, each over a share of a push
+    # group (``write_shares``): 1 where the vendor's limits want writes one after another. The
+    # connector's ``push_concurrency`` in the config overrides it.
+    write_concurrency: ClassVar[int] = 1
     # The pydantic model of the connector's ``settings:`` block: a typo is then reported with
     # the config file's line and the accepted keys, never with the value (it may be a secret).
     settings_model: ClassVar[type[BaseModel] | None] = None
@@ -222,6 +227,7 @@ class Connector(ABC):
             "merges": cls.reports_merges,
             "erasure_actions": ["suppress", "anonymise", *(["delete"] if cls.can_delete else [])],
             "read_by_id": cls.can_read_by_id,
+            "write_concurrency": cls.write_concurrency,
         }
 
     def irreversible(self, update: RecordUpdate) -> set[str]:
@@ -288,6 +294,18 @@ class Connector(ABC):
         acknowledgement. A connector must therefore yield as soon as a call returns, and keep
         nothing back that the CRM already applied."""
         yield dict(enumerate(self.write(updates)))
+
+    def write_shares(self, updates: Sequence[RecordUpdate], shares: int) -> list[list[int]]:
+        """The positions of ``updates`` cut into at most ``shares`` lists, each written by a
+        ``write_batches`` of its own, side by side with the others: by default runs of neighbours,
+        as even as can be. A connector that chooses its API by the size of a write (a bulk job
+        from so many records) keeps together what it would send as one."""
+        count = max(1, min(shares, len(updates)))
+        size, extra = divmod(len(updates), count)
+        bounds = [0]
+        for number in range(count):
+            bounds.append(bounds[-1] + size + (number < extra))
+        return [list(range(start, end)) for start, end in pairwise(bounds) if end > start]
 
     def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
         """Applies ``updates`` and answers one result per update, in order (all calls at once)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -570,6 +571,27 @@ class ConnectorContract(ConnectorTrustContract):
         calls = harness.write_calls() - before
         assert calls <= 3, f"{len(ids)} updates took {calls} writes (batches of {harness.write_batch_size})"
         assert harness.read_text(ids[-1]) == f"batched {ids[-1]}"
+
+    def test_writes_side_by_side_apply_every_update_once(
+        self, harness: ContractHarness, connector: Connector
+    ) -> None:
+        """A push group is cut by ``write_shares`` and its shares written at once, as the engine
+        does (``write_concurrency``, or ``push_concurrency`` in the config: any connector may be
+        asked to): every update in exactly one share, every one applied and answered once."""
+        ids = harness.seed(harness.write_batch_size * 2 + 1)
+        updates = [harness.text_update(record_id, f"side by side {record_id}") for record_id in ids]
+        wanted = max(2, connector.write_concurrency)
+        shares = connector.write_shares(updates, wanted)
+        assert 1 <= len(shares) <= wanted, f"{len(shares)} shares asked {wanted}"
+        assert sorted(position for share in shares for position in share) == list(range(len(updates)))
+        with ThreadPoolExecutor(len(shares)) as pool:
+            written = list(pool.map(lambda share: connector.write([updates[p] for p in share]), shares))
+        for share, results in zip(shares, written, strict=True):
+            assert [r.record_id for r in results] == [ids[p] for p in share]
+            assert all(r.ok for r in results), [(r.error_code, r.message) for r in results if not r.ok]
+        assert {record_id: harness.read_text(record_id) for record_id in ids} == {
+            record_id: f"side by side {record_id}" for record_id in ids
+        }
 
     # -- faults --------------------------------------------------------------------------------
 

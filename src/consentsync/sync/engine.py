@@ -76,6 +76,9 @@ class SyncOptions:
     # Outbox rows handed to the connector per write: large enough that a connector can choose its
     # bulk API (Salesforce: Bulk API 2.0 from 10,000 changes) over its batch one.
     push_batch_size: int = 10_000
+    # Write calls side by side, each over a share of a push group; None: the connector's own
+    # (``Connector.write_concurrency``).
+    push_concurrency: int | None = None
     # Attempts (one per run) before a push the CRM keeps refusing is dead-lettered.
     max_push_attempts: int = 10
     # How far behind its stored position an incremental read starts again (changes committed
@@ -160,11 +163,19 @@ class PlanOutdated(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Calls:
-    """Outbox rows marked sent and the CRM calls writing them, answers by position in ``rows``."""
+class _Share:
+    """A share of a push group and the CRM calls writing it, answers by position in ``rows``."""
 
     rows: list[Any]
     calls: Prefetch[dict[int, WriteResult]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """A push group marked sent, written by one ``write_batches`` a share, side by side."""
+
+    shares: list[_Share]
+    arrived: threading.Event  # set whenever a share's calls hand something over
 
 
 @dataclass(slots=True)
@@ -1202,8 +1213,7 @@ class SyncEngine:
                 report.stage_total = max(total, report.stage_done)
                 self.progress(report)
                 if in_flight is not None:
-                    for answers, _ in in_flight.calls.ready():
-                        self._settle_call(in_flight.rows, answers, report)
+                    self._settle_ready(in_flight, report)
                 if (
                     push_along
                     and waiting >= self.options.push_batch_size
@@ -1224,8 +1234,7 @@ class SyncEngine:
                 # What the CRM answered before the error is committed if the ledger still takes
                 # it; an answer lost here is recognised when the write is read back.
                 with suppress(Exception):
-                    for answers, _ in in_flight.calls.close():
-                        self._settle_call(in_flight.rows, answers, report)
+                    self._settle_left(in_flight, report)
             raise
         if in_flight is not None:
             self._settle_calls(in_flight, report)
@@ -1317,8 +1326,9 @@ class SyncEngine:
             self._settle_calls(self._send(rows), report)
 
     def _send(self, rows: list[Any], *, depth: int = 1) -> _Calls:
-        """Marks ``rows`` sent (committed before the CRM sees them) and begins their CRM calls in
-        a thread of their own, at most ``depth`` calls ahead of the answers committed."""
+        """Marks ``rows`` sent (committed before the CRM sees them) and begins their CRM calls:
+        the rows cut into ``push_concurrency`` shares, each written by the connector in a thread
+        of its own, at most ``depth`` calls ahead of the answers committed."""
         with self._transaction() as conn:
             conn.execute(
                 update(outbox)
@@ -1330,27 +1340,50 @@ class SyncEngine:
             RecordUpdate(r.object_type, r.record_id, orjson.loads(r.fields), WriteAction(r.action))
             for r in rows
         ]
-        calls = Prefetch(
-            self.connector.write_batches(updates),
-            depth=depth,
-            stop=self.stop_requested,
-            name=f"consentsync-push-{self.name}",
-        )
-        return _Calls(rows, calls)
+        arrived = threading.Event()
+        shares = []
+        concurrency = self.options.push_concurrency or self.connector.write_concurrency
+        for number, positions in enumerate(self.connector.write_shares(updates, concurrency)):
+            calls = Prefetch(
+                self.connector.write_batches([updates[position] for position in positions]),
+                depth=depth,
+                stop=self.stop_requested,
+                name=f"consentsync-push-{self.name}-{number}",
+                arrived=arrived,
+            )
+            shares.append(_Share([rows[position] for position in positions], calls))
+        return _Calls(shares, arrived)
 
     def _settle_calls(self, sent: _Calls, report: RunReport) -> None:
-        """Commits the answers of ``sent``'s calls as they come. The next CRM call is made while
-        one's answers are committed. A stop lets the call in flight finish and commits its
-        answers too: no answer the CRM gave is lost."""
-        with sent.calls:
-            for answers, _ in sent.calls:
-                self._settle_call(sent.rows, answers, report)
-                if self.stop_requested.is_set():
-                    for left, _ in sent.calls.close():
-                        self._settle_call(sent.rows, left, report)
-                    raise _Stop
+        """Commits the answers of ``sent``'s calls as they come, whichever share answers first;
+        a share's next CRM call is made while its last one's answers are committed. A stop lets
+        the calls in flight finish and commits their answers too: no answer the CRM gave is
+        lost."""
+        try:
+            while not self._settle_ready(sent, report) and not self.stop_requested.is_set():
+                sent.arrived.wait(0.5)
+        except BaseException:
+            with suppress(Exception):
+                self._settle_left(sent, report)
+            raise
+        self._settle_left(sent, report)
         if self.stop_requested.is_set():
             raise _Stop
+
+    def _settle_ready(self, sent: _Calls, report: RunReport) -> bool:
+        """Commits the answers ``sent``'s calls handed over so far, without waiting; True once
+        every call answered."""
+        sent.arrived.clear()
+        for share in sent.shares:
+            for answers, _ in share.calls.ready():
+                self._settle_call(share.rows, answers, report)
+        return all(share.calls.finished for share in sent.shares)
+
+    def _settle_left(self, sent: _Calls, report: RunReport) -> None:
+        """Stops ``sent``'s calls after those in flight and commits every answer they gave."""
+        for share in sent.shares:
+            for answers, _ in share.calls.close():
+                self._settle_call(share.rows, answers, report)
 
     def _settle_call(self, rows: list[Any], answers: dict[int, WriteResult], report: RunReport) -> None:
         """Commits one CRM call's answers (``answers`` by position in ``rows``)."""

@@ -45,8 +45,12 @@ class Prefetch(Generic[T]):
         capture: Callable[[], Any] = lambda: None,
         stop: threading.Event | None = None,
         name: str = "consentsync-prefetch",
+        arrived: threading.Event | None = None,
     ) -> None:
         self._source = iter(source)
+        # Set whenever an item (or the end, or an error) is handed over: one event can wake a
+        # consumer of several of these, whichever has something first.
+        self._arrived = arrived or threading.Event()
         self._capture = capture
         self._queue: queue.Queue[Any] = queue.Queue()
         # A slot is taken before an item is asked for and given back when the consumer takes one.
@@ -72,10 +76,12 @@ class Prefetch(Generic[T]):
                 except StopIteration:
                     break
                 self._queue.put((item, self._capture()))
+                self._arrived.set()
             self._queue.put(_END)
         except BaseException as error:  # handed to the consumer, raised there
             self._queue.put(_Raised(error))
         finally:
+            self._arrived.set()
             close = getattr(self._source, "close", None)
             if close is not None:
                 # The source's own clean-up: its errors, if any, were already handed over above.
@@ -111,6 +117,11 @@ class Prefetch(Generic[T]):
                 self._error = error
                 break
         return items
+
+    @property
+    def finished(self) -> bool:
+        """True once the consumer took the last item (or the error that ended the source)."""
+        return self._finished and self._error is None
 
     def _raise_met(self) -> None:
         if self._error is not None:
