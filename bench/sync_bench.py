@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/sync_bench.py                       # 20,000 contacts, no delay
     .venv/bin/python bench/sync_bench.py --contacts 20000 100000 --delay 0.25
-    .venv/bin/python bench/sync_bench.py --delay 0.25 --delay-writes [--push-after-examining]
+    .venv/bin/python bench/sync_bench.py --delay 0.25 --delay-writes  # writes wait too (a real org)
+    .venv/bin/python bench/sync_bench.py --delay 0.25 --delay-writes --push-concurrency 1
     .venv/bin/python bench/sync_bench.py --contacts 100000 --url postgresql://postgres@127.0.0.1/test
     .venv/bin/python bench/sync_bench.py --contacts 1000000 --skip-peer --timeout 120  # 6 GiB, 16 min
 
@@ -144,6 +145,7 @@ def write_config(
     batch_size: int | None = None,
     *,
     push_after_examining: bool = False,
+    push_concurrency: int | None = None,
 ) -> Path:
     import yaml
     from consentsync_salesforce.sandbox.demo import MAPPINGS, find_mappings
@@ -173,6 +175,7 @@ def write_config(
             # A guard no run reaches still makes a run examine everyone before it pushes.
             "push_guard": {"max_records": 10**9 if push_after_examining else None, "max_share": None},
             **({"batch_size": batch_size} if batch_size else {}),
+            **({"push_concurrency": push_concurrency} if push_concurrency else {}),
         }
     ]
     config_path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -356,6 +359,7 @@ def bench_size(contacts: int, args: argparse.Namespace) -> dict[str, dict[str, A
                 args.timeout,
                 args.batch_size,
                 push_after_examining=args.push_after_examining,
+                push_concurrency=args.push_concurrency,
             )
             print(
                 f"\n{contacts:,} contacts: {info['counts']}  (delay {args.delay} s per "
@@ -466,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a push guard no run reaches: the sync examines every person before it pushes, as "
         "before pushes were sent along the examination (to compare)",
+    )
+    parser.add_argument(
+        "--push-concurrency",
+        type=int,
+        help="write calls side by side (the connector's push_concurrency; default: the connector's own)",
     )
     parser.add_argument("--skip-peer", action="store_true", help="leave out the hand-written peer")
     parser.add_argument("--seed", type=int, default=7)

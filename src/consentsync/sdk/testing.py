@@ -246,7 +246,11 @@ class ConnectorTrustContract:
         self, harness: ContractHarness, tmp_path: Path
     ) -> None:
         config = write_sync_config(harness, tmp_path)
-        people = _unsubscribed_people(harness, config, harness.write_batch_size * 2 + 1, "stopped")
+        from consentsync.sdk import registry
+
+        # Two calls and more for each share written side by side: the stop comes between calls.
+        count = harness.write_batch_size * 2 * max(1, registry.load(harness.vendor).write_concurrency) + 1
+        people = _unsubscribed_people(harness, config, count, "stopped")
         engine = open_sync_engine(config)
 
         def stop_after_a_batch(report: Any) -> None:
