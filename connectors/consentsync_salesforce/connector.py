@@ -289,21 +289,31 @@ class SalesforceConnector(sdk.Connector):
             yield from self._collection_calls(wanted, lambda chunk: self._delete_chunk(updates, chunk))
 
     def write_shares(self, updates: Sequence[sdk.RecordUpdate], shares: int) -> list[list[int]]:
-        """An object with ``bulk_threshold`` updates or more stays whole in a share of its own (one
-        Bulk API 2.0 job, as ``write_batches`` would send it); the rest is cut as by default."""
+        """The calls ``write_batches`` would make, dealt out: each object's updates in chunks of
+        200 (one sObject Collections call each) and the deletes likewise, dealt to the shares in
+        turn, so that the shares make no more calls than one ``write_batches`` would. An object
+        with ``bulk_threshold`` updates or more stays whole in a share of its own (one Bulk API
+        2.0 job)."""
         by_object: dict[str, list[int]] = {}
+        deletes: list[int] = []
         for position, item in enumerate(updates):
-            if item.action is not sdk.WriteAction.DELETE:
+            if item.action is sdk.WriteAction.DELETE:
+                deletes.append(position)
+            else:
                 by_object.setdefault(item.object_type, []).append(position)
-        whole = [
-            positions for positions in by_object.values() if len(positions) >= self.config.bulk_threshold
+        threshold = self.config.bulk_threshold
+        whole = [positions for positions in by_object.values() if len(positions) >= threshold]
+        chunks = [
+            positions[start : start + COLLECTION_LIMIT]
+            for positions in [*(p for p in by_object.values() if len(p) < threshold), deletes]
+            for start in range(0, len(positions), COLLECTION_LIMIT)
         ]
-        if not whole:
-            return super().write_shares(updates, shares)
-        kept = {position for positions in whole for position in positions}
-        rest = [position for position in range(len(updates)) if position not in kept]
-        cut = super().write_shares([updates[position] for position in rest], max(1, shares - len(whole)))
-        return whole + [[rest[index] for index in share] for share in cut]
+        dealt: list[list[int]] = [[] for _ in range(max(0, min(shares - len(whole), len(chunks))))]
+        if chunks and not dealt:
+            dealt = [[]]
+        for number, chunk in enumerate(chunks):
+            dealt[number % len(dealt)] += chunk
+        return [share for share in [*whole, *dealt] if share]
 
     # -- writing -------------------------------------------------------------------------------
 

@@ -191,25 +191,29 @@ def test_a_bulk_job_is_answered_as_one_batch(sandbox: SalesforceSandbox) -> None
     assert sandbox.calls["bulk_create"] == 1 and sandbox.calls["composite"] == 1
 
 
-def test_writes_cut_into_shares_keep_a_bulk_job_whole(sandbox: SalesforceSandbox) -> None:
-    """Written side by side, a push group's shares are what write_batches would have sent: the
-    Contacts above the bulk threshold stay one Bulk API 2.0 job, the Leads and deletes are cut."""
-    connector = connector_for(sandbox, bulk_threshold=50, bulk_poll_interval=0.05)
-    contacts = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
-    leads = [r["Id"] for r in sandbox.org.records("Lead")[:9]]
-    updates = [RecordUpdate("Lead", i, {"DoNotCall": True}) for i in leads[:6]]
+def test_writes_cut_into_shares_make_the_calls_one_write_would(sandbox: SalesforceSandbox) -> None:
+    """Written side by side, a push group's shares make the calls write_batches would have made:
+    each object's updates dealt in whole Collections calls of 200, the deletes likewise, and an
+    object above the bulk threshold kept whole, one Bulk API 2.0 job."""
+    contacts = [r["Id"] for r in sandbox.org.records("Contact")[:401]]
+    leads = [r["Id"] for r in sandbox.org.records("Lead")[:13]]
+    updates = [RecordUpdate("Lead", i, {"DoNotCall": True}) for i in leads[:10]]
     updates += [RecordUpdate("Contact", i, {"DoNotCall": True}) for i in contacts]
-    updates += [RecordUpdate("Lead", i, {}, WriteAction.DELETE) for i in leads[6:]]
-    shares = connector.write_shares(updates, 4)
-    assert shares[0] == list(range(6, 66))  # the Contacts, whole
-    assert len(shares) == 4
-    assert sorted(p for share in shares[1:] for p in share) == [*range(6), *range(66, 69)]
+    updates += [RecordUpdate("Lead", i, {}, WriteAction.DELETE) for i in leads[10:]]
+    contact_positions = list(range(10, 411))
+    leads_then_deletes = [*range(10), 411, 412, 413]
     assert connector_for(sandbox).write_shares(updates, 4) == [
-        list(range(0, 18)), list(range(18, 35)), list(range(35, 52)), list(range(52, 69))
+        leads_then_deletes, contact_positions[:200], contact_positions[200:400], [410]
     ]  # fmt: skip
+    assert connector_for(sandbox).write_shares(updates, 2) == [
+        [*range(10), *contact_positions[200:400], 411, 412, 413], [*contact_positions[:200], 410]
+    ]  # fmt: skip
+    bulk = connector_for(sandbox, bulk_threshold=300, bulk_poll_interval=0.05)
+    shares = bulk.write_shares(updates, 4)
+    assert shares == [contact_positions, list(range(10)), [411, 412, 413]]
     for share in shares:
-        connector.write([updates[p] for p in share])
-    assert sandbox.calls["bulk_create"] == 1
+        assert all(result.ok for result in bulk.write([updates[p] for p in share]))
+    assert sandbox.calls["bulk_create"] == 1 and sandbox.calls["composite"] == 2
     assert all(sandbox.org.get(i)["DoNotCall"] is True for i in contacts)
 
 

@@ -58,8 +58,9 @@ class ConnectorSettings(BaseModel):
     signpost_lag_seconds: float = Field(default=2.0, ge=0)
     push_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     # CRM write calls side by side, each over a share of a push group; default: the connector's
-    # own (Salesforce 4, the others 1). 1 writes one call after another.
-    push_concurrency: int | None = Field(default=None, ge=1, le=16)
+    # own (Salesforce 4, the others 1). 1 writes one call after another. At most 8: a connector's
+    # HTTP session keeps 10 connections a host.
+    push_concurrency: int | None = Field(default=None, ge=1, le=8)
     max_push_attempts: int = Field(default=10, ge=1, le=1_000)
     # How far behind its last read an incremental read starts again (changes committed late);
     # None: the connector's own default, chosen from its vendor's docs.
