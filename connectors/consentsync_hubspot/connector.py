@@ -153,7 +153,7 @@ class HubSpotConnector(sdk.Connector):
             headers.get("X-HubSpot-RateLimit-Daily-Remaining"),
         )
         if daily and left and daily.isdigit() and left.isdigit():
-            usage.limit, usage.used = int(daily), int(daily) - int(left)
+            usage.said(int(daily) - int(left), int(daily))
         secondly = headers.get("X-HubSpot-RateLimit-Secondly-Remaining")
         if secondly and secondly.isdigit():
             self._secondly_remaining, self._secondly_at = int(secondly), time.monotonic()

@@ -132,7 +132,7 @@ class SalesforceConnector(sdk.Connector):
         self.usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
-            self.usage.used, self.usage.limit = int(match.group(1)), int(match.group(2))
+            self.usage.said(int(match.group(1)), int(match.group(2)))
 
     def _call(self, describe: str, operation: Any) -> Any:
         """``operation`` (a simple-salesforce call) under the retry policy, after the budget

@@ -127,7 +127,9 @@ def test_stop_lets_the_page_in_hand_commit_and_the_next_run_resume(
     eu, _us = two_orgs
     config = _configure(config_path, {"sf-eu": eu}, interval=3600)
     ledger.clock = utcnow
-    eu.faults.update(delay=0.2)  # slow responses: the run is still reading when stop comes
+    # Slow query pages (the four objects' first pages are asked side by side): the run is still
+    # reading when stop comes, a second in.
+    eu.faults.update(delay=2.0, delay_kinds=("query", "queryMore"))
     reports = Reports()
     daemon = Daemon(config, ledger, on_report=reports)
     daemon.start()
@@ -188,7 +190,7 @@ def test_run_command_serves_health_and_metrics_and_stops_on_sigterm(
 
 
 def test_two_processes_never_run_the_same_connector_at_once(
-    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox]
+    ledger: Ledger, config_path: Path, two_orgs: tuple[SalesforceSandbox, SalesforceSandbox], tmp_path: Path
 ) -> None:
     import os
     import subprocess
@@ -196,13 +198,24 @@ def test_two_processes_never_run_the_same_connector_at_once(
 
     eu, _us = two_orgs
     _configure(config_path, {"sf-eu": eu}, interval=3600)
-    eu.faults.update(delay=0.3)  # the first run takes seconds: the second one starts meanwhile
     consentsync = str(Path(sys.executable).parent / "consentsync")
     command = [consentsync, "--config", str(config_path), "sync", "sf-eu"]
     env = {**os.environ, "CONSENTSYNC_CONFIG": ""}
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    # The first run is held after reading its first page: the second starts while it runs,
+    # however fast the run is.
+    held = tmp_path / "failpoints"
+    held.mkdir()
+    holding = {**env, "CONSENTSYNC_FAILPOINTS": "sync.page.read=hold@1"}
+    holding["CONSENTSYNC_FAILPOINT_DIR"] = str(held)
+    first = subprocess.Popen(command, env=holding, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = held / "sync.page.read.held"
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert first.poll() is None, "the first run ended before its first page"
+        assert time.monotonic() < deadline, "the first run read no page within a minute"
+        time.sleep(0.05)
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    marker.unlink()
     _out, first_err = first.communicate(timeout=120)
     assert first.returncode == 0, first_err
     assert second.returncode == 75, second.stderr

@@ -139,6 +139,13 @@ class ApiUsage:
             self.calls += 1
             self.per_endpoint[endpoint] = self.per_endpoint.get(endpoint, 0) + 1
 
+    def said(self, used: int, limit: int) -> None:
+        """Takes the CRM's own count from an answer: the highest of the run, since answers to
+        calls made side by side (reads, writes) come back in any order."""
+        with self._lock:
+            self.used = used if self.used is None else max(self.used, used)
+            self.limit = limit
+
     @property
     def remaining(self) -> int | None:
         if self.used is None or self.limit is None:
