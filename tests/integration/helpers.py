@@ -150,3 +150,13 @@ def scrape_until(
             break
         time.sleep(pause)
     return metrics
+
+
+def wait_until_held(process: Any, marker: Path, point: str, within: float = 60) -> None:
+    """Waits until ``process`` is held at its failpoint (``marker`` exists): ``point`` says where,
+    for the failure message."""
+    deadline = time.monotonic() + within
+    while not marker.exists():
+        assert process.poll() is None, f"the run ended before {point}"
+        assert time.monotonic() < deadline, f"the run did not reach {point} within {within:g} s"
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ from consentsync.config import load_config
 from consentsync.ledger.service import Ledger, utcnow
 from consentsync.sync.daemon import Daemon
 from consentsync.sync.engine import RunReport
-from tests.integration.helpers import free_port, local_session, scrape_until
+from tests.integration.helpers import free_port, local_session, scrape_until, wait_until_held
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ["contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml"]
@@ -209,11 +209,7 @@ def test_two_processes_never_run_the_same_connector_at_once(
     holding["CONSENTSYNC_FAILPOINT_DIR"] = str(held)
     first = subprocess.Popen(command, env=holding, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = held / "sync.page.read.held"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert first.poll() is None, "the first run ended before its first page"
-        assert time.monotonic() < deadline, "the first run read no page within a minute"
-        time.sleep(0.05)
+    wait_until_held(first, marker, "its first page")
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     marker.unlink()
     _out, first_err = first.communicate(timeout=120)

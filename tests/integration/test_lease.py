@@ -25,7 +25,7 @@ from consentsync.domain import as_utc
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
 from tests.integration.crash_config import CONNECTOR, sync_command
-from tests.integration.helpers import migrated_crash_config, seeded_org
+from tests.integration.helpers import migrated_crash_config, seeded_org, wait_until_held
 
 
 @pytest.fixture
@@ -166,11 +166,7 @@ def test_a_lost_database_session_lets_no_second_daemon_push_twice(
         [*command, "--full"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     marker = held / "sync.page.read.held"
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert first.poll() is None, "the first run ended before its second page"
-        assert time.monotonic() < deadline, "the first run reached no second page within a minute"
-        time.sleep(0.05)
+    wait_until_held(first, marker, "its second page")
     env.pop("CONSENTSYNC_FAILPOINTS")
     ledger = open_ledger(load_config(sync_config))
     with ledger.engine.connect() as conn:
