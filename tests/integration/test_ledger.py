@@ -217,3 +217,42 @@ def test_restriction_suppresses_everything_until_lifted(ledger: Ledger) -> None:
         actions = [e["action"] for e in audit.entries(conn) if e["action"].startswith("subject.restr")]
         assert audit.verify(conn).ok
     assert actions == ["subject.restricted", "subject.restriction_lifted"]
+
+
+def test_every_persons_states_at_once_are_each_keys_decision(ledger: Ledger, clock: Clock) -> None:
+    """``effective_states_in`` (a sync's examination: people at once, the states their flags
+    alone imply shared between them) answers for every configured purpose and channel what the
+    capture API's decision (one key of one person, read apart) answers."""
+    people = {
+        "plain@example.com": [_evidence(ledger, purpose="service")],
+        "granted@example.com": [_evidence(ledger)],
+        "withdrawn@example.com": [_evidence(ledger), _evidence(ledger, ConsentStatus.WITHDRAWN)],
+        "profiled@example.com": [_evidence(ledger, purpose="profiling")],
+        "objector@example.com": [_evidence(ledger)],
+        "erased@example.com": [_evidence(ledger)],
+        "restricted@example.com": [_evidence(ledger)],
+        "plain-too@example.com": [_evidence(ledger, purpose="service")],
+    }
+    ids: dict[str, int] = {}
+    for email, evidence in people.items():
+        for item in evidence:
+            clock.advance(seconds=1)
+            ids[email] = ledger.record(Identity(email=email), item).subject_id
+    ledger.raise_objection("objector@example.com", "profiling")
+    ledger.erase("erased@example.com", reason="Art. 17 request")
+    ledger.restrict("restricted@example.com", restricted=True, reason="accuracy contested")
+    with ledger.engine.connect() as conn:
+        states = ledger.effective_states_in(conn, list(ids.values()))
+    keys = [(purpose.key, channel) for purpose in ledger.purposes.values() for channel in purpose.channels]
+    assert len(keys) > 3
+    for email, subject_id in ids.items():
+        assert list(states[subject_id]) == keys
+        for purpose, channel in keys:
+            decided = ledger.decision_for(email, purpose, channel)[1]
+            if email == "erased@example.com":
+                # The decision knows an erased address by its keyed hash only: suppressed alike.
+                assert states[subject_id][(purpose, channel)].suppressed and decided.suppressed
+                continue
+            assert states[subject_id][(purpose, channel)] == decided, (email, purpose, channel)
+    distinct = {state for person in states.values() for state in person.values()}
+    assert len(distinct) > 3, "the people were alike: the test proved little"

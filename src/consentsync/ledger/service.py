@@ -850,37 +850,53 @@ class Ledger:
         now = self.clock()
         ids = set(subject_ids)
         contexts, summaries = self._known(conn, ids, warm)
+        keys = [(purpose, channel) for purpose in self.purposes.values() for channel in purpose.channels]
+        held: dict[int, list[tuple[str, str]]] = {}
+        for subject_id, purpose_key, channel in summaries:
+            held.setdefault(subject_id, []).append((purpose_key, channel))
         # Without evidence or objections, a key's state follows from its purpose, its channel and
-        # the person's flags alone (effective_state is pure): most keys of most people share one.
-        blank: dict[tuple[str, str, SubjectFlags], EffectiveState] = {}
+        # the person's flags alone (effective_state is pure): most keys of most people share one,
+        # so each set of flags has its states worked out once, and a person's own evidence only
+        # replaces the keys it is about.
+        blank: dict[SubjectFlags, dict[tuple[str, str], EffectiveState]] = {}
 
-        def state(subject_id: int, purpose: Purpose, channel: str) -> EffectiveState:
+        def decided(subject_id: int, purpose: Purpose, channel: str) -> EffectiveState:
             context = contexts[subject_id]
-            summary = summaries.get((subject_id, purpose.key, channel))
-            shared = summary is None and not context.objections
-            key = (purpose.key, channel, context.flags)
-            if shared and key in blank:
-                return blank[key]
-            decided = effective_state(
-                summary or NO_EVIDENCE,
+            return effective_state(
+                summaries.get((subject_id, purpose.key, channel)) or NO_EVIDENCE,
                 purpose,
                 channel,
                 flags=context.flags,
                 objections=context.objections,
                 now=now,
             )
-            if shared:
-                blank[key] = decided
-            return decided
 
-        return {
-            subject_id: {
-                (purpose.key, channel): state(subject_id, purpose, channel)
-                for purpose in self.purposes.values()
-                for channel in purpose.channels
-            }
-            for subject_id in ids
-        }
+        def states_of(subject_id: int) -> dict[tuple[str, str], EffectiveState]:
+            context = contexts[subject_id]
+            if context.objections:
+                return {
+                    (purpose.key, channel): decided(subject_id, purpose, channel) for purpose, channel in keys
+                }
+            shared = blank.get(context.flags)
+            if shared is None:
+                shared = blank[context.flags] = {
+                    (purpose.key, channel): effective_state(
+                        NO_EVIDENCE,
+                        purpose,
+                        channel,
+                        flags=context.flags,
+                        objections=context.objections,
+                        now=now,
+                    )
+                    for purpose, channel in keys
+                }
+            states = dict(shared)
+            for key in held.get(subject_id, ()):
+                if key in states:
+                    states[key] = decided(subject_id, self.purposes[key[0]], key[1])
+            return states
+
+        return {subject_id: states_of(subject_id) for subject_id in ids}
 
     def decision_for(self, email: str, purpose_key: str, channel: str) -> tuple[str | None, EffectiveState]:
         """May this address be contacted for this purpose on this channel now, and under which
