@@ -266,13 +266,7 @@ class SalesforceConnector(sdk.Connector):
         """Updates per object (sObject Collections, or one Bulk API 2.0 job above the threshold),
         then deletes (sObject Collections, any objects in one call), yielding each call's (each
         job's) answers as it returns."""
-        by_object: dict[str, list[int]] = {}
-        deletes: list[int] = []
-        for position, item in enumerate(updates):
-            if item.action is sdk.WriteAction.DELETE:
-                deletes.append(position)
-            else:
-                by_object.setdefault(item.object_type, []).append(position)
+        by_object, deletes = _by_object(updates)
         for object_type, positions in by_object.items():
             _check_api_name(object_type)
             if len(positions) >= self.config.bulk_threshold:
@@ -294,13 +288,7 @@ class SalesforceConnector(sdk.Connector):
         turn, so that the shares make no more calls than one ``write_batches`` would. An object
         with ``bulk_threshold`` updates or more stays whole in a share of its own (one Bulk API
         2.0 job)."""
-        by_object: dict[str, list[int]] = {}
-        deletes: list[int] = []
-        for position, item in enumerate(updates):
-            if item.action is sdk.WriteAction.DELETE:
-                deletes.append(position)
-            else:
-                by_object.setdefault(item.object_type, []).append(position)
+        by_object, deletes = _by_object(updates)
         threshold = self.config.bulk_threshold
         whole = [positions for positions in by_object.values() if len(positions) >= threshold]
         chunks = [
@@ -442,6 +430,18 @@ class SalesforceConnector(sdk.Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _by_object(updates: Sequence[sdk.RecordUpdate]) -> tuple[dict[str, list[int]], list[int]]:
+    """The positions of the updates by object, and of the deletes (any objects)."""
+    by_object: dict[str, list[int]] = {}
+    deletes: list[int] = []
+    for position, item in enumerate(updates):
+        if item.action is sdk.WriteAction.DELETE:
+            deletes.append(position)
+        else:
+            by_object.setdefault(item.object_type, []).append(position)
+    return by_object, deletes
 
 
 def _check_api_name(name: str) -> None:
