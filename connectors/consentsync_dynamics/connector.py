@@ -139,8 +139,8 @@ class DynamicsConnector(sdk.Connector):
             },
             refresh_session=self._forget_token,
         )
-        self._token: str | None = None
-        self._token_expires = 0.0
+        # (token, when it lapses); shared by the threads that write side by side.
+        self._token = sdk.SharedLogin(self._login, fresh=_not_lapsing)
         self._entities: dict[str, _Entity] = {}
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
@@ -153,12 +153,9 @@ class DynamicsConnector(sdk.Connector):
 
     def _access_token(self) -> str:
         # Renewed a minute before it lapses, and whenever the API answered 401.
-        if self._token is None or time.monotonic() > self._token_expires - 60:
-            self._login()
-        assert self._token is not None
-        return self._token
+        return self._token.get()[0]
 
-    def _login(self) -> None:
+    def _login(self) -> tuple[str, float]:
         c = self.config
         form = {
             "grant_type": "client_credentials",
@@ -169,11 +166,10 @@ class DynamicsConnector(sdk.Connector):
         body = sdk.request_token(
             self.api.session, c.token_url, form, login="login with client credentials", who=f"{self.name}: "
         )
-        self._token = str(body["access_token"])
-        self._token_expires = time.monotonic() + float(body.get("expires_in", 3599))
+        return str(body["access_token"]), time.monotonic() + float(body.get("expires_in", 3599))
 
     def _forget_token(self) -> None:
-        self._token = None
+        self._token.forget()
 
     def _request(self, method: str, url: str, describe: str, **kwargs: Any) -> requests.Response:
         """One Web API call under the retry policy (``HttpClient.send``: ``accept`` lets a caller
@@ -575,6 +571,10 @@ def _endpoint_kind(url: str, method: str) -> str:
     if "deltatoken" in url:
         return "delta"
     return "query" if method == "GET" else "other"
+
+
+def _not_lapsing(token: tuple[str, float]) -> bool:
+    return time.monotonic() < token[1] - 60
 
 
 __all__ = ["ERRORS", "DynamicsConnector", "odata_literal", "parse_dataverse_datetime"]

@@ -107,21 +107,19 @@ class SalesforceConnector(sdk.Connector):
         self.policy = self.config.retry_policy()
         # simple-salesforce passes no timeout: the sdk's session gives every request one.
         self.session = sdk.http_session(self.config, on_response=self._count)
-        self._sf: Salesforce | None = None
+        # Shared by the readers (copies) and the threads that write side by side.
+        self._login = sdk.SharedLogin(self._logged_in)
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
 
     # -- session -------------------------------------------------------------------------------
 
     @property
     def sf(self) -> Salesforce:
-        if self._sf is None:
-            self._login()
-        assert self._sf is not None
-        return self._sf
+        return self._login.get()
 
-    def _login(self) -> None:
+    def _logged_in(self) -> Salesforce:
         grant: TokenGrant = request_token(self.session, self.config)
-        self._sf = _Salesforce(
+        return _Salesforce(
             instance_url=grant.instance_url,
             session_id=grant.access_token,
             session=self.session,
@@ -159,7 +157,7 @@ class SalesforceConnector(sdk.Connector):
 
     def _forget_session(self) -> None:
         # The next attempt logs in again inside the retry, so a failing login is retried too.
-        self._sf = None
+        self._login.forget()
 
     # -- the four operations -------------------------------------------------------------------
 

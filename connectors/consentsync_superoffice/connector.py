@@ -163,15 +163,14 @@ class SuperOfficeConnector(sdk.Connector):
             headers=self._headers,
             refresh_session=self._forget_session,
         )
-        self._token: str | None = None
+        # Shared by the threads that write side by side: one logs in, the others wait for it.
+        self._token = sdk.SharedLogin(self._login)
         self._token_refused = False
         self._purposes: list[str] | None = None
 
     # -- session -------------------------------------------------------------------------------
 
-    def _access_token(self) -> str:
-        if self._token is not None:
-            return self._token
+    def _login(self) -> str:
         config = self.config
         if config.auth == "token":
             if self._token_refused:
@@ -180,9 +179,8 @@ class SuperOfficeConnector(sdk.Connector):
                     "or was revoked; use auth refresh_token, or put a fresh token in the settings",
                     ErrorRule(Action.FAIL, Fault.CONFIG, "access token refused"),
                 )
-            self._token = config.access_token
-            assert self._token
-            return self._token
+            assert config.access_token
+            return config.access_token
         form = {
             "grant_type": "refresh_token",
             "client_id": config.client_id or "",
@@ -195,12 +193,11 @@ class SuperOfficeConnector(sdk.Connector):
         body = sdk.request_token(
             self.api.session, config.token_url, form, login="login", who=f"{self.name}: "
         )
-        self._token = token = str(body["access_token"])
-        return token
+        return str(body["access_token"])
 
     def _headers(self) -> dict[str, str]:
         headers = {
-            "Authorization": f"{self.config.auth_scheme} {self._access_token()}",
+            "Authorization": f"{self.config.auth_scheme} {self._token.get()}",
             "Accept": "application/json",
         }
         if self.config.app_token:
@@ -210,7 +207,7 @@ class SuperOfficeConnector(sdk.Connector):
     def _forget_session(self) -> None:
         if self.config.auth == "token":
             self._token_refused = True
-        self._token = None
+        self._token.forget()
 
     def _request(
         self,

@@ -66,7 +66,7 @@ _WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
 
 
 class VtigerClient:
-    """One logged-in session with one install (thread-unsafe, like the connector)."""
+    """One logged-in session with one install, shared by the threads of the connector."""
 
     def __init__(self, config: VtigerSettings, usage: sdk.ApiUsage | None = None) -> None:
         self.endpoint = f"{config.url.rstrip('/')}/{config.webservice_path.lstrip('/')}"
@@ -75,12 +75,14 @@ class VtigerClient:
         self.usage = usage or sdk.ApiUsage()
         # The sdk's session: ca_bundle, proxy and a timeout on every call.
         self.http = sdk.http_session(config, on_response=self._count)
-        self.session_name: str | None = None
-        self.user_id: str | None = None
+        # Shared by the threads that write side by side: one logs in, the others wait for it.
+        self._session = sdk.SharedLogin(self._login)
 
     # -- session --
 
-    def login(self) -> None:
+    def _login(self) -> str:
+        """Logs in (a challenge, then the access key hashed with its token); answers the
+        session name."""
         challenge = self.request("getchallenge", {"username": self.username}, authenticated=False)
         token = str(challenge["token"])
         key = hashlib.md5((token + self._access_key).encode()).hexdigest()
@@ -95,15 +97,10 @@ class VtigerClient:
                     replace(error.rule, credentials=True),
                 ) from None
             raise
-        self.session_name = str(result["sessionName"])
-        self.user_id = str(result.get("userId") or "")
+        return str(result["sessionName"])
 
     def forget_session(self) -> None:
-        self.session_name = None
-
-    def ensure_session(self) -> None:
-        if self.session_name is None:
-            self.login()
+        self._session.forget()
 
     # -- calls --
 
@@ -111,8 +108,7 @@ class VtigerClient:
         """One call; returns ``result`` or raises a classified ``ConnectorError``."""
         form = {"operation": operation, **{k: _text(v) for k, v in params.items()}}
         if authenticated:
-            self.ensure_session()
-            form["sessionName"] = self.session_name or ""
+            form["sessionName"] = self._session.get()
         try:
             if operation in _WRITES:
                 response = self.http.post(self.endpoint, data=form)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -103,6 +105,35 @@ def test_an_expired_session_is_renewed_mid_read(sandbox: VtigerSandbox) -> None:
     records = list(connector.read_changes("Contacts", FIELDS, Cursor(), read_until()))
     assert len(records) == 250
     assert connector.usage.per_endpoint["login"] == 2
+
+
+def _write_at_once(connector: VtigerConnector, ids: list[str], donotcall: bool) -> bool:
+    """Each record written by its own thread, the threads let go at the same moment."""
+    start = threading.Barrier(len(ids))
+
+    def write(record_id: str) -> bool:
+        start.wait()
+        [result] = connector.write([RecordUpdate("Contacts", record_id, {"donotcall": donotcall})])
+        return result.ok
+
+    with ThreadPoolExecutor(len(ids)) as pool:
+        return all(pool.map(write, ids))
+
+
+def test_threads_writing_side_by_side_share_one_login(sandbox: VtigerSandbox) -> None:
+    """Vtiger keeps one login challenge per user: threads each logging in at once would replace
+    each other's challenge and be refused (INVALID_USER_CREDENTIALS, seen in CI). They share
+    one login instead, then its renewal when the session expires."""
+    sandbox.crm.seed(8, seed=6)
+    ids = [r["id"] for r in sandbox.crm.records("Contacts")]
+    for _ in range(3):  # each a fresh connector, not yet logged in
+        connector = connector_for(sandbox)
+        assert _write_at_once(connector, ids, donotcall=True)
+        assert connector.usage.per_endpoint["getchallenge"] == connector.usage.per_endpoint["login"] == 1
+        sandbox.expire_sessions()
+        assert _write_at_once(connector, ids, donotcall=False)
+        assert 2 <= connector.usage.per_endpoint["login"] <= 1 + len(ids)
+    assert {sandbox.crm.get(record_id)["donotcall"] for record_id in ids} == {"0"}  # type: ignore[index]
 
 
 def test_requests_ca_bundle_in_the_environment_does_not_override_the_configured_ca(

@@ -1,7 +1,7 @@
 """What a connector author imports: the Connector base, the error table, the retry policy, and
 the pieces every connector needs (settings base, HTTP client, OAuth token request)."""
 
-from consentsync.sdk.auth import request_token
+from consentsync.sdk.auth import SharedLogin, request_token
 from consentsync.sdk.batches import write_in_passes
 from consentsync.sdk.connector import (
     ApiUsage,
@@ -53,6 +53,7 @@ __all__ = [
     "RecordUpdate",
     "RetryPolicy",
     "RunBudget",
+    "SharedLogin",
     "WriteAction",
     "WriteResult",
     "call",

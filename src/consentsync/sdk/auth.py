@@ -5,8 +5,9 @@ down or busy is retried, and the secrets sent never reach the message."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -14,7 +15,43 @@ import requests
 from consentsync.sdk.errors import Action, ConnectorError, ErrorRule, Fault, network_error
 from consentsync.sdk.http import json_or_none
 
-__all__ = ["oauth_error_detail", "request_token"]
+__all__ = ["SharedLogin", "oauth_error_detail", "request_token"]
+
+T = TypeVar("T")
+
+
+class SharedLogin(Generic[T]):
+    """What a login answers (a token, a session) for all the threads of one connector, which
+    write side by side (``write_concurrency``, ``push_concurrency``): one of them logs in while
+    the others wait for its answer, because two logins at once can refuse each other (Vtiger
+    keeps one login challenge per user, and a second ``getchallenge`` replaces the first), and
+    one login is one call against the CRM's limits where four would be four.
+
+    ``fresh`` says whether a login is still good to use (a token close to its expiry is not);
+    :meth:`forget` is for a call the CRM refused for its session, so the next one logs in."""
+
+    def __init__(self, login: Callable[[], T], *, fresh: Callable[[T], bool] | None = None) -> None:
+        self._login = login
+        self._fresh = fresh
+        self._value: T | None = None
+        # Re-entrant: a login may make calls of its own through the connector's client.
+        self._lock = threading.RLock()
+
+    def get(self) -> T:
+        with self._lock:
+            value = self._value
+            if value is None or (self._fresh is not None and not self._fresh(value)):
+                value = self._value = self._login()
+            return value
+
+    @property
+    def current(self) -> T | None:
+        """The login made, if any, without making one."""
+        return self._value
+
+    def forget(self) -> None:
+        with self._lock:
+            self._value = None
 
 
 def request_token(
