@@ -18,6 +18,7 @@ point and check what every connector promises the sync engine.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -581,21 +582,28 @@ class ConnectorContract(ConnectorTrustContract):
     ) -> None:
         """A push group is cut by ``write_shares`` and its shares written at once, as the engine
         does (``write_concurrency``, or ``push_concurrency`` in the config: any connector may be
-        asked to): every update in exactly one share, every one applied and answered once."""
+        asked to): every update in exactly one share, every one applied and answered once. Each
+        time by a connector not yet logged in, its threads let go together: they share one
+        login (``sdk.SharedLogin``), as two Vtiger logins at once refuse each other."""
         ids = harness.seed(harness.write_batch_size * 2 + 1)
-        updates = [harness.text_update(record_id, f"side by side {record_id}") for record_id in ids]
-        wanted = max(2, connector.write_concurrency)
-        shares = connector.write_shares(updates, wanted)
-        assert 1 <= len(shares) <= wanted, f"{len(shares)} shares asked {wanted}"
-        assert sorted(position for share in shares for position in share) == list(range(len(updates)))
-        with ThreadPoolExecutor(len(shares)) as pool:
-            written = list(pool.map(lambda share: connector.write([updates[p] for p in share]), shares))
-        for share, results in zip(shares, written, strict=True):
-            assert [r.record_id for r in results] == [ids[p] for p in share]
-            assert all(r.ok for r in results), [(r.error_code, r.message) for r in results if not r.ok]
-        assert {record_id: harness.read_text(record_id) for record_id in ids} == {
-            record_id: f"side by side {record_id}" for record_id in ids
-        }
+        for trial, writer in enumerate([connector, build_connector(harness), build_connector(harness)]):
+            text = f"side by side {trial}"
+            updates = [harness.text_update(record_id, f"{text} {record_id}") for record_id in ids]
+            wanted = max(2, writer.write_concurrency)
+            shares = writer.write_shares(updates, wanted)
+            assert 1 <= len(shares) <= wanted, f"{len(shares)} shares asked {wanted}"
+            assert sorted(position for share in shares for position in share) == list(range(len(updates)))
+            try:
+                written = _write_at_once(writer, updates, shares)
+            finally:
+                if writer is not connector:
+                    writer.close()
+            for share, results in zip(shares, written, strict=True):
+                assert [r.record_id for r in results] == [ids[p] for p in share]
+                assert all(r.ok for r in results), [(r.error_code, r.message) for r in results if not r.ok]
+            assert {record_id: harness.read_text(record_id) for record_id in ids} == {
+                record_id: f"{text} {record_id}" for record_id in ids
+            }
 
     # -- faults --------------------------------------------------------------------------------
 
@@ -722,3 +730,15 @@ class ConnectorContract(ConnectorTrustContract):
                 )
             ).scalar_one()
         assert linked == len(ids), "records were lost between the stopped run and the next"
+
+
+def _write_at_once(connector: Connector, updates: list[RecordUpdate], shares: list[list[int]]) -> list[Any]:
+    """Each share of ``updates`` written by a thread of its own, the threads let go together."""
+    start = threading.Barrier(len(shares))
+
+    def write_share(share: list[int]) -> Any:
+        start.wait()
+        return connector.write([updates[position] for position in share])
+
+    with ThreadPoolExecutor(len(shares)) as pool:
+        return list(pool.map(write_share, shares))
