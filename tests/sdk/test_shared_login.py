@@ -63,3 +63,33 @@ def test_a_failed_login_reaches_its_caller_and_the_next_call_logs_in_again() -> 
         shared.get()
     assert shared.current is None
     assert shared.get() == "session 2"
+
+
+def test_threads_refused_the_same_login_log_in_again_once() -> None:
+    """Every thread was refused the old login: the first to log in again keeps its new one, which
+    the others' forgetting, later, leaves alone."""
+    logins = Logins()
+    shared = SharedLogin(logins)
+    start, refused = threading.Barrier(6), threading.Barrier(6)
+
+    def refused_then_again(index: int) -> str:
+        start.wait()
+        assert shared.get() == "session 1"
+        refused.wait()  # the CRM refused session 1 to every thread
+        if index % 2:
+            time.sleep(0.1)  # half of them forget only after a new login was made
+        shared.forget()
+        return shared.get()
+
+    with ThreadPoolExecutor(6) as pool:
+        sessions = list(pool.map(refused_then_again, range(6)))
+    assert sessions == ["session 2"] * 6 and logins.made == 2
+
+
+def test_forgetting_from_a_thread_that_was_given_no_login_forgets_it() -> None:
+    logins = Logins()
+    shared = SharedLogin(logins)
+    assert shared.get() == "session 1"
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(shared.forget).result()
+    assert shared.current is None

@@ -28,7 +28,10 @@ class SharedLogin(Generic[T]):
     one login is one call against the CRM's limits where four would be four.
 
     ``fresh`` says whether a login is still good to use (a token close to its expiry is not);
-    :meth:`forget` is for a call the CRM refused for its session, so the next one logs in."""
+    :meth:`forget` is for a call the CRM refused for its session, so the next one logs in. It
+    forgets only the login that thread was given: when a session expires under several threads,
+    each is refused, and the first to log in again must not see its new login forgotten by the
+    others (one login, not one a thread)."""
 
     def __init__(self, login: Callable[[], T], *, fresh: Callable[[T], bool] | None = None) -> None:
         self._login = login
@@ -36,12 +39,14 @@ class SharedLogin(Generic[T]):
         self._value: T | None = None
         # Re-entrant: a login may make calls of its own through the connector's client.
         self._lock = threading.RLock()
+        self._given = threading.local()  # the login each thread was last given
 
     def get(self) -> T:
         with self._lock:
             value = self._value
             if value is None or (self._fresh is not None and not self._fresh(value)):
                 value = self._value = self._login()
+            self._given.value = value
             return value
 
     @property
@@ -51,7 +56,9 @@ class SharedLogin(Generic[T]):
 
     def forget(self) -> None:
         with self._lock:
-            self._value = None
+            given = getattr(self._given, "value", None)
+            if given is None or given is self._value:
+                self._value = None
 
 
 def request_token(
