@@ -24,6 +24,7 @@ from consentsync.ledger.bulk import (
     insert_returning_ids,
     insert_rows,
     note_written,
+    one_of,
     select_in,
 )
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
@@ -185,7 +186,7 @@ class SubjectResolver:
             rows = self.conn.execute(
                 select(suppressions.c.email_hmac, subjects.c.id)
                 .join(subjects, subjects.c.suppression_id == suppressions.c.id)
-                .where(suppressions.c.email_hmac.in_(chunk))
+                .where(one_of(self.conn, suppressions.c.email_hmac, chunk))
                 .order_by(subjects.c.id)
             )
             for row in rows:
@@ -200,7 +201,7 @@ class SubjectResolver:
             found.update(
                 self.conn.execute(
                     select(subjects.c.id).where(
-                        subjects.c.id.in_(chunk), subjects.c.suppression_id.is_not(None)
+                        one_of(self.conn, subjects.c.id, chunk), subjects.c.suppression_id.is_not(None)
                     )
                 ).scalars()
             )
@@ -225,7 +226,7 @@ class SubjectResolver:
         for chunk in chunks(sorted(set(hashes.values()))):
             rows = self.conn.execute(
                 select(suppressions.c.email_hmac, suppressions.c.id).where(
-                    suppressions.c.email_hmac.in_(chunk)
+                    one_of(self.conn, suppressions.c.email_hmac, chunk)
                 )
             )
             suppressed.update({row.email_hmac: row.id for row in rows})

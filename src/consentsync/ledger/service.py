@@ -48,6 +48,7 @@ from consentsync.ledger.bulk import (
     cyclic_gc_paused,
     db_time,
     insert_rows,
+    one_of,
     select_in,
     time_writer,
     upsert_rows,
@@ -1024,7 +1025,7 @@ class Ledger:
                     suppressions.c.reason,
                 )
                 .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
-                .where(subjects.c.id.in_(chunk))
+                .where(one_of(conn, subjects.c.id, chunk))
             )
             for row in rows:
                 contexts[row.id] = _SubjectContext(
@@ -1037,7 +1038,7 @@ class Ledger:
                 )
             for row in conn.execute(
                 select(objections).where(
-                    objections.c.subject_id.in_(chunk),
+                    one_of(conn, objections.c.subject_id, chunk),
                     objections.c.status != ObjectionStatus.REJECTED.value,
                 )
             ):
@@ -1075,7 +1076,8 @@ class Ledger:
         stores the new one."""
         evidence: dict[tuple[int, str, str], list[Evidence]] = {key: [] for key in keys}
         for chunk in chunks(sorted({key[0] for key in keys})):
-            for row in conn.execute(select(consent_events).where(consent_events.c.subject_id.in_(chunk))):
+            ours = one_of(conn, consent_events.c.subject_id, chunk)
+            for row in conn.execute(select(consent_events).where(ours)):
                 key = (row.subject_id, row.purpose, row.channel)
                 if key in evidence:
                     evidence[key].append(_event_evidence(row))

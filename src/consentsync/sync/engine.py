@@ -25,14 +25,12 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
-from consentsync.ledger.bulk import db_time, note_written, upsert_rows
+from consentsync.ledger.bulk import db_time, note_written, one_of, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
@@ -927,7 +925,7 @@ class SyncEngine:
             .where(
                 outbox.c.connector == self.name,
                 outbox.c.object_type == mapping.object,
-                outbox.c.record_id.in_(sorted(by_id)),
+                one_of(conn, outbox.c.record_id, sorted(by_id)),
                 outbox.c.sent_at.is_not(None),
             )
             .order_by(outbox.c.id)
@@ -1001,7 +999,7 @@ class SyncEngine:
                 )
                 .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
                 .join(subjects, subjects.c.id == crm_links.c.subject_id)
-                .where(crm_links.c.subject_id.in_(subject_ids))
+                .where(one_of(conn, crm_links.c.subject_id, subject_ids))
                 .order_by(crm_links.c.id)
             )
             if row.connector == self.name and row.gone_at is None and row.object_type in self.by_object
@@ -1067,7 +1065,9 @@ class SyncEngine:
             )
         if superseded:
             conn.execute(
-                update(outbox).where(outbox.c.id.in_(superseded)).values(status="superseded", done_at=now)
+                update(outbox)
+                .where(one_of(conn, outbox.c.id, superseded))
+                .values(status="superseded", done_at=now)
             )
         if new_rows:
             conn.execute(insert(outbox), new_rows)
@@ -1097,7 +1097,7 @@ class SyncEngine:
                 .where(
                     outbox.c.connector == self.name,
                     outbox.c.object_type == object_type,
-                    outbox.c.record_id.in_(record_ids),
+                    one_of(conn, outbox.c.record_id, record_ids),
                 )
                 .order_by(outbox.c.id)
             ):
@@ -1205,7 +1205,8 @@ class SyncEngine:
                     self._enqueue_pushes(conn, list(marked), report, self.ledger.clock())
                     conn.execute(
                         delete(sync_examine).where(
-                            sync_examine.c.connector == self.name, sync_examine.c.subject_id.in_(marked)
+                            sync_examine.c.connector == self.name,
+                            one_of(conn, sync_examine.c.subject_id, marked),
                         )
                     )
                 waiting += report.counts.pushes_enqueued - enqueued
@@ -1256,12 +1257,10 @@ class SyncEngine:
             ).all()
 
     def _mark_for_examination(self, conn: Connection, subject_ids: Iterable[int]) -> None:
-        rows = [{"connector": self.name, "subject_id": subject_id} for subject_id in sorted(set(subject_ids))]
-        if not rows:
-            return
-        dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(dialect_insert(sync_examine).on_conflict_do_nothing(), rows)
-        note_written(conn, sync_examine.name, len(rows))
+        rows = [(self.name, subject_id) for subject_id in sorted(set(subject_ids))]
+        upsert_rows(
+            conn, sync_examine, ("connector", "subject_id"), ("connector", "subject_id"), rows, update=False
+        )
 
     def _follow_feed(self, conn: Connection, report: RunReport, now: datetime) -> bool:
         """Marks the people named by the next batch of the ledger's change feed, in ``conn``, and
@@ -1719,7 +1718,7 @@ class SyncEngine:
             .where(
                 crm_links.c.connector == self.name,
                 crm_links.c.object_type == object_type,
-                crm_links.c.record_id.in_(record_ids),
+                one_of(conn, crm_links.c.record_id, record_ids),
             )
         )
         return {row.record_id: row for row in rows}
@@ -1733,7 +1732,7 @@ class SyncEngine:
             .where(
                 crm_links.c.connector == self.name,
                 crm_links.c.object_type == object_type,
-                crm_links.c.record_id.in_(record_ids),
+                one_of(conn, crm_links.c.record_id, record_ids),
             )
         )
         return {row.record_id: (orjson.loads(row.evidence), orjson.loads(row.fields)) for row in rows}
@@ -1748,7 +1747,7 @@ class SyncEngine:
                 select(crm_links.c.record_id, crm_links.c.subject_id).where(
                     crm_links.c.connector == self.name,
                     crm_links.c.object_type == object_type,
-                    crm_links.c.record_id.in_(sorted(set(record_ids))),
+                    one_of(conn, crm_links.c.record_id, sorted(set(record_ids))),
                 )
             )
             found.update({CrmLink(self.name, object_type, row.record_id): row.subject_id for row in rows})
@@ -1760,7 +1759,7 @@ class SyncEngine:
                 and_(
                     crm_links.c.connector == self.name,
                     crm_links.c.object_type == object_type,
-                    crm_links.c.record_id.in_(record_ids),
+                    one_of(conn, crm_links.c.record_id, record_ids),
                 )
             )
         )
@@ -1770,7 +1769,7 @@ class SyncEngine:
         ids = sorted(set(subject_ids))
         if not ids:
             return {}
-        rows = conn.execute(select(subjects.c.id, subjects.c.uid).where(subjects.c.id.in_(ids)))
+        rows = conn.execute(select(subjects.c.id, subjects.c.uid).where(one_of(conn, subjects.c.id, ids)))
         return {row.id: row.uid for row in rows}
 
     def _record_run_start(self, report: RunReport, full: bool) -> None:

@@ -1,0 +1,153 @@
+"""The ledger's bulk statements (ledger/bulk.py) on both databases: an upsert of many rows in one
+statement keeps what a statement per row in order would, and a lookup of many values by one
+bound array finds what an IN list finds, never more."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from consentsync.ledger.bulk import db_time, one_of, upsert_rows
+from consentsync.ledger.schema import crm_links, crm_snapshots, subjects, sync_cursors, sync_examine
+from consentsync.ledger.service import Ledger
+
+CURSOR_COLUMNS = ("connector", "object_type", "cursor", "run_id", "updated_at")
+CURSOR_KEY = ("connector", "object_type")
+
+
+def _cursors(ledger: Ledger) -> dict[tuple[str, str], tuple[str, str]]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(sync_cursors).where(sync_cursors.c.connector.like("bulk-%"))).all()
+    return {(row.connector, row.object_type): (row.cursor, row.run_id) for row in rows}
+
+
+def test_an_upsert_keeps_the_last_row_of_each_key_as_rows_one_by_one_would(ledger: Ledger) -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with ledger.engine.begin() as conn:
+        at = db_time(conn, now)
+        upsert_rows(conn, sync_cursors, CURSOR_COLUMNS, CURSOR_KEY, [("bulk-a", "Contact", "old", "r0", at)])
+    rows = [
+        ("bulk-a", "Contact", "first", "r1", at),
+        ("bulk-a", "Lead", '{"q": "a \\"quoted\\" value", "x": "€漢"}', "r0", at),
+        ("bulk-a", "Contact", "second", "r2", at),  # the same key again, later: it wins
+        ("bulk-b", "Contact", "", "r3", at),  # an empty text is not a NULL
+    ]
+    with ledger.engine.begin() as conn:
+        upsert_rows(conn, sync_cursors, CURSOR_COLUMNS, CURSOR_KEY, rows)
+    assert _cursors(ledger) == {
+        ("bulk-a", "Contact"): ("second", "r2"),
+        ("bulk-a", "Lead"): ('{"q": "a \\"quoted\\" value", "x": "€漢"}', "r0"),
+        ("bulk-b", "Contact"): ("", "r3"),
+    }
+
+
+def test_an_upsert_without_update_leaves_the_rows_that_exist(ledger: Ledger) -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with ledger.engine.begin() as conn:
+        at = db_time(conn, now)
+        upsert_rows(conn, sync_cursors, CURSOR_COLUMNS, CURSOR_KEY, [("bulk-a", "Contact", "kept", "r1", at)])
+        upsert_rows(
+            conn,
+            sync_cursors,
+            CURSOR_COLUMNS,
+            CURSOR_KEY,
+            [("bulk-a", "Contact", "ignored", "r2", at), ("bulk-a", "Lead", "new", "r0", at)],
+            update=False,
+        )
+    assert _cursors(ledger) == {("bulk-a", "Contact"): ("kept", "r1"), ("bulk-a", "Lead"): ("new", "r0")}
+
+
+def test_an_upsert_refuses_a_value_too_long_for_its_column_and_cuts_nothing(ledger: Ledger) -> None:
+    """SQLite keeps any length; PostgreSQL must refuse it, as a statement per row does, rather
+    than cut it to the column's length (an explicit cast to VARCHAR(n) would)."""
+    if ledger.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite does not enforce a column's length")
+    too_long = "x" * 65  # connector is VARCHAR(64)
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with pytest.raises(DBAPIError, match="too long"), ledger.engine.begin() as conn:
+        upsert_rows(conn, sync_cursors, CURSOR_COLUMNS, CURSOR_KEY, [(too_long, "Contact", "c", "r0", now)])
+    with ledger.engine.connect() as conn:
+        assert conn.execute(select(sync_cursors.c.connector)).scalars().all() == []
+
+
+def test_an_upsert_of_a_whole_page_stores_every_row(ledger: Ledger) -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with ledger.engine.begin() as conn:
+        at = db_time(conn, now)
+        ids = [
+            conn.execute(subjects.insert().values(uid=f"{n:032x}", created_at=now)).inserted_primary_key[0]
+            for n in range(3)
+        ]
+        links = [
+            conn.execute(
+                crm_links.insert().values(
+                    subject_id=ids[n % 3],
+                    connector="bulk",
+                    object_type="Contact",
+                    record_id=f"r{n}",
+                    linked_at=now,
+                )
+            ).inserted_primary_key[0]
+            for n in range(1200)
+        ]
+        snapshot_columns = ("link_id", "evidence", "fields", "identity", "updated_at")
+        upsert_rows(
+            conn, crm_snapshots, snapshot_columns, ("link_id",), [(i, "[]", "{}", None, at) for i in links]
+        )
+        upsert_rows(
+            conn,
+            crm_snapshots,
+            snapshot_columns,
+            ("link_id",),
+            [(i, "[1]", f'{{"n":{i}}}', "h", at) for i in links],
+        )
+        key = ("connector", "subject_id")
+        upsert_rows(conn, sync_examine, key, key, [("bulk", i) for i in ids * 2], update=False)
+    with ledger.engine.connect() as conn:
+        stored = conn.execute(
+            select(crm_snapshots.c.link_id, crm_snapshots.c.fields, crm_snapshots.c.identity)
+        ).all()
+        marked = conn.execute(
+            select(sync_examine.c.subject_id).where(sync_examine.c.connector == "bulk")
+        ).scalars()
+        assert sorted(marked) == sorted(ids)
+    assert sorted(stored) == [(i, f'{{"n":{i}}}', "h") for i in sorted(links)]
+
+
+def test_one_of_finds_what_an_in_list_finds_and_a_longer_value_finds_nothing(ledger: Ledger) -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with ledger.engine.begin() as conn:
+        subject_id = conn.execute(
+            subjects.insert().values(uid="0" * 32, created_at=now)
+        ).inserted_primary_key[0]
+        stored = "r" * 64
+        for record_id in (stored, "a", "€漢"):
+            conn.execute(
+                crm_links.insert().values(
+                    subject_id=subject_id,
+                    connector="bulk",
+                    object_type="Contact",
+                    record_id=record_id,
+                    linked_at=now,
+                )
+            )
+    with ledger.engine.connect() as conn:
+
+        def found(values: list[str]) -> list[str]:
+            query = select(crm_links.c.record_id).where(one_of(conn, crm_links.c.record_id, values))
+            return sorted(conn.execute(query).scalars())
+
+        assert found(["a", "€漢", "missing"]) == sorted(["a", "€漢"])
+        # A value longer than the column: cut to the column's length it would be ``stored``.
+        assert found([stored + "x"]) == []
+        assert found([]) == []
+        assert sorted(
+            conn.execute(
+                select(crm_links.c.id).where(one_of(conn, crm_links.c.subject_id, [subject_id]))
+            ).scalars()
+        ) == sorted(
+            conn.execute(select(crm_links.c.id).where(crm_links.c.subject_id.in_([subject_id]))).scalars()
+        )
