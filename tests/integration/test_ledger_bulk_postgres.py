@@ -12,14 +12,14 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, event, select
 
 from consentsync import audit
 from consentsync.app import open_ledger
 from consentsync.config import load_config, write_starter
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.bulk import select_in
-from consentsync.ledger.engine import ANALYSE_MIN_ROWS
+from consentsync.ledger.engine import ANALYSE_MIN_ROWS, statistics_settled
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.schema import (
     audit_entries,
@@ -187,3 +187,40 @@ def test_after_a_large_load_postgresql_finds_peoples_events_and_emails_through_t
     assert len(plans) == 2
     for plan in plans:
         assert "Index" in plan and "Seq Scan" not in plan, plan
+
+
+@on_postgres
+def test_grown_tables_are_analysed_beside_the_writer_once_its_transaction_ends(ledger: Ledger) -> None:
+    """The writer never waits for an ANALYZE: the analysis starts after the transaction that grew
+    the table ends, on another connection, and counts that transaction's rows."""
+    rows = ANALYSE_MIN_ROWS + 500
+    sent: list[str] = []
+
+    def on_writer(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    with ledger.engine.connect() as conn:
+        with conn.begin():
+            event.listen(conn, "before_cursor_execute", on_writer)
+            ledger.link_in(
+                conn,
+                [
+                    Identity(email=f"grown{n}@example.org", link=CrmLink("sf", "Contact", f"g{n}"))
+                    for n in range(rows)
+                ],
+            )
+            event.remove(conn, "before_cursor_execute", on_writer)
+            # The analysis asked for waits for this transaction: it cannot have run yet.
+            assert not statistics_settled(ledger.engine, timeout=0.5)
+            conn.execute(select(subjects.c.id).limit(1))  # the writer goes on meanwhile
+        assert statistics_settled(ledger.engine, timeout=30)
+        sizes = dict(
+            conn.exec_driver_sql(
+                "SELECT c.relname, c.reltuples FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid"
+                " WHERE s.schemaname = current_schema() AND s.last_analyze IS NOT NULL"
+            ).all()
+        )
+    assert not [statement for statement in sent if statement.lstrip().upper().startswith("ANALYZE")]
+    # Analysed after the commit: the transaction's own rows are counted.
+    assert sizes.get("subject_identifiers", 0) >= rows, sizes
+    assert sizes.get("crm_links", 0) >= rows, sizes

@@ -54,7 +54,7 @@ from consentsync.ledger.bulk import (
     upsert_rows,
 )
 from consentsync.ledger.checkpoint import after_commit
-from consentsync.ledger.engine import analyse_grown, reading
+from consentsync.ledger.engine import analyse_grown, reading, statistics_settled
 from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
@@ -297,6 +297,9 @@ class Ledger:
                 if warm is not None:
                     warm.promote()
                 total.add(stats)
+        # Returned with the statistics of the tables it grew in place (PostgreSQL): the queries
+        # that follow an import are planned knowing their size.
+        statistics_settled(self.engine)
         return total
 
     def link_in(
