@@ -617,7 +617,7 @@ class SyncEngine:
                     self._commit_page(conn, mapping, page, report, dry_run=False, cursor=None)
                 conn.execute(
                     update(quarantine)
-                    .where(quarantine.c.id.in_([row.id for row in rows]))
+                    .where(one_of(conn, quarantine.c.id, [row.id for row in rows]))
                     .values(resolved_at=self.ledger.clock())
                 )
             report.stage_done = len(ids)
@@ -805,7 +805,7 @@ class SyncEngine:
                 ).where(
                     crm_links.c.connector == self.name,
                     crm_links.c.object_type == mapping.object,
-                    crm_links.c.record_id.in_(sorted({r.record_id for r in gone})),
+                    one_of(conn, crm_links.c.record_id, sorted({r.record_id for r in gone})),
                 )
             )
         }
@@ -847,7 +847,7 @@ class SyncEngine:
                 .where(
                     outbox.c.connector == self.name,
                     outbox.c.object_type == mapping.object,
-                    outbox.c.record_id.in_([r.what["record"] for r in records]),
+                    one_of(conn, outbox.c.record_id, [r.what["record"] for r in records]),
                     outbox.c.status == "pending",
                 )
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
@@ -863,7 +863,7 @@ class SyncEngine:
             return
         conn.execute(
             update(crm_links)
-            .where(crm_links.c.id.in_([row.link_id for row in revived]))
+            .where(one_of(conn, crm_links.c.id, [row.link_id for row in revived]))
             .values(gone_at=None, merged_into=None)
         )
         uids = self._uids(conn, [row.subject_id for row in revived])
@@ -936,7 +936,7 @@ class SyncEngine:
         wanted = [row.id for row in last.values() if row.status in ("pending", "superseded")]
         if not wanted:
             return {}
-        whole = {row.id: row for row in conn.execute(select(outbox).where(outbox.c.id.in_(wanted)))}
+        whole = {row.id: row for row in conn.execute(select(outbox).where(one_of(conn, outbox.c.id, wanted)))}
         unanswered = [whole[outbox_id] for outbox_id in wanted]
         echoes: dict[str, dict[str, Any]] = {}
         snapshots = self._load_snapshots(conn, mapping.object, [row.record_id for row in unanswered])
@@ -1314,7 +1314,7 @@ class SyncEngine:
                     .limit(self.options.push_batch_size)
                 )
                 if approved is not None:
-                    query = query.where(outbox.c.id.in_(sorted(approved)))
+                    query = query.where(one_of(conn, outbox.c.id, sorted(approved)))
                 rows = conn.execute(query).all()
             if not rows:
                 return
@@ -1331,7 +1331,7 @@ class SyncEngine:
         with self._transaction() as conn:
             conn.execute(
                 update(outbox)
-                .where(outbox.c.id.in_([row.id for row in rows]))
+                .where(one_of(conn, outbox.c.id, [row.id for row in rows]))
                 .values(sent_at=self.ledger.clock())
             )
         failpoint("sync.push.sent")
@@ -1467,7 +1467,7 @@ class SyncEngine:
         query = select(crm_links.c.id).where(
             crm_links.c.connector == self.name,
             crm_links.c.gone_at.is_(None),
-            crm_links.c.object_type.in_(sorted(self.by_object)),
+            one_of(conn, crm_links.c.object_type, sorted(self.by_object)),
         )
         if limit is not None:
             query = query.limit(limit)
@@ -1526,7 +1526,7 @@ class SyncEngine:
         if acknowledged:
             conn.execute(
                 update(outbox)
-                .where(outbox.c.id.in_([row.id for row in acknowledged]))
+                .where(one_of(conn, outbox.c.id, [row.id for row in acknowledged]))
                 .values(status="done", done_at=now, attempts=outbox.c.attempts + 1)
             )
         deleted = [row for row in acknowledged if row.action == WriteAction.DELETE]
@@ -1609,7 +1609,7 @@ class SyncEngine:
                 .where(
                     crm_links.c.connector == self.name,
                     crm_links.c.object_type == object_type,
-                    crm_links.c.record_id.in_(record_ids),
+                    one_of(conn, crm_links.c.record_id, record_ids),
                 )
             ):
                 links[(object_type, link.record_id)] = link
