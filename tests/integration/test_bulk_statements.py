@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from consentsync.ledger.bulk import db_time, one_of, upsert_rows
+from consentsync.ledger.bulk import db_time, insert_returning_ids, one_of, upsert_rows
 from consentsync.ledger.schema import crm_links, crm_snapshots, subjects, sync_cursors, sync_examine
 from consentsync.ledger.service import Ledger
 
@@ -151,3 +151,23 @@ def test_one_of_finds_what_an_in_list_finds_and_a_longer_value_finds_nothing(led
         ) == sorted(
             conn.execute(select(crm_links.c.id).where(crm_links.c.subject_id.in_([subject_id]))).scalars()
         )
+
+
+def test_inserted_ids_come_back_in_the_order_of_the_rows(ledger: Ledger) -> None:
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    # uids out of order, so that ids given in insertion order but read back by uid would differ.
+    uids = [f"{(n * 7919) % 1201:032x}" for n in range(1200)]
+    with ledger.engine.begin() as conn:
+        at = db_time(conn, now)
+        rows = [(uid, at, n % 2 == 0, None) for n, uid in enumerate(uids)]
+        ids = insert_returning_ids(
+            conn, subjects, ("uid", "created_at", "restricted", "suppression_id"), rows, unique="uid"
+        )
+    with ledger.engine.connect() as conn:
+        stored = dict(
+            conn.execute(select(subjects.c.id, subjects.c.uid).where(subjects.c.uid.in_(uids))).all()
+        )
+        restricted = dict(conn.execute(select(subjects.c.uid, subjects.c.restricted)).all())
+    assert len(set(ids)) == len(uids)
+    assert [stored[subject_id] for subject_id in ids] == uids
+    assert [restricted[uid] for uid in uids] == [n % 2 == 0 for n in range(len(uids))]

@@ -185,13 +185,28 @@ def _copy_rows(
 
 
 def insert_returning_ids(
-    conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]], chunk: int = 500
+    conn: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    unique: str,
+    chunk: int = 500,
 ) -> list[int]:
-    """Inserts ``rows`` on SQLite as ``insert_rows`` does and returns the ``id`` each was given,
-    in the order of ``rows``: one multi-row ``INSERT ... RETURNING id`` per ``chunk`` rows. SQLite
-    numbers the rows of one INSERT in order, so the ids sorted are the rows' (as SQLAlchemy's
-    insertmanyvalues reads them, without its bind processing per row)."""
+    """Inserts ``rows`` as ``insert_rows`` does and returns the ``id`` each was given, in the
+    order of ``rows``. On SQLite: one multi-row ``INSERT ... RETURNING id`` per ``chunk`` rows;
+    SQLite numbers the rows of one INSERT in order, so the ids sorted are the rows' (as
+    SQLAlchemy's insertmanyvalues reads them, without its bind processing per row). On
+    PostgreSQL: one statement of arrays, each id told by the row's value of ``unique`` (a
+    column whose values differ between the rows), as PostgreSQL does not promise the order
+    of what RETURNING gives."""
     note_written(conn, table.name, len(rows))
+    if conn.dialect.name == "postgresql":
+        at = columns.index(unique)
+        quote = conn.dialect.identifier_preparer.quote
+        statement = f"{_arrays_insert(conn, table, columns)} RETURNING id, {quote(unique)}"
+        given = {value: row_id for row_id, value in conn.exec_driver_sql(statement, _arrays(rows)).fetchall()}
+        return [given[row[at]] for row in rows]
     into, values = _insert_sql(conn, table, columns).split(" VALUES ")
     ids: list[int] = []
     for start in range(0, len(rows), chunk):
@@ -253,19 +268,28 @@ def _upsert_arrays(
         last = {tuple(row[i] for i in at): row for row in rows}
         if len(last) < len(rows):
             rows = list(last.values())
+    conn.exec_driver_sql(f"{_arrays_insert(conn, table, columns)} {conflict}", _arrays(rows))
+
+
+def _arrays_insert(conn: Connection, table: Table, columns: Sequence[str]) -> str:
+    """``INSERT INTO table (columns) SELECT * FROM unnest(...)``, on PostgreSQL: one parameter,
+    an array, per column (``_arrays``). Text arrays are TEXT[]: an explicit cast to VARCHAR(n)
+    would cut a longer value silently, where the insert's own assignment to the column refuses
+    it. They are sent in binary (``%b``): in text, psycopg escapes every quote of a JSON value
+    and the server parses it back."""
     quote = conn.dialect.identifier_preparer.quote
-    # Text arrays as TEXT[]: an explicit cast to VARCHAR(n) would cut a longer value silently,
-    # where the insert's own assignment to the column refuses it. Sent in binary (``%b``): in
-    # text, psycopg escapes every quote of a JSON value and the server parses it back.
     types = [
         "TEXT" if isinstance(table.c[name].type, String) else table.c[name].type.compile(dialect=conn.dialect)
         for name in columns
     ]
-    statement = (
+    return (
         f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
-        f"SELECT * FROM unnest({', '.join(f'%b::{kind}[]' for kind in types)}) {conflict}"
+        f"SELECT * FROM unnest({', '.join(f'%b::{kind}[]' for kind in types)})"
     )
-    conn.exec_driver_sql(statement, tuple(list(values) for values in zip(*rows, strict=True)))
+
+
+def _arrays(rows: Sequence[tuple[Any, ...]]) -> tuple[list[Any], ...]:
+    return tuple(list(values) for values in zip(*rows, strict=True))
 
 
 def _insert_sql(conn: Connection, table: Table, columns: Sequence[str], nulls: Collection[int] = ()) -> str:

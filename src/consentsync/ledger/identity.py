@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, insert, select
+from sqlalchemy import ColumnElement, Connection, Table, and_, select
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import (
@@ -23,7 +23,6 @@ from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
     insert_rows,
-    note_written,
     one_of,
     select_in,
 )
@@ -239,17 +238,9 @@ class SubjectResolver:
             }
             for i in identities
         ]
-        if self.conn.dialect.name == "sqlite":
-            created_at = db_time(self.conn, self.now)
-            values = [(row["uid"], created_at, False, row["suppression_id"]) for row in rows]
-            ids = insert_returning_ids(self.conn, subjects, SUBJECT_COLUMNS, values)
-        else:
-            ids = list(
-                self.conn.execute(
-                    insert(subjects).returning(subjects.c.id, sort_by_parameter_order=True), rows
-                ).scalars()
-            )
-            note_written(self.conn, subjects.name, len(ids))
+        created_at = db_time(self.conn, self.now)
+        values = [(row["uid"], created_at, False, row["suppression_id"]) for row in rows]
+        ids = insert_returning_ids(self.conn, subjects, SUBJECT_COLUMNS, values, unique="uid")
         emails = [
             (subject_id, EMAIL, identity.email)
             for identity, subject_id, row in zip(identities, ids, rows, strict=True)
