@@ -169,7 +169,7 @@ def analyse_grown(conn: Connection) -> list[str]:
     for name in grown:
         del counts[name]
     if grown:
-        _statistics_of(conn.engine).analyse(grown)
+        _statistics_of(conn.engine).analyse(conn.engine, grown)
     return grown
 
 
@@ -187,28 +187,31 @@ class _Statistics:
     It first waits for the writer lock (``_serialise_postgres_writers``), shared, and lets it go:
     the writer that grew the tables has then committed, so the analysis counts its rows, and
     the writers that follow queue behind that wait for one round trip only. An analysis that
-    fails (the ledger gone, the schema dropped) is logged and left to the next one, or to
-    autovacuum: statistics only make plans better, never results different."""
+    fails (the writer lock held past the lock timeout, the ledger gone, the schema dropped) is
+    logged, and its tables are analysed with the next ones asked for: statistics only make
+    plans better, never results different. Kept per engine, it holds no reference to it (the
+    thread does, while it runs), so that an engine no longer used is freed."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
         self._tables: set[str] = set()
+        self._failed: set[str] = set()
 
-    def analyse(self, tables: list[str]) -> None:
+    def analyse(self, engine: Engine, tables: list[str]) -> None:
         with self._lock:
-            self._tables.update(tables)
+            self._tables.update(tables, self._failed)
+            self._failed.clear()
             if not self._idle.is_set():
                 return  # the running thread takes them before it stops
             self._idle.clear()
-        threading.Thread(target=self._run, name="consentsync-analyse", daemon=True).start()
+        threading.Thread(target=self._run, args=(engine,), name="consentsync-analyse", daemon=True).start()
 
     def settled(self, timeout: float | None) -> bool:
         return self._idle.wait(timeout)
 
-    def _run(self) -> None:
+    def _run(self, engine: Engine) -> None:
         while True:
             with self._lock:
                 tables, self._tables = sorted(self._tables), set()
@@ -216,18 +219,21 @@ class _Statistics:
                     self._idle.set()
                     return
             try:
-                self._analyse(tables)
+                _analyse(engine, tables)
             except Exception as error:  # statistics only make plans better: see the docstring
                 log.warning("ledger.analyse_failed", tables=tables, error=type(error).__name__)
+                with self._lock:
+                    self._failed.update(tables)
 
-    def _analyse(self, tables: list[str]) -> None:
-        quote = self.engine.dialect.identifier_preparer.quote
-        with self.engine.connect().execution_options(**{BESIDE_WRITERS: True}) as conn:
-            with conn.begin():
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({WRITER_LOCK_KEY})")
-            with conn.begin():
-                # SKIP_LOCKED: a table another session analyses or vacuums now is left to it.
-                conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {', '.join(quote(name) for name in tables)}")
+
+def _analyse(engine: Engine, tables: list[str]) -> None:
+    quote = engine.dialect.identifier_preparer.quote
+    with engine.connect().execution_options(**{BESIDE_WRITERS: True}) as conn:
+        with conn.begin():
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({WRITER_LOCK_KEY})")
+        with conn.begin():
+            # SKIP_LOCKED: a table another session analyses or vacuums now is left to it.
+            conn.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {', '.join(quote(name) for name in tables)}")
 
 
 _STATISTICS: weakref.WeakKeyDictionary[Engine, _Statistics] = weakref.WeakKeyDictionary()
@@ -238,5 +244,5 @@ def _statistics_of(engine: Engine) -> _Statistics:
     with _STATISTICS_LOCK:
         statistics = _STATISTICS.get(engine)
         if statistics is None:
-            statistics = _STATISTICS[engine] = _Statistics(engine)
+            statistics = _STATISTICS[engine] = _Statistics()
         return statistics

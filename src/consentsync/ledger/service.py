@@ -87,6 +87,8 @@ from consentsync.reconcile import (
 from consentsync.rowview import RowView
 
 EXPIRY_SOURCE = "consentsync:expiry"
+# How long record_many waits at its end for the analyses of the tables it grew (PostgreSQL).
+STATISTICS_WAIT_SECONDS = 30.0
 # The rules under which a requested consent may be chased: the evidence alone decides the state.
 # Any other rule (restriction, erasure, objections, and any rule added later) keeps the person off
 # every list of people to contact.
@@ -298,8 +300,9 @@ class Ledger:
                     warm.promote()
                 total.add(stats)
         # Returned with the statistics of the tables it grew in place (PostgreSQL): the queries
-        # that follow an import are planned knowing their size.
-        statistics_settled(self.engine)
+        # that follow an import are planned knowing their size. Not for longer than this: the
+        # analysis may be queued behind another process's long write transaction.
+        statistics_settled(self.engine, timeout=STATISTICS_WAIT_SECONDS)
         return total
 
     def link_in(
