@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
-from consentsync.ledger.bulk import db_time, note_written, one_of, upsert_rows
+from consentsync.ledger.bulk import db_time, insert_rows, one_of, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
@@ -140,6 +140,20 @@ class RunReport:
 
 
 STAGES = ("read", "pages", "examine", "push")
+OUTBOX_COLUMNS = (
+    "connector",
+    "object_type",
+    "record_id",
+    "subject_id",
+    "fields",
+    "suppression",
+    "rule",
+    "run_id",
+    "created_at",
+    "status",
+    "attempts",
+    "action",
+)
 READ_AHEAD = 4  # batches read ahead of the commits (memory: a few thousand records at most)
 
 
@@ -1010,7 +1024,8 @@ class SyncEngine:
             if old.rule in ERASURE_RULE_NAMES and old.status in ("done", "dead")
         }  # fmt: skip
         superseded: list[int] = []
-        new_rows: list[dict[str, Any]] = []
+        new_rows: list[tuple[Any, ...]] = []
+        created_at = db_time(conn, now)
         writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
         for row in rows:
             mapping = self.by_object[row.object_type]
@@ -1048,20 +1063,20 @@ class SyncEngine:
                 continue  # its pending row stays, with its attempts and its sent mark
             superseded += pending
             new_rows.append(
-                {
-                    "connector": self.name,
-                    "object_type": row.object_type,
-                    "record_id": row.record_id,
-                    "subject_id": row.subject_id,
-                    "fields": fields,
-                    "suppression": any(state.suppressed for state in subject_states.values()),
-                    "rule": rule,
-                    "run_id": report.run_id,
-                    "created_at": now,
-                    "status": "pending",
-                    "attempts": 0,
-                    "action": action.value,
-                }
+                (
+                    self.name,
+                    row.object_type,
+                    row.record_id,
+                    row.subject_id,
+                    fields,
+                    any(state.suppressed for state in subject_states.values()),
+                    rule,
+                    report.run_id,
+                    created_at,
+                    "pending",
+                    0,
+                    action.value,
+                )
             )
         if superseded:
             conn.execute(
@@ -1070,10 +1085,10 @@ class SyncEngine:
                 .values(status="superseded", done_at=now)
             )
         if new_rows:
-            conn.execute(insert(outbox), new_rows)
+            # In the order decided: the pushes are sent by id. (One COPY on PostgreSQL.)
+            insert_rows(conn, outbox, OUTBOX_COLUMNS, new_rows)
             # A first sync queues a push for a large share of the org: on PostgreSQL the outbox
             # is analysed once it grew that much (autovacuum may be off, or late).
-            note_written(conn, outbox.name, len(new_rows))
             analyse_grown(conn)
         report.counts.pushes_enqueued += len(new_rows)
 
