@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from consentsync_salesforce.sandbox import SalesforceSandbox
-from sqlalchemy import func, select
+from sqlalchemy import event, func, insert, select
 
 from consentsync.app import open_ledger
 from consentsync.config import load_config, write_starter
-from consentsync.ledger.schema import outbox, sync_examine
+from consentsync.ledger.schema import crm_links, crm_snapshots, outbox, sync_examine
 from consentsync.ledger.service import Ledger
 from consentsync.sdk import RecordUpdate, WriteResult
 from consentsync.sdk.crashtest import (
@@ -33,7 +34,8 @@ from consentsync.sdk.crashtest import (
     run_killed,
     started_harness,
 )
-from consentsync.sync.engine import SyncEngine, SyncOptions
+from consentsync.sync.engine import RunReport, SyncEngine, SyncOptions, _Calls, _Share
+from consentsync.sync.prefetch import Prefetch
 from tests.conftest import Clock, migrated_ledger
 from tests.integration.test_sync_engine import _engine, _org_flags
 
@@ -218,3 +220,108 @@ def test_a_run_killed_while_pushing_along_the_examination_ends_like_an_uninterru
         assert compare(reference, end_state(config, harness, since)) == []
     finally:
         harness.stop()
+
+
+def _two_writes_of_one_contact(ledger: Ledger) -> tuple[list[Any], dict[str, bool]]:
+    """Two pending outbox rows for one contact the run pushed, each turning one of its flags
+    the other way, and the flags as the ledger last saw them."""
+    with ledger.engine.begin() as conn:
+        done = conn.execute(
+            select(outbox).where(
+                outbox.c.status == "done", outbox.c.object_type == "Contact", outbox.c.action == "update"
+            )
+        ).first()
+        assert done is not None, "the run pushed a contact"
+        held = orjson.loads(
+            conn.execute(
+                select(crm_snapshots.c.fields)
+                .join(crm_links, crm_links.c.id == crm_snapshots.c.link_id)
+                .where(crm_links.c.object_type == "Contact", crm_links.c.record_id == done.record_id)
+            ).scalar_one()
+        )
+        flags = {name: bool(held.get(name)) for name in ("HasOptedOutOfEmail", "DoNotCall")}
+        ids = [
+            conn.execute(
+                insert(outbox)
+                .values(
+                    {
+                        **{column: getattr(done, column) for column in done._fields if column != "id"},
+                        "fields": orjson.dumps({name: not value}).decode(),
+                        "status": "pending",
+                        "sent_at": datetime.now(UTC),
+                    }
+                )
+                .returning(outbox.c.id)
+            ).scalar_one()
+            for name, value in flags.items()
+        ]
+        rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)).all()
+    return rows, flags
+
+
+def test_answers_taken_together_commit_in_one_transaction_each_applied_in_turn(
+    ledger: Ledger, config_path: Path
+) -> None:
+    """The answers of several CRM calls taken at once are committed in one transaction, each
+    applied as if on its own: a record two of them wrote holds both writes afterwards."""
+    with _seeded() as sandbox:
+        engine = _engine(
+            ledger, config_path, sandbox, options=SyncOptions(batch_size=10, signpost_lag_seconds=0)
+        )
+        assert engine.run(full=True).status == "succeeded"
+        rows, before = _two_writes_of_one_contact(ledger)
+        commits: list[int] = []
+        event.listen(ledger.engine, "commit", lambda _conn: commits.append(1))
+        report = RunReport("run", "sf", "running", datetime.now(UTC))
+        engine._settle_answers([([row], {0: WriteResult(row.record_id, True)}) for row in rows], report)
+    assert len(commits) == 1, f"{len(commits)} commits for the answers of two calls"
+    assert report.counts.pushed == 2
+    with ledger.engine.connect() as conn:
+        statuses = conn.execute(
+            select(outbox.c.status).where(outbox.c.id.in_([r.id for r in rows]))
+        ).scalars()
+        assert set(statuses) == {"done"}
+        held = orjson.loads(
+            conn.execute(
+                select(crm_snapshots.c.fields)
+                .join(crm_links, crm_links.c.id == crm_snapshots.c.link_id)
+                .where(crm_links.c.object_type == "Contact", crm_links.c.record_id == rows[0].record_id)
+            ).scalar_one()
+        )
+    assert {name: held[name] for name in before} == {name: not value for name, value in before.items()}
+
+
+def test_answers_handed_over_before_a_shares_error_are_committed(ledger: Ledger, config_path: Path) -> None:
+    """A share's calls fail after another share's call answered: the answer is committed before
+    the error goes up."""
+    with _seeded() as sandbox:
+        engine = _engine(
+            ledger, config_path, sandbox, options=SyncOptions(batch_size=10, signpost_lag_seconds=0)
+        )
+        assert engine.run(full=True).status == "succeeded"
+        rows, _ = _two_writes_of_one_contact(ledger)
+
+        def answered() -> Iterator[dict[int, WriteResult]]:
+            yield {0: WriteResult(rows[0].record_id, True)}
+
+        def failing() -> Iterator[dict[int, WriteResult]]:
+            raise ConnectionError("the CRM went away")
+            yield {}
+
+        arrived = threading.Event()
+        shares = [
+            _Share([rows[0]], Prefetch(answered(), depth=4, arrived=arrived)),
+            _Share([rows[1]], Prefetch(failing(), depth=4, arrived=arrived)),
+        ]
+        for share in shares:
+            share.calls._thread.join()
+        report = RunReport("run", "sf", "running", datetime.now(UTC))
+        with pytest.raises(ConnectionError):
+            engine._settle_ready(_Calls(shares, arrived), report)
+    with ledger.engine.connect() as conn:
+        statuses = dict(
+            conn.execute(
+                select(outbox.c.id, outbox.c.status).where(outbox.c.id.in_([r.id for r in rows]))
+            ).all()
+        )
+    assert statuses == {rows[0].id: "done", rows[1].id: "pending"}

@@ -182,6 +182,10 @@ class _Share:
     calls: Prefetch[dict[int, WriteResult]]
 
 
+# A CRM call's answers: the rows it wrote, and each answer by position in them.
+_Answered = tuple[list[Any], dict[int, WriteResult]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Calls:
     """A push group marked sent, written by one ``write_batches`` a share, side by side."""
@@ -1388,24 +1392,32 @@ class SyncEngine:
         """Commits the answers ``sent``'s calls handed over so far, without waiting; True once
         every call answered."""
         sent.arrived.clear()
-        for share in sent.shares:
-            for answers, _ in share.calls.ready():
-                self._settle_call(share.rows, answers, report)
+        calls: list[_Answered] = []
+        try:
+            for share in sent.shares:
+                calls += [(share.rows, answers) for answers, _ in share.calls.ready()]
+        finally:
+            # What came before a share's error is committed all the same.
+            self._settle_answers(calls, report)
         return all(share.calls.finished for share in sent.shares)
 
     def _settle_left(self, sent: _Calls, report: RunReport) -> None:
         """Stops ``sent``'s calls after those in flight and commits every answer they gave."""
-        for share in sent.shares:
-            for answers, _ in share.calls.close():
-                self._settle_call(share.rows, answers, report)
+        self._settle_answers(
+            [(share.rows, answers) for share in sent.shares for answers, _ in share.calls.close()], report
+        )
 
-    def _settle_call(self, rows: list[Any], answers: dict[int, WriteResult], report: RunReport) -> None:
-        """Commits one CRM call's answers (``answers`` by position in ``rows``)."""
-        failpoint("sync.push.answered")
+    def _settle_answers(self, calls: list[_Answered], report: RunReport) -> None:
+        """Commits the answers of CRM calls (each call's ``answers`` by position in its rows),
+        in one transaction: a commit and the writer's turn cost more than a call's answers."""
+        if not calls:
+            return
+        for _ in calls:
+            failpoint("sync.push.answered")
         with self._transaction() as conn:
             self._settle(
                 conn,
-                [(rows[index], result) for index, result in sorted(answers.items())],
+                [(rows[i], result) for rows, answers in calls for i, result in sorted(answers.items())],
                 report,
                 self.ledger.clock(),
             )
@@ -1631,9 +1643,11 @@ class SyncEngine:
         olds: dict[int, dict[str, Any]] = {}
         snapshots: dict[int, tuple[Any, ...]] = {}
         stamp = db_time(conn, now)
+        merged_by_link: dict[int, dict[str, Any]] = {}
         for row, fields in written:
             link = links[(row.object_type, row.record_id)]
-            known = orjson.loads(link.fields) if link.fields else {}
+            # A record written twice in one transaction: the second write lands on the first.
+            known = merged_by_link.get(link.id) or (orjson.loads(link.fields) if link.fields else {})
             olds[row.id] = {name: known.get(name) for name in fields}
             merged = {
                 **known,
@@ -1649,6 +1663,7 @@ class SyncEngine:
                 view = {_evidence_key(e): _our_write(_evidence_view(e)) for e in echoed}
             except InvalidInput:
                 view = orjson.loads(link.evidence) if link.evidence else {}
+            merged_by_link[link.id] = merged
             snapshots[link.id] = (link.id, canonical_json(view), canonical_json(merged), stamp)
         upsert_rows(
             conn,
