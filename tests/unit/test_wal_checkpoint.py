@@ -44,7 +44,7 @@ def test_a_removed_ledger_file_is_not_created_again(tmp_path: Path) -> None:
 def test_a_log_written_without_pause_is_emptied_once_large(tmp_path: Path, monkeypatch) -> None:
     # A writer that never stops keeps passive checkpoints from ever copying the whole log; the
     # log must still be started over once it is large, or it grows for as long as the run writes.
-    monkeypatch.setattr(checkpoint, "RESTART_BYTES", 1024 * 1024)
+    monkeypatch.setattr(checkpoint, "BACKGROUND_RESTART_BYTES", 1024 * 1024)
     path = tmp_path / "ledger.db"
     engine = make_engine(f"sqlite:///{path}")
     with engine.begin() as conn:

@@ -32,10 +32,15 @@ log = structlog.get_logger(__name__)
 BACKSTOP_PAGES = 65536
 # A log larger than this is copied to its end and emptied by the writer that finds it so before
 # its next transaction (``restart_log``). The writer never waits for it: while the background
-# checkpoint copies, or a reader still uses the log, it tries again before the next one. A
-# writer that never does (another process's) leaves it to the background checkpoint at four
-# times the size, which waits at most RESTART_WAIT_MS.
-RESTART_BYTES = 64 * 1024 * 1024
+# checkpoint copies, or a reader still uses the log, it tries again before the next one. Each
+# restart costs the writer about 0.1 s whatever the size (two fsyncs and a truncation, not the
+# copy, which the background checkpoint has mostly done): at 64 MiB a first sync of 100,000
+# contacts restarted 41 times, 4.1 s of its 53 s (docs/performance.md). Below BACKSTOP_PAGES'
+# size, so that SQLite's own checkpoint never runs inside a commit first.
+RESTART_BYTES = 192 * 1024 * 1024
+# A writer that never restarts the log (a bulk import, another process) leaves it to the
+# background checkpoint at this size, which waits at most RESTART_WAIT_MS.
+BACKGROUND_RESTART_BYTES = 256 * 1024 * 1024
 RESTART_WAIT_MS = 500
 BUSY_TIMEOUT_MS = 30_000  # the ledger's connections' own (ledger/engine.py)
 
@@ -52,7 +57,7 @@ def restart_log(conn: Connection) -> None:
     past RESTART_BYTES, copies what is left of it (the background checkpoint copied the rest)
     and empties it. ``record_many`` does not: its batches are large, so most of each is still
     to copy at the next one, and copying it here cost a bulk import about a tenth of its time;
-    its log is restarted by the background checkpoint at four times the size instead.
+    its log is restarted by the background checkpoint at BACKGROUND_RESTART_BYTES instead.
 
     A writer that commits while a passive checkpoint copies keeps the log from ever being all
     copied, and only then may SQLite start it over: without this the file grows for as long
@@ -131,7 +136,7 @@ class BackgroundCheckpoint:
             try:
                 # PASSIVE: copies what no reader still needs, waits for no lock, blocks no writer.
                 connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                if _size(self.path + "-wal") > 4 * RESTART_BYTES:
+                if _size(self.path + "-wal") > BACKGROUND_RESTART_BYTES:
                     # No writer restarted the log (see restart_log): what is left to copy is what
                     # was committed meanwhile; this takes the write lock for that long, after the
                     # writer's transaction, and empties the file.
