@@ -325,3 +325,39 @@ def test_answers_handed_over_before_a_shares_error_are_committed(ledger: Ledger,
             ).all()
         )
     assert statuses == {rows[0].id: "done", rows[1].id: "pending"}
+
+
+def test_a_records_outbox_history_is_weighed_oldest_first_without_superseded_rows(
+    ledger: Ledger, config_path: Path
+) -> None:
+    """The examination weighs a new decision against the record's latest row that still matters
+    (``_repeats``): the history comes oldest first, whatever order the lookup returns it in."""
+    with _seeded() as sandbox:
+        engine = _engine(
+            ledger, config_path, sandbox, options=SyncOptions(batch_size=10, signpost_lag_seconds=0)
+        )
+        assert engine.run(full=True).status == "succeeded"
+    with ledger.engine.begin() as conn:
+        done = conn.execute(
+            select(outbox).where(outbox.c.status == "done", outbox.c.object_type == "Contact")
+        ).first()
+        assert done is not None, "the run pushed a contact"
+        added = [
+            conn.execute(
+                insert(outbox)
+                .values(
+                    {
+                        **{column: getattr(done, column) for column in done._fields if column != "id"},
+                        "fields": orjson.dumps({"HasOptedOutOfEmail": index % 2 == 0}).decode(),
+                        "status": status,
+                    }
+                )
+                .returning(outbox.c.id)
+            ).scalar_one()
+            for index, status in enumerate(("dead", "superseded", "pending", "done", "pending"))
+        ]
+        queued = engine._queued(conn, [done])
+    history = queued[(done.object_type, done.record_id)]
+    assert [old.id for old in history] == [done.id, added[0], added[2], added[3], added[4]]
+    assert [old.status for old in history] == ["done", "dead", "pending", "done", "pending"]
+    assert history[-1].fields == orjson.dumps({"HasOptedOutOfEmail": True}).decode()

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
-from consentsync.ledger.bulk import db_time, insert_rows, one_of, upsert_rows
+from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
@@ -184,6 +184,17 @@ class _Share:
 
 # A CRM call's answers: the rows it wrote, and each answer by position in them.
 _Answered = tuple[list[Any], dict[int, WriteResult]]
+
+
+class _QueuedRow(NamedTuple):
+    """An outbox row of a record, as the examination weighs it against a new decision."""
+
+    id: int
+    record_id: str
+    status: str
+    fields: str
+    action: str
+    rule: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1096,30 +1107,25 @@ class SyncEngine:
             analyse_grown(conn)
         report.counts.pushes_enqueued += len(new_rows)
 
-    def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[Any]]:
+    def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[_QueuedRow]]:
         """The outbox rows of these records that still matter (pending, done, dead), oldest first,
-        by (object, record), looked up per record through the record index."""
+        by (object, record), looked up per record through the record index. Plain tuples
+        (``select_in``): with a Core statement, expanding the IN list and wrapping each row cost
+        more than the lookup itself, once per examined batch."""
         by_object: dict[str, list[str]] = {}
         for row in rows:
             by_object.setdefault(row.object_type, []).append(row.record_id)
-        queued: dict[tuple[str, str], list[Any]] = {}
+        queued: dict[tuple[str, str], list[_QueuedRow]] = {}
         for object_type, record_ids in by_object.items():
-            for old in conn.execute(
-                select(
-                    outbox.c.id,
-                    outbox.c.record_id,
-                    outbox.c.status,
-                    outbox.c.fields,
-                    outbox.c.action,
-                    outbox.c.rule,
-                )
-                .where(
-                    outbox.c.connector == self.name,
-                    outbox.c.object_type == object_type,
-                    one_of(conn, outbox.c.record_id, record_ids),
-                )
-                .order_by(outbox.c.id)
-            ):
+            found = select_in(
+                conn,
+                outbox,
+                _QueuedRow._fields,
+                "record_id",
+                record_ids,
+                equal=(("connector", self.name), ("object_type", object_type)),
+            )
+            for old in sorted(map(_QueuedRow._make, found)):  # by id: oldest first
                 if old.status != "superseded":
                     queued.setdefault((object_type, old.record_id), []).append(old)
         return queued
@@ -1799,8 +1805,7 @@ class SyncEngine:
         ids = sorted(set(subject_ids))
         if not ids:
             return {}
-        rows = conn.execute(select(subjects.c.id, subjects.c.uid).where(one_of(conn, subjects.c.id, ids)))
-        return {row.id: row.uid for row in rows}
+        return {subject_id: uid for subject_id, uid in select_in(conn, subjects, ("id", "uid"), "id", ids)}
 
     def _record_run_start(self, report: RunReport, full: bool) -> None:
         with self.ledger.engine.begin() as conn:
