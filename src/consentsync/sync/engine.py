@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit, exit_codes
@@ -1775,31 +1775,29 @@ class SyncEngine:
 
     def _known_links(self, conn: Connection, links: list[CrmLink]) -> dict[CrmLink, int]:
         found: dict[CrmLink, int] = {}
-        by_object: dict[str, list[str]] = {}
+        by_object: dict[str, set[str]] = {}
         for link in links:
-            by_object.setdefault(link.object_type, []).append(link.record_id)
+            by_object.setdefault(link.object_type, set()).add(link.record_id)
         for object_type, record_ids in by_object.items():
-            rows = conn.execute(
-                select(crm_links.c.record_id, crm_links.c.subject_id).where(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.object_type == object_type,
-                    one_of(conn, crm_links.c.record_id, sorted(set(record_ids))),
+            found.update(
+                (CrmLink(self.name, object_type, record_id), subject_id)
+                for record_id, subject_id in self._links_of(
+                    conn, object_type, sorted(record_ids), "subject_id"
                 )
             )
-            found.update({CrmLink(self.name, object_type, row.record_id): row.subject_id for row in rows})
         return found
 
     def _link_ids(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, int]:
-        rows = conn.execute(
-            select(crm_links.c.record_id, crm_links.c.id).where(
-                and_(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.object_type == object_type,
-                    one_of(conn, crm_links.c.record_id, record_ids),
-                )
-            )
-        )
-        return {row.record_id: row.id for row in rows}
+        return dict(self._links_of(conn, object_type, record_ids, "id"))
+
+    def _links_of(
+        self, conn: Connection, object_type: str, record_ids: Sequence[str], column: str
+    ) -> Iterator[tuple[str, int]]:
+        """(record id, ``column``) of this connector's links to these records, through the
+        (connector, object, record) index, as plain tuples: a Core statement's expanded IN list
+        and wrapped rows cost more than the lookup, on every page."""
+        equal = (("connector", self.name), ("object_type", object_type))
+        yield from select_in(conn, crm_links, ("record_id", column), "record_id", record_ids, equal=equal)
 
     def _uids(self, conn: Connection, subject_ids: Iterable[int]) -> dict[int, str]:
         ids = sorted(set(subject_ids))
