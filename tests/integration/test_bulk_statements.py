@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from consentsync.ledger.bulk import db_time, insert_returning_ids, one_of, upsert_rows
+from consentsync.ledger.bulk import db_time, insert_returning_ids, one_of, select_in, upsert_rows
 from consentsync.ledger.schema import crm_links, crm_snapshots, subjects, sync_cursors, sync_examine
 from consentsync.ledger.service import Ledger
 
@@ -171,3 +171,76 @@ def test_inserted_ids_come_back_in_the_order_of_the_rows(ledger: Ledger) -> None
     assert len(set(ids)) == len(uids)
     assert [stored[subject_id] for subject_id in ids] == uids
     assert [restricted[uid] for uid in uids] == [n % 2 == 0 for n in range(len(uids))]
+
+
+def test_a_lookup_with_joins_finds_what_the_core_statement_finds(ledger: Ledger) -> None:
+    """``select_in`` with ``join``: the rows an outer-joined Core statement returns, as plain
+    tuples, in chunks; NULL where the joined table has no row; a pinned column narrows it."""
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    with ledger.engine.begin() as conn:
+        at = db_time(conn, now)
+        people = [
+            conn.execute(
+                subjects.insert().values(uid=f"{n:032x}", created_at=now, erased_at=now if n == 1 else None)
+            ).inserted_primary_key[0]
+            for n in range(3)
+        ]
+        links = {}
+        for n in range(1100):  # more than one chunk of 500 on SQLite
+            connector = "bulk" if n % 5 else "other"
+            record_id = f"r{n}€漢"
+            links[(connector, record_id)] = conn.execute(
+                crm_links.insert().values(
+                    subject_id=people[n % 3],
+                    connector=connector,
+                    object_type="Contact",
+                    record_id=record_id,
+                    linked_at=now,
+                )
+            ).inserted_primary_key[0]
+        snapshot_columns = ("link_id", "evidence", "fields", "identity", "updated_at")
+        kept = sorted(links.values())[::3]  # one link in three has a snapshot
+        upsert_rows(
+            conn,
+            crm_snapshots,
+            snapshot_columns,
+            ("link_id",),
+            [(i, "[]", f'{{"n":{i}}}', None, at) for i in kept],
+        )
+    asked = [f"r{n}€漢" for n in range(0, 1100, 2)] + ["missing"]
+    with ledger.engine.connect() as conn:
+        found = select_in(
+            conn,
+            crm_links,
+            ("id", "record_id", "crm_snapshots.fields", "subjects.erased_at"),
+            "record_id",
+            asked,
+            equal=(("connector", "bulk"), ("object_type", "Contact")),
+            join=((crm_snapshots, "link_id", "id"), (subjects, "id", "subject_id")),
+        )
+        plain = sorted(
+            (link_id, record_id, fields, erased is not None) for link_id, record_id, fields, erased in found
+        )
+        core = conn.execute(
+            select(crm_links.c.id, crm_links.c.record_id, crm_snapshots.c.fields, subjects.c.erased_at)
+            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .join(subjects, subjects.c.id == crm_links.c.subject_id)
+            .where(
+                crm_links.c.connector == "bulk",
+                crm_links.c.object_type == "Contact",
+                crm_links.c.record_id.in_(asked),
+            )
+        ).all()
+        by_subject = list(
+            select_in(
+                conn, crm_links, ("id",), "subject_id", [people[1]], join=((subjects, "id", "subject_id"),)
+            )
+        )
+    expected = sorted((row.id, row.record_id, row.fields, row.erased_at is not None) for row in core)
+    assert plain == expected
+    assert len(plain) == len([n for n in range(0, 1100, 2) if n % 5])  # the other connector's are left out
+    assert {fields is None for _, _, fields, _ in plain} == {True, False}
+    assert {erased for _, _, _, erased in plain} == {True, False}
+    assert sorted(link_id for (link_id,) in by_subject) == sorted(
+        link_id for (_, record_id), link_id in links.items() if int(record_id[1:-2]) % 3 == 1
+    )

@@ -326,22 +326,38 @@ def select_in(
     chunk: int = 500,
     *,
     equal: Sequence[tuple[str, Any]] = (),
+    join: Sequence[tuple[Table, str, str]] = (),
 ) -> Iterator[tuple[Any, ...]]:
     """``SELECT columns FROM table WHERE [column = value AND ...] key IN (values)``, in chunks,
-    as plain tuples (no type processing: use it for text and integer columns). On PostgreSQL
-    the condition is ``key = ANY(%s)`` with one array of up to ``PG_LOOKUP_CHUNK`` values.
+    as plain tuples (no type processing: use it for text and integer columns, and for other
+    columns only to tell NULL from a value). On PostgreSQL the condition is ``key = ANY(%s)``
+    with one array of up to ``PG_LOOKUP_CHUNK`` values.
 
     ``equal`` pins the leading columns of a composite index: without them neither SQLite nor
     PostgreSQL can search an index on (those columns, key), and SQLite does not search one for
-    a row-value ``(a, b, key) IN (...)`` either; all of these read the whole table."""
+    a row-value ``(a, b, key) IN (...)`` either; all of these read the whole table.
+
+    ``join``: (other table, its column, this table's column) for each ``LEFT JOIN other ON
+    other.column = table.column``; a column named ``other.column`` is read from it (NULL
+    where no row matches)."""
     quote = conn.dialect.identifier_preparer.quote
-    for name in (*columns, key, *(column for column, _ in equal)):
-        table.c[name]
+    tables = {table.name: table, **{other.name: other for other, _, _ in join}}
+
+    def qualified(name: str, of: Table = table) -> str:
+        owner, _, column = name.rpartition(".")
+        source = tables[owner] if owner else of
+        source.c[column]  # a KeyError names a column the table does not have
+        return f"{quote(source.name)}.{quote(column)}"
+
     marker = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conditions = "".join(f"{quote(column)} = {marker} AND " for column, _ in equal)
+    joins = "".join(
+        f" LEFT JOIN {quote(other.name)} ON {qualified(theirs, other)} = {qualified(ours)}"
+        for other, theirs, ours in join
+    )
+    conditions = "".join(f"{qualified(column)} = {marker} AND " for column, _ in equal)
     head = (
-        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} "
-        f"WHERE {conditions}{quote(key)} IN "
+        f"SELECT {', '.join(qualified(c) for c in columns)} FROM {quote(table.name)}{joins} "
+        f"WHERE {conditions}{qualified(key)} IN "
     )
     prefix = tuple(value for _, value in equal)
     if conn.dialect.name == "postgresql":

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, select
+from sqlalchemy import ColumnElement, Connection, Table, and_
 
 from consentsync.audit import AuditRecord
 from consentsync.ledger.bulk import (
-    chunks,
     db_time,
     insert_returning_ids,
     insert_rows,
-    one_of,
     select_in,
 )
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
@@ -181,30 +179,23 @@ class SubjectResolver:
             return {}
         hashes = {email_hmac(self.key, email): email for email in emails}
         found: dict[str, int] = {}
-        for chunk in chunks(sorted(hashes)):
-            rows = self.conn.execute(
-                select(suppressions.c.email_hmac, subjects.c.id)
-                .join(subjects, subjects.c.suppression_id == suppressions.c.id)
-                .where(one_of(self.conn, suppressions.c.email_hmac, chunk))
-                .order_by(subjects.c.id)
-            )
-            for row in rows:
-                found.setdefault(hashes[row.email_hmac], row.id)
+        rows = select_in(
+            self.conn,
+            suppressions,
+            ("subjects.id", "email_hmac"),
+            "email_hmac",
+            sorted(hashes),
+            join=((subjects, "suppression_id", "id"),),
+        )
+        for subject_id, hashed in sorted(row for row in rows if row[0] is not None):
+            found.setdefault(hashes[hashed], subject_id)  # the person first created for it
         return found
 
     def _erased_ids(self, subject_ids: set[int]) -> set[int]:
         if not subject_ids:
             return set()
-        found: set[int] = set()
-        for chunk in chunks(sorted(subject_ids)):
-            found.update(
-                self.conn.execute(
-                    select(subjects.c.id).where(
-                        one_of(self.conn, subjects.c.id, chunk), subjects.c.suppression_id.is_not(None)
-                    )
-                ).scalars()
-            )
-        return found
+        rows = select_in(self.conn, subjects, ("id", "suppression_id"), "id", sorted(subject_ids))
+        return {subject_id for subject_id, suppression_id in rows if suppression_id is not None}
 
     def _find_emails(self, emails: set[str]) -> dict[str, int]:
         rows = select_in(
@@ -221,14 +212,11 @@ class SubjectResolver:
         if not identities:
             return []
         hashes = {i.email: email_hmac(self.key, i.email) for i in identities if i.email}
-        suppressed: dict[str, int] = {}
-        for chunk in chunks(sorted(set(hashes.values()))):
-            rows = self.conn.execute(
-                select(suppressions.c.email_hmac, suppressions.c.id).where(
-                    one_of(self.conn, suppressions.c.email_hmac, chunk)
-                )
+        suppressed = dict(
+            select_in(
+                self.conn, suppressions, ("email_hmac", "id"), "email_hmac", sorted(set(hashes.values()))
             )
-            suppressed.update({row.email_hmac: row.id for row in rows})
+        )
         rows = [
             {
                 "uid": str(uuid.uuid4()),

@@ -1019,35 +1019,37 @@ class Ledger:
         return contexts, summaries
 
     def _contexts(self, conn: Connection, subject_ids: set[int]) -> dict[int, _SubjectContext]:
+        """Each person's flags and objections. Looked up as plain tuples first (``select_in``):
+        most people have neither a suppression nor an objection, and a Core statement's
+        expanded IN list and typed rows cost more than the lookup; the few rows that have one
+        are read through Core, for their typed values."""
         contexts: dict[int, _SubjectContext] = {}
-        ids = sorted(subject_ids)
-        for chunk in chunks(ids):
-            rows = conn.execute(
-                select(
-                    subjects.c.id,
-                    subjects.c.uid,
-                    subjects.c.restricted,
-                    suppressions.c.created_at,
-                    suppressions.c.reason,
-                )
-                .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
-                .where(one_of(conn, subjects.c.id, chunk))
-            )
-            for row in rows:
-                contexts[row.id] = _SubjectContext(
-                    uid=row.uid,
-                    flags=SubjectFlags(
+        suppressed: dict[int, list[int]] = {}
+        for subject_id, uid, restricted, suppression_id in select_in(
+            conn, subjects, ("id", "uid", "restricted", "suppression_id"), "id", sorted(subject_ids)
+        ):
+            contexts[subject_id] = _SubjectContext(uid=uid, flags=SubjectFlags(restricted=bool(restricted)))
+            if suppression_id is not None:
+                suppressed.setdefault(suppression_id, []).append(subject_id)
+        for chunk in chunks(sorted(suppressed)):
+            since = select(suppressions.c.id, suppressions.c.created_at)
+            for row in conn.execute(since.where(one_of(conn, suppressions.c.id, chunk))):
+                for subject_id in suppressed[row.id]:
+                    context = contexts[subject_id]
+                    context.flags = SubjectFlags(
                         suppressed_since=row.created_at,
-                        suppression_reason="erased" if row.created_at else None,
-                        restricted=row.restricted,
-                    ),
-                )
-            for row in conn.execute(
-                select(objections).where(
-                    one_of(conn, objections.c.subject_id, chunk),
-                    objections.c.status != ObjectionStatus.REJECTED.value,
-                )
-            ):
+                        suppression_reason="erased",
+                        restricted=context.flags.restricted,
+                    )
+        objected = [
+            objection_id
+            for objection_id, status in select_in(
+                conn, objections, ("id", "status"), "subject_id", sorted(contexts)
+            )
+            if status != ObjectionStatus.REJECTED.value
+        ]
+        for chunk in chunks(sorted(objected)):
+            for row in conn.execute(select(objections).where(one_of(conn, objections.c.id, chunk))):
                 contexts[row.subject_id].objections.append(
                     ObjectionFact(
                         purpose=row.purpose,

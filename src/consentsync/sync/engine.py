@@ -197,6 +197,54 @@ class _QueuedRow(NamedTuple):
     rule: str | None
 
 
+class _PageLink(NamedTuple):
+    """A page's record as the ledger holds it: its link and its snapshot (None where none is
+    kept). ``gone_at`` as stored: only whether it is NULL matters."""
+
+    link_id: int
+    record_id: str
+    subject_id: int
+    gone_at: Any
+    evidence: str | None
+    fields: str | None
+    identity: str | None
+
+
+class _LinkToPush(NamedTuple):
+    """A person's link the examination weighs: its snapshot's fields (None where none is kept)
+    and whether the person was erased (``erased_at`` as stored: only NULL or not matters)."""
+
+    id: int
+    subject_id: int
+    connector: str
+    object_type: str
+    record_id: str
+    gone_at: Any
+    fields: str | None
+    erased_at: Any
+
+
+_LINK_TO_PUSH_COLUMNS = (
+    "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
+    "crm_snapshots.fields", "subjects.erased_at",
+)  # fmt: skip
+
+
+class _SnapshotOf(NamedTuple):
+    """A written record's link and what its snapshot holds (None where none is kept)."""
+
+    id: int
+    record_id: str
+    fields: str | None
+    evidence: str | None
+
+
+_PAGE_LINK_COLUMNS = (
+    "id", "record_id", "subject_id", "gone_at",
+    "crm_snapshots.evidence", "crm_snapshots.fields", "crm_snapshots.identity",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class _Calls:
     """A push group marked sent, written by one ``write_batches`` a share, side by side."""
@@ -949,20 +997,15 @@ class SyncEngine:
         by_id = {record.record_id: record for record in page}
         # Ids and states first: reading our own writes back meets a done row for nearly every
         # record, and only the unanswered ones are needed whole.
-        sent = conn.execute(
-            select(outbox.c.id, outbox.c.record_id, outbox.c.status)
-            .where(
-                outbox.c.connector == self.name,
-                outbox.c.object_type == mapping.object,
-                one_of(conn, outbox.c.record_id, sorted(by_id)),
-                outbox.c.sent_at.is_not(None),
-            )
-            .order_by(outbox.c.id)
-        ).all()
-        last: dict[str, Any] = {}
-        for row in sent:
-            last[row.record_id] = row  # the latest write sent to each record
-        wanted = [row.id for row in last.values() if row.status in ("pending", "superseded")]
+        # As plain tuples (a full sync's first read meets no row at all, on every page).
+        equal = (("connector", self.name), ("object_type", mapping.object))
+        columns = ("id", "record_id", "status", "sent_at")
+        sent = sorted(select_in(conn, outbox, columns, "record_id", sorted(by_id), equal=equal))
+        last: dict[str, tuple[int, str]] = {}
+        for outbox_id, record_id, status, sent_at in sent:
+            if sent_at is not None:
+                last[record_id] = (outbox_id, status)  # the latest write sent to each record
+        wanted = [outbox_id for outbox_id, status in last.values() if status in ("pending", "superseded")]
         if not wanted:
             return {}
         whole = {row.id: row for row in conn.execute(select(outbox).where(one_of(conn, outbox.c.id, wanted)))}
@@ -1013,26 +1056,21 @@ class SyncEngine:
         # By person only, through the subject index (a person has a few links): naming the
         # connector too would let the planner pick the (connector, object, record) index and
         # read every link of the connector for each page.
-        rows = [
+        rows = sorted(
             row
-            for row in conn.execute(
-                select(
-                    crm_links.c.id,
-                    crm_links.c.subject_id,
-                    crm_links.c.connector,
-                    crm_links.c.object_type,
-                    crm_links.c.record_id,
-                    crm_links.c.gone_at,
-                    crm_snapshots.c.fields,
-                    subjects.c.erased_at,
-                )
-                .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                .join(subjects, subjects.c.id == crm_links.c.subject_id)
-                .where(one_of(conn, crm_links.c.subject_id, subject_ids))
-                .order_by(crm_links.c.id)
+            for row in map(
+                _LinkToPush._make,
+                select_in(
+                    conn,
+                    crm_links,
+                    _LINK_TO_PUSH_COLUMNS,
+                    "subject_id",
+                    sorted(subject_ids),
+                    join=((crm_snapshots, "link_id", "id"), (subjects, "id", "subject_id")),
+                ),
             )
             if row.connector == self.name and row.gone_at is None and row.object_type in self.by_object
-        ]
+        )  # by link id: the pushes are decided, and sent, in the order the links were made
         queued = self._queued(conn, rows)
         erasures_done = {
             key for key, history in queued.items() for old in history
@@ -1634,18 +1672,16 @@ class SyncEngine:
             by_object.setdefault(row.object_type, []).append(row.record_id)
         links: dict[tuple[str, str], Any] = {}
         for object_type, record_ids in by_object.items():
-            for link in conn.execute(
-                select(
-                    crm_links.c.id, crm_links.c.record_id, crm_snapshots.c.fields, crm_snapshots.c.evidence
-                )
-                .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                .where(
-                    crm_links.c.connector == self.name,
-                    crm_links.c.object_type == object_type,
-                    one_of(conn, crm_links.c.record_id, record_ids),
-                )
+            for link in select_in(
+                conn,
+                crm_links,
+                ("id", "record_id", "crm_snapshots.fields", "crm_snapshots.evidence"),
+                "record_id",
+                record_ids,
+                equal=(("connector", self.name), ("object_type", object_type)),
+                join=((crm_snapshots, "link_id", "id"),),
             ):
-                links[(object_type, link.record_id)] = link
+                links[(object_type, link[1])] = _SnapshotOf._make(link)
         olds: dict[int, dict[str, Any]] = {}
         snapshots: dict[int, tuple[Any, ...]] = {}
         stamp = db_time(conn, now)
@@ -1735,29 +1771,21 @@ class SyncEngine:
             for record in page
         }
 
-    def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, Any]:
+    def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, _PageLink]:
         """The links of these records that exist, with their snapshots (None where none is kept),
         by record id: one lookup by the (connector, object, record) index."""
         if not record_ids:
             return {}
-        rows = conn.execute(
-            select(
-                crm_links.c.id.label("link_id"),
-                crm_links.c.record_id,
-                crm_links.c.subject_id,
-                crm_links.c.gone_at,
-                crm_snapshots.c.evidence,
-                crm_snapshots.c.fields,
-                crm_snapshots.c.identity,
-            )
-            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(
-                crm_links.c.connector == self.name,
-                crm_links.c.object_type == object_type,
-                one_of(conn, crm_links.c.record_id, record_ids),
-            )
+        rows = select_in(
+            conn,
+            crm_links,
+            _PAGE_LINK_COLUMNS,
+            "record_id",
+            record_ids,
+            equal=(("connector", self.name), ("object_type", object_type)),
+            join=((crm_snapshots, "link_id", "id"),),
         )
-        return {row.record_id: row for row in rows}
+        return {row.record_id: row for row in map(_PageLink._make, rows)}
 
     def _load_snapshots(
         self, conn: Connection, object_type: str, record_ids: list[str]
