@@ -230,6 +230,36 @@ _LINK_TO_PUSH_COLUMNS = (
 )  # fmt: skip
 
 
+class RecordKey(NamedTuple):
+    object_type: str
+    record_id: str
+
+
+class _NewPush(NamedTuple):
+    """An outbox row decided, before the run and the moment it is written with are added."""
+
+    object_type: str
+    record_id: str
+    subject_id: int
+    fields: str
+    suppress: bool
+    rule: str | None
+    action: str
+
+
+@dataclass(slots=True)
+class DecidedPushes:
+    """What the examination decided for a batch of people: the rows to add, the pending rows they
+    supersede, the irreversible writes held back; and what it weighed (``records``: every live
+    record of theirs; ``queued``: those records' outbox rows that still matter)."""
+
+    new_rows: list[_NewPush]
+    superseded: list[int]
+    irreversible_held: int
+    records: list[RecordKey]
+    queued: dict[tuple[str, str], list[_QueuedRow]]
+
+
 class _SnapshotOf(NamedTuple):
     """A written record's link and what its snapshot holds (None where none is kept)."""
 
@@ -1050,9 +1080,16 @@ class SyncEngine:
         """For every live record of this CRM that belongs to these people, the fields that differ
         from what the ledger implies become an outbox row (superseding an older pending one); for
         an erased person, the erasure action configured for the object (Art. 17(2))."""
-        if not subject_ids:
-            return
-        states = self.ledger.effective_states_in(conn, subject_ids, warm=self._warm_for(conn))
+        if subject_ids:
+            decided = self.decide_pushes(conn, subject_ids, warm=self._warm_for(conn))
+            self._write_pushes(conn, decided, report, now)
+
+    def decide_pushes(
+        self, conn: Connection, subject_ids: Sequence[int], *, warm: WarmSubjects | None = None
+    ) -> DecidedPushes:
+        """What ``_enqueue_pushes`` writes for these people, read and decided in ``conn`` without
+        writing it: a read transaction will do (sync/ahead.py decides here in a second process)."""
+        states = self.ledger.effective_states_in(conn, subject_ids, warm=warm)
         # By person only, through the subject index (a person has a few links): naming the
         # connector too would let the planner pick the (connector, object, record) index and
         # read every link of the connector for each page.
@@ -1076,9 +1113,9 @@ class SyncEngine:
             key for key, history in queued.items() for old in history
             if old.rule in ERASURE_RULE_NAMES and old.status in ("done", "dead")
         }  # fmt: skip
-        superseded: list[int] = []
-        new_rows: list[tuple[Any, ...]] = []
-        created_at = db_time(conn, now)
+        records = [RecordKey(row.object_type, row.record_id) for row in rows]
+        decided = DecidedPushes([], [], 0, records, queued)
+        superseded = decided.superseded
         writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
         for row in rows:
             mapping = self.by_object[row.object_type]
@@ -1104,7 +1141,8 @@ class SyncEngine:
                     updates = {**updates, **mapping.spec.personal_fields}
             elif self.options.mode == "suppress_only":
                 updates = restricting(mapping, updates)
-            updates = self._reversible_or_evidenced(mapping, row, updates, action, subject_states, report)
+            updates, held = self._reversible_or_evidenced(mapping, row, updates, action, subject_states)
+            decided.irreversible_held += held
             pending = [old.id for old in queued.get(key, ()) if old.status == "pending"]
             if not updates and action is WriteAction.UPDATE:
                 superseded += pending  # decided on an older state: the CRM already agrees now
@@ -1115,35 +1153,42 @@ class SyncEngine:
             if _repeats(queued.get(key, ()), fields, action.value):
                 continue  # its pending row stays, with its attempts and its sent mark
             superseded += pending
-            new_rows.append(
-                (
-                    self.name,
+            decided.new_rows.append(
+                _NewPush(
                     row.object_type,
                     row.record_id,
                     row.subject_id,
                     fields,
                     any(state.suppressed for state in subject_states.values()),
                     rule,
-                    report.run_id,
-                    created_at,
-                    "pending",
-                    0,
                     action.value,
                 )
             )
-        if superseded:
+        return decided
+
+    def _write_pushes(
+        self, conn: Connection, decided: DecidedPushes, report: RunReport, now: datetime
+    ) -> None:
+        if decided.superseded:
             conn.execute(
                 update(outbox)
-                .where(one_of(conn, outbox.c.id, superseded))
+                .where(one_of(conn, outbox.c.id, decided.superseded))
                 .values(status="superseded", done_at=now)
             )
-        if new_rows:
+        if decided.new_rows:
+            created_at = db_time(conn, now)
             # In the order decided: the pushes are sent by id. (One COPY on PostgreSQL.)
-            insert_rows(conn, outbox, OUTBOX_COLUMNS, new_rows)
+            run_id = report.run_id
+            rows = [
+                (self.name, *push[:6], run_id, created_at, "pending", 0, push.action)
+                for push in decided.new_rows
+            ]
+            insert_rows(conn, outbox, OUTBOX_COLUMNS, rows)
             # A first sync queues a push for a large share of the org: on PostgreSQL the outbox
             # is analysed once it grew that much (autovacuum may be off, or late).
             analyse_grown(conn)
-        report.counts.pushes_enqueued += len(new_rows)
+        report.counts.pushes_enqueued += len(decided.new_rows)
+        report.counts.irreversible_held += decided.irreversible_held
 
     def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[_QueuedRow]]:
         """The outbox rows of these records that still matter (pending, done, dead), oldest first,
@@ -1175,15 +1220,15 @@ class SyncEngine:
         updates: dict[str, Any],
         action: WriteAction,
         states: dict[tuple[str, str], EffectiveState],
-        report: RunReport,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], int]:
         """``updates`` less the writes the CRM could never undo, unless the person's state for the
-        field's purposes rests on an evidenced withdrawal, refusal, objection or erasure."""
+        field's purposes rests on an evidenced withdrawal, refusal, objection or erasure; and how
+        many writes were held back."""
         if action is WriteAction.DELETE or not updates:
-            return updates  # a delete is only ever an erasure action
+            return updates, 0  # a delete is only ever an erasure action
         fixed = self.connector.irreversible(RecordUpdate(row.object_type, row.record_id, updates, action))
         if not fixed:
-            return updates
+            return updates, 0
         kept = dict(updates)
         for name in fixed & set(updates):
             pairs = [
@@ -1192,8 +1237,7 @@ class SyncEngine:
             ]  # fmt: skip
             if not any(_said_no(states[pair]) for pair in pairs if pair in states):
                 del kept[name]
-                report.counts.irreversible_held += 1
-        return kept
+        return kept, len(updates) - len(kept)
 
     def _not_shown_yet(self, row: Any, updates: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
         """``updates`` less what the record already shows as the CRM reads such a write back (a
