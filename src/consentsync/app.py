@@ -23,7 +23,7 @@ from consentsync.yamlfile import describe
 if TYPE_CHECKING:
     from consentsync.mapping import Mapping
     from consentsync.sdk import Connector
-    from consentsync.sync.engine import SyncEngine
+    from consentsync.sync.engine import SyncEngine, SyncOptions
 
 
 class LedgerNotReady(RuntimeError):
@@ -68,11 +68,12 @@ def ledger_refusals(url: str) -> Iterator[None]:
         raise LedgerNotReady(problem.message, problem.exit_code) from None
 
 
-def ledger_engine(config: Config) -> Engine:
-    """The ledger's engine; a URL no installed driver serves is a config error naming the line."""
+def ledger_engine(config: Config, *, checkpoints: bool = True) -> Engine:
+    """The ledger's engine; a URL no installed driver serves is a config error naming the line.
+    ``checkpoints``: see ``make_engine``."""
     url = config.settings.ledger.url
     try:
-        return make_engine(config.ledger_url)
+        return make_engine(config.ledger_url, checkpoints=checkpoints)
     except ArgumentError:
         raise ConfigError(f"{config.where('ledger', 'url')}not a database URL: {_safe(url)}") from None
     except NoSuchModuleError:
@@ -192,6 +193,7 @@ def can_reread(config: Config, name: str) -> bool:
 
 def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEngine:
     from consentsync.sdk.objects import guard_describe
+    from consentsync.sync.ahead import Recipe
     from consentsync.sync.engine import SyncEngine, SyncOptions
 
     connector, mappings = open_connector(config, name)
@@ -211,15 +213,34 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         mode=settings.mode,
         guard_max_records=settings.push_guard.max_records,
         guard_max_share=settings.push_guard.max_share,
+        decide_ahead_from=settings.decide_ahead_from,
     )
     from consentsync.checkpoints import signer_for
 
     ledger = ledger or open_ledger(config)
     engine = SyncEngine(ledger, connector, mappings, options)
+    engine.decide_ahead = Recipe(examining_engine, (config, name, options))
     signer = signer_for(config, ledger.clock)  # checkpoints of the audit chain's head, when configured
     if signer is not None:
         engine.after_run = lambda report: signer.checkpoint(ledger.engine, "run", report.run_id)
     return engine
+
+
+def examining_engine(config: Config, name: str, options: SyncOptions) -> SyncEngine:
+    """In a second process of a run (sync/ahead.py): an engine that only reads the ledger to
+    decide the examination's pushes. Not ``open_ledger``: the run checked the ledger's migration,
+    and syncing the purposes takes the write lock, which the run holds page after page."""
+    from consentsync.sync.engine import SyncEngine
+
+    connector, mappings = open_connector(config, name)
+    ledger = Ledger(
+        ledger_engine(config, checkpoints=False),
+        config.purposes,
+        config.policy,
+        config.erasure_key,
+        max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
+    )
+    return SyncEngine(ledger, connector, mappings, options)
 
 
 def _check_erasure_actions(config: Config, name: str, connector: Connector, mappings: list[Mapping]) -> None:

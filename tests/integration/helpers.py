@@ -5,6 +5,7 @@ runs."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -150,6 +151,15 @@ def scrape_until(
             break
         time.sleep(pause)
     return metrics
+
+
+def holding_env(held: Path, failpoints: str) -> dict[str, str]:
+    """The environment of a `consentsync` process that stops at ``failpoints`` (their ``hold``
+    markers in ``held``, made here), without the caller's config from the environment."""
+    held.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CONSENTSYNC_FAILPOINTS": failpoints, "CONSENTSYNC_FAILPOINT_DIR": str(held)}
+    env.pop("CONSENTSYNC_CONFIG", None)
+    return env
 
 
 def wait_until_held(process: Any, marker: Path, point: str, within: float = 60) -> None:

@@ -25,7 +25,7 @@ from consentsync.domain import as_utc
 from consentsync.ledger.schema import connector_leases, crm_links, outbox, sync_runs
 from consentsync.sync.lease import Lease, LeaseLost, RunInProgress
 from tests.integration.crash_config import CONNECTOR, sync_command
-from tests.integration.helpers import migrated_crash_config, seeded_org, wait_until_held
+from tests.integration.helpers import holding_env, migrated_crash_config, seeded_org, wait_until_held
 
 
 @pytest.fixture
@@ -154,13 +154,7 @@ def test_a_lost_database_session_lets_no_second_daemon_push_twice(
     # The first run is held after its first page committed, so the second daemon starts while
     # the owner is alive and mid-run, however fast the run is.
     held = tmp_path / "failpoints"
-    held.mkdir()
-    env = {
-        **os.environ,
-        "CONSENTSYNC_FAILPOINTS": "sync.page.read=hold@2",
-        "CONSENTSYNC_FAILPOINT_DIR": str(held),
-    }
-    env.pop("CONSENTSYNC_CONFIG", None)
+    env = holding_env(held, "sync.page.read=hold@2")
     command = sync_command(sync_config)
     first = subprocess.Popen(
         [*command, "--full"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

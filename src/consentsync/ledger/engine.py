@@ -26,7 +26,9 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, checkpoints: bool = True, **kwargs: Any) -> Engine:
+    """The ledger's engine for ``url``. ``checkpoints=False``: a SQLite engine that leaves copying
+    the log back to the process that writes (a reader beside a sync run, sync/ahead.py)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(
@@ -34,7 +36,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _serialise_sqlite_writers(engine)
         path = engine.url.database
-        if path and path != ":memory:" and not path.startswith("file:"):
+        if checkpoints and path and path != ":memory:" and not path.startswith("file:"):
             BackgroundCheckpoint(path).attach(engine)
         return engine
     engine = create_engine(url, pool_pre_ping=True, **kwargs)

@@ -49,6 +49,8 @@ from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import Mapping, crm_key, field_value
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
+from consentsync.sync.decisions import DecidedPushes, NewPush, QueuedRow, RecordKey
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
@@ -94,6 +96,9 @@ class SyncOptions:
     # connector's live records, and the run pushes nothing until a plan is approved.
     guard_max_records: int | None = None
     guard_max_share: float | None = None
+    # From this many people to examine, a second process decides their pushes a batch ahead of
+    # the run (sync/ahead.py, SQLite ledgers; the engine needs ``decide_ahead`` too); None: never.
+    decide_ahead_from: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,17 +191,6 @@ class _Share:
 _Answered = tuple[list[Any], dict[int, WriteResult]]
 
 
-class _QueuedRow(NamedTuple):
-    """An outbox row of a record, as the examination weighs it against a new decision."""
-
-    id: int
-    record_id: str
-    status: str
-    fields: str
-    action: str
-    rule: str | None
-
-
 class _PageLink(NamedTuple):
     """A page's record as the ledger holds it: its link and its snapshot (None where none is
     kept). ``gone_at`` as stored: only whether it is NULL matters."""
@@ -228,36 +222,6 @@ _LINK_TO_PUSH_COLUMNS = (
     "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
     "crm_snapshots.fields", "subjects.erased_at",
 )  # fmt: skip
-
-
-class RecordKey(NamedTuple):
-    object_type: str
-    record_id: str
-
-
-class _NewPush(NamedTuple):
-    """An outbox row decided, before the run and the moment it is written with are added."""
-
-    object_type: str
-    record_id: str
-    subject_id: int
-    fields: str
-    suppress: bool
-    rule: str | None
-    action: str
-
-
-@dataclass(slots=True)
-class DecidedPushes:
-    """What the examination decided for a batch of people: the rows to add, the pending rows they
-    supersede, the irreversible writes held back; and what it weighed (``records``: every live
-    record of theirs; ``queued``: those records' outbox rows that still matter)."""
-
-    new_rows: list[_NewPush]
-    superseded: list[int]
-    irreversible_held: int
-    records: list[RecordKey]
-    queued: dict[tuple[str, str], list[_QueuedRow]]
 
 
 class _SnapshotOf(NamedTuple):
@@ -337,6 +301,9 @@ class SyncEngine:
         # Called with the report of every run but a dry run (app.open_sync: a signed checkpoint
         # of the audit chain's head, consentsync.checkpoints).
         self.after_run: Callable[[RunReport], None] | None = None
+        # How a second process builds an engine like this one to decide the examination's
+        # batches ahead (app.open_sync sets it; sync/ahead.py).
+        self.decide_ahead: Recipe | None = None
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -1154,7 +1121,7 @@ class SyncEngine:
                 continue  # its pending row stays, with its attempts and its sent mark
             superseded += pending
             decided.new_rows.append(
-                _NewPush(
+                NewPush(
                     row.object_type,
                     row.record_id,
                     row.subject_id,
@@ -1190,7 +1157,7 @@ class SyncEngine:
         report.counts.pushes_enqueued += len(decided.new_rows)
         report.counts.irreversible_held += decided.irreversible_held
 
-    def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[_QueuedRow]]:
+    def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[QueuedRow]]:
         """The outbox rows of these records that still matter (pending, done, dead), oldest first,
         by (object, record), looked up per record through the record index. Plain tuples
         (``select_in``): with a Core statement, expanding the IN list and wrapping each row cost
@@ -1198,17 +1165,17 @@ class SyncEngine:
         by_object: dict[str, list[str]] = {}
         for row in rows:
             by_object.setdefault(row.object_type, []).append(row.record_id)
-        queued: dict[tuple[str, str], list[_QueuedRow]] = {}
+        queued: dict[tuple[str, str], list[QueuedRow]] = {}
         for object_type, record_ids in by_object.items():
             found = select_in(
                 conn,
                 outbox,
-                _QueuedRow._fields,
+                QueuedRow._fields,
                 "record_id",
                 record_ids,
                 equal=(("connector", self.name), ("object_type", object_type)),
             )
-            for old in sorted(map(_QueuedRow._make, found)):  # by id: oldest first
+            for old in sorted(map(QueuedRow._make, found)):  # by id: oldest first
                 if old.status != "superseded":
                     queued.setdefault((object_type, old.record_id), []).append(old)
         return queued
@@ -1293,29 +1260,36 @@ class SyncEngine:
         report.stage, report.stage_done, report.stage_total = "examining", 0, total
         in_flight: _Calls | None = None
         waiting = 0  # pushes decided and not sent yet
+        ahead: DecisionsAhead | None = None
+        after = 0  # the batches go by subject id, the same for the child deciding ahead
         try:
             while True:
                 enqueued = report.counts.pushes_enqueued
+                now = self.ledger.clock()
                 with self._transaction() as conn:
-                    marked = (
+                    marked = next_marked(conn, self.name, after, self.options.batch_size)
+                    if marked:
+                        decided = self._decided_ahead(conn, ahead, marked, report)
+                        if decided is None:
+                            decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
+                        self._write_pushes(conn, decided, report, now)
                         conn.execute(
-                            select(sync_examine.c.subject_id)
-                            .where(sync_examine.c.connector == self.name)
-                            .order_by(sync_examine.c.subject_id)
-                            .limit(self.options.batch_size)
+                            delete(sync_examine).where(
+                                sync_examine.c.connector == self.name,
+                                one_of(conn, sync_examine.c.subject_id, marked),
+                            )
                         )
-                        .scalars()
-                        .all()
-                    )
-                    if not marked:
+                if not marked:
+                    if after == 0:
                         break
-                    self._enqueue_pushes(conn, list(marked), report, self.ledger.clock())
-                    conn.execute(
-                        delete(sync_examine).where(
-                            sync_examine.c.connector == self.name,
-                            one_of(conn, sync_examine.c.subject_id, marked),
-                        )
+                    after = 0  # once more from the start: people marked meanwhile
+                    continue
+                if ahead is None and after == 0 and self._decides_ahead(total):
+                    ahead = DecisionsAhead(
+                        self.decide_ahead, after=marked[-1], now=now, batch_size=self.options.batch_size
                     )
+                after = marked[-1]
+                failpoint("sync.examine.batch")  # a batch examined and committed
                 waiting += report.counts.pushes_enqueued - enqueued
                 report.stage_done += len(marked)
                 report.stage_total = max(total, report.stage_done)
@@ -1344,8 +1318,47 @@ class SyncEngine:
                 with suppress(Exception):
                     self._settle_left(in_flight, report)
             raise
+        finally:
+            if ahead is not None:
+                ahead.close()
+                log.info(
+                    "sync.decided_ahead",
+                    batches=report.counts.decided_ahead,
+                    decided_again=report.counts.decided_again,
+                    waited_seconds=round(ahead.waited, 3),
+                )
         if in_flight is not None:
             self._settle_calls(in_flight, report)
+
+    def _decides_ahead(self, marked: int) -> bool:
+        """Whether a second process decides the examination's batches ahead (sync/ahead.py): on
+        the run's own SQLite write connection, for an examination large enough to repay starting
+        it (about a second)."""
+        return (
+            self.decide_ahead is not None
+            and self._writer is not None
+            and self._shared is None
+            and self.options.decide_ahead_from is not None
+            and marked >= self.options.decide_ahead_from
+        )
+
+    def _decided_ahead(
+        self, conn: Connection, ahead: DecisionsAhead | None, marked: list[int], report: RunReport
+    ) -> DecidedPushes | None:
+        """The child's decision for these people where it still holds in ``conn`` (the run's write
+        transaction): nothing in the change feed for them since the child's snapshot, and their
+        records' outbox rows those it weighed."""
+        got = ahead.take(marked) if ahead is not None else None
+        if got is None:
+            return None
+        if (
+            changed_since(conn, marked, got.feed_top)
+            or self._queued(conn, got.decided.records) != got.decided.queued
+        ):
+            report.counts.decided_again += 1
+            return None
+        report.counts.decided_ahead += 1
+        return got.decided
 
     def _decided_since(self, sent_up_to: int, report: RunReport) -> list[Any]:
         """The first ``push_batch_size`` pending outbox rows this run added after row

@@ -39,6 +39,10 @@ class RunCounts:
     state_changes: int = 0
     subjects_created: int = 0
     pushes_enqueued: int = 0
+    # Examined batches whose pushes a second process decided (sync/ahead.py), and those it decided
+    # on what changed before the run wrote them: decided again by the run.
+    decided_ahead: int = 0
+    decided_again: int = 0
     pushed: int = 0
     push_failed: int = 0
     api_calls: int = 0

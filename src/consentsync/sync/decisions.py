@@ -1,0 +1,50 @@
+"""What the examination decides for a batch of people, as plain data: made by the run
+(sync/engine.py) or a batch ahead by a second process (sync/ahead.py), which sends it over a pipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = ["DecidedPushes", "NewPush", "QueuedRow", "RecordKey"]
+
+
+class QueuedRow(NamedTuple):
+    """An outbox row of a record, as the examination weighs it against a new decision."""
+
+    id: int
+    record_id: str
+    status: str
+    fields: str
+    action: str
+    rule: str | None
+
+
+class RecordKey(NamedTuple):
+    object_type: str
+    record_id: str
+
+
+class NewPush(NamedTuple):
+    """An outbox row decided, before the run and the moment it is written with are added."""
+
+    object_type: str
+    record_id: str
+    subject_id: int
+    fields: str
+    suppress: bool
+    rule: str | None
+    action: str
+
+
+@dataclass(slots=True)
+class DecidedPushes:
+    """What the examination decided for a batch of people: the rows to add, the pending rows they
+    supersede, the irreversible writes held back; and what it weighed (``records``: every live
+    record of theirs; ``queued``: those records' outbox rows that still matter)."""
+
+    new_rows: list[NewPush]
+    superseded: list[int]
+    irreversible_held: int
+    records: list[RecordKey]
+    queued: dict[tuple[str, str], list[QueuedRow]]
