@@ -122,6 +122,7 @@ def test_decisions_made_ahead_are_those_the_run_makes_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[ahead_module.DecisionsAhead]
 ) -> None:
     expected = _alone(tmp_path / "alone", monkeypatch)
+    assert not started, "a connector with decide_ahead_from: null started a process"
     with _org() as sandbox:
         ledger, engine = _opened(_config(tmp_path / "ahead", sandbox, monkeypatch, ahead=True))
         report = engine.run(full=True)
