@@ -302,7 +302,6 @@ def run_sync(config_path: Path, full: bool) -> dict[str, Any]:
         "wall": time.perf_counter() - started,
         "cpu": time.process_time() - cpu + helpers,
         "helper_cpu": helpers,
-        "helper_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if helpers else 0,
         "records": report.counts.read,
         "pushed": report.counts.pushed,
         "enqueued": report.counts.pushes_enqueued,
@@ -466,10 +465,7 @@ def _print(name: str, result: dict[str, Any]) -> None:
     if "sandbox_cpu" in result:
         extra += f"\n{' ' * 21}the emulator's CPU meanwhile {result['sandbox_cpu']:.1f} s"
     if result.get("helper_cpu"):
-        extra += (
-            f"\n{' ' * 21}of the CPU, the process deciding ahead {result['helper_cpu']:.1f} s"
-            f" (its peak RSS {result['helper_rss_mib']:.0f} MiB)"
-        )
+        extra += f"\n{' ' * 21}of the CPU, the process deciding ahead {result['helper_cpu']:.1f} s"
     if result.get("stages"):
         extra += (
             "\n" + " " * 21 + "stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["stages"].items())
