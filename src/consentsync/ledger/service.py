@@ -299,6 +299,9 @@ class Ledger:
                 if warm is not None:
                     warm.promote()
                 total.add(stats)
+            # Freed while the collector is paused (reference counting frees it all): else the
+            # collector's first run after the pause walks every object the cache holds.
+            warm = None
         # Returned with the statistics of the tables it grew in place (PostgreSQL): the queries
         # that follow an import are planned knowing their size. Not for longer than this: the
         # analysis may be queued behind another process's long write transaction.

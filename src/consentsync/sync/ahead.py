@@ -25,6 +25,7 @@ killed), or on an error, which it reports in one line; it never writes to the le
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from sqlalchemy import func, select
 
+from consentsync.collector import BULK_THRESHOLDS
 from consentsync.domain import EMAIL_IN_TEXT
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import state_changes, sync_examine
@@ -172,6 +174,7 @@ def decide_ahead(recipe: Recipe, after: int, now: datetime, batch_size: int, pip
     """The child: decides every marked person's batch above ``after`` and sends each decision.
     Its clock runs from the run's ``now`` (a test's fixed clock stays fixed to the second)."""
     try:
+        gc.set_threshold(*BULK_THRESHOLDS)  # a process of its own for bulk work (collector.py)
         engine = recipe.build(*recipe.args)
         started = time.monotonic()
         engine.ledger.clock = lambda: now + timedelta(seconds=time.monotonic() - started)

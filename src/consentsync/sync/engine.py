@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
+from consentsync.collector import collecting_less_often
 from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
@@ -313,7 +314,7 @@ class SyncEngine:
         or nothing when the plan no longer matches what it would push."""
         self._apply_plan = apply_plan
         try:
-            with connector_lock(self.ledger.engine, self.name):
+            with connector_lock(self.ledger.engine, self.name), collecting_less_often():
                 report = self._run(full=full, dry_run=dry_run)
         except RunInProgress as busy:
             if not dry_run:  # skipped: a run row says so, and why (status, runs list, /metrics)
