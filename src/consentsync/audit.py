@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import Connection, Select, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, update
 
 from consentsync.domain import canonical_json, iso, sha256_hex
 from consentsync.ledger.bulk import db_time, insert_rows
@@ -30,7 +30,7 @@ from consentsync.ledger.schema import (
 )
 
 GENESIS_HASH = "0" * 64
-ENTRY_COLUMNS = ("seq", "at", "action", "subject_uid", "run_id", "payload", "prev_hash", "hash")
+ENTRY_COLUMNS = ("seq", "at", "action", "subject_uid", "run_id", "payload", "prev_hash", "hash", "subject_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +103,10 @@ def append_payloads(conn: Connection, entries: Sequence[Entry], at: datetime) ->
     stamp, stored_at = iso(at), db_time(conn, at)
     entry_rows: list[tuple[Any, ...]] = []
     detail_rows: list[tuple[Any, ...]] = []
+    ids = _subject_ids(conn, entries)
     for payload, details, subject_id in entries:
+        if subject_id is None and payload["subject"] is not None:
+            subject_id = ids.get(payload["subject"])
         seq += 1
         payload["seq"] = seq
         payload["at"] = stamp
@@ -113,13 +116,36 @@ def append_payloads(conn: Connection, entries: Sequence[Entry], at: datetime) ->
         text = canonical_json(payload)
         digest = sha256_hex((prev + text).encode("utf-8"))  # chain_hash, inlined
         entry_rows.append(
-            (seq, stored_at, payload["action"], payload["subject"], payload["run"], text, prev, digest)
-        )
+            (seq, stored_at, payload["action"], payload["subject"], payload["run"], text, prev, digest,
+             subject_id)
+        )  # fmt: skip
         prev = digest
     insert_rows(conn, audit_entries, ENTRY_COLUMNS, entry_rows)
     insert_rows(conn, audit_details, ("seq", "subject_id", "content"), detail_rows)
     conn.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev))
     return list(range(first, seq + 1))
+
+
+def _subject_ids(conn: Connection, entries: Sequence[Entry]) -> dict[str, int]:
+    """The ids of the people that entries name by uid alone (a read of a person's record, an
+    outbox row put back): every entry about a known person is then found by id."""
+    uids = {payload["subject"] for payload, _, subject_id in entries if subject_id is None} - {None}
+    if not uids:
+        return {}
+    found = conn.execute(select(subjects.c.uid, subjects.c.id).where(subjects.c.uid.in_(sorted(uids))))
+    return {uid: subject_id for uid, subject_id in found}
+
+
+def about(conn: Connection, subject_uids: Sequence[str]) -> ColumnElement[bool]:
+    """The entries about these people: by their ids, and by uid the entries that carry no id
+    (written before migration 0013, or naming no known person). The ids are looked up first:
+    as a subquery inside the OR, PostgreSQL would test every entry against it."""
+    uids = sorted(set(subject_uids))
+    ids = conn.execute(select(subjects.c.id).where(subjects.c.uid.in_(uids))).scalars().all() if uids else []
+    return or_(
+        audit_entries.c.subject_id.in_(sorted(ids)),
+        and_(audit_entries.c.subject_id.is_(None), audit_entries.c.subject_uid.in_(uids)),
+    )
 
 
 def erase_details(conn: Connection, subject_id: int) -> int:
@@ -173,7 +199,13 @@ def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
         audit_entries.c.prev_hash,
         audit_entries.c.hash,
         audit_details.c.content,
-    ).outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+        audit_entries.c.subject_id,
+        subjects.c.uid.label("linked_uid"),
+    ).select_from(
+        audit_entries.outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq).outerjoin(
+            subjects, subjects.c.id == audit_entries.c.subject_id
+        )
+    )
     for row in in_pages(conn, query, audit_entries.c.seq, batch):
         problem = _check_entry(row, expected_seq, expected_prev)
         if problem:
@@ -209,6 +241,10 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
         return "payload is not valid JSON"
     if payload.get("seq") != row.seq:
         return f"payload names seq {payload.get('seq')}: the entry was moved"
+    if row.subject_id is not None and row.linked_uid != payload.get("subject"):
+        # The column a person's trail is read by is outside the chain: pointed at someone
+        # else, it would hide the entry from its person's trail.
+        return "subject_id names another person than the entry: the entry was re-pointed"
     digest = payload.get("details_sha256")
     if row.content is not None and digest != details_digest(json.loads(row.content)):
         return "details do not match the digest in the chain: the details were edited"
@@ -232,12 +268,12 @@ class AuditFilters(TypedDict, total=False):
     connector: str | None
 
 
-def _where(**filters: Unpack[AuditFilters]) -> list[Any]:
+def _where(conn: Connection, **filters: Unpack[AuditFilters]) -> list[Any]:
     subject_uids, since, until = filters.get("subject_uids"), filters.get("since"), filters.get("until")
     action, rule, connector = filters.get("action"), filters.get("rule"), filters.get("connector")
     where: list[Any] = []
     if subject_uids is not None:
-        where.append(audit_entries.c.subject_uid.in_(list(subject_uids)))
+        where.append(about(conn, subject_uids))
     if since is not None:
         where.append(audit_entries.c.at >= since)
     if until is not None:
@@ -275,7 +311,7 @@ def entries(
             audit_details.c.content,
         )
         .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
-        .where(*_where(**filters))
+        .where(*_where(conn, **filters))
         .order_by(audit_entries.c.seq.desc() if newest_first else audit_entries.c.seq)
     )
     if limit is not None:
@@ -290,7 +326,7 @@ def entries(
 
 
 def count(conn: Connection, **filters: Unpack[AuditFilters]) -> int:
-    where = _where(**filters)
+    where = _where(conn, **filters)
     return int(conn.execute(select(func.count()).select_from(audit_entries).where(*where)).scalar_one())
 
 

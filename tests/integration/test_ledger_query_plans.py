@@ -24,6 +24,7 @@ from typing import Any
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import event
 
+from consentsync import audit
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.service import Ledger, RecordRequest
@@ -229,4 +230,23 @@ def test_expiry_and_chasing_read_states_through_their_partial_indexes(ledger: Le
         event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
     state_reads = [sql for sql, _ in statements if "FROM consent_states" in sql]
     assert len(state_reads) >= 2, "the expiry and chasing queries were not captured"
+    assert _whole_table_reads(ledger, statements) == []
+
+
+def test_a_persons_audit_trail_is_read_through_the_subject_indexes(ledger: Ledger) -> None:
+    """A person's entries are found by subject id, and those written before 0013 (no id) by uid
+    through the partial index that holds only them: a term that read either way without an index
+    would read the whole log, the largest table of a ledger."""
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ledger.record_many(_requests(ledger, 30, start), batch_size=10)
+    uids = ledger.subject_uids_for_email("person3@example.org")
+    statements = _capture(ledger)
+    try:
+        with ledger.engine.connect() as conn:
+            trail = list(audit.entries(conn, subject_uids=uids, newest_first=True, limit=50))
+            counted = audit.count(conn, subject_uids=uids, action="consent.recorded")
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
+    assert trail and {entry["subject"] for entry in trail} == set(uids)
+    assert counted == 1
     assert _whole_table_reads(ledger, statements) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -131,4 +131,76 @@ def test_consent_events_keep_their_rows_and_guards_through_the_key_change_and_ba
         with pytest.raises(DBAPIError), engine.begin() as writer:
             writer.execute(text(refused))
     assert events() == recorded
+    engine.dispose()
+
+
+def _audit_rows(engine: Engine) -> list[tuple[int, str | None, int | None]]:
+    with engine.connect() as conn:
+        query = text("SELECT seq, subject_uid, subject_id FROM audit_entries WHERE subject_uid IS NOT NULL")
+        return [(seq, uid, subject_id) for seq, uid, subject_id in conn.execute(query)]
+
+
+def test_a_persons_trail_holds_the_entries_written_before_0013_and_after(cli: Cli, ledger_url: str) -> None:
+    """0013 reads a person's trail by subject id without rewriting the append-only log: the
+    entries written before it carry no id and are found by uid, those written after carry the
+    person's id (a read of the record, which names the person by uid alone, too), both come back
+    in one trail, and the chain still verifies."""
+    cli.ok("init")
+    for n in range(3):
+        cli.ok(
+            *record_args(
+                f"p{n}@example.org", "email_marketing", "granted", "--at", f"2026-05-0{n + 1}T10:00:00Z"
+            )
+        )
+    engine = make_engine(ledger_url)
+    command.downgrade(alembic_config(engine), "0012")  # the column goes: every entry is "before"
+    upgrade(engine)
+    before = _audit_rows(engine)
+    assert before and all(subject_id is None for _, _, subject_id in before)
+    cli.ok(*record_args("p0@example.org", "email_marketing", "withdrawn", "--at", "2026-05-09T10:00:00Z"))
+    cli.ok("subject", "show", "p0@example.org")  # subject.viewed: by uid alone
+    after = [row for row in _audit_rows(engine) if row not in before]
+    (uid,) = {uid for _, uid, _ in after}
+    with engine.connect() as conn:
+        subject_id = conn.execute(text("SELECT id FROM subjects WHERE uid = :uid"), {"uid": uid}).scalar()
+    assert {row[2] for row in after} == {subject_id}
+
+    trail = cli.json("audit", "log", "--email", "p0@example.org")
+    assert [entry["seq"] for entry in trail] == sorted(
+        seq for seq, row_uid, _ in before + after if row_uid == uid
+    )
+    assert {"consent.recorded", "subject.viewed"} <= {entry["action"] for entry in trail}
+    assert cli.json("audit", "verify")["ok"] is True
+    engine.dispose()
+
+
+def test_verify_names_an_entry_pointed_at_another_person(cli: Cli, ledger_url: str) -> None:
+    """``subject_id`` is outside the chain: an owner who re-points an entry at someone else would
+    take it out of its person's trail, and ``audit verify`` names that entry."""
+    cli.ok("init")
+    for n in range(2):
+        cli.ok(*record_args(f"p{n}@example.org", "email_marketing", "granted"))
+    engine = make_engine(ledger_url)
+    rows = _audit_rows(engine)
+    (seq, _, first), other = rows[0], next(row[2] for row in rows if row[2] != rows[0][2])
+    guard = (
+        "ALTER TABLE audit_entries {} TRIGGER audit_entries_append_only"
+        if engine.dialect.name == "postgresql"
+        else None
+    )
+    with engine.begin() as conn:
+        if guard:
+            conn.execute(text(guard.format("DISABLE")))
+        else:
+            conn.execute(text("DROP TRIGGER audit_entries_no_update"))
+        conn.execute(
+            text("UPDATE audit_entries SET subject_id = :other WHERE seq = :seq"),
+            {"other": other, "seq": seq},
+        )
+        if guard:
+            conn.execute(text(guard.format("ENABLE")))
+    assert first != other
+    result = cli("audit", "verify")
+    assert result.exit_code != 0
+    assert f"entry {seq}" in result.output and "re-pointed" in result.output
     engine.dispose()

@@ -223,11 +223,23 @@ audit_entries = Table(
     Column("seq", Integer, primary_key=True, autoincrement=False),
     Column("at", Timestamp, nullable=False),
     Column("action", String(64), nullable=False),
-    Column("subject_uid", String(36), index=True),
+    Column("subject_uid", String(36)),
     Column("run_id", String(36), index=True),
     Column("payload", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The person's row, which a person's trail is read by (migration 0013): ids grow as people
+    # are created, so a sync's entries land at the end of the index, not at a random uid's place.
+    # Outside the chain; ``audit.verify`` checks it names the person the payload names.
+    Column("subject_id", Integer),
+    Index("ix_audit_entries_subject_id", "subject_id"),
+    # Entries written before 0013, and any naming no known person, are found by uid.
+    Index(
+        "ix_audit_entries_subject_uid_unlinked",
+        "subject_uid",
+        sqlite_where=text("subject_id IS NULL"),
+        postgresql_where=text("subject_id IS NULL"),
+    ),
 )
 
 audit_details = Table(

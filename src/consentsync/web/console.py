@@ -487,17 +487,17 @@ class Console:
         objections table keeps neither): a policy decision's reason is the rule that made it."""
         if not rows:
             return rows
-        query = (
-            select(audit_entries.c.action, audit_entries.c.payload, audit_details.c.content)
-            .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
-            .where(
-                audit_entries.c.action.in_(("objection.raised", "objection.decided")),
-                audit_entries.c.subject_uid.in_(sorted({row["subject"] for row in rows})),
-            )
-        )
         raised: dict[int, dict[str, Any]] = {}
         reasons: dict[int, str] = {}
         with reading(self.engine) as conn:
+            query = (
+                select(audit_entries.c.action, audit_entries.c.payload, audit_details.c.content)
+                .outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+                .where(
+                    audit_entries.c.action.in_(("objection.raised", "objection.decided")),
+                    audit.about(conn, [row["subject"] for row in rows]),
+                )
+            )
             for action, text, content in conn.execute(query):
                 entry = json.loads(text)
                 key = (entry.get("what") or {}).get("objection")
