@@ -71,8 +71,8 @@ EVENT_INSERT = (
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 AUDIT_INSERT = (
-    "INSERT INTO audit_entries (seq, at, action, subject_uid, run_id, payload, prev_hash, hash)"
-    " VALUES (?,?,?,?,?,?,?,?)"
+    "INSERT INTO audit_entries (seq, at, action, subject_uid, run_id, payload, prev_hash, hash, subject_id)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -160,7 +160,9 @@ def record_floor(db_path: Path, persons: Iterable[int], batch: int) -> FloorRun:
                 option=orjson.OPT_SORT_KEYS,
             ).decode()  # fmt: skip
             digest = hashlib.sha256((prev + payload).encode()).hexdigest()
-            entries.append((seq, NOW, "consent.recorded", uids[subject_id], None, payload, prev, digest))
+            entries.append(
+                (seq, NOW, "consent.recorded", uids[subject_id], None, payload, prev, digest, subject_id)
+            )
             prev = digest
         cursor.executemany(EVENT_INSERT, events)
         cursor.executemany(
