@@ -46,7 +46,6 @@ from pydantic import (
 )
 
 from consentsync.domain import (
-    EMAIL_IN_TEXT,
     EVIDENCE_REF_MAX,
     NOTICE_VERSION_MAX,
     RESTRICTIVENESS,
@@ -61,6 +60,7 @@ from consentsync.domain import (
     normalise_email,
     parse_timestamp,
     shown,
+    without_emails,
 )
 from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, read_document
 
@@ -1049,7 +1049,7 @@ class Mapping:
         # Line breaks and tabs in a CRM's text field read as spaces; an email address in it (a
         # capture note naming the person) is left out: the ledger keeps this text where erasure
         # cannot reach (docs/policy.md, "Erasure"). Anything else that is no label is refused.
-        text = EMAIL_IN_TEXT.sub("[address left out]", " ".join(str(raw).split()))
+        text = without_emails(" ".join(str(raw).split()), "[address left out]")
         if len(text) > limit:
             raise self._bad(record_id, spec.field, raw, f"text of at most {limit} characters")
         try:

@@ -1,6 +1,7 @@
 """What the recording path's shortcuts must not change: ``domain.quick_init`` makes the same
-frozen dataclasses as ``dataclass`` does, and ``check_label``'s cache of accepted labels never
-accepts what the check refuses."""
+frozen dataclasses as ``dataclass`` does, ``check_label``'s cache of accepted labels never
+accepts what the check refuses, the email pattern's "@" first check finds and replaces what the
+pattern alone does, and a keyed hasher made once hashes as ``email_hmac`` does."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from consentsync.domain import (
+    EMAIL_IN_TEXT,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -19,8 +23,11 @@ from consentsync.domain import (
     LawfulBasis,
     Origin,
     check_label,
+    holds_email,
     quick_init,
+    without_emails,
 )
+from consentsync.ledger.identity import email_hmac, keyed_hasher
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +133,31 @@ def test_iso_writes_what_isoformat_writes() -> None:
     ]:
         assert iso(moment) == as_utc(moment).isoformat().replace("+00:00", "Z")
     assert iso(None) is None
+
+
+# Texts near the pattern's edges: an "@" with and without a dot after it, fullwidth and other
+# look-alike signs (which the pattern does not take for an "@"), addresses inside other text.
+_EMAILISH = st.text(
+    alphabet=st.sampled_from(list("ab.@ \t<>,;:'\"/\\|-_+0\n\uff20\ufe6b\u0430é😀")), max_size=40
+)
+
+
+@given(_EMAILISH | st.text(max_size=40))
+@example("write to ann@example.org, or b@c.d")
+@example("ann\uff20example.org")
+def test_the_at_sign_first_finds_and_replaces_what_the_pattern_does(text: str) -> None:
+    assert holds_email(text) is (EMAIL_IN_TEXT.search(text) is not None)
+    assert without_emails(text, "<x>") == EMAIL_IN_TEXT.sub("<x>", text)
+
+
+def test_an_address_in_a_label_is_still_refused() -> None:
+    with pytest.raises(InvalidInput, match="must not hold an email address"):
+        check_label("Contact/003 (capture source: ann@example.org)", "evidence reference", 200)
+    assert check_label("Contact/003 (capture source: web@form)", "evidence reference", 200)
+
+
+@given(st.binary(min_size=1, max_size=200), st.lists(st.text(max_size=60), max_size=5))
+def test_a_keyed_hasher_made_once_hashes_as_email_hmac(key: bytes, texts: list[str]) -> None:
+    hashed = keyed_hasher(key)
+    assert [hashed(text) for text in texts] == [email_hmac(key, text) for text in texts]
+    assert [hashed(text) for text in texts] == [email_hmac(key, text) for text in texts]  # reusable

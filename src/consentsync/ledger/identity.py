@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -67,6 +67,20 @@ def email_hmac(key: bytes, email: str) -> str:
     return hmac.new(key, email.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def keyed_hasher(key: bytes) -> Callable[[str], str]:
+    """``email_hmac`` under one key, for many texts: the keyed state is made once and copied
+    for each text (a sync hashes a few addresses per record; making it anew costs the key's
+    two padded blocks and OpenSSL's lookup of SHA-256 every time: about 40% of the call)."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+
+    def digest(text: str) -> str:
+        one = keyed.copy()
+        one.update(text.encode("utf-8"))
+        return one.hexdigest()
+
+    return digest
+
+
 class SubjectResolver:
     """Resolves a batch of identities to subject ids in one round of queries, creating subjects
     (and their identifiers and links) that are new. Runs inside the caller's transaction."""
@@ -86,7 +100,7 @@ class SubjectResolver:
         # (a new sign-up) is a new subject with their address, as they gave it anew.
         self.from_crm = from_crm
         self.conn = conn
-        self.key = erasure_key
+        self.hashed = keyed_hasher(erasure_key)
         self.now = now
         self.run_id = run_id
         self.audit: list[AuditRecord] = []
@@ -177,7 +191,7 @@ class SubjectResolver:
         or created suppressed because its address had been erased before)."""
         if not emails:
             return {}
-        hashes = {email_hmac(self.key, email): email for email in emails}
+        hashes = {self.hashed(email): email for email in emails}
         found: dict[str, int] = {}
         rows = select_in(
             self.conn,
@@ -211,7 +225,7 @@ class SubjectResolver:
     def _create(self, identities: Sequence[Identity]) -> list[int]:
         if not identities:
             return []
-        hashes = {i.email: email_hmac(self.key, i.email) for i in identities if i.email}
+        hashes = {i.email: self.hashed(i.email) for i in identities if i.email}
         suppressed = dict(
             select_in(
                 self.conn, suppressions, ("email_hmac", "id"), "email_hmac", sorted(set(hashes.values()))

@@ -55,7 +55,7 @@ from consentsync.ledger.bulk import (
 )
 from consentsync.ledger.checkpoint import after_commit
 from consentsync.ledger.engine import analyse_grown, reading, statistics_settled
-from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac
+from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac, keyed_hasher
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     consent_events,
@@ -172,8 +172,7 @@ class Ledger:
     def keyed_hasher(self) -> Callable[[str], str]:
         """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
         (the sync engine keeps one of each CRM record's identity beside its snapshot)."""
-        key = self.erasure_key()
-        return lambda text: email_hmac(key, text)
+        return keyed_hasher(self.erasure_key())
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -213,7 +212,9 @@ class Ledger:
 
     # -- consent events ------------------------------------------------------------------------
 
-    def validate(self, evidence: Evidence) -> Purpose:
+    def validate(self, evidence: Evidence, *, now: datetime | None = None) -> Purpose:
+        """The purpose ``evidence`` is about, if the ledger accepts it (else ``InvalidInput``).
+        ``now``: the clock as the caller read it for a batch (a sync's page), not read again."""
         purpose = self.purposes.get(evidence.purpose)
         if purpose is None:
             raise InvalidInput(
@@ -226,7 +227,7 @@ class Ledger:
             )
         # Event times are bounded by now (plus the allowed clock skew) and by 1970; every text
         # has its maximum length and no control character or email address (docs/policy.md).
-        now = self.clock()
+        now = now or self.clock()
         check_moment(evidence.event_time, "event time", now, self.max_clock_skew_seconds)
         check_moment(evidence.double_opt_in_at, "double opt-in time", now, self.max_clock_skew_seconds)
         check_label(evidence.source, "source", SOURCE_MAX, required=True)

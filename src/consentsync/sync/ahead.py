@@ -38,7 +38,7 @@ import structlog
 from sqlalchemy import func, select
 
 from consentsync.collector import BULK_THRESHOLDS
-from consentsync.domain import EMAIL_IN_TEXT
+from consentsync.domain import without_emails
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import state_changes, sync_examine
 from consentsync.ledger.service import Ledger
@@ -198,4 +198,4 @@ def decide_ahead(recipe: Recipe, after: int, now: datetime, batch_size: int, pip
 def _loggable(error: Exception) -> str:
     """The error's first line, without addresses or secrets (a driver's error can quote a value)."""
     first = str(error).splitlines()[0][:200] if str(error) else ""
-    return scrub(EMAIL_IN_TEXT.sub("<email address>", first))
+    return scrub(without_emails(first, "<email address>"))

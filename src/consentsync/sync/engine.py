@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.collector import collecting_less_often
-from consentsync.domain import EMAIL_IN_TEXT, EffectiveState, Evidence, InvalidInput, canonical_json, iso
+from consentsync.domain import EffectiveState, Evidence, InvalidInput, canonical_json, iso, without_emails
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
@@ -746,7 +746,7 @@ class SyncEngine:
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
                 for item in evidence:
-                    self.ledger.validate(item)
+                    self.ledger.validate(item, now=now)
             except InvalidInput as error:
                 problems.append(
                     self._quarantine_row(report, mapping.object, record.record_id, "pull", str(error), now)
@@ -1963,11 +1963,7 @@ def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:
 
 
 def _without_addresses(value: Any) -> Any:
-    # Every address has an "@": most values (flags, picklists, ids) are let through without the
-    # pattern's scan, which would otherwise be the costliest step of reading a record again.
-    if isinstance(value, str) and "@" in value:
-        return EMAIL_IN_TEXT.sub("[address left out]", value)
-    return value
+    return without_emails(value, "[address left out]") if isinstance(value, str) else value
 
 
 def _evidence_key(evidence: Evidence) -> str:
