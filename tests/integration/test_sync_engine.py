@@ -360,3 +360,61 @@ def test_a_write_by_another_connection_between_pages_is_seen_by_the_next_page(
     later = [row for row in rows if row.updated_at.replace(tzinfo=erased["at"].tzinfo) > erased["at"]]
     assert later, "no page wrote this person's states after the erasure"
     assert all(row.suppressed and row.rule == "erasure_suppression" for row in later), later
+
+
+@pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)  # the run's own writer: SQLite's
+def test_batches_behind_the_reads_commit_together_and_no_read_holds_the_write_lock(
+    ledger: Ledger, config_path: Path
+) -> None:
+    """Batches already read commit together (sync/writer.py), but the ledger's write lock is
+    never held while the run waits for the CRM's next page: another writer (a capture, an
+    erasure) waits for a batch at most, not for a read. Every query page takes 0.8 s here."""
+    import sqlite3
+    import threading
+    import time
+
+    from sqlalchemy import event
+
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(500, seed=3)  # several query pages of 200 for the contacts
+        sandbox.faults.update(delay=0.8, delay_kinds=("query", "queryMore"))
+        engine = _engine(ledger, config_path, sandbox)
+        pulling, batches, commits = [False], [0], [0]
+        pull, commit_page = engine._pull, engine._commit_read_page
+
+        def counted_pull(*args: Any, **kwargs: Any) -> None:
+            pulling[0] = True
+            try:
+                pull(*args, **kwargs)
+            finally:
+                pulling[0] = False
+
+        def counted_page(*args: Any, **kwargs: Any) -> None:
+            batches[0] += 1
+            commit_page(*args, **kwargs)
+
+        engine._pull, engine._commit_read_page = counted_pull, counted_page  # type: ignore[method-assign]
+        event.listen(ledger.engine, "commit", lambda _conn: commits.__setitem__(0, commits[0] + pulling[0]))
+        waits: list[float] = []
+        done = threading.Event()
+
+        def other_writer() -> None:
+            db = sqlite3.connect(str(ledger.engine.url.database), timeout=30, isolation_level=None)
+            while not done.is_set():
+                started = time.monotonic()
+                db.execute("BEGIN IMMEDIATE")
+                waits.append(time.monotonic() - started)
+                db.execute("ROLLBACK")
+                time.sleep(0.02)
+            db.close()
+
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        try:
+            report = engine.run(full=True)
+        finally:
+            done.set()
+            thread.join()
+    assert report.status == "succeeded", report.error
+    assert commits[0] < batches[0], f"{commits[0]} commits for {batches[0]} batches: none went together"
+    assert len(waits) > 20 and max(waits) < 0.5, f"another writer waited {max(waits):.2f} s for the lock"

@@ -163,3 +163,27 @@ def test_ready_hands_over_the_items_before_an_error_and_raises_it_at_the_next_ca
     assert [item for item, _ in items.ready()] == [1]
     with pytest.raises(RuntimeError, match="went away"):
         items.ready()
+
+
+def test_waiting_tells_whether_the_next_item_is_there_without_waiting() -> None:
+    release = threading.Event()
+
+    def source() -> Iterator[int]:
+        yield 1
+        yield 2
+        release.wait(5)  # the CRM's next page is slow
+        yield 3
+
+    for make in (lambda: Prefetch(source(), depth=3), lambda: PrefetchEach([source()], depth=3)):
+        release.clear()
+        with make() as pages:
+            assert next(pages)[0] == 1
+            deadline = time.monotonic() + 5
+            while not pages.waiting and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert pages.waiting  # 2 is in
+            assert next(pages)[0] == 2
+            time.sleep(0.1)
+            assert not pages.waiting  # 3 is still being read
+            release.set()
+            assert next(pages)[0] == 3

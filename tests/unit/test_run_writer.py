@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from consentsync.ledger import checkpoint
-from consentsync.ledger.engine import make_engine
+from consentsync.ledger.engine import READ_ONLY, make_engine
 from consentsync.sync.writer import RunWriter
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
@@ -96,3 +96,75 @@ def test_the_run_empties_a_large_log_itself_and_keeps_what_it_knows(engine, monk
     assert emptied, f"the log grew to {largest} bytes and was never started over"
     assert writer.warm.knows(7), "restarting the log emptied the run's cache"
     writer.close()
+
+
+def _rows(engine) -> list[int]:
+    """What another connection sees (a reader: it takes no write lock)."""
+    with engine.connect().execution_options(**{READ_ONLY: True}) as other:
+        return [v for (v,) in other.execute(text("SELECT v FROM t ORDER BY v"))]
+
+
+def test_deferred_transactions_commit_together_with_the_next_one(engine) -> None:
+    writer = RunWriter(engine)
+    for value in (1, 2):
+        with writer.transaction(defer=True) as conn:
+            conn.execute(text(f"INSERT INTO t VALUES ({value})"))
+        assert writer.deferring
+        assert _rows(engine) == [], "another connection saw a transaction not yet committed"
+    with writer.transaction() as conn:  # not deferred: ends the group
+        conn.execute(text("INSERT INTO t VALUES (3)"))
+    assert not writer.deferring
+    assert _rows(engine) == [1, 2, 3]
+    with writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (4)"))
+    writer.commit()
+    assert _rows(engine) == [1, 2, 3, 4]
+    writer.close()
+
+
+def test_a_failure_in_a_group_rolls_all_of_it_back_and_empties_the_cache(engine) -> None:
+    writer = RunWriter(engine)
+    with writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+        _stage(writer, 7)
+    assert writer.warm.knows(7)  # the group's next transaction reads what the first one wrote
+    with pytest.raises(RuntimeError), writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (2)"))
+        raise RuntimeError("the second page failed")
+    assert not writer.deferring
+    assert not writer.warm.knows(7), "the cache kept what a rolled-back group wrote"
+    writer.commit()
+    assert _rows(engine) == []
+    with writer.transaction() as conn:  # the connection is usable again
+        conn.execute(text("INSERT INTO t VALUES (5)"))
+    assert _rows(engine) == [5]
+    writer.close()
+
+
+def test_a_group_is_bounded_by_transactions_and_by_time(engine, monkeypatch) -> None:
+    from consentsync.sync import writer as module
+
+    monkeypatch.setattr(module, "MAX_JOINED", 3)
+    writer = RunWriter(engine)
+    for value in range(1, 4):
+        with writer.transaction(defer=True) as conn:
+            conn.execute(text(f"INSERT INTO t VALUES ({value})"))
+    assert not writer.deferring and _rows(engine) == [1, 2, 3], "the third joined did not commit"
+    clock = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: clock[0])
+    with writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (4)"))
+    assert writer.deferring
+    clock[0] += module.MAX_OPEN_SECONDS
+    with writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (5)"))
+    assert not writer.deferring and _rows(engine) == [1, 2, 3, 4, 5], "a group outlived its time"
+    writer.close()
+
+
+def test_closing_the_writer_rolls_back_a_group_left_open(engine) -> None:
+    writer = RunWriter(engine)
+    with writer.transaction(defer=True) as conn:
+        conn.execute(text("INSERT INTO t VALUES (1)"))
+    writer.close()
+    assert _rows(engine) == []

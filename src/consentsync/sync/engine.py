@@ -489,18 +489,25 @@ class SyncEngine:
                     outer.rollback()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        """A write transaction that holds only while this run still owns its connector."""
+    def _transaction(self, *, defer: bool = False) -> Iterator[Connection]:
+        """A write transaction that holds only while this run still owns its connector. With
+        ``defer``, on the run's own write connection, its commit may be left to the next
+        transaction (``RunWriter.transaction``); ``_commit_deferred`` commits it."""
         if self._shared is not None:
             yield self._shared
         elif self._writer is not None:
-            with self._writer.transaction(self._lease.check if self._lease is not None else None) as conn:
+            check = self._lease.check if self._lease is not None else None
+            with self._writer.transaction(check, defer=defer) as conn:
                 yield conn
         else:
             with self.ledger.engine.begin() as conn:
                 if self._lease is not None:
                     self._lease.check(conn)
                 yield conn
+
+    def _commit_deferred(self) -> None:
+        if self._writer is not None:
+            self._writer.commit()
 
     def _warm_for(self, conn: Connection) -> WarmSubjects | None:
         """What the run's committed pages know about their people, for a transaction on the
@@ -542,11 +549,13 @@ class SyncEngine:
         object's first page is on its way while the last one's is committed. A plan hands in
         the pages it read beforehand (``spooled``)."""
 
-        def take(read: _Read, page: list[CrmRecord] | None, final: Cursor | None) -> None:
+        def take(
+            read: _Read, page: list[CrmRecord] | None, final: Cursor | None, *, defer: bool = False
+        ) -> None:
             if page is None:
                 self._end_read(read, final, report, until=until)
             else:
-                self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run)
+                self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run, defer=defer)
 
         if spooled is not None:
             for item in spooled:
@@ -578,15 +587,24 @@ class SyncEngine:
                 name=f"consentsync-read-{self.name}",
             )
         with pages:
-            while True:
-                with _timed(report, "read"):
-                    got = next(pages, None)
-                if got is None:
-                    break
-                item, _ = got
-                if self.stop_requested.is_set():
-                    raise _Stop
-                take(*item)
+            try:
+                while True:
+                    with _timed(report, "read"):
+                        got = next(pages, None)
+                    if got is None:
+                        break
+                    item, _ = got
+                    if self.stop_requested.is_set():
+                        raise _Stop
+                    # Behind the reads (the next batch is in): the batch's commit may wait for
+                    # the next one's. Never while the run waits for the CRM: the ledger's write
+                    # lock is not held across a read.
+                    take(*item, defer=pages.waiting)
+            finally:
+                # Whatever stopped the pages (their end, a stop, the CRM's error), the batches
+                # taken are whole, each with its cursor: commit them. A batch that failed rolled
+                # its group back itself, and the run ends.
+                self._commit_deferred()
         if self.stop_requested.is_set():
             raise _Stop
 
@@ -618,6 +636,7 @@ class SyncEngine:
         *,
         until: datetime,
         dry_run: bool,
+        defer: bool = False,
     ) -> None:
         """Commits one page, the read's cursor moving with it and never backwards (pages inside
         the look-back window are behind it). The cursor keeps the read's upper bound, ``until``:
@@ -632,7 +651,7 @@ class SyncEngine:
         candidate = final or Cursor(last.modstamp, last.record_id, read.stored.token, until)
         position = read.position
         advance = final is not None or position.modstamp is None or _later(candidate, position)
-        with _timed(report, "pages"), self._transaction() as conn:
+        with _timed(report, "pages"), self._transaction(defer=defer) as conn:
             self._commit_page(
                 conn,
                 read.mapping,
@@ -645,7 +664,9 @@ class SyncEngine:
             read.position = candidate
         read.kept = final is not None
         report.counts.api_calls = self.connector.usage.calls
-        self.progress(report)
+        if self._writer is None or not self._writer.deferring:
+            # Progress is told committed work only: its callback may write to the ledger itself.
+            self.progress(report)
 
     def _end_read(self, read: _Read, final: Cursor | None, report: RunReport, *, until: datetime) -> None:
         position = read.position
@@ -661,6 +682,9 @@ class SyncEngine:
                 self._save_cursor(
                     conn, read.key, replace(position, read_until=until), report.run_id, self.ledger.clock()
                 )
+        # The next read's first page is asked of the CRM: no write lock held meanwhile.
+        self._commit_deferred()
+        self.progress(report)
 
     def _reread_quarantined(self, report: RunReport) -> None:
         """Records quarantined on reading that ops asked to retry are read again by id and go

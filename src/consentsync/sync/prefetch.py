@@ -119,6 +119,11 @@ class Prefetch(Generic[T]):
         return items
 
     @property
+    def waiting(self) -> bool:
+        """Whether the next item (or the end, or an error) is there to take without waiting."""
+        return self._error is not None or not self._queue.empty()
+
+    @property
     def finished(self) -> bool:
         """True once the consumer took the last item (or the error that ended the source)."""
         return self._finished and self._error is None
@@ -190,6 +195,11 @@ class PrefetchEach(Generic[T]):
 
     def __iter__(self) -> Iterator[tuple[T, Any]]:
         return self
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the current source's next item is there to take without waiting."""
+        return self._current < len(self._each) and self._each[self._current].waiting
 
     def __next__(self) -> tuple[T, Any]:
         while self._current < len(self._each):
