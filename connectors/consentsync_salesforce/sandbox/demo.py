@@ -25,6 +25,12 @@ from consentsync.sync.engine import RunReport
 from consentsync_salesforce.sandbox.server import SalesforceSandbox
 
 MAPPINGS = ("contact.yaml", "lead.yaml", "individual.yaml", "contact_point_type_consent.yaml")
+# The field each object's shipped mapping keeps in step with email marketing on email.
+EMAIL_MARKETING_FIELDS = {
+    "Contact": "HasOptedOutOfEmail",
+    "Lead": "HasOptedOutOfEmail",
+    "Individual": "HasOptedOutSolicit",
+}
 
 
 def find_mappings() -> Path:
@@ -78,10 +84,8 @@ def run_demo(
             f"{len(view['crm_records'])} Salesforce records:"
         )
         for link in view["crm_records"]:
-            if link["object"] in ("Contact", "Lead"):
-                record = sandbox.org.get(link["record_id"])
-                flag = record["HasOptedOutOfEmail"]
-                say(f"  {link['object']} {link['record_id']}: HasOptedOutOfEmail={flag}")
+            shown = _consent_fields(sandbox, link["object"], link["record_id"])
+            say(f"  {link['object']} {link['record_id']}: {shown}")
         summary["api_calls_served"] = sandbox.total_calls
     elapsed = time.monotonic() - started
     summary["seconds"] = round(elapsed, 1)
@@ -93,6 +97,23 @@ def run_demo(
     if not keep and workdir is None:
         say(f"(the files stay in {work}; delete the folder when done)")
     return summary
+
+
+def _consent_fields(sandbox: SalesforceSandbox, object_type: str, record_id: str) -> str:
+    """What a record of the person says now, in the fields the shipped mappings keep in step
+    for email marketing; a consent record is about one purpose and channel, named with it (a
+    person's consent records for other purposes keep their own state)."""
+    record = sandbox.org.get(record_id)
+    field = EMAIL_MARKETING_FIELDS.get(object_type)
+    if field is not None:
+        return f"{field}={record[field]}"
+    if object_type == "ContactPointTypeConsent":
+        purpose = sandbox.org.get(record["DataUsePurposeId"])["Name"]
+        return (
+            f"PrivacyConsentStatus={record['PrivacyConsentStatus']} "
+            f"(for {purpose} by {record['ContactPointType']})"
+        )
+    return "(no consent field shown)"
 
 
 def _write_config(work: Path, sandbox: Any) -> Path:

@@ -1,0 +1,28 @@
+"""`consentsync demo` (Salesforce): after the withdrawal, every record linked to the person is
+listed with what it says now, and each field the mappings keep in step for email marketing says
+opted out, read from the sandbox's org, not from the ledger."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from consentsync_salesforce.sandbox.demo import run_demo
+
+
+def test_the_withdrawal_is_shown_on_every_linked_record(tmp_path: Path) -> None:
+    lines: list[str] = []
+    summary = run_demo(records=60, workdir=tmp_path, say=lines.append)
+    assert summary["incremental"]["status"] == "succeeded"
+
+    headline = next(i for i, line in enumerate(lines) if "email_marketing/email is withdrawn" in line)
+    count = int(re.search(r"across (\d+) Salesforce records", lines[headline]).group(1))  # type: ignore[union-attr]
+    shown = lines[headline + 1 : headline + 1 + count]
+    assert len(shown) == count and all(line.startswith("  ") for line in shown), lines[headline:]
+    assert "(no consent field shown)" not in "\n".join(shown)
+    objects = {line.split()[0] for line in shown}
+    assert {"Contact", "Individual"} <= objects, shown
+    # Each object's email-marketing field was pushed (the Individual's "Don't Solicit" too).
+    flags = [line for line in shown if "HasOptedOut" in line]
+    assert flags and all(line.endswith("=True") for line in flags), flags
+    assert all("(for " in line for line in shown if line.split()[0] == "ContactPointTypeConsent")
