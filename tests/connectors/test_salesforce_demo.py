@@ -9,6 +9,10 @@ from pathlib import Path
 
 from consentsync_salesforce.sandbox.demo import run_demo
 
+from consentsync import audit
+from consentsync.app import open_ledger
+from consentsync.config import load_config
+
 
 def test_the_withdrawal_is_shown_on_every_linked_record(tmp_path: Path) -> None:
     lines: list[str] = []
@@ -26,3 +30,22 @@ def test_the_withdrawal_is_shown_on_every_linked_record(tmp_path: Path) -> None:
     flags = [line for line in shown if "HasOptedOut" in line]
     assert flags and all(line.endswith("=True") for line in flags), flags
     assert all("(for " in line for line in shown if line.split()[0] == "ContactPointTypeConsent")
+
+
+def test_the_person_who_unsubscribes_was_allowed_email_marketing(tmp_path: Path) -> None:
+    """The demo's withdrawal changes what the ledger decides: it is made by a person the ledger
+    allowed email marketing after the first sync (an opt-in on record), not merely one whose box
+    was left unticked (a box is left alone where the ledger holds no evidence)."""
+    summary = run_demo(records=60, workdir=tmp_path, say=lambda _line: None)
+    ledger = open_ledger(load_config(tmp_path / "consentsync.yaml"))
+    email = summary["changes"]["withdrawn_email"]
+    uid = ledger.subject_view(email)["subject"]
+    with ledger.engine.connect() as conn:
+        recorded = [
+            entry
+            for entry in audit.entries(conn, subject_uids=[uid], action="consent.recorded")
+            if entry["what"].get("purpose") == "email_marketing"
+        ]
+    withdrawal = recorded[-1]
+    assert withdrawal["what"]["status"] == "withdrawn"
+    assert (withdrawal["old"]["status"], withdrawal["old"]["suppressed"]) == ("granted", False), withdrawal

@@ -101,8 +101,8 @@ def run_demo(
 
 def _consent_fields(sandbox: SalesforceSandbox, object_type: str, record_id: str) -> str:
     """What a record of the person says now, in the fields the shipped mappings keep in step
-    for email marketing; a consent record is about one purpose and channel, named with it (a
-    person's consent records for other purposes keep their own state)."""
+    for email marketing; a consent record (about one purpose and channel, named with it) is
+    evidence the mappings only read, and keeps what its capture tool wrote."""
     record = sandbox.org.get(record_id)
     field = EMAIL_MARKETING_FIELDS.get(object_type)
     if field is not None:
@@ -111,7 +111,8 @@ def _consent_fields(sandbox: SalesforceSandbox, object_type: str, record_id: str
         purpose = sandbox.org.get(record["DataUsePurposeId"])["Name"]
         return (
             f"PrivacyConsentStatus={record['PrivacyConsentStatus']} "
-            f"(for {purpose} by {record['ContactPointType']})"
+            f"(for {purpose} by {record['ContactPointType']}; evidence, only read: its mapping "
+            "leaves consent records to the tools that capture them)"
         )
     return "(no consent field shown)"
 
@@ -169,29 +170,38 @@ def _sync(
     return {"run_id": report.run_id, "status": report.status, **asdict(c)}
 
 
+def _address(record: dict[str, Any]) -> str:
+    return str(record.get("Email") or "").strip().lower()
+
+
 def _change_org(sandbox: Any, ledger: Any, say: Callable[[str], None]) -> dict[str, Any]:
     org = sandbox.org
     everyone = [c for c in org.records("Contact") if c.get("Email")]
-    # After the first sync, an unticked box means the ledger holds an opt-in for the person.
-    allowed = [c for c in everyone if not c.get("HasOptedOutOfEmail")] or everyone
-    lead_emails = {str(lead.get("Email") or "").lower() for lead in org.records("Lead")}
+
+    # People the ledger allows email marketing (an opt-in on record), so that the withdrawal
+    # changes what it decides. Not "an unticked box": a box is left as it is for a person the
+    # ledger holds no evidence for (defaults are not evidence, docs/adoption.md).
+    def allowed(contact: dict[str, Any]) -> bool:
+        return not ledger.decision_for(_address(contact), "email_marketing", "email")[1].suppressed
+
+    unticked = [c for c in everyone if not c.get("HasOptedOutOfEmail")] or everyone
+    lead_emails = {_address(lead) for lead in org.records("Lead")}
     # Preferably a person who also exists as a Lead: the withdrawal must reach both records.
-    target = next((c for c in allowed if str(c["Email"]).lower() in lead_emails), allowed[0])
+    ordered = sorted(unticked, key=lambda c: _address(c) not in lead_emails)
+    target = next((c for c in ordered if allowed(c)), ordered[0])
     org.update(target["Id"], {"HasOptedOutOfEmail": True})
     say(f"  - {target['Email']} unsubscribed on Contact {target['Id']}")
-    other = next(
-        c for c in everyone if c["Id"] != target["Id"] and str(c["Email"]).lower() not in lead_emails
-    )
+    other = next(c for c in everyone if c["Id"] != target["Id"] and _address(c) not in lead_emails)
     lead_id = org.create(
         "Lead", {"LastName": other.get("LastName") or "Doe", "Company": "Demo Ltd", "Email": other["Email"]}
     )
     say(f"  - a new Lead {lead_id} with the email of Contact {other['Id']}")
     objector = next(
-        (c for c in allowed if c["Id"] not in (target["Id"], other["Id"])),
+        (c for c in unticked if c["Id"] not in (target["Id"], other["Id"]) and allowed(c)),
         next(c for c in everyone if c["Id"] not in (target["Id"], other["Id"])),
     )
     objection = ledger.raise_objection(
-        str(objector["Email"]).strip().lower(),
+        _address(objector),
         "email_marketing",
         direct_marketing=True,
         source="dpo-mailbox",
@@ -202,8 +212,8 @@ def _change_org(sandbox: Any, ledger: Any, say: Callable[[str], None]) -> dict[s
         f"(objection {objection['id']}, {objection['status']})"
     )
     return {
-        "withdrawn_email": str(target["Email"]).strip().lower(),
+        "withdrawn_email": _address(target),
         "withdrawn_contact": target["Id"],
         "new_lead": lead_id,
-        "objector_email": str(objector["Email"]).strip().lower(),
+        "objector_email": _address(objector),
     }
