@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,13 +81,28 @@ def _shell(command: str, cwd: Path, timeout: float = 300) -> subprocess.Complete
     return done
 
 
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The two wheels, built once for every xdist worker that runs these tests: two builds side by
+    side share the checkout's build/ folder and break each other (seen with two workers)."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the folder every worker's own temporary folder is in
+    dist = shared / "wheels"
+    with FileLock(str(shared / "wheels.lock")):
+        if not (dist / ".built").exists():
+            shutil.rmtree(dist, ignore_errors=True)  # what a build that failed left behind
+            _shell(BUILD.format(dist=dist, src=ROOT), cwd=shared)
+            _shell(BUILD.format(dist=dist, src=ROOT / "sandboxes"), cwd=shared)
+            (dist / ".built").touch()
+    return dist
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+def installed(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Installed:
     base = tmp_path_factory.mktemp("wheel")
-    dist, venv, home = base / "dist", base / "venv", base / "home"
+    dist, venv, home = wheels, base / "venv", base / "home"
     home.mkdir()
-    _shell(BUILD.format(dist=dist, src=ROOT), cwd=base)
-    _shell(BUILD.format(dist=dist, src=ROOT / "sandboxes"), cwd=base)
     _shell(INSTALL.format(venv=venv, dist=dist, extras=""), cwd=base)
     installed = Installed(venv, dist, home, {})
     installed.runtime = {
