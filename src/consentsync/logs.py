@@ -31,7 +31,13 @@ ENV_FORMAT = "CONSENTSYNC_LOG_FORMAT"
 ENV_LEVEL = "CONSENTSYNC_LOG_LEVEL"
 
 # Libraries that say too much at the daemon's INFO: each run would log three lines of its own.
-_QUIETER = {"apscheduler.executors": logging.WARNING, "urllib3": logging.WARNING}
+_QUIETER = {
+    "apscheduler.executors": logging.WARNING,
+    "urllib3": logging.WARNING,
+    # Seven "setup plugin alembic.autogenerate..." lines whenever the migrations are looked at
+    # (every daemon start): Alembic's own set-up, nothing about the ledger.
+    "alembic.runtime.plugins": logging.WARNING,
+}
 
 
 class _StandardStream(logging.StreamHandler):  # type: ignore[type-arg]

@@ -173,6 +173,8 @@ def test_daemon_logs_json_lines_records_every_failure_and_is_not_ready(
     events = {line["event"] for line in lines}
     assert {"daemon.started", "daemon.stopped", "sync.failed", "sync.crashed"} <= events
     assert any(line.get("logger", "").startswith("apscheduler") for line in lines)
+    # Not a line of Alembic's own set-up (seven "setup plugin ..." lines at every start).
+    assert not [line for line in lines if line.get("logger", "").startswith("alembic.runtime.plugins")]
     crashed = next(line for line in lines if line["event"] == "sync.crashed")
     frames = crashed["exception"][0]["frames"]
     assert crashed["exception"][0]["exc_type"] == "FailpointHit"
