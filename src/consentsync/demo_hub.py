@@ -4,7 +4,8 @@ A person exists in every CRM sandbox, opted out of email marketing. On the compa
 they sign up for the newsletter: the form posts to the capture API (`/v1/consents`, with an API
 key), and because the purpose asks for double opt-in the ledger records "requested" and mails a
 confirmation link. A local SMTP server (aiosmtpd) receives the mail; the demo follows the link
-and confirms, as the person would. Every CRM syncs and is told the person opted in. Then the
+and confirms, as the person would. Every CRM syncs and is told the person opted in (where its
+mapping writes grants, and the CRM accepts one from an integration). Then the
 person opens the preference page linked from that mail and withdraws; every CRM syncs again and
 is told the person opted out. The console serves the API and the pages on a real port.
 
@@ -31,6 +32,7 @@ from consentsync.demo import email_marketing_state
 from consentsync.demo_crms import PERSON, _past_this_second, _sync, _write_config
 from consentsync.domain import InvalidInput
 from consentsync.ledger.service import utcnow
+from consentsync.mapping import load_mapping
 from consentsync.sdk.harness import available_harnesses
 from consentsync.sdk.registry import SANDBOX_EXTRA
 
@@ -182,8 +184,12 @@ def run_hub_demo(
         refused = _refusals(ledger)
         for vendor, opted_out in summary["after_opt_in"].items():
             why = refused.get((f"{vendor}-demo", ids[vendor]))
-            say(f"  {vendor} {ids[vendor]}: opted out of email = {opted_out}"
-                + (f" (the CRM refused the opt-in: {why}; quarantined for ops)" if why else ""))  # fmt: skip
+            if why:
+                why = f" (the CRM refused the opt-in: {why.rstrip('.')}; quarantined for ops)"
+            elif opted_out and not _writes_grants(harnesses[vendor]):
+                why = (" (its mapping writes no grant: `allowed` is left out of the push table, and "
+                       "the CRM's own capture records consents)")  # fmt: skip
+            say(f"  {vendor} {ids[vendor]}: opted out of email = {opted_out}{why or ''}")
 
         requests.post(
             f"{preferences}/choose",
@@ -212,6 +218,20 @@ def run_hub_demo(
     say(f"the demo took {summary['seconds']} s; look further with: "
         f"consentsync --config {work / 'consentsync.yaml'} subject show {PERSON}")  # fmt: skip
     return summary
+
+
+def _writes_grants(harness: Any) -> bool:
+    """Whether the harness's mapping of its object writes email marketing's grants (its status
+    push table names ``allowed``): some leave a consent to be recorded in the CRM itself."""
+    for path in harness.mapping_files:
+        mapping = load_mapping(path)
+        if mapping.object != harness.object_type:
+            continue
+        for consent, pairs in mapping.pairs:
+            status = consent.status
+            if ("email_marketing", "email") in pairs and status is not None and status.push:
+                return "allowed" in status.push
+    return False
 
 
 def _refusals(ledger: Any) -> dict[tuple[str, str], str]:
