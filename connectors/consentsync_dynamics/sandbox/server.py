@@ -1060,7 +1060,8 @@ def serve_forever(*, port: int = 8447, records: int = 200, seed: int, host: str)
     }
     who = {
         **credential_lines(sandbox.credentials, "tenant_id", "client_id", "client_secret"),
-        "seeded": f"{len(made['contacts'])} contacts, {len(made['consents'])} consents (seed {seed})",
+        "seeded": f"{len(made['contacts'])} contacts, {len(made['consents'])} consents "
+        f"(--random-seed {seed})",
     }
     return Serving(sandbox, running_lines("Dynamics 365 / Dataverse", sandbox, where, who))
 

@@ -1342,7 +1342,7 @@ def serve_forever(*, port: int = 8445, records: int = 500, seed: int, host: str)
     who = {
         "access token": f"{sandbox.credentials.access_token}   (private app; all scopes)",
         "subscriptions": ", ".join(f"{k} {v[0]}" for k, v in portal.definitions.items()),
-        "seeded": f"{portal.count()} contacts (seed {seed})",
+        "seeded": f"{portal.count()} contacts (--random-seed {seed})",
     }
     return Serving(sandbox, running_lines("HubSpot", sandbox, {"API URL": sandbox.api_url}, who))
 

@@ -1238,7 +1238,8 @@ def serve_forever(*, port: int = 8443, records: int = 2000, seed: int, host: str
         "password": c.password,
         "JWT key": f"{jwt_key_path}   (RS256; iss=client_id, sub=username, aud={sandbox.login_url})",
         "seeded": f"{len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
-        f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents (seed {seed})",
+        f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents "
+        f"(--random-seed {seed})",
     }
     return Serving(sandbox, running_lines("Salesforce", sandbox, where, who), cleanup=tls.cleanup)
 

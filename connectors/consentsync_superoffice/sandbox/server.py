@@ -448,7 +448,7 @@ def serve_forever(*, port: int = 8444, records: int = 500, seed: int, host: str)
         **credential_lines(sandbox.credentials, "client_id", "client_secret", "refresh_token"),
         "access token": f"{sandbox.issue_token()}   (valid {int(sandbox.token_lifetime)} s)",
         "seeded": f"{summary['persons']} persons, {summary['emarketing']} e-marketing consents "
-        f"({summary['withdrawn']} withdrawn), seed {seed}",
+        f"({summary['withdrawn']} withdrawn), --random-seed {seed}",
     }
     return Serving(sandbox, running_lines("SuperOffice", sandbox, where, who))
 

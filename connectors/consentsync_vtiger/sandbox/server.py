@@ -1100,7 +1100,7 @@ def serve_forever(
         "access key": c.access_key,
         "seeded": f"{len(made['contacts'])} contacts, {len(made['leads'])} leads, "
         f"{len(made['accounts'])} organisations, {len(made['consents'])} Privacy Guard consents "
-        f"(seed {seed})",
+        f"(--random-seed {seed})",
     }
     where = {"url": f"{sandbox.url}   (API: {sandbox.webservice_url})"}
     return Serving(sandbox, running_lines("Vtiger", sandbox, where, who))

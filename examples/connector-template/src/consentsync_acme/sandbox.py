@@ -209,7 +209,7 @@ def serve_forever(*, port: int = 8450, records: int = 200, seed: int, host: str)
             at=ended - dt.timedelta(seconds=records - index),
         )
     sandbox.start()
-    who = {"api_key": sandbox.api_key, "seeded": f"{len(sandbox.contacts)} contacts (seed {seed})"}
+    who = {"api_key": sandbox.api_key, "seeded": f"{len(sandbox.contacts)} contacts (--random-seed {seed})"}
     return Serving(sandbox, running_lines("Acme", sandbox, {"API URL": sandbox.base_url}, who))
 
 
