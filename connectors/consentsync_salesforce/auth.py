@@ -48,11 +48,18 @@ def request_token(session: requests.Session, config: SalesforceSettings) -> Toke
 
 def _assertion(config: SalesforceSettings) -> str:
     assert config.private_key_file
-    key = Path(config.private_key_file).read_text()
     claims = {
         "iss": config.client_id,
         "sub": config.username,
         "aud": config.login_url.rstrip("/"),
         "exp": int(time.time()) + 180,
     }
-    return jwt.encode(claims, key, algorithm="RS256")
+    try:
+        return jwt.encode(claims, Path(config.private_key_file).read_text(), algorithm="RS256")
+    except (OSError, UnicodeDecodeError, jwt.PyJWTError) as error:
+        # The admin's to fix (the file named by private_key_file), not a crash of the run.
+        reason = error.strerror if isinstance(error, OSError) else "not an RSA private key in PEM"
+        raise sdk.ConnectorError(
+            f"settings.private_key_file {config.private_key_file}: {reason}",
+            sdk.ErrorRule(sdk.Action.FAIL, sdk.Fault.CONFIG, "JWT key unusable"),
+        ) from None

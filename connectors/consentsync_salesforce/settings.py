@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from consentsync.sdk import ConnectorSettings, DailyBudget
+from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile
 
 
 class SalesforceSettings(ConnectorSettings):
@@ -21,7 +21,7 @@ class SalesforceSettings(ConnectorSettings):
     username: str | None = None
     password: str | None = None
     security_token: str | None = None
-    private_key_file: str | None = None
+    private_key_file: ExistingFile | None = None
     access_token: str | None = None
     instance_url: str | None = None
     api_version: str = "59.0"

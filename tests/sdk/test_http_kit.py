@@ -5,6 +5,7 @@ the shared settings base. Answers are scripted on a requests transport adapter: 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,13 +80,13 @@ def _classify(describe: str, response: requests.Response) -> ConnectorError:
 
 
 def test_the_session_trusts_the_configured_ca_only_and_never_waits_without_a_timeout(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    session = sdk.http_session(
-        Settings(api_key="k", ca_bundle="/etc/crm-ca.pem", proxy="http://p:3128", timeout=7)
-    )
+    ca = tmp_path / "crm-ca.pem"
+    ca.write_text("")  # only its name reaches the session here
+    session = sdk.http_session(Settings(api_key="k", ca_bundle=str(ca), proxy="http://p:3128", timeout=7))
     assert session.trust_env is False  # REQUESTS_CA_BUNDLE and proxy variables are not read
-    assert session.verify == "/etc/crm-ca.pem"
+    assert session.verify == str(ca)
     assert session.proxies == {"https": "http://p:3128", "http": "http://p:3128"}
     adapter = session.get_adapter(BASE)
     assert isinstance(adapter, TimeoutAdapter)

@@ -33,7 +33,7 @@ from consentsync.sdk.http import (
 )
 from consentsync.sdk.objects import config_error, require_fields, require_object
 from consentsync.sdk.retry import RetryPolicy, call
-from consentsync.sdk.settings import ConnectorSettings, DailyBudget, RunBudget
+from consentsync.sdk.settings import ConnectorSettings, DailyBudget, ExistingFile, RunBudget
 
 __all__ = [
     "Action",
@@ -47,6 +47,7 @@ __all__ = [
     "DailyBudget",
     "ErrorRule",
     "ErrorTable",
+    "ExistingFile",
     "Fault",
     "FieldInfo",
     "HttpClient",

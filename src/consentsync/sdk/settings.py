@@ -9,14 +9,28 @@ the accepted keys like any other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from consentsync.sdk.connector import ApiUsage
 from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
 from consentsync.sdk.retry import RetryPolicy
 
-__all__ = ["ConnectorSettings", "DailyBudget", "RunBudget"]
+__all__ = ["ConnectorSettings", "DailyBudget", "ExistingFile", "RunBudget"]
+
+
+def _existing_file(value: str) -> str:
+    # A connector reads such a file only when it first needs it (requests at the first call, a
+    # login at the first token): a path that is not there ended the run in a traceback.
+    if not Path(value).exists():
+        raise ValueError(f"{value}: no such file")
+    return value
+
+
+# A setting naming a file that must be there when the config is read (a CA bundle, a key).
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
 
 class RunBudget(BaseModel):
@@ -64,7 +78,7 @@ class ConnectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # A CA file (PEM) to trust instead of the system's: a CRM behind a private CA.
-    ca_bundle: str | None = None
+    ca_bundle: ExistingFile | None = None
     # An HTTP(S) proxy for every call to the CRM (environment variables are not read).
     proxy: str | None = None
     timeout: float = Field(default=30.0, gt=0)
