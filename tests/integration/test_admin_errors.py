@@ -290,35 +290,32 @@ def test_a_missing_environment_variable_names_the_line(config: Path, monkeypatch
     )
 
 
-def test_a_ca_bundle_that_is_not_there_names_the_line(
-    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+JWT_SETTINGS = {"login_url": "https://127.0.0.1:1", "auth": "jwt", "client_id": "cid", "username": "u@x"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"), [(SF_SETTINGS, "ca_bundle"), (JWT_SETTINGS, "private_key_file")]
+)
+def test_a_settings_file_that_is_not_there_names_the_line(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, str], key: str
 ) -> None:
-    """Not requests' OSError at the first call (a traceback, exit 1): the setting, its line."""
+    """Not an OSError at the run's first call (a traceback, exit 1): the setting and its line."""
     monkeypatch.setenv("SF_ADMIN_TEST_SECRET", "s3cret-value-for-this-test")
-    missing = tmp_path / "gone" / "ca.pem"
-    _with_connector(config, {**SF_SETTINGS, "ca_bundle": str(missing)})
+    missing = tmp_path / "gone" / "file.pem"
+    _with_connector(config, {**settings, key: str(missing)})
     one_line_error(
         run(config, "sync", "sf"),
         exit_codes.CONFIG,
-        f"{config}:{line_of(config, 'ca_bundle:')}: connectors[0].settings.ca_bundle",
+        f"{config}:{line_of(config, f'{key}:')}: connectors[0].settings.{key}",
         f"{missing}: no such file",
     )
 
 
-def test_a_jwt_key_file_that_is_not_there_or_no_key_is_one_line(config: Path, tmp_path: Path) -> None:
-    jwt = {"login_url": "https://127.0.0.1:1", "auth": "jwt", "client_id": "cid", "username": "u@x"}
-    missing = tmp_path / "gone.pem"
-    _with_connector(config, {**jwt, "private_key_file": str(missing)})
-    one_line_error(
-        run(config, "sync", "sf"),
-        exit_codes.CONFIG,
-        f"{config}:{line_of(config, 'private_key_file:')}: connectors[0].settings.private_key_file",
-        f"{missing}: no such file",
-    )
+def test_a_jwt_key_file_that_holds_no_key_is_the_admins_to_fix(config: Path, tmp_path: Path) -> None:
     garbled = tmp_path / "garbled.pem"
     garbled.write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
-    _with_connector(config, {**jwt, "private_key_file": str(garbled)})
-    # Found at the run's first login: a failed run (its log line too), ended the same way.
+    _with_connector(config, {**JWT_SETTINGS, "private_key_file": str(garbled)})
+    # Found at the run's first login: a failed run (its log line too), ended as a config error.
     result = run(config, "sync", "sf")
     assert result.exit_code == exit_codes.CONFIG, result.output
     assert "Traceback" not in result.output
