@@ -26,6 +26,7 @@ from consentsync.app import open_ledger
 from consentsync.cli_base import (
     audit_group,
     cell_text,
+    check_output_folder,
     configured,
     current_config,
     current_ledger,
@@ -452,8 +453,7 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
     """Export one person's record as JSON, CSV or XLSX."""
     from consentsync.export import write_export  # openpyxl is slow to import: only here
 
-    if not output.parent.is_dir():
-        raise InvalidInput(f"-o {output}: no folder {output.parent}: create it first, or write elsewhere")
+    check_output_folder(output)
     ledger = current_ledger()
     view = ledger.subject_view(_email(email))
     write_export(view, fmt, output)

@@ -15,6 +15,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -39,6 +40,12 @@ EXIT_BAD_INPUT = exit_codes.CONFIG
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     click.echo(f"consentsync: error: {message}", err=True)
     sys.exit(code)
+
+
+def check_output_folder(output: Path) -> None:
+    """Refuses ``-o FILE`` in a folder that is not there, before any work is done for it."""
+    if not output.parent.is_dir():
+        raise InvalidInput(f"-o {output}: no folder {output.parent}: create it first, or write elsewhere")
 
 
 def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -20,6 +20,7 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_connector, open_ledger, open_sync
 from consentsync.cli_base import (
+    check_output_folder,
     configured,
     current_config,
     emit_json,
@@ -543,6 +544,8 @@ def demo(records: int, workdir: Path | None, crms: str | None, hub: bool) -> Non
 def plan_command(connector: str, full: bool, output: Path | None, as_json: bool) -> None:
     """What the next run of CONNECTOR would push, per CRM record: field, old -> new, and the rule
     that decided it. Nothing is changed; approve the plan with `consentsync apply PLAN`."""
+    if output is not None:
+        check_output_folder(output)
     config = current_config()
     engine = open_sync(config, connector)
     try:
@@ -555,7 +558,10 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
         fail(f"no plan: {report.error or report.status}", 1)
     document = report.plan.to_json()
     if output is not None:
-        output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        try:
+            output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        except OSError as error:  # a folder removed meanwhile, no permission, a full disk
+            raise InvalidInput(f"-o {output}: {error.strerror}") from None
     if as_json:
         emit_json(document)
         return
