@@ -12,6 +12,7 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
+    check_output_folder,
     current_config,
     emit_json,
     fail,
@@ -83,10 +84,7 @@ def discover(
             raise InvalidInput(
                 "--mapping-out needs OBJECT: consentsync discover CONNECTOR OBJECT --mapping-out FILE"
             )
-        if not mapping_out.parent.is_dir():
-            raise InvalidInput(
-                f"--mapping-out {mapping_out}: no folder {mapping_out.parent}: create it first"
-            )
+        check_output_folder(mapping_out, "--mapping-out")
         if mapping_out.exists() and not force:
             raise InvalidInput(f"--mapping-out {mapping_out}: the file exists (--force overwrites it)")
     mapped = mapped_objects(config, connector)

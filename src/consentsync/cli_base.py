@@ -42,10 +42,12 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     sys.exit(code)
 
 
-def check_output_folder(output: Path) -> None:
-    """Refuses ``-o FILE`` in a folder that is not there, before any work is done for it."""
+def check_output_folder(output: Path, option: str = "-o") -> None:
+    """Refuses an output FILE in a folder that is not there, before any work is done for it."""
     if not output.parent.is_dir():
-        raise InvalidInput(f"-o {output}: no folder {output.parent}: create it first, or write elsewhere")
+        raise InvalidInput(
+            f"{option} {output}: no folder {output.parent}: create it first, or write elsewhere"
+        )
 
 
 def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

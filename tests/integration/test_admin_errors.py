@@ -126,16 +126,23 @@ def test_ids_beyond_64_bits_are_one_line_errors(config: Path, args: tuple[str, .
     one_line_error(run(config, *args), exit_codes.CONFIG)
 
 
-@pytest.mark.parametrize("command", [("subject", "export", EMAIL, "--format", "json"), ("plan", "sf")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("subject", "export", EMAIL, "--format", "json", "-o"),
+        ("plan", "sf", "-o"),
+        ("discover", "sf", "Contact", "--mapping-out"),
+    ],
+)
 def test_an_output_into_a_missing_folder(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
 ) -> None:
     assert _record(config).exit_code == 0
-    # The connector's CRM cannot be reached: the plan is refused before its run, not after.
+    # The connector's CRM cannot be reached: the command is refused before it asks, not after.
     monkeypatch.setenv("SF_ADMIN_TEST_SECRET", "s3cret-value-for-this-test")
     _with_connector(config, SF_SETTINGS)
     target = tmp_path / "no" / "such" / "folder" / "out.json"
-    one_line_error(run(config, *command, "-o", str(target)), exit_codes.CONFIG, str(target.parent))
+    one_line_error(run(config, *command, str(target)), exit_codes.CONFIG, f"no folder {target.parent}")
     assert not target.parent.exists()
 
 
