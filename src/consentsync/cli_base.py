@@ -9,12 +9,14 @@ them all, which registers their commands on ``main``).
 
 from __future__ import annotations
 
+import errno
 import functools
 import getpass
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -40,6 +42,31 @@ EXIT_BAD_INPUT = exit_codes.CONFIG
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     click.echo(f"consentsync: error: {message}", err=True)
     sys.exit(code)
+
+
+# Why the OS refused to listen where an option said, by errno.
+_BIND_REFUSED = {
+    errno.EADDRINUSE: "is in use (another program listens there)",
+    errno.EACCES: "needs privileges this user lacks",
+    errno.EADDRNOTAVAIL: "is not an address of this machine",
+}
+
+
+@contextmanager
+def listening_where_asked(port_option: str, port: int | None, host_option: str, host: str) -> Iterator[None]:
+    """Around binding ``host``:``port``, which the options ``port_option`` and ``host_option``
+    named: a refusal (a port in use, a privileged port, a foreign address) is one line, exit 2."""
+    try:
+        yield
+    except OSError as error:
+        why = _BIND_REFUSED.get(error.errno or 0)
+        if why is None:
+            raise
+        if error.errno == errno.EADDRNOTAVAIL:
+            fail(f"{host_option} {host} {why}: pass {host_option} 127.0.0.1 or an address of this machine",
+                 exit_codes.CONFIG)  # fmt: skip
+        fail(f"{port_option} {port} on {host} {why}: pass {port_option} with a free port (or 0 to pick one)",
+             exit_codes.CONFIG)  # fmt: skip
 
 
 def check_output_folder(output: Path, option: str = "-o") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -28,6 +27,7 @@ from consentsync.cli_base import (
     fail,
     handled,
     json_option,
+    listening_where_asked,
     main,
     print_table,
     runs,
@@ -456,23 +456,8 @@ def _port_checked(command: Any) -> Any:
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with listening_where_asked("--port", kwargs.get("port"), "--host", kwargs.get("host", "127.0.0.1")):
             return command(*args, **kwargs)
-        except OSError as error:
-            if error.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-                raise
-            host, port = kwargs.get("host", "127.0.0.1"), kwargs.get("port")
-            why = {
-                errno.EADDRINUSE: "is in use (another sandbox or program listens there)",
-                errno.EACCES: "needs privileges this user lacks",
-                errno.EADDRNOTAVAIL: "is not an address of this machine",
-            }[error.errno]
-            fail(
-                f"--port {port} on {host} {why}: pass --port with a free port (or 0 to pick one)"
-                if error.errno != errno.EADDRNOTAVAIL
-                else f"--host {host} {why}: pass --host 127.0.0.1 or an address of this machine",
-                exit_codes.CONFIG,
-            )
 
     run.port_checked = True  # type: ignore[attr-defined]
     return run
@@ -823,13 +808,16 @@ def run_daemon(
         config, ledger, on_report=metrics.observe_run, late_suppression_age=timedelta(hours=hours)
     )
     if server is not None:
-        server.start()
+        with listening_where_asked("--metrics-port", metrics_port, "--metrics-host", metrics_host):
+            server.start()
         log.info("daemon.metrics", url=f"{server.url}/metrics", health=["/healthz", "/readyz"])
     console = None
     if web_port is not None:
         from consentsync.web.server import WebServer, build
 
-        console = WebServer(build(config, ledger, host=web_host), host=web_host, port=web_port).start()
+        app = build(config, ledger, host=web_host)
+        with listening_where_asked("--web-port", web_port, "--web-host", web_host):
+            console = WebServer(app, host=web_host, port=web_port).start()
         log.info("daemon.console", url=f"{console.url}/")
     daemon.start()
     try:

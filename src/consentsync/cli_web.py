@@ -18,6 +18,7 @@ from consentsync.cli_base import (
     emit_result,
     emit_rows,
     handled,
+    listening_where_asked,
     main,
     runs,
     scriptable,
@@ -53,7 +54,7 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     import uvicorn
 
     from consentsync.accounts import Accounts
-    from consentsync.web.server import build, uvicorn_config
+    from consentsync.web.server import bound_socket, build, uvicorn_config
 
     if bool(certfile) != bool(keyfile):
         raise InvalidInput("give --certfile and --keyfile together")
@@ -61,13 +62,18 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     ledger = open_ledger(config)
     if not Accounts(ledger.engine).list():
         click.echo("no console account yet: add one with `consentsync user add NAME --role admin`", err=True)
+    # Bound here, before anything says where the console is: a port in use is one line (uvicorn
+    # logged an error and exited 3), and --port 0 is told the port it got.
+    with listening_where_asked("--port", port, "--host", host):
+        sock = bound_socket(host, port)
+    port = sock.getsockname()[1]
     scheme = "https" if certfile else "http"
     click.echo(f"ops console at {scheme}://{host}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.Server(
         uvicorn_config(
             build(config, ledger, host=host), host=host, port=port, certfile=certfile, keyfile=keyfile
         )
-    ).run()
+    ).run(sockets=[sock])
 
 
 @main.group()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -330,6 +331,30 @@ def test_a_jwt_key_file_that_holds_no_key_is_the_admins_to_fix(config: Path, tmp
     assert "Traceback" not in result.output
     assert result.stderr.splitlines()[-1] == (
         f"consentsync: error: config: settings.private_key_file {garbled}: not an RSA private key in PEM"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("run", "--metrics-port"), ("run", "--no-metrics", "--web-port"), ("web", "--port")],
+)
+def test_a_port_in_use_is_one_line_before_anything_is_served(
+    config: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """Not the OSError's traceback of the daemon's metrics server, nor uvicorn's own error
+    after the console said where it was."""
+    monkeypatch.setenv("SF_ADMIN_TEST_SECRET", "s3cret-value-for-this-test")
+    _with_connector(config, SF_SETTINGS)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(config, *command, str(port))
+    assert result.exit_code == exit_codes.CONFIG, result.output
+    assert "Traceback" not in result.output and "ops console at" not in result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"consentsync: error: {command[-1]} {port} on 127.0.0.1 is in use (another program listens "
+        f"there): pass {command[-1]} with a free port (or 0 to pick one)"
     )
 
 

@@ -53,14 +53,25 @@ def _trusted(app: FastAPI) -> list[str]:
     return [str(network) for network in getattr(app.state, "trusted_proxies", ())]
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: a free port) for uvicorn to serve on: binding
+    first tells the caller the port, or the OS's refusal, before anything is served."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class WebServer:
     """uvicorn in a background thread, on a given port or a free one (port 0)."""
 
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 0, **tls: Any) -> None:
         self.host = host
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port))
+        self.sock = bound_socket(host, port)
         self.port = self.sock.getsockname()[1]
         self.scheme = "https" if tls.get("certfile") else "http"
         self.server = uvicorn.Server(uvicorn_config(app, host=host, port=self.port, **tls))
