@@ -5,6 +5,7 @@ link) and ``hub lapse`` (unconfirmed double opt-ins whose link expired)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,8 +24,20 @@ from consentsync.domain import InvalidInput, normalise_email
 from consentsync.ledger.service import NotFound
 
 
-def _listed(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+def _listed(values: tuple[str, ...]) -> list[str]:
+    """The items of a repeatable, comma-separated option: ``--actions consents --actions
+    decisions`` is ``--actions consents,decisions`` (else click keeps the last one silently)."""
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _listing(default: str, what: str) -> dict[str, Any]:
+    """A list option's settings: comma-separated, or the option repeated (see ``_listed``)."""
+    return {
+        "multiple": True,
+        "default": [default],
+        "show_default": True,
+        "help": f"{what} Comma-separated or repeated.",
+    }
 
 
 # -- API keys --------------------------------------------------------------------------------------
@@ -38,18 +51,22 @@ def apikey() -> None:
 @apikey.command("add")
 @click.argument("name")
 @click.option("--source", required=True, help="The capture source its evidence names (e.g. web_form).")
-@click.option("--purposes", default="*", show_default=True, help="Comma-separated purpose keys, or *.")
+@click.option("--purposes", **_listing("*", "Purpose keys; or *."))
 @click.option(
-    "--actions",
-    default="consents,decisions",
-    show_default=True,
-    help="Comma-separated: consents, objections, erasure, decisions; or *.",
+    "--actions", **_listing("consents,decisions", "Of consents, objections, erasure, decisions; or *.")
 )
 @click.option(
     "--rate", type=click.IntRange(min=1), help="Requests per minute (default: hub.rate_per_minute)."
 )
 @scriptable
-def apikey_add(name: str, source: str, purposes: str, actions: str, rate: int | None, as_json: bool) -> None:
+def apikey_add(
+    name: str,
+    source: str,
+    purposes: tuple[str, ...],
+    actions: tuple[str, ...],
+    rate: int | None,
+    as_json: bool,
+) -> None:
     """Create a key. Its secret is shown this once: only a hash of it is kept."""
     from consentsync.hub import keys
 

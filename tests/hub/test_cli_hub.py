@@ -30,6 +30,14 @@ def test_api_keys_from_the_command_line(cli: Cli, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown 'launch'" in bad.stderr and "Traceback" not in bad.stderr
     again = cli("apikey", "add", "website", "--source", "web_form")
     assert again.exit_code == 2 and "exists already" in again.stderr
+    # A repeated option adds to the list (click alone would keep the last one, silently).
+    repeated = cli.json(
+        "apikey", "add", "mailer", "--source", "esp",
+        "--actions", "decisions", "--actions", "objections,erasure",
+        "--purposes", "email_marketing", "--purposes", "profiling",
+    )  # fmt: skip
+    assert sorted(repeated["actions"]) == ["decisions", "erasure", "objections"]
+    assert sorted(repeated["purposes"]) == ["email_marketing", "profiling"]
 
     config = load_config(cli.config_path)
     ledger = open_ledger(config)
