@@ -478,6 +478,17 @@ class HubSpotConnector(sdk.Connector):
         }
         return fields | super().irreversible(update)
 
+    def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
+        """A subscribe pushed without a legal basis is sent with ``default_legal_basis``
+        (``_set_subscription``), and HubSpot shows that basis with the status from then on: read
+        back, it is still our own write, not the person's consent."""
+        fields = dict(update.fields)
+        for name, value in update.fields.items():
+            match = _VIRTUAL.match(name)
+            if match and not match["part"] and str(value) == "SUBSCRIBED":
+                fields.setdefault(f"subscription_{match['id']}_legal_basis", self.config.default_legal_basis)
+        return fields
+
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Property changes by batch update, ``batch_size`` contacts a call, each group's
         subscription changes one v3 call each right after its batch, deletions by batch archive:

@@ -492,6 +492,10 @@ class EffectiveState:
     detail: str = ""
     # What the evidence alone says, before subject-wide rules and the clock (expiry) apply.
     evidence_status: ConsentStatus | None = None
+    # Whether evidence gave ``basis`` (stated it, or granted or withdrew a consent), rather than
+    # the purpose's default filling in for none: only such a basis is pushed to a CRM
+    # (docs/policy.md, "Defaults are not evidence").
+    basis_stated: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {

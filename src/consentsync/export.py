@@ -38,8 +38,10 @@ TIME_COLUMNS = frozenset(
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 # A person's effective states as the subject view shows them (EffectiveState.as_dict): every field
-# but what the evidence alone says, which only the rules engine reads.
-STATE_COLUMNS = [field.name for field in fields(EffectiveState) if field.name != "evidence_status"]
+# but what the evidence alone says and whether it stated the basis, which only the engine reads.
+STATE_COLUMNS = [
+    field.name for field in fields(EffectiveState) if field.name not in ("evidence_status", "basis_stated")
+]
 HISTORY_COLUMNS = [
     "purpose",
     "channel",

@@ -937,7 +937,9 @@ class Mapping:
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
                 wanted = present[0].basis
-                if wanted in basis.push and present[0].rule not in NO_EVIDENCE_RULES:
+                # Never a basis the ledger holds by default (no evidence, or evidence that
+                # named none): that would claim in the CRM what nobody stated.
+                if wanted in basis.push and present[0].basis_stated:
                     _update(updates, record, basis.field, basis.push[wanted])
         return updates
 

@@ -453,6 +453,9 @@ def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> Effec
         value.evidenced,
         f"source {value.source}",
         value.status,  # evidence_status
+        # A basis the evidence left out is the purpose's default: stated only where that is
+        # consent, which a grant or withdrawal of consent speaks of by itself.
+        value.basis is not None or basis is LawfulBasis.CONSENT,
     )
 
 
@@ -562,6 +565,7 @@ def _altered(
         state.evidenced,
         detail,
         evidence_status or state.evidence_status,
+        state.basis_stated,
     )
 
 

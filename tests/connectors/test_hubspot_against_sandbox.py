@@ -314,3 +314,57 @@ def test_a_contact_the_search_index_lags_is_read_inside_the_lookback(harness: Hu
     assert _read(conn, Cursor(newest.modstamp, newest.record_id)) == []  # the stored cursor passed it
     again = _read(conn, conn.resume_from(Cursor(newest.modstamp, newest.record_id)))
     assert late in {r.record_id for r in again}
+
+
+# -- what the ledger pushes, and reads back ------------------------------------------------------
+
+
+def _history(engine: Any, email: str) -> list[dict[str, Any]]:
+    return engine.ledger.subject_view(email)["history"]
+
+
+def test_a_subscribe_pushed_reads_back_as_our_own_write_not_as_a_consent(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    """HubSpot records the legal basis sent with a subscribe (the connector's default when the
+    ledger names none): reading the contact back shows it, and that is still our own write."""
+    from consentsync.domain import ConsentStatus, Evidence
+
+    contact = harness.create_person("rita@example.org")
+    config = write_sync_config(harness, tmp_path)
+    assert open_sync_engine(config).run(full=True).status == "succeeded"
+    engine = open_sync_engine(config)
+    now = dt.datetime.now(dt.UTC)
+    captured = Evidence.from_web_form(ConsentStatus.GRANTED, now - dt.timedelta(hours=1), now)
+    engine.ledger.record(Identity(email="rita@example.org"), replace(captured, notice_version="nl-v1"))
+    pushed = engine.run()
+    assert pushed.status == "succeeded", pushed.error
+    assert harness.sandbox.calls["subscribe"] == 1
+    status = harness.sandbox.portal.status("rita@example.org", "1001")
+    assert (status.status, status.legal_basis) == ("SUBSCRIBED", "CONSENT_WITH_NOTICE")
+    before = len(_history(engine, "rita@example.org"))
+    for _ in range(2):
+        again = open_sync_engine(config).run()
+        assert again.status == "succeeded", again.error
+        assert again.counts.evidence_recorded == 0
+    assert len(_history(open_sync_engine(config), "rita@example.org")) == before
+    assert harness.sandbox.calls["subscribe"] == 1
+    assert harness.stored(contact)["email"] == "rita@example.org"
+
+
+def test_a_basis_the_ledger_holds_by_default_is_never_pushed(harness: HubSpotHarness, tmp_path: Path) -> None:
+    """hs_legal_basis (the service purpose's basis, pushed both ways) is written only from a basis
+    some evidence stated: not for a subscription read without one, nor for an erased person."""
+    portal = harness.sandbox.portal
+    with_status = harness.create_person("sam@example.org")
+    portal.set_status("sam@example.org", "1002", "SUBSCRIBED", at=portal.now() - dt.timedelta(days=3))
+    erased = harness.create_person("eve@example.org")
+    config = write_sync_config(harness, tmp_path)
+    first = open_sync_engine(config).run(full=True)
+    assert first.status == "succeeded", first.error
+    engine = open_sync_engine(config)
+    engine.ledger.erase("eve@example.org", reason="Art. 17 request", actor="dpo")
+    second = engine.run()
+    assert second.status == "succeeded", second.error
+    for contact in (with_status, erased):
+        assert harness.stored(contact).get("hs_legal_basis") in (None, ""), contact

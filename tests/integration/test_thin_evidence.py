@@ -85,10 +85,21 @@ MAPPING = mapping_text("acme", "Contact", ("Id", "Modified", "Email"), CONSENTS)
 Outcome = tuple[ConsentStatus, str, bool]  # a purpose's status, the rule deciding it, suppressed
 
 
-def _states(marketing: Outcome, service: Outcome) -> dict[tuple[str, str], EffectiveState]:
-    """What the mapping is handed: email marketing (on consent) and service (on contract), by email."""
+def _states(
+    marketing: Outcome, service: Outcome, *, stated: bool = True
+) -> dict[tuple[str, str], EffectiveState]:
+    """What the mapping is handed: email marketing (on consent) and service (on contract), by email;
+    ``stated``: whether evidence gave the bases (never where no evidence decided)."""
     return {
-        (purpose, "email"): EffectiveState(purpose, "email", status, basis, suppressed=suppressed, rule=rule)
+        (purpose, "email"): EffectiveState(
+            purpose,
+            "email",
+            status,
+            basis,
+            suppressed=suppressed,
+            rule=rule,
+            basis_stated=stated and rule not in ("no_consent_on_record", "purpose_default_basis"),
+        )
         for purpose, basis, (status, rule, suppressed) in (
             ("email_marketing", LawfulBasis.CONSENT, marketing),
             ("service", LawfulBasis.CONTRACT, service),
@@ -109,6 +120,13 @@ def test_no_consent_on_record_writes_only_the_mappings_no_consent_value_and_defa
         service=(ConsentStatus.GRANTED, "latest_event_time", False),
     )
     assert mapping.updates_for(crm, evidenced) == {"OptOut": True, "Basis": "Contract"}
+    # Evidence of the service status that named no basis: the contract is the purpose's default.
+    unstated = _states(
+        marketing=(ConsentStatus.WITHDRAWN, "sticky_withdrawal", True),
+        service=(ConsentStatus.GRANTED, "latest_event_time", False),
+        stated=False,
+    )
+    assert mapping.updates_for(crm, unstated) == {"OptOut": True}
 
 
 def test_a_consent_removed_for_expiry_reads_back_withdrawn_and_is_no_withdrawal(tmp_path: Path) -> None:

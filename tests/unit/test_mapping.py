@@ -94,9 +94,12 @@ def state(
     suppressed: bool,
     status: ConsentStatus | None = None,
     basis: LawfulBasis = LawfulBasis.CONSENT,
+    basis_stated: bool = True,
 ) -> EffectiveState:
     chosen = status or (ConsentStatus.WITHDRAWN if suppressed else ConsentStatus.GRANTED)
-    return EffectiveState(purpose, channel, chosen, basis, suppressed=suppressed, rule="test")
+    return EffectiveState(
+        purpose, channel, chosen, basis, suppressed=suppressed, rule="test", basis_stated=basis_stated
+    )
 
 
 # --- the shipped examples -----------------------------------------------------------------------
@@ -912,6 +915,12 @@ class TestUpdates:
         record = {"HasOptedOutOfEmail": True, "Legal_Basis__c": None}
         assert mapping.updates_for(record, states) == {"Legal_Basis__c": "Contract"}
         assert mapping.updates_for({**record, "Legal_Basis__c": "Contract"}, states) == {}
+        # A basis no evidence stated (the purpose's default filled in) is never written.
+        states[("service", "email")] = state("service", "email", suppressed=True, basis_stated=False)
+        states[("service", "phone")] = state(
+            "service", "phone", suppressed=False, basis=LawfulBasis.CONTRACT, basis_stated=False
+        )
+        assert mapping.updates_for(record, states) == {}
         # A basis the push table does not name leaves the field alone.
         states[("service", "phone")] = state(
             "service", "phone", suppressed=False, basis=LawfulBasis.VITAL_INTERESTS

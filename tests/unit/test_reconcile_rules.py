@@ -935,6 +935,32 @@ class TestFutureDatedValues:
         assert POLICY.reverses_sticky(skewed)
 
 
+# --- a basis stated by evidence, or filled in by the purpose's default --------------------------
+
+
+def test_a_basis_is_stated_only_where_evidence_gave_it() -> None:
+    """Only a stated basis may be pushed to a CRM (mapping.updates_for): a value that named none
+    on a purpose not founded on consent, no value at all, or a subject-wide rule over no value
+    leaves the purpose's default basis unstated; consent is what a grant or withdrawal of
+    consent speaks of by itself."""
+    erased = SubjectFlags(suppressed_since=t(2), suppression_reason="erasure (Art. 17)")
+    subscribed = crm(S.GRANTED, t(1), purpose=SERVICE)
+    assert (state([subscribed], SERVICE).basis, state([subscribed], SERVICE).basis_stated) == (
+        LawfulBasis.CONTRACT,
+        False,
+    )
+    assert state([], SERVICE).basis_stated is False
+    assert state([], SERVICE, flags=erased).rule == Rule.ERASURE
+    assert state([], SERVICE, flags=erased).basis_stated is False
+    assert state([], EMAIL, flags=erased).basis_stated is False
+    contract = crm(S.GRANTED, t(1), purpose=SERVICE, basis=LawfulBasis.CONTRACT)
+    assert state([contract], SERVICE).basis_stated is True
+    assert state([contract], SERVICE, flags=erased).basis_stated is True  # the rule keeps it
+    assert state([crm(S.GRANTED, t(1))]).basis_stated is True
+    assert state([crm(S.WITHDRAWN, t(1))]).basis_stated is True
+    assert state([crm(S.GRANTED, t(1), purpose=PROFILING, basis=LEGIT)], PROFILING).basis_stated is True
+
+
 # --- every Rule name is reachable -------------------------------------------------------------
 
 RULE_SCENARIOS: dict[str, tuple[list[Evidence], Purpose, SubjectFlags, list[ObjectionFact]]] = {

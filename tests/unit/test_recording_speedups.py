@@ -82,8 +82,8 @@ def test_evidence_and_states_stay_frozen_dataclasses() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         evidence.source = "x"  # type: ignore[misc]
     state = EffectiveState("p", "email", ConsentStatus.GRANTED, LawfulBasis.CONSENT, False, "rule")
-    assert state.detail == "" and state.evidence_status is None
-    assert [f.name for f in dataclasses.fields(state)][-1] == "evidence_status"
+    assert state.detail == "" and state.evidence_status is None and state.basis_stated is False
+    assert [f.name for f in dataclasses.fields(state)][-2:] == ["evidence_status", "basis_stated"]
 
 
 def test_check_label_cache_accepts_only_what_was_checked() -> None:
