@@ -712,6 +712,44 @@ class ConnectorContract(ConnectorTrustContract):
         assert states[("email_marketing", "email")]["status"] == "withdrawn"
         assert harness.read_opted_out(record_id) is True
 
+    def test_what_the_ledger_pushes_reads_back_as_its_own_write(
+        self, harness: ContractHarness, tmp_path: Path
+    ) -> None:
+        """An opt-in and then a withdrawal pushed to a person's record are read again by the next
+        syncs (the push moved its modstamp) and recognised there as this project's own writes:
+        no evidence, no push, no write call. A CRM that records a write with values of its own (a
+        legal basis, a status of its own) says so in ``Connector.as_read_back``."""
+        from consentsync.domain import ConsentStatus, Evidence
+        from consentsync.ledger.identity import Identity
+
+        if not isinstance(harness, PersonHarness):
+            pytest.skip(PERSON_HARNESS_MISSING)
+        email = "pushed.to@example.test"
+        record_id = harness.create_person(email)
+        config = write_sync_config(harness, tmp_path)
+        time.sleep(1.1)  # a connector may leave the current second to the next run
+        first = open_sync_engine(config).run(full=True)  # the person as the CRM shows them
+        assert first.status == "succeeded", first.error
+        ledger = open_sync_engine(config).ledger
+        for status in (ConsentStatus.GRANTED, ConsentStatus.WITHDRAWN):
+            now = datetime.now(UTC)
+            captured = Evidence.from_web_form(status, now - timedelta(minutes=5), now, notice_version="v1")
+            ledger.record(Identity(email=email), captured)
+            pushed = open_sync_engine(config).run()
+            assert pushed.status == "succeeded", pushed.error
+            assert harness.read_opted_out(record_id) is (status is ConsentStatus.WITHDRAWN)
+            time.sleep(1.1)  # whole-second stamps: what the push changed is read by the next run
+            history = ledger.subject_view(email)["history"]
+            writes = harness.write_calls()
+            for _ in range(2):
+                again = open_sync_engine(config).run()
+                assert again.status == "succeeded", again.error
+                counts = again.counts
+                assert (counts.evidence_recorded, counts.pushes_enqueued) == (0, 0), status
+            read_as_evidence = f"our own {status.value} push was read back as evidence"
+            assert ledger.subject_view(email)["history"] == history, read_as_evidence
+            assert harness.write_calls() == writes
+
     def test_sync_stopped_by_the_request_limit_resumes_where_it_stopped(
         self, harness: ContractHarness, tmp_path: Path
     ) -> None:
