@@ -332,25 +332,22 @@ def objection_list(pending: bool, as_json: bool) -> None:
 
 @objection.command("decide")
 @click.argument("objection_id", type=int, metavar="ID")
-@click.option("--uphold", "decision", flag_value="uphold", help="Uphold the objection.")
-@click.option(
-    "--reject",
-    "decision",
-    flag_value="reject",
-    help="Reject it: the controller's grounds override.",
-)
+@click.option("--uphold", is_flag=True, help="Uphold the objection.")
+@click.option("--reject", is_flag=True, help="Reject it: the controller's grounds override.")
 @click.option("--by", required=True, help="Who decides.")
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @scriptable
-def objection_decide(objection_id: int, decision: str | None, by: str, reason: str, as_json: bool) -> None:
+def objection_decide(
+    objection_id: int, uphold: bool, reject: bool, by: str, reason: str, as_json: bool
+) -> None:
     """Decide a pending objection."""
-    if decision is None:
-        raise InvalidInput("say --uphold or --reject")
+    # Two flags, not one value two flags set: click would keep the last of "--uphold --reject"
+    # silently, and a decision cannot be taken back.
+    if uphold == reject:
+        raise InvalidInput("say --uphold or --reject" + (", not both" if uphold else ""))
     if not 1 <= objection_id <= MAX_ROW_ID:
         raise NotFound(f"no objection with id {objection_id}")
-    result = current_ledger().decide_objection(
-        objection_id, uphold=decision == "uphold", by=by, reason=reason
-    )
+    result = current_ledger().decide_objection(objection_id, uphold=uphold, by=by, reason=reason)
     emit_result(result, as_json, f"objection {objection_id} {result['status']} by {by}")
 
 

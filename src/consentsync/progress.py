@@ -10,6 +10,7 @@ Neither ever writes to stdout, which `sync --json` keeps for its report.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from rich.text import Text
 
 ENV_INTERVAL = "CONSENTSYNC_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL = 10.0
+MAX_INTERVAL = 86_400.0  # a day; an infinite wait overflowed the reporter thread's timer
 _META = "consentsync.progress_interval"
 _LOGGER = "consentsync.progress"
 
@@ -44,12 +46,16 @@ def progress_interval_option(command: Callable[..., Any]) -> Callable[..., Any]:
     :func:`shown_progress` in the command's context (the command's signature is left alone)."""
 
     def keep(ctx: click.Context, _param: click.Parameter, value: float) -> float:
+        # FloatRange lets nan through (no comparison holds for it): a wait of nan seconds made
+        # the reporter log in a busy loop.
+        if math.isnan(value):
+            raise click.BadParameter(f"seconds from 0 to {MAX_INTERVAL:g} are accepted, not {value}")
         ctx.meta[_META] = value
         return value
 
     return click.option(
         "--progress-interval",
-        type=click.FloatRange(min=0),
+        type=click.FloatRange(min=0, max=MAX_INTERVAL),
         default=DEFAULT_INTERVAL,
         show_default=True,
         envvar=ENV_INTERVAL,

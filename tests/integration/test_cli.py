@@ -464,6 +464,10 @@ def test_objection_decide_twice_or_without_decision_fails(cli: Any) -> None:
     count = audit_count(cli)
     assert_bad_input(cli("objection", "decide", oid, "--by", "dpo", "--reason", "x"), "--uphold", "--reject")
     assert audit_count(cli) == count
+    # Both: refused, whichever comes last (click alone kept the last one and decided).
+    for both in (("--uphold", "--reject"), ("--reject", "--uphold")):
+        assert_bad_input(cli("objection", "decide", oid, *both, "--by", "dpo", "--reason", "x"), "not both")
+    assert audit_count(cli) == count
     assert cli.json("objection", "list", "--pending")[0]["id"] == raised["id"]
 
     cli.ok("objection", "decide", oid, "--uphold", "--by", "dpo", "--reason", "ok")
