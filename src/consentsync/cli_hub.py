@@ -9,12 +9,14 @@ from typing import Any
 
 import click
 
+from consentsync import exit_codes
 from consentsync.cli_base import (
     configured,
     current_config,
     current_ledger,
     emit_json,
     emit_rows,
+    fail,
     login_name,
     main,
     print_table,
@@ -226,6 +228,7 @@ def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
         click.echo(f"{done.candidates} person(s) would be asked for {purpose}")
         return
     click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed")
+    _unsent_fails(done.failed, "consent request(s)")
 
 
 @hub.command("renew")
@@ -241,3 +244,15 @@ def hub_renew(dry_run: bool) -> None:
         click.echo(f"{done.candidates} renewal(s) due")
         return
     click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed")
+    _unsent_fails(done.failed, "renewal request(s)")
+
+
+def _unsent_fails(failed: int, what: str) -> None:
+    """Mails that could not go (the mail server refused or could not be reached): nothing was
+    recorded for them and the next run asks those people again; a scheduler retries on 69."""
+    if failed:
+        fail(
+            f"{failed} {what} could not be mailed (hub.mail_failed in the log, hub.smtp in the config): "
+            "nothing was recorded for them; the next run asks them again",
+            exit_codes.UNAVAILABLE,
+        )

@@ -84,3 +84,21 @@ def test_notices_and_links(cli: Cli, tmp_path: Path) -> None:
     assert person.email == "ada@example.test"
     assert cli.ok("hub", "lapse").stdout.startswith("0 unconfirmed")
     ledger.engine.dispose()
+
+
+@SQLITE_ONLY
+def test_requests_that_could_not_be_mailed_exit_69_and_record_nothing(cli: Cli, tmp_path: Path) -> None:
+    """No mail server configured: every mail fails. The command says so in one line and exits
+    69 (a scheduler retries), and the people stay among those to ask."""
+    text = tmp_path / "notice.txt"
+    text.write_text("Offers by email, twice a month.\n", encoding="utf-8")
+    cli.ok("notice", "add", "email_marketing", str(text), "--version", "v1")
+    cli.ok("objection", "raise", "--email", "ada@example.test", "--purpose", "profiling")
+    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "email_marketing", "--dry-run").stdout
+    failed = cli("hub", "requests", "email_marketing")
+    assert failed.exit_code == 69, failed.output
+    assert "0 consent request(s) sent for email_marketing, 1 failed" in failed.stdout
+    *logged, line = failed.stderr.strip().splitlines()  # the hub.mail_failed warning, then why
+    assert line.startswith("consentsync: error: 1 consent request(s) could not be mailed")
+    assert all("hub.mail_failed" in entry and "ada@" not in entry for entry in logged)
+    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "email_marketing", "--dry-run").stdout

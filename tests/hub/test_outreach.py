@@ -4,6 +4,7 @@ mailed inside the window, and following the link extends the consent."""
 
 from __future__ import annotations
 
+from consentsync.hub.capture import Hub
 from consentsync.hub.outreach import Outreacher
 from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
@@ -120,3 +121,49 @@ def test_the_daemon_sends_consent_requests_only_for_the_purposes_configured(worl
     )
     Daemon(configured, world.ledger).hub_upkeep()
     assert [m["To"] for m in world.inbox.messages] == ["ada@example.test"]
+
+
+def _unreachable_mail(world: HubWorld) -> Hub:
+    """The same hub with its mail server gone (a port nothing listens on)."""
+    import socket
+    from dataclasses import replace
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    settings = world.hub.config.settings
+    smtp = settings.hub.smtp.model_copy(update={"port": closed})
+    config = replace(
+        world.hub.config,
+        settings=settings.model_copy(update={"hub": settings.hub.model_copy(update={"smtp": smtp})}),
+    )
+    return Hub(config, world.ledger)
+
+
+@SQLITE_ONLY
+def test_a_request_or_renewal_that_could_not_be_mailed_asked_nobody(world: HubWorld) -> None:
+    """Nothing is recorded for a mail that did not go: the person is still among those to ask
+    (a "requested" on record would have kept them from ever being asked), and no link is left
+    open to keep them from the next run."""
+    from sqlalchemy import func, select
+
+    from consentsync.ledger.schema import confirmations
+
+    someone(world, "ada@example.test")
+    world.inbox.messages.clear()
+    history = world.ledger.subject_view("ada@example.test")["history"]
+    down = Outreacher(_unreachable_mail(world), sleep=lambda _seconds: None)
+    done = down.request_consent("newsletter")
+    assert (done.candidates, done.sent, done.failed) == (1, 0, 1)
+    assert world.ledger.subject_view("ada@example.test")["history"] == history
+    with world.ledger.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(confirmations)).scalar() == 0
+    back = Outreacher(world.hub, sleep=lambda _seconds: None)
+    assert back.request_consent("newsletter", dry_run=True).candidates == 1
+    assert (back.request_consent("newsletter").sent, len(world.inbox.messages)) == (1, 1)
+    assert world.ledger.subject_view("ada@example.test")["history"][-1]["status"] == "requested"
+    # A renewal likewise: due again at once, not only once an unsent link lapsed.
+    world.post("/consents", {**GRANT, "email": "bob@example.test", "purpose": "newsletter"})
+    world.clock.advance(days=340)
+    assert (down.renew().failed, down.renew().failed) == (1, 1)
+    assert back.renew().sent == 1

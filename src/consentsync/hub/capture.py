@@ -136,7 +136,8 @@ class Hub:
 
     def send_confirmation(self, pending: PendingMail, kind: str = "double_opt_in") -> bool:
         """Mails a confirmation link: a double opt-in, a consent request or a renewal. False
-        (logged, never raised) if the mail could not go: the request stays open until it lapses."""
+        (logged, never raised) if the mail could not go: a double opt-in stays open until it lapses;
+        the outreach (hub/outreach.py) takes back an unsent request or renewal."""
         _ = translator(pending.language)
         purpose = self.ledger.purposes[pending.purpose]
         values = {

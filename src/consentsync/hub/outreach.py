@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.hub.capture import Hub, PendingMail, token_digest
@@ -121,9 +121,22 @@ class Outreacher:
         sent = failed = 0
         for subject_id, uid, email, channel in wanted:
             token = secrets.token_urlsafe(32)
-            at = self.ledger.clock()
+            # The link is stored before the mail goes (it must work once the mail arrives), the
+            # request recorded once the mail went: a mail that could not go asked nobody, and the
+            # person stays among those asked by the next run. Stopped between the two, the open
+            # link keeps the person from a second mail until it lapses; then they are asked again.
+            with self.ledger.engine.begin() as conn:
+                self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
+            self._pace(sent + failed)
+            ok = self.hub.send_confirmation(
+                PendingMail(email, uid, purpose.key, channel, token), kind="request"
+            )
+            sent, failed = sent + ok, failed + (not ok)
+            if not ok:
+                self._unsent(token)
+                continue
             evidence = Evidence.witnessed(
-                at,
+                self.ledger.clock(),
                 purpose=purpose.key,
                 channel=channel,
                 status=ConsentStatus.REQUESTED,
@@ -135,12 +148,6 @@ class Outreacher:
             )
             with self.ledger.engine.begin() as conn:
                 self.ledger.record_in(conn, [RecordRequest(Identity(subject_id=subject_id), evidence)])
-                self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
-            self._pace(sent + failed)
-            ok = self.hub.send_confirmation(
-                PendingMail(email, uid, purpose.key, channel, token), kind="request"
-            )
-            sent, failed = sent + ok, failed + (not ok)
         log.info("hub.requests_sent", purpose=purpose.key, sent=sent, failed=failed)
         return Outreach("request", sent, failed, len(wanted))
 
@@ -209,8 +216,16 @@ class Outreacher:
                 PendingMail(email, uid, purpose_key, channel, token), kind="renewal"
             )
             sent, failed = sent + ok, failed + (not ok)
+            if not ok:
+                self._unsent(token)  # due again at the next upkeep, not once the link lapsed
         log.info("hub.renewals_sent", sent=sent, failed=failed)
         return Outreach("renewal", sent, failed, len(wanted))
+
+    def _unsent(self, token: str) -> None:
+        """Takes back the link of a mail that could not go: nobody holds it, and an open link
+        would keep the person from being asked until it lapsed."""
+        with self.ledger.engine.begin() as conn:
+            conn.execute(delete(confirmations).where(confirmations.c.token_hash == token_digest(token)))
 
     def _open(
         self,
