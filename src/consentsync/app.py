@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
@@ -75,7 +76,7 @@ def ledger_engine(config: Config, *, checkpoints: bool = True) -> Engine:
     try:
         return make_engine(config.ledger_url, checkpoints=checkpoints)
     except ArgumentError:
-        raise ConfigError(f"{config.where('ledger', 'url')}not a database URL: {_safe(url)}") from None
+        raise ConfigError(f"{config.where('ledger', 'url')}not a database URL: {safe_url(url)}") from None
     except NoSuchModuleError:
         scheme = url.split(":", 1)[0]
         raise ConfigError(
@@ -94,7 +95,7 @@ def ledger_engine(config: Config, *, checkpoints: bool = True) -> Engine:
         ) from None
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """A URL as it may be shown: without its password."""
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -104,11 +105,20 @@ def _safe(url: str) -> str:
 
 def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     engine = ledger_engine(config)
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not migrate and database and not database.startswith("file:") and not Path(database).exists():
+        # Opening it would leave an empty file behind, which the next command takes for a
+        # ledger (a read must change nothing).
+        engine.dispose()
+        raise LedgerNotReady(
+            f"no ledger at {database}: run 'consentsync init' to create it "
+            f"(or fix ledger.url in {config.path})"
+        )
     with ledger_refusals(config.ledger_url):
         current = migration_state(engine)
         if current in SQUASHED_REVISIONS:
             raise LedgerNotReady(
-                f"the ledger {_safe(config.ledger_url)} is at development migration {current}, which "
+                f"the ledger {safe_url(config.ledger_url)} is at development migration {current}, which "
                 "this consentsync cannot upgrade (0001-0009 were squashed into 0010 "
                 "before 0.1.0): create a new ledger, or first upgrade this one with consentsync at "
                 f"commit {LAST_COMMIT_WITH_SQUASHED_REVISIONS} ('consentsync migrate')"
@@ -117,7 +127,7 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
 
         if current is not None and current not in known_revisions(engine):
             raise LedgerNotReady(
-                f"the ledger {_safe(config.ledger_url)} is at migration {current}, which this "
+                f"the ledger {safe_url(config.ledger_url)} is at migration {current}, which this "
                 f"consentsync ({SCHEMA_REVISION} at the newest) does not know: a newer consentsync "
                 "upgraded it; run that version"
             )

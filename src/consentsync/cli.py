@@ -22,7 +22,7 @@ import click
 
 # Importing the command modules registers their commands on ``main``.
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
-from consentsync.app import open_ledger
+from consentsync.app import open_ledger, safe_url
 from consentsync.cli_base import (
     audit_group,
     cell_text,
@@ -39,7 +39,14 @@ from consentsync.cli_base import (
     scriptable,
     subject,
 )
-from consentsync.config import default_config_path, load_config, write_starter
+from consentsync.config import (
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_config,
+    starter_with_ledger,
+    write_starter,
+)
 from consentsync.domain import (
     ACTOR_MAX,
     EVIDENCE_REF_MAX,
@@ -82,14 +89,40 @@ def _time(value: str | None, option: str) -> datetime | None:
 def init(ledger_url: str | None, force: bool) -> None:
     """Write a commented starter config (if none exists) and create or upgrade the ledger."""
     path = default_config_path(click.get_current_context().meta.get("consentsync.config"))
+    written: list[Path] = []
+    replaced: bytes | None = None
     if path.exists() and not force:
+        if ledger_url is not None and load_config(path).settings.ledger.url != ledger_url:
+            raise InvalidInput(
+                f"{path} exists with another ledger.url: --ledger-url only goes into a new config; "
+                f"edit ledger.url in {path}, or pass --force to write a new one"
+            )
         click.echo(f"{path} exists: keeping it (use --force to overwrite)")
     else:
-        key_path = write_starter(path, ledger_url)
-        click.echo(f"wrote {path} (erasure key in {key_path}, mode 0600: back it up)")
+        try:
+            parse_config(starter_with_ledger(ledger_url), path)
+        except ConfigError as error:
+            # Said of the option given, not of the file it would have gone into.
+            raise InvalidInput(f"--ledger-url: {str(error).split('ledger.url: ', 1)[-1]}") from None
+        key_path = path.parent / "consentsync.key"
+        new_key = not key_path.exists()
+        replaced = path.read_bytes() if path.exists() else None  # --force
+        write_starter(path, ledger_url)
+        written = [path, *([key_path] if new_key else [])]
     config = load_config(path)
-    open_ledger(config, migrate=True)
-    click.echo(f"ledger ready at {config.settings.ledger.url}")
+    try:
+        open_ledger(config, migrate=True)
+    except BaseException:
+        # No ledger there (a database that does not exist, a folder that is not there): what
+        # this command wrote goes too, so that the next init starts again from nothing.
+        for created in written:
+            created.unlink(missing_ok=True)
+        if written and replaced is not None:
+            path.write_bytes(replaced)  # --force keeps the config it would have replaced
+        raise
+    if written:
+        click.echo(f"wrote {path} (erasure key in {key_path}, mode 0600: back it up)")
+    click.echo(f"ledger ready at {safe_url(config.settings.ledger.url)}")
 
 
 @main.command()

@@ -6,6 +6,7 @@ Every error names the file, the line and the field, and what would have been acc
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import secrets
@@ -395,6 +396,12 @@ def _check_ledger_url(url: str, path: Path, lines: Lines) -> None:
             + f"unknown URL scheme {shown}: accepted are sqlite:///PATH and "
             "postgresql://USER@HOST:PORT/DATABASE"
         )
+    if scheme.lower() == "sqlite" and url.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
+        # Each command would get an empty ledger of its own, gone when it ends.
+        raise ConfigError(
+            where(path, lines, ("ledger", "url"))
+            + "a SQLite ledger in memory is lost when the command ends: give a file, sqlite:///PATH"
+        )
 
 
 def _expand_env(value: Any, loc: tuple[str | int, ...], *, secrets: bool = False) -> Any:
@@ -422,11 +429,26 @@ def starter_config_text() -> str:
     return resources.files("consentsync").joinpath("starter_config.yaml").read_text(encoding="utf-8")
 
 
-def write_starter(path: Path, ledger_url: str | None = None) -> Path:
-    """Writes the commented starter config and a fresh erasure key beside it (mode 0600)."""
+def starter_with_ledger(ledger_url: str | None) -> str:
+    """The starter config's text, with ``ledger_url`` (if given) as its ledger's URL: as written
+    where YAML reads it back as that string, else quoted (a colon at its end, a line break, a
+    ``#``), so that it is one string whatever it holds."""
+    import yaml
+
     text = starter_config_text()
     if ledger_url:
-        text = text.replace("url: sqlite:///consentsync.db", f"url: {ledger_url}", 1)
+        try:
+            plain = yaml.safe_load(f"url: {ledger_url}") == {"url": ledger_url}
+        except yaml.YAMLError:
+            plain = False
+        shown = ledger_url if plain else json.dumps(ledger_url)
+        text = text.replace("url: sqlite:///consentsync.db", f"url: {shown}", 1)
+    return text
+
+
+def write_starter(path: Path, ledger_url: str | None = None) -> Path:
+    """Writes the commented starter config and a fresh erasure key beside it (mode 0600)."""
+    text = starter_with_ledger(ledger_url)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     key_path = path.parent / "consentsync.key"

@@ -144,6 +144,53 @@ def test_init_writes_config_and_key_then_keeps_them(cli: Any, tmp_path: Path, le
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
 
+def test_init_with_a_ledger_url_it_cannot_use_leaves_nothing_behind(cli: Any, tmp_path: Path) -> None:
+    """The config and key it wrote go again when the ledger cannot be made, and a value that is
+    no ledger URL is named as --ledger-url; a ledger in memory (gone with the command) is refused."""
+    folder = tmp_path / "empty"
+    other = replace(cli, config_path=folder / "consentsync.yaml")
+    cases = [
+        ("foo://bar", "--ledger-url: unknown URL scheme 'foo'"),
+        ("sqlite://", "--ledger-url: a SQLite ledger in memory"),
+        ("sqlite:///:memory:", "--ledger-url: a SQLite ledger in memory"),
+        (f"sqlite:///{tmp_path / 'no-such-folder' / 'x.db'}", "cannot be opened"),
+    ]
+    if base := os.environ.get("CONSENTSYNC_TEST_POSTGRES_URL"):
+        missing = base.rsplit("/", 1)[0] + "/consentsync_no_such_database"
+        cases.append((missing, "does not exist on that server"))
+    for url, words in cases:
+        assert_bad_input(other("init", "--ledger-url", url), words)
+        assert not folder.exists() or list(folder.iterdir()) == [], url
+    # A URL ending in a colon is one YAML string, not a broken config.
+    colon = tmp_path / "x:"
+    assert replace(cli, config_path=colon / "consentsync.yaml").ok(
+        "init", "--ledger-url", f"sqlite:///{colon}/l:"
+    )
+
+
+def test_init_keeps_a_config_and_never_takes_another_url_for_it(cli: Any, tmp_path: Path) -> None:
+    original = cli.config_path.read_bytes()
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    assert_bad_input(cli("init", "--ledger-url", other_url), "exists with another ledger.url", "--force")
+    # --force writes a new config; when its ledger cannot be made, the old config stays.
+    assert_bad_input(cli("init", "--force", "--ledger-url", f"sqlite:///{tmp_path / 'nope' / 'x.db'}"))
+    assert cli.config_path.read_bytes() == original
+    assert "ledger ready" in cli.ok("init").stdout
+
+
+def test_a_command_that_reads_creates_no_ledger(cli: Any) -> None:
+    url = load_config(cli.config_path).ledger_url
+    if not url.startswith("sqlite"):
+        pytest.skip("a SQLite ledger's file")
+    database = Path(url.removeprefix("sqlite:///"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    for args in (("status",), ("runs", "list"), ("audit", "verify"), ("subject", "show", "a@example.com")):
+        assert_bad_input(cli(*args), f"no ledger at {database}", "consentsync init")
+        assert not database.exists(), args
+    assert "ledger ready" in cli.ok("init").stdout and database.exists()
+
+
 def test_init_registers_starter_purposes_once(cli: Any) -> None:
     assert ledger_purposes(cli.config_path) == STARTER_PURPOSES
     configured = audit_entries(cli, "--action", "purpose.configured")

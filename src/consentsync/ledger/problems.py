@@ -110,11 +110,33 @@ def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
             f"{WRITER_WAIT} ({text}): find the long transaction (pg_stat_activity), then run again",
             exit_codes.UNAVAILABLE,
         )
+    refused = _refused_at_login(state, text)
+    if refused is not None:
+        return LedgerProblem(f"the ledger database at {server} {refused}", exit_codes.CONFIG)
     if isinstance(error, SQLAlchemyError) and _connection_gone(error):
         return LedgerProblem(
             f"the ledger database at {server} cannot be reached now ({text}): retry when it is back",
             exit_codes.UNAVAILABLE,
         )
+    return None
+
+
+# What the server says when it will not let the ledger's user in, by SQLSTATE where the driver
+# has one and by the server's words where it has none (a refusal at connection time): the URL
+# (or the server's set-up) is wrong, which waiting will not mend.
+_LOGIN_REFUSED = (
+    ("3D000", "does not exist", "database", "does not exist on that server: create it, or fix ledger.url"),
+    ("28000", "does not exist", "role", "has no such user: create the role, or fix ledger.url"),
+    ("28P01", "password authentication failed", "", "refused its user's password: fix ledger.url"),
+    ("28000", "no pg_hba.conf entry", "", "does not let this user in from this host (pg_hba.conf)"),
+)
+
+
+def _refused_at_login(state: str, text: str) -> str | None:
+    lowered = text.lower()
+    for code, words, subject, what in _LOGIN_REFUSED:
+        if (state == code and words in lowered) or (words in lowered and f"fatal:  {subject}" in lowered):
+            return f"{what} ({text})"
     return None
 
 
