@@ -39,6 +39,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _KEY = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
+# Upper bounds of durations in the config: a value past them (a typo's extra digits) would pass
+# validation and overflow a date or a timer at the first command that used it.
+CENTURY_DAYS = 36_500
+YEAR_SECONDS = 366 * 86_400
+
+
 class ConfigError(ValueError):
     """A config problem, already phrased for the person who wrote the file."""
 
@@ -62,7 +68,7 @@ class CheckpointSettings(_Strict):
 
     directory: str | None = None
     key_file: str | None = None
-    interval_seconds: int = Field(default=3600, ge=1)
+    interval_seconds: int = Field(default=3600, ge=1, le=YEAR_SECONDS)
 
 
 class AuditSettings(_Strict):
@@ -99,11 +105,11 @@ class PolicySettings(_Strict):
     trusted_sources: list[str] = Field(
         default_factory=lambda: ["web_form", "preference_center", "double_opt_in", "ops"]
     )
-    requested_stale_after_days: int = Field(default=30, ge=1)
+    requested_stale_after_days: int = Field(default=30, ge=1, le=CENTURY_DAYS)
     objection_handling: ObjectionHandling = ObjectionHandling.AUTO_UPHOLD
     # A suppression not yet pushed to a CRM after this long raises an alert (CAN-SPAM allows 10
     # business days; alert well before).
-    late_suppression_hours: int = Field(default=48, ge=1)
+    late_suppression_hours: int = Field(default=48, ge=1, le=CENTURY_DAYS * 24)
     # Event times later than now plus this many seconds are refused at input (quarantined when a
     # CRM sends them): clocks disagree a little, but no one acts in the future.
     max_clock_skew_seconds: int = Field(default=DEFAULT_CLOCK_SKEW_SECONDS, ge=0, le=86400)
@@ -117,7 +123,7 @@ class PurposeSettings(_Strict):
     name: str
     direct_marketing: bool = False
     default_basis: LawfulBasis
-    validity_days: int | None = Field(default=None, ge=1)
+    validity_days: int | None = Field(default=None, ge=1, le=CENTURY_DAYS)
     objection_handling: ObjectionHandling | None = None
     channels: list[str] | None = None
     # PECR reg. 22 / ePrivacy Art. 13 / UWG 7: marketing by electronic mail needs consent or a
@@ -129,7 +135,7 @@ class PurposeSettings(_Strict):
     # mailed to them (double opt-in); the confirmation time is kept as evidence.
     double_opt_in: bool = False
     # Mail a renewal request this many days before a granted consent expires (validity_days).
-    renewal_days_before: int | None = Field(default=None, ge=1)
+    renewal_days_before: int | None = Field(default=None, ge=1, le=CENTURY_DAYS)
 
 
 class BrandingSettings(_Strict):
@@ -166,15 +172,15 @@ class HubSettings(_Strict):
     link_days: int = Field(default=30, ge=1, le=365)
     confirmation_days: int = Field(default=7, ge=1, le=90)
     # Requests per minute one API key may make (an API key may set its own).
-    rate_per_minute: int = Field(default=600, ge=1)
+    rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     languages: list[str] = Field(default_factory=lambda: ["en", "de"])
     # Mail the person a consent receipt (ISO/IEC TS 27560, JSON) for every grant, withdrawal or
     # refusal made through the capture API or the preference centre.
     mail_receipts: bool = True
     # Consent requests and renewal mails: at most this many a minute, and the daemon's upkeep
     # (lapsing, renewals) every this many minutes (0: only by command).
-    mails_per_minute: int = Field(default=60, ge=1)
-    upkeep_minutes: int = Field(default=60, ge=0)
+    mails_per_minute: int = Field(default=60, ge=1, le=1_000_000)
+    upkeep_minutes: int = Field(default=60, ge=0, le=YEAR_SECONDS // 60)
     # Consent purposes the daemon's upkeep sends consent requests for, to everyone they apply to
     # with nothing on record (empty: only `consentsync hub requests PURPOSE` sends them).
     request_purposes: list[str] = Field(default_factory=list)

@@ -112,6 +112,27 @@ class TestStarterConfig:
         assert purposes["service"].objection_handling is ObjectionHandling.MANUAL_REVIEW
         assert purposes["email_marketing"].objection_handling is ObjectionHandling.AUTO_UPHOLD
 
+    def test_a_duration_past_its_bound_is_refused_where_it_is_written(self) -> None:
+        """Extra digits passed validation, then overflowed a date at the first command using them
+        ("the input holds a value the ledger cannot store or compare")."""
+        lines = starter_config_text().splitlines()
+        for setting, value in (("validity_days", "3000000"), ("upkeep_minutes", "99999999999")):
+            text = starter_config_text()
+            if setting not in text:
+                text += "\nhub:\n  upkeep_minutes: 0\n"
+                lines = text.splitlines()
+            number = next(n for n, line in enumerate(lines, 1) if line.strip().startswith(f"{setting}:"))
+            changed = list(lines)
+            changed[number - 1] = lines[number - 1].split(":", 1)[0] + f": {value}"
+            assert_error_at("\n".join(changed) + "\n", f"{number}: ", setting, "less than or equal")
+        for lag in (".nan", ".inf"):
+            connector = (
+                "connectors:\n  - name: x\n    vendor: salesforce\n    mappings: [x.yaml]\n    settings: {}\n"
+                f"    signpost_lag_seconds: {lag}\n"
+            )
+            message = error_of(starter_config_text() + connector)
+            assert "signpost_lag_seconds" in message, message
+
 
 # Configs broken one way each, and how their error message starts after the file's name: the
 # line, the field and what is wrong with it.

@@ -18,7 +18,7 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    interval_seconds: int | None = Field(default=None, ge=10)
+    interval_seconds: int | None = Field(default=None, ge=10, le=366 * 86_400)
     cron: str | None = None
 
     @model_validator(mode="after")
@@ -41,7 +41,7 @@ class PushGuard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_records: int | None = Field(default=500, ge=0)
+    max_records: int | None = Field(default=500, ge=0, le=10**12)
     max_share: float | None = Field(default=0.05, gt=0, le=1)
 
 
@@ -55,7 +55,7 @@ class ConnectorSettings(BaseModel):
     # Records committed per ledger transaction: each commit rewrites the index pages its records
     # touched, so a larger page writes each page fewer times (docs/performance.md).
     batch_size: int = Field(default=1000, ge=1, le=10_000)
-    signpost_lag_seconds: float = Field(default=2.0, ge=0)
+    signpost_lag_seconds: float = Field(default=2.0, ge=0, le=86_400, allow_inf_nan=False)
     push_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     # CRM write calls side by side, each over a share of a push group; default: the connector's
     # own (Salesforce 4, the others 1). 1 writes one call after another. At most 8: a connector's
@@ -66,10 +66,10 @@ class ConnectorSettings(BaseModel):
     # decides their pushes a batch ahead of the run (sync/ahead.py); null, the default: never.
     # It takes about a tenth off the examination from 200,000 contacts, but the full sync was not
     # faster in the two pairs measured at a million (docs/performance.md): off until it is.
-    decide_ahead_from: int | None = Field(default=None, ge=1)
+    decide_ahead_from: int | None = Field(default=None, ge=1, le=10**12)
     # How far behind its last read an incremental read starts again (changes committed late);
     # None: the connector's own default, chosen from its vendor's docs.
-    lookback_seconds: float | None = Field(default=None, ge=0, le=7 * 86_400)
+    lookback_seconds: float | None = Field(default=None, ge=0, le=7 * 86_400, allow_inf_nan=False)
     # Art. 17(2): what an erasure does to this CRM's records of the person, per object (the
     # mapping's object name): suppress (push the suppression flags only; the default),
     # anonymise (overwrite the personal fields the mapping names under personal_fields) or
