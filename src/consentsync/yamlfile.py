@@ -65,6 +65,31 @@ Yaml12Loader.add_implicit_resolver(
 )
 
 
+MAX_EXPANDED_NODES = 100_000
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the document holds with every alias written out, counted once per node
+    (an alias is the node it names: PyYAML shares it), so that a bomb is measured, not expanded."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a recursive alias counts once rather than forever
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        total = min(total, MAX_EXPANDED_NODES + 1)
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
 def read_document(
     text: str,
     path: Path,
@@ -83,6 +108,13 @@ def read_document(
     parser = loader(text)
     try:
         root = parser.get_single_node()
+        if root is not None and _expanded_size(root) > MAX_EXPANDED_NODES:
+            # Aliases of aliases ("billion laughs"): a few hundred bytes that every walk of the
+            # data below (line index, ${VAR} expansion, validation) would expand without end.
+            raise error(
+                f"{path}: its anchors and aliases expand to more than {MAX_EXPANDED_NODES:,} values: "
+                "write the repeated parts out, or alias less deeply"
+            )
         data = parser.construct_document(root) if root is not None else None
         key_of: Callable[[yaml.Node], Any] = (
             (lambda node: parser.construct_object(node, deep=True))

@@ -21,6 +21,7 @@ from consentsync.config import (
     write_starter,
 )
 from consentsync.domain import LawfulBasis, ObjectionHandling
+from consentsync.yamlfile import read_document
 
 CONFIG = Path("/srv/consentsync/consentsync.yaml")
 
@@ -132,6 +133,17 @@ class TestStarterConfig:
             )
             message = error_of(starter_config_text() + connector)
             assert "signpost_lag_seconds" in message, message
+
+    def test_aliases_that_expand_without_end_are_refused_before_they_are_walked(self) -> None:
+        """A few hundred bytes of aliases of aliases took 5.6 GB and a minute (then a MemoryError
+        traceback); anchors used as people use them still load."""
+        bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+        bomb += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)]
+        message = error_of("\n".join(bomb) + "\n")
+        assert message.startswith(f"{CONFIG}: its anchors and aliases expand to more than 100,000")
+        shared = "base: &base {a: 1, b: [x, y]}\nfirst: *base\nsecond: {<<: *base, b: [z]}\n"
+        data, _lines = read_document(shared, CONFIG, error=ConfigError)
+        assert data["first"] == {"a": 1, "b": ["x", "y"]} and data["second"] == {"a": 1, "b": ["z"]}
 
 
 # Configs broken one way each, and how their error message starts after the file's name: the
