@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from consentsync.sdk import ConnectorSettings
+from consentsync.sdk import ConnectorSettings, WebUrl
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 FilterValue = Annotated[bool | int | str, Field()]
@@ -23,9 +23,9 @@ class DynamicsSettings(ConnectorSettings):
     than ``max_rate_limit_wait`` stops the run cleanly and the next run resumes."""
 
     # https://yourorg.crm4.dynamics.com: the environment's URL (Power Platform admin center).
-    environment_url: str
+    environment_url: WebUrl
     # https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token
-    token_url: str
+    token_url: WebUrl
     client_id: str
     client_secret: str
     # The client-credentials scope; by default the environment URL followed by /.default.
@@ -49,7 +49,8 @@ class DynamicsSettings(ConnectorSettings):
     @classmethod
     def _https(cls, value: str) -> str:
         if not value.startswith("https://"):
-            raise ValueError(f"{value!r} must be an https:// URL")
+            # Never the value in the message: a URL may carry a user and password.
+            raise ValueError("expected an https:// URL, such as https://yourorg.crm4.dynamics.com")
         return value.rstrip("/")
 
     @field_validator("record_filters")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from consentsync.sdk import ConnectorSettings, DailyBudget
+from consentsync.sdk import ConnectorSettings, DailyBudget, WebUrl
 
 #: When a contact has several ``hs_legal_basis`` boxes ticked, the first of these it holds is
 #: the one consentsync reads (the strongest proof first).
@@ -23,7 +23,7 @@ DEFAULT_LEGAL_BASIS_PRECEDENCE = (
 
 
 class HubSpotSettings(ConnectorSettings):
-    api_url: str = "https://api.hubapi.com"
+    api_url: WebUrl = "https://api.hubapi.com"
     # The private app's access token, written ${ENV_VAR} in the config; or a file holding it,
     # re-read when HubSpot refuses the token (rotate it without restarting the daemon).
     access_token: str | None = None

@@ -6,15 +6,21 @@ never stored in the clear.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile
+from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile, WebUrl
+
+#: A REST API version as it goes into /services/data/v{api_version}/: "59.0".
+_API_VERSION = re.compile(r"^([1-9][0-9]{1,2})\.0$")
+#: sObject Collections (every write and delete) came with API version 42.0.
+OLDEST_API_VERSION = 42
 
 
 class SalesforceSettings(ConnectorSettings):
-    login_url: str = "https://login.salesforce.com"
+    login_url: WebUrl = "https://login.salesforce.com"
     auth: Literal["client_credentials", "password", "jwt", "token"] = "client_credentials"
     client_id: str | None = None
     client_secret: str | None = None
@@ -23,7 +29,7 @@ class SalesforceSettings(ConnectorSettings):
     security_token: str | None = None
     private_key_file: ExistingFile | None = None
     access_token: str | None = None
-    instance_url: str | None = None
+    instance_url: WebUrl | None = None
     api_version: str = "59.0"
     query_batch_size: int = Field(default=2000, ge=200, le=2000)
     bulk_threshold: int = Field(default=10_000, ge=1)
@@ -36,6 +42,21 @@ class SalesforceSettings(ConnectorSettings):
     # budget.daily_reserve_percent: share of the org's rolling 24-hour allocation left for other
     # integrations.
     budget: DailyBudget = DailyBudget()
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _api_version(cls, value: Any) -> str:
+        # simple-salesforce puts the value into every URL (/services/data/v{version}/): "v59.0",
+        # "59" or "abc" passed and every call then answered 404, said as an object that does not
+        # exist. YAML reads 59.0 unquoted as a number: that is the same version.
+        text = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        match = _API_VERSION.match(text) if isinstance(text, str) else None
+        if match is None or int(match.group(1)) < OLDEST_API_VERSION:
+            raise ValueError(
+                f'expected a Salesforce API version such as "59.0" (a number and ".0", no "v"; '
+                f"{OLDEST_API_VERSION}.0 or later)"
+            )
+        return text
 
     @model_validator(mode="after")
     def _credentials_for_the_flow(self) -> SalesforceSettings:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from consentsync.sdk import ConnectorSettings
+from consentsync.sdk import ConnectorSettings, WebUrl
 
 # SuperOffice's own rule for the keys of list items (purposes, legal bases, sources).
 LIST_KEY = re.compile(r"^[A-Za-z0-9]+$")
@@ -21,7 +21,7 @@ LIST_KEY = re.compile(r"^[A-Za-z0-9]+$")
 class SuperOfficeSettings(ConnectorSettings):
     # The tenant's root: https://online.superoffice.com/Cust12345 (Online; sod. for development)
     # or an onsite installation's web API root; /api/v1 follows it.
-    base_url: str
+    base_url: WebUrl
     auth: Literal["token", "refresh_token"] = "refresh_token"
     # How the credential is sent: Bearer (an OpenID Connect access token) or SOTicket (a system
     # user ticket obtained outside consentsync, put in access_token with auth: token).
@@ -30,7 +30,7 @@ class SuperOfficeSettings(ConnectorSettings):
     client_id: str | None = None
     client_secret: str | None = None
     refresh_token: str | None = None
-    token_url: str = "https://online.superoffice.com/login/common/oauth/tokens"
+    token_url: WebUrl = "https://online.superoffice.com/login/common/oauth/tokens"
     redirect_uri: str | None = None
     # Online asks a server-side app to send its application token (the client secret) in this
     # header; onsite installations ignore it. Leave app_token out where it is not needed.
@@ -77,6 +77,4 @@ class SuperOfficeSettings(ConnectorSettings):
             self.auth,
             {"token": ("access_token",), "refresh_token": ("client_id", "client_secret", "refresh_token")},
         )
-        if not self.base_url.startswith(("https://", "http://")):
-            raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
         return self

@@ -116,7 +116,7 @@ class VtigerClient:
                 response = self.http.get(self.endpoint, params=form)
         except requests.RequestException as error:
             # The text of a requests error can carry the URL, session included: name the kind only.
-            raise sdk.network_error(operation, error, urlsplit(self.endpoint).netloc) from None
+            raise sdk.network_error(operation, error, sdk.host_of(self.endpoint)) from None
         return self._result(operation, response)
 
     def _result(self, operation: str, response: requests.Response) -> Any:

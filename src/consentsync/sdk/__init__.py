@@ -20,6 +20,8 @@ from consentsync.sdk.errors import (
     ErrorRule,
     ErrorTable,
     Fault,
+    host_of,
+    mask_userinfo,
     network_error,
     register_secret,
 )
@@ -33,7 +35,7 @@ from consentsync.sdk.http import (
 )
 from consentsync.sdk.objects import config_error, require_fields, require_object
 from consentsync.sdk.retry import RetryPolicy, call
-from consentsync.sdk.settings import ConnectorSettings, DailyBudget, ExistingFile, RunBudget
+from consentsync.sdk.settings import ConnectorSettings, DailyBudget, ExistingFile, RunBudget, WebUrl
 
 __all__ = [
     "Action",
@@ -55,13 +57,16 @@ __all__ = [
     "RetryPolicy",
     "RunBudget",
     "SharedLogin",
+    "WebUrl",
     "WriteAction",
     "WriteResult",
     "call",
     "config_error",
     "endpoint_kind",
+    "host_of",
     "http_session",
     "json_or_none",
+    "mask_userinfo",
     "network_error",
     "register_secret",
     "request_token",

@@ -8,11 +8,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
 
 import requests
 
-from consentsync.sdk.errors import Action, ConnectorError, ErrorRule, Fault, network_error
+from consentsync.sdk.errors import (
+    Action,
+    ConnectorError,
+    ErrorRule,
+    Fault,
+    host_of,
+    mask_userinfo,
+    network_error,
+)
 from consentsync.sdk.http import json_or_none
 
 __all__ = ["SharedLogin", "oauth_error_detail", "request_token"]
@@ -73,17 +80,19 @@ def request_token(
     """POSTs ``form`` to the token endpoint ``url`` and answers the decoded body, which holds a
     non-empty ``access_token``. A refusal raises ``{who}{login} at {url} refused (status):
     error: description`` (``login`` names the grant, e.g. "login with password"; ``who`` the
-    connector, e.g. "crm1: "). ``timeout``: the session's own (``http_session``) where None."""
+    connector, e.g. "crm1: "). ``timeout``: the session's own (``http_session``) where None.
+    ``url`` is said without its user and password, should it have them."""
+    shown = mask_userinfo(url)
     try:
         response = session.post(url, data=dict(form), timeout=timeout)
     except requests.RequestException as error:
-        raise network_error(f"token request to {url}", error, urlsplit(url).netloc) from None
+        raise network_error(f"token request to {shown}", error, host_of(url)) from None
     status = response.status_code
     if status != 200:
         # The endpoint down or busy passes; anything else is the credentials (or the app).
         transient = status >= 500 or status == 429
         raise ConnectorError(
-            f"{who}{login} at {url} refused ({status}): {oauth_error_detail(response)}",
+            f"{who}{login} at {shown} refused ({status}): {oauth_error_detail(response)}",
             ErrorRule(
                 Action.RETRY if transient else Action.FAIL,
                 Fault.TRANSIENT if transient else Fault.CONFIG,
@@ -99,7 +108,7 @@ def request_token(
         or not body["access_token"]
     ):
         raise ConnectorError(
-            f"{who}the {login} at {url} answered no access_token",
+            f"{who}the {login} at {shown} answered no access_token",
             ErrorRule(Action.FAIL, Fault.CONFIG, "login refused"),
         )
     return body

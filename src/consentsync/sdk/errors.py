@@ -8,6 +8,7 @@ record (quarantine it with the reason) or fail the run.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -111,11 +112,24 @@ _SECRET_PATTERNS = [
 #: name where a secret is, not the secret).
 _SECRET_KEY = re.compile(r"(?i)(secret|token|password|passwd|access_key|api_key|apikey|credential)")
 _NOT_SECRET_KEY = re.compile(r"(?i)(_url|_uri|_header|_file|_scheme|_path)$")
-#: A fragment of a secret this long or longer is redacted wherever it appears.
+#: A secret shorter than this is not remembered (it would match ordinary text); a piece of a
+#: secret this long at the cut of a truncated text (a dump, a CRM's echo cut at its limit) is
+#: redacted.
 SECRET_FRAGMENT = 8
+#: Any other piece of a secret is redacted when it is this long and at least half the secret.
+#: Shorter pieces are left: a secret made of words ("consentsync-sandbox-consumer-secret") shares
+#: them with ordinary text (the program's name, a connector's folder), and redacting every
+#: 8-character piece turned "consentsync discover salesforce-sandbox" into "[redacted] discover
+#: salesforce[redacted]" while keeping nothing secret (a piece shorter than half a secret leaves
+#: most of it unknown).
+SECRET_PART = 12
+#: What a cut text may end (or start) with after (before) a truncated secret.
+_ELLIPSES = ("...", "\u2026")
 
+#: Known secrets (each as written and as a CRM may echo it: URL-, form- and JSON-encoded), and
+#: the secrets each 8-character piece occurs in (a quick test of whether a text can hold one).
 _known_secrets: set[str] = set()
-_known_fragments: set[str] = set()
+_known_fragments: dict[str, set[str]] = {}
 _known_lock = threading.Lock()
 
 
@@ -123,21 +137,35 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _NOT_SECRET_KEY.search(key)
 
 
+def _spellings(value: str) -> set[str]:
+    """``value`` and the ways a CRM or a library may quote it back: percent-encoded (a URL, a
+    form body), JSON-escaped, Python's repr. A secret holding ``"`` or ``&`` is otherwise cut
+    into pieces by the escapes, each too short to be redacted as a part."""
+    from urllib.parse import quote, quote_plus
+
+    spelled = {value, quote(value, safe=""), quote_plus(value), quote(value)}
+    spelled.add(json.dumps(value)[1:-1])
+    spelled.add(json.dumps(value, ensure_ascii=False)[1:-1])
+    spelled.add(repr(value)[1:-1])
+    return {s for s in spelled if len(s) >= SECRET_FRAGMENT}
+
+
 def register_secret(value: Any) -> None:
     """Remembers a secret of this process (a client secret, a token read from a file): ``scrub``
-    redacts it, and every part of it of ``SECRET_FRAGMENT`` characters or more, from any text
-    (a CRM that echoes the request, a truncated dump, a log line)."""
+    redacts it from any text (a CRM that echoes the request, a truncated dump, a log line),
+    whole, encoded, cut at either end of a truncated text, or as a piece of ``SECRET_PART``
+    characters or more that is at least half of it."""
     if not isinstance(value, str):
         return
     value = value.strip()
     if len(value) < SECRET_FRAGMENT:
         return
     with _known_lock:
-        if value in _known_secrets:
-            return
-        _known_secrets.add(value)
-        n = SECRET_FRAGMENT
-        _known_fragments.update(value[i : i + n] for i in range(len(value) - n + 1))
+        for spelled in _spellings(value) - _known_secrets:
+            _known_secrets.add(spelled)
+            n = SECRET_FRAGMENT
+            for i in range(len(spelled) - n + 1):
+                _known_fragments.setdefault(spelled[i : i + n], set()).add(spelled)
 
 
 def register_secrets(settings: Mapping[str, Any]) -> None:
@@ -149,28 +177,90 @@ def register_secrets(settings: Mapping[str, Any]) -> None:
             register_secret(value)
 
 
+def _common_length(text: str, index: int, secret: str, start: int) -> int:
+    """How many characters ``text`` from ``index`` and ``secret`` from ``start`` share. Found by
+    halving with slice comparisons (done in C): a long token quoted in a long text would take
+    seconds character by character, at every position it covers."""
+    low, high = 0, min(len(text) - index, len(secret) - start)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if text[index : index + middle] == secret[start : start + middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def _leaks(text: str, index: int, secret: str) -> int:
+    """The end of the piece of ``secret`` that ``text`` holds from ``index`` when that piece
+    gives too much of it away, else ``index``."""
+    n, size = SECRET_FRAGMENT, len(secret)
+    best = index
+    start = secret.find(text[index : index + n])
+    while start != -1:
+        length = _common_length(text, index, secret, start)
+        end = index + length
+        if (
+            length == size
+            or length >= max(SECRET_PART, (size + 1) // 2)
+            # A text cut inside the secret: its start at the end, or its end at the start.
+            or (start == 0 and (end == len(text) or text.startswith(_ELLIPSES, end)))
+            or (start + length == size and (index == 0 or text.endswith(_ELLIPSES, 0, index)))
+        ):
+            best = max(best, end)
+        start = secret.find(text[index : index + n], start + 1)
+    return best
+
+
 def _redact_known(text: str) -> str:
     n = SECRET_FRAGMENT
     if not _known_fragments or len(text) < n:
         return text
-    out: list[str] = []
-    start = index = 0
-    while index <= len(text) - n:
-        if text[index : index + n] not in _known_fragments:
-            index += 1
+    spans: list[tuple[int, int]] = []
+    for index in range(len(text) - n + 1):
+        holders = _known_fragments.get(text[index : index + n])
+        if not holders:
             continue
-        end = index + n
-        while end < len(text) and text[end - n + 1 : end + 1] in _known_fragments:
-            end += 1
-        out.append(text[start:index] + "[redacted]")
-        start = index = end
-    out.append(text[start:])
+        end = max(_leaks(text, index, secret) for secret in holders)
+        if end > index:
+            if spans and index <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+            else:
+                spans.append((index, end))
+    if not spans:
+        return text
+    out: list[str] = []
+    last = 0
+    for start, end in spans:
+        out.append(text[last:start] + "[redacted]")
+        last = end
+    out.append(text[last:])
     return "".join(out)
 
 
+#: The userinfo of a URL (``https://user:password@host``): up to the last "@" before the path.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s]*@")
+
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced by ``[redacted]`` (scheme,
+    host, port, path and query kept, and the reader told that the URL had credentials): a URL
+    configured as ``https://user:password@host`` is quoted by requests, urllib3 and the
+    connectors' own messages as it was given."""
+    return _URL_USERINFO.sub(r"\1[redacted]@", text)
+
+
+def host_of(url: str) -> str:
+    """The host (and port) of ``url``, without its userinfo: what a message may name."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def scrub(text: str) -> str:
-    """Removes tokens, passwords, session ids and every known secret (``register_secret``), whole
-    or in part, from text meant for logs and run reports."""
+    """Removes tokens, passwords, session ids, the userinfo of URLs and every known secret
+    (``register_secret``) from text meant for logs and run reports."""
+    text = mask_userinfo(text)
     # The patterns first: a known secret that shares a part with a key name ("sandbox-password"
     # and "password=") would otherwise redact the key and hide the value from its pattern.
     for pattern in _SECRET_PATTERNS:
@@ -184,10 +274,11 @@ def network_error(describe: str, error: BaseException, host: str | None = None) 
     then exit 69). The exception's own text is left out: it can carry the URL and its query."""
     kinds = {cls.__name__ for cls in type(error).__mro__}
     if host is None:
-        from urllib.parse import urlsplit
-
         url = getattr(getattr(error, "request", None), "url", None)
-        host = urlsplit(str(url)).netloc if url else "the CRM"
+        host = host_of(str(url)) if url else "the CRM"
+    else:
+        # A caller's netloc keeps a URL's "user:password@": only the host and port are said.
+        host = host.rpartition("@")[2]
     if "SSLError" in kinds:
         return ConnectorError(
             f"{describe}: TLS refused: the certificate of {host} did not verify "

@@ -16,7 +16,7 @@ from typing import TypeVar
 import structlog
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, scrub
 
 T = TypeVar("T")
 log = structlog.get_logger("consentsync.sdk")
@@ -68,7 +68,8 @@ def call(
         assert isinstance(error, ConnectorError)
         log.warning(
             "crm.retry",
-            call=describe,
+            # A connector's describe may name the URL it calls, userinfo and query included.
+            call=scrub(describe),
             attempt=state.attempt_number,
             action=error.action.value,
             reason=error.rule.reason,

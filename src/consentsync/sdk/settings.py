@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -18,7 +19,7 @@ from consentsync.sdk.connector import ApiUsage
 from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
 from consentsync.sdk.retry import RetryPolicy
 
-__all__ = ["ConnectorSettings", "DailyBudget", "ExistingFile", "RunBudget"]
+__all__ = ["ConnectorSettings", "DailyBudget", "ExistingFile", "RunBudget", "WebUrl"]
 
 
 def _existing_file(value: str) -> str:
@@ -31,6 +32,24 @@ def _existing_file(value: str) -> str:
 
 # A setting naming a file that must be there when the config is read (a CA bundle, a key).
 ExistingFile = Annotated[str, AfterValidator(_existing_file)]
+
+
+def _web_url(value: str) -> str:
+    # A URL without a scheme or host ("login.salesforce.com", "https//...") was taken as given
+    # and failed only at the first call, retried as a network error. The message never quotes
+    # the value: a URL may carry a user and password.
+    try:
+        parts = urlsplit(value.strip())
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a port that is not a number, an unclosed "[" of an IPv6 address
+        usable = False
+    if not usable:
+        raise ValueError("expected an http:// or https:// URL with a host, such as https://crm.example.com")
+    return value.strip()
+
+
+# A setting holding the address of an HTTP(S) service (a CRM's API, its login or token endpoint).
+WebUrl = Annotated[str, AfterValidator(_web_url)]
 
 
 class RunBudget(BaseModel):
