@@ -4,6 +4,8 @@ a real PostgreSQL (each test in a schema of its own, dropped afterwards)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -155,6 +157,19 @@ def cli(config_path: Path) -> Cli:
     cli = Cli(config_path, runner)
     cli.ok("init")
     return cli
+
+
+def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+    """Stops a process a test started: ``sig``, then SIGKILL if it has not ended within
+    ``timeout`` seconds (a test must not leave a server behind)."""
+    if process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # The longest tests (a wheel built and installed, a browser driven) go first: pytest-xdist's work

@@ -24,6 +24,7 @@ import click
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
 from consentsync.app import open_ledger, safe_url
 from consentsync.cli_base import (
+    MAX_ROW_ID,
     audit_group,
     cell_text,
     check_output_folder,
@@ -67,7 +68,6 @@ from consentsync.domain import (
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import NotFound
 
-MAX_ROW_ID = 2**31 - 1  # the ledger's integer keys
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
@@ -281,7 +281,8 @@ def ledger_expire(as_json: bool) -> None:
 @ledger.command("requested")
 @click.option(
     "--older-than",
-    type=click.IntRange(min=0),
+    # At most about 1,900 years: further back than that is before year 1 (an overflow).
+    type=click.IntRange(min=0, max=700_000),
     metavar="DAYS",
     help="Default: policy.requested_stale_after_days.",
 )
@@ -402,13 +403,16 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
             # A script must say so: an erasure cannot be undone, and nobody is there to ask.
             raise InvalidInput("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase {address}? This cannot be undone", abort=True)
-    result = target.erase(address, reason=reason, actor=actor)
+    # Who erased is part of the record (Art. 5(2)): the login name when --actor is not given.
+    result = target.erase(address, reason=reason, actor=login_name() if actor is None else actor)
     entry = result["suppression_id"]
     emit_result(
         result,
         as_json,
         f"erased subject {result['subject']}; suppression entry {entry} kept"
         if result["subject_known"]
+        else f"no subject held that address; it was erased before: suppression entry {entry} stays"
+        if result["already_suppressed"]
         else f"no subject held that address; suppression entry {entry} recorded",
     )
 
@@ -421,7 +425,8 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
 @scriptable
 def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bool) -> None:
     """Restrict processing of a person (Art. 18): stored, not otherwise processed."""
-    result = current_ledger().restrict(_email(email), restricted=not lift, reason=reason, actor=actor)
+    who = login_name() if actor is None else actor
+    result = current_ledger().restrict(_email(email), restricted=not lift, reason=reason, actor=who)
     subject_uid = result["subject"]
     emit_result(
         result,

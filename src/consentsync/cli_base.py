@@ -13,6 +13,8 @@ import errno
 import functools
 import getpass
 import json
+import os
+import socket
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +39,11 @@ from consentsync.sdk.errors import ConnectorError
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_BAD_INPUT = exit_codes.CONFIG
+MAX_ROW_ID = 2**31 - 1  # the ledger's integer keys (PostgreSQL's integer)
+# A count of rows or a row's id as the ledger's integers hold them: a larger number is refused
+# naming its option, not by the database ("a value the ledger cannot store or compare").
+ROW_COUNT = click.IntRange(min=1, max=MAX_ROW_ID)
+ROW_ID = click.IntRange(min=1, max=MAX_ROW_ID)
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -52,12 +59,44 @@ _BIND_REFUSED = {
 }
 
 
+def _shown(host: str) -> str:
+    """``host`` as an error line can print it: as typed, or quoted with escapes when it holds
+    characters a terminal would not show (or could not encode: bytes that are not UTF-8)."""
+    return host if host.isprintable() else ascii(host)
+
+
+def _unresolvable(host_option: str, host: str, why: str) -> NoReturn:
+    fail(f"{host_option} {_shown(host)} is not an address or host name this machine resolves ({why}): "
+         f"pass {host_option} 127.0.0.1, 0.0.0.0 (every address) or an address of this machine",
+         exit_codes.CONFIG)  # fmt: skip
+
+
+def check_host(host_option: str, host: str) -> None:
+    """Refuses a ``host`` (named by ``host_option``) that resolves to no address, before anything
+    is made or bound: binding it would fail with a resolver error, after the work done so far."""
+    try:
+        # AI_PASSIVE: an address to listen on; "" means every address, as for bind().
+        socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        _unresolvable(host_option, host, error.strerror or str(error))
+    except (UnicodeError, ValueError):
+        # The IDNA codec refuses a label over 63 characters or a character no host name holds.
+        _unresolvable(host_option, host, "not a valid host name")
+
+
 @contextmanager
 def listening_where_asked(port_option: str, port: int | None, host_option: str, host: str) -> Iterator[None]:
     """Around binding ``host``:``port``, which the options ``port_option`` and ``host_option``
-    named: a refusal (a port in use, a privileged port, a foreign address) is one line, exit 2."""
+    named: a host that resolves to no address is refused first, before the body runs; a refusal
+    (a port in use, a privileged port, a foreign address, an unresolvable host) is one line,
+    exit 2."""
+    check_host(host_option, host)
     try:
         yield
+    except socket.gaierror as error:
+        # Resolved above, yet not for this socket's family (an IPv6-only name on an IPv4 socket),
+        # or the resolver changed its answer meanwhile.
+        _unresolvable(host_option, host, error.strerror or str(error))
     except OSError as error:
         why = _BIND_REFUSED.get(error.errno or 0)
         if why is None:
@@ -67,6 +106,24 @@ def listening_where_asked(port_option: str, port: int | None, host_option: str, 
                  exit_codes.CONFIG)  # fmt: skip
         fail(f"{port_option} {port} on {host} {why}: pass {port_option} with a free port (or 0 to pick one)",
              exit_codes.CONFIG)  # fmt: skip
+
+
+# Output that could not be written: no space (69: free some and run again) or nowhere to write
+# it (2). What the command changed before it wrote its output stays: the message says only that
+# the output was lost.
+_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+_UNWRITABLE = _SPACE | {errno.EROFS, errno.EACCES, errno.EISDIR, errno.ENOENT, errno.EBADF}
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so that what is still buffered for it is dropped at exit
+    instead of failing a second time in Python's shutdown (a traceback-like warning)."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test runner)
+        pass
 
 
 def check_output_folder(output: Path, option: str = "-o") -> None:
@@ -124,6 +181,14 @@ def handled(func: F) -> F:
             if problem is None:
                 raise
             fail(problem.message, problem.exit_code)
+        except OSError as error:
+            if error.errno not in _UNWRITABLE:
+                raise  # a broken pipe (the reader went away) is click's to handle, quietly
+            _quiet_stdout()
+            why = error.strerror or str(error)
+            said = f"{error.filename}: {why}" if error.filename else f"the output could not be written: {why}"
+            code = exit_codes.UNAVAILABLE if error.errno in _SPACE else exit_codes.CONFIG
+            fail(f"{said} (what the command changed before that is kept)", code)
         except ConnectorError as error:
             # The CRM refused the credentials (exit 77), refused something else the admin must
             # fix (a module or field the install lacks, its TLS certificate: exit 2) or could not
@@ -211,7 +276,57 @@ def login_name() -> str:
         return "cli"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _OneLineUsageError(click.UsageError):
+    """A usage error (a missing argument, a value out of range, an unknown option or command)
+    said as every other refusal is: one ``consentsync: error:`` line, exit 2 (click prints the
+    usage, a hint and the error over four lines)."""
+
+    def show(self, file: Any = None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"consentsync: error: {self.format_message()}{where}", err=True)
+
+
+def _one_line(error: click.UsageError) -> _OneLineUsageError:
+    message = error.format_message()
+    param = getattr(error, "param", None)
+    envvar = getattr(param, "envvar", None)
+    ctx = error.ctx
+    # A value from the environment is fixed there, not on the command line: say where.
+    if (
+        isinstance(envvar, str)
+        and ctx is not None
+        and param is not None
+        and param.name
+        and ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT
+    ):
+        message = f"{message} (from the environment variable {envvar})"
+    return _OneLineUsageError(message, ctx)
+
+
+class _Commands(click.Group):
+    """consentsync's command tree; usage errors anywhere in it are one line (``_OneLineUsageError``)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _OneLineUsageError:
+            raise
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _OneLineUsageError:
+            raise
+        except click.UsageError as error:
+            raise _one_line(error) from None
+
+
+@click.group(
+    cls=_Commands,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(package_name="consentsync", prog_name="consentsync", message="%(prog)s %(version)s")
 @config_option
 @click.option(

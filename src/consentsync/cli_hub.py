@@ -11,6 +11,7 @@ import click
 
 from consentsync import exit_codes
 from consentsync.cli_base import (
+    ROW_COUNT,
     configured,
     current_config,
     current_ledger,
@@ -58,7 +59,9 @@ def apikey() -> None:
     "--actions", **_listing("consents,decisions", "Of consents, objections, erasure, decisions; or *.")
 )
 @click.option(
-    "--rate", type=click.IntRange(min=1), help="Requests per minute (default: hub.rate_per_minute)."
+    "--rate",
+    type=click.IntRange(min=1, max=1_000_000),
+    help="Requests per minute (default: hub.rate_per_minute).",
 )
 @scriptable
 def apikey_add(
@@ -212,7 +215,7 @@ def hub_lapse() -> None:
 
 @hub.command("requests")
 @click.argument("purpose")
-@click.option("--limit", type=click.IntRange(min=1), help="Ask at most this many people in this run.")
+@click.option("--limit", type=ROW_COUNT, help="Ask at most this many people in this run.")
 @click.option("--dry-run", is_flag=True, help="Count who would be asked; send nothing.")
 @configured
 def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:

@@ -19,6 +19,8 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_connector, open_ledger, open_sync
 from consentsync.cli_base import (
+    ROW_COUNT,
+    ROW_ID,
     check_output_folder,
     configured,
     current_config,
@@ -28,6 +30,7 @@ from consentsync.cli_base import (
     handled,
     json_option,
     listening_where_asked,
+    login_name,
     main,
     print_table,
     runs,
@@ -276,7 +279,7 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
 
 @runs.command("list")
 @click.option("--connector", help="Only this connector's runs.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--limit", type=ROW_COUNT, default=20, show_default=True)
 @scriptable
 def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
     """The latest runs, newest first."""
@@ -529,6 +532,8 @@ def demo(records: int, workdir: Path | None, crms: str | None, hub: bool) -> Non
 def plan_command(connector: str, full: bool, output: Path | None, as_json: bool) -> None:
     """What the next run of CONNECTOR would push, per CRM record: field, old -> new, and the rule
     that decided it. Nothing is changed; approve the plan with `consentsync apply PLAN`."""
+    from consentsync.sync.plan import NOT_KEPT
+
     if output is not None:
         check_output_folder(output)
     config = current_config()
@@ -564,7 +569,10 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
                 "person": item["who"],
                 "change": "delete the record"
                 if item["action"] == "delete"
-                else ", ".join(f"{k}: {item['old'].get(k)!r} -> {v!r}" for k, v in item["new"].items()),
+                else ", ".join(
+                    f"{k}: {repr(item['old'][k]) if k in item['old'] else NOT_KEPT} -> {v!r}"
+                    for k, v in item["new"].items()
+                ),
                 "rule": item["rule"],
             }
             for item in document["items"]
@@ -577,7 +585,7 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
 
 @main.command("apply")
 @click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="PLAN")
-@click.option("--actor", help="Who approved the plan (kept in the audit log).")
+@click.option("--actor", help="Who approved the plan (kept in the audit log; default: your login name).")
 @scriptable
 def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     """Push exactly the plan in PLAN (written by `consentsync plan -o`), whatever the connector's
@@ -585,7 +593,8 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     the plan. Audited with the plan's digest."""
     from consentsync.sync.plan import Plan
 
-    check_label(actor, "--actor", ACTOR_MAX)  # kept in the audit chain: no address, one line
+    actor = login_name() if actor is None else actor  # who approved it is part of the record
+    check_label(actor, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain: one line
     try:
         data = json.loads(plan_file.read_text(encoding="utf-8"))
         plan = Plan.from_json(data)
@@ -635,7 +644,7 @@ def outbox() -> None:
 @outbox.command("list")
 @click.option("--dead", is_flag=True, help="Dead-lettered rows instead of pending ones.")
 @click.option("--connector", help="Only this connector's rows.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=ROW_COUNT, default=100, show_default=True)
 @scriptable
 def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) -> None:
     """Pending (or, with --dead, dead-lettered) pushes, oldest first."""
@@ -650,9 +659,9 @@ def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) ->
 
 
 @outbox.command("retry")
-@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.argument("ids", nargs=-1, type=ROW_ID, metavar="[ID]...")
 @click.option("--all", "retry_all", is_flag=True, help="Every dead-lettered row.")
-@click.option("--actor", help="Who decided to retry (kept in the audit log).")
+@click.option("--actor", help="Who decided to retry (kept in the audit log; default: your login name).")
 @configured
 def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> None:
     """Put dead-lettered pushes back in the queue for the next run."""
@@ -660,7 +669,8 @@ def outbox_retry(ids: tuple[int, ...], retry_all: bool, actor: str | None) -> No
 
     if bool(ids) == retry_all:
         raise InvalidInput("give outbox row ids or --all (not both)")
-    check_label(actor, "--actor", ACTOR_MAX)  # kept in the audit chain: no address, one line
+    actor = login_name() if actor is None else actor
+    check_label(actor, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain: one line
     ledger = open_ledger(current_config())
     count = retry(ledger.engine, None if retry_all else list(ids), actor=actor, now=ledger.clock())
     click.echo(f"{count} row(s) back in the queue; the next run of their connector pushes them")
@@ -779,6 +789,7 @@ def run_daemon(
 
     import structlog
 
+    from consentsync.cli_base import check_host
     from consentsync.observability import HealthServer, Metrics
     from consentsync.sync.daemon import Daemon
 
@@ -790,6 +801,11 @@ def run_daemon(
         stream="stdout",
     )
     log = structlog.get_logger("consentsync.daemon")
+    # Hosts that resolve to no address are refused before the ledger opens or anything listens.
+    if not no_metrics:
+        check_host("--metrics-host", metrics_host)
+    if web_port is not None:
+        check_host("--web-host", web_host)
     config = current_config()
     if not config.settings.connectors:
         raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
@@ -807,17 +823,20 @@ def run_daemon(
     daemon = Daemon(
         config, ledger, on_report=metrics.observe_run, late_suppression_age=timedelta(hours=hours)
     )
-    if server is not None:
-        with listening_where_asked("--metrics-port", metrics_port, "--metrics-host", metrics_host):
-            server.start()
-        log.info("daemon.metrics", url=f"{server.url}/metrics", health=["/healthz", "/readyz"])
     console = None
     if web_port is not None:
         from consentsync.web.server import WebServer, build
 
-        app = build(config, ledger, host=web_host)
+        # Bound (not yet served) before the metrics server starts: a bad --web-host or --web-port
+        # is refused before anything is served.
         with listening_where_asked("--web-port", web_port, "--web-host", web_host):
-            console = WebServer(app, host=web_host, port=web_port).start()
+            console = WebServer(build(config, ledger, host=web_host), host=web_host, port=web_port)
+    if server is not None:
+        with listening_where_asked("--metrics-port", metrics_port, "--metrics-host", metrics_host):
+            server.start()
+        log.info("daemon.metrics", url=f"{server.url}/metrics", health=["/healthz", "/readyz"])
+    if console is not None:
+        console.start()
         log.info("daemon.console", url=f"{console.url}/")
     daemon.start()
     try:

@@ -12,7 +12,9 @@ import click
 
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
+    ROW_ID,
     F,
+    check_host,
     configured,
     current_config,
     emit_result,
@@ -54,21 +56,28 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     import uvicorn
 
     from consentsync.accounts import Accounts
-    from consentsync.web.server import bound_socket, build, uvicorn_config
+    from consentsync.web.server import bound_socket, build, tls_problem, uvicorn_config
 
     if bool(certfile) != bool(keyfile):
         raise InvalidInput("give --certfile and --keyfile together")
+    # Loaded now, not when uvicorn starts serving: a file that is no certificate or key is one
+    # line, before the ledger opens or the port is bound.
+    problem = tls_problem(certfile, keyfile) if certfile and keyfile else None
+    if problem is not None:
+        raise InvalidInput(problem)
+    check_host("--host", host)  # before the ledger opens, not only when the socket is bound
     config = current_config()
     ledger = open_ledger(config)
-    if not Accounts(ledger.engine).list():
-        click.echo("no console account yet: add one with `consentsync user add NAME --role admin`", err=True)
     # Bound here, before anything says where the console is: a port in use is one line (uvicorn
     # logged an error and exited 3), and --port 0 is told the port it got.
     with listening_where_asked("--port", port, "--host", host):
         sock = bound_socket(host, port)
+    if not Accounts(ledger.engine).list():  # said once it serves: a refusal above is one line
+        click.echo("no console account yet: add one with `consentsync user add NAME --role admin`", err=True)
     port = sock.getsockname()[1]
     scheme = "https" if certfile else "http"
-    click.echo(f"ops console at {scheme}://{host}:{port}/ (Ctrl-C stops)", err=True)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, bracketed as a URL needs
+    click.echo(f"ops console at {scheme}://{shown}:{port}/ (Ctrl-C stops)", err=True)
     uvicorn.Server(
         uvicorn_config(
             build(config, ledger, host=host), host=host, port=port, certfile=certfile, keyfile=keyfile
@@ -91,8 +100,18 @@ def _accounts() -> Accounts:
     return Accounts(ledger.engine, clock=lambda: ledger.clock(), keyed=ledger.keyed_hasher())
 
 
-def _password(prompt: bool) -> str:
-    return click.prompt("Password", hide_input=True, confirmation_prompt=prompt)
+def _password(from_stdin: bool) -> str:
+    """The new password: one line of standard input (--password-stdin), else asked twice on the
+    terminal. Without a terminal, or with stdin closed or empty, one line says what to do (getpass
+    warned that the password might be echoed, then click said "Aborted!")."""
+    if from_stdin:
+        line = sys.stdin.readline() if sys.stdin is not None and not sys.stdin.closed else ""
+        if not line.strip():
+            raise InvalidInput("--password-stdin: no password line on standard input: pipe one in")
+        return line.rstrip("\n")
+    if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
+        raise InvalidInput("no terminal to ask for the password on: run it on one, or pass --password-stdin")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
 
 
 _ROLE = click.Choice(["viewer", "reviewer", "admin"])
@@ -119,7 +138,7 @@ def _account_change(name: str, *options: Callable[[F], F]) -> Callable[[F], clic
 def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
     """Add an account; asks for its password (12 characters or more)."""
     accounts = _accounts()
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
+    password = _password(password_stdin)
     account = accounts.add(name, role, password, actor=actor)
     click.echo(f"account {account.name} added with role {account.role.label}")
 
@@ -128,7 +147,7 @@ def user_add(name: str, role: str, actor: str, password_stdin: bool) -> None:
 def user_passwd(name: str, actor: str, password_stdin: bool) -> None:
     """Set an account's password; its open sessions end."""
     accounts = _accounts()
-    password = sys.stdin.readline().rstrip("\n") if password_stdin else _password(True)
+    password = _password(password_stdin)
     accounts.set_password(name, password, actor=actor)
     click.echo(f"password of {name} changed; its sessions have ended")
 
@@ -180,7 +199,7 @@ def user_unlock(name: str, actor: str) -> None:
 
 
 @runs.command("retry")
-@click.argument("quarantine_id", type=int, metavar="QUARANTINE_ID")
+@click.argument("quarantine_id", type=ROW_ID, metavar="QUARANTINE_ID")
 @click.option("--actor", required=True, help="Who asks (kept in the audit log).")
 @scriptable
 def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:

@@ -14,6 +14,7 @@ ledger URL and its password).
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -417,6 +418,16 @@ def health_app(owner: HealthServer) -> WsgiApp:
     return app
 
 
+class _HealthHTTPServer(ThreadingWSGIServer):
+    """An IPv6 socket for an IPv6 address (the console's and the sandboxes' servers do the same):
+    the base class makes IPv4 ones only, which fail to bind ``::1`` with a resolver error."""
+
+    def __init__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, *args, **kwargs)
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http.request", client=self.client_address[0], line=format % args)
@@ -447,7 +458,7 @@ class HealthServer:
         if self._server is not None:
             return self
         server = make_server(
-            self.host, self.port, health_app(self), ThreadingWSGIServer, handler_class=_QuietHandler
+            self.host, self.port, health_app(self), _HealthHTTPServer, handler_class=_QuietHandler
         )
         self._server = server
         self.port = server.server_address[1]
@@ -470,7 +481,8 @@ class HealthServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def __enter__(self) -> HealthServer:
         return self.start()

@@ -128,6 +128,51 @@ def test_ids_beyond_64_bits_are_one_line_errors(config: Path, args: tuple[str, .
 
 
 @pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("runs", "list", "--limit", str(10**23)), "Invalid value for '--limit'"),
+        (("outbox", "list", "--limit", "0"), "Invalid value for '--limit'"),
+        (("apikey", "create"), "No such command 'create'"),
+        (("user", "add", "x", "--role", "god"), "Invalid value for '--role'"),
+        (("notice", "add"), "Missing argument 'PURPOSE'"),
+        (("--nope", "status"), "No such option '--nope'"),
+        (("objection", "decide", "1", "--uphold", "--reason", "r", "--by"), "'--by' requires an argument"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_command_s_help(
+    config: Path, args: tuple[str, ...], words: str
+) -> None:
+    """click's own refusals (four lines: usage, hint, blank, error) are said like every other."""
+    one_line_error(run(config, *args), exit_codes.CONFIG, words)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_that_cannot_be_written_is_one_line(config: Path) -> None:
+    """stdout on a full disk: one line and exit 69, not an OSError's traceback; what the command
+    recorded before it wrote its output stays recorded."""
+    import subprocess
+
+    command = [str(Path(sys.executable).parent / "consentsync"), "--config", str(config)]
+    record = ["ledger", "record", "--email", EMAIL, "--purpose", "service", "--status", "granted"]
+    for args in (["audit", "log"], ["status", "--json"], [*record, "--source", "web_form"]):
+        with open("/dev/full", "w") as full:
+            result = subprocess.run([*command, *args], stdout=full, stderr=subprocess.PIPE, text=True)
+        assert result.returncode == exit_codes.UNAVAILABLE, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("consentsync: error: the output could not be written: No space left")
+    assert EMAIL in run(config, "subject", "show", EMAIL).stdout
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(config: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "status"], env={"CONSENTSYNC_LOG_LEVEL": "bogus"}
+    )
+    one_line_error(result, exit_codes.CONFIG, "'--log-level'", "environment variable CONSENTSYNC_LOG_LEVEL")
+    given = CliRunner().invoke(main, ["--config", str(config), "--log-level", "bogus", "status"])
+    assert "environment" not in one_line_error(given, exit_codes.CONFIG, "'--log-level'")
+
+
+@pytest.mark.parametrize(
     "command",
     [
         ("subject", "export", EMAIL, "--format", "json", "-o"),

@@ -24,6 +24,7 @@ from openpyxl import load_workbook
 from sqlalchemy import inspect, text
 
 from consentsync.cli import main
+from consentsync.cli_base import login_name
 from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, LawfulBasis
 from consentsync.ledger.engine import make_engine
@@ -586,7 +587,13 @@ def test_erase_leaves_only_a_keyed_hash(cli: Any) -> None:
 
 def test_erase_unknown_address_still_suppresses(cli: Any) -> None:
     out = cli.ok("erase", "--email", "never@example.com", "--reason", "do not contact", "--yes").stdout
-    assert "no subject held that address" in out
+    assert "no subject held that address; suppression entry 1 recorded" in out
+    # Asked again: the entry there is kept, and the output does not claim a new one.
+    again = cli.ok("erase", "--email", "Never@Example.com", "--reason", "asked again", "--yes").stdout
+    assert "it was erased before: suppression entry 1 stays" in again
+    # Who asked is on record: the login name, --actor not given.
+    erased = audit_entries(cli, "--action", "subject.erased")
+    assert [entry["actor"] for entry in erased] == [login_name()] * 2
     assert "never@example.com" not in dump_database(cli.config_path)
     after = record(cli, "never@example.com", "service", "granted")["after"]
     assert (after["suppressed"], after["rule"]) == (True, "erasure_suppression")

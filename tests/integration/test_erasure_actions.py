@@ -86,6 +86,16 @@ def test_the_configured_erasure_action_reaches_the_crm_once(
     ledger.erase(ERASED, reason="Art. 17 request")
     assert _erasures_pending(path) == 1, "status does not show the erasure waiting for this CRM"
     ledger.engine.dispose()
+    if action == "anonymise":
+        # The plan says what is not known of the record rather than that it is empty already.
+        from click.testing import CliRunner
+
+        from consentsync.cli import main
+
+        shown = CliRunner().invoke(main, ["--config", str(path), "plan", CONNECTOR])
+        assert shown.exit_code == 0, shown.output
+        assert "Email: (not kept: personal data) -> None" in shown.stdout, shown.stdout
+        assert "Email: None" not in shown.stdout
     _sync(path)
     _sync(path)  # reads its own writes back; nothing more to do
     assert _erasures_pending(path) == 0

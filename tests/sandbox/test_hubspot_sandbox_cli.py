@@ -11,6 +11,8 @@ from pathlib import Path
 
 import requests
 
+from tests.conftest import stop
+
 
 def test_the_command_serves_a_seeded_portal(tmp_path: Path) -> None:
     process = subprocess.Popen(
@@ -49,9 +51,4 @@ def test_the_command_serves_a_seeded_portal(tmp_path: Path) -> None:
         )
         assert answer.status_code == 200 and len(answer.json()["results"]) == 25
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGINT, timeout=10)

@@ -37,6 +37,14 @@ def test_user_commands_hash_passwords_check_input_and_audit(cli: Cli) -> None:
         "user", "add", "no spaces", "--role", "viewer", "--password-stdin", input="another-long-password\n"
     )
     assert bad.exit_code == 2 and "lower-case letters" in bad.stderr
+    # No password to read: one line each, no getpass warning, no "Aborted!".
+    for args, said in (
+        (("--password-stdin",), "--password-stdin: no password line on standard input: pipe one in"),
+        ((), "no terminal to ask for the password on: run it on one, or pass --password-stdin"),
+    ):
+        for command in (("user", "add", "carol", "--role", "viewer"), ("user", "passwd", "ops.lead")):
+            none = cli(*command, *args, input="")
+            assert none.exit_code == 2 and none.stderr.strip() == f"consentsync: error: {said}", none.stderr
     cli.ok("user", "role", "ops.lead", "admin")
     assert (
         cli(

@@ -590,6 +590,7 @@ class Ledger:
             suppression_id = conn.execute(
                 select(suppressions.c.id).where(suppressions.c.email_hmac == digest)
             ).scalar()
+            already = suppression_id is not None  # an address erased before: its entry is kept
             if suppression_id is None:
                 suppression_id = conn.execute(
                     insert(suppressions)
@@ -651,6 +652,7 @@ class Ledger:
             "subject": uid,
             "suppression_id": suppression_id,
             "subject_known": subject_id is not None,
+            "already_suppressed": already,
             "audit_details_erased": erased_details,
         }
 

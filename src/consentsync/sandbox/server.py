@@ -256,7 +256,15 @@ class HttpsSandbox(ABC):
             return self
         if self._tls is None:
             self._tls = create_sandbox_tls(self._tls_dir)
-        self._httpd = _HTTPServer((self.host, self.port), _Handler, self, self._tls.server_context())
+        try:
+            self._httpd = _HTTPServer((self.host, self.port), _Handler, self, self._tls.server_context())
+        except BaseException:
+            # Not bound (a port in use, a bad host, an interrupt): the certificates made for this
+            # server, its private key among them, are not left behind in the temporary folder.
+            if self._owns_tls:
+                self._tls.cleanup()
+                self._tls = None
+            raise
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,

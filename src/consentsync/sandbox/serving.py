@@ -18,14 +18,17 @@ from __future__ import annotations
 import functools
 import inspect
 import shlex
+import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
 import yaml
 
+from consentsync.sandbox.tls import removing_tls_folders
 from consentsync.sdk.errors import is_secret_key
 
 
@@ -96,20 +99,72 @@ def serve(
     stop: threading.Event | None = None,
     on_ready: Callable[[Any], None] | None = None,
     cleanup: Callable[[], None] | None = None,
+    signalled: Callable[[], bool] | None = None,
 ) -> None:
     """Prints ``lines`` (what the sandbox serves) and the block to paste, then serves until
-    interrupted (or until ``stop`` is set); ``on_ready`` is called with the running sandbox."""
-    print("\n".join([*lines, *paste_lines(vendor, sandbox)]), flush=True)
-    if on_ready is not None:
-        on_ready(sandbox)
+    interrupted (or until ``stop`` is set, or ``signalled()`` holds); ``on_ready`` is called with
+    the running sandbox. The sandbox is closed and ``cleanup`` called however it ends (printing or
+    ``on_ready`` failing too)."""
+    stop = stop or threading.Event()
     try:
-        (stop or threading.Event()).wait()
+        print("\n".join([*lines, *paste_lines(vendor, sandbox)]), flush=True)
+        if on_ready is not None:
+            on_ready(sandbox)
+        # Woken at once by the KeyboardInterrupt a signal raises; ``signalled`` is asked too, as
+        # that exception is lost when the handler happens to run inside a __del__ or a weakref
+        # callback (Python prints "Exception ignored" and goes on).
+        while not stop.wait(_SIGNAL_POLL):
+            if signalled is not None and signalled():
+                break
     except KeyboardInterrupt:
         pass
     finally:
-        sandbox.close()
-        if cleanup is not None:
-            cleanup()
+        try:
+            sandbox.close()
+        finally:
+            if cleanup is not None:
+                cleanup()
+
+
+#: How often (seconds) a serving sandbox looks whether a signal asked it to stop.
+_SIGNAL_POLL = 0.25
+
+
+class _SignalStop:
+    """SIGTERM stops a sandbox command as Ctrl-C does: a KeyboardInterrupt wherever the main thread
+    is, so that the ``finally`` blocks on the way out close the sandbox and remove its certificates
+    and keys (SIGTERM's default would end the process at once and leave them in $TMPDIR); and
+    :attr:`signalled`, for :func:`serve` to stop even if that exception was lost. The command then
+    exits 0, as `consentsync run` does when told to stop: stopping is how a sandbox ends.
+
+    Signals after the first are ignored, there and once the command is done, so that none cuts the
+    removal short (closing takes five seconds at most) or turns the clean stop into a kill."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, _signum: int, _frame: Any) -> None:
+        if not self.signalled:
+            self.signalled = True
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def installed(self) -> Iterator[_SignalStop]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach the main thread only (tests run sandboxes in threads)
+            return
+        self.previous = {signum: signal.signal(signum, self.handle) for signum in _STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for signum, handler in self.previous.items():
+                # Stopped by a signal, the process is ending: SIG_IGN, not this handler, as Python
+                # resets its own handlers to the default while it exits.
+                signal.signal(signum, signal.SIG_IGN if self.signalled else handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def sandbox_command(
@@ -225,8 +280,22 @@ class SandboxMain:
         **options: Any,
     ) -> None:
         records = self.records if records is None else records
-        served = self.start(port=port, seed=seed, host=host, records=records, **options)
-        serve(self.vendor, served.sandbox, served.lines, stop=stop, on_ready=on_ready, cleanup=served.cleanup)
+        # removing_tls_folders: whatever a vendor's start function made in $TMPDIR before it failed
+        # (a port in use) or was interrupted, before serve() took charge of it, goes too.
+        with _SignalStop().installed() as signals, removing_tls_folders():
+            try:
+                served = self.start(port=port, seed=seed, host=host, records=records, **options)
+                serve(
+                    self.vendor,
+                    served.sandbox,
+                    served.lines,
+                    stop=stop,
+                    on_ready=on_ready,
+                    cleanup=served.cleanup,
+                    signalled=lambda: signals.signalled,
+                )
+            except KeyboardInterrupt:
+                pass  # Ctrl-C or SIGTERM while it was starting: stopped, as when serving
 
 
 def sandbox_main(

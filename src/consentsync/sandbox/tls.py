@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import shutil
 import ssl
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +32,7 @@ import trustme
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["SandboxTLS", "create_sandbox_tls", "system_ca_bundle_path"]
+__all__ = ["SandboxTLS", "create_sandbox_tls", "removing_tls_folders", "system_ca_bundle_path"]
 
 _SYSTEM_BUNDLES = (
     "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
@@ -112,6 +116,52 @@ class SandboxTLS:
     def cleanup(self) -> None:
         if self.owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+            _made_here().discard(self.directory)
+
+
+# The temporary folders create_sandbox_tls made in this thread that cleanup has not removed yet:
+# what removing_tls_folders removes, whichever way a sandbox command ends. Per thread, so that it
+# never removes the folder of a sandbox another thread runs.
+_made = threading.local()
+
+
+def _made_here() -> set[Path]:
+    folders: set[Path] | None = getattr(_made, "folders", None)
+    if folders is None:
+        folders = _made.folders = set()
+    return folders
+
+
+def _new_temporary_folder() -> Path:
+    """A new folder only this user may enter, in the temporary directory (as tempfile.mkdtemp
+    makes one), registered for removing_tls_folders BEFORE it exists: registered after, an
+    interrupt (SIGTERM while a sandbox starts) in between would leave it behind."""
+    made = _made_here()
+    for _ in range(100):
+        folder = Path(tempfile.gettempdir()) / f"consentsync-sandbox-tls-{secrets.token_hex(6)}"
+        made.add(folder)
+        try:
+            folder.mkdir(mode=0o700)  # fails if it exists: never a folder someone else made
+        except FileExistsError:
+            made.discard(folder)
+            continue
+        return folder
+    raise FileExistsError(f"no new folder could be made in {tempfile.gettempdir()}")
+
+
+@contextmanager
+def removing_tls_folders() -> Iterator[None]:
+    """Removes, on the way out however it is (a return, an exception, an interrupt), every
+    temporary folder :func:`create_sandbox_tls` made in this thread meanwhile and left, with what
+    was written beside the certificates (a sandbox's JWT private key): the keys of a stopped
+    sandbox never stay in $TMPDIR."""
+    before = set(_made_here())
+    try:
+        yield
+    finally:
+        for folder in _made_here() - before:
+            shutil.rmtree(folder, ignore_errors=True)
+            _made_here().discard(folder)
 
 
 def create_sandbox_tls(
@@ -125,7 +175,7 @@ def create_sandbox_tls(
     and write them to ``directory`` (a new temporary directory when omitted, removed by
     :meth:`SandboxTLS.cleanup`)."""
     owns = directory is None
-    folder = Path(tempfile.mkdtemp(prefix="consentsync-sandbox-tls-")) if owns else Path(directory)
+    folder = _new_temporary_folder() if owns else Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     # A few minutes back: a client whose clock runs slightly behind still accepts the certificate.
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)

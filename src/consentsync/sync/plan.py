@@ -90,6 +90,10 @@ class Plan:
         return cls(str(data["connector"]), items)
 
 
+# Shown for a field whose value before the push the ledger does not keep (personal data).
+NOT_KEPT = "(not kept: personal data)"
+
+
 def mask_email(email: str | None) -> str:
     """``jo***@ex***.com``: enough for an admin to recognise a person, not to learn an address."""
     if not email or "@" not in email:
@@ -137,7 +141,10 @@ def plan_items(conn: Connection, connector: str, rows: list[Any]) -> list[PlanIt
                 row.record_id,
                 mask_email(emails.get(row.subject_id)),
                 row.action,
-                {name: snapshot.get(name) for name in new},
+                # Only what the snapshot keeps: consent fields. A personal field an erasure
+                # clears (an address, a name) was never kept, so its old value is not known here,
+                # and None would read as "empty already" (NOT_KEPT where shown).
+                {name: snapshot[name] for name in new if name in snapshot},
                 new,
                 row.rule,
                 row.id,

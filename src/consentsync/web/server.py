@@ -4,6 +4,7 @@ the daemon (`consentsync run --web-port`) and in tests."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -51,6 +52,36 @@ def uvicorn_config(
 
 def _trusted(app: FastAPI) -> list[str]:
     return [str(network) for network in getattr(app.state, "trusted_proxies", ())]
+
+
+def tls_problem(certfile: str, keyfile: str) -> str | None:
+    """What keeps ``certfile`` and ``keyfile`` from serving HTTPS, as an error line says it (None:
+    they load): checked before anything is bound, since uvicorn loads them only once it serves."""
+    accepted = "--certfile takes a PEM certificate (chain), --keyfile its PEM private key"
+    asked_password = False
+
+    def password() -> bytes:
+        # uvicorn is given no password: OpenSSL would prompt on the terminal for an encrypted key.
+        nonlocal asked_password
+        asked_password = True
+        return b""
+
+    try:
+        try:
+            # The certificate alone first: OpenSSL's error for the pair does not say which is wrong.
+            ssl.create_default_context().load_verify_locations(cafile=certfile)
+        except ssl.SSLError:
+            return f"--certfile {certfile} holds no PEM certificate: {accepted}"
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile, password)
+    except ssl.SSLError as error:
+        if asked_password:
+            return f"--keyfile {keyfile} is encrypted: {accepted}, without a passphrase"
+        if error.reason == "KEY_VALUES_MISMATCH":
+            return f"--keyfile {keyfile} is not the private key of --certfile {certfile}: {accepted}"
+        return f"--keyfile {keyfile} holds no PEM private key: {accepted}"
+    except OSError as error:  # gone or unreadable since the options were checked
+        return f"--certfile {certfile} / --keyfile {keyfile}: {error.strerror or error}: {accepted}"
+    return None
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
