@@ -281,8 +281,7 @@ def ledger_expire(as_json: bool) -> None:
 @ledger.command("requested")
 @click.option(
     "--older-than",
-    # At most about 1,900 years: further back than that is before year 1 (an overflow).
-    type=click.IntRange(min=0, max=700_000),
+    type=click.IntRange(min=0),
     metavar="DAYS",
     help="Default: policy.requested_stale_after_days.",
 )
