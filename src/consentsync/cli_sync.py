@@ -823,6 +823,7 @@ def run_daemon(
     daemon = Daemon(
         config, ledger, on_report=metrics.observe_run, late_suppression_age=timedelta(hours=hours)
     )
+    daemon.catch_signals()  # a stop from here on, even before the first run, is a clean one
     console = None
     if web_port is not None:
         from consentsync.web.server import WebServer, build
@@ -838,9 +839,10 @@ def run_daemon(
     if console is not None:
         console.start()
         log.info("daemon.console", url=f"{console.url}/")
-    daemon.start()
     try:
-        daemon.serve_until_signalled()
+        if not daemon.signalled:  # stopped while starting: no run is begun only to be stopped
+            daemon.start()
+            daemon.serve_until_signalled()
     finally:
         if server is not None:
             server.stop()

@@ -233,6 +233,17 @@ def test_run_serves_metrics_on_an_ipv6_address(config: Path, env: dict[str, str]
         assert process.wait(timeout=30) == 0
 
 
+def test_a_daemon_stopped_as_soon_as_it_answers_stops_cleanly(config: Path, env: dict[str, str]) -> None:
+    """SIGTERM the moment /healthz answers, before the scheduler may have started: a clean stop
+    (exit 0), not a death by the signal (-15), which CI caught once."""
+    for _ in range(3):
+        port = free_port()
+        with served(env, "run", "--metrics-port", str(port)) as process:
+            until_answered(lambda: local_session().get(f"http://127.0.0.1:{port}/healthz", timeout=2))  # noqa: B023
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+
+
 # -- a sandbox's certificates and keys, however it ends --------------------------------------------
 
 

@@ -56,6 +56,8 @@ class Daemon:
         self.late_suppression_age = late_suppression_age
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopping = threading.Event()
+        self._signalled = threading.Event()
+        self._signals_caught = False
         self._running: dict[str, SyncEngine] = {}
         self._lock = threading.Lock()
         self.heartbeat = Heartbeat(ledger.engine, ledger.clock, on_beat=self._settle_crashed)
@@ -240,16 +242,28 @@ class Daemon:
         self.heartbeat.stop()
         log.info("daemon.stopped")
 
-    def serve_until_signalled(self) -> None:
-        done = threading.Event()
+    def catch_signals(self) -> None:
+        """From now on SIGTERM and SIGINT stop the daemon cleanly (``serve_until_signalled``).
+        Called before anything is served: a stop sent as soon as /healthz answers, before the
+        scheduler has started, killed the process (exit -15) instead."""
+        if self._signals_caught:
+            return
+        self._signals_caught = True
 
         def handle(signum: int, _frame: Any) -> None:
             log.info("daemon.signal", signal=signal.Signals(signum).name)
-            done.set()
+            self._signalled.set()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
-        done.wait()
+
+    @property
+    def signalled(self) -> bool:
+        return self._signalled.is_set()
+
+    def serve_until_signalled(self) -> None:
+        self.catch_signals()
+        self._signalled.wait()
         self.stop()
 
 
