@@ -26,6 +26,7 @@ only (8.2.0 stores "true", "yes" and "false" all as 0). ``WriteAction.DELETE`` i
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,10 @@ class VtigerConnector(sdk.Connector):
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
         columns = self._columns(object_type, fields)
+        # Date-time fields other than modifiedtime (Privacy Guard's granted_on, say) are served
+        # as wall-clock text in the install's zone too: handed over as UTC, with the Z.
+        known = self.describe(object_type)
+        stamps = [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
         page_size = self.config.page_size
         step = max(1, page_size - min(self.config.crowded_second_overlap, page_size // 2))
         upper = self._upper_bound(until)
@@ -165,18 +170,18 @@ class VtigerConnector(sdk.Connector):
             if full and len(seconds) == 1:
                 # One second holds a page or more: walk it with offsets.
                 if seconds[0] != floor:
-                    yield from self._second(object_type, floor, held, since, until)
+                    yield from self._second(object_type, floor, held, since, until, stamps)
                     floor, held, offset = seconds[0], {}, 0
                 held.update((str(row["id"]), row) for row in rows)
                 offset += step
                 continue
             if floor not in seconds:
                 # What was held of `floor` is all of it (the rest left that second meanwhile).
-                yield from self._second(object_type, floor, held, since, until)
+                yield from self._second(object_type, floor, held, since, until, stamps)
             for second in seconds if not full else seconds[:-1]:
                 found = held if second == floor else {}
                 found.update((str(r["id"]), r) for r in rows if str(r["modifiedtime"]) == second)
-                yield from self._second(object_type, second, found, since, until)
+                yield from self._second(object_type, second, found, since, until, stamps)
             if not full:
                 return
             last = seconds[-1]
@@ -335,6 +340,7 @@ class VtigerConnector(sdk.Connector):
         found: dict[str, dict[str, Any]],
         since: sdk.Cursor,
         until: datetime,
+        stamps: Sequence[str] = (),
     ) -> Iterator[sdk.CrmRecord]:
         if second is None:
             return
@@ -343,7 +349,22 @@ class VtigerConnector(sdk.Connector):
             return  # inside the widened upper bound only: the next run reads it
         for record_id in sorted(found):
             if since.is_before(modstamp, record_id):
-                yield sdk.CrmRecord(object_type, record_id, modstamp, found[record_id])
+                yield sdk.CrmRecord(object_type, record_id, modstamp, self._in_utc(found[record_id], stamps))
+
+    def _in_utc(self, row: dict[str, Any], stamps: Sequence[str]) -> dict[str, Any]:
+        """``row`` with its date-time fields (``stamps``) as UTC ISO 8601: read as they are, a
+        time without an offset is taken as UTC, hours from the truth outside UTC (a refusal in
+        +05:30 would be "in the future" and refused; in -08:00 a consent would sort and expire
+        hours early). A value that is not a Vtiger time is left for the mapping to refuse."""
+        if not stamps:
+            return row
+        converted = dict(row)
+        for name in stamps:
+            value = row.get(name)
+            if isinstance(value, str) and value.strip():
+                with contextlib.suppress(ValueError):
+                    converted[name] = self._parse_time(value.strip()).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return converted
 
     def _offsets_near(self, moment: datetime) -> list[timedelta]:
         """The zone's UTC offsets within a day either side of ``moment`` (hourly samples)."""

@@ -15,12 +15,17 @@ import re
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from openpyxl import Workbook
 from openpyxl.utils import get_column_letter
 
 from consentsync.domain import EffectiveState
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from consentsync.ledger.service import Ledger
 
 FORMATS = ("json", "csv", "xlsx")
 XLSX_CELL_MAX = 32767  # Excel's limit on the characters of one cell
@@ -32,7 +37,7 @@ _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 XLSX_TIME_FORMAT = 'yyyy-mm-dd hh:mm:ss "UTC"'  # Excel has no zones: the format says it
 TIME_COLUMNS = frozenset(
     {"since", "expires_at", "event_time", "recorded_at", "double_opt_in_at", "raised_at", "decided_at",
-     "linked_at", "gone_at"}
+     "linked_at", "gone_at", "changed_at", "restricted_since"}
 )  # fmt: skip
 # Spreadsheets run a cell starting with one of these as a formula (CSV/formula injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -70,13 +75,70 @@ OBJECTION_COLUMNS = [
     "decided_at",
 ]
 LINK_COLUMNS = ["connector", "object", "record_id", "linked_at", "status", "gone_at", "merged_into"]
+# Each restriction of processing (Art. 18) placed or lifted, from the audit log: when, by whom
+# (the actor the ops command or console named), from where, and the reason given.
+RESTRICTION_COLUMNS = ["change", "restricted", "changed_at", "actor", "source", "reason"]
+_RESTRICTION_ACTIONS = {"subject.restricted": "placed", "subject.restriction_lifted": "lifted"}
+# The current restriction, on the summary (JSON keys, XLSX "Subject" rows): None when not restricted.
+RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason")
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
     ("event", "History", "history", HISTORY_COLUMNS),
     ("objection", "Objections", "objections", OBJECTION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS),
+    ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
 )
+
+
+def with_restrictions(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` (``Ledger.subject_view``) with its restrictions of processing (Art. 18) added:
+    ``restrictions`` (every one placed or lifted, oldest first) and the current one's
+    ``restricted_since``, ``restricted_by`` and ``restriction_reason``. The export goes to the
+    person (or to ops answering them): their own restriction's reason is theirs to see."""
+    from consentsync.ledger.engine import reading  # the ledger only where it is read
+
+    with reading(ledger.engine) as conn:
+        trail = restriction_trail(conn, view["subject"])
+    return add_restrictions(view, trail)
+
+
+def restriction_trail(conn: Connection, subject_uid: str) -> list[dict[str, Any]]:
+    """Every restriction placed on or lifted from one person, oldest first, from the audit log."""
+    from consentsync import audit
+
+    found: list[tuple[int, dict[str, Any]]] = []
+    for action, change in _RESTRICTION_ACTIONS.items():
+        for entry in audit.entries(conn, subject_uids=[subject_uid], action=action):
+            details = entry.get("details") or {}
+            found.append(
+                (
+                    entry["seq"],
+                    {
+                        "change": change,
+                        "restricted": change == "placed",
+                        "changed_at": entry.get("at"),
+                        "actor": entry.get("actor"),
+                        "source": entry.get("source"),
+                        # None once the details were erased (Art. 17): the chain keeps the digest
+                        "reason": details.get("reason"),
+                    },
+                )
+            )
+    return [item for _seq, item in sorted(found, key=lambda pair: pair[0])]
+
+
+def add_restrictions(view: dict[str, Any], trail: list[dict[str, Any]]) -> dict[str, Any]:
+    """``view`` with ``trail`` (``restriction_trail``) and the current restriction's summary: the
+    last one placed, when the person is restricted now and no lift came after it."""
+    current = trail[-1] if view.get("restricted") and trail and trail[-1]["restricted"] else None
+    return {
+        **view,
+        "restricted_since": current["changed_at"] if current else None,
+        "restricted_by": current["actor"] if current else None,
+        "restriction_reason": current["reason"] if current else None,
+        "restrictions": trail,
+    }
 
 
 def write_export(view: dict[str, Any], fmt: str, path: Path) -> None:
@@ -98,7 +160,7 @@ def _write_csv(view: dict[str, Any], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for record_type, _title, key, _cols in _SECTIONS:
-            for item in view[key]:
+            for item in view.get(key) or []:  # a view without restrictions added has none
                 writer.writerow({"record_type": record_type, "subject": view["subject"], **_cells(item)})
 
 
@@ -111,7 +173,9 @@ def _write_xlsx(view: dict[str, Any], path: Path) -> None:
     assert summary is not None
     summary.title = "Subject"
     for row, field in enumerate(
-        ("subject", "email", "created_at", "suppressed_by_erasure", "restricted", "as_of"), start=1
+        ("subject", "email", "created_at", "suppressed_by_erasure", "restricted", "as_of")
+        + (RESTRICTION_SUMMARY if "restrictions" in view else ()),
+        start=1,
     ):
         _put(summary, row, 1, field)
         _put(summary, row, 2, view.get(field))
@@ -121,7 +185,7 @@ def _write_xlsx(view: dict[str, Any], path: Path) -> None:
         sheet = book.create_sheet(title)
         for index, column in enumerate(columns, start=1):
             _put(sheet, 1, index, column)
-        for row, item in enumerate(view[key], start=2):
+        for row, item in enumerate(view.get(key) or [], start=2):
             for index, column in enumerate(columns, start=1):
                 _put(sheet, row, index, item.get(column))
         for index, column in enumerate(columns, start=1):

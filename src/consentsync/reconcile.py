@@ -47,8 +47,10 @@ from consentsync.domain import (
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Summaries written by another version of the fold are rebuilt from the events (the ledger does).
-SUMMARY_VERSION = 3
+SUMMARY_VERSION = 4  # 4: a no stamped to the whole second sorts at the end of it
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+# Most CRMs stamp whole seconds: their "12:00:00" happened anywhere in that second.
+TO_THE_SECONDS_END = timedelta(microseconds=999_999)
 
 
 class Rule:
@@ -146,11 +148,17 @@ class Ranked:
 
     @classmethod
     def of(cls, evidence: Evidence, policy: Policy | None = None) -> Ranked:
-        """``event_time`` is the credible one: a future-dated value counts as undated."""
+        """``event_time`` is the credible one: a future-dated value counts as undated.
+
+        A withdrawal, refusal or expiry stamped to the whole second sorts at the end of its
+        second, as the rule for unknown times reads a no as late as possible: a CRM's "12:00:00"
+        is anywhere in that second, so a consent captured at 12:00:00.750 is not known to come
+        after it and must not reverse it. Each value's own sort time, so the fold stays a join."""
         event_time = (policy or _DEFAULT_POLICY).credible_time(evidence)
+        late = evidence.status in STICKY_STATUSES or evidence.status is ConsentStatus.EXPIRED
         if event_time is not None:
-            sort_time = event_time
-        elif evidence.status in STICKY_STATUSES or evidence.status is ConsentStatus.EXPIRED:
+            sort_time = event_time + TO_THE_SECONDS_END if late and not event_time.microsecond else event_time
+        elif late:
             sort_time = evidence.observed_at
         else:
             sort_time = EARLIEST

@@ -1054,7 +1054,7 @@ class TestSummaryAndDecision:
         assert summary.latest is not None and summary.latest.status is S.REQUESTED
         assert summary.restriction is not None and summary.restriction.sort_time == t(3)
         assert summary.trusted_opt_in_at == t(5)
-        assert summary.to_json()["v"] == SUMMARY_VERSION == 3
+        assert summary.to_json()["v"] == SUMMARY_VERSION == 4
 
     def test_round_trip_preserves_a_non_utc_offset(self) -> None:
         from datetime import timezone
@@ -1143,3 +1143,43 @@ class TestSummaryAndDecision:
         )
         assert (decision.before.suppressed, decision.after.suppressed) == (True, False)
         assert decision.changed
+
+
+# --- a no stamped to the whole second --------------------------------------------------------
+
+
+class TestWholeSecondStamps:
+    """Most CRMs stamp whole seconds: their "09:00:00" is anywhere in that second, so a value
+    captured 0.75 s into it is not known to be later. A withdrawal, refusal or expiry stamped to
+    the whole second is read at the end of its second, as an unknown time reads a no as late as
+    possible."""
+
+    def test_a_double_opt_in_within_a_crm_withdrawals_second_does_not_reverse_it(self) -> None:
+        confirmed = capture(
+            S.GRANTED, T0 + timedelta(milliseconds=750), source="double_opt_in", double_opt_in_at=T0
+        )
+        withdrawal = crm(S.WITHDRAWN, T0)
+        for order in ([confirmed, withdrawal], [withdrawal, confirmed]):
+            result = state(order)
+            assert outcome(result) == (S.WITHDRAWN, True, Rule.STICKY_WITHDRAWAL)
+            assert result.since == T0  # the state shows the time as stated
+
+    def test_a_double_opt_in_from_the_next_second_reverses_it(self) -> None:
+        confirmed = capture(S.GRANTED, T0 + timedelta(seconds=1), source="double_opt_in")
+        result = state([crm(S.WITHDRAWN, T0), confirmed])
+        assert outcome(result) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
+
+    def test_an_expiry_stamped_to_the_second_outranks_a_grant_within_it(self) -> None:
+        granted = crm(S.GRANTED, T0 + timedelta(milliseconds=999), source="salesforce")
+        expired = crm(S.EXPIRED, T0, source="vtiger")
+        for order in ([granted, expired], [expired, granted]):
+            assert outcome(state(order)) == (S.EXPIRED, True, Rule.EXPIRED)
+
+    def test_a_no_with_a_fraction_of_a_second_keeps_its_exact_time(self) -> None:
+        """Captured to the microsecond (a web form, the preference centre, an undated value's
+        observation): a consent captured after it, in the same second, reverses it."""
+        withdrawal = capture(S.WITHDRAWN, T0 + timedelta(milliseconds=300))
+        consent = capture(S.GRANTED, T0 + timedelta(milliseconds=800), source="double_opt_in")
+        assert outcome(state([withdrawal, consent])) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)
+        undated = crm(S.WITHDRAWN, None, observed=T0 + timedelta(milliseconds=300))
+        assert outcome(state([undated, consent])) == (S.GRANTED, False, Rule.TRUSTED_OPT_IN)

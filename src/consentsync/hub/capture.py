@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consentsync.config import Config
@@ -37,7 +37,7 @@ from consentsync.hub.mail import Mail, Mailer, MailFailed
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.identity import Identity
-from consentsync.ledger.schema import capture_requests, confirmations
+from consentsync.ledger.schema import capture_requests, confirmations, consent_events, subjects
 from consentsync.ledger.service import Ledger, RecordRequest
 
 log = structlog.get_logger("consentsync.hub")
@@ -51,6 +51,10 @@ GPC_EVIDENCE = "Sec-GPC: 1"
 DOUBLE_OPT_IN_SOURCE = "double_opt_in"
 # Confirmations that grant consent when their link is followed (an erasure's is another matter).
 CONSENT_CONFIRMATIONS = ("double_opt_in", "request", "renewal")
+# What a person says no with: recorded after a link was mailed, it voids the link (Art. 7(3)).
+_SAYING_NO = (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)
+ERASED_LINK = "this link opens no record any more: the record was erased"
+EXPIRED_LINK = "this confirmation link has expired: please sign up again"
 
 
 class Forbidden(PermissionError):
@@ -230,10 +234,11 @@ class Hub:
                     confirmations.c.kind.in_(CONSENT_CONFIRMATIONS),
                 )
             ).one_or_none()
-        if row is None:
-            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+            if row is None:
+                raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+            _refuse_if_void(conn, row)
         if row.confirmed_at is None and (row.lapsed_at is not None or row.expires_at <= self.ledger.clock()):
-            raise LinkRefused("this confirmation link has expired: please sign up again")
+            raise LinkRefused(EXPIRED_LINK)
         return row
 
     def confirm(self, token: str) -> dict[str, Any]:
@@ -256,6 +261,7 @@ class Hub:
             evidence_ref=f"confirmation:{row.id}",
         )
         with self.ledger.engine.begin() as conn:
+            _refuse_if_void(conn, row)  # a withdrawal or an erasure committed since it was read
             done = conn.execute(
                 update(confirmations)
                 .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
@@ -562,6 +568,47 @@ class Hub:
             "known": uid is not None,
             "as_of": iso(self.ledger.clock()),
         }
+
+
+def _refuse_if_void(conn: Connection, row: Any) -> None:
+    """Refuses a confirmation link (``LinkRefused``) that the person's own later acts voided:
+    their erasure (Art. 17: nothing is recorded about an erased person again, and an old link
+    must not bring a consent back), or, for a link not yet followed, a withdrawal or refusal of
+    its purpose and channel that came after what the link asks to confirm (Art. 7(3): the
+    request was withdrawn; a new sign-up mails a new link). "After" is by event time, at or
+    after the request's (a time known only to the second ties, and a tie is read as the no),
+    so a withdrawal the person made before signing up again does not void the new link."""
+    erased = conn.execute(select(subjects.c.erased_at).where(subjects.c.id == row.subject_id)).scalar()
+    if erased is not None:
+        raise LinkRefused(ERASED_LINK)
+    if row.confirmed_at is not None:
+        return
+    same_key = (
+        consent_events.c.subject_id == row.subject_id,
+        consent_events.c.purpose == row.purpose,
+        consent_events.c.channel == row.channel,
+    )
+    # The request's own event time (a capture may date it before it reached the hub); a renewal
+    # or a request that recorded nothing counts from when the link was made.
+    asked = conn.execute(
+        select(func.min(consent_events.c.event_time)).where(
+            *same_key,
+            consent_events.c.status == ConsentStatus.REQUESTED.value,
+            consent_events.c.recorded_at == row.requested_at,
+        )
+    ).scalar()
+    since = min(asked, row.requested_at) if asked is not None else row.requested_at
+    said_no = conn.execute(
+        select(consent_events.c.id)
+        .where(
+            *same_key,
+            consent_events.c.status.in_(_SAYING_NO),
+            func.coalesce(consent_events.c.event_time, consent_events.c.recorded_at) >= since,
+        )
+        .limit(1)
+    ).first()
+    if said_no is not None:
+        raise LinkRefused(EXPIRED_LINK)
 
 
 def _status(value: str, where: str) -> ConsentStatus:

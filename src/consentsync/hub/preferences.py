@@ -158,8 +158,11 @@ class PreferenceCentre:
         return result
 
     def export(self, person: Person) -> dict[str, Any]:
-        """Art. 15: the same view of the record that ops export; the read is audited."""
-        view = self.ledger.subject_view(person.email)
+        """Art. 15: the same view of the record that ops export, with when, by whom and why
+        processing was restricted (Art. 18) and lifted; the read is audited."""
+        from consentsync.export import with_restrictions  # openpyxl is slow to import: only here
+
+        view = with_restrictions(self.ledger, self.ledger.subject_view(person.email))
         self.ledger.audit_read(person.uid, "subject.exported", actor="data subject", source=SOURCE)
         return view
 

@@ -438,11 +438,11 @@ class Console:
 
     def export(self, uid: str, fmt: str, *, reader: Reader) -> tuple[bytes, str, str]:
         """(content, media type, file name) of one subject's record."""
-        from consentsync.export import write_export
+        from consentsync.export import with_restrictions, write_export
 
         if fmt not in EXPORT_TYPES:
             raise InvalidInput(f"unknown export format {fmt!r}: accepted are {', '.join(EXPORT_TYPES)}")
-        view = self.subject(uid, reader=None)
+        view = with_restrictions(self.ledger, self.subject(uid, reader=None))
         self._read(view["subject"], "subject.exported", reader, format=fmt)
         with tempfile.TemporaryDirectory(prefix="consentsync-export-") as folder:
             path = Path(folder) / f"subject.{fmt}"
