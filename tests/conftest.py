@@ -179,3 +179,31 @@ _SLOW_FIRST = ("test_wheel_install", "browser", "crash", "soak", "demo")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not any(part in item.nodeid for part in _SLOW_FIRST))
+
+
+def one_line_error(result: Result, code: int, *needles: str) -> str:
+    """``result`` (a CliRunner result) is exit ``code`` with one `consentsync: error:` line on
+    stderr holding every needle, and no traceback."""
+    assert result.exit_code == code, f"{result.exit_code}: {result.output}{result.stderr}"
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("consentsync: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def own_environment(tmp_path: Path, erasure_key: str, *, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """An environment of a test's own for a `consentsync` process: its HOME and TMPDIR under
+    ``tmp_path``, its config there, and no CONSENTSYNC_* (nor ``drop``) setting from the caller's."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    own = {key: value for key, value in os.environ.items() if not key.startswith(("CONSENTSYNC_", *drop))}
+    own.update(
+        HOME=str(tmp_path / "home"),
+        TMPDIR=str(tmp_path / "tmp"),
+        CONSENTSYNC_ERASURE_KEY=erasure_key,
+        CONSENTSYNC_CONFIG=str(tmp_path / "consentsync.yaml"),
+    )
+    return own

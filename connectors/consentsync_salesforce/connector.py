@@ -452,14 +452,22 @@ def _check_api_name(name: str) -> None:
 def _record(object_type: str, raw: Mapping[str, Any]) -> sdk.CrmRecord:
     record_id = str(raw["Id"])
     modstamp = parse_sf_datetime(str(raw["SystemModstamp"]))
-    if raw.get("IsDeleted") is True:
-        # In the recycle bin: SystemModstamp is the deletion. Its fields are not handed on (a
-        # deleted person's data has no business in the ledger); MasterRecordId names the
-        # survivor when it was merged away.
-        return sdk.CrmRecord(
-            object_type, record_id, modstamp, {}, deleted=True, merged_into=raw.get("MasterRecordId") or None
-        )
     fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS)}
+    if raw.get("IsDeleted") is True:
+        # In the recycle bin: SystemModstamp is the deletion; MasterRecordId names the survivor
+        # when it was merged away. A deleted record's fields are not handed on (a deleted
+        # person's data has no business in the ledger); a merged one's are, for the engine to
+        # keep an opt-out ticked on the duplicate (it takes only a no from them, and only for a
+        # person it already links).
+        merged_into = raw.get("MasterRecordId") or None
+        return sdk.CrmRecord(
+            object_type,
+            record_id,
+            modstamp,
+            fields if merged_into else {},
+            deleted=True,
+            merged_into=merged_into,
+        )
     return sdk.CrmRecord(object_type, record_id, modstamp, fields)
 
 

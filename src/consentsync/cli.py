@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import select
 
 # Importing the command modules registers their commands on ``main``.
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
@@ -34,6 +35,7 @@ from consentsync.cli_base import (
     emit_json,
     emit_result,
     emit_rows,
+    known_filter,
     login_name,
     main,
     print_table,
@@ -485,11 +487,11 @@ def subject_show(email: str, as_json: bool) -> None:
 @configured
 def subject_export(email: str, fmt: str, output: Path) -> None:
     """Export one person's record as JSON, CSV or XLSX."""
-    from consentsync.export import write_export  # openpyxl is slow to import: only here
+    from consentsync.export import with_restrictions, write_export  # openpyxl: slow to import
 
     check_output_folder(output)
     ledger = current_ledger()
-    view = ledger.subject_view(_email(email))
+    view = with_restrictions(ledger, ledger.subject_view(_email(email)))
     write_export(view, fmt, output)
     ledger.audit_read(
         view["subject"], "subject.exported", actor=login_name(), source="cli", what={"format": fmt}
@@ -500,12 +502,27 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 # -- audit -----------------------------------------------------------------------------------------
 
 
+# The actions the audit log's entries name (``audit log --action``). A value not listed is still
+# accepted when entries of it are in the log (written by another version of consentsync).
+AUDIT_ACTIONS = (
+    "apikey.created", "apikey.revoked", "consent.recorded", "crm.pushed", "crm.record_deleted",
+    "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded", "notice.added",
+    "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
+    "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
+    "subject.created", "subject.erased", "subject.exported", "subject.restricted",
+    "subject.restriction_lifted", "subject.viewed", "sync.cursor_reset", "user.added",
+    "user.disabled", "user.enabled", "user.password_changed", "user.role_changed",
+    "user.sessions_ended", "user.unlocked",
+)  # fmt: skip
+
+
 @audit_group.command("log")
 @click.option("--email", help="Only entries about this person (also after erasure).")
 @click.option("--since", metavar="ISO8601")
 @click.option(
     "--action",
-    help="Only this action (consent.recorded, objection.decided, subject.viewed, subject.exported, ...).",
+    help="Only this action (consent.recorded, objection.decided, subject.viewed, subject.exported, ...; "
+    "an unknown one is refused, listing them all).",
 )
 @click.option("--limit", type=click.IntRange(min=1))
 @scriptable
@@ -514,9 +531,17 @@ def audit_log(
 ) -> None:
     """List audit entries, oldest first."""
     from consentsync import audit
+    from consentsync.ledger.schema import audit_entries
 
     target = current_ledger()
     since_at = _time(since, "--since")
+    with target.engine.connect() as conn:
+
+        def logged(value: str) -> bool:
+            column = audit_entries.c.action
+            return conn.execute(select(column).where(column == value).limit(1)).first() is not None
+
+        action = known_filter("--action", action, AUDIT_ACTIONS, found=logged, what="audit action")
     uids = target.subject_uids_for_email(_email(email)) if email else None
     with target.engine.connect() as conn:
         if limit is not None and limit > MAX_ROW_ID:

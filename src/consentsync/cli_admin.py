@@ -13,6 +13,7 @@ from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
     check_output_folder,
+    connector_filter,
     current_config,
     emit_json,
     fail,
@@ -276,7 +277,10 @@ def subject_search(term: str, by: str, connector: str | None, as_json: bool) -> 
 
     if not term.strip():
         raise InvalidInput("give an email, a CRM record id or a subject uid to search for")
+    from consentsync.ledger.schema import crm_links
+
     ledger = open_ledger(current_config())
+    connector = connector_filter("--connector", connector, ledger, crm_links.c.connector)
     rows = search(ledger, term, by=by, connector=connector)
     if as_json:
         emit_json(rows)

@@ -126,6 +126,37 @@ def _quiet_stdout() -> None:
         pass
 
 
+def _reader_gone() -> NoReturn:
+    """The reader of the output went away before it was all written (``... | head -1``): no
+    message (there is nowhere it could usefully go), and exit 141 as a process killed by SIGPIPE
+    would (the shell's 128 + 13): the output is not complete, so this is not success. What is
+    still buffered for stdout is dropped, not written a second time at exit."""
+    _quiet_stdout()
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stderr.fileno())  # a reader of both (2>&1) is gone from stderr too
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        pass
+    sys.exit(exit_codes.READER_GONE)
+
+
+def _is_broken_pipe(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno == errno.EPIPE
+
+
+@contextmanager
+def _output_to_a_reader() -> Iterator[None]:
+    """Around a whole command (and its --help): a broken pipe on its output is ``_reader_gone``,
+    whichever command wrote, instead of click's silent exit 1."""
+    try:
+        yield
+    except OSError as error:
+        if not _is_broken_pipe(error):
+            raise
+        _reader_gone()
+
+
 def check_output_folder(output: Path, option: str = "-o") -> None:
     """Refuses an output FILE in a folder that is not there, before any work is done for it."""
     if not output.parent.is_dir():
@@ -183,7 +214,7 @@ def handled(func: F) -> F:
             fail(problem.message, problem.exit_code)
         except OSError as error:
             if error.errno not in _UNWRITABLE:
-                raise  # a broken pipe (the reader went away) is click's to handle, quietly
+                raise  # a broken pipe (the reader went away): _Commands exits 141, quietly
             _quiet_stdout()
             why = error.strerror or str(error)
             said = f"{error.filename}: {why}" if error.filename else f"the output could not be written: {why}"
@@ -224,6 +255,43 @@ def current_config() -> Config:
 
 def current_ledger() -> Ledger:
     return open_ledger(current_config())
+
+
+def known_filter(
+    option: str, value: str | None, known: Sequence[str], *, found: Callable[[str], bool], what: str
+) -> str | None:
+    """A listing's filter ``value`` (of ``option``), refused when it names nothing there could be
+    (a typo listed "(none)", as if nothing matched): accepted are the ``known`` values (compared
+    without case: they are lower-case) and any value ``found`` finds in the ledger (a connector
+    removed from the config, an action of another version). Returns the value to filter by."""
+    if value is None:
+        return None
+    lowered = value.lower()
+    if lowered in known or found(value) or (lowered != value and found(lowered)):
+        return lowered if lowered in known else value
+    accepted = f"accepted are {', '.join(known)}" if known else f"there is no {what} to filter by"
+    raise InvalidInput(f"{option} {_shown(value)}: no such {what}: {accepted}")
+
+
+def connector_filter(option: str, value: str | None, ledger: Ledger, column: Any) -> str | None:
+    """``--connector NAME`` of a listing: a configured connector, or one with rows in ``column``'s
+    table (a connector since removed from the config)."""
+    from sqlalchemy import select
+
+    from consentsync.ledger.schema import sync_runs
+
+    configured = [c.name for c in current_config().settings.connectors]
+    with ledger.engine.connect() as conn:
+
+        def found(name: str) -> bool:
+            return conn.execute(select(column).where(column == name).limit(1)).first() is not None
+
+        if value is None or value.lower() in configured:
+            return known_filter(option, value, configured, found=found, what="connector")
+        # Not configured: what the error lists (and what else is accepted) includes every
+        # connector that ever ran.
+        ran = conn.execute(select(sync_runs.c.connector).distinct()).scalars().all()
+        return known_filter(option, value, sorted({*configured, *ran}), found=found, what="connector")
 
 
 def emit_json(value: Any) -> None:
@@ -308,7 +376,8 @@ class _Commands(click.Group):
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
-            return super().make_context(*args, **kwargs)
+            with _output_to_a_reader():  # --help, --version into a closed pipe
+                return super().make_context(*args, **kwargs)
         except _OneLineUsageError:
             raise
         except click.UsageError as error:
@@ -316,7 +385,8 @@ class _Commands(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with _output_to_a_reader():
+                return super().invoke(ctx)
         except _OneLineUsageError:
             raise
         except click.UsageError as error:

@@ -23,6 +23,7 @@ from consentsync.cli_base import (
     ROW_ID,
     check_output_folder,
     configured,
+    connector_filter,
     current_config,
     emit_json,
     emit_rows,
@@ -283,9 +284,11 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
 @scriptable
 def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
     """The latest runs, newest first."""
+    from consentsync.ledger.schema import sync_runs
     from consentsync.sync.runs import list_runs, settle_crashed
 
     ledger = open_ledger(current_config())
+    connector = connector_filter("--connector", connector, ledger, sync_runs.c.connector)
     settle_crashed(ledger.engine, ledger.clock())  # a run whose process died shows as crashed
     rows = list_runs(ledger.engine, connector=connector, limit=limit)
     if as_json:
@@ -648,9 +651,12 @@ def outbox() -> None:
 @scriptable
 def outbox_list(dead: bool, connector: str | None, limit: int, as_json: bool) -> None:
     """Pending (or, with --dead, dead-lettered) pushes, oldest first."""
+    from consentsync.ledger.schema import outbox as outbox_rows
     from consentsync.sync.outbox import list_rows
 
-    rows = list_rows(open_ledger(current_config()).engine, dead=dead, connector=connector, limit=limit)
+    ledger = open_ledger(current_config())
+    connector = connector_filter("--connector", connector, ledger, outbox_rows.c.connector)
+    rows = list_rows(ledger.engine, dead=dead, connector=connector, limit=limit)
     emit_rows(
         rows,
         ["id", "connector", "object", "record_id", "fields", "rule", "attempts", "last_error", "created_at"],

@@ -53,10 +53,9 @@ if TYPE_CHECKING:
 def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None:
     """Serve the ops console (log in with an account from `consentsync user add`)."""
     require("console", "the ops console")
-    import uvicorn
 
     from consentsync.accounts import Accounts
-    from consentsync.web.server import bound_socket, build, tls_problem, uvicorn_config
+    from consentsync.web.server import ForegroundServer, bound_socket, build, tls_problem, uvicorn_config
 
     if bool(certfile) != bool(keyfile):
         raise InvalidInput("give --certfile and --keyfile together")
@@ -78,7 +77,8 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     scheme = "https" if certfile else "http"
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address, bracketed as a URL needs
     click.echo(f"ops console at {scheme}://{shown}:{port}/ (Ctrl-C stops)", err=True)
-    uvicorn.Server(
+    # SIGTERM or Ctrl-C: a clean stop, exit 0 (uvicorn's own server would die of the signal).
+    ForegroundServer(
         uvicorn_config(
             build(config, ledger, host=host), host=host, port=port, certfile=certfile, keyfile=keyfile
         )

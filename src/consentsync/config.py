@@ -385,7 +385,48 @@ def parse_config(text: str, path: Path) -> Config:
     except ValidationError as error:
         raise ConfigError(describe(error, path, lines, Settings)) from None
     _check_ledger_url(settings.ledger.url, path, lines)
+    _check_erasure_objects(settings, path, lines)
     return Config(path=path, settings=settings, lines=lines)
+
+
+def _mapped_objects(mappings: list[str], base: Path) -> list[str] | None:
+    """The CRM objects a connector's mapping files map (each file's ``object``), or None when a
+    file cannot be read as one here: the connector's own loading then says what is wrong with it."""
+    objects = []
+    for name in mappings:
+        file = Path(name) if Path(name).is_absolute() else base / name
+        try:
+            data, _lines = read_document(file.read_text(encoding="utf-8"), file, error=ValueError)
+        except (OSError, UnicodeError, ValueError):
+            return None
+        found = data.get("object") if isinstance(data, dict) else None
+        if not isinstance(found, str):
+            return None
+        objects.append(found)
+    return objects
+
+
+def _check_erasure_objects(settings: Settings, path: Path, lines: Lines) -> None:
+    """Every object named under a connector's ``erasure:`` is one of the object types it reads:
+    those its mapping files map (each connector plugin reads the objects its mappings name). A
+    typo would otherwise be found only when a run starts, by every run of the daemon."""
+    for index, connector in enumerate(settings.connectors):
+        if not connector.erasure:
+            continue
+        objects = _mapped_objects(connector.mappings, path.parent)
+        if objects is None:
+            continue
+        for object_type in connector.erasure:
+            if object_type in objects:
+                continue
+            near = [o for o in objects if o.lower() == object_type.lower()]
+            hint = f" (object types are case-sensitive: {near[0]})" if near else ""
+            raise ConfigError(
+                where(path, lines, ("connectors", index, "erasure", object_type))
+                + f"unknown object type {object_type!r} for connector {connector.name!r}{hint}: "
+                f"accepted are the {connector.vendor} object types its mappings map: "
+                f"{', '.join(sorted(set(objects)))}"
+            )
 
 
 LEDGER_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")

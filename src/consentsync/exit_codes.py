@@ -7,10 +7,16 @@
 | 2 | CONFIG | bad configuration, mapping or input: retrying will not help | alert an admin |
 | 3 | HELD | the push guard held the run's pushes: review `consentsync plan`, then `apply` | alert an admin |
 | 4 | QUARANTINED | finished, with records quarantined (`consentsync quarantine list`) | warn |
+| 65 | STALE_PLAN | `apply` refused a plan the ledger or the CRM changed since it was made: nothing |
+|    |            | was pushed; the refused run is on record (EX_DATAERR) | make a new plan, review |
+|    |            | it, apply that |
 | 69 | UNAVAILABLE | the CRM or the ledger could not be reached now (EX_UNAVAILABLE) | retry later |
 | 75 | STOPPED | stopped cleanly (signal, API budget, rate limit) or another run holds the |
 |    |         | connector; the next run resumes (EX_TEMPFAIL) | retry at the next interval |
 | 77 | CREDENTIALS | the CRM refused the credentials (EX_NOPERM) | alert an admin |
+| 141 | READER_GONE | the reader of the output stopped reading before it was all written (a pipe |
+|     |             | into `head`): 128 + SIGPIPE, as for a process that signal ended; the output |
+|     |             | is incomplete, and nothing is said on stderr | nothing (a pipeline's reader) |
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ FAILED = 1
 CONFIG = 2
 HELD = 3
 QUARANTINED = 4
+STALE_PLAN = 65
 UNAVAILABLE = 69
 STOPPED = 75
 CREDENTIALS = 77
+READER_GONE = 128 + 13  # 128 + SIGPIPE
 
 
 def for_connector_error(rule: object) -> int:

@@ -22,24 +22,13 @@ from consentsync import exit_codes
 from consentsync.cli import main
 from consentsync.config import write_starter
 from consentsync.sdk.errors import Action, ErrorRule, Fault, network_error
+from tests.conftest import one_line_error
 
 EMAIL = "ana@example.test"
 
 
 def run(config: Path, *args: str) -> Result:
     return CliRunner().invoke(main, ["--config", str(config), *args])
-
-
-def one_line_error(result: Result, code: int, *needles: str) -> str:
-    """The result is exit ``code`` with one `consentsync: error:` line holding every needle."""
-    assert result.exit_code == code, f"{result.exit_code}: {result.output}{result.stderr}"
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("consentsync: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

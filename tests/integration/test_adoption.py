@@ -116,8 +116,10 @@ def test_a_plan_the_crm_changed_underneath_is_refused_and_nothing_is_pushed(
     field, value = next(iter(target["new"].items()))
     org.org.update(target["record_id"], **{field: value})  # a CRM user did it meanwhile
     before = _state(org)
-    refused = _run(cli, "apply", str(plan_path), code=1)
+    # exit_codes.STALE_PLAN: the run is recorded as refused, with what to do next.
+    refused = _run(cli, "apply", str(plan_path), code=65)
     assert refused["status"] == "failed" and refused["error"].startswith("plan: ")
+    assert "make a new plan with `consentsync plan sf`" in refused["error"]
     assert refused["counts"]["pushed"] == 0
     assert _state(org) == before
 

@@ -700,7 +700,14 @@ def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
     as_xlsx = tmp_path / "out.xlsx"
     cli.ok("subject", "export", email, "--format", "xlsx", "-o", str(as_xlsx))
     book = load_workbook(as_xlsx)
-    assert book.sheetnames == ["Subject", "Effective state", "History", "Objections", "CRM records"]
+    assert book.sheetnames == [
+        "Subject",
+        "Effective state",
+        "History",
+        "Objections",
+        "CRM records",
+        "Restrictions",
+    ]
     summary = {row[0]: row[1] for row in book["Subject"].iter_rows(values_only=True)}
     assert summary["subject"] == uid and summary["email"] == email
     history = list(book["History"].iter_rows(values_only=True))
@@ -975,9 +982,11 @@ def test_erasure_key_file_mode(cli: Any) -> None:
     assert key.is_file() and stat.S_IMODE(os.stat(key).st_mode) == 0o600
 
 
-def test_restrict_and_lift(cli: Any) -> None:
+def test_restrict_and_lift(cli: Any, tmp_path: Path) -> None:
     record(cli, "held@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
-    result = cli.json("restrict", "--email", "held@example.com", "--reason", "accuracy contested")
+    result = cli.json(
+        "restrict", "--email", "held@example.com", "--reason", "accuracy contested", "--actor", "dpo.anna"
+    )
     assert result["restricted"] is True
     assert all(
         p["suppressed"] and p["rule"] == "restriction_art18"
@@ -989,6 +998,16 @@ def test_restrict_and_lift(cli: Any) -> None:
     )
     assert_bad_input(cli("restrict", "--email", "nobody@example.com", "--reason", "x"), "no subject")
     assert audit_count(cli) == before
+    # The person's access export (Art. 15) says since when, by whom and why.
+    exported = tmp_path / "held.json"
+    cli.ok("subject", "export", "held@example.com", "--format", "json", "-o", str(exported))
+    view = json.loads(exported.read_text(encoding="utf-8"))
+    assert (view["restricted"], view["restricted_by"], view["restriction_reason"]) == (
+        True,
+        "dpo.anna",
+        "accuracy contested",
+    )
+    assert view["restricted_since"] and [r["change"] for r in view["restrictions"]] == ["placed"]
     cli.ok("restrict", "--email", "held@example.com", "--reason", "resolved", "--lift")
     assert not state(show(cli, "held@example.com"), "email_marketing")["suppressed"]
 

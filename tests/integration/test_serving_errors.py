@@ -7,7 +7,6 @@ Every command runs as a real process, in an environment of its own (HOME, TMPDIR
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from consentsync import exit_codes
 from consentsync.config import write_starter
-from tests.conftest import TEST_ERASURE_KEY, stop
+from tests.conftest import TEST_ERASURE_KEY, own_environment, stop
 from tests.integration.helpers import free_port, local_session
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
@@ -37,20 +36,7 @@ BAD_HOST = "999.9.9.9"  # four numbers, one over 255: no resolver makes an addre
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """An environment of the test's own: its HOME and TMPDIR, no config or host from the caller's."""
-    (tmp_path / "tmp").mkdir()
-    (tmp_path / "home").mkdir()
-    own = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("CONSENTSYNC_", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"))
-    }
-    own.update(
-        HOME=str(tmp_path / "home"),
-        TMPDIR=str(tmp_path / "tmp"),
-        CONSENTSYNC_ERASURE_KEY=TEST_ERASURE_KEY,
-        CONSENTSYNC_CONFIG=str(tmp_path / "consentsync.yaml"),
-    )
-    return own
+    return own_environment(tmp_path, TEST_ERASURE_KEY, drop=("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"))
 
 
 @pytest.fixture

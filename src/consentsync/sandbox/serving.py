@@ -166,6 +166,13 @@ class _SignalStop:
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# How many people a sandbox seeds at most: a million takes under a minute and some GB of memory
+# (the size docs/performance.md measures at); more is a typo's extra digits, which would fill the
+# memory before anything is served.
+MAX_SEED_RECORDS = 1_000_000
+# The random seed: an unsigned 32-bit number, as most generators take one.
+MAX_RANDOM_SEED = 2**32 - 1
+
 
 def sandbox_command(
     serve_forever: Callable[..., None],
@@ -188,10 +195,19 @@ def sandbox_command(
     decorators = [
         click.option("--port", type=click.IntRange(0, 65535), default=port, show_default=True),
         click.option(
-            "--seed", "records", type=click.IntRange(min=0), default=200, show_default=True, help=seed_help
+            "--seed",
+            "records",
+            type=click.IntRange(0, MAX_SEED_RECORDS),
+            default=200,
+            show_default=True,
+            help=seed_help,
         ),
         click.option(
-            "--random-seed", type=int, default=1, show_default=True, help="Makes the seed repeatable."
+            "--random-seed",
+            type=click.IntRange(0, MAX_RANDOM_SEED),
+            default=1,
+            show_default=True,
+            help="Makes the seed repeatable.",
         ),
         click.option("--host", default="127.0.0.1", show_default=True),
         *options,

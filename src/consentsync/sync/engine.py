@@ -373,6 +373,7 @@ class SyncEngine:
         except PlanOutdated as outdated:
             report.status = "failed"
             report.error = f"plan: {outdated}"
+            report.exit_code = exit_codes.STALE_PLAN  # as `apply`'s check before the run says it
             bound.error("sync.plan_outdated", error=report.error)
         except (_Stop, LeaseLost) as stop:
             lost = isinstance(stop, LeaseLost) or (self._lease is not None and self._lease.lost.is_set())
@@ -737,6 +738,7 @@ class SyncEngine:
         counts.read += len(page)
         gone = [record for record in page if record.deleted]
         if gone:
+            self._keep_the_last_no(conn, mapping, gone, report, now)
             self._mark_gone(conn, mapping, gone, report, now)
             page = [record for record in page if not record.deleted]
         # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
@@ -889,6 +891,56 @@ class SyncEngine:
             ]
 
     # -- deleted and merged CRM records --------------------------------------------------------
+
+    def _keep_the_last_no(
+        self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
+    ) -> None:
+        """A record merged away that still carries its values (Dynamics keeps the subordinate
+        row): a withdrawal or refusal on it that the ledger has not seen is the person's, and must
+        not go with the record, since the survivor usually keeps the master's values. Only a no
+        is taken: the merge's other values are the CRM user's choice of survivor, not the
+        person's. Values last seen or written by this project (the snapshot) are not new."""
+        from consentsync.mapping import SAID_NO_STATUSES
+
+        merged = [record for record in gone if record.merged_into and record.fields]
+        held = self._page_links(conn, mapping.object, [record.record_id for record in merged])
+        requests: list[RecordRequest] = []
+        for record in merged:
+            row = held.get(record.record_id)
+            if row is None or row.gone_at is not None:
+                continue  # never linked (nothing known of the person here), or already gone
+            seen = orjson.loads(row.evidence) if row.evidence is not None else {}
+            try:
+                record_id, _email, _links = mapping.identity_from(record.fields)
+                evidence = mapping.evidence_from(
+                    record.fields, connector=self.name, observed_at=now, record_id=record_id
+                )
+                said_no = [
+                    e
+                    for e in evidence
+                    if e.status in SAID_NO_STATUSES
+                    and not _same(seen.get(_evidence_key(e)), _evidence_view(e))
+                ]
+                for item in said_no:
+                    self.ledger.validate(item, now=now)
+            except InvalidInput as error:
+                row_problem = self._quarantine_row(
+                    report, mapping.object, record.record_id, "pull", str(error), now
+                )
+                conn.execute(insert(quarantine), [row_problem])
+                continue
+            requests += [RecordRequest(Identity(subject_id=row.subject_id), e) for e in said_no]
+        if not requests:
+            return
+        stats, _outcomes = self.ledger.record_in(
+            conn, requests, run_id=report.run_id, warm=self._warm_for(conn)
+        )
+        report.counts.evidence_recorded += stats.recorded
+        report.counts.evidence_duplicates += stats.duplicates
+        report.counts.state_changes += stats.state_changes
+        self._mark_for_examination(
+            conn, {request.identity.subject_id for request in requests if request.identity.subject_id}
+        )
 
     def _mark_gone(
         self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime

@@ -3,10 +3,13 @@ the daemon (`consentsync run --web-port`) and in tests."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
@@ -48,6 +51,27 @@ def uvicorn_config(
         forwarded_allow_ips=",".join(_trusted(app)) or None,
         **extra,
     )
+
+
+class ForegroundServer(uvicorn.Server):
+    """uvicorn serving in the foreground (`consentsync web`): SIGTERM and SIGINT stop it cleanly
+    (open requests finish, the app shuts down) and the command then exits 0, as `consentsync run`
+    does when told to stop. uvicorn itself raises the signal again once it has shut down, so that
+    the process dies of it (exit 143 for SIGTERM): a scheduler or systemd would take the stop it
+    asked for for a failure."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.signal(signum, self.handle_exit) for signum in stops}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _trusted(app: FastAPI) -> list[str]:
