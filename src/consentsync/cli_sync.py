@@ -548,7 +548,10 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
     finally:
         engine.connector.close()
     if report.plan is None:
-        fail(f"no plan: {report.error or report.status}", 1)
+        # Why it could not be made decides what to do: the exit code a run would have (69 for an
+        # unreachable CRM, 77 for refused credentials, 75 when stopped), 1 only when nothing says.
+        reason = " ".join(str(report.error or report.status).split())
+        fail(f"no plan: {reason}", run_exit_code(report) or exit_codes.FAILED)
     document = report.plan.to_json()
     if output is not None:
         try:

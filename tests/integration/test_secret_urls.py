@@ -108,3 +108,17 @@ def test_an_api_version_that_is_not_one_is_refused_when_the_settings_are_read(
         'API version such as "59.0" (a number and ".0", no "v"; 42.0 or later)'
     ], result.stderr
     assert "Traceback" not in result.output and "NOT_FOUND" not in result.output
+
+
+def test_a_plan_that_cannot_be_made_exits_as_a_run_would(tmp_path: Path, harness: Any) -> None:
+    """`plan` says why no plan could be made with the exit code a scheduler acts on: 69 for a CRM
+    it cannot reach (retry later), 77 for refused credentials (alert an admin), not a bare 1."""
+    unreachable = _config(tmp_path / "a", harness, login_url=f"https://127.0.0.1:{_closed_port()}")
+    planned = _run(unreachable, "plan", NAME)
+    assert planned.exit_code == exit_codes.UNAVAILABLE, planned.output
+    said = planned.stderr.splitlines()[-1]  # after the retry log's lines
+    assert said.startswith("consentsync: error: no plan: ") and "unreachable" in said, planned.stderr
+    refused = _config(tmp_path / "b", harness, client_secret="not-the-secret")
+    planned = _run(refused, "plan", NAME)
+    assert planned.exit_code == exit_codes.CREDENTIALS, planned.output
+    assert PASSWORD not in planned.output and "not-the-secret" not in planned.output
