@@ -43,6 +43,7 @@ from consentsync.logs import configure as configure_logging
 from consentsync.progress import progress_interval_option, shown_progress
 from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.locks import RunInProgress
+from consentsync.sync.runs import RUN_STATUSES
 
 EXIT_HELD = exit_codes.HELD  # the push guard held the run's pushes: review `plan`, then `apply`
 EXIT_STOPPED = exit_codes.STOPPED  # stopped cleanly (budget, rate limit); the next run resumes
@@ -280,9 +281,14 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
 
 @runs.command("list")
 @click.option("--connector", help="Only this connector's runs.")
+@click.option(
+    "--status",
+    type=click.Choice(RUN_STATUSES, case_sensitive=False),
+    help="Only runs that ended so (or are running).",
+)
 @click.option("--limit", type=ROW_COUNT, default=20, show_default=True)
 @scriptable
-def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
+def runs_list(connector: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """The latest runs, newest first."""
     from consentsync.ledger.schema import sync_runs
     from consentsync.sync.runs import list_runs, settle_crashed
@@ -290,7 +296,7 @@ def runs_list(connector: str | None, limit: int, as_json: bool) -> None:
     ledger = open_ledger(current_config())
     connector = connector_filter("--connector", connector, ledger, sync_runs.c.connector)
     settle_crashed(ledger.engine, ledger.clock())  # a run whose process died shows as crashed
-    rows = list_runs(ledger.engine, connector=connector, limit=limit)
+    rows = list_runs(ledger.engine, connector=connector, status=status and status.lower(), limit=limit)
     if as_json:
         emit_json(rows)
         return

@@ -17,6 +17,10 @@ from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.rowview import RowView
 from consentsync.sync import quarantine as quarantined
 
+# What a run's row can say it ended as (or is doing): the one list the CLI's, the console's and
+# the API's filters accept.
+RUN_STATUSES = ("running", "succeeded", "failed", "crashed", "stopped", "held", "skipped", "dry_run")
+
 
 @dataclass(slots=True)
 class RunCounts:

@@ -14,6 +14,9 @@ from consentsync.web.console import Page, parse_day
 from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
+# sync.runs.RUN_STATUSES, as a type the OpenAPI schema lists (test_api checks they agree).
+RunStatus = Literal["running", "succeeded", "failed", "crashed", "stopped", "held", "skipped", "dry_run"]
+
 router = APIRouter(prefix="/api", tags=["console"])
 Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=True))]
 Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=True))]
@@ -113,9 +116,7 @@ def runs(
     request: Request,
     _account: Viewer,
     connector: Text = None,
-    result: Annotated[
-        Literal["running", "succeeded", "stopped", "held", "failed", "dry_run"] | None, Query()
-    ] = None,
+    result: Annotated[RunStatus | None, Query()] = None,
     since: Text = None,
     until: Text = None,
     quarantine: Annotated[

@@ -39,11 +39,10 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.sdk.errors import is_secret_key, scrub
 from consentsync.sync import quarantine
-from consentsync.sync.runs import list_runs, show_run
+from consentsync.sync.runs import RUN_STATUSES, list_runs, show_run
 from consentsync.web.plans import PlanDesk
 
 PER_PAGE = 25
-RUN_STATUSES = ("running", "succeeded", "stopped", "held", "failed", "dry_run")
 QUARANTINE_STATES = ("open", "resolved")
 EXPORT_TYPES = {
     "json": "application/json",
