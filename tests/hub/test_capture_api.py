@@ -72,6 +72,8 @@ def test_a_grant_names_a_registered_notice_and_bad_input_names_its_field(world: 
         ({**GRANT, "channel": "fax"}, "consents[0]: channel 'fax'"),
         ({**GRANT, "status": "maybe"}, "status"),
         ({**GRANT, "event_time": "2030-01-01T00:00:00+00:00"}, "event time"),
+        # No offset: hours from the truth anywhere but UTC; the field says what it lacks.
+        ({**GRANT, "event_time": "2026-05-01T11:00:00"}, "event_time: Input should have timezone info"),
         ({**GRANT, "surprise": 1}, "surprise"),
     ]
     for body, message in cases:

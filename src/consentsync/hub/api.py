@@ -7,17 +7,17 @@ and rate-limited per key, separate from the console's logins; documented at ``/v
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from consentsync.domain import InvalidInput
 from consentsync.hub import keys
+from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import BATCH_MAX, Conflict, ConsentCapture, Forbidden, Hub, request_digest
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.ratelimit import RateLimiter
@@ -25,6 +25,10 @@ from consentsync.ledger.service import NotFound
 
 log = structlog.get_logger("consentsync.hub.api")
 KEY_CACHE_SECONDS = 1.0
+# The largest body the API reads: a full batch (BATCH_MAX consents) with every field at its
+# longest, escaped as JSON, stays below it. Bigger is refused (413) before it is read or parsed,
+# which FastAPI would otherwise do before the API key is checked.
+BODY_MAX = 8 * 1024 * 1024
 
 
 class _Body(BaseModel):
@@ -37,13 +41,21 @@ class ConsentIn(_Body):
     channel: str = Field(default="email", max_length=32)
     status: Literal["granted", "withdrawn", "refused"]
     basis: str | None = Field(default=None, description="Only consent is captured for a grant.")
-    event_time: datetime | None = Field(
+    # With its offset: a time without one is hours from the truth anywhere but UTC, and would
+    # order a withdrawal wrongly against the person's other acts (refused, 422).
+    event_time: AwareDatetime | None = Field(
         default=None, description="When the person acted (ISO 8601 with offset); default: now."
     )
     notice_version: str | None = Field(
         default=None, max_length=100, description="The notice version shown; required for a grant."
     )
     evidence_ref: str | None = Field(default=None, max_length=500, description="Where the proof is kept.")
+    language: str | None = Field(
+        default=None,
+        max_length=16,
+        description="The language the person was shown the notice in, one of hub.languages; the "
+        "confirmation mail and the receipt are written in it (default: the first of hub.languages).",
+    )
 
 
 class ConsentBatchIn(_Body):
@@ -112,6 +124,7 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    app.add_middleware(BodyLimit, limit=BODY_MAX)
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute
 
@@ -186,14 +199,33 @@ def create_app(hub: Hub) -> FastAPI:
         """One consent, or a batch (``{"consents": [...]}``), recorded in one transaction. With an
         ``Idempotency-Key`` header a retried request records once and gets the first answer."""
         batch = body if isinstance(body, ConsentBatchIn) else ConsentBatchIn(consents=[body])
-        gpc = batch.gpc or (sec_gpc or "").strip() == "1"
-        items = [ConsentCapture(**item.model_dump()) for item in batch.consents]
+        header_gpc = (sec_gpc or "").strip() == "1"
+        gpc = batch.gpc or header_gpc
+        offered = list(hub.settings.languages) or ["en"]
+        items: list[ConsentCapture] = []
+        for index, item in enumerate(batch.consents):
+            fields = item.model_dump()
+            language = fields.pop("language") or offered[0]
+            if language not in offered:
+                raise InvalidInput(
+                    f"consents[{index}].language: {language!r} is not one of {', '.join(offered)}"
+                )
+            items.append(ConsentCapture(**fields, language=language))
+        # The request an Idempotency-Key names is its body and its GPC header: the same body
+        # sent again with the person's opt-out signal is another request (409), not a replay
+        # that drops the opt-out. Without the header the digest is the body's, as it always was.
+        content: Any = body.model_dump(mode="json")
+        for one in content.get("consents", [content]):
+            if one.get("language") is None:  # a request without it digests as it always did
+                one.pop("language", None)
+        if header_gpc:
+            content = {"body": content, "sec_gpc": "1"}
         result = hub.capture(
             key,
             items,
             gpc=gpc,
             idempotency_key=idempotency_key,
-            fingerprint=request_digest(body.model_dump(mode="json")) if idempotency_key else None,
+            fingerprint=request_digest(content) if idempotency_key else None,
         )
         # Mails go after the answer (BackgroundTasks): the capture is committed either way, and a
         # mail server's delay is not the form's. A mail that fails is logged (hub.mail_failed).
@@ -212,7 +244,12 @@ def create_app(hub: Hub) -> FastAPI:
         (``results[].subject`` and ``results[].record_id``)."""
         if not key.may("consents"):
             raise Forbidden(f"API key {key.name!r} may not read consent receipts")
-        return hub.receipt(subject, record_id, language)
+        document = hub.receipt(subject, record_id, language)
+        # A key limited to some purposes reads the receipts of those purposes only.
+        for purpose in document["purposes"]:
+            if not key.covers(purpose["purpose_id"]):
+                raise Forbidden(f"API key {key.name!r} may not read receipts of {purpose['purpose_id']!r}")
+        return document
 
     @app.post("/objections", status_code=201)
     def raise_objection(body: ObjectionIn, key: Key) -> dict[str, Any]:

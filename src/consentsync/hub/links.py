@@ -31,19 +31,38 @@ def make_token(ledger: Ledger, uid: str, *, days: int, now: datetime | None = No
     return jwt.encode(claims, _key(ledger), algorithm=ALGORITHM)
 
 
-def read_token(ledger: Ledger, token: str) -> str:
-    """The uid a link was made for; raises ``LinkRefused``. Expiry is judged by the ledger's
-    clock, the one that made the link (PyJWT's own check would read the machine's)."""
+def _claims(ledger: Ledger, token: str) -> dict[str, object]:
     try:
-        claims = jwt.decode(
-            token,
-            _key(ledger),
-            algorithms=[ALGORITHM],
-            audience=AUDIENCE,
-            options={"require": ["sub", "exp", "aud"], "verify_exp": False, "verify_iat": False},
+        return dict(
+            jwt.decode(
+                token,
+                _key(ledger),
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                options={"require": ["sub", "exp", "aud"], "verify_exp": False, "verify_iat": False},
+            )
         )
     except jwt.InvalidTokenError:
         raise LinkRefused("this link is not valid: it may have been cut or changed") from None
+
+
+def expired_uid(ledger: Ledger, token: str) -> str | None:
+    """The uid of a link that is ours and unchanged but has expired; None for any other link.
+    Such a link may ask for a new one to be mailed to the address on record (never shown)."""
+    try:
+        claims = _claims(ledger, token)
+    except LinkRefused:
+        return None
+    expiry = claims["exp"]
+    if isinstance(expiry, int | float) and expiry > ledger.clock().timestamp():
+        return None
+    return str(claims["sub"])
+
+
+def read_token(ledger: Ledger, token: str) -> str:
+    """The uid a link was made for; raises ``LinkRefused``. Expiry is judged by the ledger's
+    clock, the one that made the link (PyJWT's own check would read the machine's)."""
+    claims = _claims(ledger, token)
     if not isinstance(claims["exp"], int | float) or claims["exp"] <= ledger.clock().timestamp():
         raise LinkRefused("this link has expired: ask for a new one")
     return str(claims["sub"])

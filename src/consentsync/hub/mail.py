@@ -12,6 +12,7 @@ from email.utils import formataddr, make_msgid
 import structlog
 
 from consentsync.config import SmtpSettings
+from consentsync.domain import without_emails
 
 log = structlog.get_logger("consentsync.hub.mail")
 
@@ -69,6 +70,19 @@ class Mailer:
                 smtp.send_message(message)
         except (OSError, smtplib.SMTPException) as error:
             raise MailFailed(
-                f"SMTP {settings.host}:{settings.port}: {type(error).__name__}: {error}"
+                f"SMTP {settings.host}:{settings.port}: {type(error).__name__}: {_reason(error, mail.to)}"
             ) from None
         return str(message["Message-ID"])
+
+
+def _reason(error: Exception, recipient: str) -> str:
+    """Why a mail did not go, as a log may hold it: never the recipient's address. smtplib
+    names the refused recipients (``SMTPRecipientsRefused`` is a dict keyed by address), and a
+    server's answer often quotes it ("550 5.1.1 <ada@example.org>: user unknown")."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = sorted({str(code) for code, _answer in error.recipients.values()})
+        return f"the recipient was refused ({', '.join(codes) or 'no code'})"
+    text = str(error)
+    if recipient:
+        text = text.replace(recipient, "<email address>")
+    return without_emails(text, "<email address>")

@@ -33,9 +33,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentsync.config import BrandingSettings
 from consentsync.domain import InvalidInput
+from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import Hub
 from consentsync.hub.i18n import Translate, negotiate, translator
-from consentsync.hub.links import LinkRefused
+from consentsync.hub.links import LinkRefused, expired_uid
 from consentsync.hub.preferences import Person, PreferenceCentre
 from consentsync.ledger.service import NotFound
 
@@ -49,6 +50,14 @@ LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Es
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _RECORD_ID = re.compile(r"^[0-9a-f]{64}$")  # an evidence fingerprint (SHA-256)
 _TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase)/)[^/]+")
+# A path no route matched ("//preferences/<token>", "/PREFERENCES/<token>", a link a mail client
+# mangled) may still hold a token: every segment longer than our route names is left out.
+_LONG_SEGMENT = re.compile(r"[^/]{17,}")
+# The pages whose token is a preference link (not a confirmation link): an expired one may ask
+# for a new one.
+_LINK_ROUTES = ("preferences", "choose", "object", "export", "erase_request", "receipt", "new_link")
+# The largest form the pages read (theirs are a few hundred bytes); bigger is refused unread.
+FORM_MAX = 64 * 1024
 
 
 def _status_labels(_: Translate) -> dict[str, str]:
@@ -180,7 +189,7 @@ def _log_path(request: Request) -> str:
     if isinstance(template, str):
         return template
     path = request.url.path.removeprefix(request.scope.get("root_path", ""))
-    return _TOKEN_PATH.sub(r"\1{token}", path)
+    return _LONG_SEGMENT.sub("{token}", _TOKEN_PATH.sub(r"\1{token}", path))
 
 
 def refusal_status(error: LinkRefused) -> int:
@@ -218,6 +227,7 @@ def create_app(hub: Hub) -> FastAPI:
     branding = settings.branding
     offered = list(settings.languages) or ["en"]
     templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
+    app.add_middleware(BodyLimit, limit=FORM_MAX)
     app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
     csp = content_security_policy(branding)
     stylesheet = brand_css(branding)
@@ -276,8 +286,21 @@ def create_app(hub: Hub) -> FastAPI:
             title = (
                 _("This link has expired") if "expired" in str(error) else _("This link is no longer in use")
             )
+        # Art. 7(3): an expired preference link offers a new one (mailed, never shown), so that
+        # withdrawing does not wait for the person to write to us.
+        renew = None
+        route = getattr(request.scope.get("route"), "name", None)
+        token = request.path_params.get("token")
+        if status == 410 and "expired" in str(error) and route in _LINK_ROUTES and isinstance(token, str):
+            uid = expired_uid(hub.ledger, token) if len(token) <= TOKEN_MAX else None
+            if uid is not None and hub.ledger.email_of(uid) is not None:  # not erased meanwhile
+                renew = path_of(request, "new_link", token=token)
         return render(
-            request, "refused.html", lang, {"title": title, "message": sentence(_(str(error)))}, status=status
+            request,
+            "refused.html",
+            lang,
+            {"title": title, "message": sentence(_(str(error))), "renew": renew},
+            status=status,
         )
 
     def problem(request: Request, status: int, message: str) -> HTMLResponse:
@@ -568,6 +591,36 @@ def create_app(hub: Hub) -> FastAPI:
         lang = language(request, lang)
         mailed = centre.request_erasure(person, visitor_of(request), lang)
         return back(request, token, lang, "erasure_mailed" if mailed else "erasure_failed")
+
+    @app.post("/preferences/{token}/new-link", name="new_link")
+    def new_link(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
+        """An expired preference link asks for a new one, mailed to the address on record."""
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this link is not valid: it may have been cut or changed")
+        lang = language(request, lang)
+        _ = translator(lang)
+        try:
+            sent = centre.mail_new_link(token, lang)
+        except LinkRefused as error:
+            if "still works" not in str(error):
+                raise
+            return RedirectResponse(path_of(request, "preferences", {"lang": lang}, token=token), 303)
+        texts = {
+            "mailed": ("good", _("We sent you a mail with a new link. Please open it to make your choices.")),
+            "recently": (
+                "good",
+                _("We sent you a new link a few minutes ago. Please look for it in your mailbox."),
+            ),
+            "failed": ("bad", _("We could not send the mail just now. Please try again later.")),
+        }
+        kind, text = texts[sent]
+        return render(
+            request,
+            "new_link.html",
+            lang,
+            {"title": _("A new link"), "kind": kind, "message": text},
+            status=200 if kind == "good" else 503,
+        )
 
     # -- links from mails: shown on GET, done on POST -----------------------------------------
 

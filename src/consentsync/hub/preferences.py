@@ -19,7 +19,7 @@ from sqlalchemy import insert, select, update
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
 from consentsync.hub.capture import Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
-from consentsync.hub.links import LinkRefused, read_token
+from consentsync.hub.links import LinkRefused, expired_uid, read_token
 from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
 from consentsync.ledger.identity import Identity
@@ -27,6 +27,9 @@ from consentsync.ledger.schema import confirmations, subjects
 
 log = structlog.get_logger("consentsync.hub.preferences")
 
+# A new link for an expired one is mailed at most this often per person: whoever holds an old
+# link cannot flood the person's mailbox with it.
+NEW_LINK_INTERVAL = timedelta(minutes=10)
 SOURCE = "preference_center"  # a trusted source by default (policy.trusted_sources)
 ERASURE_REASON = "asked for by the person on the preference page, confirmed through a mailed link"
 
@@ -54,6 +57,7 @@ class PreferenceCentre:
         self.hub = hub
         self.ledger = hub.ledger
         self._hash = hub.ledger.keyed_hasher()
+        self._new_links: dict[str, Any] = {}  # uid: when a new link was last mailed
 
     def visitor(self, client_address: str | None, user_agent: str | None) -> Visitor:
         return Visitor(
@@ -67,6 +71,40 @@ class PreferenceCentre:
         if email is None:
             raise LinkRefused("this link opens no record any more: the record was erased")
         return Person(uid, email)
+
+    def mail_new_link(self, token: str, language: str = "en") -> str:
+        """Art. 7(3), Art. 12(2): an expired preference link must not leave the person to write
+        in before they can withdraw. An expired link that is ours and unchanged asks for a new
+        one, mailed to the address on record (never shown), at most once per
+        ``NEW_LINK_INTERVAL``. Returns "mailed", "recently" (one went a moment ago) or "failed".
+        Raises ``LinkRefused`` for any other link, and once the record is erased."""
+        uid = expired_uid(self.ledger, token)
+        if uid is None:
+            read_token(self.ledger, token)  # changed or foreign: its own refusal
+            raise LinkRefused("this link still works: open it to change your choices")
+        email = self.ledger.email_of(uid)
+        if email is None:
+            raise LinkRefused("this link opens no record any more: the record was erased")
+        now = self.ledger.clock()
+        last = self._new_links.get(uid)
+        if last is not None and now - last < NEW_LINK_INTERVAL:
+            return "recently"
+        _ = translator(language)
+        text = _(
+            "You asked for a new link to your privacy choices. Here it is:\n\n{preferences}\n\n"
+            "If it was not you, ignore this mail: nothing changes.\n",
+            preferences=self.hub.preference_link(uid),
+        )
+        try:
+            self.hub.mailer.send(Mail(email, _("Your link to your privacy choices"), text))
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=uid, kind="new_link", error=str(error))
+            return "failed"
+        if len(self._new_links) > 10_000:  # kept in the serving process: never without bound
+            self._new_links.clear()
+        self._new_links[uid] = now
+        log.info("hub.mail_sent", subject=uid, kind="new_link")
+        return "mailed"
 
     def purposes(self, person: Person, language: str = "en") -> list[dict[str, Any]]:
         """Each purpose and channel with its current state, basis and the notice shown."""

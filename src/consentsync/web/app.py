@@ -159,9 +159,15 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
 _PEOPLE_TOKEN = re.compile(r"^(/p/(?:preferences|confirm|erase)/)[^/]+")
 
 
+# A segment longer than a uuid (a run id, a subject uid): a link's token in a path no route
+# matched ("//p/preferences/<token>", "/P/PREFERENCES/<token>", a link a mail client mangled).
+_TOKEN_LIKE = re.compile(r"[^/]{37,}")
+
+
 def logged_path(path: str) -> str:
-    """A request path as the log may hold it: a people page's token replaced by ``<token>``."""
-    return _PEOPLE_TOKEN.sub(r"\1<token>", path)
+    """A request path as the log may hold it: a people page's token replaced by ``<token>``, and
+    so is any segment too long to be one of the console's ids."""
+    return _TOKEN_LIKE.sub("<token>", _PEOPLE_TOKEN.sub(r"\1<token>", path))
 
 
 def _mount_hub(app: FastAPI, console: Console) -> None:
