@@ -509,8 +509,8 @@ AUDIT_ACTIONS = (
     "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded", "notice.added",
     "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
-    "subject.created", "subject.erased", "subject.exported", "subject.restricted",
-    "subject.restriction_lifted", "subject.viewed", "sync.cursor_reset", "user.added",
+    "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
+    "subject.restricted", "subject.restriction_lifted", "subject.viewed", "sync.cursor_reset", "user.added",
     "user.disabled", "user.enabled", "user.password_changed", "user.role_changed",
     "user.sessions_ended", "user.unlocked",
 )  # fmt: skip

@@ -87,6 +87,10 @@ def test_erasure_waits_for_the_mailed_link(world: HubWorld, centre: PreferenceCe
     person = centre.person(token_of(world))
     assert centre.request_erasure(person, centre.visitor("192.0.2.1", "ua")) is True
     assert world.ledger.email_of(person.uid) == "ada@example.test"  # nothing erased yet
+    # The request is on record from the moment it is made (Art. 12(3): answered within a month).
+    with world.ledger.engine.connect() as conn:
+        asked = list(audit.entries(conn, subject_uids=[person.uid], action="subject.erasure_requested"))
+    assert [(e["actor"], e["source"]) for e in asked] == [("data subject", "preference_center")]
     token = world.inbox.link("/p/erase/").rsplit("/", 1)[1]
     centre.erasure_pending(token)
     assert centre.confirm_erasure(token)["already"] is False

@@ -16,6 +16,8 @@ from typing import Any
 import structlog
 from sqlalchemy import insert, select, update
 
+from consentsync import audit
+from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
 from consentsync.hub.capture import Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
@@ -220,6 +222,22 @@ class PreferenceCentre:
                     requested_at=now,
                     expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
                 )
+            )
+            # On record from the moment it is asked, confirmed or not (Art. 5(2), Art. 12(3):
+            # the controller shows when each request came and answers within a month).
+            audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        "subject.erasure_requested",
+                        {"confirmation_days": self.hub.settings.confirmation_days},
+                        source=SOURCE,
+                        actor="data subject",
+                        subject_uid=person.uid,
+                        subject_id=subject_id,
+                    )
+                ],
+                now,
             )
         _ = translator(language)
         text = _(
