@@ -333,6 +333,10 @@ def cell_text(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, dict):
         return ", ".join(f"{k}={cell_text(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        # A list of changes or records: each item in brackets, never Python's repr of it.
+        shown = (f"[{cell_text(item)}]" if isinstance(item, dict) else cell_text(item) for item in value)
+        return "; ".join(shown)
     return str(value)
 
 

@@ -21,6 +21,7 @@ from consentsync.app import open_connector, open_ledger, open_sync
 from consentsync.cli_base import (
     ROW_COUNT,
     ROW_ID,
+    cell_text,
     check_output_folder,
     configured,
     connector_filter,
@@ -352,7 +353,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
     click.echo(f"run {run['id']} of {run['connector']}: {run['status']}")
     click.echo(f"  started {run['started_at']}, finished {run['finished_at']}, full load: {run['full']}")
     for name, value in run["counts"].items():
-        click.echo(f"  {name}: {value}")
+        click.echo(f"  {name}: {cell_text(value)}")
     if run["error"]:
         click.echo(f"  error: {run['error']}")
     click.echo("\nquarantined records:")

@@ -169,6 +169,9 @@ def test_the_push_guard_holds_an_oversized_run_until_a_plan_is_approved(
     assert status[0]["last_run"]["status"] == "held"
     text = cli("status").output
     assert "ALERT" in text and "push guard" in text
+    # What the held pushes would write, as people read it: no Python repr of the list.
+    shown = cli.ok("runs", "show", held["run_id"]).output
+    assert "would_push: [field=" in shown and "object=Contact" in shown and "{'" not in shown, shown
     plan_path = config_path.parent / "plan.json"
     plan = _run(cli, "plan", "sf", "-o", str(plan_path))
     applied = _run(cli, "apply", str(plan_path))
