@@ -207,3 +207,16 @@ def own_environment(tmp_path: Path, erasure_key: str, *, drop: tuple[str, ...] =
         CONSENTSYNC_CONFIG=str(tmp_path / "consentsync.yaml"),
     )
     return own
+
+
+@contextmanager
+def running_harness(vendor: str) -> Iterator[Any]:
+    """The registered sandbox harness of ``vendor``, started, and stopped on the way out."""
+    from consentsync.sdk.harness import available_harnesses
+
+    started = available_harnesses()[vendor].load()()
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()

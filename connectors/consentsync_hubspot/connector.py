@@ -491,7 +491,7 @@ class HubSpotConnector(sdk.Connector):
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Property changes by batch update, ``batch_size`` contacts a call, each group's
-        subscription changes one v3 call each right after its batch, deletions by batch archive:
+        subscription changes one v3 call each just before its batch, deletions by batch archive:
         every call's answers are handed over as it returns. An update with both properties and
         subscriptions is answered once its last call returned (one answer per update)."""
         if not updates:
@@ -535,24 +535,35 @@ class HubSpotConnector(sdk.Connector):
         group: list[int],
         plans: Mapping[int, tuple[dict[str, Any], dict[str, Any]]],
     ) -> Iterator[dict[int, sdk.WriteResult]]:
-        """One batch update for the group's properties, then its subscription calls."""
-        partial: dict[int, sdk.WriteResult] = {}
+        """The group's subscription changes first (one v3 call each), then one batch update for
+        the properties of the updates whose subscription changes went through. An update whose
+        subscription change HubSpot refuses (a resubscribe, a contact without an email) gets none
+        of its properties written: its failed answer is then the whole truth, where a property
+        written under it would be read back as the person's own change (the engine takes only
+        acknowledged writes for its own)."""
         with_subs = [index for index in group if plans[index][1]]
-        property_parts = [(index, plans[index][0]) for index in group if plans[index][0]]
-        if property_parts:
-            for answered in self._update_calls(updates, property_parts):
-                done = {i: r for i, r in answered.items() if i not in with_subs}
-                partial.update({i: r for i, r in answered.items() if i in with_subs})
-                if done:
-                    yield done
-        if not with_subs:
+        taken: dict[int, list[sdk.WriteResult]] = {}
+        if with_subs:
+            emails = self._emails([updates[i].record_id for i in with_subs])
+            for index in with_subs:
+                record_id = updates[index].record_id
+                outcomes = self._subscription_results(record_id, emails.get(record_id), plans[index][1])
+                if plans[index][0] and all(outcome.ok for outcome in outcomes):
+                    taken[index] = outcomes  # answered with its properties
+                else:
+                    yield {index: _combined(record_id, outcomes)}
+        property_parts = [
+            (index, plans[index][0])
+            for index in group
+            if plans[index][0] and (not plans[index][1] or index in taken)
+        ]
+        if not property_parts:
             return
-        emails = self._emails([updates[i].record_id for i in with_subs])
-        for index in with_subs:
-            record_id = updates[index].record_id
-            outcomes = [partial[index]] if index in partial else []
-            outcomes += self._subscription_results(record_id, emails.get(record_id), plans[index][1])
-            yield {index: _combined(record_id, outcomes)}
+        for answered in self._update_calls(updates, property_parts):
+            yield {
+                index: _combined(result.record_id, [*taken[index], result]) if index in taken else result
+                for index, result in answered.items()
+            }
 
     def _update_calls(
         self, updates: Sequence[sdk.RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]

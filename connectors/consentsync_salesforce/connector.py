@@ -364,7 +364,11 @@ class SalesforceConnector(sdk.Connector):
             ),
         )
         job_path = f"jobs/ingest/{job['id']}"
-        self._call(
+        # A job takes one upload and one close. When the answer to either is lost (a timeout, a
+        # dropped connection) after Salesforce took it, the retry is refused with
+        # InvalidJobState: the step was done (this job is ours alone, made just now), so the job
+        # goes on. Failing the run here would leave a job that applies the records unanswered.
+        self._job_step(
             "bulk upload",
             lambda: self.sf._call_salesforce(  # restful() would JSON-encode the CSV
                 "PUT",
@@ -373,7 +377,7 @@ class SalesforceConnector(sdk.Connector):
                 headers={"Content-Type": "text/csv"},
             ),
         )
-        self._call(
+        self._job_step(
             "bulk close", lambda: self.sf.restful(job_path, method="PATCH", json={"state": "UploadComplete"})
         )
         info = self._wait_for_job(job["id"], job_path)
@@ -394,6 +398,26 @@ class SalesforceConnector(sdk.Connector):
             else:
                 answers[position] = sdk.WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
         return answers
+
+    def _job_step(self, describe: str, operation: Any) -> None:
+        """One step of an ingest job (upload, close) whose repeat Salesforce refuses with
+        InvalidJobState once the step is done: refused so after an attempt whose answer was lost,
+        the step is taken as done."""
+        unanswered = False
+
+        def noted() -> Any:
+            nonlocal unanswered
+            try:
+                return operation()
+            except requests.RequestException:
+                unanswered = True  # Salesforce may have taken it
+                raise
+
+        try:
+            self._call(describe, noted)
+        except ConnectorError as error:
+            if error.rule.code != "INVALIDJOBSTATE" or not unanswered:
+                raise
 
     def _wait_for_job(self, job_id: str, job_path: str) -> dict[str, Any]:
         """Polls the job from a short first wait, doubling up to ``bulk_poll_interval``: a job of
@@ -522,8 +546,11 @@ def _csv_cell(fields: Mapping[str, Any], name: str) -> str:
     if name not in fields:
         return ""  # an empty cell leaves the field unchanged
     value = fields[name]
-    if value is None:
-        return "#N/A"  # Bulk API 2.0's null
+    if value is None or value == "":
+        # Bulk API 2.0's null. An empty string is null in Salesforce (the Collections path sets
+        # the field empty), but an empty cell would leave the field as it is: a cleared name
+        # (the anonymise action) would be answered saved and still hold the person's data.
+        return "#N/A"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

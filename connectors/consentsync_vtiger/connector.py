@@ -188,6 +188,14 @@ class VtigerConnector(sdk.Connector):
             floor, offset = last, 0
             held = {str(r["id"]): r for r in rows if str(r["modifiedtime"]) == last}
 
+    def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
+        """Text as the install's tables keep it: on the stock 3-byte ``utf8`` a character beyond
+        the Basic Multilingual Plane (an emoji in a name or a note) reads back as ``?``, so that
+        a value written with one is recognised as our own write, not as an edit to push again."""
+        if self.config.database_charset == "utf8mb4":
+            return dict(update.fields)
+        return {name: _as_stored(value) for name, value in update.fields.items()}
+
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One call per record (``revise``, or ``delete`` for a deletion: Vtiger has no batch
         write), each answer handed over as its call returns. A limit or a run-wide error raised
@@ -200,7 +208,16 @@ class VtigerConnector(sdk.Connector):
         if problem is not None:
             return problem
         if item.action is sdk.WriteAction.DELETE:
-            refused = self._record_call("delete", {"id": item.record_id}, f"delete {item.object_type}")
+            lost: list[bool] = []
+            refused = self._record_call(
+                "delete", {"id": item.record_id}, f"delete {item.object_type}", unanswered=lost
+            )
+            if refused is not None and refused.rule.code == "ACCESS_DENIED" and lost and self._gone(item):
+                # An earlier attempt got no answer, and the record it was deleting is gone now:
+                # that attempt deleted it (Vtiger answers a deleted id ACCESS_DENIED).
+                return sdk.WriteResult(
+                    item.record_id, True, message="deleted (the answer to the first attempt was lost)"
+                )
         else:
             element = self._element(item)
             if isinstance(element, sdk.WriteResult):
@@ -234,9 +251,18 @@ class VtigerConnector(sdk.Connector):
                 element[name] = "" if value is None else value
         return element
 
-    def _record_call(self, operation: str, params: Mapping[str, Any], what: str) -> ConnectorError | None:
+    def _record_call(
+        self,
+        operation: str,
+        params: Mapping[str, Any],
+        what: str,
+        *,
+        unanswered: list[bool] | None = None,
+    ) -> ConnectorError | None:
         """None when Vtiger took the call; the error when it refused this record. Sessions,
-        server errors and resets are retried here; anything else about the call is raised."""
+        server errors and resets are retried here; anything else about the call is raised. An
+        attempt that got no answer at all (a timeout, a dropped connection: Vtiger may have
+        applied it) is noted in ``unanswered``."""
 
         def attempt() -> ConnectorError | None:
             try:
@@ -246,12 +272,21 @@ class VtigerConnector(sdk.Connector):
                 if error.rule.code in _RECORD_ERRORS or error.rule.code in _RECORD_RETRY:
                     # This record only: the next run retries it from the outbox.
                     return error
+                if unanswered is not None and error.rule.status is None and error.rule.code is None:
+                    unanswered.append(True)
                 raise
             return None
 
         return sdk.call(
             attempt, policy=self.policy, refresh_session=self.client.forget_session, describe=what
         )
+
+    def _gone(self, item: sdk.RecordUpdate) -> bool:
+        """Whether the record is no longer there for the API user: ``retrieve`` answers a deleted
+        record ACCESS_DENIED, and a record the profile may read but not delete is still
+        answered (its delete's ACCESS_DENIED is then a refusal)."""
+        refused = self._record_call("retrieve", {"id": item.record_id}, f"retrieve {item.object_type}")
+        return refused is not None and refused.rule.code == "ACCESS_DENIED"
 
     def close(self) -> None:
         self.client.close()
@@ -428,6 +463,13 @@ def _check_name(name: str, what: str) -> None:
         raise ConnectorError(
             f"{name!r} is not a Vtiger {what} name", ErrorRule(Action.FAIL, Fault.CONFIG, f"bad {what} name")
         )
+
+
+def _as_stored(value: Any) -> Any:
+    """What MySQL's 3-byte ``utf8`` keeps of a text value: characters beyond the BMP become ``?``."""
+    if not isinstance(value, str) or value.isascii():
+        return value
+    return "".join("?" if ord(char) > 0xFFFF else char for char in value)
 
 
 def _checkbox(value: Any) -> str | None:

@@ -36,6 +36,9 @@ class VtigerSettings(ConnectorSettings):
     # by the user, or by its groups with userandgroup).
     read_deletions: bool = False
     sync_type: Literal["user", "userandgroup", "application"] = "userandgroup"
+    # The character set of the install's tables: the stock install's MySQL `utf8` (3 bytes)
+    # stores characters beyond the Basic Multilingual Plane (emoji) as "?"; `utf8mb4` keeps them.
+    database_charset: Literal["utf8", "utf8mb4"] = "utf8"
     # budget.per_run: calls a run may make; the open-source edition has no API limit, Vtiger
     # Cloud a daily one.
     budget: RunBudget = RunBudget()

@@ -18,7 +18,7 @@ from click.testing import CliRunner, Result
 from consentsync import exit_codes
 from consentsync.cli import main
 from consentsync.config import write_starter
-from consentsync.sdk.harness import available_harnesses
+from tests.conftest import running_harness
 
 NAME = "salesforce-sandbox"
 PASSWORD = "Pw12345secret"
@@ -26,12 +26,8 @@ PASSWORD = "Pw12345secret"
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Any]:
-    started = available_harnesses()["salesforce"].load()()
-    started.start()
-    try:
+    with running_harness("salesforce") as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _closed_port() -> int:

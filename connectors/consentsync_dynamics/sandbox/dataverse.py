@@ -421,7 +421,9 @@ def _checked(table: Table, column: Column, value: Any) -> Any:
     if column.type in ("String", "Memo"):
         if not isinstance(value, str):
             raise refuse("Edm.String")
-        if column.max_length is not None and len(value) > column.max_length:
+        # MaxLength counts UTF-16 code units, as SQL Server's nvarchar(n) stores byte-pairs: a
+        # character beyond the Basic Multilingual Plane (an emoji) takes two of them.
+        if column.max_length is not None and len(value.encode("utf-16-le")) // 2 > column.max_length:
             raise RowError(
                 400,
                 "0x80044331",

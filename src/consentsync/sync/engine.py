@@ -1079,7 +1079,11 @@ class SyncEngine:
         for outbox_id, record_id, status, sent_at in sent:
             if sent_at is not None:
                 last[record_id] = (outbox_id, status)  # the latest write sent to each record
-        wanted = [outbox_id for outbox_id, status in last.values() if status in ("pending", "superseded")]
+        # A write answered "failed" is in it too: a CRM may have applied part of it (SuperOffice
+        # saves the fields it took before it refuses the next one), and what it applied is ours.
+        wanted = [
+            outbox_id for outbox_id, status in last.values() if status in ("pending", "superseded", "dead")
+        ]
         if not wanted:
             return {}
         whole = {row.id: row for row in conn.execute(select(outbox).where(one_of(conn, outbox.c.id, wanted)))}
@@ -1780,10 +1784,10 @@ class SyncEngine:
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == row.id)
-                # The CRM said it did not apply the write: it is no longer in flight.
-                .values(
-                    status="pending" if alive else "dead", attempts=attempts, last_error=reason, sent_at=None
-                )
+                # Refused, but it was sent (sent_at stays): a CRM may have applied part of it
+                # before it refused the rest, and a value it shows from this write is ours, not
+                # the person's (``_recognise_echoes``).
+                .values(status="pending" if alive else "dead", attempts=attempts, last_error=reason)
             )
             if not alive:
                 conn.execute(
