@@ -734,6 +734,18 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
             )
         else:
             click.echo("  last run   never")
+        failing, success = row.get("failing"), row.get("last_success")
+        if failing:
+            click.echo(
+                f"  ALERT      failing since {failing['since']}: {failing['runs']} run(s) in a row; "
+                + (
+                    f"last success {failing['last_success_at']}"
+                    if failing["last_success_at"]
+                    else "never succeeded"
+                )
+            )
+        elif success:
+            click.echo(f"  last success {success['finished_at']} (run {success['id']})")
         click.echo(f"  next run   {row['next_run'] or 'none: no daemon running'}")
         budget = row["api_budget"]
         click.echo(
@@ -751,6 +763,12 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
             click.echo(
                 f"  erasures   {row['erasures_pending']} person(s) erased in the ledger, "
                 "not yet passed on to this CRM (the next run pushes them)"
+            )
+        if row.get("dead_suppressions"):
+            click.echo(
+                f"  ALERT      {row['dead_suppressions']} suppression(s) dead-lettered: this CRM will not "
+                f"get them unless retried (`consentsync outbox list --dead --connector {row['connector']}`, "
+                "then `consentsync outbox retry ID`)"
             )
         for late in row["late_suppressions"]:
             click.echo(

@@ -29,7 +29,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, generate_latest
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, and_, case, func, select, text
 
-from consentsync.ledger.schema import outbox, sync_runs
+from consentsync.ledger.schema import outbox, quarantine, sync_runs
 from consentsync.sync.engine import RunReport
 
 log = structlog.get_logger("consentsync.observability")
@@ -110,7 +110,7 @@ class LedgerCollector(Collector):
             "consentsync_ledger_up", "1 when the last scrape could read the ledger, else 0"
         )
         try:
-            pending, dead, oldest = self._read()
+            pending, dead, oldest, held, dead_suppressions = self._read()
         except Exception as error:
             log.error("metrics.ledger_unreachable", error_type=type(error).__name__)
             up.add_metric([], 0.0)
@@ -119,7 +119,8 @@ class LedgerCollector(Collector):
         up.add_metric([], 1.0)
         yield up
         now = self.clock()
-        names = set(pending) | set(dead) | set(oldest) | set(self.known())
+        names = set(pending) | set(dead) | set(oldest) | set(held) | set(dead_suppressions)
+        names |= set(self.known())
         try:
             streaks = self._streaks(sorted(set(self.known())))
         except Exception as error:
@@ -132,18 +133,22 @@ class LedgerCollector(Collector):
             failing_family.add_metric([name], float(failing))
         yield last_family
         yield failing_family
-        pending_family, dead_family, age_family = self._families()
+        pending_family, dead_family, age_family, held_family, dead_suppression_family = self._families()
         for name in sorted(names):
             pending_family.add_metric([name], float(pending.get(name, 0)))
             dead_family.add_metric([name], float(dead.get(name, 0)))
             since = oldest.get(name)
             age_family.add_metric([name], max(0.0, (now - since).total_seconds()) if since else 0.0)
+            held_family.add_metric([name], float(held.get(name, 0)))
+            dead_suppression_family.add_metric([name], float(dead_suppressions.get(name, 0)))
         yield pending_family
         yield dead_family
         yield age_family
+        yield held_family
+        yield dead_suppression_family
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, ...]:
         return (
             GaugeMetricFamily(
                 "consentsync_outbox_pending", "Outbox rows waiting to be pushed", labels=["connector"]
@@ -158,9 +163,22 @@ class LedgerCollector(Collector):
                 "Age of the oldest pending outbox row that suppresses contact (0 when none)",
                 labels=["connector"],
             ),
+            GaugeMetricFamily(
+                "consentsync_quarantined_open",
+                "Quarantined records not yet resolved (in the ledger, whichever process held them)",
+                labels=["connector"],
+            ),
+            GaugeMetricFamily(
+                "consentsync_outbox_dead_suppressions",
+                "Dead-lettered outbox rows that suppress contact: a withdrawal, objection or erasure "
+                "the CRM refused and will not get unless retried",
+                labels=["connector"],
+            ),
         )
 
-    def _read(self) -> tuple[dict[str, int], dict[str, int], dict[str, datetime]]:
+    def _read(
+        self,
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, datetime], dict[str, int], dict[str, int]]:
         pending: dict[str, int] = {}
         dead: dict[str, int] = {}
         with self.engine.connect() as conn:
@@ -180,7 +198,81 @@ class LedgerCollector(Collector):
                 )
                 if since is not None
             }
-        return pending, dead, oldest
+            held = {
+                connector: int(count)
+                for connector, count in conn.execute(
+                    select(quarantine.c.connector, func.count())
+                    .where(quarantine.c.resolved_at.is_(None))
+                    .group_by(quarantine.c.connector)
+                )
+            }
+            dead_suppressions = {
+                connector: int(count)
+                for connector, count in conn.execute(
+                    select(outbox.c.connector, func.count())
+                    .where(and_(outbox.c.status == "dead", outbox.c.suppression.is_(True)))
+                    .group_by(outbox.c.connector)
+                )
+            }
+        return pending, dead, oldest, held, dead_suppressions
+
+
+class LastSuccessCollector(Collector):
+    """``consentsync_last_success_timestamp_seconds``: when each connector's last successful run
+    finished, the later of what this process saw and what the ledger holds (any process's runs,
+    from before a restart too). Without it, a daemon restarted while its connector fails would
+    show no sample at all, and an alert on ``time() - consentsync_last_success_timestamp_seconds``
+    would never fire."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        known: Callable[[], Iterable[str]],
+        local: Callable[[], dict[str, float]],
+    ) -> None:
+        self.engine = engine
+        self.known = known
+        self.local = local
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "consentsync_last_success_timestamp_seconds",
+            "Unix time the connector's last successful run finished (in the ledger, any process's)",
+            labels=["connector"],
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def _from_ledger(self, names: list[str]) -> dict[str, float]:
+        if self.engine is None or not names:
+            return {}
+        query = (
+            select(sync_runs.c.connector, func.max(sync_runs.c.finished_at))
+            .where(sync_runs.c.status == "succeeded", sync_runs.c.connector.in_(names))
+            .group_by(sync_runs.c.connector)
+        )
+        found: dict[str, float] = {}
+        with self.engine.connect() as conn:
+            for name, finished in conn.execute(query):
+                if finished is not None:
+                    if finished.tzinfo is None:
+                        finished = finished.replace(tzinfo=UTC)
+                    found[name] = finished.timestamp()
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        stamps = self.local()
+        try:
+            stored = self._from_ledger(sorted(set(self.known()) | set(stamps)))
+        except Exception as error:
+            log.error("metrics.runs_unreadable", error_type=type(error).__name__)
+            stored = {}
+        family = self._family()
+        for name in sorted(set(stamps) | set(stored)):
+            family.add_metric([name], max(stamps.get(name, 0.0), stored.get(name, 0.0)))
+        yield family
 
 
 class Metrics:
@@ -229,15 +321,18 @@ class Metrics:
             labels,
             registry=r,
         )
-        self.last_success = Gauge(
-            "consentsync_last_success_timestamp_seconds",
-            "Unix time the connector's last successful run finished",
-            labels,
-            registry=r,
-        )
+        # Unix time of each connector's last successful run seen by this process; the scrape
+        # also reads the ledger (LastSuccessCollector), so a restart or a run made by another
+        # process (`consentsync sync` from cron, a second daemon) does not hide it.
+        self._last_success: dict[str, float] = {}
         self.engine = engine
+        r.register(LastSuccessCollector(engine, self.connectors, self.last_successes))
         if engine is not None:
             r.register(LedgerCollector(engine, clock, self.connectors))
+
+    def last_successes(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._last_success)
 
     def connectors(self) -> list[str]:
         with self._lock:
@@ -273,7 +368,9 @@ class Metrics:
             duration = (report.finished_at - report.started_at).total_seconds()
             self.run_duration.labels(name).observe(max(0.0, duration))
             if report.status == "succeeded":
-                self.last_success.labels(name).set(report.finished_at.timestamp())
+                stamp = report.finished_at.timestamp()
+                with self._lock:
+                    self._last_success[name] = max(stamp, self._last_success.get(name, stamp))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -383,6 +480,19 @@ def late_suppressions(
         }
         for row in rows
     ]
+
+
+def dead_suppressions(engine: Engine) -> dict[str, int]:
+    """Per connector, the dead-lettered outbox rows that suppress contact: withdrawals, objections
+    and erasures the CRM kept refusing and that no run sends again unless retried."""
+    query = (
+        select(outbox.c.connector, func.count())
+        .where(and_(outbox.c.status == "dead", outbox.c.suppression.is_(True)))
+        .group_by(outbox.c.connector)
+        .order_by(outbox.c.connector)
+    )
+    with engine.connect() as conn:
+        return {connector: int(count) for connector, count in conn.execute(query)}
 
 
 # -- the HTTP server -----------------------------------------------------------------------------

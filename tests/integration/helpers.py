@@ -170,3 +170,28 @@ def wait_until_held(process: Any, marker: Path, point: str, within: float = 60) 
         assert process.poll() is None, f"the run ended before {point}"
         assert time.monotonic() < deadline, f"the run did not reach {point} within {within:g} s"
         time.sleep(0.05)
+
+
+def outbox_row(ledger: Any, subject_id: int, **values: Any) -> int:
+    """An outbox row of a pending Salesforce opt-out push (``values`` override); its id."""
+    import uuid
+
+    from sqlalchemy import insert
+
+    from consentsync.ledger.schema import outbox
+
+    row = {
+        "connector": "salesforce",
+        "object_type": "Contact",
+        "record_id": f"003{uuid.uuid4().hex[:15]}",
+        "subject_id": subject_id,
+        "fields": '{"HasOptedOutOfEmail":true}',
+        "suppression": True,
+        "rule": "withdrawal",
+        "created_at": ledger.clock(),
+        "status": "pending",
+        "attempts": 0,
+        **values,
+    }
+    with ledger.engine.begin() as conn:
+        return int(conn.execute(insert(outbox).values(row)).inserted_primary_key[0])

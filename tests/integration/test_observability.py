@@ -14,10 +14,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
-from consentsync.ledger.schema import outbox, subjects, sync_runs
+from consentsync.ledger.schema import subjects, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.observability import HealthServer, Metrics, late_suppressions, readiness
 from consentsync.sync.engine import RunCounts, RunReport
+from tests.integration.helpers import outbox_row
 
 
 @pytest.fixture
@@ -34,24 +35,6 @@ def subject_id(ledger: Ledger) -> int:
         return conn.execute(
             insert(subjects).values(uid=str(uuid.uuid4()), created_at=ledger.clock(), restricted=False)
         ).inserted_primary_key[0]
-
-
-def _outbox_row(ledger: Ledger, subject_id: int, **values: Any) -> int:
-    row = {
-        "connector": "salesforce",
-        "object_type": "Contact",
-        "record_id": f"003{uuid.uuid4().hex[:15]}",
-        "subject_id": subject_id,
-        "fields": '{"HasOptedOutOfEmail":true}',
-        "suppression": True,
-        "rule": "withdrawal",
-        "created_at": ledger.clock(),
-        "status": "pending",
-        "attempts": 0,
-        **values,
-    }
-    with ledger.engine.begin() as conn:
-        return conn.execute(insert(outbox).values(row)).inserted_primary_key[0]
 
 
 def _run_row(ledger: Ledger, connector: str, status: str, started_at: datetime) -> None:
@@ -127,12 +110,12 @@ def test_metrics_from_runs_and_ledger(
     # A dry run changes nothing and is not counted.
     server.metrics.observe_run(RunReport("run-3", "salesforce", "dry_run", now, finished_at=now))
 
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=30))  # oldest pending suppression
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=5))
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), suppression=False)  # not suppression
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=9), status="done")
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=9), status="dead")
-    _outbox_row(ledger, subject_id, connector="hubspot", suppression=False)
+    outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=30))  # oldest pending suppression
+    outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=5))
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), suppression=False)  # not suppression
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=9), status="done")
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=9), status="dead")
+    outbox_row(ledger, subject_id, connector="hubspot", suppression=False)
 
     response = http.get(f"{server.url}/metrics", timeout=5)
     assert response.status_code == 200
@@ -163,7 +146,7 @@ def test_metrics_from_runs_and_ledger(
     assert _value(samples, "consentsync_oldest_pending_suppression_age_seconds", **hubspot) == 0
 
     # The next scrape sees the ledger as it is now: the suppressions went out.
-    _outbox_row(ledger, subject_id, connector="hubspot", created_at=now - timedelta(seconds=90))
+    outbox_row(ledger, subject_id, connector="hubspot", created_at=now - timedelta(seconds=90))
     samples = _samples(http.get(f"{server.url}/metrics", timeout=5).text)
     assert _value(samples, "consentsync_outbox_pending", **hubspot) == 2
     assert _value(samples, "consentsync_oldest_pending_suppression_age_seconds", **hubspot) == 90
@@ -235,12 +218,12 @@ def test_readyz_when_the_ledger_is_unreachable(tmp_path: Any, http: requests.Ses
 
 def test_late_suppressions(ledger: Ledger, subject_id: int) -> None:
     now = ledger.clock()
-    late = _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=3), record_id="003LATE")
-    later = _outbox_row(ledger, subject_id, connector="hubspot", created_at=now - timedelta(hours=2))
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=10))  # young
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), status="done")
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), status="dead")
-    _outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), suppression=False)
+    late = outbox_row(ledger, subject_id, created_at=now - timedelta(hours=3), record_id="003LATE")
+    later = outbox_row(ledger, subject_id, connector="hubspot", created_at=now - timedelta(hours=2))
+    outbox_row(ledger, subject_id, created_at=now - timedelta(minutes=10))  # young
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), status="done")
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), status="dead")
+    outbox_row(ledger, subject_id, created_at=now - timedelta(hours=5), suppression=False)
 
     found = late_suppressions(ledger.engine, timedelta(hours=1), now=now)
     assert [row["id"] for row in found] == [late, later]

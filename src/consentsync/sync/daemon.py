@@ -3,6 +3,9 @@
 One APScheduler job per configured connector (interval or cron), at most one run of a connector
 at a time (the job's max_instances, and across processes the connector lock), missed runs
 coalesced. SIGTERM / SIGINT let the page in hand commit, then stop every run cleanly and exit.
+SIGHUP (a closed terminal, a supervisor's "reload") neither kills the daemon mid-run nor reloads the
+configuration: it is logged, saying to restart the daemon to apply a changed config, and every
+run goes on.
 """
 
 from __future__ import annotations
@@ -219,7 +222,7 @@ class Daemon:
         return report
 
     def _warn_late_suppressions(self) -> None:
-        from consentsync.observability import late_suppressions
+        from consentsync.observability import dead_suppressions, late_suppressions
 
         for row in late_suppressions(self.ledger.engine, self.late_suppression_age):
             # CAN-SPAM allows 10 business days; a suppression stuck this long is an incident.
@@ -230,6 +233,16 @@ class Daemon:
                 object=row["object"],
                 record_id=row["record_id"],
                 age_seconds=row["age_seconds"],
+            )
+        # A suppression the CRM kept refusing is dead-lettered: no longer pending, so no longer
+        # late, and yet the CRM will never get it unless someone retries it. Said as loudly.
+        for connector, count in dead_suppressions(self.ledger.engine).items():
+            log.error(
+                "suppression.dead_lettered",
+                connector=connector,
+                count=count,
+                action="see them with `consentsync outbox list --dead`; once the CRM accepts them, "
+                "`consentsync outbox retry ID...`",
             )
 
     def stop(self) -> None:
@@ -254,8 +267,19 @@ class Daemon:
             log.info("daemon.signal", signal=signal.Signals(signum).name)
             self._signalled.set()
 
+        def hangup(signum: int, _frame: Any) -> None:
+            # Left to its default, SIGHUP killed the process at once: a run in hand crashed, its
+            # page uncommitted, and no daemon ran on. The configuration is read once, at start.
+            log.warning(
+                "daemon.signal_ignored",
+                signal=signal.Signals(signum).name,
+                reason="the configuration is not reloaded: restart the daemon (SIGTERM) to apply changes",
+            )
+
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, hangup)
 
     @property
     def signalled(self) -> bool:

@@ -9,7 +9,7 @@ import orjson
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select
 
 from consentsync.config import Config
-from consentsync.domain import iso
+from consentsync.domain import as_utc, iso
 from consentsync.ledger.schema import crm_links, outbox, quarantine, subjects, sync_runs
 from consentsync.sync.daemon import trigger_for
 
@@ -64,9 +64,9 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
 
             upcoming = None
             if daemons:  # a next run only when a daemon will make it
-                previous = last.started_at if last else None
-                upcoming = trigger_for(settings.schedule).get_next_fire_time(previous, now)
+                upcoming = _next_run(settings.schedule, last, now)
             budget = _last_budget(conn, name)
+            success, failing = _track_record(conn, name)
             rows.append(
                 {
                     "connector": name,
@@ -85,9 +85,17 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                     }
                     if last
                     else None,
+                    "last_success": success,
+                    "failing": failing,
                     "next_run": iso(upcoming),
                     "outbox_pending": count(outbox, outbox.c.connector == name, outbox.c.status == "pending"),
                     "dead_letters": count(outbox, outbox.c.connector == name, outbox.c.status == "dead"),
+                    "dead_suppressions": count(
+                        outbox,
+                        outbox.c.connector == name,
+                        outbox.c.status == "dead",
+                        outbox.c.suppression.is_(True),
+                    ),
                     "quarantined_open": count(
                         quarantine, quarantine.c.connector == name, quarantine.c.resolved_at.is_(None)
                     ),
@@ -98,6 +106,68 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                 }
             )
     return rows
+
+
+def _next_run(schedule: Any, last: Any, now: datetime) -> datetime | None:
+    """When the daemon runs the connector next: the schedule's next time after the last run's
+    start. While that run is still in hand, the daemon skips the times its schedule comes round
+    (one run of a connector at a time): the next run is the first time after now. Counted from the
+    start alone, a run longer than the interval showed a next run in the past, and the console
+    called the connector overdue while its run was busy."""
+    trigger = trigger_for(schedule)
+    previous = as_utc(last.started_at) if last else None
+    upcoming = trigger.get_next_fire_time(previous, now)
+    if last is None or last.status != "running":
+        return upcoming
+    for _ in range(100_000):  # an interval of 10 s over 11 days; a stale row never loops for ever
+        if upcoming is None or upcoming > now:
+            break
+        upcoming = trigger.get_next_fire_time(upcoming, now)
+    return upcoming
+
+
+def _track_record(conn: Connection, connector: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The connector's last successful run ({id, started_at, finished_at}, None when it never
+    succeeded) and, when its latest finished runs failed or crashed, since when and how many in
+    a row ({since, runs, first_run, last_success_at}; None when the last finished run did not
+    fail). Runs in progress, skipped runs and dry runs say nothing either way and are passed
+    over, as /readyz and the metrics pass them over."""
+    from consentsync.observability import FAILED_STATUSES, NOT_A_VERDICT
+
+    success = conn.execute(
+        select(sync_runs.c.id, sync_runs.c.started_at, sync_runs.c.finished_at)
+        .where(sync_runs.c.connector == connector, sync_runs.c.status == "succeeded")
+        .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())
+        .limit(1)
+    ).first()
+    last_success = (
+        {"id": success.id, "started_at": iso(success.started_at), "finished_at": iso(success.finished_at)}
+        if success
+        else None
+    )
+    streak = select(sync_runs.c.id, sync_runs.c.status, sync_runs.c.started_at).where(
+        sync_runs.c.connector == connector, sync_runs.c.status.not_in(NOT_A_VERDICT)
+    )
+    if success is not None:  # the streak cannot reach past the last success
+        streak = streak.where(sync_runs.c.started_at >= success.started_at)
+    runs = 0
+    first: Any = None
+    for row in conn.execute(streak.order_by(sync_runs.c.started_at.desc(), sync_runs.c.id.desc())):
+        if row.status not in FAILED_STATUSES:
+            break
+        runs += 1
+        first = row
+    failing = (
+        {
+            "since": iso(first.started_at),
+            "runs": runs,
+            "first_run": first.id,
+            "last_success_at": last_success["finished_at"] if last_success else None,
+        }
+        if runs
+        else None
+    )
+    return last_success, failing
 
 
 def _last_budget(conn: Connection, connector: str) -> dict[str, Any] | None:
