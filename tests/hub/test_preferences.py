@@ -91,6 +91,10 @@ def test_erasure_waits_for_the_mailed_link(world: HubWorld, centre: PreferenceCe
     with world.ledger.engine.connect() as conn:
         asked = list(audit.entries(conn, subject_uids=[person.uid], action="subject.erasure_requested"))
     assert [(e["actor"], e["source"]) for e in asked] == [("data subject", "preference_center")]
+    # Pressed again a moment later: the mail just sent answers it, no second one.
+    mails = len(world.inbox.messages)
+    assert centre.request_erasure(person, centre.visitor("192.0.2.1", "ua")) is True
+    assert len(world.inbox.messages) == mails
     token = world.inbox.link("/p/erase/").rsplit("/", 1)[1]
     centre.erasure_pending(token)
     assert centre.confirm_erasure(token)["already"] is False

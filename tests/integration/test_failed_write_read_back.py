@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from consentsync.ledger.schema import quarantine
 from consentsync.sdk import RecordUpdate, WriteResult
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 from consentsync.sdk.testing import _captured, _set_connector
@@ -59,3 +61,7 @@ def test_a_write_answered_failed_is_not_read_back_as_the_persons_choice(harness:
     crm_events = [e for e in view["history"][history:] if e["origin"] == "crm"]
     assert crm_events == [], "our own write came back as the CRM's evidence"
     assert second.counts.echoes_recognised >= 1, second.counts  # shown whole: acknowledged
+    # Dead-lettered and quarantined when it was refused; found done, its quarantine is resolved.
+    with engine.ledger.engine.connect() as conn:
+        stages = conn.execute(select(quarantine.c.stage, quarantine.c.resolved_at)).all()
+    assert [stage for stage, _ in stages] == ["push"] and all(resolved for _, resolved in stages), stages

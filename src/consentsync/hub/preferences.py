@@ -213,6 +213,20 @@ class PreferenceCentre:
         now = self.ledger.clock()
         with self.ledger.engine.begin() as conn:
             subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == person.uid)).scalar_one()
+            # Whoever holds the link could press the button again and again: one mail per
+            # NEW_LINK_INTERVAL (the one sent a moment ago is still open, and is the answer).
+            asked = conn.execute(
+                select(confirmations.c.id)
+                .where(
+                    confirmations.c.subject_id == subject_id,
+                    confirmations.c.kind == "erasure",
+                    confirmations.c.confirmed_at.is_(None),
+                    confirmations.c.requested_at > now - NEW_LINK_INTERVAL,
+                )
+                .limit(1)
+            ).first()
+            if asked is not None:
+                return True
             conn.execute(
                 insert(confirmations).values(
                     token_hash=token_digest(token),

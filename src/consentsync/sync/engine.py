@@ -1713,6 +1713,27 @@ class SyncEngine:
             )
         return {item.outbox_id for item in now_pending.items}
 
+    def _resolve_push_quarantine(self, conn: Connection, done: list[Any], now: datetime) -> None:
+        """A push quarantined when it was dead-lettered, then sent again (``outbox retry``) or
+        found applied on reading back, is done: its quarantine row is resolved, or status, the
+        console and the metrics would show it open for ever. One statement a batch, through the
+        index of open rows."""
+        by_object: dict[str, set[str]] = {}
+        for row in done:
+            by_object.setdefault(row.object_type, set()).add(row.record_id)
+        for object_type, record_ids in by_object.items():
+            conn.execute(
+                update(quarantine)
+                .where(
+                    quarantine.c.connector == self.name,
+                    quarantine.c.resolved_at.is_(None),
+                    quarantine.c.stage == "push",
+                    quarantine.c.object_type == object_type,
+                    one_of(conn, quarantine.c.record_id, sorted(record_ids)),
+                )
+                .values(resolved_at=now)
+            )
+
     def _settle(
         self,
         conn: Connection,
@@ -1738,6 +1759,7 @@ class SyncEngine:
                 .where(one_of(conn, outbox.c.id, [row.id for row in acknowledged]))
                 .values(status="done", done_at=now, attempts=outbox.c.attempts + 1)
             )
+            self._resolve_push_quarantine(conn, acknowledged, now)
         deleted = [row for row in acknowledged if row.action == WriteAction.DELETE]
         for row in deleted:
             conn.execute(
