@@ -543,27 +543,49 @@ class HubSpotConnector(sdk.Connector):
         acknowledged writes for its own)."""
         with_subs = [index for index in group if plans[index][1]]
         taken: dict[int, list[sdk.WriteResult]] = {}
-        if with_subs:
-            emails = self._emails([updates[i].record_id for i in with_subs])
-            for index in with_subs:
-                record_id = updates[index].record_id
-                outcomes = self._subscription_results(record_id, emails.get(record_id), plans[index][1])
-                if plans[index][0] and all(outcome.ok for outcome in outcomes):
-                    taken[index] = outcomes  # answered with its properties
-                else:
-                    yield {index: _combined(record_id, outcomes)}
-        property_parts = [
-            (index, plans[index][0])
-            for index in group
-            if plans[index][0] and (not plans[index][1] or index in taken)
-        ]
-        if not property_parts:
-            return
-        for answered in self._update_calls(updates, property_parts):
-            yield {
-                index: _combined(result.record_id, [*taken[index], result]) if index in taken else result
-                for index, result in answered.items()
-            }
+        try:
+            if with_subs:
+                emails = self._emails([updates[i].record_id for i in with_subs])
+                for index in with_subs:
+                    record_id = updates[index].record_id
+                    outcomes = self._subscription_results(record_id, emails.get(record_id), plans[index][1])
+                    if plans[index][0] and all(outcome.ok for outcome in outcomes):
+                        taken[index] = outcomes  # answered with its properties
+                    else:
+                        yield {index: _combined(record_id, outcomes)}
+            property_parts = [
+                (index, plans[index][0])
+                for index in group
+                if plans[index][0] and (not plans[index][1] or index in taken)
+            ]
+            if not property_parts:
+                return
+            for answered in self._update_calls(updates, property_parts):
+                yield {
+                    index: _combined(result.record_id, [*taken.pop(index), result])
+                    if index in taken
+                    else result
+                    for index, result in answered.items()
+                }
+        except ConnectorError as error:
+            # The run stops (a limit, the token, the service) after HubSpot applied some of the
+            # group's subscription changes, whose updates wait for their properties: their
+            # answers are handed over before the error, or a change HubSpot made (an
+            # unsubscribe it can never undo) would be unknown to the ledger. Not done: the
+            # properties were not written; sent again, the update finds the subscription as
+            # it left it.
+            if taken:
+                yield {
+                    index: sdk.WriteResult(
+                        updates[index].record_id,
+                        False,
+                        INTERRUPTED,
+                        f"subscription changes applied, properties not written: {error.rule.reason}",
+                        True,
+                    )
+                    for index in taken
+                }
+            raise
 
     def _update_calls(
         self, updates: Sequence[sdk.RecordUpdate], chunk: list[tuple[int, dict[str, Any]]]
@@ -799,6 +821,11 @@ def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+#: The answer of an update whose subscription changes HubSpot applied before the run stopped and
+#: whose properties were never sent (sent again next run).
+INTERRUPTED = "INTERRUPTED"
 
 
 def _combined(record_id: str, parts: list[sdk.WriteResult]) -> sdk.WriteResult:

@@ -19,6 +19,9 @@ from consentsync_salesforce.settings import SalesforceSettings
 class TokenGrant:
     access_token: str
     instance_url: str
+    # The integration user's id, the last part of the identity URL the token answer's ``id``
+    # holds (``https://login.salesforce.com/id/<org>/<user>``); None for a ready access token.
+    user_id: str | None = None
 
 
 def request_token(session: requests.Session, config: SalesforceSettings) -> TokenGrant:
@@ -43,7 +46,8 @@ def request_token(session: requests.Session, config: SalesforceSettings) -> Toke
         }
     url = config.login_url.rstrip("/") + "/services/oauth2/token"
     body = sdk.request_token(session, url, form, login=f"login with {config.auth}")
-    return TokenGrant(body["access_token"], body["instance_url"])
+    identity = str(body.get("id") or "").rstrip("/")
+    return TokenGrant(body["access_token"], body["instance_url"], identity.rsplit("/", 1)[-1] or None)
 
 
 def _assertion(config: SalesforceSettings) -> str:

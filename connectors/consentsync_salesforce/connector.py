@@ -13,6 +13,7 @@ import copy
 import csv
 import io
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from typing import Any
 
 import orjson
 import requests
+import structlog
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceError
 from simple_salesforce.format import format_soql
@@ -28,6 +30,8 @@ from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_salesforce.auth import TokenGrant, request_token
 from consentsync_salesforce.settings import SalesforceSettings
+
+log = structlog.get_logger("consentsync.salesforce")
 
 ERRORS = sdk.ErrorTable(
     [
@@ -72,6 +76,9 @@ class _Salesforce(Salesforce):
     read; orjson gives the same values as plain dicts. A body that is not UTF-8 JSON (orjson
     reads nothing else) is left to the standard decoder, as before."""
 
+    # The integration user's id, where the login said it: whose Bulk API jobs are ours.
+    user_id: str | None = None
+
     def parse_result_to_json(self, result: requests.Response) -> Any:
         try:
             return orjson.loads(result.content)
@@ -110,21 +117,28 @@ class SalesforceConnector(sdk.Connector):
         # Shared by the readers (copies) and the threads that write side by side.
         self._login = sdk.SharedLogin(self._logged_in)
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
+        # Bulk API 2.0 jobs this process was answered for (shared by the copies and threads),
+        # and a lock that makes creating a job and looking for one whose answer was lost one
+        # step: a job another thread here is about to fill is never taken for a lost one.
+        self._bulk_jobs: set[str] = set()
+        self._bulk_create = threading.Lock()
 
     # -- session -------------------------------------------------------------------------------
 
     @property
-    def sf(self) -> Salesforce:
+    def sf(self) -> _Salesforce:
         return self._login.get()
 
-    def _logged_in(self) -> Salesforce:
+    def _logged_in(self) -> _Salesforce:
         grant: TokenGrant = request_token(self.session, self.config)
-        return _Salesforce(
+        sf = _Salesforce(
             instance_url=grant.instance_url,
             session_id=grant.access_token,
             session=self.session,
             version=self.config.api_version,
         )
+        sf.user_id = grant.user_id
+        return sf
 
     def _count(self, response: requests.Response) -> None:
         self.usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
@@ -355,31 +369,34 @@ class SalesforceConnector(sdk.Connector):
         writer.writerow(["Id", *columns])
         for item in chosen:
             writer.writerow([item.record_id, *(_csv_cell(item.fields, name) for name in columns)])
-        job = self._call(
-            f"bulk create {object_type}",
-            lambda: self.sf.restful(
-                "jobs/ingest",
-                method="POST",
-                json={"object": object_type, "operation": "update", "contentType": "CSV", "lineEnding": "LF"},
-            ),
-        )
+        job = self._create_job(object_type)
         job_path = f"jobs/ingest/{job['id']}"
         # A job takes one upload and one close. When the answer to either is lost (a timeout, a
         # dropped connection) after Salesforce took it, the retry is refused with
         # InvalidJobState: the step was done (this job is ours alone, made just now), so the job
         # goes on. Failing the run here would leave a job that applies the records unanswered.
-        self._job_step(
-            "bulk upload",
-            lambda: self.sf._call_salesforce(  # restful() would JSON-encode the CSV
-                "PUT",
-                f"{self.sf.base_url}{job_path}/batches",
-                data=buffer.getvalue().encode("utf-8"),
-                headers={"Content-Type": "text/csv"},
-            ),
-        )
-        self._job_step(
-            "bulk close", lambda: self.sf.restful(job_path, method="PATCH", json={"state": "UploadComplete"})
-        )
+        try:
+            self._job_step(
+                "bulk upload",
+                lambda: self.sf._call_salesforce(  # restful() would JSON-encode the CSV
+                    "PUT",
+                    f"{self.sf.base_url}{job_path}/batches",
+                    data=buffer.getvalue().encode("utf-8"),
+                    headers={"Content-Type": "text/csv"},
+                ),
+            )
+            self._job_step(
+                "bulk close",
+                lambda: self.sf.restful(job_path, method="PATCH", json={"state": "UploadComplete"}),
+            )
+        except BaseException:
+            # Not uploaded or not closed (a limit reached, the service down, the session
+            # refused throughout): the job would stay open, holding records Salesforce processes
+            # only once it is closed, and nobody would ask for their answers. This run stops (its
+            # rows stay pending, sent again next run); the job is aborted, with one call even
+            # when the run's API budget is spent.
+            self._abort_job(job_path)
+            raise
         info = self._wait_for_job(job["id"], job_path)
         failures = self._bulk_results(job_path, "failedResults")
         completed = info["state"] == "JobComplete"
@@ -398,6 +415,74 @@ class SalesforceConnector(sdk.Connector):
             else:
                 answers[position] = sdk.WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
         return answers
+
+    def _create_job(self, object_type: str) -> dict[str, Any]:
+        """Creates the ingest job. When an attempt's answer was lost (a timeout, a dropped
+        connection), Salesforce may have made the job all the same: the next attempt first looks
+        for it (Get All Jobs) and takes it up, so that no job is left open (an open job is never
+        processed and is not closed by anyone) and the records are uploaded once, to one job.
+        Only a retry after a lost answer lists the jobs."""
+        spec = {"object": object_type, "operation": "update", "contentType": "CSV", "lineEnding": "LF"}
+        started = datetime.now(UTC)
+        unanswered = False
+
+        def create() -> Any:
+            nonlocal unanswered
+            if unanswered:
+                found = self._jobs_left_open(spec, started)
+                if found:
+                    # The oldest is taken up; any other (an answer lost twice) is aborted.
+                    aborted = {"state": "Aborted"}
+                    for extra in found[1:]:
+                        self.sf.restful(f"jobs/ingest/{extra['id']}", method="PATCH", json=aborted)
+                    log.warning("salesforce.bulk_job_taken_up", connector=self.name, job=found[0]["id"])
+                    return found[0]
+            try:
+                return self.sf.restful("jobs/ingest", method="POST", json=spec)
+            except requests.RequestException:
+                unanswered = True  # Salesforce may have made the job
+                raise
+
+        with self._bulk_create:
+            job: dict[str, Any] = self._call(f"bulk create {object_type}", create)
+            self._bulk_jobs.add(str(job["id"]))
+        return job
+
+    def _jobs_left_open(self, spec: Mapping[str, str], started: datetime) -> list[dict[str, Any]]:
+        """Open Bulk API 2.0 jobs like ``spec``, made by this integration user since ``started``
+        (less a minute for the clocks' drift) and not answered to this process: those an attempt
+        whose answer was lost made. Oldest first. Get All Jobs answers up to 1,000 jobs a page,
+        in no set order."""
+        user = self.sf.user_id
+        since = started - timedelta(minutes=1)
+        found: list[dict[str, Any]] = []
+        page = self.sf.restful("jobs/ingest", params={"jobType": "V2Ingest"})
+        while True:
+            for job in page.get("records") or []:
+                if (
+                    job.get("state") == "Open"
+                    and str(job.get("id")) not in self._bulk_jobs
+                    and all(job.get(key) == value for key, value in spec.items())
+                    and (user is None or job.get("createdById") == user)
+                    and parse_sf_datetime(str(job.get("createdDate"))) >= since
+                ):
+                    found.append(job)
+            locator = page.get("nextRecordsUrl")
+            if page.get("done", True) or not locator:
+                break
+            page = self.sf._call_salesforce("GET", self.sf.base_url.split("/services/")[0] + locator).json()
+        return sorted(found, key=lambda job: (parse_sf_datetime(str(job["createdDate"])), str(job["id"])))
+
+    def _abort_job(self, job_path: str) -> None:
+        """One attempt to abort a job the run cannot go on with (Bulk API 2.0 "Close or Abort a
+        Job": PATCH state Aborted, while the job is Open or UploadComplete). Best effort: the
+        run stops with its own error, whatever this call answers."""
+        try:
+            self.sf.restful(job_path, method="PATCH", json={"state": "Aborted"})
+        except (SalesforceError, requests.RequestException, ConnectorError) as error:
+            log.warning(
+                "salesforce.bulk_job_left_open", connector=self.name, job=job_path, error=type(error).__name__
+            )
 
     def _job_step(self, describe: str, operation: Any) -> None:
         """One step of an ingest job (upload, close) whose repeat Salesforce refuses with

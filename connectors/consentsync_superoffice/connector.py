@@ -399,7 +399,14 @@ class SuperOfficeConnector(sdk.Connector):
         SetConsent or RemoveConsent per person and purpose, one PATCH for the person's own
         fields, one DELETE). A limit or a run-wide error propagates after the answers before."""
         for position, update in enumerate(updates):
-            yield {position: self._write_one(update)}
+            try:
+                result = self._write_one(update)
+            except _Interrupted as stop:
+                # Some of the update's calls were applied before the run stopped: its answer
+                # comes before the error, so the ledger knows what SuperOffice holds from it.
+                yield {position: stop.result}
+                raise stop.error from None
+            yield {position: result}
 
     def _write_one(self, update: sdk.RecordUpdate) -> sdk.WriteResult:
         record_id = update.record_id
@@ -429,12 +436,26 @@ class SuperOfficeConnector(sdk.Connector):
         patch = _person_patch(person_fields)
         if isinstance(patch, str):
             return sdk.WriteResult(record_id, False, "INVALID_VALUE", patch)
-        for purpose, values in by_purpose.items():
-            answer = self._outcome(record_id, lambda p=purpose, v=values: self._write_consent(person, p, v))
+        calls: list[Callable[[], tuple[str, str] | None]] = [
+            lambda p=purpose, v=values: self._write_consent(person, p, v)
+            for purpose, values in by_purpose.items()
+        ]
+        if patch:
+            calls.append(lambda: self._patch_person(person, patch))
+        for number, call in enumerate(calls):
+            try:
+                answer = self._outcome(record_id, call)
+            except ConnectorError as error:
+                if number == 0:
+                    raise  # nothing of this update was applied
+                message = (
+                    f"{number} of its {len(calls)} calls applied, then the run stopped: {error.rule.reason}"
+                )
+                raise _Interrupted(
+                    sdk.WriteResult(record_id, False, INTERRUPTED, message, True), error
+                ) from None
             if not answer.ok:
                 return answer
-        if patch:
-            return self._outcome(record_id, lambda: self._patch_person(person, patch))
         return sdk.WriteResult(record_id, True)
 
     def _outcome(self, record_id: str, action: Callable[[], tuple[str, str] | None]) -> sdk.WriteResult:
@@ -523,6 +544,19 @@ class SuperOfficeConnector(sdk.Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+#: The answer of an update of which SuperOffice applied some calls (a consent set or removed)
+#: before the run stopped (a limit, the token, the service): not done, sent again next run.
+INTERRUPTED = "INTERRUPTED"
+
+
+class _Interrupted(Exception):
+    """The run stops (``error``) after part of an update was applied (``result`` answers it)."""
+
+    def __init__(self, result: sdk.WriteResult, error: ConnectorError) -> None:
+        super().__init__(str(error))
+        self.result = result
+        self.error = error
 
 
 def _check_object(object_type: str) -> None:

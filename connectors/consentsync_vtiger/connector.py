@@ -21,7 +21,9 @@ Writing: ``operation=revise`` (a partial update), one call per record: Vtiger's 
 edition has no batch write; each call's answer is handed over as it returns. ``update`` is never
 used: it needs the full record and clears what it is not given. Checkboxes are written "1"/"0"
 only (8.2.0 stores "true", "yes" and "false" all as 0). ``WriteAction.DELETE`` is
-``operation=delete``, one call per record.
+``operation=delete``, one call per record. A delete Vtiger refuses because the record is not
+there (deleted by a user, or by this delete sent before: its answer lost, or the process killed
+before the ledger kept it) is done; one refused for a record that is there stays refused.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ _RECORD_ERRORS = frozenset(
         "INVALID_ID_ATTRIBUTE",
     }
 )
+# A delete refused so may mean that the record is gone already (``_gone`` makes sure).
+_GONE_CODES = frozenset({"ACCESS_DENIED", "RECORD_NOT_FOUND"})
+# Vtiger's words for an id with no live record behind it (the record deleted, or never there).
+_NO_SUCH_RECORD = "Permission to perform the operation is denied"
 # ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
 _RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR"})
 # Checkbox values as 8.2.0 stores them; "true", "yes" and "false" would all be stored as 0.
@@ -208,16 +214,12 @@ class VtigerConnector(sdk.Connector):
         if problem is not None:
             return problem
         if item.action is sdk.WriteAction.DELETE:
-            lost: list[bool] = []
-            refused = self._record_call(
-                "delete", {"id": item.record_id}, f"delete {item.object_type}", unanswered=lost
-            )
-            if refused is not None and refused.rule.code == "ACCESS_DENIED" and lost and self._gone(item):
-                # An earlier attempt got no answer, and the record it was deleting is gone now:
-                # that attempt deleted it (Vtiger answers a deleted id ACCESS_DENIED).
-                return sdk.WriteResult(
-                    item.record_id, True, message="deleted (the answer to the first attempt was lost)"
-                )
+            refused = self._record_call("delete", {"id": item.record_id}, f"delete {item.object_type}")
+            if refused is not None and refused.rule.code in _GONE_CODES and self._gone(item):
+                # The record is not there: deleted by a user, or by this delete sent before (its
+                # answer lost, or the process killed before the answer was committed), which
+                # is what was asked. Vtiger answers a deleted id ACCESS_DENIED.
+                return sdk.WriteResult(item.record_id, True, message="already deleted")
         else:
             element = self._element(item)
             if isinstance(element, sdk.WriteResult):
@@ -228,7 +230,7 @@ class VtigerConnector(sdk.Connector):
         code = refused.rule.code or "UNKNOWN"
         message = str(refused)
         if item.action is sdk.WriteAction.DELETE and code == "ACCESS_DENIED":
-            message += " (deleted already, or the user's profile may not delete it)"
+            message += " (the record is there: the user's profile may not delete it)"
         return sdk.WriteResult(item.record_id, False, code, message, code in _RECORD_RETRY)
 
     def _element(self, item: sdk.RecordUpdate) -> dict[str, Any] | sdk.WriteResult:
@@ -251,18 +253,9 @@ class VtigerConnector(sdk.Connector):
                 element[name] = "" if value is None else value
         return element
 
-    def _record_call(
-        self,
-        operation: str,
-        params: Mapping[str, Any],
-        what: str,
-        *,
-        unanswered: list[bool] | None = None,
-    ) -> ConnectorError | None:
+    def _record_call(self, operation: str, params: Mapping[str, Any], what: str) -> ConnectorError | None:
         """None when Vtiger took the call; the error when it refused this record. Sessions,
-        server errors and resets are retried here; anything else about the call is raised. An
-        attempt that got no answer at all (a timeout, a dropped connection: Vtiger may have
-        applied it) is noted in ``unanswered``."""
+        server errors and resets are retried here; anything else about the call is raised."""
 
         def attempt() -> ConnectorError | None:
             try:
@@ -272,8 +265,6 @@ class VtigerConnector(sdk.Connector):
                 if error.rule.code in _RECORD_ERRORS or error.rule.code in _RECORD_RETRY:
                     # This record only: the next run retries it from the outbox.
                     return error
-                if unanswered is not None and error.rule.status is None and error.rule.code is None:
-                    unanswered.append(True)
                 raise
             return None
 
@@ -282,11 +273,21 @@ class VtigerConnector(sdk.Connector):
         )
 
     def _gone(self, item: sdk.RecordUpdate) -> bool:
-        """Whether the record is no longer there for the API user: ``retrieve`` answers a deleted
-        record ACCESS_DENIED, and a record the profile may read but not delete is still
-        answered (its delete's ACCESS_DENIED is then a refusal)."""
+        """Whether the record no longer exists: ``retrieve`` answers RECORD_NOT_FOUND, or
+        ACCESS_DENIED "Permission to perform the operation is denied", which is what Vtiger
+        answers for an id without a live record (``vtws_retrieve``: the id's module is looked up
+        among records not deleted, and none is found). A record that is there but that the
+        API user may not read or delete is answered otherwise ("Permission to read given
+        object is denied", "... to delete is denied"): its delete's refusal stands, and so
+        does any refusal worded in a way not known here. (Vtiger words a module the user may
+        not use at all the same way; ``_write_problem`` describes the module before any write,
+        and that describe fails the run first.)"""
         refused = self._record_call("retrieve", {"id": item.record_id}, f"retrieve {item.object_type}")
-        return refused is not None and refused.rule.code == "ACCESS_DENIED"
+        if refused is None:
+            return False
+        return refused.rule.code == "RECORD_NOT_FOUND" or (
+            refused.rule.code == "ACCESS_DENIED" and _NO_SUCH_RECORD in str(refused)
+        )
 
     def close(self) -> None:
         self.client.close()

@@ -4,11 +4,12 @@ check of a full read."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 
 from consentsync.sdk import BudgetExhausted, Connector, Cursor
 
@@ -36,3 +37,21 @@ def assert_budget_stops_a_full_read(connector: Connector, object_type: str, fiel
     """A full read of ``object_type`` ends in :class:`BudgetExhausted` (not a partial answer)."""
     with pytest.raises(BudgetExhausted):
         list(connector.read_changes(object_type, fields, Cursor(), read_until()))
+
+
+def lose_answers(session: requests.Session, match: Callable[[Any], bool], times: int = 1) -> list[str]:
+    """The first ``times`` requests ``match`` takes reach the CRM (and are applied there), then
+    their answer is lost, as when the connection drops after the CRM wrote."""
+    lost: list[str] = []
+    for adapter in list(session.adapters.values()):
+        original = adapter.send
+
+        def send(request: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            response = _original(request, *args, **kwargs)
+            if len(lost) < times and match(request):
+                lost.append(str(request.url))
+                raise requests.exceptions.ReadTimeout("answer lost", request=request)
+            return response
+
+        adapter.send = send  # type: ignore[method-assign]
+    return lost

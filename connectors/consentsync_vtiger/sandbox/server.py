@@ -39,7 +39,9 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   full record; a mandatory field left out answers MANDATORY_FIELDS_MISSING and the editable
   fields left out are cleared. ``POST operation=create&elementType=&element=``,
   ``POST operation=delete&id=``, ``POST operation=logout``.
-* Reading or writing a deleted (or unknown) record answers ACCESS_DENIED; an id of another
+* Reading or writing a deleted (or unknown) record answers ACCESS_DENIED "Permission to perform
+  the operation is denied" (Vtiger finds no live record to take the module from); one the user
+  may not act on answers ACCESS_DENIED "Permission to read given object is denied"; an id of another
   module's type answers INVALID_ID_ATTRIBUTE. A module the install lacks (``missing_modules``)
   answers ACCESS_DENIED "Permission to perform the operation is denied for name : X".
 * ``POST operation=delete&id=``: one record a call, ``{"status": "successful"}``; the record is
@@ -139,6 +141,11 @@ class VtigerError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+# Vtiger's answer for an id with no live record (its module is looked up among records not
+# deleted: vtws_retrieve, vtws_revise, vtws_delete), and for one the user may not act on.
+_NO_SUCH_RECORD = "Permission to perform the operation is denied"
 
 
 def _denied(message: str = "Permission to read given object is denied") -> VtigerError:
@@ -658,7 +665,9 @@ class VtigerCrm:
         if record is not None and record.module.prefix != prefix:
             raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
         if record is None or record.deleted or record.pending:
-            raise _denied()
+            # vtws_retrieve/revise/delete look the id's module up among live records first: an
+            # id without one (deleted, never there, not committed yet) fails that check.
+            raise _denied(_NO_SUCH_RECORD)
         return record
 
     def _touch(self, record: _Record, at: dt.datetime | None) -> None:
@@ -996,7 +1005,7 @@ class VtigerSandbox(HttpsSandbox):
         self.crm._writable(wsid)  # the same checks as a write: type, deleted
         record = self.crm.get(wsid)
         if record is None:
-            raise _denied()
+            raise _denied(_NO_SUCH_RECORD)
         return record
 
     def _element(self, params: Mapping[str, str]) -> dict[str, Any]:
