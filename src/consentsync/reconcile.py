@@ -12,7 +12,10 @@ keeps exactly what domain.md's precedence rules need:
 * ``soft_opt_in_at``: the latest PECR / ePrivacy soft opt-in on record;
 * ``lapsed_at``: the latest expiry consentsync itself recorded. It decides nothing: expiry is
   computed from the latest affirmative action and the clock, so a late renewal counts whether
-  the expiry sweep ran before or after it; it only says that the lapse is on record.
+  the expiry sweep ran before or after it; it only says that the lapse is on record;
+* ``undated_grant_seen``: when consentsync first saw a consent granted without a credible event
+  time (the earliest such observation): an undated grant's validity runs from there, never from a later
+  sighting of the same stale value (a new record, a new connector) after the consent expired.
 
 Unknown event times are read in the most restrictive way: a withdrawal or refusal is taken to
 have happened as late as possible (when it was first observed), anything else as early as
@@ -47,7 +50,9 @@ from consentsync.domain import (
 
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Summaries written by another version of the fold are rebuilt from the events (the ledger does).
-SUMMARY_VERSION = 4  # 4: a no stamped to the whole second sorts at the end of it
+# 4: a no stamped to the whole second sorts at the end of it; 5: an undated grant's validity runs
+# from its first sighting (``undated_grant_seen``).
+SUMMARY_VERSION = 5
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
 # Most CRMs stamp whole seconds: their "12:00:00" happened anywhere in that second.
 TO_THE_SECONDS_END = timedelta(microseconds=999_999)
@@ -264,6 +269,15 @@ def _later(a: _T | None, b: _T | None) -> _T | None:
     return b if a < b else a  # max(a, b), keeping ``a`` on a tie
 
 
+def _earlier(a: datetime | None, b: datetime | None) -> datetime | None:
+    """The earlier of two moments, either of which may be missing (None only when both are)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b < a else a
+
+
 @quick_init
 @dataclass(frozen=True, slots=True)
 class Summary:
@@ -275,6 +289,7 @@ class Summary:
     trusted_opt_in_at: datetime | None = None
     soft_opt_in_at: datetime | None = None
     lapsed_at: datetime | None = None
+    undated_grant_seen: datetime | None = None  # the earliest, unlike every other field
 
     def join(self, other: Summary) -> Summary:
         return self._joined(
@@ -284,6 +299,7 @@ class Summary:
             other.trusted_opt_in_at,
             other.soft_opt_in_at,
             other.lapsed_at,
+            other.undated_grant_seen,
         )
 
     def _joined(
@@ -294,6 +310,7 @@ class Summary:
         trusted_opt_in_at: datetime | None,
         soft_opt_in_at: datetime | None,
         lapsed_at: datetime | None,
+        undated_grant_seen: datetime | None,
     ) -> Summary:
         """``join``, given the other summary's fields: folding in one event (``_facts``) then
         builds one Summary, not two."""
@@ -313,6 +330,7 @@ class Summary:
             _later(self.trusted_opt_in_at, trusted_opt_in_at),
             _later(self.soft_opt_in_at, soft_opt_in_at),
             _later(self.lapsed_at, lapsed_at),
+            _earlier(self.undated_grant_seen, undated_grant_seen),
         )
 
     def to_json(self) -> dict[str, object]:
@@ -325,6 +343,7 @@ class Summary:
             "trusted_opt_in_at": self.trusted_opt_in_at,
             "soft_opt_in_at": self.soft_opt_in_at,
             "lapsed_at": self.lapsed_at,
+            "undated_grant_seen": self.undated_grant_seen,
         }
 
     @staticmethod
@@ -342,6 +361,7 @@ class Summary:
             _moment(data.get("trusted_opt_in_at")),
             _moment(data.get("soft_opt_in_at")),
             _moment(data.get("lapsed_at")),
+            _moment(data.get("undated_grant_seen")),
         )
 
 
@@ -354,8 +374,10 @@ def _moment(value: object) -> datetime | None:
 
 
 # A Summary's fields, in order: latest, tied, restriction, trusted_opt_in_at, soft_opt_in_at,
-# lapsed_at.
-_Facts = tuple[Ranked | None, bool, Ranked | None, datetime | None, datetime | None, datetime | None]
+# lapsed_at, undated_grant_seen.
+_Facts = tuple[
+    Ranked | None, bool, Ranked | None, datetime | None, datetime | None, datetime | None, datetime | None
+]
 
 
 def _facts(evidence: Evidence, policy: Policy) -> _Facts:
@@ -363,15 +385,17 @@ def _facts(evidence: Evidence, policy: Policy) -> _Facts:
     if is_system_expiry(evidence):
         # A record that the clock ran out, derived from the rest: it decides nothing, so the
         # state cannot depend on whether the sweep ran before or after a late renewal.
-        return None, False, None, None, None, evidence.event_time or evidence.observed_at
+        return None, False, None, None, None, evidence.event_time or evidence.observed_at, None
     ranked = Ranked.of(evidence, policy)
+    status = evidence.status
     return (
         ranked,
         False,
-        ranked if evidence.status in STICKY_STATUSES else None,
+        ranked if status in STICKY_STATUSES else None,
         ranked.event_time if policy.reverses_sticky(evidence) else None,
         ranked.event_time if is_soft_opt_in(evidence, policy) else None,
         None,
+        evidence.observed_at if ranked.event_time is None and _is_consent(ranked) else None,
     )
 
 
@@ -420,7 +444,17 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
         rule = Rule.UNKNOWN_EVENT_TIME
     else:
         rule = Rule.LATEST_EVENT_TIME
-    return _state_of(latest, purpose, channel, rule)
+    return _state_of(latest, purpose, channel, rule, summary.undated_grant_seen)
+
+
+def binding_no(summary: Summary) -> Ranked | None:
+    """The latest withdrawal or refusal, while it still binds (no new consent newer than it):
+    the person's no that must travel with them (a CRM merge that joins two people of the
+    ledger), or None."""
+    restriction = summary.restriction
+    if restriction is None or _reversed(summary.trusted_opt_in_at, restriction):
+        return None
+    return restriction
 
 
 def _other_basis(value: Ranked) -> bool:
@@ -438,7 +472,9 @@ def _reversed(trusted_opt_in_at: datetime | None, blocker: Ranked | datetime) ->
     return trusted_opt_in_at is not None and trusted_opt_in_at > blocked_at
 
 
-def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> EffectiveState:
+def _state_of(
+    value: Ranked, purpose: Purpose, channel: str, rule: str, undated_grant_seen: datetime | None = None
+) -> EffectiveState:
     basis = value.basis or purpose.default_basis
     expires_at = None
     if (
@@ -446,8 +482,10 @@ def _state_of(value: Ranked, purpose: Purpose, channel: str, rule: str) -> Effec
         and purpose.validity_days is not None
         and basis is LawfulBasis.CONSENT
     ):
-        # Validity runs from the person's last affirmative action; unknown means first seen.
-        anchor = value.event_time or value.observed_at
+        # Validity runs from the person's last affirmative action; unknown means first seen: the
+        # first time consentsync saw an undated grant, not the latest sighting of that stale
+        # value (read most restrictively, an undated grant happened as early as possible).
+        anchor = value.event_time or _earlier(undated_grant_seen, value.observed_at) or value.observed_at
         expires_at = anchor + timedelta(days=purpose.validity_days)
     return EffectiveState(
         purpose.key,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = ["DecidedPushes", "NewPush", "QueuedRow", "RecordKey"]
@@ -41,10 +41,13 @@ class NewPush(NamedTuple):
 class DecidedPushes:
     """What the examination decided for a batch of people: the rows to add, the pending rows they
     supersede, the irreversible writes held back; and what it weighed (``records``: every live
-    record of theirs; ``queued``: those records' outbox rows that still matter)."""
+    record of theirs; ``queued``: those records' outbox rows that still matter). ``merged``: their
+    records the CRM merged away, as (person, object, survivor's record id), whose survivor may be
+    another person's (that person then takes on their nos)."""
 
     new_rows: list[NewPush]
     superseded: list[int]
     irreversible_held: int
     records: list[RecordKey]
     queued: dict[tuple[str, str], list[QueuedRow]]
+    merged: list[tuple[int, str, str]] = field(default_factory=list)

@@ -30,14 +30,28 @@ from sqlalchemy.exc import SQLAlchemyError
 from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.collector import collecting_less_often
-from consentsync.domain import EffectiveState, Evidence, InvalidInput, canonical_json, iso, without_emails
+from consentsync.domain import (
+    STICKY_STATUSES,
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    ObjectionStatus,
+    Origin,
+    canonical_json,
+    iso,
+    without_emails,
+)
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
+    consent_events,
     crm_links,
     crm_snapshots,
+    objections,
     outbox,
     quarantine,
     subjects,
@@ -48,6 +62,7 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.service import Ledger, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import Mapping, crm_key, field_value
+from consentsync.reconcile import binding_no, summarise
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
@@ -206,8 +221,9 @@ class _PageLink(NamedTuple):
 
 
 class _LinkToPush(NamedTuple):
-    """A person's link the examination weighs: its snapshot's fields (None where none is kept)
-    and whether the person was erased (``erased_at`` as stored: only NULL or not matters)."""
+    """A person's link the examination weighs: its snapshot's fields (None where none is kept),
+    whether the person was erased (``erased_at`` as stored: only NULL or not matters) and, for a
+    record merged away, its survivor."""
 
     id: int
     subject_id: int
@@ -217,11 +233,12 @@ class _LinkToPush(NamedTuple):
     gone_at: Any
     fields: str | None
     erased_at: Any
+    merged_into: str | None
 
 
 _LINK_TO_PUSH_COLUMNS = (
     "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
-    "crm_snapshots.fields", "subjects.erased_at",
+    "crm_snapshots.fields", "subjects.erased_at", "merged_into",
 )  # fmt: skip
 
 
@@ -363,8 +380,12 @@ class SyncEngine:
                 self._plan(report, until=until, full=full)
             else:
                 self._catch_up_feed(report)
-                self._pull(report, until=until, full=full, dry_run=False)
-                self._reread_quarantined(report)
+                try:
+                    self._pull(report, until=until, full=full, dry_run=False)
+                    self._reread_quarantined(report)
+                except (BudgetExhausted, ConnectorError):
+                    self._queue_what_is_owed(report)
+                    raise
                 self._follow_ledger(report, push_along=self._pushes_when_decided())
                 with _timed(report, "push"):
                     self._push(report)
@@ -439,6 +460,19 @@ class SyncEngine:
         )
         structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report
+
+    def _queue_what_is_owed(self, report: RunReport) -> None:
+        """The CRM's reads failed: what the ledger already knows it owes this CRM (a withdrawal
+        captured elsewhere, an objection, an erasure, and what the pages committed so far said)
+        is queued all the same, decided on the records as last seen, so that it waits in the
+        outbox, shown by ``status`` and alerted as a late suppression, rather than never being
+        queued while the reads keep failing. Nothing is sent to a CRM that cannot be read; the
+        next run that reads it sends the queue. A ledger error here is logged, and the CRM's
+        error stays the run's."""
+        try:
+            self._follow_ledger(report)
+        except SQLAlchemyError as error:
+            log.error("sync.owed_not_queued", error=type(error).__name__)
 
     def _plan(self, report: RunReport, *, until: datetime, full: bool) -> None:
         """A dry run: the whole run in one transaction that is rolled back, so that every page
@@ -736,10 +770,10 @@ class SyncEngine:
         now = self.ledger.clock()
         counts = report.counts
         counts.read += len(page)
+        # Deleted and merged records are handled after the page's live ones: a merge's survivor
+        # read on the same page is then known, and takes the merged record's no.
         gone = [record for record in page if record.deleted]
         if gone:
-            self._keep_the_last_no(conn, mapping, gone, report, now)
-            self._mark_gone(conn, mapping, gone, report, now)
             page = [record for record in page if not record.deleted]
         # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
         # read back, they are acknowledged now, and their values are never the person's choice.
@@ -868,6 +902,9 @@ class SyncEngine:
         )
         if problems:
             conn.execute(insert(quarantine), problems)
+        if gone:
+            self._keep_the_last_no(conn, mapping, gone, report, now)
+            self._mark_gone(conn, mapping, gone, report, now)
         # What to push to these people is decided once, after the pages (a person's records come
         # on several pages: contact, lead, consent records); the marks commit with the page.
         self._mark_for_examination(conn, examine)
@@ -899,19 +936,33 @@ class SyncEngine:
         row): a withdrawal or refusal on it that the ledger has not seen is the person's, and must
         not go with the record, since the survivor usually keeps the master's values. Only a no
         is taken: the merge's other values are the CRM user's choice of survivor, not the
-        person's. Values last seen or written by this project (the snapshot) are not new."""
+        person's. Values last seen or written by this project (the snapshot) are not new.
+
+        A duplicate merged away before any sync read it (never linked) carries its no all the
+        same: it is the survivor's person's when the survivor is linked, else the person its own
+        identity names (found or made, as a read of it would have); it is linked there (by its
+        record id only: the survivor's person takes no address from it), so that the merge is
+        recorded on it. A duplicate without a no is left unknown, as before."""
         from consentsync.mapping import SAID_NO_STATUSES
 
         merged = [record for record in gone if record.merged_into and record.fields]
         held = self._page_links(conn, mapping.object, [record.record_id for record in merged])
+        unread = [record for record in merged if record.record_id not in held]
+        survivors = (
+            self._known_links(
+                conn, [CrmLink(self.name, mapping.object, str(record.merged_into)) for record in unread]
+            )
+            if unread
+            else {}
+        )
         requests: list[RecordRequest] = []
         for record in merged:
             row = held.get(record.record_id)
-            if row is None or row.gone_at is not None:
-                continue  # never linked (nothing known of the person here), or already gone
-            seen = orjson.loads(row.evidence) if row.evidence is not None else {}
+            if row is not None and row.gone_at is not None:
+                continue  # already known as gone
+            seen = orjson.loads(row.evidence) if row is not None and row.evidence is not None else {}
             try:
-                record_id, _email, _links = mapping.identity_from(record.fields)
+                record_id, email, _links = mapping.identity_from(record.fields)
                 evidence = mapping.evidence_from(
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
@@ -929,7 +980,17 @@ class SyncEngine:
                 )
                 conn.execute(insert(quarantine), [row_problem])
                 continue
-            requests += [RecordRequest(Identity(subject_id=row.subject_id), e) for e in said_no]
+            if not said_no:
+                continue
+            if row is not None:
+                subject_id = row.subject_id
+            else:
+                own = CrmLink(self.name, mapping.object, record_id)
+                owner = survivors.get(CrmLink(self.name, mapping.object, str(record.merged_into)))
+                identity = Identity(link=own, subject_id=owner) if owner is not None else Identity(email, own)
+                (subject_id,), created = self.ledger.link_in(conn, [identity], run_id=report.run_id)
+                report.counts.subjects_created += created
+            requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in said_no]
         if not requests:
             return
         stats, _outcomes = self.ledger.record_in(
@@ -970,7 +1031,21 @@ class SyncEngine:
             if r.merged_into and r.record_id in rows
         ]
         if survivors:
+            # A survivor the ledger holds for another person: the CRM says the two are one. The
+            # people stay apart (a wrong merge must not pool two people's data), but the
+            # survivor's person takes on the merged person's nos (_carry_the_nos).
+            owners = self._known_links(conn, [identity.link for identity in survivors if identity.link])
+            joined = {
+                (identity.subject_id, owner)
+                for identity in survivors
+                if identity.link is not None
+                and identity.subject_id is not None
+                and (owner := owners.get(identity.link)) is not None
+                and owner != identity.subject_id
+            }
             self.ledger.link_in(conn, survivors, run_id=report.run_id)
+            if joined:
+                self._carry_the_nos(conn, joined, report)
         uids = self._uids(conn, [row.subject_id for row in rows.values()])
         records: list[AuditRecord] = []
         for record in gone:
@@ -1004,6 +1079,76 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
+
+    def _carry_the_nos(self, conn: Connection, joined: set[tuple[int, int]], report: RunReport) -> bool:
+        """``joined``: (merged person, survivor's person) pairs of a CRM merge that joined records
+        of two people of the ledger. The survivor's person takes on every withdrawal and refusal
+        that still binds the merged person (its events as recorded: same times, sources and
+        references) and every objection upheld against them (as a withdrawal at the objection's
+        time for each purpose and channel it binds), so that a merge never loses a no; a new
+        consent newer than such a no lifts it, as it would have for the merged person. Only a no:
+        the merged person's yeses are not the survivor's (a wrong merge then costs a message not
+        sent, never one sent without consent). Merges are rare: these reads cost nothing per
+        record read."""
+        merged = sorted({loser for loser, _ in joined})
+        policy, purposes = self.ledger.policy, self.ledger.purposes
+        events: dict[tuple[int, str, str], list[Evidence]] = {}
+        theirs = select(consent_events).where(one_of(conn, consent_events.c.subject_id, merged))
+        for row in conn.execute(theirs):
+            if row.purpose in purposes:
+                events.setdefault((row.subject_id, row.purpose, row.channel), []).append(_stored_no(row))
+        summaries = {key: summarise(items, policy) for key, items in events.items()}
+        nos: dict[int, list[Evidence]] = {}
+        for key, items in events.items():
+            if binding_no(summaries[key]) is not None:
+                nos.setdefault(key[0], []).extend(item for item in items if item.status in STICKY_STATUSES)
+        upheld = select(objections).where(
+            one_of(conn, objections.c.subject_id, merged),
+            objections.c.status == ObjectionStatus.UPHELD.value,
+        )
+        for row in conn.execute(upheld):
+            for purpose in purposes.values():
+                if purpose.key != row.purpose and not (row.direct_marketing and purpose.direct_marketing):
+                    continue
+                for channel in purpose.channels:
+                    summary = summaries.get((row.subject_id, purpose.key, channel))
+                    lifted_at = summary.trusted_opt_in_at if summary is not None else None
+                    if lifted_at is not None and lifted_at > row.raised_at:
+                        continue  # lifted by the person's new consent there
+                    nos.setdefault(row.subject_id, []).append(
+                        Evidence(
+                            purpose.key,
+                            channel,
+                            ConsentStatus.WITHDRAWN,
+                            None,
+                            row.raised_at,
+                            row.recorded_at,
+                            row.source,
+                            Origin.CAPTURE,
+                            evidence_ref=f"objection {row.id}, carried over by a CRM merge",
+                        )
+                    )
+        requests: list[RecordRequest] = []
+        for loser, survivor in sorted(joined):
+            for item in nos.get(loser, ()):
+                try:
+                    self.ledger.validate(item, now=self.ledger.clock())
+                except InvalidInput as error:  # recorded before today's bounds: named, not quoted
+                    log.warning("sync.merge_no_not_carried", reason=type(error).__name__)
+                    continue
+                requests.append(RecordRequest(Identity(subject_id=survivor), item))
+        if not requests:
+            return False
+        stats, outcomes = self.ledger.record_in(
+            conn, requests, run_id=report.run_id, warm=self._warm_for(conn)
+        )
+        report.counts.evidence_recorded += stats.recorded
+        report.counts.evidence_duplicates += stats.duplicates
+        report.counts.state_changes += stats.state_changes
+        # Only people who took on something new are examined again (two people merged into each
+        # other's records must not mark each other for ever).
+        self._mark_for_examination(conn, {o.subject_id for o in outcomes if not o.duplicate})
+        return stats.recorded > 0
 
     def _revive_links(
         self, conn: Connection, object_type: str, revived: list[Any], report: RunReport, now: datetime
@@ -1091,19 +1236,31 @@ class SyncEngine:
         echoes: dict[str, dict[str, Any]] = {}
         snapshots = self._load_snapshots(conn, mapping.object, [row.record_id for row in unanswered])
         taken: list[tuple[Any, WriteResult]] = []
+        not_there: list[int] = []
         for row in unanswered:
             if row.action != WriteAction.UPDATE:
                 continue
             fields = self.connector.as_read_back(
                 RecordUpdate(row.object_type, row.record_id, orjson.loads(row.fields))
             )
+            shown = by_id[row.record_id].fields
+            if fields and all(
+                name in shown and crm_key(shown[name]) != crm_key(value) for name, value in fields.items()
+            ):
+                # Read after it was sent, the record shows none of this write: the CRM did not
+                # apply it. It stops being ours (``sent_at`` cleared; a pending row is sent
+                # again), so that the person setting one of its values later is their choice,
+                # never taken for our echo and overwritten.
+                not_there.append(row.id)
+                continue
             known = snapshots.get(row.record_id, ({}, {}))[1]
             echoes[row.record_id] = self._echo_view(mapping, row.record_id, {**known, **fields}, now) or {}
-            shown = by_id[row.record_id].fields
             if all(
                 name in shown and crm_key(shown[name]) == crm_key(value) for name, value in fields.items()
             ):
                 taken.append((row, WriteResult(row.record_id, True)))
+        if not_there:
+            conn.execute(update(outbox).where(one_of(conn, outbox.c.id, not_there)).values(sent_at=None))
         if taken:
             report.counts.echoes_recognised += len(taken)
             self._settle(conn, taken, report, now, confirmed_by="read_back")
@@ -1141,7 +1298,7 @@ class SyncEngine:
         # By person only, through the subject index (a person has a few links): naming the
         # connector too would let the planner pick the (connector, object, record) index and
         # read every link of the connector for each page.
-        rows = sorted(
+        links = [
             row
             for row in map(
                 _LinkToPush._make,
@@ -1154,15 +1311,23 @@ class SyncEngine:
                     join=((crm_snapshots, "link_id", "id"), (subjects, "id", "subject_id")),
                 ),
             )
-            if row.connector == self.name and row.gone_at is None and row.object_type in self.by_object
+            if row.connector == self.name
+        ]
+        rows = sorted(
+            row for row in links if row.gone_at is None and row.object_type in self.by_object
         )  # by link id: the pushes are decided, and sent, in the order the links were made
+        merged = [
+            (row.subject_id, row.object_type, row.merged_into)
+            for row in links
+            if row.merged_into is not None and row.gone_at is not None
+        ]
         queued = self._queued(conn, rows)
         erasures_done = {
             key for key, history in queued.items() for old in history
             if old.rule in ERASURE_RULE_NAMES and old.status in ("done", "dead")
         }  # fmt: skip
         records = [RecordKey(row.object_type, row.record_id) for row in rows]
-        decided = DecidedPushes([], [], 0, records, queued)
+        decided = DecidedPushes([], [], 0, records, queued, merged)
         superseded = decided.superseded
         writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
         for row in rows:
@@ -1351,8 +1516,15 @@ class SyncEngine:
                     marked = next_marked(conn, self.name, after, self.options.batch_size)
                     if marked:
                         decided = self._decided_ahead(conn, ahead, marked, report)
+                        # The child decides on, but cannot write, what a merge carries.
+                        if (
+                            decided is not None
+                            and decided.merged
+                            and self._carry_after_merges(conn, decided.merged, report)
+                        ):
+                            decided = None
                         if decided is None:
-                            decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
+                            decided = self._decide_pushes_after_merges(conn, marked, report)
                         self._write_pushes(conn, decided, report, now)
                         conn.execute(
                             delete(sync_examine).where(
@@ -1410,6 +1582,34 @@ class SyncEngine:
                 )
         if in_flight is not None:
             self._settle_calls(in_flight, report)
+
+    def _decide_pushes_after_merges(
+        self, conn: Connection, marked: list[int], report: RunReport
+    ) -> DecidedPushes:
+        """``decide_pushes`` in the run's write transaction; where some of these people have a
+        record merged into another person's, that person takes on their nos first (a no given
+        after the merge reaches the survivor as one given before it does), and is examined."""
+        decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
+        if decided.merged and self._carry_after_merges(conn, decided.merged, report):
+            decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
+        return decided
+
+    def _carry_after_merges(
+        self, conn: Connection, merged: list[tuple[int, str, str]], report: RunReport
+    ) -> bool:
+        """Carries the nos of people whose records were merged into another person's survivor
+        (``_carry_the_nos``); whether anything new was recorded. Merges are rare: one lookup of
+        the survivors, only for a batch that has any."""
+        owners = self._known_links(
+            conn, [CrmLink(self.name, object_type, survivor) for _, object_type, survivor in merged]
+        )
+        joined = {
+            (subject_id, owner)
+            for subject_id, object_type, survivor in merged
+            if (owner := owners.get(CrmLink(self.name, object_type, survivor))) is not None
+            and owner != subject_id
+        }
+        return bool(joined) and self._carry_the_nos(conn, joined, report)
 
     def _decides_ahead(self, marked: int) -> bool:
         """Whether a second process decides the examination's batches ahead (sync/ahead.py): on
@@ -2018,6 +2218,26 @@ class SyncEngine:
                     error=report.error,
                 )
             )
+
+
+def _stored_no(row: Any) -> Evidence:
+    """A stored consent event as the evidence it recorded (observed when it was recorded),
+    without soft opt-in conditions: a merge asks only which nos still bind (``binding_no``) and
+    carries only withdrawals and refusals."""
+    return Evidence(
+        row.purpose,
+        row.channel,
+        ConsentStatus(row.status),
+        LawfulBasis(row.basis) if row.basis else None,
+        row.event_time,
+        row.recorded_at,
+        row.source,
+        Origin(row.origin),
+        actor=row.actor,
+        notice_version=row.notice_version,
+        double_opt_in_at=row.double_opt_in_at,
+        evidence_ref=row.evidence_ref,
+    )
 
 
 def _said_no(state: EffectiveState) -> bool:
