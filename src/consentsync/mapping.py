@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from collections.abc import Mapping as RecordMap
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -887,6 +887,16 @@ class Mapping:
                 assert consent.basis.pull is not None
                 basis = self._translate(record, record_id, consent.basis.field, consent.basis.pull)
             event_time = self._moment(record, record_id, consent.event_time)
+            if (
+                event_time is not None
+                and status in SAID_NO_STATUSES
+                and _names_a_day(record, consent.event_time)
+            ):
+                # A date alone says the day, not the moment: a no is read as late as it can be
+                # (docs/policy.md, "A no dated to the day"), so that a consent captured later
+                # that day does not reverse it; a no dated today, when it was observed (never a
+                # time still to come, which the ledger would refuse).
+                event_time = min(event_time + END_OF_DAY, observed_at)
             double_opt_in_at = self._moment(record, record_id, consent.double_opt_in_at)
             notice = self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX)
             captured = self._text(record, record_id, consent.source, EVIDENCE_REF_MAX)
@@ -1085,6 +1095,21 @@ def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:
     if all(s.rule in NO_EVIDENCE_RULES for s in suppressed):
         return "no_consent"  # written only where the table names it
     return "suppressed"
+
+
+END_OF_DAY = timedelta(days=1, microseconds=-1)
+_DAY_ONLY = re.compile(r"\s*\d{4}-\d{2}-\d{2}\s*")
+
+
+def _names_a_day(record: RecordMap[str, Any], spec: ValueSpec | None) -> bool:
+    """Whether the field ``spec`` reads holds a date without a time of day (a CRM's Date field:
+    "2026-11-23", or a ``date``)."""
+    if spec is None:
+        return False
+    raw = field_value(record, spec.field)
+    if isinstance(raw, datetime):
+        return False
+    return isinstance(raw, date) or (isinstance(raw, str) and _DAY_ONLY.fullmatch(raw) is not None)
 
 
 def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:

@@ -20,6 +20,7 @@ from consentsync.mapping import (
     parse_mapping,
     schema_text,
 )
+from consentsync.reconcile import Policy, consent_state, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 CONNECTORS = ROOT / "connectors"
@@ -672,6 +673,54 @@ class TestEvidence:
             {**CONSENT, "CaptureDate": raw}, connector=CONNECTOR, observed_at=OBSERVED
         )
         assert evidence.event_time == expected
+
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            # A date alone names the day: a no is read at its last moment.
+            ("2026-11-23", datetime(2026, 11, 23, 23, 59, 59, 999999, tzinfo=UTC)),
+            (" 2026-11-23 ", datetime(2026, 11, 23, 23, 59, 59, 999999, tzinfo=UTC)),
+            # A time of day, even midnight, is a moment, and stays as stated.
+            ("2026-11-23T00:00:00Z", datetime(2026, 11, 23, tzinfo=UTC)),
+            ("2026-11-23T03:21:24.000+0000", datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC)),
+        ],
+    )
+    def test_a_no_dated_to_the_day_is_read_at_its_end(
+        self, starter: Config, raw: str, expected: datetime
+    ) -> None:
+        cptc = example("contact_point_type_consent", starter)
+        record = {**CONSENT, "PrivacyConsentStatus": "OptOut", "CaptureDate": raw}
+        [evidence] = cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED)
+        assert (evidence.status, evidence.event_time) == (ConsentStatus.WITHDRAWN, expected)
+
+    def test_a_no_dated_today_is_read_when_it_was_observed(self, starter: Config) -> None:
+        cptc = example("contact_point_type_consent", starter)
+        record = {**CONSENT, "PrivacyConsentStatus": "OptOut", "CaptureDate": OBSERVED.date().isoformat()}
+        [evidence] = cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED)
+        assert evidence.event_time == OBSERVED  # not the day's end, still to come
+
+    def test_a_consent_captured_later_that_day_does_not_reverse_a_no_dated_to_the_day(
+        self, starter: Config
+    ) -> None:
+        """The CRM says the person opted out on 2026-11-23 (a Date field); a web form captured a
+        consent at 15:00 that day. Which came first is unknown: the no stands."""
+        cptc = example("contact_point_type_consent", starter)
+        record = {**CONSENT, "PrivacyConsentStatus": "OptOut", "CaptureDate": "2026-11-23"}
+        [no] = cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED)
+        captured = Evidence(
+            no.purpose,
+            no.channel,
+            ConsentStatus.GRANTED,
+            LawfulBasis.CONSENT,
+            datetime(2026, 11, 23, 15, 0, 0, 250000, tzinfo=UTC),
+            OBSERVED,
+            "web_form",
+            Origin.CAPTURE,
+        )
+        policy = Policy(trusted_sources=frozenset({"web_form"}))
+        for order in ([no, captured], [captured, no]):
+            state = consent_state(summarise(order, policy), starter.purposes[no.purpose], no.channel)
+            assert state.status is ConsentStatus.WITHDRAWN
 
     @pytest.mark.parametrize(
         "change",
