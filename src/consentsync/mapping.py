@@ -623,13 +623,26 @@ class ConsentSpec(_Strict):
         for index, channel in enumerate(channels):
             if isinstance(channel, str) and channels.index(channel) != index:
                 raise Problem(f"channel {channel!r} is listed twice", at=("channel", index))
-        writes = self.status.direction.pushes or (self.basis is not None and self.basis.direction.pushes)
-        if writes and (isinstance(self.purpose, FromFieldSpec) or isinstance(self.channel, FromFieldSpec)):
-            place = "status" if self.status.direction.pushes else "basis"
+        from_fields = isinstance(self.purpose, FromFieldSpec) or isinstance(self.channel, FromFieldSpec)
+        if from_fields and self.basis is not None and self.basis.direction.pushes:
             raise Problem(
-                "a consent whose purpose or channel is read from a field can only be pulled "
-                "(direction: pull): which record to write for a purpose is not known before reading it",
-                at=(place, "direction"),
+                "a consent whose purpose or channel is read from a field writes its status only "
+                "(basis direction: pull)",
+                at=("basis", "direction"),
+            )
+        if (
+            from_fields
+            and self.status.direction.pushes
+            and self.status.push
+            and "allowed" in self.status.push
+        ):
+            # A record per purpose (a consent row) is written to show a no; "allowed" would write
+            # an opt-in where the ledger allows by default (legitimate interest, no evidence):
+            # a consent row claiming a consent nobody gave.
+            raise Problem(
+                "a consent whose purpose or channel is read from a field is written only to show a "
+                "no: its push table takes suppressed, withdrawn or no_consent, not allowed",
+                at=("status", "push"),
             )
         for place, spec in (("status", self.status), ("basis", self.basis)):
             if spec is not None and spec.direction.pushes and "." in spec.field:
@@ -936,6 +949,8 @@ class Mapping:
         """
         updates: dict[str, Any] = {}
         for consent, pairs in self.pairs:
+            if not pairs and consent.status.direction.pushes:
+                pairs = self._pairs_shown(record, consent)  # a record per purpose: the one it shows
             present = [states[pair] for pair in pairs if pair in states]
             if not present:
                 continue
@@ -952,6 +967,16 @@ class Mapping:
                 if wanted in basis.push and present[0].basis_stated:
                     _update(updates, record, basis.field, basis.push[wanted])
         return updates
+
+    def _pairs_shown(self, record: RecordMap[str, Any], consent: ConsentSpec) -> list[tuple[str, str]]:
+        """The (purpose, channel) pairs a record that names its own purpose and channel (a
+        consent row) shows, as last read; none where a value is not in the tables."""
+        try:
+            purpose = self._key(record, "", consent.purpose)
+            channels = self._channels(record, "", consent.channel)
+        except MappingValueError:
+            return []
+        return [(purpose, channel) for channel in channels] if purpose else []
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -294,12 +294,13 @@ BROKEN: dict[str, tuple[str, str]] = {
         ),
         "19: consents[1].status.field: field HasOptedOutOfEmail is already written by consents[0].status",
     ),
-    "consent_from_fields_cannot_be_pushed": (
+    "consent_from_fields_writes_no_opt_in": (
         replaced(
             "  - purpose: email_marketing\n",
             "  - purpose: {field: DataUsePurposeId, values: {X1: email_marketing}}\n",
         ),
-        "13: consents[0].status.direction: a consent whose purpose or channel is read",
+        "15: consents[0].status.push: a consent whose purpose or channel is read from a field is "
+        "written only to show a no",
     ),
     "related_fields_cannot_be_written": (
         replaced("field: HasOptedOutOfEmail", "field: Individual.HasOptedOutSolicit"),
@@ -975,3 +976,54 @@ class TestUpdates:
             "service", "phone", suppressed=False, basis=LawfulBasis.VITAL_INTERESTS
         )
         assert mapping.updates_for(record, states) == {}
+
+
+class TestConsentRowUpdates:
+    """A record that names its own purpose and channel (a consent row) is written to show the
+    person's no for the purpose and channel it shows, and nothing else."""
+
+    ROW: ClassVar[dict[str, Any]] = {
+        "msdynmkt_contactpointconsent4id": "c1",
+        "msdynmkt_purposeid": "6f0b1c7e-0d6a-4c1e-9a51-000000000001",  # email marketing
+        "msdynmkt_contactpointtype": 534120000,  # email
+        "msdynmkt_value": 534120001,  # Opted in
+    }
+
+    def rows(self, starter: Config) -> Mapping:
+        return load_mapping(
+            CONNECTORS / "consentsync_dynamics" / "mappings" / "contact_point_consent.yaml",
+            purposes=starter.purposes,
+            channels=starter.channels,
+        )
+
+    def test_the_persons_no_opts_out_the_row_of_its_purpose(self, starter: Config) -> None:
+        rows = self.rows(starter)
+        said_no = {("email_marketing", "email"): state("email_marketing", "email", suppressed=True)}
+        assert rows.updates_for(self.ROW, said_no) == {"msdynmkt_value": 534120002}
+        other = {**self.ROW, "msdynmkt_purposeid": "6f0b1c7e-0d6a-4c1e-9a51-000000000002"}
+        assert rows.updates_for(other, said_no) == {}  # profiling's row: not this no
+
+    @pytest.mark.parametrize(
+        "ledger_state",
+        [
+            state("email_marketing", "email", suppressed=False),  # allowed: no opt-in written
+            EffectiveState(  # suppressed, but no one's no (a restriction)
+                "email_marketing",
+                "email",
+                ConsentStatus.GRANTED,
+                LawfulBasis.CONSENT,
+                suppressed=True,
+                rule="restriction_art18",
+            ),
+        ],
+        ids=["allowed", "restricted"],
+    )
+    def test_nothing_but_a_no_is_written(self, starter: Config, ledger_state: EffectiveState) -> None:
+        rows = self.rows(starter)
+        out = {**self.ROW, "msdynmkt_value": 534120002}
+        assert rows.updates_for(out, {("email_marketing", "email"): ledger_state}) == {}
+
+    def test_a_row_whose_purpose_is_not_in_the_table_is_left_alone(self, starter: Config) -> None:
+        rows = self.rows(starter)
+        said_no = {("email_marketing", "email"): state("email_marketing", "email", suppressed=True)}
+        assert rows.updates_for({**self.ROW, "msdynmkt_purposeid": "unknown"}, said_no) == {}
