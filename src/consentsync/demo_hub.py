@@ -64,7 +64,8 @@ class Inbox:
 
     def link(self, path: str) -> str:
         body = self.mails[-1].get_body(("plain",)).get_content()
-        found = re.search(r"https?://\S+" + re.escape(path) + r"\S+", body)
+        # Without its query (``?lang=``, the language the page opens in): paths are added to it.
+        found = re.search(r"https?://\S+" + re.escape(path) + r"[^\s?]+", body)
         if found is None:
             raise RuntimeError(f"no {path} link in the last mail")
         return found.group(0)

@@ -50,6 +50,13 @@ class Inbox:
         return str(part.get_content())
 
     def link(self, path: str, index: int = -1) -> str:
+        """The link to ``path`` in a mail, without its query (``?lang=``: the page's language)."""
+        found = re.search(r"https?://\S+" + re.escape(path) + r"[^\s?]+", self.text(index))
+        assert found, f"no {path} link in: {self.text(index)}"
+        return found.group(0)
+
+    def full_link(self, path: str, index: int = -1) -> str:
+        """The link to ``path`` in a mail as it was sent, with its query."""
         found = re.search(r"https?://\S+" + re.escape(path) + r"\S+", self.text(index))
         assert found, f"no {path} link in: {self.text(index)}"
         return found.group(0)

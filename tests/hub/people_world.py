@@ -73,7 +73,7 @@ def page_texts() -> set[str]:
 
     hub = resources.files("consentsync.hub")
     found: set[str] = set()
-    for name in ("capture.py", "preferences.py", "links.py", "people.py"):
+    for name in ("capture.py", "preferences.py", "links.py", "people.py", "i18n.py"):
         tree = ast.parse((hub / name).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call) or not node.args:

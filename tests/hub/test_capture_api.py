@@ -167,7 +167,7 @@ def test_double_opt_in_grants_only_when_the_mailed_link_is_followed(world: HubWo
     response = world.post("/consents", body)
     assert response.status_code == 201
     result = response.json()["results"][0]
-    assert result["recorded"] == "requested" and result["confirmation"] == "mailed"
+    assert result["recorded"] == "requested" and result["confirmation"] == "queued"
     assert decision(world, "ada@example.test", "email_marketing")["contact"] is False
     assert len(world.inbox.messages) == 1
     mail = world.inbox.messages[0]

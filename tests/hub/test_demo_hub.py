@@ -19,7 +19,7 @@ def test_the_hub_demo_carries_a_capture_and_a_withdrawal_to_every_crm(tmp_path: 
     )
     assert result.exit_code == 0, result.output + str(result.exception)
     out = result.stdout
-    assert "recorded 'requested', confirmation mailed" in out
+    assert "recorded 'requested', confirmation queued" in out
     assert "Please confirm: Email marketing" in out
     assert "email_marketing/email is granted (rule trusted_opt_in_reverses)" in out
     opted_in = [line for line in out.splitlines() if line.endswith("opted out of email = False")]

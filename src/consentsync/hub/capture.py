@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import structlog
@@ -30,7 +31,7 @@ from consentsync.domain import (
     normalise_email,
 )
 from consentsync.hub import receipts
-from consentsync.hub.i18n import translator
+from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, make_token
 from consentsync.hub.mail import Mail, Mailer, MailFailed
@@ -55,6 +56,11 @@ CONSENT_CONFIRMATIONS = ("double_opt_in", "request", "renewal")
 _SAYING_NO = (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)
 ERASED_LINK = "this link opens no record any more: the record was erased"
 EXPIRED_LINK = "this confirmation link has expired: please sign up again"
+# A link the person's own later no voided: not "expired, sign up again" to someone who said no.
+SAID_NO_LINK = "this confirmation link is no longer in use: you said no after we sent it"
+# The confirmations a person may say no to on the page their link opens (a renewal ends by
+# itself when it is not confirmed).
+DECLINABLE = ("double_opt_in", "request")
 
 
 class Forbidden(PermissionError):
@@ -133,8 +139,15 @@ class Hub:
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
 
-    def preference_link(self, uid: str) -> str:
-        return self.url("/p/preferences/" + make_token(self.ledger, uid, days=self.settings.link_days))
+    def preference_link(self, uid: str, language: str | None = None) -> str:
+        """A person's signed link to their preference page; with ``language``, the page opens
+        in it (the language of the mail it is sent in), whatever the browser prefers."""
+        token = make_token(self.ledger, uid, days=self.settings.link_days)
+        return self.url("/p/preferences/" + token) + _in_language(language)
+
+    def link_to(self, path: str, token: str, language: str | None = None) -> str:
+        """A mailed link (``/p/confirm/``, ``/p/erase/``, ...) opening in the mail's language."""
+        return self.url(path + token) + _in_language(language)
 
     # -- double opt-in -------------------------------------------------------------------------
 
@@ -144,12 +157,13 @@ class Hub:
         the outreach (hub/outreach.py) takes back an unsent request or renewal."""
         _ = translator(pending.language)
         purpose = self.ledger.purposes[pending.purpose]
+        # The purpose and the channel in the person's words, as the page names them.
         values = {
-            "purpose": purpose.name,
-            "channel": pending.channel,
+            "purpose": _(purpose.name),
+            "channel": channel_labels(_).get(pending.channel, pending.channel),
             "days": self.settings.confirmation_days,
-            "link": self.url(f"/p/confirm/{pending.token}"),
-            "preferences": self.preference_link(pending.uid),
+            "link": self.link_to("/p/confirm/", pending.token, pending.language),
+            "preferences": self.preference_link(pending.uid, pending.language),
         }
         if kind == "request":
             subject = _("May we send you {purpose}?", **values)
@@ -193,18 +207,20 @@ class Hub:
         document = self.receipt(pending.uid, pending.record_id, pending.language)
         purpose = document["purposes"][0]
         state = document["events"][0]["event_state"]
+        # The purpose and the channel in the person's words (the receipt keeps the configured ones).
+        name = _(purpose["purpose"])
         text = _(
             "This is your receipt: {purpose} by {channel}, {state} at {time}.\n\nThe receipt is "
             "attached (JSON, ISO/IEC TS 27560). All your choices, at any time: {preferences}\n",
-            purpose=purpose["purpose"],
-            channel=purpose["channel"],
+            purpose=name,
+            channel=channel_labels(_).get(purpose["channel"], purpose["channel"]),
             state=_(state),
             time=document["events"][0]["event_time"],
-            preferences=self.preference_link(pending.uid),
+            preferences=self.preference_link(pending.uid, pending.language),
         )
         mail = Mail(
             pending.email,
-            _("Your consent receipt: {purpose}", purpose=purpose["purpose"]),
+            _("Your consent receipt: {purpose}", purpose=name),
             text,
             attachment=receipts.as_attachment(document),
         )
@@ -221,6 +237,7 @@ class Hub:
         row = self._confirmation(token)
         return {
             "kind": row.kind,
+            "declinable": row.kind in DECLINABLE,
             "purpose": row.purpose,
             "channel": row.channel,
             "confirmed_at": iso(row.confirmed_at) if row.confirmed_at else None,
@@ -241,9 +258,10 @@ class Hub:
             raise LinkRefused(EXPIRED_LINK)
         return row
 
-    def confirm(self, token: str) -> dict[str, Any]:
+    def confirm(self, token: str, language: str = "en") -> dict[str, Any]:
         """The person followed the link and confirmed: the consent is granted, with the
-        confirmation time as evidence. A second confirmation changes nothing."""
+        confirmation time as evidence. A second confirmation changes nothing. The receipt is
+        mailed in ``language``, the one the person confirmed in."""
         row = self._confirmation(token)
         if row.confirmed_at is not None:
             return {"purpose": row.purpose, "channel": row.channel, "already": True}
@@ -276,13 +294,49 @@ class Hub:
         if self.settings.mail_receipts:
             email = self.ledger.email_of(outcomes[0].subject_uid)
             if email is not None:
-                self.mail_receipt(PendingReceipt(email, outcomes[0].subject_uid, evidence.fingerprint()))
+                self.mail_receipt(
+                    PendingReceipt(email, outcomes[0].subject_uid, evidence.fingerprint(), language)
+                )
         return {
             "purpose": row.purpose,
             "channel": row.channel,
             "already": False,
             "subject": outcomes[0].subject_uid,
         }
+
+    def decline(self, token: str, language: str = "en") -> dict[str, Any]:
+        """The person followed the link and said no ("it was not me", "no, thank you"): a
+        refusal of the purpose and channel, which voids the link (``_refuse_if_void``). A link
+        already confirmed records nothing (the preference page withdraws)."""
+        row = self._confirmation(token)
+        if row.kind not in DECLINABLE:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        if row.confirmed_at is not None:
+            return {"purpose": row.purpose, "channel": row.channel, "already": True}
+        now = self.ledger.clock()
+        evidence = Evidence.witnessed(
+            now,
+            purpose=row.purpose,
+            channel=row.channel,
+            status=ConsentStatus.REFUSED,
+            basis=None,
+            source=DOUBLE_OPT_IN_SOURCE,
+            origin=Origin.CAPTURE,
+            notice_version=row.notice_version,
+            evidence_ref=f"confirmation:{row.id}",
+        )
+        with self.ledger.engine.begin() as conn:
+            _refuse_if_void(conn, row)  # a no or an erasure committed since it was read
+            _stats, outcomes = self.ledger.record_in(
+                conn, [RecordRequest(Identity(subject_id=row.subject_id), evidence)]
+            )
+        uid = outcomes[0].subject_uid
+        log.info("hub.declined", subject=uid, purpose=row.purpose, kind=row.kind)
+        if self.settings.mail_receipts and not outcomes[0].duplicate:
+            email = self.ledger.email_of(uid)
+            if email is not None:
+                self.mail_receipt(PendingReceipt(email, uid, evidence.fingerprint(), language))
+        return {"purpose": row.purpose, "channel": row.channel, "already": False, "subject": uid}
 
     def lapse_unconfirmed(self) -> int:
         """Marks double opt-ins past their link's expiry as lapsed: the consent stays
@@ -384,7 +438,9 @@ class Hub:
                                 languages.get(index, "en"),
                             )
                         )
-                        entry["confirmation"] = "mailed"
+                        # Not "mailed": the mail goes after this answer (and may fail: the log
+                        # says hub.mail_failed). The answer says only what is true when given.
+                        entry["confirmation"] = "queued"
                     results.append(entry)
                 body = {"recorded": sum(not r["duplicate"] for r in results), "results": results}
                 status_code = 201
@@ -570,6 +626,10 @@ class Hub:
         }
 
 
+def _in_language(language: str | None) -> str:
+    return "?" + urlencode({"lang": language}) if language else ""
+
+
 def _refuse_if_void(conn: Connection, row: Any) -> None:
     """Refuses a confirmation link (``LinkRefused``) that the person's own later acts voided:
     their erasure (Art. 17: nothing is recorded about an erased person again, and an old link
@@ -608,7 +668,7 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
         .limit(1)
     ).first()
     if said_no is not None:
-        raise LinkRefused(EXPIRED_LINK)
+        raise LinkRefused(SAID_NO_LINK)
 
 
 def _status(value: str, where: str) -> ConsentStatus:

@@ -39,6 +39,16 @@ def translator(language: str) -> Translate:
     return translate
 
 
+def channel_labels(_: Translate) -> dict[str, str]:
+    """The channels in the person's words (pages and mails alike)."""
+    return {
+        "email": _("Email"),
+        "phone": _("Phone"),
+        "sms": _("Text message (SMS)"),
+        "post": _("Post"),
+    }
+
+
 def negotiate(accept_language: str | None, offered: Sequence[str], chosen: str | None = None) -> str:
     """The language to answer in: an explicit choice if offered, else the best of the browser's
     Accept-Language (by q-value) that is offered, else the first offered."""

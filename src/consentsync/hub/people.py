@@ -1,9 +1,11 @@
 """The preference centre's pages, for the person themselves (no account): mounted at ``/p``.
 
 ``/preferences/{token}`` shows each purpose in plain language with its state, basis and notice,
-and the forms to grant, withdraw, object (Art. 21), download a copy of the record (Art. 15) and
-ask for erasure (Art. 17). ``/confirm/{token}`` (double opt-in) and ``/erase/{token}`` (erasure)
-show what the mailed link confirms and confirm only on POST: mail scanners fetch links.
+and the forms to grant, withdraw, decline what waits for confirmation, object (Art. 21), download
+a copy of the record (Art. 15), ask for erasure (Art. 17) and for restriction (Art. 18).
+``/confirm/{token}`` (double opt-in; also declined there), ``/erase/{token}`` (erasure) and
+``/restrict/{token}`` (restriction) show what the mailed link confirms and confirm only on POST:
+mail scanners fetch links.
 
 The token in the URL is the person's only credential, so it is guarded like one: it is never
 logged (the subject's uid is), ``Referrer-Policy: no-referrer`` keeps it from other sites, and
@@ -35,7 +37,7 @@ from consentsync.config import BrandingSettings
 from consentsync.domain import InvalidInput
 from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import Hub
-from consentsync.hub.i18n import Translate, negotiate, translator
+from consentsync.hub.i18n import Translate, channel_labels, negotiate, translator
 from consentsync.hub.links import LinkRefused, expired_uid
 from consentsync.hub.preferences import Person, PreferenceCentre
 from consentsync.ledger.service import NotFound
@@ -49,13 +51,15 @@ LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Es
                   "nl": "Nederlands", "pl": "Polski", "sv": "Svenska", "da": "Dansk"}  # fmt: skip
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _RECORD_ID = re.compile(r"^[0-9a-f]{64}$")  # an evidence fingerprint (SHA-256)
-_TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase)/)[^/]+")
+_TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase|restrict)/)[^/]+")
 # A path no route matched ("//preferences/<token>", "/PREFERENCES/<token>", a link a mail client
 # mangled) may still hold a token: every segment longer than our route names is left out.
 _LONG_SEGMENT = re.compile(r"[^/]{17,}")
 # The pages whose token is a preference link (not a confirmation link): an expired one may ask
 # for a new one.
-_LINK_ROUTES = ("preferences", "choose", "object", "export", "erase_request", "receipt", "new_link")
+_LINK_ROUTES = (
+    "preferences", "choose", "object", "export", "erase_request", "restrict_request", "receipt", "new_link",
+)  # fmt: skip
 # The largest form the pages read (theirs are a few hundred bytes); bigger is refused unread.
 FORM_MAX = 64 * 1024
 
@@ -91,15 +95,6 @@ def _basis_labels(_: Translate) -> dict[str, str]:
     }
 
 
-def _channel_labels(_: Translate) -> dict[str, str]:
-    return {
-        "email": _("Email"),
-        "phone": _("Phone"),
-        "sms": _("Text message (SMS)"),
-        "post": _("Post"),
-    }
-
-
 def _objection_labels(_: Translate) -> dict[str, str]:
     return {
         "pending": _("You objected. We are looking at your objection and will answer you."),
@@ -115,7 +110,8 @@ def _confirmation_texts(_: Translate, kind: str, values: dict[str, str]) -> dict
         return {
             "ask": _("We would like to send you {purpose} ({channel}). Do you agree?", **values),
             "button": _("Yes, I agree"),
-            "decline": _("If you do not want this, close this page: nothing is sent to you."),
+            "no": _("No, thank you"),
+            "decline": _("If you do not want this, say no or close this page: nothing is sent to you."),
             "done": _("Thank you: you agreed to {purpose} ({channel}).", **values),
         }
     if kind == "renewal":
@@ -130,8 +126,24 @@ def _confirmation_texts(_: Translate, kind: str, values: dict[str, str]) -> dict
     return {
         "ask": _("You asked to receive {purpose} ({channel}). Please confirm that it was you.", **values),
         "button": _("Yes, I confirm"),
-        "decline": _("If it was not you, close this page: nothing changes."),
+        "no": _("No, I did not ask for this"),
+        "decline": _("If it was not you, say so: we send you nothing, and this link stops working."),
         "done": _("Thank you: you confirmed that you want to receive {purpose} ({channel}).", **values),
+    }
+
+
+def _ground_labels(_: Translate) -> dict[str, str]:
+    """The grounds of Art. 18(1) on which a person may have processing restricted, in their words
+    (the keys are ``preferences.RESTRICTION_GROUNDS``)."""
+    return {
+        "accuracy": _("Your data is wrong, and you want it restricted while we check it (Art. 18(1)(a))."),
+        "unlawful": _(
+            "We have no right to process your data, but you want it kept rather than erased (Art. 18(1)(b))."
+        ),
+        "legal_claims": _("We no longer need your data, but you need it for a legal claim (Art. 18(1)(c))."),
+        "objection": _(
+            "You objected, and want it restricted while we check whose reasons prevail (Art. 18(1)(d))."
+        ),
     }
 
 
@@ -195,7 +207,8 @@ def _log_path(request: Request) -> str:
 def refusal_status(error: LinkRefused) -> int:
     """410 Gone where the link was ours but its time or its record has passed, 403 otherwise."""
     text = str(error)
-    return 410 if any(word in text for word in ("expired", "erased", "confirmed already")) else 403
+    gone = ("expired", "erased", "confirmed already", "no longer in use")
+    return 410 if any(word in text for word in gone) else 403
 
 
 def sentence(text: str) -> str:
@@ -390,8 +403,9 @@ def create_app(hub: Hub) -> FastAPI:
         lang = language(request)
         _ = translator(lang)
         rows = centre.purposes(person, lang)
-        objections = {o["purpose"]: o for o in hub.ledger.subject_view(person.email)["objections"]}
-        statuses, bases, channels = _status_labels(_), _basis_labels(_), _channel_labels(_)
+        view = hub.ledger.subject_view(person.email)
+        objections = {o["purpose"]: o for o in view["objections"]}
+        statuses, bases, channels = _status_labels(_), _basis_labels(_), channel_labels(_)
         groups: dict[str, dict[str, Any]] = {}
         for row in rows:
             group = groups.setdefault(
@@ -418,6 +432,7 @@ def create_app(hub: Hub) -> FastAPI:
                     else _other_status(_, row["status"], row["suppressed"]),
                     "basis_label": bases.get(row["basis"], row["basis"]),
                     "granted": row["status"] == "granted",
+                    "requested": row["status"] == "requested",
                     "suppressed": row["suppressed"],
                 }
             )
@@ -447,8 +462,10 @@ def create_app(hub: Hub) -> FastAPI:
                 "token": token,
                 "actions": {
                     name: path_of(request, name, token=token)
-                    for name in ("choose", "object", "export", "erase_request")
+                    for name in ("choose", "object", "export", "erase_request", "restrict_request")
                 },
+                "restricted": bool(view["restricted"]),
+                "grounds": list(_ground_labels(_).items()),
                 "formats": [("json", "JSON"), ("csv", "CSV"), ("xlsx", _("Excel (XLSX)"))],
                 "days": settings.confirmation_days,
             },
@@ -477,6 +494,15 @@ def create_app(hub: Hub) -> FastAPI:
                     channel=channel_label,
                 ),
             ),
+            "refused": (
+                "good",
+                _(
+                    "Done: you said no to {purpose} ({channel}). The confirmation link we mailed "
+                    "you no longer works.",
+                    purpose=name,
+                    channel=channel_label,
+                ),
+            ),
             "objected_upheld": ("good", _("Done: we stopped {purpose} for you.", purpose=name)),
             "objected_pending": (
                 "good",
@@ -490,13 +516,26 @@ def create_app(hub: Hub) -> FastAPI:
                 "bad",
                 _("We could not send the confirmation mail just now. Please try again later."),
             ),
+            "restriction_mailed": (
+                "good",
+                _(
+                    "We sent you a mail. The processing of your data is restricted once you open "
+                    "the link in it and confirm."
+                ),
+            ),
+            "restriction_failed": (
+                "bad",
+                _("We could not send the confirmation mail just now. Please try again later."),
+            ),
+            "restriction_already": ("good", _("The processing of your data is restricted already.")),
         }
-        if done not in messages or (done not in ("erasure_mailed", "erasure_failed") and not known):
+        about_the_person = ("erasure_mailed", "erasure_failed", *(m for m in messages if "restriction" in m))
+        if done not in messages or (done not in about_the_person and not known):
             return None
         kind, text = messages[done]
         shown = {"kind": kind, "text": text}
         record_id = request.query_params.get("receipt") or ""
-        if done in ("granted", "withdrawn") and _RECORD_ID.match(record_id):
+        if done in ("granted", "withdrawn", "refused") and _RECORD_ID.match(record_id):
             shown["receipt"] = path_of(request, "receipt", token=token, record_id=record_id)
         return shown
 
@@ -506,7 +545,7 @@ def create_app(hub: Hub) -> FastAPI:
         token: str,
         purpose: Annotated[str, Form(max_length=64)],
         channel: Annotated[str, Form(max_length=32)],
-        action: Annotated[str, Form(pattern="^(grant|withdraw)$")],
+        action: Annotated[str, Form(pattern="^(grant|withdraw|decline)$")],
         lang: Annotated[str, Form(max_length=16)] = "",
     ) -> Response:
         person = person_of(token)
@@ -514,9 +553,13 @@ def create_app(hub: Hub) -> FastAPI:
         row = row_of(person, purpose, channel)
         if not row["consent_based"]:
             raise BadForm(f"{purpose!r} is not based on consent: it cannot be granted or withdrawn here")
-        result = centre.choose(
-            person, purpose, channel, grant=action == "grant", visitor=visitor_of(request), language=lang
-        )
+        visitor = visitor_of(request)
+        if action == "decline":  # "no, I did not ask for this": a refusal, the mailed link void
+            result = centre.decline(person, purpose, channel, visitor=visitor, language=lang)
+        else:
+            result = centre.choose(
+                person, purpose, channel, grant=action == "grant", visitor=visitor, language=lang
+            )
         return back(
             request,
             token,
@@ -592,6 +635,21 @@ def create_app(hub: Hub) -> FastAPI:
         mailed = centre.request_erasure(person, visitor_of(request), lang)
         return back(request, token, lang, "erasure_mailed" if mailed else "erasure_failed")
 
+    @app.post("/preferences/{token}/restrict", name="restrict_request")
+    def restrict_request(
+        request: Request,
+        token: str,
+        ground: Annotated[str, Form(max_length=32)],
+        lang: Annotated[str, Form(max_length=16)] = "",
+    ) -> Response:
+        """Art. 18: asks for restriction of processing; a mailed link confirms it."""
+        person = person_of(token)
+        lang = language(request, lang)
+        if ground not in _ground_labels(translator(lang)):
+            raise BadForm(f"unknown ground of restriction: {ground!r}")
+        asked = centre.request_restriction(person, ground, visitor_of(request), lang)
+        return back(request, token, lang, f"restriction_{asked}")
+
     @app.post("/preferences/{token}/new-link", name="new_link")
     def new_link(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
         """An expired preference link asks for a new one, mailed to the address on record."""
@@ -642,7 +700,7 @@ def create_app(hub: Hub) -> FastAPI:
         pending = consent_confirmation(token)
         values = {
             "purpose": _(hub.ledger.purposes[pending["purpose"]].name),
-            "channel": _channel_labels(_).get(pending["channel"], pending["channel"]),
+            "channel": channel_labels(_).get(pending["channel"], pending["channel"]),
         }
         return render(
             request,
@@ -653,16 +711,51 @@ def create_app(hub: Hub) -> FastAPI:
                 "confirmed": pending["confirmed_at"] is not None,
                 "texts": _confirmation_texts(_, pending["kind"], values),
                 "action": path_of(request, "confirm", token=token),
+                "decline": path_of(request, "decline", token=token) if pending["declinable"] else None,
+            },
+        )
+
+    @app.post("/confirm/{token}/decline", name="decline")
+    def decline(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
+        """ "No, I did not ask for this": a refusal; the link is void from then on."""
+        pending = consent_confirmation(token)
+        lang = language(request, lang)
+        if pending["confirmed_at"] is not None:  # confirmed already: the page says so
+            return RedirectResponse(path_of(request, "confirm", {"lang": lang}, token=token), 303)
+        hub.decline(token, lang)
+        # The page that says so has no token: the link is void, and a reload must not ask again.
+        item = f"{pending['purpose']}:{pending['channel']}"
+        return RedirectResponse(path_of(request, "declined", {"lang": lang, "item": item}), status_code=303)
+
+    @app.get("/declined", name="declined", response_class=HTMLResponse)
+    def declined(request: Request) -> Response:
+        lang = language(request)
+        _ = translator(lang)
+        purpose, _sep, channel = (request.query_params.get("item") or "").partition(":")
+        known = hub.ledger.purposes.get(purpose)
+        if known is None or channel not in known.channels:  # only a configured purpose is named
+            return problem(request, 404, "There is no page at this address.")
+        values = {"purpose": _(known.name), "channel": channel_labels(_).get(channel, channel)}
+        return render(
+            request,
+            "declined.html",
+            lang,
+            {
+                "title": _("You said no"),
+                "message": _(
+                    "Done: you said no to {purpose} ({channel}). We send you nothing for it, and the "
+                    "link in our mail no longer works.",
+                    **values,
+                ),
             },
         )
 
     @app.post("/confirm/{token}")
     def confirm(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
         consent_confirmation(token)
-        hub.confirm(token)
-        return RedirectResponse(
-            path_of(request, "confirm", {"lang": language(request, lang)}, token=token), status_code=303
-        )
+        lang = language(request, lang)
+        hub.confirm(token, lang)  # its receipt in the language the person confirmed in
+        return RedirectResponse(path_of(request, "confirm", {"lang": lang}, token=token), status_code=303)
 
     @app.get("/erase/{token}", name="erase", response_class=HTMLResponse)
     def erase_page(request: Request, token: str) -> Response:
@@ -686,6 +779,36 @@ def create_app(hub: Hub) -> FastAPI:
         # The erased page has no token: the link is spent, and a reload must not ask again.
         return RedirectResponse(
             path_of(request, "erased", {"lang": language(request, lang)}), status_code=303
+        )
+
+    @app.get("/restrict/{token}", name="restrict", response_class=HTMLResponse)
+    def restrict_page(request: Request, token: str) -> Response:
+        lang = language(request)
+        _ = translator(lang)
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        pending = centre.restriction_pending(token)
+        return render(
+            request,
+            "restrict.html",
+            lang,
+            {
+                "title": _("Processing restricted")
+                if pending["confirmed"]
+                else _("Restrict the processing of your data?"),
+                "confirmed": pending["confirmed"],
+                "ground": _ground_labels(_).get(pending["ground"] or ""),
+                "action": path_of(request, "restrict", token=token),
+            },
+        )
+
+    @app.post("/restrict/{token}")
+    def restrict(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        centre.confirm_restriction(token)
+        return RedirectResponse(
+            path_of(request, "restrict", {"lang": language(request, lang)}, token=token), status_code=303
         )
 
     @app.get("/erased", name="erased", response_class=HTMLResponse)

@@ -1,7 +1,8 @@
 """What a person can do on their preference page, as service calls (the pages are in
 ``people``): see each purpose with its state, basis and notice; grant or withdraw per purpose and
-channel; object (Art. 21); take a copy of their record (Art. 15); ask for erasure (Art. 17),
-confirmed through a mailed link.
+channel; decline a consent that waits for confirmation; object (Art. 21); take a copy of their
+record (Art. 15); ask for erasure (Art. 17) or restriction (Art. 18), each confirmed through a
+mailed link.
 
 Every action is evidence: the time, the notice version shown, and a keyed hash of the client
 address and user agent (never the address or agent themselves)."""
@@ -34,6 +35,15 @@ log = structlog.get_logger("consentsync.hub.preferences")
 NEW_LINK_INTERVAL = timedelta(minutes=10)
 SOURCE = "preference_center"  # a trusted source by default (policy.trusted_sources)
 ERASURE_REASON = "asked for by the person on the preference page, confirmed through a mailed link"
+LIFTED_LINK = "this link is no longer in use: the restriction it confirmed was lifted since"
+# Art. 18(1): the grounds on which a person may have processing restricted, as the page offers
+# them (the key is kept with the request; the ledger's reason names the paragraph).
+RESTRICTION_GROUNDS = {
+    "accuracy": ("a", "they contest the accuracy of their data, for as long as it is checked"),
+    "unlawful": ("b", "they hold the processing unlawful and want it restricted, not erased"),
+    "legal_claims": ("c", "they need the data for a legal claim, though its purposes no longer do"),
+    "objection": ("d", "they objected (Art. 21), for as long as it is checked whose grounds prevail"),
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +105,7 @@ class PreferenceCentre:
         text = _(
             "You asked for a new link to your privacy choices. Here it is:\n\n{preferences}\n\n"
             "If it was not you, ignore this mail: nothing changes.\n",
-            preferences=self.hub.preference_link(uid),
+            preferences=self.hub.preference_link(uid, language),
         )
         try:
             self.hub.mailer.send(Mail(email, _("Your link to your privacy choices"), text))
@@ -151,6 +161,37 @@ class PreferenceCentre:
         language: str = "en",
     ) -> dict[str, Any]:
         """Grants or withdraws one purpose on one channel, with the notice version shown."""
+        status = ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN
+        return self._choice(person, purpose, channel, status, visitor, language)
+
+    def decline(
+        self, person: Person, purpose: str, channel: str, *, visitor: Visitor, language: str = "en"
+    ) -> dict[str, Any]:
+        """Says no to a consent the person is asked to confirm (a double opt-in someone else
+        may have started with their address, or a consent request): recorded as a refusal
+        (Art. 4(11), Art. 7), which voids the mailed confirmation link (``_refuse_if_void``).
+        Only while it waits for confirmation: a consent given is withdrawn, not declined."""
+        known = self.ledger.purposes.get(purpose)
+        if known is None or channel not in known.channels:
+            raise InvalidInput(f"unknown purpose or channel: {purpose!r} {channel!r}")
+        state = self.ledger.decision_for(person.email, purpose, channel)[1]
+        if state.status is not ConsentStatus.REQUESTED:
+            raise InvalidInput(
+                f"{purpose!r} on {channel!r} is {state.status.value}, not waiting for confirmation: "
+                "there is nothing to decline"
+            )
+        return self._choice(person, purpose, channel, ConsentStatus.REFUSED, visitor, language)
+
+    def _choice(
+        self,
+        person: Person,
+        purpose: str,
+        channel: str,
+        status: ConsentStatus,
+        visitor: Visitor,
+        language: str,
+    ) -> dict[str, Any]:
+        grant = status is ConsentStatus.GRANTED
         known = self.ledger.purposes.get(purpose)
         if known is None or channel not in known.channels:
             raise InvalidInput(f"unknown purpose or channel: {purpose!r} {channel!r}")
@@ -166,7 +207,7 @@ class PreferenceCentre:
             now,
             purpose=purpose,
             channel=channel,
-            status=ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN,
+            status=status,
             basis=LawfulBasis.CONSENT if grant else None,
             source=SOURCE,
             origin=Origin.CAPTURE,
@@ -174,7 +215,7 @@ class PreferenceCentre:
             evidence_ref=visitor.evidence_ref,
         )
         outcome = self.ledger.record(Identity(email=person.email), evidence)
-        log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, granted=grant)
+        log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, status=status.value)
         if not outcome.duplicate and self.hub.settings.mail_receipts:
             self.hub.mail_receipt(PendingReceipt(person.email, person.uid, evidence.fingerprint(), language))
         after = outcome.after
@@ -209,32 +250,67 @@ class PreferenceCentre:
     def request_erasure(self, person: Person, visitor: Visitor, language: str = "en") -> bool:
         """Art. 17: mails a confirmation link; nothing is erased until it is followed. Returns
         whether the mail went out."""
+        token = self._request_by_mail(person, "erasure", {}, action="subject.erasure_requested")
+        if token is None:
+            return True
+        _ = translator(language)
+        text = _(
+            "You asked us to erase your data. Please confirm by opening this link within {days} "
+            "days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing is erased until the link "
+            "is followed.\n\nAll your choices, at any time: {preferences}\n",
+            days=self.hub.settings.confirmation_days,
+            link=self.hub.link_to("/p/erase/", token, language),
+            preferences=self.hub.preference_link(person.uid, language),
+        )
+        try:
+            self.hub.mailer.send(Mail(person.email, _("Please confirm the erasure of your data"), text))
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=person.uid, kind="erasure", error=str(error))
+            self._unsent(token)
+            return False
+        log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash)
+        return True
+
+    def _request_by_mail(
+        self,
+        person: Person,
+        kind: str,
+        row: dict[str, Any],
+        *,
+        action: str,
+        what: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Keeps a request (``kind``: erasure, restriction) whose mailed link is to confirm it,
+        and its audit entry; returns the link's token, or None if one was asked for within
+        ``NEW_LINK_INTERVAL`` and is still open (whoever holds the page's link could press the
+        button again and again: the mail sent a moment ago is the answer)."""
         token = secrets.token_urlsafe(32)
         now = self.ledger.clock()
+        days = self.hub.settings.confirmation_days
         with self.ledger.engine.begin() as conn:
             subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == person.uid)).scalar_one()
-            # Whoever holds the link could press the button again and again: one mail per
-            # NEW_LINK_INTERVAL (the one sent a moment ago is still open, and is the answer).
             asked = conn.execute(
                 select(confirmations.c.id)
                 .where(
                     confirmations.c.subject_id == subject_id,
-                    confirmations.c.kind == "erasure",
+                    confirmations.c.kind == kind,
                     confirmations.c.confirmed_at.is_(None),
+                    confirmations.c.lapsed_at.is_(None),  # an unsent one answers nothing
                     confirmations.c.requested_at > now - NEW_LINK_INTERVAL,
                 )
                 .limit(1)
             ).first()
             if asked is not None:
-                return True
+                return None
             conn.execute(
                 insert(confirmations).values(
                     token_hash=token_digest(token),
-                    kind="erasure",
+                    kind=kind,
                     subject_id=subject_id,
                     source=SOURCE,
                     requested_at=now,
-                    expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
+                    expires_at=now + timedelta(days=days),
+                    **row,
                 )
             )
             # On record from the moment it is asked, confirmed or not (Art. 5(2), Art. 12(3):
@@ -243,8 +319,8 @@ class PreferenceCentre:
                 conn,
                 [
                     AuditRecord(
-                        "subject.erasure_requested",
-                        {"confirmation_days": self.hub.settings.confirmation_days},
+                        action,
+                        {**(what or {}), "confirmation_days": days},
                         source=SOURCE,
                         actor="data subject",
                         subject_uid=person.uid,
@@ -253,22 +329,131 @@ class PreferenceCentre:
                 ],
                 now,
             )
+        return token
+
+    def _unsent(self, token: str) -> None:
+        """A request whose mail did not go: its link, which nobody has, is closed, so that the
+        person asking again gets a mail (not "we sent you one a moment ago"). The request
+        itself stays in the audit log: it was made."""
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                update(confirmations)
+                .where(confirmations.c.token_hash == token_digest(token))
+                .values(lapsed_at=self.ledger.clock())
+            )
+
+    # -- restriction of processing (Art. 18) ---------------------------------------------------
+
+    def restricted(self, person: Person) -> bool:
+        return bool(self.ledger.subject_view(person.email)["restricted"])
+
+    def request_restriction(self, person: Person, ground: str, visitor: Visitor, language: str = "en") -> str:
+        """Art. 18: mails a confirmation link; processing is restricted once it is followed, as
+        an erasure is (the page's link may have been passed on: the mailbox confirms). Returns
+        "mailed" (also when one went a moment ago), "failed" (the mail did not go: the request
+        stays on record) or "already" (restricted now: nothing is asked)."""
+        if ground not in RESTRICTION_GROUNDS:
+            raise InvalidInput(f"unknown ground of restriction: {ground!r}")
+        if self.restricted(person):
+            return "already"
+        # The ground is kept in the confirmation's channel column: the table has no other.
+        token = self._request_by_mail(
+            person,
+            "restriction",
+            {"channel": ground},
+            action="subject.restriction_requested",
+            what={"ground": ground},
+        )
+        if token is None:
+            return "mailed"
         _ = translator(language)
         text = _(
-            "You asked us to erase your data. Please confirm by opening this link within {days} "
-            "days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing is erased until the link "
-            "is followed.\n\nAll your choices, at any time: {preferences}\n",
+            "You asked us to restrict the processing of your data (Art. 18 GDPR). Please confirm by "
+            "opening this link within {days} days:\n\n{link}\n\nOnce you confirm, we only store your "
+            "data and contact you for nothing, until the restriction is lifted; we tell you before we "
+            "lift it. If it was not you, ignore this mail: nothing changes until the link is "
+            "followed.\n\nAll your choices, at any time: {preferences}\n",
             days=self.hub.settings.confirmation_days,
-            link=self.hub.url(f"/p/erase/{token}"),
-            preferences=self.hub.preference_link(person.uid),
+            link=self.hub.link_to("/p/restrict/", token, language),
+            preferences=self.hub.preference_link(person.uid, language),
         )
+        subject = _("Please confirm the restriction of the processing of your data")
         try:
-            self.hub.mailer.send(Mail(person.email, _("Please confirm the erasure of your data"), text))
+            self.hub.mailer.send(Mail(person.email, subject, text))
         except MailFailed as error:
-            log.warning("hub.mail_failed", subject=person.uid, kind="erasure", error=str(error))
-            return False
-        log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash)
-        return True
+            log.warning("hub.mail_failed", subject=person.uid, kind="restriction", error=str(error))
+            self._unsent(token)
+            return "failed"
+        log.info("hub.restriction_requested", subject=person.uid, client=visitor.client_hash)
+        return "mailed"
+
+    def restriction_pending(self, token: str) -> dict[str, Any]:
+        """The open restriction request a link confirms: its ground and whether it was
+        confirmed (raises ``LinkRefused``: also once the restriction it confirmed was lifted,
+        so that the used link never shows a restriction that no longer holds)."""
+        row = self._open_request(token, "restriction", allow_confirmed=True)
+        if row.confirmed_at is not None:
+            with self.ledger.engine.connect() as conn:
+                now = conn.execute(
+                    select(subjects.c.restricted).where(subjects.c.id == row.subject_id)
+                ).scalar()
+            if not now:
+                raise LinkRefused(LIFTED_LINK)
+        return {"ground": row.channel, "confirmed": row.confirmed_at is not None}
+
+    def confirm_restriction(self, token: str) -> dict[str, Any]:
+        """The person followed the link and confirmed: processing is restricted (Art. 18), the
+        reason naming the ground. Confirming again, or once restricted otherwise, changes nothing."""
+        row = self._open_request(token, "restriction", allow_confirmed=True)
+        if row.confirmed_at is not None:
+            return {"restricted": True, "already": True}
+        with self.ledger.engine.connect() as conn:
+            uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == row.subject_id)).scalar_one()
+        email = self.ledger.email_of(uid)
+        if email is None:
+            raise LinkRefused("this link opens no record any more: the record was erased")
+        letter, why = RESTRICTION_GROUNDS.get(row.channel, ("", "no ground kept"))
+        reason = (
+            f"asked for by the person on the preference page (Art. 18(1)({letter}): {why}), "
+            "confirmed through a mailed link"
+        )
+        already = False
+        try:
+            self.ledger.restrict(email, restricted=True, reason=reason, actor="data subject", source=SOURCE)
+        except InvalidInput:  # restricted meanwhile (by ops, or through another link)
+            already = True
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                update(confirmations)
+                .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
+                .values(confirmed_at=self.ledger.clock())
+            )
+        log.info("hub.restriction_confirmed", subject=uid, already=already)
+        return {"restricted": True, "already": already}
+
+    def _open_request(self, token: str, kind: str, *, allow_confirmed: bool = False) -> Any:
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                select(confirmations).where(
+                    confirmations.c.token_hash == token_digest(token), confirmations.c.kind == kind
+                )
+            ).one_or_none()
+            erased = (
+                None
+                if row is None
+                else conn.execute(
+                    select(subjects.c.erased_at).where(subjects.c.id == row.subject_id)
+                ).scalar()
+            )
+        if row is None:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        if erased is not None:
+            raise LinkRefused("this link opens no record any more: the record was erased")
+        if row.confirmed_at is not None and allow_confirmed:
+            return row
+        if row.expires_at <= self.ledger.clock():
+            raise LinkRefused("this confirmation link has expired: ask again on your preference page")
+        return row
 
     def erasure_pending(self, token: str) -> None:
         """Raises ``LinkRefused`` unless ``token`` is an open erasure confirmation."""

@@ -659,10 +659,17 @@ class Ledger:
     # -- restriction ---------------------------------------------------------------------------
 
     def restrict(
-        self, email: str, *, restricted: bool, reason: str, actor: str | None = None
+        self,
+        email: str,
+        *,
+        restricted: bool,
+        reason: str,
+        actor: str | None = None,
+        source: str = "ops",
     ) -> dict[str, Any]:
         """Art. 18: the data may be stored but not otherwise processed, until the restriction is
-        lifted. Every purpose is suppressed meanwhile, and the change is passed on like any other."""
+        lifted. Every purpose is suppressed meanwhile, and the change is passed on like any other.
+        ``source`` says where it was asked for (``ops``, or the preference page)."""
         if not reason.strip():
             raise InvalidInput("--reason must say why processing is restricted or released")
         check_reason(reason, "--reason", REASON_MAX)
@@ -685,14 +692,14 @@ class Ledger:
                     old=before.flags.restricted,
                     new=restricted,
                     rule=Rule.RESTRICTION,
-                    source="ops",
+                    source=source,
                     actor=actor,
                     subject_uid=after.uid,
                     subject_id=subject_id,
                     details={"reason": reason},
                 ),
                 *self._refresh(
-                    conn, subject_id, list(self.purposes.values()), before, after, now, None, "ops", actor
+                    conn, subject_id, list(self.purposes.values()), before, after, now, None, source, actor
                 ),
             ]
             audit.append(conn, records, now)
