@@ -6,10 +6,22 @@ set -u
 CS=${CS:-consentsync}
 step() { printf '\n$ %s\n' "$*"; "$@"; echo "[exit $?]"; }
 export CONSENTSYNC_ERASURE_KEY=first-hour-erasure-key-0123456789abcdef
-$CS sandbox salesforce --port 18443 --seed 60 > sandbox.out 2>&1 &
+# Ports: SANDBOX_PORT and METRICS_PORT when set; by default 0, a free port the sandbox and the
+# daemon pick themselves and print (never one another program already listens on).
+SANDBOX_PORT=${SANDBOX_PORT:-0}
+METRICS_PORT=${METRICS_PORT:-0}
+$CS sandbox salesforce --port "$SANDBOX_PORT" --seed 60 > sandbox.out 2>&1 &
 SANDBOX=$!
-for _ in $(seq 1 60); do grep -q "connectors:" sandbox.out 2>/dev/null && break; sleep 0.5; done
-echo '$ consentsync sandbox salesforce --port 18443 --seed 60   (in another terminal; what it prints:)'
+for _ in $(seq 1 60); do
+  grep -q "connectors:" sandbox.out 2>/dev/null && break
+  kill -0 $SANDBOX 2>/dev/null || break
+  sleep 0.5
+done
+if ! grep -q "connectors:" sandbox.out 2>/dev/null; then
+  echo "the sandbox did not start:"; cat sandbox.out; kill $SANDBOX 2>/dev/null; exit 1
+fi
+SANDBOX_PORT=$(sed -n 's#^ *instance URL *https://[^:]*:\([0-9]*\).*#\1#p' sandbox.out | head -1)
+echo "\$ consentsync sandbox salesforce --port $SANDBOX_PORT --seed 60   (in another terminal; what it prints:)"
 cat sandbox.out
 step $CS init
 # Paste the connectors block the sandbox printed, as an admin would.
@@ -49,14 +61,23 @@ step $CS status
 step $CS plan "$CONNECTOR" -o plan.json
 step $CS apply plan.json --actor "Ops Admin"
 # The daemon: runs every connector on its schedule, serves /metrics, /healthz and /readyz.
-echo; echo '$ consentsync run --metrics-port 19181   (for 8 seconds, then SIGTERM)'
-$CS run --metrics-port 19181 > daemon.log 2>&1 &
+echo; echo "\$ consentsync run --metrics-port $METRICS_PORT   (for 8 seconds, then SIGTERM)"
+$CS run --metrics-port "$METRICS_PORT" > daemon.log 2>&1 &
 DAEMON=$!
 sleep 8
+# Where it serves: the port it logged (daemon.metrics), the one it picked when given 0.
+METRICS=$(python3 -c "import json
+for line in open('daemon.log'):
+    try: event = json.loads(line)
+    except ValueError: continue
+    if event.get('event') == 'daemon.metrics': print(event['url'].rsplit('/', 1)[0]); break")
+echo "(serving at ${METRICS:-nowhere: see daemon.log})"
 for path in healthz readyz; do printf 'GET /%s -> ' $path; python3 -c "import urllib.request,sys
-try: r=urllib.request.urlopen('http://127.0.0.1:19181/$path', timeout=5); print(r.status, r.read().decode().strip())
+try: r=urllib.request.urlopen('$METRICS/$path', timeout=5); print(r.status, r.read().decode().strip())
 except Exception as e: print(e)"; done
-python3 -c "import urllib.request; print('\n'.join(l for l in urllib.request.urlopen('http://127.0.0.1:19181/metrics').read().decode().splitlines() if l.startswith(('consentsync_runs_total','consentsync_last_run','consentsync_outbox'))))"
+python3 -c "import urllib.request
+try: print('\n'.join(l for l in urllib.request.urlopen('$METRICS/metrics', timeout=5).read().decode().splitlines() if l.startswith(('consentsync_runs_total','consentsync_last_run','consentsync_outbox'))))
+except Exception as e: print(e)"
 kill -TERM $DAEMON; wait $DAEMON; echo "[daemon exit $?]"
 echo "daemon log (first lines, one JSON object each):"; head -4 daemon.log | cut -c1-220
 step $CS status

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 # Importing the command modules registers their commands on ``main``.
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
-from consentsync.app import open_ledger, safe_url
+from consentsync.app import ledger_engine, open_ledger, safe_url
 from consentsync.cli_base import (
     MAX_ROW_ID,
     audit_group,
@@ -102,7 +102,10 @@ def init(ledger_url: str | None, force: bool) -> None:
         click.echo(f"{path} exists: keeping it (use --force to overwrite)")
     else:
         try:
-            parse_config(starter_with_ledger(ledger_url), path)
+            starter = parse_config(starter_with_ledger(ledger_url), path)
+            # The URL's driver is there (a PostgreSQL ledger without psycopg): checked before
+            # anything is written, so the error names the option, not a file that then is not.
+            ledger_engine(starter, checkpoints=False).dispose()
         except ConfigError as error:
             # Said of the option given, not of the file it would have gone into.
             raise InvalidInput(f"--ledger-url: {str(error).split('ledger.url: ', 1)[-1]}") from None
@@ -510,9 +513,9 @@ AUDIT_ACTIONS = (
     "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
     "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
-    "subject.restricted", "subject.restriction_lifted", "subject.viewed", "sync.cursor_reset", "user.added",
-    "user.disabled", "user.enabled", "user.password_changed", "user.role_changed",
-    "user.sessions_ended", "user.unlocked",
+    "subject.restricted", "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed",
+    "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",
+    "user.role_changed", "user.sessions_ended", "user.unlocked",
 )  # fmt: skip
 
 

@@ -38,6 +38,7 @@ def configured_connector(config: Config, name: str) -> Connector:
     from consentsync.sdk import registry
 
     settings = config.connector(name)
+    config.check_vendor(name)
     vendor_settings = config.connector_settings(name)
     try:
         return registry.load(settings.vendor)(settings.name, vendor_settings)

@@ -23,7 +23,7 @@ from consentsync.cli_base import (
     main,
     scriptable,
 )
-from consentsync.config import Config
+from consentsync.config import Config, ConfigError
 
 # The application role's privileges per table: the append-only tables take rows, never change
 # them; the chain head only moves forward (the 0008 trigger checks how); the free text of the
@@ -123,14 +123,15 @@ def audit_checkpoint() -> None:
 @scriptable
 def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """Recompute the hash chain and check that the consent events and their audit entries
-    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 1
+    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 5
     naming the first broken entry, event or checkpoint."""
     verify_command(current_config(), checkpoints, public_key, as_json)
 
 
 def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """``audit verify``: the chain, the consent events against their entries and, with
-    ``--checkpoints``, every checkpoint. Exit 1 when any of them fails."""
+    ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of them fails: a
+    finding, not an error consentsync did not expect (1), nor bad input (2)."""
     from consentsync import audit
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
@@ -181,7 +182,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                     f"{failure.problem} ({failed} of {len(checked.checked)} checkpoints fail)"
                 )
     if not ok:
-        sys.exit(exit_codes.FAILED)
+        sys.exit(exit_codes.AUDIT_BROKEN)
 
 
 def _verifying_key(config: Config, public_key: Path | None) -> Any:
@@ -282,7 +283,8 @@ def grant_statements(conn: Connection, role: str) -> list[str]:
 def doctor(as_json: bool) -> None:
     """Check that the audit log holds: the append-only triggers are in place and enabled, the
     role consentsync runs as cannot alter the audit tables, and the checkpoints are configured.
-    Exit 1 on an error; warnings are printed and exit 0."""
+    Exit 6 when the audit log is not append-only (a trigger missing or disabled), 2 when the
+    checkpoints are misconfigured; warnings are printed and exit 0."""
     from consentsync.app import open_ledger
     from consentsync.checkpoints import signer_for
 
@@ -292,8 +294,9 @@ def doctor(as_json: bool) -> None:
         findings = audit_protection(conn)
     try:
         signer = signer_for(config)
-    except CheckpointError as error:
-        findings.append(("error", f"checkpoints: {error}"))
+    except (CheckpointError, ConfigError) as error:
+        # Said among the findings (the triggers and the role are checked all the same), exit 2.
+        findings.append(("config", f"checkpoints: {error}"))
     else:
         if signer is None:
             findings.append(
@@ -301,13 +304,17 @@ def doctor(as_json: bool) -> None:
             )
         else:
             findings.append(("ok", f"checkpoints signed by key {signer.key_id} into {signer.directory}"))
+    # A misconfigured checkpoint is an error as shown ("config" only picks its exit code).
+    shown = [("error" if level == "config" else level, message) for level, message in findings]
     if as_json:
-        emit_json([{"level": level, "message": message} for level, message in findings])
+        emit_json([{"level": level, "message": message} for level, message in shown])
     else:
-        for level, message in findings:
+        for level, message in shown:
             click.echo(f"{level.upper():7}  {message}")
     if any(level == "error" for level, _ in findings):
-        sys.exit(exit_codes.FAILED)
+        sys.exit(exit_codes.UNPROTECTED)  # the audit log is not append-only
+    if any(level == "config" for level, _ in findings):
+        sys.exit(exit_codes.CONFIG)
 
 
 def audit_protection(conn: Connection) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -88,18 +89,55 @@ def sync(connector: str | None, run_all: bool, full: bool, dry_run: bool, as_jso
         return sync_all(full, dry_run, as_json)
     config = current_config()
     try:
+        config.check_vendor(connector)
         engine = open_sync(config, connector)
     except (ConfigError, InvalidInput) as error:
         _record_unstarted(config, connector, error)
         raise
     try:
-        with stopped_by_signals(engine.stop_requested), shown_progress(engine):
+        with stopped_by_signals(engine.stop_requested), shown_progress(engine), said_once():
             report = engine.run(full=full, dry_run=dry_run)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
     finally:
         engine.connector.close()
     _finish(report, as_json)
+
+
+class _SaidByTheCommand(logging.Filter):
+    """Drops the engine's log lines that say why a run failed: the command says it itself, once,
+    on its one ``consentsync: error:`` line (and in the report on stdout). Logged as well, the
+    reason came three times, twice on stderr (a JSON line off a terminal, which a script or
+    journald then stored beside the error line). A run stopped cleanly (exit 75) prints no
+    error line, so its log line stays; so does an unexpected failure's (its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        event = record.msg if isinstance(record.msg, dict) else {}
+        name = event.get("event")
+        if name in ("sync.failed", "sync.plan_outdated"):
+            return False
+        return not (name == "sync.interrupted" and event.get("status") == "failed")
+
+
+@contextmanager
+def said_once() -> Iterator[None]:
+    """Around a run a command reports itself: the reason it failed is said once, not again in a
+    log line (``_SaidByTheCommand``), unless the log level or format was chosen (--log-level,
+    --log-format or their environment variables): whoever asked for log lines gets them all."""
+    root = click.get_current_context().find_root()
+    asked = root.meta.get("consentsync.log_format") is not None or (
+        root.get_parameter_source("log_level") not in (None, click.core.ParameterSource.DEFAULT)
+    )
+    if asked:
+        yield
+        return
+    quiet = _SaidByTheCommand()
+    logger = logging.getLogger("consentsync.sync")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _record_unstarted(config: Any, connector: str, error: Exception) -> None:
@@ -243,6 +281,7 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
     for name in names:
         outcome: dict[str, Any] = {"connector": name}
         try:
+            config.check_vendor(name)
             engine = open_sync(config, name)
         except (ConfigError, InvalidInput) as error:
             _record_unstarted(config, name, error)
@@ -251,7 +290,8 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
             click.echo(f"consentsync: error: {name}: {error}", err=True)
             continue
         try:
-            report = engine.run(full=full, dry_run=dry_run)
+            with said_once():
+                report = engine.run(full=full, dry_run=dry_run)
         except RunInProgress as busy:
             outcome.update(status="skipped", error=str(busy), exit_code=exit_codes.STOPPED)
         except ConnectorError as error:
@@ -376,6 +416,8 @@ def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool)
 
     config = current_config()
     results: list[dict[str, Any]] = []
+    if connector:
+        config.check_vendor(connector)
     live = open_connector(config, connector)[0] if connector else None
     try:
         for path in files:
@@ -547,9 +589,11 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
     if output is not None:
         check_output_folder(output)
     config = current_config()
+    config.check_vendor(connector)
     engine = open_sync(config, connector)
     try:
-        report = engine.run(full=full, dry_run=True)
+        with said_once():
+            report = engine.run(full=full, dry_run=True)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
     finally:
@@ -616,10 +660,12 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     if data.get("digest") not in (None, plan.digest):
         raise InvalidInput(f"{plan_file}: the plan was edited after it was made (its digest does not match)")
     config = current_config()
+    config.check_vendor(plan.connector)
     engine = open_sync(config, plan.connector)
     engine.plan_actor = actor
     try:
-        report = engine.run(apply_plan=plan)
+        with said_once():
+            report = engine.run(apply_plan=plan)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
     finally:
@@ -756,6 +802,8 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
             f"  API budget {budget['left']} of {budget['limit']} calls left (as of {budget['as_of']})"
             if budget
             else "  API budget not reported by this CRM"
+            if row.get("api_budget_status") == "not_reported"
+            else "  API budget not known yet: no run has reached this CRM"
         )
         if last and last["status"] == "held":
             click.echo(f"  ALERT      {last['error']}")
@@ -835,6 +883,11 @@ def run_daemon(
         stream="stdout",
     )
     log = structlog.get_logger("consentsync.daemon")
+    if web_port is not None and not no_metrics and web_port == metrics_port != 0:
+        raise InvalidInput(
+            f"--web-port {web_port} is the --metrics-port too: "
+            "give each its own port (or 0 to pick a free one)"
+        )
     # Hosts that resolve to no address are refused before the ledger opens or anything listens.
     if not no_metrics:
         check_host("--metrics-host", metrics_host)
@@ -855,7 +908,11 @@ def run_daemon(
     )
     hours = config.settings.policy.late_suppression_hours
     daemon = Daemon(
-        config, ledger, on_report=metrics.observe_run, late_suppression_age=timedelta(hours=hours)
+        config,
+        ledger,
+        on_report=metrics.observe_run,
+        on_crashed=metrics.observe_crashed,
+        late_suppression_age=timedelta(hours=hours),
     )
     daemon.catch_signals()  # a stop from here on, even before the first run, is a clean one
     console = None

@@ -22,6 +22,7 @@ from consentsync.domain import (
     DEFAULT_CHANNELS,
     DEFAULT_CLOCK_SKEW_SECONDS,
     ELECTRONIC_MAIL_CHANNELS,
+    InvalidInput,
     LawfulBasis,
     ObjectionHandling,
     Purpose,
@@ -286,6 +287,19 @@ class Config:
                 return candidate
         known = ", ".join(c.name for c in self.settings.connectors) or "none"
         raise ConfigError(f"{self.path}: no connector named {name!r}: configured are {known}")
+
+    def check_vendor(self, name: str) -> None:
+        """Connector ``name``'s vendor is an installed connector plugin; else a ``ConfigError``
+        naming the file, the line and ``connectors[N].vendor`` with the installed ones (a typo
+        in ``vendor:`` said where it is, not only "no connector 'x' is installed")."""
+        from consentsync.sdk import registry
+
+        settings = self.connector(name)
+        try:
+            registry.load(settings.vendor)
+        except InvalidInput as error:
+            at = ("connectors", self.settings.connectors.index(settings), "vendor")
+            raise ConfigError(f"{self.where(*at)}{error}") from None
 
     def connector_settings(self, name: str) -> dict[str, Any]:
         """The vendor settings of connector ``name`` with ${ENV_VAR} references expanded."""

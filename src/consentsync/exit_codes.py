@@ -7,6 +7,12 @@
 | 2 | CONFIG | bad configuration, mapping or input: retrying will not help | alert an admin |
 | 3 | HELD | the push guard held the run's pushes: review `consentsync plan`, then `apply` | alert an admin |
 | 4 | QUARANTINED | finished, with records quarantined (`consentsync quarantine list`) | warn |
+| 5 | AUDIT_BROKEN | `audit verify`: the audit chain, the consent events or a signed checkpoint |
+|   |              | do not verify (an entry changed, added or removed outside consentsync, the |
+|   |              | chain cut back): tampering or damage; the first broken one is named | alert |
+|   |              | whoever answers for the ledger's integrity; retrying will not help |
+| 6 | UNPROTECTED | `doctor`: the audit log is not append-only (a trigger missing or disabled) | alert an |
+|   |             | admin: `consentsync migrate`, or find who disabled it |
 | 65 | STALE_PLAN | `apply` refused a plan the ledger or the CRM changed since it was made: nothing |
 |    |            | was pushed; the refused run is on record (EX_DATAERR) | make a new plan, review |
 |    |            | it, apply that |
@@ -26,6 +32,8 @@ FAILED = 1
 CONFIG = 2
 HELD = 3
 QUARANTINED = 4
+AUDIT_BROKEN = 5
+UNPROTECTED = 6
 STALE_PLAN = 65
 UNAVAILABLE = 69
 STOPPED = 75

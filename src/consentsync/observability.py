@@ -372,6 +372,14 @@ class Metrics:
                 with self._lock:
                     self._last_success[name] = max(stamp, self._last_success.get(name, stamp))
 
+    def observe_crashed(self, connector: str, _run_id: str) -> None:
+        """A run this process found crashed (its process died mid-run and never reported it):
+        counted in ``consentsync_runs_total{status="crashed"}``, once, by the process that
+        recorded it."""
+        with self._lock:
+            self._connectors.add(connector)
+        self.runs.labels(connector, "crashed").inc()
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -205,15 +205,15 @@ def test_concurrent_writers_keep_one_gapless_chain(ledger: Ledger) -> None:
     assert result.entries_checked == 3 + 8 * 5 * 2  # purposes, then subject.created + recorded
 
 
-def test_cli_verify_exits_1_and_names_the_entry(cli: Cli, ledger: Ledger) -> None:
+def test_cli_verify_exits_5_and_names_the_entry(cli: Cli, ledger: Ledger) -> None:
     _populated(ledger)
     assert cli("audit", "verify").exit_code == 0
     _disable_guards(ledger.engine)
     with ledger.engine.begin() as conn:
         conn.execute(audit_entries.delete().where(audit_entries.c.seq == 6))
     result = cli("audit", "verify")
-    assert result.exit_code == 1
+    assert result.exit_code == 5  # AUDIT_BROKEN
     assert "BROKEN at entry 6" in result.stdout
     as_json = cli("audit", "verify", "--json")
-    assert as_json.exit_code == 1
+    assert as_json.exit_code == 5
     assert json.loads(as_json.stdout)["broken_seq"] == 6

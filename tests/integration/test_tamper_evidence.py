@@ -20,7 +20,7 @@ from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from consentsync import audit
+from consentsync import audit, exit_codes
 from consentsync.checkpoints import KEY_ENV
 from consentsync.config import load_config
 from consentsync.ledger.schema import audit_details, audit_entries, audit_head, consent_events, subjects
@@ -29,7 +29,7 @@ from tests.conftest import Cli
 from tests.integration.test_audit_chain import _grant
 from tests.integration.test_cli_sync import connect_sandbox
 
-EXIT_FAILED, EXIT_CONFIG = 1, 2
+EXIT_CONFIG = 2
 
 
 def _configure_checkpoints(cli: Cli, **extra: Any) -> Path:
@@ -116,7 +116,7 @@ def test_a_recomputed_chain_passes_verify_but_not_the_checkpoints(cli: Cli, ledg
     plain = cli("audit", "verify")
     assert plain.exit_code == 0, plain.output  # the chain alone cannot tell
     result = cli("audit", "verify", "--checkpoints", str(directory))
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
     (checkpoint,) = sorted(directory.glob("checkpoint-*.json"))
     assert f"checkpoint FAILED: {checkpoint.name} (entry {signed_seq}" in result.stdout
     assert "rewritten" in result.stdout
@@ -150,7 +150,7 @@ def test_a_cut_tail_passes_verify_but_not_the_checkpoints(cli: Cli, ledger: Ledg
 
     assert cli("audit", "verify").exit_code == 0
     result = cli("audit", "verify", "--checkpoints", str(directory))
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
     (checkpoint,) = directory.glob("checkpoint-*.json")
     assert f"checkpoint FAILED: {checkpoint.name} (entry {signed_seq}" in result.stdout
     assert f"signed entry {signed_seq}, but the chain's head is at entry {kept}" in result.stdout
@@ -165,14 +165,14 @@ def test_a_bad_signature_or_another_key_is_named(cli: Cli, ledger: Ledger, tmp_p
     other = tmp_path / "other.key"
     cli.ok("audit", "keygen", "-o", str(other))
     result = cli("audit", "verify", "--checkpoints", str(directory), "--public-key", f"{other}.pub")
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
     assert "bad signature: signed by key" in result.stdout
 
     fields = json.loads(path.read_text())
     path.write_text(json.dumps({**fields, "seq": fields["seq"] - 1}))
     public = cli.config_path.parent / "signing.key.pub"
     result = cli("audit", "verify", "--checkpoints", str(directory), "--public-key", str(public))
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
     assert f"checkpoint FAILED: {path.name}" in result.stdout
     assert "bad signature: the checkpoint was edited after it was signed" in result.stdout
 
@@ -187,7 +187,7 @@ def test_events_and_entries_must_agree(cli: Cli, ledger: Ledger) -> None:
         first = conn.execute(select(consent_events.c.id).order_by(consent_events.c.id)).scalars().first()
         conn.execute(consent_events.update().where(consent_events.c.id == first).values(status="withdrawn"))
     result = cli("audit", "verify")
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
     assert "audit chain verified" in result.stdout  # the chain itself is whole
     assert f"consent event {first} has no audit entry saying the same" in result.stdout
 
@@ -331,7 +331,7 @@ def test_the_application_role_cannot_rewrite_the_audit_log(
 def test_doctor_names_a_disabled_trigger(cli: Cli, ledger: Ledger) -> None:
     _as_owner_unprotected(ledger.engine)
     result = cli("doctor")
-    assert result.exit_code == EXIT_FAILED
+    assert result.exit_code == exit_codes.UNPROTECTED
     assert "ERROR" in result.stdout and "append-only" in result.stdout
     assert os.linesep not in result.stderr.strip()
 

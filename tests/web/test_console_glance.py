@@ -28,13 +28,15 @@ def test_the_overview_says_no_daemon_runs_or_a_run_is_overdue_as_of_when_and_ref
     assert "no daemon running" in page
     assert "overdue" not in page
 
-    # A daemon runs, and the connector's last run began two days ago (its interval is an hour).
+    # A daemon runs, and the connector's last run began and ended two days ago (its interval is
+    # an hour).
     engine = world.ledger.engine
+    two_days_ago = datetime.now(UTC) - timedelta(days=2)
     with engine.begin() as conn:
         conn.execute(
             update(sync_runs)
             .where(sync_runs.c.id == world.run_id)
-            .values(started_at=datetime.now(UTC) - timedelta(days=2))
+            .values(started_at=two_days_ago, finished_at=two_days_ago + timedelta(seconds=5))
         )
     heartbeat = Heartbeat(engine, lambda: datetime.now(UTC))
     heartbeat.beat()

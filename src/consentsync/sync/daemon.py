@@ -2,7 +2,9 @@
 
 One APScheduler job per configured connector (interval or cron), at most one run of a connector
 at a time (the job's max_instances, and across processes the connector lock), missed runs
-coalesced. SIGTERM / SIGINT let the page in hand commit, then stop every run cleanly and exit.
+coalesced; daemons sharing a ledger take turns, one run of a connector per interval between them
+(``Daemon._ran_by_another_daemon``). SIGTERM / SIGINT let the page in hand commit, then stop every
+run cleanly and exit.
 SIGHUP (a closed terminal, a supervisor's "reload") neither kills the daemon mid-run nor reloads the
 configuration: it is logged, saying to restart the daemon to apply a changed config, and every
 run goes on.
@@ -21,15 +23,18 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import select
 
 from consentsync.app import open_sync
 from consentsync.config import Config, ConfigError
-from consentsync.domain import InvalidInput
+from consentsync.domain import InvalidInput, as_utc
 from consentsync.ledger.problems import ledger_problem
+from consentsync.ledger.schema import connector_leases
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.engine import RunReport, SyncEngine
-from consentsync.sync.heartbeat import Heartbeat
+from consentsync.sync.heartbeat import Heartbeat, running_daemons
+from consentsync.sync.lease import on_crashed
 from consentsync.sync.locks import RunInProgress
 from consentsync.sync.runs import record_unstarted, settle_crashed
 from consentsync.sync.settings import Schedule
@@ -51,11 +56,16 @@ class Daemon:
         ledger: Ledger,
         *,
         on_report: Callable[[RunReport], None] | None = None,
+        on_crashed: Callable[[str, str], None] | None = None,
         late_suppression_age: timedelta = timedelta(days=2),
     ) -> None:
         self.config = config
         self.ledger = ledger
         self.on_report = on_report or (lambda _report: None)
+        # (connector, run id) of each run this process records as crashed: its heartbeat finding
+        # a dead process's run, a run taking over a dead run's lease (sync/lease.py).
+        self.on_crashed = on_crashed
+        self._stop_listening: Callable[[], None] = lambda: None
         self.late_suppression_age = late_suppression_age
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.stopping = threading.Event()
@@ -66,6 +76,8 @@ class Daemon:
         self.heartbeat = Heartbeat(ledger.engine, ledger.clock, on_beat=self._settle_crashed)
 
     def start(self, *, run_now: bool = True) -> None:
+        if self.on_crashed is not None:
+            self._stop_listening = on_crashed(self.on_crashed)
         for settings in self.config.settings.connectors:
             self.scheduler.add_job(
                 self.run_connector,
@@ -157,7 +169,10 @@ class Daemon:
         traceback and record nothing)."""
         if self.stopping.is_set():
             return None
+        if self._ran_by_another_daemon(name):
+            return None
         try:
+            self.config.check_vendor(name)
             engine = open_sync(self.config, name, self.ledger)
         except (ConfigError, InvalidInput, ConnectorError) as error:
             # Failed before its first API call: recorded like any failed run, with its reason.
@@ -195,6 +210,41 @@ class Daemon:
                 raise
             log.error("suppression.check_failed", connector=name, error=f"ledger: {problem.message}")
         return report
+
+    def _ran_by_another_daemon(self, name: str) -> bool:
+        """True when another daemon running on this ledger started a run of connector ``name``
+        within this schedule period (less than one interval, bar a little slack, ago): this
+        daemon's turn is then passed over, quietly (no run row: nothing was due), so that two
+        daemons on one ledger (a standby, a second host) make one run of a connector per
+        interval between them, not one each. The run lock and the lease keep two runs from
+        overlapping; this keeps them from coming twice as often. A run made by anything but a
+        daemon (`consentsync sync` by hand or from cron) does not count: the schedule runs anyway."""
+        try:
+            now = self.ledger.clock()
+            with self.ledger.engine.connect() as conn:
+                lease = conn.execute(
+                    select(connector_leases.c.holder, connector_leases.c.acquired_at).where(
+                        connector_leases.c.connector == name
+                    )
+                ).first()
+            if lease is None or lease.holder == self.heartbeat.holder:
+                return False
+            period = schedule_period(self.config.connector(name).schedule, now)
+            since = now - as_utc(lease.acquired_at)
+            if since >= period - min(period / 10, timedelta(seconds=60)):
+                return False
+            if lease.holder not in {seen.holder for seen in running_daemons(self.ledger.engine, now)}:
+                return False
+        except Exception as error:  # the ledger is away: the run finds out and says so
+            log.warning("sync.turn_check_failed", connector=name, error_type=type(error).__name__)
+            return False
+        log.info(
+            "sync.not_due",
+            connector=name,
+            reason=f"daemon {lease.holder} started a run {since.total_seconds():.0f} s ago, "
+            f"within the schedule's {period.total_seconds():.0f} s",
+        )
+        return True
 
     def _record(self, name: str, reason: str, kind: str = "config") -> str:
         return record_unstarted(self.ledger.engine, name, reason, self.ledger.clock(), kind=kind)
@@ -253,6 +303,7 @@ class Daemon:
                 engine.stop_requested.set()
         self.scheduler.shutdown(wait=True)
         self.heartbeat.stop()
+        self._stop_listening()
         log.info("daemon.stopped")
 
     def catch_signals(self) -> None:
@@ -289,6 +340,19 @@ class Daemon:
         self.catch_signals()
         self._signalled.wait()
         self.stop()
+
+
+def schedule_period(schedule: Schedule, now: Any) -> timedelta:
+    """The time between two runs ``schedule`` makes: its interval, or the gap between a cron
+    expression's next two times after ``now``."""
+    if schedule.interval_seconds is not None:
+        return timedelta(seconds=schedule.interval_seconds)
+    trigger = trigger_for(schedule)
+    first = trigger.get_next_fire_time(None, now)
+    second = trigger.get_next_fire_time(first, first) if first is not None else None
+    if first is None or second is None:
+        return timedelta(0)
+    return second - first  # type: ignore[no-any-return]
 
 
 def _now() -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import structlog
@@ -32,7 +32,7 @@ from consentsync.sync.locks import RunInProgress
 
 log = structlog.get_logger("consentsync.sync")
 
-__all__ = ["Lease", "LeaseLost", "RunInProgress", "this_process"]
+__all__ = ["Lease", "LeaseLost", "RunInProgress", "crashed_recorded", "on_crashed", "this_process"]
 
 
 class LeaseLost(RuntimeError):
@@ -55,6 +55,40 @@ def holder_dead(holder: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+# -- runs found crashed ------------------------------------------------------------------------
+#
+# A run whose process died counts itself nowhere: whichever part of this process finds it dead
+# (the daemon's heartbeat, a run taking its lease over, the console's status page) says so here,
+# once it is recorded, to whoever listens (the daemon's metrics: consentsync_runs_total).
+
+CrashListener = Callable[[str, str], None]  # (connector, run id)
+_crash_listeners: list[CrashListener] = []
+_listeners_lock = threading.Lock()
+
+
+def on_crashed(listener: CrashListener) -> Callable[[], None]:
+    """Calls ``listener(connector, run_id)`` for every run this process records as crashed, from
+    now until the returned function is called."""
+    with _listeners_lock:
+        _crash_listeners.append(listener)
+
+    def stop() -> None:
+        with _listeners_lock:
+            if listener in _crash_listeners:
+                _crash_listeners.remove(listener)
+
+    return stop
+
+
+def crashed_recorded(runs: Iterable[tuple[str, str]]) -> None:
+    """Tells the listeners of each (connector, run id) just recorded as crashed (committed)."""
+    with _listeners_lock:
+        listeners = list(_crash_listeners)
+    for connector, run_id in runs:
+        for listener in listeners:
+            listener(connector, run_id)
 
 
 class Lease:
@@ -84,6 +118,7 @@ class Lease:
         """Takes the lease (a new token) or raises ``RunInProgress``; records a previous holder
         that died as crashed."""
         now = self.clock()
+        crashed: str | None = None
         with beside_writers(self.engine) as conn:
             query = select(connector_leases).where(connector_leases.c.connector == self.connector)
             if conn.dialect.name == "postgresql":
@@ -117,7 +152,9 @@ class Lease:
                 if taken != 1:
                     raise RunInProgress(f"another process took connector {self.connector!r} just now")
                 self.token = token
-                self._record_crashed(conn, row.run_id, "dead" if dead else "expired", now)
+                crashed = self._record_crashed(conn, row.run_id, "dead" if dead else "expired", now)
+        if crashed:
+            crashed_recorded([(self.connector, crashed)])  # committed: counted in the metrics
         return self.token
 
     def release(self) -> None:
@@ -215,14 +252,17 @@ class Lease:
             "expires_at": now + self.ttl,
         }
 
-    def _record_crashed(self, conn: Connection, run_id: str, how: str, now: datetime) -> None:
+    def _record_crashed(self, conn: Connection, run_id: str, how: str, now: datetime) -> str | None:
+        """Records the previous holder's run as crashed if it is still "running"; returns its id
+        when this call recorded it."""
         reason = (
             "crashed: its process died before the run ended"
             if how == "dead"
             else "crashed: its lease expired before the run ended (the process hung or lost the ledger)"
         )
-        conn.execute(
+        done = conn.execute(
             update(sync_runs)
             .where(sync_runs.c.id == run_id, sync_runs.c.status == "running")
             .values(status="crashed", finished_at=now, error=reason)
-        )
+        ).rowcount
+        return run_id if done == 1 else None

@@ -183,10 +183,11 @@ def settle_crashed(engine: Engine, now: datetime) -> list[str]:
     row whose lease another run has since taken, whose lease expired (its heartbeat stopped), or
     whose holder is a process of this host that no longer exists, is not running any more."""
     from consentsync.ledger.schema import connector_leases
-    from consentsync.sync.lease import holder_dead
+    from consentsync.sync.lease import crashed_recorded, holder_dead
 
     query = select(
         sync_runs.c.id,
+        sync_runs.c.connector,
         connector_leases.c.run_id,
         connector_leases.c.holder,
         connector_leases.c.expires_at,
@@ -194,8 +195,12 @@ def settle_crashed(engine: Engine, now: datetime) -> list[str]:
         sync_runs.outerjoin(connector_leases, connector_leases.c.connector == sync_runs.c.connector)
     )
     crashed: dict[str, str] = {}
+    connectors: dict[str, str] = {}
+    settled: list[tuple[str, str]] = []
     with engine.begin() as conn:
-        for run_id, lease_run, holder, expires in conn.execute(query.where(sync_runs.c.status == "running")):
+        running = conn.execute(query.where(sync_runs.c.status == "running"))
+        for run_id, connector, lease_run, holder, expires in running:
+            connectors[run_id] = connector
             if lease_run is None:
                 crashed[run_id] = "crashed: it holds no lease on its connector (its process is gone)"
             elif lease_run != run_id:
@@ -207,9 +212,12 @@ def settle_crashed(engine: Engine, now: datetime) -> list[str]:
                     "crashed: its lease expired before the run ended (the process hung or lost the ledger)"
                 )
         for run_id, reason in crashed.items():
-            conn.execute(
+            done = conn.execute(
                 update(sync_runs)
                 .where(sync_runs.c.id == run_id, sync_runs.c.status == "running")
                 .values(status="crashed", finished_at=now, error=reason)
-            )
+            ).rowcount
+            if done == 1:  # not settled meanwhile by another process: this one records it
+                settled.append((connectors[run_id], run_id))
+    crashed_recorded(settled)
     return sorted(crashed)

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select
 
-from consentsync.config import Config
+from consentsync.config import Config, ConfigError
 from consentsync.domain import as_utc, iso
 from consentsync.ledger.schema import crm_links, outbox, quarantine, subjects, sync_runs
 from consentsync.sync.daemon import trigger_for
@@ -19,14 +19,13 @@ def connector_problems(config: Config, name: str) -> list[str]:
     installed, a mapping file missing or invalid (checked without calling the CRM)."""
     from consentsync.domain import InvalidInput
     from consentsync.mapping import load_mapping
-    from consentsync.sdk import registry
 
     settings = config.connector(name)
     problems: list[str] = []
     try:
-        registry.load(settings.vendor)
-    except InvalidInput as error:
-        problems.append(f"{config.path}: connectors[{name}].vendor: {error}")
+        config.check_vendor(name)
+    except ConfigError as error:  # file:line: connectors[N].vendor: ... installed are ...
+        problems.append(str(error))
     for path in settings.mappings:
         try:
             load_mapping(config.resolve_path(path), purposes=config.purposes, channels=set(config.channels))
@@ -65,7 +64,7 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
             upcoming = None
             if daemons:  # a next run only when a daemon will make it
                 upcoming = _next_run(settings.schedule, last, now)
-            budget = _last_budget(conn, name)
+            budget, reached = _last_budget(conn, name)
             success, failing = _track_record(conn, name)
             rows.append(
                 {
@@ -101,6 +100,10 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                     ),
                     "api_budget_left": budget["left"] if budget else None,
                     "api_budget": budget,
+                    # Why there is no budget to show: no run has reached the CRM yet (before the
+                    # first run, or only runs that failed before their first call), or the CRM
+                    # does not say.
+                    "api_budget_status": _budget_status(budget, reached),
                     "late_suppressions": [row for row in late if row["connector"] == name],
                     "erasures_pending": _erasures_pending(conn, name),
                 }
@@ -110,17 +113,19 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
 
 def _next_run(schedule: Any, last: Any, now: datetime) -> datetime | None:
     """When the daemon runs the connector next: the schedule's next time after the last run's
-    start. While that run is still in hand, the daemon skips the times its schedule comes round
-    (one run of a connector at a time): the next run is the first time after now. Counted from the
-    start alone, a run longer than the interval showed a next run in the past, and the console
-    called the connector overdue while its run was busy."""
+    start, passing over the times its schedule came round while that run was in hand (one run of
+    a connector at a time: the daemon skips them). While the run goes on, that is the first time
+    after now; once it ended, the first time after it ended. Counted from the start alone, a run
+    longer than the interval showed a next run in the past, and the console called the connector
+    overdue while its run was busy, and again for up to an interval after it ended."""
     trigger = trigger_for(schedule)
     previous = as_utc(last.started_at) if last else None
     upcoming = trigger.get_next_fire_time(previous, now)
-    if last is None or last.status != "running":
+    if last is None:
         return upcoming
+    busy_until = now if last.status == "running" or last.finished_at is None else as_utc(last.finished_at)
     for _ in range(100_000):  # an interval of 10 s over 11 days; a stale row never loops for ever
-        if upcoming is None or upcoming > now:
+        if upcoming is None or upcoming > busy_until:
             break
         upcoming = trigger.get_next_fire_time(upcoming, now)
     return upcoming
@@ -170,21 +175,32 @@ def _track_record(conn: Connection, connector: str) -> tuple[dict[str, Any] | No
     return last_success, failing
 
 
-def _last_budget(conn: Connection, connector: str) -> dict[str, Any] | None:
-    """The API budget the CRM last reported (its limit and what was used, as of that run); None
-    when its CRM never reported one. Runs that never reached the CRM are passed over."""
+def _budget_status(budget: dict[str, Any] | None, reached: bool) -> str:
+    if budget:
+        return "reported"
+    return "not_reported" if reached else "no_run_yet"
+
+
+def _last_budget(conn: Connection, connector: str) -> tuple[dict[str, Any] | None, bool]:
+    """The API budget the CRM last reported (its limit and what was used, as of that run), None
+    when it reported none; and whether any of those runs reached the CRM (made an API call):
+    before the first one, the budget is not known yet, not "not reported by this CRM". Runs that
+    never reached the CRM are passed over."""
     recent = conn.execute(
         select(sync_runs.c.started_at, sync_runs.c.counts)
         .where(sync_runs.c.connector == connector, sync_runs.c.status.not_in(("skipped", "running")))
         .order_by(sync_runs.c.started_at.desc())
         .limit(20)
     )
+    reached = False
     for started_at, text in recent:
         counts = orjson.loads(text)
+        reached = reached or bool(counts.get("api_calls"))
         if counts.get("api_limit") and counts.get("api_used") is not None:
             limit, used = int(counts["api_limit"]), int(counts["api_used"])
-            return {"limit": limit, "used": used, "left": max(0, limit - used), "as_of": iso(started_at)}
-    return None
+            budget = {"limit": limit, "used": used, "left": max(0, limit - used), "as_of": iso(started_at)}
+            return budget, True
+    return None, reached
 
 
 def _erasures_pending(conn: Connection, connector: str) -> int:

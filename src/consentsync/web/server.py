@@ -115,6 +115,10 @@ def bound_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening at once: a port merely bound (SO_REUSEADDR) could be bound again by another
+        # server of this process (the daemon's /metrics on the same port), and the console then
+        # failed to start with a traceback instead of a one-line refusal.
+        sock.listen(2048)
     except OSError:
         sock.close()
         raise
