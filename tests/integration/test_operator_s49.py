@@ -424,7 +424,7 @@ def _starts(config: Path) -> list[datetime]:
 def test_two_daemons_on_one_ledger_run_a_connector_once_per_interval(
     tmp_path: Path, org: SalesforceSandbox, ledger_url: str
 ) -> None:
-    interval = 10
+    interval = 10  # the shortest a schedule accepts
     config = _configured(tmp_path, org, ledger_url, schedule={"interval_seconds": interval})
     env = _environment(tmp_path, org)
     command = [CONSENTSYNC, "--config", str(config), "run", "--no-metrics"]
