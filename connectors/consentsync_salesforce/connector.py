@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -121,6 +122,7 @@ class SalesforceConnector(sdk.Connector):
         # and a lock that makes creating a job and looking for one whose answer was lost one
         # step: a job another thread here is about to fill is never taken for a lost one.
         self._bulk_jobs: set[str] = set()
+        self._server_time: datetime | None = None
         self._bulk_create = threading.Lock()
 
     # -- session -------------------------------------------------------------------------------
@@ -142,6 +144,9 @@ class SalesforceConnector(sdk.Connector):
 
     def _count(self, response: requests.Response) -> None:
         self.usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
+        # Salesforce's own clock, as of its latest answer: a job made after it is not older than
+        # a request sent after it (``_jobs_left_open``), whatever this machine's clock says.
+        self._server_time = _http_date(response.headers.get("Date")) or self._server_time
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.usage.said(int(match.group(1)), int(match.group(2)))
@@ -423,20 +428,28 @@ class SalesforceConnector(sdk.Connector):
         processed and is not closed by anyone) and the records are uploaded once, to one job.
         Only a retry after a lost answer lists the jobs."""
         spec = {"object": object_type, "operation": "update", "contentType": "CSV", "lineEnding": "LF"}
-        started = datetime.now(UTC)
+        # Salesforce's clock before the first attempt, to the second (its Date header): a job made
+        # by that attempt was created at or after it.
+        started = self._server_time
         unanswered = False
 
         def create() -> Any:
             nonlocal unanswered
-            if unanswered:
+            if unanswered and started is not None and self.sf.user_id is not None:
                 found = self._jobs_left_open(spec, started)
-                if found:
-                    # The oldest is taken up; any other (an answer lost twice) is aborted.
-                    aborted = {"state": "Aborted"}
-                    for extra in found[1:]:
-                        self.sf.restful(f"jobs/ingest/{extra['id']}", method="PATCH", json=aborted)
+                if len(found) == 1:
                     log.warning("salesforce.bulk_job_taken_up", connector=self.name, job=found[0]["id"])
                     return found[0]
+                if found:
+                    # Ours and another's (another application on this integration user, made
+                    # in the same second): which is ours is not known, and taking up or
+                    # aborting another's job would break its upload. A new job; ours stays open
+                    # until Salesforce removes it.
+                    log.warning(
+                        "salesforce.bulk_job_left_open",
+                        connector=self.name,
+                        jobs=[str(job["id"]) for job in found],
+                    )
             try:
                 return self.sf.restful("jobs/ingest", method="POST", json=spec)
             except requests.RequestException:
@@ -448,13 +461,13 @@ class SalesforceConnector(sdk.Connector):
             self._bulk_jobs.add(str(job["id"]))
         return job
 
-    def _jobs_left_open(self, spec: Mapping[str, str], started: datetime) -> list[dict[str, Any]]:
-        """Open Bulk API 2.0 jobs like ``spec``, made by this integration user since ``started``
-        (less a minute for the clocks' drift) and not answered to this process: those an attempt
-        whose answer was lost made. Oldest first. Get All Jobs answers up to 1,000 jobs a page,
-        in no set order."""
+    def _jobs_left_open(self, spec: Mapping[str, str], since: datetime) -> list[dict[str, Any]]:
+        """Open Bulk API 2.0 jobs like ``spec``, made by this integration user at or after
+        ``since`` (Salesforce's clock before the first attempt) and not answered to this
+        process: those an attempt whose answer was lost made (or, rarely, another application
+        on the same user in the same second). Oldest first. Get All Jobs answers up to 1,000
+        jobs a page, in no set order."""
         user = self.sf.user_id
-        since = started - timedelta(minutes=1)
         found: list[dict[str, Any]] = []
         page = self.sf.restful("jobs/ingest", params={"jobType": "V2Ingest"})
         while True:
@@ -463,7 +476,7 @@ class SalesforceConnector(sdk.Connector):
                     job.get("state") == "Open"
                     and str(job.get("id")) not in self._bulk_jobs
                     and all(job.get(key) == value for key, value in spec.items())
-                    and (user is None or job.get("createdById") == user)
+                    and job.get("createdById") == user
                     and parse_sf_datetime(str(job.get("createdDate"))) >= since
                 ):
                     found.append(job)
@@ -656,3 +669,13 @@ _ENDPOINTS = (
 
 
 __all__ = ["ERRORS", "SalesforceConnector", "parse_sf_datetime"]
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP Date header (RFC 9110: "Sun, 06 Dec 2026 04:00:00 GMT") as an aware time."""
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (TypeError, ValueError, IndexError):
+        return None

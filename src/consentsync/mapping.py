@@ -907,9 +907,11 @@ class Mapping:
             ):
                 # A date alone says the day, not the moment: a no is read as late as it can be
                 # (docs/policy.md, "A no dated to the day"), so that a consent captured later
-                # that day does not reverse it; a no dated today, when it was observed (never a
-                # time still to come, which the ledger would refuse).
-                event_time = min(event_time + END_OF_DAY, observed_at)
+                # that day does not reverse it. A no dated today has no time yet: unknown, read
+                # as when it was first observed (the same on every read of it that day; the
+                # observation itself would move with each read and make it a new value).
+                day_end = event_time + END_OF_DAY
+                event_time = day_end if day_end <= observed_at else None
             double_opt_in_at = self._moment(record, record_id, consent.double_opt_in_at)
             notice = self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX)
             captured = self._text(record, record_id, consent.source, EVIDENCE_REF_MAX)

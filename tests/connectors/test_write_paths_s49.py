@@ -63,6 +63,28 @@ def test_salesforce_bulk_job_whose_creation_answer_was_lost_is_taken_up_not_left
     assert salesforce.calls["bulk_create"] == 1 and salesforce.calls["bulk_list"] == 1
 
 
+def test_salesforce_bulk_job_of_another_application_is_never_taken_up_nor_aborted(
+    salesforce: SalesforceSandbox,
+) -> None:
+    """Another application on the same integration user opened a job like ours a moment before
+    our creation answer was lost: which open job is ours is not known, so neither is taken up
+    or aborted (their upload must not get our rows, nor be stopped); ours goes through a new
+    job."""
+    settings = connector_settings(
+        salesforce.connection_settings(), {"bulk_threshold": 50, "bulk_poll_interval": 0.05}
+    )
+    spec = {"object": "Contact", "operation": "update", "contentType": "CSV", "lineEnding": "LF"}
+    theirs = SalesforceConnector("other-app", settings).sf.restful("jobs/ingest", method="POST", json=spec)
+    connector = SalesforceConnector("sf-s49", settings)
+    connector.check()
+    ids = [r["Id"] for r in salesforce.org.records("Contact")[:60]]
+    lost = lose_answers(connector.session, _is_job_create)
+    (answers,) = list(connector.write_batches([RecordUpdate("Contact", i, {"Title": "ours"}) for i in ids]))
+    assert lost and all(result.ok for result in answers.values())
+    assert salesforce._jobs[theirs["id"]].state == "Open"  # theirs, untouched
+    assert all(salesforce.org.get(i)["Title"] == "ours" for i in ids)
+
+
 def test_salesforce_bulk_job_create_lists_no_jobs_when_its_answer_came(salesforce: SalesforceSandbox) -> None:
     """Get All Jobs is asked only after a lost answer; an open job of someone else's (another
     object) is never touched."""

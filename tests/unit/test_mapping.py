@@ -3,7 +3,7 @@ records translate into evidence and identities, and pushes only write what diffe
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -694,11 +694,16 @@ class TestEvidence:
         [evidence] = cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED)
         assert (evidence.status, evidence.event_time) == (ConsentStatus.WITHDRAWN, expected)
 
-    def test_a_no_dated_today_is_read_when_it_was_observed(self, starter: Config) -> None:
+    def test_a_no_dated_today_has_no_time_yet_and_reads_the_same_all_day(self, starter: Config) -> None:
+        """Not the day's end, still to come (the ledger refuses a future time), nor the time of
+        each read (a re-read would be a new value): unknown, read as when first observed."""
         cptc = example("contact_point_type_consent", starter)
         record = {**CONSENT, "PrivacyConsentStatus": "OptOut", "CaptureDate": OBSERVED.date().isoformat()}
-        [evidence] = cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED)
-        assert evidence.event_time == OBSERVED  # not the day's end, still to come
+        reads = [
+            cptc.evidence_from(record, connector=CONNECTOR, observed_at=OBSERVED + timedelta(hours=hours))[0]
+            for hours in (0, 6)
+        ]
+        assert [evidence.event_time for evidence in reads] == [None, None]
 
     def test_a_consent_captured_later_that_day_does_not_reverse_a_no_dated_to_the_day(
         self, starter: Config

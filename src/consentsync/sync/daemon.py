@@ -29,7 +29,7 @@ from consentsync.app import open_sync
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, as_utc
 from consentsync.ledger.problems import ledger_problem
-from consentsync.ledger.schema import connector_leases
+from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
 from consentsync.sync.engine import RunReport, SyncEngine
@@ -223,11 +223,17 @@ class Daemon:
             now = self.ledger.clock()
             with self.ledger.engine.connect() as conn:
                 lease = conn.execute(
-                    select(connector_leases.c.holder, connector_leases.c.acquired_at).where(
-                        connector_leases.c.connector == name
-                    )
+                    select(connector_leases.c.holder, connector_leases.c.acquired_at, sync_runs.c.status)
+                    .select_from(connector_leases)
+                    .outerjoin(sync_runs, sync_runs.c.id == connector_leases.c.run_id)
+                    .where(connector_leases.c.connector == name)
                 ).first()
             if lease is None or lease.holder == self.heartbeat.holder:
+                return False
+            if lease.status not in TURN_TAKEN:
+                # The other daemon's run failed, crashed or stopped: it did not do this turn's
+                # work (a host with a wrong secret or no route to the CRM would otherwise keep
+                # every other daemon from syncing), so this daemon runs as scheduled.
                 return False
             period = schedule_period(self.config.connector(name).schedule, now)
             since = now - as_utc(lease.acquired_at)
@@ -340,6 +346,11 @@ class Daemon:
         self.catch_signals()
         self._signalled.wait()
         self.stop()
+
+
+# The states of another daemon's run that count as this schedule period's run: still going, done,
+# or done but for the pushes the push guard held (a run here would be held the same way).
+TURN_TAKEN = frozenset({"running", "succeeded", "held"})
 
 
 def schedule_period(schedule: Schedule, now: Any) -> timedelta:
