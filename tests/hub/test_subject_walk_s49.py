@@ -26,6 +26,7 @@ from structlog.testing import capture_logs
 
 from consentsync import audit
 from consentsync.config import SmtpSettings
+from consentsync.hub.links import LinkRefused
 from consentsync.hub.mail import Mailer
 from consentsync.hub.preferences import PreferenceCentre
 from tests.hub.conftest import HubWorld
@@ -306,6 +307,9 @@ def test_restriction_is_asked_on_the_page_and_confirmed_through_the_mailed_link(
     assert lifted.status_code == 410 and "was lifted since" in lifted.text
     assert not world.ledger.subject_view(EMAIL)["restricted"]
     assert people.post(link).status_code == 410 and not world.ledger.subject_view(EMAIL)["restricted"]
+    # The service itself says so too, never "restricted already".
+    with pytest.raises(LinkRefused, match="was lifted since"):
+        PreferenceCentre(world.hub).confirm_restriction(link.rsplit("/", 1)[1].split("?", 1)[0])
 
 
 def test_a_restriction_link_that_expired_or_outlived_the_record_restricts_nothing(

@@ -391,6 +391,12 @@ class PreferenceCentre:
         """The open restriction request a link confirms: its ground and whether it was
         confirmed (raises ``LinkRefused``: also once the restriction it confirmed was lifted,
         so that the used link never shows a restriction that no longer holds)."""
+        row = self._used_restriction_link(token)
+        return {"ground": row.channel, "confirmed": row.confirmed_at is not None}
+
+    def _used_restriction_link(self, token: str) -> Any:
+        """The restriction request ``token`` opens; a link already used is refused
+        (``LIFTED_LINK``) once the restriction it confirmed was lifted."""
         row = self._open_request(token, "restriction", allow_confirmed=True)
         if row.confirmed_at is not None:
             with self.ledger.engine.connect() as conn:
@@ -399,12 +405,13 @@ class PreferenceCentre:
                 ).scalar()
             if not now:
                 raise LinkRefused(LIFTED_LINK)
-        return {"ground": row.channel, "confirmed": row.confirmed_at is not None}
+        return row
 
     def confirm_restriction(self, token: str) -> dict[str, Any]:
         """The person followed the link and confirmed: processing is restricted (Art. 18), the
-        reason naming the ground. Confirming again, or once restricted otherwise, changes nothing."""
-        row = self._open_request(token, "restriction", allow_confirmed=True)
+        reason naming the ground. Confirming again, or once restricted otherwise, changes nothing;
+        a used link whose restriction was lifted since is refused, never answered "restricted"."""
+        row = self._used_restriction_link(token)
         if row.confirmed_at is not None:
             return {"restricted": True, "already": True}
         with self.ledger.engine.connect() as conn:
