@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from consentsync.hub.capture import Hub
 from consentsync.hub.people import create_app
@@ -91,3 +94,16 @@ def page_texts() -> set[str]:
     starter = yaml.safe_load((resources.files("consentsync") / "starter_config.yaml").read_text("utf-8"))
     found |= {purpose["name"] for purpose in starter["purposes"]}
     return found
+
+
+@pytest.fixture(name="ledger_url")
+def sqlite_ledger_url(tmp_path: Path) -> str:
+    """SQLite only, for a module that imports it: the pages' and the API's own behaviour does not
+    depend on the database (CI's 15 minutes do)."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture(name="people")
+def people_pages(world: HubWorld) -> Iterator[TestClient]:
+    """The people's pages, served in the test's process."""
+    yield from served_pages(world, TestClient)

@@ -4,24 +4,14 @@ by whom and why their processing was restricted (Art. 18) and lifted, as ops exp
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, seed, served_pages, token_of
+from tests.hub.people_world import EMAIL, people_pages, seed, sqlite_ledger_url, token_of
 
-
-@pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-@pytest.fixture
-def people(world: HubWorld) -> Iterator[TestClient]:
-    yield from served_pages(world, TestClient)
+# The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
+FIXTURES = (sqlite_ledger_url, people_pages)
 
 
 def test_the_person_sees_when_by_whom_and_why_they_were_restricted(

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
 from datetime import timedelta
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -37,22 +35,14 @@ from tests.hub.people_world import (
     mails_with,
     mounted,
     page_texts,
+    people_pages,
     seed,
-    served_pages,
+    sqlite_ledger_url,
     token_of,
 )
 
-
-@pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    """SQLite only here: rendering, forms and headers do not depend on the database (CI's 15
-    minutes do)."""
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-@pytest.fixture
-def people(world: HubWorld) -> Iterator[TestClient]:
-    yield from served_pages(world, TestClient)
+# The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
+FIXTURES = (sqlite_ledger_url, people_pages)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,18 +27,19 @@ from consentsync.hub import keys
 from consentsync.hub.mail import Mailer
 from consentsync.hub.preferences import PreferenceCentre
 from tests.hub.conftest import Controller, HubWorld
-from tests.hub.people_world import EMAIL, GRANT, mailed, mails_with, seed, served_pages, token_of
+from tests.hub.people_world import (
+    EMAIL,
+    GRANT,
+    mailed,
+    mails_with,
+    people_pages,
+    seed,
+    sqlite_ledger_url,
+    token_of,
+)
 
-
-@pytest.fixture
-def ledger_url(tmp_path: Path) -> str:
-    """SQLite: these are the pages' and the API's own behaviour, not the database's."""
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-@pytest.fixture
-def people(world: HubWorld) -> Iterator[TestClient]:
-    yield from served_pages(world, TestClient)
+# The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
+FIXTURES = (sqlite_ledger_url, people_pages)
 
 
 def words(html: str) -> str:

@@ -34,7 +34,7 @@ from consentsync.hub import receipts
 from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, make_token
-from consentsync.hub.mail import Mail, Mailer, MailFailed
+from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mailable
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.identity import Identity
@@ -61,6 +61,10 @@ SAID_NO_LINK = "this confirmation link is no longer in use: you said no after we
 # The confirmations a person may say no to on the page their link opens (a renewal ends by
 # itself when it is not confirmed).
 DECLINABLE = ("double_opt_in", "request")
+# A double opt-in mails the same address about the same purpose and channel at most this often
+# while its link is open (and not voided by the person's no): a sign-up form a bot fills in with
+# someone's address is not a way to flood their mailbox.
+RESEND_INTERVAL = timedelta(minutes=10)
 
 
 class Forbidden(PermissionError):
@@ -193,6 +197,18 @@ class Hub:
             self.mailer.send(Mail(pending.email, subject, text))
         except MailFailed as error:
             log.warning("hub.mail_failed", subject=pending.uid, kind=kind, error=str(error))
+            if kind == "double_opt_in":
+                # Nobody has this link: closed, so that the same sign-up sent again mails one
+                # (RESEND_INTERVAL counts only links that went). The consent stays "requested".
+                with self.ledger.engine.begin() as conn:
+                    conn.execute(
+                        update(confirmations)
+                        .where(
+                            confirmations.c.token_hash == token_digest(pending.token),
+                            confirmations.c.confirmed_at.is_(None),
+                        )
+                        .values(lapsed_at=self.ledger.clock())
+                    )
             return False
         log.info("hub.mail_sent", subject=pending.uid, kind=kind, purpose=pending.purpose)
         return True
@@ -381,13 +397,20 @@ class Hub:
                 requests += self._gpc_evidence(key, email, now)
         if gpc and not emails:
             raise InvalidInput("gpc: a GPC signal needs the person's email in a consent of the request")
+        standing = self._consented(requests, doi)
         try:
             with self.ledger.engine.begin() as conn:
                 if idempotency_key is not None:
                     kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
                     if kept is not None:
                         return kept
-                _stats, outcomes = self.ledger.record_in(conn, requests)
+                recorded = [r for index, r in enumerate(requests) if index not in standing]
+                _stats, kept_outcomes = self.ledger.record_in(conn, recorded) if recorded else (None, [])
+                found = iter(kept_outcomes)
+                outcomes = [
+                    _Standing(conn, *standing[index]) if index in standing else next(found)
+                    for index in range(len(requests))
+                ]
                 results: list[dict[str, Any]] = []
                 mails: list[PendingMail] = []
                 to_receipt: list[PendingReceipt] = []
@@ -397,7 +420,7 @@ class Hub:
                         "subject": outcome.subject_uid,
                         "purpose": evidence.purpose,
                         "channel": evidence.channel,
-                        "recorded": evidence.status.value,
+                        "recorded": None if index in standing else evidence.status.value,
                         "duplicate": outcome.duplicate,
                         "state": outcome.after.decision() if outcome.after else None,
                     }
@@ -413,7 +436,13 @@ class Hub:
                                 languages.get(index, "en"),
                             )
                         )
-                    if index in doi and not outcome.duplicate:
+                    asks = index in doi and (not outcome.duplicate or index in standing)
+                    if asks and _asked_lately(conn, outcome.subject_id, evidence, now):
+                        # A link went to this address a moment ago and still works: no second mail.
+                        # Whoever submits a sign-up form with someone else's address again and
+                        # again must not flood that mailbox with mails the person never asked for.
+                        entry["confirmation"] = "recently"
+                    elif asks:
                         token = secrets.token_urlsafe(32)
                         conn.execute(
                             insert(confirmations).values(
@@ -493,6 +522,22 @@ class Hub:
             )
         return CaptureResult(row.status_code, orjson.loads(row.response), replayed=True)
 
+    def _consented(self, requests: list[RecordRequest], doi: set[int]) -> dict[int, tuple[str, Any]]:
+        """The double opt-in sign-ups (by index) of people whose consent to that purpose and
+        channel is granted now: uid and state. Recording "requested" for them would suspend a
+        consent they gave, on the word of a form anyone can fill in with their address; the
+        sign-up records nothing, and its link (a grant once confirmed, under the notice now
+        shown) is mailed as for anyone else."""
+        found: dict[int, tuple[str, Any]] = {}
+        for index in sorted(doi):
+            evidence = requests[index].evidence
+            uid, state = self.ledger.decision_for(
+                str(requests[index].identity.email), evidence.purpose, evidence.channel
+            )
+            if uid is not None and state.evidenced and state.status is ConsentStatus.GRANTED:
+                found[index] = (uid, state)
+        return found
+
     def _evidence(
         self, key: ApiKey, items: Sequence[ConsentCapture], now: datetime
     ) -> tuple[list[RecordRequest], set[int]]:
@@ -507,6 +552,8 @@ class Hub:
                 email = normalise_email(item.email)
             except InvalidInput as error:
                 raise InvalidInput(f"{at}.email: {error}") from None
+            if not mailable(email):  # its confirmation and receipts would go to others too
+                raise InvalidInput(f"{at}.email: not one address a mail can go to: {NOT_ONE_ADDRESS}")
             if item.purpose not in self.ledger.purposes:
                 raise InvalidInput(
                     f"{at}.purpose: unknown purpose {item.purpose!r}: configured are "
@@ -628,6 +675,43 @@ class Hub:
 
 def _in_language(language: str | None) -> str:
     return "?" + urlencode({"lang": language}) if language else ""
+
+
+class _Standing:
+    """In place of a record's outcome, for a sign-up that recorded nothing (``Hub._consented``)."""
+
+    duplicate = True
+
+    def __init__(self, conn: Connection, uid: str, state: Any) -> None:
+        self.subject_uid = uid
+        self.subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar_one()
+        self.after = state
+
+
+def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: datetime) -> bool:
+    """Whether a double opt-in link for this person, purpose and channel was made within
+    ``RESEND_INTERVAL`` and still works: not confirmed, not expired, not closed because its mail
+    did not go, and not voided by the person's no (a sign-up after "No, I did not ask for this"
+    or a withdrawal is a new request, and gets its own mail)."""
+    rows = conn.execute(
+        select(confirmations).where(
+            confirmations.c.subject_id == subject_id,
+            confirmations.c.kind == "double_opt_in",
+            confirmations.c.purpose == evidence.purpose,
+            confirmations.c.channel == evidence.channel,
+            confirmations.c.confirmed_at.is_(None),
+            confirmations.c.lapsed_at.is_(None),
+            confirmations.c.expires_at > now,
+            confirmations.c.requested_at > now - RESEND_INTERVAL,
+        )
+    ).all()
+    for row in rows:
+        try:
+            _refuse_if_void(conn, row)
+        except LinkRefused:
+            continue
+        return True
+    return False
 
 
 def _refuse_if_void(conn: Connection, row: Any) -> None:

@@ -40,6 +40,10 @@ class Mailer:
         self.timeout = timeout
 
     def message(self, mail: Mail) -> EmailMessage:
+        if not mailable(mail.to):
+            raise MailFailed(
+                f"the recipient's address is not one address a mail can go to: {NOT_ONE_ADDRESS}"
+            )
         message = EmailMessage()
         message["From"] = formataddr((self.sender_name or "", self.settings.sender))
         message["To"] = mail.to
@@ -67,12 +71,30 @@ class Mailer:
                     if not password:
                         raise MailFailed(f"hub.smtp.password_env: {settings.password_env!r} is not set")
                     smtp.login(settings.username, password)
-                smtp.send_message(message)
+                # The envelope names the one address, whatever a header parser makes of it.
+                smtp.send_message(message, to_addrs=[mail.to])
         except (OSError, smtplib.SMTPException) as error:
             raise MailFailed(
                 f"SMTP {settings.host}:{settings.port}: {type(error).__name__}: {_reason(error, mail.to)}"
             ) from None
         return str(message["Message-ID"])
+
+
+NOT_ONE_ADDRESS = "expected local@domain.tld, with no comma, angle bracket, quote, comment or group"
+
+
+def mailable(address: str) -> bool:
+    """Whether ``address`` reads as exactly itself in a To header: one address, nothing else.
+    The ledger's check (one "@", no spaces) lets through "someone@example.org,ceo", which a mail
+    header reads as two recipients: a sign-up form would mail its links to an address nobody
+    gave (the second one a local name the SMTP server completes with its own domain)."""
+    header = EmailMessage()
+    try:
+        header["To"] = address
+        found = header["To"].addresses
+    except (ValueError, IndexError, TypeError):  # HeaderParseError is a ValueError
+        return False
+    return len(found) == 1 and found[0].addr_spec == address
 
 
 def _reason(error: Exception, recipient: str) -> str:
@@ -82,7 +104,15 @@ def _reason(error: Exception, recipient: str) -> str:
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         codes = sorted({str(code) for code, _answer in error.recipients.values()})
         return f"the recipient was refused ({', '.join(codes) or 'no code'})"
-    text = str(error)
+    if isinstance(error, smtplib.SMTPResponseException):
+        # The server's answer as it was said: its str() is the repr of bytes, where an address
+        # that is not ASCII ("jörg@bücher.example", sent with SMTPUTF8) is escaped past both the
+        # recipient's own spelling and the search for addresses, and would be logged whole.
+        answer = error.smtp_error
+        said = answer.decode("utf-8", "replace") if isinstance(answer, bytes) else str(answer)
+        text = f"{error.smtp_code} {said}"
+    else:
+        text = str(error)
     if recipient:
         text = text.replace(recipient, "<email address>")
     return without_emails(text, "<email address>")

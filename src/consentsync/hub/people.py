@@ -380,7 +380,9 @@ def create_app(hub: Hub) -> FastAPI:
     def visitor_of(request: Request) -> Any:
         # The socket's peer: behind a trusted proxy, uvicorn has already put the client there.
         return centre.visitor(
-            request.client.host if request.client else None, request.headers.get("user-agent")
+            request.client.host if request.client else None,
+            request.headers.get("user-agent"),
+            gpc=(request.headers.get("sec-gpc") or "").strip() == "1",
         )
 
     def back(request: Request, token: str, lang: str, done: str, **more: str | None) -> RedirectResponse:
@@ -402,6 +404,8 @@ def create_app(hub: Hub) -> FastAPI:
         person = person_of(token)
         lang = language(request)
         _ = translator(lang)
+        # The person's own Global Privacy Control signal, honoured for them (CCPA § 7025).
+        gpc_stopped = centre.honour_gpc(person, visitor_of(request))
         rows = centre.purposes(person, lang)
         view = hub.ledger.subject_view(person.email)
         objections = {o["purpose"]: o for o in view["objections"]}
@@ -458,7 +462,7 @@ def create_app(hub: Hub) -> FastAPI:
                 "title": _("Your privacy choices"),
                 "who": mask_email(person.email),
                 "groups": list(groups.values()),
-                "status": _done_message(_, request, token, channels),
+                "status": _done_message(_, request, token, channels) or _gpc_message(_, gpc_stopped),
                 "token": token,
                 "actions": {
                     name: path_of(request, name, token=token)
@@ -538,6 +542,19 @@ def create_app(hub: Hub) -> FastAPI:
         if done in ("granted", "withdrawn", "refused") and _RECORD_ID.match(record_id):
             shown["receipt"] = path_of(request, "receipt", token=token, record_id=record_id)
         return shown
+
+    def _gpc_message(_: Translate, stopped: list[str]) -> dict[str, str] | None:
+        """What the page says when it honoured the browser's signal just now (§ 7025(c)(6))."""
+        if not stopped:
+            return None
+        names = ", ".join(_(hub.ledger.purposes[key].name) for key in stopped)
+        return {
+            "kind": "good",
+            "text": _(
+                "Your browser sent a Global Privacy Control signal: we stopped {purposes} for you.",
+                purposes=names,
+            ),
+        }
 
     @app.post("/preferences/{token}/choose", name="choose")
     def choose(

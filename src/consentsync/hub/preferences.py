@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
-from consentsync.hub.capture import Hub, PendingReceipt, token_digest
+from consentsync.hub.capture import GPC_EVIDENCE, Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
 from consentsync.hub.links import LinkRefused, expired_uid, read_token
 from consentsync.hub.mail import Mail, MailFailed
@@ -34,6 +34,7 @@ log = structlog.get_logger("consentsync.hub.preferences")
 # link cannot flood the person's mailbox with it.
 NEW_LINK_INTERVAL = timedelta(minutes=10)
 SOURCE = "preference_center"  # a trusted source by default (policy.trusted_sources)
+GPC_MARK = "gpc:1"  # in the evidence of a choice made while the browser sent Sec-GPC: 1
 ERASURE_REASON = "asked for by the person on the preference page, confirmed through a mailed link"
 LIFTED_LINK = "this link is no longer in use: the restriction it confirmed was lifted since"
 # Art. 18(1): the grounds on which a person may have processing restricted, as the page offers
@@ -52,10 +53,13 @@ class Visitor:
 
     client_hash: str
     agent_hash: str
+    gpc: bool = False  # the browser sent a Global Privacy Control signal (Sec-GPC: 1)
 
     @property
     def evidence_ref(self) -> str:
-        return f"{SOURCE} client:{self.client_hash} agent:{self.agent_hash}"
+        # A choice made with the signal on says so: a grant given over it is the person's own.
+        signal = f" {GPC_MARK}" if self.gpc else ""
+        return f"{SOURCE} client:{self.client_hash} agent:{self.agent_hash}{signal}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +75,57 @@ class PreferenceCentre:
         self._hash = hub.ledger.keyed_hasher()
         self._new_links: dict[str, Any] = {}  # uid: when a new link was last mailed
 
-    def visitor(self, client_address: str | None, user_agent: str | None) -> Visitor:
+    def visitor(self, client_address: str | None, user_agent: str | None, *, gpc: bool = False) -> Visitor:
         return Visitor(
-            self._hash(f"client:{client_address or ''}")[:16], self._hash(f"agent:{user_agent or ''}")[:16]
+            self._hash(f"client:{client_address or ''}")[:16],
+            self._hash(f"agent:{user_agent or ''}")[:16],
+            gpc,
         )
+
+    def honour_gpc(self, person: Person, visitor: Visitor) -> list[str]:
+        """A Global Privacy Control signal sent while the person's own page is open: an opt-out
+        of every purpose ``hub.gpc_purposes`` names, on each channel, for this person (CCPA
+        regulations § 7025(c)(1): "if known, ... for the consumer"; the page knows them). As the
+        capture API records it: withdrawn, evidence ``Sec-GPC: 1``, no receipt. Nothing is
+        recorded where the state is a no already, nor over a grant the person gave on this
+        page with the signal on (§ 7025(c)(3): they may consent despite it). Returns the
+        purposes opted out now."""
+        if not visitor.gpc or not self.hub.settings.gpc_purposes:
+            return []
+        view = self.ledger.subject_view(person.email)
+        states = {(s["purpose"], s["channel"]): s["status"] for s in view["purposes"]}
+        latest = {(e["purpose"], e["channel"]): e for e in view["history"]}  # in the order written
+        now = self.ledger.clock()
+        stopped: list[str] = []
+        for key in self.hub.settings.gpc_purposes:
+            purpose = self.ledger.purposes[key]
+            for channel in purpose.channels:
+                if states.get((key, channel)) in (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value):
+                    continue
+                last = latest.get((key, channel))
+                if (
+                    last is not None
+                    and last["status"] == ConsentStatus.GRANTED.value
+                    and last["source"] == SOURCE
+                    and str(last["evidence_ref"] or "").endswith(f" {GPC_MARK}")
+                ):
+                    continue
+                evidence = Evidence.witnessed(
+                    now,
+                    purpose=key,
+                    channel=channel,
+                    status=ConsentStatus.WITHDRAWN,
+                    basis=None,
+                    source=SOURCE,
+                    origin=Origin.CAPTURE,
+                    evidence_ref=GPC_EVIDENCE,
+                )
+                self.ledger.record(Identity(email=person.email), evidence)
+                if key not in stopped:
+                    stopped.append(key)
+        if stopped:
+            log.info("hub.gpc_honoured", subject=person.uid, purposes=stopped)
+        return stopped
 
     def person(self, token: str) -> Person:
         """The person a preference link was made for (raises ``LinkRefused``: also once erased)."""
