@@ -419,7 +419,24 @@ class DynamicsConnector(sdk.Connector):
             url, params = self._checked_link(next_link), None
 
     def _ours(self, link: str) -> bool:
-        return link.startswith(self.config.api_url + "/")
+        """Whether ``link`` points into this environment's Web API. Scheme and host compare as
+        URLs compare them: case-insensitively, the default port implied (the service writes its
+        links with its own spelling of the host, which need not be the one configured, e.g.
+        ``https://Contoso.crm4.dynamics.com``); no user info; the API path as it is."""
+        mine, theirs = urlsplit(self.config.api_url + "/"), urlsplit(link)
+        try:
+            ports = (theirs.port or 443, mine.port or 443)
+        except ValueError:  # a port that is not a number
+            return False
+        return (
+            theirs.scheme.lower() == "https"
+            and theirs.hostname is not None
+            and theirs.hostname == mine.hostname  # both lower-cased by urlsplit
+            and ports[0] == ports[1]
+            and theirs.username is None
+            and theirs.password is None
+            and theirs.path.startswith(mine.path)
+        )
 
     def _checked_link(self, link: str) -> str:
         # The bearer token goes wherever a link points: only to this environment.

@@ -7,7 +7,10 @@ and shifts when a record changes mid-read, so every page is a fresh search from 
 ``lastmodifieddate`` are ordered by id here; a page whose records all share one timestamp is
 finished by a search on that timestamp sorted by ``hs_object_id``. Subscription statuses come
 from v4 batch status reads, one per page, as virtual fields ``subscription_<id>``,
-``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``.
+``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``. A contact opted out of all
+email (``hs_email_optout``, which HubSpot keeps apart from the subscription statuses) reads
+UNSUBSCRIBED for every subscription, as of its opt-out (v4 "wide" status reads, for those
+contacts only).
 
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
 rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
@@ -69,6 +72,10 @@ _REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubs
 _ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
 OBJECT = "contacts"
 MERGED_IDS = "hs_merged_object_ids"  # on the survivor of a merge: the merged-away ids, ";"-joined
+# "Unsubscribed from all email": true once the contact opted out of all email (the unsubscribe
+# link of a marketing email, a user's "opt out of email"). HubSpot keeps that opt-out apart from
+# the subscription statuses (v4 reads it with its own endpoint, as "wide" statuses).
+OPTED_OUT_OF_ALL = "hs_email_optout"
 
 
 def parse_hs_datetime(value: str) -> datetime:
@@ -262,6 +269,8 @@ class HubSpotConnector(sdk.Connector):
         wanted = list(dict.fromkeys(["hs_object_id", "lastmodifieddate", *properties]))
         if subscriptions and "email" not in wanted:
             wanted.append("email")
+        if subscriptions and OPTED_OUT_OF_ALL in known and OPTED_OUT_OF_ALL not in wanted:
+            wanted.append(OPTED_OUT_OF_ALL)
         self.expected_records = None
 
         def note_total(total: int | None) -> None:
@@ -363,6 +372,17 @@ class HubSpotConnector(sdk.Connector):
             if subscriptions
             else {}
         )
+        opted_out = (
+            self._opted_out_of_all(
+                [
+                    str((r["properties"] or {}).get("email") or "")
+                    for r in batch
+                    if str((r["properties"] or {}).get(OPTED_OUT_OF_ALL) or "").lower() == "true"
+                ]
+            )
+            if subscriptions
+            else {}
+        )
         for raw in batch:
             props = dict(raw.get("properties") or {})
             props["hs_object_id"] = str(raw["id"])
@@ -376,6 +396,13 @@ class HubSpotConnector(sdk.Connector):
                 props[f"subscription_{sid}"] = status.get("status") or ("NOT_SPECIFIED" if email else None)
                 props[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
                 props[f"subscription_{sid}_timestamp"] = status.get("timestamp")
+                if email in opted_out:
+                    # Opted out of all email: no email of this type reaches the person, whatever
+                    # the type's own status still says. A no for every subscription, as of the
+                    # opt-out (or of the type's own later unsubscribe).
+                    props[f"subscription_{sid}"] = "UNSUBSCRIBED"
+                    if status.get("status") != "UNSUBSCRIBED":
+                        props[f"subscription_{sid}_timestamp"] = opted_out[email]
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props)
 
@@ -438,6 +465,33 @@ class HubSpotConnector(sdk.Connector):
                             )
                         )
         yield from sorted(pending, key=_deletion_key)
+
+    def _opted_out_of_all(self, emails: list[str]) -> dict[str, str | None]:
+        """email (lower case) -> when it opted out of all email (None: not known), for the
+        contacts whose ``hs_email_optout`` reads true. The flag decides (where it and the v4
+        "wide" status disagree for a moment, the no is kept); the v4 batch read of the wide
+        statuses gives the time, where the portal serves it."""
+        wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e.strip()))
+        out: dict[str, str | None] = dict.fromkeys(wanted)
+        size = self.config.status_batch_size
+        for start in range(0, len(wanted), size):
+            response = self._request(
+                "POST",
+                "/communication-preferences/v4/statuses/batch/unsubscribe-all/read",
+                params={"channel": "EMAIL"},
+                json={"inputs": wanted[start : start + size]},
+                describe="opted out of all email",
+                accept=lambda answer: answer.status_code == 404,  # not served: the flag alone
+            )
+            if response.status_code == 404:
+                return out
+            for result in response.json().get("results") or []:
+                email = str(result.get("subscriberIdString") or "").strip().lower()
+                for wide in result.get("wideStatuses") or []:
+                    email_wide = str(wide.get("channel") or "EMAIL") == "EMAIL"
+                    if email in out and email_wide and wide.get("status") == "UNSUBSCRIBED":
+                        out[email] = str(wide["timestamp"]) if wide.get("timestamp") else None
+        return out
 
     def _one_basis(self, value: str) -> str:
         """A multiple checkbox holds several bases (``a;b``): the first in the configured

@@ -213,7 +213,15 @@ class SalesforceConnector(sdk.Connector):
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
         include_deleted = "IsDeleted" in self.describe(object_type)
-        yield from self._query_all(object_type, query, headers, count=True, include_deleted=include_deleted)
+
+        def resume(last: sdk.CrmRecord) -> str:
+            # The query is in (SystemModstamp, Id) order: the rest is what follows the last
+            # record handed over, up to the same signpost.
+            return self.build_query(object_type, fields, sdk.Cursor(last.modstamp, last.record_id), until)
+
+        yield from self._query_all(
+            object_type, query, headers, count=True, include_deleted=include_deleted, resume=resume
+        )
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
@@ -232,23 +240,48 @@ class SalesforceConnector(sdk.Connector):
         *,
         count: bool = False,
         include_deleted: bool = False,
+        resume: Callable[[sdk.CrmRecord], str] | None = None,
     ) -> Iterator[sdk.CrmRecord]:
-        page = self._call(
-            f"query {object_type}",
-            lambda: self.sf.query(query, include_deleted=include_deleted, headers=headers),
-        )
+        """The query's records page by page. A query locator Salesforce no longer holds (unused
+        for 15 minutes, or released because the integration user opened an eleventh query: it
+        keeps ten per user, the oldest released) answers INVALID_QUERY_LOCATOR however often it
+        is asked again: with ``resume``, the query is asked afresh for what follows the last
+        record handed over; without, the read fails as before."""
+
+        def first(text: str) -> Any:
+            return self._call(
+                f"query {object_type}",
+                lambda: self.sf.query(text, include_deleted=include_deleted, headers=headers),
+            )
+
+        def more(locator: str) -> Any:
+            try:
+                return self.sf.query_more(locator, identifier_is_url=True, headers=headers)
+            except SalesforceError as error:
+                if resume is not None and _error_code(error) == "INVALID_QUERY_LOCATOR":
+                    return None  # asked afresh below, not sent again
+                raise
+
+        page = first(query)
         if count:
             self.expected_records = page.get("totalSize")
+        last: sdk.CrmRecord | None = None
         while True:
             for raw in page["records"]:
-                yield _record(object_type, raw)
+                last = _record(object_type, raw)
+                yield last
             if page.get("done", True) or not page.get("nextRecordsUrl"):
                 return
             locator = page["nextRecordsUrl"]
-            page = self._call(
-                f"queryMore {object_type}",
-                lambda locator=locator: self.sf.query_more(locator, identifier_is_url=True, headers=headers),
-            )
+            answer = self._call(f"queryMore {object_type}", lambda locator=locator: more(locator))
+            if answer is not None:
+                page = answer
+                continue
+            assert resume is not None
+            # Each fresh query starts after the last record handed over, so every release
+            # costs one query and the read still moves on by at least a page.
+            log.info("salesforce.query_locator_released", connector=self.name, object=object_type)
+            page = first(query if last is None else resume(last))
 
     def _selected_fields(self, object_type: str, fields: Sequence[str]) -> list[str]:
         known = self.describe(object_type)
@@ -622,6 +655,13 @@ def _malformed_id(record_id: str) -> sdk.WriteResult:
 def _retryable(code: str) -> bool:
     # A per-record error came in a 200 answer: only codes the table says are transient retry.
     return ERRORS.classify(400, code).action in (Action.RETRY, Action.RATE_LIMITED)
+
+
+def _error_code(error: SalesforceError) -> str | None:
+    content: Any = error.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or "") or None
+    return None
 
 
 def _classified(error: SalesforceError) -> ConnectorError:

@@ -62,6 +62,8 @@ ERRORS = sdk.ErrorTable(
     ]
 )
 
+# Logins tried, each with a fresh challenge, before a refused access key is taken as wrong.
+_LOGIN_ATTEMPTS = 3
 _WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
 
 
@@ -82,22 +84,46 @@ class VtigerClient:
 
     def _login(self) -> str:
         """Logs in (a challenge, then the access key hashed with its token); answers the
-        session name."""
-        challenge = self.request("getchallenge", {"username": self.username}, authenticated=False)
-        token = str(challenge["token"])
-        key = hashlib.md5((token + self._access_key).encode()).hexdigest()
+        session name. Vtiger keeps one challenge per user and a new one replaces it: another
+        process or application logging in as the same user between our challenge and our login
+        makes Vtiger refuse the right key with INVALID_USER_CREDENTIALS. So a refused login is
+        tried again with a fresh challenge; refused every time, it is the key's."""
+        for attempt in range(1, _LOGIN_ATTEMPTS + 1):
+            token = self._challenge()
+            key = hashlib.md5((token + self._access_key).encode()).hexdigest()
+            try:
+                result = self.request(
+                    "login", {"username": self.username, "accessKey": key}, authenticated=False
+                )
+            except ConnectorError as error:
+                if error.rule.code == "INVALID_USER_CREDENTIALS" and attempt < _LOGIN_ATTEMPTS:
+                    continue  # perhaps our challenge was replaced: a fresh one tells
+                if error.rule.code == "INVALID_AUTH_TOKEN":
+                    raise ConnectorError(
+                        f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
+                        "or no such user: check the username)",
+                        # Retried with a fresh challenge; refused still, it is the username's (exit 77).
+                        replace(error.rule, credentials=True),
+                    ) from None
+                raise
+            return str(result["sessionName"])
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _challenge(self) -> str:
         try:
-            result = self.request("login", {"username": self.username, "accessKey": key}, authenticated=False)
+            challenge = self.request("getchallenge", {"username": self.username}, authenticated=False)
         except ConnectorError as error:
-            if error.rule.code == "INVALID_AUTH_TOKEN":
+            if error.rule.code == "ACCESS_DENIED":
+                # 8.2.0's answer for a username it does not know ("username does not exists").
                 raise ConnectorError(
-                    f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
-                    "or no such user: check the username)",
-                    # Retried with a fresh challenge; refused still, it is the username's (exit 77).
-                    replace(error.rule, credentials=True),
+                    f"getchallenge for {self.username!r} refused: ACCESS_DENIED (no such user: "
+                    "check the username)",
+                    # Not ACCESS_DENIED any more: callers read that code as a record or module
+                    # the user may not touch.
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "no such user", credentials=True),
                 ) from None
             raise
-        return str(result["sessionName"])
+        return str(challenge["token"])
 
     def forget_session(self) -> None:
         self._session.forget()

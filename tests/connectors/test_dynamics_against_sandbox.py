@@ -356,3 +356,37 @@ def test_a_token_endpoint_refusing_without_a_description_is_one_clear_error(dv: 
     connector = connector_for(dv)
     with pytest.raises(ConnectorError, match="refused"):
         connector.describe("contact")
+
+
+def test_links_are_this_environments_however_its_host_is_spelled() -> None:
+    """An environment URL pasted as ``https://Contoso.crm4.dynamics.com``: Dataverse writes its
+    nextLink and deltaLink with its own (lower-case) host, the same environment, which must be
+    followed (a first read of more than a page failed as "a link outside" the environment).
+    Links to any other host, port or with user info still are refused: the token goes nowhere
+    else."""
+    connector = DynamicsConnector(
+        "dyn-case",
+        {
+            "environment_url": "https://Contoso.CRM4.dynamics.com",
+            "token_url": "https://login.microsoftonline.com/tenant/oauth2/v2.0/token",
+            "client_id": "app",
+            "client_secret": "secret",
+        },
+    )
+    api = "api/data/v9.2/contacts?$select=contactid&$skiptoken=%3Ccookie%3E"
+    for ours in (
+        f"https://contoso.crm4.dynamics.com/{api}",
+        f"https://CONTOSO.crm4.dynamics.com:443/{api}",
+        f"HTTPS://Contoso.CRM4.dynamics.com/{api}",
+    ):
+        assert connector._checked_link(ours) == ours
+    for foreign in (
+        f"https://contoso.crm4.dynamics.com.example.net/{api}",
+        f"https://contoso.crm4.dynamics.com:8443/{api}",
+        f"https://someone@contoso.crm4.dynamics.com/{api}",
+        f"http://contoso.crm4.dynamics.com/{api}",
+        "https://contoso.crm4.dynamics.com/api/data/v9.1/contacts",
+        "https://contoso.crm4.dynamics.com:x/api/data/v9.2/contacts",
+    ):
+        with pytest.raises(ConnectorError, match="link outside"):
+            connector._checked_link(foreign)

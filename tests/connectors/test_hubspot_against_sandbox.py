@@ -14,7 +14,7 @@ import pytest
 from consentsync_hubspot import HubSpotConnector
 from consentsync_hubspot.connector import REFUSES_RESUBSCRIBE
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
-from consentsync_hubspot.sandbox.server import HubSpotCredentials
+from consentsync_hubspot.sandbox.server import HubSpotCredentials, iso_ms
 from sqlalchemy import select
 
 from consentsync.ledger.identity import Identity
@@ -368,3 +368,77 @@ def test_a_basis_the_ledger_holds_by_default_is_never_pushed(harness: HubSpotHar
     assert second.status == "succeeded", second.error
     for contact in (with_status, erased):
         assert harness.stored(contact).get("hs_legal_basis") in (None, ""), contact
+
+
+# -- unsubscribed from all email -------------------------------------------------------------------
+
+
+def test_a_contact_opted_out_of_all_email_reads_unsubscribed_from_every_subscription(
+    harness: HubSpotHarness,
+) -> None:
+    """The unsubscribe link of a marketing email opts the contact out of all email: HubSpot keeps
+    that apart from the subscription statuses (``hs_email_optout``; v4 reads it as a "wide"
+    status with its own endpoint), which may still say SUBSCRIBED. Read as they are, the no would
+    be lost: every subscription reads UNSUBSCRIBED, as of the opt-out."""
+    portal = harness.sandbox.portal
+    leaving, staying = harness.seed(2)
+    for contact in (leaving, staying):
+        portal.set_status(
+            portal.get(contact)["email"], "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE"
+        )
+    portal.unsubscribe_all(portal.get(leaving)["email"])
+    assert portal.status(portal.get(leaving)["email"], "1001").status == "SUBSCRIBED"  # kept apart
+    conn = connector(harness)
+    records = {
+        r.record_id: r.fields
+        for r in conn.read_changes(
+            "contacts", [*FIELDS, "subscription_1002", "subscription_1001_timestamp"], Cursor(), read_until()
+        )
+    }
+    gone, kept = records[leaving], records[staying]
+    assert gone["subscription_1001"] == gone["subscription_1002"] == "UNSUBSCRIBED"
+    opted_out_at = portal.opted_out_of_all(portal.get(leaving)["email"])
+    assert opted_out_at is not None and gone["subscription_1001_timestamp"] == iso_ms(opted_out_at)
+    assert kept["subscription_1001"] == "SUBSCRIBED"
+    assert harness.sandbox.calls["wide_status_batch_read"] == 1  # for the opted-out contact only
+    # The contact subscribing again on the preferences page ends the opt-out of all email.
+    portal.set_status(portal.get(leaving)["email"], "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE")
+    (back,) = [r for r in _read(conn) if r.record_id == leaving]
+    assert back.fields["subscription_1001"] == "SUBSCRIBED"
+
+
+def test_an_opt_out_of_all_email_reaches_the_ledger_as_a_withdrawal(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    (contact,) = harness.seed(1)
+    portal = harness.sandbox.portal
+    email = portal.get(contact)["email"]
+    portal.set_status(
+        email, "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", at=portal.now() - dt.timedelta(days=9)
+    )
+    config = write_sync_config(harness, tmp_path)
+    assert open_sync_engine(config).run(full=True).status == "succeeded"
+    portal.unsubscribe_all(email)
+    engine = open_sync_engine(config)
+    assert engine.run().status == "succeeded"
+    purposes = {row["purpose"]: row for row in engine.ledger.subject_view(email)["purposes"]}
+    assert purposes["email_marketing"]["status"] == "withdrawn", purposes["email_marketing"]
+
+
+def test_without_the_wide_status_endpoint_the_opt_out_flag_alone_decides(
+    harness: HubSpotHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A portal (or an implementation of HubSpot's API) that does not serve the v4 wide-status
+    read: ``hs_email_optout`` still makes every subscription read UNSUBSCRIBED, without a time."""
+    from consentsync_hubspot.sandbox.server import HubSpotApiError
+
+    def not_served(_request: Any) -> Any:
+        raise HubSpotApiError(404, "OBJECT_NOT_FOUND", "No route")
+
+    monkeypatch.setattr(harness.sandbox, "_h_wide_status_batch_read", not_served)
+    portal = harness.sandbox.portal
+    (contact,) = harness.seed(1)
+    portal.set_status(portal.get(contact)["email"], "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE")
+    portal.unsubscribe_all(portal.get(contact)["email"])
+    (record,) = _read(connector(harness))
+    assert record.fields["subscription_1001"] == "UNSUBSCRIBED"

@@ -385,3 +385,43 @@ def test_a_bulk_job_is_polled_soon_then_less_and_less_often(sandbox: SalesforceS
     ids = [r["Id"] for r in sandbox.org.records("Contact")[:60]]
     assert all(r.ok for r in connector.write([RecordUpdate("Contact", i, {"DoNotCall": True}) for i in ids]))
     assert 3 <= sandbox.calls["bulk_status"] <= 5, sandbox.calls
+
+
+def test_a_released_query_locator_is_asked_afresh_from_the_last_record(sandbox: SalesforceSandbox) -> None:
+    """Salesforce keeps ten query locators per user and releases the oldest when an eleventh is
+    opened (and any one unused for 15 minutes): another application reading as the integration
+    user mid-read makes our next page INVALID_QUERY_LOCATOR, however often it is asked. The read
+    goes on from the last record handed over, every record once, in order."""
+    everything = list(connector_for(sandbox).read_changes("Contact", FIELDS, Cursor(), read_until()))
+    connector = connector_for(sandbox)
+    reader = connector.read_changes("Contact", FIELDS, Cursor(), read_until())
+    records = [next(reader) for _ in range(150)]  # inside the first page of 200
+    other = connector_for(sandbox)  # another application, the same user: ten queries opened
+    others = [other.read_changes("Contact", FIELDS, Cursor(), read_until()) for _ in range(10)]
+    for opened in others:
+        next(opened)
+    sandbox.reset_counters()
+    records += list(reader)
+    assert [r.record_id for r in records] == [r.record_id for r in everything]
+    assert sandbox.calls["query"] == 1  # asked afresh once, the released locator not sent again
+    assert sandbox.calls["queryMore"] == 1 + (len(everything) - 150 - 1) // 200
+
+
+def test_a_locator_released_after_every_page_still_reads_everything_once(
+    sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another application opening queries as the user all the time: each page's locator is
+    released before it is used. Every fresh query starts after the last record, so the read
+    still ends, with every record once and in order."""
+    everything = list(connector_for(sandbox).read_changes("Contact", FIELDS, Cursor(), read_until()))
+    connector = connector_for(sandbox)
+    original = connector.sf.query
+
+    def query_then_release(*args: Any, **kwargs: Any) -> Any:
+        answer = original(*args, **kwargs)
+        sandbox.expire_query_locators()
+        return answer
+
+    monkeypatch.setattr(connector.sf, "query", query_then_release)
+    records = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
+    assert [r.record_id for r in records] == [r.record_id for r in everything]

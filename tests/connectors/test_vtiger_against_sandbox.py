@@ -434,3 +434,44 @@ def test_the_mappings_personal_fields_are_written_by_one_revise(
         "",
     )
     assert stored["emailoptout"] == "1"
+
+
+def test_a_login_whose_challenge_another_application_replaced_is_tried_again(sandbox: VtigerSandbox) -> None:
+    """Vtiger keeps one challenge per user: another process or application logging in as the
+    same user between our challenge and our login makes Vtiger refuse the right key
+    (INVALID_USER_CREDENTIALS). That is not a wrong key: a fresh challenge logs in."""
+    connector = connector_for(sandbox)
+    original = connector.client.request
+    raced = []
+
+    def request(operation: str, params: Any, **kwargs: Any) -> Any:
+        answer = original(operation, params, **kwargs)
+        if operation == "getchallenge" and not raced:
+            # The other application's challenge, taken before our login arrives.
+            raced.append(connector_for(sandbox).client.request("getchallenge", params, authenticated=False))
+        return answer
+
+    connector.client.request = request  # type: ignore[method-assign]
+    connector.check()
+    assert raced and connector.usage.per_endpoint["login"] == 2
+
+
+def test_an_unknown_username_is_named_at_the_challenge(sandbox: VtigerSandbox) -> None:
+    """8.2.0 answers getchallenge for a username it does not know with ACCESS_DENIED: a refusal
+    of the credentials (exit 77), one line naming the username, not 'permission denied'."""
+    connector = connector_for(sandbox, username="nobody")
+    with pytest.raises(ConnectorError) as refused:
+        connector.check()
+    assert refused.value.rule.credentials and refused.value.action is Action.FAIL
+    message = str(refused.value)
+    assert "'nobody'" in message and "check the username" in message and "\n" not in message
+    assert connector.usage.per_endpoint["getchallenge"] == 1 and "login" not in connector.usage.per_endpoint
+
+
+def test_an_unknown_username_is_not_taken_for_a_missing_module(sandbox: VtigerSandbox) -> None:
+    """The first call of a run is often describe, which reads ACCESS_DENIED as a module the
+    install lacks: the login's refusal of the username must not be read so."""
+    with pytest.raises(ConnectorError) as refused:
+        connector_for(sandbox, username="nobody").describe("Contacts")
+    assert refused.value.rule.credentials and "check the username" in str(refused.value)
+    assert "enable the module" not in str(refused.value)

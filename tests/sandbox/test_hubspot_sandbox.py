@@ -242,6 +242,43 @@ def test_v4_reads_statuses_per_subscription(sandbox: HubSpotSandbox, api: reques
     assert {s["subscriptionId"] for s in single["results"]} == {1001, 1002, 1003}
 
 
+def test_an_opt_out_of_all_email_is_kept_apart_from_the_subscription_statuses(
+    sandbox: HubSpotSandbox, api: requests.Session
+) -> None:
+    portal = sandbox.portal
+    leaving, staying = (portal.get(cid)["email"] for cid in portal.ids()[4:6])
+    portal.set_status(leaving, "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", explanation="form")
+    before = portal.get(portal.find_by_email(leaving))["lastmodifieddate"]
+    portal.unsubscribe_all(leaving, at=before + dt.timedelta(seconds=1))
+    contact = portal.get(portal.find_by_email(leaving))
+    assert contact["hs_email_optout"] == "true" and contact["lastmodifieddate"] > before
+    url = f"{sandbox.api_url}/communication-preferences/v4/statuses/batch"
+    statuses = api.post(f"{url}/read", params={"channel": "EMAIL"}, json={"inputs": [leaving]}).json()
+    assert {s["subscriptionId"]: s["status"] for s in statuses["results"][0]["statuses"]}[
+        1001
+    ] == "SUBSCRIBED"
+    wide = api.post(
+        f"{url}/unsubscribe-all/read", params={"channel": "EMAIL"}, json={"inputs": [leaving, staying]}
+    )
+    assert wide.status_code == 200
+    (result,) = wide.json()["results"]  # an address not opted out is not listed
+    assert result["subscriberIdString"] == leaving
+    assert result["wideStatuses"][0]["status"] == "UNSUBSCRIBED"
+    assert result["wideStatuses"][0]["timestamp"] == iso_ms(contact["lastmodifieddate"])
+    body = {
+        "emailAddress": leaving,
+        "subscriptionId": "1002",
+        "legalBasis": "CONSENT_WITH_NOTICE",
+        "legalBasisExplanation": "web form",
+    }
+    refused = api.post(f"{sandbox.api_url}/communication-preferences/v3/subscribe", json=body)
+    assert refused.status_code == 400 and "unsubscribed from all email" in refused.json()["message"]
+    # The contact's own opt-in on a form ends the opt-out of all email.
+    portal.set_status(leaving, "1002", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", source="Form")
+    assert portal.opted_out_of_all(leaving) is None
+    assert portal.get(portal.find_by_email(leaving))["hs_email_optout"] == "false"
+
+
 def test_a_subscription_change_moves_lastmodifieddate(sandbox: HubSpotSandbox) -> None:
     contact = sandbox.portal.ids()[3]
     before = sandbox.portal.get(contact)["lastmodifieddate"]

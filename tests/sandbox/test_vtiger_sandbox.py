@@ -130,6 +130,18 @@ def test_login_with_the_access_key_digest(sandbox: VtigerSandbox) -> None:
     assert answer["sessionName"]
 
 
+def test_an_unknown_username_and_a_replaced_challenge(sandbox: VtigerSandbox) -> None:
+    """8.2.0: getchallenge for a username it does not know is ACCESS_DENIED; a second challenge
+    replaces the first, whose digest is then refused as INVALID_USER_CREDENTIALS."""
+    client = Client(sandbox)
+    unknown = client.get(operation="getchallenge", username="nobody")
+    assert _error(unknown) == "ACCESS_DENIED" and "does not exists" in unknown["error"]["message"]
+    first = client.get(operation="getchallenge", username="integration")["result"]["token"]
+    client.get(operation="getchallenge", username="integration")  # another application's
+    stale = client.post(operation="login", username="integration", accessKey=sandbox.login_key(first))
+    assert _error(stale) == "INVALID_USER_CREDENTIALS"
+
+
 def test_the_challenge_expires(sandbox: VtigerSandbox) -> None:
     sandbox.challenge_ttl = 0.2
     client = Client(sandbox)

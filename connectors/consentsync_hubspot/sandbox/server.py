@@ -38,7 +38,10 @@ Endpoints (endpoint kind in brackets):
   basis and its explanation are required on a GDPR portal). v3 never resubscribes a contact who
   unsubscribed: that answers 400.
 * ``GET /communication-preferences/v4/statuses/{email}?channel=EMAIL`` [status_read],
-  ``POST /communication-preferences/v4/statuses/batch/read?channel=EMAIL`` [status_batch_read].
+  ``POST /communication-preferences/v4/statuses/batch/read?channel=EMAIL`` [status_batch_read],
+  ``POST /communication-preferences/v4/statuses/batch/unsubscribe-all/read?channel=EMAIL``
+  [wide_status_batch_read]: the addresses opted out of all email, each with its
+  ``wideStatuses`` (an address not opted out is left out of ``results``).
 
 Auth: ``Authorization: Bearer <private app token>``; a missing or unknown token answers 401
 INVALID_AUTHENTICATION, a token without the scope a call needs 403 MISSING_SCOPES.
@@ -59,7 +62,13 @@ a 207 error entry of category CONFLICT (a 409 CONFLICT from v3 subscribe/unsubsc
 unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400 VALIDATION_ERROR whose
 message says the contact unsubscribed; subscribe or unsubscribe to the state already held
 answers 200 with the unchanged status; a subscription change bumps the contact's
-``lastmodifieddate`` and its ``hs_email_optout_{id}`` property.
+``lastmodifieddate`` and its ``hs_email_optout_{id}`` property; a contact's "unsubscribe from
+all email" (:meth:`HubSpotPortal.unsubscribe_all`) is kept apart from the subscription statuses,
+as HubSpot's v4 API keeps it (its own endpoint, ``wideStatuses``): the contact's
+``hs_email_optout`` reads true and every subscription status stays as it was, so the connector
+must not rely on HubSpot copying the opt-out into each status; the contact subscribing again to
+a subscription type (a form, the preferences page) ends it, and v3 subscribe refuses an address
+opted out of all.
 """
 
 from __future__ import annotations
@@ -130,6 +139,7 @@ _SCOPE_OF_KIND = {
     "unsubscribe": "communication_preferences.write",
     "status_read": "communication_preferences.read",
     "status_batch_read": "communication_preferences.read",
+    "wide_status_batch_read": "communication_preferences.read",
 }
 #: Every kind of call (each needs its scope), and the answer to a path HubSpot does not serve.
 ENDPOINT_KINDS = (*_SCOPE_OF_KIND, "not_found")
@@ -283,6 +293,8 @@ class HubSpotPortal:
         # Contacts written but not yet in the search index (HubSpot's search lags writes).
         self._unindexed: set[int] = set()
         self._statuses: dict[tuple[str, str], Subscription] = {}
+        # Addresses opted out of all email ("wide" status), with when they opted out.
+        self._opted_out_of_all: dict[str, dt.datetime] = {}
         self.properties: dict[str, PropertyDef] = {
             p.name: p
             for p in (
@@ -493,11 +505,35 @@ class HubSpotPortal:
             self._statuses[(email.strip().lower(), str(subscription_id))] = Subscription(
                 status, legal_basis, explanation, moment, source
             )
+            resubscribed = status == "SUBSCRIBED" and source != "API"
+            if resubscribed:
+                # The contact's own opt-in to a subscription type ends its opt-out of all email.
+                self._opted_out_of_all.pop(email.strip().lower(), None)
             contact_id = self.find_by_email(email)
             if contact_id is not None:
                 record = self._contacts[int(contact_id)]
                 record[f"hs_email_optout_{subscription_id}"] = "true" if status == "UNSUBSCRIBED" else "false"
+                if resubscribed:
+                    record["hs_email_optout"] = "false"
                 record["lastmodifieddate"] = moment
+
+    def unsubscribe_all(self, email: str, /, *, at: dt.datetime | None = None) -> None:
+        """The contact's "unsubscribe from all email" (the link in a marketing email, or a user's
+        "opt out of email"): ``hs_email_optout`` and ``lastmodifieddate`` follow; the statuses
+        of the subscription types stay as they were."""
+        moment = at or self.now()
+        with self.lock:
+            self._opted_out_of_all[email.strip().lower()] = moment
+            contact_id = self.find_by_email(email)
+            if contact_id is not None:
+                record = self._contacts[int(contact_id)]
+                record["hs_email_optout"] = "true"
+                record["lastmodifieddate"] = moment
+
+    def opted_out_of_all(self, email: str) -> dt.datetime | None:
+        """When the address opted out of all email; None when it has not (or subscribed since)."""
+        with self.lock:
+            return self._opted_out_of_all.get(email.strip().lower())
 
     # -- API-side writes -----------------------------------------------------------------------
 
@@ -809,6 +845,10 @@ class HubSpotSandbox(HttpsSandbox):
             ("POST", "/communication-preferences/v4/statuses/batch/read"): (
                 "status_batch_read",
                 self._h_status_batch_read,
+            ),
+            ("POST", "/communication-preferences/v4/statuses/batch/unsubscribe-all/read"): (
+                "wide_status_batch_read",
+                self._h_wide_status_batch_read,
             ),
         }
         found = table.get((method, path))
@@ -1232,6 +1272,13 @@ class HubSpotSandbox(HttpsSandbox):
                 "legalBasis and legalBasisExplanation are required for portals with GDPR features enabled",
             )
         held = self.portal.status(email, sid)
+        if self.portal.opted_out_of_all(email) is not None:
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"{email} has unsubscribed from all email and cannot be resubscribed through this API; "
+                "the contact must resubscribe through a HubSpot form or the preferences page",
+            )
         if held is not None and held.status == "UNSUBSCRIBED":
             raise HubSpotApiError(
                 400,
@@ -1315,6 +1362,28 @@ class HubSpotSandbox(HttpsSandbox):
                 "startedAt": started,
                 "completedAt": iso_ms(self.portal.now()),
             },
+        )
+
+    def _h_wide_status_batch_read(self, request: SandboxRequest) -> SandboxResponse:
+        self._channel(request)
+        inputs = self._inputs(request.json(), self.status_batch_limit)
+        started = iso_ms(self.portal.now())
+        results = []
+        for email in map(str, inputs):
+            since = self.portal.opted_out_of_all(email)
+            if since is None:
+                continue
+            wide = {
+                "channel": "EMAIL",
+                "status": "UNSUBSCRIBED",
+                "subscriberIdString": email,
+                "timestamp": iso_ms(since),
+                "wideStatusType": "PORTAL_WIDE",
+            }
+            results.append({"subscriberIdString": email, "wideStatuses": [wide]})
+        return json_response(
+            200,
+            {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": started},
         )
 
 

@@ -15,7 +15,9 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   "error": {"code", "message"}}``; only a PHP failure (see ``sync_fails``) or an injected fault
   answers otherwise.
 * ``GET operation=getchallenge&username=U``: ``{token, serverTime, expireTime}``; the token lives
-  ``challenge_ttl`` seconds (300) and a new challenge replaces the user's previous one.
+  ``challenge_ttl`` seconds (300) and a new challenge replaces the user's previous one (a login
+  with the replaced token's digest is INVALID_USER_CREDENTIALS). An unknown username is
+  ACCESS_DENIED "username does not exists", as 8.2.0 answers it.
 * ``POST operation=login`` with ``username`` and ``accessKey = md5(token + access key)``:
   ``{sessionName, userId, version, vtigerVersion}``. INVALID_AUTH_TOKEN when the token expired or
   was never issued for that user, INVALID_USER_CREDENTIALS when the key does not match.
@@ -933,6 +935,9 @@ class VtigerSandbox(HttpsSandbox):
 
     def _op_getchallenge(self, params: Mapping[str, str]) -> dict[str, Any]:
         user_id = self._user_id_for(params.get("username"))
+        if user_id is None:
+            # 8.2.0's own words (and its spelling) for a username it does not know.
+            raise VtigerError("ACCESS_DENIED", "username does not exists")
         token = uuid.uuid4().hex[:13]
         now = time.time()
         with self._lock:
