@@ -10,14 +10,16 @@ client (each failure past the first few doubles the wait before that client may 
 again) and per client across accounts (a budget). An admin unlocks an account; a new password
 unlocks it too. Sessions live in the ledger (``console_sessions``), keyed by the SHA-256 of a
 random id: logging out, disabling the account and an admin end them for good; a new password ends
-the account's other sessions. Passwords are at least 12 characters and not in the shipped list of
-the 10,000 most common passwords (docs/console.md).
+the account's other sessions; one unused for ``IDLE_TIMEOUT`` ends by itself. Passwords are
+at least 12 characters and not in the shipped list of the 10,000 most common passwords
+(docs/console-accounts.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,12 +49,24 @@ FREE_FAILURES = 3
 BACKOFF_BASE = timedelta(seconds=2)
 MAX_FAILURES_PER_CLIENT = 20
 SESSION_HOURS = 12
+# A session not used for this long ends too (ASVS 4.0 V3.3.2 at level 2, after NIST SP 800-63B
+# AAL2: 12 hours, or 30 minutes of inactivity): a console left open on a shared desk does not
+# stay signed in for the rest of the day. (The overview page reloads itself, so a console shown
+# on a wall display stays in until its 12 hours are up.)
+IDLE_TIMEOUT = timedelta(minutes=30)
 # last_seen_at is written at most this often per session (not on every request).
 SEEN_EVERY = timedelta(minutes=1)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # Verified against when the account does not exist, so that a wrong name costs as long as a
 # wrong password and the timing does not tell which accounts exist.
 _DUMMY_HASH = HASHER.hash("consentsync-no-such-account")
+# Checking the throttle and counting the attempt are one step for the threads of a process.
+_THROTTLE_LOCK = threading.Lock()
+# Password checks running at once in a process, at most: each takes the hasher's 64 MiB, and the
+# login form is open to anyone (a web server's thread pool of 40 would be 2.5 GiB on demand).
+# Attempts beyond wait their turn, so that logins sent by the hundred cannot exhaust memory.
+VERIFY_SLOTS = 4
+_VERIFYING = threading.BoundedSemaphore(VERIFY_SLOTS)
 
 
 class Role(IntEnum):
@@ -372,6 +386,8 @@ class Accounts:
             ).first()
         if row is None or row.ended_at is not None or row.expires_at <= now or row.disabled:
             return None
+        if now - row.last_seen_at >= IDLE_TIMEOUT:
+            return None
         if now - row.last_seen_at >= SEEN_EVERY:
             with self.engine.begin() as conn:
                 conn.execute(update(table).where(table.c.id == row.id).values(last_seen_at=now))
@@ -404,13 +420,15 @@ class Accounts:
         """An account's live sessions, newest first."""
         current = self.get(name)
         table = console_sessions
+        now = self.clock()
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(table)
                 .where(
                     table.c.user_id == current.id,
                     table.c.ended_at.is_(None),
-                    table.c.expires_at > self.clock(),
+                    table.c.expires_at > now,
+                    table.c.last_seen_at > now - IDLE_TIMEOUT,
                 )
                 .order_by(table.c.created_at.desc(), table.c.id.desc())
             ).all()
@@ -485,14 +503,25 @@ class Accounts:
         tried = name.strip().lower()[:200]
         digest = self.keyed or _digest
         name_digest, client_digest = digest(tried), digest(client)
-        self._check_throttle(name_digest, client_digest, now)
+        # The attempt counts as a failure before the password is checked (taken back when it is
+        # right): attempts sent side by side would otherwise all pass the throttle before any
+        # failed, and a client could try as many passwords at once as the server has threads.
+        with _THROTTLE_LOCK:
+            self._check_throttle(name_digest, client_digest, now)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(console_login_failures).values(
+                        name_digest=name_digest, client_digest=client_digest, at=now
+                    )
+                )
         with self.engine.connect() as conn:
             row = conn.execute(select(console_users).where(console_users.c.name == tried)).first()
         ok = False
-        try:
-            ok = HASHER.verify(row.password_hash if row else _DUMMY_HASH, password[:1024])
-        except (VerificationError, InvalidHashError):
-            ok = False
+        with _VERIFYING:
+            try:
+                ok = HASHER.verify(row.password_hash if row else _DUMMY_HASH, password[:1024])
+            except (VerificationError, InvalidHashError):
+                ok = False
         ok = ok and row is not None and not row.disabled
         with self.engine.begin() as conn:
             if ok:
@@ -510,12 +539,7 @@ class Accounts:
                         .values(password_hash=HASHER.hash(password))
                     )
                 record = AuditRecord("login.succeeded", {"user": row.name}, source="console", actor=row.name)
-            else:
-                conn.execute(
-                    insert(console_login_failures).values(
-                        name_digest=name_digest, client_digest=client_digest, at=now
-                    )
-                )
+            else:  # counted already, above
                 what: dict[str, Any] = {"user": row.name} if row else {"user": None}
                 if row is None and self.keyed is not None:
                     what["name_hmac"] = self.keyed(tried)

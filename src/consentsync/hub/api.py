@@ -239,11 +239,17 @@ def create_app(hub: Hub) -> FastAPI:
         )
 
     @app.get("/receipts/{subject}/{record_id}")
-    def get_receipt(subject: str, record_id: str, key: Key, language: str = "en") -> dict[str, Any]:
+    def get_receipt(subject: str, record_id: str, key: Key, language: str | None = None) -> dict[str, Any]:
         """The consent receipt (ISO/IEC TS 27560, JSON) of a record this API returned
-        (``results[].subject`` and ``results[].record_id``)."""
+        (``results[].subject`` and ``results[].record_id``), in ``language`` (one of
+        hub.languages; default: the first)."""
         if not key.may("consents"):
             raise Forbidden(f"API key {key.name!r} may not read consent receipts")
+        # The receipt states the language it is in: one nobody configured is no receipt's.
+        offered = list(hub.settings.languages) or ["en"]
+        language = language or offered[0]
+        if language not in offered:
+            raise InvalidInput(f"language: {language[:16]!r} is not one of {', '.join(offered)}")
         document = hub.receipt(subject, record_id, language)
         # A key limited to some purposes reads the receipts of those purposes only.
         for purpose in document["purposes"]:

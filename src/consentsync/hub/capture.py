@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -65,6 +66,12 @@ DECLINABLE = ("double_opt_in", "request")
 # while its link is open (and not voided by the person's no): a sign-up form a bot fills in with
 # someone's address is not a way to flood their mailbox.
 RESEND_INTERVAL = timedelta(minutes=10)
+# Receipts mailed to one person within RECEIPT_WINDOW, at most: whoever holds a preference link
+# (or types the address into a form) could otherwise toggle a choice and mail a receipt each
+# time. Enough for a person setting several purposes at once; the rest are recorded as ever and
+# downloadable from the page, only not mailed.
+RECEIPT_MAILS = 5
+RECEIPT_WINDOW = timedelta(minutes=10)
 
 
 class Forbidden(PermissionError):
@@ -139,6 +146,10 @@ class Hub:
         self.settings = config.settings.hub
         self.mailer = mailer or Mailer(self.settings.smtp, sender_name=self.settings.branding.name)
         self._double_opt_in = {p.key for p in config.settings.purposes if p.double_opt_in}
+        # uid: when its last receipts were mailed (in the serving process; background tasks
+        # run in a thread pool, hence the lock).
+        self._receipts_mailed: dict[str, list[datetime]] = {}
+        self._receipts_lock = threading.Lock()
 
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
@@ -213,12 +224,38 @@ class Hub:
         log.info("hub.mail_sent", subject=pending.uid, kind=kind, purpose=pending.purpose)
         return True
 
-    def receipt(self, uid: str, record_id: str, language: str = "en") -> dict[str, Any]:
-        """The consent receipt of one record of person ``uid`` (raises ``NotFound``)."""
+    def receipt(self, uid: str, record_id: str, language: str | None = None) -> dict[str, Any]:
+        """The consent receipt of one record of person ``uid`` in ``language``, one of
+        hub.languages (default: the first); raises ``NotFound``, or ``InvalidInput`` for a
+        language not configured (a receipt states the language it is in)."""
+        offered = list(self.settings.languages) or ["en"]
+        language = language or offered[0]
+        if language not in offered:
+            raise InvalidInput(f"language: {language[:16]!r} is not one of {', '.join(offered)}")
         return receipts.find(self.ledger, self.settings.branding, uid, record_id, language)
 
+    def _receipt_allowed(self, uid: str) -> bool:
+        """Takes one of the person's ``RECEIPT_MAILS`` per ``RECEIPT_WINDOW``; False once spent."""
+        now = self.ledger.clock()
+        with self._receipts_lock:
+            if len(self._receipts_mailed) > 10_000:  # never without bound
+                self._receipts_mailed = {
+                    k: v for k, v in self._receipts_mailed.items() if now - v[-1] < RECEIPT_WINDOW
+                }
+            recent = [t for t in self._receipts_mailed.get(uid, []) if now - t < RECEIPT_WINDOW]
+            if len(recent) >= RECEIPT_MAILS:
+                self._receipts_mailed[uid] = recent
+                return False
+            self._receipts_mailed[uid] = [*recent, now]
+            return True
+
     def mail_receipt(self, pending: PendingReceipt) -> bool:
-        """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go."""
+        """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go
+        or the person had ``RECEIPT_MAILS`` receipts mailed within ``RECEIPT_WINDOW`` already (the
+        record stands and its receipt stays downloadable from the preference page)."""
+        if not self._receipt_allowed(pending.uid):
+            log.info("hub.receipt_not_mailed", subject=pending.uid, record=pending.record_id, reason="rate")
+            return False
         _ = translator(pending.language)
         document = self.receipt(pending.uid, pending.record_id, pending.language)
         purpose = document["purposes"][0]
