@@ -93,6 +93,7 @@ def init(ledger_url: str | None, force: bool) -> None:
     path = default_config_path(click.get_current_context().meta.get("consentsync.config"))
     written: list[Path] = []
     replaced: bytes | None = None
+    key_path = path.parent / "consentsync.key"
     if path.exists() and not force:
         if ledger_url is not None and load_config(path).settings.ledger.url != ledger_url:
             raise InvalidInput(
@@ -109,11 +110,12 @@ def init(ledger_url: str | None, force: bool) -> None:
         except ConfigError as error:
             # Said of the option given, not of the file it would have gone into.
             raise InvalidInput(f"--ledger-url: {str(error).split('ledger.url: ', 1)[-1]}") from None
-        key_path = path.parent / "consentsync.key"
-        new_key = not key_path.exists()
         replaced = path.read_bytes() if path.exists() else None  # --force
-        write_starter(path, ledger_url)
-        written = [path, *([key_path] if new_key else [])]
+        try:
+            key_path = write_starter(path, ledger_url, replace=force, created=written)
+        except FileExistsError:
+            # Another init (started at the same moment) wrote it since the check above.
+            click.echo(f"{path} exists: keeping it (use --force to overwrite)")
     config = load_config(path)
     try:
         open_ledger(config, migrate=True)

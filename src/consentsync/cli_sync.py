@@ -868,6 +868,9 @@ def run_daemon(
         from consentsync.extras import require
 
         require("console", "--web-port (the ops console)")
+        from consentsync.web.security import web_secret
+
+        web_secret()  # a CSRF key too short: refused before the daemon starts anything
 
     import structlog
 

@@ -55,6 +55,7 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     require("console", "the ops console")
 
     from consentsync.accounts import Accounts
+    from consentsync.web.security import web_secret
     from consentsync.web.server import ForegroundServer, bound_socket, build, tls_problem, uvicorn_config
 
     if bool(certfile) != bool(keyfile):
@@ -65,6 +66,7 @@ def web(host: str, port: int, certfile: str | None, keyfile: str | None) -> None
     if problem is not None:
         raise InvalidInput(problem)
     check_host("--host", host)  # before the ledger opens, not only when the socket is bound
+    web_secret()  # a CSRF key too short: refused before the ledger opens or the port is bound
     config = current_config()
     ledger = open_ledger(config)
     # Bound here, before anything says where the console is: a port in use is one line (uvicorn

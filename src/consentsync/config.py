@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from consentsync.domain import (
     DEFAULT_CHANNELS,
@@ -397,7 +399,10 @@ def parse_config(text: str, path: Path) -> Config:
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as error:
-        raise ConfigError(describe(error, path, lines, Settings)) from None
+        # A refused value is echoed to help fix it, unless its key may hold a secret: a numeric
+        # erasure key (YAML reads it as a number), a ledger URL given as a mapping with a password.
+        show = not any(_may_hold_secret(e["loc"]) for e in error.errors())
+        raise ConfigError(describe(error, path, lines, Settings, show_input=show)) from None
     _check_ledger_url(settings.ledger.url, path, lines)
     _check_erasure_objects(settings, path, lines)
     return Config(path=path, settings=settings, lines=lines)
@@ -443,6 +448,19 @@ def _check_erasure_objects(settings: Settings, path: Path, lines: Lines) -> None
             )
 
 
+SECRET_WORDS = ("secret", "password", "token")
+
+
+def _may_hold_secret(loc: tuple[int | str, ...]) -> bool:
+    """Keys whose values are never repeated in an error: the ledger URL (its password), any whose
+    name says secret, password or token, and any ending in _key (erasure_hmac_key; not a
+    purpose's `key`, nor a `key_file`, which are no secrets)."""
+    names = [part.lower() for part in loc if isinstance(part, str)]
+    return names[:2] == ["ledger", "url"] or any(
+        name.endswith("_key") or any(word in name for word in SECRET_WORDS) for name in names
+    )
+
+
 LEDGER_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
 
 
@@ -457,11 +475,41 @@ def _check_ledger_url(url: str, path: Path, lines: Lines) -> None:
             + f"unknown URL scheme {shown}: accepted are sqlite:///PATH and "
             "postgresql://USER@HOST:PORT/DATABASE"
         )
+    if scheme != scheme.lower():
+        # SQLAlchemy finds no dialect for it, and its error would echo the URL.
+        raise ConfigError(
+            where(path, lines, ("ledger", "url"))
+            + f"the URL scheme is written in lower case: {scheme.lower()}://"
+        )
+    _check_url_parts(url, where(path, lines, ("ledger", "url")))
     if scheme.lower() == "sqlite" and url.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
         # Each command would get an empty ledger of its own, gone when it ends.
         raise ConfigError(
             where(path, lines, ("ledger", "url"))
             + "a SQLite ledger in memory is lost when the command ends: give a file, sqlite:///PATH"
+        )
+
+
+def _check_url_parts(url: str, at: str) -> None:
+    """A URL SQLAlchemy cannot split, or splits where its writer did not mean, is refused here
+    without echoing any part of it. A password's unencoded '@' makes the rest of the password
+    the host name, which a connection error then shows (and, retried, logs on every run); a
+    port that is not a number was a traceback."""
+    try:
+        parsed = make_url(url)
+        port = parsed.port
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            at + "not a URL consentsync can read: accepted is "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE with PORT a number (one host: others "
+            "go in ?host=HOST:PORT&host=...), or sqlite:///PATH"
+        ) from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(at + f"port {port} is out of range: accepted are 1 to 65535")
+    if parsed.host and "@" in parsed.host:
+        raise ConfigError(
+            at + "the user or password holds an '@' that is not percent-encoded, so part of it "
+            "would be read as the host: write '@' in a password as %40 (and ':' as %3A, '/' as %2F)"
         )
 
 
@@ -507,14 +555,42 @@ def starter_with_ledger(ledger_url: str | None) -> str:
     return text
 
 
-def write_starter(path: Path, ledger_url: str | None = None) -> Path:
-    """Writes the commented starter config and a fresh erasure key beside it (mode 0600)."""
+def write_starter(
+    path: Path, ledger_url: str | None = None, *, replace: bool = True, created: list[Path] | None = None
+) -> Path:
+    """Writes the commented starter config and a fresh erasure key beside it (mode 0600).
+
+    ``replace=False``: the config is created only if there is none (FileExistsError otherwise),
+    so that of two `init`s started at once one writes it and the other keeps it. The key is never
+    replaced: one written meanwhile by another `init` is the one kept. ``created`` gets the files
+    this call wrote (what an `init` that then fails may remove: never the other `init`'s key)."""
     text = starter_with_ledger(ledger_url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    if replace:
+        path.write_text(text, encoding="utf-8")
+    else:
+        _create_whole(path, text, 0o644)
+    if created is not None:
+        created.append(path)
     key_path = path.parent / "consentsync.key"
-    if not key_path.exists():
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32) + "\n")
+    try:
+        _create_whole(key_path, secrets.token_urlsafe(32) + "\n", 0o600)
+    except FileExistsError:
+        return key_path  # kept: another key would unrecognise every erasure made with this one
+    if created is not None:
+        created.append(key_path)
     return key_path
+
+
+def _create_whole(path: Path, text: str, mode: int) -> None:
+    """Creates ``path`` holding ``text``, or raises FileExistsError and leaves it as it is. The
+    file appears whole (written aside, then linked in): a second `init` never reads it half
+    written."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.link(aside, path)  # fails when the file exists, whoever made it
+    finally:
+        aside.unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from consentsync.accounts import SESSION_HOURS, Account, Accounts
+from consentsync.domain import InvalidInput
 
 __all__ = ["SESSION_HOURS"]
 
@@ -34,11 +35,26 @@ CSRF_FIELD = "csrf_token"
 SECRET_ENV = "CONSENTSYNC_WEB_SECRET"
 
 
-def signing_key(erasure_key: bytes) -> bytes:
+SECRET_MIN_CHARS = 32
+
+
+def web_secret() -> str | None:
+    """CONSENTSYNC_WEB_SECRET when set; one that is too short is bad input (one line, exit 2,
+    never the value), checked by `web` and `run --web-port` before the ledger opens or a port
+    is bound. A ValueError here was a traceback."""
     explicit = os.environ.get(SECRET_ENV)
+    if explicit and len(explicit) < SECRET_MIN_CHARS:
+        raise InvalidInput(
+            f"{SECRET_ENV} is shorter than {SECRET_MIN_CHARS} characters: set it to "
+            f"{SECRET_MIN_CHARS} or more random characters (python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'), or unset it to derive the key from the erasure key"
+        )
+    return explicit or None
+
+
+def signing_key(erasure_key: bytes) -> bytes:
+    explicit = web_secret()
     if explicit:
-        if len(explicit) < 32:
-            raise ValueError(f"{SECRET_ENV} must be at least 32 characters")
         return explicit.encode()
     return hmac.new(erasure_key, b"consentsync console session signing v1", hashlib.sha256).digest()
 
