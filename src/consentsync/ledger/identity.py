@@ -93,12 +93,16 @@ class SubjectResolver:
         run_id: str | None,
         *,
         from_crm: bool = False,
+        elsewhere: list[tuple[int, int]] | None = None,
     ):
         # from_crm: the identities come from CRM records, which still carry what the ledger erased.
         # Such a record is matched to its erased person by the address's keyed hash, and the
         # address is never written to the ledger again. A person who comes back through a capture
         # (a new sign-up) is a new subject with their address, as they gave it anew.
         self.from_crm = from_crm
+        # Filled, when given, with (the person an address names, the person its record was
+        # resolved to) wherever the two differ: a CRM record now carrying another's address.
+        self.elsewhere = elsewhere
         self.conn = conn
         self.hashed = keyed_hasher(erasure_key)
         self.now = now
@@ -112,10 +116,10 @@ class SubjectResolver:
         # holds the writer lock from BEGIN (engine.py), so these reads see what the other wrote.
         # An erased person's address is known only by its keyed hash: a record carrying it is
         # that (erased) person, and the address is never written to the ledger again.
+        # Every address read, whoever the record already belongs to: an erased address on a
+        # record of another person must neither be written back nor go unnoticed (below).
         erased = (
-            self._erased_by_email(
-                {i.email for i in identities if i.email and i.email not in by_email and i.subject_id is None}
-            )
+            self._erased_by_email({i.email for i in identities if i.email and i.email not in by_email})
             if self.from_crm
             else {}
         )
@@ -154,6 +158,11 @@ class SubjectResolver:
             if subject_id is None and identity.link:
                 subject_id = created_for_link.get(identity.link)
             assert subject_id is not None  # every unknown identity was created above
+            owner = by_email.get(identity.email) if identity.email else None
+            if owner is not None and owner != subject_id and self.elsewhere is not None:
+                # The record is another person's (by its id) but carries this person's address:
+                # the CRM will write to that address, so what binds its owner must reach it.
+                self.elsewhere.append((owner, subject_id))
             if identity.email and identity.email not in by_email:
                 by_email[identity.email] = subject_id
                 if subject_id not in erased_ids:

@@ -310,14 +310,23 @@ class Ledger:
         return total
 
     def link_in(
-        self, conn: Connection, identities: Sequence[Identity], *, run_id: str | None = None
+        self,
+        conn: Connection,
+        identities: Sequence[Identity],
+        *,
+        run_id: str | None = None,
+        elsewhere: list[tuple[int, int]] | None = None,
     ) -> tuple[list[int], int]:
         """Resolves identities read from a CRM to subjects inside the caller's transaction,
         creating subjects and CRM links that are new; returns the subject ids and how many
-        subjects were created. An erased person's address is matched by its keyed hash only."""
+        subjects were created. An erased person's address is matched by its keyed hash only.
+        ``elsewhere``, when given, is filled with (the person a record's address names, the
+        person the record was resolved to) wherever they differ."""
         if not identities:
             return [], 0
-        resolver = SubjectResolver(conn, self.erasure_key(), self.clock(), run_id, from_crm=True)
+        resolver = SubjectResolver(
+            conn, self.erasure_key(), self.clock(), run_id, from_crm=True, elsewhere=elsewhere
+        )
         subject_ids = resolver.resolve(identities)
         audit.append(conn, resolver.audit, self.clock())
         analyse_grown(conn)

@@ -61,7 +61,14 @@ from consentsync.ledger.schema import (
 )
 from consentsync.ledger.service import Ledger, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
-from consentsync.mapping import Mapping, crm_key, field_value
+from consentsync.mapping import (
+    END_OF_DAY,
+    SAID_NO_STATUSES,
+    Mapping,
+    MappingValueError,
+    crm_key,
+    field_value,
+)
 from consentsync.reconcile import binding_no, summarise
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
@@ -285,6 +292,11 @@ class _Read:
 
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
+# The source of an erasure carried, as a withdrawal, to a person whose CRM record took on the
+# erased person's record (a merge) or address (never a trusted source: it reverses nothing).
+ERASURE_CARRIED_SOURCE = "erasure"
+# The time of day a no read from a Date field is recorded at (mapping.END_OF_DAY).
+_DAY_END = (datetime.min + END_OF_DAY).time()
 
 
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -799,19 +811,48 @@ class SyncEngine:
         }
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
         problems: list[dict[str, Any]] = []
+        email_field = mapping.spec.identity.email
         for record in page:
+            # What ops must correct on a record whose values are recorded all the same.
+            to_correct: list[str] = []
             try:
-                record_id, email, links = mapping.identity_from(record.fields)
+                try:
+                    record_id, email, links = mapping.identity_from(record.fields)
+                except MappingValueError as error:
+                    if not email_field or error.field != email_field or record.record_id not in held:
+                        raise
+                    # A record the ledger already knows is its person's by its id (identity: the
+                    # record id first): an address the CRM holds wrongly (a typo) is quarantined
+                    # for ops, but the record's values (an opt-out ticked with it) are still that
+                    # person's, and must reach their other records and CRMs.
+                    to_correct.append(str(error))
+                    record_id, email, links = mapping.identity_from({**record.fields, email_field: None})
                 evidence = mapping.evidence_from(
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
-                for item in evidence:
-                    self.ledger.validate(item, now=now)
+                for index, item in enumerate(evidence):
+                    try:
+                        self.ledger.validate(item, now=now)
+                    except InvalidInput as error:
+                        if item.status not in SAID_NO_STATUSES or item.event_time is None:
+                            raise
+                        # A no whose time cannot be a time anyone acted at (in the future, a
+                        # time zone set wrong; before 1970) is still a no: it counts from now, as
+                        # an unknown time does (docs/policy.md), and the time goes to ops. Held
+                        # back in quarantine, it would leave the person opted in everywhere.
+                        undated = replace(item, event_time=None)
+                        self.ledger.validate(undated, now=now)  # a label may still refuse it
+                        evidence[index] = undated
+                        to_correct.append(str(error))
             except InvalidInput as error:
                 problems.append(
                     self._quarantine_row(report, mapping.object, record.record_id, "pull", str(error), now)
                 )
                 continue
+            problems += [
+                self._quarantine_row(report, mapping.object, record.record_id, "pull", reason, now)
+                for reason in to_correct
+            ]
             extra = [CrmLink(self.name, obj, linked) for obj, linked in links]
             good.append(
                 (
@@ -835,7 +876,13 @@ class SyncEngine:
                 if via is not None:
                     identity = Identity(email=identity.email, link=identity.link, subject_id=via)
             identities.append(identity)
-        subject_ids, created = self.ledger.link_in(conn, identities, run_id=report.run_id)
+        # A record of one person (by its id) that now carries another person's address (a CRM
+        # user's edit, an import, a merge that kept the other's address): the CRM writes to that
+        # address, so that person's nos and erasure reach the record's person, as in a merge.
+        elsewhere: list[tuple[int, int]] = []
+        subject_ids, created = self.ledger.link_in(
+            conn, identities, run_id=report.run_id, elsewhere=elsewhere
+        )
         extra_links = [
             Identity(link=link, subject_id=subject_id)
             for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True)
@@ -871,6 +918,8 @@ class SyncEngine:
                 for key, e in keyed
                 if not _same(seen.get(key), view[key]) and not _same(echo.get(key), view[key])
             ]
+            if fresh and seen:
+                fresh = self._not_dated_again(conn, mapping, record.record_id, subject_id, seen, fresh)
             fields = canonical_json(_consent_fields(mapping, record.fields))
             stored = snapshots.get(record.record_id)
             if not fresh:
@@ -893,6 +942,8 @@ class SyncEngine:
         counts.evidence_recorded += stats.recorded
         counts.evidence_duplicates += stats.duplicates
         counts.state_changes += stats.state_changes
+        if elsewhere:  # after the page's own evidence: a no read on this page travels too
+            self._carry_the_nos(conn, set(elsewhere), report)
         upsert_rows(
             conn,
             crm_snapshots,
@@ -926,6 +977,60 @@ class SyncEngine:
                 for o in outcomes
                 if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
             ]
+
+    def _not_dated_again(
+        self,
+        conn: Connection,
+        mapping: Mapping,
+        record_id: str,
+        subject_id: int,
+        seen: dict[str, Any],
+        fresh: list[Evidence],
+    ) -> list[Evidence]:
+        """``fresh`` less a no read from a Date field that was recorded already: dated today
+        when first read, it had no time yet (recorded as when it was observed); read on a later
+        day it is its day's last moment (mapping.py). That is the same no, not a second one at
+        the day's end, which would be later than its first observation and undo a consent the
+        person gave after it. A no dated to a later day than that observation is a new one.
+        Rare (a record's no changing from undated to dated): one lookup then."""
+        candidates = [
+            e
+            for e in fresh
+            if e.status in SAID_NO_STATUSES
+            and e.event_time is not None
+            and e.event_time.time() == _DAY_END
+            and (old := seen.get(_evidence_key(e))) is not None
+            and len(old) == 3
+            and old[2] is None
+            and old[:2] == _evidence_view(e)[:2]
+        ]
+        if not candidates:
+            return fresh
+        ref = f"{mapping.object}/{record_id}"
+        columns = consent_events.c
+        rows = conn.execute(
+            select(
+                columns.purpose, columns.channel, columns.status, columns.recorded_at, columns.evidence_ref
+            ).where(
+                columns.subject_id == subject_id,
+                columns.source == f"{self.name}:{mapping.object}",
+                columns.origin == Origin.CRM.value,
+                columns.event_time.is_(None),
+            )
+        )
+        # When each of this record's undated nos was last observed (what the snapshot shows).
+        observed: dict[tuple[str, str, str], datetime] = {}
+        for purpose, channel, status, recorded_at, evidence_ref in rows:
+            if evidence_ref == ref or str(evidence_ref or "").startswith(f"{ref} ("):
+                key = (purpose, channel, status)
+                observed[key] = max(recorded_at, observed.get(key, recorded_at))
+        again = set()
+        for e in candidates:
+            moment = observed.get((e.purpose, e.channel, e.status.value))
+            assert e.event_time is not None
+            if moment is not None and e.event_time.date() <= moment.date():
+                again.add(id(e))
+        return [e for e in fresh if id(e) not in again]
 
     # -- deleted and merged CRM records --------------------------------------------------------
 
@@ -1089,7 +1194,13 @@ class SyncEngine:
         consent newer than such a no lifts it, as it would have for the merged person. Only a no:
         the merged person's yeses are not the survivor's (a wrong merge then costs a message not
         sent, never one sent without consent). Merges are rare: these reads cost nothing per
-        record read."""
+        record read.
+
+        The merged person's erasure travels too (Art. 17: the person, and the address the CRM
+        may now hold on the survivor, are never to be contacted again), as a withdrawal at the
+        erasure's time for every purpose and channel, which only the survivor's person's new
+        consent newer than it lifts. ``joined`` also holds (an address's person, the person whose
+        record now carries that address): the CRM writes to that address."""
         merged = sorted({loser for loser, _ in joined})
         policy, purposes = self.ledger.policy, self.ledger.purposes
         events: dict[tuple[int, str, str], list[Evidence]] = {}
@@ -1102,6 +1213,25 @@ class SyncEngine:
         for key, items in events.items():
             if binding_no(summaries[key]) is not None:
                 nos.setdefault(key[0], []).extend(item for item in items if item.status in STICKY_STATUSES)
+        erased = select(subjects.c.id, subjects.c.uid, subjects.c.erased_at).where(
+            one_of(conn, subjects.c.id, merged), subjects.c.erased_at.is_not(None)
+        )
+        for subject_id, uid, erased_at in conn.execute(erased):
+            nos.setdefault(subject_id, []).extend(
+                Evidence(
+                    purpose.key,
+                    channel,
+                    ConsentStatus.WITHDRAWN,
+                    None,
+                    erased_at,
+                    erased_at,
+                    ERASURE_CARRIED_SOURCE,
+                    Origin.CAPTURE,
+                    evidence_ref=f"erasure of subject {uid}, carried by the CRM to another person's record",
+                )
+                for purpose in purposes.values()
+                for channel in purpose.channels
+            )
         upheld = select(objections).where(
             one_of(conn, objections.c.subject_id, merged),
             objections.c.status == ObjectionStatus.UPHELD.value,
