@@ -50,6 +50,8 @@ ERRORS = sdk.ErrorTable(
 )
 
 OBJECT = "Person"
+# UTC (the time zone list's code for it) and every date tagged with its offset.
+SO_TIMEZONE = "UTC, includeTZOffset"
 PURPOSE_ATTRIBUTES = ("LegalBase", "Source", "Registered", "Updated", "Comment")
 PERSON_FIELDS = ("PersonId", "Email", "ConsentUpdated")
 WRITABLE = ("LegalBase", "Comment")
@@ -76,8 +78,10 @@ _INFO_KEYS = {
 
 
 def parse_so_time(value: Any) -> datetime:
-    """SuperOffice's times: ISO with or without an offset (none means UTC, as the archive's dates
-    are), with any number of fraction digits (ConsentInfo carries seven)."""
+    """SuperOffice's times: ISO with or without an offset, with any number of fraction digits
+    (ConsentInfo carries seven). None means UTC: the connector reads only created/updated times,
+    which SuperOffice keeps in UTC whatever the tenant's base time zone ("SOTimezone": "Created and
+    updated date ... are always UTC"), and asks for every date in UTC, tagged (``SO_TIMEZONE``)."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"not a time: {value!r}")
     text = value.strip().replace(" ", "T")
@@ -199,6 +203,12 @@ class SuperOfficeConnector(sdk.Connector):
         headers = {
             "Authorization": f"{self.config.auth_scheme} {self._token.get()}",
             "Accept": "application/json",
+            # Dates in UTC both ways, each answer's tagged with its offset (WebAPI "Headers":
+            # SO-TimeZone "will convert dates to/from the given time zone"; includeTZOffset tags
+            # them). Without it a tenant with time zones on answers ordinary dates in its base
+            # time zone, untagged, and takes restriction values as such; the created/updated
+            # times read here are UTC either way ("SOTimezone"), so this only makes that explicit.
+            "SO-TimeZone": SO_TIMEZONE,
         }
         if self.config.app_token:
             headers[self.config.app_token_header] = self.config.app_token

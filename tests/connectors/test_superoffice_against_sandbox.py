@@ -47,6 +47,9 @@ def test_times_and_literals() -> None:
         2019, 6, 16, 14, 48, 30, 189934, tzinfo=dt.UTC
     )
     assert parse_so_time("2026-11-23T03:21:24") == dt.datetime(2026, 11, 23, 3, 21, 24, tzinfo=dt.UTC)
+    # includeTZOffset's form ("SOTimezone": "2018-12-24T07:34:45-0500"), west and east of UTC.
+    assert parse_so_time("2018-12-24T07:34:45-0500") == dt.datetime(2018, 12, 24, 12, 34, 45, tzinfo=dt.UTC)
+    assert parse_so_time("2018-12-24T13:34:45+0100") == dt.datetime(2018, 12, 24, 12, 34, 45, tzinfo=dt.UTC)
     assert archive_literal("O'Brien\\") == "'O\\'Brien\\\\'"
 
 
@@ -310,3 +313,25 @@ def test_the_mappings_personal_fields_are_one_patch_after_the_consent_calls(so: 
     with pytest.raises(ConnectorError) as write_only:
         list(connector_for(so).read_changes("Person", ["Firstname"], Cursor(), read_until()))
     assert write_only.value.rule.fault is Fault.CONFIG
+
+
+def test_asks_for_utc_dates_tagged_with_their_offset(so: SuperOfficeSandbox) -> None:
+    # SO-TimeZone "UTC, includeTZOffset" (WebAPI "Headers"): every date converted to and from UTC
+    # and tagged, so no read depends on the tenant's base time zone; the change times read are
+    # the tenant's own UTC stamps, to the second.
+    seen: list[str | None] = []
+    archive = so._h_archive
+
+    def recording(request: Any, provider: str) -> Any:
+        seen.append(request.header("SO-TimeZone"))
+        return archive(request, provider)
+
+    so._h_archive = recording  # type: ignore[method-assign]
+    reader = connector_for(so)
+    records = list(reader.read_changes("Person", [*FIELDS, "ConsentUpdated"], Cursor(), read_until()))
+    assert seen and set(seen) == {"UTC, includeTZOffset"}
+    latest = {row.person_id: row.updated for row in sorted(so.tenant.consent_rows(), key=lambda r: r.updated)}
+    assert records and all(
+        parse_so_time(r.fields["ConsentUpdated"]) == latest[int(r.record_id)].replace(microsecond=0)
+        for r in records
+    )

@@ -291,3 +291,22 @@ def test_patch_person_takes_json_patch_and_merge_patch(so: SuperOfficeSandbox) -
     nameless = session.patch(f"{api}/Person/{person.id}", headers=headers, json={"Lastname": None})
     assert nameless.status_code == 400  # a person needs a first or last name
     assert session.patch(f"{api}/Person/999999", headers=headers, json={"Title": "x"}).status_code == 404
+
+
+def test_archive_updated_dates_are_utc_and_tagged_only_when_asked(so: SuperOfficeSandbox) -> None:
+    # SuperOffice "SOTimezone": created/updated dates are always UTC, untagged, unless the
+    # request's SO-TimeZone header carries includeTZOffset (then tagged as UTC).
+    session, headers, api = _client(so)
+    params = {"$select": "consentPerson/personId,consentPerson/updatedDate", "$top": "5"}
+    plain = session.get(f"{api}/archive/ConsentPurpose", headers=headers, params=params).json()["value"]
+    tagged = session.get(
+        f"{api}/archive/ConsentPurpose",
+        headers={**headers, "SO-TimeZone": "UTC, includeTZOffset"},
+        params=params,
+    ).json()["value"]
+    assert plain and all(not r["consentPerson/updatedDate"].endswith("Z") for r in plain)
+    column = "consentPerson/updatedDate"
+    assert [r[column] for r in tagged] == [r[column] + "Z" for r in plain]
+    assert {parse_so_datetime(r["consentPerson/updatedDate"]) for r in tagged} == {
+        parse_so_datetime(r["consentPerson/updatedDate"]) for r in plain
+    }

@@ -30,8 +30,12 @@ from consentsync_superoffice.sandbox.tenant import ConsentRow, ListItem, SuperOf
 __all__ = ["ARCHIVE_COLUMNS", "ArchiveQuery", "format_so_datetime", "parse_so_datetime", "run_query"]
 
 
-def format_so_datetime(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+def format_so_datetime(moment: dt.datetime, *, tagged: bool = False) -> str:
+    """A created/updated time: UTC whatever the tenant's base time zone or the request's
+    SO-TimeZone (SuperOffice "SOTimezone": "Created and updated date ... are always UTC"), with no
+    zone unless the request asked for ``includeTZOffset`` (then tagged as UTC)."""
+    text = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return text + "Z" if tagged else text
 
 
 def parse_so_datetime(text: str) -> dt.datetime:
@@ -341,7 +345,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 def run_query(
-    tenant: SuperOfficeTenant, query: ArchiveQuery, *, max_top: int
+    tenant: SuperOfficeTenant, query: ArchiveQuery, *, max_top: int, tag_times: bool = False
 ) -> tuple[list[dict[str, Any]], bool]:
     """The page of rows the query asks for, and whether more follow it."""
     columns = [_column(name) for name in query.select]
@@ -383,16 +387,16 @@ def run_query(
                 "EntityName": "consentPurpose",
             }
             for column in columns:
-                item[column.name] = _display(column.read(row, tenant))
+                item[column.name] = _display(column.read(row, tenant), tag_times)
             out.append(item)
     return out, more
 
 
-def _display(value: Any) -> Any:
+def _display(value: Any, tag_times: bool = False) -> Any:
     if isinstance(value, ListItem):
         return value.name
     if isinstance(value, dt.datetime):
-        return format_so_datetime(value)
+        return format_so_datetime(value, tagged=tag_times)
     if value is None:
         return ""
     return value

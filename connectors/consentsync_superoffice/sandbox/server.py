@@ -127,6 +127,13 @@ class _OAuthError(Exception):
         self.description = description
 
 
+def _include_tz_offset(request: SandboxRequest) -> bool:
+    """Whether the request's SO-TimeZone header (``<zone>, includeTZOffset``, WebAPI "Headers")
+    asks for dates tagged with their offset."""
+    parts = (request.header("SO-TimeZone") or "").split(",")
+    return any(part.strip().lower() == "includetzoffset" for part in parts[1:])
+
+
 def _error_body(error_type: str, message: str) -> dict[str, Any]:
     return {"Error": message, "ErrorType": error_type, "ErrorSource": "WebApi"}
 
@@ -280,7 +287,9 @@ class SuperOfficeSandbox(HttpsSandbox):
         params = {key: values[0] for key, values in request.query.items()}
         query = ArchiveQuery.from_params(params)
         with self._lock:
-            rows, more = run_query(self.tenant, query, max_top=self.max_page_size)
+            rows, more = run_query(
+                self.tenant, query, max_top=self.max_page_size, tag_times=_include_tz_offset(request)
+            )
         prefix = request.path[: request.path.lower().index("/archive/")]
         body: dict[str, Any] = {"odata.metadata": f"{self.base_url}{prefix}/archive/$metadata", "value": rows}
         if more:
