@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,6 +72,7 @@ _PROPERTY = re.compile(r"^[a-z][a-z0-9_]*$")
 _REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubscribe")
 _ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
 OBJECT = "contacts"
+BATCH_READ_LIMIT = 100  # inputs a batch read takes
 MERGED_IDS = "hs_merged_object_ids"  # on the survivor of a merge: the merged-away ids, ";"-joined
 # "Unsubscribed from all email": true once the contact opted out of all email (the unsubscribe
 # link of a marketing email, a user's "opt out of email"). HubSpot keeps that opt-out apart from
@@ -260,6 +262,19 @@ class HubSpotConnector(sdk.Connector):
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
+        wanted, subscriptions = self._wanted(object_type, fields)
+        self.expected_records = None
+
+        def note_total(total: int | None) -> None:
+            self.expected_records = total
+
+        pages = self._keyset_pages(since.modstamp, _cursor_id(since), until, wanted, [], note_total)
+        for batch in pages:
+            yield from self._records(object_type, batch, subscriptions)
+
+    def _wanted(self, object_type: str, fields: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The properties a read of ``fields`` asks HubSpot for, and the subscription ids whose
+        statuses it reads (the virtual ``subscription_<id>`` fields)."""
         known = self.describe(object_type)
         sdk.require_fields(
             fields, known, "contacts have no property or subscription", "(or the private app cannot see it)"
@@ -271,14 +286,7 @@ class HubSpotConnector(sdk.Connector):
             wanted.append("email")
         if subscriptions and OPTED_OUT_OF_ALL in known and OPTED_OUT_OF_ALL not in wanted:
             wanted.append(OPTED_OUT_OF_ALL)
-        self.expected_records = None
-
-        def note_total(total: int | None) -> None:
-            self.expected_records = total
-
-        pages = self._keyset_pages(since.modstamp, _cursor_id(since), until, wanted, [], note_total)
-        for batch in pages:
-            yield from self._records(object_type, batch, subscriptions)
+        return wanted, subscriptions
 
     def _keyset_pages(
         self,
@@ -408,21 +416,63 @@ class HubSpotConnector(sdk.Connector):
 
     # -- deletions and merges ------------------------------------------------------------------
 
-    def read_deletions(self, object_type: str, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+    def read_deletions(
+        self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
+    ) -> Iterator[sdk.CrmRecord]:
         """Contacts archived (deleted) or merged away after ``since`` and at or before ``until``,
         in (time, id) order: archived ones from the archived list (their ``archivedAt``), merged
         ones from the survivors' ``hs_merged_object_ids`` (at the survivor's
         ``lastmodifieddate``, which the merge moved; a later change of the survivor names them
-        again, which only repeats news of a record already gone)."""
+        again, which only repeats news of a record already gone).
+
+        With ``fields``, an archived contact comes with its last values: HubSpot keeps an
+        archived contact's properties (it can be restored for 90 days) and answers them to a
+        batch read with ``archived=true``, one call per 100 deletions in the window and none
+        when there are none; the values are then what ``read_changes`` gives for a live contact
+        (subscription statuses included, read as for a page of changes). A merged-away id has
+        no values of its own left to read (a read of it answers its survivor): it comes bare."""
         _check_object(object_type)
         floor = _cursor_id(since)
 
-        def wanted(record: sdk.CrmRecord) -> bool:
+        def in_window(record: sdk.CrmRecord) -> bool:
             return _after(record, since.modstamp, floor) and record.modstamp <= until
 
-        archived = sorted(filter(wanted, self._archived()), key=_deletion_key)
-        merged = filter(wanted, self._merged_away(since.modstamp, until))
+        archived: Iterator[sdk.CrmRecord] = iter(
+            sorted(filter(in_window, self._archived()), key=_deletion_key)
+        )
+        if fields:
+            archived = self._with_last_values(object_type, archived, fields)
+        merged = filter(in_window, self._merged_away(since.modstamp, until))
         yield from heapq.merge(archived, merged, key=_deletion_key)
+
+    def _with_last_values(
+        self, object_type: str, deleted: Iterator[sdk.CrmRecord], fields: Sequence[str]
+    ) -> Iterator[sdk.CrmRecord]:
+        """``deleted`` (archived contacts, in order) with their last values, read in batches of
+        100 (``POST .../batch/read?archived=true``, which answers archived contacts only). A
+        contact the read no longer finds (restored or purged since it was listed) comes bare."""
+        wanted, subscriptions = self._wanted(object_type, fields)
+        while chunk := list(islice(deleted, BATCH_READ_LIMIT)):
+            body = self._request(
+                "POST",
+                f"/crm/v3/objects/{OBJECT}/batch/read",
+                params={"archived": "true"},
+                json={"properties": wanted, "inputs": [{"id": record.record_id} for record in chunk]},
+                describe="read archived contacts",
+            ).json()
+            found = [raw for raw in body.get("results") or [] if isinstance(raw, dict) and raw.get("id")]
+            values = {
+                record.record_id: dict(record.fields)
+                for record in self._records(object_type, found, subscriptions)
+            }
+            for record in chunk:
+                yield sdk.CrmRecord(
+                    object_type,
+                    record.record_id,
+                    record.modstamp,
+                    values.get(record.record_id, {}),
+                    deleted=True,
+                )
 
     def _archived(self) -> Iterator[sdk.CrmRecord]:
         """Every archived contact, page by page (the list comes in id order, not by

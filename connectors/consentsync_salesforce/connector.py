@@ -610,18 +610,18 @@ def _record(object_type: str, raw: Mapping[str, Any]) -> sdk.CrmRecord:
     fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS)}
     if raw.get("IsDeleted") is True:
         # In the recycle bin: SystemModstamp is the deletion; MasterRecordId names the survivor
-        # when it was merged away. A deleted record's fields are not handed on (a deleted
-        # person's data has no business in the ledger); a merged one's are, for the engine to
-        # keep an opt-out ticked on the duplicate (it takes only a no from them, and only for a
-        # person it already links).
-        merged_into = raw.get("MasterRecordId") or None
+        # when it was merged away. queryAll answers a recycled row with its last values (they
+        # stay until the bin is emptied), in the same page as the live rows: handed on, at no
+        # extra call, so that an opt-out ticked just before the deletion (or the merge) is not
+        # lost with the record when no read came in between. The engine takes only a no from a
+        # deleted record's values, never its other values as the person's current state.
         return sdk.CrmRecord(
             object_type,
             record_id,
             modstamp,
-            fields if merged_into else {},
+            fields,
             deleted=True,
-            merged_into=merged_into,
+            merged_into=raw.get("MasterRecordId") or None,
         )
     return sdk.CrmRecord(object_type, record_id, modstamp, fields)
 

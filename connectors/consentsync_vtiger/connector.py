@@ -294,14 +294,20 @@ class VtigerConnector(sdk.Connector):
 
     # -- deletions -----------------------------------------------------------------------------
 
-    def read_deletions(self, object_type: str, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+    def read_deletions(
+        self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
+    ) -> Iterator[sdk.CrmRecord]:
         """Records deleted after ``since``, from ``operation=sync``'s ``deleted`` ids (only with
         ``read_deletions`` on). Sync names no deletion times: each id is stamped with the last
         second of the batch that listed it (``lastModifiedTime``, at or after the deletion), and
         a batch ending after ``until`` is left for the next run. Sync compares with a strict
         ``>`` on whole seconds, so it is asked from the second before ``since``. Only records
         owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
-        merge in Vtiger shows as a deletion of the merged-away record, without its survivor."""
+        merge in Vtiger shows as a deletion of the merged-away record, without its survivor.
+
+        ``fields`` is taken and left unused: the webservice keeps no deleted record's values
+        within reach (VTQL leaves deleted rows out, ``retrieve`` of a deleted id answers
+        ACCESS_DENIED and sync's ``deleted`` holds ids only), so a deletion comes bare."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")

@@ -261,6 +261,39 @@ def test_read_deletions_lists_archived_and_merged_contacts_in_time_order(harness
     assert [r.record_id for r in early] == [ids[1], ids[2]]
 
 
+def test_an_archived_contact_comes_with_the_values_it_held_when_deleted(harness: HubSpotHarness) -> None:
+    """A contact unsubscribes and a user deletes the contact before any read: HubSpot keeps an
+    archived contact's properties (batch read with ``archived=true``) and the address's
+    subscription statuses, so the deletion carries the values a read of the live contact gave,
+    for one batch read per 100 deletions, and none when nothing was deleted."""
+    portal = harness.sandbox.portal
+    ids = harness.seed(4)
+    conn = connector(harness)
+    email = str(portal.get(ids[1])["email"])
+    portal.set_status(email, "1001", "UNSUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE")
+    portal.update(ids[1], {"jobtitle": "Buyer"})
+    live = {r.record_id: r for r in _read(conn)}
+    assert live[ids[1]].fields["subscription_1001"] == "UNSUBSCRIBED"
+    before = harness.sandbox.calls["batch_read"]
+    assert list(conn.read_deletions("contacts", Cursor(), read_until(), FIELDS)) == []
+    assert harness.sandbox.calls["batch_read"] == before, "no deletions: no read of their values"
+    base = portal.now() - dt.timedelta(minutes=5)
+    portal.archive(ids[1], at=base + dt.timedelta(seconds=1))
+    portal.merge(ids[0], ids[2], at=base + dt.timedelta(seconds=2))
+    portal.archive(ids[3], at=base + dt.timedelta(seconds=3))
+    gone = list(conn.read_deletions("contacts", Cursor(), read_until(), FIELDS))
+    assert [(r.record_id, r.deleted, r.merged_into) for r in gone] == [
+        (ids[1], True, None),
+        (ids[2], True, ids[0]),
+        (ids[3], True, None),
+    ]
+    assert gone[0].modstamp == base + dt.timedelta(seconds=1), "stamped at the deletion"
+    assert gone[0].fields == live[ids[1]].fields, "the last values, as a read of the live contact gave"
+    assert gone[2].fields == live[ids[3]].fields
+    assert gone[1].fields == {}, "a merged-away id has no values of its own left"
+    assert harness.sandbox.calls["batch_read"] == before + 1, "one batch read for the page of deletions"
+
+
 def test_the_delete_action_archives_a_hundred_a_call_answering_each_call(harness: HubSpotHarness) -> None:
     ids = harness.seed(150)
     conn = connector(harness)

@@ -148,12 +148,36 @@ def test_deletions_and_merges_come_in_the_cursor_stream(sandbox: SalesforceSandb
         (deleted, True, None),
     ]
     assert changes[1].modstamp == last.modstamp + timedelta(seconds=30)
-    # A deleted record's fields stay out; a merged one's come (the engine keeps a no from them).
-    assert changes[2].fields == {}
+    # A merged record's and a deleted one's last values come (the engine keeps a no from them).
+    assert changes[2].fields["Id"] == deleted and "IsDeleted" not in changes[2].fields
     assert changes[1].fields["Id"] == merged and "IsDeleted" not in changes[1].fields
     assert "IsDeleted" not in changes[0].fields and changes[0].fields["Email"]
     by_id = list(connector.read_records("Contact", FIELDS, [survivor, merged]))
     assert [r.record_id for r in by_id] == [survivor], "a record read by id must be live"
+
+
+def test_a_no_ticked_just_before_a_deletion_comes_with_the_deletion(sandbox: SalesforceSandbox) -> None:
+    """A user ticks a contact's opt-out and deletes the contact before any read: queryAll's
+    recycled row still holds the values (until the recycle bin is emptied), so the deletion
+    carries them, as a read of the live record would have given them, in the same query."""
+    connector = connector_for(sandbox)
+    everything = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
+    last = everything[-1]
+    live = next(r for r in everything if r.fields["HasOptedOutOfEmail"] is False and r.fields["Email"])
+    sandbox.org.clock = lambda: last.modstamp + timedelta(seconds=30)
+    sandbox.org.update(live.record_id, {"HasOptedOutOfEmail": True, "DoNotCall": True})
+    sandbox.org.clock = lambda: last.modstamp + timedelta(seconds=60)
+    sandbox.org.delete(live.record_id)
+    queries = sandbox.calls["query"]
+    since = Cursor(last.modstamp, last.record_id)
+    (gone,) = list(connector.read_changes("Contact", FIELDS, since, read_until()))
+    assert (gone.record_id, gone.deleted, gone.merged_into) == (live.record_id, True, None)
+    assert gone.modstamp == last.modstamp + timedelta(seconds=60), "stamped at the deletion"
+    assert gone.fields == {**live.fields, "SystemModstamp": gone.fields.get("SystemModstamp")} | {
+        "HasOptedOutOfEmail": True,
+        "DoNotCall": True,
+    }, "the deletion carries the record's last values, keyed as a live read gives them"
+    assert sandbox.calls["query"] == queries + 1, "no call beyond the read's own query"
 
 
 def test_a_late_commit_inside_the_look_back_is_read_on_the_next_run(sandbox: SalesforceSandbox) -> None:

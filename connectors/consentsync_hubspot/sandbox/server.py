@@ -24,6 +24,8 @@ Endpoints (endpoint kind in brackets):
   400 VALIDATION_ERROR, as HubSpot does.
 * ``GET /crm/v3/objects/contacts?archived=true`` [list]: archived (deleted) contacts, each with
   ``"archived": true`` and ``archivedAt``, paged with ``after``, in id order (not archivedAt).
+  ``POST .../batch/read?archived=true`` [batch_read] answers archived contacts only, with the
+  properties they held when archived (a live id is OBJECT_NOT_FOUND there).
 * ``GET /crm/v3/objects/contacts/{id}`` [get]: one contact; a merged-away id answers the contact
   it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
 * ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
@@ -411,6 +413,14 @@ class HubSpotPortal:
             self._archived[int(contact_id)] = record
             self._unindexed.discard(int(contact_id))
             return True
+
+    def archived_one(self, contact_id: str) -> dict[str, Any] | None:
+        """An archived contact as it was when archived, or None (live, merged or unknown)."""
+        with self.lock:
+            if not str(contact_id).strip().isdigit():
+                return None
+            record = self._archived.get(int(contact_id))
+            return dict(record) if record is not None else None
 
     def archived(self) -> list[tuple[int, dict[str, Any]]]:
         """Archived contacts in id order (the archived list's order)."""
@@ -1122,14 +1132,21 @@ class HubSpotSandbox(HttpsSandbox):
         return inputs
 
     def _h_batch_read(self, request: SandboxRequest) -> SandboxResponse:
+        """Contacts by id; with ``archived=true`` archived ones only, with the properties they
+        held when archived (HubSpot keeps them: an archived contact can be restored)."""
         body = request.json()
         inputs = self._inputs(body, self.batch_limit)
         wanted = body.get("properties") or []
+        archived = (request.param("archived") or "false").lower() == "true"
         results, missing = [], []
         started = iso_ms(self.portal.now())
         for item in inputs:
             contact_id = str(item.get("id")) if isinstance(item, dict) else None
-            record = self.portal.get(contact_id) if contact_id else None
+            record = (
+                (self.portal.archived_one if archived else self.portal.get)(contact_id)
+                if contact_id
+                else None
+            )
             if record is None:
                 missing.append(str(contact_id))
                 continue

@@ -4,6 +4,7 @@ talks to its CRM."""
 
 from __future__ import annotations
 
+import inspect
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -76,9 +77,10 @@ class Cursor:
 class CrmRecord:
     """One record as the CRM holds it now, or the news that it is gone.
 
-    ``deleted``: the CRM deleted the record (``fields`` may be empty); ``modstamp`` is then the
-    time of the deletion. ``merged_into``: the record was merged away and this is the id of the
-    record that survived (``deleted`` is then True too).
+    ``deleted``: the CRM deleted the record; ``modstamp`` is then the time of the deletion and
+    ``fields`` its last values where the CRM still answers them (its recycle bin), else empty.
+    ``merged_into``: the record was merged away and this is the id of the record that survived
+    (``deleted`` is then True too).
     """
 
     object_type: str
@@ -278,11 +280,30 @@ class Connector(ABC):
         reads run one after another."""
         return None
 
-    def read_deletions(self, object_type: str, since: Cursor, until: datetime) -> Iterator[CrmRecord]:
+    def read_deletions(
+        self, object_type: str, since: Cursor, until: datetime, fields: Sequence[str] = ()
+    ) -> Iterator[CrmRecord]:
         """Records of ``object_type`` deleted or merged away after ``since`` and at or before
         ``until``, in (deletion time, id) order, as ``CrmRecord(deleted=True, merged_into=...)``.
-        Connectors with ``reads_deletions`` implement it; the engine keeps its own cursor."""
+        Connectors with ``reads_deletions`` implement it; the engine keeps its own cursor.
+
+        ``fields``: the mapped fields (as ``read_changes`` takes them). Where the CRM still
+        answers a deleted record's last values (a recycle bin), the connector hands them over
+        in ``CrmRecord.fields`` as ``read_changes`` would have given them, so that a no ticked
+        just before the deletion is not lost with the record; else ``fields`` stays empty. A
+        deleted record's values are never its person's current state: the engine takes only a
+        no from them."""
         raise TypeError(f"the {self.vendor} connector does not list deleted records (reads_deletions)")
+
+    def read_deletions_with(
+        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
+    ) -> Iterator[CrmRecord]:
+        """What the engine calls for a deletion listing: ``read_deletions`` handed the mapped
+        ``fields``, or, for a connector written before ``read_deletions`` took them (a plugin of
+        its own), called as before: its deletions then come without values."""
+        if "fields" in inspect.signature(self.read_deletions).parameters:
+            return self.read_deletions(object_type, since, until, fields=fields)
+        return self.read_deletions(object_type, since, until)
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
