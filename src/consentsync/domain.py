@@ -124,7 +124,27 @@ DEFAULT_CHANNELS: tuple[str, ...] = ("email", "phone", "sms", "post")
 # "Electronic mail" in PECR reg. 2 and ePrivacy Art. 2(h): email, SMS, MMS, voicemail.
 ELECTRONIC_MAIL_CHANNELS: tuple[str, ...] = ("email", "sms")
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# One addr-spec as RFC 5321 (section 4.1.2) writes a Mailbox, with RFC 6531's UTF-8 (SMTPUTF8):
+# a local part of atext (letters, digits, !#$%&'*+-/=?^_`{|}~) and dots, an "@" and a domain of
+# two or more dot-separated labels (letters and digits, hyphens inside). Dots are not held to
+# RFC 5321's dot-string (none first, last or doubled): carriers have handed out "a..b@" and
+# "a.@" addresses that mail still reaches, and a dot never splits a recipient. Not a quoted local
+# part nor an address literal: both may hold what a mail header reads as several recipients or a
+# display name, and neither is an address anyone gives a CRM. Anything else (commas, semicolons,
+# angle brackets, quotes, parentheses, colons, spaces, line breaks) is refused: a To header would
+# read "a@b.example,ceo" as two recipients, the second one completed by the SMTP server.
+_UTF8 = "\u0080-\U0010ffff"
+_LOCAL = f"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~.\\-{_UTF8}]+"  # one class: no nested repetition
+_LABEL = f"[A-Za-z0-9{_UTF8}](?:[A-Za-z0-9\\-{_UTF8}]*[A-Za-z0-9{_UTF8}])?"
+_EMAIL_RE = re.compile(f"^{_LOCAL}@{_LABEL}(?:\\.{_LABEL})+$")
+# What older versions accepted (one "@", no spaces, a dot after it): an address the ledger may
+# already hold from then is still found by it (a lookup, an erasure), never newly accepted.
+_LOOSE_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_SPACE = re.compile(r"\s")
+EMAIL_ACCEPTED = (
+    "one address local@domain.tld (RFC 5321: letters, digits, dots and !#$%&'*+-/=?^_`{|}~ "
+    "before the @; no spaces, commas, semicolons, brackets or quotes), at most 320 characters"
+)
 
 
 class InvalidInput(ValueError):
@@ -132,15 +152,32 @@ class InvalidInput(ValueError):
 
 
 def normalise_email(raw: str) -> str:
-    """Lower-cased and trimmed, as domain.md's identity rule asks; raises on anything malformed
-    (control or format characters, lone surrogates, more than 320 characters)."""
+    """Lower-cased and trimmed, as domain.md's identity rule asks; raises on anything that is
+    not one address (``_EMAIL_RE``: what a mail header could read as several recipients), and
+    on control or format characters, lone surrogates, more than 320 characters. Every path an
+    address enters by (a CRM record, the CLI, the capture API) checks it here."""
     email = raw.strip().lower()
-    if len(email) > EMAIL_MAX or not _EMAIL_RE.match(email) or _FORBIDDEN_IN_LABEL.search(email):
-        raise InvalidInput(
-            f"malformed email address {shown(raw)}: expected local@domain.tld, at most {EMAIL_MAX} "
-            "characters, no control characters"
-        )
+    if (
+        len(email) > EMAIL_MAX
+        or not _EMAIL_RE.match(email)
+        or _SPACE.search(email)
+        or _FORBIDDEN_IN_LABEL.search(email)
+    ):
+        raise InvalidInput(f"malformed email address {shown(raw)}: expected {EMAIL_ACCEPTED}")
     return email
+
+
+def lookup_email(raw: str) -> str:
+    """``normalise_email`` for finding an address the ledger may already hold (a search, an
+    erasure, a decision asked for): what older versions accepted is still found, so that such a
+    person can be erased; it is never a way in for a new address."""
+    try:
+        return normalise_email(raw)
+    except InvalidInput:
+        email = raw.strip().lower()
+        if len(email) > EMAIL_MAX or not _LOOSE_EMAIL_RE.match(email) or _FORBIDDEN_IN_LABEL.search(email):
+            raise
+        return email
 
 
 # -- input bounds (docs/policy.md, "Input limits") ----------------------------------------------

@@ -780,6 +780,7 @@ class Mapping:
     __slots__ = (
         "_canonical",
         "_consent_fields",
+        "_field_lines",
         "_pull_fields",
         "object",
         "pairs",
@@ -788,9 +789,12 @@ class Mapping:
         "vendor",
     )
 
-    def __init__(self, spec: MappingSpec, path: Path) -> None:
+    def __init__(self, spec: MappingSpec, path: Path, field_lines: dict[str, int] | None = None) -> None:
         self.spec = spec
         self.path = path
+        # The line each CRM field is first named on in the file: an error about a field the CRM
+        # lacks, or whose type is wrong for its use, names where to correct it.
+        self._field_lines = field_lines or {}
         self.vendor = spec.vendor
         self.object = spec.object
         # Translation tables keyed the way CRM values are compared (see crm_key), built once.
@@ -808,6 +812,40 @@ class Mapping:
         return f"Mapping({self.vendor}:{self.object} from {self.path})"
 
     # -- fields --------------------------------------------------------------------------------
+
+    def where(self, field: str) -> str:
+        """``path:line`` of the line that names ``field`` (the file alone where none does)."""
+        line = self._field_lines.get(field)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def field_names(self) -> list[str]:
+        """Every CRM field the file names (read or written), in file order."""
+        return list(self._field_lines)
+
+    def problems_against(self, fields: RecordMap[str, Any]) -> list[str]:
+        """What the CRM's description of the object (field name -> ``FieldInfo``, as a
+        connector's ``describe`` answers) says is wrong with this mapping, each naming the file
+        and line: a field read that does not exist (or the user cannot see), a field pushed that
+        the user cannot write, a cursor field (``identity.modstamp``) that is not a date-time."""
+        problems: list[str] = []
+        for name in self.pull_fields():
+            if name not in fields:
+                problems.append(f"{self.where(name)}: {self.object}.{name} does not exist or is not visible")
+        for name in self.push_fields():
+            info = fields.get(name)
+            if info is not None and not info.updateable:
+                problems.append(
+                    f"{self.where(name)}: {self.object}.{name} is pushed but not writable by this user"
+                )
+        cursor = self.spec.identity.modstamp
+        info = fields.get(cursor)
+        kind = str(getattr(info, "type", "") or "")
+        if info is not None and not is_date_time_type(kind):
+            problems.append(
+                f"{self.where(cursor)}: identity.modstamp {self.object}.{cursor} is a {kind} field: the "
+                "cursor must be a date-time field the CRM stamps on every change (its last-modified time)"
+            )
+        return problems
 
     def pull_fields(self) -> list[str]:
         """Every CRM field to read, in a stable order without repeats: the id and change
@@ -1167,7 +1205,40 @@ def parse_mapping(
         spec = MappingSpec.model_validate(raw, context=context)
     except ValidationError as error:
         raise MappingError(describe(error, path, lines, MappingSpec, prefer_unknown_keys=True)) from None
-    return Mapping(spec, path)
+    return Mapping(spec, path, _field_lines(raw, lines))
+
+
+# The keys whose value is a CRM field's name (``also_read`` holds a list of them).
+_FIELD_KEYS = frozenset({"field", "record_id", "modstamp", "email"})
+
+
+def _field_lines(raw: Any, lines: RecordMap[tuple[Any, ...], int]) -> dict[str, int]:
+    """Each CRM field name the file holds, with the line it is first named on."""
+    found: dict[str, int] = {}
+
+    def walk(value: Any, loc: tuple[Any, ...]) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, (*loc, key))
+        elif isinstance(value, list):
+            for position, item in enumerate(value):
+                walk(item, (*loc, position))
+        elif isinstance(value, str) and loc and (loc[-1] in _FIELD_KEYS or loc[-2:-1] == ("also_read",)):
+            line = lines.get(loc)
+            if line is not None:
+                found.setdefault(value.strip(), line)
+
+    walk(raw, ())
+    return found
+
+
+def is_date_time_type(kind: str) -> bool:
+    """Whether a field type a CRM's describe gives (Salesforce ``datetime``, Dataverse
+    ``DateTime``, HubSpot ``datetime/date``, Vtiger ``datetime``) is a date-time: a change cursor
+    must be one (a text, number or date alone cannot order changes within a day). An empty type
+    is one the CRM does not say, and passes."""
+    head = kind.strip().lower().split("/", 1)[0].replace("-", "").replace("_", "")
+    return not head or "datetime" in head or head in ("timestamp", "timestamptz")
 
 
 def load_mapping(

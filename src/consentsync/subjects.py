@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from consentsync.domain import InvalidInput, iso, normalise_email
+from consentsync.domain import InvalidInput, iso, lookup_email
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects
 from consentsync.ledger.service import Ledger
 
@@ -30,7 +30,7 @@ def search(
     matched: dict[int, set[str]] = {}
     with ledger.engine.connect() as conn:
         if by in ("any", "email") and ("@" in text or by == "email"):
-            for uid in ledger.subject_uids_for_email(normalise_email(text)):  # erased ones too
+            for uid in ledger.subject_uids_for_email(lookup_email(text)):  # erased ones too
                 for subject_id in _ids_by_uid(conn, uid, exact=True):
                     matched.setdefault(subject_id, set()).add("email")
         if by in ("any", "record"):

@@ -61,6 +61,7 @@ from consentsync.ledger.schema import (
     consent_events,
     consent_states,
     crm_links,
+    crm_snapshots,
     notices,
     objections,
     outbox,
@@ -655,7 +656,21 @@ class Ledger:
                     details={"reason": reason},
                 ),
             )
+            # Records of other people that last showed this address (an edit, an import, a merge
+            # that kept it): the connectors look at them again, and a record holding an erased
+            # address is suppressed whoever's it is (sync/engine.py, decide_pushes). The snapshot
+            # keeps the same keyed hash. No index on it: one scan of the snapshots per erasure,
+            # which is rare (a bulk erasure of many addresses would want one: a migration).
+            holders = set(
+                conn.execute(
+                    select(crm_links.c.subject_id)
+                    .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                    .where(crm_snapshots.c.identity == digest, crm_links.c.gone_at.is_(None))
+                ).scalars()
+            ) - {subject_id}
             audit.append(conn, records, now)
+            if holders:
+                self._announce(conn, holders, now)
         log.info("subject.erased", subject=uid, suppression=suppression_id, known=subject_id is not None)
         return {
             "subject": uid,

@@ -12,6 +12,7 @@ nor past the moment the run started (less a lag for CRMs that stamp whole second
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
+    audit_entries,
     consent_events,
     crm_links,
     crm_snapshots,
@@ -55,6 +57,7 @@ from consentsync.ledger.schema import (
     outbox,
     quarantine,
     subjects,
+    suppressions,
     sync_cursors,
     sync_examine,
     sync_runs,
@@ -69,9 +72,9 @@ from consentsync.mapping import (
     crm_key,
     field_value,
 )
-from consentsync.reconcile import binding_no, summarise
+from consentsync.reconcile import Rule, binding_no, summarise
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
-from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError
+from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
 from consentsync.sync.decisions import DecidedPushes, NewPush, QueuedRow, RecordKey
 from consentsync.sync.failpoints import failpoint
@@ -229,8 +232,9 @@ class _PageLink(NamedTuple):
 
 class _LinkToPush(NamedTuple):
     """A person's link the examination weighs: its snapshot's fields (None where none is kept),
-    whether the person was erased (``erased_at`` as stored: only NULL or not matters) and, for a
-    record merged away, its survivor."""
+    whether the person was erased (``erased_at`` as stored: only NULL or not matters), whether
+    the address the record last showed is on the suppression list (``address_erased``: an entry's
+    id or None) and, for a record merged away, its survivor."""
 
     id: int
     subject_id: int
@@ -241,11 +245,12 @@ class _LinkToPush(NamedTuple):
     fields: str | None
     erased_at: Any
     merged_into: str | None
+    address_erased: int | None
 
 
 _LINK_TO_PUSH_COLUMNS = (
     "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
-    "crm_snapshots.fields", "subjects.erased_at", "merged_into",
+    "crm_snapshots.fields", "subjects.erased_at", "merged_into", "suppressions.id",
 )  # fmt: skip
 
 
@@ -422,7 +427,8 @@ class SyncEngine:
             stops = isinstance(error, BudgetExhausted) or error.action is Action.RATE_LIMITED
             report.status = "stopped" if stops else "failed"
             label = "credentials" if error.rule.credentials else error.rule.fault.value
-            report.error = f"{label}: {error}"
+            said = self._located(str(error)) if error.rule.fault is Fault.CONFIG else str(error)
+            report.error = f"{label}: {said}"
             report.exit_code = exit_codes.for_connector_error(error.rule)
             bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
         except InvalidInput as error:
@@ -924,7 +930,14 @@ class SyncEngine:
             stored = snapshots.get(record.record_id)
             if not fresh:
                 counts.unchanged_records += 1
-            if fresh or stored is None or canonical_json(stored[1]) != fields:
+            before = held.get(record.record_id)
+            if (
+                fresh
+                or stored is None
+                or canonical_json(stored[1]) != fields
+                # A new address: whether it is an erased one decides what the record may show.
+                or (before is not None and before.identity != digests[record.record_id])
+            ):
                 examine.add(subject_id)
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
@@ -1438,7 +1451,14 @@ class SyncEngine:
                     _LINK_TO_PUSH_COLUMNS,
                     "subject_id",
                     sorted(subject_ids),
-                    join=((crm_snapshots, "link_id", "id"), (subjects, "id", "subject_id")),
+                    # The snapshot's identity is the keyed hash the suppression list keeps
+                    # (_identity_digests): a record now holding an erased address is known here
+                    # by one lookup of the list's unique index, never a query per record.
+                    join=(
+                        (crm_snapshots, "link_id", "id"),
+                        (subjects, "id", "subject_id"),
+                        (suppressions, "email_hmac", "crm_snapshots.identity"),
+                    ),
                 ),
             )
             if row.connector == self.name
@@ -1473,6 +1493,8 @@ class SyncEngine:
                 continue
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
+            if row.address_erased is not None and row.erased_at is None:
+                subject_states = _address_erased(subject_states)
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
@@ -2020,6 +2042,14 @@ class SyncEngine:
         with self._transaction() as conn:
             now_pending = Plan(self.name, plan_items(conn, self.name, list(self._pending(conn))))
             if now_pending.digest != plan.digest:
+                applied = self._applied_before(conn, plan)
+                if applied is not None:
+                    run_id, at = applied
+                    raise PlanOutdated(
+                        f"this plan was already applied, by run {run_id} at {at}: nothing was pushed "
+                        f"again (see it with `consentsync runs show {run_id}`); to push what changed "
+                        f"since, make a new plan with `consentsync plan {self.name}`"
+                    )
                 planned = {canonical_json(item.key()) for item in plan.items}
                 current = {canonical_json(item.key()) for item in now_pending.items}
                 raise PlanOutdated(
@@ -2042,6 +2072,36 @@ class SyncEngine:
                 self.ledger.clock(),
             )
         return {item.outbox_id for item in now_pending.items}
+
+    def _located(self, message: str) -> str:
+        """A connector's configuration error with the mapping file and line of each field it
+        names ("Contact has no field(s) HasOptedOutOfEmale"): the connector knows the CRM, the
+        mapping knows where the admin wrote the name. Only the part before "accepted" is read
+        (what follows lists what the CRM offers, not what is wrong)."""
+        wrong = re.split(r"accepted", message, maxsplit=1, flags=re.IGNORECASE)[0]
+
+        def said(name: str) -> bool:
+            return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", wrong) is not None
+
+        mappings = list(self.by_object.values())
+        mappings = [m for m in mappings if said(m.object)] or mappings
+        places = [f"{name} at {m.where(name)}" for m in mappings for name in m.field_names() if said(name)]
+        return f"{message} (mapping: {'; '.join(places)})" if places else message
+
+    def _applied_before(self, conn: Connection, plan: Plan) -> tuple[str, str] | None:
+        """(run id, time) of the run that applied ``plan`` (its digest) already, if one did: a
+        plan applied again is not one "the ledger or the CRM changed" since it was made. Read
+        only when a plan no longer matches, from the audit log's few ``plan.applied`` entries."""
+        rows = conn.execute(
+            select(audit_entries.c.run_id, audit_entries.c.at, audit_entries.c.payload)
+            .where(audit_entries.c.action == "plan.applied")
+            .order_by(audit_entries.c.seq.desc())
+        )
+        for run_id, at, payload in rows:
+            what = orjson.loads(payload).get("what") or {}
+            if what.get("digest") == plan.digest and what.get("connector") == self.name:
+                return str(run_id), iso(at)
+        return None
 
     def _resolve_push_quarantine(self, conn: Connection, done: list[Any], now: datetime) -> None:
         """A push quarantined when it was dead-lettered, then sent again (``outbox retry``) or
@@ -2251,15 +2311,20 @@ class SyncEngine:
 
     def _identity_digests(self, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
         """Each record's identity as a keyed hash (its address: the links it names are among
-        the snapshot's fields), to tell a record read again unchanged without its address."""
+        the snapshot's fields), to tell a record read again unchanged without its address. An
+        address is hashed as the suppression list hashes it (trimmed, lower-cased: what
+        normalise_email makes of a valid one), so that the push decision finds a record holding
+        an erased address by the hash alone; a value that is no text (none, a number) as its
+        JSON text after a NUL, which no text can equal. (Not validated here: that costs more than
+        the hash, and a malformed address is on no list but one erased as it was written.)"""
         digest = self.ledger.keyed_hasher()
         email_field = mapping.spec.identity.email
-        return {
-            record.record_id: digest(
-                canonical_json(field_value(record.fields, email_field) if email_field else None)
-            )
-            for record in page
-        }
+        digests: dict[str, str] = {}
+        for record in page:
+            raw = field_value(record.fields, email_field) if email_field else None
+            text = raw.strip().lower() if isinstance(raw, str) else "\0" + canonical_json(raw)
+            digests[record.record_id] = digest(text)
+        return digests
 
     def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, _PageLink]:
         """The links of these records that exist, with their snapshots (None where none is kept),
@@ -2442,6 +2507,22 @@ def _same(seen: list[str | None] | None, view: list[str | None]) -> bool:
     if seen is not None and len(seen) == 4:
         return seen[:2] == view[:2]
     return seen == view
+
+
+def _address_erased(states: dict[tuple[str, str], EffectiveState]) -> dict[tuple[str, str], EffectiveState]:
+    """A person's states as a record holding an erased address must show them: suppressed for
+    every purpose and channel, as the erased person's own records are (Art. 17: the suppression
+    list exists so that the address is never contacted again), whatever the record's person
+    consented to: their consent is to their own address, which the record no longer holds."""
+    return {
+        key: replace(
+            state,
+            suppressed=True,
+            rule=Rule.ERASURE,
+            detail="the record's address is on the suppression list",
+        )
+        for key, state in states.items()
+    }
 
 
 def _brief(state: EffectiveState | None) -> str:
