@@ -63,6 +63,7 @@ from consentsync.domain import (
     SoftOptIn,
     check_label,
     check_moment,
+    lookup_email,
     normalise_email,
     parse_enum,
     parse_timestamp,
@@ -74,7 +75,14 @@ EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
 def _email(value: str) -> str:
+    """An address that may enter the ledger (one address: domain.EMAIL_ACCEPTED)."""
     return normalise_email(value)
+
+
+def _held_email(value: str) -> str:
+    """An address to find in the ledger: what older versions let in is still found, so that such
+    a person can be erased, restricted, shown or exported (domain.lookup_email)."""
+    return lookup_email(value)
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -402,7 +410,7 @@ def objection_decide(
 @scriptable
 def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) -> None:
     """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
-    address = _email(email)
+    address = _held_email(email)
     target = current_ledger()
     if not yes:
         if not sys.stdin.isatty():
@@ -432,7 +440,7 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
 def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bool) -> None:
     """Restrict processing of a person (Art. 18): stored, not otherwise processed."""
     who = login_name() if actor is None else actor
-    result = current_ledger().restrict(_email(email), restricted=not lift, reason=reason, actor=who)
+    result = current_ledger().restrict(_held_email(email), restricted=not lift, reason=reason, actor=who)
     subject_uid = result["subject"]
     emit_result(
         result,
@@ -452,7 +460,7 @@ def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bo
 def subject_show(email: str, as_json: bool) -> None:
     """Effective state per purpose and channel, with the deciding rule, and the full history."""
     ledger = current_ledger()
-    view = ledger.subject_view(_email(email))
+    view = ledger.subject_view(_held_email(email))
     ledger.audit_read(view["subject"], "subject.viewed", actor=login_name(), source="cli")
     if as_json:
         emit_json(view)
@@ -496,7 +504,7 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 
     check_output_folder(output)
     ledger = current_ledger()
-    view = with_restrictions(ledger, ledger.subject_view(_email(email)))
+    view = with_restrictions(ledger, ledger.subject_view(_held_email(email)))
     write_export(view, fmt, output)
     ledger.audit_read(
         view["subject"], "subject.exported", actor=login_name(), source="cli", what={"format": fmt}
@@ -547,7 +555,7 @@ def audit_log(
             return conn.execute(select(column).where(column == value).limit(1)).first() is not None
 
         action = known_filter("--action", action, AUDIT_ACTIONS, found=logged, what="audit action")
-    uids = target.subject_uids_for_email(_email(email)) if email else None
+    uids = target.subject_uids_for_email(_held_email(email)) if email else None
     with target.engine.connect() as conn:
         if limit is not None and limit > MAX_ROW_ID:
             limit = None  # more than the log can ever hold: no limit

@@ -5,7 +5,7 @@ link) and ``hub lapse`` (unconfirmed double opt-ins whose link expired)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,8 +23,11 @@ from consentsync.cli_base import (
     print_table,
     scriptable,
 )
-from consentsync.domain import InvalidInput, normalise_email
+from consentsync.domain import InvalidInput, lookup_email
 from consentsync.ledger.service import NotFound
+
+if TYPE_CHECKING:  # the hub's modules load only with the hub's commands
+    from consentsync.hub.outreach import Outreach
 
 
 def _listed(values: tuple[str, ...]) -> list[str]:
@@ -187,7 +190,7 @@ def link(email: str, as_json: bool) -> None:
 
     config = current_config()
     ledger = current_ledger()
-    address = normalise_email(email)
+    address = lookup_email(email)  # an address older versions let in is still found
     uids = [uid for uid in ledger.subject_uids_for_email(address) if ledger.email_of(uid) == address]
     if not uids:
         raise NotFound(f"no subject with email {email!r} in the ledger")
@@ -230,7 +233,7 @@ def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
     if dry_run:
         click.echo(f"{done.candidates} person(s) would be asked for {purpose}")
         return
-    click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed")
+    click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed{_unmailable(done)}")
     _unsent_fails(done.failed, "consent request(s)")
 
 
@@ -246,8 +249,14 @@ def hub_renew(dry_run: bool) -> None:
     if dry_run:
         click.echo(f"{done.candidates} renewal(s) due")
         return
-    click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed")
+    click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed{_unmailable(done)}")
     _unsent_fails(done.failed, "renewal request(s)")
+
+
+def _unmailable(done: Outreach) -> str:
+    if not done.unmailable:
+        return ""
+    return f", {done.unmailable} left out: their address is not one address (hub.not_mailable in the log)"
 
 
 def _unsent_fails(failed: int, what: str) -> None:

@@ -424,14 +424,7 @@ def mapping_check(files: tuple[Path, ...], connector: str | None, as_json: bool)
             loaded = load_mapping(path, purposes=config.purposes, channels=set(config.channels))
             problems: list[str] = []
             if live is not None:
-                fields = describe_object(live, loaded.object, source=str(path))
-                for name in loaded.pull_fields():
-                    if name not in fields:
-                        problems.append(f"{loaded.object}.{name} does not exist or is not visible")
-                for name in loaded.push_fields():
-                    info = fields.get(name)
-                    if info is not None and not info.updateable:
-                        problems.append(f"{loaded.object}.{name} is pushed but not writable by this user")
+                problems += loaded.problems_against(describe_object(live, loaded.object, source=str(path)))
             results.append(
                 {"file": str(path), "object": loaded.object, "ok": not problems, "problems": problems}
             )

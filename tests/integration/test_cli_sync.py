@@ -342,12 +342,20 @@ def test_mapping_check(cli: Cli, sf: SalesforceSandbox, tmp_path: Path) -> None:
     assert f"{broken}:{line}" in result.stderr
     assert "withdrawn_ish" in result.stderr
 
-    missing, _ = _variant(tmp_path, "missing.yaml", "field: DoNotCall", "field: Do_Not_Call__c")
+    missing, line = _variant(tmp_path, "missing.yaml", "field: DoNotCall", "field: Do_Not_Call__c")
     cli.ok("mapping", "check", str(missing))  # well formed; only the org can tell
     result = cli("mapping", "check", str(missing), "--against", "sf")
     assert result.exit_code == 2, result.output
-    assert "Contact.Do_Not_Call__c" in result.stderr
+    assert f"{missing}:{line}: Contact.Do_Not_Call__c" in result.stderr
     assert "does not exist" in result.stderr
+
+    # A text field as the cursor would be accepted by the file's syntax, and miss changes.
+    text_cursor, line = _variant(tmp_path, "cursor.yaml", "modstamp: SystemModstamp", "modstamp: LastName")
+    cli.ok("mapping", "check", str(text_cursor))
+    result = cli("mapping", "check", str(text_cursor), "--against", "sf")
+    assert result.exit_code == 2, result.output
+    assert f"{text_cursor}:{line}: identity.modstamp Contact.LastName" in result.stderr
+    assert "must be a date-time field" in result.stderr
 
 
 # -- bad input -------------------------------------------------------------------------------------

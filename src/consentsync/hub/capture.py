@@ -29,6 +29,7 @@ from consentsync.domain import (
     LawfulBasis,
     Origin,
     iso,
+    lookup_email,
     normalise_email,
 )
 from consentsync.hub import receipts
@@ -679,7 +680,7 @@ class Hub:
     def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
         if not key.may("erasure"):
             raise Forbidden(f"API key {key.name!r} may not request erasure")
-        result = self.ledger.erase(normalise_email(email), reason=reason, actor=f"apikey:{key.name}")
+        result = self.ledger.erase(lookup_email(email), reason=reason, actor=f"apikey:{key.name}")
         return {
             "erased": True,
             "subject_known": result["subject_known"],
@@ -694,7 +695,7 @@ class Hub:
             raise Forbidden(f"API key {key.name!r} may not ask for decisions")
         if purpose in self.ledger.purposes and not key.covers(purpose):
             raise Forbidden(f"purpose: API key {key.name!r} may not ask about purpose {purpose!r}")
-        uid, state = self.ledger.decision_for(normalise_email(email), purpose, channel)
+        uid, state = self.ledger.decision_for(lookup_email(email), purpose, channel)
         return {
             "contact": not state.suppressed,
             "purpose": purpose,

@@ -20,6 +20,7 @@ from sqlalchemy import delete, insert, select
 
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.hub.capture import Hub, PendingMail, token_digest
+from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, consent_states, subject_identifiers, subjects
@@ -34,12 +35,14 @@ CHUNK = 500
 
 @dataclass(frozen=True, slots=True)
 class Outreach:
-    """What a run did: mails sent, and how many failed."""
+    """What a run did: mails sent, and how many failed; ``unmailable``: people left out because
+    the address the ledger holds for them is not one address (kept from an older version)."""
 
     kind: str
     sent: int
     failed: int
     candidates: int
+    unmailable: int = 0
 
 
 def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
@@ -118,8 +121,11 @@ class Outreacher:
             wanted = wanted[:limit]
         if dry_run:
             return Outreach("request", 0, 0, len(wanted))
-        sent = failed = 0
+        sent = failed = unmailable = 0
         for subject_id, uid, email, channel in wanted:
+            if not self._mailable(uid, email):
+                unmailable += 1
+                continue
             token = secrets.token_urlsafe(32)
             # The link is stored before the mail goes (it must work once the mail arrives), the
             # request recorded once the mail went: a mail that could not go asked nobody, and the
@@ -148,8 +154,8 @@ class Outreacher:
             )
             with self.ledger.engine.begin() as conn:
                 self.ledger.record_in(conn, [RecordRequest(Identity(subject_id=subject_id), evidence)])
-        log.info("hub.requests_sent", purpose=purpose.key, sent=sent, failed=failed)
-        return Outreach("request", sent, failed, len(wanted))
+        log.info("hub.requests_sent", purpose=purpose.key, sent=sent, failed=failed, unmailable=unmailable)
+        return Outreach("request", sent, failed, len(wanted), unmailable)
 
     def renew(self, *, dry_run: bool = False) -> Outreach:
         """Mails a renewal link for every granted consent that expires within its purpose's
@@ -197,8 +203,11 @@ class Outreacher:
                 wanted.append((row.subject_id, uid, email, row.purpose, row.channel))
         if dry_run:
             return Outreach("renewal", 0, 0, len(wanted))
-        sent = failed = 0
+        sent = failed = unmailable = 0
         for subject_id, uid, email, purpose_key, channel in wanted:
+            if not self._mailable(uid, email):
+                unmailable += 1
+                continue
             token = secrets.token_urlsafe(32)
             notice = current(self.ledger, purpose_key)
             with self.ledger.engine.begin() as conn:
@@ -218,8 +227,17 @@ class Outreacher:
             sent, failed = sent + ok, failed + (not ok)
             if not ok:
                 self._unsent(token)  # due again at the next upkeep, not once the link lapsed
-        log.info("hub.renewals_sent", sent=sent, failed=failed)
-        return Outreach("renewal", sent, failed, len(wanted))
+        log.info("hub.renewals_sent", sent=sent, failed=failed, unmailable=unmailable)
+        return Outreach("renewal", sent, failed, len(wanted), unmailable)
+
+    @staticmethod
+    def _mailable(uid: str, email: str) -> bool:
+        """An address a mail can go to as itself; else the person is left out (logged by uid),
+        not counted as a failure: no retry makes it mailable, and every run would fail on it."""
+        if mailable(email):
+            return True
+        log.warning("hub.not_mailable", subject=uid, reason=NOT_ONE_ADDRESS)
+        return False
 
     def _unsent(self, token: str) -> None:
         """Takes back the link of a mail that could not go: nobody holds it, and an open link
