@@ -56,6 +56,9 @@ SESSION_HOURS = 12
 IDLE_TIMEOUT = timedelta(minutes=30)
 # last_seen_at is written at most this often per session (not on every request).
 SEEN_EVERY = timedelta(minutes=1)
+# The audit rule of a password check that is no login: an account confirming its own password
+# before setting a new one (login.succeeded / login.failed entries, counted by the same throttle).
+CURRENT_PASSWORD_RULE = "current_password"
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 # Verified against when the account does not exist, so that a wrong name costs as long as a
 # wrong password and the timing does not tell which accounts exist.
@@ -300,12 +303,24 @@ class Accounts:
         password: str | None = None,
         disabled: bool | None = None,
         keep_session: str | None = None,
+        current_password: str | None = None,
+        client: str = "unknown",
     ) -> Account:
         """Save what differs from the account as it is, and only that: a save that changes nothing
         writes nothing (no audit entry). A password given is always set (it cannot be compared).
         ``keep_session``: the session of whoever sets the password, which stays (the console's
-        pages and its API both save through here)."""
+        pages and its API both save through here).
+
+        An account setting its own password must give its current one (ASVS 4.0 V2.1.6): a
+        session taken over (a console left open, a stolen cookie) could otherwise change it and
+        lock its owner out. It is checked as a login from ``client`` is, throttled and counted
+        alike, so the form cannot be used to guess it. An admin resetting another account's
+        password is not asked for that account's (they do not know it; it is audited as theirs)."""
         current = self.get(name)
+        if password:
+            check_password(password)  # a refused new password costs no attempt at the current one
+            if actor == current.name:
+                self.confirm_password(current.name, current_password or "", client=client)
         if role and Role.parse(role) != current.role:
             self.set_role(name, role, actor=actor)
         if password:
@@ -496,9 +511,26 @@ class Accounts:
 
     # -- login ---------------------------------------------------------------------------------
 
-    def authenticate(self, name: str, password: str, *, client: str) -> Account | None:
+    def confirm_password(self, name: str, password: str, *, client: str) -> Account:
+        """The account, when ``password`` is its current one: checked by ``authenticate`` (the
+        same throttle and count as a login from ``client``; audited with rule
+        ``current_password``). Raises ``InvalidInput`` when it is not given or wrong, and
+        ``LoginThrottled`` when too many attempts failed."""
+        if not password:
+            raise InvalidInput(
+                "current_password: give your current password to set a new one for your own account"
+            )
+        account = self.authenticate(name, password, client=client, rule=CURRENT_PASSWORD_RULE)
+        if account is None:
+            raise InvalidInput("current_password: the current password is wrong; nothing was changed")
+        return account
+
+    def authenticate(
+        self, name: str, password: str, *, client: str, rule: str | None = None
+    ) -> Account | None:
         """The account when the password is right; None (and an audited, counted failure) when
-        not. Raises ``LoginThrottled`` before checking anything when too many attempts failed."""
+        not. Raises ``LoginThrottled`` before checking anything when too many attempts failed.
+        ``rule`` marks the audit entry of a check that is not a login (``confirm_password``)."""
         now = self.clock()
         tried = name.strip().lower()[:200]
         digest = self.keyed or _digest
@@ -538,7 +570,9 @@ class Accounts:
                         .where(console_users.c.id == row.id)
                         .values(password_hash=HASHER.hash(password))
                     )
-                record = AuditRecord("login.succeeded", {"user": row.name}, source="console", actor=row.name)
+                record = AuditRecord(
+                    "login.succeeded", {"user": row.name}, source="console", actor=row.name, rule=rule
+                )
             else:  # counted already, above
                 what: dict[str, Any] = {"user": row.name} if row else {"user": None}
                 if row is None and self.keyed is not None:
@@ -548,7 +582,9 @@ class Accounts:
                     what,
                     source="console",
                     actor=row.name if row else None,
-                    rule="account_disabled" if row is not None and row.disabled else "wrong_credentials",
+                    rule="account_disabled"
+                    if row is not None and row.disabled
+                    else (rule or "wrong_credentials"),
                 )
             audit.append(conn, [record], now)
         return _account(row) if ok and row is not None else None

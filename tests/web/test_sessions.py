@@ -113,7 +113,9 @@ def test_a_new_password_ends_the_other_sessions_but_not_the_one_changing_it(app:
     token = api_login(mine, "ada")
     api_login(other, "ada")
     changed = mine.post(
-        "/api/users/ada", json={"password": "ada-new-password-42"}, headers={"X-CSRF-Token": token}
+        "/api/users/ada",
+        json={"password": "ada-new-password-42", "current_password": PASSWORDS["ada"]},
+        headers={"X-CSRF-Token": token},
     )
     assert changed.status_code == 200, changed.text
     assert mine.get("/api/overview").status_code == 200

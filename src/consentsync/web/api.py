@@ -73,6 +73,13 @@ class AccountChange(_Body):
     role: Literal["viewer", "reviewer", "admin"] | None = None
     disabled: bool | None = None
     password: str | None = Field(default=None, min_length=1, max_length=1024)
+    current_password: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Required to set a new password for your own account (ASVS V2.1.6); checked "
+        "and throttled like a login. An admin resetting another account's password does not give it.",
+    )
 
 
 @router.post("/session", summary="Log in: sets the session cookie, answers the CSRF token")
@@ -82,7 +89,11 @@ def login(credentials: Credentials, request: Request) -> JSONResponse:
     if account is None:
         return JSONResponse({"detail": "wrong name or password"}, status_code=401)
     sessions = sessions_of(request)
-    token = sessions.issue(account, request.headers.get("user-agent", ""))
+    token = sessions.issue(
+        account,
+        request.headers.get("user-agent", ""),
+        replacing=request.cookies.get(SESSION_COOKIE),
+    )
     response = JSONResponse({"user": account.as_dict(), "csrf_token": sessions.csrf_for(token)})
     set_cookie(response, request, SESSION_COOKIE, token, SESSION_HOURS * 3600)
     response.delete_cookie(LOGIN_COOKIE, path="/")
@@ -104,6 +115,31 @@ def logout(request: Request, _account: Viewer) -> Response:
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+class PasswordChange(_Body):
+    current_password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=1, max_length=1024, description="The new password.")
+
+
+@router.post(
+    "/session/password",
+    summary="Change your own password (any role): the current one is required; your other sessions end",
+)
+def change_own_password(request: Request, change: PasswordChange, account: Viewer) -> dict[str, Any]:
+    session = session_of(request)
+    return (
+        console_of(request)
+        .accounts.update(
+            account.name,
+            actor=account.name,
+            password=change.password,
+            current_password=change.current_password,
+            keep_session=session.token if session else None,
+            client=client_of(request),
+        )
+        .as_dict()
+    )
 
 
 @router.get("/overview", summary="Every connector at a glance, and the alerts")
@@ -306,6 +342,8 @@ def change_user(
             password=change.password,
             disabled=change.disabled,
             keep_session=session.token if session else None,
+            current_password=change.current_password,
+            client=client_of(request),
         )
         .as_dict()
     )

@@ -19,7 +19,7 @@ DRAFT_MINUTES = 15
 MAX_DRAFTS = 500  # the oldest go first: a flood of expired forms cannot fill the memory
 MAX_FIELD = 4000
 # Never kept: secrets, and the form's own plumbing.
-NOT_KEPT = frozenset({"password", "csrf_token", "back", "digest"})
+NOT_KEPT = frozenset({"password", "current_password", "csrf_token", "back", "digest"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,8 +76,13 @@ def render(
     return response
 
 
-def pager_links(request: Request, page: Page, *, anchor: str = "") -> dict[str, Any]:
-    """Links to the previous and next page with the same filters (and to ``anchor`` on it)."""
+def pager_links(
+    request: Request, page: Page, *, anchor: str = "", newest_first: bool = False
+) -> dict[str, Any]:
+    """Links to the previous and next page with the same filters (and to ``anchor`` on it),
+    labelled "newer" and "older" only on a list that is ``newest_first``: on one in the opposite
+    order (the objection queue, a run's quarantined records, the outbox, oldest first) the next
+    page holds the newer rows, and a link saying "older" sent ops the wrong way."""
 
     def link(number: int) -> str:
         query = [
@@ -92,4 +97,6 @@ def pager_links(request: Request, page: Page, *, anchor: str = "") -> dict[str, 
         "total": page.total,
         "prev": link(page.page - 1) if page.page > 1 else None,
         "next": link(page.page + 1) if page.page < page.pages else None,
+        "prev_label": "newer" if newest_first else "previous",
+        "next_label": "older" if newest_first else "next",
     }

@@ -81,7 +81,12 @@ class Sessions:
     def _sign(self, text: str) -> str:
         return _b64(hmac.new(self.key, text.encode(), hashlib.sha256).digest())
 
-    def issue(self, account: Account, user_agent: str = "") -> str:
+    def issue(self, account: Account, user_agent: str = "", *, replacing: str | None = None) -> str:
+        """A new session; ``replacing``, the session cookie the browser logging in still holds,
+        ends on the server first (whoever's it was): a login replaces that browser's session, and
+        a copy of the old cookie (taken from the shared desk, a proxy log) stops working."""
+        if replacing and len(replacing) <= 200:
+            self.accounts.end_session(replacing)
         return self.accounts.start_session(account, user_agent=user_agent)
 
     def read(self, token: str | None) -> Session | None:

@@ -32,6 +32,24 @@
       el.textContent = "Dates are days in " + name + ", your time zone.";
     });
   }
+  // A form that does something hard to undo (disabling an account, resetting another's
+  // password) asks first: its data-confirm text, or only when its data-confirm-field has the
+  // data-confirm-value (the state select of an account set to "disabled"). Inline handlers are
+  // not allowed by the console's CSP, hence one listener for every form.
+  function confirmations() {
+    document.addEventListener("submit", function (event) {
+      var form = event.target;
+      var text = form && form.getAttribute && form.getAttribute("data-confirm");
+      if (!text) { return; }
+      var field = form.getAttribute("data-confirm-field");
+      if (field) {
+        var input = form.elements.namedItem(field);
+        if (!input || input.value !== form.getAttribute("data-confirm-value")) { return; }
+      }
+      if (!window.confirm(text)) { event.preventDefault(); }
+    });
+  }
   function start() { zone(); localise(); }
+  confirmations();
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
 })();
