@@ -475,3 +475,24 @@ def test_without_the_wide_status_endpoint_the_opt_out_flag_alone_decides(
     portal.unsubscribe_all(portal.get(contact)["email"])
     (record,) = _read(connector(harness))
     assert record.fields["subscription_1001"] == "UNSUBSCRIBED"
+
+
+def test_an_unsubscribe_just_before_an_archive_reaches_the_ledger(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    """The person unsubscribes and a user archives the contact before the next sync: the
+    archived contact's last values carry the no (only a no is taken from a deleted record)."""
+    (contact,) = harness.seed(1)
+    portal = harness.sandbox.portal
+    email = portal.get(contact)["email"]
+    portal.set_status(
+        email, "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", at=portal.now() - dt.timedelta(days=9)
+    )
+    config = write_sync_config(harness, tmp_path)
+    assert open_sync_engine(config).run(full=True).status == "succeeded"
+    portal.set_status(email, "1001", "UNSUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE")
+    portal.archive(contact)
+    engine = open_sync_engine(config)
+    assert engine.run().status == "succeeded"
+    purposes = {row["purpose"]: row for row in engine.ledger.subject_view(email)["purposes"]}
+    assert purposes["email_marketing"]["status"] == "withdrawn", purposes["email_marketing"]

@@ -449,3 +449,27 @@ def test_a_locator_released_after_every_page_still_reads_everything_once(
     monkeypatch.setattr(connector.sf, "query", query_then_release)
     records = list(connector.read_changes("Contact", FIELDS, Cursor(), read_until()))
     assert [r.record_id for r in records] == [r.record_id for r in everything]
+
+
+def test_an_opt_out_ticked_just_before_a_deletion_reaches_the_ledger(tmp_path: Any) -> None:
+    """An agent ticks the opt-out and deletes the contact before the next sync: the recycle
+    bin's row (queryAll) carries the no to the ledger, and so to the person's other records."""
+    from consentsync_salesforce.sandbox.harness import SalesforceHarness
+
+    from consentsync.sdk.harness import open_sync_engine, write_sync_config
+
+    harness = SalesforceHarness()
+    harness.start()
+    try:
+        contact = harness.create_person("leaving@example.test")
+        config = write_sync_config(harness, tmp_path)
+        assert open_sync_engine(config).run(full=True).status == "succeeded"
+        harness.opt_out(contact)
+        harness.delete_record(contact)
+        engine = open_sync_engine(config)
+        assert engine.run().status == "succeeded"
+        (latest,) = engine.ledger.subject_view("leaving@example.test")["history"][-1:]
+        assert (latest["status"], latest["channel"]) == ("withdrawn", "email"), latest
+        assert latest["evidence_ref"].startswith(f"Contact/{contact}"), "the deleted record's no"
+    finally:
+        harness.stop()

@@ -671,7 +671,8 @@ class SyncEngine:
             connector.completed_cursor = None
             mapping = read.mapping
             records = (
-                connector.read_deletions(mapping.object, read.since, until)
+                # The mapped fields: a deletion that comes with its last values may carry a no.
+                connector.read_deletions_with(mapping.object, mapping.pull_fields(), read.since, until)
                 if read.deletions
                 else connector.read_changes(mapping.object, mapping.pull_fields(), read.since, until)
             )
@@ -1056,6 +1057,10 @@ class SyncEngine:
         is taken: the merge's other values are the CRM user's choice of survivor, not the
         person's. Values last seen or written by this project (the snapshot) are not new.
 
+        A record deleted that comes with its last values (Salesforce's recycle bin, HubSpot's
+        archived contacts) likewise: an opt-out ticked just before a deletion, with no sync in
+        between, is still the person's no, and their other records and CRMs must hear it.
+
         A duplicate merged away before any sync read it (never linked) carries its no all the
         same: it is the survivor's person's when the survivor is linked, else the person its own
         identity names (found or made, as a read of it would have); it is linked there (by its
@@ -1063,9 +1068,9 @@ class SyncEngine:
         recorded on it. A duplicate without a no is left unknown, as before."""
         from consentsync.mapping import SAID_NO_STATUSES
 
-        merged = [record for record in gone if record.merged_into and record.fields]
-        held = self._page_links(conn, mapping.object, [record.record_id for record in merged])
-        unread = [record for record in merged if record.record_id not in held]
+        with_values = [record for record in gone if record.fields]  # merged away or deleted
+        held = self._page_links(conn, mapping.object, [record.record_id for record in with_values])
+        unread = [record for record in with_values if record.record_id not in held and record.merged_into]
         survivors = (
             self._known_links(
                 conn, [CrmLink(self.name, mapping.object, str(record.merged_into)) for record in unread]
@@ -1074,7 +1079,7 @@ class SyncEngine:
             else {}
         )
         requests: list[RecordRequest] = []
-        for record in merged:
+        for record in with_values:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None:
                 continue  # already known as gone
@@ -1104,7 +1109,8 @@ class SyncEngine:
                 subject_id = row.subject_id
             else:
                 own = CrmLink(self.name, mapping.object, record_id)
-                owner = survivors.get(CrmLink(self.name, mapping.object, str(record.merged_into)))
+                survivor = CrmLink(self.name, mapping.object, str(record.merged_into))
+                owner = survivors.get(survivor) if record.merged_into else None
                 identity = Identity(link=own, subject_id=owner) if owner is not None else Identity(email, own)
                 (subject_id,), created = self.ledger.link_in(conn, [identity], run_id=report.run_id)
                 report.counts.subjects_created += created
