@@ -440,9 +440,8 @@ def test_a_contact_opted_out_of_all_email_reads_unsubscribed_from_every_subscrip
     assert back.fields["subscription_1001"] == "SUBSCRIBED"
 
 
-def test_an_opt_out_of_all_email_reaches_the_ledger_as_a_withdrawal(
-    harness: HubSpotHarness, tmp_path: Path
-) -> None:
+def _synced_subscriber(harness: HubSpotHarness, tmp_path: Path) -> tuple[str, str, Path]:
+    """One contact subscribed nine days ago, synced in full: its id, address and sync config."""
     (contact,) = harness.seed(1)
     portal = harness.sandbox.portal
     email = portal.get(contact)["email"]
@@ -451,6 +450,14 @@ def test_an_opt_out_of_all_email_reaches_the_ledger_as_a_withdrawal(
     )
     config = write_sync_config(harness, tmp_path)
     assert open_sync_engine(config).run(full=True).status == "succeeded"
+    return contact, email, config
+
+
+def test_an_opt_out_of_all_email_reaches_the_ledger_as_a_withdrawal(
+    harness: HubSpotHarness, tmp_path: Path
+) -> None:
+    _contact, email, config = _synced_subscriber(harness, tmp_path)
+    portal = harness.sandbox.portal
     portal.unsubscribe_all(email)
     engine = open_sync_engine(config)
     assert engine.run().status == "succeeded"
@@ -482,14 +489,8 @@ def test_an_unsubscribe_just_before_an_archive_reaches_the_ledger(
 ) -> None:
     """The person unsubscribes and a user archives the contact before the next sync: the
     archived contact's last values carry the no (only a no is taken from a deleted record)."""
-    (contact,) = harness.seed(1)
+    contact, email, config = _synced_subscriber(harness, tmp_path)
     portal = harness.sandbox.portal
-    email = portal.get(contact)["email"]
-    portal.set_status(
-        email, "1001", "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", at=portal.now() - dt.timedelta(days=9)
-    )
-    config = write_sync_config(harness, tmp_path)
-    assert open_sync_engine(config).run(full=True).status == "succeeded"
     portal.set_status(email, "1001", "UNSUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE")
     portal.archive(contact)
     engine = open_sync_engine(config)
