@@ -661,6 +661,15 @@ class Ledger:
             # address is suppressed whoever's it is (sync/engine.py, decide_pushes). The snapshot
             # keeps the same keyed hash. No index on it: one scan of the snapshots per erasure,
             # which is rare (a bulk erasure of many addresses would want one: a migration).
+            # Snapshots written by older versions hold the hash of the address as JSON text
+            # (as the CRM wrote it): those of this address as written here take today's hash, so
+            # that the push decision's join finds them too (one written otherwise, in capitals,
+            # keeps the old hash until that record is read again).
+            conn.execute(
+                update(crm_snapshots)
+                .where(crm_snapshots.c.identity == email_hmac(self.erasure_key(), canonical_json(email)))
+                .values(identity=digest)
+            )
             holders = set(
                 conn.execute(
                     select(crm_links.c.subject_id)

@@ -56,6 +56,7 @@ from consentsync.ledger.schema import (
     objections,
     outbox,
     quarantine,
+    subject_identifiers,
     subjects,
     suppressions,
     sync_cursors,
@@ -234,7 +235,8 @@ class _LinkToPush(NamedTuple):
     """A person's link the examination weighs: its snapshot's fields (None where none is kept),
     whether the person was erased (``erased_at`` as stored: only NULL or not matters), whether
     the address the record last showed is on the suppression list (``address_erased``: an entry's
-    id or None) and, for a record merged away, its survivor."""
+    id or None), the entry the person was made under when they came back after an erasure
+    (``suppression_id``) and, for a record merged away, its survivor."""
 
     id: int
     subject_id: int
@@ -246,11 +248,13 @@ class _LinkToPush(NamedTuple):
     erased_at: Any
     merged_into: str | None
     address_erased: int | None
+    suppression_id: int | None
 
 
 _LINK_TO_PUSH_COLUMNS = (
     "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
     "crm_snapshots.fields", "subjects.erased_at", "merged_into", "suppressions.id",
+    "subjects.suppression_id",
 )  # fmt: skip
 
 
@@ -1107,6 +1111,14 @@ class SyncEngine:
                 continue
             if row is not None:
                 subject_id = row.subject_id
+            elif not record.merged_into:
+                # Deleted before any sync read it: the no is the person's whom the ledger knows
+                # by that address; nobody is made for it, and no address enters the ledger from
+                # a record deleted (perhaps for an erasure request made to that CRM).
+                known = self._known_by_address(conn, email)
+                if known is None:
+                    continue
+                subject_id = known
             else:
                 own = CrmLink(self.name, mapping.object, record_id)
                 survivor = CrmLink(self.name, mapping.object, str(record.merged_into))
@@ -1126,6 +1138,22 @@ class SyncEngine:
         self._mark_for_examination(
             conn, {request.identity.subject_id for request in requests if request.identity.subject_id}
         )
+
+    def _known_by_address(self, conn: Connection, email: str | None) -> int | None:
+        """The person the ledger holds under this address, not erased (None: nobody, or none)."""
+        if not email:
+            return None
+        found = conn.execute(
+            select(subjects.c.id)
+            .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
+            .where(
+                subject_identifiers.c.kind == "email",
+                subject_identifiers.c.value == email,
+                subjects.c.erased_at.is_(None),
+            )
+            .limit(1)
+        ).scalar()
+        return int(found) if found is not None else None
 
     def _mark_gone(
         self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
@@ -1499,7 +1527,14 @@ class SyncEngine:
                 continue
             known = orjson.loads(row.fields) if row.fields else {}
             subject_states = states[row.subject_id]
-            if row.address_erased is not None and row.erased_at is None:
+            if (
+                row.address_erased is not None
+                and row.erased_at is None
+                and row.address_erased != row.suppression_id
+            ):
+                # Another person's record holding an erased address. Not the person who came
+                # back under that address after the erasure (made under its entry): their own
+                # state decides, which starts suppressed until their new consent lifts it.
                 subject_states = _address_erased(subject_states)
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
