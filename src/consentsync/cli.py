@@ -10,6 +10,7 @@ register on ``main``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sys
@@ -124,6 +125,18 @@ def init(ledger_url: str | None, force: bool) -> None:
         except FileExistsError:
             # Another init (started at the same moment) wrote it since the check above.
             click.echo(f"{path} exists: keeping it (use --force to overwrite)")
+        except OSError as error:
+            # No permission, a read-only or full disk: one line, and nothing of ours left behind
+            # (the config written before a key that could not be is removed again).
+            for created in written:
+                created.unlink(missing_ok=True)
+            if replaced is not None:
+                with contextlib.suppress(OSError):
+                    path.write_bytes(replaced)  # --force keeps the config it would have replaced
+            raise InvalidInput(
+                f"{path.parent}: cannot write the starter config and erasure key there "
+                f"({error.strerror or type(error).__name__}): pass --config with a folder you can write to"
+            ) from None
     config = load_config(path)
     try:
         open_ledger(config, migrate=True)

@@ -5,6 +5,8 @@ Every error names the file, the line and the field, and what would have been acc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -584,13 +586,73 @@ def write_starter(
 
 def _create_whole(path: Path, text: str, mode: int) -> None:
     """Creates ``path`` holding ``text``, or raises FileExistsError and leaves it as it is. The
-    file appears whole (written aside, then linked in): a second `init` never reads it half
-    written."""
+    file appears whole where the filesystem allows (written and synced under no name or aside,
+    then linked in): a second `init` never reads it half written. A filesystem without hard links
+    (SMB, vboxsf, some FUSE) gets it created exclusively in place, as before linking was used."""
+    data = text.encode("utf-8")
+    for linked_in in (_link_in_unnamed, _link_in_aside):
+        try:
+            linked_in(path, data, mode)
+            return
+        except FileExistsError:
+            raise
+        except OSError:
+            continue  # no such file kind or no hard links here: the next way
+    _create_in_place(path, data, mode)
+
+
+def _write_synced(fd: int, data: bytes) -> None:
+    """Writes all of ``data`` to ``fd`` and syncs it: what is linked in after a crash is whole."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.fsync(fd)
+
+
+def _link_in_unnamed(path: Path, data: bytes, mode: int) -> None:
+    """Linux: the file is written with no name at all (O_TMPFILE) and gets ``path`` as its only
+    name, so a process killed at any moment leaves no second copy of the key behind."""
+    if not hasattr(os, "O_TMPFILE"):
+        raise OSError(errno.EOPNOTSUPP, "no O_TMPFILE")
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, mode)
+        try:
+            _write_synced(fd, data)
+            # linkat(AT_SYMLINK_FOLLOW) through /proc gives the open file its name (a dir_fd
+            # makes Python use linkat; plain link() would link the /proc entry itself: EXDEV).
+            os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.fsync(folder)  # the new name itself survives a crash
+    finally:
+        os.close(folder)
+
+
+def _link_in_aside(path: Path, data: bytes, mode: int) -> None:
+    """Elsewhere: written under a hidden name beside ``path``, linked in, the hidden name removed
+    whatever happens (only a kill between link and unlink can leave it)."""
     aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        try:
+            _write_synced(fd, data)
+        finally:
+            os.close(fd)
         os.link(aside, path)  # fails when the file exists, whoever made it
     finally:
         aside.unlink(missing_ok=True)
+
+
+def _create_in_place(path: Path, data: bytes, mode: int) -> None:
+    """Without hard links: created exclusively (FileExistsError if another made it first),
+    written and synced; removed again if it could not be written whole (it is ours)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        _write_synced(fd, data)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)

@@ -28,9 +28,11 @@ from fastapi.testclient import TestClient
 from structlog.testing import capture_logs
 
 from consentsync.config import SmtpSettings
+from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.hub.mail import Mail, Mailer, MailFailed
+from consentsync.ledger.identity import Identity
 from tests.hub.conftest import Controller, HubWorld
-from tests.hub.people_world import EMAIL, people_pages, seed, sqlite_ledger_url, token_of
+from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
 FIXTURES = (sqlite_ledger_url, people_pages)
@@ -82,6 +84,25 @@ def test_a_sign_up_mails_a_new_link_once_the_last_is_old_or_void_or_never_went(
     world.clock.advance(seconds=5)
     assert world.post("/consents", SIGNUP).json()["results"][0]["confirmation"] == "queued"
     assert confirmations_to(world, VICTIM) == 3
+
+
+def test_a_bot_waiting_out_the_short_hold_all_day_gets_a_few_mails_through_not_one_each_time(
+    world: HubWorld,
+) -> None:
+    """The 10-minute hold alone let a bot submitting every 11 minutes mail ~130 links a day:
+    a few links a day per purpose and channel, whatever became of them; the next day, one more."""
+    answers = []
+    for _ in range(24 * 60 // 11):
+        answers.append(world.post("/consents", SIGNUP).json()["results"][0]["confirmation"])
+        world.clock.advance(minutes=11)
+    assert 1 < confirmations_to(world, VICTIM) <= 3
+    assert answers.count("queued") == confirmations_to(world, VICTIM)
+    assert set(answers) == {"queued", "recently"} and status_of(world) == "requested"
+    # Another address is counted on its own; a day after the first links, a new one goes again.
+    other = {**SIGNUP, "email": "other@example.test"}
+    assert world.post("/consents", other).json()["results"][0]["confirmation"] == "queued"
+    world.clock.advance(hours=1)
+    assert world.post("/consents", SIGNUP).json()["results"][0]["confirmation"] == "queued"
 
 
 @pytest.fixture
@@ -294,3 +315,80 @@ def test_a_consent_given_on_the_page_with_the_signal_on_is_not_undone_by_it(
     people.get(f"/p/preferences/{token}", headers=gpc)
     assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == "granted"
     assert len(gpc_events(world, "newsletter")) == 1
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        # the same grant, as a form's server sends it again (another source's copy)
+        {"status": ConsentStatus.GRANTED, "source": "web_form", "origin": Origin.CAPTURE},
+        # the same grant, read back from a CRM
+        {"status": ConsentStatus.GRANTED, "source": "crm:sales", "origin": Origin.CRM},
+        # a renewal asked for: the consent given is to be confirmed, not undone
+        {"status": ConsentStatus.REQUESTED, "source": "renewal", "origin": Origin.SYSTEM},
+    ],
+    ids=["form-copy", "crm-copy", "renewal"],
+)
+def test_a_consent_given_over_the_signal_stands_whatever_event_comes_after_it(
+    world: HubWorld, people: TestClient, later: dict[str, Any]
+) -> None:
+    """§ 7025(c)(3): the page grant given with the signal on is looked for since the last no,
+    not only as the latest event (any later event made the next view withdraw it)."""
+    world.hub.settings = world.hub.settings.model_copy(update={"gpc_purposes": ["newsletter"]})
+    token = token_of(world, seed(world))
+    gpc = {"Sec-GPC": "1"}
+    people.get(f"/p/preferences/{token}", headers=gpc)
+    world.clock.advance(minutes=1)
+    form = {"purpose": "newsletter", "channel": "email", "action": "grant"}
+    assert people.post(f"/p/preferences/{token}/choose", data=form, headers=gpc).status_code == 200
+    world.clock.advance(minutes=1)
+    evidence = Evidence.witnessed(
+        world.clock(), purpose="newsletter", channel="email", basis=LawfulBasis.CONSENT, **later
+    )
+    world.ledger.record(Identity(email=EMAIL), evidence)
+    written = len(world.ledger.subject_view(EMAIL)["history"])
+    world.clock.advance(minutes=1)
+    people.get(f"/p/preferences/{token}", headers=gpc)
+    assert len(gpc_events(world, "newsletter")) == 1
+    assert len(world.ledger.subject_view(EMAIL)["history"]) == written
+    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == later["status"].value
+    # After a later no, a grant from elsewhere is not the person's choice over the signal.
+    world.post("/consents", {**GRANT, "status": "withdrawn"})
+    world.clock.advance(minutes=1)
+    world.post("/consents", GRANT)
+    world.clock.advance(minutes=1)
+    people.get(f"/p/preferences/{token}", headers=gpc)
+    assert len(gpc_events(world, "newsletter")) == 2
+    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == "withdrawn"
+
+
+@pytest.mark.parametrize(
+    "ahead",
+    [
+        {"Sec-Purpose": "prefetch"},
+        {"Sec-Purpose": "prefetch;prerender"},
+        {"Purpose": "prefetch"},
+        {"X-Moz": "prefetch"},
+    ],
+    ids=["sec-purpose", "prerender", "purpose", "x-moz"],
+)
+def test_the_page_fetched_ahead_of_a_click_or_by_head_records_nothing(
+    world: HubWorld, people: TestClient, ahead: dict[str, str]
+) -> None:
+    """A GET that records must record only when the person opens the page: a browser's
+    prefetch (which may never be followed) and a HEAD record nothing, a view again nothing new."""
+    token = token_of(world, seed(world))
+    gpc = {"Sec-GPC": "1"}
+    written = len(world.ledger.subject_view(EMAIL)["history"])
+    fetched = people.get(f"/p/preferences/{token}", headers={**gpc, **ahead})
+    assert people.head(f"/p/preferences/{token}", headers=gpc).status_code >= 400
+    assert len(world.ledger.subject_view(EMAIL)["history"]) == written and gpc_events(world) == []
+    # Refused, so that the browser throws it away and the click fetches the page afresh.
+    assert fetched.status_code == 503 and fetched.headers["Cache-Control"] == "no-store"
+    # The click itself records the opt-out, once however often the page is seen.
+    for _ in range(3):
+        assert people.get(f"/p/preferences/{token}", headers=gpc).status_code == 200
+        world.clock.advance(seconds=1)
+    channels = world.ledger.purposes["profiling"].channels
+    assert len(gpc_events(world)) == len(channels)
+    assert len(world.ledger.subject_view(EMAIL)["history"]) == written + len(channels)

@@ -6,6 +6,8 @@ reported written. Now the second keeps what the first wrote, exit 0, and removes
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,82 @@ def test_write_starter_never_replaces_a_key_nor_leaves_a_file_aside(tmp_path: Pa
     with pytest.raises(FileExistsError):
         write_starter(path, replace=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["consentsync.key", "consentsync.yaml"]
+
+
+# -- a filesystem without hard links (SMB, vboxsf, some FUSE) --------------------------------------
+
+
+def no_hard_links(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """os.link refused as such a filesystem refuses it; returns the names it was asked to make."""
+    asked: list[str] = []
+
+    def refuse(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        asked.append(Path(target).name)
+        raise OSError(errno.EPERM, "Operation not permitted", str(target))
+
+    monkeypatch.setattr(os, "link", refuse)
+    return asked
+
+
+def test_init_works_on_a_filesystem_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "share"
+    folder.mkdir()
+    asked = no_hard_links(monkeypatch)
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    result = init(folder, "--ledger-url", ledger)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "consentsync.key" in asked  # the link was tried, and refused
+    assert sorted(p.name for p in folder.iterdir()) == ["consentsync.key", "consentsync.yaml"]
+    key = (folder / "consentsync.key").read_text()
+    assert len(key.splitlines()) == 1 and len(key.strip()) >= 40
+    assert (folder / "consentsync.key").stat().st_mode & 0o777 == 0o600
+    assert load_config(folder / "consentsync.yaml").settings.ledger.url == ledger
+    # Run again: the key is kept, written once.
+    again = init(folder)
+    assert again.exit_code == 0 and (folder / "consentsync.key").read_text() == key
+
+
+def test_each_file_is_synced_before_it_gets_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash after the link must not leave an empty or partial key under the real name."""
+    events: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "link", lambda *a, **k: (events.append(f"link {Path(a[1]).name}"), real_link(*a, **k))[1]
+    )
+    write_starter(tmp_path / "consentsync.yaml", replace=False)
+    links = [i for i, event in enumerate(events) if event.startswith("link ")]
+    assert [events[i] for i in links] == ["link consentsync.yaml", "link consentsync.key"]
+    assert all(i > 0 and events[i - 1] == "fsync" for i in links), events
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_write_that_fails_leaves_no_file_aside_nor_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """A full disk while the key is written: init says so in one line, exit 2, and leaves
+    the folder as it found it (no hidden copy of a key, no config without its key)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    if not links:
+        no_hard_links(monkeypatch)
+
+    def no_unnamed_files(*args: Any) -> None:  # as where O_TMPFILE is not: the aside file is used
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(config_module, "_link_in_unnamed", no_unnamed_files, raising=False)
+    real_write = os.write
+
+    def full_for_the_key(fd: int, data: Any) -> int:
+        if b"\n" in bytes(data) and len(bytes(data)) < 100:  # the key: one short line
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_for_the_key)
+    result = init(folder, "--ledger-url", f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert "No space left on device" in result.stderr + result.output
+    assert list(folder.iterdir()) == []

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 import orjson
 import structlog
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consentsync.config import Config
@@ -64,9 +64,15 @@ SAID_NO_LINK = "this confirmation link is no longer in use: you said no after we
 # itself when it is not confirmed).
 DECLINABLE = ("double_opt_in", "request")
 # A double opt-in mails the same address about the same purpose and channel at most this often
-# while its link is open (and not voided by the person's no): a sign-up form a bot fills in with
-# someone's address is not a way to flood their mailbox.
+# while its link is open (and not voided by the person's no): a person who lost the mail gets
+# another after this short wait, a form sent twice in a row mails once.
 RESEND_INTERVAL = timedelta(minutes=10)
+# And at most CONFIRMATION_MAILS links that went to one person for one purpose and channel within
+# CONFIRMATION_WINDOW, whatever became of them: a bot re-submitting someone's address just past
+# RESEND_INTERVAL, all day long, would otherwise mail ~140 a day. Enough for a person who lost a
+# mail twice; a mail that did not go is not counted (nobody got it).
+CONFIRMATION_MAILS = 3
+CONFIRMATION_WINDOW = timedelta(hours=24)
 # Receipts mailed to one person within RECEIPT_WINDOW, at most: whoever holds a preference link
 # (or types the address into a form) could otherwise toggle a choice and mail a receipt each
 # time. Enough for a person setting several purposes at once; the rest are recorded as ever and
@@ -727,16 +733,34 @@ class _Standing:
 
 
 def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: datetime) -> bool:
-    """Whether a double opt-in link for this person, purpose and channel was made within
+    """Whether a new double opt-in mail for this person, purpose and channel must wait: either
+    ``CONFIRMATION_MAILS`` links went within ``CONFIRMATION_WINDOW``, or one was made within
     ``RESEND_INTERVAL`` and still works: not confirmed, not expired, not closed because its mail
     did not go, and not voided by the person's no (a sign-up after "No, I did not ask for this"
-    or a withdrawal is a new request, and gets its own mail)."""
+    or a withdrawal is a new request, and gets its own mail, within the daily cap)."""
+    same = (
+        confirmations.c.subject_id == subject_id,
+        confirmations.c.kind == "double_opt_in",
+        confirmations.c.purpose == evidence.purpose,
+        confirmations.c.channel == evidence.channel,
+    )
+    # The daily cap first: it counts every link that went, confirmed, voided or open. A link
+    # closed before its expiry was closed because its mail failed (``_send``; the only other
+    # closing, ``lapse_unconfirmed``, comes at or after expires_at, days later).
+    went = conn.execute(
+        select(func.count())
+        .select_from(confirmations)
+        .where(
+            *same,
+            confirmations.c.requested_at > now - CONFIRMATION_WINDOW,
+            or_(confirmations.c.lapsed_at.is_(None), confirmations.c.lapsed_at >= confirmations.c.expires_at),
+        )
+    ).scalar_one()
+    if went >= CONFIRMATION_MAILS:
+        return True
     rows = conn.execute(
         select(confirmations).where(
-            confirmations.c.subject_id == subject_id,
-            confirmations.c.kind == "double_opt_in",
-            confirmations.c.purpose == evidence.purpose,
-            confirmations.c.channel == evidence.channel,
+            *same,
             confirmations.c.confirmed_at.is_(None),
             confirmations.c.lapsed_at.is_(None),
             confirmations.c.expires_at > now,

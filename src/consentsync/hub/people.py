@@ -401,6 +401,11 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.get("/preferences/{token}", name="preferences", response_class=HTMLResponse)
     def preferences(request: Request, token: str) -> Response:
+        if _prefetch(request):
+            # Opening this page may record (the person's GPC signal, below): a browser fetching
+            # it ahead of a click that may never come must not. Refused, the prefetch is thrown
+            # away and the click fetches the page afresh (a non-2xx prefetch is not used).
+            return Response(status_code=503, headers={"Retry-After": "0"})
         person = person_of(token)
         lang = language(request)
         _ = translator(lang)
@@ -839,3 +844,14 @@ def create_app(hub: Hub) -> FastAPI:
         return Response(stylesheet, media_type="text/css")
 
     return app
+
+
+def _prefetch(request: Request) -> bool:
+    """Whether the browser asks for the page ahead of a possible navigation, not for the person
+    to see it now: ``Sec-Purpose: prefetch`` (the Fetch standard's header, also for a prerender),
+    and the older ``Purpose: prefetch`` and ``X-Moz: prefetch`` some browsers still send."""
+    for name in ("sec-purpose", "purpose", "x-moz"):
+        tokens = request.headers.get(name, "").replace(";", ",").split(",")
+        if any(token.strip().lower() == "prefetch" for token in tokens):
+            return True
+    return False

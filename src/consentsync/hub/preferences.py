@@ -94,21 +94,27 @@ class PreferenceCentre:
             return []
         view = self.ledger.subject_view(person.email)
         states = {(s["purpose"], s["channel"]): s["status"] for s in view["purposes"]}
-        latest = {(e["purpose"], e["channel"]): e for e in view["history"]}  # in the order written
+        nos = (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)
+        # Whether the person said yes on this page with the signal on since their last no, in
+        # the order written: not only as the latest event, which a renewal's "requested" or
+        # another source's copy of the grant may follow, and the grant still stands.
+        chose_over_signal: dict[tuple[str, str], bool] = {}
+        for event in view["history"]:
+            key = (event["purpose"], event["channel"])
+            if event["status"] in nos:
+                chose_over_signal[key] = False
+            elif (
+                event["status"] == ConsentStatus.GRANTED.value
+                and event["source"] == SOURCE
+                and str(event["evidence_ref"] or "").endswith(f" {GPC_MARK}")
+            ):
+                chose_over_signal[key] = True
         now = self.ledger.clock()
         stopped: list[str] = []
         for key in self.hub.settings.gpc_purposes:
             purpose = self.ledger.purposes[key]
             for channel in purpose.channels:
-                if states.get((key, channel)) in (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value):
-                    continue
-                last = latest.get((key, channel))
-                if (
-                    last is not None
-                    and last["status"] == ConsentStatus.GRANTED.value
-                    and last["source"] == SOURCE
-                    and str(last["evidence_ref"] or "").endswith(f" {GPC_MARK}")
-                ):
+                if states.get((key, channel)) in nos or chose_over_signal.get((key, channel), False):
                     continue
                 evidence = Evidence.witnessed(
                     now,
