@@ -165,6 +165,7 @@ def test_the_console_in_a_browser(
     assert "decided" not in page.url
     page.fill("textarea[name=reason]", "Fraud prevention outweighs the objection (case 17)")
     shots.take(page, "objection")
+    page.once("dialog", lambda dialog: dialog.accept())  # a rejection asks first
     follow(page, "button:has-text('Record decision')")
     assert "Decision recorded" in page.locator("p[role=status]").inner_text()
 

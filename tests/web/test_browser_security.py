@@ -62,6 +62,7 @@ def test_sessions_end_on_logout_and_when_an_admin_ends_them(console: WebServer, 
     log_in(owner, base, "rex")
     admin = fresh(chromium)
     log_in(admin, base, "ada", "/users")
+    admin.once("dialog", lambda dialog: dialog.accept())  # ending sessions asks first
     follow(admin, "form[action='/users/rex/end-sessions'] button")
     owner.goto(base + "/objections")
     assert "/login" in owner.url

@@ -283,7 +283,12 @@ def requested(
     return console_of(request).requested(older_than_days=older_than, page=page, per_page=per_page).as_dict()
 
 
-@router.get("/objections", summary="The review queue: pending first, oldest first")
+@router.get(
+    "/objections",
+    summary="The review queue: pending first, oldest first; each person by a masked address",
+    description="`email` is masked (`jo***@ex***.com`; null once erased): the list reads nobody's "
+    "record. `GET /api/objections/{objection_id}` has the address, and that read is audited.",
+)
 def objection_list(
     request: Request,
     _account: Viewer,
@@ -298,7 +303,10 @@ def objection_list(
     )
 
 
-@router.get("/objections/{objection_id}", summary="One objection with its subject's context")
+@router.get(
+    "/objections/{objection_id}",
+    summary="One objection with its subject's context and address (audited as subject.viewed)",
+)
 def objection(request: Request, objection_id: RowId, account: Viewer) -> dict[str, Any]:
     return console_of(request).objection(objection_id, reader=(account, "api"))
 

@@ -3,6 +3,8 @@ HTML pages and the JSON API both call, so that the two cannot drift apart."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import re
 import tempfile
@@ -12,7 +14,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, func, select
 
 from consentsync import audit
 from consentsync.accounts import Account, Accounts
@@ -37,8 +39,10 @@ from consentsync.ledger.schema import (
     sync_runs,
 )
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.rowview import RowView
 from consentsync.sdk.errors import is_secret_key, scrub
 from consentsync.sync import quarantine
+from consentsync.sync.plan import mask_email
 from consentsync.sync.runs import RUN_STATUSES, list_runs, show_run
 from consentsync.web.plans import PlanDesk
 
@@ -468,18 +472,31 @@ class Console:
     # -- objections ----------------------------------------------------------------------------
 
     def count_objections(self, *, pending_only: bool) -> int:
-        from sqlalchemy import func
-
-        query = select(func.count()).select_from(objections)
-        if pending_only:
-            query = query.where(objections.c.status == ObjectionStatus.PENDING.value)
         with reading(self.engine) as conn:
-            return int(conn.execute(query).scalar_one())
+            counts = _objection_counts(conn)
+        return counts.get(ObjectionStatus.PENDING.value, 0) if pending_only else sum(counts.values())
 
     def objections(self, *, pending_only: bool, page: int = 1, per_page: int = PER_PAGE) -> Page:
-        rows = self.ledger.list_objections(pending_only=pending_only)  # pending first, oldest first
+        """One page of the review queue, pending first, oldest first (ties by id), read a page at
+        a time: each part through the (status, raised_at) index, so that a page view reads the
+        rows it shows, not every objection ever raised. Each person is named by a masked address:
+        the queue is a list of people for every viewer; the objection's own page shows the
+        address, and audits that read."""
         start = _offset(page, per_page)
-        return Page(self._with_trail(rows[start : start + per_page]), page, per_page, len(rows))
+        with reading(self.engine) as conn:
+            counts = _objection_counts(conn)
+            pending = counts.get(ObjectionStatus.PENDING.value, 0)
+            total = pending if pending_only else sum(counts.values())
+            rows: list[Any] = []
+            if start < pending:
+                rows += _oldest(conn, (ObjectionStatus.PENDING.value,), offset=start, limit=per_page)
+            room = per_page - len(rows)
+            if not pending_only and room > 0 and start + len(rows) < total:
+                rows += _oldest(conn, _DECIDED, offset=max(0, start - pending), limit=room)
+            items = _objection_views(conn, rows)
+        for item in items:
+            item["email"] = mask_email(item["email"]) if item["email"] else None
+        return Page(self._with_trail(items), page, per_page, total)
 
     def _with_trail(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each objection with who raised it and the decision's reason, from the audit log (the
@@ -513,9 +530,11 @@ class Console:
 
     def objection(self, objection_id: int, *, reader: Reader | None) -> dict[str, Any]:
         """One objection with its subject's context: current state, history, other objections."""
-        found = next((o for o in self.ledger.list_objections() if o["id"] == objection_id), None)
-        if found is None:
-            raise NotFound(f"no objection with id {objection_id}")
+        with reading(self.engine) as conn:
+            row = conn.execute(_OBJECTION_ROWS.where(objections.c.id == objection_id)).one_or_none()
+            if row is None:
+                raise NotFound(f"no objection with id {objection_id}")
+            found = _objection_views(conn, [row])[0]
         self._with_trail([found])
         try:
             context = self.subject(found["subject"], reader=None)
@@ -656,3 +675,70 @@ def parse_day(value: str | None, what: str, *, end: bool = False, zone: tzinfo =
 
 
 __all__ = ["EXPORT_TYPES", "PER_PAGE", "RUN_STATUSES", "Console", "Page", "iso", "parse_day"]
+
+
+# -- the objection queue's reads ------------------------------------------------------------------
+
+_DECIDED = tuple(status.value for status in ObjectionStatus if status != ObjectionStatus.PENDING)
+_OBJECTION_ROWS = select(objections, subjects.c.uid).join(subjects, subjects.c.id == objections.c.subject_id)
+_OBJECTION_VIEW = RowView(
+    "id subject=uid purpose direct_marketing status raised_at source decided_by decided_at"
+)
+
+
+def _objection_counts(conn: Connection) -> dict[str, int]:
+    """Objections per status, counted in the (status, raised_at) index: naming the statuses
+    lets every database count there instead of reading the table."""
+    statuses = [status.value for status in ObjectionStatus]
+    query = (
+        select(objections.c.status, func.count())
+        .where(objections.c.status.in_(statuses))
+        .group_by(objections.c.status)
+    )
+    return {status: int(count) for status, count in conn.execute(query)}
+
+
+def _oldest(conn: Connection, statuses: tuple[str, ...], *, offset: int, limit: int) -> list[Any]:
+    """Rows ``offset`` to ``offset + limit`` of the objections in ``statuses``, oldest first (ties
+    by id). Each status is read in index order, no further than the page needs, and the
+    statuses' runs are merged: one query for all of them would sort every decided objection."""
+
+    def run(status: str, skip: int, take: int) -> list[Any]:
+        query = _OBJECTION_ROWS.where(objections.c.status == status)
+        query = query.order_by(objections.c.raised_at, objections.c.id).offset(skip).limit(take)
+        return list(conn.execute(query).all())
+
+    if len(statuses) == 1:
+        return run(statuses[0], offset, limit)
+    runs = [run(status, 0, offset + limit) for status in statuses]
+    merged = heapq.merge(*runs, key=lambda row: (row.raised_at, row.id))
+    return list(itertools.islice(merged, offset, offset + limit))
+
+
+def _objection_views(conn: Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    """The rows as the API shows them, each with its person's address (the first the ledger
+    holds; none once erased), looked up for these people only."""
+    emails: dict[int, str] = {}
+    if rows:
+        found = conn.execute(
+            select(subject_identifiers.c.subject_id, subject_identifiers.c.value)
+            .where(
+                subject_identifiers.c.kind == "email",
+                subject_identifiers.c.subject_id.in_(sorted({row.subject_id for row in rows})),
+            )
+            .order_by(subject_identifiers.c.id)
+        )
+        for subject_id, value in found:
+            emails.setdefault(subject_id, value)
+    views = []
+    for row in rows:
+        view = _OBJECTION_VIEW(row)
+        views.append(
+            {
+                "id": view.pop("id"),
+                "subject": view.pop("subject"),
+                "email": emails.get(row.subject_id),
+                **view,
+            }
+        )
+    return views

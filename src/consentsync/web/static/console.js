@@ -33,8 +33,9 @@
     });
   }
   // A form that does something hard to undo (disabling an account, resetting another's
-  // password) asks first: its data-confirm text, or only when its data-confirm-field has the
-  // data-confirm-value (the state select of an account set to "disabled"). Inline handlers are
+  // password, ending an account's sessions, rejecting an objection) asks first: its
+  // data-confirm text, or only when its data-confirm-field has the data-confirm-value (the
+  // state select of an account set to "disabled", the decision "reject"). Inline handlers are
   // not allowed by the console's CSP, hence one listener for every form.
   function confirmations() {
     document.addEventListener("submit", function (event) {
