@@ -219,6 +219,7 @@ def _report_json(report: Any) -> dict[str, Any]:
         "finished_at": iso(report.finished_at),
         "counts": asdict(report.counts),
         "error": report.error,
+        "note": report.note,
         "plan": {
             "ledger_changes": [asdict(c) for c in report.plan_changes],
             "pushes": [asdict(p) for p in report.plan_pushes],
@@ -262,6 +263,8 @@ def _print_report(report: Any) -> None:
             report.status, "failed"
         )
         click.echo(f"  {label}: {report.error}")
+    if report.note:
+        click.echo(f"  {report.note}")
     if c.quarantined:
         click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
 

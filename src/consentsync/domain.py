@@ -151,20 +151,91 @@ class InvalidInput(ValueError):
     """Input that names something unknown or malformed; the message says what is accepted."""
 
 
-def normalise_email(raw: str) -> str:
-    """Lower-cased and trimmed, as domain.md's identity rule asks; raises on anything that is
-    not one address (``_EMAIL_RE``: what a mail header could read as several recipients), and
-    on control or format characters, lone surrogates, more than 320 characters. Every path an
-    address enters by (a CRM record, the CLI, the capture API) checks it here."""
-    email = raw.strip().lower()
-    if (
+def _is_address(email: str) -> bool:
+    return not (
         len(email) > EMAIL_MAX
         or not _EMAIL_RE.match(email)
         or _SPACE.search(email)
         or _FORBIDDEN_IN_LABEL.search(email)
-    ):
+    )
+
+
+def normalise_email(raw: str) -> str:
+    """Lower-cased and trimmed, as domain.md's identity rule asks, with an internationalised
+    domain in one form (``canonical_domain``: its Unicode labels, whether it came as Unicode or
+    as punycode ``xn--``); raises on anything that is not one address (``_EMAIL_RE``: what a mail
+    header could read as several recipients), and on control or format characters, lone
+    surrogates, more than 320 characters. Every path an address enters by (a CRM record, the
+    CLI, the capture API) checks it here."""
+    email = raw.strip().lower()
+    if not _is_address(email):
         raise InvalidInput(f"malformed email address {shown(raw)}: expected {EMAIL_ACCEPTED}")
-    return email
+    local, _, domain = email.rpartition("@")
+    canonical = f"{local}@{canonical_domain(domain)}"
+    # A decoded label is checked as the address was: punycode can spell any character (a
+    # comma, a control), and such a label must not become one the rules refuse.
+    return canonical if canonical == email or _is_address(canonical) else email
+
+
+def canonical_domain(domain: str) -> str:
+    """A lower-cased domain with each internationalised label as its Unicode U-label, so that
+    "bücher.example" and "xn--bcher-kva.example" (the same domain, as mail delivers to it) are
+    one address: one person, one suppression entry. The U-label, not the A-label: it is what
+    the person typed and what the preference centre shows. By IDNA 2008 with UTS #46 mapping
+    (the ``idna`` package, when installed: "straße" stays apart from "strasse", as registries
+    keep them); a label it refuses (an emoji) or, without it, a punycode label is decoded by
+    Python's IDNA 2003 codec, which refuses what does not round-trip ("xn--strae-oqa" then
+    stays as it is). A label neither can read is kept as given. ASCII domains without
+    punycode (nearly all) are returned at once."""
+    if domain.isascii() and "xn--" not in domain:
+        return domain
+    return ".".join(_u_label(label) for label in domain.split("."))
+
+
+def _u_label(label: str) -> str:
+    if label.isascii() and not label.startswith("xn--"):
+        return label
+    try:
+        import idna
+    except ImportError:  # pragma: no cover - idna comes with requests
+        idna = None  # type: ignore[assignment]
+    if idna is not None:
+        try:
+            return str(idna.decode(idna.encode(label, uts46=True))).lower()
+        except (idna.IDNAError, UnicodeError, ValueError):
+            pass
+    if label.isascii():
+        try:
+            return label.encode("ascii").decode("idna").lower()
+        except UnicodeError:
+            return label
+    return label
+
+
+def email_forms(email: str) -> tuple[str, ...]:
+    """The forms an address returned by ``normalise_email`` (or ``lookup_email``) may be held
+    under in a ledger: itself first, then its domain in punycode (A-labels), as versions before
+    the domain had one form kept an address that came that way. Lookups, matches and keyed
+    hashes try each (docs/policy.md, "One address, one form"); nothing is stored twice."""
+    local, at, domain = email.rpartition("@")
+    if not at or domain.isascii():
+        return (email,)
+    labels: list[str] = []
+    for label in domain.split("."):
+        if label.isascii():
+            labels.append(label)
+            continue
+        try:
+            import idna
+
+            labels.append(idna.encode(label).decode("ascii"))
+        except Exception:  # idna missing or refusing: Python's IDNA 2003 codec
+            try:
+                labels.append(label.encode("idna").decode("ascii"))
+            except UnicodeError:
+                return (email,)
+    ascii_form = f"{local}@{'.'.join(labels)}"
+    return (email,) if ascii_form == email else (email, ascii_form)
 
 
 def lookup_email(raw: str) -> str:

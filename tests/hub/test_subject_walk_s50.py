@@ -263,6 +263,18 @@ def test_a_mail_goes_to_its_one_address_or_not_at_all(envelopes: tuple[Envelopes
     assert handler.recipients == [["jörg@bücher.example"], ["o'brien+news@example.test"]]
 
 
+def test_an_internationalised_domain_goes_out_in_punycode_where_the_local_part_allows(
+    envelopes: tuple[Envelopes, int],
+) -> None:
+    """The ledger keeps the domain in Unicode; a server without SMTPUTF8 takes the A-labels,
+    which reach the same mailbox. A local part that is not ASCII needs SMTPUTF8 either way."""
+    handler, port = envelopes
+    mailer = Mailer(SmtpSettings(host="127.0.0.1", port=port, sender="privacy@example.test"))
+    mailer.send(Mail("ada@bücher.example", "Please confirm", "text"))
+    mailer.send(Mail("jörg@bücher.example", "Please confirm", "text"))
+    assert handler.recipients == [["ada@xn--bcher-kva.example"], ["jörg@bücher.example"]]
+
+
 # -- a Global Privacy Control signal on the person's own page ------------------------------------
 
 

@@ -12,7 +12,7 @@ from email.utils import formataddr, make_msgid
 import structlog
 
 from consentsync.config import SmtpSettings
-from consentsync.domain import without_emails
+from consentsync.domain import email_forms, without_emails
 
 log = structlog.get_logger("consentsync.hub.mail")
 
@@ -46,7 +46,7 @@ class Mailer:
             )
         message = EmailMessage()
         message["From"] = formataddr((self.sender_name or "", self.settings.sender))
-        message["To"] = mail.to
+        message["To"] = on_the_wire(mail.to)
         message["Subject"] = mail.subject
         message["Message-ID"] = make_msgid(domain=self.settings.sender.rpartition("@")[2] or None)
         message.set_content(mail.text)
@@ -72,12 +72,20 @@ class Mailer:
                         raise MailFailed(f"hub.smtp.password_env: {settings.password_env!r} is not set")
                     smtp.login(settings.username, password)
                 # The envelope names the one address, whatever a header parser makes of it.
-                smtp.send_message(message, to_addrs=[mail.to])
+                smtp.send_message(message, to_addrs=[on_the_wire(mail.to)])
         except (OSError, smtplib.SMTPException) as error:
             raise MailFailed(
                 f"SMTP {settings.host}:{settings.port}: {type(error).__name__}: {_reason(error, mail.to)}"
             ) from None
         return str(message["Message-ID"])
+
+
+def on_the_wire(address: str) -> str:
+    """The address as a mail server without SMTPUTF8 takes it where it can: the ledger keeps an
+    internationalised domain in Unicode (domain.normalise_email), and its punycode form (IDNA)
+    reaches the same mailbox; a local part that is not ASCII needs SMTPUTF8 either way."""
+    local = address.rpartition("@")[0]
+    return email_forms(address)[-1] if local.isascii() else address
 
 
 NOT_ONE_ADDRESS = "expected local@domain.tld, with no comma, angle bracket, quote, comment or group"

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Table, and_
 
 from consentsync.audit import AuditRecord
+from consentsync.domain import email_forms
 from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
@@ -200,7 +201,12 @@ class SubjectResolver:
         or created suppressed because its address had been erased before)."""
         if not emails:
             return {}
-        hashes = {self.hashed(email): email for email in emails}
+        # Each form an address may have been erased under (email_forms: an older version kept a
+        # punycode domain as it came), the address's own form first.
+        hashes: dict[str, str] = {}
+        for email in sorted(emails):
+            for form in email_forms(email):
+                hashes.setdefault(self.hashed(form), email)
         found: dict[str, int] = {}
         rows = select_in(
             self.conn,
@@ -221,31 +227,50 @@ class SubjectResolver:
         return {subject_id for subject_id, suppression_id in rows if suppression_id is not None}
 
     def _find_emails(self, emails: set[str]) -> dict[str, int]:
-        rows = select_in(
-            self.conn,
-            subject_identifiers,
-            ("value", "subject_id"),
-            "value",
-            sorted(emails),
-            equal=[("kind", EMAIL)],
+        """The person held under each address: under its one form, else under the form an
+        older version kept (email_forms; such addresses are rare, and only they cost more)."""
+        wanted = {form: email for email in emails for form in email_forms(email)}
+        rows = dict(
+            select_in(
+                self.conn,
+                subject_identifiers,
+                ("value", "subject_id"),
+                "value",
+                sorted(wanted),
+                equal=[("kind", EMAIL)],
+            )
         )
-        return dict(rows)
+        found: dict[str, int] = {}
+        for email in emails:
+            for form in email_forms(email):
+                if form in rows:
+                    found[email] = rows[form]
+                    break
+        return found
 
     def _create(self, identities: Sequence[Identity]) -> list[int]:
         if not identities:
             return []
-        hashes = {i.email: self.hashed(i.email) for i in identities if i.email}
-        suppressed = dict(
+        forms = {i.email: [self.hashed(f) for f in email_forms(i.email)] for i in identities if i.email}
+        entries = dict(
             select_in(
-                self.conn, suppressions, ("email_hmac", "id"), "email_hmac", sorted(set(hashes.values()))
+                self.conn,
+                suppressions,
+                ("email_hmac", "id"),
+                "email_hmac",
+                sorted({h for hashes in forms.values() for h in hashes}),
             )
         )
+        # An address erased under either of its forms (email_forms) is suppressed.
+        suppressed_for = {
+            email: next((entries[h] for h in hashes if h in entries), None) for email, hashes in forms.items()
+        }
         rows = [
             {
                 "uid": str(uuid.uuid4()),
                 "created_at": self.now,
                 "restricted": False,
-                "suppression_id": suppressed.get(hashes[i.email]) if i.email else None,
+                "suppression_id": suppressed_for[i.email] if i.email else None,
             }
             for i in identities
         ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, delete, insert, or_, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -40,6 +40,7 @@ from consentsync.domain import (
     check_label,
     check_moment,
     check_reason,
+    email_forms,
     iso,
     shown,
 )
@@ -58,6 +59,7 @@ from consentsync.ledger.engine import analyse_grown, reading, statistics_settled
 from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac, keyed_hasher
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
+    audit_entries,
     consent_events,
     consent_states,
     crm_links,
@@ -596,9 +598,15 @@ class Ledger:
         check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
         digest = email_hmac(self.erasure_key(), email)
+        # An entry an older version made under the address's other form (its domain in
+        # punycode) is this address's: kept, not doubled (email_forms).
+        forms = [email_hmac(self.erasure_key(), form) for form in email_forms(email)]
         with self.engine.begin() as conn:
             suppression_id = conn.execute(
-                select(suppressions.c.id).where(suppressions.c.email_hmac == digest)
+                select(suppressions.c.id)
+                .where(suppressions.c.email_hmac.in_(forms))
+                .order_by(suppressions.c.id)
+                .limit(1)
             ).scalar()
             already = suppression_id is not None  # an address erased before: its entry is kept
             if suppression_id is None:
@@ -665,10 +673,12 @@ class Ledger:
             # (as the CRM wrote it): those of this address as written here take today's hash, so
             # that the push decision's join finds them too (one written otherwise, in capitals,
             # keeps the old hash until that record is read again).
+            # So do those that last showed the address in its other form (punycode): the push
+            # decision hashes an address in its one form since (email_forms).
+            stale = [email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(email)]
+            stale += forms[1:]
             conn.execute(
-                update(crm_snapshots)
-                .where(crm_snapshots.c.identity == email_hmac(self.erasure_key(), canonical_json(email)))
-                .values(identity=digest)
+                update(crm_snapshots).where(crm_snapshots.c.identity.in_(stale)).values(identity=digest)
             )
             holders = set(
                 conn.execute(
@@ -713,7 +723,11 @@ class Ledger:
             if subject_id is None:
                 raise NotFound(f"no subject with email {email!r} in the ledger")
             before = self._contexts(conn, {subject_id})[subject_id]
-            if before.flags.restricted == restricted:
+            # A restriction this person has only because a CRM put a restricted person's data on
+            # their record (carry_restriction) becomes their own when they ask for it: lifting
+            # the other person's then leaves theirs standing.
+            carried = before.flags.restricted and self._restriction_carried_from(conn, subject_id) is not None
+            if before.flags.restricted == restricted and not (restricted and carried):
                 state = "restricted" if restricted else "not restricted"
                 raise InvalidInput(f"{email} is already {state}")
             conn.execute(update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted))
@@ -736,8 +750,224 @@ class Ledger:
                 ),
             ]
             audit.append(conn, records, now)
+            if restricted:
+                self.carry_restriction(
+                    conn, {(subject_id, other) for other in self._holders(conn, subject_id)}, now
+                )
+            else:
+                self._lift_carried(conn, after.uid, now, source=source, actor=actor)
         log.info("subject.restriction", subject=after.uid, restricted=restricted)
         return {"subject": after.uid, "restricted": restricted}
+
+    def carry_restriction(
+        self, conn: Connection, pairs: set[tuple[int, int]], now: datetime, *, run_id: str | None = None
+    ) -> set[int]:
+        """``pairs``: (a person, another person whose CRM record now carries the first one's data:
+        the survivor of a merge of their record, a record that took their address). Art. 18:
+        while the first is restricted, their data may only be stored, so the record holding it
+        must not be processed either: the other person is restricted too, audited as carried
+        from the first (their pseudonymous uid), never their data. The people stay apart; the
+        carried restriction is lifted with the first one's (``restrict``). Returns the people
+        newly restricted. Merges and address changes are rare: nothing is read per record."""
+        pairs = {(a, b) for a, b in pairs if a != b}
+        if not pairs:
+            return set()
+        contexts = self._contexts(conn, {a for a, _ in pairs} | {b for _, b in pairs})
+        targets: dict[int, int] = {}
+        for a, b in sorted(pairs):
+            if contexts[a].flags.restricted and not contexts[b].flags.restricted and b not in targets:
+                targets[b] = a
+        records: list[AuditRecord] = []
+        for b, a in sorted(targets.items()):
+            before = contexts[b]
+            conn.execute(update(subjects).where(subjects.c.id == b).values(restricted=True))
+            after = self._contexts(conn, {b})[b]
+            records.append(
+                AuditRecord(
+                    "subject.restricted",
+                    {"restriction": "art18", "carried_from": contexts[a].uid},
+                    old=False,
+                    new=True,
+                    rule=Rule.RESTRICTION,
+                    source=RESTRICTION_CARRIED_SOURCE,
+                    run_id=run_id,
+                    subject_uid=after.uid,
+                    subject_id=b,
+                )
+            )
+            records += self._refresh(
+                conn,
+                b,
+                list(self.purposes.values()),
+                before,
+                after,
+                now,
+                run_id,
+                RESTRICTION_CARRIED_SOURCE,
+                None,
+            )
+        if records:
+            audit.append(conn, records, now)
+            log.info("subject.restriction_carried", subjects=len(targets))
+        return set(targets)
+
+    def _holders(self, conn: Connection, subject_id: int) -> set[int]:
+        """The other people whose live CRM records hold this person's data: records that last
+        showed one of their addresses (the snapshot's keyed hash, as an erasure finds them; one
+        scan of the snapshots, for a rare request) and survivors of merges of their records."""
+        hashes = [
+            email_hmac(self.erasure_key(), form)
+            for value in conn.execute(
+                select(subject_identifiers.c.value).where(
+                    subject_identifiers.c.subject_id == subject_id, subject_identifiers.c.kind == "email"
+                )
+            ).scalars()
+            for form in email_forms(value)
+        ]
+        holders: set[int] = set()
+        if hashes:
+            holders |= set(
+                conn.execute(
+                    select(crm_links.c.subject_id)
+                    .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                    .where(crm_snapshots.c.identity.in_(hashes), crm_links.c.gone_at.is_(None))
+                ).scalars()
+            )
+        merged = conn.execute(
+            select(crm_links.c.connector, crm_links.c.object_type, crm_links.c.merged_into).where(
+                crm_links.c.subject_id == subject_id, crm_links.c.merged_into.is_not(None)
+            )
+        ).all()
+        for connector, object_type, survivor in merged:
+            holders |= set(
+                conn.execute(
+                    select(crm_links.c.subject_id).where(
+                        crm_links.c.connector == connector,
+                        crm_links.c.object_type == object_type,
+                        crm_links.c.record_id == survivor,
+                    )
+                ).scalars()
+            )
+        return holders - {subject_id}
+
+    def _restriction_carried_from(self, conn: Connection, subject_id: int) -> str | None:
+        """The uid of the person whose restriction this person's stands on (the last restriction
+        entry of their audit trail, read by its subject index), None for their own or none."""
+        payload = conn.execute(
+            select(audit_entries.c.payload)
+            .where(
+                audit_entries.c.subject_id == subject_id,
+                or_(
+                    audit_entries.c.action == "subject.restricted",
+                    audit_entries.c.action == "subject.restriction_lifted",
+                ),
+            )
+            .order_by(audit_entries.c.seq.desc())
+            .limit(1)
+        ).scalar()
+        if payload is None:
+            return None
+        entry = orjson.loads(payload)
+        if entry.get("action", "subject.restricted") != "subject.restricted":
+            return None
+        carried = (entry.get("what") or {}).get("carried_from")
+        return str(carried) if carried else None
+
+    def _lift_carried(
+        self, conn: Connection, uid: str, now: datetime, *, source: str, actor: str | None
+    ) -> None:
+        """Lifts the restrictions carried from the person ``uid`` (carry_restriction), where
+        that is still what restricts them: their data may be processed again, so may the
+        records that hold it, unless another restricted person's data is on them too (then the
+        restriction stands, carried from that person). Restricted people are few: their trails
+        are read one by one."""
+        restricted = set(conn.execute(select(subjects.c.id).where(subjects.c.restricted.is_(True))).scalars())
+        carried = [b for b in sorted(restricted) if self._restriction_carried_from(conn, b) == uid]
+        records: list[AuditRecord] = []
+        lifted: list[int] = []
+        for b in carried:
+            other = self._restricted_reaching(conn, b, restricted - set(carried))
+            before = self._contexts(conn, {b})[b]
+            if other is not None:
+                records.append(
+                    AuditRecord(
+                        "subject.restricted",
+                        {"restriction": "art18", "carried_from": self._contexts(conn, {other})[other].uid},
+                        old=True,
+                        new=True,
+                        rule=Rule.RESTRICTION,
+                        source=RESTRICTION_CARRIED_SOURCE,
+                        subject_uid=before.uid,
+                        subject_id=b,
+                    )
+                )
+                continue
+            conn.execute(update(subjects).where(subjects.c.id == b).values(restricted=False))
+            lifted.append(b)
+            after = self._contexts(conn, {b})[b]
+            records.append(
+                AuditRecord(
+                    "subject.restriction_lifted",
+                    {"restriction": "art18", "carried_from": uid},
+                    old=True,
+                    new=False,
+                    rule=Rule.RESTRICTION,
+                    source=source,
+                    actor=actor,
+                    subject_uid=after.uid,
+                    subject_id=b,
+                )
+            )
+            records += self._refresh(
+                conn, b, list(self.purposes.values()), before, after, now, None, source, actor
+            )
+        if records:
+            audit.append(conn, records, now)
+        for b in lifted:  # and what was carried on from them (each lift ends one restriction)
+            self._lift_carried(conn, self._contexts(conn, {b})[b].uid, now, source=source, actor=actor)
+
+    def _restricted_reaching(self, conn: Connection, subject_id: int, restricted: set[int]) -> int | None:
+        """A restricted person (of ``restricted``) whose data is on one of this person's live
+        CRM records: its last-read address is theirs (keyed hash), or one of their records was
+        merged into it. None if none is."""
+        restricted = restricted - {subject_id}
+        if not restricted:
+            return None
+        live = conn.execute(
+            select(
+                crm_links.c.connector,
+                crm_links.c.object_type,
+                crm_links.c.record_id,
+                crm_snapshots.c.identity,
+            )
+            .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(crm_links.c.subject_id == subject_id, crm_links.c.gone_at.is_(None))
+        ).all()
+        shown = {row.identity for row in live if row.identity is not None}
+        for other, value in conn.execute(
+            select(subject_identifiers.c.subject_id, subject_identifiers.c.value)
+            .where(
+                subject_identifiers.c.subject_id.in_(sorted(restricted)),
+                subject_identifiers.c.kind == "email",
+            )
+            .order_by(subject_identifiers.c.subject_id)
+        ):
+            if any(email_hmac(self.erasure_key(), form) in shown for form in email_forms(value)):
+                return int(other)
+        records = {(row.connector, row.object_type, row.record_id) for row in live}
+        for other, connector, object_type, survivor in conn.execute(
+            select(
+                crm_links.c.subject_id,
+                crm_links.c.connector,
+                crm_links.c.object_type,
+                crm_links.c.merged_into,
+            )
+            .where(crm_links.c.subject_id.in_(sorted(restricted)), crm_links.c.merged_into.is_not(None))
+            .order_by(crm_links.c.subject_id)
+        ):
+            if (connector, object_type, survivor) in records:
+                return int(other)
+        return None
 
     # -- expiry --------------------------------------------------------------------------------
 
@@ -967,7 +1197,11 @@ class Ledger:
         summary: Summary | None = None
         found: list[ObjectionFact] = []
         with reading(self.engine) as conn:
-            person = conn.execute(_DECISION_PERSON, {"email": email}).first()
+            person = None
+            for form in email_forms(email):  # the one form first, then an older version's
+                person = conn.execute(_DECISION_PERSON, {"email": form}).first()
+                if person is not None:
+                    break
             if person is not None:
                 uid: str | None = person.uid
                 flags = SubjectFlags(
@@ -993,9 +1227,19 @@ class Ledger:
                 ]
             else:
                 uid = None
-                erased_at = conn.execute(
-                    _DECISION_ERASED, {"digest": email_hmac(self.erasure_key(), email)}
-                ).scalar()
+                erased_at = min(
+                    (
+                        at
+                        for form in email_forms(email)
+                        if (
+                            at := conn.execute(
+                                _DECISION_ERASED, {"digest": email_hmac(self.erasure_key(), form)}
+                            ).scalar()
+                        )
+                        is not None
+                    ),
+                    default=None,
+                )
                 flags = SubjectFlags(
                     suppressed_since=erased_at, suppression_reason="erased" if erased_at else None
                 )
@@ -1021,18 +1265,21 @@ class Ledger:
                 conn.execute(
                     select(subjects.c.uid)
                     .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
-                    .where(subject_identifiers.c.kind == "email", subject_identifiers.c.value == email)
+                    .where(
+                        subject_identifiers.c.kind == "email",
+                        subject_identifiers.c.value.in_(email_forms(email)),
+                    )
                 ).scalars()
             )
             return uids + self._erased_subject_uids(conn, email)
 
     def _erased_subject_uids(self, conn: Connection, email: str) -> list[str]:
-        digest = email_hmac(self.erasure_key(), email)
+        digests = [email_hmac(self.erasure_key(), form) for form in email_forms(email)]
         return list(
             conn.execute(
                 select(subjects.c.uid)
                 .join(suppressions, suppressions.c.id == subjects.c.suppression_id)
-                .where(suppressions.c.email_hmac == digest)
+                .where(suppressions.c.email_hmac.in_(digests))
             ).scalars()
         )
 
@@ -1336,6 +1583,9 @@ def _with_subject(table: Any) -> Any:
 
 
 # The decision endpoint's reads, built once (building a statement costs more than running it).
+# The source of a restriction carried to a person whose CRM record took on a restricted person's
+# record (a merge) or address (Ledger.carry_restriction).
+RESTRICTION_CARRIED_SOURCE = "restriction"
 _DECISION_PERSON = (
     select(
         subjects.c.id,
@@ -1362,11 +1612,17 @@ _DECISION_ERASED = select(suppressions.c.created_at).where(suppressions.c.email_
 
 
 def _subject_id_by_email(conn: Connection, email: str) -> int | None:
-    return conn.execute(
-        select(subject_identifiers.c.subject_id).where(
-            subject_identifiers.c.kind == "email", subject_identifiers.c.value == email
-        )
-    ).scalar()
+    """The person held under this address: under its one form first, else under the form an
+    older version kept (its domain in punycode, ``email_forms``)."""
+    for form in email_forms(email):
+        found = conn.execute(
+            select(subject_identifiers.c.subject_id).where(
+                subject_identifiers.c.kind == "email", subject_identifiers.c.value == form
+            )
+        ).scalar()
+        if found is not None:
+            return found
+    return None
 
 
 def _purpose_row(purpose: Purpose) -> dict[str, Any]:

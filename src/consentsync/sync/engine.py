@@ -40,7 +40,9 @@ from consentsync.domain import (
     LawfulBasis,
     ObjectionStatus,
     Origin,
+    canonical_domain,
     canonical_json,
+    email_forms,
     iso,
     without_emails,
 )
@@ -169,6 +171,8 @@ class RunReport:
     # Why a failed run failed, as the exit code of `consentsync sync` (exit_codes.py): the
     # credentials (77), the CRM or the ledger out of reach (69), the config (2); None: 1.
     exit_code: int | None = None
+    # What a run that did what was asked wants said (a plan applied before: by which run).
+    note: str | None = None
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -803,7 +807,7 @@ class SyncEngine:
         echoes = self._recognise_echoes(conn, mapping, page, report, now)
         # A record read again exactly as last seen (the look-back window, our own writes read
         # back, a full re-read) says nothing new: only the cursor moves past it.
-        digests = self._identity_digests(mapping, page)
+        digests = self._identity_digests(conn, mapping, page)
         # The page's own links and snapshots, in one lookup.
         held = self._page_links(conn, mapping.object, [record.record_id for record in page])
         unchanged = {
@@ -1243,8 +1247,10 @@ class SyncEngine:
         sent, never one sent without consent). Merges are rare: these reads cost nothing per
         record read.
 
-        The merged person's erasure travels too (Art. 17: the person, and the address the CRM
-        may now hold on the survivor, are never to be contacted again), as a withdrawal at the
+        A restriction of processing (Art. 18) of the merged person travels as a restriction
+        (``Ledger.carry_restriction``), lifted with theirs. The merged person's erasure travels
+        too (Art. 17: the person, and the address the CRM may now hold on the survivor, are
+        never to be contacted again), as a withdrawal at the
         erasure's time for every purpose and channel, which only the survivor's person's new
         consent newer than it lifts. ``joined`` also holds (an address's person, the person whose
         record now carries that address): the CRM writes to that address."""
@@ -1314,18 +1320,29 @@ class SyncEngine:
                     log.warning("sync.merge_no_not_carried", reason=type(error).__name__)
                     continue
                 requests.append(RecordRequest(Identity(subject_id=survivor), item))
-        if not requests:
-            return False
-        stats, outcomes = self.ledger.record_in(
-            conn, requests, run_id=report.run_id, warm=self._warm_for(conn)
-        )
-        report.counts.evidence_recorded += stats.recorded
-        report.counts.evidence_duplicates += stats.duplicates
-        report.counts.state_changes += stats.state_changes
-        # Only people who took on something new are examined again (two people merged into each
-        # other's records must not mark each other for ever).
-        self._mark_for_examination(conn, {o.subject_id for o in outcomes if not o.duplicate})
-        return stats.recorded > 0
+        recorded = False
+        if requests:
+            stats, outcomes = self.ledger.record_in(
+                conn, requests, run_id=report.run_id, warm=self._warm_for(conn)
+            )
+            report.counts.evidence_recorded += stats.recorded
+            report.counts.evidence_duplicates += stats.duplicates
+            report.counts.state_changes += stats.state_changes
+            # Only people who took on something new are examined again (two people merged into
+            # each other's records must not mark each other for ever).
+            self._mark_for_examination(conn, {o.subject_id for o in outcomes if not o.duplicate})
+            recorded = stats.recorded > 0
+        # The merged person's restriction (Art. 18) is not a no: it holds while it stands, and
+        # goes with it. Their data is now on the survivor's person's record, which is not to be
+        # processed meanwhile: that person is restricted too, as carried from them.
+        carried = self.ledger.carry_restriction(conn, joined, self.ledger.clock(), run_id=report.run_id)
+        if carried:
+            warm = self._warm_for(conn)
+            if warm is not None:  # it holds these people as not restricted: read them afresh
+                warm.clear()
+                warm.discard()
+            self._mark_for_examination(conn, carried)
+        return recorded or bool(carried)
 
     def _revive_links(
         self, conn: Connection, object_type: str, revived: list[Any], report: RunReport, now: datetime
@@ -1889,6 +1906,8 @@ class SyncEngine:
         approved: set[int] | None = None
         if self._apply_plan is not None:
             approved = self._check_plan(self._apply_plan, report)
+            if not approved:
+                return  # an empty plan, or one applied before: nothing to push
         elif self._held(report):
             return
         floor = 0
@@ -2077,7 +2096,8 @@ class SyncEngine:
 
     def _check_plan(self, plan: Plan, report: RunReport) -> set[int]:
         """The outbox rows of an approved plan, when what the run would push is exactly that
-        plan (else ``PlanOutdated``); audited with the plan's digest."""
+        plan (else ``PlanOutdated``); audited with the plan's digest. None of them when a run
+        applied this plan before (``report.note`` names it): nothing to push, and no failure."""
         if plan.connector != self.name:
             raise PlanOutdated(f"the plan is for connector {plan.connector!r}, not {self.name!r}")
         with self._transaction() as conn:
@@ -2085,12 +2105,17 @@ class SyncEngine:
             if now_pending.digest != plan.digest:
                 applied = self._applied_before(conn, plan)
                 if applied is not None:
+                    # What the admin approved went through: a script applying it again (after a
+                    # timeout, a retried job) asked for what is done, which is no failure. Nothing
+                    # is pushed again: what is pending now was not approved by this plan.
                     run_id, at = applied
-                    raise PlanOutdated(
+                    report.note = (
                         f"this plan was already applied, by run {run_id} at {at}: nothing was pushed "
                         f"again (see it with `consentsync runs show {run_id}`); to push what changed "
                         f"since, make a new plan with `consentsync plan {self.name}`"
                     )
+                    log.info("sync.plan_already_applied", connector=self.name, by_run=run_id)
+                    return set()
                 planned = {canonical_json(item.key()) for item in plan.items}
                 current = {canonical_json(item.key()) for item in now_pending.items}
                 raise PlanOutdated(
@@ -2350,21 +2375,49 @@ class SyncEngine:
             [(self.name, object_type, canonical_json(cursor.to_json()), run_id, db_time(conn, now))],
         )
 
-    def _identity_digests(self, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
+    def _identity_digests(self, conn: Connection, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
         """Each record's identity as a keyed hash (its address: the links it names are among
         the snapshot's fields), to tell a record read again unchanged without its address. An
-        address is hashed as the suppression list hashes it (trimmed, lower-cased: what
-        normalise_email makes of a valid one), so that the push decision finds a record holding
-        an erased address by the hash alone; a value that is no text (none, a number) as its
-        JSON text after a NUL, which no text can equal. (Not validated here: that costs more than
-        the hash, and a malformed address is on no list but one erased as it was written.)"""
+        address is hashed as the suppression list hashes it (trimmed, lower-cased, an
+        internationalised domain in its one form: what normalise_email makes of a valid one), so
+        that the push decision finds a record holding an erased address by the hash alone,
+        whether the CRM shows its domain in Unicode or in punycode; a value that is no text
+        (none, a number) as its JSON text after a NUL, which no text can equal. (Not validated
+        here: that costs more than the hash, and a malformed address is on no list but one
+        erased as it was written.) An internationalised address an older version erased under
+        its other form (punycode) is hashed as that entry is: one lookup, only for a page that
+        holds such addresses."""
         digest = self.ledger.keyed_hasher()
         email_field = mapping.spec.identity.email
         digests: dict[str, str] = {}
+        others: dict[str, str] = {}  # record id -> the hash of its address's other form
         for record in page:
             raw = field_value(record.fields, email_field) if email_field else None
-            text = raw.strip().lower() if isinstance(raw, str) else "\0" + canonical_json(raw)
+            if not isinstance(raw, str):
+                digests[record.record_id] = digest("\0" + canonical_json(raw))
+                continue
+            text = raw.strip().lower()
+            if (not text.isascii() or "xn--" in text) and "@" in text:  # rare: one form for the domain
+                local, _, domain = text.rpartition("@")
+                text = f"{local}@{canonical_domain(domain)}"
+                other = email_forms(text)[1:]
+                if other:
+                    others[record.record_id] = digest(other[0])
             digests[record.record_id] = digest(text)
+        if others:
+            listed = {
+                hashed
+                for (hashed,) in select_in(
+                    conn,
+                    suppressions,
+                    ("email_hmac",),
+                    "email_hmac",
+                    sorted({*others.values(), *(digests[r] for r in others)}),
+                )
+            }
+            for record_id, other in others.items():
+                if other in listed and digests[record_id] not in listed:
+                    digests[record_id] = other
         return digests
 
     def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, _PageLink]:
