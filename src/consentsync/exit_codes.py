@@ -15,7 +15,8 @@
 |   |             | admin: `consentsync migrate`, or find who disabled it |
 | 65 | STALE_PLAN | `apply` refused a plan the ledger or the CRM changed since it was made: nothing |
 |    |            | was pushed; the refused run is on record (EX_DATAERR); a plan applied before is |
-|    |            | no failure: nothing is pushed again, exit 0, naming the run that applied it |
+|    |            | no failure: what of it is still pending is pushed, exit 0 once nothing is left |
+|    |            | (else 69 or 75, saying how many remain), naming the run that applied it |
 |    |            | make a new plan, review it, apply that |
 | 69 | UNAVAILABLE | the CRM or the ledger could not be reached now (EX_UNAVAILABLE) | retry later |
 | 75 | STOPPED | stopped cleanly (signal, API budget, rate limit) or another run holds the |

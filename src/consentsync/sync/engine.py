@@ -1087,6 +1087,7 @@ class SyncEngine:
             else {}
         )
         requests: list[RecordRequest] = []
+        saying_no: list[tuple[CrmRecord, Any, str, str | None, list[Evidence]]] = []
         for record in with_values:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None:
@@ -1111,15 +1112,20 @@ class SyncEngine:
                 )
                 conn.execute(insert(quarantine), [row_problem])
                 continue
-            if not said_no:
-                continue
+            if said_no:
+                saying_no.append((record, row, record_id, email, said_no))
+        # Deleted before any sync read it: the no is the person's whom the ledger knows by that
+        # address (under any form it is held in); looked up for the whole page at once.
+        known_by_address = self._known_by_address(
+            conn, [email for record, row, _, email, _ in saying_no if row is None and not record.merged_into]
+        )
+        for record, row, record_id, email, said_no in saying_no:
             if row is not None:
                 subject_id = row.subject_id
             elif not record.merged_into:
-                # Deleted before any sync read it: the no is the person's whom the ledger knows
-                # by that address; nobody is made for it, and no address enters the ledger from
-                # a record deleted (perhaps for an erasure request made to that CRM).
-                known = self._known_by_address(conn, email)
+                # Nobody is made for it, and no address enters the ledger from a record deleted
+                # (perhaps for an erasure request made to that CRM).
+                known = known_by_address.get(email) if email else None
                 if known is None:
                     continue
                 subject_id = known
@@ -1143,21 +1149,27 @@ class SyncEngine:
             conn, {request.identity.subject_id for request in requests if request.identity.subject_id}
         )
 
-    def _known_by_address(self, conn: Connection, email: str | None) -> int | None:
-        """The person the ledger holds under this address, not erased (None: nobody, or none)."""
-        if not email:
-            return None
-        found = conn.execute(
-            select(subjects.c.id)
+    def _known_by_address(self, conn: Connection, emails: list[str | None]) -> dict[str, int]:
+        """For each address, the person the ledger holds under it, not erased (absent: nobody),
+        found under any form the address may be held in (``email_forms``: an older version kept
+        an internationalised domain as punycode). One query for all of them."""
+        forms = {form: email for email in {e for e in emails if e} for form in email_forms(email)}
+        if not forms:
+            return {}
+        found: dict[str, int] = {}
+        for value, subject_id in conn.execute(
+            select(subject_identifiers.c.value, subjects.c.id)
             .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
             .where(
                 subject_identifiers.c.kind == "email",
-                subject_identifiers.c.value == email,
+                one_of(conn, subject_identifiers.c.value, sorted(forms)),
                 subjects.c.erased_at.is_(None),
             )
-            .limit(1)
-        ).scalar()
-        return int(found) if found is not None else None
+            .order_by(subjects.c.id)
+        ):
+            # The lowest id when two people hold two forms of one address, as before (one person).
+            found.setdefault(forms[value], int(subject_id))
+        return found
 
     def _mark_gone(
         self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
@@ -1903,13 +1915,49 @@ class SyncEngine:
         the next call: a run stopped or killed anywhere loses no acknowledgement, and a write
         whose answer was lost is recognised when it is read back. A row that fails with a
         retryable error stays pending for the next run."""
-        approved: set[int] | None = None
         if self._apply_plan is not None:
             approved = self._check_plan(self._apply_plan, report)
             if not approved:
-                return  # an empty plan, or one applied before: nothing to push
-        elif self._held(report):
+                return  # an empty plan, or one applied before and pushed whole: nothing to push
+            try:
+                self._push_rows(report, approved)
+            except BaseException:
+                with suppress(Exception):  # the reason the run stopped is what is told
+                    self._tell_unpushed(report, approved)
+                raise
+            self._tell_unpushed(report, approved)
+        elif not self._held(report):
+            self._push_rows(report, None)
+
+    def _tell_unpushed(self, report: RunReport, approved: set[int]) -> None:
+        """An applied plan whose approved pushes are not all sent (refused for now, or the run
+        stopped): the script applying it is told how many remain, and that applying the same plan
+        again pushes them; a run that otherwise succeeded ends ``stopped`` (exit 75, retry later),
+        never 0 with approved withdrawals still held."""
+        with self.ledger.engine.connect() as conn:
+            left = conn.execute(
+                select(func.count())
+                .select_from(outbox)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.status == "pending",
+                    one_of(conn, outbox.c.id, sorted(approved)),
+                )
+            ).scalar_one()
+        if not left:
             return
+        said = (
+            f"{left} of the plan's {len(approved)} approved pushes to send now are still pending: "
+            "apply the same plan again to push them"
+        )
+        report.note = f"{report.note}; {said}" if report.note else said
+        if report.status == "running":
+            report.status = "stopped"
+            report.error = "the CRM refused some of the plan's pushes for now: they stay pending"
+        log.warning("sync.plan_unpushed", run_id=report.run_id, connector=self.name, pending=left)
+
+    def _push_rows(self, report: RunReport, approved: set[int] | None) -> None:
+        """Drains the pending rows (only ``approved`` ones, when given) once, oldest first."""
         floor = 0
         while True:
             with self.ledger.engine.connect() as conn:
@@ -2096,8 +2144,9 @@ class SyncEngine:
 
     def _check_plan(self, plan: Plan, report: RunReport) -> set[int]:
         """The outbox rows of an approved plan, when what the run would push is exactly that
-        plan (else ``PlanOutdated``); audited with the plan's digest. None of them when a run
-        applied this plan before (``report.note`` names it): nothing to push, and no failure."""
+        plan (else ``PlanOutdated``); audited with the plan's digest. When a run applied this plan
+        before (``report.note`` names it): only its rows still pending exactly as planned (the
+        rest of an apply cut short), none when it went through whole; no failure either way."""
         if plan.connector != self.name:
             raise PlanOutdated(f"the plan is for connector {plan.connector!r}, not {self.name!r}")
         with self._transaction() as conn:
@@ -2105,17 +2154,26 @@ class SyncEngine:
             if now_pending.digest != plan.digest:
                 applied = self._applied_before(conn, plan)
                 if applied is not None:
-                    # What the admin approved went through: a script applying it again (after a
-                    # timeout, a retried job) asked for what is done, which is no failure. Nothing
-                    # is pushed again: what is pending now was not approved by this plan.
+                    # A script applying it again (after a timeout, a kill, a retryable refusal)
+                    # asks for the rest of what the admin approved: the plan's pushes still
+                    # pending, each exactly as planned (its key unchanged), are pushed now. What
+                    # went through is not pushed again, and what is pending but differs from the
+                    # plan was not approved by it.
                     run_id, at = applied
+                    planned = {canonical_json(item.key()) for item in plan.items}
+                    rest = {
+                        item.outbox_id for item in now_pending.items if canonical_json(item.key()) in planned
+                    }
+                    pushed = "the rest of it is pushed now" if rest else "nothing was pushed again"
                     report.note = (
-                        f"this plan was already applied, by run {run_id} at {at}: nothing was pushed "
-                        f"again (see it with `consentsync runs show {run_id}`); to push what changed "
+                        f"this plan was already applied, by run {run_id} at {at}: {pushed} "
+                        f"(see it with `consentsync runs show {run_id}`); to push what changed "
                         f"since, make a new plan with `consentsync plan {self.name}`"
                     )
-                    log.info("sync.plan_already_applied", connector=self.name, by_run=run_id)
-                    return set()
+                    log.info(
+                        "sync.plan_already_applied", connector=self.name, by_run=run_id, resumed=len(rest)
+                    )
+                    return rest
                 planned = {canonical_json(item.key()) for item in plan.items}
                 current = {canonical_json(item.key()) for item in now_pending.items}
                 raise PlanOutdated(
