@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import sys
 from collections.abc import Iterable
 from datetime import datetime
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, inspect, select
 
 # Importing the command modules registers their commands on ``main``.
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
@@ -44,11 +45,15 @@ from consentsync.cli_base import (
     subject,
 )
 from consentsync.config import (
+    ERASURE_KEY_ENV,
+    Config,
     ConfigError,
     default_config_path,
     load_config,
     parse_config,
+    replace_whole,
     starter_with_ledger,
+    write_key,
     write_starter,
 )
 from consentsync.domain import (
@@ -127,30 +132,104 @@ def init(ledger_url: str | None, force: bool) -> None:
             click.echo(f"{path} exists: keeping it (use --force to overwrite)")
         except OSError as error:
             # No permission, a read-only or full disk: one line, and nothing of ours left behind
-            # (the config written before a key that could not be is removed again).
-            for created in written:
-                created.unlink(missing_ok=True)
-            if replaced is not None:
+            # (a key written before a config that could not be is removed again).
+            _remove_written(written, path, replaced)
+            if path in written and replaced is not None:
                 with contextlib.suppress(OSError):
-                    path.write_bytes(replaced)  # --force keeps the config it would have replaced
+                    replace_whole(path, replaced, 0o644)  # --force keeps the config it replaced
             raise InvalidInput(
                 f"{path.parent}: cannot write the starter config and erasure key there "
                 f"({error.strerror or type(error).__name__}): pass --config with a folder you can write to"
             ) from None
     config = load_config(path)
     try:
+        missing_key = _write_missing_key(config, written)
         open_ledger(config, migrate=True)
     except BaseException:
         # No ledger there (a database that does not exist, a folder that is not there): what
         # this command wrote goes too, so that the next init starts again from nothing.
-        for created in written:
-            created.unlink(missing_ok=True)
-        if written and replaced is not None:
-            path.write_bytes(replaced)  # --force keeps the config it would have replaced
+        _remove_written(written, path, replaced)
+        if path in written and replaced is not None:
+            try:
+                replace_whole(path, replaced, 0o644)  # --force keeps the config it replaced
+            except OSError as error:  # the ledger's error below is the one to act on first
+                click.echo(
+                    f"consentsync: {path}: the config --force replaced could not be put back "
+                    f"({error.strerror or type(error).__name__}): it holds the new starter config",
+                    err=True,
+                )
         raise
-    if written:
+    if path in written:
         click.echo(f"wrote {path} (erasure key in {key_path}, mode 0600: back it up)")
+    elif missing_key is not None:
+        click.echo(f"wrote the missing erasure key {missing_key} (mode 0600: back it up)")
     click.echo(f"ledger ready at {safe_url(config.settings.ledger.url)}")
+
+
+def _write_missing_key(config: Config, written: list[Path]) -> Path | None:
+    """An init killed by an older consentsync between its config and its key left the config
+    naming a key file that is not there: written now, but only while the ledger holds nothing
+    keyed by a key (no person, suppression or snapshot: only what init itself records), since
+    a new key would make every erasure made with the lost one unrecognised."""
+    secrets = config.settings.secrets
+    if os.environ.get(ERASURE_KEY_ENV) or secrets.erasure_hmac_key or not secrets.erasure_hmac_key_file:
+        return None  # the key does not come from that file
+    key_path = config.resolve_path(secrets.erasure_hmac_key_file)
+    if key_path.exists():
+        return None
+    held = _ledger_rows_keyed(config)
+    if held is None:
+        return None  # the ledger cannot be read: opening it below says why
+    if held:
+        raise InvalidInput(
+            f"{config.path}: secrets.erasure_hmac_key_file: {key_path} is missing and the ledger "
+            f"{safe_url(config.ledger_url)} holds data keyed by it ({held}): restore it from your "
+            "backup (a new key would leave every erasure made with it unrecognised)"
+        )
+    if not write_key(key_path):
+        return None  # another init wrote it meanwhile: that one is kept
+    written.append(key_path)
+    return key_path
+
+
+# What init itself records in a new ledger, keyed by no key: its schema version, the configured
+# purposes and their audit entries (and the audit chain's head).
+_INIT_ONLY_TABLES = frozenset({"alembic_version", "purposes", "audit_head"})
+
+
+def _ledger_rows_keyed(config: Config) -> str | None:
+    """The tables of ``config``'s ledger holding rows other than init's own (empty: none; None:
+    the ledger could not be read, so nothing is known of it)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from consentsync.ledger import schema
+
+    engine = ledger_engine(config, checkpoints=False)
+    try:
+        with engine.connect() as conn:
+            present = set(inspect(conn).get_table_names())
+            held = []
+            for table in schema.metadata.sorted_tables:
+                if table.name not in present or table.name in _INIT_ONLY_TABLES:
+                    continue
+                query = select(func.count()).select_from(table)
+                if table.name == "audit_entries":
+                    query = query.where(table.c.action != "purpose.configured")
+                if conn.execute(query).scalar_one():
+                    held.append(table.name)
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return ", ".join(held)
+
+
+def _remove_written(written: list[Path], config: Path, replaced: bytes | None) -> None:
+    """Removes what a failing init wrote; a config that --force replaced is not removed but put
+    back whole (by the caller), so that no moment leaves the folder without one."""
+    for created in written:
+        if created != config or replaced is None:
+            created.unlink(missing_ok=True)
 
 
 @main.command()

@@ -33,6 +33,7 @@ from consentsync.domain import (
 )
 from consentsync.identifiers import shaped
 from consentsync.reconcile import Policy
+from consentsync.sync.failpoints import failpoint
 from consentsync.sync.settings import ConnectorSettings
 from consentsync.yamlfile import Lines, LocatedError, describe, read_document, where
 
@@ -560,28 +561,67 @@ def starter_with_ledger(ledger_url: str | None) -> str:
 def write_starter(
     path: Path, ledger_url: str | None = None, *, replace: bool = True, created: list[Path] | None = None
 ) -> Path:
-    """Writes the commented starter config and a fresh erasure key beside it (mode 0600).
+    """Writes a fresh erasure key (mode 0600) and then the commented starter config beside it.
 
-    ``replace=False``: the config is created only if there is none (FileExistsError otherwise),
-    so that of two `init`s started at once one writes it and the other keeps it. The key is never
-    replaced: one written meanwhile by another `init` is the one kept. ``created`` gets the files
-    this call wrote (what an `init` that then fails may remove: never the other `init`'s key)."""
+    The key comes first, so that a process killed between the two leaves a key without a config
+    (the next `init` writes the config and keeps that key), never a config naming a key that is
+    not there (which that `init` would keep, key missing). ``replace=False``: the config is
+    created only if there is none (FileExistsError otherwise), so that of two `init`s started at
+    once one writes it and the other keeps it; ``replace=True`` swaps in a whole new one (a
+    synced file renamed over it), never truncating the old one. The key is never replaced: one
+    written meanwhile by another `init` is the one kept. ``created`` gets the files this call
+    wrote (what an `init` that then fails may remove: never the other `init`'s key)."""
     text = starter_with_ledger(ledger_url)
     path.parent.mkdir(parents=True, exist_ok=True)
+    key_path = path.parent / "consentsync.key"
+    if write_key(key_path) and created is not None:
+        created.append(key_path)
+    failpoint("init.key.written")
     if replace:
-        path.write_text(text, encoding="utf-8")
+        replace_whole(path, text.encode("utf-8"), 0o644)
     else:
         _create_whole(path, text, 0o644)
     if created is not None:
         created.append(path)
-    key_path = path.parent / "consentsync.key"
+    return key_path
+
+
+def write_key(key_path: Path) -> bool:
+    """Creates ``key_path`` holding a fresh erasure key (mode 0600), whole; False, and the file
+    left as it is, when there is one: another key would unrecognise every erasure made with it."""
     try:
         _create_whole(key_path, secrets.token_urlsafe(32) + "\n", 0o600)
     except FileExistsError:
-        return key_path  # kept: another key would unrecognise every erasure made with this one
-    if created is not None:
-        created.append(key_path)
-    return key_path
+        return False
+    return True
+
+
+def replace_whole(path: Path, data: bytes, mode: int) -> None:
+    """``path`` holds ``data``: written and synced under a hidden name beside it, then renamed
+    over it (os.replace is atomic), so that a process killed at any moment leaves the old file or
+    the new one whole, never one truncated or half written. Only a kill before the rename can
+    leave the hidden file behind. An existing file's permissions are kept (a config holding
+    secrets may have been made private)."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.stat().st_mode & 0o777
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            _write_synced(fd, data)
+        finally:
+            os.close(fd)
+        failpoint("init.config.aside")
+        os.replace(aside, path)
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(folder)  # the rename itself survives a crash
+    finally:
+        os.close(folder)
 
 
 def _create_whole(path: Path, text: str, mode: int) -> None:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ from click.testing import CliRunner, Result
 
 import consentsync.config as config_module
 from consentsync.cli import main
-from consentsync.config import load_config, write_starter
+from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
 
 OTHERS_CONFIG = "# written by the other init\n"
 
@@ -133,7 +137,7 @@ def test_each_file_is_synced_before_it_gets_its_name(tmp_path: Path, monkeypatch
     )
     write_starter(tmp_path / "consentsync.yaml", replace=False)
     links = [i for i, event in enumerate(events) if event.startswith("link ")]
-    assert [events[i] for i in links] == ["link consentsync.yaml", "link consentsync.key"]
+    assert [events[i] for i in links] == ["link consentsync.key", "link consentsync.yaml"]
     assert all(i > 0 and events[i - 1] == "fsync" for i in links), events
 
 
@@ -165,3 +169,117 @@ def test_a_write_that_fails_leaves_no_file_aside_nor_half_written(
     assert "Traceback" not in result.output + result.stderr
     assert "No space left on device" in result.stderr + result.output
     assert list(folder.iterdir()) == []
+
+
+# -- init killed part way (SIGKILL, or the file size limit: a real process dies mid-write) ---------
+
+
+def init_process(folder: Path, *args: str, failpoints: str = "", file_limit: int | None = None) -> int:
+    """`consentsync init` in its own process; returns its exit status (minus a signal's number).
+    ``file_limit``: a write past that many bytes fails part way (EFBIG: Python ignores SIGXFSZ),
+    as a kill or a full disk in the middle of writing a file would stop it."""
+    env = {key: value for key, value in os.environ.items() if key != ERASURE_KEY_ENV}
+    env["CONSENTSYNC_FAILPOINTS"] = failpoints
+
+    def limit_file_size() -> None:  # a write past it kills the process with SIGXFSZ
+        if file_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    command = [sys.executable, "-m", "consentsync.cli", "--config", str(folder / "consentsync.yaml")]
+    done = subprocess.run(
+        [*command, "init", *args], env=env, capture_output=True, timeout=60, preexec_fn=limit_file_size
+    )
+    assert b"Traceback" not in done.stderr, done.stderr.decode()
+    return done.returncode
+
+
+def test_init_killed_between_key_and_config_is_finished_by_the_next(tmp_path: Path) -> None:
+    """Killed after one of its two files: the next init leaves a config whose key is there (the
+    config written first, then killed, had the next init keep a config naming no key)."""
+    folder = tmp_path / "site"
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    killed = init_process(folder, "--ledger-url", ledger, failpoints="init.key.written=kill")
+    assert killed == -signal.SIGKILL
+    key = (folder / "consentsync.key").read_text()
+    assert init_process(folder, "--ledger-url", ledger) == 0
+    config = load_config(folder / "consentsync.yaml")
+    assert config.settings.secrets.erasure_hmac_key_file
+    assert config.resolve_path(config.settings.secrets.erasure_hmac_key_file).read_text() == key
+    assert sorted(p.name for p in folder.iterdir()) == ["consentsync.key", "consentsync.yaml"]
+
+
+def old_config(folder: Path, ledger: str, padding: int = 0) -> bytes:
+    """A config already there (the starter with a note of its own), as --force finds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_starter(folder / "consentsync.yaml", ledger)
+    text = (folder / "consentsync.yaml").read_bytes() + b"# the operator's own\n" + b"#" * padding + b"\n"
+    (folder / "consentsync.yaml").write_bytes(text)
+    return text
+
+
+def test_force_killed_mid_write_keeps_the_old_config_whole(tmp_path: Path) -> None:
+    """--force stopped while writing the new config (the file size limit, part way): the old
+    config is there whole, never truncated in place."""
+    folder = tmp_path / "site"
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    before = old_config(folder, ledger)
+    new_size = len(config_module.starter_with_ledger(ledger).encode())
+    assert init_process(folder, "--force", "--ledger-url", ledger, file_limit=new_size // 2) == 2
+    assert (folder / "consentsync.yaml").read_bytes() == before
+    # Killed before the rename: the old one again; then a --force that completes has the new one.
+    assert init_process(folder, "--force", failpoints="init.config.aside=kill") == -signal.SIGKILL
+    assert (folder / "consentsync.yaml").read_bytes() == before
+    assert init_process(folder, "--force", "--ledger-url", ledger) == 0
+    assert (folder / "consentsync.yaml").read_text() == config_module.starter_with_ledger(ledger)
+
+
+def test_force_killed_while_putting_the_old_config_back_leaves_one_whole(tmp_path: Path) -> None:
+    """--force whose ledger cannot be made puts the old config back; stopped part way through that
+    (the old config is longer than the file size limit, the new one shorter), the folder holds
+    the new config or the old one whole, never a truncated one."""
+    folder = tmp_path / "site"
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    unreachable = f"sqlite:///{tmp_path / 'no-such-folder' / 'ledger.db'}"
+    before = old_config(folder, ledger, padding=20_000)
+    new = config_module.starter_with_ledger(unreachable).encode()
+    assert init_process(folder, "--force", "--ledger-url", unreachable, file_limit=len(new) + 4096) != 0
+    assert (folder / "consentsync.yaml").read_bytes() in (before, new)
+
+
+def test_a_config_left_without_its_key_gets_one_while_the_ledger_holds_nothing_keyed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older init killed between its config and its key left the config alone: this init
+    writes the missing key (no ledger yet, so nothing can be keyed by another) and the ledger."""
+    monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    write_starter(folder / "consentsync.yaml", f"sqlite:///{tmp_path / 'ledger.db'}")
+    (folder / "consentsync.key").unlink()
+    result = init(folder)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote the missing erasure key" in result.stdout
+    assert (folder / "consentsync.key").stat().st_mode & 0o777 == 0o600
+    key = load_config(folder / "consentsync.yaml").erasure_key()
+    assert key == (folder / "consentsync.key").read_text().strip().encode()
+
+
+def test_a_lost_key_is_not_replaced_once_the_ledger_holds_data_keyed_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    assert init(folder, "--ledger-url", f"sqlite:///{tmp_path / 'ledger.db'}").exit_code == 0
+    record = ["ledger", "record", "--email", "a@example.com", "--purpose", "email_marketing"]
+    recorded = CliRunner().invoke(
+        main,
+        ["--config", str(folder / "consentsync.yaml"), *record, "--status", "granted", "--source", "test"],
+    )
+    assert recorded.exit_code == 0, recorded.output + recorded.stderr
+    (folder / "consentsync.key").unlink()  # lost: the backup is what holds it now
+    result = init(folder)
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert "consentsync.key is missing" in result.stderr and "restore it" in result.stderr
+    assert not (folder / "consentsync.key").exists()
