@@ -219,7 +219,7 @@ def email_forms(email: str) -> tuple[str, ...]:
     hashes try each (docs/policy.md, "One address, one form"); nothing is stored twice."""
     local, at, domain = email.rpartition("@")
     if not at or domain.isascii():
-        return (email,)
+        return _with_older(email, (str(email),))
     labels: list[str] = []
     for label in domain.split("."):
         if label.isascii():
@@ -233,9 +233,29 @@ def email_forms(email: str) -> tuple[str, ...]:
             try:
                 labels.append(label.encode("idna").decode("ascii"))
             except UnicodeError:
-                return (email,)
+                return _with_older(email, (str(email),))
     ascii_form = f"{local}@{'.'.join(labels)}"
-    return (email,) if ascii_form == email else (email, ascii_form)
+    forms = (str(email),) if ascii_form == email else (str(email), ascii_form)
+    return _with_older(email, forms)
+
+
+class LookupAddress(str):
+    """An address as ``lookup_email`` returns it: its one form, remembering the form versions
+    before ``canonical_domain`` stored it under (the input trimmed and lower-cased: a domain
+    in NFD, with fullwidth letters or ligatures that UTS #46 now maps), so that ``email_forms``
+    finds such a person too. Only made when that form differs (never for plain ASCII)."""
+
+    older: str
+
+    def __new__(cls, canonical: str, older: str) -> LookupAddress:
+        made = super().__new__(cls, canonical)
+        made.older = older
+        return made
+
+
+def _with_older(email: str, forms: tuple[str, ...]) -> tuple[str, ...]:
+    older = getattr(email, "older", None)
+    return forms if older is None or older in forms else (*forms, older)
 
 
 def lookup_email(raw: str) -> str:
@@ -243,12 +263,15 @@ def lookup_email(raw: str) -> str:
     erasure, a decision asked for): what older versions accepted is still found, so that such a
     person can be erased; it is never a way in for a new address."""
     try:
-        return normalise_email(raw)
+        canonical = normalise_email(raw)
     except InvalidInput:
         email = raw.strip().lower()
         if len(email) > EMAIL_MAX or not _LOOSE_EMAIL_RE.match(email) or _FORBIDDEN_IN_LABEL.search(email):
             raise
         return email
+    older = raw.strip().lower()
+    # What an older version stored (it only lower-cased): found too, at no cost when the same.
+    return canonical if older == canonical else LookupAddress(canonical, older)
 
 
 # -- input bounds (docs/policy.md, "Input limits") ----------------------------------------------

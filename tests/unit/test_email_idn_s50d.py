@@ -42,3 +42,27 @@ def test_a_punycode_label_that_spells_a_refused_character_is_not_decoded_into_it
 def test_plain_ascii_addresses_are_unchanged() -> None:
     assert normalise_email(" Jo.Doe+news@Example.COM ") == "jo.doe+news@example.com"
     assert normalise_email("a@ex--ample.com") == "a@ex--ample.com"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored_before"),
+    [
+        ("b@cafe\u0301.example", "b@cafe\u0301.example"),  # NFD: UTS #46 composes it now
+        (" C@\uff45xample.COM ", "c@\uff45xample.com"),  # fullwidth: mapped to ASCII now
+    ],
+)
+def test_a_lookup_also_tries_the_form_an_older_version_stored(given: str, stored_before: str) -> None:
+    """Versions before the domain had one form only trimmed and lower-cased: a lookup (search,
+    erasure, decision) must still find what they stored, never store it (normalise_email)."""
+    address = lookup_email(given)
+    assert address == normalise_email(given) != stored_before
+    assert email_forms(address)[0] == address and stored_before in email_forms(address)
+    assert stored_before not in email_forms(normalise_email(given))
+
+
+def test_a_lookup_of_a_plain_or_punycode_address_tries_no_further_form() -> None:
+    assert email_forms(lookup_email(" Jo.Doe@Example.COM ")) == ("jo.doe@example.com",)
+    assert email_forms(lookup_email("A@XN--BCHER-KVA.example")) == (
+        "a@bücher.example",
+        "a@xn--bcher-kva.example",
+    )

@@ -615,55 +615,62 @@ class Ledger:
                     .values(email_hmac=digest, reason=reason, created_at=now)
                     .returning(suppressions.c.id)
                 ).scalar_one()
-            subject_id = _subject_id_by_email(conn, email)
+            # Every person held under a form of the address (an older version could hold one
+            # per form): each is erased, or one would keep the address and its history.
+            people = _subject_ids_by_email(conn, email)
+            subject_id = people[0] if people else None
             records: list[AuditRecord] = []
-            uid = None
-            if subject_id is not None:
-                before = self._contexts(conn, {subject_id})[subject_id]
-                uid = before.uid
+            uids: list[str] = []
+            erased_details = redacted = 0
+            for person in people:
+                before = self._contexts(conn, {person})[person]
+                uids.append(before.uid)
                 conn.execute(
                     update(subjects)
-                    .where(subjects.c.id == subject_id)
+                    .where(subjects.c.id == person)
                     .values(erased_at=now, suppression_id=suppression_id)
                 )
-                conn.execute(
-                    delete(subject_identifiers).where(subject_identifiers.c.subject_id == subject_id)
+                conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == person))
+                details = audit.erase_details(conn, person)
+                texts = _redact_operational_text(conn, person)
+                erased_details += details
+                redacted += texts
+                after = self._contexts(conn, {person})[person]
+                records.append(
+                    AuditRecord(
+                        "subject.erased",
+                        {"suppression": suppression_id, "subject_known": True},
+                        old=None,
+                        new={
+                            "suppressed": True,
+                            "audit_details_erased": details,
+                            **({"operational_text_redacted": texts} if texts else {}),
+                        },
+                        rule="erasure_suppression",
+                        source="erasure",
+                        actor=actor,
+                        subject_uid=before.uid,
+                        subject_id=person,
+                        details={"reason": reason},
+                    )
                 )
-                erased_details = audit.erase_details(conn, subject_id)
-                redacted = _redact_operational_text(conn, subject_id)
-                after = self._contexts(conn, {subject_id})[subject_id]
                 records += self._refresh(
-                    conn,
-                    subject_id,
-                    list(self.purposes.values()),
-                    before,
-                    after,
-                    now,
-                    None,
-                    "erasure",
-                    actor,
+                    conn, person, list(self.purposes.values()), before, after, now, None, "erasure", actor
                 )
-            else:
-                erased_details = redacted = 0
-            records.insert(
-                0,
-                AuditRecord(
-                    "subject.erased",
-                    {"suppression": suppression_id, "subject_known": subject_id is not None},
-                    old=None,
-                    new={
-                        "suppressed": True,
-                        "audit_details_erased": erased_details,
-                        **({"operational_text_redacted": redacted} if redacted else {}),
-                    },
-                    rule="erasure_suppression",
-                    source="erasure",
-                    actor=actor,
-                    subject_uid=uid,
-                    subject_id=subject_id,
-                    details={"reason": reason},
-                ),
-            )
+            if not people:
+                records.append(
+                    AuditRecord(
+                        "subject.erased",
+                        {"suppression": suppression_id, "subject_known": False},
+                        old=None,
+                        new={"suppressed": True, "audit_details_erased": 0},
+                        rule="erasure_suppression",
+                        source="erasure",
+                        actor=actor,
+                        details={"reason": reason},
+                    )
+                )
+            uid = uids[0] if uids else None
             # Records of other people that last showed this address (an edit, an import, a merge
             # that kept it): the connectors look at them again, and a record holding an erased
             # address is suppressed whoever's it is (sync/engine.py, decide_pushes). The snapshot
@@ -686,13 +693,18 @@ class Ledger:
                     .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
                     .where(crm_snapshots.c.identity == digest, crm_links.c.gone_at.is_(None))
                 ).scalars()
-            ) - {subject_id}
+            ) - set(people)
             audit.append(conn, records, now)
+            # Restrictions carried from an erased person stand on data that is gone: lifted as
+            # lifting their restriction would (the erased address stays suppressed anyway).
+            for erased in uids:
+                self._lift_carried(conn, erased, now, source="erasure", actor=actor)
             if holders:
                 self._announce(conn, holders, now)
         log.info("subject.erased", subject=uid, suppression=suppression_id, known=subject_id is not None)
         return {
             "subject": uid,
+            "subjects": uids,
             "suppression_id": suppression_id,
             "subject_known": subject_id is not None,
             "already_suppressed": already,
@@ -719,45 +731,66 @@ class Ledger:
         check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
         with self.engine.begin() as conn:
-            subject_id = _subject_id_by_email(conn, email)
-            if subject_id is None:
+            # Every person held under a form of the address (an older version could hold one
+            # per form): the restriction is the address's, so it reaches each of them.
+            people = _subject_ids_by_email(conn, email)
+            if not people:
                 raise NotFound(f"no subject with email {email!r} in the ledger")
-            before = self._contexts(conn, {subject_id})[subject_id]
-            # A restriction this person has only because a CRM put a restricted person's data on
-            # their record (carry_restriction) becomes their own when they ask for it: lifting
-            # the other person's then leaves theirs standing.
-            carried = before.flags.restricted and self._restriction_carried_from(conn, subject_id) is not None
-            if before.flags.restricted == restricted and not (restricted and carried):
+            changing: list[tuple[int, _SubjectContext]] = []
+            for subject_id in people:
+                before = self._contexts(conn, {subject_id})[subject_id]
+                # A restriction this person has only because a CRM put a restricted person's
+                # data on their record (carry_restriction) becomes their own when they ask for
+                # it: lifting the other person's then leaves theirs standing.
+                carried = (
+                    before.flags.restricted and self._restriction_carried_from(conn, subject_id) is not None
+                )
+                if before.flags.restricted != restricted or (restricted and carried):
+                    changing.append((subject_id, before))
+            if not changing:
                 state = "restricted" if restricted else "not restricted"
                 raise InvalidInput(f"{email} is already {state}")
-            conn.execute(update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted))
-            after = self._contexts(conn, {subject_id})[subject_id]
-            records = [
-                AuditRecord(
-                    "subject.restricted" if restricted else "subject.restriction_lifted",
-                    {"restriction": "art18"},
-                    old=before.flags.restricted,
-                    new=restricted,
-                    rule=Rule.RESTRICTION,
-                    source=source,
-                    actor=actor,
-                    subject_uid=after.uid,
-                    subject_id=subject_id,
-                    details={"reason": reason},
-                ),
-                *self._refresh(
-                    conn, subject_id, list(self.purposes.values()), before, after, now, None, source, actor
-                ),
-            ]
-            audit.append(conn, records, now)
-            if restricted:
-                self.carry_restriction(
-                    conn, {(subject_id, other) for other in self._holders(conn, subject_id)}, now
+            uids: list[str] = []
+            for subject_id, before in changing:
+                conn.execute(
+                    update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted)
                 )
-            else:
-                self._lift_carried(conn, after.uid, now, source=source, actor=actor)
-        log.info("subject.restriction", subject=after.uid, restricted=restricted)
-        return {"subject": after.uid, "restricted": restricted}
+                after = self._contexts(conn, {subject_id})[subject_id]
+                uids.append(after.uid)
+                records = [
+                    AuditRecord(
+                        "subject.restricted" if restricted else "subject.restriction_lifted",
+                        {"restriction": "art18"},
+                        old=before.flags.restricted,
+                        new=restricted,
+                        rule=Rule.RESTRICTION,
+                        source=source,
+                        actor=actor,
+                        subject_uid=after.uid,
+                        subject_id=subject_id,
+                        details={"reason": reason},
+                    ),
+                    *self._refresh(
+                        conn,
+                        subject_id,
+                        list(self.purposes.values()),
+                        before,
+                        after,
+                        now,
+                        None,
+                        source,
+                        actor,
+                    ),
+                ]
+                audit.append(conn, records, now)
+                if restricted:
+                    self.carry_restriction(
+                        conn, {(subject_id, other) for other in self._holders(conn, subject_id)}, now
+                    )
+                else:
+                    self._lift_carried(conn, after.uid, now, source=source, actor=actor)
+        log.info("subject.restriction", subject=uids[0], restricted=restricted)
+        return {"subject": uids[0], "subjects": uids, "restricted": restricted}
 
     def carry_restriction(
         self, conn: Connection, pairs: set[tuple[int, int]], now: datetime, *, run_id: str | None = None
@@ -881,7 +914,12 @@ class Ledger:
         records that hold it, unless another restricted person's data is on them too (then the
         restriction stands, carried from that person). Restricted people are few: their trails
         are read one by one."""
-        restricted = set(conn.execute(select(subjects.c.id).where(subjects.c.restricted.is_(True))).scalars())
+        # An erased person's data is gone: it restricts no one, whatever its flag says.
+        restricted = set(
+            conn.execute(
+                select(subjects.c.id).where(subjects.c.restricted.is_(True), subjects.c.erased_at.is_(None))
+            ).scalars()
+        )
         carried = [b for b in sorted(restricted) if self._restriction_carried_from(conn, b) == uid]
         records: list[AuditRecord] = []
         lifted: list[int] = []
@@ -1185,7 +1223,8 @@ class Ledger:
         """May this address be contacted for this purpose on this channel now, and under which
         rule: the person's uid (None for someone the ledger does not know) and effective state.
 
-        An erased address is recognised by its keyed hash and stays suppressed; an unknown one
+        An erased address is recognised by its keyed hash and stays suppressed, whoever is found
+        under another of its forms (unless they came back on its entry); an unknown one
         gets what its purpose says with no evidence (consent-based: not without consent). The hot
         path of the capture API: three prepared reads on a connection that takes no write lock."""
         purpose = self._purpose(purpose_key)
@@ -1196,17 +1235,29 @@ class Ledger:
         now = self.clock()
         summary: Summary | None = None
         found: list[ObjectionFact] = []
+        forms = email_forms(email)
+        hashed = self.keyed_hasher()  # the key read once for every form
+        digests = [hashed(form) for form in forms]
         with reading(self.engine) as conn:
             person = None
-            for form in email_forms(email):  # the one form first, then an older version's
-                person = conn.execute(_DECISION_PERSON, {"email": form}).first()
-                if person is not None:
+            for form in forms:  # the one form first, then an older version's
+                rows = conn.execute(_DECISION_PERSON, {"email": form, "digests": digests}).all()
+                if rows:
+                    person = rows[0]
                     break
             if person is not None:
                 uid: str | None = person.uid
+                suppressed_since = person.suppressed_since
+                # The address is on the suppression list but this person does not stand on that
+                # entry (held under another form of it, not erased with it): the address's entry
+                # decides. One who came back after the erasure has it as their own: theirs does.
+                entries = {row.entry_id: row.entry_at for row in rows if row.entry_id is not None}
+                if entries and person.suppression_id not in entries:
+                    since = min(entries.values())
+                    suppressed_since = since if suppressed_since is None else min(since, suppressed_since)
                 flags = SubjectFlags(
-                    suppressed_since=person.suppressed_since,
-                    suppression_reason="erased" if person.suppressed_since else None,
+                    suppressed_since=suppressed_since,
+                    suppression_reason="erased" if suppressed_since else None,
                     restricted=person.restricted,
                 )
                 stored = conn.execute(
@@ -1230,13 +1281,8 @@ class Ledger:
                 erased_at = min(
                     (
                         at
-                        for form in email_forms(email)
-                        if (
-                            at := conn.execute(
-                                _DECISION_ERASED, {"digest": email_hmac(self.erasure_key(), form)}
-                            ).scalar()
-                        )
-                        is not None
+                        for digest in digests
+                        if (at := conn.execute(_DECISION_ERASED, {"digest": digest}).scalar()) is not None
                     ),
                     default=None,
                 )
@@ -1586,15 +1632,22 @@ def _with_subject(table: Any) -> Any:
 # The source of a restriction carried to a person whose CRM record took on a restricted person's
 # record (a merge) or address (Ledger.carry_restriction).
 RESTRICTION_CARRIED_SOURCE = "restriction"
+# With the person, the address's own suppression entries (its keyed hash under each form): one
+# read, whether or not the address was erased.
+_ADDRESS_ENTRY = suppressions.alias("address_entry")
 _DECISION_PERSON = (
     select(
         subjects.c.id,
         subjects.c.uid,
         subjects.c.restricted,
+        subjects.c.suppression_id,
         suppressions.c.created_at.label("suppressed_since"),
+        _ADDRESS_ENTRY.c.id.label("entry_id"),
+        _ADDRESS_ENTRY.c.created_at.label("entry_at"),
     )
     .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
     .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
+    .outerjoin(_ADDRESS_ENTRY, _ADDRESS_ENTRY.c.email_hmac.in_(bindparam("digests", expanding=True)))
     .where(subject_identifiers.c.kind == "email", subject_identifiers.c.value == bindparam("email"))
 )
 _DECISION_SUMMARY = select(consent_states.c.summary).where(
@@ -1609,6 +1662,20 @@ _DECISION_OBJECTIONS = select(
     objections.c.status != ObjectionStatus.REJECTED.value,
 )
 _DECISION_ERASED = select(suppressions.c.created_at).where(suppressions.c.email_hmac == bindparam("digest"))
+
+
+def _subject_ids_by_email(conn: Connection, email: str) -> list[int]:
+    """Every person held under a form of this address (``email_forms``; an older version could
+    hold one per form), the one under its one form first."""
+    forms = email_forms(email)
+    found = dict(
+        conn.execute(
+            select(subject_identifiers.c.value, subject_identifiers.c.subject_id).where(
+                subject_identifiers.c.kind == "email", subject_identifiers.c.value.in_(forms)
+            )
+        ).all()
+    )
+    return list(dict.fromkeys(found[form] for form in forms if form in found))
 
 
 def _subject_id_by_email(conn: Connection, email: str) -> int | None:
