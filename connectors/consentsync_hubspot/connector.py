@@ -407,10 +407,9 @@ class HubSpotConnector(sdk.Connector):
                 if email in opted_out:
                     # Opted out of all email: no email of this type reaches the person, whatever
                     # the type's own status still says. A no for every subscription, as of the
-                    # opt-out (or of the type's own later unsubscribe).
+                    # latest of the two noes (the opt-out, the type's own unsubscribe).
                     props[f"subscription_{sid}"] = "UNSUBSCRIBED"
-                    if status.get("status") != "UNSUBSCRIBED":
-                        props[f"subscription_{sid}_timestamp"] = opted_out[email]
+                    props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out[email])
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props)
 
@@ -852,6 +851,23 @@ class HubSpotConnector(sdk.Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _latest_no(status: Mapping[str, Any], opted_out_at: str | None) -> str | None:
+    """When a contact opted out of all email last said no to a subscription type: the later of
+    the opt-out and the type's own unsubscribe. The earlier one would date the no before a
+    consent the person gave between the two, and that consent would then outrank the opt-out
+    that came after it. An opt-out of unknown time leaves the no undated (read as late as
+    possible, docs/policy.md), whatever the type's own unsubscribe says."""
+    if opted_out_at is None:
+        return None
+    own = status.get("timestamp") if status.get("status") == "UNSUBSCRIBED" else None
+    if not own:
+        return opted_out_at
+    try:
+        return max(opted_out_at, str(own), key=parse_hs_datetime)
+    except ValueError:  # an unreadable stamp dates nothing: the opt-out's stands
+        return opted_out_at
 
 
 def _check_object(object_type: str) -> None:

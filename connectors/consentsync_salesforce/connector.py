@@ -60,6 +60,7 @@ COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
 # (queryAll) and, after a merge, the record it was merged into.
 DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
+_SLOW_JOB = "bulk job slow"
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -435,7 +436,7 @@ class SalesforceConnector(sdk.Connector):
             # when the run's API budget is spent.
             self._abort_job(job_path)
             raise
-        info = self._wait_for_job(job["id"], job_path)
+        info = self._finished_job(job["id"], job_path)
         failures = self._bulk_results(job_path, "failedResults")
         completed = info["state"] == "JobComplete"
         # A job that failed or was aborted half-way may have saved some records: those are
@@ -550,6 +551,29 @@ class SalesforceConnector(sdk.Connector):
             if error.rule.code != "INVALIDJOBSTATE" or not unanswered:
                 raise
 
+    def _finished_job(self, job_id: str, job_path: str) -> dict[str, Any]:
+        """The job's final state. A job still queued or running when ``bulk_timeout`` is up is
+        aborted (Bulk API 2.0 aborts an UploadComplete or InProgress job; what it saved stays
+        saved): left running, it would apply its values whenever Salesforce gets to it, after
+        the next run has written newer ones to the same records (a withdrawal overwritten by
+        the grant this job still holds). Answered by what it saved; the rest is sent again.
+        Only where the abort is refused (the job ended meanwhile, or the call failed) and the
+        job is still not done does the run stop, as before."""
+        try:
+            return self._wait_for_job(job_id, job_path)
+        except ConnectorError as slow:
+            if slow.rule.reason != _SLOW_JOB:
+                raise
+            self._abort_job(job_path)
+            try:
+                info: dict[str, Any] = self._call("bulk poll", lambda: self.sf.restful(job_path))
+            except ConnectorError:
+                raise slow from None
+            if info.get("state") not in ("JobComplete", "Failed", "Aborted"):
+                raise
+            log.warning("salesforce.bulk_job_aborted_slow", connector=self.name, job=job_id)
+            return info
+
     def _wait_for_job(self, job_id: str, job_path: str) -> dict[str, Any]:
         """Polls the job from a short first wait, doubling up to ``bulk_poll_interval``: a job of
         a few thousand rows is done in well under a second, a large one is not polled often."""
@@ -562,7 +586,7 @@ class SalesforceConnector(sdk.Connector):
             if time.monotonic() > deadline:
                 raise ConnectorError(
                     f"bulk job {job_id} still {info['state']} after {self.config.bulk_timeout}s",
-                    ErrorRule(Action.RETRY, Fault.TRANSIENT, "bulk job slow"),
+                    ErrorRule(Action.RETRY, Fault.TRANSIENT, _SLOW_JOB),
                 )
             time.sleep(wait)
             wait = min(wait * 2, self.config.bulk_poll_interval)

@@ -1081,16 +1081,20 @@ class SalesforceSandbox(HttpsSandbox):
             self._run_job(job)
         except _JobFailed as exc:
             with self._lock:
-                job.state = "Failed"
-                job.error_message = str(exc)
+                if job.state != "Aborted":
+                    job.state = "Failed"
+                    job.error_message = str(exc)
         except Exception:  # keep the job answerable even when the sandbox has a bug
             log.exception("bulk job processing failed")
             with self._lock:
-                job.state = "Failed"
-                job.error_message = "UnknownException : internal error in the sandbox"
+                if job.state != "Aborted":
+                    job.state = "Failed"
+                    job.error_message = "UnknownException : internal error in the sandbox"
         else:
             with self._lock:
-                job.state = "JobComplete"
+                # Aborted while in progress: Salesforce keeps what it saved and the job Aborted.
+                if job.state != "Aborted":
+                    job.state = "JobComplete"
         with self._lock:
             job.processing_ms = int((time.monotonic() - started) * 1000)
             job.modstamp = self.org.now()
