@@ -538,14 +538,18 @@ class Accounts:
         # The attempt counts as a failure before the password is checked (taken back when it is
         # right): attempts sent side by side would otherwise all pass the throttle before any
         # failed, and a client could try as many passwords at once as the server has threads.
-        with _THROTTLE_LOCK:
-            self._check_throttle(name_digest, client_digest, now)
-            with self.engine.begin() as conn:
-                conn.execute(
-                    insert(console_login_failures).values(
-                        name_digest=name_digest, client_digest=client_digest, at=now
-                    )
+        # Checked and counted in one write transaction: the lock above holds only this process's
+        # threads, and a second console process (`consentsync web` beside `run --web-port`, or
+        # replicas behind a proxy) counted between another's check and its count, so attempts
+        # sent to each at once all passed. A write transaction is serialised on both databases
+        # (SQLite's BEGIN IMMEDIATE, the writer lock on PostgreSQL: ledger/engine.py).
+        with _THROTTLE_LOCK, self.engine.begin() as conn:
+            self._check_throttle(conn, name_digest, client_digest, now)
+            conn.execute(
+                insert(console_login_failures).values(
+                    name_digest=name_digest, client_digest=client_digest, at=now
                 )
+            )
         with self.engine.connect() as conn:
             row = conn.execute(select(console_users).where(console_users.c.name == tried)).first()
         ok = False
@@ -589,25 +593,26 @@ class Accounts:
             audit.append(conn, [record], now)
         return _account(row) if ok and row is not None else None
 
-    def _check_throttle(self, name_digest: str, client_digest: str, now: datetime) -> None:
+    def _check_throttle(self, conn: Any, name_digest: str, client_digest: str, now: datetime) -> None:
+        """Raises ``LoginThrottled`` when this client must wait for this account, or for any;
+        inside the caller's write transaction, which then counts the attempt."""
         since = now - THROTTLE_WINDOW
         table = console_login_failures
-        with self.engine.begin() as conn:
-            conn.execute(delete(table).where(table.c.at < since))
-            count, last = conn.execute(
-                select(func.count(), func.max(table.c.at)).where(
-                    table.c.name_digest == name_digest, table.c.client_digest == client_digest
-                )
-            ).one()
-            until = _backoff_until(count, last)
-            if until > now:
-                raise LoginThrottled(max(1, int((until - now).total_seconds()) + 1))
-            count, oldest = conn.execute(
-                select(func.count(), func.min(table.c.at)).where(table.c.client_digest == client_digest)
-            ).one()
-            if count >= MAX_FAILURES_PER_CLIENT:
-                first = oldest or now
-                raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
+        conn.execute(delete(table).where(table.c.at < since))
+        count, last = conn.execute(
+            select(func.count(), func.max(table.c.at)).where(
+                table.c.name_digest == name_digest, table.c.client_digest == client_digest
+            )
+        ).one()
+        until = _backoff_until(count, last)
+        if until > now:
+            raise LoginThrottled(max(1, int((until - now).total_seconds()) + 1))
+        count, oldest = conn.execute(
+            select(func.count(), func.min(table.c.at)).where(table.c.client_digest == client_digest)
+        ).one()
+        if count >= MAX_FAILURES_PER_CLIENT:
+            first = oldest or now
+            raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
 
 
 def _backoff_until(failures: int, last: datetime | None) -> datetime:

@@ -246,9 +246,26 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
         # else, it would hide the entry from its person's trail.
         return "subject_id names another person than the entry: the entry was re-pointed"
     digest = payload.get("details_sha256")
-    if row.content is not None and digest != details_digest(json.loads(row.content)):
-        return "details do not match the digest in the chain: the details were edited"
+    if row.content is not None:
+        details = read_details(row.content)
+        # Text that is no JSON object was written outside consentsync (the application's role
+        # may update the details): an edit like any other, not a crash of the check naming none.
+        if details is None or digest != details_digest(details):
+            return "details do not match the digest in the chain: the details were edited"
     return None
+
+
+def read_details(content: str | None) -> dict[str, Any] | None:
+    """An entry's details as written (a JSON object), or None: erased, or not readable as
+    written (edited outside consentsync: ``verify`` names the entry). Readers of the trail show
+    the entry without them rather than failing the whole page."""
+    if content is None:
+        return None
+    try:
+        details = json.loads(content)
+    except ValueError:
+        return None
+    return details if isinstance(details, dict) else None
 
 
 def _like_json(key: str, value: str) -> str:
@@ -321,7 +338,9 @@ def entries(
     for row in conn.execute(query):
         entry = json.loads(row.payload)
         entry["hash"] = row.hash
-        entry["details"] = json.loads(row.content) if row.content else None
+        entry["details"] = read_details(row.content)
+        if row.content is not None and entry["details"] is None:
+            entry["details_unreadable"] = True  # edited outside consentsync: verify names it
         yield entry
 
 

@@ -29,7 +29,7 @@ from consentsync.ledger.console_queries import (
     reread_in_run,
     runs_page,
 )
-from consentsync.ledger.engine import reading
+from consentsync.ledger.engine import is_postgres, reading
 from consentsync.ledger.schema import (
     audit_details,
     audit_entries,
@@ -337,9 +337,19 @@ class Console:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def subject_uids_for_email(self, email: str) -> list[str]:
-        """The subjects an address names, the erased ones included (through the keyed hash)."""
-        return self.ledger.subject_uids_for_email(normalise_email(email))
+    def subject_uids_for_email(self, email: str, *, reader: Reader | None = None) -> list[str]:
+        """The subjects an address names, the erased ones included (through the keyed hash).
+
+        With ``reader``, the look-up is written down for each of them as ``subject.viewed``
+        (``via`` audit_trail), as opening the person's page is: finding someone's trail by their
+        address identifies them and shows their consent history, whether they were erased and
+        why objections about them were decided. Unaudited, any viewer could look anyone up
+        there (a neighbour, someone who asked to be erased) and leave no trace of it."""
+        uids = self.ledger.subject_uids_for_email(normalise_email(email))
+        if reader is not None:
+            for uid in uids:
+                self._read(uid, "subject.viewed", reader, by="email", via="audit_trail")
+        return uids
 
     def audit(
         self,
@@ -390,7 +400,15 @@ class Console:
         return {key: sorted(values) for key, values in choices.items()}
 
     def verify_audit(self) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+        """The chain recomputed from one snapshot, as a reader: a write transaction (what
+        ``engine.connect()`` begins) held the ledger's writer lock for the whole pass, minutes on
+        a large ledger, so every sync and every capture of the preference centre waited behind
+        any viewer's click on *Verify chain* and failed once its lock wait ran out. SQLite reads
+        a snapshot in a deferred transaction; PostgreSQL needs REPEATABLE READ for one, else
+        entries appended during the pass would read as a chain running past its head."""
+        with reading(self.engine) as conn:
+            if is_postgres(self.engine):
+                conn.execution_options(isolation_level="REPEATABLE READ")
             return audit.verify(conn).as_dict()
 
     # -- subjects ------------------------------------------------------------------------------
@@ -520,7 +538,8 @@ class Console:
                 if action == "objection.raised":
                     raised[key] = entry
                 elif content:
-                    reasons[key] = json.loads(content).get("reason")
+                    # Details edited outside consentsync are no reason (audit verify names them).
+                    reasons[key] = (audit.read_details(content) or {}).get("reason")
         for row in rows:
             entry = raised.get(row["id"], {})
             row["raised_by"] = entry.get("actor")

@@ -353,7 +353,7 @@ def _audit(
 @router.post("/audit")
 def audit_search(
     request: Request,
-    _account: Viewer,
+    account: Viewer,
     email: Annotated[str, Form(max_length=320)] = "",
     connector: Annotated[str, Form(max_length=200)] = "",
     rule: Annotated[str, Form(max_length=200)] = "",
@@ -376,7 +376,7 @@ def audit_search(
         if v
     ]
     if email.strip():
-        uids = console_of(request).subject_uids_for_email(email)
+        uids = console_of(request).subject_uids_for_email(email, reader=(account, "console"))
         # No subject: a filter that matches nothing, rather than no filter at all (the page says so).
         query += [("subject", uid) for uid in uids] or [("subject", NO_SUBJECT)]
         query.append(("by_email", "1"))
