@@ -14,9 +14,8 @@ import pytest
 
 from consentsync.web.server import WebServer
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import GRANT, mailed, mounted, seed, token_of
+from tests.hub.people_world import GRANT, mailed, seed, served_pages, token_of
 from tests.hub.test_people_browser import accessible, status_text
-from tests.integration.helpers import free_port
 from tests.web import test_browser as console_browser
 from tests.web.test_browser import CHROMIUM, Shots, follow
 
@@ -33,9 +32,7 @@ WIDE = "😀zoë@例子.广告"  # 4-, 2- and 3-byte UTF-8
 
 @pytest.fixture
 def site(world: HubWorld) -> Iterator[WebServer]:
-    server = WebServer(mounted(world.hub), port=free_port()).start()
-    yield server
-    server.stop()
+    yield from served_pages(world, WebServer)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -39,6 +38,7 @@ from consentsync.hub.links import LinkRefused, make_token
 from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mailable
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
+from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import capture_requests, confirmations, consent_events, subjects
 from consentsync.ledger.service import Ledger, RecordRequest
@@ -54,6 +54,9 @@ GPC_EVIDENCE = "Sec-GPC: 1"
 DOUBLE_OPT_IN_SOURCE = "double_opt_in"
 # Confirmations that grant consent when their link is followed (an erasure's is another matter).
 CONSENT_CONFIRMATIONS = ("double_opt_in", "request", "renewal")
+# A row that only marks when a new preference link was mailed (preferences.mail_new_link): no
+# link opens it, and it is nothing to lapse.
+NEW_LINK_KIND = "new_link"
 # What a person says no with: recorded after a link was mailed, it voids the link (Art. 7(3)).
 _SAYING_NO = (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)
 ERASED_LINK = "this link opens no record any more: the record was erased"
@@ -79,6 +82,18 @@ CONFIRMATION_WINDOW = timedelta(hours=24)
 # downloadable from the page, only not mailed.
 RECEIPT_MAILS = 5
 RECEIPT_WINDOW = timedelta(minutes=10)
+# The ledger's events whose receipt the hub mails (what RECEIPT_MAILS counts): a person's grant,
+# withdrawal or refusal captured through an API key, on the preference page ("preference_center",
+# preferences.SOURCE) or on a confirmation link; not a GPC opt-out, which has no receipt.
+_RECEIPTED_CHOICE = (
+    consent_events.c.status.in_(RECEIPTED),
+    consent_events.c.origin == Origin.CAPTURE.value,
+    or_(consent_events.c.evidence_ref.is_(None), consent_events.c.evidence_ref != GPC_EVIDENCE),
+    or_(
+        consent_events.c.source.in_(("preference_center", DOUBLE_OPT_IN_SOURCE)),
+        consent_events.c.actor.like("apikey:%"),
+    ),
+)
 
 
 class Forbidden(PermissionError):
@@ -153,10 +168,6 @@ class Hub:
         self.settings = config.settings.hub
         self.mailer = mailer or Mailer(self.settings.smtp, sender_name=self.settings.branding.name)
         self._double_opt_in = {p.key for p in config.settings.purposes if p.double_opt_in}
-        # uid: when its last receipts were mailed (in the serving process; background tasks
-        # run in a thread pool, hence the lock).
-        self._receipts_mailed: dict[str, list[datetime]] = {}
-        self._receipts_lock = threading.Lock()
 
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
@@ -241,27 +252,47 @@ class Hub:
             raise InvalidInput(f"language: {language[:16]!r} is not one of {', '.join(offered)}")
         return receipts.find(self.ledger, self.settings.branding, uid, record_id, language)
 
-    def _receipt_allowed(self, uid: str) -> bool:
-        """Takes one of the person's ``RECEIPT_MAILS`` per ``RECEIPT_WINDOW``; False once spent."""
-        now = self.ledger.clock()
-        with self._receipts_lock:
-            if len(self._receipts_mailed) > 10_000:  # never without bound
-                self._receipts_mailed = {
-                    k: v for k, v in self._receipts_mailed.items() if now - v[-1] < RECEIPT_WINDOW
-                }
-            recent = [t for t in self._receipts_mailed.get(uid, []) if now - t < RECEIPT_WINDOW]
-            if len(recent) >= RECEIPT_MAILS:
-                self._receipts_mailed[uid] = recent
-                return False
-            self._receipts_mailed[uid] = [*recent, now]
-            return True
+    def _receipt_allowed(self, uid: str, record_id: str) -> bool | None:
+        """Whether the receipt of ``record_id`` may be mailed: fewer than ``RECEIPT_MAILS`` of the
+        person's choices that are receipted were recorded within ``RECEIPT_WINDOW`` before it.
+        None: no such record, or its person was erased since it was recorded (the mail goes
+        after the answer: an address erased meanwhile is mailed nothing more, Art. 17). Counted
+        from the ledger, not in the serving process: a count per process let whoever sends the
+        same toggles to several web processes (or after a restart) mail that many times the cap."""
+        with reading(self.ledger.engine) as conn:
+            event = conn.execute(
+                select(
+                    consent_events.c.id,
+                    consent_events.c.subject_id,
+                    consent_events.c.recorded_at,
+                    subjects.c.erased_at,
+                )
+                .join(subjects, subjects.c.id == consent_events.c.subject_id)
+                .where(subjects.c.uid == uid, consent_events.c.fingerprint == record_id)
+            ).first()
+            if event is None or event.erased_at is not None:
+                return None
+            earlier = conn.execute(
+                select(func.count())
+                .select_from(consent_events)
+                .where(
+                    consent_events.c.subject_id == event.subject_id,
+                    consent_events.c.id < event.id,
+                    consent_events.c.recorded_at > event.recorded_at - RECEIPT_WINDOW,
+                    *_RECEIPTED_CHOICE,
+                )
+            ).scalar_one()
+        return bool(earlier < RECEIPT_MAILS)
 
     def mail_receipt(self, pending: PendingReceipt) -> bool:
-        """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go
-        or the person had ``RECEIPT_MAILS`` receipts mailed within ``RECEIPT_WINDOW`` already (the
-        record stands and its receipt stays downloadable from the preference page)."""
-        if not self._receipt_allowed(pending.uid):
-            log.info("hub.receipt_not_mailed", subject=pending.uid, record=pending.record_id, reason="rate")
+        """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go,
+        if ``RECEIPT_MAILS`` of the person's choices were recorded within ``RECEIPT_WINDOW`` before
+        this one (the record stands and its receipt stays downloadable from the preference page),
+        or if the person was erased meanwhile."""
+        allowed = self._receipt_allowed(pending.uid, pending.record_id)
+        if not allowed:
+            reason = "rate" if allowed is False else "gone"
+            log.info("hub.receipt_not_mailed", subject=pending.uid, record=pending.record_id, reason=reason)
             return False
         _ = translator(pending.language)
         document = self.receipt(pending.uid, pending.record_id, pending.language)
@@ -300,6 +331,9 @@ class Hub:
             "declinable": row.kind in DECLINABLE,
             "purpose": row.purpose,
             "channel": row.channel,
+            # The notice the grant will name: the page shows it, so that what is recorded as
+            # shown was shown (a consent request or renewal never showed it anywhere else).
+            "notice_version": row.notice_version,
             "confirmed_at": iso(row.confirmed_at) if row.confirmed_at else None,
         }
 
@@ -406,6 +440,7 @@ class Hub:
             return conn.execute(
                 update(confirmations)
                 .where(
+                    confirmations.c.kind != NEW_LINK_KIND,
                     confirmations.c.confirmed_at.is_(None),
                     confirmations.c.lapsed_at.is_(None),
                     confirmations.c.expires_at <= now,
@@ -501,6 +536,13 @@ class Hub:
                                 expires_at=now + timedelta(days=self.settings.confirmation_days),
                             )
                         )
+                        if _void_at_birth(conn, token, now):
+                            # The same request said no to it (a GPC signal opting out of this
+                            # purpose, or a withdrawal beside it): the link would only ever say
+                            # "you said no". Nothing is mailed; closed as an unsent link is.
+                            entry["confirmation"] = "void"
+                            results.append(entry)
+                            continue
                         mails.append(
                             PendingMail(
                                 str(request.identity.email),
@@ -772,6 +814,19 @@ def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: da
             _refuse_if_void(conn, row)
         except LinkRefused:
             continue
+        return True
+    return False
+
+
+def _void_at_birth(conn: Connection, token: str, now: datetime) -> bool:
+    """Whether the double opt-in link just made is void already (``_refuse_if_void``) by what the
+    same transaction recorded; if so it is closed (``lapsed_at`` before its expiry: the mark of a
+    link whose mail did not go, counted by no cap)."""
+    row = conn.execute(select(confirmations).where(confirmations.c.token_hash == token_digest(token))).one()
+    try:
+        _refuse_if_void(conn, row)
+    except LinkRefused:
+        conn.execute(update(confirmations).where(confirmations.c.id == row.id).values(lapsed_at=now))
         return True
     return False
 

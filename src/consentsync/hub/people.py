@@ -35,11 +35,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentsync.config import BrandingSettings
 from consentsync.domain import InvalidInput
+from consentsync.hub import notices
 from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import Hub
 from consentsync.hub.i18n import Translate, channel_labels, negotiate, translator
 from consentsync.hub.links import LinkRefused, expired_uid
-from consentsync.hub.preferences import Person, PreferenceCentre
+from consentsync.hub.notices import Notice
+from consentsync.hub.preferences import NoticeChanged, Person, PreferenceCentre
 from consentsync.ledger.service import NotFound
 
 log = structlog.get_logger("consentsync.hub.people")
@@ -537,6 +539,14 @@ def create_app(hub: Hub) -> FastAPI:
                 _("We could not send the confirmation mail just now. Please try again later."),
             ),
             "restriction_already": ("good", _("The processing of your data is restricted already.")),
+            "notice_changed": (
+                "bad",
+                _(
+                    "The text about {purpose} changed while your page was open, so nothing was "
+                    "recorded. Please read the new text below and choose again.",
+                    purpose=name,
+                ),
+            ),
         }
         about_the_person = ("erasure_mailed", "erasure_failed", *(m for m in messages if "restriction" in m))
         if done not in messages or (done not in about_the_person and not known):
@@ -569,6 +579,7 @@ def create_app(hub: Hub) -> FastAPI:
         channel: Annotated[str, Form(max_length=32)],
         action: Annotated[str, Form(pattern="^(grant|withdraw|decline)$")],
         lang: Annotated[str, Form(max_length=16)] = "",
+        notice_version: Annotated[str, Form(max_length=100)] = "",
     ) -> Response:
         person = person_of(token)
         lang = language(request, lang)
@@ -579,9 +590,18 @@ def create_app(hub: Hub) -> FastAPI:
         if action == "decline":  # "no, I did not ask for this": a refusal, the mailed link void
             result = centre.decline(person, purpose, channel, visitor=visitor, language=lang)
         else:
-            result = centre.choose(
-                person, purpose, channel, grant=action == "grant", visitor=visitor, language=lang
-            )
+            try:
+                result = centre.choose(
+                    person,
+                    purpose,
+                    channel,
+                    grant=action == "grant",
+                    visitor=visitor,
+                    language=lang,
+                    shown=notice_version or None,
+                )
+            except NoticeChanged:  # the page again, with the text now current to read
+                return back(request, token, lang, "notice_changed", item=f"{purpose}:{channel}")
         return back(
             request,
             token,
@@ -732,6 +752,7 @@ def create_app(hub: Hub) -> FastAPI:
                 "title": _("Please confirm") if not pending["confirmed_at"] else _("Confirmed"),
                 "confirmed": pending["confirmed_at"] is not None,
                 "texts": _confirmation_texts(_, pending["kind"], values),
+                "notice": _shown_notice(hub, pending["purpose"], pending["notice_version"], lang),
                 "action": path_of(request, "confirm", token=token),
                 "decline": path_of(request, "decline", token=token) if pending["declinable"] else None,
             },
@@ -844,6 +865,18 @@ def create_app(hub: Hub) -> FastAPI:
         return Response(stylesheet, media_type="text/css")
 
     return app
+
+
+def _shown_notice(hub: Hub, purpose: str, version: str | None, lang: str) -> Notice | None:
+    """The notice a confirmation link grants under, in the page's language where that version
+    has a text in it: confirming records that version as shown, so the page shows it (a consent
+    request or a renewal, and a renewal's newer notice, were shown nowhere else)."""
+    if version is None:
+        return None
+    try:
+        return notices.find(hub.ledger, purpose, version, lang)
+    except NotFound:
+        return None
 
 
 def _prefetch(request: Request) -> bool:

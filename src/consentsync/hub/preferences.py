@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
-from consentsync.hub.capture import GPC_EVIDENCE, Hub, PendingReceipt, token_digest
+from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
 from consentsync.hub.links import LinkRefused, expired_uid, read_token
 from consentsync.hub.mail import Mail, MailFailed
@@ -45,6 +45,11 @@ RESTRICTION_GROUNDS = {
     "legal_claims": ("c", "they need the data for a legal claim, though its purposes no longer do"),
     "objection": ("d", "they objected (Art. 21), for as long as it is checked whose grounds prevail"),
 }  # fmt: skip
+
+
+class NoticeChanged(ValueError):
+    """A grant sent from a page that showed another notice than the one now current: recording
+    it would name a text the person never saw as the one they agreed to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +78,6 @@ class PreferenceCentre:
         self.hub = hub
         self.ledger = hub.ledger
         self._hash = hub.ledger.keyed_hasher()
-        self._new_links: dict[str, Any] = {}  # uid: when a new link was last mailed
 
     def visitor(self, client_address: str | None, user_agent: str | None, *, gpc: bool = False) -> Visitor:
         return Visitor(
@@ -154,9 +158,12 @@ class PreferenceCentre:
         email = self.ledger.email_of(uid)
         if email is None:
             raise LinkRefused("this link opens no record any more: the record was erased")
-        now = self.ledger.clock()
-        last = self._new_links.get(uid)
-        if last is not None and now - last < NEW_LINK_INTERVAL:
+        # Kept in the ledger, taken in a writer's transaction before the mail goes: kept in the
+        # serving process, the same old link pressed at once (or sent to each of several web
+        # processes) passed the check before any of them had mailed, and mailed once each.
+        # The row only holds the time (capture.NEW_LINK_KIND: no page opens it).
+        held = self._request_by_mail(Person(uid, email), NEW_LINK_KIND, {}, action=None)
+        if held is None:
             return "recently"
         _ = translator(language)
         text = _(
@@ -168,10 +175,8 @@ class PreferenceCentre:
             self.hub.mailer.send(Mail(email, _("Your link to your privacy choices"), text))
         except MailFailed as error:
             log.warning("hub.mail_failed", subject=uid, kind="new_link", error=str(error))
+            self._unsent(held)  # nobody got it: asking again mails one
             return "failed"
-        if len(self._new_links) > 10_000:  # kept in the serving process: never without bound
-            self._new_links.clear()
-        self._new_links[uid] = now
         log.info("hub.mail_sent", subject=uid, kind="new_link")
         return "mailed"
 
@@ -216,10 +221,14 @@ class PreferenceCentre:
         grant: bool,
         visitor: Visitor,
         language: str = "en",
+        shown: str | None = None,
     ) -> dict[str, Any]:
-        """Grants or withdraws one purpose on one channel, with the notice version shown."""
+        """Grants or withdraws one purpose on one channel, with the notice version shown.
+        ``shown``: the version the page showed (its form sends it); a grant is refused with
+        ``NoticeChanged`` when another is current now, since the one recorded must be the one
+        read. Without it (a form of an older page) the current one is taken."""
         status = ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN
-        return self._choice(person, purpose, channel, status, visitor, language)
+        return self._choice(person, purpose, channel, status, visitor, language, shown)
 
     def decline(
         self, person: Person, purpose: str, channel: str, *, visitor: Visitor, language: str = "en"
@@ -247,6 +256,7 @@ class PreferenceCentre:
         status: ConsentStatus,
         visitor: Visitor,
         language: str,
+        shown: str | None = None,
     ) -> dict[str, Any]:
         grant = status is ConsentStatus.GRANTED
         known = self.ledger.purposes.get(purpose)
@@ -259,6 +269,12 @@ class PreferenceCentre:
         notice = current(self.ledger, purpose, language)
         if grant and notice is None:
             raise InvalidInput(f"purpose {purpose!r} has no notice to show: it cannot be granted here")
+        if grant and notice is not None and shown is not None and shown != notice.version:
+            # A version registered while the page was open: the grant would name a text the
+            # person never read. Nothing is recorded; the page shows the new text to decide on.
+            raise NoticeChanged(
+                f"purpose {purpose!r}: the page showed notice {shown[:100]!r}, {notice.version!r} is current"
+            )
         now = self.ledger.clock()
         evidence = Evidence.witnessed(
             now,
@@ -334,11 +350,12 @@ class PreferenceCentre:
         kind: str,
         row: dict[str, Any],
         *,
-        action: str,
+        action: str | None,
         what: dict[str, Any] | None = None,
     ) -> str | None:
-        """Keeps a request (``kind``: erasure, restriction) whose mailed link is to confirm it,
-        and its audit entry; returns the link's token, or None if one was asked for within
+        """Keeps a request (``kind``: erasure, restriction, new_link) whose mailed link is to
+        confirm it, and its audit entry (``action``; None: none, for a new link, which changes
+        nothing); returns the link's token, or None if one was asked for within
         ``NEW_LINK_INTERVAL`` and is still open (whoever holds the page's link could press the
         button again and again: the mail sent a moment ago is the answer)."""
         token = secrets.token_urlsafe(32)
@@ -370,6 +387,8 @@ class PreferenceCentre:
                     **row,
                 )
             )
+            if action is None:
+                return token
             # On record from the moment it is asked, confirmed or not (Art. 5(2), Art. 12(3):
             # the controller shows when each request came and answers within a month).
             audit.append(
