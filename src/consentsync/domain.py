@@ -258,6 +258,18 @@ def _with_older(email: str, forms: tuple[str, ...]) -> tuple[str, ...]:
     return forms if older is None or older in forms else (*forms, older)
 
 
+def as_read(canonical: str | None, raw: object) -> str | None:
+    """An address a CRM record showed (``canonical``: what ``normalise_email`` made of ``raw``),
+    remembering the form an older version stored it under when that differs (``LookupAddress``),
+    so that the sync path finds a person held under it as every lookup does, rather than making
+    a second person for the same mailbox who has said nothing (docs/policy.md, "One address,
+    one form"). Only a lookup form: the address is still written in its one form."""
+    if canonical is None or not isinstance(raw, str):
+        return canonical
+    older = raw.strip().lower()
+    return canonical if older == canonical else LookupAddress(str(canonical), older)
+
+
 def lookup_email(raw: str) -> str:
     """``normalise_email`` for finding an address the ledger may already hold (a search, an
     erasure, a decision asked for): what older versions accepted is still found, so that such a

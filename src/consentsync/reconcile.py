@@ -162,7 +162,7 @@ class Ranked:
         event_time = (policy or _DEFAULT_POLICY).credible_time(evidence)
         late = evidence.status in STICKY_STATUSES or evidence.status is ConsentStatus.EXPIRED
         if event_time is not None:
-            sort_time = event_time + TO_THE_SECONDS_END if late and not event_time.microsecond else event_time
+            sort_time = no_counts_from(event_time) if late else event_time
         elif late:
             sort_time = evidence.observed_at
         else:
@@ -249,6 +249,14 @@ BASIS_RESTRICTIVENESS: dict[LawfulBasis | None, int] = {
 _DEFAULT_POLICY = Policy(trusted_sources=frozenset())
 _STATUSES = {status.value: status for status in ConsentStatus}
 _BASES = {basis.value: basis for basis in LawfulBasis}
+
+
+def no_counts_from(moment: datetime) -> datetime:
+    """When a no stated at ``moment`` counts from, as precedence reads it: a time stamped to the
+    whole second from the end of that second (docs/policy.md), a time with a fraction as it is.
+    Every no is read so (a withdrawal, a refusal, an expiry, an objection), so that a consent
+    captured within the same second is not taken to come after it."""
+    return moment + TO_THE_SECONDS_END if not moment.microsecond else moment
 
 
 class _Ordered(Protocol):
@@ -541,7 +549,9 @@ def effective_state(
             return _suppress(
                 state, Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review"
             )
-        if _reversed(trusted_at, objection.raised_at):
+        # An objection is a no like any other: stamped to the whole second (an ops entry from a
+        # call log, "--at 14:03:12"), it counts from the end of that second.
+        if _reversed(trusted_at, no_counts_from(objection.raised_at)):
             continue
         if objection.direct_marketing:
             return _suppress(

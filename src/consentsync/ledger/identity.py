@@ -167,7 +167,8 @@ class SubjectResolver:
             if identity.email and identity.email not in by_email:
                 by_email[identity.email] = subject_id
                 if subject_id not in erased_ids:
-                    new_emails.append((subject_id, EMAIL, identity.email))
+                    # The one form, whatever form it was looked up under (a LookupAddress).
+                    new_emails.append((subject_id, EMAIL, str(identity.email)))
             if identity.link and identity.link not in by_link:
                 link = identity.link
                 new_links.append((subject_id, link.connector, link.object_type, link.record_id, linked_at))
@@ -278,7 +279,7 @@ class SubjectResolver:
         values = [(row["uid"], created_at, False, row["suppression_id"]) for row in rows]
         ids = insert_returning_ids(self.conn, subjects, SUBJECT_COLUMNS, values, unique="uid")
         emails = [
-            (subject_id, EMAIL, identity.email)
+            (subject_id, EMAIL, str(identity.email))
             for identity, subject_id, row in zip(identities, ids, rows, strict=True)
             # From a CRM, an erased address stays a hash.
             if identity.email and not (self.from_crm and row["suppression_id"] is not None)

@@ -23,6 +23,7 @@ from consentsync.domain import (
     EVIDENCE_REF_MAX,
     NOTICE_VERSION_MAX,
     REASON_MAX,
+    SOFT_OPT_IN_CONDITIONS,
     SOURCE_MAX,
     ConsentStatus,
     EffectiveState,
@@ -492,7 +493,15 @@ class Ledger:
                 *resolver.audit,
                 AuditRecord(
                     "objection.raised",
-                    {"objection": objection_id, "purpose": purpose.key, "direct_marketing": is_dm},
+                    # When the person objected, which may be earlier than this entry (ops entering
+                    # a call): it decides which consent lifts the objection (Art. 21(3)), so the
+                    # chain says it, not only the objection's row, which stays writable.
+                    {
+                        "objection": objection_id,
+                        "purpose": purpose.key,
+                        "direct_marketing": is_dm,
+                        "raised_at": raised_at,
+                    },
                     old=None,
                     new=status.value,
                     rule="art21(2)_absolute" if is_dm else f"purpose_{purpose.objection_handling.value}",
@@ -1820,6 +1829,15 @@ def _recorded_payload(
             "event_time": evidence.event_time,  # canonical JSON writes it as iso() does
             "origin": evidence.origin._value_,
             "event_fingerprint": fingerprint,
+            # Under which notice, confirmation and reference the person acted (Art. 7(1): the
+            # controller must be able to show the consent): in the chain, which erasure leaves
+            # as it is, and not only in the event row, which the chain would otherwise vouch for
+            # by a fingerprint that nothing recomputes. Labels, refused at input if they hold an
+            # address (docs/policy.md, "What erasure leaves").
+            "notice_version": evidence.notice_version,
+            "double_opt_in_at": evidence.double_opt_in_at,
+            "evidence_ref": evidence.evidence_ref,
+            **({"soft_opt_in": _soft_opt_in_json(evidence.soft_opt_in)} if evidence.soft_opt_in else {}),
         },
         _state_tuple_json(before),
         _state_tuple_json(after),
@@ -1827,6 +1845,11 @@ def _recorded_payload(
         evidence.source,
         evidence.actor,
     )
+
+
+def _soft_opt_in_json(soft_opt_in: SoftOptIn) -> dict[str, str]:
+    """The evidence of each soft opt-in condition, by name (PECR reg. 22(3))."""
+    return {name: getattr(soft_opt_in, name) for name, _what in SOFT_OPT_IN_CONDITIONS}
 
 
 _EVENT_COLUMNS = RowView(

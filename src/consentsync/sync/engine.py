@@ -40,6 +40,7 @@ from consentsync.domain import (
     LawfulBasis,
     ObjectionStatus,
     Origin,
+    as_read,
     canonical_domain,
     canonical_json,
     email_forms,
@@ -75,7 +76,7 @@ from consentsync.mapping import (
     crm_key,
     field_value,
 )
-from consentsync.reconcile import Rule, binding_no, summarise
+from consentsync.reconcile import Rule, binding_no, no_counts_from, summarise
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
@@ -842,6 +843,9 @@ class SyncEngine:
                     # person's, and must reach their other records and CRMs.
                     to_correct.append(str(error))
                     record_id, email, links = mapping.identity_from({**record.fields, email_field: None})
+                # A person an older version holds under the address as it came (a domain in NFD,
+                # fullwidth letters) is this record's person too, not a second one (as_read).
+                email = as_read(email, field_value(record.fields, email_field) if email_field else None)
                 evidence = mapping.evidence_from(
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
@@ -1088,6 +1092,7 @@ class SyncEngine:
         )
         requests: list[RecordRequest] = []
         saying_no: list[tuple[CrmRecord, Any, str, str | None, list[Evidence]]] = []
+        email_field = mapping.spec.identity.email
         for record in with_values:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None:
@@ -1095,6 +1100,8 @@ class SyncEngine:
             seen = orjson.loads(row.evidence) if row is not None and row.evidence is not None else {}
             try:
                 record_id, email, _links = mapping.identity_from(record.fields)
+                # Under the form an older version may hold it in, too (as_read).
+                email = as_read(email, field_value(record.fields, email_field) if email_field else None)
                 evidence = mapping.evidence_from(
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
@@ -1308,7 +1315,7 @@ class SyncEngine:
                 for channel in purpose.channels:
                     summary = summaries.get((row.subject_id, purpose.key, channel))
                     lifted_at = summary.trusted_opt_in_at if summary is not None else None
-                    if lifted_at is not None and lifted_at > row.raised_at:
+                    if lifted_at is not None and lifted_at > no_counts_from(row.raised_at):
                         continue  # lifted by the person's new consent there
                     nos.setdefault(row.subject_id, []).append(
                         Evidence(
@@ -2448,7 +2455,10 @@ class SyncEngine:
         digest = self.ledger.keyed_hasher()
         email_field = mapping.spec.identity.email
         digests: dict[str, str] = {}
-        others: dict[str, str] = {}  # record id -> the hash of its address's other form
+        # record id -> the hashes of its address's other forms: punycode, and the address as
+        # it came (lower-cased only: how a version before UTS #46 mapping stored and erased a
+        # domain in NFD or with fullwidth letters; as_read)
+        others: dict[str, list[str]] = {}
         for record in page:
             raw = field_value(record.fields, email_field) if email_field else None
             if not isinstance(raw, str):
@@ -2457,10 +2467,11 @@ class SyncEngine:
             text = raw.strip().lower()
             if (not text.isascii() or "xn--" in text) and "@" in text:  # rare: one form for the domain
                 local, _, domain = text.rpartition("@")
+                read = text
                 text = f"{local}@{canonical_domain(domain)}"
-                other = email_forms(text)[1:]
+                other = email_forms(as_read(text, read) or text)[1:]
                 if other:
-                    others[record.record_id] = digest(other[0])
+                    others[record.record_id] = [digest(form) for form in other]
             digests[record.record_id] = digest(text)
         if others:
             listed = {
@@ -2470,12 +2481,12 @@ class SyncEngine:
                     suppressions,
                     ("email_hmac",),
                     "email_hmac",
-                    sorted({*others.values(), *(digests[r] for r in others)}),
+                    sorted({*(h for forms in others.values() for h in forms), *(digests[r] for r in others)}),
                 )
             }
-            for record_id, other in others.items():
-                if other in listed and digests[record_id] not in listed:
-                    digests[record_id] = other
+            for record_id, forms in others.items():
+                if digests[record_id] not in listed:
+                    digests[record_id] = next((h for h in forms if h in listed), digests[record_id])
         return digests
 
     def _page_links(self, conn: Connection, object_type: str, record_ids: list[str]) -> dict[str, _PageLink]:
