@@ -33,8 +33,11 @@ EXPOSE 9181 8080
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-# The daemon's liveness (python, as a slim image has no curl); /readyz says whether runs succeed.
+# Liveness (python, as a slim image has no curl): the daemon's /healthz on the metrics port, or,
+# for the image run as the console (`consentsync web`, no metrics port), the console's port taking
+# connections (HTTP or HTTPS, whatever Host it allows). /readyz says whether runs succeed.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CONSENTSYNC_METRICS_PORT', '9181'), timeout=4)"
+    CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CONSENTSYNC_METRICS_PORT', '9181'), timeout=4)" 2>/dev/null \
+    || python3 -c "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ.get('CONSENTSYNC_WEB_PORT', '8080'))), timeout=4).close()"
 ENTRYPOINT ["consentsync"]
 CMD ["run"]

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -156,10 +156,14 @@ def _record_unstarted(config: Any, connector: str, error: Exception) -> None:
 
 
 @contextmanager
-def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+def stopped_by_signals(
+    stop: threading.Event, forward: Callable[[], threading.Event | None] | None = None
+) -> Iterator[None]:
     """SIGINT (Ctrl-C) and SIGTERM ask the run to stop as the daemon's do: the page or push
     batch in hand is committed, the run is recorded as stopped, and the command exits 75. A
-    second signal stops the process at once (what it left half done, the next run finds)."""
+    second signal stops the process at once (what it left half done, the next run finds).
+    ``forward``: the stop event of the run in hand, when ``stop`` is the whole command's (``sync
+    --all`` runs one connector after another, each with an event of its own)."""
 
     def handle(signum: int, _frame: Any) -> None:
         if stop.is_set():
@@ -172,6 +176,9 @@ def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
             err=True,
         )
         stop.set()
+        in_hand = forward() if forward is not None else None
+        if in_hand is not None:
+            in_hand.set()
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signals reach the main thread only (the CLI's tests call commands in threads)
@@ -281,17 +288,59 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
     if not names:
         raise InvalidInput(f"{config.path}: no connectors configured: add them under `connectors:`")
     results: list[dict[str, Any]] = []
-    for name in names:
-        outcome: dict[str, Any] = {"connector": name}
-        try:
-            config.check_vendor(name)
-            engine = open_sync(config, name)
-        except (ConfigError, InvalidInput) as error:
-            _record_unstarted(config, name, error)
-            outcome.update(status="failed", error=str(error), exit_code=exit_codes.CONFIG)
-            results.append(outcome)
-            click.echo(f"consentsync: error: {name}: {error}", err=True)
-            continue
+    # SIGTERM (cron's or systemd's timeout, a deploy) and Ctrl-C stop this command as they stop
+    # `sync CONNECTOR`: the run in hand commits its page and is recorded as stopped, and the
+    # connectors after it are not started (the command was asked to end, exit 75). Left to
+    # their defaults, the process died mid-page and its run was found later as crashed.
+    asked = threading.Event()
+    in_hand: list[Any] = []
+    with stopped_by_signals(asked, lambda: in_hand[0].stop_requested if in_hand else None):
+        for name in names:
+            results.append(_sync_one(config, name, full, dry_run, as_json, asked, in_hand))
+    code = worst([r["exit_code"] for r in results])
+    if as_json:
+        emit_json(results)
+    else:
+        click.echo("")
+        print_table(results, ["connector", "status", "exit_code", "error"])
+    if code:
+        sys.exit(code)
+
+
+def _sync_one(
+    config: Any,
+    name: str,
+    full: bool,
+    dry_run: bool,
+    as_json: bool,
+    asked: threading.Event,
+    in_hand: list[Any],
+) -> dict[str, Any]:
+    """One connector's run of ``sync --all``, as the outcome its table shows. ``asked``: a stop
+    signal came (the connector is then not started); ``in_hand`` holds the engine running, whose
+    run that signal stops."""
+    outcome: dict[str, Any] = {"connector": name}
+    not_started = {
+        "status": "stopped",
+        "error": "not started: the command was stopped",
+        "exit_code": EXIT_STOPPED,
+    }
+    if asked.is_set():
+        outcome.update(not_started)
+        return outcome
+    try:
+        config.check_vendor(name)
+        engine = open_sync(config, name)
+    except (ConfigError, InvalidInput) as error:
+        _record_unstarted(config, name, error)
+        outcome.update(status="failed", error=str(error), exit_code=exit_codes.CONFIG)
+        click.echo(f"consentsync: error: {name}: {error}", err=True)
+        return outcome
+    in_hand[:] = [engine]
+    try:
+        if asked.is_set():  # the signal came while the connector was being opened
+            outcome.update(not_started)
+            return outcome
         try:
             with said_once():
                 report = engine.run(full=full, dry_run=dry_run)
@@ -305,19 +354,12 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
             outcome.update(_report_json(report), exit_code=run_exit_code(report))
             if not as_json:
                 _print_report(report)
-        finally:
-            engine.connector.close()
-        if outcome["status"] in ("failed", "skipped") and outcome.get("error"):
-            click.echo(f"consentsync: error: {name}: {' '.join(str(outcome['error']).split())}", err=True)
-        results.append(outcome)
-    code = worst([r["exit_code"] for r in results])
-    if as_json:
-        emit_json(results)
-    else:
-        click.echo("")
-        print_table(results, ["connector", "status", "exit_code", "error"])
-    if code:
-        sys.exit(code)
+    finally:
+        in_hand.clear()
+        engine.connector.close()
+    if outcome["status"] in ("failed", "skipped") and outcome.get("error"):
+        click.echo(f"consentsync: error: {name}: {' '.join(str(outcome['error']).split())}", err=True)
+    return outcome
 
 
 # -- runs ------------------------------------------------------------------------------------------
@@ -588,7 +630,9 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
     config.check_vendor(connector)
     engine = open_sync(config, connector)
     try:
-        with said_once():
+        # A stop ends the plan's read cleanly (its transaction rolled back, its spool removed):
+        # "no plan: stopped", exit 75.
+        with stopped_by_signals(engine.stop_requested), said_once():
             report = engine.run(full=full, dry_run=True)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
@@ -660,7 +704,10 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     engine = open_sync(config, plan.connector)
     engine.plan_actor = actor
     try:
-        with said_once():
+        # A stop (SIGTERM, Ctrl-C) lets the push batch in hand be acknowledged and ends the run
+        # as stopped (exit 75, "apply the same plan again"): by default the process died between
+        # a write and the record of its answer.
+        with stopped_by_signals(engine.stop_requested), said_once():
             report = engine.run(apply_plan=plan)
     except RunInProgress as busy:
         fail(str(busy), EXIT_STOPPED)
@@ -765,9 +812,20 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
         click.echo("daemon     no daemon running (no next runs: start one with `consentsync run`)")
     for row in rows:
         last = row["last_run"]
-        click.echo(f"{row['connector']} ({row['vendor']})")
+        name = row["connector"]
+        click.echo(f"{name} ({row['vendor']})")
         for problem in row["problems"]:
             click.echo(f"  ERROR      {problem}")
+        if row["mode"] == "observe":
+            # Said, because "pending" reads as "on its way": an observing connector's runs push
+            # nothing, so what waits reaches the CRM only through an approved plan.
+            click.echo(
+                "  mode       observe: runs push nothing to this CRM; what waits goes only with an "
+                f"approved plan (`consentsync plan {name} -o plan.json`, then `consentsync apply "
+                "plan.json`) or in mode suppress_only or two_way"
+            )
+        else:
+            click.echo(f"  mode       {row['mode']}")
         if last:
             click.echo(
                 f"  last run   {last['status']} at {last['started_at']}: read {last['read']}, "
@@ -804,9 +862,16 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
         if last and last["status"] == "held":
             click.echo(f"  ALERT      {last['error']}")
         if row["erasures_pending"]:
+            # Art. 17(2): whoever reads this must not be told the CRM will hear of an erasure
+            # that no scheduled run will send.
+            when = (
+                f"no run pushes them: they wait for an approved plan, `consentsync plan {name}`"
+                if row["pushes_wait_for"] == "plan"
+                else "the next run pushes them"
+            )
             click.echo(
                 f"  erasures   {row['erasures_pending']} person(s) erased in the ledger, "
-                "not yet passed on to this CRM (the next run pushes them)"
+                f"not yet passed on to this CRM ({when})"
             )
         if row.get("dead_suppressions"):
             click.echo(

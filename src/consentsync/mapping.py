@@ -748,7 +748,31 @@ class MappingSpec(_Strict):
     def _cross_checks(self) -> MappingSpec:
         pairs: dict[tuple[str, str], int] = {}
         written: dict[str, str] = {}
+        # The fields that say who a record is. A consent read from one of them is an address or
+        # an id taken for a choice, and one pushed to one of them writes the ledger's decision
+        # over the person's address or the record's links (`mapping check --against` saw only
+        # that the field is writable).
+        identity = {
+            self.identity.record_id: "identity.record_id",
+            self.identity.modstamp: "identity.modstamp",
+            **({self.identity.email: "identity.email"} if self.identity.email else {}),
+            **{link.field: f"identity.links[{i}].field" for i, link in enumerate(self.identity.links)},
+        }
         for index, consent in enumerate(self.consents):
+            for place, spec in (("status", consent.status), ("basis", consent.basis)):
+                if spec is None:
+                    continue
+                named: list[tuple[tuple[str | int, ...], str]] = [(("field",), spec.field)]
+                if isinstance(spec, StatusSpec):
+                    named += [(("also_read", i), name) for i, name in enumerate(spec.also_read)]
+                for loc, name in named:
+                    if name in identity:
+                        raise Problem(
+                            f"field {name} is the record's {identity[name]}: a consent is read from "
+                            "and written to a field of its own (an opt-out box, a picklist), never "
+                            "one that says who the record is",
+                            at=("consents", index, place, *loc),
+                        )
             for pair in consent.constant_pairs():
                 if pair in pairs:
                     raise Problem(

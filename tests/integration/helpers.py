@@ -195,3 +195,26 @@ def outbox_row(ledger: Any, subject_id: int, **values: Any) -> int:
     }
     with ledger.engine.begin() as conn:
         return int(conn.execute(insert(outbox).values(row)).inserted_primary_key[0])
+
+
+def add_absent_salesforce(config_path: Path, secret: str = "not-a-secret", **extra: Any) -> None:
+    """Gives the config one Salesforce connector whose CRM is not there (a free local port):
+    `run` and `web` refuse a config without a connector, and its runs fail while the process
+    lives on. ``extra`` adds keys to the connector (a schedule, say)."""
+    data = yaml.safe_load(config_path.read_text())
+    root = Path(__file__).resolve().parents[2]
+    data["connectors"] = [
+        {
+            "name": "sf",
+            "vendor": "salesforce",
+            "mappings": [str(root / "connectors/consentsync_salesforce/mappings/contact.yaml")],
+            "settings": {
+                "login_url": f"https://127.0.0.1:{free_port()}",
+                "auth": "client_credentials",
+                "client_id": "id",
+                "client_secret": secret,
+            },
+            **extra,
+        }
+    ]
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))

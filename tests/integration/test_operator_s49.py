@@ -37,7 +37,7 @@ from consentsync.sync.heartbeat import Heartbeat
 from consentsync.sync.status import connector_status
 from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, stop
 from tests.integration.crash_config import CONNECTOR, write_config
-from tests.integration.helpers import free_port, local_session, scrape_until
+from tests.integration.helpers import add_absent_salesforce, free_port, local_session, scrape_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
@@ -214,22 +214,7 @@ def test_init_with_a_postgresql_url_without_psycopg_writes_nothing_and_names_the
 
 
 def _with_connector(config_path: Path) -> None:
-    data = yaml.safe_load(config_path.read_text())
-    data["connectors"] = [
-        {
-            "name": "sf",
-            "vendor": "salesforce",
-            "mappings": [str(ROOT / "connectors/consentsync_salesforce/mappings/contact.yaml")],
-            "settings": {
-                "login_url": "https://127.0.0.1:23999",
-                "auth": "client_credentials",
-                "client_id": "id",
-                "client_secret": "${S49_SECRET}",
-            },
-            "schedule": {"interval_seconds": 60},
-        }
-    ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    add_absent_salesforce(config_path, "${S49_SECRET}", schedule={"interval_seconds": 60})
 
 
 def _run_row(

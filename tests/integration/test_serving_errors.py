@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-import yaml
 from cryptography.hazmat.primitives import serialization
 
 from consentsync import exit_codes
 from consentsync.config import write_starter
 from tests.conftest import TEST_ERASURE_KEY, own_environment, stop
-from tests.integration.helpers import free_port, local_session
+from tests.integration.helpers import add_absent_salesforce, free_port, local_session
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
 VENDORS = ["salesforce", "hubspot", "dynamics", "vtiger", "superoffice"]
@@ -45,23 +44,7 @@ def config(tmp_path: Path, env: dict[str, str]) -> Path:
     `run` refuses a config without one before it gets to its servers)."""
     path = Path(env["CONSENTSYNC_CONFIG"])
     write_starter(path, f"sqlite:///{tmp_path / 'ledger.db'}")
-    data = yaml.safe_load(path.read_text())
-    data["connectors"] = [
-        {
-            "name": "sf",
-            "vendor": "salesforce",
-            "mappings": [
-                str(Path(__file__).parents[2] / "connectors/consentsync_salesforce/mappings/contact.yaml")
-            ],
-            "settings": {
-                "login_url": f"https://127.0.0.1:{free_port()}",
-                "auth": "client_credentials",
-                "client_id": "id",
-                "client_secret": "${SF_SECRET}",
-            },
-        }
-    ]
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    add_absent_salesforce(path, "${SF_SECRET}")
     env["SF_SECRET"] = "secret"
     init = consentsync(env, "init")
     assert init.returncode == 0, init.stderr

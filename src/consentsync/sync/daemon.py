@@ -184,6 +184,16 @@ class Daemon:
             return self._unstarted(name, f"internal: {reason}", record, exc_info=True)
         with self._lock:
             self._running[name] = engine
+            # A stop that came while the connector was being opened found no engine to stop: it
+            # is seen here (under the lock stop() takes), or the run would go on to its end, a
+            # full sync perhaps, while the stop waited for it (and a supervisor's grace period
+            # ran out into a SIGKILL).
+            stopped = self.stopping.is_set()
+        if stopped:
+            engine.connector.close()
+            with self._lock:
+                self._running.pop(name, None)
+            return None
         try:
             report = engine.run()
         except RunInProgress as busy:

@@ -70,6 +70,11 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                 {
                     "connector": name,
                     "vendor": settings.vendor,
+                    "mode": settings.mode,
+                    # Why no run pushes what waits in the outbox (erasures included) until an
+                    # admin applies a plan: the connector observes, or its last run was held by
+                    # the push guard. None: the next run pushes it.
+                    "pushes_wait_for": _pushes_wait_for(settings.mode, last),
                     "problems": connector_problems(config, name),
                     "daemon": [{"holder": d.holder, "since": iso(d.started_at)} for d in daemons],
                     "last_run": {
@@ -109,6 +114,16 @@ def connector_status(config: Config, engine: Engine, *, late_after: timedelta) -
                 }
             )
     return rows
+
+
+def _pushes_wait_for(mode: str, last: Any) -> str | None:
+    """``plan`` when no scheduled run pushes this connector's outbox: it observes (a run pushes
+    nothing, whatever waits: an erasure, a withdrawal), or its last run was held by the push
+    guard (the next is held the same way while as much waits). Only an approved plan (`consentsync
+    apply`, the console's plans page), or another mode, sends them. None: the next run does."""
+    if mode == "observe" or (last is not None and last.status == "held"):
+        return "plan"
+    return None
 
 
 def _next_run(schedule: Any, last: Any, now: datetime) -> datetime | None:
