@@ -25,6 +25,7 @@ from consentsync.app import open_ledger
 from consentsync.cli import main
 from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
 from consentsync.ledger.service import Ledger
+from consentsync.sdk.journal import STATE_DIR_ENV
 
 POSTGRES_ENV = "CONSENTSYNC_TEST_POSTGRES_URL"
 TEST_ERASURE_KEY = "test-erasure-key-0123456789abcdef"
@@ -65,6 +66,13 @@ SQLITE_ONLY = pytest.mark.parametrize("ledger_url", ["sqlite"], indirect=True)
 @pytest.fixture(autouse=True)
 def _erasure_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ERASURE_KEY_ENV, TEST_ERASURE_KEY)
+
+
+@pytest.fixture(autouse=True)
+def _connector_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connectors' journals (sdk.Journal: a Salesforce Bulk job left running) of a test's own,
+    not the user's ~/.local/state, where one test's left job would be settled by another's."""
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "connector-state"))
 
 
 # The console's accounts hash passwords with argon2id at 64 MiB and 3 passes: about 0.2 s a hash

@@ -469,6 +469,7 @@ class DynamicsConnector(sdk.Connector):
             lambda chunk: self._write_batch([updates[i] for i in chunk]),
             size=self.config.batch_size,
             retries=self.config.write_retries,
+            max_wait=self.config.max_rate_limit_wait,
         )
 
     def _write_batch(self, updates: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
@@ -508,7 +509,7 @@ class DynamicsConnector(sdk.Connector):
             if item.action is sdk.WriteAction.DELETE and answer.status == 404:
                 # Already gone (deleted in Dataverse, or by a delete sent before a crash).
                 answer = PartResponse(204, None, answer.headers)
-            results.append(_part_result(item.record_id, answer))
+            results.append(_part_result(item.record_id, answer, response.headers.get("Date")))
         return results
 
     def close(self) -> None:
@@ -567,13 +568,17 @@ def _classified(describe: str, response: requests.Response) -> ConnectorError:
     return sdk.response_error(describe, response, ERRORS, *_error_of(response))
 
 
-def _part_result(record_id: str, answer: PartResponse) -> sdk.WriteResult:
+def _part_result(record_id: str, answer: PartResponse, date: str | None = None) -> sdk.WriteResult:
     if answer.status < 300:
         return sdk.WriteResult(record_id, True)
     code, message = answer.error
     rule = ERRORS.classify(answer.status, code)
     retryable = rule.action in (Action.RETRY, Action.RATE_LIMITED, Action.REFRESH_TOKEN)
-    return sdk.WriteResult(record_id, False, code or str(answer.status), message[:500], retryable)
+    # A request of the batch refused by service protection carries its own Retry-After (the
+    # part's headers; ``date`` is the batch answer's Date): resent before then, it is refused
+    # again and the throttle runs on.
+    wait = sdk.retry_after_value(answer.headers.get("retry-after"), date) if retryable else None
+    return sdk.WriteResult(record_id, False, code or str(answer.status), message[:500], retryable, wait)
 
 
 def _endpoint_kind(url: str, method: str) -> str:

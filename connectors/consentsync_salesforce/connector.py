@@ -9,6 +9,7 @@ Collections (200 ids a call); keeps an API budget per run and per day from ``Sfo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -61,6 +62,8 @@ COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
 DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SLOW_JOB = "bulk job slow"
+# A job that is done with: nothing more of it is applied.
+_JOB_ENDED = frozenset({"JobComplete", "Failed", "Aborted", None})
 _LIMIT_INFO = re.compile(r"api-usage=(\d+)/(\d+)")
 _API_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(__c)?$")
 
@@ -125,6 +128,21 @@ class SalesforceConnector(sdk.Connector):
         self._bulk_jobs: set[str] = set()
         self._server_time: datetime | None = None
         self._bulk_create = threading.Lock()
+        # Bulk API 2.0 jobs closed and not yet seen to end, on disk: a job goes on after the
+        # process that closed it died, and must be settled before anything else is written to
+        # the records it holds (``_settle_left_jobs``). One journal per org and principal.
+        config = self.config
+        self._journal = sdk.Journal(
+            sdk.state_dir(config.state_dir),
+            self.vendor,
+            name,
+            config.instance_url if config.auth == "token" else config.login_url,
+            config.username or config.client_id or "",
+        )
+        # The journal's jobs a thread of this process is driving now (not left by anyone), and
+        # a lock that makes settling the left ones one step for the threads that write.
+        self._driving: set[str] = set()
+        self._settling = threading.Lock()
 
     # -- session -------------------------------------------------------------------------------
 
@@ -317,6 +335,7 @@ class SalesforceConnector(sdk.Connector):
         """Updates per object (sObject Collections, or one Bulk API 2.0 job above the threshold),
         then deletes (sObject Collections, any objects in one call), yielding each call's (each
         job's) answers as it returns."""
+        self._settle_left_jobs()
         by_object, deletes = _by_object(updates)
         for object_type, positions in by_object.items():
             _check_api_name(object_type)
@@ -363,7 +382,11 @@ class SalesforceConnector(sdk.Connector):
         returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, a few times;
         a call's other answers are not held back for them. What still fails is reported."""
         yield from sdk.write_in_passes(
-            positions, send, size=COLLECTION_LIMIT, retries=self.config.lock_retries
+            positions,
+            send,
+            size=COLLECTION_LIMIT,
+            retries=self.config.lock_retries,
+            max_wait=self.config.max_rate_limit_wait,
         )
 
     def _save_chunk(
@@ -409,7 +432,27 @@ class SalesforceConnector(sdk.Connector):
         for item in chosen:
             writer.writerow([item.record_id, *(_csv_cell(item.fields, name) for name in columns)])
         job = self._create_job(object_type)
-        job_path = f"jobs/ingest/{job['id']}"
+        job_id = str(job["id"])
+        job_path = f"jobs/ingest/{job_id}"
+        with self._settling:
+            self._driving.add(job_id)
+        try:
+            return self._drive_bulk(job_id, job_path, buffer.getvalue(), positions, chosen)
+        finally:
+            with self._settling:
+                self._driving.discard(job_id)
+
+    def _drive_bulk(
+        self,
+        job_id: str,
+        job_path: str,
+        data: str,
+        positions: Sequence[int],
+        chosen: Sequence[sdk.RecordUpdate],
+    ) -> dict[int, sdk.WriteResult]:
+        """Uploads to the job, closes it, waits for its end and answers its records. The job is
+        in the journal from before it is closed until it is seen to end: a process killed in
+        between (while it polls) leaves it there, and the next write settles it first."""
         # A job takes one upload and one close. When the answer to either is lost (a timeout, a
         # dropped connection) after Salesforce took it, the retry is refused with
         # InvalidJobState: the step was done (this job is ours alone, made just now), so the job
@@ -420,10 +463,13 @@ class SalesforceConnector(sdk.Connector):
                 lambda: self.sf._call_salesforce(  # restful() would JSON-encode the CSV
                     "PUT",
                     f"{self.sf.base_url}{job_path}/batches",
-                    data=buffer.getvalue().encode("utf-8"),
+                    data=data.encode("utf-8"),
                     headers={"Content-Type": "text/csv"},
                 ),
             )
+            # On disk before the close: once closed, the job applies its records whether or
+            # not this process lives to see its answer.
+            self._journal.add(job_id)
             self._job_step(
                 "bulk close",
                 lambda: self.sf.restful(job_path, method="PATCH", json={"state": "UploadComplete"}),
@@ -433,10 +479,17 @@ class SalesforceConnector(sdk.Connector):
             # refused throughout): the job would stay open, holding records Salesforce processes
             # only once it is closed, and nobody would ask for their answers. This run stops (its
             # rows stay pending, sent again next run); the job is aborted, with one call even
-            # when the run's API budget is spent.
-            self._abort_job(job_path)
+            # when the run's API budget is spent. Aborted, it is done with; else (the close may
+            # have got through) the next write looks at it first.
+            if self._abort_job(job_path):
+                # Left noted if this fails: the next write finds it Aborted and forgets it.
+                with contextlib.suppress(ConnectorError):
+                    self._journal.discard([job_id])
             raise
-        info = self._finished_job(job["id"], job_path)
+        info = self._finished_job(job_id, job_path)
+        # Ended: nothing more of it can be applied, and what it saved is answered below (a
+        # crash before those answers are committed sends them again, harmlessly).
+        self._journal.discard([job_id])
         failures = self._bulk_results(job_path, "failedResults")
         completed = info["state"] == "JobComplete"
         # A job that failed or was aborted half-way may have saved some records: those are
@@ -520,16 +573,64 @@ class SalesforceConnector(sdk.Connector):
             page = self.sf._call_salesforce("GET", self.sf.base_url.split("/services/")[0] + locator).json()
         return sorted(found, key=lambda job: (parse_sf_datetime(str(job["createdDate"])), str(job["id"])))
 
-    def _abort_job(self, job_path: str) -> None:
+    def _abort_job(self, job_path: str) -> bool:
         """One attempt to abort a job the run cannot go on with (Bulk API 2.0 "Close or Abort a
         Job": PATCH state Aborted, while the job is Open or UploadComplete). Best effort: the
-        run stops with its own error, whatever this call answers."""
+        run stops with its own error, whatever this call answers. True when it was aborted."""
         try:
             self.sf.restful(job_path, method="PATCH", json={"state": "Aborted"})
         except (SalesforceError, requests.RequestException, ConnectorError) as error:
             log.warning(
                 "salesforce.bulk_job_left_open", connector=self.name, job=job_path, error=type(error).__name__
             )
+            return False
+        return True
+
+    def _settle_left_jobs(self) -> None:
+        """Before anything is written: the Bulk API 2.0 jobs an earlier run closed and never saw
+        end (the process killed while it polled, or its polls failed) are still running or
+        queued, and would apply their older values after this run's newer ones (a withdrawal
+        overwritten by the grant such a job holds). Each is aborted (what it saved stays saved;
+        the engine still holds its records unanswered and sends them again) and forgotten once
+        it has ended; one that cannot be stopped stops this run before it writes (its rows stay
+        pending for the next). Nothing in the journal (the normal case): no call."""
+        with self._settling:
+            left = sorted(self._journal.names() - self._driving)
+            if not left:
+                return
+            ended: list[str] = []
+            running: list[str] = []
+            for job_id in left:
+                if not _RECORD_ID.match(job_id):
+                    ended.append(job_id)  # not a job id this connector wrote: nothing to ask
+                    continue
+                state = self._left_job_state(job_id)
+                if state not in _JOB_ENDED:
+                    self._abort_job(f"jobs/ingest/{job_id}")
+                    state = self._left_job_state(job_id)
+                    log.warning(
+                        "salesforce.bulk_job_left_aborted", connector=self.name, job=job_id, state=state
+                    )
+                (ended if state in _JOB_ENDED else running).append(job_id)
+            self._journal.discard(ended)
+        if running:
+            raise ConnectorError(
+                f"Bulk API job(s) {', '.join(running)} closed by an earlier run are still running and "
+                "could not be aborted: nothing is written until they end (their older values would "
+                "overwrite this run's)",
+                ErrorRule(Action.RETRY, Fault.TRANSIENT, "earlier bulk job unfinished"),
+            )
+
+    def _left_job_state(self, job_id: str) -> str | None:
+        """A journal job's state; None when Salesforce no longer has it (jobs are deleted seven
+        days after they end), which is as ended."""
+        try:
+            info = self._call("bulk poll", lambda: self.sf.restful(f"jobs/ingest/{job_id}"))
+        except ConnectorError as error:
+            if error.rule.status == 404 or error.rule.code == "NOT_FOUND":
+                return None
+            raise
+        return str(info.get("state"))
 
     def _job_step(self, describe: str, operation: Any) -> None:
         """One step of an ingest job (upload, close) whose repeat Salesforce refuses with

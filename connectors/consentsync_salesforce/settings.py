@@ -39,6 +39,9 @@ class SalesforceSettings(ConnectorSettings):
     bulk_poll_first: float = Field(default=0.1, gt=0)
     bulk_poll_interval: float = Field(default=2.0, gt=0)
     lock_retries: int = Field(default=2, ge=0, le=10)
+    # Where the connector keeps the Bulk API 2.0 jobs it closed and has not yet seen end (a few
+    # ids): none given, CONSENTSYNC_STATE_DIR, else the user's XDG state directory.
+    state_dir: str | None = None
     # budget.daily_reserve_percent: share of the org's rolling 24-hour allocation left for other
     # integrations.
     budget: DailyBudget = DailyBudget()

@@ -48,13 +48,21 @@ def test_a_bulk_job_still_queued_at_the_timeout_is_aborted_not_left_to_apply_lat
         (answers,) = list(bulk.write_batches([RecordUpdate("Contact", i, {"Title": "stale"}) for i in ids]))
     # The next run writes the newer value (sObject Collections, below the bulk threshold).
     newer = SalesforceConnector("sf-s51", connector_settings(salesforce.connection_settings()))
-    for batch in newer.write_batches([RecordUpdate("Contact", i, {"Title": "newer"}) for i in ids[:5]]):
-        assert all(result.ok for result in batch.values())
-    time.sleep(QUEUED_FOR + 0.5)  # past the time the queued job would have run
-    assert [salesforce.org.get(i)["Title"] for i in ids[:5]] == ["newer"] * 5
-    assert all(salesforce.org.get(i)["Title"] != "stale" for i in ids)
-    assert [job.state for job in salesforce._jobs.values()] == ["Aborted"]
+    newer_value_stands(salesforce, newer, ids)
     # Every record of the aborted job is answered as not done, to be sent again.
     assert answers is not None and sorted(answers) == list(range(len(ids)))
     assert not any(result.ok for result in answers.values())
     assert all(result.retryable for result in answers.values())
+
+
+def newer_value_stands(
+    salesforce: SalesforceSandbox, newer: SalesforceConnector, ids: list[str], queued_for: float = QUEUED_FOR
+) -> None:
+    """The next run writes a newer value to five of the records; past the time the stale job
+    would have run, the newer value stands and the job is Aborted."""
+    for batch in newer.write_batches([RecordUpdate("Contact", i, {"Title": "newer"}) for i in ids[:5]]):
+        assert all(result.ok for result in batch.values())
+    time.sleep(queued_for + 0.5)  # past the time the queued job would have run
+    assert [salesforce.org.get(i)["Title"] for i in ids[:5]] == ["newer"] * 5
+    assert all(salesforce.org.get(i)["Title"] != "stale" for i in ids)
+    assert [job.state for job in salesforce._jobs.values()] == ["Aborted"]

@@ -185,6 +185,11 @@ class DynamicsSandbox(HttpsSandbox):
     rate_limit = None  # requests a window (service protection), None for no limit
     rate_window = 300.0  # seconds of the sliding window
     limit_retry_after = 300  # the Retry-After of request_limit_after's 429
+    # Service protection judged request by request inside a $batch: the batch is let in and each
+    # of its requests beyond the limit answers 429 with a Retry-After of its own, in its part
+    # (Dataverse evaluates the limits per request of a batch). False: a batch over the limit is
+    # refused whole.
+    throttle_in_batch = False
     change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
 
     def __init__(self, environment: DataverseEnvironment | None = None, **options: Any) -> None:
@@ -287,25 +292,33 @@ class DynamicsSandbox(HttpsSandbox):
 
     def note_api_call(self, request: SandboxRequest) -> None:
         """Service protection: the request limit over a sliding window (each request of a batch
-        counts)."""
-        weight = 1 + (
-            self._count_parts(request) if self._kind(request.method, request.path) == "batch" else 0
-        )
+        counts; with ``throttle_in_batch`` each is judged as it runs, in ``_inner``)."""
+        batch = self._kind(request.method, request.path) == "batch"
+        if batch and self.throttle_in_batch:
+            return  # its requests are counted one by one as they run
+        weight = 1 + (self._count_parts(request) if batch else 0)
+        refused = self._admit(weight)
+        if refused is not None:
+            raise refused
+
+    def _admit(self, weight: int) -> _Throttled | None:
+        """``weight`` requests into the sliding window, or the 429 that refuses them."""
         with self._lock:
             if self.rate_limit is None:
-                return
+                return None
             now = time.monotonic()
             while self._window and self._window[0] <= now - self.rate_window:
                 self._window.popleft()
             if len(self._window) + weight > self.rate_limit:
                 self.throttled += 1
                 oldest = self._window[0] if self._window else now
-                raise _Throttled(
+                return _Throttled(
                     f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
                     f"{int(self.rate_window)} seconds.",
                     max(1, math.ceil(oldest + self.rate_window - now)),
                 )
             self._window.extend([now] * weight)
+            return None
 
     def server_error(self, status: int) -> SandboxResponse:
         return _json(status, {"error": {"code": "0x80040216", "message": "An unexpected error occurred."}})
@@ -846,6 +859,9 @@ class DynamicsSandbox(HttpsSandbox):
         try:
             if self._kind(part.method, path) == "batch":
                 raise ODataError("A batch cannot contain another batch.")
+            refused = self._admit(1) if self.throttle_in_batch else None
+            if refused is not None:
+                return self.error_response(refused)
             response = self._route(
                 part.method, path, parse_qs(split.query, keep_blank_values=True), part.headers, part.body
             )

@@ -32,12 +32,15 @@ from consentsync.sdk.http import (
     json_or_none,
     response_error,
     retry_after,
+    retry_after_value,
 )
+from consentsync.sdk.journal import STATE_DIR_ENV, Journal, state_dir
 from consentsync.sdk.objects import config_error, require_fields, require_object
 from consentsync.sdk.retry import RetryPolicy, call
 from consentsync.sdk.settings import ConnectorSettings, DailyBudget, ExistingFile, RunBudget, WebUrl
 
 __all__ = [
+    "STATE_DIR_ENV",
     "Action",
     "ApiUsage",
     "BudgetExhausted",
@@ -53,6 +56,7 @@ __all__ = [
     "Fault",
     "FieldInfo",
     "HttpClient",
+    "Journal",
     "RecordUpdate",
     "RetryPolicy",
     "RunBudget",
@@ -74,5 +78,7 @@ __all__ = [
     "require_object",
     "response_error",
     "retry_after",
+    "retry_after_value",
+    "state_dir",
     "write_in_passes",
 ]

@@ -122,6 +122,10 @@ class WriteResult:
     error_code: str | None = None
     message: str | None = None
     retryable: bool = False
+    # Seconds the CRM asked to wait before this record is sent again (a request throttled inside
+    # a batch, with its own Retry-After): ``write_in_passes`` waits that long before it sends
+    # anything more.
+    retry_after: float | None = None
 
 
 @dataclass(slots=True)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
@@ -88,12 +90,41 @@ def json_or_none(response: requests.Response) -> Any:
 
 
 def retry_after(response: requests.Response) -> float | None:
-    """``Retry-After`` in seconds, or None when absent or not a number (an HTTP date)."""
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value else None
-    except ValueError:
+    """``Retry-After`` in seconds, or None when absent or unreadable. RFC 9110 (10.2.3) allows
+    a number of seconds or an HTTP date; a date is counted from the answer's own ``Date`` (the
+    server's clock: this machine's may be off by more than the wait), else from now; a date
+    already past asks for no wait of its own (None: the usual backoff)."""
+    return retry_after_value(response.headers.get("Retry-After"), response.headers.get("Date"))
+
+
+def retry_after_value(value: str | None, date: str | None = None) -> float | None:
+    """A ``Retry-After`` value (seconds or an HTTP date) in seconds; ``date`` is the answer's
+    ``Date`` header, if any."""
+    if not value or not value.strip():
         return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        # A negative, infinite or NaN count is no instruction that can be followed.
+        return seconds if 0 <= seconds < float("inf") else None
+    until = _http_date(text)
+    if until is None:
+        return None
+    now = _http_date(date) if date else None
+    seconds = (until - (now or datetime.now(UTC))).total_seconds()
+    return seconds if seconds > 0 else None
+
+
+def _http_date(text: str) -> datetime | None:
+    try:
+        stamp = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    # RFC 9110 dates are GMT; a date without a zone is read as such.
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp.astimezone(UTC)
 
 
 def response_error(
