@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
@@ -66,6 +67,12 @@ SAID_NO_LINK = "this confirmation link is no longer in use: you said no after we
 # The confirmations a person may say no to on the page their link opens (a renewal ends by
 # itself when it is not confirmed).
 DECLINABLE = ("double_opt_in", "request")
+# A double opt-in link whose sign-up the person disowned ("No, I did not ask for this") while
+# nothing waited for it: their consent to the purpose was in force (the sign-up recorded
+# nothing, ``Hub._consented``), so no refusal was recorded; the link opens nothing any more,
+# and still counts as a mail that went (``_asked_lately``).
+DISOWNED_KIND = "disowned"
+DISOWNED_LINK = "this confirmation link is no longer in use: you said you did not ask for it"
 # A double opt-in mails the same address about the same purpose and channel at most this often
 # while its link is open (and not voided by the person's no): a person who lost the mail gets
 # another after this short wait, a form sent twice in a row mails once.
@@ -94,6 +101,17 @@ _RECEIPTED_CHOICE = (
         consent_events.c.actor.like("apikey:%"),
     ),
 )
+
+
+class Mailed(StrEnum):
+    """What became of a confirmation mail (``Hub.send_confirmation``)."""
+
+    SENT = "sent"
+    FAILED = "failed"  # the mail server refused it or could not be reached: worth a retry
+    # Not sent: the person was erased after the mail was decided on (the mail goes after the
+    # capture's answer; an outreach run paces its mails over minutes). Not a failure: nothing
+    # is to be retried, nothing more goes to an erased address (Art. 17).
+    ERASED = "erased"
 
 
 class Forbidden(PermissionError):
@@ -184,10 +202,14 @@ class Hub:
 
     # -- double opt-in -------------------------------------------------------------------------
 
-    def send_confirmation(self, pending: PendingMail, kind: str = "double_opt_in") -> bool:
-        """Mails a confirmation link: a double opt-in, a consent request or a renewal. False
-        (logged, never raised) if the mail could not go: a double opt-in stays open until it lapses;
-        the outreach (hub/outreach.py) takes back an unsent request or renewal."""
+    def send_confirmation(self, pending: PendingMail, kind: str = "double_opt_in") -> Mailed:
+        """Mails a confirmation link: a double opt-in, a consent request or a renewal.
+        ``Mailed.FAILED`` (logged, never raised) if the mail could not go: a double opt-in stays
+        open until it lapses; the outreach (hub/outreach.py) takes back an unsent request or
+        renewal. ``Mailed.ERASED``: not sent, the person was erased since it was decided on."""
+        if self._erased(pending.uid):
+            log.info("hub.mail_skipped", subject=pending.uid, kind=kind, reason="erased")
+            return Mailed.ERASED
         _ = translator(pending.language)
         purpose = self.ledger.purposes[pending.purpose]
         # The purpose and the channel in the person's words, as the page names them.
@@ -238,9 +260,15 @@ class Hub:
                         )
                         .values(lapsed_at=self.ledger.clock())
                     )
-            return False
+            return Mailed.FAILED
         log.info("hub.mail_sent", subject=pending.uid, kind=kind, purpose=pending.purpose)
-        return True
+        return Mailed.SENT
+
+    def _erased(self, uid: str) -> bool:
+        """Whether person ``uid`` was erased (or is gone): read right before a mail goes."""
+        with reading(self.ledger.engine) as conn:
+            row = conn.execute(select(subjects.c.erased_at).where(subjects.c.uid == uid)).first()
+        return row is None or row.erased_at is not None
 
     def receipt(self, uid: str, record_id: str, language: str | None = None) -> dict[str, Any]:
         """The consent receipt of one record of person ``uid`` in ``language``, one of
@@ -326,9 +354,18 @@ class Hub:
     def pending_confirmation(self, token: str) -> dict[str, Any]:
         """What a confirmation link asks the person to confirm (raises ``LinkRefused``)."""
         row = self._confirmation(token)
+        with reading(self.ledger.engine) as conn:
+            # Whether "No, I did not ask for this" would refuse (a sign-up waiting) or only void
+            # the link (a consent in force stays: ``decline``): the page says which.
+            waiting = (
+                row.kind != "double_opt_in"
+                or row.confirmed_at is not None
+                or _waiting(self.ledger, conn, row)
+            )
         return {
             "kind": row.kind,
             "declinable": row.kind in DECLINABLE,
+            "waiting": waiting,
             "purpose": row.purpose,
             "channel": row.channel,
             # The notice the grant will name: the page shows it, so that what is recorded as
@@ -342,11 +379,13 @@ class Hub:
             row = conn.execute(
                 select(confirmations).where(
                     confirmations.c.token_hash == token_digest(token),
-                    confirmations.c.kind.in_(CONSENT_CONFIRMATIONS),
+                    confirmations.c.kind.in_((*CONSENT_CONFIRMATIONS, DISOWNED_KIND)),
                 )
             ).one_or_none()
             if row is None:
                 raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+            if row.kind == DISOWNED_KIND:
+                raise LinkRefused(DISOWNED_LINK)
             _refuse_if_void(conn, row)
         if row.confirmed_at is None and (row.lapsed_at is not None or row.expires_at <= self.ledger.clock()):
             raise LinkRefused(EXPIRED_LINK)
@@ -401,7 +440,14 @@ class Hub:
     def decline(self, token: str, language: str = "en") -> dict[str, Any]:
         """The person followed the link and said no ("it was not me", "no, thank you"): a
         refusal of the purpose and channel, which voids the link (``_refuse_if_void``). A link
-        already confirmed records nothing (the preference page withdraws)."""
+        already confirmed records nothing (the preference page withdraws).
+
+        "No, I did not ask for this" on a double opt-in says the sign-up was not the person's,
+        not that they end what they gave: when nothing waits for confirmation (their consent
+        was in force when the form was sent, so the sign-up recorded nothing; or it is since),
+        the link is voided (``DISOWNED_KIND``) and nothing is recorded, ``"recorded": False``.
+        Else whoever types a subscriber's address into a form ends their subscription through
+        the person's own click on a mail that asked "did you ask for this?"."""
         row = self._confirmation(token)
         if row.kind not in DECLINABLE:
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
@@ -421,6 +467,23 @@ class Hub:
         )
         with self.ledger.engine.begin() as conn:
             _refuse_if_void(conn, row)  # a no or an erasure committed since it was read
+            # Read in the transaction that records: a consent confirmed meanwhile (the same mail
+            # opened twice) is not ended by the no that follows it.
+            if row.kind == "double_opt_in" and not _waiting(self.ledger, conn, row):
+                conn.execute(
+                    update(confirmations)
+                    .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
+                    .values(kind=DISOWNED_KIND)
+                )
+                uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == row.subject_id)).scalar_one()
+                log.info("hub.disowned", subject=uid, purpose=row.purpose, channel=row.channel)
+                return {
+                    "purpose": row.purpose,
+                    "channel": row.channel,
+                    "already": False,
+                    "recorded": False,
+                    "subject": uid,
+                }
             _stats, outcomes = self.ledger.record_in(
                 conn, [RecordRequest(Identity(subject_id=row.subject_id), evidence)]
             )
@@ -430,7 +493,13 @@ class Hub:
             email = self.ledger.email_of(uid)
             if email is not None:
                 self.mail_receipt(PendingReceipt(email, uid, evidence.fingerprint(), language))
-        return {"purpose": row.purpose, "channel": row.channel, "already": False, "subject": uid}
+        return {
+            "purpose": row.purpose,
+            "channel": row.channel,
+            "already": False,
+            "recorded": True,
+            "subject": uid,
+        }
 
     def lapse_unconfirmed(self) -> int:
         """Marks double opt-ins past their link's expiry as lapsed: the consent stays
@@ -782,7 +851,7 @@ def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: da
     or a withdrawal is a new request, and gets its own mail, within the daily cap)."""
     same = (
         confirmations.c.subject_id == subject_id,
-        confirmations.c.kind == "double_opt_in",
+        confirmations.c.kind.in_(("double_opt_in", DISOWNED_KIND)),
         confirmations.c.purpose == evidence.purpose,
         confirmations.c.channel == evidence.channel,
     )
@@ -803,6 +872,7 @@ def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: da
     rows = conn.execute(
         select(confirmations).where(
             *same,
+            confirmations.c.kind == "double_opt_in",  # a disowned link works no more
             confirmations.c.confirmed_at.is_(None),
             confirmations.c.lapsed_at.is_(None),
             confirmations.c.expires_at > now,
@@ -816,6 +886,14 @@ def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: da
             continue
         return True
     return False
+
+
+def _waiting(ledger: Ledger, conn: Connection, row: Any) -> bool:
+    """Whether the purpose and channel of confirmation ``row`` wait for the person's answer: the
+    state in force is "requested" (what a sign-up records), not a consent already given."""
+    # A purpose or channel no longer configured has no state: nothing waits (its page is refused).
+    state = ledger.effective_states_in(conn, [row.subject_id])[row.subject_id].get((row.purpose, row.channel))
+    return state is not None and state.status is ConsentStatus.REQUESTED
 
 
 def _void_at_birth(conn: Connection, token: str, now: datetime) -> bool:

@@ -7,6 +7,7 @@ language or text. ``{name}`` placeholders are filled with ``str.format``."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
@@ -49,24 +50,67 @@ def channel_labels(_: Translate) -> dict[str, str]:
     }
 
 
+# RFC 9110 §12.4.2: a weight is "0" to "1" with at most three decimals; anything else (q=nan,
+# q=inf, q=-1, q=1e0) is not a weight, and the range that carries it is ignored.
+_QVALUE = re.compile(r"^(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)$")
+
+
 def negotiate(accept_language: str | None, offered: Sequence[str], chosen: str | None = None) -> str:
-    """The language to answer in: an explicit choice if offered, else the best of the browser's
-    Accept-Language (by q-value) that is offered, else the first offered."""
+    """The language to answer in: an explicit choice if offered, else the offered language the
+    browser's Accept-Language weighs highest (RFC 9110 §12.5.4), else the first offered.
+
+    Each offered language takes the weight of the most specific range that matches it (its own
+    tag, then a range it extends or that extends it, then "*"); a weight of 0 says "not
+    acceptable" (§12.4.2), so such a language is never chosen while another is offered. Equal
+    weights go by the order the browser listed its ranges, then by the order offered."""
     if chosen in offered:
         return str(chosen)
-    ranked: list[tuple[float, int, str]] = []
-    for index, part in enumerate((accept_language or "").split(",")):
-        tag, _, params = part.strip().partition(";")
-        quality = 1.0
-        if params.strip().startswith("q="):
-            try:
-                quality = float(params.strip()[2:])
-            except ValueError:
-                quality = 0.0
-        if tag:
-            ranked.append((-quality, index, tag.strip().lower()))
-    for _quality, _index, tag in sorted(ranked):
-        for language in offered:
-            if tag == language or tag.split("-")[0] == language:
-                return language
+    ranges: list[tuple[str, float]] = []
+    for part in (accept_language or "").split(","):
+        tag, *params = (piece.strip() for piece in part.split(";"))
+        quality: float | None = 1.0
+        for param in params:
+            name, _sep, value = param.partition("=")
+            if name.strip().lower() == "q":
+                quality = float(value.strip()) if _QVALUE.match(value.strip()) else None
+        if tag and quality is not None:
+            ranges.append((tag.lower(), quality))
+    best: list[tuple[float, int, int, str]] = []
+    excluded: set[str] = set()
+    for place, language in enumerate(offered):
+        found = _weight(language.lower(), ranges)
+        if found is None:
+            continue
+        quality, index = found
+        if quality <= 0:
+            excluded.add(language)
+        else:
+            best.append((-quality, index, place, language))
+    if best:
+        return min(best)[3]
+    # Nothing the browser named is offered: the first offered it did not refuse.
+    for language in offered:
+        if language not in excluded:
+            return language
     return offered[0] if offered else DEFAULT
+
+
+def _weight(language: str, ranges: list[tuple[str, float]]) -> tuple[float, int] | None:
+    """The weight of the most specific range matching ``language``, with the range's position
+    (of ranges equally specific, "de-ch;q=0.2, de-at;q=0.8" for "de", the highest weight);
+    None when none matches."""
+    match: tuple[int, float, int] | None = None  # (specificity, weight, position)
+    for index, (tag, quality) in enumerate(ranges):
+        if tag == language:
+            specificity = 3
+        elif language.startswith(tag + "-"):  # "de" takes in "de-ch" (RFC 4647 §3.3.1)
+            specificity = 2
+        elif tag.startswith(language + "-"):  # "de-ch" falls back to "de" (RFC 4647 §3.4)
+            specificity = 1
+        elif tag == "*":
+            specificity = 0
+        else:
+            continue
+        if match is None or (specificity, quality) > match[:2]:
+            match = (specificity, quality, index)
+    return None if match is None else (match[1], match[2])

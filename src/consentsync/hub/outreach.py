@@ -19,7 +19,7 @@ import structlog
 from sqlalchemy import delete, insert, select
 
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
-from consentsync.hub.capture import Hub, PendingMail, token_digest
+from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
 from consentsync.ledger.identity import Identity
@@ -36,13 +36,16 @@ CHUNK = 500
 @dataclass(frozen=True, slots=True)
 class Outreach:
     """What a run did: mails sent, and how many failed; ``unmailable``: people left out because
-    the address the ledger holds for them is not one address (kept from an older version)."""
+    the address the ledger holds for them is not one address (kept from an older version);
+    ``erased``: people left out because they were erased while the run went on (its mails are
+    paced over minutes): not failures, nothing to retry."""
 
     kind: str
     sent: int
     failed: int
     candidates: int
     unmailable: int = 0
+    erased: int = 0
 
 
 def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
@@ -121,7 +124,7 @@ class Outreacher:
             wanted = wanted[:limit]
         if dry_run:
             return Outreach("request", 0, 0, len(wanted))
-        sent = failed = unmailable = 0
+        sent = failed = unmailable = erased = 0
         for subject_id, uid, email, channel in wanted:
             if not self._mailable(uid, email):
                 unmailable += 1
@@ -134,13 +137,16 @@ class Outreacher:
             with self.ledger.engine.begin() as conn:
                 self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
             self._pace(sent + failed)
-            ok = self.hub.send_confirmation(
+            mailed = self.hub.send_confirmation(
                 PendingMail(email, uid, purpose.key, channel, token), kind="request"
             )
-            sent, failed = sent + ok, failed + (not ok)
-            if not ok:
+            if mailed is not Mailed.SENT:
+                # Not asked: nothing is recorded (an erased person gets no "requested" either).
                 self._unsent(token)
+                failed += mailed is Mailed.FAILED
+                erased += mailed is Mailed.ERASED
                 continue
+            sent += 1
             evidence = Evidence.witnessed(
                 self.ledger.clock(),
                 purpose=purpose.key,
@@ -154,8 +160,15 @@ class Outreacher:
             )
             with self.ledger.engine.begin() as conn:
                 self.ledger.record_in(conn, [RecordRequest(Identity(subject_id=subject_id), evidence)])
-        log.info("hub.requests_sent", purpose=purpose.key, sent=sent, failed=failed, unmailable=unmailable)
-        return Outreach("request", sent, failed, len(wanted), unmailable)
+        log.info(
+            "hub.requests_sent",
+            purpose=purpose.key,
+            sent=sent,
+            failed=failed,
+            unmailable=unmailable,
+            erased=erased,
+        )
+        return Outreach("request", sent, failed, len(wanted), unmailable, erased)
 
     def renew(self, *, dry_run: bool = False) -> Outreach:
         """Mails a renewal link for every granted consent that expires within its purpose's
@@ -203,7 +216,7 @@ class Outreacher:
                 wanted.append((row.subject_id, uid, email, row.purpose, row.channel))
         if dry_run:
             return Outreach("renewal", 0, 0, len(wanted))
-        sent = failed = unmailable = 0
+        sent = failed = unmailable = erased = 0
         for subject_id, uid, email, purpose_key, channel in wanted:
             if not self._mailable(uid, email):
                 unmailable += 1
@@ -221,14 +234,16 @@ class Outreacher:
                     token,
                 )
             self._pace(sent + failed)
-            ok = self.hub.send_confirmation(
+            mailed = self.hub.send_confirmation(
                 PendingMail(email, uid, purpose_key, channel, token), kind="renewal"
             )
-            sent, failed = sent + ok, failed + (not ok)
-            if not ok:
+            sent += mailed is Mailed.SENT
+            failed += mailed is Mailed.FAILED
+            erased += mailed is Mailed.ERASED
+            if mailed is not Mailed.SENT:
                 self._unsent(token)  # due again at the next upkeep, not once the link lapsed
-        log.info("hub.renewals_sent", sent=sent, failed=failed, unmailable=unmailable)
-        return Outreach("renewal", sent, failed, len(wanted), unmailable)
+        log.info("hub.renewals_sent", sent=sent, failed=failed, unmailable=unmailable, erased=erased)
+        return Outreach("renewal", sent, failed, len(wanted), unmailable, erased)
 
     @staticmethod
     def _mailable(uid: str, email: str) -> bool:

@@ -105,9 +105,14 @@ def _objection_labels(_: Translate) -> dict[str, str]:
     }
 
 
-def _confirmation_texts(_: Translate, kind: str, values: dict[str, str]) -> dict[str, str]:
+def _confirmation_texts(
+    _: Translate, kind: str, values: dict[str, str], waiting: bool = True
+) -> dict[str, str]:
     """What a confirmation page asks, offers, says to whoever does not want it, and says once
-    confirmed: a double opt-in the person asked for, a consent we ask for, or a renewal."""
+    confirmed: a double opt-in the person asked for, a consent we ask for, or a renewal.
+    ``waiting``: False for a double opt-in of a purpose the person's consent is in force for,
+    where saying no only voids the link (``Hub.decline``): "we send you nothing" would be
+    untrue, and the person must not believe it ends what they receive."""
     if kind == "request":
         return {
             "ask": _("We would like to send you {purpose} ({channel}). Do you agree?", **values),
@@ -129,7 +134,13 @@ def _confirmation_texts(_: Translate, kind: str, values: dict[str, str]) -> dict
         "ask": _("You asked to receive {purpose} ({channel}). Please confirm that it was you.", **values),
         "button": _("Yes, I confirm"),
         "no": _("No, I did not ask for this"),
-        "decline": _("If it was not you, say so: we send you nothing, and this link stops working."),
+        "decline": _("If it was not you, say so: we send you nothing, and this link stops working.")
+        if waiting
+        else _(
+            "If it was not you, say so: this link stops working, and your choices about {purpose} "
+            "stay as they are (to end them, use the link to your privacy choices in our mails).",
+            **values,
+        ),
         "done": _("Thank you: you confirmed that you want to receive {purpose} ({channel}).", **values),
     }
 
@@ -751,7 +762,7 @@ def create_app(hub: Hub) -> FastAPI:
             {
                 "title": _("Please confirm") if not pending["confirmed_at"] else _("Confirmed"),
                 "confirmed": pending["confirmed_at"] is not None,
-                "texts": _confirmation_texts(_, pending["kind"], values),
+                "texts": _confirmation_texts(_, pending["kind"], values, pending["waiting"]),
                 "notice": _shown_notice(hub, pending["purpose"], pending["notice_version"], lang),
                 "action": path_of(request, "confirm", token=token),
                 "decline": path_of(request, "decline", token=token) if pending["declinable"] else None,
@@ -760,15 +771,19 @@ def create_app(hub: Hub) -> FastAPI:
 
     @app.post("/confirm/{token}/decline", name="decline")
     def decline(request: Request, token: str, lang: Annotated[str, Form(max_length=16)] = "") -> Response:
-        """ "No, I did not ask for this": a refusal; the link is void from then on."""
+        """ "No, I did not ask for this": a refusal of what waits for confirmation; of a sign-up
+        made while the person's consent was in force, nothing recorded (``Hub.decline``). The
+        link is void from then on either way."""
         pending = consent_confirmation(token)
         lang = language(request, lang)
         if pending["confirmed_at"] is not None:  # confirmed already: the page says so
             return RedirectResponse(path_of(request, "confirm", {"lang": lang}, token=token), 303)
-        hub.decline(token, lang)
+        done = hub.decline(token, lang)
         # The page that says so has no token: the link is void, and a reload must not ask again.
-        item = f"{pending['purpose']}:{pending['channel']}"
-        return RedirectResponse(path_of(request, "declined", {"lang": lang, "item": item}), status_code=303)
+        query = {"lang": lang, "item": f"{pending['purpose']}:{pending['channel']}"}
+        if done.get("recorded") is False:  # a sign-up disowned: the consent in force stands
+            query["kept"] = "1"
+        return RedirectResponse(path_of(request, "declined", query), status_code=303)
 
     @app.get("/declined", name="declined", response_class=HTMLResponse)
     def declined(request: Request) -> Response:
@@ -779,6 +794,29 @@ def create_app(hub: Hub) -> FastAPI:
         if known is None or channel not in known.channels:  # only a configured purpose is named
             return problem(request, 404, "There is no page at this address.")
         values = {"purpose": _(known.name), "channel": channel_labels(_).get(channel, channel)}
+        if request.query_params.get("kept") == "1":
+            # The sign-up was disowned and nothing was recorded: the person's choice stands, and
+            # ending it is another act, on the page their mails link to. (Anyone may open this
+            # address: it says nothing about whether a consent is on record.)
+            return render(
+                request,
+                "declined.html",
+                lang,
+                {
+                    "title": _("Thank you for telling us"),
+                    "message": _(
+                        "Done: the link in our mail no longer works, and this sign-up changed "
+                        "nothing. Your choices about {purpose} ({channel}) stay as they were.",
+                        **values,
+                    ),
+                    "kept": _(
+                        "If you want to stop receiving {purpose}, open the link to your privacy "
+                        "choices at the end of any of our mails (also the one you came from) and "
+                        "withdraw there.",
+                        **values,
+                    ),
+                },
+            )
         return render(
             request,
             "declined.html",
