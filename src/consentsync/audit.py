@@ -191,6 +191,8 @@ def in_pages(conn: Connection, query: Select[Any], key: Any, batch: int) -> Iter
 def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
     """Recomputes the chain from the genesis; names the first entry that does not verify."""
     head = conn.execute(select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == 1)).one()
+    # The person the details are about (``erase_details`` blanks them by this column).
+    details_subject = subjects.alias("details_subject")
     expected_prev, expected_seq, checked = GENESIS_HASH, 1, 0
     last_seq = 0
     query = select(
@@ -201,10 +203,11 @@ def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
         audit_details.c.content,
         audit_entries.c.subject_id,
         subjects.c.uid.label("linked_uid"),
+        details_subject.c.erased_at.label("details_erased_at"),
     ).select_from(
-        audit_entries.outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq).outerjoin(
-            subjects, subjects.c.id == audit_entries.c.subject_id
-        )
+        audit_entries.outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
+        .outerjoin(subjects, subjects.c.id == audit_entries.c.subject_id)
+        .outerjoin(details_subject, details_subject.c.id == audit_details.c.subject_id)
     )
     for row in in_pages(conn, query, audit_entries.c.seq, batch):
         problem = _check_entry(row, expected_seq, expected_prev)
@@ -246,6 +249,16 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
         # else, it would hide the entry from its person's trail.
         return "subject_id names another person than the entry: the entry was re-pointed"
     digest = payload.get("details_sha256")
+    if row.content is None and digest is not None and row.details_erased_at is None:
+        # Details are only ever blanked by an erasure (``erase_details``, in the transaction
+        # that marks the person erased), and only for that person's entries. Blanked for a
+        # person who is not erased, or for none (an account's change, an erasure's own reason),
+        # they were removed outside consentsync: the application's role may update the column,
+        # and an objection's reason or a restriction's grounds would vanish unflagged.
+        return (
+            "details are gone but the person they are about was not erased: the details were "
+            "removed outside an erasure"
+        )
     if row.content is not None:
         details = read_details(row.content)
         # Text that is no JSON object was written outside consentsync (the application's role

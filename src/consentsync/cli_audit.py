@@ -135,6 +135,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
     from consentsync import audit
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
+    from consentsync.ledger.engine import is_postgres, reading
 
     key = None
     if checkpoints is not None:
@@ -143,7 +144,16 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
     elif public_key is not None:
         raise CheckpointError("--public-key goes with --checkpoints DIR")
     ledger = open_ledger(config)
-    with ledger.engine.connect() as conn:
+    # One snapshot, read as a reader: a write transaction (what ``engine.connect()`` begins) held
+    # the ledger's writer lock for the whole pass over the chain, the events and the checkpoints,
+    # minutes on a large ledger, so every sync, objection and capture of the preference centre
+    # waited behind a scheduled `audit verify` and failed once its lock wait ran out. SQLite
+    # reads a snapshot in a deferred transaction; PostgreSQL needs REPEATABLE READ for one, else
+    # entries appended during the pass would read as a chain running past its head, and events
+    # recorded between the two checks as events without their entries.
+    with reading(ledger.engine) as conn:
+        if is_postgres(ledger.engine):
+            conn.execution_options(isolation_level="REPEATABLE READ")
         chain = audit.verify(conn)
         events = audit.agreement(conn)
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None

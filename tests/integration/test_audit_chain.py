@@ -161,8 +161,16 @@ def test_edited_details_are_caught_and_erased_details_are_not(ledger: Ledger) ->
     result = _verify(ledger)
     assert (result.ok, result.broken_seq) == (False, seq)
     assert "details" in (result.problem or "")
+    # Blanking the details is what erasure does, and only erasure: blanked for a person who is
+    # not erased, they were removed outside consentsync (the reason of a decision on an
+    # objection gone unflagged), and the entry is named.
     with ledger.engine.begin() as conn:
         conn.execute(audit_details.update().values(content=None))
+    result = _verify(ledger)
+    assert (result.ok, result.broken_seq) == (False, seq)
+    assert "not erased" in (result.problem or "")
+    # Erased, the person's details are gone as they should be, and the chain verifies.
+    ledger.erase("p@example.com", reason="Art. 17")
     assert _verify(ledger).ok
 
 

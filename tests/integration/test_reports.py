@@ -10,6 +10,7 @@ restriction puts the person back.
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, Evidence
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
+from consentsync.sync.plan import mask_email
 from consentsync.web.server import build
 from tests.conftest import Cli, Clock
 from tests.integration.helpers import consent_value
@@ -90,15 +92,23 @@ def test_the_console_lists_the_same_people(cli: Cli, config_path: Path, ledger: 
         == 200
     )
     found = client.get("/api/requested").json()
-    assert [item["email"] for item in found["items"]] == ["plain@example.com"]
+    # Named by a masked address, as in the objection queue: the list is a list of people for
+    # every viewer and its read is not audited; the person's page (by uid) has the address.
+    plain = ledger.subject_uids_for_email("plain@example.com")
+    assert [(item["email"], item["subject"]) for item in found["items"]] == [
+        (mask_email("plain@example.com"), *plain)
+    ]
+    assert "plain@example.com" not in json.dumps(found)
     assert found["total"] == 1
     assert client.get("/api/requested", params={"older_than": 365}).json()["total"] == 0
     for bad in ("-1", "100000", "10000000000000000000000", "x"):
         assert client.get("/api/requested", params={"older_than": bad}).status_code == 422
     # The console's page shows the same list.
     page = client.get("/requested")
-    assert page.status_code == 200 and "plain@example.com" in page.text
-    assert "restricted@example.com" not in page.text and "erased@example.com" not in page.text
+    assert page.status_code == 200 and mask_email("plain@example.com") in page.text
+    assert f'href="/subjects/{plain[0]}"' in page.text and "plain@example.com" not in page.text
+    for other in ("restricted@example.com", "erased@example.com"):
+        assert other not in page.text and mask_email(other) not in page.text
     assert client.get("/requested", params={"older_than": "100000"}).status_code == 422
 
 

@@ -5,19 +5,30 @@ take. Nothing here writes."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Connection, Engine, and_, case, cast, func, or_, select, type_coerce
+from sqlalchemy import JSON, Connection, Engine, and_, case, cast, func, or_, select, tuple_, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
-from consentsync.domain import as_utc
-from consentsync.ledger.engine import reading
-from consentsync.ledger.schema import audit_entries, quarantine, sync_runs
+from consentsync.domain import ConsentStatus, as_utc, iso
+from consentsync.ledger.engine import is_postgres, reading
+from consentsync.ledger.schema import (
+    STATE_IS_REQUESTED,
+    audit_entries,
+    consent_states,
+    quarantine,
+    subject_identifiers,
+    subjects,
+    sync_runs,
+)
 from consentsync.sync.quarantine import view as quarantine_view
 
 # The run list's own filters and row view, shared with `runs list`: one meaning of each filter.
 from consentsync.sync.runs import run_filters, run_view
+
+if TYPE_CHECKING:
+    from consentsync.ledger.service import Ledger
 
 
 def runs_page(
@@ -224,9 +235,117 @@ __all__ = [
     "audit_choices",
     "open_quarantine_ids",
     "quarantine_page",
+    "requested_page",
     "reread_in_run",
     "runs_page",
 ]
+
+
+# -- people to chase -------------------------------------------------------------------------------
+
+# How many requested consents are checked against the policy at a time.
+REQUESTED_BATCH = 500
+
+
+def requested_page(
+    ledger: Ledger, older_than_days: int, *, offset: int, limit: int, batch: int | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """(one page of the consents requested more than ``older_than_days`` ago and still
+    unanswered, how many there are): the people ``Ledger.stale_requests`` names, in its order
+    (oldest request first), each by uid alone, with no address.
+
+    ``stale_requests`` reads every such request with each person's address, flags, objections
+    and evidence at once, for the console to show 25 of them. Here the requests are walked
+    ``batch`` at a time in the order of their index, each batch decided by the policy as the
+    report decides it (``Ledger.effective_states_in``: a restriction, an erasure suppression or
+    an objection keeps a person off the list however old the request), so that only the page's
+    rows are kept; whether a request is chased is the policy's to say, not a copy of it in SQL,
+    so the count needs every candidate decided. No address is read: the caller names each person
+    as it may show them."""
+    from consentsync.ledger.service import CHASEABLE_RULES
+
+    try:
+        cutoff = ledger.clock() - timedelta(days=older_than_days)
+    except OverflowError:
+        return [], 0  # further back than the calendar goes: nothing is that old
+    # Only the configured purposes and their channels are asked for (a request for one no
+    # longer configured is not chased); the policy decides the rest.
+    configured = [
+        and_(consent_states.c.purpose == key, consent_states.c.channel.in_(sorted(purpose.channels)))
+        for key, purpose in ledger.purposes.items()
+        if purpose.channels
+    ]
+    if not configured:
+        return [], 0
+    order = (
+        consent_states.c.since,
+        consent_states.c.subject_id,
+        consent_states.c.purpose,
+        consent_states.c.channel,
+    )
+    query = (
+        select(*order, subjects.c.uid)
+        .join(subjects, subjects.c.id == consent_states.c.subject_id)
+        .where(
+            STATE_IS_REQUESTED,
+            consent_states.c.since <= cutoff,
+            subjects.c.erased_at.is_(None),
+            subjects.c.restricted.is_(False),
+            or_(*configured),
+        )
+        .order_by(*order)
+        .limit(batch or REQUESTED_BATCH)
+    )
+    items: list[dict[str, Any]] = []
+    total = 0
+    with reading(ledger.engine) as conn:
+        if is_postgres(ledger.engine):
+            # One snapshot for the whole walk: a request answered between two batches must
+            # neither be counted twice nor leave the count and the page disagreeing.
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        last: tuple[Any, ...] | None = None
+        while True:
+            step = query if last is None else query.where(tuple_(*order) > tuple_(*last))
+            rows = conn.execute(step).all()
+            if not rows:
+                break
+            last = tuple(rows[-1][:4])
+            states = ledger.effective_states_in(conn, sorted({row.subject_id for row in rows}))
+            for row in rows:
+                state = states.get(row.subject_id, {}).get((row.purpose, row.channel))
+                if state is None or state.status is not ConsentStatus.REQUESTED:
+                    continue
+                if state.rule not in CHASEABLE_RULES:
+                    continue
+                if offset <= total < offset + limit:
+                    items.append(
+                        {
+                            "subject": row.uid,
+                            "subject_id": row.subject_id,
+                            "purpose": row.purpose,
+                            "channel": row.channel,
+                            "requested_since": iso(row.since),
+                        }
+                    )
+                total += 1
+    return items, total
+
+
+def emails_of(engine: Engine, subject_ids: list[int]) -> dict[int, str]:
+    """Each person's address (one, if an older version left several), for the few rows a page
+    shows."""
+    if not subject_ids:
+        return {}
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(subject_identifiers.c.subject_id, func.min(subject_identifiers.c.value))
+            .where(
+                subject_identifiers.c.kind == "email",
+                subject_identifiers.c.subject_id.in_(sorted(set(subject_ids))),
+            )
+            .group_by(subject_identifiers.c.subject_id)
+        ).all()
+    return {subject_id: value for subject_id, value in rows}
 
 
 # -- the outbox --------------------------------------------------------------------------------------

@@ -276,7 +276,12 @@ def subject_export(
     )
 
 
-@router.get("/requested", summary="Consents requested and unanswered: the people who may be chased")
+@router.get(
+    "/requested",
+    summary="Consents requested and unanswered: the people who may be chased; each by a masked address",
+    description="`email` is masked (`jo***@ex***.com`): the list reads nobody's record. "
+    "`GET /api/subjects/{uid}` has the address, and that read is audited.",
+)
 def requested(
     request: Request,
     _account: Viewer,

@@ -23,9 +23,11 @@ from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_ema
 from consentsync.ledger.console_queries import (
     OUTBOX_STATES,
     audit_choices,
+    emails_of,
     open_quarantine_ids,
     outbox_page,
     quarantine_page,
+    requested_page,
     reread_in_run,
     runs_page,
 )
@@ -477,15 +479,24 @@ class Console:
         self, *, older_than_days: int | None = None, page: int = 1, per_page: int = PER_PAGE
     ) -> Page:
         """Consents requested and still unanswered (``ledger requested``): never an erased or
-        restricted person, nor one a subject-wide rule keeps from being contacted."""
+        restricted person, nor one a subject-wide rule keeps from being contacted.
+
+        Each person is named by a masked address, as in the objection queue: the list is a list
+        of people for every viewer, 200 a page through the API, and reading it is not audited.
+        With full addresses any viewer could copy out everyone who was asked for consent and did
+        not answer, and no entry would say so; the person's page (linked by uid) shows the
+        address, and audits that read. One page is read, not every request with its context."""
         days = (
             self.config.settings.policy.requested_stale_after_days
             if older_than_days is None
             else older_than_days
         )
-        rows = self.ledger.stale_requests(days)
-        start = _offset(page, per_page)
-        return Page(rows[start : start + per_page], page, per_page, len(rows))
+        items, total = requested_page(self.ledger, days, offset=_offset(page, per_page), limit=per_page)
+        emails = emails_of(self.engine, [item["subject_id"] for item in items])
+        for item in items:
+            email = emails.get(item.pop("subject_id"))
+            item["email"] = mask_email(email) if email else None
+        return Page(items, page, per_page, total)
 
     # -- objections ----------------------------------------------------------------------------
 
