@@ -131,11 +131,21 @@ def reset(
 
 def _feed_at(conn: Any, to: datetime | None) -> str | None:
     """The ledger feed's place just before ``to``: every state change recorded at or after it is
-    examined again (None: from the first)."""
+    examined again (None: from the first).
+
+    The place is found from the first change stamped at or after ``to``, not from the last one
+    stamped before it: ids follow the order of the inserts, stamps the clock of whoever recorded
+    them, and the two disagree after a clock step back or between writers on hosts whose clocks
+    differ. The last id stamped before ``to`` can then lie above changes stamped after it, which
+    a place there would never examine again. Placed before the first, the changes between that
+    are stamped earlier are examined once more, which is harmless (pushes are idempotent)."""
     if to is None:
         return None
-    last = conn.execute(select(func.max(state_changes.c.id)).where(state_changes.c.created_at < to)).scalar()
-    return FeedPlace(int(last or 0)).to_json()
+    since = select(func.min(state_changes.c.id)).where(state_changes.c.created_at >= to)
+    first = conn.execute(since).scalar()
+    if first is None:  # nothing recorded since: the next run examines what is recorded from now on
+        first = (conn.execute(select(func.max(state_changes.c.id))).scalar() or 0) + 1
+    return FeedPlace(int(first) - 1).to_json()
 
 
 def check_object(known: set[str], object_type: str, connector: str) -> None:

@@ -10,7 +10,12 @@ the first run goes on reading and pushing on other connections. The lease closes
 * every page commit and every push batch checks the token *in the same transaction* as the work
   (:meth:`Lease.check`), so a run that lost ownership can commit nothing more and sends nothing
   more: it stops, saying why;
-* a run found dead when its lease is taken over is recorded as ``crashed``, never left "running".
+* a run found dead when its lease is taken over is recorded as ``crashed``, never left "running";
+* a CRM call is begun only by a run that knows it still owns the connector (:func:`call_fence`):
+  a process paused past its lease (a VM frozen, SIGSTOP, a laptop asleep) while its pushes were
+  marked sent would otherwise wake and send them, stale, after the new owner pushed a later
+  choice of the same person; the CRM would hold the old value and the next read take it for the
+  person's.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 
 import structlog
@@ -32,7 +39,15 @@ from consentsync.sync.locks import RunInProgress
 
 log = structlog.get_logger("consentsync.sync")
 
-__all__ = ["Lease", "LeaseLost", "RunInProgress", "crashed_recorded", "on_crashed", "this_process"]
+__all__ = [
+    "Lease",
+    "LeaseLost",
+    "RunInProgress",
+    "call_fence",
+    "crashed_recorded",
+    "on_crashed",
+    "this_process",
+]
 
 
 class LeaseLost(RuntimeError):
@@ -91,6 +106,30 @@ def crashed_recorded(runs: Iterable[tuple[str, str]]) -> None:
             listener(connector, run_id)
 
 
+def _elapsed() -> float:
+    """Seconds on a clock that no wall-clock step moves and that, on Linux, keeps counting while
+    the machine sleeps (a suspended host is a paused run too)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()
+
+
+# The lease the run of this context holds: its CRM calls, made in threads it starts, are fenced
+# by it (``call_fence`` is read where a call's thread is made, in the run's context).
+_HELD: ContextVar[Lease | None] = ContextVar("consentsync_lease", default=None)
+
+
+def call_fence() -> Callable[[], None]:
+    """What to call before each CRM call a run makes, captured in the run's own thread (a thread
+    it starts does not inherit its context): ``Lease.fence`` of the lease the run holds, or
+    nothing when it holds none (a dry run, a tool)."""
+    lease = _HELD.get()
+    return lease.fence if lease is not None else _no_fence
+
+
+def _no_fence() -> None:
+    return None
+
+
 class Lease:
     def __init__(
         self,
@@ -111,6 +150,8 @@ class Lease:
         self.lost = threading.Event()
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        # When this run last saw its token current (``_elapsed``): a commit's check, a heartbeat.
+        self._confirmed = 0.0
 
     # -- taking and giving back ----------------------------------------------------------------
 
@@ -153,11 +194,15 @@ class Lease:
                     raise RunInProgress(f"another process took connector {self.connector!r} just now")
                 self.token = token
                 crashed = self._record_crashed(conn, row.run_id, "dead" if dead else "expired", now)
+        self._confirmed = _elapsed()
+        _HELD.set(self)
         if crashed:
             crashed_recorded([(self.connector, crashed)])  # committed: counted in the metrics
         return self.token
 
     def release(self) -> None:
+        if _HELD.get() is self:
+            _HELD.set(None)
         self._stop_heartbeat.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
@@ -183,6 +228,7 @@ class Lease:
         ``LeaseLost`` (the caller's transaction then rolls back whole)."""
         if self.token is None:
             return
+        checked_at = _elapsed()
         renewed = conn.execute(
             update(connector_leases)
             .where(connector_leases.c.connector == self.connector, connector_leases.c.token == self.token)
@@ -194,6 +240,27 @@ class Lease:
                 f"connector {self.connector!r} was taken over by another run (lease token {self.token} "
                 "is no longer current): this run stopped without committing or pushing more"
             )
+        self._confirmed = max(self._confirmed, checked_at)
+
+    def fence(self) -> None:
+        """Before a CRM call (in the call's thread): ``LeaseLost`` unless this run still owns its
+        connector. Seen current lately (a commit's check, the heartbeat: within a third of the
+        lease's time to live, plus slack), nothing is asked; otherwise the process was paused,
+        or the ledger could not be reached, for long enough that another run may have taken the
+        connector over, and the lease is checked (and renewed) in a transaction of its own
+        before anything is sent. A ledger that cannot answer raises its error: a call that
+        cannot be fenced is not made."""
+        if self.token is None:
+            return
+        if self.lost.is_set():
+            raise LeaseLost(
+                f"connector {self.connector!r} was taken over by another run (lease token {self.token} "
+                "is no longer current): this run stopped without committing or pushing more"
+            )
+        if _elapsed() - self._confirmed < self.ttl.total_seconds() / 2:
+            return
+        with beside_writers(self.engine) as conn:
+            self.check(conn)
 
     def start_heartbeat(self, on_lost: Callable[[], None]) -> None:
         """Renews the lease every third of its time to live while the run waits on the CRM; on
@@ -230,6 +297,7 @@ class Lease:
         back keeps another connection's BEGIN IMMEDIATE waiting, since the lock is not handed
         over in turn: a heartbeat that always wrote timed out there (``lease.renewal_failed``,
         twice in a 1M-contact sync) while the run itself was renewing the lease every page."""
+        read_at = _elapsed()
         with reading(self.engine) as conn:
             row = conn.execute(
                 select(connector_leases.c.token, connector_leases.c.expires_at).where(
@@ -238,7 +306,10 @@ class Lease:
             ).first()
         if row is None or int(row.token) != self.token:
             return False  # ``check`` says what happened, in a transaction of its own
-        return as_utc(row.expires_at) - self.clock() > self.ttl * 2 / 3
+        if as_utc(row.expires_at) - self.clock() > self.ttl * 2 / 3:
+            self._confirmed = max(self._confirmed, read_at)
+            return True
+        return False
 
     # -- helpers -------------------------------------------------------------------------------
 

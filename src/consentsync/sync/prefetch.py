@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+from consentsync.sync.lease import call_fence
+
 T = TypeVar("T")
 
 _END = object()
@@ -59,6 +61,10 @@ class Prefetch(Generic[T]):
         self._asked_to_stop = stop or threading.Event()  # the run's stop: no new item is begun
         self._finished = False
         self._error: BaseException | None = None  # met by ready(), raised at the next item
+        # Each item is a CRM call: made only while the run still owns its connector (its lease,
+        # taken from the context of the thread that builds this one). A lost lease is raised to
+        # the consumer as the source's error would be.
+        self._fence = call_fence()
         self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
         self._thread.start()
 
@@ -71,6 +77,7 @@ class Prefetch(Generic[T]):
     def _produce(self) -> None:
         try:
             while self._may_begin():
+                self._fence()
                 try:
                     item = next(self._source)
                 except StopIteration:
