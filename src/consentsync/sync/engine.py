@@ -11,6 +11,7 @@ nor past the moment the run started (less a lag for CRMs that stamp whole second
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
@@ -94,6 +95,13 @@ from consentsync.sync.writer import RunWriter
 log = structlog.get_logger("consentsync.sync")
 LEDGER_FEED = "~ledger"  # the sync_cursors row that holds this connector's place in the change feed
 DELETIONS = "#deleted"  # suffix of the sync_cursors row of an object's deletion listing
+# Kept in an object's stored cursor (its JSON, beside the position): what the read that stored it
+# asked for and how it understood the answers (``reading_digest``), and whether that read was
+# still going through every record again after a change of those (see ``SyncEngine._reads``).
+READS_KEY = "reads"
+REREADING_KEY = "rereading"
+# The run id of a cursor an admin placed (consentsync state reset): a position chosen by hand.
+_RESET_RUN_PREFIX = "state-reset"
 T = TypeVar("T")
 
 
@@ -298,6 +306,9 @@ class _Read:
     deletions: bool
     position: Cursor = field(init=False)
     kept: bool = False  # whether the connector's completed cursor (a new delta token) is stored
+    # The mapping changed since the stored cursor (or is not known): every record read is taken
+    # whole, never skipped as "read as last seen", and its person's pushes are decided again.
+    rethink: bool = False
     expected_records: int | None = None  # how many records the read will yield, where the CRM says
 
     def __post_init__(self) -> None:
@@ -332,6 +343,13 @@ class SyncEngine:
         self.connector = connector
         self.mappings = list(mappings)
         self.by_object = {m.object: m for m in self.mappings}
+        # Each object's reading, kept with its cursor: a change means reading it all again.
+        # A connector that starts reading more for a mapping (a field it adds by itself, such as
+        # HubSpot's opt-out of all email) says so by its ``reading_version``: the same change.
+        reading = getattr(connector, "reading_version", None)
+        connector_reading = None if reading is None else str(reading)
+        self._read_digests = {m.object: reading_digest(m, connector_reading) for m in self.mappings}
+        self._rereading: set[str] = set()  # the reads of this run going through everything again
         self.options = options or SyncOptions()
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
@@ -509,7 +527,7 @@ class SyncEngine:
         transaction holds the ledger's writer lock, and the other runs must not wait on this
         CRM's answers (a first read of a large CRM takes minutes)."""
         with reading(self.ledger.engine) as conn:
-            reads = self._reads(conn, full=full, dry_run=True)
+            reads = self._reads(conn, report, full=full, dry_run=True)
         number = {id(read): index for index, read in enumerate(reads)}
         with PageSpool() as spool:
             pages = iter(self._pages_of(reads, until, self.connector))
@@ -579,23 +597,80 @@ class SyncEngine:
 
     # -- pull ----------------------------------------------------------------------------------
 
-    def _reads(self, conn: Connection, *, full: bool, dry_run: bool) -> list[_Read]:
+    def _reads(self, conn: Connection, report: RunReport, *, full: bool, dry_run: bool) -> list[_Read]:
         """Every mapped object's read (and, where the connector lists them, its deletions', on a
         cursor of their own), each from its stored cursor."""
         reads: list[_Read] = []
+        self._rereading = set()
         for mapping in self.mappings:
             keys = [mapping.object]
             if self.connector.reads_deletions and not dry_run:
                 keys.append(mapping.object + DELETIONS)
             for key in keys:
-                stored = Cursor() if full else self._load_cursor(conn, key)
+                stored, rethink, again = self._load_read(conn, key)
+                if again is not None:
+                    # The stored position says which records changed since the last read, under
+                    # the mapping of that read: a record the new mapping reads differently (a
+                    # field added, a rule changed) but nobody edited since lies behind it, and
+                    # its no would never be read. The object is read from its first record; what
+                    # was seen before is recognised by its snapshot.
+                    said = f"mapping for {mapping.object} {again}: reading every record again"
+                    report.note = f"{report.note}; {said}" if report.note else said
+                    log.warning("sync.mapping_changed", object=mapping.object, reason=again)
+                    stored = Cursor()
+                if rethink:
+                    self._rereading.add(key)
+                use_full = full or again is not None
+                if full:
+                    stored = Cursor()
                 # An incremental read starts the look-back window behind the stored position:
                 # a change stamped before it may have become visible only since. What was
                 # already seen there is recognised by its snapshot and costs an API call,
                 # never a second piece of evidence.
-                since = stored if full else self.connector.resume_from(stored, self._lookback())
-                reads.append(_Read(mapping, key, stored, since, key.endswith(DELETIONS)))
+                since = stored if use_full else self.connector.resume_from(stored, self._lookback())
+                read = _Read(mapping, key, stored, since, key.endswith(DELETIONS))
+                read.rethink = rethink
+                reads.append(read)
         return reads
+
+    def _load_read(self, conn: Connection, key: str) -> tuple[Cursor, bool, str | None]:
+        """The stored cursor of read ``key``; whether its records are to be taken whole (the
+        mapping changed since some of them were last seen, or is not known); and why the read
+        starts again from the first record (None: it resumes from the cursor)."""
+        wanted = self._read_digests.get(key)
+        row = conn.execute(
+            select(sync_cursors.c.cursor, sync_cursors.c.run_id).where(
+                sync_cursors.c.connector == self.name, sync_cursors.c.object_type == key
+            )
+        ).first()
+        if wanted is None:  # a deletion listing: what it lists does not depend on the mapping
+            return (Cursor.from_json(orjson.loads(row.cursor)) if row else Cursor()), False, None
+        if row is None:
+            # A first read, or a cursor an admin removed (state reset) after records were seen:
+            # under which mapping is not known, so none is skipped as read as last seen.
+            return Cursor(), self._object_seen(conn, key), None
+        data = orjson.loads(row.cursor)
+        cursor = Cursor.from_json(data)
+        held = data.get(READS_KEY) if isinstance(data, dict) else None
+        if held == wanted:
+            # The same mapping; a re-read under it that a crash or a stop cut short goes on.
+            return cursor, bool(data.get(REREADING_KEY)), None
+        if held is None and str(row.run_id or "").startswith(_RESET_RUN_PREFIX):
+            # A position an admin chose by hand: the read goes from there, taking what it reads
+            # whole (the mapping before it is not known).
+            return cursor, True, None
+        if held is None:
+            return cursor, True, "is not recorded with the cursor (stored by an earlier version)"
+        return cursor, True, "changed"
+
+    def _object_seen(self, conn: Connection, object_type: str) -> bool:
+        """Whether the ledger holds records of ``object_type`` from this connector."""
+        found = conn.execute(
+            select(crm_links.c.id)
+            .where(crm_links.c.connector == self.name, crm_links.c.object_type == object_type)
+            .limit(1)
+        ).first()
+        return found is not None
 
     def _pull(
         self,
@@ -624,7 +699,7 @@ class SyncEngine:
                 take(*item)
             return
         with self._transaction() as conn:
-            reads = self._reads(conn, full=full, dry_run=dry_run)
+            reads = self._reads(conn, report, full=full, dry_run=dry_run)
         # A few batches ahead: a CRM page holds several of our batches, and the next CRM page
         # must be on its way while the last batches of this one are committed.
         readers = [self.connector.reader() for _ in reads[1:]]
@@ -722,6 +797,7 @@ class SyncEngine:
                 report,
                 dry_run=dry_run,
                 cursor=(read.key, candidate) if advance else None,
+                rethink=read.rethink,
             )
         if advance:
             read.position = candidate
@@ -733,6 +809,10 @@ class SyncEngine:
 
     def _end_read(self, read: _Read, final: Cursor | None, report: RunReport, *, until: datetime) -> None:
         position = read.position
+        # A read going through every record again under a changed mapping is done: its cursor is
+        # stored without the mark, whether or not it moved (an object with nothing to read).
+        again = read.key in self._rereading
+        self._rereading.discard(read.key)
         if final is not None and not read.kept:
             # The read ended after the last committed page (or yielded nothing): every record is
             # committed, so the new token is safe to keep.
@@ -745,6 +825,9 @@ class SyncEngine:
                 self._save_cursor(
                     conn, read.key, replace(position, read_until=until), report.run_id, self.ledger.clock()
                 )
+        elif again:
+            with self._transaction() as conn:
+                self._save_cursor(conn, read.key, position, report.run_id, self.ledger.clock())
         # The next read's first page is asked of the CRM: no write lock held meanwhile.
         self._commit_deferred()
         self.progress(report)
@@ -776,7 +859,9 @@ class SyncEngine:
             page = list(self.connector.read_records(object_type, mapping.pull_fields(), ids))
             with self._transaction() as conn:
                 if page:
-                    self._commit_page(conn, mapping, page, report, dry_run=False, cursor=None)
+                    # Taken whole: a value held back when the record was last read (a grant
+                    # dated in the future) is not skipped as read as last seen.
+                    self._commit_page(conn, mapping, page, report, dry_run=False, cursor=None, rethink=True)
                 conn.execute(
                     update(quarantine)
                     .where(one_of(conn, quarantine.c.id, [row.id for row in rows]))
@@ -794,7 +879,12 @@ class SyncEngine:
         *,
         dry_run: bool,
         cursor: tuple[str, Cursor] | None,
+        rethink: bool = False,
     ) -> None:
+        """Commits one page of records. With ``rethink`` (the mapping changed since the records
+        were last seen), none is skipped as read as last seen: its values may mean something else
+        now, or a field read now was not before, and what its CRM record should show is decided
+        again."""
         now = self.ledger.clock()
         counts = report.counts
         counts.read += len(page)
@@ -814,7 +904,8 @@ class SyncEngine:
         unchanged = {
             record.record_id
             for record in page
-            if _unchanged(mapping, record, held.get(record.record_id), digests[record.record_id])
+            if not rethink
+            and _unchanged(mapping, record, held.get(record.record_id), digests[record.record_id])
             and record.record_id not in echoes
         }
         if unchanged:
@@ -849,20 +940,7 @@ class SyncEngine:
                 evidence = mapping.evidence_from(
                     record.fields, connector=self.name, observed_at=now, record_id=record_id
                 )
-                for index, item in enumerate(evidence):
-                    try:
-                        self.ledger.validate(item, now=now)
-                    except InvalidInput as error:
-                        if item.status not in SAID_NO_STATUSES or item.event_time is None:
-                            raise
-                        # A no whose time cannot be a time anyone acted at (in the future, a
-                        # time zone set wrong; before 1970) is still a no: it counts from now, as
-                        # an unknown time does (docs/policy.md), and the time goes to ops. Held
-                        # back in quarantine, it would leave the person opted in everywhere.
-                        undated = replace(item, event_time=None)
-                        self.ledger.validate(undated, now=now)  # a label may still refuse it
-                        evidence[index] = undated
-                        to_correct.append(str(error))
+                evidence = self._recordable(evidence, now, to_correct)
             except InvalidInput as error:
                 problems.append(
                     self._quarantine_row(report, mapping.object, record.record_id, "pull", str(error), now)
@@ -946,6 +1024,7 @@ class SyncEngine:
             before = held.get(record.record_id)
             if (
                 fresh
+                or rethink
                 or stored is None
                 or canonical_json(stored[1]) != fields
                 # A new address: whether it is an erased one decides what the record may show.
@@ -1003,6 +1082,41 @@ class SyncEngine:
                 for o in outcomes
                 if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
             ]
+
+    def _recordable(self, evidence: list[Evidence], now: datetime, to_correct: list[str]) -> list[Evidence]:
+        """What of one record's evidence the ledger can record, the reasons for the rest added
+        to ``to_correct`` (the record is quarantined with them, for ops); InvalidInput when none
+        of it can be.
+
+        A no whose time cannot be a time anyone acted at (in the future, a CRM whose clock or
+        time zone is off; before 1970) is still a no: it counts from now, as an unknown time does
+        (docs/policy.md), and the time goes to ops. Held back in quarantine, it would leave the
+        person opted in everywhere. Any other value that cannot be recorded (a grant so dated
+        proves nothing) is held back alone: the record's other values are recorded all the same.
+        Held back with it, a no on another purpose of the record (that CRM's clock dates them
+        all) would be lost. The held-back value is read again when the record changes or ops
+        retry it (``_reread_quarantined``)."""
+        kept: list[Evidence] = []
+        refused: InvalidInput | None = None
+        for item in evidence:
+            try:
+                self.ledger.validate(item, now=now)
+            except InvalidInput as error:
+                if item.status not in SAID_NO_STATUSES or item.event_time is None:
+                    refused = refused or error
+                    to_correct.append(str(error))
+                    continue
+                undated = replace(item, event_time=None)
+                self.ledger.validate(undated, now=now)  # a label may still refuse it
+                kept.append(undated)
+                to_correct.append(str(error))
+            else:
+                kept.append(item)
+        if refused is not None and not kept:
+            # Nothing the record says can be recorded: it waits whole, as it always did.
+            to_correct.clear()
+            raise refused
+        return kept
 
     def _not_dated_again(
         self,
@@ -2421,23 +2535,23 @@ class SyncEngine:
             "created_at": now,
         }
 
-    def _load_cursor(self, conn: Connection, object_type: str) -> Cursor:
-        stored = conn.execute(
-            select(sync_cursors.c.cursor).where(
-                sync_cursors.c.connector == self.name, sync_cursors.c.object_type == object_type
-            )
-        ).scalar()
-        return Cursor.from_json(orjson.loads(stored)) if stored else Cursor()
-
     def _save_cursor(
         self, conn: Connection, object_type: str, cursor: Cursor, run_id: str, now: datetime
     ) -> None:
+        stored: dict[str, Any] = dict(cursor.to_json())
+        # The mapping the records up to this position were read under, and whether a read of them
+        # all under it is under way (``_reads``): a crash in it resumes it as such.
+        digest = self._read_digests.get(object_type)
+        if digest is not None:
+            stored[READS_KEY] = digest
+            if object_type in self._rereading:
+                stored[REREADING_KEY] = True
         upsert_rows(
             conn,
             sync_cursors,
             ("connector", "object_type", "cursor", "run_id", "updated_at"),
             ("connector", "object_type"),
-            [(self.name, object_type, canonical_json(cursor.to_json()), run_id, db_time(conn, now))],
+            [(self.name, object_type, canonical_json(stored), run_id, db_time(conn, now))],
         )
 
     def _identity_digests(self, conn: Connection, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
@@ -2632,6 +2746,25 @@ def _later(candidate: Cursor, position: Cursor) -> bool:
     """Whether ``candidate`` lies beyond ``position`` in (change time, id) order."""
     assert candidate.modstamp is not None and position.modstamp is not None
     return (candidate.modstamp, candidate.record_id or "") > (position.modstamp, position.record_id or "")
+
+
+def reading_digest(mapping: Mapping, connector_reading: str | None = None) -> str:
+    """A short hash of what a read of ``mapping``'s object asks the CRM for and how it
+    understands the answers (the fields read, the identity, every consent's purpose, channel,
+    translation tables and direction, and the connector's own ``reading_version`` where it has
+    one): whatever changes what a record means, or what its CRM record should show. Kept with the
+    object's cursor (``SyncEngine._save_cursor``); the erasure action's values
+    (``personal_fields``) change no record's meaning and are left out."""
+    # Defaults left out: a setting added to the mapping format later changes no digest stored
+    # before it (no mapping that leaves it unset means anything else).
+    spec = mapping.spec.model_dump(
+        mode="json", exclude={"personal_fields"}, exclude_defaults=True, warnings=False
+    )
+    what: dict[str, Any] = {"fields": mapping.pull_fields(), "spec": spec}
+    if connector_reading is not None:  # left out when unset: digests stored before stay equal
+        what["connector"] = connector_reading
+    text = canonical_json(what)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _consent_fields(mapping: Mapping, fields: Any) -> dict[str, Any]:
