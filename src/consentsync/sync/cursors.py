@@ -28,6 +28,7 @@ from consentsync.sync.engine import LEDGER_FEED
 from consentsync.sync.feed import FeedPlace
 from consentsync.sync.lease import Lease
 from consentsync.sync.locks import connector_lock
+from consentsync.sync.push_rules import PUSH_RULES
 
 LEDGER_FEED_LABEL = "(ledger feed)"
 RESET_RUN_PREFIX = "state-reset"
@@ -51,7 +52,10 @@ def _position(object_type: str, stored: str) -> dict[str, Any]:
 
 def show(engine: Engine, connector: str, object_type: str | None = None) -> list[dict[str, Any]]:
     """The stored cursors of ``connector`` (of one object when given), the ledger feed last."""
-    query = select(sync_cursors).where(sync_cursors.c.connector == connector)
+    query = select(sync_cursors).where(
+        sync_cursors.c.connector == connector,
+        sync_cursors.c.object_type != PUSH_RULES,  # a digest of rules, not a place to move
+    )
     if object_type is not None:
         query = query.where(sync_cursors.c.object_type == object_type)
     with engine.connect() as conn:

@@ -11,7 +11,8 @@ from sqlalchemy import Engine, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import InvalidInput, iso
-from consentsync.ledger.schema import outbox, subjects
+from consentsync.ledger.bulk import upsert_rows
+from consentsync.ledger.schema import outbox, subjects, sync_examine
 
 
 def list_rows(
@@ -47,10 +48,21 @@ def list_rows(
 
 
 def retry(engine: Engine, ids: list[int] | None, *, actor: str | None, now: datetime) -> int:
-    """Puts dead-lettered rows (the given ids, or all) back in the queue for the next run."""
+    """Puts dead-lettered rows (the given ids, or all) back in the queue for the next run, and
+    their people up for examination: a row dead-lettered weeks ago says what was decided then
+    (an opt-in, say), and a withdrawal since went out in a row of its own. Examined before the
+    next run pushes, a row the person's state of now no longer asks for is superseded, never
+    sent over the newer value."""
     with engine.begin() as conn:
         query = (
-            select(outbox.c.id, outbox.c.connector, outbox.c.object_type, outbox.c.record_id, subjects.c.uid)
+            select(
+                outbox.c.id,
+                outbox.c.connector,
+                outbox.c.object_type,
+                outbox.c.record_id,
+                outbox.c.subject_id,
+                subjects.c.uid,
+            )
             .join(subjects, subjects.c.id == outbox.c.subject_id)
             .where(outbox.c.status == "dead")
         )
@@ -66,6 +78,15 @@ def retry(engine: Engine, ids: list[int] | None, *, actor: str | None, now: date
             update(outbox)
             .where(outbox.c.id.in_([row.id for row in rows]))
             .values(status="pending", attempts=0, last_error=None)
+        )
+        examine = sorted({(row.connector, row.subject_id) for row in rows})
+        upsert_rows(
+            conn,
+            sync_examine,
+            ("connector", "subject_id"),
+            ("connector", "subject_id"),
+            examine,
+            update=False,
         )
         audit.append(
             conn,

@@ -1,0 +1,82 @@
+"""What a connector's push decisions depend on, and who is decided again when that changed.
+
+A push is decided when its person is examined, then waits in the outbox until a run may send it
+(a connector that observes, a run held by the push guard, a CRM that refused for now). It was
+decided under the connector's mode, erasure actions and mappings of that moment, and waited as
+it was: after an admin turned a field to ``direction: pull``, or switched ``observe`` to
+``suppress_only`` (which never clears an opt-out), the next run still wrote what the old rules
+had decided. So the rules' digest is kept beside the connector's cursors, and a run (or a plan)
+that finds it changed examines again every person with a push waiting: a push the new rules
+still make keeps its row, with its attempts; one they no longer make is superseded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Protocol
+
+import orjson
+from sqlalchemy import Connection, select
+
+from consentsync.domain import canonical_json
+from consentsync.ledger.bulk import db_time, upsert_rows
+from consentsync.ledger.schema import outbox, sync_cursors
+from consentsync.mapping import Mapping
+
+# The sync_cursors row that holds the digest ("~": no CRM object is named so; see LEDGER_FEED).
+PUSH_RULES = "~push-rules"
+
+
+class PushOptions(Protocol):
+    """What of a run's options decides pushes (SyncOptions has it)."""
+
+    mode: str
+    erasure_actions: dict[str, str]
+
+
+def push_rules_digest(mappings: Iterable[Mapping], options: PushOptions) -> str:
+    """A digest of everything a push decision reads besides the ledger and the CRM record: the
+    mode, the erasure actions and each mapping whole (a change to a mapping's reads alone
+    re-examines the waiting people for nothing, which is cheap and never wrong)."""
+    body = {
+        "mode": options.mode,
+        "erasure_actions": dict(options.erasure_actions),
+        # personal_fields stay in: an erasure's anonymise writes them.
+        "mappings": sorted(
+            canonical_json(mapping.spec.model_dump(mode="json", warnings=False)) for mapping in mappings
+        ),
+    }
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+
+
+def waiting_under_other_rules(
+    conn: Connection, connector: str, digest: str, run_id: str, now: datetime
+) -> list[int]:
+    """The people with a push of ``connector`` waiting that was decided under other rules than
+    ``digest`` (none when the stored digest is this one), and the digest stored as the rules
+    of this run, in ``conn``. A ledger that holds no digest yet (a first run, or one made by an
+    older version) has its waiting pushes decided again too: the rules they were made under are
+    not known."""
+    stored = conn.execute(
+        select(sync_cursors.c.cursor).where(
+            sync_cursors.c.connector == connector, sync_cursors.c.object_type == PUSH_RULES
+        )
+    ).scalar()
+    if stored is not None and orjson.loads(stored).get("digest") == digest:
+        return []
+    upsert_rows(
+        conn,
+        sync_cursors,
+        ("connector", "object_type", "cursor", "run_id", "updated_at"),
+        ("connector", "object_type"),
+        [(connector, PUSH_RULES, orjson.dumps({"digest": digest}).decode(), run_id, db_time(conn, now))],
+    )
+    return list(
+        conn.execute(
+            select(outbox.c.subject_id)
+            .where(outbox.c.connector == connector, outbox.c.status == "pending")
+            .distinct()
+        ).scalars()
+    )

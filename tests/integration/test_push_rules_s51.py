@@ -1,0 +1,165 @@
+"""Pushes decided under rules an admin changed since are decided again before anything is sent
+(src/consentsync/sync/push_rules.py): a connector that observed queued its pushes under the
+mappings and mode of then; switched to push, it sends what the rules of now decide, not what
+waited. Against the Salesforce sandbox, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from consentsync_salesforce.sandbox import SalesforceSandbox
+from sqlalchemy import select
+
+from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.schema import outbox, subjects
+from consentsync.ledger.service import Ledger
+from consentsync.sync import cursors
+from consentsync.sync import outbox as outbox_commands
+from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.integration.helpers import outbox_row, sandbox_engine, seeded_org, shipped_mappings
+
+CONTACT = Path(shipped_mappings("salesforce", "contact.yaml")[0])
+
+
+@pytest.fixture
+def org() -> Iterator[SalesforceSandbox]:
+    yield from seeded_org(60, seed=51)
+
+
+def _engine(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox, mapping: Path, mode: str
+) -> SyncEngine:
+    connector = {
+        "name": "sf",
+        "vendor": "salesforce",
+        "mappings": [str(mapping)],
+        "settings": org.connection_settings(),
+    }
+    return sandbox_engine(ledger, config_path, connector, SyncOptions(mode=mode))
+
+
+def _waiting_fields(ledger: Ledger) -> set[str]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.fields).where(outbox.c.status == "pending")).scalars()
+        return {name for fields in rows for name in orjson.loads(fields)}
+
+
+def _pull_only(tmp_path: Path, field: str) -> Path:
+    """The shipped Contact mapping with ``field`` read, never written."""
+    text = CONTACT.read_text()
+    at = text.index(f"field: {field}\n")
+    end = text.index("\n\n", at)
+    entry = text[at:end].replace("direction: both", "direction: pull")
+    entry = "\n".join(line for line in entry.split("\n") if "push:" not in line)
+    path = tmp_path / "contact-pull.yaml"
+    path.write_text(text[:at] + entry + text[end:])
+    return path
+
+
+def test_a_field_turned_to_pull_is_not_written_from_pushes_that_waited(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox, tmp_path: Path
+) -> None:
+    """Observed first: the pushes wait, DoNotCall among them. The admin then makes DoNotCall
+    pull-only and lets the connector push: not one DoNotCall is written."""
+    first = _engine(ledger, config_path, org, CONTACT, "observe").run(full=True)
+    assert first.status == "succeeded", first.error
+    assert "DoNotCall" in _waiting_fields(ledger), "the seeded org needs DoNotCall pushes for this test"
+    before = {r["Id"]: r["DoNotCall"] for r in org.org.records("Contact")}
+
+    report = _engine(ledger, config_path, org, _pull_only(tmp_path, "DoNotCall"), "two_way").run()
+    assert report.status == "succeeded", report.error
+    assert {r["Id"]: r["DoNotCall"] for r in org.org.records("Contact")} == before
+    with ledger.engine.connect() as conn:
+        sent = conn.execute(select(outbox.c.fields).where(outbox.c.status == "done")).scalars().all()
+    assert sent, "the other fields' pushes still go"
+    assert not any("DoNotCall" in fields for fields in sent)
+
+
+def test_suppress_only_sends_no_waiting_push_that_lifts_a_suppression(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox
+) -> None:
+    """A contact opted out in the CRM gives a proven consent through a form: observing, the
+    connector queues the opt-out's clearing. Switched to suppress_only, which pushes only what
+    restricts processing, it never sends that clearing."""
+    contact = next(c for c in org.org.records("Contact") if c["Email"] and c["HasOptedOutOfEmail"])
+    assert _engine(ledger, config_path, org, CONTACT, "observe").run(full=True).status == "succeeded"
+    assert ledger.subject_uids_for_email(contact["Email"]), "the contact's person is held"
+    grant = Evidence(
+        purpose="email_marketing",
+        channel="email",
+        status=ConsentStatus.GRANTED,
+        basis=LawfulBasis.CONSENT,
+        event_time=ledger.clock(),
+        observed_at=ledger.clock(),
+        source="web_form",
+        origin=Origin.CAPTURE,
+        notice_version="v2",
+    )
+    ledger.record(Identity(email=contact["Email"]), grant)
+    assert _engine(ledger, config_path, org, CONTACT, "observe").run().status == "succeeded"
+    assert _waiting(ledger, contact["Id"]) == [{"HasOptedOutOfEmail": False}], "the clearing waits"
+
+    report = _engine(ledger, config_path, org, CONTACT, "suppress_only").run()
+    assert report.status == "succeeded", report.error
+    assert org.org.get(contact["Id"])["HasOptedOutOfEmail"] is True
+    assert _waiting(ledger, contact["Id"]) == []
+
+
+def _waiting(ledger: Ledger, record_id: str) -> list[dict[str, object]]:
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(outbox.c.fields).where(outbox.c.status == "pending", outbox.c.record_id == record_id)
+        ).scalars()
+        return [orjson.loads(fields) for fields in rows]
+
+
+def test_unchanged_rules_keep_the_waiting_rows_and_state_show_lists_only_cursors(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox
+) -> None:
+    """Rules as they were: the waiting rows stay as they are (ids, attempts), and the digest is no
+    cursor an admin sees or moves."""
+    assert _engine(ledger, config_path, org, CONTACT, "observe").run(full=True).status == "succeeded"
+    with ledger.engine.connect() as conn:
+        before = conn.execute(select(outbox.c.id).where(outbox.c.status == "pending")).scalars().all()
+    assert _engine(ledger, config_path, org, CONTACT, "observe").run().status == "succeeded"
+    with ledger.engine.connect() as conn:
+        after = conn.execute(select(outbox.c.id).where(outbox.c.status == "pending")).scalars().all()
+    assert after == before
+    assert all(not row["object"].startswith("~") for row in cursors.show(ledger.engine, "sf"))
+
+
+def test_a_dead_lettered_push_retried_after_a_newer_decision_is_not_sent_over_it(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox
+) -> None:
+    """A push that clears an opt-out was dead-lettered while the person still consented; they
+    have withdrawn since (the CRM shows the opt-out). `outbox retry` puts the old row back: the
+    next run decides it again and does not untick the opt-out."""
+    contact = next(c for c in org.org.records("Contact") if c["Email"] and c["HasOptedOutOfEmail"])
+    engine = _engine(ledger, config_path, org, CONTACT, "two_way")
+    assert engine.run(full=True).status == "succeeded"
+    (uid,) = ledger.subject_uids_for_email(contact["Email"])
+    with ledger.engine.connect() as conn:
+        subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar_one()
+    dead = outbox_row(
+        ledger,
+        subject_id,
+        connector="sf",
+        record_id=contact["Id"],
+        fields='{"HasOptedOutOfEmail":false}',
+        suppression=False,
+        rule="latest_event_time",
+        status="dead",
+        attempts=10,
+    )
+    assert outbox_commands.retry(ledger.engine, [dead], actor="ops", now=ledger.clock()) == 1
+
+    report = _engine(ledger, config_path, org, CONTACT, "two_way").run()
+    assert report.status == "succeeded", report.error
+    assert org.org.get(contact["Id"])["HasOptedOutOfEmail"] is True
+    with ledger.engine.connect() as conn:
+        status = conn.execute(select(outbox.c.status).where(outbox.c.id == dead)).scalar_one()
+    assert status == "superseded"
