@@ -45,13 +45,15 @@ class DynamicsSettings(ConnectorSettings):
     # Requests of a $batch refused with a transient error are sent again this many times.
     write_retries: int = Field(default=2, ge=0, le=10)
 
-    @field_validator("environment_url", "token_url")
+    @field_validator("environment_url", "token_url", mode="before")
     @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://"):
+    def _https(cls, value: object) -> object:
+        # Before sdk.WebUrl's check (which lets http:// to a loopback host through, for other
+        # vendors' sandboxes): Dataverse and Entra ID answer on https:// only, so this says so.
+        if isinstance(value, str) and not value.strip().startswith("https://"):
             # Never the value in the message: a URL may carry a user and password.
             raise ValueError("expected an https:// URL, such as https://yourorg.crm4.dynamics.com")
-        return value.rstrip("/")
+        return value.strip().rstrip("/") if isinstance(value, str) else value
 
     @field_validator("record_filters")
     @classmethod

@@ -12,13 +12,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
-from consentsync.sdk import ConnectorSettings, RunBudget
+from consentsync.sdk import ConnectorSettings, RunBudget, WebUrl
 
 
 class VtigerSettings(ConnectorSettings):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    url: str = Field(description="The install's address, e.g. https://crm.example.com/vtigercrm")
+    # https:// (http:// only to a loopback host: a sandbox): the login's access key digest and
+    # then the session id of every call would otherwise cross the network in clear.
+    url: WebUrl = Field(description="The install's address, e.g. https://crm.example.com/vtigercrm")
     webservice_path: str = "webservice.php"
     username: str
     access_key: str = Field(min_length=1, description="From the user's My Preferences page")
@@ -46,8 +48,8 @@ class VtigerSettings(ConnectorSettings):
     @field_validator("url")
     @classmethod
     def _https(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("expected the install's address, starting with https://")
+        # Checked as every connector's address is (sdk.WebUrl: https://, http:// only to a
+        # loopback host); the webservice path is joined to it after one "/".
         return value.rstrip("/")
 
     @field_validator("server_timezone")

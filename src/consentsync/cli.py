@@ -67,6 +67,7 @@ from consentsync.domain import (
     LawfulBasis,
     Origin,
     SoftOptIn,
+    as_read,
     check_label,
     check_moment,
     lookup_email,
@@ -81,8 +82,11 @@ EXPORT_FORMATS = ("json", "csv", "xlsx")
 
 
 def _email(value: str) -> str:
-    """An address that may enter the ledger (one address: domain.EMAIL_ACCEPTED)."""
-    return normalise_email(value)
+    """An address that may enter the ledger (one address: domain.EMAIL_ACCEPTED), in its one
+    form; it finds a person an older version holds under the form it came in (a domain in NFD,
+    fullwidth letters: domain.as_read), as the sync path does, so that their withdrawal or
+    objection reaches the record their CRMs are linked to, not a second person."""
+    return as_read(normalise_email(value), value) or ""
 
 
 def _held_email(value: str) -> str:

@@ -233,7 +233,7 @@ def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
     if dry_run:
         click.echo(f"{done.candidates} person(s) would be asked for {purpose}")
         return
-    click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed{_unmailable(done)}")
+    click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed{_left_out(done)}")
     _unsent_fails(done.failed, "consent request(s)")
 
 
@@ -249,14 +249,27 @@ def hub_renew(dry_run: bool) -> None:
     if dry_run:
         click.echo(f"{done.candidates} renewal(s) due")
         return
-    click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed{_unmailable(done)}")
+    click.echo(f"{done.sent} renewal request(s) sent, {done.failed} failed{_left_out(done)}")
     _unsent_fails(done.failed, "renewal request(s)")
 
 
-def _unmailable(done: Outreach) -> str:
-    if not done.unmailable:
-        return ""
-    return f", {done.unmailable} left out: their address is not one address (hub.not_mailable in the log)"
+def _left_out(done: Outreach) -> str:
+    """The people a run listed but did not mail, and why: the sent and failed counts alone
+    leave an operator unable to tell where the rest of the list went (and a person erased,
+    restricted or saying no during the run is no failure to retry)."""
+    said: list[str] = []
+    if done.unmailable:
+        said.append(
+            f"{done.unmailable} left out: their address is not one address (hub.not_mailable in the log)"
+        )
+    if done.erased:
+        said.append(f"{done.erased} left out: erased while the run went on")
+    if done.changed:
+        said.append(
+            f"{done.changed} left out: restricted, or said no or answered, while the run went on "
+            "(hub.mail_skipped in the log)"
+        )
+    return "".join(f", {part}" for part in said)
 
 
 def _unsent_fails(failed: int, what: str) -> None:

@@ -28,6 +28,7 @@ from consentsync.domain import (
     InvalidInput,
     LawfulBasis,
     Origin,
+    as_read,
     iso,
     lookup_email,
     normalise_email,
@@ -112,6 +113,10 @@ class Mailed(StrEnum):
     # capture's answer; an outreach run paces its mails over minutes). Not a failure: nothing
     # is to be retried, nothing more goes to an erased address (Art. 17).
     ERASED = "erased"
+    # Not sent (an outreach run's request or renewal): since the run listed the person, they
+    # were restricted (Art. 18), withdrew, refused or objected, or answered otherwise. Not a
+    # failure either: asking them now would ignore what they just said.
+    CHANGED = "changed"
 
 
 class Forbidden(PermissionError):
@@ -686,8 +691,10 @@ class Hub:
         found: dict[int, tuple[str, Any]] = {}
         for index in sorted(doi):
             evidence = requests[index].evidence
+            # The address as entered (a LookupAddress, not str() of it): a person an older
+            # version holds under the form it came in is the one whose consent stands.
             uid, state = self.ledger.decision_for(
-                str(requests[index].identity.email), evidence.purpose, evidence.channel
+                requests[index].identity.email or "", evidence.purpose, evidence.channel
             )
             if uid is not None and state.evidenced and state.status is ConsentStatus.GRANTED:
                 found[index] = (uid, state)
@@ -704,7 +711,7 @@ class Hub:
         for index, item in enumerate(items):
             at = f"consents[{index}]"
             try:
-                email = normalise_email(item.email)
+                email = _entered(item.email)
             except InvalidInput as error:
                 raise InvalidInput(f"{at}.email: {error}") from None
             if not mailable(email):  # its confirmation and receipts would go to others too
@@ -787,7 +794,7 @@ class Hub:
         if purpose in self.ledger.purposes and not key.covers(purpose):
             raise Forbidden(f"purpose: API key {key.name!r} may not record purpose {purpose!r}")
         return self.ledger.raise_objection(
-            normalise_email(email),
+            _entered(email),
             purpose,
             direct_marketing=direct_marketing,
             source=key.source,
@@ -826,6 +833,15 @@ class Hub:
             "known": uid is not None,
             "as_of": iso(self.ledger.clock()),
         }
+
+
+def _entered(raw: str) -> str:
+    """An address a person or a form gives: it enters the ledger in its one form
+    (``normalise_email``), and finds the person an older version holds under the form it came in
+    (a domain in NFD, fullwidth letters: ``as_read``), as the sync path does, so that their
+    withdrawal or objection reaches the record their CRMs are linked to rather than making a
+    second person who has said nothing (docs/policy.md, "One address, one form")."""
+    return as_read(normalise_email(raw), raw) or ""
 
 
 def _in_language(language: str | None) -> str:

@@ -4,7 +4,9 @@ confirmation link; following it grants, with the confirmation time as evidence.
 
 Never to a person who may not be contacted about it: an erased address, a restricted person, an
 objection, a withdrawal or refusal on record (only "no consent on record" is asked), nor twice
-while a request is open. Mails go at most ``hub.mails_per_minute``."""
+while a request is open. Mails go at most ``hub.mails_per_minute``, so a run lasts minutes: each
+person's state is read again right before their mail, and one who was erased, restricted, or
+said no meanwhile is left out (counted apart, not as a failure)."""
 
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
 from sqlalchemy import delete, insert, select
 
-from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin
+from consentsync.domain import ConsentStatus, EffectiveState, Evidence, InvalidInput, LawfulBasis, Origin
 from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
+from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, consent_states, subject_identifiers, subjects
 from consentsync.ledger.service import RecordRequest
@@ -38,7 +42,9 @@ class Outreach:
     """What a run did: mails sent, and how many failed; ``unmailable``: people left out because
     the address the ledger holds for them is not one address (kept from an older version);
     ``erased``: people left out because they were erased while the run went on (its mails are
-    paced over minutes): not failures, nothing to retry."""
+    paced over minutes); ``changed``: people left out because, while it went on, they were
+    restricted (Art. 18), withdrew, refused or objected (or, for a request, answered it
+    otherwise; for a renewal, renewed): not failures, nothing to retry."""
 
     kind: str
     sent: int
@@ -46,6 +52,7 @@ class Outreach:
     candidates: int
     unmailable: int = 0
     erased: int = 0
+    changed: int = 0
 
 
 def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
@@ -57,6 +64,23 @@ def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
         )
     )
     return {(row.subject_id, row.purpose, row.channel) for row in rows}
+
+
+def _asked(state: EffectiveState) -> bool:
+    """Whether a consent request may go: only where nothing is on record. A refusal,
+    withdrawal, objection, erasure or restriction is decided by another rule, never asked."""
+    return state.rule == Rule.NO_CONSENT_ON_RECORD
+
+
+def _renewal_due(state: EffectiveState, now: datetime, days: int) -> bool:
+    """Whether a renewal may go: a consent that may still be used (suppressed by no rule:
+    restriction, objection, withdrawal) and runs out within ``days``."""
+    return (
+        not state.suppressed
+        and state.status is ConsentStatus.GRANTED
+        and state.expires_at is not None
+        and state.expires_at - now <= timedelta(days=days)
+    )
 
 
 def _people(conn: Any) -> Iterator[list[tuple[int, str, str]]]:
@@ -115,16 +139,13 @@ class Outreacher:
                         state = states[subject_id][(purpose.key, channel)]
                         # Only "nothing on record": a refusal, withdrawal, objection, erasure or
                         # restriction is decided by another rule and is never asked again.
-                        if (
-                            state.rule == Rule.NO_CONSENT_ON_RECORD
-                            and (subject_id, purpose.key, channel) not in busy
-                        ):
+                        if _asked(state) and (subject_id, purpose.key, channel) not in busy:
                             wanted.append((subject_id, uid, email, channel))
         if limit is not None:
             wanted = wanted[:limit]
         if dry_run:
             return Outreach("request", 0, 0, len(wanted))
-        sent = failed = unmailable = erased = 0
+        sent = failed = unmailable = erased = changed = 0
         for subject_id, uid, email, channel in wanted:
             if not self._mailable(uid, email):
                 unmailable += 1
@@ -137,6 +158,14 @@ class Outreacher:
             with self.ledger.engine.begin() as conn:
                 self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
             self._pace(sent + failed)
+            # The list was made at the start: the person may have been restricted, withdrawn or
+            # objected since (the run's mails are paced over minutes). Asked only if still so.
+            gone = self._no_longer_due(uid, self._state_now(subject_id, purpose.key, channel), _asked)
+            if gone is not None:
+                self._unsent(token)
+                erased += gone is Mailed.ERASED
+                changed += gone is not Mailed.ERASED
+                continue
             mailed = self.hub.send_confirmation(
                 PendingMail(email, uid, purpose.key, channel, token), kind="request"
             )
@@ -167,8 +196,9 @@ class Outreacher:
             failed=failed,
             unmailable=unmailable,
             erased=erased,
+            changed=changed,
         )
-        return Outreach("request", sent, failed, len(wanted), unmailable, erased)
+        return Outreach("request", sent, failed, len(wanted), unmailable, erased, changed)
 
     def renew(self, *, dry_run: bool = False) -> Outreach:
         """Mails a renewal link for every granted consent that expires within its purpose's
@@ -207,16 +237,17 @@ class Outreacher:
             } if ids else {}  # fmt: skip
         for row in rows:
             state = states[row.subject_id][(row.purpose, row.channel)]
-            due = state.expires_at is not None and state.expires_at - now <= timedelta(
-                days=windows[row.purpose]
-            )
             key = (row.subject_id, row.purpose, row.channel)
-            if due and not state.suppressed and row.subject_id in people and key not in busy:
+            if (
+                _renewal_due(state, now, windows[row.purpose])
+                and row.subject_id in people
+                and key not in busy
+            ):
                 uid, email = people[row.subject_id]
                 wanted.append((row.subject_id, uid, email, row.purpose, row.channel))
         if dry_run:
             return Outreach("renewal", 0, 0, len(wanted))
-        sent = failed = unmailable = erased = 0
+        sent = failed = unmailable = erased = changed = 0
         for subject_id, uid, email, purpose_key, channel in wanted:
             if not self._mailable(uid, email):
                 unmailable += 1
@@ -234,6 +265,16 @@ class Outreacher:
                     token,
                 )
             self._pace(sent + failed)
+            # Read again, as for a request: one who withdrew, objected or was restricted while
+            # the run went on is not asked to renew (nor one who renewed meanwhile).
+            days = windows[purpose_key]
+            still_due = partial(_renewal_due, now=self.ledger.clock(), days=days)
+            gone = self._no_longer_due(uid, self._state_now(subject_id, purpose_key, channel), still_due)
+            if gone is not None:
+                self._unsent(token)
+                erased += gone is Mailed.ERASED
+                changed += gone is not Mailed.ERASED
+                continue
             mailed = self.hub.send_confirmation(
                 PendingMail(email, uid, purpose_key, channel, token), kind="renewal"
             )
@@ -242,8 +283,36 @@ class Outreacher:
             erased += mailed is Mailed.ERASED
             if mailed is not Mailed.SENT:
                 self._unsent(token)  # due again at the next upkeep, not once the link lapsed
-        log.info("hub.renewals_sent", sent=sent, failed=failed, unmailable=unmailable, erased=erased)
-        return Outreach("renewal", sent, failed, len(wanted), unmailable, erased)
+        log.info(
+            "hub.renewals_sent",
+            sent=sent,
+            failed=failed,
+            unmailable=unmailable,
+            erased=erased,
+            changed=changed,
+        )
+        return Outreach("renewal", sent, failed, len(wanted), unmailable, erased, changed)
+
+    def _state_now(self, subject_id: int, purpose: str, channel: str) -> EffectiveState | None:
+        """The person's state for ``purpose`` on ``channel`` as of now (None: they are gone)."""
+        with reading(self.ledger.engine) as conn:
+            states = self.ledger.effective_states_in(conn, [subject_id])
+        return states.get(subject_id, {}).get((purpose, channel))
+
+    @staticmethod
+    def _no_longer_due(
+        uid: str, state: EffectiveState | None, due: Callable[[EffectiveState], bool]
+    ) -> Mailed | None:
+        """None if the mail may still go; else why not, logged by uid and rule only:
+        ``Mailed.ERASED`` (the person or their address was erased meanwhile), or
+        ``Mailed.CHANGED`` (restricted, a withdrawal, refusal, objection or answer meanwhile)."""
+        if state is not None and due(state):
+            return None
+        if state is None or state.rule == Rule.ERASURE:
+            log.info("hub.mail_skipped", subject=uid, reason="erased")
+            return Mailed.ERASED
+        log.info("hub.mail_skipped", subject=uid, reason="changed", rule=state.rule)
+        return Mailed.CHANGED
 
     @staticmethod
     def _mailable(uid: str, email: str) -> bool:

@@ -9,6 +9,7 @@ the accepted keys like any other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -34,21 +35,52 @@ def _existing_file(value: str) -> str:
 ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 
 
+# What a setting naming a CRM's address accepts, said by every refusal of one.
+WEB_URL_ACCEPTED = (
+    "expected an http:// or https:// URL with a host, such as https://crm.example.com; "
+    "http:// only to a loopback host (localhost, 127.0.0.1, [::1]): to any other, "
+    "credentials would cross the network in clear"
+)
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (a URL's hostname) is this machine: ``localhost``, 127.0.0.0/8 or ::1.
+    Only there may a connector speak plain HTTP (a sandbox, a test server): nothing it sends
+    crosses a network."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return False
+
+
 def _web_url(value: str) -> str:
     # A URL without a scheme or host ("login.salesforce.com", "https//...") was taken as given
-    # and failed only at the first call, retried as a network error. The message never quotes
-    # the value: a URL may carry a user and password.
+    # and failed only at the first call, retried as a network error. Plain http:// to another
+    # host was taken too: a login or token endpoint (Salesforce's login_url, SuperOffice's
+    # token_url) would be sent the client secret, password or signed JWT in clear, and every
+    # API call its bearer token and people's consents. The message never quotes the value: a
+    # URL may carry a user and password.
     try:
         parts = urlsplit(value.strip())
-        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port != 0
+        scheme = parts.scheme.lower()
+        usable = (
+            (scheme == "https" or (scheme == "http" and loopback_host(parts.hostname)))
+            and bool(parts.hostname)
+            and parts.port != 0
+        )
     except ValueError:  # a port that is not a number, an unclosed "[" of an IPv6 address
         usable = False
     if not usable:
-        raise ValueError("expected an http:// or https:// URL with a host, such as https://crm.example.com")
+        raise ValueError(WEB_URL_ACCEPTED)
     return value.strip()
 
 
-# A setting holding the address of an HTTP(S) service (a CRM's API, its login or token endpoint).
+# A setting holding the address of an HTTP(S) service (a CRM's API, its login or token endpoint):
+# https://, or http:// to a loopback host only (sandboxes, tests).
 WebUrl = Annotated[str, AfterValidator(_web_url)]
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select
 from consentsync import audit
 from consentsync.accounts import Account, Accounts
 from consentsync.config import Config, ConfigError
-from consentsync.domain import InvalidInput, ObjectionStatus, iso, normalise_email
+from consentsync.domain import InvalidInput, ObjectionStatus, iso, lookup_email
 from consentsync.ledger.console_queries import (
     OUTBOX_STATES,
     audit_choices,
@@ -347,7 +347,7 @@ class Console:
         address identifies them and shows their consent history, whether they were erased and
         why objections about them were decided. Unaudited, any viewer could look anyone up
         there (a neighbour, someone who asked to be erased) and leave no trace of it."""
-        uids = self.ledger.subject_uids_for_email(normalise_email(email))
+        uids = self.ledger.subject_uids_for_email(lookup_email(email))
         if reader is not None:
             for uid in uids:
                 self._read(uid, "subject.viewed", reader, by="email", via="audit_trail")
@@ -422,7 +422,7 @@ class Console:
         self.ledger.audit_read(uid, action, actor=account.name, source=source, what=what)
 
     def subject_by_email(self, email: str, *, reader: Reader | None) -> dict[str, Any]:
-        view = self.ledger.subject_view(normalise_email(email))
+        view = self.ledger.subject_view(lookup_email(email))
         if reader is not None:
             self._read(view["subject"], "subject.viewed", reader, by="email")
         return view
