@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, insert, inspect, literal, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
@@ -37,7 +40,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0013"
+SCHEMA_REVISION = "0014"
 
 # Development revisions squashed into the baseline 0010 before 0.1.0 (ledger/migrations/versions/
 # 0010_baseline.py). This code cannot upgrade a ledger stamped with one; the last commit that can
@@ -139,7 +142,10 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
             f"the ledger is at migration {current or 'none'} but this consentsync needs "
             f"{SCHEMA_REVISION}: run 'consentsync init' (or 'consentsync migrate')"
         )
-    config.erasure_key()  # fail now, with the config's words, rather than at the first erasure
+    # Fail now, with the config's words, rather than at the first erasure; and before anything is
+    # written (the purposes below), refuse a key the ledger was not keyed with.
+    with ledger_refusals(config.ledger_url):
+        check_erasure_key(engine, config)
     ledger = Ledger(
         engine,
         config.purposes,
@@ -151,6 +157,77 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     with ledger_refusals(config.ledger_url):
         ledger.sync_purposes()
     return ledger
+
+
+# The ledger_settings row holding the erasure key's check value, and the text it is an HMAC of.
+KEY_CHECK_SETTING = "erasure_key_check"
+KEY_CHECK_TEXT = b"consentsync erasure key check v1"
+# Tables whose rows are what init itself records (keyed by no key), and the settings.
+_UNKEYED_TABLES = frozenset({"alembic_version", "purposes", "audit_head", "ledger_settings"})
+
+
+def erasure_key_check(key: bytes) -> str:
+    """A check value of ``key``: which key it is, not the key (an HMAC of a fixed text, 64 of
+    its bits: enough to tell two keys apart, far too few to test guesses of a key against)."""
+    return "hmac-sha256:" + hmac.new(key, KEY_CHECK_TEXT, hashlib.sha256).hexdigest()[:16]
+
+
+def check_erasure_key(engine: Engine, config: Config) -> None:
+    """The erasure key in use is the one the ledger is keyed with: its check value is stored the
+    first time a key opens the ledger and compared on every opening after. Another key (the
+    environment variable a container sets, winning over the key file an admin shell reads; a
+    rotated or mistyped key) would no longer recognise the erased people, and a sync would import
+    them again: refused in one line naming where the key came from, nothing changed. A ledger
+    holding nothing keyed yet (what init records only) takes the new key: nothing is lost."""
+    from sqlalchemy.exc import IntegrityError
+
+    from consentsync.ledger.engine import reading
+    from consentsync.ledger.schema import ledger_settings
+
+    key, source = config.erasure_key_and_source()
+    mine = erasure_key_check(key)
+    by_name = ledger_settings.c.name == KEY_CHECK_SETTING
+    with reading(engine) as conn:
+        stored = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
+    if stored == mine:
+        return
+    now, held = datetime.now(UTC), ""
+    try:
+        with engine.begin() as conn:
+            stored = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
+            if stored is None:
+                conn.execute(insert(ledger_settings).values(name=KEY_CHECK_SETTING, value=mine, set_at=now))
+                return
+            if stored == mine:
+                return
+            held = _keyed_rows(conn)
+            if not held:
+                conn.execute(update(ledger_settings).where(by_name).values(value=mine, set_at=now))
+                return
+    except IntegrityError:  # another process stored its key's check meanwhile: compare with it
+        return check_erasure_key(engine, config)
+    raise LedgerNotReady(
+        f"{source}: this erasure key is not the one the ledger {safe_url(config.ledger_url)} is keyed "
+        f"with (key check {mine}; the ledger's is {stored}): with it the erased people would not "
+        f"be recognised and a sync would import them again; use the ledger's key (it keyed: {held})"
+    )
+
+
+def _keyed_rows(conn: Connection) -> str:
+    """The tables holding rows other than init's own (what a key may have keyed), by name."""
+    from consentsync.ledger import schema
+
+    present = set(inspect(conn).get_table_names())
+    held = []
+    for table in schema.metadata.sorted_tables:
+        if table.name not in present or table.name in _UNKEYED_TABLES:
+            continue
+        query = select(literal(1)).select_from(table).limit(1)  # one row tells: no count
+        if table.name == "audit_entries":
+            query = query.where(table.c.action != "purpose.configured")
+        if conn.execute(query).first() is not None:
+            held.append(table.name)
+    return ", ".join(held)
 
 
 def open_connector(config: Config, name: str) -> tuple[Connector, list[Mapping]]:

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, update
+import orjson
+from sqlalchemy import ColumnElement, Connection, Select, String, and_, func, or_, select, type_coerce, update
 
 from consentsync.domain import canonical_json, iso, sha256_hex
 from consentsync.ledger.bulk import db_time, insert_rows
@@ -366,8 +367,21 @@ def count(conn: Connection, **filters: Unpack[AuditFilters]) -> int:
 
 # What a consent event and its ``consent.recorded`` entry both say (the recording path writes the
 # two in one transaction, ledger/service.py ``record_in``): who, which statement (the evidence's
-# fingerprint), and its purpose, channel, status, basis, origin, source, actor and run.
+# fingerprint), and its purpose, channel, status, basis, origin, source, actor and run ...
 EVENT_FIELDS = ("purpose", "channel", "status", "basis", "origin", "source", "actor", "run_id")
+# ... and when it was said (``event_time`` decides precedence: who said what last), under which
+# notice, confirmation and reference, and the soft opt-in's evidence (``_recorded_payload``).
+# Entries written before a field was put in the chain do not carry it: for those the event's own
+# value stands in, so each entry is compared on exactly what it says.
+TIME_FIELDS = ("event_time", "double_opt_in_at")
+EVIDENCE_FIELDS = ("event_time", "notice_version", "double_opt_in_at", "evidence_ref")
+SOFT_OPT_IN_FIELDS = ("sale_ref", "similar_products", "refusal_at_collection", "refusal_in_messages")
+# The names of a key's places, for saying which of them an event and its entry disagree on.
+KEY_FIELDS = ("subject", "event_fingerprint", *EVENT_FIELDS, *EVIDENCE_FIELDS, "soft_opt_in")
+_OPTIONAL = (*EVIDENCE_FIELDS, "soft_opt_in")
+# Stands in for the value of a field an entry does not carry when no event is what it names: it
+# matches nothing an event says, so such an entry is reported and never passes for its event.
+_NO_EVENT = "(no such event)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -376,34 +390,169 @@ class AgreementResult(CheckResult):
     entries: int
 
 
-def _event_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
-    query = select(
+def _said_time(value: Any) -> Any:
+    """A time as an entry wrote it, in the one spelling ``iso`` gives the event's column: an
+    entry written by ``canonical_json`` or by ``iso`` (older versions), with Z, +00:00 or another
+    offset, says the same instant; anything that is no time is compared as it stands."""
+    if not isinstance(value, str):
+        return value
+    if len(value) in (20, 27) and value[-1] == "Z" and value[10] == "T" and value[19:26] != ".000000":
+        return value  # already iso()'s spelling (whole seconds or microseconds), the common case
+    try:
+        return iso(datetime.fromisoformat(value))
+    except ValueError:
+        return value
+
+
+def _soft_opt_in_key(values: Sequence[Any]) -> tuple[Any, ...] | None:
+    return None if all(v is None for v in values) else tuple(values)
+
+
+def _events_query() -> Select[Any]:
+    return select(
         consent_events.c.id,
         subjects.c.uid,
         consent_events.c.fingerprint,
         *(consent_events.c[name] for name in EVENT_FIELDS),
+        # The times as the database hands them (SQLite: its text; PostgreSQL: the driver's
+        # datetime): parsing 100,000s of them into aware datetimes first doubled the check's time.
+        type_coerce(consent_events.c.event_time, String),
+        consent_events.c.notice_version,
+        type_coerce(consent_events.c.double_opt_in_at, String),
+        consent_events.c.evidence_ref,
+        *(consent_events.c[f"soft_opt_in_{name}"] for name in SOFT_OPT_IN_FIELDS),
     ).join(subjects, subjects.c.id == consent_events.c.subject_id)
-    for row in in_pages(conn, query, consent_events.c.id, batch):
-        yield row[0], tuple(row[1:])
+
+
+def _column_time(value: Any) -> str | None:
+    """A time column in ``iso``'s spelling (what an entry says): SQLite keeps UTC as text
+    (``2026-01-01 09:30:15.250000``, as SQLAlchemy writes it), PostgreSQL hands a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return iso(value)
+    text = str(value)
+    if len(text) == 26 and text[10] == " " and text[19] == ".":
+        fraction = text[20:]
+        return f"{text[:10]}T{text[11:19]}Z" if fraction == "000000" else f"{text[:10]}T{text[11:]}Z"
+    try:
+        return iso(datetime.fromisoformat(text))
+    except ValueError:
+        return text  # no time: compared as it stands, it matches no entry
+
+
+def _event_key(row: Any) -> tuple[Any, ...]:
+    (_id, uid, fingerprint, purpose, channel, status, basis, origin, source, actor, run_id) = row[:11]
+    (event_time, notice_version, double_opt_in_at, evidence_ref, *soft) = row[11:]
+    return (
+        uid,
+        fingerprint,
+        purpose,
+        channel,
+        status,
+        basis,
+        origin,
+        source,
+        actor,
+        run_id,
+        _column_time(event_time),
+        notice_version,
+        _column_time(double_opt_in_at),
+        evidence_ref,
+        _soft_opt_in_key(soft),
+    )
+
+
+def _event_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    for row in in_pages(conn, _events_query(), consent_events.c.id, batch):
+        yield row[0], _event_key(row)
 
 
 def _entry_keys(conn: Connection, batch: int) -> Iterator[tuple[int, tuple[Any, ...]]]:
     query = select(audit_entries.c.seq, audit_entries.c.payload).where(
         audit_entries.c.action == "consent.recorded"
     )
-    for seq, text in in_pages(conn, query, audit_entries.c.seq, batch):
-        payload = json.loads(text)
+    page: list[tuple[int, str]] = []
+    for row in in_pages(conn, query, audit_entries.c.seq, batch):
+        page.append((row[0], row[1]))
+        if len(page) >= batch:
+            yield from _entry_page_keys(conn, page)
+            page = []
+    yield from _entry_page_keys(conn, page)
+
+
+def _entry_page_keys(conn: Connection, page: list[tuple[int, str]]) -> Iterator[tuple[int, tuple[Any, ...]]]:
+    keys: list[tuple[int, tuple[Any, ...]]] = []
+    # Entries written before the evidence fields were put in the chain, by their place in
+    # ``keys``: what they do not carry is read from their events, one query for the page.
+    older: list[tuple[int, dict[str, Any]]] = []
+    for seq, text in page:
+        payload = orjson.loads(text)
         what = payload.get("what") or {}
-        said = {
-            **what,
-            "source": payload.get("source"),
-            "actor": payload.get("actor"),
-            "run_id": payload.get("run"),
-        }
-        yield (
-            seq,
-            (payload.get("subject"), what.get("event_fingerprint"), *(said.get(n) for n in EVENT_FIELDS)),
+        get = what.get
+        head = (
+            payload.get("subject"),
+            get("event_fingerprint"),
+            get("purpose"),
+            get("channel"),
+            get("status"),
+            get("basis"),
+            get("origin"),
+            payload.get("source"),
+            payload.get("actor"),
+            payload.get("run"),
         )
+        if "notice_version" in what and "event_time" in what:
+            # Written with the evidence fields (1db08f8 on): a soft opt-in absent is none.
+            soft = get("soft_opt_in")
+            keys.append(
+                (
+                    seq,
+                    (
+                        *head,
+                        _said_time(get("event_time")),
+                        get("notice_version"),
+                        _said_time(get("double_opt_in_at")),
+                        get("evidence_ref"),
+                        _soft_opt_in_key([soft.get(n) for n in SOFT_OPT_IN_FIELDS])
+                        if isinstance(soft, dict)
+                        else None
+                        if soft is None
+                        else canonical_json(soft),  # no object: written outside consentsync
+                    ),
+                )
+            )
+        else:
+            older.append((len(keys), what))
+            keys.append((seq, head))
+    if older:
+        stand_in = _event_values(conn, {keys[at][1][:2] for at, _what in older})
+        for at, what in older:
+            seq, head = keys[at]
+            values = stand_in.get(head[:2], {})
+            said = [
+                (_said_time(what[n]) if n in TIME_FIELDS else what[n])
+                if n in what
+                else values.get(n, _NO_EVENT)
+                for n in _OPTIONAL
+            ]
+            keys[at] = (seq, (*head, *said))
+    return iter(keys)
+
+
+def _event_values(conn: Connection, wanted: set[tuple[Any, Any]]) -> dict[tuple[Any, Any], dict[str, Any]]:
+    """What the events named by (subject uid, fingerprint) say of the fields their older entries
+    do not carry (one query a page, by the subjects' index: only older ledgers pay for it)."""
+    uids = sorted({uid for uid, _fp in wanted if isinstance(uid, str)})
+    fingerprints = sorted({fp for _uid, fp in wanted if isinstance(fp, str)})
+    if not uids or not fingerprints:
+        return {}
+    query = _events_query().where(subjects.c.uid.in_(uids), consent_events.c.fingerprint.in_(fingerprints))
+    found: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for row in conn.execute(query):
+        key = _event_key(row)
+        found[(key[0], key[1])] = dict(zip(_OPTIONAL, key[-len(_OPTIONAL) :], strict=True))
+    return found
 
 
 def _key_digest(key: tuple[Any, ...]) -> int:
@@ -430,26 +579,40 @@ def agreement(conn: Connection, batch: int = 5000) -> AgreementResult:
 
 
 def _disagreement(conn: Connection, batch: int) -> str:
-    unmatched: dict[tuple[Any, ...], list[int]] = {}
+    # Keyed by the canonical text of a key: a value written outside consentsync (a list where a
+    # label belongs) is then a mismatch to report, not an unhashable key that crashes the check.
+    unmatched: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
     for event_id, key in _event_keys(conn, batch):
-        unmatched.setdefault(key, []).append(event_id)
-    orphans: list[int] = []
+        unmatched.setdefault(canonical_json(list(key)), []).append((event_id, key))
+    orphans: list[tuple[int, tuple[Any, ...]]] = []
     for seq, key in _entry_keys(conn, batch):
-        ids = unmatched.get(key)
-        if ids:
-            ids.pop(0)
+        found = unmatched.get(canonical_json(list(key)))
+        if found:
+            found.pop(0)
         else:
-            orphans.append(seq)
-    lonely = sorted(event_id for ids in unmatched.values() for event_id in ids)
+            orphans.append((seq, key))
+    lonely = sorted(pair for pairs in unmatched.values() for pair in pairs)
     parts = []
     if lonely:
+        event_id, event_key = lonely[0]
         parts.append(
-            f"consent event {lonely[0]} has no audit entry saying the same"
+            f"consent event {event_id} has no audit entry saying the same"
+            + _differing(event_key, orphans)
             + (f" ({len(lonely)} events in all)" if len(lonely) > 1 else "")
         )
     if orphans:
         parts.append(
-            f"audit entry {orphans[0]} records a consent event the ledger does not hold as it says"
+            f"audit entry {orphans[0][0]} records a consent event the ledger does not hold as it says"
             + (f" ({len(orphans)} entries in all)" if len(orphans) > 1 else "")
         )
     return "; ".join(parts) + ": events were added, removed or edited outside the recording path"
+
+
+def _differing(event_key: tuple[Any, ...], orphans: list[tuple[int, tuple[Any, ...]]]) -> str:
+    """Which fields the entry recording the same statement (person and fingerprint) says
+    otherwise: what an auditor looks at first (an edited event time reorders who said what last)."""
+    for seq, entry_key in orphans:
+        if entry_key[:2] == event_key[:2]:
+            names = [n for n, a, b in zip(KEY_FIELDS, event_key, entry_key, strict=True) if a != b]
+            return f" (audit entry {seq} records it with another {', '.join(names)})"
+    return ""

@@ -198,7 +198,8 @@ def _write_missing_key(config: Config, written: list[Path]) -> Path | None:
 
 # What init itself records in a new ledger, keyed by no key: its schema version, the configured
 # purposes and their audit entries (and the audit chain's head).
-_INIT_ONLY_TABLES = frozenset({"alembic_version", "purposes", "audit_head"})
+# ledger_settings holds the erasure key's check value only: a check of no data (app.check_erasure_key).
+_INIT_ONLY_TABLES = frozenset({"alembic_version", "purposes", "audit_head", "ledger_settings"})
 
 
 def _ledger_rows_keyed(config: Config) -> str | None:

@@ -35,6 +35,8 @@ APP_GRANTS: dict[str, list[str]] = {
     "audit_head": ["SELECT", "UPDATE (seq, hash)"],
     "audit_details": ["SELECT", "INSERT", "UPDATE (content)"],
     "alembic_version": ["SELECT"],
+    # The erasure key's check: stored once, never deleted (without it the next key is taken).
+    "ledger_settings": ["SELECT", "INSERT", "UPDATE (value, set_at)"],
 }
 DEFAULT_GRANT = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 AUDIT_TABLES = ("audit_entries", "audit_head", "audit_details", "consent_events")

@@ -323,13 +323,21 @@ class Config:
 
     def erasure_key(self) -> bytes:
         """The HMAC key for erasure suppressions: environment first, then the config."""
+        return self.erasure_key_and_source()[0]
+
+    def erasure_key_and_source(self) -> tuple[bytes, str]:
+        """The erasure key and where it came from, in words an operator can act on (the
+        environment variable, the config's line, or the key file and the config naming it)."""
         from_env = os.environ.get(ERASURE_KEY_ENV)
         if from_env:
-            return _checked_key(from_env, f"environment variable {ERASURE_KEY_ENV}")
+            where = f"environment variable {ERASURE_KEY_ENV}"
+            if self.settings.secrets.erasure_hmac_key or self.settings.secrets.erasure_hmac_key_file:
+                # The reason a container and an admin shell on one config can hold two keys.
+                where += f" (which wins over the key in {self.path}: secrets)"
+            return _checked_key(from_env, f"environment variable {ERASURE_KEY_ENV}"), where
         if self.settings.secrets.erasure_hmac_key:
-            return _checked_key(
-                self.settings.secrets.erasure_hmac_key, f"{self.path}: secrets.erasure_hmac_key"
-            )
+            where = f"{self.path}: secrets.erasure_hmac_key"
+            return _checked_key(self.settings.secrets.erasure_hmac_key, where), where
         key_file = self.settings.secrets.erasure_hmac_key_file
         if key_file:
             path = Path(key_file)
@@ -341,7 +349,8 @@ class Config:
                 raise ConfigError(
                     f"{self.path}: secrets.erasure_hmac_key_file: cannot read {path}: {error.strerror}"
                 ) from None
-            return _checked_key(key, str(path))
+            where = f"key file {path} ({self.path}: secrets.erasure_hmac_key_file)"
+            return _checked_key(key, str(path)), where
         raise ConfigError(
             f"{self.path}: no erasure key: set {ERASURE_KEY_ENV} or secrets.erasure_hmac_key_file"
         )

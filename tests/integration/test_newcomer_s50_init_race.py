@@ -283,3 +283,20 @@ def test_a_lost_key_is_not_replaced_once_the_ledger_holds_data_keyed_by_it(
     assert "Traceback" not in result.output + result.stderr
     assert "consentsync.key is missing" in result.stderr and "restore it" in result.stderr
     assert not (folder / "consentsync.key").exists()
+
+
+def test_a_key_lost_right_after_init_is_written_again_though_its_check_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """init stores the key's check value (ledger_settings) and nothing keyed: a key lost before
+    anything was recorded is written anew by the next init, and the ledger takes it."""
+    monkeypatch.delenv(ERASURE_KEY_ENV, raising=False)
+    folder = tmp_path / "site"
+    folder.mkdir()
+    assert init(folder, "--ledger-url", f"sqlite:///{tmp_path / 'ledger.db'}").exit_code == 0
+    (folder / "consentsync.key").unlink()
+    result = init(folder)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "wrote the missing erasure key" in result.stdout
+    status = CliRunner().invoke(main, ["--config", str(folder / "consentsync.yaml"), "status"])
+    assert status.exit_code == 0, status.output + status.stderr

@@ -532,3 +532,18 @@ confirmations = Table(
     Index("ix_confirmations_subject_id", "subject_id"),
     Index("ix_confirmations_open", "confirmed_at", "lapsed_at", "expires_at"),
 )
+
+# -- the ledger's own settings --------------------------------------------------------------------
+
+# Facts about the ledger as a whole, one row each (migration 0014). ``erasure_key_check``: a
+# check value of the erasure key its suppressions, pseudonyms and links are keyed with (an HMAC
+# of a fixed text under the key, truncated: never the key), so that a process opening it with
+# another key (an environment variable winning over the key file, a rotated or mistyped key) is
+# refused instead of no longer recognising the erased people it then imports again.
+ledger_settings = Table(
+    "ledger_settings",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
+    Column("set_at", Timestamp, nullable=False),
+)

@@ -1,0 +1,103 @@
+"""Session 51: the erasure key in use must be the one the ledger is keyed with. A process with
+another key (CONSENTSYNC_ERASURE_KEY in a container winning over the key file an admin shell
+reads; a rotated or mistyped key) no longer recognised an erased person, and recorded her again
+as someone new: an erasure undone by the next sync."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, func, select
+
+from consentsync.config import ERASURE_KEY_ENV, load_config
+from consentsync.ledger.schema import audit_head, ledger_settings, subjects, suppressions
+from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, record_args
+
+CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
+OTHER_KEY = "another-erasure-key-0123456789abcdef"
+
+
+def _consentsync(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CONSENTSYNC, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _state(cli: Cli) -> tuple[Any, ...]:
+    """What a refused command must leave as it was: people, suppressions, the chain's head and
+    the stored key check."""
+    engine = create_engine(load_config(cli.config_path).ledger_url)
+    try:
+        with engine.connect() as conn:
+            return (
+                conn.execute(select(func.count()).select_from(subjects)).scalar_one(),
+                conn.execute(select(func.count()).select_from(suppressions)).scalar_one(),
+                tuple(conn.execute(select(audit_head.c.seq, audit_head.c.hash)).one()),
+                tuple(conn.execute(select(ledger_settings.c.name, ledger_settings.c.value)).all()),
+            )
+    finally:
+        engine.dispose()
+
+
+def _refused(done: subprocess.CompletedProcess[str], *named: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert (
+        "Traceback" not in done.stderr
+        and TEST_ERASURE_KEY not in done.stderr
+        and OTHER_KEY not in done.stderr
+    )
+    assert "is not the one the ledger" in lines[0] and "import them again" in lines[0]
+    for words in named:
+        assert words in lines[0], lines[0]
+
+
+def test_a_process_with_another_key_is_refused_and_changes_nothing(cli: Cli, tmp_path: Path) -> None:
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok("erase", "--email", "gone@example.com", "--reason", "art17 request", "--yes")
+    before = _state(cli)
+    comes_back = record_args("gone@example.com", "email_marketing", "granted", source="crm")
+
+    # A container's environment variable, winning over the config's key file.
+    in_container = own_environment(tmp_path, OTHER_KEY)
+    _refused(_consentsync(in_container, *comes_back), f"environment variable {ERASURE_KEY_ENV}", "wins over")
+    assert _state(cli) == before
+
+    # An admin shell without the variable: the config's key file (init wrote another key).
+    in_shell = own_environment(tmp_path, TEST_ERASURE_KEY)
+    del in_shell[ERASURE_KEY_ENV]
+    key_file = cli.config_path.parent / "consentsync.key"
+    _refused(_consentsync(in_shell, *comes_back), f"key file {key_file}")
+    _refused(_consentsync(in_shell, "status"), f"key file {key_file}")  # reads are refused too
+    assert _state(cli) == before
+
+    # The ledger's own key: the person is recognised as erased, recorded suppressed.
+    done = _consentsync(own_environment(tmp_path, TEST_ERASURE_KEY), *comes_back, "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"erasure_suppression"' in done.stdout
+    assert _state(cli)[1] == before[1]  # no second suppression: the same one recognised
+
+
+def test_the_check_value_is_no_key_and_is_stored_once(cli: Cli) -> None:
+    (stored,) = _state(cli)[3]
+    assert stored[0] == "erasure_key_check"
+    assert stored[1].startswith("hmac-sha256:") and TEST_ERASURE_KEY not in stored[1]
+    cli.ok("status")
+    assert _state(cli)[3] == (stored,)
+
+
+def test_a_ledger_holding_nothing_keyed_takes_a_new_key(cli: Cli, tmp_path: Path) -> None:
+    """Right after init nothing is keyed: a new key loses nothing (session 50's init writes a
+    key file lost before anything was recorded), and from then on it is the ledger's key."""
+    (first,) = _state(cli)[3]
+    env = own_environment(tmp_path, OTHER_KEY)
+    done = _consentsync(env, *record_args("new@example.com", "email_marketing", "granted"))
+    assert done.returncode == 0, done.stderr
+    (taken,) = _state(cli)[3]
+    assert taken != first
+    refused = cli("status")  # in-process, with the harness's key: the one the ledger had first
+    assert refused.exit_code == 2
+    assert f"environment variable {ERASURE_KEY_ENV}" in refused.stderr
+    assert "is not the one the ledger" in refused.stderr
