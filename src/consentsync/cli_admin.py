@@ -205,11 +205,15 @@ def _known_objects(config: Config, connector: str, engine: Any) -> set[str]:
     from sqlalchemy import select
 
     from consentsync.ledger.schema import sync_cursors
+    from consentsync.sync.push_rules import PUSH_RULES
 
     with engine.connect() as conn:
         stored = set(
             conn.execute(
-                select(sync_cursors.c.object_type).where(sync_cursors.c.connector == connector)
+                select(sync_cursors.c.object_type).where(
+                    sync_cursors.c.connector == connector,
+                    sync_cursors.c.object_type != PUSH_RULES,  # a digest of rules, no place to move
+                )
             ).scalars()
         )
     return stored | set(mapped_objects(config, connector))

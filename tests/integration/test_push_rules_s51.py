@@ -10,9 +10,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import select
 
+from consentsync.cli import main
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, subjects
@@ -130,6 +132,8 @@ def test_unchanged_rules_keep_the_waiting_rows_and_state_show_lists_only_cursors
         after = conn.execute(select(outbox.c.id).where(outbox.c.status == "pending")).scalars().all()
     assert after == before
     assert all(not row["object"].startswith("~") for row in cursors.show(ledger.engine, "sf"))
+    moved = CliRunner().invoke(main, ["--config", str(config_path), "state", "reset", "sf", "~push-rules"])
+    assert moved.exit_code == 2 and "~push-rules" not in moved.stderr.split("accepted")[-1]
 
 
 def test_a_dead_lettered_push_retried_after_a_newer_decision_is_not_sent_over_it(

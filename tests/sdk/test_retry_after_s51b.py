@@ -112,3 +112,26 @@ def test_a_wait_longer_than_max_wait_stops_with_the_throttled_unanswered() -> No
             answered.update(batch)
     assert stopped.value.action is Action.RATE_LIMITED and stopped.value.retry_after == 300.0
     assert sorted(answered) == [0] and clock.slept == []
+
+
+def test_a_locked_row_is_retried_whatever_max_wait_says() -> None:
+    """max_rate_limit_wait 0 ("never sit out a rate limit") holds only what the CRM asked for:
+    the passes' own short pause before retrying a locked row is no rate limit."""
+    calls: list[list[int]] = []
+    slept: list[float] = []
+
+    def send(chunk: Sequence[int]) -> list[WriteResult]:
+        calls.append(list(chunk))
+        locked = len(calls) == 1
+        return [
+            WriteResult(str(p), not (locked and p == 1), "UNABLE_TO_LOCK_ROW" if locked and p == 1 else None,
+                        None, locked and p == 1)
+            for p in chunk
+        ]  # fmt: skip
+
+    answers = {}
+    for batch in write_in_passes([0, 1, 2], send, size=200, retries=2, sleep=slept.append, max_wait=0):
+        answers.update(batch)
+    assert calls == [[0, 1, 2], [1]]
+    assert all(result.ok for result in answers.values())
+    assert slept and all(0 < pause <= 2 for pause in slept)

@@ -39,15 +39,18 @@ def write_in_passes(
     not_before = clock()
 
     def wait(pause: float = 0.0) -> None:
-        # ``pause`` (the passes' own), or longer where the CRM asked for longer.
-        left = max(pause, not_before - clock())
-        if left > max_wait:
+        # ``pause`` (the passes' own), or longer where the CRM asked for longer. Only what the
+        # CRM asked for is held against ``max_wait``: a max_rate_limit_wait of 0 ("never sit out
+        # a rate limit") must not stop the passes' own half-second retry of a locked row.
+        asked = not_before - clock()
+        if asked > max_wait:
             raise ConnectorError(
-                f"the CRM asked to wait {left:.0f}s before the next write (longer than "
+                f"the CRM asked to wait {asked:.0f}s before the next write (longer than "
                 f"max_rate_limit_wait, {max_wait:g}s): the rest waits for the next run",
                 ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "throttled inside a batch"),
-                retry_after=left,
+                retry_after=asked,
             )
+        left = max(pause, asked)
         if left > 0:
             sleep(left)
 
