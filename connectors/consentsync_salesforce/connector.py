@@ -13,6 +13,7 @@ import contextlib
 import copy
 import csv
 import io
+import os
 import re
 import threading
 import time
@@ -138,6 +139,7 @@ class SalesforceConnector(sdk.Connector):
             name,
             config.instance_url if config.auth == "token" else config.login_url,
             config.username or config.client_id or "",
+            required=bool(config.state_dir or os.environ.get(sdk.STATE_DIR_ENV)),
         )
         # The journal's jobs a thread of this process is driving now (not left by anyone), and
         # a lock that makes settling the left ones one step for the threads that write.

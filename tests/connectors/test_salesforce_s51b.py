@@ -179,3 +179,23 @@ def test_a_noted_job_salesforce_no_longer_has_is_forgotten(
         assert all(result.ok for result in batch.values())
     assert salesforce.calls["bulk_status"] == 1 and salesforce.calls["bulk_state"] == 0
     assert not _noted(tmp_path / "state")
+
+
+def test_a_default_journal_place_that_cannot_be_used_leaves_bulk_writes_working(
+    salesforce: SalesforceSandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No state_dir given and the user's default one unusable (a read-only home, a service user
+    without one): the journal is off, said in the log, and bulk writes go as before. A
+    directory an admin gave that cannot be used still stops the write (the test above)."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state folder would be")
+    monkeypatch.delenv("CONSENTSYNC_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocked))
+    settings = _settings(salesforce, tmp_path)
+    settings.pop("state_dir")
+    ids = [r["Id"] for r in salesforce.org.records("Contact")[:55]]
+    connector = SalesforceConnector("sf-s51b", settings)
+    (answers,) = list(connector.write_batches([RecordUpdate("Contact", i, {"Title": "bulk"}) for i in ids]))
+    assert all(result.ok for result in answers.values())
+    assert [salesforce.org.get(i)["Title"] for i in ids] == ["bulk"] * len(ids)
+    assert connector._journal.off

@@ -21,12 +21,18 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
+
+import structlog
 
 from consentsync.sdk.errors import Action, ConnectorError, ErrorRule, Fault
 
 __all__ = ["STATE_DIR_ENV", "Journal", "state_dir"]
+
+log = structlog.get_logger("consentsync.sdk")
+T = TypeVar("T")
 
 STATE_DIR_ENV = "CONSENTSYNC_STATE_DIR"
 
@@ -53,27 +59,45 @@ class Journal:
     left names in it since (one process writes a connector at a time: the writer lock).
     Thread-safe. Nothing touches the disk before the first use."""
 
-    def __init__(self, folder: Path | None, vendor: str, *identity: str) -> None:
+    def __init__(self, folder: Path | None, vendor: str, *identity: str, required: bool = True) -> None:
         digest = hashlib.sha256("\0".join(identity).encode("utf-8")).hexdigest()[:16]
         self.path = None if folder is None else folder / f"{vendor}-{digest}.json"
         self._lock = threading.Lock()
+        # Not required (no directory was given, only the user's default one): where that one
+        # cannot be used (no home, a read-only home), the journal is off, said once in the log,
+        # and the connector writes as it did before it had one. A directory an admin gave must
+        # work: its failure stops the write.
+        self.required = required
+        self.off = False
 
     def names(self) -> set[str]:
         with self._lock:
-            return self._read()
+            return self._usable(self._read, set())
 
     def add(self, name: str) -> None:
         with self._lock:
-            names = self._read()
-            if name not in names:
-                self._write(names | {name})
+            names = self._usable(self._read, set())
+            if name not in names and not self.off:
+                self._usable(lambda: self._write(names | {name}), None)
 
     def discard(self, names: Iterable[str]) -> None:
         with self._lock:
-            held = self._read()
+            held = self._usable(self._read, set())
             left = held - set(names)
-            if left != held:
-                self._write(left)
+            if left != held and not self.off:
+                self._usable(lambda: self._write(left), None)
+
+    def _usable(self, step: Callable[[], T], otherwise: T) -> T:
+        if self.off:
+            return otherwise
+        try:
+            return step()
+        except ConnectorError as unusable:
+            if self.required:
+                raise
+            self.off = True
+            log.warning("sdk.journal_off", path=str(self.path), reason=unusable.rule.reason)
+            return otherwise
 
     def _file(self) -> Path:
         if self.path is None:
