@@ -196,8 +196,15 @@ def check_erasure_key(engine: Engine, config: Config) -> None:
         with engine.begin() as conn:
             stored = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
             if stored is None:
-                conn.execute(insert(ledger_settings).values(name=KEY_CHECK_SETTING, value=mine, set_at=now))
-                return
+                # A ledger from before its key was checked (0014) stores the first key that
+                # opens it: where it holds snapshots keyed by the key it was made with, that
+                # key must be this one, or the wrong key would lock the right one out.
+                if _fits_keyed_snapshots(conn, key) is not False:
+                    conn.execute(
+                        insert(ledger_settings).values(name=KEY_CHECK_SETTING, value=mine, set_at=now)
+                    )
+                    return
+                stored, held = "none stored", "crm_snapshots"
             if stored == mine:
                 return
             held = _keyed_rows(conn)
@@ -211,6 +218,27 @@ def check_erasure_key(engine: Engine, config: Config) -> None:
         f"with (key check {mine}; the ledger's is {stored}): with it the erased people would not "
         f"be recognised and a sync would import them again; use the ledger's key (it keyed: {held})"
     )
+
+
+def _fits_keyed_snapshots(conn: Connection, key: bytes) -> bool | None:
+    """Whether ``key`` made the identity hashes of CRM snapshots the ledger holds: a sample of
+    snapshots with a person's address beside them, one of which must hash alike (a person's
+    record may show another of their addresses); None where the ledger has none to tell by."""
+    from consentsync.ledger.identity import EMAIL, keyed_hasher
+    from consentsync.ledger.schema import crm_links, crm_snapshots, subject_identifiers
+
+    rows = conn.execute(
+        select(crm_snapshots.c.identity, subject_identifiers.c.value)
+        .join(crm_links, crm_links.c.id == crm_snapshots.c.link_id)
+        .join(subject_identifiers, subject_identifiers.c.subject_id == crm_links.c.subject_id)
+        .where(subject_identifiers.c.kind == EMAIL)
+        .where(crm_snapshots.c.identity.is_not(None))
+        .limit(200)
+    ).all()
+    if not rows:
+        return None
+    digest = keyed_hasher(key)
+    return any(digest(address.strip().lower()) == identity for identity, address in rows)
 
 
 def _keyed_rows(conn: Connection) -> str:

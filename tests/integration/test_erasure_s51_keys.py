@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select
+import pytest
+from sqlalchemy import create_engine, delete, func, select
 
 from consentsync.config import ERASURE_KEY_ENV, load_config
 from consentsync.ledger.schema import audit_head, ledger_settings, subjects, suppressions
@@ -101,3 +102,33 @@ def test_a_ledger_holding_nothing_keyed_takes_a_new_key(cli: Cli, tmp_path: Path
     assert refused.exit_code == 2
     assert f"environment variable {ERASURE_KEY_ENV}" in refused.stderr
     assert "is not the one the ledger" in refused.stderr
+
+
+def test_a_ledger_from_before_the_check_takes_only_the_key_its_snapshots_were_made_with(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger an older version made holds no key check: the first key that opens it after the
+    upgrade is stored. Where its CRM snapshots were keyed by another key, that first key is the
+    wrong one (the container's env key, say): it is refused, nothing stored, and the right key,
+    opening it next, is taken."""
+    from consentsync_salesforce.sandbox import SalesforceSandbox
+
+    from tests.integration.test_cli_sync import connect_sandbox
+
+    with SalesforceSandbox() as sandbox:
+        sandbox.org.seed(8, seed=51)
+        connect_sandbox(sandbox, cli.config_path, monkeypatch)
+        env = own_environment(tmp_path, OTHER_KEY)
+        assert cli.ok("sync", "sf", "--full")
+    engine = create_engine(load_config(cli.config_path).ledger_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(delete(ledger_settings))  # as a ledger migrated from 0013 is
+    finally:
+        engine.dispose()
+
+    refused = _consentsync({**env, "CONSENTSYNC_CONFIG": str(cli.config_path)}, "status")
+    _refused(refused, f"environment variable {ERASURE_KEY_ENV}", "crm_snapshots")
+    assert _state(cli)[3] == ()
+    assert cli("status").exit_code == 0  # the key the ledger was made with
+    assert len(_state(cli)[3]) == 1
