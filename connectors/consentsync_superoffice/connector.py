@@ -25,6 +25,7 @@ Person/{id}/MergeTo/{id}``) leaves no trace the API can list. The connector read
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -619,7 +620,13 @@ def _record(
         for name in names:
             attribute = name.split("_", 1)[0]
             value = info.get(_INFO_KEYS[attribute]) if info is not None else None
-            fields[name] = value if value not in ("", None) else None
+            value = value if value not in ("", None) else None
+            if attribute in ("Registered", "Updated") and value is not None:
+                # Always UTC (SOTimezone), tagged here: a time the mapping got without its zone
+                # would be read as one in an unknown zone (a no up to 12 hours later).
+                with contextlib.suppress(ValueError):  # not a time: the mapping says so
+                    value = parse_so_time(value).isoformat().replace("+00:00", "Z")
+            fields[name] = value
     return sdk.CrmRecord(OBJECT, str(person), stamp, fields)
 
 

@@ -962,18 +962,10 @@ class Mapping:
                 assert consent.basis.pull is not None
                 basis = self._translate(record, record_id, consent.basis.field, consent.basis.pull)
             event_time = self._moment(record, record_id, consent.event_time)
-            if (
-                event_time is not None
-                and status in SAID_NO_STATUSES
-                and _names_a_day(record, consent.event_time)
-            ):
-                # A date alone says the day, not the moment: a no is read as late as it can be
-                # (docs/policy.md, "A no dated to the day"), so that a consent captured later
-                # that day does not reverse it. A no dated today has no time yet: unknown, read
-                # as when it was first observed (the same on every read of it that day; the
-                # observation itself would move with each read and make it a new value).
-                day_end = event_time + END_OF_DAY
-                event_time = day_end if day_end <= observed_at else None
+            if event_time is not None:
+                event_time = _read_in_doubt(
+                    event_time, status, _zone_unknown(record, consent.event_time), observed_at
+                )
             double_opt_in_at = self._moment(record, record_id, consent.double_opt_in_at)
             notice = self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX)
             captured = self._text(record, record_id, consent.source, EVIDENCE_REF_MAX)
@@ -1021,7 +1013,7 @@ class Mapping:
             status = consent.status
             if status.direction.pushes and status.push is not None:
                 case = _push_case(present, status.push)
-                if case in status.push:
+                if case is not None and case in status.push:
                     _update(updates, record, status.field, status.push[case])
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
@@ -1171,12 +1163,19 @@ def _is_id(text: str) -> bool:
     return True
 
 
-def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:
+def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str | None:
     """Which entry of a status push table applies: ``withdrawn`` (when the table has it) for a
-    person who said no, else ``suppressed`` or ``allowed``. CRMs that record a withdrawal as a value
-    of its own (SuperOffice's Withdrawn legal basis) must not show it for a consent never given."""
+    person who said no, else ``suppressed`` or ``allowed``; None: none, the CRM's value stands.
+    CRMs that record a withdrawal as a value of its own (SuperOffice's Withdrawn legal basis)
+    must not show it for a consent never given."""
     suppressed = [state for state in present if state.suppressed]
     if not suppressed:
+        # Allowed only on evidence: a purpose's default basis (no evidence at all) is no reason
+        # to clear a Do Not Call the CRM shows (docs/policy.md, "Defaults are not evidence").
+        # A field covering several channels is cleared only when each of them is allowed by
+        # evidence.
+        if any(s.rule in NO_EVIDENCE_RULES for s in present):
+            return None
         return "allowed"
     said_no = any(s.status in SAID_NO_STATUSES or s.rule in SAID_NO_RULES for s in suppressed)
     if said_no:
@@ -1186,19 +1185,65 @@ def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str:
     return "suppressed"
 
 
-END_OF_DAY = timedelta(days=1, microseconds=-1)
+# The time zones in use span UTC-12 (Baker Island: a day there ends last, at 12:00 UTC the next
+# day) to UTC+14 (the Line Islands: a day there starts first, at 10:00 UTC the day before). A CRM
+# time that does not say its zone is read within these bounds.
+LATEST_OFFSET = timedelta(hours=12)
+EARLIEST_OFFSET = timedelta(hours=14)
+# From a date's midnight in UTC to the last moment of that day anywhere (the end of it at UTC-12).
+END_OF_DAY = timedelta(days=1) + LATEST_OFFSET - timedelta(microseconds=1)
 _DAY_ONLY = re.compile(r"\s*\d{4}-\d{2}-\d{2}\s*")
+_DAY, _WALL_CLOCK = "day", "wall clock"
 
 
-def _names_a_day(record: RecordMap[str, Any], spec: ValueSpec | None) -> bool:
-    """Whether the field ``spec`` reads holds a date without a time of day (a CRM's Date field:
-    "2026-11-23", or a ``date``)."""
+def _read_in_doubt(
+    moment: datetime, status: ConsentStatus, doubt: str | None, observed_at: datetime
+) -> datetime | None:
+    """The event time a CRM value says, read in the person's favour where the value leaves the
+    moment open (docs/policy.md, "A CRM time without its zone"): ``moment`` is what the value
+    says read as UTC; ``doubt`` is _DAY (a date alone) or _WALL_CLOCK (a time without an offset).
+
+    A no is read as late as it can be (the end of its day, or its time, at UTC-12), so that a
+    consent captured after the value's own time in UTC but before the real no does not reverse
+    it. While that moment is still to come the no has no time yet: unknown, read as when it was
+    first observed (the same on every read; the observation itself would move with each read and
+    make it a new value). A grant is read as early as it can be (its day's start, or its time, at
+    UTC+14): it reverses no no it might have preceded, and its validity runs from then."""
+    if doubt is None:
+        return moment
+    if status in SAID_NO_STATUSES:
+        late = moment + (END_OF_DAY if doubt == _DAY else LATEST_OFFSET)
+        if moment - EARLIEST_OFFSET > observed_at:
+            # Still to come in every zone: a future-dated no (a typo, a server's clock), which
+            # the sync records without its time and quarantines for ops to correct.
+            return late
+        return late if late <= observed_at else None
+    if status is ConsentStatus.GRANTED:
+        return moment - EARLIEST_OFFSET
+    return moment
+
+
+def _zone_unknown(record: RecordMap[str, Any], spec: ValueSpec | None) -> str | None:
+    """How the field ``spec`` reads leaves its moment open: _DAY for a date without a time of day
+    (a CRM's Date field: "2026-11-23", or a ``date``), _WALL_CLOCK for a time without an offset
+    (a connector that knows its CRM's zone attaches it before the mapping reads the value),
+    None for a moment (a time with its offset, or "Z")."""
     if spec is None:
-        return False
+        return None
     raw = field_value(record, spec.field)
     if isinstance(raw, datetime):
-        return False
-    return isinstance(raw, date) or (isinstance(raw, str) and _DAY_ONLY.fullmatch(raw) is not None)
+        return _WALL_CLOCK if raw.tzinfo is None else None
+    if isinstance(raw, date) or (isinstance(raw, str) and _DAY_ONLY.fullmatch(raw) is not None):
+        return _DAY
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text.endswith(("Z", "z")):
+            return None
+        try:
+            return _WALL_CLOCK if datetime.fromisoformat(text).tzinfo is None else None
+        except ValueError:
+            return None  # not a time: _moment has refused it already
+    return None
 
 
 def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:

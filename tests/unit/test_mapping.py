@@ -663,7 +663,8 @@ class TestEvidence:
             ("2026-11-23T03:21:24.000+0000", datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC)),
             ("2026-11-23T04:21:24.000+0100", datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC)),
             ("2026-11-23T03:21:24Z", datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC)),
-            ("2026-11-23", datetime(2026, 11, 23, tzinfo=UTC)),
+            # A date alone, for a grant: the day's first moment anywhere (UTC+14).
+            ("2026-11-23", datetime(2026, 11, 22, 10, 0, tzinfo=UTC)),
             (None, None),
             ("", None),
         ],
@@ -678,9 +679,10 @@ class TestEvidence:
     @pytest.mark.parametrize(
         ("raw", "expected"),
         [
-            # A date alone names the day: a no is read at its last moment.
-            ("2026-11-23", datetime(2026, 11, 23, 23, 59, 59, 999999, tzinfo=UTC)),
-            (" 2026-11-23 ", datetime(2026, 11, 23, 23, 59, 59, 999999, tzinfo=UTC)),
+            # A date alone names the day: a no is read at its last moment anywhere (UTC-12),
+            # once that has passed (OBSERVED is 2026-11-24 08:00Z).
+            ("2026-11-22", datetime(2026, 11, 23, 11, 59, 59, 999999, tzinfo=UTC)),
+            (" 2026-11-22 ", datetime(2026, 11, 23, 11, 59, 59, 999999, tzinfo=UTC)),
             # A time of day, even midnight, is a moment, and stays as stated.
             ("2026-11-23T00:00:00Z", datetime(2026, 11, 23, tzinfo=UTC)),
             ("2026-11-23T03:21:24.000+0000", datetime(2026, 11, 23, 3, 21, 24, tzinfo=UTC)),

@@ -71,6 +71,7 @@ from consentsync.ledger.service import Ledger, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import (
     END_OF_DAY,
+    LATEST_OFFSET,
     SAID_NO_STATUSES,
     Mapping,
     MappingValueError,
@@ -321,7 +322,8 @@ ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
 # The source of an erasure carried, as a withdrawal, to a person whose CRM record took on the
 # erased person's record (a merge) or address (never a trusted source: it reverses nothing).
 ERASURE_CARRIED_SOURCE = "erasure"
-# The time of day a no read from a Date field is recorded at (mapping.END_OF_DAY).
+# The time of day a no read from a Date field is recorded at (mapping.END_OF_DAY: the next day,
+# at the end of the day in UTC-12).
 _DAY_END = (datetime.min + END_OF_DAY).time()
 
 
@@ -1128,18 +1130,18 @@ class SyncEngine:
         seen: dict[str, Any],
         fresh: list[Evidence],
     ) -> list[Evidence]:
-        """``fresh`` less a no read from a Date field that was recorded already: dated today
-        when first read, it had no time yet (recorded as when it was observed); read on a later
-        day it is its day's last moment (mapping.py). That is the same no, not a second one at
-        the day's end, which would be later than its first observation and undo a consent the
-        person gave after it. A no dated to a later day than that observation is a new one.
-        Rare (a record's no changing from undated to dated): one lookup then."""
+        """``fresh`` less a no that was recorded already without a time: a no read from a Date
+        field, or from a time without its zone, has no time until the latest moment it can mean
+        has passed (recorded as when it was first observed); read after that it is that moment
+        (mapping._read_in_doubt). That is the same no, not a second one, which would be later
+        than its first observation and undo a consent the person gave after it. A no whose date
+        or time (read as UTC) is later than that observation is a new one. Rare
+        (a record's no changing from undated to dated): one lookup then."""
         candidates = [
             e
             for e in fresh
             if e.status in SAID_NO_STATUSES
             and e.event_time is not None
-            and e.event_time.time() == _DAY_END
             and (old := seen.get(_evidence_key(e))) is not None
             and len(old) == 3
             and old[2] is None
@@ -1169,7 +1171,11 @@ class SyncEngine:
         for e in candidates:
             moment = observed.get((e.purpose, e.channel, e.status.value))
             assert e.event_time is not None
-            if moment is not None and e.event_time.date() <= moment.date():
+            # What the CRM stated, read as UTC: the date's midnight, or the wall-clock time.
+            stated = e.event_time - (END_OF_DAY if e.event_time.time() == _DAY_END else LATEST_OFFSET)
+            # Undated when first observed, this no's latest moment was still to come then; a no
+            # stated later than that observation is another one.
+            if moment is not None and stated <= moment < e.event_time:
                 again.add(id(e))
         return [e for e in fresh if id(e) not in again]
 
