@@ -100,6 +100,10 @@ class HubSpotConnector(sdk.Connector):
     # workflows. A read from the stored cursor would pass such a contact by for good; five
     # minutes back covers the lag many times over for the cost of re-reading five minutes.
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    # Since session 50 a contact's opt-out of all email (hs_email_optout) and the v4 "wide"
+    # statuses are read beside the subscription statuses: a contact passed by an older version
+    # was never read with them (its no stayed unknown), so every contact is read again once.
+    reading_version: ClassVar[str | None] = "2-email-optout-wide"
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
     can_delete = True  # POST /crm/v3/objects/contacts/batch/archive
     reports_merges = True  # hs_merged_object_ids on the primary

@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 import requests
 
 from consentsync import sdk
+from consentsync.sdk.settings import loopback_host
 from consentsync_salesforce.settings import SalesforceSettings
 
 
@@ -47,7 +49,36 @@ def request_token(session: requests.Session, config: SalesforceSettings) -> Toke
     url = config.login_url.rstrip("/") + "/services/oauth2/token"
     body = sdk.request_token(session, url, form, login=f"login with {config.auth}")
     identity = str(body.get("id") or "").rstrip("/")
-    return TokenGrant(body["access_token"], body["instance_url"], identity.rsplit("/", 1)[-1] or None)
+    instance = _instance_url(body.get("instance_url"), config, url)
+    return TokenGrant(body["access_token"], instance, identity.rsplit("/", 1)[-1] or None)
+
+
+def _instance_url(value: object, config: SalesforceSettings, token_url: str) -> str:
+    """The token answer's ``instance_url``, where every later call goes with the bearer token:
+    https, or plain http to this machine only (a sandbox), as the configured URLs are held to
+    (``sdk.settings``). An answer of ``http://`` to another host (a proxy or a login server
+    that rewrites it, a hostile endpoint) would have the token and people's consents sent in
+    clear; one without it failed on a KeyError. The value is never quoted: it may carry a user
+    and password."""
+    shown = sdk.mask_userinfo(token_url)
+    try:
+        parts = urlsplit(value.strip()) if isinstance(value, str) else None
+        host = parts.hostname if parts is not None else None
+    except ValueError:  # a malformed host ("http://[::1"): no URL at all
+        parts, host = None, None
+    scheme = parts.scheme.lower() if parts is not None else ""
+    if host and (scheme == "https" or (scheme == "http" and loopback_host(host))):
+        return str(value).strip()
+    said = (
+        f"an instance_url in {scheme or 'no scheme'} (the access token would go in clear)"
+        if host
+        else "no usable instance_url"
+    )
+    raise sdk.ConnectorError(
+        f"the login with {config.auth} at {shown} answered {said}: refused; accepted: an https "
+        "URL, or http to this machine only",
+        sdk.ErrorRule(sdk.Action.FAIL, sdk.Fault.CONFIG, "instance URL refused"),
+    )
 
 
 def _assertion(config: SalesforceSettings) -> str:

@@ -179,6 +179,13 @@ class Connector(ABC):
     # connector sets it from its vendor's docs; ``lookback_seconds`` in the connector's config
     # overrides it.
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    # What the connector reads for a mapping by itself, beyond the mapping's own fields (a field
+    # it adds, such as HubSpot's opt-out of all email): change it whenever a new version reads
+    # more or understands the answers otherwise. It goes into each cursor's reading digest, so a
+    # ledger synced by an older version reads every record again once under the new reading
+    # (records passed before would otherwise keep what the old reading made of them). None: the
+    # mapping alone says what is read.
+    reading_version: ClassVar[str | None] = None
     # True where ``read_deletions`` lists records deleted (or merged away) in the CRM.
     reads_deletions: ClassVar[bool] = False
     # Where deletions come from, for ops and docs: "stream" (``read_changes`` yields them),

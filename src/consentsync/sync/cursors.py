@@ -24,7 +24,7 @@ from consentsync.domain import InvalidInput, canonical_json, iso
 from consentsync.ledger.bulk import db_time, upsert_rows
 from consentsync.ledger.schema import state_changes, sync_cursors
 from consentsync.sdk.connector import Cursor
-from consentsync.sync.engine import LEDGER_FEED
+from consentsync.sync.engine import LEDGER_FEED, READS_KEY, REREADING_KEY
 from consentsync.sync.feed import FeedPlace
 from consentsync.sync.lease import Lease
 from consentsync.sync.locks import connector_lock
@@ -101,7 +101,7 @@ def reset(
                 if object_type == LEDGER_FEED:
                     new = _feed_at(conn, to)
                 else:
-                    new = None if to is None else canonical_json(Cursor(to, None).to_json())
+                    new = None if to is None else canonical_json(_placed(to, before))
                 if new is None:
                     conn.execute(
                         delete(sync_cursors).where(
@@ -131,6 +131,23 @@ def reset(
         finally:
             lease.release()
     return {"connector": connector, "object": label(object_type), "before": old_view, "after": new_view}
+
+
+def _placed(to: datetime, before: str | None) -> dict[str, Any]:
+    """The cursor a reset places at ``to``, keeping what the cursor it replaces recorded of the
+    reading its records were read under (the digest of the mapping, ``SyncEngine._save_cursor``):
+    a mapping changed since still has the object read from its start. Without it the engine
+    honours the position as the admin chose it and never learns that the mapping changed before
+    the reset: the records before ``to`` (a contact nobody edited since, holding a no under a
+    field mapped anew) would keep what the old mapping made of them."""
+    placed: dict[str, Any] = dict(Cursor(to, None).to_json())
+    old = orjson.loads(before) if before else None
+    if isinstance(old, dict) and old.get(READS_KEY) is not None:
+        placed[READS_KEY] = old[READS_KEY]
+        # What is read from ``to`` is taken whole, as before the digest was kept (an admin moves
+        # a cursor back to have those records gone through again, not compared and skipped).
+        placed[REREADING_KEY] = True
+    return placed
 
 
 def _feed_at(conn: Any, to: datetime | None) -> str | None:

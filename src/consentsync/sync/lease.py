@@ -54,21 +54,91 @@ class LeaseLost(RuntimeError):
     """This run no longer owns its connector: another run took the lease over."""
 
 
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace (a container has its own), None off Linux."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _start_time(pid: int | str) -> int | None:
+    """When process ``pid`` (of this PID namespace) started, in clock ticks since boot (field 22
+    of /proc/PID/stat); None when there is no such process or no /proc to tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The fields after the command, which is in parentheses and may hold spaces or parentheses
+    # itself: the last ")" ends it, and field 3 (the state) follows.
+    fields = text[text.rfind(")") + 1 :].split()
+    try:
+        return int(fields[22 - 3])
+    except (IndexError, ValueError):
+        return None
+
+
 def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid``, and where /proc tells them ``/pidns/start``: the PID namespace and the
+    process's start time. The shipped image runs the daemon as PID 1: after a container restart
+    the dead holder ``host:1`` (a container keeps its hostname) would look alive, being the new
+    process itself, and its lease was waited out."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    namespace, started = _pid_namespace(), _start_time("self")
+    if namespace is None or started is None:
+        return base
+    return f"{base}/{namespace}/{started}"
 
 
 def holder_dead(holder: str) -> bool:
-    """True when ``holder`` ran on this host and its process is gone (a crash or SIGKILL)."""
-    host, _, pid = holder.rpartition(":")
+    """True when ``holder`` ran on this host and its process is gone (a crash or SIGKILL).
+
+    A holder that recorded its PID namespace and start time (``this_process``) is dead when its
+    PID in this namespace is no process or one that started at another time (the PID reused:
+    PID 1 of a restarted container), or when it ran in another PID namespace that no process
+    here is in any more (the container it ran in is gone). One written by an older version
+    (``host:pid``) is dead when its PID is no process."""
+    host, _, process = holder.rpartition(":")
+    pid, _, recorded = process.partition("/")
     if host != socket.gethostname() or not pid.isdigit():
         return False
+    namespace, _, started = recorded.partition("/")
+    if namespace.isdigit() and started.isdigit():
+        ours = _pid_namespace()
+        if ours is not None and int(namespace) != ours:
+            return not _namespace_alive(int(namespace))
+        now = _start_time(pid)
+        if now is not None:
+            return now != int(started)
+        # No such process, or one /proc hides (hidepid): asked of the kernel as before.
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
+    return False
+
+
+def _namespace_alive(namespace: int) -> bool:
+    """Whether some process this one can see is in PID namespace ``namespace`` (or whether that
+    cannot be told: a process whose namespace may not be read). A namespace lives as long as a
+    process is in it: a container that stopped took its namespace with it."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/pid").st_ino == namespace:
+                return True
+        except FileNotFoundError:  # the process ended meanwhile
+            continue
+        except OSError:  # another user's process: its namespace is not ours to read
+            return True
     return False
 
 
