@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import sqlite3
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -72,12 +73,26 @@ def ledger_refusals(url: str) -> Iterator[None]:
         raise LedgerNotReady(problem.message, problem.exit_code) from None
 
 
+# The engines this process opened, for ``close_opened``: a command's connections are closed when
+# it ends, not whenever the garbage collector gets to its engine (a process running commands in
+# turn, such as a test suite's CliRunner, held their PostgreSQL sessions up to the server's limit).
+_OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def close_opened() -> None:
+    """Closes the pooled connections of every ledger engine this process opened (a command's end)."""
+    for engine in list(_OPENED):
+        engine.dispose()
+
+
 def ledger_engine(config: Config, *, checkpoints: bool = True) -> Engine:
     """The ledger's engine; a URL no installed driver serves is a config error naming the line.
     ``checkpoints``: see ``make_engine``."""
     url = config.settings.ledger.url
     try:
-        return make_engine(config.ledger_url, checkpoints=checkpoints)
+        engine = make_engine(config.ledger_url, checkpoints=checkpoints)
+        _OPENED.add(engine)
+        return engine
     except ArgumentError:
         raise ConfigError(f"{config.where('ledger', 'url')}not a database URL: {safe_url(url)}") from None
     except NoSuchModuleError:

@@ -420,8 +420,12 @@ class _Commands(click.Group):
 )
 def main(log_level: str, log_format: str | None) -> None:
     """consentsync: one truthful record of consent and lawful basis, every CRM in step with it."""
-    click.get_current_context().meta["consentsync.log_format"] = log_format
+    context = click.get_current_context()
+    context.meta["consentsync.log_format"] = log_format
     configure_logging(log_level, fmt=log_format)
+    from consentsync.app import close_opened
+
+    context.call_on_close(close_opened)
 
 
 # -- groups more than one command module adds commands to ------------------------------------------

@@ -263,7 +263,7 @@ def test_a_full_disk_leaves_no_half_written_page(config: Path, monkeypatch: pyte
         assert _counts(ledger)[0] == counts_before[0] + 1
     assert failed is not None, "the ledger never ran out of room"
     one_line_error(failed, exit_codes.UNAVAILABLE, str(ledger), "full", "free space")
-    monkeypatch.undo()
+    monkeypatch.setattr("consentsync.app.make_engine", made)  # room again (the key stays set)
     # The refused event left nothing behind (no event, no audit entry), every recorded event has
     # its audit entry, and the chain verifies.
     assert _counts(ledger) == counts_before
@@ -272,7 +272,8 @@ def test_a_full_disk_leaves_no_half_written_page(config: Path, monkeypatch: pyte
             "SELECT count(*) FROM audit_entries WHERE action = 'consent.recorded'"
         ).fetchone()[0]
     assert recorded == counts_before[0] == n + 1
-    assert run(config, "audit", "verify").exit_code == 0
+    verified = run(config, "audit", "verify")
+    assert verified.exit_code == 0, verified.output + verified.stderr
 
 
 def _counts(ledger: Path) -> tuple[int, int]:
