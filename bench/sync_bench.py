@@ -213,7 +213,7 @@ def _queries(engine: Any, since_stored: bool) -> list[tuple[str, str, bool]]:
         since = Cursor()
         if since_stored:
             with engine.ledger.engine.connect() as conn:
-                stored = engine._load_cursor(conn, mapping.object)
+                stored, _whole, _again = engine._load_read(conn, mapping.object)
             since = connector.resume_from(stored, engine._lookback())
         until = engine.ledger.clock()
         query = connector.build_query(mapping.object, mapping.pull_fields(), since, until)
