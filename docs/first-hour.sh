@@ -61,10 +61,14 @@ step $CS status
 step $CS plan "$CONNECTOR" -o plan.json
 step $CS apply plan.json --actor "Ops Admin"
 # The daemon: runs every connector on its schedule, serves /metrics, /healthz and /readyz.
-echo; echo "\$ consentsync run --metrics-port $METRICS_PORT   (for 8 seconds, then SIGTERM)"
+echo; echo "\$ consentsync run --metrics-port $METRICS_PORT   (until its first run ends, then SIGTERM)"
 $CS run --metrics-port "$METRICS_PORT" > daemon.log 2>&1 &
 DAEMON=$!
-sleep 8
+# The daemon runs each connector at once, then on its schedule: wait for the first run's end.
+for _ in $(seq 1 120); do
+  grep -qE '"sync\.(finished|failed|interrupted)"' daemon.log 2>/dev/null && break
+  sleep 0.5
+done
 # Where it serves: the port it logged (daemon.metrics), the one it picked when given 0.
 METRICS=$(python3 -c "import json
 for line in open('daemon.log'):

@@ -344,6 +344,7 @@ def open_sync(config: Config, name: str, ledger: Ledger | None = None) -> SyncEn
         guard_max_records=settings.push_guard.max_records,
         guard_max_share=settings.push_guard.max_share,
         decide_ahead_from=settings.decide_ahead_from,
+        lease_seconds=settings.lease_seconds,
     )
     from consentsync.checkpoints import signer_for
 

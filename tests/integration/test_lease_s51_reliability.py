@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import text, update
 
@@ -30,9 +31,11 @@ from consentsync.ledger.service import utcnow
 from tests.integration.crash_config import CONNECTOR, sync_command
 from tests.integration.helpers import holding_env, migrated_crash_config, seeded_org, wait_until_held
 
-# Longer than half the lease's time to live (60 s): a run that saw its lease current no later
-# than a heartbeat (a third of it) before the pause cannot know it still owns the connector.
-PAUSE_SECONDS = 32
+# The connector's lease (a third of the default), and a pause longer than half of it: a
+# run that saw its lease current no later than a heartbeat (a third of it) before the pause
+# cannot know it still owns the connector.
+LEASE_SECONDS = 20
+PAUSE_SECONDS = 11
 
 
 @pytest.fixture
@@ -46,6 +49,9 @@ def test_a_run_paused_past_its_lease_sends_nothing_stale_when_it_wakes(
     tmp_path: Path, ledger_url: str, org: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = migrated_crash_config(tmp_path / "run", org, ledger_url, monkeypatch)
+    data = yaml.safe_load(config.read_text())
+    data["connectors"][0]["lease_seconds"] = LEASE_SECONDS
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     application = ledger_url.rsplit("application_name=", 1)[1]
     env = {**os.environ}
     env.pop("CONSENTSYNC_CONFIG", None)

@@ -70,6 +70,10 @@ class ConnectorSettings(BaseModel):
     # How far behind its last read an incremental read starts again (changes committed late);
     # None: the connector's own default, chosen from its vendor's docs.
     lookback_seconds: float | None = Field(default=None, ge=0, le=7 * 86_400, allow_inf_nan=False)
+    # The connector lease's time to live: a daemon that dies (or freezes) holding the connector
+    # keeps every other one off it this long; a run alive renews it every third of it, and stops
+    # touching the CRM once it cannot know it still holds it (sync/lease.py).
+    lease_seconds: float = Field(default=60.0, ge=10, le=3_600, allow_inf_nan=False)
     # Art. 17(2): what an erasure does to this CRM's records of the person, per object (the
     # mapping's object name): suppress (push the suppression flags only; the default),
     # anonymise (overwrite the personal fields the mapping names under personal_fields) or

@@ -26,6 +26,9 @@ def build(config: Config, ledger: Ledger, *, host: str | None = None) -> FastAPI
     return create_app(Console(config, ledger), host=host)
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
 def uvicorn_config(
     app: FastAPI,
     *,
@@ -48,6 +51,10 @@ def uvicorn_config(
         # requests as HTTPS (and so the cookies as Secure) and X-Forwarded-For names the client;
         # from anyone else (loopback included) both are ignored.
         proxy_headers=bool(_trusted(app)),
+        # A stop waits this long for open connections: a browser's idle keep-alive TLS connection
+        # never answers the server's close, and uvicorn waited for it until the caller's SIGKILL
+        # (docker stop gives 10 s, systemd 90 s): a console stopped with a tab open died of it.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         forwarded_allow_ips=",".join(_trusted(app)) or None,
         **extra,
     )
