@@ -111,7 +111,7 @@ def listening_where_asked(port_option: str, port: int | None, host_option: str, 
 # Output that could not be written: no space (69: free some and run again) or nowhere to write
 # it (2). What the command changed before it wrote its output stays: the message says only that
 # the output was lost.
-_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+_SPACE = exit_codes.NO_SPACE_ERRNOS
 _UNWRITABLE = _SPACE | {errno.EROFS, errno.EACCES, errno.EISDIR, errno.ENOENT, errno.EBADF}
 
 

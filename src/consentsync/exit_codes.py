@@ -29,6 +29,8 @@
 
 from __future__ import annotations
 
+import errno
+
 OK = 0
 FAILED = 1
 CONFIG = 2
@@ -41,6 +43,11 @@ UNAVAILABLE = 69
 STOPPED = 75
 CREDENTIALS = 77
 READER_GONE = 128 + 13  # 128 + SIGPIPE
+
+# A write refused for want of room (a full disk or quota, a file over its limit, the device's
+# I/O error a full thin volume gives): the machine's state, exit 69 (free some, run again), said
+# in one line and logged without frames.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 
 
 def for_connector_error(rule: object) -> int:

@@ -61,6 +61,9 @@ def test_a_plan_whose_spool_disk_is_full_says_where_in_one_line(
     assert str(full_disk) in errors[0] and "TMPDIR" in errors[0], errors[0]
     assert "output could not be written" not in errors[0], errors[0]
     assert "Traceback" not in planned.stderr
+    # A full disk is no crash: the run's log shows no frames of it either.
+    assert '"sync.crashed"' not in planned.stderr, planned.stderr[-1500:]
+    assert '"exception"' not in planned.stderr, planned.stderr[-1500:]
     # The new ledger holds nobody yet: the plan, which writes nothing, left it so.
     ledger = open_ledger(load_config(config))
     try:

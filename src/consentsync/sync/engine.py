@@ -479,9 +479,15 @@ class SyncEngine:
             report.exit_code = problem.exit_code if problem else None
             bound.error("sync.failed", error=report.error)
         except Exception as error:
+            report.status = "failed"
+            if isinstance(error, OSError) and error.errno in exit_codes.NO_SPACE_ERRNOS:
+                # A full disk (the plan's spool, a SQLite ledger's file) is the machine's state,
+                # not a defect: one line with the place, no frames; the caller says it likewise.
+                report.error = f"disk: {error}"
+                bound.error("sync.failed", error=report.error)
+                raise
             # Unexpected: the run is recorded as failed (never left "running"), the traceback
             # logged as a field, and the error raised on to the caller.
-            report.status = "failed"
             report.error = f"internal: {type(error).__name__} (the traceback is in the log)"
             bound.error("sync.crashed", error=report.error, exc_info=True)
             raise
