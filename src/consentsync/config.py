@@ -171,6 +171,26 @@ class HubSettings(_Strict):
 
     # The address people reach the preference centre at: the links in mails start with it.
     public_url: str = "http://127.0.0.1:8080"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_address(cls, value: str) -> str:
+        # Its links carry a person's preference token: over plain HTTP anyone on the way could
+        # read it and change their choices. Plain HTTP only on this machine (a demo, a test).
+        from urllib.parse import urlsplit
+
+        from consentsync.sdk.settings import loopback_host
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an address: accepted is https://HOST[/PATH]")
+        if parts.scheme == "http" and not loopback_host(parts.hostname):
+            raise ValueError(
+                f"{value!r} is plain HTTP to another machine: its links carry people's tokens; "
+                "accepted is https://HOST[/PATH] (http only on 127.0.0.1, ::1 or localhost)"
+            )
+        return value
+
     # Purposes a Global Privacy Control signal (Sec-GPC: 1) opts out of: under the CCPA, the
     # sale or sharing of personal information.
     gpc_purposes: list[str] = Field(default_factory=list)

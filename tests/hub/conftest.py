@@ -89,7 +89,7 @@ def hub_config(config_path: Path, smtp_port: int) -> None:
          "description": "Our monthly newsletter.", "validity_days": 365, "renewal_days_before": 30}
     )  # fmt: skip
     data["hub"] = {
-        "public_url": "http://prefs.example.test",
+        "public_url": "https://prefs.example.test",
         "gpc_purposes": ["profiling"],
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "sender": "privacy@example.test"},
         "branding": {"name": "Globex privacy"},

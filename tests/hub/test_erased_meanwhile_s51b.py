@@ -33,6 +33,13 @@ def someone(world: HubWorld, email: str) -> None:
     world.ledger.raise_objection(email, "service", direct_marketing=False)
 
 
+def ada_and_bob(world: HubWorld) -> None:
+    """Two people with nothing on record for the newsletter, and an empty inbox."""
+    for email in (ADA, BOB):
+        someone(world, email)
+    world.inbox.messages.clear()
+
+
 def erase(world: HubWorld, email: str) -> None:
     world.ledger.erase(email, reason="asked for by the person", actor="dpo")
 
@@ -74,9 +81,7 @@ def test_a_double_opt_in_mail_is_not_sent_to_a_person_erased_after_the_answer(wo
 @SQLITE_ONLY
 @pytest.mark.usefixtures("info_logs")
 def test_a_consent_request_run_skips_a_person_erased_while_it_ran(world: HubWorld) -> None:
-    someone(world, ADA)
-    someone(world, BOB)
-    world.inbox.messages.clear()
+    ada_and_bob(world)
 
     def pace(_seconds: float) -> None:  # while the run waits between mails, Bob is erased
         erase(world, BOB)
@@ -111,9 +116,7 @@ def test_hub_requests_does_not_exit_69_for_a_person_erased_during_the_run(
     world: HubWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The command, as a scheduler runs it: an erasure during the run is no failure to retry."""
-    someone(world, ADA)
-    someone(world, BOB)
-    world.inbox.messages.clear()
+    ada_and_bob(world)
     paced = Outreacher._pace
 
     def pace(self: Outreacher, sent: int) -> None:
@@ -126,3 +129,42 @@ def test_hub_requests_does_not_exit_69_for_a_person_erased_during_the_run(
     assert result.exit_code == 0, result.output
     assert "1 consent request(s) sent for newsletter, 0 failed" in result.stdout
     assert [message["To"] for message in world.inbox.messages] == [ADA]
+
+
+class _ErasingWhilePaced:
+    """The daemon's stop event, whose wait between two mails erases Bob meanwhile."""
+
+    def __init__(self, world: HubWorld) -> None:
+        self.world = world
+
+    def wait(self, _seconds: float) -> bool:
+        erase(self.world, BOB)
+        return False
+
+    def is_set(self) -> bool:
+        return False
+
+
+@SQLITE_ONLY
+@pytest.mark.usefixtures("info_logs")
+def test_the_daemons_upkeep_log_counts_people_left_out_meanwhile(world: HubWorld) -> None:
+    from dataclasses import replace
+
+    from consentsync.sync.daemon import Daemon
+
+    ada_and_bob(world)
+    settings = world.hub.config.settings
+    configured = replace(
+        world.hub.config,
+        settings=settings.model_copy(
+            update={"hub": settings.hub.model_copy(update={"request_purposes": ["newsletter"]})}
+        ),
+    )
+    daemon = Daemon(configured, world.ledger)
+    daemon.stopping = _ErasingWhilePaced(world)  # type: ignore[assignment]
+    with structlog.testing.capture_logs() as logged:
+        daemon.hub_upkeep()
+    (upkeep,) = [entry for entry in logged if entry["event"] == "hub.upkeep"]
+    assert (upkeep["requests_sent"], upkeep["requests_failed"]) == (1, 0), upkeep
+    assert (upkeep["left_out_erased"], upkeep["left_out_changed"]) == (1, 0), upkeep
+    no_personal_data(logged)

@@ -33,7 +33,7 @@ def test_the_capture_api_and_the_preference_centre_are_served(
     assert served.get("/v1/openapi.json").json()["info"]["title"] == "consentsync capture API"
     link = world.hub.preference_link(recorded.json()["results"][0]["subject"])
     token = link.rsplit("/", 1)[1]
-    page = served.get(link.replace("http://prefs.example.test", ""))
+    page = served.get(link.replace("https://prefs.example.test", ""))
     assert page.status_code == 200 and "Newsletter" in page.text
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")  # no script at all

@@ -471,3 +471,30 @@ def test_the_starter_configs_commented_console_settings_parse(tmp_path: Path) ->
     web = parse_config("\n".join([*lines[:start], *block, *lines[end:]]), tmp_path / "c.yaml").settings.web
     assert web.allowed_hosts == ["consent.example.org"]
     assert [str(n) for n in web.trusted_networks()] == ["10.0.0.0/8"]
+
+
+# --- the hub's public address -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://prefs.example.org", "plain HTTP to another machine"),
+        ("http://10.0.0.5:8080/prefs", "plain HTTP to another machine"),
+        ("prefs.example.org", "is not an address"),
+        ("ftp://prefs.example.org", "is not an address"),
+    ],
+)
+def test_the_hubs_public_url_is_https_unless_on_this_machine(url: str, says: str) -> None:
+    text = MINIMAL + f"hub:\n  public_url: {url}\n"
+    line = text.splitlines().index(f"  public_url: {url}") + 1
+    assert_error_at(text, f"{line}: hub.public_url: ", says, "https://HOST")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://prefs.example.org/centre", "http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:80"],
+)
+def test_the_hubs_public_url_takes_https_and_this_machines_http(url: str) -> None:
+    text = MINIMAL + f"hub:\n  public_url: '{url}'\n"
+    assert parse_config(text, CONFIG).settings.hub.public_url == url

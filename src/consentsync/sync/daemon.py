@@ -158,6 +158,11 @@ class Daemon:
             renewals_sent=renewals.sent,
             renewals_failed=renewals.failed,
             requests_sent=sum(done.sent for done in requests),
+            requests_failed=sum(done.failed for done in requests),
+            # People left out while the mails were paced: erased, or restricted, withdrawn or
+            # objecting meanwhile (hub/outreach.py), as the CLI's outreach commands say.
+            left_out_erased=renewals.erased + sum(done.erased for done in requests),
+            left_out_changed=renewals.changed + sum(done.changed for done in requests),
         )
 
     def next_runs(self) -> dict[str, Any]:
