@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import sqlite3
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,12 +160,12 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     # Fail now, with the config's words, rather than at the first erasure; and before anything is
     # written (the purposes below), refuse a key the ledger was not keyed with.
     with ledger_refusals(config.ledger_url):
-        check_erasure_key(engine, config)
+        key = check_erasure_key(engine, config)
     ledger = Ledger(
         engine,
         config.purposes,
         config.policy,
-        config.erasure_key,
+        pinned(key),
         max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
     )
     # Events reference purposes, so the ledger must know every configured one before recording.
@@ -187,13 +187,22 @@ def erasure_key_check(key: bytes) -> str:
     return "hmac-sha256:" + hmac.new(key, KEY_CHECK_TEXT, hashlib.sha256).hexdigest()[:16]
 
 
-def check_erasure_key(engine: Engine, config: Config) -> None:
+def pinned(key: bytes) -> Callable[[], bytes]:
+    """The erasure key a ledger is opened with, as ``Ledger`` asks for it: the key that was
+    checked, not the config's key file read again at each use. A daemon running for weeks whose
+    key file was replaced meanwhile (rotated, overwritten) went on with the new key unchecked and
+    no longer recognised the people erased under the old one."""
+    return lambda: key
+
+
+def check_erasure_key(engine: Engine, config: Config) -> bytes:
     """The erasure key in use is the one the ledger is keyed with: its check value is stored the
     first time a key opens the ledger and compared on every opening after. Another key (the
     environment variable a container sets, winning over the key file an admin shell reads; a
     rotated or mistyped key) would no longer recognise the erased people, and a sync would import
     them again: refused in one line naming where the key came from, nothing changed. A ledger
-    holding nothing keyed yet (what init records only) takes the new key: nothing is lost."""
+    holding nothing keyed yet (what init records only) takes the new key: nothing is lost.
+    Returns the key checked, for the process to keep (``pinned``)."""
     from sqlalchemy.exc import IntegrityError
 
     from consentsync.ledger.engine import reading
@@ -205,7 +214,7 @@ def check_erasure_key(engine: Engine, config: Config) -> None:
     with reading(engine) as conn:
         stored = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
     if stored == mine:
-        return
+        return key
     now, held = datetime.now(UTC), ""
     try:
         with engine.begin() as conn:
@@ -218,14 +227,14 @@ def check_erasure_key(engine: Engine, config: Config) -> None:
                     conn.execute(
                         insert(ledger_settings).values(name=KEY_CHECK_SETTING, value=mine, set_at=now)
                     )
-                    return
+                    return key
                 stored, held = "none stored", "crm_snapshots"
             if stored == mine:
-                return
+                return key
             held = _keyed_rows(conn)
             if not held:
                 conn.execute(update(ledger_settings).where(by_name).values(value=mine, set_at=now))
-                return
+                return key
     except IntegrityError:  # another process stored its key's check meanwhile: compare with it
         return check_erasure_key(engine, config)
     raise LedgerNotReady(
@@ -364,11 +373,12 @@ def examining_engine(config: Config, name: str, options: SyncOptions) -> SyncEng
     from consentsync.sync.engine import SyncEngine
 
     connector, mappings = open_connector(config, name)
+    engine = ledger_engine(config, checkpoints=False)
     ledger = Ledger(
-        ledger_engine(config, checkpoints=False),
+        engine,
         config.purposes,
         config.policy,
-        config.erasure_key,
+        pinned(check_erasure_key(engine, config)),  # the run's key: the parent stored its check
         max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
     )
     return SyncEngine(ledger, connector, mappings, options)

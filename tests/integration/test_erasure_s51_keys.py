@@ -132,3 +132,36 @@ def test_a_ledger_from_before_the_check_takes_only_the_key_its_snapshots_were_ma
     assert _state(cli)[3] == ()
     assert cli("status").exit_code == 0  # the key the ledger was made with
     assert len(_state(cli)[3]) == 1
+
+
+def test_a_running_process_keeps_the_key_it_checked(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon runs for weeks: the key its environment or key file gives may change under it (a
+    rotation, a file overwritten). It goes on with the key the ledger was checked against: with
+    the new one it no longer recognised the people erased under the old, and recorded them anew."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from consentsync.app import open_ledger
+    from consentsync.domain import ConsentStatus, Evidence, Origin
+    from consentsync.ledger.identity import Identity
+    from consentsync.ledger.service import utcnow
+
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok("erase", "--email", "gone@example.com", "--reason", "art17 request", "--yes")
+    ledger = open_ledger(load_config(cli.config_path))
+    try:
+        monkeypatch.setenv(ERASURE_KEY_ENV, OTHER_KEY)  # the key changed under the running process
+        now = utcnow()
+        read_from_a_crm = replace(
+            Evidence.from_web_form(ConsentStatus.GRANTED, now - timedelta(seconds=5), now),
+            source="crm",
+            origin=Origin.CRM,
+        )
+        outcome = ledger.record(Identity(email="gone@example.com"), read_from_a_crm)
+        assert outcome.after is not None
+        assert outcome.after.suppressed and outcome.after.rule == "erasure_suppression", (
+            "the erased person was recorded again as someone who may be mailed"
+        )
+        assert ledger.erasure_key() == TEST_ERASURE_KEY.encode()
+    finally:
+        ledger.engine.dispose()
