@@ -10,6 +10,7 @@ running" rather than a "next run" nobody will make.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,13 @@ class DaemonSeen:
 
 
 def _key(holder: str) -> str:
-    return (PREFIX + holder)[:64]
+    """The row's name for ``holder``: as it is where it fits the column (64), else a digest of
+    it. Cut to fit, two daemons on one long-named host (or two containers of one hostname, each
+    PID 1) shared a row: each beat overwrote the other's, and one of them looked gone."""
+    key = PREFIX + holder
+    if len(key) <= 64:
+        return key
+    return PREFIX + hashlib.sha256(holder.encode()).hexdigest()[:48]
 
 
 class Heartbeat:
