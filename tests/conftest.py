@@ -192,11 +192,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not any(part in item.nodeid for part in _SLOW_FIRST))
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: one worker more than the machine has cores. Much of the suite waits (on the
-    processes it starts, on servers, on real intervals): two workers on two cores kept them 55%
-    busy (11:37 for the suite), three 70% (9:10); ``--maxprocesses`` caps it."""
-    return (os.cpu_count() or 1) + 1
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker more than the cores this process may use. Much of the suite waits
+    (on the processes it starts, on servers, on real intervals): two workers on two cores kept
+    them 55% busy (11:37 for the suite), three 70% (9:10); ``--maxprocesses`` caps it. None
+    (xdist's own count) for ``-n logical`` or where PYTEST_XDIST_AUTO_NUM_WORKERS says."""
+    if config.option.numprocesses == "logical" or os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        cores = os.cpu_count() or 1
+    return cores + 1
 
 
 def one_line_error(result: Result, code: int, *needles: str) -> str:

@@ -244,6 +244,24 @@ def check_erasure_key(engine: Engine, config: Config) -> bytes:
     )
 
 
+def _key_the_ledger_holds(engine: Engine, config: Config) -> bytes:
+    """The config's erasure key if its check is the one the ledger stores, else LedgerNotReady:
+    a comparison only, for a process that must not write (the decide-ahead child, whose run
+    holds the write lock: the parent stored its key's check when it opened the ledger). A key
+    changed since the parent read it is refused, and the parent decides alone."""
+    from consentsync.ledger.engine import reading
+    from consentsync.ledger.schema import ledger_settings
+
+    key, source = config.erasure_key_and_source()
+    with reading(engine) as conn:
+        stored = conn.execute(
+            select(ledger_settings.c.value).where(ledger_settings.c.name == KEY_CHECK_SETTING)
+        ).scalar()
+    if stored != erasure_key_check(key):
+        raise LedgerNotReady(f"{source}: this erasure key is not the one the run opened the ledger with")
+    return key
+
+
 def _fits_keyed_snapshots(conn: Connection, key: bytes) -> bool | None:
     """Whether ``key`` made the identity hashes of CRM snapshots the ledger holds: a sample of
     snapshots with a person's address beside them, one of which must hash alike (a person's
@@ -378,7 +396,7 @@ def examining_engine(config: Config, name: str, options: SyncOptions) -> SyncEng
         engine,
         config.purposes,
         config.policy,
-        pinned(check_erasure_key(engine, config)),  # the run's key: the parent stored its check
+        pinned(_key_the_ledger_holds(engine, config)),
         max_clock_skew_seconds=config.settings.policy.max_clock_skew_seconds,
     )
     return SyncEngine(ledger, connector, mappings, options)

@@ -220,3 +220,33 @@ def test_two_processes_never_run_the_same_connector_at_once(
         runs = conn.exec_driver_sql("SELECT status FROM sync_runs ORDER BY started_at").scalars().all()
     # The refused process did not even start a run: its row says it was skipped, and why.
     assert sorted(runs) == ["skipped", "succeeded"]
+
+
+def test_a_run_stopped_by_a_full_disk_is_no_internal_error_to_the_daemon(
+    ledger: Ledger,
+    config_path: Path,
+    two_orgs: tuple[SalesforceSandbox, SalesforceSandbox],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine says a full disk in one line (sync.failed, no frames); the daemon, which gets
+    the error raised on, says the same words, not "internal: OSError" with a traceback event."""
+    import errno
+
+    import structlog
+
+    from consentsync.sync import engine as engine_module
+
+    eu, _us = two_orgs
+    config = _configure(config_path, {"sf-eu": eu}, interval=3600)
+
+    def full(self: Any, *_args: Any, **_kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/consentsync/state")
+
+    monkeypatch.setattr(engine_module.SyncEngine, "_pull", full)
+    with structlog.testing.capture_logs() as logged:
+        report = Daemon(config, ledger).run_connector("sf-eu")
+    assert report is not None and report.status == "failed"
+    assert (report.error or "").startswith("disk: "), report.error
+    assert "/var/lib/consentsync/state" in (report.error or "")
+    events = [entry["event"] for entry in logged]
+    assert "sync.run_raised" not in events and "sync.crashed" not in events, events

@@ -313,3 +313,35 @@ def test_a_killed_run_leaves_no_process_behind_and_the_next_run_ends_the_same(
         flags = _org_flags(sandbox)
         ledger.engine.dispose()
     assert flags == expected[0]
+
+
+def test_a_child_whose_key_changed_under_the_run_stands_down_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, started: list[ahead_module.DecisionsAhead]
+) -> None:
+    """The key the run checked and pinned is the ledger's; the child, a new process, reads the
+    config's key again. Changed meanwhile (a rotation), the child compares it with the ledger's
+    check and stands down: it does not try to store its own (a write, which waited 30 s for the
+    lock the run holds), and the run decides alone what it would have decided."""
+    from consentsync.app import KEY_CHECK_SETTING
+    from consentsync.config import ERASURE_KEY_ENV
+    from consentsync.ledger.schema import ledger_settings
+
+    expected = _alone(tmp_path / "alone", monkeypatch)
+    with _org() as sandbox:
+        ledger, engine = _opened(_config(tmp_path / "ahead", sandbox, monkeypatch, ahead=True))
+        by_name = ledger_settings.c.name == KEY_CHECK_SETTING
+        with ledger.engine.connect() as conn:
+            check = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar_one()
+        monkeypatch.setenv(ERASURE_KEY_ENV, "a-rotated-erasure-key-0123456789")
+        began = time.monotonic()
+        report = engine.run(full=True)
+        took = time.monotonic() - began
+        assert report.status == "succeeded", report.error
+        outcome = _outcome(ledger, sandbox)
+        with ledger.engine.connect() as conn:
+            assert conn.execute(select(ledger_settings.c.value).where(by_name)).scalar_one() == check
+        ledger.engine.dispose()
+    assert started, "no process was started to decide ahead"
+    assert report.counts.decided_ahead == 0, report.counts
+    assert took < 20, f"the run waited {took:.0f} s"
+    assert outcome == expected

@@ -25,6 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import select
 
+from consentsync import exit_codes
 from consentsync.app import open_sync
 from consentsync.config import Config, ConfigError
 from consentsync.domain import InvalidInput, as_utc
@@ -209,6 +210,9 @@ class Daemon:
             problem = ledger_problem(error, self.config.ledger_url)
             if problem is not None:  # the ledger refused (at the lock, the lease): one line, no traceback
                 return self._unstarted(name, f"ledger: {problem.message}", None)
+            if isinstance(error, OSError) and error.errno in exit_codes.NO_SPACE_ERRNOS:
+                # The engine recorded the run as failed and said why in one line (sync.failed).
+                return self._unstarted(name, f"disk: {error}", None)
             # The engine recorded the run as failed and logged the traceback.
             log.error("sync.run_raised", connector=name, error_type=type(error).__name__)
             return self._unstarted(name, f"internal: {type(error).__name__}", None)

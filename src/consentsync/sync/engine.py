@@ -481,9 +481,10 @@ class SyncEngine:
         except Exception as error:
             report.status = "failed"
             if isinstance(error, OSError) and error.errno in exit_codes.NO_SPACE_ERRNOS:
-                # A full disk (the plan's spool, a SQLite ledger's file) is the machine's state,
-                # not a defect: one line with the place, no frames; the caller says it likewise.
+                # A full disk (the plan's spool, a file a connector keeps) is the machine's
+                # state, not a defect: one line with the place, no frames; callers say it so.
                 report.error = f"disk: {error}"
+                report.exit_code = exit_codes.UNAVAILABLE
                 bound.error("sync.failed", error=report.error)
                 raise
             # Unexpected: the run is recorded as failed (never left "running"), the traceback

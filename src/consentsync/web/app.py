@@ -104,7 +104,7 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
         openapi_url=None,
     )
     app.state.console = console
-    app.state.sessions = Sessions(signing_key(console.config.erasure_key()), console.accounts)
+    app.state.sessions = Sessions(signing_key(console.ledger.erasure_key()), console.accounts)
     app.state.drafts = Drafts()
     app.state.trusted_proxies = tuple(console.config.settings.web.trusted_networks())
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))

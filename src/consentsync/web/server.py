@@ -3,6 +3,7 @@ the daemon (`consentsync run --web-port`) and in tests."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import ssl
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import structlog
 import uvicorn
 from fastapi import FastAPI
 
@@ -38,7 +40,7 @@ def uvicorn_config(
     keyfile: str | None = None,
     **extra: Any,
 ) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -58,14 +60,31 @@ def uvicorn_config(
         forwarded_allow_ips=",".join(_trusted(app)) or None,
         **extra,
     )
+    # uvicorn.Config set up uvicorn's loggers just now: its line for connections closed at the
+    # end of that wait is an ERROR a log alert would page on for a clean stop; said as an event.
+    logging.getLogger("uvicorn.error").addFilter(_CLOSED_AT_STOP)
+    return config
+
+
+class _ClosedAtStop(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "timeout graceful shutdown exceeded" not in record.getMessage():
+            return True
+        structlog.get_logger("consentsync.web").info(
+            "web.stopped", connections_closed_after_seconds=GRACEFUL_SHUTDOWN_SECONDS
+        )
+        return False
+
+
+_CLOSED_AT_STOP = _ClosedAtStop()
 
 
 class ForegroundServer(uvicorn.Server):
     """uvicorn serving in the foreground (`consentsync web`): SIGTERM and SIGINT stop it cleanly
-    (open requests finish, the app shuts down) and the command then exits 0, as `consentsync run`
-    does when told to stop. uvicorn itself raises the signal again once it has shut down, so that
-    the process dies of it (exit 143 for SIGTERM): a scheduler or systemd would take the stop it
-    asked for for a failure."""
+    (open requests get ``GRACEFUL_SHUTDOWN_SECONDS`` to finish, the app shuts down) and the
+    command then exits 0, as `consentsync run` does when told to stop. uvicorn itself raises the
+    signal again once it has shut down, so that the process dies of it (exit 143 for SIGTERM): a
+    scheduler or systemd would take the stop it asked for for a failure."""
 
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
