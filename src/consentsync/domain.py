@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import inspect
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -236,6 +237,12 @@ def email_forms(email: str) -> tuple[str, ...]:
                 return _with_older(email, (str(email),))
     ascii_form = f"{local}@{'.'.join(labels)}"
     forms = (str(email),) if ascii_form == email else (str(email), ascii_form)
+    # An older version kept the address as it came: decomposed (NFD, as macOS and some forms
+    # send it) it is one UTS #46 composes now, so the person, or the keyed hash of their erasure,
+    # may be held under it even when this address came composed (the reverse is ``older``).
+    decomposed = unicodedata.normalize("NFD", email)
+    if decomposed not in forms:
+        forms = (*forms, decomposed)
     return _with_older(email, forms)
 
 

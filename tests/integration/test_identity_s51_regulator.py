@@ -25,6 +25,19 @@ NFD = "b@cafe\u0301.example"  # as an older version stored it: lower-cased only
 FULLWIDTH = "c@\uff45xample.com"  # UTS #46 maps it to "c@example.com"
 
 
+def withdrawn_as_kept(ledger: Ledger, clock: Clock, stored: str) -> None:
+    """The person, as an older version kept them (the address as it came), opted in, then
+    withdrew through a capture."""
+    _grant(ledger, stored, clock.now - timedelta(days=30))
+    clock.advance(minutes=1)
+    ledger.record(
+        Identity(email=stored),
+        consent_value(
+            ConsentStatus.WITHDRAWN, clock.now, clock.now, basis=LawfulBasis.CONSENT, origin=Origin.CAPTURE
+        ),
+    )
+
+
 def _people(ledger: Ledger) -> int:
     with ledger.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(subjects)).scalar_one())
@@ -34,16 +47,7 @@ def _people(ledger: Ledger) -> int:
 def test_a_crm_record_showing_an_address_as_an_older_version_stored_it_links_to_that_person(
     ledger: Ledger, config_path: Path, clock: Clock, stored: str
 ) -> None:
-    # The person, as an older version kept them (the address as it came), opted in, then
-    # withdrew through a capture.
-    _grant(ledger, stored, clock.now - timedelta(days=30))
-    clock.advance(minutes=1)
-    ledger.record(
-        Identity(email=stored),
-        consent_value(
-            ConsentStatus.WITHDRAWN, clock.now, clock.now, basis=LawfulBasis.CONSENT, origin=Origin.CAPTURE
-        ),
-    )
+    withdrawn_as_kept(ledger, clock, stored)
     assert lookup_email(stored) != stored and _people(ledger) == 1
     clock.advance(minutes=1)
     # A CRM record with the same address as the person typed it (upper case, as CRMs keep it).

@@ -85,7 +85,9 @@ def on_the_wire(address: str) -> str:
     internationalised domain in Unicode (domain.normalise_email), and its punycode form (IDNA)
     reaches the same mailbox; a local part that is not ASCII needs SMTPUTF8 either way."""
     local = address.rpartition("@")[0]
-    return email_forms(address)[-1] if local.isascii() else address
+    if not local.isascii():
+        return address
+    return next((form for form in email_forms(address) if form.isascii()), address)
 
 
 NOT_ONE_ADDRESS = "expected local@domain.tld, with no comma, angle bracket, quote, comment or group"
