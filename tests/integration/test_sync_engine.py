@@ -418,3 +418,88 @@ def test_batches_behind_the_reads_commit_together_and_no_read_holds_the_write_lo
     assert report.status == "succeeded", report.error
     assert commits[0] < batches[0], f"{commits[0]} commits for {batches[0]} batches: none went together"
     assert len(waits) > 20 and max(waits) < 0.5, f"another writer waited {max(waits):.2f} s for the lock"
+
+
+def test_a_row_put_back_while_a_run_pushes_is_examined_again_not_sent_over_a_newer_choice(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`outbox retry` while a run is past its examination: the run's push stage used to send the
+    dead-lettered row as it was decided weeks ago, over the person's newer choice. It is examined
+    again before the next batch is chosen, and superseded where the newer state no longer asks it."""
+    from datetime import timedelta
+
+    from consentsync.domain import ConsentStatus
+    from consentsync.ledger.identity import Identity
+    from consentsync.sync import outbox as outbox_rows
+    from tests.integration.helpers import consent_value
+
+    contact = next(
+        r for r in sandbox.org.records("Contact") if r.get("Email") and r.get("HasOptedOutOfEmail") is False
+    )
+    options = SyncOptions(batch_size=37, signpost_lag_seconds=0, max_push_attempts=1)
+    assert _engine(ledger, config_path, sandbox, options, lock_retries=0).run(full=True).status == "succeeded"
+    # The person withdraws; the CRM refuses the opt-out for good: it is dead-lettered.
+    withdrew = utcnow() - timedelta(seconds=30)
+    ledger.record(
+        Identity(email=contact["Email"]), consent_value(ConsentStatus.WITHDRAWN, withdrew, withdrew)
+    )
+    sandbox.faults.lock_records(contact["Id"])
+    _engine(ledger, config_path, sandbox, options, lock_retries=0).run()
+    [dead] = [
+        row for row in outbox_rows.list_rows(ledger.engine, dead=True) if row["record_id"] == contact["Id"]
+    ]
+    assert dead["fields"]["HasOptedOutOfEmail"] is True
+    sandbox.faults.unlock_records()
+    # Later they opt in again, evidenced (a withdrawal is lifted by nothing less): the CRM
+    # already shows what they want, nothing is to be pushed.
+    granted = withdrew + timedelta(seconds=10)
+    ledger.record(
+        Identity(email=contact["Email"]),
+        consent_value(ConsentStatus.GRANTED, granted, granted, notice_version="v1"),
+    )
+    engine = _engine(ledger, config_path, sandbox, options, lock_retries=0)
+    # As ops would, from another shell, once the run has examined its people.
+    _before_pushing(
+        engine,
+        monkeypatch,
+        lambda: outbox_rows.retry(ledger.engine, [dead["id"]], actor="ops-anna", now=utcnow()),
+    )
+    assert engine.run().status == "succeeded"
+    shown = next(r for r in sandbox.org.records("Contact") if r["Id"] == contact["Id"])
+    assert shown["HasOptedOutOfEmail"] is False, "the stale opt-out was sent over the newer opt-in"
+    with ledger.engine.connect() as conn:
+        status = conn.execute(select(outbox.c.status).where(outbox.c.id == dead["id"])).scalar_one()
+    assert status == "superseded"
+
+
+def test_a_withdrawal_captured_while_a_run_pushes_reaches_the_crm_in_that_run(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentsync.domain import ConsentStatus
+    from consentsync.ledger.identity import Identity
+    from tests.integration.helpers import consent_value
+
+    contact = next(
+        r for r in sandbox.org.records("Contact") if r.get("Email") and r.get("HasOptedOutOfEmail") is False
+    )
+
+    def withdraws() -> None:  # on the preference page, while the run is past its examination
+        now = utcnow()
+        ledger.record(Identity(email=contact["Email"]), consent_value(ConsentStatus.WITHDRAWN, now, now))
+
+    engine = _engine(ledger, config_path, sandbox)
+    _before_pushing(engine, monkeypatch, withdraws)
+    assert engine.run(full=True).status == "succeeded"
+    shown = next(r for r in sandbox.org.records("Contact") if r["Id"] == contact["Id"])
+    assert shown["HasOptedOutOfEmail"] is True, "the withdrawal waited for the next run"
+
+
+def _before_pushing(engine: SyncEngine, monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
+    """``action`` happens once the run has examined its people, before its push stage."""
+    push = engine._push
+
+    def acted_first(report: Any) -> None:
+        action()
+        push(report)
+
+    monkeypatch.setattr(engine, "_push", acted_first)

@@ -1560,11 +1560,14 @@ class SyncEngine:
         # As plain tuples (a full sync's first read meets no row at all, on every page).
         equal = (("connector", self.name), ("object_type", mapping.object))
         columns = ("id", "record_id", "status", "sent_at")
-        sent = sorted(select_in(conn, outbox, columns, "record_id", sorted(by_id), equal=equal))
+        # The latest write sent to each record, in one pass: sorting the rows first compared
+        # SQLAlchemy rows in Python, a fifth of a read-back sync's CPU.
         last: dict[str, tuple[int, str]] = {}
-        for outbox_id, record_id, status, sent_at in sent:
-            if sent_at is not None:
-                last[record_id] = (outbox_id, status)  # the latest write sent to each record
+        for outbox_id, record_id, status, sent_at in select_in(
+            conn, outbox, columns, "record_id", sorted(by_id), equal=equal
+        ):
+            if sent_at is not None and outbox_id > last.get(record_id, (-1, ""))[0]:
+                last[record_id] = (outbox_id, status)
         # A write answered "failed" is in it too: a CRM may have applied part of it (SuperOffice
         # saves the fields it took before it refuses the next one), and what it applied is ours.
         wanted = [
@@ -2100,6 +2103,12 @@ class SyncEngine:
         """Drains the pending rows (only ``approved`` ones, when given) once, oldest first."""
         floor = 0
         while True:
+            # People whose state changed since the examination (a withdrawal captured while this
+            # run pushes; a dead-lettered row put back by `outbox retry`, its person marked) are
+            # examined again first: a row decided on their older state is superseded, never
+            # sent over the newer choice, and what the newer one asks is sent in this run.
+            self._catch_up_feed(report)
+            self._examine_marked(report)
             with self.ledger.engine.connect() as conn:
                 query = (
                     select(outbox)
