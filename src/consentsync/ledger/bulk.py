@@ -327,6 +327,7 @@ def select_in(
     *,
     equal: Sequence[tuple[str, Any]] = (),
     join: Sequence[tuple[Table, str, str]] = (),
+    where: str = "",
 ) -> Iterator[tuple[Any, ...]]:
     """``SELECT columns FROM table WHERE [column = value AND ...] key IN (values)``, in chunks,
     as plain tuples (no type processing: use it for text and integer columns, and for other
@@ -339,7 +340,10 @@ def select_in(
 
     ``join``: (other table, its column, this table's column) for each ``LEFT JOIN other ON
     other.column = table.column``; a column named ``other.column`` is read from it (NULL
-    where no row matches)."""
+    where no row matches).
+
+    ``where``: a further condition in SQL, a constant of the code (never a value: values are
+    bound), e.g. the one a partial index is defined by, so that the index can be searched."""
     quote = conn.dialect.identifier_preparer.quote
     tables = {table.name: table, **{other.name: other for other, _, _ in join}}
 
@@ -355,6 +359,7 @@ def select_in(
         for other, theirs, ours in join
     )
     conditions = "".join(f"{qualified(column)} = {marker} AND " for column, _ in equal)
+    conditions += f"{where} AND " if where else ""
     head = (
         f"SELECT {', '.join(qualified(c) for c in columns)} FROM {quote(table.name)}{joins} "
         f"WHERE {conditions}{qualified(key)} IN "

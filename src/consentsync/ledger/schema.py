@@ -150,6 +150,9 @@ consent_events = Table(
     UniqueConstraint("subject_id", "fingerprint"),
 )
 
+# The writes sent and not acknowledged: the condition of the partial index that finds them.
+OUTBOX_UNANSWERED = "status <> 'done' AND sent_at IS NOT NULL"
+_UNANSWERED = text(OUTBOX_UNANSWERED)
 _REQUESTED = text(f"status = '{ConsentStatus.REQUESTED.value}'")
 
 consent_states = Table(
@@ -368,6 +371,18 @@ outbox = Table(
     Column("sent_at", Timestamp),
     Index("ix_outbox_pending", "connector", "status", "id"),
     Index("ix_outbox_record", "connector", "object_type", "record_id"),
+    # Partial: the writes sent and not acknowledged (or given up, or superseded, after being
+    # sent), which a page read back must recognise as ours. Nearly every row ends done, so a
+    # page of records finds its few candidates here instead of reading every record's rows
+    # (migration 0015).
+    Index(
+        "ix_outbox_unanswered",
+        "connector",
+        "object_type",
+        "record_id",
+        sqlite_where=_UNANSWERED,
+        postgresql_where=_UNANSWERED,
+    ),
 )
 
 # Who owns a connector's runs: a lease with a fencing token that grows with every new owner.

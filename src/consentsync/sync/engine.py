@@ -53,6 +53,7 @@ from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
+    OUTBOX_UNANSWERED,
     audit_entries,
     consent_events,
     crm_links,
@@ -1555,16 +1556,31 @@ class SyncEngine:
         if not page:
             return {}
         by_id = {record.record_id: record for record in page}
-        # Ids and states first: reading our own writes back meets a done row for nearly every
-        # record, and only the unanswered ones are needed whole.
-        # As plain tuples (a full sync's first read meets no row at all, on every page).
+        # Reading our own writes back meets a done write for nearly every record: the records
+        # with a write sent and not done are found first, through the partial index that holds
+        # only those (migration 0015), and only their rows are read. As plain tuples.
         equal = (("connector", self.name), ("object_type", mapping.object))
-        columns = ("id", "record_id", "status", "sent_at")
-        # The latest write sent to each record, in one pass: sorting the rows first compared
-        # SQLAlchemy rows in Python, a fifth of a read-back sync's CPU.
+        candidates = sorted(
+            {
+                record_id
+                for (record_id,) in select_in(
+                    conn,
+                    outbox,
+                    ("record_id",),
+                    "record_id",
+                    sorted(by_id),
+                    equal=equal,
+                    where=OUTBOX_UNANSWERED,
+                )
+            }
+        )
+        if not candidates:
+            return {}
+        # The latest write sent to each of them, in one pass (a later one may be done).
         last: dict[str, tuple[int, str]] = {}
+        columns = ("id", "record_id", "status", "sent_at")
         for outbox_id, record_id, status, sent_at in select_in(
-            conn, outbox, columns, "record_id", sorted(by_id), equal=equal
+            conn, outbox, columns, "record_id", candidates, equal=equal
         ):
             if sent_at is not None and outbox_id > last.get(record_id, (-1, ""))[0]:
                 last[record_id] = (outbox_id, status)
