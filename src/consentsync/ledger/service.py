@@ -708,8 +708,12 @@ class Ledger:
             # lifting their restriction would (the erased address stays suppressed anyway).
             for erased in uids:
                 self._lift_carried(conn, erased, now, source="erasure", actor=actor)
-            if holders:
-                self._announce(conn, holders, now)
+            # The erased people themselves too, whether or not a state of theirs changed (a
+            # restriction decides before and after; one who came back and is erased again may
+            # read the same): every connector passes the erasure on (Art. 17(2), 19), with the
+            # object's delete or anonymise where configured.
+            if holders or people:
+                self._announce(conn, holders | set(people), now)
         log.info("subject.erased", subject=uid, suppression=suppression_id, known=subject_id is not None)
         return {
             "subject": uid,
@@ -1379,16 +1383,22 @@ class Ledger:
             contexts[subject_id] = _SubjectContext(uid=uid, flags=SubjectFlags(restricted=bool(restricted)))
             if suppression_id is not None:
                 suppressed.setdefault(suppression_id, []).append(subject_id)
-        for chunk in chunks(sorted(suppressed)):
-            since = select(suppressions.c.id, suppressions.c.created_at)
-            for row in conn.execute(since.where(one_of(conn, suppressions.c.id, chunk))):
-                for subject_id in suppressed[row.id]:
-                    context = contexts[subject_id]
-                    context.flags = SubjectFlags(
-                        suppressed_since=row.created_at,
-                        suppression_reason="erased",
-                        restricted=context.flags.restricted,
-                    )
+        for chunk in chunks(sorted(s for people in suppressed.values() for s in people)):
+            since = select(subjects.c.id, subjects.c.erased_at, suppressions.c.created_at).join(
+                suppressions, suppressions.c.id == subjects.c.suppression_id
+            )
+            for row in conn.execute(since.where(one_of(conn, subjects.c.id, chunk))):
+                # A person standing on an entry made before (one who came back after an erasure
+                # and was erased again) is suppressed from their own erasure: a consent they gave
+                # between the two no longer outranks it. One who came back and was not erased
+                # again stands on the entry's date, and their new consent lifts it.
+                erased_at = row.erased_at
+                context = contexts[row.id]
+                context.flags = SubjectFlags(
+                    suppressed_since=row.created_at if erased_at is None else max(row.created_at, erased_at),
+                    suppression_reason="erased",
+                    restricted=context.flags.restricted,
+                )
         objected = [
             objection_id
             for objection_id, status in select_in(

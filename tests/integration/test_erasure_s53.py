@@ -1,0 +1,92 @@
+"""An erasure reaches every CRM whatever the person's state read before it, checked against a
+scripted CRM on SQLite and PostgreSQL:
+
+* a person who came back after an erasure (a new sign-up, standing on the address's old entry)
+  and asks to be erased again is suppressed from the second erasure: the consent they gave in
+  between no longer outranks the entry's first date, and their CRM records are told;
+* a restricted person's erasure is passed on with the object's configured action (delete), although
+  the restriction decides their state before and after it (Art. 17(2), 19).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from consentsync.ledger.service import Ledger
+from consentsync.mapping import parse_mapping
+from consentsync.sdk.connector import WriteAction
+from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.conftest import Clock
+from tests.integration.test_policy_s49_sync import MAPPING, Org, _grant, _pushed, _state
+
+ADDRESS = "ann@example.com"
+
+
+def _engine(ledger: Ledger, config_path: Path, org: Org, **erasure_actions: str) -> SyncEngine:
+    mapping = parse_mapping(MAPPING, config_path.parent / "thing.yaml")
+    options = SyncOptions(signpost_lag_seconds=0, erasure_actions=erasure_actions)
+    return SyncEngine(ledger, org, [mapping], options)
+
+
+def _writes(org: Org, record_id: str) -> list[tuple[WriteAction, dict[str, object]]]:
+    return [(update.action, dict(update.fields)) for update in org.written if update.record_id == record_id]
+
+
+def _came_back_after_an_erasure(ledger: Ledger, clock: Clock) -> None:
+    _grant(ledger, ADDRESS, clock.now - timedelta(days=30))
+    assert not ledger.erase(ADDRESS, reason="Art. 17 request")["already_suppressed"]
+    clock.advance(days=1)
+    _grant(ledger, ADDRESS, clock.now)  # signs up again, evidenced: a new person on the old entry
+    clock.advance(minutes=1)
+    assert _state(ledger, ADDRESS) == ("granted", False)
+
+
+def test_a_person_erased_again_after_coming_back_is_suppressed_and_every_crm_told(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    _came_back_after_an_erasure(ledger, clock)
+    org = Org(clock)
+    org.put("r1", ADDRESS)
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    assert _pushed(org, "r1") == []  # opted in, as the CRM shows
+    clock.advance(days=1)
+    assert ledger.erase(ADDRESS, reason="asked again")["already_suppressed"]
+    clock.advance(minutes=1)
+    _uid, state = ledger.decision_for(ADDRESS, "email_marketing", "email")
+    assert state.suppressed
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    assert _pushed(org, "r1") == [{"optout": True}], "the second erasure never reached the CRM"
+
+
+def test_a_person_erased_again_gets_the_configured_delete(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    _came_back_after_an_erasure(ledger, clock)
+    org = Org(clock)
+    org.put("r1", ADDRESS)
+    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
+    clock.advance(days=1)
+    ledger.erase(ADDRESS, reason="asked again")
+    clock.advance(minutes=1)
+    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
+    assert [action for action, _ in _writes(org, "r1")] == [WriteAction.DELETE]
+
+
+def test_a_restricted_persons_erasure_gets_the_configured_delete(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    org = Org(clock)
+    _grant(ledger, ADDRESS, clock.now - timedelta(days=30))
+    org.put("r1", ADDRESS)
+    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
+    clock.advance(minutes=1)
+    ledger.restrict(ADDRESS, restricted=True, reason="accuracy contested")
+    clock.advance(minutes=1)
+    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
+    assert _writes(org, "r1") == [(WriteAction.UPDATE, {"optout": True})]  # restricted: not mailed
+    clock.advance(minutes=1)
+    ledger.erase(ADDRESS, reason="Art. 17 request")
+    clock.advance(minutes=1)
+    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
+    assert _writes(org, "r1")[1:] == [(WriteAction.DELETE, {})], "the erasure never reached the CRM"
