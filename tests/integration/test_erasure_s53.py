@@ -33,26 +33,31 @@ def _writes(org: Org, record_id: str) -> list[tuple[WriteAction, dict[str, objec
     return [(update.action, dict(update.fields)) for update in org.written if update.record_id == record_id]
 
 
-def _came_back_after_an_erasure(ledger: Ledger, clock: Clock) -> None:
+def _erased_again_after_coming_back(
+    ledger: Ledger, config_path: Path, clock: Clock, **erasure_actions: str
+) -> Org:
+    """The person is erased, signs up again (evidenced: a new person on the old entry), is read
+    on a CRM record opted in, and asks to be erased again. The org, before the next run."""
     _grant(ledger, ADDRESS, clock.now - timedelta(days=30))
     assert not ledger.erase(ADDRESS, reason="Art. 17 request")["already_suppressed"]
     clock.advance(days=1)
-    _grant(ledger, ADDRESS, clock.now)  # signs up again, evidenced: a new person on the old entry
+    _grant(ledger, ADDRESS, clock.now)
     clock.advance(minutes=1)
     assert _state(ledger, ADDRESS) == ("granted", False)
+    org = Org(clock)
+    org.put("r1", ADDRESS)
+    assert _engine(ledger, config_path, org, **erasure_actions).run().status == "succeeded"
+    assert _pushed(org, "r1") == []  # opted in, as the CRM shows
+    clock.advance(days=1)
+    assert ledger.erase(ADDRESS, reason="asked again")["already_suppressed"]
+    clock.advance(minutes=1)
+    return org
 
 
 def test_a_person_erased_again_after_coming_back_is_suppressed_and_every_crm_told(
     ledger: Ledger, config_path: Path, clock: Clock
 ) -> None:
-    _came_back_after_an_erasure(ledger, clock)
-    org = Org(clock)
-    org.put("r1", ADDRESS)
-    assert _engine(ledger, config_path, org).run().status == "succeeded"
-    assert _pushed(org, "r1") == []  # opted in, as the CRM shows
-    clock.advance(days=1)
-    assert ledger.erase(ADDRESS, reason="asked again")["already_suppressed"]
-    clock.advance(minutes=1)
+    org = _erased_again_after_coming_back(ledger, config_path, clock)
     _uid, state = ledger.decision_for(ADDRESS, "email_marketing", "email")
     assert state.suppressed
     assert _engine(ledger, config_path, org).run().status == "succeeded"
@@ -62,13 +67,7 @@ def test_a_person_erased_again_after_coming_back_is_suppressed_and_every_crm_tol
 def test_a_person_erased_again_gets_the_configured_delete(
     ledger: Ledger, config_path: Path, clock: Clock
 ) -> None:
-    _came_back_after_an_erasure(ledger, clock)
-    org = Org(clock)
-    org.put("r1", ADDRESS)
-    assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
-    clock.advance(days=1)
-    ledger.erase(ADDRESS, reason="asked again")
-    clock.advance(minutes=1)
+    org = _erased_again_after_coming_back(ledger, config_path, clock, thing="delete")
     assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
     assert [action for action, _ in _writes(org, "r1")] == [WriteAction.DELETE]
 
