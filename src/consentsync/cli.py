@@ -539,10 +539,14 @@ def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bo
     who = login_name() if actor is None else actor
     result = current_ledger().restrict(_held_email(email), restricted=not lift, reason=reason, actor=who)
     subject_uid = result["subject"]
+    still = result.get("still_restricted_by", {})
     emit_result(
         result,
         as_json,
-        f"restriction lifted for subject {subject_uid}"
+        f"subject {subject_uid}'s own restriction lifted; still restricted while a CRM record of theirs "
+        f"holds the data of restricted subject {still[subject_uid]} (lifted with that one's)"
+        if subject_uid in still
+        else f"restriction lifted for subject {subject_uid}"
         if lift
         else f"subject {subject_uid} restricted: every purpose is suppressed until lifted",
     )

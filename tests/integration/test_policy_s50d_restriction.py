@@ -116,3 +116,34 @@ def test_lifting_one_restriction_leaves_the_one_another_restricted_persons_data_
     assert _restricted(ledger, "a@example.com")
     ledger.restrict("c@example.com", restricted=False, reason="accuracy verified")
     assert not _restricted(ledger, "a@example.com")
+
+
+def test_lifting_a_persons_own_restriction_leaves_the_one_another_restricted_persons_data_carries(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """A was restricted already when B's address reached A's record (so no carry was recorded
+    then): lifting A's own restriction leaves A restricted while B is, and says so."""
+    org = _two_people(ledger, config_path, clock)
+    clock.advance(minutes=1)
+    ledger.restrict("a@example.com", restricted=True, reason="A contests accuracy")
+    ledger.restrict("b@example.com", restricted=True, reason="B contests accuracy")
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    clock.advance(minutes=1)
+    del org.records["r2"]
+    _readdress(org, clock, "r1", "b@example.com")  # A's record now holds B's address
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    clock.advance(minutes=1)
+    lifted = ledger.restrict("a@example.com", restricted=False, reason="A's data verified")
+    assert lifted["still_restricted_by"] == {
+        lifted["subject"]: ledger.subject_uids_for_email("b@example.com")[0]
+    }
+    assert _restricted(ledger, "a@example.com") and _restricted(ledger, "b@example.com")
+    clock.advance(minutes=1)
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    assert _pushed(org, "r1") == [{"optout": True}], "a restricted person's record was mailed again"
+    # B's restriction is lifted: the one it carried to A goes with it.
+    clock.advance(minutes=1)
+    ledger.restrict("b@example.com", restricted=False, reason="B's data verified")
+    assert not _restricted(ledger, "a@example.com")
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    assert _pushed(org, "r1") == [{"optout": True}, {"optout": False}]

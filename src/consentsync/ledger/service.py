@@ -764,7 +764,35 @@ class Ledger:
                 state = "restricted" if restricted else "not restricted"
                 raise InvalidInput(f"{email} is already {state}")
             uids: list[str] = []
+            # Lifting a person's own restriction leaves them restricted while a CRM record of
+            # theirs holds another restricted person's data (Art. 18(2)): the restriction then
+            # stands, carried from that person, and is lifted with theirs. Checked on the data
+            # as it is now, whether or not the carry was recorded when the data arrived (it is
+            # not where this person was already restricted then).
+            others = (
+                set()
+                if restricted
+                else set(
+                    conn.execute(
+                        select(subjects.c.id).where(
+                            subjects.c.restricted.is_(True), subjects.c.erased_at.is_(None)
+                        )
+                    ).scalars()
+                )
+                - set(people)
+            )
+            still: dict[str, str] = {}
             for subject_id, before in changing:
+                reaching = None if restricted else self._restricted_reaching(conn, subject_id, others)
+                if reaching is not None:
+                    held_by = self._contexts(conn, {reaching})[reaching].uid
+                    still[before.uid] = held_by
+                    uids.append(before.uid)
+                    entry = _restriction_still_carried(
+                        held_by, before.uid, subject_id, actor=actor, reason=reason
+                    )
+                    audit.append(conn, [entry], now)
+                    continue
                 conn.execute(
                     update(subjects).where(subjects.c.id == subject_id).values(restricted=restricted)
                 )
@@ -802,8 +830,12 @@ class Ledger:
                     )
                 else:
                     self._lift_carried(conn, after.uid, now, source=source, actor=actor)
-        log.info("subject.restriction", subject=uids[0], restricted=restricted)
-        return {"subject": uids[0], "subjects": uids, "restricted": restricted}
+        log.info("subject.restriction", subject=uids[0], restricted=restricted, still_restricted=len(still))
+        result: dict[str, Any] = {"subject": uids[0], "subjects": uids, "restricted": restricted}
+        if still:
+            # uid -> the restricted person whose data on their CRM records keeps them restricted
+            result["still_restricted_by"] = still
+        return result
 
     def carry_restriction(
         self, conn: Connection, pairs: set[tuple[int, int]], now: datetime, *, run_id: str | None = None
@@ -941,16 +973,7 @@ class Ledger:
             before = self._contexts(conn, {b})[b]
             if other is not None:
                 records.append(
-                    AuditRecord(
-                        "subject.restricted",
-                        {"restriction": "art18", "carried_from": self._contexts(conn, {other})[other].uid},
-                        old=True,
-                        new=True,
-                        rule=Rule.RESTRICTION,
-                        source=RESTRICTION_CARRIED_SOURCE,
-                        subject_uid=before.uid,
-                        subject_id=b,
-                    )
+                    _restriction_still_carried(self._contexts(conn, {other})[other].uid, before.uid, b)
                 )
                 continue
             conn.execute(update(subjects).where(subjects.c.id == b).values(restricted=False))
@@ -1681,6 +1704,31 @@ _DECISION_OBJECTIONS = select(
     objections.c.status != ObjectionStatus.REJECTED.value,
 )
 _DECISION_ERASED = select(suppressions.c.created_at).where(suppressions.c.email_hmac == bindparam("digest"))
+
+
+def _restriction_still_carried(
+    carried_from: str,
+    subject_uid: str,
+    subject_id: int,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+) -> AuditRecord:
+    """The audit entry of a restriction that stands, carried from the restricted person whose
+    data is on this person's CRM records (``carried_from``: their uid), where one that held it
+    was lifted."""
+    return AuditRecord(
+        "subject.restricted",
+        {"restriction": "art18", "carried_from": carried_from},
+        old=True,
+        new=True,
+        rule=Rule.RESTRICTION,
+        source=RESTRICTION_CARRIED_SOURCE,
+        actor=actor,
+        subject_uid=subject_uid,
+        subject_id=subject_id,
+        details={"reason": reason} if reason is not None else None,
+    )
 
 
 def _subject_ids_by_email(conn: Connection, email: str) -> list[int]:
