@@ -211,8 +211,74 @@ class Ledger:
                     )
                 )
                 changed.append(purpose.key)
+                if old is not None:
+                    records += self._restate(conn, purpose, now, actor)
             audit.append(conn, records, now)
         return changed
+
+    def _restate(self, conn: Connection, purpose: Purpose, now: datetime, actor: str) -> list[AuditRecord]:
+        """A purpose's configuration changed (its validity, its default basis, its objection
+        handling): it applies to every consent from now on, so every stored state of the purpose
+        is decided again. Stored (the expiry sweep finds a consent by its stored ``expires_at``:
+        with a shortened validity it found none until the old window ended) and, where what
+        the CRMs should show changed, audited and announced to the connectors. Rare: by chunks
+        of people, whatever the ledger's size."""
+        people = sorted(
+            conn.execute(
+                select(consent_states.c.subject_id).where(consent_states.c.purpose == purpose.key).distinct()
+            ).scalars()
+        )
+        records: list[AuditRecord] = []
+        for chunk in chunks(people):
+            ids = set(chunk)
+            contexts = self._contexts(conn, ids)
+            summaries = self._load_summaries(conn, ids)
+            stored = {
+                (row.subject_id, row.channel): row
+                for row in conn.execute(
+                    select(consent_states).where(
+                        consent_states.c.purpose == purpose.key,
+                        one_of(conn, consent_states.c.subject_id, chunk),
+                    )
+                )
+            }
+            restated: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+            announced: set[int] = set()
+            for (subject_id, channel), row in stored.items():
+                summary = summaries.get((subject_id, purpose.key, channel))
+                if summary is None or channel not in purpose.channels:
+                    continue  # a channel no longer configured: nothing to push for it
+                context = contexts[subject_id]
+                new = effective_state(
+                    summary, purpose, channel, flags=context.flags, objections=context.objections, now=now
+                )
+                if (row.suppressed, row.rule, row.basis, row.expires_at) == (
+                    new.suppressed,
+                    new.rule,
+                    new.basis.value,
+                    new.expires_at,
+                ):
+                    continue
+                restated[(subject_id, purpose.key, channel)] = (summary, new)
+                if (row.suppressed, row.rule, row.basis) != (new.suppressed, new.rule, new.basis.value):
+                    announced.add(subject_id)
+                    records.append(
+                        AuditRecord(
+                            "state.changed",
+                            {"purpose": purpose.key, "channel": channel},
+                            old={"status": row.status, "basis": row.basis, "suppressed": row.suppressed},
+                            new=_state_tuple_json(new),
+                            rule=new.rule,
+                            source="config",
+                            actor=actor,
+                            subject_uid=context.uid,
+                            subject_id=subject_id,
+                        )
+                    )
+            self._store_states(conn, restated, now)
+            if announced:
+                self._announce(conn, announced, now)
+        return records
 
     # -- consent events ------------------------------------------------------------------------
 
