@@ -162,20 +162,39 @@ def _is_address(email: str) -> bool:
 
 
 def normalise_email(raw: str) -> str:
-    """Lower-cased and trimmed, as domain.md's identity rule asks, with an internationalised
-    domain in one form (``canonical_domain``: its Unicode labels, whether it came as Unicode or
-    as punycode ``xn--``); raises on anything that is not one address (``_EMAIL_RE``: what a mail
-    header could read as several recipients), and on control or format characters, lone
-    surrogates, more than 320 characters. Every path an address enters by (a CRM record, the
-    CLI, the capture API) checks it here."""
+    """Lower-cased and trimmed, as domain.md's identity rule asks, in one form
+    (``canonical_address``: the local part composed, NFC, as RFC 6531/6532 ask of an
+    internationalised address, and an internationalised domain as its Unicode labels, whether it
+    came as Unicode or as punycode ``xn--``); raises on anything that is not one address
+    (``_EMAIL_RE``: what a mail header could read as several recipients), and on control or
+    format characters, lone surrogates, more than 320 characters. Every path an address enters
+    by (a CRM record, the CLI, the capture API) checks it here."""
     email = raw.strip().lower()
     if not _is_address(email):
         raise InvalidInput(f"malformed email address {shown(raw)}: expected {EMAIL_ACCEPTED}")
-    local, _, domain = email.rpartition("@")
-    canonical = f"{local}@{canonical_domain(domain)}"
+    canonical = canonical_address(email)
     # A decoded label is checked as the address was: punycode can spell any character (a
     # comma, a control), and such a label must not become one the rules refuse.
     return canonical if canonical == email or _is_address(canonical) else email
+
+
+def canonical_address(email: str) -> str:
+    """The one form of a trimmed, lower-cased address, unchecked (``normalise_email`` checks):
+    its local part composed (NFC: "o" and U+0308, as macOS keyboards send "ö", is "ö"; versions
+    before session 53 kept it as it came) and its domain by ``canonical_domain``. What the
+    ledger stores and the suppression list hashes. A plain ASCII address (nearly all) is
+    returned at once."""
+    if email.isascii():
+        return email if "xn--" not in email else _with_domain(email)
+    local, at, domain = email.rpartition("@")
+    if not at:
+        return unicodedata.normalize("NFC", email)
+    return f"{unicodedata.normalize('NFC', local)}@{canonical_domain(domain)}"
+
+
+def _with_domain(email: str) -> str:
+    local, at, domain = email.rpartition("@")
+    return f"{local}@{canonical_domain(domain)}" if at else email
 
 
 def canonical_domain(domain: str) -> str:
@@ -215,12 +234,46 @@ def _u_label(label: str) -> str:
 
 def email_forms(email: str) -> tuple[str, ...]:
     """The forms an address returned by ``normalise_email`` (or ``lookup_email``) may be held
-    under in a ledger: itself first, then its domain in punycode (A-labels), as versions before
-    the domain had one form kept an address that came that way. Lookups, matches and keyed
-    hashes try each (docs/policy.md, "One address, one form"); nothing is stored twice."""
-    local, at, domain = email.rpartition("@")
-    if not at or domain.isascii():
+    under in a ledger: itself first, then the forms older versions stored the same mailbox
+    under (docs/policy.md, "One address, one form"). Lookups, matches and keyed hashes try each;
+    nothing is stored twice. A plain ASCII address has one form (no further lookup: the sync's
+    hot path); a non-ASCII one, whatever its domain, at most six (``_older_forms``), and the
+    form a lookup came in when that is none of them (``LookupAddress.older``)."""
+    if email.isascii():
         return _with_older(email, (str(email),))
+    local, at, domain = email.rpartition("@")
+    if not at:
+        return _with_older(email, (str(email),))
+    return _with_older(email, _older_forms(str(email), local, domain))
+
+
+def _older_forms(email: str, local: str, domain: str) -> tuple[str, ...]:
+    """``email`` and, in this order, what older versions kept of the same mailbox: the address
+    composed (NFC, the one form since session 53, when ``email`` is an older form: a stored
+    value, a CRM's decomposed text), its domain in punycode (A-labels: versions before the
+    domain had one form kept an address that came so), the local part decomposed (NFD, as
+    macOS and some forms send it: versions before session 53 kept the local part as it came)
+    with the domain composed or in punycode, and the whole address decomposed (versions
+    before UTS #46 mapping kept all of it as it came). Each at most once."""
+    composed_local = unicodedata.normalize("NFC", local)
+    decomposed_local = unicodedata.normalize("NFD", local)
+    composed_domain = unicodedata.normalize("NFC", domain)
+    punycode = _a_labels(composed_domain)
+    candidates = [email, f"{composed_local}@{composed_domain}"]
+    if punycode is not None:
+        candidates.append(f"{composed_local}@{punycode}")
+    candidates.append(f"{decomposed_local}@{composed_domain}")
+    if punycode is not None:
+        candidates.append(f"{decomposed_local}@{punycode}")
+    candidates.append(f"{decomposed_local}@{unicodedata.normalize('NFD', domain)}")
+    return tuple(dict.fromkeys(candidates))
+
+
+def _a_labels(domain: str) -> str | None:
+    """A domain's punycode form (each non-ASCII label as its A-label), or None when a label
+    cannot be encoded."""
+    if domain.isascii():
+        return domain
     labels: list[str] = []
     for label in domain.split("."):
         if label.isascii():
@@ -234,16 +287,8 @@ def email_forms(email: str) -> tuple[str, ...]:
             try:
                 labels.append(label.encode("idna").decode("ascii"))
             except UnicodeError:
-                return _with_older(email, (str(email),))
-    ascii_form = f"{local}@{'.'.join(labels)}"
-    forms = (str(email),) if ascii_form == email else (str(email), ascii_form)
-    # An older version kept the address as it came: decomposed (NFD, as macOS and some forms
-    # send it) it is one UTS #46 composes now, so the person, or the keyed hash of their erasure,
-    # may be held under it even when this address came composed (the reverse is ``older``).
-    decomposed = unicodedata.normalize("NFD", email)
-    if decomposed not in forms:
-        forms = (*forms, decomposed)
-    return _with_older(email, forms)
+                return None
+    return ".".join(labels)
 
 
 class LookupAddress(str):

@@ -42,7 +42,7 @@ from consentsync.domain import (
     ObjectionStatus,
     Origin,
     as_read,
-    canonical_domain,
+    canonical_address,
     canonical_json,
     email_forms,
     iso,
@@ -2601,8 +2601,9 @@ class SyncEngine:
     def _identity_digests(self, conn: Connection, mapping: Mapping, page: list[CrmRecord]) -> dict[str, str]:
         """Each record's identity as a keyed hash (its address: the links it names are among
         the snapshot's fields), to tell a record read again unchanged without its address. An
-        address is hashed as the suppression list hashes it (trimmed, lower-cased, an
-        internationalised domain in its one form: what normalise_email makes of a valid one), so
+        address is hashed as the suppression list hashes it (trimmed, lower-cased, in its one form,
+        ``canonical_address``: the local part composed, an internationalised domain as its Unicode
+        labels; what normalise_email makes of a valid one), so
         that the push decision finds a record holding an erased address by the hash alone,
         whether the CRM shows its domain in Unicode or in punycode; a value that is no text
         (none, a number) as its JSON text after a NUL, which no text can equal. (Not validated
@@ -2624,9 +2625,8 @@ class SyncEngine:
                 continue
             text = raw.strip().lower()
             if (not text.isascii() or "xn--" in text) and "@" in text:  # rare: one form for the domain
-                local, _, domain = text.rpartition("@")
                 read = text
-                text = f"{local}@{canonical_domain(domain)}"
+                text = canonical_address(text)
                 other = email_forms(as_read(text, read) or text)[1:]
                 if other:
                     others[record.record_id] = [digest(form) for form in other]
