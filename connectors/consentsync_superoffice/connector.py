@@ -6,10 +6,14 @@ where KEY is the purpose's key, e.g. EMARKETING), plus ``PersonId``, ``Email`` a
 ``ConsentUpdated``.
 
 Reading: the ConsentPurpose archive provider lists consents changed after the cursor, ordered by
-(updated, person id) and restricted on both (keyset paging: each page starts after the last row of
-the one before, so rows that move while the run reads are neither skipped nor read twice); each
-person found is read whole with ``Agents/Person/GetConsentInfos`` (the archive shows list values by
-their display name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
+(updated, person id), read live. No page counts rows ($skip), so a row that moves while the run
+reads (a consent changed again, one committed late, one re-stamped within its second) pushes no
+unread row out of sight: a page ending inside a second is followed by one starting at that second
+again, its rows read twice counted once, and a second holding a page or more is walked alone in
+person-id order, each call restricted to the persons after the last one read (keyset). A person
+changed again while the run reads is read again at its new second. Each person found is read
+whole with ``Agents/Person/GetConsentInfos`` (the archive shows list values by their display
+name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
 is ``SetConsent`` (with the configured source and comment), set to null it is ``RemoveConsent``;
 ``Comment_<KEY>`` rewrites the consent's comment (SetConsent with its legal basis and source);
 the person's own fields (``Firstname``, ``MiddleName``, ``Lastname``, ``Title``, ``Email``,
@@ -67,6 +71,8 @@ PERSON_LISTS = {
 }
 PERSON_WRITABLE = (*PERSON_TEXTS, *PERSON_LISTS)
 _UNSET: Any = object()
+#: An archive row as read: (its updated second, person id, the person's e-mail).
+_Row = tuple[datetime, int, Any]
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:/[A-Za-z][A-Za-z0-9_:]*)*$")
 _INFO_KEYS = {
@@ -311,9 +317,15 @@ class SuperOfficeConnector(sdk.Connector):
 
         Times are read to the whole second, and a second is handed on only once every row of it
         has been seen, in person-id order: SuperOffice may keep (and sort by) fractions of a second
-        it does not show, so rows of one shown second can arrive in any person order. A page that
-        ends inside a second keeps that second's rows back and the next page re-reads from it,
-        skipping those rows ($skip) when a single second fills a whole page.
+        it does not show, so rows of one shown second can arrive in any person order. The archive
+        is read live, so rows move between two page calls (a person changed again leaves its
+        second for a later one), and no page counts rows ($skip): a page that ends inside a second
+        keeps that second's rows back and the next page starts at that second again, the rows it
+        reads twice counted once. A page that one second fills is followed by a walk through that
+        second alone in person-id order, each call restricted to the persons after the last one
+        read (``_crowded_second``). So a row moving out of, into or within a second between two
+        calls pushes no unread row out of sight; a person changed again while the run reads is
+        read again at its new second.
         """
         _check_object(object_type)
         wanted = purpose_fields(fields)
@@ -323,49 +335,83 @@ class SuperOfficeConnector(sdk.Connector):
             # (person ids start at 1). A fraction of a second counts as the whole second.
             position = (_second(since.modstamp), _person_id(since.record_id or "0"))
         self.expected_records = None
-        config = self.config
         floor = position[0] if position else None
-        held: list[tuple[datetime, int, Any]] = []
-        skip = 0
+        held: list[_Row] = []  # rows of the second `floor` seen so far, not handed on yet
+        order = f"{self.config.column_updated} asc,{self.config.column_person_id} asc"
         while True:
-            params = {
-                "$select": ",".join((config.column_person_id, config.column_updated, config.column_email)),
-                "$filter": self.restriction(floor, until),
-                "$orderby": f"{config.column_updated} asc,{config.column_person_id} asc",
-                "$top": str(config.page_size),
-            }
-            if skip:
-                params["$skip"] = str(skip)
-            answer = self._read("archive", "GET", f"/archive/{config.archive_provider}", params=params)
-            rows = [
-                (
-                    _second(parse_so_time(row.get(config.column_updated))),
-                    _person_id(row.get(config.column_person_id)),
-                    row.get(config.column_email),
-                )
-                for row in answer.get("value") or []
-            ]
-            seen = held + rows
-            if len(rows) < config.page_size and not answer.get("odata.nextLink"):
-                for record in self._persons(seen, position, wanted):
-                    position = (record.modstamp, int(record.record_id))
-                    yield record
-                return
-            last = seen[-1][0]
-            ready = [row for row in seen if row[0] < last]
-            held = [row for row in seen if row[0] == last]
-            if ready:
-                skip = len(held)
+            rows, more = self._archive_page(self.restriction(floor, until), order)
+            if not more:
+                ready, held = held + rows, []
+            elif rows[0][0] == rows[-1][0]:
+                # One second fills the page (in the order of fractions it does not show): read
+                # it whole by person id, then go on after it.
+                last = rows[0][0]
+                ready, held = held + rows + self._crowded_second(last), []
+                floor = last + timedelta(seconds=1)
             else:
-                skip += len(rows)  # one second fills the page: read on inside it
-            floor = last
+                # The page ends inside its last second: the next page reads that second again
+                # from its start (a person whose rows are read twice is read once).
+                last = rows[-1][0]
+                ready = held + [row for row in rows if row[0] < last]
+                held = [row for row in rows if row[0] == last]
+                floor = last
             for record in self._persons(ready, position, wanted):
                 position = (record.modstamp, int(record.record_id))
                 yield record
+            if not more:
+                return
+
+    def _archive_page(self, where: str, order: str) -> tuple[list[_Row], bool]:
+        """One page of the archive: its rows as (second, person id, e-mail), and whether more
+        may follow (a full page, or one the server cut short with a next link)."""
+        config = self.config
+        params = {
+            "$select": ",".join((config.column_person_id, config.column_updated, config.column_email)),
+            "$filter": where,
+            "$orderby": order,
+            "$top": str(config.page_size),
+        }
+        answer = self._read("archive", "GET", f"/archive/{config.archive_provider}", params=params)
+        rows = [
+            (
+                _second(parse_so_time(row.get(config.column_updated))),
+                _person_id(row.get(config.column_person_id)),
+                row.get(config.column_email),
+            )
+            for row in answer.get("value") or []
+        ]
+        more = bool(rows) and (len(rows) >= config.page_size or bool(answer.get("odata.nextLink")))
+        return rows, more
+
+    def _crowded_second(self, second: datetime) -> list[_Row]:
+        """Every row of one second that holds a page or more, walked in person-id order: each
+        call restricted to the persons after the last one read (keyset, no $skip), so a row that
+        leaves, enters or moves within the second between two calls cannot push an unread one
+        out of sight. A person's other rows (other purposes) cut off by a page's end are not
+        needed: the person is read whole. Costs a call a page of the second (one more when the
+        last is full)."""
+        rows: list[_Row] = []
+        after: int | None = None
+        following = second + timedelta(seconds=1)
+        while True:
+            page, more = self._archive_page(
+                self.restriction(second, following, after_person=after),
+                f"{self.config.column_person_id} asc",
+            )
+            rows += page
+            if not more:
+                return rows
+            if after is not None and page[-1][1] <= after:
+                raise ConnectorError(
+                    f"{self.name}: the archive ignored the person restriction "
+                    f"({self.config.column_person_id} gt {after})",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging refused"),
+                )
+            after = page[-1][1]
 
     def _persons(
         self,
-        rows: list[tuple[datetime, int, Any]],
+        rows: list[_Row],
         position: tuple[datetime, int] | None,
         wanted: dict[str, list[str]],
     ) -> Iterator[sdk.CrmRecord]:
@@ -390,10 +436,11 @@ class SuperOfficeConnector(sdk.Connector):
             )
             yield _record(person, second, email, infos or [], wanted)
 
-    def restriction(self, floor: datetime | None, until: datetime) -> str:
+    def restriction(self, floor: datetime | None, until: datetime, *, after_person: int | None = None) -> str:
         """The archive restriction: rows updated from ``floor``'s second on, and before
-        ``until``'s second (so every second read is complete). Times are formatted here and
-        quoted with archive_literal; nothing else reaches the restriction."""
+        ``until``'s second (so every second read is complete), of persons after ``after_person``
+        when given. Times are formatted here and quoted with archive_literal, the person id is
+        a number; nothing else reaches the restriction."""
         config = self.config
         updated = config.column_updated
 
@@ -403,6 +450,8 @@ class SuperOfficeConnector(sdk.Connector):
         where = f"{updated} lt {moment(until)}"
         if floor is not None:
             where = f"{updated} ge {moment(floor)} and {where}"
+        if after_person is not None:
+            where = f"{where} and {config.column_person_id} gt {int(after_person)}"
         return where
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:

@@ -21,6 +21,8 @@ serves them):
   LegalBaseId/Key/Name, ConsentPurposeId/Key/Name, ConsentSourceId/Key/Name``);
 * ``GET /api/v1/archive/ConsentPurpose`` (:mod:`consentsync_superoffice.sandbox.archive`):
   ``{"odata.metadata", "odata.nextLink", "value": [...]}``, at most ``max_page_size`` rows a page;
+  read live, as SuperOffice's is: a test changes rows between two page calls with
+  :attr:`SuperOfficeSandbox.after_archive_page`;
 * ``GET /api/v1/Person/{id}``: the person, 404 when there is none (or it was deleted);
 * ``PATCH /api/v1/Person/{id}``: a JSON Patch array (``replace``/``add``/``remove`` on
   ``Firstname``, ``MiddleName``, ``Lastname``, ``Title``, ``Emails``, ``MobilePhones``,
@@ -145,7 +147,8 @@ def _consent_time(moment: dt.datetime) -> str:
 
 class SuperOfficeSandbox(HttpsSandbox):
     """The server. Run-time controls (HTTP-free): :attr:`tenant`, :attr:`faults`,
-    :meth:`issue_token`, :meth:`expire_sessions`, :meth:`reset_counters`."""
+    :attr:`after_archive_page`, :meth:`issue_token`, :meth:`expire_sessions`,
+    :meth:`reset_counters`."""
 
     endpoint_kinds = ENDPOINT_KINDS
     server_name = "Microsoft-IIS/10.0"
@@ -161,6 +164,10 @@ class SuperOfficeSandbox(HttpsSandbox):
         self.tenant = tenant or SuperOfficeTenant()
         super().__init__(normalize_id=_person_key, **options)
         self._tokens = IssuedTokens()
+        #: Called with each archive query once its page is read and before it is sent: what
+        #: users do between two page calls (SuperOffice's archive is read live, so a consent
+        #: changed meanwhile leaves its place in the order, or enters it). None: nothing.
+        self.after_archive_page: Callable[[ArchiveQuery], None] | None = None
 
     # ------------------------------------------------------------------ addresses, credentials
 
@@ -290,6 +297,8 @@ class SuperOfficeSandbox(HttpsSandbox):
             rows, more = run_query(
                 self.tenant, query, max_top=self.max_page_size, tag_times=_include_tz_offset(request)
             )
+        if self.after_archive_page is not None:
+            self.after_archive_page(query)
         prefix = request.path[: request.path.lower().index("/archive/")]
         body: dict[str, Any] = {"odata.metadata": f"{self.base_url}{prefix}/archive/$metadata", "value": rows}
         if more:
