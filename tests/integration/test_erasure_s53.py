@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from consentsync.ledger.service import Ledger
 from consentsync.mapping import parse_mapping
 from consentsync.sdk.connector import WriteAction
@@ -89,3 +91,34 @@ def test_a_restricted_persons_erasure_gets_the_configured_delete(
     clock.advance(minutes=1)
     assert _engine(ledger, config_path, org, thing="delete").run().status == "succeeded"
     assert _writes(org, "r1")[1:] == [(WriteAction.DELETE, {})], "the erasure never reached the CRM"
+
+
+def test_an_erasure_takes_every_address_the_person_holds(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """A CRM record kept its id and took a new address: the person holds both, and mail goes to
+    the one they are known by now. Erased by either, both are kept out: a record showing the
+    other address later is suppressed, and neither address is written to the ledger again."""
+    from consentsync.ledger.schema import subject_identifiers
+    from tests.integration.test_policy_s50_address import _readdress
+
+    org = Org(clock)
+    org.put("r1", "ada@oldjob.example")
+    _grant(ledger, "ada@oldjob.example", clock.now - timedelta(days=30))
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    clock.advance(minutes=1)
+    _readdress(org, clock, "r1", "ada.private@home.example")
+    clock.advance(minutes=1)
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    (uid,) = ledger.subject_uids_for_email("ada@oldjob.example")
+    assert ledger.subject_uids_for_email("ada.private@home.example") == [uid]
+    assert ledger.email_of(uid) == "ada.private@home.example"  # where she is now
+    clock.advance(minutes=1)
+    ledger.erase("ada@oldjob.example", reason="Art. 17 request")
+    clock.advance(minutes=1)
+    org.put("r2", "ada.private@home.example")  # another record shows her other address
+    assert _engine(ledger, config_path, org).run().status == "succeeded"
+    assert _pushed(org, "r2") == [{"optout": True}], "her other address was imported again, unsuppressed"
+    with ledger.engine.connect() as conn:
+        held = list(conn.execute(select(subject_identifiers.c.value)).scalars())
+    assert not {"ada@oldjob.example", "ada.private@home.example"} & set(held)

@@ -697,9 +697,25 @@ class Ledger:
             records: list[AuditRecord] = []
             uids: list[str] = []
             erased_details = redacted = 0
+            # The person's other addresses (a CRM record that took a new one keeps the person,
+            # who then holds both): each is erased with them and kept as a suppression of its
+            # own, or a record showing it would import the person again, unsuppressed.
+            asked = set(email_forms(email))
+            others: set[str] = set()
             for person in people:
                 before = self._contexts(conn, {person})[person]
                 uids.append(before.uid)
+                others |= (
+                    set(
+                        conn.execute(
+                            select(subject_identifiers.c.value).where(
+                                subject_identifiers.c.subject_id == person,
+                                subject_identifiers.c.kind == "email",
+                            )
+                        ).scalars()
+                    )
+                    - asked
+                )
                 conn.execute(
                     update(subjects)
                     .where(subjects.c.id == person)
@@ -757,16 +773,20 @@ class Ledger:
             # keeps the old hash until that record is read again).
             # So do those that last showed the address in its other form (punycode): the push
             # decision hashes an address in its one form since (email_forms).
-            stale = [email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(email)]
-            stale += forms[1:]
-            conn.execute(
-                update(crm_snapshots).where(crm_snapshots.c.identity.in_(stale)).values(identity=digest)
-            )
+            digests = [digest, *self._suppress_too(conn, sorted(others), reason, now)]
+            for address, hashed in zip([email, *sorted(others)], digests, strict=True):
+                stale = [
+                    email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(address)
+                ]
+                stale += [email_hmac(self.erasure_key(), form) for form in email_forms(address)[1:]]
+                conn.execute(
+                    update(crm_snapshots).where(crm_snapshots.c.identity.in_(stale)).values(identity=hashed)
+                )
             holders = set(
                 conn.execute(
                     select(crm_links.c.subject_id)
                     .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                    .where(crm_snapshots.c.identity == digest, crm_links.c.gone_at.is_(None))
+                    .where(crm_snapshots.c.identity.in_(digests), crm_links.c.gone_at.is_(None))
                 ).scalars()
             ) - set(people)
             audit.append(conn, records, now)
@@ -791,6 +811,22 @@ class Ledger:
         }
 
     # -- restriction ---------------------------------------------------------------------------
+
+    def _suppress_too(self, conn: Connection, addresses: list[str], reason: str, now: datetime) -> list[str]:
+        """The keyed hashes of an erased person's other addresses, each on the suppression list
+        (an entry of its own, with the erasure's reason; one made before under a form of it is
+        kept, not doubled), in the order given."""
+        hashed = self.keyed_hasher()
+        digests: list[str] = []
+        for address in addresses:
+            forms = [hashed(form) for form in email_forms(address)]
+            known = conn.execute(
+                select(suppressions.c.id).where(suppressions.c.email_hmac.in_(forms)).limit(1)
+            ).scalar()
+            if known is None:
+                conn.execute(insert(suppressions).values(email_hmac=forms[0], reason=reason, created_at=now))
+            digests.append(forms[0])
+        return digests
 
     def restrict(
         self,
@@ -1397,13 +1433,16 @@ class Ledger:
         return uid, state
 
     def email_of(self, uid: str) -> str | None:
-        """The live email address of the subject with this uid (None once erased or unknown)."""
+        """The live email address of the subject with this uid, the latest they were known by
+        (None once erased or unknown)."""
         with reading(self.engine) as conn:
             return conn.execute(
                 select(subject_identifiers.c.value)
                 .join(subjects, subjects.c.id == subject_identifiers.c.subject_id)
                 .where(subjects.c.uid == uid, subject_identifiers.c.kind == "email")
-                .order_by(subject_identifiers.c.id)
+                # The address the person was last known by: a CRM record that took a new one
+                # keeps the old beside it, and mail goes where they are now.
+                .order_by(subject_identifiers.c.id.desc())
             ).scalar()
 
     def subject_uids_for_email(self, email: str) -> list[str]:
