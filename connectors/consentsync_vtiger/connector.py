@@ -5,8 +5,10 @@ Reading: ``operation=query`` on ``modifiedtime``. Vtiger stamps whole seconds an
 drops what it already has; a second holding more than a page of changes is walked with LIMIT
 offsets (overlapping, so a record leaving that second mid-read cannot push another one out of
 sight). Each second is yielded whole, sorted by id, so the (modstamp, id) cursor the engine keeps
-resumes inside a second without loss or repetition. An incremental read starts ``lookback``
-before the last record read (a save stamps ``modifiedtime`` before its transaction commits).
+resumes inside a second without loss or repetition. A short page does not end the read (Vtiger
+drops the rows the user may not retrieve after applying LIMIT): a query bringing nothing new does.
+An incremental read starts ``lookback`` before the last record read (a save stamps
+``modifiedtime`` before its transaction commits).
 ``operation=sync`` is never the reader (it misses changes later in the same second and records
 owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed.
 
@@ -162,7 +164,8 @@ class VtigerConnector(sdk.Connector):
         known = self.describe(object_type)
         stamps = [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
         page_size = self.config.page_size
-        step = max(1, page_size - min(self.config.crowded_second_overlap, page_size // 2))
+        overlap = min(self.config.crowded_second_overlap, page_size // 2)
+        step = max(1, page_size - overlap)
         upper = self._upper_bound(until)
         # Cursor(modstamp, None), where a look-back resumes, reads every record from that moment.
         floor = self._lower_bound(since.modstamp) if since.modstamp is not None else None
@@ -171,28 +174,32 @@ class VtigerConnector(sdk.Connector):
         self.expected_records = None
         while True:
             rows = self._page(object_type, columns, floor, upper, offset, page_size)
+            if not any(str(r["modifiedtime"]) != floor or str(r["id"]) not in held for r in rows):
+                # Nothing beyond what was read: the read is complete. A short page says nothing:
+                # Vtiger applies LIMIT first and then drops the rows the user may not retrieve.
+                yield from self._second(object_type, floor, held, since, until, stamps)
+                return
             seconds = list(dict.fromkeys(str(row["modifiedtime"]) for row in rows))
-            full = len(rows) >= page_size
-            if full and len(seconds) == 1:
-                # One second holds a page or more: walk it with offsets.
-                if seconds[0] != floor:
-                    yield from self._second(object_type, floor, held, since, until, stamps)
-                    floor, held, offset = seconds[0], {}, 0
+            last = seconds[-1]
+            if last == floor:
+                # Every row in `floor`'s second (a crowded one): walk it with offsets.
                 held.update((str(row["id"]), row) for row in rows)
                 offset += step
                 continue
+            # Each second before `last` is read whole (this window reached past it); `last` may
+            # go on beyond the window: it is read again, from about as many rows as it has here.
             if floor not in seconds:
                 # What was held of `floor` is all of it (the rest left that second meanwhile).
                 yield from self._second(object_type, floor, held, since, until, stamps)
-            for second in seconds if not full else seconds[:-1]:
+            for second in seconds[:-1]:
                 found = held if second == floor else {}
                 found.update((str(r["id"]), r) for r in rows if str(r["modifiedtime"]) == second)
                 yield from self._second(object_type, second, found, since, until, stamps)
-            if not full:
-                return
-            last = seconds[-1]
-            floor, offset = last, 0
             held = {str(r["id"]): r for r in rows if str(r["modifiedtime"]) == last}
+            # Its rows here are its first (every earlier row is at an earlier second): the next
+            # window starts `overlap` rows before their count, so that a record leaving `last`
+            # meanwhile cannot shift another out of sight, as in a crowded second's walk.
+            floor, offset = last, max(0, len(held) - overlap)
 
     def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
         """Text as the install's tables keep it: on the stock 3-byte ``utf8`` a character beyond

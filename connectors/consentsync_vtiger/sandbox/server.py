@@ -25,8 +25,10 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   INVALID_SESSIONID for an unknown (or expired) one, SESSION_LEFT_IDLE after ``session_idle``
   seconds unused.
 * ``GET operation=query&query=VTQL``: see :mod:`consentsync_vtiger.sandbox.vtql` (at most 100 rows;
-  the statement ends with ``;``). Every value comes back as a string: checkboxes "0"/"1", empty
-  fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds, ids ``<type>x<crmid>``.
+  the statement ends with ``;``). Records the user may not retrieve (``hidden_owners``) are dropped
+  from the rows the LIMIT chose, as ``VtigerModuleOperation::query`` does, so a page can come back
+  short (or empty) while more rows follow. Every value comes back as a string: checkboxes
+  "0"/"1", empty fields "", times ``YYYY-MM-DD HH:MM:SS`` in whole seconds, ids ``<type>x<crmid>``.
 * Times are wall-clock times in the install's ``$default_timezone`` (config.inc.php; the CRM's
   ``timezone``, UTC by default), as 8.2.0 stores and serves ``modifiedtime``: neither UTC nor the
   API user's zone. Where the zone has daylight saving time, an hour of wall-clock times repeats
@@ -790,7 +792,7 @@ class VtigerSandbox(HttpsSandbox):
 
     Run-time controls: :attr:`faults` (``fail_ids``: writes of those records answer
     DATABASE_QUERY_ERROR, as a MySQL lock wait does), :attr:`crm` (the data),
-    :attr:`sync_fails`, :meth:`expire_sessions`, :meth:`expire_challenges`,
+    :attr:`sync_fails`, :attr:`hidden_owners`, :meth:`expire_sessions`, :meth:`expire_challenges`,
     :meth:`reset_counters`; :attr:`calls` counts the answered calls per operation.
     """
 
@@ -804,6 +806,11 @@ class VtigerSandbox(HttpsSandbox):
     sync_fails = False  # sync answers HTTP 500 with an empty body, as stock 8.2.0 on PHP 8 does
     api_limit = 100_000  # API calls before API_LIMIT_EXCEEDED (enforce_daily_limit)
     retry_after = 3600  # the Retry-After of API_LIMIT_EXCEEDED
+    # Owners ("19x1", a group "20x2") whose records the integration user may not retrieve (no
+    # sharing rule gives its role access): query drops them after the LIMIT, as Vtiger does
+    # (VtigerModuleOperation::query skips each row failing hasPermission(RETRIEVE)), and
+    # retrieve refuses them. Empty (the default): the user sees every record.
+    hidden_owners: tuple[str, ...] = ()
 
     def __init__(self, crm: VtigerCrm | None = None, **options: Any) -> None:
         self.crm = crm or VtigerCrm()
@@ -1002,7 +1009,12 @@ class VtigerSandbox(HttpsSandbox):
 
     def _op_query(self, params: Mapping[str, str]) -> list[dict[str, str]]:
         self._user(params)
-        return self.crm.query(params.get("query") or "")
+        rows = self.crm.query(params.get("query") or "")
+        # After the LIMIT, as on the real server: the page comes back short.
+        return [row for row in rows if not self._hidden(row.get("id"))]
+
+    def _hidden(self, wsid: str | None) -> bool:
+        return bool(self.hidden_owners) and wsid is not None and self.crm.owner_of(wsid) in self.hidden_owners
 
     def _op_retrieve(self, params: Mapping[str, str]) -> dict[str, str]:
         self._user(params)
@@ -1011,6 +1023,8 @@ class VtigerSandbox(HttpsSandbox):
         record = self.crm.get(wsid)
         if record is None:
             raise _denied(_NO_SUCH_RECORD)
+        if self._hidden(wsid):
+            raise _denied()  # "Permission to read given object is denied"
         return record
 
     def _element(self, params: Mapping[str, str]) -> dict[str, Any]:
