@@ -28,6 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -106,7 +107,7 @@ class HubSpotConnector(sdk.Connector):
     reading_version: ClassVar[str | None] = "2-email-optout-wide"
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
     can_delete = True  # POST /crm/v3/objects/contacts/batch/archive
-    reports_merges = True  # hs_merged_object_ids on the primary
+    reports_merges = True  # hs_merged_object_ids on the contact that stands (either kind of merge)
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -423,30 +424,60 @@ class HubSpotConnector(sdk.Connector):
         self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
     ) -> Iterator[sdk.CrmRecord]:
         """Contacts archived (deleted) or merged away after ``since`` and at or before ``until``,
-        in (time, id) order: archived ones from the archived list (their ``archivedAt``), merged
-        ones from the survivors' ``hs_merged_object_ids`` (at the survivor's
-        ``lastmodifieddate``, which the merge moved; a later change of the survivor names them
-        again, which only repeats news of a record already gone).
+        in (time, id) order, each id once: a merged-away id as merged into the contact it now
+        points to, never as a plain deletion.
+
+        HubSpot has merged contacts two ways. Before its change (histories of older portals)
+        the primary kept its id and the other contact left every list. Now a new contact with a
+        new id is made of both; both old ids point to it (a read of either answers it, with its
+        new id) and, by third parties' reports (HubSpot does not say), both show as archived.
+        Merged ids are found as survivors name them in ``hs_merged_object_ids`` (contacts having
+        it, changed in the window: the merge moved their ``lastmodifieddate``; a later change
+        names them again, which only repeats news of a record already gone). An archived contact
+        in the window that no survivor named is read by id: a merged-away id answers the contact
+        it points to (another id), a deleted one 404. So a merge is reported as one, whichever
+        of the two traces of it the window holds.
 
         With ``fields``, an archived contact comes with its last values: HubSpot keeps an
         archived contact's properties (it can be restored for 90 days) and answers them to a
-        batch read with ``archived=true``, one call per 100 deletions in the window and none
-        when there are none; the values are then what ``read_changes`` gives for a live contact
-        (subscription statuses included, read as for a page of changes). A merged-away id has
-        no values of its own left to read (a read of it answers its survivor): it comes bare."""
+        batch read with ``archived=true``, one call per 100 in the window and none when there
+        are none; the values are then what ``read_changes`` gives for a live contact
+        (subscription statuses included, read as for a page of changes). A merged-away original
+        listed as archived comes with them as well, so that a no on it reaches the survivor's
+        person; one in no list (the old kind of merge) has no values of its own left to read:
+        it comes bare."""
         _check_object(object_type)
         floor = _cursor_id(since)
 
         def in_window(record: sdk.CrmRecord) -> bool:
             return _after(record, since.modstamp, floor) and record.modstamp <= until
 
-        archived: Iterator[sdk.CrmRecord] = iter(
-            sorted(filter(in_window, self._archived()), key=_deletion_key)
-        )
+        named = {record.record_id: record for record in self._merged_away(since.modstamp, until)}
+        archived: list[sdk.CrmRecord] = []
+        for record in sorted(filter(in_window, self._archived()), key=_deletion_key):
+            merged = named.pop(record.record_id, None)
+            survivor = merged.merged_into if merged is not None else self._points_to(record.record_id)
+            archived.append(replace(record, merged_into=survivor) if survivor else record)
+        stream: Iterator[sdk.CrmRecord] = iter(archived)
         if fields:
-            archived = self._with_last_values(object_type, archived, fields)
-        merged = filter(in_window, self._merged_away(since.modstamp, until))
-        yield from heapq.merge(archived, merged, key=_deletion_key)
+            stream = self._with_last_values(object_type, stream, fields)
+        merged_only = sorted(filter(in_window, named.values()), key=_deletion_key)
+        yield from heapq.merge(stream, merged_only, key=_deletion_key)
+
+    def _points_to(self, record_id: str) -> str | None:
+        """The contact an archived id now points to (a merge's result), or None (deleted).
+        ``GET`` of a merged-away id answers the merged contact, with its own id."""
+        response = self._request(
+            "GET",
+            f"/crm/v3/objects/{OBJECT}/{record_id}",
+            params={"properties": "hs_object_id"},
+            describe="read an archived contact's id",
+            accept=lambda answer: answer.status_code == 404,  # deleted: no contact answers it
+        )
+        if response.status_code == 404:
+            return None
+        answered = str((sdk.json_or_none(response) or {}).get("id") or "")
+        return answered if answered.isdigit() and answered != record_id else None
 
     def _with_last_values(
         self, object_type: str, deleted: Iterator[sdk.CrmRecord], fields: Sequence[str]
@@ -475,6 +506,7 @@ class HubSpotConnector(sdk.Connector):
                     record.modstamp,
                     values.get(record.record_id, {}),
                     deleted=True,
+                    merged_into=record.merged_into,
                 )
 
     def _archived(self) -> Iterator[sdk.CrmRecord]:

@@ -115,11 +115,17 @@ class HubSpotHarness(SandboxHarness):
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
     own_settings: ClassVar[Mapping[str, Any]] = {"search_requests_per_second": 20}
 
-    def __init__(self, **sandbox_options: Any) -> None:
+    def __init__(self, *, merges: str = "old", merged_archived: bool = True, **sandbox_options: Any) -> None:
+        """``merges``: how the portal merges (``HubSpotPortal``). The sandbox merges as HubSpot
+        does now ("new": a new contact with a new id); the harness keeps "old" (the primary
+        keeps its id) by default, because the shared contract (``DeletionHarness.merge_records``,
+        consentsync.sdk.testing) expects the first record to survive under its own id. Tests of
+        the new kind ask for ``merges="new"``."""
         self._directory = Path(tempfile.mkdtemp(prefix="consentsync-hubspot-"))
         self.token_file = self._directory / "token"
         options = {"secondly_limit": 100, "search_per_second": 20, **sandbox_options}
-        self.sandbox = HubSpotSandbox(HubSpotPortal(), token_file=self.token_file, **options)
+        portal = HubSpotPortal(merges=merges, merged_archived=merged_archived)
+        self.sandbox = HubSpotSandbox(portal, token_file=self.token_file, **options)
 
     @staticmethod
     def id_key(record_id: str) -> int:
@@ -209,7 +215,8 @@ class HubSpotHarness(SandboxHarness):
                         source="Form",
                         at=moment,
                     )
-                    portal.merge(contact_id, other, at=moment + dt.timedelta(days=100))
+                    # Years ago: merged as HubSpot did then (the primary kept its id).
+                    portal.merge(contact_id, other, at=moment + dt.timedelta(days=100), new_record=False)
             if index == 10:
                 address, first_name, last_name = _ARCHIVED
                 moment = created + dt.timedelta(hours=2)
@@ -281,7 +288,14 @@ class HubSpotHarness(SandboxHarness):
         assert self.sandbox.portal.archive(record_id), f"no live contact {record_id}"
 
     def merge_records(self, survivor_id: str, merged_id: str) -> None:
+        """As the portal merges: under ``merges="new"`` neither id survives (see
+        :meth:`merge_into_new`)."""
         self.sandbox.portal.merge(survivor_id, merged_id)
+
+    def merge_into_new(self, primary_id: str, merged_id: str) -> str:
+        """A merge as HubSpot makes it now, whatever the portal's default: the id of the new
+        contact both originals point to."""
+        return str(self.sandbox.portal.merge(primary_id, merged_id, new_record=True)["hs_object_id"])
 
     def opt_out(self, record_id: str) -> None:
         record = self.stored(record_id)

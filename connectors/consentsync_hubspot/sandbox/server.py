@@ -30,9 +30,18 @@ Endpoints (endpoint kind in brackets):
   it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
 * ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
   most ``batch_limit``): 204 No Content; an unknown or already archived id is no error.
-* ``POST /crm/v3/objects/contacts/merge`` [merge] ``{"primaryObjectId", "objectIdToMerge"}``:
-  the merged contact leaves every list and search (it is not archived), the primary's
-  ``lastmodifieddate`` moves and its ``hs_merged_object_ids`` ("id1;id2") names the merged id.
+* ``POST /crm/v3/objects/contacts/merge`` [merge] ``{"primaryObjectId", "objectIdToMerge"}``,
+  as HubSpot merges contacts now (``HubSpotPortal(merges="new")``, the default; HubSpot's
+  changelog "Updated merge functionality for contacts and companies"): a new contact with a new
+  id is made of both, the primary's values current (the other's where the primary has none),
+  the primary's ``email`` its address and the other's in ``hs_additional_emails``; both
+  previous ids point to it (``GET`` of either answers the new contact, with its new id), and
+  its ``hs_merged_object_ids`` names both (and the ids merged into either before). The answer
+  is the new contact. As HubSpot merged before the change (``merges="old"``, kept for portals
+  whose histories predate it, or per merge ``portal.merge(..., new_record=False)``): the
+  primary keeps its id, the merged contact leaves every list and search (it is not archived),
+  the primary's ``lastmodifieddate`` moves and its ``hs_merged_object_ids`` ("id1;id2") names
+  the merged id.
 * ``GET /crm/v3/properties/contacts`` [properties].
 * ``GET /communication-preferences/v3/definitions`` [definitions],
   ``POST /communication-preferences/v3/subscribe|unsubscribe`` [subscribe, unsubscribe]
@@ -70,7 +79,13 @@ as HubSpot's v4 API keeps it (its own endpoint, ``wideStatuses``): the contact's
 ``hs_email_optout`` reads true and every subscription status stays as it was, so the connector
 must not rely on HubSpot copying the opt-out into each status; the contact subscribing again to
 a subscription type (a form, the preferences page) ends it, and v3 subscribe refuses an address
-opted out of all.
+opted out of all. A merge of the new kind: HubSpot documents the new id, both old ids pointing to
+it and the primary's values; not whether the two originals show in the archived list. Third
+parties report them archived, so by default (``merged_archived=True``) they are, stamped
+``archivedAt`` at the merge, with the values they held (``batch/read?archived=true``), while
+``GET`` of their ids answers the new contact; ``merged_archived=False`` leaves them in no list
+at all, so the connector must work either way. The new contact's ``hs_merged_object_ids``
+naming both originals and its ``createdate`` (the merge's time) are the sandbox's choices too.
 """
 
 from __future__ import annotations
@@ -117,6 +132,8 @@ __all__ = [
 ]
 
 WRITE_KINDS = ("batch_update", "batch_archive", "merge", "subscribe", "unsubscribe")
+#: The two ways HubSpot has merged contacts (``HubSpotPortal(merges=...)``).
+MERGE_KINDS = ("new", "old")
 
 #: The options of the contact property ``hs_legal_basis`` (a multiple checkbox: values joined by ;).
 LEGAL_BASIS_OPTIONS = (
@@ -282,7 +299,16 @@ class HubSpotPortal:
         clock: Callable[[], dt.datetime] | None = None,
         subscriptions: Mapping[str, tuple[str, str]] | None = None,
         first_id: int = 101,
+        merges: str = "new",
+        merged_archived: bool = True,
     ) -> None:
+        if merges not in MERGE_KINDS:
+            raise ValueError(f"merges must be one of {', '.join(MERGE_KINDS)}, not {merges!r}")
+        #: How a merge behaves: "new" (a new contact with a new id; HubSpot now) or "old" (the
+        #: primary keeps its id; HubSpot before its change, kept by older portals' histories).
+        self.merges = merges
+        #: A merge of the new kind lists both originals as archived (see the module's notes).
+        self.merged_archived = merged_archived
         self.clock = clock or _now_ms
         self.definitions = dict(subscriptions or DEFAULT_SUBSCRIPTIONS)
         self.lock = threading.RLock()
@@ -308,6 +334,14 @@ class HubSpotPortal:
                     "hs_merged_object_ids", "Merged Contact IDs", "enumeration", "checkbox", read_only=True
                 ),
                 PropertyDef("email", "Email", "string", "text"),
+                # Set by merges: the other contact's address, kept on the merged one (";"-joined).
+                PropertyDef(
+                    "hs_additional_emails",
+                    "Additional email addresses",
+                    "enumeration",
+                    "checkbox",
+                    read_only=True,
+                ),
                 PropertyDef("firstname", "First Name", "string", "text"),
                 PropertyDef("lastname", "Last Name", "string", "text"),
                 PropertyDef("jobtitle", "Job Title", "string", "text"),
@@ -427,18 +461,37 @@ class HubSpotPortal:
         with self.lock:
             return [(cid, dict(record)) for cid, record in sorted(self._archived.items())]
 
-    def merge(self, primary_id: str, merged_id: str, /, *, at: dt.datetime | None = None) -> dict[str, Any]:
+    def merge(
+        self,
+        primary_id: str,
+        merged_id: str,
+        /,
+        *,
+        at: dt.datetime | None = None,
+        new_record: bool | None = None,
+    ) -> dict[str, Any]:
         """Merge ``merged_id`` into ``primary_id`` as ``POST /crm/v3/objects/contacts/merge``
-        does: the merged contact is gone (not archived: it is in no list), a read of its id
+        does; answers the contact that results (its ``hs_object_id`` is its id).
+
+        New (``new_record``, by default when the portal's ``merges`` is "new"): a new contact
+        with a new id, the primary's values over the other's, the other's address in
+        ``hs_additional_emails``; both originals leave every search and live list (listed as
+        archived at the merge when ``merged_archived``), a read of either id answers the new
+        contact, whose ``hs_merged_object_ids`` names both (and those merged into either).
+
+        Old: the merged contact is gone (not archived: it is in no list), a read of its id
         answers the primary, and the primary's ``hs_merged_object_ids`` names it (and the ids
         merged into it before)."""
         moment = at or self.now()
+        fresh = self.merges == "new" if new_record is None else new_record
         with self.lock:
             primary, merged = _as_int(primary_id), _as_int(merged_id)
             if primary == merged or primary not in self._contacts or merged not in self._contacts:
                 raise HubSpotApiError(
                     400, "VALIDATION_ERROR", f"Cannot merge contact {merged_id} into {primary_id}"
                 )
+            if fresh:
+                return self._merge_into_new(primary, merged, moment)
             gone = self._contacts.pop(merged)
             self._unindexed.discard(merged)
             names = [
@@ -454,6 +507,62 @@ class HubSpotPortal:
                     self._merged_into[earlier] = primary
             self._merged_into[merged] = primary
             return dict(record)
+
+    def _merge_into_new(self, primary: int, merged: int, moment: dt.datetime) -> dict[str, Any]:
+        """The new kind of merge (the lock held, both contacts live)."""
+        first, second = self._contacts.pop(primary), self._contacts.pop(merged)
+        self._unindexed.discard(primary)
+        self._unindexed.discard(merged)
+        new_id = self._next_id
+        self._next_id += 1
+        names = [
+            *_merged_ids(first.get("hs_merged_object_ids")),
+            *_merged_ids(second.get("hs_merged_object_ids")),
+            str(primary),
+            str(merged),
+        ]
+        addresses = [
+            *_merged_ids(first.get("hs_additional_emails")),
+            *([str(second["email"])] if second.get("email") else []),
+            *_merged_ids(second.get("hs_additional_emails")),
+        ]
+        # The primary's values, the other's where the primary has none; but the opt-out
+        # properties follow the merged contact's address (the primary's): HubSpot ties an
+        # opt-out to an address, not to a record, and the other's stays with its address.
+        by_address = {"hs_email_optout", *(f"hs_email_optout_{sid}" for sid in self.definitions)}
+        record = {
+            **{name: value for name, value in second.items() if value is not None and name not in by_address},
+            **{name: value for name, value in first.items() if value is not None},
+        }
+        record.pop("archivedAt", None)
+        record.update(
+            {
+                "hs_object_id": str(new_id),
+                "createdate": moment,
+                "lastmodifieddate": moment,
+                "hs_merged_object_ids": ";".join(dict.fromkeys(names)),
+                "hs_additional_emails": ";".join(
+                    dict.fromkeys(a for a in addresses if a.lower() != str(record.get("email") or "").lower())
+                )
+                or None,
+            }
+        )
+        self._contacts[new_id] = record
+        for earlier, survivor in list(self._merged_into.items()):
+            if survivor in (primary, merged):
+                self._merged_into[earlier] = new_id
+        self._merged_into[primary] = new_id
+        self._merged_into[merged] = new_id
+        if self.merged_archived:
+            for old_id, old in ((primary, first), (merged, second)):
+                self._archived[old_id] = {**old, "archivedAt": moment}
+        return dict(record)
+
+    def merged_into(self, contact_id: str) -> str | None:
+        """The live contact a merged-away id now points to; None when it was never merged."""
+        with self.lock:
+            survivor = self._merged_into.get(_as_int(contact_id))
+            return str(survivor) if survivor is not None else None
 
     def canonical(self, contact_id: str) -> str | None:
         """The id a read of ``contact_id`` answers: itself, or the contact it was merged into;
@@ -1119,7 +1228,7 @@ class HubSpotSandbox(HttpsSandbox):
             raise HubSpotApiError(400, "VALIDATION_ERROR", "primaryObjectId and objectIdToMerge are required")
         primary = str(body["primaryObjectId"])
         record = self.portal.merge(primary, str(body["objectIdToMerge"]))
-        return json_response(200, self._object(int(primary), record, ["hs_merged_object_ids"]))
+        return json_response(200, self._object(int(record["hs_object_id"]), record, ["hs_merged_object_ids"]))
 
     def _inputs(self, body: Any, limit: int) -> list[Any]:
         inputs = body.get("inputs") if isinstance(body, dict) else None
