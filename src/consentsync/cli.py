@@ -342,7 +342,9 @@ def ledger_record(
         evidence_ref=evidence_ref,
     )
     target.validate(evidence)
-    outcome = target.record(Identity(email=address), evidence)
+    # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
+    says_no = evidence.status in (ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
+    outcome = target.record(Identity(email=address, says_no=says_no), evidence)
     result = {
         "subject": outcome.subject_uid,
         "duplicate": outcome.duplicate,

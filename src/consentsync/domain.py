@@ -478,20 +478,34 @@ def parse_timestamp(value: str, what: str = "timestamp") -> datetime:
         text = text[:-1] + "+00:00"
     try:
         return as_utc(datetime.fromisoformat(text))
-    except ValueError:
-        raise InvalidInput(
-            f"malformed {what} {shown(value)}: expected ISO 8601, e.g. 2026-11-23T10:15:00Z"
-        ) from None
     except OverflowError:  # year 1 or 9999 with an offset that takes it off the calendar
         raise InvalidInput(
             f"{what} {shown(value)} is out of range: expected a time between 1970 and now"
         ) from None
+    except ValueError:
+        raise InvalidInput(
+            f"malformed {what} {shown(value)}: expected ISO 8601, e.g. 2026-11-23T10:15:00Z"
+        ) from None
+
+
+class OffTheCalendar(InvalidInput, OverflowError):
+    """A time before 0001-01-01 or after 9999-12-31 once in UTC."""
 
 
 def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a time without an offset is taken as UTC. A time its offset takes off
+    the calendar once in UTC (year 1 at +14:00, year 9999 at -12:00) is refused with
+    ``InvalidInput`` saying what is accepted, never a traceback; the error is an
+    ``OverflowError`` too, for the callers that read it as the calendar's edge."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise OffTheCalendar(
+            f"{moment.isoformat()} is off the calendar once in UTC: accepted are times that fall "
+            "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z with their offset applied"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -122,3 +123,27 @@ def test_an_erasure_takes_every_address_the_person_holds(
     with ledger.engine.connect() as conn:
         held = list(conn.execute(select(subject_identifiers.c.value)).scalars())
     assert not {"ada@oldjob.example", "ada.private@home.example"} & set(held)
+
+
+def test_a_no_or_an_objection_recorded_by_ops_after_erasure_keeps_the_address_out(cli: Any) -> None:
+    """`ledger record ... withdrawn` and `objection raise` for an erased address (an ESP's
+    unsubscribe list imported, a complaint forwarded): the erasure already keeps the person out;
+    the address is not written to the ledger again, nor a new person made to hold it."""
+    from consentsync.app import open_ledger
+    from consentsync.config import load_config
+    from consentsync.ledger.schema import subject_identifiers
+    from tests.conftest import record_args
+
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok("erase", "--email", "gone@example.com", "--reason", "Art. 17 request", "--yes")
+    cli.ok(*record_args("gone@example.com", "email_marketing", "withdrawn"))
+    cli.ok("objection", "raise", "--email", "Gone@Example.com", "--purpose", "email_marketing")
+    ledger = open_ledger(load_config(cli.config_path))
+    try:
+        with ledger.engine.connect() as conn:
+            held = list(conn.execute(select(subject_identifiers.c.value)).scalars())
+        assert "gone@example.com" not in held, "the erased address was written back"
+        _uid, state = ledger.decision_for("gone@example.com", "email_marketing", "email")
+        assert state.suppressed
+    finally:
+        ledger.engine.dispose()

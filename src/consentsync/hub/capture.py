@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from consentsync.domain import (
     LawfulBasis,
     Origin,
     as_read,
+    as_utc,
     iso,
     lookup_email,
     normalise_email,
@@ -41,9 +43,16 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity
-from consentsync.ledger.schema import capture_requests, confirmations, consent_events, subjects
+from consentsync.ledger.identity import Identity, SubjectResolver
+from consentsync.ledger.schema import (
+    capture_requests,
+    confirmations,
+    consent_events,
+    subject_identifiers,
+    subjects,
+)
 from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.reconcile import TO_THE_SECONDS_END, no_counts_from
 
 log = structlog.get_logger("consentsync.hub")
 
@@ -90,6 +99,14 @@ CONFIRMATION_WINDOW = timedelta(hours=24)
 # downloadable from the page, only not mailed.
 RECEIPT_MAILS = 5
 RECEIPT_WINDOW = timedelta(minutes=10)
+# And at most RECEIPT_MAILS_PER_DAY receipts within RECEIPT_DAY, as a double opt-in's links are
+# capped a day (CONFIRMATION_MAILS): whoever types a stranger's address into an opt-out form just
+# often enough to stay under RECEIPT_MAILS (every 2 minutes) would otherwise mail them 720 a day,
+# each with a link to their preference page. Counted across keys and pages, per person: each
+# earlier choice whose receipt RECEIPT_MAILS let through counts, whether its mail went or not.
+# Twice a burst of RECEIPT_MAILS: a person setting their choices twice in a day gets each receipt.
+RECEIPT_MAILS_PER_DAY = 10
+RECEIPT_DAY = timedelta(hours=24)
 # The ledger's events whose receipt the hub mails (what RECEIPT_MAILS counts): a person's grant,
 # withdrawal or refusal captured through an API key, on the preference page ("preference_center",
 # preferences.SOURCE) or on a confirmation link; not a GPC opt-out, which has no receipt.
@@ -287,11 +304,14 @@ class Hub:
 
     def _receipt_allowed(self, uid: str, record_id: str) -> bool | None:
         """Whether the receipt of ``record_id`` may be mailed: fewer than ``RECEIPT_MAILS`` of the
-        person's choices that are receipted were recorded within ``RECEIPT_WINDOW`` before it.
-        None: no such record, or its person was erased since it was recorded (the mail goes
-        after the answer: an address erased meanwhile is mailed nothing more, Art. 17). Counted
-        from the ledger, not in the serving process: a count per process let whoever sends the
-        same toggles to several web processes (or after a restart) mail that many times the cap."""
+        person's choices that are receipted were recorded within ``RECEIPT_WINDOW`` before it, and
+        fewer than ``RECEIPT_MAILS_PER_DAY`` receipts could go within ``RECEIPT_DAY`` before it.
+        None: no such record, its person was erased since it was recorded (the mail goes after
+        the answer: an address erased meanwhile is mailed nothing more, Art. 17), or its person
+        holds no address (a no said for an erased address: the ledger keeps it as a keyed hash
+        only, and nothing goes to it). Counted from the ledger, not in the serving process: a
+        count per process let whoever sends the same toggles to several web processes (or after a
+        restart) mail that many times the cap."""
         with reading(self.ledger.engine) as conn:
             event = conn.execute(
                 select(
@@ -305,17 +325,47 @@ class Hub:
             ).first()
             if event is None or event.erased_at is not None:
                 return None
+            holds = conn.execute(
+                select(subject_identifiers.c.id)
+                .where(
+                    subject_identifiers.c.subject_id == event.subject_id,
+                    subject_identifiers.c.kind == "email",
+                )
+                .limit(1)
+            ).first()
+            if holds is None:
+                return None
+            choices = (
+                consent_events.c.subject_id == event.subject_id,
+                consent_events.c.id < event.id,
+                *_RECEIPTED_CHOICE,
+            )
             earlier = conn.execute(
                 select(func.count())
                 .select_from(consent_events)
-                .where(
-                    consent_events.c.subject_id == event.subject_id,
-                    consent_events.c.id < event.id,
-                    consent_events.c.recorded_at > event.recorded_at - RECEIPT_WINDOW,
-                    *_RECEIPTED_CHOICE,
-                )
+                .where(*choices, consent_events.c.recorded_at > event.recorded_at - RECEIPT_WINDOW)
             ).scalar_one()
-        return bool(earlier < RECEIPT_MAILS)
+            if earlier >= RECEIPT_MAILS:
+                return False
+            today = conn.execute(
+                select(func.count())
+                .select_from(consent_events)
+                .where(*choices, consent_events.c.recorded_at > event.recorded_at - RECEIPT_DAY)
+            ).scalar_one()
+            if today < RECEIPT_MAILS_PER_DAY:
+                return True  # fewer choices than the cap: fewer receipts too, read no further
+            # Each choice of the day (and what came RECEIPT_WINDOW before it, to judge it).
+            times = list(
+                conn.execute(
+                    select(consent_events.c.recorded_at)
+                    .where(
+                        *choices,
+                        consent_events.c.recorded_at > event.recorded_at - RECEIPT_DAY - RECEIPT_WINDOW,
+                    )
+                    .order_by(consent_events.c.recorded_at, consent_events.c.id)
+                ).scalars()
+            )
+        return _receipts_let_through(times, event.recorded_at - RECEIPT_DAY) < RECEIPT_MAILS_PER_DAY
 
     def mail_receipt(self, pending: PendingReceipt) -> bool:
         """Mails a consent receipt (JSON attached); False (logged, never raised) if it could not go,
@@ -564,21 +614,33 @@ class Hub:
                     _Standing(conn, *standing[index]) if index in standing else next(found)
                     for index in range(len(requests))
                 ]
+                # A no for an erased address was recorded on the erased person (by its keyed
+                # hash, SubjectResolver): answered without their id, and mailed nothing.
+                gone = (
+                    _erased_among(conn, {o.subject_id for o in kept_outcomes})
+                    if any(r.identity.says_no for r in recorded)
+                    else set()
+                )
                 results: list[dict[str, Any]] = []
                 mails: list[PendingMail] = []
                 to_receipt: list[PendingReceipt] = []
                 for index, (request, outcome) in enumerate(zip(requests, outcomes, strict=True)):
                     evidence = request.evidence
+                    erased = outcome.subject_id in gone
                     entry: dict[str, Any] = {
-                        "subject": outcome.subject_uid,
+                        "subject": None if erased else outcome.subject_uid,
                         "purpose": evidence.purpose,
                         "channel": evidence.channel,
                         "recorded": None if index in standing else evidence.status.value,
                         "duplicate": outcome.duplicate,
                         "state": outcome.after.decision() if outcome.after else None,
                     }
+                    if erased:
+                        entry["erased"] = True
                     if evidence.evidence_ref == GPC_EVIDENCE and evidence.source == key.source:
                         entry["gpc"] = True
+                    elif erased:
+                        pass  # no receipt: nothing goes to an erased address (Art. 17)
                     elif not outcome.duplicate and evidence.status.value in RECEIPTED:
                         entry["record_id"] = evidence.fingerprint()
                         to_receipt.append(
@@ -736,12 +798,18 @@ class Hub:
                         f"{item.purpose!r} (consentsync notice add {item.purpose} VERSION FILE)"
                     )
             requested = status is ConsentStatus.GRANTED and item.purpose in self._double_opt_in
+            try:  # a time its offset takes off the calendar (year 1 at +14:00) is bad input
+                event_time = as_utc(item.event_time) if item.event_time is not None else now
+            except InvalidInput as error:
+                raise InvalidInput(
+                    f"{at}.event_time: {error}; an event time is accepted from 1970-01-01T00:00:00Z to now"
+                ) from None
             evidence = Evidence(
                 purpose=item.purpose,
                 channel=item.channel,
                 status=ConsentStatus.REQUESTED if requested else status,
                 basis=LawfulBasis.CONSENT if status is ConsentStatus.GRANTED else basis,
-                event_time=item.event_time or now,
+                event_time=event_time,
                 observed_at=now,
                 source=key.source,
                 origin=Origin.CAPTURE,
@@ -755,7 +823,10 @@ class Hub:
                 raise InvalidInput(f"{at}: {error}") from None
             if requested:
                 doi.add(len(requests))
-            requests.append(RecordRequest(Identity(email=email), evidence))
+            # A no (withdrawn, refused) for an erased address is kept as its keyed hash, on the
+            # erased person: only a grant brings a person back (SubjectResolver, says_no).
+            says_no = status is not ConsentStatus.GRANTED
+            requests.append(RecordRequest(Identity(email=email, says_no=says_no), evidence))
         return requests, doi
 
     def _gpc_evidence(self, key: ApiKey, email: str, now: datetime) -> list[RecordRequest]:
@@ -768,7 +839,7 @@ class Hub:
             for channel in purpose.channels:
                 found.append(
                     RecordRequest(
-                        Identity(email=email),
+                        Identity(email=email, says_no=True),
                         Evidence.witnessed(
                             now,
                             purpose=purpose.key,
@@ -793,13 +864,38 @@ class Hub:
             raise Forbidden(f"API key {key.name!r} may not record objections")
         if purpose in self.ledger.purposes and not key.covers(purpose):
             raise Forbidden(f"purpose: API key {key.name!r} may not record purpose {purpose!r}")
+        entered = _entered(email)
+        known = self.ledger.purposes.get(purpose)
+        if known is not None and self._erased_only(entered):
+            # An erased address nobody came back with: the erasure's suppression keeps it out of
+            # every purpose already. No person is made for it (one holding the address, or a
+            # pending objection on someone new for ops to review): the answer says so.
+            log.info("hub.objection_not_recorded", apikey=key.name, purpose=purpose, reason="erased")
+            return {
+                "id": None,
+                "subject": None,
+                "purpose": purpose,
+                "direct_marketing": direct_marketing or known.direct_marketing,
+                "status": "suppressed",
+                "decided_by": None,
+                "recorded": False,
+                "erased": True,
+                "rule": "erasure_suppression",
+            }
         return self.ledger.raise_objection(
-            _entered(email),
+            entered,
             purpose,
             direct_marketing=direct_marketing,
             source=key.source,
             actor=f"apikey:{key.name}",
         )
+
+    def _erased_only(self, email: str) -> bool:
+        """Whether ``email`` is an erased address that no person holds (nobody came back with
+        it): ``SubjectResolver.is_erased_only``."""
+        with reading(self.ledger.engine) as conn:
+            resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+            return resolver.is_erased_only(email)
 
     def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
         if not key.may("erasure"):
@@ -844,6 +940,17 @@ def _entered(raw: str) -> str:
     return as_read(normalise_email(raw), raw) or ""
 
 
+def _receipts_let_through(times: list[datetime], after: datetime) -> int:
+    """How many of a person's receipted choices recorded at ``times`` (in order) after ``after``
+    passed the ``RECEIPT_MAILS`` in ``RECEIPT_WINDOW`` test: at least as many receipts as went
+    then (one the daily cap held back counts too, so a flood stays held back)."""
+    passed = 0
+    for index, moment in enumerate(times):
+        if moment > after and index - bisect_right(times, moment - RECEIPT_WINDOW, 0, index) < RECEIPT_MAILS:
+            passed += 1
+    return passed
+
+
 def _in_language(language: str | None) -> str:
     return "?" + urlencode({"lang": language}) if language else ""
 
@@ -857,6 +964,19 @@ class _Standing:
         self.subject_uid = uid
         self.subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar_one()
         self.after = state
+
+
+def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
+    """Which of ``subject_ids`` are erased people."""
+    if not subject_ids:
+        return set()
+    return set(
+        conn.execute(
+            select(subjects.c.id).where(
+                subjects.c.id.in_(sorted(subject_ids)), subjects.c.erased_at.is_not(None)
+            )
+        ).scalars()
+    )
 
 
 def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: datetime) -> bool:
@@ -931,8 +1051,9 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
     must not bring a consent back), or, for a link not yet followed, a withdrawal or refusal of
     its purpose and channel that came after what the link asks to confirm (Art. 7(3): the
     request was withdrawn; a new sign-up mails a new link). "After" is by event time, at or
-    after the request's (a time known only to the second ties, and a tie is read as the no),
-    so a withdrawal the person made before signing up again does not void the new link."""
+    after the request's (a tie is read as the no), a no stamped to the whole second counting
+    from the end of that second as the reconciler reads it, so a withdrawal the person made
+    before signing up again does not void the new link."""
     erased = conn.execute(select(subjects.c.erased_at).where(subjects.c.id == row.subject_id)).scalar()
     if erased is not None:
         raise LinkRefused(ERASED_LINK)
@@ -953,16 +1074,21 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
         )
     ).scalar()
     since = min(asked, row.requested_at) if asked is not None else row.requested_at
+    # A no stamped to the whole second counts from the end of that second, as the reconciler
+    # reads it (``no_counts_from``, docs/policy.md): an unsubscribe stamped 12:00:00 voids a link
+    # asked for at 12:00:00.5. Read from up to a second before, and each judged so.
     said_no = conn.execute(
-        select(consent_events.c.id)
-        .where(
+        select(consent_events.c.event_time, consent_events.c.recorded_at).where(
             *same_key,
             consent_events.c.status.in_(_SAYING_NO),
-            func.coalesce(consent_events.c.event_time, consent_events.c.recorded_at) >= since,
+            func.coalesce(consent_events.c.event_time, consent_events.c.recorded_at)
+            >= since - TO_THE_SECONDS_END,
         )
-        .limit(1)
-    ).first()
-    if said_no is not None:
+    ).all()
+    if any(
+        (no_counts_from(no.event_time) if no.event_time is not None else no.recorded_at) >= since
+        for no in said_no
+    ):
         raise LinkRefused(SAID_NO_LINK)
 
 

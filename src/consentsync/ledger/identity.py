@@ -58,6 +58,12 @@ class Identity:
     email: str | None = None
     link: CrmLink | None = None
     subject_id: int | None = None
+    # A capture that says no (a withdrawal, a refusal, a GPC opt-out): not a sign-up. Its address,
+    # when on the suppression list (erased, in any of its forms) and held by nobody, is read as a
+    # CRM's is (``from_crm``): matched to the erased person by its keyed hash, never written to
+    # the ledger again. Only a grant brings an erased person back, as a new person with their
+    # address; a no for an erased address is said by someone the suppression already keeps out.
+    says_no: bool = False
 
     def __post_init__(self) -> None:
         if self.email is None and self.link is None and self.subject_id is None:
@@ -119,11 +125,10 @@ class SubjectResolver:
         # that (erased) person, and the address is never written to the ledger again.
         # Every address read, whoever the record already belongs to: an erased address on a
         # record of another person must neither be written back nor go unnoticed (below).
-        erased = (
-            self._erased_by_email({i.email for i in identities if i.email and i.email not in by_email})
-            if self.from_crm
-            else {}
-        )
+        # A capture's address likewise where every capture naming it in this batch says no: a
+        # grant beside it is the person coming back, a new person with the address.
+        hashed = self._kept_hashed(identities)
+        erased = self._erased_by_email({e for e in hashed if e not in by_email}) if hashed else {}
         by_email.update(erased)
         unknown: dict[object, Identity] = {}
         for identity in identities:
@@ -135,7 +140,8 @@ class SubjectResolver:
             if known is None:
                 unknown.setdefault(identity.email or identity.link, identity)
         created_for_link: dict[CrmLink, int] = {}
-        for identity, subject_id in zip(unknown.values(), self._create(list(unknown.values())), strict=True):
+        created = self._create(list(unknown.values()), hashed)
+        for identity, subject_id in zip(unknown.values(), created, strict=True):
             if identity.email:
                 by_email[identity.email] = subject_id
             elif identity.link:
@@ -177,6 +183,27 @@ class SubjectResolver:
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)
         insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
         return resolved
+
+    def _kept_hashed(self, identities: Sequence[Identity]) -> set[str]:
+        """The addresses that, if erased, stay a keyed hash: every address a CRM record carries
+        (``from_crm``), and a capture's address where each capture naming it says no
+        (``Identity.says_no``)."""
+        if self.from_crm:
+            return {i.email for i in identities if i.email}
+        saying_no = {i.email for i in identities if i.email and i.says_no}
+        if not saying_no:
+            return set()
+        return saying_no - {i.email for i in identities if i.email and not i.says_no}
+
+    def is_erased_only(self, email: str) -> bool:
+        """Whether ``email`` is on the suppression list (by the keyed hash of any of its forms,
+        ``email_forms``) and no person holds it: an erased address nobody came back with. Whatever
+        is said for it (a no, an objection) is said by someone the erasure already keeps out;
+        nothing of it is to be written (a person holding it, a mail to it)."""
+        if self._find_emails({email}):
+            return False
+        hashes = sorted({self.hashed(form) for form in email_forms(email)})
+        return any(select_in(self.conn, suppressions, ("id",), "email_hmac", hashes))  # rows: (id,)
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.
@@ -249,7 +276,9 @@ class SubjectResolver:
                     break
         return found
 
-    def _create(self, identities: Sequence[Identity]) -> list[int]:
+    def _create(self, identities: Sequence[Identity], hashed: set[str] | None = None) -> list[int]:
+        """Creates a person for each identity. An address in ``hashed`` (``_kept_hashed``) that is
+        on the suppression list is not written: its person holds the keyed hash only."""
         if not identities:
             return []
         forms = {i.email: [self.hashed(f) for f in email_forms(i.email)] for i in identities if i.email}
@@ -281,8 +310,11 @@ class SubjectResolver:
         emails = [
             (subject_id, EMAIL, str(identity.email))
             for identity, subject_id, row in zip(identities, ids, rows, strict=True)
-            # From a CRM, an erased address stays a hash.
-            if identity.email and not (self.from_crm and row["suppression_id"] is not None)
+            # From a CRM (or a capture that says no), an erased address stays a hash.
+            if identity.email
+            and not (
+                row["suppression_id"] is not None and (self.from_crm or identity.email in (hashed or ()))
+            )
         ]
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, emails)
         for identity, subject_id, row in zip(identities, ids, rows, strict=True):

@@ -537,7 +537,9 @@ class Ledger:
             status, decided_by = ObjectionStatus.PENDING, None
         with self.engine.begin() as conn:
             resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
-            (subject_id,) = resolver.resolve([Identity(email=email)])
+            # An objection is a no: for an erased address it stays a keyed hash (the erased
+            # person's), never a new person holding the address.
+            (subject_id,) = resolver.resolve([Identity(email=email, says_no=True)])
             before = self._contexts(conn, {subject_id})[subject_id]
             objection_id = conn.execute(
                 insert(objections)
