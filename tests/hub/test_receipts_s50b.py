@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from consentsync.domain import ConsentStatus
 from consentsync.hub.capture import RECEIPT_MAILS, RECEIPT_WINDOW
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
@@ -101,3 +102,21 @@ def test_a_form_sent_again_and_again_for_someone_mails_a_bounded_number_of_recei
     # Another person's receipts are not held back by it.
     assert world.post("/consents", GRANT).status_code == 201
     assert receipts_to(world, EMAIL) == 1
+
+
+def test_a_receipt_goes_to_the_address_the_person_is_known_by_now(world: HubWorld) -> None:
+    """A CRM record of Ada's took her new address (she holds both): a form given her old one (a
+    mailbox she left, maybe another's now) mails its receipt, and the link to her page in it, to
+    the address she is known by now."""
+    from consentsync.ledger.identity import CrmLink, Identity
+    from tests.integration.helpers import consent_value
+
+    old, new = "ada@oldjob.example", "ada.private@home.example"
+    record = CrmLink("sf", "Contact", "003000000000001")
+    for address in (old, new):  # the CRM record showed the one, then the other
+        world.clock.advance(minutes=1)
+        value = consent_value(ConsentStatus.GRANTED, world.clock.now, world.clock.now, purpose="newsletter")
+        world.ledger.record(Identity(email=address, link=record), value)
+    world.clock.advance(minutes=1)
+    assert world.post("/consents", {**GRANT, "email": old, "status": "withdrawn"}).status_code == 201
+    assert (receipts_to(world, old), receipts_to(world, new)) == (0, 1)

@@ -645,7 +645,10 @@ class Hub:
                         entry["record_id"] = evidence.fingerprint()
                         to_receipt.append(
                             PendingReceipt(
-                                str(request.identity.email),
+                                # The receipt carries a link to the person's page: it goes to the
+                                # address they are known by now, not to an older one of theirs a
+                                # form was given (a mailbox they left may be another's now).
+                                _current_address(conn, outcome.subject_id) or str(request.identity.email),
                                 outcome.subject_uid,
                                 evidence.fingerprint(),
                                 languages.get(index, "en"),
@@ -964,6 +967,17 @@ class _Standing:
         self.subject_uid = uid
         self.subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar_one()
         self.after = state
+
+
+def _current_address(conn: Connection, subject_id: int) -> str | None:
+    """The address the person was last known by (``Ledger.email_of``, in the capture's
+    transaction)."""
+    return conn.execute(
+        select(subject_identifiers.c.value)
+        .where(subject_identifiers.c.subject_id == subject_id, subject_identifiers.c.kind == "email")
+        .order_by(subject_identifiers.c.id.desc())
+        .limit(1)
+    ).scalar()
 
 
 def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
