@@ -460,7 +460,9 @@ def objection_raise(
     emit_result(
         result,
         as_json,
-        f"objection {result['id']} is pending review; {purpose} is suppressed until it is decided"
+        "no objection recorded: the address was erased and is suppressed for every purpose"
+        if result.get("erased")
+        else f"objection {result['id']} is pending review; {purpose} is suppressed until it is decided"
         if pending
         else f"objection {result['id']} upheld ({result['decided_by']})",
     )

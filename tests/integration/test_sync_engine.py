@@ -503,3 +503,38 @@ def _before_pushing(engine: SyncEngine, monkeypatch: pytest.MonkeyPatch, action:
         push(report)
 
     monkeypatch.setattr(engine, "_push", acted_first)
+
+
+def test_under_a_guard_a_change_after_its_count_waits_for_the_next_run(
+    ledger: Ledger, config_path: Path, sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The push guard counts what a run may push before its push stage: people whose state
+    changes after that (a bulk import in another process, a row put back by `outbox retry`) are
+    not examined and sent in the push stage, where the guard would never count them: the next
+    run examines them, and is held."""
+    from consentsync.domain import ConsentStatus
+    from consentsync.ledger.identity import Identity
+    from tests.integration.helpers import consent_value
+
+    assert _engine(ledger, config_path, sandbox).run(full=True).status == "succeeded"
+    contacts = [
+        r for r in sandbox.org.records("Contact") if r.get("Email") and r["HasOptedOutOfEmail"] is False
+    ]
+    assert len(contacts) > 6
+    guarded = SyncOptions(batch_size=37, signpost_lag_seconds=0, guard_max_records=5)
+    engine = _engine(ledger, config_path, sandbox, guarded)
+    held = engine._held
+
+    def counted_then_imported(report: Any) -> bool:
+        answer = held(report)
+        now = utcnow()
+        for contact in contacts:
+            ledger.record(Identity(email=contact["Email"]), consent_value(ConsentStatus.WITHDRAWN, now, now))
+        return answer
+
+    monkeypatch.setattr(engine, "_held", counted_then_imported)
+    assert engine.run().status == "succeeded"
+    ids = {contact["Id"] for contact in contacts}
+    opted_out = [r for r in sandbox.org.records("Contact") if r["Id"] in ids and r["HasOptedOutOfEmail"]]
+    assert opted_out == [], f"{len(opted_out)} records pushed past a guard of 5"
+    assert _engine(ledger, config_path, sandbox, guarded).run().status == "held"

@@ -43,7 +43,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity, SubjectResolver
+from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -868,23 +868,8 @@ class Hub:
         if purpose in self.ledger.purposes and not key.covers(purpose):
             raise Forbidden(f"purpose: API key {key.name!r} may not record purpose {purpose!r}")
         entered = _entered(email)
-        known = self.ledger.purposes.get(purpose)
-        if known is not None and self._erased_only(entered):
-            # An erased address nobody came back with: the erasure's suppression keeps it out of
-            # every purpose already. No person is made for it (one holding the address, or a
-            # pending objection on someone new for ops to review): the answer says so.
-            log.info("hub.objection_not_recorded", apikey=key.name, purpose=purpose, reason="erased")
-            return {
-                "id": None,
-                "subject": None,
-                "purpose": purpose,
-                "direct_marketing": direct_marketing or known.direct_marketing,
-                "status": "suppressed",
-                "decided_by": None,
-                "recorded": False,
-                "erased": True,
-                "rule": "erasure_suppression",
-            }
+        # An erased address nobody came back with is answered suppressed, nothing recorded
+        # (Ledger.raise_objection).
         return self.ledger.raise_objection(
             entered,
             purpose,
@@ -892,13 +877,6 @@ class Hub:
             source=key.source,
             actor=f"apikey:{key.name}",
         )
-
-    def _erased_only(self, email: str) -> bool:
-        """Whether ``email`` is an erased address that no person holds (nobody came back with
-        it): ``SubjectResolver.is_erased_only``."""
-        with reading(self.ledger.engine) as conn:
-            resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
-            return resolver.is_erased_only(email)
 
     def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
         if not key.may("erasure"):

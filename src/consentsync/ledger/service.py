@@ -181,19 +181,29 @@ class Ledger:
     # -- configuration -------------------------------------------------------------------------
 
     def sync_purposes(self, actor: str = "config") -> list[str]:
-        """Mirrors the configured purposes into the ledger; audits each one added or changed."""
+        """Mirrors the configured purposes into the ledger; audits each one added or changed. A
+        changed one's stored states are decided again first (``_restate``), a transaction per
+        chunk of people, so that no writer waits on one transaction over the whole ledger; the
+        purpose's row is written last, so a process stopped midway leaves it to be done again by
+        the next one that opens the ledger (each state compares with what is stored)."""
         now = self.clock()
         changed: list[str] = []
-        with self.engine.begin() as conn:
-            stored = {row.key: row for row in conn.execute(select(purposes_table))}
-            records: list[AuditRecord] = []
-            for purpose in self.purposes.values():
-                wanted = _purpose_row(purpose)
-                old = stored.get(purpose.key)
-                old_view = {k: getattr(old, k) for k in wanted} if old else None
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(purposes_table)).all()
+        stored = {row.key: row for row in rows}
+        for purpose in self.purposes.values():
+            wanted = _purpose_row(purpose)
+            old = stored.get(purpose.key)
+            if old is not None and {k: getattr(old, k) for k in wanted} == wanted:
+                continue
+            if old is not None:
+                self._restate(purpose, now, actor)
+            with self.engine.begin() as conn:
+                row = conn.execute(select(purposes_table).where(purposes_table.c.key == purpose.key)).first()
+                old_view = {k: getattr(row, k) for k in wanted} if row else None
                 if old_view == wanted:
-                    continue
-                if old is None:
+                    continue  # another process wrote it meanwhile (and audited it)
+                if row is None:
                     conn.execute(insert(purposes_table).values(**wanted, updated_at=now))
                 else:
                     conn.execute(
@@ -201,84 +211,85 @@ class Ledger:
                         .where(purposes_table.c.key == purpose.key)
                         .values(**wanted, updated_at=now)
                     )
-                records.append(
-                    AuditRecord(
-                        "purpose.configured",
-                        {"purpose": purpose.key},
-                        old_view,
-                        wanted,
-                        actor=actor,
-                    )
+                entry = AuditRecord(
+                    "purpose.configured", {"purpose": purpose.key}, old_view, wanted, actor=actor
                 )
-                changed.append(purpose.key)
-                if old is not None:
-                    records += self._restate(conn, purpose, now, actor)
-            audit.append(conn, records, now)
+                audit.append(conn, [entry], now)
+            changed.append(purpose.key)
         return changed
 
-    def _restate(self, conn: Connection, purpose: Purpose, now: datetime, actor: str) -> list[AuditRecord]:
+    def _restate(self, purpose: Purpose, now: datetime, actor: str) -> None:
         """A purpose's configuration changed (its validity, its default basis, its objection
         handling): it applies to every consent from now on, so every stored state of the purpose
         is decided again. Stored (the expiry sweep finds a consent by its stored ``expires_at``:
         with a shortened validity it found none until the old window ended) and, where what
-        the CRMs should show changed, audited and announced to the connectors. Rare: by chunks
-        of people, whatever the ledger's size."""
-        people = sorted(
-            conn.execute(
-                select(consent_states.c.subject_id).where(consent_states.c.purpose == purpose.key).distinct()
-            ).scalars()
-        )
-        records: list[AuditRecord] = []
+        the CRMs should show changed, audited and announced to the connectors. A transaction
+        per chunk of people, whatever the ledger's size."""
+        with self.engine.connect() as conn:
+            people = sorted(
+                conn.execute(
+                    select(consent_states.c.subject_id)
+                    .where(consent_states.c.purpose == purpose.key)
+                    .distinct()
+                ).scalars()
+            )
         for chunk in chunks(people):
-            ids = set(chunk)
-            contexts = self._contexts(conn, ids)
-            summaries = self._load_summaries(conn, ids)
-            stored = {
-                (row.subject_id, row.channel): row
-                for row in conn.execute(
-                    select(consent_states).where(
-                        consent_states.c.purpose == purpose.key,
-                        one_of(conn, consent_states.c.subject_id, chunk),
+            with self.engine.begin() as conn:
+                self._restate_chunk(conn, purpose, chunk, now, actor)
+
+    def _restate_chunk(
+        self, conn: Connection, purpose: Purpose, chunk: Sequence[int], now: datetime, actor: str
+    ) -> None:
+        records: list[AuditRecord] = []
+        ids = set(chunk)
+        contexts = self._contexts(conn, ids)
+        summaries = self._load_summaries(conn, ids)
+        stored = {
+            (row.subject_id, row.channel): row
+            for row in conn.execute(
+                select(consent_states).where(
+                    consent_states.c.purpose == purpose.key,
+                    one_of(conn, consent_states.c.subject_id, chunk),
+                )
+            )
+        }
+        restated: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+        announced: set[int] = set()
+        for (subject_id, channel), row in stored.items():
+            summary = summaries.get((subject_id, purpose.key, channel))
+            if summary is None or channel not in purpose.channels:
+                continue  # a channel no longer configured: nothing to push for it
+            context = contexts[subject_id]
+            new = effective_state(
+                summary, purpose, channel, flags=context.flags, objections=context.objections, now=now
+            )
+            if (row.suppressed, row.rule, row.basis, row.expires_at) == (
+                new.suppressed,
+                new.rule,
+                new.basis.value,
+                new.expires_at,
+            ):
+                continue
+            restated[(subject_id, purpose.key, channel)] = (summary, new)
+            if (row.suppressed, row.rule, row.basis) != (new.suppressed, new.rule, new.basis.value):
+                announced.add(subject_id)
+                records.append(
+                    AuditRecord(
+                        "state.changed",
+                        {"purpose": purpose.key, "channel": channel},
+                        old={"status": row.status, "basis": row.basis, "suppressed": row.suppressed},
+                        new=_state_tuple_json(new),
+                        rule=new.rule,
+                        source="config",
+                        actor=actor,
+                        subject_uid=context.uid,
+                        subject_id=subject_id,
                     )
                 )
-            }
-            restated: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
-            announced: set[int] = set()
-            for (subject_id, channel), row in stored.items():
-                summary = summaries.get((subject_id, purpose.key, channel))
-                if summary is None or channel not in purpose.channels:
-                    continue  # a channel no longer configured: nothing to push for it
-                context = contexts[subject_id]
-                new = effective_state(
-                    summary, purpose, channel, flags=context.flags, objections=context.objections, now=now
-                )
-                if (row.suppressed, row.rule, row.basis, row.expires_at) == (
-                    new.suppressed,
-                    new.rule,
-                    new.basis.value,
-                    new.expires_at,
-                ):
-                    continue
-                restated[(subject_id, purpose.key, channel)] = (summary, new)
-                if (row.suppressed, row.rule, row.basis) != (new.suppressed, new.rule, new.basis.value):
-                    announced.add(subject_id)
-                    records.append(
-                        AuditRecord(
-                            "state.changed",
-                            {"purpose": purpose.key, "channel": channel},
-                            old={"status": row.status, "basis": row.basis, "suppressed": row.suppressed},
-                            new=_state_tuple_json(new),
-                            rule=new.rule,
-                            source="config",
-                            actor=actor,
-                            subject_uid=context.uid,
-                            subject_id=subject_id,
-                        )
-                    )
-            self._store_states(conn, restated, now)
-            if announced:
-                self._announce(conn, announced, now)
-        return records
+        self._store_states(conn, restated, now)
+        audit.append(conn, records, now)
+        if announced:
+            self._announce(conn, announced, now)
 
     # -- consent events ------------------------------------------------------------------------
 
@@ -537,8 +548,22 @@ class Ledger:
             status, decided_by = ObjectionStatus.PENDING, None
         with self.engine.begin() as conn:
             resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
-            # An objection is a no: for an erased address it stays a keyed hash (the erased
-            # person's), never a new person holding the address.
+            if resolver.is_erased_only(email):
+                # An erased address nobody came back with: the erasure's suppression keeps it out
+                # of every purpose already. Nothing is recorded (no person holding the address,
+                # no pending objection on the erased one for ops to review): the answer says so.
+                log.info("objection.not_recorded", purpose=purpose.key, reason="erased")
+                return {
+                    "id": None,
+                    "subject": None,
+                    "purpose": purpose.key,
+                    "direct_marketing": is_dm,
+                    "status": "suppressed",
+                    "decided_by": None,
+                    "recorded": False,
+                    "erased": True,
+                    "rule": "erasure_suppression",
+                }
             (subject_id,) = resolver.resolve([Identity(email=email, says_no=True)])
             before = self._contexts(conn, {subject_id})[subject_id]
             objection_id = conn.execute(

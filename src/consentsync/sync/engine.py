@@ -2121,10 +2121,17 @@ class SyncEngine:
         while True:
             # People whose state changed since the examination (a withdrawal captured while this
             # run pushes; a dead-lettered row put back by `outbox retry`, its person marked) are
-            # examined again first: a row decided on their older state is superseded, never
-            # sent over the newer choice, and what the newer one asks is sent in this run.
+            # marked first. Where pushes go as soon as they are decided, they are examined again
+            # now: a row decided on their older state is superseded, never sent over the newer
+            # choice, and what the newer one asks is sent in this run. Under a guard or a plan,
+            # which counted what this run may push, their rows wait for the next run (examined,
+            # and counted, there): the guard is never got around.
             self._catch_up_feed(report)
-            self._examine_marked(report)
+            if self._pushes_when_decided() and self._any_marked():
+                self._examine_marked(report)
+            marked = select(sync_examine.c.subject_id).where(
+                sync_examine.c.connector == self.name, sync_examine.c.subject_id == outbox.c.subject_id
+            )
             with self.ledger.engine.connect() as conn:
                 query = (
                     select(outbox)
@@ -2132,6 +2139,7 @@ class SyncEngine:
                         outbox.c.connector == self.name,
                         outbox.c.status == "pending",
                         outbox.c.id > floor,
+                        ~marked.exists(),
                         # A row this run already sent and the CRM refused for now waits for
                         # the next run, as one this stage sends does.
                         or_(outbox.c.run_id != report.run_id, outbox.c.attempts == 0),
@@ -2149,6 +2157,14 @@ class SyncEngine:
             floor = rows[-1].id
             report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None
             self._settle_calls(self._send(rows), report)
+
+    def _any_marked(self) -> bool:
+        """Whether anyone is marked for this connector's examination (a read: no write lock)."""
+        with self.ledger.engine.connect() as conn:
+            found = conn.execute(
+                select(sync_examine.c.subject_id).where(sync_examine.c.connector == self.name).limit(1)
+            ).first()
+        return found is not None
 
     def _send(self, rows: list[Any], *, depth: int = 1) -> _Calls:
         """Marks ``rows`` sent (committed before the CRM sees them) and begins their CRM calls:
