@@ -343,7 +343,7 @@ def ledger_record(
     )
     target.validate(evidence)
     # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
-    says_no = evidence.status in (ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
+    says_no = evidence.status is not ConsentStatus.GRANTED  # as the capture API reads it
     outcome = target.record(Identity(email=address, says_no=says_no), evidence)
     result = {
         "subject": outcome.subject_uid,

@@ -123,6 +123,7 @@ def test_an_address_erased_before_anyone_held_it_is_not_stored_by_a_no(world: Hu
     assert answer.status_code == 201, answer.text
     result = answer.json()["results"][0]
     assert (result["state"]["suppressed"], result["state"]["rule"]) == (True, "erasure_suppression")
+    assert (result["subject"], result.get("erased"), "record_id" in result) == (None, True, False)
     objection = world.post("/objections", {"email": PLAIN, "purpose": "profiling"})
     assert objection.status_code in (200, 201) and objection.json()["erased"] is True
     assert stored_forms(world, PLAIN) == 0

@@ -137,6 +137,7 @@ def test_a_no_or_an_objection_recorded_by_ops_after_erasure_keeps_the_address_ou
     cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
     cli.ok("erase", "--email", "gone@example.com", "--reason", "Art. 17 request", "--yes")
     cli.ok(*record_args("gone@example.com", "email_marketing", "withdrawn"))
+    cli.ok(*record_args("gone@example.com", "email_marketing", "expired"))  # any status but a grant
     raised = cli.json("objection", "raise", "--email", "Gone@Example.com", "--purpose", "profiling")
     assert (raised["erased"], raised["id"], raised["status"]) == (True, None, "suppressed")
     assert cli.json("objection", "list", "--pending") == [], "an objection opened on the erased person"

@@ -959,13 +959,22 @@ def _current_address(conn: Connection, subject_id: int) -> str | None:
 
 
 def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
-    """Which of ``subject_ids`` are erased people."""
+    """Which of ``subject_ids`` are erased people: erased themselves, or standing on a
+    suppression entry with no address of their own (the keyed hash of an address erased before
+    anyone held it, as a CRM record showing it makes one)."""
     if not subject_ids:
         return set()
+    holds_address = (
+        select(subject_identifiers.c.id)
+        .where(subject_identifiers.c.subject_id == subjects.c.id, subject_identifiers.c.kind == "email")
+        .exists()
+    )
     return set(
         conn.execute(
             select(subjects.c.id).where(
-                subjects.c.id.in_(sorted(subject_ids)), subjects.c.erased_at.is_not(None)
+                subjects.c.id.in_(sorted(subject_ids)),
+                subjects.c.erased_at.is_not(None)
+                | (subjects.c.suppression_id.is_not(None) & ~holds_address),
             )
         ).scalars()
     )

@@ -234,10 +234,14 @@ class Ledger:
                 ).scalars()
             )
         for chunk in chunks(people):
-            with self.engine.begin() as conn:
-                self._restate_chunk(conn, purpose, chunk, now, actor)
+            self._restate_chunk(purpose, chunk, now, actor)
 
-    def _restate_chunk(
+    def _restate_chunk(self, purpose: Purpose, chunk: Sequence[int], now: datetime, actor: str) -> None:
+        """``_restate`` for these people, in a transaction of its own."""
+        with self.engine.begin() as conn:
+            self._restate_in(conn, purpose, chunk, now, actor)
+
+    def _restate_in(
         self, conn: Connection, purpose: Purpose, chunk: Sequence[int], now: datetime, actor: str
     ) -> None:
         records: list[AuditRecord] = []

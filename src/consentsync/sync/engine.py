@@ -2112,7 +2112,11 @@ class SyncEngine:
         report.note = f"{report.note}; {said}" if report.note else said
         if report.status == "running":
             report.status = "stopped"
-            report.error = "the CRM refused some of the plan's pushes for now: they stay pending"
+            report.error = (
+                "some of the plan's pushes were not sent: the CRM refused them for now, or the "
+                "person's state changed since the plan was made (the next run decides them again); "
+                "they stay pending"
+            )
         log.warning("sync.plan_unpushed", run_id=report.run_id, connector=self.name, pending=left)
 
     def _push_rows(self, report: RunReport, approved: set[int] | None) -> None:
@@ -2160,7 +2164,7 @@ class SyncEngine:
 
     def _any_marked(self) -> bool:
         """Whether anyone is marked for this connector's examination (a read: no write lock)."""
-        with self.ledger.engine.connect() as conn:
+        with reading(self.ledger.engine) as conn:
             found = conn.execute(
                 select(sync_examine.c.subject_id).where(sync_examine.c.connector == self.name).limit(1)
             ).first()
