@@ -973,8 +973,7 @@ def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
         conn.execute(
             select(subjects.c.id).where(
                 subjects.c.id.in_(sorted(subject_ids)),
-                subjects.c.erased_at.is_not(None)
-                | (subjects.c.suppression_id.is_not(None) & ~holds_address),
+                subjects.c.erased_at.is_not(None) | (subjects.c.suppression_id.is_not(None) & ~holds_address),
             )
         ).scalars()
     )
