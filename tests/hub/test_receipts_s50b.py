@@ -120,3 +120,23 @@ def test_a_receipt_goes_to_the_address_the_person_is_known_by_now(world: HubWorl
     world.clock.advance(minutes=1)
     assert world.post("/consents", {**GRANT, "email": old, "status": "withdrawn"}).status_code == 201
     assert (receipts_to(world, old), receipts_to(world, new)) == (0, 1)
+
+
+def test_a_double_opt_in_mail_goes_to_the_address_the_person_is_known_by_now(world: HubWorld) -> None:
+    """A sign-up typed with Ada's old address (her CRM record has taken a new one): the link that
+    would grant consent for her goes to where she is now, not to a mailbox she left."""
+    from consentsync.ledger.identity import CrmLink, Identity
+    from tests.integration.helpers import consent_value
+
+    old, new = "ada@oldjob.example", "ada.private@home.example"
+    record = CrmLink("sf", "Contact", "003000000000001")
+    for address in (old, new):
+        world.clock.advance(minutes=1)
+        value = consent_value(ConsentStatus.GRANTED, world.clock.now, world.clock.now, purpose="newsletter")
+        world.ledger.record(Identity(email=address, link=record), value)
+    world.clock.advance(minutes=1)
+    sign_up = {"email": old, "purpose": "email_marketing", "status": "granted", "notice_version": "2026-05"}
+    answer = world.post("/consents", sign_up)
+    assert answer.status_code == 201 and answer.json()["results"][0]["confirmation"] == "queued"
+    sent_to = [str(message["To"]) for message in world.inbox.messages]
+    assert sent_to == [new], sent_to

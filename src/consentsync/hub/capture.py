@@ -684,7 +684,10 @@ class Hub:
                             continue
                         mails.append(
                             PendingMail(
-                                str(request.identity.email),
+                                # To the address the person is known by now, as a receipt: its
+                                # link grants consent for the whole person, and an older address
+                                # of theirs may be a mailbox they left.
+                                _current_address(conn, outcome.subject_id) or str(request.identity.email),
                                 outcome.subject_uid,
                                 evidence.purpose,
                                 evidence.channel,
