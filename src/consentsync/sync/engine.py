@@ -235,14 +235,15 @@ _Answered = tuple[list[Any], dict[int, WriteResult]]
 
 
 class _PageLink(NamedTuple):
-    """A page's record as the ledger holds it: its link and its snapshot (None where none is
-    kept). ``gone_at`` as stored: only whether it is NULL matters."""
+    """A page's record as the ledger holds it: its link and its snapshot's fields and identity
+    (None where none is kept). ``gone_at`` as stored: only whether it is NULL matters. The
+    snapshot's evidence is not among them: it is read only for the records that changed (a
+    read-back of a whole org holds none, and the evidence is most of a snapshot's bytes)."""
 
     link_id: int
     record_id: str
     subject_id: int
     gone_at: Any
-    evidence: str | None
     fields: str | None
     identity: str | None
 
@@ -284,8 +285,7 @@ class _SnapshotOf(NamedTuple):
 
 
 _PAGE_LINK_COLUMNS = (
-    "id", "record_id", "subject_id", "gone_at",
-    "crm_snapshots.evidence", "crm_snapshots.fields", "crm_snapshots.identity",
+    "id", "record_id", "subject_id", "gone_at", "crm_snapshots.fields", "crm_snapshots.identity",
 )  # fmt: skip
 
 
@@ -922,11 +922,11 @@ class SyncEngine:
         if unchanged:
             counts.unchanged_records += len(unchanged)
             page = [record for record in page if record.record_id not in unchanged]
-        snapshots = {
-            record_id: (orjson.loads(row.evidence), orjson.loads(row.fields))
-            for record_id, row in held.items()
-            if row.fields is not None and record_id not in unchanged
-        }
+        snapshots = self._load_snapshots(
+            conn,
+            mapping.object,
+            [rid for rid, row in held.items() if row.fields is not None and rid not in unchanged],
+        )
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]] = []
         problems: list[dict[str, Any]] = []
         email_field = mapping.spec.identity.email
@@ -1212,6 +1212,11 @@ class SyncEngine:
         with_values = [record for record in gone if record.fields]  # merged away or deleted
         held = self._page_links(conn, mapping.object, [record.record_id for record in with_values])
         unread = [record for record in with_values if record.record_id not in held and record.merged_into]
+        snapshots = self._load_snapshots(
+            conn,
+            mapping.object,
+            [r.record_id for r in with_values if (row := held.get(r.record_id)) and row.gone_at is None],
+        )
         survivors = (
             self._known_links(
                 conn, [CrmLink(self.name, mapping.object, str(record.merged_into)) for record in unread]
@@ -1226,7 +1231,7 @@ class SyncEngine:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None:
                 continue  # already known as gone
-            seen = orjson.loads(row.evidence) if row is not None and row.evidence is not None else {}
+            seen = snapshots.get(record.record_id, ({}, {}))[0]
             try:
                 record_id, email, _links = mapping.identity_from(record.fields)
                 # Under the form an older version may hold it in, too (as_read).
@@ -2686,16 +2691,21 @@ class SyncEngine:
     def _load_snapshots(
         self, conn: Connection, object_type: str, record_ids: list[str]
     ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-        rows = conn.execute(
-            select(crm_links.c.record_id, crm_snapshots.c.evidence, crm_snapshots.c.fields)
-            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(
-                crm_links.c.connector == self.name,
-                crm_links.c.object_type == object_type,
-                one_of(conn, crm_links.c.record_id, record_ids),
-            )
+        """The snapshots (evidence, fields) of these records that have one, by record id."""
+        rows = select_in(
+            conn,
+            crm_links,
+            ("record_id", "crm_snapshots.evidence", "crm_snapshots.fields"),
+            "record_id",
+            record_ids,
+            equal=(("connector", self.name), ("object_type", object_type)),
+            join=((crm_snapshots, "link_id", "id"),),
         )
-        return {row.record_id: (orjson.loads(row.evidence), orjson.loads(row.fields)) for row in rows}
+        return {
+            record_id: (orjson.loads(evidence), orjson.loads(fields))
+            for record_id, evidence, fields in rows
+            if fields is not None
+        }
 
     def _known_links(self, conn: Connection, links: list[CrmLink]) -> dict[CrmLink, int]:
         found: dict[CrmLink, int] = {}
