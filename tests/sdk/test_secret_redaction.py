@@ -151,3 +151,36 @@ def test_the_retry_log_scrubs_what_a_call_is_called() -> None:
         )
     assert answer == "ok"
     assert logs[0]["call"] == "GET https://[redacted]@crm.example.com/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "token request to https://[redacted]@127.0.0.1:1/?token=abc/services/oauth2/token: unreachable",
+            "token request to https://[redacted]@127.0.0.1:1/?token=[redacted]",
+        ),
+        (
+            "GET https://crm.example.com/api?limit=5&api_key=Zq81&x=1",
+            "GET https://crm.example.com/api?limit=5&api_key=[redacted]&x=1",
+        ),
+        (
+            "https://crm.example.com/cb?code=4/0Ab&state=s1",
+            "https://crm.example.com/cb?code=[redacted]&state=s1",
+        ),
+        (
+            "https://crm.example.com/p?hapikey=k1;sid=99",
+            "https://crm.example.com/p?hapikey=[redacted];sid=[redacted]",
+        ),
+    ],
+)
+def test_a_credential_in_a_url_query_is_redacted_wherever_the_url_is_quoted(text: str, shown: str) -> None:
+    # A base URL configured with a token in its query ("?token=...") was quoted whole by the
+    # connectors' messages and stored in the run's reason: only its userinfo was hidden.
+    assert scrub(text).startswith(shown), scrub(text)
+    error = ConnectorError(text, ErrorRule(Action.RETRY, Fault.TRANSIENT, "x"))
+    assert scrub(text) == str(error)
+    # Parameters that name no credential, and text that is no query, stay as they are.
+    assert scrub("see https://crm.example.com/q?limit=5&offset=10 and a=b") == (
+        "see https://crm.example.com/q?limit=5&offset=10 and a=b"
+    )

@@ -250,6 +250,31 @@ def mask_userinfo(text: str) -> str:
     return _URL_USERINFO.sub(r"\1[redacted]@", text)
 
 
+#: A URL's query parameter (``?name=value``, ``&name=value``); its value up to the next one.
+_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s?/]+)=([^&#;\s]*)")
+#: Query parameters that carry a credential under a name ``is_secret_key`` does not know: an API
+#: key, a signature, an OAuth code, a session id, a password.
+_SECRET_PARAMS = frozenset({"key", "sig", "signature", "auth", "code", "session", "sid", "pwd", "pass"})
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a URL query parameter called ``name`` carries a credential."""
+    return is_secret_key(name) or name.lower() in _SECRET_PARAMS
+
+
+def mask_secret_params(text: str, shown: str = "[redacted]") -> str:
+    """``text`` with the value of every URL query parameter that carries a credential
+    (``?token=...``, ``&api_key=...``) replaced by ``shown``: a base URL configured with one in
+    its query is quoted by requests and the connectors' messages as it was given."""
+
+    def param(match: re.Match[str]) -> str:
+        if match.group(3) and is_secret_param(match.group(2)):
+            return f"{match.group(1)}{match.group(2)}={shown}"
+        return match.group(0)
+
+    return _QUERY_PARAM.sub(param, text) if "=" in text else text
+
+
 def host_of(url: str) -> str:
     """The host (and port) of ``url``, without its userinfo: what a message may name."""
     from urllib.parse import urlsplit
@@ -258,9 +283,10 @@ def host_of(url: str) -> str:
 
 
 def scrub(text: str) -> str:
-    """Removes tokens, passwords, session ids, the userinfo of URLs and every known secret
-    (``register_secret``) from text meant for logs and run reports."""
-    text = mask_userinfo(text)
+    """Removes tokens, passwords, session ids, the userinfo of URLs, the credentials in their
+    queries and every known secret (``register_secret``) from text meant for logs and run
+    reports."""
+    text = mask_secret_params(mask_userinfo(text))
     # The patterns first: a known secret that shares a part with a key name ("sandbox-password"
     # and "password=") would otherwise redact the key and hide the value from its pattern.
     for pattern in _SECRET_PATTERNS:

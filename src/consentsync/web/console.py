@@ -42,7 +42,7 @@ from consentsync.ledger.schema import (
 )
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.rowview import RowView
-from consentsync.sdk.errors import is_secret_key, scrub
+from consentsync.sdk.errors import is_secret_key, mask_secret_params, scrub
 from consentsync.sync import quarantine
 from consentsync.sync.plan import mask_email
 from consentsync.sync.runs import RUN_STATUSES, list_runs, show_run
@@ -59,8 +59,6 @@ EXPORT_TYPES = {
 _PRIVATE_KEY = re.compile(r"(?i)(^|_)key$")
 # Credentials inside a value: a URL's user information, and query parameters that carry one.
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s]+@")
-_QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s]+)=([^&#;\s]*)")
-_SECRET_PARAMS = {"key", "sig", "signature", "auth", "code", "session", "sid", "pwd", "pass"}
 HIDDEN = "(hidden)"
 # How late a connector's next run may be, while a daemon runs, before the overview says so.
 OVERDUE_MARGIN = timedelta(minutes=5)
@@ -658,13 +656,8 @@ def masked(key: str, value: Any) -> Any:
 
 
 def masked_text(text: str) -> str:
-    def param(match: re.Match[str]) -> str:
-        name = match.group(2)
-        secret = is_secret_key(name) or name.lower() in _SECRET_PARAMS
-        return f"{match.group(1)}{name}={HIDDEN}" if secret and match.group(3) else match.group(0)
-
     text = _USERINFO.sub(lambda m: f"{m.group(1)}{HIDDEN}@", scrub(text))
-    return _QUERY_PARAM.sub(param, text)
+    return mask_secret_params(text, HIDDEN)
 
 
 def _shown(ref: Any) -> str:
