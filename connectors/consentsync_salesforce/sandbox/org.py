@@ -717,6 +717,18 @@ class SalesforceOrg:
         if error is not None:
             raise error
 
+    def undelete(self, record_id: str) -> None:
+        """Restore a record from the recycle bin, as the Recycle Bin's Restore and the SOAP API's
+        ``undelete()`` do: live again (IsDeleted false) with the values it was deleted with, its
+        change stamps moved to now, so that an incremental read sees it as a change."""
+        with self.lock:
+            obj = self.sobject_for_id(record_id)
+            record = None if obj is None else self._records[obj.name].get(to18(record_id))
+            if record is None or not record["IsDeleted"]:
+                raise RecordError("UNDELETE_FAILED", "Entity is not in the recycle bin")
+            record["IsDeleted"] = False
+            self._touch(record, self.now())
+
     def delete_many(
         self,
         record_ids: Sequence[str],

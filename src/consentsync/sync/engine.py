@@ -1040,6 +1040,9 @@ class SyncEngine:
                 or canonical_json(stored[1]) != fields
                 # A new address: whether it is an erased one decides what the record may show.
                 or (before is not None and before.identity != digests[record.record_id])
+                # A record back from the recycle bin as it was deleted: a no, an erasure or a
+                # restriction recorded while it was gone reached no live record of the person.
+                or (before is not None and before.gone_at is not None)
             ):
                 examine.add(subject_id)
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
@@ -1508,6 +1511,20 @@ class SyncEngine:
             update(crm_links)
             .where(one_of(conn, crm_links.c.id, [row.link_id for row in revived]))
             .values(gone_at=None, merged_into=None)
+        )
+        # An erasure's delete (or anonymise) done on a record that is back is undone with it: it
+        # no longer counts as done, and the examination sends it again (an erased person's record
+        # restored by a CRM admin holds their data again, Art. 17).
+        conn.execute(
+            update(outbox)
+            .where(
+                outbox.c.connector == self.name,
+                outbox.c.object_type == object_type,
+                one_of(conn, outbox.c.record_id, [row.record_id for row in revived]),
+                outbox.c.status == "done",
+                outbox.c.rule.in_(sorted(ERASURE_RULE_NAMES)),
+            )
+            .values(status="superseded")
         )
         uids = self._uids(conn, [row.subject_id for row in revived])
         audit.append(
