@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import orjson
 import structlog
-from sqlalchemy import Connection, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consentsync.config import Config
@@ -28,6 +28,7 @@ from consentsync.domain import (
     Evidence,
     InvalidInput,
     LawfulBasis,
+    ObjectionStatus,
     Origin,
     as_read,
     as_utc,
@@ -48,6 +49,8 @@ from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
     consent_events,
+    objections,
+    purposes,
     subject_identifiers,
     subjects,
 )
@@ -1092,6 +1095,24 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
         (no_counts_from(no.event_time) if no.event_time is not None else no.recorded_at) >= since
         for no in said_no
     ):
+        raise LinkRefused(SAID_NO_LINK)
+    # An objection is a no too (Art. 21): to the link's purpose, or to direct marketing when the
+    # purpose is direct marketing (absolute, Art. 21(2) and (3)); pending or upheld, not one ops
+    # rejected. Raised after the request, it voided it as a withdrawal would: confirming the old
+    # link would record a trusted consent that lifts the objection.
+    is_direct_marketing = exists().where(purposes.c.key == row.purpose, purposes.c.direct_marketing.is_(True))
+    objected = conn.execute(
+        select(objections.c.raised_at).where(
+            objections.c.subject_id == row.subject_id,
+            objections.c.status != ObjectionStatus.REJECTED.value,
+            or_(
+                objections.c.purpose == row.purpose,
+                and_(objections.c.direct_marketing.is_(True), is_direct_marketing),
+            ),
+            objections.c.raised_at >= since - TO_THE_SECONDS_END,
+        )
+    ).scalars()
+    if any(no_counts_from(raised_at) >= since for raised_at in objected):
         raise LinkRefused(SAID_NO_LINK)
 
 
