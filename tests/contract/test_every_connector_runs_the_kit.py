@@ -72,12 +72,14 @@ def test_the_meta_test_notices_a_connector_without_a_contract() -> None:
 def test_the_trust_contract_runs_for_what_the_connector_declares(vendor: str) -> None:
     """A connector that says it reports deletions (or merges) has a harness that can delete (or
     merge) records, so that the trust contract checks the claim instead of skipping it; every
-    harness can commit a record late (the look-back window is every connector's duty)."""
-    from consentsync.sdk.harness import DeletionHarness, LateCommitHarness
+    harness can commit a record late (the look-back window is every connector's duty) and set
+    the CRM's clock off ours (a window in the CRM's time is too)."""
+    from consentsync.sdk.harness import ClockSkewHarness, DeletionHarness, LateCommitHarness
 
     declared = registry.load(vendor).capabilities()
     harness = available_harnesses()[vendor].load()()
     assert isinstance(harness, LateCommitHarness), f"{vendor}: the harness cannot commit a record late"
+    assert isinstance(harness, ClockSkewHarness), f"{vendor}: the harness cannot set the CRM's clock off"
     assert declared["lookback_seconds"] > 0, f"{vendor}: no look-back window"
     if declared["deletions"] != "none":
         assert isinstance(harness, DeletionHarness), f"{vendor} reports deletions; its harness cannot delete"

@@ -1,6 +1,7 @@
 """What every contract harness over an :class:`~consentsync.sandbox.server.HttpsSandbox` does the
 same way: start and stop the sandbox, the settings every connector takes against it, the
-bad-credentials settings, the change times of a seed and a store's clock set to them, the text
+bad-credentials settings, the change times of a seed and a store's clock set to them (or the
+CRM's whole clock skewed), the text
 and opt-out updates the contract pushes, switch the standard faults on and off, make records'
 writes fail, count API and write calls. A harness
 (:class:`consentsync.sdk.harness.ContractHarness`) subclasses :class:`SandboxHarness`, keeps its
@@ -121,6 +122,11 @@ class SandboxHarness:
         finally:
             store.clock = original
 
+    def skew_clock(self, offset: dt.timedelta) -> None:
+        """The CRM's clock runs ``offset`` ahead of this machine's (negative: behind) from now
+        on: its ``Date`` headers and its change stamps (``HttpsSandbox.skew_clock``)."""
+        self.sandbox.skew_clock(offset)
+
     @property
     def store(self) -> Any:
         """The sandbox's data (its attribute :attr:`store_attribute`), whose ``clock``
@@ -137,7 +143,8 @@ class SandboxHarness:
         """``count`` records named ``Contract N``, created in the :attr:`store` at
         :meth:`seed_times`."""
         ids = []
-        for moment in self.seed_times(count, shared_modstamp=shared_modstamp):
+        now = self.sandbox.now().replace(microsecond=0)  # the CRM's clock (skew_clock)
+        for moment in self.seed_times(count, shared_modstamp=shared_modstamp, now=now):
             name, email = self.new_name("Contract")
             with self.clock_at(self.store, moment):
                 ids.append(self.create_named(name, email))

@@ -35,6 +35,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypedDict
@@ -248,6 +249,33 @@ class HttpsSandbox(ABC):
         self._owns_tls = tls is None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: How far the CRM's clock runs ahead of this machine's (negative: behind): its ``Date``
+        #: headers and its stores' change stamps say the time with it (:meth:`skew_clock`).
+        self.clock_offset = timedelta(0)
+
+    # ------------------------------------------------------------------ the CRM's clock
+
+    def now(self) -> datetime:
+        """The CRM's clock: this machine's, :attr:`clock_offset` off."""
+        return datetime.now(UTC) + self.clock_offset
+
+    def stores(self) -> list[Any]:
+        """The sandbox's data stores whose ``clock`` stamps its changes (an org, a portal, a
+        tenant): by default every attribute holding an object with a callable ``clock``, as each
+        vendor's store has (the harness's ``clock_at`` sets it too). A vendor overrides it where
+        that finds the wrong ones."""
+        return [value for name, value in vars(self).items() if not name.startswith("_") and _has_clock(value)]
+
+    def skew_clock(self, offset: timedelta) -> None:
+        """From now on the CRM's clock runs ``offset`` ahead of this machine's (negative:
+        behind), as a CRM's server whose clock is off: every answer's ``Date`` header and every
+        change its stores (:meth:`stores`) stamp say the CRM's time. Moments a harness gives by
+        hand (``clock_at``) are taken as they are."""
+        with self._lock:
+            shift = offset - self.clock_offset
+            self.clock_offset = offset
+            for store in self.stores():
+                store.clock = _shifted(store.clock, shift)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -451,6 +479,14 @@ class HttpsSandbox(ABC):
         return self.finish(response, request)
 
 
+def _has_clock(value: object) -> bool:
+    return not isinstance(value, type) and callable(getattr(value, "clock", None))
+
+
+def _shifted(clock: Callable[[], datetime], shift: timedelta) -> Callable[[], datetime]:
+    return lambda: clock() + shift
+
+
 # ---------------------------------------------------------------------------------------------- HTTP
 
 
@@ -496,6 +532,12 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def server_version(self) -> str:  # type: ignore[override]
         return self.server.app.server_name
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The ``Date`` header: the CRM's clock (:meth:`HttpsSandbox.now`), in whole seconds."""
+        if timestamp is None:
+            timestamp = self.server.app.now().timestamp()
+        return super().date_time_string(timestamp)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s - %s", self.address_string(), format % args)

@@ -3,6 +3,7 @@ the pieces every connector needs (settings base, HTTP client, OAuth token reques
 
 from consentsync.sdk.auth import SharedLogin, request_token
 from consentsync.sdk.batches import write_in_passes
+from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.connector import (
     ApiUsage,
     Connector,
@@ -47,6 +48,7 @@ __all__ = [
     "Connector",
     "ConnectorError",
     "ConnectorSettings",
+    "CrmClock",
     "CrmRecord",
     "Cursor",
     "DailyBudget",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from consentsync.domain import as_utc
+from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.errors import register_secrets
 
 
@@ -39,7 +40,9 @@ class Cursor:
     token: str | None = None
     # The upper bound (``until``) of the read that stored this cursor: every change stamped a
     # look-back window before it was visible to that read, so the next read need not go back
-    # further than that (see ``Connector.resume_from``).
+    # further than that (see ``Connector.resume_from``). A moment of the CRM's clock, as its
+    # stamps are: where the CRM's clock runs behind ours, the engine bounds it by the CRM's
+    # (``Connector.crm_clock``, consentsync.sdk.clock).
     read_until: datetime | None = None
 
     def to_json(self) -> dict[str, str | None]:
@@ -281,6 +284,16 @@ class Connector(ABC):
                 return Cursor(cursor.modstamp, cursor.record_id)
             start = max(start, settled)
         return Cursor(start, None, None)
+
+    def crm_clock(self) -> CrmClock | None:
+        """What the CRM's answers said of its clock (their ``Date`` headers), which the engine
+        bounds its reads by where the CRM's clock runs behind ours: the clock of the sessions
+        ``sdk.http_session`` (and ``HttpClient``) make from the connector's validated settings,
+        ``self.config``. None where there are none (nothing known: the engine's own clock
+        bounds the reads); a connector calling its CRM otherwise returns a ``CrmClock`` it
+        feeds with its answers (``CrmClock.observe``)."""
+        clock = getattr(getattr(self, "config", None), "crm_clock", None)
+        return clock if isinstance(clock, CrmClock) else None
 
     def reader(self) -> Connector | None:
         """A connector for one more read beside this one's, where the CRM serves concurrent

@@ -13,6 +13,7 @@ A harness is registered, like the connector, through an entry point (group
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -188,6 +189,17 @@ class LateCommitHarness(Protocol):
 
 
 @runtime_checkable
+class ClockSkewHarness(Protocol):
+    """A CRM whose server clock is off this machine's, as many are (a clock never synchronised,
+    a virtual machine resumed). Every harness over an ``HttpsSandbox`` implements it; the contract
+    test that needs it skips, saying so, for a harness without it."""
+
+    def skew_clock(self, offset: timedelta) -> None:
+        """From now on the CRM's clock runs ``offset`` ahead of this machine's (negative:
+        behind): the ``Date`` header of its answers and the change times it stamps say its time."""
+
+
+@runtime_checkable
 class DeletionHarness(Protocol):
     """Records deleted, or merged into another, by a CRM user. ``can_merge`` is False where the
     CRM has no merge (then :meth:`merge_records` is never called)."""
@@ -299,6 +311,7 @@ __all__ = [
     "PERSON_HARNESS_MISSING",
     "STANDARD_FAULTS",
     "AdoptionHarness",
+    "ClockSkewHarness",
     "ContractHarness",
     "DeletionHarness",
     "FaultOutcome",

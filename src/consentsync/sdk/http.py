@@ -21,6 +21,7 @@ import orjson
 import requests
 import requests.adapters
 
+from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.errors import ConnectorError, ErrorTable, network_error
 from consentsync.sdk.retry import RetryPolicy, call
 from consentsync.sdk.settings import ConnectorSettings
@@ -53,7 +54,8 @@ def http_session(
     """A ``requests`` session for one CRM, set up from the connector's settings: ``ca_bundle``
     (or the system's trust), ``proxy`` for http and https, ``timeout`` on every request that
     names none, ``pool_size`` connections kept per host, and ``on_response`` called with every
-    answer received (to count calls, read the CRM's own usage headers)."""
+    answer received (to count calls, read the CRM's own usage headers). Every answer's ``Date``
+    goes to ``settings.crm_clock`` (the CRM's clock, which bounds the engine's reads)."""
     session = requests.Session()
     # REQUESTS_CA_BUNDLE (or a proxy variable) would override what is configured: the
     # configured trust wins instead.
@@ -64,6 +66,11 @@ def http_session(
     adapter = TimeoutAdapter(settings.timeout, pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    # Every answer's Date header tells the CRM's clock, which bounds the engine's reads
+    # (consentsync.sdk.clock): a connector gets it by making its session here.
+    clock = getattr(settings, "crm_clock", None)
+    if isinstance(clock, CrmClock):
+        session.hooks["response"].append(lambda response, *_args, **_kwargs: clock.observe(response))
     if on_response is not None:
         session.hooks["response"].append(lambda response, *_args, **_kwargs: on_response(response))
     return session

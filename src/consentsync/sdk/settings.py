@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
+from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.connector import ApiUsage
 from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
 from consentsync.sdk.retry import RetryPolicy
@@ -138,6 +139,14 @@ class ConnectorSettings(BaseModel):
     # run resumes from the last cursor.
     max_rate_limit_wait: float = Field(default=60.0, ge=0)
     budget: RunBudget = RunBudget()
+    # What the answers of the sessions made from these settings (``http_session``) said of the
+    # CRM's clock: not a setting, the engine's view of the CRM's time (``Connector.crm_clock``).
+    _crm_clock: CrmClock = PrivateAttr(default_factory=CrmClock)
+
+    @property
+    def crm_clock(self) -> CrmClock:
+        """The CRM's clock as the ``Date`` headers of this connector's answers tell it."""
+        return self._crm_clock
 
     def retry_policy(self) -> RetryPolicy:
         """The retry policy these settings ask for, for :func:`consentsync.sdk.call`."""

@@ -34,6 +34,7 @@ from consentsync.sdk.harness import (
     PERSON_HARNESS_MISSING,
     STANDARD_FAULTS,
     AdoptionHarness,
+    ClockSkewHarness,
     ContractHarness,
     DeletionHarness,
     FaultOutcome,
@@ -157,6 +158,43 @@ def _unsubscribed_people(harness: ContractHarness, config: Path, count: int, pre
     return people
 
 
+def _a_late_commit_is_read(
+    harness: ContractHarness, connector: Connector, tmp_path: Path, *, behind: timedelta | None = None
+) -> None:
+    """A record begun before a full run and committed after it is read by the next incremental
+    run, through the connector's look-back window (with the CRM's clock ``behind`` ours, where
+    given); a third run re-reads the window and records nothing twice."""
+    assert isinstance(harness, LateCommitHarness)
+    _people(harness, 2, "before")
+    late = harness.begin_late_person("late.committer@example.test", opted_out=True)
+    time.sleep(1.1)  # whole-second CRMs: the late record's second is behind the cursor's
+    after = _people(harness, 3, "after")
+    time.sleep(1.1)
+    config = write_sync_config(harness, tmp_path)
+    first = open_sync_engine(config).run(full=True)
+    assert first.status == "succeeded", first.error
+    links = _links(config, harness)
+    assert late not in links and set(after) <= set(links)
+    assert _id_key(harness, late) < max(_id_key(harness, i) for i in after), "the late id must sort low"
+    harness.commit_late(late)
+    time.sleep(1.1)
+    second = open_sync_engine(config).run()
+    assert second.status == "succeeded", second.error
+    clock = f", the CRM's clock {behind} behind ours" if behind else ""
+    assert late in _links(config, harness), (
+        f"a record committed late, {connector.lookback} look-back{clock}, was never read"
+    )
+    view = open_sync_engine(config).ledger.subject_view("late.committer@example.test")
+    states = {(p["purpose"], p["channel"]): p["status"] for p in view["purposes"]}
+    assert states[("email_marketing", "email")] == "withdrawn"
+    evidence = _crm_evidence(config)
+    third = open_sync_engine(config).run()
+    assert third.status == "succeeded", third.error
+    assert _crm_evidence(config) == evidence, "re-reading the look-back window created evidence again"
+    assert third.counts.evidence_recorded == third.counts.pushes_enqueued == 0
+    assert third.counts.read == third.counts.unchanged_records, "a re-read record was taken as changed"
+
+
 class ConnectorTrustContract:
     """What the sync engine needs from a connector to stay truthful under the conditions real
     CRMs create: changes committed late, pushes stopped half-way, processes killed between the
@@ -170,33 +208,21 @@ class ConnectorTrustContract:
     ) -> None:
         if not isinstance(harness, LateCommitHarness):
             pytest.skip("the harness lacks begin_late_person/commit_late (LateCommitHarness)")
-        _people(harness, 2, "before")
-        late = harness.begin_late_person("late.committer@example.test", opted_out=True)
-        time.sleep(1.1)  # whole-second CRMs: the late record's second is behind the cursor's
-        after = _people(harness, 3, "after")
-        time.sleep(1.1)
-        config = write_sync_config(harness, tmp_path)
-        first = open_sync_engine(config).run(full=True)
-        assert first.status == "succeeded", first.error
-        links = _links(config, harness)
-        assert late not in links and set(after) <= set(links)
-        assert _id_key(harness, late) < max(_id_key(harness, i) for i in after), "the late id must sort low"
-        harness.commit_late(late)
-        time.sleep(1.1)
-        second = open_sync_engine(config).run()
-        assert second.status == "succeeded", second.error
-        assert late in _links(config, harness), (
-            f"a record committed late, {connector.lookback} look-back, was never read"
-        )
-        view = open_sync_engine(config).ledger.subject_view("late.committer@example.test")
-        states = {(p["purpose"], p["channel"]): p["status"] for p in view["purposes"]}
-        assert states[("email_marketing", "email")] == "withdrawn"
-        evidence = _crm_evidence(config)
-        third = open_sync_engine(config).run()
-        assert third.status == "succeeded", third.error
-        assert _crm_evidence(config) == evidence, "re-reading the look-back window created evidence again"
-        assert third.counts.evidence_recorded == third.counts.pushes_enqueued == 0
-        assert third.counts.read == third.counts.unchanged_records, "a re-read record was taken as changed"
+        _a_late_commit_is_read(harness, connector, tmp_path)
+
+    def test_a_change_committed_late_is_read_when_the_crms_clock_runs_behind(
+        self, harness: ContractHarness, connector: Connector, tmp_path: Path
+    ) -> None:
+        """The CRM stamps changes with its own clock, here further behind ours than the look-back
+        window: the engine bounds its reads by the CRM's clock (the Date headers of its answers),
+        so the next read's window still starts behind a change committed late."""
+        if not isinstance(harness, LateCommitHarness):
+            pytest.skip("the harness lacks begin_late_person/commit_late (LateCommitHarness)")
+        if not isinstance(harness, ClockSkewHarness):
+            pytest.skip("the harness cannot set the CRM's clock off ours (ClockSkewHarness)")
+        behind = connector.lookback + timedelta(minutes=10)
+        harness.skew_clock(-behind)
+        _a_late_commit_is_read(harness, connector, tmp_path, behind=behind)
 
     # -- pushes: acknowledged call by call ------------------------------------------------------
 

@@ -80,6 +80,7 @@ from consentsync.mapping import (
     field_value,
 )
 from consentsync.reconcile import Rule, binding_no, no_counts_from, summarise
+from consentsync.sdk.clock import CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
@@ -396,10 +397,22 @@ class SyncEngine:
         seconds = self.options.lookback_seconds
         return None if seconds is None else timedelta(seconds=seconds)
 
+    def _read_until(self, started: datetime) -> datetime:
+        """The upper bound of the reads of a run started at ``started``: ``signpost_lag_seconds``
+        before it and, where the CRM's answers so far showed its clock behind ours, that long
+        before the CRM's own clock at ``started`` (its stamps are its clock's: a bound of ours
+        would lie in its future, and the next read's look-back would start past the changes it
+        stamps meanwhile). Nothing known of the CRM's clock: our own bound."""
+        lag = timedelta(seconds=self.options.signpost_lag_seconds)
+        crm_clock = getattr(self.connector, "crm_clock", None)
+        clock = crm_clock() if callable(crm_clock) else None
+        offset = clock.offset() if isinstance(clock, CrmClock) else None
+        return bounded_until(started - lag, started, lag, offset)
+
     def _run(self, *, full: bool, dry_run: bool) -> RunReport:
         started = self.ledger.clock()
         report = RunReport(str(uuid.uuid4()), self.name, "running", started)
-        until = started - timedelta(seconds=self.options.signpost_lag_seconds)
+        until = self._read_until(started)
         bound = log.bind(run_id=report.run_id, connector=self.name)
         structlog.contextvars.bind_contextvars(run_id=report.run_id, connector=self.name)
         self._lease = None
@@ -700,10 +713,14 @@ class SyncEngine:
         def take(
             read: _Read, page: list[CrmRecord] | None, final: Cursor | None, *, defer: bool = False
         ) -> None:
+            # The bound kept with the cursor: the CRM's first answers are in by now, and where they
+            # showed its clock behind ours, the bound is a moment of the CRM's clock (a run's
+            # first read was asked for before anything was known of it).
+            kept = min(until, self._read_until(report.started_at))
             if page is None:
-                self._end_read(read, final, report, until=until)
+                self._end_read(read, final, report, until=kept)
             else:
-                self._commit_read_page(read, page, final, report, until=until, dry_run=dry_run, defer=defer)
+                self._commit_read_page(read, page, final, report, until=kept, dry_run=dry_run, defer=defer)
 
         if spooled is not None:
             for item in spooled:

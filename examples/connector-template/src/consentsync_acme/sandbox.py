@@ -85,9 +85,9 @@ class AcmeSandbox(HttpsSandbox):
         """Where Acme's connector reaches this sandbox and the key it signs in with (with the CA)."""
         return {**super().connection_settings(), "api_url": self.base_url, "api_key": self.api_key}
 
-    @staticmethod
-    def now() -> dt.datetime:
-        moment = dt.datetime.now(dt.UTC)
+    def now(self) -> dt.datetime:
+        """Acme's clock (this machine's, or off it by ``skew_clock``), to the millisecond."""
+        moment = super().now()
         return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
     # -- the hooks of the shared server --------------------------------------------------------
@@ -201,7 +201,7 @@ def serve_forever(*, port: int = 8450, records: int = 200, seed: int, host: str)
     rng, used = random.Random(seed), set()
     # An org that was in use before the sandbox started: one change a second, ending two minutes
     # back (a sync started at once reads them all; its signpost stays seconds behind "now").
-    ended = AcmeSandbox.now() - dt.timedelta(minutes=2)
+    ended = sandbox.now() - dt.timedelta(minutes=2)
     for index in range(records):
         first, last, email = random_person(rng, index, used)
         sandbox.create(
