@@ -92,3 +92,28 @@ def test_a_url_with_a_user_and_password_is_still_a_url_and_refused_only_for_its_
         SalesforceSettings.model_validate({**TOKEN, "login_url": "ftp://u:p@127.0.0.1:18799"})
     (error,) = raised.value.errors()
     assert "u:p@" not in error["msg"] and "expected an http:// or https:// URL" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [
+        (SalesforceSettings, "login_url"),
+        (HubSpotSettings, "api_url"),
+        (SuperOfficeSettings, "token_url"),
+        (DynamicsSettings, "environment_url"),
+    ],
+)
+@pytest.mark.parametrize(
+    "value", ["https://crm.example.com/?token=Pw12345secret", "https://crm.example.com/x#Pw12345secret"]
+)
+def test_a_url_setting_with_a_query_or_fragment_is_refused_without_quoting_it(
+    model: type[BaseModel], key: str, value: str
+) -> None:
+    # The connector adds its paths to the address: after a query they went into it
+    # ("?token=.../services/oauth2/token"), and the query's secret was shown in every error.
+    with pytest.raises(ValidationError) as raised:
+        model.model_validate({**REQUIRED[model], key: value})
+    (error,) = raised.value.errors()
+    assert error["loc"] == (key,)
+    assert "without a query or fragment" in error["msg"], error["msg"]
+    assert "Pw12345secret" not in error["msg"]

@@ -42,6 +42,11 @@ WEB_URL_ACCEPTED = (
     "http:// only to a loopback host (localhost, 127.0.0.1, [::1]): to any other, "
     "credentials would cross the network in clear"
 )
+WEB_URL_NO_QUERY = (
+    "expected the service's address without a query or fragment (nothing from '?' or '#' on): "
+    "the connector adds its paths to it, and a secret in a query would be sent and shown with "
+    "every call; put credentials in their own settings"
+)
 
 
 def loopback_host(host: str | None) -> bool:
@@ -77,6 +82,10 @@ def _web_url(value: str) -> str:
         usable = False
     if not usable:
         raise ValueError(WEB_URL_ACCEPTED)
+    # A query or fragment ("https://crm.example.com/?token=..."): the connector's paths went after
+    # it ("?token=.../services/oauth2/token"), so every call missed its endpoint.
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(WEB_URL_NO_QUERY)
     return value.strip()
 
 
