@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,11 +28,14 @@ ERRORS = sdk.ErrorTable(
                 "INVALID_SESSIONID": "session invalid",
                 "SESSION_LEFT_IDLE": "session left idle",
                 "SESSION_EXPIRED": "session life span over",
+                # A call without a session. The login's own (an inactive user) is the client's
+                # to say: see VtigerClient._login.
                 "AUTHENTICATION_REQUIRED": "not logged in",
             },
             retry={
-                # The challenge token lives 300 s; a new challenge replaces it. Also what an unknown
-                # username gets (Vtiger keeps no token for it): the final message says so.
+                # The challenge token lives 300 s; the login tries again with a fresh one (see
+                # VtigerClient._login). Also what an unknown username gets on an install older than
+                # 7.x (no token is kept for it): the final message says so.
                 "INVALID_AUTH_TOKEN": "login challenge expired",
                 "DATABASE_QUERY_ERROR": "database error",
                 "INTERNAL_SERVER_ERROR": "internal error",
@@ -62,8 +64,12 @@ ERRORS = sdk.ErrorTable(
     ]
 )
 
-# Logins tried, each with a fresh challenge, before a refused access key is taken as wrong.
+# Logins tried, each with a fresh challenge, before a refused access key (or a challenge refused
+# as expired) is taken as the credentials'.
 _LOGIN_ATTEMPTS = 3
+# What a fresh challenge may cure: ours replaced by another login's (INVALID_USER_CREDENTIALS), or
+# expired before the login arrived (INVALID_AUTH_TOKEN).
+_FRESH_CHALLENGE = frozenset({"INVALID_USER_CREDENTIALS", "INVALID_AUTH_TOKEN"})
 _WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
 
 
@@ -86,8 +92,12 @@ class VtigerClient:
         """Logs in (a challenge, then the access key hashed with its token); answers the
         session name. Vtiger keeps one challenge per user and a new one replaces it: another
         process or application logging in as the same user between our challenge and our login
-        makes Vtiger refuse the right key with INVALID_USER_CREDENTIALS. So a refused login is
-        tried again with a fresh challenge; refused every time, it is the key's."""
+        makes Vtiger refuse the right key with INVALID_USER_CREDENTIALS. A challenge lives 300 s:
+        one that expired before the login arrived (a stalled process, a slow proxy) is refused as
+        INVALID_AUTH_TOKEN. Either way the login is tried again with a fresh challenge; refused
+        every time, it is the credentials' (exit 77). A user made inactive in Vtiger is refused
+        (AUTHENTICATION_REQUIRED "Given user is inactive") once its key matched: that is the
+        credentials' too, at once, never a session to log in to again."""
         for attempt in range(1, _LOGIN_ATTEMPTS + 1):
             token = self._challenge()
             key = hashlib.md5((token + self._access_key).encode()).hexdigest()
@@ -96,14 +106,27 @@ class VtigerClient:
                     "login", {"username": self.username, "accessKey": key}, authenticated=False
                 )
             except ConnectorError as error:
-                if error.rule.code == "INVALID_USER_CREDENTIALS" and attempt < _LOGIN_ATTEMPTS:
-                    continue  # perhaps our challenge was replaced: a fresh one tells
-                if error.rule.code == "INVALID_AUTH_TOKEN":
+                code = error.rule.code
+                if code in _FRESH_CHALLENGE and attempt < _LOGIN_ATTEMPTS:
+                    continue  # our challenge replaced or expired: a fresh one tells
+                if code == "AUTHENTICATION_REQUIRED":
+                    # vtws_login's only use of it: the key matched and the user's status is not
+                    # Active. Not a session to renew: logging in again is refused again.
                     raise ConnectorError(
-                        f"login as {self.username!r} refused: INVALID_AUTH_TOKEN (the challenge expired, "
-                        "or no such user: check the username)",
-                        # Retried with a fresh challenge; refused still, it is the username's (exit 77).
-                        replace(error.rule, credentials=True),
+                        f"login as {self.username!r} refused: the user is inactive in Vtiger "
+                        "(AUTHENTICATION_REQUIRED); an administrator must set its status to Active "
+                        "(Settings > Users), or configure another user",
+                        ErrorRule(Action.FAIL, Fault.CONFIG, "user inactive", code=code, credentials=True),
+                    ) from None
+                if code == "INVALID_AUTH_TOKEN":
+                    raise ConnectorError(
+                        f"login as {self.username!r} refused: INVALID_AUTH_TOKEN {_LOGIN_ATTEMPTS} times, "
+                        "each with a fresh challenge (no such user on an install that hands unknown "
+                        "usernames a challenge: check the username)",
+                        # Tried with fresh challenges already: not retried again (exit 77).
+                        ErrorRule(
+                            Action.FAIL, Fault.CONFIG, "login challenge refused", code=code, credentials=True
+                        ),
                     ) from None
                 raise
             return str(result["sessionName"])

@@ -10,7 +10,11 @@ drops the rows the user may not retrieve after applying LIMIT): a query bringing
 An incremental read starts ``lookback`` before the last record read (a save stamps
 ``modifiedtime`` before its transaction commits).
 ``operation=sync`` is never the reader (it misses changes later in the same second and records
-owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed.
+owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed. A lead
+converted (*Convert Lead*) is one of them: every Leads query leaves converted leads out, and sync
+lists them as deleted, but ``retrieve`` still answers one, so each lead listed is retrieved, and
+one that answers is handed over with its last values (a no ticked just before the conversion
+is kept); the contact made from it is read as any new contact.
 
 Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone``
 (``server_timezone``). Each autumn a zone with daylight saving time repeats an hour and its
@@ -61,6 +65,10 @@ _RECORD_ERRORS = frozenset(
 )
 # A delete refused so may mean that the record is gone already (``_gone`` makes sure).
 _GONE_CODES = frozenset({"ACCESS_DENIED", "RECORD_NOT_FOUND"})
+# The module whose records Vtiger hides by more than the recycle bin: a lead converted
+# (vtiger_leaddetails.converted=1) is left out of every query and listed by sync as deleted, but
+# retrieve answers it (EntityMeta::getEntityDeletedQuery, VtigerCRMObjectMeta::exists).
+_CONVERTIBLE = "Leads"
 # Vtiger's words for an id with no live record behind it (the record deleted, or never there).
 _NO_SUCH_RECORD = "Permission to perform the operation is denied"
 # ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
@@ -159,10 +167,7 @@ class VtigerConnector(sdk.Connector):
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
         columns = self._columns(object_type, fields)
-        # Date-time fields other than modifiedtime (Privacy Guard's granted_on, say) are served
-        # as wall-clock text in the install's zone too: handed over as UTC, with the Z.
-        known = self.describe(object_type)
-        stamps = [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
+        stamps = self._stamps(object_type, fields)
         page_size = self.config.page_size
         overlap = min(self.config.crowded_second_overlap, page_size // 2)
         step = max(1, page_size - overlap)
@@ -312,15 +317,27 @@ class VtigerConnector(sdk.Connector):
         owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
         merge in Vtiger shows as a deletion of the merged-away record, without its survivor.
 
-        ``fields`` is taken and left unused: the webservice keeps no deleted record's values
-        within reach (VTQL leaves deleted rows out, ``retrieve`` of a deleted id answers
-        ACCESS_DENIED and sync's ``deleted`` holds ids only), so a deletion comes bare."""
+        A deleted record comes bare: the webservice keeps its values out of reach (VTQL leaves
+        deleted rows out, ``retrieve`` of a deleted id answers ACCESS_DENIED and sync's
+        ``deleted`` holds ids only). A lead sync lists may instead have been converted: Vtiger
+        lists a converted lead as deleted but still retrieves it, so each lead listed is
+        retrieved (one call each), and one that answers comes with its last values (``fields``,
+        as ``read_changes`` reads them): a no given on it before the conversion is not lost.
+        It comes without ``merged_into``: nothing in Vtiger names the contact made from it (and
+        that contact is of another module); the contact is read as a new contact, linked by its
+        address (the stock conversion copies email, not ``emailoptout``)."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
             )
         _check_name(object_type, "module")
-        mark = int(since.modstamp.timestamp()) - 1 if since.modstamp is not None else 0
+        converts = object_type == _CONVERTIBLE and bool(fields)
+        columns = self._columns(object_type, fields) if converts else []
+        stamps = self._stamps(object_type, fields) if converts else []
+        # Never 0: webservice.php takes a parameter "0" as not given (PHP reads "0" as false), and
+        # vtws_sync with no time lists nothing, so a first listing would never start. 1 is the
+        # same moment for every record an install holds.
+        mark = max(1, int(since.modstamp.timestamp()) - 1) if since.modstamp is not None else 1
         while True:
             result = self._call(
                 "sync",
@@ -333,7 +350,8 @@ class VtigerConnector(sdk.Connector):
                 return  # the batch runs past the read's end: the next run lists it
             for record_id in sorted(str(i) for i in result.get("deleted") or []):
                 if since.is_before(stamp, record_id):
-                    yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                    values = self._converted(object_type, record_id, columns, stamps) if converts else {}
+                    yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
             if not result.get("more"):
                 return
             if following <= mark:
@@ -343,7 +361,41 @@ class VtigerConnector(sdk.Connector):
                 )
             mark = following
 
+    def _converted(
+        self, object_type: str, record_id: str, columns: Sequence[str], stamps: Sequence[str]
+    ) -> dict[str, Any]:
+        """The last values of a lead sync listed as deleted, where ``retrieve`` still answers it
+        (it was converted, not deleted); empty where it refuses it as not there (deleted, or out
+        of the user's reach). Any other refusal fails the read, which the next run repeats."""
+
+        def attempt() -> dict[str, Any] | None:
+            self._guard()
+            try:
+                row = self.client.request("retrieve", {"id": record_id})
+            except ConnectorError as error:
+                if error.rule.code in _GONE_CODES:
+                    return None  # deleted: Vtiger finds no live record for the id
+                raise
+            return row if isinstance(row, dict) else None
+
+        row = sdk.call(
+            attempt,
+            policy=self.policy,
+            refresh_session=self.client.forget_session,
+            describe=f"retrieve {object_type}",
+        )
+        if row is None:
+            return {}
+        return self._in_utc({name: row.get(name, "") for name in columns}, stamps)
+
     # -- helpers -------------------------------------------------------------------------------
+
+    def _stamps(self, object_type: str, fields: Sequence[str]) -> list[str]:
+        """The date-time fields among ``fields`` other than modifiedtime (Privacy Guard's
+        granted_on, say): served as wall-clock text in the install's zone too, handed over as
+        UTC, with the Z."""
+        known = self.describe(object_type)
+        return [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
 
     def _columns(self, object_type: str, fields: Sequence[str]) -> list[str]:
         known = self.describe(object_type)

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from consentsync_vtiger.sandbox.server import CONSENT_STATES, VtigerCrm, VtigerSandbox, serve_forever
+from consentsync_vtiger.sandbox.server import (
+    CONSENT_STATES,
+    VtigerCrm,
+    VtigerError,
+    VtigerSandbox,
+    addslashes,
+    serve_forever,
+    stripslashes,
+)
 from consentsync_vtiger.sandbox.vtql import VtqlError, parse, quote, unquote
 
 from tests.sandbox.serving import served
@@ -432,3 +440,113 @@ def test_delete_marks_the_record_deleted_and_sync_lists_it(sandbox: VtigerSandbo
         "UNKNOWN_OPERATION",
         "ACCESS_DENIED",
     )  # a write sent as GET
+
+
+# -- what Vtiger's PHP source does beyond its manual ------------------------------------------------
+
+
+def test_a_converted_lead_leaves_every_query_is_listed_deleted_and_still_retrieved(
+    sandbox: VtigerSandbox,
+) -> None:
+    """vtws_convertlead: a contact from the stock conversion mapping (no emailoptout), the lead
+    marked converted=1 and its modifiedtime moved; EntityMeta::getEntityDeletedQuery hides it
+    from every Leads query and vtws_sync lists it as deleted; retrieve and revise check
+    vtiger_crmentity.deleted only and still act on it."""
+    client = Client(sandbox).login()
+    start = int(time.time()) - 1
+    lead = sandbox.crm.create(
+        "Leads",
+        firstname="Ana",
+        lastname="Silva",
+        email="ana.silva@example.test",
+        phone="+351 21 000 0000",
+        emailoptout="1",
+        owner="19x5",
+    )
+    before = sandbox.crm.get(lead)
+    assert before is not None
+    contact = sandbox.crm.convert_lead(lead, at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    made = client.get(operation="retrieve", sessionName=client.session_name, id=contact)["result"]
+    assert (made["firstname"], made["lastname"], made["email"], made["phone"]) == (
+        "Ana",
+        "Silva",
+        "ana.silva@example.test",
+        "+351 21 000 0000",
+    )
+    assert made["emailoptout"] == "" and made["isconvertedfromlead"] == "1"
+    assert made["assigned_user_id"] == "19x5"
+    assert client.query(f"SELECT id FROM Leads WHERE id = '{lead}';")["result"] == []
+    assert lead not in {r["id"] for r in sandbox.crm.records("Leads")}
+    listed = client.get(
+        operation="sync", sessionName=client.session_name, modifiedTime=start, elementType="Leads"
+    )["result"]
+    assert listed["deleted"] == [lead] and lead not in {r["id"] for r in listed["updated"]}
+    kept = client.get(operation="retrieve", sessionName=client.session_name, id=lead)["result"]
+    assert kept["emailoptout"] == "1" and kept["modifiedtime"] > before["modifiedtime"]
+    assert client.revise({"id": lead, "emailoptout": "0"})["success"]
+    with pytest.raises(VtigerError, match="LEAD_ALREADY_CONVERTED"):
+        sandbox.crm.convert_lead(lead)
+
+
+def test_a_record_restored_from_the_recycle_bin_is_live_again(sandbox: VtigerSandbox) -> None:
+    """CRMEntity::restore: deleted=0 and modifiedtime moved to the restore, so sync lists it as
+    updated again and query answers it."""
+    client = Client(sandbox).login()
+    record_id = sandbox.crm.create("Contacts", lastname="Back", email="back@example.test", owner="19x5")
+    deleted_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    sandbox.crm.delete(record_id, at=deleted_at)
+    assert client.query(f"SELECT id FROM Contacts WHERE id = '{record_id}';")["result"] == []
+    sandbox.crm.restore(record_id, at=deleted_at + dt.timedelta(seconds=2))
+    assert client.query(f"SELECT id FROM Contacts WHERE id = '{record_id}';")["result"] == [{"id": record_id}]
+    listed = client.get(
+        operation="sync",
+        sessionName=client.session_name,
+        modifiedTime=int(deleted_at.timestamp()),
+        elementType="Contacts",
+    )["result"]
+    assert [r["id"] for r in listed["updated"]] == [record_id] and listed["deleted"] == []
+    with pytest.raises(KeyError):
+        sandbox.crm.restore(record_id)  # not in the recycle bin
+
+
+def test_an_inactive_users_login_is_authentication_required_once_its_key_matched(
+    sandbox: VtigerSandbox,
+) -> None:
+    """vtws_login looks at the user's status after the token and the key: an inactive user gets
+    its challenge, a wrong key is still INVALID_USER_CREDENTIALS, the right one
+    AUTHENTICATION_REQUIRED "Given user is inactive"."""
+    sandbox.crm.deactivate_user("integration")
+    client = Client(sandbox)
+    token = client.get(operation="getchallenge", username="integration")["result"]["token"]
+    wrong = client.post(operation="login", username="integration", accessKey="0" * 32)
+    assert _error(wrong) == "INVALID_USER_CREDENTIALS"
+    answer = client.post(operation="login", username="integration", accessKey=sandbox.login_key(token))
+    assert _error(answer) == "AUTHENTICATION_REQUIRED"
+    assert answer["error"]["message"] == "Given user is inactive"
+
+
+def test_parameters_pass_addslashes_then_stripslashes_unchanged() -> None:
+    """PHP's stripslashes drops each backslash and keeps the character after it (\\\\ becomes \\,
+    \\0 a NUL; a trailing backslash goes); vtws_getParameter's addslashes before it makes the
+    pair the identity, so a JSON element with escapes arrives intact."""
+    assert stripslashes('O\\"Brien \\\\ \\n \\0 end\\') == 'O"Brien \\ n \0 end'
+    for text in ['{"firstname": "O\\"Brien \\\\ 中\\n"}', "it's \\' \0 \\0", "", "\\"]:
+        assert stripslashes(addslashes(text)) == text
+
+
+def test_a_parameter_sent_as_zero_arrives_empty_and_sync_then_lists_nothing() -> None:
+    """vtws_getParameter takes "0" as not given (PHP reads it as false) and handleType makes it
+    "": vtws_sync gets no time, date() none either, and `modifiedtime > NULL` matches nothing."""
+    with VtigerSandbox() as sandbox:
+        client = Client(sandbox).login()
+        record_id = sandbox.crm.create("Contacts", lastname="Gone", email="gone@example.test", owner="19x5")
+        sandbox.crm.delete(record_id)
+        for since, listed in ((0, []), (1, [record_id])):
+            answer = client.get(
+                operation="sync", sessionName=client.session_name, modifiedTime=since, elementType="Contacts"
+            )["result"]
+            assert answer["deleted"] == listed
+        empty = client.get(
+            operation="sync", sessionName=client.session_name, modifiedTime=0, elementType="Contacts"
+        )["result"]
+        assert empty == {"updated": [], "deleted": [], "lastModifiedTime": 0, "more": False}

@@ -50,6 +50,25 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   answers ACCESS_DENIED "Permission to perform the operation is denied for name : X".
 * ``POST operation=delete&id=``: one record a call, ``{"status": "successful"}``; the record is
   marked deleted (its ``modifiedtime`` moves to the deletion) and listed by ``sync``'s ``deleted``.
+  :meth:`VtigerCrm.restore` takes it out of the recycle bin as ``CRMEntity::restore`` does
+  (``deleted=0``, ``modifiedtime`` moved to the restore): it is live again.
+* Lead conversion (:meth:`VtigerCrm.convert_lead`, a CRM user's *Convert Lead*), as
+  ``vtws_convertlead`` does it: a Contact is created (``isconvertedfromlead`` "1") with the
+  values of the stock ``vtiger_convertleadmapping`` (firstname, lastname, email, secondaryemail,
+  phone, mobile: **not** ``emailoptout``, which the stock mapping leaves out), and the lead is
+  marked ``converted=1``, its ``modifiedtime`` moved to the conversion
+  (``vtws_updateConvertLeadStatus``). ``EntityMeta::getEntityDeletedQuery`` adds
+  ``vtiger_leaddetails.converted=0`` to every Leads query, so ``query`` no longer answers the
+  lead and ``sync`` lists it under ``deleted``; ``retrieve``, ``revise`` and ``delete`` still
+  act on it (they check ``vtiger_crmentity.deleted`` only). Nothing on the contact names the lead.
+* Every parameter an operation declares goes through ``vtws_getParameter`` (``addslashes``) and
+  then ``OperationManager::handleType`` (``stripslashes``) before it is used: the pair cancels
+  out, and a value arrives as it was sent (quotes, backslashes, newlines and all), but for "0",
+  which PHP takes as false: it arrives as "". ``sync`` with ``modifiedTime=0`` therefore gets no
+  time at all and answers nothing (``date($format, "")``; see :meth:`VtigerCrm.sync`).
+* A user made inactive (:meth:`VtigerCrm.deactivate_user`) still gets a challenge; its login,
+  once the key matches, answers AUTHENTICATION_REQUIRED "Given user is inactive", as
+  ``vtws_login`` does.
 * A record begun with :meth:`VtigerCrm.begin_late` (a save whose transaction commits late) has
   its id and ``modifiedtime`` from the start but no call sees it until :meth:`VtigerCrm.commit_late`.
 * ``GET operation=sync&modifiedTime=UNIX&elementType=M[&syncType=user|userandgroup|application]``
@@ -133,6 +152,32 @@ VTIGER_KINDS = (
     "not_found",
 )
 _WRITE_OPERATIONS = {"login", "logout", "create", "revise", "update", "delete"}
+# The parameters each operation declares (vtiger_ws_operation_parameters): the ones webservice.php
+# passes through vtws_getParameter (addslashes) and OperationManager::handleType (stripslashes).
+_DECLARED = {
+    "getchallenge": ("username",),
+    "login": ("username", "accessKey"),
+    "logout": ("sessionName",),
+    "listtypes": ("fieldTypeList",),
+    "describe": ("elementType",),
+    "query": ("query",),
+    "retrieve": ("id",),
+    "create": ("elementType", "element"),
+    "revise": ("element",),
+    "update": ("element",),
+    "delete": ("id",),
+    "sync": ("modifiedTime", "elementType", "syncType"),
+}
+# The stock vtiger_convertleadmapping's lead fields for a Contact, as far as the sandbox's modules
+# have them (DefaultDataPopulator::addDefaultLeadMapping): emailoptout is not among them.
+_LEAD_TO_CONTACT = {
+    "firstname": "firstname",
+    "lastname": "lastname",
+    "email": "email",
+    "secondaryemail": "secondaryemail",
+    "phone": "phone",
+    "mobile": "mobile",
+}
 _TIME = "%Y-%m-%d %H:%M:%S"
 # What 8.2.0 stores as a ticked checkbox; every other text ("true", "yes", "false") is stored as 0.
 _TICKED = {"1", "on"}
@@ -164,6 +209,28 @@ def format_time(moment: dt.datetime, zone: dt.tzinfo = dt.UTC) -> str:
 def parse_time(text: str, zone: dt.tzinfo = dt.UTC) -> dt.datetime:
     """A stored time read as PHP's strtotime does (the first of a repeated autumn hour)."""
     return dt.datetime.strptime(text, _TIME).replace(tzinfo=zone).astimezone(dt.UTC)
+
+
+def addslashes(text: str) -> str:
+    """PHP's ``addslashes``: a backslash before each quote, double quote and backslash; NUL as
+    ``\\0``."""
+    return "".join("\\0" if char == "\0" else "\\" + char if char in "'\"\\" else char for char in text)
+
+
+def stripslashes(text: str) -> str:
+    """PHP's ``stripslashes``: each backslash is dropped and the character after it kept as it is
+    (``\\\\`` becomes ``\\``), but ``\\0``, which becomes NUL; a backslash ending the text is
+    dropped."""
+    out: list[str] = []
+    chars = iter(text)
+    for char in chars:
+        if char != "\\":
+            out.append(char)
+            continue
+        following = next(chars, None)
+        if following is not None:
+            out.append("\0" if following == "0" else following)
+    return "".join(out)
 
 
 def _bmp_only(text: str) -> str:
@@ -251,6 +318,8 @@ def build_schema(*, privacy_guard: bool) -> dict[str, ModuleDef]:
                 *person,
                 FieldDef("donotcall", "Do Not Call", "boolean"),
                 FieldDef("account_id", "Organization Name", "reference", refers_to=("Accounts",)),
+                # Set by vtws_convertlead on the contact it creates; nothing names the lead.
+                FieldDef("isconvertedfromlead", "Is Converted From Lead", "boolean", editable=False),
                 *_system_fields("contact_no", "Contact Id"),
             ],
         ),
@@ -314,6 +383,9 @@ class _Record:
     values: dict[str, str | None]
     owner: str
     deleted: bool = False
+    # A lead converted (vtiger_leaddetails.converted=1): no query answers it, sync lists it as
+    # deleted, retrieve and revise still act on it.
+    converted: bool = False
     # Saved in a transaction not committed yet: no call sees the record (see begin_late).
     pending: bool = False
 
@@ -348,6 +420,7 @@ class VtigerCrm:
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.users = {1: "admin", integration_user_id: "integration"}
         self.admins = {1}
+        self.inactive_users: set[int] = set()  # status 'Inactive' (deactivate_user)
         self.groups = {2: "Team Selling", 3: "Marketing Group"}
         self.group_members = {2: {1}, 3: {1, integration_user_id}}
         self.integration_user_id = integration_user_id
@@ -382,7 +455,9 @@ class VtigerCrm:
             return [
                 self._render(r)
                 for r in self._records.values()
-                if r.module.name == module and not r.pending and (include_deleted or not r.deleted)
+                if r.module.name == module
+                and not r.pending
+                and (include_deleted or not (r.deleted or r.converted))
             ]
 
     def count(self, module: str) -> int:
@@ -390,7 +465,7 @@ class VtigerCrm:
             return sum(
                 1
                 for r in self._records.values()
-                if r.module.name == module and not r.deleted and not r.pending
+                if r.module.name == module and not r.deleted and not r.converted and not r.pending
             )
 
     def owner_of(self, wsid: str) -> str | None:
@@ -427,6 +502,8 @@ class VtigerCrm:
                     "source": "CRM",
                 }
             )
+            if "isconvertedfromlead" in mod.fields:
+                stored["isconvertedfromlead"] = "0"
             record = _Record(mod, crmid, stored, owner or f"{_USER_PREFIX}x{self.integration_user_id}")
             stored["assigned_user_id"] = record.owner
             self._records[crmid] = record
@@ -488,6 +565,47 @@ class VtigerCrm:
             record.deleted = True
             self._touch(record, at)
 
+    def restore(self, wsid: str, *, at: dt.datetime | None = None) -> None:
+        """A user restores the record from the recycle bin (``CRMEntity::restore``: deleted=0,
+        ``modifiedtime`` and ``modifiedby`` moved to the restore): it is live again."""
+        with self.lock:
+            record = self._lookup(wsid)
+            if record is None or not record.deleted:
+                raise KeyError(wsid)
+            record.deleted = False
+            self._touch(record, at)
+
+    def convert_lead(self, wsid: str, *, owner: str | None = None, at: dt.datetime | None = None) -> str:
+        """A user converts the lead (*Convert Lead*, ``vtws_convertlead`` with a Contact): a
+        contact is created from the lead's values through the stock conversion mapping (its
+        ``emailoptout`` is not carried), owned by ``owner`` (the lead's owner by default), marked
+        ``isconvertedfromlead``; the lead is marked converted and its ``modifiedtime`` moves to
+        the conversion. Returns the contact's id."""
+        with self.lock:
+            lead = self._writable(wsid)
+            if lead.module.name != "Leads":
+                raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
+            if lead.converted:
+                raise VtigerError("LEAD_ALREADY_CONVERTED", "Lead is already converted")
+            values = {
+                target: lead.values.get(source)
+                for source, target in _LEAD_TO_CONTACT.items()
+                if lead.values.get(source)
+            }
+            contact = self.create("Contacts", values, owner=owner or lead.owner, at=at)
+            created = self._lookup(contact)
+            assert created is not None
+            created.values["isconvertedfromlead"] = "1"
+            lead.converted = True
+            self._touch(lead, at)
+            return contact
+
+    def deactivate_user(self, username: str) -> None:
+        """An administrator makes the user inactive (status 'Inactive')."""
+        with self.lock:
+            user_id = next(uid for uid, name in self.users.items() if name == username)
+            self.inactive_users.add(user_id)
+
     def set_modifiedtime(self, wsid: str, moment: dt.datetime) -> None:
         """Moves a record's ``modifiedtime`` (tests: many records in one second)."""
         with self.lock:
@@ -508,7 +626,8 @@ class VtigerCrm:
             rows = [
                 self._row(r)
                 for r in sorted(self._records.values(), key=lambda r: r.crmid)
-                if r.module is mod and not r.deleted and not r.pending
+                # EntityMeta::getEntityDeletedQuery: deleted=0, and for Leads converted=0 too.
+                if r.module is mod and not r.deleted and not r.converted and not r.pending
             ]
             if query.is_count:
                 counted = Query(query.module, ["*"], query.where)
@@ -518,13 +637,25 @@ class VtigerCrm:
             return [self._project(mod, row, query.columns) for row in chosen]
 
     def sync(
-        self, module: str, since_unix: int, *, user_id: int, sync_type: str = "user", limit: int = 100
+        self,
+        module: str,
+        since_unix: int | None,
+        *,
+        user_id: int,
+        sync_type: str = "user",
+        limit: int = 100,
     ) -> dict[str, Any]:
+        """What ``vtws_sync`` answers. ``since_unix`` None: no time reached it (``modifiedTime``
+        sent as 0 or empty: see ``_as_declared``); ``date($format, "")`` then gives no time, the
+        query ``modifiedtime > NULL`` matches nothing, and the answer is empty (PHP 7; PHP 8
+        throws a TypeError there instead)."""
         mod = self.module(module)
-        # GetUpdates.php turns the Unix time into the install's wall-clock time (PHP's date()).
-        since = self.format_time(dt.datetime.fromtimestamp(since_unix, dt.UTC))
         if sync_type == "application" and user_id not in self.admins:
             raise _denied("Only admin users can perform application sync")
+        if since_unix is None:
+            return {"updated": [], "deleted": [], "lastModifiedTime": 0, "more": False}
+        # GetUpdates.php turns the Unix time into the install's wall-clock time (PHP's date()).
+        since = self.format_time(dt.datetime.fromtimestamp(since_unix, dt.UTC))
         owners: set[str] | None = {f"{_USER_PREFIX}x{user_id}"}
         if sync_type == "userandgroup":
             owners |= {
@@ -549,8 +680,10 @@ class VtigerCrm:
             last = max(str(r.values["modifiedtime"]) for r in changed[:limit])
             window = [r for r in changed if str(r.values["modifiedtime"]) <= last]
             return {
-                "updated": [self._render(r) for r in window if not r.deleted],
-                "deleted": [r.wsid for r in window if r.deleted],
+                # vtws_isRecordDeleted tests every column of the deleted query: a converted lead
+                # fails converted=0 and is listed as deleted.
+                "updated": [self._render(r) for r in window if not (r.deleted or r.converted)],
+                "deleted": [r.wsid for r in window if r.deleted or r.converted],
                 "lastModifiedTime": int(self.parse_time(last).timestamp()),
                 "more": any(str(r.values["modifiedtime"]) > last for r in changed),
             }
@@ -670,7 +803,8 @@ class VtigerCrm:
             raise VtigerError("INVALID_ID_ATTRIBUTE", "Id specified is incorrect")
         if record is None or record.deleted or record.pending:
             # vtws_retrieve/revise/delete look the id's module up among live records first: an
-            # id without one (deleted, never there, not committed yet) fails that check.
+            # id without one (deleted, never there, not committed yet) fails that check. A
+            # converted lead passes it (only vtiger_crmentity.deleted is looked at).
             raise _denied(_NO_SUCH_RECORD)
         return record
 
@@ -909,7 +1043,7 @@ class VtigerSandbox(HttpsSandbox):
             raise VtigerError("UNKNOWN_OPERATION", "Permission to perform the operation is denied")
         if operation == "sync" and self.sync_fails:
             return SandboxResponse(500, b"", "text/html; charset=UTF-8")
-        result = getattr(self, f"_op_{operation}")(params)
+        result = getattr(self, f"_op_{operation}")(_as_declared(operation, params))
         return json_response(200, {"success": True, "result": result})
 
     def _user(self, params: Mapping[str, str]) -> int:
@@ -963,6 +1097,9 @@ class VtigerSandbox(HttpsSandbox):
         ):
             raise VtigerError("INVALID_USER_CREDENTIALS", "Invalid username or password")
         assert user_id is not None
+        if user_id in self.crm.inactive_users:
+            # vtws_login: the key matched, then the user's status is looked at.
+            raise VtigerError("AUTHENTICATION_REQUIRED", "Given user is inactive")
         session_name = secrets.token_hex(12)[:21]
         now = time.monotonic()
         with self._lock:
@@ -1071,15 +1208,30 @@ class VtigerSandbox(HttpsSandbox):
     def _op_sync(self, params: Mapping[str, str]) -> dict[str, Any]:
         user_id = self._user(params)
         try:
-            since = int(params.get("modifiedTime") or "0")
+            # "" where the client sent 0: see _as_declared.
+            since: int | None = int(params["modifiedTime"]) if params.get("modifiedTime") else None
         except ValueError:
-            since = 0
+            since = None
         return self.crm.sync(
             params.get("elementType") or "",
             since,
             user_id=user_id,
             sync_type=(params.get("syncType") or "user").lower(),
         )
+
+
+def _as_declared(operation: str, params: Mapping[str, str]) -> dict[str, str]:
+    """The parameters as the operation's handler gets them: each one it declares through
+    ``vtws_getParameter`` (``addslashes``; a value PHP takes as false, "" or "0", is not given)
+    and then ``OperationManager::handleType`` (``$value ? stripslashes($value) : ""``): a text
+    arrives as sent, and "0" as ""; the others (``sessionName``) as they came."""
+    declared = _DECLARED.get(operation, ())
+    return {
+        name: (stripslashes(addslashes(value)) if value not in ("", "0") else "")
+        if name in declared
+        else value
+        for name, value in params.items()
+    }
 
 
 def _normalise_wsid(value: str) -> str | None:

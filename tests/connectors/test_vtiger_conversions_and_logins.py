@@ -1,0 +1,183 @@
+"""The Vtiger connector against the sandbox where Vtiger's PHP source says more than its manual:
+a lead converted (*Convert Lead*) vanishes from every query and is listed by sync as deleted,
+yet retrieve still answers it; a login refused for an inactive user or for a challenge that
+expired; and values that pass ``vtws_getParameter``'s addslashes and ``handleType``'s
+stripslashes unchanged."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from consentsync_vtiger.sandbox.server import VtigerSandbox
+
+from consentsync import exit_codes
+from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate
+from tests.connectors.against_sandbox import read_until
+from tests.connectors.test_vtiger_against_sandbox import connector_for
+
+LEAD_FIELDS = ["email", "emailoptout", "firstname"]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[VtigerSandbox]:
+    with VtigerSandbox() as server:
+        yield server
+
+
+# -- lead conversion -----------------------------------------------------------------------------
+
+
+def test_a_converted_lead_is_listed_as_gone_with_its_last_values_a_deleted_one_bare(
+    sandbox: VtigerSandbox,
+) -> None:
+    """vtws_convertlead marks the lead converted and moves its modifiedtime; every Leads query
+    then leaves it out (EntityMeta::getEntityDeletedQuery) and sync lists it under `deleted`, but
+    retrieve still answers it: the deletion listing hands it over with the values it had, so an
+    opt-out ticked just before the conversion is not lost. A lead deleted for real comes bare."""
+    crm = sandbox.crm
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    converted = crm.create("Leads", firstname="Ana", lastname="Silva", email="ana.silva@example.test")
+    crm.revise(converted, emailoptout="1")  # the person says no ...
+    contact = crm.convert_lead(converted)  # ... and a salesperson converts the lead, same interval
+    deleted = crm.create("Leads", lastname="Gone", email="gone@example.test", emailoptout="1")
+    crm.delete(deleted)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+
+    live = {r.record_id for r in connector.read_changes("Leads", LEAD_FIELDS, Cursor(start), read_until())}
+    assert converted not in live and deleted not in live  # no query answers either any more
+    gone = {
+        r.record_id: r
+        for r in connector.read_deletions("Leads", Cursor(start), read_until(), fields=LEAD_FIELDS)
+    }
+    assert set(gone) == {converted, deleted}
+    last = gone[converted]
+    assert last.deleted and last.merged_into is None
+    assert (last.fields["emailoptout"], last.fields["email"], last.fields["id"]) == (
+        "1",
+        "ana.silva@example.test",
+        converted,
+    )
+    assert "modifiedtime" in last.fields
+    assert gone[deleted].fields == {}  # retrieve refuses a deleted id: nothing to hand over
+    assert sandbox.calls["retrieve"] == 2  # one per lead listed
+
+    # The contact made from it carries the lead's address, not its opt-out (the stock mapping).
+    made = crm.get(contact)
+    assert made is not None
+    assert (made["email"], made["emailoptout"], made["isconvertedfromlead"]) == (
+        "ana.silva@example.test",
+        "",
+        "1",
+    )
+
+
+def test_deletions_of_other_modules_are_not_retrieved(sandbox: VtigerSandbox) -> None:
+    """Only Leads have a deleted query beyond the recycle bin: a contact listed as deleted is
+    deleted, and costs no retrieve."""
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    contact = sandbox.crm.create("Contacts", lastname="Gone", email="gone@example.test")
+    sandbox.crm.delete(contact)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+    gone = list(connector.read_deletions("Contacts", Cursor(start), read_until(), fields=LEAD_FIELDS))
+    assert [(r.record_id, r.fields) for r in gone] == [(contact, {})]
+    assert sandbox.calls["retrieve"] == 0
+
+
+def test_a_first_deletion_listing_never_asks_sync_from_zero(sandbox: VtigerSandbox) -> None:
+    """webservice.php takes a parameter "0" as not given (vtws_getParameter, handleType: PHP
+    reads "0" as false) and vtws_sync with no time lists nothing: a first listing (no cursor
+    yet) asked from 0 would find nothing, keep no position, and so never start."""
+    contact = sandbox.crm.create("Contacts", lastname="Gone", email="gone@example.test")
+    sandbox.crm.delete(contact)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+    assert [r.record_id for r in connector.read_deletions("Contacts", Cursor(), read_until())] == [contact]
+
+
+# -- logging in ------------------------------------------------------------------------------------
+
+
+def test_an_inactive_user_fails_as_the_credentials_at_once(sandbox: VtigerSandbox) -> None:
+    """vtws_login answers AUTHENTICATION_REQUIRED "Given user is inactive" once the key matched:
+    not a session to log in to again (five logins, then a session error), but the credentials'
+    (exit 77), naming the user."""
+    sandbox.crm.deactivate_user("integration")
+    connector = connector_for(sandbox)
+    with pytest.raises(ConnectorError) as refused:
+        connector.check()
+    error = refused.value
+    assert error.rule.credentials and error.action is Action.FAIL and error.rule.fault is Fault.CONFIG
+    assert exit_codes.for_connector_error(error.rule) == exit_codes.CREDENTIALS
+    message = str(error)
+    assert "'integration'" in message and "inactive" in message and "\n" not in message
+    assert connector.usage.per_endpoint["login"] == 1
+
+
+def test_a_challenge_expired_before_the_login_is_tried_again_with_a_fresh_one(
+    sandbox: VtigerSandbox,
+) -> None:
+    """A challenge lives 300 s; one that expired before the login reached Vtiger (a stalled
+    process) is answered INVALID_AUTH_TOKEN: a fresh challenge logs in, even with no retries
+    configured, and the right key is never reported as the credentials'."""
+    connector = connector_for(sandbox, max_attempts=1)
+    original = connector.client.request
+    stalled: list[str] = []
+
+    def request(operation: str, params: Any, **kwargs: Any) -> Any:
+        answer = original(operation, params, **kwargs)
+        if operation == "getchallenge" and not stalled:
+            stalled.append(operation)
+            sandbox.expire_challenges()  # the process stalls past the token's life
+        return answer
+
+    connector.client.request = request  # type: ignore[method-assign]
+    connector.check()
+    assert stalled
+    assert connector.usage.per_endpoint["getchallenge"] == connector.usage.per_endpoint["login"] == 2
+
+
+def test_a_challenge_refused_every_time_is_the_credentials_after_three_fresh_ones(
+    sandbox: VtigerSandbox,
+) -> None:
+    """Refused with a fresh challenge each time (an install that hands an unknown username a
+    challenge), the login fails as the credentials' after three, and is not retried again."""
+    sandbox.challenge_ttl = 0.0  # every challenge has expired when its login arrives
+    connector = connector_for(sandbox, max_attempts=4)
+    with pytest.raises(ConnectorError) as refused:
+        connector.check()
+    error = refused.value
+    assert error.rule.credentials and error.action is Action.FAIL
+    assert "INVALID_AUTH_TOKEN" in str(error) and "check the username" in str(error)
+    assert connector.usage.per_endpoint["getchallenge"] == connector.usage.per_endpoint["login"] == 3
+
+
+# -- values on the wire -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['O"Brien \\ 中', "line one\nline two", "back\\\\slashes \\n \\u4e2d", "it's \"quoted\" \\'"],
+)
+def test_values_with_quotes_backslashes_and_newlines_round_trip_exactly(
+    sandbox: VtigerSandbox, value: str
+) -> None:
+    """webservice.php passes every declared parameter through vtws_getParameter (addslashes)
+    and OperationManager::handleType (stripslashes): the pair cancels out, so the element is
+    sent as plain JSON, with no escaping of our own, and is stored as written."""
+    record_id = sandbox.crm.create("Contacts", lastname="Quote", email="quote@example.test")
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    connector = connector_for(sandbox)
+    (result,) = connector.write(
+        [RecordUpdate("Contacts", record_id, {"firstname": value, "lastname": value})]
+    )
+    assert result.ok, result
+    stored = sandbox.crm.get(record_id)
+    assert stored is not None and (stored["firstname"], stored["lastname"]) == (value, value)
+    (read,) = [
+        r
+        for r in connector.read_changes("Contacts", ["firstname"], Cursor(start), read_until())
+        if r.record_id == record_id
+    ]
+    assert read.fields["firstname"] == value
