@@ -1,5 +1,5 @@
-"""OData ``$batch`` bodies (multipart/mixed) for Dataverse: PATCH requests out, one status per
-request back, in order."""
+"""OData ``$batch`` bodies (multipart/mixed) for Dataverse: PATCH, DELETE and GET requests out,
+one answer per request back, in order."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def encode(requests: Sequence[PartRequest]) -> tuple[str, bytes]:
             "Content-Transfer-Encoding: binary",
             "",
             f"{request.method} {request.url} HTTP/1.1",
-            "Content-Type: application/json; charset=utf-8",
+            *(["Content-Type: application/json; charset=utf-8"] if request.body is not None else []),
             *(f"{name}: {value}" for name, value in (request.headers or {}).items()),
             "",
             json.dumps(request.body, ensure_ascii=False) if request.body is not None else "",

@@ -14,6 +14,11 @@ requests (at most 1,000) of ``PATCH`` with
 ``If-Match: *`` (a PATCH alone would create a missing row), or ``DELETE`` for the delete action,
 and ``Prefer: odata.continue-on-error``, one result per request, handed over batch by batch.
 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
+
+The object ``consentsync_journeys_contact`` (:mod:`consentsync_dynamics.journeys`) is the contact
+table read again as Customer Insights - Journeys' consent center sees it: whether each address
+has a consent row per purpose. Pushed for a person's no, the connector creates the missing row
+(Opted out); read back, a row it created and nobody changed is left out of the consent-row read.
 """
 
 from __future__ import annotations
@@ -21,19 +26,21 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import requests
 import structlog
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync_dynamics import journeys
 from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
+from consentsync_dynamics.journeys import CONSENT_TABLE, CONTACT_EMAIL, JOURNEYS_CONTACT
 from consentsync_dynamics.settings import DynamicsSettings
 
 log = structlog.get_logger("consentsync.dynamics")
@@ -63,6 +70,12 @@ MERGE_COLUMNS = ("merged", "masterid")
 _AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
 _LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# The most characters of $filter text a GET inside a $batch carries: its URL may be 64 KB there
+# ("Execute batch operations using the Web API"), about half of it after percent-encoding.
+_FILTER_BUDGET = 24_000
+# A row that exists, answered to a create: 0x80040237 (the id: If-None-Match) or 0x80060892 (an
+# alternate key an admin defined).
+_EXISTS = frozenset({"0x80040237", "0x80060892"})
 
 
 def odata_literal(value: Any) -> str:
@@ -103,6 +116,11 @@ class _TableRead:
     entity: _Entity
     wire: Mapping[str, str]
     filters: Mapping[str, list[Any]]
+    # Rows left out of what is read (the connector's own untouched consent rows).
+    skip: Callable[[Mapping[str, Any], Mapping[str, str]], bool] | None = None
+
+    def keeps(self, row: Mapping[str, Any]) -> bool:
+        return self.skip is None or not self.skip(row, self.wire)
 
 
 class _DeltaRefused(Exception):
@@ -143,6 +161,8 @@ class DynamicsConnector(sdk.Connector):
         self._token = sdk.SharedLogin(self._login, fresh=_not_lapsing)
         self._entities: dict[str, _Entity] = {}
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
+        self._purposes: list[str] | None = None  # msdynmkt_purpose ids, read once
+        self.rows_created = 0  # Journeys consent rows created (journeys.py)
         self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
         self.full_reloads = 0  # delta links refused, tables read again from the start
 
@@ -200,6 +220,14 @@ class DynamicsConnector(sdk.Connector):
         self._request("GET", f"{self.config.api_url}/WhoAmI", "WhoAmI")
 
     def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
+        if object_type == JOURNEYS_CONTACT and object_type not in self._describes:
+            # The contact's columns, and one per purpose of the environment: true when the
+            # contact's address has a consent row for it (journeys.py).
+            fields = dict(self.describe("contact"))
+            for purpose in self._purpose_ids():
+                name = journeys.field_for(purpose)
+                fields[name] = sdk.FieldInfo(name=name, type="Boolean", updateable=True)
+            self._describes[object_type] = fields
         if object_type not in self._describes:
             _check_name(object_type, "table")
             body = self._request(
@@ -253,13 +281,38 @@ class DynamicsConnector(sdk.Connector):
           between the signpost and the link is not lost.
 
         Without change tracking every read is the (modifiedon, id) keyset read.
+
+        ``consentsync_journeys_contact`` is read as the contact table is, each page's addresses
+        then looked up among the consent rows (journeys.py); a consent row the connector created
+        and nobody changed since is left out of the consent rows read.
         """
+        if object_type == JOURNEYS_CONTACT:
+            yield from self._read_journeys(fields, since, until)
+            return
         entity = self._entity(object_type)
-        merges = [name for name in MERGE_COLUMNS if name in self.describe(object_type)]
+        skip = None
+        known = self.describe(object_type)
+        if object_type == CONSENT_TABLE and all(column in known for column in journeys.OWN_COLUMNS):
+            fields, skip = [*fields, *journeys.OWN_COLUMNS], journeys.own_untouched
+        yield from self._read_table(self._table_read(entity, object_type, fields, skip), since, until)
+
+    def _table_read(
+        self,
+        entity: _Entity,
+        source: str,
+        fields: Sequence[str],
+        skip: Callable[[Mapping[str, Any], Mapping[str, str]], bool] | None = None,
+    ) -> _TableRead:
+        """What a read of ``entity`` asks for: the columns of the table ``source`` (checked
+        against its metadata), with the merge columns and the record filters it has."""
+        merges = [name for name in MERGE_COLUMNS if name in self.describe(source)]
         wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields, *merges]))
-        filters = self.config.record_filters.get(object_type, {})
-        wire = self._wire_names(object_type, list(dict.fromkeys([*wanted, *filters])))
-        table = _TableRead(entity, wire, filters)
+        filters = self.config.record_filters.get(source, {})
+        wire = self._wire_names(source, list(dict.fromkeys([*wanted, *filters])))
+        return _TableRead(entity, wire, filters, skip)
+
+    def _read_table(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+        entity, wire = table.entity, table.wire
         if not (self.config.change_tracking and entity.change_tracking):
             yield from self._read_keyset(table, since, until)
             return
@@ -344,7 +397,7 @@ class DynamicsConnector(sdk.Connector):
                     self.deleted_rows += 1
                     yield _deleted(entity, row)
                     continue
-                if _wanted(row, wire, filters):
+                if _wanted(row, wire, filters) and table.keeps(row):
                     record = note(_record(entity, row, wire))
                     if catch_up is not None:
                         delivered.add(record.record_id)
@@ -412,7 +465,8 @@ class DynamicsConnector(sdk.Connector):
                 "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
             ).json()
             for row in body.get("value", []):
-                yield _record(entity, row, wire)
+                if table.keeps(row):
+                    yield _record(entity, row, wire)
             next_link = body.get("@odata.nextLink")
             if not next_link:
                 return
@@ -447,16 +501,303 @@ class DynamicsConnector(sdk.Connector):
             )
         return link
 
+    # -- Customer Insights - Journeys: the contact as its consent center sees it --------------------
+
+    def _purpose_ids(self) -> list[str]:
+        """The ids of the environment's purposes (``msdynmkt_purpose``), read once."""
+        if self._purposes is None:
+            entity = self._entity("msdynmkt_purpose")
+            url: str = f"{self.config.api_url}/{entity.entity_set}"
+            params: dict[str, str] | None = {"$select": entity.primary_id}
+            found: list[str] = []
+            while True:
+                body = self._request(
+                    "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
+                ).json()
+                found += [str(row[entity.primary_id]).lower() for row in body.get("value", [])]
+                if not body.get("@odata.nextLink"):
+                    break
+                url, params = self._checked_link(body["@odata.nextLink"]), None
+            self._purposes = found
+        return self._purposes
+
+    def _journeys_purposes(self, fields: Collection[str]) -> dict[str, str]:
+        """The purpose fields among ``fields`` (field -> purpose id), each a purpose of the
+        environment; a field naming none is a configuration error."""
+        wanted = {name: purpose for name in fields if (purpose := journeys.purpose_of(name))}
+        sdk.require_fields(
+            wanted,
+            self.describe(JOURNEYS_CONTACT),
+            f"{JOURNEYS_CONTACT}: no purpose for the column(s)",
+            "(purpose_ and the purpose's id without dashes: list them with "
+            "GET /api/data/v9.2/msdynmkt_purposes?$select=msdynmkt_purposeid,msdynmkt_name)",
+            reason="mapped column missing",
+        )
+        return wanted
+
+    def _read_journeys(
+        self, fields: Sequence[str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[sdk.CrmRecord]:
+        """The contacts (their table's change tracking, a cursor of their own), each with its
+        purpose fields: true where its address has a consent row for the purpose, or where it has
+        no address, else empty. One lookup of the consent rows per page read."""
+        purposes = self._journeys_purposes(fields)
+        contact = self._entity("contact")
+        entity = _Entity(JOURNEYS_CONTACT, contact.entity_set, contact.primary_id, contact.change_tracking)
+        columns = [name for name in fields if name not in purposes]
+        table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
+        page: list[sdk.CrmRecord] = []
+        for record in self._read_table(table, since, until):
+            page.append(record)
+            if len(page) >= self.config.page_size:
+                yield from self._with_consent_rows(page, purposes)
+                page = []
+        yield from self._with_consent_rows(page, purposes)
+
+    def _with_consent_rows(
+        self, page: list[sdk.CrmRecord], purposes: Mapping[str, str]
+    ) -> Iterator[sdk.CrmRecord]:
+        live = [record for record in page if not record.deleted]
+        addresses = {key for r in live if (key := journeys.address_key(r.fields.get(CONTACT_EMAIL)))}
+        rows = self._consent_rows(addresses, set(purposes.values()))
+        for record in page:
+            if record.deleted:
+                yield record
+                continue
+            key = journeys.address_key(record.fields.get(CONTACT_EMAIL))
+            shown = {
+                name: True if key is None or (key, purpose) in rows else None
+                for name, purpose in purposes.items()
+            }
+            yield replace(record, fields={**record.fields, **shown})
+
+    def _consent_rows(self, addresses: Collection[str], purposes: Collection[str]) -> set[tuple[str, str]]:
+        """(address, purpose id) of every purpose-level Email consent row of these addresses
+        (:func:`journeys.address_key`) and purposes, whatever its value or state (Journeys enforces
+        deactivated rows too). Sent as GET requests inside ``$batch`` calls, whose URLs may be long
+        enough for a few hundred addresses each."""
+        if not addresses or not purposes:
+            return set()
+        entity = self._entity(CONSENT_TABLE)
+        known = self.describe(CONSENT_TABLE)
+        names = ["msdynmkt_contactpointvalue", "msdynmkt_purposeid", "msdynmkt_contactpointtype"]
+        topic = "msdynmkt_topicid" in known
+        wire = self._wire_names(CONSENT_TABLE, [*names, *(["msdynmkt_topicid"] if topic else [])])
+        value, purpose = wire["msdynmkt_contactpointvalue"], wire["msdynmkt_purposeid"]
+        terms = [
+            f"{wire['msdynmkt_contactpointtype']} eq {journeys.EMAIL_POINT}",
+            # A topic's row answers for the topic, not for its purpose.
+            *([f"{wire['msdynmkt_topicid']} eq null"] if topic else []),
+            "(" + " or ".join(f"{purpose} eq {odata_literal(uuid.UUID(p))}" for p in sorted(purposes)) + ")",
+        ]
+        base = " and ".join(terms)
+        urls, chunk, size = [], [], len(base)
+        for address in sorted(addresses):
+            term = f"{value} eq {odata_literal(address)}"
+            if chunk and size + len(term) + 4 > _FILTER_BUDGET:
+                urls.append(self._consent_query(entity, [value, purpose], base, chunk))
+                chunk, size = [], len(base)
+            chunk.append(term)
+            size += len(term) + 4
+        if chunk:
+            urls.append(self._consent_query(entity, [value, purpose], base, chunk))
+        found = set()
+        for row in self._get_in_batches(urls, f"look up {entity.entity_set}"):
+            key, of = journeys.address_key(row.get(value)), row.get(purpose)
+            if key is not None and isinstance(of, str):
+                found.add((key, of.lower()))
+        return found
+
+    def _consent_query(self, entity: _Entity, select: list[str], base: str, terms: list[str]) -> str:
+        params = {"$select": ",".join(select), "$filter": f"{base} and ({' or '.join(terms)})"}
+        return f"{self.config.api_url}/{entity.entity_set}?{urlencode(params, quote_via=quote)}"
+
+    def _get_in_batches(self, urls: Sequence[str], describe: str) -> list[dict[str, Any]]:
+        """The rows every GET of ``urls`` answers (following their next links), the GETs sent
+        inside ``$batch`` calls of at most ``batch_size``. A refused GET fails the call as its
+        error says (a 429 with its Retry-After stops the run cleanly)."""
+        rows: list[dict[str, Any]] = []
+        pending = list(urls)
+        while pending:
+            chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
+            prefer = {"Prefer": f"odata.maxpagesize={self.config.page_size}"}
+            content_type, body = encode([PartRequest("GET", url, None, prefer) for url in chunk])
+            response = self._request(
+                "POST",
+                f"{self.config.api_url}/$batch",
+                f"{describe}: $batch of {len(chunk)}",
+                headers={"Content-Type": content_type},
+                data=body,
+            )
+            answers = decode(response.headers.get("Content-Type", ""), response.content)
+            for answer in answers:
+                if answer.status >= 300:
+                    raise _part_error(describe, answer, response.headers.get("Date"))
+                page = answer.body if isinstance(answer.body, dict) else {}
+                rows += page.get("value", [])
+                if page.get("@odata.nextLink"):
+                    pending.append(self._checked_link(page["@odata.nextLink"]))
+            if len(answers) < len(chunk):
+                raise ConnectorError(
+                    f"{describe}: the $batch answered {len(answers)} of {len(chunk)} requests",
+                    ErrorRule(Action.RETRY, Fault.TRANSIENT, "batch cut short"),
+                )
+        return rows
+
+    def _write_journeys(
+        self, updates: Sequence[sdk.RecordUpdate], positions: Sequence[int]
+    ) -> Iterator[dict[int, sdk.WriteResult]]:
+        """Pushes to ``consentsync_journeys_contact``: each purpose field set to true creates that
+        purpose's consent row for the contact's address, Opted out, where it has none. Nothing
+        else is written: a row is never created for anything but a no (the mapping pushes true
+        only for it: ``push: {withdrawn: true}``), never changed, never deleted."""
+        answered: dict[int, sdk.WriteResult] = {}
+        valid: list[int] = []
+        for index in positions:
+            item = updates[index]
+            if item.action is sdk.WriteAction.DELETE:
+                # The record is the contact's view: an erasure's delete is the contact's own.
+                answered[index] = sdk.WriteResult(item.record_id, True)
+            elif not _GUID.match(item.record_id):
+                answered[index] = sdk.WriteResult(
+                    item.record_id, False, "INVALID_ID", "not a Dataverse row id"
+                )
+            elif any(journeys.purpose_of(n) is None or v is not True for n, v in item.fields.items()):
+                answered[index] = sdk.WriteResult(
+                    item.record_id,
+                    False,
+                    "INVALID_FIELD",
+                    f"{JOURNEYS_CONTACT} takes purpose_<id> fields set to true (create the "
+                    "purpose's consent row, Opted out) and nothing else",
+                )
+            else:
+                valid.append(index)
+        if answered:
+            yield answered
+        most = max((len(updates[index].fields) for index in valid), default=1)
+        yield from sdk.write_in_passes(
+            valid,
+            lambda chunk: self._create_rows([updates[i] for i in chunk]),
+            size=max(1, self.config.batch_size // max(1, most)),
+            retries=self.config.write_retries,
+            max_wait=self.config.max_rate_limit_wait,
+        )
+
+    def _create_rows(self, items: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
+        """One call for the contacts' addresses, one for the consent rows they have, one
+        ``$batch`` creating the missing rows (``PATCH`` of the row's derived id with
+        ``If-None-Match: *``: a create sent again answers 412 and creates nothing)."""
+        addresses = self._contact_addresses([item.record_id for item in items])
+        wanted: dict[tuple[str, str], str] = {}  # (address key, purpose) -> the address as written
+        for item in items:
+            written = addresses.get(item.record_id.lower())
+            key = journeys.address_key(written)
+            if key is None or written is None:
+                continue  # no address (or the contact is gone): nothing to create
+            for name in item.fields:
+                purpose = journeys.purpose_of(name)
+                assert purpose is not None
+                wanted.setdefault((key, purpose), written.strip())
+        existing = self._consent_rows({key for key, _ in wanted}, {purpose for _, purpose in wanted})
+        missing = [pair for pair in wanted if pair not in existing]
+        answers: dict[tuple[str, str], sdk.WriteResult] = {}
+        if missing:
+            answers = self._send_creates(missing, wanted)
+        results = []
+        for item in items:
+            key = journeys.address_key(addresses.get(item.record_id.lower()))
+            failed = [
+                answers[pair]
+                for name in item.fields
+                if key is not None
+                and (pair := (key, str(journeys.purpose_of(name)))) in answers
+                and not answers[pair].ok
+            ]
+            done = sdk.WriteResult(item.record_id, True)
+            results.append(replace(failed[0], record_id=item.record_id) if failed else done)
+        return results
+
+    def _contact_addresses(self, record_ids: Sequence[str]) -> dict[str, str | None]:
+        """Contact id -> its address (``emailaddress1``); a contact that no longer exists is left
+        out."""
+        entity = self._entity("contact")
+        ids = sorted({record_id.lower() for record_id in record_ids})
+        urls = []
+        for start in range(0, len(ids), 200):
+            terms = " or ".join(f"{entity.primary_id} eq {i}" for i in ids[start : start + 200])
+            params = {"$select": f"{entity.primary_id},{CONTACT_EMAIL}", "$filter": terms}
+            urls.append(f"{self.config.api_url}/{entity.entity_set}?{urlencode(params, quote_via=quote)}")
+        return {
+            str(row[entity.primary_id]).lower(): row.get(CONTACT_EMAIL)
+            for row in self._get_in_batches(urls, f"read {entity.entity_set}")
+        }
+
+    def _send_creates(
+        self, missing: Sequence[tuple[str, str]], written: Mapping[tuple[str, str], str]
+    ) -> dict[tuple[str, str], sdk.WriteResult]:
+        entity = self._entity(CONSENT_TABLE)
+        purpose_set = self._entity("msdynmkt_purpose").entity_set
+        key = self.config.client_secret.encode()
+        ids = {pair: journeys.row_id(key, pair[1], pair[0]) for pair in missing}
+        parts = [
+            PartRequest(
+                "PATCH",
+                f"{self.config.api_url}/{entity.entity_set}({ids[pair]})",
+                journeys.new_row(written[pair], pair[1], purpose_set),
+                {"If-None-Match": "*"},  # create only: a row with this id is not changed
+            )
+            for pair in missing
+        ]
+        response, answers = self._batch(parts, f"$batch creating {len(parts)} {entity.entity_set}")
+        out: dict[tuple[str, str], sdk.WriteResult] = {}
+        created = 0
+        for position, pair in enumerate(missing):
+            if position >= len(answers):
+                out[pair] = sdk.WriteResult(ids[pair], False, "NOT_EXECUTED", "not executed", True)
+                continue
+            answer = answers[position]
+            code, _message = answer.error
+            if answer.status < 300:
+                created += 1
+                out[pair] = sdk.WriteResult(ids[pair], True)
+            elif answer.status == 412 or code in _EXISTS:
+                out[pair] = sdk.WriteResult(ids[pair], True)  # there already (a create re-sent)
+            else:
+                refused = _part_result(ids[pair], answer, response.headers.get("Date"))
+                out[pair] = replace(refused, message=journeys.redacted(refused.message))
+        self.rows_created += created
+        # Ids and counts only: the rows hold addresses.
+        log.info(
+            "dynamics.journeys_rows_created",
+            connector=self.name,
+            created=created,
+            already_there=sum(1 for r in out.values() if r.ok) - created,
+            refused=sum(1 for r in out.values() if not r.ok),
+        )
+        return out
+
+    def irreversible(self, update: sdk.RecordUpdate) -> set[str]:
+        """A consent row the connector creates is not undone by it (it never deletes one, nor
+        writes Opted in): the engine writes it only for an evidenced no."""
+        if update.object_type == JOURNEYS_CONTACT and update.action is sdk.WriteAction.UPDATE:
+            return set(update.fields)
+        return super().irreversible(update)
+
     # -- writing -------------------------------------------------------------------------------
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One ``$batch`` per yield: its answers as it returns. Requests refused with a transient
         error are sent again (``write_retries`` times) in later batches and answered when those
-        return; the rest of their batch is answered at once."""
+        return; the rest of their batch is answered at once. Pushes to
+        ``consentsync_journeys_contact`` (consent rows to create) go last, so that an erasure's
+        anonymise of the same contact is written first."""
         refused: dict[int, sdk.WriteResult] = {}
         pending: list[int] = []
+        created: list[int] = []
         for index, item in enumerate(updates):
-            if not _GUID.match(item.record_id):
+            if item.object_type == JOURNEYS_CONTACT:
+                created.append(index)  # after the rest: an erasure's anonymise goes first
+            elif not _GUID.match(item.record_id):
                 refused[index] = sdk.WriteResult(
                     item.record_id, False, "INVALID_ID", "not a Dataverse row id"
                 )
@@ -471,6 +812,8 @@ class DynamicsConnector(sdk.Connector):
             retries=self.config.write_retries,
             max_wait=self.config.max_rate_limit_wait,
         )
+        if created:
+            yield from self._write_journeys(updates, created)
 
     def _write_batch(self, updates: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
         parts = []
@@ -490,15 +833,7 @@ class DynamicsConnector(sdk.Connector):
                     {"If-Match": "*"},  # update only: a PATCH without it creates a missing row
                 )
             )
-        content_type, body = encode(parts)
-        response = self._request(
-            "POST",
-            f"{self.config.api_url}/$batch",
-            f"$batch of {len(parts)}",
-            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-            data=body,
-        )
-        answers = decode(response.headers.get("Content-Type", ""), response.content)
+        response, answers = self._batch(parts, f"$batch of {len(parts)}")
         results = []
         for position, item in enumerate(updates):
             if position >= len(answers):
@@ -511,6 +846,19 @@ class DynamicsConnector(sdk.Connector):
                 answer = PartResponse(204, None, answer.headers)
             results.append(_part_result(item.record_id, answer, response.headers.get("Date")))
         return results
+
+    def _batch(self, parts: list[PartRequest], describe: str) -> tuple[Any, list[PartResponse]]:
+        """Sends ``parts`` as one ``$batch`` that goes on past a failed part; the answer and its
+        parts' answers, in order (fewer where the service stopped)."""
+        content_type, body = encode(parts)
+        response = self._request(
+            "POST",
+            f"{self.config.api_url}/$batch",
+            describe,
+            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
+            data=body,
+        )
+        return response, decode(response.headers.get("Content-Type", ""), response.content)
 
     def close(self) -> None:
         self.api.close()
@@ -566,6 +914,15 @@ def _error_of(response: requests.Response) -> tuple[str | None, str]:
 
 def _classified(describe: str, response: requests.Response) -> ConnectorError:
     return sdk.response_error(describe, response, ERRORS, *_error_of(response))
+
+
+def _part_error(describe: str, answer: PartResponse, date: str | None) -> ConnectorError:
+    """A request of a ``$batch`` refused, as the error the table says (with its Retry-After)."""
+    code, message = answer.error
+    rule = ERRORS.classify(answer.status, code)
+    wait = sdk.retry_after_value(answer.headers.get("retry-after"), date)
+    text = journeys.redacted(message[:300])  # a refused look-up may quote its $filter
+    return ConnectorError(f"{describe}: {answer.status} {code or ''} {text}", rule, retry_after=wait)
 
 
 def _part_result(record_id: str, answer: PartResponse, date: str | None = None) -> sdk.WriteResult:

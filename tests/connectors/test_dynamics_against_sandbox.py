@@ -5,6 +5,7 @@ writes, 429 with Retry-After, token renewal, hostile values in $filter, trust se
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -390,3 +391,178 @@ def test_links_are_this_environments_however_its_host_is_spelled() -> None:
     ):
         with pytest.raises(ConnectorError, match="link outside"):
             connector._checked_link(foreign)
+
+
+JOURNEYS = "consentsync_journeys_contact"
+MARKETING_FIELD = "purpose_6f0b1c7e0d6a4c1e9a51000000000001"
+PROFILING_FIELD = "purpose_6f0b1c7e0d6a4c1e9a51000000000002"
+
+
+def _consent_row(dv: DynamicsSandbox, address: str, purpose_field: str, **more: Any) -> str:
+    purpose = str(uuid.UUID(hex=purpose_field.removeprefix("purpose_")))
+    return dv.environment.create(
+        "msdynmkt_contactpointconsent4",
+        {
+            "msdynmkt_contactpointvalue": address,
+            "msdynmkt_contactpointtype": 534120000,
+            "msdynmkt_value": 534120001,
+            "_msdynmkt_purposeid_value": purpose,
+            **more,
+        },
+    )
+
+
+def test_the_journeys_contact_is_the_contact_with_a_field_per_purpose_saying_whether_it_has_a_row(
+    dv: DynamicsSandbox,
+) -> None:
+    """True where the contact's address has an Email row for the purpose itself (any value, any
+    state, the address in any letter case) or where it has no address; empty where a row is
+    missing, a topic's row or a phone number's row standing for none."""
+    env = dv.environment
+    made = {
+        name: env.create("contact", {"lastname": name, "emailaddress1": address})
+        for name, address in [
+            ("none", "journeys-none@example.test"),
+            ("marketing", "Journeys-Marketing@Example.test"),
+            ("topic", "journeys-topic@example.test"),
+            ("text", "journeys-text@example.test"),
+            ("inactive", "journeys-inactive@example.test"),
+            ("blank", None),
+        ]
+    }
+    _consent_row(dv, "journeys-marketing@example.test", MARKETING_FIELD, msdynmkt_value=534120002)
+    _consent_row(
+        dv, "journeys-topic@example.test", MARKETING_FIELD, _msdynmkt_topicid_value=str(uuid.uuid4())
+    )
+    _consent_row(dv, "journeys-text@example.test", MARKETING_FIELD, msdynmkt_contactpointtype=534120001)
+    _consent_row(dv, "journeys-inactive@example.test", PROFILING_FIELD, statecode=1)
+    connector = connector_for(dv)
+    assert {MARKETING_FIELD, PROFILING_FIELD} <= set(connector.describe(JOURNEYS))
+    fields = ["emailaddress1", MARKETING_FIELD, PROFILING_FIELD]
+    batches = dv.calls["batch"]
+    records = {r.record_id: r for r in connector.read_changes(JOURNEYS, fields, Cursor(), read_until())}
+    assert {r.object_type for r in records.values()} == {JOURNEYS}
+    assert len(records) == env.count("contact")
+    shown = {
+        name: [records[i].fields[f] for f in (MARKETING_FIELD, PROFILING_FIELD)] for name, i in made.items()
+    }
+    assert shown == {
+        "none": [None, None],
+        "marketing": [True, None],
+        "topic": [None, None],
+        "text": [None, None],
+        "inactive": [None, True],
+        "blank": [True, True],  # no address: nothing to create
+    }
+    # One look-up of the consent rows per page read (the page holds 40 contacts).
+    assert dv.calls["batch"] - batches == -(-len(records) // 40)
+    with pytest.raises(ConnectorError, match="purpose_00000000000000000000000000000009"):
+        list(
+            connector.read_changes(
+                JOURNEYS, ["purpose_00000000000000000000000000000009"], Cursor(), read_until()
+            )
+        )
+
+
+def test_a_pushed_true_creates_the_missing_row_once_and_the_read_leaves_it_out_until_someone_changes_it(
+    dv: DynamicsSandbox,
+) -> None:
+    env = dv.environment
+    contact = env.create("contact", {"lastname": "No", "emailaddress1": " Said.No@example.test "})
+    other = env.create("contact", {"lastname": "Yes", "emailaddress1": "said.yes@example.test"})
+    gone = env.create("contact", {"lastname": "Gone", "emailaddress1": "gone@example.test"})
+    env.delete("contact", gone)
+    connector = connector_for(dv)
+    read = _read(connector, Cursor(), "msdynmkt_contactpointconsent4")
+    cursor = connector.completed_cursor
+    assert cursor is not None and read
+    updates = [
+        RecordUpdate(JOURNEYS, contact, {MARKETING_FIELD: True, PROFILING_FIELD: True}),
+        RecordUpdate(JOURNEYS, contact.upper(), {MARKETING_FIELD: True}),  # the same, twice
+        RecordUpdate(JOURNEYS, other, {MARKETING_FIELD: False}),  # never anything but true
+        RecordUpdate(JOURNEYS, other, {"donotemail": True}),
+        RecordUpdate(JOURNEYS, gone, {MARKETING_FIELD: True}),  # no contact: nothing to create
+        RecordUpdate(JOURNEYS, contact, {}, WriteAction.DELETE),  # the contact's, not this view's
+    ]
+    results = connector.write(updates)
+    assert [r.ok for r in results] == [True, True, False, False, True, True]
+    assert results[2].error_code == results[3].error_code == "INVALID_FIELD"
+    mine = [r for r in env.records("msdynmkt_contactpointconsent4") if r["msdynmkt_reason"]]
+    assert sorted(r["_msdynmkt_purposeid_value"][-1] for r in mine) == ["1", "2"]
+    assert {r["msdynmkt_contactpointvalue"] for r in mine} == {"Said.No@example.test"}
+    assert connector.rows_created == 2
+    # Written again (a lost answer, a crash): the rows are found, none is added.
+    assert all(r.ok for r in connector.write(updates[:2]))
+    assert len([r for r in env.records("msdynmkt_contactpointconsent4") if r["msdynmkt_reason"]]) == 2
+    # Read back, they are the connector's own: left out of the consent rows, delta or keyset.
+    assert _read(connector, cursor, "msdynmkt_contactpointconsent4") == []
+    assert {r.record_id for r in _read(connector_for(dv), Cursor(), "msdynmkt_contactpointconsent4")} == {
+        r.record_id for r in read
+    }
+    # Changed by someone else (the person opts in on a preference center): read as any row.
+    env.update(
+        "msdynmkt_contactpointconsent4",
+        mine[0]["msdynmkt_contactpointconsent4id"],
+        {"msdynmkt_value": 534120001},
+    )
+    assert [r.record_id for r in _read(connector, cursor, "msdynmkt_contactpointconsent4")] == [
+        mine[0]["msdynmkt_contactpointconsent4id"]
+    ]
+    # The engine writes them only for an evidenced no.
+    assert connector.irreversible(updates[0]) == {MARKETING_FIELD, PROFILING_FIELD}
+    assert connector.irreversible(RecordUpdate("contact", contact, {"donotemail": True})) == set()
+
+
+def test_a_create_sent_again_finds_the_first(dv: DynamicsSandbox) -> None:
+    """A create re-sent after its answer was lost (before the look-up could see the row) answers
+    that the row exists: one row, done. So does a create an alternate key an admin defined on the
+    table refuses (someone else's row for the address and purpose)."""
+    connector = connector_for(dv)
+    pair = ("again@example.test", "6f0b1c7e-0d6a-4c1e-9a51-000000000001")
+    first = connector._send_creates([pair], {pair: "again@example.test"})
+    second = connector._send_creates([pair], {pair: "again@example.test"})
+    assert first[pair].ok and second[pair].ok and connector.rows_created == 1
+    rows = dv.environment.records("msdynmkt_contactpointconsent4")
+    assert [r["msdynmkt_contactpointvalue"] for r in rows].count("again@example.test") == 1
+    dv.environment.add_alternate_key(
+        "msdynmkt_contactpointconsent4",
+        "contactpoint_purpose",
+        ["msdynmkt_contactpointvalue", "_msdynmkt_purposeid_value"],
+    )
+    theirs = _consent_row(dv, "other@example.test", MARKETING_FIELD)
+    other = ("other@example.test", pair[1])
+    assert connector._send_creates([other], {other: "OTHER@example.test"})[other].ok
+    same = [
+        r
+        for r in dv.environment.records("msdynmkt_contactpointconsent4")
+        if r["msdynmkt_contactpointvalue"].lower() == "other@example.test"
+    ]
+    assert [r["msdynmkt_contactpointconsent4id"] for r in same] == [theirs] and connector.rows_created == 1
+
+
+def test_a_page_of_many_addresses_is_looked_up_in_one_batch_of_long_gets(dv: DynamicsSandbox) -> None:
+    """A page of 900 contacts: their addresses go in a few GETs of one $batch (a GET's URL may
+    be 64 KB there), every one answered; an address with a quote in it is an OData literal."""
+    env = dv.environment
+    made = {}
+    for number in range(900):
+        address = f"o'neill.person-{number:04d}@a-rather-long-domain.example.test"
+        made[env.create("contact", {"lastname": "Many", "emailaddress1": address})] = number
+        if number % 3 == 0:
+            _consent_row(dv, address.upper(), MARKETING_FIELD)
+    connector = connector_for(dv, page_size=5000)
+    batches = dv.calls["batch"]
+    records = list(
+        connector.read_changes(JOURNEYS, ["emailaddress1", MARKETING_FIELD], Cursor(), read_until())
+    )
+    shown = {made[r.record_id]: r.fields[MARKETING_FIELD] for r in records if r.record_id in made}
+    assert shown == {number: (True if number % 3 == 0 else None) for number in range(900)}
+    assert dv.calls["batch"] - batches == 1 and dv.batch_requests >= 3
+
+
+def test_addresses_are_left_out_of_the_service_s_messages() -> None:
+    from consentsync_dynamics.journeys import redacted
+
+    said = "Syntax error at position 80 in 'msdynmkt_contactpointvalue eq ''ann.lee@example.test'''."
+    assert redacted(said) == "Syntax error at position 80 in 'msdynmkt_contactpointvalue eq ''<address>'''."
+    assert redacted("no address here") == "no address here" and redacted(None) is None

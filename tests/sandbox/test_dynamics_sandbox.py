@@ -400,3 +400,83 @@ def test_the_anonymise_write_of_the_contact_mapping_is_accepted(dv: DynamicsSand
     row = dv.environment.get("contact", contact)
     assert row is not None and row["lastname"] == "Erased" and row["emailaddress1"] is None
     assert row["fullname"] == "Erased"
+
+
+def test_a_consent_row_is_created_as_the_web_api_creates_one(dv: DynamicsSandbox) -> None:
+    """POST to the entity set (204 and OData-EntityId; with return=representation 201 and the
+    row), the purpose lookup bound through its navigation property as declared (msdynmkt_purposeId,
+    case-sensitive) to a purpose that exists, the option sets of the table reference, and the
+    application user as the row's creator (WhoAmI's UserId)."""
+    session = _session(dv)
+    consents = f"{dv.api_url()}/msdynmkt_contactpointconsent4s"
+    purpose = "6f0b1c7e-0d6a-4c1e-9a51-000000000002"
+    row = {
+        "msdynmkt_contactpointvalue": "new@example.test",
+        "msdynmkt_contactpointtype": 534120000,
+        "msdynmkt_value": 534120002,
+        "msdynmkt_contactpointconsenttype": 534120000,
+        "msdynmkt_purposeId@odata.bind": f"/msdynmkt_purposes({purpose})",
+        "msdynmkt_source": 534120000,
+        "msdynmkt_logicalreason": 534119999,
+        "msdynmkt_reason": "made by a test",
+    }
+    created = session.post(consents, json=row)
+    assert created.status_code == 204, created.text
+    new_id = re.search(r"\(([0-9a-f-]{36})\)$", created.headers["OData-EntityId"]).group(1)  # type: ignore[union-attr]
+    stored = dv.environment.get("msdynmkt_contactpointconsent4", new_id)
+    assert stored is not None and stored["_msdynmkt_purposeid_value"] == purpose
+    whoami = session.get(dv.api_url() + "/WhoAmI").json()["UserId"]
+    assert stored["_createdby_value"] == stored["_modifiedby_value"] == whoami
+    shown = session.post(
+        consents + "?$select=msdynmkt_value,_msdynmkt_purposeid_value",
+        json={**row, "msdynmkt_contactpointvalue": "shown@example.test"},
+        headers={"Prefer": "return=representation"},
+    )
+    assert shown.status_code == 201 and "OData-EntityId" not in shown.headers
+    body = shown.json()
+    assert body["msdynmkt_value"] == 534120002 and body["_msdynmkt_purposeid_value"] == purpose
+    assert body["msdynmkt_contactpointconsent4id"] and "msdynmkt_contactpointvalue" not in body
+    refusals = [
+        ({"msdynmkt_purposeid@odata.bind": f"/msdynmkt_purposes({purpose})"}, 400, "0x80060888"),
+        (
+            {"msdynmkt_purposeId@odata.bind": "/msdynmkt_purposes(99999999-0d6a-4c1e-9a51-000000000002)"},
+            404,
+            "0x80040217",
+        ),
+        ({"msdynmkt_purposeId@odata.bind": f"/contacts({purpose})"}, 400, "0x80060888"),
+        ({"msdynmkt_source": "Web form"}, 400, "0x80048d19"),
+        ({"msdynmkt_source": 7}, 400, "0x8004431a"),
+    ]
+    for change, status, code in refusals:
+        body = {k: v for k, v in row.items() if not k.endswith("@odata.bind")} | change
+        answer = session.post(consents, json=body)
+        assert (answer.status_code, answer.json()["error"]["code"]) == (status, code), change
+    # Made by someone using the app, the row names them, not the application user.
+    mine = dv.environment.create("msdynmkt_contactpointconsent4", {"msdynmkt_value": 534120001})
+    assert dv.environment.get("msdynmkt_contactpointconsent4", mine)["_createdby_value"] != whoami  # type: ignore[index]
+
+
+def test_create_only_upserts_and_alternate_keys_answer_412(dv: DynamicsSandbox) -> None:
+    """PATCH with If-None-Match: * creates a row that does not exist and refuses one that does
+    (412, "Perform conditional operations using the Web API"); an alternate key refuses a row
+    whose values another row holds (412 0x80060892, text compared without regard to case)."""
+    session = _session(dv)
+    consents = f"{dv.api_url()}/msdynmkt_contactpointconsent4s"
+    new_id = "0c0c0c0c-1111-4222-8333-444444444444"
+    body = {"msdynmkt_contactpointvalue": "key@example.test", "msdynmkt_value": 534120002}
+    first = session.patch(f"{consents}({new_id})", json=body, headers={"If-None-Match": "*"})
+    assert first.status_code == 204 and dv.environment.get("msdynmkt_contactpointconsent4", new_id)
+    again = session.patch(
+        f"{consents}({new_id})", json={"msdynmkt_value": 534120001}, headers={"If-None-Match": "*"}
+    )
+    assert again.status_code == 412
+    assert dv.environment.get("msdynmkt_contactpointconsent4", new_id)["msdynmkt_value"] == 534120002  # type: ignore[index]
+    dv.environment.add_alternate_key(
+        "msdynmkt_contactpointconsent4", "contactpoint", ["msdynmkt_contactpointvalue"]
+    )
+    twin = session.post(consents, json={**body, "msdynmkt_contactpointvalue": "KEY@example.test"})
+    assert (twin.status_code, twin.json()["error"]["code"]) == (412, "0x80060892")
+    assert (
+        session.post(consents, json={**body, "msdynmkt_contactpointvalue": "else@example.test"}).status_code
+        == 204
+    )

@@ -8,12 +8,23 @@ it was given but takes the row version of the commit, as change tracking orders 
 :meth:`DataverseEnvironment.merge` is the Merge action (subordinate deactivated, ``merged``,
 ``masterid``). Every change stamps ``modifiedon`` with the current time in whole seconds (as Dataverse stores
 it, so many rows share one second) and takes the next ``versionnumber`` of the environment; a
-change-tracking token names the version it was issued at.
+change-tracking token names the version it was issued at. Every row carries ``createdby`` and
+``modifiedby`` (read as ``_createdby_value``, ``_modifiedby_value``): the application user
+(:attr:`DataverseEnvironment.user_id`, WhoAmI's UserId) for a change made through the Web API,
+a person using the app (:attr:`DataverseEnvironment.crm_user_id`) for one made here directly.
+
+A lookup is written with its navigation property, as the Web API declares it (case matters:
+``msdynmkt_purposeId@odata.bind``, the Contact Point Consent table reference's
+ReferencingEntityNavigationPropertyName), naming a row of the target table that exists.
+:meth:`DataverseEnvironment.add_alternate_key` defines an alternate key (none by default: the
+Contact Point Consent reference lists none), which a create or an update whose values are
+another row's refuses with 412 ``0x80060892``.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -24,6 +35,9 @@ from typing import Any
 from consentsync.sandbox.server import SandboxError
 
 __all__ = [
+    "CONSENT_REASONS",
+    "CONSENT_SOURCES",
+    "CONSENT_TYPES",
     "CONSENT_VALUES",
     "CONTACT_POINT_TYPES",
     "PURPOSES",
@@ -33,9 +47,34 @@ __all__ = [
     "Table",
 ]
 
-# Customer Insights - Journeys option sets (crm-apis.md).
-CONTACT_POINT_TYPES = {534120000: "Email", 534120001: "Text", 534120003: "Voice"}
+# Customer Insights - Journeys option sets (crm-apis.md; the Contact Point Consent
+# (msdynmkt_contactpointconsent4) table/entity reference).
+CONTACT_POINT_TYPES = {534120000: "Email", 534120001: "Text", 534120002: "Custom", 534120003: "Voice"}
 CONSENT_VALUES = {534120000: "Not set", 534120001: "Opted in", 534120002: "Opted out"}
+# msdynmkt_source (global choice msdynmkt_consentsource) and msdynmkt_logicalreason ("Reason",
+# msdynmkt_reason); msdynmkt_contactpointconsenttype (msdynmkt_consentlevel).
+CONSENT_SOURCES = {
+    534120000: "Internal",
+    534120001: "Preference page",
+    534120002: "Text message",
+    534120003: "Loaded",
+    534120004: "Preference Center",
+    534120005: "Realtime Marketing Form",
+    534120006: "Subscription Center",
+    534120007: "Email - list-unsubscribe",
+}
+CONSENT_REASONS = {
+    534119999: "No reasons",
+    534120000: "Opt-in - Advertisement",
+    534120001: "Opt-in - Landing page",
+    534120002: "Opt-in - Events",
+    534120003: "Opt-out - Content was irrelevant",
+    534120004: "Opt-out - Received too frequently",
+    534120005: "Opt-out - Didn't recall signing up",
+    534120006: "Opt-out - Privacy concerns",
+    534120007: "Opt-out - One-click unsubscribe",
+}
+CONSENT_TYPES = {534120000: "Purpose", 534120001: "Topic"}
 # The sandbox's purposes, with fixed ids so that mapping files can name them.
 PURPOSES = {
     "6f0b1c7e-0d6a-4c1e-9a51-000000000001": "Email Marketing",
@@ -69,6 +108,10 @@ class Column:
     options: tuple[int, ...] = ()
     max_length: int | None = None
     logical_name: str | None = None  # a lookup's logical name (without _..._value)
+    # A lookup the Web API writes: its navigation property (``{navigation}@odata.bind``, case
+    # as declared) and the logical name of the table it points to.
+    navigation: str | None = None
+    target: str | None = None
 
     @property
     def edm(self) -> str:
@@ -86,6 +129,8 @@ class Table:
     tombstones: list[tuple[int, str]] = field(default_factory=list)  # (version, id)
     # Rows whose transaction has not committed: no read sees them (see begin_late).
     pending: set[str] = field(default_factory=set)
+    # Alternate keys (add_alternate_key): name -> the columns whose values are unique together.
+    alternate_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def types(self) -> dict[str, str]:
         return {name: column.edm for name, column in self.columns.items()}
@@ -98,6 +143,8 @@ def _system_columns(primary: str) -> list[Column]:
         Column("createdon", "DateTime", updatable=False),
         Column("versionnumber", "BigInt", updatable=False),
         Column("statecode", "State", options=(0, 1)),
+        Column("_createdby_value", "Lookup", updatable=False, logical_name="createdby"),
+        Column("_modifiedby_value", "Lookup", updatable=False, logical_name="modifiedby"),
     ]
 
 
@@ -146,12 +193,30 @@ def _tables() -> dict[str, Table]:
         "msdynmkt_contactpointconsent4s",
         "msdynmkt_contactpointconsent4id",
         [
-            Column("msdynmkt_contactpointvalue", "String", max_length=320),
+            Column("msdynmkt_contactpointvalue", "String", max_length=400),
             Column("msdynmkt_contactpointtype", "Picklist", options=tuple(CONTACT_POINT_TYPES)),
             Column("msdynmkt_value", "Picklist", options=tuple(CONSENT_VALUES)),
-            # Read as _msdynmkt_purposeid_value; written as msdynmkt_purposeid@odata.bind.
-            Column("_msdynmkt_purposeid_value", "Lookup", updatable=False, logical_name="msdynmkt_purposeid"),
-            Column("msdynmkt_source", "String", max_length=200),
+            # Read as _msdynmkt_purposeid_value; written as msdynmkt_purposeId@odata.bind.
+            Column(
+                "_msdynmkt_purposeid_value",
+                "Lookup",
+                updatable=False,
+                logical_name="msdynmkt_purposeid",
+                navigation="msdynmkt_purposeId",
+                target="msdynmkt_purpose",
+            ),
+            # Set on a topic's row (msdynmkt_contactpointconsenttype Topic) beside its purpose.
+            Column(
+                "_msdynmkt_topicid_value",
+                "Lookup",
+                updatable=False,
+                logical_name="msdynmkt_topicid",
+                navigation="msdynmkt_topicId",
+            ),
+            Column("msdynmkt_contactpointconsenttype", "Picklist", options=tuple(CONSENT_TYPES)),
+            Column("msdynmkt_source", "Picklist", options=tuple(CONSENT_SOURCES)),
+            Column("msdynmkt_logicalreason", "Picklist", options=tuple(CONSENT_REASONS)),
+            Column("msdynmkt_reason", "String", max_length=500),  # "Reason Description"
         ],
     )
     purpose = _table(
@@ -175,6 +240,9 @@ class DataverseEnvironment:
         self.organization_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000001))
         self.user_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000002))
         self.business_unit_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000003))
+        # Someone using the app (a marketer, Customer Insights - Journeys' own service): the
+        # createdby and modifiedby of a change made here directly rather than through the Web API.
+        self.crm_user_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000004))
         self.clock = clock or (lambda: datetime.now(UTC))
         self._rng = random.Random(0)
         for purpose_id, name in PURPOSES.items():
@@ -188,20 +256,31 @@ class DataverseEnvironment:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def _stamp(self, row: dict[str, Any], moment: datetime | None = None) -> None:
+    def _stamp(self, row: dict[str, Any], moment: datetime | None = None, by: str | None = None) -> None:
         self.version += 1
         row["versionnumber"] = self.version
         row["modifiedon"] = moment or self.now()
+        row["_modifiedby_value"] = by or self.crm_user_id
 
     def convert(self, table: Table, values: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
         """Checks and converts a JSON body's properties; raises RowError as Dataverse words it."""
         out: dict[str, Any] = {}
-        lookups = {c.logical_name: c for c in table.columns.values() if c.logical_name}
+        lookups = {c.navigation: c for c in table.columns.values() if c.navigation}
         for name, value in values.items():
-            if name.endswith("@odata.bind") and name[: -len("@odata.bind")] in lookups:
-                column = lookups[name[: -len("@odata.bind")]]
-                bound = str(value).rsplit("(", 1)[-1].rstrip(")") if isinstance(value, str) else ""
-                out[column.name] = _checked(table, column, bound)
+            if name.endswith("@odata.bind"):
+                column = lookups.get(name[: -len("@odata.bind")])
+                if column is None:
+                    # Property names are case-sensitive: a lookup's logical name (lower case) is
+                    # not its navigation property.
+                    raise RowError(
+                        400,
+                        "0x80060888",
+                        f"An undeclared property '{name[: -len('@odata.bind')]}' which only has "
+                        "property annotations in the payload but no property value was found in the "
+                        "payload. In OData, only declared navigation properties and declared named "
+                        "streams can be represented as properties without values.",
+                    )
+                out[column.name] = self._bound(table, column, value)
                 continue
             if name.startswith("@") or "@odata." in name:
                 continue
@@ -218,7 +297,54 @@ class DataverseEnvironment:
             out[name] = _checked(table, column, value)
         return out
 
-    def create(self, logical_name: str, values: Mapping[str, Any], *, record_id: str | None = None) -> str:
+    def _bound(self, table: Table, column: Column, value: Any) -> str:
+        """The id a ``{navigation}@odata.bind`` names (``/msdynmkt_purposes(id)``, with or
+        without the leading slash): a row of the lookup's target table that exists."""
+        match = re.fullmatch(r"/?(\w+)\(([^()]*)\)", value) if isinstance(value, str) else None
+        target = self.tables.get(column.target) if column.target else None
+        if match is None or (target is not None and match.group(1) != target.entity_set):
+            raise RowError(
+                400,
+                "0x80060888",
+                f"The value of '{column.navigation}@odata.bind' on '{table.entity_set}' is not a URI "
+                f"of a {column.target or 'record'}: {str(value)[:80]!r}.",
+            )
+        bound = _checked(table, column, match.group(2))
+        if target is not None and bound not in target.rows:
+            raise RowError(404, "0x80040217", f"{target.logical_name} With Id = {bound} Does Not Exist")
+        return str(bound)
+
+    def add_alternate_key(self, logical_name: str, name: str, columns: Iterable[str]) -> None:
+        """An alternate key on ``columns`` (Power Apps > Tables > Keys): a create or an update
+        that would give two rows the same values for them is refused."""
+        with self.lock:
+            table = self.tables[logical_name]
+            table.alternate_keys[name] = tuple(columns)
+
+    def _check_keys(self, table: Table, row: Mapping[str, Any], record_id: str) -> None:
+        for name, columns in table.alternate_keys.items():
+            mine = tuple(_key_value(row.get(c)) for c in columns)
+            if any(value is None for value in mine):
+                continue
+            for other_id, other in table.rows.items():
+                if other_id != record_id and tuple(_key_value(other.get(c)) for c in columns) == mine:
+                    raise RowError(
+                        412,
+                        "0x80060892",
+                        f"A record that has the attribute values {', '.join(columns)} already exists. "
+                        f"The entity key {name} requires that this set of attributes contains unique "
+                        "values. Select unique values and try again.",
+                    )
+
+    def create(
+        self,
+        logical_name: str,
+        values: Mapping[str, Any],
+        *,
+        record_id: str | None = None,
+        by: str | None = None,
+    ) -> str:
+        """A new row; ``by``: the user making it (someone using the app by default)."""
         with self.lock:
             table = self.tables[logical_name]
             new_id = (record_id or str(uuid.UUID(int=self._rng.getrandbits(128), version=4))).lower()
@@ -230,27 +356,34 @@ class DataverseEnvironment:
             row.update(values)
             row[table.primary_id] = new_id
             row["createdon"] = now
+            row["_createdby_value"] = by or self.crm_user_id
             row["statecode"] = row.get("statecode") or 0
             if logical_name == "contact":
                 row["fullname"] = (
                     " ".join(p for p in (row.get("firstname"), row.get("lastname")) if p) or None
                 )
-            self._stamp(row, now)
+            self._check_keys(table, row, new_id)
+            self._stamp(row, now, by)
             table.rows[new_id] = row
             return new_id
 
-    def update(self, logical_name: str, record_id: str, values: Mapping[str, Any]) -> None:
+    def update(
+        self, logical_name: str, record_id: str, values: Mapping[str, Any], *, by: str | None = None
+    ) -> None:
+        """Changes a row; ``by``: the user making the change (someone using the app by default)."""
         with self.lock:
             table = self.tables[logical_name]
             row = table.rows.get(record_id.lower())
             if row is None:
                 raise RowError(404, "0x80040217", f"{logical_name} With Id = {record_id} Does Not Exist")
+            if table.alternate_keys:
+                self._check_keys(table, {**row, **values}, record_id.lower())
             row.update(values)
             if logical_name == "contact":
                 row["fullname"] = (
                     " ".join(p for p in (row.get("firstname"), row.get("lastname")) if p) or None
                 )
-            self._stamp(row)
+            self._stamp(row, by=by)
 
     def begin_late(self, logical_name: str, values: Mapping[str, Any]) -> str:
         """A row created in a transaction that has not committed (a long plug-in chain, a bulk
@@ -271,7 +404,7 @@ class DataverseEnvironment:
             self.version += 1
             table.rows[record_id.lower()]["versionnumber"] = self.version
 
-    def merge(self, logical_name: str, target_id: str, subordinate_id: str) -> None:
+    def merge(self, logical_name: str, target_id: str, subordinate_id: str, *, by: str | None = None) -> None:
         """The Merge action: the subordinate row is deactivated (statecode 1), ``merged`` set
         and ``masterid`` pointed at the target; both rows are stamped."""
         with self.lock:
@@ -282,8 +415,8 @@ class DataverseEnvironment:
             if subordinate.get("merged"):
                 raise RowError(400, "0x8004d2a9", "The subordinate record has already been merged.")
             subordinate.update({"statecode": 1, "merged": True, "_masterid_value": target_id.lower()})
-            self._stamp(subordinate)
-            self._stamp(target)
+            self._stamp(subordinate, by=by)
+            self._stamp(target, by=by)
 
     def delete(self, logical_name: str, record_id: str) -> None:
         with self.lock:
@@ -369,7 +502,8 @@ class DataverseEnvironment:
                             "msdynmkt_contactpointtype": kind,
                             "msdynmkt_value": rng.choice([534120000, 534120001, 534120001, 534120002]),
                             "_msdynmkt_purposeid_value": rng.choice(list(PURPOSES)),
-                            "msdynmkt_source": rng.choice(["Web form", "Event", "Import", None]),
+                            # Realtime Marketing Form, Internal, Loaded or none.
+                            "msdynmkt_source": rng.choice([534120005, 534120000, 534120003, None]),
                         },
                     )
                     self._backdate("msdynmkt_contactpointconsent4", consent_id, moment)
@@ -385,6 +519,11 @@ class DataverseEnvironment:
     ) -> Iterable[dict[str, Any]]:
         with self.lock:
             return [dict(r) for key, r in table.rows.items() if key not in table.pending and keep(r)]
+
+
+def _key_value(value: Any) -> Any:
+    # Text compares as SQL Server's default collation does: without regard to case.
+    return value.casefold() if isinstance(value, str) else value
 
 
 def _checked(table: Table, column: Column, value: Any) -> Any:

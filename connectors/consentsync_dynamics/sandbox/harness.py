@@ -26,39 +26,41 @@ ENVIRONMENT_START = dt.datetime(2019, 9, 2, 7, 45, tzinfo=dt.UTC)
 _EMAIL_MARKETING, _PROFILING, _SERVICE = PURPOSES
 _OPTED_IN, _OPTED_OUT, _NOT_SET = 534120001, 534120002, 534120000
 _EMAIL_POINT = 534120000
+# msdynmkt_source (a choice): Realtime Marketing Form, Internal, Loaded (an import).
+_FORM, _INTERNAL, _LOADED = 534120005, 534120000, 534120003
 
 #: The environment's people in the order they were created: (first name, last name, address,
 #: the contact's "Do Not Allow" columns ticked later, consent rows for the address as (purpose
 #: id, value, source)). The first four may still receive bulk email (the contract withdraws them
 #: on the web site and expects a push).
-_PEOPLE: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, int, str | None], ...]], ...] = (
-    ("Ana", "Müller", "ana.mueller@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, "Web form"),)),
+_PEOPLE: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, int, int | None], ...]], ...] = (
+    ("Ana", "Müller", "ana.mueller@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, _FORM),)),
     ("Björn", "Lind", "bjorn.lind@example.test", (), ()),
     ("Chloé", "Dubois", "chloe.dubois@example.test", ("donotphone",),
-     ((_SERVICE, _OPTED_IN, "Event"),)),
+     ((_SERVICE, _OPTED_IN, _INTERNAL),)),
     ("Dmitri", "Rossi", "dmitri.rossi@example.test", ("donotpostalmail",),
-     ((_EMAIL_MARKETING, _NOT_SET, "Import"),)),
+     ((_EMAIL_MARKETING, _NOT_SET, _LOADED),)),
     ("Eve", "O'Brien", "eve.obrien@example.test", ("donotbulkemail",),
-     ((_EMAIL_MARKETING, _OPTED_OUT, "Web form"),)),
+     ((_EMAIL_MARKETING, _OPTED_OUT, _FORM),)),
     ("Farah", "Okafor", "farah.okafor@example.test", ("donotemail",), ()),
     ("Gus", "Smith", "gus.smith@example.test", ("donotbulkemail", "donotphone", "donotfax"), ()),
     ("Hana", "Nakamura", "hana.nakamura@example.test", (),
-     ((_EMAIL_MARKETING, _OPTED_IN, "Event"), (_PROFILING, _OPTED_OUT, "Web form"))),
+     ((_EMAIL_MARKETING, _OPTED_IN, _INTERNAL), (_PROFILING, _OPTED_OUT, _FORM))),
     ("Ivo", "García", "ivo.garcia@example.test", ("donotpostalmail", "donotphone"), ()),
     ("June", "Dubois", "june.dubois@example.test", ("donotbulkemail",), ()),
     ("Kai", "Lind", "kai.lind@example.test", (), ((_SERVICE, _OPTED_OUT, None),)),
     ("Lena", "Müller", "lena.mueller@example.test", ("donotemail", "donotbulkemail"),
-     ((_EMAIL_MARKETING, _OPTED_OUT, "Web form"),)),
+     ((_EMAIL_MARKETING, _OPTED_OUT, _FORM),)),
     ("Milo", "Rossi", "milo.rossi@example.test", (), ()),
-    ("Nora", "Smith", "nora.smith@example.test", ("donotfax",), ((_EMAIL_MARKETING, _OPTED_IN, "Import"),)),
+    ("Nora", "Smith", "nora.smith@example.test", ("donotfax",), ((_EMAIL_MARKETING, _OPTED_IN, _LOADED),)),
     ("Oskar", "Okafor", "oskar.okafor@example.test", ("donotbulkemail",), ()),
-    ("Pia", "Nakamura", "pia.nakamura@example.test", (), ((_EMAIL_MARKETING, _NOT_SET, "Event"),)),
+    ("Pia", "Nakamura", "pia.nakamura@example.test", (), ((_EMAIL_MARKETING, _NOT_SET, _INTERNAL),)),
     ("Rui", "García", "rui.garcia@example.test", ("donotphone",), ()),
-    ("Sara", "O'Brien", "sara.obrien@example.test", (), ((_PROFILING, _OPTED_IN, "Web form"),)),
+    ("Sara", "O'Brien", "sara.obrien@example.test", (), ((_PROFILING, _OPTED_IN, _FORM),)),
     ("Timo", "Dubois", "timo.dubois@example.test", ("donotbulkemail", "donotpostalmail"), ()),
     ("Uma", "Lind", "uma.lind@example.test", (), ()),
-    ("Vik", "Müller", "vik.mueller@example.test", ("donotemail",), ((_SERVICE, _OPTED_OUT, "Web form"),)),
-    ("Wen", "Rossi", "wen.rossi@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, "Web form"),)),
+    ("Vik", "Müller", "vik.mueller@example.test", ("donotemail",), ((_SERVICE, _OPTED_OUT, _FORM),)),
+    ("Wen", "Rossi", "wen.rossi@example.test", (), ((_EMAIL_MARKETING, _OPTED_IN, _FORM),)),
 )  # fmt: skip
 #: People on two contacts: (index in _PEOPLE, the second contact's ticked columns, how the second
 #: contact ends: "kept" (both active, the address in another letter case), "merged" (merged into

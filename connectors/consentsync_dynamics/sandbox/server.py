@@ -27,7 +27,14 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   page; a GET of the delta link answers what changed since, deleted rows as
   ``{"@odata.context": ".../$metadata#{set}/$deletedEntity", "id", "reason": "deleted"}``.
 * ``GET|PATCH|DELETE /api/data/v9.2/{set}({id})``, ``POST /api/data/v9.2/{set}``. PATCH is an
-  upsert unless ``If-Match: *`` (then 404 for a missing row).
+  upsert unless ``If-Match: *`` (then 404 for a missing row) or ``If-None-Match: *`` (create
+  only: 412 "A record with matching key values already exists." for a row that exists). POST
+  creates (204 with ``OData-EntityId``, or with ``Prefer: return=representation`` 201 with the
+  row, ``$select`` honoured, and no ``OData-EntityId``); a lookup is set with
+  ``{navigation property}@odata.bind`` (case as declared). A row whose values an alternate key
+  already holds is refused with 412 ``0x80060892`` (no table has one unless a test adds it:
+  ``DataverseEnvironment.add_alternate_key``). Changes made through the Web API are the
+  application user's (``modifiedby``, ``createdby``: WhoAmI's UserId).
 * ``POST /api/data/v9.2/Merge`` (contacts): the subordinate row is deactivated (``statecode`` 1)
   with ``merged`` true and ``masterid`` (read ``_masterid_value``) naming the target; it stays
   readable and comes in the next delta as a changed row.
@@ -45,7 +52,9 @@ Where the documentation is silent the sandbox chooses, and the connector must no
 change tracking refuses ``$filter``, ``$orderby``, ``$top`` (400, 0x80060888); an expired delta
 token answers 400 ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400 0x80060888; a
 row in the fault switch ``fail_ids`` answers 500 ``0x80044150``; more than 1000 batch requests
-answer 400 ``0x8006088a``; GUIDs sort as their lower-case text.
+answer 400 ``0x8006088a``; GUIDs sort as their lower-case text; a POST naming the id of a row
+that exists answers 412 ``0x80040237``; a lookup bound to a row that does not exist answers 404
+``0x80040217``.
 """
 
 from __future__ import annotations
@@ -520,16 +529,7 @@ class DynamicsSandbox(HttpsSandbox):
             if method == "GET":
                 return self._query(version, table, request)
             if method == "POST":
-                values = self.environment.convert(table, _body(request), creating=True)
-                new_id = self.environment.create(
-                    table.logical_name, values, record_id=values.get(table.primary_id)
-                )
-                return SandboxResponse(
-                    204,
-                    b"",
-                    None,
-                    {"OData-EntityId": f"{self.api_url(version)}/{table.entity_set}({new_id})"},
-                )
+                return self._create(version, table, request)
         raise ODataError(f"Resource not found for the segment '{rest}'.", status=404)
 
     def _table(self, entity_set: str) -> Table:
@@ -553,12 +553,13 @@ class DynamicsSandbox(HttpsSandbox):
         ids = [normalize_guid(str(part.get(table.primary_id) or "")) for part in (target, subordinate)]
         if ids[0] is None or ids[1] is None:
             raise ODataError(f"Target and Subordinate must name the {table.primary_id}.")
-        self.environment.merge(table.logical_name, ids[0], ids[1])
+        by = self.environment.user_id
+        self.environment.merge(table.logical_name, ids[0], ids[1], by=by)
         update = body.get("UpdateContent")
         if isinstance(update, dict):
             values = self.environment.convert(table, update, creating=False)
             if values:
-                self.environment.update(table.logical_name, ids[0], values)
+                self.environment.update(table.logical_name, ids[0], values, by=by)
         return SandboxResponse(204, b"", None)
 
     # -- metadata ------------------------------------------------------------------------------
@@ -590,7 +591,7 @@ class DynamicsSandbox(HttpsSandbox):
                     {
                         "LogicalName": column.logical_name or column.name,
                         "AttributeType": column.type,
-                        "IsValidForUpdate": column.updatable or bool(column.logical_name),
+                        "IsValidForUpdate": column.updatable or column.navigation is not None,
                         "IsValidForRead": True,
                         "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{logical_name}.{column.name}")),
                     }
@@ -776,6 +777,28 @@ class DynamicsSandbox(HttpsSandbox):
 
     # -- writing -------------------------------------------------------------------------------
 
+    def _create(self, version: str, table: Table, request: SandboxRequest) -> SandboxResponse:
+        """POST to the entity set: 204 with the new row's URI in ``OData-EntityId``; with ``Prefer:
+        return=representation`` 201 with the row (its ``$select`` columns) instead."""
+        values = self.environment.convert(table, _body(request), creating=True)
+        new_id = self.environment.create(
+            table.logical_name,
+            values,
+            record_id=values.get(table.primary_id),
+            by=self.environment.user_id,
+        )
+        entity = f"{self.api_url(version)}/{table.entity_set}({new_id})"
+        if "return=representation" in (request.header("Prefer") or ""):
+            row = self.environment.get(table.logical_name, new_id)
+            assert row is not None
+            context = f"{self.api_url(version)}/$metadata#{table.entity_set}/$entity"
+            return _json(
+                201,
+                {"@odata.context": context} | self._render(table, row, self._select(table, request)),
+                {"Preference-Applied": "return=representation"},
+            )
+        return SandboxResponse(204, b"", None, {"OData-EntityId": entity})
+
     def _patch(self, version: str, table: Table, record_id: str, request: SandboxRequest) -> SandboxResponse:
         values = self.environment.convert(table, _body(request), creating=False)
         exists = self.environment.get(table.logical_name, record_id) is not None
@@ -788,10 +811,11 @@ class DynamicsSandbox(HttpsSandbox):
             raise RowError(
                 500, "0x80044150", "Generic SQL error: the row is locked by another transaction (timeout)."
             )
+        by = self.environment.user_id
         if exists:
-            self.environment.update(table.logical_name, record_id, values)
+            self.environment.update(table.logical_name, record_id, values, by=by)
         else:
-            self.environment.create(table.logical_name, values, record_id=record_id)
+            self.environment.create(table.logical_name, values, record_id=record_id, by=by)
         entity = f"{self.api_url(version)}/{table.entity_set}({record_id})"
         if "return=representation" in (request.header("Prefer") or ""):
             row = self.environment.get(table.logical_name, record_id)

@@ -1,0 +1,148 @@
+"""Customer Insights - Journeys consent rows the connector creates.
+
+Journeys decides whom it may message from its consent rows (``msdynmkt_contactpointconsent4``:
+one per contact point value, purpose and consent value), not from the contact's checkboxes. For a
+purpose whose enforcement model is non-restrictive it messages every address without an Opted
+out row, so a person's no that the ledger holds reaches Journeys only as a row: the connector
+updates the rows there are (contact_point_consent.yaml) and creates the missing one through the
+object :data:`JOURNEYS_CONTACT`.
+
+That object is no Dataverse table: each of its records is a contact (same id, read through the
+contact table's change tracking) seen from Journeys' consent center. Its field
+``purpose_<purpose id without dashes>`` is true when the contact's address (``emailaddress1``)
+has a purpose-level Email consent row for that purpose, or when the contact has no address
+(nothing to create), and empty otherwise. A mapping pushes true for a person's no only
+(``push: {withdrawn: true}``); the connector then creates the row, Opted out: source Internal,
+reason "No reasons", and :data:`MARKER` as its reason description (the Journeys documentation's
+way to tell the rows a sync wrote). Its id is derived from the purpose and the address under a
+key, so that a create re-sent (a lost answer, a crash) finds its first attempt instead of adding
+a second row (``PATCH`` with ``If-None-Match: *``: 412 when it exists).
+
+Read back, a row the connector created and nobody changed since (its marker, Opted out, and
+modified by whoever created it) is the connector's own write: the consent-row read leaves it out,
+so it is never taken for the person's choice. Once someone else changes it (the person in a
+preference center, a marketer), it is read as any other row.
+
+Sources: Microsoft Learn, "Create a consent record using a cloud flow" (Customer Insights -
+Journeys) and "Manage user compliance settings" (enforcement models); the Contact Point Consent
+(msdynmkt_contactpointconsent4) table/entity reference; Dataverse Web API "Perform conditional
+operations" (If-None-Match) and "Execute batch operations" (GET requests in a batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "CONSENT_TABLE",
+    "CONTACT_EMAIL",
+    "JOURNEYS_CONTACT",
+    "MARKER",
+    "OPTED_OUT",
+    "address_key",
+    "field_for",
+    "new_row",
+    "own_untouched",
+    "purpose_of",
+    "redacted",
+    "row_id",
+]
+
+#: The object whose records are contacts as Journeys' consent center sees them. No Dataverse
+#: table can be named so: a custom table's publisher prefix has at most eight characters.
+JOURNEYS_CONTACT = "consentsync_journeys_contact"
+CONSENT_TABLE = "msdynmkt_contactpointconsent4"
+#: The contact's column Journeys sends email to.
+CONTACT_EMAIL = "emailaddress1"
+#: Option set values (the Contact Point Consent table reference).
+EMAIL_POINT = 534120000  # msdynmkt_contactpointtype: Email
+OPTED_OUT = 534120002  # msdynmkt_value: Opted Out
+PURPOSE_LEVEL = 534120000  # msdynmkt_contactpointconsenttype: Purpose
+SOURCE_INTERNAL = 534120000  # msdynmkt_source: Internal
+NO_REASONS = 534119999  # msdynmkt_logicalreason: No reasons
+#: The navigation property the purpose lookup is written through (its
+#: ReferencingEntityNavigationPropertyName: property names are case-sensitive).
+PURPOSE_NAVIGATION = "msdynmkt_purposeId"
+#: msdynmkt_reason ("Reason Description", text) of every row the connector creates.
+MARKER_PREFIX = "consentsync:"
+MARKER = f"{MARKER_PREFIX} Opted out for the person's no recorded in the consent ledger"
+
+_FIELD = re.compile(r"^purpose_([0-9a-f]{32})$")
+_ADDRESS = re.compile(r"[^\s@<>()\[\]{},;:\"'`|/\\]+@[^\s@<>()\[\]{},;:\"'`|/\\]+")
+_NAMESPACE = uuid.UUID("0c6f1e0e-5b1a-4c8e-9d3a-6a5f3c0e7d21")
+
+
+def field_for(purpose_id: str) -> str:
+    """The field of :data:`JOURNEYS_CONTACT` that stands for a purpose."""
+    return f"purpose_{uuid.UUID(purpose_id).hex}"
+
+
+def purpose_of(field: str) -> str | None:
+    """The purpose id a field of :data:`JOURNEYS_CONTACT` names (None: not such a field)."""
+    match = _FIELD.match(field)
+    return str(uuid.UUID(hex=match.group(1))) if match else None
+
+
+def address_key(value: Any) -> str | None:
+    """An address as consent rows are matched to it (Dataverse compares text without regard to
+    case); None when it is no address (empty, or without an @)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    return text.lower() if "@" in text else None
+
+
+def redacted(text: str | None) -> str | None:
+    """An error message of the service with every address in it left out: a refused look-up or
+    create may quote the request (its $filter, its body), and the message is logged and kept in
+    the run's report and the quarantine."""
+    return _ADDRESS.sub("<address>", text) if text and "@" in text else text
+
+
+def row_id(key: bytes, purpose_id: str, address: str) -> str:
+    """The id of the row the connector creates for a purpose and an address (:func:`address_key`):
+    always the same, so that a create sent again finds the first; derived under ``key`` (the
+    connector's secret), so that the id does not give the address away to someone who guesses
+    it."""
+    digest = hmac.new(key, f"{purpose_id.lower()}\n{address}".encode(), hashlib.sha256).digest()
+    return str(uuid.uuid5(_NAMESPACE, digest.hex()))
+
+
+def new_row(address: str, purpose_id: str, purpose_set: str) -> dict[str, Any]:
+    """The body of a created row: Opted out, for the purpose (not a topic), on Email, its source
+    and reason as the Journeys documentation's cloud flow sets them, and :data:`MARKER`."""
+    return {
+        "msdynmkt_contactpointvalue": address,
+        "msdynmkt_contactpointtype": EMAIL_POINT,
+        "msdynmkt_value": OPTED_OUT,
+        "msdynmkt_contactpointconsenttype": PURPOSE_LEVEL,
+        f"{PURPOSE_NAVIGATION}@odata.bind": f"/{purpose_set}({purpose_id})",
+        "msdynmkt_source": SOURCE_INTERNAL,
+        "msdynmkt_logicalreason": NO_REASONS,
+        "msdynmkt_reason": MARKER,
+    }
+
+
+#: The consent-row columns :func:`own_untouched` reads (logical names).
+OWN_COLUMNS = ("msdynmkt_value", "msdynmkt_reason", "createdby", "modifiedby")
+
+
+def own_untouched(row: Mapping[str, Any], wire: Mapping[str, str]) -> bool:
+    """Whether a consent row (as the Web API answers it; ``wire``: logical name -> property) is
+    one the connector created that nobody has changed since: its marker, still Opted out, last
+    modified by whoever created it."""
+    reason = row.get(wire["msdynmkt_reason"])
+    created, modified = row.get(wire["createdby"]), row.get(wire["modifiedby"])
+    return (
+        isinstance(reason, str)
+        and reason.startswith(MARKER_PREFIX)
+        and row.get(wire["msdynmkt_value"]) == OPTED_OUT
+        and isinstance(created, str)
+        and isinstance(modified, str)
+        and created.lower() == modified.lower()
+    )
