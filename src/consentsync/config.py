@@ -35,7 +35,7 @@ from consentsync.identifiers import shaped
 from consentsync.reconcile import Policy
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.settings import ConnectorSettings
-from consentsync.yamlfile import Lines, LocatedError, describe, read_document, where
+from consentsync.yamlfile import Lines, LocatedError, describe, not_utf8, read_document, where
 
 CONFIG_ENV = "CONSENTSYNC_CONFIG"
 ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
@@ -410,11 +410,7 @@ def load_config(path: Path) -> Config:
             f"or pass --config / set {CONFIG_ENV})"
         ) from None
     except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}): save the file as UTF-8"
-        ) from None
+        raise ConfigError(not_utf8(path, error)) from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     return parse_config(text, path)

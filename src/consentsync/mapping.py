@@ -13,7 +13,9 @@ The loaded ``Mapping`` does the translating for the sync engine:
   reconcile, never the authority);
 * ``identity_from`` gives the record's id, normalised email and links to other records;
 * ``updates_for`` gives the field values that make the record show what the ledger decided, and
-  only those that differ from what the record already shows, so a push can be replayed safely.
+  only those where the record shows something else: a value its own pull table reads as the same
+  status or basis is left as the CRM holds it (one of several picklist values that mean the
+  same), and a push can be replayed safely.
 
 A value the tables do not know raises ``MappingValueError``; the engine quarantines that record
 and carries on.
@@ -62,10 +64,11 @@ from consentsync.domain import (
     shown,
     without_emails,
 )
-from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, read_document
+from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, not_utf8, read_document
 
 __all__ = [
     "FORMAT_VERSION",
+    "PUSH_DECISIONS_VERSION",
     "Direction",
     "Mapping",
     "MappingError",
@@ -79,6 +82,12 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
+# How ``Mapping.updates_for`` decides what to write, as a number for the push rules' digest
+# (sync/push_rules.py): raised when a release decides differently from the same mapping file, so
+# that pushes decided the older way and still waiting (an observing connector, a run held by the
+# push guard) are decided again before any is sent. 2: a value the field's own pull table reads as
+# the status or basis to write is left as the CRM holds it.
+PUSH_DECISIONS_VERSION = 2
 
 # Field and object names end up in SOQL (and other query languages) as they are written: only
 # API-name shapes pass. Letters, digits and _ (custom fields end in __c), starting with a letter;
@@ -806,6 +815,7 @@ class Mapping:
         "_consent_fields",
         "_field_lines",
         "_pull_fields",
+        "_readers",
         "object",
         "pairs",
         "path",
@@ -828,6 +838,24 @@ class Mapping:
         identity = spec.identity
         leave_out = {identity.email, identity.record_id, identity.modstamp}
         self._consent_fields = tuple(name for name in self._pull_fields if name not in leave_out)
+        # Every pull table that reads each field: a value pushed is left alone only where the
+        # record's value reads the same through all of them (SuperOffice's legal basis key is read
+        # as a status and as a basis).
+        readers: dict[str, list[dict[Any, Any]]] = {}
+        for consent in spec.consents:
+            status, basis = consent.status, consent.basis
+            read: list[tuple[str, dict[Any, Any] | None]] = [
+                (name, status.pull) for name in (status.field, *status.also_read)
+            ]
+            if basis is not None:
+                read.append((basis.field, basis.pull))
+            for ref in (consent.purpose, consent.channel):
+                if isinstance(ref, FromFieldSpec):
+                    read.append((ref.field, ref.values))
+            for name, table in read:
+                if table is not None:
+                    readers.setdefault(name, []).append(table)
+        self._readers = {name: tuple(tables) for name, tables in readers.items()}
         # Each consent with the (purpose, channel) pairs it always speaks for: asked for every
         # record a push is decided for.
         self.pairs = [(consent, consent.constant_pairs()) for consent in spec.consents]
@@ -999,6 +1027,14 @@ class Mapping:
         (direction push or both), and only where the record shows something else (a field the
         record lacks is written). Never raises: a push must not fail on what a record holds.
 
+        "Something else" is read through the mapping's own pull tables: a value that translates
+        to the same status or lawful basis as the one to write (and the same through any other
+        table reading that field) already says it, and is left as the CRM holds it. HubSpot's
+        three "Legitimate interest" options all read as legitimate_interests: a contact showing
+        "prospect/lead" is not relabelled "existing customer", a claim nobody made. A value that
+        reads otherwise, says nothing (null in the table), is empty or is not in the table is
+        written.
+
         A status field covering several channels is written as suppressed when any of them is
         suppressed (the most restrictive wins); a basis field is written from the ledger's basis,
         and left alone for a basis its push table does not name.
@@ -1014,14 +1050,14 @@ class Mapping:
             if status.direction.pushes and status.push is not None:
                 case = _push_case(present, status.push)
                 if case is not None and case in status.push:
-                    _update(updates, record, status.field, status.push[case])
+                    self._update(updates, record, status.field, status.push[case], status.pull)
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
                 wanted = present[0].basis
                 # Never a basis the ledger holds by default (no evidence, or evidence that
                 # named none): that would claim in the CRM what nobody stated.
                 if wanted in basis.push and present[0].basis_stated:
-                    _update(updates, record, basis.field, basis.push[wanted])
+                    self._update(updates, record, basis.field, basis.push[wanted], basis.pull)
         return updates
 
     def _pairs_shown(self, record: RecordMap[str, Any], consent: ConsentSpec) -> list[tuple[str, str]]:
@@ -1033,6 +1069,53 @@ class Mapping:
         except MappingValueError:
             return []
         return [(purpose, channel) for channel in channels] if purpose else []
+
+    def _update(
+        self,
+        updates: dict[str, Any],
+        record: RecordMap[str, Any],
+        field: str,
+        value: Any,
+        pull: dict[Any, Any] | None,
+    ) -> None:
+        """Adds ``field: value`` to ``updates`` unless the record already shows it: the same value
+        (as CRM values are compared), or one that reads as the same thing (``_reads_the_same``)
+        through ``pull``, the pull table of the entry that writes it. A field the record lacks is
+        written."""
+        if field in record:
+            current = record[field]
+            if crm_key(current) == crm_key(value):
+                return
+            if pull is not None and self._reads_the_same(field, pull, current, value):
+                return
+        updates[field] = value
+
+    def _reads_the_same(self, field: str, pull: dict[Any, Any], current: Any, value: Any) -> bool:
+        """Whether the record's ``current`` value of ``field`` says what ``value`` would: the same
+        status or basis (never nothing: null in the table, an empty field, a value the table does
+        not know) through ``pull``, and the same through every other table reading the field."""
+        meaning = self._reading(pull, current)
+        if meaning is None or meaning != self._reading(pull, value):
+            return False
+        return all(
+            self._reading(table, current) == self._reading(table, value)
+            for table in self._readers.get(field, ())
+        )
+
+    def _reading(self, table: dict[Any, Any] | None, value: Any) -> Any:
+        """What ``value`` says through the pull ``table``, for a push to compare: None where there
+        is no table, the value is empty or not in the table, or the table reads it as nothing.
+        Never raises (``_translate`` does, for a record read)."""
+        if table is None or _blank(value):
+            return None
+        return self._canonical_table(table).get(crm_key(value))
+
+    def _canonical_table(self, table: dict[Any, Any]) -> dict[Any, Any]:
+        """``table`` keyed the way CRM values are compared (``crm_key``), built once."""
+        canonical = self._canonical.get(id(table))
+        if canonical is None:
+            canonical = self._canonical[id(table)] = {crm_key(key): target for key, target in table.items()}
+        return canonical
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -1071,9 +1154,7 @@ class Mapping:
         self, record: RecordMap[str, Any], record_id: str, field: str, table: dict[Any, Any]
     ) -> Any:
         raw = field_value(record, field)
-        canonical = self._canonical.get(id(table))
-        if canonical is None:
-            canonical = self._canonical[id(table)] = {crm_key(key): target for key, target in table.items()}
+        canonical = self._canonical_table(table)
         wanted = crm_key(raw)
         if wanted in canonical:
             return canonical[wanted]
@@ -1246,12 +1327,6 @@ def _zone_unknown(record: RecordMap[str, Any], spec: ValueSpec | None) -> str | 
     return None
 
 
-def _update(updates: dict[str, Any], record: RecordMap[str, Any], field: str, value: Any) -> None:
-    if field in record and crm_key(record[field]) == crm_key(value):
-        return
-    updates[field] = value
-
-
 # -- loading -----------------------------------------------------------------------------------
 
 
@@ -1318,8 +1393,10 @@ def load_mapping(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MappingError(f"{path}: mapping file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise MappingError(f"{path}: cannot read: {getattr(error, 'strerror', None) or error}") from None
+    except UnicodeDecodeError as error:
+        raise MappingError(not_utf8(path, error)) from None
+    except OSError as error:
+        raise MappingError(f"{path}: cannot read: {error.strerror or error}") from None
     return parse_mapping(text, path, purposes=purposes, channels=channels)
 
 

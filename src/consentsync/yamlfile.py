@@ -299,3 +299,14 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
+
+
+def not_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """A file that is not UTF-8 (saved as UTF-16, or in a legacy code page), said the same for
+    every file it reads (a config, a mapping, a notice): the file, the line and byte, what is
+    accepted."""
+    line = error.object[: error.start].count(b"\n") + 1
+    return (
+        f"{path}:{line}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+        f"{error.start}): save the file as UTF-8"
+    )

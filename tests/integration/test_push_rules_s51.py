@@ -19,6 +19,7 @@ from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, subjects
 from consentsync.ledger.service import Ledger
+from consentsync.mapping import load_mapping
 from consentsync.sync import cursors
 from consentsync.sync import outbox as outbox_commands
 from consentsync.sync.engine import SyncEngine, SyncOptions
@@ -167,3 +168,19 @@ def test_a_dead_lettered_push_retried_after_a_newer_decision_is_not_sent_over_it
     with ledger.engine.connect() as conn:
         status = conn.execute(select(outbox.c.status).where(outbox.c.id == dead)).scalar_one()
     assert status == "superseded"
+
+
+def test_a_release_that_decides_pushes_otherwise_has_the_waiting_ones_decided_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pushes decided the older way and waiting (an observing connector, a held run) were sent as
+    # decided: the digest named the mappings and options only, not how the code decides from them
+    # (version 2 leaves a value the field's own pull table reads as the one to write).
+    from consentsync.sync import push_rules
+
+    mappings = [load_mapping(path) for path in shipped_mappings("salesforce", "contact.yaml", "lead.yaml")]
+    options = SyncOptions(mode="two_way")
+    now = push_rules.push_rules_digest(mappings, options)
+    assert push_rules.push_rules_digest(mappings, options) == now
+    monkeypatch.setattr(push_rules, "PUSH_DECISIONS_VERSION", push_rules.PUSH_DECISIONS_VERSION - 1)
+    assert push_rules.push_rules_digest(mappings, options) != now

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select
 from consentsync.domain import canonical_json
 from consentsync.ledger.bulk import db_time, upsert_rows
 from consentsync.ledger.schema import outbox, sync_cursors
-from consentsync.mapping import Mapping
+from consentsync.mapping import PUSH_DECISIONS_VERSION, Mapping
 
 # The sync_cursors row that holds the digest ("~": no CRM object is named so; see LEDGER_FEED).
 PUSH_RULES = "~push-rules"
@@ -41,6 +41,9 @@ def push_rules_digest(mappings: Iterable[Mapping], options: PushOptions) -> str:
     mode, the erasure actions and each mapping whole (a change to a mapping's reads alone
     re-examines the waiting people for nothing, which is cheap and never wrong)."""
     body = {
+        # How the code decides (mapping.PUSH_DECISIONS_VERSION): a release that decides otherwise
+        # from the same files has the waiting pushes decided again.
+        "decisions": PUSH_DECISIONS_VERSION,
         "mode": options.mode,
         "erasure_actions": dict(options.erasure_actions),
         # personal_fields stay in: an erasure's anonymise writes them.
