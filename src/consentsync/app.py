@@ -50,24 +50,70 @@ SQUASHED_REVISIONS = frozenset({"0001", "0002", "0003", "0004", "0005", "0006", 
 LAST_COMMIT_WITH_SQUASHED_REVISIONS = "799c0bf"
 
 
-def migration_state(engine: Engine) -> str | None:
+def migration_state(engine: Engine, *, migrating: bool = False) -> str | None:
+    """The ledger's migration, or None where it has none yet (no ``alembic_version`` table). A
+    table there but not readable (a role without its privileges) is the database's refusal, not
+    a ledger without migrations: raised, for ``ledger_problem`` to name the role and the table."""
     try:
         with engine.connect() as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except (OperationalError, ProgrammingError) as error:
-        if "alembic_version" in str(error.orig):
+        said = str(error.orig).lower()
+        state = getattr(error.orig, "sqlstate", None)
+        if "alembic_version" in said and (state == "42P01" or "no such table" in said):
+            _check_schema_usage(engine, migrating=migrating)
             return None
         raise
 
 
+def _check_schema_usage(engine: Engine, *, migrating: bool) -> None:
+    """On PostgreSQL, a schema of the sessions' search path that the role may not use is left out
+    of it silently: the ledger's tables then look absent, and "run init" would be the wrong
+    advice. Such a schema is named, with the role, as the privilege refused (LedgerNotReady)."""
+    if engine.dialect.name != "postgresql":
+        return
+    from consentsync.ledger.problems import not_allowed
+
+    with engine.connect() as conn:
+        role, in_effect, path = conn.execute(
+            text("SELECT current_user, current_schema(), current_setting('search_path')")
+        ).one()
+        names = [part.strip().strip('"') for part in path.split(",")]
+        names = [role if name == "$user" else name for name in names if name]
+        unusable = set(
+            conn.execute(
+                text(
+                    "SELECT nspname FROM pg_namespace WHERE nspname = ANY(:names)"
+                    " AND NOT has_schema_privilege(oid, 'USAGE')"
+                ),
+                {"names": names},
+            ).scalars()
+        )
+    # Only a schema before the one in effect was skipped: one after it is not where the ledger is.
+    for name in names:
+        if name == in_effect:
+            return
+        if name in unusable:
+            said = f"permission denied for schema {name}"
+            raise LedgerNotReady(
+                f"the ledger database at {_server(engine)}: {not_allowed(role, said, migrating=migrating)}"
+            )
+
+
+def _server(engine: Engine) -> str:
+    url = engine.url
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
 @contextmanager
-def ledger_refusals(url: str) -> Iterator[None]:
+def ledger_refusals(url: str, *, migrating: bool = False) -> Iterator[None]:
     """A damaged, read-only, full or unreachable ledger as ``LedgerNotReady`` with one line
-    naming the file (or server) and what to do (ledger/problems.py)."""
+    naming the file (or server) and what to do (ledger/problems.py). ``migrating``: the block
+    applies migrations (a privilege refused is the tables' owner's to hold)."""
     try:
         yield
     except (DBAPIError, sqlite3.DatabaseError) as error:
-        problem = ledger_problem(error, url)
+        problem = ledger_problem(error, url, migrating=migrating)
         if problem is None:
             raise
         raise LedgerNotReady(problem.message, problem.exit_code) from None
@@ -132,8 +178,16 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
             f"no ledger at {database}: run 'consentsync init' to create it "
             f"(or fix ledger.url in {config.path})"
         )
-    with ledger_refusals(config.ledger_url):
-        current = migration_state(engine)
+    # The erasure key is checked first: a key refused (too short, its file unreadable) must leave
+    # no ledger behind that init made or a migration changed (check_erasure_key, below, compares
+    # it with the ledger's once the ledger is there).
+    try:
+        config.erasure_key_and_source()
+    except ConfigError:
+        engine.dispose()
+        raise
+    with ledger_refusals(config.ledger_url, migrating=migrate):
+        current = migration_state(engine, migrating=migrate)
         if current in SQUASHED_REVISIONS:
             raise LedgerNotReady(
                 f"the ledger {safe_url(config.ledger_url)} is at development migration {current}, which "
@@ -179,6 +233,11 @@ KEY_CHECK_SETTING = "erasure_key_check"
 KEY_CHECK_TEXT = b"consentsync erasure key check v1"
 # Tables whose rows are what init itself records (keyed by no key), and the settings.
 _UNKEYED_TABLES = frozenset({"alembic_version", "purposes", "audit_head", "ledger_settings"})
+# Tables holding hashes keyed by the erasure key, by which an erased person is recognised: the
+# suppression list (the erased addresses) and the CRM records' snapshots (the address each record
+# last showed). (The console's throttle and a failed login's audit entry hold keyed digests too,
+# of names tried: another key loses no erased person there.)
+KEYED_HASH_TABLES = ("suppressions", "crm_snapshots")
 
 
 def erasure_key_check(key: bytes) -> str:
@@ -240,8 +299,17 @@ def check_erasure_key(engine: Engine, config: Config) -> bytes:
     raise LedgerNotReady(
         f"{source}: this erasure key is not the one the ledger {safe_url(config.ledger_url)} is keyed "
         f"with (key check {mine}; the ledger's is {stored}): with it the erased people would not "
-        f"be recognised and a sync would import them again; use the ledger's key (it keyed: {held})"
+        f"be recognised and a sync would import them again; use the ledger's key ({_keyed_said(held)})"
     )
+
+
+def _keyed_said(held: str) -> str:
+    """What a refusal of another key says the ledger's key keyed: the tables holding its keyed
+    hashes, not every table holding a row (runs, cursors, leases, notices: no hash of a key)."""
+    keyed = [name for name in held.split(", ") if name in KEYED_HASH_TABLES]
+    if keyed:
+        return f"its keyed hashes are in: {', '.join(keyed)}"
+    return "none of its keyed hashes is stored yet, but it takes a new key only before anything is recorded"
 
 
 def _key_the_ledger_holds(engine: Engine, config: Config) -> bytes:

@@ -192,6 +192,7 @@ def handled(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        refuse_undecodable_options()
         try:
             return func(*args, **kwargs)
         except LedgerNotReady as error:
@@ -228,6 +229,43 @@ def handled(func: F) -> F:
             fail(f"{label}: {error}", exit_codes.for_connector_error(error.rule))
 
     return wrapper  # type: ignore[return-value]
+
+
+def not_utf8(data: bytes) -> str | None:
+    """Where ``data`` stops being UTF-8, as an error line says it ("byte 0xe9 at offset 3"), or
+    None where it is UTF-8 throughout."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"byte {data[error.start]:#04x} at offset {error.start}"
+    return None
+
+
+def refuse_undecodable_options() -> None:
+    """Refuses, before the command does anything, an option or argument holding bytes that are not
+    UTF-8 (the shell passes them as lone surrogates): named with the byte and its offset, never its
+    value (an address, a name). Paths are exempt: a file's name need not be UTF-8."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for param in ctx.command.params:
+        if isinstance(param.type, (click.Path, click.File)) or param.name not in ctx.params:
+            continue
+        given = ctx.params[param.name]
+        for value in given if isinstance(given, (tuple, list)) else (given,):
+            if not isinstance(value, str) or value.isascii():
+                continue
+            try:
+                where = not_utf8(value.encode("utf-8", "surrogateescape"))
+            except UnicodeEncodeError:  # a surrogate no byte stands for
+                where = "a character that is no Unicode text"
+            if where is not None:
+                long_names = [opt for opt in param.opts if opt.startswith("--")]
+                is_option = isinstance(param, click.Option)
+                name = (long_names or param.opts)[0] if is_option else param.human_readable_name
+                if "email" in (param.name or ""):  # said as every malformed address is
+                    name += ": malformed email address"
+                fail(f"{name}: not UTF-8 text ({where}): accepted is UTF-8 text; nothing was changed")
 
 
 def configured(func: F) -> F:

@@ -141,13 +141,14 @@ def notice() -> None:
 def notice_add(purpose: str, file: Path, version: str, language: str, as_json: bool) -> None:
     """Register FILE (UTF-8 text) as notice VERSION of PURPOSE. A version names one text forever."""
     from consentsync.hub import notices
+    from consentsync.yamlfile import not_utf8
 
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInput(f"{file}: no such file") from None
     except UnicodeDecodeError as error:
-        raise InvalidInput(f"{file}: not UTF-8 text (byte {error.start})") from None
+        raise InvalidInput(not_utf8(file, error)) from None
     added = notices.add(current_ledger(), purpose, version, text, language=language, actor=login_name())
     if as_json:
         emit_json(added.as_dict())

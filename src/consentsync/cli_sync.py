@@ -573,7 +573,8 @@ def sandbox() -> None:
     "--dir",
     "workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the demo's config, ledger and mappings here (default: a new temporary folder).",
+    help="Keep the demo's config, ledger and mappings here: a new or empty folder, or one a previous "
+    "demo made, whose ledger is replaced by a fresh one (default: a new temporary folder).",
 )
 @click.option(
     "--crms",
@@ -592,24 +593,28 @@ def demo(records: int, workdir: Path | None, crms: str | None, hub: bool) -> Non
     """Sync a seeded Salesforce sandbox with a fresh ledger, change it, sync again, report
     (with --crms: one person across several CRMs' sandboxes; with --hub: capture and preference
     centre end to end)."""
+    from consentsync.demo import claim_workdir, mark_finished
+
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        workdir = workdir.resolve()  # a relative --dir: the config's paths are relative to itself
+        # A new or empty folder, or a previous demo's: never a setup's, whose config and mappings
+        # the demo would overwrite and whose append-only ledger it would fill with synthetic people.
+        workdir = claim_workdir(workdir, say=click.echo)
     if hub:
         from consentsync.demo_hub import run_hub_demo
 
         chosen = [name.strip() for name in crms.split(",") if name.strip()] if crms else None
         run_hub_demo(chosen, records=min(records, 50), workdir=workdir, say=click.echo)
-        return
-    if crms:
+    elif crms:
         from consentsync.demo_crms import run_crms_demo
 
         vendors = [name.strip() for name in crms.split(",") if name.strip()]
         run_crms_demo(vendors, records=min(records, 50), workdir=workdir, say=click.echo)
-        return
-    from consentsync.demo import run_demo
+    else:
+        from consentsync.demo import run_demo
 
-    run_demo(records=records, workdir=workdir, say=click.echo)
+        run_demo(records=records, workdir=workdir, say=click.echo)
+    if workdir is not None:
+        mark_finished(workdir)
 
 
 @main.command("plan")

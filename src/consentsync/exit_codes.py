@@ -6,7 +6,8 @@
 | 1 | FAILED | an error consentsync did not expect (details in the log) | alert |
 | 2 | CONFIG | bad configuration, mapping or input: retrying will not help | alert an admin |
 | 3 | HELD | the push guard held the run's pushes: review `consentsync plan`, then `apply` | alert an admin |
-| 4 | QUARANTINED | finished, with records quarantined (`consentsync quarantine list`) | warn |
+| 4 | QUARANTINED | `sync` or `apply` finished, with records quarantined |
+|   |             | (`consentsync runs show RUN`) | warn |
 | 5 | AUDIT_BROKEN | `audit verify`: the audit chain, the consent events or a signed checkpoint |
 |   |              | do not verify (an entry changed, added or removed outside consentsync, the |
 |   |              | chain cut back): tampering or damage; the first broken one is named | alert |

@@ -3,13 +3,18 @@ what is wrong with it, and what to do; with the exit code a scheduler acts on (e
 
 SQLite names its troubles in its messages (a file that is not a database, a damaged or truncated
 one, a read-only file, a full disk); PostgreSQL's server going away is an ``OperationalError``
-whose connection is gone. Neither is shown as a traceback.
+whose connection is gone, and a role without the privileges a table needs is SQLSTATE 42501.
+Neither is shown as a traceback.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
+import re
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -75,9 +80,10 @@ def _orig(error: BaseException) -> BaseException:
     return error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
 
 
-def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
+def ledger_problem(error: BaseException, url: str, *, migrating: bool = False) -> LedgerProblem | None:
     """The one-line explanation of ``error`` raised by the ledger at ``url``, or None where the
-    error is not the database's (a bug, bad input: the caller's to handle)."""
+    error is not the database's (a bug, bad input: the caller's to handle). ``migrating``: the
+    error came from applying migrations (a privilege refused is then the owner's to hold)."""
     cause = _orig(error)
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     try:
@@ -88,6 +94,8 @@ def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
         lowered = text.lower()
         for needle, what, todo, code in _SQLITE:
             if needle in lowered:
+                if needle == "unable to open database file" and Path(_file(parsed.database)).is_dir():
+                    what, todo = "is a directory, not a SQLite file", "point ledger.url at a database file"
                 return LedgerProblem(f"the ledger file {_file(parsed.database)} {what}: {todo}", code)
         if isinstance(cause, sqlite3.DatabaseError):
             return LedgerProblem(
@@ -113,6 +121,9 @@ def ledger_problem(error: BaseException, url: str) -> LedgerProblem | None:
     refused = _refused_at_login(state, text)
     if refused is not None:
         return LedgerProblem(f"the ledger database at {server} {refused}", exit_codes.CONFIG)
+    if state == "42501":  # insufficient_privilege: the role's grants, which waiting will not mend
+        refused = not_allowed(_role(parsed), text, error, migrating=migrating)
+        return LedgerProblem(f"the ledger database at {server}: {refused}", exit_codes.CONFIG)
     if isinstance(error, SQLAlchemyError) and _connection_gone(error):
         return LedgerProblem(
             f"the ledger database at {server} cannot be reached now ({text}): retry when it is back",
@@ -131,13 +142,73 @@ _LOGIN_REFUSED = (
     ("28000", "no pg_hba.conf entry", "", "does not let this user in from this host (pg_hba.conf)"),
 )
 
+# What libpq itself says when the server asks for a password the URL does not give (no SQLSTATE:
+# the client gives up before the server has refused anything): a scheduler retrying it would
+# retry for ever.
+_NO_PASSWORD = "fe_sendauth: no password supplied"
+
 
 def _refused_at_login(state: str, text: str) -> str | None:
     lowered = text.lower()
+    if _NO_PASSWORD in lowered:
+        return (
+            "asks for a password and none was given: put it in ledger.url (percent-encoded: "
+            "postgresql://USER:PASSWORD@HOST/DATABASE) or in the environment variable PGPASSWORD "
+            f"({_NO_PASSWORD})"
+        )
     for code, words, subject, what in _LOGIN_REFUSED:
         if (state == code and words in lowered) or (words in lowered and f"fatal:  {subject}" in lowered):
             return f"{what} ({text})"
     return None
+
+
+# "permission denied for table sync_runs", "... for schema ledger", "must be owner of table x".
+_DENIED = re.compile(r"(?:permission denied for|must be owner of) (\w+) \"?([^\"\s]+)\"?", re.IGNORECASE)
+_READS = ("select", "with")
+_WRITES = ("insert", "update", "delete")
+
+
+def not_allowed(role: str, text: str, error: BaseException | None = None, *, migrating: bool = False) -> str:
+    """What a role refused a privilege (SQLSTATE 42501) may not do, and who can mend it: the
+    tables' owner, by granting (``db grant``) or by migrating itself (a migration alters tables,
+    which only their owner may)."""
+    found = _DENIED.search(text)
+    kind, name = (found.group(1).lower(), found.group(2)) if found else ("", "")
+    if migrating or text.lower().startswith("must be owner"):
+        return (
+            f"role {role} may not change the ledger's tables ({text}): migrations are the owner's to "
+            "run: run `consentsync migrate` as the ledger's owner, then "
+            f"`consentsync db grant --app-role {role}`"
+        )
+    statement = (getattr(error, "statement", None) or "").lstrip().lower()
+    verb = "read" if statement.startswith(_READS) else "write to" if statement.startswith(_WRITES) else "use"
+    what = f"{kind} {name}" if kind and kind != "table" else name or "the ledger's tables"
+    return (
+        f"role {role} may not {verb} {what} ({text}): run `consentsync db grant --app-role {role}` "
+        "as the ledger's owner"
+    )
+
+
+def _role(parsed: object) -> str:
+    """The role a PostgreSQL URL's sessions act as: its ``-c role=`` option (SET ROLE at connection
+    start), else its user, else libpq's default (PGUSER, then the login name)."""
+    options = " ".join(_values(getattr(parsed, "query", {}).get("options")))
+    set_role = re.search(r"-c\s*role=(\S+)", options)
+    if set_role:
+        return set_role.group(1)
+    named = getattr(parsed, "username", None) or os.environ.get("PGUSER")
+    if named:
+        return str(named)
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container's user without a passwd entry)
+        return "(this process's user)"
+
+
+def _values(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, tuple) else (str(value),)
 
 
 def _file(database: str | None) -> str:
