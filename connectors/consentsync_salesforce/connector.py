@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import dataclasses
 import io
 import os
 import re
@@ -36,6 +37,9 @@ from consentsync_salesforce.settings import SalesforceSettings
 
 log = structlog.get_logger("consentsync.salesforce")
 
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
+CONVERTED_REASON = "lead converted: read-only, the person is on its contact"
+
 ERRORS = sdk.ErrorTable(
     [
         ErrorRule(Action.REFRESH_TOKEN, Fault.TRANSIENT, "session expired", 401, "INVALID_SESSION_ID"),
@@ -50,6 +54,11 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(Action.FAIL, Fault.CONFIG, "insufficient access", code="INSUFFICIENT_ACCESS_OR_READONLY"),
         ErrorRule(Action.SKIP, Fault.DATA, "record not found", 404, "NOT_FOUND"),
         ErrorRule(Action.SKIP, Fault.DATA, "record deleted", code="ENTITY_IS_DELETED"),
+        # A converted lead is read-only ("cannot reference converted lead"): the person went into
+        # the lead's contact. Never sent again in the run's passes, but left pending rather than
+        # dead-lettered (``_converted_left_pending``): the next read hands the lead over as gone
+        # (``IsConverted``), which supersedes the row.
+        ErrorRule(Action.SKIP, Fault.DATA, CONVERTED_REASON, code=CONVERTED_LEAD),
         ErrorRule(Action.SKIP, Fault.DATA, "field value rejected", code="FIELD_CUSTOM_VALIDATION_EXCEPTION"),
         ErrorRule(
             Action.SKIP, Fault.DATA, "invalid picklist value", code="INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
@@ -61,6 +70,9 @@ COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
 # Read alongside the mapped fields where the object has them: a record in the recycle bin
 # (queryAll) and, after a merge, the record it was merged into.
 DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
+# Read alongside where the object has it (Lead): a lead converted into a contact stays, queryable
+# and read-only, with IsConverted true; it is handed over as gone (``_record``).
+CONVERSION_FIELDS = ("IsConverted",)
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SLOW_JOB = "bulk job slow"
 # A job that is done with: nothing more of it is applied.
@@ -234,6 +246,7 @@ class SalesforceConnector(sdk.Connector):
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
         include_deleted = "IsDeleted" in self.describe(object_type)
+        added = self._conversion_fields(object_type, fields)
 
         def resume(last: sdk.CrmRecord) -> str:
             # The query is in (SystemModstamp, Id) order: the rest is what follows the last
@@ -241,17 +254,30 @@ class SalesforceConnector(sdk.Connector):
             return self.build_query(object_type, fields, sdk.Cursor(last.modstamp, last.record_id), until)
 
         yield from self._query_all(
-            object_type, query, headers, count=True, include_deleted=include_deleted, resume=resume
+            object_type,
+            query,
+            headers,
+            count=True,
+            include_deleted=include_deleted,
+            resume=resume,
+            added=added,
         )
 
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
     ) -> Iterator[sdk.CrmRecord]:
-        wanted = self._selected_fields(object_type, fields)
+        added = self._conversion_fields(object_type, fields)
+        wanted = [*self._selected_fields(object_type, fields), *added]
         for start in range(0, len(record_ids), COLLECTION_LIMIT):
             ids = list(record_ids[start : start + COLLECTION_LIMIT])
             query = format_soql(f"SELECT {', '.join(wanted)} FROM {object_type} WHERE Id IN {{}}", ids)
-            yield from self._query_all(object_type, query, {})
+            yield from self._query_all(object_type, query, {}, added=added)
+
+    def _conversion_fields(self, object_type: str, fields: Sequence[str]) -> tuple[str, ...]:
+        """``CONVERSION_FIELDS`` the object has and the mapping does not read itself: read along,
+        and left out of the values handed over."""
+        known = self.describe(object_type)
+        return tuple(name for name in CONVERSION_FIELDS if name in known and name not in fields)
 
     def _query_all(
         self,
@@ -262,6 +288,7 @@ class SalesforceConnector(sdk.Connector):
         count: bool = False,
         include_deleted: bool = False,
         resume: Callable[[sdk.CrmRecord], str] | None = None,
+        added: Sequence[str] = (),
     ) -> Iterator[sdk.CrmRecord]:
         """The query's records page by page. A query locator Salesforce no longer holds (unused
         for 15 minutes, or released because the integration user opened an eleventh query: it
@@ -289,7 +316,7 @@ class SalesforceConnector(sdk.Connector):
         last: sdk.CrmRecord | None = None
         while True:
             for raw in page["records"]:
-                last = _record(object_type, raw)
+                last = _record(object_type, raw, added)
                 yield last
             if page.get("done", True) or not page.get("nextRecordsUrl"):
                 return
@@ -318,7 +345,8 @@ class SalesforceConnector(sdk.Connector):
         field names are checked against describe(); every value goes through format_soql."""
         known = self.describe(object_type)
         selected = self._selected_fields(object_type, fields)
-        wanted = list(dict.fromkeys([*selected, *(name for name in DELETION_FIELDS if name in known)]))
+        along = (*DELETION_FIELDS, *CONVERSION_FIELDS)
+        wanted = list(dict.fromkeys([*selected, *(name for name in along if name in known)]))
         where = format_soql("SystemModstamp <= {}", until.astimezone(UTC))
         if since.modstamp is not None:
             stamp = since.modstamp.astimezone(UTC)
@@ -336,7 +364,21 @@ class SalesforceConnector(sdk.Connector):
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Updates per object (sObject Collections, or one Bulk API 2.0 job above the threshold),
         then deletes (sObject Collections, any objects in one call), yielding each call's (each
-        job's) answers as it returns."""
+        job's) answers as it returns.
+
+        A lead converted after the run read it refuses the write with CANNOT_UPDATE_CONVERTED_LEAD
+        (a converted lead is read-only). It is sent once: not again in this run's passes, and
+        answered as retryable, so that its row waits in the outbox instead of being dead-lettered
+        (an alert no retry can clear). The conversion moved the lead's SystemModstamp, so the
+        next run's read hands it over as gone (``IsConverted``), which supersedes the row; what
+        the person is owed goes to the contact the lead was converted into."""
+        for answers in self._write_calls(updates):
+            refused = [result.record_id for result in answers.values() if result.error_code == CONVERTED_LEAD]
+            if refused:
+                log.info("salesforce.converted_lead_refused", connector=self.name, records=refused)
+            yield {position: _converted_left_pending(result) for position, result in answers.items()}
+
+    def _write_calls(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         self._settle_left_jobs()
         by_object, deletes = _by_object(updates)
         for object_type, positions in by_object.items():
@@ -731,10 +773,10 @@ def _check_api_name(name: str) -> None:
         )
 
 
-def _record(object_type: str, raw: Mapping[str, Any]) -> sdk.CrmRecord:
+def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ()) -> sdk.CrmRecord:
     record_id = str(raw["Id"])
     modstamp = parse_sf_datetime(str(raw["SystemModstamp"]))
-    fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS)}
+    fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS, *added)}
     if raw.get("IsDeleted") is True:
         # In the recycle bin: SystemModstamp is the deletion; MasterRecordId names the survivor
         # when it was merged away. queryAll answers a recycled row with its last values (they
@@ -750,6 +792,16 @@ def _record(object_type: str, raw: Mapping[str, Any]) -> sdk.CrmRecord:
             deleted=True,
             merged_into=raw.get("MasterRecordId") or None,
         )
+    if raw.get("IsConverted") is True:
+        # A lead converted: Salesforce keeps it, queryable and read-only (every write is refused
+        # with CANNOT_UPDATE_CONVERTED_LEAD), and the person lives on in the contact it was
+        # converted into (ConvertedContactId). Gone, as a deletion is: nothing is pushed to it
+        # again. Its last values come along, so that a no ticked on the lead before the
+        # conversion is kept (Salesforce does not copy Email Opt Out or Do Not Call to an
+        # existing contact it converts into). Not ``merged_into`` the contact: the engine takes a
+        # merge's survivor for a record of the same object, and the contact is a Contact; it is
+        # linked to the person by its own read (its address, its Individual).
+        return sdk.CrmRecord(object_type, record_id, modstamp, fields, deleted=True)
     return sdk.CrmRecord(object_type, record_id, modstamp, fields)
 
 
@@ -760,6 +812,15 @@ def _save_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:
     code = str(errors[0].get("statusCode") or "UNKNOWN")
     message = "; ".join(str(e.get("message", "")) for e in errors)
     return sdk.WriteResult(record_id, False, code, message, _retryable(code))
+
+
+def _converted_left_pending(result: sdk.WriteResult) -> sdk.WriteResult:
+    """A write a converted lead refused, as the engine is answered it: retryable (the row stays
+    pending, and the read that sees the conversion supersedes it), where the passes saw it not
+    retryable (never sent again in this run)."""
+    if result.ok or result.error_code != CONVERTED_LEAD:
+        return result
+    return dataclasses.replace(result, retryable=True, message=f"{result.message} ({CONVERTED_REASON})")
 
 
 def _delete_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:

@@ -22,6 +22,7 @@ KEY_PREFIXES = {
     "Individual": "0PK",
     "ContactPointTypeConsent": "0ZY",
     "DataUsePurpose": "0ZW",
+    "Account": "001",  # no Account records here: the ids a lead conversion names its account by
     "Organization": "00D",
     "User": "005",
     "QueryLocator": "01g",

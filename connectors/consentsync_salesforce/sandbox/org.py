@@ -50,6 +50,24 @@ LEAD_STATUSES = (
 LEAD_SOURCES = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
 
 MERGEABLE = ("Contact", "Lead")  # the objects of this org that merge() accepts
+CONVERTED_STATUS = "Closed - Converted"  # the one lead status of this org with IsConverted true
+# The standard lead fields a conversion copies to the contact, among those this org has (Salesforce
+# Help, *Lead Conversion Field Mapping*): lead field -> contact field.
+_LEAD_TO_CONTACT = {
+    "OwnerId": "OwnerId",
+    "FirstName": "FirstName",
+    "LastName": "LastName",
+    "Email": "Email",
+    "Phone": "Phone",
+    "Country": "MailingCountry",
+    "LeadSource": "LeadSource",
+    "HasOptedOutOfEmail": "HasOptedOutOfEmail",
+    "HasOptedOutOfFax": "HasOptedOutOfFax",
+    "DoNotCall": "DoNotCall",
+    "IndividualId": "IndividualId",
+}
+# "This field isn't updated for leads converted to existing contacts" (the same page).
+_NOT_ON_EXISTING_CONTACTS = frozenset({"HasOptedOutOfEmail", "DoNotCall"})
 
 _EMAIL_RE = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
@@ -348,6 +366,29 @@ def _master_record(sobject: str) -> FieldDef:
     )
 
 
+def _conversion_fields() -> list[FieldDef]:
+    """Set by a lead's conversion (Lead object reference; Change Events for Lead Conversion): the
+    date (no time) and the records the lead was converted into. Only the conversion writes them."""
+
+    def made(name: str, label: str, target: str, relationship: str) -> FieldDef:
+        return FieldDef(
+            name,
+            "reference",
+            label,
+            updateable=False,
+            createable=False,
+            length=18,
+            reference_to=(target,),
+            relationship_name=relationship,
+        )
+
+    return [
+        FieldDef("ConvertedDate", "date", "Converted Date", updateable=False, createable=False),
+        made("ConvertedAccountId", "Converted Account ID", "Account", "ConvertedAccount"),
+        made("ConvertedContactId", "Converted Contact ID", "Contact", "ConvertedContact"),
+    ]
+
+
 def _owner() -> FieldDef:
     return FieldDef(
         "OwnerId",
@@ -412,6 +453,7 @@ def build_schema() -> dict[str, ObjectDef]:
             ),
             FieldDef("LeadSource", "picklist", "Lead Source", length=255, picklist=LEAD_SOURCES),
             FieldDef("IsConverted", "boolean", "Converted", updateable=False, nillable=False, default=False),
+            *_conversion_fields(),
             *_consent_fields(),
             _master_record("Lead"),
         ],
@@ -531,6 +573,9 @@ class SalesforceOrg:
     ``SystemModstamp`` moved to the deletion, ``MasterRecordId`` naming the survivor of a merge.
     Only ``queryAll`` (``include_deleted``) and ``/deleted/`` show them.
 
+    A lead converted (:meth:`convert_lead`) is not deleted: every query still shows it, with
+    ``IsConverted`` true and the contact it went into, and no write may change it any more.
+
     :meth:`begin_create` and :meth:`commit` make a record whose transaction commits late: its id
     and stamps are given when it begins, but no read sees it until it commits.
     """
@@ -555,6 +600,9 @@ class SalesforceOrg:
         # Records whose creating transaction has not committed yet: no read sees them (see
         # begin_create), so they live outside _records until commit().
         self._uncommitted: dict[str, tuple[ObjectDef, dict[str, Any]]] = {}
+        # The admin's custom field mapping for lead conversion (Setup > Map Lead Fields; the
+        # LeadConvertSettings metadata): lead field -> contact field.
+        self.lead_convert_mapping: dict[str, str] = {"Legal_Basis__c": "Legal_Basis__c"}
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ schema
@@ -781,6 +829,7 @@ class SalesforceOrg:
             raise RecordError("INVALID_CROSS_REFERENCE_KEY", "invalid cross reference id")
         if record["IsDeleted"]:
             raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        _refuse_converted(record)
         if lock_check is not None and lock_check(full):
             raise RecordError(
                 "UNABLE_TO_LOCK_ROW", f"unable to obtain exclusive access to this record or 1 records: {full}"
@@ -824,7 +873,62 @@ class SalesforceOrg:
             raise RecordError("INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {record_id}")
         if record["IsDeleted"]:
             raise RecordError("ENTITY_IS_DELETED", "entity is deleted")
+        _refuse_converted(record)
         return record
+
+    def convert_lead(self, lead_id: str, *, contact_id: str | None = None) -> dict[str, str]:
+        """Convert a lead as a user (or ``convertLead()``, ``Database.convertLead``) does, in one
+        transaction stamped now: into a new Contact made from the lead's standard fields
+        (*Lead Conversion Field Mapping*: name, email, phone, address country, lead source, owner,
+        Email Opt Out, Fax Opt Out, Do Not Call; the Individual) and the custom fields the admin
+        mapped (:attr:`lead_convert_mapping`), or into the existing Contact ``contact_id``, where
+        only its empty fields are filled ("only empty fields in the target object are
+        overwritten") and Email Opt Out and Do Not Call are left as they are ("This field isn't
+        updated for leads converted to existing contacts"); its IndividualId only when it has none
+        (*Best Practices for Tracking Data Privacy*). The contact is saved either way.
+
+        The lead stays, live and queryable, with ``IsConverted`` true, ``Status`` the converted
+        status, ``ConvertedDate`` (a date), ``ConvertedContactId`` and ``ConvertedAccountId`` set
+        and its change stamps moved to now; from then on every update or delete of it is refused
+        with CANNOT_UPDATE_CONVERTED_LEAD. The account is named by an id only (this org holds no
+        Accounts). Returns the LeadConvertResult's ids: ``leadId``, ``contactId``,
+        ``accountId``."""
+        lead_obj, contact_obj = self.schema["Lead"], self.schema["Contact"]
+        with self.lock:
+            lead = self._live(lead_obj, lead_id)
+            now = self.now()
+            made = {contact: lead.get(field) for field, contact in _LEAD_TO_CONTACT.items()}
+            made.update({contact: lead.get(field) for field, contact in self.lead_convert_mapping.items()})
+            if contact_id is None:
+                target_id = self._insert(
+                    contact_obj, {k: v for k, v in made.items() if v is not None}, at=now
+                )
+            else:
+                target = self._live(contact_obj, contact_id)
+                target_id = target["Id"]
+                for name, value in made.items():
+                    if (
+                        name in _NOT_ON_EXISTING_CONTACTS
+                        or value is None
+                        or contact_obj.fields[name].type == "boolean"
+                    ):
+                        continue  # a checkbox is never empty: the contact's stays
+                    if target.get(name) in (None, ""):
+                        target[name] = value
+                self._derive(contact_obj, target)
+                self._touch(target, now)
+            account_id = self.ids.new(KEY_PREFIXES["Account"])
+            lead.update(
+                {
+                    "IsConverted": True,
+                    "Status": CONVERTED_STATUS,
+                    "ConvertedDate": now.date(),
+                    "ConvertedContactId": target_id,
+                    "ConvertedAccountId": account_id,
+                }
+            )
+            self._touch(lead, now)
+        return {"leadId": lead["Id"], "contactId": target_id, "accountId": account_id}
 
     def begin_create(self, sobject: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> str:
         """Start creating a record in a transaction that commits late (a long Apex transaction, a
@@ -1339,6 +1443,14 @@ def _rolled_back(plans: Sequence[object], all_or_none: bool) -> list[RecordError
         "Record rolled back because not all records were valid and the request was using AllOrNone header",
     )
     return [p if isinstance(p, RecordError) else rolled for p in plans]
+
+
+def _refuse_converted(record: Mapping[str, Any]) -> None:
+    """A converted lead is read-only: Salesforce refuses every update (and, here, every delete or
+    merge) of it with CANNOT_UPDATE_CONVERTED_LEAD, "cannot reference converted lead", per record
+    in sObject Collections and Bulk API results, as a 400 on the sObject row."""
+    if record.get("IsConverted"):
+        raise RecordError("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
 
 
 def _consent_values(rng: random.Random) -> dict[str, Any]:

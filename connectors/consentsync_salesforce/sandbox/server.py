@@ -32,6 +32,11 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
 * ``GET /vNN.N/sobjects``, ``/sobjects/{Object}``, ``/sobjects/{Object}/describe``,
   ``/sobjects/{Object}/updated|deleted?start=&end=`` (whole minutes, at most 30 days back),
   ``GET|PATCH|DELETE /sobjects/{Object}/{Id}``, ``POST /sobjects/{Object}``.
+* A converted lead (``org.convert_lead``) stays in every query (``IsConverted`` true,
+  ``ConvertedContactId``, ``ConvertedAccountId``, ``ConvertedDate``) and is read-only: an update
+  of it is refused with CANNOT_UPDATE_CONVERTED_LEAD ("cannot reference converted lead"), a 400
+  on ``PATCH /sobjects/Lead/{Id}`` and a per-record error in sObject Collections and Bulk API
+  results.
 * ``PATCH /vNN.N/composite/sobjects`` (at most 200 records, else 400 EXCEEDED_ID_LIMIT) and
   ``DELETE /vNN.N/composite/sobjects?ids=ID,ID&allOrNone=false`` (at most 200 ids, any objects;
   one DeleteResult per id, in order; deleted records go to the recycle bin).
@@ -45,7 +50,9 @@ connector does not rely on it: Bulk API 2.0 HTTP errors use the codes INVALIDJOB
 INVALIDJOBSTATE (409 for an upload to a job that is not Open or already has data: one upload per
 job) and INVALIDCONTENTTYPE; results of an unfinished job are a header-only CSV; a 503 fault body
 is ``[{"errorCode": "SERVER_UNAVAILABLE", ...}]``; the token response carries ``issued_at`` and
-``signature`` for every grant; the ``nextRecordsUrl`` of a queryAll names ``queryAll``.
+``signature`` for every grant; the ``nextRecordsUrl`` of a queryAll names ``queryAll``; a delete
+of a converted lead is refused like an update (CANNOT_UPDATE_CONVERTED_LEAD, per record; a 400 on
+the sObject row), and the integration user never has *View and Edit Converted Leads*.
 """
 
 from __future__ import annotations
@@ -312,8 +319,9 @@ class SalesforceSandbox(HttpsSandbox):
     at :attr:`instance_url` with :attr:`ca_cert_path` (or :attr:`ca_bundle_path`) for TLS.
 
     Run-time controls (HTTP-free): :attr:`faults` (:class:`~consentsync.sandbox.faults.Faults`),
-    :attr:`org` (the data; ``org.merge``, ``org.delete`` and ``org.begin_create``/``org.commit``
-    for records merged, deleted or committed late by a user), :meth:`issue_token`, :meth:`expire_sessions`,
+    :attr:`org` (the data; ``org.merge``, ``org.delete``, ``org.convert_lead`` and
+    ``org.begin_create``/``org.commit`` for records merged, deleted, converted or committed late
+    by a user), :meth:`issue_token`, :meth:`expire_sessions`,
     :meth:`expire_query_locators`, :meth:`set_api_usage`, :meth:`reset_counters`.
     """
 
@@ -820,6 +828,8 @@ class SalesforceSandbox(HttpsSandbox):
         except RecordError as exc:
             if exc.status_code == "ENTITY_IS_DELETED":
                 raise ApiError(404, "ENTITY_IS_DELETED", "entity is deleted") from None
+            if exc.status_code == "CANNOT_UPDATE_CONVERTED_LEAD":
+                raise ApiError(400, exc.status_code, exc.message, exc.fields) from None
             raise ApiError(404, "NOT_FOUND", _NOT_FOUND) from None
         return SandboxResponse(204, b"", None)
 
