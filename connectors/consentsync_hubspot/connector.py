@@ -15,7 +15,10 @@ contacts only).
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
 rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
 HubSpot's v3 never resubscribes a contact who unsubscribed: that refusal is a permanent
-per-record outcome (``HUBSPOT_REFUSES_RESUBSCRIBE``), never retried.
+per-record outcome (``HUBSPOT_REFUSES_RESUBSCRIBE``), never retried. The ``delete`` erasure
+action permanently deletes each contact (``POST .../gdpr-delete``, one call a contact: not
+restorable, unlike an archive, which HubSpot keeps in its recycle bin for 90 days); setting
+``delete_mode: archive`` archives instead (``batch/archive``).
 
 Limits: the ``X-HubSpot-RateLimit-*`` headers keep a daily budget (stopping with a reserve
 left) and a secondly pace; a 429 SECONDLY is waited out, a 429 DAILY stops the run cleanly.
@@ -106,7 +109,9 @@ class HubSpotConnector(sdk.Connector):
     # was never read with them (its no stayed unknown), so every contact is read again once.
     reading_version: ClassVar[str | None] = "2-email-optout-wide"
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
-    can_delete = True  # POST /crm/v3/objects/contacts/batch/archive
+    # POST /crm/v3/objects/contacts/gdpr-delete, one contact a call (delete_mode: gdpr, the
+    # default); POST .../batch/archive with delete_mode: archive.
+    can_delete = True
     reports_merges = True  # hs_merged_object_ids on the contact that stands (either kind of merge)
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
@@ -630,9 +635,10 @@ class HubSpotConnector(sdk.Connector):
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Property changes by batch update, ``batch_size`` contacts a call, each group's
-        subscription changes one v3 call each just before its batch, deletions by batch archive:
-        every call's answers are handed over as it returns. An update with both properties and
-        subscriptions is answered once its last call returned (one answer per update)."""
+        subscription changes one v3 call each just before its batch, deletions one permanent
+        (GDPR) delete a contact (or by batch archive, ``delete_mode: archive``): every call's
+        answers are handed over as it returns. An update with both properties and subscriptions
+        is answered once its last call returned (one answer per update)."""
         if not updates:
             return
         known = self.describe(OBJECT) if any(u.action is sdk.WriteAction.UPDATE for u in updates) else {}
@@ -665,8 +671,20 @@ class HubSpotConnector(sdk.Connector):
             yield refused
         for group in _unique_groups(list(plans), updates, self.config.batch_size):
             yield from self._write_group(updates, group, plans)
-        for start in range(0, len(deletes), self.config.batch_size):
-            yield self._archive_batch(updates, deletes[start : start + self.config.batch_size])
+        if self.config.delete_mode == "archive":
+            for start in range(0, len(deletes), self.config.batch_size):
+                yield self._archive_batch(updates, deletes[start : start + self.config.batch_size])
+            return
+        done: set[str] = set()
+        for index in deletes:
+            record_id = updates[index].record_id
+            if record_id in done:  # the same contact twice: deleted by the first
+                yield {index: sdk.WriteResult(record_id, True)}
+                continue
+            result = self._gdpr_delete(record_id)
+            if result.ok:
+                done.add(record_id)
+            yield {index: result}
 
     def _write_group(
         self,
@@ -783,6 +801,50 @@ class HubSpotConnector(sdk.Connector):
                 i: sdk.WriteResult(updates[i].record_id, False, "VALIDATION_ERROR", str(error)) for i in chunk
             }
         return {index: sdk.WriteResult(updates[index].record_id, True) for index in chunk}
+
+    def _gdpr_delete(self, record_id: str) -> sdk.WriteResult:
+        """``POST .../gdpr-delete`` ``{"objectId": id}``: HubSpot permanently deletes the contact
+        and its associated content (204 No Content), keeps it out of the recycle bin (it cannot
+        be restored, nor is it listed with ``archived=true``) and blocklists its addresses. One
+        contact a call: HubSpot has no batch form of it.
+
+        A contact already gone is done: the erasure asked for nothing more (a run stopped after
+        HubSpot deleted it and before the ledger took the answer sends it again). HubSpot does
+        not document its answer to an id it does not know; a 404 is taken for "gone" only once a
+        read of the id answers 404 too, so that a 404 of another kind (a path a proxy or a
+        portal does not serve) never counts as an erasure carried out."""
+        try:
+            response = self._request(
+                "POST",
+                f"/crm/v3/objects/{OBJECT}/gdpr-delete",
+                json={"objectId": record_id},
+                describe="permanently delete a contact (GDPR)",
+                accept=lambda answer: answer.status_code == 404,
+            )
+        except ConnectorError as error:
+            if error.rule.status != 400:
+                raise
+            return sdk.WriteResult(record_id, False, "VALIDATION_ERROR", str(error))
+        if response.status_code != 404 or self._gone(record_id):
+            return sdk.WriteResult(record_id, True)
+        return sdk.WriteResult(
+            record_id,
+            False,
+            "NOT_DELETED",
+            "HubSpot answered 404 to the permanent delete, yet a read of the contact still finds it",
+        )
+
+    def _gone(self, record_id: str) -> bool:
+        """Whether no contact answers ``GET .../contacts/{id}`` (404): deleted, permanently or
+        not. A merged-away id answers the contact it was merged into: not gone."""
+        response = self._request(
+            "GET",
+            f"/crm/v3/objects/{OBJECT}/{record_id}",
+            params={"properties": "hs_object_id"},
+            describe="read a deleted contact's id",
+            accept=lambda answer: answer.status_code == 404,
+        )
+        return response.status_code == 404
 
     def _subscription_results(
         self, record_id: str, email: str | None, subs: Mapping[str, Any]
@@ -1006,6 +1068,7 @@ _ENDPOINTS = (
     ("/search", "search"),
     ("/batch/update", "batch_update"),
     ("/batch/archive", "batch_archive"),
+    ("/gdpr-delete", "gdpr_delete"),
     ("/contacts/merge", "merge"),
     ("/statuses/batch/read", "status_batch_read"),
     ("/batch/read", "batch_read"),

@@ -6,6 +6,8 @@ hubspot.md) are settings with the documented or observed value as default.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from consentsync.sdk import ConnectorSettings, DailyBudget, WebUrl
@@ -42,6 +44,11 @@ class HubSpotSettings(ConnectorSettings):
     legal_basis_explanation: str = "Consent recorded in the consentsync ledger"
     legal_basis_property: str = "hs_legal_basis"
     legal_basis_precedence: list[str] = Field(default_factory=lambda: list(DEFAULT_LEGAL_BASIS_PRECEDENCE))
+    # What the ``delete`` erasure action does: "gdpr" (the default) permanently deletes each
+    # contact (POST /crm/v3/objects/contacts/gdpr-delete: not restorable, its address
+    # blocklisted); "archive" moves contacts to HubSpot's recycle bin (batch/archive), where they
+    # stay restorable, personal data and all, for 90 days: not an erasure on its own.
+    delete_mode: Literal["gdpr", "archive"] = "gdpr"
     # budget.daily_reserve_percent: share of the portal's daily allowance left for the other
     # integrations sharing it.
     budget: DailyBudget = DailyBudget()

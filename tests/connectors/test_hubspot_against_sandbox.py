@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, quarantine
-from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, Cursor, RecordUpdate
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 from tests.connectors.against_sandbox import read_until
 from tests.connectors.trust import check_with_requests_ca_bundle_set
@@ -292,18 +292,6 @@ def test_an_archived_contact_comes_with_the_values_it_held_when_deleted(harness:
     assert gone[2].fields == live[ids[3]].fields
     assert gone[1].fields == {}, "a merged-away id has no values of its own left"
     assert harness.sandbox.calls["batch_read"] == before + 1, "one batch read for the page of deletions"
-
-
-def test_the_delete_action_archives_a_hundred_a_call_answering_each_call(harness: HubSpotHarness) -> None:
-    ids = harness.seed(150)
-    conn = connector(harness)
-    before = harness.sandbox.calls["batch_archive"]
-    batches = list(conn.write_batches([RecordUpdate("contacts", i, {}, WriteAction.DELETE) for i in ids]))
-    assert [len(b) for b in batches] == [100, 50]
-    assert all(result.ok for batch in batches for result in batch.values())
-    assert harness.sandbox.calls["batch_archive"] == before + 2
-    assert not set(ids) & set(harness.record_ids())
-    assert {r.record_id for r in conn.read_deletions("contacts", Cursor(), read_until())} == set(ids)
 
 
 def test_property_writes_are_answered_call_by_call(harness: HubSpotHarness) -> None:

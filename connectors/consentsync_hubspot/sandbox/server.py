@@ -29,7 +29,16 @@ Endpoints (endpoint kind in brackets):
 * ``GET /crm/v3/objects/contacts/{id}`` [get]: one contact; a merged-away id answers the contact
   it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
 * ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
-  most ``batch_limit``): 204 No Content; an unknown or already archived id is no error.
+  most ``batch_limit``): 204 No Content; an unknown or already archived id is no error. An
+  archived contact can be restored (:meth:`HubSpotPortal.restore`, a user's "Restore records").
+* ``POST /crm/v3/objects/contacts/gdpr-delete`` [gdpr_delete] ``{"objectId", "idProperty"?}``,
+  one contact a call (HubSpot's reference "Permanently delete a contact (GDPR-compliant)"):
+  204 No Content. The contact is deleted for good: in no list (not the archived one either),
+  its id answers 404, it cannot be restored (HubSpot's knowledge base: permanent deletions
+  "aren't held in the recycle bin"), and its address (and its additional ones) is blocklisted:
+  a user or an import cannot add it back (:meth:`HubSpotPortal.create` refuses it), a form, an
+  email to a connected inbox or an API call can. With ``"idProperty": "email"`` the contact
+  having that address is deleted, and an address no contact has is blocklisted all the same.
 * ``POST /crm/v3/objects/contacts/merge`` [merge] ``{"primaryObjectId", "objectIdToMerge"}``,
   as HubSpot merges contacts now (``HubSpotPortal(merges="new")``, the default; HubSpot's
   changelog "Updated merge functionality for contacts and companies"): a new contact with a new
@@ -79,7 +88,12 @@ as HubSpot's v4 API keeps it (its own endpoint, ``wideStatuses``): the contact's
 ``hs_email_optout`` reads true and every subscription status stays as it was, so the connector
 must not rely on HubSpot copying the opt-out into each status; the contact subscribing again to
 a subscription type (a form, the preferences page) ends it, and v3 subscribe refuses an address
-opted out of all. A merge of the new kind: HubSpot documents the new id, both old ids pointing to
+opted out of all. A permanent (GDPR) delete: HubSpot does not document its answer to an id it
+does not know; the sandbox answers 404 OBJECT_NOT_FOUND (an id deleted already included), and
+permanently deletes an archived contact too (out of the recycle bin); what becomes of the
+address's subscription statuses HubSpot does not say: the sandbox keeps them, by address, as
+for an archived contact; an ``idProperty`` other than ``email`` or ``hs_object_id`` answers 400.
+A merge of the new kind: HubSpot documents the new id, both old ids pointing to
 it and the primary's values; not whether the two originals show in the archived list. Third
 parties report them archived, so by default (``merged_archived=True``) they are, stamped
 ``archivedAt`` at the merge, with the values they held (``batch/read?archived=true``), while
@@ -131,7 +145,7 @@ __all__ = [
     "serve_forever",
 ]
 
-WRITE_KINDS = ("batch_update", "batch_archive", "merge", "subscribe", "unsubscribe")
+WRITE_KINDS = ("batch_update", "batch_archive", "gdpr_delete", "merge", "subscribe", "unsubscribe")
 #: The two ways HubSpot has merged contacts (``HubSpotPortal(merges=...)``).
 MERGE_KINDS = ("new", "old")
 
@@ -151,6 +165,8 @@ _SCOPE_OF_KIND = {
     "batch_read": "crm.objects.contacts.read",
     "batch_update": "crm.objects.contacts.write",
     "batch_archive": "crm.objects.contacts.write",
+    # HubSpot's reference names this scope alone for gdpr-delete: no GDPR-specific one.
+    "gdpr_delete": "crm.objects.contacts.write",
     "merge": "crm.objects.contacts.write",
     "properties": "crm.schemas.contacts.read",
     "definitions": "communication_preferences.read",
@@ -316,6 +332,10 @@ class HubSpotPortal:
         self._contacts: dict[int, dict[str, Any]] = {}
         # Archived (deleted) contacts, with their "archivedAt", as the archived list shows them.
         self._archived: dict[int, dict[str, Any]] = {}
+        # Permanently (GDPR) deleted ids, in no list and never restorable, and the addresses
+        # that blocklists (lower case): a user or an import cannot add them back.
+        self._purged: set[int] = set()
+        self._blocklist: set[str] = set()
         # Merged-away id -> the id of the contact that survived the merge.
         self._merged_into: dict[int, int] = {}
         # Contacts written but not yet in the search index (HubSpot's search lags writes).
@@ -382,11 +402,27 @@ class HubSpotPortal:
 
     # -- contacts ------------------------------------------------------------------------------
 
-    def create(self, properties: Mapping[str, Any] | None = None, /, *, at: dt.datetime | None = None) -> str:
-        """A new contact; returns its id."""
+    def create(
+        self,
+        properties: Mapping[str, Any] | None = None,
+        /,
+        *,
+        at: dt.datetime | None = None,
+        via: str = "ui",
+    ) -> str:
+        """A new contact; returns its id. ``via``: how it is added ("ui", "import", "form",
+        "inbox", "api"). An address a permanent delete blocklisted is refused to a user and an
+        import (400), as HubSpot refuses it; a form, a connected inbox or the API add it."""
         moment = at or self.now()
         values = self._checked(properties or {}, user=True)
         with self.lock:
+            email = str(values.get("email") or "").strip().lower()
+            if via in ("ui", "import") and email in self._blocklist:
+                raise HubSpotApiError(
+                    400,
+                    "VALIDATION_ERROR",
+                    "This email address belongs to a permanently deleted contact and cannot be added back",
+                )
             contact_id = self._next_id
             self._next_id += 1
             self._contacts[contact_id] = {
@@ -446,6 +482,64 @@ class HubSpotPortal:
             record["archivedAt"] = moment
             self._archived[int(contact_id)] = record
             self._unindexed.discard(int(contact_id))
+            return True
+
+    def gdpr_delete(self, contact_id: str, /) -> bool:
+        """Permanently delete a contact, as ``POST .../gdpr-delete`` or a user's "permanently
+        delete" does: out of every list (the archived one too: a contact in the recycle bin is
+        taken out of it), its id answering 404, never restorable, its addresses blocklisted.
+        False when there was no such contact (unknown, or deleted for good already)."""
+        with self.lock:
+            wanted = _as_int(contact_id)
+            record = self._contacts.pop(wanted, None)
+            if record is None:
+                record = self._archived.pop(wanted, None)
+            if record is None:
+                return False
+            self._unindexed.discard(wanted)
+            self._purged.add(wanted)
+            for address in (record.get("email"), *_merged_ids(record.get("hs_additional_emails"))):
+                if address:
+                    self._blocklist.add(str(address).strip().lower())
+            return True
+
+    def gdpr_delete_email(self, email: str, /) -> bool:
+        """``gdpr-delete`` with ``"idProperty": "email"``: the contact having the address is
+        deleted for good; the address is blocklisted either way. False when no contact had it."""
+        found = self.find_by_email(email)
+        with self.lock:
+            self._blocklist.add(email.strip().lower())
+            return found is not None and self.gdpr_delete(found)
+
+    def purged(self, contact_id: str) -> bool:
+        """Whether the contact was deleted for good (``gdpr-delete``)."""
+        with self.lock:
+            return _as_int(contact_id) in self._purged
+
+    def blocklisted(self, email: str) -> bool:
+        """Whether a permanent delete blocklisted the address."""
+        with self.lock:
+            return email.strip().lower() in self._blocklist
+
+    def restore(self, contact_id: str, /, *, at: dt.datetime | None = None) -> bool:
+        """A user restores a deleted contact from the recycle bin (HubSpot keeps an archived
+        contact restorable for 90 days): it is live again, with the values it held, its
+        ``lastmodifieddate`` moved. False when the id is not in the bin: a permanently deleted
+        contact cannot be restored, nor one whose address a live contact now has, nor a
+        merged-away original."""
+        moment = at or self.now()
+        with self.lock:
+            wanted = _as_int(contact_id)
+            record = self._archived.get(wanted)
+            if record is None or wanted in self._merged_into:
+                return False
+            email = str(record.get("email") or "")
+            if email and self.find_by_email(email) is not None:
+                return False
+            del self._archived[wanted]
+            live = {name: value for name, value in record.items() if name != "archivedAt"}
+            live["lastmodifieddate"] = moment
+            self._contacts[wanted] = live
             return True
 
     def archived_one(self, contact_id: str) -> dict[str, Any] | None:
@@ -956,6 +1050,7 @@ class HubSpotSandbox(HttpsSandbox):
             ("POST", "/crm/v3/objects/contacts/batch/read"): ("batch_read", self._h_batch_read),
             ("POST", "/crm/v3/objects/contacts/batch/update"): ("batch_update", self._h_batch_update),
             ("POST", "/crm/v3/objects/contacts/batch/archive"): ("batch_archive", self._h_batch_archive),
+            ("POST", "/crm/v3/objects/contacts/gdpr-delete"): ("gdpr_delete", self._h_gdpr_delete),
             ("POST", "/crm/v3/objects/contacts/merge"): ("merge", self._h_merge),
             ("GET", "/crm/v3/properties/contacts"): ("properties", self._h_properties),
             ("GET", "/communication-preferences/v3/definitions"): ("definitions", self._h_definitions),
@@ -1220,6 +1315,23 @@ class HubSpotSandbox(HttpsSandbox):
             ids.append(str(item["id"]).strip())
         for contact_id in ids:
             self.portal.archive(contact_id)
+        return SandboxResponse(204, b"", None)
+
+    def _h_gdpr_delete(self, request: SandboxRequest) -> SandboxResponse:
+        """Permanently delete one contact (by id, or by ``"idProperty": "email"``): 204 No
+        Content; an id no contact has answers 404 OBJECT_NOT_FOUND (the sandbox's choice)."""
+        body = request.json()
+        object_id = str(body.get("objectId") or "").strip() if isinstance(body, dict) else ""
+        if not object_id:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "objectId must not be empty")
+        id_property = body.get("idProperty")
+        if id_property in (None, "", "hs_object_id"):
+            if not self.portal.gdpr_delete(object_id):
+                raise HubSpotApiError(404, "OBJECT_NOT_FOUND", "Object not found.")
+        elif id_property == "email":
+            self.portal.gdpr_delete_email(object_id)
+        else:
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"{id_property} is not a unique contact property")
         return SandboxResponse(204, b"", None)
 
     def _h_merge(self, request: SandboxRequest) -> SandboxResponse:
