@@ -72,7 +72,7 @@ COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
 DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
 # Read alongside where the object has it (Lead): a lead converted into a contact stays, queryable
 # and read-only, with IsConverted true; it is handed over as gone (``_record``).
-CONVERSION_FIELDS = ("IsConverted",)
+CONVERSION_FIELDS = ("IsConverted", "ConvertedContactId")
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SLOW_JOB = "bulk job slow"
 # A job that is done with: nothing more of it is applied.
@@ -371,12 +371,19 @@ class SalesforceConnector(sdk.Connector):
         answered as retryable, so that its row waits in the outbox instead of being dead-lettered
         (an alert no retry can clear). The conversion moved the lead's SystemModstamp, so the
         next run's read hands it over as gone (``IsConverted``), which supersedes the row; what
-        the person is owed goes to the contact the lead was converted into."""
+        the person is owed goes to the contact the lead was converted into. A delete it refuses
+        (an erasure's, which still reaches a converted lead: it keeps the person's data) is
+        dead-lettered at once, for ops: the integration user may not delete converted leads."""
         for answers in self._write_calls(updates):
             refused = [result.record_id for result in answers.values() if result.error_code == CONVERTED_LEAD]
             if refused:
                 log.info("salesforce.converted_lead_refused", connector=self.name, records=refused)
-            yield {position: _converted_left_pending(result) for position, result in answers.items()}
+            yield {
+                position: result
+                if updates[position].action is sdk.WriteAction.DELETE
+                else _converted_left_pending(result)
+                for position, result in answers.items()
+            }
 
     def _write_calls(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         self._settle_left_jobs()
@@ -784,25 +791,29 @@ def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ())
         # extra call, so that an opt-out ticked just before the deletion (or the merge) is not
         # lost with the record when no read came in between. The engine takes only a no from a
         # deleted record's values, never its other values as the person's current state.
-        return sdk.CrmRecord(
-            object_type,
-            record_id,
-            modstamp,
-            fields,
-            deleted=True,
-            merged_into=raw.get("MasterRecordId") or None,
-        )
-    if raw.get("IsConverted") is True:
+        survivor, survivor_object = raw.get("MasterRecordId") or None, None
+    elif raw.get("IsConverted") is True:
         # A lead converted: Salesforce keeps it, queryable and read-only (every write is refused
         # with CANNOT_UPDATE_CONVERTED_LEAD), and the person lives on in the contact it was
-        # converted into (ConvertedContactId). Gone, as a deletion is: nothing is pushed to it
-        # again. Its last values come along, so that a no ticked on the lead before the
-        # conversion is kept (Salesforce does not copy Email Opt Out or Do Not Call to an
-        # existing contact it converts into). Not ``merged_into`` the contact: the engine takes a
-        # merge's survivor for a record of the same object, and the contact is a Contact; it is
-        # linked to the person by its own read (its address, its Individual).
-        return sdk.CrmRecord(object_type, record_id, modstamp, fields, deleted=True)
-    return sdk.CrmRecord(object_type, record_id, modstamp, fields)
+        # converted into (ConvertedContactId). Gone into that contact, as a merge's duplicate
+        # into its survivor: nothing more is pushed to it but an erasure's delete or anonymise
+        # (it keeps the person's data), and a no ticked on it reaches the contact's person even
+        # where the contact holds another address (Salesforce copies neither Email Opt Out nor
+        # Do Not Call to an existing contact it converts into). Its last values come along, so
+        # that a no ticked on the lead just before the conversion is kept.
+        survivor = raw.get("ConvertedContactId") or None
+        survivor_object = "Contact" if survivor else None
+    else:
+        return sdk.CrmRecord(object_type, record_id, modstamp, fields)
+    return sdk.CrmRecord(
+        object_type,
+        record_id,
+        modstamp,
+        fields,
+        deleted=True,
+        merged_into=survivor,
+        merged_into_object=survivor_object,
+    )
 
 
 def _save_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:

@@ -45,11 +45,12 @@ def _converted(salesforce: SalesforceSandbox) -> tuple[str, str, str]:
 def test_a_converted_lead_is_read_as_gone_with_its_last_values(
     salesforce: SalesforceSandbox, tmp_path: Path
 ) -> None:
-    lead, _contact, live = _converted(salesforce)
+    lead, contact, live = _converted(salesforce)
     connector = _connector(salesforce, tmp_path)
     read = {r.record_id: r for r in connector.read_changes("Lead", FIELDS, Cursor(), read_until())}
     gone = read[lead]
-    assert gone.deleted is True and gone.merged_into is None
+    # Gone into the contact it was converted into: a record of another object.
+    assert gone.deleted is True and (gone.merged_into, gone.merged_into_object) == (contact, "Contact")
     assert gone.fields["HasOptedOutOfEmail"] is True and gone.fields["Email"] == "grete@example.test"
     assert "IsConverted" not in gone.fields
     assert gone.modstamp == salesforce.org.get(lead)["SystemModstamp"]  # type: ignore[index]
@@ -83,16 +84,18 @@ def test_a_write_refused_by_a_converted_lead_is_sent_once_and_left_pending(
     assert salesforce.org.get(lead)["DoNotCall"] is False  # type: ignore[index]
 
 
-def test_a_delete_refused_by_a_converted_lead_is_left_pending(
+def test_a_delete_refused_by_a_converted_lead_is_dead_lettered_for_ops(
     salesforce: SalesforceSandbox, tmp_path: Path
 ) -> None:
+    # An erasure's delete, which still reaches a converted lead (it keeps the person's data):
+    # refused for good where the integration user may not delete converted leads, and said so.
     lead, _contact, _live = _converted(salesforce)
     connector = _connector(salesforce, tmp_path)
     ((result,),) = [
         list(batch.values())
         for batch in connector.write_batches([RecordUpdate("Lead", lead, {}, WriteAction.DELETE)])
     ]
-    assert result.ok is False and result.error_code == CONVERTED and result.retryable is True
+    assert result.ok is False and result.error_code == CONVERTED and result.retryable is False
     assert salesforce.org.get(lead)["IsDeleted"] is False  # type: ignore[index]
 
 

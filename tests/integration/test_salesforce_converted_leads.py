@@ -104,7 +104,13 @@ def _email_marketing(ledger: Ledger, email: str) -> tuple[str, bool]:
 def _assert_gone_and_untouched(ledger: Ledger, sandbox: SalesforceSandbox, lead: str, stamp: Any) -> None:
     link = _link(ledger, "Lead", lead)
     assert link is not None and link.gone_at is not None, "the converted lead still counts as a live record"
-    assert link.merged_into is None  # its survivor is a Contact, not a Lead
+    # Gone into its contact, a record of another object (never taken for a Lead's id).
+    assert link.merged_into == sandbox.org.get(lead)["ConvertedContactId"]  # type: ignore[index]
+    with ledger.engine.connect() as conn:
+        kind = conn.execute(
+            select(crm_links.c.merged_into_object).where(crm_links.c.record_id == lead)
+        ).scalar()
+    assert kind == "Contact"
     assert [status for status, _ in _rows(ledger, lead)] in ([], ["superseded"]), _rows(ledger, lead)
     assert _open_problems(ledger, lead) == [], "the converted lead left a problem open for ops"
     assert _pushed_to(ledger, lead) == []
@@ -185,7 +191,7 @@ def test_a_lead_opted_out_and_converted_between_two_syncs_keeps_its_no(
     person's existing contact before the next sync: Salesforce does not carry Email Opt Out to
     an existing contact. The lead comes with its last values: the no is the person's, recorded
     and pushed to the contact. A lead no sync ever read (made, opted out and converted into a
-    new contact between two runs) is never linked; its no reaches the ledger all the same."""
+    new contact between two runs) is linked gone, into its contact; its no reaches the ledger."""
     org = sandbox.org
     existing = org.create("Contact", FirstName="Grete", LastName="Lind", Email=ADDRESS)
     lead = org.create("Lead", FirstName="Grete", LastName="Lind", Company="Acme", Email=ADDRESS)
@@ -210,5 +216,9 @@ def test_a_lead_opted_out_and_converted_between_two_syncs_keeps_its_no(
     _assert_gone_and_untouched(ledger, sandbox, lead, stamp)
     assert _email_marketing(ledger, "d.novak@example.test") == ("withdrawn", True)
     assert _link(ledger, "Contact", unseen_contact) is not None
-    assert _link(ledger, "Lead", unseen) is None, "a converted lead was linked as a live record"
+    # Linked as a merge's unseen duplicate is: by its id only, gone into its contact (so that an
+    # erasure of the person still reaches the data it keeps).
+    unseen_link = _link(ledger, "Lead", unseen)
+    assert unseen_link is not None and unseen_link.gone_at is not None, "a converted lead linked as live"
+    assert unseen_link.merged_into == unseen_contact
     assert org.get(unseen)["SystemModstamp"] == unseen_stamp  # type: ignore[index]

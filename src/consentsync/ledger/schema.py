@@ -105,6 +105,9 @@ crm_links = Table(
     # (the person and their history stay) but nothing is pushed to it any more.
     Column("gone_at", Timestamp),
     Column("merged_into", String(64)),
+    # The object of ``merged_into`` where it is not this record's (a lead converted into a
+    # contact); NULL: the same object.
+    Column("merged_into_object", String(64)),
     UniqueConstraint("connector", "object_type", "record_id"),
 )
 

@@ -83,7 +83,11 @@ class CrmRecord:
     ``deleted``: the CRM deleted the record; ``modstamp`` is then the time of the deletion and
     ``fields`` its last values where the CRM still answers them (its recycle bin), else empty.
     ``merged_into``: the record was merged away and this is the id of the record that survived
-    (``deleted`` is then True too).
+    (``deleted`` is then True too). ``merged_into_object``: the survivor's object where it is
+    not this record's: a record that went into a record of another object (a lead converted into
+    a contact). Such a record is kept by the CRM, read-only: it is gone for the person's
+    consents, which go with the survivor, but an erasure's delete or anonymise still reaches it
+    (it holds their data).
     """
 
     object_type: str
@@ -92,6 +96,7 @@ class CrmRecord:
     fields: Mapping[str, Any]
     deleted: bool = False
     merged_into: str | None = None
+    merged_into_object: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

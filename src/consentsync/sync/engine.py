@@ -267,12 +267,13 @@ class _LinkToPush(NamedTuple):
     merged_into: str | None
     address_erased: int | None
     suppression_id: int | None
+    merged_into_object: str | None
 
 
 _LINK_TO_PUSH_COLUMNS = (
     "id", "subject_id", "connector", "object_type", "record_id", "gone_at",
     "crm_snapshots.fields", "subjects.erased_at", "merged_into", "suppressions.id",
-    "subjects.suppression_id",
+    "subjects.suppression_id", "merged_into_object",
 )  # fmt: skip
 
 
@@ -1238,9 +1239,7 @@ class SyncEngine:
             [r.record_id for r in with_values if (row := held.get(r.record_id)) and row.gone_at is None],
         )
         survivors = (
-            self._known_links(
-                conn, [CrmLink(self.name, mapping.object, str(record.merged_into)) for record in unread]
-            )
+            self._known_links(conn, [_survivor_link(self.name, mapping.object, record) for record in unread])
             if unread
             else {}
         )
@@ -1292,7 +1291,7 @@ class SyncEngine:
                 subject_id = known
             else:
                 own = CrmLink(self.name, mapping.object, record_id)
-                survivor = CrmLink(self.name, mapping.object, str(record.merged_into))
+                survivor = _survivor_link(self.name, mapping.object, record)
                 owner = survivors.get(survivor) if record.merged_into else None
                 identity = Identity(link=own, subject_id=owner) if owner is not None else Identity(email, own)
                 (subject_id,), created = self.ledger.link_in(conn, [identity], run_id=report.run_id)
@@ -1353,7 +1352,7 @@ class SyncEngine:
         report.counts.deleted_records += len(gone)
         survivors = [
             Identity(
-                link=CrmLink(self.name, mapping.object, r.merged_into),
+                link=_survivor_link(self.name, mapping.object, r),
                 subject_id=rows[r.record_id].subject_id,
             )
             for r in gone
@@ -1384,12 +1383,26 @@ class SyncEngine:
             conn.execute(
                 update(crm_links)
                 .where(crm_links.c.id == row.id)
-                .values(gone_at=record.modstamp, merged_into=record.merged_into)
+                .values(
+                    gone_at=record.modstamp,
+                    merged_into=record.merged_into,
+                    merged_into_object=record.merged_into_object if record.merged_into else None,
+                )
             )
             records.append(
                 self._link_entry(
                     "crm.record_merged" if record.merged_into else "crm.record_deleted",
-                    {"object": mapping.object, "record": record.record_id, "merged_into": record.merged_into},
+                    {
+                        "object": mapping.object,
+                        "record": record.record_id,
+                        "merged_into": record.merged_into,
+                        # Left out for a survivor of the same object: entries stay as they were.
+                        **(
+                            {"merged_into_object": record.merged_into_object}
+                            if record.merged_into_object
+                            else {}
+                        ),
+                    },
                     ("live", "merged" if record.merged_into else "gone"),
                     row.subject_id,
                     uids,
@@ -1527,7 +1540,7 @@ class SyncEngine:
         conn.execute(
             update(crm_links)
             .where(one_of(conn, crm_links.c.id, [row.link_id for row in revived]))
-            .values(gone_at=None, merged_into=None)
+            .values(gone_at=None, merged_into=None, merged_into_object=None)
         )
         # An erasure's delete (or anonymise) done on a record that is back is undone with it: it
         # no longer counts as done, and the examination sends it again (an erased person's record
@@ -1719,11 +1732,25 @@ class SyncEngine:
             )
             if row.connector == self.name
         ]
+        erasures = self.options.erasure_actions
         rows = sorted(
-            row for row in links if row.gone_at is None and row.object_type in self.by_object
+            row
+            for row in links
+            if row.object_type in self.by_object
+            and (
+                row.gone_at is None
+                # Gone into a record of another object (a lead converted into a contact): the CRM
+                # keeps it, read-only, with the person's data. Their consents go with the
+                # survivor; an erasure's delete or anonymise still reaches it.
+                or (
+                    row.merged_into_object is not None
+                    and row.erased_at is not None
+                    and erasures.get(row.object_type, "suppress") != "suppress"
+                )
+            )
         )  # by link id: the pushes are decided, and sent, in the order the links were made
         merged = [
-            (row.subject_id, row.object_type, row.merged_into)
+            (row.subject_id, row.merged_into_object or row.object_type, row.merged_into)
             for row in links
             if row.merged_into is not None and row.gone_at is not None
         ]
@@ -1739,7 +1766,9 @@ class SyncEngine:
         for row in rows:
             mapping = self.by_object[row.object_type]
             key = (row.object_type, row.record_id)
-            erasure = self.options.erasure_actions.get(row.object_type, "suppress")
+            erasure = erasures.get(row.object_type, "suppress")
+            if row.gone_at is not None and key in erasures_done:
+                continue  # a record kept by the CRM: its erasure was sent, nothing else goes to it
             if not writes[row.object_type] and (
                 row.erased_at is None or erasure == "suppress" or key in erasures_done
             ):
@@ -2828,6 +2857,12 @@ def _said_no(state: EffectiveState) -> bool:
     return state.suppressed and (
         state.status in SAID_NO_STATUSES or state.rule in SAID_NO_RULES or state.rule == "erasure_suppression"
     )
+
+
+def _survivor_link(connector: str, object_type: str, record: CrmRecord) -> CrmLink:
+    """The link of the record ``record`` was merged into: of its own object, or of the object
+    it went into (a lead converted into a contact)."""
+    return CrmLink(connector, record.merged_into_object or object_type, str(record.merged_into))
 
 
 def _unchanged(mapping: Mapping, record: CrmRecord, held: Any, digest: str) -> bool:
