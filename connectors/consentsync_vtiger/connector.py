@@ -12,9 +12,10 @@ An incremental read starts ``lookback`` before the last record read (a save stam
 ``operation=sync`` is never the reader (it misses changes later in the same second and records
 owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed. A lead
 converted (*Convert Lead*) is one of them: every Leads query leaves converted leads out, and sync
-lists them as deleted, but ``retrieve`` still answers one, so each lead listed is retrieved, and
-one that answers is handed over with its last values (a no ticked just before the conversion
-is kept); the contact made from it is read as any new contact.
+lists them as deleted, but ``retrieve`` still answers one, so each lead a listing names after its
+stored position is retrieved (at most ``conversion_checks_per_run`` a listing; a listing from the
+beginning retrieves none), and one that answers is handed over with its last values (a no ticked
+just before the conversion is kept); the contact made from it is read as any new contact.
 
 Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone``
 (``server_timezone``). Each autumn a zone with daylight saving time repeats an hour and its
@@ -41,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
+import structlog
 from pydantic import ValidationError
 
 from consentsync import sdk
@@ -49,6 +51,8 @@ from consentsync_vtiger.client import ERRORS, VtigerClient
 from consentsync_vtiger.settings import VtigerSettings
 
 __all__ = ["ERRORS", "VtigerConnector", "vtql_string"]
+
+log = structlog.get_logger("consentsync.vtiger")
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _WSID = re.compile(r"^\d+x\d+$")
@@ -320,24 +324,36 @@ class VtigerConnector(sdk.Connector):
         A deleted record comes bare: the webservice keeps its values out of reach (VTQL leaves
         deleted rows out, ``retrieve`` of a deleted id answers ACCESS_DENIED and sync's
         ``deleted`` holds ids only). A lead sync lists may instead have been converted: Vtiger
-        lists a converted lead as deleted but still retrieves it, so each lead listed is
-        retrieved (one call each), and one that answers comes with its last values (``fields``,
-        as ``read_changes`` reads them): a no given on it before the conversion is not lost.
-        It comes without ``merged_into``: nothing in Vtiger names the contact made from it (and
-        that contact is of another module); the contact is read as a new contact, linked by its
-        address (the stock conversion copies email, not ``emailoptout``)."""
+        lists a converted lead as deleted (sync's answer does not tell the two apart) but still
+        retrieves it, so a lead listed after a stored position is retrieved (one call each, at
+        most ``conversion_checks_per_run`` a listing: those past it come bare), and one that
+        answers comes with its last values (``fields``, as ``read_changes`` reads them): a no
+        given on it before the conversion is not lost. A listing from the beginning (no
+        position: the first one, or a full re-read) retrieves none: it lists every lead the
+        install ever deleted or converted, and one gone before the first read has no unseen no
+        (that read sees live records only). Such a listing hands over where it ended
+        (``completed_cursor``, kept by the engine even when it listed nothing), so that the
+        next one resumes from a position. A converted lead comes without ``merged_into``:
+        nothing in Vtiger names the contact made from it (and that contact is of another
+        module); the contact is read as a new contact, linked by its address (the stock
+        conversion copies email, not ``emailoptout``)."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
             )
         _check_name(object_type, "module")
-        converts = object_type == _CONVERTIBLE and bool(fields)
+        resuming = since.modstamp is not None
+        converts = object_type == _CONVERTIBLE and bool(fields) and resuming
         columns = self._columns(object_type, fields) if converts else []
         stamps = self._stamps(object_type, fields) if converts else []
+        checks = self.config.conversion_checks_per_run if converts else 0
+        unchecked = 0
         # Never 0: webservice.php takes a parameter "0" as not given (PHP reads "0" as false), and
         # vtws_sync with no time lists nothing, so a first listing would never start. 1 is the
         # same moment for every record an install holds.
         mark = max(1, int(since.modstamp.timestamp()) - 1) if since.modstamp is not None else 1
+        # Where the listing got to: the last batch taken whole, and the last id yielded in it.
+        reached, last = datetime.fromtimestamp(mark, UTC), None
         while True:
             result = self._call(
                 "sync",
@@ -347,19 +363,38 @@ class VtigerConnector(sdk.Connector):
             following = int(result.get("lastModifiedTime") or 0)
             stamp = datetime.fromtimestamp(following, UTC)
             if stamp > until:
-                return  # the batch runs past the read's end: the next run lists it
+                break  # the batch runs past the read's end: the next run lists it
+            reached, last = max(reached, stamp), None
             for record_id in sorted(str(i) for i in result.get("deleted") or []):
                 if since.is_before(stamp, record_id):
-                    values = self._converted(object_type, record_id, columns, stamps) if converts else {}
+                    values: dict[str, Any] = {}
+                    if converts and checks > 0:
+                        checks -= 1
+                        values = self._converted(object_type, record_id, columns, stamps)
+                    elif converts:
+                        unchecked += 1
+                    last = record_id
                     yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
             if not result.get("more"):
-                return
+                break
             if following <= mark:
                 raise ConnectorError(
                     f"sync {object_type}: lastModifiedTime did not move past {mark}",
                     ErrorRule(Action.FAIL, Fault.TRANSIENT, "sync made no progress"),
                 )
             mark = following
+        if unchecked:
+            log.warning(
+                "vtiger.conversion_checks_spent",
+                connector=self.name,
+                module=object_type,
+                retrieved=self.config.conversion_checks_per_run,
+                bare=unchecked,
+            )
+        if not resuming:
+            # Without it, a first listing that yields nothing stores no position, and every later
+            # listing would start from the beginning again, retrieving no lead.
+            self.completed_cursor = sdk.Cursor(reached, last, read_until=until)
 
     def _converted(
         self, object_type: str, record_id: str, columns: Sequence[str], stamps: Sequence[str]

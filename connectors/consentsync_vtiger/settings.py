@@ -38,6 +38,10 @@ class VtigerSettings(ConnectorSettings):
     # by the user, or by its groups with userandgroup).
     read_deletions: bool = False
     sync_type: Literal["user", "userandgroup", "application"] = "userandgroup"
+    # Leads a deletion listing retrieves at most (one call each) to tell a converted lead from a
+    # deleted one; those listed past it are handed over bare, as deleted ones. A first listing
+    # (from the beginning) retrieves none (docs/connectors/vtiger.md, "Converted leads").
+    conversion_checks_per_run: int = Field(default=1000, ge=0)
     # The character set of the install's tables: the stock install's MySQL `utf8` (3 bytes)
     # stores characters beyond the Basic Multilingual Plane (emoji) as "?"; `utf8mb4` keeps them.
     database_charset: Literal["utf8", "utf8mb4"] = "utf8"

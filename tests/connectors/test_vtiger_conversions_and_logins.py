@@ -7,6 +7,7 @@ stripslashes unchanged."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,85 @@ def test_a_first_deletion_listing_never_asks_sync_from_zero(sandbox: VtigerSandb
     sandbox.crm.delete(contact)
     connector = connector_for(sandbox, read_deletions=True, sync_type="user")
     assert [r.record_id for r in connector.read_deletions("Contacts", Cursor(), read_until())] == [contact]
+
+
+def test_a_first_deletion_listing_retrieves_none_of_the_leads_gone_before_it(sandbox: VtigerSandbox) -> None:
+    """A first listing asks sync from 1, so it lists every lead the install ever deleted or
+    converted: retrieving each (one call per lead, mostly refused) would cost 50,000 calls on a
+    50,000-lead history. A lead gone before consentsync's first read has no unseen no to keep
+    (that read sees live records only): the first listing retrieves none and hands them over
+    bare, and keeps where it ended, so the next listing, resuming there, retrieves only the
+    leads listed since."""
+    crm = sandbox.crm
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+    history = [
+        crm.create("Leads", lastname=f"Gone {i}", email=f"gone{i}@example.test", at=past) for i in range(300)
+    ]
+    for number, lead in enumerate(history):
+        crm.delete(lead, at=past + dt.timedelta(seconds=number % 7))
+    old = crm.create("Leads", lastname="Old", email="old@example.test", emailoptout="1", at=past)
+    crm.convert_lead(old, at=past + dt.timedelta(seconds=9))
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+
+    first = list(connector.read_deletions("Leads", Cursor(), read_until(), fields=LEAD_FIELDS))
+    assert sandbox.calls["retrieve"] == 0, f"{sandbox.calls['retrieve']} retrieve calls on a first listing"
+    assert {r.record_id for r in first} == {*history, old}
+    assert all(r.deleted and r.fields == {} for r in first)
+    kept = connector.completed_cursor  # the engine stores it: the next listing resumes there
+    assert kept is not None and kept.modstamp is not None
+
+    # Between this run and the next: a lead opted out and converted, another deleted.
+    time.sleep(1.1)
+    converted = crm.create("Leads", lastname="Silva", email="ana.silva@example.test")
+    crm.revise(converted, emailoptout="1")
+    crm.convert_lead(converted)
+    deleted = crm.create("Leads", lastname="Gone", email="gone@example.test")
+    crm.delete(deleted)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+    since = connector.resume_from(kept)
+    gone = {
+        r.record_id: r for r in connector.read_deletions("Leads", since, read_until(), fields=LEAD_FIELDS)
+    }
+    # Sync is asked from the second before the position: what that second held (the old
+    # conversion) is listed again, nothing older.
+    assert {converted, deleted} <= set(gone) <= {converted, deleted, old}
+    assert gone[converted].fields["emailoptout"] == "1" and gone[deleted].fields == {}
+    assert sandbox.calls["retrieve"] == len(gone)  # the leads listed since, not the history
+
+
+def test_an_empty_first_deletion_listing_keeps_where_it_ended(sandbox: VtigerSandbox) -> None:
+    """A first listing with nothing to list still hands over where it ended: without a stored
+    position every later listing would be a first one and retrieve no lead, and a no given on a
+    lead just before its conversion would be lost."""
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+    assert list(connector.read_deletions("Leads", Cursor(), read_until(), fields=LEAD_FIELDS)) == []
+    kept = connector.completed_cursor
+    assert kept is not None and kept.modstamp is not None
+    lead = sandbox.crm.create("Leads", lastname="Silva", email="ana.silva@example.test", emailoptout="1")
+    sandbox.crm.convert_lead(lead)
+    gone = list(
+        connector.read_deletions("Leads", connector.resume_from(kept), read_until(), fields=LEAD_FIELDS)
+    )
+    assert [(r.record_id, r.fields["emailoptout"]) for r in gone] == [(lead, "1")]
+    assert sandbox.calls["retrieve"] == 1
+
+
+def test_retrieves_of_one_listing_are_bounded_the_rest_handed_over_bare(sandbox: VtigerSandbox) -> None:
+    """A resumed listing retrieves at most ``conversion_checks_per_run`` leads (a mass deletion
+    between two runs costs no more): those listed past it come bare, as deleted ones."""
+    crm = sandbox.crm
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+    leads = [
+        crm.create("Leads", lastname=f"Gone {i}", email=f"g{i}@example.test", emailoptout="1")
+        for i in range(5)
+    ]
+    for lead in leads:
+        crm.convert_lead(lead)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=2)
+    gone = list(connector.read_deletions("Leads", Cursor(start), read_until(), fields=LEAD_FIELDS))
+    assert [r.record_id for r in gone] == sorted(leads)
+    assert [bool(r.fields) for r in gone] == [True, True, False, False, False]
+    assert sandbox.calls["retrieve"] == 2
 
 
 # -- logging in ------------------------------------------------------------------------------------
