@@ -138,6 +138,11 @@ class DynamicsConnector(sdk.Connector):
     # the row version assigned at commit, so a late commit comes in the next delta.
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
     can_delete = True  # DELETE /{set}({id}) inside $batch
+    # The erasure actions an object accepts where it accepts fewer than the connector's, read
+    # at config load (consentsync.config): consentsync_journeys_contact is the contact seen from
+    # Journeys, whose erasure is the contact's own (erasure.contact); a delete or anonymise of
+    # it would do nothing, and the still-live contact, read again, would bring it back each run.
+    erasure_actions_by_object: ClassVar[Mapping[str, tuple[str, ...]]] = {JOURNEYS_CONTACT: ("suppress",)}
     deletions = "stream"  # $deletedEntity rows in the delta; merged = true with masterid
     reports_merges = True
 
@@ -657,6 +662,8 @@ class DynamicsConnector(sdk.Connector):
             item = updates[index]
             if item.action is sdk.WriteAction.DELETE:
                 # The record is the contact's view: an erasure's delete is the contact's own.
+                # The config refuses delete for this object (erasure_actions_by_object), so
+                # none is sent; one that comes anyway changes nothing here.
                 answered[index] = sdk.WriteResult(item.record_id, True)
             elif not _GUID.match(item.record_id):
                 answered[index] = sdk.WriteResult(

@@ -433,6 +433,7 @@ def parse_config(text: str, path: Path) -> Config:
         raise ConfigError(describe(error, path, lines, Settings, show_input=show)) from None
     _check_ledger_url(settings.ledger.url, path, lines)
     _check_erasure_objects(settings, path, lines)
+    _check_object_erasure_actions(settings, path, lines)
     return Config(path=path, settings=settings, lines=lines)
 
 
@@ -474,6 +475,41 @@ def _check_erasure_objects(settings: Settings, path: Path, lines: Lines) -> None
                 f"accepted are the {connector.vendor} object types its mappings map: "
                 f"{', '.join(sorted(set(objects)))}"
             )
+
+
+def _check_object_erasure_actions(settings: Settings, path: Path, lines: Lines) -> None:
+    """Every erasure action under a connector's ``erasure:`` is one its plugin carries out for
+    that object: a plugin names the objects that take fewer than all of them in its class's
+    ``erasure_actions_by_object`` (object type -> the accepted actions). Suppress, the default,
+    is every object's: the plugin is loaded only for another action."""
+    for index, connector in enumerate(settings.connectors):
+        asked = {o: a for o, a in connector.erasure.items() if a != "suppress"}
+        if not asked:
+            continue
+        accepted = _erasure_actions_by_object(connector.vendor)
+        for object_type, action in asked.items():
+            allowed = accepted.get(object_type)
+            if allowed is None or action in allowed:
+                continue
+            raise ConfigError(
+                where(path, lines, ("connectors", index, "erasure", object_type))
+                + f"the {connector.vendor} connector cannot {action} {object_type} records "
+                f"(connector {connector.name!r}): accepted is {', '.join(allowed)}"
+            )
+
+
+def _erasure_actions_by_object(vendor: str) -> dict[str, tuple[str, ...]]:
+    """A connector plugin's ``erasure_actions_by_object``; empty when it declares none, or is
+    not installed (``Config.check_vendor`` says so, naming the installed ones)."""
+    from consentsync.sdk import registry
+
+    try:
+        declared = getattr(registry.load(vendor), "erasure_actions_by_object", None)
+    except (InvalidInput, ImportError):
+        return {}
+    if not isinstance(declared, dict):
+        return {}
+    return {str(o): tuple(a) for o, a in declared.items()}
 
 
 SECRET_WORDS = ("secret", "password", "token")

@@ -1,7 +1,8 @@
 """Pushes decided under rules an admin changed since are decided again before anything is sent
 (src/consentsync/sync/push_rules.py): a connector that observed queued its pushes under the
 mappings and mode of then; switched to push, it sends what the rules of now decide, not what
-waited. Against the Salesforce sandbox, on both databases."""
+waited. Against the Salesforce sandbox, on both databases (a release that decides otherwise:
+against the HubSpot sandbox, whose hs_legal_basis is where version 2 decides otherwise)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from click.testing import CliRunner
+from consentsync_hubspot.sandbox.harness import HubSpotHarness
 from consentsync_salesforce.sandbox import SalesforceSandbox
 from sqlalchemy import select
 
@@ -20,7 +23,8 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox, subjects
 from consentsync.ledger.service import Ledger
 from consentsync.mapping import load_mapping
-from consentsync.sync import cursors
+from consentsync.sdk.harness import open_sync_engine, write_sync_config
+from consentsync.sync import cursors, push_rules
 from consentsync.sync import outbox as outbox_commands
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.integration.helpers import outbox_row, sandbox_engine, seeded_org, shipped_mappings
@@ -175,12 +179,94 @@ def test_a_release_that_decides_pushes_otherwise_has_the_waiting_ones_decided_ag
 ) -> None:
     # Pushes decided the older way and waiting (an observing connector, a held run) were sent as
     # decided: the digest named the mappings and options only, not how the code decides from them
-    # (version 2 leaves a value the field's own pull table reads as the one to write).
-    from consentsync.sync import push_rules
-
+    # (version 2 leaves a value the field's own pull table reads as the one to write). What the
+    # waiting pushes then come to: the HubSpot test below.
     mappings = [load_mapping(path) for path in shipped_mappings("salesforce", "contact.yaml", "lead.yaml")]
     options = SyncOptions(mode="two_way")
     now = push_rules.push_rules_digest(mappings, options)
     assert push_rules.push_rules_digest(mappings, options) == now
     monkeypatch.setattr(push_rules, "PUSH_DECISIONS_VERSION", push_rules.PUSH_DECISIONS_VERSION - 1)
     assert push_rules.push_rules_digest(mappings, options) != now
+
+
+# Of the shipped mappings, HubSpot's hs_legal_basis is where version 2 decides otherwise: it reads
+# three "Legitimate interest" options as legitimate_interests and pushes back one of them.
+PROSPECT = "Legitimate interest \u2013 prospect/lead"
+CUSTOMER = "Legitimate interest \u2013 existing customer"
+
+
+@pytest.fixture
+def hubspot() -> Iterator[HubSpotHarness]:
+    harness = HubSpotHarness()
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+def _observed(hubspot: HubSpotHarness, tmp_path: Path) -> Path:
+    config = write_sync_config(hubspot, tmp_path)
+    data = yaml.safe_load(config.read_text())
+    data["connectors"][0]["mode"] = "observe"  # the pushes wait
+    config.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return config
+
+
+def _observe(config: Path) -> Ledger:
+    engine = open_sync_engine(config)
+    report = engine.run()
+    engine.connector.close()
+    assert report.status == "succeeded", report.error
+    return engine.ledger
+
+
+def _status(ledger: Ledger, row: int) -> str:
+    with ledger.engine.connect() as conn:
+        return str(conn.execute(select(outbox.c.status).where(outbox.c.id == row)).scalar_one())
+
+
+def test_a_push_the_older_decisions_made_and_the_current_ones_do_not_is_superseded_after_the_release(
+    hubspot: HubSpotHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contact on "prospect/lead": version 1 decided to relabel it "existing customer" (the
+    value pushed for legitimate_interests), and that push waited while the connector observed.
+    Version 2 leaves a value the field's own pull table reads as the basis to write: the first
+    run of the release decides the waiting push again and supersedes it; under the older
+    version's rules (its digest stored) it waited on, to be sent as decided."""
+    contact = hubspot.sandbox.portal.create(
+        {"email": "li@example.test", "lastname": "Person", "hs_legal_basis": PROSPECT}
+    )
+    config = _observed(hubspot, tmp_path)
+    current = push_rules.PUSH_DECISIONS_VERSION
+    monkeypatch.setattr(push_rules, "PUSH_DECISIONS_VERSION", current - 1)
+    ledger = _observe(config)  # the older release's run: its digest is stored
+    with ledger.engine.connect() as conn:
+        queued = conn.execute(select(outbox.c.fields).where(outbox.c.status == "pending")).scalars().all()
+    assert not any("hs_legal_basis" in fields for fields in queued), "version 2 decides no relabel"
+    (uid,) = ledger.subject_uids_for_email("li@example.test")
+    with ledger.engine.connect() as conn:
+        subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar_one()
+    # The push version 1 decided for the contact, waiting.
+    relabel = outbox_row(
+        ledger,
+        subject_id,
+        connector="contract",
+        object_type="contacts",
+        record_id=contact,
+        fields=orjson.dumps({"hs_legal_basis": CUSTOMER}).decode(),
+        suppression=False,
+        rule="latest_event_time",
+    )
+    ledger.engine.dispose()
+
+    # Still the older release: its rules are the stored ones, the push waits as it was decided.
+    _observe(config).engine.dispose()
+    assert _status(ledger, relabel) == "pending"
+
+    # The release that decides otherwise: the waiting push is decided again, and superseded.
+    monkeypatch.setattr(push_rules, "PUSH_DECISIONS_VERSION", current)
+    ledger = _observe(config)
+    assert _status(ledger, relabel) == "superseded"
+    assert hubspot.sandbox.portal.get(contact)["hs_legal_basis"] == PROSPECT
+    ledger.engine.dispose()

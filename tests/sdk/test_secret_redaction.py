@@ -19,6 +19,7 @@ from consentsync.sdk.errors import (
     ConnectorError,
     ErrorRule,
     Fault,
+    mask_secret_params,
     network_error,
     register_secret,
     scrub,
@@ -184,3 +185,58 @@ def test_a_credential_in_a_url_query_is_redacted_wherever_the_url_is_quoted(text
     assert scrub("see https://crm.example.com/q?limit=5&offset=10 and a=b") == (
         "see https://crm.example.com/q?limit=5&offset=10 and a=b"
     )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "X-Amz-Signature",
+        "x-amz-signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "X-Goog-Signature",
+        "Signature",
+        "sig",
+        "SIG",
+        "jwt",
+        "JWT",
+        "client_assertion",
+        "clientAssertion",
+        "authkey",
+        "authKey",
+        "ticket",
+        "hapikey",
+        "access_key",
+        "accessKey",
+        "subscription-key",
+        "api_key",
+    ],
+)
+def test_a_credential_under_any_usual_query_name_is_redacted_in_any_case(name: str) -> None:
+    text = f"GET https://h/x?limit=5&{name}=SEKRET2&offset=10"
+    assert scrub(text) == f"GET https://h/x?limit=5&{name}=[redacted]&offset=10"
+    assert scrub(f"https://h/x?{name}=SEKRET2") == f"https://h/x?{name}=[redacted]"
+    assert mask_secret_params(f"https://h/x?{name}=SEKRET2#f") == f"https://h/x?{name}=[redacted]#f"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "limit",
+        "offset",
+        "state",
+        "after",
+        "properties",
+        "archived",
+        "client_assertion_type",
+        "X-Amz-SignedHeaders",
+        "X-Amz-Expires",
+        "X-Amz-Algorithm",
+        "X-Amz-Date",
+        "response_type",
+        "email",
+    ],
+)
+def test_an_ordinary_query_parameter_stays_readable(name: str) -> None:
+    text = f"GET https://h/x?{name}=visible1&limit=5"
+    assert scrub(text) == text

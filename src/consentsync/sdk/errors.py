@@ -255,11 +255,26 @@ _QUERY_PARAM = re.compile(r"([?&;])([^=&#;\s?/]+)=([^&#;\s]*)")
 #: Query parameters that carry a credential under a name ``is_secret_key`` does not know: an API
 #: key, a signature, an OAuth code, a session id, a password.
 _SECRET_PARAMS = frozenset({"key", "sig", "signature", "auth", "code", "session", "sid", "pwd", "pass"})
+#: How the name of a query parameter carrying a credential ends, once lower-cased and rid of
+#: its separators: a presigned URL's ``X-Amz-Signature``/``X-Goog-Signature``, an Azure SAS
+#: ``sig``, ``X-Amz-Credential``, ``X-Amz-Security-Token``, a ``jwt``, an OAuth
+#: ``client_assertion``, a CAS ``ticket``, an ``authkey``/``hapikey``/``access_key``/
+#: ``subscription-key``. A name ending otherwise (limit, offset, state, after,
+#: client_assertion_type, X-Amz-SignedHeaders, X-Amz-Expires) is no credential's.
+_SECRET_PARAM_END = re.compile(
+    r"(signature|sig|credentials?|token|jwt|assertion|ticket|key|secret|password|passwd|pwd|sessionid)$"
+)
+_PARAM_SEPARATORS = re.compile(r"[^a-z0-9]")
 
 
 def is_secret_param(name: str) -> bool:
-    """Whether a URL query parameter called ``name`` carries a credential."""
-    return is_secret_key(name) or name.lower() in _SECRET_PARAMS
+    """Whether a URL query parameter called ``name`` carries a credential (in any case)."""
+    lowered = name.lower()
+    return (
+        is_secret_key(name)
+        or lowered in _SECRET_PARAMS
+        or bool(_SECRET_PARAM_END.search(_PARAM_SEPARATORS.sub("", lowered)))
+    )
 
 
 def mask_secret_params(text: str, shown: str = "[redacted]") -> str:
