@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
@@ -507,7 +508,7 @@ def _erasure_actions_by_object(vendor: str) -> dict[str, tuple[str, ...]]:
         declared = getattr(registry.load(vendor), "erasure_actions_by_object", None)
     except (InvalidInput, ImportError):
         return {}
-    if not isinstance(declared, dict):
+    if not isinstance(declared, Mapping):
         return {}
     return {str(o): tuple(a) for o, a in declared.items()}
 

@@ -187,6 +187,12 @@ class Connector(ABC):
     # connector sets it from its vendor's docs; ``lookback_seconds`` in the connector's config
     # overrides it.
     lookback: ClassVar[timedelta] = timedelta(minutes=5)
+    # The objects whose records take fewer erasure actions than all (suppress, anonymise,
+    # delete), with the ones they take: an object the connector makes up from other records (it
+    # has nothing of its own to delete) takes suppress only. A config asking another action of
+    # such an object is refused at load (config._check_object_erasure_actions). Empty: every
+    # object takes every action.
+    erasure_actions_by_object: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     # What the connector reads for a mapping by itself, beyond the mapping's own fields (a field
     # it adds, such as HubSpot's opt-out of all email): change it whenever a new version reads
     # more or understands the answers otherwise. It goes into each cursor's reading digest, so a
