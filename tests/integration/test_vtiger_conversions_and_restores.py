@@ -112,3 +112,22 @@ def test_a_contact_restored_from_the_recycle_bin_is_read_linked_and_pushed_to_ag
     with ledger.engine.connect() as conn:
         revived = [e["what"]["record"] for e in audit.entries(conn, action="crm.record_restored")]
     assert contact in revived
+
+
+def test_a_full_run_after_a_lead_was_opted_out_and_converted_keeps_its_no(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    """A full run reads every live record again, and lists deletions from where the last listing
+    ended: listed from the beginning, no lead is retrieved (a whole history of deletions would
+    each cost a call), and the lead converted since the last run would come without the no it
+    carried."""
+    crm = sandbox.crm
+    lead = crm.create("Leads", firstname="Ana", lastname="Silva", email="ana.silva@example.test")
+    _run(ledger, config_path, sandbox, full=True)
+    time.sleep(1.1)
+    crm.revise(lead, emailoptout="1")
+    contact = crm.convert_lead(lead)
+    _run(ledger, config_path, sandbox, full=True)
+    made = crm.get(contact)
+    assert made is not None and made["emailoptout"] == "1", "the lead's no was lost with its conversion"
+    assert _link(ledger, "Leads", lead).gone_at is not None

@@ -645,8 +645,15 @@ class SyncEngine:
                     stored = Cursor()
                 if rethink:
                     self._rereading.add(key)
-                use_full = full or again is not None
-                if full:
+                # A full run reads every record again; a deletion listing goes on from where it
+                # ended (what was gone before was handled then): listed from the beginning, each
+                # deletion in the CRM's history costs a call where a connector looks it up (a
+                # converted lead retrieved, an archived contact read), and a listing from the
+                # beginning looks none up, so a no given on a record converted or deleted since
+                # the last run would come without its values.
+                relist = full and not key.endswith(DELETIONS)
+                use_full = relist or again is not None
+                if relist:
                     stored = Cursor()
                 # An incremental read starts the look-back window behind the stored position:
                 # a change stamped before it may have become visible only since. What was
