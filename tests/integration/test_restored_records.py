@@ -56,6 +56,8 @@ class BinOrg(Org):
         self.records[record_id] = fields
 
     def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+        if self.refuse_writes:
+            return super().write(updates)
         results = []
         for update in updates:
             if update.action is WriteAction.DELETE:
@@ -185,3 +187,24 @@ def test_an_undeleted_salesforce_contact_of_an_erased_person_is_deleted_again(
     _sync(path)
     assert org.get(erased)["IsDeleted"] is True, "the undeleted Contact of an erased person stays live"
     assert [p["rule"] for p in _pushes(path, erased)] == ["erasure_delete", "erasure_delete"]
+
+
+def test_an_erasure_the_crm_refused_is_sent_again_to_the_record_restored(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """The erasure's delete refused for good (dead-lettered for ops); a CRM user then deletes the
+    record and an admin restores it: the record is back, and the erasure is tried on it again."""
+    org = BinOrg(clock)
+    org.put("r1", ADDRESS)
+    _grant(ledger, ADDRESS, clock.now - timedelta(days=30))
+    _run(ledger, config_path, org, clock, thing="delete")
+    ledger.erase(ADDRESS, reason="Art. 17 request")
+    org.refuse_writes = True
+    _run(ledger, config_path, org, clock, thing="delete")  # refused: dead
+    org.refuse_writes = False
+    org.delete("r1")
+    _run(ledger, config_path, org, clock, thing="delete")  # reads the deletion
+    org.restore("r1")
+    _run(ledger, config_path, org, clock, thing="delete")
+    _run(ledger, config_path, org, clock, thing="delete")
+    assert "r1" not in org.records, "the refused erasure was never tried on the restored record"

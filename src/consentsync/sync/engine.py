@@ -1551,14 +1551,15 @@ class SyncEngine:
         )
         # An erasure's delete (or anonymise) done on a record that is back is undone with it: it
         # no longer counts as done, and the examination sends it again (an erased person's record
-        # restored by a CRM admin holds their data again, Art. 17).
+        # restored by a CRM admin holds their data again, Art. 17). One the CRM refused for good
+        # (dead) is tried again too: the record is back as a record, not as the one refused.
         conn.execute(
             update(outbox)
             .where(
                 outbox.c.connector == self.name,
                 outbox.c.object_type == object_type,
                 one_of(conn, outbox.c.record_id, [row.record_id for row in revived]),
-                outbox.c.status == "done",
+                outbox.c.status.in_(("done", "dead")),
                 outbox.c.rule.in_(sorted(ERASURE_RULE_NAMES)),
             )
             .values(status="superseded")
