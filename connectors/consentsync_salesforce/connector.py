@@ -792,6 +792,10 @@ def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ())
         # lost with the record when no read came in between. The engine takes only a no from a
         # deleted record's values, never its other values as the person's current state.
         survivor, survivor_object = raw.get("MasterRecordId") or None, None
+        if survivor is None and raw.get("IsConverted") is True and raw.get("ConvertedContactId"):
+            # A lead converted, then deleted (converted leads cleared out): it went into its
+            # contact all the same, and its no goes with it.
+            survivor, survivor_object = raw["ConvertedContactId"], "Contact"
     elif raw.get("IsConverted") is True:
         # A lead converted: Salesforce keeps it, queryable and read-only (every write is refused
         # with CANNOT_UPDATE_CONVERTED_LEAD), and the person lives on in the contact it was

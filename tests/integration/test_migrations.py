@@ -204,3 +204,55 @@ def test_verify_names_an_entry_pointed_at_another_person(cli: Cli, ledger_url: s
     assert result.exit_code != 0
     assert f"entry {seq}" in result.output and "re-pointed" in result.output
     engine.dispose()
+
+
+def test_0016_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
+    """0016 adds crm_links.merged_into_object; downgrading drops it. Both ways with links and the
+    snapshots that reference them: a rebuild of crm_links (SQLite's batch mode) was refused by
+    the foreign keys, and the ledger stayed at 0016."""
+    engine = make_engine(ledger_url)
+    upgrade(engine, "0015")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO subjects (id, uid, created_at, restricted)"
+                " VALUES (1, 'u1', CURRENT_TIMESTAMP, false)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO crm_links (id, subject_id, connector, object_type, record_id, linked_at,"
+                " gone_at, merged_into) VALUES"
+                " (1, 1, 'sf', 'Lead', 'L1', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'C1'),"
+                " (2, 1, 'sf', 'Contact', 'C1', CURRENT_TIMESTAMP, NULL, NULL)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO crm_snapshots (link_id, evidence, fields, updated_at, identity) VALUES"
+                " (1, '{}', '{}', CURRENT_TIMESTAMP, 'x'), (2, '{}', '{}', CURRENT_TIMESTAMP, 'y')"
+            )
+        )
+
+    def links() -> list[tuple[object, ...]]:
+        with engine.connect() as conn:
+            return [
+                tuple(row)
+                for row in conn.execute(
+                    text("SELECT id, object_type, record_id, merged_into FROM crm_links ORDER BY id")
+                )
+            ]
+
+    before = links()
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE crm_links SET merged_into_object = 'Contact' WHERE id = 1"))
+    command.downgrade(alembic_config(engine), "0015")
+    assert migration_state(engine) == "0015"
+    assert links() == before
+    assert "merged_into_object" not in {c["name"] for c in inspect(engine).get_columns("crm_links")}
+    upgrade(engine)
+    assert migration_state(engine) == SCHEMA_REVISION and links() == before
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM crm_snapshots")).scalar_one() == 2
+    engine.dispose()

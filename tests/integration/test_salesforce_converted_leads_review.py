@@ -93,3 +93,58 @@ def test_an_erasure_reaches_a_converted_lead_or_tells_ops(
     else:
         assert lead_rows == [("delete", "dead")], lead_rows
         assert [record_id for record_id, _ in problems] == [lead], "ops were not told"
+
+
+def test_an_erasure_anonymise_a_converted_lead_refuses_goes_to_ops_once_and_carries_no_consent(
+    ledger: Ledger, config_path: Path, sandbox: Any
+) -> None:
+    """Only the erasure's own values go to a converted lead (never the person's consents), and a
+    refusal by it, which no read will ever settle, is dead-lettered for ops at once: it was sent
+    again every run, pending, with the consent flags."""
+    org = sandbox.org
+    lead = org.create("Lead", FirstName="Grete", LastName="Lind", Company="Acme", Email=ADDRESS)
+    options = SyncOptions(batch_size=50, signpost_lag_seconds=0, erasure_actions={"Lead": "anonymise"})
+
+    def run() -> None:
+        engine = shipped_engine(ledger, config_path, sandbox, "sf", "salesforce", MAPPINGS, {}, options)
+        assert engine.run().status == "succeeded"
+        time.sleep(1.1)
+
+    run()
+    org.convert_lead(lead)
+    time.sleep(1.1)
+    run()
+    ledger.erase(ADDRESS, reason="Art. 17 request")
+    for _ in range(3):
+        run()
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(
+            select(outbox.c.status, outbox.c.attempts, outbox.c.fields).where(outbox.c.record_id == lead)
+        ).all()
+        problems = conn.execute(select(quarantine.c.record_id).where(quarantine.c.record_id == lead)).all()
+    assert [(status, attempts) for status, attempts, _ in rows] == [("dead", 1)], rows
+    assert "HasOptedOutOfEmail" not in rows[0][2] and "Erased" in rows[0][2], rows[0][2]
+    assert len(problems) == 1
+
+
+def test_a_no_on_a_lead_converted_then_deleted_reaches_the_contact(
+    ledger: Ledger, config_path: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An admin clears out converted leads (deletes them) before the next sync: the deleted lead
+    still names the contact it went into, and its no reaches that contact's person."""
+    import consentsync_salesforce.sandbox.org as org_module
+
+    monkeypatch.setattr(org_module, "_refuse_converted", lambda record: None)  # may delete converted leads
+    org = sandbox.org
+    contact = org.create("Contact", FirstName="Grete", LastName="Lind", Email="g.lind@work.example.test")
+    lead = org.create("Lead", FirstName="Grete", LastName="Lind", Company="Acme", Email=ADDRESS)
+    _run(_engine(ledger, config_path, sandbox), full=True)
+    org.update(lead, HasOptedOutOfEmail=True)
+    org.convert_lead(lead, contact_id=contact)
+    org.delete(lead)
+    time.sleep(1.1)
+    _run(_engine(ledger, config_path, sandbox))
+    _run(_engine(ledger, config_path, sandbox))
+    assert org.get(contact)["HasOptedOutOfEmail"] is True, (
+        "the lead's no never reached the contact it went into"
+    )

@@ -262,7 +262,9 @@ _SECRET_PARAMS = frozenset({"key", "sig", "signature", "auth", "code", "session"
 #: ``subscription-key``. A name ending otherwise (limit, offset, state, after,
 #: client_assertion_type, X-Amz-SignedHeaders, X-Amz-Expires) is no credential's.
 _SECRET_PARAM_END = re.compile(
-    r"(signature|sig|credentials?|token|jwt|assertion|ticket|key|secret|password|passwd|pwd|sessionid)$"
+    r"(signature|sig|credentials?|token|jwt|assertion|secret|password|passwd|pwd|sessionid"
+    # Not every name ending in "key": sortKey, objectKey and ExternalKey name no secret.
+    r"|apikey|accesskey|authkey|secretkey|privatekey|signingkey|subscriptionkey|clientkey)$"
 )
 _PARAM_SEPARATORS = re.compile(r"[^a-z0-9]")
 

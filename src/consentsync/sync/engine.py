@@ -1795,7 +1795,13 @@ class SyncEngine:
                 # back under that address after the erasure (made under its entry): their own
                 # state decides, which starts suppressed until their new consent lifts it.
                 subject_states = _address_erased(subject_states)
-            updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
+            updates = (
+                # A record kept by the CRM after it went into another (a converted lead): only
+                # the erasure's own action reaches it, never the person's consents.
+                {}
+                if row.gone_at is not None
+                else self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
+            )
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
             if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
@@ -2569,6 +2575,10 @@ class SyncEngine:
                     subject_id=row.subject_id,
                 )
             )
+        refused = [row for row, result in answered if not result.ok]
+        # A refusal by a record kept by the CRM after it went into another (an erasure's action
+        # on a converted lead): no read will ever settle it, so it goes to ops at once.
+        kept = self._gone_links(conn, refused) if refused else set()
         for row, result in answered:
             if result.ok:
                 continue
@@ -2577,7 +2587,11 @@ class SyncEngine:
             attempts = row.attempts + 1
             # A row the CRM keeps refusing is dead-lettered with its reason for ops
             # (consentsync outbox list --dead / retry) instead of being retried forever.
-            alive = result.retryable and attempts < self.options.max_push_attempts
+            alive = (
+                result.retryable
+                and attempts < self.options.max_push_attempts
+                and (row.object_type, row.record_id) not in kept
+            )
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == row.id)
@@ -2593,6 +2607,25 @@ class SyncEngine:
                     )
                 )
         audit.append(conn, records, now)
+
+    def _gone_links(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
+        """Which of these outbox rows' records are linked as gone (object, record id)."""
+        by_object: dict[str, list[str]] = {}
+        for row in rows:
+            by_object.setdefault(row.object_type, []).append(row.record_id)
+        return {
+            (object_type, record_id)
+            for object_type, record_ids in by_object.items()
+            for record_id, gone_at in select_in(
+                conn,
+                crm_links,
+                ("record_id", "gone_at"),
+                "record_id",
+                sorted(set(record_ids)),
+                equal=(("connector", self.name), ("object_type", object_type)),
+            )
+            if gone_at is not None
+        }
 
     def _apply_snapshots(
         self, conn: Connection, written: list[tuple[Any, dict[str, Any]]], now: datetime

@@ -22,11 +22,14 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE on both databases (SQLite drops a column itself since 3.35): a batch
+# rebuild of crm_links would drop the table that crm_snapshots and the outbox reference, which
+# the ledger's foreign keys refuse.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("crm_links") as batch:
-        batch.add_column(sa.Column("merged_into_object", sa.String(64), nullable=True))
+    op.add_column("crm_links", sa.Column("merged_into_object", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("crm_links") as batch:
-        batch.drop_column("merged_into_object")
+    op.drop_column("crm_links", "merged_into_object")
