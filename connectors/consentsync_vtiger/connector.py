@@ -12,10 +12,11 @@ An incremental read starts ``lookback`` before the last record read (a save stam
 ``operation=sync`` is never the reader (it misses changes later in the same second and records
 owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deletions listed. A lead
 converted (*Convert Lead*) is one of them: every Leads query leaves converted leads out, and sync
-lists them as deleted, but ``retrieve`` still answers one, so each lead a listing names after its
-stored position is retrieved (at most ``conversion_checks_per_run`` a listing; a listing from the
-beginning retrieves none), and one that answers is handed over with its last values (a no ticked
-just before the conversion is kept); the contact made from it is read as any new contact.
+lists them as deleted, but ``retrieve`` still answers one, so each lead a listing names is
+retrieved (about ``conversion_checks_per_run`` a run at most: a listing stops there, and the next
+run goes on from the last lead handed over), and one that answers is handed over with its last
+values (a no ticked just before the conversion is kept); the contact made from it is read as any
+new contact.
 
 Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone``
 (``server_timezone``). Each autumn a zone with daylight saving time repeats an hour and its
@@ -116,6 +117,8 @@ class VtigerConnector(sdk.Connector):
         self.client = VtigerClient(self.config, self.usage)
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         self._prefixes: dict[str, str] = {}
+        # The widest look-back a read of this run starts behind its stored position.
+        self._relisted = self.lookback
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -310,6 +313,13 @@ class VtigerConnector(sdk.Connector):
 
     # -- deletions -----------------------------------------------------------------------------
 
+    def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
+        """As every connector resumes; the window is kept, so that a deletion listing knows how
+        far behind the stored position it may start (``read_deletions``)."""
+        window = self.lookback if lookback is None else lookback
+        self._relisted = max(self._relisted, window)
+        return super().resume_from(cursor, lookback)
+
     def read_deletions(
         self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
     ) -> Iterator[sdk.CrmRecord]:
@@ -325,29 +335,44 @@ class VtigerConnector(sdk.Connector):
         deleted rows out, ``retrieve`` of a deleted id answers ACCESS_DENIED and sync's
         ``deleted`` holds ids only). A lead sync lists may instead have been converted: Vtiger
         lists a converted lead as deleted (sync's answer does not tell the two apart) but still
-        retrieves it, so a lead listed after a stored position is retrieved (one call each, at
-        most ``conversion_checks_per_run`` a listing: those past it come bare), and one that
-        answers comes with its last values (``fields``, as ``read_changes`` reads them): a no
-        given on it before the conversion is not lost. A listing from the beginning (no
-        position: the first one, or a full re-read) retrieves none: it lists every lead the
-        install ever deleted or converted, and one gone before the first read has no unseen no
-        (that read sees live records only). Such a listing hands over where it ended
-        (``completed_cursor``, kept by the engine even when it listed nothing), so that the
-        next one resumes from a position. A converted lead comes without ``merged_into``:
-        nothing in Vtiger names the contact made from it (and that contact is of another
-        module); the contact is read as a new contact, linked by its address (the stock
-        conversion copies email, not ``emailoptout``)."""
+        retrieves it, so every lead listed is retrieved (one call each), the first listing (from
+        the beginning) included, and one that answers comes with its last values (``fields``, as
+        ``read_changes`` reads them): a no given on it before the conversion is not lost, however
+        long the connector ran before the listing was turned on. A listing retrieves about
+        ``conversion_checks_per_run`` leads at most: it stops before the sync batch that would
+        take it past that, and the next run goes on from the last lead handed over (the
+        engine's cursor): a long history is caught up over several runs, and no lead is ever
+        handed over bare for want of a check. A batch is never cut (sync names no time per
+        record: a batch is asked again only from its last second), and a listing always takes
+        the batches up to the first one past its look-back window (``_relisted``): so each run
+        moves the cursor on, even when the window alone holds more leads than the setting. A
+        listing from the beginning that went to its end hands over where it ended
+        (``completed_cursor``, kept by the engine even when it listed nothing), so that the next
+        one resumes from a position; one stopped early hands over none (the cursor stays at the
+        last lead handed over). A converted lead comes without ``merged_into``: nothing in
+        Vtiger names the contact made from it (and that contact is of another module); the
+        contact is read as a new contact, linked by its address (the stock conversion copies
+        email, not ``emailoptout``)."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
             )
         _check_name(object_type, "module")
-        resuming = since.modstamp is not None
-        converts = object_type == _CONVERTIBLE and bool(fields) and resuming
+        converts = object_type == _CONVERTIBLE and bool(fields)
         columns = self._columns(object_type, fields) if converts else []
         stamps = self._stamps(object_type, fields) if converts else []
-        checks = self.config.conversion_checks_per_run if converts else 0
-        unchecked = 0
+        cap = self.config.conversion_checks_per_run
+        spent = 0
+        # Records up to `horizon` may lie behind the stored position (the look-back window listed
+        # again); the listing stops for the cap only once it handed over one past it, so that
+        # the cursor moves on. None: every record listed is past the stored position.
+        horizon = (
+            since.modstamp + self._relisted
+            if since.modstamp is not None and since.record_id is None
+            else None
+        )
+        moved = False
+        stopped = False
         # Never 0: webservice.php takes a parameter "0" as not given (PHP reads "0" as false), and
         # vtws_sync with no time lists nothing, so a first listing would never start. 1 is the
         # same moment for every record an install holds.
@@ -364,17 +389,22 @@ class VtigerConnector(sdk.Connector):
             stamp = datetime.fromtimestamp(following, UTC)
             if stamp > until:
                 break  # the batch runs past the read's end: the next run lists it
+            listed = [
+                i for i in sorted(str(i) for i in result.get("deleted") or []) if since.is_before(stamp, i)
+            ]
+            if converts and moved and listed and spent + len(listed) > cap:
+                # Checked in a later run, from the last lead handed over: never handed over bare.
+                stopped = True
+                break
             reached, last = max(reached, stamp), None
-            for record_id in sorted(str(i) for i in result.get("deleted") or []):
-                if since.is_before(stamp, record_id):
-                    values: dict[str, Any] = {}
-                    if converts and checks > 0:
-                        checks -= 1
-                        values = self._converted(object_type, record_id, columns, stamps)
-                    elif converts:
-                        unchecked += 1
-                    last = record_id
-                    yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
+            for record_id in listed:
+                values: dict[str, Any] = {}
+                if converts:
+                    spent += 1
+                    values = self._converted(object_type, record_id, columns, stamps)
+                last = record_id
+                yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
+            moved = moved or bool(listed and (horizon is None or stamp > horizon))
             if not result.get("more"):
                 break
             if following <= mark:
@@ -383,17 +413,18 @@ class VtigerConnector(sdk.Connector):
                     ErrorRule(Action.FAIL, Fault.TRANSIENT, "sync made no progress"),
                 )
             mark = following
-        if unchecked:
+        if stopped:
             log.warning(
                 "vtiger.conversion_checks_spent",
                 connector=self.name,
                 module=object_type,
-                retrieved=self.config.conversion_checks_per_run,
-                bare=unchecked,
+                retrieved=spent,
+                resumes_after=reached.isoformat(),
             )
-        if not resuming:
+        elif since.modstamp is None:
             # Without it, a first listing that yields nothing stores no position, and every later
-            # listing would start from the beginning again, retrieving no lead.
+            # listing would start from the beginning again. Not for a listing stopped early: the
+            # cursor stays at the last lead handed over, before those not checked yet.
             self.completed_cursor = sdk.Cursor(reached, last, read_until=until)
 
     def _converted(

@@ -39,8 +39,9 @@ class VtigerSettings(ConnectorSettings):
     read_deletions: bool = False
     sync_type: Literal["user", "userandgroup", "application"] = "userandgroup"
     # Leads a deletion listing retrieves at most (one call each) to tell a converted lead from a
-    # deleted one; those listed past it are handed over bare, as deleted ones. A first listing
-    # (from the beginning) retrieves none (docs/connectors/vtiger.md, "Converted leads").
+    # deleted one: the listing stops before the sync batch that would pass it, and the next run
+    # goes on from there; no lead is handed over unchecked. A first listing (from the beginning)
+    # catches up over several runs (docs/connectors/vtiger.md, "Converted leads").
     conversion_checks_per_run: int = Field(default=1000, ge=0)
     # The character set of the install's tables: the stock install's MySQL `utf8` (3 bytes)
     # stores characters beyond the Basic Multilingual Plane (emoji) as "?"; `utf8mb4` keeps them.

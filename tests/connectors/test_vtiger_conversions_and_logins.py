@@ -7,7 +7,6 @@ stripslashes unchanged."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,48 +96,62 @@ def test_a_first_deletion_listing_never_asks_sync_from_zero(sandbox: VtigerSandb
     assert [r.record_id for r in connector.read_deletions("Contacts", Cursor(), read_until())] == [contact]
 
 
-def test_a_first_deletion_listing_retrieves_none_of_the_leads_gone_before_it(sandbox: VtigerSandbox) -> None:
+def _converted_one_a_second(crm: Any, count: int, start: dt.datetime) -> list[str]:
+    """``count`` leads opted out and converted one a second from ``start``: sync's batches (the
+    100 oldest changes) then hold 100 of them each."""
+    leads = [
+        crm.create("Leads", lastname=f"Gone {i}", email=f"g{i}@example.test", emailoptout="1", at=start)
+        for i in range(count)
+    ]
+    for number, lead in enumerate(leads):
+        crm.convert_lead(lead, at=start + dt.timedelta(seconds=number))
+    return leads
+
+
+def _cursor_after(records: list[Any]) -> Cursor:
+    """Where the engine's cursor stands after a listing that handed ``records`` over and set no
+    completed cursor: at the last of them."""
+    last = records[-1]
+    return Cursor(last.modstamp, last.record_id, read_until=read_until())
+
+
+def test_a_first_deletion_listing_retrieves_the_leads_gone_before_it_up_to_the_cap(
+    sandbox: VtigerSandbox,
+) -> None:
     """A first listing asks sync from 1, so it lists every lead the install ever deleted or
-    converted: retrieving each (one call per lead, mostly refused) would cost 50,000 calls on a
-    50,000-lead history. A lead gone before consentsync's first read has no unseen no to keep
-    (that read sees live records only): the first listing retrieves none and hands them over
-    bare, and keeps where it ended, so the next listing, resuming there, retrieves only the
-    leads listed since."""
+    converted; it is also what a listing is when read_deletions is turned on after the connector
+    ran for a while (or on a ledger whose earlier version stored no listing position), so a lead
+    opted out and converted since the last read is among them: each lead is retrieved all the
+    same. ``conversion_checks_per_run`` bounds what one run retrieves: the listing stops before
+    the sync batch that would pass it, hands over no completed cursor (the engine's cursor stays
+    at the last lead handed over), and the next listing, resuming there, checks the rest."""
     crm = sandbox.crm
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
     history = [
-        crm.create("Leads", lastname=f"Gone {i}", email=f"gone{i}@example.test", at=past) for i in range(300)
+        crm.create("Leads", lastname=f"Gone {i}", email=f"gone{i}@example.test", at=past) for i in range(250)
     ]
     for number, lead in enumerate(history):
-        crm.delete(lead, at=past + dt.timedelta(seconds=number % 7))
+        crm.delete(lead, at=past + dt.timedelta(seconds=number))
     old = crm.create("Leads", lastname="Old", email="old@example.test", emailoptout="1", at=past)
-    crm.convert_lead(old, at=past + dt.timedelta(seconds=9))
-    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
+    crm.convert_lead(old, at=past + dt.timedelta(seconds=260))
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=200)
 
     first = list(connector.read_deletions("Leads", Cursor(), read_until(), fields=LEAD_FIELDS))
-    assert sandbox.calls["retrieve"] == 0, f"{sandbox.calls['retrieve']} retrieve calls on a first listing"
-    assert {r.record_id for r in first} == {*history, old}
-    assert all(r.deleted and r.fields == {} for r in first)
-    kept = connector.completed_cursor  # the engine stores it: the next listing resumes there
-    assert kept is not None and kept.modstamp is not None
+    # Two batches of 100 taken (a third would pass 200): each lead listed was retrieved.
+    assert sandbox.calls["retrieve"] == len(first) == 200
+    assert {r.record_id for r in first} == set(history[:200])
+    assert all(r.deleted and r.fields == {} for r in first)  # retrieve refused them: deleted
+    assert connector.completed_cursor is None  # no jump past the leads not checked yet
 
-    # Between this run and the next: a lead opted out and converted, another deleted.
-    time.sleep(1.1)
-    converted = crm.create("Leads", lastname="Silva", email="ana.silva@example.test")
-    crm.revise(converted, emailoptout="1")
-    crm.convert_lead(converted)
-    deleted = crm.create("Leads", lastname="Gone", email="gone@example.test")
-    crm.delete(deleted)
-    connector = connector_for(sandbox, read_deletions=True, sync_type="user")
-    since = connector.resume_from(kept)
-    gone = {
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=200)
+    since = connector.resume_from(_cursor_after(first))
+    rest = {
         r.record_id: r for r in connector.read_deletions("Leads", since, read_until(), fields=LEAD_FIELDS)
     }
-    # Sync is asked from the second before the position: what that second held (the old
-    # conversion) is listed again, nothing older.
-    assert {converted, deleted} <= set(gone) <= {converted, deleted, old}
-    assert gone[converted].fields["emailoptout"] == "1" and gone[deleted].fields == {}
-    assert sandbox.calls["retrieve"] == len(gone)  # the leads listed since, not the history
+    # Sync is asked from the second before the position: that second's lead is listed again.
+    assert set(rest) == {*history[199:], old}
+    assert rest[old].fields["emailoptout"] == "1", "the converted lead's no was lost"
+    assert sandbox.calls["retrieve"] == 200 + len(rest)  # every lead listed was retrieved
 
 
 def test_an_empty_first_deletion_listing_keeps_where_it_ended(sandbox: VtigerSandbox) -> None:
@@ -158,22 +171,58 @@ def test_an_empty_first_deletion_listing_keeps_where_it_ended(sandbox: VtigerSan
     assert sandbox.calls["retrieve"] == 1
 
 
-def test_retrieves_of_one_listing_are_bounded_the_rest_handed_over_bare(sandbox: VtigerSandbox) -> None:
-    """A resumed listing retrieves at most ``conversion_checks_per_run`` leads (a mass deletion
-    between two runs costs no more): those listed past it come bare, as deleted ones."""
+def test_a_listing_stops_at_the_cap_and_the_next_one_goes_on(sandbox: VtigerSandbox) -> None:
+    """A mass conversion between two runs: a listing retrieves at most about
+    ``conversion_checks_per_run`` leads and stops before the sync batch that would pass it,
+    handing none over unchecked; the next listings go on from the last lead handed over until
+    every lead is listed with its no."""
     crm = sandbox.crm
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
-    leads = [
-        crm.create("Leads", lastname=f"Gone {i}", email=f"g{i}@example.test", emailoptout="1")
-        for i in range(5)
-    ]
-    for lead in leads:
-        crm.convert_lead(lead)
-    connector = connector_for(sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=2)
-    gone = list(connector.read_deletions("Leads", Cursor(start), read_until(), fields=LEAD_FIELDS))
-    assert [r.record_id for r in gone] == sorted(leads)
-    assert [bool(r.fields) for r in gone] == [True, True, False, False, False]
-    assert sandbox.calls["retrieve"] == 2
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    leads = _converted_one_a_second(crm, 250, start)
+    stored = Cursor(start - dt.timedelta(minutes=10), "10x0", read_until=start - dt.timedelta(minutes=10))
+    seen: dict[str, Any] = {}
+    spent: list[int] = []
+    for _ in range(5):
+        connector = connector_for(
+            sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=120
+        )
+        before = sandbox.calls["retrieve"]
+        got = list(
+            connector.read_deletions("Leads", connector.resume_from(stored), read_until(), LEAD_FIELDS)
+        )
+        spent.append(sandbox.calls["retrieve"] - before)
+        assert spent[-1] == len(got)  # each lead handed over was retrieved, none more
+        assert all(r.fields.get("emailoptout") == "1" for r in got), "a lead handed over bare"
+        order = [(r.modstamp, r.record_id) for r in got]
+        assert order == sorted(order)  # the order the engine's cursor keeps
+        seen.update((r.record_id, r) for r in got)
+        if got:
+            stored = _cursor_after(got)
+        if set(seen) == set(leads):
+            break
+    # A batch of 100 a run (a second would pass 120), the last second listed again each time.
+    assert spent == [100, 100, 52]
+    assert set(seen) == set(leads)
+
+
+def test_a_listing_moves_on_when_its_look_back_window_alone_passes_the_cap(sandbox: VtigerSandbox) -> None:
+    """An incremental listing starts the look-back window behind the stored position, and lists
+    the leads handed over there again: were they to spend the cap, the listing would stop before
+    its position each run and never move on. It goes on to the first batch past the window."""
+    crm = sandbox.crm
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    leads = _converted_one_a_second(crm, 300, start)
+    # The last run ended with the 150th lead (its batch stamped then); 150 more came after it.
+    position = Cursor(start + dt.timedelta(seconds=149), leads[149], read_until=None)
+    connector = connector_for(sandbox, read_deletions=True, sync_type="user", conversion_checks_per_run=50)
+    since = connector.resume_from(position)
+    assert since.record_id is None and since.modstamp is not None and since.modstamp < position.modstamp
+    got = list(connector.read_deletions("Leads", since, read_until(), fields=LEAD_FIELDS))
+    assert all(r.fields.get("emailoptout") == "1" for r in got)
+    assert sandbox.calls["retrieve"] == len(got) == 200  # the window's batch and the next one
+    last = got[-1]
+    assert position.is_before(last.modstamp, last.record_id), "the cursor would not move on"
+    assert connector.completed_cursor is None
 
 
 # -- logging in ------------------------------------------------------------------------------------

@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from consentsync_vtiger.sandbox.server import VtigerSandbox
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from consentsync import audit
-from consentsync.ledger.schema import crm_links, outbox
+from consentsync.ledger.schema import crm_links, outbox, sync_cursors
 from consentsync.ledger.service import Ledger
-from consentsync.sync.engine import SyncEngine, SyncOptions
+from consentsync.sync.engine import DELETIONS, SyncEngine, SyncOptions
 from tests.integration.helpers import shipped_engine
 from tests.sandbox.serving import serve_seeded
 
@@ -28,14 +29,18 @@ def sandbox() -> Iterator[VtigerSandbox]:
     yield from serve_seeded(VtigerSandbox(), lambda server: server.crm.seed(40, seed=21))
 
 
-def _engine(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox) -> SyncEngine:
+def _engine(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, extra: dict[str, Any] | None = None
+) -> SyncEngine:
     options = SyncOptions(batch_size=40, signpost_lag_seconds=0)
-    settings = {"max_attempts": 4, "read_deletions": True}
+    settings = {"max_attempts": 4, "read_deletions": True, **(extra or {})}
     return shipped_engine(ledger, config_path, sandbox, "vt", "vtiger", MAPPINGS, settings, options)
 
 
-def _run(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, **how: Any) -> None:
-    report = _engine(ledger, config_path, sandbox).run(**how)
+def _run(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, extra: dict[str, Any] | None = None, **how: Any
+) -> None:
+    report = _engine(ledger, config_path, sandbox, extra).run(**how)
     assert report.status == "succeeded", report.error
 
 
@@ -118,9 +123,8 @@ def test_a_full_run_after_a_lead_was_opted_out_and_converted_keeps_its_no(
     ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
 ) -> None:
     """A full run reads every live record again, and lists deletions from where the last listing
-    ended: listed from the beginning, no lead is retrieved (a whole history of deletions would
-    each cost a call), and the lead converted since the last run would come without the no it
-    carried."""
+    ended (listed from the beginning, each deletion in the install's history would cost a
+    retrieve): the lead converted since the last run comes with the no it carried."""
     crm = sandbox.crm
     lead = crm.create("Leads", firstname="Ana", lastname="Silva", email="ana.silva@example.test")
     _run(ledger, config_path, sandbox, full=True)
@@ -131,3 +135,78 @@ def test_a_full_run_after_a_lead_was_opted_out_and_converted_keeps_its_no(
     made = crm.get(contact)
     assert made is not None and made["emailoptout"] == "1", "the lead's no was lost with its conversion"
     assert _link(ledger, "Leads", lead).gone_at is not None
+
+
+def test_a_first_listing_after_earlier_reads_keeps_the_no_of_a_lead_converted_since(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    """The reviewer's case: the deletion listing has no stored position while the records were
+    read before (read_deletions turned on after the connector ran for a while, or a ledger of
+    the previous version, whose empty listings stored none). Its first listing, from the
+    beginning, retrieves the leads it names: a lead opted out and converted since the last run
+    keeps its no."""
+    crm = sandbox.crm
+    lead = crm.create("Leads", firstname="Ana", lastname="Silva", email="ana.silva@example.test")
+    _run(ledger, config_path, sandbox, full=True)
+    # As the previous version left it for an empty listing: no deletion position stored.
+    with ledger.engine.begin() as conn:
+        conn.execute(delete(sync_cursors).where(sync_cursors.c.object_type.like("%" + DELETIONS)))
+    time.sleep(1.1)
+    crm.revise(lead, emailoptout="1")
+    contact = crm.convert_lead(lead)
+    _run(ledger, config_path, sandbox)
+    _run(ledger, config_path, sandbox)
+    made = crm.get(contact)
+    assert made is not None and made["emailoptout"] == "1", "the lead's no was lost with its conversion"
+
+
+def test_leads_past_the_cap_keep_their_no(ledger: Ledger, config_path: Path, sandbox: VtigerSandbox) -> None:
+    """The reviewer's case: more leads opted out and converted between two runs than
+    conversion_checks_per_run. None is handed over bare: each keeps its no."""
+    crm = sandbox.crm
+    leads = [
+        crm.create("Leads", firstname="A", lastname=f"L{i}", email=f"l{i}@example.test") for i in range(2)
+    ]
+    capped = {"conversion_checks_per_run": 1}
+    _run(ledger, config_path, sandbox, capped, full=True)
+    time.sleep(1.1)
+    contacts = []
+    for lead in leads:
+        crm.revise(lead, emailoptout="1")
+        contacts.append(crm.convert_lead(lead))
+    for _ in range(3):
+        _run(ledger, config_path, sandbox, capped)
+        time.sleep(1.1)
+    got = [(crm.get(c) or {}).get("emailoptout") for c in contacts]
+    assert got == ["1", "1"], f"contacts made from opted-out leads: emailoptout={got}"
+
+
+def test_a_long_history_is_checked_over_several_runs_none_handed_over_bare(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox
+) -> None:
+    """A first listing over a long history stops at conversion_checks_per_run: the engine keeps
+    the cursor at the last lead handed over (no completed cursor jumps past the rest), and the
+    next runs go on from there until every lead is checked. Leads opted out and converted before
+    the listing was ever run keep their no, the contacts made from them get it."""
+    crm = sandbox.crm
+    past = datetime.now(UTC) - timedelta(hours=3)
+    leads = [
+        crm.create("Leads", lastname=f"Hist {i}", email=f"hist{i}@example.test", emailoptout="1", at=past)
+        for i in range(250)
+    ]
+    contacts = [crm.convert_lead(lead, at=past + timedelta(seconds=n)) for n, lead in enumerate(leads)]
+    capped = {"conversion_checks_per_run": 100}
+
+    def ticked() -> int:
+        return sum((crm.get(c) or {}).get("emailoptout") == "1" for c in contacts)
+
+    _run(ledger, config_path, sandbox, capped, full=True)
+    first = sandbox.calls["retrieve"]
+    assert 0 < first <= 140, f"{first} retrieves in one run"
+    assert 0 < ticked() < len(contacts)  # stopped at the cap: the rest waits for the next runs
+    for _ in range(5):
+        if ticked() == len(contacts):
+            break
+        time.sleep(1.1)
+        _run(ledger, config_path, sandbox, capped)
+    assert ticked() == len(contacts), "a converted lead's no was lost"
