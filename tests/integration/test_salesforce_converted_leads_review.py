@@ -98,12 +98,14 @@ def test_an_erasure_reaches_a_converted_lead_or_tells_ops(
 def test_an_erasure_anonymise_a_converted_lead_refuses_goes_to_ops_once_and_carries_no_consent(
     ledger: Ledger, config_path: Path, sandbox: Any
 ) -> None:
-    """Only the erasure's own values go to a converted lead (never the person's consents), and a
-    refusal by it, which no read will ever settle, is dead-lettered for ops at once: it was sent
-    again every run, pending, with the consent flags."""
+    """Only the erasure's own values go to a converted lead (never the person's consents: they
+    went with the flags), and a refusal by it is tried again only up to ``max_push_attempts``,
+    then dead-lettered for ops (no read will settle it; a lock or a throttle would be)."""
     org = sandbox.org
     lead = org.create("Lead", FirstName="Grete", LastName="Lind", Company="Acme", Email=ADDRESS)
-    options = SyncOptions(batch_size=50, signpost_lag_seconds=0, erasure_actions={"Lead": "anonymise"})
+    options = SyncOptions(
+        batch_size=50, signpost_lag_seconds=0, erasure_actions={"Lead": "anonymise"}, max_push_attempts=2
+    )
 
     def run() -> None:
         engine = shipped_engine(ledger, config_path, sandbox, "sf", "salesforce", MAPPINGS, {}, options)
@@ -122,7 +124,7 @@ def test_an_erasure_anonymise_a_converted_lead_refuses_goes_to_ops_once_and_carr
             select(outbox.c.status, outbox.c.attempts, outbox.c.fields).where(outbox.c.record_id == lead)
         ).all()
         problems = conn.execute(select(quarantine.c.record_id).where(quarantine.c.record_id == lead)).all()
-    assert [(status, attempts) for status, attempts, _ in rows] == [("dead", 1)], rows
+    assert [(status, attempts) for status, attempts, _ in rows] == [("dead", 2)], rows
     assert "HasOptedOutOfEmail" not in rows[0][2] and "Erased" in rows[0][2], rows[0][2]
     assert len(problems) == 1
 
@@ -148,3 +150,30 @@ def test_a_no_on_a_lead_converted_then_deleted_reaches_the_contact(
     assert org.get(contact)["HasOptedOutOfEmail"] is True, (
         "the lead's no never reached the contact it went into"
     )
+
+
+def test_a_converted_lead_locked_for_a_while_is_erased_once_the_lock_is_gone(
+    ledger: Ledger, config_path: Path, sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal a later try settles (the record locked by another save) is tried again on a
+    converted lead as on any record, not dead-lettered at once: the erasure then goes through."""
+    import consentsync_salesforce.sandbox.org as org_module
+
+    monkeypatch.setattr(org_module, "_refuse_converted", lambda record: None)  # may edit converted leads
+    org = sandbox.org
+    lead = org.create("Lead", FirstName="Grete", LastName="Lind", Company="Acme", Email=ADDRESS)
+    assert _erasing_engine(ledger, config_path, sandbox).run(full=True).status == "succeeded"
+    time.sleep(1.1)
+    org.convert_lead(lead)
+    time.sleep(1.1)
+    assert _erasing_engine(ledger, config_path, sandbox).run().status == "succeeded"
+    time.sleep(1.1)
+    ledger.erase(ADDRESS, reason="Art. 17 request")
+    sandbox.faults.lock_records(lead, attempts=5)  # locked through this run's tries only
+    _erasing_engine(ledger, config_path, sandbox).run()
+    time.sleep(1.1)
+    sandbox.faults.release_records()
+    for _ in range(2):
+        _erasing_engine(ledger, config_path, sandbox).run()
+        time.sleep(1.1)
+    assert org.get(lead)["IsDeleted"] is True, "the erased person's converted lead kept after a passing lock"

@@ -262,9 +262,11 @@ _SECRET_PARAMS = frozenset({"key", "sig", "signature", "auth", "code", "session"
 #: ``subscription-key``. A name ending otherwise (limit, offset, state, after,
 #: client_assertion_type, X-Amz-SignedHeaders, X-Amz-Expires) is no credential's.
 _SECRET_PARAM_END = re.compile(
-    r"(signature|sig|credentials?|token|jwt|assertion|secret|password|passwd|pwd|sessionid"
-    # Not every name ending in "key": sortKey, objectKey and ExternalKey name no secret.
-    r"|apikey|accesskey|authkey|secretkey|privatekey|signingkey|subscriptionkey|clientkey)$"
+    r"(signature|sig|credentials?|token|jwt|assertion|ticket|key|secret|password|passwd|pwd|sessionid)$"
+)
+#: Names ending in "key" that name no secret (a sort order, a record's external id): readable.
+_NOT_SECRET_PARAMS = frozenset(
+    {"sortkey", "objectkey", "fieldkey", "externalkey", "primarykey", "foreignkey", "idempotencykey"}
 )
 _PARAM_SEPARATORS = re.compile(r"[^a-z0-9]")
 
@@ -272,11 +274,10 @@ _PARAM_SEPARATORS = re.compile(r"[^a-z0-9]")
 def is_secret_param(name: str) -> bool:
     """Whether a URL query parameter called ``name`` carries a credential (in any case)."""
     lowered = name.lower()
-    return (
-        is_secret_key(name)
-        or lowered in _SECRET_PARAMS
-        or bool(_SECRET_PARAM_END.search(_PARAM_SEPARATORS.sub("", lowered)))
-    )
+    joined = _PARAM_SEPARATORS.sub("", lowered)
+    if joined in _NOT_SECRET_PARAMS:
+        return False
+    return is_secret_key(name) or lowered in _SECRET_PARAMS or bool(_SECRET_PARAM_END.search(joined))
 
 
 def mask_secret_params(text: str, shown: str = "[redacted]") -> str:

@@ -2575,10 +2575,6 @@ class SyncEngine:
                     subject_id=row.subject_id,
                 )
             )
-        refused = [row for row, result in answered if not result.ok]
-        # A refusal by a record kept by the CRM after it went into another (an erasure's action
-        # on a converted lead): no read will ever settle it, so it goes to ops at once.
-        kept = self._gone_links(conn, refused) if refused else set()
         for row, result in answered:
             if result.ok:
                 continue
@@ -2587,11 +2583,7 @@ class SyncEngine:
             attempts = row.attempts + 1
             # A row the CRM keeps refusing is dead-lettered with its reason for ops
             # (consentsync outbox list --dead / retry) instead of being retried forever.
-            alive = (
-                result.retryable
-                and attempts < self.options.max_push_attempts
-                and (row.object_type, row.record_id) not in kept
-            )
+            alive = result.retryable and attempts < self.options.max_push_attempts
             conn.execute(
                 update(outbox)
                 .where(outbox.c.id == row.id)
@@ -2607,25 +2599,6 @@ class SyncEngine:
                     )
                 )
         audit.append(conn, records, now)
-
-    def _gone_links(self, conn: Connection, rows: list[Any]) -> set[tuple[str, str]]:
-        """Which of these outbox rows' records are linked as gone (object, record id)."""
-        by_object: dict[str, list[str]] = {}
-        for row in rows:
-            by_object.setdefault(row.object_type, []).append(row.record_id)
-        return {
-            (object_type, record_id)
-            for object_type, record_ids in by_object.items()
-            for record_id, gone_at in select_in(
-                conn,
-                crm_links,
-                ("record_id", "gone_at"),
-                "record_id",
-                sorted(set(record_ids)),
-                equal=(("connector", self.name), ("object_type", object_type)),
-            )
-            if gone_at is not None
-        }
 
     def _apply_snapshots(
         self, conn: Connection, written: list[tuple[Any, dict[str, Any]]], now: datetime
