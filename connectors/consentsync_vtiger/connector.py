@@ -119,6 +119,9 @@ class VtigerConnector(sdk.Connector):
         self._prefixes: dict[str, str] = {}
         # The widest look-back a read of this run starts behind its stored position.
         self._relisted = self.lookback
+        # The look-back starts resume_from handed out: a deletion listing from one of them lists
+        # again what was handed over before (``read_deletions``).
+        self._behind: set[sdk.Cursor] = set()
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -318,16 +321,22 @@ class VtigerConnector(sdk.Connector):
         far behind the stored position it may start (``read_deletions``)."""
         window = self.lookback if lookback is None else lookback
         self._relisted = max(self._relisted, window)
-        return super().resume_from(cursor, lookback)
+        start = super().resume_from(cursor, lookback)
+        if start.modstamp != cursor.modstamp:
+            self._behind.add(start)
+        return start
 
     def read_deletions(
         self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
     ) -> Iterator[sdk.CrmRecord]:
         """Records deleted after ``since``, from ``operation=sync``'s ``deleted`` ids (only with
-        ``read_deletions`` on). Sync names no deletion times: each id is stamped with the last
-        second of the batch that listed it (``lastModifiedTime``, at or after the deletion), and
-        a batch ending after ``until`` is left for the next run. Sync compares with a strict
-        ``>`` on whole seconds, so it is asked from the second before ``since``. Only records
+        ``read_deletions`` on). Sync names no deletion times: each id is stamped with the first
+        second its batch covers (the second after the ``modifiedTime`` sync was asked from: sync
+        compares with a strict ``>`` on whole seconds, so at or before the deletion), and a
+        batch ending after ``until`` is left for the next run. Sync is asked from the second
+        before ``since``: a cursor the engine left inside a batch (it commits pages of its own
+        size, and a run may end between two) lists that batch again whole, its ids up to the
+        cursor's left out, so none of its leads is passed over. Only records
         owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
         merge in Vtiger shows as a deletion of the merged-away record, without its survivor.
 
@@ -340,19 +349,18 @@ class VtigerConnector(sdk.Connector):
         ``read_changes`` reads them): a no given on it before the conversion is not lost, however
         long the connector ran before the listing was turned on. A listing retrieves about
         ``conversion_checks_per_run`` leads at most: it stops before the sync batch that would
-        take it past that, and the next run goes on from the last lead handed over (the
-        engine's cursor): a long history is caught up over several runs, and no lead is ever
-        handed over bare for want of a check. A batch is never cut (sync names no time per
-        record: a batch is asked again only from its last second), and a listing always takes
-        the batches up to the first one past its look-back window (``_relisted``): so each run
-        moves the cursor on, even when the window alone holds more leads than the setting. A
-        listing from the beginning that went to its end hands over where it ended
-        (``completed_cursor``, kept by the engine even when it listed nothing), so that the next
-        one resumes from a position; one stopped early hands over none (the cursor stays at the
-        last lead handed over). A converted lead comes without ``merged_into``: nothing in
-        Vtiger names the contact made from it (and that contact is of another module); the
-        contact is read as a new contact, linked by its address (the stock conversion copies
-        email, not ``emailoptout``)."""
+        take it past that, and the next run goes on from the end of the last batch it took
+        whole: a long history is caught up over several runs, and no lead is ever handed over
+        bare for want of a check. A listing never cuts a batch, and always takes the batches up
+        to the first one past its look-back window (``_relisted``): so each run moves the cursor
+        on, even when the window alone holds more leads than the setting. A listing that took a
+        batch whole, or one from the beginning (even when it listed nothing), hands over the
+        second after the last batch it took whole (``completed_cursor``, kept by the engine):
+        the next listing asks sync from that batch's end, so a change made after the listing
+        comes in a later batch with a later stamp, never behind the cursor. A converted lead
+        comes without ``merged_into``: nothing in Vtiger names the contact made from it (and
+        that contact is of another module); the contact is read as a new contact, linked by its
+        address (the stock conversion copies email, not ``emailoptout``)."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
@@ -363,13 +371,11 @@ class VtigerConnector(sdk.Connector):
         stamps = self._stamps(object_type, fields) if converts else []
         cap = self.config.conversion_checks_per_run
         spent = 0
-        # Records up to `horizon` may lie behind the stored position (the look-back window listed
-        # again); the listing stops for the cap only once it handed over one past it, so that
-        # the cursor moves on. None: every record listed is past the stored position.
+        # From a look-back start (resume_from), records up to `horizon` may lie behind the stored
+        # position (handed over before); the listing stops for the cap only once the position it
+        # hands over is past it, so that the cursor moves on. None: any position it reaches is.
         horizon = (
-            since.modstamp + self._relisted
-            if since.modstamp is not None and since.record_id is None
-            else None
+            since.modstamp + self._relisted if since.modstamp is not None and since in self._behind else None
         )
         moved = False
         stopped = False
@@ -377,8 +383,9 @@ class VtigerConnector(sdk.Connector):
         # vtws_sync with no time lists nothing, so a first listing would never start. 1 is the
         # same moment for every record an install holds.
         mark = max(1, int(since.modstamp.timestamp()) - 1) if since.modstamp is not None else 1
-        # Where the listing got to: the last batch taken whole, and the last id yielded in it.
-        reached, last = datetime.fromtimestamp(mark, UTC), None
+        # The end of the last batch taken whole (where the next listing asks sync from), and
+        # whether any was.
+        reached, took = mark, False
         while True:
             result = self._call(
                 "sync",
@@ -386,25 +393,31 @@ class VtigerConnector(sdk.Connector):
                 f"sync {object_type}",
             )
             following = int(result.get("lastModifiedTime") or 0)
-            stamp = datetime.fromtimestamp(following, UTC)
-            if stamp > until:
+            if datetime.fromtimestamp(following, UTC) > until:
                 break  # the batch runs past the read's end: the next run lists it
+            # Every record of the batch is stamped with the first second it can have changed in
+            # (sync's `>`): a cursor left inside the batch (the engine commits pages of its own)
+            # makes the next listing ask sync from the batch's start again and list it whole.
+            # Never before `since` (a position inside a second: a look-back start, say).
+            stamp = datetime.fromtimestamp(mark + 1, UTC)
+            if since.modstamp is not None:
+                stamp = max(stamp, since.modstamp)
             listed = [
                 i for i in sorted(str(i) for i in result.get("deleted") or []) if since.is_before(stamp, i)
             ]
             if converts and moved and listed and spent + len(listed) > cap:
-                # Checked in a later run, from the last lead handed over: never handed over bare.
+                # Checked in a later run, from where the last batch taken ended: never bare.
                 stopped = True
                 break
-            reached, last = max(reached, stamp), None
             for record_id in listed:
                 values: dict[str, Any] = {}
                 if converts:
                     spent += 1
                     values = self._converted(object_type, record_id, columns, stamps)
-                last = record_id
                 yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
-            moved = moved or bool(listed and (horizon is None or stamp > horizon))
+            reached, took = max(reached, following), True
+            # The position handed over (past this batch) is past the stored one.
+            moved = moved or horizon is None or datetime.fromtimestamp(reached + 1, UTC) > horizon
             if not result.get("more"):
                 break
             if following <= mark:
@@ -413,19 +426,22 @@ class VtigerConnector(sdk.Connector):
                     ErrorRule(Action.FAIL, Fault.TRANSIENT, "sync made no progress"),
                 )
             mark = following
+        after = datetime.fromtimestamp(reached + 1, UTC)
         if stopped:
             log.warning(
                 "vtiger.conversion_checks_spent",
                 connector=self.name,
                 module=object_type,
                 retrieved=spent,
-                resumes_after=reached.isoformat(),
+                resumes_after=datetime.fromtimestamp(reached, UTC).isoformat(),
             )
-        elif since.modstamp is None:
-            # Without it, a first listing that yields nothing stores no position, and every later
-            # listing would start from the beginning again. Not for a listing stopped early: the
-            # cursor stays at the last lead handed over, before those not checked yet.
-            self.completed_cursor = sdk.Cursor(reached, last, read_until=until)
+        if took or since.modstamp is None:
+            # Past the last batch taken whole (its records were all handed over): the next
+            # listing asks sync from its end, so a record that joins it later (sync's last batch
+            # holds every change after its start) is listed in a batch of its own. A first
+            # listing hands it over even when it listed nothing: every later listing resumes
+            # from a position.
+            self.completed_cursor = sdk.Cursor(after, None, read_until=until)
 
     def _converted(
         self, object_type: str, record_id: str, columns: Sequence[str], stamps: Sequence[str]

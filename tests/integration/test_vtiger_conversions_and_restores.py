@@ -210,3 +210,32 @@ def test_a_long_history_is_checked_over_several_runs_none_handed_over_bare(
         time.sleep(1.1)
         _run(ledger, config_path, sandbox, capped)
     assert ticked() == len(contacts), "a converted lead's no was lost"
+
+
+@pytest.mark.parametrize("budget", [60, 80, 100, 120])
+def test_a_listing_cut_inside_a_sync_batch_loses_no_lead(
+    ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, budget: int
+) -> None:
+    """A first deletion listing over a long history, cut inside a sync batch (the run's API
+    budget spent by the per-lead retrieves): the engine keeps a cursor in the middle of the
+    batch (it commits pages of its own size). The batch's leads are stamped with its start, so
+    the next listing asks sync from there again and lists the rest of the batch: no converted
+    lead's no is lost, however the runs fall."""
+    crm = sandbox.crm
+    past = datetime.now(UTC) - timedelta(hours=3)
+    leads = [
+        crm.create("Leads", lastname=f"Hist {i}", email=f"hist{i}@example.test", emailoptout="1", at=past)
+        for i in range(250)
+    ]
+    contacts = [crm.convert_lead(lead, at=past + timedelta(seconds=n)) for n, lead in enumerate(leads)]
+
+    def ticked() -> int:
+        return sum((crm.get(c) or {}).get("emailoptout") == "1" for c in contacts)
+
+    _engine(ledger, config_path, sandbox, {"budget": {"per_run": budget}}).run(full=True)
+    for _ in range(8):
+        time.sleep(1.1)
+        _run(ledger, config_path, sandbox)
+        if ticked() == len(contacts):
+            break
+    assert ticked() == len(contacts), f"{len(contacts) - ticked()} converted leads' nos lost"
