@@ -765,7 +765,13 @@ class HubSpotConnector(sdk.Connector):
                     yield from self._update_calls(updates, [single])
                 return
             index = chunk[0][0]
-            yield {index: sdk.WriteResult(updates[index].record_id, False, "VALIDATION_ERROR", str(error))}
+            record_id = updates[index].record_id
+            # Whether HubSpot refuses a batch naming a contact it no longer has with a 400 or a
+            # 207 is not documented: either way, a read of the id answering 404 says it is gone.
+            if self._gone(record_id):
+                yield {index: _no_such_contact(record_id)}
+                return
+            yield {index: sdk.WriteResult(record_id, False, "VALIDATION_ERROR", str(error))}
             return
         body = response.json()
         failed: dict[str, tuple[str, str]] = {}
@@ -778,6 +784,9 @@ class HubSpotConnector(sdk.Connector):
             record_id = updates[index].record_id
             if record_id in failed:
                 category, message = failed[record_id]
+                if category == "OBJECT_NOT_FOUND" and self._gone(record_id):
+                    answers[index] = _no_such_contact(record_id)
+                    continue
                 retryable = ERRORS.classify(207, category).action in (Action.RETRY, Action.RATE_LIMITED)
                 answers[index] = sdk.WriteResult(record_id, False, category, message, retryable)
             else:
@@ -850,6 +859,8 @@ class HubSpotConnector(sdk.Connector):
         self, record_id: str, email: str | None, subs: Mapping[str, Any]
     ) -> list[sdk.WriteResult]:
         """One contact's subscription changes, one v3 call each."""
+        if not email and self._gone(record_id):
+            return [_no_such_contact(record_id)]
         if not email:
             return [
                 sdk.WriteResult(
@@ -1046,13 +1057,26 @@ def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
 INTERRUPTED = "INTERRUPTED"
 
 
+def _no_such_contact(record_id: str) -> sdk.WriteResult:
+    """A write to a contact a read of the id answers 404 too: archived (its recycle bin, which
+    the archived listing will name with its last values) or deleted for good: gone."""
+    return sdk.WriteResult(
+        record_id, False, "OBJECT_NOT_FOUND", "no such contact: archived or deleted", False, gone=True
+    )
+
+
 def _combined(record_id: str, parts: list[sdk.WriteResult]) -> sdk.WriteResult:
     failures = [p for p in parts if not p.ok]
     if not failures:
         return sdk.WriteResult(record_id, True)
-    first = failures[0]
+    first = next((p for p in failures if p.gone), failures[0])
     return sdk.WriteResult(
-        record_id, False, first.error_code, first.message, all(p.retryable for p in failures)
+        record_id,
+        False,
+        first.error_code,
+        first.message,
+        not first.gone and all(p.retryable for p in failures),
+        gone=first.gone,
     )
 
 

@@ -551,8 +551,7 @@ class SalesforceConnector(sdk.Connector):
         for position, item in zip(positions, chosen, strict=True):
             error = failures.get(item.record_id)
             if error is not None:
-                code = error.split(":", 1)[0]
-                answers[position] = sdk.WriteResult(item.record_id, False, code, error, _retryable(code))
+                answers[position] = _refused(item.record_id, error.split(":", 1)[0], error)
             elif saved is None or item.record_id in saved:
                 answers[position] = sdk.WriteResult(item.record_id, True)
             else:
@@ -825,8 +824,15 @@ def _save_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:
         return sdk.WriteResult(record_id, True)
     errors = outcome.get("errors") or [{}]
     code = str(errors[0].get("statusCode") or "UNKNOWN")
-    message = "; ".join(str(e.get("message", "")) for e in errors)
-    return sdk.WriteResult(record_id, False, code, message, _retryable(code))
+    return _refused(record_id, code, "; ".join(str(e.get("message", "")) for e in errors))
+
+
+def _refused(record_id: str, code: str, message: str) -> sdk.WriteResult:
+    """A record's write refused. ENTITY_IS_DELETED: the record is in the recycle bin (a user
+    deleted it, or merged it away), or purged from it: gone, which the deletion listing will say
+    too (with its last values, while the bin holds it)."""
+    gone = code == "ENTITY_IS_DELETED"
+    return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code), gone=gone)
 
 
 def _converted_left_pending(result: sdk.WriteResult) -> sdk.WriteResult:

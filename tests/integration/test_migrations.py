@@ -206,12 +206,12 @@ def test_verify_names_an_entry_pointed_at_another_person(cli: Cli, ledger_url: s
     engine.dispose()
 
 
-def test_0016_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
-    """0016 adds crm_links.merged_into_object; downgrading drops it. Both ways with links and the
-    snapshots that reference them: a rebuild of crm_links (SQLite's batch mode) was refused by
-    the foreign keys, and the ledger stayed at 0016."""
-    engine = make_engine(ledger_url)
-    upgrade(engine, "0015")
+def _converted_lead_and_contact(engine: Engine, revision: str, link_columns: str, link_values: str) -> None:
+    """At ``revision``: one person with a lead converted into a contact (the lead gone into it),
+    and a snapshot for each link. ``link_columns``/``link_values``: the columns of the revision's
+    crm_links past ``merged_into``, and each row's values for them."""
+    upgrade(engine, revision)
+    lead, contact = link_values.split("|")
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -222,9 +222,9 @@ def test_0016_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
         conn.execute(
             text(
                 "INSERT INTO crm_links (id, subject_id, connector, object_type, record_id, linked_at,"
-                " gone_at, merged_into) VALUES"
-                " (1, 1, 'sf', 'Lead', 'L1', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'C1'),"
-                " (2, 1, 'sf', 'Contact', 'C1', CURRENT_TIMESTAMP, NULL, NULL)"
+                f" gone_at, merged_into{link_columns}) VALUES"
+                f" (1, 1, 'sf', 'Lead', 'L1', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'C1'{lead}),"
+                f" (2, 1, 'sf', 'Contact', 'C1', CURRENT_TIMESTAMP, NULL, NULL{contact})"
             )
         )
         conn.execute(
@@ -234,25 +234,59 @@ def test_0016_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
             )
         )
 
-    def links() -> list[tuple[object, ...]]:
-        with engine.connect() as conn:
-            return [
-                tuple(row)
-                for row in conn.execute(
-                    text("SELECT id, object_type, record_id, merged_into FROM crm_links ORDER BY id")
-                )
-            ]
 
-    before = links()
+def _link_rows(engine: Engine, columns: str) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(f"SELECT {columns} FROM crm_links ORDER BY id"))]
+
+
+def _round_trip(engine: Engine, down_to: str, column: str, set_it: str, columns: str) -> None:
+    """Upgrades to the head, sets the new ``column`` (``set_it``), downgrades to ``down_to`` and
+    upgrades again: every link and snapshot is kept each way, and the column goes and comes."""
+    before = _link_rows(engine, columns)
     upgrade(engine)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE crm_links SET merged_into_object = 'Contact' WHERE id = 1"))
-    command.downgrade(alembic_config(engine), "0015")
-    assert migration_state(engine) == "0015"
-    assert links() == before
-    assert "merged_into_object" not in {c["name"] for c in inspect(engine).get_columns("crm_links")}
+        conn.execute(text(set_it))
+    command.downgrade(alembic_config(engine), down_to)
+    assert migration_state(engine) == down_to
+    assert _link_rows(engine, columns) == before
+    assert column not in {c["name"] for c in inspect(engine).get_columns("crm_links")}
     upgrade(engine)
-    assert migration_state(engine) == SCHEMA_REVISION and links() == before
+    assert migration_state(engine) == SCHEMA_REVISION and _link_rows(engine, columns) == before
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM crm_snapshots")).scalar_one() == 2
     engine.dispose()
+
+
+def test_0016_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
+    """0016 adds crm_links.merged_into_object; downgrading drops it. Both ways with links and the
+    snapshots that reference them: a rebuild of crm_links (SQLite's batch mode) was refused by
+    the foreign keys, and the ledger stayed at 0016."""
+    engine = make_engine(ledger_url)
+    _converted_lead_and_contact(engine, "0015", "", "|")
+    _round_trip(
+        engine,
+        "0015",
+        "merged_into_object",
+        "UPDATE crm_links SET merged_into_object = 'Contact' WHERE id = 1",
+        "id, object_type, record_id, merged_into",
+    )
+
+
+def test_0017_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
+    """0017 adds crm_links.gone_by_write in place, NULL for every link gone before it;
+    downgrading drops it, keeping every link and snapshot."""
+    engine = make_engine(ledger_url)
+    _converted_lead_and_contact(engine, "0016", ", merged_into_object", ", 'Contact'|, NULL")
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT count(*) FROM crm_links WHERE gone_by_write IS NULL")).scalar_one() == 2
+        )
+    _round_trip(
+        engine,
+        "0016",
+        "gone_by_write",
+        "UPDATE crm_links SET gone_by_write = true WHERE id = 2",
+        "id, record_id, merged_into, merged_into_object",
+    )

@@ -108,6 +108,10 @@ crm_links = Table(
     # The object of ``merged_into`` where it is not this record's (a lead converted into a
     # contact); NULL: the same object.
     Column("merged_into_object", String(64)),
+    # True while the record is known gone from a write's answer only ("no such record"): a
+    # deletion listing naming it later still takes its last no and its survivor. NULL: gone by a
+    # listing or by our own delete.
+    Column("gone_by_write", Boolean),
     UniqueConstraint("connector", "object_type", "record_id"),
 )
 

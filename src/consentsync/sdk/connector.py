@@ -134,6 +134,11 @@ class WriteResult:
     # a batch, with its own Retry-After): ``write_in_passes`` waits that long before it sends
     # anything more.
     retry_after: float | None = None
+    # The CRM holds no record under this id (deleted by a user, purged from its recycle bin, or
+    # merged away), confirmed by a read of the id where the refusal alone could mean something
+    # else. The engine marks the record gone and sends it nothing more, as a deletion listing
+    # would have; ``ok`` stays False. A deletion answered so is done: say ``ok`` instead.
+    gone: bool = False
 
 
 @dataclass(slots=True)

@@ -1240,10 +1240,17 @@ class SyncEngine:
         with_values = [record for record in gone if record.fields]  # merged away or deleted
         held = self._page_links(conn, mapping.object, [record.record_id for record in with_values])
         unread = [record for record in with_values if record.record_id not in held and record.merged_into]
+        # A record a write found gone is not known gone yet for its last values: the no ticked on
+        # it before its deletion was never read.
+        listed = self._gone_by_write(conn, [row.link_id for row in held.values() if row.gone_at is not None])
         snapshots = self._load_snapshots(
             conn,
             mapping.object,
-            [r.record_id for r in with_values if (row := held.get(r.record_id)) and row.gone_at is None],
+            [
+                r.record_id
+                for r in with_values
+                if (row := held.get(r.record_id)) and (row.gone_at is None or row.link_id in listed)
+            ],
         )
         survivors = (
             self._known_links(conn, [_survivor_link(self.name, mapping.object, record) for record in unread])
@@ -1255,7 +1262,7 @@ class SyncEngine:
         email_field = mapping.spec.identity.email
         for record in with_values:
             row = held.get(record.record_id)
-            if row is not None and row.gone_at is not None:
+            if row is not None and row.gone_at is not None and row.link_id not in listed:
                 continue  # already known as gone
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             try:
@@ -1338,17 +1345,36 @@ class SyncEngine:
             found.setdefault(forms[value], int(subject_id))
         return found
 
+    def _gone_by_write(self, conn: Connection, link_ids: list[int]) -> set[int]:
+        """Which of these gone links a write found gone, no deletion listing having named them
+        yet. Gone links come on a page only where a listing names a record again: rare."""
+        if not link_ids:
+            return set()
+        return {
+            int(link_id)
+            for (link_id,) in conn.execute(
+                select(crm_links.c.id).where(
+                    one_of(conn, crm_links.c.id, sorted(link_ids)), crm_links.c.gone_by_write.is_(True)
+                )
+            )
+        }
+
     def _mark_gone(
         self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
     ) -> None:
         """A record deleted (or merged away) in the CRM: its link is marked gone, audited, and
         nothing more is pushed to it; the person and their history stay. A merge's survivor is
-        linked to the same person when the ledger did not know it yet."""
+        linked to the same person when the ledger did not know it yet. A record a write found
+        gone before is named by the listing now: its merge (if it was one) is recorded."""
         rows = {
             row.record_id: row
             for row in conn.execute(
                 select(
-                    crm_links.c.id, crm_links.c.record_id, crm_links.c.subject_id, crm_links.c.gone_at
+                    crm_links.c.id,
+                    crm_links.c.record_id,
+                    crm_links.c.subject_id,
+                    crm_links.c.gone_at,
+                    crm_links.c.gone_by_write,
                 ).where(
                     crm_links.c.connector == self.name,
                     crm_links.c.object_type == mapping.object,
@@ -1385,7 +1411,7 @@ class SyncEngine:
         records: list[AuditRecord] = []
         for record in gone:
             row = rows.get(record.record_id)
-            if row is None or row.gone_at is not None:
+            if row is None or (row.gone_at is not None and not row.gone_by_write):
                 continue  # never linked (nothing of the person here), or already known as gone
             conn.execute(
                 update(crm_links)
@@ -1394,8 +1420,11 @@ class SyncEngine:
                     gone_at=record.modstamp,
                     merged_into=record.merged_into,
                     merged_into_object=record.merged_into_object if record.merged_into else None,
+                    gone_by_write=None,
                 )
             )
+            if row.gone_at is not None and not record.merged_into:
+                continue  # its deletion was audited when the write found it gone
             records.append(
                 self._link_entry(
                     "crm.record_merged" if record.merged_into else "crm.record_deleted",
@@ -1410,7 +1439,7 @@ class SyncEngine:
                             else {}
                         ),
                     },
-                    ("live", "merged" if record.merged_into else "gone"),
+                    ("live" if row.gone_at is None else "gone", "merged" if record.merged_into else "gone"),
                     row.subject_id,
                     uids,
                     report,
@@ -1547,7 +1576,7 @@ class SyncEngine:
         conn.execute(
             update(crm_links)
             .where(one_of(conn, crm_links.c.id, [row.link_id for row in revived]))
-            .values(gone_at=None, merged_into=None, merged_into_object=None)
+            .values(gone_at=None, merged_into=None, merged_into_object=None, gone_by_write=None)
         )
         # An erasure's delete (or anonymise) done on a record that is back is undone with it: it
         # no longer counts as done, and the examination sends it again (an erased person's record
@@ -2526,7 +2555,13 @@ class SyncEngine:
     ) -> None:
         """Commits the CRM's answers for outbox rows: done (audited, snapshot updated, a deleted
         record's link marked gone), pending again, or dead-lettered. ``confirmed_by`` says how
-        the success was learnt: the CRM's answer, or reading the written values back."""
+        the success was learnt: the CRM's answer, or reading the written values back. A record
+        the CRM says it holds no more is marked gone (``_found_gone``)."""
+        # A deletion the CRM answers "no such record" did what it asked.
+        answered = [
+            (row, replace(result, ok=True) if result.gone and row.action == WriteAction.DELETE else result)
+            for row, result in answered
+        ]
         acknowledged = [row for row, result in answered if result.ok]
         uids = self._uids(conn, [row.subject_id for row, _ in answered])
         olds = self._apply_snapshots(
@@ -2575,8 +2610,10 @@ class SyncEngine:
                     subject_id=row.subject_id,
                 )
             )
+        found_gone = [(row, result) for row, result in answered if not result.ok and result.gone]
+        self._found_gone(conn, found_gone, report, now, uids, records)
         for row, result in answered:
-            if result.ok:
+            if result.ok or result.gone:
                 continue
             report.counts.push_failed += 1
             reason = f"{result.error_code}: {result.message}"
@@ -2599,6 +2636,75 @@ class SyncEngine:
                     )
                 )
         audit.append(conn, records, now)
+
+    def _found_gone(
+        self,
+        conn: Connection,
+        found: list[tuple[Any, WriteResult]],
+        report: RunReport,
+        now: datetime,
+        uids: dict[int, str],
+        records: list[AuditRecord],
+    ) -> None:
+        """Writes the CRM answered "no such record" (a contact deleted for good by a user, its
+        recycle bin emptied): the record is gone, as a deletion listing would have said. Its link
+        is marked gone (``gone_by_write``: a listing naming it later still takes its last no and
+        its survivor), the write and whatever else waits for it are superseded, and the person
+        and their history stay. Not quarantined: nothing is left for ops to do."""
+        if not found:
+            return
+        for row, result in found:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == row.id)
+                .values(
+                    status="superseded",
+                    done_at=now,
+                    attempts=outbox.c.attempts + 1,
+                    last_error=f"the CRM record is gone ({result.error_code}: {result.message})",
+                )
+            )
+        by_object: dict[str, dict[str, Any]] = {}
+        for row, _result in found:
+            by_object.setdefault(row.object_type, {})[row.record_id] = row
+        for object_type, rows in by_object.items():
+            live = conn.execute(
+                select(crm_links.c.id, crm_links.c.record_id).where(
+                    crm_links.c.connector == self.name,
+                    crm_links.c.object_type == object_type,
+                    one_of(conn, crm_links.c.record_id, sorted(rows)),
+                    crm_links.c.gone_at.is_(None),
+                )
+            ).all()
+            if live:
+                conn.execute(
+                    update(crm_links)
+                    .where(one_of(conn, crm_links.c.id, [link.id for link in live]))
+                    .values(gone_at=now, gone_by_write=True)
+                )
+            report.counts.deleted_records += len(live)
+            records += [
+                self._link_entry(
+                    "crm.record_deleted",
+                    {"object": object_type, "record": link.record_id, "found_by": "write"},
+                    ("live", "gone"),
+                    rows[link.record_id].subject_id,
+                    uids,
+                    report,
+                )
+                for link in sorted(live, key=lambda link: link.record_id)
+            ]
+            conn.execute(
+                update(outbox)
+                .where(
+                    outbox.c.connector == self.name,
+                    outbox.c.object_type == object_type,
+                    one_of(conn, outbox.c.record_id, sorted(rows)),
+                    outbox.c.status == "pending",
+                )
+                .values(status="superseded", done_at=now, last_error="the CRM record is gone")
+            )
+        self._resolve_push_quarantine(conn, [row for row, _ in found], now)
 
     def _apply_snapshots(
         self, conn: Connection, written: list[tuple[Any, dict[str, Any]]], now: datetime
