@@ -5,13 +5,13 @@ One CRM record is a Person with the consents it holds, one group of fields per c
 where KEY is the purpose's key, e.g. EMARKETING), plus ``PersonId``, ``Email`` and
 ``ConsentUpdated``.
 
-Reading: the ConsentPurpose archive provider lists consents changed after the cursor, ordered by
-(updated, person id), read live. No page counts rows ($skip), so a row that moves while the run
-reads (a consent changed again, one committed late, one re-stamped within its second) pushes no
-unread row out of sight: a page ending inside a second is followed by one starting at that second
-again, its rows read twice counted once, and a second holding a page or more is walked alone in
-person-id order, each call restricted to the persons after the last one read (keyset). A person
-changed again while the run reads is read again at its new second. Each person found is read
+Reading: the ConsentPurpose archive provider lists consents changed after the cursor, read live.
+Its ``consentPerson/updatedDate`` is a ``date`` column, compared by its date part only, so the
+server is asked for whole UTC days (``updatedDate date '<day>'``) and the seconds are cut here; a
+day's rows are walked in pages by the consent's id (``consentPersonId gt <last>``), a key a row
+keeps when it changes again, so no row moving between two page calls is lost or read twice, and
+no page counts rows ($skip). A day's rows are handed on, in (second, person id) order, once all
+of them are read. Each person found is read
 whole with ``Agents/Person/GetConsentInfos`` (the archive shows list values by their display
 name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
 is ``SetConsent`` (with the configured source and comment), set to null it is ``RemoveConsent``;
@@ -24,23 +24,27 @@ one call per consent, and each update's answer is handed over as soon as its cal
 
 Deleted and merged persons: SuperOffice soft-deletes a person (its recycle bin) and hides it from
 every API read, archives included; no endpoint lists deleted persons, and a merge (``POST
-Person/{id}/MergeTo/{id}``) leaves no trace the API can list. The connector reads no deletions.
+Person/{id}/MergeTo/{id}``) leaves no trace the API can list (the survivor cannot be found: an
+erasure's DELETE of a person merged away answers 404 and is done; docs/connectors/superoffice.md).
+The connector reads no deletions. An update answered 404 for a person a GET answers 404 too is
+``gone``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
 
 import requests
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
-from consentsync_superoffice.settings import LIST_KEY, SuperOfficeSettings
+from consentsync_superoffice.settings import COMMENT_LENGTH, LIST_KEY, SuperOfficeSettings, utf16_units
 
 ERRORS = sdk.ErrorTable(
     [
@@ -71,8 +75,8 @@ PERSON_LISTS = {
 }
 PERSON_WRITABLE = (*PERSON_TEXTS, *PERSON_LISTS)
 _UNSET: Any = object()
-#: An archive row as read: (its updated second, person id, the person's e-mail).
-_Row = tuple[datetime, int, Any]
+#: An archive row as read: (its updated second, person id, the person's e-mail, consent id).
+_Row = tuple[datetime, int, Any, int]
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:/[A-Za-z][A-Za-z0-9_:]*)*$")
 _INFO_KEYS = {
@@ -155,7 +159,13 @@ class SuperOfficeConnector(sdk.Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = SuperOfficeSettings.model_validate(dict(settings))
-        for column in (self.config.column_person_id, self.config.column_updated, self.config.column_email):
+        columns = (
+            self.config.column_person_id,
+            self.config.column_updated,
+            self.config.column_email,
+            self.config.column_consent_id,
+        )
+        for column in columns:
             if not _COLUMN.match(column):
                 raise ConnectorError(
                     f"{column!r} is not an archive column name",
@@ -315,17 +325,17 @@ class SuperOfficeConnector(sdk.Connector):
     ) -> Iterator[sdk.CrmRecord]:
         """Persons whose consents changed after ``since`` and before ``until``'s second.
 
-        Times are read to the whole second, and a second is handed on only once every row of it
-        has been seen, in person-id order: SuperOffice may keep (and sort by) fractions of a second
-        it does not show, so rows of one shown second can arrive in any person order. The archive
-        is read live, so rows move between two page calls (a person changed again leaves its
-        second for a later one), and no page counts rows ($skip): a page that ends inside a second
-        keeps that second's rows back and the next page starts at that second again, the rows it
-        reads twice counted once. A page that one second fills is followed by a walk through that
-        second alone in person-id order, each call restricted to the persons after the last one
-        read (``_crowded_second``). So a row moving out of, into or within a second between two
-        calls pushes no unread row out of sight; a person changed again while the run reads is
-        read again at its new second.
+        ``consentPerson/updatedDate`` is of restriction type ``date``: SuperOffice compares only
+        its date part, so the server is asked for whole days and the seconds are cut here. The
+        read goes a UTC day at a time (``updatedDate date '<day>'``): every row of the day is
+        read, in pages walked by the consent's id (``consentPersonId gt <last>``, ordered by it),
+        a key a consent keeps when it is changed again, so a row changed, added or committed late
+        between two page calls pushes no other out of sight, and no page counts rows ($skip).
+        The day's rows inside ``[since, until)`` are then handed on in (second, person id) order,
+        each person once, read whole with GetConsentInfos; so the cursor never passes a row not
+        yet seen. A day holding no change is skipped by asking for the first change after it
+        (``updatedDate after '<day>'``, ordered by time). A change committed late behind the
+        pages already read is the look-back's to find: the next read starts from its day again.
         """
         _check_object(object_type)
         wanted = purpose_fields(fields)
@@ -335,79 +345,112 @@ class SuperOfficeConnector(sdk.Connector):
             # (person ids start at 1). A fraction of a second counts as the whole second.
             position = (_second(since.modstamp), _person_id(since.record_id or "0"))
         self.expected_records = None
-        floor = position[0] if position else None
-        held: list[_Row] = []  # rows of the second `floor` seen so far, not handed on yet
-        order = f"{self.config.column_updated} asc,{self.config.column_person_id} asc"
-        while True:
-            rows, more = self._archive_page(self.restriction(floor, until), order)
-            if not more:
-                ready, held = held + rows, []
-            elif rows[0][0] == rows[-1][0]:
-                # One second fills the page (in the order of fractions it does not show): read
-                # it whole by person id, then go on after it.
-                last = rows[0][0]
-                ready, held = held + rows + self._crowded_second(last), []
-                floor = last + timedelta(seconds=1)
-            else:
-                # The page ends inside its last second: the next page reads that second again
-                # from its start (a person whose rows are read twice is read once).
-                last = rows[-1][0]
-                ready = held + [row for row in rows if row[0] < last]
-                held = [row for row in rows if row[0] == last]
-                floor = last
-            for record in self._persons(ready, position, wanted):
+        end = _second(until)  # rows of seconds before it: every second read is complete
+        floor = position[0] if position else self._first_change()
+        if floor is None:
+            return
+        day: date | None = floor.date()
+        while day is not None:
+            midnight = datetime.combine(day, time(), UTC)
+            if midnight >= end:
+                return
+            following = midnight + timedelta(days=1)
+            low, high = max(floor, midnight), min(end, following)
+            rows = [row for row in self._day_rows(day) if low <= row[0] < high]
+            for record in self._persons(rows, position, wanted):
                 position = (record.modstamp, int(record.record_id))
                 yield record
-            if not more:
+            if following >= end:
                 return
+            day = self._next_day_with_changes(day)
 
-    def _archive_page(self, where: str, order: str) -> tuple[list[_Row], bool]:
-        """One page of the archive: its rows as (second, person id, e-mail), and whether more
-        may follow (a full page, or one the server cut short with a next link)."""
+    def _first_change(self) -> datetime | None:
+        """The second of the earliest change of all (a read from the start), None when none."""
+        first = self._first_row(None)
+        return first[0] if first else None
+
+    def _next_day_with_changes(self, day: date) -> date | None:
+        """The next day after ``day`` holding a change, None when none does. Whether SuperOffice's
+        ``after`` takes the day itself is not documented: when its first row is of ``day``, the
+        next day is read (and, when empty, skipped from there)."""
+        first = self._first_row(f"{self.config.column_updated} after {self._day_literal(day)}")
+        if first is None:
+            return None
+        following = day + timedelta(days=1)
+        return max(first[0].date(), following)
+
+    def _first_row(self, where: str | None) -> _Row | None:
         config = self.config
+        order = f"{config.column_updated} asc,{config.column_consent_id} asc"
+        rows, _more = self._archive_page(where, order, top=1)
+        return rows[0] if rows else None
+
+    def _day_rows(self, day: date) -> list[_Row]:
+        """Every archive row of one day (the date part of the updated column), walked in
+        consent-id order, each call restricted to the consents after the last one read. Fails
+        the run when a call makes no progress (the server ignoring the restriction or the order)
+        rather than asking the same again."""
+        config = self.config
+        rows: list[_Row] = []
+        after: int | None = None
+        on_day = f"{config.column_updated} date {self._day_literal(day)}"
+        while True:
+            where = on_day if after is None else f"{on_day} and {config.column_consent_id} gt {int(after)}"
+            page, more = self._archive_page(where, f"{config.column_consent_id} asc")
+            ids = [row[3] for row in page]
+            if any(b <= a for a, b in itertools.pairwise(ids)) or (
+                after is not None and ids and ids[0] <= after
+            ):
+                raise ConnectorError(
+                    f"{self.name}: the archive ignored the consent-id order or restriction "
+                    f"({config.column_consent_id} gt {after}, ordered by it)",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging refused"),
+                )
+            rows += page
+            if not more:
+                return rows
+            if not page:
+                raise ConnectorError(
+                    f"{self.name}: the archive answered an empty page with a next page to follow "
+                    f"({where}): no progress",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging made no progress"),
+                )
+            after = ids[-1]
+
+    def _day_literal(self, day: date) -> str:
+        return archive_literal(day.strftime(self.config.restriction_date_format))
+
+    def _archive_page(self, where: str | None, order: str, top: int | None = None) -> tuple[list[_Row], bool]:
+        """One page of the archive: its rows as (second, person id, e-mail, consent id), and
+        whether more may follow (a full page, or one the server cut short with a next link)."""
+        config = self.config
+        size = top or config.page_size
         params = {
-            "$select": ",".join((config.column_person_id, config.column_updated, config.column_email)),
-            "$filter": where,
+            "$select": ",".join(
+                (
+                    config.column_person_id,
+                    config.column_updated,
+                    config.column_email,
+                    config.column_consent_id,
+                )
+            ),
             "$orderby": order,
-            "$top": str(config.page_size),
+            "$top": str(size),
         }
+        if where:
+            params["$filter"] = where
         answer = self._read("archive", "GET", f"/archive/{config.archive_provider}", params=params)
         rows = [
             (
                 _second(parse_so_time(row.get(config.column_updated))),
                 _person_id(row.get(config.column_person_id)),
                 row.get(config.column_email),
+                _person_id(row.get(config.column_consent_id)),
             )
             for row in answer.get("value") or []
         ]
-        more = bool(rows) and (len(rows) >= config.page_size or bool(answer.get("odata.nextLink")))
+        more = len(rows) >= size or bool(answer.get("odata.nextLink"))
         return rows, more
-
-    def _crowded_second(self, second: datetime) -> list[_Row]:
-        """Every row of one second that holds a page or more, walked in person-id order: each
-        call restricted to the persons after the last one read (keyset, no $skip), so a row that
-        leaves, enters or moves within the second between two calls cannot push an unread one
-        out of sight. A person's other rows (other purposes) cut off by a page's end are not
-        needed: the person is read whole. Costs a call a page of the second (one more when the
-        last is full)."""
-        rows: list[_Row] = []
-        after: int | None = None
-        following = second + timedelta(seconds=1)
-        while True:
-            page, more = self._archive_page(
-                self.restriction(second, following, after_person=after),
-                f"{self.config.column_person_id} asc",
-            )
-            rows += page
-            if not more:
-                return rows
-            if after is not None and page[-1][1] <= after:
-                raise ConnectorError(
-                    f"{self.name}: the archive ignored the person restriction "
-                    f"({self.config.column_person_id} gt {after})",
-                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging refused"),
-                )
-            after = page[-1][1]
 
     def _persons(
         self,
@@ -415,15 +458,15 @@ class SuperOfficeConnector(sdk.Connector):
         position: tuple[datetime, int] | None,
         wanted: dict[str, list[str]],
     ) -> Iterator[sdk.CrmRecord]:
-        """Each person of complete seconds once, in (second, person id) order, read whole. A
-        person changed in several seconds of these rows is read at the last of them only: that
-        read holds the earlier changes too, and were the run to stop before it, the cursor would
+        """Each person of these rows once, in (second, person id) order, read whole. A person
+        changed in several seconds of these rows is read at the last of them only: that read
+        holds the earlier changes too, and were the run to stop before it, the cursor would
         still be before it."""
         latest: dict[int, datetime] = {}
-        for second, person, _email in rows:
+        for second, person, _email, _consent in rows:
             latest[person] = max(second, latest.get(person, second))
         done: set[int] = set()
-        for second, person, email in sorted(rows, key=lambda row: (row[0], row[1])):
+        for second, person, email, _consent in sorted(rows, key=lambda row: (row[0], row[1])):
             if (
                 person in done
                 or second < latest[person]
@@ -435,24 +478,6 @@ class SuperOfficeConnector(sdk.Connector):
                 "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
             )
             yield _record(person, second, email, infos or [], wanted)
-
-    def restriction(self, floor: datetime | None, until: datetime, *, after_person: int | None = None) -> str:
-        """The archive restriction: rows updated from ``floor``'s second on, and before
-        ``until``'s second (so every second read is complete), of persons after ``after_person``
-        when given. Times are formatted here and quoted with archive_literal, the person id is
-        a number; nothing else reaches the restriction."""
-        config = self.config
-        updated = config.column_updated
-
-        def moment(value: datetime) -> str:
-            return archive_literal(_second(value).strftime(config.restriction_time_format))
-
-        where = f"{updated} lt {moment(until)}"
-        if floor is not None:
-            where = f"{updated} ge {moment(floor)} and {where}"
-        if after_person is not None:
-            where = f"{where} and {config.column_person_id} gt {int(after_person)}"
-        return where
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Each update's answer as soon as its calls return (SuperOffice has no batch call: one
@@ -520,27 +545,48 @@ class SuperOfficeConnector(sdk.Connector):
 
     def _outcome(self, record_id: str, action: Callable[[], tuple[str, str] | None]) -> sdk.WriteResult:
         """Runs one record's calls: a refusal of this record is its answer; what concerns the
-        whole run (a limit, the token, the configuration) is raised."""
+        whole run (a limit, the token, the configuration) is raised. A 404 of an update is
+        checked with a read of the person: when that answers 404 too, SuperOffice holds no
+        person under the id (deleted, or merged away) and the answer says ``gone``."""
         try:
             problem = action()
         except sdk.BudgetExhausted:
             raise
+        except _PersonGone as gone:
+            return sdk.WriteResult(record_id, False, "NOT_FOUND", str(gone), False, gone=True)
         except ConnectorError as error:
             if (
                 error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
                 or error.rule.fault is Fault.CONFIG
             ):
                 raise  # the whole run's problem: it stops, the rows stay pending
-            retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
             code = error.rule.code or str(error.rule.status)
+            if error.rule.status == 404 and self._person_gone(int(record_id)):
+                return sdk.WriteResult(record_id, False, code, str(error), False, gone=True)
+            retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
             return sdk.WriteResult(record_id, False, code, str(error), retryable)
         if problem is not None:
             return sdk.WriteResult(record_id, False, problem[0], problem[1])
         return sdk.WriteResult(record_id, True)
 
+    def _person_gone(self, person: int) -> bool:
+        """Whether ``GET Person/{id}`` answers 404: no such person (deleted, or merged away)."""
+        try:
+            self._request("person_get", "GET", f"/Person/{person}")
+        except ConnectorError as error:
+            if error.rule.status == 404:
+                return True
+            run_wide = error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
+            if run_wide or error.rule.fault is Fault.CONFIG:
+                raise
+            return False
+        return False
+
     def _delete_person(self, person: int) -> tuple[str, str] | None:
         """DELETE Person/{id}: SuperOffice soft-deletes it (recycle bin). A person already gone
-        (404) is what the deletion wants: done."""
+        (404) is what the deletion wants: done. A person merged into another (``POST
+        Person/{id}/MergeTo/{id}``) answers 404 as well, and SuperOffice's API tells nothing
+        of the person that kept its data (docs/connectors/superoffice.md, "Merged persons")."""
         try:
             self._request("person_delete", "DELETE", f"/Person/{person}", busy_is_final=True)
         except ConnectorError as error:
@@ -561,6 +607,11 @@ class SuperOfficeConnector(sdk.Connector):
         comment = values.get("Comment", _UNSET)
         if comment is not _UNSET and not isinstance(comment, str | None):
             return "INVALID_VALUE", f"Comment_{purpose}: text expected, not {type(comment).__name__}"
+        if isinstance(comment, str) and utf16_units(comment) > COMMENT_LENGTH:
+            return "INVALID_VALUE", (
+                f"Comment_{purpose}: {utf16_units(comment)} UTF-16 code units; SuperOffice's consent "
+                f"comment holds at most {COMMENT_LENGTH}"
+            )
         if legal is None:
             self._request(
                 "remove_consent",
@@ -580,6 +631,8 @@ class SuperOfficeConnector(sdk.Connector):
                 None,
             )
             if current is None or not current.get("LegalBaseKey"):
+                if not infos and self._person_gone(person):
+                    raise _PersonGone(f"person {person} not found (GET Person/{person}: 404)")
                 return "NO_CONSENT", f"person {person} has no {purpose} consent to comment on"
             legal, source = current["LegalBaseKey"], current.get("ConsentSourceKey") or source
         elif not isinstance(legal, str) or not LIST_KEY.match(legal):
@@ -608,6 +661,10 @@ class SuperOfficeConnector(sdk.Connector):
 #: The answer of an update of which SuperOffice applied some calls (a consent set or removed)
 #: before the run stopped (a limit, the token, the service): not done, sent again next run.
 INTERRUPTED = "INTERRUPTED"
+
+
+class _PersonGone(Exception):
+    """SuperOffice holds no person under the id an update names (a read of it answered 404)."""
 
 
 class _Interrupted(Exception):

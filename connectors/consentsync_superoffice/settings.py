@@ -8,7 +8,7 @@ default; docs/connectors/superoffice.md says which.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -16,6 +16,14 @@ from consentsync.sdk import ConnectorSettings, WebUrl
 
 # SuperOffice's own rule for the keys of list items (purposes, legal bases, sources).
 LIST_KEY = re.compile(r"^[A-Za-z0-9]+$")
+#: ConsentPerson.comment is String(255) (SuperOffice database reference, table ConsentPerson),
+#: an nvarchar: its length counts UTF-16 code units (an emoji counts 2).
+COMMENT_LENGTH = 255
+
+
+def utf16_units(text: str) -> int:
+    """The length of ``text`` as SQL Server's nvarchar counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 class SuperOfficeSettings(ConnectorSettings):
@@ -47,12 +55,17 @@ class SuperOfficeSettings(ConnectorSettings):
     column_person_id: str = "consentPerson/personId"
     column_updated: str = "consentPerson/updatedDate"
     column_email: str = "consentPerson/person/email/emailAddress"
-    # How a time is written in a restriction (strftime, UTC). Unconfirmed: ISO to the second.
-    restriction_time_format: str = "%Y-%m-%dT%H:%M:%S"
+    # The consent's own id (an int column that never changes): the key pages are walked by.
+    column_consent_id: str = "consentPerson/consentPersonId"
+    # How a day is written in a restriction on the updated column (strftime, UTC). That column
+    # is of restriction type "date": SuperOffice uses only its date part. SuperOffice's own
+    # examples write days dotted ('2014.3.4').
+    restriction_date_format: str = "%Y.%m.%d"
     # The consent source and comment written with every SetConsent; the source must exist in the
     # tenant's Privacy - Source list (create one named for consentsync, e.g. key CONSENTSYNC).
+    # The comment goes into ConsentPerson.comment: at most 255 UTF-16 code units.
     write_source: str = "SYSTEM"
-    write_comment: str = Field(default="Set by consentsync", max_length=500)
+    write_comment: str = "Set by consentsync"
     # Purpose keys describe() lists when the tenant cannot be asked (it is asked first).
     purposes: list[str] = Field(default_factory=lambda: ["STORE", "EMARKETING"])
 
@@ -62,6 +75,37 @@ class SuperOfficeSettings(ConnectorSettings):
         if not LIST_KEY.match(value):
             raise ValueError(f"{value!r} is not a SuperOffice list key: letters and digits only")
         return value
+
+    @field_validator("write_comment")
+    @classmethod
+    def _fits_the_comment_column(cls, value: str) -> str:
+        units = utf16_units(value)
+        if units > COMMENT_LENGTH:
+            raise ValueError(
+                f"write_comment is {units} UTF-16 code units long; SuperOffice's consent comment "
+                f"(ConsentPerson.comment) holds at most {COMMENT_LENGTH} (an emoji counts 2)"
+            )
+        return value
+
+    @field_validator("restriction_date_format")
+    @classmethod
+    def _a_day(cls, value: str) -> str:
+        if any(code in value for code in ("%H", "%I", "%M", "%S", "%f", "%p", "%X", "%c")):
+            raise ValueError(
+                "restriction_date_format writes a day (e.g. %Y.%m.%d): SuperOffice uses only the "
+                "date part of consentPerson/updatedDate"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_time_format(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "restriction_time_format" in data:
+            raise ValueError(
+                "restriction_time_format is no longer read: consentPerson/updatedDate is compared "
+                "by date only; remove it (restriction_date_format sets how a day is written)"
+            )
+        return data
 
     @field_validator("purposes")
     @classmethod

@@ -136,6 +136,7 @@ def test_writes_set_and_remove_consents_with_one_result_each(so: SuperOfficeSand
     assert not busy.ok and busy.retryable and busy.error_code == "ConcurrencyException"
     assert removed.ok and tenant.consent(b.id, "EMARKETING").legal_base.key == "WITHDRAWN"
     assert not missing.ok and not missing.retryable and missing.error_code == "EntityNotFoundException"
+    assert missing.gone and not busy.gone and not bad_value.gone
     assert not_writable.error_code == "FIELD_NOT_WRITABLE" and bad_value.error_code == "INVALID_VALUE"
     assert connector.write([RecordUpdate("Person", str(a.id), {"LegalBase_EMARKETING": "WITHDRAWN"})])[0].ok
     row = tenant.consent(a.id, "EMARKETING")
@@ -335,3 +336,64 @@ def test_asks_for_utc_dates_tagged_with_their_offset(so: SuperOfficeSandbox) -> 
         parse_so_time(r.fields["ConsentUpdated"]) == latest[int(r.record_id)].replace(microsecond=0)
         for r in records
     )
+
+
+def test_an_update_to_a_person_deleted_in_superoffice_answers_gone(so: SuperOfficeSandbox) -> None:
+    # A user deleted the person (the API answers 404 for it, GET included): the engine marks the
+    # record gone rather than quarantining it; the live person in the same batch is written.
+    tenant = so.tenant
+    live, deleted = sorted(tenant.persons)[:2]
+    tenant.set_consent(deleted, "EMARKETING", "FORM", "CONSENT")
+    tenant.delete_person(deleted)
+    connector = connector_for(so)
+    so.reset_counters()
+    results = connector.write(
+        [
+            RecordUpdate("Person", str(deleted), {"LegalBase_EMARKETING": "WITHDRAWN"}),
+            RecordUpdate("Person", str(live), {"LegalBase_EMARKETING": "WITHDRAWN"}),
+            RecordUpdate("Person", str(deleted), {"Comment_EMARKETING": "why"}),  # read first: none
+            RecordUpdate("Person", str(deleted), {"Lastname": "Anonymous"}),
+        ]
+    )
+    gone, written, comment, patch = results
+    assert (gone.ok, gone.gone, gone.retryable) == (False, True, False)
+    assert written.ok and not written.gone
+    assert tenant.consent(live, "EMARKETING").legal_base.key == "WITHDRAWN"
+    assert (comment.ok, comment.gone) == (False, True) and (patch.ok, patch.gone) == (False, True)
+    assert so.calls["person_get"] == 3  # each 404 confirmed by a read of the person
+
+
+def test_a_refusal_of_a_live_person_is_not_gone(so: SuperOfficeSandbox) -> None:
+    person = so.tenant.create_person("No", "Marketing", "no.marketing@example.com").id  # STORE only
+    [result] = connector_for(so).write(
+        [RecordUpdate("Person", str(person), {"Comment_EMARKETING": "no such consent yet"})]
+    )
+    assert not result.ok and not result.gone and result.error_code == "NO_CONSENT"
+
+
+@pytest.mark.parametrize("comment", ["x" * 256, "x" * 300, "\U0001f600" * 128, "\U0001f600" * 200])
+def test_a_write_comment_longer_than_the_consent_comment_column_is_refused_at_load(comment: str) -> None:
+    # ConsentPerson.comment is String(255) (UTF-16 code units: 128 emoji are 256) and every
+    # SetConsent (each withdrawal) carries write_comment: refused when the config loads.
+    from consentsync_superoffice.settings import SuperOfficeSettings
+    from pydantic import ValidationError
+
+    base = {"base_url": "https://online.superoffice.com/Cust1", "auth": "token", "access_token": "t"}
+    with pytest.raises(ValidationError) as raised:
+        SuperOfficeSettings.model_validate({**base, "write_comment": comment})
+    assert "write_comment" in str(raised.value) and "at most 255" in str(raised.value)
+    for fits in ("x" * 255, "\U0001f600" * 127 + "x"):
+        assert SuperOfficeSettings.model_validate({**base, "write_comment": fits}).write_comment == fits
+    with pytest.raises(ValidationError, match="restriction_time_format"):
+        SuperOfficeSettings.model_validate({**base, "restriction_time_format": "%Y-%m-%dT%H:%M:%S"})
+
+
+def test_a_comment_longer_than_the_column_is_refused_before_any_call(so: SuperOfficeSandbox) -> None:
+    person = sorted(so.tenant.persons)[0]
+    so.tenant.set_consent(person, "EMARKETING", "FORM", "CONSENT")
+    so.reset_counters()
+    [result] = connector_for(so).write(
+        [RecordUpdate("Person", str(person), {"Comment_EMARKETING": "\U0001f600" * 128})]
+    )
+    assert not result.ok and result.error_code == "INVALID_VALUE" and "255" in (result.message or "")
+    assert so.write_calls == 0

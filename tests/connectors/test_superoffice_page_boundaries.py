@@ -1,7 +1,7 @@
 """The SuperOffice connector reads the ConsentPurpose archive live, over HTTPS against the sandbox:
 rows that move between two page calls (a consent changed again leaves its second, one committed
 late enters it, one re-stamped within it changes place) never push an unread row out of sight,
-whether a page ends inside an ordinary second or inside one holding more than a page."""
+however many rows one second holds: a day's pages are walked by consent id, a key a row keeps."""
 
 from __future__ import annotations
 
@@ -157,12 +157,13 @@ def test_a_second_that_does_not_move_is_read_whole_and_resumable(so: SuperOffice
     assert [r.record_id for r in rest] == [r.record_id for r in records[6:]]
 
 
-def test_without_crowded_seconds_a_read_costs_a_call_a_page(so: SuperOfficeSandbox) -> None:
-    # One person a second: each page after the first re-reads only the second the one before
-    # ended in (one row), so thirty rows at ten a page are four archive calls.
-    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
-    people = [consenting(so, f"p{i}", start + dt.timedelta(seconds=i)) for i in range(30)]
+def test_a_read_costs_a_call_a_page_of_each_day_with_changes(so: SuperOfficeSandbox) -> None:
+    # Yesterday noon, one person a second: thirty rows at ten a page are the first change, four
+    # pages of that day (the last one empty: the third was full), and the first change after it
+    # (none). Pages never overlap: each starts after the last consent id read.
+    noon = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(hours=12)
+    people = [consenting(so, f"p{i}", noon + dt.timedelta(seconds=i)) for i in range(30)]
     so.reset_counters()
     records = list(connector_for(so, page_size=10).read_changes("Person", FIELDS, Cursor(), read_until()))
     assert [int(r.record_id) for r in records] == people
-    assert so.calls["archive"] == 4 and so.calls["get_consent_infos"] == 30
+    assert so.calls["archive"] == 6 and so.calls["get_consent_infos"] == 30

@@ -155,19 +155,18 @@ def test_archive_lists_purposes_without_person_columns(so: SuperOfficeSandbox) -
 
 def test_archive_restriction_order_and_paging(so: SuperOfficeSandbox) -> None:
     tenant = so.tenant
-    cutoff = sorted(r.updated for r in tenant.consent_rows())[len(tenant.consent_rows()) // 2]
+    cutoff = sorted(r.person_id for r in tenant.consent_rows())[len(tenant.consent_rows()) // 2]
     select = "consentPerson/personId,consentPerson/updatedDate,consentPerson/consentPurpose/key"
     params = {
         "$select": select,
-        "$filter": f"consentPerson/updatedDate ge '{cutoff:%Y-%m-%dT%H:%M:%S}'"
-        " and consentPerson/consentPurpose/key eq 'EMARKETING'",
+        "$filter": f"consentPerson/personId ge {cutoff} and consentPerson/consentPurpose/key eq 'EMARKETING'",
         "$orderby": "consentPerson/updatedDate asc,consentPerson/personId asc",
         "$top": "30",
     }
     expected = sorted(
         (r.updated, r.person_id)
         for r in tenant.consent_rows()
-        if r.updated >= cutoff and r.purpose.key == "EMARKETING"
+        if r.person_id >= cutoff and r.purpose.key == "EMARKETING"
     )
     got: list[tuple[dt.datetime, int]] = []
     answer = _archive(so, **params).json()
@@ -182,6 +181,65 @@ def test_archive_restriction_order_and_paging(so: SuperOfficeSandbox) -> None:
             break
         answer = session.get(link, headers=headers).json()
     assert got == expected and len(expected) > 30
+
+
+def _updated_people(so: SuperOfficeSandbox, restriction: str) -> list[int]:
+    answer = _archive(
+        so,
+        **{
+            "$select": "consentPerson/personId",
+            "$filter": f"consentPerson/updatedDate {restriction}"
+            " and consentPerson/consentPurpose/key eq 'STORE'",
+            "$orderby": "consentPerson/personId",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    return [r["consentPerson/personId"] for r in answer.json()["value"]]
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_updated_date_is_a_date_column_only_its_date_part_is_used(inclusive: bool) -> None:
+    # ConsentPurpose provider: consentPerson/updatedDate is of restriction type "date", for which
+    # "only the date part is used" (Archive Provider Restriction Types), with the date operators
+    # GET Archive/{provider} lists (before, date, after, dateBetween, ...).
+    tenant = SuperOfficeTenant(date_bounds_inclusive=inclusive)
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday_noon = tenant.create_person("A", "y", None, at=today - dt.timedelta(hours=12)).id
+    early = tenant.create_person("B", "t", None, at=today + dt.timedelta(seconds=1)).id
+    now = tenant.create_person("C", "n", None).id
+    with SuperOfficeSandbox(tenant) as so:
+        late_today = f"'{dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1):%Y-%m-%dT%H:%M:%S}'"
+        assert _updated_people(so, f"date {late_today}") == [early, now]  # the time is dropped
+        assert _updated_people(so, f"date '{today:%Y.%m.%d}'") == [early, now]
+        assert _updated_people(so, "today") == [early, now]
+        assert _updated_people(so, "beforeToday") == [yesterday_noon]
+        after_yesterday = _updated_people(so, f"after '{today - dt.timedelta(days=1):%Y.%m.%d}'")
+        before_today = _updated_people(so, f"before '{today:%Y.%m.%d}'")
+        if inclusive:
+            assert after_yesterday == [yesterday_noon, early, now]
+            assert before_today == [yesterday_noon, early, now]
+        else:
+            assert after_yesterday == [early, now]
+            assert before_today == [yesterday_noon]
+        span = f"dateBetween ('{today - dt.timedelta(days=1):%Y.%m.%d}', '{today:%Y.%m.%d}')"
+        assert _updated_people(so, span) == [yesterday_noon, early, now]
+        for operator in ("ge", "lt", "gt", "eq", ">=", "<"):
+            refused = _archive(so, **{"$filter": f"consentPerson/updatedDate {operator} {late_today}"})
+            assert refused.status_code == 400, operator
+            assert "does not apply to date column" in refused.json()["Error"]
+
+
+@pytest.mark.parametrize("comment", ["x" * 256, "\U0001f600" * 128])
+def test_set_consent_refuses_a_comment_longer_than_the_consent_comment_column(
+    so: SuperOfficeSandbox, comment: str
+) -> None:
+    # ConsentPerson.comment is String(255) (database reference): UTF-16 code units, an emoji 2.
+    person = so.tenant.create_person("Cy", "Ek", "cy@example.com")
+    body = {"PersonId": person.id, "Purpose": "EMARKETING", "Source": "FORM", "LegalBase": "CONSENT"}
+    refused = _agent(so, "SetConsent", {**body, "Comment": comment})
+    assert refused.status_code == 400 and refused.json()["ErrorType"] == "ArgumentException"
+    assert so.tenant.consent(person.id, "EMARKETING") is None
+    assert _agent(so, "SetConsent", {**body, "Comment": comment[: len(comment) // 2 - 1]}).status_code == 204
 
 
 def test_archive_strings_take_backslash_escapes_and_bad_restrictions_are_400(so: SuperOfficeSandbox) -> None:

@@ -3,16 +3,24 @@
 
 As SuperOffice documents it: the provider lists consent purposes, and, when a query names
 ``consentPerson/...`` columns, one row per consent joined with its person; ``$filter`` takes
-OData-ish restrictions (``eq ne gt ge lt le``, ``= < <= > >=``, ``equals greater less unequals``,
-``before after``, ``oneOf``/``in``, ``between``, ``begins contains``) joined with ``and`` / ``or``
-(``and`` binds tighter) and brackets; strings are single-quoted with ``\\'`` for a quote and
-``\\\\`` for a backslash. Dates in answers are ISO strings in UTC.
+OData-ish restrictions joined with ``and`` / ``or`` (``and`` binds tighter) and brackets; strings
+are single-quoted with ``\\'`` for a quote and ``\\\\`` for a backslash. Dates in answers are ISO
+strings in UTC. The operators depend on the column's restriction type (GET Archive/{provider},
+"Filter Operators"; "Archive Provider Restriction Types"): numbers and text take ``eq ne gt ge
+lt le``, ``= < <= > >=``, ``equals greater less unequals``, ``oneOf``/``in``, ``between``,
+``begins contains``; a ``date`` column (``consentPerson/updatedDate``, the ConsentPurpose
+provider's reference) takes only ``before``, ``date`` (equals), ``after``, ``dateBetween`` and the
+unary ``beforeToday``, ``today``, ``afterToday``, and for it "only the date part is used": a
+row's time and the value given are both cut to their day (UTC, the time zone the connector asks
+for). Any other operator on a date column is 400 ArgumentException.
 
-Where the documentation is silent the sandbox chooses (and says so): date restrictions compare to
-the second, and take ISO values (``'2026-11-23T03:21:24'``, with or without ``Z``, fractions
-allowed) or SuperOffice's dotted dates (``'2026.11.23'``); a list column (legal basis, source)
-answers its display name and is restricted by key, name or id; ``PrimaryKey`` of a joined row is
-the consent's id; an unknown column is 400 ArgumentException.
+Where the documentation is silent the sandbox chooses (and says so): ``before`` and ``after`` are
+strict (another day) unless the tenant's ``date_bounds_inclusive`` says they take the day itself
+too, ``dateBetween`` takes both its days; date values are ISO (``'2026-11-23T03:21:24'``, with or
+without ``Z``, fractions allowed; the time is dropped) or SuperOffice's dotted dates
+(``'2026.11.23'``); a list column (legal basis, source) answers its display name and is
+restricted by key, name or id; ``PrimaryKey`` of a joined row is the consent's id; an unknown
+column is 400 ArgumentException.
 """
 
 from __future__ import annotations
@@ -158,6 +166,11 @@ _OPERATORS = {
     "set": "eq",
 }  # fmt: skip
 _MULTI = {"in", "notin", "between"}
+#: The operators of a ``date`` column (only the date part is used), and how many values each takes.
+_DATE_OPERATORS = {
+    "before": 1, "date": 1, "after": 1, "datebetween": 2,
+    "beforetoday": 0, "today": 0, "aftertoday": 0,
+}  # fmt: skip
 
 
 def _tokens(text: str) -> list[_Token]:
@@ -215,12 +228,27 @@ class _Parser(TokenStream):
         column = _column(token.text)
         self.joined = self.joined or column.joined
         op_token = self.take()
+        if column.type == "date":
+            return self.date_restriction(column, op_token.text)
         operator = _OPERATORS.get(op_token.text.lower())
         if operator is None:
             raise _bad(f"Unknown operator '{op_token.text}' for column '{column.name}'")
         values = self.values() if operator in _MULTI else [self.value()]
         typed = [_typed(column, v) for v in values]
         return _predicate(column, operator, typed)
+
+    def date_restriction(self, column: Column, operator: str) -> Predicate:
+        lowered = operator.lower()
+        count = _DATE_OPERATORS.get(lowered)
+        if count is None:
+            raise _bad(
+                f"Operator '{operator}' does not apply to date column '{column.name}': "
+                "before, date, after, dateBetween, beforeToday, today, afterToday"
+            )
+        values = [] if count == 0 else self.values() if count > 1 else [self.value()]
+        if len(values) != count:
+            raise _bad(f"{operator} on '{column.name}' needs {count} value(s)")
+        return _date_predicate(column, lowered, [_typed(column, v).date() for v in values])
 
     def value(self) -> str:
         token = self.take()
@@ -269,6 +297,31 @@ def _comparable(value: Any, wanted: Any) -> Any:
             matches = wanted.lower() in (value.key.lower(), value.name.lower())
             return (True, True) if matches else (value.key, wanted)
     return value, wanted
+
+
+def _date_predicate(column: Column, operator: str, days: list[dt.date]) -> Predicate:
+    """A restriction on a ``date`` column: only the date part (UTC) of the row's time is used."""
+
+    def test(row: _Row, tenant: SuperOfficeTenant) -> bool:
+        value = column.read(row, tenant)
+        if value is None:
+            return False
+        day = value.astimezone(dt.UTC).date()
+        inclusive = tenant.date_bounds_inclusive
+        today = tenant.now().date()
+        if operator == "before":
+            return day <= days[0] if inclusive else day < days[0]
+        if operator == "after":
+            return day >= days[0] if inclusive else day > days[0]
+        if operator == "date":
+            return day == days[0]
+        if operator == "datebetween":
+            return days[0] <= day <= days[1]
+        if operator == "today":
+            return day == today
+        return day < today if operator == "beforetoday" else day > today
+
+    return test
 
 
 def _predicate(column: Column, operator: str, values: list[Any]) -> Predicate:

@@ -15,7 +15,10 @@ test can take the other view): the list keys (STORE, EMARKETING, CONSENT, LEGITI
 ...); that RemoveConsent marks the consent withdrawn (``remove_mode="withdraw"``) rather than
 deleting the row (``remove_mode="delete"``); that times are kept to the whole second, so many
 rows share one updated time (``keep_fractions=True`` keeps microseconds instead, which the
-archive sorts by but does not show, as SuperOffice's own sample times suggest it may).
+archive sorts by but does not show, as SuperOffice's own sample times suggest it may); that the
+archive's ``before``/``after`` on a date are strict (``date_bounds_inclusive=True`` takes the day
+itself too). SetConsent refuses a comment longer than ConsentPerson.comment's 255 UTF-16 code
+units (400 ArgumentException: the sandbox's choice of answer for what the database refuses).
 
 A person begun with :meth:`SuperOfficeTenant.begin_late_person` (a save whose transaction commits
 late) has its id and times from the start, but no read sees it or its consents until
@@ -37,6 +40,7 @@ from typing import Any, Literal
 from consentsync.sandbox.server import SandboxError
 
 __all__ = [
+    "COMMENT_LENGTH",
     "DEFAULT_LEGAL_BASES",
     "DEFAULT_PURPOSES",
     "DEFAULT_SOURCES",
@@ -45,9 +49,18 @@ __all__ = [
     "Person",
     "SuperOfficeTenant",
     "TenantError",
+    "utf16_units",
 ]
 
 KEY_RE = re.compile(r"^[A-Za-z0-9]+$")  # SuperOffice's own rule for list item keys
+#: ConsentPerson.comment: String(255) (database reference, table ConsentPerson), an nvarchar
+#: whose length counts UTF-16 code units (a character outside the BMP, an emoji, counts 2).
+COMMENT_LENGTH = 255
+
+
+def utf16_units(text: str) -> int:
+    """The length of ``text`` as SQL Server's nvarchar counts it: UTF-16 code units."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +147,7 @@ class SuperOfficeTenant:
         clock: Callable[[], dt.datetime] | None = None,
         associate_id: int = 5,
         keep_fractions: bool = False,
+        date_bounds_inclusive: bool = False,
     ) -> None:
         self.purposes = _items(purposes, 1)
         self.legal_bases = _items(legal_bases, 1)
@@ -147,6 +161,9 @@ class SuperOfficeTenant:
         self.associate_id = associate_id
         # Keep fractions of a second (the archive still shows whole seconds but sorts by them).
         self.keep_fractions = keep_fractions
+        # Whether the archive's date restrictions ``before``/``after`` take their own day too
+        # (SuperOffice does not say; the sandbox's default: strictly another day).
+        self.date_bounds_inclusive = date_bounds_inclusive
         self.persons: dict[int, Person] = {}
         self.consents: dict[int, ConsentRow] = {}
         # Persons whose saving transaction has not committed: invisible to every read.
@@ -309,6 +326,13 @@ class SuperOfficeTenant:
         source and comment; the updated time moves either way."""
         if comment is not None and not isinstance(comment, str):
             raise TenantError(400, "ArgumentException", "Comment must be a string")
+        if comment and utf16_units(comment) > COMMENT_LENGTH:
+            # ConsentPerson.comment is String(255), counted in UTF-16 code units (nvarchar).
+            raise TenantError(
+                400,
+                "ArgumentException",
+                f"Comment is {utf16_units(comment)} characters; ConsentPerson.comment holds {COMMENT_LENGTH}",
+            )
         with self._lock:
             self.person(person_id)
             return self._set(person_id, purpose_key, source_key, legal_base_key, comment or "", at)
