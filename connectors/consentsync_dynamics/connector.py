@@ -23,10 +23,11 @@ has a consent row per purpose. Pushed for a person's no, the connector creates t
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -68,14 +69,21 @@ ERRORS = sdk.ErrorTable(
 # Set by the Merge action on the subordinate row: read with every row of a table that has them.
 MERGE_COLUMNS = ("merged", "masterid")
 _AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
-_LOGICAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,99}$")
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# The most characters of $filter text a GET inside a $batch carries: its URL may be 64 KB there
-# ("Execute batch operations using the Web API"), about half of it after percent-encoding.
-_FILTER_BUDGET = 24_000
+# Matched whole (``fullmatch``): ``$`` would let a trailing newline through, into a URL or the
+# request line of a $batch part.
+_LOGICAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# The longest URL a GET inside a $batch may have: "a longer URL, up to 64 KB (65,536
+# characters), is allowed" there ("Execute batch operations using the Web API"), counted as the
+# URL is sent, percent-encoded (a Cyrillic letter is 6 characters then, a CJK one 9, an emoji 12).
+URL_LIMIT = 65_536
+# What a look-up's URL is held to: the limit less room for the $skiptoken (a paging cookie) the
+# service adds to a page's next link, which is sent the same way and must fit too.
+_URL_BUDGET = URL_LIMIT - 8_192
 # A row that exists, answered to a create: 0x80040237 (the id: If-None-Match) or 0x80060892 (an
 # alternate key an admin defined).
 _EXISTS = frozenset({"0x80040237", "0x80060892"})
+_NOT_FOUND = "0x80040217"
 
 
 def odata_literal(value: Any) -> str:
@@ -121,6 +129,43 @@ class _TableRead:
 
     def keeps(self, row: Mapping[str, Any]) -> bool:
         return self.skip is None or not self.skip(row, self.wire)
+
+
+@dataclass(slots=True)
+class _ConsentChanges:
+    """What a read of the consent rows' delta found: the link after it, the addresses of the rows
+    that changed, and whether a row went from an address it does not name (every contact is to
+    be checked again)."""
+
+    link: str
+    addresses: set[str]
+    recheck: bool
+
+
+# The token of a Journeys view's cursor: the contacts' token (a delta link, with its signpost)
+# and the consent rows' delta link.
+_JOURNEYS_TOKEN = "consentsync-journeys:"
+
+
+def _journeys_token(contact_token: str, consent_link: str) -> str:
+    return _JOURNEYS_TOKEN + json.dumps({"contact": contact_token, "consents": consent_link})
+
+
+def _journeys_tokens(token: str | None) -> tuple[str | None, str | None]:
+    """(contacts' token, consent rows' link) of a Journeys view's token; (None, None) for none,
+    or for a token without the consent rows' link (an earlier version's: the contacts' alone)."""
+    if not token or not token.startswith(_JOURNEYS_TOKEN):
+        return None, None
+    try:
+        both = json.loads(token[len(_JOURNEYS_TOKEN) :])
+    except ValueError:
+        return None, None
+    if not isinstance(both, dict):
+        return None, None
+    contact, consents = both.get("contact"), both.get("consents")
+    if not isinstance(contact, str) or not isinstance(consents, str):
+        return None, None
+    return contact, consents
 
 
 class _DeltaRefused(Exception):
@@ -448,7 +493,7 @@ class DynamicsConnector(sdk.Connector):
             if since.record_id is None:
                 # A look-back cursor: every row stamped at that second or later.
                 terms.insert(0, f"modifiedon ge {stamp}")
-            elif _GUID.match(since.record_id):
+            elif _GUID.fullmatch(since.record_id):
                 after = uuid.UUID(since.record_id)
                 terms.insert(0, f"(modifiedon gt {stamp} or (modifiedon eq {stamp} and {key} gt {after}))")
             else:
@@ -543,21 +588,180 @@ class DynamicsConnector(sdk.Connector):
     def _read_journeys(
         self, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
-        """The contacts (their table's change tracking, a cursor of their own), each with its
-        purpose fields: true where its address has a consent row for the purpose, or where it has
-        no address, else empty. One lookup of the consent rows per page read."""
+        """The contacts, each with its purpose fields: true where its address has a consent row
+        for the purpose, or where it has no address, else empty. One lookup of the consent rows
+        per page read.
+
+        A purpose field changes when a contact changes (its address) and when a consent row does
+        (created, deleted, its address edited) while the contact does not. With change tracking
+        the read follows both tables, each by its own delta link, the two kept in the cursor's
+        token (:func:`_journeys_token`):
+
+        * the consent rows' delta is read first, to its new link: the addresses of the rows it
+          shows changed; a deleted row (``$deletedEntity``: its id alone) or a row the connector
+          created that now names another address (its id is derived from the first one) may have
+          taken a row from any address, so it has every contact checked again;
+        * then the contacts' delta, each page's fields looked up after that link was taken (a
+          consent row changed later comes in the next delta);
+        * then the contacts at the changed addresses, and where a check is due every contact
+          with an address that a purpose now shows without a row (the only ones a lost row can
+          have changed), each handed over once.
+
+        The new token is handed over after the last of them: a run that stops before reads the
+        same changes again. A read without the consent rows' link (the first, a --full run, a
+        token of an earlier version, a refused link) reads every contact after taking it.
+        Without change tracking the contacts alone are read by modifiedon; a consent row's change
+        shows once its contact changes."""
         purposes = self._journeys_purposes(fields)
         contact = self._entity("contact")
         entity = _Entity(JOURNEYS_CONTACT, contact.entity_set, contact.primary_id, contact.change_tracking)
         columns = [name for name in fields if name not in purposes]
         table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
+        consents = self._entity(CONSENT_TABLE)
+        handed: set[str] = set()
+        if not (self.config.change_tracking and contact.change_tracking and consents.change_tracking):
+            yield from self._journeys_pages(self._read_table(table, since, until), purposes, handed)
+            return
+        contact_token, consent_link = _journeys_tokens(since.token)
+        wire = self._consent_change_wire()
+        changes: _ConsentChanges | None = None
+        if consent_link is not None:
+            try:
+                changes = self._consent_changes(consent_link, wire)
+            except _DeltaRefused as refused:
+                log.warning(
+                    "dynamics.delta_link_refused", connector=self.name, table=CONSENT_TABLE, code=str(refused)
+                )
+                self.full_reloads += 1
+        if changes is None:
+            # Every contact, each looked up after the consent rows' link is taken. A first read
+            # that stopped part way starts again: the contacts it handed over were looked up
+            # before this link, and a consent row changed since would be in neither.
+            if since.token is not None and consent_link is None:
+                log.info("dynamics.journeys_read_in_full", connector=self.name, reason="no consent link")
+            changes = _ConsentChanges(self._new_delta_link(consents, wire), set(), recheck=False)
+            contact_since = sdk.Cursor()
+        else:
+            contact_since = replace(since, token=contact_token)
+        contact_cursor: sdk.Cursor | None = None
+
+        def contacts() -> Iterator[sdk.CrmRecord]:
+            nonlocal contact_cursor
+            yield from self._read_table(table, contact_since, until)
+            # Kept back until the consent rows' changes are handed over too.
+            contact_cursor, self.completed_cursor = self.completed_cursor, None
+
+        yield from self._journeys_pages(contacts(), purposes, handed)
+        if changes.addresses:
+            at = (r for r in self._contacts_at(table, changes.addresses) if r.record_id.lower() not in handed)
+            yield from self._journeys_pages(at, purposes, handed)
+        if changes.recheck:
+            log.info("dynamics.journeys_recheck", connector=self.name, reason="consent row deleted or moved")
+            every = (
+                r
+                for r in self._read_keyset(table, sdk.Cursor(), until)
+                if not r.deleted and r.record_id.lower() not in handed
+            )
+            yield from self._journeys_pages(every, purposes, handed, lost_only=True)
+        if contact_cursor is None or contact_cursor.token is None:
+            return  # the contacts' read handed over no link: the next read starts as this one did
+        self.completed_cursor = replace(
+            contact_cursor, token=_journeys_token(contact_cursor.token, changes.link)
+        )
+
+    def _journeys_pages(
+        self,
+        records: Iterable[sdk.CrmRecord],
+        purposes: Mapping[str, str],
+        handed: set[str],
+        *,
+        lost_only: bool = False,
+    ) -> Iterator[sdk.CrmRecord]:
+        """``records`` with their purpose fields, looked up a page at a time; each id handed over
+        goes into ``handed``. ``lost_only``: only the contacts with an address that a purpose
+        shows without a row."""
+
+        def shown(page: list[sdk.CrmRecord]) -> Iterator[sdk.CrmRecord]:
+            for record in self._with_consent_rows(page, purposes):
+                if lost_only and not (
+                    journeys.address_key(record.fields.get(CONTACT_EMAIL)) is not None
+                    and any(record.fields.get(name) is None for name in purposes)
+                ):
+                    continue
+                handed.add(record.record_id.lower())
+                yield record
+
         page: list[sdk.CrmRecord] = []
-        for record in self._read_table(table, since, until):
+        for record in records:
             page.append(record)
             if len(page) >= self.config.page_size:
-                yield from self._with_consent_rows(page, purposes)
+                yield from shown(page)
                 page = []
-        yield from self._with_consent_rows(page, purposes)
+        yield from shown(page)
+
+    def _consent_change_wire(self) -> dict[str, str]:
+        """The consent-row columns a read of their changes selects: the address, the purpose, and
+        the reason description (the connector's marker) where the table has it."""
+        known = self.describe(CONSENT_TABLE)
+        names = ["msdynmkt_contactpointvalue", "msdynmkt_purposeid"]
+        if "msdynmkt_reason" in known:
+            names.append("msdynmkt_reason")
+        return self._wire_names(CONSENT_TABLE, names)
+
+    def _consent_changes(self, link: str, wire: Mapping[str, str]) -> _ConsentChanges:
+        """What changed among the consent rows since ``link``, to the service's next link."""
+        entity = self._entity(CONSENT_TABLE)
+        if not self._ours(link):
+            raise _DeltaRefused("a delta link of another environment")
+        selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
+        if set(wire.values()) - set(selected) - {entity.primary_id}:
+            raise _DeltaRefused("the read needs columns the delta link does not select")
+        value, purpose = wire["msdynmkt_contactpointvalue"], wire["msdynmkt_purposeid"]
+        reason = wire.get("msdynmkt_reason")
+        key = self.config.client_secret.encode()
+        changes = _ConsentChanges(link, set(), recheck=False)
+        url, first = link, True
+        while True:
+            body = self._page(url, None, entity, delta=first)
+            first = False
+            for row in body.get("value", []):
+                if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
+                    changes.recheck = True  # its id alone: any address may have lost a row
+                    continue
+                address = journeys.address_key(row.get(value))
+                if address is not None:
+                    changes.addresses.add(address)
+                mark, of = row.get(reason) if reason else None, row.get(purpose)
+                if isinstance(mark, str) and mark.startswith(journeys.MARKER_PREFIX):
+                    # The connector's own row: its id is that of the address and purpose it was
+                    # created for. Another one now: it was moved from an address we cannot name.
+                    rid = str(row.get(entity.primary_id) or "").lower()
+                    made_for: set[str] = set()
+                    if address is not None and isinstance(of, str):
+                        ids = range(journeys.GENERATIONS)
+                        made_for = {journeys.row_id(key, of.lower(), address, g) for g in ids}
+                    changes.recheck |= rid not in made_for
+            if body.get("@odata.nextLink"):
+                url = self._checked_link(body["@odata.nextLink"])
+                continue
+            if not body.get("@odata.deltaLink"):
+                raise _DeltaRefused("a delta without its next link")
+            changes.link = self._checked_link(body["@odata.deltaLink"])
+            return changes
+
+    def _contacts_at(self, table: _TableRead, addresses: Collection[str]) -> Iterator[sdk.CrmRecord]:
+        """The live contacts whose address is one of ``addresses`` (as :func:`journeys.address_key`
+        gives them: Dataverse compares text without regard to case), read in long GETs inside
+        ``$batch`` calls."""
+        entity, wire = table.entity, table.wire
+        email = wire[CONTACT_EMAIL]
+        terms = [f"{email} eq {odata_literal(address)}" for address in sorted(addresses)]
+        urls = self._query_urls(entity, list(wire.values()), "", terms)
+        for row in self._get_in_batches(urls, f"read {entity.entity_set} by address"):
+            if _wanted(row, wire, table.filters) and table.keeps(row):
+                record = _record(entity, row, wire)
+                if not record.deleted:  # merged away: nothing of it changed
+                    yield record
 
     def _with_consent_rows(
         self, page: list[sdk.CrmRecord], purposes: Mapping[str, str]
@@ -595,17 +799,8 @@ class DynamicsConnector(sdk.Connector):
             *([f"{wire['msdynmkt_topicid']} eq null"] if topic else []),
             "(" + " or ".join(f"{purpose} eq {odata_literal(uuid.UUID(p))}" for p in sorted(purposes)) + ")",
         ]
-        base = " and ".join(terms)
-        urls, chunk, size = [], [], len(base)
-        for address in sorted(addresses):
-            term = f"{value} eq {odata_literal(address)}"
-            if chunk and size + len(term) + 4 > _FILTER_BUDGET:
-                urls.append(self._consent_query(entity, [value, purpose], base, chunk))
-                chunk, size = [], len(base)
-            chunk.append(term)
-            size += len(term) + 4
-        if chunk:
-            urls.append(self._consent_query(entity, [value, purpose], base, chunk))
+        alternatives = [f"{value} eq {odata_literal(address)}" for address in sorted(addresses)]
+        urls = self._query_urls(entity, [value, purpose], " and ".join(terms), alternatives)
         found = set()
         for row in self._get_in_batches(urls, f"look up {entity.entity_set}"):
             key, of = journeys.address_key(row.get(value)), row.get(purpose)
@@ -613,14 +808,43 @@ class DynamicsConnector(sdk.Connector):
                 found.add((key, of.lower()))
         return found
 
-    def _consent_query(self, entity: _Entity, select: list[str], base: str, terms: list[str]) -> str:
-        params = {"$select": ",".join(select), "$filter": f"{base} and ({' or '.join(terms)})"}
-        return f"{self.config.api_url}/{entity.entity_set}?{urlencode(params, quote_via=quote)}"
+    def _query_urls(
+        self, entity: _Entity, select: Sequence[str], base: str, alternatives: Sequence[str]
+    ) -> list[str]:
+        """GET URLs of ``entity`` reading ``select`` where ``base`` holds and any of
+        ``alternatives`` does, as few as hold them all, each at most :data:`_URL_BUDGET`
+        characters as sent: percent-encoded, which is how the service counts a URL inside a
+        ``$batch`` (an internationalised address grows up to twelvefold)."""
+
+        def url(chosen: Sequence[str]) -> str:
+            either = " or ".join(chosen)
+            params = {"$select": ",".join(select), "$filter": f"{base} and ({either})" if base else either}
+            return f"{self.config.api_url}/{entity.entity_set}?{urlencode(params, quote_via=quote)}"
+
+        # Percent-encoding goes character by character: a URL's length is that of the URL
+        # without alternatives plus each alternative's encoded length and the " or "s between.
+        empty, joint = len(url([""])), len(quote(" or ", safe=""))
+        urls: list[str] = []
+        chunk: list[str] = []
+        size = empty
+        for term in alternatives:
+            cost = len(quote(term, safe="")) + (joint if chunk else 0)
+            if chunk and size + cost > _URL_BUDGET:
+                urls.append(url(chunk))
+                chunk, size, cost = [], empty, cost - joint
+            chunk.append(term)
+            size += cost
+        if chunk:
+            urls.append(url(chunk))
+        return urls
 
     def _get_in_batches(self, urls: Sequence[str], describe: str) -> list[dict[str, Any]]:
         """The rows every GET of ``urls`` answers (following their next links), the GETs sent
-        inside ``$batch`` calls of at most ``batch_size``. A refused GET fails the call as its
-        error says (a 429 with its Retry-After stops the run cleanly)."""
+        inside ``$batch`` calls of at most ``batch_size``, each with ``Prefer:
+        odata.continue-on-error``: without it the service stops at the first refused GET and
+        answers the whole batch with its status ("Execute batch operations using the Web API",
+        Handling errors). A refused GET fails the call as its error says (a 429 with its
+        Retry-After stops the run cleanly), every address left out of the text."""
         rows: list[dict[str, Any]] = []
         pending = list(urls)
         while pending:
@@ -631,7 +855,7 @@ class DynamicsConnector(sdk.Connector):
                 "POST",
                 f"{self.config.api_url}/$batch",
                 f"{describe}: $batch of {len(chunk)}",
-                headers={"Content-Type": content_type},
+                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
                 data=body,
             )
             answers = decode(response.headers.get("Content-Type", ""), response.content)
@@ -665,7 +889,7 @@ class DynamicsConnector(sdk.Connector):
                 # The config refuses delete for this object (erasure_actions_by_object), so
                 # none is sent; one that comes anyway changes nothing here.
                 answered[index] = sdk.WriteResult(item.record_id, True)
-            elif not _GUID.match(item.record_id):
+            elif not _GUID.fullmatch(item.record_id):
                 answered[index] = sdk.WriteResult(
                     item.record_id, False, "INVALID_ID", "not a Dataverse row id"
                 )
@@ -729,11 +953,8 @@ class DynamicsConnector(sdk.Connector):
         out."""
         entity = self._entity("contact")
         ids = sorted({record_id.lower() for record_id in record_ids})
-        urls = []
-        for start in range(0, len(ids), 200):
-            terms = " or ".join(f"{entity.primary_id} eq {i}" for i in ids[start : start + 200])
-            params = {"$select": f"{entity.primary_id},{CONTACT_EMAIL}", "$filter": terms}
-            urls.append(f"{self.config.api_url}/{entity.entity_set}?{urlencode(params, quote_via=quote)}")
+        terms = [f"{entity.primary_id} eq {i}" for i in ids]
+        urls = self._query_urls(entity, [entity.primary_id, CONTACT_EMAIL], "", terms)
         return {
             str(row[entity.primary_id]).lower(): row.get(CONTACT_EMAIL)
             for row in self._get_in_batches(urls, f"read {entity.entity_set}")
@@ -742,36 +963,53 @@ class DynamicsConnector(sdk.Connector):
     def _send_creates(
         self, missing: Sequence[tuple[str, str]], written: Mapping[tuple[str, str], str]
     ) -> dict[tuple[str, str], sdk.WriteResult]:
+        """Creates the row of each (address key, purpose) of ``missing`` under its derived id. An
+        id that holds a row already holds this pair's (a create sent again) or a row someone
+        moved to another address (the id is the address it was created for): read to tell, the
+        second is created under the pair's next id (:data:`journeys.GENERATIONS`)."""
         entity = self._entity(CONSENT_TABLE)
         purpose_set = self._entity("msdynmkt_purpose").entity_set
         key = self.config.client_secret.encode()
-        ids = {pair: journeys.row_id(key, pair[1], pair[0]) for pair in missing}
-        parts = [
-            PartRequest(
-                "PATCH",
-                f"{self.config.api_url}/{entity.entity_set}({ids[pair]})",
-                journeys.new_row(written[pair], pair[1], purpose_set),
-                {"If-None-Match": "*"},  # create only: a row with this id is not changed
-            )
-            for pair in missing
-        ]
-        response, answers = self._batch(parts, f"$batch creating {len(parts)} {entity.entity_set}")
         out: dict[tuple[str, str], sdk.WriteResult] = {}
         created = 0
-        for position, pair in enumerate(missing):
-            if position >= len(answers):
-                out[pair] = sdk.WriteResult(ids[pair], False, "NOT_EXECUTED", "not executed", True)
-                continue
-            answer = answers[position]
-            code, _message = answer.error
-            if answer.status < 300:
-                created += 1
-                out[pair] = sdk.WriteResult(ids[pair], True)
-            elif answer.status == 412 or code in _EXISTS:
-                out[pair] = sdk.WriteResult(ids[pair], True)  # there already (a create re-sent)
-            else:
-                refused = _part_result(ids[pair], answer, response.headers.get("Date"))
-                out[pair] = replace(refused, message=journeys.redacted(refused.message))
+        todo = list(missing)
+        for generation in range(journeys.GENERATIONS):
+            ids = {pair: journeys.row_id(key, pair[1], pair[0], generation) for pair in todo}
+            parts = [
+                PartRequest(
+                    "PATCH",
+                    f"{self.config.api_url}/{entity.entity_set}({ids[pair]})",
+                    journeys.new_row(written[pair], pair[1], purpose_set),
+                    {"If-None-Match": "*"},  # create only: a row with this id is not changed
+                )
+                for pair in todo
+            ]
+            response, answers = self._batch(parts, f"$batch creating {len(parts)} {entity.entity_set}")
+            taken: list[tuple[str, str]] = []
+            for position, pair in enumerate(todo):
+                if position >= len(answers):
+                    out[pair] = sdk.WriteResult(ids[pair], False, "NOT_EXECUTED", "not executed", True)
+                    continue
+                answer = answers[position]
+                code, _message = answer.error
+                if answer.status < 300:
+                    created += 1
+                    out[pair] = sdk.WriteResult(ids[pair], True)
+                elif code == "0x80060892":
+                    out[pair] = sdk.WriteResult(ids[pair], True)  # an alternate key: a row is there
+                elif answer.status == 412 or code in _EXISTS:
+                    out[pair] = sdk.WriteResult(ids[pair], True)  # there already (a create re-sent)
+                    taken.append(pair)
+                else:
+                    out[pair] = _part_result(ids[pair], answer, response.headers.get("Date"))
+            held = self._row_pairs([ids[pair] for pair in taken]) if taken else {}
+            todo = [pair for pair in taken if held.get(ids[pair], pair) != pair]  # moved away
+            if not todo:
+                break
+        for pair in todo:
+            out[pair] = sdk.WriteResult(
+                out[pair].record_id, False, "ROW_IDS_TAKEN", "every id of the row is held by a moved row"
+            )
         self.rows_created += created
         # Ids and counts only: the rows hold addresses.
         log.info(
@@ -782,6 +1020,26 @@ class DynamicsConnector(sdk.Connector):
             refused=sum(1 for r in out.values() if not r.ok),
         )
         return out
+
+    def _row_pairs(self, row_ids: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Consent row id -> (address key, purpose id) of the rows there are under ``row_ids``."""
+        entity = self._entity(CONSENT_TABLE)
+        wire = self._consent_change_wire()
+        value, purpose = wire["msdynmkt_contactpointvalue"], wire["msdynmkt_purposeid"]
+        select = f"$select={entity.primary_id},{value},{purpose}"
+        url = f"{self.config.api_url}/{entity.entity_set}"
+        parts = [PartRequest("GET", f"{url}({row_id})?{select}") for row_id in row_ids]
+        _response, answers = self._batch(parts, f"$batch reading {len(parts)} {entity.entity_set}")
+        held: dict[str, tuple[str | None, str | None]] = {}
+        for row_id, answer in zip(row_ids, answers, strict=False):
+            row = answer.body if answer.status < 300 and isinstance(answer.body, dict) else None
+            if row is not None:
+                of = row.get(purpose)
+                held[row_id] = (
+                    journeys.address_key(row.get(value)),
+                    of.lower() if isinstance(of, str) else None,
+                )
+        return held
 
     def irreversible(self, update: sdk.RecordUpdate) -> set[str]:
         """A consent row the connector creates is not undone by it (it never deletes one, nor
@@ -804,7 +1062,7 @@ class DynamicsConnector(sdk.Connector):
         for index, item in enumerate(updates):
             if item.object_type == JOURNEYS_CONTACT:
                 created.append(index)  # after the rest: an erasure's anonymise goes first
-            elif not _GUID.match(item.record_id):
+            elif not _GUID.fullmatch(item.record_id):
                 refused[index] = sdk.WriteResult(
                     item.record_id, False, "INVALID_ID", "not a Dataverse row id"
                 )
@@ -842,6 +1100,7 @@ class DynamicsConnector(sdk.Connector):
             )
         response, answers = self._batch(parts, f"$batch of {len(parts)}")
         results = []
+        not_found: list[int] = []
         for position, item in enumerate(updates):
             if position >= len(answers):
                 # Not executed (the service stopped at an earlier failure): safe to send again.
@@ -851,8 +1110,39 @@ class DynamicsConnector(sdk.Connector):
             if item.action is sdk.WriteAction.DELETE and answer.status == 404:
                 # Already gone (deleted in Dataverse, or by a delete sent before a crash).
                 answer = PartResponse(204, None, answer.headers)
+            elif answer.status == 404:
+                not_found.append(position)
             results.append(_part_result(item.record_id, answer, response.headers.get("Date")))
+        if not_found:
+            gone = self._gone([updates[position] for position in not_found])
+            for position in not_found:
+                item = updates[position]
+                if (item.object_type, item.record_id.lower()) in gone:
+                    # No record under this id: the engine marks it gone instead of holding it.
+                    refused = results[position]
+                    results[position] = replace(refused, retryable=False, retry_after=None, gone=True)
         return results
+
+    def _gone(self, items: Sequence[sdk.RecordUpdate]) -> set[tuple[str, str]]:
+        """(object, id) of the ``items`` whose record a GET answers 404 too. An update's 404 alone
+        does not say the record is gone: a lookup it binds to a row that does not exist answers
+        404 as well. Nothing is said gone where the check could not be made."""
+        parts = []
+        for item in items:
+            entity = self._entity(item.object_type)
+            url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
+            parts.append(PartRequest("GET", f"{url}?$select={entity.primary_id}"))
+        try:
+            _response, answers = self._batch(parts, f"$batch checking {len(parts)} rows answered 404")
+        except ConnectorError as error:
+            log.warning("dynamics.gone_check_failed", connector=self.name, error=str(error))
+            return set()
+        return {
+            (item.object_type, item.record_id.lower())
+            for item, answer in zip(items, answers, strict=False)
+            # 0x80040217: "... With Id = ... Does Not Exist" (not a segment the service lacks).
+            if answer.status == 404 and answer.error[0] in (None, _NOT_FOUND)
+        }
 
     def _batch(self, parts: list[PartRequest], describe: str) -> tuple[Any, list[PartResponse]]:
         """Sends ``parts`` as one ``$batch`` that goes on past a failed part; the answer and its
@@ -875,7 +1165,7 @@ class DynamicsConnector(sdk.Connector):
 
 
 def _check_name(name: str, what: str) -> None:
-    if not _LOGICAL_NAME.match(name):
+    if not _LOGICAL_NAME.fullmatch(name):
         raise ConnectorError(
             f"{name!r} is not a Dataverse {what} logical name (lower-case letters, digits and _)",
             ErrorRule(Action.FAIL, Fault.CONFIG, f"bad {what} name"),
@@ -913,10 +1203,24 @@ def _deleted(entity: _Entity, row: Mapping[str, Any]) -> sdk.CrmRecord:
 
 
 def _error_of(response: requests.Response) -> tuple[str | None, str]:
+    """(code, message) of a refused answer, every address left out of the message (a refused
+    look-up may quote its $filter). A ``$batch`` the service stopped at a failed request (sent
+    without ``Prefer: odata.continue-on-error``) answers with that request's status and its
+    answer as the one part of a multipart body: its error is that part's."""
+    kind = response.headers.get("Content-Type", "")
+    if kind.lower().startswith("multipart/"):
+        try:
+            failed = [part for part in decode(kind, response.content) if part.status >= 300]
+        except ValueError:
+            failed = []
+        if failed:
+            code, message = failed[0].error
+            return code, str(journeys.redacted(message))[:300]
     try:
-        return PartResponse(response.status_code, response.json(), {}).error
+        code, message = PartResponse(response.status_code, response.json(), {}).error
     except ValueError:
-        return None, response.text[:300]
+        code, message = None, response.text
+    return code, str(journeys.redacted(message))[:300]
 
 
 def _classified(describe: str, response: requests.Response) -> ConnectorError:
@@ -928,7 +1232,7 @@ def _part_error(describe: str, answer: PartResponse, date: str | None) -> Connec
     code, message = answer.error
     rule = ERRORS.classify(answer.status, code)
     wait = sdk.retry_after_value(answer.headers.get("retry-after"), date)
-    text = journeys.redacted(message[:300])  # a refused look-up may quote its $filter
+    text = str(journeys.redacted(message))[:300]  # a refused look-up may quote its $filter
     return ConnectorError(f"{describe}: {answer.status} {code or ''} {text}", rule, retry_after=wait)
 
 
@@ -942,7 +1246,9 @@ def _part_result(record_id: str, answer: PartResponse, date: str | None = None) 
     # part's headers; ``date`` is the batch answer's Date): resent before then, it is refused
     # again and the throttle runs on.
     wait = sdk.retry_after_value(answer.headers.get("retry-after"), date) if retryable else None
-    return sdk.WriteResult(record_id, False, code or str(answer.status), message[:500], retryable, wait)
+    # Redacted whole, then cut: a cut address would keep its first half.
+    text = str(journeys.redacted(message))[:500]
+    return sdk.WriteResult(record_id, False, code or str(answer.status), text, retryable, wait)
 
 
 def _endpoint_kind(url: str, method: str) -> str:

@@ -8,7 +8,8 @@ updates the rows there are (contact_point_consent.yaml) and creates the missing 
 object :data:`JOURNEYS_CONTACT`.
 
 That object is no Dataverse table: each of its records is a contact (same id, read through the
-contact table's change tracking) seen from Journeys' consent center. Its field
+contact table's change tracking and the consent table's, whose changes hand over the contacts
+they concern) seen from Journeys' consent center. Its field
 ``purpose_<purpose id without dashes>`` is true when the contact's address (``emailaddress1``)
 has a purpose-level Email consent row for that purpose, or when the contact has no address
 (nothing to create), and empty otherwise. A mapping pushes true for a person's no only
@@ -72,8 +73,13 @@ PURPOSE_NAVIGATION = "msdynmkt_purposeId"
 MARKER_PREFIX = "consentsync:"
 MARKER = f"{MARKER_PREFIX} Opted out for the person's no recorded in the consent ledger"
 
-_FIELD = re.compile(r"^purpose_([0-9a-f]{32})$")
-_ADDRESS = re.compile(r"[^\s@<>()\[\]{},;:\"'`|/\\]+@[^\s@<>()\[\]{},;:\"'`|/\\]+")
+_FIELD = re.compile(r"purpose_([0-9a-f]{32})")  # matched whole (fullmatch)
+_ADDRESS = re.compile(
+    # As written (``ann@example.test``), or percent-encoded as a URL carries it (``ann%40...``:
+    # the whole run of encoded text around it goes, the quotes and spaces of a $filter too).
+    r"[^\s@<>()\[\]{},;:\"'`|/\\]+(?:@|%40)[^\s@<>()\[\]{},;:\"'`|/\\]+",
+    re.IGNORECASE,
+)
 _NAMESPACE = uuid.UUID("0c6f1e0e-5b1a-4c8e-9d3a-6a5f3c0e7d21")
 
 
@@ -84,7 +90,7 @@ def field_for(purpose_id: str) -> str:
 
 def purpose_of(field: str) -> str | None:
     """The purpose id a field of :data:`JOURNEYS_CONTACT` names (None: not such a field)."""
-    match = _FIELD.match(field)
+    match = _FIELD.fullmatch(field)
     return str(uuid.UUID(hex=match.group(1))) if match else None
 
 
@@ -101,15 +107,23 @@ def redacted(text: str | None) -> str | None:
     """An error message of the service with every address in it left out: a refused look-up or
     create may quote the request (its $filter, its body), and the message is logged and kept in
     the run's report and the quarantine."""
-    return _ADDRESS.sub("<address>", text) if text and "@" in text else text
+    if not text or ("@" not in text and "%40" not in text):
+        return text
+    return _ADDRESS.sub("<address>", text)
 
 
-def row_id(key: bytes, purpose_id: str, address: str) -> str:
+#: How many ids a purpose and an address have (:func:`row_id`): a row the connector created whose
+#: address someone edits keeps its id, and the address it left takes the next one.
+GENERATIONS = 4
+
+
+def row_id(key: bytes, purpose_id: str, address: str, generation: int = 0) -> str:
     """The id of the row the connector creates for a purpose and an address (:func:`address_key`):
     always the same, so that a create sent again finds the first; derived under ``key`` (the
     connector's secret), so that the id does not give the address away to someone who guesses
-    it."""
-    digest = hmac.new(key, f"{purpose_id.lower()}\n{address}".encode(), hashlib.sha256).digest()
+    it. ``generation``: the next id, where the first is held by a row moved to another address."""
+    text = f"{purpose_id.lower()}\n{address}" + (f"\n{generation}" if generation else "")
+    digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
     return str(uuid.uuid5(_NAMESPACE, digest.hex()))
 
 

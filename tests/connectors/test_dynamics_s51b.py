@@ -1,6 +1,7 @@
 """Dynamics against its sandbox (session 51, round 2): a request throttled inside a ``$batch``
-(service protection judged request by request, 429 with a Retry-After in its part) is sent again
-only once that wait is over, and a wait longer than ``max_rate_limit_wait`` stops the write."""
+(service protection's execution-time limit, which the requests inside a batch count toward,
+judged request by request: 429 with a Retry-After in its part) is sent again only once that wait
+is over, and a wait longer than ``max_rate_limit_wait`` stops the write."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_a_request_throttled_inside_a_batch_is_sent_again_after_its_retry_after(
     Sent again before that (the passes' half-second pause), they were refused again, twice,
     and the write ended with them failed."""
     connector = _connector(dv)
-    dv.set_rate_limit(6, window=2.0)
+    dv.set_execution_limit(6, window=2.0)
     started = time.monotonic()
     answers: dict[int, WriteResult] = {}
     for batch in connector.write_batches(_updates(dv)):
@@ -60,7 +61,7 @@ def test_a_long_retry_after_inside_a_batch_stops_the_write_with_the_rest_pending
     answered, the throttled requests stay unanswered (pending for the next run), and the write
     stops as a throttled call does."""
     connector = _connector(dv, max_rate_limit_wait=1)
-    dv.set_rate_limit(6, window=300.0)
+    dv.set_execution_limit(6, window=300.0)
     answers: dict[int, WriteResult] = {}
     with pytest.raises(ConnectorError) as stopped:
         for batch in connector.write_batches(_updates(dv)):

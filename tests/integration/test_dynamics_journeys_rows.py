@@ -228,3 +228,45 @@ def test_a_created_row_the_person_changes_in_journeys_is_their_choice(
     )
     report = _run(ledger, config_path, dv)
     assert report.counts.evidence_recorded == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved"])
+def test_an_opted_out_row_deleted_or_moved_in_dataverse_is_created_again(
+    ledger: Ledger, config_path: Path, dv: DynamicsSandbox, how: str
+) -> None:
+    """An admin's clean-up deletes the row the connector created (or edits its address): the
+    contact does not change, but the consent table's delta shows it, the Journeys view shows the
+    purpose without a row again, and the person's no creates it once more. The consent rows are
+    not a mapped object here: the Journeys view alone sees the change."""
+    options = SyncOptions(batch_size=50, signpost_lag_seconds=0)
+    mappings = ["contact.yaml", "journeys_contact.yaml"]
+
+    def run() -> Any:
+        engine = shipped_engine(
+            ledger, config_path, dv, "dyn", "dynamics", mappings, {"page_size": 40}, options
+        )
+        report = engine.run()
+        assert report.status == "succeeded", report.error
+        return report
+
+    _contact(dv, "cleaned@example.test")
+    _contact(dv, "bystander@example.test")
+    run()
+    _said(ledger, "cleaned@example.test", ConsentStatus.WITHDRAWN)
+    run()
+    (row,) = _rows(dv, "cleaned@example.test")
+    row_id = row["msdynmkt_contactpointconsent4id"]
+    if how == "deleted":
+        dv.environment.delete(CONSENTS, row_id)
+    else:
+        dv.environment.update(CONSENTS, row_id, {"msdynmkt_contactpointvalue": "elsewhere@example.test"})
+    assert _rows(dv, "cleaned@example.test") == []
+    run()
+    run()  # a push owed is sent at the latest by the run after
+    (again,) = _rows(dv, "cleaned@example.test")
+    assert (again["_msdynmkt_purposeid_value"], again["msdynmkt_value"]) == (EMAIL_MARKETING, OPTED_OUT)
+    # Deleted, the row's id is free again; moved, its row keeps it and the new one takes the next.
+    assert (again["msdynmkt_contactpointconsent4id"] == row_id) is (how == "deleted")
+    assert _rows(dv, "bystander@example.test") == []
+    settled = run()
+    assert (settled.counts.evidence_recorded, settled.counts.pushes_enqueued) == (0, 0)

@@ -227,7 +227,8 @@ def test_change_set_is_all_or_nothing(dv: DynamicsSandbox) -> None:
     answer = session.post(
         f"{api}/$batch", data=body.encode(), headers={"Content-Type": "multipart/mixed; boundary=batch_t"}
     )
-    assert answer.status_code == 200 and "HTTP/1.1 400" in answer.text and "HTTP/1.1 204" not in answer.text
+    # Without Prefer: odata.continue-on-error the batch answers with the failed request's status.
+    assert answer.status_code == 400 and "HTTP/1.1 400" in answer.text and "HTTP/1.1 204" not in answer.text
     assert dv.environment.get("contact", target["contactid"])["description"] == target["description"]
 
 
@@ -480,3 +481,69 @@ def test_create_only_upserts_and_alternate_keys_answer_412(dv: DynamicsSandbox) 
         session.post(consents, json={**body, "msdynmkt_contactpointvalue": "else@example.test"}).status_code
         == 204
     )
+
+
+def test_a_batch_without_continue_on_error_answers_with_the_first_failed_request_s_status(
+    dv: DynamicsSandbox,
+) -> None:
+    """ "Execute batch operations using the Web API", Handling errors: without the preference the
+    batch fails on the first failed request and its error is the batch's; with it, 200."""
+    session = _session(dv)
+    api = dv.api_url()
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:2]]
+    parts = [
+        ("PATCH", f"{api}/contacts({ids[0]})", '{"donotphone": true}'),
+        ("PATCH", f"{api}/contacts({ids[1]})", '{"donotphone": 7}'),
+        ("PATCH", f"{api}/contacts({ids[0]})", '{"donotfax": true}'),
+    ]
+    kind = {"Content-Type": "multipart/mixed; boundary=batch_t"}
+    stopped = session.post(f"{api}/$batch", data=_batch(parts), headers=kind)
+    assert stopped.status_code == 400 and "Preference-Applied" not in stopped.headers
+    assert [int(line.split()[1]) for line in stopped.text.splitlines() if line.startswith("HTTP/1.1 ")] == [
+        204,
+        400,
+    ]
+    went_on = session.post(
+        f"{api}/$batch", data=_batch(parts), headers={**kind, "Prefer": "odata.continue-on-error"}
+    )
+    assert went_on.status_code == 200 and went_on.headers["Preference-Applied"] == "odata.continue-on-error"
+
+
+def test_a_url_inside_a_batch_may_be_64_kb_as_sent_and_no_longer(dv: DynamicsSandbox) -> None:
+    session = _session(dv)
+    api = dv.api_url()
+
+    def get_of(length: int) -> str:
+        url = f"{api}/contacts?$select=contactid&$filter=lastname%20eq%20%27"
+        return url + "x" * (length - len(url) - 3) + "%27"
+
+    kind = {"Content-Type": "multipart/mixed; boundary=batch_t", "Prefer": "odata.continue-on-error"}
+    parts = [("GET", get_of(65_536), ""), ("GET", get_of(65_537), "")]
+    answer = session.post(f"{api}/$batch", data=_batch(parts), headers=kind)
+    assert [int(line.split()[1]) for line in answer.text.splitlines() if line.startswith("HTTP/1.1 ")] == [
+        200,
+        414,
+    ]
+
+
+def test_a_batch_is_one_request_for_the_requests_limit_and_each_of_its_requests_takes_execution_time(
+    dv: DynamicsSandbox,
+) -> None:
+    """ "Service protection API limits": bundled in a batch, requests "avoid the number of
+    requests limit"; the execution time limit counters that."""
+    session = _session(dv)
+    api = dv.api_url()
+    ids = [r["contactid"] for r in dv.environment.records("contact")[:10]]
+    parts = [("PATCH", f"{api}/contacts({i})", '{"donotfax": true}') for i in ids]
+    kind = {"Content-Type": "multipart/mixed; boundary=batch_t", "Prefer": "odata.continue-on-error"}
+    dv.set_rate_limit(3, window=30)
+    answers = [session.post(f"{api}/$batch", data=_batch(parts), headers=kind) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]  # 30 requests in 3 batches
+    assert answers[-1].json()["error"]["code"] == "0x80072322"
+    dv.set_rate_limit(None)
+    dv.set_execution_limit(15, window=30)
+    assert session.post(f"{api}/$batch", data=_batch(parts), headers=kind).status_code == 200
+    refused = session.post(f"{api}/$batch", data=_batch(parts), headers=kind)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "0x80072321"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    dv.set_execution_limit(None)

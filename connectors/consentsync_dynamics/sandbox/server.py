@@ -41,18 +41,27 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
 * Late commits: :meth:`~consentsync_dynamics.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
   row no read sees until it commits; it then comes in the next delta (its row version is the
   commit's) with its original ``modifiedon``.
-* ``POST /api/data/v9.2/$batch`` (multipart/mixed, change sets atomic, at most 1000 requests);
-  without ``Prefer: odata.continue-on-error`` it stops at the first failed request.
+* ``POST /api/data/v9.2/$batch`` (multipart/mixed, change sets atomic, at most 1000 requests):
+  with ``Prefer: odata.continue-on-error`` it answers 200 (``Preference-Applied``) and every
+  request's answer in its part; without it, it stops at the first failed request and answers
+  the batch with that request's status, its answer the last part ("Execute batch operations
+  using the Web API", Handling errors). A request inside a batch whose URL is longer than 64 KB
+  (65,536 characters, as sent: percent-encoded) is refused, 414.
 
-Every response carries ``OData-Version: 4.0``. Service protection: more than ``rate_limit``
-requests (each request of a batch counts) in a sliding window of ``rate_window`` seconds answer
-429 with ``Retry-After`` (seconds until the window has room) and code ``0x80072322``.
+Every response carries ``OData-Version: 4.0``. Service protection ("Service protection API
+limits"): more than ``rate_limit`` requests in a sliding window of ``rate_window`` seconds answer
+429 with ``Retry-After`` (seconds until the window has room) and code ``0x80072322``; a
+``$batch`` is one request there, whatever it holds. The execution-time limit, which the
+requests inside a batch do count toward, is modelled as ``execution_limit`` requests executed
+(one each, those inside a batch too) in the same window: 429 with code ``0x80072321``.
 
 Where the documentation is silent the sandbox chooses, and the connector must not rely on it:
 change tracking refuses ``$filter``, ``$orderby``, ``$top`` (400, 0x80060888); an expired delta
 token answers 400 ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400 0x80060888; a
 row in the fault switch ``fail_ids`` answers 500 ``0x80044150``; more than 1000 batch requests
-answer 400 ``0x8006088a``; GUIDs sort as their lower-case text; a POST naming the id of a row
+answer 400 ``0x8006088a``; a batch stopped at a failed request carries that request's
+``Retry-After`` on the batch's answer too; a request of a batch over the URL limit answers 414
+``0x80060888``; GUIDs sort as their lower-case text; a POST naming the id of a row
 that exists answers 412 ``0x80040237``; a lookup bound to a row that does not exist answers 404
 ``0x80040217``.
 """
@@ -90,6 +99,8 @@ MAX_PAGE_SIZE = 5000
 MAX_BATCH_REQUESTS = 1000
 EXPIRED_VERSION_STAMP = "0x80044352"
 THROTTLED = "0x80072322"
+THROTTLED_EXECUTION = "0x80072321"
+URL_LIMIT = 65_536  # characters of a URL inside a $batch, as sent
 _JSON = "application/json; odata.metadata=minimal"
 _GUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
@@ -191,13 +202,15 @@ class DynamicsSandbox(HttpsSandbox):
     # The environment's settings (Dataverse's values; constructor keywords too).
     token_path = "/{tenant}/oauth2/v2.0/token"  # the token endpoint, below the sandbox's address
     token_lifetime = 3599.0  # seconds an access token lives
-    rate_limit = None  # requests a window (service protection), None for no limit
-    rate_window = 300.0  # seconds of the sliding window
+    rate_limit = None  # requests a window (service protection), None for no limit; a $batch is one
+    # The execution-time limit, as requests executed a window (one each, every request inside a
+    # $batch too: bundling requests into batches does not get round it), None for no limit.
+    execution_limit = None
+    rate_window = 300.0  # seconds of the sliding windows
     limit_retry_after = 300  # the Retry-After of request_limit_after's 429
-    # Service protection judged request by request inside a $batch: the batch is let in and each
-    # of its requests beyond the limit answers 429 with a Retry-After of its own, in its part
-    # (Dataverse evaluates the limits per request of a batch). False: a batch over the limit is
-    # refused whole.
+    # The execution-time limit judged request by request inside a $batch: the batch is let in
+    # and each of its requests beyond the limit answers 429 with a Retry-After of its own, in its
+    # part. False: a batch whose requests would pass the limit is refused whole.
     throttle_in_batch = False
     change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
 
@@ -207,7 +220,8 @@ class DynamicsSandbox(HttpsSandbox):
         self.batch_requests = 0
         self.throttled = 0
         self._tokens = IssuedTokens()
-        self._window: deque[float] = deque()
+        self._window: deque[float] = deque()  # requests (a batch is one)
+        self._executed: deque[float] = deque()  # requests executed (those inside batches too)
         self._min_delta_version = 0
         pattern = re.escape(self.token_path).replace(re.escape("{tenant}"), r"(?P<tenant>[^/]+)")
         self._token_route = re.compile(pattern + "/?")
@@ -255,11 +269,20 @@ class DynamicsSandbox(HttpsSandbox):
             self._min_delta_version = self.environment.version
 
     def set_rate_limit(self, requests: int | None, window: float | None = None) -> None:
+        """The number-of-requests limit: ``requests`` a window (a $batch is one)."""
         with self._lock:
             self.rate_limit = requests
             if window is not None:
                 self.rate_window = window
             self._window.clear()
+
+    def set_execution_limit(self, requests: int | None, window: float | None = None) -> None:
+        """The execution-time limit, as ``requests`` executed a window (each inside a batch too)."""
+        with self._lock:
+            self.execution_limit = requests
+            if window is not None:
+                self.rate_window = window
+            self._executed.clear()
 
     def reset_counters(self) -> None:
         super().reset_counters()
@@ -300,33 +323,54 @@ class DynamicsSandbox(HttpsSandbox):
         )
 
     def note_api_call(self, request: SandboxRequest) -> None:
-        """Service protection: the request limit over a sliding window (each request of a batch
-        counts; with ``throttle_in_batch`` each is judged as it runs, in ``_inner``)."""
+        """Service protection over sliding windows: the number of requests (a $batch counts
+        once, "Service protection API limits": a batch "will avoid the number of requests
+        limit"), and the execution time, which each request inside a batch adds to (with
+        ``throttle_in_batch`` judged one by one as they run, in ``_inner``)."""
         batch = self._kind(request.method, request.path) == "batch"
-        if batch and self.throttle_in_batch:
-            return  # its requests are counted one by one as they run
-        weight = 1 + (self._count_parts(request) if batch else 0)
-        refused = self._admit(weight)
+        refused = self._admit(1)
+        if refused is None and not (batch and self.throttle_in_batch):
+            refused = self._admit_execution(self._count_parts(request) if batch else 1)
         if refused is not None:
             raise refused
 
     def _admit(self, weight: int) -> _Throttled | None:
-        """``weight`` requests into the sliding window, or the 429 that refuses them."""
+        """``weight`` requests into the requests window, or the 429 that refuses them."""
+        return self._admit_into(
+            self._window,
+            self.rate_limit,
+            weight,
+            THROTTLED,
+            f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
+            f"{int(self.rate_window)} seconds.",
+        )
+
+    def _admit_execution(self, weight: int) -> _Throttled | None:
+        """``weight`` requests into the execution window, or the 429 that refuses them."""
+        return self._admit_into(
+            self._executed,
+            self.execution_limit,
+            weight,
+            THROTTLED_EXECUTION,
+            "Combined execution time of incoming requests exceeded limit of 1,200,000 milliseconds "
+            f"over time window of {int(self.rate_window)} seconds. Decrease number of concurrent "
+            "requests or reduce the duration of requests and try again later.",
+        )
+
+    def _admit_into(
+        self, window: deque[float], limit: int | None, weight: int, code: str, message: str
+    ) -> _Throttled | None:
         with self._lock:
-            if self.rate_limit is None:
+            if limit is None:
                 return None
             now = time.monotonic()
-            while self._window and self._window[0] <= now - self.rate_window:
-                self._window.popleft()
-            if len(self._window) + weight > self.rate_limit:
+            while window and window[0] <= now - self.rate_window:
+                window.popleft()
+            if len(window) + weight > limit:
                 self.throttled += 1
-                oldest = self._window[0] if self._window else now
-                return _Throttled(
-                    f"Number of requests exceeded the limit of {self.rate_limit} over time window of "
-                    f"{int(self.rate_window)} seconds.",
-                    max(1, math.ceil(oldest + self.rate_window - now)),
-                )
-            self._window.extend([now] * weight)
+                oldest = window[0] if window else now
+                return _Throttled(message, max(1, math.ceil(oldest + self.rate_window - now)), code)
+            window.extend([now] * weight)
             return None
 
     def server_error(self, status: int) -> SandboxResponse:
@@ -347,7 +391,7 @@ class DynamicsSandbox(HttpsSandbox):
         if isinstance(error, _Throttled):
             return _json(
                 429,
-                {"error": {"code": THROTTLED, "message": error.message}},
+                {"error": {"code": error.code, "message": error.message}},
                 {"Retry-After": str(error.retry_after)},
             )
         if isinstance(error, ODataError):
@@ -850,8 +894,14 @@ class DynamicsSandbox(HttpsSandbox):
                 parts.append(f"--{boundary}\r\nContent-Type: multipart/mixed; boundary={inner}\r\n\r\n{text}")
             else:
                 parts += [f"--{boundary}\r\n{_http_part(a, cid)}" for a, cid in answers]
-            if any(a.status >= 400 for a, _ in answers) and not continue_on_error:
-                break
+            failed = next((a for a, _ in answers if a.status >= 400), None)
+            if failed is not None and not continue_on_error:
+                # "The batch error represents the error of the first failing request."
+                body = "".join(parts) + f"--{boundary}--\r\n"
+                retry = {k: v for k, v in failed.headers.items() if k.lower() == "retry-after"}
+                return SandboxResponse(
+                    failed.status, body.encode(), f"multipart/mixed; boundary={boundary}", retry
+                )
         body = "".join(parts) + f"--{boundary}--\r\n"
         headers = {"Preference-Applied": "odata.continue-on-error"} if continue_on_error else {}
         return SandboxResponse(200, body.encode(), f"multipart/mixed; boundary={boundary}", headers)
@@ -883,7 +933,12 @@ class DynamicsSandbox(HttpsSandbox):
         try:
             if self._kind(part.method, path) == "batch":
                 raise ODataError("A batch cannot contain another batch.")
-            refused = self._admit(1) if self.throttle_in_batch else None
+            if len(part.url) > URL_LIMIT:
+                return _json(
+                    414,
+                    {"error": {"code": "0x80060888", "message": "The request URL is too long."}},
+                )
+            refused = self._admit_execution(1) if self.throttle_in_batch else None
             if refused is not None:
                 return self.error_response(refused)
             response = self._route(
@@ -941,9 +996,9 @@ class _Unauthorized(Exception):
 
 
 class _Throttled(Exception):
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, code: str = THROTTLED) -> None:
         super().__init__(message)
-        self.message, self.retry_after = message, retry_after
+        self.message, self.retry_after, self.code = message, retry_after, code
 
 
 @dataclass

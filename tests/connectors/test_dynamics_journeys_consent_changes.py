@@ -1,0 +1,168 @@
+"""``consentsync_journeys_contact``'s purpose fields come from the consent rows, which change
+without the contact changing: a row deleted (an admin's clean-up, a bulk delete), created by
+someone else, or moved to another address. The read follows the consent table's own change
+tracking too (its delta shows changes and ``$deletedEntity`` rows: "Use change tracking to
+synchronize data with external systems"), both links in the cursor's token, and hands over the
+contacts whose fields changed, recomputed. The token is handed over only after the last of them,
+so a read stopped part way (a crash, SIGKILL) reads the same changes again."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from consentsync_dynamics import DynamicsConnector
+from consentsync_dynamics.sandbox.server import DynamicsSandbox
+
+from consentsync.sdk import CrmRecord, Cursor, RecordUpdate
+from tests.connectors.against_sandbox import connector_settings, read_until
+
+JOURNEYS = "consentsync_journeys_contact"
+CONSENTS = "msdynmkt_contactpointconsent4"
+MARKETING_FIELD = "purpose_6f0b1c7e0d6a4c1e9a51000000000001"
+PROFILING_FIELD = "purpose_6f0b1c7e0d6a4c1e9a51000000000002"
+FIELDS = ["emailaddress1", MARKETING_FIELD, PROFILING_FIELD]
+
+
+@pytest.fixture
+def dv() -> Iterator[DynamicsSandbox]:
+    with DynamicsSandbox() as server:
+        yield server
+
+
+def _connector(dv: DynamicsSandbox, **extra: Any) -> DynamicsConnector:
+    settings = connector_settings(dv.connection_settings(), {"page_size": 3}, extra)
+    return DynamicsConnector("dyn-journeys", settings)
+
+
+def _row(dv: DynamicsSandbox, address: str, field: str = MARKETING_FIELD) -> str:
+    return dv.environment.create(
+        CONSENTS,
+        {
+            "msdynmkt_contactpointvalue": address,
+            "msdynmkt_contactpointtype": 534120000,
+            "msdynmkt_value": 534120002,
+            "_msdynmkt_purposeid_value": str(uuid.UUID(hex=field.removeprefix("purpose_"))),
+        },
+    )
+
+
+def _read(connector: DynamicsConnector, since: Cursor) -> tuple[dict[str, CrmRecord], Cursor]:
+    """The records of one read, the cursor checked to come only after the last of them."""
+    connector.completed_cursor = None
+    records: dict[str, CrmRecord] = {}
+    for record in connector.read_changes(JOURNEYS, FIELDS, since, read_until()):
+        assert connector.completed_cursor is None, "the token was handed over before a record"
+        records[record.record_id] = record
+    assert connector.completed_cursor is not None and connector.completed_cursor.token
+    return records, connector.completed_cursor
+
+
+def _people(dv: DynamicsSandbox, count: int = 8) -> list[str]:
+    return [
+        dv.environment.create("contact", {"lastname": f"P{n}", "emailaddress1": f"person{n}@example.test"})
+        for n in range(count)
+    ]
+
+
+def test_a_deleted_consent_row_hands_over_the_contacts_it_showed_on(dv: DynamicsSandbox) -> None:
+    people = _people(dv)
+    rows = [_row(dv, f"PERSON{n}@example.test") for n in range(4)]
+    _row(dv, "person0@example.test", PROFILING_FIELD)
+    twin = dv.environment.create("contact", {"lastname": "Twin", "emailaddress1": "Person1@Example.test"})
+    connector = _connector(dv)
+    first, cursor = _read(connector, Cursor())
+    assert [first[p].fields[MARKETING_FIELD] for p in people[:5]] == [True, True, True, True, None]
+    assert _read(connector, cursor)[0] == {}  # nothing changed: nothing handed over
+    dv.environment.delete(CONSENTS, rows[1])
+    dv.environment.delete(CONSENTS, rows[2])
+    again, cursor = _read(connector, cursor)
+    # Every contact that now shows a purpose without a row is checked (a deleted row names no
+    # address); those whose rows are all there are not handed over.
+    assert {people[1], people[2], twin} <= set(again)
+    assert [again[i].fields[MARKETING_FIELD] for i in (people[1], people[2], twin)] == [None, None, None]
+    assert people[0] not in again  # a row for every purpose: no row can have gone from it
+    assert again[people[3]].fields == first[people[3]].fields  # no profiling row: checked
+    assert _read(connector, cursor)[0] == {}
+
+
+def test_a_row_created_or_moved_by_someone_else_hands_over_the_contacts_at_its_addresses(
+    dv: DynamicsSandbox,
+) -> None:
+    people = _people(dv)
+    connector = _connector(dv)
+    _, cursor = _read(connector, Cursor())
+    _row(dv, "Person5@example.test")  # a preference center's row
+    created, cursor = _read(connector, cursor)
+    assert list(created) == [people[5]] and created[people[5]].fields[MARKETING_FIELD] is True
+    # A row the connector created, its address then edited by someone else: the address it left
+    # has no row any more, the new one has.
+    assert connector.write([RecordUpdate(JOURNEYS, people[6], {MARKETING_FIELD: True})])[0].ok
+    own = next(r for r in dv.environment.records(CONSENTS) if r["msdynmkt_reason"])
+    _, cursor = _read(connector, cursor)
+    dv.environment.update(
+        CONSENTS,
+        own["msdynmkt_contactpointconsent4id"],
+        {"msdynmkt_contactpointvalue": "person7@example.test"},
+    )
+    moved, cursor = _read(connector, cursor)
+    assert moved[people[6]].fields[MARKETING_FIELD] is None
+    assert moved[people[7]].fields[MARKETING_FIELD] is True
+
+
+def test_a_read_stopped_part_way_hands_the_same_changes_over_again(dv: DynamicsSandbox) -> None:
+    """SIGKILL between two pages: the engine kept the token the read started from, so the next
+    read gets every change again (the contacts before the stop too)."""
+    people = _people(dv)
+    rows = [_row(dv, f"person{n}@example.test") for n in range(8)]
+    connector = _connector(dv)
+    _, cursor = _read(connector, Cursor())
+    for row in rows:
+        dv.environment.delete(CONSENTS, row)
+    connector.completed_cursor = None
+    stopped = connector.read_changes(JOURNEYS, FIELDS, cursor, read_until())
+    seen = [next(stopped).record_id for _ in range(4)]
+    stopped.close()
+    assert connector.completed_cursor is None
+    again, _ = _read(_connector(dv), cursor)
+    assert set(seen) < set(again) and set(people) <= set(again)
+    assert all(again[p].fields[MARKETING_FIELD] is None for p in people)
+
+
+def test_a_first_read_stopped_part_way_starts_again(dv: DynamicsSandbox) -> None:
+    """A first read hands over no token before its end: the cursor the engine kept names a
+    contact and no link. The contacts before it were looked up before this read's consent link
+    was taken, so the read starts again from the first."""
+    people = _people(dv)
+    connector = _connector(dv)
+    stopped = connector.read_changes(JOURNEYS, FIELDS, Cursor(), read_until())
+    handed = [next(stopped) for _ in range(3)]
+    stopped.close()
+    row = _row(dv, "person0@example.test")  # between the two reads, for a contact handed over
+    last = handed[-1]
+    again, cursor = _read(_connector(dv), Cursor(last.modstamp, last.record_id))
+    assert set(again) == set(people) and again[people[0]].fields[MARKETING_FIELD] is True
+    dv.environment.delete(CONSENTS, row)
+    assert _read(_connector(dv), cursor)[0][people[0]].fields[MARKETING_FIELD] is None
+
+
+def test_a_token_of_the_contacts_alone_and_a_refused_consent_link_read_every_contact(
+    dv: DynamicsSandbox,
+) -> None:
+    people = _people(dv, 4)
+    connector = _connector(dv)
+    _, cursor = _read(connector, Cursor())
+    both = json.loads(cursor.token.removeprefix("consentsync-journeys:"))
+    # An earlier version's cursor (the contacts' link alone): read in full once.
+    earlier = Cursor(cursor.modstamp, cursor.record_id, both["contact"])
+    full, upgraded = _read(connector, earlier)
+    assert set(full) == set(people) and upgraded.token.startswith("consentsync-journeys:")
+    assert _read(connector, upgraded)[0] == {}
+    # The consent rows' link refused (past the retention period): every contact again.
+    dv.expire_delta_tokens()
+    reloads = connector.full_reloads
+    reloaded, _ = _read(connector, upgraded)
+    assert set(reloaded) == set(people) and connector.full_reloads > reloads
