@@ -14,9 +14,10 @@ owned by groups); with ``read_deletions`` on, its ``deleted`` ids are the deleti
 converted (*Convert Lead*) is one of them: every Leads query leaves converted leads out, and sync
 lists them as deleted, but ``retrieve`` still answers one, so each lead a listing names is
 retrieved (about ``conversion_checks_per_run`` a run at most: a listing stops there, and the next
-run goes on from the last lead handed over), and one that answers is handed over with its last
-values (a no ticked just before the conversion is kept); the contact made from it is read as any
-new contact.
+run goes on from the last batch taken), and one that answers is handed over with its last
+values (a no ticked just before the conversion is kept) as gone into a contact
+(``merged_into_object``), which Vtiger keeps: an erasure still reaches it; the contact made from
+it is read as any new contact.
 
 Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone``
 (``server_timezone``). Each autumn a zone with daylight saving time repeats an hour and its
@@ -31,7 +32,9 @@ used: it needs the full record and clears what it is not given. Checkboxes are w
 only (8.2.0 stores "true", "yes" and "false" all as 0). ``WriteAction.DELETE`` is
 ``operation=delete``, one call per record. A delete Vtiger refuses because the record is not
 there (deleted by a user, or by this delete sent before: its answer lost, or the process killed
-before the ledger kept it) is done; one refused for a record that is there stays refused.
+before the ledger kept it) is done; one refused for a record that is there stays refused. A
+``revise`` refused so for a record ``retrieve`` confirms is not there is answered ``gone`` (the
+engine marks the record gone rather than quarantining the push).
 """
 
 from __future__ import annotations
@@ -74,6 +77,11 @@ _GONE_CODES = frozenset({"ACCESS_DENIED", "RECORD_NOT_FOUND"})
 # (vtiger_leaddetails.converted=1) is left out of every query and listed by sync as deleted, but
 # retrieve answers it (EntityMeta::getEntityDeletedQuery, VtigerCRMObjectMeta::exists).
 _CONVERTIBLE = "Leads"
+# The module a converted lead went into (the contact Vtiger makes from it; nothing names which).
+_CONVERTED_INTO = "Contacts"
+# Rows sync's first query takes (vtws_sync's $numRecordsLimit): a batch is the changes up to the
+# second of the 100th change after the time asked from, that second whole.
+_SYNC_ROWS = 100
 # Vtiger's words for an id with no live record behind it (the record deleted, or never there).
 _NO_SUCH_RECORD = "Permission to perform the operation is denied"
 # ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
@@ -253,6 +261,10 @@ class VtigerConnector(sdk.Connector):
         message = str(refused)
         if item.action is sdk.WriteAction.DELETE and code == "ACCESS_DENIED":
             message += " (the record is there: the user's profile may not delete it)"
+        elif code in _GONE_CODES and self._gone(item):
+            # No live record has this id (deleted in Vtiger since it was last read): the engine
+            # marks it gone and sends it nothing more. A converted lead is retrieved: not gone.
+            return sdk.WriteResult(item.record_id, False, code, message, False, gone=True)
         return sdk.WriteResult(item.record_id, False, code, message, code in _RECORD_RETRY)
 
     def _element(self, item: sdk.RecordUpdate) -> dict[str, Any] | sdk.WriteResult:
@@ -330,13 +342,22 @@ class VtigerConnector(sdk.Connector):
         self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
     ) -> Iterator[sdk.CrmRecord]:
         """Records deleted after ``since``, from ``operation=sync``'s ``deleted`` ids (only with
-        ``read_deletions`` on). Sync names no deletion times: each id is stamped with the first
-        second its batch covers (the second after the ``modifiedTime`` sync was asked from: sync
-        compares with a strict ``>`` on whole seconds, so at or before the deletion), and a
-        batch ending after ``until`` is left for the next run. Sync is asked from the second
-        before ``since``: a cursor the engine left inside a batch (it commits pages of its own
-        size, and a run may end between two) lists that batch again whole, its ids up to the
-        cursor's left out, so none of its leads is passed over. Only records
+        ``read_deletions`` on). Sync names no deletion times: a batch (GetUpdates.php: the changes
+        after the time asked from, up to the second of the 100th, that second whole) is stamped
+        with the first second it covers (the second after the ``modifiedTime`` sync was asked
+        from: sync compares with a strict ``>`` on whole seconds, so at or before the deletion),
+        and a batch ending after ``until`` is left for the next run. Sync is asked from the second
+        before ``since``, so that a cursor the engine left inside a batch (it commits pages of its
+        own size, and a run may end between two) asks for that batch again. Asked again, a batch
+        is not the set it was: a live record of it edited since leaves it and it reaches further,
+        and the last batch takes in every change made since, so a lead converted meanwhile may
+        come in it with an id below the cursor's. Only a batch of one second, the cursor's
+        (a second past when it was listed: the engine keeps a stored position only then), can
+        hold no id it did not hold before (a past second loses records, it gains none): it
+        leaves out the ids up to the cursor's. Any other is listed whole again, its leads
+        retrieved again: a batch of leads naming more than sync's 100 rows hands the ids of its
+        last second over last, as a one-second batch of their own (``_groups``), so what is
+        listed again is at most about a hundred leads, and each run moves on. Only records
         owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
         merge in Vtiger shows as a deletion of the merged-away record, without its survivor.
 
@@ -358,9 +379,11 @@ class VtigerConnector(sdk.Connector):
         second after the last batch it took whole (``completed_cursor``, kept by the engine):
         the next listing asks sync from that batch's end, so a change made after the listing
         comes in a later batch with a later stamp, never behind the cursor. A converted lead
-        comes without ``merged_into``: nothing in Vtiger names the contact made from it (and
-        that contact is of another module); the contact is read as a new contact, linked by its
-        address (the stock conversion copies email, not ``emailoptout``)."""
+        comes with ``merged_into_object="Contacts"`` and without ``merged_into``: it went into
+        a contact, which nothing in Vtiger names (the contact is read as a new contact, linked
+        by its address; the stock conversion copies email, not ``emailoptout``), and Vtiger
+        keeps it with the person's data (``retrieve``, ``revise`` and ``delete`` still act on
+        it): the engine keeps it as such, and an erasure's delete or anonymise still reaches it."""
         if not self.config.read_deletions:
             raise ConnectorError(
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
@@ -387,34 +410,43 @@ class VtigerConnector(sdk.Connector):
         # whether any was.
         reached, took = mark, False
         while True:
-            result = self._call(
-                "sync",
-                {"modifiedTime": mark, "elementType": object_type, "syncType": self.config.sync_type},
-                f"sync {object_type}",
-            )
+            result = self._sync(object_type, mark)
             following = int(result.get("lastModifiedTime") or 0)
             if datetime.fromtimestamp(following, UTC) > until:
                 break  # the batch runs past the read's end: the next run lists it
-            # Every record of the batch is stamped with the first second it can have changed in
-            # (sync's `>`): a cursor left inside the batch (the engine commits pages of its own)
-            # makes the next listing ask sync from the batch's start again and list it whole.
-            # Never before `since` (a position inside a second: a look-back start, say).
-            stamp = datetime.fromtimestamp(mark + 1, UTC)
-            if since.modstamp is not None:
-                stamp = max(stamp, since.modstamp)
-            listed = [
-                i for i in sorted(str(i) for i in result.get("deleted") or []) if since.is_before(stamp, i)
-            ]
+            ids = sorted({str(i) for i in result.get("deleted") or []})
+            # Asked again from the same mark later, a batch can take in records it did not hold
+            # (a live record of it edited since leaves it, and it reaches further; the last batch
+            # also holds every change since): only a batch of one second, a second already past
+            # when its ids were handed over (resume_from keeps a stored position only then),
+            # holds no id it did not hold before. Only such a batch leaves out the ids up to a
+            # cursor left inside it; any other is listed whole again.
+            single = following == mark + 1
+            first = self._stamp(mark + 1, since)
+            listed = [i for i in ids if not single or since.is_before(first, i)]
             if converts and moved and listed and spent + len(listed) > cap:
                 # Checked in a later run, from where the last batch taken ended: never bare.
                 stopped = True
                 break
-            for record_id in listed:
-                values: dict[str, Any] = {}
-                if converts:
+            for second, group in self._groups(object_type, listed, mark, following, converts):
+                stamp = self._stamp(second, since)
+                for record_id in group:
+                    if not converts:
+                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                        continue
                     spent += 1
                     values = self._converted(object_type, record_id, columns, stamps)
-                yield sdk.CrmRecord(object_type, record_id, stamp, values, deleted=True)
+                    if values is None:  # deleted: Vtiger keeps nothing of it within reach
+                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                    else:  # converted: kept by Vtiger, with the person's data, no longer listed
+                        yield sdk.CrmRecord(
+                            object_type,
+                            record_id,
+                            stamp,
+                            values,
+                            deleted=True,
+                            merged_into_object=_CONVERTED_INTO,
+                        )
             reached, took = max(reached, following), True
             # The position handed over (past this batch) is past the stored one.
             moved = moved or horizon is None or datetime.fromtimestamp(reached + 1, UTC) > horizon
@@ -443,11 +475,44 @@ class VtigerConnector(sdk.Connector):
             # from a position.
             self.completed_cursor = sdk.Cursor(after, None, read_until=until)
 
+    def _sync(self, object_type: str, mark: int) -> Any:
+        return self._call(
+            "sync",
+            {"modifiedTime": mark, "elementType": object_type, "syncType": self.config.sync_type},
+            f"sync {object_type}",
+        )
+
+    @staticmethod
+    def _stamp(second: int, since: sdk.Cursor) -> datetime:
+        """The stamp of the ids of a batch (or of part of one) whose changes lie at or after
+        ``second``: that second, never before ``since`` (a position inside a second: a look-back
+        start, say)."""
+        stamp = datetime.fromtimestamp(second, UTC)
+        return stamp if since.modstamp is None else max(stamp, since.modstamp)
+
+    def _groups(
+        self, object_type: str, ids: list[str], mark: int, following: int, converts: bool
+    ) -> list[tuple[int, list[str]]]:
+        """A batch's ids, each with the first second it may have changed in, in the order they
+        are handed over. A batch of more seconds than one is stamped with its first second, so
+        that a cursor left inside it lists it whole again: at most the 99 or so leads of its
+        earlier seconds are retrieved again for that. Its last second, though, may hold any
+        number of leads (a mass deletion): where a batch of leads names more than sync's 100
+        rows, sync is asked once more, from the second before its last, and the ids it names
+        again (those of the last second, still there) are handed over last, stamped with that
+        second, a batch of one second of their own: a cursor left among them leaves out what
+        was handed over, so each run moves on however crowded the second."""
+        if not converts or following <= mark + 1 or len(ids) <= _SYNC_ROWS:
+            return [(mark + 1, ids)]
+        again = self._sync(object_type, following - 1)
+        last = {str(i) for i in again.get("deleted") or []}
+        return [(mark + 1, [i for i in ids if i not in last]), (following, [i for i in ids if i in last])]
+
     def _converted(
         self, object_type: str, record_id: str, columns: Sequence[str], stamps: Sequence[str]
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """The last values of a lead sync listed as deleted, where ``retrieve`` still answers it
-        (it was converted, not deleted); empty where it refuses it as not there (deleted, or out
+        (it was converted, not deleted); None where it refuses it as not there (deleted, or out
         of the user's reach). Any other refusal fails the read, which the next run repeats."""
 
         def attempt() -> dict[str, Any] | None:
@@ -467,7 +532,7 @@ class VtigerConnector(sdk.Connector):
             describe=f"retrieve {object_type}",
         )
         if row is None:
-            return {}
+            return None
         return self._in_utc({name: row.get(name, "") for name in columns}, stamps)
 
     # -- helpers -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from consentsync_vtiger import VtigerConnector
-from consentsync_vtiger.connector import vtql_string
+from consentsync_vtiger.connector import ERRORS, vtql_string
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
 from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction, WriteResult
@@ -164,6 +164,49 @@ def test_writes_are_one_revise_per_record_with_per_record_results(sandbox: Vtige
     assert connector.usage.per_endpoint["revise"] == len(ids)
 
 
+def test_a_revise_refused_for_a_record_deleted_since_is_answered_gone(
+    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revise of a lead deleted in Vtiger since it was read is refused (ACCESS_DENIED, "...
+    denied", as for any id without a live record); retrieve confirms no record is there, so the
+    answer says ``gone`` (the engine marks the record gone rather than quarantining the push). A
+    live lead in the same batch is written; a converted lead is written too (Vtiger acts on it),
+    and one whose revise is refused is retrievable: not gone."""
+    crm = sandbox.crm
+    live = crm.create("Leads", lastname="Live", email="live@example.test")
+    deleted = crm.create("Leads", lastname="Deleted", email="deleted@example.test")
+    converted = crm.create("Leads", lastname="Converted", email="converted@example.test")
+    refused = crm.create("Leads", lastname="Refused", email="refused@example.test")
+    crm.delete(deleted)
+    crm.convert_lead(converted)
+    crm.convert_lead(refused)
+    connector = connector_for(sandbox)
+    sent = connector.client.request
+
+    def request(operation: str, params: Any, **how: Any) -> Any:
+        if operation == "revise" and params["element"]["id"] == refused:
+            raise ConnectorError(
+                "revise: ACCESS_DENIED: Permission to write is denied",
+                ERRORS.classify(200, "ACCESS_DENIED"),
+            )
+        return sent(operation, params, **how)
+
+    monkeypatch.setattr(connector.client, "request", request)
+    ids = [live, deleted, converted, refused]
+    results = connector.write([RecordUpdate("Leads", i, {"emailoptout": True}) for i in ids])
+    assert [(r.record_id, r.ok, r.gone) for r in results] == [
+        (live, True, False),
+        (deleted, False, True),
+        (converted, True, False),
+        (refused, False, False),
+    ]
+    assert (results[1].error_code, results[1].retryable) == ("ACCESS_DENIED", False)
+    assert results[3].error_code == "ACCESS_DENIED" and not results[3].retryable
+    assert (crm.get(live) or {}).get("emailoptout") == "1"
+    assert (crm.get(converted) or {}).get("emailoptout") == "1"
+    assert sandbox.calls["retrieve"] == 2  # only the refused ones are looked up
+
+
 def test_deletions_come_from_sync_in_order_and_its_http_500_is_named(sandbox: VtigerSandbox) -> None:
     sandbox.crm.seed(30, seed=6, burst=0)
     start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
@@ -177,11 +220,14 @@ def test_deletions_come_from_sync_in_order_and_its_http_500_is_named(sandbox: Vt
     assert all(r.deleted and r.merged_into is None and r.modstamp >= start for r in gone)
     keys = [(r.modstamp, r.record_id) for r in gone]
     assert keys == sorted(keys)
-    # Resuming from the last one lists nothing again; a look-back cursor lists its second again.
+    # Resuming from where the listing ended lists nothing again; from a cursor inside its batch
+    # (of more than one second: asked again, it may hold ids it did not) the batch comes whole
+    # again; a look-back cursor lists its second again.
+    kept = connector.completed_cursor
+    assert kept is not None and list(connector.read_deletions("Contacts", kept, read_until())) == []
     last = gone[-1]
-    assert (
-        list(connector.read_deletions("Contacts", Cursor(last.modstamp, last.record_id), read_until())) == []
-    )
+    inside = connector.read_deletions("Contacts", Cursor(last.modstamp, last.record_id), read_until())
+    assert sorted(r.record_id for r in inside) == sorted(owned[:3])
     again = connector.read_deletions("Contacts", Cursor(last.modstamp.replace(microsecond=0)), read_until())
     assert {r.record_id for r in again} >= {last.record_id}
     # A batch that ends after `until` is left for the next run.

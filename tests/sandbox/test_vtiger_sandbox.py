@@ -371,6 +371,48 @@ def test_modifiedtime_is_stored_and_served_in_the_installs_zone() -> None:
     assert answer["lastModifiedTime"] == int(summer.timestamp())
 
 
+def test_sync_answers_its_batches_as_getupdates_php_does() -> None:
+    """vtws_sync: the changes after the time asked from, up to the second of the 100th (ordered
+    by modifiedtime), that second whole, deleted and converted leads under ``deleted``;
+    ``lastModifiedTime`` is that second, read back with strtotime, and ``more`` says whether
+    anything changed after it. Asked again later, the same time gives another batch. With no
+    change, ``lastModifiedTime`` is the time asked from turned into wall-clock text and back
+    (strtotime takes the first pass of a repeated autumn hour)."""
+    crm = VtigerCrm(privacy_guard=False, timezone="Europe/Berlin")
+    user = crm.integration_user_id
+    start = dt.datetime(2026, 7, 1, 10, 0, 0, tzinfo=dt.UTC)
+    mark = int(start.timestamp())
+    live = [crm.create("Leads", lastname=f"L{i}", at=start + dt.timedelta(seconds=1 + i)) for i in range(60)]
+    crowd = [crm.create("Leads", lastname=f"C{i}", at=start) for i in range(50)]
+    for lead in crowd:
+        crm.delete(lead, at=start + dt.timedelta(seconds=70))
+    crm.create("Leads", lastname="After", at=start + dt.timedelta(seconds=80))
+    answer = crm.sync("Leads", mark, user_id=user)
+    # 60 live changes and the 40 first of the crowded second make 100: the whole second comes.
+    assert (answer["lastModifiedTime"], answer["more"]) == (mark + 70, True)
+    assert sorted(answer["deleted"]) == sorted(crowd) and len(answer["updated"]) == 60
+    assert crm.sync("Leads", mark + 70, user_id=user)["more"] is False
+    # The same time, later: live leads edited since leave the batch, which reaches on to a
+    # conversion made since, and holds every change up to its last second.
+    for lead in live[:11]:
+        crm.revise(lead, firstname="Edited", at=start + dt.timedelta(seconds=90))
+    crm.convert_lead(live[20], at=start + dt.timedelta(seconds=90))
+    again = crm.sync("Leads", mark, user_id=user)
+    assert (again["lastModifiedTime"], again["more"]) == (mark + 90, False)
+    assert sorted(again["deleted"]) == sorted([*crowd, live[20]]) and len(again["updated"]) == 60
+    assert crm.sync("Leads", mark + 90, user_id=user) == {
+        "updated": [],
+        "deleted": [],
+        "lastModifiedTime": mark + 90,
+        "more": False,
+    }
+    # 2026-10-25 02:30 Berlin comes twice (CEST, then CET): asked from the second pass, an empty
+    # answer's lastModifiedTime is the first pass, an hour earlier.
+    second_pass = int(dt.datetime(2026, 10, 25, 1, 30, tzinfo=dt.UTC).timestamp())
+    empty = crm.sync("Leads", second_pass, user_id=user)
+    assert (empty["deleted"], empty["lastModifiedTime"], empty["more"]) == ([], second_pass - 3600, False)
+
+
 def test_checkbox_words_are_stored_as_zero_as_the_real_server_does(sandbox: VtigerSandbox) -> None:
     client = Client(sandbox).login()
     record_id = sandbox.crm.create("Contacts", lastname="Box", email="box@example.test")

@@ -676,7 +676,14 @@ class VtigerCrm:
                 key=lambda r: str(r.values["modifiedtime"]),
             )
             if not changed:
-                return {"updated": [], "deleted": [], "lastModifiedTime": since_unix, "more": False}
+                # $maxModifiedTime falls back to the wall-clock time asked from, read back with
+                # strtotime: the time asked from, but for the second pass of a repeated hour.
+                return {
+                    "updated": [],
+                    "deleted": [],
+                    "lastModifiedTime": int(self.parse_time(since).timestamp()),
+                    "more": False,
+                }
             last = max(str(r.values["modifiedtime"]) for r in changed[:limit])
             window = [r for r in changed if str(r.values["modifiedtime"]) <= last]
             return {

@@ -87,7 +87,9 @@ class CrmRecord:
     not this record's: a record that went into a record of another object (a lead converted into
     a contact). Such a record is kept by the CRM, read-only: it is gone for the person's
     consents, which go with the survivor, but an erasure's delete or anonymise still reaches it
-    (it holds their data).
+    (it holds their data). ``merged_into_object`` without ``merged_into``: the record went into
+    a record of that object that the CRM does not name (Vtiger keeps a converted lead without a
+    link to its contact); it is kept by the CRM all the same.
     """
 
     object_type: str

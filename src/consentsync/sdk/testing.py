@@ -442,6 +442,24 @@ class ConnectorTrustContract:
             assert links[merged].gone_at is not None and links[merged].merged_into == survivor
             assert links[survivor].gone_at is None
 
+    def test_a_write_to_a_record_deleted_in_the_crm_answers_gone(
+        self, harness: ContractHarness, connector: Connector
+    ) -> None:
+        """A CRM user deleted the record before a sync listed it: the write says it is gone (the
+        engine marks it so), and the write beside it goes through."""
+        if not isinstance(harness, DeletionHarness):
+            pytest.skip("the harness lacks delete_record/merge_records (DeletionHarness)")
+        kept, deleted = _people(harness, 2, "write-gone")
+        harness.delete_record(deleted)
+        results = connector.write([harness.consent_update(kept, True), harness.consent_update(deleted, True)])
+        assert [(r.record_id, r.ok, r.gone) for r in results] == [
+            (kept, True, False),
+            (deleted, False, True),
+        ], results
+        assert harness.read_opted_out(kept) is True
+        (text,) = connector.write([harness.text_update(deleted, "written after the deletion")])
+        assert (text.ok, text.gone) == (False, True), text
+
     def test_the_delete_action_deletes_the_record(
         self, harness: ContractHarness, connector: Connector
     ) -> None:

@@ -1419,7 +1419,7 @@ class SyncEngine:
                 .values(
                     gone_at=record.modstamp,
                     merged_into=record.merged_into,
-                    merged_into_object=record.merged_into_object if record.merged_into else None,
+                    merged_into_object=record.merged_into_object,
                     gone_by_write=None,
                 )
             )
