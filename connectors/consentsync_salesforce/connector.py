@@ -378,12 +378,45 @@ class SalesforceConnector(sdk.Connector):
             refused = [result.record_id for result in answers.values() if result.error_code == CONVERTED_LEAD]
             if refused:
                 log.info("salesforce.converted_lead_refused", connector=self.name, records=refused)
+            answers = self._gone_confirmed(updates, answers)
             yield {
                 position: result
                 if updates[position].action is sdk.WriteAction.DELETE
                 else _converted_left_pending(result)
                 for position, result in answers.items()
             }
+
+    def _gone_confirmed(
+        self, updates: Sequence[sdk.RecordUpdate], answers: dict[int, sdk.WriteResult]
+    ) -> dict[int, sdk.WriteResult]:
+        """An update refused as if its record were gone (``_GONE_CODES``) is gone only where
+        ``queryAll`` finds the record deleted or not at all: Salesforce words a lookup written to
+        a deleted or unknown record the same ways, and a live record taken for gone would be sent
+        nothing more. One query an object, for the few such answers."""
+        said_gone: dict[str, list[int]] = {}
+        for position, result in answers.items():
+            if result.gone:
+                said_gone.setdefault(updates[position].object_type, []).append(position)
+        for object_type, positions in said_gone.items():
+            ids = [updates[p].record_id for p in positions]
+            query = format_soql(f"SELECT Id, IsDeleted FROM {object_type} WHERE Id IN {{}}", ids)
+            found = {
+                str(row["Id"])[:15]: bool(row.get("IsDeleted"))
+                for row in self._call(
+                    "confirm deleted records", lambda q=query: self.sf.query_all(q, include_deleted=True)
+                )["records"]
+            }
+            for position in positions:
+                if found.get(updates[position].record_id[:15], True):
+                    continue  # in the recycle bin, or purged from it: gone
+                said = answers[position]
+                answers[position] = dataclasses.replace(
+                    said,
+                    gone=False,
+                    retryable=_retryable(said.error_code or ""),
+                    message=f"{said.message} (the record itself is live)",
+                )
+        return answers
 
     def _write_calls(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         self._settle_left_jobs()
@@ -828,10 +861,11 @@ def _save_result(record_id: str, outcome: Mapping[str, Any]) -> sdk.WriteResult:
 
 
 def _refused(record_id: str, code: str, message: str) -> sdk.WriteResult:
-    """A record's write refused. ENTITY_IS_DELETED: the record is in the recycle bin (a user
-    deleted it, or merged it away), or purged from it: gone, which the deletion listing will say
-    too (with its last values, while the bin holds it)."""
-    gone = code == "ENTITY_IS_DELETED"
+    """A record's write refused. ENTITY_IS_DELETED (a record in the recycle bin: a user deleted
+    it, or merged it away) and INVALID_CROSS_REFERENCE_KEY (no record under the id: purged from
+    the bin) say gone, until ``_gone_confirmed`` asks: Salesforce words a lookup to a deleted or
+    unknown record the same ways."""
+    gone = code in _GONE_CODES
     return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code), gone=gone)
 
 
@@ -859,6 +893,9 @@ def _bad_id(update: sdk.RecordUpdate) -> bool:
 
 def _malformed_id(record_id: str) -> sdk.WriteResult:
     return sdk.WriteResult(record_id, False, "MALFORMED_ID", "not a Salesforce record id", False)
+
+
+_GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"})
 
 
 def _retryable(code: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from consentsync_salesforce import SalesforceConnector
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
-from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction
+from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction, WriteResult
 from tests.connectors.against_sandbox import (
     assert_budget_stops_a_full_read,
     connector_settings,
@@ -473,3 +473,39 @@ def test_an_opt_out_ticked_just_before_a_deletion_reaches_the_ledger(tmp_path: A
         assert latest["evidence_ref"].startswith(f"Contact/{contact}"), "the deleted record's no"
     finally:
         harness.stop()
+
+
+def test_an_update_is_gone_only_where_query_all_finds_no_live_record(
+    sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENTITY_IS_DELETED (the recycle bin) and INVALID_CROSS_REFERENCE_KEY (purged) say gone;
+    Salesforce words a lookup to a deleted or unknown record the same ways, so a live record so
+    refused is not gone (it would be sent nothing more)."""
+    connector = connector_for(sandbox)
+    live, binned, lookup = (r["Id"] for r in sandbox.org.records("Contact")[:3])
+    sandbox.org.delete(binned)
+    purged = "003000000000000AAA"
+    updates = [
+        RecordUpdate("Contact", i, {"HasOptedOutOfEmail": True}) for i in (live, binned, purged, lookup)
+    ]
+    results = {r.record_id: r for r in connector.write(updates)}
+    assert results[live].ok
+    assert (results[binned].error_code, results[binned].gone) == ("ENTITY_IS_DELETED", True)
+    assert (results[purged].ok, results[purged].gone) == (False, True), results[purged]
+    # A lookup to a deleted account refused on a live contact: Salesforce's same words.
+    real_calls = connector._write_calls
+
+    def refused_lookup(updates: Any) -> Iterator[dict[int, WriteResult]]:
+        for answers in real_calls(updates):
+            yield {
+                position: WriteResult(
+                    lookup, False, "ENTITY_IS_DELETED", "entity is deleted", False, gone=True
+                )
+                if updates[position].record_id == lookup
+                else result
+                for position, result in answers.items()
+            }
+
+    monkeypatch.setattr(connector, "_write_calls", refused_lookup)
+    (answer,) = connector.write([RecordUpdate("Contact", lookup, {"HasOptedOutOfEmail": True})])
+    assert (answer.ok, answer.gone, answer.error_code) == (False, False, "ENTITY_IS_DELETED"), answer

@@ -185,3 +185,16 @@ def test_a_record_found_gone_then_restored_is_live_and_told_what_it_missed(
     link = _link(ledger, "r1")
     assert link.gone_at is None and link.gone_by_write is None
     assert org.records["r1"]["optout"] is True, "the restored record was never told of the restriction"
+
+
+def test_a_deletion_found_by_a_write_counts_once(ledger: Ledger, config_path: Path, clock: Clock) -> None:
+    """Counted when the write found the record gone, not again when the listing names it (nor
+    when a look-back window lists it once more)."""
+    org = VanishingOrg(clock)
+    _linked_then_vanished(ledger, config_path, org, clock)
+    for _ in range(2):
+        org.list_deletion("r1")
+        clock.advance(minutes=1)
+        report = _engine(ledger, config_path, org).run()
+        assert report.status == "succeeded", report.error
+        assert report.counts.deleted_records == 0, report.counts

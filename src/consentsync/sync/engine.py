@@ -1382,7 +1382,11 @@ class SyncEngine:
                 )
             )
         }
-        report.counts.deleted_records += len(gone)
+        # Links marked gone now: not a record never linked, nor one known gone already (a write
+        # found it so, or a look-back window lists it again).
+        report.counts.deleted_records += sum(
+            1 for r in gone if (row := rows.get(r.record_id)) is not None and row.gone_at is None
+        )
         survivors = [
             Identity(
                 link=_survivor_link(self.name, mapping.object, r),
