@@ -245,3 +245,10 @@ def running_harness(vendor: str) -> Iterator[Any]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def hubspot() -> Iterator[Any]:
+    """The HubSpot sandbox harness, started for the test."""
+    with running_harness("hubspot") as started:
+        yield started

@@ -11,6 +11,11 @@ from v4 batch status reads, one per page, as virtual fields ``subscription_<id>`
 email (``hs_email_optout``, which HubSpot keeps apart from the subscription statuses) reads
 UNSUBSCRIBED for every subscription, as of its opt-out (v4 "wide" status reads, for those
 contacts only).
+HubSpot keys those statuses by address, not by contact: a user changing a contact's address
+hides the old address's no. Each page's ``email`` history (batch read, ``propertiesWithHistory``)
+names the addresses a contact had since the read's lower bound; a no among their statuses that
+the contact no longer shows, and that no later yes under the new address outranks, comes as the
+record's ``earlier_values``.
 
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
 rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
@@ -107,6 +112,10 @@ class HubSpotConnector(sdk.Connector):
     # Since session 50 a contact's opt-out of all email (hs_email_optout) and the v4 "wide"
     # statuses are read beside the subscription statuses: a contact passed by an older version
     # was never read with them (its no stayed unknown), so every contact is read again once.
+    # The statuses of the addresses a contact had since the last read are read too (session
+    # 55): not a reason to read every contact again. A no hidden that way before the upgrade
+    # would become, on every contact at once, an unsubscribe HubSpot never undoes: an admin
+    # asks for it with a planned `sync --full` (docs/connectors/hubspot.md).
     reading_version: ClassVar[str | None] = "2-email-optout-wide"
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
     # POST /crm/v3/objects/contacts/gdpr-delete, one contact a call (delete_mode: gdpr, the
@@ -280,7 +289,9 @@ class HubSpotConnector(sdk.Connector):
 
         pages = self._keyset_pages(since.modstamp, _cursor_id(since), until, wanted, [], note_total)
         for batch in pages:
-            yield from self._records(object_type, batch, subscriptions)
+            yield from self._records(
+                object_type, batch, subscriptions, readdressed=True, since=since.modstamp
+            )
 
     def _wanted(self, object_type: str, fields: Sequence[str]) -> tuple[list[str], list[str]]:
         """The properties a read of ``fields`` asks HubSpot for, and the subscription ids whose
@@ -383,24 +394,45 @@ class HubSpotConnector(sdk.Connector):
         ).json()
 
     def _records(
-        self, object_type: str, batch: list[dict[str, Any]], subscriptions: list[str]
+        self,
+        object_type: str,
+        batch: list[dict[str, Any]],
+        subscriptions: list[str],
+        *,
+        readdressed: bool = False,
+        since: datetime | None = None,
     ) -> Iterator[sdk.CrmRecord]:
+        """``batch`` (contacts as HubSpot answers them) as records, with their subscription
+        statuses. ``readdressed`` (live contacts read for their changes): the statuses of the
+        addresses each contact had after ``since`` (all it ever had when None) are read
+        too, and a no among them that the contact no longer shows goes into
+        ``CrmRecord.earlier_values`` (``_earlier_values``)."""
+        earlier: dict[str, dict[str, datetime]] = {}
+        if subscriptions and readdressed:
+            earlier = self._earlier_addresses(batch, since)
+        earlier_addresses = sorted({address for held in earlier.values() for address in held})
         statuses = (
-            self._statuses([str((r["properties"] or {}).get("email") or "") for r in batch])
-            if subscriptions
-            else {}
-        )
-        opted_out = (
-            self._opted_out_of_all(
-                [
-                    str((r["properties"] or {}).get("email") or "")
-                    for r in batch
-                    if str((r["properties"] or {}).get(OPTED_OUT_OF_ALL) or "").lower() == "true"
-                ]
+            self._statuses(
+                [*(str((r["properties"] or {}).get("email") or "") for r in batch), *earlier_addresses]
             )
             if subscriptions
             else {}
         )
+        flagged = [
+            str((r["properties"] or {}).get("email") or "")
+            for r in batch
+            if str((r["properties"] or {}).get(OPTED_OUT_OF_ALL) or "").lower() == "true"
+        ]
+        opted_out: dict[str, str | None] = {}
+        earlier_opted_out: dict[str, str | None] = {}
+        if subscriptions and (flagged or earlier_addresses):
+            wide = self._wide_unsubscribes([*flagged, *earlier_addresses])
+            # The flag decides for the address a contact has (the time from the wide status
+            # where it is served); an earlier address only where the wide status says so.
+            opted_out = {
+                email: (wide or {}).get(email) for email in (e.strip().lower() for e in flagged) if email
+            }
+            earlier_opted_out = {a: wide[a] for a in earlier_addresses if wide and a in wide}
         for raw in batch:
             props = dict(raw.get("properties") or {})
             props["hs_object_id"] = str(raw["id"])
@@ -421,7 +453,50 @@ class HubSpotConnector(sdk.Connector):
                     props[f"subscription_{sid}"] = "UNSUBSCRIBED"
                     props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out[email])
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
-            yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props)
+            held_before = earlier.get(str(raw["id"]))
+            values = (
+                _earlier_values(props, subscriptions, held_before, statuses, earlier_opted_out)
+                if held_before
+                else {}
+            )
+            yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props, earlier_values=values or None)
+
+    def _earlier_addresses(
+        self, batch: list[dict[str, Any]], since: datetime | None
+    ) -> dict[str, dict[str, datetime]]:
+        """contact id -> each address (lower case) the contact had after ``since`` (ever, when
+        None) and no longer has -> when it stopped having it. HubSpot's search cannot answer a
+        property's history (and no property says when ``email`` last changed), so every
+        contact of the page is asked: ``POST .../batch/read`` with ``propertiesWithHistory:
+        ["email"]``, ``batch_size`` (100) contacts a call. Results are keyed by the id HubSpot
+        answers: a contact merged away since the search answers the merged contact under its
+        new id, whose history is not this contact's (the merge is reported by
+        ``read_deletions``)."""
+        current = {
+            str(raw["id"]): str((raw.get("properties") or {}).get("email") or "").strip().lower()
+            for raw in batch
+        }
+        ids = list(current)
+        out: dict[str, dict[str, datetime]] = {}
+        size = min(self.config.batch_size, BATCH_READ_LIMIT)
+        for start in range(0, len(ids), size):
+            body = {
+                "properties": ["email"],
+                "propertiesWithHistory": ["email"],
+                "inputs": [{"id": record_id} for record_id in ids[start : start + size]],
+            }
+            answer = self._request(
+                "POST", f"/crm/v3/objects/{OBJECT}/batch/read", json=body, describe="email history"
+            ).json()
+            for item in answer.get("results") or []:
+                record_id = str(item.get("id") or "")
+                if record_id not in current:
+                    continue
+                versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
+                left = _addresses_left(versions, current[record_id], since)
+                if left:
+                    out[record_id] = left
+        return out
 
     # -- deletions and merges ------------------------------------------------------------------
 
@@ -556,13 +631,14 @@ class HubSpotConnector(sdk.Connector):
                         )
         yield from sorted(pending, key=_deletion_key)
 
-    def _opted_out_of_all(self, emails: list[str]) -> dict[str, str | None]:
-        """email (lower case) -> when it opted out of all email (None: not known), for the
-        contacts whose ``hs_email_optout`` reads true. The flag decides (where it and the v4
-        "wide" status disagree for a moment, the no is kept); the v4 batch read of the wide
-        statuses gives the time, where the portal serves it."""
+    def _wide_unsubscribes(self, emails: list[str]) -> dict[str, str | None] | None:
+        """email (lower case) -> when it opted out of all email (None: not known), for those of
+        ``emails`` the v4 batch read of the "wide" statuses answers opted out; None where the
+        portal does not serve that endpoint (404). For the contacts whose ``hs_email_optout``
+        reads true the flag decides (where it and the wide status disagree for a moment, the no
+        is kept): the wide status only gives the time."""
         wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e.strip()))
-        out: dict[str, str | None] = dict.fromkeys(wanted)
+        out: dict[str, str | None] = {}
         size = self.config.status_batch_size
         for start in range(0, len(wanted), size):
             response = self._request(
@@ -574,12 +650,12 @@ class HubSpotConnector(sdk.Connector):
                 accept=lambda answer: answer.status_code == 404,  # not served: the flag alone
             )
             if response.status_code == 404:
-                return out
+                return None
             for result in response.json().get("results") or []:
                 email = str(result.get("subscriberIdString") or "").strip().lower()
                 for wide in result.get("wideStatuses") or []:
                     email_wide = str(wide.get("channel") or "EMAIL") == "EMAIL"
-                    if email in out and email_wide and wide.get("status") == "UNSUBSCRIBED":
+                    if email in wanted and email_wide and wide.get("status") == "UNSUBSCRIBED":
                         out[email] = str(wide["timestamp"]) if wide.get("timestamp") else None
         return out
 
@@ -960,6 +1036,111 @@ class HubSpotConnector(sdk.Connector):
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _stamp(value: Any) -> datetime | None:
+    """A HubSpot time, or None where there is none or it cannot be read."""
+    if value in (None, ""):
+        return None
+    try:
+        return parse_hs_datetime(str(value))
+    except ValueError:
+        return None
+
+
+def _addresses_left(
+    versions: Sequence[Mapping[str, Any]], current: str, since: datetime | None
+) -> dict[str, datetime]:
+    """Of a contact's ``email`` history (``propertiesWithHistory``), each address (lower case)
+    that it had after ``since`` (ever, when None) before the one it has now (``current``), with
+    when it stopped having it (the time of the value that replaced it). Versions newer than the
+    value the page read (a change since the search) are left for the next read."""
+    dated = sorted(
+        (
+            (stamp, str(version.get("value") or "").strip().lower())
+            for version in versions
+            if (stamp := _stamp(version.get("timestamp"))) is not None
+        ),
+        key=lambda item: item[0],
+        reverse=True,
+    )
+    now_at = next((i for i, (_stamp_, value) in enumerate(dated) if value == current), None)
+    if now_at is None:
+        return {}  # the value read is not in the history answered: nothing to go by
+    out: dict[str, datetime] = {}
+    for newer, (_when, address) in zip(dated[now_at:], dated[now_at + 1 :], strict=False):
+        left_at = newer[0]
+        if not address or address == current or (since is not None and left_at < since):
+            continue
+        out[address] = max(left_at, out.get(address, left_at))
+    return out
+
+
+def _earlier_no(
+    status: Mapping[str, Any], opted_out: bool, opted_out_at: str | None, left_at: datetime
+) -> tuple[bool, datetime | None]:
+    """Whether an earlier address showed a no for one subscription type while the contact had
+    it (its own unsubscribe, or its opt-out of all email, at or before ``left_at``), and when
+    the latest such no was given (None: not known, read as late as possible). A no given after
+    the contact left the address is not the contact's: it is left out."""
+    noes: list[datetime | None] = []
+    if status.get("status") == "UNSUBSCRIBED":
+        noes.append(_stamp(status.get("timestamp")))
+    if opted_out:
+        noes.append(_stamp(opted_out_at))
+    held = [no for no in noes if no is None or no <= left_at]
+    if not held:
+        return False, None
+    if any(no is None for no in held):
+        return True, None
+    return True, max(no for no in held if no is not None)
+
+
+def _earlier_values(
+    props: Mapping[str, Any],
+    subscriptions: list[str],
+    held_before: Mapping[str, datetime],
+    statuses: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    opted_out: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """The noes of a contact's earlier addresses that its record no longer shows, as
+    ``subscription_<id>`` UNSUBSCRIBED with the legal basis and time of that no: for each
+    subscription type the record does not show a no for, the latest no an earlier address
+    showed while the contact had it. Left out where the record shows a yes given after it (the
+    person's latest word, under the new address) or a yes whose order against it is not known:
+    taken, a wrong no would have the engine unsubscribe the new address, which HubSpot never
+    undoes."""
+    out: dict[str, Any] = {}
+    for sid in subscriptions:
+        shown = props.get(f"subscription_{sid}")
+        if shown == "UNSUBSCRIBED":
+            continue  # the record says no itself
+        latest: tuple[datetime | None, Mapping[str, Any]] | None = None
+        for address, left_at in held_before.items():
+            status = statuses.get(address, {}).get(sid, {})
+            said_no, when = _earlier_no(status, address in opted_out, opted_out.get(address), left_at)
+            if not said_no:
+                continue
+            if latest is None or when is None or (latest[0] is not None and when > latest[0]):
+                latest = (when, status)
+            if when is None:
+                break  # undated: as late as can be
+        if latest is None:
+            continue
+        when, status = latest
+        if shown == "SUBSCRIBED":
+            yes_at = _stamp(props.get(f"subscription_{sid}_timestamp"))
+            if when is None or yes_at is None or yes_at >= when:
+                continue  # the yes under the new address is later (or not known to be earlier)
+        out[f"subscription_{sid}"] = "UNSUBSCRIBED"
+        out[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
+        out[f"subscription_{sid}_timestamp"] = _iso(when) if when is not None else None
+    return out
+
+
+def _iso(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _latest_no(status: Mapping[str, Any], opted_out_at: str | None) -> str | None:

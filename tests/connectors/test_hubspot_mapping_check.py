@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
@@ -15,16 +13,8 @@ from consentsync.sdk.harness import write_sync_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def harness() -> Iterator[HubSpotHarness]:
-    made = HubSpotHarness()
-    made.start()
-    yield made
-    made.stop()
-
-
-def test_the_example_mapping_checks_against_the_sandbox(harness: HubSpotHarness, tmp_path: Path) -> None:
-    config = write_sync_config(harness, tmp_path, name="hubspot-main")
+def test_the_example_mapping_checks_against_the_sandbox(hubspot: HubSpotHarness, tmp_path: Path) -> None:
+    config = write_sync_config(hubspot, tmp_path, name="hubspot-main")
     mapping = str(ROOT / "connectors/consentsync_hubspot/mappings/contacts.yaml")
     result = CliRunner().invoke(
         main, ["--config", str(config), "mapping", "check", mapping, "--against", "hubspot-main"]
@@ -33,8 +23,8 @@ def test_the_example_mapping_checks_against_the_sandbox(harness: HubSpotHarness,
     assert "contacts: ok" in result.output
 
 
-def test_a_subscription_the_portal_lacks_is_named(harness: HubSpotHarness, tmp_path: Path) -> None:
-    config = write_sync_config(harness, tmp_path, name="hubspot-main")
+def test_a_subscription_the_portal_lacks_is_named(hubspot: HubSpotHarness, tmp_path: Path) -> None:
+    config = write_sync_config(hubspot, tmp_path, name="hubspot-main")
     text = (
         (ROOT / "connectors/consentsync_hubspot/mappings/contacts.yaml")
         .read_text()

@@ -11,12 +11,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
 from sqlalchemy import select
@@ -34,18 +32,8 @@ KEPT = "keep.me@example.test"
 CONNECTOR = "contract"
 
 
-@pytest.fixture
-def harness() -> Iterator[HubSpotHarness]:
-    made = HubSpotHarness()
-    made.start()
-    try:
-        yield made
-    finally:
-        made.stop()
-
-
-def _config(harness: HubSpotHarness, tmp_path: Path) -> Path:
-    path = write_sync_config(harness, tmp_path)
+def _config(hubspot: HubSpotHarness, tmp_path: Path) -> Path:
+    path = write_sync_config(hubspot, tmp_path)
     data = yaml.safe_load(path.read_text())
     data["connectors"][0]["erasure"] = {"contacts": "delete"}
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
@@ -57,12 +45,12 @@ def _run(config: Path, **options: Any) -> None:
     assert report.status == "succeeded", report.error
 
 
-def _synced_and_erased(harness: HubSpotHarness, tmp_path: Path) -> tuple[Path, str, str]:
+def _synced_and_erased(hubspot: HubSpotHarness, tmp_path: Path) -> tuple[Path, str, str]:
     """Two people synced, one of them then erased in the ledger: the config, and the erased and
     the kept contact's ids."""
-    erased = harness.create_person(ERASED)
-    kept = harness.create_person(KEPT)
-    config = _config(harness, tmp_path)
+    erased = hubspot.create_person(ERASED)
+    kept = hubspot.create_person(KEPT)
+    config = _config(hubspot, tmp_path)
     _run(config, full=True)
     engine = open_sync_engine(config)
     engine.ledger.erase(ERASED, reason="Art. 17 request")
@@ -85,8 +73,8 @@ def _ledger(config: Path, record_id: str) -> tuple[Any, list[Any], list[dict[str
     return link, rows, pushed, int(status["erasures_pending"])
 
 
-def _deleted_for_good(harness: HubSpotHarness, record_id: str) -> None:
-    portal = harness.sandbox.portal
+def _deleted_for_good(hubspot: HubSpotHarness, record_id: str) -> None:
+    portal = hubspot.sandbox.portal
     assert portal.get(record_id) is None, "the contact is still live"
     assert record_id not in {str(cid) for cid, _ in portal.archived()}, (
         "the contact is in the recycle bin (archived), restorable with its personal data"
@@ -97,13 +85,13 @@ def _deleted_for_good(harness: HubSpotHarness, record_id: str) -> None:
 
 
 def test_an_erasure_deletes_the_hubspot_contact_for_good_once(
-    harness: HubSpotHarness, tmp_path: Path
+    hubspot: HubSpotHarness, tmp_path: Path
 ) -> None:
-    config, erased, kept = _synced_and_erased(harness, tmp_path)
+    config, erased, kept = _synced_and_erased(hubspot, tmp_path)
     _run(config)
-    _deleted_for_good(harness, erased)
-    assert harness.sandbox.calls["gdpr_delete"] == 1 and harness.sandbox.calls["batch_archive"] == 0
-    assert harness.sandbox.portal.get(kept) is not None, "the erasure reached another person's contact"
+    _deleted_for_good(hubspot, erased)
+    assert hubspot.sandbox.calls["gdpr_delete"] == 1 and hubspot.sandbox.calls["batch_archive"] == 0
+    assert hubspot.sandbox.portal.get(kept) is not None, "the erasure reached another person's contact"
     link, rows, pushed, pending = _ledger(config, erased)
     assert link.gone_at is not None, "the deleted contact's link is still live"
     assert [(row.action, row.rule, row.status) for row in rows if row.rule == "erasure_delete"] == [
@@ -115,31 +103,31 @@ def test_an_erasure_deletes_the_hubspot_contact_for_good_once(
     time.sleep(1.1)
     _run(config)
     _run(config, full=True)
-    assert harness.sandbox.calls["gdpr_delete"] == 1, "the erasure was sent again"
+    assert hubspot.sandbox.calls["gdpr_delete"] == 1, "the erasure was sent again"
     assert _ledger(config, erased)[2] == pushed
     assert _ledger(config, kept)[0].gone_at is None
 
 
 def test_a_sync_killed_after_hubspot_deleted_the_contact_sends_it_again_harmlessly(
-    harness: HubSpotHarness, tmp_path: Path
+    hubspot: HubSpotHarness, tmp_path: Path
 ) -> None:
     """The run is killed (SIGKILL) when HubSpot has answered the permanent delete and the
     ledger has not committed the answer. The next run sends it again; HubSpot has nothing left
     to delete (404, confirmed by a read of the id) and the erasure is done, once."""
-    config, erased, _kept = _synced_and_erased(harness, tmp_path)
+    config, erased, _kept = _synced_and_erased(hubspot, tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "CONSENTSYNC_CONFIG"}
     env["CONSENTSYNC_FAILPOINTS"] = "sync.push.answered=kill@1"
     killed = subprocess.run(sync_command(config, CONNECTOR), env=env, capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
-    assert harness.sandbox.calls["gdpr_delete"] == 1
-    _deleted_for_good(harness, erased)
+    assert hubspot.sandbox.calls["gdpr_delete"] == 1
+    _deleted_for_good(hubspot, erased)
     link, rows, pushed, pending = _ledger(config, erased)
     assert link.gone_at is None and pending == 1, "the answer was committed before the kill"
     (sent,) = [row for row in rows if row.rule == "erasure_delete"]
     assert sent.status == "pending" and sent.sent_at is not None
     time.sleep(1.1)
     _run(config)
-    assert harness.sandbox.calls["gdpr_delete"] == 2, "the unanswered delete was not sent again"
+    assert hubspot.sandbox.calls["gdpr_delete"] == 2, "the unanswered delete was not sent again"
     link, rows, pushed, pending = _ledger(config, erased)
     assert link.gone_at is not None and pending == 0
     assert [(row.rule, row.status) for row in rows if row.rule == "erasure_delete"] == [
@@ -148,4 +136,4 @@ def test_a_sync_killed_after_hubspot_deleted_the_contact_sends_it_again_harmless
     assert [p["rule"] for p in pushed if p["rule"] == "erasure_delete"] == ["erasure_delete"]
     time.sleep(1.1)
     _run(config)
-    assert harness.sandbox.calls["gdpr_delete"] == 2
+    assert hubspot.sandbox.calls["gdpr_delete"] == 2

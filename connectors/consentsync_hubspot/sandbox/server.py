@@ -25,7 +25,16 @@ Endpoints (endpoint kind in brackets):
 * ``GET /crm/v3/objects/contacts?archived=true`` [list]: archived (deleted) contacts, each with
   ``"archived": true`` and ``archivedAt``, paged with ``after``, in id order (not archivedAt).
   ``POST .../batch/read?archived=true`` [batch_read] answers archived contacts only, with the
-  properties they held when archived (a live id is OBJECT_NOT_FOUND there).
+  properties they held when archived (a live id is OBJECT_NOT_FOUND there). A batch read of live
+  contacts answers a merged-away id with the contact it was merged into, under that contact's
+  id (HubSpot's changelog "Updated merge functionality for contacts and companies": "fetching
+  any records using the original IDs will return the new merged record with the new ID").
+  ``propertiesWithHistory`` (a batch read's body) answers each named property's versions, newest
+  first, as ``{"value", "timestamp", "sourceType"}``; the sandbox keeps the history of ``email``
+  (a user's edit ``CRM_UI``, an API write ``API``, an import ``IMPORT``, a form ``FORM``) and
+  answers another property with its current value alone. A contact's address changing moves its
+  ``hs_email_optout_<id>`` and ``hs_email_optout`` to the new address's statuses (HubSpot keys
+  them by address).
 * ``GET /crm/v3/objects/contacts/{id}`` [get]: one contact; a merged-away id answers the contact
   it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
 * ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
@@ -341,6 +350,9 @@ class HubSpotPortal:
         # Contacts written but not yet in the search index (HubSpot's search lags writes).
         self._unindexed: set[int] = set()
         self._statuses: dict[tuple[str, str], Subscription] = {}
+        # Each contact's ``email`` property history, oldest first: (value, when, sourceType), as
+        # ``propertiesWithHistory`` answers it (newest first).
+        self._email_history: dict[int, list[tuple[str | None, dt.datetime, str]]] = {}
         # Addresses opted out of all email ("wide" status), with when they opted out.
         self._opted_out_of_all: dict[str, dt.datetime] = {}
         self.properties: dict[str, PropertyDef] = {
@@ -431,6 +443,9 @@ class HubSpotPortal:
                 "createdate": moment,
                 "lastmodifieddate": moment,
             }
+            if values.get("email") is not None:
+                source = _SOURCE_TYPES.get(via, "CRM_UI")
+                self._email_history[contact_id] = [(str(values["email"]), moment, source)]
         return str(contact_id)
 
     def update(
@@ -439,10 +454,13 @@ class HubSpotPortal:
         """Edit a contact as a user would (read-only properties included: HubSpot's own UI
         moves those)."""
         values = self._checked(properties, user=True)
+        moment = at or self.now()
         with self.lock:
             record = self._contacts[int(contact_id)]
+            before = record.get("email")
             record.update(values)
-            record["lastmodifieddate"] = at or self.now()
+            record["lastmodifieddate"] = moment
+            self._after_edit(int(contact_id), before, moment, "CRM_UI")
 
     def get(self, contact_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -498,6 +516,7 @@ class HubSpotPortal:
                 return False
             self._unindexed.discard(wanted)
             self._purged.add(wanted)
+            self._email_history.pop(wanted, None)
             for address in (record.get("email"), *_merged_ids(record.get("hs_additional_emails"))):
                 if address:
                     self._blocklist.add(str(address).strip().lower())
@@ -642,6 +661,10 @@ class HubSpotPortal:
             }
         )
         self._contacts[new_id] = record
+        # The new contact's address is the primary's, with the primary's history of it.
+        self._email_history[new_id] = list(self._email_history.get(primary, [])) or (
+            [(str(record["email"]), moment, "MERGE")] if record.get("email") else []
+        )
         for earlier, survivor in list(self._merged_into.items()):
             if survivor in (primary, merged):
                 self._merged_into[earlier] = new_id
@@ -756,9 +779,43 @@ class HubSpotPortal:
         values = self._checked(properties, user=False)
         with self.lock:
             record = self._contacts[int(contact_id)]
+            before = record.get("email")
             record.update(values)
-            record["lastmodifieddate"] = self.now()
+            record["lastmodifieddate"] = moment = self.now()
+            self._after_edit(int(contact_id), before, moment, "API")
             return dict(record)
+
+    def _after_edit(self, contact_id: int, before: Any, moment: dt.datetime, source: str) -> None:
+        """After an edit of a contact (the lock held): a new address goes into the ``email``
+        history, and the opt-out properties follow the address (HubSpot keys subscription
+        statuses by address, not by contact): ``hs_email_optout_<id>`` reads the new address's
+        status of each type, ``hs_email_optout`` its opt-out of all email."""
+        record = self._contacts[contact_id]
+        after = record.get("email")
+        if str(before or "").strip().lower() == str(after or "").strip().lower():
+            return
+        history = self._email_history.setdefault(contact_id, [])
+        if not history and before is not None:
+            history.append((str(before), record["createdate"], "CRM_UI"))
+        history.append((str(after) if after is not None else None, moment, source))
+        address = str(after or "").strip().lower()
+        held = self.statuses(address) if address else {}
+        for sid in self.definitions:
+            status = held.get(sid)
+            name = f"hs_email_optout_{sid}"
+            if status is not None:
+                record[name] = "true" if status.status == "UNSUBSCRIBED" else "false"
+            elif record.get(name) is not None:
+                record[name] = "false"
+        if address and address in self._opted_out_of_all:
+            record["hs_email_optout"] = "true"
+        elif record.get("hs_email_optout") is not None:
+            record["hs_email_optout"] = "false"
+
+    def email_history(self, contact_id: str) -> list[tuple[str | None, dt.datetime, str]]:
+        """The contact's ``email`` values, oldest first: (value, when set, sourceType)."""
+        with self.lock:
+            return list(self._email_history.get(_as_int(contact_id), []))
 
     def _checked(self, properties: Mapping[str, Any], *, user: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -840,6 +897,22 @@ class HubSpotPortal:
                     self.set_status(email, sid, "UNSUBSCRIBED", at=moment)
             made.append(contact_id)
         return made
+
+
+#: The ``sourceType`` an address gets in the ``email`` history by how the contact was added.
+_SOURCE_TYPES = {
+    "ui": "CRM_UI",
+    "import": "IMPORT",
+    "form": "FORM",
+    "inbox": "EMAIL_INTEGRATION",
+    "api": "API",
+}
+
+
+def _history_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return iso_ms(value)
+    return "" if value is None else value
 
 
 def _as_int(contact_id: str | int) -> int:
@@ -1354,25 +1427,60 @@ class HubSpotSandbox(HttpsSandbox):
 
     def _h_batch_read(self, request: SandboxRequest) -> SandboxResponse:
         """Contacts by id; with ``archived=true`` archived ones only, with the properties they
-        held when archived (HubSpot keeps them: an archived contact can be restored)."""
+        held when archived (HubSpot keeps them: an archived contact can be restored). A
+        merged-away id answers the contact it was merged into, with that contact's id (HubSpot's
+        changelog: "fetching any records using the original IDs will return the new merged
+        record with the new ID"), once however many of its ids are asked. ``propertiesWithHistory``:
+        each named property's values, newest first (``value``, ``timestamp``, ``sourceType``),
+        under ``propertiesWithHistory``; the sandbox keeps the history of ``email`` and answers
+        any other property with its current value alone, stamped at the contact's last change."""
         body = request.json()
         inputs = self._inputs(body, self.batch_limit)
         wanted = body.get("properties") or []
+        with_history = body.get("propertiesWithHistory") or []
+        if not isinstance(with_history, list):
+            raise HubSpotApiError(400, "VALIDATION_ERROR", "propertiesWithHistory must be a list")
         archived = (request.param("archived") or "false").lower() == "true"
-        results, missing = [], []
+        results, missing, answered = [], [], set()
         started = iso_ms(self.portal.now())
         for item in inputs:
             contact_id = str(item.get("id")) if isinstance(item, dict) else None
-            record = (
-                (self.portal.archived_one if archived else self.portal.get)(contact_id)
-                if contact_id
-                else None
-            )
-            if record is None:
+            if contact_id and archived:
+                found, record = contact_id, self.portal.archived_one(contact_id)
+            else:
+                found = self.portal.canonical(contact_id) if contact_id else None
+                record = self.portal.get(found) if found else None
+            if record is None or found is None:
                 missing.append(str(contact_id))
                 continue
-            results.append(self._object(int(contact_id), record, wanted))
+            if found in answered:
+                continue
+            answered.add(found)
+            answer = self._object(int(found), record, wanted)
+            if with_history:
+                answer["propertiesWithHistory"] = self._histories(found, record, with_history)
+            results.append(answer)
         return self._batch_answer(results, missing, [], started)
+
+    def _histories(self, contact_id: str, record: dict[str, Any], names: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in map(str, names):
+            if name not in self.portal.properties:
+                continue  # HubSpot leaves out properties that do not exist
+            if name == "email":
+                versions = self.portal.email_history(contact_id)
+            else:
+                value = record.get(name)
+                versions = [(value, record["lastmodifieddate"], "CRM_UI")] if value is not None else []
+            out[name] = [
+                {
+                    "value": _history_value(value),
+                    "timestamp": iso_ms(when),
+                    "sourceType": source,
+                }
+                for value, when, source in reversed(versions)
+            ]
+        return out
 
     def _h_batch_update(self, request: SandboxRequest) -> SandboxResponse:
         inputs = self._inputs(request.json(), self.batch_limit)

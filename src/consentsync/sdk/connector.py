@@ -90,6 +90,12 @@ class CrmRecord:
     (it holds their data). ``merged_into_object`` without ``merged_into``: the record went into
     a record of that object that the CRM does not name (Vtiger keeps a converted lead without a
     link to its contact); it is kept by the CRM all the same.
+
+    ``earlier_values``: of a live record, values it held since the last read that it no longer
+    shows, for fields whose value is not the record's own (HubSpot keys subscription statuses by
+    address: a user changing a contact's address hides the statuses of the old one). A
+    withdrawal or refusal among them is the person's and is taken, as a deleted record's last no
+    is; nothing else of them is. Give them only where the record does not show a later yes.
     """
 
     object_type: str
@@ -99,6 +105,7 @@ class CrmRecord:
     deleted: bool = False
     merged_into: str | None = None
     merged_into_object: str | None = None
+    earlier_values: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

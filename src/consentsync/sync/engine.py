@@ -1100,6 +1100,16 @@ class SyncEngine:
         if gone:
             self._keep_the_last_no(conn, mapping, gone, report, now)
             self._mark_gone(conn, mapping, gone, report, now)
+        # Values a live record held since the last read and no longer shows (HubSpot's statuses
+        # of the address a contact had before a user changed it): a no among them is the
+        # person's, taken as a deleted record's last no is (against the snapshot just saved).
+        earlier = [
+            replace(record, fields={**record.fields, **record.earlier_values})
+            for record in page
+            if record.earlier_values
+        ]
+        if earlier:
+            self._keep_the_last_no(conn, mapping, earlier, report, now)
         # What to push to these people is decided once, after the pages (a person's records come
         # on several pages: contact, lead, consent records); the marks commit with the page.
         self._mark_for_examination(conn, examine)

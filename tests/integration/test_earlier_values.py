@@ -1,0 +1,74 @@
+"""A live record's earlier values (``CrmRecord.earlier_values``): what it held since the last
+read and no longer shows, where the value is not the record's own (HubSpot keys subscription
+statuses by address, and a user changing a contact's address hides the old one's). A no among
+them is the person's: it reaches the ledger, and the record is then told, like any other record
+of the person. Against a scripted CRM, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from consentsync.ledger.service import Ledger
+from consentsync.sdk import CrmRecord, Cursor
+from tests.conftest import Clock
+from tests.integration.test_policy_s49_sync import Org, _engine, _grant, _pushed, _state
+
+OLD, NEW = "old.address@example.com", "new.address@example.com"
+
+
+class ReAddressedOrg(Org):
+    """The scripted org whose records may carry earlier values for one read."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.earlier: dict[str, dict[str, object]] = {}
+
+    def read_changes(
+        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
+    ) -> Iterator[CrmRecord]:
+        earlier, self.earlier = self.earlier, {}
+        for record in super().read_changes(object_type, fields, since, until):
+            values = earlier.get(record.record_id)
+            yield replace(record, earlier_values=values) if values else record
+
+
+def _run(ledger: Ledger, config_path: Path, org: Org, clock: Clock) -> None:
+    clock.advance(minutes=1)
+    report = _engine(ledger, config_path, org).run()
+    assert report.status == "succeeded", report.error
+
+
+def _readdressed(ledger: Ledger, config_path: Path, clock: Clock, earlier_optout: bool) -> ReAddressedOrg:
+    """The person's record read and linked, opted in; then a CRM user changes its address: the
+    record shows NEW's status (nothing said), and what OLD showed (``earlier_optout``) only
+    among its earlier values, on the next read."""
+    org = ReAddressedOrg(clock)
+    org.put("r1", OLD)
+    _grant(ledger, OLD, clock.now - timedelta(days=30))
+    _run(ledger, config_path, org, clock)
+    org.records["r1"].update(email=NEW, modifiedon=clock())
+    org.earlier["r1"] = {"optout": earlier_optout}
+    _run(ledger, config_path, org, clock)
+    return org
+
+
+def test_a_no_among_a_records_earlier_values_reaches_the_ledger_and_the_record(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    org = _readdressed(ledger, config_path, clock, earlier_optout=True)
+    assert _state(ledger, OLD) == ("withdrawn", True), "the no given under the old address was lost"
+    _run(ledger, config_path, org, clock)
+    assert _pushed(org, "r1") == [{"optout": True}], "the record under its new address was never told"
+
+
+def test_earlier_values_saying_nothing_new_change_nothing(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    org = _readdressed(ledger, config_path, clock, earlier_optout=False)  # a yes: not taken
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("granted", False)
+    assert _pushed(org, "r1") == []

@@ -1,0 +1,81 @@
+"""HubSpot keys subscription statuses by address (legacy docs "Update email subscription status":
+"The subscription status is tied to the email address, and not a specific contact record"). A
+person says no as a@, a HubSpot user changes the contact's address to b@ before the next sync.
+Through the real connector and sync engine against the sandbox over HTTPS: the ledger takes the
+no given as a@ (the connector hands it over as an earlier value) and the contact, under b@, is
+told; a yes the person gave under b@ after the no is their latest word for that subscription
+and nothing is taken for it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from consentsync_hubspot.sandbox.harness import MARKETING, HubSpotHarness
+
+from consentsync.sdk.harness import open_sync_engine, write_sync_config
+
+A, B = "a.person@example.test", "b.person@example.test"
+
+
+def _marketing(engine: Any, email: str) -> dict[str, Any]:
+    view = engine.ledger.subject_view(email)
+    return next(s for s in view["purposes"] if (s["purpose"], s["channel"]) == ("email_marketing", "email"))
+
+
+def _run(config: Path) -> Any:
+    time.sleep(1.1)
+    engine = open_sync_engine(config)
+    report = engine.run()
+    assert report.status == "succeeded", report.error
+    return engine
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "opt_out_of_all"])
+@pytest.mark.parametrize("later_yes", [False, True], ids=["no_is_the_latest_word", "later_yes_under_b"])
+def test_a_no_given_under_the_old_address_reaches_the_ledger_and_the_new_address(
+    hubspot: HubSpotHarness, tmp_path: Path, how: str, later_yes: bool
+) -> None:
+    portal = hubspot.sandbox.portal
+    contact = hubspot.create_person(A)
+    portal.set_status(
+        A, MARKETING, "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", explanation="form", source="Form"
+    )
+    config = write_sync_config(hubspot, tmp_path)
+    first = open_sync_engine(config)
+    assert first.run(full=True).status == "succeeded"
+    assert _marketing(first, A)["status"] == "granted"
+
+    time.sleep(1.1)
+    if how == "unsubscribe":
+        portal.set_status(A, MARKETING, "UNSUBSCRIBED", source="Subscription preferences page")
+    else:
+        portal.unsubscribe_all(A)
+    time.sleep(0.01)
+    portal.update(contact, {"email": B})  # a user corrects the address before the next sync
+    if later_yes:
+        time.sleep(0.01)
+        portal.set_status(
+            B, MARKETING, "SUBSCRIBED", legal_basis="CONSENT_WITH_NOTICE", explanation="form", source="Form"
+        )
+    hubspot.sandbox.reset_counters()
+    engine = _run(config)
+    engine = _run(config)  # the contact is told on the run after the one that read the no
+
+    state = _marketing(engine, A)
+    b_status = portal.status(B, MARKETING)
+    if later_yes:
+        assert (state["status"], state["suppressed"]) == ("granted", False), state
+        assert b_status is not None and b_status.status == "SUBSCRIBED", "b@ unsubscribed despite its yes"
+        if how == "unsubscribe":
+            assert hubspot.sandbox.calls["unsubscribe"] == 0
+        else:
+            # The opt-out of all email under a@ stays the latest word for the subscription the
+            # person did not take up again under b@ (the yes is compared type by type).
+            service = portal.status(B, "1002")
+            assert service is not None and service.status == "UNSUBSCRIBED"
+    else:
+        assert (state["status"], state["suppressed"]) == ("withdrawn", True), "the no given as a@ was lost"
+        assert b_status is not None and b_status.status == "UNSUBSCRIBED", "b@ was never told"
