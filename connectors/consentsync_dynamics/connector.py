@@ -31,6 +31,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
@@ -108,6 +109,17 @@ def parse_dataverse_datetime(value: str) -> datetime:
     return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
 
 
+def _created_after(created: Any, seen: datetime | None) -> bool:
+    """Whether a row created at ``created`` (its createdon, as answered) was created after
+    ``seen`` (a moment of the service's clock), its clocks allowed to disagree a little."""
+    if seen is None or not isinstance(created, str):
+        return False
+    try:
+        return parse_dataverse_datetime(created) > seen + _CLOCK_MARGIN
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Entity:
     logical_name: str
@@ -134,38 +146,97 @@ class _TableRead:
 @dataclass(slots=True)
 class _ConsentChanges:
     """What a read of the consent rows' delta found: the link after it, the addresses of the rows
-    that changed, and whether a row went from an address it does not name (every contact is to
-    be checked again)."""
+    that changed, and whether a row may have left an address it does not name (deleted, or an
+    existing row edited: every contact is to be checked again)."""
 
     link: str
     addresses: set[str]
     recheck: bool
 
 
-# The token of a Journeys view's cursor: the contacts' token (a delta link, with its signpost)
-# and the consent rows' delta link.
+# The token of a Journeys view's cursor (:class:`_JourneysState`).
 _JOURNEYS_TOKEN = "consentsync-journeys:"
+# How far the service's clocks may disagree: its answers' Date and its rows' createdon.
+_CLOCK_MARGIN = timedelta(seconds=30)
 
 
-def _journeys_token(contact_token: str, consent_link: str) -> str:
-    return _JOURNEYS_TOKEN + json.dumps({"contact": contact_token, "consents": consent_link})
+def _position(cursor: sdk.Cursor) -> list[str | None]:
+    return [cursor.modstamp.isoformat() if cursor.modstamp else None, cursor.record_id]
 
 
-def _journeys_tokens(token: str | None) -> tuple[str | None, str | None]:
-    """(contacts' token, consent rows' link) of a Journeys view's token; (None, None) for none,
-    or for a token without the consent rows' link (an earlier version's: the contacts' alone)."""
-    if not token or not token.startswith(_JOURNEYS_TOKEN):
-        return None, None
+def _cursor_at(value: Any) -> sdk.Cursor | None:
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    stamp, record_id = value
+    if not (stamp is None or isinstance(stamp, str)) or not (record_id is None or isinstance(record_id, str)):
+        return None
     try:
-        both = json.loads(token[len(_JOURNEYS_TOKEN) :])
+        return sdk.Cursor(parse_dataverse_datetime(stamp) if stamp else None, record_id)
     except ValueError:
-        return None, None
-    if not isinstance(both, dict):
-        return None, None
-    contact, consents = both.get("contact"), both.get("consents")
-    if not isinstance(contact, str) or not isinstance(consents, str):
-        return None, None
-    return contact, consents
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _JourneysState:
+    """Where a Journeys view's read stands, kept as its cursor's token (JSON after
+    :data:`_JOURNEYS_TOKEN`), stored by the engine with every page that carries it.
+
+    * ``contact``: the contacts' token (a delta link, with its signpost); during a first read,
+      the contacts' delta link it took before its first contact;
+    * ``consents``: the consent rows' delta link; during a first read, the one it took first;
+    * ``walk``: a first read in progress, the (modifiedon, id) position it walked the contacts to
+      (``Cursor()``: none yet), each contact looked up after ``consents`` was taken;
+    * ``seen``: a moment of the service's clock after every look-up whose answer was handed over
+      since ``consents`` was taken: a consent row created later was seen by none;
+    * ``recheck``: a check of every contact in progress (a consent row deleted or edited), the
+      position it reached; ``again``: one more from the first contact is due after it (a row
+      deleted or edited after it began, when contacts before its position were checked).
+    """
+
+    contact: str
+    consents: str
+    walk: sdk.Cursor | None = None
+    seen: datetime | None = None
+    recheck: sdk.Cursor | None = None
+    again: bool = False
+
+    def token(self) -> str:
+        data: dict[str, Any] = {"contact": self.contact, "consents": self.consents}
+        if self.walk is not None:
+            data["walk"] = _position(self.walk)
+        if self.seen is not None:
+            data["seen"] = odata_literal(self.seen)
+        if self.recheck is not None:
+            data["recheck"] = _position(self.recheck)
+            data["again"] = self.again
+        return _JOURNEYS_TOKEN + json.dumps(data)
+
+    @classmethod
+    def of(cls, token: str | None) -> _JourneysState | None:
+        """The state a token holds; None for none, for an unreadable one, or for a token of the
+        contacts alone (an earlier version's)."""
+        if not token or not token.startswith(_JOURNEYS_TOKEN):
+            return None
+        try:
+            data = json.loads(token[len(_JOURNEYS_TOKEN) :])
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        contact, consents = data.get("contact"), data.get("consents")
+        if not isinstance(contact, str) or not isinstance(consents, str):
+            return None
+        walk = _cursor_at(data["walk"]) if "walk" in data else None
+        recheck = _cursor_at(data["recheck"]) if "recheck" in data else None
+        if ("walk" in data and walk is None) or ("recheck" in data and recheck is None):
+            return None
+        seen = None
+        if isinstance(data.get("seen"), str):
+            try:
+                seen = parse_dataverse_datetime(data["seen"])
+            except ValueError:
+                seen = None
+        return cls(contact, consents, walk, seen, recheck, data.get("again") is True)
 
 
 class _DeltaRefused(Exception):
@@ -215,11 +286,21 @@ class DynamicsConnector(sdk.Connector):
         self.rows_created = 0  # Journeys consent rows created (journeys.py)
         self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
         self.full_reloads = 0  # delta links refused, tables read again from the start
+        # The latest Date this environment's Web API answered with (the service's clock).
+        self._answered_at: datetime | None = None
 
     # -- session -------------------------------------------------------------------------------
 
     def _count(self, response: requests.Response) -> None:
         self.usage.count(_endpoint_kind(response.request.url or "", response.request.method or ""))
+        date = response.headers.get("Date")
+        if date and self._ours(response.request.url or ""):
+            try:
+                moment = parsedate_to_datetime(date).astimezone(UTC)
+            except (TypeError, ValueError):
+                return
+            if self._answered_at is None or moment > self._answered_at:
+                self._answered_at = moment
 
     def _access_token(self) -> str:
         # Renewed a minute before it lapses, and whenever the API answered 401.
@@ -484,10 +565,13 @@ class DynamicsConnector(sdk.Connector):
             raise _DeltaRefused(code or str(response.status_code))
         return response.json()
 
-    def _read_keyset(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+    def _read_keyset(
+        self, table: _TableRead, since: sdk.Cursor, until: datetime | None
+    ) -> Iterator[sdk.CrmRecord]:
+        """The rows after ``since`` in (modifiedon, id) order, up to ``until`` (None: every one)."""
         entity, wire, filters = table.entity, table.wire, table.filters
         key = entity.primary_id
-        terms = [f"modifiedon le {odata_literal(until)}"]
+        terms = [f"modifiedon le {odata_literal(until)}"] if until is not None else []
         if since.modstamp is not None:
             stamp = odata_literal(since.modstamp)
             if since.record_id is None:
@@ -506,7 +590,7 @@ class DynamicsConnector(sdk.Connector):
             terms.append("(" + " or ".join(f"{wire[column]} eq {odata_literal(v)}" for v in allowed) + ")")
         params: dict[str, str] | None = {
             "$select": ",".join(wire.values()),
-            "$filter": " and ".join(terms),
+            **({"$filter": " and ".join(terms)} if terms else {}),
             "$orderby": f"modifiedon asc,{key} asc",
         }
         url = f"{self.config.api_url}/{entity.entity_set}"
@@ -593,23 +677,24 @@ class DynamicsConnector(sdk.Connector):
         per page read.
 
         A purpose field changes when a contact changes (its address) and when a consent row does
-        (created, deleted, its address edited) while the contact does not. With change tracking
-        the read follows both tables, each by its own delta link, the two kept in the cursor's
-        token (:func:`_journeys_token`):
+        (created, deleted, edited) while the contact does not. With change tracking the read
+        follows both tables, each by its own delta link, kept in the cursor's token
+        (:class:`_JourneysState`), which the engine stores with every page:
 
-        * the consent rows' delta is read first, to its new link: the addresses of the rows it
-          shows changed; a deleted row (``$deletedEntity``: its id alone) or a row the connector
-          created that now names another address (its id is derived from the first one) may have
-          taken a row from any address, so it has every contact checked again;
-        * then the contacts' delta, each page's fields looked up after that link was taken (a
-          consent row changed later comes in the next delta);
-        * then the contacts at the changed addresses, and where a check is due every contact
-          with an address that a purpose now shows without a row (the only ones a lost row can
-          have changed), each handed over once.
+        * a first read (a --full run, a token of an earlier version, a refused link) takes the
+          consent rows' link, then the contacts', and walks the contacts by (modifiedon, id), each
+          page looked up after that link was taken. Its token holds both links and the position
+          walked to, so a read stopped part way goes on from there. Once the walk is done, the
+          consent rows' delta from the link it took first hands over what changed meanwhile;
+        * a later read takes the consent rows' delta first, to its new link: the addresses of
+          the rows it shows changed; a deleted row (its id alone) or an existing row edited (it
+          may have left another address, purpose or channel: the delta shows a row as it is) has
+          every contact checked again. Then the contacts' delta, each page looked up after that
+          link was taken; then the contacts at the changed addresses;
+        * a check of every contact hands over those with an address that a purpose shows without
+          a row (the only ones a lost row can have changed); its position is kept in the token
+          with both new links, so it goes on in the next run where it stopped.
 
-        The new token is handed over after the last of them: a run that stops before reads the
-        same changes again. A read without the consent rows' link (the first, a --full run, a
-        token of an earlier version, a refused link) reads every contact after taking it.
         Without change tracking the contacts alone are read by modifiedon; a consent row's change
         shows once its contact changes."""
         purposes = self._journeys_purposes(fields)
@@ -618,56 +703,194 @@ class DynamicsConnector(sdk.Connector):
         columns = [name for name in fields if name not in purposes]
         table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
         consents = self._entity(CONSENT_TABLE)
-        handed: set[str] = set()
         if not (self.config.change_tracking and contact.change_tracking and consents.change_tracking):
-            yield from self._journeys_pages(self._read_table(table, since, until), purposes, handed)
+            yield from self._journeys_pages(self._read_table(table, since, until), purposes, set())
             return
-        contact_token, consent_link = _journeys_tokens(since.token)
+        yield from self._handed_over(self._journeys_steps(table, purposes, since, until))
+
+    def _handed_over(
+        self, steps: Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]
+    ) -> Iterator[sdk.CrmRecord]:
+        """The records of ``steps``, each with ``completed_cursor`` set to the cursor that holds
+        once it is handed over (the engine stores it with the page it ends); the read's last
+        cursor (``(None, cursor)``) goes with its last record, or alone where there is none.
+        One record is held back for that: the engine keeps a cursor handed over after a page
+        carrying one only if it is that page's."""
+        held: tuple[sdk.CrmRecord, sdk.Cursor | None] | None = None
+        final: sdk.Cursor | None = None
+        for record, mark in steps:
+            if record is None:
+                final = mark
+                continue
+            if held is not None:
+                self.completed_cursor = held[1]
+                yield held[0]
+            held = (record, mark)
+        if final is None and held is not None:
+            final = held[1]
+        self.completed_cursor = final
+        if held is not None:
+            yield held[0]
+
+    def _journeys_steps(
+        self, table: _TableRead, purposes: Mapping[str, str], since: sdk.Cursor, until: datetime
+    ) -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+        """The Journeys view's records, each with the cursor that holds once it is handed over,
+        then ``(None, the read's last cursor)`` (see :meth:`_read_journeys`)."""
         wire = self._consent_change_wire()
-        changes: _ConsentChanges | None = None
-        if consent_link is not None:
-            try:
-                changes = self._consent_changes(consent_link, wire)
-            except _DeltaRefused as refused:
-                log.warning(
-                    "dynamics.delta_link_refused", connector=self.name, table=CONSENT_TABLE, code=str(refused)
-                )
-                self.full_reloads += 1
+        state = _JourneysState.of(since.token)
+        if state is None and (since.token is not None or since.modstamp is not None):
+            # A token of an earlier version (the contacts' link alone), or a position without one
+            # (a first read of an earlier version, stopped): its look-ups are of no known link.
+            log.info("dynamics.journeys_read_in_full", connector=self.name, reason="no consent link")
+        position = sdk.Cursor(since.modstamp, since.record_id)
+        handed: set[str] = set()
+        if state is not None and state.walk is None:
+            # A later read: the consent rows' changes, then the contacts'.
+            changes = self._refused_as_none(lambda: self._consent_changes(state.consents, wire, state.seen))
+            if changes is None:
+                state = None
+            else:
+                # Until the new links are handed over, the old ones hold; each page carries the
+                # time of its look-ups (a row created later was seen by none of them).
+                def holding() -> sdk.Cursor:
+                    kept = replace(state, seen=self._answered_at)
+                    return replace(position, token=kept.token())
+
+                contact_since = sdk.Cursor(since.modstamp, since.record_id, state.contact)
+                ended: list[sdk.Cursor | None] = []
+
+                def contacts() -> Iterator[sdk.CrmRecord]:
+                    yield from self._read_delta(table, contact_since, until)
+                    # Taken as the delta ends: the records of its last page are yet to come.
+                    ended.append(self.completed_cursor)
+                    self.completed_cursor = None
+
+                try:
+                    for record in self._journeys_pages(contacts(), purposes, handed):
+                        yield record, holding()
+                except _DeltaRefused as refused:
+                    self._log_refused("contact", refused)
+                    # A first read after the consent rows' new link: every contact is looked up
+                    # after it, whatever the changes before it did.
+                    state = self._new_walk(table, changes.link)
+                else:
+                    done = ended[0] if ended else None
+                    if done is None or done.token is None:
+                        yield None, holding()  # the delta ended without its link: read it again
+                        return
+                    position = sdk.Cursor(done.modstamp, done.record_id)
+                    if changes.addresses:
+                        at = (
+                            r
+                            for r in self._contacts_at(table, changes.addresses)
+                            if r.record_id.lower() not in handed
+                        )
+                        for record in self._journeys_pages(at, purposes, handed):
+                            yield record, holding()
+                    lap, again = state.recheck, state.again
+                    if changes.recheck:
+                        lap, again = (sdk.Cursor(), False) if lap is None else (lap, True)
+                    after = _JourneysState(done.token, changes.link)
+                    yield from self._recheck(table, purposes, handed, after, position, lap, again)
+                    return
+        if state is None or state.walk is None:
+            state = self._new_walk(table, self._new_delta_link(self._entity(CONSENT_TABLE), wire))
+        yield from self._walk(table, purposes, handed, state, wire, until)
+
+    def _refused_as_none(self, read: Callable[[], _ConsentChanges]) -> _ConsentChanges | None:
+        try:
+            return read()
+        except _DeltaRefused as refused:
+            self._log_refused(CONSENT_TABLE, refused)
+            return None
+
+    def _log_refused(self, table: str, refused: _DeltaRefused) -> None:
+        log.warning("dynamics.delta_link_refused", connector=self.name, table=table, code=str(refused))
+        self.full_reloads += 1
+
+    def _new_walk(self, table: _TableRead, consent_link: str) -> _JourneysState:
+        """A first read's state: the consent rows' link (taken first), the contacts' link, no
+        contact walked yet."""
+        return _JourneysState(self._new_delta_link(table.entity, table.wire), consent_link, walk=sdk.Cursor())
+
+    def _walk(
+        self,
+        table: _TableRead,
+        purposes: Mapping[str, str],
+        handed: set[str],
+        state: _JourneysState,
+        wire: Mapping[str, str],
+        until: datetime,
+    ) -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+        """A first read, from the position its state holds: every contact up to ``until`` by
+        (modifiedon, id), each page looked up after the consent rows' link was taken; then that
+        link's delta (rows changed during the walk, whatever run it went on in): the contacts at
+        their addresses, and a check of every contact where a row was deleted or edited."""
+        assert state.walk is not None
+        walked = state.walk
+
+        def at(cursor: sdk.Cursor) -> sdk.Cursor:
+            return replace(cursor, token=replace(state, walk=cursor).token())
+
+        for record in self._journeys_pages(self._read_keyset(table, walked, until), purposes, handed):
+            walked = sdk.Cursor(record.modstamp, record.record_id)
+            yield record, at(walked)
+        changes = self._refused_as_none(lambda: self._consent_changes(state.consents, wire, None))
         if changes is None:
-            # Every contact, each looked up after the consent rows' link is taken. A first read
-            # that stopped part way starts again: the contacts it handed over were looked up
-            # before this link, and a consent row changed since would be in neither.
-            if since.token is not None and consent_link is None:
-                log.info("dynamics.journeys_read_in_full", connector=self.name, reason="no consent link")
-            changes = _ConsentChanges(self._new_delta_link(consents, wire), set(), recheck=False)
-            contact_since = sdk.Cursor()
-        else:
-            contact_since = replace(since, token=contact_token)
-        contact_cursor: sdk.Cursor | None = None
-
-        def contacts() -> Iterator[sdk.CrmRecord]:
-            nonlocal contact_cursor
-            yield from self._read_table(table, contact_since, until)
-            # Kept back until the consent rows' changes are handed over too.
-            contact_cursor, self.completed_cursor = self.completed_cursor, None
-
-        yield from self._journeys_pages(contacts(), purposes, handed)
+            # The link taken first is past the retention period: the walk's look-ups are of no
+            # link the service still knows. Once more from the first contact.
+            yield from self._walk(
+                table,
+                purposes,
+                set(),
+                self._new_walk(table, self._new_delta_link(self._entity(CONSENT_TABLE), wire)),
+                wire,
+                until,
+            )
+            return
         if changes.addresses:
-            at = (r for r in self._contacts_at(table, changes.addresses) if r.record_id.lower() not in handed)
-            yield from self._journeys_pages(at, purposes, handed)
-        if changes.recheck:
-            log.info("dynamics.journeys_recheck", connector=self.name, reason="consent row deleted or moved")
+            named = self._contacts_at(table, changes.addresses)
+            again = (r for r in named if r.record_id.lower() not in handed)
+            for record in self._journeys_pages(again, purposes, handed):
+                yield record, at(walked)
+        # The link was taken before the walk's first contact, ``until`` is this run's: the next
+        # read also reads, once, the contacts changed after it (as :meth:`_read_table`).
+        after = _JourneysState(f"{state.contact}#{_AFTER}{odata_literal(until)}", changes.link)
+        lap = sdk.Cursor() if changes.recheck else None
+        yield from self._recheck(table, purposes, handed, after, walked, lap, False)
+
+    def _recheck(
+        self,
+        table: _TableRead,
+        purposes: Mapping[str, str],
+        handed: set[str],
+        after: _JourneysState,
+        position: sdk.Cursor,
+        lap: sdk.Cursor | None,
+        again: bool,
+    ) -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+        """The check of every contact ``lap`` holds (None: none due) from its position, then one
+        more from the first contact where ``again``; the contacts with an address that a purpose
+        shows without a row are handed over, each with the state that resumes after it. Ends with
+        ``after``'s state: its links, the time of the last look-up, and no check due."""
+
+        def at(cursor: sdk.Cursor | None, more: bool) -> sdk.Cursor:
+            state = replace(after, seen=self._answered_at, recheck=cursor, again=more)
+            return replace(position, token=state.token())
+
+        while lap is not None:
+            log.info("dynamics.journeys_recheck", connector=self.name, reason="consent row deleted or edited")
             every = (
                 r
-                for r in self._read_keyset(table, sdk.Cursor(), until)
+                for r in self._read_keyset(table, lap, None)
                 if not r.deleted and r.record_id.lower() not in handed
             )
-            yield from self._journeys_pages(every, purposes, handed, lost_only=True)
-        if contact_cursor is None or contact_cursor.token is None:
-            return  # the contacts' read handed over no link: the next read starts as this one did
-        self.completed_cursor = replace(
-            contact_cursor, token=_journeys_token(contact_cursor.token, changes.link)
-        )
+            for record in self._journeys_pages(every, purposes, handed, lost_only=True):
+                lap = sdk.Cursor(record.modstamp, record.record_id)
+                yield record, at(lap, again)
+            lap, again = (sdk.Cursor(), False) if again else (None, False)
+        yield None, at(None, False)
 
     def _journeys_pages(
         self,
@@ -701,23 +924,35 @@ class DynamicsConnector(sdk.Connector):
 
     def _consent_change_wire(self) -> dict[str, str]:
         """The consent-row columns a read of their changes selects: the address, the purpose, and
-        the reason description (the connector's marker) where the table has it."""
+        when the row was created (an edit of an existing row may have moved it)."""
         known = self.describe(CONSENT_TABLE)
         names = ["msdynmkt_contactpointvalue", "msdynmkt_purposeid"]
-        if "msdynmkt_reason" in known:
-            names.append("msdynmkt_reason")
+        if "createdon" in known:
+            names.append("createdon")
         return self._wire_names(CONSENT_TABLE, names)
 
-    def _consent_changes(self, link: str, wire: Mapping[str, str]) -> _ConsentChanges:
-        """What changed among the consent rows since ``link``, to the service's next link."""
+    def _consent_changes(self, link: str, wire: Mapping[str, str], seen: datetime | None) -> _ConsentChanges:
+        """What changed among the consent rows since ``link``, to the service's next link.
+
+        A changed row names its address (its contacts are handed over). Whether it left another
+        one the delta does not say (it shows a row as it is now, not which columns changed), so
+        a deleted row (its id alone) or a row that existed before ``seen`` (the service's time
+        after the last look-up handed over since ``link`` was taken; None: any row) has every
+        contact checked again: it may have been moved from another address, purpose or channel
+        that a look-up saw it at. Not for a row created after ``seen`` (no look-up saw it), nor for
+        a row the connector created that sits at the address and purpose its id was derived
+        from."""
         entity = self._entity(CONSENT_TABLE)
         if not self._ours(link):
             raise _DeltaRefused("a delta link of another environment")
         selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
         if set(wire.values()) - set(selected) - {entity.primary_id}:
             raise _DeltaRefused("the read needs columns the delta link does not select")
-        value, purpose = wire["msdynmkt_contactpointvalue"], wire["msdynmkt_purposeid"]
-        reason = wire.get("msdynmkt_reason")
+        value, purpose, created_on = (
+            wire["msdynmkt_contactpointvalue"],
+            wire["msdynmkt_purposeid"],
+            wire.get("createdon"),
+        )
         key = self.config.client_secret.encode()
         changes = _ConsentChanges(link, set(), recheck=False)
         url, first = link, True
@@ -728,19 +963,17 @@ class DynamicsConnector(sdk.Connector):
                 if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
                     changes.recheck = True  # its id alone: any address may have lost a row
                     continue
-                address = journeys.address_key(row.get(value))
+                address, of = journeys.address_key(row.get(value)), row.get(purpose)
                 if address is not None:
                     changes.addresses.add(address)
-                mark, of = row.get(reason) if reason else None, row.get(purpose)
-                if isinstance(mark, str) and mark.startswith(journeys.MARKER_PREFIX):
-                    # The connector's own row: its id is that of the address and purpose it was
-                    # created for. Another one now: it was moved from an address we cannot name.
-                    rid = str(row.get(entity.primary_id) or "").lower()
-                    made_for: set[str] = set()
-                    if address is not None and isinstance(of, str):
-                        ids = range(journeys.GENERATIONS)
-                        made_for = {journeys.row_id(key, of.lower(), address, g) for g in ids}
-                    changes.recheck |= rid not in made_for
+                if changes.recheck:
+                    continue
+                rid = str(row.get(entity.primary_id) or "").lower()
+                if address is not None and isinstance(of, str):
+                    ids = range(journeys.GENERATIONS)
+                    if rid in {journeys.row_id(key, of.lower(), address, g) for g in ids}:
+                        continue  # the connector's own row, where it created it
+                changes.recheck = not _created_after(row.get(created_on) if created_on else None, seen)
             if body.get("@odata.nextLink"):
                 url = self._checked_link(body["@odata.nextLink"])
                 continue
