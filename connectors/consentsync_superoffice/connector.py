@@ -10,8 +10,9 @@ Its ``consentPerson/updatedDate`` is a ``date`` column, compared by its date par
 server is asked for whole UTC days (``updatedDate date '<day>'``) and the seconds are cut here; a
 day's rows are walked in pages by the consent's id (``consentPersonId gt <last>``), a key a row
 keeps when it changes again, so no row moving between two page calls is lost or read twice, and
-no page counts rows ($skip). A day's rows are handed on, in (second, person id) order, once all
-of them are read. Each person found is read
+no page counts rows ($skip). A day is read in chunks of a few pages, each chunk's persons handed
+on in (second, person id) order as soon as its pages are read, the place inside the day kept in the
+cursor's token (``read_changes``). Each person found is read
 whole with ``Agents/Person/GetConsentInfos`` (the archive shows list values by their display
 name, GetConsentInfos by key). Writing: ``LegalBase_<KEY>`` set to a legal-basis key
 is ``SetConsent`` (with the configured source and comment), set to null it is ``RemoveConsent``;
@@ -34,13 +35,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
 
 import requests
+import structlog
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
@@ -57,6 +60,8 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(Action.SKIP, Fault.DATA, "value refused", 400),
     ]
 )
+
+log = structlog.get_logger("consentsync.superoffice")
 
 OBJECT = "Person"
 # UTC (the time zone list's code for it) and every date tagged with its offset.
@@ -75,6 +80,9 @@ PERSON_LISTS = {
 }
 PERSON_WRITABLE = (*PERSON_TEXTS, *PERSON_LISTS)
 _UNSET: Any = object()
+#: How many archive pages of a day a read walks before it hands their persons on (a chunk): a
+#: day of at most that many pages is handed on whole, in (second, person) order.
+CHUNK_PAGES = 20
 #: An archive row as read: (its updated second, person id, the person's e-mail, consent id).
 _Row = tuple[datetime, int, Any, int]
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
@@ -188,6 +196,9 @@ class SuperOfficeConnector(sdk.Connector):
         self._token = sdk.SharedLogin(self._login)
         self._token_refused = False
         self._purposes: list[str] | None = None
+        # The look-back window of this run's reads (``resume_from``): a sweep starts that long
+        # before the last one started.
+        self._window = self.lookback
 
     # -- session -------------------------------------------------------------------------------
 
@@ -320,6 +331,14 @@ class SuperOfficeConnector(sdk.Connector):
                 out[name] = sdk.FieldInfo(name, kind, updateable=attribute in WRITABLE)
         return out
 
+    def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
+        """As every connector resumes a cursor of (second, person) (one stored before the read
+        kept its place in a token, or set by an admin); a cursor with the read's token is kept
+        as it is: the token holds its own look-back (``_Walk``). The window is kept for the read:
+        the next sweep starts that long before the last one started."""
+        self._window = self.lookback if lookback is None else lookback
+        return super().resume_from(cursor, lookback)
+
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
@@ -327,42 +346,46 @@ class SuperOfficeConnector(sdk.Connector):
 
         ``consentPerson/updatedDate`` is of restriction type ``date``: SuperOffice compares only
         its date part, so the server is asked for whole days and the seconds are cut here. The
-        read goes a UTC day at a time (``updatedDate date '<day>'``): every row of the day is
-        read, in pages walked by the consent's id (``consentPersonId gt <last>``, ordered by it),
+        read is a *sweep*: from the day of its floor (every change before the floor is handled)
+        to the day of ``until``, a UTC day at a time (``updatedDate date '<day>'``), each day's
+        rows in pages walked by the consent's id (``consentPersonId gt <last>``, ordered by it),
         a key a consent keeps when it is changed again, so a row changed, added or committed late
         between two page calls pushes no other out of sight, and no page counts rows ($skip).
-        The day's rows inside ``[since, until)`` are then handed on in (second, person id) order,
-        each person once, read whole with GetConsentInfos; so the cursor never passes a row not
-        yet seen. A day holding no change is skipped by asking for the first change after it
-        (``updatedDate after '<day>'``, ordered by time). A change committed late behind the
-        pages already read is the look-back's to find: the next read starts from its day again.
-        """
+        Each page's persons with a change at or after the floor and before ``until``'s second are
+        handed on as soon as the page is read, in (second, person id) order, each read whole with
+        GetConsentInfos; the position (day, last consent id walked, last person handed on) goes
+        into the cursor's token with each person (``completed_cursor``), so the engine keeps it
+        with every page it commits and a run cut anywhere (its budget, a kill) resumes there.
+
+        A sweep that started at S has seen every row committed before S; a row committed after
+        S behind its position (a consent changed again keeps its low id; a save committed late)
+        is stamped no earlier than S less the look-back window. So once a sweep ends, the next
+        one starts at that moment (its floor), walking that day's pages again and handing on
+        only what changed since: a sweep cut across runs is followed, in the run that ends it, by
+        the next one. A day holding no change is skipped by asking for the first change after
+        it (``updatedDate after '<day>'``). Records come in (second, person) order within a
+        page; across pages of a day in the order of the walk (the token, not the records'
+        seconds, is the position)."""
         _check_object(object_type)
         wanted = purpose_fields(fields)
-        position: tuple[datetime, int] | None = None
-        if since.modstamp is not None:
-            # Cursor(modstamp, None), where a look-back resumes: every person of that second on
-            # (person ids start at 1). A fraction of a second counts as the whole second.
-            position = (_second(since.modstamp), _person_id(since.record_id or "0"))
         self.expected_records = None
-        end = _second(until)  # rows of seconds before it: every second read is complete
-        floor = position[0] if position else self._first_change()
-        if floor is None:
-            return
-        day: date | None = floor.date()
-        while day is not None:
-            midnight = datetime.combine(day, time(), UTC)
-            if midnight >= end:
-                return
-            following = midnight + timedelta(days=1)
-            low, high = max(floor, midnight), min(end, following)
-            rows = [row for row in self._day_rows(day) if low <= row[0] < high]
-            for record in self._persons(rows, position, wanted):
-                position = (record.modstamp, int(record.record_id))
-                yield record
-            if following >= end:
-                return
-            day = self._next_day_with_changes(day)
+        walk = _Walk.resumed(since, self.name)
+        sweeps = _Sweeps(self, walk, until, wanted)
+        # A run's budget spent inside a day stops the read as any error does: the engine keeps
+        # what was handed over with the position reached (the token), and the next run goes on.
+        yield from sweeps.run()
+
+    def _sweep_start(self, until: datetime, asked: datetime) -> datetime:
+        """When a sweep whose first call was made at ``asked`` (our clock) started, by
+        SuperOffice's clock: ``until`` at the latest, earlier where its answers (that first one's
+        included) showed its clock behind ours. Every row committed before it is on the pages
+        the sweep reads."""
+        moment = until
+        clock = self.crm_clock()
+        offset = clock.offset() if clock is not None else None
+        if offset is not None and offset.behind:
+            moment = min(moment, asked + offset.low)
+        return _second(moment)
 
     def _first_change(self) -> datetime | None:
         """The second of the earliest change of all (a read from the start), None when none."""
@@ -385,37 +408,29 @@ class SuperOfficeConnector(sdk.Connector):
         rows, _more = self._archive_page(where, order, top=1)
         return rows[0] if rows else None
 
-    def _day_rows(self, day: date) -> list[_Row]:
-        """Every archive row of one day (the date part of the updated column), walked in
-        consent-id order, each call restricted to the consents after the last one read. Fails
-        the run when a call makes no progress (the server ignoring the restriction or the order)
-        rather than asking the same again."""
+    def _day_page(self, day: date, after: int) -> tuple[list[_Row], bool]:
+        """One page of a day's archive rows (the date part of the updated column), in consent-id
+        order, after consent ``after`` (0: from the first); and whether more may follow. Fails
+        the run when the page makes no progress (the server ignoring the restriction or the
+        order) rather than asking the same again."""
         config = self.config
-        rows: list[_Row] = []
-        after: int | None = None
         on_day = f"{config.column_updated} date {self._day_literal(day)}"
-        while True:
-            where = on_day if after is None else f"{on_day} and {config.column_consent_id} gt {int(after)}"
-            page, more = self._archive_page(where, f"{config.column_consent_id} asc")
-            ids = [row[3] for row in page]
-            if any(b <= a for a, b in itertools.pairwise(ids)) or (
-                after is not None and ids and ids[0] <= after
-            ):
-                raise ConnectorError(
-                    f"{self.name}: the archive ignored the consent-id order or restriction "
-                    f"({config.column_consent_id} gt {after}, ordered by it)",
-                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging refused"),
-                )
-            rows += page
-            if not more:
-                return rows
-            if not page:
-                raise ConnectorError(
-                    f"{self.name}: the archive answered an empty page with a next page to follow "
-                    f"({where}): no progress",
-                    ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging made no progress"),
-                )
-            after = ids[-1]
+        where = on_day if not after else f"{on_day} and {config.column_consent_id} gt {int(after)}"
+        page, more = self._archive_page(where, f"{config.column_consent_id} asc")
+        ids = [row[3] for row in page]
+        if any(b <= a for a, b in itertools.pairwise(ids)) or (after and ids and ids[0] <= after):
+            raise ConnectorError(
+                f"{self.name}: the archive ignored the consent-id order or restriction "
+                f"({config.column_consent_id} gt {after}, ordered by it)",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging refused"),
+            )
+        if more and not page:
+            raise ConnectorError(
+                f"{self.name}: the archive answered an empty page with a next page to follow "
+                f"({where}): no progress",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging made no progress"),
+            )
+        return page, more
 
     def _day_literal(self, day: date) -> str:
         return archive_literal(day.strftime(self.config.restriction_date_format))
@@ -451,33 +466,6 @@ class SuperOfficeConnector(sdk.Connector):
         ]
         more = len(rows) >= size or bool(answer.get("odata.nextLink"))
         return rows, more
-
-    def _persons(
-        self,
-        rows: list[_Row],
-        position: tuple[datetime, int] | None,
-        wanted: dict[str, list[str]],
-    ) -> Iterator[sdk.CrmRecord]:
-        """Each person of these rows once, in (second, person id) order, read whole. A person
-        changed in several seconds of these rows is read at the last of them only: that read
-        holds the earlier changes too, and were the run to stop before it, the cursor would
-        still be before it."""
-        latest: dict[int, datetime] = {}
-        for second, person, _email, _consent in rows:
-            latest[person] = max(second, latest.get(person, second))
-        done: set[int] = set()
-        for second, person, email, _consent in sorted(rows, key=lambda row: (row[0], row[1])):
-            if (
-                person in done
-                or second < latest[person]
-                or (position is not None and (second, person) <= position)
-            ):
-                continue  # another purpose's row, a later change of the same person, or handled
-            done.add(person)
-            infos = self._request(
-                "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
-            )
-            yield _record(person, second, email, infos or [], wanted)
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Each update's answer as soon as its calls return (SuperOffice has no batch call: one
@@ -679,6 +667,263 @@ class _Interrupted(Exception):
 def _check_object(object_type: str) -> None:
     message = f"SuperOffice objects: {OBJECT} (its consents are fields of it), not {object_type!r}"
     sdk.require_object(object_type, {OBJECT}, message)
+
+
+@dataclass(slots=True)
+class _Walk:
+    """Where the read stands, kept in the cursor's token (JSON) between runs.
+
+    ``floor`` (with ``floor_id``, a person id, 0 for none): every change before it, in (second,
+    person) order, is handled; the sweep under way hands on the changes after it. ``sweep``:
+    when (SuperOffice's clock) the sweep under way started; None when none is, and ``done``
+    then says when the last one started: the next sweep's floor is the look-back window before
+    that. ``day`` and ``after``: the day being walked and the last consent id of it whose
+    persons are all handed on. ``upto``: the last consent id of the chunk of that day being
+    handed on, ``at`` the (second, person) of its last person handed on (None: none yet)."""
+
+    floor: datetime | None = None
+    floor_id: int = 0
+    done: datetime | None = None
+    sweep: datetime | None = None
+    day: date | None = None
+    after: int = 0
+    upto: int | None = None
+    at: tuple[datetime, int] | None = None
+
+    @classmethod
+    def resumed(cls, since: sdk.Cursor, name: str) -> _Walk:
+        """The walk a cursor stands for: its token, or, for a cursor without one (stored by an
+        earlier version, set by an admin, a look-back start), a sweep to begin from its (second,
+        person): every change after it is handed on."""
+        if since.token is not None:
+            try:
+                return cls.from_token(since.token)
+            except (ValueError, TypeError, KeyError, IndexError) as error:
+                log.warning("superoffice.cursor_token_unreadable", connector=name, error=str(error))
+        if since.modstamp is None:
+            return cls()
+        return cls(_second(since.modstamp), _person_id(since.record_id or "0"))
+
+    @classmethod
+    def from_token(cls, token: str) -> _Walk:
+        data = json.loads(token)
+        if not isinstance(data, dict) or data.get("v") != 1:
+            raise ValueError("not a SuperOffice read position")
+        at, upto = data.get("at"), data.get("upto")
+        return cls(
+            _moment(data.get("floor")),
+            int(data.get("floor_id") or 0),
+            _moment(data.get("done")),
+            _moment(data.get("sweep")),
+            date.fromisoformat(data["day"]) if data.get("day") else None,
+            int(data.get("after") or 0),
+            int(upto) if upto is not None else None,
+            (_required(at[0]), int(at[1])) if at else None,
+        )
+
+    def token(self) -> str:
+        return json.dumps(
+            {
+                "v": 1,
+                "floor": _iso(self.floor),
+                "floor_id": self.floor_id,
+                "done": _iso(self.done),
+                "sweep": _iso(self.sweep),
+                "day": self.day.isoformat() if self.day else None,
+                "after": self.after,
+                "upto": self.upto,
+                "at": [_iso(self.at[0]), self.at[1]] if self.at else None,
+            },
+            separators=(",", ":"),
+        )
+
+    def cursor(self, until: datetime) -> sdk.Cursor:
+        """The cursor the engine keeps: (floor, floor person) as its position, which only moves
+        forward, and the walk in its token."""
+        return sdk.Cursor(self.floor, str(self.floor_id) if self.floor_id else None, self.token(), until)
+
+
+class _Sweeps:
+    """One read: the sweep under way carried on (or one begun), and, once a sweep begun in an
+    earlier run ends, the next one begun in this run (a sweep begun in this run that ends ends
+    the read: the next one is the next run's)."""
+
+    def __init__(
+        self, connector: SuperOfficeConnector, walk: _Walk, until: datetime, wanted: dict[str, list[str]]
+    ) -> None:
+        self.connector = connector
+        self.walk = walk
+        self.until = until
+        self.end = _second(until)  # rows of seconds before it: every second read is complete
+        self.wanted = wanted
+        self.window = max(connector._window, timedelta(0))
+        # Persons read whole (GetConsentInfos) in this read: all after ``until``.
+        self.handed: set[int] = set()
+        # Whether the position moved (a chunk walked, a person handed on, a sweep ended).
+        self.moved = False
+        # When (our clock) the sweep begun in this read made its first call; None once its
+        # start is known by SuperOffice's clock (its first answer's Date) or none was begun.
+        self.asked: datetime | None = None
+
+    def run(self) -> Iterator[sdk.CrmRecord]:
+        walk = self.walk
+        begun_here = walk.sweep is None
+        if begun_here and not self._begin():
+            return
+        while True:
+            yield from self._sweep()
+            self._started()
+            walk.done, walk.sweep = walk.sweep, None
+            walk.day, walk.after, walk.upto, walk.at = None, 0, None, None
+            self._moved()
+            if begun_here or not self._begin():
+                return
+            begun_here = True
+
+    def _begin(self) -> bool:
+        """Begins a sweep: from the floor, raised to the look-back window before the start of
+        the last sweep (every row committed before that start was on its pages; one committed
+        since behind its position is stamped no earlier than the window before it). False when
+        SuperOffice holds no change at all."""
+        walk, connector = self.walk, self.connector
+        self.asked = datetime.now(UTC)
+        if walk.done is not None:
+            settled = _second(walk.done - self.window)
+            if walk.floor is None or (settled, 0) > (walk.floor, walk.floor_id):
+                walk.floor, walk.floor_id = settled, 0
+        if walk.floor is None:
+            first = connector._first_change()
+            if first is None:
+                return False
+            walk.floor = first
+        walk.sweep = _second(self.until)  # until its first answer tells SuperOffice's clock
+        walk.day, walk.after, walk.upto, walk.at = walk.floor.date(), 0, None, None
+        return True
+
+    def _sweep(self) -> Iterator[sdk.CrmRecord]:
+        """The sweep under way, from its position to its end: the day of ``until``, or the last
+        day holding a change."""
+        walk, connector = self.walk, self.connector
+        while walk.day is not None:
+            midnight = datetime.combine(walk.day, time(), UTC)
+            if midnight >= self.end:
+                return
+            rows, more = self._chunk()
+            yield from self._hand_on(rows)
+            walk.after, walk.upto, walk.at = walk.upto or walk.after, None, None
+            self._moved()
+            if more:
+                continue
+            following = midnight + timedelta(days=1)
+            day = None if following >= self.end else connector._next_day_with_changes(walk.day)
+            if day is None:
+                return
+            walk.day, walk.after = day, 0
+            self._moved()
+
+    def _chunk(self) -> tuple[list[_Row], bool]:
+        """The rows of the day's next chunk: a few pages (``_chunk_pages``), or the chunk cut
+        before, walked again up to its last consent id; and whether the day holds more.
+        ``upto`` holds the chunk's last consent id while its persons are handed on; ``after``
+        moves there once they all are."""
+        walk, connector = self.walk, self.connector
+        assert walk.day is not None
+        limit = walk.upto
+        pages = self._chunk_pages() if limit is None else None
+        rows: list[_Row] = []
+        after, count, more = walk.after, 0, True
+        while more:
+            page, more = connector._day_page(walk.day, after)
+            self._started()
+            count += 1
+            if limit is not None and any(row[3] > limit for row in page):
+                rows += [row for row in page if row[3] <= limit]
+                after, more = limit, True
+                break
+            rows += page
+            after = page[-1][3] if page else after
+            if (limit is not None and after >= limit) or (pages is not None and count >= pages):
+                break
+        walk.upto = after
+        return rows, more
+
+    def _chunk_pages(self) -> int:
+        """``CHUNK_PAGES``, or fewer where the run's budget could not read every person of them
+        (a page's rows may each be a person: a call each): a chunk the budget cuts is walked
+        again by the next run."""
+        config = self.connector.config
+        if config.budget.per_run is None:
+            return CHUNK_PAGES
+        left = config.budget.per_run - self.connector.usage.calls
+        return max(1, min(CHUNK_PAGES, left // (config.page_size + 1)))
+
+    def _started(self) -> None:
+        """After the first answer of a sweep begun in this read: its start by SuperOffice's clock."""
+        if self.asked is not None:
+            self.walk.sweep = self.connector._sweep_start(self.until, self.asked)
+            self.asked = None
+
+    def _hand_on(self, rows: list[_Row]) -> Iterator[sdk.CrmRecord]:
+        """Each person of one chunk with a change after the floor and before ``until``'s
+        second, once, at its last such second, in (second, person) order, read whole; the
+        position after each. Passed over: what the position says was handed on from this chunk
+        (a chunk walked again after a cut), and a person read whole earlier in this read whose
+        change here is older than the look-back window before ``until`` (committed before that
+        read)."""
+        walk = self.walk
+        assert walk.floor is not None
+        floor = (walk.floor, walk.floor_id)
+        latest: dict[int, tuple[datetime, Any]] = {}
+        for second, person, email, _consent in rows:
+            if second >= self.end or (second, person) <= floor:
+                continue
+            known = latest.get(person)
+            if known is None or second > known[0]:
+                latest[person] = (second, email)
+        settled = self.end - self.window
+        todo = [
+            (second, person, email)
+            for person, (second, email) in sorted(latest.items(), key=lambda item: (item[1][0], item[0]))
+            if (walk.at is None or (second, person) > walk.at)
+            and not (person in self.handed and second < settled)
+        ]
+        for number, (second, person, email) in enumerate(todo, 1):
+            infos = self.connector._request(
+                "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
+            )
+            self.handed.add(person)
+            if number < len(todo):
+                walk.at = (second, person)
+            else:
+                # The chunk's last person: once committed, the whole chunk is (where the engine
+                # commits the read's last page, the position must not stop short of it).
+                walk.after, walk.upto, walk.at = walk.upto or walk.after, None, None
+            self._moved()
+            yield _record(person, second, email, infos or [], self.wanted)
+
+    def _moved(self) -> None:
+        self.moved = True
+        self.connector.completed_cursor = self.walk.cursor(self.until)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment is not None else None
+
+
+def _moment(text: Any) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(str(text))
+    if moment.tzinfo is None:
+        raise ValueError(f"a time without its zone: {text!r}")
+    return moment.astimezone(UTC)
+
+
+def _required(text: Any) -> datetime:
+    moment = _moment(text)
+    if moment is None:
+        raise ValueError("a position without its second")
+    return moment
 
 
 def _second(moment: datetime) -> datetime:

@@ -14,7 +14,16 @@ from consentsync_superoffice.connector import archive_literal, parse_so_time
 from consentsync_superoffice.sandbox.server import SuperOfficeSandbox
 from consentsync_superoffice.sandbox.tenant import SuperOfficeTenant
 
-from consentsync.sdk import Action, ConnectorError, Cursor, Fault, RecordUpdate, WriteAction
+from consentsync.sdk import (
+    Action,
+    BudgetExhausted,
+    ConnectorError,
+    CrmRecord,
+    Cursor,
+    Fault,
+    RecordUpdate,
+    WriteAction,
+)
 from tests.connectors.against_sandbox import (
     assert_budget_stops_a_full_read,
     connector_settings,
@@ -184,9 +193,22 @@ def test_works_with_requests_ca_bundle_set(so: SuperOfficeSandbox, monkeypatch: 
 
 
 def test_run_budget_stops_the_read(so: SuperOfficeSandbox) -> None:
+    # Spent before the read moved: the run stops, as any connector's.
+    spent = connector_for(so, budget={"per_run": 1})
+    assert_budget_stops_a_full_read(spent, "Person", FIELDS)
+    assert spent.usage.calls == 1
+    # Spent after it handed persons over: the read stops as well (the engine keeps what it
+    # handed over with the position reached: its token); the next read goes on from there.
     connector = connector_for(so, budget={"per_run": 10})
-    assert_budget_stops_a_full_read(connector, "Person", FIELDS)
-    assert connector.usage.calls == 10
+    first: list[CrmRecord] = []
+    with pytest.raises(BudgetExhausted):
+        first.extend(connector.read_changes("Person", FIELDS, Cursor(), read_until()))
+    assert connector.usage.calls == 10 and 0 < len(first) < len(so.tenant.persons)
+    position = connector.completed_cursor
+    assert position is not None and position.token is not None
+    rest = list(connector_for(so).read_changes("Person", FIELDS, position, read_until()))
+    read = [r.record_id for r in first + rest]
+    assert sorted(read) == sorted(str(p) for p in so.tenant.persons), "a person lost or read twice"
 
 
 def test_hard_request_limit_stops_cleanly(so: SuperOfficeSandbox) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -330,10 +329,25 @@ ERASURE_CARRIED_SOURCE = "erasure"
 _DAY_END = (datetime.min + END_OF_DAY).time()
 
 
-def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
+def pages_read(records: Iterable[T], size: int) -> Iterator[list[T]]:
+    """A read's records in pages of ``size``; a read the connector stops with an error (the
+    run's call budget, a limit, a failure) hands over what it read before the error as a last
+    page, then raises it: a connector making a call or more a record (one a person) under a
+    budget smaller than a page's calls would otherwise never have a page committed, and every
+    run would read the same records again."""
+    page: list[T] = []
+    try:
+        for record in records:
+            page.append(record)
+            if len(page) == size:
+                yield page
+                page = []
+    except Exception:
+        if page:
+            yield page
+        raise
+    if page:
+        yield page
 
 
 class SyncEngine:
@@ -796,7 +810,7 @@ class SyncEngine:
                 if read.deletions
                 else connector.read_changes(mapping.object, mapping.pull_fields(), read.since, until)
             )
-            for page in batched(records, self.options.batch_size):
+            for page in pages_read(records, self.options.batch_size):
                 read.expected_records = connector.expected_records
                 yield read, page, connector.completed_cursor
             yield read, None, connector.completed_cursor
