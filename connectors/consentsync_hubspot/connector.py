@@ -407,7 +407,7 @@ class HubSpotConnector(sdk.Connector):
         addresses each contact had after ``since`` (all it ever had when None) are read
         too, and a no among them that the contact no longer shows goes into
         ``CrmRecord.earlier_values`` (``_earlier_values``)."""
-        earlier: dict[str, dict[str, datetime]] = {}
+        earlier: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
         if subscriptions and readdressed:
             earlier = self._earlier_addresses(batch, since)
         earlier_addresses = sorted({address for held in earlier.values() for address in held})
@@ -454,30 +454,37 @@ class HubSpotConnector(sdk.Connector):
                     props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out[email])
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             held_before = earlier.get(str(raw["id"]))
-            values = (
+            values, given_at = (
                 _earlier_values(props, subscriptions, held_before, statuses, earlier_opted_out)
                 if held_before
-                else {}
+                else ({}, {})
             )
-            yield sdk.CrmRecord(object_type, str(raw["id"]), modstamp, props, earlier_values=values or None)
+            yield sdk.CrmRecord(
+                object_type,
+                str(raw["id"]),
+                modstamp,
+                props,
+                earlier_values=values or None,
+                earlier_given_at=given_at or None,
+            )
 
     def _earlier_addresses(
         self, batch: list[dict[str, Any]], since: datetime | None
-    ) -> dict[str, dict[str, datetime]]:
+    ) -> dict[str, dict[str, list[tuple[datetime, datetime]]]]:
         """contact id -> each address (lower case) the contact had after ``since`` (ever, when
-        None) and no longer has -> when it stopped having it. HubSpot's search cannot answer a
-        property's history (and no property says when ``email`` last changed), so every
-        contact of the page is asked: ``POST .../batch/read`` with ``propertiesWithHistory:
-        ["email"]``, ``batch_size`` (100) contacts a call. Results are keyed by the id HubSpot
-        answers: a contact merged away since the search answers the merged contact under its
-        new id, whose history is not this contact's (the merge is reported by
-        ``read_deletions``)."""
+        None) and no longer has -> the spans it had it (from, to: ``_addresses_held``).
+        HubSpot's search cannot answer a property's history (and no property says when
+        ``email`` last changed), so every contact of the page is asked: ``POST
+        .../batch/read`` with ``propertiesWithHistory: ["email"]``, ``batch_size`` (100)
+        contacts a call. Results are keyed by the id HubSpot answers: a contact merged away
+        since the search answers the merged contact under its new id, whose history is not this
+        contact's (the merge is reported by ``read_deletions``)."""
         current = {
             str(raw["id"]): str((raw.get("properties") or {}).get("email") or "").strip().lower()
             for raw in batch
         }
         ids = list(current)
-        out: dict[str, dict[str, datetime]] = {}
+        out: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
         size = min(self.config.batch_size, BATCH_READ_LIMIT)
         for start in range(0, len(ids), size):
             body = {
@@ -493,7 +500,7 @@ class HubSpotConnector(sdk.Connector):
                 if record_id not in current:
                     continue
                 versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
-                left = _addresses_left(versions, current[record_id], since)
+                left = _addresses_held(versions, current[record_id], since)
                 if left:
                     out[record_id] = left
         return out
@@ -1048,94 +1055,102 @@ def _stamp(value: Any) -> datetime | None:
         return None
 
 
-def _addresses_left(
+def _addresses_held(
     versions: Sequence[Mapping[str, Any]], current: str, since: datetime | None
-) -> dict[str, datetime]:
+) -> dict[str, list[tuple[datetime, datetime]]]:
     """Of a contact's ``email`` history (``propertiesWithHistory``), each address (lower case)
     that it had after ``since`` (ever, when None) before the one it has now (``current``), with
-    when it stopped having it (the time of the value that replaced it). Versions newer than the
-    value the page read (a change since the search) are left for the next read."""
-    dated = sorted(
-        (
-            (stamp, str(version.get("value") or "").strip().lower())
-            for version in versions
-            if (stamp := _stamp(version.get("timestamp"))) is not None
-        ),
-        key=lambda item: item[0],
-        reverse=True,
-    )
-    now_at = next((i for i, (_stamp_, value) in enumerate(dated) if value == current), None)
+    the spans it had it: (from the time of the version that set it, to the time of the one that
+    replaced it). Versions newer than the value the page read (a change since the search) are
+    left for the next read. A history with a version of no readable time gives nothing: its
+    spans could not be told apart (a no given on an address while another contact had it would
+    pass for this one's)."""
+    ordered: list[tuple[datetime, str]] = []
+    for version in versions:
+        stamp = _stamp(version.get("timestamp"))
+        if stamp is None:
+            return {}
+        ordered.append((stamp, str(version.get("value") or "").strip().lower()))
+    ordered.sort(key=lambda item: item[0], reverse=True)
+    now_at = next((i for i, (_stamp_, value) in enumerate(ordered) if value == current), None)
     if now_at is None:
         return {}  # the value read is not in the history answered: nothing to go by
-    out: dict[str, datetime] = {}
-    for newer, (_when, address) in zip(dated[now_at:], dated[now_at + 1 :], strict=False):
+    out: dict[str, list[tuple[datetime, datetime]]] = {}
+    for newer, (held_from, address) in zip(ordered[now_at:], ordered[now_at + 1 :], strict=False):
         left_at = newer[0]
         if not address or address == current or (since is not None and left_at < since):
             continue
-        out[address] = max(left_at, out.get(address, left_at))
+        out.setdefault(address, []).append((held_from, left_at))
     return out
 
 
 def _earlier_no(
-    status: Mapping[str, Any], opted_out: bool, opted_out_at: str | None, left_at: datetime
-) -> tuple[bool, datetime | None]:
-    """Whether an earlier address showed a no for one subscription type while the contact had
-    it (its own unsubscribe, or its opt-out of all email, at or before ``left_at``), and when
-    the latest such no was given (None: not known, read as late as possible). A no given after
-    the contact left the address is not the contact's: it is left out."""
+    status: Mapping[str, Any],
+    opted_out: bool,
+    opted_out_at: str | None,
+    spans: Sequence[tuple[datetime, datetime]],
+) -> datetime | None:
+    """When an earlier address last showed a no for one subscription type given while the
+    contact had it (its own unsubscribe, or its opt-out of all email, within one of ``spans``),
+    or None where it showed none. A no given before the contact had the address (another
+    contact's, or a previous holder's) or after it left it is not the contact's; nor is one of
+    no readable time, which cannot be placed (taken, it would unsubscribe the contact's new
+    address, which HubSpot never undoes)."""
     noes: list[datetime | None] = []
     if status.get("status") == "UNSUBSCRIBED":
         noes.append(_stamp(status.get("timestamp")))
     if opted_out:
         noes.append(_stamp(opted_out_at))
-    held = [no for no in noes if no is None or no <= left_at]
-    if not held:
-        return False, None
-    if any(no is None for no in held):
-        return True, None
-    return True, max(no for no in held if no is not None)
+    held = [
+        no
+        for no in noes
+        if no is not None and any(held_from <= no <= left_at for held_from, left_at in spans)
+    ]
+    return max(held, default=None)
 
 
 def _earlier_values(
     props: Mapping[str, Any],
     subscriptions: list[str],
-    held_before: Mapping[str, datetime],
+    held_before: Mapping[str, Sequence[tuple[datetime, datetime]]],
     statuses: Mapping[str, Mapping[str, Mapping[str, Any]]],
     opted_out: Mapping[str, str | None],
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, datetime]]:
     """The noes of a contact's earlier addresses that its record no longer shows, as
-    ``subscription_<id>`` UNSUBSCRIBED with the legal basis and time of that no: for each
+    ``subscription_<id>`` UNSUBSCRIBED with the legal basis and time of that no, and when each
+    of those fields was given (the no's own time: ``CrmRecord.earlier_given_at``): for each
     subscription type the record does not show a no for, the latest no an earlier address
     showed while the contact had it. Left out where the record shows a yes given after it (the
     person's latest word, under the new address) or a yes whose order against it is not known:
     taken, a wrong no would have the engine unsubscribe the new address, which HubSpot never
     undoes."""
     out: dict[str, Any] = {}
+    given_at: dict[str, datetime] = {}
     for sid in subscriptions:
         shown = props.get(f"subscription_{sid}")
         if shown == "UNSUBSCRIBED":
             continue  # the record says no itself
-        latest: tuple[datetime | None, Mapping[str, Any]] | None = None
-        for address, left_at in held_before.items():
+        latest: tuple[datetime, Mapping[str, Any]] | None = None
+        for address, spans in held_before.items():
             status = statuses.get(address, {}).get(sid, {})
-            said_no, when = _earlier_no(status, address in opted_out, opted_out.get(address), left_at)
-            if not said_no:
-                continue
-            if latest is None or when is None or (latest[0] is not None and when > latest[0]):
+            when = _earlier_no(status, address in opted_out, opted_out.get(address), spans)
+            if when is not None and (latest is None or when > latest[0]):
                 latest = (when, status)
-            if when is None:
-                break  # undated: as late as can be
         if latest is None:
             continue
         when, status = latest
         if shown == "SUBSCRIBED":
             yes_at = _stamp(props.get(f"subscription_{sid}_timestamp"))
-            if when is None or yes_at is None or yes_at >= when:
+            if yes_at is None or yes_at >= when:
                 continue  # the yes under the new address is later (or not known to be earlier)
-        out[f"subscription_{sid}"] = "UNSUBSCRIBED"
-        out[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
-        out[f"subscription_{sid}_timestamp"] = _iso(when) if when is not None else None
-    return out
+        fields = {
+            f"subscription_{sid}": "UNSUBSCRIBED",
+            f"subscription_{sid}_legal_basis": status.get("legalBasis"),
+            f"subscription_{sid}_timestamp": _iso(when),
+        }
+        out.update(fields)
+        given_at.update(dict.fromkeys(fields, when))
+    return out, given_at
 
 
 def _iso(moment: datetime) -> str:

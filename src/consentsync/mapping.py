@@ -967,10 +967,13 @@ class Mapping:
         connector: str,
         observed_at: datetime,
         record_id: str | None = None,
+        given_at: RecordMap[str, datetime] | None = None,
     ) -> list[Evidence]:
         """What the record says, one Evidence per consent and channel; a consent whose status
         translates to null (or whose purpose or channel is not ours) says nothing. ``record_id``:
-        the id ``identity_from`` already read from this record."""
+        the id ``identity_from`` already read from this record. ``given_at``: by status field,
+        when the CRM says its value was given, the event time of a consent the mapping dates
+        nothing of (``CrmRecord.earlier_given_at``)."""
         if record_id is None:
             record_id = self._record_id(record)
         source = f"{connector}:{self.object}"
@@ -990,7 +993,9 @@ class Mapping:
                 assert consent.basis.pull is not None
                 basis = self._translate(record, record_id, consent.basis.field, consent.basis.pull)
             event_time = self._moment(record, record_id, consent.event_time)
-            if event_time is not None:
+            if event_time is None and given_at is not None:
+                event_time = given_at.get(consent.status.field)
+            elif event_time is not None:
                 event_time = _read_in_doubt(
                     event_time, status, _zone_unknown(record, consent.event_time), observed_at
                 )

@@ -10,12 +10,15 @@ address. Over HTTPS against the sandbox."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
+import pytest
 from consentsync_hubspot import HubSpotConnector
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
 from consentsync_hubspot.sandbox.server import HubSpotPortal, iso_ms
 
+from consentsync.sandbox.server import json_response
 from consentsync.sdk import Cursor, RecordUpdate
 from tests.connectors.against_sandbox import read_until
 
@@ -213,3 +216,107 @@ def test_a_merged_away_id_answers_the_merged_contact_and_lends_it_no_history(
     assert not result.ok
     assert hubspot.sandbox.calls["unsubscribe"] == before
     assert harness_portal.status(B, "1002") is None
+
+
+def test_a_no_the_address_had_before_the_contact_got_it_is_not_the_contacts(hubspot: HubSpotHarness) -> None:
+    """The reviewer's repro: Z held a@, said no and moved on; a user later gives contact X a@
+    (a typo for b@, or an address handed on) and corrects it before the next read. a@'s no
+    predates X having a@: it is Z's person's, not X's, and taken it would unsubscribe b@ for
+    good. Only a no given while the contact held the address is its own: one given on an
+    address it had twice, between the two spans (someone else's then), is not either."""
+    portal = hubspot.sandbox.portal
+    base = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    at = lambda minutes: base + dt.timedelta(minutes=minutes)  # noqa: E731
+    z = portal.create({"email": A}, at=at(0))
+    portal.set_status(A, "1001", "UNSUBSCRIBED", at=at(5))
+    portal.update(z, {"email": "z@example.test"}, at=at(10))
+    typo = portal.create({"email": A}, at=at(20))
+    portal.update(typo, {"email": B}, at=at(21))
+    own = portal.create({"email": "c@example.test"}, at=at(20))
+    portal.set_status("c@example.test", "1001", "UNSUBSCRIBED", at=at(22))
+    portal.update(own, {"email": "d@example.test"}, at=at(23))
+    twice = portal.create({"email": "e@example.test"}, at=at(0))
+    portal.update(twice, {"email": "f@example.test"}, at=at(2))
+    portal.set_status("e@example.test", "1001", "UNSUBSCRIBED", at=at(12))  # e@ not its own then
+    portal.update(twice, {"email": "e@example.test"}, at=at(30))
+    portal.update(twice, {"email": "g@example.test"}, at=at(32))
+
+    conn = _connector(hubspot)
+    for since in (Cursor(), Cursor(at(15))):
+        records = _read(conn, since)
+        assert records[typo].fields["subscription_1001"] == "NOT_SPECIFIED"
+        assert records[typo].earlier_values is None, "a no a@ had before X got it was taken as X's"
+        assert records[twice].earlier_values is None, "a no e@ got between the contact's two spans"
+        assert records[own].earlier_values == {
+            "subscription_1001": "UNSUBSCRIBED",
+            "subscription_1001_legal_basis": None,
+            "subscription_1001_timestamp": iso_ms(at(22)),
+        }
+
+
+def test_each_earlier_no_comes_with_the_time_it_was_given(hubspot: HubSpotHarness) -> None:
+    """``CrmRecord.earlier_given_at`` dates every field of ``earlier_values`` by the no it
+    belongs to: a subscription type's own unsubscribe by its status time, an opt-out of all email
+    by the opt-out's. Undated, the engine would read an old no as given now, newer than a yes
+    the person gave since."""
+    portal = hubspot.sandbox.portal
+    base = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    at = lambda minutes: base + dt.timedelta(minutes=minutes)  # noqa: E731
+    own = portal.create({"email": A}, at=at(0))
+    portal.set_status(A, "1001", "UNSUBSCRIBED", at=at(5))
+    portal.set_status(A, "1002", "UNSUBSCRIBED", legal_basis="PERFORMANCE_OF_CONTRACT", at=at(7))
+    portal.update(own, {"email": B}, at=at(10))
+    wide = portal.create({"email": "c@example.test"}, at=at(0))
+    portal.unsubscribe_all("c@example.test", at=at(9))
+    portal.update(wide, {"email": "d@example.test"}, at=at(10))
+
+    records = _read(_connector(hubspot), Cursor(at(1)), BOTH)
+    fields = ("subscription_{}", "subscription_{}_legal_basis", "subscription_{}_timestamp")
+    assert records[own].earlier_given_at == {
+        **{name.format("1001"): at(5) for name in fields},
+        **{name.format("1002"): at(7) for name in fields},
+    }
+    assert records[own].earlier_values is not None
+    assert records[own].earlier_values["subscription_1002_timestamp"] == iso_ms(at(7))
+    assert records[wide].earlier_given_at == {
+        name.format(sid): at(9) for sid in ("1001", "1002") for name in fields
+    }
+    for record in records.values():
+        assert set(record.earlier_given_at or {}) == set(record.earlier_values or {})
+
+
+@pytest.mark.parametrize("how", ["unsubscribe", "opt_out_of_all"])
+def test_a_no_of_no_readable_time_is_left_out(
+    hubspot: HubSpotHarness, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A no on an old address that HubSpot answers without a time cannot be placed within the
+    span the contact had the address, nor against a yes given since: it is left out (it used to
+    be taken as late as can be, and would have unsubscribed the new address for good)."""
+    portal = hubspot.sandbox.portal
+    base = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).replace(microsecond=0)
+    contact = portal.create({"email": A}, at=base)
+    if how == "unsubscribe":
+        portal.set_status(A, "1001", "UNSUBSCRIBED", at=base + dt.timedelta(minutes=5))
+    else:
+        portal.unsubscribe_all(A, at=base + dt.timedelta(minutes=5))
+    portal.update(contact, {"email": B}, at=base + dt.timedelta(minutes=10))
+    sandbox = hubspot.sandbox
+    statuses, wide_read = sandbox._v4_statuses, sandbox._h_wide_status_batch_read
+
+    def undated_statuses(email: str) -> list[dict[str, Any]]:
+        return [{**status, "timestamp": None} for status in statuses(email)]
+
+    def undated_wide(request: Any) -> Any:
+        answer = wide_read(request)
+        body = json.loads(answer.body)
+        for result in body["results"]:
+            for status in result["wideStatuses"]:
+                del status["timestamp"]
+        return json_response(200, body)
+
+    monkeypatch.setattr(sandbox, "_v4_statuses", undated_statuses)
+    monkeypatch.setattr(sandbox, "_h_wide_status_batch_read", undated_wide)
+    (record,) = _read(_connector(hubspot), Cursor(), BOTH).values()
+    assert record.fields["subscription_1001"] == "NOT_SPECIFIED"
+    assert record.earlier_values is None, "an undated no was taken as the contact's latest word"
+    assert record.earlier_given_at is None

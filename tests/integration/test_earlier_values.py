@@ -26,14 +26,17 @@ class ReAddressedOrg(Org):
     def __init__(self, clock: Clock) -> None:
         super().__init__(clock)
         self.earlier: dict[str, dict[str, object]] = {}
+        self.given_at: dict[str, dict[str, datetime]] = {}
 
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
     ) -> Iterator[CrmRecord]:
         earlier, self.earlier = self.earlier, {}
+        given_at, self.given_at = self.given_at, {}
         for record in super().read_changes(object_type, fields, since, until):
             values = earlier.get(record.record_id)
-            yield replace(record, earlier_values=values) if values else record
+            times = given_at.get(record.record_id)
+            yield replace(record, earlier_values=values, earlier_given_at=times) if values else record
 
 
 def _run(ledger: Ledger, config_path: Path, org: Org, clock: Clock) -> None:
@@ -72,3 +75,32 @@ def test_earlier_values_saying_nothing_new_change_nothing(
     _run(ledger, config_path, org, clock)
     assert _state(ledger, OLD) == ("granted", False)
     assert _pushed(org, "r1") == []
+
+
+def test_an_earlier_no_is_dated_by_when_it_was_given_and_never_undoes_a_later_yes(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """The person said no as OLD (read: the ledger took it), then opted in again on the web form
+    (trusted, newer); a CRM user then changes the address. The old no, read again among the
+    earlier values, is the one already taken, given before the yes: nothing changes, and the
+    record under its new address is not told a no (HubSpot would unsubscribe it for good)."""
+    org = ReAddressedOrg(clock)
+    org.put("r1", OLD)
+    _grant(ledger, OLD, clock.now - timedelta(days=30))
+    _run(ledger, config_path, org, clock)
+    said_no = clock()
+    org.records["r1"].update(optout=True, modifiedon=said_no)
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("withdrawn", True)
+    clock.advance(minutes=5)
+    _grant(ledger, OLD, clock.now)
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("granted", False)
+    pushed_before = list(_pushed(org, "r1"))
+    org.records["r1"].update(email=NEW, modifiedon=clock())
+    org.earlier["r1"] = {"optout": True}
+    org.given_at["r1"] = {"optout": said_no}
+    _run(ledger, config_path, org, clock)
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("granted", False), "an old no re-dated now undid the person's later yes"
+    assert _pushed(org, "r1") == pushed_before, "the new address was told a no the person took back"

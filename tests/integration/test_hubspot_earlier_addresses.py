@@ -8,6 +8,7 @@ and nothing is taken for it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from consentsync_hubspot.sandbox.harness import MARKETING, HubSpotHarness
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 
 A, B = "a.person@example.test", "b.person@example.test"
+Z2 = "z.elsewhere@example.test"
 
 
 def _marketing(engine: Any, email: str) -> dict[str, Any]:
@@ -79,3 +81,37 @@ def test_a_no_given_under_the_old_address_reaches_the_ledger_and_the_new_address
     else:
         assert (state["status"], state["suppressed"]) == ("withdrawn", True), "the no given as a@ was lost"
         assert b_status is not None and b_status.status == "UNSUBSCRIBED", "b@ was never told"
+
+
+def test_a_no_given_on_the_address_before_this_contact_had_it_is_not_its_persons(
+    hubspot: HubSpotHarness, tmp_path: Path
+) -> None:
+    """The reviewer's repro: contact Z held a@, unsubscribed long ago and moved to another
+    address. A user later creates contact X with a@ (a typo for b@, or an address handed on)
+    and corrects it to b@ before the next sync. a@'s no predates X having a@: X's person is not
+    recorded withdrawn and b@ is not unsubscribed (for good) for someone else's no; Z's person
+    keeps theirs."""
+    portal = hubspot.sandbox.portal
+    base = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    z = portal.create({"email": A, "lastname": "Z"}, at=base)
+    portal.set_status(A, MARKETING, "UNSUBSCRIBED", at=base + dt.timedelta(minutes=5))
+    portal.update(z, {"email": Z2}, at=base + dt.timedelta(minutes=10))
+    config = write_sync_config(hubspot, tmp_path)
+    first = open_sync_engine(config)
+    assert first.run(full=True).status == "succeeded"
+    assert _marketing(first, Z2)["status"] == "withdrawn"
+
+    time.sleep(1.1)
+    x = portal.create({"email": A, "lastname": "X"})
+    time.sleep(0.01)
+    portal.update(x, {"email": B})  # corrected before the next sync
+    hubspot.sandbox.reset_counters()
+    engine = _run(config)
+    engine = _run(config)
+
+    state = _marketing(engine, B)
+    b_status = portal.status(B, MARKETING)
+    assert state["status"] != "withdrawn", f"X's person took a no X never gave: {state}"
+    assert b_status is None or b_status.status != "UNSUBSCRIBED", "b@ unsubscribed for good"
+    assert hubspot.sandbox.calls["unsubscribe"] == 0
+    assert _marketing(engine, Z2)["status"] == "withdrawn"

@@ -96,6 +96,9 @@ class CrmRecord:
     address: a user changing a contact's address hides the statuses of the old one). A
     withdrawal or refusal among them is the person's and is taken, as a deleted record's last no
     is; nothing else of them is. Give them only where the record does not show a later yes.
+    ``earlier_given_at``: for each field of ``earlier_values``, when its value was given (the
+    no's own time, where the mapping dates nothing): a no must not pass for newer than a yes the
+    person gave since. Leave out a no whose time the CRM does not tell.
     """
 
     object_type: str
@@ -106,6 +109,7 @@ class CrmRecord:
     merged_into: str | None = None
     merged_into_object: str | None = None
     earlier_values: Mapping[str, Any] | None = None
+    earlier_given_at: Mapping[str, datetime] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -943,6 +943,13 @@ class SyncEngine:
         gone = [record for record in page if record.deleted]
         if gone:
             page = [record for record in page if not record.deleted]
+        # Values live records held since the last read and no longer show (HubSpot's statuses of
+        # the address a contact had before a user changed it), weighed against what the record
+        # showed at that read: its snapshot before this page's.
+        earlier = [record for record in page if record.earlier_values]
+        seen_before = (
+            self._load_snapshots(conn, mapping.object, [r.record_id for r in earlier]) if earlier else {}
+        )
         # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
         # read back, they are acknowledged now, and their values are never the person's choice.
         echoes = self._recognise_echoes(conn, mapping, page, report, now)
@@ -1114,16 +1121,17 @@ class SyncEngine:
         if gone:
             self._keep_the_last_no(conn, mapping, gone, report, now)
             self._mark_gone(conn, mapping, gone, report, now)
-        # Values a live record held since the last read and no longer shows (HubSpot's statuses
-        # of the address a contact had before a user changed it): a no among them is the
-        # person's, taken as a deleted record's last no is (against the snapshot just saved).
-        earlier = [
-            replace(record, fields={**record.fields, **record.earlier_values})
-            for record in page
-            if record.earlier_values
-        ]
         if earlier:
-            self._keep_the_last_no(conn, mapping, earlier, report, now)
+            # A no among them is the person's, taken as a deleted record's last no is, dated by
+            # when it was given (a no dated now would outrank a yes the person gave since).
+            self._keep_the_last_no(
+                conn,
+                mapping,
+                [replace(r, fields={**r.fields, **(r.earlier_values or {})}) for r in earlier],
+                report,
+                now,
+                seen_before=seen_before,
+            )
         # What to push to these people is decided once, after the pages (a person's records come
         # on several pages: contact, lead, consent records); the marks commit with the page.
         self._mark_for_examination(conn, examine)
@@ -1242,7 +1250,14 @@ class SyncEngine:
     # -- deleted and merged CRM records --------------------------------------------------------
 
     def _keep_the_last_no(
-        self, conn: Connection, mapping: Mapping, gone: list[CrmRecord], report: RunReport, now: datetime
+        self,
+        conn: Connection,
+        mapping: Mapping,
+        gone: list[CrmRecord],
+        report: RunReport,
+        now: datetime,
+        *,
+        seen_before: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None,
     ) -> None:
         """A record merged away that still carries its values (Dynamics keeps the subordinate
         row): a withdrawal or refusal on it that the ledger has not seen is the person's, and must
@@ -1261,20 +1276,28 @@ class SyncEngine:
         recorded on it. A duplicate without a no is left unknown, as before."""
         from consentsync.mapping import SAID_NO_STATUSES
 
+        # Earlier values are dated by when they were given, which the record's snapshot (read
+        # without a time) never showed: the same status and basis is the same value.
+        earlier_values = seen_before is not None
+
         with_values = [record for record in gone if record.fields]  # merged away or deleted
         held = self._page_links(conn, mapping.object, [record.record_id for record in with_values])
         unread = [record for record in with_values if record.record_id not in held and record.merged_into]
         # A record a write found gone is not known gone yet for its last values: the no ticked on
         # it before its deletion was never read.
         listed = self._gone_by_write(conn, [row.link_id for row in held.values() if row.gone_at is not None])
-        snapshots = self._load_snapshots(
-            conn,
-            mapping.object,
-            [
-                r.record_id
-                for r in with_values
-                if (row := held.get(r.record_id)) and (row.gone_at is None or row.link_id in listed)
-            ],
+        snapshots = (
+            seen_before
+            if seen_before is not None
+            else self._load_snapshots(
+                conn,
+                mapping.object,
+                [
+                    r.record_id
+                    for r in with_values
+                    if (row := held.get(r.record_id)) and (row.gone_at is None or row.link_id in listed)
+                ],
+            )
         )
         survivors = (
             self._known_links(conn, [_survivor_link(self.name, mapping.object, record) for record in unread])
@@ -1294,13 +1317,17 @@ class SyncEngine:
                 # Under the form an older version may hold it in, too (as_read).
                 email = as_read(email, field_value(record.fields, email_field) if email_field else None)
                 evidence = mapping.evidence_from(
-                    record.fields, connector=self.name, observed_at=now, record_id=record_id
+                    record.fields,
+                    connector=self.name,
+                    observed_at=now,
+                    record_id=record_id,
+                    given_at=record.earlier_given_at,
                 )
                 said_no = [
                     e
                     for e in evidence
                     if e.status in SAID_NO_STATUSES
-                    and not _same(seen.get(_evidence_key(e)), _evidence_view(e))
+                    and not _same(seen.get(_evidence_key(e)), _evidence_view(e), timeless=earlier_values)
                 ]
                 for item in said_no:
                     self.ledger.validate(item, now=now)
@@ -3088,10 +3115,11 @@ def _our_write(view: list[str | None]) -> list[str | None]:
     return [view[0], view[1], None, "ours"]
 
 
-def _same(seen: list[str | None] | None, view: list[str | None]) -> bool:
+def _same(seen: list[str | None] | None, view: list[str | None], *, timeless: bool = False) -> bool:
     """Whether a value read is the one last seen or written: a written value (see _our_write)
-    matches on status and basis, whatever time the CRM stamped on it."""
-    if seen is not None and len(seen) == 4:
+    matches on status and basis, whatever time the CRM stamped on it; so does any value where
+    ``timeless`` (its time was not read with the value last seen)."""
+    if seen is not None and (len(seen) == 4 or timeless):
         return seen[:2] == view[:2]
     return seen == view
 
