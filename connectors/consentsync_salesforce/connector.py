@@ -399,13 +399,18 @@ class SalesforceConnector(sdk.Connector):
                 said_gone.setdefault(updates[position].object_type, []).append(position)
         for object_type, positions in said_gone.items():
             ids = [updates[p].record_id for p in positions]
-            query = format_soql(f"SELECT Id, IsDeleted FROM {object_type} WHERE Id IN {{}}", ids)
-            found = {
-                str(row["Id"])[:15]: bool(row.get("IsDeleted"))
-                for row in self._call(
+            found: dict[str, bool] = {}
+            # 200 ids a query: the query goes in the URL, which Salesforce refuses past 16 KB
+            # (a Bulk job may answer hundreds of records deleted since it was decided).
+            for start in range(0, len(ids), _CONFIRM_CHUNK):
+                query = format_soql(
+                    f"SELECT Id, IsDeleted FROM {object_type} WHERE Id IN {{}}",
+                    ids[start : start + _CONFIRM_CHUNK],
+                )
+                answer = self._call(
                     "confirm deleted records", lambda q=query: self.sf.query_all(q, include_deleted=True)
-                )["records"]
-            }
+                )
+                found.update({str(row["Id"])[:15]: bool(row.get("IsDeleted")) for row in answer["records"]})
             for position in positions:
                 if found.get(updates[position].record_id[:15], True):
                     continue  # in the recycle bin, or purged from it: gone
@@ -896,6 +901,7 @@ def _malformed_id(record_id: str) -> sdk.WriteResult:
 
 
 _GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"})
+_CONFIRM_CHUNK = 200
 
 
 def _retryable(code: str) -> bool:

@@ -509,3 +509,28 @@ def test_an_update_is_gone_only_where_query_all_finds_no_live_record(
     monkeypatch.setattr(connector, "_write_calls", refused_lookup)
     (answer,) = connector.write([RecordUpdate("Contact", lookup, {"HasOptedOutOfEmail": True})])
     assert (answer.ok, answer.gone, answer.error_code) == (False, False, "ENTITY_IS_DELETED"), answer
+
+
+def test_the_gone_confirmation_fits_salesforces_uri_limit() -> None:
+    """A Bulk job answering ENTITY_IS_DELETED for hundreds of records (a mass delete not listed
+    yet): the queryAll confirming them goes in the URL, which Salesforce refuses past 16,384
+    bytes (414 URI Too Long)."""
+    with SalesforceSandbox() as server:
+        server.org.seed(1000, seed=3)
+        connector = connector_for(server, bulk_threshold=900)
+        ids = [r["Id"] for r in server.org.records("Contact")[:950]]
+        for record_id in ids[:800]:
+            server.org.delete(record_id)
+        sent: list[tuple[str, int]] = []
+        original = connector.session.request
+
+        def spy(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            response = original(method, url, *args, **kwargs)
+            sent.append((method, len(response.request.url or "")))
+            return response
+
+        connector.session.request = spy  # type: ignore[method-assign]
+        results = connector.write([RecordUpdate("Contact", i, {"DoNotCall": True}) for i in ids])
+    assert sum(1 for r in results if r.gone) == 800
+    longest = max(length for method, length in sent if method == "GET")
+    assert longest <= 16_384, f"a GET of {longest} bytes: Salesforce answers 414 URI Too Long"
