@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
@@ -127,9 +128,14 @@ class VtigerConnector(sdk.Connector):
         self._prefixes: dict[str, str] = {}
         # The widest look-back a read of this run starts behind its stored position.
         self._relisted = self.lookback
-        # The look-back starts resume_from handed out: a deletion listing from one of them lists
-        # again what was handed over before (``read_deletions``).
-        self._behind: set[sdk.Cursor] = set()
+        # The look-back starts resume_from handed out (by identity: the starts of two reads from
+        # cursors of the same run are equal), each with the stored position it lies behind: a
+        # deletion listing from one of them lists again what was handed over before
+        # (``read_deletions``).
+        self._behind: dict[int, tuple[sdk.Cursor, sdk.Cursor]] = {}
+        # The look-back window of this run's reads: a change stamped that long before a read's
+        # upper bound was visible to it (``sdk.Connector.resume_from``).
+        self._window = self.lookback
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -330,13 +336,18 @@ class VtigerConnector(sdk.Connector):
 
     def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
         """As every connector resumes; the window is kept, so that a deletion listing knows how
-        far behind the stored position it may start (``read_deletions``)."""
+        far behind the stored position it may start (``read_deletions``). A deletion listing's
+        token (what of the cursor's sync batch was handed over, ``_handed``) is no CRM position:
+        the look-back applies as to any cursor, and the token is kept where the stored position
+        is."""
         window = self.lookback if lookback is None else lookback
         self._relisted = max(self._relisted, window)
-        start = super().resume_from(cursor, lookback)
+        self._window = window
+        start = super().resume_from(replace(cursor, token=None), lookback)
         if start.modstamp != cursor.modstamp:
-            self._behind.add(start)
-        return start
+            self._behind[id(start)] = (start, cursor)
+            return start
+        return replace(start, token=cursor.token)
 
     def read_deletions(
         self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str] = ()
@@ -348,18 +359,30 @@ class VtigerConnector(sdk.Connector):
         from: sync compares with a strict ``>`` on whole seconds, so at or before the deletion),
         and a batch ending after ``until`` is left for the next run. Sync is asked from the second
         before ``since``, so that a cursor the engine left inside a batch (it commits pages of its
-        own size, and a run may end between two) asks for that batch again. Asked again, a batch
-        is not the set it was: a live record of it edited since leaves it and it reaches further,
-        and the last batch takes in every change made since, so a lead converted meanwhile may
-        come in it with an id below the cursor's. Only a batch of one second, the cursor's
-        (a second past when it was listed: the engine keeps a stored position only then), can
-        hold no id it did not hold before (a past second loses records, it gains none): it
-        leaves out the ids up to the cursor's. Any other is listed whole again, its leads
-        retrieved again: a batch of leads naming more than sync's 100 rows hands the ids of its
-        last second over last, as a one-second batch of their own (``_groups``), so what is
-        listed again is at most about a hundred leads, and each run moves on. Only records
-        owned by the user (``sync_type: userandgroup``: also by its groups) are listed, and a
-        merge in Vtiger shows as a deletion of the merged-away record, without its survivor.
+        own size, and a run may end between two) asks for that batch again.
+
+        Asked again, a batch is not the set it was: a live record of it edited since leaves it
+        and it reaches further, and the last batch takes in every change made since, so a lead
+        converted meanwhile may come in it with an id below the cursor's. Each record is handed
+        over with the cursor the engine keeps once it is committed (``completed_cursor``), whose
+        token names the batch's end as listed, ``T``: the last second of it whose changes were
+        all visible to the listing (never past ``until`` less the look-back window, the bound
+        ``resume_from`` trusts too). Every id of the batch changed up to ``T`` with an id up to
+        the cursor's was handed over before it. A batch asked again from the cursor's batch's
+        time leaves those out; sync asked from ``T`` names the ids of the batch changed since
+        (each record has one ``modifiedtime``, and a batch holds its seconds whole), and those
+        are handed over after the rest, stamped with the second after ``T``: a batch of their
+        own, so a cursor left among them goes on from there. So no id that joined the batch is
+        left out, and each run that commits a page moves on: the ids changed up to ``T`` only
+        leave (a past, visible second gains none), the cursor passes them in id order, and
+        those changed later come under a later stamp. A cursor without the token (stored by an
+        earlier version) leaves out the ids up to its own only in a batch of its own single
+        second (a past second loses records, it gains none); any other batch is listed whole
+        again, once: the cursors handed over then carry the token. A batch of leads naming more
+        than sync's 100 rows hands the ids of its last second over last (``_groups``). Only
+        records owned by the user (``sync_type: userandgroup``: also by its groups) are listed,
+        and a merge in Vtiger shows as a deletion of the merged-away record, without its
+        survivor.
 
         A deleted record comes bare: the webservice keeps its values out of reach (VTQL leaves
         deleted rows out, ``retrieve`` of a deleted id answers ACCESS_DENIED and sync's
@@ -389,6 +412,37 @@ class VtigerConnector(sdk.Connector):
                 f"{self.name}: read_deletions is off", ErrorRule(Action.FAIL, Fault.CONFIG, "sync disabled")
             )
         _check_name(object_type, "module")
+        # One record is held back: the cursor that holds once it is committed goes with it, and
+        # the listing's last one (past its last batch) with the last record (the engine keeps a
+        # cursor handed over after a page only if it is that page's).
+        held: tuple[sdk.CrmRecord, sdk.Cursor | None] | None = None
+        final: sdk.Cursor | None = None
+        try:
+            for record, cursor in self._listing(object_type, since, until, fields):
+                if record is None:
+                    final = cursor
+                    continue
+                if held is not None:
+                    self.completed_cursor = held[1]
+                    yield held[0]
+                held = (record, cursor)
+        except Exception:
+            # Stopped (the run's budget spent by the next retrieve, say): the record listed
+            # before is handed over all the same, its retrieve not spent for nothing.
+            if held is not None:
+                self.completed_cursor = held[1]
+                yield held[0]
+            raise
+        self.completed_cursor = final if final is not None else held[1] if held is not None else None
+        if held is not None:
+            yield held[0]
+
+    def _listing(
+        self, object_type: str, since: sdk.Cursor, until: datetime, fields: Sequence[str]
+    ) -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+        """``read_deletions``' records, each with the cursor that holds once it is handed over
+        (None behind the stored position: the engine keeps that), then ``(None, cursor)``: the
+        position past the last batch taken whole, where there is one."""
         converts = object_type == _CONVERTIBLE and bool(fields)
         columns = self._columns(object_type, fields) if converts else []
         stamps = self._stamps(object_type, fields) if converts else []
@@ -397,9 +451,14 @@ class VtigerConnector(sdk.Connector):
         # From a look-back start (resume_from), records up to `horizon` may lie behind the stored
         # position (handed over before); the listing stops for the cap only once the position it
         # hands over is past it, so that the cursor moves on. None: any position it reaches is.
+        behind = self._behind.get(id(since))
+        # The position the engine holds: a record up to it gets no cursor (the engine keeps its).
+        stored = behind[1] if behind is not None and behind[0] is since else since
         horizon = (
-            since.modstamp + self._relisted if since.modstamp is not None and since in self._behind else None
+            since.modstamp + self._relisted if since.modstamp is not None and stored is not since else None
         )
+        # The last second whose changes were all visible to this listing (resume_from's bound).
+        settled = int((until - self._window).timestamp())
         moved = False
         stopped = False
         # Never 0: webservice.php takes a parameter "0" as not given (PHP reads "0" as false), and
@@ -415,31 +474,32 @@ class VtigerConnector(sdk.Connector):
             if datetime.fromtimestamp(following, UTC) > until:
                 break  # the batch runs past the read's end: the next run lists it
             ids = sorted({str(i) for i in result.get("deleted") or []})
-            # Asked again from the same mark later, a batch can take in records it did not hold
-            # (a live record of it edited since leaves it, and it reaches further; the last batch
-            # also holds every change since): only a batch of one second, a second already past
-            # when its ids were handed over (resume_from keeps a stored position only then),
-            # holds no id it did not hold before. Only such a batch leaves out the ids up to a
-            # cursor left inside it; any other is listed whole again.
-            single = following == mark + 1
-            first = self._stamp(mark + 1, since)
-            listed = [i for i in ids if not single or since.is_before(first, i)]
-            if converts and moved and listed and spent + len(listed) > cap:
+            parts = self._parts(object_type, ids, mark, following, since, converts)
+            listed = sum(len(group) for _, group, _ in parts)
+            if converts and moved and listed and spent + listed > cap:
                 # Checked in a later run, from where the last batch taken ended: never bare.
                 stopped = True
                 break
-            for second, group in self._groups(object_type, listed, mark, following, converts):
+            for second, group, end in parts:
                 stamp = self._stamp(second, since)
+                # What the cursor's token says: the ids of the batch asked from the second before
+                # the stamp's, changed up to `end`, were handed over up to the cursor's.
+                token = f"{int(stamp.timestamp()) - 1}:{min(end, settled)}"
                 for record_id in group:
+                    cursor = (
+                        sdk.Cursor(stamp, record_id, token, until)
+                        if stored.is_before(stamp, record_id)
+                        else None
+                    )
                     if not converts:
-                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True), cursor
                         continue
                     spent += 1
                     values = self._converted(object_type, record_id, columns, stamps)
                     if values is None:  # deleted: Vtiger keeps nothing of it within reach
-                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True)
+                        yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True), cursor
                     else:  # converted: kept by Vtiger, with the person's data, no longer listed
-                        yield sdk.CrmRecord(
+                        converted = sdk.CrmRecord(
                             object_type,
                             record_id,
                             stamp,
@@ -447,6 +507,7 @@ class VtigerConnector(sdk.Connector):
                             deleted=True,
                             merged_into_object=_CONVERTED_INTO,
                         )
+                        yield converted, cursor
             reached, took = max(reached, following), True
             # The position handed over (past this batch) is past the stored one.
             moved = moved or horizon is None or datetime.fromtimestamp(reached + 1, UTC) > horizon
@@ -473,7 +534,7 @@ class VtigerConnector(sdk.Connector):
             # holds every change after its start) is listed in a batch of its own. A first
             # listing hands it over even when it listed nothing: every later listing resumes
             # from a position.
-            self.completed_cursor = sdk.Cursor(after, None, read_until=until)
+            yield None, sdk.Cursor(after, None, read_until=until)
 
     def _sync(self, object_type: str, mark: int) -> Any:
         return self._call(
@@ -490,23 +551,62 @@ class VtigerConnector(sdk.Connector):
         stamp = datetime.fromtimestamp(second, UTC)
         return stamp if since.modstamp is None else max(stamp, since.modstamp)
 
+    @staticmethod
+    def _handed(since: sdk.Cursor, mark: int) -> int | None:
+        """``T`` where ``since`` lies inside the batch asked from ``mark`` and its token says
+        that every id of that batch changed up to the second ``T`` with an id up to the cursor's
+        was handed over; None where nothing is known so (no token, one of another batch, or a
+        batch none of whose seconds was visible whole when it was listed)."""
+        asked, _, end = (since.token or "").partition(":")
+        if not (asked.isdigit() and end.isdigit()) or int(asked) != mark:
+            return None
+        return int(end) if int(end) > mark else None
+
+    def _parts(
+        self, object_type: str, ids: list[str], mark: int, following: int, since: sdk.Cursor, converts: bool
+    ) -> list[tuple[int, list[str], int]]:
+        """The ids of the batch asked from ``mark`` (ending at ``following``) to hand over, in
+        parts, in order: each with the first second its changes may lie in (its stamp) and the
+        last second it covers whole (its cursors' token). A batch the cursor lies inside leaves
+        out what was handed over: where its token says so (``_handed``), the ids changed up to
+        ``T`` and up to the cursor's; those changed since (sync asked from ``T`` names them)
+        come after the rest, stamped with the second after ``T``. Without the token, a batch of
+        the cursor's own single second leaves out the ids up to its own; any other is listed
+        whole."""
+        inside = since.record_id is not None and self._stamp(mark + 1, since) == since.modstamp
+        handed = self._handed(since, mark) if inside else None
+        if inside and handed is None and following == mark + 1:
+            handed = mark + 1  # a past second loses records, it gains none
+        if handed is None:
+            return self._groups(object_type, ids, mark, following, converts)
+        assert since.record_id is not None
+        fresh: set[str] = set()
+        if following > handed:
+            again = self._sync(object_type, handed)
+            fresh = {str(i) for i in again.get("deleted") or []}
+            fresh |= {str(row.get("id")) for row in again.get("updated") or [] if isinstance(row, dict)}
+        rest = [i for i in ids if i not in fresh and i > since.record_id]
+        later = [i for i in ids if i in fresh]
+        return [(mark + 1, rest, min(handed, following)), (handed + 1, later, following)]
+
     def _groups(
         self, object_type: str, ids: list[str], mark: int, following: int, converts: bool
-    ) -> list[tuple[int, list[str]]]:
-        """A batch's ids, each with the first second it may have changed in, in the order they
-        are handed over. A batch of more seconds than one is stamped with its first second, so
-        that a cursor left inside it lists it whole again: at most the 99 or so leads of its
-        earlier seconds are retrieved again for that. Its last second, though, may hold any
-        number of leads (a mass deletion): where a batch of leads names more than sync's 100
-        rows, sync is asked once more, from the second before its last, and the ids it names
-        again (those of the last second, still there) are handed over last, stamped with that
-        second, a batch of one second of their own: a cursor left among them leaves out what
-        was handed over, so each run moves on however crowded the second."""
+    ) -> list[tuple[int, list[str], int]]:
+        """A batch's ids, each with the first second it may have changed in and the last second
+        its part covers whole, in the order they are handed over. A batch of more seconds than
+        one is stamped with its first second. Its last second, though, may hold any number of
+        leads (a mass deletion): where a batch of leads names more than sync's 100 rows, sync is
+        asked once more, from the second before its last, and the ids it names again (those of
+        the last second, still there) are handed over last, stamped with that second, a batch
+        of one second of their own."""
         if not converts or following <= mark + 1 or len(ids) <= _SYNC_ROWS:
-            return [(mark + 1, ids)]
+            return [(mark + 1, ids, following)]
         again = self._sync(object_type, following - 1)
         last = {str(i) for i in again.get("deleted") or []}
-        return [(mark + 1, [i for i in ids if i not in last]), (following, [i for i in ids if i in last])]
+        return [
+            (mark + 1, [i for i in ids if i not in last], following - 1),
+            (following, [i for i in ids if i in last], following),
+        ]
 
     def _converted(
         self, object_type: str, record_id: str, columns: Sequence[str], stamps: Sequence[str]
