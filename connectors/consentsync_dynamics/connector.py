@@ -704,7 +704,19 @@ class DynamicsConnector(sdk.Connector):
         table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
         consents = self._entity(CONSENT_TABLE)
         if not (self.config.change_tracking and contact.change_tracking and consents.change_tracking):
-            yield from self._journeys_pages(self._read_table(table, since, until), purposes, set())
+            ended: list[sdk.Cursor | None] = []
+
+            def contacts() -> Iterator[sdk.CrmRecord]:
+                yield from self._read_table(table, since, until)
+                # Set as the table's read ends, while its last page is still held for its consent
+                # rows' look-up: shown only once that page is handed over, or a stop in that
+                # look-up would commit a position past contacts never handed over.
+                ended.append(self.completed_cursor)
+                self.completed_cursor = None
+
+            yield from self._journeys_pages(contacts(), purposes, set())
+            if ended:
+                self.completed_cursor = ended[0]
             return
         yield from self._handed_over(self._journeys_steps(table, purposes, since, until))
 

@@ -18,7 +18,8 @@ import pytest
 from consentsync_dynamics import DynamicsConnector
 from consentsync_dynamics.sandbox.server import DynamicsSandbox
 
-from consentsync.sdk import CrmRecord, Cursor, RecordUpdate
+from consentsync.sdk import Action, BudgetExhausted, CrmRecord, Cursor, ErrorRule, Fault, RecordUpdate
+from consentsync.sync.engine import pages_read
 from tests.connectors.against_sandbox import connector_settings, read_until
 
 JOURNEYS = "consentsync_journeys_contact"
@@ -189,3 +190,49 @@ def test_a_token_of_the_contacts_alone_and_a_refused_consent_link_read_every_con
     reloads = connector.full_reloads
     reloaded, _ = _read(connector, upgraded)
     assert set(reloaded) == set(people) and connector.full_reloads > reloads
+
+
+def _as_the_engine_reads(
+    connector: DynamicsConnector, since: Cursor
+) -> tuple[list[tuple[list[CrmRecord], Any]], bool]:
+    """What the engine is handed (``_pages_of``): each page with ``completed_cursor`` as it
+    stood, a page cut by a stop included; and whether the read stopped on the budget."""
+    connector.completed_cursor = None
+    out: list[tuple[list[CrmRecord], Any]] = []
+    try:
+        for page in pages_read(connector.read_changes(JOURNEYS, FIELDS, since, read_until()), 1000):
+            out.append((page, connector.completed_cursor))
+    except BudgetExhausted:
+        return out, True
+    return out, False
+
+
+def test_a_budget_spent_on_the_last_pages_look_up_passes_no_contact_unread(
+    dv: DynamicsSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Contacts followed by change tracking, consent rows not: the read's last page of contacts
+    is held for its consent rows' look-up after the contacts' read set its new link. A budget
+    spent on that look-up commits what was handed over, with a position that must not pass the
+    held contacts (their people's nos would never arrive)."""
+    dv.environment.tables[CONSENTS].change_tracking = False
+    people = _people(dv, 7)  # pages of 3, 3 and 1
+    connector = _connector(dv)
+    looked_up = {"calls": 0}
+    real = DynamicsConnector._with_consent_rows
+
+    def metered(self: DynamicsConnector, page: Any, purposes: Any) -> Any:
+        looked_up["calls"] += 1
+        if looked_up["calls"] == 3:
+            raise BudgetExhausted(
+                "budget spent", ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent")
+            )
+        return real(self, page, purposes)
+
+    monkeypatch.setattr(DynamicsConnector, "_with_consent_rows", metered)
+    pages, stopped = _as_the_engine_reads(connector, Cursor())
+    assert stopped
+    kept = pages[-1][1] or Cursor(pages[-1][0][-1].modstamp, pages[-1][0][-1].record_id)
+    monkeypatch.setattr(DynamicsConnector, "_with_consent_rows", real)
+    again, _ = _as_the_engine_reads(_connector(dv), kept)
+    handed = {r.record_id for page, _ in pages + again for r in page}
+    assert not set(people) - handed, f"the position kept ({kept}) passed contacts never handed over"
