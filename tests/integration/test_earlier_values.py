@@ -104,3 +104,28 @@ def test_an_earlier_no_is_dated_by_when_it_was_given_and_never_undoes_a_later_ye
     _run(ledger, config_path, org, clock)
     assert _state(ledger, OLD) == ("granted", False), "an old no re-dated now undid the person's later yes"
     assert _pushed(org, "r1") == pushed_before, "the new address was told a no the person took back"
+
+
+def test_a_no_given_again_after_the_last_read_is_taken_though_the_record_showed_one_then(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """The record showed a no when last read; the person then said yes elsewhere (the CRM refused
+    the push: HubSpot never resubscribes), and later no again under the old address; a CRM user
+    changes the address before the next read. The old address's status reads as it did, but the
+    no was given after the snapshot was taken: it is new, and the later word."""
+    org = ReAddressedOrg(clock)
+    org.put("r1", OLD, optout=True)
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("withdrawn", True)
+    clock.advance(minutes=5)
+    org.refuse_writes = True
+    _grant(ledger, OLD, clock.now)
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("granted", False)
+    clock.advance(minutes=5)
+    said_no_again = clock()
+    org.records["r1"].update(email=NEW, optout=False, modifiedon=clock())
+    org.earlier["r1"] = {"optout": True}
+    org.given_at["r1"] = {"optout": said_no_again}
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("withdrawn", True), "the no given again after the last read was lost"

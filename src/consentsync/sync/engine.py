@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
@@ -950,6 +950,9 @@ class SyncEngine:
         seen_before = (
             self._load_snapshots(conn, mapping.object, [r.record_id for r in earlier]) if earlier else {}
         )
+        seen_at = (
+            self._snapshot_times(conn, mapping.object, [r.record_id for r in earlier]) if earlier else {}
+        )
         # Our own writes whose answer was lost (a crash between the CRM's answer and the commit):
         # read back, they are acknowledged now, and their values are never the person's choice.
         echoes = self._recognise_echoes(conn, mapping, page, report, now)
@@ -1131,6 +1134,7 @@ class SyncEngine:
                 report,
                 now,
                 seen_before=seen_before,
+                seen_at=seen_at,
             )
         # What to push to these people is decided once, after the pages (a person's records come
         # on several pages: contact, lead, consent records); the marks commit with the page.
@@ -1258,6 +1262,7 @@ class SyncEngine:
         now: datetime,
         *,
         seen_before: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None,
+        seen_at: dict[str, datetime] | None = None,
     ) -> None:
         """A record merged away that still carries its values (Dynamics keeps the subordinate
         row): a withdrawal or refusal on it that the ledger has not seen is the person's, and must
@@ -1277,8 +1282,21 @@ class SyncEngine:
         from consentsync.mapping import SAID_NO_STATUSES
 
         # Earlier values are dated by when they were given, which the record's snapshot (read
-        # without a time) never showed: the same status and basis is the same value.
+        # without a time) never showed: the same status and basis is the same value, unless it
+        # was given after that snapshot was taken (a no given again since: re-subscribed, then
+        # unsubscribed once more, a yes recorded elsewhere in between).
         earlier_values = seen_before is not None
+        taken_at = seen_at or {}
+
+        def already_seen(record_id: str, seen: dict[str, Any], evidence: Evidence) -> bool:
+            if not _same(
+                seen.get(_evidence_key(evidence)), _evidence_view(evidence), timeless=earlier_values
+            ):
+                return False
+            if not earlier_values or evidence.event_time is None:
+                return True
+            taken = taken_at.get(record_id)
+            return taken is not None and evidence.event_time <= taken
 
         with_values = [record for record in gone if record.fields]  # merged away or deleted
         held = self._page_links(conn, mapping.object, [record.record_id for record in with_values])
@@ -1326,8 +1344,7 @@ class SyncEngine:
                 said_no = [
                     e
                     for e in evidence
-                    if e.status in SAID_NO_STATUSES
-                    and not _same(seen.get(_evidence_key(e)), _evidence_view(e), timeless=earlier_values)
+                    if e.status in SAID_NO_STATUSES and not already_seen(record.record_id, seen, e)
                 ]
                 for item in said_no:
                     self.ledger.validate(item, now=now)
@@ -2943,6 +2960,26 @@ class SyncEngine:
             record_id: (orjson.loads(evidence), orjson.loads(fields))
             for record_id, evidence, fields in rows
             if fields is not None
+        }
+
+    def _snapshot_times(
+        self, conn: Connection, object_type: str, record_ids: list[str]
+    ) -> dict[str, datetime]:
+        """When the snapshots of these records were last taken, by record id (UTC). Typed by
+        SQLAlchemy: only pages with earlier values ask."""
+        rows = conn.execute(
+            select(crm_links.c.record_id, crm_snapshots.c.updated_at)
+            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == object_type,
+                one_of(conn, crm_links.c.record_id, sorted(record_ids)),
+            )
+        )
+        return {
+            record_id: taken if taken.tzinfo else taken.replace(tzinfo=UTC)
+            for record_id, taken in rows
+            if taken is not None
         }
 
     def _known_links(self, conn: Connection, links: list[CrmLink]) -> dict[CrmLink, int]:
