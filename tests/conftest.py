@@ -193,17 +193,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """``-n auto``: one worker more than the cores this process may use. Much of the suite waits
-    (on the processes it starts, on servers, on real intervals): two workers on two cores kept
-    them 55% busy (11:37 for the suite), three 70% (9:10); ``--maxprocesses`` caps it. None
-    (xdist's own count) for ``-n logical`` or where PYTEST_XDIST_AUTO_NUM_WORKERS says."""
+    """``-n auto``: two workers more than the cores this process may use. Much of the suite
+    waits (on the processes it starts, on servers, on real intervals): two workers on two cores
+    kept them 55% busy (11:37 for the suite), three 70% (9:10; session 55, 3,512 tests: 71%,
+    14:26), four: see docs/performance.md; ``--maxprocesses`` caps it. None (xdist's own count)
+    for ``-n logical`` or where PYTEST_XDIST_AUTO_NUM_WORKERS says."""
     if config.option.numprocesses == "logical" or os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform
         cores = os.cpu_count() or 1
-    return cores + 1
+    return cores + 2
 
 
 def one_line_error(result: Result, code: int, *needles: str) -> str:

@@ -57,7 +57,7 @@ def _converted_known(ledger: Ledger) -> int:
     return len(rows)
 
 
-@pytest.mark.parametrize("budget", [45, 1000])
+@pytest.mark.parametrize("budget", [45])  # under one batch: the case that stalled
 def test_a_budget_below_one_batch_still_moves_the_listing_on(
     ledger: Ledger, config_path: Path, sandbox: VtigerSandbox, budget: int
 ) -> None:
