@@ -67,8 +67,10 @@ def test_a_bulk_day_beyond_the_run_budget_is_read_over_several_runs(
     # engine's batches (25) larger than what a run reads.
     tenant = so.tenant
     people = _bulk_day(tenant, 40, "bulk")
-    # The first of them withdraws today (its consent keeps its id, the lowest of the bulk).
-    tenant.set_consent(people[0].id, "EMARKETING", "EMAIL", "WITHDRAWN")
+    # The first of them withdraws today (its consent keeps its id, the lowest of the bulk), a
+    # second ago: a read hands on only whole seconds, and the runs may all fall in this one.
+    withdrawn_at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    tenant.set_consent(people[0].id, "EMARKETING", "EMAIL", "WITHDRAWN", at=withdrawn_at)
     email = people[0].email
     assert email
     options = SyncOptions(batch_size=25, signpost_lag_seconds=0)
