@@ -968,18 +968,23 @@ class Mapping:
         observed_at: datetime,
         record_id: str | None = None,
         given_at: RecordMap[str, datetime] | None = None,
+        status_fields: Collection[str] | None = None,
     ) -> list[Evidence]:
         """What the record says, one Evidence per consent and channel; a consent whose status
         translates to null (or whose purpose or channel is not ours) says nothing. ``record_id``:
         the id ``identity_from`` already read from this record. ``given_at``: by status field,
         when the CRM says its value was given, the event time of a consent the mapping dates
-        nothing of (``CrmRecord.earlier_given_at``)."""
+        nothing of (``CrmRecord.earlier_given_at``). ``status_fields``: only the consents whose
+        status field is one of these (a record's earlier values: its current ones are weighed
+        elsewhere)."""
         if record_id is None:
             record_id = self._record_id(record)
         source = f"{connector}:{self.object}"
         out: list[Evidence] = []
         for consent in self.spec.consents:
             if not consent.status.direction.pulls:
+                continue
+            if status_fields is not None and consent.status.field not in status_fields:
                 continue
             purpose = self._key(record, record_id, consent.purpose)
             channels = self._channels(record, record_id, consent.channel)

@@ -12,9 +12,14 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
+from consentsync.domain import ConsentStatus
+from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
-from consentsync.sdk import CrmRecord, Cursor
+from consentsync.sdk import CrmRecord, Cursor, RecordUpdate, WriteResult
 from tests.conftest import Clock
+from tests.integration.helpers import consent_value
 from tests.integration.test_policy_s49_sync import Org, _engine, _grant, _pushed, _state
 
 OLD, NEW = "old.address@example.com", "new.address@example.com"
@@ -129,3 +134,40 @@ def test_a_no_given_again_after_the_last_read_is_taken_though_the_record_showed_
     org.given_at["r1"] = {"optout": said_no_again}
     _run(ledger, config_path, org, clock)
     assert _state(ledger, OLD) == ("withdrawn", True), "the no given again after the last read was lost"
+
+
+class AppliedButUnanswered(ReAddressedOrg):
+    """Writes are applied, but every answer is lost (a gateway timeout, a crash before the
+    settle): the engine reads its own write back before it knows it was made."""
+
+    def write(self, updates: Sequence[RecordUpdate]) -> list[WriteResult]:
+        super().write(updates)
+        return [
+            WriteResult(u.record_id, False, "GATEWAY_TIMEOUT", "no answer in time", False) for u in updates
+        ]
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [{"another_subscription": "UNSUBSCRIBED"}, {"optout": True}],
+    ids=["earlier-values-of-another-field", "earlier-value-our-own-write"],
+)
+def test_our_own_write_read_back_with_earlier_values_is_not_the_persons_no(
+    ledger: Ledger, config_path: Path, clock: Clock, earlier: dict[str, object]
+) -> None:
+    org = AppliedButUnanswered(clock)
+    org.put("r1", OLD)
+    _grant(ledger, OLD, clock.now - timedelta(days=30))
+    _run(ledger, config_path, org, clock)
+    # The person withdraws on the web site: the opt-out is pushed, applied, its answer lost.
+    ledger.record(Identity(email=OLD), consent_value(ConsentStatus.WITHDRAWN, clock.now, ledger.clock()))
+    _run(ledger, config_path, org, clock)
+    assert org.records["r1"]["optout"] is True
+    # Then they opt in again on the web form (trusted, newer than our write).
+    clock.advance(minutes=5)
+    _grant(ledger, OLD, clock.now)
+    # The record is read again with earlier values: its current opt-out is our write, not theirs.
+    org.earlier["r1"] = earlier
+    org.refuse_writes = True
+    _run(ledger, config_path, org, clock)
+    assert _state(ledger, OLD) == ("granted", False), "our own write came back as the person's no"

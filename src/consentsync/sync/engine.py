@@ -314,6 +314,9 @@ class _Read:
     # whole, never skipped as "read as last seen", and its person's pushes are decided again.
     rethink: bool = False
     expected_records: int | None = None  # how many records the read will yield, where the CRM says
+    # The moment before ``until`` up to which the connector said the read covered the CRM's
+    # changes (``Connector.covered_until``): kept with the cursor in place of ``until``.
+    covered_until: datetime | None = None
 
     def __post_init__(self) -> None:
         self.position = self.stored
@@ -739,6 +742,10 @@ class SyncEngine:
             # showed its clock behind ours, the bound is a moment of the CRM's clock (a run's
             # first read was asked for before anything was known of it).
             kept = min(until, self._read_until(report.started_at))
+            if read.covered_until is not None:
+                # The CRM showed its changes whole only up to an earlier moment (a transaction
+                # still open): the next read's look-back window starts behind that one.
+                kept = min(kept, read.covered_until)
             if page is None:
                 self._end_read(read, final, report, until=kept)
             else:
@@ -803,6 +810,7 @@ class SyncEngine:
         its last page), then ``(read, None, completed cursor)`` when the read ended."""
         for read in reads:
             connector.completed_cursor = None
+            connector.covered_until = None
             mapping = read.mapping
             records = (
                 # The mapped fields: a deletion that comes with its last values may carry a no.
@@ -812,7 +820,9 @@ class SyncEngine:
             )
             for page in pages_read(records, self.options.batch_size):
                 read.expected_records = connector.expected_records
+                read.covered_until = connector.covered_until
                 yield read, page, connector.completed_cursor
+            read.covered_until = connector.covered_until
             yield read, None, connector.completed_cursor
 
     def _commit_read_page(
@@ -1126,7 +1136,9 @@ class SyncEngine:
             self._mark_gone(conn, mapping, gone, report, now)
         if earlier:
             # A no among them is the person's, taken as a deleted record's last no is, dated by
-            # when it was given (a no dated now would outrank a yes the person gave since).
+            # when it was given (a no dated now would outrank a yes the person gave since). Only
+            # the earlier values are weighed there: the current ones were weighed above, our
+            # own writes read back among them (echoes) included.
             self._keep_the_last_no(
                 conn,
                 mapping,
@@ -1135,6 +1147,7 @@ class SyncEngine:
                 now,
                 seen_before=seen_before,
                 seen_at=seen_at,
+                echoes=echoes,
             )
         # What to push to these people is decided once, after the pages (a person's records come
         # on several pages: contact, lead, consent records); the marks commit with the page.
@@ -1263,6 +1276,7 @@ class SyncEngine:
         *,
         seen_before: dict[str, tuple[dict[str, Any], dict[str, Any]]] | None = None,
         seen_at: dict[str, datetime] | None = None,
+        echoes: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """A record merged away that still carries its values (Dynamics keeps the subordinate
         row): a withdrawal or refusal on it that the ledger has not seen is the person's, and must
@@ -1289,9 +1303,10 @@ class SyncEngine:
         taken_at = seen_at or {}
 
         def already_seen(record_id: str, seen: dict[str, Any], evidence: Evidence) -> bool:
-            if not _same(
-                seen.get(_evidence_key(evidence)), _evidence_view(evidence), timeless=earlier_values
-            ):
+            key, view = _evidence_key(evidence), _evidence_view(evidence)
+            if _same((echoes or {}).get(record_id, {}).get(key), view):
+                return True  # our own write, read back before its answer came
+            if not _same(seen.get(key), view, timeless=earlier_values):
                 return False
             if not earlier_values or evidence.event_time is None:
                 return True
@@ -1340,6 +1355,9 @@ class SyncEngine:
                     observed_at=now,
                     record_id=record_id,
                     given_at=record.earlier_given_at,
+                    status_fields=record.earlier_values.keys()
+                    if earlier_values and record.earlier_values
+                    else None,
                 )
                 said_no = [
                     e
