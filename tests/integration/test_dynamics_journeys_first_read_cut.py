@@ -22,9 +22,14 @@ from consentsync.ledger.schema import crm_links, crm_snapshots, sync_cursors
 from consentsync.ledger.service import Ledger
 from consentsync.sdk import Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.conftest import SQLITE_ONLY
 from tests.integration.helpers import shipped_engine
 from tests.integration.test_dynamics_consent_rows import EMAIL_MARKETING, OPTED_OUT
 from tests.sandbox.serving import serve_seeded
+
+# The connector's rules against its sandbox: the ledger's SQL under them runs on PostgreSQL in
+# the engine's and the ledger's own tests (CI has 15 minutes on two cores).
+pytestmark = SQLITE_ONLY
 
 JOURNEYS = "consentsync_journeys_contact"
 CONSENTS = "msdynmkt_contactpointconsent4"

@@ -22,6 +22,7 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import consent_events, crm_links
 from consentsync.ledger.service import Ledger
 from consentsync.sync.engine import SyncEngine, SyncOptions
+from tests.conftest import SQLITE_ONLY
 from tests.integration.helpers import consent_value, shipped_engine
 from tests.integration.test_dynamics_consent_rows import (
     EMAIL,
@@ -31,6 +32,10 @@ from tests.integration.test_dynamics_consent_rows import (
     PROFILING,
 )
 from tests.sandbox.serving import serve_seeded
+
+# The connector's rules against its sandbox: the ledger's SQL under them runs on PostgreSQL in
+# the engine's and the ledger's own tests (CI has 15 minutes on two cores).
+pytestmark = SQLITE_ONLY
 
 MAPPINGS = ["contact.yaml", "contact_point_consent.yaml", "journeys_contact.yaml"]
 CONSENTS = "msdynmkt_contactpointconsent4"

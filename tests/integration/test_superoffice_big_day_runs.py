@@ -29,6 +29,7 @@ from consentsync.ledger.service import Ledger, NotFound
 from consentsync.sdk.crashtest import sync_command
 from consentsync.sdk.harness import write_sync_config
 from consentsync.sync.engine import SyncOptions
+from tests.conftest import SQLITE_ONLY
 from tests.integration.helpers import shipped_engine
 
 BULK_DAY = dt.datetime.now(dt.UTC).replace(hour=10, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
@@ -60,6 +61,7 @@ def _bulk_day(tenant: Any, count: int, prefix: str) -> list[Any]:
     return people
 
 
+@SQLITE_ONLY  # the connector's rules; the ledger's SQL runs on PostgreSQL elsewhere
 def test_a_bulk_day_beyond_the_run_budget_is_read_over_several_runs(
     ledger: Ledger, config_path: Path, so: SuperOfficeSandbox
 ) -> None:

@@ -18,8 +18,13 @@ from consentsync import audit
 from consentsync.ledger.schema import crm_links, outbox, sync_cursors
 from consentsync.ledger.service import Ledger
 from consentsync.sync.engine import DELETIONS, SyncEngine, SyncOptions
+from tests.conftest import SQLITE_ONLY
 from tests.integration.helpers import shipped_engine
 from tests.sandbox.serving import serve_seeded
+
+# The connector's rules against its sandbox: the ledger's SQL under them runs on PostgreSQL in
+# the engine's and the ledger's own tests (CI has 15 minutes on two cores).
+pytestmark = SQLITE_ONLY
 
 MAPPINGS = ["contacts.yaml", "leads.yaml"]
 
