@@ -443,13 +443,28 @@ class DynamicsConnector(sdk.Connector):
         return _TableRead(entity, wire, filters, skip)
 
     def _read_table(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
+        yield from self._handed_over(self._table_steps(table, since, until))
+
+    def _table_steps(
+        self, table: _TableRead, since: sdk.Cursor, until: datetime
+    ) -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+        """The table's records, each with the cursor that holds once it is handed over (None:
+        the engine's own, the record's position with the token the read started from), then
+        ``(None, the read's last cursor)`` (None where the read hands over no token)."""
         entity, wire = table.entity, table.wire
         if not (self.config.change_tracking and entity.change_tracking):
-            yield from self._read_keyset(table, since, until)
+            for record in self._read_keyset(table, since, until):
+                yield record, None
+            yield None, None
             return
+        refused_link = False
         if since.token:
             try:
-                yield from self._read_delta(table, since, until)
+                for record in self._read_delta(table, since, until):
+                    yield record, None
+                # Set by the delta as it ends (None: it ended without its link).
+                final, self.completed_cursor = self.completed_cursor, None
+                yield None, final
                 return
             except _DeltaRefused as refused:
                 log.warning(
@@ -459,17 +474,32 @@ class DynamicsConnector(sdk.Connector):
                     code=str(refused),
                 )
                 self.full_reloads += 1
-                since = sdk.Cursor()
+                since, refused_link = sdk.Cursor(), True
         link = self._new_delta_link(entity, wire)
+        settled = self._settled(until)
         last: sdk.CrmRecord | None = None
         for record in self._read_keyset(table, since, until):
             last = record
-            yield record
+            # After a refused link each record carries its own position, without a token: the
+            # engine would keep the refused link with it, and a run stopped part way (its budget,
+            # a kill) would be refused again and reload from the first row, a large table never
+            # done. Without one, the next run goes on with the reload from there (a first read:
+            # it takes its own link first, and hands over the position as the engine does).
+            own = sdk.Cursor(record.modstamp, record.record_id, None, settled) if refused_link else None
+            yield record, own
         position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
         # The link was taken after the signpost: a row changed between the two is in neither this
         # read nor the link's delta. The next read also reads what changed after the signpost,
         # once (a URL fragment, never sent: the link stays the service's own).
-        self.completed_cursor = sdk.Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
+        yield None, sdk.Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
+
+    def _settled(self, until: datetime) -> datetime:
+        """``until`` as the bound a cursor keeps (``Cursor.read_until``), no later than the one the
+        engine keeps with its own: where the service's clock is known to run behind ours, that far
+        before it (the engine's is the service's clock at the run's start, after ``until``)."""
+        clock = self.crm_clock()
+        offset = clock.offset() if clock is not None else None
+        return until + offset.low if offset is not None and offset.behind else until
 
     def _prefer(self, *extra: str) -> dict[str, str]:
         return {"Prefer": ", ".join([*extra, f"odata.maxpagesize={self.config.page_size}"])}
@@ -704,19 +734,26 @@ class DynamicsConnector(sdk.Connector):
         table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
         consents = self._entity(CONSENT_TABLE)
         if not (self.config.change_tracking and contact.change_tracking and consents.change_tracking):
+            # Each contact's cursor (and the read's last one) goes with the contact once its page
+            # is looked up and handed over: set as the table's read reaches it, a stop in that
+            # look-up would commit a position past contacts never handed over.
+            marks: dict[str, sdk.Cursor | None] = {}
             ended: list[sdk.Cursor | None] = []
 
             def contacts() -> Iterator[sdk.CrmRecord]:
-                yield from self._read_table(table, since, until)
-                # Set as the table's read ends, while its last page is still held for its consent
-                # rows' look-up: shown only once that page is handed over, or a stop in that
-                # look-up would commit a position past contacts never handed over.
-                ended.append(self.completed_cursor)
-                self.completed_cursor = None
+                for record, mark in self._table_steps(table, since, until):
+                    if record is None:
+                        ended.append(mark)
+                        continue
+                    marks[record.record_id] = mark
+                    yield record
 
-            yield from self._journeys_pages(contacts(), purposes, set())
-            if ended:
-                self.completed_cursor = ended[0]
+            def steps() -> Iterator[tuple[sdk.CrmRecord | None, sdk.Cursor | None]]:
+                for record in self._journeys_pages(contacts(), purposes, set()):
+                    yield record, marks.pop(record.record_id, None)
+                yield None, ended[0] if ended else None
+
+            yield from self._handed_over(steps())
             return
         yield from self._handed_over(self._journeys_steps(table, purposes, since, until))
 
@@ -727,17 +764,26 @@ class DynamicsConnector(sdk.Connector):
         once it is handed over (the engine stores it with the page it ends); the read's last
         cursor (``(None, cursor)``) goes with its last record, or alone where there is none.
         One record is held back for that: the engine keeps a cursor handed over after a page
-        carrying one only if it is that page's."""
+        carrying one only if it is that page's. A read stopped by an error (the run's budget, a
+        failure) hands over the record held, with its own cursor, before the error: the engine
+        commits it with the records before it (``pages_read``), and a read that makes progress
+        only a page per run does not lose it each time."""
         held: tuple[sdk.CrmRecord, sdk.Cursor | None] | None = None
         final: sdk.Cursor | None = None
-        for record, mark in steps:
-            if record is None:
-                final = mark
-                continue
+        try:
+            for record, mark in steps:
+                if record is None:
+                    final = mark
+                    continue
+                if held is not None:
+                    self.completed_cursor = held[1]
+                    yield held[0]
+                held = (record, mark)
+        except Exception:
             if held is not None:
                 self.completed_cursor = held[1]
                 yield held[0]
-            held = (record, mark)
+            raise
         if final is None and held is not None:
             final = held[1]
         self.completed_cursor = final
@@ -885,7 +931,8 @@ class DynamicsConnector(sdk.Connector):
         """The check of every contact ``lap`` holds (None: none due) from its position, then one
         more from the first contact where ``again``; the contacts with an address that a purpose
         shows without a row are handed over, each with the state that resumes after it. Ends with
-        ``after``'s state: its links, the time of the last look-up, and no check due."""
+        ``after``'s state: its links, the time of the last look-up, and no check due. Each page's
+        last contact is handed over too, with the position (see :meth:`_journeys_pages`)."""
 
         def at(cursor: sdk.Cursor | None, more: bool) -> sdk.Cursor:
             state = replace(after, seen=self._answered_at, recheck=cursor, again=more)
@@ -914,13 +961,21 @@ class DynamicsConnector(sdk.Connector):
     ) -> Iterator[sdk.CrmRecord]:
         """``records`` with their purpose fields, looked up a page at a time; each id handed over
         goes into ``handed``. ``lost_only``: only the contacts with an address that a purpose
-        shows without a row."""
+        shows without a row, and each page's last contact: it carries the position a check of
+        every contact reached, which the engine keeps only with a record handed over (a check
+        that finds none within a run's budget would otherwise start again each run). Read again
+        as it is, it costs nothing more: the engine skips a record its snapshot holds as read,
+        and the view's fields are pushed, never read as anyone's choice."""
 
         def shown(page: list[sdk.CrmRecord]) -> Iterator[sdk.CrmRecord]:
-            for record in self._with_consent_rows(page, purposes):
-                if lost_only and not (
-                    journeys.address_key(record.fields.get(CONTACT_EMAIL)) is not None
-                    and any(record.fields.get(name) is None for name in purposes)
+            for n, record in enumerate(self._with_consent_rows(page, purposes), 1):
+                if (
+                    lost_only
+                    and n < len(page)
+                    and not (
+                        journeys.address_key(record.fields.get(CONTACT_EMAIL)) is not None
+                        and any(record.fields.get(name) is None for name in purposes)
+                    )
                 ):
                     continue
                 handed.add(record.record_id.lower())
