@@ -86,7 +86,9 @@ def _assertion(config: SalesforceSettings) -> str:
     claims = {
         "iss": config.client_id,
         "sub": config.username,
-        "aud": config.login_url.rstrip("/"),
+        # Salesforce takes only its authorization servers' URLs here, not the My Domain or
+        # instance URL a login_url may name ("audience is invalid").
+        "aud": config.audience(),
         "exp": int(time.time()) + 180,
     }
     try:

@@ -65,6 +65,13 @@ ERRORS = sdk.ErrorTable(
         ),
     ]
 )
+# REQUEST_LIMIT_EXCEEDED is also the answer to the org's concurrent long-running request limit
+# (25 requests of 20 s or more at once): no Retry-After, and no budget spent. The message tells
+# it from the daily allocation's ("TotalRequests Limit exceeded.").
+CONCURRENCY_LIMITED = ErrorRule(
+    Action.RATE_LIMITED, Fault.LIMIT, "concurrent request limit reached", 403, "REQUEST_LIMIT_EXCEEDED"
+)
+_CONCURRENCY_LIMIT = re.compile(r"\bConcurrent\w*\b[^.]*\bLimit exceeded", re.IGNORECASE)
 
 COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
 # Read alongside the mapped fields where the object has them: a record in the recycle bin
@@ -112,12 +119,14 @@ class SalesforceConnector(sdk.Connector):
     deletions = "stream"  # queryAll: IsDeleted and MasterRecordId in the (SystemModstamp, Id) stream
     reports_merges = True
     # SystemModstamp is set when a transaction writes the record and the change shows when it
-    # commits. Salesforce's getUpdated() answers latestDateCovered (the start of a transaction
-    # still running) for that reason, and the Bulk and Streaming guides recommend overlapping
-    # windows, but no bound is documented on the lag itself. The longest a transaction can run
-    # is: an Apex transaction (triggers, flows, batch chunks) is stopped after 10 minutes of
-    # execution (Execution Governors and Limits), and a Bulk API batch chunk has the same 10
-    # minutes. So every read starts 10 minutes behind the last record it handled.
+    # commits. No bound is documented on the lag: an Apex transaction (triggers, flows, batch
+    # chunks) is stopped after 10 minutes of execution (Execution Governors and Limits), and a
+    # Bulk API batch chunk has the same 10 minutes, but other platform processes run longer.
+    # So each read first asks sObject Get Updated for its window (``_covered_until``): its
+    # latestDateCovered is "the start time of that long-running transaction until it
+    # completes" (GetUpdatedResult), and the read stops short of it. The look-back stays for
+    # what that answer cannot tell (the last minute, which it does not cover; an object it does
+    # not serve): every read starts 10 minutes behind the last record it handled.
     lookback = timedelta(minutes=10)
     # Write calls side by side: "There isn't a limit on the number of concurrent requests shorter
     # than 20 seconds" (API Request Limits and Allocations); a Collections call of 200 records
@@ -135,6 +144,11 @@ class SalesforceConnector(sdk.Connector):
         # Shared by the readers (copies) and the threads that write side by side.
         self._login = sdk.SharedLogin(self._logged_in)
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
+        # Read-side, shared by the readers: whether describe() said an object is replicateable
+        # (sObject Get Updated serves it), and the objects Get Updated refused for good
+        # (``_covered_until``).
+        self._replicateable: dict[str, bool] = {}
+        self._not_replicated: set[str] = set()
         # Bulk API 2.0 jobs this process was answered for (shared by the copies and threads),
         # and a lock that makes creating a job and looking for one whose answer was lost one
         # step: a job another thread here is about to fill is never taken for a lost one.
@@ -222,6 +236,7 @@ class SalesforceConnector(sdk.Connector):
             result = self._call(
                 f"describe {object_type}", lambda: self.sf.restful(f"sobjects/{object_type}/describe")
             )
+            self._replicateable[object_type] = result.get("replicateable") is not False
             self._describes[object_type] = {
                 item["name"]: sdk.FieldInfo(
                     name=item["name"],
@@ -242,10 +257,13 @@ class SalesforceConnector(sdk.Connector):
         """Changes in (SystemModstamp, Id) order. Where the object has ``IsDeleted`` the read
         goes through ``queryAll``: a deletion moves SystemModstamp to the time of the deletion,
         so records deleted (or merged away: ``MasterRecordId``) come in the same stream and are
-        yielded as ``CrmRecord(deleted=True, merged_into=...)``."""
+        yielded as ``CrmRecord(deleted=True, merged_into=...)``. Nothing stamped after the start
+        of a transaction still open is read (``_covered_until``): its changes show when it
+        commits, stamped when it began, and the cursor must not pass them meanwhile."""
+        include_deleted = "IsDeleted" in self.describe(object_type)
+        until = self._covered_until(object_type, since, until)
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
-        include_deleted = "IsDeleted" in self.describe(object_type)
         added = self._conversion_fields(object_type, fields)
 
         def resume(last: sdk.CrmRecord) -> str:
@@ -261,6 +279,91 @@ class SalesforceConnector(sdk.Connector):
             include_deleted=include_deleted,
             resume=resume,
             added=added,
+        )
+
+    def _covered_until(self, object_type: str, since: sdk.Cursor, until: datetime) -> datetime:
+        """``until``, or the earlier moment up to which Salesforce shows the object's changes
+        whole, then also set as ``covered_until`` (the engine keeps it with the cursor): sObject
+        Get Updated's latestDateCovered, "the start time of that long-running transaction until
+        it completes" (GetUpdatedResult), floored to the second. One call a read, for the window
+        the read covers, from ``since`` (at most 29 days back: Get Updated answers for no more
+        than 30) to ``until``.
+
+        Get Updated drops the seconds of both ends of its window, and covers nothing after the
+        last whole minute of its own clock: an answer at that minute is no news of an open
+        transaction, and the read keeps ``until``. A transaction that began in the seconds after
+        it is inside the next read's look-back window, whose Get Updated covers it. An object
+        Get Updated does not serve (not replicateable, replication not enabled for it, no
+        access: 403, 404, INVALID_TYPE) is read up to ``until`` as before, with a warning once;
+        a window it refuses (EXCEEDED_ID_LIMIT: more than 600,000 changes) likewise, for that
+        read."""
+        self.covered_until = None
+        if object_type in self._not_replicated:
+            return until
+        if not self._replicateable.get(object_type, True):
+            self._replication_unavailable(object_type, "not replicateable", permanent=True)
+            return until
+        end = until.astimezone(UTC)
+        asked_at = datetime.now(UTC)
+        earliest = asked_at - _REPLICATION_DAYS
+        start = earliest if since.modstamp is None else max(since.modstamp.astimezone(UTC), earliest)
+        # A window of at least a whole minute (Get Updated refuses a shorter one).
+        start = min(start, end - 2 * _MINUTE)
+        params = {"start": _replication_time(start), "end": _replication_time(end)}
+
+        def updated() -> Any:
+            try:
+                return self.sf.restful(f"sobjects/{object_type}/updated/", params=params)
+            except SalesforceError as error:
+                if error.status == 401 or not 400 <= error.status < 500:
+                    raise
+                code = _error_code(error) or str(error.status)
+                if code == "REQUEST_LIMIT_EXCEEDED":
+                    raise
+                return _Unreplicated(code, error.status in (403, 404) or code in _NOT_REPLICATED)
+
+        answer = self._call(f"updated {object_type}", updated)
+        if isinstance(answer, _Unreplicated):
+            self._replication_unavailable(object_type, answer.code, permanent=answer.permanent)
+            return until
+        said = answer.get("latestDateCovered") if isinstance(answer, dict) else None
+        if not isinstance(said, str) or not said:
+            self._replication_unavailable(object_type, "no latestDateCovered", permanent=False)
+            return until
+        covered = parse_sf_datetime(said).replace(microsecond=0)
+        clock = self.crm_clock()
+        offset = clock.offset() if clock is not None else None
+        # Salesforce's clock when the call left, at the earliest: its last whole minute then.
+        crm_then = asked_at + (offset.low if offset is not None else timedelta(0))
+        horizon = min(end, crm_then).replace(second=0, microsecond=0)
+        if covered >= horizon or covered >= until:
+            return until
+        log.info(
+            "salesforce.open_transaction",
+            connector=self.name,
+            object=object_type,
+            covered_until=covered.isoformat(),
+            until=end.isoformat(),
+        )
+        self.covered_until = covered
+        return covered
+
+    def _replication_unavailable(self, object_type: str, reason: str, *, permanent: bool) -> None:
+        """Get Updated does not answer for ``object_type`` (for good where ``permanent``: not
+        asked again by this connector): the read goes up to its ``until``, the look-back window
+        alone covering late commits. Warned of once a process per connector, object and reason
+        (the daemon opens the connector afresh for every run)."""
+        if permanent:
+            self._not_replicated.add(object_type)
+        with _REPLICATION_WARNED_LOCK:
+            if (self.name, object_type, reason) in _REPLICATION_WARNED:
+                return
+            _REPLICATION_WARNED.add((self.name, object_type, reason))
+        log.warning(
+            "salesforce.updated_unavailable",
+            connector=self.name,
+            object=object_type,
+            reason=reason,
         )
 
     def read_records(
@@ -579,22 +682,55 @@ class SalesforceConnector(sdk.Connector):
         # Ended: nothing more of it can be applied, and what it saved is answered below (a
         # crash before those answers are committed sends them again, harmlessly).
         self._journal.discard([job_id])
-        failures = self._bulk_results(job_path, "failedResults")
+        # Both result files, whatever the job's state: only a record in successfulResults is
+        # written. Even a JobComplete job may leave records out of both ("Results are not
+        # recorded for batches that exceed the daily batch allocation", Bulk API 2.0 Get Job
+        # Successful/Failed Record Results). That is one GET per job more than the failures
+        # alone. unprocessedrecords is not asked: it lists what a Failed or Aborted job did not
+        # get to, which is in neither file and answered as not written all the same.
+        failures = _by_short_id(self._bulk_results(job_path, "failedResults"))
+        saved = _by_short_id(self._bulk_results(job_path, "successfulResults"))
         completed = info["state"] == "JobComplete"
-        # A job that failed or was aborted half-way may have saved some records: those are
-        # answered as done, and only the rest as a (retryable) job failure.
-        saved = None if completed else set(self._bulk_results(job_path, "successfulResults"))
         job_error = info.get("errorMessage") or info["state"]
         answers: dict[int, sdk.WriteResult] = {}
+        missing: list[str] = []
         for position, item in zip(positions, chosen, strict=True):
-            error = failures.get(item.record_id)
+            error = failures.get(item.record_id[:15])
             if error is not None:
                 answers[position] = _refused(item.record_id, error.split(":", 1)[0], error)
-            elif saved is None or item.record_id in saved:
+            elif item.record_id[:15] in saved:
                 answers[position] = sdk.WriteResult(item.record_id, True)
+            elif completed:
+                # Not known to be written: answered retryable, the outbox sends it again.
+                missing.append(item.record_id)
+                answers[position] = sdk.WriteResult(item.record_id, False, *_RESULT_MISSING, True)
             else:
+                # A job that failed or was aborted half-way: what it saved is answered above.
                 answers[position] = sdk.WriteResult(item.record_id, False, "BULK_JOB_FAILED", job_error, True)
+        self._check_bulk_counts(job_id, info, len(saved), len(failures), missing)
         return answers
+
+    def _check_bulk_counts(
+        self, job_id: str, info: Mapping[str, Any], saved: int, failed: int, missing: Sequence[str]
+    ) -> None:
+        """A warning (ids and counts only) when the job's numberRecordsProcessed and
+        numberRecordsFailed disagree with its result files, or records are in neither."""
+        processed = info.get("numberRecordsProcessed")
+        said_failed = info.get("numberRecordsFailed")
+        if not missing and processed in (None, saved + failed) and said_failed in (None, failed):
+            return
+        log.warning(
+            "salesforce.bulk_results_incomplete",
+            connector=self.name,
+            job=job_id,
+            state=info.get("state"),
+            records_processed=processed,
+            records_failed=said_failed,
+            successful_rows=saved,
+            failed_rows=failed,
+            missing=len(missing),
+            missing_ids=list(missing[:_LOGGED_IDS]),
+        )
 
     def _create_job(self, object_type: str) -> dict[str, Any]:
         """Creates the ingest job. When an attempt's answer was lost (a timeout, a dropped
@@ -871,7 +1007,7 @@ def _refused(record_id: str, code: str, message: str) -> sdk.WriteResult:
     the bin) say gone, until ``_gone_confirmed`` asks: Salesforce words a lookup to a deleted or
     unknown record the same ways."""
     gone = code in _GONE_CODES
-    return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code), gone=gone)
+    return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code, message), gone=gone)
 
 
 def _converted_left_pending(result: sdk.WriteResult) -> sdk.WriteResult:
@@ -900,13 +1036,51 @@ def _malformed_id(record_id: str) -> sdk.WriteResult:
     return sdk.WriteResult(record_id, False, "MALFORMED_ID", "not a Salesforce record id", False)
 
 
+# sObject Get Updated: how far back its window may start (it answers for 30 days at most), and
+# the codes that say it does not serve an object at all (beside 403 and 404).
+_REPLICATION_DAYS = timedelta(days=29)
+_MINUTE = timedelta(minutes=1)
+# (connector, object, reason) whose Get Updated refusal was warned of in this process.
+_REPLICATION_WARNED: set[tuple[str, str, str]] = set()
+_REPLICATION_WARNED_LOCK = threading.Lock()
+_NOT_REPLICATED = frozenset(
+    {"INVALID_TYPE", "NOT_FOUND", "INSUFFICIENT_ACCESS", "API_DISABLED_FOR_ORG", "FUNCTIONALITY_NOT_ENABLED"}
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Unreplicated:
+    """Get Updated's refusal of an object or a window (``code``); ``permanent``: of the object."""
+
+    code: str
+    permanent: bool
+
+
+def _replication_time(moment: datetime) -> str:
+    """A Get Updated window end: ISO 8601 in UTC, whole seconds (it drops them itself)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
 _GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"})
 _CONFIRM_CHUNK = 200
+# A JobComplete job's record in neither result file: code and message of its (retryable) answer.
+_RESULT_MISSING = ("BULK_RESULT_MISSING", "in neither result file of the bulk job: not known to be written")
+_LOGGED_IDS = 50  # record ids a warning names at most
 
 
-def _retryable(code: str) -> bool:
-    # A per-record error came in a 200 answer: only codes the table says are transient retry.
-    return ERRORS.classify(400, code).action in (Action.RETRY, Action.RATE_LIMITED)
+def _by_short_id(results: Mapping[str, str]) -> dict[str, str]:
+    """Bulk API results by 15-character id: the files say 18, an update may hold 15."""
+    return {record_id[:15]: said for record_id, said in results.items() if record_id}
+
+
+def _retryable(code: str, message: str = "") -> bool:
+    # A per-record error came in a 200 answer: only codes the table says are transient retry,
+    # and a lock met inside the save (CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY: a trigger's, a
+    # flow's or a roll-up's DML on another record found it locked), which Salesforce words with
+    # UNABLE_TO_LOCK_ROW in the message; it clears as the lock does.
+    if ERRORS.classify(400, code).action in (Action.RETRY, Action.RATE_LIMITED):
+        return True
+    return "UNABLE_TO_LOCK_ROW" in message
 
 
 def _error_code(error: SalesforceError) -> str | None:
@@ -926,8 +1100,14 @@ def _classified(error: SalesforceError) -> ConnectorError:
         message = str(content)[:300]
     rule = ERRORS.classify(error.status, code)
     text = f"{error.resource_name}: {error.status} {code or ''} {message}".strip()
+    if code == "REQUEST_LIMIT_EXCEEDED" and _CONCURRENCY_LIMIT.search(message):
+        # The same code for the org's cap on concurrent long-running requests
+        # ("ConcurrentPerOrgLongTxn Limit exceeded."): it clears in seconds, as the other
+        # requests end. Retried with backoff (sdk.call); still refused after the last attempt,
+        # the run stops cleanly (RATE_LIMITED).
+        return ConnectorError(text, CONCURRENCY_LIMITED)
     if code == "REQUEST_LIMIT_EXCEEDED":
-        # The org's rolling 24-hour allocation (or its concurrency cap): no use retrying now.
+        # The org's rolling 24-hour allocation ("TotalRequests Limit exceeded."): no use retrying.
         return sdk.BudgetExhausted(text, rule)
     return ConnectorError(text, rule)
 
@@ -956,6 +1136,7 @@ _ENDPOINTS = (
     ("/query/", "queryMore"),
     ("/describe", "describe"),
     ("/limits", "limits"),
+    ("/updated/", "updated"),
     ("/sobjects/", "sobject"),
 )
 

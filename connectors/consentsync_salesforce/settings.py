@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -17,6 +18,9 @@ from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile, WebUrl
 _API_VERSION = re.compile(r"^([1-9][0-9]{1,2})\.0$")
 #: sObject Collections (every write and delete) came with API version 42.0.
 OLDEST_API_VERSION = 42
+#: The JWT bearer ``aud`` of production (and Developer Edition) orgs, and of sandboxes.
+LOGIN_AUDIENCE = "https://login.salesforce.com"
+TEST_AUDIENCE = "https://test.salesforce.com"
 
 
 class SalesforceSettings(ConnectorSettings):
@@ -28,6 +32,12 @@ class SalesforceSettings(ConnectorSettings):
     password: str | None = None
     security_token: str | None = None
     private_key_file: ExistingFile | None = None
+    # The JWT bearer assertion's ``aud``: the authorization server Salesforce accepts there,
+    # https://login.salesforce.com, https://test.salesforce.com or an Experience Cloud site's
+    # URL, never a My Domain or instance URL. None: test.salesforce.com where login_url is
+    # test.salesforce.com or a sandbox's My Domain (*.sandbox.my.salesforce.com), else
+    # login.salesforce.com (``audience``).
+    jwt_audience: WebUrl | None = None
     access_token: str | None = None
     instance_url: WebUrl | None = None
     api_version: str = "59.0"
@@ -60,6 +70,16 @@ class SalesforceSettings(ConnectorSettings):
                 f"{OLDEST_API_VERSION}.0 or later)"
             )
         return text
+
+    def audience(self) -> str:
+        """The JWT bearer assertion's ``aud``: ``jwt_audience``, else the login server of the
+        org kind ``login_url`` names (Salesforce refuses a My Domain URL there)."""
+        if self.jwt_audience:
+            return self.jwt_audience.rstrip("/")
+        host = (urlsplit(self.login_url).hostname or "").lower().rstrip(".")
+        if host == "test.salesforce.com" or host.endswith(".sandbox.my.salesforce.com"):
+            return TEST_AUDIENCE
+        return LOGIN_AUDIENCE
 
     @model_validator(mode="after")
     def _credentials_for_the_flow(self) -> SalesforceSettings:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from consentsync_salesforce import SalesforceConnector
-from consentsync_salesforce.sandbox import SalesforceSandbox
+from consentsync_salesforce.sandbox import ApiError, SalesforceSandbox
 
 from consentsync.sdk import BudgetExhausted, ConnectorError, Cursor, RecordUpdate, WriteAction, WriteResult
 from tests.connectors.against_sandbox import (
@@ -180,7 +180,17 @@ def test_a_no_ticked_just_before_a_deletion_comes_with_the_deletion(sandbox: Sal
     assert sandbox.calls["query"] == queries + 1, "no call beyond the read's own query"
 
 
-def test_a_late_commit_inside_the_look_back_is_read_on_the_next_run(sandbox: SalesforceSandbox) -> None:
+def test_a_late_commit_inside_the_look_back_is_read_on_the_next_run(
+    sandbox: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where sObject Get Updated does not serve the object (so the read cannot stop short of an
+    open transaction: tests/connectors/test_salesforce_long_transaction.py), the look-back alone
+    reads a late commit."""
+
+    def not_served(*_: Any, **__: Any) -> Any:
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+
+    monkeypatch.setattr(sandbox, "_h_updated", not_served)
     connector = connector_for(sandbox)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=4)
     sandbox.org.clock = lambda: start

@@ -218,7 +218,7 @@ def test_jwt_bearer_grant(rsa_keys: tuple[bytes, bytes]) -> None:
         good = {
             "iss": credentials.client_id,
             "sub": credentials.username,
-            "aud": sf.login_url,
+            "aud": "https://login.salesforce.com",
             "exp": now + 180,
         }
 
@@ -234,11 +234,12 @@ def test_jwt_bearer_grant(rsa_keys: tuple[bytes, bytes]) -> None:
             .get(f"{sf.data_url()}/limits", headers={"Authorization": f"Bearer {ok.json()['access_token']}"})
             .ok
         )
-        assert grant({**good, "aud": "https://login.salesforce.com"}).status_code == 200
+        assert grant({**good, "aud": "https://test.salesforce.com"}).status_code == 200
         cases = [
             (grant(good, other_private), ("invalid_grant", "invalid assertion")),
             (grant({**good, "exp": now - 600}), ("invalid_grant", "expired authorization code")),
             (grant({**good, "aud": "https://elsewhere.example"}), ("invalid_grant", "audience is invalid")),
+            (grant({**good, "aud": sf.login_url}), ("invalid_grant", "audience is invalid")),
             (grant({**good, "iss": "someone-else"}), ("invalid_client_id", "client identifier invalid")),
             (
                 grant({**good, "sub": "other@example.com"}),

@@ -713,6 +713,20 @@ class SalesforceOrg:
                 if not r["IsDeleted"] and start <= r["SystemModstamp"] < end
             ]
 
+    def open_since(self, sobject: str, start: dt.datetime, end: dt.datetime) -> dt.datetime | None:
+        """The earliest stamp, in ``[start, end)``, of a record of ``sobject`` whose transaction
+        has not committed yet (:meth:`begin_create`), or None: Get Updated's latestDateCovered
+        then says that moment ("the start time of that long-running transaction until it
+        completes", GetUpdatedResult)."""
+        obj = self._require(sobject)
+        with self.lock:
+            stamps = [
+                record["SystemModstamp"]
+                for kind, record in self._uncommitted.values()
+                if kind.name == obj.name and start <= record["SystemModstamp"] < end
+            ]
+        return min(stamps, default=None)
+
     def deleted_records(
         self, sobject: str, start: dt.datetime, end: dt.datetime
     ) -> list[tuple[str, dt.datetime]]:
@@ -934,7 +948,8 @@ class SalesforceOrg:
         """Start creating a record in a transaction that commits late (a long Apex transaction, a
         trigger chain, a Bulk API batch): its id, CreatedDate and SystemModstamp are set now, but
         no read (query, queryAll, sObject GET, /updated/, :meth:`records`) sees it until
-        :meth:`commit`. Returns its id."""
+        :meth:`commit`; meanwhile /updated/ answers its stamp as latestDateCovered
+        (:meth:`open_since`). Returns its id."""
         record_id = self.create(sobject, fields, **more)
         obj = self._require(sobject)
         with self.lock:

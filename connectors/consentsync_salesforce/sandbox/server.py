@@ -137,12 +137,52 @@ _NOT_FOUND = "The requested resource does not exist"
 
 class SalesforceFaults(Faults):
     """The shared fault switches, with Salesforce's words for the per-record write failure (its
-    error is UNABLE_TO_LOCK_ROW): ``lock_ids``, :meth:`lock_records`, :meth:`consume_lock`."""
+    error is UNABLE_TO_LOCK_ROW): ``lock_ids``, :meth:`lock_records`, :meth:`consume_lock`.
+
+    Salesforce's own switches (``update``, ``reset`` and ``settings`` as the shared ones):
+
+    ``trigger_locks``
+        the locked rows are met by a trigger the write fires (its DML on a related record, a
+        roll-up to the parent): the write is refused with CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY,
+        UNABLE_TO_LOCK_ROW in its message, instead of UNABLE_TO_LOCK_ROW itself.
+    ``bulk_unrecorded_after``
+        a Bulk API 2.0 job's rows past this many are processed (saved or refused, and counted in
+        ``numberRecordsProcessed``/``numberRecordsFailed``) but in neither result file: "Results
+        are not recorded for batches that exceed the daily batch allocation".
+    """
 
     id_settings = ("fail_ids", "lock_ids")
     lock_records = Faults.fail_records
     unlock_records = Faults.release_records
     consume_lock = Faults.consume_failure
+    own_settings = ("trigger_locks", "bulk_unrecorded_after")  # their defaults: just below
+    trigger_locks: bool = False
+    bulk_unrecorded_after: int | None = None
+
+    def update(self, **settings: Any) -> None:
+        for name in set(self.own_settings) & settings.keys():
+            setattr(self, name, settings.pop(name))
+        super().update(**settings)
+
+    def reset(self) -> None:
+        super().reset()
+        for name in self.own_settings:
+            vars(self).pop(name, None)  # the class's default again
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), **{name: getattr(self, name) for name in self.own_settings}}
+
+    def consume_failure(self, record_id: str) -> bool:
+        locked = super().consume_failure(record_id)
+        if locked and self.trigger_locks:
+            raise RecordError(
+                "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+                "ConsentTrigger: execution of AfterUpdate caused by: System.DmlException: Update "
+                f"failed. First exception on row 0 with id {record_id}; first error: "
+                "UNABLE_TO_LOCK_ROW, unable to obtain exclusive access to this record: []: "
+                "Trigger.ConsentTrigger: line 12, column 1",
+            )
+        return locked
 
 
 # The endpoint kinds this sandbox counts calls of and aims faults at.
@@ -182,8 +222,9 @@ class SalesforceCredentials:
     ``password`` grant: ``client_id``, ``client_secret``, ``username`` and ``password`` followed by
     ``security_token`` (empty by default). ``client_credentials``: ``client_id`` and
     ``client_secret`` (form fields or HTTP Basic). JWT bearer: an RS256 assertion with
-    ``iss=client_id``, ``sub=username``, ``aud`` one of ``jwt_audiences`` (or the sandbox's own
-    URL) and a future ``exp``, signed by the private key matching ``jwt_public_key_pem``.
+    ``iss=client_id``, ``sub=username``, ``aud`` one of ``jwt_audiences`` (as Salesforce: its
+    login servers, or an Experience Cloud site's URL; never its own URL) and a future ``exp``,
+    signed by the private key matching ``jwt_public_key_pem``.
     """
 
     client_id: str = "3MVG9consentsyncSandboxConsumerKey"
@@ -577,7 +618,9 @@ class SalesforceSandbox(HttpsSandbox):
         key = self.credentials.jwt_public_key_pem
         if not key:
             raise _OAuthError("invalid_grant", "invalid assertion")
-        audiences = [*self.credentials.jwt_audiences, self.login_url]
+        # Salesforce's authorization servers (or an Experience Cloud site) only: a My Domain
+        # or instance URL, such as this sandbox's own, is "audience is invalid".
+        audiences = list(self.credentials.jwt_audiences)
         try:
             claims = jwt.decode(
                 assertion,
@@ -843,7 +886,9 @@ class SalesforceSandbox(HttpsSandbox):
             raise ApiError(400, "INVALID_REPLICATION_DATE", f"Invalid date time value: {bad}")
         start = start.replace(second=0, microsecond=0)
         end = end.replace(second=0, microsecond=0)
-        now = self.org.now()
+        # The org's clock, which stamps its changes; a test that stamps a change at a moment of
+        # its choosing, in the past, does not turn back the clock its answers' Date tell.
+        now = max(self.org.now(), self.now().replace(microsecond=0))
         if start < now - dt.timedelta(days=30):
             raise ApiError(400, "INVALID_REPLICATION_DATE", "startDate cannot be more than 30 days ago")
         if end <= start:
@@ -852,11 +897,21 @@ class SalesforceSandbox(HttpsSandbox):
                 "INVALID_REPLICATION_DATE",
                 "startDate must chronologically precede endDate by more than one minute",
             )
+        if end - start > dt.timedelta(days=30):
+            raise ApiError(
+                400, "INVALID_REPLICATION_DATE", "endDate cannot be more than 30 days after startDate"
+            )
         return start, min(end, now.replace(second=0))
 
     def _h_updated(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
-        ids, _start, end = self._replicated(request, sobject, self.org.updated_ids)
-        return _json_response(200, {"ids": ids, "latestDateCovered": format_datetime(end)})
+        """The ids changed in the window; latestDateCovered is its end (the last whole minute at
+        the latest) or, while a transaction that began in it is still open (``begin_create``),
+        the moment it began: "for safety, you should use this value for the startDate of your
+        next call" (GetUpdatedResult)."""
+        ids, start, end = self._replicated(request, sobject, self.org.updated_ids)
+        opened = self.org.open_since(sobject, start, end)
+        covered = end if opened is None else min(end, opened)
+        return _json_response(200, {"ids": ids, "latestDateCovered": format_datetime(covered)})
 
     def _h_deleted(self, request: SandboxRequest, version: str, sobject: str) -> SandboxResponse:
         rows, start, end = self._replicated(request, sobject, self.org.deleted_records)
@@ -1179,8 +1234,13 @@ class SalesforceSandbox(HttpsSandbox):
         success_lines = [_csv_line(["sf__Id", "sf__Created", *header])]
         failed_lines = [_csv_line(["sf__Id", "sf__Error", *header])]
         failed = 0
-        for row, (record_id, error, created) in zip(data, outcomes, strict=True):
-            if error is None:
+        recorded = self.faults.bulk_unrecorded_after
+        for index, (row, (record_id, error, created)) in enumerate(zip(data, outcomes, strict=True)):
+            if recorded is not None and index >= recorded:
+                # Processed and counted, its result not recorded (the daily batch allocation).
+                failed += error is not None
+                self._injected("bulk_unrecorded")
+            elif error is None:
                 success_lines.append(_csv_line([record_id, "true" if created else "false", *row]))
             else:
                 failed += 1
@@ -1250,7 +1310,7 @@ def serve_forever(*, port: int = 8443, records: int = 2000, seed: int, host: str
         "client_secret": c.client_secret,
         "username": c.username,
         "password": c.password,
-        "JWT key": f"{jwt_key_path}   (RS256; iss=client_id, sub=username, aud={sandbox.login_url})",
+        "JWT key": f"{jwt_key_path}   (RS256; iss=client_id, sub=username, aud={c.jwt_audiences[0]})",
         "seeded": f"{len(summary['contacts'])} contacts, {len(summary['leads'])} leads, "
         f"{len(summary['individuals'])} individuals, {len(summary['consents'])} consents "
         f"(--random-seed {seed})",

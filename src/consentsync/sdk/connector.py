@@ -38,7 +38,8 @@ class Cursor:
     modstamp: datetime | None = None
     record_id: str | None = None
     token: str | None = None
-    # The upper bound (``until``) of the read that stored this cursor: every change stamped a
+    # The upper bound (``until``) of the read that stored this cursor, or the earlier moment its
+    # connector said the read covered (``Connector.covered_until``): every change stamped a
     # look-back window before it was visible to that read, so the next read need not go back
     # further than that (see ``Connector.resume_from``). A moment of the CRM's clock, as its
     # stamps are: where the CRM's clock runs behind ours, the engine bounds it by the CRM's
@@ -250,6 +251,13 @@ class Connector(ABC):
         # own for the next read (a delta token): the engine stores it once every record the read
         # yielded is committed. None: the engine keeps (last modstamp, last id, the old token).
         self.completed_cursor: Cursor | None = None
+        # Set by read_changes, before its first record, where the CRM says that what it shows is
+        # whole only up to a moment before ``until`` (a transaction still open, its changes
+        # stamped when it began and shown when it commits): the read asks for nothing stamped
+        # after that moment, and the engine keeps it with the cursor in place of ``until``
+        # (``Cursor.read_until``), so that the next read's look-back window starts behind it.
+        # None: the read covered everything up to ``until``.
+        self.covered_until: datetime | None = None
 
     @abstractmethod
     def check(self) -> None:
@@ -329,8 +337,8 @@ class Connector(ABC):
         reads: the engine then asks for every object's pages side by side (a run waits about one
         round trip for its objects' first pages, not one per object) and still commits them one
         read after the other. It shares this connector's session, API usage and budget and keeps
-        its own per-read state (``completed_cursor``, ``expected_records``). None, the default:
-        reads run one after another."""
+        its own per-read state (``completed_cursor``, ``covered_until``, ``expected_records``).
+        None, the default: reads run one after another."""
         return None
 
     def read_deletions(

@@ -34,7 +34,7 @@ class FaultOutcome(StrEnum):
 
 #: The fault switches every sandbox offers (see :mod:`consentsync.sandbox.faults`) and what a
 #: connector must do under each. A harness may change an outcome in ``fault_outcomes`` where its
-#: CRM answers differently (Salesforce's only throttle is the daily limit's error code: it stops).
+#: CRM answers differently (a throttle the connector cannot tell from the daily limit: it stops).
 STANDARD_FAULTS: Mapping[str, FaultOutcome] = {
     "server_error": FaultOutcome.SURVIVES,  # the next 2 calls answer 5xx
     "connection_reset": FaultOutcome.SURVIVES,  # the next 2 connections are reset

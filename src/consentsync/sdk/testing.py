@@ -174,14 +174,17 @@ def _a_late_commit_is_read(
     first = open_sync_engine(config).run(full=True)
     assert first.status == "succeeded", first.error
     links = _links(config, harness)
-    assert late not in links and set(after) <= set(links)
+    # The records after the late one are read, unless the connector stopped its read short of a
+    # transaction still open (``Connector.covered_until``: Salesforce, where its Get Updated
+    # already covers the late record's minute), which leaves them to the run after the commit.
+    assert late not in links and (set(after) <= set(links) or not set(after) & set(links))
     assert _id_key(harness, late) < max(_id_key(harness, i) for i in after), "the late id must sort low"
     harness.commit_late(late)
     time.sleep(1.1)
     second = open_sync_engine(config).run()
     assert second.status == "succeeded", second.error
     clock = f", the CRM's clock {behind} behind ours" if behind else ""
-    assert late in _links(config, harness), (
+    assert {late, *after} <= set(_links(config, harness)), (
         f"a record committed late, {connector.lookback} look-back{clock}, was never read"
     )
     view = open_sync_engine(config).ledger.subject_view("late.committer@example.test")
