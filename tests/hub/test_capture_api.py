@@ -132,12 +132,13 @@ def test_an_erasure_request_suppresses_the_address_for_good(world: HubWorld) -> 
     assert erased.status_code == 200 and erased.json()["subject_known"] is True
     after = decision(world, "ada@example.test")
     assert after["contact"] is False and after["rule"] == "erasure_suppression" and after["known"] is False
-    # A grant from a source that is not trusted cannot revive contact: the suppression holds ...
+    # A grant from a source that is not trusted cannot revive contact: it is refused, and the
+    # suppression holds (tests/hub/test_capture_untrusted_grant_after_erasure.py) ...
     world.clock.advance(minutes=1)
     _key, shop = keys.create(
         world.ledger, "shop", source="shop_checkout", purposes=["*"], actions=["consents"]
     )
-    assert world.post("/consents", GRANT, secret=shop).status_code == 201
+    assert world.post("/consents", GRANT, secret=shop).status_code == 409
     assert decision(world, "ada@example.test")["rule"] == "erasure_suppression"
     # ... only the person's own new consent, evidenced, from a trusted capture source does.
     world.clock.advance(minutes=1)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import os
 import shlex
@@ -11,8 +13,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
+import requests
 import yaml
 
 from consentsync.config import write_starter
@@ -92,6 +96,73 @@ def test_the_printed_block_and_exports_sync_with_the_sandbox(vendor: str, tmp_pa
         report = sync_as_pasted(block, exports, tmp_path, dict(os.environ))
         assert report["status"] == "succeeded"
         assert report["counts"]["read"] >= 30
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+
+
+def _vtiger_session(settings: dict, access_key: str) -> tuple[requests.Session, str, str]:
+    """A session on the sandbox's webservice as the printed user: (session, its URL, sessionName)."""
+    session = requests.Session()
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override the sandbox's CA
+    session.verify = settings["ca_bundle"]
+    url = settings["url"].rstrip("/") + "/webservice.php"
+    user = settings["username"]
+    challenge = session.get(url, params={"operation": "getchallenge", "username": user}).json()
+    key = hashlib.md5((challenge["result"]["token"] + access_key).encode()).hexdigest()
+    login = session.post(url, data={"operation": "login", "username": user, "accessKey": key}).json()
+    assert login["success"], login
+    return session, url, login["result"]["sessionName"]
+
+
+def test_the_printed_vtiger_block_reads_an_opt_out_ticked_after_the_first_sync(tmp_path: Path) -> None:
+    """The block says the install's zone (server_timezone) and the sandbox serves modifiedtime in
+    that zone, as a real install with a non-UTC $default_timezone does: an opt-out ticked after
+    the first sync is read by the next one. (The block said America/Los_Angeles while the sandbox
+    served UTC: every change after the first sync lay "in the future", 0 records read.)"""
+    sandbox = subprocess.Popen(
+        [CONSENTSYNC, "sandbox", "vtiger", "--port", "0", "--seed", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        block, exports = _block_and_exports(_printed(sandbox))
+        settings = block["connectors"][0]["settings"]
+        zone = ZoneInfo(settings["server_timezone"])
+        assert zone.utcoffset(dt.datetime.now()) != dt.timedelta(0)  # the zone handling is exercised
+        first = sync_as_pasted(block, exports, tmp_path, dict(os.environ))
+        assert first["status"] == "succeeded" and first["counts"]["read"] >= 30
+
+        # A CRM user ticks "Email Opt Out" on a contact the first sync read unticked.
+        (access_key,) = exports.values()
+        session, url, name = _vtiger_session(settings, access_key)
+        with session:
+            query = "SELECT id, email, emailoptout FROM Contacts LIMIT 0,100;"
+            rows = session.get(url, params={"operation": "query", "sessionName": name, "query": query}).json()
+            contact = next(r for r in rows["result"] if r["email"] and r["emailoptout"] == "0")
+            element = json.dumps({"id": contact["id"], "emailoptout": "1"})
+            ticked = session.post(url, data={"operation": "revise", "sessionName": name, "element": element})
+            stamp = ticked.json()["result"]["modifiedtime"]
+
+        time.sleep(3)  # a run reads up to signpost_lag_seconds (2) before it starts
+        env = {**os.environ, "CONSENTSYNC_CONFIG": str(tmp_path / "consentsync.yaml"), **exports}
+        second = subprocess.run(
+            [CONSENTSYNC, "sync", block["connectors"][0]["name"], "--json"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert second.returncode == 0, second.stderr
+        assert json.loads(second.stdout)["counts"]["read"] >= 1
+        shown = subprocess.run(
+            [CONSENTSYNC, "subject", "show", contact["email"], "--json"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        states = {(p["purpose"], p["channel"]): p["status"] for p in json.loads(shown.stdout)["purposes"]}
+        assert states[("email_marketing", "email")] == "withdrawn", states
+        # The stamp the sandbox served is wall-clock time in the printed zone, as the connector reads it.
+        served = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone)
+        assert abs(served - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=2), (stamp, zone)
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)

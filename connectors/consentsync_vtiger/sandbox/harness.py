@@ -16,13 +16,11 @@ from typing import Any, ClassVar
 
 from consentsync.sandbox.harness import SandboxHarness
 from consentsync.sdk.harness import FaultOutcome
-from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
+from consentsync_vtiger.sandbox.server import SERVER_TIMEZONE, VtigerCrm, VtigerSandbox
 
 MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"  # the connector package's example mappings
 WRITE_KINDS = ("revise", "update", "create", "delete")
 TIMEOUT = 2.0  # under a loaded machine a 1 s answer is no fault
-# An install set up in California: modifiedtime is served in Pacific time.
-SERVER_TIMEZONE = "America/Los_Angeles"
 
 # An install in use since 2019 (AdoptionHarness). Vtiger records no opt-in and no lawful basis:
 # a contact's consent is its two checkboxes, "Email Opt Out" and "Do Not Call" ("0" when never
@@ -93,7 +91,6 @@ class VtigerHarness(SandboxHarness):
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
     own_settings: ClassVar[Mapping[str, Any]] = {
         "crowded_second_overlap": 2,
-        "server_timezone": SERVER_TIMEZONE,
         # The sandbox's sync answers, as on installs where it works (not the stock 8.2.0).
         "read_deletions": True,
     }
@@ -103,6 +100,13 @@ class VtigerHarness(SandboxHarness):
 
     def __init__(self) -> None:
         self.sandbox = VtigerSandbox(VtigerCrm(privacy_guard=False, timezone=SERVER_TIMEZONE))
+
+    def connector_settings(self, **overrides: Any) -> dict[str, Any]:
+        """As every harness's, with ``server_timezone`` the zone the sandbox in hand serves its
+        times in: its own, or the running one ``consentsync sandbox vtiger`` prints the block
+        for (a block naming another zone than the served one reads every change hours off)."""
+        zone = {"server_timezone": self.sandbox.crm.zone.key}
+        return super().connector_settings(**{**zone, **overrides})
 
     # -- the CRM's data ------------------------------------------------------------------------
 

@@ -135,6 +135,10 @@ log = logging.getLogger("consentsync_vtiger.sandbox.server")
 
 API_VERSION = "0.22"
 VTIGER_VERSION = "8.2.0"
+# The $default_timezone of the sandbox `consentsync sandbox vtiger` serves and of the contract
+# harness's: an install set up in California, so modifiedtime is served in Pacific time and every
+# run against it exercises the connector's server_timezone (a UTC sandbox would hide a zone mix-up).
+SERVER_TIMEZONE = "America/Los_Angeles"
 CONSENT_STATES = ("Not Applicable", "Applicable", "Waiting", "Granted", "Not Granted")
 VTIGER_KINDS = (
     "getchallenge",
@@ -1274,11 +1278,13 @@ def serve_forever(
     host: str,
     privacy_guard: bool = True,
     sync_fails: bool = False,
-    timezone: str = "UTC",
+    timezone: str = SERVER_TIMEZONE,
 ) -> Serving:
     """Run a Vtiger CRM sandbox (webservice.php over HTTPS, self-signed CA) until interrupted.
 
-    Prints its address, CA and credentials."""
+    Prints its address, CA and credentials. It serves its times in ``timezone`` (an install whose
+    $default_timezone is not UTC, as the contract harness's), and the printed block's
+    ``server_timezone`` is the zone it serves (``VtigerHarness.connector_settings``)."""
     crm = VtigerCrm(privacy_guard=privacy_guard, timezone=timezone)
     sandbox, made = seeded(VtigerSandbox, crm, records, seed, host=host, port=port, sync_fails=sync_fails)
     c = sandbox.credentials

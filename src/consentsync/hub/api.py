@@ -18,7 +18,15 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field,
 from consentsync.domain import InvalidInput
 from consentsync.hub import keys
 from consentsync.hub.bodylimit import BodyLimit
-from consentsync.hub.capture import BATCH_MAX, Conflict, ConsentCapture, Forbidden, Hub, request_digest
+from consentsync.hub.capture import (
+    BATCH_MAX,
+    Conflict,
+    ConsentCapture,
+    ErasedAddress,
+    Forbidden,
+    Hub,
+    request_digest,
+)
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.ratelimit import RateLimiter
 from consentsync.ledger.service import NotFound
@@ -101,7 +109,13 @@ class RateLimited(Exception):
 
 
 # The core's refusals, each answered with its message as ``{"error": ...}`` and this status.
-REFUSAL_STATUS: dict[type[Exception], int] = {InvalidInput: 422, Forbidden: 403, Conflict: 409, NotFound: 404}
+REFUSAL_STATUS: dict[type[Exception], int] = {
+    InvalidInput: 422,
+    Forbidden: 403,
+    Conflict: 409,
+    ErasedAddress: 409,
+    NotFound: 404,
+}
 
 
 def _refused(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

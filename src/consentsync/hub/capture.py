@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -44,7 +44,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity
+from consentsync.ledger.identity import Identity, SubjectResolver
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -145,6 +145,11 @@ class Forbidden(PermissionError):
 
 class Conflict(ValueError):
     """An Idempotency-Key reused with another request."""
+
+
+class ErasedAddress(ValueError):
+    """A grant for an erased address nobody came back with, from a capture that cannot lift the
+    erasure's suppression (``Hub._refuse_erased``): refused, nothing recorded, nothing mailed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,6 +615,9 @@ class Hub:
                     kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
                     if kept is not None:
                         return kept
+                # Read under the writer lock the transaction holds: an erasure committed since
+                # the request was checked counts.
+                self._refuse_erased(conn, key, requests, doi)
                 recorded = [r for index, r in enumerate(requests) if index not in standing]
                 _stats, kept_outcomes = self.ledger.record_in(conn, recorded) if recorded else (None, [])
                 found = iter(kept_outcomes)
@@ -752,6 +760,49 @@ class Hub:
                 "send a new key for a new request"
             )
         return CaptureResult(row.status_code, orjson.loads(row.response), replayed=True)
+
+    def _refuse_erased(
+        self, conn: Connection, key: ApiKey, requests: list[RecordRequest], doi: set[int]
+    ) -> None:
+        """Refuses the request (``ErasedAddress``) where it grants for an address on the
+        suppression list that nobody came back with (``SubjectResolver.erased_since``: its keyed
+        hash under any of its forms) and none of its grants for that address could lift the
+        suppression: a new consent from a trusted capture source, evidenced, dated after the
+        erasure (``Policy.reverses_sticky``; for a double opt-in, the confirmation it mails, so
+        the sign-up must be one the confirmation could lift). Such a grant would store the
+        erased address on a new person, suppressed all the same, and mail it a receipt or a
+        link (docs/hub.md, "A grant for an erased address"). Only a no for the address alone is read as
+        before: kept as its keyed hash (``Identity.says_no``)."""
+        granting: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            if request.identity.email and not request.identity.says_no:
+                granting.setdefault(request.identity.email, []).append(index)
+        if not granting:
+            return
+        resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+        for email, indexes in granting.items():
+            since = resolver.erased_since(email)
+            if since is None or any(self._lifts(requests[i].evidence, i in doi, since) for i in indexes):
+                continue
+            log.info("hub.capture_refused", apikey=key.name, reason="erased", item=indexes[0])
+            raise ErasedAddress(
+                f"consents[{indexes[0]}].email: the address was erased; a grant from source "
+                f"{key.source!r} does not bring it back (only a new consent from a trusted "
+                "source, policy.trusted_sources, dated after the erasure does): nothing was recorded"
+            )
+
+    def _lifts(self, evidence: Evidence, double_opt_in: bool, since: datetime) -> bool:
+        """Whether ``evidence`` (a grant as captured) lifts an erasure's suppression made at
+        ``since``, as the ledger reads it (``effective_state``): a new consent newer than it. A
+        double opt-in records "requested"; its confirmation (source ``DOUBLE_OPT_IN_SOURCE``)
+        is the grant, and only for a sign-up that is a new consent itself."""
+        policy = self.ledger.policy
+        if double_opt_in:
+            if DOUBLE_OPT_IN_SOURCE not in policy.trusted_sources:
+                return False
+            evidence = replace(evidence, status=ConsentStatus.GRANTED)
+        moment = policy.credible_time(evidence)
+        return policy.reverses_sticky(evidence) and moment is not None and moment > since
 
     def _consented(self, requests: list[RecordRequest], doi: set[int]) -> dict[int, tuple[str, Any]]:
         """The double opt-in sign-ups (by index) of people whose consent to that purpose and

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_
+from sqlalchemy import ColumnElement, Connection, Table, and_, select
 
 from consentsync.audit import AuditRecord
 from consentsync.domain import email_forms
@@ -200,10 +200,20 @@ class SubjectResolver:
         ``email_forms``) and no person holds it: an erased address nobody came back with. Whatever
         is said for it (a no, an objection) is said by someone the erasure already keeps out;
         nothing of it is to be written (a person holding it, a mail to it)."""
+        return self.erased_since(email) is not None
+
+    def erased_since(self, email: str) -> datetime | None:
+        """For an address ``is_erased_only`` holds for, when the suppression entry a person
+        coming back with it would stand on (``_create``: its first form on the list) was made,
+        the time a new consent must be newer than to lift it; else None."""
         if self._find_emails({email}):
-            return False
-        hashes = sorted({self.hashed(form) for form in email_forms(email)})
-        return any(select_in(self.conn, suppressions, ("id",), "email_hmac", hashes))  # rows: (id,)
+            return None
+        digests = [self.hashed(form) for form in email_forms(email)]
+        query = select(suppressions.c.email_hmac, suppressions.c.created_at).where(
+            suppressions.c.email_hmac.in_(digests)
+        )
+        made = {row[0]: row[1] for row in self.conn.execute(query)}
+        return next((made[digest] for digest in digests if digest in made), None)
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.
