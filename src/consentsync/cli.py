@@ -564,8 +564,11 @@ def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bo
 @scriptable
 def subject_show(email: str, as_json: bool) -> None:
     """Effective state per purpose and channel, with the deciding rule, and the full history."""
+    from consentsync.export import with_objection_reasons
+
     ledger = current_ledger()
-    view = ledger.subject_view(_held_email(email))
+    # Each objection with the reason it was upheld or rejected for on review (the audit log's).
+    view = with_objection_reasons(ledger, ledger.subject_view(_held_email(email)))
     ledger.audit_read(view["subject"], "subject.viewed", actor=login_name(), source="cli")
     if as_json:
         emit_json(view)
@@ -589,7 +592,7 @@ def subject_show(email: str, as_json: bool) -> None:
         click.echo("\nobjections:")
         print_table(
             view["objections"],
-            ["id", "purpose", "direct_marketing", "status", "raised_at", "decided_by"],
+            ["id", "purpose", "direct_marketing", "status", "raised_at", "decided_by", "decision_reason"],
         )
     if view["crm_records"]:
         click.echo("\nCRM records:")

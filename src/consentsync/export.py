@@ -17,9 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openpyxl import Workbook
-from openpyxl.utils import get_column_letter
-
 from consentsync.domain import EffectiveState
 
 if TYPE_CHECKING:
@@ -74,6 +71,11 @@ OBJECTION_COLUMNS = [
     "decided_by",
     "decided_at",
 ]
+# Why an objection was upheld or rejected on review (``objection decide --reason``), from the audit
+# log: the person is owed the reasons for not acting on their objection (Art. 12(4), Art. 21(1)).
+# None for one the policy decided (Art. 21(2), auto_uphold), one pending, and once the details
+# were erased (Art. 17).
+OBJECTION_DECISION_COLUMNS = ["decision_reason"]
 LINK_COLUMNS = ["connector", "object", "record_id", "linked_at", "status", "gone_at", "merged_into"]
 # Each restriction of processing (Art. 18) placed or lifted, from the audit log: when, by whom
 # (the actor the ops command or console named), from where, and the reason given.
@@ -85,22 +87,57 @@ RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason"
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
     ("event", "History", "history", HISTORY_COLUMNS),
-    ("objection", "Objections", "objections", OBJECTION_COLUMNS),
+    ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
 )
 
+# Columns added to a part after its first release: in the CSV they follow every older column, so
+# that a reader going by position keeps working (the XLSX sheet and the JSON carry them in their
+# part).
+_ADDED_LATER = tuple(OBJECTION_DECISION_COLUMNS)
+
 
 def with_restrictions(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:
-    """``view`` (``Ledger.subject_view``) with its restrictions of processing (Art. 18) added:
-    ``restrictions`` (every one placed or lifted, oldest first) and the current one's
-    ``restricted_since``, ``restricted_by`` and ``restriction_reason``. The export goes to the
-    person (or to ops answering them): their own restriction's reason is theirs to see."""
+    """``view`` (``Ledger.subject_view``) as exported, with what the audit log adds: the
+    restrictions of processing (Art. 18; ``restrictions``, every one placed or lifted, oldest
+    first, and the current one's ``restricted_since``, ``restricted_by`` and
+    ``restriction_reason``) and each objection's ``decision_reason`` (``with_objection_reasons``).
+    The export goes to the person (or to ops answering them): the reasons are theirs to see."""
     from consentsync.ledger.engine import reading  # the ledger only where it is read
 
     with reading(ledger.engine) as conn:
         trail = restriction_trail(conn, view["subject"])
-    return add_restrictions(view, trail)
+        reasons = objection_reasons(conn, view["subject"])
+    return add_objection_reasons(add_restrictions(view, trail), reasons)
+
+
+def with_objection_reasons(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:
+    """``view`` with each objection's ``decision_reason``: the reason ops gave when they upheld
+    or rejected it on review (``objection decide --reason``), which only the audit log keeps."""
+    from consentsync.ledger.engine import reading
+
+    with reading(ledger.engine) as conn:
+        return add_objection_reasons(view, objection_reasons(conn, view["subject"]))
+
+
+def objection_reasons(conn: Connection, subject_uid: str) -> dict[int, str | None]:
+    """The reason given for each of one person's objections decided on review, by objection id
+    (the latest decision's; None once the details were erased, Art. 17)."""
+    from consentsync import audit
+
+    found: dict[int, str | None] = {}
+    for entry in audit.entries(conn, subject_uids=[subject_uid], action="objection.decided"):
+        objection_id = (entry.get("what") or {}).get("objection")
+        if isinstance(objection_id, int):
+            found[objection_id] = (entry.get("details") or {}).get("reason")
+    return found
+
+
+def add_objection_reasons(view: dict[str, Any], reasons: dict[int, str | None]) -> dict[str, Any]:
+    """``view`` with ``decision_reason`` on each of its objections (None where none was given)."""
+    objections = [{**item, "decision_reason": reasons.get(item["id"])} for item in view["objections"]]
+    return {**view, "objections": objections}
 
 
 def restriction_trail(conn: Connection, subject_uid: str) -> list[dict[str, Any]]:
@@ -155,7 +192,8 @@ def write_export(view: dict[str, Any], fmt: str, path: Path) -> None:
 
 def _write_csv(view: dict[str, Any], path: Path) -> None:
     """One table: a ``record_type`` column says which part of the record each row belongs to."""
-    columns = ["record_type", "subject", *dict.fromkeys(c for *_, cols in _SECTIONS for c in cols)]
+    older = [c for *_, cols in _SECTIONS for c in cols if c not in _ADDED_LATER]
+    columns = ["record_type", "subject", *dict.fromkeys([*older, *_ADDED_LATER])]
     with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -168,6 +206,9 @@ def _write_xlsx(view: dict[str, Any], path: Path) -> None:
     """A sheet per part. Times are Excel date-times (UTC, formatted), so that they sort and
     compute; every text is a string cell, so that a value starting with ``=`` is shown exactly as
     the ledger holds it and never runs as a formula (no apostrophe added to what the person gets)."""
+    from openpyxl import Workbook  # slow to import: only for an XLSX
+    from openpyxl.utils import get_column_letter
+
     book = Workbook()
     summary = book.active
     assert summary is not None

@@ -13,9 +13,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from consentsync.domain import ConsentStatus, LawfulBasis, SoftOptIn
 from consentsync.hub.capture import Hub
 from consentsync.hub.people import create_app
+from consentsync.ledger.identity import Identity
 from tests.hub.conftest import HubWorld
+from tests.integration.helpers import consent_value
 
 EMAIL = "ada@example.test"
 GRANT = {"email": EMAIL, "purpose": "newsletter", "status": "granted", "notice_version": "2026-05"}
@@ -45,6 +48,24 @@ def seed(world: HubWorld) -> str:
     assert world.post("/consents", marketing).status_code == 201
     (uid,) = world.ledger.subject_uids_for_email(EMAIL)
     return uid
+
+
+def soft_opt_in(world: HubWorld, email: str = EMAIL) -> str:
+    """Email marketing by email sent to ``email`` under the ePrivacy soft opt-in (no consent), as
+    ops record it (``ledger record --status not_applicable --soft-opt-in-...``); their uid."""
+    now = world.clock()
+    value = consent_value(
+        ConsentStatus.NOT_APPLICABLE,
+        now,
+        now,
+        basis=LawfulBasis.LEGITIMATE_INTERESTS,
+        source="ops",
+        soft_opt_in=SoftOptIn("order 7", "same product line", "checkout form v4", "footer v2"),
+    )
+    outcome = world.ledger.record(Identity(email=email), value)
+    assert outcome.after is not None and outcome.after.rule == "eprivacy_soft_opt_in"
+    assert not outcome.after.suppressed
+    return outcome.subject_uid
 
 
 def token_of(world: HubWorld, uid: str) -> str:

@@ -16,7 +16,7 @@ from openpyxl import load_workbook
 
 from consentsync.web.server import WebServer
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, mailed, seed, served_pages, token_of
+from tests.hub.people_world import EMAIL, mailed, seed, served_pages, soft_opt_in, token_of
 from tests.web import test_browser as console_browser
 from tests.web.test_browser import CHROMIUM, LAPTOP, PHONE, Shots, follow
 
@@ -120,6 +120,19 @@ def test_choices_objection_and_download_in_a_browser(
     download.value.save_as(saved)
     assert saved.suffix == ".xlsx" and len(load_workbook(saved).sheetnames) > 1
     assert page.url.startswith(f"{site.url}/p/preferences/{token}")  # still on the page
+
+    # Marketed under the soft opt-in meanwhile: the page says so and stops it at once.
+    world.clock.advance(minutes=5)
+    soft_opt_in(world)
+    page.reload()
+    marketing = page.locator("section", has=page.locator("h2", has_text="Email marketing"))
+    assert "(soft opt-in)" in marketing.inner_text()
+    accessible(page, shots, "soft-opt-in")
+    follow(page, "form.object.marketing button")
+    assert "we stopped Email marketing for you at once" in status_text(page)
+    stopped = world.ledger.decision_for(EMAIL, "email_marketing", "email")[1]
+    assert stopped.rule == "objection_direct_marketing"
+    assert "Stopped for you" in marketing.inner_text() and page.locator("form.object").count() == 0
 
     # The same page in German, by the language switch.
     follow(page, "nav.languages a[hreflang=de]")

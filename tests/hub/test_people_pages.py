@@ -92,7 +92,7 @@ def test_the_page_shows_each_purpose_with_state_basis_and_notice(
     assert "Waiting for your confirmation" in words  # email marketing: the double opt-in pending
     # Not consent: no switch, and why; legitimate interests: an objection instead.
     assert "we rely on our contract with you, so it cannot be switched on or off here" in words
-    assert "Email, Phone, Text message (SMS), Post Does not apply to you" in words  # one line
+    assert "Email, Phone, Text message (SMS), Post We do this" in words  # one line, and true: we do
     assert "we rely on our legitimate interests" in words and "Art. 21 GDPR" in words
     assert words.count("Withdraw consent") == 1 and words.count("I agree") == 1
     assert "Art. 15 GDPR" in words and "Art. 17 GDPR" in words

@@ -43,6 +43,7 @@ from consentsync.hub.links import LinkRefused, expired_uid
 from consentsync.hub.notices import Notice
 from consentsync.hub.preferences import NoticeChanged, Person, PreferenceCentre
 from consentsync.ledger.service import NotFound
+from consentsync.reconcile import Rule
 
 log = structlog.get_logger("consentsync.hub.people")
 _PACKAGE = resources.files("consentsync.hub")
@@ -79,11 +80,28 @@ def _status_labels(_: Translate) -> dict[str, str]:
     }
 
 
-def _other_status(_: Translate, status: str, suppressed: bool) -> str:
-    """The state of a purpose that is not based on consent: whether we do it, not "agreed"."""
-    if status == "not_applicable":
+# The rules that stop a purpose for the person, whatever its basis: they said so (an objection),
+# or asked for it (erasure, restriction).
+_STOPPED_BY = frozenset(
+    {Rule.OBJECTION_DIRECT_MARKETING, Rule.OBJECTION_UPHELD, Rule.OBJECTION_PENDING, Rule.RESTRICTION,
+     Rule.ERASURE}
+)  # fmt: skip
+
+
+def _state_label(_: Translate, row: dict[str, Any]) -> str:
+    """The state of a purpose on a channel in the person's words. A consent says what the person
+    said ("agreed", "withdrew"); anything else whether we do it. Never "does not apply" while
+    the ledger lets us do it: a soft opt-in says that we send it, and why."""
+    status, suppressed = row["status"], row["suppressed"]
+    if not suppressed and row["rule"] == Rule.EPRIVACY_SOFT_OPT_IN:
+        return _("We send you this because you bought from us and did not say no (soft opt-in)")
+    if row["consent_based"] and status != "not_applicable":
+        return _status_labels(_).get(status, status)
+    if not suppressed:
+        return _("We do this")
+    if status == "not_applicable" and row["rule"] not in _STOPPED_BY:
         return _("Does not apply to you")
-    return _("Stopped for you") if suppressed else _("We do this")
+    return _("Stopped for you")
 
 
 def _basis_labels(_: Translate) -> dict[str, str]:
@@ -427,7 +445,7 @@ def create_app(hub: Hub) -> FastAPI:
         rows = centre.purposes(person, lang)
         view = hub.ledger.subject_view(person.email)
         objections = {o["purpose"]: o for o in view["objections"]}
-        statuses, bases, channels = _status_labels(_), _basis_labels(_), channel_labels(_)
+        bases, channels = _basis_labels(_), channel_labels(_)
         groups: dict[str, dict[str, Any]] = {}
         for row in rows:
             group = groups.setdefault(
@@ -439,23 +457,32 @@ def create_app(hub: Hub) -> FastAPI:
                     "notice_text": row["notice_text"],
                     "notice_version": row["notice_version"],
                     "consent_based": row["consent_based"],
-                    "objectable": row["objectable"],
+                    "direct_marketing": row["direct_marketing"],
+                    "objectable": False,
+                    "stoppable": False,
+                    "in_use": False,
                     "objection": objections.get(row["purpose"]),
                     "rows": [],
                 },
             )
+            group["objectable"] = group["objectable"] or row["objectable"]
+            # Done now on a basis the person ends by objecting (a soft opt-in, legitimate
+            # interests): the page offers to stop it, whatever any older objection said.
+            group["stoppable"] = group["stoppable"] or row["stop"] == "object"
+            group["in_use"] = group["in_use"] or not row["suppressed"]
             group["rows"].append(
                 {
                     "channel": row["channel"],
                     "channel_label": channels.get(row["channel"], row["channel"]),
                     "status": row["status"],
-                    "status_label": statuses.get(row["status"], row["status"])
-                    if row["consent_based"]
-                    else _other_status(_, row["status"], row["suppressed"]),
+                    "status_label": _state_label(_, row),
                     "basis_label": bases.get(row["basis"], row["basis"]),
                     "granted": row["status"] == "granted",
                     "requested": row["status"] == "requested",
                     "suppressed": row["suppressed"],
+                    # Sent to the person now on another basis: nothing to agree to, and "I
+                    # agree" would be the only button next to what they may want to stop.
+                    "in_use": not row["suppressed"],
                 }
             )
         for group in groups.values():
@@ -467,9 +494,15 @@ def create_app(hub: Hub) -> FastAPI:
             )
             group["basis_label"] = basis
             objection = group["objection"]
+            if objection and objection["status"] != "rejected" and group["in_use"]:
+                objection = None  # "we stopped" no longer holds: a newer consent lifted it
             group["objection_label"] = _objection_labels(_).get(objection["status"]) if objection else None
-            group["may_object"] = group["objectable"] and (
-                objection is None or objection["status"] == "rejected"
+            # Offered while done on a basis ended by objecting (``stoppable``), and otherwise for
+            # a purpose that may be objected to with no objection standing; but not for direct
+            # marketing on a consent, which withdrawing ends (one way to stop, not two).
+            by_basis = group["objectable"] and not (group["direct_marketing"] and group["consent_based"])
+            group["may_object"] = group["stoppable"] or (
+                by_basis and (objection is None or objection["status"] == "rejected")
             )
         log.info("people.preferences_shown", subject=person.uid)
         return render(
@@ -526,6 +559,14 @@ def create_app(hub: Hub) -> FastAPI:
                 ),
             ),
             "objected_upheld": ("good", _("Done: we stopped {purpose} for you.", purpose=name)),
+            "objected_marketing": (
+                "good",
+                _(
+                    "Done: you objected, and we stopped {purpose} for you at once, with all our "
+                    "other direct marketing to you.",
+                    purpose=name,
+                ),
+            ),
             "objected_pending": (
                 "good",
                 _("We received your objection to {purpose} and will answer you.", purpose=name),
@@ -631,10 +672,13 @@ def create_app(hub: Hub) -> FastAPI:
     ) -> Response:
         person = person_of(token)
         lang = language(request, lang)
-        if not row_of(person, purpose)["objectable"]:
-            raise BadForm(f"{purpose!r} is not based on legitimate interests or a public task")
+        # Refused (400, InvalidInput) where it cannot be objected to (centre.object): a purpose
+        # not configured, a contract, a consent outside direct marketing (withdrawn instead).
         result = centre.object(person, purpose, visitor_of(request))
-        done = "objected_upheld" if result["status"] == "upheld" else "objected_pending"
+        if result["status"] == "upheld":
+            done = "objected_marketing" if result["direct_marketing"] else "objected_upheld"
+        else:
+            done = "objected_pending"
         return back(request, token, lang, done, item=purpose)
 
     @app.post("/preferences/{token}/export", name="export")

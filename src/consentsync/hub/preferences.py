@@ -19,7 +19,7 @@ from sqlalchemy import insert, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
-from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, iso
+from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, Purpose, iso
 from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
 from consentsync.hub.links import LinkRefused, expired_uid, read_token
@@ -45,6 +45,22 @@ RESTRICTION_GROUNDS = {
     "legal_claims": ("c", "they need the data for a legal claim, though its purposes no longer do"),
     "objection": ("d", "they objected (Art. 21), for as long as it is checked whose grounds prevail"),
 }  # fmt: skip
+
+
+# The bases a person may object to on grounds of their own situation (Art. 21(1)).
+_OBJECTABLE_BASES = frozenset({LawfulBasis.LEGITIMATE_INTERESTS.value, LawfulBasis.PUBLIC_TASK.value})
+
+
+def objectable_for(purpose: Purpose, basis: str | None) -> bool:
+    """Whether a person may object to ``purpose`` while the ledger holds it on ``basis`` (its
+    state's): direct marketing whatever the basis (Art. 21(2)), anything else resting on
+    legitimate interests or a public task, by default or as recorded (Art. 21(1)), such as a
+    soft opt-in, which is no consent."""
+    return (
+        purpose.direct_marketing
+        or purpose.default_basis.value in _OBJECTABLE_BASES
+        or basis in _OBJECTABLE_BASES
+    )
 
 
 class NoticeChanged(ValueError):
@@ -181,7 +197,10 @@ class PreferenceCentre:
         return "mailed"
 
     def purposes(self, person: Person, language: str = "en") -> list[dict[str, Any]]:
-        """Each purpose and channel with its current state, basis and the notice shown."""
+        """Each purpose and channel with its current state, basis and the notice shown, and how
+        the person stops it where the ledger lets us do it now (``stop``): "withdraw" a consent,
+        "object" (Art. 21) to anything else that may be objected to (a soft opt-in, legitimate
+        interests), None where nothing runs or it cannot be stopped here (a contract)."""
         view = self.ledger.subject_view(person.email)
         states = {(s["purpose"], s["channel"]): s for s in view["purposes"]}
         described = {p.key: p.description for p in self.hub.config.settings.purposes}
@@ -190,6 +209,14 @@ class PreferenceCentre:
             notice = current(self.ledger, purpose.key, language)
             for channel in purpose.channels:
                 state = states[(purpose.key, channel)]
+                on_consent = state["basis"] == LawfulBasis.CONSENT.value
+                objectable = objectable_for(purpose, state["basis"])
+                stop = None
+                if not state["suppressed"]:  # the ledger lets us do it now: the way to stop it
+                    if state["status"] == ConsentStatus.GRANTED.value and on_consent:
+                        stop = "withdraw"
+                    elif objectable:
+                        stop = "object"
                 shown.append(
                     {
                         "purpose": purpose.key,
@@ -201,10 +228,10 @@ class PreferenceCentre:
                         "suppressed": state["suppressed"],
                         "rule": state["rule"],
                         # May the person grant here? Only where consent is the basis asked for.
-                        "consent_based": purpose.default_basis is LawfulBasis.CONSENT
-                        or state["basis"] == LawfulBasis.CONSENT.value,
-                        "objectable": purpose.default_basis
-                        in (LawfulBasis.LEGITIMATE_INTERESTS, LawfulBasis.PUBLIC_TASK),
+                        "consent_based": purpose.default_basis is LawfulBasis.CONSENT or on_consent,
+                        "objectable": objectable,
+                        "direct_marketing": purpose.direct_marketing,
+                        "stop": stop,
                         "notice_version": notice.version if notice else None,
                         "notice_text": notice.text if notice else None,
                         "notice_sha256": notice.sha256 if notice else None,
@@ -303,8 +330,24 @@ class PreferenceCentre:
             "record_id": evidence.fingerprint(),
         }
 
+    def objectable(self, person: Person, purpose: str) -> bool:
+        """Whether the person may object to ``purpose`` here (``objectable_for``, on the current
+        basis of any of its channels); False for a purpose not configured."""
+        known = self.ledger.purposes.get(purpose)
+        if known is None:
+            return False
+        states = self.ledger.subject_view(person.email)["purposes"]
+        return any(objectable_for(known, s["basis"]) for s in states if s["purpose"] == purpose)
+
     def object(self, person: Person, purpose: str, visitor: Visitor) -> dict[str, Any]:
-        """An objection (Art. 21); to direct marketing it is upheld at once."""
+        """An objection (Art. 21). To direct marketing it is absolute (Art. 21(2)): upheld at
+        once, whatever the basis (a soft opt-in, legitimate interests, consent), and it stops
+        all direct marketing to the person (Art. 21(3)); the ledger decides so
+        (``Ledger.raise_objection``). Raises ``InvalidInput`` for a purpose the person cannot
+        object to (``objectable_for``: a contract, a consent outside direct marketing, which is
+        withdrawn instead)."""
+        if not self.objectable(person, purpose):
+            raise InvalidInput(f"purpose {purpose[:64]!r} cannot be objected to here")
         result = self.ledger.raise_objection(
             person.email, purpose, source=SOURCE, actor=visitor.evidence_ref[:200]
         )
