@@ -10,6 +10,7 @@ address and user agent (never the address or agent themselves)."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,8 @@ from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, subjects
+from consentsync.ledger.service import RecordOutcome, RecordRequest
+from consentsync.reconcile import Rule
 
 log = structlog.get_logger("consentsync.hub.preferences")
 
@@ -51,13 +54,28 @@ RESTRICTION_GROUNDS = {
 _OBJECTABLE_BASES = frozenset({LawfulBasis.LEGITIMATE_INTERESTS.value, LawfulBasis.PUBLIC_TASK.value})
 
 
-def objectable_for(purpose: Purpose, basis: str | None) -> bool:
-    """Whether a person may object to ``purpose`` while the ledger holds it on ``basis`` (its
-    state's): direct marketing whatever the basis (Art. 21(2)), anything else resting on
-    legitimate interests or a public task, by default or as recorded (Art. 21(1)), such as a
-    soft opt-in, which is no consent."""
+def direct_marketing_for(purpose: Purpose, rules: Iterable[str | None] = ()) -> bool:
+    """Whether an objection to ``purpose`` is one to direct marketing, absolute (Art. 21(2)):
+    a purpose flagged so, one configured to follow the ePrivacy rules (``eprivacy: true``, for
+    marketing by electronic mail: docs/policy.md, "Soft opt-in"), or one whose state, by
+    ``rules`` (those of its channels), rests on the soft opt-in now. Email marketing on the soft
+    opt-in is direct marketing, and the person's refusal ends it (PECR reg. 22(3)(c), ePrivacy
+    Art. 13(2)): never an Art. 21(1) objection that a review could reject, after which the
+    marketing would resume."""
     return (
         purpose.direct_marketing
+        or purpose.eprivacy is True
+        or any(rule == Rule.EPRIVACY_SOFT_OPT_IN for rule in rules)
+    )
+
+
+def objectable_for(purpose: Purpose, basis: str | None) -> bool:
+    """Whether a person may object to ``purpose`` while the ledger holds it on ``basis`` (its
+    state's): direct marketing whatever the basis (Art. 21(2), ``direct_marketing_for``),
+    anything else resting on legitimate interests or a public task, by default or as recorded
+    (Art. 21(1)), such as a soft opt-in, which is no consent."""
+    return (
+        direct_marketing_for(purpose)
         or purpose.default_basis.value in _OBJECTABLE_BASES
         or basis in _OBJECTABLE_BASES
     )
@@ -131,6 +149,7 @@ class PreferenceCentre:
                 chose_over_signal[key] = True
         now = self.ledger.clock()
         stopped: list[str] = []
+        opt_outs: list[Evidence] = []
         for key in self.hub.settings.gpc_purposes:
             purpose = self.ledger.purposes[key]
             for channel in purpose.channels:
@@ -146,9 +165,11 @@ class PreferenceCentre:
                     origin=Origin.CAPTURE,
                     evidence_ref=GPC_EVIDENCE,
                 )
-                self.ledger.record(Identity(email=person.email), evidence)
+                opt_outs.append(evidence)
                 if key not in stopped:
                     stopped.append(key)
+        if opt_outs:
+            self._record(person, opt_outs)
         if stopped:
             log.info("hub.gpc_honoured", subject=person.uid, purposes=stopped)
         return stopped
@@ -207,10 +228,14 @@ class PreferenceCentre:
         shown: list[dict[str, Any]] = []
         for purpose in self.ledger.purposes.values():
             notice = current(self.ledger, purpose.key, language)
+            # Per purpose, as an objection is: one to direct marketing if any channel is.
+            marketing = direct_marketing_for(
+                purpose, (states[(purpose.key, c)]["rule"] for c in purpose.channels)
+            )
             for channel in purpose.channels:
                 state = states[(purpose.key, channel)]
                 on_consent = state["basis"] == LawfulBasis.CONSENT.value
-                objectable = objectable_for(purpose, state["basis"])
+                objectable = marketing or objectable_for(purpose, state["basis"])
                 stop = None
                 if not state["suppressed"]:  # the ledger lets us do it now: the way to stop it
                     if state["status"] == ConsentStatus.GRANTED.value and on_consent:
@@ -230,7 +255,7 @@ class PreferenceCentre:
                         # May the person grant here? Only where consent is the basis asked for.
                         "consent_based": purpose.default_basis is LawfulBasis.CONSENT or on_consent,
                         "objectable": objectable,
-                        "direct_marketing": purpose.direct_marketing,
+                        "direct_marketing": marketing,
                         "stop": stop,
                         "notice_version": notice.version if notice else None,
                         "notice_text": notice.text if notice else None,
@@ -314,10 +339,13 @@ class PreferenceCentre:
             notice_version=notice.version if notice else None,
             evidence_ref=visitor.evidence_ref,
         )
-        outcome = self.ledger.record(Identity(email=person.email), evidence)
+        (outcome,) = self._record(person, [evidence])
         log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, status=status.value)
         if not outcome.duplicate and self.hub.settings.mail_receipts:
-            self.hub.mail_receipt(PendingReceipt(person.email, person.uid, evidence.fingerprint(), language))
+            # To the address on record now (``mail_receipt`` checks again for an erasure since).
+            email = self.ledger.email_of(person.uid)
+            if email is not None:
+                self.hub.mail_receipt(PendingReceipt(email, person.uid, evidence.fingerprint(), language))
         after = outcome.after
         return {
             "purpose": purpose,
@@ -330,26 +358,55 @@ class PreferenceCentre:
             "record_id": evidence.fingerprint(),
         }
 
+    def _record(self, person: Person, evidence: list[Evidence]) -> list[RecordOutcome]:
+        """Records the person's own choices on the person the link names, by id, in the
+        transaction that finds them not erased (raises ``LinkRefused`` once they are), as a
+        confirmation link does (``Hub.confirm``). Not by the address the page read before: an
+        erasure committed in between leaves nobody holding it, and the resolver would make a
+        new person with the erased address (a withdrawal too), which an "I agree", trusted and
+        newer than the erasure, would also bring back into marketing (Art. 17)."""
+        with self.ledger.engine.begin() as conn:  # the writer lock from BEGIN (engine.py)
+            found = conn.execute(
+                select(subjects.c.id, subjects.c.erased_at).where(subjects.c.uid == person.uid)
+            ).one_or_none()
+            if found is None or found.erased_at is not None:
+                raise LinkRefused("this link opens no record any more: the record was erased")
+            requests = [RecordRequest(Identity(subject_id=found.id), item) for item in evidence]
+            _stats, outcomes = self.ledger.record_in(conn, requests)
+        return outcomes
+
     def objectable(self, person: Person, purpose: str) -> bool:
         """Whether the person may object to ``purpose`` here (``objectable_for``, on the current
         basis of any of its channels); False for a purpose not configured."""
         known = self.ledger.purposes.get(purpose)
         if known is None:
             return False
-        states = self.ledger.subject_view(person.email)["purposes"]
-        return any(objectable_for(known, s["basis"]) for s in states if s["purpose"] == purpose)
+        return any(objectable_for(known, s["basis"]) for s in self._states(person, purpose))
+
+    def _states(self, person: Person, purpose: str) -> list[dict[str, Any]]:
+        """The person's current states of ``purpose``, one per channel."""
+        return [s for s in self.ledger.subject_view(person.email)["purposes"] if s["purpose"] == purpose]
 
     def object(self, person: Person, purpose: str, visitor: Visitor) -> dict[str, Any]:
-        """An objection (Art. 21). To direct marketing it is absolute (Art. 21(2)): upheld at
-        once, whatever the basis (a soft opt-in, legitimate interests, consent), and it stops
-        all direct marketing to the person (Art. 21(3)); the ledger decides so
-        (``Ledger.raise_objection``). Raises ``InvalidInput`` for a purpose the person cannot
-        object to (``objectable_for``: a contract, a consent outside direct marketing, which is
-        withdrawn instead)."""
-        if not self.objectable(person, purpose):
+        """An objection (Art. 21). To direct marketing (``direct_marketing_for``: also email
+        marketing on the soft opt-in, or on a purpose set to follow the ePrivacy rules) it is
+        absolute (Art. 21(2)): upheld at once, whatever the basis (a soft opt-in, legitimate
+        interests, consent), never queued for review, and it stops all direct marketing to the
+        person (Art. 21(3)); the ledger decides so (``Ledger.raise_objection``, told here that
+        it is one). Raises ``InvalidInput`` for a purpose the person cannot object to
+        (``objectable_for``: a contract, a consent outside direct marketing, which is withdrawn
+        instead)."""
+        known = self.ledger.purposes.get(purpose)
+        states = self._states(person, purpose) if known is not None else []
+        if known is None or not any(objectable_for(known, s["basis"]) for s in states):
             raise InvalidInput(f"purpose {purpose[:64]!r} cannot be objected to here")
+        marketing = direct_marketing_for(known, (s["rule"] for s in states))
         result = self.ledger.raise_objection(
-            person.email, purpose, source=SOURCE, actor=visitor.evidence_ref[:200]
+            person.email,
+            purpose,
+            direct_marketing=marketing,
+            source=SOURCE,
+            actor=visitor.evidence_ref[:200],
         )
         log.info("hub.objection", subject=person.uid, purpose=purpose, status=result["status"])
         return result
