@@ -1,7 +1,7 @@
 """Commands that make the audit log hold against the database owner (docs/tamper-evidence.md):
 ``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, ``audit verify`` (the chain,
-the consent events, the signed checkpoints), ``db grant`` (the application role's grants on
-PostgreSQL) and ``doctor``."""
+the consent events, the decision tables, the signed checkpoints), ``db grant`` (the application
+role's grants on PostgreSQL) and ``doctor``."""
 
 from __future__ import annotations
 
@@ -37,9 +37,17 @@ APP_GRANTS: dict[str, list[str]] = {
     "alembic_version": ["SELECT"],
     # The erasure key's check: stored once, never deleted (without it the next key is taken).
     "ledger_settings": ["SELECT", "INSERT", "UPDATE (value, set_at)"],
+    # The decision tables (`audit verify` holds their rows to the chain): consentsync never
+    # deletes their rows, nor changes a suppression entry; an objection changes by its
+    # decision, a person by a restriction or an erasure only.
+    "objections": ["SELECT", "INSERT", "UPDATE (status, decided_by, decided_at)"],
+    "suppressions": ["SELECT", "INSERT"],
+    "subjects": ["SELECT", "INSERT", "UPDATE (restricted, erased_at, suppression_id)"],
 }
 DEFAULT_GRANT = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 AUDIT_TABLES = ("audit_entries", "audit_head", "audit_details", "consent_events")
+# The decision tables, whose rows the application role may not delete (their grants above).
+DECISION_TABLES = ("objections", "suppressions", "subjects")
 # The triggers that keep the audit tables append-only (migrations 0001 and 0008).
 AUDIT_TRIGGERS = {
     "postgresql": (
@@ -124,17 +132,19 @@ def audit_checkpoint() -> None:
 )
 @scriptable
 def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
-    """Recompute the hash chain and check that the consent events and their audit entries
-    agree (and, with --checkpoints, that the chain extends every signed checkpoint); exit 5
-    naming the first broken entry, event or checkpoint."""
+    """Recompute the hash chain and check that the consent events, the objections, the
+    suppression entries and each person's restriction and erasure agree with their audit entries
+    (and, with --checkpoints, that the chain extends every signed checkpoint); exit 5 naming the
+    first broken entry, event, row or checkpoint."""
     verify_command(current_config(), checkpoints, public_key, as_json)
 
 
 def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
-    """``audit verify``: the chain, the consent events against their entries and, with
-    ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of them fails: a
-    finding, not an error consentsync did not expect (1), nor bad input (2)."""
-    from consentsync import audit
+    """``audit verify``: the chain, the consent events and the decision tables (objections,
+    suppressions, people's restrictions and erasures: ``audit_decisions``) against their
+    entries and, with ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of
+    them fails: a finding, not an error consentsync did not expect (1), nor bad input (2)."""
+    from consentsync import audit, audit_decisions
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
     from consentsync.ledger.engine import is_postgres, reading
@@ -158,8 +168,9 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
             conn.execution_options(isolation_level="REPEATABLE READ")
         chain = audit.verify(conn)
         events = audit.agreement(conn)
+        decided = audit_decisions.decisions(conn)
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
-    ok = chain.ok and events.ok and (checked is None or checked.ok)
+    ok = chain.ok and events.ok and decided.ok and (checked is None or checked.ok)
     if as_json:
         emit_json(
             {
@@ -167,6 +178,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 "ok": ok,
                 "chain_ok": chain.ok,
                 "events": events.as_dict(),
+                "decisions": decided.as_dict(),
                 "checkpoints": checked.as_dict() if checked is not None else None,
             }
         )
@@ -179,6 +191,17 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
             click.echo(f"consent events and audit entries agree: {events.events} events")
         else:
             click.echo(f"consent events and audit entries DISAGREE: {events.problem}")
+        if decided.ok:
+            click.echo(
+                f"objections, suppressions, restrictions and erasures agree with audit entries: "
+                f"{decided.objections} objections, {decided.suppressions} suppression entries, "
+                f"{decided.subjects} people restricted, erased or suppressed"
+            )
+        else:
+            click.echo(
+                "objections, suppressions, restrictions or erasures DISAGREE with audit entries: "
+                f"{decided.problem}"
+            )
         if checked is not None:
             failure = checked.first_failure
             if failure is None:
@@ -384,10 +407,15 @@ def audit_protection(conn: Connection) -> list[tuple[str, str]]:
             )
         )
         return findings
+    # On the decision tables an UPDATE of the whole table: their grants are of some columns.
+    checked = [
+        *((table, ("UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "REFERENCES")) for table in AUDIT_TABLES),
+        *((table, ("UPDATE", "DELETE", "TRUNCATE")) for table in DECISION_TABLES),
+    ]
     can = [
         f"{privilege} on {table}"
-        for table in AUDIT_TABLES
-        for privilege in ("UPDATE", "DELETE", "TRUNCATE", "TRIGGER", "REFERENCES")
+        for table, privileges in checked
+        for privilege in privileges
         if conn.execute(
             text("SELECT has_table_privilege(:table, :privilege)"), {"table": table, "privilege": privilege}
         ).scalar()

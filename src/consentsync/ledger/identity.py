@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, and_, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, select
 
 from consentsync.audit import AuditRecord
 from consentsync.domain import email_forms
@@ -203,13 +203,14 @@ class SubjectResolver:
         return self.erased_since(email) is not None
 
     def erased_since(self, email: str) -> datetime | None:
-        """For an address ``is_erased_only`` holds for, when the suppression entry a person
-        coming back with it would stand on (``_create``: its first form on the list) was made,
-        the time a new consent must be newer than to lift it; else None."""
+        """For an address ``is_erased_only`` holds for, when the address was last erased
+        (``last_erased_at`` of the suppression entry a person coming back with it would stand on,
+        ``_create``: its first form on the list), the time a new consent must be newer than to
+        lift it; else None."""
         if self._find_emails({email}):
             return None
         digests = [self.hashed(form) for form in email_forms(email)]
-        query = select(suppressions.c.email_hmac, suppressions.c.created_at).where(
+        query = select(suppressions.c.email_hmac, last_erased_at(suppressions)).where(
             suppressions.c.email_hmac.in_(digests)
         )
         made = {row[0]: row[1] for row in self.conn.execute(query)}
@@ -344,6 +345,20 @@ class SubjectResolver:
                 )
             )
         return ids
+
+
+def last_erased_at(entry: FromClause) -> ColumnElement[datetime]:
+    """When the address of a suppression entry (``suppressions`` or an alias of it) was last
+    erased: the time a new consent must be newer than to lift its suppression. ``erase`` keeps an
+    address's entry when the address is erased again (a person came back with it and is erased in
+    turn), so the entry's ``created_at`` is its first erasure; each person an erasure erases stands
+    on the entry with their ``erased_at``. The latest of those, else the entry's own time (nobody
+    erased onto it: an erased person's other address)."""
+    erased = subjects.alias()
+    latest = (
+        select(func.max(erased.c.erased_at)).where(erased.c.suppression_id == entry.c.id).scalar_subquery()
+    )
+    return func.coalesce(latest, entry.c.created_at)
 
 
 def _link_json(link: CrmLink | None) -> dict[str, str] | None:

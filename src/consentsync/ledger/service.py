@@ -57,7 +57,14 @@ from consentsync.ledger.bulk import (
 )
 from consentsync.ledger.checkpoint import after_commit
 from consentsync.ledger.engine import analyse_grown, reading, statistics_settled
-from consentsync.ledger.identity import CrmLink, Identity, SubjectResolver, email_hmac, keyed_hasher
+from consentsync.ledger.identity import (
+    CrmLink,
+    Identity,
+    SubjectResolver,
+    email_hmac,
+    keyed_hasher,
+    last_erased_at,
+)
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     audit_entries,
@@ -708,19 +715,25 @@ class Ledger:
         # punycode) is this address's: kept, not doubled (email_forms).
         forms = [email_hmac(self.erasure_key(), form) for form in email_forms(email)]
         with self.engine.begin() as conn:
-            suppression_id = conn.execute(
-                select(suppressions.c.id)
+            found = conn.execute(
+                select(suppressions.c.id, suppressions.c.email_hmac)
                 .where(suppressions.c.email_hmac.in_(forms))
                 .order_by(suppressions.c.id)
                 .limit(1)
-            ).scalar()
-            already = suppression_id is not None  # an address erased before: its entry is kept
-            if suppression_id is None:
+            ).first()
+            already = found is not None  # an address erased before: its entry is kept
+            if found is None:
                 suppression_id = conn.execute(
                     insert(suppressions)
                     .values(email_hmac=digest, reason=reason, created_at=now)
                     .returning(suppressions.c.id)
                 ).scalar_one()
+                kept_hmac = digest
+            else:
+                suppression_id, kept_hmac = found.id, found.email_hmac
+            # The suppression entry as the chain says it (its id and keyed hash; its reason by the
+            # details' digest, its time by the entry's): `audit verify` holds the row to it.
+            suppression = {"suppression": suppression_id, "email_hmac": kept_hmac}
             # Every person held under a form of the address (an older version could hold one
             # per form): each is erased, or one would keep the address and its history.
             people = _subject_ids_by_email(conn, email)
@@ -733,10 +746,12 @@ class Ledger:
             # own, or a record showing it would import the person again, unsuppressed.
             asked = set(email_forms(email))
             others: set[str] = set()
+            # Whose other address each is (the first person holding it): its entry names them.
+            owners: dict[str, tuple[str, int]] = {}
             for person in people:
                 before = self._contexts(conn, {person})[person]
                 uids.append(before.uid)
-                others |= (
+                theirs = (
                     set(
                         conn.execute(
                             select(subject_identifiers.c.value).where(
@@ -747,6 +762,9 @@ class Ledger:
                     )
                     - asked
                 )
+                others |= theirs
+                for address in theirs:
+                    owners.setdefault(address, (before.uid, person))
                 conn.execute(
                     update(subjects)
                     .where(subjects.c.id == person)
@@ -761,7 +779,7 @@ class Ledger:
                 records.append(
                     AuditRecord(
                         "subject.erased",
-                        {"suppression": suppression_id, "subject_known": True},
+                        {**suppression, "subject_known": True},
                         old=None,
                         new={
                             "suppressed": True,
@@ -783,7 +801,7 @@ class Ledger:
                 records.append(
                     AuditRecord(
                         "subject.erased",
-                        {"suppression": suppression_id, "subject_known": False},
+                        {**suppression, "subject_known": False},
                         old=None,
                         new={"suppressed": True, "audit_details_erased": 0},
                         rule="erasure_suppression",
@@ -804,7 +822,27 @@ class Ledger:
             # keeps the old hash until that record is read again).
             # So do those that last showed the address in its other form (punycode): the push
             # decision hashes an address in its one form since (email_forms).
-            digests = [digest, *self._suppress_too(conn, sorted(others), reason, now)]
+            added = self._suppress_too(conn, sorted(others), reason, now)
+            digests = [digest, *(hashed for hashed, _id in added)]
+            for address, (hashed, added_id) in zip(sorted(others), added, strict=True):
+                if added_id is None:
+                    continue  # on the list before (an earlier erasure's entry says so)
+                owner_uid, owner_id = owners[address]
+                # Each suppression entry is in the chain, or its row could be deleted unseen.
+                records.append(
+                    AuditRecord(
+                        "suppression.added",
+                        {"suppression": added_id, "email_hmac": hashed},
+                        old=None,
+                        new={"suppressed": True},
+                        rule="erasure_suppression",
+                        source="erasure",
+                        actor=actor,
+                        subject_uid=owner_uid,
+                        subject_id=owner_id,
+                        details={"reason": reason},
+                    )
+                )
             for address, hashed in zip([email, *sorted(others)], digests, strict=True):
                 stale = [
                     email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(address)
@@ -843,20 +881,28 @@ class Ledger:
 
     # -- restriction ---------------------------------------------------------------------------
 
-    def _suppress_too(self, conn: Connection, addresses: list[str], reason: str, now: datetime) -> list[str]:
+    def _suppress_too(
+        self, conn: Connection, addresses: list[str], reason: str, now: datetime
+    ) -> list[tuple[str, int | None]]:
         """The keyed hashes of an erased person's other addresses, each on the suppression list
         (an entry of its own, with the erasure's reason; one made before under a form of it is
-        kept, not doubled), in the order given."""
+        kept, not doubled), in the order given, each with the id of the entry made for it (None:
+        kept)."""
         hashed = self.keyed_hasher()
-        digests: list[str] = []
+        digests: list[tuple[str, int | None]] = []
         for address in addresses:
             forms = [hashed(form) for form in email_forms(address)]
             known = conn.execute(
                 select(suppressions.c.id).where(suppressions.c.email_hmac.in_(forms)).limit(1)
             ).scalar()
+            made = None
             if known is None:
-                conn.execute(insert(suppressions).values(email_hmac=forms[0], reason=reason, created_at=now))
-            digests.append(forms[0])
+                made = conn.execute(
+                    insert(suppressions)
+                    .values(email_hmac=forms[0], reason=reason, created_at=now)
+                    .returning(suppressions.c.id)
+                ).scalar_one()
+            digests.append((forms[0], made))
         return digests
 
     def restrict(
@@ -1420,10 +1466,12 @@ class Ledger:
                 # The address is on the suppression list but this person does not stand on that
                 # entry (held under another form of it, not erased with it): the address's entry
                 # decides. One who came back after the erasure has it as their own: theirs does.
+                # Each from the address's latest erasure (``last_erased_at``), and the later of
+                # two: a consent lifts the suppression only if newer than both.
                 entries = {row.entry_id: row.entry_at for row in rows if row.entry_id is not None}
                 if entries and person.suppression_id not in entries:
-                    since = min(entries.values())
-                    suppressed_since = since if suppressed_since is None else min(since, suppressed_since)
+                    since = max(entries.values())
+                    suppressed_since = since if suppressed_since is None else max(since, suppressed_since)
                 flags = SubjectFlags(
                     suppressed_since=suppressed_since,
                     suppression_reason="erased" if suppressed_since else None,
@@ -1447,7 +1495,7 @@ class Ledger:
                 ]
             else:
                 uid = None
-                erased_at = min(
+                erased_at = max(  # the address's latest erasure, under whichever form
                     (
                         at
                         for digest in digests
@@ -1543,18 +1591,21 @@ class Ledger:
             if suppression_id is not None:
                 suppressed.setdefault(suppression_id, []).append(subject_id)
         for chunk in chunks(sorted(s for people in suppressed.values() for s in people)):
-            since = select(subjects.c.id, subjects.c.erased_at, suppressions.c.created_at).join(
-                suppressions, suppressions.c.id == subjects.c.suppression_id
-            )
+            since = select(
+                subjects.c.id, subjects.c.erased_at, last_erased_at(suppressions).label("last_erased_at")
+            ).join(suppressions, suppressions.c.id == subjects.c.suppression_id)
             for row in conn.execute(since.where(one_of(conn, subjects.c.id, chunk))):
-                # A person standing on an entry made before (one who came back after an erasure
-                # and was erased again) is suppressed from their own erasure: a consent they gave
-                # between the two no longer outranks it. One who came back and was not erased
-                # again stands on the entry's date, and their new consent lifts it.
+                # Suppressed from the address's latest erasure, not the entry's first (an erasure
+                # of an address erased before keeps its entry): a person who came back, was erased
+                # again, and whose address someone came back with once more, is lifted only by a
+                # consent newer than the second erasure; one dated between the two never does.
+                # A person erased themselves is suppressed from their own erasure at the least.
                 erased_at = row.erased_at
                 context = contexts[row.id]
                 context.flags = SubjectFlags(
-                    suppressed_since=row.created_at if erased_at is None else max(row.created_at, erased_at),
+                    suppressed_since=(
+                        row.last_erased_at if erased_at is None else max(row.last_erased_at, erased_at)
+                    ),
                     suppression_reason="erased",
                     restricted=context.flags.restricted,
                 )
@@ -1819,9 +1870,9 @@ _DECISION_PERSON = (
         subjects.c.uid,
         subjects.c.restricted,
         subjects.c.suppression_id,
-        suppressions.c.created_at.label("suppressed_since"),
+        last_erased_at(suppressions).label("suppressed_since"),
         _ADDRESS_ENTRY.c.id.label("entry_id"),
-        _ADDRESS_ENTRY.c.created_at.label("entry_at"),
+        last_erased_at(_ADDRESS_ENTRY).label("entry_at"),
     )
     .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
     .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
@@ -1839,7 +1890,9 @@ _DECISION_OBJECTIONS = select(
     objections.c.subject_id == bindparam("subject_id"),
     objections.c.status != ObjectionStatus.REJECTED.value,
 )
-_DECISION_ERASED = select(suppressions.c.created_at).where(suppressions.c.email_hmac == bindparam("digest"))
+_DECISION_ERASED = select(last_erased_at(suppressions)).where(
+    suppressions.c.email_hmac == bindparam("digest")
+)
 
 
 def _restriction_still_carried(

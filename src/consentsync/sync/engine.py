@@ -49,7 +49,7 @@ from consentsync.domain import (
 )
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import CrmLink, Identity
+from consentsync.ledger.identity import CrmLink, Identity, last_erased_at
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -1578,8 +1578,16 @@ class SyncEngine:
         for key, items in events.items():
             if binding_no(summaries[key]) is not None:
                 nos.setdefault(key[0], []).extend(item for item in items if item.status in STICKY_STATUSES)
-        erased = select(subjects.c.id, subjects.c.uid, subjects.c.erased_at).where(
-            one_of(conn, subjects.c.id, merged), subjects.c.erased_at.is_not(None)
+        # At the latest erasure of the address the merged person was erased under: one who came
+        # back with it and was erased again erased it later than they were (last_erased_at).
+        erased = (
+            select(
+                subjects.c.id,
+                subjects.c.uid,
+                func.coalesce(last_erased_at(suppressions), subjects.c.erased_at),
+            )
+            .select_from(subjects.outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id))
+            .where(one_of(conn, subjects.c.id, merged), subjects.c.erased_at.is_not(None))
         )
         for subject_id, uid, erased_at in conn.execute(erased):
             nos.setdefault(subject_id, []).extend(
