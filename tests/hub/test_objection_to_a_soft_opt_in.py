@@ -144,3 +144,16 @@ def test_an_objection_is_to_direct_marketing_where_the_purpose_or_the_state_says
     consent = replace(plain, default_basis=LawfulBasis.CONSENT)
     assert not objectable_for(consent, "consent")
     assert objectable_for(replace(consent, eprivacy=True), "consent")
+
+
+@SQLITE_ONLY
+def test_an_objection_raised_by_ops_or_the_api_to_an_eprivacy_purpose_is_upheld_at_once(
+    world: HubWorld,
+) -> None:
+    """Ops (the CLI) and the capture API raise objections through the ledger without the page's
+    reading of the state: the purpose's ePrivacy flag alone makes it one to direct marketing."""
+    on_the_soft_opt_in(world)
+    objection = world.ledger.raise_objection(EMAIL, "offers")
+    assert (objection["status"], objection["direct_marketing"]) == ("upheld", True)
+    assert world.ledger.list_objections(pending_only=True) == []
+    assert contact(world) == {"contact": False, "rule": "objection_direct_marketing"}

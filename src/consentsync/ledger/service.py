@@ -550,7 +550,9 @@ class Ledger:
         check_label(actor, "actor", ACTOR_MAX)
         raised_at = min(raised_at, now) if raised_at else now
         # Art. 21(2): an objection to direct marketing is absolute, whatever the configuration.
-        is_dm = direct_marketing or purpose.direct_marketing
+        # A purpose under the ePrivacy rules is marketing by electronic mail: direct marketing,
+        # whoever raises the objection (the page, the API, ops), whatever direct_marketing says.
+        is_dm = direct_marketing or purpose.direct_marketing or purpose.eprivacy is True
         if is_dm:
             status, decided_by = ObjectionStatus.UPHELD, "policy:art21(2)_direct_marketing"
         elif purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD:
