@@ -24,6 +24,8 @@ class TokenGrant:
     # The integration user's id, the last part of the identity URL the token answer's ``id``
     # holds (``https://login.salesforce.com/id/<org>/<user>``); None for a ready access token.
     user_id: str | None = None
+    # The org's id, the part before it; None for a ready access token.
+    org_id: str | None = None
 
 
 def request_token(session: requests.Session, config: SalesforceSettings) -> TokenGrant:
@@ -50,7 +52,9 @@ def request_token(session: requests.Session, config: SalesforceSettings) -> Toke
     body = sdk.request_token(session, url, form, login=f"login with {config.auth}")
     identity = str(body.get("id") or "").rstrip("/")
     instance = _instance_url(body.get("instance_url"), config, url)
-    return TokenGrant(body["access_token"], instance, identity.rsplit("/", 1)[-1] or None)
+    parts = identity.rsplit("/", 2)
+    org_id = parts[-2] if len(parts) == 3 and parts[-2] else None
+    return TokenGrant(body["access_token"], instance, parts[-1] or None, org_id)
 
 
 def _instance_url(value: object, config: SalesforceSettings, token_url: str) -> str:

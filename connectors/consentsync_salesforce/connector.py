@@ -13,6 +13,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -103,6 +104,8 @@ class _Salesforce(Salesforce):
 
     # The integration user's id, where the login said it: whose Bulk API jobs are ours.
     user_id: str | None = None
+    # The org's id, where the login said it: whose describe answers are kept (``_DESCRIBED``).
+    org_id: str | None = None
 
     def parse_result_to_json(self, result: requests.Response) -> Any:
         try:
@@ -124,9 +127,10 @@ class SalesforceConnector(sdk.Connector):
     # Bulk API batch chunk has the same 10 minutes, but other platform processes run longer.
     # So each read first asks sObject Get Updated for its window (``_covered_until``): its
     # latestDateCovered is "the start time of that long-running transaction until it
-    # completes" (GetUpdatedResult), and the read stops short of it. The look-back stays for
-    # what that answer cannot tell (the last minute, which it does not cover; an object it does
-    # not serve): every read starts 10 minutes behind the last record it handled.
+    # completes" (GetUpdatedResult), and the position the engine keeps never passes it (the
+    # read itself goes on to its bound: ``read_changes``). The look-back stays for what that
+    # answer cannot tell (an object it does not serve): every read starts 10 minutes behind the
+    # last record it handled.
     lookback = timedelta(minutes=10)
     # Write calls side by side: "There isn't a limit on the number of concurrent requests shorter
     # than 20 seconds" (API Request Limits and Allocations); a Collections call of 200 records
@@ -143,12 +147,18 @@ class SalesforceConnector(sdk.Connector):
         self.session = sdk.http_session(self.config, on_response=self._count)
         # Shared by the readers (copies) and the threads that write side by side.
         self._login = sdk.SharedLogin(self._logged_in)
+        # This run's describes (shared by the readers), each from the process's answers of the
+        # last hour (``_DESCRIBED``) or asked now; the objects whose describe came from there.
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
+        self._described_earlier: set[str] = set()
         # Read-side, shared by the readers: whether describe() said an object is replicateable
         # (sObject Get Updated serves it), and the objects Get Updated refused for good
         # (``_covered_until``).
         self._replicateable: dict[str, bool] = {}
         self._not_replicated: set[str] = set()
+        # The objects whose read this run was held back by a transaction open over an hour,
+        # warned of once (``_covered_until``); the daemon opens the connector afresh every run.
+        self._warned_open: set[str] = set()
         # Bulk API 2.0 jobs this process was answered for (shared by the copies and threads),
         # and a lock that makes creating a job and looking for one whose answer was lost one
         # step: a job another thread here is about to fill is never taken for a lost one.
@@ -187,6 +197,7 @@ class SalesforceConnector(sdk.Connector):
             version=self.config.api_version,
         )
         sf.user_id = grant.user_id
+        sf.org_id = grant.org_id
         return sf
 
     def _count(self, response: requests.Response) -> None:
@@ -231,25 +242,75 @@ class SalesforceConnector(sdk.Connector):
         self._call("limits", lambda: self.sf.restful("limits"))
 
     def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
+        """The object's fields, asked of Salesforce (once for this connector). The answer is
+        kept for the reads of the next hour in this process (``_known``); a refusal forgets
+        what was kept (``consentsync mapping check --against`` and ``discover`` ask afresh)."""
         if object_type not in self._describes:
             _check_api_name(object_type)
-            result = self._call(
-                f"describe {object_type}", lambda: self.sf.restful(f"sobjects/{object_type}/describe")
-            )
-            self._replicateable[object_type] = result.get("replicateable") is not False
-            self._describes[object_type] = {
-                item["name"]: sdk.FieldInfo(
-                    name=item["name"],
-                    type=item.get("type", ""),
-                    updateable=bool(item.get("updateable")),
-                    nillable=bool(item.get("nillable", True)),
-                    picklist_values=tuple(
-                        p["value"] for p in item.get("picklistValues") or [] if p.get("active", True)
-                    ),
+            key = self._describe_key(object_type)
+            try:
+                result = self._call(
+                    f"describe {object_type}", lambda: self.sf.restful(f"sobjects/{object_type}/describe")
                 )
-                for item in result["fields"]
-            }
+            except ConnectorError:
+                with _DESCRIBED_LOCK:
+                    _DESCRIBED.pop(key, None)
+                raise
+            kept = _Described(
+                {
+                    item["name"]: sdk.FieldInfo(
+                        name=item["name"],
+                        type=item.get("type", ""),
+                        updateable=bool(item.get("updateable")),
+                        nillable=bool(item.get("nillable", True)),
+                        picklist_values=tuple(
+                            p["value"] for p in item.get("picklistValues") or [] if p.get("active", True)
+                        ),
+                    )
+                    for item in result["fields"]
+                },
+                result.get("replicateable") is not False,
+                time.monotonic(),
+            )
+            _keep_described(key, kept)
+            self._replicateable[object_type] = kept.replicateable
+            self._describes[object_type] = dict(kept.fields)
         return self._describes[object_type]
+
+    def _known(self, object_type: str) -> dict[str, sdk.FieldInfo]:
+        """The object's fields for a read: as Salesforce described them to this process within
+        the hour (per org, integration user, API version and object: ``_DESCRIBED``), else
+        described now. The daemon opens the connector afresh every run; without this, every
+        run would pay a describe call per object. A mapped field the kept answer lacks (added
+        in Salesforce since) is described again at once (``_selected_fields``), and a query
+        refused for a field or the object forgets the kept answer (``_query_all``)."""
+        if object_type not in self._describes:
+            _check_api_name(object_type)
+            kept = _described(self._describe_key(object_type))
+            if kept is not None:
+                self._described_earlier.add(object_type)
+                self._replicateable[object_type] = kept.replicateable
+                self._describes[object_type] = dict(kept.fields)
+        return self.describe(object_type)
+
+    def _describe_key(self, object_type: str) -> tuple[str, ...]:
+        """Whose describe of ``object_type``: the org (instance, org id) and the integration user
+        (what it may see), at the API version. Logs in where this connector has not yet."""
+        sf = self._login.current or self._call("login", lambda: self.sf)
+        config = self.config
+        principal = config.username or config.client_id or ""
+        if config.auth == "token":
+            # No user named: the token's digest stands for the user it was granted to.
+            principal = hashlib.sha256((config.access_token or "").encode()).hexdigest()[:16]
+        return (sf.base_url, sf.org_id or "", sf.user_id or "", principal, object_type)
+
+    def _forget_described(self, object_type: str) -> None:
+        """The object's describe asked again, by this run and the next ones."""
+        if self._login.current is not None:
+            with _DESCRIBED_LOCK:
+                _DESCRIBED.pop(self._describe_key(object_type), None)
+        self._describes.pop(object_type, None)
+        self._described_earlier.discard(object_type)
 
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
@@ -257,11 +318,20 @@ class SalesforceConnector(sdk.Connector):
         """Changes in (SystemModstamp, Id) order. Where the object has ``IsDeleted`` the read
         goes through ``queryAll``: a deletion moves SystemModstamp to the time of the deletion,
         so records deleted (or merged away: ``MasterRecordId``) come in the same stream and are
-        yielded as ``CrmRecord(deleted=True, merged_into=...)``. Nothing stamped after the start
-        of a transaction still open is read (``_covered_until``): its changes show when it
-        commits, stamped when it began, and the cursor must not pass them meanwhile."""
-        include_deleted = "IsDeleted" in self.describe(object_type)
-        until = self._covered_until(object_type, since, until)
+        yielded as ``CrmRecord(deleted=True, merged_into=...)``.
+
+        A transaction still open shows its changes when it commits, stamped when it began
+        (``_covered_until`` asks where that is). The read goes up to ``until`` all the same:
+        every change visible now is handed on now, whatever stays open how long (an opt-out
+        made after such a transaction began is not held back). Only the position the engine
+        keeps stops there: from the first record stamped at or after that moment, records go
+        with ``completed_cursor`` at that moment, without an id, its read_until that moment, so
+        the next read starts a look-back window before it. It reads again what this one read
+        past it (the engine finds it unchanged against its snapshots) and, once the transaction
+        commits, its changes."""
+        self._selected_fields(object_type, fields)  # checked first: may describe afresh
+        include_deleted = "IsDeleted" in self._known(object_type)
+        covered = self._covered_until(object_type, since, until)
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
         added = self._conversion_fields(object_type, fields)
@@ -271,7 +341,7 @@ class SalesforceConnector(sdk.Connector):
             # record handed over, up to the same signpost.
             return self.build_query(object_type, fields, sdk.Cursor(last.modstamp, last.record_id), until)
 
-        yield from self._query_all(
+        records = self._query_all(
             object_type,
             query,
             headers,
@@ -280,29 +350,43 @@ class SalesforceConnector(sdk.Connector):
             resume=resume,
             added=added,
         )
+        if covered is None:
+            yield from records
+            return
+        # At the moment itself too: a change of the open transaction may share its second with
+        # a record already visible, under a lower id.
+        held = sdk.Cursor(covered, None, None, covered)
+        for record in records:
+            if record.modstamp >= covered:
+                # Set before the record goes: the engine keeps it with the page this record
+                # ends, and with every later one.
+                self.completed_cursor = held
+            yield record
 
-    def _covered_until(self, object_type: str, since: sdk.Cursor, until: datetime) -> datetime:
-        """``until``, or the earlier moment up to which Salesforce shows the object's changes
-        whole, then also set as ``covered_until`` (the engine keeps it with the cursor): sObject
-        Get Updated's latestDateCovered, "the start time of that long-running transaction until
-        it completes" (GetUpdatedResult), floored to the second. One call a read, for the window
-        the read covers, from ``since`` (at most 29 days back: Get Updated answers for no more
-        than 30) to ``until``.
+    def _covered_until(self, object_type: str, since: sdk.Cursor, until: datetime) -> datetime | None:
+        """The moment before ``until`` up to which Salesforce shows the object's changes whole,
+        also set as ``covered_until`` (the engine keeps it as the cursor's read_until); None
+        where that is ``until`` or later, or not known. sObject Get Updated's latestDateCovered,
+        "the start time of that long-running transaction until it completes" (GetUpdatedResult),
+        floored to the second. One call a read, for the window the read covers, from ``since``
+        (at most 29 days back: Get Updated answers for no more than 30) to ``until``.
 
-        Get Updated drops the seconds of both ends of its window, and covers nothing after the
+        Get Updated drops the seconds of both ends of its window and covers nothing after the
         last whole minute of its own clock: an answer at that minute is no news of an open
-        transaction, and the read keeps ``until``. A transaction that began in the seconds after
-        it is inside the next read's look-back window, whose Get Updated covers it. An object
-        Get Updated does not serve (not replicateable, replication not enabled for it, no
-        access: 403, 404, INVALID_TYPE) is read up to ``until`` as before, with a warning once;
-        a window it refuses (EXCEEDED_ID_LIMIT: more than 600,000 changes) likewise, for that
-        read."""
+        transaction, and the position is not held (a transaction that began in those seconds is
+        inside the next read's look-back window, whose Get Updated covers it; with
+        ``lookback_seconds`` under a minute it may not be). An object Get
+        Updated does not serve (not replicateable, replication not enabled for it, no access:
+        403, 404, INVALID_TYPE) is read up to ``until`` with the look-back window alone, with a
+        warning once; a window it refuses (EXCEEDED_ID_LIMIT: more than 600,000 changes)
+        likewise, for that read. A transaction open for more than an hour is warned of, once a
+        run for each object: until it ends, every run reads again what changed since it began."""
         self.covered_until = None
         if object_type in self._not_replicated:
-            return until
+            return None
         if not self._replicateable.get(object_type, True):
             self._replication_unavailable(object_type, "not replicateable", permanent=True)
-            return until
+            return None
         end = until.astimezone(UTC)
         asked_at = datetime.now(UTC)
         earliest = asked_at - _REPLICATION_DAYS
@@ -325,27 +409,42 @@ class SalesforceConnector(sdk.Connector):
         answer = self._call(f"updated {object_type}", updated)
         if isinstance(answer, _Unreplicated):
             self._replication_unavailable(object_type, answer.code, permanent=answer.permanent)
-            return until
+            return None
         said = answer.get("latestDateCovered") if isinstance(answer, dict) else None
         if not isinstance(said, str) or not said:
             self._replication_unavailable(object_type, "no latestDateCovered", permanent=False)
-            return until
+            return None
         covered = parse_sf_datetime(said).replace(microsecond=0)
         clock = self.crm_clock()
         offset = clock.offset() if clock is not None else None
         # Salesforce's clock when the call left, at the earliest: its last whole minute then.
+        # An answer at or after it is Get Updated's usual edge, no news of a transaction: the
+        # position is not held there (every run would read its last minute again); a
+        # transaction begun in those seconds is inside the next read's look-back window.
         crm_then = asked_at + (offset.low if offset is not None else timedelta(0))
         horizon = min(end, crm_then).replace(second=0, microsecond=0)
-        if covered >= horizon or covered >= until:
-            return until
-        log.info(
-            "salesforce.open_transaction",
-            connector=self.name,
-            object=object_type,
-            covered_until=covered.isoformat(),
-            until=end.isoformat(),
-        )
+        if covered >= end or covered >= horizon:
+            return None
         self.covered_until = covered
+        if end - covered > _LONG_OPEN:
+            if object_type not in self._warned_open:
+                self._warned_open.add(object_type)
+                log.warning(
+                    "salesforce.open_transaction_holds_reads",
+                    connector=self.name,
+                    object=object_type,
+                    covered_until=covered.isoformat(),
+                    until=end.isoformat(),
+                    open_minutes=int((end - covered).total_seconds() // 60),
+                )
+        else:
+            log.info(
+                "salesforce.open_transaction",
+                connector=self.name,
+                object=object_type,
+                covered_until=covered.isoformat(),
+                until=end.isoformat(),
+            )
         return covered
 
     def _replication_unavailable(self, object_type: str, reason: str, *, permanent: bool) -> None:
@@ -369,8 +468,9 @@ class SalesforceConnector(sdk.Connector):
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
     ) -> Iterator[sdk.CrmRecord]:
+        selected = self._selected_fields(object_type, fields)
         added = self._conversion_fields(object_type, fields)
-        wanted = [*self._selected_fields(object_type, fields), *added]
+        wanted = [*selected, *added]
         for start in range(0, len(record_ids), COLLECTION_LIMIT):
             ids = list(record_ids[start : start + COLLECTION_LIMIT])
             query = format_soql(f"SELECT {', '.join(wanted)} FROM {object_type} WHERE Id IN {{}}", ids)
@@ -379,7 +479,7 @@ class SalesforceConnector(sdk.Connector):
     def _conversion_fields(self, object_type: str, fields: Sequence[str]) -> tuple[str, ...]:
         """``CONVERSION_FIELDS`` the object has and the mapping does not read itself: read along,
         and left out of the values handed over."""
-        known = self.describe(object_type)
+        known = self._known(object_type)
         return tuple(name for name in CONVERSION_FIELDS if name in known and name not in fields)
 
     def _query_all(
@@ -400,10 +500,17 @@ class SalesforceConnector(sdk.Connector):
         record handed over; without, the read fails as before."""
 
         def first(text: str) -> Any:
-            return self._call(
-                f"query {object_type}",
-                lambda: self.sf.query(text, include_deleted=include_deleted, headers=headers),
-            )
+            try:
+                return self._call(
+                    f"query {object_type}",
+                    lambda: self.sf.query(text, include_deleted=include_deleted, headers=headers),
+                )
+            except ConnectorError as error:
+                if error.rule.fault is Fault.CONFIG:
+                    # A field or the object gone, or hidden from the integration user, since
+                    # the describe kept: the next run asks it afresh and says so plainly.
+                    self._forget_described(object_type)
+                raise
 
         def more(locator: str) -> Any:
             try:
@@ -435,8 +542,13 @@ class SalesforceConnector(sdk.Connector):
             page = first(query if last is None else resume(last))
 
     def _selected_fields(self, object_type: str, fields: Sequence[str]) -> list[str]:
-        known = self.describe(object_type)
+        known = self._known(object_type)
         wanted = list(dict.fromkeys(["Id", "SystemModstamp", *fields]))
+        if object_type in self._described_earlier and not known.keys() >= set(wanted):
+            # A describe kept from an earlier run lacks a mapped field: one added in Salesforce
+            # since (and to the mapping) is asked for at once, not an hour later.
+            self._forget_described(object_type)
+            known = self.describe(object_type)
         sdk.require_fields(
             wanted, known, f"{object_type} has no field(s)", "(or the integration user cannot see them)"
         )
@@ -446,8 +558,8 @@ class SalesforceConnector(sdk.Connector):
         """SOQL for the changes after ``since`` up to ``until``, in cursor order. A cursor without
         an id (a look-back start) takes every record stamped at or after its time. Object and
         field names are checked against describe(); every value goes through format_soql."""
-        known = self.describe(object_type)
         selected = self._selected_fields(object_type, fields)
+        known = self._known(object_type)
         along = (*DELETION_FIELDS, *CONVERSION_FIELDS)
         wanted = list(dict.fromkeys([*selected, *(name for name in along if name in known)]))
         where = format_soql("SystemModstamp <= {}", until.astimezone(UTC))
@@ -513,9 +625,11 @@ class SalesforceConnector(sdk.Connector):
                 answer = self._call(
                     "confirm deleted records", lambda q=query: self.sf.query_all(q, include_deleted=True)
                 )
-                found.update({str(row["Id"])[:15]: bool(row.get("IsDeleted")) for row in answer["records"]})
+                found.update(
+                    {_canonical_id(str(row["Id"])): bool(row.get("IsDeleted")) for row in answer["records"]}
+                )
             for position in positions:
-                if found.get(updates[position].record_id[:15], True):
+                if found.get(_canonical_id(updates[position].record_id), True):
                     continue  # in the recycle bin, or purged from it: gone
                 said = answers[position]
                 answers[position] = dataclasses.replace(
@@ -688,17 +802,18 @@ class SalesforceConnector(sdk.Connector):
         # Successful/Failed Record Results). That is one GET per job more than the failures
         # alone. unprocessedrecords is not asked: it lists what a Failed or Aborted job did not
         # get to, which is in neither file and answered as not written all the same.
-        failures = _by_short_id(self._bulk_results(job_path, "failedResults"))
-        saved = _by_short_id(self._bulk_results(job_path, "successfulResults"))
+        failures = _by_canonical_id(self._bulk_results(job_path, "failedResults"))
+        saved = _by_canonical_id(self._bulk_results(job_path, "successfulResults"))
         completed = info["state"] == "JobComplete"
         job_error = info.get("errorMessage") or info["state"]
         answers: dict[int, sdk.WriteResult] = {}
         missing: list[str] = []
         for position, item in zip(positions, chosen, strict=True):
-            error = failures.get(item.record_id[:15])
+            record_id = _canonical_id(item.record_id)
+            error = failures.get(record_id)
             if error is not None:
                 answers[position] = _refused(item.record_id, error.split(":", 1)[0], error)
-            elif item.record_id[:15] in saved:
+            elif record_id in saved:
                 answers[position] = sdk.WriteResult(item.record_id, True)
             elif completed:
                 # Not known to be written: answered retryable, the outbox sends it again.
@@ -1040,6 +1155,8 @@ def _malformed_id(record_id: str) -> sdk.WriteResult:
 # the codes that say it does not serve an object at all (beside 403 and 404).
 _REPLICATION_DAYS = timedelta(days=29)
 _MINUTE = timedelta(minutes=1)
+# A transaction open longer than this before a read's bound is warned of (``_covered_until``).
+_LONG_OPEN = timedelta(hours=1)
 # (connector, object, reason) whose Get Updated refusal was warned of in this process.
 _REPLICATION_WARNED: set[tuple[str, str, str]] = set()
 _REPLICATION_WARNED_LOCK = threading.Lock()
@@ -1067,10 +1184,80 @@ _CONFIRM_CHUNK = 200
 _RESULT_MISSING = ("BULK_RESULT_MISSING", "in neither result file of the bulk job: not known to be written")
 _LOGGED_IDS = 50  # record ids a warning names at most
 
+# Describe answers by org, integration user, API version and object (``_describe_key``), kept
+# ``_DESCRIBE_SECONDS`` in this process: the daemon opens the connector afresh every run.
+_DESCRIBE_SECONDS = 3600.0
+_DESCRIBED_LOCK = threading.Lock()
 
-def _by_short_id(results: Mapping[str, str]) -> dict[str, str]:
-    """Bulk API results by 15-character id: the files say 18, an update may hold 15."""
-    return {record_id[:15]: said for record_id, said in results.items() if record_id}
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Described:
+    """One describe answer: the object's fields, whether Get Updated serves it, when asked
+    (``time.monotonic``)."""
+
+    fields: Mapping[str, sdk.FieldInfo]
+    replicateable: bool
+    asked: float
+
+
+_DESCRIBED: dict[tuple[str, ...], _Described] = {}
+
+
+def _described(key: tuple[str, ...]) -> _Described | None:
+    """The describe kept under ``key``, where it is less than ``_DESCRIBE_SECONDS`` old."""
+    with _DESCRIBED_LOCK:
+        kept = _DESCRIBED.get(key)
+        if kept is not None and time.monotonic() - kept.asked >= _DESCRIBE_SECONDS:
+            del _DESCRIBED[key]
+            return None
+        return kept
+
+
+def _keep_described(key: tuple[str, ...], kept: _Described) -> None:
+    with _DESCRIBED_LOCK:
+        _DESCRIBED[key] = kept
+
+
+def _by_canonical_id(results: Mapping[str, str]) -> dict[str, str]:
+    """Bulk API results by ``_canonical_id``: the files say 18 characters, an update may hold 15,
+    or 18 whose case a case-insensitive system changed."""
+    return {_canonical_id(record_id): said for record_id, said in results.items() if record_id}
+
+
+_ID_SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+
+
+def _id_checksum(id15: str) -> str:
+    """The three characters an 18-character id appends to its 15: for each five characters,
+    the one of ``_ID_SUFFIX`` whose index has a bit set for each upper-case letter."""
+    return "".join(
+        _ID_SUFFIX[
+            sum(1 << offset for offset, char in enumerate(id15[start : start + 5]) if "A" <= char <= "Z")
+        ]
+        for start in (0, 5, 10)
+    )
+
+
+def _canonical_id(record_id: str) -> str:
+    """A record id in its 18-character form as Salesforce writes it: a 15-character id with its
+    checksum; an 18-character id with the case of its first 15 restored from its checksum
+    (which names every upper-case letter), so that one upper- or lower-cased on its way (the
+    form is made to survive case-insensitive systems) is the same id. What is no such id
+    (a checksum naming a digit as upper-case) is taken by its first 15 characters as they are."""
+    if len(record_id) == 18 and record_id.isascii() and record_id.isalnum():
+        suffix = record_id[15:].upper()
+        if all(char in _ID_SUFFIX for char in suffix):
+            restored = []
+            for position, char in enumerate(record_id[:15]):
+                upper = _ID_SUFFIX.index(suffix[position // 5]) >> (position % 5) & 1
+                if char.isdigit() and upper:
+                    break
+                restored.append(char.upper() if upper else char.lower())
+            else:
+                return "".join(restored) + suffix
+    if len(record_id) in (15, 18):
+        return record_id[:15] + _id_checksum(record_id[:15])
+    return record_id
 
 
 def _retryable(code: str, message: str = "") -> bool:

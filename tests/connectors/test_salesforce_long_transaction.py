@@ -1,8 +1,9 @@
 """Salesforce: a change whose transaction commits long after its stamp. Salesforce stamps
 SystemModstamp when the transaction writes and shows the change when it commits; a platform
 process may hold it open for longer than the connector's 10-minute look-back. Each read asks
-sObject Get Updated once per object and stops short of latestDateCovered, the start of a
-transaction still open, so the cursor never passes a change that is not visible yet."""
+sObject Get Updated once per object and reads on to its bound, but the position it hands the
+engine never passes latestDateCovered, the start of a transaction still open: the cursor never
+passes a change that is not visible yet, and nothing visible waits for it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 import requests
 import structlog
+from consentsync_salesforce import SalesforceConnector
 from consentsync_salesforce import connector as sf_connector
 from consentsync_salesforce.sandbox import ApiError, SalesforceSandbox, format_datetime
 from sqlalchemy import select
@@ -22,6 +24,7 @@ from sqlalchemy import select
 from consentsync.domain import as_utc
 from consentsync.ledger.schema import crm_links, sync_cursors
 from consentsync.ledger.service import Ledger
+from consentsync.sdk import Cursor
 from consentsync.sync.engine import RunReport, SyncEngine, SyncOptions
 from tests.conftest import SQLITE_ONLY
 from tests.integration.helpers import seeded_org, shipped_engine
@@ -36,16 +39,26 @@ def salesforce() -> Iterator[SalesforceSandbox]:
 
 
 def _engine(
-    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox, mappings: list[str]
+    ledger: Ledger,
+    config_path: Path,
+    salesforce: SalesforceSandbox,
+    mappings: list[str],
+    lookback_seconds: int | None = None,
 ) -> SyncEngine:
-    options = SyncOptions(batch_size=25, signpost_lag_seconds=0)
+    options = SyncOptions(batch_size=25, signpost_lag_seconds=0, lookback_seconds=lookback_seconds)
     return shipped_engine(
         ledger, config_path, salesforce, "sf", "salesforce", mappings, {"query_batch_size": 200}, options
     )
 
 
-def _run(ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox, mappings: list[str]) -> RunReport:
-    report = _engine(ledger, config_path, salesforce, mappings).run()
+def _run(
+    ledger: Ledger,
+    config_path: Path,
+    salesforce: SalesforceSandbox,
+    mappings: list[str],
+    lookback_seconds: int | None = None,
+) -> RunReport:
+    report = _engine(ledger, config_path, salesforce, mappings, lookback_seconds).run()
     assert report.status == "succeeded", report.error
     return report
 
@@ -56,12 +69,24 @@ def _linked(ledger: Ledger) -> set[str]:
         return {row.record_id for row in rows}
 
 
-def _contact_read_until(ledger: Ledger) -> datetime:
+def _contact_cursor(ledger: Ledger) -> Cursor:
     with ledger.engine.connect() as conn:
         stored = conn.execute(
             select(sync_cursors.c.cursor).where(sync_cursors.c.object_type == "Contact")
         ).scalar_one()
-    return as_utc(datetime.fromisoformat(orjson.loads(stored)["read_until"]))
+    return Cursor.from_json(orjson.loads(stored))
+
+
+def _contact_read_until(ledger: Ledger) -> datetime:
+    until = _contact_cursor(ledger).read_until
+    assert until is not None
+    return as_utc(until)
+
+
+def _email_marketing(ledger: Ledger, email: str) -> str | None:
+    wanted = ("email_marketing", "email")
+    view = ledger.subject_view(email)
+    return next((s["status"] for s in view["purposes"] if (s["purpose"], s["channel"]) == wanted), None)
 
 
 def test_a_change_committed_fifteen_minutes_after_its_stamp_is_read_by_the_next_run(
@@ -83,16 +108,61 @@ def test_a_change_committed_fifteen_minutes_after_its_stamp_is_read_by_the_next_
 
     _run(ledger, config_path, salesforce, ["contact.yaml"])
     linked = _linked(ledger)
-    assert {before, twin} <= linked and late not in linked
-    assert after not in linked, "the read went past the start of a transaction still open"
-    assert _contact_read_until(ledger) == began, "the cursor keeps the moment the read covered"
-    # Still open a quarter of an hour after it began: the next run stops at the same moment.
-    _run(ledger, config_path, salesforce, ["contact.yaml"])
-    assert late not in _linked(ledger) and after not in _linked(ledger)
+    assert {before, twin, after} <= linked and late not in linked, "what is visible is read"
+    # The position stops at the start of the open transaction, all of its second: the twin
+    # shares it with the late change, under a later id.
+    assert _contact_cursor(ledger) == Cursor(began, None, None, began)
+    # Still open a quarter of an hour after it began: the next run holds the same position.
+    again = _run(ledger, config_path, salesforce, ["contact.yaml"])
+    assert late not in _linked(ledger) and _contact_cursor(ledger) == Cursor(began, None, None, began)
+    assert again.counts.evidence_recorded == 0, "read again, and recognised unchanged"
     org.commit(late)  # 15 minutes after its stamp: more than the 10-minute look-back
     _run(ledger, config_path, salesforce, ["contact.yaml"])
     assert {late, after} <= _linked(ledger), "a change committed after the look-back window was lost"
     assert _contact_read_until(ledger) > began + timedelta(minutes=14)
+
+
+@SQLITE_ONLY  # the connector's rules; the ledger's SQL runs on PostgreSQL elsewhere
+def test_an_opt_out_made_while_a_transaction_stays_open_for_hours_is_synced_by_the_next_run(
+    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox
+) -> None:
+    """A transaction left open three hours (a stuck job) held every later change of its object
+    out of the ledger, for as long as it stayed open, each run succeeding with an info line: an
+    opt-out made two hours after it began never reached the ledger. The read goes to its bound;
+    only the stored position waits at the transaction's start, with a warning each run."""
+    org = salesforce.org
+    real = org.clock
+    began = org.now() - timedelta(hours=3)
+    org.clock = lambda: began
+    batch = org.begin_create("Contact", LastName="Batch", Email="batch@example.test", HasOptedOutOfEmail=True)
+    org.clock = lambda: began + timedelta(hours=2)
+    optout = org.create("Contact", LastName="Out", Email="out@example.test", HasOptedOutOfEmail=True)
+    org.clock = real
+    held = Cursor(began, None, None, began)
+
+    with structlog.testing.capture_logs() as logged:
+        _run(ledger, config_path, salesforce, ["contact.yaml"])
+        assert optout in _linked(ledger) and batch not in _linked(ledger)
+        assert _email_marketing(ledger, "out@example.test") == "withdrawn", "the opt-out is in the ledger"
+        assert _contact_cursor(ledger) == held
+        # The engine's next read starts a look-back window before the open transaction.
+        connector = SalesforceConnector("sf", salesforce.connection_settings())
+        assert connector.resume_from(held) == Cursor(began - timedelta(minutes=10))
+        again = _run(ledger, config_path, salesforce, ["contact.yaml"])
+    assert _contact_cursor(ledger) == held
+    assert again.counts.read > 0 and again.counts.evidence_recorded == 0, "re-read, recognised unchanged"
+    warned = [e for e in logged if e["event"] == "salesforce.open_transaction_holds_reads"]
+    assert [(w["log_level"], w["object"]) for w in warned] == [("warning", "Contact")] * 2, "once a run"
+    assert warned[0]["covered_until"] == began.isoformat() and warned[0]["open_minutes"] >= 180
+    assert not any("example.test" in repr(event) for event in warned), "ids and times only"
+
+    org.commit(batch)
+    with structlog.testing.capture_logs() as logged:
+        _run(ledger, config_path, salesforce, ["contact.yaml"])
+    assert batch in _linked(ledger), "the transaction's record is read once it commits"
+    assert _email_marketing(ledger, "batch@example.test") == "withdrawn"
+    assert _contact_read_until(ledger) > began + timedelta(hours=2, minutes=59)
+    assert not [e for e in logged if e["event"] == "salesforce.open_transaction_holds_reads"]
 
 
 @SQLITE_ONLY  # the connector's rules; the ledger's SQL runs on PostgreSQL elsewhere

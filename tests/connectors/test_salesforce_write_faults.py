@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from consentsync_salesforce import SalesforceConnector
-from consentsync_salesforce.connector import _save_result
+from consentsync_salesforce.connector import _canonical_id, _save_result
 from consentsync_salesforce.sandbox import SalesforceCredentials, SalesforceSandbox
 from consentsync_salesforce.settings import SalesforceSettings
 from structlog.testing import capture_logs
@@ -86,6 +86,34 @@ def test_a_bulk_job_whose_result_files_hold_every_record_logs_nothing(sandbox: S
         (answers,) = list(connector.write_batches(titled(ids, "complete")))
     assert all(result.ok for result in answers.values()) and len(answers) == 55
     assert not [e for e in logged if e["event"] == "salesforce.bulk_results_incomplete"]
+
+
+@pytest.mark.parametrize("case", ["upper", "lower", "15"])
+def test_a_bulk_record_named_by_an_id_of_another_case_or_length_is_answered_by_its_result(
+    sandbox: SalesforceSandbox, case: str
+) -> None:
+    """The result files name each record by its 18-character id as Salesforce writes it. An
+    update holding it upper-cased (18-character ids are made to survive systems that ignore
+    case) matched nothing when the two were compared by their first 15 characters: a JobComplete
+    record written was answered BULK_RESULT_MISSING, sent again and again, for ever."""
+    connector = connector_for(sandbox, **BULK)
+    ids = contact_ids(sandbox, 55)
+    held = {"upper": str.upper, "lower": str.lower, "15": lambda record_id: record_id[:15]}[case]
+    with capture_logs() as logged:
+        (answers,) = list(connector.write_batches(titled([held(i) for i in ids], "any case")))
+    assert sandbox.calls["bulk_create"] == 1, "one job"
+    assert all(result.ok for result in answers.values()), {r.error_code for r in answers.values()}
+    assert all(sandbox.org.get(i)["Title"] == "any case" for i in ids)
+    assert not [e for e in logged if e["event"] == "salesforce.bulk_results_incomplete"]
+
+
+def test_an_id_is_compared_in_its_18_character_form_with_its_case_restored() -> None:
+    same = ["001A0000006Vm9rIAC", "001A0000006VM9RIAC", "001a0000006vm9riac", "001A0000006Vm9r"]
+    assert {_canonical_id(record_id) for record_id in same} == {"001A0000006Vm9rIAC"}
+    # Two ids whose first 15 characters differ only in case are two records.
+    assert _canonical_id("001a0000006Vm9r") != _canonical_id("001A0000006Vm9r")
+    # A checksum naming a digit as an upper-case letter is no checksum: the 15 as they are.
+    assert _canonical_id("001A0000006Vm9rIAB") == "001A0000006Vm9rIAC"
 
 
 # -- a lock met by a trigger -------------------------------------------------------------------

@@ -9,9 +9,10 @@ order, so comparing two ids as strings compares their numbers (the sandbox's ``O
 
 from __future__ import annotations
 
+import itertools
 import threading
 
-__all__ = ["KEY_PREFIXES", "IdGenerator", "checksum", "is_valid_id", "to18"]
+__all__ = ["KEY_PREFIXES", "IdGenerator", "checksum", "is_valid_id", "org_id", "to18"]
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
@@ -45,17 +46,34 @@ def checksum(id15: str) -> str:
 
 def to18(value: str) -> str | None:
     """The 18-character form of a 15- or 18-character id; None when ``value`` is not an id (wrong
-    length, a character outside [0-9A-Za-z], or an 18-character id whose checksum does not match)."""
+    length, a character outside [0-9A-Za-z], or an 18-character id whose checksum does not match).
+    An 18-character id whose letters changed case (the form is made to pass through systems
+    that ignore case) is the same id: the checksum names its upper-case letters."""
     if not isinstance(value, str) or not value.isascii() or not value.isalnum():
         return None
     if len(value) == 15:
         return value + checksum(value)
     if len(value) == 18:
-        expected = checksum(value[:15])
-        if value[15:].upper() != expected:
-            return None
-        return value[:15] + expected
+        suffix = value[15:].upper()
+        if suffix == checksum(value[:15]):
+            return value[:15] + suffix
+        restored = _case_restored(value[:15], suffix)
+        return None if restored is None else restored + suffix
     return None
+
+
+def _case_restored(id15: str, suffix: str) -> str | None:
+    """``id15`` with the case ``suffix`` says of each letter; None where it names a digit as an
+    upper-case letter, or is no checksum."""
+    if any(char not in _SUFFIX for char in suffix):
+        return None
+    out = []
+    for position, char in enumerate(id15):
+        upper = _SUFFIX.index(suffix[position // 5]) >> (position % 5) & 1
+        if upper and not char.isalpha():
+            return None
+        out.append(char.upper() if upper else char.lower())
+    return "".join(out)
 
 
 def is_valid_id(value: str) -> bool:
@@ -71,6 +89,17 @@ def _base62(number: int, width: int) -> str:
     if len(text) > width:
         raise OverflowError("id space exhausted")
     return text.rjust(width, "0")
+
+
+# Organization ids made in this process, each new: two sandboxes are two orgs, also to a client
+# that keeps answers per org (the connector's describes), on whatever port each one serves.
+_ORG_NUMBERS = itertools.count(62**5 * 3 + 17)
+
+
+def org_id(pod: str = "8d") -> str:
+    """An 18-character Organization id no earlier call in this process answered."""
+    id15 = f"{KEY_PREFIXES['Organization']}{pod}0{_base62(next(_ORG_NUMBERS), 9)}"
+    return id15 + checksum(id15)
 
 
 class IdGenerator:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from consentsync.sandbox.people import crowded_seconds, random_person
-from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, IdGenerator, to18
+from consentsync_salesforce.sandbox.ids import KEY_PREFIXES, IdGenerator, org_id, to18
 from consentsync_salesforce.sandbox.soql import TEXT_TYPES, BoundQuery, bind, parse, parse_datetime_literal
 
 __all__ = [
@@ -588,7 +588,7 @@ class SalesforceOrg:
         username: str = "integration@consentsync.sandbox",
     ) -> None:
         self.ids = ids or IdGenerator()
-        self.org_id = self.ids.new(KEY_PREFIXES["Organization"])
+        self.org_id = org_id(self.ids.pod)
         self.user_id = self.ids.new(KEY_PREFIXES["User"])
         self.username = username
         self.clock: Callable[[], dt.datetime] = clock or _utc_now

@@ -253,9 +253,10 @@ class Connector(ABC):
         self.completed_cursor: Cursor | None = None
         # Set by read_changes, before its first record, where the CRM says that what it shows is
         # whole only up to a moment before ``until`` (a transaction still open, its changes
-        # stamped when it began and shown when it commits): the read asks for nothing stamped
-        # after that moment, and the engine keeps it with the cursor in place of ``until``
-        # (``Cursor.read_until``), so that the next read's look-back window starts behind it.
+        # stamped when it began and shown when it commits): the engine keeps it with the cursor
+        # in place of ``until`` (``Cursor.read_until``), so that the next read's look-back window
+        # starts behind it. A read that goes on past it holds its position there itself
+        # (``completed_cursor``; the Salesforce connector does).
         # None: the read covered everything up to ``until``.
         self.covered_until: datetime | None = None
 
