@@ -632,8 +632,8 @@ AUDIT_ACTIONS = (
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
     "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
     "subject.restricted", "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed",
-    "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",
-    "user.role_changed", "user.sessions_ended", "user.unlocked",
+    "suppression.added", "sync.cursor_reset", "user.added", "user.disabled", "user.enabled",
+    "user.password_changed", "user.role_changed", "user.sessions_ended", "user.unlocked",
 )  # fmt: skip
 
 
