@@ -15,7 +15,9 @@ HubSpot keys those statuses by address, not by contact: a user changing a contac
 hides the old address's no. Each page's ``email`` history (batch read, ``propertiesWithHistory``)
 names the addresses a contact had since the read's lower bound; a no among their statuses that
 the contact no longer shows, and that no later yes under the new address outranks, comes as the
-record's ``earlier_values``.
+record's ``earlier_values``. A read of every contact again that names the bound of the read before
+it (``Cursor(read_until=...)``, no position) reads no address left before that bound: history a
+read passed is not acted on twice. An archived contact's history comes with its last values.
 
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
 rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
@@ -288,10 +290,25 @@ class HubSpotConnector(sdk.Connector):
             self.expected_records = total
 
         pages = self._keyset_pages(since.modstamp, _cursor_id(since), until, wanted, [], note_total)
+        horizon = self._history_horizon(since)
         for batch in pages:
-            yield from self._records(
-                object_type, batch, subscriptions, readdressed=True, since=since.modstamp
-            )
+            earlier = self._earlier_addresses(batch, horizon) if subscriptions else {}
+            yield from self._records(object_type, batch, subscriptions, earlier=earlier)
+
+    def _history_horizon(self, since: sdk.Cursor) -> datetime | None:
+        """From when the addresses a contact left are read (``_addresses_held``): the read's
+        lower bound; for a read of every record again that names the upper bound of the read
+        before it (``Cursor(read_until=...)``, no position: the read after a mapping change),
+        that bound less the look-back window. A contact's address change moved its
+        ``lastmodifieddate``, so every address left before then was in a read already: its no
+        was taken then (the ledger holds it), superseded since, or left out on purpose (a no
+        hidden before this connector read earlier addresses, taken only by a planned
+        ``sync --full``). Read again, each would be taken anew, on every re-addressed contact
+        at once, as an unsubscribe HubSpot never undoes. None (a first read, ``sync --full``):
+        every address the contact ever had."""
+        if since.modstamp is not None or since.read_until is None:
+            return since.modstamp
+        return since.read_until - self.lookback
 
     def _wanted(self, object_type: str, fields: Sequence[str]) -> tuple[list[str], list[str]]:
         """The properties a read of ``fields`` asks HubSpot for, and the subscription ids whose
@@ -399,17 +416,14 @@ class HubSpotConnector(sdk.Connector):
         batch: list[dict[str, Any]],
         subscriptions: list[str],
         *,
-        readdressed: bool = False,
-        since: datetime | None = None,
+        earlier: Mapping[str, Mapping[str, list[tuple[datetime, datetime]]]] | None = None,
     ) -> Iterator[sdk.CrmRecord]:
         """``batch`` (contacts as HubSpot answers them) as records, with their subscription
-        statuses. ``readdressed`` (live contacts read for their changes): the statuses of the
-        addresses each contact had after ``since`` (all it ever had when None) are read
-        too, and a no among them that the contact no longer shows goes into
-        ``CrmRecord.earlier_values`` (``_earlier_values``)."""
-        earlier: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
-        if subscriptions and readdressed:
-            earlier = self._earlier_addresses(batch, since)
+        statuses. ``earlier``: by contact id, the addresses it had before the one it has and
+        the spans it had them (``_earlier_addresses``): their statuses are read too, and a no
+        among them that the contact no longer shows goes into ``CrmRecord.earlier_values``
+        (``_earlier_values``)."""
+        earlier = earlier if subscriptions and earlier else {}
         earlier_addresses = sorted({address for held in earlier.values() for address in held})
         statuses = (
             self._statuses(
@@ -495,14 +509,7 @@ class HubSpotConnector(sdk.Connector):
             answer = self._request(
                 "POST", f"/crm/v3/objects/{OBJECT}/batch/read", json=body, describe="email history"
             ).json()
-            for item in answer.get("results") or []:
-                record_id = str(item.get("id") or "")
-                if record_id not in current:
-                    continue
-                versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
-                left = _addresses_held(versions, current[record_id], since)
-                if left:
-                    out[record_id] = left
+            out.update(_held_before(answer.get("results") or [], current, since))
         return out
 
     # -- deletions and merges ------------------------------------------------------------------
@@ -547,7 +554,7 @@ class HubSpotConnector(sdk.Connector):
             archived.append(replace(record, merged_into=survivor) if survivor else record)
         stream: Iterator[sdk.CrmRecord] = iter(archived)
         if fields:
-            stream = self._with_last_values(object_type, stream, fields)
+            stream = self._with_last_values(object_type, stream, fields, since.modstamp)
         merged_only = sorted(filter(in_window, named.values()), key=_deletion_key)
         yield from heapq.merge(stream, merged_only, key=_deletion_key)
 
@@ -567,33 +574,58 @@ class HubSpotConnector(sdk.Connector):
         return answered if answered.isdigit() and answered != record_id else None
 
     def _with_last_values(
-        self, object_type: str, deleted: Iterator[sdk.CrmRecord], fields: Sequence[str]
+        self,
+        object_type: str,
+        deleted: Iterator[sdk.CrmRecord],
+        fields: Sequence[str],
+        since: datetime | None,
     ) -> Iterator[sdk.CrmRecord]:
         """``deleted`` (archived contacts, in order) with their last values, read in batches of
         100 (``POST .../batch/read?archived=true``, which answers archived contacts only). A
-        contact the read no longer finds (restored or purged since it was listed) comes bare."""
+        contact the read no longer finds (restored or purged since it was listed) comes bare.
+
+        The same read answers each contact's ``email`` history (``propertiesWithHistory``, no
+        call more): a user who changed the address and then deleted the contact, both before
+        the next sync, hid the old address's no twice over. A no among the statuses of the
+        addresses it had after ``since`` (the listing's lower bound: one left before was in a
+        read of the live contact), that its last values do not outrank (``_earlier_values``),
+        is its last no: it comes among the fields, dated by ``earlier_given_at`` (the engine
+        takes a deleted record's no from its fields)."""
         wanted, subscriptions = self._wanted(object_type, fields)
         while chunk := list(islice(deleted, BATCH_READ_LIMIT)):
+            request: dict[str, Any] = {
+                "properties": wanted,
+                "inputs": [{"id": record.record_id} for record in chunk],
+            }
+            if subscriptions:
+                request["propertiesWithHistory"] = ["email"]
             body = self._request(
                 "POST",
                 f"/crm/v3/objects/{OBJECT}/batch/read",
                 params={"archived": "true"},
-                json={"properties": wanted, "inputs": [{"id": record.record_id} for record in chunk]},
+                json=request,
                 describe="read archived contacts",
             ).json()
             found = [raw for raw in body.get("results") or [] if isinstance(raw, dict) and raw.get("id")]
+            current = {
+                str(raw["id"]): str((raw.get("properties") or {}).get("email") or "").strip().lower()
+                for raw in found
+            }
+            earlier = _held_before(found, current, since) if subscriptions else {}
             values = {
-                record.record_id: dict(record.fields)
-                for record in self._records(object_type, found, subscriptions)
+                record.record_id: record
+                for record in self._records(object_type, found, subscriptions, earlier=earlier)
             }
             for record in chunk:
+                last = values.get(record.record_id)
                 yield sdk.CrmRecord(
                     object_type,
                     record.record_id,
                     record.modstamp,
-                    values.get(record.record_id, {}),
+                    {**last.fields, **(last.earlier_values or {})} if last else {},
                     deleted=True,
                     merged_into=record.merged_into,
+                    earlier_given_at=last.earlier_given_at if last else None,
                 )
 
     def _archived(self) -> Iterator[sdk.CrmRecord]:
@@ -1081,6 +1113,26 @@ def _addresses_held(
         if not address or address == current or (since is not None and left_at < since):
             continue
         out.setdefault(address, []).append((held_from, left_at))
+    return out
+
+
+def _held_before(
+    results: Sequence[Mapping[str, Any]], current: Mapping[str, str], since: datetime | None
+) -> dict[str, dict[str, list[tuple[datetime, datetime]]]]:
+    """Of a batch read's ``results`` (with ``propertiesWithHistory: ["email"]``), contact id ->
+    the addresses it left after ``since`` and the spans it had them (``_addresses_held``), for
+    the contacts of ``current`` (id -> the address the contact was read with, lower case).
+    Keyed by the id HubSpot answers: a contact merged away since answers the merged contact
+    under its new id, whose history is not this contact's."""
+    out: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
+    for item in results:
+        record_id = str(item.get("id") or "")
+        if record_id not in current:
+            continue
+        versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
+        left = _addresses_held(versions, current[record_id], since)
+        if left:
+            out[record_id] = left
     return out
 
 

@@ -43,7 +43,9 @@ class Cursor:
     # look-back window before it was visible to that read, so the next read need not go back
     # further than that (see ``Connector.resume_from``). A moment of the CRM's clock, as its
     # stamps are: where the CRM's clock runs behind ours, the engine bounds it by the CRM's
-    # (``Connector.crm_clock``, consentsync.sdk.clock).
+    # (``Connector.crm_clock``, consentsync.sdk.clock). After a mapping change the engine hands
+    # over a cursor with no position but this bound (the end of the read before): every record
+    # is read again, and a connector that reads records' history may skip what that read passed.
     read_until: datetime | None = None
 
     def to_json(self) -> dict[str, str | None]:

@@ -659,6 +659,7 @@ class SyncEngine:
                     said = f"mapping for {mapping.object} {again}: reading every record again"
                     report.note = f"{report.note}; {said}" if report.note else said
                     log.warning("sync.mapping_changed", object=mapping.object, reason=again)
+                    earlier = stored
                     stored = Cursor()
                 if rethink:
                     self._rereading.add(key)
@@ -677,6 +678,13 @@ class SyncEngine:
                 # already seen there is recognised by its snapshot and costs an API call,
                 # never a second piece of evidence.
                 since = stored if use_full else self.connector.resume_from(stored, self._lookback())
+                if again is not None and not relist:
+                    # Every record again, but not their history: the earlier read's end tells a
+                    # connector that reads records' earlier values (HubSpot's address history)
+                    # what that read already passed (taken, superseded, or left out on
+                    # purpose); only a first read or a full run takes the whole history. The
+                    # position stays empty: every record is read.
+                    since = Cursor(read_until=earlier.read_until or earlier.modstamp)
                 read = _Read(mapping, key, stored, since, key.endswith(DELETIONS))
                 read.rethink = rethink
                 reads.append(read)
