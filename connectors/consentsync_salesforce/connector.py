@@ -127,10 +127,11 @@ class SalesforceConnector(sdk.Connector):
     # Bulk API batch chunk has the same 10 minutes, but other platform processes run longer.
     # So each read first asks sObject Get Updated for its window (``_covered_until``): its
     # latestDateCovered is "the start time of that long-running transaction until it
-    # completes" (GetUpdatedResult), and the position the engine keeps never passes it (the
-    # read itself goes on to its bound: ``read_changes``). The look-back stays for what that
-    # answer cannot tell (an object it does not serve): every read starts 10 minutes behind the
-    # last record it handled.
+    # completes" (GetUpdatedResult), kept in the cursor beside the read's position until that
+    # transaction commits, then read from once more (the read itself goes on to its bound:
+    # ``read_changes``). The look-back stays for what that answer cannot tell (an object it does
+    # not serve): every read without such a hold starts 10 minutes behind the last record it
+    # handled.
     lookback = timedelta(minutes=10)
     # Write calls side by side: "There isn't a limit on the number of concurrent requests shorter
     # than 20 seconds" (API Request Limits and Allocations); a Collections call of 200 records
@@ -159,6 +160,10 @@ class SalesforceConnector(sdk.Connector):
         # The objects whose read this run was held back by a transaction open over an hour,
         # warned of once (``_covered_until``); the daemon opens the connector afresh every run.
         self._warned_open: set[str] = set()
+        # Per read: whether Get Updated answered for the read's window (``_covered_until``); and
+        # the look-back window of this run's reads (``resume_from``), for a read from a hold.
+        self._updated_answered = False
+        self._window = self.lookback
         # Bulk API 2.0 jobs this process was answered for (shared by the copies and threads),
         # and a lock that makes creating a job and looking for one whose answer was lost one
         # step: a job another thread here is about to fill is never taken for a lost one.
@@ -312,6 +317,19 @@ class SalesforceConnector(sdk.Connector):
         self._describes.pop(object_type, None)
         self._described_earlier.discard(object_type)
 
+    def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
+        """As every connector resumes a plain cursor (the look-back window behind it). A cursor
+        holding the start of an open transaction (its token, ``_Hold``) is kept as it is: its
+        read goes on from its position, or from the look-back window before the hold once the
+        transaction has committed (``read_changes``). The window is kept for that read."""
+        self._window = self.lookback if lookback is None else lookback
+        if cursor.token is None:
+            return super().resume_from(cursor, lookback)
+        if _Hold.of(cursor, self.name, warn=True) is None:
+            # Unreadable: resumed as a plain cursor, from the window behind its position.
+            return super().resume_from(dataclasses.replace(cursor, token=None), lookback)
+        return cursor
+
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
@@ -323,15 +341,75 @@ class SalesforceConnector(sdk.Connector):
         A transaction still open shows its changes when it commits, stamped when it began
         (``_covered_until`` asks where that is). The read goes up to ``until`` all the same:
         every change visible now is handed on now, whatever stays open how long (an opt-out
-        made after such a transaction began is not held back). Only the position the engine
-        keeps stops there: from the first record stamped at or after that moment, records go
-        with ``completed_cursor`` at that moment, without an id, its read_until that moment, so
-        the next read starts a look-back window before it. It reads again what this one read
-        past it (the engine finds it unchanged against its snapshots) and, once the transaction
-        commits, its changes."""
+        made after such a transaction began is not held back). The position handed to the
+        engine keeps the read's progress and that start (the *hold*) apart: ``completed_cursor``
+        is the last record handed over, with the hold in its token (``_Hold``), set before each
+        record goes, so a read cut anywhere (the run's budget, a kill) is resumed from where it
+        got to, not from the hold. While the transaction stays open, the next read goes on from
+        that position (every change stamped since the hold is read once more when it commits,
+        so no look-back is needed behind it). Once Get Updated no longer answers that start, the
+        transaction has committed: that read goes once more from the look-back window before the
+        hold, up to its bound, as a plain read (or holding the next transaction still open). A
+        start reported behind the position (a read before it was not held: Get Updated refused
+        it once) is held all the same, the position kept."""
         self._selected_fields(object_type, fields)  # checked first: may describe afresh
         include_deleted = "IsDeleted" in self._known(object_type)
-        covered = self._covered_until(object_type, since, until)
+        held = _Hold.of(since, self.name)
+        position = sdk.Cursor(since.modstamp, since.record_id)
+        floor = position  # the progress kept never goes behind it
+        if held is None:
+            hold = self._covered_until(object_type, since, until)
+            start = position
+        else:
+            window = max(self._window, timedelta(0))
+            # The window starts before the hold, so that Get Updated answers for it.
+            asked = held.moment - window
+            if position.modstamp is not None:
+                asked = min(asked, position.modstamp)
+            said = self._covered_until(object_type, sdk.Cursor(asked), until)
+            if not self._updated_answered:
+                # Not known whether the transaction committed: the hold stays, and the read goes
+                # on from the look-back window behind its position (as a read without Get
+                # Updated does), the position never moving back.
+                behind = position.modstamp - window if position.modstamp is not None else None
+                hold, start = held.moment, sdk.Cursor(behind)
+            elif said is None or said > held.moment:
+                # Committed: what it wrote is visible, stamped from the hold on. Read once more
+                # from the look-back window before it (a plain read, or holding the transaction
+                # open now).
+                log.info(
+                    "salesforce.open_transaction_committed",
+                    connector=self.name,
+                    object=object_type,
+                    held_from=held.moment.isoformat(),
+                )
+                hold, start = said, sdk.Cursor(held.moment - window)
+                floor = start
+            else:
+                # Still open (or one open since earlier): read on from the position.
+                hold, start = said, position
+        if hold is None and since.token is None:
+            yield from self._changes(object_type, fields, start, until, include_deleted)
+            return
+        # A position of this read's own from its first record on: the stored token (a hold) is
+        # replaced or dropped; with nothing read, the start itself (never past ``since``).
+        self.completed_cursor = _Hold.cursor(floor, hold)
+        for record in self._changes(object_type, fields, start, until, include_deleted):
+            if floor.is_before(record.modstamp, record.record_id):
+                # Set before the record goes: the engine keeps it with the page this record
+                # ends, and with every later one.
+                self.completed_cursor = _Hold.cursor(sdk.Cursor(record.modstamp, record.record_id), hold)
+            yield record
+
+    def _changes(
+        self,
+        object_type: str,
+        fields: Sequence[str],
+        since: sdk.Cursor,
+        until: datetime,
+        include_deleted: bool,
+    ) -> Iterator[sdk.CrmRecord]:
+        """The records changed after ``since`` up to ``until``, page by page."""
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
         added = self._conversion_fields(object_type, fields)
@@ -341,7 +419,7 @@ class SalesforceConnector(sdk.Connector):
             # record handed over, up to the same signpost.
             return self.build_query(object_type, fields, sdk.Cursor(last.modstamp, last.record_id), until)
 
-        records = self._query_all(
+        yield from self._query_all(
             object_type,
             query,
             headers,
@@ -350,18 +428,6 @@ class SalesforceConnector(sdk.Connector):
             resume=resume,
             added=added,
         )
-        if covered is None:
-            yield from records
-            return
-        # At the moment itself too: a change of the open transaction may share its second with
-        # a record already visible, under a lower id.
-        held = sdk.Cursor(covered, None, None, covered)
-        for record in records:
-            if record.modstamp >= covered:
-                # Set before the record goes: the engine keeps it with the page this record
-                # ends, and with every later one.
-                self.completed_cursor = held
-            yield record
 
     def _covered_until(self, object_type: str, since: sdk.Cursor, until: datetime) -> datetime | None:
         """The moment before ``until`` up to which Salesforce shows the object's changes whole,
@@ -380,8 +446,9 @@ class SalesforceConnector(sdk.Connector):
         403, 404, INVALID_TYPE) is read up to ``until`` with the look-back window alone, with a
         warning once; a window it refuses (EXCEEDED_ID_LIMIT: more than 600,000 changes)
         likewise, for that read. A transaction open for more than an hour is warned of, once a
-        run for each object: until it ends, every run reads again what changed since it began."""
+        run for each object: until it ends, the cursor holds its start (``read_changes``)."""
         self.covered_until = None
+        self._updated_answered = False
         if object_type in self._not_replicated:
             return None
         if not self._replicateable.get(object_type, True):
@@ -415,6 +482,7 @@ class SalesforceConnector(sdk.Connector):
             self._replication_unavailable(object_type, "no latestDateCovered", permanent=False)
             return None
         covered = parse_sf_datetime(said).replace(microsecond=0)
+        self._updated_answered = True
         clock = self.crm_clock()
         offset = clock.offset() if clock is not None else None
         # Salesforce's clock when the call left, at the earliest: its last whole minute then.
@@ -1176,6 +1244,41 @@ class _Unreplicated:
 def _replication_time(moment: datetime) -> str:
     """A Get Updated window end: ISO 8601 in UTC, whole seconds (it drops them itself)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Hold:
+    """The start of a transaction Get Updated said was open (latestDateCovered), kept in the
+    cursor's token apart from the read's position: once it commits, what it wrote is read from
+    the look-back window before it (``read_changes``). A cursor without one is a plain position."""
+
+    moment: datetime
+
+    @classmethod
+    def of(cls, cursor: sdk.Cursor, name: str, *, warn: bool = False) -> _Hold | None:
+        """The hold ``cursor`` keeps; None for none, or a token that is not one (warned of where
+        ``warn``: the cursor is then resumed as a plain position, the look-back behind it)."""
+        if cursor.token is None:
+            return None
+        try:
+            data = orjson.loads(cursor.token)
+            if not isinstance(data, dict) or data.get("v") != 1:
+                raise ValueError("not a Salesforce read position")
+            return cls(parse_sf_datetime(str(data["hold"])))
+        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as error:
+            if warn:
+                log.warning("salesforce.cursor_token_unreadable", connector=name, error=str(error)[:200])
+            return None
+
+    @staticmethod
+    def cursor(position: sdk.Cursor, hold: datetime | None) -> sdk.Cursor:
+        """The cursor the engine keeps: ``position``, and the hold in its token, read_until at
+        the hold; without a hold a plain position without read_until, so that the next read
+        starts the whole look-back window behind it."""
+        if hold is None:
+            return sdk.Cursor(position.modstamp, position.record_id)
+        token = orjson.dumps({"v": 1, "hold": hold.astimezone(UTC).isoformat()}).decode()
+        return sdk.Cursor(position.modstamp, position.record_id, token, hold)
 
 
 _GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"})

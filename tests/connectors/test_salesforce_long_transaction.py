@@ -1,9 +1,11 @@
 """Salesforce: a change whose transaction commits long after its stamp. Salesforce stamps
 SystemModstamp when the transaction writes and shows the change when it commits; a platform
 process may hold it open for longer than the connector's 10-minute look-back. Each read asks
-sObject Get Updated once per object and reads on to its bound, but the position it hands the
-engine never passes latestDateCovered, the start of a transaction still open: the cursor never
-passes a change that is not visible yet, and nothing visible waits for it."""
+sObject Get Updated once per object and reads on to its bound; latestDateCovered, the start of a
+transaction still open, is kept in the cursor's token apart from the read's position (the hold):
+the read goes on from its position while the transaction stays open, and once it commits reads
+once more from the hold, so that a change not visible yet is never passed for good and nothing
+visible waits for it."""
 
 from __future__ import annotations
 
@@ -83,6 +85,13 @@ def _contact_read_until(ledger: Ledger) -> datetime:
     return as_utc(until)
 
 
+def _hold(cursor: Cursor) -> datetime | None:
+    """The open transaction's start the cursor keeps (its token), None for none."""
+    if cursor.token is None:
+        return None
+    return as_utc(datetime.fromisoformat(orjson.loads(cursor.token)["hold"]))
+
+
 def _email_marketing(ledger: Ledger, email: str) -> str | None:
     wanted = ("email_marketing", "email")
     view = ledger.subject_view(email)
@@ -109,16 +118,25 @@ def test_a_change_committed_fifteen_minutes_after_its_stamp_is_read_by_the_next_
     _run(ledger, config_path, salesforce, ["contact.yaml"])
     linked = _linked(ledger)
     assert {before, twin, after} <= linked and late not in linked, "what is visible is read"
-    # The position stops at the start of the open transaction, all of its second: the twin
-    # shares it with the late change, under a later id.
-    assert _contact_cursor(ledger) == Cursor(began, None, None, began)
-    # Still open a quarter of an hour after it began: the next run holds the same position.
+    # The position goes on to the last record read; the start of the open transaction is held
+    # apart, all of its second: the twin shares it with the late change, under a later id.
+    first = _contact_cursor(ledger)
+    assert _hold(first) == began and first.modstamp is not None and first.modstamp > began
+    # Still open a quarter of an hour after it began: the next run goes on from the position
+    # (to what the first run's pushes wrote), and keeps the hold.
     again = _run(ledger, config_path, salesforce, ["contact.yaml"])
-    assert late not in _linked(ledger) and _contact_cursor(ledger) == Cursor(began, None, None, began)
-    assert again.counts.evidence_recorded == 0, "read again, and recognised unchanged"
+    kept = _contact_cursor(ledger)
+    assert late not in _linked(ledger) and _hold(kept) == began
+    assert kept.modstamp is not None and kept.modstamp >= first.modstamp
+    assert again.counts.evidence_recorded == 0
     org.commit(late)  # 15 minutes after its stamp: more than the 10-minute look-back
     _run(ledger, config_path, salesforce, ["contact.yaml"])
     assert {late, after} <= _linked(ledger), "a change committed after the look-back window was lost"
+    done = _contact_cursor(ledger)
+    assert _hold(done) is None and done.modstamp is not None and done.modstamp > began, "nothing held"
+    # A plain position: the next read starts the whole look-back window behind it, as a read
+    # without Get Updated would.
+    _run(ledger, config_path, salesforce, ["contact.yaml"])
     assert _contact_read_until(ledger) > began + timedelta(minutes=14)
 
 
@@ -129,7 +147,7 @@ def test_an_opt_out_made_while_a_transaction_stays_open_for_hours_is_synced_by_t
     """A transaction left open three hours (a stuck job) held every later change of its object
     out of the ledger, for as long as it stayed open, each run succeeding with an info line: an
     opt-out made two hours after it began never reached the ledger. The read goes to its bound;
-    only the stored position waits at the transaction's start, with a warning each run."""
+    the cursor holds the transaction's start apart from its position, with a warning each run."""
     org = salesforce.org
     real = org.clock
     began = org.now() - timedelta(hours=3)
@@ -138,19 +156,23 @@ def test_an_opt_out_made_while_a_transaction_stays_open_for_hours_is_synced_by_t
     org.clock = lambda: began + timedelta(hours=2)
     optout = org.create("Contact", LastName="Out", Email="out@example.test", HasOptedOutOfEmail=True)
     org.clock = real
-    held = Cursor(began, None, None, began)
 
     with structlog.testing.capture_logs() as logged:
         _run(ledger, config_path, salesforce, ["contact.yaml"])
         assert optout in _linked(ledger) and batch not in _linked(ledger)
         assert _email_marketing(ledger, "out@example.test") == "withdrawn", "the opt-out is in the ledger"
-        assert _contact_cursor(ledger) == held
-        # The engine's next read starts a look-back window before the open transaction.
+        held = _contact_cursor(ledger)
+        assert _hold(held) == began and held.modstamp is not None and held.modstamp > began
+        # The engine's next read goes on from the position, the hold kept in its token.
         connector = SalesforceConnector("sf", salesforce.connection_settings())
-        assert connector.resume_from(held) == Cursor(began - timedelta(minutes=10))
+        assert connector.resume_from(held) == held
+        # A cursor stored by an earlier version (its position at the hold) resumes as a plain one.
+        earlier = Cursor(began, None, None, began)
+        assert connector.resume_from(earlier) == Cursor(began - timedelta(minutes=10))
         again = _run(ledger, config_path, salesforce, ["contact.yaml"])
-    assert _contact_cursor(ledger) == held
-    assert again.counts.read > 0 and again.counts.evidence_recorded == 0, "re-read, recognised unchanged"
+    kept = _contact_cursor(ledger)
+    assert _hold(kept) == began and kept.modstamp is not None and kept.modstamp >= held.modstamp
+    assert again.counts.evidence_recorded == 0
     warned = [e for e in logged if e["event"] == "salesforce.open_transaction_holds_reads"]
     assert [(w["log_level"], w["object"]) for w in warned] == [("warning", "Contact")] * 2, "once a run"
     assert warned[0]["covered_until"] == began.isoformat() and warned[0]["open_minutes"] >= 180
@@ -161,8 +183,10 @@ def test_an_opt_out_made_while_a_transaction_stays_open_for_hours_is_synced_by_t
         _run(ledger, config_path, salesforce, ["contact.yaml"])
     assert batch in _linked(ledger), "the transaction's record is read once it commits"
     assert _email_marketing(ledger, "batch@example.test") == "withdrawn"
-    assert _contact_read_until(ledger) > began + timedelta(hours=2, minutes=59)
+    assert _hold(_contact_cursor(ledger)) is None
     assert not [e for e in logged if e["event"] == "salesforce.open_transaction_holds_reads"]
+    _run(ledger, config_path, salesforce, ["contact.yaml"])
+    assert _contact_read_until(ledger) > began + timedelta(hours=2, minutes=59)
 
 
 @SQLITE_ONLY  # the connector's rules; the ledger's SQL runs on PostgreSQL elsewhere
