@@ -8,11 +8,12 @@ cursor's token; later reads GET that link and receive only what changed, deleted
 (``$deletedEntity``) among them, yielded as ``CrmRecord(deleted=True)``. A contact merged away
 (the Merge action deactivates it, sets ``merged`` and ``masterid``) is yielded as
 ``CrmRecord(deleted=True, merged_into=masterid)``. A refused delta link (expired or invalid)
-triggers one full reload. Tables without change tracking, or
-``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as ``$batch``
-requests (at most 1,000) of ``PATCH`` with
-``If-Match: *`` (a PATCH alone would create a missing row), or ``DELETE`` for the delete action,
-and ``Prefer: odata.continue-on-error``, one result per request, handed over batch by batch.
+triggers one full reload. A full read (the first, or a reload) that outlasts a run keeps its
+position with the link it took first, and the next run goes on from there. Tables without change
+tracking, or ``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as
+``$batch`` requests (at most 1,000) of ``PATCH`` with ``If-Match: *`` (a PATCH alone would create
+a missing row), or ``DELETE`` for the delete action, and ``Prefer: odata.continue-on-error``, one
+result per request, handed over batch by batch.
 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
 
 The object ``consentsync_journeys_contact`` (:mod:`consentsync_dynamics.journeys`) is the contact
@@ -70,6 +71,10 @@ ERRORS = sdk.ErrorTable(
 # Set by the Merge action on the subordinate row: read with every row of a table that has them.
 MERGE_COLUMNS = ("merged", "masterid")
 _AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
+# The fragment of a full read's link while the read is under way (a first read, a reload after a
+# refused link): the cursor's position is how far the read got, the link the one it took before
+# its first row. Never sent (a fragment): the link stays the service's own.
+_WALK = "consentsync-walk"
 # Matched whole (``fullmatch``): ``$`` would let a trailing newline through, into a URL or the
 # request line of a $batch part.
 _LOGICAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
@@ -146,8 +151,9 @@ class _TableRead:
 @dataclass(slots=True)
 class _ConsentChanges:
     """What a read of the consent rows' delta found: the link after it, the addresses of the rows
-    that changed, and whether a row may have left an address it does not name (deleted, or an
-    existing row edited: every contact is to be checked again)."""
+    that changed (and those an edited row's audit history shows it at before), and whether a row
+    may have left an address it does not name (deleted, or an existing row edited where the audit
+    history cannot tell: every contact is to be checked again)."""
 
     link: str
     addresses: set[str]
@@ -286,6 +292,8 @@ class DynamicsConnector(sdk.Connector):
         self.rows_created = 0  # Journeys consent rows created (journeys.py)
         self.deleted_rows = 0  # $deletedEntity rows seen by delta reads (yielded as deleted)
         self.full_reloads = 0  # delta links refused, tables read again from the start
+        # Whether every change of a consent row's address is audited (read once, when needed).
+        self._audited: bool | None = None
         # The latest Date this environment's Web API answered with (the service's clock).
         self._answered_at: datetime | None = None
 
@@ -409,7 +417,9 @@ class DynamicsConnector(sdk.Connector):
           ``until``; the link is handed over once that read is done, so every change made
           after it was taken comes in the next delta (a row read twice is harmless), marked with
           the signpost: the next read also reads what changed after it, once, so a row changed
-          between the signpost and the link is not lost.
+          between the signpost and the link is not lost. Until then each record carries its
+          position with that link (``#consentsync-walk``): a read stopped part way goes on from
+          there in the next run, with the same link.
 
         Without change tracking every read is the (modifiedon, id) keyset read.
 
@@ -457,8 +467,15 @@ class DynamicsConnector(sdk.Connector):
                 yield record, None
             yield None, None
             return
-        refused_link = False
-        if since.token:
+        link: str | None = None
+        if since.token and since.token.partition("#")[2] == _WALK:
+            # A full read under way, stopped by an earlier run (its budget, a kill): it goes on
+            # from its position with the link it took first. Taking a new link would page through
+            # the whole table again every run (a table larger than a run's budget never done), and
+            # a row deleted before the new link, behind the position, would come in neither.
+            link = self._walk_link(table, since.token)
+            since = sdk.Cursor(since.modstamp, since.record_id) if link else sdk.Cursor()
+        elif since.token:
             try:
                 for record in self._read_delta(table, since, until):
                     yield record, None
@@ -474,24 +491,42 @@ class DynamicsConnector(sdk.Connector):
                     code=str(refused),
                 )
                 self.full_reloads += 1
-                since, refused_link = sdk.Cursor(), True
-        link = self._new_delta_link(entity, wire)
+                since = sdk.Cursor()
+        if link is None:
+            link = self._new_delta_link(entity, wire)
         settled = self._settled(until)
+        walking = f"{link}#{_WALK}"
         last: sdk.CrmRecord | None = None
         for record in self._read_keyset(table, since, until):
             last = record
-            # After a refused link each record carries its own position, without a token: the
-            # engine would keep the refused link with it, and a run stopped part way (its budget,
-            # a kill) would be refused again and reload from the first row, a large table never
-            # done. Without one, the next run goes on with the reload from there (a first read:
-            # it takes its own link first, and hands over the position as the engine does).
-            own = sdk.Cursor(record.modstamp, record.record_id, None, settled) if refused_link else None
-            yield record, own
+            # Each record carries its position with the link taken before the read's first row
+            # (the engine would keep the token the read started from: a refused link, refused
+            # again next run, or none, a new link taken each run). A run stopped part way (its
+            # budget, a kill) leaves the next to go on from there with the same link, whose delta
+            # holds every change made since it was taken, deletions of rows behind the position
+            # among them; a row changed later than the position is read by the walk as well.
+            yield record, sdk.Cursor(record.modstamp, record.record_id, walking, settled)
         position = (last.modstamp, last.record_id) if last else (since.modstamp, since.record_id)
         # The link was taken after the signpost: a row changed between the two is in neither this
         # read nor the link's delta. The next read also reads what changed after the signpost,
         # once (a URL fragment, never sent: the link stays the service's own).
         yield None, sdk.Cursor(*position, token=f"{link}#{_AFTER}{odata_literal(until)}")
+
+    def _walk_link(self, table: _TableRead, token: str) -> str | None:
+        """The link a full read under way took before its first row (``token``), where it can
+        still serve: None (the read starts again from the first row, with a new link) for a link
+        of another environment or one that does not select every column the mapping reads now."""
+        link = token.partition("#")[0]
+        selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
+        if not self._ours(link) or set(table.wire.values()) - set(selected) - {table.entity.primary_id}:
+            log.warning(
+                "dynamics.full_read_restarted",
+                connector=self.name,
+                table=table.entity.logical_name,
+                reason="its link is of another environment or selects fewer columns",
+            )
+            return None
+        return link
 
     def _settled(self, until: datetime) -> datetime:
         """``until`` as the bound a cursor keeps (``Cursor.read_until``), no later than the one the
@@ -717,10 +752,11 @@ class DynamicsConnector(sdk.Connector):
           walked to, so a read stopped part way goes on from there. Once the walk is done, the
           consent rows' delta from the link it took first hands over what changed meanwhile;
         * a later read takes the consent rows' delta first, to its new link: the addresses of
-          the rows it shows changed; a deleted row (its id alone) or an existing row edited (it
-          may have left another address, purpose or channel: the delta shows a row as it is) has
-          every contact checked again. Then the contacts' delta, each page looked up after that
-          link was taken; then the contacts at the changed addresses;
+          the rows it shows changed, and those an existing row edited held before (it may have
+          left another address: the delta shows a row as it is), from its audit history where
+          Dataverse audits the address; a deleted row (its id alone), or an edited one without
+          that history, has every contact checked again. Then the contacts' delta, each page
+          looked up after that link was taken; then the contacts at the changed addresses;
         * a check of every contact hands over those with an address that a purpose shows without
           a row (the only ones a lost row can have changed); its position is kept in the token
           with both new links, so it goes on in the next run where it stopped.
@@ -1003,12 +1039,14 @@ class DynamicsConnector(sdk.Connector):
 
         A changed row names its address (its contacts are handed over). Whether it left another
         one the delta does not say (it shows a row as it is now, not which columns changed), so
-        a deleted row (its id alone) or a row that existed before ``seen`` (the service's time
-        after the last look-up handed over since ``link`` was taken; None: any row) has every
-        contact checked again: it may have been moved from another address, purpose or channel
-        that a look-up saw it at. Not for a row created after ``seen`` (no look-up saw it), nor for
-        a row the connector created that sits at the address and purpose its id was derived
-        from."""
+        a deleted row (its id alone) has every contact checked again. A row that existed before
+        ``seen`` (the service's time after the last look-up handed over since ``link`` was taken;
+        None: any row) may have been moved from another address that a look-up saw it at: where
+        Dataverse audits every change of a row's address, the addresses its audit history shows
+        it at before are handed over too (a move between purposes or channels at one address
+        changes only the contacts there); where it does not, every contact is checked again. Not
+        for a row created after ``seen`` (no look-up saw it), nor for a row the connector created
+        that sits at the address and purpose its id was derived from."""
         entity = self._entity(CONSENT_TABLE)
         if not self._ours(link):
             raise _DeltaRefused("a delta link of another environment")
@@ -1022,6 +1060,7 @@ class DynamicsConnector(sdk.Connector):
         )
         key = self.config.client_secret.encode()
         changes = _ConsentChanges(link, set(), recheck=False)
+        edited: list[str] = []  # rows that existed before a look-up saw them: may have moved
         url, first = link, True
         while True:
             body = self._page(url, None, entity, delta=first)
@@ -1040,14 +1079,111 @@ class DynamicsConnector(sdk.Connector):
                     ids = range(journeys.GENERATIONS)
                     if rid in {journeys.row_id(key, of.lower(), address, g) for g in ids}:
                         continue  # the connector's own row, where it created it
-                changes.recheck = not _created_after(row.get(created_on) if created_on else None, seen)
+                if not _created_after(row.get(created_on) if created_on else None, seen):
+                    if rid:
+                        edited.append(rid)
+                    else:
+                        changes.recheck = True  # no id to ask its history of
             if body.get("@odata.nextLink"):
                 url = self._checked_link(body["@odata.nextLink"])
                 continue
             if not body.get("@odata.deltaLink"):
                 raise _DeltaRefused("a delta without its next link")
             changes.link = self._checked_link(body["@odata.deltaLink"])
+            if edited and not changes.recheck:
+                # Where each edited row was before (its audit history): the contacts there are
+                # the only ones its edit can have changed. Unknown: every contact is checked.
+                earlier = self._earlier_addresses(edited)
+                if earlier is None:
+                    changes.recheck = True
+                else:
+                    changes.addresses |= earlier
             return changes
+
+    def _earlier_addresses(self, row_ids: Sequence[str]) -> set[str] | None:
+        """Every address (:func:`journeys.address_key`) the consent rows ``row_ids`` held before
+        an edit, from their audit history (RetrieveRecordChangeHistory, "Retrieve the history of
+        audited data changes": each audited update's OldValue); None where that history cannot
+        be complete: auditing off for the environment, the consent table or its address column,
+        the history unreadable (the application user lacks prvReadAuditSummary) or paged."""
+        if not self._addresses_audited():
+            return None
+        entity = self._entity(CONSENT_TABLE)
+        value = self._consent_change_wire()["msdynmkt_contactpointvalue"]
+        found: set[str] = set()
+        pending = sorted(set(row_ids))
+        while pending:
+            chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
+            parts = []
+            for row_id in chunk:
+                target = quote(f"{{'@odata.id':'{entity.entity_set}({row_id})'}}", safe="")
+                url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
+                parts.append(PartRequest("GET", url))
+            _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
+            for answer in answers:
+                history = answer.body.get("AuditDetailCollection") if isinstance(answer.body, dict) else None
+                if answer.status >= 300 or not isinstance(history, dict) or history.get("MoreRecords"):
+                    log.warning(
+                        "dynamics.audit_history_unread",
+                        connector=self.name,
+                        status=answer.status,
+                        code=answer.error[0] if answer.status >= 300 else None,
+                    )
+                    return None
+                for detail in history.get("AuditDetails") or []:
+                    old = detail.get("OldValue") if isinstance(detail, dict) else None
+                    if isinstance(old, dict) and (address := journeys.address_key(old.get(value))):
+                        found.add(address)
+            if len(answers) < len(parts):
+                return None
+        return found
+
+    def _addresses_audited(self) -> bool:
+        """Whether Dataverse records every change of a consent row's address: auditing on for
+        the environment (organization ``isauditenabled``), the consent table and its
+        ``msdynmkt_contactpointvalue`` column (``IsAuditEnabled``), read once. A setting the
+        application user may not read counts as off."""
+        if self._audited is None:
+            try:
+                self._audited = self._read_audit_settings()
+            except ConnectorError as error:
+                if error.rule.fault is not Fault.CONFIG or isinstance(error, sdk.BudgetExhausted):
+                    raise
+                log.warning("dynamics.audit_settings_unread", connector=self.name, error=str(error)[:200])
+                self._audited = False
+            if not self._audited:
+                log.info(
+                    "dynamics.journeys_edits_recheck_every_contact",
+                    connector=self.name,
+                    reason="the consent rows' addresses are not audited",
+                )
+        return self._audited
+
+    def _read_audit_settings(self) -> bool:
+        api = self.config.api_url
+        organization = self._request(
+            "GET", f"{api}/organizations", "read organization", params={"$select": "isauditenabled"}
+        ).json()
+        rows = organization.get("value") or []
+        if not rows or rows[0].get("isauditenabled") is not True:
+            return False
+        definition = f"{api}/EntityDefinitions(LogicalName='{CONSENT_TABLE}')"
+        table = self._request(
+            "GET", definition, f"EntityDefinitions {CONSENT_TABLE}", params={"$select": "IsAuditEnabled"}
+        ).json()
+        if not _managed_true(table.get("IsAuditEnabled")):
+            return False
+        columns = self._request(
+            "GET",
+            f"{definition}/Attributes",
+            f"Attributes {CONSENT_TABLE}",
+            params={"$select": "LogicalName,IsAuditEnabled"},
+        ).json()
+        return any(
+            item.get("LogicalName") == "msdynmkt_contactpointvalue"
+            and _managed_true(item.get("IsAuditEnabled"))
+            for item in columns.get("value", [])
+        )
 
     def _contacts_at(self, table: _TableRead, addresses: Collection[str]) -> Iterator[sdk.CrmRecord]:
         """The live contacts whose address is one of ``addresses`` (as :func:`journeys.address_key`
@@ -1470,6 +1606,11 @@ def _check_name(name: str, what: str) -> None:
             f"{name!r} is not a Dataverse {what} logical name (lower-case letters, digits and _)",
             ErrorRule(Action.FAIL, Fault.CONFIG, f"bad {what} name"),
         )
+
+
+def _managed_true(value: Any) -> bool:
+    """Whether a BooleanManagedProperty of the metadata (``{"Value": true, ...}``) is on."""
+    return isinstance(value, dict) and value.get("Value") is True
 
 
 def _wanted(row: Mapping[str, Any], wire: Mapping[str, str], filters: Mapping[str, list[Any]]) -> bool:

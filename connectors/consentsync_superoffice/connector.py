@@ -363,7 +363,9 @@ class SuperOfficeConnector(sdk.Connector):
         one starts at that moment (its floor), walking that day's pages again and handing on
         only what changed since: a sweep cut across runs is followed, in the run that ends it, by
         the next one. A day holding no change is skipped by asking for the first change after
-        it (``updatedDate after '<day>'``). Records come in (second, person) order within a
+        it (``updatedDate after '<day>'``). A sweep begun again on the floor's day asks first for
+        that day's page newest first (``_Sweeps._latest``): where it holds every change since the
+        floor, the day is done without its walk. Records come in (second, person) order within a
         page; across pages of a day in the order of the walk (the token, not the records'
         seconds, is the position)."""
         _check_object(object_type)
@@ -431,6 +433,14 @@ class SuperOfficeConnector(sdk.Connector):
                 ErrorRule(Action.FAIL, Fault.CONFIG, "archive paging made no progress"),
             )
         return page, more
+
+    def _latest_page(self, day: date) -> tuple[list[_Row], bool]:
+        """The first page of a day's archive rows newest first (by the updated column, then the
+        consent id, both descending), and whether more may follow. One call: a consistent
+        snapshot of the day's latest changes, not a walk."""
+        config = self.config
+        on_day = f"{config.column_updated} date {self._day_literal(day)}"
+        return self._archive_page(on_day, f"{config.column_updated} desc,{config.column_consent_id} desc")
 
     def _day_literal(self, day: date) -> str:
         return archive_literal(day.strftime(self.config.restriction_date_format))
@@ -689,6 +699,9 @@ class _Walk:
     after: int = 0
     upto: int | None = None
     at: tuple[datetime, int] | None = None
+    # The chunk under way is the day's latest page (``_Sweeps._latest``), not a stretch of the id
+    # walk: a cut one is asked again newest first, ``at`` telling what it handed on.
+    latest: bool = False
 
     @classmethod
     def resumed(cls, since: sdk.Cursor, name: str) -> _Walk:
@@ -719,6 +732,7 @@ class _Walk:
             int(data.get("after") or 0),
             int(upto) if upto is not None else None,
             (_required(at[0]), int(at[1])) if at else None,
+            data.get("latest") is True,
         )
 
     def token(self) -> str:
@@ -733,6 +747,8 @@ class _Walk:
                 "after": self.after,
                 "upto": self.upto,
                 "at": [_iso(self.at[0]), self.at[1]] if self.at else None,
+                # Only while it is so: tokens of a read without it stay as they were.
+                **({"latest": True} if self.latest else {}),
             },
             separators=(",", ":"),
         )
@@ -808,9 +824,21 @@ class _Sweeps:
             midnight = datetime.combine(walk.day, time(), UTC)
             if midnight >= self.end:
                 return
-            rows, more = self._chunk()
+            latest = self._latest() if walk.latest or self._at_floor_day_start() else None
+            if latest is not None:
+                # Every change of the day at or after the floor, in one page: the chunk is the
+                # page (a run cut while handing it on asks for it again: ``latest``).
+                rows, more = latest, False
+                walk.latest = True
+            else:
+                if walk.latest:
+                    # A cut latest page no longer holds every change since the floor: the day is
+                    # walked by id from its start, a chunk of its own (persons handed on from
+                    # the page come again: read again unchanged, they change nothing).
+                    walk.latest, walk.after, walk.upto, walk.at = False, 0, None, None
+                rows, more = self._chunk()
             yield from self._hand_on(rows)
-            walk.after, walk.upto, walk.at = walk.upto or walk.after, None, None
+            walk.after, walk.upto, walk.at, walk.latest = walk.upto or walk.after, None, None, False
             self._moved()
             if more:
                 continue
@@ -820,6 +848,39 @@ class _Sweeps:
                 return
             walk.day, walk.after = day, 0
             self._moved()
+
+    def _at_floor_day_start(self) -> bool:
+        """Whether the walk stands at the start of the floor's day in a sweep begun after another
+        ended: the day it walks again (today's, usually), where most rows are older than the
+        floor. (A first sweep's floor is the earliest change of all: its day is walked.)"""
+        walk = self.walk
+        return (
+            walk.done is not None
+            and walk.floor is not None
+            and walk.day == walk.floor.date()
+            and walk.after == 0
+            and walk.upto is None
+            and walk.at is None
+        )
+
+    def _latest(self) -> list[_Row] | None:
+        """The floor's day's rows changed at or after the floor, where one page newest first
+        holds them all: the page is not full, or its oldest row is older than the floor's
+        second (the archive orders by the updated time, not its date part: the connector's first
+        read relies on it too). None otherwise (a busy day's latest page, or rows not in time
+        order): the day is walked by consent id, as every day is. So a sweep begun again on
+        today does not walk today's pages from the first consent id to find the few changes
+        since the last one: a consent changed again keeps its low id, which only the walk, or
+        this order, finds."""
+        walk, connector = self.walk, self.connector
+        assert walk.day is not None and walk.floor is not None
+        rows, more = connector._latest_page(walk.day)
+        self._started()
+        if any(later[0] > earlier[0] for earlier, later in itertools.pairwise(rows)):
+            return None  # not newest first: nothing can be concluded from the page
+        if more and (not rows or rows[-1][0] >= walk.floor):
+            return None
+        return rows
 
     def _chunk(self) -> tuple[list[_Row], bool]:
         """The rows of the day's next chunk: a few pages (``_chunk_pages``), or the chunk cut
@@ -897,7 +958,7 @@ class _Sweeps:
             else:
                 # The chunk's last person: once committed, the whole chunk is (where the engine
                 # commits the read's last page, the position must not stop short of it).
-                walk.after, walk.upto, walk.at = walk.upto or walk.after, None, None
+                walk.after, walk.upto, walk.at, walk.latest = walk.upto or walk.after, None, None, False
             self._moved()
             yield _record(person, second, email, infos or [], self.wanted)
 

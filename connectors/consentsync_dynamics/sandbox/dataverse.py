@@ -112,6 +112,8 @@ class Column:
     # as declared) and the logical name of the table it points to.
     navigation: str | None = None
     target: str | None = None
+    # The column's IsAuditEnabled (its changes recorded where its table and the environment audit).
+    audited: bool = True
 
     @property
     def edm(self) -> str:
@@ -131,6 +133,8 @@ class Table:
     pending: set[str] = field(default_factory=set)
     # Alternate keys (add_alternate_key): name -> the columns whose values are unique together.
     alternate_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The table's IsAuditEnabled: its rows' changes are recorded where the environment audits.
+    audited: bool = False
 
     def types(self) -> dict[str, str]:
         return {name: column.edm for name, column in self.columns.items()}
@@ -245,6 +249,12 @@ class DataverseEnvironment:
         self.crm_user_id = str(uuid.UUID(int=0x5EED_0000_0000_4000_8000_000000000004))
         self.clock = clock or (lambda: datetime.now(UTC))
         self._rng = random.Random(0)
+        # Auditing ("Manage Dataverse auditing"): on for the environment (the organization's
+        # isauditenabled), a table (Table.audited) and a column (Column.audited), each update of a
+        # row records the audited columns it changed, old and new values, as an audit row
+        # (operation 2, Update). Off by default, as in a new environment.
+        self.auditing = False
+        self.audit_log: list[dict[str, Any]] = []
         for purpose_id, name in PURPOSES.items():
             self.create("msdynmkt_purpose", {"msdynmkt_name": name}, record_id=purpose_id)
 
@@ -378,12 +388,52 @@ class DataverseEnvironment:
                 raise RowError(404, "0x80040217", f"{logical_name} With Id = {record_id} Does Not Exist")
             if table.alternate_keys:
                 self._check_keys(table, {**row, **values}, record_id.lower())
+            before = dict(row)
             row.update(values)
             if logical_name == "contact":
                 row["fullname"] = (
                     " ".join(p for p in (row.get("firstname"), row.get("lastname")) if p) or None
                 )
             self._stamp(row, by=by)
+            self._audit(table, record_id.lower(), before, row)
+
+    def _audit(
+        self, table: Table, record_id: str, before: Mapping[str, Any], after: Mapping[str, Any]
+    ) -> None:
+        """An update's audit row, where the environment and the table audit: the audited columns
+        it changed, with their old and new values."""
+        if not (self.auditing and table.audited):
+            return
+        changed = [
+            name
+            for name, column in table.columns.items()
+            if column.audited
+            and name not in ("modifiedon", "versionnumber", "_modifiedby_value")
+            and before.get(name) != after.get(name)
+        ]
+        if changed:
+            self.audit_log.append(
+                {
+                    "auditid": str(uuid.uuid4()),
+                    "objecttypecode": table.logical_name,
+                    "objectid": record_id,
+                    "createdon": after["modifiedon"],
+                    "operation": 2,  # Update
+                    "action": 2,  # Update
+                    "old": {name: before.get(name) for name in changed},
+                    "new": {name: after.get(name) for name in changed},
+                }
+            )
+
+    def audit_history(self, logical_name: str, record_id: str) -> list[dict[str, Any]]:
+        """The audit rows of one row, newest first."""
+        with self.lock:
+            rows = [
+                entry
+                for entry in self.audit_log
+                if entry["objecttypecode"] == logical_name and entry["objectid"] == record_id.lower()
+            ]
+        return list(reversed(rows))
 
     def begin_late(self, logical_name: str, values: Mapping[str, Any]) -> str:
         """A row created in a transaction that has not committed (a long plug-in chain, a bulk

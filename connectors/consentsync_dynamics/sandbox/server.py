@@ -38,6 +38,14 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
 * ``POST /api/data/v9.2/Merge`` (contacts): the subordinate row is deactivated (``statecode`` 1)
   with ``merged`` true and ``masterid`` (read ``_masterid_value``) naming the target; it stays
   readable and comes in the next delta as a changed row.
+* Auditing (off unless a test turns it on: ``environment.auditing``, ``Table.audited``,
+  ``Column.audited``): ``GET /api/data/v9.2/organizations?$select=isauditenabled``;
+  ``IsAuditEnabled`` (``{"Value", "CanBeChanged", "ManagedPropertyLogicalName"}``) in a table's
+  and its attributes' metadata; ``GET .../RetrieveRecordChangeHistory(Target=@target)?@target=
+  {'@odata.id':'{set}({id})'}`` answers the row's audited updates, newest first, as
+  ``AuditDetailCollection.AuditDetails`` of ``AttributeAuditDetail`` (``AuditRecord``,
+  ``OldValue``, ``NewValue``: the changed columns); 403 ``0x80040220`` without
+  ``prvReadAuditSummary`` (``audit_readable`` false).
 * Late commits: :meth:`~consentsync_dynamics.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
   row no read sees until it commits; it then comes in the next delta (its row version is the
   commit's) with its original ``modifiedon``.
@@ -213,6 +221,8 @@ class DynamicsSandbox(HttpsSandbox):
     # part. False: a batch whose requests would pass the limit is refused whole.
     throttle_in_batch = False
     change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
+    # The application user holds prvReadAuditSummary (RetrieveRecordChangeHistory answers).
+    audit_readable = True
 
     def __init__(self, environment: DataverseEnvironment | None = None, **options: Any) -> None:
         self.environment = environment or DataverseEnvironment()
@@ -428,6 +438,8 @@ class DynamicsSandbox(HttpsSandbox):
             return "batch" if method == "POST" else "not_found"
         if rest == "Merge":
             return "merge" if method == "POST" else "not_found"
+        if rest.startswith("RetrieveRecordChangeHistory("):
+            return "audit" if method == "GET" else "not_found"
         if re.fullmatch(rf"\w+\({_GUID}\)", rest):
             return {"GET": "get", "PATCH": "update", "DELETE": "delete"}.get(method, "not_found")
         if re.fullmatch(r"\w+", rest):
@@ -557,6 +569,17 @@ class DynamicsSandbox(HttpsSandbox):
             return self._batch(version, request)
         if rest == "Merge" and method == "POST":
             return self._merge(request)
+        if re.fullmatch(r"RetrieveRecordChangeHistory\(Target=@\w+\)", rest) and method == "GET":
+            return self._change_history(version, rest, request)
+        if rest == "organizations" and method == "GET":
+            env = self.environment
+            return _json(
+                200,
+                {
+                    "@odata.context": f"{self.api_url(version)}/$metadata#organizations",
+                    "value": [{"organizationid": env.organization_id, "isauditenabled": env.auditing}],
+                },
+            )
         single = re.fullmatch(rf"(\w+)\(({_GUID})\)", rest)
         if single:
             table = self._table(single.group(1))
@@ -606,6 +629,59 @@ class DynamicsSandbox(HttpsSandbox):
                 self.environment.update(table.logical_name, ids[0], values, by=by)
         return SandboxResponse(204, b"", None)
 
+    def _change_history(self, version: str, rest: str, request: SandboxRequest) -> SandboxResponse:
+        """The RetrieveRecordChangeHistory function ("Retrieve the history of audited data
+        changes"): ``RetrieveRecordChangeHistory(Target=@target)?@target={'@odata.id':
+        'msdynmkt_contactpointconsent4s(<id>)'}``; the row's audit rows, newest first, each an
+        AttributeAuditDetail with the changed columns' OldValue and NewValue. Without the
+        prvReadAuditSummary privilege (``audit_readable`` false): 403."""
+        alias = rest[rest.index("@") + 1 : -1]
+        target = request.param(f"@{alias}") or ""
+        found = re.search(r"['\"]@odata\.id['\"]\s*:\s*['\"](\w+)\(([0-9a-fA-F-]{36})\)['\"]", target)
+        if found is None:
+            raise ODataError(f"The parameter '@{alias}' is not an entity reference.")
+        table = self._table(found.group(1))
+        if not self.audit_readable:
+            raise RowError(403, "0x80040220", "Principal user is missing prvReadAuditSummary privilege")
+        if self.environment.get(table.logical_name, found.group(2).lower()) is None:
+            raise RowError(
+                404, "0x80040217", f"{table.logical_name} With Id = {found.group(2)} Does Not Exist"
+            )
+        kind = f"#Microsoft.Dynamics.CRM.{table.logical_name}"
+        details = [
+            {
+                "@odata.type": "#Microsoft.Dynamics.CRM.AttributeAuditDetail",
+                "InvalidNewValueAttributes": [],
+                "LocLabelLanguageCode": 0,
+                "DeletedAttributes": {"Count": 0, "Keys": [], "Values": []},
+                "AuditRecord": {
+                    "@odata.type": "#Microsoft.Dynamics.CRM.audit",
+                    "auditid": entry["auditid"],
+                    "action": entry["action"],
+                    "operation": entry["operation"],
+                    "objecttypecode": entry["objecttypecode"],
+                    "_objectid_value": entry["objectid"],
+                    "createdon": _stamp(entry["createdon"]),
+                },
+                "OldValue": {"@odata.type": kind, **{k: _plain(v) for k, v in entry["old"].items()}},
+                "NewValue": {"@odata.type": kind, **{k: _plain(v) for k, v in entry["new"].items()}},
+            }
+            for entry in self.environment.audit_history(table.logical_name, found.group(2))
+        ]
+        return _json(
+            200,
+            {
+                "@odata.context": f"{self.api_url(version)}/$metadata"
+                "#Microsoft.Dynamics.CRM.RetrieveRecordChangeHistoryResponse",
+                "AuditDetailCollection": {
+                    "MoreRecords": False,
+                    "PagingCookie": None,
+                    "TotalRecordCount": len(details),
+                    "AuditDetails": details,
+                },
+            },
+        )
+
     # -- metadata ------------------------------------------------------------------------------
 
     def _metadata(self, version: str, logical_name: str, attributes: bool) -> SandboxResponse:
@@ -624,6 +700,7 @@ class DynamicsSandbox(HttpsSandbox):
                     "EntitySetName": table.entity_set,
                     "PrimaryIdAttribute": table.primary_id,
                     "ChangeTrackingEnabled": table.change_tracking,
+                    "IsAuditEnabled": _managed(table.audited),
                     "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, table.logical_name)),
                 },
             )
@@ -637,6 +714,7 @@ class DynamicsSandbox(HttpsSandbox):
                         "AttributeType": column.type,
                         "IsValidForUpdate": column.updatable or column.navigation is not None,
                         "IsValidForRead": True,
+                        "IsAuditEnabled": _managed(column.audited),
                         "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{logical_name}.{column.name}")),
                     }
                     for column in table.columns.values()
@@ -1008,6 +1086,15 @@ class _Part:
     headers: dict[str, str]
     body: bytes
     content_id: str | None = None
+
+
+def _managed(value: bool) -> dict[str, Any]:
+    """A BooleanManagedProperty as the metadata answers it (IsAuditEnabled)."""
+    return {"Value": value, "CanBeChanged": True, "ManagedPropertyLogicalName": "canmodifyauditsettings"}
+
+
+def _plain(value: Any) -> Any:
+    return _stamp(value) if isinstance(value, datetime) else value
 
 
 def _preferences(header: str | None) -> dict[str, str]:
