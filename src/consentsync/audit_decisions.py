@@ -13,7 +13,10 @@ time, whatever the ledger's size):
   (status, who decided, when), by ``what.objection``;
 - ``suppressions``: ``subject.erased`` and ``suppression.added`` (an erased person's other
   address), by ``what.suppression``: the first says when the entry was made and why (the
-  reason's digest), each its keyed hash where it carries it (erasures since this check);
+  reason's digest), each its keyed hash where it carries it (erasures since this check), the
+  last when the address was last erased (``last_erased_at``: an erasure of an address on the
+  list before names its entry again). Migration 0018's backfill entry (source ``migration``)
+  of an older erased person's other address says the row's times as it found them;
 - ``subjects``: ``subject.restricted`` and ``subject.restriction_lifted`` (the flag, as the last
   of them left it), ``subject.erased`` (when, and the suppression entry) and ``subject.created``
   of a person created suppressed (an address erased before), by the person's id. The rows read
@@ -65,7 +68,7 @@ PENDING = "pending"
 SHOWN = frozenset(
     {
         "status", "direct_marketing", "purpose", "raised_at", "recorded_at", "decided_at", "created_at",
-        "email_hmac", "restricted", "erased_at", "suppression_id",
+        "email_hmac", "restricted", "erased_at", "suppression_id", "last_erased_at",
     }
 )  # fmt: skip
 
@@ -347,7 +350,13 @@ def _objection_said(entries: list[tuple[int, dict[str, Any]]]) -> Said:
 
 def _suppressions(conn: Connection, batch: int) -> tuple[str | None, int]:
     rows = conn.execute(
-        select(suppressions.c.id, suppressions.c.email_hmac, suppressions.c.reason, suppressions.c.created_at)
+        select(
+            suppressions.c.id,
+            suppressions.c.email_hmac,
+            suppressions.c.reason,
+            suppressions.c.created_at,
+            suppressions.c.last_erased_at,
+        )
         .order_by(suppressions.c.id)
         .execution_options(yield_per=batch)
     )
@@ -370,16 +379,37 @@ def _suppression_row(row: Any) -> dict[str, Any]:
         "email_hmac": row.email_hmac,
         "reason": details_digest({"reason": row.reason}),
         "created_at": row.created_at,
+        "last_erased_at": row.last_erased_at,
     }
 
 
+def _is_backfill(payload: dict[str, Any]) -> bool:
+    """Migration 0018's entry for a suppression an older erasure made without one: it says the
+    row's times as found, at the migration's own time."""
+    new = payload.get("new")
+    return (
+        payload.get("action") == "suppression.added"
+        and payload.get("source") == "migration"
+        and isinstance(new, dict)
+        and "created_at" in new
+    )
+
+
 def _suppression_said(entries: list[tuple[int, dict[str, Any]]]) -> Said:
-    """The first entry naming a suppression made it (its time, its reason); a later erasure of the
-    same address names it again, with a reason and a time of its own."""
-    first_seq, first = entries[0]
-    said: Said = [("created_at", _time(first.get("at")), first_seq)]
-    if "details_sha256" in first:
-        said.append(("reason", first["details_sha256"], first_seq))
+    """The first entry naming a suppression made it (its time, its reason), unless a backfill
+    entry says so (``_is_backfill``: the row was made by an erasure whose version wrote no entry
+    for it, so the first entry naming it may be a later erasure's); a later erasure of the same
+    address names it again, with a reason and a time of its own, and the last one says when the
+    address was last erased."""
+    backfill = next(((seq, p) for seq, p in entries if _is_backfill(p)), None)
+    made_seq, made = backfill or entries[0]
+    created = made["new"]["created_at"] if backfill else made.get("at")
+    said: Said = [("created_at", _time(created), made_seq)]
+    if "details_sha256" in made:
+        said.append(("reason", made["details_sha256"], made_seq))
+    last_seq, last = entries[-1]
+    erased = last["new"].get("last_erased_at") if _is_backfill(last) else last.get("at")
+    said.append(("last_erased_at", _time(erased), last_seq))
     for seq, payload in entries:
         what = _what(payload)
         if "email_hmac" in what:  # in the chain since this check: older entries do not say it
@@ -391,7 +421,9 @@ def _beside_an_older_erasure(conn: Connection, row: Any) -> bool:
     """A suppression entry an erasure made, before this check, for an erased person's other
     address wrote no entry of its own: it is the one made with an erasure entry of that version
     (no keyed hash in it) at its time and with its reason. Such rows are few (an erasure of a
-    person holding two addresses): one query each."""
+    person holding two addresses): one query each. Migration 0018 gave each such row of a
+    ledger a backfill entry, so that its deletion is noticed too; this is for the rows written
+    by that older version since (a ledger is migrated before anything else opens it: none)."""
     reason = details_digest({"reason": row.reason})
     for text in conn.execute(
         select(audit_entries.c.payload).where(

@@ -74,9 +74,10 @@ from consentsync.domain import (
     normalise_email,
     parse_enum,
     parse_timestamp,
+    shown,
 )
 from consentsync.ledger.identity import Identity
-from consentsync.ledger.service import NotFound
+from consentsync.ledger.service import Ledger, NotFound
 
 EXPORT_FORMATS = ("json", "csv", "xlsx")
 
@@ -312,8 +313,15 @@ def ledger_record(
         raise InvalidInput("--source must not be empty")
     check_label(source.strip(), "--source", SOURCE_MAX, required=True)
     check_label(actor, "--actor", ACTOR_MAX)
-    check_label(notice_version, "--notice-version", NOTICE_VERSION_MAX)
-    check_label(evidence_ref, "--evidence-ref", EVIDENCE_REF_MAX)
+    # Proof (docs/policy.md, "Evidence"): a blank value given is refused, never recorded as if
+    # it proved anything (a script's unset variable: --notice-version "$VERSION").
+    check_label(notice_version, "--notice-version", NOTICE_VERSION_MAX, proof=True)
+    check_label(evidence_ref, "--evidence-ref", EVIDENCE_REF_MAX, proof=True)
+    for option, moment in (("--at", at), ("--double-opt-in-at", double_opt_in_at)):
+        if moment == "":
+            raise InvalidInput(
+                f"{option} is blank: give an ISO 8601 time, e.g. 2026-11-23T10:15:00Z, or leave {option} out"
+            )
     target = current_ledger()
     now, skew = target.clock(), target.max_clock_skew_seconds
     check_moment(_time(at, "--at"), "--at", now, skew)
@@ -342,6 +350,8 @@ def ledger_record(
         evidence_ref=evidence_ref,
     )
     target.validate(evidence)
+    if evidence.status is ConsentStatus.GRANTED and notice_version is not None:
+        _check_registered_notice(target, evidence.purpose, notice_version)
     # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
     says_no = evidence.status is not ConsentStatus.GRANTED  # as the capture API reads it
     outcome = target.record(Identity(email=address, says_no=says_no), evidence)
@@ -362,6 +372,23 @@ def ledger_record(
             f"recorded {evidence.status.value} for {evidence.purpose}/{evidence.channel}: "
             f"{before.status.value} -> {after.status.value}, basis {after.basis.value}, "
             f"suppressed {cell_text(after.suppressed)} (rule {after.rule})"
+        )
+
+
+def _check_registered_notice(target: Ledger, purpose: str, version: str) -> None:
+    """A grant's notice version is one the ledger registered for its purpose (``consentsync
+    notice add``), as the capture API asks, so that a typo cannot stand as a consent's proof.
+    A purpose with no notice registered (a deployment that keeps its notice texts elsewhere, not
+    in the hub) takes the version as given: there is nothing to check it against."""
+    from consentsync.ledger.schema import notices
+
+    with target.engine.connect() as conn:
+        registered = set(conn.scalars(select(notices.c.version).where(notices.c.purpose == purpose)))
+    if registered and version not in registered:
+        raise InvalidInput(
+            f"--notice-version {shown(version)} is not a registered notice of purpose {purpose!r} "
+            f"(consentsync notice list {purpose}): register its text first with "
+            f"consentsync notice add {purpose} FILE --version {shown(version)}"
         )
 
 
@@ -387,9 +414,16 @@ def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
 @ledger.command("expire")
 @scriptable
 def ledger_expire(as_json: bool) -> None:
-    """Record the expiry of every granted consent past its purpose's validity window."""
-    stats = current_ledger().expire_due()
-    emit_result({"expired": stats.recorded}, as_json, f"expired {stats.recorded} consent(s)")
+    """Record the expiry of every granted consent past its purpose's validity window (every sync
+    run and the daemon do it too: docs/policy.md, "Expiry")."""
+    # The sweep the runs and the daemon make, not Ledger.expire_due: a batch a transaction, each
+    # looked up under the writer lock (once whoever sweeps at the same time), and a purpose taken
+    # out of the configuration passed over instead of failing the command on it.
+    from consentsync.sync.engine import apply_due_expiries
+
+    opened = current_ledger()
+    expired = apply_due_expiries(opened, opened.engine.begin)
+    emit_result({"expired": expired}, as_json, f"expired {expired} consent(s)")
 
 
 @ledger.command("requested")
@@ -441,21 +475,36 @@ def objection_raise(
     actor: str | None,
     as_json: bool,
 ) -> None:
-    """Record an objection; the purpose's configuration decides whether it needs review."""
+    """Record an objection; the purpose's configuration decides whether it needs review.
+
+    Refused (exit 2, nothing recorded) where the person's processing for the purpose rests on
+    neither legitimate interests nor a public task and does not serve direct marketing (Art.
+    21): a consent is withdrawn instead (consentsync ledger record --status withdrawn)."""
+    from consentsync.ledger.service import NotObjectable
+
     address = _email(email)
     raised_at = _time(at, "--at")
     check_label(source, "--source", SOURCE_MAX, required=True)
     check_label(actor, "--actor", ACTOR_MAX)
     target = current_ledger()
     check_moment(raised_at, "--at", target.clock(), target.max_clock_skew_seconds)
-    result = target.raise_objection(
-        address,
-        purpose.strip(),
-        direct_marketing=direct_marketing,
-        raised_at=raised_at,
-        source=source,
-        actor=actor,
-    )
+    try:
+        result = target.raise_objection(
+            address,
+            purpose.strip(),
+            direct_marketing=direct_marketing,
+            raised_at=raised_at,
+            source=source,
+            actor=actor,
+        )
+    except NotObjectable as error:
+        if "consent" not in error.bases:
+            raise
+        # The ledger's line, with the command that does what the person may do instead.
+        raise InvalidInput(
+            f"{error} (consentsync ledger record --purpose {error.purpose} --status "
+            "withdrawn --channel ... --source ...)"
+        ) from None
     pending = result["status"] == "pending"
     emit_result(
         result,

@@ -1,7 +1,7 @@
 """Commands that make the audit log hold against the database owner (docs/tamper-evidence.md):
 ``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, ``audit verify`` (the chain,
-the consent events, the decision tables, the signed checkpoints), ``db grant`` (the application
-role's grants on PostgreSQL) and ``doctor``."""
+the consent events, the decision tables, the current states, the signed checkpoints), ``db
+grant`` (the application role's grants on PostgreSQL) and ``doctor``."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ APP_GRANTS: dict[str, list[str]] = {
     # deletes their rows, nor changes a suppression entry; an objection changes by its
     # decision, a person by a restriction or an erasure only.
     "objections": ["SELECT", "INSERT", "UPDATE (status, decided_by, decided_at)"],
-    "suppressions": ["SELECT", "INSERT"],
+    # last_erased_at: a second erasure of a suppressed address moves its date (migration 0018).
+    "suppressions": ["SELECT", "INSERT", "UPDATE (last_erased_at)"],
     "subjects": ["SELECT", "INSERT", "UPDATE (restricted, erased_at, suppression_id)"],
 }
 DEFAULT_GRANT = ["SELECT", "INSERT", "UPDATE", "DELETE"]
@@ -133,18 +134,20 @@ def audit_checkpoint() -> None:
 @scriptable
 def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """Recompute the hash chain and check that the consent events, the objections, the
-    suppression entries and each person's restriction and erasure agree with their audit entries
-    (and, with --checkpoints, that the chain extends every signed checkpoint); exit 5 naming the
-    first broken entry, event, row or checkpoint."""
+    suppression entries and each person's restriction and erasure agree with their audit entries,
+    that each person's current states are what their consent events make of them (and, with
+    --checkpoints, that the chain extends every signed checkpoint); exit 5 naming the first broken
+    entry, event, row or checkpoint."""
     verify_command(current_config(), checkpoints, public_key, as_json)
 
 
 def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """``audit verify``: the chain, the consent events and the decision tables (objections,
     suppressions, people's restrictions and erasures: ``audit_decisions``) against their
-    entries and, with ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of
+    entries, the current states against the fold of their events (``audit_states``) and, with
+    ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of
     them fails: a finding, not an error consentsync did not expect (1), nor bad input (2)."""
-    from consentsync import audit, audit_decisions
+    from consentsync import audit, audit_decisions, audit_states
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
     from consentsync.ledger.engine import is_postgres, reading
@@ -169,8 +172,10 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
         chain = audit.verify(conn)
         events = audit.agreement(conn)
         decided = audit_decisions.decisions(conn)
+        # The events are held to the chain (``agreement``); the states must be their fold.
+        held = audit_states.states(conn, ledger.purposes, ledger.policy)
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
-    ok = chain.ok and events.ok and decided.ok and (checked is None or checked.ok)
+    ok = chain.ok and events.ok and decided.ok and held.ok and (checked is None or checked.ok)
     if as_json:
         emit_json(
             {
@@ -179,6 +184,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 "chain_ok": chain.ok,
                 "events": events.as_dict(),
                 "decisions": decided.as_dict(),
+                "states": held.as_dict(),
                 "checkpoints": checked.as_dict() if checked is not None else None,
             }
         )
@@ -202,6 +208,12 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 "objections, suppressions, restrictions or erasures DISAGREE with audit entries: "
                 f"{decided.problem}"
             )
+        if held.ok:
+            click.echo(
+                f"current states agree with the consent events: {held.states} states, {held.events} events"
+            )
+        else:
+            click.echo(f"current states DISAGREE with the consent events: {held.problem}")
         if checked is not None:
             failure = checked.first_failure
             if failure is None:

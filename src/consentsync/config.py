@@ -129,6 +129,12 @@ class PurposeSettings(_Strict):
     key: Annotated[str, shaped(_KEY, "lower-case letters, digits and _, starting with a letter")]
     name: str
     direct_marketing: bool = False
+    # Profiling (segmentation, scoring) done for direct marketing: processing for direct
+    # marketing too (Art. 21(2): "which includes profiling to the extent that it is related to
+    # such direct marketing"), so an objection to direct marketing ends it (Art. 21(3)) and an
+    # objection to it is absolute; it sends nothing, so the ePrivacy rules stay off unless
+    # ``eprivacy`` says otherwise (docs/policy.md, "Objections").
+    profiling_for_direct_marketing: bool = False
     default_basis: LawfulBasis
     validity_days: int | None = Field(default=None, ge=1, le=CENTURY_DAYS)
     objection_handling: ObjectionHandling | None = None
@@ -289,12 +295,20 @@ class Config:
             p.key: Purpose(
                 key=p.key,
                 name=p.name,
-                direct_marketing=p.direct_marketing,
+                # Profiling for direct marketing is processing for direct marketing (Art.
+                # 21(2)): the ledger, the reconciler and the CRMs' writers treat it as such
+                # (``reconcile.serves_direct_marketing``). Left out, its eprivacy is off: it
+                # sends no electronic mail (with direct_marketing it follows that, as ever).
+                direct_marketing=p.direct_marketing or p.profiling_for_direct_marketing,
                 default_basis=p.default_basis,
                 validity_days=p.validity_days,
                 objection_handling=p.objection_handling or default,
                 channels=tuple(p.channels or self.settings.channels),
-                eprivacy=p.eprivacy,
+                eprivacy=(
+                    False
+                    if p.eprivacy is None and p.profiling_for_direct_marketing and not p.direct_marketing
+                    else p.eprivacy
+                ),
                 electronic_mail_channels=tuple(self.settings.policy.electronic_mail_channels),
             )
             for p in self.settings.purposes

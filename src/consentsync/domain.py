@@ -393,11 +393,29 @@ def shown(value: object, limit: int = 60) -> str:
     return f"{rendered[: limit - 3]}... ({len(str(value))} characters)"
 
 
-def check_label(value: str | None, what: str, limit: int, *, required: bool = False) -> str | None:
+def holds_value(text: str | None) -> bool:
+    """Whether an optional label holds a value: None, an empty text and whitespace alone hold
+    none (an empty form field, a blank CRM field, a script's unset variable)."""
+    return bool(text and not text.isspace())
+
+
+def check_label(
+    value: str | None, what: str, limit: int, *, required: bool = False, proof: bool = False
+) -> str | None:
     """A one-line label (source, actor, notice version, evidence reference): at most ``limit``
-    characters, no control characters, no email address. Returns it unchanged."""
-    if value is None or (not required and value == ""):
-        return None if value is None else value
+    characters, no control characters, no email address. Returns it unchanged.
+
+    ``proof``: a label that proves a consent (a notice version, an evidence reference) may be
+    left out (None) but, given, must hold a value: a blank one proves nothing, and recorded it
+    would read as proof to whoever looks at the event (docs/policy.md, "Evidence")."""
+    if value is None:
+        return None
+    if proof and not holds_value(value):
+        raise InvalidInput(
+            f"{what} {shown(value)} is blank: a blank value proves nothing; give it or leave {what} out"
+        )
+    if not required and value == "":
+        return value
     if (value, limit, required) in _ACCEPTED_LABELS:
         return value
     if required and not value.strip():
@@ -631,12 +649,17 @@ class Evidence:
 
     @property
     def has_proof(self) -> bool:
-        """A capture we could show a regulator: a time, and what was shown or confirmed."""
-        return self.event_time is not None and (
-            self.notice_version is not None
-            or self.double_opt_in_at is not None
-            or self.evidence_ref is not None
-        )
+        """A capture we could show a regulator: a time, and what was shown or confirmed. A blank
+        notice version or evidence reference ("", spaces) shows nothing: it is no proof, however
+        it got into the ledger (versions before session 57 let ``ledger record`` and scripts
+        record one, and such a grant reversed a withdrawal)."""
+        if self.event_time is None:
+            return False
+        if self.double_opt_in_at is not None:
+            return True
+        # holds_value, spelled out: every recorded value is ranked with it (Ranked.of).
+        notice, reference = self.notice_version, self.evidence_ref
+        return bool(notice and not notice.isspace()) or bool(reference and not reference.isspace())
 
     def fingerprint(self) -> str:
         """Identity of the statement itself: the same evidence replayed has the same print.

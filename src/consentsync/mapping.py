@@ -86,8 +86,9 @@ FORMAT_VERSION = 1
 # (sync/push_rules.py): raised when a release decides differently from the same mapping file, so
 # that pushes decided the older way and still waiting (an observing connector, a run held by the
 # push guard) are decided again before any is sent. 2: a value the field's own pull table reads as
-# the status or basis to write is left as the CRM holds it.
-PUSH_DECISIONS_VERSION = 2
+# the status or basis to write is left as the CRM holds it. 3: an opt-out this project wrote
+# itself (a restriction's) is put back to the value before it once no state it covers is suppressed.
+PUSH_DECISIONS_VERSION = 3
 
 # Field and object names end up in SOQL (and other query languages) as they are written: only
 # API-name shapes pass. Letters, digits and _ (custom fields end in __c), starting with a letter;
@@ -1031,11 +1032,24 @@ class Mapping:
     # -- writing -------------------------------------------------------------------------------
 
     def updates_for(
-        self, record: RecordMap[str, Any], states: dict[tuple[str, str], EffectiveState]
+        self,
+        record: RecordMap[str, Any],
+        states: dict[tuple[str, str], EffectiveState],
+        *,
+        ours: RecordMap[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The field values that make ``record`` show the ledger's ``states``: only fields pushed
         (direction push or both), and only where the record shows something else (a field the
         record lacks is written). Never raises: a push must not fail on what a record holds.
+
+        ``ours``: the status fields whose value in ``record`` is one this project wrote itself
+        (and nobody has changed since), each with the value the field held just before that write
+        (None where it is not known). A purpose's default basis leaves a CRM's opt-out alone
+        (below), but not one of ours the ledger no longer implies: a restriction's Do Not Call
+        once the restriction is lifted is put back to what the field held before (``_put_back``).
+        ``ours`` is asked about a field (``in``) only where that field would be put back if its
+        earlier value were known: the engine passes a mapping that notes what it is asked, and
+        looks up its own writes only for those fields (sync/engine.py, ``_put_backs``).
 
         "Something else" is read through the mapping's own pull tables: a value that translates
         to the same status or lawful basis as the one to write (and the same through any other
@@ -1061,6 +1075,15 @@ class Mapping:
                 case = _push_case(present, status.push)
                 if case is not None and case in status.push:
                     self._update(updates, record, status.field, status.push[case], status.pull)
+                elif (
+                    ours is not None
+                    and case in (None, "allowed")
+                    and record.get(status.field) != status.push.get("allowed")
+                ):
+                    # No state the field covers is suppressed (``_push_case``) and the record does
+                    # not show the field cleared: an opt-out of ours may go. Weighed for every
+                    # record of every sync, so the rest is left out by the cheapest tests first.
+                    self._put_back(updates, record, status, present, ours)
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
                 wanted = present[0].basis
@@ -1069,6 +1092,54 @@ class Mapping:
                 if wanted in basis.push and present[0].basis_stated:
                     self._update(updates, record, basis.field, basis.push[wanted], basis.pull)
         return updates
+
+    def _put_back(
+        self,
+        updates: dict[str, Any],
+        record: RecordMap[str, Any],
+        status: StatusSpec,
+        present: list[EffectiveState],
+        ours: RecordMap[str, Any],
+    ) -> None:
+        """Puts back into ``status.field``, which shows an opt-out this project wrote itself, the
+        value it held before that write (``ours``), where the ledger no longer implies the opt-out
+        (docs/policy.md, "Lifting a restriction puts back what it wrote"): a restriction lifted,
+        an objection rejected after its review.
+
+        Only where no state the field covers is suppressed at all (allowed, if only by the
+        purpose's default basis: service by phone on a contract). Failing safe, the opt-out is
+        kept where any of them is suppressed, whatever the rule: on evidence or by a rule binding
+        the person (a withdrawal, an objection upheld or pending, an erasure, a restriction still
+        in force), and also for want of a consent (email marketing with none on record), where
+        writing the earlier value (an opt-in) would tell the CRM the opposite of what the ledger
+        says. Kept too where the mapping never clears the field (no ``allowed`` in its push
+        table), where the field shows anything but an opt-out value of its push table, where the
+        field is not one of ``ours``, or where the earlier value is unknown, empty, not in the
+        field's pull table or itself a no.
+
+        ``ours`` is asked last (``in``), once every other test passed: what it is asked is the
+        fields worth looking the earlier value up for (``updates_for``)."""
+        for state in present:
+            if state.suppressed:
+                return
+        push, field = status.push or {}, status.field
+        if "allowed" not in push or field not in record:
+            return  # a mapping that never clears the field: not even an opt-out of ours
+        shown = crm_key(record[field])
+        if shown == crm_key(push["allowed"]):
+            return  # cleared already: what nearly every record shows
+        opt_outs = {crm_key(push[case]) for case in ("suppressed", "withdrawn", "no_consent") if case in push}
+        if shown not in opt_outs or field not in ours:
+            return
+        earlier, pull = ours[field], status.pull
+        if _blank(earlier) or crm_key(earlier) in opt_outs:
+            return
+        if pull is not None:
+            if crm_key(earlier) not in self._canonical_table(pull):
+                return
+            if self._reading(pull, earlier) in SAID_NO_STATUSES:
+                return
+        self._update(updates, record, field, earlier, pull)
 
     def _pairs_shown(self, record: RecordMap[str, Any], consent: ConsentSpec) -> list[tuple[str, str]]:
         """The (purpose, channel) pairs a record that names its own purpose and channel (a

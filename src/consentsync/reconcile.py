@@ -625,16 +625,34 @@ def _altered(
     )
 
 
+def serves_direct_marketing(purpose: Purpose) -> bool:
+    """Whether ``purpose`` is processing for direct marketing (Art. 21(2)), which an objection to
+    direct marketing ends (Art. 21(3): "shall no longer be processed for such purposes"):
+
+    * a purpose flagged ``direct_marketing``; profiling for direct marketing is one too (Art.
+      21(2): "which includes profiling to the extent that it is related to such direct
+      marketing"): configured ``profiling_for_direct_marketing: true``, it is flagged so, and
+      sends nothing, so the ePrivacy rules stay off it (``config.Config.purposes``);
+    * a purpose under the ePrivacy rules (``eprivacy: true``): marketing by electronic mail is
+      direct marketing whatever its ``direct_marketing`` says (PECR reg. 22, docs/policy.md).
+
+    The reconciler, the ledger (which objections are direct marketing, which purposes an
+    objection re-decides) and the hub (its page, its receipts, its confirmation links) ask here."""
+    return purpose.direct_marketing or purpose.eprivacy is True
+
+
 def _relevant(objections: Sequence[ObjectionFact], purpose: Purpose) -> list[ObjectionFact]:
     """Objections that bind this purpose, the most binding first.
 
-    An objection to direct marketing covers every direct-marketing purpose (Art. 21(3)).
+    An objection to direct marketing covers every purpose that serves it (Art. 21(3),
+    ``serves_direct_marketing``), profiling for direct marketing included.
     """
+    marketing = serves_direct_marketing(purpose)
     binding = [
         o
         for o in objections
         if o.status is not ObjectionStatus.REJECTED
-        and (o.purpose == purpose.key or (o.direct_marketing and purpose.direct_marketing))
+        and (o.purpose == purpose.key or (o.direct_marketing and marketing))
     ]
     order = {ObjectionStatus.PENDING: 0, ObjectionStatus.UPHELD: 1}
     return sorted(binding, key=lambda o: (order[o.status], not o.direct_marketing, o.raised_at))

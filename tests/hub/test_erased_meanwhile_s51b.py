@@ -23,14 +23,10 @@ from consentsync.hub.outreach import Outreacher
 from tests.conftest import SQLITE_ONLY, Cli
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import GRANT
+from tests.hub.test_outreach import someone  # known, nothing on record for the newsletter
 
 ADA = "ada@example.test"
 BOB = "bob@example.test"
-
-
-def someone(world: HubWorld, email: str) -> None:
-    """A person the ledger knows, with nothing on record for the newsletter."""
-    world.ledger.raise_objection(email, "service", direct_marketing=False)
 
 
 def ada_and_bob(world: HubWorld) -> None:

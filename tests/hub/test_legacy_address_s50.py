@@ -8,6 +8,7 @@ from consentsync.domain import ConsentStatus, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import sqlite_ledger_url
+from tests.hub.test_outreach import someone
 from tests.integration.helpers import consent_value
 
 FIXTURES = (sqlite_ledger_url,)  # SQLite only: the API's own behaviour
@@ -40,7 +41,7 @@ def test_consent_requests_leave_out_a_legacy_address_without_failing(world: HubW
     from consentsync.hub.outreach import Outreacher
 
     for email in (LEGACY, "ada@example.test"):
-        world.ledger.raise_objection(email, "service", direct_marketing=False)  # known, nothing asked
+        someone(world, email)  # known, nothing asked
     world.inbox.messages.clear()
     done = Outreacher(world.hub, sleep=lambda _seconds: None).request_consent("newsletter")
     assert (done.candidates, done.sent, done.failed, done.unmailable) == (2, 1, 0, 1)

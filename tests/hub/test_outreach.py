@@ -4,17 +4,25 @@ mailed inside the window, and following the link extends the consent."""
 
 from __future__ import annotations
 
+from consentsync.domain import ConsentStatus, LawfulBasis
 from consentsync.hub.capture import Hub
 from consentsync.hub.outreach import Outreacher
+from consentsync.ledger.identity import Identity
 from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import GRANT
+from tests.integration.helpers import consent_value
 
 
 def someone(world: HubWorld, email: str) -> None:
-    """A person the ledger knows (through a profiling objection) with nothing on record for the
-    newsletter."""
-    world.ledger.raise_objection(email, "service", direct_marketing=False)
+    """A person the ledger knows (a customer: service messages on their contract, recorded by
+    ops) with nothing on record for the newsletter. Not through an objection to ``service``: a
+    contract gives no right to object, and the ledger refuses one (``ledger.service.objectable``)."""
+    now = world.ledger.clock()
+    customer = consent_value(
+        ConsentStatus.NOT_APPLICABLE, now, now, purpose="service", basis=LawfulBasis.CONTRACT, source="ops"
+    )
+    world.ledger.record(Identity(email=email), customer)
 
 
 @SQLITE_ONLY

@@ -16,6 +16,7 @@ from consentsync.hub.outreach import Outreacher
 from consentsync.web.server import WebServer
 from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld
 from tests.hub.people_world import EMAIL, seed, served_pages, token_of
+from tests.hub.test_outreach import someone
 from tests.hub.test_people_browser import accessible, status_text
 from tests.web import test_browser as console_browser
 from tests.web.test_browser import CHROMIUM, Shots, follow
@@ -44,7 +45,7 @@ def shots(tmp_path: Path) -> Shots:
 def test_a_consent_request_is_read_before_it_is_agreed_to_in_a_browser(
     world: HubWorld, site: WebServer, browser: Any, shots: Shots
 ) -> None:
-    world.ledger.raise_objection(EMAIL, "service", direct_marketing=False)
+    someone(world, EMAIL)
     world.inbox.messages.clear()
     assert Outreacher(world.hub, sleep=lambda _s: None).request_consent("newsletter").sent == 1
     page = browser.new_page()

@@ -22,6 +22,7 @@ from consentsync.ledger.schema import confirmations, consent_events
 from tests.conftest import SQLITE_ONLY, Cli
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import GRANT
+from tests.hub.test_outreach import someone
 from tests.integration.helpers import consent_value
 
 ADA = "ada@example.test"
@@ -81,7 +82,7 @@ def test_a_consent_request_run_leaves_out_a_person_who_said_no_or_was_restricted
     world: HubWorld, what: str
 ) -> None:
     for email in (ADA, BOB):  # known, nothing on record for the newsletter
-        world.ledger.raise_objection(email, "service", direct_marketing=False)
+        someone(world, email)
     world.inbox.messages.clear()
 
     def pace(_seconds: float) -> None:  # while the run waits between mails
@@ -121,7 +122,7 @@ def test_hub_requests_says_who_was_left_out_and_why_and_does_not_fail_for_it(
     are no failures to retry, and the operator is told where they went."""
     carol = "carol@example.test"
     for email in (ADA, BOB, carol):
-        world.ledger.raise_objection(email, "service", direct_marketing=False)
+        someone(world, email)
     world.inbox.messages.clear()
     paced = Outreacher._pace
     meanwhile = [False]

@@ -20,6 +20,7 @@ from consentsync.hub import notices
 from consentsync.hub.outreach import Outreacher
 from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld
 from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
+from tests.hub.test_outreach import someone
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
 FIXTURES = (sqlite_ledger_url, people_pages)
@@ -43,7 +44,7 @@ def test_a_consent_request_shows_the_notice_its_confirmation_records(
     world: HubWorld, people: TestClient
 ) -> None:
     notices.add(world.ledger, "newsletter", "2026-05", GERMAN_NOTICE, language="de")
-    world.ledger.raise_objection("cy@example.test", "service", direct_marketing=False)
+    someone(world, "cy@example.test")
     world.inbox.messages.clear()
     assert Outreacher(world.hub, sleep=lambda _s: None).request_consent("newsletter").sent == 1
     path = urlsplit(world.inbox.link("/p/confirm/")).path

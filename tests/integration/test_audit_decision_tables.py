@@ -288,7 +288,7 @@ def test_an_honest_ledger_through_every_lifecycle_verifies_clean(
     result = cli.ok("audit", "verify")
     line = next(line for line in result.stdout.splitlines() if line.startswith(AGREE))
     assert line == (
-        f"{AGREE}: 5 objections, 6 suppression entries, 8 people restricted, erased or suppressed"
+        f"{AGREE}: 5 objections, 6 suppression entries, 7 people restricted, erased or suppressed"
     ), result.stdout
     with ledger.engine.connect() as conn:  # a page of one row or entry at a time: the same
         assert audit_decisions.decisions(conn, batch=1) == audit_decisions.decisions(conn)

@@ -381,9 +381,11 @@ def test_direct_marketing_objection_is_upheld_at_once_everywhere(
     purpose_args = (
         ("--purpose", "email_marketing")
         if how == "email_marketing"
+        # Profiling said to be for direct marketing (legitimate interests: objectable; a contract
+        # purpose is not, ``test_objection_to_a_contract_is_refused_and_records_nothing``).
         else (
             "--purpose",
-            "service",
+            "profiling",
             "--direct-marketing",
         )
     )
@@ -394,13 +396,52 @@ def test_direct_marketing_objection_is_upheld_at_once_everywhere(
     for purpose, channel in (("email_marketing", "email"), ("sms_offers", "sms")):
         st = state(view, purpose, channel)
         assert (st["suppressed"], st["rule"]) == (True, "objection_direct_marketing"), st
-    assert state(view, "profiling")["suppressed"] is False
+    # The purposes that serve no direct marketing go on, but the one objected to.
+    if how == "email_marketing":
+        assert state(view, "profiling")["suppressed"] is False
+    else:
+        prof = state(view, "profiling")
+        assert (prof["suppressed"], prof["rule"]) == (True, "objection_direct_marketing"), prof
+    assert state(view, "service")["suppressed"] is False
     assert cli.json("objection", "list", "--pending") == []
 
 
-def test_objection_to_service_is_auto_upheld(cli: Any) -> None:
+def test_objection_to_a_contract_is_refused_and_records_nothing(cli: Any) -> None:
+    """A contract gives no right to object (Art. 21 covers legitimate interests, a public task and
+    direct marketing): before, the objection was upheld at once and the contract's service
+    messages stopped. Refused: exit 2, one line, nothing recorded, for a known person or not."""
     email = "svc@example.com"
     record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=5))
+    entries = audit_count(cli)
+    for who in (email, "svc2@example.com"):
+        refused = cli("objection", "raise", "--email", who, "--purpose", "service")
+        message = assert_bad_input(
+            refused,
+            "purpose 'service' cannot be objected to: it rests on contract for this person",
+            "contract gives no right to object",
+            "nothing was recorded",
+        )
+        assert who not in message  # the line names no one: it may end up in a log
+    assert cli.json("objection", "list") == []
+    assert audit_count(cli) == entries
+    assert_bad_input(cli("subject", "show", "svc2@example.com"), "no subject")  # nobody was made
+    view = show(cli, email)
+    for channel in ALL_CHANNELS:
+        svc = state(view, "service", channel)
+        assert (svc["suppressed"], svc["rule"]) == (False, "purpose_default_basis")
+    em = state(view, "email_marketing")
+    assert (em["suppressed"], em["rule"]) == (False, "latest_event_time")
+
+
+def test_objection_where_a_contract_purpose_rests_on_legitimate_interests_is_auto_upheld(cli: Any) -> None:
+    """The same purpose, recorded on legitimate interests for this person: objectable (Art.
+    21(1)), decided by its configuration (policy.objection_handling: auto_uphold)."""
+    email = "svc@example.com"
+    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=5))
+    for channel in ALL_CHANNELS:
+        record(
+            cli, email, "service", "not_applicable", "--channel", channel, "--basis", "legitimate_interests"
+        )
     result = cli.json("objection", "raise", "--email", email, "--purpose", "service")
     assert result["status"] == "upheld" and result["decided_by"] == "policy:auto_uphold"
     assert result["direct_marketing"] is False
@@ -411,6 +452,7 @@ def test_objection_to_service_is_auto_upheld(cli: Any) -> None:
     em = state(view, "email_marketing")
     assert (em["suppressed"], em["rule"]) == (False, "latest_event_time")
     assert state(view, "profiling")["suppressed"] is False
+    record(cli, "svc2@example.com", "service", "not_applicable", "--basis", "legitimate_interests")
     human = cli.ok("objection", "raise", "--email", "svc2@example.com", "--purpose", "service")
     assert "upheld (policy:auto_uphold)" in human.stdout
 
@@ -422,7 +464,7 @@ def test_objection_list_pending_first_then_oldest(cli: Any) -> None:
         "--email",
         "a@example.com",
         "--purpose",
-        "service",
+        "email_marketing",
         "--at",
         "2026-01-01T00:00:00Z",
     )
@@ -454,7 +496,8 @@ def test_objection_list_pending_first_then_oldest(cli: Any) -> None:
     assert first["email"] == "c@example.com" and first["purpose"] == "profiling"
     assert first["status"] == "pending" and first["source"] == "letter"
     assert first["raised_at"] == "2026-02-01T00:00:00Z" and first["direct_marketing"] is False
-    assert rows[2]["status"] == "upheld" and rows[2]["decided_by"] == "policy:auto_uphold"
+    # Direct marketing (auto_uphold too): upheld at once, whatever the configuration says.
+    assert rows[2]["status"] == "upheld" and rows[2]["decided_by"] == "policy:art21(2)_direct_marketing"
     assert [r["id"] for r in cli.json("objection", "list", "--pending")] == [older["id"], newer["id"]]
     human = cli.ok("objection", "list", "--pending").stdout.splitlines()
     assert human[0].split()[:3] == ["ID", "EMAIL", "PURPOSE"]

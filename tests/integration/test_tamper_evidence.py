@@ -23,7 +23,14 @@ from sqlalchemy.exc import DBAPIError
 from consentsync import audit, exit_codes
 from consentsync.checkpoints import KEY_ENV
 from consentsync.config import load_config
-from consentsync.ledger.schema import audit_details, audit_entries, audit_head, consent_events, subjects
+from consentsync.ledger.schema import (
+    audit_details,
+    audit_entries,
+    audit_head,
+    consent_events,
+    consent_states,
+    subjects,
+)
 from consentsync.ledger.service import Ledger
 from tests.conftest import Cli
 from tests.integration.test_audit_chain import _grant
@@ -134,18 +141,16 @@ def test_a_cut_tail_passes_verify_but_not_the_checkpoints(cli: Cli, ledger: Ledg
     signed_seq, _ = _head(ledger.engine)
     assert cli("audit", "verify", "--checkpoints", str(directory)).exit_code == 0
 
-    # The owner deletes b's event and every entry after `kept`, and moves the head back.
+    # The owner deletes b's event, its state and every entry after `kept`, and moves the head
+    # back (a state left without its event is named by verify since session 57).
     (uid,) = ledger.subject_uids_for_email("b@example.com")
     _as_owner_unprotected(ledger.engine)
     with ledger.engine.begin() as conn:
         conn.execute(audit_details.delete().where(audit_details.c.seq > kept))
         conn.execute(audit_entries.delete().where(audit_entries.c.seq > kept))
-        conn.execute(
-            consent_events.delete().where(
-                consent_events.c.subject_id
-                == select(subjects.c.id).where(subjects.c.uid == uid).scalar_subquery()
-            )
-        )
+        b_id = select(subjects.c.id).where(subjects.c.uid == uid).scalar_subquery()
+        conn.execute(consent_events.delete().where(consent_events.c.subject_id == b_id))
+        conn.execute(consent_states.delete().where(consent_states.c.subject_id == b_id))
         conn.execute(audit_head.update().values(seq=kept, hash=kept_hash))
 
     assert cli("audit", "verify").exit_code == 0

@@ -23,6 +23,7 @@ from consentsync.hub.capture import (
     Conflict,
     ConsentCapture,
     ErasedAddress,
+    ErasedRequest,
     Forbidden,
     Hub,
     request_digest,
@@ -114,15 +115,22 @@ REFUSAL_STATUS: dict[type[Exception], int] = {
     Forbidden: 403,
     Conflict: 409,
     ErasedAddress: 409,
+    ErasedRequest: 410,
     NotFound: 404,
 }
 
 
 def _refused(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
-    """An exception handler answering a refusal with its message and ``status``."""
+    """An exception handler answering a refusal with its message and ``status``, and its
+    ``code`` where it has one (``NotObjectable``): a client acts on the code, never on the
+    wording of the message, which may change."""
 
     async def answer(_request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(error)}, status_code=status)
+        body = {"error": str(error)}
+        code = getattr(error, "code", None)
+        if isinstance(code, str):
+            body["code"] = code
+        return JSONResponse(body, status_code=status)
 
     return answer
 

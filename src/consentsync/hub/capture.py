@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import orjson
 import structlog
-from sqlalchemy import Connection, and_, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from consentsync.config import Config
@@ -44,7 +44,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity, SubjectResolver
+from consentsync.ledger.identity import Identity, SubjectResolver, keyed_hasher
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -54,7 +54,13 @@ from consentsync.ledger.schema import (
     subject_identifiers,
     subjects,
 )
-from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.ledger.service import (
+    ERASED_REQUEST,
+    ERASED_REQUEST_STATUS,
+    HASHED_IDEMPOTENCY_KEY,
+    Ledger,
+    RecordRequest,
+)
 from consentsync.reconcile import TO_THE_SECONDS_END, no_counts_from
 
 log = structlog.get_logger("consentsync.hub")
@@ -110,6 +116,17 @@ RECEIPT_WINDOW = timedelta(minutes=10)
 # Twice a burst of RECEIPT_MAILS: a person setting their choices twice in a day gets each receipt.
 RECEIPT_MAILS_PER_DAY = 10
 RECEIPT_DAY = timedelta(hours=24)
+# How long an Idempotency-Key is kept with its answer (as Stripe keeps its keys): a retry within
+# it gets the first answer, one after it is a new request, and the record is deleted. Records
+# past it go at the hub's upkeep (``Hub.forget_old_requests``: the daemon's, and at most every
+# REQUESTS_UPKEEP in the capture path of each process), and are never replayed meanwhile.
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+REQUESTS_UPKEEP = timedelta(hours=1)
+# What an idempotency record's key and digest are keyed hashes under: keys derived from the
+# erasure key (as links.py derives its signing key), one for each, so that neither matches a
+# suppression entry's hash of the same text, nor the other.
+IDEMPOTENCY_KEY_LABEL = "consentsync/capture-requests/idempotency-key/v1"
+REQUEST_DIGEST_LABEL = "consentsync/capture-requests/request/v1"
 # The ledger's events whose receipt the hub mails (what RECEIPT_MAILS counts): a person's grant,
 # withdrawal or refusal captured through an API key, on the preference page ("preference_center",
 # preferences.SOURCE) or on a confirmation link; not a GPC opt-out, which has no receipt.
@@ -145,6 +162,10 @@ class Forbidden(PermissionError):
 
 class Conflict(ValueError):
     """An Idempotency-Key reused with another request."""
+
+
+class ErasedRequest(ValueError):
+    """An Idempotency-Key whose request recorded a person erased since (answered 410)."""
 
 
 class ErasedAddress(ValueError):
@@ -203,7 +224,8 @@ def token_digest(token: str) -> str:
 
 
 def request_digest(payload: Any) -> str:
-    """The identity of a request's content, to refuse an Idempotency-Key reused for another."""
+    """The identity of a request's content, to refuse an Idempotency-Key reused for another.
+    Stored only as its keyed hash (``Hub._stored_request``): the body holds the address."""
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -216,6 +238,8 @@ class Hub:
         self.settings = config.settings.hub
         self.mailer = mailer or Mailer(self.settings.smtp, sender_name=self.settings.branding.name)
         self._double_opt_in = {p.key for p in config.settings.purposes if p.double_opt_in}
+        # When this process last forgot the idempotency records past their window.
+        self._requests_upkept_at: datetime | None = None
 
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
@@ -566,7 +590,10 @@ class Hub:
 
     def lapse_unconfirmed(self) -> int:
         """Marks double opt-ins past their link's expiry as lapsed: the consent stays
-        "requested" (no one may be contacted on it), and the link opens nothing."""
+        "requested" (no one may be contacted on it), and the link opens nothing. The hub's
+        upkeep (the daemon's, ``consentsync hub lapse``): idempotency records past their window
+        go too (``forget_old_requests``)."""
+        self.forget_old_requests()
         now = self.ledger.clock()
         with self.ledger.engine.begin() as conn:
             return conn.execute(
@@ -609,10 +636,19 @@ class Hub:
         if gpc and not emails:
             raise InvalidInput("gpc: a GPC signal needs the person's email in a consent of the request")
         standing = self._consented(requests, doi)
+        # The key and the request as stored: keyed hashes, never the key as sent (a client may
+        # put the person's address in it) nor the body's plain digest (guessable from candidate
+        # addresses, the rest of a body being predictable).
+        stored: tuple[str, str] | None = None
+        if idempotency_key is not None:
+            upkept = self._requests_upkept_at
+            if upkept is None or not upkept <= now < upkept + REQUESTS_UPKEEP:
+                self.forget_old_requests()
+            stored = self._stored_request(idempotency_key, fingerprint or "")
         try:
             with self.ledger.engine.begin() as conn:
-                if idempotency_key is not None:
-                    kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
+                if stored is not None:
+                    kept = self._kept_answer(conn, key, stored, now)
                     if kept is not None:
                         return kept
                 # Read under the writer lock the transaction holds: an erasure committed since
@@ -712,12 +748,12 @@ class Hub:
                     results.append(entry)
                 body = {"recorded": sum(not r["duplicate"] for r in results), "results": results}
                 status_code = 201
-                if idempotency_key is not None:
+                if stored is not None:
                     conn.execute(
                         insert(capture_requests).values(
                             key_id=key.id,
-                            idempotency_key=idempotency_key,
-                            request_sha256=fingerprint or "",
+                            idempotency_key=stored[0],
+                            request_sha256=stored[1],
                             status_code=status_code,
                             response=orjson.dumps(body).decode(),
                             created_at=now,
@@ -725,10 +761,10 @@ class Hub:
                     )
         except IntegrityError:
             # The same key raced in from another request and committed first: its answer is ours.
-            if idempotency_key is None:
+            if stored is None:
                 raise
             with self.ledger.engine.connect() as conn:
-                kept = self._kept_answer(conn, key, idempotency_key, fingerprint or "")
+                kept = self._kept_answer(conn, key, stored, now)
             if kept is None:
                 raise
             return kept
@@ -745,21 +781,74 @@ class Hub:
         )
 
     def _kept_answer(
-        self, conn: Any, key: ApiKey, idempotency_key: str, fingerprint: str
+        self, conn: Any, key: ApiKey, stored: tuple[str, str], now: datetime
     ) -> CaptureResult | None:
+        """The answer kept with the key (``stored``: the key's and the request's keyed hashes),
+        None if there is none in its window."""
         row = conn.execute(
             select(capture_requests).where(
-                capture_requests.c.key_id == key.id, capture_requests.c.idempotency_key == idempotency_key
+                capture_requests.c.key_id == key.id, capture_requests.c.idempotency_key == stored[0]
             )
         ).one_or_none()
         if row is None:
             return None
-        if row.request_sha256 != fingerprint:
+        if row.created_at <= now - IDEMPOTENCY_WINDOW:
+            # Past its window, not yet forgotten: the key names a new request.
+            conn.execute(delete(capture_requests).where(capture_requests.c.id == row.id))
+            return None
+        if row.status_code == ERASED_REQUEST_STATUS:
+            # Closed by an erasure (Ledger.erase): run again, a sign-up retried late would
+            # bring the person back, dated now, and the first answer named them.
+            log.info("hub.capture_refused", apikey=key.name, reason="erased_request")
+            raise ErasedRequest(
+                "Idempotency-Key: the request it names recorded a person who was erased since "
+                "(GDPR Art. 17): its answer is gone and it is not run again; nothing was recorded"
+            )
+        if row.request_sha256 != stored[1]:
             raise Conflict(
                 "Idempotency-Key was used before with another request: a key names one request; "
                 "send a new key for a new request"
             )
         return CaptureResult(row.status_code, orjson.loads(row.response), replayed=True)
+
+    def _request_hashers(self) -> tuple[Callable[[str], str], Callable[[str], str]]:
+        """The keyed hashes of an Idempotency-Key and of a request's digest (the erasure key read
+        once)."""
+        derive = self.ledger.keyed_hasher()
+        return (
+            keyed_hasher(derive(IDEMPOTENCY_KEY_LABEL).encode("ascii")),
+            keyed_hasher(derive(REQUEST_DIGEST_LABEL).encode("ascii")),
+        )
+
+    def _stored_request(self, idempotency_key: str, fingerprint: str) -> tuple[str, str]:
+        """An Idempotency-Key and a request's digest (``request_digest``) as stored."""
+        key_hash, request_hash = self._request_hashers()
+        return HASHED_IDEMPOTENCY_KEY + key_hash(idempotency_key), request_hash(fingerprint)
+
+    def forget_old_requests(self) -> int:
+        """Deletes the idempotency records past ``IDEMPOTENCY_WINDOW``; returns how many. Those an
+        older version wrote within it (the key as sent, the body's plain digest) are stored as
+        this version stores them, the replay of their request kept, and closed as an erasure
+        closes them now (``Ledger.erase``) where their answer names a person erased since."""
+        now = self.ledger.clock()
+        with self.ledger.engine.begin() as conn:
+            gone = (
+                conn.execute(
+                    delete(capture_requests).where(capture_requests.c.created_at <= now - IDEMPOTENCY_WINDOW)
+                ).rowcount
+                or 0
+            )
+            older = conn.execute(
+                select(capture_requests).where(
+                    ~capture_requests.c.idempotency_key.startswith(HASHED_IDEMPOTENCY_KEY, autoescape=True)
+                )
+            ).all()
+            if older:
+                _store_keyed(conn, older, self._request_hashers())
+        self._requests_upkept_at = now
+        if gone or older:
+            log.info("hub.capture_requests_upkept", expired=gone, rekeyed=len(older))
+        return gone
 
     def _refuse_erased(
         self, conn: Connection, key: ApiKey, requests: list[RecordRequest], doi: set[int]
@@ -855,7 +944,7 @@ class Hub:
                 if (item.purpose, item.notice_version) not in notices:
                     raise InvalidInput(
                         f"{at}.notice_version: {item.notice_version!r} is not a registered notice of "
-                        f"{item.purpose!r} (consentsync notice add {item.purpose} VERSION FILE)"
+                        f"{item.purpose!r} (consentsync notice add {item.purpose} FILE --version VERSION)"
                     )
             requested = status is ConsentStatus.GRANTED and item.purpose in self._double_opt_in
             try:  # a time its offset takes off the calendar (year 1 at +14:00) is bad input
@@ -926,7 +1015,10 @@ class Hub:
             raise Forbidden(f"purpose: API key {key.name!r} may not record purpose {purpose!r}")
         entered = _entered(email)
         # An erased address nobody came back with is answered suppressed, nothing recorded
-        # (Ledger.raise_objection).
+        # (Ledger.raise_objection). A purpose the person has no right to object to (its basis
+        # for them neither legitimate interests nor a public task, and no direct marketing) is
+        # refused by the ledger as the CLI and the preference page are: ``NotObjectable``, an
+        # ``InvalidInput`` (422), nothing recorded.
         return self.ledger.raise_objection(
             entered,
             purpose,
@@ -967,6 +1059,64 @@ class Hub:
             "known": uid is not None,
             "as_of": iso(self.ledger.clock()),
         }
+
+
+def _store_keyed(
+    conn: Connection, rows: Sequence[Any], hashers: tuple[Callable[[str], str], Callable[[str], str]]
+) -> None:
+    """Idempotency records an older version wrote, as this one writes them: the key's keyed
+    hash, the keyed hash of the request's digest (this version's is the keyed hash of the same
+    plain digest, so a retry of the request still replays), and closed where their answer names
+    a person erased since."""
+    key_hash, request_hash = hashers
+    named: dict[int, set[str]] = {}
+    for row in rows:
+        try:
+            answer = orjson.loads(row.response)
+        except orjson.JSONDecodeError:
+            answer = {}
+        results = answer.get("results") if isinstance(answer, dict) else None
+        named[row.id] = {
+            r["subject"] for r in results or () if isinstance(r, dict) and isinstance(r.get("subject"), str)
+        }
+    every = set().union(*named.values())
+    erased = (
+        set(
+            conn.execute(
+                select(subjects.c.uid).where(subjects.c.uid.in_(every), subjects.c.erased_at.is_not(None))
+            ).scalars()
+        )
+        if every
+        else set()
+    )
+    for row in rows:
+        hashed = HASHED_IDEMPOTENCY_KEY + key_hash(row.idempotency_key)
+        mine = (capture_requests.c.id == row.id, capture_requests.c.idempotency_key == row.idempotency_key)
+        taken = conn.execute(
+            select(capture_requests.c.id).where(
+                capture_requests.c.key_id == row.key_id, capture_requests.c.idempotency_key == hashed
+            )
+        ).first()
+        if taken is not None:
+            # The request was retried since, and its record written as this version writes it.
+            conn.execute(delete(capture_requests).where(*mine))
+        elif named[row.id] & erased:
+            conn.execute(
+                update(capture_requests)
+                .where(*mine)
+                .values(
+                    idempotency_key=hashed,
+                    status_code=ERASED_REQUEST_STATUS,
+                    request_sha256="",
+                    response=ERASED_REQUEST,
+                )
+            )
+        else:
+            conn.execute(
+                update(capture_requests)
+                .where(*mine)
+                .values(idempotency_key=hashed, request_sha256=request_hash(row.request_sha256))
+            )
 
 
 def _entered(raw: str) -> str:
@@ -1148,10 +1298,16 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
     ):
         raise LinkRefused(SAID_NO_LINK)
     # An objection is a no too (Art. 21): to the link's purpose, or to direct marketing when the
-    # purpose is direct marketing (absolute, Art. 21(2) and (3)); pending or upheld, not one ops
-    # rejected. Raised after the request, it voided it as a withdrawal would: confirming the old
-    # link would record a trusted consent that lifts the objection.
-    is_direct_marketing = exists().where(purposes.c.key == row.purpose, purposes.c.direct_marketing.is_(True))
+    # purpose serves direct marketing (absolute, Art. 21(2) and (3)); pending or upheld, not one
+    # ops rejected. Raised after the request, it voided it as a withdrawal would: confirming the
+    # old link would record a trusted consent that lifts the objection. Serving direct marketing
+    # as ``reconcile.serves_direct_marketing`` reads it, from the purposes' mirror: flagged so
+    # (profiling for direct marketing is), or under the ePrivacy rules (the mirror's eprivacy is
+    # the one in force, following direct_marketing where the configuration leaves it out).
+    is_direct_marketing = exists().where(
+        purposes.c.key == row.purpose,
+        or_(purposes.c.direct_marketing.is_(True), purposes.c.eprivacy.is_(True)),
+    )
     objected = conn.execute(
         select(objections.c.raised_at).where(
             objections.c.subject_id == row.subject_id,

@@ -126,7 +126,7 @@ class Outreacher:
         if notice is None:
             raise InvalidInput(
                 f"purpose {purpose_key!r} has no notice to show "
-                f"(consentsync notice add {purpose_key} VERSION FILE)"
+                f"(consentsync notice add {purpose_key} FILE --version VERSION)"
             )
         now = self.ledger.clock()
         wanted: list[tuple[int, str, str, str]] = []

@@ -28,8 +28,8 @@ from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, subjects
-from consentsync.ledger.service import RecordOutcome, RecordRequest
-from consentsync.reconcile import Rule
+from consentsync.ledger.service import NotFound, RecordOutcome, RecordRequest, objectable
+from consentsync.reconcile import Rule, serves_direct_marketing
 
 log = structlog.get_logger("consentsync.hub.preferences")
 
@@ -50,35 +50,31 @@ RESTRICTION_GROUNDS = {
 }  # fmt: skip
 
 
-# The bases a person may object to on grounds of their own situation (Art. 21(1)).
-_OBJECTABLE_BASES = frozenset({LawfulBasis.LEGITIMATE_INTERESTS.value, LawfulBasis.PUBLIC_TASK.value})
-
-
 def direct_marketing_for(purpose: Purpose, rules: Iterable[str | None] = ()) -> bool:
     """Whether an objection to ``purpose`` is one to direct marketing, absolute (Art. 21(2)):
-    a purpose flagged so, one configured to follow the ePrivacy rules (``eprivacy: true``, for
+    a purpose that serves it (``reconcile.serves_direct_marketing``: flagged so, profiling for
+    direct marketing, or configured to follow the ePrivacy rules, ``eprivacy: true``, for
     marketing by electronic mail: docs/policy.md, "Soft opt-in"), or one whose state, by
     ``rules`` (those of its channels), rests on the soft opt-in now. Email marketing on the soft
     opt-in is direct marketing, and the person's refusal ends it (PECR reg. 22(3)(c), ePrivacy
     Art. 13(2)): never an Art. 21(1) objection that a review could reject, after which the
     marketing would resume."""
-    return (
-        purpose.direct_marketing
-        or purpose.eprivacy is True
-        or any(rule == Rule.EPRIVACY_SOFT_OPT_IN for rule in rules)
-    )
+    return serves_direct_marketing(purpose) or any(rule == Rule.EPRIVACY_SOFT_OPT_IN for rule in rules)
 
 
 def objectable_for(purpose: Purpose, basis: str | None) -> bool:
-    """Whether a person may object to ``purpose`` while the ledger holds it on ``basis`` (its
-    state's): direct marketing whatever the basis (Art. 21(2), ``direct_marketing_for``),
-    anything else resting on legitimate interests or a public task, by default or as recorded
-    (Art. 21(1)), such as a soft opt-in, which is no consent."""
-    return (
-        direct_marketing_for(purpose)
-        or purpose.default_basis.value in _OBJECTABLE_BASES
-        or basis in _OBJECTABLE_BASES
-    )
+    """Whether a person may object to ``purpose`` where the ledger holds one of its channels on
+    ``basis`` (that channel's state's): the ledger's own rule (``ledger.service.objectable``),
+    which refuses every other objection. Direct marketing whatever the basis (Art. 21(2)); else
+    legitimate interests or a public task as the ledger holds it for the person (Art. 21(1)),
+    such as a soft opt-in, which is no consent; never a contract, nor a consent (withdrawn
+    instead), even under a legitimate-interests purpose.
+
+    Asked here, not decided again: a rule of its own (it took a purpose's default basis for
+    the person's) showed "Object" where the ledger refuses it. The ledger's rule holds for a
+    purpose where it holds for any of its channels, so the page offers "Object" on a channel
+    only where the ledger takes the objection."""
+    return objectable(purpose, [basis], direct_marketing=False)
 
 
 class NoticeChanged(ValueError):
@@ -392,22 +388,30 @@ class PreferenceCentre:
         marketing on the soft opt-in, or on a purpose set to follow the ePrivacy rules) it is
         absolute (Art. 21(2)): upheld at once, whatever the basis (a soft opt-in, legitimate
         interests, consent), never queued for review, and it stops all direct marketing to the
-        person (Art. 21(3)); the ledger decides so (``Ledger.raise_objection``, told here that
+        person (Art. 21(3)); the ledger decides so (``Ledger.raise_objection_of``, told here that
         it is one). Raises ``InvalidInput`` for a purpose the person cannot object to
         (``objectable_for``: a contract, a consent outside direct marketing, which is withdrawn
-        instead)."""
+        instead).
+
+        Raised on the person the link names, by id, in the transaction that finds them not
+        erased (``Ledger.raise_objection_of``), as a choice is (``_record``): erased since the
+        page read them, it raises ``LinkRefused`` (410 Gone) and nothing is recorded, neither
+        on nobody nor on someone who came back with the address since."""
         known = self.ledger.purposes.get(purpose)
-        states = self._states(person, purpose) if known is not None else []
-        if known is None or not any(objectable_for(known, s["basis"]) for s in states):
-            raise InvalidInput(f"purpose {purpose[:64]!r} cannot be objected to here")
-        marketing = direct_marketing_for(known, (s["rule"] for s in states))
-        result = self.ledger.raise_objection(
-            person.email,
-            purpose,
-            direct_marketing=marketing,
-            source=SOURCE,
-            actor=visitor.evidence_ref[:200],
-        )
+        try:
+            states = self._states(person, purpose) if known is not None else []
+            if known is None or not any(objectable_for(known, s["basis"]) for s in states):
+                raise InvalidInput(f"purpose {purpose[:64]!r} cannot be objected to here")
+            marketing = direct_marketing_for(known, (s["rule"] for s in states))
+            result = self.ledger.raise_objection_of(
+                person.uid,
+                purpose,
+                direct_marketing=marketing,
+                source=SOURCE,
+                actor=visitor.evidence_ref[:200],
+            )
+        except NotFound:
+            raise LinkRefused("this link opens no record any more: the record was erased") from None
         log.info("hub.objection", subject=person.uid, purpose=purpose, status=result["status"])
         return result
 

@@ -20,6 +20,7 @@ from consentsync.domain import iso
 from consentsync.hub.notices import Notice
 from consentsync.ledger.schema import consent_events, notices, subjects
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.reconcile import serves_direct_marketing
 
 SCHEMA_VERSION = "ISO/IEC TS 27560:2023; consentsync receipt 1"
 # Receipt ids are derived from the record they describe, so a receipt made again has the same id.
@@ -73,7 +74,9 @@ def receipt(
                 "purpose": purpose.name if purpose else event.purpose,
                 "legal_basis": event.basis or (purpose.default_basis.value if purpose else None),
                 "channel": event.channel,
-                "direct_marketing": purpose.direct_marketing if purpose else None,
+                # As the ledger reads it (Art. 21(2)): marketing by electronic mail under the
+                # ePrivacy rules and profiling for direct marketing are direct marketing too.
+                "direct_marketing": serves_direct_marketing(purpose) if purpose else None,
             }
         ],
         "events": [

@@ -350,15 +350,11 @@ class SubjectResolver:
 def last_erased_at(entry: FromClause) -> ColumnElement[datetime]:
     """When the address of a suppression entry (``suppressions`` or an alias of it) was last
     erased: the time a new consent must be newer than to lift its suppression. ``erase`` keeps an
-    address's entry when the address is erased again (a person came back with it and is erased in
-    turn), so the entry's ``created_at`` is its first erasure; each person an erasure erases stands
-    on the entry with their ``erased_at``. The latest of those, else the entry's own time (nobody
-    erased onto it: an erased person's other address)."""
-    erased = subjects.alias()
-    latest = (
-        select(func.max(erased.c.erased_at)).where(erased.c.suppression_id == entry.c.id).scalar_subquery()
-    )
-    return func.coalesce(latest, entry.c.created_at)
+    address's entry when the address is erased again (nobody held it; a person came back with
+    it; an erased person's other address already on the list), so the entry's ``created_at`` is
+    its first erasure; each erasure moves its ``last_erased_at`` (migration 0018). Its own time
+    where that is missing: no row consentsync writes lacks it."""
+    return func.coalesce(entry.c.last_erased_at, entry.c.created_at)
 
 
 def _link_json(link: CrmLink | None) -> dict[str, str] | None:

@@ -225,6 +225,12 @@ suppressions = Table(
     Column("email_hmac", String(64), nullable=False, unique=True),
     Column("reason", String(500), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # When the address was last erased (migration 0018): an erasure of an address already on the
+    # list keeps its entry (and its created_at, the first erasure) and moves this on; a consent
+    # lifts the suppression only if newer (``identity.last_erased_at``). Set on every row (the
+    # migration backfilled the older ones); nullable only because SQLite adds no NOT NULL
+    # column to a table with rows (and rebuilding this one would drop what references it).
+    Column("last_erased_at", Timestamp),
 )
 
 audit_entries = Table(

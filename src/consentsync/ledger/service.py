@@ -68,6 +68,7 @@ from consentsync.ledger.identity import (
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     audit_entries,
+    capture_requests,
     consent_events,
     consent_states,
     crm_links,
@@ -93,6 +94,7 @@ from consentsync.reconcile import (
     effective_state,
     is_system_expiry,
     reconcile,
+    serves_direct_marketing,
     summarise,
 )
 from consentsync.rowview import RowView
@@ -157,6 +159,11 @@ class RecordOutcome:
 
 class NotFound(LookupError):
     """The email, objection or subject asked for is not in the ledger."""
+
+
+class ErasedAddressRefused(InvalidInput):
+    """A grant for an erased address nobody came back with, from a source that is not trusted
+    (``Ledger.record``): refused, nothing recorded (the capture API's 409, ``Hub._refuse_erased``)."""
 
 
 @dataclass(slots=True)
@@ -324,8 +331,17 @@ class Ledger:
         check_moment(evidence.double_opt_in_at, "double opt-in time", now, self.max_clock_skew_seconds)
         check_label(evidence.source, "source", SOURCE_MAX, required=True)
         check_label(evidence.actor, "actor", ACTOR_MAX)
-        check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX)
-        check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX)
+        # A blank notice version or evidence reference proves nothing (has_proof): refused where
+        # people act (capture API, scripts). Not on a CRM's value (a blank CRM field is no value:
+        # the mapping reads it as none; quarantining the record for it would hold back the rest)
+        # nor on a no (a withdrawal or refusal is never turned away for a label; a CRM merge
+        # carries the nos older versions recorded with one as they were).
+        proof = evidence.origin is not Origin.CRM and evidence.status not in (
+            ConsentStatus.WITHDRAWN,
+            ConsentStatus.REFUSED,
+        )
+        check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX, proof=proof)
+        check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX, proof=proof)
         if evidence.soft_opt_in is not None:
             _check_soft_opt_in(evidence, purpose)
         return purpose
@@ -345,6 +361,9 @@ class Ledger:
                 evidence.actor,
                 evidence.notice_version,
                 evidence.evidence_ref,
+                # A blank proof label is refused on a grant, never on a no (``validate``).
+                evidence.status,
+                evidence.origin,
             )
             if evidence.soft_opt_in is not None or labels not in checked:
                 self.validate(evidence)
@@ -358,9 +377,40 @@ class Ledger:
                 check_moment(double_opt_in_at, "double opt-in time", now, skew)
 
     def record(self, identity: Identity, evidence: Evidence, *, run_id: str | None = None) -> RecordOutcome:
+        """One statement in a transaction of its own (``consentsync ledger record``, scripts).
+
+        A grant captured for an erased address that nobody came back with is refused
+        (``ErasedAddressRefused``, nothing recorded) unless its source is trusted
+        (``policy.trusted_sources``): recorded, it would store the erased address again on a new
+        person, on the word of a source that cannot lift the erasure. The capture API refuses
+        it too (409). A trusted source's grant is recorded: dated after the latest erasure it
+        lifts the suppression, dated before (evidence delivered late) it stays suppressed."""
         with self.engine.begin() as conn:
+            # Read under the writer lock the transaction holds: an erasure committed since counts.
+            self._refuse_untrusted_grant_for_erased(conn, identity, evidence)
             _stats, outcomes = self.record_in(conn, [RecordRequest(identity, evidence)], run_id=run_id)
         return outcomes[0]
+
+    def _refuse_untrusted_grant_for_erased(
+        self, conn: Connection, identity: Identity, evidence: Evidence
+    ) -> None:
+        if (
+            not identity.email
+            or identity.says_no
+            or evidence.status is not ConsentStatus.GRANTED
+            or evidence.origin is not Origin.CAPTURE
+            or evidence.source in self.policy.trusted_sources
+        ):
+            return
+        resolver = SubjectResolver(conn, self.erasure_key(), self.clock(), None)
+        if resolver.erased_since(identity.email) is None:
+            return
+        log.info("ledger.record_refused", reason="erased", source=evidence.source)
+        raise ErasedAddressRefused(
+            f"--email: the address was erased; a grant from source {evidence.source!r} does not "
+            "bring it back (only a new consent from a trusted source, policy.trusted_sources, dated "
+            "after the erasure does): nothing was recorded"
+        )
 
     def record_many(
         self,
@@ -543,24 +593,11 @@ class Ledger:
         actor: str | None = None,
         run_id: str | None = None,
     ) -> dict[str, Any]:
-        purpose = self._purpose(purpose_key)
-        now = self.clock()
-        check_moment(raised_at, "objection time", now, self.max_clock_skew_seconds)
-        check_label(source, "source", SOURCE_MAX, required=True)
-        check_label(actor, "actor", ACTOR_MAX)
-        raised_at = min(raised_at, now) if raised_at else now
-        # Art. 21(2): an objection to direct marketing is absolute, whatever the configuration.
-        # A purpose under the ePrivacy rules is marketing by electronic mail: direct marketing,
-        # whoever raises the objection (the page, the API, ops), whatever direct_marketing says.
-        is_dm = direct_marketing or purpose.direct_marketing or purpose.eprivacy is True
-        if is_dm:
-            status, decided_by = ObjectionStatus.UPHELD, "policy:art21(2)_direct_marketing"
-        elif purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD:
-            status, decided_by = ObjectionStatus.UPHELD, "policy:auto_uphold"
-        else:
-            status, decided_by = ObjectionStatus.PENDING, None
+        """An objection (Art. 21) by the person holding ``email`` (ops, the capture API)."""
+        terms = self._objection_terms(purpose_key, direct_marketing, raised_at, source, actor)
+        purpose, is_dm = terms.purpose, terms.direct_marketing
         with self.engine.begin() as conn:
-            resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
+            resolver = SubjectResolver(conn, self.erasure_key(), terms.now, run_id)
             if resolver.is_erased_only(email):
                 # An erased address nobody came back with: the erasure's suppression keeps it out
                 # of every purpose already. Nothing is recorded (no person holding the address,
@@ -578,64 +615,146 @@ class Ledger:
                     "rule": "erasure_suppression",
                 }
             (subject_id,) = resolver.resolve([Identity(email=email, says_no=True)])
-            before = self._contexts(conn, {subject_id})[subject_id]
-            objection_id = conn.execute(
-                insert(objections)
-                .values(
-                    subject_id=subject_id,
-                    purpose=purpose.key,
-                    direct_marketing=is_dm,
-                    status=status.value,
-                    raised_at=raised_at,
-                    recorded_at=now,
-                    source=source,
-                    decided_by=decided_by,
-                    decided_at=now if decided_by else None,
+            result = self._objection_on(conn, subject_id, terms, resolver.audit, run_id)
+        _log_objection(result)
+        return result
+
+    def raise_objection_of(
+        self,
+        subject_uid: str,
+        purpose_key: str,
+        *,
+        direct_marketing: bool = False,
+        source: str,
+        actor: str | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """An objection (Art. 21) by the person ``subject_uid`` names (their preference page),
+        raised on them by id in the transaction that finds them not erased; raises ``NotFound``
+        once they are, recording nothing. Not by their address, read before: an erasure
+        committed in between leaves nobody holding it (nothing would be recorded, the page
+        saying the objection was taken), or someone who came back with it since, another
+        person, would be given the objection."""
+        terms = self._objection_terms(purpose_key, direct_marketing, None, source, actor)
+        with self.engine.begin() as conn:  # the writer lock from BEGIN: no erasure in between
+            found = conn.execute(
+                select(subjects.c.id, subjects.c.erased_at).where(subjects.c.uid == subject_uid)
+            ).one_or_none()
+            if found is None or found.erased_at is not None:
+                log.info("objection.not_recorded", purpose=terms.purpose.key, reason="erased")
+                raise NotFound(
+                    f"subject {shown(subject_uid)} is not in the ledger (erased): nothing recorded"
                 )
-                .returning(objections.c.id)
-            ).scalar_one()
-            after = self._contexts(conn, {subject_id})[subject_id]
-            records = [
-                *resolver.audit,
-                AuditRecord(
-                    "objection.raised",
-                    # When the person objected, which may be earlier than this entry (ops entering
-                    # a call): it decides which consent lifts the objection (Art. 21(3)), so the
-                    # chain says it, not only the objection's row, which stays writable.
-                    {
-                        "objection": objection_id,
-                        "purpose": purpose.key,
-                        "direct_marketing": is_dm,
-                        "raised_at": raised_at,
-                    },
-                    old=None,
-                    new=status.value,
-                    rule="art21(2)_absolute" if is_dm else f"purpose_{purpose.objection_handling.value}",
-                    source=source,
-                    actor=actor,
-                    run_id=run_id,
-                    subject_uid=after.uid,
-                    subject_id=subject_id,
-                ),
-            ]
-            affected = self._affected_purposes(purpose, is_dm)
-            records += self._refresh(conn, subject_id, affected, before, after, now, run_id, source, actor)
-            audit.append(conn, records, now)
-        log.info(
-            "objection.raised",
-            objection=objection_id,
-            subject=after.uid,
-            purpose=purpose.key,
-            direct_marketing=is_dm,
-            status=status.value,
+            result = self._objection_on(conn, found.id, terms, [], run_id)
+        _log_objection(result)
+        return result
+
+    def _objection_terms(
+        self,
+        purpose_key: str,
+        direct_marketing: bool,
+        raised_at: datetime | None,
+        source: str,
+        actor: str | None,
+    ) -> _ObjectionTerms:
+        """What an objection is, checked before anything is written: its purpose, time, source,
+        whether it is one to direct marketing and how it is decided."""
+        purpose = self._purpose(purpose_key)
+        now = self.clock()
+        check_moment(raised_at, "objection time", now, self.max_clock_skew_seconds)
+        check_label(source, "source", SOURCE_MAX, required=True)
+        check_label(actor, "actor", ACTOR_MAX)
+        # Art. 21(2): an objection to direct marketing is absolute, whatever the configuration.
+        # A purpose that serves direct marketing (flagged so, profiling for it, or under the
+        # ePrivacy rules: marketing by electronic mail) makes it one, whoever raises the
+        # objection (the page, the API, ops), whatever ``direct_marketing`` says.
+        is_dm = direct_marketing or serves_direct_marketing(purpose)
+        if is_dm:
+            status, decided_by = ObjectionStatus.UPHELD, "policy:art21(2)_direct_marketing"
+        elif purpose.objection_handling is ObjectionHandling.AUTO_UPHOLD:
+            status, decided_by = ObjectionStatus.UPHELD, "policy:auto_uphold"
+        else:
+            status, decided_by = ObjectionStatus.PENDING, None
+        return _ObjectionTerms(
+            purpose, is_dm, status, decided_by, min(raised_at, now) if raised_at else now, now, source, actor
         )
+
+    def _objection_on(
+        self,
+        conn: Connection,
+        subject_id: int,
+        terms: _ObjectionTerms,
+        prior: list[AuditRecord],
+        run_id: str | None,
+    ) -> dict[str, Any]:
+        """Writes the objection ``terms`` on ``subject_id`` in ``conn``'s transaction, with its
+        audit entries after ``prior`` (the resolver's), and re-decides the purposes it binds.
+        Raises ``NotObjectable`` (nothing written: the caller's transaction rolls back) where the
+        person has no right to object to the purpose (``objectable``)."""
+        purpose, is_dm, status, now = terms.purpose, terms.direct_marketing, terms.status, terms.now
+        # The bases the ledger holds the person's processing on, one per channel, read in this
+        # transaction (the writer's): what the preference page shows them (``subject_view``).
+        states = self.effective_states_in(conn, [subject_id])[subject_id]
+        bases = [states[(purpose.key, channel)].basis for channel in purpose.channels]
+        if not objectable(purpose, bases, direct_marketing=is_dm):
+            marketing = [p.key for p in self.purposes.values() if serves_direct_marketing(p)]
+            refused = NotObjectable(purpose, bases, marketing if is_dm else None)
+            log.info(
+                "objection.refused", purpose=purpose.key, basis=",".join(refused.bases), code=refused.code
+            )
+            raise refused
+        before = self._contexts(conn, {subject_id})[subject_id]
+        objection_id = conn.execute(
+            insert(objections)
+            .values(
+                subject_id=subject_id,
+                purpose=purpose.key,
+                direct_marketing=is_dm,
+                status=status.value,
+                raised_at=terms.raised_at,
+                recorded_at=now,
+                source=terms.source,
+                decided_by=terms.decided_by,
+                decided_at=now if terms.decided_by else None,
+            )
+            .returning(objections.c.id)
+        ).scalar_one()
+        after = self._contexts(conn, {subject_id})[subject_id]
+        records = [
+            *prior,
+            AuditRecord(
+                "objection.raised",
+                # When the person objected, which may be earlier than this entry (ops entering
+                # a call): it decides which consent lifts the objection (Art. 21(3)), so the
+                # chain says it, not only the objection's row, which stays writable.
+                {
+                    "objection": objection_id,
+                    "purpose": purpose.key,
+                    "direct_marketing": is_dm,
+                    "raised_at": terms.raised_at,
+                },
+                old=None,
+                new=status.value,
+                rule="art21(2)_absolute" if is_dm else f"purpose_{purpose.objection_handling.value}",
+                source=terms.source,
+                actor=terms.actor,
+                run_id=run_id,
+                subject_uid=after.uid,
+                subject_id=subject_id,
+            ),
+        ]
+        affected = self._affected_purposes(purpose, is_dm)
+        records += self._refresh(
+            conn, subject_id, affected, before, after, now, run_id, terms.source, terms.actor
+        )
+        audit.append(conn, records, now)
         return {
             "id": objection_id,
             "subject": after.uid,
             "purpose": purpose.key,
             "direct_marketing": is_dm,
             "status": status.value,
-            "decided_by": decided_by,
+            "decided_by": terms.decided_by,
         }
 
     def list_objections(self, *, pending_only: bool = False) -> list[dict[str, Any]]:
@@ -727,12 +846,17 @@ class Ledger:
             if found is None:
                 suppression_id = conn.execute(
                     insert(suppressions)
-                    .values(email_hmac=digest, reason=reason, created_at=now)
+                    .values(email_hmac=digest, reason=reason, created_at=now, last_erased_at=now)
                     .returning(suppressions.c.id)
                 ).scalar_one()
                 kept_hmac = digest
             else:
                 suppression_id, kept_hmac = found.id, found.email_hmac
+                # Erased again: a consent must be newer than this erasure to lift it, not the
+                # first (the entry, and its created_at, are kept; the chain's entry says when).
+                conn.execute(
+                    update(suppressions).where(suppressions.c.id == suppression_id).values(last_erased_at=now)
+                )
             # The suppression entry as the chain says it (its id and keyed hash; its reason by the
             # details' digest, its time by the entry's): `audit verify` holds the row to it.
             suppression = {"suppression": suppression_id, "email_hmac": kept_hmac}
@@ -750,9 +874,14 @@ class Ledger:
             others: set[str] = set()
             # Whose other address each is (the first person holding it): its entry names them.
             owners: dict[str, tuple[str, int]] = {}
+            # Who of them was restricted: only a restricted person's restriction can have been
+            # carried to others and still stand (lifting it lifts what was carried, _lift_carried).
+            restricted_uids: set[str] = set()
             for person in people:
                 before = self._contexts(conn, {person})[person]
                 uids.append(before.uid)
+                if before.flags.restricted:
+                    restricted_uids.add(before.uid)
                 theirs = (
                     set(
                         conn.execute(
@@ -775,6 +904,7 @@ class Ledger:
                 conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == person))
                 details = audit.erase_details(conn, person)
                 texts = _redact_operational_text(conn, person)
+                _close_capture_requests(conn, before.uid)
                 erased_details += details
                 redacted += texts
                 after = self._contexts(conn, {person})[person]
@@ -825,17 +955,17 @@ class Ledger:
             # So do those that last showed the address in its other form (punycode): the push
             # decision hashes an address in its one form since (email_forms).
             added = self._suppress_too(conn, sorted(others), reason, now)
-            digests = [digest, *(hashed for hashed, _id in added)]
-            for address, (hashed, added_id) in zip(sorted(others), added, strict=True):
-                if added_id is None:
-                    continue  # on the list before (an earlier erasure's entry says so)
+            digests = [digest, *(hashed for hashed, _id, _entry, _made in added)]
+            for address, (_hashed, added_id, entry_hmac, made) in zip(sorted(others), added, strict=True):
                 owner_uid, owner_id = owners[address]
-                # Each suppression entry is in the chain, or its row could be deleted unseen.
+                # Each suppression entry is in the chain, or its row could be deleted unseen; one
+                # on the list before (old: suppressed) is erased again now, which its entry's
+                # last_erased_at says and `audit verify` holds it to.
                 records.append(
                     AuditRecord(
                         "suppression.added",
-                        {"suppression": added_id, "email_hmac": hashed},
-                        old=None,
+                        {"suppression": added_id, "email_hmac": entry_hmac},
+                        old=None if made else {"suppressed": True},
                         new={"suppressed": True},
                         rule="erasure_suppression",
                         source="erasure",
@@ -862,9 +992,12 @@ class Ledger:
             ) - set(people)
             audit.append(conn, records, now)
             # Restrictions carried from an erased person stand on data that is gone: lifted as
-            # lifting their restriction would (the erased address stays suppressed anyway).
+            # lifting their restriction would (the erased address stays suppressed anyway). Only
+            # a restricted person's can stand: an erasure of anyone else reads no other person
+            # (it read every restricted person's trail: 145 ms an erasure beside 1,256 of them).
             for erased in uids:
-                self._lift_carried(conn, erased, now, source="erasure", actor=actor)
+                if erased in restricted_uids:
+                    self._lift_carried(conn, erased, now, source="erasure", actor=actor)
             # The erased people themselves too, whether or not a state of theirs changed (a
             # restriction decides before and after; one who came back and is erased again may
             # read the same): every connector passes the erasure on (Art. 17(2), 19), with the
@@ -885,26 +1018,32 @@ class Ledger:
 
     def _suppress_too(
         self, conn: Connection, addresses: list[str], reason: str, now: datetime
-    ) -> list[tuple[str, int | None]]:
+    ) -> list[tuple[str, int, str, bool]]:
         """The keyed hashes of an erased person's other addresses, each on the suppression list
         (an entry of its own, with the erasure's reason; one made before under a form of it is
-        kept, not doubled), in the order given, each with the id of the entry made for it (None:
-        kept)."""
+        kept, not doubled, and dated erased again now: ``last_erased_at``), in the order given:
+        the keyed hash of the address's one form, the id and keyed hash of its entry, and whether
+        the entry was made now."""
         hashed = self.keyed_hasher()
-        digests: list[tuple[str, int | None]] = []
+        digests: list[tuple[str, int, str, bool]] = []
         for address in addresses:
             forms = [hashed(form) for form in email_forms(address)]
             known = conn.execute(
-                select(suppressions.c.id).where(suppressions.c.email_hmac.in_(forms)).limit(1)
-            ).scalar()
-            made = None
+                select(suppressions.c.id, suppressions.c.email_hmac)
+                .where(suppressions.c.email_hmac.in_(forms))
+                .order_by(suppressions.c.id)
+                .limit(1)
+            ).first()
             if known is None:
                 made = conn.execute(
                     insert(suppressions)
-                    .values(email_hmac=forms[0], reason=reason, created_at=now)
+                    .values(email_hmac=forms[0], reason=reason, created_at=now, last_erased_at=now)
                     .returning(suppressions.c.id)
                 ).scalar_one()
-            digests.append((forms[0], made))
+                digests.append((forms[0], made, forms[0], True))
+                continue
+            conn.execute(update(suppressions).where(suppressions.c.id == known.id).values(last_erased_at=now))
+            digests.append((forms[0], known.id, known.email_hmac, False))
         return digests
 
     def restrict(
@@ -1032,8 +1171,20 @@ class Ledger:
         if not pairs:
             return set()
         contexts = self._contexts(conn, {a for a, _ in pairs} | {b for _, b in pairs})
+        # An erased person keeps their restricted flag, but their data is gone (Art. 17): it
+        # restricts no one, as ``_lift_carried`` reads it. A CRM record still showing it (a merge
+        # or an address change read after the erasure) must not restrict its person again.
+        erased = set(
+            conn.execute(
+                select(subjects.c.id).where(
+                    subjects.c.id.in_(sorted({a for a, _ in pairs})), subjects.c.erased_at.is_not(None)
+                )
+            ).scalars()
+        )
         targets: dict[int, int] = {}
         for a, b in sorted(pairs):
+            if a in erased:
+                continue
             if contexts[a].flags.restricted and not contexts[b].flags.restricted and b not in targets:
                 targets[b] = a
         records: list[AuditRecord] = []
@@ -1560,9 +1711,12 @@ class Ledger:
         return purpose
 
     def _affected_purposes(self, purpose: Purpose, direct_marketing: bool) -> list[Purpose]:
+        """The purposes an objection to ``purpose`` binds, to be decided again: to direct
+        marketing, every purpose that serves it (Art. 21(3), ``serves_direct_marketing``:
+        profiling for it and marketing under the ePrivacy rules too), as the reconciler reads it."""
         if not direct_marketing:
             return [purpose]
-        return [purpose] + [p for p in self.purposes.values() if p.direct_marketing and p != purpose]
+        return [purpose] + [p for p in self.purposes.values() if serves_direct_marketing(p) and p != purpose]
 
     def _known(
         self, conn: Connection, subject_ids: set[int], warm: WarmSubjects | None
@@ -1806,6 +1960,14 @@ def _not_after_observation(evidence: Evidence) -> Evidence:
 
 
 ERASED_TEXT = "(redacted: the person was erased, Art. 17)"
+# The capture API's idempotency records (capture_requests, hub/capture.py): a client's
+# Idempotency-Key is stored as this prefix and its keyed hash, never as sent (a client may put
+# the person's address in it). A row without the prefix was written by an older version.
+HASHED_IDEMPOTENCY_KEY = "hmac-sha256:"
+# An erased person's idempotency record, closed (``_close_capture_requests``): the status a retry
+# of its key is answered with (410), the answer it kept gone.
+ERASED_REQUEST_STATUS = 410
+ERASED_REQUEST = '{"erased":true}'
 
 
 def _redact_operational_text(conn: Connection, subject_id: int) -> int:
@@ -1836,6 +1998,29 @@ def _redact_operational_text(conn: Connection, subject_id: int) -> int:
         or 0
     )
     return redacted
+
+
+def _close_capture_requests(conn: Connection, uid: str) -> int:
+    """The capture API's idempotency records whose kept answer names an erased person (by their
+    uid: a batch's answer names each person it recorded). The answer goes, and so does the
+    request's keyed digest; the key's keyed hash stays until the record expires, so that a
+    retry of the request is refused (``ERASED_REQUEST_STATUS``), not run again: run again, a
+    stale sign-up would bring the person back, dated now. A record an older version wrote (its
+    key as sent) is deleted: its key may hold the address."""
+    # Found by a scan: the records live a day (hub/capture.py, IDEMPOTENCY_WINDOW), and a uid
+    # is a uuid (no LIKE wildcard in it), quoted in the answer's JSON.
+    naming = capture_requests.c.response.like(f'%"{uid}"%')
+    plain = ~capture_requests.c.idempotency_key.startswith(HASHED_IDEMPOTENCY_KEY, autoescape=True)
+    gone = conn.execute(delete(capture_requests).where(naming, plain)).rowcount or 0
+    closed = (
+        conn.execute(
+            update(capture_requests)
+            .where(naming)
+            .values(status_code=ERASED_REQUEST_STATUS, request_sha256="", response=ERASED_REQUEST)
+        ).rowcount
+        or 0
+    )
+    return gone + closed
 
 
 def _rows_of_subject(
@@ -2126,6 +2311,101 @@ def _event_view(row: Any) -> dict[str, Any]:
             else None
         ),
     }
+
+
+# The bases a person may object to on grounds of their own situation: Art. 21(1) covers
+# processing on Art. 6(1)(e) or (f) only. A consent is withdrawn instead (Art. 7(3)); a contract,
+# a legal obligation or vital interests give no right to object.
+OBJECTABLE_BASES = frozenset({LawfulBasis.LEGITIMATE_INTERESTS, LawfulBasis.PUBLIC_TASK})
+
+
+def objectable(
+    purpose: Purpose, bases: Iterable[LawfulBasis | str | None], *, direct_marketing: bool
+) -> bool:
+    """Whether a person may object to ``purpose`` while the ledger holds their processing for it
+    on ``bases`` (one per channel: the basis recorded for them, else the purpose's default):
+
+    * a purpose that serves direct marketing (``serves_direct_marketing``), whatever the basis
+      (Art. 21(2));
+    * a purpose where a channel rests on legitimate interests or a public task for that person
+      (Art. 21(1)); a consent, even one recorded under a legitimate-interests purpose, is
+      withdrawn instead (Art. 7(3)): an objection under review could be rejected, and the
+      consent go on;
+    * with ``direct_marketing`` (the caller says the objection is one to direct marketing), a
+      purpose on consent too, which may be marketing its configuration does not flag; never
+      one resting only on a contract, a legal obligation or vital interests, which is no
+      direct marketing (EDPB Guidelines 2/2019): the objection would stop it for the person.
+
+    Every way an objection comes in (``consentsync objection raise``, ``POST /v1/objections``,
+    the preference page) is checked here, by the ledger, in the transaction that writes it."""
+    if serves_direct_marketing(purpose):
+        return True
+    known = {LawfulBasis(basis) for basis in bases if basis is not None}
+    return bool(known & OBJECTABLE_BASES) or (direct_marketing and LawfulBasis.CONSENT in known)
+
+
+class NotObjectable(InvalidInput):
+    """An objection refused for the basis of the processing it names (``objectable``): nothing
+    recorded. The message names the purpose, the basis and what to do instead; ``code`` is the
+    machine-readable reason, ``bases`` the person's bases for the purpose. ``marketing``: the
+    purposes serving direct marketing, named where the objection was said to be one to it."""
+
+    code = "objection_basis_not_objectable"
+
+    def __init__(
+        self,
+        purpose: Purpose,
+        bases: Iterable[LawfulBasis | str | None],
+        marketing: Sequence[str] | None = None,
+    ) -> None:
+        found = [LawfulBasis(basis) for basis in bases if basis is not None] or [purpose.default_basis]
+        self.purpose = purpose.key
+        self.bases = tuple(dict.fromkeys(basis.value for basis in found))  # in channel order, once each
+        others = [basis for basis in self.bases if basis != LawfulBasis.CONSENT.value]
+        instead = []
+        if LawfulBasis.CONSENT in found:  # the person's right is to withdraw it, at any time
+            instead.append("a consent is withdrawn instead (Art. 7(3)): record a withdrawal")
+        if others:
+            instead.append(
+                f"{' and '.join(others)} give{'s' if len(others) == 1 else ''} no right to object "
+                "(Art. 21 covers legitimate interests, a public task and direct marketing)"
+            )
+        if marketing is not None:
+            instead.append(
+                "an objection to direct marketing names a purpose that serves it ("
+                + (", ".join(marketing) or "none is configured")
+                + ")"
+            )
+        super().__init__(
+            f"purpose {purpose.key!r} cannot be objected to: it rests on {' and '.join(self.bases)} "
+            f"for this person: {'; '.join(instead)}; nothing was recorded"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ObjectionTerms:
+    """An objection as checked before it is written (``Ledger._objection_terms``)."""
+
+    purpose: Purpose
+    direct_marketing: bool
+    status: ObjectionStatus
+    decided_by: str | None
+    raised_at: datetime
+    now: datetime
+    source: str
+    actor: str | None
+
+
+def _log_objection(result: dict[str, Any]) -> None:
+    """The log line of an objection written (after its commit): ids, never an address."""
+    log.info(
+        "objection.raised",
+        objection=result["id"],
+        subject=result["subject"],
+        purpose=result["purpose"],
+        direct_marketing=result["direct_marketing"],
+        status=result["status"],
+    )
 
 
 def _objection_view(row: Any) -> dict[str, Any]:

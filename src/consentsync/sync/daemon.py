@@ -3,7 +3,9 @@
 One APScheduler job per configured connector (interval or cron), at most one run of a connector
 at a time (the job's max_instances, and across processes the connector lock), missed runs
 coalesced; daemons sharing a ledger take turns, one run of a connector per interval between them
-(``Daemon._ran_by_another_daemon``). SIGTERM / SIGINT let the page in hand commit, then stop every
+(``Daemon._ran_by_another_daemon``). Its own jobs besides: the expiry sweep every minute (each run
+sweeps too, before its pushes: docs/daemon-ops.md, "Consents that expire"), signed checkpoints and
+the hub's upkeep where configured. SIGTERM / SIGINT let the page in hand commit, then stop every
 run cleanly and exit.
 SIGHUP (a closed terminal, a supervisor's "reload") neither kills the daemon mid-run nor reloads the
 configuration: it is logged, saying to restart the daemon to apply a changed config, and every
@@ -33,7 +35,7 @@ from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
-from consentsync.sync.engine import RunReport, SyncEngine
+from consentsync.sync.engine import RunReport, SyncEngine, apply_due_expiries
 from consentsync.sync.heartbeat import Heartbeat, running_daemons
 from consentsync.sync.lease import on_crashed
 from consentsync.sync.locks import RunInProgress
@@ -94,6 +96,10 @@ class Daemon:
         self.heartbeat.start()
         self._schedule_checkpoints()
         self._schedule_hub_upkeep()
+        # The ledger itself is kept current between the runs too: the stored states, exports,
+        # reports and the console read "granted" until an expiry is recorded (each run also
+        # applies those due before it decides its pushes: SyncEngine._expire_due).
+        self._every(EXPIRY_INTERVAL_SECONDS, "ledger-expiry", self.expire_due)
         self.scheduler.start()
         log.info("daemon.started", connectors=[c.name for c in self.config.settings.connectors])
 
@@ -137,6 +143,29 @@ class Daemon:
             coalesce=True,
             next_run_time=_now(),
         )
+
+    def expire_due(self) -> int:
+        """Records the expiries due (``apply_due_expiries``: once each, whatever runs at the same
+        time); returns how many. A failure is logged, in one line, and the next turn tries again."""
+
+        def between() -> None:
+            # A backlog (the first start after an upgrade) must not hold a stop past its grace
+            # period: what is committed stays, the rest is the next start's (or run's).
+            if self.stopping.is_set():
+                raise _Stopped
+
+        try:
+            expired = apply_due_expiries(self.ledger, self.ledger.engine.begin, between=between)
+        except _Stopped:
+            return 0
+        except Exception as error:
+            problem = ledger_problem(error, self.config.ledger_url)
+            # The class only, or the ledger's one-line problem: a message may quote a value.
+            log.error("ledger.expiry_failed", error=problem.message if problem else type(error).__name__)
+            return 0
+        if expired:
+            log.info("ledger.expired", expired=expired)
+        return expired
 
     def hub_upkeep(self) -> None:
         from consentsync.hub.capture import Hub
@@ -366,6 +395,13 @@ class Daemon:
         self._signalled.wait()
         self.stop()
 
+
+class _Stopped(Exception):
+    """The daemon is stopping: its expiry job leaves what it has not committed."""
+
+
+# How often the daemon records the expiries due (a range read of one partial index: cheap).
+EXPIRY_INTERVAL_SECONDS = 60
 
 # The states of another daemon's run that count as this schedule period's run: still going, done,
 # or done but for the pushes the push guard held (a run here would be held the same way).

@@ -17,15 +17,16 @@ import re
 import threading
 import time
 import uuid
+from collections import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, delete, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit, exit_codes
@@ -55,6 +56,7 @@ from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
     audit_entries,
     consent_events,
+    consent_states,
     crm_links,
     crm_snapshots,
     objections,
@@ -67,7 +69,7 @@ from consentsync.ledger.schema import (
     sync_examine,
     sync_runs,
 )
-from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.ledger.service import EXPIRY_SOURCE, Ledger, RecordOutcome, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import (
     END_OF_DAY,
@@ -78,7 +80,7 @@ from consentsync.mapping import (
     crm_key,
     field_value,
 )
-from consentsync.reconcile import Rule, binding_no, no_counts_from, summarise
+from consentsync.reconcile import Rule, binding_no, no_counts_from, serves_direct_marketing, summarise
 from consentsync.sdk.clock import CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
@@ -185,6 +187,9 @@ class RunReport:
     exit_code: int | None = None
     # What a run that did what was asked wants said (a plan applied before: by which run).
     note: str | None = None
+    # Consents whose validity had ended, recorded expired by the run before it decided its
+    # pushes (a dry run's: the expiries it would record).
+    expired: int = 0
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -276,6 +281,34 @@ _LINK_TO_PUSH_COLUMNS = (
 )  # fmt: skip
 
 
+class _AskedFor(abc.Mapping[str, Any]):
+    """An ``ours`` for ``Mapping.updates_for`` that holds none of the engine's writes and notes
+    the fields it is asked about: those whose opt-out a known earlier value would put back (the
+    mapping asks last, once everything else allows it). ``decide_pushes`` looks its own writes
+    up for these records only, in one batch (``_put_backs``)."""
+
+    def __init__(self) -> None:
+        self.fields: list[str] = []
+
+    def __contains__(self, name: object) -> bool:
+        self.fields.append(str(name))
+        return False
+
+    def __getitem__(self, name: str) -> Any:
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+# A link weighed by ``decide_pushes``: the row, its mapping, (object, record), the object's erasure
+# action, the person's states as they apply to it, the updates the mapping decided.
+_Examined = tuple[Any, Mapping, tuple[str, str], str, dict[tuple[str, str], EffectiveState], dict[str, Any]]
+
+
 class _SnapshotOf(NamedTuple):
     """A written record's link and what its snapshot holds (None where none is kept)."""
 
@@ -351,6 +384,95 @@ def pages_read(records: Iterable[T], size: int) -> Iterator[list[T]]:
         raise
     if page:
         yield page
+
+
+# Consents expired a transaction: a sync run's expiry step and the daemon's schedule.
+EXPIRY_BATCH = 1000
+
+
+def apply_due_expiries(
+    ledger: Ledger,
+    transaction: Callable[[], AbstractContextManager[Connection]],
+    *,
+    run_id: str | None = None,
+    batch_size: int = EXPIRY_BATCH,
+    between: Callable[[], None] = lambda: None,
+    outcomes: list[RecordOutcome] | None = None,
+) -> int:
+    """Records an ``expired`` event (as ``consentsync ledger expire`` does: ``Ledger.expire_due``,
+    its evidence, its audit entries, its change feed entry) for every consent granted and past its
+    validity window, ``batch_size`` a transaction of ``transaction()``; returns how many.
+
+    Each batch is looked up inside its write transaction, under the ledger's writer lock (every
+    writer takes it at BEGIN: ledger/engine.py): two runs at once (two connectors, the daemon's
+    schedule) expire a consent once, the second finding it no longer due. A batch commits whole or
+    not at all, so a process killed midway leaves the rest due, and the next call ends where an
+    uninterrupted one would. The lookup is a range of ``ix_consent_states_expires_at`` (partial:
+    only the consents that have an expiry), never a scan of the ledger; it walks the due ones by
+    key, so a consent its expiry does not move (an event already recorded) is passed once a call,
+    not looked up again forever. ``between`` is called after each batch (a stop requested raises
+    there); ``outcomes``, when given, gets each recorded expiry's before and after (a dry run's
+    plan)."""
+    now = ledger.clock()
+    after: tuple[Any, ...] | None = None
+    expired = 0
+    key = (
+        consent_states.c.expires_at,
+        consent_states.c.subject_id,
+        consent_states.c.purpose,
+        consent_states.c.channel,
+    )
+    while True:
+        with transaction() as conn:
+            query = select(*key, consent_states.c.basis).where(
+                consent_states.c.status == ConsentStatus.GRANTED.value, consent_states.c.expires_at <= now
+            )
+            if after is not None:
+                # Each bound as its column's type (the times as the ledger stores them).
+                query = query.where(tuple_(*key) > tuple_(*map(literal, after, (c.type for c in key))))
+            due = conn.execute(query.order_by(*key).limit(batch_size)).all()
+            if not due:
+                return expired
+            requests = [
+                RecordRequest(
+                    Identity(subject_id=row.subject_id),
+                    Evidence(
+                        purpose=row.purpose,
+                        channel=row.channel,
+                        status=ConsentStatus.EXPIRED,
+                        basis=LawfulBasis(row.basis),
+                        event_time=row.expires_at,
+                        observed_at=now,
+                        source=EXPIRY_SOURCE,
+                        origin=Origin.SYSTEM,
+                        actor="consentsync",
+                    ),
+                )
+                for row in due
+                if _expires(ledger, row.purpose, row.channel)
+            ]
+            if requests:
+                stats, recorded = ledger.record_in(
+                    conn, requests, run_id=run_id, keep_outcomes=outcomes is not None
+                )
+                failpoint("sync.expire.recorded")  # a batch recorded, not yet committed
+                expired += stats.recorded
+                if outcomes is not None:
+                    outcomes += [outcome for outcome in recorded if not outcome.duplicate]
+        last = due[-1]
+        after = (last.expires_at, last.subject_id, last.purpose, last.channel)
+        if len(due) < batch_size:
+            return expired
+        between()
+
+
+def _expires(ledger: Ledger, purpose_key: str, channel: str) -> bool:
+    """Whether the configuration still gives the consent a validity: a purpose (or channel)
+    taken out of it, or left without ``validity_days``, keeps its stored states, and an expiry
+    recorded for one would be refused as unknown (every run failing on it) or contradict what
+    the state, decided under the configuration, says."""
+    purpose = ledger.purposes.get(purpose_key)
+    return purpose is not None and purpose.validity_days is not None and channel in purpose.channels
 
 
 class SyncEngine:
@@ -458,6 +580,10 @@ class SyncEngine:
             if dry_run:
                 self._plan(report, until=until, full=full)
             else:
+                # Before anything decides a push: a consent whose validity ended since the last
+                # run is recorded expired, and so announced to every connector (its CRM records
+                # were told "granted" and must be told otherwise), without an operator's step.
+                self._expire_due(report)
                 self._catch_up_feed(report)
                 try:
                     self._pull(report, until=until, full=full, dry_run=False)
@@ -586,6 +712,9 @@ class SyncEngine:
                 outer = conn.begin()
                 self._shared = conn
                 try:
+                    # Recorded in this transaction, rolled back with it: the plan shows the
+                    # expiries due and the pushes they imply, and the ledger keeps nothing.
+                    self._expire_due(report, dry_run=True)
                     self._catch_up_feed(report)
                     self._pull(
                         report,
@@ -1619,7 +1748,9 @@ class SyncEngine:
         )
         for row in conn.execute(upheld):
             for purpose in purposes.values():
-                if purpose.key != row.purpose and not (row.direct_marketing and purpose.direct_marketing):
+                if purpose.key != row.purpose and not (
+                    row.direct_marketing and serves_direct_marketing(purpose)
+                ):
                     continue
                 for channel in purpose.channels:
                     summary = summaries.get((row.subject_id, purpose.key, channel))
@@ -1906,6 +2037,12 @@ class SyncEngine:
         decided = DecidedPushes([], [], 0, records, queued, merged)
         superseded = decided.superseded
         writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
+        # Never a put-back in suppress_only mode (it clears an opt-out): nothing to look up.
+        asked = _AskedFor() if self.options.mode != "suppress_only" else None
+        examined: list[_Examined] = []
+        # The records whose opt-out of ours would be put back: by (object, record), their place
+        # in ``examined``, snapshot and the fields asked about.
+        put_backs: dict[tuple[str, str], tuple[int, Any, dict[str, Any], list[str]]] = {}
         for row in rows:
             mapping = self.by_object[row.object_type]
             key = (row.object_type, row.record_id)
@@ -1930,13 +2067,22 @@ class SyncEngine:
                 # back under that address after the erasure (made under its entry): their own
                 # state decides, which starts suppressed until their new consent lifts it.
                 subject_states = _address_erased(subject_states)
-            updates = (
-                # A record kept by the CRM after it went into another (a converted lead): only
-                # the erasure's own action reaches it, never the person's consents.
-                {}
-                if row.gone_at is not None
-                else self._not_shown_yet(row, mapping.updates_for(known, subject_states), known)
-            )
+            # A record kept by the CRM after it went into another (a converted lead): only the
+            # erasure's own action reaches it, never the person's consents.
+            updates: dict[str, Any] = {}
+            if row.gone_at is None:
+                updates = mapping.updates_for(known, subject_states, ours=asked)
+                if asked is not None and asked.fields:
+                    put_backs[key] = (len(examined), row, known, asked.fields)
+                    asked.fields = []
+                updates = self._not_shown_yet(row, updates, known)
+            examined.append((row, mapping, key, erasure, subject_states, updates))
+        for key, ours in self._put_backs(conn, put_backs, queued).items() if put_backs else ():
+            at, _row, known, _fields = put_backs[key]
+            row, mapping, key, erasure, subject_states, _updates = examined[at]
+            updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states, ours=ours), known)
+            examined[at] = (row, mapping, key, erasure, subject_states, updates)
+        for row, mapping, key, erasure, subject_states, updates in examined:
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
             if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
@@ -1971,6 +2117,73 @@ class SyncEngine:
                 )
             )
         return decided
+
+    def _put_backs(
+        self,
+        conn: Connection,
+        asked: dict[tuple[str, str], tuple[int, Any, dict[str, Any], list[str]]],
+        queued: dict[tuple[str, str], list[QueuedRow]],
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """``ours`` (``Mapping.updates_for``) for the records whose mapping would put back an
+        opt-out this project wrote (``asked``, from ``decide_pushes``): each field asked about
+        whose value the record's snapshot shows is the one our latest acknowledged write of it
+        set, with the value the field held before that write (that push's ``crm.pushed`` entry's
+        ``old``; None where not found, which keeps the opt-out). A field written again since and
+        not acknowledged (sent, its answer lost, refused, given up) is unknown: left out. Two
+        lookups for the batch, by index: the writes sent and not acknowledged (the partial
+        ``ix_outbox_unanswered``) and the people's ``crm.pushed`` entries (by subject id)."""
+        latest: dict[tuple[str, str], dict[str, QueuedRow]] = {}
+        for key, (_at, _row, _known, fields) in asked.items():
+            for old in queued.get(key, ()):  # oldest first
+                if old.status == "done" and old.action == WriteAction.UPDATE.value:
+                    for name in set(fields).intersection(orjson.loads(old.fields)):
+                        latest.setdefault(key, {})[name] = old
+        by_object: dict[str, list[str]] = {}
+        for object_type, record_id in latest:
+            by_object.setdefault(object_type, []).append(record_id)
+        for object_type, record_ids in by_object.items():
+            for sent_id, record_id, fields in select_in(
+                conn,
+                outbox,
+                ("id", "record_id", "fields"),
+                "record_id",
+                sorted(record_ids),
+                equal=(("connector", self.name), ("object_type", object_type)),
+                where=OUTBOX_UNANSWERED,
+            ):
+                ours, sent = latest[(object_type, record_id)], orjson.loads(fields)
+                for name in [name for name, done in ours.items() if done.id < sent_id and name in sent]:
+                    del ours[name]
+        # Only where the record still shows what that write set: a value changed since (a user
+        # unticking and ticking again) is theirs.
+        kept: dict[tuple[str, str], dict[str, int]] = {}
+        for key, ours in latest.items():
+            _at, row, known, _fields = asked[key]
+            for name, done in ours.items():
+                written = self.connector.as_read_back(
+                    RecordUpdate(row.object_type, row.record_id, orjson.loads(done.fields))
+                )
+                if name in known and name in written and crm_key(known[name]) == crm_key(written[name]):
+                    kept.setdefault(key, {})[name] = done.id
+        if not kept:
+            return {}
+        olds: dict[int, dict[str, Any]] = {}
+        for (payload,) in select_in(
+            conn,
+            audit_entries,
+            ("payload",),
+            "subject_id",
+            sorted({asked[key][1].subject_id for key in kept}),
+            equal=(("action", "crm.pushed"),),
+        ):
+            entry = orjson.loads(payload)
+            what = entry.get("what") or {}
+            if what.get("connector") == self.name and isinstance(entry.get("old"), dict):
+                olds[what.get("outbox")] = entry["old"]
+        return {
+            key: {name: olds.get(done, {}).get(name) for name, done in fields.items()}
+            for key, fields in kept.items()
+        }
 
     def _write_pushes(
         self, conn: Connection, decided: DecidedPushes, report: RunReport, now: datetime
@@ -2077,6 +2290,38 @@ class SyncEngine:
             and options.guard_max_records is None
             and options.guard_max_share is None
         )
+
+    def _expire_due(self, report: RunReport, *, dry_run: bool = False) -> None:
+        """Applies the expiries due (``apply_due_expiries``) in this run's write transactions
+        (lease checked, the events and audit entries naming the run); a dry run's in its shared
+        transaction, each expiry listed among the plan's ledger changes."""
+        outcomes: list[RecordOutcome] | None = [] if dry_run else None
+
+        def between() -> None:
+            if self.stop_requested.is_set():
+                raise _Stop
+
+        report.expired = apply_due_expiries(
+            self.ledger,
+            self._transaction,
+            run_id=report.run_id,
+            batch_size=self.options.batch_size,
+            between=between,
+            outcomes=outcomes,
+        )
+        if report.expired:
+            # Counts only: which people is in the audit chain, under the run's id.
+            log.info("ledger.expired", expired=report.expired, dry_run=dry_run)
+        if outcomes:
+            report.plan_changes += [
+                # "granted" is what the ledger holds until the expiry is recorded (the clock
+                # already decides the effective state: before and after would read the same).
+                PlannedChange(
+                    o.subject_uid, o.after.purpose, o.after.channel, "granted", _brief(o.after), o.after.rule
+                )
+                for o in outcomes
+                if o.after is not None
+            ]
 
     def _catch_up_feed(self, report: RunReport) -> None:
         with self._transaction() as conn:

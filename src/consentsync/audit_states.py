@@ -1,0 +1,298 @@
+"""``audit verify``'s check that each person's current state (``consent_states``) is what their
+consent events make of it (docs/tamper-evidence.md, "Current states and consent events agree").
+
+A state row is a digest of the events: the ledger folds every event of one (person, purpose,
+channel) into a ``reconcile.Summary`` and keeps it, beside what that summary says (status, basis,
+since, expiry) for the queries that look states up by them. The decisions read the summary (``subject
+show``, ``/v1/decisions``, the pushes to the CRMs), so a summary edited in place (a withdrawal
+made a grant, a sticky no cleared) would undo the person's no while the chain, and the events it
+holds (``audit.agreement``), stay whole. The events are the record; the row must be their fold.
+
+This check folds each key's events again, with the ledger's own fold (``reconcile.summarise`` over
+``service._event_evidence``, as ``Ledger._refold`` does), and compares:
+
+- the summary, field by field; a summary written by an older version of the fold is not compared
+  (the ledger folds the events again whenever it reads one: it decides nothing);
+- for a purpose and channel still configured, the columns the ledger derives from the summary and
+  the purpose: ``status`` (the evidence's status; ``expired`` too once a lapse is on record),
+  ``basis``, ``since`` and ``expires_at``. ``suppressed`` and ``rule`` are the effective values as
+  of the row's last write (the person's flags and objections then, the clock then): readers
+  compute them again, and nothing is derived from them.
+
+One part of the fold is configuration, not evidence: which sources are trusted to reverse a
+sticky no (``policy.trusted_sources``). The ledger folds each event under the policy of its day
+and keeps the result, so a summary's ``trusted_opt_in_at`` may differ from a fold under today's
+policy. It passes when it is none or earlier (more restrictive), or the time of one of the key's
+own new consents (granted, on consent, evidenced, from a capture) whose source is trusted no more.
+
+One pass over each table, both in person order (``consent_events`` by its index on the person,
+``consent_states`` by its key), a page of rows at a time: a person's events are held while they
+are compared, nothing else. Messages name the person by uid and row id, the purpose and channel,
+and show statuses and times only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from itertools import groupby
+from operator import attrgetter
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, select
+
+from consentsync.audit import CheckResult
+from consentsync.domain import (
+    ConsentStatus,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    Purpose,
+    SoftOptIn,
+    iso,
+)
+from consentsync.ledger.schema import consent_events, consent_states, subjects
+from consentsync.ledger.service import SOFT_OPT_IN_COLUMNS
+from consentsync.reconcile import NO_EVIDENCE, Policy, Ranked, Summary, consent_state, summarise
+
+_SUMMARY_FIELDS = tuple(item.name for item in fields(Summary))
+# An event's columns in the order ``Evidence`` takes them (``_evidence``), then its fingerprint.
+_EVENTS = select(
+    consent_events.c.subject_id,
+    consent_events.c.purpose,
+    consent_events.c.channel,
+    consent_events.c.status,
+    consent_events.c.basis,
+    consent_events.c.event_time,
+    consent_events.c.recorded_at,
+    consent_events.c.source,
+    consent_events.c.origin,
+    consent_events.c.actor,
+    consent_events.c.notice_version,
+    consent_events.c.double_opt_in_at,
+    consent_events.c.evidence_ref,
+    consent_events.c.fingerprint,
+    *(consent_events.c[name] for name in SOFT_OPT_IN_COLUMNS),
+).order_by(consent_events.c.subject_id)
+# A dict lookup first: calling an enum costs ten times as much (as ``Ranked.from_json`` does).
+_STATUSES = {status.value: status for status in ConsentStatus}
+_BASES = {basis.value: basis for basis in LawfulBasis}
+_ORIGINS = {origin.value: origin for origin in Origin}
+_STATES = select(
+    consent_states.c.subject_id,
+    consent_states.c.purpose,
+    consent_states.c.channel,
+    consent_states.c.summary,
+    consent_states.c.status,
+    consent_states.c.basis,
+    consent_states.c.since,
+    consent_states.c.expires_at,
+).order_by(consent_states.c.subject_id)
+Key = tuple[str, str]  # (purpose, channel)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatesResult(CheckResult):
+    states: int = 0  # state rows compared (and keys with events but no row)
+    events: int = 0
+    older_fold: int = 0  # summaries of an older fold: the ledger refolds them, not compared
+    disagreeing: int = 0  # state rows that differ from their events
+
+
+def states(
+    conn: Connection, purposes: Mapping[str, Purpose], policy: Policy, batch: int = 5000
+) -> StatesResult:
+    """Every state row against the fold of its events; the first that differs is named (people
+    by id, then purpose and channel), with how many differ in all."""
+    event_rows = conn.execute(_EVENTS.execution_options(yield_per=batch))
+    state_rows = conn.execute(_STATES.execution_options(yield_per=batch))
+    compared = events = older = disagreeing = 0
+    first: tuple[int, str] | None = None
+    for subject_id, theirs, rows in _people(event_rows, state_rows):
+        evidence: dict[Key, list[Evidence]] = {}
+        for row in theirs:
+            events += 1
+            evidence.setdefault((row[1], row[2]), []).append(_evidence(row))
+        stored = {(row.purpose, row.channel): row for row in rows}
+        for key in sorted(evidence.keys() | stored.keys()):
+            compared += 1
+            problem, old = _compare(key, stored.get(key), evidence.get(key, []), purposes, policy)
+            older += old
+            if problem is not None:
+                disagreeing += 1
+                if first is None:
+                    first = (subject_id, problem)
+    if first is None:
+        return StatesResult(ok=True, states=compared, events=events, older_fold=older)
+    subject_id, problem = first
+    uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == subject_id)).scalar()
+    more = f" ({disagreeing - 1} more state rows disagree)" if disagreeing > 1 else ""
+    return StatesResult(
+        ok=False,
+        problem=f"subject {uid} (id {subject_id}), {problem}: edited outside consentsync{more}",
+        states=compared,
+        events=events,
+        older_fold=older,
+        disagreeing=disagreeing,
+    )
+
+
+def _evidence(row: Any) -> Evidence:
+    """The event as the ledger folds it: ``service._event_evidence`` (which ``Ledger._refold``
+    reads events with; a test holds the two to the same result), from the row's columns in
+    order, a third of its cost over a million events. Under the fingerprint the ledger stored:
+    the one it folded then (an older version's formula may print the same event otherwise, and
+    only the order of two otherwise equal values depends on it)."""
+    (_subject, purpose, channel, status, basis, event_time, recorded_at, source, origin) = row[:9]
+    (actor, notice_version, double_opt_in_at, evidence_ref, fingerprint, *soft) = row[9:]
+    soft_opt_in = None
+    if all(soft):
+        try:
+            soft_opt_in = SoftOptIn(*soft)
+        except InvalidInput:  # stored before the bounds existed: not a soft opt-in then
+            soft_opt_in = None
+    evidence = Evidence(
+        purpose,
+        channel,
+        _STATUSES.get(status) or ConsentStatus(status),
+        (_BASES.get(basis) or LawfulBasis(basis)) if basis else None,
+        event_time,
+        recorded_at,
+        source,
+        _ORIGINS.get(origin) or Origin(origin),
+        actor,
+        notice_version,
+        double_opt_in_at,
+        evidence_ref,
+        soft_opt_in,
+    )
+    object.__setattr__(evidence, "_fingerprint", fingerprint)
+    return evidence
+
+
+def _people(events: Iterable[Any], states: Iterable[Any]) -> Iterator[tuple[int, list[Any], list[Any]]]:
+    """(person, their events, their state rows), in person order: the two tables merged by the
+    person's id (an integer: the database orders it as Python does, whatever its collation)."""
+    by_person = attrgetter("subject_id")
+    event_groups = ((k, list(g)) for k, g in groupby(events, by_person))
+    state_groups = ((k, list(g)) for k, g in groupby(states, by_person))
+    event, state = next(event_groups, None), next(state_groups, None)
+    while event is not None or state is not None:
+        if state is None or (event is not None and event[0] < state[0]):
+            assert event is not None
+            yield event[0], event[1], []
+            event = next(event_groups, None)
+        elif event is None or state[0] < event[0]:
+            yield state[0], [], state[1]
+            state = next(state_groups, None)
+        else:
+            yield event[0], event[1], state[1]
+            event, state = next(event_groups, None), next(state_groups, None)
+
+
+def _compare(
+    key: Key, row: Any, evidence: list[Evidence], purposes: Mapping[str, Purpose], policy: Policy
+) -> tuple[str | None, bool]:
+    """What differs between the state row of ``key`` and its events (None: nothing), and whether
+    the row's summary is of an older fold (not compared)."""
+    purpose_key, channel = key
+    where = f"purpose {purpose_key}, channel {channel}"
+    derived = summarise(evidence, policy) if evidence else NO_EVIDENCE
+    if row is None:
+        if derived == NO_EVIDENCE:
+            return None, False  # events that fold to nothing need no row
+        return f"{where}: no state row where {len(evidence)} consent events are (deleted)", False
+    try:
+        data = orjson.loads(row.summary)
+    except orjson.JSONDecodeError:
+        return f"{where}: the summary is no JSON", False
+    if not isinstance(data, dict):
+        return f"{where}: the summary is no summary", False
+    if not Summary.is_current(data):
+        return None, True  # the ledger folds such a summary's events again whenever it reads it
+    try:
+        summary = Summary.from_json(data)
+    except (KeyError, TypeError, ValueError):
+        return f"{where}: the summary does not read as one", False
+    parts = _summary_differences(summary, derived, evidence, policy)
+    purpose = purposes.get(purpose_key)
+    if not parts and purpose is not None and channel in purpose.channels:
+        # The columns, from the summary as stored (it passed): what the ledger wrote beside it.
+        parts = _column_differences(row, summary, purpose, channel)
+    if not parts:
+        return None, False
+    return f"{where}: {'; '.join(parts)}", False
+
+
+def _summary_differences(
+    stored: Summary, derived: Summary, evidence: list[Evidence], policy: Policy
+) -> list[str]:
+    if stored == derived:
+        return []
+    parts = []
+    for name in _SUMMARY_FIELDS:
+        have, said = getattr(stored, name), getattr(derived, name)
+        if have == said:
+            continue
+        if name == "trusted_opt_in_at" and _trusted_then(have, said, evidence, policy):
+            continue
+        if isinstance(have, Ranked) and isinstance(said, Ranked) and _shown(have) == _shown(said):
+            parts.append(f"summary {name} differs from the consent events' (beyond its status and time)")
+        else:
+            parts.append(f"summary {name} is {_shown(have)} where the consent events say {_shown(said)}")
+    return parts
+
+
+def _trusted_then(
+    have: datetime | None, said: datetime | None, evidence: list[Evidence], policy: Policy
+) -> bool:
+    """Whether a stored ``trusted_opt_in_at`` that today's policy does not give can be the
+    ledger's under the policy of its day: none or earlier (a source trusted since: more
+    restrictive), or the time of one of the key's new consents whose source was trusted then."""
+    if have is None or (said is not None and have <= said):
+        return True
+    return any(
+        Policy(frozenset({item.source}), policy.clock_skew).reverses_sticky(item)
+        and policy.credible_time(item) == have
+        for item in evidence
+    )
+
+
+def _column_differences(row: Any, summary: Summary, purpose: Purpose, channel: str) -> list[str]:
+    """The columns ``Ledger._store_states`` derives from the summary and the purpose: the
+    evidence's status (expired once the lapse is on record and the clock had passed it when the
+    row was written), basis, since and expiry."""
+    state = consent_state(summary, purpose, channel)
+    status = (state.evidence_status or state.status).value
+    statuses = {status}
+    lapsed = summary.lapsed_at
+    if status == ConsentStatus.GRANTED.value and state.expires_at and lapsed and lapsed >= state.expires_at:
+        statuses.add(ConsentStatus.EXPIRED.value)
+    parts = []
+    if row.status not in statuses:
+        parts.append(f"status is {row.status} where the summary says {status}")
+    if row.basis != state.basis.value:
+        parts.append(f"basis is {row.basis} where the summary says {state.basis.value}")
+    for name, said in (("since", state.since), ("expires_at", state.expires_at)):
+        have = getattr(row, name)
+        if have != said:
+            parts.append(f"{name} is {_shown(have)} where the summary says {_shown(said)}")
+    return parts
+
+
+def _shown(value: Any) -> str:
+    """Statuses, flags and times only: a value's source, actor or fingerprint is never shown."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Ranked):
+        if value.event_time is None:
+            return f"{value.status.value}, undated"
+        return f"{value.status.value} of {iso(value.event_time)}"
+    if isinstance(value, datetime):
+        return iso(value) or "none"
+    return str(value)
