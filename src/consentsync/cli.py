@@ -416,13 +416,10 @@ def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
 def ledger_expire(as_json: bool) -> None:
     """Record the expiry of every granted consent past its purpose's validity window (every sync
     run and the daemon do it too: docs/policy.md, "Expiry")."""
-    # The sweep the runs and the daemon make, not Ledger.expire_due: a batch a transaction, each
-    # looked up under the writer lock (once whoever sweeps at the same time), and a purpose taken
-    # out of the configuration passed over instead of failing the command on it.
-    from consentsync.sync.engine import apply_due_expiries
-
-    opened = current_ledger()
-    expired = apply_due_expiries(opened, opened.engine.begin)
+    # The sweep the runs and the daemon make: a batch a transaction, each looked up under the
+    # writer lock (once whoever sweeps at the same time), and a purpose taken out of the
+    # configuration passed over instead of failing the command on it.
+    expired = current_ledger().expire_due().recorded
     emit_result({"expired": expired}, as_json, f"expired {expired} consent(s)")
 
 

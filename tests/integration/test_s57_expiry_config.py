@@ -16,7 +16,6 @@ from consentsync.domain import ConsentStatus
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import consent_events
 from consentsync.ledger.service import EXPIRY_SOURCE, RecordRequest
-from consentsync.sync.engine import apply_due_expiries
 from tests.conftest import Cli, Clock, migrated_ledger, record_args
 from tests.integration.helpers import consent_value
 
@@ -59,13 +58,13 @@ def test_a_purpose_taken_out_of_the_config_is_passed_and_an_erased_persons_conse
     clock.advance(minutes=1)
     with migrated_ledger(config_path, clock) as ledger:
         # One a transaction: the purpose passed over between two the sweep records.
-        assert apply_due_expiries(ledger, ledger.engine.begin, batch_size=1) == 2
+        assert ledger.expire_due(batch_size=1).recorded == 2
         with ledger.engine.connect() as conn:
             expired = conn.execute(
                 select(consent_events.c.purpose).where(consent_events.c.source == EXPIRY_SOURCE)
             ).scalars()
             assert sorted(expired) == ["email_marketing", "email_marketing"]  # ada's and erased bob's
-        assert apply_due_expiries(ledger, ledger.engine.begin) == 0
+        assert ledger.expire_due().recorded == 0
 
 
 def test_ledger_expire_passes_a_purpose_taken_out_of_the_config(cli: Cli) -> None:

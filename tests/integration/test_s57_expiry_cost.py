@@ -13,7 +13,6 @@ from consentsync.domain import ConsentStatus
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import consent_states
 from consentsync.ledger.service import Ledger, RecordRequest
-from consentsync.sync.engine import apply_due_expiries
 from tests.conftest import Clock
 from tests.integration.helpers import consent_value
 from tests.integration.test_ledger_query_plans import _capture, _whole_table_reads
@@ -52,7 +51,7 @@ def test_the_expiry_lookup_reads_an_index_range_not_the_ledger(ledger: Ledger, c
     statements = _capture(ledger)
     try:
         # Five a transaction: the later batches' lookups start past the last one's key.
-        assert apply_due_expiries(ledger, ledger.engine.begin, batch_size=5) == 12
+        assert ledger.expire_due(batch_size=5).recorded == 12
     finally:
         event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
     lookups = [(sql, params) for sql, params in statements if "FROM consent_states" in sql and "LIMIT" in sql]
@@ -66,7 +65,7 @@ def test_the_expiry_lookup_reads_an_index_range_not_the_ledger(ledger: Ledger, c
                 assert "ix_consent_states_expires_at" in plan, plan
         finally:
             raw.close()
-    assert apply_due_expiries(ledger, ledger.engine.begin) == 0  # applied once
+    assert ledger.expire_due().recorded == 0  # applied once
 
 
 def test_a_consent_its_expiry_does_not_move_is_passed_not_looked_up_forever(
@@ -76,7 +75,7 @@ def test_a_consent_its_expiry_does_not_move_is_passed_not_looked_up_forever(
     a duplicate, the state stays): the lookup moves past it by key and the call ends, the other
     consents due expired."""
     _people(ledger, clock, due=3, current=0)
-    assert apply_due_expiries(ledger, ledger.engine.begin) == 3
+    assert ledger.expire_due().recorded == 3
     with ledger.engine.begin() as conn:
         stuck = conn.execute(
             update(consent_states)
@@ -86,7 +85,7 @@ def test_a_consent_its_expiry_does_not_move_is_passed_not_looked_up_forever(
     assert stuck == 3
     done: list[int] = []
     worker = threading.Thread(
-        target=lambda: done.append(apply_due_expiries(ledger, ledger.engine.begin, batch_size=1)), daemon=True
+        target=lambda: done.append(ledger.expire_due(batch_size=1).recorded), daemon=True
     )
     worker.start()
     worker.join(timeout=30)

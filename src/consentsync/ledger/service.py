@@ -4,6 +4,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -11,7 +12,21 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, Engine, Row, Table, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -98,8 +113,11 @@ from consentsync.reconcile import (
     summarise,
 )
 from consentsync.rowview import RowView
+from consentsync.sync.failpoints import failpoint
 
 EXPIRY_SOURCE = "consentsync:expiry"
+# Consents expired a transaction (``Ledger.expire_due``).
+EXPIRY_BATCH = 1000
 # How long record_many waits at its end for the analyses of the tables it grew (PostgreSQL).
 STATISTICS_WAIT_SECONDS = 30.0
 # The rules under which a requested consent may be chased: the evidence alone decides the state.
@@ -1377,34 +1395,92 @@ class Ledger:
 
     # -- expiry --------------------------------------------------------------------------------
 
-    def expire_due(self, *, batch_size: int = 2000) -> RecordStats:
-        """Writes an ``expired`` event for every granted consent past its validity window."""
+    def expire_due(
+        self,
+        transaction: Callable[[], AbstractContextManager[Connection]] | None = None,
+        *,
+        run_id: str | None = None,
+        batch_size: int = EXPIRY_BATCH,
+        between: Callable[[], None] = lambda: None,
+        outcomes: list[RecordOutcome] | None = None,
+    ) -> RecordStats:
+        """Records an ``expired`` event (its evidence, its audit entries, its change feed entry)
+        for every consent granted and past its validity window, ``batch_size`` a transaction of
+        ``transaction()`` (by default one of the ledger's own; a sync run passes its write
+        transactions, so that the events name the run). ``consentsync ledger expire``, every sync
+        run before it decides its pushes, and the daemon every minute call it.
+
+        Each batch is looked up inside its write transaction, under the ledger's writer lock
+        (every writer takes it at BEGIN: ledger/engine.py): two callers at once (two connectors'
+        runs, the daemon's schedule) expire a consent once, the second finding it no longer due.
+        A batch commits whole or not at all, so a process killed midway leaves the rest due, and
+        the next call ends where an uninterrupted one would. The lookup is a range of
+        ``ix_consent_states_expires_at`` (partial: only the consents that have an expiry), never
+        a scan of the ledger; it walks the due ones by key, so a consent its expiry does not move
+        is passed once a call, not looked up again forever. A purpose or channel taken out of the
+        configuration, or left without ``validity_days``, is passed over (``_expires``).
+        ``between`` is called after each batch (a stop requested raises there); ``outcomes``,
+        when given, gets each recorded expiry's before and after (a dry run's plan)."""
+        transaction = transaction or self.engine.begin
         now = self.clock()
-        with self.engine.connect() as conn:
-            due = conn.execute(
-                select(consent_states).where(
-                    consent_states.c.status == ConsentStatus.GRANTED.value,
-                    consent_states.c.expires_at <= now,
+        after: tuple[Any, ...] | None = None
+        stats = RecordStats()
+        key = (
+            consent_states.c.expires_at,
+            consent_states.c.subject_id,
+            consent_states.c.purpose,
+            consent_states.c.channel,
+        )
+        while True:
+            with transaction() as conn:
+                query = select(*key, consent_states.c.basis).where(
+                    consent_states.c.status == ConsentStatus.GRANTED.value, consent_states.c.expires_at <= now
                 )
-            ).all()
-        requests = [
-            RecordRequest(
-                Identity(subject_id=row.subject_id),
-                Evidence(
-                    purpose=row.purpose,
-                    channel=row.channel,
-                    status=ConsentStatus.EXPIRED,
-                    basis=LawfulBasis(row.basis),
-                    event_time=row.expires_at,
-                    observed_at=now,
-                    source=EXPIRY_SOURCE,
-                    origin=Origin.SYSTEM,
-                    actor="consentsync",
-                ),
-            )
-            for row in due
-        ]
-        return self.record_many(requests, batch_size=batch_size)
+                if after is not None:
+                    # Each bound as its column's type (the times as the ledger stores them).
+                    query = query.where(tuple_(*key) > tuple_(*map(literal, after, (c.type for c in key))))
+                due = conn.execute(query.order_by(*key).limit(batch_size)).all()
+                if not due:
+                    return stats
+                requests = [
+                    RecordRequest(
+                        Identity(subject_id=row.subject_id),
+                        Evidence(
+                            purpose=row.purpose,
+                            channel=row.channel,
+                            status=ConsentStatus.EXPIRED,
+                            basis=LawfulBasis(row.basis),
+                            event_time=row.expires_at,
+                            observed_at=now,
+                            source=EXPIRY_SOURCE,
+                            origin=Origin.SYSTEM,
+                            actor="consentsync",
+                        ),
+                    )
+                    for row in due
+                    if self._expires(row.purpose, row.channel)
+                ]
+                if requests:
+                    batch, recorded = self.record_in(
+                        conn, requests, run_id=run_id, keep_outcomes=outcomes is not None
+                    )
+                    failpoint("sync.expire.recorded")  # a batch recorded, not yet committed
+                    stats.add(batch)
+                    if outcomes is not None:
+                        outcomes += [outcome for outcome in recorded if not outcome.duplicate]
+            last = due[-1]
+            after = (last.expires_at, last.subject_id, last.purpose, last.channel)
+            if len(due) < batch_size:
+                return stats
+            between()
+
+    def _expires(self, purpose_key: str, channel: str) -> bool:
+        """Whether the configuration still gives the consent a validity: a purpose (or channel)
+        taken out of it, or left without ``validity_days``, keeps its stored states, and an
+        expiry recorded for one would be refused as unknown (every run failing on it) or
+        contradict what the state, decided under the configuration, says."""
+        purpose = self.purposes.get(purpose_key)
+        return purpose is not None and purpose.validity_days is not None and channel in purpose.channels
 
     def stale_requests(self, older_than_days: int) -> list[dict[str, Any]]:
         """Consents requested and still unanswered after ``older_than_days``: people to chase.

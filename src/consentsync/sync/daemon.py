@@ -35,7 +35,7 @@ from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import connector_leases, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import ConnectorError
-from consentsync.sync.engine import RunReport, SyncEngine, apply_due_expiries
+from consentsync.sync.engine import RunReport, SyncEngine
 from consentsync.sync.heartbeat import Heartbeat, running_daemons
 from consentsync.sync.lease import on_crashed
 from consentsync.sync.locks import RunInProgress
@@ -145,7 +145,7 @@ class Daemon:
         )
 
     def expire_due(self) -> int:
-        """Records the expiries due (``apply_due_expiries``: once each, whatever runs at the same
+        """Records the expiries due (``Ledger.expire_due``: once each, whatever runs at the same
         time); returns how many. A failure is logged, in one line, and the next turn tries again."""
 
         def between() -> None:
@@ -155,7 +155,7 @@ class Daemon:
                 raise _Stopped
 
         try:
-            expired = apply_due_expiries(self.ledger, self.ledger.engine.begin, between=between)
+            expired = self.ledger.expire_due(between=between).recorded
         except _Stopped:
             return 0
         except Exception as error:

@@ -19,14 +19,14 @@ import time
 import uuid
 from collections import abc
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import structlog
-from sqlalchemy import Connection, delete, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import Connection, delete, func, insert, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from consentsync import audit, exit_codes
@@ -56,7 +56,6 @@ from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
     audit_entries,
     consent_events,
-    consent_states,
     crm_links,
     crm_snapshots,
     objections,
@@ -69,7 +68,7 @@ from consentsync.ledger.schema import (
     sync_examine,
     sync_runs,
 )
-from consentsync.ledger.service import EXPIRY_SOURCE, Ledger, RecordOutcome, RecordRequest
+from consentsync.ledger.service import Ledger, RecordOutcome, RecordRequest
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.mapping import (
     END_OF_DAY,
@@ -384,95 +383,6 @@ def pages_read(records: Iterable[T], size: int) -> Iterator[list[T]]:
         raise
     if page:
         yield page
-
-
-# Consents expired a transaction: a sync run's expiry step and the daemon's schedule.
-EXPIRY_BATCH = 1000
-
-
-def apply_due_expiries(
-    ledger: Ledger,
-    transaction: Callable[[], AbstractContextManager[Connection]],
-    *,
-    run_id: str | None = None,
-    batch_size: int = EXPIRY_BATCH,
-    between: Callable[[], None] = lambda: None,
-    outcomes: list[RecordOutcome] | None = None,
-) -> int:
-    """Records an ``expired`` event (as ``consentsync ledger expire`` does: ``Ledger.expire_due``,
-    its evidence, its audit entries, its change feed entry) for every consent granted and past its
-    validity window, ``batch_size`` a transaction of ``transaction()``; returns how many.
-
-    Each batch is looked up inside its write transaction, under the ledger's writer lock (every
-    writer takes it at BEGIN: ledger/engine.py): two runs at once (two connectors, the daemon's
-    schedule) expire a consent once, the second finding it no longer due. A batch commits whole or
-    not at all, so a process killed midway leaves the rest due, and the next call ends where an
-    uninterrupted one would. The lookup is a range of ``ix_consent_states_expires_at`` (partial:
-    only the consents that have an expiry), never a scan of the ledger; it walks the due ones by
-    key, so a consent its expiry does not move (an event already recorded) is passed once a call,
-    not looked up again forever. ``between`` is called after each batch (a stop requested raises
-    there); ``outcomes``, when given, gets each recorded expiry's before and after (a dry run's
-    plan)."""
-    now = ledger.clock()
-    after: tuple[Any, ...] | None = None
-    expired = 0
-    key = (
-        consent_states.c.expires_at,
-        consent_states.c.subject_id,
-        consent_states.c.purpose,
-        consent_states.c.channel,
-    )
-    while True:
-        with transaction() as conn:
-            query = select(*key, consent_states.c.basis).where(
-                consent_states.c.status == ConsentStatus.GRANTED.value, consent_states.c.expires_at <= now
-            )
-            if after is not None:
-                # Each bound as its column's type (the times as the ledger stores them).
-                query = query.where(tuple_(*key) > tuple_(*map(literal, after, (c.type for c in key))))
-            due = conn.execute(query.order_by(*key).limit(batch_size)).all()
-            if not due:
-                return expired
-            requests = [
-                RecordRequest(
-                    Identity(subject_id=row.subject_id),
-                    Evidence(
-                        purpose=row.purpose,
-                        channel=row.channel,
-                        status=ConsentStatus.EXPIRED,
-                        basis=LawfulBasis(row.basis),
-                        event_time=row.expires_at,
-                        observed_at=now,
-                        source=EXPIRY_SOURCE,
-                        origin=Origin.SYSTEM,
-                        actor="consentsync",
-                    ),
-                )
-                for row in due
-                if _expires(ledger, row.purpose, row.channel)
-            ]
-            if requests:
-                stats, recorded = ledger.record_in(
-                    conn, requests, run_id=run_id, keep_outcomes=outcomes is not None
-                )
-                failpoint("sync.expire.recorded")  # a batch recorded, not yet committed
-                expired += stats.recorded
-                if outcomes is not None:
-                    outcomes += [outcome for outcome in recorded if not outcome.duplicate]
-        last = due[-1]
-        after = (last.expires_at, last.subject_id, last.purpose, last.channel)
-        if len(due) < batch_size:
-            return expired
-        between()
-
-
-def _expires(ledger: Ledger, purpose_key: str, channel: str) -> bool:
-    """Whether the configuration still gives the consent a validity: a purpose (or channel)
-    taken out of it, or left without ``validity_days``, keeps its stored states, and an expiry
-    recorded for one would be refused as unknown (every run failing on it) or contradict what
-    the state, decided under the configuration, says."""
-    purpose = ledger.purposes.get(purpose_key)
-    return purpose is not None and purpose.validity_days is not None and channel in purpose.channels
 
 
 class SyncEngine:
@@ -2292,7 +2202,7 @@ class SyncEngine:
         )
 
     def _expire_due(self, report: RunReport, *, dry_run: bool = False) -> None:
-        """Applies the expiries due (``apply_due_expiries``) in this run's write transactions
+        """Applies the expiries due (``Ledger.expire_due``) in this run's write transactions
         (lease checked, the events and audit entries naming the run); a dry run's in its shared
         transaction, each expiry listed among the plan's ledger changes."""
         outcomes: list[RecordOutcome] | None = [] if dry_run else None
@@ -2301,14 +2211,13 @@ class SyncEngine:
             if self.stop_requested.is_set():
                 raise _Stop
 
-        report.expired = apply_due_expiries(
-            self.ledger,
+        report.expired = self.ledger.expire_due(
             self._transaction,
             run_id=report.run_id,
             batch_size=self.options.batch_size,
             between=between,
             outcomes=outcomes,
-        )
+        ).recorded
         if report.expired:
             # Counts only: which people is in the audit chain, under the run's id.
             log.info("ledger.expired", expired=report.expired, dry_run=dry_run)
