@@ -256,7 +256,8 @@ def _print_report(report: Any) -> None:
         f"  read {c.read} records ({c.unchanged_records} with nothing new), quarantined {c.quarantined}\n"
         f"  evidence recorded {c.evidence_recorded} ({c.evidence_duplicates} already known), "
         f"ledger state changes {c.state_changes}, new subjects {c.subjects_created}\n"
-        f"  pushes to the CRM: done {c.pushed}, failed {c.push_failed}\n"
+        + (f"  consents expired (validity ended) {c.expired}\n" if c.expired else "")
+        + f"  pushes to the CRM: done {c.pushed}, failed {c.push_failed}\n"
         f"  API calls {c.api_calls}" + (f" (org usage {c.api_used}/{c.api_limit})" if c.api_limit else "")
     )
     if c.pushes_held:

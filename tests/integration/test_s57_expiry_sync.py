@@ -149,7 +149,7 @@ def test_a_consent_expiring_between_runs_is_pushed_by_the_next_sync(
     wait_past(ends)
     second = synced(opened(config))
     assert harness.read_opted_out(record_id), "the expired consent never reached the CRM"
-    assert (second.expired, second.counts.pushed) == (1, 1), second.counts
+    assert (second.counts.expired, second.counts.pushed) == (1, 1), second.counts
     (state,) = [s for s in ledger.subject_view(email)["purposes"] if s["purpose"] == "email_marketing"]
     assert (state["status"], state["suppressed"], state["rule"]) == ("expired", True, "validity_expired")
     assert stored_statuses(ledger) == ["expired"]
@@ -159,7 +159,9 @@ def test_a_consent_expiring_between_runs_is_pushed_by_the_next_sync(
     assert entry["run"] == second.run_id and entry["source"] == EXPIRY_SOURCE
     entries = audit_count(ledger)
     third = synced(opened(config))
-    assert (third.expired, third.counts.pushed, third.counts.pushes_enqueued) == (0, 0, 0), third.counts
+    assert (third.counts.expired, third.counts.pushed, third.counts.pushes_enqueued) == (0, 0, 0), (
+        third.counts
+    )
     assert len(expiry_events(ledger)) == 1
     assert not any(e["action"] == "consent.recorded" for e in _entries_after(ledger, entries))
 
@@ -185,7 +187,7 @@ def test_a_dry_run_writes_nothing_and_plans_the_expiry_and_its_push(
     wait_past(ends)
     entries = audit_count(ledger)
     plan = synced(opened(config), dry_run=True)
-    assert plan.expired == 1
+    assert plan.counts.expired == 1
     uid = ledger.subject_view(email)["subject"]
     assert [(c.subject, c.purpose, c.before, c.after, c.rule) for c in plan.plan_changes] == [
         (uid, "email_marketing", "granted", "expired (suppressed)", "validity_expired")
@@ -198,7 +200,7 @@ def test_a_dry_run_writes_nothing_and_plans_the_expiry_and_its_push(
         assert conn.execute(select(func.count()).select_from(outbox)).scalar_one() == 0
     assert not harness.read_opted_out(record_id)
     real = synced(opened(config))
-    assert (real.expired, real.counts.pushed) == (1, 1)
+    assert (real.counts.expired, real.counts.pushed) == (1, 1)
     assert harness.read_opted_out(record_id)
 
 
@@ -239,7 +241,7 @@ def test_two_connectors_syncing_at_once_expire_a_consent_once_and_both_crms_are_
         for thread in threads:
             thread.join(timeout=120)
         assert {name: r.status for name, r in reports.items()} == dict.fromkeys(ids, "succeeded")
-        assert sum(r.expired for r in reports.values()) == len(emails)
+        assert sum(r.counts.expired for r in reports.values()) == len(emails)
         events = expiry_events(ledger)
         assert len(events) == len({(s, p) for s, p, _ in events}) == len(emails), events
         assert len(expiries_audited(ledger)) == len(emails)
@@ -280,6 +282,8 @@ def test_a_sync_killed_while_expiring_ends_as_an_uninterrupted_one(
         sync_command(config, "contract"), env=env, capture_output=True, text=True, timeout=120
     )
     assert resumed.returncode == 0, resumed.stderr[-600:]
+    # The run says what it expired (the other 3), as it says what it recorded.
+    assert "consents expired (validity ended) 3" in resumed.stdout, resumed.stdout
     events = expiry_events(ledger)
     assert len(events) == len({(s, p) for s, p, _ in events}) == len(emails), events
     assert len(expiries_audited(ledger)) == len(emails)
@@ -291,7 +295,7 @@ def test_a_sync_killed_while_expiring_ends_as_an_uninterrupted_one(
         ).scalars()
         assert {as_utc(t) for t in times} == {ends}, "an expiry dated otherwise than its validity's end"
     again = synced(opened(config))
-    assert (again.expired, again.counts.pushed) == (0, 0)
+    assert (again.counts.expired, again.counts.pushed) == (0, 0)
 
 
 def test_the_daemon_records_the_expiries_due_between_runs(
@@ -329,7 +333,7 @@ def test_the_daemon_records_the_expiries_due_between_runs(
             assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
         report = daemon.run_connector("contract")
         assert report is not None and report.status == "succeeded", report
-        assert (report.expired, report.counts.pushed) == (0, 1)
+        assert (report.counts.expired, report.counts.pushed) == (0, 1)
         assert harness.read_opted_out(record_id)
         assert len(expiry_events(ledger)) == 1
     finally:

@@ -186,9 +186,6 @@ class RunReport:
     exit_code: int | None = None
     # What a run that did what was asked wants said (a plan applied before: by which run).
     note: str | None = None
-    # Consents whose validity had ended, recorded expired by the run before it decided its
-    # pushes (a dry run's: the expiries it would record).
-    expired: int = 0
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -405,6 +402,7 @@ class SyncEngine:
         connector_reading = None if reading is None else str(reading)
         self._read_digests = {m.object: reading_digest(m, connector_reading) for m in self.mappings}
         self._rereading: set[str] = set()  # the reads of this run going through everything again
+        self._history_bounds: dict[str, Cursor] = {}  # theirs, where one is known (``_reads``)
         self.options = options or SyncOptions()
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
@@ -683,12 +681,24 @@ class SyncEngine:
         cursor of their own), each from its stored cursor."""
         reads: list[_Read] = []
         self._rereading = set()
+        self._history_bounds = {}
         for mapping in self.mappings:
             keys = [mapping.object]
             if self.connector.reads_deletions and not dry_run:
                 keys.append(mapping.object + DELETIONS)
             for key in keys:
                 stored, rethink, again = self._load_read(conn, key)
+                # What the reads before passed of the records' history (``Cursor.history_from``):
+                # kept with the cursor of a read of every record again for as long as it lasts
+                # (``_save_cursor``), so that a run resuming it after a cut (a kill, the budget, a
+                # stop) is handed it again; the position alone is no such bound (the records
+                # after it were read by no read since that bound).
+                passed = (
+                    Cursor(stored.history_from, stored.history_from_id)
+                    if stored.history_from is not None
+                    else None
+                )
+                stored = replace(stored, history_from=None, history_from_id=None)
                 if again is not None:
                     # The stored position says which records changed since the last read, under
                     # the mapping of that read: a record the new mapping reads differently (a
@@ -698,7 +708,15 @@ class SyncEngine:
                     said = f"mapping for {mapping.object} {again}: reading every record again"
                     report.note = f"{report.note}; {said}" if report.note else said
                     log.warning("sync.mapping_changed", object=mapping.object, reason=again)
-                    earlier = stored
+                    if passed is None:
+                        # Where an incremental read would resume, with the configured look-back:
+                        # not the end of the read before (a read cut short by a kill or the
+                        # budget kept its bound though it never reached the records after its
+                        # position), nor its position alone (one more moment of it was read only
+                        # up to the record id). A re-read still under way, cut short and now
+                        # changed again, keeps its own bound (above): the records after its
+                        # position were read by none since, and none before it passed less.
+                        passed = self.connector.resume_from(stored, self._lookback())
                     stored = Cursor()
                 if rethink:
                     self._rereading.add(key)
@@ -717,13 +735,13 @@ class SyncEngine:
                 # already seen there is recognised by its snapshot and costs an API call,
                 # never a second piece of evidence.
                 since = stored if use_full else self.connector.resume_from(stored, self._lookback())
-                if again is not None and not relist:
-                    # Every record again, but not their history: the earlier read's end tells a
-                    # connector that reads records' earlier values (HubSpot's address history)
-                    # what that read already passed (taken, superseded, or left out on
-                    # purpose); only a first read or a full run takes the whole history. The
-                    # position stays empty: every record is read.
-                    since = Cursor(read_until=earlier.read_until or earlier.modstamp)
+                if rethink and not relist and passed is not None and passed.modstamp is not None:
+                    # Every record again, but not their history: the bound tells a connector
+                    # that reads records' earlier values (HubSpot's address history) what the
+                    # reads before already passed (taken, superseded, or left out on purpose);
+                    # only a first read or a full run takes the whole history.
+                    since = replace(since, history_from=passed.modstamp, history_from_id=passed.record_id)
+                    self._history_bounds[key] = passed
                 read = _Read(mapping, key, stored, since, key.endswith(DELETIONS))
                 read.rethink = rethink
                 reads.append(read)
@@ -748,6 +766,9 @@ class SyncEngine:
         data = orjson.loads(row.cursor)
         cursor = Cursor.from_json(data)
         held = data.get(READS_KEY) if isinstance(data, dict) else None
+        if not (isinstance(data, dict) and data.get(REREADING_KEY)):
+            # A history bound belongs to a read of every record again still under way only.
+            cursor = replace(cursor, history_from=None, history_from_id=None)
         if held == wanted:
             # The same mapping; a re-read under it that a crash or a stop cut short goes on.
             return cursor, bool(data.get(REREADING_KEY)), None
@@ -2211,16 +2232,16 @@ class SyncEngine:
             if self.stop_requested.is_set():
                 raise _Stop
 
-        report.expired = self.ledger.expire_due(
+        report.counts.expired = self.ledger.expire_due(
             self._transaction,
             run_id=report.run_id,
             batch_size=self.options.batch_size,
             between=between,
             outcomes=outcomes,
         ).recorded
-        if report.expired:
+        if report.counts.expired:
             # Counts only: which people is in the audit chain, under the run's id.
-            log.info("ledger.expired", expired=report.expired, dry_run=dry_run)
+            log.info("ledger.expired", expired=report.counts.expired, dry_run=dry_run)
         if outcomes:
             report.plan_changes += [
                 # "granted" is what the ledger holds until the expiry is recorded (the clock
@@ -3050,6 +3071,14 @@ class SyncEngine:
     def _save_cursor(
         self, conn: Connection, object_type: str, cursor: Cursor, run_id: str, now: datetime
     ) -> None:
+        # A read of every record again keeps its history bound with its cursor until it ends
+        # (``_reads``): a run that resumes it after a cut must not read the history it passed.
+        bound = self._history_bounds.get(object_type) if object_type in self._rereading else None
+        cursor = replace(
+            cursor,
+            history_from=bound.modstamp if bound else None,
+            history_from_id=bound.record_id if bound else None,
+        )
         stored: dict[str, Any] = dict(cursor.to_json())
         # The mapping the records up to this position were read under, and whether a read of them
         # all under it is under way (``_reads``): a crash in it resumes it as such.

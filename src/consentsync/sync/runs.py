@@ -42,6 +42,9 @@ class RunCounts:
     would_push: list[dict[str, Any]] = field(default_factory=list)
     state_changes: int = 0
     subjects_created: int = 0
+    # Consents whose validity had ended, recorded expired by the run before it decided its pushes
+    # (``Ledger.expire_due``; a dry run's: the expiries it would record).
+    expired: int = 0
     pushes_enqueued: int = 0
     # Examined batches whose pushes a second process decided (sync/ahead.py), and those it decided
     # on what changed before the run wrote them: decided again by the run.
