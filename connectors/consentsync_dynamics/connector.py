@@ -125,6 +125,29 @@ def _created_after(created: Any, seen: datetime | None) -> bool:
         return False
 
 
+def _moment(value: Any) -> datetime | None:
+    """A date and time as Dataverse answers it, or None (absent, not one)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_dataverse_datetime(value)
+    except ValueError:
+        return None
+
+
+def _holds_update_since(details: Sequence[Mapping[str, Any]], modified: datetime) -> bool:
+    """Whether a row's audit history (RetrieveRecordChangeHistory's AuditDetails) holds an
+    update at least as new as ``modified`` (its modifiedon), less :data:`_AUDIT_MARGIN`."""
+    for detail in details:
+        record = detail.get("AuditRecord")
+        if not isinstance(record, Mapping) or record.get("operation") != _AUDIT_UPDATE:
+            continue
+        stamped = _moment(record.get("createdon"))
+        if stamped is not None and stamped >= modified - _AUDIT_MARGIN:
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Entity:
     logical_name: str
@@ -164,6 +187,12 @@ class _ConsentChanges:
 _JOURNEYS_TOKEN = "consentsync-journeys:"
 # How far the service's clocks may disagree: its answers' Date and its rows' createdon.
 _CLOCK_MARGIN = timedelta(seconds=30)
+# How much older than an edited consent row's modifiedon its newest audited update may be and
+# still be that edit's: both stamped in the same transaction, each in whole seconds.
+_AUDIT_MARGIN = timedelta(seconds=1)
+# RetrieveRecordChangeHistory's AuditRecord.operation of an update (audit EntityType: 1 Create,
+# 2 Update, 3 Delete, 4 Access, 5 Upsert).
+_AUDIT_UPDATE = 2
 
 
 def _position(cursor: sdk.Cursor) -> list[str | None]:
@@ -1026,12 +1055,15 @@ class DynamicsConnector(sdk.Connector):
         yield from shown(page)
 
     def _consent_change_wire(self) -> dict[str, str]:
-        """The consent-row columns a read of their changes selects: the address, the purpose, and
-        when the row was created (an edit of an existing row may have moved it)."""
+        """The consent-row columns a read of their changes selects: the address, the purpose,
+        when the row was created (an edit of an existing row may have moved it) and last changed
+        (its audit history answers for the edit only once it holds an update that new)."""
         known = self.describe(CONSENT_TABLE)
         names = ["msdynmkt_contactpointvalue", "msdynmkt_purposeid"]
         if "createdon" in known:
             names.append("createdon")
+        if "modifiedon" in known:
+            names.append("modifiedon")
         return self._wire_names(CONSENT_TABLE, names)
 
     def _consent_changes(self, link: str, wire: Mapping[str, str], seen: datetime | None) -> _ConsentChanges:
@@ -1053,14 +1085,17 @@ class DynamicsConnector(sdk.Connector):
         selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
         if set(wire.values()) - set(selected) - {entity.primary_id}:
             raise _DeltaRefused("the read needs columns the delta link does not select")
-        value, purpose, created_on = (
+        value, purpose, created_on, modified_on = (
             wire["msdynmkt_contactpointvalue"],
             wire["msdynmkt_purposeid"],
             wire.get("createdon"),
+            wire.get("modifiedon"),
         )
         key = self.config.client_secret.encode()
         changes = _ConsentChanges(link, set(), recheck=False)
-        edited: list[str] = []  # rows that existed before a look-up saw them: may have moved
+        # Rows that existed before a look-up saw them (they may have moved), with their
+        # modifiedon as the delta shows it: the edit their audit history has to hold.
+        edited: dict[str, datetime] = {}
         url, first = link, True
         while True:
             body = self._page(url, None, entity, delta=first)
@@ -1080,10 +1115,12 @@ class DynamicsConnector(sdk.Connector):
                     if rid in {journeys.row_id(key, of.lower(), address, g) for g in ids}:
                         continue  # the connector's own row, where it created it
                 if not _created_after(row.get(created_on) if created_on else None, seen):
-                    if rid:
-                        edited.append(rid)
+                    changed = _moment(row.get(modified_on)) if modified_on else None
+                    if rid and changed is not None:
+                        edited[rid] = max(changed, edited.get(rid, changed))
                     else:
-                        changes.recheck = True  # no id to ask its history of
+                        # No id to ask its history of, or no time to know the history is whole.
+                        changes.recheck = True
             if body.get("@odata.nextLink"):
                 url = self._checked_link(body["@odata.nextLink"])
                 continue
@@ -1100,18 +1137,23 @@ class DynamicsConnector(sdk.Connector):
                     changes.addresses |= earlier
             return changes
 
-    def _earlier_addresses(self, row_ids: Sequence[str]) -> set[str] | None:
-        """Every address (:func:`journeys.address_key`) the consent rows ``row_ids`` held before
-        an edit, from their audit history (RetrieveRecordChangeHistory, "Retrieve the history of
-        audited data changes": each audited update's OldValue); None where that history cannot
-        be complete: auditing off for the environment, the consent table or its address column,
-        the history unreadable (the application user lacks prvReadAuditSummary) or paged."""
+    def _earlier_addresses(self, edited: Mapping[str, datetime]) -> set[str] | None:
+        """Every address (:func:`journeys.address_key`) the consent rows ``edited`` (id -> its
+        modifiedon in the delta) held before an edit, from their audit history
+        (RetrieveRecordChangeHistory, "Retrieve the history of audited data changes": each
+        audited update's OldValue); None where that history cannot be complete: auditing off for
+        the environment, the consent table or its address column, the history unreadable (the
+        application user lacks prvReadRecordAuditHistory) or paged, or a row's history without an
+        update as new as its modifiedon. Dataverse may show an audit row late ("Audit logs may
+        show up with a delay", as they are kept in its log storage), while the delta shows the
+        edit at once and its link moves past it: a history read too early would lose the address
+        the row left, for good."""
         if not self._addresses_audited():
             return None
         entity = self._entity(CONSENT_TABLE)
         value = self._consent_change_wire()["msdynmkt_contactpointvalue"]
         found: set[str] = set()
-        pending = sorted(set(row_ids))
+        pending = sorted(edited)
         while pending:
             chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
             parts = []
@@ -1120,7 +1162,7 @@ class DynamicsConnector(sdk.Connector):
                 url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
                 parts.append(PartRequest("GET", url))
             _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
-            for answer in answers:
+            for row_id, answer in zip(chunk, answers, strict=False):
                 history = answer.body.get("AuditDetailCollection") if isinstance(answer.body, dict) else None
                 if answer.status >= 300 or not isinstance(history, dict) or history.get("MoreRecords"):
                     log.warning(
@@ -1130,8 +1172,14 @@ class DynamicsConnector(sdk.Connector):
                         code=answer.error[0] if answer.status >= 300 else None,
                     )
                     return None
-                for detail in history.get("AuditDetails") or []:
-                    old = detail.get("OldValue") if isinstance(detail, dict) else None
+                details = [d for d in history.get("AuditDetails") or [] if isinstance(d, dict)]
+                if not _holds_update_since(details, edited[row_id]):
+                    # Its latest edit is not in the history yet (or was of columns not audited):
+                    # where it moved the row from is unknown.
+                    log.info("dynamics.audit_history_behind", connector=self.name, row=row_id)
+                    return None
+                for detail in details:
+                    old = detail.get("OldValue")
                     if isinstance(old, dict) and (address := journeys.address_key(old.get(value))):
                         found.add(address)
             if len(answers) < len(parts):

@@ -363,11 +363,12 @@ class SuperOfficeConnector(sdk.Connector):
         one starts at that moment (its floor), walking that day's pages again and handing on
         only what changed since: a sweep cut across runs is followed, in the run that ends it, by
         the next one. A day holding no change is skipped by asking for the first change after
-        it (``updatedDate after '<day>'``). A sweep begun again on the floor's day asks first for
-        that day's page newest first (``_Sweeps._latest``): where it holds every change since the
-        floor, the day is done without its walk. Records come in (second, person) order within a
-        page; across pages of a day in the order of the walk (the token, not the records'
-        seconds, is the position)."""
+        it (``updatedDate after '<day>'``). With ``latest_page_first`` (off by default: it
+        assumes the archive orders by the full updated time), a sweep begun again on the floor's
+        day asks first for that day's page newest first (``_Sweeps._latest``): where it holds
+        every change since the floor, the day is done without its walk. Records come in (second,
+        person) order within a page; across pages of a day in the order of the walk (the token,
+        not the records' seconds, is the position)."""
         _check_object(object_type)
         wanted = purpose_fields(fields)
         self.expected_records = None
@@ -824,7 +825,11 @@ class _Sweeps:
             midnight = datetime.combine(walk.day, time(), UTC)
             if midnight >= self.end:
                 return
-            latest = self._latest() if walk.latest or self._at_floor_day_start() else None
+            # Opt-in (``latest_page_first``): the page is whole only where the archive orders by
+            # the full time, which SuperOffice does not document. A token cut on a latest page
+            # with the setting since turned off walks the day from its start (below).
+            shortcut = connector.config.latest_page_first and (walk.latest or self._at_floor_day_start())
+            latest = self._latest() if shortcut else None
             if latest is not None:
                 # Every change of the day at or after the floor, in one page: the chunk is the
                 # page (a run cut while handing it on asks for it again: ``latest``).
@@ -866,12 +871,12 @@ class _Sweeps:
     def _latest(self) -> list[_Row] | None:
         """The floor's day's rows changed at or after the floor, where one page newest first
         holds them all: the page is not full, or its oldest row is older than the floor's
-        second (the archive orders by the updated time, not its date part: the connector's first
-        read relies on it too). None otherwise (a busy day's latest page, or rows not in time
-        order): the day is walked by consent id, as every day is. So a sweep begun again on
-        today does not walk today's pages from the first consent id to find the few changes
-        since the last one: a consent changed again keeps its low id, which only the walk, or
-        this order, finds."""
+        second, where the archive orders by the updated time, not its date part (an assumption
+        SuperOffice does not document: only with ``latest_page_first``). None otherwise (a busy
+        day's latest page, or rows not in time order): the day is walked by consent id, as every
+        day is. So a sweep begun again on today does not walk today's pages from the first
+        consent id to find the few changes since the last one: a consent changed again keeps its
+        low id, which only the walk, or this order, finds."""
         walk, connector = self.walk, self.connector
         assert walk.day is not None and walk.floor is not None
         rows, more = connector._latest_page(walk.day)

@@ -61,6 +61,14 @@ class SuperOfficeSettings(ConnectorSettings):
     # is of restriction type "date": SuperOffice uses only its date part. SuperOffice's own
     # examples write days dotted ('2014.3.4').
     restriction_date_format: str = "%Y.%m.%d"
+    # A sweep begun again on the floor's day (today's, every run after a sweep ended) first asks
+    # for that day's one page newest first and, where it holds every change since the floor,
+    # does not walk the day's pages by consent id. Off by default: it relies on the archive
+    # ordering ``column_updated desc`` by the full date and time, which SuperOffice documents
+    # nowhere (the column restricts by date only; ordered by its date, ties by consent id, the
+    # page would miss a consent changed again since the floor, for good). Turn it on only where
+    # the tenant's answers are known to be in time order.
+    latest_page_first: bool = False
     # The consent source and comment written with every SetConsent; the source must exist in the
     # tenant's Privacy - Source list (create one named for consentsync, e.g. key CONSENTSYNC).
     # The comment goes into ConsentPerson.comment: at most 255 UTF-16 code units.

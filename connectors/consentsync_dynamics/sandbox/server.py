@@ -45,7 +45,7 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   {'@odata.id':'{set}({id})'}`` answers the row's audited updates, newest first, as
   ``AuditDetailCollection.AuditDetails`` of ``AttributeAuditDetail`` (``AuditRecord``,
   ``OldValue``, ``NewValue``: the changed columns); 403 ``0x80040220`` without
-  ``prvReadAuditSummary`` (``audit_readable`` false).
+  ``prvReadRecordAuditHistory`` (``audit_readable`` false).
 * Late commits: :meth:`~consentsync_dynamics.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
   row no read sees until it commits; it then comes in the next delta (its row version is the
   commit's) with its original ``modifiedon``.
@@ -221,7 +221,7 @@ class DynamicsSandbox(HttpsSandbox):
     # part. False: a batch whose requests would pass the limit is refused whole.
     throttle_in_batch = False
     change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
-    # The application user holds prvReadAuditSummary (RetrieveRecordChangeHistory answers).
+    # The application user holds prvReadRecordAuditHistory (RetrieveRecordChangeHistory answers).
     audit_readable = True
 
     def __init__(self, environment: DataverseEnvironment | None = None, **options: Any) -> None:
@@ -634,7 +634,7 @@ class DynamicsSandbox(HttpsSandbox):
         changes"): ``RetrieveRecordChangeHistory(Target=@target)?@target={'@odata.id':
         'msdynmkt_contactpointconsent4s(<id>)'}``; the row's audit rows, newest first, each an
         AttributeAuditDetail with the changed columns' OldValue and NewValue. Without the
-        prvReadAuditSummary privilege (``audit_readable`` false): 403."""
+        prvReadRecordAuditHistory privilege (``audit_readable`` false): 403."""
         alias = rest[rest.index("@") + 1 : -1]
         target = request.param(f"@{alias}") or ""
         found = re.search(r"['\"]@odata\.id['\"]\s*:\s*['\"](\w+)\(([0-9a-fA-F-]{36})\)['\"]", target)
@@ -642,7 +642,7 @@ class DynamicsSandbox(HttpsSandbox):
             raise ODataError(f"The parameter '@{alias}' is not an entity reference.")
         table = self._table(found.group(1))
         if not self.audit_readable:
-            raise RowError(403, "0x80040220", "Principal user is missing prvReadAuditSummary privilege")
+            raise RowError(403, "0x80040220", "Principal user is missing prvReadRecordAuditHistory privilege")
         if self.environment.get(table.logical_name, found.group(2).lower()) is None:
             raise RowError(
                 404, "0x80040217", f"{table.logical_name} With Id = {found.group(2)} Does Not Exist"
