@@ -15,9 +15,9 @@ HubSpot keys those statuses by address, not by contact: a user changing a contac
 hides the old address's no. Each page's ``email`` history (batch read, ``propertiesWithHistory``)
 names the addresses a contact had since the read's lower bound; a no among their statuses that
 the contact no longer shows, and that no later yes under the new address outranks, comes as the
-record's ``earlier_values``. A read of every contact again that names the bound of the read before
-it (``Cursor(read_until=...)``, no position) reads no address left before that bound: history a
-read passed is not acted on twice. An archived contact's history comes with its last values.
+record's ``earlier_values``. A read of every contact again that names what the reads before it
+passed (``Cursor.history_from``) reads no address left before that bound: history a read passed is
+not acted on twice. An archived contact's history comes with its last values.
 
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
 rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
@@ -295,20 +295,25 @@ class HubSpotConnector(sdk.Connector):
             earlier = self._earlier_addresses(batch, horizon) if subscriptions else {}
             yield from self._records(object_type, batch, subscriptions, earlier=earlier)
 
-    def _history_horizon(self, since: sdk.Cursor) -> datetime | None:
-        """From when the addresses a contact left are read (``_addresses_held``): the read's
-        lower bound; for a read of every record again that names the upper bound of the read
-        before it (``Cursor(read_until=...)``, no position: the read after a mapping change),
-        that bound less the look-back window. A contact's address change moved its
-        ``lastmodifieddate``, so every address left before then was in a read already: its no
-        was taken then (the ledger holds it), superseded since, or left out on purpose (a no
-        hidden before this connector read earlier addresses, taken only by a planned
-        ``sync --full``). Read again, each would be taken anew, on every re-addressed contact
-        at once, as an unsubscribe HubSpot never undoes. None (a first read, ``sync --full``):
-        every address the contact ever had."""
-        if since.modstamp is not None or since.read_until is None:
-            return since.modstamp
-        return since.read_until - self.lookback
+    def _history_horizon(self, since: sdk.Cursor) -> tuple[datetime, int | None] | None:
+        """From when the addresses a contact left are read (``_addresses_held``), and the id up
+        to which a contact's address left at exactly that moment was read already: the read's
+        lower bound (no id: a contact at or before the position is not read at all); for a read
+        of every record again that names what the reads before it passed
+        (``Cursor.history_from``, the engine's: after a mapping change, and on every run that
+        resumes that read after a cut), that bound where it is the later of the two. A
+        contact's address change moved its ``lastmodifieddate``, so an address left before the
+        bound was in a read already: its no was taken then (the ledger holds it), superseded
+        since, or left out on purpose (a no hidden before this connector read earlier
+        addresses, taken only by a planned ``sync --full``). Read again, each would be taken
+        anew, on every re-addressed contact at once, as an unsubscribe HubSpot never undoes.
+        The bound is where an incremental read would resume (the engine's ``resume_from`` with
+        the configured look-back): no look-back is taken off here. None (a first read,
+        ``sync --full``): every address the contact ever had."""
+        position, passed = since.modstamp, since.history_from
+        if passed is None or (position is not None and position > passed):
+            return None if position is None else (position, None)
+        return passed, _cursor_id(sdk.Cursor(record_id=since.history_from_id))
 
     def _wanted(self, object_type: str, fields: Sequence[str]) -> tuple[list[str], list[str]]:
         """The properties a read of ``fields`` asks HubSpot for, and the subscription ids whose
@@ -483,10 +488,11 @@ class HubSpotConnector(sdk.Connector):
             )
 
     def _earlier_addresses(
-        self, batch: list[dict[str, Any]], since: datetime | None
+        self, batch: list[dict[str, Any]], horizon: tuple[datetime, int | None] | None
     ) -> dict[str, dict[str, list[tuple[datetime, datetime]]]]:
-        """contact id -> each address (lower case) the contact had after ``since`` (ever, when
-        None) and no longer has -> the spans it had it (from, to: ``_addresses_held``).
+        """contact id -> each address (lower case) the contact left after ``horizon``
+        (``_history_horizon``; ever, when None) and no longer has -> the spans it had it (from,
+        to: ``_addresses_held``).
         HubSpot's search cannot answer a property's history (and no property says when
         ``email`` last changed), so every contact of the page is asked: ``POST
         .../batch/read`` with ``propertiesWithHistory: ["email"]``, ``batch_size`` (100)
@@ -509,7 +515,8 @@ class HubSpotConnector(sdk.Connector):
             answer = self._request(
                 "POST", f"/crm/v3/objects/{OBJECT}/batch/read", json=body, describe="email history"
             ).json()
-            out.update(_held_before(answer.get("results") or [], current, since))
+            since, passed_id = horizon if horizon is not None else (None, None)
+            out.update(_held_before(answer.get("results") or [], current, since, passed_id))
         return out
 
     # -- deletions and merges ------------------------------------------------------------------
@@ -1088,15 +1095,15 @@ def _stamp(value: Any) -> datetime | None:
 
 
 def _addresses_held(
-    versions: Sequence[Mapping[str, Any]], current: str, since: datetime | None
+    versions: Sequence[Mapping[str, Any]], current: str, since: datetime | None, *, at_since: bool = True
 ) -> dict[str, list[tuple[datetime, datetime]]]:
     """Of a contact's ``email`` history (``propertiesWithHistory``), each address (lower case)
-    that it had after ``since`` (ever, when None) before the one it has now (``current``), with
-    the spans it had it: (from the time of the version that set it, to the time of the one that
-    replaced it). Versions newer than the value the page read (a change since the search) are
-    left for the next read. A history with a version of no readable time gives nothing: its
-    spans could not be told apart (a no given on an address while another contact had it would
-    pass for this one's)."""
+    that it left after ``since`` (ever, when None; at it too where ``at_since``) before the one
+    it has now (``current``), with the spans it had it: (from the time of the version that set
+    it, to the time of the one that replaced it). Versions newer than the value the page read
+    (a change since the search) are left for the next read. A history with a version of no
+    readable time gives nothing: its spans could not be told apart (a no given on an address
+    while another contact had it would pass for this one's)."""
     ordered: list[tuple[datetime, str]] = []
     for version in versions:
         stamp = _stamp(version.get("timestamp"))
@@ -1110,18 +1117,25 @@ def _addresses_held(
     out: dict[str, list[tuple[datetime, datetime]]] = {}
     for newer, (held_from, address) in zip(ordered[now_at:], ordered[now_at + 1 :], strict=False):
         left_at = newer[0]
-        if not address or address == current or (since is not None and left_at < since):
+        if not address or address == current:
+            continue
+        if since is not None and (left_at < since or (left_at == since and not at_since)):
             continue
         out.setdefault(address, []).append((held_from, left_at))
     return out
 
 
 def _held_before(
-    results: Sequence[Mapping[str, Any]], current: Mapping[str, str], since: datetime | None
+    results: Sequence[Mapping[str, Any]],
+    current: Mapping[str, str],
+    since: datetime | None,
+    passed_id: int | None = None,
 ) -> dict[str, dict[str, list[tuple[datetime, datetime]]]]:
     """Of a batch read's ``results`` (with ``propertiesWithHistory: ["email"]``), contact id ->
     the addresses it left after ``since`` and the spans it had them (``_addresses_held``), for
-    the contacts of ``current`` (id -> the address the contact was read with, lower case).
+    the contacts of ``current`` (id -> the address the contact was read with, lower case). At
+    ``since`` itself too, but for a contact whose id is not after ``passed_id``: the read
+    before passed that moment up to that contact (``_history_horizon``).
     Keyed by the id HubSpot answers: a contact merged away since answers the merged contact
     under its new id, whose history is not this contact's."""
     out: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
@@ -1130,7 +1144,8 @@ def _held_before(
         if record_id not in current:
             continue
         versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
-        left = _addresses_held(versions, current[record_id], since)
+        passed = passed_id is not None and record_id.isdigit() and int(record_id) <= passed_id
+        left = _addresses_held(versions, current[record_id], since, at_since=not passed)
         if left:
             out[record_id] = left
     return out

@@ -43,10 +43,19 @@ class Cursor:
     # look-back window before it was visible to that read, so the next read need not go back
     # further than that (see ``Connector.resume_from``). A moment of the CRM's clock, as its
     # stamps are: where the CRM's clock runs behind ours, the engine bounds it by the CRM's
-    # (``Connector.crm_clock``, consentsync.sdk.clock). After a mapping change the engine hands
-    # over a cursor with no position but this bound (the end of the read before): every record
-    # is read again, and a connector that reads records' history may skip what that read passed.
+    # (``Connector.crm_clock``, consentsync.sdk.clock).
     read_until: datetime | None = None
+    # Of a read of every record again (after a mapping change), what the reads before it passed
+    # of the records' history: (``history_from``, ``history_from_id``), the place an incremental
+    # read would have resumed from (``Connector.resume_from``). A change stamped before it, or
+    # at it on a record whose id is not after ``history_from_id``, was in a read already; a
+    # connector that reads records' earlier values (HubSpot's address history) reads none of
+    # them again, and for a record after the read's position (``modstamp``) none before that
+    # either (the later of the two). The engine keeps it with the stored cursor for as long as
+    # that read lasts: a run that resumes it after a cut is handed it again. None: no bound
+    # beyond the position (an incremental read; a first read or ``sync --full``: all history).
+    history_from: datetime | None = None
+    history_from_id: str | None = None
 
     def to_json(self) -> dict[str, str | None]:
         out = {
@@ -58,18 +67,23 @@ class Cursor:
             out["token"] = self.token
         if self.read_until is not None:
             out["read_until"] = self.read_until.isoformat()
+        if self.history_from is not None:
+            out["history_from"] = self.history_from.isoformat()
+            out["history_from_id"] = self.history_from_id
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | None) -> Cursor:
         if not data:
             return cls()
-        stamp, until = data.get("modstamp"), data.get("read_until")
+        stamp, until, passed = data.get("modstamp"), data.get("read_until"), data.get("history_from")
         return cls(
             as_utc(datetime.fromisoformat(stamp)) if stamp else None,
             data.get("record_id"),
             data.get("token"),
             as_utc(datetime.fromisoformat(until)) if until else None,
+            as_utc(datetime.fromisoformat(passed)) if passed else None,
+            data.get("history_from_id") if passed else None,
         )
 
     def is_before(self, modstamp: datetime, record_id: str) -> bool:
