@@ -160,9 +160,11 @@ class SalesforceConnector(sdk.Connector):
         # The objects whose read this run was held back by a transaction open over an hour,
         # warned of once (``_covered_until``); the daemon opens the connector afresh every run.
         self._warned_open: set[str] = set()
-        # Per read: whether Get Updated answered for the read's window (``_covered_until``); and
-        # the look-back window of this run's reads (``resume_from``), for a read from a hold.
+        # Per read: whether Get Updated answered for the read's window (``_covered_until``), up
+        # to which moment it said every transaction begun had committed; and the look-back
+        # window of this run's reads (``resume_from``), for a read from a hold.
         self._updated_answered = False
+        self._updated_through: datetime | None = None
         self._window = self.lookback
         # Bulk API 2.0 jobs this process was answered for (shared by the copies and threads),
         # and a lock that makes creating a job and looking for one whose answer was lost one
@@ -347,58 +349,85 @@ class SalesforceConnector(sdk.Connector):
         record goes, so a read cut anywhere (the run's budget, a kill) is resumed from where it
         got to, not from the hold. While the transaction stays open, the next read goes on from
         that position (every change stamped since the hold is read once more when it commits,
-        so no look-back is needed behind it). Once Get Updated no longer answers that start, the
-        transaction has committed: that read goes once more from the look-back window before the
-        hold, up to its bound, as a plain read (or holding the next transaction still open). A
-        start reported behind the position (a read before it was not held: Get Updated refused
-        it once) is held all the same, the position kept."""
+        so no look-back is needed behind it). Get Updated is asked about the hold over a window
+        around it alone (``_HOLD_PROBE``), whose ids do not grow however long it stays open. Once
+        it no longer answers that start, the transaction has committed: that read goes once more
+        from the look-back window before the hold (or from the position, where that is further
+        back), up to its bound, asking Get Updated again for that window, as a plain read (or
+        holding the next transaction still open). A start reported behind the position (a read
+        before it was not held: Get Updated refused it once) is held all the same, the position
+        kept. A hold Get Updated cannot be asked about is kept, and warned of."""
         self._selected_fields(object_type, fields)  # checked first: may describe afresh
         include_deleted = "IsDeleted" in self._known(object_type)
         held = _Hold.of(since, self.name)
         position = sdk.Cursor(since.modstamp, since.record_id)
         floor = position  # the progress kept never goes behind it
+        settled: datetime | None = None  # a plain position's read_until (``_Hold.cursor``)
         if held is None:
             hold = self._covered_until(object_type, since, until)
             start = position
         else:
             window = max(self._window, timedelta(0))
-            # The window starts before the hold, so that Get Updated answers for it.
-            asked = held.moment - window
-            if position.modstamp is not None:
-                asked = min(asked, position.modstamp)
-            said = self._covered_until(object_type, sdk.Cursor(asked), until)
+            # Asked about the hold alone: a window from before it to just after it (few ids, and
+            # no more however long it stays open; a window from it to ``until`` grows run after
+            # run, past Get Updated's 600,000 ids, and was then refused every run). While
+            # something begun there is open, latestDateCovered is its start, before the end.
+            reach = datetime.now(UTC) - _REPLICATION_DAYS
+            around = min(until, max(held.moment, reach) + _HOLD_PROBE)
+            said = self._covered_until(object_type, sdk.Cursor(held.moment - window), until, end=around)
             if not self._updated_answered:
                 # Not known whether the transaction committed: the hold stays, and the read goes
                 # on from the look-back window behind its position (as a read without Get
                 # Updated does), the position never moving back.
+                log.warning(
+                    "salesforce.hold_unchecked",
+                    connector=self.name,
+                    object=object_type,
+                    held_from=held.moment.isoformat(),
+                )
                 behind = position.modstamp - window if position.modstamp is not None else None
                 hold, start = held.moment, sdk.Cursor(behind)
-            elif said is None or said > held.moment:
+            elif said is not None and said <= held.moment:
+                # Still open (or one open since earlier): read on from the position. A
+                # transaction begun after the hold needs no asking now: what it writes is stamped
+                # after the hold, inside the read once more when the hold commits.
+                hold, start = said, position
+            else:
                 # Committed: what it wrote is visible, stamped from the hold on. Read once more
-                # from the look-back window before it (a plain read, or holding the transaction
-                # open now).
+                # from the look-back window before it, or from the position where that lies
+                # further back (a read once more after an earlier hold, cut short by the budget
+                # or a kill, goes on from where it got to), asking Get Updated for that read's
+                # window as a plain read does (a transaction open now is held).
                 log.info(
                     "salesforce.open_transaction_committed",
                     connector=self.name,
                     object=object_type,
                     held_from=held.moment.isoformat(),
                 )
-                hold, start = said, sdk.Cursor(held.moment - window)
+                start = sdk.Cursor(held.moment - window)
+                if position.modstamp is not None and position.modstamp < held.moment - window:
+                    start = position
+                hold = self._covered_until(object_type, start, until)
                 floor = start
-            else:
-                # Still open (or one open since earlier): read on from the position.
-                hold, start = said, position
+                if hold is None and self._updated_answered:
+                    # Nothing open before Get Updated's last whole minute: every change stamped
+                    # before it was visible to this read, so a read cut short goes on from its
+                    # position (read_until: ``resume_from``), not the look-back window behind it
+                    # (one holding more than a run's budget reads was read again every run).
+                    settled = self._updated_through
         if hold is None and since.token is None:
             yield from self._changes(object_type, fields, start, until, include_deleted)
             return
         # A position of this read's own from its first record on: the stored token (a hold) is
         # replaced or dropped; with nothing read, the start itself (never past ``since``).
-        self.completed_cursor = _Hold.cursor(floor, hold)
+        self.completed_cursor = _Hold.cursor(floor, hold, settled)
         for record in self._changes(object_type, fields, start, until, include_deleted):
             if floor.is_before(record.modstamp, record.record_id):
                 # Set before the record goes: the engine keeps it with the page this record
                 # ends, and with every later one.
-                self.completed_cursor = _Hold.cursor(sdk.Cursor(record.modstamp, record.record_id), hold)
+                self.completed_cursor = _Hold.cursor(
+                    sdk.Cursor(record.modstamp, record.record_id), hold, settled
+                )
             yield record
 
     def _changes(
@@ -429,13 +458,16 @@ class SalesforceConnector(sdk.Connector):
             added=added,
         )
 
-    def _covered_until(self, object_type: str, since: sdk.Cursor, until: datetime) -> datetime | None:
+    def _covered_until(
+        self, object_type: str, since: sdk.Cursor, until: datetime, *, end: datetime | None = None
+    ) -> datetime | None:
         """The moment before ``until`` up to which Salesforce shows the object's changes whole,
         also set as ``covered_until`` (the engine keeps it as the cursor's read_until); None
         where that is ``until`` or later, or not known. sObject Get Updated's latestDateCovered,
         "the start time of that long-running transaction until it completes" (GetUpdatedResult),
         floored to the second. One call a read, for the window the read covers, from ``since``
-        (at most 29 days back: Get Updated answers for no more than 30) to ``until``.
+        (at most 29 days back: Get Updated answers for no more than 30) to ``until``; a read
+        that finds its hold committed asks twice (``read_changes``).
 
         Get Updated drops the seconds of both ends of its window and covers nothing after the
         last whole minute of its own clock: an answer at that minute is no news of an open
@@ -446,15 +478,19 @@ class SalesforceConnector(sdk.Connector):
         403, 404, INVALID_TYPE) is read up to ``until`` with the look-back window alone, with a
         warning once; a window it refuses (EXCEEDED_ID_LIMIT: more than 600,000 changes)
         likewise, for that read. A transaction open for more than an hour is warned of, once a
-        run for each object: until it ends, the cursor holds its start (``read_changes``)."""
+        run for each object: until it ends, the cursor holds its start (``read_changes``).
+        ``end``, where given, ends the window asked instead of ``until`` (a hold asked about
+        alone: ``read_changes``); the answer is then before it or None."""
         self.covered_until = None
         self._updated_answered = False
+        self._updated_through = None
         if object_type in self._not_replicated:
             return None
         if not self._replicateable.get(object_type, True):
             self._replication_unavailable(object_type, "not replicateable", permanent=True)
             return None
-        end = until.astimezone(UTC)
+        bound = until.astimezone(UTC)
+        end = bound if end is None else min(end.astimezone(UTC), bound)
         asked_at = datetime.now(UTC)
         earliest = asked_at - _REPLICATION_DAYS
         start = earliest if since.modstamp is None else max(since.modstamp.astimezone(UTC), earliest)
@@ -492,9 +528,11 @@ class SalesforceConnector(sdk.Connector):
         crm_then = asked_at + (offset.low if offset is not None else timedelta(0))
         horizon = min(end, crm_then).replace(second=0, microsecond=0)
         if covered >= end or covered >= horizon:
+            self._updated_through = horizon
             return None
+        self._updated_through = covered
         self.covered_until = covered
-        if end - covered > _LONG_OPEN:
+        if bound - covered > _LONG_OPEN:
             if object_type not in self._warned_open:
                 self._warned_open.add(object_type)
                 log.warning(
@@ -502,8 +540,8 @@ class SalesforceConnector(sdk.Connector):
                     connector=self.name,
                     object=object_type,
                     covered_until=covered.isoformat(),
-                    until=end.isoformat(),
-                    open_minutes=int((end - covered).total_seconds() // 60),
+                    until=bound.isoformat(),
+                    open_minutes=int((bound - covered).total_seconds() // 60),
                 )
         else:
             log.info(
@@ -511,7 +549,7 @@ class SalesforceConnector(sdk.Connector):
                 connector=self.name,
                 object=object_type,
                 covered_until=covered.isoformat(),
-                until=end.isoformat(),
+                until=bound.isoformat(),
             )
         return covered
 
@@ -1223,6 +1261,9 @@ def _malformed_id(record_id: str) -> sdk.WriteResult:
 # the codes that say it does not serve an object at all (beside 403 and 404).
 _REPLICATION_DAYS = timedelta(days=29)
 _MINUTE = timedelta(minutes=1)
+# A hold is asked about over the look-back window before it up to this after it: a transaction
+# still open there shows as its start (Get Updated drops the seconds of both ends).
+_HOLD_PROBE = timedelta(minutes=2)
 # A transaction open longer than this before a read's bound is warned of (``_covered_until``).
 _LONG_OPEN = timedelta(hours=1)
 # (connector, object, reason) whose Get Updated refusal was warned of in this process.
@@ -1271,12 +1312,13 @@ class _Hold:
             return None
 
     @staticmethod
-    def cursor(position: sdk.Cursor, hold: datetime | None) -> sdk.Cursor:
+    def cursor(position: sdk.Cursor, hold: datetime | None, settled: datetime | None = None) -> sdk.Cursor:
         """The cursor the engine keeps: ``position``, and the hold in its token, read_until at
-        the hold; without a hold a plain position without read_until, so that the next read
-        starts the whole look-back window behind it."""
+        the hold; without a hold a plain position, read_until ``settled`` (where Get Updated
+        said every change stamped before it was visible to the read), else without one, so that
+        the next read starts the whole look-back window behind it."""
         if hold is None:
-            return sdk.Cursor(position.modstamp, position.record_id)
+            return sdk.Cursor(position.modstamp, position.record_id, None, settled)
         token = orjson.dumps({"v": 1, "hold": hold.astimezone(UTC).isoformat()}).decode()
         return sdk.Cursor(position.modstamp, position.record_id, token, hold)
 

@@ -227,3 +227,158 @@ def test_a_cursor_token_that_is_no_hold_resumes_as_a_plain_position(salesforce: 
         start = connector.resume_from(Cursor(stamp, "003000000000001AAA", "not json"))
     assert start == Cursor(stamp - timedelta(minutes=10))
     assert [e["event"] for e in logged] == ["salesforce.cursor_token_unreadable"]
+
+
+@SQLITE_ONLY
+def test_a_reread_after_a_commit_cut_by_the_budget_is_not_skipped_when_the_next_hold_commits(
+    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox
+) -> None:
+    """T1 open since 3 h, T2 open since 30 min. T1 commits: the run re-reads from 10 min before
+    T1's start, holding T2, and its budget cuts that re-read before T1's record. T2 commits
+    before the next run: that run started 10 min before T2's start, past T1's record (lost)."""
+    org = salesforce.org
+    real = org.clock
+    began1 = (org.now() - timedelta(hours=3)).replace(microsecond=0)
+    org.clock = lambda: began1
+    late1 = org.begin_create("Contact", LastName="Late1", Email="late1@example.test", HasOptedOutOfEmail=True)
+    # 1,000 contacts in the 9 minutes before T1 began (read before it, in the look-back window
+    # the re-read starts from).
+    made = []
+    for number in range(1000):
+        org.clock = lambda number=number: began1 - timedelta(seconds=540) + timedelta(seconds=number // 2)
+        made.append(org.create("Contact", LastName=f"P{number}", Email=f"p{number}@example.test"))
+    began2 = (real() - timedelta(minutes=30)).replace(microsecond=0)
+    org.clock = lambda: began2
+    late2 = org.begin_create("Contact", LastName="Late2", Email="late2@example.test", HasOptedOutOfEmail=True)
+    org.clock = real
+
+    for _ in range(2):
+        assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert _hold(_cursor(ledger)) == began1
+    assert set(made) <= _linked(ledger)
+
+    org.commit(late1)
+    report = _run(ledger, config_path, salesforce, budget={"per_run": 5})
+    assert report.status != "succeeded", "the budget cuts the re-read (else the test shows nothing)"
+    cut = _cursor(ledger)
+    assert _hold(cut) == began2 and cut.modstamp is not None and cut.modstamp < began1, cut
+    assert late1 not in _linked(ledger)
+
+    org.commit(late2)
+    for _ in range(12):
+        report = _run(ledger, config_path, salesforce, budget={"per_run": 5})
+        if report.status == "succeeded" and _pending(ledger) == 0:
+            break
+    assert late2 in _linked(ledger)
+    assert late1 in _linked(ledger), "T1's late opt-out was skipped"
+    assert _withdrawn(ledger, "late1@example.test")
+
+
+@SQLITE_ONLY
+def test_a_hold_whose_window_grows_past_get_updateds_id_limit_still_reads_the_late_change(
+    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Get Updated refuses a window of more than 600,000 ids (EXCEEDED_ID_LIMIT; 50 here). The
+    hold was asked about over a window from before it to the run's bound, which only grows: once
+    refused, it was refused every run, the hold never released, and the transaction's change,
+    stamped hours behind the position, never read. It is asked about over a window around it."""
+    from consentsync_salesforce.sandbox import server
+
+    monkeypatch.setattr(server, "MAX_REPLICATION_IDS", 50)
+    org = salesforce.org
+    real = org.clock
+    began = (org.now() - timedelta(hours=3)).replace(microsecond=0)
+    org.clock = lambda: began
+    late = org.begin_create("Contact", LastName="Late", Email="late@example.test", HasOptedOutOfEmail=True)
+    org.clock = real
+    for _ in range(2):
+        assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert _hold(_cursor(ledger)) == began
+    busy = (real() - timedelta(minutes=30)).replace(microsecond=0)
+    for number in range(60):  # a busy half hour (stamped late: a bulk load committing now)
+        org.clock = lambda number=number: busy + timedelta(seconds=number)
+        org.create("Contact", LastName=f"B{number}", Email=f"b{number}@example.test")
+    org.clock = real
+    org.commit(late)
+    for _ in range(4):
+        assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert late in _linked(ledger), "the committed transaction's opt-out was never read"
+    assert _withdrawn(ledger, "late@example.test")
+
+
+@SQLITE_ONLY
+def test_a_reread_after_a_commit_cut_by_the_budget_goes_on_from_its_position(
+    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox
+) -> None:
+    """Once the hold commits, the read once more from 10 minutes before it is cut by the budget
+    with nothing else open: the cursor was a plain position whose next read started 10 minutes
+    behind it, where more contacts are stamped than a run can read; every run read the same
+    pages again and stopped, never reaching the late opt-out."""
+    org = salesforce.org
+    real = org.clock
+    began = (org.now() - timedelta(hours=3)).replace(microsecond=0)
+    org.clock = lambda: began
+    late = org.begin_create("Contact", LastName="Late", Email="late@example.test", HasOptedOutOfEmail=True)
+    made = []
+    for number in range(300):  # in the 5 minutes before the re-read's start
+        org.clock = lambda number=number: began - timedelta(seconds=900) + timedelta(seconds=number)
+        made.append(org.create("Contact", LastName=f"E{number}", Email=f"e{number}@example.test"))
+    for number in range(1000):  # in the 9 minutes before the transaction began
+        org.clock = lambda number=number: began - timedelta(seconds=540) + timedelta(seconds=number // 2)
+        made.append(org.create("Contact", LastName=f"P{number}", Email=f"p{number}@example.test"))
+    org.clock = real
+    for _ in range(2):
+        assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert _hold(_cursor(ledger)) == began and set(made) <= _linked(ledger)
+
+    org.commit(late)
+    statuses = []
+    for _ in range(6):
+        report = _run(ledger, config_path, salesforce, budget={"per_run": 5})
+        statuses.append(report.status)
+        if report.status == "succeeded" and _pending(ledger) == 0:
+            break
+    assert statuses[0] != "succeeded", "the budget cuts the re-read (else the test shows nothing)"
+    assert late in _linked(ledger), statuses
+    assert _withdrawn(ledger, "late@example.test")
+    assert statuses[-1] == "succeeded" and _hold(_cursor(ledger)) is None, statuses
+
+
+@SQLITE_ONLY
+def test_a_hold_that_cannot_be_asked_about_is_kept_and_warned_of(
+    ledger: Ledger, config_path: Path, salesforce: SalesforceSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Get Updated refuses even the window around the hold: the hold stays (its transaction's
+    change is read once it can be asked again) and each such run warns, naming no record."""
+    org = salesforce.org
+    answer = salesforce._h_updated
+    refused = {"now": False}
+
+    def updated(request: Any, version: str, sobject: str) -> Any:
+        if refused["now"]:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", "too many ids: use a smaller window")
+        return answer(request, version, sobject)
+
+    monkeypatch.setattr(salesforce, "_h_updated", updated)
+    real = org.clock
+    began = (org.now() - timedelta(hours=2)).replace(microsecond=0)
+    org.clock = lambda: began
+    late = org.begin_create("Contact", LastName="Late", Email="late@example.test", HasOptedOutOfEmail=True)
+    org.clock = real
+    assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert _hold(_cursor(ledger)) == began
+
+    refused["now"] = True
+    org.commit(late)
+    for _ in range(2):
+        with structlog.testing.capture_logs() as logged:
+            assert _run(ledger, config_path, salesforce).status == "succeeded"
+        warned = [e for e in logged if e["event"] == "salesforce.hold_unchecked"]
+        assert len(warned) == 1 and warned[0]["object"] == "Contact", logged
+        assert set(warned[0]) <= {"event", "log_level", "connector", "object", "held_from"}
+        assert _hold(_cursor(ledger)) == began
+
+    refused["now"] = False
+    assert _run(ledger, config_path, salesforce).status == "succeeded"
+    assert late in _linked(ledger) and _withdrawn(ledger, "late@example.test")
+    assert _hold(_cursor(ledger)) is None
