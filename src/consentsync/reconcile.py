@@ -535,19 +535,29 @@ def effective_state(
     ePrivacy rule (consent or soft opt-in), expiry, then the latest value.
     """
     state = consent_state(summary, purpose, channel)
+    # What the evidence says once the sweep recorded the lapse: expired, whichever rule below
+    # decides the person's state (a restriction, an erasure, an objection too), so that the
+    # stored status reads expired and the sweep, which looks for granted consents past their
+    # window, finds each lapse once. None: the evidence's own status stands.
+    lapsed = (
+        ConsentStatus.EXPIRED
+        if state.expires_at is not None and lapse_on_record(state, summary, now)
+        else None
+    )
     trusted_at = summary.trusted_opt_in_at
     if flags.restricted:
-        return _suppress(state, Rule.RESTRICTION, "processing restricted (Art. 18)")
+        return _suppress(state, Rule.RESTRICTION, "processing restricted (Art. 18)", lapsed)
     if flags.suppressed_since is not None and not _reversed(trusted_at, flags.suppressed_since):
         return _suppress(
             state,
             Rule.ERASURE,
             f"suppressed since {iso(flags.suppressed_since)}: {flags.suppression_reason}",
+            lapsed,
         )
     for objection in _relevant(objections, purpose) if objections else ():
         if objection.status is ObjectionStatus.PENDING:
             return _suppress(
-                state, Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review"
+                state, Rule.OBJECTION_PENDING, f"objection of {iso(objection.raised_at)} under review", lapsed
             )
         # An objection is a no like any other: stamped to the whole second (an ops entry from a
         # call log, "--at 14:03:12"), it counts from the end of that second.
@@ -558,8 +568,11 @@ def effective_state(
                 state,
                 Rule.OBJECTION_DIRECT_MARKETING,
                 f"objection to direct marketing of {iso(objection.raised_at)} (Art. 21(2))",
+                lapsed,
             )
-        return _suppress(state, Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld")
+        return _suppress(
+            state, Rule.OBJECTION_UPHELD, f"objection of {iso(objection.raised_at)} upheld", lapsed
+        )
     if not state.suppressed and purpose.eprivacy_applies(channel) and not _is_consent(summary.latest):
         # PECR reg. 22 / ePrivacy Art. 13: electronic mail marketing needs consent, or a soft
         # opt-in the person has not refused since.
@@ -571,6 +584,7 @@ def effective_state(
                 Rule.EPRIVACY_CONSENT_REQUIRED,
                 f"{state.basis.value} is not enough for marketing by {channel}: consent or a "
                 "soft opt-in is needed (PECR reg. 22, ePrivacy Art. 13)",
+                lapsed,
             )
         return _altered(
             state,
@@ -578,23 +592,41 @@ def effective_state(
             Rule.EPRIVACY_SOFT_OPT_IN,
             f"soft opt-in of {iso(soft_at)} (PECR reg. 22(3), ePrivacy Art. 13(2))",
             suppressed=False,
+            evidence_status=lapsed,
         )
     if state.status is ConsentStatus.GRANTED and state.expires_at is not None and now >= state.expires_at:
-        lapse_recorded = summary.lapsed_at is not None and summary.lapsed_at >= state.expires_at
         return _altered(
             state,
             ConsentStatus.EXPIRED,
             Rule.EXPIRED,
             f"granted consent expired at {iso(state.expires_at)}; renewal needed",
-            # What the evidence says: expired once the sweep recorded this lapse, so that the
-            # sweep finds each lapse once (it looks for granted consents past their window).
-            evidence_status=ConsentStatus.EXPIRED if lapse_recorded else state.evidence_status,
+            evidence_status=lapsed,
         )
     return state
 
 
-def _suppress(state: EffectiveState, rule: str, detail: str) -> EffectiveState:
-    return _altered(state, state.status, rule, detail)
+def lapse_on_record(state: EffectiveState, summary: Summary, now: datetime) -> bool:
+    """Whether ``state`` (what the evidence alone says: ``consent_state``) is a granted consent
+    past its validity window whose lapse the expiry sweep has recorded (a lapse recorded for an
+    earlier grant is not the lapse of a renewal). The ledger's stored status then reads expired,
+    whatever rule decides the person's state: the sweep looks for granted consents past their
+    window, and must find each lapse once."""
+    expires_at, lapsed_at = state.expires_at, summary.lapsed_at
+    return (
+        state.status is ConsentStatus.GRANTED
+        and expires_at is not None
+        and lapsed_at is not None
+        and now >= expires_at
+        and lapsed_at >= expires_at
+    )
+
+
+def _suppress(
+    state: EffectiveState, rule: str, detail: str, evidence_status: ConsentStatus | None = None
+) -> EffectiveState:
+    """``state`` suppressed by a subject-wide rule; ``evidence_status``: the evidence's status
+    when it is no longer the value's own (a lapse on record), else None."""
+    return _altered(state, state.status, rule, detail, evidence_status=evidence_status)
 
 
 def _altered(

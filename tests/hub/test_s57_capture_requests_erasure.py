@@ -187,7 +187,7 @@ def test_records_live_a_day(world: HubWorld) -> None:
 def test_records_an_older_version_wrote_are_keyed_closed_or_deleted(world: HubWorld) -> None:
     """At the upgrade the table holds keys as sent and plain digests. The first capture with a
     key (or the upkeep) stores them keyed, their replay kept; one naming a person erased before
-    is closed; an erasure deletes a person's plain record outright."""
+    is closed; an erasure re-keys and closes a person's plain record (test_s57_capture_requests_upgrade)."""
     answers = {}
     for name in ("gina", "hal", "ida"):
         answer = world.post("/consents", {**GRANT, "email": f"{name}@example.test"})

@@ -13,6 +13,7 @@ erased meanwhile, it is refused as the link is (410 Gone), as a choice is
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -50,8 +51,13 @@ def erase_after_the_states_are_read(monkeypatch: pytest.MonkeyPatch, *, comeback
             ledger.erase(email, reason="Art. 17 request")
             if comeback:  # a sign-up on a web form with the address, by someone
                 now = ledger.clock()
-                value = consent_value(
-                    ConsentStatus.GRANTED, now, now, basis=LawfulBasis.CONSENT, source="web_form"
+                value = consent_value(  # evidenced, dated after the erasure: it lifts it
+                    ConsentStatus.GRANTED,
+                    now + timedelta(seconds=1),
+                    now,
+                    basis=LawfulBasis.CONSENT,
+                    source="web_form",
+                    notice_version="privacy-v3",
                 )
                 ledger.record(Identity(email=email), value)
         return view

@@ -17,9 +17,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from consentsync.domain import iso
-from consentsync.ledger.service import Ledger
+from consentsync.domain import ConsentStatus, iso
+from consentsync.ledger.identity import Identity
+from consentsync.ledger.service import Ledger, RecordRequest
 from tests.conftest import Clock
+from tests.integration.helpers import consent_value
 from tests.integration.test_policy_s49_sync import _grant, _state
 from tests.integration.test_policy_s50_address import _engine, _pushed, _two_people
 
@@ -64,9 +66,24 @@ def test_a_grant_dated_between_the_comeback_and_the_second_erasure_does_not_lift
 ) -> None:
     _grant(ledger, ADDRESS, clock.now - timedelta(days=30))
     came_back, second = _erased_came_back_erased_again(ledger, clock, ADDRESS)
-    # A trusted grant dated between the two, delivered late, past the capture API's check (an
-    # import, `ledger record`): a person with the address again, still suppressed.
-    _grant(ledger, ADDRESS, came_back + timedelta(hours=12))
+    # A trusted grant dated between the two, delivered late, past the capture API's check (a
+    # path that records without it, as an older version's `ledger record` did; both refuse it
+    # since session 57): a person with the address again, still suppressed.
+    with ledger.engine.begin() as conn:
+        ledger.record_in(
+            conn,
+            [
+                RecordRequest(
+                    Identity(email=ADDRESS),
+                    consent_value(
+                        ConsentStatus.GRANTED,
+                        came_back + timedelta(hours=12),
+                        ledger.clock(),
+                        notice_version="privacy-v3",
+                    ),
+                )
+            ],
+        )
     uid, state = ledger.decision_for(ADDRESS, "email_marketing", "email")
     assert uid is not None
     assert (state.suppressed, state.rule) == (True, "erasure_suppression"), state

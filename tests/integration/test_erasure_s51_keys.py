@@ -35,7 +35,13 @@ def _state(cli: Cli) -> tuple[Any, ...]:
                 conn.execute(select(func.count()).select_from(subjects)).scalar_one(),
                 conn.execute(select(func.count()).select_from(suppressions)).scalar_one(),
                 tuple(conn.execute(select(audit_head.c.seq, audit_head.c.hash)).one()),
-                tuple(conn.execute(select(ledger_settings.c.name, ledger_settings.c.value)).all()),
+                tuple(
+                    conn.execute(
+                        select(ledger_settings.c.name, ledger_settings.c.value).where(
+                            ledger_settings.c.name == "erasure_key_check"
+                        )
+                    ).all()
+                ),
             )
     finally:
         engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from consentsync import audit
@@ -14,7 +15,7 @@ from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import CrmLink, Identity
 from consentsync.ledger.schema import consent_events, crm_links, subjects
-from consentsync.ledger.service import Ledger, RecordRequest
+from consentsync.ledger.service import ErasedAddressRefused, Ledger, RecordRequest
 from tests.conftest import Clock
 
 
@@ -189,7 +190,13 @@ def test_erasure_suppresses_a_later_import_until_a_newer_trusted_opt_in(ledger: 
 
 def test_erasing_an_unknown_address_still_blocks_its_import(ledger: Ledger) -> None:
     assert not ledger.erase("never@example.com", reason="suppression list import")["subject_known"]
-    outcome = ledger.record(Identity(email="never@example.com"), _evidence(ledger, proof=False))
+    # An import's grant cannot lift the erasure: refused, the address never stored (session 57).
+    with pytest.raises(ErasedAddressRefused):
+        ledger.record(Identity(email="never@example.com"), _evidence(ledger, proof=False))
+    assert ledger.subject_uids_for_email("never@example.com") == []
+    # Read from a CRM, the same address is a record to suppress: its person is created suppressed.
+    crm = _evidence(ledger, proof=False, origin=Origin.CRM, source="crm:contacts")
+    outcome = ledger.record(Identity(email="never@example.com"), crm)
     assert outcome.after is not None and outcome.after.rule == "erasure_suppression"
 
 

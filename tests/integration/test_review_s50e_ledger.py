@@ -75,7 +75,9 @@ def test_a_person_who_came_back_after_the_erasure_is_decided_by_their_own_state(
     # A new sign-up: the person is created on the address's entry, and their fresh consent counts.
     ledger.record(
         Identity(email=normalise_email(UNICODE)),
-        consent_value(ConsentStatus.GRANTED, clock.now, clock.now, origin=Origin.CAPTURE),
+        consent_value(
+            ConsentStatus.GRANTED, clock.now, clock.now, origin=Origin.CAPTURE, notice_version="v1"
+        ),
     )
     expected = ledger.effective_states_in
     with ledger.engine.connect() as conn:

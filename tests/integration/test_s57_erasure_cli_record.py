@@ -7,6 +7,8 @@ same) and said "recorded".
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from sqlalchemy import func, select
 
 from consentsync import exit_codes
@@ -50,9 +52,12 @@ def test_an_untrusted_grant_for_an_erased_address_is_refused_and_changes_nothing
 def test_a_no_and_a_trusted_grant_for_an_erased_address_are_still_recorded(cli: Cli) -> None:
     """What the rule leaves as it was: a no is kept as the address's keyed hash (it never stores
     the address), and a trusted source's grant is the person coming back (lifting the
-    suppression only when dated after the erasure)."""
+    suppression only when dated after the erasure; one that could not lift it is refused:
+    test_s57_erased_trusted_record)."""
     cli.ok("erase", "--email", ADDRESS, "--reason", "ticket 8", "--yes")
     cli.ok(*record_args(ADDRESS, "email_marketing", "withdrawn", source="crm_import"))
     assert _counts(cli)[1] == 0  # the no held the address as its keyed hash only
-    cli.ok(*record_args(ADDRESS, "email_marketing", "granted", source="web_form"))
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    comes_back = ("--at", later, "--notice-version", "v1")
+    cli.ok(*record_args(ADDRESS, "email_marketing", "granted", *comes_back, source="web_form"))
     assert _counts(cli)[1] == 1

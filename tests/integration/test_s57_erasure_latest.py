@@ -18,13 +18,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import select, update
 
 from consentsync import exit_codes
 from consentsync.domain import iso
 from consentsync.ledger.identity import SubjectResolver
 from consentsync.ledger.schema import audit_entries, suppressions
-from consentsync.ledger.service import Ledger
+from consentsync.ledger.service import ErasedAddressRefused, Ledger
 from tests.conftest import Cli, Clock
 from tests.integration.test_policy_s49_sync import Org, _engine, _grant
 from tests.integration.test_policy_s50_address import _readdress
@@ -72,9 +73,10 @@ def test_an_address_nobody_holds_erased_twice_is_suppressed_since_the_second(
     assert _erased_since(ledger, ADDRESS) == second
     suppressed, detail = _decided(ledger, ADDRESS)
     assert suppressed and iso(second) in detail, detail
-    # A trusted grant dated between the two erasures (delivered late) does not lift it; one
-    # dated after the second does.
-    _grant(ledger, ADDRESS, first + timedelta(days=1))
+    # A trusted grant dated between the two erasures (delivered late) does not lift it (it is
+    # refused: the address is not stored again); one dated after the second does.
+    with pytest.raises(ErasedAddressRefused):
+        _grant(ledger, ADDRESS, first + timedelta(days=1))
     assert _decided(ledger, ADDRESS)[0] is True
     _grant(ledger, ADDRESS, second + timedelta(minutes=1))
     assert _decided(ledger, ADDRESS)[0] is False
@@ -117,7 +119,8 @@ def test_an_erased_persons_other_address_on_the_list_before_is_suppressed_since_
     assert _erased_since(ledger, ADDRESS) == second
     suppressed, detail = _decided(ledger, ADDRESS)
     assert suppressed and iso(second) in detail, detail
-    _grant(ledger, ADDRESS, second - timedelta(hours=1))  # dated before this erasure
+    with pytest.raises(ErasedAddressRefused):  # dated before this erasure: cannot lift it
+        _grant(ledger, ADDRESS, second - timedelta(hours=1))
     assert _decided(ledger, ADDRESS)[0] is True
     times = _entry_times(ledger)
     assert times[min(times)] == (first, second)

@@ -44,7 +44,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity, SubjectResolver, keyed_hasher
+from consentsync.ledger.identity import Identity, SubjectResolver
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -60,6 +60,9 @@ from consentsync.ledger.service import (
     HASHED_IDEMPOTENCY_KEY,
     Ledger,
     RecordRequest,
+    capture_request_hashers,
+    lifts_erasure,
+    unliftable_erased_grant,
 )
 from consentsync.reconcile import TO_THE_SECONDS_END, no_counts_from
 
@@ -122,11 +125,6 @@ RECEIPT_DAY = timedelta(hours=24)
 # REQUESTS_UPKEEP in the capture path of each process), and are never replayed meanwhile.
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 REQUESTS_UPKEEP = timedelta(hours=1)
-# What an idempotency record's key and digest are keyed hashes under: keys derived from the
-# erasure key (as links.py derives its signing key), one for each, so that neither matches a
-# suppression entry's hash of the same text, nor the other.
-IDEMPOTENCY_KEY_LABEL = "consentsync/capture-requests/idempotency-key/v1"
-REQUEST_DIGEST_LABEL = "consentsync/capture-requests/request/v1"
 # The ledger's events whose receipt the hub mails (what RECEIPT_MAILS counts): a person's grant,
 # withdrawal or refusal captured through an API key, on the preference page ("preference_center",
 # preferences.SOURCE) or on a confirmation link; not a GPC opt-out, which has no receipt.
@@ -814,11 +812,7 @@ class Hub:
     def _request_hashers(self) -> tuple[Callable[[str], str], Callable[[str], str]]:
         """The keyed hashes of an Idempotency-Key and of a request's digest (the erasure key read
         once)."""
-        derive = self.ledger.keyed_hasher()
-        return (
-            keyed_hasher(derive(IDEMPOTENCY_KEY_LABEL).encode("ascii")),
-            keyed_hasher(derive(REQUEST_DIGEST_LABEL).encode("ascii")),
-        )
+        return capture_request_hashers(self.ledger.erasure_key())
 
     def _stored_request(self, idempotency_key: str, fingerprint: str) -> tuple[str, str]:
         """An Idempotency-Key and a request's digest (``request_digest``) as stored."""
@@ -862,23 +856,20 @@ class Hub:
         erased address on a new person, suppressed all the same, and mail it a receipt or a
         link (docs/hub.md, "A grant for an erased address"). Only a no for the address alone is read as
         before: kept as its keyed hash (``Identity.says_no``)."""
-        granting: dict[str, list[int]] = {}
-        for index, request in enumerate(requests):
-            if request.identity.email and not request.identity.says_no:
-                granting.setdefault(request.identity.email, []).append(index)
-        if not granting:
+        # The ledger's rule (unliftable_erased_grant), as `consentsync ledger record` applies it.
+        refused = unliftable_erased_grant(
+            SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None),
+            requests,
+            lambda index, since: self._lifts(requests[index].evidence, index in doi, since),
+        )
+        if refused is None:
             return
-        resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
-        for email, indexes in granting.items():
-            since = resolver.erased_since(email)
-            if since is None or any(self._lifts(requests[i].evidence, i in doi, since) for i in indexes):
-                continue
-            log.info("hub.capture_refused", apikey=key.name, reason="erased", item=indexes[0])
-            raise ErasedAddress(
-                f"consents[{indexes[0]}].email: the address was erased; a grant from source "
-                f"{key.source!r} does not bring it back (only a new consent from a trusted "
-                "source, policy.trusted_sources, dated after the erasure does): nothing was recorded"
-            )
+        log.info("hub.capture_refused", apikey=key.name, reason="erased", item=refused)
+        raise ErasedAddress(
+            f"consents[{refused}].email: the address was erased; a grant from source "
+            f"{key.source!r} does not bring it back (only a new consent from a trusted "
+            "source, policy.trusted_sources, dated after the erasure does): nothing was recorded"
+        )
 
     def _lifts(self, evidence: Evidence, double_opt_in: bool, since: datetime) -> bool:
         """Whether ``evidence`` (a grant as captured) lifts an erasure's suppression made at
@@ -890,8 +881,7 @@ class Hub:
             if DOUBLE_OPT_IN_SOURCE not in policy.trusted_sources:
                 return False
             evidence = replace(evidence, status=ConsentStatus.GRANTED)
-        moment = policy.credible_time(evidence)
-        return policy.reverses_sticky(evidence) and moment is not None and moment > since
+        return lifts_erasure(policy, evidence, since)
 
     def _consented(self, requests: list[RecordRequest], doi: set[int]) -> dict[int, tuple[str, Any]]:
         """The double opt-in sign-ups (by index) of people whose consent to that purpose and

@@ -216,6 +216,25 @@ class SubjectResolver:
         made = {row[0]: row[1] for row in self.conn.execute(query)}
         return next((made[digest] for digest in digests if digest in made), None)
 
+    def erased_since_each(self, emails: set[str]) -> dict[str, datetime]:
+        """``erased_since`` for many addresses (a bulk import's batch): each of ``emails`` that
+        is an erased address nobody came back with, and when it was last erased. One chunked
+        read of the suppression list finds the few on it; only those are read one by one."""
+        if not emails:
+            return {}
+        hashes: dict[str, str] = {}
+        for email in sorted(emails):
+            for form in email_forms(email):
+                hashes.setdefault(self.hashed(form), email)
+        rows = select_in(self.conn, suppressions, ("email_hmac",), "email_hmac", sorted(hashes))
+        listed = {hashes[row[0]] for row in rows}
+        found: dict[str, datetime] = {}
+        for email in sorted(listed):
+            since = self.erased_since(email)
+            if since is not None:
+                found[email] = since
+        return found
+
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.
         by_type: dict[tuple[str, str], list[str]] = {}

@@ -142,6 +142,16 @@ STATE_COLUMNS = (
     "updated_at",
 )
 
+# The ledger_settings row saying ``Ledger.refold_blank_proof`` was done, and its entries' source.
+BLANK_PROOF_SETTING = "blank_proof_refolded"
+BLANK_PROOF_SOURCE = "consentsync:upgrade"
+# Every character ``str.isspace`` takes for whitespace (``Evidence.has_proof`` reads a label of
+# these alone as blank): trimmed in SQL, where each database's own notion of space differs.
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -248,6 +258,8 @@ class Ledger:
                 )
                 audit.append(conn, [entry], now)
             changed.append(purpose.key)
+        # After the purposes: an older version's blank-label proofs, folded again once.
+        self.refold_blank_proof()
         return changed
 
     def _restate(self, purpose: Purpose, now: datetime, actor: str) -> None:
@@ -327,6 +339,155 @@ class Ledger:
         if announced:
             self._announce(conn, announced, now)
 
+    # -- one-time upgrade steps ----------------------------------------------------------------
+
+    def refold_blank_proof(self, actor: str = "consentsync", *, chunk_size: int = 500) -> int:
+        """Once per ledger (the ``ledger_settings`` row ``BLANK_PROOF_SETTING`` says it was done):
+        the consents an older version folded with a blank notice version or evidence reference
+        as proof are folded again. Since session 57 a blank label is no proof
+        (``Evidence.has_proof``), but ``SUMMARY_VERSION`` did not move, so a summary folded
+        before stays current: a grant recorded with ``--notice-version ""`` after a withdrawal
+        kept reversing it (the person contactable), and ``audit verify``, folding the events
+        with today's rule, called the honest row edited outside consentsync.
+
+        Exactly the (person, purpose, channel) keys with such an event are looked up, in one
+        query (a scan of ``consent_events``: no index holds a label; the marker makes it one
+        scan per ledger, a ledger that never held a blank label pays that and nothing else).
+        Each chunk of people is folded again with the ledger's own fold (``_refold``) and
+        stored in a write transaction of its own (under the writer lock: other writers wait
+        for a chunk, not for the whole step); a state that changed is audited
+        (``state.changed``) and announced on the change feed, so that every CRM is told, as for
+        any change of state. A stored summary equal to the new fold is left as it is, so a run
+        stopped midway (the marker is written last) is finished by the next open without
+        auditing anything twice, and two processes opening at once do each change once.
+        Returns the number of states stored."""
+        from sqlalchemy import func
+        from sqlalchemy.exc import IntegrityError
+
+        from consentsync.ledger.schema import ledger_settings
+
+        by_name = ledger_settings.c.name == BLANK_PROOF_SETTING
+        with reading(self.engine) as conn:
+            if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is not None:
+                return 0
+
+        def blank(column: Any) -> Any:
+            # Empty or whitespace alone as ``str.isspace`` reads it: nothing left once every
+            # whitespace character is trimmed (NULL, no label, stays NULL: not blank).
+            return func.ltrim(column, _WHITESPACE) == ""
+
+        now = self.clock()
+        # No DISTINCT: SQLite would walk the table by an index to group it (a million events:
+        # 3.7 s, against 0.3 s read in order); the few keys found are grouped here.
+        events = consent_events.c
+        query = select(events.subject_id, events.purpose, events.channel).where(
+            or_(blank(events.notice_version), blank(events.evidence_ref))
+        )
+        with reading(self.engine) as conn:
+            keys = set(conn.execute(query).tuples())
+        by_subject: dict[int, set[tuple[int, str, str]]] = {}
+        for subject_id, purpose, channel in keys:
+            by_subject.setdefault(subject_id, set()).add((subject_id, purpose, channel))
+        stored = 0
+        for chunk in chunks(sorted(by_subject), chunk_size):
+            with self.engine.begin() as conn:
+                wanted = {key for subject_id in chunk for key in by_subject[subject_id]}
+                stored += self._refold_blank_proof_in(conn, wanted, now, actor)
+            failpoint("ledger.blank_proof.chunk")  # a chunk committed, the marker not yet written
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is None:
+                    conn.execute(
+                        insert(ledger_settings).values(name=BLANK_PROOF_SETTING, value="done", set_at=now)
+                    )
+        except IntegrityError:  # another process opening the ledger finished it meanwhile
+            pass
+        if keys:  # said once per ledger, and only where an older version left such a label
+            log.info("blank_proof.refolded", keys=len(keys), states=stored)
+        return stored
+
+    def _refold_blank_proof_in(
+        self, conn: Connection, keys: set[tuple[int, str, str]], now: datetime, actor: str
+    ) -> int:
+        """``refold_blank_proof`` for these keys, inside the caller's write transaction."""
+        ids = {key[0] for key in keys}
+        contexts = self._contexts(conn, ids)
+        folded = self._refold(conn, keys)
+        rows = {
+            (row.subject_id, row.purpose, row.channel): row
+            for row in conn.execute(
+                select(consent_states).where(one_of(conn, consent_states.c.subject_id, sorted(ids)))
+            )
+            if (row.subject_id, row.purpose, row.channel) in keys
+        }
+        restated: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+        summary_only: dict[tuple[int, str, str], Summary] = {}
+        records: list[AuditRecord] = []
+        announced: set[int] = set()
+        for key in sorted(keys):
+            subject_id, purpose_key, channel = key
+            summary, row = folded[key], rows.get(key)
+            if row is None and summary == NO_EVIDENCE:
+                continue
+            if row is not None:
+                data = orjson.loads(row.summary)
+                if isinstance(data, dict) and Summary.is_current(data) and Summary.from_json(data) == summary:
+                    continue  # folded so already (by a run stopped midway, or another process)
+            purpose = self.purposes.get(purpose_key)
+            if purpose is None or channel not in purpose.channels:
+                # Nothing is decided or pushed for it: its summary is corrected (audit verify
+                # compares it with the events), its columns stay as they were last written.
+                if row is not None:
+                    summary_only[key] = summary
+                continue
+            context = contexts[subject_id]
+            new = effective_state(
+                summary, purpose, channel, flags=context.flags, objections=context.objections, now=now
+            )
+            restated[key] = (summary, new)
+            # The evidence behind the state changed: connectors look again whatever it shows.
+            announced.add(subject_id)
+            old = (
+                None
+                if row is None
+                else {"status": row.status, "basis": row.basis, "suppressed": row.suppressed}
+            )
+            evidence_status = (new.evidence_status or new.status).value
+            if row is None or (row.status, row.basis, row.suppressed, row.rule) != (
+                evidence_status,
+                new.basis.value,
+                new.suppressed,
+                new.rule,
+            ):
+                records.append(
+                    AuditRecord(
+                        "state.changed",
+                        {"purpose": purpose_key, "channel": channel},
+                        old=old,
+                        new=_state_tuple_json(new),
+                        rule=new.rule,
+                        source=BLANK_PROOF_SOURCE,
+                        actor=actor,
+                        subject_uid=context.uid,
+                        subject_id=subject_id,
+                    )
+                )
+        for (subject_id, purpose_key, channel), summary in summary_only.items():
+            conn.execute(
+                update(consent_states)
+                .where(
+                    consent_states.c.subject_id == subject_id,
+                    consent_states.c.purpose == purpose_key,
+                    consent_states.c.channel == channel,
+                )
+                .values(summary=canonical_json(summary.to_json()), updated_at=now)
+            )
+        self._store_states(conn, restated, now)
+        audit.append(conn, records, now)
+        if announced:
+            self._announce(conn, announced, now)
+        return len(restated) + len(summary_only)
+
     # -- consent events ------------------------------------------------------------------------
 
     def validate(self, evidence: Evidence, *, now: datetime | None = None) -> Purpose:
@@ -398,36 +559,39 @@ class Ledger:
         """One statement in a transaction of its own (``consentsync ledger record``, scripts).
 
         A grant captured for an erased address that nobody came back with is refused
-        (``ErasedAddressRefused``, nothing recorded) unless its source is trusted
-        (``policy.trusted_sources``): recorded, it would store the erased address again on a new
-        person, on the word of a source that cannot lift the erasure. The capture API refuses
-        it too (409). A trusted source's grant is recorded: dated after the latest erasure it
-        lifts the suppression, dated before (evidence delivered late) it stays suppressed."""
+        (``ErasedAddressRefused``, nothing recorded) unless it lifts the erasure
+        (``lifts_erasure``: a new consent from a trusted source, evidenced, dated after the
+        address's latest erasure), the capture API's rule (its 409, ``Hub._refuse_erased``).
+        Recorded, any other would store the erased address again on a new person who stays
+        suppressed all the same (Art. 17, Art. 5(1)(c)): an untrusted source's, and a trusted
+        source's dated before the erasure, undated or without its proof."""
+        request = RecordRequest(identity, evidence)
         with self.engine.begin() as conn:
             # Read under the writer lock the transaction holds: an erasure committed since counts.
-            self._refuse_untrusted_grant_for_erased(conn, identity, evidence)
-            _stats, outcomes = self.record_in(conn, [RecordRequest(identity, evidence)], run_id=run_id)
+            self._refuse_unlifting_grants(conn, [request], lambda _index: "--email")
+            _stats, outcomes = self.record_in(conn, [request], run_id=run_id)
         return outcomes[0]
 
-    def _refuse_untrusted_grant_for_erased(
-        self, conn: Connection, identity: Identity, evidence: Evidence
+    def _refuse_unlifting_grants(
+        self, conn: Connection, requests: Sequence[RecordRequest], field_of: Callable[[int], str]
     ) -> None:
-        if (
-            not identity.email
-            or identity.says_no
-            or evidence.status is not ConsentStatus.GRANTED
-            or evidence.origin is not Origin.CAPTURE
-            or evidence.source in self.policy.trusted_sources
-        ):
+        """Raises ``ErasedAddressRefused`` (naming ``field_of`` the request's index) where one of
+        ``requests`` grants for an erased address nobody came back with and none of its grants
+        for that address lifts the erasure (``unliftable_erased_grant``, the capture API's rule)."""
+        policy = self.policy
+        refused = unliftable_erased_grant(
+            SubjectResolver(conn, self.erasure_key(), self.clock(), None),
+            requests,
+            lambda index, since: lifts_erasure(policy, requests[index].evidence, since),
+        )
+        if refused is None:
             return
-        resolver = SubjectResolver(conn, self.erasure_key(), self.clock(), None)
-        if resolver.erased_since(identity.email) is None:
-            return
-        log.info("ledger.record_refused", reason="erased", source=evidence.source)
+        source = requests[refused].evidence.source
+        log.info("ledger.record_refused", reason="erased", source=source)
         raise ErasedAddressRefused(
-            f"--email: the address was erased; a grant from source {evidence.source!r} does not "
-            "bring it back (only a new consent from a trusted source, policy.trusted_sources, dated "
-            "after the erasure does): nothing was recorded"
+            f"{field_of(refused)}: the address was erased; a grant from source {source!r} does not "
+            "bring it back (only a new consent from a trusted source, policy.trusted_sources, "
+            "evidenced and dated after the erasure does): nothing was recorded"
         )
 
     def record_many(
@@ -440,9 +604,14 @@ class Ledger:
         """Records a stream of evidence, one transaction per batch; memory stays flat.
 
         On SQLite, what each committed batch knows about its people is kept for the next ones
-        (``ledger.warm``) as long as no other connection writes in between."""
+        (``ledger.warm``) as long as no other connection writes in between.
+
+        A batch holding a grant for an erased address that it does not lift is refused as
+        ``record`` refuses one (``ErasedAddressRefused``, naming ``requests[i]``, i counted from
+        the stream's start): that batch records nothing, the batches before it stay recorded."""
         total = RecordStats()
         iterator = iter(requests)
+        done = 0
         warm = WarmSubjects() if self.engine.dialect.name == "sqlite" else None
         with cyclic_gc_paused(), self.engine.connect() as conn:
             while batch := list(islice(iterator, batch_size)):
@@ -453,9 +622,13 @@ class Ledger:
                         if version != warm.data_version:
                             warm.clear()
                             warm.data_version = version
+                    self._refuse_unlifting_grants(
+                        conn, batch, lambda index, first=done: f"requests[{first + index}].email"
+                    )
                     stats, _outcomes = self.record_in(
                         conn, batch, run_id=run_id, keep_outcomes=False, warm=warm
                     )
+                done += len(batch)
                 after_commit(self.engine)
                 if warm is not None:
                     warm.promote()
@@ -922,7 +1095,7 @@ class Ledger:
                 conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == person))
                 details = audit.erase_details(conn, person)
                 texts = _redact_operational_text(conn, person)
-                _close_capture_requests(conn, before.uid)
+                _close_capture_requests(conn, before.uid, capture_request_hashers(self.erasure_key())[0])
                 erased_details += details
                 redacted += texts
                 after = self._contexts(conn, {person})[person]
@@ -1433,7 +1606,7 @@ class Ledger:
         )
         while True:
             with transaction() as conn:
-                query = select(*key, consent_states.c.basis).where(
+                query = select(*key, consent_states.c.basis, consent_states.c.summary).where(
                     consent_states.c.status == ConsentStatus.GRANTED.value, consent_states.c.expires_at <= now
                 )
                 if after is not None:
@@ -1442,6 +1615,47 @@ class Ledger:
                 due = conn.execute(query.order_by(*key).limit(batch_size)).all()
                 if not due:
                     return stats
+                # A lapse already on record whose row still reads granted: a ledger written before
+                # the reconciler said "expired" for a restricted, erased or objecting person (it
+                # decided their state before the clock). Recording it again is a duplicate, which
+                # writes no state, so the sweep found it on every call, forever. Its stored status
+                # is set to what the evidence says instead, once: nothing the CRMs see changes
+                # (the suppression and its rule stay), so there is no event, audit or push.
+                candidates: dict[tuple[int, str, str], Summary | None] = {}
+                for row in due:
+                    data = orjson.loads(row.summary)
+                    if not Summary.is_current(data):
+                        candidates[(row.subject_id, row.purpose, row.channel)] = None
+                    elif data.get("lapsed_at"):  # mostly none: a lapse is recorded once
+                        candidates[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(data)
+                stale = {k for k, summary in candidates.items() if summary is None}
+                folded = {**candidates, **self._refold(conn, stale)} if stale else candidates
+                settled = []
+                for (subject_id, purpose_key, channel), summary in folded.items():
+                    purpose = self.purposes.get(purpose_key)
+                    if summary is None or purpose is None or channel not in purpose.channels:
+                        continue
+                    # The stored status is what the evidence says, whatever suppresses the person
+                    # (tests/unit/test_s57_expiry_status.py): no flags or objections needed.
+                    state = effective_state(
+                        summary, purpose, channel, flags=SubjectFlags(), objections=(), now=now
+                    )
+                    if state.evidence_status is ConsentStatus.EXPIRED:
+                        settled.append({"s": subject_id, "p": purpose_key, "c": channel})
+                if settled:
+                    conn.execute(
+                        update(consent_states)
+                        .where(
+                            consent_states.c.subject_id == bindparam("s"),
+                            consent_states.c.purpose == bindparam("p"),
+                            consent_states.c.channel == bindparam("c"),
+                            consent_states.c.status == ConsentStatus.GRANTED.value,
+                        )
+                        .values(status=ConsentStatus.EXPIRED.value),
+                        settled,
+                    )
+                    log.info("expiry.settled", consents=len(settled))
+                done = {(item["s"], item["p"], item["c"]) for item in settled}
                 requests = [
                     RecordRequest(
                         Identity(subject_id=row.subject_id),
@@ -1459,6 +1673,7 @@ class Ledger:
                     )
                     for row in due
                     if self._expires(row.purpose, row.channel)
+                    and (row.subject_id, row.purpose, row.channel) not in done
                 ]
                 if requests:
                     batch, recorded = self.record_in(
@@ -2040,6 +2255,11 @@ ERASED_TEXT = "(redacted: the person was erased, Art. 17)"
 # Idempotency-Key is stored as this prefix and its keyed hash, never as sent (a client may put
 # the person's address in it). A row without the prefix was written by an older version.
 HASHED_IDEMPOTENCY_KEY = "hmac-sha256:"
+# What an idempotency record's key and digest are keyed hashes under (capture_request_hashers):
+# keys derived from the erasure key (as hub/links.py derives its signing key), one for each, so
+# that neither matches a suppression entry's hash of the same text, nor the other.
+IDEMPOTENCY_KEY_LABEL = "consentsync/capture-requests/idempotency-key/v1"
+REQUEST_DIGEST_LABEL = "consentsync/capture-requests/request/v1"
 # An erased person's idempotency record, closed (``_close_capture_requests``): the status a retry
 # of its key is answered with (410), the answer it kept gone.
 ERASED_REQUEST_STATUS = 410
@@ -2076,18 +2296,39 @@ def _redact_operational_text(conn: Connection, subject_id: int) -> int:
     return redacted
 
 
-def _close_capture_requests(conn: Connection, uid: str) -> int:
+def _close_capture_requests(conn: Connection, uid: str, key_hash: Callable[[str], str]) -> int:
     """The capture API's idempotency records whose kept answer names an erased person (by their
     uid: a batch's answer names each person it recorded). The answer goes, and so does the
     request's keyed digest; the key's keyed hash stays until the record expires, so that a
     retry of the request is refused (``ERASED_REQUEST_STATUS``), not run again: run again, a
     stale sign-up would bring the person back, dated now. A record an older version wrote (its
-    key as sent) is deleted: its key may hold the address."""
+    key as sent: it may hold the address) is closed too, under its key's keyed hash
+    (``key_hash``, ``capture_request_hashers``) as this version stores keys: deleted, its key's
+    retry would run again until the hub's upkeep (``Hub.forget_old_requests``) had keyed it."""
     # Found by a scan: the records live a day (hub/capture.py, IDEMPOTENCY_WINDOW), and a uid
     # is a uuid (no LIKE wildcard in it), quoted in the answer's JSON.
     naming = capture_requests.c.response.like(f'%"{uid}"%')
     plain = ~capture_requests.c.idempotency_key.startswith(HASHED_IDEMPOTENCY_KEY, autoescape=True)
-    gone = conn.execute(delete(capture_requests).where(naming, plain)).rowcount or 0
+    older = conn.execute(
+        select(capture_requests.c.id, capture_requests.c.key_id, capture_requests.c.idempotency_key).where(
+            naming, plain
+        )
+    ).all()
+    gone = 0
+    for row in older:
+        hashed = HASHED_IDEMPOTENCY_KEY + key_hash(row.idempotency_key)
+        taken = conn.execute(
+            select(capture_requests.c.id).where(
+                capture_requests.c.key_id == row.key_id, capture_requests.c.idempotency_key == hashed
+            )
+        ).first()
+        mine = capture_requests.c.id == row.id
+        if taken is not None:
+            # The key's record as this version writes it stands for the key (closed below where
+            # its answer names the person): the key as sent goes.
+            gone += conn.execute(delete(capture_requests).where(mine)).rowcount or 0
+        else:
+            conn.execute(update(capture_requests).where(mine).values(idempotency_key=hashed))
     closed = (
         conn.execute(
             update(capture_requests)
@@ -2097,6 +2338,54 @@ def _close_capture_requests(conn: Connection, uid: str) -> int:
         or 0
     )
     return gone + closed
+
+
+def capture_request_hashers(erasure_key: bytes) -> tuple[Callable[[str], str], Callable[[str], str]]:
+    """The keyed hashes of an idempotency record's Idempotency-Key and of its request's digest:
+    under keys derived from the erasure key (``IDEMPOTENCY_KEY_LABEL``, ``REQUEST_DIGEST_LABEL``).
+    The one derivation the capture API (``Hub._request_hashers``) and an erasure
+    (``_close_capture_requests``) key records by."""
+    derive = keyed_hasher(erasure_key)
+    return (
+        keyed_hasher(derive(IDEMPOTENCY_KEY_LABEL).encode("ascii")),
+        keyed_hasher(derive(REQUEST_DIGEST_LABEL).encode("ascii")),
+    )
+
+
+def lifts_erasure(policy: Policy, evidence: Evidence, since: datetime) -> bool:
+    """Whether ``evidence`` (a grant as captured) lifts the suppression of an address erased at
+    ``since``, as the ledger reads it (``effective_state``): a new consent (``reverses_sticky``:
+    a trusted capture source's, on consent, evidenced) whose credible time is after the erasure.
+    The one rule ``Ledger.record`` and the capture API (``Hub._lifts``) refuse grants by."""
+    moment = policy.credible_time(evidence)
+    return policy.reverses_sticky(evidence) and moment is not None and moment > since
+
+
+def unliftable_erased_grant(
+    resolver: SubjectResolver, requests: Sequence[RecordRequest], lifts: Callable[[int, datetime], bool]
+) -> int | None:
+    """The index of the first of ``requests`` that is a capture's grant (or double opt-in
+    sign-up) for an erased address nobody came back with (``SubjectResolver.erased_since``)
+    where none of the grants of ``requests`` for that address lifts the erasure (``lifts``: an
+    index and the address's latest erasure; ``lifts_erasure``); None where there is none.
+    Recorded, such a grant stores the erased address on a new person, suppressed all the same.
+    A no for the address (``Identity.says_no``) is not one: it is kept as its keyed hash."""
+    granting: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        identity, evidence = request.identity, request.evidence
+        if (
+            identity.email
+            and not identity.says_no
+            and evidence.origin is Origin.CAPTURE
+            and evidence.status in (ConsentStatus.GRANTED, ConsentStatus.REQUESTED)
+        ):
+            granting.setdefault(identity.email, []).append(index)
+    erased = resolver.erased_since_each(set(granting))
+    for email, indexes in granting.items():
+        since = erased.get(email)
+        if since is not None and not any(lifts(index, since) for index in indexes):
+            return indexes[0]
+    return None
 
 
 def _rows_of_subject(
