@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import orjson
 import pytest
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SADeprecationWarning
 
 import consentsync.ledger.service as service
 from consentsync import audit_states
@@ -248,3 +250,12 @@ def test_a_step_killed_midway_is_finished_by_the_next_open(
     assert _counts(older_ledger)["marker"] is not None
     assert len(_upgrade_entries(older_ledger)) == 2
     assert _rules(older_ledger, ADA) == _rules(older_ledger, BEN) == [("sticky_withdrawal", True)]
+
+
+def test_the_step_uses_no_deprecated_sqlalchemy_call(older_ledger: Ledger) -> None:
+    """The step runs inside every first open of a ledger: a call SQLAlchemy deprecates (it warned
+    on ``Result.tuples()`` since 2.1) would one day fail every first open."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SADeprecationWarning)
+        older_ledger.refold_blank_proof()
+    assert _rules(older_ledger, ADA) == [("sticky_withdrawal", True)]

@@ -384,7 +384,8 @@ class Ledger:
             or_(blank(events.notice_version), blank(events.evidence_ref))
         )
         with reading(self.engine) as conn:
-            keys = set(conn.execute(query).tuples())
+            # Plain tuples (Result.tuples() is deprecated since SQLAlchemy 2.1).
+            keys = {(row[0], row[1], row[2]) for row in conn.execute(query)}
         by_subject: dict[int, set[tuple[int, str, str]]] = {}
         for subject_id, purpose, channel in keys:
             by_subject.setdefault(subject_id, set()).add((subject_id, purpose, channel))
