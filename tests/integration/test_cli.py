@@ -615,16 +615,22 @@ def test_erase_leaves_only_a_keyed_hash(cli: Any) -> None:
     verified = cli.json("audit", "verify")
     assert verified["ok"] is True and verified["broken_seq"] is None
 
-    # The person comes back (any case, any whitespace): a new subject, suppressed at once.
+    # A grant for the address (any case, any whitespace) that cannot lift the erasure (no proof,
+    # not dated after it) is refused: the address is not stored again (session 57).
     for spelling in (email, f"\t{email.upper()}  "):
-        out = record(cli, spelling, "email_marketing", "granted")
-        assert out["subject"] != uid
-        assert (out["after"]["suppressed"], out["after"]["rule"]) == (True, "erasure_suppression")
+        refused = cli(*record_args(spelling, "email_marketing", "granted"))
+        message = assert_bad_input(refused, "the address was erased")
+        assert email not in message.lower()
+    assert email not in dump_database(cli.config_path)
+    # The person comes back with an evidenced consent dated after the erasure: a new subject.
+    later = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    out = record(cli, email, "email_marketing", "granted", "--at", later, "--notice-version", "v1")
+    assert out["subject"] != uid
+    assert (out["after"]["suppressed"], out["after"]["status"]) == (False, "granted")
     view = show(cli, email)
     assert view["suppressed_by_erasure"] is True
-    assert all(p["suppressed"] and p["rule"] == "erasure_suppression" for p in view["purposes"])
     human = cli.ok("subject", "show", email).stdout
-    assert "this address was erased before" in human and "erasure_suppression" in human
+    assert "this address was erased before" in human
     assert cli.json("audit", "verify")["ok"] is True
 
 
@@ -638,8 +644,9 @@ def test_erase_unknown_address_still_suppresses(cli: Any) -> None:
     erased = audit_entries(cli, "--action", "subject.erased")
     assert [entry["actor"] for entry in erased] == [login_name()] * 2
     assert "never@example.com" not in dump_database(cli.config_path)
-    after = record(cli, "never@example.com", "service", "granted")["after"]
-    assert (after["suppressed"], after["rule"]) == (True, "erasure_suppression")
+    # A grant that cannot lift the erasure is refused, the address never stored (session 57).
+    assert_bad_input(cli(*record_args("never@example.com", "service", "granted")), "the address was erased")
+    assert "never@example.com" not in dump_database(cli.config_path)
 
 
 # -- subject show / export -------------------------------------------------------------------------
