@@ -25,7 +25,7 @@ from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import outbox
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
-from tests.conftest import running_harness
+from tests.conftest import SQLITE_ONLY, running_harness
 from tests.integration.test_ledger_query_plans import _capture, _whole_table_reads
 
 LIFTED = "lift@example.test"  # nothing ticked before the restriction
@@ -167,6 +167,7 @@ def test_lifting_a_restriction_puts_back_what_it_wrote_and_keeps_every_other_opt
     assert _plan(config) == {}
 
 
+@SQLITE_ONLY  # the mapping's rule: its lookups run on PostgreSQL in the first test (CI time)
 def test_an_opt_out_a_crm_user_or_the_person_set_survives_the_lift(
     salesforce: Any, tmp_path: Path, ledger_url: str
 ) -> None:
@@ -211,6 +212,7 @@ def test_the_writes_are_looked_up_only_for_an_opt_out_that_could_be_put_back(
 FIELDS_PARTLY_SHOWN = '{"DoNotCall":true,"HasOptedOutOfEmail":false}'
 
 
+@SQLITE_ONLY  # the mapping's rule: its lookups run on PostgreSQL in the first test (CI time)
 def test_a_later_write_sent_and_never_acknowledged_keeps_the_opt_out(
     salesforce: Any, tmp_path: Path, ledger_url: str
 ) -> None:
@@ -247,6 +249,7 @@ def test_a_later_write_sent_and_never_acknowledged_keeps_the_opt_out(
     reason="people lifted under an older release are never examined again: a new push rules' version "
     "re-examines only people with a push waiting (sync/push_rules.py, waiting_under_other_rules)",
 )
+@SQLITE_ONLY  # the mapping's rule: its lookups run on PostgreSQL in the first test (CI time)
 def test_a_restriction_lifted_under_an_older_release_is_put_back_by_a_full_sync(
     salesforce: Any, tmp_path: Path, ledger_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
