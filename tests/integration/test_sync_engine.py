@@ -368,7 +368,9 @@ def test_batches_behind_the_reads_commit_together_and_no_read_holds_the_write_lo
 ) -> None:
     """Batches already read commit together (sync/writer.py), but the ledger's write lock is
     never held while the run waits for the CRM's next page: another writer (a capture, an
-    erasure) waits for a batch at most, not for a read. Every query page takes 0.8 s here."""
+    erasure) waits for a batch at most, not for a read. Every query page takes 1.2 s here, so a
+    lock held across a read makes another writer wait about that long, while a batch's commit
+    took up to 0.54 s on two loaded cores (five test workers)."""
     import sqlite3
     import threading
     import time
@@ -377,7 +379,7 @@ def test_batches_behind_the_reads_commit_together_and_no_read_holds_the_write_lo
 
     with SalesforceSandbox() as sandbox:
         sandbox.org.seed(500, seed=3)  # several query pages of 200 for the contacts
-        sandbox.faults.update(delay=0.8, delay_kinds=("query", "queryMore"))
+        sandbox.faults.update(delay=1.2, delay_kinds=("query", "queryMore"))
         engine = _engine(ledger, config_path, sandbox)
         pulling, batches, commits = [False], [0], [0]
         pull, commit_page = engine._pull, engine._commit_read_page
@@ -417,7 +419,7 @@ def test_batches_behind_the_reads_commit_together_and_no_read_holds_the_write_lo
             thread.join()
     assert report.status == "succeeded", report.error
     assert commits[0] < batches[0], f"{commits[0]} commits for {batches[0]} batches: none went together"
-    assert len(waits) > 20 and max(waits) < 0.5, f"another writer waited {max(waits):.2f} s for the lock"
+    assert len(waits) > 20 and max(waits) < 1.0, f"another writer waited {max(waits):.2f} s for the lock"
 
 
 def test_a_row_put_back_while_a_run_pushes_is_examined_again_not_sent_over_a_newer_choice(
