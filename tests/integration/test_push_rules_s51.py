@@ -86,6 +86,23 @@ def test_a_field_turned_to_pull_is_not_written_from_pushes_that_waited(
     assert not any("DoNotCall" in fields for fields in sent)
 
 
+def _grant_through_a_form(ledger: Ledger, email: str) -> None:
+    """A proven consent to email marketing, captured now."""
+    now = ledger.clock()
+    grant = Evidence(
+        purpose="email_marketing",
+        channel="email",
+        status=ConsentStatus.GRANTED,
+        basis=LawfulBasis.CONSENT,
+        event_time=now,
+        observed_at=now,
+        source="web_form",
+        origin=Origin.CAPTURE,
+        notice_version="v2",
+    )
+    ledger.record(Identity(email=email), grant)
+
+
 def test_suppress_only_sends_no_waiting_push_that_lifts_a_suppression(
     ledger: Ledger, config_path: Path, org: SalesforceSandbox
 ) -> None:
@@ -95,18 +112,7 @@ def test_suppress_only_sends_no_waiting_push_that_lifts_a_suppression(
     contact = next(c for c in org.org.records("Contact") if c["Email"] and c["HasOptedOutOfEmail"])
     assert _engine(ledger, config_path, org, CONTACT, "observe").run(full=True).status == "succeeded"
     assert ledger.subject_uids_for_email(contact["Email"]), "the contact's person is held"
-    grant = Evidence(
-        purpose="email_marketing",
-        channel="email",
-        status=ConsentStatus.GRANTED,
-        basis=LawfulBasis.CONSENT,
-        event_time=ledger.clock(),
-        observed_at=ledger.clock(),
-        source="web_form",
-        origin=Origin.CAPTURE,
-        notice_version="v2",
-    )
-    ledger.record(Identity(email=contact["Email"]), grant)
+    _grant_through_a_form(ledger, contact["Email"])
     assert _engine(ledger, config_path, org, CONTACT, "observe").run().status == "succeeded"
     assert _waiting(ledger, contact["Id"]) == [{"HasOptedOutOfEmail": False}], "the clearing waits"
 
@@ -114,6 +120,29 @@ def test_suppress_only_sends_no_waiting_push_that_lifts_a_suppression(
     assert report.status == "succeeded", report.error
     assert org.org.get(contact["Id"])["HasOptedOutOfEmail"] is True
     assert _waiting(ledger, contact["Id"]) == []
+
+
+def test_a_grant_suppress_only_never_pushed_is_pushed_once_the_connector_may_clear_opt_outs(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox
+) -> None:
+    """suppress_only from the start: the proven consent of a contact opted out in the CRM is
+    never pushed, and nothing waits for it. The admin then lets the connector push both ways: the
+    person's records were decided under the old mode, so the first run of the new one decides
+    them again and clears the opt-out, though no record and no state of theirs changed."""
+    contact = next(c for c in org.org.records("Contact") if c["Email"] and c["HasOptedOutOfEmail"])
+    assert _engine(ledger, config_path, org, CONTACT, "suppress_only").run(full=True).status == "succeeded"
+    _grant_through_a_form(ledger, contact["Email"])
+    assert _engine(ledger, config_path, org, CONTACT, "suppress_only").run().status == "succeeded"
+    assert org.org.get(contact["Id"])["HasOptedOutOfEmail"] is True
+    assert _waiting(ledger, contact["Id"]) == [], "suppress_only keeps no clearing waiting"
+
+    report = _engine(ledger, config_path, org, CONTACT, "two_way").run()
+    assert report.status == "succeeded", report.error
+    assert org.org.get(contact["Id"])["HasOptedOutOfEmail"] is False
+    # Decided again once: the next run of the same rules examines nobody it did not read.
+    again = _engine(ledger, config_path, org, CONTACT, "two_way").run()
+    assert again.status == "succeeded", again.error
+    assert again.counts.pushes_enqueued == 0
 
 
 def _waiting(ledger: Ledger, record_id: str) -> list[dict[str, object]]:

@@ -91,7 +91,7 @@ from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
 from consentsync.sync.prefetch import Prefetch, PrefetchEach
-from consentsync.sync.push_rules import push_rules_digest, waiting_under_other_rules
+from consentsync.sync.push_rules import examine_under_new_rules, push_rules_digest
 from consentsync.sync.runs import RunCounts, record_unstarted
 from consentsync.sync.spool import PageSpool
 from consentsync.sync.writer import RunWriter
@@ -2255,10 +2255,9 @@ class SyncEngine:
 
     def _catch_up_feed(self, report: RunReport) -> None:
         with self._transaction() as conn:
-            # Pushes still waiting from rules changed since are decided again (push_rules.py).
+            # Rules changed since the people were decided: each is decided again (push_rules.py).
             digest = push_rules_digest(self.mappings, self.options)
-            waiting = waiting_under_other_rules(conn, self.name, digest, report.run_id, self.ledger.clock())
-            self._mark_for_examination(conn, waiting)
+            examine_under_new_rules(conn, self.name, digest, report.run_id, self.ledger.clock())
         while True:
             with self._transaction() as conn:
                 if not self._follow_feed(conn, report, self.ledger.clock()):

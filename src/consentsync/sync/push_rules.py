@@ -6,8 +6,12 @@ decided under the connector's mode, erasure actions and mappings of that moment,
 it was: after an admin turned a field to ``direction: pull``, or switched ``observe`` to
 ``suppress_only`` (which never clears an opt-out), the next run still wrote what the old rules
 had decided. So the rules' digest is kept beside the connector's cursors, and a run (or a plan)
-that finds it changed examines again every person with a push waiting: a push the new rules
-still make keeps its row, with its attempts; one they no longer make is superseded.
+that finds it changed examines again every person linked through the connector: a push the new
+rules still make keeps its row, with its attempts; one they no longer make is superseded; and a
+push the old rules never made is made now. Not only the waiting pushes: a grant that
+``suppress_only`` never pushed is owed once the mode allows it, and a release that decides
+otherwise (``PUSH_DECISIONS_VERSION``: 3 puts back what a lifted restriction wrote) owes its
+decision to the people the older release examined and left as they were.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from datetime import datetime
 from typing import Protocol
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, literal, select, true, union
+from sqlalchemy.dialects import postgresql, sqlite
 
 from consentsync.domain import canonical_json
 from consentsync.ledger.bulk import db_time, upsert_rows
-from consentsync.ledger.schema import outbox, sync_cursors
+from consentsync.ledger.schema import crm_links, outbox, sync_cursors, sync_examine
 from consentsync.mapping import PUSH_DECISIONS_VERSION, Mapping
 
 # The sync_cursors row that holds the digest ("~": no CRM object is named so; see LEDGER_FEED).
@@ -54,21 +59,22 @@ def push_rules_digest(mappings: Iterable[Mapping], options: PushOptions) -> str:
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
-def waiting_under_other_rules(
+def examine_under_new_rules(
     conn: Connection, connector: str, digest: str, run_id: str, now: datetime
-) -> list[int]:
-    """The people with a push of ``connector`` waiting that was decided under other rules than
-    ``digest`` (none when the stored digest is this one), and the digest stored as the rules
-    of this run, in ``conn``. A ledger that holds no digest yet (a first run, or one made by an
-    older version) has its waiting pushes decided again too: the rules they were made under are
-    not known."""
+) -> bool:
+    """Marks for examination (``sync_examine``) every person linked through ``connector`` when
+    the rules stored for it are not ``digest``, and stores ``digest`` as the rules of this run, in
+    ``conn``; True when it did. A ledger that holds no digest yet (a first run, or one made by an
+    older version) has its people decided again too: the rules they were decided under are not
+    known. One statement: the people are never loaded (a million links cost one scan of the
+    connector's links, once per change of rules; a mapping change reads every record anyway)."""
     stored = conn.execute(
         select(sync_cursors.c.cursor).where(
             sync_cursors.c.connector == connector, sync_cursors.c.object_type == PUSH_RULES
         )
     ).scalar()
     if stored is not None and orjson.loads(stored).get("digest") == digest:
-        return []
+        return False
     upsert_rows(
         conn,
         sync_cursors,
@@ -76,10 +82,19 @@ def waiting_under_other_rules(
         ("connector", "object_type"),
         [(connector, PUSH_RULES, orjson.dumps({"digest": digest}).decode(), run_id, db_time(conn, now))],
     )
-    return list(
-        conn.execute(
-            select(outbox.c.subject_id)
-            .where(outbox.c.connector == connector, outbox.c.status == "pending")
-            .distinct()
-        ).scalars()
+    # The pushes waiting too, whatever their links became since (a record merged away).
+    people = union(
+        select(crm_links.c.subject_id).where(crm_links.c.connector == connector),
+        select(outbox.c.subject_id).where(outbox.c.connector == connector, outbox.c.status == "pending"),
+    ).subquery()
+    # WHERE true: SQLite takes the ON of an INSERT ... SELECT ... ON CONFLICT for a join's
+    # where the SELECT has no WHERE.
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(
+        dialect_insert(sync_examine)
+        .from_select(
+            ["connector", "subject_id"], select(literal(connector), people.c.subject_id).where(true())
+        )
+        .on_conflict_do_nothing()
     )
+    return True
