@@ -19,7 +19,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -36,7 +44,7 @@ from consentsync.identifiers import shaped
 from consentsync.reconcile import Policy
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.settings import ConnectorSettings
-from consentsync.yamlfile import Lines, LocatedError, describe, not_utf8, read_document, where
+from consentsync.yamlfile import Lines, LocatedError, Yaml12Loader, describe, not_utf8, read_document, where
 
 CONFIG_ENV = "CONSENTSYNC_CONFIG"
 ERASURE_KEY_ENV = "CONSENTSYNC_ERASURE_KEY"
@@ -58,6 +66,21 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _true_or_false(value: Any) -> Any:
+    """YAML's true and false, or the same words from an environment variable (``${VAR}`` expands
+    to text); not pydantic's lax yes, on, 1 or t: a mapping file reads those as text, so one word
+    would mean two things in two files."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"{value!r} is not a boolean: accepted are true or false")
+
+
+# A flag of the configuration: true or false, nothing that pydantic would take for one.
+Flag = Annotated[bool, BeforeValidator(_true_or_false)]
 
 
 class LedgerSettings(_Strict):
@@ -128,25 +151,25 @@ class PolicySettings(_Strict):
 class PurposeSettings(_Strict):
     key: Annotated[str, shaped(_KEY, "lower-case letters, digits and _, starting with a letter")]
     name: str
-    direct_marketing: bool = False
+    direct_marketing: Flag = False
     # Profiling (segmentation, scoring) done for direct marketing: processing for direct
     # marketing too (Art. 21(2): "which includes profiling to the extent that it is related to
     # such direct marketing"), so an objection to direct marketing ends it (Art. 21(3)) and an
     # objection to it is absolute; it sends nothing, so the ePrivacy rules stay off unless
     # ``eprivacy`` says otherwise (docs/policy.md, "Objections").
-    profiling_for_direct_marketing: bool = False
+    profiling_for_direct_marketing: Flag = False
     default_basis: LawfulBasis
     validity_days: int | None = Field(default=None, ge=1, le=CENTURY_DAYS)
     objection_handling: ObjectionHandling | None = None
     channels: list[str] | None = None
     # PECR reg. 22 / ePrivacy Art. 13 / UWG 7: marketing by electronic mail needs consent or a
     # soft opt-in. Default: the purpose's direct_marketing (docs/policy.md, "Soft opt-in").
-    eprivacy: bool | None = None
+    eprivacy: Flag | None = None
     # What the purpose means, in the words the preference centre shows the person.
     description: str | None = None
     # A grant captured through the hub waits as "requested" until the person follows the link
     # mailed to them (double opt-in); the confirmation time is kept as evidence.
-    double_opt_in: bool = False
+    double_opt_in: Flag = False
     # Mail a renewal request this many days before a granted consent expires (validity_days).
     renewal_days_before: int | None = Field(default=None, ge=1, le=CENTURY_DAYS)
 
@@ -168,7 +191,7 @@ class SmtpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=25, ge=1, le=65535)
     sender: str = "privacy@example.org"
-    starttls: bool = False
+    starttls: Flag = False
     username: str | None = None
     password_env: str | None = None
 
@@ -207,9 +230,27 @@ class HubSettings(_Strict):
     # Requests per minute one API key may make (an API key may set its own).
     rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     languages: list[str] = Field(default_factory=lambda: ["en", "de"])
+
+    @field_validator("languages")
+    @classmethod
+    def _catalogued(cls, value: list[str]) -> list[str]:
+        # The pages, mails and receipts say which language they are in: one without its catalogue
+        # would be English text claiming to be another language (a receipt is proof of consent).
+        from consentsync.hub.i18n import shipped
+
+        known = shipped()
+        if not value:
+            raise ValueError(f"no language: accepted are one or more of {', '.join(known)}")
+        for language in value:
+            if language not in known:
+                raise ValueError(f"{language!r} has no catalogue: accepted are {', '.join(known)}")
+            if value.count(language) > 1:
+                raise ValueError(f"{language!r} is listed twice")
+        return value
+
     # Mail the person a consent receipt (ISO/IEC TS 27560, JSON) for every grant, withdrawal or
     # refusal made through the capture API or the preference centre.
-    mail_receipts: bool = True
+    mail_receipts: Flag = True
     # Consent requests and renewal mails: at most this many a minute, and the daemon's upkeep
     # (lapsing, renewals) every this many minutes (0: only by command).
     mails_per_minute: int = Field(default=60, ge=1, le=1_000_000)
@@ -432,7 +473,9 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(text: str, path: Path) -> Config:
-    raw, lines = read_document(text, path, error=ConfigError, unique_keys=True)
+    # YAML 1.2's scalars, as the mapping files are read: only true and false are booleans (YAML
+    # 1.1 made yes, on and no into booleans, so a channel or language named "no" became false).
+    raw, lines = read_document(text, path, error=ConfigError, loader=Yaml12Loader, unique_keys=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}:1: expected a mapping of settings at the top level")
     try:

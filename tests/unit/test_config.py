@@ -498,3 +498,58 @@ def test_the_hubs_public_url_is_https_unless_on_this_machine(url: str, says: str
 def test_the_hubs_public_url_takes_https_and_this_machines_http(url: str) -> None:
     text = MINIMAL + f"hub:\n  public_url: '{url}'\n"
     assert parse_config(text, CONFIG).settings.hub.public_url == url
+
+
+# --- flags and the hub's languages (black-box findings, session 58) -------------------------------
+
+
+@pytest.mark.parametrize("value", ["yes", "on", "'1'", "1", "t", "'maybe'", "No"])
+@pytest.mark.parametrize("flag", ["direct_marketing", "profiling_for_direct_marketing", "double_opt_in"])
+def test_a_flag_takes_true_or_false_only(flag: str, value: str) -> None:
+    """YAML 1.1's yes, on and no (and pydantic's lax 1 and t) are not taken for booleans: the
+    config is read as YAML 1.2 and a flag is true or false, else a one-line error at its line."""
+    text = MINIMAL.replace("    direct_marketing: true\n", f"    {flag}: {value}\n")
+    line = text.splitlines().index(f"    {flag}: {value}") + 1
+    assert_error_at(text, f"{line}: purposes[0].{flag}: ", "accepted are true or false")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("false", False), ("True", True)])
+def test_a_flag_from_the_environment_reads_true_and_false(
+    value: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_DOI", value)
+    text = MINIMAL.replace(
+        "    direct_marketing: true\n", "    direct_marketing: true\n    double_opt_in: ${NEWSLETTER_DOI}\n"
+    )
+    purpose = parse_config(text, CONFIG).settings.purposes[0]
+    assert purpose.double_opt_in is expected
+
+
+def test_a_channel_named_no_stays_text() -> None:
+    """Norway's language code and any word YAML 1.1 read as false stay what they say."""
+    text = MINIMAL.replace("version: 1\n", "version: 1\nchannels: [email, no]\n")
+    assert parse_config(text, CONFIG).channels == ("email", "no")
+
+
+@pytest.mark.parametrize(
+    ("languages", "says"),
+    [
+        ("[fr, en]", "'fr' has no catalogue: accepted are de, en"),
+        ("[]", "no language: accepted are one or more of de, en"),
+        ("[en, de, en]", "'en' is listed twice"),
+        ("[EN]", "'EN' has no catalogue"),
+    ],
+)
+def test_the_hubs_languages_are_those_with_a_catalogue(languages: str, says: str) -> None:
+    """A page, mail or receipt says which language it is in: a language without its catalogue
+    would be English text claiming to be French (a receipt is the proof of a consent)."""
+    text = MINIMAL + f"hub:\n  languages: {languages}\n"
+    line = text.splitlines().index(f"  languages: {languages}") + 1
+    assert_error_at(text, f"{line}: hub.languages: ", says)
+
+
+def test_the_hubs_languages_take_the_shipped_catalogues() -> None:
+    assert parse_config(MINIMAL + "hub:\n  languages: [de, en]\n", CONFIG).settings.hub.languages == [
+        "de",
+        "en",
+    ]
