@@ -2042,7 +2042,13 @@ class SyncEngine:
                     row.record_id,
                     row.subject_id,
                     fields,
-                    any(state.suppressed for state in subject_states.values()),
+                    # A suppression is a write that restricts processing (an opt-out, a
+                    # suppression flag, an erasure's action): the alerts and metrics on late and
+                    # dead-lettered suppressions count these. Not every push of a person with a
+                    # suppressed state: their re-subscription to another purpose is no suppression.
+                    action is WriteAction.DELETE
+                    or row.erased_at is not None
+                    or bool(restricting(mapping, updates)),
                     rule,
                     action.value,
                 )
