@@ -101,6 +101,20 @@ def test_the_page_shows_each_purpose_with_state_basis_and_notice(
     assert set(re.findall(r'<form method="(\w+)"', response.text)) == {"post"}
 
 
+def test_a_consent_a_restriction_stops_says_stopped_not_agreed(
+    world: HubWorld, people: TestClient, token: str
+) -> None:
+    """The newsletter was agreed to; restricted (Art. 18), it is not sent: the page says
+    "Stopped for you", as for every other purpose the restriction stops, not "Yes: you agreed"
+    (black-box finding F4). Lifted, the person's own words come back."""
+    world.ledger.restrict(EMAIL, restricted=True, reason="accuracy contested, ticket 58")
+    words = text_of(page(people, token).text)
+    assert "Yes: you agreed" not in words
+    assert "Newsletter" in words and "Stopped for you" in words
+    world.ledger.restrict(EMAIL, restricted=False, reason="accuracy confirmed")
+    assert "Yes: you agreed" in text_of(page(people, token).text)
+
+
 def test_the_headers_keep_the_token_private(people: TestClient, token: str) -> None:
     for response in (page(people, token), people.get("/p/preferences/not-a-token")):
         headers = response.headers

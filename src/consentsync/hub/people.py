@@ -90,11 +90,16 @@ _STOPPED_BY = frozenset(
 
 def _state_label(_: Translate, row: dict[str, Any]) -> str:
     """The state of a purpose on a channel in the person's words. A consent says what the person
-    said ("agreed", "withdrew"); anything else whether we do it. Never "does not apply" while
+    said ("agreed", "withdrew") unless an objection, a restriction or an erasure stops it;
+    anything else whether we do it. Never "does not apply" while
     the ledger lets us do it: a soft opt-in says that we send it, and why."""
     status, suppressed = row["status"], row["suppressed"]
     if not suppressed and row["rule"] == Rule.EPRIVACY_SOFT_OPT_IN:
         return _("We send you this because you bought from us and did not say no (soft opt-in)")
+    if suppressed and row["rule"] in _STOPPED_BY and status not in ("withdrawn", "refused"):
+        # An objection, a restriction or an erasure stops it whatever the person agreed to: "Yes:
+        # you agreed" would read as "we send it" (their own no stays in their words, below).
+        return _("Stopped for you")
     if row["consent_based"] and status != "not_applicable":
         return _status_labels(_).get(status, status)
     if not suppressed:
