@@ -155,7 +155,12 @@ def test_toggles_sent_to_several_web_processes_mail_no_more_receipts_than_one_wo
             world.clock.advance(seconds=2)
             client = people if index % 2 == 0 else elsewhere
             action = "withdraw" if index % 2 == 0 else "grant"
-            form = {"purpose": "newsletter", "channel": "email", "action": action}
+            form = {
+                "purpose": "newsletter",
+                "channel": "email",
+                "action": action,
+                "notice_version": "2026-05",
+            }
             answer = client.post(f"/p/preferences/{token}/choose", data=form, follow_redirects=False)
             assert answer.status_code == 303
     assert receipts_to(world) - before == RECEIPT_MAILS
@@ -167,7 +172,7 @@ def test_toggles_sent_to_several_web_processes_mail_no_more_receipts_than_one_wo
     # Once the window has passed, the next choice's receipt is mailed again, by either process.
     world.clock.advance(minutes=RECEIPT_WINDOW.total_seconds() / 60 + 1)
     with TestClient(mounted(other_process)) as elsewhere:
-        form = {"purpose": "newsletter", "channel": "email", "action": "grant"}
+        form = {"purpose": "newsletter", "channel": "email", "action": "grant", "notice_version": "2026-05"}
         assert elsewhere.post(f"/p/preferences/{token}/choose", data=form).status_code == 200
     assert receipts_to(world) - before == RECEIPT_MAILS + 1
 

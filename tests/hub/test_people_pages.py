@@ -101,6 +101,25 @@ def test_the_page_shows_each_purpose_with_state_basis_and_notice(
     assert set(re.findall(r'<form method="(\w+)"', response.text)) == {"post"}
 
 
+@pytest.mark.parametrize("shown", [None, "2026-01"], ids=["no-version", "older-version"])
+def test_a_grant_that_does_not_name_the_current_notice_records_nothing(
+    world: HubWorld, people: TestClient, token: str, shown: str | None
+) -> None:
+    """The proof of a consent names the text the person read: a form that names another version
+    (registered while the page was open) or none at all (a page of an older release, a hand-made
+    client) records nothing and shows the text now current to choose on (black-box finding F7:
+    the current version was stamped on a grant that named none)."""
+    form = {"purpose": "newsletter", "channel": "email", "lang": "en"}
+    act(people, token, "choose", {**form, "action": "withdraw"})
+    world.clock.advance(minutes=5)
+    grant = {**form, "action": "grant"} | ({"notice_version": shown} if shown else {})
+    words = text_of(act(people, token, "choose", grant).text)
+    assert "changed while your page was open, so nothing was recorded" in words
+    assert newest_event(world, "newsletter")["status"] == "withdrawn"
+    act(people, token, "choose", {**form, "action": "grant", "notice_version": "2026-05"})
+    assert newest_event(world, "newsletter")["status"] == "granted"
+
+
 def test_a_consent_a_restriction_stops_says_stopped_not_agreed(
     world: HubWorld, people: TestClient, token: str
 ) -> None:
@@ -145,7 +164,7 @@ def test_withdraw_and_grant_are_evidence_and_redirect_back_with_a_message(
     visitor = PreferenceCentre(world.hub).visitor("testclient", "testclient")
     assert event["evidence_ref"] == visitor.evidence_ref
     world.clock.advance(minutes=5)
-    shown = act(people, token, "choose", {**form, "action": "grant"})
+    shown = act(people, token, "choose", {**form, "action": "grant", "notice_version": "2026-05"})
     assert "Thank you: you agreed to Newsletter (Email)." in text_of(shown.text)
     assert newest_event(world, "newsletter")["status"] == "granted"
     decision = world.hub.ledger.decision_for(EMAIL, "newsletter", "email")[1]
@@ -343,7 +362,8 @@ def test_a_changed_or_old_link_is_refused_with_a_page(
             response = people.get(path)
             assert response.status_code == 403, path
             assert "does not work" in response.text and "Traceback" not in response.text
-        for action, data in (("choose", {"purpose": "newsletter", "channel": "email", "action": "grant"}),
+        grant = {"purpose": "newsletter", "channel": "email", "action": "grant", "notice_version": "2026-05"}
+        for action, data in (("choose", grant),
                              ("object", {"purpose": "profiling"}), ("export", {"format": "json"}),
                              ("erase", {})):  # fmt: skip
             assert people.post(f"/p/preferences/{tampered(token)}/{action}", data=data).status_code == 403

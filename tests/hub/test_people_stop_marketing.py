@@ -79,7 +79,12 @@ def test_a_consent_subscriber_withdraws_and_may_object_to_direct_marketing(
 ) -> None:
     token = token_of(world, seed(world))  # email marketing: a double opt-in waiting
     world.clock.advance(minutes=5)
-    act(people, token, "choose", {"purpose": "email_marketing", "channel": "email", "action": "grant"})
+    act(
+        people,
+        token,
+        "choose",
+        {"purpose": "email_marketing", "channel": "email", "action": "grant", "notice_version": "2026-05"},
+    )
     assert contact(world) == {"contact": True, "rule": "latest_event_time"}
     marketing = section(page(people, token).text, "email_marketing")
     # Consent is ended by withdrawing: the page offers that, not a second way.

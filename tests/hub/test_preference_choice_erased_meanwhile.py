@@ -44,7 +44,7 @@ def test_a_preference_choice_racing_an_erasure_stores_and_mails_nothing(world: H
     centre, person = erased_after_the_page_read_them(world)
     visitor = centre.visitor("203.0.113.9", "UA")
     with pytest.raises(LinkRefused) as refused:
-        centre.choose(person, "newsletter", "email", grant=grant, visitor=visitor)
+        centre.choose(person, "newsletter", "email", grant=grant, visitor=visitor, shown="2026-05")
     refused_as_erased(refused)
     assert stored_forms(world, EMAIL) == 0, "the erased address written back on a new person"
     assert mails_to(world, EMAIL) == [], "a receipt mailed to the erased address"
@@ -54,7 +54,9 @@ def test_a_preference_choice_racing_an_erasure_stores_and_mails_nothing(world: H
 def test_a_preference_grant_racing_an_erasure_does_not_lift_it(world: HubWorld) -> None:
     centre, person = erased_after_the_page_read_them(world)
     with pytest.raises(LinkRefused):
-        centre.choose(person, "newsletter", "email", grant=True, visitor=centre.visitor("x", "y"))
+        centre.choose(
+            person, "newsletter", "email", grant=True, visitor=centre.visitor("x", "y"), shown="2026-05"
+        )
     answer = decision(world, EMAIL)
     assert (answer["contact"], answer["rule"]) == (False, "erasure_suppression")
 

@@ -64,7 +64,10 @@ def test_a_choice_is_evidence_with_notice_and_keyed_hashes(world: HubWorld, cent
     assert "Mozilla" not in event["evidence_ref"]
     world.clock.advance(minutes=5)
     # The person's own new grant reverses their withdrawal (a trusted source, evidenced).
-    assert centre.choose(person, "newsletter", "email", grant=True, visitor=visitor)["status"] == "granted"
+    assert (
+        centre.choose(person, "newsletter", "email", grant=True, visitor=visitor, shown="2026-05")["status"]
+        == "granted"
+    )
 
 
 def test_objection_and_export(world: HubWorld, centre: PreferenceCentre, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_a_receipt_without_a_language_is_in_the_first_configured_one(world: HubW
 def toggle(people: TestClient, token: str, action: str) -> None:
     answer = people.post(
         f"/p/preferences/{token}/choose",
-        data={"purpose": "newsletter", "channel": "email", "action": action},
+        data={"purpose": "newsletter", "channel": "email", "action": action, "notice_version": "2026-05"},
         follow_redirects=False,
     )
     assert answer.status_code == 303, answer.text

@@ -319,7 +319,7 @@ def test_a_consent_given_on_the_page_with_the_signal_on_is_not_undone_by_it(
     world.clock.advance(minutes=1)
     chosen = people.post(
         f"/p/preferences/{token}/choose",
-        data={"purpose": "newsletter", "channel": "email", "action": "grant"},
+        data={"purpose": "newsletter", "channel": "email", "action": "grant", "notice_version": "2026-05"},
         headers=gpc,
     )
     assert chosen.status_code == 200  # followed to the page, the signal still on
@@ -351,7 +351,7 @@ def test_a_consent_given_over_the_signal_stands_whatever_event_comes_after_it(
     gpc = {"Sec-GPC": "1"}
     people.get(f"/p/preferences/{token}", headers=gpc)
     world.clock.advance(minutes=1)
-    form = {"purpose": "newsletter", "channel": "email", "action": "grant"}
+    form = {"purpose": "newsletter", "channel": "email", "action": "grant", "notice_version": "2026-05"}
     assert people.post(f"/p/preferences/{token}/choose", data=form, headers=gpc).status_code == 200
     world.clock.advance(minutes=1)
     evidence = Evidence.witnessed(

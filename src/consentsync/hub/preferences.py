@@ -274,7 +274,7 @@ class PreferenceCentre:
         """Grants or withdraws one purpose on one channel, with the notice version shown.
         ``shown``: the version the page showed (its form sends it); a grant is refused with
         ``NoticeChanged`` when another is current now, since the one recorded must be the one
-        read. Without it (a form of an older page) the current one is taken."""
+        read; so is a grant that names none."""
         status = ConsentStatus.GRANTED if grant else ConsentStatus.WITHDRAWN
         return self._choice(person, purpose, channel, status, visitor, language, shown)
 
@@ -317,11 +317,15 @@ class PreferenceCentre:
         notice = current(self.ledger, purpose, language)
         if grant and notice is None:
             raise InvalidInput(f"purpose {purpose!r} has no notice to show: it cannot be granted here")
-        if grant and notice is not None and shown is not None and shown != notice.version:
+        if grant and notice is not None and shown != notice.version:
             # A version registered while the page was open: the grant would name a text the
             # person never read. Nothing is recorded; the page shows the new text to decide on.
+            # So too for a form that does not say which text it showed (a page of an older
+            # release, a hand-made client): the proof of a consent names the text read, never
+            # the one current when the answer came.
             raise NoticeChanged(
-                f"purpose {purpose!r}: the page showed notice {shown[:100]!r}, {notice.version!r} is current"
+                f"purpose {purpose!r}: the page showed notice {(shown or 'none named')[:100]!r}, "
+                f"{notice.version!r} is current"
             )
         now = self.ledger.clock()
         evidence = Evidence.witnessed(
