@@ -74,6 +74,12 @@ def test_a_grant_names_a_registered_notice_and_bad_input_names_its_field(world: 
         ({**GRANT, "event_time": "2030-01-01T00:00:00+00:00"}, "event time"),
         # No offset: hours from the truth anywhere but UTC; the field says what it lacks.
         ({**GRANT, "event_time": "2026-05-01T11:00:00"}, "event_time: Input should have timezone info"),
+        # A number is no time: pydantic took it for Unix seconds (123: a grant of 1970).
+        (
+            {**GRANT, "event_time": 123},
+            "event_time: Value error, accepted is an ISO 8601 time with its offset",
+        ),
+        ({**GRANT, "event_time": 1780000000.5}, "accepted is an ISO 8601 time"),
         ({**GRANT, "surprise": 1}, "surprise"),
     ]
     for body, message in cases:

@@ -13,7 +13,7 @@ import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from consentsync.domain import InvalidInput
 from consentsync.hub import keys
@@ -44,6 +44,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _iso_text(value: object) -> object:
+    """A time as ISO 8601 text: pydantic would take a number for Unix seconds, so that 123
+    became a grant of 1970, expired at once, where the person meant nothing of the kind."""
+    if not isinstance(value, str):
+        raise ValueError("accepted is an ISO 8601 time with its offset, as text (2026-05-01T09:30:00+02:00)")
+    return value
+
+
+# A time with its offset, written as text.
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
+
 class ConsentIn(_Body):
     email: str = Field(max_length=320, description="The person's email address.")
     purpose: str = Field(max_length=64, description="A configured purpose key.")
@@ -52,7 +64,7 @@ class ConsentIn(_Body):
     basis: str | None = Field(default=None, description="Only consent is captured for a grant.")
     # With its offset: a time without one is hours from the truth anywhere but UTC, and would
     # order a withdrawal wrongly against the person's other acts (refused, 422).
-    event_time: AwareDatetime | None = Field(
+    event_time: IsoTime | None = Field(
         default=None, description="When the person acted (ISO 8601 with offset); default: now."
     )
     notice_version: str | None = Field(
