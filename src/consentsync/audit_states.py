@@ -33,7 +33,7 @@ and show statuses and times only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from itertools import groupby
@@ -111,7 +111,7 @@ def states(
     state_rows = conn.execute(_STATES.execution_options(yield_per=batch))
     compared = events = older = disagreeing = 0
     first: tuple[int, str] | None = None
-    for subject_id, theirs, rows in _people(event_rows, state_rows):
+    for subject_id, theirs, rows in merged_by_person(event_rows, state_rows, attrgetter("subject_id")):
         evidence: dict[Key, list[Evidence]] = {}
         for row in theirs:
             events += 1
@@ -173,24 +173,26 @@ def _evidence(row: Any) -> Evidence:
     return evidence
 
 
-def _people(events: Iterable[Any], states: Iterable[Any]) -> Iterator[tuple[int, list[Any], list[Any]]]:
-    """(person, their events, their state rows), in person order: the two tables merged by the
-    person's id (an integer: the database orders it as Python does, whatever its collation)."""
-    by_person = attrgetter("subject_id")
-    event_groups = ((k, list(g)) for k, g in groupby(events, by_person))
-    state_groups = ((k, list(g)) for k, g in groupby(states, by_person))
-    event, state = next(event_groups, None), next(state_groups, None)
-    while event is not None or state is not None:
-        if state is None or (event is not None and event[0] < state[0]):
-            assert event is not None
-            yield event[0], event[1], []
-            event = next(event_groups, None)
-        elif event is None or state[0] < event[0]:
-            yield state[0], [], state[1]
-            state = next(state_groups, None)
+def merged_by_person(
+    first: Iterable[Any], second: Iterable[Any], person: Callable[[Any], int]
+) -> Iterator[tuple[int, list[Any], list[Any]]]:
+    """(person, their rows of ``first``, their rows of ``second``), in person order: two streams
+    each ordered by ``person`` (an integer id: the database orders it as Python does, whatever
+    its collation) merged, a person missing from either getting an empty list there."""
+    first_groups = ((k, list(g)) for k, g in groupby(first, person))
+    second_groups = ((k, list(g)) for k, g in groupby(second, person))
+    left, right = next(first_groups, None), next(second_groups, None)
+    while left is not None or right is not None:
+        if right is None or (left is not None and left[0] < right[0]):
+            assert left is not None
+            yield left[0], left[1], []
+            left = next(first_groups, None)
+        elif left is None or right[0] < left[0]:
+            yield right[0], [], right[1]
+            right = next(second_groups, None)
         else:
-            yield event[0], event[1], state[1]
-            event, state = next(event_groups, None), next(state_groups, None)
+            yield left[0], left[1], right[1]
+            left, right = next(first_groups, None), next(second_groups, None)
 
 
 def _compare(

@@ -677,9 +677,10 @@ AUDIT_ACTIONS = (
     "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
     "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
-    "subject.restricted", "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed",
-    "suppression.added", "sync.cursor_reset", "user.added", "user.disabled", "user.enabled",
-    "user.password_changed", "user.role_changed", "user.sessions_ended", "user.unlocked",
+    "subject.identifier_added", "subject.identifiers_bound", "subject.restricted",
+    "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed", "suppression.added",
+    "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",
+    "user.role_changed", "user.sessions_ended", "user.unlocked",
 )  # fmt: skip
 
 

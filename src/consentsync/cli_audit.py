@@ -135,7 +135,8 @@ def audit_checkpoint() -> None:
 def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """Recompute the hash chain and check that the consent events, the objections, the
     suppression entries and each person's restriction and erasure agree with their audit entries,
-    that each person's current states are what their consent events make of them (and, with
+    that each person's current states are what their consent events make of them, that each
+    address belongs to the person the chain bound it to (and, with
     --checkpoints, that the chain extends every signed checkpoint); exit 5 naming the first broken
     entry, event, row or checkpoint."""
     verify_command(current_config(), checkpoints, public_key, as_json)
@@ -144,10 +145,11 @@ def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: boo
 def verify_command(config: Config, checkpoints: Path | None, public_key: Path | None, as_json: bool) -> None:
     """``audit verify``: the chain, the consent events and the decision tables (objections,
     suppressions, people's restrictions and erasures: ``audit_decisions``) against their
-    entries, the current states against the fold of their events (``audit_states``) and, with
+    entries, the current states against the fold of their events (``audit_states``), each
+    address against the person the chain bound it to (``audit_bindings``) and, with
     ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of
     them fails: a finding, not an error consentsync did not expect (1), nor bad input (2)."""
-    from consentsync import audit, audit_decisions, audit_states
+    from consentsync import audit, audit_bindings, audit_decisions, audit_states
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
     from consentsync.ledger.engine import is_postgres, reading
@@ -174,8 +176,10 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
         decided = audit_decisions.decisions(conn)
         # The events are held to the chain (``agreement``); the states must be their fold.
         held = audit_states.states(conn, ledger.purposes, ledger.policy)
+        # Whose each address is: every identifier row against its binding in the chain.
+        bound = audit_bindings.bindings(conn, ledger.keyed_hasher())
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
-    ok = chain.ok and events.ok and decided.ok and held.ok and (checked is None or checked.ok)
+    ok = chain.ok and events.ok and decided.ok and held.ok and bound.ok and (checked is None or checked.ok)
     if as_json:
         emit_json(
             {
@@ -185,6 +189,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 "events": events.as_dict(),
                 "decisions": decided.as_dict(),
                 "states": held.as_dict(),
+                "identifiers": bound.as_dict(),
                 "checkpoints": checked.as_dict() if checked is not None else None,
             }
         )
@@ -214,6 +219,19 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
             )
         else:
             click.echo(f"current states DISAGREE with the consent events: {held.problem}")
+        if bound.ok:
+            click.echo(
+                f"identifiers agree with their bindings in the audit chain: {bound.identifiers} "
+                f"identifiers of {bound.people} people"
+            )
+        else:
+            for problem in bound.problems:  # one line a person, the first few
+                click.echo(f"identifiers DISAGREE with their bindings in the audit chain: {problem}")
+            if bound.disagreeing > len(bound.problems):
+                click.echo(
+                    "identifiers DISAGREE with their bindings in the audit chain: "
+                    f"{bound.disagreeing - len(bound.problems)} more people"
+                )
         if checked is not None:
             failure = checked.first_failure
             if failure is None:

@@ -396,15 +396,9 @@ def test_a_reversal_under_a_source_trusted_then_passes_only_at_its_events_time(
     assert "trusted_opt_in_at is 2026-05-31T00:00:00Z where the consent events say none" in result.stdout
 
 
-# -- what is not held yet: the address's binding ----------------------------------------------------
+# -- the address's binding (held since session 58: test_s58_identity_bindings.py) -------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chain records no binding of an address to its person (subject.created says "
-    "identifiers: ['email'], an address added later no entry): needs an entry with the keyed hash "
-    "in ledger/identity.py (docs/tamper-evidence.md)",
-)
 @SQLITE_ONLY
 def test_an_address_moved_to_another_person_fails_verify(cli: Cli, ledger: Ledger, clock: Clock) -> None:
     ids = _world(ledger, clock)
@@ -417,4 +411,17 @@ def test_an_address_moved_to_another_person_fails_verify(cli: Cli, ledger: Ledge
             .values(subject_id=ids["alice"])
         )
     assert not ledger.decision_for("bob@example.com", "email_marketing", "email")[1].suppressed
-    assert cli("audit", "verify").exit_code == exit_codes.AUDIT_BROKEN
+    result = cli("audit", "verify")
+    assert result.exit_code == exit_codes.AUDIT_BROKEN
+    assert AGREE in result.stdout and "audit chain verified" in result.stdout  # all else whole
+    with ledger.engine.connect() as conn:
+        bob, alice = (
+            conn.execute(select(subjects.c.uid).where(subjects.c.id == ids[name])).scalar_one()
+            for name in ("bob", "alice")
+        )
+    assert ledger.subject_uids_for_email("bob@example.com") == [alice]  # the harm done
+    lines = [line for line in result.stdout.splitlines() if "identifiers DISAGREE" in line]
+    assert len(lines) == 2 and "@" not in result.stdout
+    assert f"subject {bob} (id {ids['bob']}): lost an identifier (email, keyed hash " in lines[0]
+    assert f"subject {alice} (id {ids['alice']}): holds an identifier (email, keyed hash " in lines[1]
+    assert f"the chain binds to subject {bob} (audit entry " in lines[1]

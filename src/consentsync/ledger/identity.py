@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, select
 
 from consentsync.audit import AuditRecord
@@ -29,6 +30,18 @@ from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, 
 
 EMAIL = "email"
 IDENTIFIER_COLUMNS = ("subject_id", "kind", "value")
+# Where an audit entry binds identifiers to its person, and where an erasure unbinds them
+# (``what``, by kind: the keyed hashes of the values, ``email_hmac``, never a value):
+# ``audit verify`` holds every ``subject_identifiers`` row to them (audit_bindings.py).
+BOUND = "identifier_hmacs"
+UNBOUND = "identifier_hmacs_removed"
+# The actions that bind: a person created with identifiers, an identifier a person took later
+# (a CRM record re-addressed), and the one-time step binding what an older version stored
+# (``Ledger.bind_identifiers``). ``subject.erased`` unbinds (``UNBOUND``).
+BINDING_ACTIONS = ("subject.created", "subject.identifier_added", "subject.identifiers_bound")
+UNBINDING_ACTIONS = ("subject.erased",)
+# A binding: (kind, keyed hash of the value).
+Binding = tuple[str, str]
 SUBJECT_COLUMNS = ("uid", "created_at", "restricted", "suppression_id")
 LINK_COLUMNS = ("subject_id", "connector", "object_type", "record_id", "linked_at")
 
@@ -74,6 +87,53 @@ def email_hmac(key: bytes, email: str) -> str:
     return hmac.new(key, email.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def bindings(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """(kind, keyed hash) pairs as an entry's ``BOUND`` or ``UNBOUND`` says them: by kind, each
+    kind's hashes sorted (the entry says the same whatever order the rows were read in)."""
+    by_kind: dict[str, set[str]] = {}
+    for kind, digest in pairs:
+        by_kind.setdefault(kind, set()).add(digest)
+    return {kind: sorted(digests) for kind, digests in sorted(by_kind.items())}
+
+
+def bound_by(entries: Iterable[tuple[int, str]]) -> tuple[dict[Binding, int], str | None]:
+    """What one person's binding entries (seq, payload text; ``BINDING_ACTIONS`` and
+    ``UNBINDING_ACTIONS``), in chain order, leave bound to them, each binding with the entry that
+    made it; and the uid the entries name. An entry that does not read (edited outside
+    consentsync: ``audit.verify`` names it) binds nothing."""
+    bound: dict[Binding, int] = {}
+    uid: str | None = None
+    for seq, text in entries:
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(payload, dict):
+            continue
+        if isinstance(payload.get("subject"), str):
+            uid = payload["subject"]
+        what = payload.get("what")
+        if not isinstance(what, dict):
+            continue
+        if payload.get("action") in UNBINDING_ACTIONS:
+            for binding in said_bindings(what.get(UNBOUND)):
+                bound.pop(binding, None)
+        else:
+            for binding in said_bindings(what.get(BOUND)):
+                bound[binding] = seq
+    return bound, uid
+
+
+def said_bindings(said: Any) -> Iterator[Binding]:
+    """The (kind, keyed hash) pairs an entry's ``BOUND`` or ``UNBOUND`` says (none where it says
+    none: the entries of versions before bindings)."""
+    if not isinstance(said, dict):
+        return
+    for kind, digests in said.items():
+        if isinstance(digests, list):
+            yield from ((kind, digest) for digest in digests if isinstance(digest, str))
+
+
 def keyed_hasher(key: bytes) -> Callable[[str], str]:
     """``email_hmac`` under one key, for many texts: the keyed state is made once and copied
     for each text (a sync hashes a few addresses per record; making it anew costs the key's
@@ -90,7 +150,16 @@ def keyed_hasher(key: bytes) -> Callable[[str], str]:
 
 class SubjectResolver:
     """Resolves a batch of identities to subject ids in one round of queries, creating subjects
-    (and their identifiers and links) that are new. Runs inside the caller's transaction."""
+    (and their identifiers and links) that are new. Runs inside the caller's transaction.
+
+    Every identifier it stores is bound to its person in the chain by its keyed hash (``BOUND``):
+    in the person's ``subject.created``, or a ``subject.identifier_added`` of its own for a person
+    who takes it later, so that an address moved to another person outside consentsync is found
+    by ``audit verify``."""
+
+    # False writes the entries as versions before session 58 did (no bindings): tests make a
+    # ledger as such a version left it with it, for the one-time step that binds (Ledger).
+    binds = True
 
     def __init__(
         self,
@@ -115,6 +184,9 @@ class SubjectResolver:
         self.now = now
         self.run_id = run_id
         self.audit: list[AuditRecord] = []
+        # The people created (``audit`` holds their ``subject.created`` and, rarely, entries of
+        # identifiers that people already known took).
+        self.created = 0
 
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
@@ -150,6 +222,7 @@ class SubjectResolver:
         resolved: list[int] = []
         new_links: list[tuple[Any, ...]] = []
         new_emails: list[tuple[Any, ...]] = []
+        added_by: list[CrmLink | None] = []  # the record that brought each of new_emails
         linked_at = db_time(self.conn, self.now)
         erased_ids = self._erased_ids(
             {by_link[i.link] for i in identities if i.link and i.link in by_link and i.email}
@@ -175,6 +248,7 @@ class SubjectResolver:
                 if subject_id not in erased_ids:
                     # The one form, whatever form it was looked up under (a LookupAddress).
                     new_emails.append((subject_id, EMAIL, str(identity.email)))
+                    added_by.append(identity.link)
             if identity.link and identity.link not in by_link:
                 link = identity.link
                 new_links.append((subject_id, link.connector, link.object_type, link.record_id, linked_at))
@@ -182,7 +256,27 @@ class SubjectResolver:
             resolved.append(subject_id)
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)
         insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
+        self._bind_added(new_emails, added_by)
         return resolved
+
+    def _bind_added(self, rows: list[tuple[Any, ...]], links: list[CrmLink | None]) -> None:
+        """A ``subject.identifier_added`` for each identifier stored for a person who did not
+        have it (``IDENTIFIER_COLUMNS`` rows): its keyed hash, and the CRM record that showed
+        it. Rare (a CRM record re-addressed): the people's uids are read in one query (those
+        created in this batch too: nothing is kept of them for it on the sync's path)."""
+        if not rows or not self.binds:
+            return
+        uids = dict(select_in(self.conn, subjects, ("id", "uid"), "id", sorted({row[0] for row in rows})))
+        for (subject_id, kind, value), link in zip(rows, links, strict=True):
+            self.audit.append(
+                AuditRecord(
+                    action="subject.identifier_added",
+                    what={BOUND: bindings([(kind, self.hashed(value))]), "crm_record": _link_json(link)},
+                    run_id=self.run_id,
+                    subject_uid=uids[subject_id],
+                    subject_id=subject_id,
+                )
+            )
 
     def _kept_hashed(self, identities: Sequence[Identity]) -> set[str]:
         """The addresses that, if erased, stay a keyed hash: every address a CRM record carries
@@ -337,25 +431,34 @@ class SubjectResolver:
         created_at = db_time(self.conn, self.now)
         values = [(row["uid"], created_at, False, row["suppression_id"]) for row in rows]
         ids = insert_returning_ids(self.conn, subjects, SUBJECT_COLUMNS, values, unique="uid")
-        emails = [
-            (subject_id, EMAIL, str(identity.email))
-            for identity, subject_id, row in zip(identities, ids, rows, strict=True)
-            # From a CRM (or a capture that says no), an erased address stays a hash.
-            if identity.email
-            and not (
-                row["suppression_id"] is not None and (self.from_crm or identity.email in (hashed or ()))
-            )
-        ]
-        insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, emails)
+        emails: list[tuple[Any, ...]] = []
+        stored: list[bool] = []  # whether each person's address is stored (and so bound)
         for identity, subject_id, row in zip(identities, ids, rows, strict=True):
+            # From a CRM (or a capture that says no), an erased address stays a hash.
+            stored.append(
+                bool(identity.email)
+                and not (
+                    row["suppression_id"] is not None and (self.from_crm or identity.email in (hashed or ()))
+                )
+            )
+            if stored[-1]:
+                emails.append((subject_id, EMAIL, str(identity.email)))
+        insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, emails)
+        self.created += len(ids)
+        for identity, subject_id, row, bound in zip(identities, ids, rows, stored, strict=True):
             erased_before = row["suppression_id"] is not None
+            what: dict[str, Any] = {
+                "identifiers": [EMAIL] if identity.email else [],
+                "crm_record": _link_json(identity.link),
+            }
+            if self.binds:
+                # The keyed hash of the stored value is its first form's (``email_forms``: the
+                # address itself first), made above: the sync's path hashes nothing more.
+                what[BOUND] = {EMAIL: [forms[identity.email][0]]} if bound and identity.email else {}
             self.audit.append(
                 AuditRecord(
                     action="subject.created",
-                    what={
-                        "identifiers": [EMAIL] if identity.email else [],
-                        "crm_record": _link_json(identity.link),
-                    },
+                    what=what,
                     new={"suppressed_by_earlier_erasure": erased_before},
                     rule="erasure_suppression" if erased_before else None,
                     run_id=self.run_id,

@@ -73,9 +73,16 @@ from consentsync.ledger.bulk import (
 from consentsync.ledger.checkpoint import after_commit
 from consentsync.ledger.engine import analyse_grown, reading, statistics_settled
 from consentsync.ledger.identity import (
+    BINDING_ACTIONS,
+    BOUND,
+    EMAIL,
+    UNBINDING_ACTIONS,
+    UNBOUND,
     CrmLink,
     Identity,
     SubjectResolver,
+    bindings,
+    bound_by,
     email_hmac,
     keyed_hasher,
     last_erased_at,
@@ -145,6 +152,10 @@ STATE_COLUMNS = (
 # The ledger_settings row saying ``Ledger.refold_blank_proof`` was done, and its entries' source.
 BLANK_PROOF_SETTING = "blank_proof_refolded"
 BLANK_PROOF_SOURCE = "consentsync:upgrade"
+# The ledger_settings row of ``Ledger.bind_identifiers``: ``through:<subject id>`` while it runs
+# (the people up to that id are bound), ``done`` once every person is.
+BINDINGS_SETTING = "identifiers_bound"
+BINDINGS_DONE = "done"
 # Every character ``str.isspace`` takes for whitespace (``Evidence.has_proof`` reads a label of
 # these alone as blank): trimmed in SQL, where each database's own notion of space differs.
 _WHITESPACE = (
@@ -258,8 +269,10 @@ class Ledger:
                 )
                 audit.append(conn, [entry], now)
             changed.append(purpose.key)
-        # After the purposes: an older version's blank-label proofs, folded again once.
+        # After the purposes: an older version's blank-label proofs, folded again once; and the
+        # identifiers it stored, bound to their people in the chain once.
         self.refold_blank_proof()
+        self.bind_identifiers()
         return changed
 
     def _restate(self, purpose: Purpose, now: datetime, actor: str) -> None:
@@ -406,6 +419,91 @@ class Ledger:
         if keys:  # said once per ledger, and only where an older version left such a label
             log.info("blank_proof.refolded", keys=len(keys), states=stored)
         return stored
+
+    def bind_identifiers(self, actor: str = "consentsync", *, chunk_size: int = 500) -> int:
+        """Once per ledger (the ``ledger_settings`` row ``BINDINGS_SETTING`` says ``done``): each
+        identifier an older version stored is bound to its person in the chain. Since session 58
+        the ledger binds every identifier it stores (``SubjectResolver``: ``subject.created`` and
+        ``subject.identifier_added`` carry its keyed hash) and ``audit verify`` holds every
+        ``subject_identifiers`` row to its binding (audit_bindings.py); an older version wrote
+        none, so without this step verify would call every person of an upgraded ledger
+        tampered with. What the rows say at the upgrade is taken as it is: an address moved to
+        another person before it is not detectable (docs/tamper-evidence.md).
+
+        One ``subject.identifiers_bound`` entry per person holding identifiers the chain does
+        not bind to them yet (their keyed hashes, by kind; the person's entries are read by the
+        person's id), so that each person's trail shows it and verify reads each person's
+        bindings by the person's id. People in id order, ``chunk_size`` a write transaction
+        (under the writer lock: other writers wait for a chunk, not the whole step), each chunk
+        moving the row to ``through:<last id>`` in the same transaction: a process stopped
+        midway is continued by the next open, and two processes opening at once share the work,
+        neither binding anyone twice. Returns the number of people bound."""
+        from consentsync.ledger.schema import ledger_settings
+
+        by_name = ledger_settings.c.name == BINDINGS_SETTING
+        with reading(self.engine) as conn:
+            if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() == BINDINGS_DONE:
+                return 0
+        hashed = self.keyed_hasher()
+        held = subject_identifiers.c
+        bound = 0
+        while True:
+            now = self.clock()
+            with self.engine.begin() as conn:
+                stored = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
+                if stored == BINDINGS_DONE:
+                    break
+                through = int(stored.removeprefix("through:")) if stored else 0
+                people = list(
+                    conn.execute(
+                        select(held.subject_id)
+                        .where(held.subject_id > through)
+                        .group_by(held.subject_id)
+                        .order_by(held.subject_id)
+                        .limit(chunk_size)
+                    ).scalars()
+                )
+                value = f"through:{people[-1]}" if people else BINDINGS_DONE
+                if stored is None:
+                    row = {"name": BINDINGS_SETTING, "value": value, "set_at": now}
+                    conn.execute(insert(ledger_settings).values(**row))
+                else:
+                    conn.execute(update(ledger_settings).where(by_name).values(value=value, set_at=now))
+                if not people:
+                    break
+                rows = conn.execute(
+                    select(held.subject_id, subjects.c.uid, held.kind, held.value)
+                    .join(subjects, subjects.c.id == held.subject_id)
+                    .where(one_of(conn, held.subject_id, people))
+                    .order_by(held.subject_id)
+                ).all()
+                theirs: dict[int, tuple[str, set[tuple[str, str]]]] = {}
+                for subject_id, uid, kind, identifier in rows:
+                    theirs.setdefault(subject_id, (uid, set()))[1].add((kind, hashed(identifier)))
+                # Only what the chain does not bind yet: a person this version created (a
+                # ledger it wrote from the start, whose marker a downgrade past migration 0014
+                # dropped) is bound already, and binding it again would say nothing new.
+                said = _binding_entries(conn, {subject_id: uid for subject_id, (uid, _) in theirs.items()})
+                records = []
+                for subject_id, (uid, pairs) in theirs.items():
+                    unbound = pairs - bound_by(said.get(subject_id, []))[0].keys()
+                    if unbound:
+                        records.append(
+                            AuditRecord(
+                                "subject.identifiers_bound",
+                                {BOUND: bindings(unbound)},
+                                source=BLANK_PROOF_SOURCE,
+                                actor=actor,
+                                subject_uid=uid,
+                                subject_id=subject_id,
+                            )
+                        )
+                audit.append(conn, records, now)
+                bound += len(records)
+            failpoint("ledger.bindings.chunk")  # a chunk committed, the marker not yet written
+        if bound:  # said once per ledger, and only where an older version left identifiers
+            log.info("identifiers.bound", people=bound)
+        return bound
 
     def _refold_blank_proof_in(
         self, conn: Connection, keys: set[tuple[int, str, str]], now: datetime, actor: str
@@ -664,7 +762,7 @@ class Ledger:
         subject_ids = resolver.resolve(identities)
         audit.append(conn, resolver.audit, self.clock())
         analyse_grown(conn)
-        return subject_ids, len(resolver.audit)
+        return subject_ids, resolver.created
 
     def record_in(
         self,
@@ -686,7 +784,7 @@ class Ledger:
         stats = RecordStats(received=len(batch))
         resolver = SubjectResolver(conn, self.erasure_key(), now, run_id)
         subject_ids = _resolve(resolver, [r.identity for r in batch], warm)
-        stats.subjects_created = len(resolver.audit)
+        stats.subjects_created = resolver.created
         contexts, states = self._known(conn, set(subject_ids), warm)
         # What is recorded, and so what a replay must be matched against: a value dated after its
         # observation is recorded at the observation.
@@ -1069,22 +1167,21 @@ class Ledger:
             # Who of them was restricted: only a restricted person's restriction can have been
             # carried to others and still stand (lifting it lifts what was carried, _lift_carried).
             restricted_uids: set[str] = set()
+            hashed = self.keyed_hasher()
             for person in people:
                 before = self._contexts(conn, {person})[person]
                 uids.append(before.uid)
                 if before.flags.restricted:
                     restricted_uids.add(before.uid)
-                theirs = (
-                    set(
-                        conn.execute(
-                            select(subject_identifiers.c.value).where(
-                                subject_identifiers.c.subject_id == person,
-                                subject_identifiers.c.kind == "email",
-                            )
-                        ).scalars()
+                held = conn.execute(
+                    select(subject_identifiers.c.kind, subject_identifiers.c.value).where(
+                        subject_identifiers.c.subject_id == person
                     )
-                    - asked
-                )
+                ).all()
+                theirs = {value for kind, value in held if kind == EMAIL} - asked
+                # Each identifier deleted below is unbound in the chain (its keyed hash, as the
+                # entry that bound it says it): `audit verify` then holds the person to none.
+                unbound = bindings((kind, hashed(value)) for kind, value in held)
                 others |= theirs
                 for address in theirs:
                     owners.setdefault(address, (before.uid, person))
@@ -1103,7 +1200,7 @@ class Ledger:
                 records.append(
                     AuditRecord(
                         "subject.erased",
-                        {**suppression, "subject_known": True},
+                        {**suppression, "subject_known": True, UNBOUND: unbound},
                         old=None,
                         new={
                             "suppressed": True,
@@ -2218,6 +2315,28 @@ class Ledger:
             ("subject_id", "created_at"),
             [(s, db_time(conn, now)) for s in sorted(subject_ids)],
         )
+
+
+def _binding_entries(conn: Connection, people: dict[int, str]) -> dict[int, list[tuple[int, str]]]:
+    """The entries that bind or unbind identifiers of ``people`` (id: uid), as (seq, payload) in
+    chain order for each: by the person's id, and by uid those written without it (before
+    migration 0013, or before a downgrade past it dropped the column). For the one-time step
+    (``Ledger.bind_identifiers``): a read of these people's entries by the two indexes."""
+    entries = audit_entries.c
+    actions = entries.action.in_((*BINDING_ACTIONS, *UNBINDING_ACTIONS))
+    by_uid = {uid: subject_id for subject_id, uid in people.items()}
+    found: dict[int, list[tuple[int, str]]] = {}
+    linked = select(entries.subject_id, entries.seq, entries.payload).where(
+        one_of(conn, entries.subject_id, sorted(people)), actions
+    )
+    unlinked = select(entries.subject_uid, entries.seq, entries.payload).where(
+        entries.subject_id.is_(None), one_of(conn, entries.subject_uid, sorted(by_uid)), actions
+    )
+    for subject_id, seq, payload in conn.execute(linked):
+        found.setdefault(subject_id, []).append((seq, payload))
+    for uid, seq, payload in conn.execute(unlinked):
+        found.setdefault(by_uid[uid], []).append((seq, payload))
+    return {subject_id: sorted(said) for subject_id, said in found.items()}
 
 
 def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSubjects | None) -> list[int]:
