@@ -7,7 +7,9 @@ Pure of HTTP: ``api`` turns requests into these calls and their errors into stat
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import secrets
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -19,9 +21,12 @@ from urllib.parse import urlencode
 
 import orjson
 import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from consentsync import audit
 from consentsync.config import Config
 from consentsync.domain import (
     ConsentStatus,
@@ -32,6 +37,7 @@ from consentsync.domain import (
     Origin,
     as_read,
     as_utc,
+    email_forms,
     iso,
     lookup_email,
     normalise_email,
@@ -44,7 +50,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity, SubjectResolver
+from consentsync.ledger.identity import EMAIL, Identity, SubjectResolver, keyed_hasher
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -61,6 +67,7 @@ from consentsync.ledger.service import (
     Ledger,
     RecordRequest,
     capture_request_hashers,
+    held_back_people,
     lifts_erasure,
     unliftable_erased_grant,
 )
@@ -105,6 +112,16 @@ RESEND_INTERVAL = timedelta(minutes=10)
 # mail twice; a mail that did not go is not counted (nobody got it).
 CONFIRMATION_MAILS = 3
 CONFIRMATION_WINDOW = timedelta(hours=24)
+# A mailed link's token is refused longer than this before any work (people.py): longer than any
+# we make (a JWT of a uid, 43 characters, or 43 and a sealed address: ``_hold_back`` sees to it).
+TOKEN_MAX = 1024
+# A double opt-in sign-up with an address erased before (docs/hub.md, "A sign-up for an erased
+# address"): until the person confirms, the ledger holds no trace of the address but its keyed
+# hash. Its link carries it, sealed (AES-GCM under a key derived from the erasure key with this
+# label, the link's random part as associated data): the one place it is kept, in the mail that
+# went to that mailbox; read back only when that link is followed and confirmed.
+ADDRESS_SEAL_LABEL = "consentsync/confirmations/address/v1"
+SEAL_MARK = "."  # between a link's random part and the sealed address (token_urlsafe has none)
 # Receipts mailed to one person within RECEIPT_WINDOW, at most: whoever holds a preference link
 # (or types the address into a form) could otherwise toggle a choice and mail a receipt each
 # time. Enough for a person setting several purposes at once; the rest are recorded as ever and
@@ -505,8 +522,11 @@ class Hub:
             ).rowcount
             if not done:  # confirmed meanwhile, by the same link followed twice at once
                 return {"purpose": row.purpose, "channel": row.channel, "already": True}
+            # A sign-up with an erased address: the person proved the mailbox is theirs, the
+            # address enters the ledger now (``_hold_back``), before the grant that brings them back.
+            person = self._take_address(conn, row, token) if SEAL_MARK in token else row.subject_id
             _stats, outcomes = self.ledger.record_in(
-                conn, [RecordRequest(Identity(subject_id=row.subject_id), evidence)]
+                conn, [RecordRequest(Identity(subject_id=person), evidence)]
             )
         log.info("hub.confirmed", subject=outcomes[0].subject_uid, purpose=row.purpose)
         if self.settings.mail_receipts:
@@ -652,6 +672,9 @@ class Hub:
                 # Read under the writer lock the transaction holds: an erasure committed since
                 # the request was checked counts.
                 self._refuse_erased(conn, key, requests, doi)
+                # Sign-ups with an erased address wait for confirmation without it: index ->
+                # address, the requests now naming their person by id.
+                held = self._hold_back(conn, requests, doi, standing)
                 recorded = [r for index, r in enumerate(requests) if index not in standing]
                 _stats, kept_outcomes = self.ledger.record_in(conn, recorded) if recorded else (None, [])
                 found = iter(kept_outcomes)
@@ -661,8 +684,10 @@ class Hub:
                 ]
                 # A no for an erased address was recorded on the erased person (by its keyed
                 # hash, SubjectResolver): answered without their id, and mailed nothing.
+                # A person waiting for their confirmation (held) is no erased person.
+                waiting = {outcomes[index].subject_id for index in held}
                 gone = (
-                    _erased_among(conn, {o.subject_id for o in kept_outcomes})
+                    _erased_among(conn, {o.subject_id for o in kept_outcomes} - waiting)
                     if any(r.identity.says_no for r in recorded)
                     else set()
                 )
@@ -693,7 +718,9 @@ class Hub:
                                 # The receipt carries a link to the person's page: it goes to the
                                 # address they are known by now, not to an older one of theirs a
                                 # form was given (a mailbox they left may be another's now).
-                                _current_address(conn, outcome.subject_id) or str(request.identity.email),
+                                _current_address(conn, outcome.subject_id)
+                                or held.get(index)
+                                or str(request.identity.email),
                                 outcome.subject_uid,
                                 evidence.fingerprint(),
                                 languages.get(index, "en"),
@@ -707,6 +734,8 @@ class Hub:
                         entry["confirmation"] = "recently"
                     elif asks:
                         token = secrets.token_urlsafe(32)
+                        if index in held:  # the address goes with the link, not into the ledger
+                            token = self._sealed(token, held[index])
                         conn.execute(
                             insert(confirmations).values(
                                 token_hash=token_digest(token),
@@ -732,7 +761,9 @@ class Hub:
                                 # To the address the person is known by now, as a receipt: its
                                 # link grants consent for the whole person, and an older address
                                 # of theirs may be a mailbox they left.
-                                _current_address(conn, outcome.subject_id) or str(request.identity.email),
+                                _current_address(conn, outcome.subject_id)
+                                or held.get(index)
+                                or str(request.identity.email),
                                 outcome.subject_uid,
                                 evidence.purpose,
                                 evidence.channel,
@@ -870,6 +901,92 @@ class Hub:
             f"{key.source!r} does not bring it back (only a new consent from a trusted "
             "source, policy.trusted_sources, dated after the erasure does): nothing was recorded"
         )
+
+    def _hold_back(
+        self, conn: Connection, requests: list[RecordRequest], doi: set[int], standing: dict[int, Any]
+    ) -> dict[int, str]:
+        """The double opt-in sign-ups with an address on the suppression list that nobody came
+        back with (``SubjectResolver.is_erased_only``; ``_refuse_erased`` let them through: their
+        confirmation would lift the erasure), by index, with the address. Until the person
+        confirms, the sign-up is anyone's word (a form takes any address): the ledger keeps no
+        trace of the address but its keyed hash (Art. 17; docs/hub.md, "A sign-up for an erased
+        address"). Each such request, and each no beside it for the same address, is recorded
+        on a person made for the sign-up that holds no address (``create_unaddressed``; the one
+        an earlier sign-up with it made while it waits, ``held_back_people``, so that the caps
+        on its mails count as for anyone), named by id in ``requests``. The address goes out
+        with the mail only, sealed in its link (``_sealed``); ``confirm`` stores it. A grant
+        beside it for the same address (a purpose without double opt-in) brings the person back
+        at once, address and all, as ever: nothing is held back then."""
+        by_address: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            if request.identity.email:
+                by_address.setdefault(request.identity.email, []).append(index)
+        resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+        held: dict[int, str] = {}
+        for email, indexes in by_address.items():
+            signs_up = any(index in doi and index not in standing for index in indexes)
+            grants = any(index not in doi and not requests[index].identity.says_no for index in indexes)
+            if not signs_up or grants or not resolver.is_erased_only(email):
+                continue
+            address = str(email)  # the one form (a LookupAddress names the form it was read in)
+            if len(self._sealed(secrets.token_urlsafe(32), address)) > TOKEN_MAX:
+                # Its link could not be opened (people.py refuses longer tokens): nothing recorded.
+                first = next(index for index in indexes if index in doi)
+                raise ErasedAddress(
+                    f"consents[{first}].email: the address was erased, and is too long to be held "
+                    "back until it is confirmed: nothing was recorded"
+                )
+            digests = [resolver.hashed(form) for form in email_forms(email)]
+            waiting = held_back_people(conn, digests)
+            person = waiting[0] if waiting else resolver.create_unaddressed(email)
+            for index in indexes:
+                requests[index] = replace(requests[index], identity=Identity(subject_id=person))
+                held[index] = address
+        if resolver.audit:  # the ``subject.created`` of each person made (binding nothing)
+            audit.append(conn, resolver.audit, self.ledger.clock())
+        if held:
+            log.info("hub.sign_up_held_back", items=sorted(held))
+        return held
+
+    def _seal_key(self) -> AESGCM:
+        return AESGCM(bytes.fromhex(keyed_hasher(self.ledger.erasure_key())(ADDRESS_SEAL_LABEL)))
+
+    def _sealed(self, token: str, address: str) -> str:
+        """A link's token (``token``, its random part) carrying ``address``, sealed: only this
+        install (its erasure key) reads it back, and only from this link."""
+        nonce = os.urandom(12)
+        sealed = self._seal_key().encrypt(nonce, address.encode("utf-8"), token.encode("ascii"))
+        return token + SEAL_MARK + base64.urlsafe_b64encode(nonce + sealed).decode("ascii").rstrip("=")
+
+    def _unsealed(self, token: str) -> str | None:
+        """The address a token made by ``_sealed`` carries; None if it carries none readable."""
+        random_part, _mark, sealed = token.partition(SEAL_MARK)
+        try:
+            data = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+            plain = self._seal_key().decrypt(data[:12], data[12:], random_part.encode("ascii"))
+            return plain.decode("utf-8")
+        except (ValueError, InvalidTag, UnicodeError):
+            return None
+
+    def _take_address(self, conn: Connection, row: Any, token: str) -> int:
+        """On the confirmation of a sign-up held back (``_hold_back``): stores the address its
+        link carries for the person made for it (bound in the chain, ``subject.identifier_added``)
+        and returns who the grant is recorded on: that person, or whoever holds the address by
+        now (the person came back otherwise meanwhile: the address is theirs, one holder)."""
+        address = self._unsealed(token)
+        if address is None:  # the erasure key changed since: nothing to bring back
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        holder = conn.execute(
+            select(subject_identifiers.c.subject_id).where(
+                subject_identifiers.c.kind == EMAIL, subject_identifiers.c.value.in_(email_forms(address))
+            )
+        ).scalar()
+        if holder is not None:
+            return int(holder)
+        resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+        resolver.add_email(row.subject_id, address)
+        audit.append(conn, resolver.audit, self.ledger.clock())
+        return int(row.subject_id)
 
     def _lifts(self, evidence: Evidence, double_opt_in: bool, since: datetime) -> bool:
         """Whether ``evidence`` (a grant as captured) lifts an erasure's suppression made at
@@ -1020,7 +1137,10 @@ class Hub:
     def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
         if not key.may("erasure"):
             raise Forbidden(f"API key {key.name!r} may not request erasure")
-        result = self.ledger.erase(lookup_email(email), reason=reason, actor=f"apikey:{key.name}")
+        # Bad input named as the body names it (``reason: ...``), not as the CLI's --reason.
+        result = self.ledger.erase(
+            lookup_email(email), reason=reason, actor=f"apikey:{key.name}", reason_field="reason:"
+        )
         return {
             "erased": True,
             "subject_known": result["subject_known"],

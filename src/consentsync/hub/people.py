@@ -37,7 +37,7 @@ from consentsync.config import BrandingSettings
 from consentsync.domain import InvalidInput
 from consentsync.hub import notices
 from consentsync.hub.bodylimit import BodyLimit
-from consentsync.hub.capture import Hub
+from consentsync.hub.capture import TOKEN_MAX, Hub  # a longer token: refused before any work
 from consentsync.hub.i18n import Translate, channel_labels, negotiate, translator
 from consentsync.hub.links import LinkRefused, expired_uid
 from consentsync.hub.notices import Notice
@@ -48,8 +48,6 @@ from consentsync.reconcile import Rule
 log = structlog.get_logger("consentsync.hub.people")
 _PACKAGE = resources.files("consentsync.hub")
 
-# Longer than any token we make (a JWT of a uid, or 43 characters): refused before any work.
-TOKEN_MAX = 1024
 LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Español", "it": "Italiano",
                   "nl": "Nederlands", "pl": "Polski", "sv": "Svenska", "da": "Dansk"}  # fmt: skip
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")

@@ -259,6 +259,22 @@ class SubjectResolver:
         self._bind_added(new_emails, added_by)
         return resolved
 
+    def create_unaddressed(self, email: str) -> int:
+        """A person for a sign-up with ``email``, an erased address nobody holds
+        (``is_erased_only``), whose address waits for the person's confirmation (capture.py,
+        ``Hub._hold_back``): created standing on the address's suppression entry and holding its
+        keyed hash only, as a CRM record showing it makes one (its ``subject.created`` binds
+        nothing). ``add_email`` stores the address once the person confirms."""
+        (subject_id,) = self._create([Identity(email=email)], {email})
+        return subject_id
+
+    def add_email(self, subject_id: int, email: str) -> None:
+        """Stores ``email`` (nobody holds it) for person ``subject_id``, bound to them in the chain
+        by a ``subject.identifier_added`` (``audit`` holds it for the caller to append)."""
+        rows: list[tuple[Any, ...]] = [(subject_id, EMAIL, email)]
+        insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, rows)
+        self._bind_added(rows, [None])
+
     def _bind_added(self, rows: list[tuple[Any, ...]], links: list[CrmLink | None]) -> None:
         """A ``subject.identifier_added`` for each identifier stored for a person who did not
         have it (``IDENTIFIER_COLUMNS`` rows): its keyed hash, and the CRM record that showed

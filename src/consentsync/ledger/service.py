@@ -91,6 +91,7 @@ from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     audit_entries,
     capture_requests,
+    confirmations,
     consent_events,
     consent_states,
     crm_links,
@@ -1113,12 +1114,16 @@ class Ledger:
 
     # -- erasure -------------------------------------------------------------------------------
 
-    def erase(self, email: str, *, reason: str, actor: str | None = None) -> dict[str, Any]:
-        """Art. 17: personal data goes; a keyed hash stays so the person is never re-imported."""
+    def erase(
+        self, email: str, *, reason: str, actor: str | None = None, reason_field: str = "--reason"
+    ) -> dict[str, Any]:
+        """Art. 17: personal data goes; a keyed hash stays so the person is never re-imported.
+        ``reason_field``: how the caller's input names the reason in an error (the CLI's option;
+        the capture API's body field, ``reason:``)."""
         if not reason.strip():
-            raise InvalidInput("--reason must say why the subject is erased")
+            raise InvalidInput(f"{reason_field} must say why the subject is erased")
         # The reason outlives the erasure (suppression entry, audit details): no address in it.
-        check_reason(reason, "--reason", ERASURE_REASON_MAX, erasable=False)
+        check_reason(reason, reason_field, ERASURE_REASON_MAX, erasable=False)
         check_label(actor, "--actor", ACTOR_MAX)
         now = self.clock()
         digest = email_hmac(self.erasure_key(), email)
@@ -1153,6 +1158,10 @@ class Ledger:
             # Every person held under a form of the address (an older version could hold one
             # per form): each is erased, or one would keep the address and its history.
             people = _subject_ids_by_email(conn, email)
+            # And each sign-up for the address, erased before, that waits for its confirmation
+            # (``held_back_people``): its person holds no address, and the link mailed for it
+            # must not bring back, once followed, an address erased again after it was sent.
+            people += [p for p in held_back_people(conn, forms) if p not in people]
             subject_id = people[0] if people else None
             records: list[AuditRecord] = []
             uids: list[str] = []
@@ -2479,6 +2488,36 @@ def lifts_erasure(policy: Policy, evidence: Evidence, since: datetime) -> bool:
     The one rule ``Ledger.record`` and the capture API (``Hub._lifts``) refuse grants by."""
     moment = policy.credible_time(evidence)
     return policy.reverses_sticky(evidence) and moment is not None and moment > since
+
+
+# The confirmations a double opt-in sign-up makes (hub/capture.py: its link, and the link whose
+# sign-up the person disowned).
+SIGN_UP_CONFIRMATIONS = ("double_opt_in", "disowned")
+
+
+def held_back_people(conn: Connection, digests: Sequence[str]) -> list[int]:
+    """The people made for a double opt-in sign-up with an address erased before, whose address
+    waits for the person's confirmation (``Hub._hold_back``), newest first: standing on the
+    address's suppression entry (``digests``: the keyed hashes of its forms), not erased, holding
+    no identifier, and made by a sign-up (a confirmation link of theirs). The address is stored
+    when the person confirms; until then they are known by its keyed hash only."""
+    holds = select(subject_identifiers.c.id).where(subject_identifiers.c.subject_id == subjects.c.id)
+    signed_up = select(confirmations.c.id).where(
+        confirmations.c.subject_id == subjects.c.id, confirmations.c.kind.in_(SIGN_UP_CONFIRMATIONS)
+    )
+    entries = select(suppressions.c.id).where(suppressions.c.email_hmac.in_(list(digests)))
+    return list(
+        conn.execute(
+            select(subjects.c.id)
+            .where(
+                subjects.c.suppression_id.in_(entries),
+                subjects.c.erased_at.is_(None),
+                ~holds.exists(),
+                signed_up.exists(),
+            )
+            .order_by(subjects.c.id.desc())
+        ).scalars()
+    )
 
 
 def unliftable_erased_grant(
