@@ -49,7 +49,9 @@ class SuperOfficeSettings(ConnectorSettings):
     # The archive provider read for changed consents, and its columns (SuperOffice's names).
     # What a consent removed by RemoveConsent reads back as: the legal basis key the tenant marks
     # it with (the sandbox's and, unconfirmed, SuperOffice's "turn off consent": WITHDRAWN), or
-    # null where the tenant deletes the row. consentsync recognises its own removals by it.
+    # null where the tenant deletes the row. consentsync recognises its own removals by it: read
+    # back, one is no withdrawal, and once its reason ends (a restriction lifted, an expired
+    # consent renewed) the consent is set again with its earlier legal basis.
     removal_reads_back_as: str | None = "WITHDRAWN"
     archive_provider: str = "ConsentPurpose"
     column_person_id: str = "consentPerson/personId"

@@ -31,7 +31,7 @@ from collections.abc import Mapping as RecordMap
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from annotated_types import MinLen
 from pydantic import (
@@ -74,6 +74,7 @@ __all__ = [
     "MappingError",
     "MappingSpec",
     "MappingValueError",
+    "OurWrite",
     "json_schema",
     "load_mapping",
     "load_mappings",
@@ -88,7 +89,21 @@ FORMAT_VERSION = 1
 # push guard) are decided again before any is sent. 2: a value the field's own pull table reads as
 # the status or basis to write is left as the CRM holds it. 3: an opt-out this project wrote
 # itself (a restriction's) is put back to the value before it once no state it covers is suppressed.
-PUSH_DECISIONS_VERSION = 3
+# 4: also in a field whose push table has no ``allowed`` (SuperOffice's E-marketing consent,
+# removed for a restriction or an expiry), unless that write was what a person's no writes.
+PUSH_DECISIONS_VERSION = 4
+
+
+class OurWrite(NamedTuple):
+    """A value of ``ours`` (``Mapping.updates_for``) as the sync engine knows it: what the field
+    held before this project's latest acknowledged write of it (None where not known), and the
+    value that write sent (before the CRM's reading of it: SuperOffice's RemoveConsent is sent as
+    null and reads back Withdrawn). A plain value in ``ours`` is ``before`` alone, the write
+    unknown."""
+
+    before: Any
+    sent: Any
+
 
 # Field and object names end up in SOQL (and other query languages) as they are written: only
 # API-name shapes pass. Letters, digits and _ (custom fields end in __c), starting with a letter;
@@ -117,6 +132,7 @@ _PLAIN_ID = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{RECORD_ID_MAX}}}")
 _CONSTANT = f"{TAG_PREFIX}constant)"
 _LIST = f"{TAG_PREFIX}list)"
 _FROM_FIELD = f"{TAG_PREFIX}from field)"
+_NOT_KNOWN: Any = object()  # what our write sent, where ``ours`` does not say (``_put_back``)
 
 
 class MappingError(InvalidInput):
@@ -1044,9 +1060,11 @@ class Mapping:
 
         ``ours``: the status fields whose value in ``record`` is one this project wrote itself
         (and nobody has changed since), each with the value the field held just before that write
-        (None where it is not known). A purpose's default basis leaves a CRM's opt-out alone
-        (below), but not one of ours the ledger no longer implies: a restriction's Do Not Call
-        once the restriction is lifted is put back to what the field held before (``_put_back``).
+        (None where it is not known), or an ``OurWrite`` that also says what the write sent. A
+        purpose's default basis leaves a CRM's opt-out alone (below), but not one of ours the
+        ledger no longer implies: a restriction's Do Not Call once the restriction is lifted, an
+        E-marketing consent SuperOffice shows Withdrawn since an expiry removed it and the person
+        renewed it, is put back to what the field held before (``_put_back``).
         ``ours`` is asked about a field (``in``) only where that field would be put back if its
         earlier value were known: the engine passes a mapping that notes what it is asked, and
         looks up its own writes only for those fields (sync/engine.py, ``_put_backs``).
@@ -1075,14 +1093,18 @@ class Mapping:
                 case = _push_case(present, status.push)
                 if case is not None and case in status.push:
                     self._update(updates, record, status.field, status.push[case], status.pull)
-                elif (
-                    ours is not None
-                    and case in (None, "allowed")
-                    and record.get(status.field) != status.push.get("allowed")
+                elif ours is not None and (
+                    case in (None, "allowed") and record.get(status.field) != status.push["allowed"]
+                    if "allowed" in status.push
+                    # A mapping that never writes a yes: an empty field may be ours too (a consent
+                    # SuperOffice deleted when we removed it), and a suppression for want of a
+                    # consent, which leaves the CRM's own value, need not keep our write.
+                    else case in (None, "allowed", "no_consent")
                 ):
-                    # No state the field covers is suppressed (``_push_case``) and the record does
-                    # not show the field cleared: an opt-out of ours may go. Weighed for every
-                    # record of every sync, so the rest is left out by the cheapest tests first.
+                    # No state the field covers is suppressed on evidence (``_push_case``) and the
+                    # record does not show the field cleared: an opt-out of ours may go. Weighed
+                    # for every record of every sync, so the rest is left out by the cheapest
+                    # tests first.
                     self._put_back(updates, record, status, present, ours)
             basis = consent.basis
             if basis is not None and basis.direction.pushes and basis.push is not None:
@@ -1112,33 +1134,70 @@ class Mapping:
         the person (a withdrawal, an objection upheld or pending, an erasure, a restriction still
         in force), and also for want of a consent (email marketing with none on record), where
         writing the earlier value (an opt-in) would tell the CRM the opposite of what the ledger
-        says. Kept too where the mapping never clears the field (no ``allowed`` in its push
-        table), where the field shows anything but an opt-out value of its push table, where the
-        field is not one of ``ours``, or where the earlier value is unknown, empty, not in the
-        field's pull table or itself a no.
+        says. Kept too where the field shows anything but an opt-out value of its push table (or,
+        without ``allowed``, emptiness), where the field is not one of ``ours``, or where the
+        earlier value is unknown, empty, not in the field's pull table or itself a no.
+
+        A field whose push table has no ``allowed`` (the mapping never writes a yes: SuperOffice's
+        E-marketing consent is recorded by what captures it) is put back only where our write is
+        known (``OurWrite.sent``) and was not what the person's no writes there (``withdrawn``, or
+        ``suppressed`` where the table has no ``withdrawn``): a removal for a restriction or an
+        expiry goes, a withdrawal written for the person's own no stays, whatever they said since
+        (a new consent elsewhere is not copied into such a CRM). Where both write the same value,
+        nothing tells them apart: kept. In such a field a suppression for want of a consent alone
+        (``no_consent_on_record``, ``eprivacy_consent_required``, and no ``no_consent`` in the
+        table) does not keep our write where the earlier value reads as the very status the
+        ledger holds (a soft opt-in the ledger read as granted, and suppresses for e-mail for want
+        of a consent): the mapping leaves such a value as the CRM held it (nothing contradicts the
+        ledger), and the restriction's write alone would go on claiming a no (SuperOffice's
+        Withdrawn) nobody gave.
 
         ``ours`` is asked last (``in``), once every other test passed: what it is asked is the
         fields worth looking the earlier value up for (``updates_for``)."""
-        for state in present:
-            if state.suppressed:
-                return
         push, field = status.push or {}, status.field
-        if "allowed" not in push or field not in record:
-            return  # a mapping that never clears the field: not even an opt-out of ours
+        clears = "allowed" in push
+        suppressed = [state for state in present if state.suppressed]
+        if suppressed and (
+            clears or "no_consent" in push or any(state.rule not in NO_EVIDENCE_RULES for state in suppressed)
+        ):
+            return
+        if field not in record:
+            return
         shown = crm_key(record[field])
-        if shown == crm_key(push["allowed"]):
+        if clears and shown == crm_key(push["allowed"]):
             return  # cleared already: what nearly every record shows
         opt_outs = {crm_key(push[case]) for case in ("suppressed", "withdrawn", "no_consent") if case in push}
-        if shown not in opt_outs or field not in ours:
+        if shown not in opt_outs:
             return
-        earlier, pull = ours[field], status.pull
+        said_no = _NOT_KNOWN
+        if not clears:
+            # What the person's no writes here (as ``_push_case`` picks it): a write of that value
+            # may have been theirs. A table that writes nothing else has nothing to put back, and
+            # its records are not looked up (``ours`` is asked nothing).
+            case = "withdrawn" if "withdrawn" in push else "suppressed"
+            said_no = crm_key(push[case]) if case in push else _NOT_KNOWN
+            if not opt_outs - {said_no}:
+                return
+        if field not in ours:
+            return
+        earlier, sent = ours[field], _NOT_KNOWN
+        if isinstance(earlier, OurWrite):
+            earlier, sent = earlier
+        if not clears and (sent is _NOT_KNOWN or crm_key(sent) == said_no):
+            return  # perhaps the person's own no: a mapping that never writes a yes keeps it
+        pull = status.pull
         if _blank(earlier) or crm_key(earlier) in opt_outs:
             return
         if pull is not None:
             if crm_key(earlier) not in self._canonical_table(pull):
                 return
-            if self._reading(pull, earlier) in SAID_NO_STATUSES:
+            reading = self._reading(pull, earlier)
+            if reading in SAID_NO_STATUSES:
                 return
+            if any(reading != state.status for state in suppressed):
+                return  # says other than the ledger: the suppression keeps our write
+        elif suppressed:
+            return  # what the earlier value says is not known
         self._update(updates, record, field, earlier, pull)
 
     def _pairs_shown(self, record: RecordMap[str, Any], consent: ConsentSpec) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ makes it (``engine_run``)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -53,7 +54,13 @@ def latest_page_first(monkeypatch: pytest.MonkeyPatch) -> None:
 def _busy_today(so: SuperOfficeSandbox) -> tuple[list[int], Cursor]:
     """``BUSY`` persons consenting twenty minutes ago, a second apart, read whole by a first
     run: the persons and the cursor it kept."""
-    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=20)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    midnight = now.replace(hour=0, minute=0, second=0)
+    if now - midnight < dt.timedelta(seconds=BUSY + 5):
+        # The busy persons must all be today's and in the past (the first seconds of a day).
+        time.sleep((midnight + dt.timedelta(seconds=BUSY + 5) - now).total_seconds())
+    # Twenty minutes ago, but never yesterday: a run just after midnight failed here.
+    start = max(now - dt.timedelta(minutes=20), midnight)
     people = [consenting(so, f"busy{i}", start + dt.timedelta(seconds=i)) for i in range(BUSY)]
     records, cursor, ended = engine_run(so, Cursor(), budget=1000, page_size=PAGE)
     assert ended and {int(r.record_id) for r in records} == set(people)

@@ -8,7 +8,10 @@ What SuperOffice documents, and the sandbox keeps:
   administrator changed it) and a source set automatically;
 * a consent is one row per person and purpose with a legal basis, a source, a comment and the
   times it was registered and last updated (UTC); a withdrawn consent stays a row whose legal
-  basis is "Withdrawn" (HasConsent answers false for it).
+  basis is "Withdrawn" (HasConsent answers false for it);
+* SetConsent ("Set a specified type of consent on the person") creates the person's consent for
+  the purpose or changes the one there, a withdrawn one included (its legal basis, source and
+  comment; registered kept, updated moved); RemoveConsent "turns off" the consent.
 
 What it chooses where SuperOffice's documentation is silent (each is a constructor argument, so a
 test can take the other view): the list keys (STORE, EMARKETING, CONSENT, LEGITIMATE, WITHDRAWN,

@@ -76,6 +76,7 @@ from consentsync.mapping import (
     SAID_NO_STATUSES,
     Mapping,
     MappingValueError,
+    OurWrite,
     crm_key,
     field_value,
 )
@@ -2064,11 +2065,15 @@ class SyncEngine:
         """``ours`` (``Mapping.updates_for``) for the records whose mapping would put back an
         opt-out this project wrote (``asked``, from ``decide_pushes``): each field asked about
         whose value the record's snapshot shows is the one our latest acknowledged write of it
-        set, with the value the field held before that write (that push's ``crm.pushed`` entry's
-        ``old``; None where not found, which keeps the opt-out). A field written again since and
-        not acknowledged (sent, its answer lost, refused, given up) is unknown: left out. Two
-        lookups for the batch, by index: the writes sent and not acknowledged (the partial
+        set (as the CRM reads such a write back: SuperOffice's removed consent shows Withdrawn),
+        as an ``OurWrite``: the value the field held before that write (that push's
+        ``crm.pushed`` entry's ``old``; None where not found, which keeps the opt-out) and the
+        value the write sent (a mapping that never writes a yes puts back a removal, never a
+        withdrawal: ``Mapping._put_back``). A field written again since and not acknowledged
+        (sent, its answer lost, refused, given up) is unknown: left out. Two lookups for the
+        batch, by index: the writes sent and not acknowledged (the partial
         ``ix_outbox_unanswered``) and the people's ``crm.pushed`` entries (by subject id)."""
+
         latest: dict[tuple[str, str], dict[str, QueuedRow]] = {}
         for key, (_at, _row, _known, fields) in asked.items():
             for old in queued.get(key, ()):  # oldest first
@@ -2093,15 +2098,14 @@ class SyncEngine:
                     del ours[name]
         # Only where the record still shows what that write set: a value changed since (a user
         # unticking and ticking again) is theirs.
-        kept: dict[tuple[str, str], dict[str, int]] = {}
+        kept: dict[tuple[str, str], dict[str, tuple[int, Any]]] = {}
         for key, ours in latest.items():
             _at, row, known, _fields = asked[key]
             for name, done in ours.items():
-                written = self.connector.as_read_back(
-                    RecordUpdate(row.object_type, row.record_id, orjson.loads(done.fields))
-                )
+                sent = orjson.loads(done.fields)
+                written = self.connector.as_read_back(RecordUpdate(row.object_type, row.record_id, sent))
                 if name in known and name in written and crm_key(known[name]) == crm_key(written[name]):
-                    kept.setdefault(key, {})[name] = done.id
+                    kept.setdefault(key, {})[name] = (done.id, sent[name])
         if not kept:
             return {}
         olds: dict[int, dict[str, Any]] = {}
@@ -2118,7 +2122,7 @@ class SyncEngine:
             if what.get("connector") == self.name and isinstance(entry.get("old"), dict):
                 olds[what.get("outbox")] = entry["old"]
         return {
-            key: {name: olds.get(done, {}).get(name) for name, done in fields.items()}
+            key: {name: OurWrite(olds.get(done, {}).get(name), sent) for name, (done, sent) in fields.items()}
             for key, fields in kept.items()
         }
 
