@@ -50,7 +50,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import known_versions
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import EMAIL, Identity, SubjectResolver, keyed_hasher
+from consentsync.ledger.identity import EMAIL, Identity, SubjectResolver, derived_key
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -949,7 +949,7 @@ class Hub:
         return held
 
     def _seal_key(self) -> AESGCM:
-        return AESGCM(bytes.fromhex(keyed_hasher(self.ledger.erasure_key())(ADDRESS_SEAL_LABEL)))
+        return AESGCM(derived_key(self.ledger.erasure_key(), ADDRESS_SEAL_LABEL))
 
     def _sealed(self, token: str, address: str) -> str:
         """A link's token (``token``, its random part) carrying ``address``, sealed: only this

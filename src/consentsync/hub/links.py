@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 import jwt
 
+from consentsync.ledger.identity import derived_key
 from consentsync.ledger.service import Ledger
 
 AUDIENCE = "consentsync:preferences"
@@ -22,7 +23,9 @@ class LinkRefused(ValueError):
 
 
 def _key(ledger: Ledger) -> bytes:
-    return ledger.keyed_hasher()("consentsync/preference-links/v1").encode("ascii")
+    # Derived apart from the keyed hashes (``derived_key``): links signed by the key of releases
+    # before session 58 (which a failed login could write into the audit log) are refused.
+    return derived_key(ledger.erasure_key(), "consentsync/preference-links/v2")
 
 
 def make_token(ledger: Ledger, uid: str, *, days: int, now: datetime | None = None) -> str:

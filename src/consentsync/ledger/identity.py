@@ -148,6 +148,20 @@ def keyed_hasher(key: bytes) -> Callable[[str], str]:
     return digest
 
 
+def derived_key(key: bytes, purpose: str) -> bytes:
+    """A secret of its own for ``purpose`` (a link's signature, a sealed address), from the
+    erasure key by HKDF-SHA256. Never ``keyed_hasher(key)(purpose)``: that HMAC is the one that
+    hashes text anyone can send (a failed login's name is audited as it), so a purpose's label
+    typed as a user name wrote the secret into the audit log. HKDF's key is HMAC(salt, key), not
+    the erasure key itself, so no keyed hash the ledger keeps is a derived key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=b"consentsync derived keys", info=purpose.encode("utf-8")
+    ).derive(key)
+
+
 class SubjectResolver:
     """Resolves a batch of identities to subject ids in one round of queries, creating subjects
     (and their identifiers and links) that are new. Runs inside the caller's transaction.
