@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 from consentsync_salesforce.sandbox import SalesforceSandbox
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
@@ -95,3 +95,37 @@ def test_a_push_is_a_suppression_when_its_write_restricts_not_when_its_person_is
     assert ledger.decision_for(resubscribed["Email"], "profiling", "email")[1].suppressed
     assert _waiting(ledger, resubscribed["Id"]) == [({"HasOptedOutOfEmail": False}, False)]
     assert _waiting(ledger, withdrawn["Id"]) == [({"HasOptedOutOfEmail": True}, True)]
+
+
+def test_a_waiting_row_an_older_release_flagged_is_unflagged_when_decided_again(
+    ledger: Ledger, config_path: Path, org: SalesforceSandbox, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-subscription queued by an older release carries the flag (it took every push of a
+    person with a suppressed state for one): decided again the same way, its row is kept, with
+    its attempts, and its flag made this meaning; the first run of a release that decides
+    otherwise examines everyone, so no such row is left to raise a false alert."""
+    from consentsync.sync import push_rules
+
+    _observe(ledger, config_path, org, full=True)
+    held = [
+        c
+        for c in org.org.records("Contact")
+        if c["Email"] and len(ledger.subject_uids_for_email(c["Email"])) == 1
+    ]
+    resubscribed = next(c for c in held if c["HasOptedOutOfEmail"])
+    clock.now = datetime.now(UTC) + timedelta(seconds=2)
+    _said(ledger, resubscribed["Email"], "profiling", "email", ConsentStatus.WITHDRAWN)
+    _said(ledger, resubscribed["Email"], "email_marketing", "email", ConsentStatus.GRANTED)
+    _observe(ledger, config_path, org)
+    with ledger.engine.begin() as conn:  # as the older release stored it
+        conn.execute(update(outbox).where(outbox.c.record_id == resubscribed["Id"]).values(suppression=True))
+        (row_id,) = conn.execute(
+            select(outbox.c.id).where(outbox.c.record_id == resubscribed["Id"])
+        ).scalars()
+    monkeypatch.setattr(push_rules, "PUSH_DECISIONS_VERSION", push_rules.PUSH_DECISIONS_VERSION + 1)
+    _observe(ledger, config_path, org)
+    assert _waiting(ledger, resubscribed["Id"]) == [({"HasOptedOutOfEmail": False}, False)]
+    with ledger.engine.connect() as conn:  # the same row, not a new one
+        assert conn.execute(
+            select(outbox.c.id).where(outbox.c.record_id == resubscribed["Id"])
+        ).scalars().all() == [row_id]

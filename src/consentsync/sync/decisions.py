@@ -51,3 +51,6 @@ class DecidedPushes:
     records: list[RecordKey]
     queued: dict[tuple[str, str], list[QueuedRow]]
     merged: list[tuple[int, str, str]] = field(default_factory=list)
+    # The rows kept as they were decided again (pending or dead-lettered), by id: whether their
+    # write restricts processing (their ``suppression`` flag, set where it says otherwise).
+    flags: dict[int, bool] = field(default_factory=dict)

@@ -2034,8 +2034,18 @@ class SyncEngine:
             if rule is None:
                 rule = _rule_for(mapping, wanted, subject_states)
             fields = canonical_json(updates)
+            # A suppression is a write that restricts processing (an opt-out, a suppression flag,
+            # an erasure's action): the alerts and metrics on late and dead-lettered suppressions
+            # count these. Not every push of a person with a suppressed state: their
+            # re-subscription to another purpose is no suppression.
+            erasing = action is WriteAction.DELETE or row.erased_at is not None
+            restricts = erasing or bool(restricting(mapping, updates))
             if _repeats(queued.get(key, ()), fields, action.value):
-                continue  # its pending row stays, with its attempts and its sent mark
+                # Its pending (or dead) row stays, with its attempts and its sent mark; its flag
+                # is made this meaning (a row an older release queued took every push of a
+                # person with a suppressed state for a suppression).
+                decided.flags[queued[key][-1].id] = restricts
+                continue
             superseded += pending
             decided.new_rows.append(
                 NewPush(
@@ -2043,13 +2053,7 @@ class SyncEngine:
                     row.record_id,
                     row.subject_id,
                     fields,
-                    # A suppression is a write that restricts processing (an opt-out, a
-                    # suppression flag, an erasure's action): the alerts and metrics on late and
-                    # dead-lettered suppressions count these. Not every push of a person with a
-                    # suppressed state: their re-subscription to another purpose is no suppression.
-                    action is WriteAction.DELETE
-                    or row.erased_at is not None
-                    or bool(restricting(mapping, updates)),
+                    restricts,
                     rule,
                     action.value,
                 )
@@ -2135,6 +2139,14 @@ class SyncEngine:
                 .where(one_of(conn, outbox.c.id, decided.superseded))
                 .values(status="superseded", done_at=now)
             )
+        for flag in (True, False):
+            kept = [row_id for row_id, restricts in decided.flags.items() if restricts is flag]
+            if kept:
+                conn.execute(
+                    update(outbox)
+                    .where(one_of(conn, outbox.c.id, kept), outbox.c.suppression != flag)
+                    .values(suppression=flag)
+                )
         if decided.new_rows:
             created_at = db_time(conn, now)
             # In the order decided: the pushes are sent by id. (One COPY on PostgreSQL.)
