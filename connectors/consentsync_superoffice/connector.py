@@ -159,7 +159,8 @@ class SuperOfficeConnector(sdk.Connector):
         """A removed consent (LegalBase_<KEY> set to null: RemoveConsent) reads back as the
         tenant's mark for it (``removal_reads_back_as``). The engine knows its own removal by it:
         never the person's withdrawal, and put back (SetConsent with the earlier legal basis)
-        once its reason ends (sync/engine.py ``_put_backs``, ``Mapping._put_back``)."""
+        once its reason ends, unless the person said no since (it stands for theirs then:
+        sync/engine.py ``_put_backs``, ``Mapping._put_back``)."""
         fields = dict(update.fields)
         for name, value in update.fields.items():
             if name.startswith("LegalBase_") and value is None:

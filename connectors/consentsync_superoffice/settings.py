@@ -51,7 +51,8 @@ class SuperOfficeSettings(ConnectorSettings):
     # it with (the sandbox's and, unconfirmed, SuperOffice's "turn off consent": WITHDRAWN), or
     # null where the tenant deletes the row. consentsync recognises its own removals by it: read
     # back, one is no withdrawal, and once its reason ends (a restriction lifted, an expired
-    # consent renewed) the consent is set again with its earlier legal basis.
+    # consent renewed) the consent is set again with its earlier legal basis, unless the person
+    # said no since it was queued (then it stands for their no: sync/engine.py ``_said_no_since``).
     removal_reads_back_as: str | None = "WITHDRAWN"
     archive_provider: str = "ConsentPurpose"
     column_person_id: str = "consentPerson/personId"

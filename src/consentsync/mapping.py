@@ -91,18 +91,23 @@ FORMAT_VERSION = 1
 # itself (a restriction's) is put back to the value before it once no state it covers is suppressed.
 # 4: also in a field whose push table has no ``allowed`` (SuperOffice's E-marketing consent,
 # removed for a restriction or an expiry), unless that write was what a person's no writes.
-PUSH_DECISIONS_VERSION = 4
+# 5: nor there where the person said no since that write was queued (``OurWrite.said_no_since``):
+# a put-back version 4 decided for them (their earlier consent) and left waiting is decided again.
+PUSH_DECISIONS_VERSION = 5
 
 
 class OurWrite(NamedTuple):
     """A value of ``ours`` (``Mapping.updates_for``) as the sync engine knows it: what the field
-    held before this project's latest acknowledged write of it (None where not known), and the
-    value that write sent (before the CRM's reading of it: SuperOffice's RemoveConsent is sent as
-    null and reads back Withdrawn). A plain value in ``ours`` is ``before`` alone, the write
+    held before this project's latest acknowledged write of it (None where not known), the value
+    that write sent (before the CRM's reading of it: SuperOffice's RemoveConsent is sent as null
+    and reads back Withdrawn), and the (purpose, channel) pairs the person said no to in the
+    ledger since that write was queued (a withdrawal or refusal recorded, an objection upheld:
+    sync/engine.py ``_said_no_since``). A plain value in ``ours`` is ``before`` alone, the write
     unknown."""
 
     before: Any
     sent: Any
+    said_no_since: frozenset[tuple[str, str]] = frozenset()
 
 
 # Field and object names end up in SOQL (and other query languages) as they are written: only
@@ -1143,14 +1148,18 @@ class Mapping:
         known (``OurWrite.sent``) and was not what the person's no writes there (``withdrawn``, or
         ``suppressed`` where the table has no ``withdrawn``): a removal for a restriction or an
         expiry goes, a withdrawal written for the person's own no stays, whatever they said since
-        (a new consent elsewhere is not copied into such a CRM). Where both write the same value,
-        nothing tells them apart: kept. In such a field a suppression for want of a consent alone
-        (``no_consent_on_record``, ``eprivacy_consent_required``, and no ``no_consent`` in the
-        table) does not keep our write where the earlier value reads as the very status the
-        ledger holds (a soft opt-in the ledger read as granted, and suppresses for e-mail for want
-        of a consent): the mapping leaves such a value as the CRM held it (nothing contradicts the
-        ledger), and the restriction's write alone would go on claiming a no (SuperOffice's
-        Withdrawn) nobody gave.
+        (a new consent elsewhere is not copied into such a CRM). So does a removal the person said
+        no under since it was queued (``OurWrite.said_no_since``, for a pair the field covers: a
+        withdrawal given while restricted, not written as the CRM showed Withdrawn already): it
+        is what their no writes there now, and a consent given later is theirs to record anew,
+        not a reason to set the one from before the removal again. Where a no and a removal
+        write the same value, nothing tells them apart: kept. In such a field a suppression for
+        want of a consent alone (``no_consent_on_record``, ``eprivacy_consent_required``, and no
+        ``no_consent`` in the table) does not keep our write where the earlier value reads as the
+        very status the ledger holds (a soft opt-in the ledger read as granted, and suppresses for
+        e-mail for want of a consent): the mapping leaves such a value as the CRM held it (nothing
+        contradicts the ledger), and the restriction's write alone would go on claiming a no
+        (SuperOffice's Withdrawn) nobody gave.
 
         ``ours`` is asked last (``in``), once every other test passed: what it is asked is the
         fields worth looking the earlier value up for (``updates_for``)."""
@@ -1180,11 +1189,15 @@ class Mapping:
                 return
         if field not in ours:
             return
-        earlier, sent = ours[field], _NOT_KNOWN
-        if isinstance(earlier, OurWrite):
-            earlier, sent = earlier
-        if not clears and (sent is _NOT_KNOWN or crm_key(sent) == said_no):
-            return  # perhaps the person's own no: a mapping that never writes a yes keeps it
+        write = ours[field]
+        earlier, sent, said_no_since = write if isinstance(write, OurWrite) else OurWrite(write, _NOT_KNOWN)
+        if not clears and (
+            sent is _NOT_KNOWN
+            or crm_key(sent) == said_no
+            # A no given since (while restricted, not written: the CRM showed our removal already).
+            or any((state.purpose, state.channel) in said_no_since for state in present)
+        ):
+            return  # perhaps, or now, the person's own no: a mapping that never writes a yes keeps it
         pull = status.pull
         if _blank(earlier) or crm_key(earlier) in opt_outs:
             return

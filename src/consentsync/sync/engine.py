@@ -2073,10 +2073,12 @@ class SyncEngine:
         as an ``OurWrite``: the value the field held before that write (that push's
         ``crm.pushed`` entry's ``old``; None where not found, which keeps the opt-out) and the
         value the write sent (a mapping that never writes a yes puts back a removal, never a
-        withdrawal: ``Mapping._put_back``). A field written again since and not acknowledged
-        (sent, its answer lost, refused, given up) is unknown: left out. Two lookups for the
-        batch, by index: the writes sent and not acknowledged (the partial
-        ``ix_outbox_unanswered``) and the people's ``crm.pushed`` entries (by subject id)."""
+        withdrawal: ``Mapping._put_back``), and what the person said no to since that write was
+        queued (``_said_no_since``: a removal they withdrew under while restricted is theirs too).
+        A field written again since and not acknowledged (sent, its answer lost, refused, given
+        up) is unknown: left out. Lookups for the batch, by index: the writes sent and not
+        acknowledged (the partial ``ix_outbox_unanswered``), and for the records still showing
+        one of our writes, the people's ``crm.pushed`` entries (by subject id) and their nos."""
 
         latest: dict[tuple[str, str], dict[str, QueuedRow]] = {}
         for key, (_at, _row, _known, fields) in asked.items():
@@ -2125,10 +2127,81 @@ class SyncEngine:
             what = entry.get("what") or {}
             if what.get("connector") == self.name and isinstance(entry.get("old"), dict):
                 olds[what.get("outbox")] = entry["old"]
+        said_no = self._said_no_since(
+            conn,
+            {done: asked[key][1].subject_id for key, fields in kept.items() for done, _ in fields.values()},
+        )
         return {
-            key: {name: OurWrite(olds.get(done, {}).get(name), sent) for name, (done, sent) in fields.items()}
+            key: {
+                name: OurWrite(olds.get(done, {}).get(name), sent, said_no.get(done, frozenset()))
+                for name, (done, sent) in fields.items()
+            }
             for key, fields in kept.items()
         }
+
+    def _said_no_since(
+        self, conn: Connection, writes: dict[int, int]
+    ) -> dict[int, frozenset[tuple[str, str]]]:
+        """For our acknowledged writes (outbox id: the person's subject id), the (purpose,
+        channel) pairs the person said no to in the ledger since the write was queued: a
+        withdrawal or refusal recorded, an objection upheld (raised or decided since; to direct
+        marketing, each purpose that serves it). A no given while a restriction's removal shows is
+        not written (the CRM shows what it writes already): the removal stands for it too, and
+        is never put back (``Mapping._put_back``). Since the write was queued, not acknowledged:
+        a no recorded while the removal was on its way is seen by no decision. Since it was
+        recorded, whatever time it states: a no that reached the ledger late counts too (failing
+        safe: the removal stays). Three lookups for the batch, by index: the writes (by id), the
+        people's events and objections (by subject id); made only for the records that still
+        show one of our writes and would have it put back."""
+        queued_at: dict[int, datetime] = {
+            done: created_at
+            for done, created_at in conn.execute(
+                select(outbox.c.id, outbox.c.created_at).where(one_of(conn, outbox.c.id, list(writes)))
+            )
+        }
+        people = sorted(set(writes.values()))
+        nos: dict[int, list[tuple[str, str, datetime]]] = {}
+        events = select(
+            consent_events.c.subject_id,
+            consent_events.c.purpose,
+            consent_events.c.channel,
+            consent_events.c.recorded_at,
+        ).where(
+            one_of(conn, consent_events.c.subject_id, people),
+            consent_events.c.status.in_(sorted(status.value for status in SAID_NO_STATUSES)),
+        )
+        for subject_id, purpose_key, channel, recorded_at in conn.execute(events):
+            nos.setdefault(subject_id, []).append((purpose_key, channel, recorded_at))
+        purposes = self.ledger.purposes
+        upheld = select(
+            objections.c.subject_id,
+            objections.c.purpose,
+            objections.c.direct_marketing,
+            objections.c.recorded_at,
+            objections.c.decided_at,
+        ).where(
+            one_of(conn, objections.c.subject_id, people),
+            objections.c.status == ObjectionStatus.UPHELD.value,
+        )
+        for subject_id, purpose_key, direct_marketing, recorded_at, decided_at in conn.execute(upheld):
+            at = max(recorded_at, decided_at or recorded_at)
+            nos.setdefault(subject_id, []).extend(
+                (purpose.key, channel, at)
+                for purpose in purposes.values()
+                if purpose.key == purpose_key or (direct_marketing and serves_direct_marketing(purpose))
+                for channel in purpose.channels
+            )
+        said: dict[int, frozenset[tuple[str, str]]] = {}
+        for done, subject_id in writes.items():
+            since = queued_at.get(done)
+            pairs = frozenset(
+                (purpose_key, channel)
+                for purpose_key, channel, at in nos.get(subject_id, ())
+                if since is None or at >= since
+            )
+            if pairs:
+                said[done] = pairs
+        return said
 
     def _write_pushes(
         self, conn: Connection, decided: DecidedPushes, report: RunReport, now: datetime
