@@ -122,6 +122,10 @@ TOKEN_MAX = 1024
 # went to that mailbox; read back only when that link is followed and confirmed.
 ADDRESS_SEAL_LABEL = "consentsync/confirmations/address/v1"
 SEAL_MARK = "."  # between a link's random part and the sealed address (token_urlsafe has none)
+# The source of what closes such a sign-up when its confirmation's grant goes to whoever came
+# back with the address meanwhile (``Hub._close_sign_up``): consentsync's own record, as the
+# expiry sweep's (ledger.service.EXPIRY_SOURCE), never a person's word.
+SIGN_UP_CLOSED_SOURCE = "consentsync:sign_up_closed"
 # Receipts mailed to one person within RECEIPT_WINDOW, at most: whoever holds a preference link
 # (or types the address into a form) could otherwise toggle a choice and mail a receipt each
 # time. Enough for a person setting several purposes at once; the rest are recorded as ever and
@@ -287,8 +291,15 @@ class Hub:
             "channel": channel_labels(_).get(pending.channel, pending.channel),
             "days": self.settings.confirmation_days,
             "link": self.link_to("/p/confirm/", pending.token, pending.language),
-            "preferences": self.preference_link(pending.uid, pending.language),
         }
+        # A sign-up with an erased address, held back (``_hold_back``): its person holds no
+        # address until this link is confirmed, and may never (whoever came back with the address
+        # meanwhile takes the grant: ``_close_sign_up``), so a link to their preference page
+        # would open "the record was erased". None is offered; the receipt of the confirmation
+        # carries the link of whoever holds the address then.
+        held = kind == "double_opt_in" and SEAL_MARK in pending.token
+        if not held:
+            values["preferences"] = self.preference_link(pending.uid, pending.language)
         if kind == "request":
             subject = _("May we send you {purpose}?", **values)
             text = _(
@@ -303,6 +314,14 @@ class Hub:
                 "Your consent to receive {purpose} by {channel} runs out soon. To keep receiving it, "
                 "open this link within {days} days and confirm:\n\n{link}\n\nIf you do not, it "
                 "ends and we stop.\n\nAll your choices, at any time: {preferences}\n",
+                **values,
+            )
+        elif held:
+            subject = _("Please confirm: {purpose}", **values)
+            text = _(
+                "You asked to receive {purpose} by {channel}. Please confirm by opening this link "
+                "within {days} days:\n\n{link}\n\nIf it was not you, ignore this mail: nothing changes "
+                "until the link is followed.\n",
                 **values,
             )
         else:
@@ -528,6 +547,8 @@ class Hub:
             _stats, outcomes = self.ledger.record_in(
                 conn, [RecordRequest(Identity(subject_id=person), evidence)]
             )
+            if person != row.subject_id:  # the grant went to the address's holder
+                self._close_sign_up(conn, row, outcomes[0].subject_uid, now)
         log.info("hub.confirmed", subject=outcomes[0].subject_uid, purpose=row.purpose)
         if self.settings.mail_receipts:
             email = self.ledger.email_of(outcomes[0].subject_uid)
@@ -972,7 +993,8 @@ class Hub:
         """On the confirmation of a sign-up held back (``_hold_back``): stores the address its
         link carries for the person made for it (bound in the chain, ``subject.identifier_added``)
         and returns who the grant is recorded on: that person, or whoever holds the address by
-        now (the person came back otherwise meanwhile: the address is theirs, one holder)."""
+        now (the person came back otherwise meanwhile: the address is theirs, one holder; the
+        sign-up left waiting on the person made for it is closed, ``_close_sign_up``)."""
         address = self._unsealed(token)
         if address is None:  # the erasure key changed since: nothing to bring back
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
@@ -987,6 +1009,40 @@ class Hub:
         resolver.add_email(row.subject_id, address)
         audit.append(conn, resolver.audit, self.ledger.clock())
         return int(row.subject_id)
+
+    def _close_sign_up(self, conn: Connection, row: Any, holder: str, now: datetime) -> None:
+        """On the confirmation of a sign-up held back (``_hold_back``) whose address another
+        person holds by now (someone came back with it meanwhile: ``holder``, by uid, who takes
+        the grant, ``_take_address``): the person made for the sign-up stays without it, and the
+        "requested" the sign-up recorded on them would wait for ever (the lapse closes only
+        links never confirmed). It is closed: "applicable" (nothing on record, as a request the
+        outreach takes back leaves it) recorded for the link's purpose and channel, from
+        ``SIGN_UP_CLOSED_SOURCE``, its ``consent.recorded`` entry naming the confirmation and
+        the holder's uid (no address). Only while the sign-up waits there (``_waiting``); another
+        sign-up of theirs is closed when its own link is confirmed."""
+        if not _waiting(self.ledger, conn, row):
+            return
+        closing = Evidence.witnessed(
+            now,
+            purpose=row.purpose,
+            channel=row.channel,
+            status=ConsentStatus.APPLICABLE,
+            basis=LawfulBasis.CONSENT,
+            source=SIGN_UP_CLOSED_SOURCE,
+            origin=Origin.SYSTEM,
+            actor="consentsync",
+            evidence_ref=f"confirmation:{row.id}; granted to subject {holder}",
+        )
+        _stats, (outcome,) = self.ledger.record_in(
+            conn, [RecordRequest(Identity(subject_id=row.subject_id), closing)]
+        )
+        log.info(
+            "hub.sign_up_closed",
+            subject=outcome.subject_uid,
+            holder=holder,
+            purpose=row.purpose,
+            channel=row.channel,
+        )
 
     def _lifts(self, evidence: Evidence, double_opt_in: bool, since: datetime) -> bool:
         """Whether ``evidence`` (a grant as captured) lifts an erasure's suppression made at
