@@ -64,6 +64,7 @@ from consentsync.domain import (
     shown,
     without_emails,
 )
+from consentsync.reconcile import Rule
 from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, not_utf8, read_document
 
 __all__ = [
@@ -93,7 +94,9 @@ FORMAT_VERSION = 1
 # removed for a restriction or an expiry), unless that write was what a person's no writes.
 # 5: nor there where the person said no since that write was queued (``OurWrite.said_no_since``):
 # a put-back version 4 decided for them (their earlier consent) and left waiting is decided again.
-PUSH_DECISIONS_VERSION = 5
+# 6: a status nobody answered ("requested", "applicable") winning on time is no consent on record,
+# not an opt-out (``_for_want_of_consent``): a tick decided for one and left waiting is dropped.
+PUSH_DECISIONS_VERSION = 6
 
 
 class OurWrite(NamedTuple):
@@ -129,6 +132,24 @@ SAID_NO_RULES = frozenset({"objection_direct_marketing", "objection_upheld"})
 # (a status is written from the push key `no_consent` only, where the mapping names one; a lawful
 # basis is not written at all): only newer evidence does.
 NO_EVIDENCE_RULES = frozenset({"no_consent_on_record", "purpose_default_basis", "eprivacy_consent_required"})
+# Statuses under which nobody answered: consent applies and none was given ("applicable"), or it
+# was asked for (a request mailed, a double opt-in sign-up not confirmed: "requested"). Suppressed
+# under one of them by the status alone (it won on time), a person is suppressed for want of a
+# consent, exactly as under ``no_consent_on_record``: a request nobody answered, or a form anyone
+# can fill in with the address, is no opt-out to write (docs/adoption.md, "What is never written
+# on thin evidence"). Rules that suppress on evidence whatever the status (an erasure, a
+# restriction, an objection, an expiry) keep their writes.
+UNANSWERED_STATUSES = frozenset({ConsentStatus.APPLICABLE, ConsentStatus.REQUESTED})
+EVIDENCE_RULES = frozenset(
+    {
+        Rule.ERASURE,
+        Rule.RESTRICTION,
+        Rule.OBJECTION_DIRECT_MARKETING,
+        Rule.OBJECTION_UPHELD,
+        Rule.OBJECTION_PENDING,
+        Rule.EXPIRED,
+    }
+)
 RECORD_ID_MAX = 64  # the ledger's crm_links.record_id
 # An id of letters, digits and punctuation without "@": one line, no control character, no
 # address. What the CRMs issue; anything else goes through the label checks.
@@ -1166,9 +1187,7 @@ class Mapping:
         push, field = status.push or {}, status.field
         clears = "allowed" in push
         suppressed = [state for state in present if state.suppressed]
-        if suppressed and (
-            clears or "no_consent" in push or any(state.rule not in NO_EVIDENCE_RULES for state in suppressed)
-        ):
+        if suppressed and (clears or "no_consent" in push or not all(map(_for_want_of_consent, suppressed))):
             return
         if field not in record:
             return
@@ -1414,9 +1433,17 @@ def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str | No
     said_no = any(s.status in SAID_NO_STATUSES or s.rule in SAID_NO_RULES for s in suppressed)
     if said_no:
         return "withdrawn" if "withdrawn" in table else "suppressed"
-    if all(s.rule in NO_EVIDENCE_RULES for s in suppressed):
+    if all(map(_for_want_of_consent, suppressed)):
         return "no_consent"  # written only where the table names it
     return "suppressed"
+
+
+def _for_want_of_consent(state: EffectiveState) -> bool:
+    """Whether ``state`` (suppressed) is so only because no consent is on record: by a default
+    rule, or by a status under which nobody answered (``UNANSWERED_STATUSES``)."""
+    return state.rule in NO_EVIDENCE_RULES or (
+        state.status in UNANSWERED_STATUSES and state.rule not in EVIDENCE_RULES
+    )
 
 
 # The time zones in use span UTC-12 (Baker Island: a day there ends last, at 12:00 UTC the next

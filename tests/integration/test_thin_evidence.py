@@ -169,3 +169,38 @@ def test_a_consent_removed_for_expiry_reads_back_withdrawn_and_is_no_withdrawal(
         assert open_sync_engine(config).run().counts.pushed == 0
     finally:
         harness.stop()
+
+
+@pytest.mark.parametrize("status", [ConsentStatus.REQUESTED, ConsentStatus.APPLICABLE])
+@pytest.mark.parametrize(
+    "rule", ["latest_event_time", "unknown_event_time_most_restrictive", "most_restrictive_on_tie"]
+)
+def test_a_status_nobody_answered_is_no_consent_on_record_not_an_opt_out(
+    status: ConsentStatus, rule: str
+) -> None:
+    """A request mailed or a double opt-in sign-up not confirmed ("requested"), or a consent
+    closed with nothing on record ("applicable"), winning on time: suppressed for want of a
+    consent, so only the mapping's ``no_consent`` value is written, never its opt-out (a person
+    who ignores a request mail, or whose address a stranger typed into a form, never said no)."""
+    mapping = parse_mapping(MAPPING, Path("contact.yaml"))
+    crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Contract"}
+    unanswered = _states(
+        marketing=(status, rule, True),
+        service=(ConsentStatus.GRANTED, "latest_event_time", False),
+    )
+    assert mapping.updates_for(crm, unanswered) == {"OptOut": "NONE_ON_RECORD"}
+    without_value = parse_mapping(MAPPING.replace(", no_consent: NONE_ON_RECORD", ""), Path("contact.yaml"))
+    assert without_value.updates_for(crm, unanswered) == {}
+
+
+@pytest.mark.parametrize(
+    "rule", ["erasure_suppression", "restriction_art18", "objection_upheld", "objection_pending_review"]
+)
+def test_a_status_nobody_answered_under_a_suppression_on_evidence_still_writes_the_opt_out(rule: str) -> None:
+    mapping = parse_mapping(MAPPING.replace(", no_consent: NONE_ON_RECORD", ""), Path("contact.yaml"))
+    crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Contract"}
+    states = _states(
+        marketing=(ConsentStatus.REQUESTED, rule, True),
+        service=(ConsentStatus.GRANTED, "latest_event_time", False),
+    )
+    assert mapping.updates_for(crm, states) == {"OptOut": True}
