@@ -4,15 +4,17 @@ and rate-limited per key, separate from the console's logins; documented at ``/v
 
 # No "from __future__ import annotations": FastAPI reads the annotations of the routes defined
 # inside create_app at run time, and postponed ones would name locals it cannot see.
+import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
 
 from consentsync.domain import InvalidInput
@@ -112,6 +114,92 @@ class DecisionIn(_Body):
     channel: str = Field(default="email", max_length=32)
 
 
+class _Object(dict[str, Any]):
+    """A JSON object as parsed (``duplicate_key``), with the first key it names twice, if any."""
+
+    __slots__ = ("twice",)
+
+
+def _named(key: str) -> str:
+    """A key as an error names it: on one line (escaped as in a repr), at most 64 characters."""
+    shown = repr(key[:64])[1:-1]
+    return shown if len(key) <= 64 else shown + "..."
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """The one-line error for a JSON ``body`` with an object that names a key twice, the first
+    in document order (``consents[1].email: duplicate key 'email' in consents[1]``), or None: no
+    key named twice, or no JSON at all (FastAPI answers that as ever). Python's parser, like
+    most, takes the last of two; a gateway or an audit proxy may take the first and see another
+    request than the one recorded, so which was meant cannot be told: bad input (docs/hub.md)."""
+    named_twice = False
+
+    def parsed(pairs: list[tuple[str, Any]]) -> _Object:
+        nonlocal named_twice
+        value = _Object(pairs)
+        value.twice = None
+        if len(value) < len(pairs):
+            named_twice = True
+            seen: set[str] = set()
+            for key, _item in pairs:
+                if key in seen:
+                    value.twice = key
+                    break
+                seen.add(key)
+        return value
+
+    try:
+        document = json.loads(body, object_pairs_hook=parsed)
+    except (ValueError, RecursionError):  # not JSON (JSONDecodeError, UnicodeDecodeError), too deep
+        return None
+    if not named_twice:
+        return None
+    # Depth first in document order, without recursion: a body as deep as the parser allows.
+    pending: list[tuple[Any, str]] = [(document, "")]
+    while pending:
+        value, at = pending.pop()
+        if isinstance(value, _Object):
+            if value.twice is not None:
+                field = f"{at}.{_named(value.twice)}" if at else _named(value.twice)
+                return f"{field}: duplicate key '{_named(value.twice)}' in {at or 'the top level'}"
+            pending += [
+                (item, f"{at}.{_named(key)}" if at else _named(key)) for key, item in reversed(value.items())
+            ]
+        elif isinstance(value, list):
+            pending += [(item, f"{at}[{index}]") for index, item in reversed(list(enumerate(value)))]
+    return None
+
+
+def _json_body(request: Request) -> bool:
+    """Whether FastAPI reads the request's body as JSON (its type is JSON, or none is given)."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return (
+        not media
+        or media == "application/json"
+        or (media.startswith("application/") and media.endswith("+json"))
+    )
+
+
+class UniqueKeysRoute(APIRoute):
+    """A route whose JSON body is refused (422, ``{"error": ...}``, nothing done) where an object
+    in it names a key twice (``duplicate_key``), before FastAPI parses it, taking the last; as
+    early as FastAPI refuses a body that is no JSON, before the API key is checked."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        if self.body_field is None:
+            return handle
+
+        async def checked(request: Request) -> Response:
+            if _json_body(request):
+                error = duplicate_key(await request.body())  # kept: FastAPI reads it again
+                if error is not None:
+                    return JSONResponse({"error": error}, status_code=422)
+            return await handle(request)
+
+        return checked
+
+
 class Unauthorised(Exception):
     pass
 
@@ -158,6 +246,8 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
+    # Every route's JSON body is refused where it names a key twice (set before any is added).
+    app.router.route_class = UniqueKeysRoute
     app.add_middleware(BodyLimit, limit=BODY_MAX)
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute

@@ -30,6 +30,7 @@ from consentsync import audit
 from consentsync.config import Config
 from consentsync.domain import (
     ConsentStatus,
+    EffectiveState,
     Evidence,
     InvalidInput,
     LawfulBasis,
@@ -1058,11 +1059,13 @@ class Hub:
 
     def _consented(self, requests: list[RecordRequest], doi: set[int]) -> dict[int, tuple[str, Any]]:
         """The double opt-in sign-ups (by index) of people whose consent to that purpose and
-        channel is granted now: uid and state. Recording "requested" for them would suspend a
-        consent they gave, on the word of a form anyone can fill in with their address; the
-        sign-up records nothing, and its link (a grant once confirmed, under the notice now
-        shown) is mailed as for anyone else."""
+        channel stands now (``_stands``): uid and state. Recording "requested" for them would
+        suspend it, on the word of a form anyone can fill in with their address (and the next
+        sync would push the suspension to their CRMs as an opt-out); the sign-up records
+        nothing, and its link (a grant once confirmed, under the notice now shown) is mailed as
+        for anyone else."""
         found: dict[int, tuple[str, Any]] = {}
+        now = self.ledger.clock()
         for index in sorted(doi):
             evidence = requests[index].evidence
             # The address as entered (a LookupAddress, not str() of it): a person an older
@@ -1070,7 +1073,7 @@ class Hub:
             uid, state = self.ledger.decision_for(
                 requests[index].identity.email or "", evidence.purpose, evidence.channel
             )
-            if uid is not None and state.evidenced and state.status is ConsentStatus.GRANTED:
+            if uid is not None and _stands(state, now):
                 found[index] = (uid, state)
         return found
 
@@ -1395,6 +1398,30 @@ def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: da
             continue
         return True
     return False
+
+
+def _stands(state: EffectiveState, now: datetime) -> bool:
+    """Whether a person's ``state`` for a purpose and channel is one a double opt-in sign-up
+    must leave as it is (``Hub._consented``): what the ledger treats as in force now, by the
+    test the decision API answers ``contact`` with (``Hub.decide``: not suppressed), a granted
+    consent read from a CRM without a date as much as one confirmed here, and a soft opt-in; or
+    a consent granted, and not past its validity, that only a rule about the whole person holds
+    back (a restriction, an objection, the erasure of another form of the address): recorded
+    over, it would be "requested" once that rule is lifted.
+
+    Until session 59 only an evidenced grant stood (dated, with a notice or a reference). The
+    thought was that a grant nobody can prove is no consent to keep. But the ledger acts on such
+    a grant as on any other (the decision API answers ``contact: true``, and the CRMs are told
+    so): the sign-up, anyone's word, suspended it, pushed an opt-out to the other CRMs, and its
+    "No, I did not ask for this" then recorded a refusal that unsubscribed the person. Nothing
+    the evidence test protected is lost: the sign-up's link is mailed all the same, and
+    confirming it records the evidenced grant (``double_opt_in_at``), which is how a consent
+    without proof gets its proof. A state that is not in force (nothing on record, a no, an
+    expiry, a sign-up waiting) is recorded over as before: there the sign-up asks for a consent
+    nobody holds."""
+    if not state.suppressed:
+        return True
+    return state.status is ConsentStatus.GRANTED and (state.expires_at is None or now < state.expires_at)
 
 
 def _waiting(ledger: Ledger, conn: Connection, row: Any) -> bool:
