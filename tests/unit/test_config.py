@@ -235,8 +235,13 @@ class TestErrors:
             ("version: 1\nledger:\n  url: x\n bad: 2\npurposes: []\n", 4),
             ("version: 1\nledger: {url: x\n", 3),
             ("version: 1\n\tledger: {}\n", 2),
+            # A character YAML does not allow (PyYAML's reader refuses it before parsing: it was
+            # a traceback), and a lone surrogate (libyaml encodes the text as UTF-8).
+            ("version: 1\nledger:\n  url: \"a\x07b\"\n", 3),
+            ("version: 1\nledger: {url: x}\n# \x00\n", 3),
+            ("version: 1\nledger: {url: \"\ud800\"}\n", 2),
         ],
-        ids=["indentation", "unclosed-flow", "tab"],
+        ids=["indentation", "unclosed-flow", "tab", "control-character", "nul-in-a-comment", "surrogate"],
     )
     def test_invalid_yaml(self, text: str, line: int) -> None:
         assert_error_at(text, f"{line}: invalid YAML: ")
