@@ -203,7 +203,7 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
                 f"consentsync ({SCHEMA_REVISION} at the newest) does not know: a newer consentsync "
                 "upgraded it; run that version"
             )
-        if migrate:
+        if migrate and current != SCHEMA_REVISION:  # at the newest already: nothing to run
             upgrade(engine)
             current = migration_state(engine)
     if current != SCHEMA_REVISION:
