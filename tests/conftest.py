@@ -4,8 +4,11 @@ a real PostgreSQL (each test in a schema of its own, dropped afterwards)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +29,15 @@ from consentsync.cli import main
 from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.journal import STATE_DIR_ENV
+
+# Bytecode is cached while the suite runs, even where the environment says not to (some
+# machines set PYTHONDONTWRITEBYTECODE): without it each of the xdist workers rewrote and compiled
+# every test module again (pytest's assertion rewriting caches only in __pycache__), and each of
+# the suite's thousands of consentsync subprocesses compiled the package's modules from source,
+# about a tenth of a second each. Cached where Python caches, in __pycache__ (.gitignore'd); set
+# here, before the workers start, so that they and every process they start inherit it.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    sys.dont_write_bytecode = False
 
 POSTGRES_ENV = "CONSENTSYNC_TEST_POSTGRES_URL"
 TEST_ERASURE_KEY = "test-erasure-key-0123456789abcdef"
@@ -120,11 +132,40 @@ def clock() -> Clock:
     return Clock(datetime(2026, 6, 1, 12, 0, tzinfo=UTC))
 
 
+_MIGRATED_SQLITE: list[Path] = []  # this process's SQLite ledger at the newest migration
+
+
+def sqlite_at_head(ledger_url: str) -> None:
+    """Where ``ledger_url`` names a SQLite file not there yet: a copy of a ledger this process
+    migrated once, so that opening it (init, ``migrated_ledger``) runs no migration. Running the
+    nine migrations took about a tenth of the suite's CPU, once for every test with a ledger; a
+    copy is the same file (the schema, the chain's genesis: what the migrations write) the
+    migrations leave. The PostgreSQL variants and the tests of init and of the migrations
+    themselves still migrate."""
+    if not ledger_url.startswith("sqlite:///"):
+        return
+    target = Path(ledger_url.removeprefix("sqlite:///"))
+    if target.exists():
+        return
+    if not _MIGRATED_SQLITE:
+        from consentsync.ledger.engine import make_engine
+        from consentsync.ledger.migrate import upgrade
+
+        template = Path(tempfile.mkdtemp(prefix="consentsync-ledger-")) / "ledger.db"
+        engine = make_engine(f"sqlite:///{template}")
+        upgrade(engine)
+        engine.dispose()  # the last connection's close folds the log into the file
+        _MIGRATED_SQLITE.append(template)
+    shutil.copyfile(_MIGRATED_SQLITE[0], target)
+
+
 @contextmanager
 def migrated_ledger(config_path: Path, clock: Clock) -> Iterator[Ledger]:
     """The ledger of the config at ``config_path``, migrated, on the test's clock; disposed of
     afterwards (for a ``ledger`` fixture of a config of its own)."""
-    opened = open_ledger(load_config(config_path), migrate=True)
+    config = load_config(config_path)
+    sqlite_at_head(config.ledger_url)
+    opened = open_ledger(config, migrate=True)
     opened.clock = clock
     yield opened
     opened.engine.dispose()
@@ -168,6 +209,7 @@ class Cli:
 def cli(config_path: Path) -> Cli:
     runner = CliRunner()
     cli = Cli(config_path, runner)
+    sqlite_at_head(load_config(config_path).ledger_url)
     cli.ok("init")
     return cli
 
