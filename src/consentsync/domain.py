@@ -726,7 +726,9 @@ class EffectiveState:
     evidence_status: ConsentStatus | None = None
     # Whether evidence gave ``basis`` (stated it, or granted or withdrew a consent), rather than
     # the purpose's default filling in for none: only such a basis is pushed to a CRM
-    # (docs/policy.md, "Defaults are not evidence").
+    # (docs/policy.md, "Defaults are not evidence"). A request or sign-up nobody answered, with
+    # nothing else ever on record, gives none (it names the basis it asks for): the mapping reads
+    # such a state as no consent on record (reconcile._state_of, mapping._for_want_of_consent).
     basis_stated: bool = False
 
     def as_dict(self) -> dict[str, object]:

@@ -64,7 +64,7 @@ from consentsync.domain import (
     shown,
     without_emails,
 )
-from consentsync.reconcile import Rule
+from consentsync.reconcile import UNANSWERED_STATUSES, Rule
 from consentsync.yamlfile import TAG_PREFIX, Problem, Yaml12Loader, describe, not_utf8, read_document
 
 __all__ = [
@@ -96,7 +96,11 @@ FORMAT_VERSION = 1
 # a put-back version 4 decided for them (their earlier consent) and left waiting is decided again.
 # 6: a status nobody answered ("requested", "applicable") winning on time is no consent on record,
 # not an opt-out (``_for_want_of_consent``): a tick decided for one and left waiting is dropped.
-PUSH_DECISIONS_VERSION = 6
+# 7: only where nothing but such statuses is on record (``EffectiveState.basis_stated`` False,
+# reconcile's ``Summary.answered``), which also pushes no lawful basis: one over a consent granted
+# and since expired (or any other answer) ticks the opt-out again, as the expiry alone does; the
+# people version 6 left unticked so are examined again.
+PUSH_DECISIONS_VERSION = 7
 
 
 class OurWrite(NamedTuple):
@@ -132,14 +136,17 @@ SAID_NO_RULES = frozenset({"objection_direct_marketing", "objection_upheld"})
 # (a status is written from the push key `no_consent` only, where the mapping names one; a lawful
 # basis is not written at all): only newer evidence does.
 NO_EVIDENCE_RULES = frozenset({"no_consent_on_record", "purpose_default_basis", "eprivacy_consent_required"})
-# Statuses under which nobody answered: consent applies and none was given ("applicable"), or it
-# was asked for (a request mailed, a double opt-in sign-up not confirmed: "requested"). Suppressed
-# under one of them by the status alone (it won on time), a person is suppressed for want of a
-# consent, exactly as under ``no_consent_on_record``: a request nobody answered, or a form anyone
-# can fill in with the address, is no opt-out to write (docs/adoption.md, "What is never written
-# on thin evidence"). Rules that suppress on evidence whatever the status (an erasure, a
-# restriction, an objection, an expiry) keep their writes.
-UNANSWERED_STATUSES = frozenset({ConsentStatus.APPLICABLE, ConsentStatus.REQUESTED})
+# Statuses under which nobody answered (reconcile.UNANSWERED_STATUSES): consent applies and none
+# was given ("applicable"), or it was asked for (a request mailed, a double opt-in sign-up not
+# confirmed: "requested"). Suppressed under one of them by the status alone (it won on time) with
+# nothing else ever on record (no grant, no expiry, no other basis: the reconciler then states no
+# basis, ``basis_stated``), a person is suppressed for want of a consent, exactly as under
+# ``no_consent_on_record``: a request nobody answered, or a form anyone can fill in with the
+# address, is no opt-out to write (docs/adoption.md, "What is never written on thin evidence").
+# Over an earlier answer (a consent granted and since expired, a CRM's own opt-in) the opt-out is
+# written: the CRM may still show that opt-in, which the ledger no longer holds. Rules that
+# suppress on evidence whatever the status (an erasure, a restriction, an objection, an expiry)
+# keep their writes.
 EVIDENCE_RULES = frozenset(
     {
         Rule.ERASURE,
@@ -1440,9 +1447,11 @@ def _push_case(present: list[EffectiveState], table: dict[str, Any]) -> str | No
 
 def _for_want_of_consent(state: EffectiveState) -> bool:
     """Whether ``state`` (suppressed) is so only because no consent is on record: by a default
-    rule, or by a status under which nobody answered (``UNANSWERED_STATUSES``)."""
+    rule, or by a status under which nobody answered (``UNANSWERED_STATUSES``) over nothing but
+    such statuses (the reconciler states no basis for it: ``basis_stated``). A request over a
+    consent since expired is not: the CRM may still show the opt-in the ledger no longer holds."""
     return state.rule in NO_EVIDENCE_RULES or (
-        state.status in UNANSWERED_STATUSES and state.rule not in EVIDENCE_RULES
+        state.status in UNANSWERED_STATUSES and not state.basis_stated and state.rule not in EVIDENCE_RULES
     )
 
 

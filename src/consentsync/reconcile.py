@@ -15,7 +15,12 @@ keeps exactly what domain.md's precedence rules need:
   the expiry sweep ran before or after it; it only says that the lapse is on record;
 * ``undated_grant_seen``: when consentsync first saw a consent granted without a credible event
   time (the earliest such observation): an undated grant's validity runs from there, never from a later
-  sighting of the same stale value (a new record, a new connector) after the consent expired.
+  sighting of the same stale value (a new record, a new connector) after the consent expired;
+* ``answered``: whether any evidence holds a status other than an unanswered one (requested,
+  applicable: ``UNANSWERED_STATUSES``): a consent granted, expired, withdrawn or refused, or a
+  basis that needs none. A request or an unconfirmed sign-up winning over such evidence ends
+  something a CRM may still show (an opt-in since expired); over nothing else, it is no consent
+  on record, and states no lawful basis (``_state_of``).
 
 Unknown event times are read in the most restrictive way: a withdrawal or refusal is taken to
 have happened as late as possible (when it was first observed), anything else as early as
@@ -51,11 +56,15 @@ from consentsync.domain import (
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 # Summaries written by another version of the fold are rebuilt from the events (the ledger does).
 # 4: a no stamped to the whole second sorts at the end of it; 5: an undated grant's validity runs
-# from its first sighting (``undated_grant_seen``).
-SUMMARY_VERSION = 5
+# from its first sighting (``undated_grant_seen``); 6: whether anything but a request was ever on
+# record (``answered``).
+SUMMARY_VERSION = 6
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
 # Most CRMs stamp whole seconds: their "12:00:00" happened anywhere in that second.
 TO_THE_SECONDS_END = timedelta(microseconds=999_999)
+# Statuses under which nobody answered: consent applies and none was given ("applicable"), or it
+# was asked for (a request mailed, a double opt-in sign-up not confirmed: "requested").
+UNANSWERED_STATUSES = frozenset({ConsentStatus.APPLICABLE, ConsentStatus.REQUESTED})
 
 
 class Rule:
@@ -298,6 +307,7 @@ class Summary:
     soft_opt_in_at: datetime | None = None
     lapsed_at: datetime | None = None
     undated_grant_seen: datetime | None = None  # the earliest, unlike every other field
+    answered: bool = False  # anything but an unanswered status on record (monotone: or)
 
     def join(self, other: Summary) -> Summary:
         return self._joined(
@@ -308,6 +318,7 @@ class Summary:
             other.soft_opt_in_at,
             other.lapsed_at,
             other.undated_grant_seen,
+            other.answered,
         )
 
     def _joined(
@@ -319,6 +330,7 @@ class Summary:
         soft_opt_in_at: datetime | None,
         lapsed_at: datetime | None,
         undated_grant_seen: datetime | None,
+        answered: bool,
     ) -> Summary:
         """``join``, given the other summary's fields: folding in one event (``_facts``) then
         builds one Summary, not two."""
@@ -339,6 +351,7 @@ class Summary:
             _later(self.soft_opt_in_at, soft_opt_in_at),
             _later(self.lapsed_at, lapsed_at),
             _earlier(self.undated_grant_seen, undated_grant_seen),
+            self.answered or answered,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -352,6 +365,7 @@ class Summary:
             "soft_opt_in_at": self.soft_opt_in_at,
             "lapsed_at": self.lapsed_at,
             "undated_grant_seen": self.undated_grant_seen,
+            "answered": self.answered,
         }
 
     @staticmethod
@@ -370,6 +384,7 @@ class Summary:
             _moment(data.get("soft_opt_in_at")),
             _moment(data.get("lapsed_at")),
             _moment(data.get("undated_grant_seen")),
+            bool(data.get("answered")),
         )
 
 
@@ -382,9 +397,16 @@ def _moment(value: object) -> datetime | None:
 
 
 # A Summary's fields, in order: latest, tied, restriction, trusted_opt_in_at, soft_opt_in_at,
-# lapsed_at, undated_grant_seen.
+# lapsed_at, undated_grant_seen, answered.
 _Facts = tuple[
-    Ranked | None, bool, Ranked | None, datetime | None, datetime | None, datetime | None, datetime | None
+    Ranked | None,
+    bool,
+    Ranked | None,
+    datetime | None,
+    datetime | None,
+    datetime | None,
+    datetime | None,
+    bool,
 ]
 
 
@@ -393,7 +415,7 @@ def _facts(evidence: Evidence, policy: Policy) -> _Facts:
     if is_system_expiry(evidence):
         # A record that the clock ran out, derived from the rest: it decides nothing, so the
         # state cannot depend on whether the sweep ran before or after a late renewal.
-        return None, False, None, None, None, evidence.event_time or evidence.observed_at, None
+        return None, False, None, None, None, evidence.event_time or evidence.observed_at, None, False
     ranked = Ranked.of(evidence, policy)
     status = evidence.status
     return (
@@ -404,6 +426,7 @@ def _facts(evidence: Evidence, policy: Policy) -> _Facts:
         ranked.event_time if is_soft_opt_in(evidence, policy) else None,
         None,
         evidence.observed_at if ranked.event_time is None and _is_consent(ranked) else None,
+        status not in UNANSWERED_STATUSES,
     )
 
 
@@ -452,7 +475,7 @@ def consent_state(summary: Summary, purpose: Purpose, channel: str) -> Effective
         rule = Rule.UNKNOWN_EVENT_TIME
     else:
         rule = Rule.LATEST_EVENT_TIME
-    return _state_of(latest, purpose, channel, rule, summary.undated_grant_seen)
+    return _state_of(latest, purpose, channel, rule, summary.undated_grant_seen, summary.answered)
 
 
 def binding_no(summary: Summary) -> Ranked | None:
@@ -481,7 +504,12 @@ def _reversed(trusted_opt_in_at: datetime | None, blocker: Ranked | datetime) ->
 
 
 def _state_of(
-    value: Ranked, purpose: Purpose, channel: str, rule: str, undated_grant_seen: datetime | None = None
+    value: Ranked,
+    purpose: Purpose,
+    channel: str,
+    rule: str,
+    undated_grant_seen: datetime | None = None,
+    answered: bool = True,
 ) -> EffectiveState:
     basis = value.basis or purpose.default_basis
     expires_at = None
@@ -508,8 +536,13 @@ def _state_of(
         f"source {value.source}",
         value.status,  # evidence_status
         # A basis the evidence left out is the purpose's default: stated only where that is
-        # consent, which a grant or withdrawal of consent speaks of by itself.
-        value.basis is not None or basis is LawfulBasis.CONSENT,
+        # consent, which a grant or withdrawal of consent speaks of by itself. A request nobody
+        # answered, over nothing but other requests (``answered``), states none: it names the
+        # basis it asks for, which nobody gave (a request mailed, a form anyone can fill in with
+        # the address); the mapping reads such a state as no consent on record, as it reads
+        # ``no_consent_on_record`` (mapping._for_want_of_consent).
+        (value.basis is not None or basis is LawfulBasis.CONSENT)
+        and (answered or value.status not in UNANSWERED_STATUSES),
     )
 
 

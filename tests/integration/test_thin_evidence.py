@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from consentsync_hubspot.sandbox.harness import HubSpotHarness
 
 from consentsync.domain import ConsentStatus, EffectiveState, Evidence, LawfulBasis
 from consentsync.ledger.identity import Identity
 from consentsync.mapping import parse_mapping
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
+from tests.conftest import SQLITE_ONLY, running_harness
 from tests.integration.helpers import consent_value, mapping_text
 
 
@@ -184,13 +186,36 @@ def test_a_status_nobody_answered_is_no_consent_on_record_not_an_opt_out(
     who ignores a request mail, or whose address a stranger typed into a form, never said no)."""
     mapping = parse_mapping(MAPPING, Path("contact.yaml"))
     crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Contract"}
+    # With nothing but such statuses on record the reconciler states no basis for it
+    # (reconcile._state_of): a request names the basis it asks for, which nobody gave.
     unanswered = _states(
         marketing=(status, rule, True),
         service=(ConsentStatus.GRANTED, "latest_event_time", False),
+        stated=False,
     )
     assert mapping.updates_for(crm, unanswered) == {"OptOut": "NONE_ON_RECORD"}
     without_value = parse_mapping(MAPPING.replace(", no_consent: NONE_ON_RECORD", ""), Path("contact.yaml"))
     assert without_value.updates_for(crm, unanswered) == {}
+
+
+@pytest.mark.parametrize("status", [ConsentStatus.REQUESTED, ConsentStatus.APPLICABLE])
+@pytest.mark.parametrize(
+    "rule", ["latest_event_time", "unknown_event_time_most_restrictive", "most_restrictive_on_tie"]
+)
+def test_a_status_nobody_answered_over_an_earlier_answer_writes_the_opt_out(
+    status: ConsentStatus, rule: str
+) -> None:
+    """The same status over a consent granted and since expired (or any other answer: the
+    reconciler states the basis then): the CRM may still show that consent's opt-in, which the
+    ledger no longer holds, so the opt-out is written, as the expiry alone writes it (review of
+    4baf158, F1)."""
+    mapping = parse_mapping(MAPPING.replace(", no_consent: NONE_ON_RECORD", ""), Path("contact.yaml"))
+    crm = {"OptOut": False, "ServiceOptOut": False, "Basis": "Contract"}
+    over_an_answer = _states(
+        marketing=(status, rule, True),
+        service=(ConsentStatus.GRANTED, "latest_event_time", False),
+    )
+    assert mapping.updates_for(crm, over_an_answer) == {"OptOut": True}
 
 
 @pytest.mark.parametrize(
@@ -204,3 +229,55 @@ def test_a_status_nobody_answered_under_a_suppression_on_evidence_still_writes_t
         service=(ConsentStatus.GRANTED, "latest_event_time", False),
     )
     assert mapping.updates_for(crm, states) == {"OptOut": True}
+
+
+@SQLITE_ONLY  # the decision is the reconciler's and the mapping's, the same on either database
+def test_an_unconfirmed_sign_up_after_an_expiry_ticks_the_opt_out_a_bare_one_does_not(
+    tmp_path: Path, ledger_url: str
+) -> None:
+    """Against the Salesforce sandbox, no sync between the expiry and the sign-up: a double
+    opt-in sign-up not confirmed, recorded after the person's consent expired, leaves them
+    suppressed, and the Email Opt Out the grant left unticked is ticked, as the expiry alone
+    ticks it (review of 4baf158, F1). The same sign-up for an address with nothing else on
+    record (anyone can type one into the form) leaves the box alone (4baf158)."""
+    with running_harness("salesforce") as harness:
+        lapsed = harness.create_person("lapsed@example.net")
+        stranger = harness.create_person("typed.in@example.net")
+        path = write_sync_config(harness, tmp_path)
+        data = yaml.safe_load(path.read_text())
+        data["ledger"]["url"] = ledger_url
+        (purpose,) = [p for p in data["purposes"] if p["key"] == "email_marketing"]
+        purpose["validity_days"] = 1
+        path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        engine = open_sync_engine(path)
+        try:
+            now = datetime.now(UTC)
+            engine.ledger.record(
+                Identity(email="lapsed@example.net"),
+                Evidence.from_web_form(
+                    ConsentStatus.GRANTED, now - timedelta(days=3), now, notice_version="v1"
+                ),
+            )
+            for email in ("lapsed@example.net", "typed.in@example.net"):
+                signed_up = datetime.now(UTC)
+                sign_up = Evidence.from_web_form(
+                    ConsentStatus.REQUESTED, signed_up, signed_up, notice_version="v2"
+                )
+                engine.ledger.record(Identity(email=email), sign_up)
+            report = engine.run(full=True)
+            assert report.status == "succeeded", report.error
+            for email in ("lapsed@example.net", "typed.in@example.net"):
+                (state,) = [
+                    s
+                    for s in engine.ledger.subject_view(email)["purposes"]
+                    if s["purpose"] == "email_marketing"
+                ]
+                assert (state["status"], state["suppressed"], state["rule"]) == (
+                    "requested",
+                    True,
+                    "latest_event_time",
+                )
+            assert harness.read_opted_out(lapsed), "the expired consent's opt-in stayed in the CRM"
+            assert not harness.read_opted_out(stranger), "a sign-up nobody confirmed wrote an opt-out"
+        finally:
+            engine.ledger.engine.dispose()

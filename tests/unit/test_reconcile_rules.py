@@ -1054,7 +1054,8 @@ class TestSummaryAndDecision:
         assert summary.latest is not None and summary.latest.status is S.REQUESTED
         assert summary.restriction is not None and summary.restriction.sort_time == t(3)
         assert summary.trusted_opt_in_at == t(5)
-        assert summary.to_json()["v"] == SUMMARY_VERSION == 5
+        assert summary.answered is True  # a grant and a withdrawal are on record, not only asks
+        assert summary.to_json()["v"] == SUMMARY_VERSION == 6
 
     def test_round_trip_preserves_a_non_utc_offset(self) -> None:
         from datetime import timezone

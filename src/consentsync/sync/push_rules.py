@@ -11,7 +11,8 @@ rules still make keeps its row, with its attempts; one they no longer make is su
 push the old rules never made is made now. Not only the waiting pushes: a grant that
 ``suppress_only`` never pushed is owed once the mode allows it, and a release that decides
 otherwise (``PUSH_DECISIONS_VERSION``, its history beside it in mapping.py: 3 puts back what a
-lifted restriction wrote, 6 writes no opt-out for a request nobody answered) owes its
+lifted restriction wrote, 7 writes no opt-out for a request nobody answered over nothing
+else on record) owes its
 decision to the people the older release examined and left as they were.
 """
 
