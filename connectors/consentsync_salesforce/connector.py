@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -148,6 +149,7 @@ class SalesforceConnector(sdk.Connector):
         self.session = sdk.http_session(self.config, on_response=self._count)
         # Shared by the readers (copies) and the threads that write side by side.
         self._login = sdk.SharedLogin(self._logged_in)
+        self._under_way = _UnderWay()
         # This run's describes (shared by the readers), each from the process's answers of the
         # last hour (``_DESCRIBED``) or asked now; the objects whose describe came from there.
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
@@ -176,8 +178,10 @@ class SalesforceConnector(sdk.Connector):
         # process that closed it died, and must be settled before anything else is written to
         # the records it holds (``_settle_left_jobs``). One journal per org and principal.
         config = self.config
+        # Where the journal lives, and the describe answers of the last hour (``_described``).
+        self._state = sdk.state_dir(config.state_dir)
         self._journal = sdk.Journal(
-            sdk.state_dir(config.state_dir),
+            self._state,
             self.vendor,
             name,
             config.instance_url if config.auth == "token" else config.login_url,
@@ -218,16 +222,34 @@ class SalesforceConnector(sdk.Connector):
 
     def _call(self, describe: str, operation: Any) -> Any:
         """``operation`` (a simple-salesforce call) under the retry policy, after the budget
-        check: per run, and the org's daily allocation less the reserve other integrations share."""
+        check: per run, and the org's daily allocation less the reserve other integrations share.
+        The check counts the calls under way beside the calls answered (``_under_way``): the
+        readers and writers side by side each checked the calls answered alone, and four of them
+        passing the check at once spent up to three calls past ``per_run``. A call that will log
+        in first (no session yet, or one refused) takes two calls of the budget."""
 
         def attempt() -> Any:
-            self.config.budget.check(self.name, self.usage)
+            needed = 1 if describe == "login" or self._login.current is not None else 2
+            with self._under_way.lock:
+                usage = self.usage
+                self.config.budget.check(
+                    self.name,
+                    sdk.ApiUsage(
+                        calls=usage.calls + self._under_way.calls + needed - 1,
+                        used=usage.used,
+                        limit=usage.limit,
+                    ),
+                )
+                self._under_way.calls += needed
             try:
                 return operation()
             except SalesforceError as error:
                 raise _classified(error) from None
             except requests.RequestException as error:
                 raise sdk.network_error(describe, error) from None
+            finally:
+                with self._under_way.lock:
+                    self._under_way.calls -= needed
 
         return sdk.call(attempt, policy=self.policy, refresh_session=self._forget_session, describe=describe)
 
@@ -250,8 +272,9 @@ class SalesforceConnector(sdk.Connector):
 
     def describe(self, object_type: str) -> dict[str, sdk.FieldInfo]:
         """The object's fields, asked of Salesforce (once for this connector). The answer is
-        kept for the reads of the next hour in this process (``_known``); a refusal forgets
-        what was kept (``consentsync mapping check --against`` and ``discover`` ask afresh)."""
+        kept for the reads of the next hour, in this process and in the state directory for the
+        next processes (``_known``); a refusal forgets what was kept (``consentsync mapping
+        check --against`` and ``discover`` ask afresh)."""
         if object_type not in self._describes:
             _check_api_name(object_type)
             key = self._describe_key(object_type)
@@ -260,8 +283,7 @@ class SalesforceConnector(sdk.Connector):
                     f"describe {object_type}", lambda: self.sf.restful(f"sobjects/{object_type}/describe")
                 )
             except ConnectorError:
-                with _DESCRIBED_LOCK:
-                    _DESCRIBED.pop(key, None)
+                _forget_kept(key, self._state)
                 raise
             kept = _Described(
                 {
@@ -278,22 +300,24 @@ class SalesforceConnector(sdk.Connector):
                 },
                 result.get("replicateable") is not False,
                 time.monotonic(),
+                time.time(),
             )
-            _keep_described(key, kept)
+            _keep_described(key, kept, self._state)
             self._replicateable[object_type] = kept.replicateable
             self._describes[object_type] = dict(kept.fields)
         return self._describes[object_type]
 
     def _known(self, object_type: str) -> dict[str, sdk.FieldInfo]:
-        """The object's fields for a read: as Salesforce described them to this process within
-        the hour (per org, integration user, API version and object: ``_DESCRIBED``), else
-        described now. The daemon opens the connector afresh every run; without this, every
-        run would pay a describe call per object. A mapped field the kept answer lacks (added
+        """The object's fields for a read: as Salesforce described them to this process, or to
+        an earlier one (the state directory), within the hour (per org, integration user, API
+        version and object: ``_described``), else described now. The daemon opens the connector
+        afresh every run, and ``consentsync sync`` is a process a run; without this, every run
+        would pay a describe call per object. A mapped field the kept answer lacks (added
         in Salesforce since) is described again at once (``_selected_fields``), and a query
         refused for a field or the object forgets the kept answer (``_query_all``)."""
         if object_type not in self._describes:
             _check_api_name(object_type)
-            kept = _described(self._describe_key(object_type))
+            kept = _described(self._describe_key(object_type), self._state)
             if kept is not None:
                 self._described_earlier.add(object_type)
                 self._replicateable[object_type] = kept.replicateable
@@ -314,8 +338,7 @@ class SalesforceConnector(sdk.Connector):
     def _forget_described(self, object_type: str) -> None:
         """The object's describe asked again, by this run and the next ones."""
         if self._login.current is not None:
-            with _DESCRIBED_LOCK:
-                _DESCRIBED.pop(self._describe_key(object_type), None)
+            _forget_kept(self._describe_key(object_type), self._state)
         self._describes.pop(object_type, None)
         self._described_earlier.discard(object_type)
 
@@ -1323,6 +1346,15 @@ class _Hold:
         return sdk.Cursor(position.modstamp, position.record_id, token, hold)
 
 
+@dataclasses.dataclass(slots=True)
+class _UnderWay:
+    """The calls one connector (its readers and writing threads) has started and not yet seen
+    answered: counted against ``budget.per_run`` with those answered (``_call``)."""
+
+    calls: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
 _GONE_CODES = frozenset({"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY"})
 _CONFIRM_CHUNK = 200
 # A JobComplete job's record in neither result file: code and message of its (retryable) answer.
@@ -1330,7 +1362,10 @@ _RESULT_MISSING = ("BULK_RESULT_MISSING", "in neither result file of the bulk jo
 _LOGGED_IDS = 50  # record ids a warning names at most
 
 # Describe answers by org, integration user, API version and object (``_describe_key``), kept
-# ``_DESCRIBE_SECONDS`` in this process: the daemon opens the connector afresh every run.
+# ``_DESCRIBE_SECONDS`` in this process and in the connector's state directory (beside its
+# journal), so that the runs of one process each (``consentsync sync`` from cron, by hand) do not
+# pay the describes every run: a ``budget.per_run`` between a run without describes and one with
+# them stopped every such run before its writes, for good (black-box finding F6).
 _DESCRIBE_SECONDS = 3600.0
 _DESCRIBED_LOCK = threading.Lock()
 
@@ -1338,29 +1373,128 @@ _DESCRIBED_LOCK = threading.Lock()
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Described:
     """One describe answer: the object's fields, whether Get Updated serves it, when asked
-    (``time.monotonic``)."""
+    (``time.monotonic``, and ``time.time`` for the copy on disk)."""
 
     fields: Mapping[str, sdk.FieldInfo]
     replicateable: bool
     asked: float
+    asked_at: float = 0.0
 
 
 _DESCRIBED: dict[tuple[str, ...], _Described] = {}
+# The describe files this process could not write, warned of once each.
+_UNKEPT: set[Path] = set()
 
 
-def _described(key: tuple[str, ...]) -> _Described | None:
-    """The describe kept under ``key``, where it is less than ``_DESCRIBE_SECONDS`` old."""
+def _described(key: tuple[str, ...], folder: Path | None = None) -> _Described | None:
+    """The describe kept under ``key``, where it is less than ``_DESCRIBE_SECONDS`` old: this
+    process's, else the one on disk in ``folder`` (an earlier process's)."""
     with _DESCRIBED_LOCK:
         kept = _DESCRIBED.get(key)
         if kept is not None and time.monotonic() - kept.asked >= _DESCRIBE_SECONDS:
             del _DESCRIBED[key]
-            return None
+            kept = None
+        if kept is None and folder is not None:
+            kept = _read_described(_describe_file(folder, key), key[-1])
+            if kept is not None:
+                _DESCRIBED[key] = kept
         return kept
 
 
-def _keep_described(key: tuple[str, ...], kept: _Described) -> None:
+def _keep_described(key: tuple[str, ...], kept: _Described, folder: Path | None = None) -> None:
     with _DESCRIBED_LOCK:
         _DESCRIBED[key] = kept
+        if folder is not None:
+            _rewrite_described(_describe_file(folder, key), key[-1], kept)
+
+
+def _forget_kept(key: tuple[str, ...], folder: Path | None) -> None:
+    """The describe of ``key`` asked again by the next run, in this process or another."""
+    with _DESCRIBED_LOCK:
+        _DESCRIBED.pop(key, None)
+        if folder is not None:
+            _rewrite_described(_describe_file(folder, key), key[-1], None)
+
+
+def _describe_file(folder: Path, key: tuple[str, ...]) -> Path:
+    """One file per org, integration user and API version (the key less its object)."""
+    digest = hashlib.sha256("\0".join(key[:-1]).encode("utf-8")).hexdigest()[:16]
+    return folder / f"salesforce-describe-{digest}.json"
+
+
+def _load_described(path: Path) -> dict[str, Any]:
+    """The file's objects; nothing where it is missing or unreadable (a cache: described anew)."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    objects = data.get("objects") if isinstance(data, dict) else None
+    return objects if isinstance(objects, dict) else {}
+
+
+def _read_described(path: Path, object_type: str) -> _Described | None:
+    entry = _load_described(path).get(object_type)
+    try:
+        age = time.time() - float(entry["asked_at"])  # type: ignore[index]
+        if not 0 <= age < _DESCRIBE_SECONDS:
+            return None
+        fields = {
+            str(name): sdk.FieldInfo(
+                name=str(name),
+                type=str(kind),
+                updateable=bool(updateable),
+                nillable=bool(nillable),
+                picklist_values=tuple(str(value) for value in picklist),
+            )
+            for name, kind, updateable, nillable, picklist in entry["fields"]  # type: ignore[index]
+        }
+        return _Described(fields, bool(entry["replicateable"]), time.monotonic() - age, time.time() - age)  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _rewrite_described(path: Path, object_type: str, kept: _Described | None) -> None:
+    """The file with ``object_type``'s answer replaced (or dropped, ``kept`` None), and the
+    answers older than the hour dropped. Written whole under a hidden name and renamed over
+    it. A file that cannot be written is warned of once: the answer is kept in the process."""
+    objects = {
+        name: entry
+        for name, entry in _load_described(path).items()
+        if name != object_type
+        and isinstance(entry, dict)
+        and isinstance(entry.get("asked_at"), int | float)
+        and 0 <= time.time() - entry["asked_at"] < _DESCRIBE_SECONDS
+    }
+    if kept is not None:
+        objects[object_type] = {
+            "asked_at": kept.asked_at,
+            "replicateable": kept.replicateable,
+            "fields": [
+                [info.name, info.type, info.updateable, info.nillable, list(info.picklist_values)]
+                for info in kept.fields.values()
+            ],
+        }
+    elif not path.exists():
+        return
+    hidden = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        if not objects:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hidden.write_bytes(orjson.dumps({"objects": objects}))
+        os.replace(hidden, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            hidden.unlink()
+        if path not in _UNKEPT:
+            _UNKEPT.add(path)
+            log.warning(
+                "salesforce.describes_not_kept",
+                path=str(path),
+                reason=f"{type(error).__name__}: {error.strerror or error}",
+            )
 
 
 def _by_canonical_id(results: Mapping[str, str]) -> dict[str, str]:
