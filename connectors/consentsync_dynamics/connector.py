@@ -148,6 +148,16 @@ def _holds_update_since(details: Sequence[Mapping[str, Any]], modified: datetime
     return False
 
 
+def _changes_value(detail: Mapping[str, Any]) -> bool:
+    """Whether an audit detail (an AttributeAuditDetail) changed a column of
+    ``journeys.VALUE_COLUMNS`` (what the row says, not what surrounds it)."""
+    for side in ("OldValue", "NewValue"):
+        values = detail.get(side)
+        if isinstance(values, Mapping) and any(column in values for column in journeys.VALUE_COLUMNS):
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Entity:
     logical_name: str
@@ -164,11 +174,20 @@ class _TableRead:
     entity: _Entity
     wire: Mapping[str, str]
     filters: Mapping[str, list[Any]]
-    # Rows left out of what is read (the connector's own untouched consent rows).
-    skip: Callable[[Mapping[str, Any], Mapping[str, str]], bool] | None = None
+    # Rows left out of what is read (the connector's own consent rows): given a page's rows and
+    # the wire names, the positions of those to leave out.
+    skip: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], set[int]] | None = None
+
+    def kept(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """``rows`` (one page) less those :attr:`skip` leaves out."""
+        rows = list(rows)
+        if self.skip is None or not rows:
+            return rows
+        out = self.skip(rows, self.wire)
+        return [row for index, row in enumerate(rows) if index not in out]
 
     def keeps(self, row: Mapping[str, Any]) -> bool:
-        return self.skip is None or not self.skip(row, self.wire)
+        return bool(self.kept([row]))
 
 
 @dataclass(slots=True)
@@ -323,6 +342,9 @@ class DynamicsConnector(sdk.Connector):
         self.full_reloads = 0  # delta links refused, tables read again from the start
         # Whether every change of a consent row's address is audited (read once, when needed).
         self._audited: bool | None = None
+        # The consent table's audited columns (empty: the environment or the table audits
+        # nothing), read once, when needed.
+        self._audited_columns: frozenset[str] | None = None
         # The latest Date this environment's Web API answered with (the service's clock).
         self._answered_at: datetime | None = None
 
@@ -463,7 +485,8 @@ class DynamicsConnector(sdk.Connector):
         skip = None
         known = self.describe(object_type)
         if object_type == CONSENT_TABLE and all(column in known for column in journeys.OWN_COLUMNS):
-            fields, skip = [*fields, *journeys.OWN_COLUMNS], journeys.own_untouched
+            extra = [column for column in journeys.OWN_ROW_COLUMNS if column in known]
+            fields, skip = [*fields, *journeys.OWN_COLUMNS, *extra], self._own_rows
         yield from self._read_table(self._table_read(entity, object_type, fields, skip), since, until)
 
     def _table_read(
@@ -471,7 +494,7 @@ class DynamicsConnector(sdk.Connector):
         entity: _Entity,
         source: str,
         fields: Sequence[str],
-        skip: Callable[[Mapping[str, Any], Mapping[str, str]], bool] | None = None,
+        skip: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], set[int]] | None = None,
     ) -> _TableRead:
         """What a read of ``entity`` asks for: the columns of the table ``source`` (checked
         against its metadata), with the merge columns and the record filters it has."""
@@ -616,13 +639,13 @@ class DynamicsConnector(sdk.Connector):
         while True:
             body = self._page(url, None, entity, delta=first)
             first = False
-            for row in body.get("value", []):
+            for row in table.kept(body.get("value", [])):
                 if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
                     # The delta carries no time of deletion: it happened before this page was read.
                     self.deleted_rows += 1
                     yield _deleted(entity, row)
                     continue
-                if _wanted(row, wire, filters) and table.keeps(row):
+                if _wanted(row, wire, filters):
                     record = note(_record(entity, row, wire))
                     if catch_up is not None:
                         delivered.add(record.record_id)
@@ -692,9 +715,8 @@ class DynamicsConnector(sdk.Connector):
             body = self._request(
                 "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
             ).json()
-            for row in body.get("value", []):
-                if table.keeps(row):
-                    yield _record(entity, row, wire)
+            for row in table.kept(body.get("value", [])):
+                yield _record(entity, row, wire)
             next_link = body.get("@odata.nextLink")
             if not next_link:
                 return
@@ -1208,30 +1230,122 @@ class DynamicsConnector(sdk.Connector):
         return self._audited
 
     def _read_audit_settings(self) -> bool:
+        return "msdynmkt_contactpointvalue" in self._consent_audited_columns()
+
+    def _consent_audited_columns(self) -> frozenset[str]:
+        """The consent table's columns whose every change Dataverse records: auditing on for the
+        environment (organization ``isauditenabled``) and the table, and the column's own
+        ``IsAuditEnabled``; empty where the environment or the table audits nothing. Read once."""
+        if self._audited_columns is not None:
+            return self._audited_columns
         api = self.config.api_url
         organization = self._request(
             "GET", f"{api}/organizations", "read organization", params={"$select": "isauditenabled"}
         ).json()
         rows = organization.get("value") or []
         if not rows or rows[0].get("isauditenabled") is not True:
-            return False
+            self._audited_columns = frozenset()
+            return self._audited_columns
         definition = f"{api}/EntityDefinitions(LogicalName='{CONSENT_TABLE}')"
         table = self._request(
             "GET", definition, f"EntityDefinitions {CONSENT_TABLE}", params={"$select": "IsAuditEnabled"}
         ).json()
         if not _managed_true(table.get("IsAuditEnabled")):
-            return False
+            self._audited_columns = frozenset()
+            return self._audited_columns
         columns = self._request(
             "GET",
             f"{definition}/Attributes",
             f"Attributes {CONSENT_TABLE}",
             params={"$select": "LogicalName,IsAuditEnabled"},
         ).json()
-        return any(
-            item.get("LogicalName") == "msdynmkt_contactpointvalue"
-            and _managed_true(item.get("IsAuditEnabled"))
+        self._audited_columns = frozenset(
+            str(item.get("LogicalName"))
             for item in columns.get("value", [])
+            if _managed_true(item.get("IsAuditEnabled"))
         )
+        return self._audited_columns
+
+    # -- the connector's own consent rows, read back ---------------------------------------------
+
+    def _own_rows(self, rows: Sequence[Mapping[str, Any]], wire: Mapping[str, str]) -> set[int]:
+        """The positions of ``rows`` (a page of consent rows) that are the connector's own write
+        (journeys.py), left out of the read: never the person's choice.
+
+        * A row the connector created that nobody has changed since (:func:`journeys.own_untouched`).
+        * A row the connector created that someone else has changed since, where only what
+          surrounds the value changed: still Opted out, at the address and purpose its id was
+          derived from (:func:`journeys.own_value_kept`), and its audit history (complete: as new
+          as its ``modifiedon``) shows no update of its value nor of its contact point type or
+          consent type (``journeys.VALUE_COLUMNS``). A marketer changing its source, its reason
+          description or its owner, or deactivating it, leaves the no consentsync wrote, not a no
+          of the person. Where that history cannot tell (``msdynmkt_value`` not audited, the
+          history unreadable, paged or behind the row), the row is read as any row: a value set
+          Opted in and then Opted out again by the person (their preference center) would look
+          the same, and their no must not be lost."""
+        out = {index for index, row in enumerate(rows) if journeys.own_untouched(row, wire)}
+        key = self.config.client_secret.encode()
+        primary = self._entity(CONSENT_TABLE).primary_id
+        candidates: dict[str, tuple[int, datetime]] = {}
+        for index, row in enumerate(rows):
+            if index in out or not journeys.own_value_kept(row, wire, key, primary):
+                continue
+            modified = _moment(row.get(wire.get("modifiedon", "modifiedon")))
+            rid = str(row.get(primary) or "").lower()
+            if modified is not None and rid:
+                candidates[rid] = (index, modified)
+        if candidates:
+            kept = self._value_never_changed({rid: moment for rid, (_, moment) in candidates.items()})
+            out |= {candidates[rid][0] for rid in kept}
+        return out
+
+    def _value_never_changed(self, rows: Mapping[str, datetime]) -> set[str]:
+        """Those of ``rows`` (consent row id -> its modifiedon) whose audit history is whole (not
+        paged, holding an update as new as its ``modifiedon``) and shows no update of a column of
+        ``journeys.VALUE_COLUMNS``. Empty where the environment does not audit ``msdynmkt_value``."""
+        try:
+            audited = self._consent_audited_columns()
+        except ConnectorError as error:
+            if error.rule.fault is not Fault.CONFIG or isinstance(error, sdk.BudgetExhausted):
+                raise
+            log.warning("dynamics.audit_settings_unread", connector=self.name, error=str(error)[:200])
+            self._audited_columns = audited = frozenset()
+        if "msdynmkt_value" not in audited:
+            log.info(
+                "dynamics.own_rows_edited_read",
+                connector=self.name,
+                rows=len(rows),
+                reason="msdynmkt_value is not audited",
+            )
+            return set()
+        entity = self._entity(CONSENT_TABLE)
+        unchanged: set[str] = set()
+        pending = sorted(rows)
+        while pending:
+            chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
+            parts = []
+            for row_id in chunk:
+                target = quote(f"{{'@odata.id':'{entity.entity_set}({row_id})'}}", safe="")
+                url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
+                parts.append(PartRequest("GET", url))
+            _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
+            for row_id, answer in zip(chunk, answers, strict=False):
+                history = answer.body.get("AuditDetailCollection") if isinstance(answer.body, dict) else None
+                if answer.status >= 300 or not isinstance(history, dict) or history.get("MoreRecords"):
+                    log.warning(
+                        "dynamics.audit_history_unread",
+                        connector=self.name,
+                        status=answer.status,
+                        code=answer.error[0] if answer.status >= 300 else None,
+                    )
+                    continue
+                details = [d for d in history.get("AuditDetails") or [] if isinstance(d, dict)]
+                if not _holds_update_since(details, rows[row_id]):
+                    log.info("dynamics.audit_history_behind", connector=self.name, row=row_id)
+                    continue
+                if not any(_changes_value(detail) for detail in details):
+                    unchanged.add(row_id)
+        return unchanged
 
     def _contacts_at(self, table: _TableRead, addresses: Collection[str]) -> Iterator[sdk.CrmRecord]:
         """The live contacts whose address is one of ``addresses`` (as :func:`journeys.address_key`

@@ -21,8 +21,10 @@ a second row (``PATCH`` with ``If-None-Match: *``: 412 when it exists).
 
 Read back, a row the connector created and nobody changed since (its marker, Opted out, and
 modified by whoever created it) is the connector's own write: the consent-row read leaves it out,
-so it is never taken for the person's choice. Once someone else changes it (the person in a
-preference center, a marketer), it is read as any other row.
+so it is never taken for the person's choice. So is such a row someone else changed only around
+its value (its source, reason description, owner, state), where its audit history shows the value
+never changed (:func:`own_value_kept`, connector ``_own_rows``). A change of the value (the person
+in a preference center), or a row whose history cannot tell, is read as any other row.
 
 Sources: Microsoft Learn, "Create a consent record using a cloud flow" (Customer Insights -
 Journeys) and "Manage user compliance settings" (enforcement models); the Contact Point Consent
@@ -49,6 +51,7 @@ __all__ = [
     "field_for",
     "new_row",
     "own_untouched",
+    "own_value_kept",
     "purpose_of",
     "redacted",
     "row_id",
@@ -144,6 +147,11 @@ def new_row(address: str, purpose_id: str, purpose_set: str) -> dict[str, Any]:
 
 #: The consent-row columns :func:`own_untouched` reads (logical names).
 OWN_COLUMNS = ("msdynmkt_value", "msdynmkt_reason", "createdby", "modifiedby")
+#: The columns :func:`own_value_kept` reads besides (where the table has them).
+OWN_ROW_COLUMNS = ("msdynmkt_contactpointvalue", "msdynmkt_purposeid", "modifiedon")
+#: What a consent row says, as against what surrounds it (its source, reason, owner, state):
+#: an update of one of these is a new statement, never the connector's write.
+VALUE_COLUMNS = ("msdynmkt_value", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype")
 
 
 def own_untouched(row: Mapping[str, Any], wire: Mapping[str, str]) -> bool:
@@ -160,3 +168,21 @@ def own_untouched(row: Mapping[str, Any], wire: Mapping[str, str]) -> bool:
         and isinstance(modified, str)
         and created.lower() == modified.lower()
     )
+
+
+def own_value_kept(row: Mapping[str, Any], wire: Mapping[str, str], key: bytes, primary: str) -> bool:
+    """Whether a consent row (as the Web API answers it; ``primary``: its id property) is one the
+    connector created that still says what it wrote, whoever changed it since: still Opted out,
+    and at the address and purpose its id was derived from under ``key`` (:func:`row_id`, any
+    generation: only the connector, holding the key, makes such an id). Whether its value stayed
+    Opted out all along, rather than being changed and set back, is for its audit history."""
+    if row.get(wire["msdynmkt_value"]) != OPTED_OUT:
+        return False
+    address_wire, purpose_wire = wire.get("msdynmkt_contactpointvalue"), wire.get("msdynmkt_purposeid")
+    if address_wire is None or purpose_wire is None:
+        return False
+    address, purpose = address_key(row.get(address_wire)), row.get(purpose_wire)
+    rid = str(row.get(primary) or "").lower()
+    if address is None or not isinstance(purpose, str) or not rid:
+        return False
+    return rid in {row_id(key, purpose.lower(), address, g) for g in range(GENERATIONS)}
