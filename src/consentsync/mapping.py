@@ -18,7 +18,9 @@ The loaded ``Mapping`` does the translating for the sync engine:
   same), and a push can be replayed safely.
 
 A value the tables do not know raises ``MappingValueError``; the engine quarantines that record
-and carries on.
+and carries on. Beside a value it can read, only what that value says is held back
+(``evidence_from(held_back=...)``): a no is read without it, a grant on a basis the tables
+cannot name is not read, and the record is quarantined for the value.
 """
 
 from __future__ import annotations
@@ -1019,6 +1021,7 @@ class Mapping:
         record_id: str | None = None,
         given_at: RecordMap[str, datetime] | None = None,
         status_fields: Collection[str] | None = None,
+        held_back: list[MappingValueError] | None = None,
     ) -> list[Evidence]:
         """What the record says, one Evidence per consent and channel; a consent whose status
         translates to null (or whose purpose or channel is not ours) says nothing. ``record_id``:
@@ -1026,57 +1029,99 @@ class Mapping:
         when the CRM says its value was given, the event time of a consent the mapping dates
         nothing of (``CrmRecord.earlier_given_at``). ``status_fields``: only the consents whose
         status field is one of these (a record's earlier values: its current ones are weighed
-        elsewhere)."""
+        elsewhere).
+
+        A value the tables cannot translate raises ``MappingValueError``, unless ``held_back`` is
+        given: then it stops only what it says (docs/policy.md, "Event times and input limits"),
+        and its error is added to ``held_back`` for the record to be quarantined with. A no
+        (withdrawn, refused) is read without it (a withdrawal needs no basis, no time, no notice);
+        a consent whose purpose, channel or status cannot be read, or any other status with such a
+        value (a grant on a basis the mapping cannot name), is held back, alone: the record's
+        other consents are read all the same."""
         if record_id is None:
             record_id = self._record_id(record)
-        source = f"{connector}:{self.object}"
         out: list[Evidence] = []
         for consent in self.spec.consents:
             if not consent.status.direction.pulls:
                 continue
             if status_fields is not None and consent.status.field not in status_fields:
                 continue
-            purpose = self._key(record, record_id, consent.purpose)
-            channels = self._channels(record, record_id, consent.channel)
-            if purpose is None or not channels:
-                continue
-            status = self._status(record, record_id, consent.status)
-            if status is None:
-                continue
-            basis = None
-            if consent.basis is not None and consent.basis.direction.pulls:
-                assert consent.basis.pull is not None
-                basis = self._translate(record, record_id, consent.basis.field, consent.basis.pull)
-            event_time = self._moment(record, record_id, consent.event_time)
-            if event_time is None and given_at is not None:
-                event_time = given_at.get(consent.status.field)
-            elif event_time is not None:
-                event_time = _read_in_doubt(
-                    event_time, status, _zone_unknown(record, consent.event_time), observed_at
+            try:
+                out += self._consent_evidence(
+                    record, record_id, consent, connector, observed_at, given_at, held_back
                 )
-            double_opt_in_at = self._moment(record, record_id, consent.double_opt_in_at)
-            notice = self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX)
-            captured = self._text(record, record_id, consent.source, EVIDENCE_REF_MAX)
-            reference = f"{self.object}/{record_id}"
-            if captured:
-                reference = f"{reference} (capture source: {captured})"[:EVIDENCE_REF_MAX]
-            out += [
-                Evidence(
-                    purpose=purpose,
-                    channel=channel,
-                    status=status,
-                    basis=basis,
-                    event_time=event_time,
-                    observed_at=observed_at,
-                    source=source,
-                    origin=Origin.CRM,
-                    notice_version=notice,
-                    double_opt_in_at=double_opt_in_at,
-                    evidence_ref=reference,
-                )
-                for channel in channels
-            ]
+            except MappingValueError as error:
+                if held_back is None:
+                    raise
+                held_back.append(error)
         return out
+
+    def _consent_evidence(
+        self,
+        record: RecordMap[str, Any],
+        record_id: str,
+        consent: ConsentSpec,
+        connector: str,
+        observed_at: datetime,
+        given_at: RecordMap[str, datetime] | None,
+        held_back: list[MappingValueError] | None,
+    ) -> list[Evidence]:
+        """One consent's evidence (``evidence_from``); MappingValueError for a value that stops it."""
+        purpose = self._key(record, record_id, consent.purpose)
+        channels = self._channels(record, record_id, consent.channel)
+        if purpose is None or not channels:
+            return []
+        status = self._status(record, record_id, consent.status, held_back)
+        if status is None:
+            return []
+        said_no = held_back is not None and status in SAID_NO_STATUSES
+
+        def lenient(read: Callable[[], Any]) -> Any:
+            """What ``read`` gives; for a no, None where it cannot be translated (noted)."""
+            try:
+                return read()
+            except MappingValueError as error:
+                if not said_no:
+                    raise
+                assert held_back is not None
+                held_back.append(error)
+                return None
+
+        basis = None
+        if consent.basis is not None and consent.basis.direction.pulls:
+            table = consent.basis.pull
+            assert table is not None
+            field = consent.basis.field
+            basis = lenient(lambda: self._translate(record, record_id, field, table))
+        event_time = lenient(lambda: self._moment(record, record_id, consent.event_time))
+        if event_time is None and given_at is not None:
+            event_time = given_at.get(consent.status.field)
+        elif event_time is not None:
+            event_time = _read_in_doubt(
+                event_time, status, _zone_unknown(record, consent.event_time), observed_at
+            )
+        double_opt_in_at = lenient(lambda: self._moment(record, record_id, consent.double_opt_in_at))
+        notice = lenient(lambda: self._text(record, record_id, consent.notice_version, NOTICE_VERSION_MAX))
+        captured = lenient(lambda: self._text(record, record_id, consent.source, EVIDENCE_REF_MAX))
+        reference = f"{self.object}/{record_id}"
+        if captured:
+            reference = f"{reference} (capture source: {captured})"[:EVIDENCE_REF_MAX]
+        return [
+            Evidence(
+                purpose=purpose,
+                channel=channel,
+                status=status,
+                basis=basis,
+                event_time=event_time,
+                observed_at=observed_at,
+                source=f"{connector}:{self.object}",
+                origin=Origin.CRM,
+                notice_version=notice,
+                double_opt_in_at=double_opt_in_at,
+                evidence_ref=reference,
+            )
+            for channel in channels
+        ]
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -1354,14 +1399,31 @@ class Mapping:
         key = self._key(record, record_id, ref)
         return [key] if key else []
 
-    def _status(self, record: RecordMap[str, Any], record_id: str, spec: StatusSpec) -> ConsentStatus | None:
+    def _status(
+        self,
+        record: RecordMap[str, Any],
+        record_id: str,
+        spec: StatusSpec,
+        held_back: list[MappingValueError] | None = None,
+    ) -> ConsentStatus | None:
+        """The status ``spec``'s fields say, the most restrictive of them. With ``held_back``, a
+        field of ``also_read`` that cannot be translated beside one that says a no leaves that no
+        to be read (noted in ``held_back``): whatever the other field meant, the person said no."""
         assert spec.pull is not None
         if not spec.also_read:
             return self._translate(record, record_id, spec.field, spec.pull)
-        found = [
-            self._translate(record, record_id, name, spec.pull) for name in (spec.field, *spec.also_read)
-        ]
+        found: list[ConsentStatus | None] = []
+        unread: list[MappingValueError] = []
+        for name in (spec.field, *spec.also_read):
+            try:
+                found.append(self._translate(record, record_id, name, spec.pull))
+            except MappingValueError as error:
+                unread.append(error)
         said = [status for status in found if status is not None]
+        if unread:
+            if held_back is None or not any(status in SAID_NO_STATUSES for status in said):
+                raise unread[0]
+            held_back += unread
         return max(said, key=RESTRICTIVENESS.__getitem__) if said else None
 
     def _moment(self, record: RecordMap[str, Any], record_id: str, spec: ValueSpec | None) -> datetime | None:

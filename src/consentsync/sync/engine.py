@@ -1076,10 +1076,29 @@ class SyncEngine:
                 # A person an older version holds under the address as it came (a domain in NFD,
                 # fullwidth letters) is this record's person too, not a second one (as_read).
                 email = as_read(email, field_value(record.fields, email_field) if email_field else None)
+                # A value the mapping cannot translate stops only what it says (docs/policy.md,
+                # "Event times and input limits"): a no is read without it, a grant on a basis
+                # the mapping cannot name is held back, alone, and the record is quarantined for
+                # the value. A record with nothing else to say waits whole, as it always did.
+                held_back: list[MappingValueError] = []
                 evidence = mapping.evidence_from(
-                    record.fields, connector=self.name, observed_at=now, record_id=record_id
+                    record.fields,
+                    connector=self.name,
+                    observed_at=now,
+                    record_id=record_id,
+                    held_back=held_back,
                 )
-                evidence = self._recordable(evidence, now, to_correct)
+                try:
+                    evidence = self._recordable(evidence, now, to_correct)
+                except InvalidInput:
+                    if held_back:
+                        raise held_back[0] from None
+                    raise
+                if held_back and not evidence:
+                    raise held_back[0]
+                to_correct += [
+                    reason for reason in dict.fromkeys(map(str, held_back)) if reason not in to_correct
+                ]
             except InvalidInput as error:
                 problems.append(
                     self._quarantine_row(report, mapping.object, record.record_id, "pull", str(error), now)
@@ -1888,8 +1907,13 @@ class SyncEngine:
         self, mapping: Mapping, record_id: str, fields: dict[str, Any], now: datetime
     ) -> dict[str, Any] | None:
         try:
+            # Read as a page reads it (a value the mapping cannot translate beside our write
+            # stops only what it says), so that our write read back is recognised there.
             echoed = mapping.evidence_from(
-                {**fields, mapping.spec.identity.record_id: record_id}, connector=self.name, observed_at=now
+                {**fields, mapping.spec.identity.record_id: record_id},
+                connector=self.name,
+                observed_at=now,
+                held_back=[],
             )
         except InvalidInput:
             return None
@@ -3119,10 +3143,13 @@ class SyncEngine:
             }
             mapping = self.by_object[row.object_type]
             try:
+                # Read as a page reads the record (``_commit_page``: a value the mapping cannot
+                # translate stops only what it says), so that the read back knows our write.
                 echoed = mapping.evidence_from(
                     {**merged, mapping.spec.identity.record_id: row.record_id},
                     connector=self.name,
                     observed_at=now,
+                    held_back=[],
                 )
                 view = {_evidence_key(e): _our_write(_evidence_view(e)) for e in echoed}
             except InvalidInput:
