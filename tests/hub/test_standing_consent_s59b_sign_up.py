@@ -11,9 +11,11 @@ mail's "No, I did not ask for this" then recorded a refusal that unsubscribed th
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi.testclient import TestClient
 
-from consentsync.domain import ConsentStatus, Origin
+from consentsync.domain import ConsentStatus, LawfulBasis, Origin
 from consentsync.ledger.identity import Identity
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import mailed, people_pages, soft_opt_in, sqlite_ledger_url
@@ -127,3 +129,71 @@ def test_a_sign_up_for_a_consent_not_in_force_still_waits(world: HubWorld, peopl
     said = people.post(f"{mailed(world, '/p/confirm/')}/decline", data={"lang": "en"}, follow_redirects=False)
     assert said.status_code == 303 and not said.headers["location"].endswith("&kept=1")
     assert history(world)[-2:] == ["requested", "refused"]
+
+
+def crm_grant_on_legitimate_interests(world: HubWorld, email: str = ANN) -> None:
+    """A HubSpot contact SUBSCRIBED with legal basis LEGITIMATE_INTEREST_PQL: granted, on
+    legitimate interests, which is no consent to mail marketing (eprivacy_consent_required)."""
+    now = world.clock()
+    value = consent_value(
+        ConsentStatus.GRANTED,
+        now - timedelta(days=3),
+        now,
+        basis=LawfulBasis.LEGITIMATE_INTERESTS,
+        source="hubspot:contact",
+        origin=Origin.CRM,
+    )
+    outcome = world.ledger.record(Identity(email=email), value)
+    assert outcome.after is not None and outcome.after.status is ConsentStatus.GRANTED
+
+
+def test_a_grant_on_legitimate_interests_that_the_eprivacy_rule_holds_back_does_not_stand(
+    world: HubWorld, people: TestClient
+) -> None:
+    """Session 59b (review of c604c97): only a person-wide rule holds a grant back for a while.
+    ``eprivacy_consent_required`` says there is no consent: the sign-up asks for one, as over
+    nothing, where it was answered "duplicate" as though the person had consented."""
+    crm_grant_on_legitimate_interests(world)
+    before = decision(world)
+    assert (before["contact"], before["status"], before["rule"]) == (
+        False,
+        "granted",
+        "eprivacy_consent_required",
+    )
+    world.clock.advance(minutes=5)
+    answer = world.post("/consents", SIGN_UP).json()["results"][0]
+    assert (answer["recorded"], answer["duplicate"], answer["confirmation"]) == ("requested", False, "queued")
+    assert history(world) == ["granted", "requested"]
+    # Her confirmation is the consent the ePrivacy rule asked for.
+    world.clock.advance(minutes=2)
+    assert people.post(mailed(world, "/p/confirm/"), data={"lang": "en"}).status_code == 200
+    after = decision(world)
+    assert (after["contact"], after["status"], after["basis"]) == (True, "granted", "consent")
+
+
+def test_a_restricted_persons_grant_on_legitimate_interests_does_not_stand(world: HubWorld) -> None:
+    """Under a person-wide rule only a consent stands: once the restriction is lifted, a grant on
+    legitimate interests for email marketing is held back by the ePrivacy rule, not in force."""
+    crm_grant_on_legitimate_interests(world)
+    world.ledger.restrict(ANN, restricted=True, reason="accuracy contested")
+    world.clock.advance(days=1)
+    assert decision(world)["rule"] == "restriction_art18"
+    answer = world.post("/consents", SIGN_UP).json()["results"][0]
+    assert (answer["recorded"], answer["duplicate"]) == ("requested", False)
+    world.ledger.restrict(ANN, restricted=False, reason="accuracy confirmed")
+    assert decision(world)["status"] == "requested" and decision(world)["contact"] is False
+
+
+def test_a_consent_an_objection_holds_back_stands(world: HubWorld) -> None:
+    """An objection is a person-wide rule too: the consent under it is left as it is."""
+    crm_grant(world)
+    world.clock.advance(days=1)
+    objected = world.post(
+        "/objections", {"email": ANN, "purpose": "email_marketing", "direct_marketing": True}
+    )
+    assert objected.status_code == 201, objected.text
+    world.clock.advance(minutes=5)
+    assert decision(world)["rule"] == "objection_direct_marketing"
+    answer = world.post("/consents", SIGN_UP).json()["results"][0]
+    assert (answer["recorded"], answer["duplicate"]) == (None, True)
+    assert history(world) == ["granted"]

@@ -7,15 +7,15 @@ and rate-limited per key, separate from the console's logins; documented at ``/v
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from starlette.concurrency import run_in_threadpool
 
 from consentsync.domain import InvalidInput
 from consentsync.hub import keys
@@ -114,16 +114,124 @@ class DecisionIn(_Body):
     channel: str = Field(default="email", max_length=32)
 
 
-class _Object(dict[str, Any]):
-    """A JSON object as parsed (``duplicate_key``), with the first key it names twice, if any."""
-
-    __slots__ = ("twice",)
-
-
 def _named(key: str) -> str:
     """A key as an error names it: on one line (escaped as in a repr), at most 64 characters."""
     shown = repr(key[:64])[1:-1]
     return shown if len(key) <= 64 else shown + "..."
+
+
+def names_a_key_twice(body: bytes) -> bool:
+    """Whether a JSON ``body`` has an object that names a key twice, at any depth: False for no
+    JSON at all (FastAPI answers that as ever) or one nested too deep for the parser.
+
+    The test every JSON body of the API pays, so it costs about what the parse FastAPI has
+    already made does (bench/hub_json_bench.py): two parses whose hooks are C functions, no
+    Python code run per object. The one counts the pairs the objects name, the other the keys
+    they keep (a dict keeps one of two): a key named twice, anywhere, makes them differ. Only
+    then does ``duplicate_key`` pay a parse in Python to say which and where."""
+    named: list[tuple[str, Any]] = []
+    kept: list[str] = []
+    try:
+        json.loads(body, object_pairs_hook=named.extend)  # every pair of every object
+        json.loads(body, object_hook=kept.extend)  # every key each object keeps
+    except (ValueError, RecursionError):  # not JSON (JSONDecodeError, UnicodeDecodeError), too deep
+        return False
+    return len(named) != len(kept)
+
+
+class _Twice(dict[str, Any]):
+    """An object (``_first_twice``) that names ``key`` twice: of its keys named twice, the one
+    whose second comes first."""
+
+    __slots__ = ("key",)
+
+
+class _Holds(dict[str, Any]):
+    """An object (``_first_twice``) with a ``_Twice`` below it, at any depth."""
+
+    __slots__ = ()
+
+
+_MARKED = frozenset({_Twice, _Holds})
+# The error for a body naming a key twice where ``_first_twice`` cannot say which: in an object
+# nested within a few levels of the deepest the parser reads.
+NOT_NAMED = "duplicate key in an object nested too deep to name"
+
+
+def _with_marks(lists: Any, holding: set[int]) -> bool:
+    """Whether any of ``lists`` (JSON arrays, and the arrays in them at any depth) holds a
+    marked object (``_Twice``, ``_Holds``); each array that does is added to ``holding``, by its
+    id (the document keeps it alive). Without recursion, and one look at each array: C
+    functions (map, set, filter) go through its items."""
+    found = False
+    pending: list[tuple[list[Any], tuple[Any, ...] | None]] = [(array, None) for array in lists]
+    while pending:
+        array, outer = pending.pop()
+        kinds = set(map(type, array))
+        if not _MARKED.isdisjoint(kinds):
+            found = True
+            chain: tuple[Any, ...] | None = (array, outer)
+            while chain is not None and id(chain[0]) not in holding:  # it, and the arrays around it
+                holding.add(id(chain[0]))
+                chain = chain[1]
+        if list in kinds:
+            pending += [(inner, (array, outer)) for inner in filter(list.__instancecheck__, array)]
+    return found
+
+
+def _first_twice(body: bytes) -> str:
+    """``duplicate_key``'s answer for a body ``names_a_key_twice``: one parse with a Python hook
+    that marks each object naming a key twice (``_Twice``) and, once there is one, each object
+    with one below it (``_Holds``; the arrays between them by id). The way down to the first
+    in document order then goes through marked objects only, however big the rest.
+
+    The parse runs to the end: an object's key is known only once it is closed, so a parse
+    stopped at the first key named twice could not say where that is. ``names_a_key_twice`` has
+    already found one; this costs a few parses more (bench/hub_json_bench.py), and only a request
+    refused for it, with an API key, within its rate, off the event loop, pays it."""
+    holding: set[int] = set()
+    marked = False
+
+    def parsed(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal marked
+        value = dict(pairs)
+        if len(value) < len(pairs):
+            seen: set[str] = set()
+            for key, _item in pairs:
+                if key in seen:
+                    break
+                seen.add(key)
+            twice = _Twice(value)
+            twice.key = key
+            marked = True
+            return twice
+        if not marked:  # nothing marked yet: nothing below it is
+            return value
+        kinds = set(map(type, value.values()))
+        arrays = list in kinds and _with_marks(filter(list.__instancecheck__, value.values()), holding)
+        return _Holds(value) if arrays or not _MARKED.isdisjoint(kinds) else value
+
+    try:
+        document = json.loads(body, object_pairs_hook=parsed)
+    except (ValueError, RecursionError):  # a Python hook's frames: a few levels less deep
+        return NOT_NAMED
+    if type(document) is list:
+        _with_marks([document], holding)
+    where: list[str | int] = []
+    at: Any = document
+    while type(at) is not _Twice:
+        for part, item in at.items() if isinstance(at, dict) else enumerate(at):
+            if type(item) in _MARKED or (type(item) is list and id(item) in holding):
+                where.append(part)
+                at = item
+                break
+        else:
+            return NOT_NAMED  # nothing marked: not a body names_a_key_twice
+    path = ""
+    for part in where:
+        path += f"[{part}]" if isinstance(part, int) else f".{_named(part)}" if path else _named(part)
+    field = f"{path}.{_named(at.key)}" if path else _named(at.key)
+    return f"{field}: duplicate key '{_named(at.key)}' in {path or 'the top level'}"
 
 
 def duplicate_key(body: bytes) -> str | None:
@@ -131,73 +239,23 @@ def duplicate_key(body: bytes) -> str | None:
     in document order (``consents[1].email: duplicate key 'email' in consents[1]``), or None: no
     key named twice, or no JSON at all (FastAPI answers that as ever). Python's parser, like
     most, takes the last of two; a gateway or an audit proxy may take the first and see another
-    request than the one recorded, so which was meant cannot be told: bad input (docs/hub.md)."""
-    named_twice = False
+    request than the one recorded, so which was meant cannot be told: bad input (docs/hub.md).
 
-    def parsed(pairs: list[tuple[str, Any]]) -> _Object:
-        nonlocal named_twice
-        value = _Object(pairs)
-        value.twice = None
-        if len(value) < len(pairs):
-            named_twice = True
-            seen: set[str] = set()
-            for key, _item in pairs:
-                if key in seen:
-                    value.twice = key
-                    break
-                seen.add(key)
-        return value
-
-    try:
-        document = json.loads(body, object_pairs_hook=parsed)
-    except (ValueError, RecursionError):  # not JSON (JSONDecodeError, UnicodeDecodeError), too deep
-        return None
-    if not named_twice:
-        return None
-    # Depth first in document order, without recursion: a body as deep as the parser allows.
-    pending: list[tuple[Any, str]] = [(document, "")]
-    while pending:
-        value, at = pending.pop()
-        if isinstance(value, _Object):
-            if value.twice is not None:
-                field = f"{at}.{_named(value.twice)}" if at else _named(value.twice)
-                return f"{field}: duplicate key '{_named(value.twice)}' in {at or 'the top level'}"
-            pending += [
-                (item, f"{at}.{_named(key)}" if at else _named(key)) for key, item in reversed(value.items())
-            ]
-        elif isinstance(value, list):
-            pending += [(item, f"{at}[{index}]") for index, item in reversed(list(enumerate(value)))]
-    return None
+    A body without one costs ``names_a_key_twice``; one with one a parse in Python more
+    (``_first_twice``), which ``checked_key`` runs in a worker thread."""
+    return _first_twice(body) if names_a_key_twice(body) else None
 
 
 def _json_body(request: Request) -> bool:
-    """Whether FastAPI reads the request's body as JSON (its type is JSON, or none is given)."""
+    """Whether FastAPI may read the request's body as JSON: its type is JSON, or none is given
+    (older versions of FastAPI read that as JSON; newer ones, strict about the type, refuse it
+    anyway, so checking it only costs the parse)."""
     media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     return (
         not media
         or media == "application/json"
         or (media.startswith("application/") and media.endswith("+json"))
     )
-
-
-class UniqueKeysRoute(APIRoute):
-    """A route whose JSON body is refused (422, ``{"error": ...}``, nothing done) where an object
-    in it names a key twice (``duplicate_key``), before FastAPI parses it, taking the last; as
-    early as FastAPI refuses a body that is no JSON, before the API key is checked."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
-        if self.body_field is None:
-            return handle
-
-        async def checked(request: Request) -> Response:
-            if _json_body(request):
-                error = duplicate_key(await request.body())  # kept: FastAPI reads it again
-                if error is not None:
-                    return JSONResponse({"error": error}, status_code=422)
-            return await handle(request)
-
-        return checked
 
 
 class Unauthorised(Exception):
@@ -246,8 +304,6 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    # Every route's JSON body is refused where it names a key twice (set before any is added).
-    app.router.route_class = UniqueKeysRoute
     app.add_middleware(BodyLimit, limit=BODY_MAX)
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute
@@ -279,7 +335,25 @@ def create_app(hub: Hub) -> FastAPI:
             raise RateLimited(wait)
         return key
 
-    Key = Annotated[ApiKey, Depends(api_key)]
+    async def checked_key(request: Request, key: Annotated[ApiKey, Depends(api_key)]) -> ApiKey:
+        """The request's API key (``api_key``), once its JSON body is known to name no key
+        twice: one that does is refused (422, ``duplicate_key``), nothing done. Checked after
+        the key and its rate (429 first), as FastAPI checks a body against the route's model
+        after them; only a body that is no JSON at all is refused before, by FastAPI's own
+        parse. So a client without a key gets 401 for any JSON, and the check's cost is
+        counted against a key's rate, never spent for whoever sends a body. The test itself
+        (``names_a_key_twice``) runs here: its parses are C code, which holds the interpreter
+        in a worker thread as much as here."""
+        route = request.scope.get("route")
+        if getattr(route, "body_field", None) is not None and _json_body(request):
+            body = await request.body()  # read already: FastAPI parsed it before any dependency
+            if names_a_key_twice(body):
+                # Saying which and where runs Python per object: not on the event loop.
+                raise InvalidInput(await run_in_threadpool(_first_twice, body))
+        return key
+
+    # Every route of the API takes a key, so every JSON body it reads is checked.
+    Key = Annotated[ApiKey, Depends(checked_key)]
 
     @app.exception_handler(Unauthorised)
     async def _unauthorised(_request: Request, _error: Unauthorised) -> JSONResponse:

@@ -1409,6 +1409,19 @@ def _stands(state: EffectiveState, now: datetime) -> bool:
     back (a restriction, an objection, the erasure of another form of the address): recorded
     over, it would be "requested" once that rule is lifted.
 
+    Both halves of that second test are the reconciler's own. The rule is one of the person-wide
+    ones (``Rule.RESTRICTION``, ``Rule.ERASURE``, the objections), which ``effective_state``
+    applies before any other and which hold back whatever status and basis are on record. The
+    grant is a consent (``reconcile._is_consent``): on consent, or on no basis stated at all. A
+    grant held back by another rule is not in force and is not waiting for one to be lifted: a
+    grant on legitimate interests for email marketing (a CRM's "subscribed" with that basis) is
+    suppressed by ``eprivacy_consent_required``, no consent, and a sign-up over it asks for one
+    (session 59b: it stood, answered "duplicate" as if the person had consented). Nor does a
+    grant on another basis, or a soft opt-in, stand under a person-wide rule: whether it would
+    be in force once the rule is lifted depends on the purpose's ePrivacy rule (for email
+    marketing it would not be, without a soft opt-in), which the state does not tell; recorded
+    over, the person is asked, as anyone with no consent on record is.
+
     Until session 59 only an evidenced grant stood (dated, with a notice or a reference). The
     thought was that a grant nobody can prove is no consent to keep. But the ledger acts on such
     a grant as on any other (the decision API answers ``contact: true``, and the CRMs are told
@@ -1419,9 +1432,25 @@ def _stands(state: EffectiveState, now: datetime) -> bool:
     without proof gets its proof. A state that is not in force (nothing on record, a no, an
     expiry, a sign-up waiting) is recorded over as before: there the sign-up asks for a consent
     nobody holds."""
+    from consentsync.reconcile import Rule  # here: only this function of the module needs it
+
     if not state.suppressed:
         return True
-    return state.status is ConsentStatus.GRANTED and (state.expires_at is None or now < state.expires_at)
+    person_wide = state.rule in (
+        Rule.RESTRICTION,
+        Rule.ERASURE,
+        Rule.OBJECTION_DIRECT_MARKETING,
+        Rule.OBJECTION_UPHELD,
+        Rule.OBJECTION_PENDING,
+    )
+    # On consent: stated so, or with no basis stated (the purpose's default filled in for none).
+    consent = state.basis is LawfulBasis.CONSENT or not state.basis_stated
+    return (
+        person_wide
+        and state.status is ConsentStatus.GRANTED
+        and consent
+        and (state.expires_at is None or now < state.expires_at)
+    )
 
 
 def _waiting(ledger: Ledger, conn: Connection, row: Any) -> bool:
