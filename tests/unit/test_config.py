@@ -237,9 +237,9 @@ class TestErrors:
             ("version: 1\n\tledger: {}\n", 2),
             # A character YAML does not allow (PyYAML's reader refuses it before parsing: it was
             # a traceback), and a lone surrogate (libyaml encodes the text as UTF-8).
-            ("version: 1\nledger:\n  url: \"a\x07b\"\n", 3),
+            ('version: 1\nledger:\n  url: "a\x07b"\n', 3),
             ("version: 1\nledger: {url: x}\n# \x00\n", 3),
-            ("version: 1\nledger: {url: \"\ud800\"}\n", 2),
+            ('version: 1\nledger: {url: "\ud800"}\n', 2),
         ],
         ids=["indentation", "unclosed-flow", "tab", "control-character", "nul-in-a-comment", "surrogate"],
     )
