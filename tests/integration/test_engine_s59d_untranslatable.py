@@ -6,7 +6,9 @@ a record with nothing else to say waits whole, unlinked, as it always did."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -14,6 +16,7 @@ from sqlalchemy import func, select
 from consentsync.ledger.schema import crm_links
 from consentsync.ledger.service import Ledger
 from consentsync.mapping import parse_mapping
+from consentsync.sdk import CrmRecord, Cursor
 from consentsync.sync.engine import SyncEngine, SyncOptions
 from tests.conftest import Clock
 from tests.integration.helpers import mapping_text
@@ -72,3 +75,36 @@ def test_a_record_whose_only_value_is_a_grant_on_an_unnamed_basis_waits_whole(
     assert len(_reasons(ledger)) == 1
     with ledger.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(crm_links)).scalar_one() == 0
+
+
+class _DeletingCrm(SkewedCrm):
+    """The scripted CRM, whose deleted records come with their last values (a recycle bin)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock, ahead=timedelta(0))
+        self.deleted: set[str] = set()
+
+    def read_changes(
+        self, object_type: str, fields: Sequence[str], since: Cursor, until: datetime
+    ) -> Iterator[CrmRecord]:
+        for record in super().read_changes(object_type, fields, since, until):
+            yield replace(record, deleted=True) if record.record_id in self.deleted else record
+
+
+def test_a_deleted_records_last_no_is_kept_beside_a_value_the_mapping_cannot_translate(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    """The person ticks the opt-out and a user sets a legal basis the mapping does not name, then
+    the record is deleted before any sync read it again: its last no is still the person's
+    (``_keep_the_last_no``), and the record is quarantined for the value, as a live one is."""
+    crm = _DeletingCrm(clock)
+    crm.put("r1", "last@example.com", profiled=True, basis="consent")
+    assert _engine(ledger, config_path, crm).run().status == "succeeded"
+    clock.advance(minutes=1)
+    crm.put("r1", "last@example.com", optout=True, profiled=True, basis="B2B")
+    crm.deleted.add("r1")
+    report = _engine(ledger, config_path, crm).run()
+    assert report.status == "succeeded"
+    assert _status(ledger, "last@example.com", "email_marketing") == ("withdrawn", True)
+    [reason] = _reasons(ledger)
+    assert "field basis: cannot translate 'B2B'" in reason

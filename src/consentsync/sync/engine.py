@@ -1433,6 +1433,9 @@ class SyncEngine:
             if row is not None and row.gone_at is not None and row.link_id not in listed:
                 continue  # already known as gone
             seen = snapshots.get(record.record_id, ({}, {}))[0]
+            # A value the mapping cannot translate beside the no stops only what it says, as on
+            # a page (``_commit_page``): the no is kept, and the record quarantined for the value.
+            held_back: list[MappingValueError] = []
             try:
                 record_id, email, _links = mapping.identity_from(record.fields)
                 # Under the form an older version may hold it in, too (as_read).
@@ -1446,6 +1449,7 @@ class SyncEngine:
                     status_fields=record.earlier_values.keys()
                     if earlier_values and record.earlier_values
                     else None,
+                    held_back=held_back,
                 )
                 said_no = [
                     e
@@ -1454,12 +1458,16 @@ class SyncEngine:
                 ]
                 for item in said_no:
                     self.ledger.validate(item, now=now)
+                problem = str(held_back[0]) if held_back else None
             except InvalidInput as error:
+                problem, said_no = str(error), []
+            if problem is not None:
                 row_problem = self._quarantine_row(
-                    report, mapping.object, record.record_id, "pull", str(error), now
+                    report, mapping.object, record.record_id, "pull", problem, now
                 )
                 conn.execute(insert(quarantine), [row_problem])
-                continue
+                if not said_no:
+                    continue
             if said_no:
                 saying_no.append((record, row, record_id, email, said_no))
         # Deleted before any sync read it: the no is the person's whom the ledger knows by that
