@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentsync.accounts import Account, Role
 from consentsync.domain import InvalidInput
+from consentsync.hub.api import NOT_NAMED, duplicate_key, names_a_key_twice
 from consentsync.web.console import Page, parse_day
 from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
@@ -18,9 +22,45 @@ from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS
 RunStatus = Literal["running", "succeeded", "failed", "crashed", "stopped", "held", "skipped", "dry_run"]
 
 router = APIRouter(prefix="/api", tags=["console"])
-Viewer = Annotated[Account, Depends(require(Role.VIEWER, api=True))]
-Reviewer = Annotated[Account, Depends(require(Role.REVIEWER, api=True))]
-Admin = Annotated[Account, Depends(require(Role.ADMIN, api=True))]
+
+
+async def unique_keys(request: Request) -> None:
+    """Refuses (422, ``{"detail": ...}``, nothing done) a JSON body with an object that names a
+    key twice, at any depth, naming the first and where (the capture API's ``duplicate_key``):
+    Python's parser takes the last of two, while a proxy or audit log may read the first and
+    see another request than the one carried out. A route without a body is not read.
+
+    Run by a route's dependencies once the caller is let in, never before: the test costs about
+    what FastAPI's own parse does (bench/hub_json_bench.py), and naming the key a Python parse
+    more, so whoever has no session must not make the server pay it. Any media type: a body
+    FastAPI did not read as JSON fails its model with 422 anyway."""
+    route = request.scope.get("route")
+    if getattr(route, "body_field", None) is None:
+        return
+    body = await request.body()  # read already: FastAPI parsed it before any dependency
+    if names_a_key_twice(body):  # C functions for hooks: no Python per object
+        # Saying which and where runs Python per object: not on the event loop.
+        error = await run_in_threadpool(duplicate_key, body)
+        raise StarletteHTTPException(422, error or NOT_NAMED)
+
+
+def admitted(role: Role) -> Callable[[Request], Awaitable[Account]]:
+    """A dependency: the account let in (``require``: session, CSRF token, ``role``), once the
+    request's JSON body names no key twice (``unique_keys``). Every route but the login takes
+    one, so every body they read is checked, and only after the caller is known."""
+    let_in = require(role, api=True)
+
+    async def dependency(request: Request) -> Account:
+        account = await let_in(request)
+        await unique_keys(request)
+        return account
+
+    return dependency
+
+
+Viewer = Annotated[Account, Depends(admitted(Role.VIEWER))]
+Reviewer = Annotated[Account, Depends(admitted(Role.REVIEWER))]
+Admin = Annotated[Account, Depends(admitted(Role.ADMIN))]
 PageNumber = Annotated[int, Query(ge=1, le=1_000_000)]
 RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]  # the ledger's integer keys
 PerPage = Annotated[int, Query(ge=1, le=200)]
@@ -85,8 +125,18 @@ class AccountChange(_Body):
     )
 
 
+async def login_body(request: Request, credentials: Credentials) -> Credentials:
+    """The login's body, once it names no key twice (``unique_keys``): two names, and a proxy
+    would log an attempt on another account than the one tried. Nobody is let in yet, so the
+    check waits for the body to be a login's (FastAPI runs this only once ``Credentials``
+    validated): whoever sends another body gets 422 for it at FastAPI's own cost, as before.
+    Before the password is checked, so a refused body counts no failure and audits nothing."""
+    await unique_keys(request)
+    return credentials
+
+
 @router.post("/session", summary="Log in: sets the session cookie, answers the CSRF token")
-def login(credentials: Credentials, request: Request) -> JSONResponse:
+def login(credentials: Annotated[Credentials, Depends(login_body)], request: Request) -> JSONResponse:
     console = console_of(request)
     account = console.accounts.authenticate(credentials.name, credentials.password, client=client_of(request))
     if account is None:
