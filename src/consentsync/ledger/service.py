@@ -251,6 +251,7 @@ class Ledger:
             if old is not None and {k: getattr(old, k) for k in wanted} == wanted:
                 continue
             if old is not None:
+                self._uphold_now_absolute(purpose, now)
                 self._restate(purpose, now, actor)
             with self.engine.begin() as conn:
                 row = conn.execute(select(purposes_table).where(purposes_table.c.key == purpose.key)).first()
@@ -1048,6 +1049,53 @@ class Ledger:
             "decided_by": terms.decided_by,
         }
 
+    def _uphold_now_absolute(self, purpose: Purpose, now: datetime) -> None:
+        """A purpose that serves direct marketing since this configuration (``purpose`` changed):
+        the objections to it still pending or rejected by a review are upheld, each audited
+        (Art. 21(3): once processing is for direct marketing, an objection to it ends it, and no
+        review can keep it going). Before ``_restate``, which then decides the purpose's states
+        with them. An objection keeps the reach it was raised with (its own purpose): the states
+        of other purposes it would cover as one to direct marketing are not decided again here."""
+        if not serves_direct_marketing(purpose):
+            return
+        open_statuses = (ObjectionStatus.PENDING.value, ObjectionStatus.REJECTED.value)
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(objections.c.id, objections.c.subject_id, objections.c.status)
+                .where(objections.c.purpose == purpose.key, objections.c.status.in_(open_statuses))
+                .order_by(objections.c.id)
+            ).all()
+            if not rows:
+                return
+            decided_by = "policy:art21(3)_purpose_now_direct_marketing"
+            conn.execute(
+                update(objections)
+                .where(objections.c.id.in_([row.id for row in rows]))
+                .values(status=ObjectionStatus.UPHELD.value, decided_by=decided_by, decided_at=now)
+            )
+            uids = dict(select_in(conn, subjects, ("id", "uid"), "id", sorted({r.subject_id for r in rows})))
+            audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        "objection.decided",
+                        {"objection": row.id, "purpose": purpose.key},
+                        old=row.status,
+                        new=ObjectionStatus.UPHELD.value,
+                        rule="art21(3)_purpose_now_direct_marketing",
+                        source="config",
+                        # Who decided, as the row's decided_by says (audit verify compares them):
+                        # the policy, applied when the configuration was taken in.
+                        actor=decided_by,
+                        subject_uid=uids.get(row.subject_id),
+                        subject_id=row.subject_id,
+                    )
+                    for row in rows
+                ],
+                now,
+            )
+        log.info("objection.upheld_by_configuration", purpose=purpose.key, objections=len(rows))
+
     def list_objections(self, *, pending_only: bool = False) -> list[dict[str, Any]]:
         query = _with_subject(objections)
         if pending_only:
@@ -1081,6 +1129,16 @@ class Ledger:
                 raise InvalidInput(
                     f"objection {objection_id} is already {row.status}: only pending objections "
                     "can be decided"
+                )
+            if not uphold and serves_direct_marketing(self._purpose(row.purpose)):
+                # Pending while the purpose did not serve direct marketing; it does now (the
+                # configuration changed), and an objection to direct marketing is upheld whatever
+                # a review says (Art. 21(3)). ``_uphold_now_absolute`` upholds it when the ledger
+                # takes the new configuration in; a process holding the old one never gets here.
+                raise InvalidInput(
+                    f"objection {objection_id} is to purpose {row.purpose}, which serves direct "
+                    "marketing: an objection to direct marketing cannot be rejected (Art. 21(3)); "
+                    "decide it with --uphold"
                 )
             before = self._contexts(conn, {row.subject_id})[row.subject_id]
             status = ObjectionStatus.UPHELD if uphold else ObjectionStatus.REJECTED
