@@ -122,6 +122,9 @@ class VtigerConnector(sdk.Connector):
         self.zone = ZoneInfo(self.config.server_timezone)
         # Only where operation=sync works on the install (it fails on the stock 8.2.0).
         self.reads_deletions = self.config.read_deletions  # type: ignore[misc]
+        # The stock 3-byte ``utf8`` keeps an emoji in an address as "?": the ledger then finds
+        # the person holding the real address (sdk.Connector.folds_astral_to).
+        self.folds_astral_to = "?" if self.config.database_charset == "utf8" else None
         self.policy = self.config.retry_policy()
         self.client = VtigerClient(self.config, self.usage)
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
@@ -234,9 +237,7 @@ class VtigerConnector(sdk.Connector):
         """Text as the install's tables keep it: on the stock 3-byte ``utf8`` a character beyond
         the Basic Multilingual Plane (an emoji in a name or a note) reads back as ``?``, so that
         a value written with one is recognised as our own write, not as an edit to push again."""
-        if self.config.database_charset == "utf8mb4":
-            return dict(update.fields)
-        return {name: _as_stored(value) for name, value in update.fields.items()}
+        return {name: self.as_kept(value) for name, value in update.fields.items()}
 
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One call per record (``revise``, or ``delete`` for a deletion: Vtiger has no batch
@@ -776,13 +777,6 @@ def _check_name(name: str, what: str) -> None:
         raise ConnectorError(
             f"{name!r} is not a Vtiger {what} name", ErrorRule(Action.FAIL, Fault.CONFIG, f"bad {what} name")
         )
-
-
-def _as_stored(value: Any) -> Any:
-    """What MySQL's 3-byte ``utf8`` keeps of a text value: characters beyond the BMP become ``?``."""
-    if not isinstance(value, str) or value.isascii():
-        return value
-    return "".join("?" if ord(char) > 0xFFFF else char for char in value)
 
 
 def _checkbox(value: Any) -> str | None:

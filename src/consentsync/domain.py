@@ -238,13 +238,35 @@ def email_forms(email: str) -> tuple[str, ...]:
     under (docs/policy.md, "One address, one form"). Lookups, matches and keyed hashes try each;
     nothing is stored twice. A plain ASCII address has one form (no further lookup: the sync's
     hot path); a non-ASCII one, whatever its domain, at most six (``_older_forms``), and the
-    form a lookup came in when that is none of them (``LookupAddress.older``)."""
+    form a lookup came in when that is none of them (``LookupAddress.older``); and, last, for an
+    address holding characters beyond the BMP, its folded form (``fold_astral``: as a CRM
+    keeping the BMP only shows it, and a person made from such a record is held under it)."""
     if email.isascii():
         return _with_older(email, (str(email),))
     local, at, domain = email.rpartition("@")
     if not at:
-        return _with_older(email, (str(email),))
-    return _with_older(email, _older_forms(str(email), local, domain))
+        return _with_folded(email, _with_older(email, (str(email),)))
+    return _with_folded(email, _with_older(email, _older_forms(str(email), local, domain)))
+
+
+# What a store that keeps the Basic Multilingual Plane only (a MySQL table in 3-byte ``utf8``)
+# shows in place of each character beyond it (an emoji).
+ASTRAL_FOLD = "?"
+
+
+def fold_astral(text: str, to: str = ASTRAL_FOLD) -> str:
+    """``text`` as a store keeping the BMP only shows it: each character beyond U+FFFF as ``to``.
+    Plain ASCII and BMP text (nearly all) is returned as it is, after one pass in C."""
+    if text.isascii() or max(text) <= "\uffff":
+        return text
+    return "".join(to if char > "\uffff" else char for char in text)
+
+
+def _with_folded(email: str, forms: tuple[str, ...]) -> tuple[str, ...]:
+    # Last: only where no person holds the address in any of its own forms does a person made
+    # from a folding CRM's record (who holds its folded form) stand for it (docs/policy.md).
+    folded = fold_astral(str(email))
+    return forms if folded in forms else (*forms, folded)
 
 
 def _older_forms(email: str, local: str, domain: str) -> tuple[str, ...]:

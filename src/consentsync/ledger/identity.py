@@ -16,10 +16,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, select
+from sqlalchemy import text as sql_text
 
 from consentsync.audit import AuditRecord
-from consentsync.domain import email_forms
+from consentsync.domain import email_forms, fold_astral
 from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
@@ -27,6 +29,8 @@ from consentsync.ledger.bulk import (
     select_in,
 )
 from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
+
+log = structlog.get_logger("consentsync.ledger")
 
 EMAIL = "email"
 IDENTIFIER_COLUMNS = ("subject_id", "kind", "value")
@@ -77,6 +81,10 @@ class Identity:
     # the ledger again. Only a grant brings an erased person back, as a new person with their
     # address; a no for an erased address is said by someone the suppression already keeps out.
     says_no: bool = False
+    # The character the CRM that showed ``email`` stores in place of each character beyond the
+    # BMP (``Connector.folds_astral_to``): an address holding it may be a person's real address
+    # folded, and is that person's where exactly one person holds such an address (``_unfold``).
+    folds_astral_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.email is None and self.link is None and self.subject_id is None:
@@ -201,10 +209,16 @@ class SubjectResolver:
         # The people created (``audit`` holds their ``subject.created`` and, rarely, entries of
         # identifiers that people already known took).
         self.created = 0
+        # Whether the ledger's text sorts by code point (``_sorts_by_code_point``), once asked.
+        self._by_code_point: bool | None = None
 
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
         by_email = self._find_emails({i.email for i in identities if i.email})
+        # A folded address (a CRM keeping the BMP only) is the person's who holds the real one,
+        # before anyone holding the folded text itself. Only records not linked yet that show
+        # the fold character pay for it.
+        unfolded = self._unfold(identities, by_link)
         # Two runs that meet the same new person do not both create them: every ledger writer
         # holds the writer lock from BEGIN (engine.py), so these reads see what the other wrote.
         # An erased person's address is known only by its keyed hash: a record carrying it is
@@ -217,11 +231,13 @@ class SubjectResolver:
         erased = self._erased_by_email({e for e in hashed if e not in by_email}) if hashed else {}
         by_email.update(erased)
         unknown: dict[object, Identity] = {}
-        for identity in identities:
+        for position, identity in enumerate(identities):
             if identity.subject_id is not None:
                 continue
-            known = (by_link.get(identity.link) if identity.link else None) or (
-                by_email.get(identity.email) if identity.email else None
+            known = (
+                (by_link.get(identity.link) if identity.link else None)
+                or unfolded.get(position)
+                or (by_email.get(identity.email) if identity.email else None)
             )
             if known is None:
                 unknown.setdefault(identity.email or identity.link, identity)
@@ -243,21 +259,26 @@ class SubjectResolver:
             | {i.subject_id for i in identities if i.subject_id is not None and i.email}
             | set(erased.values())
         )
-        for identity in identities:
+        for position, identity in enumerate(identities):
             subject_id = identity.subject_id
             if subject_id is None and identity.link:
                 subject_id = by_link.get(identity.link)
+            # Its person holds the real address (``_unfold``): the folded text, which another
+            # person's address may fold to as well, is not stored for them.
+            real = unfolded.get(position)
+            if subject_id is None:
+                subject_id = real
             if subject_id is None and identity.email:
                 subject_id = by_email.get(identity.email)
             if subject_id is None and identity.link:
                 subject_id = created_for_link.get(identity.link)
             assert subject_id is not None  # every unknown identity was created above
-            owner = by_email.get(identity.email) if identity.email else None
+            owner = real if real is not None else by_email.get(identity.email) if identity.email else None
             if owner is not None and owner != subject_id and self.elsewhere is not None:
                 # The record is another person's (by its id) but carries this person's address:
                 # the CRM will write to that address, so what binds its owner must reach it.
                 self.elsewhere.append((owner, subject_id))
-            if identity.email and identity.email not in by_email:
+            if identity.email and real is None and identity.email not in by_email:
                 by_email[identity.email] = subject_id
                 if subject_id not in erased_ids:
                     # The one form, whatever form it was looked up under (a LookupAddress).
@@ -402,6 +423,55 @@ class SubjectResolver:
             found.setdefault(hashes[hashed], subject_id)  # the person first created for it
         return found
 
+    def _unfold(self, identities: Sequence[Identity], by_link: dict[CrmLink, int]) -> dict[int, int]:
+        """By position in ``identities``, for each record not linked yet whose address its CRM
+        may have folded (it holds the character the CRM stores in place of an emoji), the one
+        person holding an address that folds to it and is not it (the real address). Nobody:
+        the address is taken as it is. Several people: the CRM cannot tell them apart and two
+        people are never pooled on a guess; it is taken as it is too, and a warning names the
+        record (docs/policy.md, "One address, one form"). Costs one pass of
+        attribute checks where no record shows the character."""
+        wanted: dict[tuple[str, str], list[int]] = {}
+        for position, identity in enumerate(identities):
+            to, email, link = identity.folds_astral_to, identity.email, identity.link
+            if to and email and to in email and identity.subject_id is None and link not in by_link:
+                wanted.setdefault((to, str(email)), []).append(position)
+        found: dict[int, int] = {}
+        for (to, folded), positions in sorted(wanted.items()):
+            people = self._folding_to(to, folded)
+            if len(people) == 1:
+                found.update(dict.fromkeys(positions, people.pop()))
+            elif people:
+                for link in (identities[position].link for position in positions):
+                    log.warning(
+                        "identity.folded_address_ambiguous",
+                        connector=link.connector if link else None,
+                        object=link.object_type if link else None,
+                        record=link.record_id if link else None,
+                        people=len(people),
+                    )
+        return found
+
+    def _folding_to(self, to: str, folded: str) -> set[int]:
+        """The people holding an address other than ``folded`` that ``fold_astral(.., to)`` makes
+        ``folded``: one statement with bound values, ``to`` as LIKE's one-character wildcard,
+        searched by the (kind, value) index from the text before the first ``to`` where the
+        ledger's text sorts by code point; each row checked exactly here."""
+        value = subject_identifiers.c.value
+        pattern = "".join("_" if char == to else "\\" + char if char in "\\%_" else char for char in folded)
+        where = [subject_identifiers.c.kind == EMAIL, value.like(pattern, escape="\\")]
+        prefix = folded[: folded.index(to)]
+        after = _past(prefix)
+        if after is not None:
+            if self._by_code_point is None:
+                self._by_code_point = _sorts_by_code_point(self.conn)
+            if self._by_code_point:
+                where += [value >= prefix, value < after]
+        rows = self.conn.execute(select(value, subject_identifiers.c.subject_id).where(*where))
+        return {
+            int(subject_id) for held, subject_id in rows if held != folded and fold_astral(held, to) == folded
+        }
+
     def _erased_ids(self, subject_ids: set[int]) -> set[int]:
         if not subject_ids:
             return set()
@@ -497,6 +567,42 @@ class SubjectResolver:
                 )
             )
         return ids
+
+
+def _past(prefix: str) -> str | None:
+    """The least text after every text that starts with ``prefix``, in code point order (None:
+    no bound, ``prefix`` is empty or all U+10FFFF)."""
+    while prefix:
+        following = ord(prefix[-1]) + 1
+        if following <= 0x10FFFF:
+            # No surrogate: it could not be sent as UTF-8, and none sorts between.
+            return prefix[:-1] + chr(0xE000 if 0xD800 <= following <= 0xDFFF else following)
+        prefix = prefix[:-1]
+    return None
+
+
+# PostgreSQL locales whose text order is code point order (libc's C and POSIX, C.UTF-8; the
+# builtin provider's): under any other (en_US.UTF-8, an ICU locale) a prefix's range need not
+# hold every text that starts with it.
+_CODE_POINT_LOCALES = frozenset({"c", "posix", "c.utf-8", "c.utf8", "ucs_basic"})
+
+
+def _sorts_by_code_point(conn: Connection) -> bool:
+    """Whether the ledger compares text by code point, so that a range on a prefix holds every
+    value starting with it: SQLite's binary collation does; PostgreSQL does under a C locale
+    only. Asked of PostgreSQL's catalogue (as a row's JSON: the provider column is new in 15)."""
+    if conn.dialect.name == "sqlite":
+        return True
+    if conn.dialect.name != "postgresql":
+        return False
+    row = conn.execute(
+        sql_text("SELECT to_jsonb(d) FROM pg_database d WHERE d.datname = current_database()")
+    ).scalar()
+    if not isinstance(row, dict):
+        return False
+    provider = row.get("datlocprovider", "c")
+    locale = row.get("datlocale") if provider == "b" else row.get("datcollate")
+    return provider in ("c", "b") and str(locale).lower() in _CODE_POINT_LOCALES
 
 
 def last_erased_at(entry: FromClause) -> ColumnElement[datetime]:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from consentsync.domain import as_utc
+from consentsync.domain import as_utc, fold_astral
 from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.errors import register_secrets
 
@@ -251,6 +251,13 @@ class Connector(ABC):
     # The pydantic model of the connector's ``settings:`` block: a typo is then reported with
     # the config file's line and the accepted keys, never with the value (it may be a secret).
     settings_model: ClassVar[type[BaseModel] | None] = None
+    # The one character the CRM stores in place of each character beyond the Basic Multilingual
+    # Plane (an emoji) in the text it keeps, where it keeps the BMP only (a MySQL table in 3-byte
+    # ``utf8``; ``domain.fold_astral``): an address it shows holding that character may be such a
+    # person's address folded, and the ledger links the record to the one person holding the
+    # real address (ledger/identity.py). None: the CRM keeps every character. Where a setting
+    # decides, the connector sets it on the instance.
+    folds_astral_to: str | None = None
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         cls = type(self)
@@ -320,6 +327,13 @@ class Connector(ABC):
         consent Withdrawn) says so here, so that the engine recognises its own write and never
         takes it for the person's choice, nor writes it again."""
         return dict(update.fields)
+
+    def as_kept(self, value: Any) -> Any:
+        """A value as the CRM keeps it: text with each character beyond the BMP as
+        ``folds_astral_to`` where the CRM folds them; anything else as it is."""
+        if self.folds_astral_to is None or not isinstance(value, str):
+            return value
+        return fold_astral(value, self.folds_astral_to)
 
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)

@@ -1112,7 +1112,12 @@ class SyncEngine:
             good.append(
                 (
                     record,
-                    Identity(email=email, link=CrmLink(self.name, mapping.object, record_id)),
+                    Identity(
+                        email=email,
+                        link=CrmLink(self.name, mapping.object, record_id),
+                        # An emoji the CRM kept as "?": the person holding the real address.
+                        folds_astral_to=self.connector.folds_astral_to,
+                    ),
                     extra,
                     evidence,
                 )
