@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import requests
@@ -150,6 +150,15 @@ class SalesforceConnector(sdk.Connector):
         # Shared by the readers (copies) and the threads that write side by side.
         self._login = sdk.SharedLogin(self._logged_in)
         self._under_way = _UnderWay()
+        # How many reads the run sets up (shared by the readers): for the budget's floor.
+        self._reads = _Reads()
+        # With ``read_back_writes``: the fields each object's reads asked for (shared by the
+        # readers), and what the org's automation set in our own saves (``_read_back``).
+        self._read_fields: dict[str, tuple[str, ...]] = {}
+        self._save_effects = _SaveEffects()
+        # Per thread, Salesforce's clock in the last answer that thread was given: a write's
+        # answer bounds the stamp of its save (``_read_back``), whatever other threads are told.
+        self._answered = threading.local()
         # This run's describes (shared by the readers), each from the process's answers of the
         # last hour (``_DESCRIBED``) or asked now; the objects whose describe came from there.
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
@@ -215,7 +224,9 @@ class SalesforceConnector(sdk.Connector):
         self.usage.count(sdk.endpoint_kind(response.request.url or "", _ENDPOINTS))
         # Salesforce's own clock, as of its latest answer: a job made after it is not older than
         # a request sent after it (``_jobs_left_open``), whatever this machine's clock says.
-        self._server_time = _http_date(response.headers.get("Date")) or self._server_time
+        said = _http_date(response.headers.get("Date"))
+        self._server_time = said or self._server_time
+        self._answered.at = said
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
             self.usage.said(int(match.group(1)), int(match.group(2)))
@@ -256,9 +267,12 @@ class SalesforceConnector(sdk.Connector):
     def reader(self) -> SalesforceConnector:
         """Salesforce serves a run's reads side by side: an org takes up to 25 concurrent
         long-running API requests (Salesforce Developer Limits), and a run reads a handful of
-        objects. A reader shares this connector's login (made here, once), session, describes,
-        usage and budget, and keeps its own per-read state."""
-        self._call("login", lambda: self.sf)
+        objects. A reader shares this connector's login (made once, by the first call of any
+        of them: ``SharedLogin``), session, describes, usage and budget, and keeps its own
+        per-read state. No call here: a budget no run can read under is refused before the
+        login (``_check_budget_floor``), and the engine asks for every reader before it reads."""
+        with self._reads.lock:
+            self._reads.readers += 1
         return copy.copy(self)
 
     def _forget_session(self) -> None:
@@ -380,6 +394,8 @@ class SalesforceConnector(sdk.Connector):
         holding the next transaction still open). A start reported behind the position (a read
         before it was not held: Get Updated refused it once) is held all the same, the position
         kept. A hold Get Updated cannot be asked about is kept, and warned of."""
+        self._check_budget_floor(object_type)  # before any call: refused, nothing is asked
+        self._read_fields[object_type] = tuple(fields)
         self._selected_fields(object_type, fields)  # checked first: may describe afresh
         include_deleted = "IsDeleted" in self._known(object_type)
         held = _Hold.of(since, self.name)
@@ -452,6 +468,38 @@ class SalesforceConnector(sdk.Connector):
                     sdk.Cursor(record.modstamp, record.record_id), hold, settled
                 )
             yield record
+
+    def _check_budget_floor(self, object_type: str) -> None:
+        """Refuses, as the admin's to fix (exit 2), a ``budget.per_run`` below what every run
+        spends on its reads: 1 login, then per mapped object a Get Updated and a first query
+        page (the describes of the hour's first run come on top). Under it every run stopped on
+        its budget before its writes, exit 75 ("retry later"), run after run for good.
+
+        The connector is not told the mapping: the run's reads are counted as the engine sets
+        them up, one and a reader more for each further object (``reader``, asked for every
+        read before the first begins), or, read one after another (a plan), the objects read so
+        far: never more reads than the run makes. Each is counted with its Get Updated call,
+        which an object describe says is not replicateable does not make: known only after the
+        login, so a budget within a call of the floor per such object is refused all the same."""
+        per_run = self.config.budget.per_run
+        with self._reads.lock:
+            if self._reads.readers:  # a run set up its readers: this is its first read
+                self._reads.expected = self._reads.readers + 1
+                self._reads.readers = 0
+                self._reads.objects.clear()
+            self._reads.objects.add(object_type)
+            reads = max(self._reads.expected, len(self._reads.objects))
+        floor = 1 + 2 * reads
+        if per_run is None or per_run >= floor:
+            return
+        raise sdk.config_error(
+            f"settings budget.per_run {per_run} of connector {self.name!r} is below the {floor} API "
+            f"calls every run makes to read its {reads} mapped object(s) (1 login, then a Get Updated "
+            f"and a first query page for each): every run would stop on its budget before writing "
+            f"anything; set it above {floor} (one call more for each write call, and {reads} for the "
+            "describes of the hour's first run)",
+            "budget below a run's reads",
+        )
 
     def _changes(
         self,
@@ -597,6 +645,7 @@ class SalesforceConnector(sdk.Connector):
     def read_records(
         self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
     ) -> Iterator[sdk.CrmRecord]:
+        self._read_fields[object_type] = tuple(fields)
         selected = self._selected_fields(object_type, fields)
         added = self._conversion_fields(object_type, fields)
         wanted = [*selected, *added]
@@ -775,10 +824,18 @@ class SalesforceConnector(sdk.Connector):
         for object_type, positions in by_object.items():
             _check_api_name(object_type)
             if len(positions) >= self.config.bulk_threshold:
-                yield self._write_bulk(object_type, updates, positions)
+                yield self._read_back(
+                    object_type,
+                    updates,
+                    positions,
+                    lambda kind=object_type, chosen=positions: self._write_bulk(kind, updates, chosen),
+                )
             else:
                 yield from self._collection_calls(
-                    positions, lambda chunk, kind=object_type: self._save_chunk(kind, updates, chunk)
+                    positions,
+                    lambda chunk, kind=object_type: self._read_back(
+                        kind, updates, chunk, lambda: self._save_chunk(kind, updates, chunk)
+                    ),
                 )
         if deletes:
             malformed = {p: _malformed_id(updates[p].record_id) for p in deletes if _bad_id(updates[p])}
@@ -808,7 +865,134 @@ class SalesforceConnector(sdk.Connector):
             dealt[number % len(dealt)] += chunk
         return [share for share in [*whole, *dealt] if share]
 
+    def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
+        """``update``'s fields, and the fields the org's record-triggered automation set in the
+        save that wrote them, where ``read_back_writes`` saw it (``_read_back``): read back, they
+        are consentsync's own save, not a statement of the person's."""
+        shown = dict(update.fields)
+        if update.action is not sdk.WriteAction.UPDATE:
+            return shown
+        key = (update.object_type, _canonical_id(update.record_id))
+        return {**self._save_effects.of(key, update.fields), **shown}
+
     # -- writing -------------------------------------------------------------------------------
+
+    def _read_back(
+        self,
+        object_type: str,
+        updates: Sequence[sdk.RecordUpdate],
+        positions: Sequence[int],
+        save: Callable[[], _Saved],
+    ) -> _Saved:
+        """``save()`` (one write call, or a Bulk job, of ``updates`` at ``positions``), with its
+        records read before and after it where ``read_back_writes`` asks: the watched fields
+        (``_watched_fields``) a record's save changed besides those written are the org's
+        automation's (a record-triggered flow, an Apex trigger), run as the user whose save fired
+        it: the record's LastModifiedById and stamps are those of our save, nothing else tells
+        them from a person's. They are taken as ours only where the record, read right after,
+        was last saved by the integration user, stamped no later than Salesforce's answer to
+        our write (its ``Date``): a save after ours by anyone else (another LastModifiedById, a
+        site or portal user's too) or later claims nothing, and a person's change before it is
+        in both reads, so it stays theirs. Only a person's save between the read before and our
+        save (one round trip) would pass for the automation's."""
+        fields = self._watched_fields(object_type)
+        if not fields:
+            return save()
+        ids = list(dict.fromkeys(updates[p].record_id for p in positions if not _bad_id(updates[p])))
+        before = self._saved_state(object_type, ids, fields)  # refused here: nothing is saved
+        saved = save()
+        answered: datetime | None = getattr(self._answered, "at", None)
+        try:
+            after = self._saved_state(object_type, ids, fields)
+        except ConnectorError as error:
+            # The save's answers go to the engine whatever: its automation's fields are then
+            # read next as the person's, as without read_back_writes (a false no, never a lost one).
+            log.warning(
+                "salesforce.write_not_read_back",
+                connector=self.name,
+                object=object_type,
+                records=len(ids),
+                reason=error.rule.reason,
+            )
+            return saved
+        answers = saved if isinstance(saved, dict) else dict(zip(positions, saved, strict=True))
+        for position, result in answers.items():
+            if result.ok:
+                self._learn_save(object_type, updates[position], before, after, fields, answered)
+        return saved
+
+    def _watched_fields(self, object_type: str) -> tuple[str, ...]:
+        """The fields read back around a write of ``object_type``: those its reads in this
+        process asked for, less the id, the change stamp and text (an address, a name, a note:
+        no flag an automation sets, and nothing to keep beside the ledger's snapshots). Empty
+        where ``read_back_writes`` is off, or nothing of the object was read yet."""
+        if not self.config.read_back_writes:
+            return ()
+        known = self._describes.get(object_type, {})
+        if "LastModifiedById" not in known:
+            return ()
+        return tuple(
+            name
+            for name in self._read_fields.get(object_type, ())
+            if name not in ("Id", "SystemModstamp") and name in known and known[name].type not in _TEXT_TYPES
+        )
+
+    def _saved_state(
+        self, object_type: str, ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, Mapping[str, Any]]:
+        """The records ``ids`` as they stand: the watched ``fields``, SystemModstamp and who saved
+        them last, by canonical id. One query per 200 ids (the query goes in the URL)."""
+        wanted = ", ".join(dict.fromkeys(["Id", "SystemModstamp", "LastModifiedById", *fields]))
+        found: dict[str, Mapping[str, Any]] = {}
+        for start in range(0, len(ids), _CONFIRM_CHUNK):
+            chunk = list(ids[start : start + _CONFIRM_CHUNK])
+            query = format_soql(f"SELECT {wanted} FROM {object_type} WHERE Id IN {{}}", chunk)
+            answer = self._call(f"read back {object_type}", lambda q=query: self.sf.query(q))
+            found.update({_canonical_id(str(row["Id"])): row for row in answer["records"]})
+        return found
+
+    def _learn_save(
+        self,
+        object_type: str,
+        update: sdk.RecordUpdate,
+        before: Mapping[str, Mapping[str, Any]],
+        after: Mapping[str, Mapping[str, Any]],
+        fields: Sequence[str],
+        answered: datetime | None,
+    ) -> None:
+        """What our save of ``update`` changed besides its own fields, kept for ``as_read_back``
+        where the record was last saved by us, no later than ``answered`` (``_read_back``);
+        nothing where it was not. Stamps are whole seconds: an earlier save in the same second
+        as ours is told apart by what the read before showed, not by its stamp."""
+        record_id = _canonical_id(update.record_id)
+        then, now = before.get(record_id), after.get(record_id)
+        user = self.sf.user_id
+        ours = (
+            then is not None
+            and now is not None
+            and user is not None
+            and _canonical_id(str(now.get("LastModifiedById") or "")) == _canonical_id(user)
+            and (answered is None or parse_sf_datetime(str(now["SystemModstamp"])) <= answered)
+        )
+        effects = (
+            {
+                name: now[name]
+                for name in fields
+                if name not in update.fields and name in now and now[name] != then.get(name)
+            }
+            if ours and then is not None and now is not None
+            else {}
+        )
+        self._save_effects.keep((object_type, record_id), update.fields, effects)
+        if effects:
+            # Field names only: the values are the person's consents.
+            log.info(
+                "salesforce.automation_in_our_save",
+                connector=self.name,
+                object=object_type,
+                record=record_id,
+                fields=sorted(effects),
+            )
 
     def _collection_calls(
         self, positions: Sequence[int], send: Callable[[list[int]], list[sdk.WriteResult]]
@@ -1352,6 +1536,53 @@ class _UnderWay:
     answered: counted against ``budget.per_run`` with those answered (``_call``)."""
 
     calls: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+# Field types never read back around a write (``_watched_fields``).
+_TEXT_TYPES = frozenset(
+    {"string", "textarea", "email", "phone", "url", "encryptedstring", "address", "location", "base64"}
+)
+_Saved = TypeVar("_Saved", list[sdk.WriteResult], dict[int, sdk.WriteResult])
+
+
+class _SaveEffects:
+    """What the org's automation set in consentsync's own saves (``_read_back``), by (object,
+    canonical record id): the fields that save wrote and the others it changed. In the process
+    only: a run reads its records before it writes them, and the engine takes a write's read-back
+    view (``as_read_back``) as it commits the write's answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_record: dict[tuple[str, str], tuple[bytes, dict[str, Any]]] = {}
+
+    def keep(self, key: tuple[str, str], written: Mapping[str, Any], effects: Mapping[str, Any]) -> None:
+        with self._lock:
+            if effects:
+                self._by_record[key] = (_written_key(written), dict(effects))
+            else:
+                self._by_record.pop(key, None)
+
+    def of(self, key: tuple[str, str], written: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields the save of exactly ``written`` to ``key`` set besides them."""
+        with self._lock:
+            kept = self._by_record.get(key)
+        return dict(kept[1]) if kept is not None and kept[0] == _written_key(written) else {}
+
+
+def _written_key(written: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(dict(written), option=orjson.OPT_SORT_KEYS)
+
+
+@dataclasses.dataclass(slots=True)
+class _Reads:
+    """The reads of the run in progress, shared by the readers (``_check_budget_floor``): the
+    readers made since its last read began, how many reads the run set up, and the objects
+    read since."""
+
+    readers: int = 0
+    expected: int = 1
+    objects: set[str] = dataclasses.field(default_factory=set)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 

@@ -49,6 +49,11 @@ class SalesforceSettings(ConnectorSettings):
     bulk_poll_first: float = Field(default=0.1, gt=0)
     bulk_poll_interval: float = Field(default=2.0, gt=0)
     lock_retries: int = Field(default=2, ge=0, le=10)
+    # Read the records of each write back around it (a query before it and one after it, per
+    # call of up to 200 records): what the org's record-triggered automation (a flow, an Apex
+    # trigger) set in consentsync's own save is then known as consentsync's, never read on the
+    # next sync as the person's choice. Off by default: it triples the calls of every write.
+    read_back_writes: bool = False
     # Where the connector keeps the Bulk API 2.0 jobs it closed and has not yet seen end (a few
     # ids): none given, CONSENTSYNC_STATE_DIR, else the user's XDG state directory.
     state_dir: str | None = None
@@ -92,4 +97,10 @@ class SalesforceSettings(ConnectorSettings):
                 "token": ("access_token", "instance_url"),
             },
         )
+        if self.read_back_writes and self.auth == "token":
+            # A ready token's login names no user: whose save was last is then never known.
+            raise ValueError(
+                "read_back_writes needs a login that names the integration user "
+                "(auth client_credentials, password or jwt), not auth token"
+            )
         return self

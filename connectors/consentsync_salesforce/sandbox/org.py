@@ -12,7 +12,8 @@ import itertools
 import random
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from consentsync_salesforce.sandbox.soql import TEXT_TYPES, BoundQuery, bind, pa
 __all__ = [
     "LEGAL_BASIS_VALUES",
     "ApiError",
+    "Automation",
     "FieldDef",
     "ObjectDef",
     "RecordError",
@@ -561,6 +563,20 @@ class _Planned:
     values: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Automation:
+    """A record-triggered flow (or Apex trigger) of the org: a save that changes ``field`` of a
+    ``sobject`` record to ``value`` also sets ``sets`` on that record, in the same save. As in
+    Salesforce, the automation runs as the user whose save fired it: the record's
+    LastModifiedById, LastModifiedDate and SystemModstamp are that save's (the API's integration
+    user for a write through the API), with nothing to tell its changes from the save's own."""
+
+    sobject: str
+    field: str
+    value: Any
+    sets: Mapping[str, Any]
+
+
 class SalesforceOrg:
     """An org's data: records of Contact, Lead, Individual, ContactPointTypeConsent and
     DataUsePurpose, keyed by 18-character id. All methods are thread-safe.
@@ -578,6 +594,10 @@ class SalesforceOrg:
 
     :meth:`begin_create` and :meth:`commit` make a record whose transaction commits late: its id
     and stamps are given when it begins, but no read sees it until it commits.
+
+    Saves are the integration user's (:attr:`user_id`, whom the API logs in as) unless a helper
+    is called inside :meth:`acting_as` another user (:meth:`new_user`: a sales user, a site or
+    portal user). :meth:`automate` adds a record-triggered automation (:class:`Automation`).
     """
 
     def __init__(
@@ -604,6 +624,10 @@ class SalesforceOrg:
         # LeadConvertSettings metadata): lead field -> contact field.
         self.lead_convert_mapping: dict[str, str] = {"Legal_Basis__c": "Legal_Basis__c"}
         self.lock = threading.RLock()
+        self.automations: list[Automation] = []
+        # The user a helper saves as, per thread (``acting_as``): the API's saves, made by the
+        # server's threads, stay the integration user's.
+        self._acting = threading.local()
 
     # ------------------------------------------------------------------ schema
 
@@ -769,6 +793,46 @@ class SalesforceOrg:
         if results[0] is not None:
             raise results[0]
 
+    def new_user(self) -> str:
+        """The id of another user of the org (a sales user, a site or portal user)."""
+        return self.ids.new(KEY_PREFIXES["User"])
+
+    @contextmanager
+    def acting_as(self, user_id: str) -> Iterator[None]:
+        """The helpers' saves in this thread made by ``user_id``: its id in LastModifiedById."""
+        self._acting.user = user_id
+        try:
+            yield
+        finally:
+            self._acting.user = None
+
+    def automate(self, sobject: str, field: str, value: Any, /, **sets: Any) -> Automation:
+        """A record-triggered automation: a save that changes ``field`` to ``value`` on a
+        ``sobject`` record sets ``sets`` too, in that save (as a record-triggered flow whose
+        entry condition holds "only when a record is updated to meet the condition")."""
+        obj = self._require(sobject)
+        self._field_or_error(obj, field)
+        converted = {
+            fdef.name: _from_python(fdef, item)
+            for name, item in sets.items()
+            for fdef in (self._field_or_error(obj, name),)
+        }
+        automation = Automation(obj.name, field, value, converted)
+        with self.lock:
+            self.automations.append(automation)
+        return automation
+
+    def _automate(self, obj: ObjectDef, before: Mapping[str, Any], record: dict[str, Any]) -> None:
+        """The automations ``record``'s save fires (``before``: the saved fields' values before)."""
+        for automation in self.automations:
+            if (
+                automation.sobject == obj.name
+                and automation.field in before
+                and before[automation.field] != automation.value
+                and record.get(automation.field) == automation.value
+            ):
+                record.update(automation.sets)
+
     def touch(self, record_id: str) -> None:
         """Save a record without changes (bumps LastModifiedDate and SystemModstamp)."""
         self.update(record_id, {})
@@ -829,9 +893,9 @@ class SalesforceOrg:
         return [plan if isinstance(plan, RecordError) else write(plan, now) for plan in plans]
 
     def _touch(self, record: dict[str, Any], now: dt.datetime) -> None:
-        """A save by the API user at ``now``: the change stamps move."""
+        """A save at ``now``, by the API user or the one a helper acts as: the stamps move."""
         record["LastModifiedDate"] = record["SystemModstamp"] = now
-        record["LastModifiedById"] = self.user_id
+        record["LastModifiedById"] = getattr(self._acting, "user", None) or self.user_id
 
     def _writable(
         self, obj: ObjectDef, full: str, lock_check: Callable[[str], bool] | None
@@ -1018,7 +1082,9 @@ class SalesforceOrg:
 
         def update(plan: _Planned, now: dt.datetime) -> RecordError | None:
             record = self._records[plan.sobject.name][plan.record_id]
+            before = {name: record.get(name) for name in plan.values}
             record.update(plan.values)
+            self._automate(plan.sobject, before, record)
             self._derive(plan.sobject, record)
             self._touch(record, now)
             return None
@@ -1153,14 +1219,15 @@ class SalesforceOrg:
             record[fdef.name] = fdef.default
         record.update({k: v for k, v in values.items() if v is not None or obj.fields[k].default is None})
         created = created or at
+        user = getattr(self._acting, "user", None) or self.user_id
         record.update(
             {
                 "Id": record_id,
                 "IsDeleted": False,
                 "CreatedDate": created,
-                "CreatedById": self.user_id,
+                "CreatedById": user,
                 "LastModifiedDate": at,
-                "LastModifiedById": self.user_id,
+                "LastModifiedById": user,
                 "SystemModstamp": at,
             }
         )
