@@ -48,6 +48,7 @@ from consentsync.domain import (
     iso,
     without_emails,
 )
+from consentsync.ledger import absorb
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
 from consentsync.ledger.identity import CrmLink, Identity, last_erased_at
@@ -1155,6 +1156,25 @@ class SyncEngine:
         ]
         if revived:
             self._revive_links(conn, mapping.object, revived, report, now)
+        # A record tying two people (its address is one's, a record it points to the other's) may
+        # prove that a person known only through records without an address is the address
+        # holder: read in the other order, the records would have been the holder's. Such a person
+        # is absorbed (ledger/absorb.py) before the page's evidence is recorded, so that it goes
+        # to the holder. Only the page's ties are looked up: nothing is read for other records.
+        ties = set(elsewhere)
+        for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True):
+            ties.update(
+                (other, subject_id) for link in links if (other := known.get(link, subject_id)) != subject_id
+            )
+        if ties:
+            into = self._absorb(conn, ties, report)
+            if into:
+                subject_ids = [into.get(subject_id, subject_id) for subject_id in subject_ids]
+                elsewhere = [
+                    (owner, held)
+                    for owner, held in ((into.get(a, a), into.get(b, b)) for a, b in elsewhere)
+                    if owner != held
+                ]
 
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
@@ -1648,6 +1668,39 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
+
+    def _absorb(self, conn: Connection, ties: set[tuple[int, int]], report: RunReport) -> dict[int, int]:
+        """Absorbs the address-less people ``ties`` prove to be an address holder
+        (``absorb.absorbable``): their records move to the holder, their consent events are
+        recorded for the holder as they were recorded, and their upheld objections and
+        restriction are carried as a merge carries them (``_carry_the_nos``). Returns the people
+        absorbed, each with the holder. Rare: only a page whose records tie two people pays."""
+        found = absorb.absorbable(conn, ties, self.ledger.keyed_hasher())
+        if not found:
+            return {}
+        now = self.ledger.clock()
+        done = absorb.absorb(conn, found, now, run_id=report.run_id, source=self.name)
+        requests: list[RecordRequest] = []
+        for absorption in done:
+            for item in absorption.evidence:
+                if item.purpose not in self.ledger.purposes:
+                    continue  # a purpose no longer configured: its events decide nothing
+                try:
+                    self.ledger.validate(item, now=now)
+                except InvalidInput as error:  # recorded before today's bounds: named, not quoted
+                    log.warning("sync.absorbed_event_not_recorded", reason=type(error).__name__)
+                    continue
+                requests.append(RecordRequest(Identity(subject_id=absorption.into), item))
+        if requests:
+            stats, _ = self.ledger.record_in(conn, requests, run_id=report.run_id, warm=self._warm_for(conn))
+            report.counts.evidence_recorded += stats.recorded
+            report.counts.evidence_duplicates += stats.duplicates
+            report.counts.state_changes += stats.state_changes
+        # The absorbed person's nos are the holder's events now; what is not an event (an upheld
+        # objection, a restriction) travels as a merge carries it.
+        self._carry_the_nos(conn, {(a.absorbed, a.into) for a in done}, report)
+        self._mark_for_examination(conn, {a.into for a in done})
+        return {a.absorbed: a.into for a in done}
 
     def _carry_the_nos(self, conn: Connection, joined: set[tuple[int, int]], report: RunReport) -> bool:
         """``joined``: (merged person, survivor's person) pairs of a CRM merge that joined records
