@@ -33,7 +33,7 @@ on top.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -148,6 +148,14 @@ class Ranked:
     meaningful or a time compared as a time, so moving every time of a story by the same amount
     never changes which value wins; the fingerprint (a hash) only orders values that give the same
     state, to keep the order total, so the fold never depends on arrival.
+
+    ``bound``: for a value that states no basis, the purpose's default basis when the ledger
+    recorded it, which is the basis it was recorded under (docs/policy.md, "No switching of
+    lawful basis"): a later change of the default must not re-read a grant made on legitimate
+    interests as a consent, nor a consent since expired as a grant on legitimate interests.
+    Only ``_state_of`` reads it. It takes no part in the order nor in equality: the fold stays a
+    function of the events as stated (``audit verify`` folds them again without it, and a value
+    is still identified by what it states), the basis a value is read under aside.
     """
 
     sort_time: datetime
@@ -159,10 +167,12 @@ class Ranked:
     observed_at: datetime
     source: str
     evidenced: bool
+    bound: LawfulBasis | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, evidence: Evidence, policy: Policy | None = None) -> Ranked:
-        """``event_time`` is the credible one: a future-dated value counts as undated.
+    def of(cls, evidence: Evidence, policy: Policy | None = None, bound: LawfulBasis | None = None) -> Ranked:
+        """``event_time`` is the credible one: a future-dated value counts as undated. ``bound``:
+        the purpose's default basis in force now, kept for a value that states none.
 
         A withdrawal, refusal or expiry stamped to the whole second sorts at the end of its
         second, as the rule for unknown times reads a no as late as possible: a CRM's "12:00:00"
@@ -186,6 +196,23 @@ class Ranked:
             evidence.observed_at,
             evidence.source,
             evidence.has_proof,
+            bound if evidence.basis is None else None,
+        )
+
+    def bound_to(self, basis: LawfulBasis) -> Ranked:
+        """This value bound to ``basis`` (``bound``): made positionally, as ``of`` does (an
+        upgraded ledger binds every value it holds at once)."""
+        return Ranked(
+            self.sort_time,
+            self.rank,
+            self.fingerprint,
+            self.status,
+            self.basis,
+            self.event_time,
+            self.observed_at,
+            self.source,
+            self.evidenced,
+            basis,
         )
 
     def __lt__(self, other: Ranked) -> bool:
@@ -214,7 +241,7 @@ class Ranked:
         return other < self
 
     def to_json(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "sort_time": self.sort_time,
             "rank": self.rank,
             "fingerprint": self.fingerprint,
@@ -225,6 +252,9 @@ class Ranked:
             "source": self.source,
             "evidenced": self.evidenced,
         }
+        if self.bound is not None:  # written only where bound: a summary without one is unbound
+            data["bound"] = self.bound._value_
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Ranked:
@@ -240,6 +270,7 @@ class Ranked:
             datetime.fromisoformat(str(data["observed_at"])),
             str(data["source"]),
             bool(data["evidenced"]),
+            (_BASES.get(str(bound)) or LawfulBasis(str(bound))) if (bound := data.get("bound")) else None,
         )
 
 
@@ -354,6 +385,20 @@ class Summary:
             self.answered or answered,
         )
 
+    def with_values(self, latest: Ranked | None, restriction: Ranked | None) -> Summary:
+        """This summary with ``latest`` and ``restriction`` in place of its own (the same values,
+        bound: ``Ranked.bound``)."""
+        return Summary(
+            latest,
+            self.tied,
+            restriction,
+            self.trusted_opt_in_at,
+            self.soft_opt_in_at,
+            self.lapsed_at,
+            self.undated_grant_seen,
+            self.answered,
+        )
+
     def to_json(self) -> dict[str, object]:
         """Plain data (datetimes stay datetimes: ``domain.canonical_json`` writes them ISO 8601)."""
         return {
@@ -410,13 +455,13 @@ _Facts = tuple[
 ]
 
 
-def _facts(evidence: Evidence, policy: Policy) -> _Facts:
-    """The fields of the summary of ``evidence`` alone."""
+def _facts(evidence: Evidence, policy: Policy, bound: LawfulBasis | None = None) -> _Facts:
+    """The fields of the summary of ``evidence`` alone (``bound``: ``Ranked.bound``)."""
     if is_system_expiry(evidence):
         # A record that the clock ran out, derived from the rest: it decides nothing, so the
         # state cannot depend on whether the sweep ran before or after a late renewal.
         return None, False, None, None, None, evidence.event_time or evidence.observed_at, None, False
-    ranked = Ranked.of(evidence, policy)
+    ranked = Ranked.of(evidence, policy, bound)
     status = evidence.status
     return (
         ranked,
@@ -511,7 +556,10 @@ def _state_of(
     undated_grant_seen: datetime | None = None,
     answered: bool = True,
 ) -> EffectiveState:
-    basis = value.basis or purpose.default_basis
+    # A value that states no basis is read under the default in force when it was recorded
+    # (``Ranked.bound``), never under one configured since; the current default only for a value
+    # an older version left unbound and nothing bound since (the ledger binds those: service.py).
+    basis = value.basis or value.bound or purpose.default_basis
     expires_at = None
     if (
         value.status is ConsentStatus.GRANTED
@@ -535,12 +583,12 @@ def _state_of(
         value.evidenced,
         f"source {value.source}",
         value.status,  # evidence_status
-        # A basis the evidence left out is the purpose's default: stated only where that is
-        # consent, which a grant or withdrawal of consent speaks of by itself. A request nobody
-        # answered, over nothing but other requests (``answered``), states none: it names the
-        # basis it asks for, which nobody gave (a request mailed, a form anyone can fill in with
-        # the address); the mapping reads such a state as no consent on record, as it reads
-        # ``no_consent_on_record`` (mapping._for_want_of_consent).
+        # A basis the evidence left out is the purpose's default (of the day it was recorded):
+        # stated only where that is consent, which a grant or withdrawal of consent speaks of by
+        # itself. A request nobody answered, over nothing but other requests (``answered``),
+        # states none: it names the basis it asks for, which nobody gave (a request mailed, a
+        # form anyone can fill in with the address); the mapping reads such a state as no consent
+        # on record, as it reads ``no_consent_on_record`` (mapping._for_want_of_consent).
         (value.basis is not None or basis is LawfulBasis.CONSENT)
         and (answered or value.status not in UNANSWERED_STATUSES),
     )
@@ -753,8 +801,10 @@ def reconcile(
     before: EffectiveState | None = None,
 ) -> Decision:
     """Folds one piece of evidence into ``current``. ``before``, when the caller already holds
-    the effective state of ``current`` (same flags, objections and clock), saves recomputing it."""
-    facts = _facts(evidence, policy)
+    the effective state of ``current`` (same flags, objections and clock), saves recomputing it.
+    A value that states no basis is bound to ``purpose``'s default basis now (``Ranked.bound``):
+    the basis it is recorded under, whatever the default becomes."""
+    facts = _facts(evidence, policy, purpose.default_basis)
     updated = Summary(*facts) if current is None else current._joined(*facts)
     if before is None:
         before = effective_state(

@@ -3,6 +3,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import KW_ONLY, dataclass, field, replace
@@ -52,11 +53,13 @@ from consentsync.domain import (
     Purpose,
     SoftOptIn,
     SubjectFlags,
+    as_utc,
     canonical_json,
     check_label,
     check_moment,
     check_reason,
     email_forms,
+    fold_astral,
     iso,
     shown,
 )
@@ -112,6 +115,7 @@ from consentsync.ledger.warm import WarmSubjects
 from consentsync.reconcile import (
     NO_EVIDENCE,
     Policy,
+    Ranked,
     Rule,
     Summary,
     effective_state,
@@ -157,6 +161,8 @@ BLANK_PROOF_SOURCE = "consentsync:upgrade"
 # (the people up to that id are bound), ``done`` once every person is.
 BINDINGS_SETTING = "identifiers_bound"
 BINDINGS_DONE = "done"
+# The ledger_settings row saying ``Ledger.bind_unstated_bases`` was done.
+BASES_BOUND_SETTING = "unstated_bases_bound"
 # Every character ``str.isspace`` takes for whitespace (``Evidence.has_proof`` reads a label of
 # these alone as blank): trimmed in SQL, where each database's own notion of space differs.
 _WHITESPACE = (
@@ -226,6 +232,9 @@ class Ledger:
     clock: Callable[[], datetime] = utcnow
     # How far in the future an event time may lie (clocks disagree a little): rule 3.
     max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
+    # Each purpose's default bases as the chain says they were configured, read when first
+    # needed (``_default_basis_at``) and again after the purposes change.
+    _defaults_in_force: dict[str, _Defaults] | None = field(default=None, init=False, repr=False)
 
     def keyed_hasher(self) -> Callable[[str], str]:
         """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
@@ -242,6 +251,9 @@ class Ledger:
         the next one that opens the ledger (each state compares with what is stored)."""
         now = self.clock()
         changed: list[str] = []
+        # First, before a changed purpose's states are decided again: the values an older version
+        # recorded without a basis, bound once to the default they were recorded under.
+        self.bind_unstated_bases()
         with self.engine.connect() as conn:
             rows = conn.execute(select(purposes_table)).all()
         stored = {row.key: row for row in rows}
@@ -271,19 +283,24 @@ class Ledger:
                 )
                 audit.append(conn, [entry], now)
             changed.append(purpose.key)
+            self._defaults_in_force = None  # the chain says one more configuration
         # After the purposes: an older version's blank-label proofs, folded again once; and the
         # identifiers it stored, bound to their people in the chain once.
         self.refold_blank_proof()
         self.bind_identifiers()
+        self.bind_api_keys()
         return changed
 
     def _restate(self, purpose: Purpose, now: datetime, actor: str) -> None:
         """A purpose's configuration changed (its validity, its default basis, its objection
         handling): it applies to every consent from now on, so every stored state of the purpose
-        is decided again. Stored (the expiry sweep finds a consent by its stored ``expires_at``:
-        with a shortened validity it found none until the old window ended) and, where what
-        the CRMs should show changed, audited and announced to the connectors. A transaction
-        per chunk of people, whatever the ledger's size."""
+        is decided again. A new default basis changes only the states of people with no evidence
+        for a key: a value recorded before keeps the basis it was recorded under
+        (``Ranked.bound``; EDPB 05/2020 paras 121-123), so its state is audited only where its
+        validity or objection handling changed something. Stored (the expiry sweep finds a
+        consent by its stored ``expires_at``: with a shortened validity it found none until the
+        old window ended) and, where what the CRMs should show changed, audited and announced to
+        the connectors. A transaction per chunk of people, whatever the ledger's size."""
         with self.engine.connect() as conn:
             people = sorted(
                 conn.execute(
@@ -507,6 +524,226 @@ class Ledger:
             log.info("identifiers.bound", people=bound)
         return bound
 
+    def bind_api_keys(self, actor: str = "consentsync") -> int:
+        """Binds in the chain, once, what an older version's ``apikey.created`` entry did not
+        carry of a key (its rate and the digest of its stored hash, ``keys.LATER_BOUND``): one
+        ``apikey.bound`` entry per such key, source ``consentsync:upgrade``. Its source,
+        purposes, actions and prefix were in the entry from the start; ``audit verify`` holds
+        every key's row to its entries (audit_bindings.py). What the rows say at this moment is
+        taken as it is (docs/tamper-evidence.md). A key no ``apikey.created`` entry made (a row
+        inserted by hand) is not bound: verify names it. Nothing is written when nothing is
+        left to bind; two processes at once bind a key once (the chain's head is locked before
+        the entries are read). Returns the number of keys bound."""
+        from consentsync.audit_bindings import key_chains, key_row_binding
+        from consentsync.hub.keys import LATER_BOUND
+        from consentsync.ledger.schema import api_keys, audit_head
+
+        def unbound(conn: Connection) -> list[AuditRecord]:
+            chains = key_chains(conn)
+            records = []
+            for row in conn.execute(select(api_keys).order_by(api_keys.c.id)):
+                chain = chains.get(row.name)
+                if chain is None or chain.created is None:
+                    continue
+                binding = key_row_binding(row)
+                missing = {name: binding[name] for name in LATER_BOUND if name not in chain.bound}
+                if missing:
+                    what = {"apikey": row.name}
+                    records.append(
+                        AuditRecord("apikey.bound", what, new=missing, source=BLANK_PROOF_SOURCE, actor=actor)
+                    )
+            return records
+
+        with reading(self.engine) as conn:
+            if not unbound(conn):
+                return 0
+        with self.engine.begin() as conn:
+            conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+            records = unbound(conn)
+            audit.append(conn, records, self.clock())
+        if records:  # said once per ledger, and only where an older version left keys
+            log.info("api_keys.bound", keys=len(records))
+        return len(records)
+
+    def bind_unstated_bases(self, actor: str = "consentsync", *, chunk_size: int = 500) -> int:
+        """Once per ledger (the ``ledger_settings`` row ``BASES_BOUND_SETTING`` says it was done):
+        each value an older version recorded without a lawful basis is bound to the basis it was
+        recorded under, so that a later change of the purpose's ``default_basis`` never re-reads
+        it (docs/policy.md, "No switching of lawful basis"). Before this version the state read
+        such a value under whatever default the purpose had at the time of reading: a grant on
+        legitimate interests became a consent when the purpose was switched to consent, and a
+        consent since expired, or asked for and never given, a grant on legitimate interests
+        the other way.
+
+        Which basis: the default in force when the value was recorded (its observation), as the
+        chain's ``purpose.configured`` entries say (``_default_basis_at``): each holds the
+        purpose's configuration and when it took effect, they are few, and they are in the
+        tamper-evident chain. A ledger whose default was switched before this upgrade therefore
+        gets its values back on the basis they were recorded under, rather than having the
+        switch made permanent. (The ``consent.recorded`` entry's ``new.basis`` is not that: it is
+        the state's basis after the recording, which another value may have decided.) Bound in
+        the state's summary (``Ranked.bound``), not in the event: the event and its audit entry
+        stay as recorded, what the person or the CRM stated, and ``audit verify`` holds them to
+        each other as before.
+
+        The states whose summary holds an unbound value are found by one scan of
+        ``consent_states``; a chunk of people a write transaction (under the writer lock), each
+        summary bound and stored. A state that reads otherwise once bound (the default was
+        changed since its value was recorded) is stored, audited (``state.changed``) and
+        announced, so that every CRM is told; the others keep their columns. A bound summary is
+        not bound again, so a run stopped midway (the marker is written last) is finished by the
+        next open, and two processes opening at once bind each once. A summary of an older fold
+        is left: it is folded again from the events when next read, and bound then (``_refold``).
+        Returns the number of states bound."""
+        from sqlalchemy.exc import IntegrityError
+
+        from consentsync.ledger.schema import ledger_settings
+
+        by_name = ledger_settings.c.name == BASES_BOUND_SETTING
+        with reading(self.engine) as conn:
+            if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is not None:
+                return 0
+        now = self.clock()
+        # What canonical JSON writes for a value without a basis, and a bound one beside it: the
+        # scan parses only the summaries that may need binding.
+        summary = consent_states.c.summary
+        unbound = and_(summary.like('%"basis":null%'), summary.not_like('%"bound":%'))
+        with reading(self.engine) as conn:
+            people = sorted(set(conn.execute(select(consent_states.c.subject_id).where(unbound)).scalars()))
+        bound = 0
+        for chunk in chunks(people, chunk_size):
+            with self.engine.begin() as conn:
+                bound += self._bind_unstated_in(conn, chunk, now, actor)
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is None:
+                    conn.execute(
+                        insert(ledger_settings).values(name=BASES_BOUND_SETTING, value="done", set_at=now)
+                    )
+        except IntegrityError:  # another process opening the ledger finished it meanwhile
+            pass
+        if bound:  # said once per ledger, and only where an older version left such a value
+            log.info("unstated_bases.bound", states=bound)
+        return bound
+
+    def _bind_unstated_in(self, conn: Connection, chunk: Sequence[int], now: datetime, actor: str) -> int:
+        """``bind_unstated_bases`` for these people, inside the caller's write transaction."""
+        found: dict[tuple[int, str, str], tuple[Summary, Summary]] = {}
+        for row in conn.execute(
+            select(
+                consent_states.c.subject_id,
+                consent_states.c.purpose,
+                consent_states.c.channel,
+                consent_states.c.summary,
+            ).where(one_of(conn, consent_states.c.subject_id, chunk))
+        ):
+            data = orjson.loads(row.summary)
+            if not (isinstance(data, dict) and Summary.is_current(data)):
+                continue  # an older fold: folded again, and bound, when next read
+            summary = Summary.from_json(data)
+            if _unbound(summary):  # not bound meanwhile (another process opening the ledger)
+                found[(row.subject_id, row.purpose, row.channel)] = (
+                    summary,
+                    self._bound(conn, row.purpose, summary),
+                )
+        # Bound to today's default, a value reads as it did: only the others can change a state
+        # (a default changed since they were recorded), and only their people are looked up.
+        moved = {
+            key
+            for key, (_unbound, bound) in found.items()
+            if _bound_elsewhere(bound, self.purposes.get(key[1]))
+        }
+        contexts = self._contexts(conn, {key[0] for key in moved})
+        restated: dict[tuple[int, str, str], tuple[Summary, EffectiveState]] = {}
+        summary_only: list[dict[str, Any]] = []
+        records: list[AuditRecord] = []
+        for key, (unbound, bound) in found.items():
+            subject_id, purpose_key, channel = key
+            purpose = self.purposes.get(purpose_key)
+            if key in moved and purpose is not None and channel in purpose.channels:
+                context = contexts[subject_id]
+                flags, objected = context.flags, context.objections
+                # As it was read until now (under today's default) and as it was recorded.
+                old = effective_state(unbound, purpose, channel, flags=flags, objections=objected, now=now)
+                new = effective_state(bound, purpose, channel, flags=flags, objections=objected, now=now)
+                if (old.status, old.basis, old.suppressed, old.rule, old.expires_at) != (
+                    new.status,
+                    new.basis,
+                    new.suppressed,
+                    new.rule,
+                    new.expires_at,
+                ):
+                    restated[key] = (bound, new)
+                    records.append(
+                        AuditRecord(
+                            "state.changed",
+                            {"purpose": purpose_key, "channel": channel},
+                            old=_state_tuple_json(old),
+                            new=_state_tuple_json(new),
+                            rule=new.rule,
+                            source=BLANK_PROOF_SOURCE,
+                            actor=actor,
+                            subject_uid=context.uid,
+                            subject_id=subject_id,
+                        )
+                    )
+                    continue
+            # Nothing a CRM sees changes (or nothing is decided for it: a purpose or channel no
+            # longer configured): the summary alone, its columns as they were last written.
+            summary_only.append(
+                {"s": subject_id, "p": purpose_key, "c": channel, "j": canonical_json(bound.to_json())}
+            )
+        if summary_only:  # one statement for the chunk (most of an upgraded ledger's states)
+            conn.execute(
+                update(consent_states)
+                .where(
+                    consent_states.c.subject_id == bindparam("s"),
+                    consent_states.c.purpose == bindparam("p"),
+                    consent_states.c.channel == bindparam("c"),
+                )
+                .values(summary=bindparam("j")),
+                summary_only,
+            )
+        self._store_states(conn, restated, now)
+        audit.append(conn, records, now)
+        if restated:
+            self._announce(conn, {key[0] for key in restated}, now)
+        return len(found)
+
+    # -- the basis a value was recorded under ------------------------------------------------
+
+    def _bound(self, conn: Connection, purpose_key: str, summary: Summary) -> Summary:
+        """``summary`` with each value that states no basis and is not bound (an older version
+        recorded it, or it was folded again from the events) bound to the purpose's default
+        basis in force when it was recorded (``Ranked.bound``); ``summary`` itself if none is."""
+        latest, restriction = summary.latest, summary.restriction
+        if not (_unbound_value(latest) or _unbound_value(restriction)):
+            return summary
+        return summary.with_values(
+            self._bound_value(conn, purpose_key, latest), self._bound_value(conn, purpose_key, restriction)
+        )
+
+    def _bound_value(self, conn: Connection, purpose_key: str, value: Ranked | None) -> Ranked | None:
+        if value is None or not _unbound_value(value):
+            return value
+        return value.bound_to(self._default_basis_at(conn, purpose_key, value.observed_at))
+
+    def _default_basis_at(self, conn: Connection, purpose_key: str, moment: datetime) -> LawfulBasis:
+        """The purpose's default basis in force at ``moment``, as the chain's
+        ``purpose.configured`` entries say (each one from its time on). Before the purpose's
+        first entry: the default that entry replaced, or the one it set. A purpose the chain
+        names in no entry: its stored configuration (``purposes``)."""
+        defaults = self._defaults_in_force
+        if defaults is None:
+            defaults = self._defaults_in_force = _defaults_in_force(conn)
+        known = defaults.get(purpose_key)
+        if known is None:  # in no entry and no row (events name a stored purpose: not expected)
+            purpose = self.purposes.get(purpose_key)
+            return purpose.default_basis if purpose is not None else LawfulBasis.CONSENT
+        moments, bases, before = known
+        at = bisect_right(moments, moment)
+        return bases[at - 1] if at else before
+
     def _refold_blank_proof_in(
         self, conn: Connection, keys: set[tuple[int, str, str]], now: datetime, actor: str
     ) -> int:
@@ -622,6 +859,19 @@ class Ledger:
         )
         check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX, proof=proof)
         check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX, proof=proof)
+        confirmed, signed_up = evidence.double_opt_in_at, evidence.event_time
+        # A confirmation dated before the sign-up it confirms cannot be true (Art. 7(1)): refused
+        # where the same rule refuses a blank proof label (a CRM's fields may be dated otherwise:
+        # a re-grant moving its consent date past a confirmation kept from before). A time stamped
+        # to the whole second may be any moment of it: refused only if all of it came before.
+        if proof and confirmed is not None and signed_up is not None:
+            latest = confirmed if confirmed.microsecond else confirmed + timedelta(microseconds=999_999)
+            if latest < signed_up:
+                raise InvalidInput(
+                    f"double opt-in time {iso(confirmed)} is before the event time {iso(signed_up)}: "
+                    "a confirmation comes after the sign-up it confirms; accepted is a double opt-in "
+                    "time at or after the event time"
+                )
         if evidence.soft_opt_in is not None:
             _check_soft_opt_in(evidence, purpose)
         return purpose
@@ -644,6 +894,11 @@ class Ledger:
                 # A blank proof label is refused on a grant, never on a no (``validate``).
                 evidence.status,
                 evidence.origin,
+                # A confirmation before its sign-up is refused (``validate``): such an item is
+                # checked whatever the items before it.
+                evidence.double_opt_in_at is not None
+                and evidence.event_time is not None
+                and evidence.double_opt_in_at < evidence.event_time,
             )
             if evidence.soft_opt_in is not None or labels not in checked:
                 self.validate(evidence)
@@ -1049,6 +1304,19 @@ class Ledger:
             "decided_by": terms.decided_by,
         }
 
+    def _serves_direct_marketing_now(self, conn: Connection, purpose_key: str) -> bool:
+        """Whether ``purpose_key`` serves direct marketing in this process's configuration or in
+        the one last taken in by any process (the purposes' mirror, read in ``conn``'s write
+        transaction): a process started before a change must not act on the old one."""
+        if serves_direct_marketing(self._purpose(purpose_key)):
+            return True
+        stored = conn.execute(
+            select(purposes_table.c.direct_marketing, purposes_table.c.eprivacy).where(
+                purposes_table.c.key == purpose_key
+            )
+        ).first()
+        return stored is not None and bool(stored.direct_marketing or stored.eprivacy)
+
     def _uphold_now_absolute(self, purpose: Purpose, now: datetime) -> None:
         """A purpose that serves direct marketing since this configuration (``purpose`` changed):
         the objections to it still pending or rejected by a review are upheld, each audited
@@ -1130,11 +1398,12 @@ class Ledger:
                     f"objection {objection_id} is already {row.status}: only pending objections "
                     "can be decided"
                 )
-            if not uphold and serves_direct_marketing(self._purpose(row.purpose)):
+            if not uphold and self._serves_direct_marketing_now(conn, row.purpose):
                 # Pending while the purpose did not serve direct marketing; it does now (the
                 # configuration changed), and an objection to direct marketing is upheld whatever
-                # a review says (Art. 21(3)). ``_uphold_now_absolute`` upholds it when the ledger
-                # takes the new configuration in; a process holding the old one never gets here.
+                # a review says (Art. 21(3)). ``_uphold_now_absolute`` upholds the pending ones
+                # when the ledger takes the new configuration in; one raised since by a process
+                # holding the old configuration (a console started before) is refused here.
                 raise InvalidInput(
                     f"objection {objection_id} is to purpose {row.purpose}, which serves direct "
                     "marketing: an objection to direct marketing cannot be rejected (Art. 21(3)); "
@@ -1227,7 +1496,10 @@ class Ledger:
             # The person's other addresses (a CRM record that took a new one keeps the person,
             # who then holds both): each is erased with them and kept as a suppression of its
             # own, or a record showing it would import the person again, unsuppressed.
-            asked = set(email_forms(email))
+            # Not its folded form (an emoji a CRM kept as "?", ``fold_astral``): it is another
+            # address to the CRMs, which a new record showing it would import unsuppressed; so
+            # the person's holding it is erased and suppressed as one of their other addresses.
+            asked = (set(email_forms(email)) - {fold_astral(email)}) | {email}
             others: set[str] = set()
             # Whose other address each is (the first person holding it): its entry names them.
             owners: dict[str, tuple[str, int]] = {}
@@ -1310,6 +1582,14 @@ class Ledger:
             # keeps the old hash until that record is read again).
             # So do those that last showed the address in its other form (punycode): the push
             # decision hashes an address in its one form since (email_forms).
+            folded = fold_astral(email)
+            if folded != email and people and folded not in others:
+                # The address as a CRM keeping only the BMP shows it (an emoji as "?"): a record
+                # showing it is the person's to that CRM, and one made after the erasure (a new
+                # lead) would import them again, unsuppressed (``identity._unfold`` finds no one
+                # holding the erased address): suppressed as one of their other addresses.
+                others.add(folded)
+                owners.setdefault(folded, (uids[0], people[0]))
             added = self._suppress_too(conn, sorted(others), reason, now)
             digests = [digest, *(hashed for hashed, _id, _entry, _made in added)]
             for address, (_hashed, added_id, entry_hmac, made) in zip(sorted(others), added, strict=True):
@@ -1792,7 +2072,9 @@ class Ledger:
                     if not Summary.is_current(data):
                         candidates[(row.subject_id, row.purpose, row.channel)] = None
                     elif data.get("lapsed_at"):  # mostly none: a lapse is recorded once
-                        candidates[(row.subject_id, row.purpose, row.channel)] = Summary.from_json(data)
+                        candidates[(row.subject_id, row.purpose, row.channel)] = self._bound(
+                            conn, row.purpose, Summary.from_json(data)
+                        )
                 stale = {k for k, summary in candidates.items() if summary is None}
                 folded = {**candidates, **self._refold(conn, stale)} if stale else candidates
                 settled = []
@@ -2092,6 +2374,8 @@ class Ledger:
                 if stored is not None:
                     data = orjson.loads(stored)
                     summary = Summary.from_json(data) if Summary.is_current(data) else None
+                    if summary is not None and _unbound(summary):  # an older version's: as recorded
+                        summary = self._bound(conn, purpose.key, summary)
                     if summary is None:  # written by an older fold: refold as the ledger does
                         summary = self._load_summaries(conn, {person.id}).get(
                             (person.id, purpose.key, channel)
@@ -2249,7 +2533,12 @@ class Ledger:
         ):
             data = orjson.loads(summary)
             if Summary.is_current(data):
-                loaded[(subject_id, purpose, channel)] = Summary.from_json(data)
+                held = Summary.from_json(data)
+                # A value an older version (or one still running) recorded without a basis is
+                # read under the default it was recorded under, as ``bind_unstated_bases`` binds.
+                loaded[(subject_id, purpose, channel)] = (
+                    self._bound(conn, purpose, held) if _unbound(held) else held
+                )
             else:
                 stale.add((subject_id, purpose, channel))
         if stale:
@@ -2270,7 +2559,11 @@ class Ledger:
                 if key in evidence:
                     evidence[key].append(_event_evidence(row))
         log.info("summaries.refolded", keys=len(keys))
-        return {key: summarise(items, self.policy) for key, items in evidence.items()}
+        # Folded from the events, which state no basis where none was given: each such value is
+        # bound again to the default in force when it was recorded (``_bound``).
+        return {
+            key: self._bound(conn, key[1], summarise(items, self.policy)) for key, items in evidence.items()
+        }
 
     def _known_fingerprints(
         self, conn: Connection, subject_ids: Sequence[int], evidence: Sequence[Evidence]
@@ -2404,6 +2697,77 @@ def _binding_entries(conn: Connection, people: dict[int, str]) -> dict[int, list
     for uid, seq, payload in conn.execute(unlinked):
         found.setdefault(by_uid[uid], []).append((seq, payload))
     return {subject_id: sorted(said) for subject_id, said in found.items()}
+
+
+# A purpose's default bases by the chain: the moments each took effect, the bases, and the one
+# before the first (``Ledger._default_basis_at``).
+_Defaults = tuple[list[datetime], list[LawfulBasis], LawfulBasis]
+
+
+def _defaults_in_force(conn: Connection) -> dict[str, _Defaults]:
+    """Each purpose's default basis over time, from the chain's ``purpose.configured`` entries
+    (found through the index of the entries that name no person), ordered by their times, which
+    are what a value's observation is compared with (in chain order where two are equal); for a
+    purpose the chain names in none, its stored configuration."""
+    entries = audit_entries.c
+    configured: dict[str, list[tuple[datetime, int, LawfulBasis | None, LawfulBasis]]] = {}
+    for seq, at, text in conn.execute(
+        select(entries.seq, entries.at, entries.payload).where(
+            entries.subject_id.is_(None),
+            entries.subject_uid.is_(None),
+            entries.action == "purpose.configured",
+        )
+    ):
+        payload = orjson.loads(text)
+        what, old, new = payload.get("what"), payload.get("old"), payload.get("new")
+        if not (isinstance(what, dict) and isinstance(new, dict)):
+            continue
+        basis = _basis_or_none(new.get("default_basis"))
+        if basis is not None:
+            before = _basis_or_none(old.get("default_basis")) if isinstance(old, dict) else None
+            configured.setdefault(str(what.get("purpose")), []).append((as_utc(at), seq, before, basis))
+    found: dict[str, _Defaults] = {}
+    for purpose_key, changes in configured.items():
+        changes.sort(key=lambda change: change[:2])
+        # Before the first: the default it replaced, or (the purpose added then) the one it set.
+        first_before, first = changes[0][2], changes[0][3]
+        found[purpose_key] = ([c[0] for c in changes], [c[3] for c in changes], first_before or first)
+    for key, default in conn.execute(select(purposes_table.c.key, purposes_table.c.default_basis)):
+        if key not in found and (basis := _basis_or_none(default)) is not None:
+            found[key] = ([], [], basis)
+    return found
+
+
+def _basis_or_none(value: object) -> LawfulBasis | None:
+    try:
+        return LawfulBasis(value) if isinstance(value, str) else None
+    except ValueError:  # not a basis: no configuration this version wrote
+        return None
+
+
+def _bound_elsewhere(summary: Summary, purpose: Purpose | None) -> bool:
+    """Whether a value of ``summary`` is bound to another basis than ``purpose``'s default."""
+    if purpose is None:
+        return False
+    default = purpose.default_basis
+    return any(
+        value is not None and value.bound is not None and value.bound is not default
+        for value in (summary.latest, summary.restriction)
+    )
+
+
+def _unbound_value(value: Ranked | None) -> bool:
+    """A value that states no basis and was not bound to one when recorded (``Ranked.bound``)."""
+    return value is not None and value.basis is None and value.bound is None
+
+
+def _unbound(summary: Summary) -> bool:
+    """Whether ``summary`` holds a value to bind (``Ledger._bound``): checked for every summary
+    read, so four attribute reads and nothing else where there is none."""
+    latest, restriction = summary.latest, summary.restriction
+    return (latest is not None and latest.basis is None and latest.bound is None) or (
+        restriction is not None and restriction.basis is None and restriction.bound is None
+    )
 
 
 def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSubjects | None) -> list[int]:
