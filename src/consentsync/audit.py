@@ -204,6 +204,9 @@ def verify(conn: Connection, batch: int = 5000) -> VerifyResult:
         audit_details.c.content,
         audit_entries.c.subject_id,
         subjects.c.uid.label("linked_uid"),
+        audit_entries.c.action,
+        audit_entries.c.subject_uid,
+        audit_entries.c.run_id,
         details_subject.c.erased_at.label("details_erased_at"),
     ).select_from(
         audit_entries.outerjoin(audit_details, audit_details.c.seq == audit_entries.c.seq)
@@ -245,6 +248,12 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
         return "payload is not valid JSON"
     if payload.get("seq") != row.seq:
         return f"payload names seq {payload.get('seq')}: the entry was moved"
+    # The columns entries are found by are outside the hash: an action relabelled, or a person
+    # put on an entry naming none, would hide it from the checks that read entries by them (an
+    # API key's revocation, a notice's registration: audit_bindings.registry) and from the trail.
+    for column, name in (("action", "action"), ("subject_uid", "subject"), ("run_id", "run")):
+        if getattr(row, column) != payload.get(name):
+            return f"its {column} column differs from what the entry says: the entry was relabelled"
     if row.subject_id is not None and row.linked_uid != payload.get("subject"):
         # The column a person's trail is read by is outside the chain: pointed at someone
         # else, it would hide the entry from its person's trail.

@@ -1,7 +1,8 @@
 """Commands that make the audit log hold against the database owner (docs/tamper-evidence.md):
 ``audit keygen`` (the checkpoint signing key), ``audit checkpoint``, ``audit verify`` (the chain,
-the consent events, the decision tables, the current states, the signed checkpoints), ``db
-grant`` (the application role's grants on PostgreSQL) and ``doctor``."""
+the consent events, the decision tables, the current states, the identifiers, the notices and API
+keys, the signed checkpoints), ``db grant`` (the application role's grants on PostgreSQL) and
+``doctor``."""
 
 from __future__ import annotations
 
@@ -44,11 +45,17 @@ APP_GRANTS: dict[str, list[str]] = {
     # last_erased_at: a second erasure of a suppressed address moves its date (migration 0018).
     "suppressions": ["SELECT", "INSERT", "UPDATE (last_erased_at)"],
     "subjects": ["SELECT", "INSERT", "UPDATE (restricted, erased_at, suppression_id)"],
+    # The registries `audit verify` holds to their entries: a notice's text and a key's source,
+    # scope and hash are never changed; a notice is dated once (in_effect_from, a version
+    # registered before migration 0019), a key revoked and its last use noted.
+    "notices": ["SELECT", "INSERT", "UPDATE (in_effect_from)"],
+    "api_keys": ["SELECT", "INSERT", "UPDATE (revoked_at, last_used_at)"],
 }
 DEFAULT_GRANT = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 AUDIT_TABLES = ("audit_entries", "audit_head", "audit_details", "consent_events")
-# The decision tables, whose rows the application role may not delete (their grants above).
-DECISION_TABLES = ("objections", "suppressions", "subjects")
+# The decision tables and the registries, whose rows the application role may not delete nor
+# change but for some columns (their grants above).
+DECISION_TABLES = ("objections", "suppressions", "subjects", "notices", "api_keys")
 # The triggers that keep the audit tables append-only (migrations 0001 and 0008).
 AUDIT_TRIGGERS = {
     "postgresql": (
@@ -136,9 +143,9 @@ def audit_verify(checkpoints: Path | None, public_key: Path | None, as_json: boo
     """Recompute the hash chain and check that the consent events, the objections, the
     suppression entries and each person's restriction and erasure agree with their audit entries,
     that each person's current states are what their consent events make of them, that each
-    address belongs to the person the chain bound it to (and, with
-    --checkpoints, that the chain extends every signed checkpoint); exit 5 naming the first broken
-    entry, event, row or checkpoint."""
+    address belongs to the person the chain bound it to, that each notice and API key is what
+    its audit entries say (and, with --checkpoints, that the chain extends every signed
+    checkpoint); exit 5 naming the first broken entry, event, row or checkpoint."""
     verify_command(current_config(), checkpoints, public_key, as_json)
 
 
@@ -146,9 +153,10 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
     """``audit verify``: the chain, the consent events and the decision tables (objections,
     suppressions, people's restrictions and erasures: ``audit_decisions``) against their
     entries, the current states against the fold of their events (``audit_states``), each
-    address against the person the chain bound it to (``audit_bindings``) and, with
-    ``--checkpoints``, every checkpoint. Exit 5 (``AUDIT_BROKEN``) when any of
-    them fails: a finding, not an error consentsync did not expect (1), nor bad input (2)."""
+    address against the person the chain bound it to, the notices and API keys against their
+    entries (``audit_bindings``) and, with ``--checkpoints``, every checkpoint. Exit 5
+    (``AUDIT_BROKEN``) when any of them fails: a finding, not an error consentsync did not
+    expect (1), nor bad input (2)."""
     from consentsync import audit, audit_bindings, audit_decisions, audit_states
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
@@ -160,6 +168,8 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
         signed.read_directory(checkpoints)  # a wrong directory is bad input, found before any work
     elif public_key is not None:
         raise CheckpointError("--public-key goes with --checkpoints DIR")
+    # Opening it binds what an older version's API key entries did not carry, once
+    # (``Ledger.bind_api_keys``, beside ``bind_identifiers``): before the snapshot below.
     ledger = open_ledger(config)
     # One snapshot, read as a reader: a write transaction (what ``engine.connect()`` begins) held
     # the ledger's writer lock for the whole pass over the chain, the events and the checkpoints,
@@ -178,8 +188,11 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
         held = audit_states.states(conn, ledger.purposes, ledger.policy)
         # Whose each address is: every identifier row against its binding in the chain.
         bound = audit_bindings.bindings(conn, ledger.keyed_hasher())
+        # What people were told, and which source each API key speaks for: rows to their entries.
+        registry = audit_bindings.registry(conn)
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
-    ok = chain.ok and events.ok and decided.ok and held.ok and bound.ok and (checked is None or checked.ok)
+    ok = all(result.ok for result in (chain, events, decided, held, bound, registry))
+    ok = ok and (checked is None or checked.ok)
     if as_json:
         emit_json(
             {
@@ -190,6 +203,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 "decisions": decided.as_dict(),
                 "states": held.as_dict(),
                 "identifiers": bound.as_dict(),
+                "notices_and_keys": registry.as_dict(),
                 "checkpoints": checked.as_dict() if checked is not None else None,
             }
         )
@@ -232,6 +246,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                     "identifiers DISAGREE with their bindings in the audit chain: "
                     f"{bound.disagreeing - len(bound.problems)} more people"
                 )
+        _echo_registry(registry)
         if checked is not None:
             failure = checked.first_failure
             if failure is None:
@@ -248,6 +263,23 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
                 )
     if not ok:
         sys.exit(exit_codes.AUDIT_BROKEN)
+
+
+def _echo_registry(registry: Any) -> None:
+    """``audit verify``'s lines on the notices and the API keys (``audit_bindings.registry``)."""
+    if registry.ok:
+        click.echo(
+            f"notices and API keys agree with audit entries: {registry.notices} notices, "
+            f"{registry.api_keys} API keys, {registry.key_events} consent events recorded through them"
+        )
+        return
+    for problem in registry.problems:  # one line a finding, the first few
+        click.echo(f"notices and API keys DISAGREE with audit entries: {problem}")
+    if registry.findings > len(registry.problems):
+        click.echo(
+            "notices and API keys DISAGREE with audit entries: "
+            f"{registry.findings - len(registry.problems)} more findings"
+        )
 
 
 def _verifying_key(config: Config, public_key: Path | None) -> Any:

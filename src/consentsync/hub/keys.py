@@ -23,6 +23,17 @@ ANY = "*"
 KEY_PREFIX = "csk_"
 # A key's last use is written at most this often: the decision endpoint is a hot path.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
+# What the chain binds of a key besides its name (``apikey.created``'s ``new``), which ``audit
+# verify`` holds its row to (audit_bindings.py): the row stays writable (its last use is written
+# on the hot path), and the hub decides by it. Its source decides whether its grants may reverse
+# a withdrawal or an erasure (policy.trusted_sources), its purposes and actions what it may
+# record, its rate how much; its stored hash which secret opens it (two keys' hashes swapped hand
+# one key's holder the other's source). The hash is bound by a digest of it: the chain is read
+# more widely than the table (audit log, exports), and the digest opens nothing.
+KEY_HASH_DIGEST = "key_hash_sha256"
+# Bound by ``Ledger.bind_api_keys`` for a key an older version created: its entry carried the
+# source, purposes, actions and prefix, not these.
+LATER_BOUND = ("rate_per_minute", KEY_HASH_DIGEST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,26 @@ class ApiKey:
 def digest(secret: str) -> str:
     # 32 random bytes: a plain SHA-256 cannot be reversed, and needs no per-key salt.
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def chain_binding(
+    *,
+    source: str,
+    purposes: list[str],
+    actions: list[str],
+    prefix: str,
+    rate_per_minute: int | None,
+    key_hash: str,
+) -> dict[str, object]:
+    """What the chain binds of a key (``KEY_HASH_DIGEST``): never its secret nor its hash."""
+    return {
+        "source": source,
+        "purposes": purposes,
+        "actions": actions,
+        "prefix": prefix,
+        "rate_per_minute": rate_per_minute,
+        KEY_HASH_DIGEST: hashlib.sha256(key_hash.encode("utf-8")).hexdigest(),
+    }
 
 
 def _row_key(row: object) -> ApiKey:
@@ -129,7 +160,14 @@ def create(
                 AuditRecord(
                     "apikey.created",
                     {"apikey": name},
-                    new={"source": source, "purposes": purposes, "actions": actions, "prefix": secret[:12]},
+                    new=chain_binding(
+                        source=source,
+                        purposes=purposes,
+                        actions=actions,
+                        prefix=secret[:12],
+                        rate_per_minute=rate_per_minute,
+                        key_hash=digest(secret),
+                    ),
                     source="cli",
                     actor=actor,
                 )
