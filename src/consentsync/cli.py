@@ -351,7 +351,7 @@ def ledger_record(
     )
     target.validate(evidence)
     if evidence.status is ConsentStatus.GRANTED and notice_version is not None:
-        _check_registered_notice(target, evidence.purpose, notice_version)
+        _check_registered_notice(target, evidence.purpose, notice_version, evidence.event_time)
     # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
     says_no = evidence.status is not ConsentStatus.GRANTED  # as the capture API reads it
     outcome = target.record(Identity(email=address, says_no=says_no), evidence)
@@ -375,21 +375,26 @@ def ledger_record(
         )
 
 
-def _check_registered_notice(target: Ledger, purpose: str, version: str) -> None:
+def _check_registered_notice(target: Ledger, purpose: str, version: str, event_time: datetime | None) -> None:
     """A grant's notice version is one the ledger registered for its purpose (``consentsync
-    notice add``), as the capture API asks, so that a typo cannot stand as a consent's proof.
-    A purpose with no notice registered (a deployment that keeps its notice texts elsewhere, not
-    in the hub) takes the version as given: there is nothing to check it against."""
-    from consentsync.ledger.schema import notices
+    notice add``), as the capture API asks, so that a typo cannot stand as a consent's proof,
+    and it was in effect when the grant is dated (Art. 7(1): a text not yet shown proves
+    nothing; ``notices.check_shown``). A purpose with no notice registered (a deployment that
+    keeps its notice texts elsewhere, not in the hub) takes the version as given: there is
+    nothing to check it against."""
+    from consentsync.hub.notices import check_shown, in_effect
 
-    with target.engine.connect() as conn:
-        registered = set(conn.scalars(select(notices.c.version).where(notices.c.purpose == purpose)))
+    registered = {
+        shown_version: since for (key, shown_version), since in in_effect(target).items() if key == purpose
+    }
     if registered and version not in registered:
         raise InvalidInput(
             f"--notice-version {shown(version)} is not a registered notice of purpose {purpose!r} "
             f"(consentsync notice list {purpose}): register its text first with "
             f"consentsync notice add {purpose} FILE --version {shown(version)}"
         )
+    if version in registered:
+        check_shown(purpose, version, registered[version], event_time, "--at (event_time)")
 
 
 def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
@@ -672,11 +677,12 @@ def subject_export(email: str, fmt: str, output: Path) -> None:
 # The actions the audit log's entries name (``audit log --action``). A value not listed is still
 # accepted when entries of it are in the log (written by another version of consentsync).
 AUDIT_ACTIONS = (
-    "apikey.created", "apikey.revoked", "consent.recorded", "crm.pushed", "crm.record_deleted",
-    "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded", "notice.added",
-    "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
+    "apikey.bound", "apikey.created", "apikey.revoked", "consent.recorded", "crm.pushed",
+    "crm.record_deleted", "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded",
+    "notice.added",
+    "notice.dated", "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
-    "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
+    "subject.absorbed", "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
     "subject.identifier_added", "subject.identifiers_bound", "subject.restricted",
     "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed", "suppression.added",
     "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",

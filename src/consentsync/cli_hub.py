@@ -137,11 +137,25 @@ def notice() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--version", "version", required=True, help="The version name captures will give.")
 @click.option("--language", default="en", show_default=True)
+@click.option(
+    "--in-effect-from",
+    metavar="ISO8601",
+    help="Since when people were shown the text (default: now). Grants naming the version dated "
+    "before it are refused; give it when registering a text shown before (history to import). "
+    "Without an offset, UTC.",
+)
 @scriptable
-def notice_add(purpose: str, file: Path, version: str, language: str, as_json: bool) -> None:
+def notice_add(
+    purpose: str, file: Path, version: str, language: str, in_effect_from: str | None, as_json: bool
+) -> None:
     """Register FILE (UTF-8 text) as notice VERSION of PURPOSE. A version names one text forever."""
+    from consentsync.domain import parse_timestamp
     from consentsync.hub import notices
     from consentsync.yamlfile import not_utf8
+
+    if in_effect_from is not None and not in_effect_from.strip():
+        raise InvalidInput("--in-effect-from is blank: give an ISO 8601 time, e.g. 2024-01-01T00:00:00Z")
+    since = parse_timestamp(in_effect_from, "--in-effect-from") if in_effect_from else None
 
     try:
         text = file.read_text(encoding="utf-8")
@@ -149,11 +163,16 @@ def notice_add(purpose: str, file: Path, version: str, language: str, as_json: b
         raise InvalidInput(f"{file}: no such file") from None
     except UnicodeDecodeError as error:
         raise InvalidInput(not_utf8(file, error)) from None
-    added = notices.add(current_ledger(), purpose, version, text, language=language, actor=login_name())
+    added = notices.add(
+        current_ledger(), purpose, version, text, language=language, actor=login_name(), in_effect_from=since
+    )
     if as_json:
         emit_json(added.as_dict())
         return
-    click.echo(f"notice {added.purpose} {added.version} ({added.language}) sha256 {added.sha256}")
+    click.echo(
+        f"notice {added.purpose} {added.version} ({added.language}) sha256 {added.sha256}, "
+        f"in effect from {added.shown_from.isoformat()}"
+    )
 
 
 @notice.command("list")
@@ -164,7 +183,7 @@ def notice_list(purpose: str | None, as_json: bool) -> None:
     from consentsync.hub import notices
 
     rows = [n.as_dict() for n in notices.listed(current_ledger(), purpose)]
-    emit_rows(rows, ["purpose", "version", "language", "sha256", "created_at"], as_json)
+    emit_rows(rows, ["purpose", "version", "language", "sha256", "created_at", "in_effect_from"], as_json)
 
 
 @notice.command("show")
@@ -224,7 +243,9 @@ def hub_lapse() -> None:
 @configured
 def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
     """Mail a consent request for PURPOSE to everyone it applies to with nothing on record
-    (never to erased, restricted or objecting people, nor to anyone who withdrew or refused)."""
+    (never to erased, restricted or objecting people, nor to anyone who withdrew or refused).
+    For a marketing purpose only to people we may already e-mail marketing (a consent in force
+    or a soft opt-in): asking for marketing consent by e-mail is itself marketing (PECR reg. 22)."""
     from consentsync.hub.capture import Hub
     from consentsync.hub.outreach import Outreacher
 
@@ -232,7 +253,7 @@ def hub_requests(purpose: str, limit: int | None, dry_run: bool) -> None:
         purpose, limit=limit, dry_run=dry_run
     )
     if dry_run:
-        click.echo(f"{done.candidates} person(s) would be asked for {purpose}")
+        click.echo(f"{done.candidates} person(s) would be asked for {purpose}{_left_out(done)}")
         return
     click.echo(f"{done.sent} consent request(s) sent for {purpose}, {done.failed} failed{_left_out(done)}")
     _unsent_fails(done.failed, "consent request(s)")
@@ -259,6 +280,12 @@ def _left_out(done: Outreach) -> str:
     leave an operator unable to tell where the rest of the list went (and a person erased,
     restricted or saying no during the run is no failure to retry)."""
     said: list[str] = []
+    if done.no_ground:
+        said.append(
+            f"{done.no_ground} left out: nothing on record lets us e-mail them marketing (no consent "
+            "to e-mail marketing in force, no soft opt-in), and a mail asking for marketing consent "
+            "is itself marketing (PECR reg. 22)"
+        )
     if done.unmailable:
         said.append(
             f"{done.unmailable} left out: their address is not one address (hub.not_mailable in the log)"

@@ -222,7 +222,8 @@ class HubSettings(_Strict):
         return value
 
     # Purposes a Global Privacy Control signal (Sec-GPC: 1) opts out of: under the CCPA, the
-    # sale or sharing of personal information.
+    # sale or sharing of personal information. Left out: every purpose profiling people for
+    # marketing (``Settings._gpc_default``); [] opts out of nothing (the hub warns: docs/hub.md).
     gpc_purposes: list[str] = Field(default_factory=list)
     # How long a preference link and a confirmation link stay valid.
     link_days: int = Field(default=30, ge=1, le=365)
@@ -273,6 +274,23 @@ class Settings(_Strict):
     channels: list[str] = Field(default_factory=lambda: list(DEFAULT_CHANNELS))
     purposes: list[PurposeSettings] = Field(min_length=1)
     connectors: list[ConnectorSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _gpc_default(self) -> Settings:
+        """``hub.gpc_purposes`` left out: every purpose flagged ``profiling_for_direct_marketing``.
+        A GPC signal is a request to opt out of the sale or sharing of personal information (CCPA
+        regulations § 7025); "sharing" is disclosure for cross-context behavioural advertising
+        (Cal. Civ. Code § 1798.140(ah)), advertising chosen by a profile of the person, and of a
+        purpose's flags only that one says the purpose profiles people for marketing. Marketing
+        alone (``direct_marketing``: a newsletter the person signed up for) is neither a sale nor
+        sharing, and opting a sign-up out of what it asks for would undo the person's own choice
+        (§ 7025(c)(3)). No flag says a purpose sells: such a purpose is listed by hand."""
+        if "gpc_purposes" in self.hub.model_fields_set:
+            return self
+        profiling = [p.key for p in self.purposes if p.profiling_for_direct_marketing]
+        # The settings are frozen: the default is filled in once, as they are made.
+        object.__setattr__(self, "hub", self.hub.model_copy(update={"gpc_purposes": profiling}))
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

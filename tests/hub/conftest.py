@@ -10,6 +10,7 @@ import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ Controller = pytest.importorskip(
 ).Controller
 
 NEWSLETTER_NOTICE = "We send our newsletter about once a month. Unsubscribe at any time."
+# Since when the notices the worlds register were shown: long before the times tests date their
+# grants at (a grant dated before its notice was in effect is refused, hub/notices.py).
+NOTICE_IN_EFFECT = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -132,7 +136,7 @@ def world(config_path: Path, clock: Clock, inbox: tuple[Inbox, int]) -> Iterator
     ledger.clock = clock
     ledger.sync_purposes()
     for purpose in ("newsletter", "email_marketing", "profiling"):
-        notices.add(ledger, purpose, "2026-05", NEWSLETTER_NOTICE)
+        notices.add(ledger, purpose, "2026-05", NEWSLETTER_NOTICE, in_effect_from=NOTICE_IN_EFFECT)
     _key, secret = keys.create(ledger, "website", source="web_form", purposes=["*"], actions=["*"])
     hub = Hub(config, ledger)
     with TestClient(create_app(hub)) as client:

@@ -90,15 +90,22 @@ def test_notices_and_links(cli: Cli, tmp_path: Path) -> None:
 def test_requests_that_could_not_be_mailed_exit_69_and_record_nothing(cli: Cli, tmp_path: Path) -> None:
     """No mail server configured: every mail fails. The command says so in one line and exits
     69 (a scheduler retries), and the people stay among those to ask."""
+    # A consent purpose that is not marketing: a request for a marketing one is mailed only to
+    # people we may e-mail marketing already (tests/hub/test_s60_requests_gpc_proof.py).
+    surveys = "  - key: surveys\n    name: Surveys\n    default_basis: consent\n    channels: [email]\n\n"
+    config = cli.config_path.read_text(encoding="utf-8")
+    cli.config_path.write_text(
+        config.replace("  - key: service\n", surveys + "  - key: service\n"), encoding="utf-8"
+    )
     text = tmp_path / "notice.txt"
-    text.write_text("Offers by email, twice a month.\n", encoding="utf-8")
-    cli.ok("notice", "add", "email_marketing", str(text), "--version", "v1")
+    text.write_text("A short survey by email, twice a year.\n", encoding="utf-8")
+    cli.ok("notice", "add", "surveys", str(text), "--version", "v1")
     cli.ok("objection", "raise", "--email", "ada@example.test", "--purpose", "profiling")
-    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "email_marketing", "--dry-run").stdout
-    failed = cli("hub", "requests", "email_marketing")
+    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "surveys", "--dry-run").stdout
+    failed = cli("hub", "requests", "surveys")
     assert failed.exit_code == 69, failed.output
-    assert "0 consent request(s) sent for email_marketing, 1 failed" in failed.stdout
+    assert "0 consent request(s) sent for surveys, 1 failed" in failed.stdout
     *logged, line = failed.stderr.strip().splitlines()  # the hub.mail_failed warning, then why
     assert line.startswith("consentsync: error: 1 consent request(s) could not be mailed")
     assert all("hub.mail_failed" in entry and "ada@" not in entry for entry in logged)
-    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "email_marketing", "--dry-run").stdout
+    assert "1 person(s) would be asked" in cli.ok("hub", "requests", "surveys", "--dry-run").stdout

@@ -48,7 +48,7 @@ from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, make_token
 from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mailable
-from consentsync.hub.notices import known_versions
+from consentsync.hub.notices import check_shown, in_effect
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import EMAIL, Identity, SubjectResolver, derived_key
@@ -80,6 +80,15 @@ log = structlog.get_logger("consentsync.hub")
 CAPTURED_STATUSES = (ConsentStatus.GRANTED, ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
 BATCH_MAX = 500
 GPC_EVIDENCE = "Sec-GPC: 1"
+# A capture's answer when it carried a GPC signal and ``hub.gpc_purposes`` names no purpose: the
+# signal is a valid opt-out (CCPA regulations § 7025) and must not vanish unsaid; a field, not a
+# refusal (the rest of the capture stands, and the person's signal is no client's mistake).
+GPC_HONOURED_NOWHERE: dict[str, Any] = {
+    "recorded": False,
+    "code": "gpc_purposes_empty",
+    "detail": "hub.gpc_purposes names no purpose: the Global Privacy Control signal opted the "
+    "person out of nothing",
+}
 # The source of a consent the person confirmed through a mailed link (a trusted source by
 # default: policy.trusted_sources).
 DOUBLE_OPT_IN_SOURCE = "double_opt_in"
@@ -263,6 +272,16 @@ class Hub:
 
     def url(self, path: str) -> str:
         return self.settings.public_url.rstrip("/") + path
+
+    def warn_if_gpc_honoured_nowhere(self) -> None:
+        """Said once as the hub's pages and API start: with ``hub.gpc_purposes`` empty a Global
+        Privacy Control signal, a valid opt-out (CCPA regulations § 7025), records nothing."""
+        if not self.settings.gpc_purposes:
+            log.warning(
+                "hub.gpc_honoured_nowhere",
+                setting="hub.gpc_purposes",
+                detail="empty: a Sec-GPC: 1 signal opts people out of nothing (docs/hub.md, GPC)",
+            )
 
     def preference_link(self, uid: str, language: str | None = None) -> str:
         """A person's signed link to their preference page; with ``language``, the page opens
@@ -798,6 +817,8 @@ class Hub:
                         entry["confirmation"] = "queued"
                     results.append(entry)
                 body = {"recorded": sum(not r["duplicate"] for r in results), "results": results}
+                if gpc and not self.settings.gpc_purposes:
+                    body["gpc"] = dict(GPC_HONOURED_NOWHERE)
                 status_code = 201
                 if stored is not None:
                     conn.execute(
@@ -827,6 +848,8 @@ class Hub:
             double_opt_in=len(mails),
             gpc=gpc,
         )
+        if "gpc" in body:
+            log.warning("hub.gpc_honoured_nowhere", apikey=key.name, setting="hub.gpc_purposes")
         return CaptureResult(
             status_code, body, mails=mails, receipts=to_receipt if self.settings.mail_receipts else []
         )
@@ -1082,7 +1105,7 @@ class Hub:
     ) -> tuple[list[RecordRequest], set[int]]:
         """Checks every item, naming the first bad one; returns the evidence and which items
         start a double opt-in."""
-        notices = known_versions(self.ledger)
+        notices = in_effect(self.ledger)
         requests: list[RecordRequest] = []
         doi: set[int] = set()
         for index, item in enumerate(items):
@@ -1119,6 +1142,10 @@ class Hub:
                 raise InvalidInput(
                     f"{at}.event_time: {error}; an event time is accepted from 1970-01-01T00:00:00Z to now"
                 ) from None
+            if status is ConsentStatus.GRANTED and item.notice_version is not None:
+                # A grant dated before the text it names was shown proves nothing (Art. 7(1)).
+                since = notices[(item.purpose, item.notice_version)]
+                check_shown(item.purpose, item.notice_version, since, event_time, f"{at}.event_time")
             evidence = Evidence(
                 purpose=item.purpose,
                 channel=item.channel,

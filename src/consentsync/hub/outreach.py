@@ -4,15 +4,19 @@ confirmation link; following it grants, with the confirmation time as evidence.
 
 Never to a person who may not be contacted about it: an erased address, a restricted person, an
 objection, a withdrawal or refusal on record (only "no consent on record" is asked), nor twice
-while a request is open. Mails go at most ``hub.mails_per_minute``, so a run lasts minutes: each
-person's state is read again right before their mail, and one who was erased, restricted, or
-said no meanwhile is left out (counted apart, not as a failure)."""
+while a request is open. A request for consent to marketing is itself marketing by e-mail (PECR
+reg. 22, docs/policy.md rule 6): it goes only to people the ledger lets us e-mail marketing on
+another ground (``_may_mail_marketing``); the rest are counted, never mailed.
+
+Mails go at most ``hub.mails_per_minute``, so a run lasts minutes: each person's state is read
+again right before their mail, and one who was erased, restricted, or said no meanwhile is left
+out (counted apart, not as a failure)."""
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -21,7 +25,15 @@ from typing import Any
 import structlog
 from sqlalchemy import delete, insert, select
 
-from consentsync.domain import ConsentStatus, EffectiveState, Evidence, InvalidInput, LawfulBasis, Origin
+from consentsync.domain import (
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    Purpose,
+)
 from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
@@ -29,12 +41,16 @@ from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, consent_states, subject_identifiers, subjects
 from consentsync.ledger.service import RecordRequest
-from consentsync.reconcile import Rule
+from consentsync.reconcile import Rule, serves_direct_marketing
 
 log = structlog.get_logger("consentsync.hub.outreach")
 
 REQUEST_SOURCE = "consent_request"
 CHUNK = 500
+# The channel the hub's mails go by: a consent request is an e-mail whatever channel it asks about.
+MAIL_CHANNEL = "email"
+# Why a person was not asked (the log's ``reason``): nothing lets us e-mail them marketing.
+NO_MARKETING_GROUND = "no_email_marketing_ground"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +60,9 @@ class Outreach:
     ``erased``: people left out because they were erased while the run went on (its mails are
     paced over minutes); ``changed``: people left out because, while it went on, they were
     restricted (Art. 18), withdrew, refused or objected (or, for a request, answered it
-    otherwise; for a renewal, renewed): not failures, nothing to retry."""
+    otherwise; for a renewal, renewed): not failures, nothing to retry. ``no_ground``: requests
+    for consent to marketing not mailed because nothing on record lets us e-mail the person
+    marketing (``_may_mail_marketing``), counted in a dry run too."""
 
     kind: str
     sent: int
@@ -53,6 +71,7 @@ class Outreach:
     unmailable: int = 0
     erased: int = 0
     changed: int = 0
+    no_ground: int = 0
 
 
 def _open_confirmations(conn: Any, now: Any) -> set[tuple[int, str, str]]:
@@ -70,6 +89,31 @@ def _asked(state: EffectiveState) -> bool:
     """Whether a consent request may go: only where nothing is on record. A refusal,
     withdrawal, objection, erasure or restriction is decided by another rule, never asked."""
     return state.rule == Rule.NO_CONSENT_ON_RECORD
+
+
+def _may_mail_marketing(
+    states: Mapping[tuple[str, str], EffectiveState], purposes: Mapping[str, Purpose]
+) -> bool:
+    """Whether the ledger lets us e-mail this person marketing on a ground a consent request does
+    not itself need: a consent of theirs in force to e-mail marketing of ours (another purpose,
+    or this one on another channel: PECR reg. 22(2), "consents for the time being to such
+    communications being sent by ... the sender"), or a soft opt-in they have not refused since
+    (reg. 22(3); its every message offers a refusal, as the request's "No, thank you" and
+    preference link do). Only purposes under the ePrivacy rules count: their e-mail state is
+    unsuppressed only on such a ground (reconcile: ``eprivacy_consent_required``); a contract or
+    legitimate interests alone is none (the ICO fined Honda and Flybe in 2017 for consent
+    requests mailed on nothing more). A restriction, erasure or objection suppresses every state
+    it binds, so it leaves no ground either."""
+    for (key, channel), state in states.items():
+        purpose = purposes.get(key)
+        if channel != MAIL_CHANNEL or purpose is None or not purpose.eprivacy_applies(channel):
+            continue
+        if state.suppressed:
+            continue
+        consented = state.status is ConsentStatus.GRANTED and state.basis is LawfulBasis.CONSENT
+        if consented or state.rule == Rule.EPRIVACY_SOFT_OPT_IN:
+            return True
+    return False
 
 
 def _renewal_due(state: EffectiveState, now: datetime, days: int) -> bool:
@@ -107,6 +151,16 @@ class Outreacher:
         self.ledger = hub.ledger
         self.sleep = sleep
 
+    def _asks_for_marketing(self, purpose: Purpose) -> bool:
+        """Whether a mail asking for consent to ``purpose`` is itself direct marketing by e-mail
+        (ICO, Direct marketing guidance; PECR reg. 22; docs/policy.md rule 6): so it is for a
+        purpose serving direct marketing, profiling for it included (the answer asked for leads
+        to marketing), unless the configuration says the ePrivacy rules do not reach the purpose
+        (``eprivacy: false``: B2B marketing to corporate subscribers). A service notice, or any
+        other purpose, is asked for as before."""
+        configured = next(p for p in self.hub.config.settings.purposes if p.key == purpose.key)
+        return serves_direct_marketing(purpose) and configured.eprivacy is not False
+
     def _pace(self, sent: int) -> None:
         if sent:
             self.sleep(60.0 / self.hub.settings.mails_per_minute)
@@ -128,8 +182,11 @@ class Outreacher:
                 f"purpose {purpose_key!r} has no notice to show "
                 f"(consentsync notice add {purpose_key} FILE --version VERSION)"
             )
+        marketing = self._asks_for_marketing(purpose)
+        purposes = self.ledger.purposes
         now = self.ledger.clock()
         wanted: list[tuple[int, str, str, str]] = []
+        no_ground = 0
         with self.ledger.engine.connect() as conn:
             busy = _open_confirmations(conn, now)
             for chunk in _people(conn):
@@ -139,12 +196,20 @@ class Outreacher:
                         state = states[subject_id][(purpose.key, channel)]
                         # Only "nothing on record": a refusal, withdrawal, objection, erasure or
                         # restriction is decided by another rule and is never asked again.
-                        if _asked(state) and (subject_id, purpose.key, channel) not in busy:
-                            wanted.append((subject_id, uid, email, channel))
+                        if not _asked(state) or (subject_id, purpose.key, channel) in busy:
+                            continue
+                        if marketing and not _may_mail_marketing(states[subject_id], purposes):
+                            no_ground += 1  # counted by reason, never named
+                            continue
+                        wanted.append((subject_id, uid, email, channel))
         if limit is not None:
             wanted = wanted[:limit]
+        if no_ground:
+            log.info(
+                "hub.requests_left_out", purpose=purpose.key, reason=NO_MARKETING_GROUND, count=no_ground
+            )
         if dry_run:
-            return Outreach("request", 0, 0, len(wanted))
+            return Outreach("request", 0, 0, len(wanted), no_ground=no_ground)
         sent = failed = unmailable = erased = changed = 0
         for subject_id, uid, email, channel in wanted:
             if not self._mailable(uid, email):
@@ -160,7 +225,15 @@ class Outreacher:
             self._pace(sent + failed)
             # The list was made at the start: the person may have been restricted, withdrawn or
             # objected since (the run's mails are paced over minutes). Asked only if still so.
-            gone = self._no_longer_due(uid, self._state_now(subject_id, purpose.key, channel), _asked)
+            states = self._states_now(subject_id)
+            state = states.get((purpose.key, channel)) if states is not None else None
+            gone = self._no_longer_due(uid, state, _asked)
+            if gone is None and marketing and not _may_mail_marketing(states or {}, purposes):
+                # The consent (or soft opt-in) that let us e-mail them ended meanwhile.
+                log.info("hub.mail_skipped", subject=uid, reason=NO_MARKETING_GROUND)
+                self._unsent(token)
+                no_ground += 1
+                continue
             if gone is not None:
                 self._unsent(token)
                 erased += gone is Mailed.ERASED
@@ -197,8 +270,9 @@ class Outreacher:
             unmailable=unmailable,
             erased=erased,
             changed=changed,
+            no_ground=no_ground,
         )
-        return Outreach("request", sent, failed, len(wanted), unmailable, erased, changed)
+        return Outreach("request", sent, failed, len(wanted), unmailable, erased, changed, no_ground)
 
     def renew(self, *, dry_run: bool = False) -> Outreach:
         """Mails a renewal link for every granted consent that expires within its purpose's
@@ -295,9 +369,14 @@ class Outreacher:
 
     def _state_now(self, subject_id: int, purpose: str, channel: str) -> EffectiveState | None:
         """The person's state for ``purpose`` on ``channel`` as of now (None: they are gone)."""
+        states = self._states_now(subject_id)
+        return states.get((purpose, channel)) if states is not None else None
+
+    def _states_now(self, subject_id: int) -> dict[tuple[str, str], EffectiveState] | None:
+        """Each of the person's states as of now, by (purpose, channel) (None: they are gone)."""
         with reading(self.ledger.engine) as conn:
             states = self.ledger.effective_states_in(conn, [subject_id])
-        return states.get(subject_id, {}).get((purpose, channel))
+        return states.get(subject_id)
 
     @staticmethod
     def _no_longer_due(

@@ -270,6 +270,8 @@ class BadForm(ValueError):
 def create_app(hub: Hub) -> FastAPI:
     app = FastAPI(title="consentsync preference centre", docs_url=None, redoc_url=None, openapi_url=None)
     centre = PreferenceCentre(hub)
+    # The pages and the capture API start together (web/app.py): said once, here.
+    hub.warn_if_gpc_honoured_nowhere()
     settings = hub.settings
     branding = settings.branding
     offered = list(settings.languages) or ["en"]

@@ -537,6 +537,10 @@ notices = Table(
     Column("text", Text, nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("created_by", String(64)),
+    # Since when the text was shown (migration 0019): a grant naming the version is refused if
+    # dated before it (Art. 7(1)). Earlier than created_at for a text registered after it was
+    # shown (history imported); NULL (registered before 0019): from created_at.
+    Column("in_effect_from", Timestamp),
     UniqueConstraint("purpose", "version", "language"),
 )
 
