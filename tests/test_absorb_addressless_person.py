@@ -229,3 +229,34 @@ def test_an_individual_whose_records_showed_another_address_is_not_absorbed(
     assert len(set(owners.values())) == 1
     assert owners[individual] != cli.json("subject", "show", ADDRESS)["subject"]
     _verified(cli)
+
+
+def test_a_contact_tied_to_a_strangers_individual_by_mistake_takes_no_consent_of_theirs(
+    cli: Cli, config_path: Path, sf: Any
+) -> None:
+    # A CRM user gives Pat's contact an unrelated Individual's id, whose consent record says
+    # OptIn: the Individual's person is absorbed, but only their nos would travel; Pat, with no
+    # consent of their own, is not made to have consented (a merge carries nos for this reason).
+    individual = sf.org.create("Individual", LastName="Stranger")
+    sf.org.create(
+        "ContactPointTypeConsent",
+        {
+            "Name": "Email marketing - Stranger",
+            "PartyId": individual,
+            "DataUsePurposeId": EMAIL_MARKETING,
+            "ContactPointType": "Email",
+            "PrivacyConsentStatus": "OptIn",
+            "CaptureDate": datetime.now(UTC) - timedelta(hours=2),
+            "CaptureSource": "Web",
+        },
+    )
+    pat = "pat.holder@example.test"
+    contact = sf.org.create("Contact", LastName="Holder", FirstName="Pat", Email=pat)
+    _sync(cli)
+    sf.org.update(contact, {"IndividualId": individual})  # the mistake
+    _sync(cli)
+    (state,) = [
+        p for p in cli.json("subject", "show", pat)["purposes"]
+        if (p["purpose"], p["channel"]) == ("email_marketing", "email")
+    ]  # fmt: skip
+    assert state["status"] != "granted" and state["suppressed"], state

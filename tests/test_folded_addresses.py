@@ -243,3 +243,33 @@ def test_a_no_given_first_under_the_real_address_reaches_the_contact_read_after(
     assert linked == _holder(ledger, DORA)
     assert sandbox.crm.get(contact)["emailoptout"] == "1", "her no did not reach her contact"
     _erased_by_the_real_address(ledger, config_path, sandbox, contact)
+
+
+def test_erased_by_the_real_address_a_new_record_showing_the_folded_one_stays_suppressed(
+    ledger: Ledger,
+) -> None:
+    # Her contact made her under the folded text; she is erased under her real address. A new
+    # record of a folding CRM showing the folded text (a lead made later) must not import her
+    # again, unsuppressed: the folded text gets a suppression entry of its own.
+    _link(ledger, _crm_record(DORA_FOLDED))
+    _withdraw(ledger, DORA)
+    ledger.erase(DORA, reason="Art. 17 request")
+    (again,) = _link(ledger, _crm_record(DORA_FOLDED, "10x9", folds=None))
+    with ledger.engine.connect() as conn:
+        erased = conn.execute(select(subjects.c.suppression_id).where(subjects.c.id == again)).scalar()
+    assert erased is not None, "a new record showing the folded address is a person not suppressed"
+
+
+def test_erased_under_the_real_address_only_a_new_record_showing_it_folded_stays_suppressed(
+    ledger: Ledger,
+) -> None:
+    # The person was only ever known by her real address; erased, nobody holds it, so a new
+    # record of a folding CRM showing it folded finds no one to be: it must be suppressed, not
+    # a new person the CRM may mail.
+    now = ledger.clock()
+    ledger.record(Identity(email=DORA), consent_value(ConsentStatus.GRANTED, now, now, evidence_ref="form:1"))
+    ledger.erase(DORA, reason="Art. 17 request")
+    (again,) = _link(ledger, _crm_record(DORA_FOLDED, "12x99"))
+    with ledger.engine.connect() as conn:
+        erased = conn.execute(select(subjects.c.suppression_id).where(subjects.c.id == again)).scalar()
+    assert erased is not None, "the erased person came back under the folded address, unsuppressed"

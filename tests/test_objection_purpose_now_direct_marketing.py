@@ -77,3 +77,17 @@ def test_a_review_holding_the_old_configuration_cannot_reject_it(cli: Cli, confi
     assert cli.json("objection", "list")[0]["status"] == "pending"  # nothing written
     upheld = ledger.decide_objection(raised["id"], uphold=True, by="dpo", reason="marketing now")
     assert upheld["status"] == "upheld"
+
+
+def test_a_process_holding_the_old_configuration_after_another_took_the_new_one_in_cannot_reject(
+    cli: Cli, config_path: Path
+) -> None:
+    # The console opened before the change; a restarted daemon takes the configuration in; an
+    # objection raised through the console afterwards is pending there, and its reviewer would
+    # reject it: the purposes' mirror says the purpose serves direct marketing now.
+    stale = open_ledger(load_config(config_path))
+    _profiling_serves_direct_marketing(config_path)
+    cli.ok("objection", "list")  # a process with the new configuration opens the ledger
+    raised = stale.raise_objection(EMAIL, "profiling", source="ops")
+    with pytest.raises(InvalidInput, match="serves direct marketing"):
+        stale.decide_objection(raised["id"], uphold=False, by="dpo", reason="fraud checks")

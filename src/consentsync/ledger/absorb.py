@@ -50,7 +50,7 @@ from consentsync.ledger.service import _event_evidence
 
 log = structlog.get_logger("consentsync.ledger")
 
-ABSORBED = "subject.absorbed"
+
 RULE = "one_person_proven"
 
 
@@ -221,7 +221,7 @@ def absorb(
         items = evidence.get(lone, [])
         records.append(
             AuditRecord(
-                ABSORBED,
+                "subject.absorbed",
                 {
                     "absorbed": uids[lone],
                     "crm_records": [

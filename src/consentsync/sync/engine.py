@@ -1671,8 +1671,10 @@ class SyncEngine:
 
     def _absorb(self, conn: Connection, ties: set[tuple[int, int]], report: RunReport) -> dict[int, int]:
         """Absorbs the address-less people ``ties`` prove to be an address holder
-        (``absorb.absorbable``): their records move to the holder, their consent events are
-        recorded for the holder as they were recorded, and their upheld objections and
+        (``absorb.absorbable``): their records move to the holder, their withdrawals and
+        refusals are recorded for the holder as they were recorded (their yeses are not: a tie
+        made by a CRM user's mistake must not give the holder a stranger's consent), and their
+        upheld objections and
         restriction are carried as a merge carries them (``_carry_the_nos``). Returns the people
         absorbed, each with the holder. Rare: only a page whose records tie two people pays."""
         found = absorb.absorbable(conn, ties, self.ledger.keyed_hasher())
@@ -1685,6 +1687,12 @@ class SyncEngine:
             for item in absorption.evidence:
                 if item.purpose not in self.ledger.purposes:
                     continue  # a purpose no longer configured: its events decide nothing
+                if item.status not in STICKY_STATUSES:
+                    # Only a no, as a merge carries (``_carry_the_nos``): a record tied to the
+                    # wrong Individual by a CRM user's mistake must not hand the holder a stranger's
+                    # consent (undone by nothing once recorded); a yes of the absorbed person's is
+                    # the holder's once a record of theirs shows it again.
+                    continue
                 try:
                     self.ledger.validate(item, now=now)
                 except InvalidInput as error:  # recorded before today's bounds: named, not quoted
