@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from consentsync import audit, audit_bindings, exit_codes
+from consentsync import audit, audit_registry, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.hub import api, keys
 from consentsync.hub import notices as registry
@@ -497,10 +497,10 @@ def _older_key(ledger: Ledger, name: str, source: str) -> str:
     return stored
 
 
-def _registry(ledger: Ledger) -> audit_bindings.RegistryResult:
+def _registry(ledger: Ledger) -> audit_registry.RegistryResult:
     """The check alone, on the ledger as it is (`audit verify` binds older keys first)."""
     with reading(ledger.engine) as conn:
-        return audit_bindings.registry(conn)
+        return audit_registry.registry(conn)
 
 
 def test_an_older_version_s_key_is_bound_once_and_held_to_its_binding_after(

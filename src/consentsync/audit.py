@@ -250,7 +250,7 @@ def _check_entry(row: Any, expected_seq: int, expected_prev: str) -> str | None:
         return f"payload names seq {payload.get('seq')}: the entry was moved"
     # The columns entries are found by are outside the hash: an action relabelled, or a person
     # put on an entry naming none, would hide it from the checks that read entries by them (an
-    # API key's revocation, a notice's registration: audit_bindings.registry) and from the trail.
+    # API key's revocation, a notice's registration: audit_registry.registry) and from the trail.
     for column, name in (("action", "action"), ("subject_uid", "subject"), ("run_id", "run")):
         if getattr(row, column) != payload.get(name):
             return f"its {column} column differs from what the entry says: the entry was relabelled"

@@ -157,7 +157,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
     entries (``audit_bindings``) and, with ``--checkpoints``, every checkpoint. Exit 5
     (``AUDIT_BROKEN``) when any of them fails: a finding, not an error consentsync did not
     expect (1), nor bad input (2)."""
-    from consentsync import audit, audit_bindings, audit_decisions, audit_states
+    from consentsync import audit, audit_bindings, audit_decisions, audit_registry, audit_states
     from consentsync import checkpoints as signed
     from consentsync.app import open_ledger
     from consentsync.ledger.engine import is_postgres, reading
@@ -189,7 +189,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
         # Whose each address is: every identifier row against its binding in the chain.
         bound = audit_bindings.bindings(conn, ledger.keyed_hasher())
         # What people were told, and which source each API key speaks for: rows to their entries.
-        registry = audit_bindings.registry(conn)
+        registry = audit_registry.registry(conn)
         checked = signed.verify(conn, checkpoints, key) if checkpoints is not None and key else None
     ok = all(result.ok for result in (chain, events, decided, held, bound, registry))
     ok = ok and (checked is None or checked.ok)
@@ -266,7 +266,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
 
 
 def _echo_registry(registry: Any) -> None:
-    """``audit verify``'s lines on the notices and the API keys (``audit_bindings.registry``)."""
+    """``audit verify``'s lines on the notices and the API keys (``audit_registry.registry``)."""
     if registry.ok:
         click.echo(
             f"notices and API keys agree with audit entries: {registry.notices} notices, "

@@ -8,13 +8,23 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    model_validator,
+)
 from starlette.concurrency import run_in_threadpool
 
 from consentsync.domain import InvalidInput
@@ -79,6 +89,35 @@ class ConsentIn(_Body):
         description="The language the person was shown the notice in, one of hub.languages; the "
         "confirmation mail and the receipt are written in it (default: the first of hub.languages).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_no_keeps_its_no(cls, data: Any) -> Any:
+        """A no (withdrawn, refused) is never turned away for its time (docs/policy.md: a no can
+        only protect the person): one without an offset, or no time at all, is recorded at the
+        moment it is received, which counts a no as late as it can be (an unsubscribe webhook
+        seldom retries a 4xx; refused, the person would stay contactable). A grant's time is
+        held to the rule (422): it decides what the person agreed to and when."""
+        if (
+            isinstance(data, dict)
+            and data.get("status") in ("withdrawn", "refused")
+            and data.get("event_time") is not None
+            and not _aware_iso(data["event_time"])
+        ):
+            log.warning("hub.no_time_set_aside", reason="not an ISO 8601 time with its offset")
+            return {**data, "event_time": None}
+        return data
+
+
+def _aware_iso(value: object) -> bool:
+    """Whether ``value`` is an ISO 8601 time with its offset, as text."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return parsed.tzinfo is not None
 
 
 class ConsentBatchIn(_Body):

@@ -38,6 +38,7 @@ from consentsync.domain import (
     Origin,
     as_read,
     as_utc,
+    check_moment,
     email_forms,
     iso,
     lookup_email,
@@ -1138,10 +1139,16 @@ class Hub:
             requested = status is ConsentStatus.GRANTED and item.purpose in self._double_opt_in
             try:  # a time its offset takes off the calendar (year 1 at +14:00) is bad input
                 event_time = as_utc(item.event_time) if item.event_time is not None else now
+                if status is not ConsentStatus.GRANTED:
+                    check_moment(event_time, "event time", now, self.ledger.max_clock_skew_seconds)
             except InvalidInput as error:
-                raise InvalidInput(
-                    f"{at}.event_time: {error}; an event time is accepted from 1970-01-01T00:00:00Z to now"
-                ) from None
+                if status is ConsentStatus.GRANTED:
+                    accepted = "an event time is accepted from 1970-01-01T00:00:00Z to now"
+                    raise InvalidInput(f"{at}.event_time: {error}; {accepted}") from None
+                # A no is never turned away for its time (an unsubscribe webhook from a sender
+                # whose clock is wrong): recorded as received, as late as a no can count.
+                log.warning("hub.no_time_set_aside", key=key.name, field=f"{at}.event_time")
+                event_time = now
             if status is ConsentStatus.GRANTED and item.notice_version is not None:
                 # A grant dated before the text it names was shown proves nothing (Art. 7(1)).
                 since = notices[(item.purpose, item.notice_version)]

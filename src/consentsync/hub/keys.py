@@ -24,7 +24,7 @@ KEY_PREFIX = "csk_"
 # A key's last use is written at most this often: the decision endpoint is a hot path.
 LAST_USED_RESOLUTION = timedelta(minutes=5)
 # What the chain binds of a key besides its name (``apikey.created``'s ``new``), which ``audit
-# verify`` holds its row to (audit_bindings.py): the row stays writable (its last use is written
+# verify`` holds its row to (audit_registry.py): the row stays writable (its last use is written
 # on the hot path), and the hub decides by it. Its source decides whether its grants may reverse
 # a withdrawal or an erasure (policy.trusted_sources), its purposes and actions what it may
 # record, its rate how much; its stored hash which secret opens it (two keys' hashes swapped hand

@@ -529,12 +529,12 @@ class Ledger:
         carry of a key (its rate and the digest of its stored hash, ``keys.LATER_BOUND``): one
         ``apikey.bound`` entry per such key, source ``consentsync:upgrade``. Its source,
         purposes, actions and prefix were in the entry from the start; ``audit verify`` holds
-        every key's row to its entries (audit_bindings.py). What the rows say at this moment is
+        every key's row to its entries (audit_registry.py). What the rows say at this moment is
         taken as it is (docs/tamper-evidence.md). A key no ``apikey.created`` entry made (a row
         inserted by hand) is not bound: verify names it. Nothing is written when nothing is
         left to bind; two processes at once bind a key once (the chain's head is locked before
         the entries are read). Returns the number of keys bound."""
-        from consentsync.audit_bindings import key_chains, key_row_binding
+        from consentsync.audit_registry import key_chains, key_row_binding
         from consentsync.hub.keys import LATER_BOUND
         from consentsync.ledger.schema import api_keys, audit_head
 

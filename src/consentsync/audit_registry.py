@@ -1,0 +1,429 @@
+"""``audit verify``'s check of the notices and the API keys against the chain (the registry): a
+notice version names one text forever, and an API key's source decides whether its grants
+reverse a withdrawal or an erasure; both rows stay writable, so each is held to the entries that
+made or changed it. Apart from ``audit_bindings`` (the identifiers' bindings): it names no person,
+and the ledger's one-time key binding (``Ledger.bind_api_keys``) reads it without importing the
+states' check, which imports the ledger."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, func, select
+
+from consentsync.audit import CheckResult
+from consentsync.domain import iso
+from consentsync.hub.keys import KEY_HASH_DIGEST, chain_binding
+from consentsync.ledger.schema import api_keys, audit_entries, consent_events, notices
+
+SHOWN_PROBLEMS = 20
+
+
+# -- notices and API keys -------------------------------------------------------------------------
+#
+# A notice version names one text forever (what the person was told: Art. 7(1)), and exports and
+# receipts carry its SHA-256 from the row; an API key's source decides whether its grants reverse
+# a withdrawal or an erasure. Both rows stay writable (the application's role writes them), so a
+# plain edit could change what people were told, or make an untrusted source trusted, with the
+# chain whole. Each row is held to the entries that made or changed it: ``notice.added`` (purpose,
+# version, language, ``new.sha256``), ``apikey.created`` (``keys.chain_binding``), ``apikey.bound``
+# (what an older version's entry did not carry, ``Ledger.bind_api_keys``), ``apikey.revoked``.
+# None of them names a person: they are read by the index of entries without one.
+
+NOTICE_ACTION = "notice.added"
+# A later word on a registered notice (hub/notices.py: since when a version registered before
+# there were such dates was in effect, set once): its ``new`` fields hold as the registration's.
+NOTICE_CHANGES = ("notice.dated",)
+# What a column of the notices holds where no entry says otherwise: a version registered before
+# the column (migration 0019) is in effect from its registration, NULL, until an entry dates it.
+# A column not listed here and no entry names is not compared (one a newer version adds).
+_NOTICE_UNSAID: dict[str, Any] = {"in_effect_from": None}
+KEY_ACTIONS = ("apikey.created", "apikey.bound", "apikey.revoked")
+CAPTURE_ACTOR = "apikey:"  # the actor of what the hub records through a key (hub/capture.py)
+# A capture authenticated just before its key was revoked is recorded just after: how much later
+# such an event may be recorded before it says the key worked after its revocation.
+IN_FLIGHT = timedelta(minutes=5)
+# A key's bound attributes by the column that holds each (``keys.chain_binding``'s names).
+_KEY_COLUMNS = {
+    "source": "source",
+    "purposes": "purposes",
+    "actions": "actions",
+    "prefix": "key_prefix",
+    "rate_per_minute": "rate_per_minute",
+    KEY_HASH_DIGEST: "key_hash",
+}
+# Shown in a finding as they are: labels and numbers. The prefix and the hash only differ.
+_SHOWN_KEY_FIELDS = ("source", "purposes", "actions", "rate_per_minute")
+NoticeKey = tuple[Any, Any, Any]  # (purpose, version, language)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistryResult(CheckResult):
+    notices: int = 0  # notices rows compared
+    api_keys: int = 0  # api_keys rows compared
+    key_events: int = 0  # consent events recorded through an API key, checked against its source
+    unbound_keys: int = 0  # keys an older version made, whose hash and rate are not bound yet
+    findings: int = 0  # all of them
+    problems: list[str] = field(default_factory=list)  # the first SHOWN_PROBLEMS, one line each
+
+
+@dataclass(slots=True)
+class KeyChain:
+    """What the chain says of the key of one name, in chain order: the entry creating it, what
+    is bound of it (field -> (value, seq)), its revocation (seq, time), and any earlier entry
+    creating or revoking a key of that name (a row deleted, or un-revoked, by hand)."""
+
+    created: tuple[int, datetime | None] | None = None
+    bound: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    revoked: tuple[int, datetime | None] | None = None
+    created_before: list[int] = field(default_factory=list)
+    revoked_before: list[int] = field(default_factory=list)
+
+    def said(self, seq: int, action: str, at: datetime | None, new: dict[str, Any]) -> None:
+        if action == "apikey.created":
+            if self.created is not None:
+                self.created_before.append(self.created[0])
+            # A key created anew under the name is another key: nothing of the one before holds.
+            self.created, self.revoked = (seq, at), None
+            self.bound = {name: (value, seq) for name, value in new.items() if name in _KEY_COLUMNS}
+        elif action == "apikey.bound":
+            for name, value in new.items():
+                if name in _KEY_COLUMNS:
+                    self.bound.setdefault(name, (value, seq))  # the creation's word stands
+        elif action == "apikey.revoked":
+            if self.revoked is not None:
+                self.revoked_before.append(self.revoked[0])
+            self.revoked = (seq, at)
+
+
+def registry(conn: Connection, batch: int = 500) -> RegistryResult:
+    """Every notice against its ``notice.added`` entry, every API key against the entries that
+    made and changed it, and the consent events recorded through each key against the source
+    the chain gives it; one line per finding (the first ``SHOWN_PROBLEMS``), naming the table,
+    the row and the field (never a key's secret, prefix or hash)."""
+    problems: list[str] = []
+    notices_seen = _check_notices(conn, problems, batch)
+    chains = key_chains(conn)
+    keys_seen, unbound = _check_keys(conn, chains, problems)
+    events = _check_key_events(conn, chains, problems)
+    counts = {"notices": notices_seen, "api_keys": keys_seen, "key_events": events, "unbound_keys": unbound}
+    if not problems:
+        return RegistryResult(ok=True, **counts)
+    more = f" ({len(problems) - 1} more findings)" if len(problems) > 1 else ""
+    return RegistryResult(
+        ok=False,
+        problem=problems[0] + more,
+        findings=len(problems),
+        problems=problems[:SHOWN_PROBLEMS],
+        **counts,
+    )
+
+
+def _registry_entries(conn: Connection, actions: tuple[str, ...]) -> Iterator[tuple[int, str, Any]]:
+    """(seq, action, payload) of the entries of ``actions``, in chain order, by the index of
+    the entries naming no person (``audit.verify`` holds these columns to the payload)."""
+    query = (
+        select(audit_entries.c.seq, audit_entries.c.action, audit_entries.c.payload)
+        .where(
+            audit_entries.c.subject_id.is_(None),
+            audit_entries.c.subject_uid.is_(None),
+            audit_entries.c.action.in_(actions),
+        )
+        .order_by(audit_entries.c.seq)
+    )
+    for seq, action, text in conn.execute(query):
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue  # the chain check names it
+        if isinstance(payload, dict):
+            yield seq, action, payload
+
+
+def _part(payload: dict[str, Any], name: str) -> dict[str, Any]:
+    value = payload.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _instant(value: Any) -> datetime | None:
+    """An entry's time (``at``, an ISO 8601 text) as an instant; None where it is none."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _named_notice(key: NoticeKey) -> str:
+    return f"notice {key[0]} {key[1]} ({key[2]})"
+
+
+@dataclass(slots=True)
+class NoticeChain:
+    """What the chain says of one notice (purpose, version, language): the entry registering
+    it, and each field of the entries' ``new`` with the entry that said it last. The same text
+    registered again (to date it, say) is a later word on the same row; another text registered
+    under the version means the first one's row was deleted."""
+
+    seq: int
+    at: datetime | None
+    said: dict[str, tuple[Any, int]]
+
+
+def _check_notices(conn: Connection, problems: list[str], batch: int) -> int:
+    registered: dict[NoticeKey, NoticeChain] = {}
+    for seq, action, payload in _registry_entries(conn, (NOTICE_ACTION, *NOTICE_CHANGES)):
+        what, new = _part(payload, "what"), _part(payload, "new")
+        key = (what.get("purpose"), what.get("version"), what.get("language"))
+        said = {name: (value, seq) for name, value in new.items()}
+        known = registered.get(key)
+        if action != NOTICE_ACTION:
+            if known is not None:  # of a notice never registered: its row, if any, is named
+                known.said.update({name: value for name, value in said.items() if name != "sha256"})
+            continue
+        if known is None or known.said.get("sha256", (None, 0))[0] != new.get("sha256"):
+            if known is not None:  # a version names one text forever
+                problems.append(
+                    f"notices: audit entry {known.seq} registered {_named_notice(key)} with another text "
+                    f"before audit entry {seq} registered it: its row was deleted outside consentsync"
+                )
+            registered[key] = NoticeChain(seq, _instant(payload.get("at")), said)
+        else:
+            known.said.update(said)
+    seen = 0
+    rows = conn.execute(select(notices).order_by(notices.c.id).execution_options(yield_per=batch))
+    for row in rows:
+        seen += 1
+        key = (row.purpose, row.version, row.language)
+        where = f"notices row {row.id} ({_named_notice(key)})"
+        chain = registered.pop(key, None)
+        if chain is None:
+            problems.append(
+                f"{where}: no {NOTICE_ACTION} audit entry registers it: inserted, or its purpose, "
+                "version or language edited, outside consentsync"
+            )
+            continue
+        parts = _notice_differences(row, chain)
+        if parts:
+            problems.append(f"{where}: {'; '.join(parts)}: edited outside consentsync")
+    for key, chain in sorted(registered.items(), key=lambda item: item[1].seq):
+        problems.append(
+            f"notices: audit entry {chain.seq} registers {_named_notice(key)}, which has no row: "
+            "deleted, or its purpose, version or language edited, outside consentsync"
+        )
+    return seen
+
+
+def _notice_differences(row: Any, chain: NoticeChain) -> list[str]:
+    said, seq = chain.said.get("sha256", (None, chain.seq))
+    parts = []
+    if row.sha256 != said:
+        parts.append(f"sha256 is {_digits(row.sha256)} where audit entry {seq} says {_digits(said)}")
+    text = row.text if isinstance(row.text, str) else ""
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if digest != said:
+        parts.append(f"text is not the one audit entry {seq} registered (its SHA-256 is {_digits(digest)})")
+    if chain.at is not None and row.created_at != chain.at:
+        parts.append(
+            f"created_at is {iso(row.created_at)} where audit entry {chain.seq} says {iso(chain.at)}"
+        )
+    # Every other field the entries say is compared with the column of its name (since when the
+    # text is in effect); a column they do not name holds its value for that (``_NOTICE_UNSAID``),
+    # or is not compared.
+    columns = row._mapping
+    for name in sorted((set(chain.said) | set(_NOTICE_UNSAID)) - {"sha256"}):
+        if name not in columns:
+            continue
+        if name in chain.said:
+            value, at_seq = chain.said[name]
+            if not _same(columns[name], value):
+                have, says = _shown_value(columns[name]), _shown_value(value)
+                parts.append(f"{name} is {have} where audit entry {at_seq} says {says}")
+        elif not _same(columns[name], _NOTICE_UNSAID[name]):
+            parts.append(f"{name} is {_shown_value(columns[name])} where no audit entry says one")
+    return parts
+
+
+def _same(column: Any, said: Any) -> bool:
+    """A column's value against what an entry says of it (times as instants, dates as text)."""
+    if isinstance(column, datetime):
+        return column == _instant(said)
+    if isinstance(column, date):
+        return column.isoformat() == said
+    return bool(column == said)
+
+
+def _shown_value(value: Any) -> str:
+    """Times, dates, numbers and flags as they are; anything else only said to differ."""
+    if value is None:
+        return "none"
+    if isinstance(value, datetime):
+        return iso(value) or "none"
+    if isinstance(value, date | bool | int) or (isinstance(value, str) and _instant(value) is not None):
+        return str(value)
+    return "another value"
+
+
+def _digits(digest: Any) -> str:
+    return f"{digest[:16]}…" if isinstance(digest, str) and digest else "none"
+
+
+def key_chains(conn: Connection) -> dict[str, KeyChain]:
+    """What the chain says of each API key, by its name (the name is the key's identity in the
+    entries, ``what.apikey``; consentsync never renames nor deletes a key)."""
+    chains: dict[str, KeyChain] = {}
+    for seq, action, payload in _registry_entries(conn, KEY_ACTIONS):
+        name = _part(payload, "what").get("apikey")
+        if isinstance(name, str):
+            at = _instant(payload.get("at"))
+            chains.setdefault(name, KeyChain()).said(seq, action, at, _part(payload, "new"))
+    return chains
+
+
+def key_row_binding(row: Any) -> dict[str, Any]:
+    """What the chain should bind of a key, from its ``api_keys`` row."""
+    return chain_binding(
+        source=row.source,
+        purposes=_listed(row.purposes),
+        actions=_listed(row.actions),
+        prefix=row.key_prefix,
+        rate_per_minute=row.rate_per_minute,
+        key_hash=row.key_hash if isinstance(row.key_hash, str) else "",
+    )
+
+
+def _listed(text: Any) -> Any:
+    """A key's purposes or actions (a JSON list) in one order; what is no list stays as read,
+    and so differs from any entry."""
+    try:
+        value = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError):
+        return text
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return sorted(value)
+    return value
+
+
+def _check_keys(conn: Connection, chains: dict[str, KeyChain], problems: list[str]) -> tuple[int, int]:
+    seen = unbound = 0
+    named: set[str] = set()
+    for row in conn.execute(select(api_keys).order_by(api_keys.c.id)):
+        seen += 1
+        named.add(row.name)
+        where = f"api_keys row {row.id} (key {row.name})"
+        chain = chains.get(row.name)
+        if chain is None or chain.created is None:
+            problems.append(
+                f"{where}: no apikey.created audit entry creates it: inserted, or renamed, "
+                "outside consentsync"
+            )
+            continue
+        unbound += KEY_HASH_DIGEST not in chain.bound
+        parts = _key_differences(row, chain)
+        if parts:
+            problems.append(f"{where}: {'; '.join(parts)}: edited outside consentsync")
+    for name, chain in sorted(chains.items()):
+        first_seq = chain.created_before[0] if chain.created_before else None
+        if first_seq is not None:
+            problems.append(
+                f"api_keys: audit entry {first_seq} created a key named {name} before audit entry "
+                f"{chain.created[0] if chain.created else '?'} did: its row was deleted outside consentsync"
+            )
+        if chain.created is not None and name not in named:
+            problems.append(
+                f"api_keys: audit entry {chain.created[0]} created key {name}, which has no row: "
+                "deleted, or renamed, outside consentsync"
+            )
+    return seen, unbound
+
+
+def _key_differences(row: Any, chain: KeyChain) -> list[str]:
+    parts = []
+    for name, have in key_row_binding(row).items():
+        if name not in chain.bound:
+            continue  # an older version's key, not bound yet (``Ledger.bind_api_keys``)
+        said, seq = chain.bound[name]
+        if name in ("purposes", "actions") and isinstance(said, list):
+            said = sorted(said) if all(isinstance(item, str) for item in said) else said
+        if have == said:
+            continue
+        column = _KEY_COLUMNS[name]
+        if name in _SHOWN_KEY_FIELDS:
+            parts.append(f"{column} is {_key_value(have)} where audit entry {seq} says {_key_value(said)}")
+        else:
+            parts.append(f"{column} differs from audit entry {seq}")
+    created_seq, created_at = chain.created or (0, None)
+    if created_at is not None and row.created_at != created_at:
+        parts.append(
+            f"created_at is {iso(row.created_at)} where audit entry {created_seq} says {iso(created_at)}"
+        )
+    if chain.revoked is None:
+        if row.revoked_at is not None:
+            parts.append(f"revoked_at is {iso(row.revoked_at)} where no audit entry revokes it")
+    elif row.revoked_at is None:
+        parts.append(f"revoked_at is none where audit entry {chain.revoked[0]} revoked it: it opens again")
+    elif chain.revoked[1] is not None and row.revoked_at != chain.revoked[1]:
+        seq, at = chain.revoked
+        parts.append(f"revoked_at is {iso(row.revoked_at)} where audit entry {seq} says {iso(at)}")
+    if chain.revoked_before:
+        parts.append(
+            f"audit entry {chain.revoked_before[0]} revoked it before audit entry "
+            f"{chain.revoked[0] if chain.revoked else '?'} did: it was opened again between"
+        )
+    return parts
+
+
+def _key_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _check_key_events(conn: Connection, chains: dict[str, KeyChain], problems: list[str]) -> int:
+    """The consent events recorded through each key (actor ``apikey:<name>``, hub/capture.py)
+    against the source the chain gives the key, and its revocation: a key edited to a trusted
+    source, used, and put back leaves its row as the chain says, and these events as the trace.
+    One aggregate query over ``consent_events``."""
+    events = consent_events.c
+    query = (
+        select(events.actor, events.source, func.count(), func.min(events.id), func.max(events.recorded_at))
+        .where(events.actor.like(f"{CAPTURE_ACTOR}%"))
+        .group_by(events.actor, events.source)
+        .order_by(events.actor, events.source)
+    )
+    seen = 0
+    for actor, source, count, first_id, last_at in conn.execute(query):
+        seen += count
+        name = actor[len(CAPTURE_ACTOR) :]
+        chain = chains.get(name)
+        said = chain.bound.get("source") if chain is not None else None
+        if chain is None or chain.created is None or said is None:
+            problems.append(
+                f"consent_events: {count} events (the first: event {first_id}) are recorded as through "
+                f"API key {name}, which no audit entry created: recorded by hand in its name, or "
+                "through a key inserted outside consentsync"
+            )
+            continue
+        if source != said[0]:
+            problems.append(
+                f"consent_events: {count} events (the first: event {first_id}) recorded through API "
+                f"key {name} carry source {source} where audit entry {said[1]} gives the key source "
+                f"{said[0]}: recorded while its row said otherwise (edited outside consentsync)"
+            )
+        revoked = chain.revoked[1] if chain.revoked is not None else None
+        if revoked is not None and last_at is not None and last_at > revoked + IN_FLIGHT:
+            problems.append(
+                f"consent_events: events recorded through API key {name} up to {iso(last_at)}, after "
+                f"audit entry {chain.revoked[0] if chain.revoked else '?'} revoked it at {iso(revoked)}: "
+                "it was opened again outside consentsync"
+            )
+    return seen
