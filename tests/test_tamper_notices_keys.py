@@ -9,7 +9,7 @@ withdrawals and erasures. Now each row is compared with the entries that made an
 finding naming the table, the row and the field, exit 5; the consent events recorded through a
 key are held to the source the chain gives it (a key made trusted, used and put back); the
 columns entries are found by (action, person, run) are held to the entry; and a key an older
-version created is bound once (``Ledger.bind_api_keys``: its rate and the digest of its hash).
+version created is bound once (``audit_registry.bind_api_keys``: its rate and the digest of its hash).
 """
 
 from __future__ import annotations
@@ -529,7 +529,7 @@ def test_an_older_version_s_key_is_bound_once_and_held_to_its_binding_after(
     assert _registry(ledger).unbound_keys == 0
     _verify(cli)
     assert _head(ledger) == head + 1  # once: nothing more to bind
-    assert ledger.bind_api_keys() == 0
+    assert audit_registry.bind_api_keys(ledger) == 0
 
     _edited(ledger, _sql("UPDATE api_keys SET key_hash = :h, rate_per_minute = 1000 WHERE name = 'legacy'",
                          h="f" * 64))  # fmt: skip
@@ -544,7 +544,7 @@ def test_a_key_inserted_by_hand_is_not_bound_by_the_upgrade(
     cli: Cli, ledger: Ledger, registered: dict[str, str]
 ) -> None:
     _edited(ledger, *KEY_EDITS["inserted"][0])
-    assert ledger.bind_api_keys() == 0
+    assert audit_registry.bind_api_keys(ledger) == 0
     assert _entries(ledger, "apikey.bound") == []
     (line,) = _verify(cli, exit_codes.AUDIT_BROKEN)
     assert "api_keys row 4 (key ghost): no apikey.created audit entry creates it" in line

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from consentsync import exit_codes
+from consentsync.audit_registry import bind_api_keys
 from consentsync.config import Config, ConfigError
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.problems import ledger_problem
@@ -225,6 +226,7 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     # Events reference purposes, so the ledger must know every configured one before recording.
     with ledger_refusals(config.ledger_url):
         ledger.sync_purposes()
+        bind_api_keys(ledger)  # once: what an older version's key entries did not carry
     return ledger
 
 

@@ -2,8 +2,8 @@
 notice version names one text forever, and an API key's source decides whether its grants
 reverse a withdrawal or an erasure; both rows stay writable, so each is held to the entries that
 made or changed it. Apart from ``audit_bindings`` (the identifiers' bindings): it names no person,
-and the ledger's one-time key binding (``Ledger.bind_api_keys``) reads it without importing the
-states' check, which imports the ledger."""
+and the one-time binding of an older version's keys (``bind_api_keys``, run where the ledger
+is opened: app.py) lives here, so that the ledger imports neither this nor the hub's keys."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import orjson
+import structlog
 from sqlalchemy import Connection, func, select
 
-from consentsync.audit import CheckResult
+from consentsync import audit
+from consentsync.audit import AuditRecord, CheckResult
 from consentsync.domain import iso
-from consentsync.hub.keys import KEY_HASH_DIGEST, chain_binding
-from consentsync.ledger.schema import api_keys, audit_entries, consent_events, notices
+from consentsync.hub.keys import KEY_HASH_DIGEST, LATER_BOUND, chain_binding
+from consentsync.ledger.engine import reading
+from consentsync.ledger.schema import api_keys, audit_entries, audit_head, consent_events, notices
+from consentsync.ledger.service import BLANK_PROOF_SOURCE, Ledger
 
 SHOWN_PROBLEMS = 20
+log = structlog.get_logger("consentsync.ledger")
 
 
 # -- notices and API keys -------------------------------------------------------------------------
@@ -32,7 +37,7 @@ SHOWN_PROBLEMS = 20
 # plain edit could change what people were told, or make an untrusted source trusted, with the
 # chain whole. Each row is held to the entries that made or changed it: ``notice.added`` (purpose,
 # version, language, ``new.sha256``), ``apikey.created`` (``keys.chain_binding``), ``apikey.bound``
-# (what an older version's entry did not carry, ``Ledger.bind_api_keys``), ``apikey.revoked``.
+# (what an older version's entry did not carry, ``bind_api_keys``), ``apikey.revoked``.
 # None of them names a person: they are read by the index of entries without one.
 
 NOTICE_ACTION = "notice.added"
@@ -348,7 +353,7 @@ def _key_differences(row: Any, chain: KeyChain) -> list[str]:
     parts = []
     for name, have in key_row_binding(row).items():
         if name not in chain.bound:
-            continue  # an older version's key, not bound yet (``Ledger.bind_api_keys``)
+            continue  # an older version's key, not bound yet (``bind_api_keys``)
         said, seq = chain.bound[name]
         if name in ("purposes", "actions") and isinstance(said, list):
             said = sorted(said) if all(isinstance(item, str) for item in said) else said
@@ -427,3 +432,45 @@ def _check_key_events(conn: Connection, chains: dict[str, KeyChain], problems: l
                 "it was opened again outside consentsync"
             )
     return seen
+
+
+# -- the one-time binding of an older version's keys ---------------------------------------------
+
+
+def bind_api_keys(ledger: Ledger, actor: str = "consentsync") -> int:
+    """Binds in the chain, once, what an older version's ``apikey.created`` entry did not
+    carry of a key (its rate and the digest of its stored hash, ``keys.LATER_BOUND``): one
+    ``apikey.bound`` entry per such key, source ``consentsync:upgrade``. Its source,
+    purposes, actions and prefix were in the entry from the start; ``audit verify`` holds
+    every key's row to its entries (audit_registry.py). What the rows say at this moment is
+    taken as it is (docs/tamper-evidence.md). A key no ``apikey.created`` entry made (a row
+    inserted by hand) is not bound: verify names it. Nothing is written when nothing is
+    left to bind; two processes at once bind a key once (the chain's head is locked before
+    the entries are read). Returns the number of keys bound."""
+
+    def unbound(conn: Connection) -> list[AuditRecord]:
+        chains = key_chains(conn)
+        records = []
+        for row in conn.execute(select(api_keys).order_by(api_keys.c.id)):
+            chain = chains.get(row.name)
+            if chain is None or chain.created is None:
+                continue
+            binding = key_row_binding(row)
+            missing = {name: binding[name] for name in LATER_BOUND if name not in chain.bound}
+            if missing:
+                what = {"apikey": row.name}
+                records.append(
+                    AuditRecord("apikey.bound", what, new=missing, source=BLANK_PROOF_SOURCE, actor=actor)
+                )
+        return records
+
+    with reading(ledger.engine) as conn:
+        if not unbound(conn):
+            return 0
+    with ledger.engine.begin() as conn:
+        conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+        records = unbound(conn)
+        audit.append(conn, records, ledger.clock())
+    if records:  # said once per ledger, and only where an older version left keys
+        log.info("api_keys.bound", keys=len(records))
+    return len(records)

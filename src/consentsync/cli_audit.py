@@ -169,7 +169,7 @@ def verify_command(config: Config, checkpoints: Path | None, public_key: Path | 
     elif public_key is not None:
         raise CheckpointError("--public-key goes with --checkpoints DIR")
     # Opening it binds what an older version's API key entries did not carry, once
-    # (``Ledger.bind_api_keys``, beside ``bind_identifiers``): before the snapshot below.
+    # (``audit_registry.bind_api_keys``, after the purposes): before the snapshot below.
     ledger = open_ledger(config)
     # One snapshot, read as a reader: a write transaction (what ``engine.connect()`` begins) held
     # the ledger's writer lock for the whole pass over the chain, the events and the checkpoints,

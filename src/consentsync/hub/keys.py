@@ -31,7 +31,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=5)
 # one key's holder the other's source). The hash is bound by a digest of it: the chain is read
 # more widely than the table (audit log, exports), and the digest opens nothing.
 KEY_HASH_DIGEST = "key_hash_sha256"
-# Bound by ``Ledger.bind_api_keys`` for a key an older version created: its entry carried the
+# Bound by ``audit_registry.bind_api_keys`` for a key an older version created: its entry carried the
 # source, purposes, actions and prefix, not these.
 LATER_BOUND = ("rate_per_minute", KEY_HASH_DIGEST)
 

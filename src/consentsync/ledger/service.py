@@ -288,7 +288,6 @@ class Ledger:
         # identifiers it stored, bound to their people in the chain once.
         self.refold_blank_proof()
         self.bind_identifiers()
-        self.bind_api_keys()
         return changed
 
     def _restate(self, purpose: Purpose, now: datetime, actor: str) -> None:
@@ -523,47 +522,6 @@ class Ledger:
         if bound:  # said once per ledger, and only where an older version left identifiers
             log.info("identifiers.bound", people=bound)
         return bound
-
-    def bind_api_keys(self, actor: str = "consentsync") -> int:
-        """Binds in the chain, once, what an older version's ``apikey.created`` entry did not
-        carry of a key (its rate and the digest of its stored hash, ``keys.LATER_BOUND``): one
-        ``apikey.bound`` entry per such key, source ``consentsync:upgrade``. Its source,
-        purposes, actions and prefix were in the entry from the start; ``audit verify`` holds
-        every key's row to its entries (audit_registry.py). What the rows say at this moment is
-        taken as it is (docs/tamper-evidence.md). A key no ``apikey.created`` entry made (a row
-        inserted by hand) is not bound: verify names it. Nothing is written when nothing is
-        left to bind; two processes at once bind a key once (the chain's head is locked before
-        the entries are read). Returns the number of keys bound."""
-        from consentsync.audit_registry import key_chains, key_row_binding
-        from consentsync.hub.keys import LATER_BOUND
-        from consentsync.ledger.schema import api_keys, audit_head
-
-        def unbound(conn: Connection) -> list[AuditRecord]:
-            chains = key_chains(conn)
-            records = []
-            for row in conn.execute(select(api_keys).order_by(api_keys.c.id)):
-                chain = chains.get(row.name)
-                if chain is None or chain.created is None:
-                    continue
-                binding = key_row_binding(row)
-                missing = {name: binding[name] for name in LATER_BOUND if name not in chain.bound}
-                if missing:
-                    what = {"apikey": row.name}
-                    records.append(
-                        AuditRecord("apikey.bound", what, new=missing, source=BLANK_PROOF_SOURCE, actor=actor)
-                    )
-            return records
-
-        with reading(self.engine) as conn:
-            if not unbound(conn):
-                return 0
-        with self.engine.begin() as conn:
-            conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
-            records = unbound(conn)
-            audit.append(conn, records, self.clock())
-        if records:  # said once per ledger, and only where an older version left keys
-            log.info("api_keys.bound", keys=len(records))
-        return len(records)
 
     def bind_unstated_bases(self, actor: str = "consentsync", *, chunk_size: int = 500) -> int:
         """Once per ledger (the ``ledger_settings`` row ``BASES_BOUND_SETTING`` says it was done):
