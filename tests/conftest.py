@@ -308,11 +308,22 @@ _SLOW_FIRST = (
 # hub and the console reach the ledger through the same service code, and these files check input
 # refused before any transaction or a field at a time. Each variant costs about half a second of
 # the machine (its own schema made and dropped, a server beside the workers): these took some 4 of
-# CI's 15 minutes on a slow machine. CONSENTSYNC_TEST_EVERY_POSTGRES=1 runs them all.
+# CI's 15 minutes on a slow machine (session 60: 1.5 times session 59's). CONSENTSYNC_TEST_EVERY_POSTGRES=1
+# runs them all.
 _POSTGRES_COVERED_ELSEWHERE = (
     "tests/hub/", "tests/web/", "tests/integration/test_input_bounds.py", "tests/integration/test_cli.py",
     "tests/test_tamper_notices_keys.py::test_a_notice_edited_in_the_database",
     "tests/test_tamper_notices_keys.py::test_an_api_key_edited_in_the_database",
+    # Policy and regulator scenarios: the reconciler's rules through the ledger's service code,
+    # whose SQL the integration tests of the ledger, the sync, the audit and erasure run on both.
+    "tests/integration/test_policy_", "tests/integration/test_address_forms_",
+    "tests/integration/test_remap_", "tests/integration/test_identity_s51_regulator",
+    "tests/integration/test_clock_s51b_regulator", "tests/integration/test_audit_s51_regulator",
+    "tests/integration/test_review_", "tests/integration/test_s57_proof_blank",
+    "tests/integration/test_s57_objection_basis_ledger", "tests/integration/test_earlier_values",
+    "tests/integration/test_ops_visibility", "tests/integration/test_observability",
+    "tests/integration/test_adoption", "tests/test_folded_addresses",
+    "tests/test_objection_purpose_now", "tests/test_export_restriction",
 )  # fmt: skip
 
 
