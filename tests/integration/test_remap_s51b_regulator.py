@@ -33,7 +33,6 @@ from consentsync.sync import failpoints
 from consentsync.sync.engine import RunReport, SyncEngine, SyncOptions
 from tests.integration.helpers import ROOT, consent_value, sandbox_engine
 
-PORT = 20141  # this suite's sandbox port (its own range)
 EMAIL_OPTOUT = """\
   - purpose: email_marketing
     channel: email
@@ -80,7 +79,7 @@ EMAIL_OPTOUT_PUSHED = """\
 
 @pytest.fixture
 def org() -> Iterator[SalesforceSandbox]:
-    with SalesforceSandbox(port=PORT) as sandbox:
+    with SalesforceSandbox() as sandbox:
         yield sandbox
 
 
@@ -296,7 +295,7 @@ def test_a_pull_rule_added_is_applied_where_the_crm_hands_out_delta_links(
         options = SyncOptions(signpost_lag_seconds=0, lookback_seconds=0)
         return sandbox_engine(ledger, config_path, connector, options)
 
-    with DynamicsSandbox(port=PORT + 1) as dv:
+    with DynamicsSandbox() as dv:
         dv.environment.create(
             "contact", {"lastname": "Ng", "emailaddress1": "ng@example.com", "donotphone": True}
         )

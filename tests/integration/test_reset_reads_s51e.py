@@ -17,7 +17,6 @@ from consentsync.sync import cursors
 from consentsync.sync.engine import RunReport, SyncEngine, SyncOptions
 from tests.integration.helpers import sandbox_engine
 
-PORT = 29141  # this suite's sandbox port (its own range)
 EMAIL_OPTOUT = """\
   - purpose: email_marketing
     channel: email
@@ -38,7 +37,7 @@ DO_NOT_CALL_READ = """\
 
 @pytest.fixture
 def org() -> Iterator[SalesforceSandbox]:
-    with SalesforceSandbox(port=PORT) as sandbox:
+    with SalesforceSandbox() as sandbox:
         yield sandbox
 
 

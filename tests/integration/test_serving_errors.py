@@ -228,6 +228,34 @@ def test_a_daemon_stopped_as_soon_as_it_answers_stops_cleanly(config: Path, env:
             assert process.wait(timeout=30) == 0
 
 
+# The daemon's main thread, waiting for a signal, with the SIGTERM handed by the kernel to another
+# of its threads (a run's, the scheduler's: any thread that does not block it may get a signal
+# sent to the process). Targeted at a worker here, so that the case is met every time.
+_SIGNAL_TO_A_WORKER = """
+import signal, sys, threading
+from consentsync.sync.daemon import Daemon
+
+daemon = Daemon.__new__(Daemon)
+daemon._signals_caught = False
+daemon._signalled = threading.Event()
+daemon.stop = lambda: sys.exit(0)
+daemon.catch_signals()
+worker = threading.Thread(
+    target=lambda: (threading.Event().wait(0.3), signal.pthread_kill(threading.get_ident(), signal.SIGTERM))
+)
+worker.start()
+daemon.serve_until_signalled()
+"""
+
+
+def test_a_sigterm_delivered_to_another_thread_stops_the_daemon() -> None:
+    """CI saw a daemon ignore a SIGTERM for good: the signal reached a run's thread while the main
+    thread sat in an untimed wait, where Python never ran the handler."""
+    command = [sys.executable, "-c", _SIGNAL_TO_A_WORKER]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+
+
 # -- a sandbox's certificates and keys, however it ends --------------------------------------------
 
 

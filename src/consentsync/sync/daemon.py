@@ -392,13 +392,21 @@ class Daemon:
 
     def serve_until_signalled(self) -> None:
         self.catch_signals()
-        self._signalled.wait()
+        # Waited for in slices: a signal the kernel hands to another thread (a run's, the
+        # scheduler's) only marks Python's handler as due, and the main thread runs it at its
+        # next bytecode; blocked in one untimed wait it never got there, and the daemon ignored
+        # the SIGTERM for good (a supervisor's SIGKILL followed).
+        while not self._signalled.wait(_SIGNAL_POLL_SECONDS):
+            pass
         self.stop()
 
 
 class _Stopped(Exception):
     """The daemon is stopping: its expiry job leaves what it has not committed."""
 
+
+# How often the main thread looks whether a signal asked the daemon to stop.
+_SIGNAL_POLL_SECONDS = 0.25
 
 # How often the daemon records the expiries due (a range read of one partial index: cheap).
 EXPIRY_INTERVAL_SECONDS = 60
