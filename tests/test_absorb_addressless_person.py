@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 from consentsync.app import open_ledger
 from consentsync.config import load_config
-from consentsync.ledger.schema import crm_links, subjects
+from consentsync.ledger.schema import audit_details, audit_entries, crm_links, subjects
 from tests.conftest import Cli
 from tests.integration.test_cli_sync import connect_sandbox
 
@@ -260,3 +260,52 @@ def test_a_contact_tied_to_a_strangers_individual_by_mistake_takes_no_consent_of
         if (p["purpose"], p["channel"]) == ("email_marketing", "email")
     ]  # fmt: skip
     assert state["status"] != "granted" and state["suppressed"], state
+
+
+def test_erasing_the_address_holder_erases_the_person_absorbed_into_them(
+    cli: Cli, config_path: Path, sf: SalesforceSandbox
+) -> None:
+    # The absorbed person keeps their row and their consent history (absorption moves records,
+    # never events): erased with the holder, or the history would outlive the erasure (Art. 17).
+    _known_at_the_hub(cli, datetime.now(UTC) - timedelta(days=1))
+    individual = sf.org.create("Individual", LastName="Probe")
+    sf.org.create(
+        "ContactPointTypeConsent",
+        {
+            "Name": "Email marketing - Probe",
+            "PartyId": individual,
+            "DataUsePurposeId": EMAIL_MARKETING,
+            "ContactPointType": "Email",
+            "PrivacyConsentStatus": "OptOut",
+            "CaptureDate": datetime.now(UTC) - timedelta(hours=1),
+            "CaptureSource": "Preference Center",
+        },
+    )
+    _sync(cli)
+    sf.org.create("Contact", LastName="Probe", FirstName="Erin", Email=ADDRESS, IndividualId=individual)
+    _sync(cli)
+    (entry,) = _absorbed(cli)
+    absorbed = entry["what"]["absorbed"]
+
+    cli.ok("erase", "--email", ADDRESS, "--reason", "Art. 17 request", "--yes")
+
+    engine = create_engine(load_config(config_path).ledger_url)
+    try:
+        with engine.connect() as conn:
+            person = conn.execute(select(subjects).where(subjects.c.uid == absorbed)).one()
+            kept = conn.execute(
+                select(func.count())
+                .select_from(audit_details.join(audit_entries, audit_entries.c.seq == audit_details.c.seq))
+                .where(
+                    audit_entries.c.subject_id == person.id,
+                    audit_entries.c.action != "subject.erased",  # its reason is kept, by design
+                    audit_details.c.content.is_not(None),
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert person.erased_at is not None, "the absorbed person was not erased with the holder"
+    assert kept == 0, f"{kept} audit details about the absorbed person outlived the erasure"
+    erased = [e for e in cli.json("audit", "log") if e["action"] == "subject.erased"]
+    assert absorbed in {e["subject"] for e in erased}
+    _verified(cli)

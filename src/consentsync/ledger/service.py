@@ -1447,6 +1447,10 @@ class Ledger:
             # (``held_back_people``): its person holds no address, and the link mailed for it
             # must not bring back, once followed, an address erased again after it was sent.
             people += [p for p in held_back_people(conn, forms) if p not in people]
+            # And each person absorbed into one of them (ledger/absorb.py: known only through
+            # records without an address, proven to be them): their consent history and its
+            # details are this person's, and would outlive the erasure otherwise (Art. 17).
+            people += [p for p in absorbed_into(conn, people) if p not in people]
             subject_id = people[0] if people else None
             records: list[AuditRecord] = []
             uids: list[str] = []
@@ -2873,6 +2877,35 @@ def lifts_erasure(policy: Policy, evidence: Evidence, since: datetime) -> bool:
 # The confirmations a double opt-in sign-up makes (hub/capture.py: its link, and the link whose
 # sign-up the person disowned).
 SIGN_UP_CONFIRMATIONS = ("double_opt_in", "disowned")
+
+
+def absorbed_into(conn: Connection, holders: Sequence[int]) -> list[int]:
+    """The people absorbed into any of ``holders`` and not erased, oldest absorption first, as
+    each holder's trail names them (``subject.absorbed``; absorption moves a person's records,
+    never their events, so the absorbed person's row and history stay where they were)."""
+    if not holders:
+        return []
+    uids = [
+        orjson.loads(payload)["what"]["absorbed"]
+        for payload in conn.execute(
+            select(audit_entries.c.payload)
+            .where(
+                audit_entries.c.subject_id.in_(list(holders)),
+                audit_entries.c.action == "subject.absorbed",
+            )
+            .order_by(audit_entries.c.seq)
+        ).scalars()
+    ]
+    if not uids:
+        return []
+    found = dict(
+        conn.execute(
+            select(subjects.c.uid, subjects.c.id).where(
+                subjects.c.uid.in_(uids), subjects.c.erased_at.is_(None)
+            )
+        ).all()
+    )
+    return [found[uid] for uid in dict.fromkeys(uids) if uid in found]
 
 
 def held_back_people(conn: Connection, digests: Sequence[str]) -> list[int]:
