@@ -627,6 +627,9 @@ def subject_show(email: str, as_json: bool) -> None:
     click.echo(
         f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})"
     )
+    others = [item["identifier"] for item in view["identifiers"] if item["identifier"] != view["email"]]
+    if others:
+        click.echo(f"  also held under: {', '.join(others)}")
     if view["suppressed_by_erasure"]:
         click.echo("  suppressed: this address was erased before")
     click.echo("\neffective state:")

@@ -83,6 +83,9 @@ RESTRICTION_COLUMNS = ["change", "restricted", "changed_at", "actor", "source", 
 _RESTRICTION_ACTIONS = {"subject.restricted": "placed", "subject.restriction_lifted": "lifted"}
 # The current restriction, on the summary (JSON keys, XLSX "Subject" rows): None when not restricted.
 RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason")
+# Every address (and other identifier) the person is held under, the latest first: the view's
+# ``email`` is only the one the export was asked by.
+IDENTIFIER_COLUMNS = ["identifier_kind", "identifier"]
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
@@ -90,12 +93,13 @@ _SECTIONS = (
     ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
+    ("identifier", "Identifiers", "identifiers", IDENTIFIER_COLUMNS),
 )
 
 # Columns added to a part after its first release: in the CSV they follow every older column, so
 # that a reader going by position keeps working (the XLSX sheet and the JSON carry them in their
 # part).
-_ADDED_LATER = tuple(OBJECTION_DECISION_COLUMNS)
+_ADDED_LATER = (*OBJECTION_DECISION_COLUMNS, *IDENTIFIER_COLUMNS)
 
 
 def with_restrictions(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:

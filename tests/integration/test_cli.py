@@ -739,7 +739,7 @@ def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
     cli.ok("subject", "export", email, "--format", "csv", "--output", str(as_csv))
     with as_csv.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["record_type"] for r in rows} == {"state", "event", "objection"}
+    assert {r["record_type"] for r in rows} == {"state", "event", "objection", "identifier"}
     assert {r["subject"] for r in rows} == {uid}
     (event,) = [r for r in rows if r["record_type"] == "event"]
     assert event["evidence_ref"] == "'" + formula and event["notice_version"] == "v2"
@@ -757,6 +757,7 @@ def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
         "Objections",
         "CRM records",
         "Restrictions",
+        "Identifiers",
     ]
     summary = {row[0]: row[1] for row in book["Subject"].iter_rows(values_only=True)}
     assert summary["subject"] == uid and summary["email"] == email

@@ -2217,9 +2217,20 @@ class Ledger:
                 _objection_view(row)
                 for row in _rows_of_subject(conn, objections, subject_id, _with_subject(objections))
             ]
+            # Every identifier the person is held under (Art. 15: a CRM record that took a new
+            # address keeps the person, who then holds both), the latest first.
+            identifiers = [
+                {"identifier_kind": row.kind, "identifier": row.value}
+                for row in conn.execute(
+                    select(subject_identifiers.c.kind, subject_identifiers.c.value)
+                    .where(subject_identifiers.c.subject_id == subject_id)
+                    .order_by(subject_identifiers.c.id.desc())
+                )
+            ]
         return {
             "subject": context.uid,
             "email": email,
+            "identifiers": identifiers,
             "created_at": iso(subject.created_at),
             "suppressed_by_erasure": context.flags.suppressed_since is not None,
             "restricted": context.flags.restricted,
@@ -2970,14 +2981,19 @@ def _rows_of_subject(
 
 
 def _with_subject(table: Any) -> Any:
-    """``SELECT table.*, subject uid, email`` for rows keyed by subject (email NULL once erased)."""
-    return (
-        select(table, subjects.c.uid, subject_identifiers.c.value.label("email"))
-        .join(subjects, subjects.c.id == table.c.subject_id)
-        .outerjoin(
-            subject_identifiers,
-            and_(subject_identifiers.c.subject_id == subjects.c.id, subject_identifiers.c.kind == "email"),
-        )
+    """``SELECT table.*, subject uid, email`` for rows keyed by subject (email NULL once erased):
+    one row per row of ``table``, with the address the person was last known by (``email_of``).
+    A join on the person's addresses gave a person holding two (a CRM record that took a new one)
+    each objection, and each request to chase, twice."""
+    latest = (
+        select(subject_identifiers.c.value)
+        .where(subject_identifiers.c.subject_id == subjects.c.id, subject_identifiers.c.kind == "email")
+        .order_by(subject_identifiers.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    return select(table, subjects.c.uid, latest.label("email")).join(
+        subjects, subjects.c.id == table.c.subject_id
     )
 
 
