@@ -58,3 +58,15 @@ def test_the_export_lists_every_address_in_each_format(two_addresses: Cli, tmp_p
     with zipfile.ZipFile(tmp_path / "bob.xlsx") as book:
         text = b"".join(book.read(name) for name in book.namelist())
     assert FIRST.encode() in text and SECOND.encode() in text
+
+
+def test_a_request_to_chase_is_listed_once_at_the_latest_address(two_addresses: Cli) -> None:
+    # The old mailbox may be someone else's now: the list of people to contact names the address
+    # the person is known by now, once (bb61 F4).
+    cli = two_addresses
+    cli.ok(
+        "ledger", "record", "--email", SECOND, "--purpose", "email_marketing", "--status", "requested",
+        "--source", "ops", "--at", "2026-10-01T00:00:00Z",
+    )  # fmt: skip
+    rows = cli.json("ledger", "requested", "--older-than", "0")
+    assert [row["email"] for row in rows] == [SECOND], rows
