@@ -10,7 +10,10 @@ from v4 batch status reads, one per page, as virtual fields ``subscription_<id>`
 ``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``. A contact opted out of all
 email (``hs_email_optout``, which HubSpot keeps apart from the subscription statuses) reads
 UNSUBSCRIBED for every subscription, as of its opt-out (v4 "wide" status reads, for those
-contacts only).
+contacts only). On a portal with business units an opt-out of all of one unit's email
+(``BUSINESS_UNIT_WIDE``) is a no for that unit's subscription types only (each definition's
+``businessUnitId``); where the mapping names a type of a unit other than the default one, the
+statuses are read per unit and every contact's wide statuses are read.
 HubSpot keys those statuses by address, not by contact: a user changing a contact's address
 hides the old address's no. Each page's ``email`` history (batch read, ``propertiesWithHistory``)
 names the addresses a contact had since the read's lower bound; a no among their statuses that
@@ -84,11 +87,24 @@ _REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubs
 _ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
 OBJECT = "contacts"
 BATCH_READ_LIMIT = 100  # inputs a batch read takes
+# Inputs a batch read carrying ``propertiesWithHistory`` takes: HubSpot refuses more with 400
+# VALIDATION_ERROR "The maximum number of inputs supported in a batch request for property
+# histories is 50" (quoted in https://github.com/activepieces/activepieces/pull/9359 and
+# https://github.com/PipedreamHQ/pipedream/pull/8462).
+HISTORY_BATCH_LIMIT = 50
+#: The business unit HubSpot gives the default "Account" unit (and every subscription type of a
+#: portal without the Business Units add-on).
+DEFAULT_UNIT = 0
 MERGED_IDS = "hs_merged_object_ids"  # on the survivor of a merge: the merged-away ids, ";"-joined
 # "Unsubscribed from all email": true once the contact opted out of all email (the unsubscribe
 # link of a marketing email, a user's "opt out of email"). HubSpot keeps that opt-out apart from
 # the subscription statuses (v4 reads it with its own endpoint, as "wide" statuses).
 OPTED_OUT_OF_ALL = "hs_email_optout"
+#: An address's opt-outs of all email (v4 "wide" statuses, read by ``_wide_unsubscribes``): what
+#: each covers (``PORTAL_WIDE``: every subscription type; a business unit's id: that unit's
+#: types) -> when it was given (None: not known).
+OptOuts = dict[str | int, str | None]
+PORTAL_WIDE = "PORTAL_WIDE"
 
 
 def parse_hs_datetime(value: str) -> datetime:
@@ -138,6 +154,8 @@ class HubSpotConnector(sdk.Connector):
         )
         self._token = self._read_token()
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
+        # Subscription id -> the business unit it belongs to (its definition's businessUnitId).
+        self._units: dict[str, int] = {}
         self._pace = threading.Lock()
         self._last_search = 0.0
         self._secondly_remaining: int | None = None
@@ -268,6 +286,7 @@ class HubSpotConnector(sdk.Connector):
             ).json()["subscriptionDefinitions"]
             for item in definitions:
                 sid = str(item["id"])
+                self._units[sid] = _unit(item.get("businessUnitId"))
                 fields[f"subscription_{sid}"] = sdk.FieldInfo(
                     f"subscription_{sid}", "subscription", True, picklist_values=SUBSCRIPTION_STATES
                 )
@@ -430,27 +449,32 @@ class HubSpotConnector(sdk.Connector):
         (``_earlier_values``)."""
         earlier = earlier if subscriptions and earlier else {}
         earlier_addresses = sorted({address for held in earlier.values() for address in held})
-        statuses = (
-            self._statuses(
-                [*(str((r["properties"] or {}).get("email") or "") for r in batch), *earlier_addresses]
-            )
-            if subscriptions
-            else {}
-        )
+        current = [str((r["properties"] or {}).get("email") or "").strip().lower() for r in batch]
+        statuses = self._statuses([*current, *earlier_addresses], subscriptions) if subscriptions else {}
         flagged = [
-            str((r["properties"] or {}).get("email") or "")
-            for r in batch
-            if str((r["properties"] or {}).get(OPTED_OUT_OF_ALL) or "").lower() == "true"
+            email
+            for email, r in zip(current, batch, strict=True)
+            if email and str((r["properties"] or {}).get(OPTED_OUT_OF_ALL) or "").lower() == "true"
         ]
-        opted_out: dict[str, str | None] = {}
-        earlier_opted_out: dict[str, str | None] = {}
-        if subscriptions and (flagged or earlier_addresses):
-            wide = self._wide_unsubscribes([*flagged, *earlier_addresses])
-            # The flag decides for the address a contact has (the time from the wide status
-            # where it is served); an earlier address only where the wide status says so.
-            opted_out = {
-                email: (wide or {}).get(email) for email in (e.strip().lower() for e in flagged) if email
-            }
+        # Where the mapping names a subscription type of a business unit other than the default
+        # one, every address's wide statuses are read: HubSpot does not say that an opt-out of
+        # all of one unit's email sets hs_email_optout.
+        every_address = bool(subscriptions and self._other_units(subscriptions))
+        asked = [*(current if every_address else flagged), *earlier_addresses]
+        opted_out: dict[str, OptOuts] = {}
+        earlier_opted_out: dict[str, OptOuts] = {}
+        if subscriptions and any(asked):
+            wide = self._wide_unsubscribes(asked, subscriptions)
+            # The flag decides for the address a contact has: where the wide statuses answer it
+            # they say which email it opted out of (all, or one business unit's) and when; where
+            # they answer nothing (or are not served) the flag alone says all of it, undated.
+            # An earlier address, and an unflagged one, only where the wide statuses say so.
+            for email in dict.fromkeys(current):
+                answered = (wide or {}).get(email)
+                if email in flagged:
+                    opted_out[email] = answered or {PORTAL_WIDE: None}
+                elif answered:
+                    opted_out[email] = answered
             earlier_opted_out = {a: wide[a] for a in earlier_addresses if wide and a in wide}
         for raw in batch:
             props = dict(raw.get("properties") or {})
@@ -465,16 +489,24 @@ class HubSpotConnector(sdk.Connector):
                 props[f"subscription_{sid}"] = status.get("status") or ("NOT_SPECIFIED" if email else None)
                 props[f"subscription_{sid}_legal_basis"] = status.get("legalBasis")
                 props[f"subscription_{sid}_timestamp"] = status.get("timestamp")
-                if email in opted_out:
-                    # Opted out of all email: no email of this type reaches the person, whatever
-                    # the type's own status still says. A no for every subscription, as of the
-                    # latest of the two noes (the opt-out, the type's own unsubscribe).
+                covered, opted_out_at = _covering(opted_out.get(email), self._unit_of(sid))
+                if covered:
+                    # Opted out of all email (of the portal, or of the type's business unit): no
+                    # email of this type reaches the person, whatever the type's own status still
+                    # says. A no for the subscription, as of the latest of the two noes (the
+                    # opt-out, the type's own unsubscribe).
                     props[f"subscription_{sid}"] = "UNSUBSCRIBED"
-                    props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out[email])
+                    props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out_at)
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             held_before = earlier.get(str(raw["id"]))
             values, given_at = (
-                _earlier_values(props, subscriptions, held_before, statuses, earlier_opted_out)
+                _earlier_values(
+                    props,
+                    {sid: self._unit_of(sid) for sid in subscriptions},
+                    held_before,
+                    statuses,
+                    earlier_opted_out,
+                )
                 if held_before
                 else ({}, {})
             )
@@ -495,17 +527,19 @@ class HubSpotConnector(sdk.Connector):
         to: ``_addresses_held``).
         HubSpot's search cannot answer a property's history (and no property says when
         ``email`` last changed), so every contact of the page is asked: ``POST
-        .../batch/read`` with ``propertiesWithHistory: ["email"]``, ``batch_size`` (100)
-        contacts a call. Results are keyed by the id HubSpot answers: a contact merged away
-        since the search answers the merged contact under its new id, whose history is not this
-        contact's (the merge is reported by ``read_deletions``)."""
+        .../batch/read`` with ``propertiesWithHistory: ["email"]``, ``batch_size`` contacts a
+        call and never more than 50 (``HISTORY_BATCH_LIMIT``: HubSpot refuses a history read of
+        more with 400 VALIDATION_ERROR, which would stop every run on its first page). Results
+        are keyed by the id HubSpot answers: a contact merged away since the search answers the
+        merged contact under its new id, whose history is not this contact's (the merge is
+        reported by ``read_deletions``)."""
         current = {
             str(raw["id"]): str((raw.get("properties") or {}).get("email") or "").strip().lower()
             for raw in batch
         }
         ids = list(current)
         out: dict[str, dict[str, list[tuple[datetime, datetime]]]] = {}
-        size = min(self.config.batch_size, BATCH_READ_LIMIT)
+        size = min(self.config.batch_size, HISTORY_BATCH_LIMIT)
         for start in range(0, len(ids), size):
             body = {
                 "properties": ["email"],
@@ -541,7 +575,8 @@ class HubSpotConnector(sdk.Connector):
 
         With ``fields``, an archived contact comes with its last values: HubSpot keeps an
         archived contact's properties (it can be restored for 90 days) and answers them to a
-        batch read with ``archived=true``, one call per 100 in the window and none when there
+        batch read with ``archived=true``, one call per 100 in the window (per 50 where
+        subscriptions are read: the read then carries the ``email`` history) and none when there
         are none; the values are then what ``read_changes`` gives for a live contact
         (subscription statuses included, read as for a page of changes). A merged-away original
         listed as archived comes with them as well, so that a no on it reaches the survivor's
@@ -588,7 +623,8 @@ class HubSpotConnector(sdk.Connector):
         since: datetime | None,
     ) -> Iterator[sdk.CrmRecord]:
         """``deleted`` (archived contacts, in order) with their last values, read in batches of
-        100 (``POST .../batch/read?archived=true``, which answers archived contacts only). A
+        100 (``POST .../batch/read?archived=true``, which answers archived contacts only; of 50,
+        ``HISTORY_BATCH_LIMIT``, where the read carries ``propertiesWithHistory``). A
         contact the read no longer finds (restored or purged since it was listed) comes bare.
 
         The same read answers each contact's ``email`` history (``propertiesWithHistory``, no
@@ -599,7 +635,8 @@ class HubSpotConnector(sdk.Connector):
         is its last no: it comes among the fields, dated by ``earlier_given_at`` (the engine
         takes a deleted record's no from its fields)."""
         wanted, subscriptions = self._wanted(object_type, fields)
-        while chunk := list(islice(deleted, BATCH_READ_LIMIT)):
+        size = HISTORY_BATCH_LIMIT if subscriptions else BATCH_READ_LIMIT
+        while chunk := list(islice(deleted, size)):
             request: dict[str, Any] = {
                 "properties": wanted,
                 "inputs": [{"id": record.record_id} for record in chunk],
@@ -677,32 +714,57 @@ class HubSpotConnector(sdk.Connector):
                         )
         yield from sorted(pending, key=_deletion_key)
 
-    def _wide_unsubscribes(self, emails: list[str]) -> dict[str, str | None] | None:
-        """email (lower case) -> when it opted out of all email (None: not known), for those of
-        ``emails`` the v4 batch read of the "wide" statuses answers opted out; None where the
-        portal does not serve that endpoint (404). For the contacts whose ``hs_email_optout``
-        reads true the flag decides (where it and the wide status disagree for a moment, the no
-        is kept): the wide status only gives the time."""
+    def _unit_of(self, sid: str) -> int:
+        return self._units.get(sid, DEFAULT_UNIT)
+
+    def _other_units(self, subscriptions: Sequence[str]) -> list[int]:
+        """The business units other than the default one that ``subscriptions`` belong to."""
+        return sorted({unit for sid in subscriptions if (unit := self._unit_of(sid)) != DEFAULT_UNIT})
+
+    def _wide_unsubscribes(
+        self, emails: list[str], subscriptions: Sequence[str] = ()
+    ) -> dict[str, OptOuts] | None:
+        """email (lower case) -> what it opted out of all email of, and when (``OptOuts``), for
+        those of ``emails`` the v4 batch read of the "wide" statuses answers opted out; None
+        where the portal does not serve that endpoint (404). A ``PORTAL_WIDE`` status (or one of
+        no type: a portal without business units) is an opt-out of all email; a
+        ``BUSINESS_UNIT_WIDE`` one only of the email of its ``businessUnitId`` (the subscription
+        types whose definitions name that unit): a contact opting out of all of one brand's
+        email still takes the other brands'. A wide status of another type, or naming no
+        unit, is not taken. The read is made without a business unit and, for each unit other
+        than the default one that ``subscriptions`` belong to, with it (``businessUnitId``:
+        HubSpot documents it as a filter and does not say which units' statuses come without
+        it). For the contacts whose ``hs_email_optout`` reads true the flag decides where these
+        statuses answer nothing (``_records``)."""
         wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e.strip()))
-        out: dict[str, str | None] = {}
+        out: dict[str, OptOuts] = {}
         size = self.config.status_batch_size
-        for start in range(0, len(wanted), size):
-            response = self._request(
-                "POST",
-                "/communication-preferences/v4/statuses/batch/unsubscribe-all/read",
-                params={"channel": "EMAIL"},
-                json={"inputs": wanted[start : start + size]},
-                describe="opted out of all email",
-                accept=lambda answer: answer.status_code == 404,  # not served: the flag alone
-            )
-            if response.status_code == 404:
-                return None
-            for result in response.json().get("results") or []:
-                email = str(result.get("subscriberIdString") or "").strip().lower()
-                for wide in result.get("wideStatuses") or []:
-                    email_wide = str(wide.get("channel") or "EMAIL") == "EMAIL"
-                    if email in wanted and email_wide and wide.get("status") == "UNSUBSCRIBED":
-                        out[email] = str(wide["timestamp"]) if wide.get("timestamp") else None
+        for unit in [None, *self._other_units(subscriptions)]:
+            params: dict[str, Any] = {"channel": "EMAIL"}
+            if unit is not None:
+                params["businessUnitId"] = unit
+            for start in range(0, len(wanted), size):
+                response = self._request(
+                    "POST",
+                    "/communication-preferences/v4/statuses/batch/unsubscribe-all/read",
+                    params=params,
+                    json={"inputs": wanted[start : start + size]},
+                    describe="opted out of all email",
+                    accept=lambda answer: answer.status_code == 404,  # not served: the flag alone
+                )
+                if response.status_code == 404:
+                    return None
+                for result in response.json().get("results") or []:
+                    email = str(result.get("subscriberIdString") or "").strip().lower()
+                    if email not in wanted:
+                        continue
+                    for wide in result.get("wideStatuses") or []:
+                        scope = _wide_scope(wide)
+                        if scope is None or wide.get("status") != "UNSUBSCRIBED":
+                            continue
+                        held = out.setdefault(email, {})
+                        if held.get(scope) is None:
+                            held[scope] = str(wide["timestamp"]) if wide.get("timestamp") else None
         return out
 
     def _one_basis(self, value: str) -> str:
@@ -714,23 +776,39 @@ class HubSpotConnector(sdk.Connector):
                 return candidate
         return value
 
-    def _statuses(self, emails: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
-        """email (lower case) -> subscription id -> v4 status, by batch reads."""
+    def _statuses(
+        self, emails: list[str], subscriptions: Sequence[str] = ()
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """email (lower case) -> subscription id -> v4 status, by batch reads: without a business
+        unit where ``subscriptions`` name one of the default unit's (or none), and with each
+        other unit they belong to (``businessUnitId``, HubSpot's filter: "If you have the
+        business unit add-on, include this parameter to filter results by business unit ID";
+        it does not say which units' statuses come without it). A unit's own read decides its
+        subscription types."""
         wanted = list(dict.fromkeys(e for e in emails if e))
         out: dict[str, dict[str, dict[str, Any]]] = {}
         size = self.config.status_batch_size
-        for start in range(0, len(wanted), size):
-            chunk = wanted[start : start + size]
-            answer = self._request(
-                "POST",
-                "/communication-preferences/v4/statuses/batch/read",
-                params={"channel": "EMAIL"},
-                json={"inputs": chunk},
-                describe="subscription statuses",
-            ).json()
-            for result in answer.get("results") or []:
-                email = str(result.get("subscriberIdString") or "").strip().lower()
-                out[email] = {str(s["subscriptionId"]): s for s in result.get("statuses") or []}
+        others = self._other_units(subscriptions)
+        default = not subscriptions or any(self._unit_of(sid) == DEFAULT_UNIT for sid in subscriptions)
+        for unit in [*([None] if default else []), *others]:
+            params: dict[str, Any] = {"channel": "EMAIL"}
+            if unit is not None:
+                params["businessUnitId"] = unit
+            for start in range(0, len(wanted), size):
+                answer = self._request(
+                    "POST",
+                    "/communication-preferences/v4/statuses/batch/read",
+                    params=params,
+                    json={"inputs": wanted[start : start + size]},
+                    describe="subscription statuses",
+                ).json()
+                for result in answer.get("results") or []:
+                    email = str(result.get("subscriberIdString") or "").strip().lower()
+                    held = out.setdefault(email, {})
+                    for status in result.get("statuses") or []:
+                        sid = str(status["subscriptionId"])
+                        if unit is None or self._unit_of(sid) == unit:
+                            held[sid] = status
         return out
 
     # -- writing -------------------------------------------------------------------------------
@@ -1178,29 +1256,31 @@ def _earlier_no(
 
 def _earlier_values(
     props: Mapping[str, Any],
-    subscriptions: list[str],
+    units: Mapping[str, int],
     held_before: Mapping[str, Sequence[tuple[datetime, datetime]]],
     statuses: Mapping[str, Mapping[str, Mapping[str, Any]]],
-    opted_out: Mapping[str, str | None],
+    opted_out: Mapping[str, OptOuts],
 ) -> tuple[dict[str, Any], dict[str, datetime]]:
     """The noes of a contact's earlier addresses that its record no longer shows, as
     ``subscription_<id>`` UNSUBSCRIBED with the legal basis and time of that no, and when each
     of those fields was given (the no's own time: ``CrmRecord.earlier_given_at``): for each
-    subscription type the record does not show a no for, the latest no an earlier address
-    showed while the contact had it. Left out where the record shows a yes given after it (the
-    person's latest word, under the new address) or a yes whose order against it is not known:
-    taken, a wrong no would have the engine unsubscribe the new address, which HubSpot never
-    undoes."""
+    subscription type read (``units``: id -> its business unit) the record does not show a no
+    for, the latest no an earlier address showed while the contact had it (its own unsubscribe,
+    or an opt-out of all email covering the type: ``_covering``). Left out where the record
+    shows a yes given after it (the person's latest word, under the new address) or a yes whose
+    order against it is not known: taken, a wrong no would have the engine unsubscribe the new
+    address, which HubSpot never undoes."""
     out: dict[str, Any] = {}
     given_at: dict[str, datetime] = {}
-    for sid in subscriptions:
+    for sid, unit in units.items():
         shown = props.get(f"subscription_{sid}")
         if shown == "UNSUBSCRIBED":
             continue  # the record says no itself
         latest: tuple[datetime, Mapping[str, Any]] | None = None
         for address, spans in held_before.items():
             status = statuses.get(address, {}).get(sid, {})
-            when = _earlier_no(status, address in opted_out, opted_out.get(address), spans)
+            covered, opted_out_at = _covering(opted_out.get(address), unit)
+            when = _earlier_no(status, covered, opted_out_at, spans)
             if when is not None and (latest is None or when > latest[0]):
                 latest = (when, status)
         if latest is None:
@@ -1240,6 +1320,46 @@ def _latest_no(status: Mapping[str, Any], opted_out_at: str | None) -> str | Non
         return max(opted_out_at, str(own), key=parse_hs_datetime)
     except ValueError:  # an unreadable stamp dates nothing: the opt-out's stands
         return opted_out_at
+
+
+def _unit(value: Any) -> int | None:
+    """A ``businessUnitId`` as HubSpot answers it (a number); none given: the default unit;
+    None where it cannot be read."""
+    if value is None or value == "":
+        return DEFAULT_UNIT
+    text = str(value).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _wide_scope(wide: Mapping[str, Any]) -> str | int | None:
+    """What an EMAIL "wide" status covers: ``PORTAL_WIDE`` (its type, or no type: a portal
+    without business units), or the id of the business unit of a ``BUSINESS_UNIT_WIDE`` one;
+    None for another channel, another type or a unit that cannot be read (not taken: it could
+    not be told which subscription types it covers)."""
+    if str(wide.get("channel") or "EMAIL") != "EMAIL":
+        return None
+    kind = str(wide.get("wideStatusType") or PORTAL_WIDE)
+    if kind == PORTAL_WIDE:
+        return PORTAL_WIDE
+    if kind == "BUSINESS_UNIT_WIDE":
+        return _unit(wide.get("businessUnitId"))
+    return None
+
+
+def _covering(opt_outs: Mapping[str | int, str | None] | None, unit: int) -> tuple[bool, str | None]:
+    """Whether an address's opt-outs of all email (``OptOuts``) cover a subscription type of
+    business unit ``unit`` (an opt-out of the portal's email, or of that unit's), and when the
+    latest of those that do was given: None where one of them has no time (the no is then
+    undated, read as late as possible) or their times cannot be compared."""
+    times = [at for scope, at in (opt_outs or {}).items() if scope in (PORTAL_WIDE, unit)]
+    if not times:
+        return False, None
+    if None in times:
+        return True, None
+    try:
+        return True, max(times, key=lambda at: parse_hs_datetime(str(at)))
+    except ValueError:
+        return True, times[0] if len(times) == 1 else None
 
 
 def _check_object(object_type: str) -> None:

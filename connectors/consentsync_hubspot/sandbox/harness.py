@@ -115,16 +115,30 @@ class HubSpotHarness(SandboxHarness):
     fault_outcomes: ClassVar[dict[str, FaultOutcome]] = {}
     own_settings: ClassVar[Mapping[str, Any]] = {"search_requests_per_second": 20}
 
-    def __init__(self, *, merges: str = "old", merged_archived: bool = True, **sandbox_options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        merges: str = "old",
+        merged_archived: bool = True,
+        subscriptions: Mapping[str, tuple[str, str]] | None = None,
+        business_units: Mapping[str, int] | None = None,
+        **sandbox_options: Any,
+    ) -> None:
         """``merges``: how the portal merges (``HubSpotPortal``). The sandbox merges as HubSpot
         does now ("new": a new contact with a new id); the harness keeps "old" (the primary
         keeps its id) by default, because the shared contract (``DeletionHarness.merge_records``,
         consentsync.sdk.testing) expects the first record to survive under its own id. Tests of
-        the new kind ask for ``merges="new"``."""
+        the new kind ask for ``merges="new"``. ``subscriptions`` and ``business_units``: the
+        portal's subscription types and the business unit of each (``HubSpotPortal``)."""
         self._directory = Path(tempfile.mkdtemp(prefix="consentsync-hubspot-"))
         self.token_file = self._directory / "token"
         options = {"secondly_limit": 100, "search_per_second": 20, **sandbox_options}
-        portal = HubSpotPortal(merges=merges, merged_archived=merged_archived)
+        portal = HubSpotPortal(
+            merges=merges,
+            merged_archived=merged_archived,
+            subscriptions=subscriptions,
+            business_units=business_units,
+        )
         self.sandbox = HubSpotSandbox(portal, token_file=self.token_file, **options)
 
     @staticmethod

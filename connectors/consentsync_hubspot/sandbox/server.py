@@ -32,9 +32,13 @@ Endpoints (endpoint kind in brackets):
   ``propertiesWithHistory`` (a batch read's body) answers each named property's versions, newest
   first, as ``{"value", "timestamp", "sourceType"}``; the sandbox keeps the history of ``email``
   (a user's edit ``CRM_UI``, an API write ``API``, an import ``IMPORT``, a form ``FORM``) and
-  answers another property with its current value alone. A contact's address changing moves its
-  ``hs_email_optout_<id>`` and ``hs_email_optout`` to the new address's statuses (HubSpot keys
-  them by address).
+  answers another property with its current value alone. A batch read carrying
+  ``propertiesWithHistory`` takes at most ``history_batch_limit`` (50) inputs: more answers 400
+  VALIDATION_ERROR "The maximum number of inputs supported in a batch request for property
+  histories is 50. Please reduce the number of items and try again", as HubSpot answers it
+  (quoted in https://github.com/activepieces/activepieces/pull/9359). A contact's address
+  changing moves its ``hs_email_optout_<id>`` and ``hs_email_optout`` to the new address's
+  statuses (HubSpot keys them by address).
 * ``GET /crm/v3/objects/contacts/{id}`` [get]: one contact; a merged-away id answers the contact
   it was merged into (its own id is gone); archived or unknown ids answer 404 OBJECT_NOT_FOUND.
 * ``POST /crm/v3/objects/contacts/batch/archive`` [batch_archive] ``{"inputs": [{"id"}]}`` (at
@@ -71,6 +75,17 @@ Endpoints (endpoint kind in brackets):
   ``POST /communication-preferences/v4/statuses/batch/unsubscribe-all/read?channel=EMAIL``
   [wide_status_batch_read]: the addresses opted out of all email, each with its
   ``wideStatuses`` (an address not opted out is left out of ``results``).
+* Business units (the Business Units add-on): ``HubSpotPortal(business_units={sid: unit})``
+  puts subscription types in a unit other than the default one (0, "Account"); each
+  definition answers its ``businessUnitId``, each v4 status too. The v4 status reads take an
+  optional ``businessUnitId`` query parameter (HubSpot: "include this parameter to filter
+  results by business unit ID. The default Account business unit will always use 0") and
+  answer that unit's subscription types only; the wide statuses of a unit are its
+  ``BUSINESS_UNIT_WIDE`` opt-out (:meth:`HubSpotPortal.unsubscribe_all` with
+  ``business_unit``), and the default unit's read answers the ``PORTAL_WIDE`` one too (every
+  wide status with a ``businessUnitId``, as HubSpot's reference shows it). Without the
+  parameter a read answers the default unit's, a choice (HubSpot does not say), so that the
+  connector must not rely on a read without it answering the other units.
 
 Auth: ``Authorization: Bearer <private app token>``; a missing or unknown token answers 401
 INVALID_AUTHENTICATION, a token without the scope a call needs 403 MISSING_SCOPES.
@@ -277,6 +292,16 @@ class PropertyDef:
         }
 
 
+#: The business unit of the default "Account" unit (HubSpot: "The default Account business unit
+#: will always use 0"), and so of every subscription type of a portal without the add-on.
+DEFAULT_UNIT = 0
+#: Inputs a batch read carrying ``propertiesWithHistory`` takes (HubSpot's 400 above it).
+HISTORY_BATCH_LIMIT = 50
+HISTORY_LIMIT_MESSAGE = (
+    "The maximum number of inputs supported in a batch request for property histories is 50. "
+    "Please reduce the number of items and try again"
+)
+
 DEFAULT_SUBSCRIPTIONS: dict[str, tuple[str, str]] = {
     "1001": ("Marketing Information", "Marketing"),
     "1002": ("Customer Service Communication", "Service"),
@@ -323,6 +348,7 @@ class HubSpotPortal:
         *,
         clock: Callable[[], dt.datetime] | None = None,
         subscriptions: Mapping[str, tuple[str, str]] | None = None,
+        business_units: Mapping[str, int] | None = None,
         first_id: int = 101,
         merges: str = "new",
         merged_archived: bool = True,
@@ -336,6 +362,14 @@ class HubSpotPortal:
         self.merged_archived = merged_archived
         self.clock = clock or _now_ms
         self.definitions = dict(subscriptions or DEFAULT_SUBSCRIPTIONS)
+        unknown = sorted(set(business_units or {}) - set(self.definitions))
+        if unknown:
+            raise ValueError(f"business_units names subscription types the portal lacks: {unknown}")
+        #: Each subscription type's business unit (the Business Units add-on; its definition's
+        #: ``businessUnitId``): DEFAULT_UNIT (0, the default "Account" unit) unless given.
+        self.business_units = {
+            sid: int((business_units or {}).get(sid, DEFAULT_UNIT)) for sid in self.definitions
+        }
         self.lock = threading.RLock()
         self._next_id = first_id
         self._contacts: dict[int, dict[str, Any]] = {}
@@ -355,6 +389,8 @@ class HubSpotPortal:
         self._email_history: dict[int, list[tuple[str | None, dt.datetime, str]]] = {}
         # Addresses opted out of all email ("wide" status), with when they opted out.
         self._opted_out_of_all: dict[str, dt.datetime] = {}
+        # (address, business unit) opted out of all of that unit's email, with when.
+        self._opted_out_of_unit: dict[tuple[str, int], dt.datetime] = {}
         self.properties: dict[str, PropertyDef] = {
             p.name: p
             for p in (
@@ -743,8 +779,11 @@ class HubSpotPortal:
             )
             resubscribed = status == "SUBSCRIBED" and source != "API"
             if resubscribed:
-                # The contact's own opt-in to a subscription type ends its opt-out of all email.
+                # The contact's own opt-in to a subscription type ends its opt-out of all email
+                # (and of all of the type's business unit's email).
                 self._opted_out_of_all.pop(email.strip().lower(), None)
+                unit = self.business_units[str(subscription_id)]
+                self._opted_out_of_unit.pop((email.strip().lower(), unit), None)
             contact_id = self.find_by_email(email)
             if contact_id is not None:
                 record = self._contacts[int(contact_id)]
@@ -753,23 +792,46 @@ class HubSpotPortal:
                     record["hs_email_optout"] = "false"
                 record["lastmodifieddate"] = moment
 
-    def unsubscribe_all(self, email: str, /, *, at: dt.datetime | None = None) -> None:
+    def unsubscribe_all(
+        self, email: str, /, *, at: dt.datetime | None = None, business_unit: int | None = None
+    ) -> None:
         """The contact's "unsubscribe from all email" (the link in a marketing email, or a user's
         "opt out of email"): ``hs_email_optout`` and ``lastmodifieddate`` follow; the statuses
-        of the subscription types stay as they were."""
+        of the subscription types stay as they were (v4: a ``PORTAL_WIDE`` wide status).
+
+        With ``business_unit`` (the Business Units add-on): an opt-out of all of that unit's
+        email only (HubSpot's knowledge base, https://knowledge.hubspot.com/sv/records/how-do-i-
+        unsubscribe-or-opt-out-contacts-from-email: a contact opted out of all email while
+        working in a business unit is opted out of that unit's subscriptions only; v4: a
+        ``BUSINESS_UNIT_WIDE`` wide status naming it). ``lastmodifieddate`` moves;
+        ``hs_email_optout`` does not (HubSpot does not say whether it follows, so the connector
+        must not rely on it)."""
         moment = at or self.now()
+        address = email.strip().lower()
         with self.lock:
-            self._opted_out_of_all[email.strip().lower()] = moment
+            if business_unit is None:
+                self._opted_out_of_all[address] = moment
+            else:
+                if int(business_unit) not in set(self.business_units.values()):
+                    raise ValueError(f"the portal has no business unit {business_unit}")
+                self._opted_out_of_unit[(address, int(business_unit))] = moment
             contact_id = self.find_by_email(email)
             if contact_id is not None:
                 record = self._contacts[int(contact_id)]
-                record["hs_email_optout"] = "true"
+                if business_unit is None:
+                    record["hs_email_optout"] = "true"
                 record["lastmodifieddate"] = moment
 
     def opted_out_of_all(self, email: str) -> dt.datetime | None:
         """When the address opted out of all email; None when it has not (or subscribed since)."""
         with self.lock:
             return self._opted_out_of_all.get(email.strip().lower())
+
+    def opted_out_of_unit(self, email: str, business_unit: int) -> dt.datetime | None:
+        """When the address opted out of all of ``business_unit``'s email; None when it has not
+        (or subscribed to one of its types since)."""
+        with self.lock:
+            return self._opted_out_of_unit.get((email.strip().lower(), int(business_unit)))
 
     # -- API-side writes -----------------------------------------------------------------------
 
@@ -958,6 +1020,8 @@ class HubSpotSandbox(HttpsSandbox):
     search_per_second = 4
     search_result_cap = 10_000
     batch_limit = 100
+    #: Inputs of a batch read carrying ``propertiesWithHistory`` (HubSpot: at most 50).
+    history_batch_limit = HISTORY_BATCH_LIMIT
     status_batch_limit = 100
     #: GDPR features on: a subscription change must carry a legal basis and its explanation.
     gdpr = True
@@ -1440,6 +1504,9 @@ class HubSpotSandbox(HttpsSandbox):
         with_history = body.get("propertiesWithHistory") or []
         if not isinstance(with_history, list):
             raise HubSpotApiError(400, "VALIDATION_ERROR", "propertiesWithHistory must be a list")
+        if with_history and len(inputs) > self.history_batch_limit:
+            # HubSpot's answer, word for word (quoted in integrators' fixes of it).
+            raise HubSpotApiError(400, "VALIDATION_ERROR", HISTORY_LIMIT_MESSAGE)
         archived = (request.param("archived") or "false").lower() == "true"
         results, missing, answered = [], [], set()
         started = iso_ms(self.portal.now())
@@ -1561,6 +1628,7 @@ class HubSpotSandbox(HttpsSandbox):
                         "isInternal": False,
                         "createdAt": created,
                         "updatedAt": created,
+                        "businessUnitId": self.portal.business_units[sid],
                     }
                     for sid, (name, purpose) in self.portal.definitions.items()
                 ]
@@ -1618,7 +1686,10 @@ class HubSpotSandbox(HttpsSandbox):
                 "legalBasis and legalBasisExplanation are required for portals with GDPR features enabled",
             )
         held = self.portal.status(email, sid)
-        if self.portal.opted_out_of_all(email) is not None:
+        unit = self.portal.business_units[sid]
+        if self.portal.opted_out_of_all(email) is not None or (
+            self.portal.opted_out_of_unit(email, unit) is not None
+        ):
             raise HubSpotApiError(
                 400,
                 "VALIDATION_ERROR",
@@ -1654,6 +1725,7 @@ class HubSpotSandbox(HttpsSandbox):
         return json_response(200, self._status_body(email, sid))
 
     def _v4_statuses(self, email: str) -> list[dict[str, Any]]:
+        """The address's statuses of every subscription type, each naming its business unit."""
         held = self.portal.statuses(email)
         out = []
         for sid, (name, _purpose) in self.portal.definitions.items():
@@ -1666,6 +1738,7 @@ class HubSpotSandbox(HttpsSandbox):
                 "status": status.status if status else "NOT_SPECIFIED",
                 "source": status.source if status else "",
                 "timestamp": iso_ms(status.timestamp) if status else None,
+                "businessUnitId": self.portal.business_units[sid],
             }
             if status and status.legal_basis:
                 item["legalBasis"] = status.legal_basis
@@ -1673,11 +1746,28 @@ class HubSpotSandbox(HttpsSandbox):
             out.append(item)
         return out
 
+    def _unit_statuses(self, email: str, unit: int) -> list[dict[str, Any]]:
+        """The address's statuses of the subscription types of business unit ``unit``."""
+        return [status for status in self._v4_statuses(email) if status.get("businessUnitId") == unit]
+
     def _channel(self, request: SandboxRequest) -> None:
         if (request.param("channel") or "").upper() != "EMAIL":
             raise HubSpotApiError(
                 400, "VALIDATION_ERROR", "The query parameter channel is required and must be EMAIL"
             )
+
+    @staticmethod
+    def _business_unit(request: SandboxRequest) -> int:
+        """The ``businessUnitId`` query parameter of a v4 status read (HubSpot: "include this
+        parameter to filter results by business unit ID. The default Account business unit
+        will always use 0"); without it, the default unit (the sandbox's choice: HubSpot does
+        not say which units' statuses come without it)."""
+        given = (request.param("businessUnitId") or "").strip()
+        if not given:
+            return DEFAULT_UNIT
+        if not given.isdigit():
+            raise HubSpotApiError(400, "VALIDATION_ERROR", f"businessUnitId must be a number, was {given!r}")
+        return int(given)
 
     def _h_status_read(self, request: SandboxRequest) -> SandboxResponse:
         self._channel(request)
@@ -1687,7 +1777,7 @@ class HubSpotSandbox(HttpsSandbox):
             200,
             {
                 "status": "COMPLETE",
-                "results": self._v4_statuses(email),
+                "results": self._unit_statuses(email, self._business_unit(request)),
                 "startedAt": started,
                 "completedAt": started,
             },
@@ -1696,9 +1786,11 @@ class HubSpotSandbox(HttpsSandbox):
     def _h_status_batch_read(self, request: SandboxRequest) -> SandboxResponse:
         self._channel(request)
         inputs = self._inputs(request.json(), self.status_batch_limit)
+        unit = self._business_unit(request)
         started = iso_ms(self.portal.now())
         results = [
-            {"subscriberIdString": str(email), "statuses": self._v4_statuses(str(email))} for email in inputs
+            {"subscriberIdString": str(email), "statuses": self._unit_statuses(str(email), unit)}
+            for email in inputs
         ]
         return json_response(
             200,
@@ -1713,20 +1805,27 @@ class HubSpotSandbox(HttpsSandbox):
     def _h_wide_status_batch_read(self, request: SandboxRequest) -> SandboxResponse:
         self._channel(request)
         inputs = self._inputs(request.json(), self.status_batch_limit)
+        unit = self._business_unit(request)
         started = iso_ms(self.portal.now())
         results = []
         for email in map(str, inputs):
-            since = self.portal.opted_out_of_all(email)
-            if since is None:
-                continue
-            wide = {
-                "channel": "EMAIL",
-                "status": "UNSUBSCRIBED",
-                "subscriberIdString": email,
-                "timestamp": iso_ms(since),
-                "wideStatusType": "PORTAL_WIDE",
-            }
-            results.append({"subscriberIdString": email, "wideStatuses": [wide]})
+            opt_outs = [("BUSINESS_UNIT_WIDE", self.portal.opted_out_of_unit(email, unit))]
+            if unit == DEFAULT_UNIT:
+                opt_outs.insert(0, ("PORTAL_WIDE", self.portal.opted_out_of_all(email)))
+            wide = [
+                {
+                    "channel": "EMAIL",
+                    "status": "UNSUBSCRIBED",
+                    "subscriberIdString": email,
+                    "timestamp": iso_ms(since),
+                    "wideStatusType": kind,
+                    "businessUnitId": unit,
+                }
+                for kind, since in opt_outs
+                if since is not None
+            ]
+            if wide:
+                results.append({"subscriberIdString": email, "wideStatuses": wide})
         return json_response(
             200,
             {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": started},
