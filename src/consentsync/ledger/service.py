@@ -41,6 +41,7 @@ from consentsync.domain import (
     REASON_MAX,
     SOFT_OPT_IN_CONDITIONS,
     SOURCE_MAX,
+    STICKY_STATUSES,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -2760,7 +2761,15 @@ def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSu
 def _not_after_observation(evidence: Evidence) -> Evidence:
     """No one acts after consentsync learned of the act: an event time inside the allowed clock
     skew but later than its observation is recorded as the observation time, so that a clock
-    running ahead never makes a value outrank one the person gave after it (rule 3)."""
+    running ahead never makes a value outrank one the person gave after it (rule 3).
+
+    A no keeps the time it states (inside the skew): a grant counts from as early as it can have
+    been given, a no as late as it says, so that where their order is in doubt the no stands.
+    Clamping both gave the order of arrival the last word: a sender whose clock runs a minute
+    ahead sent a grant, then a withdrawal; delivered the other way round (a retry queue), the
+    grant was dated after the withdrawal and undid it (black-box finding bb61 F3)."""
+    if evidence.status in STICKY_STATUSES:
+        return evidence
     observed = evidence.observed_at
     event_time, double_opt_in_at = evidence.event_time, evidence.double_opt_in_at
     if (event_time is None or event_time <= observed) and (
