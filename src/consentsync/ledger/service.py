@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     insert,
     literal,
     or_,
@@ -2192,15 +2193,25 @@ class Ledger:
             # version: its original language), so an export says exactly what the person was shown.
             versions = sorted({item["notice_version"] for item in history if item["notice_version"]})
             if versions:
-                hashes: dict[tuple[str, str], str] = {}
+                hashes: dict[tuple[str, str], tuple[str, datetime]] = {}
                 for row in conn.execute(
-                    select(notices.c.purpose, notices.c.version, notices.c.sha256)
+                    select(
+                        notices.c.purpose,
+                        notices.c.version,
+                        notices.c.sha256,
+                        func.coalesce(notices.c.in_effect_from, notices.c.created_at).label("shown_from"),
+                    )
                     .where(notices.c.version.in_(versions))
                     .order_by(notices.c.id.desc())
                 ):
-                    hashes[(row.purpose, row.version)] = row.sha256
+                    hashes[(row.purpose, row.version)] = (row.sha256, as_utc(row.shown_from))
                 for item in history:
-                    item["notice_sha256"] = hashes.get((item["purpose"], item["notice_version"]))
+                    # Only a text shown by the event's time: one registered later (without an
+                    # earlier in_effect_from) is not what the person saw then (Art. 7(1)).
+                    found = hashes.get((item["purpose"], item["notice_version"]))
+                    at = item["event_time"]
+                    shown = found is not None and at is not None and _parsed(at) >= found[1]
+                    item["notice_sha256"] = found[0] if shown and found is not None else None
             links = [
                 {
                     "connector": row.connector,
@@ -2756,6 +2767,11 @@ def _resolve(resolver: SubjectResolver, identities: list[Identity], warm: WarmSu
     rest = [i for i, subject_id in zip(identities, known, strict=True) if subject_id is None]
     found = iter(resolver.resolve(rest) if rest else [])
     return [subject_id if subject_id is not None else next(found) for subject_id in known]
+
+
+def _parsed(moment: str) -> datetime:
+    """A time as a view writes it (``iso``: UTC, ending in Z)."""
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
 def _not_after_observation(evidence: Evidence) -> Evidence:
