@@ -809,6 +809,13 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
     two = audit_entries(cli, "--email", "two@example.com")
     assert two[-1]["actor"] == "ops-zed" and two[-1]["new"]["status"] == "withdrawn"
     assert {e["subject"] for e in one}.isdisjoint({e["subject"] for e in two})
+    # Each person's trail read is written down (Art. 30), after it is printed.
+    read = audit_entries(cli)
+    assert [(e["action"], e["subject"]) for e in read[len(entries) :]] == [
+        ("subject.viewed", one[0]["subject"]),
+        ("subject.viewed", two[0]["subject"]),
+    ]
+    entries = read
 
     assert audit_entries(cli, "--since", "2000-01-01") == entries
     assert audit_entries(cli, "--since", "2999-01-01T00:00:00Z") == []
@@ -821,6 +828,7 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
 
     human = cli.ok("audit", "log", "--email", "two@example.com").stdout
     assert "consent.recorded" in human and "ops-zed" in human and "withdrawn (suppressed)" in human
+    entries = audit_entries(cli)  # and this read of two's trail
 
     verify = cli.ok("audit", "verify")
     assert f"audit chain verified: {len(entries)} entries, head at {len(entries)}" in verify.stdout
