@@ -149,6 +149,18 @@ def about(conn: Connection, subject_uids: Sequence[str]) -> ColumnElement[bool]:
     )
 
 
+def entry_instant(value: Any) -> datetime | None:
+    """An entry's time (``at``, an ISO 8601 text in its payload) as an instant; None where it
+    is none (a payload edited by hand)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
 def erase_details(conn: Connection, subject_id: int) -> int:
     """Removes the free text written about one subject; the chain keeps its digests."""
     result = conn.execute(

@@ -15,12 +15,13 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, case, func, select
 
 from consentsync import audit
 from consentsync.audit import AuditRecord, CheckResult
-from consentsync.domain import iso
-from consentsync.hub.keys import KEY_HASH_DIGEST, LATER_BOUND, chain_binding
+from consentsync.audit import entry_instant as _instant
+from consentsync.domain import ConsentStatus, iso
+from consentsync.hub.keys import ANY, KEY_HASH_DIGEST, LATER_BOUND, chain_binding
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import api_keys, audit_entries, audit_head, consent_events, notices
 from consentsync.ledger.service import BLANK_PROOF_SOURCE, Ledger
@@ -72,22 +73,43 @@ class RegistryResult(CheckResult):
     notices: int = 0  # notices rows compared
     api_keys: int = 0  # api_keys rows compared
     key_events: int = 0  # consent events recorded through an API key, checked against its source
+    key_entries: int = 0  # objections raised and erasures made through an API key (their entries)
     unbound_keys: int = 0  # keys an older version made, whose hash and rate are not bound yet
     findings: int = 0  # all of them
     problems: list[str] = field(default_factory=list)  # the first SHOWN_PROBLEMS, one line each
 
 
 @dataclass(slots=True)
+class Scope:
+    """What a key was given when the entry ``seq`` created it (at ``at``): the purposes and the
+    actions it may record, as that entry (or an ``apikey.bound`` entry, where it did not say
+    them) says them; None where no entry does."""
+
+    seq: int
+    at: datetime | None
+    purposes: Any = None
+    actions: Any = None
+
+    def may(self, action: str) -> bool:
+        return isinstance(self.actions, list) and (ANY in self.actions or action in self.actions)
+
+    def covers(self, purpose: Any) -> bool:
+        return isinstance(self.purposes, list) and (ANY in self.purposes or purpose in self.purposes)
+
+
+@dataclass(slots=True)
 class KeyChain:
     """What the chain says of the key of one name, in chain order: the entry creating it, what
-    is bound of it (field -> (value, seq)), its revocation (seq, time), and any earlier entry
-    creating or revoking a key of that name (a row deleted, or un-revoked, by hand)."""
+    is bound of it (field -> (value, seq)), its revocation (seq, time), any earlier entry
+    creating or revoking a key of that name (a row deleted, or un-revoked, by hand), and what
+    each key of the name was given (``scopes``, one per creation, in chain order)."""
 
     created: tuple[int, datetime | None] | None = None
     bound: dict[str, tuple[Any, int]] = field(default_factory=dict)
     revoked: tuple[int, datetime | None] | None = None
     created_before: list[int] = field(default_factory=list)
     revoked_before: list[int] = field(default_factory=list)
+    scopes: list[Scope] = field(default_factory=list)
 
     def said(self, seq: int, action: str, at: datetime | None, new: dict[str, Any]) -> None:
         if action == "apikey.created":
@@ -96,27 +118,49 @@ class KeyChain:
             # A key created anew under the name is another key: nothing of the one before holds.
             self.created, self.revoked = (seq, at), None
             self.bound = {name: (value, seq) for name, value in new.items() if name in _KEY_COLUMNS}
+            self.scopes.append(Scope(seq, at, new.get("purposes"), new.get("actions")))
         elif action == "apikey.bound":
             for name, value in new.items():
                 if name in _KEY_COLUMNS:
                     self.bound.setdefault(name, (value, seq))  # the creation's word stands
+            if self.scopes:
+                scope = self.scopes[-1]
+                scope.purposes = new.get("purposes") if scope.purposes is None else scope.purposes
+                scope.actions = new.get("actions") if scope.actions is None else scope.actions
         elif action == "apikey.revoked":
             if self.revoked is not None:
                 self.revoked_before.append(self.revoked[0])
             self.revoked = (seq, at)
 
+    def scope_at(self, moment: datetime | None) -> Scope | None:
+        """What the key of this name had been given at ``moment``: the last creation at or before
+        it (the first, for a moment before any, or none known)."""
+        found = self.scopes[0] if self.scopes else None
+        for scope in self.scopes[1:]:
+            if moment is not None and scope.at is not None and scope.at <= moment:
+                found = scope
+        return found
+
 
 def registry(conn: Connection, batch: int = 500) -> RegistryResult:
     """Every notice against its ``notice.added`` entry, every API key against the entries that
-    made and changed it, and the consent events recorded through each key against the source
-    the chain gives it; one line per finding (the first ``SHOWN_PROBLEMS``), naming the table,
-    the row and the field (never a key's secret, prefix or hash)."""
+    made and changed it, and what was recorded through each key (consent events, objections,
+    erasures) against the source, purposes and actions the chain gave it then; one line per
+    finding (the first ``SHOWN_PROBLEMS``), naming the table, the row and the field (never a
+    key's secret, prefix or hash)."""
     problems: list[str] = []
     notices_seen = _check_notices(conn, problems, batch)
     chains = key_chains(conn)
     keys_seen, unbound = _check_keys(conn, chains, problems)
     events = _check_key_events(conn, chains, problems)
-    counts = {"notices": notices_seen, "api_keys": keys_seen, "key_events": events, "unbound_keys": unbound}
+    key_entries = _check_key_entries(conn, chains, problems)
+    counts = {
+        "notices": notices_seen,
+        "api_keys": keys_seen,
+        "key_events": events,
+        "key_entries": key_entries,
+        "unbound_keys": unbound,
+    }
     if not problems:
         return RegistryResult(ok=True, **counts)
     more = f" ({len(problems) - 1} more findings)" if len(problems) > 1 else ""
@@ -153,17 +197,6 @@ def _registry_entries(conn: Connection, actions: tuple[str, ...]) -> Iterator[tu
 def _part(payload: dict[str, Any], name: str) -> dict[str, Any]:
     value = payload.get(name)
     return value if isinstance(value, dict) else {}
-
-
-def _instant(value: Any) -> datetime | None:
-    """An entry's time (``at``, an ISO 8601 text) as an instant; None where it is none."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _named_notice(key: NoticeKey) -> str:
@@ -395,18 +428,42 @@ def _key_value(value: Any) -> str:
 
 def _check_key_events(conn: Connection, chains: dict[str, KeyChain], problems: list[str]) -> int:
     """The consent events recorded through each key (actor ``apikey:<name>``, hub/capture.py)
-    against the source the chain gives the key, and its revocation: a key edited to a trusted
-    source, used, and put back leaves its row as the chain says, and these events as the trace.
-    One aggregate query over ``consent_events``."""
+    against what the chain gives the key: its source and its revocation, and, as its entries
+    said them when each event was recorded, the action ``consents`` and the event's purpose (a
+    GPC opt-out is recorded whatever the key's purposes). A key edited to a trusted source, or
+    to more purposes or actions, used, and put back leaves its row as the chain says, and these
+    events as the trace. One aggregate query over ``consent_events``."""
+    from consentsync.hub.capture import GPC_EVIDENCE  # the hub's, read here only (``_is_gpc``)
+
     events = consent_events.c
+    gpc = case(
+        (and_(events.status == ConsentStatus.WITHDRAWN.value, events.evidence_ref == GPC_EVIDENCE), 1),
+        else_=0,
+    ).label("gpc")
     query = (
-        select(events.actor, events.source, func.count(), func.min(events.id), func.max(events.recorded_at))
+        select(
+            events.actor,
+            events.source,
+            events.purpose,
+            gpc,
+            func.count(),
+            func.min(events.id),
+            func.min(events.recorded_at),
+            func.max(events.recorded_at),
+        )
         .where(events.actor.like(f"{CAPTURE_ACTOR}%"))
-        .group_by(events.actor, events.source)
-        .order_by(events.actor, events.source)
+        .group_by(events.actor, events.source, events.purpose, gpc)
     )
+    by_source: dict[tuple[str, str], _Seen] = {}
+    by_purpose: dict[tuple[str, str, bool], _Seen] = {}
+    for actor, source, purpose, opt_out, count, first_id, first_at, last_at in conn.execute(query):
+        by_source.setdefault((actor, source), _Seen()).add(count, first_id, first_at, last_at)
+        by_purpose.setdefault((actor, purpose, bool(opt_out)), _Seen()).add(
+            count, first_id, first_at, last_at
+        )
     seen = 0
-    for actor, source, count, first_id, last_at in conn.execute(query):
+    for (actor, source), group in sorted(by_source.items()):
+        count, first_id, last_at = group.count, group.first_id, group.last_at
         seen += count
         name = actor[len(CAPTURE_ACTOR) :]
         chain = chains.get(name)
@@ -431,6 +488,175 @@ def _check_key_events(conn: Connection, chains: dict[str, KeyChain], problems: l
                 f"audit entry {chain.revoked[0] if chain.revoked else '?'} revoked it at {iso(revoked)}: "
                 "it was opened again outside consentsync"
             )
+    _check_event_scopes(conn, chains, by_purpose, problems)
+    return seen
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A group of events or entries: how many, the first (lowest id), their first and last times."""
+
+    count: int = 0
+    first_id: int | None = None
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+
+    def add(
+        self, count: int, first_id: int | None, first_at: datetime | None, last_at: datetime | None
+    ) -> None:
+        self.count += count
+        if first_id is not None and (self.first_id is None or first_id < self.first_id):
+            self.first_id = first_id
+        if first_at is not None and (self.first_at is None or first_at < self.first_at):
+            self.first_at = first_at
+        if last_at is not None and (self.last_at is None or last_at > self.last_at):
+            self.last_at = last_at
+
+
+# What keys recorded outside the scope their creation gave them: by the key's name, the action
+# or purpose it lacked (``_ACTION`` or ``_PURPOSE``, and its name) and the entry giving the scope.
+_Outside = dict[tuple[str, str, str, int], tuple[Scope, _Seen]]
+_ACTION, _PURPOSE = "action", "purpose"
+_OUTSIDE = "recorded while its row said otherwise (edited outside consentsync)"
+
+
+def _outside(outside: _Outside, name: str, lacked: tuple[str, str], scope: Scope, group: _Seen) -> None:
+    found = outside.setdefault((name, *lacked, scope.seq), (scope, _Seen()))
+    found[1].add(group.count, group.first_id, group.first_at, group.last_at)
+
+
+def _outside_lines(outside: _Outside, what: str, first: str, problems: list[str]) -> None:
+    """One line per key, action or purpose and scope, the earliest first: ``what`` names the
+    events or entries (``consent_events: 2 events``), ``first`` the first of them (``event``)."""
+    for (name, kind, lacked, seq), (scope, group) in sorted(
+        outside.items(), key=lambda item: (item[1][1].first_id or 0, item[0])
+    ):
+        lead = f"{what.format(group.count)} (the first: {first} {group.first_id}) recorded through API key "
+        lead += name
+        if kind == _ACTION:
+            said = f", which audit entry {seq} did not give the action {lacked} (its actions: "
+            problems.append(f"{lead}{said}{_key_value(scope.actions)}): {_OUTSIDE}")
+        else:
+            said = f" are of purpose {lacked}, which audit entry {seq} did not give the key (its purposes: "
+            problems.append(f"{lead}{said}{_key_value(scope.purposes)}): {_OUTSIDE}")
+
+
+def _check_event_scopes(
+    conn: Connection,
+    chains: dict[str, KeyChain],
+    groups: dict[tuple[str, str, bool], _Seen],
+    problems: list[str],
+) -> None:
+    """Each group of events through a key (by purpose, GPC opt-outs apart) against what the
+    key's creation gave it when they were recorded. A group recorded under two keys of the name
+    (one created anew: its row was deleted, named above) is read event by event."""
+    outside: _Outside = {}
+    for (actor, purpose, opt_out), group in sorted(groups.items()):
+        name = actor[len(CAPTURE_ACTOR) :]
+        chain = chains.get(name)
+        if chain is None or chain.created is None:
+            continue  # named above: no entry created the key
+        scope = chain.scope_at(group.first_at)
+        if scope is chain.scope_at(group.last_at):
+            _event_scope(outside, name, purpose, opt_out, scope, group)
+            continue
+        events = consent_events.c
+        rows = conn.execute(
+            select(events.id, events.recorded_at, events.status, events.evidence_ref)
+            .where(events.actor == actor, events.purpose == purpose)
+            .order_by(events.id)
+        )
+        for event_id, recorded_at, status, evidence_ref in rows:
+            if _is_gpc(status, evidence_ref) == opt_out:
+                one = _Seen()
+                one.add(1, event_id, recorded_at, recorded_at)
+                _event_scope(outside, name, purpose, opt_out, chain.scope_at(recorded_at), one)
+    _outside_lines(outside, "consent_events: {} events", "event", problems)
+
+
+def _is_gpc(status: Any, evidence_ref: Any) -> bool:
+    """A GPC opt-out (``Hub._gpc_evidence``): recorded for the purposes the hub names, whatever
+    the key's."""
+    from consentsync.hub.capture import GPC_EVIDENCE  # the hub's, read here only
+
+    return status == ConsentStatus.WITHDRAWN.value and evidence_ref == GPC_EVIDENCE
+
+
+def _event_scope(
+    outside: _Outside, name: str, purpose: str, opt_out: bool, scope: Scope | None, group: _Seen
+) -> None:
+    """Notes ``group`` where ``scope`` did not allow it: the action consents, and the purpose
+    (not asked of a GPC opt-out)."""
+    if scope is None:
+        return
+    if not scope.may("consents"):
+        _outside(outside, name, (_ACTION, "consents"), scope, group)
+    if not opt_out and not scope.covers(purpose):
+        _outside(outside, name, (_PURPOSE, purpose), scope, group)
+
+
+# What a key may do that leaves an entry of its own in the chain, beside consents: the entries, by
+# the action each needs (hub/capture.py: ``Hub.objection``, ``Hub.erasure``).
+KEY_ENTRY_ACTIONS = {"objection.raised": "objections", "subject.erased": "erasure"}
+
+
+def _check_key_entries(conn: Connection, chains: dict[str, KeyChain], problems: list[str]) -> int:
+    """The objections raised and the erasures made through each key (their entries' actor
+    ``apikey:<name>``) against what the chain gave the key when each was recorded: the action
+    (``objections``, ``erasure``), an objection's purpose, and its revocation. One query over
+    the entries of those actions naming a key as their actor."""
+    entries = audit_entries.c
+    query = (
+        select(entries.seq, entries.action, entries.payload)
+        .where(
+            entries.action.in_(tuple(KEY_ENTRY_ACTIONS)),
+            entries.payload.like(f'%"actor":"{CAPTURE_ACTOR}%'),
+        )
+        .order_by(entries.seq)
+    )
+    unknown: dict[tuple[str, str], _Seen] = {}
+    outside: _Outside = {}
+    late: dict[str, _Seen] = {}
+    seen = 0
+    for seq, action, text in conn.execute(query):
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue  # the chain check names it
+        actor = payload.get("actor") if isinstance(payload, dict) else None
+        if not (isinstance(actor, str) and actor.startswith(CAPTURE_ACTOR)):
+            continue
+        seen += 1
+        name, at = actor[len(CAPTURE_ACTOR) :], _instant(payload.get("at"))
+        one = _Seen()
+        one.add(1, seq, at, at)
+        chain = chains.get(name)
+        if chain is None or chain.created is None:
+            unknown.setdefault((name, action), _Seen()).add(1, seq, at, at)
+            continue
+        scope = chain.scope_at(at)
+        if scope is not None and not scope.may(KEY_ENTRY_ACTIONS[action]):
+            _outside(outside, name, (_ACTION, KEY_ENTRY_ACTIONS[action]), scope, one)
+        purpose = _part(payload, "what").get("purpose")
+        if scope is not None and action == "objection.raised" and not scope.covers(purpose):
+            _outside(outside, name, (_PURPOSE, str(purpose)), scope, one)
+        revoked = chain.revoked[1] if chain.revoked is not None else None
+        if revoked is not None and at is not None and at > revoked + IN_FLIGHT:
+            late.setdefault(name, _Seen()).add(1, seq, at, at)
+    for (name, action), group in sorted(unknown.items()):
+        problems.append(
+            f"audit entries: {group.count} {action} entries (the first: audit entry {group.first_id}) are "
+            f"recorded as through API key {name}, which no audit entry created: recorded by hand in its "
+            "name, or through a key inserted outside consentsync"
+        )
+    _outside_lines(outside, "audit entries: {} objections or erasures", "audit entry", problems)
+    for name, group in sorted(late.items()):
+        revoked_seq, revoked_at = chains[name].revoked or (0, None)
+        problems.append(
+            f"audit entries: {group.count} objections or erasures (the first: audit entry {group.first_id}) "
+            f"recorded through API key {name} up to {iso(group.last_at)}, after audit entry {revoked_seq} "
+            f"revoked it at {iso(revoked_at)}: it was opened again outside consentsync"
+        )
     return seen
 
 

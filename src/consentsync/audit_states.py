@@ -19,6 +19,15 @@ This check folds each key's events again, with the ledger's own fold (``reconcil
   of the row's last write (the person's flags and objections then, the clock then): readers
   compute them again, and nothing is derived from them.
 
+A value that states no basis is read under the basis it is bound to in the summary
+(``Ranked.bound``): the purpose's default basis when the value was recorded, which the fold of the
+events alone does not give (``Ranked`` leaves it out of equality). It is held to the chain: the
+default in force when the value was observed, as the chain's ``purpose.configured`` entries say
+(``RecordedBases``, as ``Ledger._default_basis_at`` binds), a default configured within the clock
+skew of that moment passing too (clocks of two hosts disagree a little). A value left unbound (an
+older version's) passes, and its columns are compared as the ledger reads it: bound to that
+default.
+
 One part of the fold is configuration, not evidence: which sources are trusted to reverse a
 sticky no (``policy.trusted_sources``). The ledger folds each event under the policy of its day
 and keeps the result, so a summary's ``trusted_opt_in_at`` may differ from a fold under today's
@@ -33,9 +42,10 @@ and show statuses and times only.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import groupby
 from operator import attrgetter
 from typing import Any
@@ -44,6 +54,7 @@ import orjson
 from sqlalchemy import Connection, select
 
 from consentsync.audit import CheckResult
+from consentsync.audit import entry_instant as _instant
 from consentsync.domain import (
     ConsentStatus,
     Evidence,
@@ -54,7 +65,7 @@ from consentsync.domain import (
     SoftOptIn,
     iso,
 )
-from consentsync.ledger.schema import consent_events, consent_states, subjects
+from consentsync.ledger.schema import audit_entries, consent_events, consent_states, subjects
 from consentsync.ledger.service import SOFT_OPT_IN_COLUMNS
 from consentsync.reconcile import NO_EVIDENCE, Policy, Ranked, Summary, consent_state, summarise
 
@@ -107,6 +118,7 @@ def states(
 ) -> StatesResult:
     """Every state row against the fold of its events; the first that differs is named (people
     by id, then purpose and channel), with how many differ in all."""
+    bases = RecordedBases.of(conn, purposes, policy.clock_skew)
     event_rows = conn.execute(_EVENTS.execution_options(yield_per=batch))
     state_rows = conn.execute(_STATES.execution_options(yield_per=batch))
     compared = events = older = disagreeing = 0
@@ -119,7 +131,7 @@ def states(
         stored = {(row.purpose, row.channel): row for row in rows}
         for key in sorted(evidence.keys() | stored.keys()):
             compared += 1
-            problem, old = _compare(key, stored.get(key), evidence.get(key, []), purposes, policy)
+            problem, old = _compare(key, stored.get(key), evidence.get(key, []), purposes, policy, bases)
             older += old
             if problem is not None:
                 disagreeing += 1
@@ -196,7 +208,12 @@ def merged_by_person(
 
 
 def _compare(
-    key: Key, row: Any, evidence: list[Evidence], purposes: Mapping[str, Purpose], policy: Policy
+    key: Key,
+    row: Any,
+    evidence: list[Evidence],
+    purposes: Mapping[str, Purpose],
+    policy: Policy,
+    bases: RecordedBases,
 ) -> tuple[str | None, bool]:
     """What differs between the state row of ``key`` and its events (None: nothing), and whether
     the row's summary is of an older fold (not compared)."""
@@ -220,10 +237,12 @@ def _compare(
     except (KeyError, TypeError, ValueError):
         return f"{where}: the summary does not read as one", False
     parts = _summary_differences(summary, derived, evidence, policy)
+    parts += _bound_differences(summary, derived, purpose_key, bases)
     purpose = purposes.get(purpose_key)
     if not parts and purpose is not None and channel in purpose.channels:
-        # The columns, from the summary as stored (it passed): what the ledger wrote beside it.
-        parts = _column_differences(row, summary, purpose, channel)
+        # The columns, from the summary as stored (it passed) and read as the ledger reads it (a
+        # value left unbound, bound to the default it was recorded under): what it wrote beside it.
+        parts = _column_differences(row, bases.as_read(purpose_key, summary), purpose, channel)
     if not parts:
         return None, False
     return f"{where}: {'; '.join(parts)}", False
@@ -246,6 +265,136 @@ def _summary_differences(
         else:
             parts.append(f"summary {name} is {_shown(have)} where the consent events say {_shown(said)}")
     return parts
+
+
+def _bound_differences(
+    stored: Summary, derived: Summary, purpose_key: str, bases: RecordedBases
+) -> list[str]:
+    """The basis each value of the summary is bound to (``Ranked.bound``, outside the values'
+    equality) against the chain: none for a value that states its basis; for one that states
+    none, the purpose's default basis in force when it was recorded (``RecordedBases``). A value
+    left unbound passes (an older version's: the ledger binds it when it reads it)."""
+    parts = []
+    for name in ("latest", "restriction"):
+        have, said = getattr(stored, name), getattr(derived, name)
+        if have is None or said is None or have != said or have.bound is None:
+            continue  # a value that differs is named above; an unbound one is read as bound
+        if said.basis is not None:
+            parts.append(
+                f"summary {name} is bound to {have.bound.value} where its value states its basis "
+                f"({said.basis.value})"
+            )
+            continue
+        recorded = bases.said(purpose_key, said.observed_at)
+        if recorded is None or have.bound in bases.possible(purpose_key, said.observed_at):
+            continue
+        basis, seq = recorded
+        by = f"audit entry {seq}" if seq is not None else "the configuration (no purpose.configured entry)"
+        parts.append(
+            f"summary {name} is bound to {have.bound.value} where {by} says the purpose's default basis "
+            f"was {basis.value} when it was recorded ({iso(said.observed_at)})"
+        )
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class _Defaults:
+    """One purpose's default basis over time, by the chain: the moments each took effect, the
+    bases, the entries saying them, and the basis before the first (the one the first entry
+    replaced, or set), said by the first entry."""
+
+    moments: list[datetime]
+    bases: list[LawfulBasis]
+    seqs: list[int]
+    before: LawfulBasis
+
+
+class RecordedBases:
+    """Each purpose's default basis in force at a moment, as the chain's ``purpose.configured``
+    entries say (their ``at``, inside the hash; each from its time on, ties in chain order), as
+    ``Ledger._default_basis_at`` binds a value: a value's observation is when it was recorded.
+    A purpose no entry names: its configured default. Read once, by the index of the entries
+    naming no person (they are few)."""
+
+    def __init__(self, defaults: dict[str, _Defaults], margin: timedelta) -> None:
+        self._defaults = defaults
+        self._margin = margin
+
+    @classmethod
+    def of(cls, conn: Connection, purposes: Mapping[str, Purpose], margin: timedelta) -> RecordedBases:
+        entries = audit_entries.c
+        changes: dict[str, list[tuple[datetime, int, LawfulBasis | None, LawfulBasis]]] = {}
+        query = select(entries.seq, entries.payload).where(
+            entries.subject_id.is_(None),
+            entries.subject_uid.is_(None),
+            entries.action == "purpose.configured",
+        )
+        for seq, text in conn.execute(query):
+            try:
+                payload = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue  # the chain check names it
+            if not isinstance(payload, dict):
+                continue
+            what, old, new = payload.get("what"), payload.get("old"), payload.get("new")
+            at = _instant(payload.get("at"))
+            basis = _basis(new.get("default_basis")) if isinstance(new, dict) else None
+            if isinstance(what, dict) and at is not None and basis is not None:
+                before = _basis(old.get("default_basis")) if isinstance(old, dict) else None
+                changes.setdefault(str(what.get("purpose")), []).append((at, seq, before, basis))
+        defaults: dict[str, _Defaults] = {}
+        for key, said in changes.items():
+            said.sort(key=lambda change: change[:2])
+            moments, seqs = [change[0] for change in said], [change[1] for change in said]
+            defaults[key] = _Defaults(moments, [change[3] for change in said], seqs, said[0][2] or said[0][3])
+        for key, purpose in purposes.items():
+            if key not in defaults:
+                defaults[key] = _Defaults([], [], [], purpose.default_basis)
+        return cls(defaults, margin)
+
+    def said(self, purpose_key: str, moment: datetime) -> tuple[LawfulBasis, int | None] | None:
+        """The default in force at ``moment`` and the entry saying it (before the first entry:
+        that entry, which says what it replaced; None: the configuration); None where nothing
+        says one (a purpose neither in the chain nor configured)."""
+        defaults = self._defaults.get(purpose_key)
+        if defaults is None:
+            return None
+        at = bisect_right(defaults.moments, moment)
+        if at:
+            return defaults.bases[at - 1], defaults.seqs[at - 1]
+        return defaults.before, defaults.seqs[0] if defaults.seqs else None
+
+    def possible(self, purpose_key: str, moment: datetime) -> set[LawfulBasis]:
+        """The defaults in force within the clock skew of ``moment``: one, but where the default
+        was changed about then."""
+        defaults = self._defaults.get(purpose_key)
+        if defaults is None:
+            return set()
+        low = bisect_right(defaults.moments, moment - self._margin)
+        high = bisect_right(defaults.moments, moment + self._margin)
+        return {defaults.bases[low - 1] if low else defaults.before, *defaults.bases[low:high]}
+
+    def as_read(self, purpose_key: str, summary: Summary) -> Summary:
+        """``summary`` as the ledger reads it (``Ledger._bound``): a value that states no basis
+        and is not bound, bound to the default in force when it was recorded."""
+        latest, restriction = summary.latest, summary.restriction
+        if not (_unbound(latest) or _unbound(restriction)):
+            return summary
+        return summary.with_values(self._bound(purpose_key, latest), self._bound(purpose_key, restriction))
+
+    def _bound(self, purpose_key: str, value: Ranked | None) -> Ranked | None:
+        if value is None or not _unbound(value):
+            return value
+        recorded = self.said(purpose_key, value.observed_at)
+        return value if recorded is None else value.bound_to(recorded[0])
+
+
+def _unbound(value: Ranked | None) -> bool:
+    return value is not None and value.basis is None and value.bound is None
+
+
+def _basis(value: Any) -> LawfulBasis | None:
+    return _BASES.get(value) if isinstance(value, str) else None
 
 
 def _trusted_then(
