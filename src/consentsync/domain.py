@@ -244,7 +244,9 @@ def email_forms(email: str) -> tuple[str, ...]:
     hot path); a non-ASCII one, whatever its domain, at most six (``_older_forms``), and the
     form a lookup came in when that is none of them (``LookupAddress.older``); and, last, for an
     address holding characters beyond the BMP, its folded form (``fold_astral``: as a CRM
-    keeping the BMP only shows it, and a person made from such a record is held under it)."""
+    keeping the BMP only shows it, and a person made from such a record is held under it; the
+    ledger takes a holder of it for the address only where such a record brought it, never one
+    whose "?" a capture or another source gave as it is: ``ledger.identity.holds_for``)."""
     if email.isascii():
         return _with_older(email, (str(email),))
     local, at, domain = email.rpartition("@")

@@ -52,7 +52,7 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mail
 from consentsync.hub.notices import check_shown, in_effect
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import EMAIL, Identity, SubjectResolver, derived_key
+from consentsync.ledger.identity import Identity, SubjectResolver, derived_key, holding
 from consentsync.ledger.schema import (
     capture_requests,
     confirmations,
@@ -1023,11 +1023,8 @@ class Hub:
         address = self._unsealed(token)
         if address is None:  # the erasure key changed since: nothing to bring back
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
-        holder = conn.execute(
-            select(subject_identifiers.c.subject_id).where(
-                subject_identifiers.c.kind == EMAIL, subject_identifiers.c.value.in_(email_forms(address))
-            )
-        ).scalar()
+        # Its folded form only where a folding CRM's record brought it (``holding``).
+        holder = conn.execute(select(subject_identifiers.c.subject_id).where(holding(address))).scalar()
         if holder is not None:
             return int(holder)
         resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)

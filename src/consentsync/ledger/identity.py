@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, or_, select, update
 from sqlalchemy import text as sql_text
 
 from consentsync.audit import AuditRecord
-from consentsync.domain import email_forms, fold_astral
+from consentsync.domain import ASTRAL_FOLD, email_forms, fold_astral
 from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
@@ -89,6 +89,31 @@ class Identity:
     def __post_init__(self) -> None:
         if self.email is None and self.link is None and self.subject_id is None:
             raise ValueError("an identity needs an email, a CRM record or a subject id")
+
+
+def holds_for(email: str, value: str, folds: str | None) -> bool:
+    """Whether an address held as ``value`` (one of ``email_forms(email)``), with the fold
+    character ``folds`` of the CRM whose record brought it (``subject_identifiers``'s
+    ``folds_astral_to``; None: it is what it says), is ``email``'s: any of its own forms is; its
+    folded form (``fold_astral``) only where a CRM keeping the BMP only showed it so. A "?" from
+    anywhere else is a "?": ``a?b@example.test`` is a mailbox of its own, another person's than
+    ``a🙂b@example.test`` (docs/policy.md, "One address, one form")."""
+    return folds == ASTRAL_FOLD or value == email or value != fold_astral(email)
+
+
+def holding(email: str) -> ColumnElement[bool]:
+    """The ``subject_identifiers`` rows holding ``email`` (``holds_for``) as a condition: under
+    any of its forms, its folded form only where a folding CRM's record brought it."""
+    held = subject_identifiers.c
+    forms = email_forms(email)
+    folded = fold_astral(email)
+    if folded == email:  # nearly every address: nothing beyond the BMP
+        return and_(held.kind == EMAIL, held.value.in_(forms))
+    own = [form for form in forms if form != folded]
+    return and_(
+        held.kind == EMAIL,
+        or_(held.value.in_(own), and_(held.value == folded, held.folds_astral_to == ASTRAL_FOLD)),
+    )
 
 
 def email_hmac(key: bytes, email: str) -> str:
@@ -214,7 +239,10 @@ class SubjectResolver:
 
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
-        by_email = self._find_emails({i.email for i in identities if i.email})
+        marked: dict[str, str] = {}
+        by_email = self._find_emails({i.email for i in identities if i.email}, marked)
+        if marked:  # an address a folding CRM showed, named here too: rare
+            self._said_as_it_is(identities, marked)
         # A folded address (a CRM keeping the BMP only) is the person's who holds the real one,
         # before anyone holding the folded text itself. Only records not linked yet that show
         # the fold character pay for it.
@@ -290,9 +318,43 @@ class SubjectResolver:
                 by_link[identity.link] = subject_id
             resolved.append(subject_id)
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)
+        # The addresses stored here and for the people made above (an erased one is not: no row).
+        self._mark_folded(
+            [row[2] for row in new_emails] + [str(i.email) for i in unknown.values() if i.email], identities
+        )
         insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
         self._bind_added(new_emails, added_by)
         return resolved
+
+    def _mark_folded(self, stored: Sequence[str], identities: Sequence[Identity]) -> None:
+        """Marks each address just ``stored`` that a folding CRM's record showed holding its fold
+        character (``Identity.folds_astral_to``) with that character: it may be a real address
+        folded, and stands for it (``holds_for``). One attribute check per identity; a
+        statement only where such an address was stored (a Vtiger on ``utf8`` showing "?")."""
+        if not stored:
+            return
+        folded: dict[str, str | None] = {}
+        for identity in identities:
+            to, email = identity.folds_astral_to, identity.email
+            if to and email and to in email:
+                folded.setdefault(str(email), to)
+        if not folded:
+            return
+        for identity in identities:  # named as it is by another source in the batch too: a "?"
+            if identity.email in folded and identity.folds_astral_to != folded[identity.email]:
+                folded[str(identity.email)] = None
+        held = subject_identifiers.c
+        by_char: dict[str, list[str]] = {}
+        for email in sorted(set(stored) & set(folded)):
+            char = folded[email]
+            if char is not None:
+                by_char.setdefault(char, []).append(email)
+        for char, emails in sorted(by_char.items()):
+            self.conn.execute(
+                update(subject_identifiers)
+                .where(held.kind == EMAIL, held.value.in_(emails))
+                .values(folds_astral_to=char)
+            )
 
     def create_unaddressed(self, email: str) -> int:
         """A person for a sign-up with ``email``, an erased address nobody holds
@@ -478,27 +540,58 @@ class SubjectResolver:
         rows = select_in(self.conn, subjects, ("id", "suppression_id"), "id", sorted(subject_ids))
         return {subject_id for subject_id, suppression_id in rows if suppression_id is not None}
 
-    def _find_emails(self, emails: set[str]) -> dict[str, int]:
+    def _find_emails(self, emails: set[str], marked: dict[str, str] | None = None) -> dict[str, int]:
         """The person held under each address: under its one form, else under the form an
-        older version kept (email_forms; such addresses are rare, and only they cost more)."""
+        older version kept (email_forms; such addresses are rare, and only they cost more), and
+        last under its folded form where a folding CRM's record brought that (``holds_for``).
+        ``marked``, when given, is filled with each address held as it is and marked as a
+        folding CRM's (its fold character): the caller's source may say it is what it says."""
         wanted = {form: email for email in emails for form in email_forms(email)}
-        rows = dict(
-            select_in(
+        rows = {
+            value: (subject_id, folds)
+            for value, subject_id, folds in select_in(
                 self.conn,
                 subject_identifiers,
-                ("value", "subject_id"),
+                ("value", "subject_id", "folds_astral_to"),
                 "value",
                 sorted(wanted),
                 equal=[("kind", EMAIL)],
             )
-        )
+        }
         found: dict[str, int] = {}
         for email in emails:
             for form in email_forms(email):
                 if form in rows:
-                    found[email] = rows[form]
+                    subject_id, folds = rows[form]
+                    # Nearly always held as it is (nothing more asked); else under an older
+                    # form, or its folded one where a folding CRM's record brought that.
+                    if form != email and not holds_for(email, form, folds):
+                        continue  # another person's "?" (it is the last form)
+                    found[email] = subject_id
+                    if folds is not None and form == email and marked is not None:
+                        marked[email] = folds
                     break
         return found
+
+    def _said_as_it_is(self, identities: Sequence[Identity], marked: dict[str, str]) -> None:
+        """Clears the fold mark of each address in ``marked`` (held as a folding CRM showed it)
+        that a source keeping every character shows too (a capture, an import, another CRM's
+        record): its "?" is a "?", so it no longer stands for a real address folding to it
+        (``holds_for``). Runs only where a batch names such a marked address."""
+        cleared = sorted(
+            {
+                str(identity.email)
+                for identity in identities
+                if identity.email in marked and identity.folds_astral_to != marked[identity.email]
+            }
+        )
+        if cleared:
+            held = subject_identifiers.c
+            self.conn.execute(
+                update(subject_identifiers)
+                .where(held.kind == EMAIL, held.value.in_(cleared))
+                .values(folds_astral_to=None)
+            )
 
     def _create(self, identities: Sequence[Identity], hashed: set[str] | None = None) -> list[int]:
         """Creates a person for each identity. An address in ``hashed`` (``_kept_hashed``) that is

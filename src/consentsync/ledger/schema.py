@@ -89,6 +89,11 @@ subject_identifiers = Table(
     Column("subject_id", Integer, ForeignKey("subjects.id"), nullable=False, index=True),
     Column("kind", String(16), nullable=False),
     Column("value", String(320), nullable=False),
+    # The character a CRM that keeps the Basic Multilingual Plane only stores in place of each
+    # character beyond it (``Connector.folds_astral_to``), where the address came from such a
+    # CRM's record and holds it (migration 0020): only then may it stand for a real address that
+    # folds to it (``identity.holds_for``). NULL: the address is what it says ("?" is a "?").
+    Column("folds_astral_to", String(8), nullable=True),
     UniqueConstraint("kind", "value"),
 )
 

@@ -89,6 +89,8 @@ from consentsync.ledger.identity import (
     bindings,
     bound_by,
     email_hmac,
+    holding,
+    holds_for,
     keyed_hasher,
     last_erased_at,
 )
@@ -1547,11 +1549,13 @@ class Ledger:
             # So do those that last showed the address in its other form (punycode): the push
             # decision hashes an address in its one form since (email_forms).
             folded = fold_astral(email)
-            if folded != email and people and folded not in others:
+            if folded != email and people and folded not in others and not _held(conn, folded):
                 # The address as a CRM keeping only the BMP shows it (an emoji as "?"): a record
                 # showing it is the person's to that CRM, and one made after the erasure (a new
                 # lead) would import them again, unsuppressed (``identity._unfold`` finds no one
                 # holding the erased address): suppressed as one of their other addresses.
+                # Not where someone else holds it as it is (``holds_for``: their "?" is a "?",
+                # a mailbox of their own, whose records the suppression would reach).
                 others.add(folded)
                 owners.setdefault(folded, (uids[0], people[0]))
             added = self._suppress_too(conn, sorted(others), reason, now)
@@ -2333,7 +2337,8 @@ class Ledger:
             person = None
             for form in forms:  # the one form first, then an older version's
                 rows = conn.execute(_DECISION_PERSON, {"email": form, "digests": digests}).all()
-                if rows:
+                # Its folded form only where a folding CRM's record brought it (``holds_for``).
+                if rows and holds_for(email, form, rows[0].folds_astral_to):
                     person = rows[0]
                     break
             if person is not None:
@@ -2409,10 +2414,7 @@ class Ledger:
                 conn.execute(
                     select(subjects.c.uid)
                     .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
-                    .where(
-                        subject_identifiers.c.kind == "email",
-                        subject_identifiers.c.value.in_(email_forms(email)),
-                    )
+                    .where(holding(email))  # its folded form only where a folding CRM brought it
                 ).scalars()
             )
             return uids + self._erased_subject_uids(conn, email)
@@ -3038,6 +3040,7 @@ _DECISION_PERSON = (
         last_erased_at(suppressions).label("suppressed_since"),
         _ADDRESS_ENTRY.c.id.label("entry_id"),
         last_erased_at(_ADDRESS_ENTRY).label("entry_at"),
+        subject_identifiers.c.folds_astral_to,
     )
     .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
     .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
@@ -3091,12 +3094,23 @@ def _subject_ids_by_email(conn: Connection, email: str) -> list[int]:
     forms = email_forms(email)
     found = dict(
         conn.execute(
-            select(subject_identifiers.c.value, subject_identifiers.c.subject_id).where(
-                subject_identifiers.c.kind == "email", subject_identifiers.c.value.in_(forms)
-            )
+            # Its folded form only where a folding CRM's record brought it (``holding``).
+            select(subject_identifiers.c.value, subject_identifiers.c.subject_id).where(holding(email))
         ).all()
     )
     return list(dict.fromkeys(found[form] for form in forms if form in found))
+
+
+def _held(conn: Connection, address: str) -> bool:
+    """Whether anyone holds ``address`` as it is (one read of the (kind, value) index)."""
+    return (
+        conn.execute(
+            select(subject_identifiers.c.id).where(
+                subject_identifiers.c.kind == "email", subject_identifiers.c.value == address
+            )
+        ).first()
+        is not None
+    )
 
 
 def _subject_id_by_email(conn: Connection, email: str) -> int | None:
@@ -3104,12 +3118,13 @@ def _subject_id_by_email(conn: Connection, email: str) -> int | None:
     older version kept (its domain in punycode, ``email_forms``)."""
     for form in email_forms(email):
         found = conn.execute(
-            select(subject_identifiers.c.subject_id).where(
+            select(subject_identifiers.c.subject_id, subject_identifiers.c.folds_astral_to).where(
                 subject_identifiers.c.kind == "email", subject_identifiers.c.value == form
             )
-        ).scalar()
-        if found is not None:
-            return found
+        ).first()
+        # Its folded form only where a folding CRM's record brought it (``holds_for``).
+        if found is not None and holds_for(email, form, found.folds_astral_to):
+            return int(found.subject_id)
     return None
 
 

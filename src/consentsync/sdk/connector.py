@@ -255,7 +255,9 @@ class Connector(ABC):
     # Plane (an emoji) in the text it keeps, where it keeps the BMP only (a MySQL table in 3-byte
     # ``utf8``; ``domain.fold_astral``): an address it shows holding that character may be such a
     # person's address folded, and the ledger links the record to the one person holding the
-    # real address (ledger/identity.py). None: the CRM keeps every character. Where a setting
+    # real address (ledger/identity.py); an address it stores from such a record is marked as
+    # folded, and only such an address is found by the real one (``identity.holds_for``).
+    # None: the CRM keeps every character (its "?" is a "?"). Where a setting
     # decides, the connector sets it on the instance.
     folds_astral_to: str | None = None
 

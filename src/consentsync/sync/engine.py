@@ -51,7 +51,7 @@ from consentsync.domain import (
 from consentsync.ledger import absorb
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import CrmLink, Identity, last_erased_at
+from consentsync.ledger.identity import CrmLink, Identity, holds_for, last_erased_at
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -1538,8 +1538,8 @@ class SyncEngine:
         if not forms:
             return {}
         found: dict[str, int] = {}
-        for value, subject_id in conn.execute(
-            select(subject_identifiers.c.value, subjects.c.id)
+        for value, subject_id, folds in conn.execute(
+            select(subject_identifiers.c.value, subjects.c.id, subject_identifiers.c.folds_astral_to)
             .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
             .where(
                 subject_identifiers.c.kind == "email",
@@ -1548,6 +1548,8 @@ class SyncEngine:
             )
             .order_by(subjects.c.id)
         ):
+            if value != forms[value] and not holds_for(forms[value], value, folds):
+                continue  # another person's "?", not the address folded (``holds_for``)
             # The lowest id when two people hold two forms of one address, as before (one person).
             found.setdefault(forms[value], int(subject_id))
         return found
