@@ -41,6 +41,7 @@ from consentsync.cli_base import (
     login_name,
     main,
     print_table,
+    private_output,
     scriptable,
     subject,
 )
@@ -658,16 +659,18 @@ def subject_show(email: str, as_json: bool) -> None:
 @subject.command("export")
 @click.argument("email")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @configured
-def subject_export(email: str, fmt: str, output: Path) -> None:
-    """Export one person's record as JSON, CSV or XLSX."""
+def subject_export(email: str, fmt: str, output: Path, force: bool) -> None:
+    """Export one person's record as JSON, CSV or XLSX (readable by its owner only)."""
     from consentsync.export import with_restrictions, write_export  # openpyxl: slow to import
 
-    check_output_folder(output)
+    check_output_folder(output, force=force)
     ledger = current_ledger()
     view = with_restrictions(ledger, ledger.subject_view(_held_email(email)))
-    write_export(view, fmt, output)
+    with private_output(output, force=force) as aside:
+        write_export(view, fmt, aside)
     ledger.audit_read(
         view["subject"], "subject.exported", actor=login_name(), source="cli", what={"format": fmt}
     )

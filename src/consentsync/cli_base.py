@@ -157,12 +157,41 @@ def _output_to_a_reader() -> Iterator[None]:
         _reader_gone()
 
 
-def check_output_folder(output: Path, option: str = "-o") -> None:
-    """Refuses an output FILE in a folder that is not there, before any work is done for it."""
+def check_output_folder(output: Path, option: str = "-o", *, force: bool | None = None) -> None:
+    """Refuses an output FILE in a folder that is not there, before any work is done for it;
+    and, for a command with ``--force`` (``force`` not None), one that exists (a symlink too)."""
     if not output.parent.is_dir():
         raise InvalidInput(
             f"{option} {output}: no folder {output.parent}: create it first, or write elsewhere"
         )
+    if force is False and (output.exists() or output.is_symlink()):
+        raise InvalidInput(f"{option} {output}: the file exists (--force overwrites it)")
+
+
+@contextmanager
+def private_output(output: Path, option: str = "-o", *, force: bool) -> Iterator[Path]:
+    """A file to write ``output``'s content to: readable by its owner only (0600: a person's
+    record, a plan naming people), written aside in the same folder and put in place whole once
+    the block ends: linked in where nothing is there yet (a file or link made meanwhile is
+    refused, never followed), renamed over it with ``force`` (a symlink is replaced, not written
+    through). Removed if the block fails."""
+    # Its suffix kept last: a writer may go by it.
+    aside = output.with_name(f".{output.name}.{os.getpid()}{output.suffix}")
+    try:
+        os.close(os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        raise InvalidInput(f"{option} {output}: {error.strerror}") from None
+    try:
+        yield aside
+        if force:
+            os.replace(aside, output)
+        else:
+            try:
+                os.link(aside, output, follow_symlinks=False)
+            except FileExistsError:
+                raise InvalidInput(f"{option} {output}: the file exists (--force overwrites it)") from None
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _store_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

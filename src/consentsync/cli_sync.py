@@ -36,6 +36,7 @@ from consentsync.cli_base import (
     login_name,
     main,
     print_table,
+    private_output,
     runs,
     scriptable,
 )
@@ -652,7 +653,11 @@ def plan_command(connector: str, full: bool, output: Path | None, as_json: bool)
     document = report.plan.to_json()
     if output is not None:
         try:
-            output.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            # A plan names people and their records: their owner's to read. Made again and again
+            # (plan, review, apply), it replaces the one before, a symlink included (never
+            # written through).
+            with private_output(output, force=True) as aside:
+                aside.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         except OSError as error:  # a folder removed meanwhile, no permission, a full disk
             raise InvalidInput(f"-o {output}: {error.strerror}") from None
     if as_json:
