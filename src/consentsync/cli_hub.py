@@ -163,9 +163,21 @@ def notice_add(
         raise InvalidInput(f"{file}: no such file") from None
     except UnicodeDecodeError as error:
         raise InvalidInput(not_utf8(file, error)) from None
+    ledger = current_ledger()
     added = notices.add(
-        current_ledger(), purpose, version, text, language=language, actor=login_name(), in_effect_from=since
+        ledger, purpose, version, text, language=language, actor=login_name(), in_effect_from=since
     )
+    earlier = notices.recorded_before(ledger, added)
+    if earlier:
+        # Their text is not known (subject show and the export name none for them): said here,
+        # where whoever registers it can say since when it was shown.
+        click.echo(
+            f"warning: {earlier.count} values recorded under {purpose} {version} before "
+            f"{added.shown_from.isoformat()} (the first at {earlier.first.isoformat()}) are not tied "
+            "to this text; if it is the one they were shown, date it: consentsync notice add "
+            f"{purpose} FILE --version {version} --in-effect-from {earlier.first.isoformat()}",
+            err=True,
+        )
     if as_json:
         emit_json(added.as_dict())
         return

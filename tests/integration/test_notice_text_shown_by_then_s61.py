@@ -27,7 +27,10 @@ def test_a_text_registered_after_the_grant_is_not_the_one_it_showed(cli: Cli, tm
     text = tmp_path / "notice.txt"
     text.write_text("Newsletter, written today\n")
     _grant(cli, "early@example.org", datetime.now(UTC) - timedelta(days=30), "v9")
-    cli.ok("notice", "add", "email_marketing", str(text), "--version", "v9")
+    added = cli.ok("notice", "add", "email_marketing", str(text), "--version", "v9")
+    # Said where the text is registered, with the command that dates it.
+    assert "warning: 1 values recorded under email_marketing v9" in added.stderr
+    assert "--in-effect-from" in added.stderr
     _grant(cli, "late@example.org", datetime.now(UTC), "v9")
     assert _shown(cli, "early@example.org") == [None]
     (late,) = _shown(cli, "late@example.org")
@@ -39,6 +42,8 @@ def test_a_text_registered_as_shown_since_before_the_grant_is_its_text(cli: Cli,
     text.write_text("Newsletter, as shown since last year\n")
     _grant(cli, "early@example.org", datetime.now(UTC) - timedelta(days=30), "v8")
     since = (datetime.now(UTC) - timedelta(days=365)).isoformat()
-    cli.ok("notice", "add", "email_marketing", str(text), "--version", "v8", "--in-effect-from", since)
+    add = ("notice", "add", "email_marketing", str(text), "--version", "v8", "--in-effect-from", since)
+    dated = cli.ok(*add)
+    assert "warning" not in dated.stderr
     (shown,) = _shown(cli, "early@example.org")
     assert shown is not None

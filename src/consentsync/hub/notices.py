@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
-from consentsync.domain import NOTICE_VERSION_MAX, InvalidInput, check_label, check_moment, iso, shown
-from consentsync.ledger.schema import notices
+from consentsync.domain import NOTICE_VERSION_MAX, InvalidInput, as_utc, check_label, check_moment, iso, shown
+from consentsync.ledger.schema import consent_events, notices
 from consentsync.ledger.service import Ledger, NotFound
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
@@ -205,6 +205,26 @@ def in_effect(ledger: Ledger) -> dict[tuple[str, str], datetime]:
             key = (row.purpose, row.version)
             found[key] = min(found.get(key, since), since)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedBefore:
+    count: int
+    first: datetime
+
+
+def recorded_before(ledger: Ledger, notice: Notice) -> RecordedBefore | None:
+    """The values recorded under ``notice``'s purpose and version dated before it was shown
+    (none: None): no text is known for them (``Ledger.subject_view``)."""
+    with ledger.engine.connect() as conn:
+        count, first = conn.execute(
+            select(func.count(), func.min(consent_events.c.event_time)).where(
+                consent_events.c.purpose == notice.purpose,
+                consent_events.c.notice_version == notice.version,
+                consent_events.c.event_time < notice.shown_from,
+            )
+        ).one()
+    return RecordedBefore(int(count), as_utc(first)) if count else None
 
 
 def check_shown(purpose: str, version: str, since: datetime, event_time: datetime | None, field: str) -> None:
