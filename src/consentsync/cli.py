@@ -723,23 +723,21 @@ def audit_log(
 
         action = known_filter("--action", action, AUDIT_ACTIONS, found=logged, what="audit action")
     uids = target.subject_uids_for_email(_held_email(email)) if email else None
-    try:
-        with target.engine.connect() as conn:
-            if limit is not None and limit > MAX_ROW_ID:
-                limit = None  # more than the log can ever hold: no limit
-            items = audit.entries(conn, subject_uids=uids, since=since_at, action=action, limit=limit)
-            if as_json:
-                _stream_json(items)
-            else:
-                print_table(
-                    [_audit_row(entry) for entry in items],
-                    ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"],
-                )
-    finally:
-        # A person's trail is their record read (Art. 30): written down as `subject show` and
-        # the console's search write theirs; after it is printed, so that it is not in it.
-        for uid in uids or []:
-            target.audit_read(uid, "subject.viewed", actor=login_name(), source="cli")
+    with target.engine.connect() as conn:
+        if limit is not None and limit > MAX_ROW_ID:
+            limit = None  # more than the log can ever hold: no limit
+        items = audit.entries(conn, subject_uids=uids, since=since_at, action=action, limit=limit)
+        if as_json:
+            _stream_json(items)
+        else:
+            print_table(
+                [_audit_row(entry) for entry in items],
+                ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"],
+            )
+    # A person's trail is their record read (Art. 30): written down as `subject show` and the
+    # console's search write theirs; once it is printed, so that it is not in it.
+    for uid in uids or []:
+        target.audit_read(uid, "subject.viewed", actor=login_name(), source="cli")
 
 
 def _audit_row(entry: dict[str, Any]) -> dict[str, Any]:

@@ -47,3 +47,17 @@ def test_a_text_registered_as_shown_since_before_the_grant_is_its_text(cli: Cli,
     assert "warning" not in dated.stderr
     (shown,) = _shown(cli, "early@example.org")
     assert shown is not None
+
+
+def test_an_undated_grant_is_tied_to_the_text_registered_before_it_was_recorded(
+    cli: Cli, tmp_path: Path
+) -> None:
+    text = tmp_path / "notice.txt"
+    text.write_text("Newsletter\n")
+    cli.ok("notice", "add", "email_marketing", str(text), "--version", "v7")
+    cli.ok(
+        "ledger", "record", "--email", "undated@example.org", "--purpose", "email_marketing",
+        "--status", "granted", "--source", "web_form", "--notice-version", "v7", "--evidence-ref", "form:1",
+    )  # fmt: skip
+    (shown,) = _shown(cli, "undated@example.org")
+    assert shown is not None

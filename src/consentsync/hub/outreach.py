@@ -39,8 +39,8 @@ from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
-from consentsync.ledger.schema import confirmations, consent_states, subject_identifiers, subjects
-from consentsync.ledger.service import RecordRequest
+from consentsync.ledger.schema import confirmations, consent_states, subjects
+from consentsync.ledger.service import RecordRequest, latest_address
 from consentsync.reconcile import Rule, serves_direct_marketing
 
 log = structlog.get_logger("consentsync.hub.outreach")
@@ -128,11 +128,12 @@ def _renewal_due(state: EffectiveState, now: datetime, days: int) -> bool:
 
 
 def _people(conn: Any) -> Iterator[list[tuple[int, str, str]]]:
-    """(subject id, uid, email) of every live person, in chunks."""
+    """(subject id, uid, email) of every live person holding an address, in chunks: once each,
+    at the address they were last known by (the old one may be someone else's now)."""
+    address = latest_address()
     query = (
-        select(subjects.c.id, subjects.c.uid, subject_identifiers.c.value)
-        .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
-        .where(subject_identifiers.c.kind == "email", subjects.c.erased_at.is_(None))
+        select(subjects.c.id, subjects.c.uid, address.label("value"))
+        .where(subjects.c.erased_at.is_(None), address.is_not(None))
         .order_by(subjects.c.id)
     )
     chunk: list[tuple[int, str, str]] = []
@@ -304,9 +305,8 @@ class Outreacher:
             people = {
                 row.subject_id: (row.uid, row.value)
                 for row in conn.execute(
-                    select(subjects.c.id.label("subject_id"), subjects.c.uid, subject_identifiers.c.value)
-                    .join(subject_identifiers, subject_identifiers.c.subject_id == subjects.c.id)
-                    .where(subject_identifiers.c.kind == "email", subjects.c.id.in_(ids))
+                    select(subjects.c.id.label("subject_id"), subjects.c.uid, latest_address().label("value"))
+                    .where(subjects.c.id.in_(ids), latest_address().is_not(None))
                 )
             } if ids else {}  # fmt: skip
         for row in rows:

@@ -2211,9 +2211,10 @@ class Ledger:
                     hashes[(row.purpose, row.version)] = (row.sha256, as_utc(row.shown_from))
                 for item in history:
                     # Only a text shown by the event's time: one registered later (without an
-                    # earlier in_effect_from) is not what the person saw then (Art. 7(1)).
+                    # earlier in_effect_from) is not what the person saw then (Art. 7(1)). An
+                    # undated value by when it was recorded (it was shown no later).
                     found = hashes.get((item["purpose"], item["notice_version"]))
-                    at = item["event_time"]
+                    at = item["event_time"] or item["recorded_at"]
                     shown = found is not None and at is not None and _parsed(at) >= found[1]
                     item["notice_sha256"] = found[0] if shown and found is not None else None
             links = [
@@ -3012,15 +3013,21 @@ def _with_subject(table: Any) -> Any:
     one row per row of ``table``, with the address the person was last known by (``email_of``).
     A join on the person's addresses gave a person holding two (a CRM record that took a new one)
     each objection, and each request to chase, twice."""
-    latest = (
+    return select(table, subjects.c.uid, latest_address().label("email")).join(
+        subjects, subjects.c.id == table.c.subject_id
+    )
+
+
+def latest_address() -> Any:
+    """The address the person of ``subjects``' row was last known by (a correlated subquery;
+    NULL once erased): a CRM record that took a new address keeps the old one beside it, and what
+    is sent or listed goes where the person is now, once (``Ledger.email_of``)."""
+    return (
         select(subject_identifiers.c.value)
         .where(subject_identifiers.c.subject_id == subjects.c.id, subject_identifiers.c.kind == "email")
         .order_by(subject_identifiers.c.id.desc())
         .limit(1)
         .scalar_subquery()
-    )
-    return select(table, subjects.c.uid, latest.label("email")).join(
-        subjects, subjects.c.id == table.c.subject_id
     )
 
 
