@@ -163,20 +163,18 @@ def test_one_batch_naming_the_address_from_both_kinds_of_source_does_not_mark_it
 
 
 @pytest.mark.parametrize("source", ["capture", "crm keeping every character"])
-def test_a_source_keeping_every_character_showing_the_folded_text_unmarks_it(
+def test_a_source_keeping_every_character_showing_the_folded_text_does_not_unmark_it(
     ledger: Ledger, source: str
 ) -> None:
+    # Else anyone could cut the person from their real address (their no, their erasure) by one
+    # form typed "dora?@".
     (person,) = _link(ledger, _record(FOLDED, "12x5", "?"))
     assert _mark(ledger, FOLDED) == "?"
     if source == "capture":
         _capture(ledger, FOLDED)
     else:
         assert _link(ledger, _record(FOLDED, "hs-5", None, connector="hubspot")) == [person]
-    # Someone said "dora?@" is a mailbox as it is: the emoji address is no longer taken for it.
-    assert _mark(ledger, FOLDED) is None and ledger.subject_uids_for_email(DORA) == []
-    # The folding CRM showing it again does not mark it again (it came through both).
-    assert _link(ledger, _record(FOLDED, "12x5", "?")) == [person]
-    assert _mark(ledger, FOLDED) is None
+    assert _mark(ledger, FOLDED) == "?" and len(ledger.subject_uids_for_email(DORA)) == 1
 
 
 def test_plain_addresses_cost_no_statement_more(ledger: Ledger) -> None:

@@ -240,9 +240,10 @@ class SubjectResolver:
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
         marked: dict[str, str] = {}
+        # A mark is never cleared by another source naming the folded text (a form typed
+        # "dora?@"): anyone could cut the person a folding CRM showed from their real address,
+        # their no and their erasure with it, by one submission (session 61 review of d0ace31).
         by_email = self._find_emails({i.email for i in identities if i.email}, marked)
-        if marked:  # an address a folding CRM showed, named here too: rare
-            self._said_as_it_is(identities, marked)
         # A folded address (a CRM keeping the BMP only) is the person's who holds the real one,
         # before anyone holding the folded text itself. Only records not linked yet that show
         # the fold character pay for it.
@@ -572,26 +573,6 @@ class SubjectResolver:
                         marked[email] = folds
                     break
         return found
-
-    def _said_as_it_is(self, identities: Sequence[Identity], marked: dict[str, str]) -> None:
-        """Clears the fold mark of each address in ``marked`` (held as a folding CRM showed it)
-        that a source keeping every character shows too (a capture, an import, another CRM's
-        record): its "?" is a "?", so it no longer stands for a real address folding to it
-        (``holds_for``). Runs only where a batch names such a marked address."""
-        cleared = sorted(
-            {
-                str(identity.email)
-                for identity in identities
-                if identity.email in marked and identity.folds_astral_to != marked[identity.email]
-            }
-        )
-        if cleared:
-            held = subject_identifiers.c
-            self.conn.execute(
-                update(subject_identifiers)
-                .where(held.kind == EMAIL, held.value.in_(cleared))
-                .values(folds_astral_to=None)
-            )
 
     def _create(self, identities: Sequence[Identity], hashed: set[str] | None = None) -> list[int]:
         """Creates a person for each identity. An address in ``hashed`` (``_kept_hashed``) that is
