@@ -155,7 +155,7 @@ class HubSpotConnector(sdk.Connector):
         self._token = self._read_token()
         self._describes: dict[str, dict[str, sdk.FieldInfo]] = {}
         # Subscription id -> the business unit it belongs to (its definition's businessUnitId).
-        self._units: dict[str, int] = {}
+        self._units: dict[str, int | None] = {}
         self._pace = threading.Lock()
         self._last_search = 0.0
         self._secondly_remaining: int | None = None
@@ -472,7 +472,14 @@ class HubSpotConnector(sdk.Connector):
             for email in dict.fromkeys(current):
                 answered = (wide or {}).get(email)
                 if email in flagged:
-                    opted_out[email] = answered or {PORTAL_WIDE: None}
+                    # The flag is the account's own: where the wide statuses name only other
+                    # units' opt-outs, it still covers the default unit's email (undated, unless
+                    # they date it), and where they disagree the no is kept.
+                    opted_out[email] = (
+                        answered
+                        if answered and (PORTAL_WIDE in answered or DEFAULT_UNIT in answered)
+                        else {**(answered or {}), DEFAULT_UNIT if answered else PORTAL_WIDE: None}
+                    )
                 elif answered:
                     opted_out[email] = answered
             earlier_opted_out = {a: wide[a] for a in earlier_addresses if wide and a in wide}
@@ -714,12 +721,16 @@ class HubSpotConnector(sdk.Connector):
                         )
         yield from sorted(pending, key=_deletion_key)
 
-    def _unit_of(self, sid: str) -> int:
+    def _unit_of(self, sid: str) -> int | None:
+        """The business unit of subscription type ``sid``; None where its definition's could not
+        be read (only an opt-out of all of the portal's email is then known to cover it)."""
         return self._units.get(sid, DEFAULT_UNIT)
 
     def _other_units(self, subscriptions: Sequence[str]) -> list[int]:
-        """The business units other than the default one that ``subscriptions`` belong to."""
-        return sorted({unit for sid in subscriptions if (unit := self._unit_of(sid)) != DEFAULT_UNIT})
+        """The business units other than the default one that ``subscriptions`` belong to (a unit
+        that could not be read is none of them: it cannot be asked for)."""
+        units = {self._unit_of(sid) for sid in subscriptions}
+        return sorted(unit for unit in units if unit is not None and unit != DEFAULT_UNIT)
 
     def _wide_unsubscribes(
         self, emails: list[str], subscriptions: Sequence[str] = ()
@@ -1256,7 +1267,7 @@ def _earlier_no(
 
 def _earlier_values(
     props: Mapping[str, Any],
-    units: Mapping[str, int],
+    units: Mapping[str, int | None],
     held_before: Mapping[str, Sequence[tuple[datetime, datetime]]],
     statuses: Mapping[str, Mapping[str, Mapping[str, Any]]],
     opted_out: Mapping[str, OptOuts],
@@ -1346,7 +1357,7 @@ def _wide_scope(wide: Mapping[str, Any]) -> str | int | None:
     return None
 
 
-def _covering(opt_outs: Mapping[str | int, str | None] | None, unit: int) -> tuple[bool, str | None]:
+def _covering(opt_outs: Mapping[str | int, str | None] | None, unit: int | None) -> tuple[bool, str | None]:
     """Whether an address's opt-outs of all email (``OptOuts``) cover a subscription type of
     business unit ``unit`` (an opt-out of the portal's email, or of that unit's), and when the
     latest of those that do was given: None where one of them has no time (the no is then

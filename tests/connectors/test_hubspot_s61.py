@@ -221,7 +221,8 @@ def test_an_opt_out_of_all_of_one_units_email_withdraws_only_that_units_subscrip
 ) -> None:
     """a@ opts out of all of brand two's email (unit 2): only 2001 reads UNSUBSCRIBED, as of the
     opt-out; b@ likewise, with ``hs_email_optout`` set as well (HubSpot does not say whether a
-    unit's opt-out sets it): the wide status says which email it covers. c@ opts out of all
+    unit's opt-out sets it): the flag is the account's own, so the default unit's types read
+    UNSUBSCRIBED too (where they disagree, the no is kept). c@ opts out of all
     email: every subscription reads UNSUBSCRIBED. d@ unsubscribed from 2001 itself: read with
     unit 2's ``businessUnitId``."""
     portal = branded.sandbox.portal
@@ -244,10 +245,15 @@ def test_an_opt_out_of_all_of_one_units_email_withdraws_only_that_units_subscrip
         fields = read[contacts[email]]
         assert fields["subscription_2001"] == "UNSUBSCRIBED", f"{email}'s opt-out of unit 2 was lost"
         assert fields["subscription_2001_timestamp"] == iso_ms(brand_two_out)
-        assert fields["subscription_1001"] == "SUBSCRIBED", (
-            f"{email}'s opt-out of one business unit withdrew another unit's subscription"
-        )
-        assert fields["subscription_1002"] == "NOT_SPECIFIED"
+    brand_two_only = read[contacts["a@example.test"]]
+    assert brand_two_only["subscription_1001"] == "SUBSCRIBED", (
+        "an opt-out of one business unit withdrew another unit's subscription"
+    )
+    assert brand_two_only["subscription_1002"] == "NOT_SPECIFIED"
+    flagged = read[contacts["b@example.test"]]
+    assert (flagged["subscription_1001"], flagged["subscription_1002"]) == ("UNSUBSCRIBED", "UNSUBSCRIBED"), (
+        "the account's own opt-out flag was dropped for the default unit"
+    )
     everything = read[contacts["c@example.test"]]
     assert {everything[f"subscription_{sid}"] for sid in ("1001", "1002", "2001")} == {"UNSUBSCRIBED"}
     assert everything["subscription_2001_timestamp"] == iso_ms(all_out)
