@@ -365,14 +365,17 @@ class RecordedBases:
         return defaults.before, defaults.seqs[0] if defaults.seqs else None
 
     def possible(self, purpose_key: str, moment: datetime) -> set[LawfulBasis]:
-        """The defaults in force within the clock skew of ``moment``: one, but where the default
-        was changed about then."""
+        """The defaults a process may have bound a value recorded at ``moment`` to: the one in
+        force then (within the clock skew) and every one in force before it. A process reads its
+        configuration once, at start: a daemon still running when another process applied a new
+        default records under the one it started with, which is no edit (verify named it as one:
+        session 61 review of d38ac8a). A binding edited to an earlier default goes unseen; one
+        to a basis the purpose never defaulted to does not."""
         defaults = self._defaults.get(purpose_key)
         if defaults is None:
             return set()
-        low = bisect_right(defaults.moments, moment - self._margin)
         high = bisect_right(defaults.moments, moment + self._margin)
-        return {defaults.bases[low - 1] if low else defaults.before, *defaults.bases[low:high]}
+        return {defaults.before, *defaults.bases[:high]}
 
     def as_read(self, purpose_key: str, summary: Summary) -> Summary:
         """``summary`` as the ledger reads it (``Ledger._bound``): a value that states no basis

@@ -353,3 +353,23 @@ def test_a_revoked_key_opened_used_to_erase_and_closed_again_is_named_by_the_era
         f"through API key website up to {iso(world.clock.now)}, after audit entry {revoked} revoked it at "
         f"{revoked_at}: it was opened again outside consentsync"
     ]
+
+
+def test_a_process_started_before_a_default_change_records_under_its_own_and_verifies_clean(
+    ledger: Ledger, config_path: Path, clock: Clock
+) -> None:
+    # A daemon reads its configuration once: another process applies a new default_basis, the
+    # daemon records under the one it started with. No edit: verify must not name it as one
+    # (session 61 review of the bound-basis check).
+    import dataclasses
+
+    clock.advance(hours=1)
+    data = yaml.safe_load(config_path.read_text())
+    (profiling,) = [p for p in data["purposes"] if p["key"] == "profiling"]
+    was = profiling["default_basis"]
+    profiling["default_basis"] = "consent" if was != "consent" else "legitimate_interests"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    dataclasses.replace(ledger, purposes=load_config(config_path).purposes).sync_purposes()
+    clock.advance(minutes=30)
+    ledger.record(Identity(email="dan@example.test"), _profiling_grant(clock))
+    _verify(config_path, 0)
