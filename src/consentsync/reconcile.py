@@ -60,6 +60,8 @@ EARLIEST = datetime.min.replace(tzinfo=UTC)
 # record (``answered``).
 SUMMARY_VERSION = 6
 DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+# The statuses read as late as they can be (a no, an expiry): see Ranked.of, credible_time.
+_LATE_STATUSES = frozenset({*STICKY_STATUSES, ConsentStatus.EXPIRED})
 # Most CRMs stamp whole seconds: their "12:00:00" happened anywhere in that second.
 TO_THE_SECONDS_END = timedelta(microseconds=999_999)
 # Statuses under which nobody answered: consent applies and none was given ("applicable"), or it
@@ -99,10 +101,16 @@ class Policy:
 
     def credible_time(self, evidence: Evidence) -> datetime | None:
         """The event time, unless it lies after the observation (beyond the clock skew): no one
-        acts in the future, so such a time is read as unknown (most restrictively)."""
+        acts in the future, so such a time is read as unknown (most restrictively). Inside the
+        skew, a no counts as late as it says and anything else from its observation at the
+        latest (it was given by then): where the order of a grant and a no is in doubt, the no
+        stands, whatever order they arrive in. The time stated is what is stored (Art. 7(1)),
+        so that a value read again after it is the same value, not a second one."""
         moment = evidence.event_time
         if moment is None or moment > evidence.observed_at + self.clock_skew:
             return None
+        if moment > evidence.observed_at and evidence.status not in _LATE_STATUSES:
+            return evidence.observed_at
         return moment
 
     def reverses_sticky(self, evidence: Evidence) -> bool:
@@ -179,7 +187,7 @@ class Ranked:
         is anywhere in that second, so a consent captured at 12:00:00.750 is not known to come
         after it and must not reverse it. Each value's own sort time, so the fold stays a join."""
         event_time = (policy or _DEFAULT_POLICY).credible_time(evidence)
-        late = evidence.status in STICKY_STATUSES or evidence.status is ConsentStatus.EXPIRED
+        late = evidence.status in _LATE_STATUSES
         if event_time is not None:
             sort_time = no_counts_from(event_time) if late else event_time
         elif late:

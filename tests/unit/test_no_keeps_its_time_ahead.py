@@ -76,3 +76,19 @@ def _arrived(evidence: Evidence, at: datetime) -> Evidence:
     from dataclasses import replace
 
     return replace(evidence, observed_at=at)
+
+
+def test_a_grant_read_again_after_its_stated_time_is_the_same_grant(ledger: Ledger, clock: Clock) -> None:
+    # Counted from its observation at first, a grant stated ahead was recorded again at its
+    # stated time when read after it (a re-sync, a retry), and undid the no given in between.
+    now = clock()
+    person = Identity(email="reread@example.org")
+    grant = _said(ConsentStatus.GRANTED, now + timedelta(minutes=4), now)
+    ledger.record_many([RecordRequest(person, grant)])
+    clock.advance(minutes=1)
+    ledger.record_many([RecordRequest(person, _said(ConsentStatus.WITHDRAWN, clock(), clock()))])
+    clock.advance(minutes=4)
+    again = ledger.record_many([RecordRequest(person, _arrived(grant, clock()))])
+    assert (again.recorded, again.duplicates) == (0, 1)
+    _uid, state = ledger.decision_for(person.email or "", "email_marketing", "email")
+    assert state.status is ConsentStatus.WITHDRAWN, state

@@ -930,9 +930,13 @@ class TestFutureDatedValues:
         assert (result.status, result.expires_at) == (S.EXPIRED, t(740))
 
     def test_a_small_clock_skew_is_tolerated(self) -> None:
+        # A grant stated ahead counts from its observation (it was given by then), a no as late
+        # as it says: where their order is in doubt, the no stands.
         skewed = capture(S.GRANTED, t(5) + timedelta(minutes=4), observed=t(5))
-        assert POLICY.credible_time(skewed) == skewed.event_time
+        assert POLICY.credible_time(skewed) == skewed.observed_at
         assert POLICY.reverses_sticky(skewed)
+        no = capture(S.WITHDRAWN, t(5) + timedelta(minutes=4), observed=t(5))
+        assert POLICY.credible_time(no) == no.event_time
 
 
 # --- a basis stated by evidence, or filled in by the purpose's default --------------------------

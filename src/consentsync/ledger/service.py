@@ -42,7 +42,6 @@ from consentsync.domain import (
     REASON_MAX,
     SOFT_OPT_IN_CONDITIONS,
     SOURCE_MAX,
-    STICKY_STATUSES,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -2778,28 +2777,17 @@ def _parsed(moment: str) -> datetime:
 
 
 def _not_after_observation(evidence: Evidence) -> Evidence:
-    """No one acts after consentsync learned of the act: an event time inside the allowed clock
-    skew but later than its observation is recorded as the observation time, so that a clock
-    running ahead never makes a value outrank one the person gave after it (rule 3).
-
-    A no keeps the time it states (inside the skew): a grant counts from as early as it can have
-    been given, a no as late as it says, so that where their order is in doubt the no stands.
-    Clamping both gave the order of arrival the last word: a sender whose clock runs a minute
-    ahead sent a grant, then a withdrawal; delivered the other way round (a retry queue), the
-    grant was dated after the withdrawal and undid it (black-box finding bb61 F3)."""
-    if evidence.status in STICKY_STATUSES:
+    """No one confirms after consentsync learned of it: a double opt-in time inside the allowed
+    clock skew but later than its observation is recorded as the observation time. The event
+    time is recorded as stated (Art. 7(1)); the reconciler counts a grant stated ahead from its
+    observation and a no as late as it says (``Policy.credible_time``), so that where the order
+    of the two is in doubt the no stands (black-box finding bb61 F3), and a value read again
+    after its stated time is the same value (its fingerprint), not a second one that a no given
+    in between would lose to (session 61 review)."""
+    observed, double_opt_in_at = evidence.observed_at, evidence.double_opt_in_at
+    if double_opt_in_at is None or double_opt_in_at <= observed:
         return evidence
-    observed = evidence.observed_at
-    event_time, double_opt_in_at = evidence.event_time, evidence.double_opt_in_at
-    if (event_time is None or event_time <= observed) and (
-        double_opt_in_at is None or double_opt_in_at <= observed
-    ):
-        return evidence
-    return replace(
-        evidence,
-        event_time=min(event_time, observed) if event_time else None,
-        double_opt_in_at=min(double_opt_in_at, observed) if double_opt_in_at else None,
-    )
+    return replace(evidence, double_opt_in_at=observed)
 
 
 ERASED_TEXT = "(redacted: the person was erased, Art. 17)"
