@@ -50,11 +50,13 @@ def erase_after_the_states_are_read(monkeypatch: pytest.MonkeyPatch, *, comeback
             erased.append(email)
             ledger.erase(email, reason="Art. 17 request")
             if comeback:  # a sign-up on a web form with the address, by someone
-                now = ledger.clock()
-                value = consent_value(  # evidenced, dated after the erasure: it lifts it
+                # Evidenced, dated and observed after the erasure: it lifts it (one stated ahead
+                # of its observation counts from the observation, no later than the erasure).
+                later = ledger.clock() + timedelta(seconds=1)
+                value = consent_value(
                     ConsentStatus.GRANTED,
-                    now + timedelta(seconds=1),
-                    now,
+                    later,
+                    later,
                     basis=LawfulBasis.CONSENT,
                     source="web_form",
                     notice_version="privacy-v3",

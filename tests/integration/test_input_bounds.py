@@ -128,16 +128,19 @@ def test_edge_of_the_calendar_everywhere_a_time_is_read(cli: Cli, value: str) ->
         assert_bad_input(result, "--since")
 
 
-def test_a_time_inside_the_skew_is_recorded_as_its_observation(cli: Cli) -> None:
-    """Clocks disagree a little: two minutes ahead is accepted, but the act cannot have happened
-    after consentsync learned of it, so a withdrawal given just after it still wins."""
+def test_a_time_inside_the_skew_is_recorded_as_stated_and_a_grant_counts_from_its_observation(
+    cli: Cli,
+) -> None:
+    """Clocks disagree a little: two minutes ahead is accepted and kept as stated (what the sender
+    said, Art. 7(1)), but the act cannot have happened after consentsync learned of it, so a
+    withdrawal given just after it still wins."""
     ahead = _iso_ahead(minutes=2)
     granted = record(
         cli, "skew@example.com", "email_marketing", "granted", "--at", ahead, "--evidence-ref", "form-1"
     )
     assert granted["after"]["status"] == "granted"
     (event,) = show(cli, "skew@example.com")["history"]
-    assert event["event_time"] <= event["recorded_at"]
+    assert event["event_time"] > event["recorded_at"]  # as stated
     withdrawn = record(cli, "skew@example.com", "email_marketing", "withdrawn", "--at", iso_ago(seconds=0))
     assert (withdrawn["after"]["status"], withdrawn["after"]["suppressed"]) == ("withdrawn", True)
 
