@@ -135,6 +135,9 @@ def _moment(value: Any) -> datetime | None:
         return None
 
 
+_AuditDetails = list[dict[str, Any]]
+
+
 def _holds_update_since(details: Sequence[Mapping[str, Any]], modified: datetime) -> bool:
     """Whether a row's audit history (RetrieveRecordChangeHistory's AuditDetails) holds an
     update at least as new as ``modified`` (its modifiedon), less :data:`_AUDIT_MARGIN`."""
@@ -1172,40 +1175,15 @@ class DynamicsConnector(sdk.Connector):
         the row left, for good."""
         if not self._addresses_audited():
             return None
-        entity = self._entity(CONSENT_TABLE)
         value = self._consent_change_wire()["msdynmkt_contactpointvalue"]
         found: set[str] = set()
-        pending = sorted(edited)
-        while pending:
-            chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
-            parts = []
-            for row_id in chunk:
-                target = quote(f"{{'@odata.id':'{entity.entity_set}({row_id})'}}", safe="")
-                url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
-                parts.append(PartRequest("GET", url))
-            _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
-            for row_id, answer in zip(chunk, answers, strict=False):
-                history = answer.body.get("AuditDetailCollection") if isinstance(answer.body, dict) else None
-                if answer.status >= 300 or not isinstance(history, dict) or history.get("MoreRecords"):
-                    log.warning(
-                        "dynamics.audit_history_unread",
-                        connector=self.name,
-                        status=answer.status,
-                        code=answer.error[0] if answer.status >= 300 else None,
-                    )
-                    return None
-                details = [d for d in history.get("AuditDetails") or [] if isinstance(d, dict)]
-                if not _holds_update_since(details, edited[row_id]):
-                    # Its latest edit is not in the history yet (or was of columns not audited):
-                    # where it moved the row from is unknown.
-                    log.info("dynamics.audit_history_behind", connector=self.name, row=row_id)
-                    return None
-                for detail in details:
-                    old = detail.get("OldValue")
-                    if isinstance(old, dict) and (address := journeys.address_key(old.get(value))):
-                        found.add(address)
-            if len(answers) < len(parts):
+        for _row_id, details in self._audit_histories(edited):
+            if details is None:
                 return None
+            for detail in details:
+                old = detail.get("OldValue")
+                if isinstance(old, dict) and (address := journeys.address_key(old.get(value))):
+                    found.add(address)
         return found
 
     def _addresses_audited(self) -> bool:
@@ -1318,8 +1296,22 @@ class DynamicsConnector(sdk.Connector):
                 reason="msdynmkt_value is not audited",
             )
             return set()
+        return {
+            row_id
+            for row_id, details in self._audit_histories(rows)
+            if details is not None and not any(_changes_value(detail) for detail in details)
+        }
+
+    def _audit_histories(
+        self, rows: Mapping[str, datetime]
+    ) -> Iterator[tuple[str, list[dict[str, Any]] | None]]:
+        """Each of ``rows`` (consent row id -> its modifiedon) with the details of its audit
+        history (RetrieveRecordChangeHistory, in ``$batch`` calls), or None where that history is
+        not whole: unread (the application user lacks prvReadRecordAuditHistory), paged, not
+        answered, or without an update as new as the row's modifiedon (Dataverse may show an
+        audit row late: "Audit logs may show up with a delay", as they are kept in its log
+        storage, while the delta shows the edit at once)."""
         entity = self._entity(CONSENT_TABLE)
-        unchanged: set[str] = set()
         pending = sorted(rows)
         while pending:
             chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
@@ -1329,7 +1321,11 @@ class DynamicsConnector(sdk.Connector):
                 url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
                 parts.append(PartRequest("GET", url))
             _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
-            for row_id, answer in zip(chunk, answers, strict=False):
+            for position, row_id in enumerate(chunk):
+                if position >= len(answers):
+                    yield row_id, None
+                    continue
+                answer = answers[position]
                 history = answer.body.get("AuditDetailCollection") if isinstance(answer.body, dict) else None
                 if answer.status >= 300 or not isinstance(history, dict) or history.get("MoreRecords"):
                     log.warning(
@@ -1338,14 +1334,14 @@ class DynamicsConnector(sdk.Connector):
                         status=answer.status,
                         code=answer.error[0] if answer.status >= 300 else None,
                     )
+                    yield row_id, None
                     continue
                 details = [d for d in history.get("AuditDetails") or [] if isinstance(d, dict)]
                 if not _holds_update_since(details, rows[row_id]):
                     log.info("dynamics.audit_history_behind", connector=self.name, row=row_id)
+                    yield row_id, None
                     continue
-                if not any(_changes_value(detail) for detail in details):
-                    unchanged.add(row_id)
-        return unchanged
+                yield row_id, details
 
     def _contacts_at(self, table: _TableRead, addresses: Collection[str]) -> Iterator[sdk.CrmRecord]:
         """The live contacts whose address is one of ``addresses`` (as :func:`journeys.address_key`
