@@ -688,6 +688,7 @@ class Hub:
             raise InvalidInput(f"consents: {len(items)} in one request, at most {BATCH_MAX}")
         now = self.ledger.clock()
         requests, doi = self._evidence(key, items, now)
+        self._await_holder(requests, doi)
         languages = {index: item.language for index, item in enumerate(items)}
         emails = {r.identity.email for r in requests}
         if gpc:
@@ -1077,6 +1078,41 @@ class Hub:
                 return False
             evidence = replace(evidence, status=ConsentStatus.GRANTED)
         return lifts_erasure(policy, evidence, since)
+
+    def _await_holder(self, requests: list[RecordRequest], doi: set[int]) -> None:
+        """Makes each grant for an address its person no longer holds (``SubjectResolver.
+        superseded``: a CRM record of theirs took another one) a double opt-in sign-up, in
+        ``requests`` and ``doi``: "requested" is recorded on the person and the link goes to
+        the address they hold now (``_current_address``), so only their own confirmation
+        grants. Taken as sent, the grant of whoever has the old mailbox now (recycled, a former
+        employer's alias) reversed the person's no, and the next sync cleared the opt-out on
+        the record holding their new address (bb61 F5). Not a new person for the address: it
+        stays the person's (one holder per address, bound in the chain), and a no for it is
+        still theirs (the safe side). Read before the transaction, as ``_consented`` reads: a
+        sync re-addressing the person meanwhile is a change the ledger learns after the grant."""
+        grants = {
+            index: request
+            for index, request in enumerate(requests)
+            if index not in doi
+            and request.identity.email
+            and not request.identity.says_no
+            and request.evidence.status is ConsentStatus.GRANTED
+        }
+        if not grants:
+            return
+        with reading(self.ledger.engine) as conn:
+            resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+            # As entered (a LookupAddress): the person an older version holds it under, too.
+            superseded = resolver.superseded({r.identity.email for r in grants.values() if r.identity.email})
+        awaiting = sorted(index for index, r in grants.items() if r.identity.email in superseded)
+        for index in awaiting:
+            request = requests[index]
+            requests[index] = replace(
+                request, evidence=replace(request.evidence, status=ConsentStatus.REQUESTED)
+            )
+            doi.add(index)
+        if awaiting:
+            log.info("hub.grant_awaits_holder", items=awaiting, reason="address_superseded")
 
     def _consented(self, requests: list[RecordRequest], doi: set[int]) -> dict[int, tuple[str, Any]]:
         """The double opt-in sign-ups (by index) of people whose consent to that purpose and

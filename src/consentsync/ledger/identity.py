@@ -21,14 +21,15 @@ from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func,
 from sqlalchemy import text as sql_text
 
 from consentsync.audit import AuditRecord
-from consentsync.domain import ASTRAL_FOLD, email_forms, fold_astral
+from consentsync.domain import ASTRAL_FOLD, canonical_json, email_forms, fold_astral
 from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
     insert_rows,
+    one_of,
     select_in,
 )
-from consentsync.ledger.schema import crm_links, subject_identifiers, subjects, suppressions
+from consentsync.ledger.schema import crm_links, crm_snapshots, subject_identifiers, subjects, suppressions
 
 log = structlog.get_logger("consentsync.ledger")
 
@@ -441,6 +442,43 @@ class SubjectResolver:
             since = self.erased_since(email)
             if since is not None:
                 found[email] = since
+        return found
+
+    def superseded(self, emails: set[str]) -> set[str]:
+        """Of ``emails``, those their holder no longer holds: none of the person's live CRM
+        records was last read showing it, and one at least was read showing another address (a
+        record of theirs took a new one, or another person's: ``elsewhere``). The
+        person keeps it (their nos under it, Art. 15, ``subject.identifier_added``: an address
+        never moves to another person), but whoever writes from that mailbox now may be someone
+        else (recycled, a former employer's alias): a grant captured for it is no word of the
+        person's (docs/policy.md, "An address a person no longer holds"). A person no live
+        record was read for, or whose records show no address, holds theirs as before: nothing
+        says which is current. Two reads, the second only where one of ``emails`` is held."""
+        holders = self._find_emails(emails)
+        if not holders:
+            return set()
+        shown: dict[int, set[str]] = {}
+        rows = self.conn.execute(
+            select(crm_links.c.subject_id, crm_snapshots.c.identity)
+            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(
+                one_of(self.conn, crm_links.c.subject_id, sorted(set(holders.values()))),
+                crm_links.c.gone_at.is_(None),
+                crm_snapshots.c.identity.is_not(None),
+            )
+        )
+        for subject_id, identity in rows:
+            shown.setdefault(subject_id, set()).add(identity)
+        # A record read showing no address (empty, or none: the sync's identity of a value that
+        # is no text is its JSON after a NUL, sync/engine.py ``_identity_digests``) shows no
+        # other address.
+        blank = {self.hashed(""), self.hashed("\0" + canonical_json(None))}
+        found: set[str] = set()
+        for email, holder in holders.items():
+            others = shown.get(holder, set()) - blank
+            # Snapshots hash the address in its one form; an older version's form (punycode) too.
+            if others and not others & {self.hashed(form) for form in email_forms(email)}:
+                found.add(email)
         return found
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:

@@ -1,0 +1,148 @@
+"""A grant captured for an address its person no longer holds is no word of theirs (black-box
+finding bb61 F5). Pat said no under pat.old@; the CRM record then took pat.new@, and Pat keeps
+the old address beside the new one (their nos under it, Art. 15). Whoever has the old mailbox
+now (recycled, a former employer's alias) posted a grant for it: it reversed Pat's no, and the
+next sync cleared the Email Opt Out of the record holding Pat's new address. Now the grant waits
+for Pat's own confirmation, mailed to the address they hold now; a no under the old address
+still reaches them. Through the capture API, the real sync engine and the Salesforce sandbox
+(docs/policy.md, "An address a person no longer holds")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from consentsync_salesforce.sandbox import SalesforceSandbox
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from consentsync.app import open_ledger
+from consentsync.config import load_config
+from consentsync.hub import keys, notices
+from consentsync.hub.api import create_app
+from consentsync.hub.capture import Hub
+from consentsync.ledger.schema import subjects
+from consentsync.ledger.service import Ledger
+from tests.conftest import Cli
+from tests.hub.conftest import NEWSLETTER_NOTICE, NOTICE_IN_EFFECT, Inbox
+from tests.integration.test_cli_sync import connect_sandbox
+
+OLD, NEW = "pat.old@example.com", "pat.new@example.com"
+PURPOSE, CHANNEL = "email_marketing", "email"  # the Contact's Email Opt Out
+
+
+@dataclass
+class Setup:
+    cli: Cli
+    sandbox: SalesforceSandbox
+    ledger: Ledger
+    hub: Hub
+    client: TestClient
+    inbox: Inbox
+    secret: str
+
+    def capture(self, email: str, status: str) -> dict[str, Any]:
+        body = {"email": email, "purpose": PURPOSE, "channel": CHANNEL, "status": status}
+        if status == "granted":
+            body |= {"notice_version": "2026-05", "evidence_ref": "form:signup"}
+        response = self.client.post(
+            "/consents", json=body, headers={"Authorization": f"Bearer {self.secret}"}
+        )
+        assert response.status_code == 201, response.text
+        (result,) = response.json()["results"]
+        return dict(result)
+
+    def opted_out(self, contact: str) -> bool:
+        self.cli.ok("sync", "sf")
+        return bool(self.sandbox.org.get(contact)["HasOptedOutOfEmail"])
+
+    def state(self, email: str) -> tuple[str | None, bool, str]:
+        uid, state = self.ledger.decision_for(email, PURPOSE, CHANNEL)
+        return uid, state.suppressed, state.rule
+
+    def people(self) -> int:
+        with self.ledger.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(subjects)).scalar_one())
+
+
+@pytest.fixture
+def setup(
+    cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch, inbox: tuple[Inbox, int]
+) -> Iterator[Setup]:
+    handler, port = inbox
+    with SalesforceSandbox() as sandbox:
+        connect_sandbox(sandbox, config_path, monkeypatch)
+        data = yaml.safe_load(config_path.read_text())
+        data["hub"] = {
+            "public_url": "https://prefs.example.test",
+            "smtp": {"host": "127.0.0.1", "port": port, "sender": "privacy@example.test"},
+        }
+        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+        config = load_config(config_path)
+        ledger = open_ledger(config, migrate=True)
+        notices.add(ledger, PURPOSE, "2026-05", NEWSLETTER_NOTICE, in_effect_from=NOTICE_IN_EFFECT)
+        _key, secret = keys.create(ledger, "website", source="web_form", purposes=["*"], actions=["*"])
+        hub = Hub(config, ledger)
+        with TestClient(create_app(hub)) as client:
+            yield Setup(cli, sandbox, ledger, hub, client, handler, secret)
+        ledger.engine.dispose()
+
+
+def _said_no_then_readdressed(setup: Setup, *also_at_old: str) -> str:
+    """Pat's contact synced, Pat's no under the old address (the sync ticks the Email Opt Out),
+    then the contact's address changed in the CRM and synced: Pat holds both addresses.
+    ``also_at_old``: last names of more contacts of Pat's that keep the old address."""
+    org = setup.sandbox.org
+    contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    for name in also_at_old:
+        org.create("Contact", LastName=name, Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    assert setup.capture(OLD, "withdrawn")["recorded"] == "withdrawn"
+    assert setup.opted_out(contact)
+    org.update(contact, {"Email": NEW})
+    setup.cli.ok("sync", "sf")
+    pat, suppressed, rule = setup.state(NEW)
+    assert pat is not None and setup.state(OLD)[0] == pat and suppressed, rule
+    setup.inbox.messages.clear()
+    return contact
+
+
+def test_a_grant_for_the_old_address_waits_for_the_person_at_their_new_one(setup: Setup) -> None:
+    contact = _said_no_then_readdressed(setup)
+    pat = setup.state(NEW)[0]
+
+    result = setup.capture(OLD, "granted")
+    # Recorded on Pat as a sign-up waiting for their confirmation, not as their grant.
+    assert (result["subject"], result["recorded"], result["confirmation"]) == (pat, "requested", "queued")
+    assert setup.state(NEW) == (pat, True, "sticky_withdrawal")
+    assert setup.people() == 1, "no second person, and none linked to Pat's record"
+    # The link went to the address Pat holds now, never to the old mailbox.
+    assert [message["To"] for message in setup.inbox.messages] == [NEW]
+    assert setup.opted_out(contact), "the sync cleared the opt-out on the old address's word"
+
+    # Pat's own confirmation, from the new mailbox, is Pat's new consent.
+    token = setup.inbox.link("/p/confirm/").rsplit("/", 1)[1]
+    assert setup.hub.confirm(token)["subject"] == pat
+    assert setup.state(NEW)[:2] == (pat, False)
+    assert not setup.opted_out(contact)
+
+    # A no under the old address is still Pat's: the safe side.
+    assert setup.capture(OLD, "withdrawn")["subject"] == pat
+    assert setup.state(NEW)[:2] == (pat, True)
+    assert setup.opted_out(contact)
+
+
+def test_an_address_another_record_of_the_person_still_shows_is_theirs(setup: Setup) -> None:
+    """Pat's second contact still shows the old address: it is not superseded, and Pat's grant
+    under it is taken as ever (a trusted form's new consent reverses the no)."""
+    contact = _said_no_then_readdressed(setup, "Pat (second)")
+    pat = setup.state(NEW)[0]
+    result = setup.capture(OLD, "granted")
+    assert (result["subject"], result["recorded"]) == (pat, "granted")
+    assert "confirmation" not in result
+    assert setup.state(NEW)[:2] == (pat, False)
+    assert not setup.opted_out(contact)
