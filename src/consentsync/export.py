@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from consentsync.domain import EffectiveState
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Connection
 
     from consentsync.ledger.service import Ledger
@@ -34,7 +36,7 @@ _ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 XLSX_TIME_FORMAT = 'yyyy-mm-dd hh:mm:ss "UTC"'  # Excel has no zones: the format says it
 TIME_COLUMNS = frozenset(
     {"since", "expires_at", "event_time", "recorded_at", "double_opt_in_at", "raised_at", "decided_at",
-     "linked_at", "gone_at", "changed_at", "restricted_since"}
+     "linked_at", "gone_at", "changed_at", "restricted_since", "received_at", "status_at"}
 )  # fmt: skip
 # Spreadsheets run a cell starting with one of these as a formula (CSV/formula injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -77,6 +79,13 @@ OBJECTION_COLUMNS = [
 # were erased (Art. 17).
 OBJECTION_DECISION_COLUMNS = ["decision_reason"]
 LINK_COLUMNS = ["connector", "object", "record_id", "linked_at", "status", "gone_at", "merged_into"]
+# Whose each CRM record is: the person's own, or another person's record last read showing one of
+# the person's addresses (edited in the CRM to hold it). The ledger takes such a record for one
+# holding the person's data (their erasure and restriction reach it), so the person is told of
+# it (Art. 15(1)); of the other person's record, only which one it is (connector, object, id).
+LINK_HOLDER_COLUMNS = ["record_of"]
+OWN_RECORD = "this person"
+ANOTHER_PERSONS_RECORD = "another person, showing this person's address"
 # Each restriction of processing (Art. 18) placed or lifted, from the audit log: when, by whom
 # (the actor the ops command or console named), from where, and the reason given.
 RESTRICTION_COLUMNS = ["change", "restricted", "changed_at", "actor", "source", "reason"]
@@ -86,34 +95,209 @@ RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason"
 # Every address (and other identifier) the person is held under, the latest first: the view's
 # ``email`` is only the one the export was asked by.
 IDENTIFIER_COLUMNS = ["identifier_kind", "identifier"]
+# Every request the person made of their rights that the ledger holds, oldest first (Art. 15, and
+# Art. 12(3): when each came and how it was answered): ``request`` access (a copy downloaded from
+# the preference page), erasure, restriction (asked for on the preference page, each to be
+# confirmed by a mailed link), objection (as in the Objections part). ``ground`` as recorded (a
+# restriction's Art. 18(1) ground; whether an objection is one to direct marketing), ``reason``
+# the one ops gave deciding an objection on review. ``status``, as of the export: pending
+# (waiting for the person's confirmation, or an objection for review), done (confirmed; an
+# objection upheld; an access answered), rejected (an objection), expired (the mailed link was
+# not followed in time: nothing done), not_sent (the confirmation mail could not be sent: nothing
+# done); ``status_at`` when it became so.
+REQUEST_COLUMNS = ["request", "purpose", "received_at", "ground", "status", "status_at", "source", "reason"]
+# The requests confirmed by a mailed link: the preference page's (hub/preferences.py).
+_CONFIRMED_REQUESTS = ("erasure", "restriction")
+_OBJECTION_STATUS = {"pending": "pending", "upheld": "done", "rejected": "rejected"}
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
     ("event", "History", "history", HISTORY_COLUMNS),
     ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
-    ("crm_record", "CRM records", "crm_records", LINK_COLUMNS),
+    ("crm_record", "CRM records", "crm_records", LINK_COLUMNS + LINK_HOLDER_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
     ("identifier", "Identifiers", "identifiers", IDENTIFIER_COLUMNS),
+    ("request", "Requests", "requests", REQUEST_COLUMNS),
 )
 
 # Columns added to a part after its first release: in the CSV they follow every older column, so
 # that a reader going by position keeps working (the XLSX sheet and the JSON carry them in their
 # part).
-_ADDED_LATER = (*OBJECTION_DECISION_COLUMNS, *IDENTIFIER_COLUMNS)
+_ADDED_LATER = (
+    *OBJECTION_DECISION_COLUMNS,
+    *IDENTIFIER_COLUMNS,
+    *LINK_HOLDER_COLUMNS,
+    # the requests' own (purpose, status, source and reason are older columns, shared)
+    "request",
+    "received_at",
+    "ground",
+    "status_at",
+)
 
 
 def with_restrictions(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:
-    """``view`` (``Ledger.subject_view``) as exported, with what the audit log adds: the
-    restrictions of processing (Art. 18; ``restrictions``, every one placed or lifted, oldest
-    first, and the current one's ``restricted_since``, ``restricted_by`` and
-    ``restriction_reason``) and each objection's ``decision_reason`` (``with_objection_reasons``).
-    The export goes to the person (or to ops answering them): the reasons are theirs to see."""
+    """``view`` (``Ledger.subject_view``) as exported (every export: the CLI's, the console's,
+    the preference page's), with what the audit log and the hub's tables add: the restrictions
+    of processing (Art. 18; ``restrictions``, every one placed or lifted, oldest first, and the
+    current one's ``restricted_since``, ``restricted_by`` and ``restriction_reason``), each
+    objection's ``decision_reason`` (``with_objection_reasons``), the person's requests
+    (``requests``, ``person_requests``) and, among the CRM records, the other people's records
+    last read showing one of the person's addresses (``records_showing``). The export goes to the
+    person (or to ops answering them): the reasons are theirs to see."""
     from consentsync.ledger.engine import reading  # the ledger only where it is read
 
     with reading(ledger.engine) as conn:
         trail = restriction_trail(conn, view["subject"])
         reasons = objection_reasons(conn, view["subject"])
-    return add_objection_reasons(add_restrictions(view, trail), reasons)
+        asked = person_requests(conn, view["subject"], ledger.clock())
+        elsewhere = records_showing(conn, view, ledger.keyed_hasher())
+    exported = add_objection_reasons(add_restrictions(view, trail), reasons)
+    own = [{**link, "record_of": OWN_RECORD} for link in exported["crm_records"]]
+    return {
+        **exported,
+        "crm_records": own + elsewhere,
+        "requests": _oldest_first(asked + _objection_requests(exported["objections"])),
+    }
+
+
+def person_requests(conn: Connection, subject_uid: str, now: datetime) -> list[dict[str, Any]]:
+    """The requests one person made of the ledger outside their objections (``REQUEST_COLUMNS``):
+    each erasure and restriction asked for on the preference page, from the row its mailed link
+    confirms (kept with the request's audit entry, ``subject.erasure_requested`` or
+    ``subject.restriction_requested``, in one transaction: the row also says what became of it),
+    and each copy of their record they downloaded there (``subject.exported`` by the data
+    subject: an access request, answered at once). An export ops made is not listed: the ledger
+    does not say who asked for it."""
+    from sqlalchemy import select
+
+    from consentsync import audit
+    from consentsync.domain import iso
+    from consentsync.ledger.schema import confirmations, subjects
+
+    found: list[dict[str, Any]] = []
+    rows = conn.execute(
+        select(confirmations)
+        .join(subjects, subjects.c.id == confirmations.c.subject_id)
+        .where(subjects.c.uid == subject_uid, confirmations.c.kind.in_(_CONFIRMED_REQUESTS))
+        .order_by(confirmations.c.id)
+    )
+    for row in rows:
+        status, status_at = _confirmation_status(row, now)
+        found.append(
+            {
+                "request": row.kind,
+                "purpose": None,
+                "received_at": iso(row.requested_at),
+                # A restriction's ground is kept in the row's channel column (hub/preferences.py)
+                "ground": row.channel if row.kind == "restriction" else None,
+                "status": status,
+                "status_at": iso(status_at),
+                "source": row.source,
+                "reason": None,
+            }
+        )
+    for entry in audit.entries(conn, subject_uids=[subject_uid], action="subject.exported"):
+        if entry.get("actor") != "data subject":  # ops' reads: the person's own only
+            continue
+        found.append(
+            {
+                "request": "access",
+                "purpose": None,
+                "received_at": entry.get("at"),
+                "ground": None,
+                "status": "done",
+                "status_at": entry.get("at"),
+                "source": entry.get("source"),
+                "reason": None,
+            }
+        )
+    return found
+
+
+def _confirmation_status(row: Any, now: datetime) -> tuple[str, datetime | None]:
+    """What became of a request confirmed by a mailed link, as of ``now``, and since when. A row
+    closed (``lapsed_at``) before its link's expiry is one whose mail did not go (the preference
+    centre's ``_unsent``); the hub's upkeep closes the others at or after it."""
+    from consentsync.domain import as_utc
+
+    expires = as_utc(row.expires_at)
+    if row.confirmed_at is not None:
+        return "done", as_utc(row.confirmed_at)
+    if row.lapsed_at is not None and as_utc(row.lapsed_at) < expires:
+        return "not_sent", as_utc(row.lapsed_at)
+    if row.lapsed_at is not None or expires <= now:
+        return "expired", expires
+    return "pending", None
+
+
+def _objection_requests(objections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each objection (``with_objection_reasons``'s) as a request: one the person raised, by
+    whatever way it came (the preference page, the capture API, ops entering it)."""
+    return [
+        {
+            "request": "objection",
+            "purpose": item["purpose"],
+            "received_at": item["raised_at"],
+            "ground": "direct marketing (Art. 21(2))" if item["direct_marketing"] else "Art. 21(1)",
+            "status": _OBJECTION_STATUS.get(item["status"], item["status"]),
+            "status_at": item["decided_at"],
+            "source": item["source"],
+            "reason": item.get("decision_reason"),
+        }
+        for item in objections
+    ]
+
+
+def _oldest_first(requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``requests`` by when each came (as times: an ISO text with a fraction sorts before the
+    same second without one)."""
+
+    def received(item: dict[str, Any]) -> datetime:
+        moment = _utc_time(item["received_at"])
+        return moment if moment is not None else datetime.min
+
+    return sorted(requests, key=received)
+
+
+def records_showing(
+    conn: Connection, view: dict[str, Any], hashed: Callable[[str], str]
+) -> list[dict[str, Any]]:
+    """The live CRM records of other people last read showing one of the addresses ``view``'s
+    person holds, in any of its forms (``email_forms``), by the keyed hash their snapshot keeps
+    of the address as read (``crm_snapshots.identity``: the sync hashes it as an erasure does,
+    ``hashed`` is the erasure key's HMAC), as ``Ledger._holders`` finds them for an erasure or a
+    restriction. Of each, which record it is and nothing else of its person's."""
+    from sqlalchemy import select
+
+    from consentsync.domain import email_forms
+    from consentsync.ledger.schema import crm_links, crm_snapshots, subjects
+
+    digests = sorted(
+        {
+            hashed(form)
+            for item in view["identifiers"]
+            if item["identifier_kind"] == "email"
+            for form in email_forms(item["identifier"])
+        }
+    )
+    if not digests:
+        return []
+    rows = conn.execute(
+        select(crm_links.c.connector, crm_links.c.object_type, crm_links.c.record_id)
+        .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+        .join(subjects, subjects.c.id == crm_links.c.subject_id)
+        .where(
+            crm_snapshots.c.identity.in_(digests),
+            crm_links.c.gone_at.is_(None),
+            subjects.c.uid != view["subject"],
+        )
+        .order_by(crm_links.c.id)
+    )
+    return [
+        {"connector": row.connector, "object": row.object_type, "record_id": row.record_id,
+         "record_of": ANOTHER_PERSONS_RECORD}
+        for row in rows
+    ]  # fmt: skip
 
 
 def with_objection_reasons(ledger: Ledger, view: dict[str, Any]) -> dict[str, Any]:
