@@ -111,6 +111,13 @@ def info_logs() -> None:
     configure("INFO")
 
 
+def in_german(ledger: Ledger, purpose: str) -> None:
+    """A German text of the worlds' notice version, in effect as long as the English one: a
+    capture in German needs one (a grant in a language its notice has no text in is refused)."""
+    german = "Wir senden unseren Newsletter etwa einmal im Monat. Abbestellen jederzeit."
+    notices.add(ledger, purpose, "2026-05", german, language="de", in_effect_from=NOTICE_IN_EFFECT)
+
+
 @dataclass
 class HubWorld:
     hub: Hub

@@ -24,7 +24,7 @@ from structlog.testing import capture_logs
 
 from consentsync.hub.capture import SEAL_MARK, SIGN_UP_CLOSED_SOURCE
 from consentsync.ledger.schema import audit_entries, consent_states, subjects
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import HubWorld, in_german
 from tests.hub.people_world import served_pages
 from tests.hub.test_capture_s53_erased_says_no import GRANT, decision, erased, stored_forms
 from tests.hub.test_s58_erased_doi import LEO, audit_verified, confirmation_token, held_anywhere, sign_up
@@ -175,6 +175,7 @@ def test_the_held_back_sign_ups_mail_offers_no_page_that_says_erased(
 
 def test_in_german_too(world: HubWorld) -> None:
     erased(world, LEO)
+    in_german(world.ledger, "email_marketing")
     sign_up(world, language="de")
     mail = world.inbox.text(-1)
     assert "/p/confirm/" in mail and "/p/preferences/" not in mail

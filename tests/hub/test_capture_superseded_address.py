@@ -10,89 +10,26 @@ still reaches them. Through the capture API, the real sync engine and the Salesf
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
-from consentsync_salesforce.sandbox import SalesforceSandbox
-from fastapi.testclient import TestClient
-from sqlalchemy import func, select
 
-from consentsync.app import open_ledger
-from consentsync.config import load_config
-from consentsync.hub import keys, notices
-from consentsync.hub.api import create_app
-from consentsync.hub.capture import Hub
-from consentsync.ledger.schema import subjects
-from consentsync.ledger.service import Ledger
 from tests.conftest import Cli
-from tests.hub.conftest import NEWSLETTER_NOTICE, NOTICE_IN_EFFECT, Inbox
-from tests.integration.test_cli_sync import connect_sandbox
+from tests.hub.conftest import Inbox
+from tests.hub.crm_world import CrmHub, crm_hub
 
 OLD, NEW = "pat.old@example.com", "pat.new@example.com"
-PURPOSE, CHANNEL = "email_marketing", "email"  # the Contact's Email Opt Out
-
-
-@dataclass
-class Setup:
-    cli: Cli
-    sandbox: SalesforceSandbox
-    ledger: Ledger
-    hub: Hub
-    client: TestClient
-    inbox: Inbox
-    secret: str
-
-    def capture(self, email: str, status: str) -> dict[str, Any]:
-        body = {"email": email, "purpose": PURPOSE, "channel": CHANNEL, "status": status}
-        if status == "granted":
-            body |= {"notice_version": "2026-05", "evidence_ref": "form:signup"}
-        response = self.client.post(
-            "/consents", json=body, headers={"Authorization": f"Bearer {self.secret}"}
-        )
-        assert response.status_code == 201, response.text
-        (result,) = response.json()["results"]
-        return dict(result)
-
-    def opted_out(self, contact: str) -> bool:
-        self.cli.ok("sync", "sf")
-        return bool(self.sandbox.org.get(contact)["HasOptedOutOfEmail"])
-
-    def state(self, email: str) -> tuple[str | None, bool, str]:
-        uid, state = self.ledger.decision_for(email, PURPOSE, CHANNEL)
-        return uid, state.suppressed, state.rule
-
-    def people(self) -> int:
-        with self.ledger.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(subjects)).scalar_one())
 
 
 @pytest.fixture
 def setup(
     cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch, inbox: tuple[Inbox, int]
-) -> Iterator[Setup]:
-    handler, port = inbox
-    with SalesforceSandbox() as sandbox:
-        connect_sandbox(sandbox, config_path, monkeypatch)
-        data = yaml.safe_load(config_path.read_text())
-        data["hub"] = {
-            "public_url": "https://prefs.example.test",
-            "smtp": {"host": "127.0.0.1", "port": port, "sender": "privacy@example.test"},
-        }
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        config = load_config(config_path)
-        ledger = open_ledger(config, migrate=True)
-        notices.add(ledger, PURPOSE, "2026-05", NEWSLETTER_NOTICE, in_effect_from=NOTICE_IN_EFFECT)
-        _key, secret = keys.create(ledger, "website", source="web_form", purposes=["*"], actions=["*"])
-        hub = Hub(config, ledger)
-        with TestClient(create_app(hub)) as client:
-            yield Setup(cli, sandbox, ledger, hub, client, handler, secret)
-        ledger.engine.dispose()
+) -> Iterator[CrmHub]:
+    with crm_hub(cli, config_path, monkeypatch, inbox) as world:
+        yield world
 
 
-def _said_no_then_readdressed(setup: Setup, *also_at_old: str) -> str:
+def _said_no_then_readdressed(setup: CrmHub, *also_at_old: str) -> str:
     """Pat's contact synced, Pat's no under the old address (the sync ticks the Email Opt Out),
     then the contact's address changed in the CRM and synced: Pat holds both addresses.
     ``also_at_old``: last names of more contacts of Pat's that keep the old address."""
@@ -111,7 +48,7 @@ def _said_no_then_readdressed(setup: Setup, *also_at_old: str) -> str:
     return contact
 
 
-def test_a_grant_for_the_old_address_waits_for_the_person_at_their_new_one(setup: Setup) -> None:
+def test_a_grant_for_the_old_address_waits_for_the_person_at_their_new_one(setup: CrmHub) -> None:
     contact = _said_no_then_readdressed(setup)
     pat = setup.state(NEW)[0]
 
@@ -136,7 +73,7 @@ def test_a_grant_for_the_old_address_waits_for_the_person_at_their_new_one(setup
     assert setup.opted_out(contact)
 
 
-def test_an_address_another_record_of_the_person_still_shows_is_theirs(setup: Setup) -> None:
+def test_an_address_another_record_of_the_person_still_shows_is_theirs(setup: CrmHub) -> None:
     """Pat's second contact still shows the old address: it is not superseded, and Pat's grant
     under it is taken as ever (a trusted form's new consent reverses the no)."""
     contact = _said_no_then_readdressed(setup, "Pat (second)")

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from consentsync.web.server import WebServer
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import HubWorld, in_german
 from tests.hub.people_world import GRANT, mailed, seed, served_pages, token_of
 from tests.hub.test_people_browser import accessible, status_text
 from tests.web import test_browser as console_browser
@@ -43,6 +43,7 @@ def shots(tmp_path: Path) -> Shots:
 def test_a_wide_address_declines_a_german_sign_up_in_a_browser(
     world: HubWorld, site: WebServer, browser: Any, shots: Shots
 ) -> None:
+    in_german(world.ledger, "email_marketing")
     signup = {**GRANT, "purpose": "email_marketing", "email": WIDE, "language": "de"}
     assert world.post("/consents", signup).json()["results"][0]["confirmation"] == "queued"
     assert world.inbox.messages[-1]["To"] == WIDE

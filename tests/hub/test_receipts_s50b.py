@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from consentsync.domain import ConsentStatus
 from consentsync.hub.capture import RECEIPT_MAILS, RECEIPT_WINDOW
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import HubWorld, in_german
 from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
@@ -46,6 +46,7 @@ def test_a_receipt_is_given_only_in_a_configured_language(world: HubWorld) -> No
 
 def test_a_receipt_without_a_language_is_in_the_first_configured_one(world: HubWorld) -> None:
     world.hub.settings = world.hub.settings.model_copy(update={"languages": ["de", "en"]})
+    in_german(world.ledger, "newsletter")
     granted = world.post("/consents", {**GRANT, "language": "de"}).json()["results"][0]
     path = f"/receipts/{granted['subject']}/{granted['record_id']}"
     assert world.client.get(path, headers=world.auth()).json()["language"] == "de"

@@ -26,7 +26,7 @@ from consentsync.config import SmtpSettings
 from consentsync.hub import keys
 from consentsync.hub.mail import Mailer
 from consentsync.hub.preferences import PreferenceCentre
-from tests.hub.conftest import Controller, HubWorld
+from tests.hub.conftest import Controller, HubWorld, in_german
 from tests.hub.people_world import (
     EMAIL,
     GRANT,
@@ -220,6 +220,7 @@ def test_a_key_reads_only_the_receipts_of_its_purposes(world: HubWorld) -> None:
 
 def test_the_mails_of_a_capture_speak_the_language_of_the_form(world: HubWorld) -> None:
     """Art. 12(1): the confirmation a German sign-up form starts is written in German."""
+    in_german(world.ledger, "email_marketing")
     signup = {**GRANT, "purpose": "email_marketing", "email": "jorg@example.test", "language": "de"}
     assert world.post("/consents", signup).status_code == 201
     assert "Bitte bestätigen" in str(world.inbox.messages[-1]["Subject"])

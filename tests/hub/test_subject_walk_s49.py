@@ -27,7 +27,7 @@ from consentsync.config import SmtpSettings
 from consentsync.hub.links import LinkRefused
 from consentsync.hub.mail import Mailer
 from consentsync.hub.preferences import PreferenceCentre
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import HubWorld, in_german
 from tests.hub.people_world import (
     EMAIL,
     GRANT,
@@ -187,6 +187,7 @@ JORG = "jörg@example.test"
 
 
 def test_the_confirmation_mail_names_purpose_and_channel_in_the_persons_language(world: HubWorld) -> None:
+    in_german(world.ledger, "email_marketing")
     signup = {**GRANT, "purpose": "email_marketing", "email": JORG, "language": "de"}
     assert world.post("/consents", signup).status_code == 201
     mail = world.inbox.messages[-1]
@@ -199,6 +200,7 @@ def test_the_confirmation_mail_names_purpose_and_channel_in_the_persons_language
 def test_the_links_of_a_mail_open_in_its_language_and_its_receipt_follows(
     world: HubWorld, people: TestClient
 ) -> None:
+    in_german(world.ledger, "email_marketing")
     signup = {**GRANT, "purpose": "email_marketing", "email": JORG, "language": "de"}
     assert world.post("/consents", signup).status_code == 201
     confirm = urlsplit(world.inbox.full_link("/p/confirm/"))

@@ -47,9 +47,9 @@ from consentsync.domain import (
 from consentsync.hub import receipts
 from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
-from consentsync.hub.links import LinkRefused, make_token
+from consentsync.hub.links import LinkRefused, bound, holds_now, mailed_tag, make_token, sent_elsewhere
 from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mailable
-from consentsync.hub.notices import check_shown, in_effect
+from consentsync.hub.notices import check_language, check_shown, in_effect, languages_in_effect
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity, SubjectResolver, derived_key, holding
@@ -284,11 +284,22 @@ class Hub:
                 detail="empty: a Sec-GPC: 1 signal opts people out of nothing (docs/hub.md, GPC)",
             )
 
-    def preference_link(self, uid: str, language: str | None = None) -> str:
+    def preference_link(self, uid: str, language: str | None = None, *, to: str | None = None) -> str:
         """A person's signed link to their preference page; with ``language``, the page opens
-        in it (the language of the mail it is sent in), whatever the browser prefers."""
-        token = make_token(self.ledger, uid, days=self.settings.link_days)
+        in it (the language of the mail it is sent in), whatever the browser prefers. Bound to
+        ``to``, the address it is mailed to (``links.sent_elsewhere``); by default the one the
+        person holds now."""
+        to = to or self.address_now(uid)
+        token = make_token(self.ledger, uid, days=self.settings.link_days, to=to)
         return self.url("/p/preferences/" + token) + _in_language(language)
+
+    def address_now(self, uid: str) -> str | None:
+        """The address a mail with a link of person ``uid``'s goes to (``links.holds_now``): the
+        latest they took that no CRM record of theirs has since left for another. None once
+        erased, or while they hold none (nothing is mailed then)."""
+        with reading(self.ledger.engine) as conn:
+            subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar()
+            return None if subject_id is None else holds_now(conn, self.ledger, int(subject_id))
 
     def link_to(self, path: str, token: str, language: str | None = None) -> str:
         """A mailed link (``/p/confirm/``, ``/p/erase/``, ...) opening in the mail's language."""
@@ -320,7 +331,7 @@ class Hub:
         # carries the link of whoever holds the address then.
         held = kind == "double_opt_in" and SEAL_MARK in pending.token
         if not held:
-            values["preferences"] = self.preference_link(pending.uid, pending.language)
+            values["preferences"] = self.preference_link(pending.uid, pending.language, to=pending.email)
         if kind == "request":
             subject = _("May we send you {purpose}?", **values)
             text = _(
@@ -477,7 +488,7 @@ class Hub:
             channel=channel_labels(_).get(purpose["channel"], purpose["channel"]),
             state=_(state),
             time=document["events"][0]["event_time"],
-            preferences=self.preference_link(pending.uid, pending.language),
+            preferences=self.preference_link(pending.uid, pending.language, to=pending.email),
         )
         mail = Mail(
             pending.email,
@@ -528,6 +539,13 @@ class Hub:
                 raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
             if row.kind == DISOWNED_KIND:
                 raise LinkRefused(DISOWNED_LINK)
+            # Mailed to an address its person no longer holds: whoever has that mailbox now may
+            # be someone else, and neither confirms nor declines for them (a sealed token's
+            # person holds no address yet: the one it carries is the one to prove).
+            if SEAL_MARK not in token and sent_elsewhere(
+                conn, self.ledger, row.subject_id, mailed_tag(token)
+            ):
+                raise LinkRefused(EXPIRED_LINK)
             _refuse_if_void(conn, row)
         if row.confirmed_at is None and (row.lapsed_at is not None or row.expires_at <= self.ledger.clock()):
             raise LinkRefused(EXPIRED_LINK)
@@ -572,7 +590,7 @@ class Hub:
                 self._close_sign_up(conn, row, outcomes[0].subject_uid, now)
         log.info("hub.confirmed", subject=outcomes[0].subject_uid, purpose=row.purpose)
         if self.settings.mail_receipts:
-            email = self.ledger.email_of(outcomes[0].subject_uid)
+            email = self.address_now(outcomes[0].subject_uid)
             if email is not None:
                 self.mail_receipt(
                     PendingReceipt(email, outcomes[0].subject_uid, evidence.fingerprint(), language)
@@ -637,7 +655,7 @@ class Hub:
         uid = outcomes[0].subject_uid
         log.info("hub.declined", subject=uid, purpose=row.purpose, kind=row.kind)
         if self.settings.mail_receipts and not outcomes[0].duplicate:
-            email = self.ledger.email_of(uid)
+            email = self.address_now(uid)
             if email is not None:
                 self.mail_receipt(PendingReceipt(email, uid, evidence.fingerprint(), language))
         return {
@@ -756,19 +774,20 @@ class Hub:
                         pass  # no receipt: nothing goes to an erased address (Art. 17)
                     elif not outcome.duplicate and evidence.status.value in RECEIPTED:
                         entry["record_id"] = evidence.fingerprint()
-                        to_receipt.append(
-                            PendingReceipt(
-                                # The receipt carries a link to the person's page: it goes to the
-                                # address they are known by now, not to an older one of theirs a
-                                # form was given (a mailbox they left may be another's now).
-                                _current_address(conn, outcome.subject_id)
-                                or held.get(index)
-                                or str(request.identity.email),
-                                outcome.subject_uid,
-                                evidence.fingerprint(),
-                                languages.get(index, "en"),
+                        # The receipt carries a link to the person's page: it goes to the
+                        # address they hold now, never to an older one of theirs a form was
+                        # given (a mailbox they left may be another's now); none while they
+                        # hold none (the answer says the same either way).
+                        to = _current_address(conn, self.ledger, outcome.subject_id) or held.get(index)
+                        if to is not None:
+                            to_receipt.append(
+                                PendingReceipt(
+                                    to,
+                                    outcome.subject_uid,
+                                    evidence.fingerprint(),
+                                    languages.get(index, "en"),
+                                )
                             )
-                        )
                     asks = index in doi and (not outcome.duplicate or index in standing)
                     if asks and _asked_lately(conn, outcome.subject_id, evidence, now):
                         # A link went to this address a moment ago and still works: no second mail.
@@ -776,9 +795,15 @@ class Hub:
                         # again must not flood that mailbox with mails the person never asked for.
                         entry["confirmation"] = "recently"
                     elif asks:
+                        # To the address the person holds now, as a receipt: its link grants
+                        # consent for the whole person, and an older address of theirs may be a
+                        # mailbox they left. The link is bound to it (``links.sent_elsewhere``).
+                        to = held.get(index) or _current_address(conn, self.ledger, outcome.subject_id)
                         token = secrets.token_urlsafe(32)
                         if index in held:  # the address goes with the link, not into the ledger
                             token = self._sealed(token, held[index])
+                        elif to is not None:
+                            token = bound(self.ledger, token, to)
                         conn.execute(
                             insert(confirmations).values(
                                 token_hash=token_digest(token),
@@ -799,21 +824,23 @@ class Hub:
                             entry["confirmation"] = "void"
                             results.append(entry)
                             continue
-                        mails.append(
-                            PendingMail(
-                                # To the address the person is known by now, as a receipt: its
-                                # link grants consent for the whole person, and an older address
-                                # of theirs may be a mailbox they left.
-                                _current_address(conn, outcome.subject_id)
-                                or held.get(index)
-                                or str(request.identity.email),
-                                outcome.subject_uid,
-                                evidence.purpose,
-                                evidence.channel,
-                                token,
-                                languages.get(index, "en"),
+                        if to is None:
+                            # They hold no address now (every record of theirs shows another's):
+                            # the link goes nowhere and lapses; the answer is the same.
+                            log.info(
+                                "hub.mail_skipped", subject=outcome.subject_uid, reason="no_address_held"
                             )
-                        )
+                        else:
+                            mails.append(
+                                PendingMail(
+                                    to,
+                                    outcome.subject_uid,
+                                    evidence.purpose,
+                                    evidence.channel,
+                                    token,
+                                    languages.get(index, "en"),
+                                )
+                            )
                         # Not "mailed": the mail goes after this answer (and may fail: the log
                         # says hub.mail_failed). The answer says only what is true when given.
                         entry["confirmation"] = "queued"
@@ -1140,6 +1167,7 @@ class Hub:
         """Checks every item, naming the first bad one; returns the evidence and which items
         start a double opt-in."""
         notices = in_effect(self.ledger)
+        texts = languages_in_effect(self.ledger)
         requests: list[RecordRequest] = []
         doi: set[int] = set()
         for index, item in enumerate(items):
@@ -1186,6 +1214,16 @@ class Hub:
                 # A grant dated before the text it names was shown proves nothing (Art. 7(1)).
                 since = notices[(item.purpose, item.notice_version)]
                 check_shown(item.purpose, item.notice_version, since, event_time, f"{at}.event_time")
+                # Nor does one in a language that version had no text in then: the proof names
+                # the version's text shown by then, whatever language anyone asks it in later.
+                check_language(
+                    item.purpose,
+                    item.notice_version,
+                    texts.get((item.purpose, item.notice_version), {}),
+                    item.language,
+                    event_time,
+                    f"{at}.language",
+                )
             evidence = Evidence(
                 purpose=item.purpose,
                 channel=item.channel,
@@ -1390,15 +1428,9 @@ class _Standing:
         self.after = state
 
 
-def _current_address(conn: Connection, subject_id: int) -> str | None:
-    """The address the person was last known by (``Ledger.email_of``, in the capture's
-    transaction)."""
-    return conn.execute(
-        select(subject_identifiers.c.value)
-        .where(subject_identifiers.c.subject_id == subject_id, subject_identifiers.c.kind == "email")
-        .order_by(subject_identifiers.c.id.desc())
-        .limit(1)
-    ).scalar()
+def _current_address(conn: Connection, ledger: Ledger, subject_id: int) -> str | None:
+    """The address the person holds now (``links.holds_now``, in the capture's transaction)."""
+    return holds_now(conn, ledger, subject_id)
 
 
 def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:

@@ -3,19 +3,38 @@
 A link holds a JWT (PyJWT, HS256) naming the person by uid only, with an expiry and an audience:
 nothing personal is in it, a changed character breaks its signature, and a link made for one
 person opens no one else's page. The signing key is derived from the erasure key, which every
-ledger already has and keeps secret; rotating that key ends every link (and every pseudonym)."""
+ledger already has and keeps secret; rotating that key ends every link (and every pseudonym).
+
+A mailed link also names the address it was mailed to, as a keyed hash (``address_tag``: in the
+preference link's ``to`` claim, after ``BOUND_MARK`` in a confirmation link's token): once that
+address is one its person no longer holds (``SubjectResolver.superseded``: a CRM record of theirs
+took another), whoever has the old mailbox now may be someone else, and the link opens nothing
+(``sent_elsewhere``). Mail goes to the address the person holds now (``holds_now``)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from datetime import datetime, timedelta
 
 import jwt
+from sqlalchemy import Connection, select
 
-from consentsync.ledger.identity import derived_key
+from consentsync.domain import email_forms
+from consentsync.ledger.engine import reading
+from consentsync.ledger.identity import SubjectResolver, derived_key
+from consentsync.ledger.schema import subject_identifiers, subjects
 from consentsync.ledger.service import Ledger
 
 AUDIENCE = "consentsync:preferences"
 ALGORITHM = "HS256"
+# Between a confirmation link's random part (``secrets.token_urlsafe``: none in it, nor in a
+# sealed address, capture.SEAL_MARK) and the tag of the address it was mailed to.
+BOUND_MARK = "~"
+# What a link mailed to an address its person no longer holds says: what an expired one says, so
+# that whoever has the old mailbox learns nothing of the person's new address, or of any.
+STALE_LINK = "this link has expired: ask for a new one"
 
 
 class LinkRefused(ValueError):
@@ -28,9 +47,87 @@ def _key(ledger: Ledger) -> bytes:
     return derived_key(ledger.erasure_key(), "consentsync/preference-links/v2")
 
 
-def make_token(ledger: Ledger, uid: str, *, days: int, now: datetime | None = None) -> str:
+def address_tag(ledger: Ledger, address: str) -> str:
+    """A keyed hash of ``address`` (128 bits, its own derived key): says in a link which address
+    it was mailed to without naming it."""
+    key = derived_key(ledger.erasure_key(), "consentsync/link-address/v1")
+    digest = hmac.new(key, address.encode("utf-8"), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def bound(ledger: Ledger, token: str, address: str) -> str:
+    """A confirmation link's token (its random part, ``token``) bound to the address it is mailed
+    to. The tag is part of what the ledger keeps the digest of, so a changed tag opens nothing."""
+    return token + BOUND_MARK + address_tag(ledger, address)
+
+
+def mailed_tag(token: str) -> str | None:
+    """The address tag a confirmation link's token carries; None for one made before links
+    were bound (or never mailed)."""
+    _random, mark, tag = token.rpartition(BOUND_MARK)
+    return tag if mark else None
+
+
+def _addresses(conn: Connection, subject_id: int) -> list[str]:
+    """The person's addresses, the latest they took first."""
+    return list(
+        conn.execute(
+            select(subject_identifiers.c.value)
+            .where(subject_identifiers.c.subject_id == subject_id, subject_identifiers.c.kind == "email")
+            .order_by(subject_identifiers.c.id.desc())
+        ).scalars()
+    )
+
+
+def _superseded(conn: Connection, ledger: Ledger, addresses: list[str]) -> set[str]:
+    resolver = SubjectResolver(conn, ledger.erasure_key(), ledger.clock(), None)
+    return resolver.superseded(set(addresses))
+
+
+def holds_now(conn: Connection, ledger: Ledger, subject_id: int) -> str | None:
+    """The address a mail with a link of the person's goes to: the latest they took that they
+    still hold (not superseded). Not simply the latest: a record corrected back from a mistyped
+    address, or a second record that took the first one's, leaves the latest to a mailbox that
+    may be anyone's. None when they hold none now (every record of theirs shows another's
+    address): nothing is mailed, rather than to a mailbox they left."""
+    addresses = _addresses(conn, subject_id)
+    if not addresses:
+        return None
+    gone = _superseded(conn, ledger, addresses)
+    return next((address for address in addresses if address not in gone), None)
+
+
+def sent_elsewhere(conn: Connection, ledger: Ledger, subject_id: int, tag: str | None) -> bool:
+    """Whether a link of the person's, mailed to the address ``tag`` names, went to a mailbox
+    they no longer hold: that address is superseded, or is not theirs. A link with no tag was
+    made by a version before links were bound: where it went is unknown, so it is taken as
+    mailed elsewhere once any address of the person's is superseded (the safe side; its page
+    offers a new link, mailed to the address they hold now), and works as before otherwise."""
+    addresses = _addresses(conn, subject_id)
+    if not addresses:
+        return False  # erased, or a held-back sign-up: refused, or bound, by their own rules
+    gone = _superseded(conn, ledger, addresses)
+    if tag is None:
+        return bool(gone)
+    for address in addresses:
+        if any(hmac.compare_digest(tag, address_tag(ledger, form)) for form in email_forms(address)):
+            return address in gone
+    return True
+
+
+def make_token(
+    ledger: Ledger, uid: str, *, days: int, now: datetime | None = None, to: str | None = None
+) -> str:
+    """A preference link for person ``uid``; ``to``: the address it is mailed to (bound)."""
     issued = now or ledger.clock()
-    claims = {"sub": uid, "aud": AUDIENCE, "iat": issued, "exp": issued + timedelta(days=days)}
+    claims: dict[str, object] = {
+        "sub": uid,
+        "aud": AUDIENCE,
+        "iat": issued,
+        "exp": issued + timedelta(days=days),
+    }
+    if to is not None:
+        claims["to"] = address_tag(ledger, to)
     return jwt.encode(claims, _key(ledger), algorithm=ALGORITHM)
 
 
@@ -49,23 +146,39 @@ def _claims(ledger: Ledger, token: str) -> dict[str, object]:
         raise LinkRefused("this link is not valid: it may have been cut or changed") from None
 
 
+def _stale(ledger: Ledger, claims: dict[str, object]) -> bool:
+    """Whether a preference link went to an address its person no longer holds (``sent_elsewhere``)."""
+    tag = claims.get("to")
+    with reading(ledger.engine) as conn:
+        subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == str(claims["sub"]))).scalar()
+        if subject_id is None:
+            return False  # gone: refused as erased by the caller
+        return sent_elsewhere(conn, ledger, int(subject_id), tag if isinstance(tag, str) else None)
+
+
 def expired_uid(ledger: Ledger, token: str) -> str | None:
-    """The uid of a link that is ours and unchanged but has expired; None for any other link.
-    Such a link may ask for a new one to be mailed to the address on record (never shown)."""
+    """The uid of a link that is ours and unchanged but has expired, or went to an address its
+    person no longer holds (``sent_elsewhere``); None for any other link. Such a link may ask
+    for a new one to be mailed to the address the person holds now (never shown)."""
     try:
         claims = _claims(ledger, token)
     except LinkRefused:
         return None
     expiry = claims["exp"]
-    if isinstance(expiry, int | float) and expiry > ledger.clock().timestamp():
+    if isinstance(expiry, int | float) and expiry > ledger.clock().timestamp() and not _stale(ledger, claims):
         return None
     return str(claims["sub"])
 
 
 def read_token(ledger: Ledger, token: str) -> str:
     """The uid a link was made for; raises ``LinkRefused``. Expiry is judged by the ledger's
-    clock, the one that made the link (PyJWT's own check would read the machine's)."""
+    clock, the one that made the link (PyJWT's own check would read the machine's). A link
+    mailed to an address its person no longer holds is refused as an expired one is: whoever
+    has that mailbox now may be someone else, and must neither see the person's data (Art. 15)
+    nor act as them."""
     claims = _claims(ledger, token)
     if not isinstance(claims["exp"], int | float) or claims["exp"] <= ledger.clock().timestamp():
         raise LinkRefused("this link has expired: ask for a new one")
+    if _stale(ledger, claims):
+        raise LinkRefused(STALE_LINK)
     return str(claims["sub"])

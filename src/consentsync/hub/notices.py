@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -207,6 +208,69 @@ def in_effect(ledger: Ledger) -> dict[tuple[str, str], datetime]:
     return found
 
 
+def languages_in_effect(ledger: Ledger) -> dict[tuple[str, str], dict[str, datetime]]:
+    """Since when each (purpose, version) was shown in each language it has a text in."""
+    found: dict[tuple[str, str], dict[str, datetime]] = {}
+    query = select(
+        notices.c.purpose,
+        notices.c.version,
+        notices.c.language,
+        notices.c.in_effect_from,
+        notices.c.created_at,
+    )
+    with ledger.engine.connect() as conn:
+        for row in conn.execute(query):
+            found.setdefault((row.purpose, row.version), {})[row.language] = as_utc(
+                row.in_effect_from or row.created_at
+            )
+    return found
+
+
+def texts_of(conn: Connection, purpose: str, version: str) -> list[Notice]:
+    """A version's texts, in the order they were registered."""
+    query = select(notices).where(notices.c.purpose == purpose, notices.c.version == version)
+    return [_notice(row) for row in conn.execute(query.order_by(notices.c.id))]
+
+
+def text_shown(texts: Sequence[Notice], moment: datetime | None) -> Notice | None:
+    """The text an event under a version names as shown, from ``texts`` (that version's, in the
+    order registered) and ``moment`` (the event's time; an undated one's ``recorded_at``): the
+    version's first text, and only if it was in effect by then. The DSAR export's rule
+    (``Ledger.subject_view``), so that a receipt and the export name the same text for an event,
+    whatever language either is read in: the ledger does not store the language a person was
+    shown (a capture's is checked, ``check_language``), and a text registered after the event,
+    in any language, is not what the person saw (Art. 7(1))."""
+    if not texts or moment is None:
+        return None
+    first = texts[0]
+    return first if as_utc(moment) >= as_utc(first.shown_from) else None
+
+
+def _in_effect_at(since: datetime, event_time: datetime) -> bool:
+    """A time stamped to the whole second may have been any moment of it: a text in effect from
+    10:00:00.4 may have been shown at a time stamped 10:00:00."""
+    return event_time >= (since if event_time.microsecond else since.replace(microsecond=0))
+
+
+def check_language(
+    purpose: str, version: str, texts: dict[str, datetime], language: str, event_time: datetime, field: str
+) -> None:
+    """A grant says the person was shown notice ``version`` in ``language`` at ``event_time``:
+    refused unless that version had a text in that language in effect then (``texts``: since
+    when each language's text was shown). The language is not recorded: what the grant's
+    receipt and export name must not depend on it, and a text registered later must never
+    become what was shown (Art. 7(1))."""
+    offered = sorted(lang for lang, since in texts.items() if _in_effect_at(since, event_time))
+    if language in offered:
+        return
+    raise InvalidInput(
+        f"{field}: notice {shown(version)} of purpose {purpose!r} has no text in {shown(language, 20)} "
+        f"in effect at {iso(event_time)}; it has {', '.join(offered) or 'none'} (a text shown then "
+        f"is registered with consentsync notice add {purpose} FILE --version VERSION --language "
+        f"{language} --in-effect-from TIME)"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedBefore:
     count: int
@@ -234,8 +298,7 @@ def check_shown(purpose: str, version: str, since: datetime, event_time: datetim
     second came before (a notice registered at 10:00:00.4, a grant stamped 10:00:00)."""
     if event_time is None:
         return  # undated: the reconciler reads it as early as possible, so it reverses nothing
-    compared = since if event_time.microsecond else since.replace(microsecond=0)
-    if event_time < compared:
+    if not _in_effect_at(since, event_time):
         raise InvalidInput(
             f"{field}: {iso(event_time)} is before notice {shown(version)} of purpose {purpose!r} was "
             f"in effect (from {iso(since)}): no one was shown it then; a text shown earlier is "

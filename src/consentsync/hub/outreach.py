@@ -35,6 +35,7 @@ from consentsync.domain import (
     Purpose,
 )
 from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
+from consentsync.hub.links import bound
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current
 from consentsync.ledger.engine import reading
@@ -212,11 +213,15 @@ class Outreacher:
         if dry_run:
             return Outreach("request", 0, 0, len(wanted), no_ground=no_ground)
         sent = failed = unmailable = erased = changed = 0
-        for subject_id, uid, email, channel in wanted:
-            if not self._mailable(uid, email):
+        for subject_id, uid, _listed, channel in wanted:
+            email, gone_now = self._address_now(uid)
+            if gone_now:
+                erased += 1
+                continue
+            if email is None or not self._mailable(uid, email):
                 unmailable += 1
                 continue
-            token = secrets.token_urlsafe(32)
+            token = bound(self.ledger, secrets.token_urlsafe(32), email)
             # The link is stored before the mail goes (it must work once the mail arrives), the
             # request recorded once the mail went: a mail that could not go asked nobody, and the
             # person stays among those asked by the next run. Stopped between the two, the open
@@ -322,11 +327,15 @@ class Outreacher:
         if dry_run:
             return Outreach("renewal", 0, 0, len(wanted))
         sent = failed = unmailable = erased = changed = 0
-        for subject_id, uid, email, purpose_key, channel in wanted:
-            if not self._mailable(uid, email):
+        for subject_id, uid, _listed, purpose_key, channel in wanted:
+            email, gone_now = self._address_now(uid)
+            if gone_now:
+                erased += 1
+                continue
+            if email is None or not self._mailable(uid, email):
                 unmailable += 1
                 continue
-            token = secrets.token_urlsafe(32)
+            token = bound(self.ledger, secrets.token_urlsafe(32), email)
             notice = current(self.ledger, purpose_key)
             with self.ledger.engine.begin() as conn:
                 self._open(
@@ -392,6 +401,22 @@ class Outreacher:
             return Mailed.ERASED
         log.info("hub.mail_skipped", subject=uid, reason="changed", rule=state.rule)
         return Mailed.CHANGED
+
+    def _address_now(self, uid: str) -> tuple[str | None, bool]:
+        """Where the person's mail goes, read right before it (``Hub.address_now``): the list's
+        latest address may be one a CRM record of theirs has left since (or before: a record
+        corrected back from a mistyped one), and a mailbox they left may be anyone's. Its link
+        is bound to it (``links.bound``); and whether they were erased meanwhile. None and not
+        erased: they hold none now (every record of theirs shows another's address), and are left
+        out as unmailable."""
+        email = self.hub.address_now(uid)
+        if email is not None:
+            return email, False
+        if self.hub._erased(uid):
+            log.info("hub.mail_skipped", subject=uid, reason="erased")
+            return None, True
+        log.warning("hub.not_mailable", subject=uid, reason="no_address_held")
+        return None, False
 
     @staticmethod
     def _mailable(uid: str, email: str) -> bool:

@@ -23,9 +23,10 @@ from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, Purpose, iso
 from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
-from consentsync.hub.links import LinkRefused, expired_uid, read_token
+from consentsync.hub.links import LinkRefused, bound, expired_uid, mailed_tag, read_token, sent_elsewhere
 from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
+from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, subjects
 from consentsync.ledger.service import NotFound, RecordOutcome, RecordRequest, objectable
@@ -181,28 +182,32 @@ class PreferenceCentre:
     def mail_new_link(self, token: str, language: str = "en") -> str:
         """Art. 7(3), Art. 12(2): an expired preference link must not leave the person to write
         in before they can withdraw. An expired link that is ours and unchanged asks for a new
-        one, mailed to the address on record (never shown), at most once per
-        ``NEW_LINK_INTERVAL``. Returns "mailed", "recently" (one went a moment ago) or "failed".
-        Raises ``LinkRefused`` for any other link, and once the record is erased."""
+        one, mailed to the address the person holds now (never shown; ``Hub.address_now``), at
+        most once per ``NEW_LINK_INTERVAL``; so does a link mailed to an address they no longer
+        hold (``links.sent_elsewhere``). Returns "mailed", "recently" (one went a moment ago) or
+        "failed". Raises ``LinkRefused`` for any other link, and once the record is erased."""
         uid = expired_uid(self.ledger, token)
         if uid is None:
             read_token(self.ledger, token)  # changed or foreign: its own refusal
             raise LinkRefused("this link still works: open it to change your choices")
-        email = self.ledger.email_of(uid)
-        if email is None:
+        if self.ledger.email_of(uid) is None:
             raise LinkRefused("this link opens no record any more: the record was erased")
+        email = self.hub.address_now(uid)
+        if email is None:  # they hold no address now: nowhere to mail it, answered the same
+            log.info("hub.mail_skipped", subject=uid, kind="new_link", reason="no_address_held")
+            return "mailed"
         # Kept in the ledger, taken in a writer's transaction before the mail goes: kept in the
         # serving process, the same old link pressed at once (or sent to each of several web
         # processes) passed the check before any of them had mailed, and mailed once each.
         # The row only holds the time (capture.NEW_LINK_KIND: no page opens it).
-        held = self._request_by_mail(Person(uid, email), NEW_LINK_KIND, {}, action=None)
+        held = self._request_by_mail(Person(uid, email), NEW_LINK_KIND, {}, action=None, to=email)
         if held is None:
             return "recently"
         _ = translator(language)
         text = _(
             "You asked for a new link to your privacy choices. Here it is:\n\n{preferences}\n\n"
             "If it was not you, ignore this mail: nothing changes.\n",
-            preferences=self.hub.preference_link(uid, language),
+            preferences=self.hub.preference_link(uid, language, to=email),
         )
         try:
             self.hub.mailer.send(Mail(email, _("Your link to your privacy choices"), text))
@@ -342,8 +347,9 @@ class PreferenceCentre:
         (outcome,) = self._record(person, [evidence])
         log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, status=status.value)
         if not outcome.duplicate and self.hub.settings.mail_receipts:
-            # To the address on record now (``mail_receipt`` checks again for an erasure since).
-            email = self.ledger.email_of(person.uid)
+            # To the address the person holds now (``mail_receipt`` checks again for an erasure
+            # since), not the one the page was opened for.
+            email = self.hub.address_now(person.uid)
             if email is not None:
                 self.hub.mail_receipt(PendingReceipt(email, person.uid, evidence.fingerprint(), language))
         after = outcome.after
@@ -429,9 +435,12 @@ class PreferenceCentre:
         return view
 
     def request_erasure(self, person: Person, visitor: Visitor, language: str = "en") -> bool:
-        """Art. 17: mails a confirmation link; nothing is erased until it is followed. Returns
-        whether the mail went out."""
-        token = self._request_by_mail(person, "erasure", {}, action="subject.erasure_requested")
+        """Art. 17: mails a confirmation link, to the address the person holds now; nothing is
+        erased until it is followed. Returns whether the mail went out."""
+        to = self._mail_to(person, "erasure")
+        if to is None:
+            return True
+        token = self._request_by_mail(person, "erasure", {}, action="subject.erasure_requested", to=to)
         if token is None:
             return True
         _ = translator(language)
@@ -441,16 +450,24 @@ class PreferenceCentre:
             "is followed.\n\nAll your choices, at any time: {preferences}\n",
             days=self.hub.settings.confirmation_days,
             link=self.hub.link_to("/p/erase/", token, language),
-            preferences=self.hub.preference_link(person.uid, language),
+            preferences=self.hub.preference_link(person.uid, language, to=to),
         )
         try:
-            self.hub.mailer.send(Mail(person.email, _("Please confirm the erasure of your data"), text))
+            self.hub.mailer.send(Mail(to, _("Please confirm the erasure of your data"), text))
         except MailFailed as error:
             log.warning("hub.mail_failed", subject=person.uid, kind="erasure", error=str(error))
             self._unsent(token)
             return False
         log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash)
         return True
+
+    def _mail_to(self, person: Person, kind: str) -> str | None:
+        """The address a request's link goes to (``Hub.address_now``); None, logged, while the
+        person holds none (the page answers as if it went: nothing to tell whoever asks)."""
+        to = self.hub.address_now(person.uid)
+        if to is None:
+            log.info("hub.mail_skipped", subject=person.uid, kind=kind, reason="no_address_held")
+        return to
 
     def _request_by_mail(
         self,
@@ -460,13 +477,17 @@ class PreferenceCentre:
         *,
         action: str | None,
         what: dict[str, Any] | None = None,
+        to: str | None = None,
     ) -> str | None:
         """Keeps a request (``kind``: erasure, restriction, new_link) whose mailed link is to
         confirm it, and its audit entry (``action``; None: none, for a new link, which changes
-        nothing); returns the link's token, or None if one was asked for within
-        ``NEW_LINK_INTERVAL`` and is still open (whoever holds the page's link could press the
-        button again and again: the mail sent a moment ago is the answer)."""
+        nothing); returns the link's token, bound to ``to``, the address it is mailed to
+        (``links.bound``), or None if one was asked for within ``NEW_LINK_INTERVAL`` and is
+        still open (whoever holds the page's link could press the button again and again: the
+        mail sent a moment ago is the answer)."""
         token = secrets.token_urlsafe(32)
+        if to is not None:
+            token = bound(self.ledger, token, to)
         now = self.ledger.clock()
         days = self.hub.settings.confirmation_days
         with self.ledger.engine.begin() as conn:
@@ -540,6 +561,9 @@ class PreferenceCentre:
             raise InvalidInput(f"unknown ground of restriction: {ground!r}")
         if self.restricted(person):
             return "already"
+        to = self._mail_to(person, "restriction")
+        if to is None:
+            return "mailed"
         # The ground is kept in the confirmation's channel column: the table has no other.
         token = self._request_by_mail(
             person,
@@ -547,6 +571,7 @@ class PreferenceCentre:
             {"channel": ground},
             action="subject.restriction_requested",
             what={"ground": ground},
+            to=to,
         )
         if token is None:
             return "mailed"
@@ -559,11 +584,11 @@ class PreferenceCentre:
             "followed.\n\nAll your choices, at any time: {preferences}\n",
             days=self.hub.settings.confirmation_days,
             link=self.hub.link_to("/p/restrict/", token, language),
-            preferences=self.hub.preference_link(person.uid, language),
+            preferences=self.hub.preference_link(person.uid, language, to=to),
         )
         subject = _("Please confirm the restriction of the processing of your data")
         try:
-            self.hub.mailer.send(Mail(person.email, subject, text))
+            self.hub.mailer.send(Mail(to, subject, text))
         except MailFailed as error:
             log.warning("hub.mail_failed", subject=person.uid, kind="restriction", error=str(error))
             self._unsent(token)
@@ -640,6 +665,7 @@ class PreferenceCentre:
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
         if erased is not None:
             raise LinkRefused("this link opens no record any more: the record was erased")
+        self._refuse_if_sent_elsewhere(row, token)
         if row.confirmed_at is not None and allow_confirmed:
             return row
         if row.expires_at <= self.ledger.clock():
@@ -663,7 +689,17 @@ class PreferenceCentre:
             raise LinkRefused("this erasure was confirmed already: the data is gone")
         if row.expires_at <= self.ledger.clock():
             raise LinkRefused("this confirmation link has expired: ask again on your preference page")
+        self._refuse_if_sent_elsewhere(row, token)
         return row
+
+    def _refuse_if_sent_elsewhere(self, row: Any, token: str) -> None:
+        """A request's link mailed to an address its person no longer holds (``links.
+        sent_elsewhere``) is refused as an expired one: whoever has that mailbox now may be
+        someone else, and must not erase or restrict the person."""
+        with reading(self.ledger.engine) as conn:
+            elsewhere = sent_elsewhere(conn, self.ledger, row.subject_id, mailed_tag(token))
+        if elsewhere:
+            raise LinkRefused("this confirmation link has expired: ask again on your preference page")
 
     def confirm_erasure(self, token: str) -> dict[str, Any]:
         row = self._open_erasure(token)

@@ -17,8 +17,8 @@ import orjson
 from sqlalchemy import select
 
 from consentsync.domain import iso
-from consentsync.hub.notices import Notice
-from consentsync.ledger.schema import consent_events, notices, subjects
+from consentsync.hub.notices import Notice, text_shown, texts_of
+from consentsync.ledger.schema import consent_events, subjects
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.reconcile import serves_direct_marketing
 
@@ -102,7 +102,9 @@ def controller_of(branding: Any) -> dict[str, Any]:
 
 
 def find(ledger: Ledger, branding: Any, uid: str, record_id: str, language: str = "en") -> dict[str, Any]:
-    """The receipt of the event ``record_id`` of person ``uid`` (raises ``NotFound``)."""
+    """The receipt of the event ``record_id`` of person ``uid`` in ``language`` (raises
+    ``NotFound``). The notice it names is the text shown by the event's time (``text_shown``),
+    the same in every language and in the DSAR export."""
     with ledger.engine.connect() as conn:
         event = conn.execute(
             select(consent_events)
@@ -111,19 +113,10 @@ def find(ledger: Ledger, branding: Any, uid: str, record_id: str, language: str 
         ).first()
         if event is None:
             raise NotFound(f"no consent record {record_id!r} for this person")
-        row = None
-        if event.notice_version:
-            candidates = conn.execute(
-                select(notices).where(
-                    notices.c.purpose == event.purpose, notices.c.version == event.notice_version
-                )
-            ).all()
-            row = next(
-                (c for c in candidates if c.language == language), candidates[0] if candidates else None
-            )
-    notice = (
-        Notice(row.purpose, row.version, row.language, row.sha256, row.text, row.created_at) if row else None
-    )
+        texts = texts_of(conn, event.purpose, event.notice_version) if event.notice_version else []
+    # The text shown is the event's, never the reader's: ``language`` words the receipt only, and
+    # a text registered after the event (in any language) is not what the person was shown.
+    notice = text_shown(texts, event.event_time or event.recorded_at)
     return receipt(ledger, controller_of(branding), uid, event, notice, language)
 
 

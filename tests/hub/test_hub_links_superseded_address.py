@@ -1,0 +1,151 @@
+"""The hub's mailed links and an address its person no longer holds (docs/hub.md, "Links and
+an address the person left"; follows a50b278, which made a grant captured for such an address
+wait for the person's confirmation at the address they hold now).
+
+1. Every mail with a link of the person's goes to the address they hold now: the latest they
+   took that no CRM record of theirs has left since. Mailed to the latest they ever took, a
+   record corrected back from a mistyped address left every link to the mistyped mailbox:
+   the confirmation of a sign-up for that address (so a50b278's confirmation went to the very
+   mailbox it must not), the receipt of a no given for it, a new link for an expired one.
+2. A link mailed to an address before it was superseded (a preference link, an erasure
+   confirmation, a link minted by an older version that names no address) stops working once
+   a sync shows the person's record with another address: whoever has the old mailbox now may
+   be someone else. The page says what an expired link says and offers a new link, mailed to
+   the address the person holds now; a link mailed there works.
+
+Through the capture API, the preference pages, the real sync engine and the Salesforce sandbox
+(a real SMTP inbox), as tests/hub/test_capture_superseded_address.py does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consentsync.hub import links
+from tests.conftest import Cli
+from tests.hub.conftest import Inbox
+from tests.hub.crm_world import CHANNEL, PURPOSE, CrmHub, crm_hub
+
+OLD, NEW = "pat.old@example.com", "pat.new@example.com"
+# A record that took a mistyped address and was corrected back: the latest address Pat ever
+# took is the mistyped one, a mailbox that may be anyone's.
+PAT, TYPO = "pat@example.com", "pat@exmaple.com"
+
+
+@pytest.fixture
+def setup(
+    cli: Cli, config_path: Path, monkeypatch: pytest.MonkeyPatch, inbox: tuple[Inbox, int]
+) -> Iterator[CrmHub]:
+    with crm_hub(cli, config_path, monkeypatch, inbox, double_opt_in=True) as world:
+        yield world
+
+
+def _readdress(setup: CrmHub, contact: str, email: str) -> None:
+    setup.sandbox.org.update(contact, {"Email": email})
+    setup.cli.ok("sync", "sf")
+
+
+def test_a_link_asked_for_an_address_pat_left_goes_to_the_one_they_hold_now(setup: CrmHub) -> None:
+    """Pat's record took a mistyped address and was corrected back: Pat holds both, the mistyped
+    one last taken. Whatever is asked for it (a sign-up, a no, a new link for an expired one),
+    the link goes to PAT only, and the answer is the one any address gets."""
+    contact = setup.sandbox.org.create("Contact", LastName="Pat", Email=PAT, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    _readdress(setup, contact, TYPO)
+    _readdress(setup, contact, PAT)
+    pat = setup.uid(PAT)
+    assert setup.uid(TYPO) == pat
+    setup.inbox.messages.clear()
+
+    # A sign-up for the mistyped address waits for Pat (a50b278), its link mailed to PAT.
+    result = setup.capture(TYPO, "granted")
+    assert (result["subject"], result["recorded"], result["confirmation"]) == (pat, "requested", "queued")
+    assert setup.recipients() == [PAT], "the confirmation went to the mailbox Pat left"
+    confirm = setup.mailed("/p/confirm/", PAT)
+    assert setup.pages.get(confirm).status_code == 200
+
+    # A no for it is Pat's (the safe side); its receipt, with Pat's page, goes to PAT.
+    setup.inbox.messages.clear()
+    assert setup.capture(TYPO, "withdrawn")["recorded"] == "withdrawn"
+    assert setup.recipients() == [PAT]
+    page = setup.mailed("/p/preferences/", PAT)
+    assert setup.pages.get(page).status_code == 200
+
+    # An expired link asks for a new one: mailed to PAT.
+    setup.inbox.messages.clear()
+    expired = links.make_token(setup.ledger, pat, days=1, now=setup.ledger.clock().replace(year=2020))
+    refused = setup.pages.get(f"/p/preferences/{expired}")
+    assert refused.status_code == 410 and "new-link" in refused.text
+    assert setup.pages.post(f"/p/preferences/{expired}/new-link", data={"lang": "en"}).status_code == 200
+    assert setup.recipients() == [PAT]
+
+
+def test_a_link_mailed_to_the_old_address_stops_working_once_pat_left_it(setup: CrmHub) -> None:
+    org = setup.sandbox.org
+    contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    # Before the re-address: Pat's no under OLD, its receipt (with Pat's page) mailed to OLD;
+    # from that page an erasure asked for, its confirmation link mailed to OLD.
+    assert setup.capture(OLD, "withdrawn")["recorded"] == "withdrawn"
+    page = setup.mailed("/p/preferences/", OLD)
+    pat = setup.uid(OLD)
+    # A link an older version mailed (it names no address).
+    unbound = "/p/preferences/" + links.make_token(setup.ledger, pat, days=30)
+    assert setup.pages.get(page).status_code == 200
+    assert setup.pages.get(unbound).status_code == 200
+    assert setup.pages.post(f"{page}/erase", data={"lang": "en"}).status_code == 200
+    erase = setup.mailed("/p/erase/", OLD)
+    assert setup.pages.get(erase).status_code == 200
+    # A sign-up under OLD, waiting for its confirmation link mailed to OLD.
+    assert setup.capture(OLD, "granted")["confirmation"] == "queued"
+    confirm = setup.mailed("/p/confirm/", OLD)
+    assert setup.pages.get(confirm).status_code == 200
+
+    _readdress(setup, contact, NEW)
+    assert setup.uid(NEW) == pat and setup.uid(OLD) == pat
+    events = setup.events(pat)
+    setup.inbox.messages.clear()
+
+    # The old mailbox's links open nothing and do nothing: said as for an expired link.
+    for stale in (page, unbound):
+        shown = setup.pages.get(stale)
+        assert shown.status_code == 410, stale
+        assert "This link has expired" in shown.text and f"{stale}/new-link" in shown.text
+        choose = {"purpose": PURPOSE, "channel": CHANNEL, "action": "grant", "lang": "en"}
+        assert setup.pages.post(f"{stale}/choose", data=choose).status_code == 410
+        assert setup.pages.post(f"{stale}/export", data={"format": "json"}).status_code == 410
+        assert setup.pages.post(f"{stale}/erase", data={"lang": "en"}).status_code == 410
+    for link in (erase, confirm):
+        assert setup.pages.get(link).status_code == 410, link
+        assert setup.pages.post(link, data={"lang": "en"}).status_code == 410, link
+    assert setup.pages.post(f"{confirm}/decline", data={"lang": "en"}).status_code == 410
+    state = setup.ledger.decision_for(NEW, PURPOSE, CHANNEL)[1]
+    assert (state.status.value, state.suppressed) == ("withdrawn", True), "the old mailbox confirmed"
+    assert setup.ledger.email_of(pat) is not None, "the old mailbox erased Pat"
+    assert setup.events(pat) == events
+    assert setup.inbox.messages == []
+
+    # The page offers a new link: mailed to NEW only, and it works.
+    assert setup.pages.post(f"{page}/new-link", data={"lang": "en"}).status_code == 200
+    assert setup.recipients() == [NEW]
+    fresh = setup.mailed("/p/preferences/", NEW)
+    assert setup.pages.get(fresh).status_code == 200
+    # So does a request's confirmation link asked for from it, mailed to NEW.
+    assert setup.pages.post(f"{fresh}/restrict", data={"ground": "accuracy", "lang": "en"}).status_code == 200
+    assert setup.pages.get(setup.mailed("/p/restrict/", NEW)).status_code == 200
+    assert setup.recipients() == [NEW, NEW]
+
+
+def test_a_link_to_an_address_another_record_still_shows_keeps_working(setup: CrmHub) -> None:
+    """Pat's second contact still shows OLD: it is not superseded, and its links work."""
+    org = setup.sandbox.org
+    contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    org.create("Contact", LastName="Pat (second)", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    assert setup.capture(OLD, "withdrawn")["recorded"] == "withdrawn"
+    page = setup.mailed("/p/preferences/", OLD)
+    _readdress(setup, contact, NEW)
+    assert setup.uid(NEW) == setup.uid(OLD)
+    assert setup.pages.get(page).status_code == 200
