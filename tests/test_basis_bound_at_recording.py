@@ -231,7 +231,10 @@ def test_a_crm_value_read_again_after_a_default_change_is_a_replay(config_path: 
         (event,) = _events(ledger)
         assert event.basis is None  # the event as the CRM stated it
     _set_default_basis(config_path, "profiling", "consent")
-    clock.advance(hours=1)
+    # The switch is taken in (its purpose.configured entry written) on the real clock, as the
+    # ledger opens: what is read after it is observed after it (a value is bound to the default
+    # the chain says was in force when it was observed).
+    clock.now = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
     again = _crm_grant(first_read.event_time, clock.now)  # read again, later
     with migrated_ledger(config_path, clock) as ledger:
         stats = ledger.record_many([RecordRequest(Identity(email=ADA), again)])

@@ -365,17 +365,22 @@ class RecordedBases:
         return defaults.before, defaults.seqs[0] if defaults.seqs else None
 
     def possible(self, purpose_key: str, moment: datetime) -> set[LawfulBasis]:
-        """The defaults a process may have bound a value recorded at ``moment`` to: the one in
-        force then (within the clock skew) and every one in force before it. A process reads its
-        configuration once, at start: a daemon still running when another process applied a new
-        default records under the one it started with, which is no edit (verify named it as one:
-        session 61 review of d38ac8a). A binding edited to an earlier default goes unseen; one
-        to a basis the purpose never defaulted to does not."""
+        """The defaults the ledger may have bound a value recorded at ``moment`` to: the one in
+        force then, as ``Ledger._default_basis_at`` reads it (the latest entry at or before
+        ``moment``, ties in chain order), and, where the default was changed within the clock
+        skew of ``moment``, the one before and after the change too: the hosts' clocks disagree
+        a little about which came first (and a frozen clock records both at one instant).
+
+        Never a default replaced before that: the ledger reads the chain's defaults again in
+        each transaction that binds (a daemon started before a change binds to the new one), so
+        a binding to an older default is an edit (session 62: one edited to an earlier default
+        of the purpose passed as the ledger's own)."""
         defaults = self._defaults.get(purpose_key)
         if defaults is None:
             return set()
+        low = bisect_right(defaults.moments, moment - self._margin)
         high = bisect_right(defaults.moments, moment + self._margin)
-        return {defaults.before, *defaults.bases[:high]}
+        return {defaults.bases[low - 1] if low else defaults.before, *defaults.bases[low:high]}
 
     def as_read(self, purpose_key: str, summary: Summary) -> Summary:
         """``summary`` as the ledger reads it (``Ledger._bound``): a value that states no basis

@@ -807,12 +807,14 @@ def reconcile(
     objections: Sequence[ObjectionFact],
     now: datetime,
     before: EffectiveState | None = None,
+    bound: LawfulBasis | None = None,
 ) -> Decision:
     """Folds one piece of evidence into ``current``. ``before``, when the caller already holds
     the effective state of ``current`` (same flags, objections and clock), saves recomputing it.
-    A value that states no basis is bound to ``purpose``'s default basis now (``Ranked.bound``):
-    the basis it is recorded under, whatever the default becomes."""
-    facts = _facts(evidence, policy, purpose.default_basis)
+    A value that states no basis is bound to ``bound`` (the ledger's default in force when it
+    was observed), else to ``purpose``'s default basis now (``Ranked.bound``): the basis it is
+    recorded under, whatever the default becomes."""
+    facts = _facts(evidence, policy, bound if bound is not None else purpose.default_basis)
     updated = Summary(*facts) if current is None else current._joined(*facts)
     if before is None:
         before = effective_state(

@@ -355,12 +355,12 @@ def test_a_revoked_key_opened_used_to_erase_and_closed_again_is_named_by_the_era
     ]
 
 
-def test_a_process_started_before_a_default_change_records_under_its_own_and_verifies_clean(
+def test_a_process_started_before_a_default_change_binds_to_the_chain_s_and_verifies_clean(
     ledger: Ledger, config_path: Path, clock: Clock
 ) -> None:
-    # A daemon reads its configuration once: another process applies a new default_basis, the
-    # daemon records under the one it started with. No edit: verify must not name it as one
-    # (session 61 review of the bound-basis check).
+    # A daemon reads its configuration once: another process applies a new default_basis. The
+    # daemon binds what it records to the default the chain says is in force (session 62; it
+    # bound to the one it started with before), and verify names no edit.
     import dataclasses
 
     clock.advance(hours=1)

@@ -3,6 +3,7 @@ and their audit entries, each change in one transaction with its audit entry."""
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -236,8 +237,11 @@ class Ledger:
     # How far in the future an event time may lie (clocks disagree a little): rule 3.
     max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
     # Each purpose's default bases as the chain says they were configured, read when first
-    # needed (``_default_basis_at``) and again after the purposes change.
+    # needed (``_default_basis_at``) and again after the purposes change, here or in another
+    # process: the purposes' rows as they were read then, and the transaction that last looked.
     _defaults_in_force: dict[str, _Defaults] | None = field(default=None, init=False, repr=False)
+    _defaults_read_with: Any = field(default=None, init=False, repr=False)
+    _defaults_looked_in: Any = field(default=None, init=False, repr=False)
 
     def keyed_hasher(self) -> Callable[[str], str]:
         """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
@@ -284,7 +288,10 @@ class Ledger:
                 entry = AuditRecord(
                     "purpose.configured", {"purpose": purpose.key}, old_view, wanted, actor=actor
                 )
-                audit.append(conn, [entry], now)
+                # Dated in the transaction that makes it visible, under the writer lock: a value
+                # another process recorded while the states were decided again (minutes, on a
+                # large ledger) was bound to the default before it, and is dated before it too.
+                audit.append(conn, [entry], self.clock())
             changed.append(purpose.key)
             self._defaults_in_force = None  # the chain says one more configuration
         # After the purposes: an older version's blank-label proofs, folded again once; and the
@@ -694,16 +701,45 @@ class Ledger:
         ``purpose.configured`` entries say (each one from its time on). Before the purpose's
         first entry: the default that entry replaced, or the one it set. A purpose the chain
         names in no entry: its stored configuration (``purposes``)."""
-        defaults = self._defaults_in_force
-        if defaults is None:
-            defaults = self._defaults_in_force = _defaults_in_force(conn)
-        known = defaults.get(purpose_key)
+        known = self._defaults_now(conn).get(purpose_key)
         if known is None:  # in no entry and no row (events name a stored purpose: not expected)
             purpose = self.purposes.get(purpose_key)
             return purpose.default_basis if purpose is not None else LawfulBasis.CONSENT
         moments, bases, before = known
         at = bisect_right(moments, moment)
         return bases[at - 1] if at else before
+
+    def _defaults_now(self, conn: Connection) -> dict[str, _Defaults]:
+        """The defaults as the chain says them in ``conn``'s transaction. Looked at once per
+        transaction: read again when the purposes' rows changed since they were read (each
+        ``purpose.configured`` entry is appended in the transaction that writes its purpose's
+        row), so that a process started before another one applied a new default binds what it
+        records after that to the new one, and ``audit verify`` holds every binding to the
+        default in force when its value was recorded (session 62: any earlier one passed)."""
+        transaction = conn.get_transaction()
+        looked = self._defaults_looked_in
+        defaults = self._defaults_in_force
+        if (
+            defaults is not None
+            and transaction is not None
+            and looked is not None
+            and looked() is transaction
+        ):
+            return defaults
+        rows = tuple(
+            tuple(row)
+            for row in conn.execute(
+                select(
+                    purposes_table.c.key, purposes_table.c.default_basis, purposes_table.c.updated_at
+                ).order_by(purposes_table.c.key)
+            )
+        )
+        if defaults is None or rows != self._defaults_read_with:
+            defaults = self._defaults_in_force = _defaults_in_force(conn)
+            self._defaults_read_with = rows
+        # Weakly: a transaction ended and another made at its address is not taken for it.
+        self._defaults_looked_in = weakref.ref(transaction) if transaction is not None else None
+        return defaults
 
     def _refold_blank_proof_in(
         self, conn: Connection, keys: set[tuple[int, str, str]], now: datetime, actor: str
@@ -1036,6 +1072,13 @@ class Ledger:
                 objections=context.objections,
                 now=now,
                 before=before,
+                # A value stating no basis: bound to the default the chain says was in force
+                # when it was observed, read in this transaction, not to this process's
+                # configuration (a daemon started before another process applied a new default
+                # bound to the one replaced; audit verify holds the binding to the chain's).
+                bound=None
+                if evidence.basis is not None
+                else self._default_basis_at(conn, evidence.purpose, evidence.observed_at),
             )
             states[key] = decision.summary
             dirty[key] = decision.after

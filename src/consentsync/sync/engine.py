@@ -92,7 +92,7 @@ from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
 from consentsync.sync.locks import RunInProgress, connector_lock
 from consentsync.sync.plan import Plan, plan_items, restricting
-from consentsync.sync.prefetch import Prefetch, PrefetchEach
+from consentsync.sync.prefetch import Prefetch, PrefetchEach, close_all
 from consentsync.sync.push_rules import examine_under_new_rules, push_rules_digest
 from consentsync.sync.runs import RunCounts, record_unstarted
 from consentsync.sync.spool import PageSpool
@@ -2788,11 +2788,13 @@ class SyncEngine:
     def _settle_calls(self, sent: _Calls, report: RunReport) -> None:
         """Commits the answers of ``sent``'s calls as they come, whichever share answers first;
         a share's next CRM call is made while its last one's answers are committed. A stop lets
-        the calls in flight finish and commits their answers too: no answer the CRM gave is
-        lost."""
+        the calls in flight finish within the stop's grace (prefetch.STOP_GRACE_SECONDS) and
+        commits their answers too; a call still in flight after it is left unanswered, its rows
+        pending and marked sent, as a crash there leaves them (the next run sends them again)."""
         try:
             while not self._settle_ready(sent, report) and not self.stop_requested.is_set():
-                sent.arrived.wait(0.5)
+                # Short slices: the stop is seen promptly while the CRM takes its time.
+                sent.arrived.wait(0.1)
         except BaseException:
             with suppress(Exception):
                 self._settle_left(sent, report)
@@ -2815,9 +2817,16 @@ class SyncEngine:
         return all(share.calls.finished for share in sent.shares)
 
     def _settle_left(self, sent: _Calls, report: RunReport) -> None:
-        """Stops ``sent``'s calls after those in flight and commits every answer they gave."""
+        """Stops ``sent``'s calls after those in flight and commits every answer they gave (a
+        stop waits for the calls of every share within one grace)."""
+        left = close_all(share.calls for share in sent.shares)
         self._settle_answers(
-            [(share.rows, answers) for share in sent.shares for answers, _ in share.calls.close()], report
+            [
+                (share.rows, answers)
+                for share, got in zip(sent.shares, left, strict=True)
+                for answers, _ in got
+            ],
+            report,
         )
 
     def _settle_answers(self, calls: list[_Answered], report: RunReport) -> None:

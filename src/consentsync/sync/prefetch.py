@@ -9,6 +9,13 @@ is raised in the consumer, at the item where it happened. ``close()`` stops the 
 call in flight and hands back what it produced meanwhile, so that a stopped run can still commit
 every answer the CRM gave.
 
+A stop is prompt: no wait here outlasts the run's stop (``stop``) by more than
+``STOP_GRACE_SECONDS``. A consumer waiting for an item when the stop is asked gets the end of the
+items at once; ``close()`` waits that long for the call in flight, then leaves it to end in its
+thread, its answer unread, as a crash there would: a page not committed is read again by the next
+run, a push marked sent and not answered is sent again (a slow CRM page, with its retries, held a
+SIGTERM for minutes).
+
 The standard library's ``concurrent.futures`` runs calls, not generators that must stay on one
 thread and stop between items; this is the small bounded queue that does that.
 """
@@ -18,14 +25,46 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
+import structlog
+
 from consentsync.sync.lease import call_fence
+
+log = structlog.get_logger("consentsync.sync")
 
 T = TypeVar("T")
 
 _END = object()
+
+# How long, once the run's stop is asked, a wait goes on for a CRM call in flight: a push's
+# answer that comes by then is committed; after it the run stops without it.
+STOP_GRACE_SECONDS = 0.5
+# The slices a wait is made in, each ending with a look at the stop: an untimed wait saw it only
+# once the CRM answered.
+_POLL_SECONDS = 0.05
+
+
+class _Grace:
+    """When the waits of a stopping run end: ``STOP_GRACE_SECONDS`` after the first of them saw
+    the stop. Shared by the prefetches closed together (a push's shares, each read's pages), so
+    that closing several waits one grace, not one each."""
+
+    __slots__ = ("ends",)
+
+    def __init__(self) -> None:
+        self.ends: float | None = None
+
+    def timeout(self, stopping: bool) -> float:
+        """The next slice to wait (0: the grace is over)."""
+        if not stopping:
+            return _POLL_SECONDS
+        now = time.monotonic()
+        if self.ends is None:
+            self.ends = now + STOP_GRACE_SECONDS
+        return max(0.0, min(_POLL_SECONDS, self.ends - now))
 
 
 class _Raised:
@@ -99,10 +138,22 @@ class Prefetch(Generic[T]):
         return self
 
     def __next__(self) -> tuple[T, Any]:
+        """The next item; the end of the items when the source ended or, with nothing produced
+        to take, as soon as the run's stop is asked (``finished`` then stays False)."""
         self._raise_met()
         if self._finished:
             raise StopIteration
-        return self._take(self._queue.get())  # type: ignore[no-any-return]
+        while True:
+            try:
+                got = self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self._stopping():
+                    raise StopIteration from None
+                continue
+            return self._take(got)  # type: ignore[no-any-return]
+
+    def _stopping(self) -> bool:
+        return self._asked_to_stop.is_set() or self._stop.is_set()
 
     def ready(self) -> list[tuple[T, Any]]:
         """The items produced and not yet taken, without waiting for more. An exception met
@@ -144,19 +195,34 @@ class Prefetch(Generic[T]):
         self._slots.release()
         if got is _END:
             self._finished = True
-            self._thread.join()
+            self._join(_Grace())
             raise StopIteration
         if isinstance(got, _Raised):
             self._finished = True
-            self._thread.join()
+            self._join(_Grace())
             raise got.error
         return got
 
+    def _join(self, grace: _Grace) -> None:
+        """Waits for the thread to end; once the run's stop is asked, until ``grace`` ends at
+        the latest. A thread still in a CRM call then is left to it: it begins nothing after."""
+        while self._thread.is_alive():
+            timeout = grace.timeout(self._asked_to_stop.is_set())
+            if timeout <= 0:
+                # Operators see why the stop did not wait for that call (its thread names the
+                # connector and the stage, nothing of a person).
+                log.info("sync.call_left_in_flight", thread=self._thread.name)
+                return
+            self._thread.join(timeout)
+
     def close(self) -> list[tuple[T, Any]]:
         """Stops producing after the item in progress; returns the items produced and not taken
-        (an exception raised meanwhile is dropped: the consumer is stopping anyway)."""
-        self._stop.set()
-        self._thread.join()
+        (an exception raised meanwhile is dropped: the consumer is stopping anyway). Once the
+        run's stop is asked, the item in progress is waited for ``STOP_GRACE_SECONDS`` at most."""
+        return close_all([self])[0]
+
+    def _closed(self, grace: _Grace) -> list[tuple[T, Any]]:
+        self._join(grace)
         left: list[tuple[T, Any]] = []
         while True:
             try:
@@ -210,19 +276,33 @@ class PrefetchEach(Generic[T]):
 
     def __next__(self) -> tuple[T, Any]:
         while self._current < len(self._each):
+            current = self._each[self._current]
             try:
-                return next(self._each[self._current])
+                return next(current)
             except StopIteration:
+                if not current.finished:
+                    # Cut short by the run's stop: a later source's items do not come next.
+                    raise
                 self._current += 1
         raise StopIteration
 
     def close(self) -> None:
-        """Stops every source after the call it has in flight."""
-        for prefetch in self._each:
-            prefetch.close()
+        """Stops every source after the call it has in flight (once the run's stop is asked,
+        after ``STOP_GRACE_SECONDS`` at most, for all of them together)."""
+        close_all(self._each)
 
     def __enter__(self) -> PrefetchEach[T]:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def close_all(prefetches: Iterable[Prefetch[Any]]) -> list[list[tuple[Any, Any]]]:
+    """``close()`` of each, all asked to stop first and waited for within one grace: the items
+    each produced and not taken, in the same order."""
+    each = list(prefetches)
+    for prefetch in each:
+        prefetch._stop.set()
+    grace = _Grace()
+    return [prefetch._closed(grace) for prefetch in each]
