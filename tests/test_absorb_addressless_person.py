@@ -95,6 +95,30 @@ def _decision(config_path: Path) -> Any:
         ledger.engine.dispose()
 
 
+def absorb_an_individual(cli: Cli, sf: SalesforceSandbox, address: str, status: str) -> str:
+    """An Individual with an email-marketing consent record (``status``) synced, then a Contact
+    at ``address`` pointing to it: the Individual's person absorbed into the address holder,
+    whose uid is returned."""
+    individual = sf.org.create("Individual", LastName="Probe")
+    sf.org.create(
+        "ContactPointTypeConsent",
+        {
+            "Name": "Email marketing - Probe",
+            "PartyId": individual,
+            "DataUsePurposeId": EMAIL_MARKETING,
+            "ContactPointType": "Email",
+            "PrivacyConsentStatus": status,
+            "CaptureDate": datetime.now(UTC) - timedelta(hours=1),
+            "CaptureSource": "Preference Center",
+        },
+    )
+    _sync(cli)
+    sf.org.create("Contact", LastName="Probe", FirstName="Erin", Email=address, IndividualId=individual)
+    _sync(cli)
+    (entry,) = _absorbed(cli)
+    return str(entry["what"]["absorbed"])
+
+
 def _absorbed(cli: Cli) -> list[dict[str, Any]]:
     return [e for e in cli.json("audit", "log") if e["action"] == "subject.absorbed"]
 
@@ -268,24 +292,7 @@ def test_erasing_the_address_holder_erases_the_person_absorbed_into_them(
     # The absorbed person keeps their row and their consent history (absorption moves records,
     # never events): erased with the holder, or the history would outlive the erasure (Art. 17).
     _known_at_the_hub(cli, datetime.now(UTC) - timedelta(days=1))
-    individual = sf.org.create("Individual", LastName="Probe")
-    sf.org.create(
-        "ContactPointTypeConsent",
-        {
-            "Name": "Email marketing - Probe",
-            "PartyId": individual,
-            "DataUsePurposeId": EMAIL_MARKETING,
-            "ContactPointType": "Email",
-            "PrivacyConsentStatus": "OptOut",
-            "CaptureDate": datetime.now(UTC) - timedelta(hours=1),
-            "CaptureSource": "Preference Center",
-        },
-    )
-    _sync(cli)
-    sf.org.create("Contact", LastName="Probe", FirstName="Erin", Email=ADDRESS, IndividualId=individual)
-    _sync(cli)
-    (entry,) = _absorbed(cli)
-    absorbed = entry["what"]["absorbed"]
+    absorbed = absorb_an_individual(cli, sf, ADDRESS, "OptOut")
 
     cli.ok("erase", "--email", ADDRESS, "--reason", "Art. 17 request", "--yes")
 

@@ -227,6 +227,8 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     with ledger_refusals(config.ledger_url):
         ledger.sync_purposes()
         bind_api_keys(ledger)  # once: what an older version's key entries did not carry
+        # Once: the people an older version's erasures left (absorbed into the person erased).
+        ledger.erase_absorbed()
     return ledger
 
 

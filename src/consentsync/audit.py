@@ -17,7 +17,19 @@ from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, String, and_, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    String,
+    and_,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 
 from consentsync.domain import canonical_json, iso, sha256_hex
 from consentsync.ledger.bulk import db_time, insert_rows
@@ -318,6 +330,43 @@ class AuditFilters(TypedDict, total=False):
     action: str | None
     rule: str | None
     connector: str | None
+    # Entries up to this seq: a reader paging newest first pages on where its first page stood
+    # (entries written since, each read's own ``audit.viewed`` among them, would move the pages).
+    through: int | None
+
+
+# A read of the audit log itself: its entries are the trails of every person they name, so
+# reading them is an access to personal data, written down (Art. 30) as a person's read is.
+LOG_VIEWED = "audit.viewed"
+
+
+def log_viewed(
+    engine: Engine,
+    at: datetime,
+    filters: AuditFilters,
+    shown: int,
+    *,
+    actor: str,
+    source: str,
+    **paging: int | None,
+) -> None:
+    """Writes down a read of the audit log (``consentsync audit log``, the console's trail): who
+    (``actor``, from ``source``), with which filters (people by uid, times as ISO 8601: never an
+    address, whose look-up the caller writes down as ``subject.viewed``), which page where it is
+    paged, and how many entries were ``shown``. About no one person; called once the entries are
+    read, so it is not among them."""
+    said: dict[str, Any] = {}
+    for name, value in filters.items():
+        if value is None:
+            continue
+        if name == "subject_uids":
+            said["subjects"] = list(value)
+        else:
+            said[name] = iso(value) if isinstance(value, datetime) else value
+    what = {"filters": said, **{name: value for name, value in paging.items() if value is not None}}
+    record = AuditRecord(LOG_VIEWED, {**what, "shown": shown}, source=source, actor=actor)
+    with engine.begin() as conn:
+        append(conn, [record], at)
 
 
 def _where(conn: Connection, **filters: Unpack[AuditFilters]) -> list[Any]:
@@ -332,6 +381,8 @@ def _where(conn: Connection, **filters: Unpack[AuditFilters]) -> list[Any]:
         where.append(audit_entries.c.at < until)
     if action is not None:
         where.append(audit_entries.c.action == action)
+    if filters.get("through") is not None:
+        where.append(audit_entries.c.seq <= filters["through"])
     if rule is not None:
         # The payload is canonical JSON: the rule appears exactly as "rule":"<value>".
         where.append(audit_entries.c.payload.like(_like_json("rule", rule), escape="\\"))

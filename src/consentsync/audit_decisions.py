@@ -407,7 +407,10 @@ def _suppression_said(entries: list[tuple[int, dict[str, Any]]]) -> Said:
     said: Said = [("created_at", _time(created), made_seq)]
     if "details_sha256" in made:
         said.append(("reason", made["details_sha256"], made_seq))
-    last_seq, last = entries[-1]
+    # A person left by an older erasure and erased onto its entry since (``erasure_entry``:
+    # ``Ledger.erase_absorbed``) did not erase the address again: not its last erasure.
+    erasures = [(seq, p) for seq, p in entries if not _completes_an_erasure(p)] or entries
+    last_seq, last = erasures[-1]
     erased = last["new"].get("last_erased_at") if _is_backfill(last) else last.get("at")
     said.append(("last_erased_at", _time(erased), last_seq))
     for seq, payload in entries:
@@ -415,6 +418,12 @@ def _suppression_said(entries: list[tuple[int, dict[str, Any]]]) -> Said:
         if "email_hmac" in what:  # in the chain since this check: older entries do not say it
             said.append(("email_hmac", what["email_hmac"], seq))
     return said
+
+
+def _completes_an_erasure(payload: dict[str, Any]) -> bool:
+    """A ``subject.erased`` entry of a person erased onto an earlier erasure's suppression entry,
+    naming that erasure's entry (``erasure_entry``), the address not erased again."""
+    return payload.get("action") == "subject.erased" and "erasure_entry" in _what(payload)
 
 
 def _beside_an_older_erasure(conn: Connection, row: Any) -> bool:

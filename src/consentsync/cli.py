@@ -683,7 +683,7 @@ def subject_export(email: str, fmt: str, output: Path, force: bool) -> None:
 # The actions the audit log's entries name (``audit log --action``). A value not listed is still
 # accepted when entries of it are in the log (written by another version of consentsync).
 AUDIT_ACTIONS = (
-    "apikey.bound", "apikey.created", "apikey.revoked", "consent.recorded", "crm.pushed",
+    "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "consent.recorded", "crm.pushed",
     "crm.record_deleted", "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded",
     "notice.added",
     "notice.dated", "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
@@ -723,21 +723,27 @@ def audit_log(
 
         action = known_filter("--action", action, AUDIT_ACTIONS, found=logged, what="audit action")
     uids = target.subject_uids_for_email(_held_email(email)) if email else None
+    filters = audit.AuditFilters(subject_uids=uids, since=since_at, action=action)
     with target.engine.connect() as conn:
         if limit is not None and limit > MAX_ROW_ID:
             limit = None  # more than the log can ever hold: no limit
-        items = audit.entries(conn, subject_uids=uids, since=since_at, action=action, limit=limit)
+        items = audit.entries(conn, **filters, limit=limit)
         if as_json:
-            _stream_json(items)
+            shown = _stream_json(items)
         else:
+            rows = [_audit_row(entry) for entry in items]
             print_table(
-                [_audit_row(entry) for entry in items],
-                ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"],
+                rows, ["seq", "at", "action", "subject", "what", "change", "rule", "source", "actor", "run"]
             )
+            shown = len(rows)
     # A person's trail is their record read (Art. 30): written down as `subject show` and the
     # console's search write theirs; once it is printed, so that it is not in it.
     for uid in uids or []:
         target.audit_read(uid, "subject.viewed", actor=login_name(), source="cli")
+    # And the read of the log itself, whatever its filters: its entries are people's trails.
+    audit.log_viewed(
+        target.engine, target.clock(), filters, shown, actor=login_name(), source="cli", limit=limit
+    )
 
 
 def _audit_row(entry: dict[str, Any]) -> dict[str, Any]:
@@ -759,14 +765,18 @@ def _brief(state: Any) -> str:
     return cell_text(state)
 
 
-def _stream_json(items: Iterable[dict[str, Any]]) -> None:
+def _stream_json(items: Iterable[dict[str, Any]]) -> int:
+    """Prints ``items`` as a JSON array as they come; returns how many were printed."""
     # The query runs (and may refuse the input) before anything is printed.
     iterator = iter(items)
     first = next(iterator, None)
     click.echo("[", nl=False)
+    printed = 0
     for index, item in enumerate(itertools.chain([first], iterator) if first is not None else ()):
         click.echo(("," if index else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+        printed = index + 1
     click.echo("\n]")
+    return printed
 
 
 if __name__ == "__main__":

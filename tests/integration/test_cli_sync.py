@@ -20,6 +20,7 @@ from consentsync_salesforce.sandbox import SalesforceSandbox
 from consentsync import exit_codes
 from consentsync.cli import main
 from tests.conftest import Cli
+from tests.integration.test_cli import audit_entries
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "connectors/consentsync_salesforce/mappings"
@@ -159,7 +160,7 @@ def test_sync_reads_the_org_pushes_and_audits_every_push(cli: Cli, sf: Salesforc
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(cli: Cli, sf: SalesforceSandbox) -> None:
-    audit_before = len(cli.json("audit", "log"))
+    audit_before = len(audit_entries(cli))
     flags_before = _email_flags(sf)
 
     report = _sync(cli, "--dry-run")
@@ -172,7 +173,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(cli: Cli, sf: SalesforceSand
     human = cli.ok("sync", "sf", "--dry-run").stdout
     assert "nothing was changed" in human
 
-    assert len(cli.json("audit", "log")) == audit_before
+    assert len(audit_entries(cli)) == audit_before
     cli.ok("audit", "verify")
     assert cli.json("runs", "list") == []
     assert _email_flags(sf) == flags_before

@@ -42,6 +42,7 @@ from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import audit_entries, subjects
 from tests.conftest import POSTGRES_ENV, SQLITE_ONLY, TEST_ERASURE_KEY, Cli, one_line_error, record_args
+from tests.integration.test_cli import audit_entries as logged_entries
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -404,14 +405,14 @@ def test_the_exit_codes_documented_name_commands_that_exist() -> None:
 @SQLITE_ONLY
 @pytest.mark.parametrize("option", ["--source", "--actor"])
 def test_an_option_not_utf8_is_said_to_be_so(cli: Cli, option: str) -> None:
-    before = cli.json("audit", "log")
+    before = logged_entries(cli)
     args = dict(zip(("--source", "--actor"), ("web_form", "ops"), strict=True))
     args[option] = "web\udcffform"  # the byte 0xff, as the shell passes it
     options = [word for pair in args.items() for word in pair]
     recorded = cli(*record_args("a@example.com", "email_marketing", "granted")[:-2], *options)
     said = one_line_error(recorded, exit_codes.CONFIG, f"{option}: not UTF-8 text (byte 0xff at offset 3)")
     assert "control character" not in said
-    assert cli.json("audit", "log") == before
+    assert logged_entries(cli) == before
 
 
 @SQLITE_ONLY

@@ -97,6 +97,7 @@ from consentsync.ledger.identity import (
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     audit_entries,
+    audit_head,
     capture_requests,
     confirmations,
     consent_events,
@@ -167,6 +168,10 @@ BINDINGS_SETTING = "identifiers_bound"
 BINDINGS_DONE = "done"
 # The ledger_settings row saying ``Ledger.bind_unstated_bases`` was done.
 BASES_BOUND_SETTING = "unstated_bases_bound"
+# The ledger_settings row saying ``Ledger.erase_absorbed`` was done, and who its entries name as
+# having erased (a step of consentsync's own, not a request anyone made).
+ABSORBED_ERASED_SETTING = "absorbed_erased"
+ERASURE_REPAIR_ACTOR = "consentsync:repair"
 # Every character ``str.isspace`` takes for whitespace (``Evidence.has_proof`` reads a label of
 # these alone as blank): trimmed in SQL, where each database's own notion of space differs.
 _WHITESPACE = (
@@ -1497,159 +1502,11 @@ class Ledger:
             # records without an address, proven to be them): their consent history and its
             # details are this person's, and would outlive the erasure otherwise (Art. 17).
             people += [p for p in absorbed_into(conn, people) if p not in people]
-            subject_id = people[0] if people else None
-            records: list[AuditRecord] = []
-            uids: list[str] = []
-            erased_details = redacted = 0
-            # The person's other addresses (a CRM record that took a new one keeps the person,
-            # who then holds both): each is erased with them and kept as a suppression of its
-            # own, or a record showing it would import the person again, unsuppressed.
-            # Not its folded form (an emoji a CRM kept as "?", ``fold_astral``): it is another
-            # address to the CRMs, which a new record showing it would import unsuppressed; so
-            # the person's holding it is erased and suppressed as one of their other addresses.
-            asked = (set(email_forms(email)) - {fold_astral(email)}) | {email}
-            others: set[str] = set()
-            # Whose other address each is (the first person holding it): its entry names them.
-            owners: dict[str, tuple[str, int]] = {}
-            # Who of them was restricted: only a restricted person's restriction can have been
-            # carried to others and still stand (lifting it lifts what was carried, _lift_carried).
-            restricted_uids: set[str] = set()
-            hashed = self.keyed_hasher()
-            for person in people:
-                before = self._contexts(conn, {person})[person]
-                uids.append(before.uid)
-                if before.flags.restricted:
-                    restricted_uids.add(before.uid)
-                held = conn.execute(
-                    select(subject_identifiers.c.kind, subject_identifiers.c.value).where(
-                        subject_identifiers.c.subject_id == person
-                    )
-                ).all()
-                theirs = {value for kind, value in held if kind == EMAIL} - asked
-                # Each identifier deleted below is unbound in the chain (its keyed hash, as the
-                # entry that bound it says it): `audit verify` then holds the person to none.
-                unbound = bindings((kind, hashed(value)) for kind, value in held)
-                others |= theirs
-                for address in theirs:
-                    owners.setdefault(address, (before.uid, person))
-                conn.execute(
-                    update(subjects)
-                    .where(subjects.c.id == person)
-                    .values(erased_at=now, suppression_id=suppression_id)
-                )
-                conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == person))
-                details = audit.erase_details(conn, person)
-                texts = _redact_operational_text(conn, person)
-                _close_capture_requests(conn, before.uid, capture_request_hashers(self.erasure_key())[0])
-                erased_details += details
-                redacted += texts
-                after = self._contexts(conn, {person})[person]
-                records.append(
-                    AuditRecord(
-                        "subject.erased",
-                        {**suppression, "subject_known": True, UNBOUND: unbound},
-                        old=None,
-                        new={
-                            "suppressed": True,
-                            "audit_details_erased": details,
-                            **({"operational_text_redacted": texts} if texts else {}),
-                        },
-                        rule="erasure_suppression",
-                        source="erasure",
-                        actor=actor,
-                        subject_uid=before.uid,
-                        subject_id=person,
-                        details={"reason": reason},
-                    )
-                )
-                records += self._refresh(
-                    conn, person, list(self.purposes.values()), before, after, now, None, "erasure", actor
-                )
-            if not people:
-                records.append(
-                    AuditRecord(
-                        "subject.erased",
-                        {**suppression, "subject_known": False},
-                        old=None,
-                        new={"suppressed": True, "audit_details_erased": 0},
-                        rule="erasure_suppression",
-                        source="erasure",
-                        actor=actor,
-                        details={"reason": reason},
-                    )
-                )
-            uid = uids[0] if uids else None
-            # Records of other people that last showed this address (an edit, an import, a merge
-            # that kept it): the connectors look at them again, and a record holding an erased
-            # address is suppressed whoever's it is (sync/engine.py, decide_pushes). The snapshot
-            # keeps the same keyed hash. No index on it: one scan of the snapshots per erasure,
-            # which is rare (a bulk erasure of many addresses would want one: a migration).
-            # Snapshots written by older versions hold the hash of the address as JSON text
-            # (as the CRM wrote it): those of this address as written here take today's hash, so
-            # that the push decision's join finds them too (one written otherwise, in capitals,
-            # keeps the old hash until that record is read again).
-            # So do those that last showed the address in its other form (punycode): the push
-            # decision hashes an address in its one form since (email_forms).
-            folded = fold_astral(email)
-            if folded != email and people and folded not in others and not _held(conn, folded):
-                # The address as a CRM keeping only the BMP shows it (an emoji as "?"): a record
-                # showing it is the person's to that CRM, and one made after the erasure (a new
-                # lead) would import them again, unsuppressed (``identity._unfold`` finds no one
-                # holding the erased address): suppressed as one of their other addresses.
-                # Not where someone else holds it as it is (``holds_for``: their "?" is a "?",
-                # a mailbox of their own, whose records the suppression would reach).
-                others.add(folded)
-                owners.setdefault(folded, (uids[0], people[0]))
-            added = self._suppress_too(conn, sorted(others), reason, now)
-            digests = [digest, *(hashed for hashed, _id, _entry, _made in added)]
-            for address, (_hashed, added_id, entry_hmac, made) in zip(sorted(others), added, strict=True):
-                owner_uid, owner_id = owners[address]
-                # Each suppression entry is in the chain, or its row could be deleted unseen; one
-                # on the list before (old: suppressed) is erased again now, which its entry's
-                # last_erased_at says and `audit verify` holds it to.
-                records.append(
-                    AuditRecord(
-                        "suppression.added",
-                        {"suppression": added_id, "email_hmac": entry_hmac},
-                        old=None if made else {"suppressed": True},
-                        new={"suppressed": True},
-                        rule="erasure_suppression",
-                        source="erasure",
-                        actor=actor,
-                        subject_uid=owner_uid,
-                        subject_id=owner_id,
-                        details={"reason": reason},
-                    )
-                )
-            for address, hashed in zip([email, *sorted(others)], digests, strict=True):
-                stale = [
-                    email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(address)
-                ]
-                stale += [email_hmac(self.erasure_key(), form) for form in email_forms(address)[1:]]
-                conn.execute(
-                    update(crm_snapshots).where(crm_snapshots.c.identity.in_(stale)).values(identity=hashed)
-                )
-            holders = set(
-                conn.execute(
-                    select(crm_links.c.subject_id)
-                    .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                    .where(crm_snapshots.c.identity.in_(digests), crm_links.c.gone_at.is_(None))
-                ).scalars()
-            ) - set(people)
-            audit.append(conn, records, now)
-            # Restrictions carried from an erased person stand on data that is gone: lifted as
-            # lifting their restriction would (the erased address stays suppressed anyway). Only
-            # a restricted person's can stand: an erasure of anyone else reads no other person
-            # (it read every restricted person's trail: 145 ms an erasure beside 1,256 of them).
-            for erased in uids:
-                if erased in restricted_uids:
-                    self._lift_carried(conn, erased, now, source="erasure", actor=actor)
-            # The erased people themselves too, whether or not a state of theirs changed (a
-            # restriction decides before and after; one who came back and is erased again may
-            # read the same): every connector passes the erasure on (Art. 17(2), 19), with the
-            # object's delete or anonymise where configured.
-            if holders or people:
-                self._announce(conn, holders | set(people), now)
+            uids, erased_details = self._erase_people(
+                conn, people, suppression, reason=reason, actor=actor, now=now, email=email, digest=digest
+            )
+        subject_id = people[0] if people else None
+        uid = uids[0] if uids else None
         log.info("subject.erased", subject=uid, suppression=suppression_id, known=subject_id is not None)
         return {
             "subject": uid,
@@ -1659,6 +1516,280 @@ class Ledger:
             "already_suppressed": already,
             "audit_details_erased": erased_details,
         }
+
+    def _erase_people(
+        self,
+        conn: Connection,
+        people: list[int],
+        suppression: dict[str, Any],
+        *,
+        reason: str,
+        actor: str | None,
+        now: datetime,
+        email: str | None,
+        digest: str | None,
+        erasure_entry: int | None = None,
+    ) -> tuple[list[str], int]:
+        """Erases ``people`` in the caller's transaction, each onto the suppression entry
+        ``suppression`` (its id and keyed hash as the chain says them; empty: none), with their
+        other addresses suppressed too; returns their uids and the audit details erased.
+        ``email`` (and its keyed hash ``digest``): the address erased (``erase``). None: people
+        left behind by an erasure of an older version (``erase_absorbed``), whose address is not
+        erased again (its entry's ``last_erased_at`` stays, so a consent given since still lifts
+        it); each entry names the erasure it completes (``erasure_entry``)."""
+        records: list[AuditRecord] = []
+        uids: list[str] = []
+        erased_details = redacted = 0
+        repair = {} if erasure_entry is None else {"erasure_entry": erasure_entry}
+        # The person's other addresses (a CRM record that took a new one keeps the person,
+        # who then holds both): each is erased with them and kept as a suppression of its
+        # own, or a record showing it would import the person again, unsuppressed.
+        # Not its folded form (an emoji a CRM kept as "?", ``fold_astral``): it is another
+        # address to the CRMs, which a new record showing it would import unsuppressed; so
+        # the person's holding it is erased and suppressed as one of their other addresses.
+        asked = set() if email is None else (set(email_forms(email)) - {fold_astral(email)}) | {email}
+        others: set[str] = set()
+        # Whose other address each is (the first person holding it): its entry names them.
+        owners: dict[str, tuple[str, int]] = {}
+        # Who of them was restricted: only a restricted person's restriction can have been
+        # carried to others and still stand (lifting it lifts what was carried, _lift_carried).
+        restricted_uids: set[str] = set()
+        hashed = self.keyed_hasher()
+        for person in people:
+            before = self._contexts(conn, {person})[person]
+            uids.append(before.uid)
+            if before.flags.restricted:
+                restricted_uids.add(before.uid)
+            held = conn.execute(
+                select(subject_identifiers.c.kind, subject_identifiers.c.value).where(
+                    subject_identifiers.c.subject_id == person
+                )
+            ).all()
+            theirs = {value for kind, value in held if kind == EMAIL} - asked
+            # Each identifier deleted below is unbound in the chain (its keyed hash, as the
+            # entry that bound it says it): `audit verify` then holds the person to none.
+            unbound = bindings((kind, hashed(value)) for kind, value in held)
+            others |= theirs
+            for address in theirs:
+                owners.setdefault(address, (before.uid, person))
+            conn.execute(
+                update(subjects)
+                .where(subjects.c.id == person)
+                .values(erased_at=now, suppression_id=suppression.get("suppression"))
+            )
+            conn.execute(delete(subject_identifiers).where(subject_identifiers.c.subject_id == person))
+            details = audit.erase_details(conn, person)
+            texts = _redact_operational_text(conn, person)
+            _close_capture_requests(conn, before.uid, capture_request_hashers(self.erasure_key())[0])
+            erased_details += details
+            redacted += texts
+            after = self._contexts(conn, {person})[person]
+            records.append(
+                AuditRecord(
+                    "subject.erased",
+                    {**suppression, "subject_known": True, UNBOUND: unbound, **repair},
+                    old=None,
+                    new={
+                        "suppressed": True,
+                        "audit_details_erased": details,
+                        **({"operational_text_redacted": texts} if texts else {}),
+                    },
+                    rule="erasure_suppression",
+                    source="erasure",
+                    actor=actor,
+                    subject_uid=before.uid,
+                    subject_id=person,
+                    details={"reason": reason},
+                )
+            )
+            records += self._refresh(
+                conn, person, list(self.purposes.values()), before, after, now, None, "erasure", actor
+            )
+        if not people:
+            records.append(
+                AuditRecord(
+                    "subject.erased",
+                    {**suppression, "subject_known": False},
+                    old=None,
+                    new={"suppressed": True, "audit_details_erased": 0},
+                    rule="erasure_suppression",
+                    source="erasure",
+                    actor=actor,
+                    details={"reason": reason},
+                )
+            )
+        # Records of other people that last showed this address (an edit, an import, a merge
+        # that kept it): the connectors look at them again, and a record holding an erased
+        # address is suppressed whoever's it is (sync/engine.py, decide_pushes). The snapshot
+        # keeps the same keyed hash. No index on it: one scan of the snapshots per erasure,
+        # which is rare (a bulk erasure of many addresses would want one: a migration).
+        # Snapshots written by older versions hold the hash of the address as JSON text
+        # (as the CRM wrote it): those of this address as written here take today's hash, so
+        # that the push decision's join finds them too (one written otherwise, in capitals,
+        # keeps the old hash until that record is read again).
+        # So do those that last showed the address in its other form (punycode): the push
+        # decision hashes an address in its one form since (email_forms).
+        folded = None if email is None else fold_astral(email)
+        if (
+            folded is not None
+            and folded != email
+            and people
+            and folded not in others
+            and not _held(conn, folded)
+        ):
+            # The address as a CRM keeping only the BMP shows it (an emoji as "?"): a record
+            # showing it is the person's to that CRM, and one made after the erasure (a new
+            # lead) would import them again, unsuppressed (``identity._unfold`` finds no one
+            # holding the erased address): suppressed as one of their other addresses.
+            # Not where someone else holds it as it is (``holds_for``: their "?" is a "?",
+            # a mailbox of their own, whose records the suppression would reach).
+            others.add(folded)
+            owners.setdefault(folded, (uids[0], people[0]))
+        added = self._suppress_too(conn, sorted(others), reason, now)
+        # The address erased (none where people left by an older erasure are), then the others.
+        addresses = ([] if email is None else [email]) + sorted(others)
+        digests = ([] if digest is None else [digest]) + [hashed for hashed, _id, _entry, _made in added]
+        for address, (_hashed, added_id, entry_hmac, made) in zip(sorted(others), added, strict=True):
+            owner_uid, owner_id = owners[address]
+            # Each suppression entry is in the chain, or its row could be deleted unseen; one
+            # on the list before (old: suppressed) is erased again now, which its entry's
+            # last_erased_at says and `audit verify` holds it to.
+            records.append(
+                AuditRecord(
+                    "suppression.added",
+                    {"suppression": added_id, "email_hmac": entry_hmac},
+                    old=None if made else {"suppressed": True},
+                    new={"suppressed": True},
+                    rule="erasure_suppression",
+                    source="erasure",
+                    actor=actor,
+                    subject_uid=owner_uid,
+                    subject_id=owner_id,
+                    details={"reason": reason},
+                )
+            )
+        for address, hashed in zip(addresses, digests, strict=True):
+            stale = [email_hmac(self.erasure_key(), canonical_json(form)) for form in email_forms(address)]
+            stale += [email_hmac(self.erasure_key(), form) for form in email_forms(address)[1:]]
+            conn.execute(
+                update(crm_snapshots).where(crm_snapshots.c.identity.in_(stale)).values(identity=hashed)
+            )
+        holders = set(
+            conn.execute(
+                select(crm_links.c.subject_id)
+                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(crm_snapshots.c.identity.in_(digests), crm_links.c.gone_at.is_(None))
+            ).scalars()
+        ) - set(people)
+        audit.append(conn, records, now)
+        # Restrictions carried from an erased person stand on data that is gone: lifted as
+        # lifting their restriction would (the erased address stays suppressed anyway). Only
+        # a restricted person's can stand: an erasure of anyone else reads no other person
+        # (it read every restricted person's trail: 145 ms an erasure beside 1,256 of them).
+        for erased in uids:
+            if erased in restricted_uids:
+                self._lift_carried(conn, erased, now, source="erasure", actor=actor)
+        # The erased people themselves too, whether or not a state of theirs changed (a
+        # restriction decides before and after; one who came back and is erased again may
+        # read the same): every connector passes the erasure on (Art. 17(2), 19), with the
+        # object's delete or anonymise where configured.
+        if holders or people:
+            self._announce(conn, holders | set(people), now)
+        return uids, erased_details
+
+    def erase_absorbed(self, actor: str = ERASURE_REPAIR_ACTOR) -> int:
+        """Once per ledger (the ``ledger_settings`` row ``ABSORBED_ERASED_SETTING`` says it was
+        done): the people absorbed into a person erased by a version before erasure reached
+        them (``absorbed_into``) are erased now, as ``erase`` erases them today (``_erase_people``:
+        their identifiers, audit details and operational texts go, their states are decided
+        again and announced, each gets a ``subject.erased`` entry onto the holder's suppression
+        entry). Each entry names the holder's erasure entry it completes (``erasure_entry``),
+        its actor is ``actor`` and its reason says why; the address is not erased again (its
+        ``last_erased_at`` stays: a consent given since the erasure still lifts it).
+
+        The holders are found by one read of the ``subject.absorbed`` entries (a scan of the log:
+        no index holds an action; the marker makes it one scan per ledger). One write
+        transaction per holder, the chain's head locked before the people left are read, so a
+        run stopped midway (the marker is written last) is finished by the next open and two
+        processes opening at once erase each person once. Returns the number of people erased."""
+        from sqlalchemy.exc import IntegrityError
+
+        from consentsync.ledger.schema import ledger_settings
+
+        by_name = ledger_settings.c.name == ABSORBED_ERASED_SETTING
+        with reading(self.engine) as conn:
+            if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is not None:
+                return 0
+            holders = sorted(
+                set(
+                    conn.execute(
+                        select(audit_entries.c.subject_id)
+                        .join(subjects, subjects.c.id == audit_entries.c.subject_id)
+                        .where(
+                            audit_entries.c.action == "subject.absorbed", subjects.c.erased_at.is_not(None)
+                        )
+                    ).scalars()
+                )
+            )
+        erased = 0
+        for holder in holders:
+            with self.engine.begin() as conn:
+                erased += self._erase_absorbed_of(conn, holder, actor)
+        try:
+            with self.engine.begin() as conn:
+                if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is None:
+                    row = {"name": ABSORBED_ERASED_SETTING, "value": "done", "set_at": self.clock()}
+                    conn.execute(insert(ledger_settings).values(**row))
+        except IntegrityError:  # another process opening the ledger finished it meanwhile
+            pass
+        if erased:  # said once per ledger, and only where an older version left such people
+            log.info("absorbed.erased", holders=len(holders), people=erased)
+        return erased
+
+    def _erase_absorbed_of(self, conn: Connection, holder: int, actor: str) -> int:
+        """``erase_absorbed`` for the people absorbed into erased person ``holder`` and not erased,
+        inside the caller's write transaction."""
+        # The head first: another process doing the same waits here, then finds them erased.
+        conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+        people = absorbed_into(conn, [holder])
+        if not people:
+            return 0
+        row = conn.execute(
+            select(subjects.c.uid, subjects.c.suppression_id, suppressions.c.email_hmac)
+            .select_from(subjects.outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id))
+            .where(subjects.c.id == holder)
+        ).one()
+        # The holder's erasure: its entry (by the person's id; by uid one written before 0013).
+        about = or_(
+            audit_entries.c.subject_id == holder,
+            and_(audit_entries.c.subject_id.is_(None), audit_entries.c.subject_uid == row.uid),
+        )
+        erasure = conn.execute(
+            select(func.max(audit_entries.c.seq)).where(audit_entries.c.action == "subject.erased", about)
+        ).scalar()
+        # Onto the holder's suppression entry, as their erasure would have put them.
+        suppression = (
+            {}
+            if row.suppression_id is None
+            else {"suppression": row.suppression_id, "email_hmac": row.email_hmac}
+        )
+        # Ids only: the reason is kept with the entries and the suppression list.
+        reason = (
+            f"erased by consentsync's upgrade: absorbed into subject {row.uid}, whose erasure "
+            f"(audit entry {erasure}) was made by a version whose erasures did not reach them"
+        )
+        self._erase_people(
+            conn,
+            people,
+            suppression,
+            reason=reason,
+            actor=actor,
+            now=self.clock(),
+            email=None,
+            digest=None,
+            erasure_entry=erasure,
+        )
+        return len(people)
 
     # -- restriction ---------------------------------------------------------------------------
 

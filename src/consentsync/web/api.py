@@ -95,6 +95,13 @@ class AuditSearch(_Body):
     tz: str | None = Field(default=None, max_length=64, description=TZ_HELP)
     page: int = Field(default=1, ge=1, le=1_000_000)
     per_page: int = Field(default=25, ge=1, le=200)
+    through: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Page on with the first page's `through` (the head it was read at): the entries "
+        "written since, each search's own audit.viewed entry among them, then do not move the pages.",
+    )
 
 
 class EmailLookup(_Body):
@@ -294,6 +301,8 @@ def audit_search(request: Request, search: AuditSearch, account: Viewer) -> dict
         until=parse_day(search.until, "until", end=True, zone=zone),
         page=search.page,
         per_page=search.per_page,
+        reader=(account, "api"),  # the trail read: written down (Console.audit)
+        through=search.through,
     )
     return {**found.as_dict(), "subjects": uids}
 

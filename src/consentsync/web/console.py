@@ -35,6 +35,7 @@ from consentsync.ledger.engine import is_postgres, reading
 from consentsync.ledger.schema import (
     audit_details,
     audit_entries,
+    audit_head,
     objections,
     subject_identifiers,
     subjects,
@@ -362,7 +363,15 @@ class Console:
         until: datetime | None = None,
         page: int = 1,
         per_page: int = PER_PAGE,
+        reader: Reader | None = None,
+        through: int | None = None,
     ) -> Page:
+        """A page of the trail, newest first. With ``reader``, the read is written down once the
+        page is read (``audit.log_viewed``: who, the filters, the page, how many entries): the
+        trail holds every person's history, and browsing it left no trace, where opening one
+        person's page does. ``through``: the entries up to that seq (the first page's ``through``,
+        in the page's summary: the head it was read at), so that the entries written since, each
+        page's own read among them, do not move the pages."""
         filters = audit.AuditFilters(
             subject_uids=subjects,
             connector=connector or None,
@@ -372,13 +381,28 @@ class Console:
             until=until,
         )
         with reading(self.engine) as conn:
+            if through is None:
+                through = int(conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).scalar_one())
+            filters["through"] = through
             total = audit.count(conn, **filters)
             items = list(
                 audit.entries(
                     conn, **filters, limit=per_page, offset=_offset(page, per_page), newest_first=True
                 )
             )
-        return Page(items, page, per_page, total)
+        if reader is not None:
+            account, source = reader
+            audit.log_viewed(
+                self.engine,
+                self.ledger.clock(),
+                filters,
+                len(items),
+                actor=account.name,
+                source=source,
+                page=page,
+                per_page=per_page,
+            )
+        return Page(items, page, per_page, total, summary={"through": through})
 
     def audit_choices(self, *, extra: dict[str, str] | None = None) -> dict[str, list[str]]:
         """What the trail's connector, rule and action filters offer: the values that exist (kept

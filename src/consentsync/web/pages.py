@@ -289,7 +289,7 @@ def retry_many(
 @router.get("/audit")
 def audit_page(
     request: Request,
-    _account: Viewer,
+    account: Viewer,
     subject: Annotated[list[str] | None, Query()] = None,
     connector: Text = "",
     rule: Text = "",
@@ -298,12 +298,16 @@ def audit_page(
     until: Text = "",
     page: PageNumber = 1,
     by_email: Text = "",
+    through: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
 ) -> Response:
-    return _audit(request, subject, connector, rule, action, since, until, page, by_email == "1", None)
+    return _audit(
+        request, account, subject, connector, rule, action, since, until, page, by_email == "1", None, through
+    )
 
 
 def _audit(
     request: Request,
+    account: Account,
     subjects: list[str] | None,
     connector: str,
     rule: str,
@@ -313,6 +317,7 @@ def _audit(
     page: int,
     by_email: bool,
     verified: dict[str, Any] | None,
+    through: int | None = None,
 ) -> Response:
     console = console_of(request)
     zone = viewer_zone(request).zone
@@ -325,6 +330,8 @@ def _audit(
         since=parse_day(since, "since", zone=zone),
         until=parse_day(until, "until", end=True, zone=zone),
         page=page,
+        reader=(account, "console"),  # the trail read: written down (Console.audit)
+        through=through,
     )
     filters = {"connector": connector, "rule": rule, "action": action}
     return render(
@@ -333,7 +340,10 @@ def _audit(
         {
             "title": "Audit trail",
             "entries": found.items,
-            "pager": pager_links(request, found, newest_first=True),
+            # The neighbours read where this page stood (the entries since would move them).
+            "pager": pager_links(
+                request, found, newest_first=True, keep={"through": str(found.summary["through"])}
+            ),
             "filters": {
                 "connector": connector,
                 "rule": rule,
@@ -384,9 +394,9 @@ def audit_search(
 
 
 @router.post("/audit/verify")
-def audit_verify(request: Request, _account: Viewer) -> Response:
+def audit_verify(request: Request, account: Viewer) -> Response:
     result = console_of(request).verify_audit()
-    return _audit(request, None, "", "", "", "", "", 1, False, result)
+    return _audit(request, account, None, "", "", "", "", "", 1, False, result)
 
 
 # -- subjects ----------------------------------------------------------------------------------

@@ -77,17 +77,27 @@ def render(
 
 
 def pager_links(
-    request: Request, page: Page, *, anchor: str = "", newest_first: bool = False
+    request: Request,
+    page: Page,
+    *,
+    anchor: str = "",
+    newest_first: bool = False,
+    keep: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Links to the previous and next page with the same filters (and to ``anchor`` on it),
     labelled "newer" and "older" only on a list that is ``newest_first``: on one in the opposite
     order (the objection queue, a run's quarantined records, the outbox, oldest first) the next
-    page holds the newer rows, and a link saying "older" sent ops the wrong way."""
+    page holds the newer rows, and a link saying "older" sent ops the wrong way. ``keep``: query
+    parameters the neighbours take in place of the page's own (the audit trail's ``through``)."""
+    kept = keep or {}
 
     def link(number: int) -> str:
         query = [
-            (k, v) for k, v in request.query_params.multi_items() if k not in ("page", "retried", "refused")
+            (k, v)
+            for k, v in request.query_params.multi_items()
+            if k not in ("page", "retried", "refused", *kept)
         ]
+        query += list(kept.items())
         query.append(("page", str(number)))
         return f"{request.url.path}?{urlencode(query)}" + (f"#{anchor}" if anchor else "")
 
