@@ -18,7 +18,7 @@ run ledger record --email Jane.Doe@example.com --purpose email_marketing --statu
 run ledger record --email jane.doe@example.com --purpose email_marketing --status withdrawn \
     --source salesforce --at 2026-03-02T17:05:00Z
 run ledger record --email jane.doe@example.com --purpose email_marketing --status granted \
-    --source salesforce --at 2026-04-01T08:00:00Z
+    --source salesforce --at 2026-04-01T08:00:00Z --evidence-ref salesforce:Contact/0035g00000AbCdE
 run objection raise --email jane.doe@example.com --purpose profiling
 run objection list --pending
 run subject show jane.doe@example.com

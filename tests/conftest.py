@@ -255,6 +255,14 @@ def record_args(
     return ("ledger", "record", *value, *extra)
 
 
+def proof(**ago: float) -> tuple[str, ...]:
+    """The proof ``ledger record`` asks of a grant (docs/admin-commands.md), for tests that record
+    one as setup: when the person gave it (``ago`` before now, a minute unless said) and where its
+    proof is kept (an evidence reference; the starter purposes register no notice)."""
+    moment = datetime.now(UTC) - timedelta(**(ago or {"minutes": 1}))
+    return ("--at", moment.isoformat().replace("+00:00", "Z"), "--evidence-ref", "form:signup/test")
+
+
 @dataclass
 class Cli:
     config_path: Path

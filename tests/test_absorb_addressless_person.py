@@ -206,7 +206,7 @@ def test_records_are_not_pooled_on_a_guess(cli: Cli, config_path: Path, sf: Sale
     for address in (first, second):
         cli.ok(
             "ledger", "record", "--email", address, "--purpose", "email_marketing", "--status", "granted",
-            "--source", "web_form", "--at", now.isoformat(),
+            "--source", "web_form", "--at", now.isoformat(), "--evidence-ref", "form:1",
         )  # fmt: skip
     shared = sf.org.create("Individual", LastName="Shared")
     _sync(cli)
@@ -237,7 +237,7 @@ def test_an_individual_whose_records_showed_another_address_is_not_absorbed(
     now = datetime.now(UTC) - timedelta(days=1)
     cli.ok(
         "ledger", "record", "--email", erased, "--purpose", "email_marketing", "--status", "granted",
-        "--source", "web_form", "--at", now.isoformat(),
+        "--source", "web_form", "--at", now.isoformat(), "--evidence-ref", "form:1",
     )  # fmt: skip
     cli.ok("erase", "--email", erased, "--reason", "Art. 17 request", "--yes")
     individual = sf.org.create("Individual", LastName="Probe")

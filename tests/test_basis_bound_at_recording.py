@@ -38,7 +38,7 @@ from consentsync.ledger.schema import (
     subjects,
 )
 from consentsync.ledger.service import BASES_BOUND_SETTING, BLANK_PROOF_SOURCE, Ledger, RecordRequest
-from tests.conftest import Cli, Clock, migrated_ledger, record_args
+from tests.conftest import Cli, Clock, migrated_ledger, proof, record_args
 from tests.integration.helpers import consent_value
 
 ADA = "ada@example.org"
@@ -170,7 +170,7 @@ def test_an_expired_or_requested_consent_stays_suppressed_when_the_purpose_switc
             BEN, "postal_offers", "requested", "--channel", "post", "--at", _at(5), source="consent_request"
         )
     )
-    cli.ok(*record_args(CARL, "service", "granted", "--channel", "post", "--basis", "contract"))
+    cli.ok(*record_args(CARL, "service", "granted", "--channel", "post", "--basis", "contract", *proof()))
     _set_default_basis(config_path, "postal_offers", "legitimate_interests")
 
     expired = _shown(cli, ADA, "postal_offers", "post")

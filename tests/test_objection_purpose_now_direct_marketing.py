@@ -15,7 +15,7 @@ import pytest
 from consentsync.app import open_ledger
 from consentsync.config import load_config
 from consentsync.domain import InvalidInput
-from tests.conftest import Cli
+from tests.conftest import Cli, proof
 
 EMAIL = "objector@example.com"
 PLAIN = (
@@ -41,7 +41,7 @@ def test_an_objection_to_a_purpose_now_serving_direct_marketing_is_upheld(
     cli: Cli, config_path: Path, reviewed: str
 ) -> None:
     cli.ok("ledger", "record", "--email", EMAIL, "--purpose", "profiling", "--channel", "email",
-           "--status", "granted", "--source", "web_form")  # fmt: skip
+           "--status", "granted", "--source", "web_form", *proof())  # fmt: skip
     raised = cli.json("objection", "raise", "--email", EMAIL, "--purpose", "profiling")
     assert raised["status"] == "pending"
     if reviewed == "rejected":

@@ -19,7 +19,7 @@ from consentsync import exit_codes
 from consentsync.cli import AUDIT_ACTIONS
 from consentsync.config import ConfigError, load_config
 from consentsync.sandbox.serving import MAX_RANDOM_SEED, MAX_SEED_RECORDS, sandbox_command
-from tests.conftest import SQLITE_ONLY, Cli, one_line_error
+from tests.conftest import SQLITE_ONLY, Cli, one_line_error, proof
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
 MAPPINGS = Path(__file__).resolve().parents[1] / "connectors/consentsync_salesforce/mappings"
@@ -93,7 +93,7 @@ def test_every_command_refuses_a_config_with_an_unknown_erasure_object_type(cli:
 @SQLITE_ONLY
 def test_audit_log_refuses_an_unknown_action_listing_the_known_ones(cli: Cli) -> None:
     cli.ok("ledger", "record", "--email", "a@example.com", "--purpose", "email_marketing",
-           "--status", "granted", "--source", "web_form")  # fmt: skip
+           "--status", "granted", "--source", "web_form", *proof())  # fmt: skip
     line = one_line(cli("audit", "log", "--action", "consent.recorde"), "--action consent.recorde")
     assert all(action in line for action in AUDIT_ACTIONS)
     # Known actions are taken in any case; one with no entries yet lists nothing, successfully.

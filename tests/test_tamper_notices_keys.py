@@ -36,7 +36,7 @@ from consentsync.hub import notices as registry
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import api_keys, audit_entries, notices
 from consentsync.ledger.service import Ledger
-from tests.conftest import Cli, Clock
+from tests.conftest import Cli, Clock, proof
 from tests.hub.conftest import HubWorld, inbox, world  # noqa: F401 (the hub's fixtures)
 from tests.integration.test_tamper_evidence import _app_url, _as_owner_unprotected
 
@@ -449,7 +449,8 @@ def test_events_recorded_in_the_name_of_a_key_the_chain_never_made_are_named(
     cli: Cli, ledger: Ledger, registered: dict[str, str]
 ) -> None:
     cli.ok("ledger", "record", "--email", "bob@example.test", "--purpose", "email_marketing", "--status",
-           "granted", "--source", "web_form", "--actor", "apikey:ghost")  # fmt: skip
+           "granted", "--source", "web_form", "--actor", "apikey:ghost", "--notice-version", "v1",
+           *proof())  # fmt: skip
     (line,) = _verify(cli, exit_codes.AUDIT_BROKEN)
     assert line.startswith(f"{DISAGREE}consent_events: 1 events (the first: event 1) are recorded as through")
     assert "API key ghost, which no audit entry created" in line

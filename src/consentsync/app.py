@@ -21,6 +21,7 @@ from consentsync import exit_codes
 from consentsync.audit_registry import bind_api_keys
 from consentsync.config import Config, ConfigError
 from consentsync.ledger.engine import make_engine
+from consentsync.ledger.identity import backfill_left
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger
 from consentsync.sdk.errors import scrub
@@ -42,7 +43,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0020"
+SCHEMA_REVISION = "0022"
 
 # Development revisions squashed into the baseline 0010 before 0.1.0 (ledger/migrations/versions/
 # 0010_baseline.py). This code cannot upgrade a ledger stamped with one; the last commit that can
@@ -225,16 +226,23 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
     )
     # Events reference purposes, so the ledger must know every configured one before recording.
     with ledger_refusals(config.ledger_url):
+        # Once, first: where in the chain this version's binding of unstated bases begins, which
+        # audit verify holds the values recorded before it to leniently (Ledger.mark_binding_by_chain).
+        ledger.mark_binding_by_chain()
         ledger.sync_purposes()
         bind_api_keys(ledger)  # once: what an older version's key entries did not carry
         # Once: the people an older version's erasures left (absorbed into the person erased).
         ledger.erase_absorbed()
+        # Once: the addresses people left before migration 0022 kept it (it needs the key).
+        backfill_left(ledger.engine, key, ledger.clock())
     return ledger
 
 
 # The ledger_settings row holding the erasure key's check value, and the text it is an HMAC of.
 KEY_CHECK_SETTING = "erasure_key_check"
 KEY_CHECK_TEXT = b"consentsync erasure key check v1"
+# The audit entries opening a ledger writes itself, naming no person: no key keyed them.
+INIT_ACTIONS = ("purpose.configured", "ledger.binding_by_chain")
 # Tables whose rows are what init itself records (keyed by no key), and the settings.
 _UNKEYED_TABLES = frozenset({"alembic_version", "purposes", "audit_head", "ledger_settings"})
 # Tables holding hashes keyed by the erasure key, by which an erased person is recognised: the
@@ -366,7 +374,7 @@ def _keyed_rows(conn: Connection) -> str:
             continue
         query = select(literal(1)).select_from(table).limit(1)  # one row tells: no count
         if table.name == "audit_entries":
-            query = query.where(table.c.action != "purpose.configured")
+            query = query.where(table.c.action.not_in(INIT_ACTIONS))
         if conn.execute(query).first() is not None:
             held.append(table.name)
     return ", ".join(held)

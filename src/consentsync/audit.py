@@ -333,6 +333,11 @@ class AuditFilters(TypedDict, total=False):
     # Entries up to this seq: a reader paging newest first pages on where its first page stood
     # (entries written since, each read's own ``audit.viewed`` among them, would move the pages).
     through: int | None
+    # False: the log's own reads (``audit.viewed``) left out, unless ``action`` names them: each
+    # listing writes one, so a reader polling for new entries always found some, and the first
+    # page of the trail filled with them (``audit log``, the console, the API: their default).
+    # None (the ledger's own readers) or True: kept.
+    include_views: bool | None
 
 
 # A read of the audit log itself: its entries are the trails of every person they name, so
@@ -357,14 +362,14 @@ def log_viewed(
     read, so it is not among them."""
     said: dict[str, Any] = {}
     for name, value in filters.items():
-        if value is None:
+        if value is None or (name == "include_views" and not value):  # said only when asked for
             continue
         if name == "subject_uids":
             said["subjects"] = list(value)
         else:
             said[name] = iso(value) if isinstance(value, datetime) else value
     what = {"filters": said, **{name: value for name, value in paging.items() if value is not None}}
-    record = AuditRecord(LOG_VIEWED, {**what, "shown": shown}, source=source, actor=actor)
+    record = AuditRecord("audit.viewed", {**what, "shown": shown}, source=source, actor=actor)  # LOG_VIEWED
     with engine.begin() as conn:
         append(conn, [record], at)
 
@@ -381,6 +386,8 @@ def _where(conn: Connection, **filters: Unpack[AuditFilters]) -> list[Any]:
         where.append(audit_entries.c.at < until)
     if action is not None:
         where.append(audit_entries.c.action == action)
+    elif filters.get("include_views") is False:
+        where.append(audit_entries.c.action != LOG_VIEWED)
     if filters.get("through") is not None:
         where.append(audit_entries.c.seq <= filters["through"])
     if rule is not None:
@@ -448,8 +455,12 @@ EVENT_FIELDS = ("purpose", "channel", "status", "basis", "origin", "source", "ac
 TIME_FIELDS = ("event_time", "double_opt_in_at")
 EVIDENCE_FIELDS = ("event_time", "notice_version", "double_opt_in_at", "evidence_ref")
 SOFT_OPT_IN_FIELDS = ("sale_ref", "similar_products", "refusal_at_collection", "refusal_in_messages")
+# The language of the notice text shown (migration 0021) last: an entry carries it only where
+# the event has one, so an entry without it says none, whenever it was written (no event had one
+# before), and a language set on an event afterwards is found.
+LANGUAGE_FIELD = "notice_language"
 # The names of a key's places, for saying which of them an event and its entry disagree on.
-KEY_FIELDS = ("subject", "event_fingerprint", *EVENT_FIELDS, *EVIDENCE_FIELDS, "soft_opt_in")
+KEY_FIELDS = ("subject", "event_fingerprint", *EVENT_FIELDS, *EVIDENCE_FIELDS, "soft_opt_in", LANGUAGE_FIELD)
 _OPTIONAL = (*EVIDENCE_FIELDS, "soft_opt_in")
 # Stands in for the value of a field an entry does not carry when no event is what it names: it
 # matches nothing an event says, so such an entry is reported and never passes for its event.
@@ -493,6 +504,7 @@ def _events_query() -> Select[Any]:
         type_coerce(consent_events.c.double_opt_in_at, String),
         consent_events.c.evidence_ref,
         *(consent_events.c[f"soft_opt_in_{name}"] for name in SOFT_OPT_IN_FIELDS),
+        consent_events.c.notice_language,
     ).join(subjects, subjects.c.id == consent_events.c.subject_id)
 
 
@@ -515,7 +527,7 @@ def _column_time(value: Any) -> str | None:
 
 def _event_key(row: Any) -> tuple[Any, ...]:
     (_id, uid, fingerprint, purpose, channel, status, basis, origin, source, actor, run_id) = row[:11]
-    (event_time, notice_version, double_opt_in_at, evidence_ref, *soft) = row[11:]
+    (event_time, notice_version, double_opt_in_at, evidence_ref, *soft, notice_language) = row[11:]
     return (
         uid,
         fingerprint,
@@ -532,6 +544,7 @@ def _event_key(row: Any) -> tuple[Any, ...]:
         _column_time(double_opt_in_at),
         evidence_ref,
         _soft_opt_in_key(soft),
+        notice_language,
     )
 
 
@@ -591,6 +604,7 @@ def _entry_page_keys(conn: Connection, page: list[tuple[int, str]]) -> Iterator[
                         else None
                         if soft is None
                         else canonical_json(soft),  # no object: written outside consentsync
+                        get(LANGUAGE_FIELD),
                     ),
                 )
             )
@@ -608,7 +622,7 @@ def _entry_page_keys(conn: Connection, page: list[tuple[int, str]]) -> Iterator[
                 else values.get(n, _NO_EVENT)
                 for n in _OPTIONAL
             ]
-            keys[at] = (seq, (*head, *said))
+            keys[at] = (seq, (*head, *said, what.get(LANGUAGE_FIELD)))
     return iter(keys)
 
 
@@ -623,7 +637,7 @@ def _event_values(conn: Connection, wanted: set[tuple[Any, Any]]) -> dict[tuple[
     found: dict[tuple[Any, Any], dict[str, Any]] = {}
     for row in conn.execute(query):
         key = _event_key(row)
-        found[(key[0], key[1])] = dict(zip(_OPTIONAL, key[-len(_OPTIONAL) :], strict=True))
+        found[(key[0], key[1])] = dict(zip(_OPTIONAL, key[-len(_OPTIONAL) - 1 : -1], strict=True))
     return found
 
 

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, select
 
 from consentsync.audit import CheckResult
@@ -42,10 +41,13 @@ from consentsync.audit_states import merged_by_person
 from consentsync.ledger.identity import (
     BINDING_ACTIONS,
     BOUND,
+    LEFT_ACTIONS,
     UNBINDING_ACTIONS,
     UNBOUND,
     Binding,
     bound_by,
+    entry_said,
+    left_by,
     said_bindings,
 )
 from consentsync.ledger.schema import (
@@ -54,7 +56,7 @@ from consentsync.ledger.schema import (
     subjects,
 )
 
-ACTIONS = (*BINDING_ACTIONS, *UNBINDING_ACTIONS)
+ACTIONS = (*BINDING_ACTIONS, *UNBINDING_ACTIONS, *LEFT_ACTIONS)
 # How many people's problems a result lists, one line each (all are counted).
 SHOWN_PROBLEMS = 20
 
@@ -73,7 +75,7 @@ def bindings(conn: Connection, hashed: Callable[[str], str], batch: int = 5000) 
     (by uid and id), with how many differ in all."""
     rows = conn.execute(
         select(subject_identifiers.c.subject_id, subjects.c.uid, subject_identifiers.c.kind,
-               subject_identifiers.c.value)
+               subject_identifiers.c.value, subject_identifiers.c.left_at)
         .join(subjects, subjects.c.id == subject_identifiers.c.subject_id)
         .order_by(subject_identifiers.c.subject_id, subject_identifiers.c.id)
         .execution_options(yield_per=batch)
@@ -85,11 +87,17 @@ def bindings(conn: Connection, hashed: Callable[[str], str], batch: int = 5000) 
         said = [(entry[1], entry[2]) for entry in entries]
         people += 1
         identifiers += len(theirs)
-        held = {(kind, hashed(value)) for _id, _uid, kind, value in theirs}
+        hashes = [(kind, hashed(value), left_at is not None) for _id, _uid, kind, value, left_at in theirs]
+        held = {(kind, digest) for kind, digest, _left in hashes}
         bound, named = bound_by(said)
         extra = sorted(held - bound.keys())
         gone = sorted(bound.keys() - held)
-        if not extra and not gone:
+        # Which of them the person left (``left_at``), as the chain says (``LEFT_ACTIONS``): a
+        # flag cleared outside consentsync let an old mailbox's links and grants work again.
+        left = {(kind, digest) for kind, digest, was_left in hashes if was_left}
+        said_left = left_by(said) & held
+        unsaid = sorted((left - said_left) | (said_left - left))
+        if not extra and not gone and not unsaid:
             continue
         disagreeing += 1
         if len(problems) >= SHOWN_PROBLEMS:
@@ -102,6 +110,8 @@ def bindings(conn: Connection, hashed: Callable[[str], str], batch: int = 5000) 
             parts.append(f"holds {_named(extra)} the chain does not bind to them")
         if gone:
             parts.append(f"lost {_named(gone)} the chain binds to them (audit entry {bound[gone[0]]})")
+        if unsaid:
+            parts.append(f"marks {_named(unsaid)} left or held otherwise than the chain says")
         problems.append(f"subject {uid} (id {subject_id}): {'; '.join(parts)}: edited outside consentsync")
     if not problems:
         return BindingsResult(ok=True, people=people, identifiers=identifiers)
@@ -175,13 +185,10 @@ def _bound_elsewhere(conn: Connection, binding: Binding) -> tuple[str, int] | No
         .order_by(audit_entries.c.seq.desc())
     )
     for seq, text in conn.execute(query):
-        try:
-            payload = orjson.loads(text)
-        except orjson.JSONDecodeError:
+        said = entry_said(text)
+        if said is None:
             continue
-        what = payload.get("what") if isinstance(payload, dict) else None
-        if not isinstance(what, dict):
-            continue
+        payload, what = said
         if payload.get("action") in UNBINDING_ACTIONS:
             if binding in set(said_bindings(what.get(UNBOUND))):
                 return None

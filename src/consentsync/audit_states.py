@@ -24,9 +24,11 @@ A value that states no basis is read under the basis it is bound to in the summa
 events alone does not give (``Ranked`` leaves it out of equality). It is held to the chain: the
 default in force when the value was observed, as the chain's ``purpose.configured`` entries say
 (``RecordedBases``, as ``Ledger._default_basis_at`` binds), a default configured within the clock
-skew of that moment passing too (clocks of two hosts disagree a little). A value left unbound (an
-older version's) passes, and its columns are compared as the ledger reads it: bound to that
-default.
+skew of that moment passing too (clocks of two hosts disagree a little). A value whose event was
+recorded before the chain's ``ledger.binding_by_chain`` entry (the versions before it bound to the
+default their process started with) may be bound to any default in force by then. A value left
+unbound (an older version's) passes, and its columns are compared as the ledger reads it: bound
+to that default.
 
 One part of the fold is configuration, not evidence: which sources are trusted to reverse a
 sticky no (``policy.trusted_sources``). The ledger folds each event under the policy of its day
@@ -51,9 +53,10 @@ from operator import attrgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from consentsync.audit import CheckResult
+from consentsync.audit import _like_json as like_json
 from consentsync.audit import entry_instant as _instant
 from consentsync.domain import (
     ConsentStatus,
@@ -66,7 +69,7 @@ from consentsync.domain import (
     iso,
 )
 from consentsync.ledger.schema import audit_entries, consent_events, consent_states, subjects
-from consentsync.ledger.service import SOFT_OPT_IN_COLUMNS
+from consentsync.ledger.service import SOFT_OPT_IN_COLUMNS, binding_by_chain_from
 from consentsync.reconcile import NO_EVIDENCE, Policy, Ranked, Summary, consent_state, summarise
 
 _SUMMARY_FIELDS = tuple(item.name for item in fields(Summary))
@@ -87,6 +90,7 @@ _EVENTS = select(
     consent_events.c.evidence_ref,
     consent_events.c.fingerprint,
     *(consent_events.c[name] for name in SOFT_OPT_IN_COLUMNS),
+    consent_events.c.notice_language,
 ).order_by(consent_events.c.subject_id)
 # A dict lookup first: calling an enum costs ten times as much (as ``Ranked.from_json`` does).
 _STATUSES = {status.value: status for status in ConsentStatus}
@@ -131,7 +135,9 @@ def states(
         stored = {(row.purpose, row.channel): row for row in rows}
         for key in sorted(evidence.keys() | stored.keys()):
             compared += 1
-            problem, old = _compare(key, stored.get(key), evidence.get(key, []), purposes, policy, bases)
+            problem, old = _compare(
+                subject_id, key, stored.get(key), evidence.get(key, []), purposes, policy, bases
+            )
             older += old
             if problem is not None:
                 disagreeing += 1
@@ -159,7 +165,7 @@ def _evidence(row: Any) -> Evidence:
     the one it folded then (an older version's formula may print the same event otherwise, and
     only the order of two otherwise equal values depends on it)."""
     (_subject, purpose, channel, status, basis, event_time, recorded_at, source, origin) = row[:9]
-    (actor, notice_version, double_opt_in_at, evidence_ref, fingerprint, *soft) = row[9:]
+    (actor, notice_version, double_opt_in_at, evidence_ref, fingerprint, *soft, notice_language) = row[9:]
     soft_opt_in = None
     if all(soft):
         try:
@@ -180,6 +186,7 @@ def _evidence(row: Any) -> Evidence:
         double_opt_in_at,
         evidence_ref,
         soft_opt_in,
+        notice_language,
     )
     object.__setattr__(evidence, "_fingerprint", fingerprint)
     return evidence
@@ -208,6 +215,7 @@ def merged_by_person(
 
 
 def _compare(
+    subject_id: int,
     key: Key,
     row: Any,
     evidence: list[Evidence],
@@ -237,7 +245,7 @@ def _compare(
     except (KeyError, TypeError, ValueError):
         return f"{where}: the summary does not read as one", False
     parts = _summary_differences(summary, derived, evidence, policy)
-    parts += _bound_differences(summary, derived, purpose_key, bases)
+    parts += _bound_differences(summary, derived, subject_id, purpose_key, bases)
     purpose = purposes.get(purpose_key)
     if not parts and purpose is not None and channel in purpose.channels:
         # The columns, from the summary as stored (it passed) and read as the ledger reads it (a
@@ -268,11 +276,12 @@ def _summary_differences(
 
 
 def _bound_differences(
-    stored: Summary, derived: Summary, purpose_key: str, bases: RecordedBases
+    stored: Summary, derived: Summary, subject_id: int, purpose_key: str, bases: RecordedBases
 ) -> list[str]:
     """The basis each value of the summary is bound to (``Ranked.bound``, outside the values'
     equality) against the chain: none for a value that states its basis; for one that states
-    none, the purpose's default basis in force when it was recorded (``RecordedBases``). A value
+    none, the purpose's default basis in force when it was recorded (``RecordedBases``), or,
+    recorded before this version bound by the chain, any default in force by then. A value
     left unbound passes (an older version's: the ledger binds it when it reads it)."""
     parts = []
     for name in ("latest", "restriction"):
@@ -288,6 +297,10 @@ def _bound_differences(
         recorded = bases.said(purpose_key, said.observed_at)
         if recorded is None or have.bound in bases.possible(purpose_key, said.observed_at):
             continue
+        if have.bound in bases.possible_before_chain(purpose_key, said.observed_at) and bases.bound_at_start(
+            subject_id, said.fingerprint
+        ):
+            continue  # an older version's daemon, bound to the default it started with
         basis, seq = recorded
         by = f"audit entry {seq}" if seq is not None else "the configuration (no purpose.configured entry)"
         parts.append(
@@ -314,11 +327,21 @@ class RecordedBases:
     entries say (their ``at``, inside the hash; each from its time on, ties in chain order), as
     ``Ledger._default_basis_at`` binds a value: a value's observation is when it was recorded.
     A purpose no entry names: its configured default. Read once, by the index of the entries
-    naming no person (they are few)."""
+    naming no person (they are few), with the chain's first ``ledger.binding_by_chain`` entry
+    (``Ledger.mark_binding_by_chain``): the values recorded before it were bound by the former
+    rule."""
 
-    def __init__(self, defaults: dict[str, _Defaults], margin: timedelta) -> None:
+    def __init__(
+        self,
+        defaults: dict[str, _Defaults],
+        margin: timedelta,
+        conn: Connection | None = None,
+        by_chain_from: int | None = None,
+    ) -> None:
         self._defaults = defaults
         self._margin = margin
+        self._conn = conn
+        self._by_chain_from = by_chain_from
 
     @classmethod
     def of(cls, conn: Connection, purposes: Mapping[str, Purpose], margin: timedelta) -> RecordedBases:
@@ -350,7 +373,7 @@ class RecordedBases:
         for key, purpose in purposes.items():
             if key not in defaults:
                 defaults[key] = _Defaults([], [], [], purpose.default_basis)
-        return cls(defaults, margin)
+        return cls(defaults, margin, conn, binding_by_chain_from(conn))
 
     def said(self, purpose_key: str, moment: datetime) -> tuple[LawfulBasis, int | None] | None:
         """The default in force at ``moment`` and the entry saying it (before the first entry:
@@ -381,6 +404,42 @@ class RecordedBases:
         low = bisect_right(defaults.moments, moment - self._margin)
         high = bisect_right(defaults.moments, moment + self._margin)
         return {defaults.bases[low - 1] if low else defaults.before, *defaults.bases[low:high]}
+
+    def possible_before_chain(self, purpose_key: str, moment: datetime) -> set[LawfulBasis]:
+        """The defaults a version before the ledger bound by the chain may have bound a value
+        recorded at ``moment`` to: every one in force by then (within the clock skew). Such a
+        process read its configuration once, at start, and a daemon running across a change
+        bound to the one it started with (5a87bed)."""
+        defaults = self._defaults.get(purpose_key)
+        if defaults is None:
+            return set()
+        high = bisect_right(defaults.moments, moment + self._margin)
+        return {defaults.before, *defaults.bases[:high]}
+
+    def bound_at_start(self, subject_id: int, fingerprint: str) -> bool:
+        """Whether person ``subject_id``'s event ``fingerprint`` was recorded (its
+        ``consent.recorded`` entry) before the chain's ``ledger.binding_by_chain`` entry, or the
+        chain has none (no version binding by the chain opened the ledger for writing). By
+        position in the chain, whatever the hosts' clocks said: both entries are hashed where
+        they stand, so neither moves without breaking the chain. One look-up by the person's
+        index, only for a value the strict rule refused."""
+        if self._by_chain_from is None:
+            return True
+        if self._conn is None:
+            return False
+        entries = audit_entries.c
+        uid = select(subjects.c.uid).where(subjects.c.id == subject_id).scalar_subquery()
+        recorded = self._conn.execute(
+            select(func.min(entries.seq)).where(
+                or_(
+                    entries.subject_id == subject_id,
+                    and_(entries.subject_id.is_(None), entries.subject_uid == uid),
+                ),
+                entries.action == "consent.recorded",
+                entries.payload.like(like_json("event_fingerprint", fingerprint), escape="\\"),
+            )
+        ).scalar()
+        return recorded is not None and recorded < self._by_chain_from
 
     def as_read(self, purpose_key: str, summary: Summary) -> Summary:
         """``summary`` as the ledger reads it (``Ledger._bound``): a value that states no basis

@@ -25,7 +25,7 @@ from sqlalchemy import func, inspect, select
 
 # Importing the command modules registers their commands on ``main``.
 from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa: F401
-from consentsync.app import ledger_engine, open_ledger, safe_url
+from consentsync.app import INIT_ACTIONS, ledger_engine, open_ledger, safe_url
 from consentsync.cli_base import (
     MAX_ROW_ID,
     audit_group,
@@ -75,7 +75,6 @@ from consentsync.domain import (
     normalise_email,
     parse_enum,
     parse_timestamp,
-    shown,
 )
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, NotFound
@@ -221,7 +220,7 @@ def _ledger_rows_keyed(config: Config) -> str | None:
                     continue
                 query = select(func.count()).select_from(table)
                 if table.name == "audit_entries":
-                    query = query.where(table.c.action != "purpose.configured")
+                    query = query.where(table.c.action.not_in(INIT_ACTIONS))
                 if conn.execute(query).scalar_one():
                     held.append(table.name)
     except SQLAlchemyError:
@@ -265,6 +264,11 @@ def ledger() -> None:
 @click.option("--at", "at", metavar="ISO8601", help="When the person acted (omit if unknown).")
 @click.option("--actor", help="Who recorded it (staff or system, never the subject's address).")
 @click.option("--notice-version", help="Version of the notice the person was shown.")
+@click.option(
+    "--notice-language",
+    metavar="LANG",
+    help="Language of the notice text shown (its --notice-version's text in it); omitted: its first text.",
+)
 @click.option("--double-opt-in-at", metavar="ISO8601", help="Double opt-in confirmation time.")
 @click.option("--evidence-ref", help="Reference to the proof (form submission id, recording, ...).")
 @click.option(
@@ -300,6 +304,7 @@ def ledger_record(
     at: str | None,
     actor: str | None,
     notice_version: str | None,
+    notice_language: str | None,
     double_opt_in_at: str | None,
     evidence_ref: str | None,
     soft_opt_in_sale: str | None,
@@ -349,10 +354,11 @@ def ledger_record(
         notice_version=notice_version,
         double_opt_in_at=_time(double_opt_in_at, "--double-opt-in-at"),
         evidence_ref=evidence_ref,
+        notice_language=notice_language,
     )
     target.validate(evidence)
-    if evidence.status is ConsentStatus.GRANTED and notice_version is not None:
-        _check_registered_notice(target, evidence.purpose, notice_version, evidence.event_time)
+    if evidence.status is ConsentStatus.GRANTED:
+        _check_grant_proof(target, evidence)
     # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
     says_no = evidence.status is not ConsentStatus.GRANTED  # as the capture API reads it
     outcome = target.record(Identity(email=address, says_no=says_no), evidence)
@@ -376,26 +382,35 @@ def ledger_record(
         )
 
 
-def _check_registered_notice(target: Ledger, purpose: str, version: str, event_time: datetime | None) -> None:
-    """A grant's notice version is one the ledger registered for its purpose (``consentsync
-    notice add``), as the capture API asks, so that a typo cannot stand as a consent's proof,
-    and it was in effect when the grant is dated (Art. 7(1): a text not yet shown proves
-    nothing; ``notices.check_shown``). A purpose with no notice registered (a deployment that
-    keeps its notice texts elsewhere, not in the hub) takes the version as given: there is
-    nothing to check it against."""
-    from consentsync.hub.notices import check_shown, in_effect
+def _check_grant_proof(target: Ledger, evidence: Evidence) -> None:
+    """A grant recorded by hand carries the proof a capture through the API does (Art. 7(1);
+    docs/policy.md, "Evidence"), so that no path makes a person contactable on a bare claim:
+    the notice version shown, registered for its purpose and in effect at the grant's time, as
+    the API asks (``notices.check_grant_notice``, the one rule both follow), and when the person
+    gave it (``--at``: the API dates a capture at its receipt, where the person acts; here it
+    is entered later, so only ops know the time). A purpose without any registered notice (a
+    deployment that keeps its notice texts elsewhere, not in the hub) takes the version as
+    given, or an evidence reference or a double opt-in time instead: there is nothing to check
+    a version against, but something must show what the person agreed to."""
+    from consentsync.hub.notices import check_grant_notice, check_shown, in_effect
 
-    registered = {
-        shown_version: since for (key, shown_version), since in in_effect(target).items() if key == purpose
-    }
-    if registered and version not in registered:
+    purpose, version = evidence.purpose, evidence.notice_version
+    since = check_grant_notice(purpose, version, in_effect(target), "--notice-version", kept_elsewhere=True)
+    unproven = version is None and evidence.evidence_ref is None and evidence.double_opt_in_at is None
+    if since is None and unproven:
         raise InvalidInput(
-            f"--notice-version {shown(version)} is not a registered notice of purpose {purpose!r} "
-            f"(consentsync notice list {purpose}): register its text first with "
-            f"consentsync notice add {purpose} FILE --version {shown(version)}"
+            f"a grant needs its proof: give --notice-version (the notice shown), --evidence-ref (where "
+            f"the proof is kept: a form submission, a call recording) or --double-opt-in-at (its "
+            f"confirmation time); {purpose!r} has no notice registered (consentsync notice add "
+            f"{purpose} FILE --version VERSION)"
         )
-    if version in registered:
-        check_shown(purpose, version, registered[version], event_time, "--at (event_time)")
+    if evidence.event_time is None:
+        raise InvalidInput(
+            "--at: a grant needs the time the person gave it, as ISO 8601 with its offset "
+            "(e.g. 2026-11-23T10:15:00Z): an undated grant proves nothing"
+        )
+    if since is not None and version is not None:
+        check_shown(purpose, version, since, evidence.event_time, "--at (event_time)")
 
 
 def _soft_opt_in(*values: str | None) -> SoftOptIn | None:
@@ -684,12 +699,13 @@ def subject_export(email: str, fmt: str, output: Path, force: bool) -> None:
 # accepted when entries of it are in the log (written by another version of consentsync).
 AUDIT_ACTIONS = (
     "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "consent.recorded", "crm.pushed",
-    "crm.record_deleted", "crm.record_merged", "crm.record_restored", "login.failed", "login.succeeded",
-    "notice.added",
+    "crm.record_deleted", "crm.record_merged", "crm.record_restored", "ledger.binding_by_chain",
+    "login.failed", "login.succeeded", "notice.added",
     "notice.dated", "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
     "subject.absorbed", "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
-    "subject.identifier_added", "subject.identifiers_bound", "subject.restricted",
+    "subject.identifier_added", "subject.identifier_held_again", "subject.identifier_left",
+    "subject.identifiers_bound", "subject.restricted",
     "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed", "suppression.added",
     "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",
     "user.role_changed", "user.sessions_ended", "user.unlocked",
@@ -705,11 +721,23 @@ AUDIT_ACTIONS = (
     "an unknown one is refused, listing them all).",
 )
 @click.option("--limit", type=click.IntRange(min=1))
+@click.option(
+    "--include-views",
+    is_flag=True,
+    help="Also the log's own reads (audit.viewed), left out otherwise (--action audit.viewed lists them).",
+)
 @scriptable
 def audit_log(
-    email: str | None, since: str | None, action: str | None, limit: int | None, as_json: bool
+    email: str | None,
+    since: str | None,
+    action: str | None,
+    limit: int | None,
+    include_views: bool,
+    as_json: bool,
 ) -> None:
-    """List audit entries, oldest first."""
+    """List audit entries, oldest first. Each listing is written down (an audit.viewed entry);
+    those entries are left out unless --include-views or --action audit.viewed asks for them
+    (`audit verify` counts them all)."""
     from consentsync import audit
     from consentsync.ledger.schema import audit_entries
 
@@ -723,7 +751,9 @@ def audit_log(
 
         action = known_filter("--action", action, AUDIT_ACTIONS, found=logged, what="audit action")
     uids = target.subject_uids_for_email(_held_email(email)) if email else None
-    filters = audit.AuditFilters(subject_uids=uids, since=since_at, action=action)
+    filters = audit.AuditFilters(
+        subject_uids=uids, since=since_at, action=action, include_views=include_views
+    )
     with target.engine.connect() as conn:
         if limit is not None and limit > MAX_ROW_ID:
             limit = None  # more than the log can ever hold: no limit

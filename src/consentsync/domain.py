@@ -380,6 +380,8 @@ EMAIL_MAX = 320
 SOURCE_MAX = 200
 ACTOR_MAX = 200
 NOTICE_VERSION_MAX = 100
+# A notice text's language (``consentsync notice add --language``): a tag such as en, de or pt-BR.
+NOTICE_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 EVIDENCE_REF_MAX = 500
 REASON_MAX = 2000  # an objection decision's or a restriction's reason
 ERASURE_REASON_MAX = 500  # kept with the suppression entry
@@ -635,6 +637,10 @@ class Evidence:
     double_opt_in_at: datetime | None = None
     evidence_ref: str | None = None
     soft_opt_in: SoftOptIn | None = None
+    # The language of the notice text the person was shown (``notice_version``'s text in it),
+    # where the capture knows it; None for a value that does not say (CRM values, events
+    # recorded before migration 0021): its proof names the version's first text then.
+    notice_language: str | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -717,6 +723,8 @@ class Evidence:
         )
         if self.soft_opt_in is not None:  # appended only when present: older prints stay valid
             parts = (*parts, *self.soft_opt_in.values())
+        if self.notice_language is not None:  # the same: a value without one prints as it did
+            parts = (*parts, ["notice_language", self.notice_language])
         return sha256_hex(orjson.dumps(parts, option=orjson.OPT_UTC_Z))
 
 

@@ -63,6 +63,9 @@ HISTORY_COLUMNS = [
     "soft_opt_in",  # the PECR / ePrivacy soft opt-in's conditions, as JSON (empty for others)
     "run_id",
 ]
+# The language of the text notice_sha256 names (the one recorded as shown, migration 0021; for
+# an event recorded without one, the version's first text's).
+HISTORY_LANGUAGE_COLUMNS = ["notice_language"]
 OBJECTION_COLUMNS = [
     "id",
     "purpose",
@@ -112,7 +115,7 @@ _OBJECTION_STATUS = {"pending": "pending", "upheld": "done", "rejected": "reject
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
-    ("event", "History", "history", HISTORY_COLUMNS),
+    ("event", "History", "history", HISTORY_COLUMNS + HISTORY_LANGUAGE_COLUMNS),
     ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS + LINK_HOLDER_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
@@ -132,6 +135,7 @@ _ADDED_LATER = (
     "received_at",
     "ground",
     "status_at",
+    *HISTORY_LANGUAGE_COLUMNS,
 )
 
 

@@ -149,3 +149,117 @@ def test_a_link_to_an_address_another_record_still_shows_keeps_working(setup: Cr
     _readdress(setup, contact, NEW)
     assert setup.uid(NEW) == setup.uid(OLD)
     assert setup.pages.get(page).status_code == 200
+
+
+def _new_link_goes_to(setup: CrmHub, pat: str) -> list[str]:
+    """Where a new link asked for from an expired one of Pat's is mailed."""
+    setup.inbox.messages.clear()
+    expired = links.make_token(setup.ledger, pat, days=1, now=setup.ledger.clock().replace(year=2020))
+    assert setup.pages.post(f"/p/preferences/{expired}/new-link", data={"lang": "en"}).status_code == 200
+    return setup.recipients()
+
+
+@pytest.mark.parametrize("shows", ["a_malformed_address", "another_persons_address"])
+def test_a_record_showing_no_address_of_pats_leaves_pat_their_own(setup: CrmHub, shows: str) -> None:
+    """Pat's only record takes a malformed address (quarantined as a typo: never Pat's), or the
+    address of another person: neither is an address Pat took, so Pat has left none. Counted as
+    left, Pat held no address at all: nothing was mailed to them, no link worked, and no way was
+    left to withdraw through the hub (Art. 7(3), Art. 12(2); session 62 review)."""
+    org = setup.sandbox.org
+    contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    if shows == "another_persons_address":
+        org.create("Contact", LastName="Quinn", Email=NEW, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    assert setup.capture(OLD, "withdrawn")["recorded"] == "withdrawn"
+    page = setup.mailed("/p/preferences/", OLD)
+    pat = setup.uid(OLD)
+
+    org.update(contact, {"Email": "pat.old@example.com-" if shows == "a_malformed_address" else NEW})
+    setup.cli("sync", "sf")  # a malformed address is quarantined: the run says so
+    if shows == "another_persons_address":
+        assert setup.uid(NEW) != pat
+    assert setup.hub.address_now(pat) == OLD
+    assert setup.pages.get(page).status_code == 200
+    assert _new_link_goes_to(setup, pat) == [OLD]
+    # A no through the hub still reaches Pat: their page works.
+    choose = {"purpose": PURPOSE, "channel": CHANNEL, "action": "withdraw", "lang": "en"}
+    assert setup.pages.post(f"{page}/choose", data=choose).status_code in (200, 303)
+
+
+def test_an_erasure_asked_for_the_address_pat_left_waits_for_pat(setup: CrmHub) -> None:
+    """An erasure the capture API receives for an address Pat left (whoever has the old mailbox
+    now may be someone else; an erasure cannot be undone) is mailed to Pat at the address they
+    hold now, as a page's erasure request is: nothing is erased until Pat confirms. It stays so
+    after a new lead at the old address is linked to Pat."""
+    org = setup.sandbox.org
+    contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    _readdress(setup, contact, NEW)
+    org.create("Lead", LastName="Xavier", Company="Recycled", Email=OLD)
+    setup.cli.ok("sync", "sf")
+    pat = setup.uid(OLD)
+    setup.inbox.messages.clear()
+
+    response = setup.client.post(
+        "/erasure-requests",
+        json={"email": OLD, "reason": "asked for by mail"},
+        headers={"Authorization": f"Bearer {setup.secret}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "erased": False,
+        "subject_known": True,
+        "suppression_id": None,
+        "confirmation": "queued",
+    }
+    assert setup.ledger.email_of(pat) is not None, "the old mailbox erased Pat"
+    assert setup.recipients() == [NEW]
+    erase = setup.mailed("/p/erase/", NEW)
+    assert setup.pages.post(erase, data={"lang": "en"}).status_code == 200
+    assert setup.ledger.email_of(pat) is None
+    assert setup.cli("audit", "verify").exit_code == 0
+
+
+def test_audit_verify_names_a_left_address_edited_back_to_held(setup: CrmHub) -> None:
+    """Whether Pat left an address is bound in the chain: a flag cleared outside consentsync
+    (the old mailbox's links and grants would work again) is named by ``audit verify``."""
+    from sqlalchemy import update
+
+    from consentsync.ledger.schema import subject_identifiers
+
+    contact = setup.sandbox.org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    _readdress(setup, contact, NEW)
+    setup.cli.ok("audit", "verify")
+    with setup.ledger.engine.begin() as conn:
+        conn.execute(update(subject_identifiers).values(left_at=None))
+    failed = setup.cli("audit", "verify")
+    assert failed.exit_code != 0
+    assert "left or held otherwise than the chain says" in failed.output + failed.stderr
+
+
+def test_the_addresses_left_before_0022_are_marked_once(setup: CrmHub) -> None:
+    """A ledger an older version left holds no flag: the first open after migration 0022 marks
+    the addresses left by the rule of before (none of the person's live records shows it, one
+    shows another address of theirs), bound in the chain, once."""
+    from sqlalchemy import delete, select, update
+
+    from consentsync.ledger.identity import LEFT_BACKFILL_SETTING, backfill_left
+    from consentsync.ledger.schema import ledger_settings, subject_identifiers
+
+    contact = setup.sandbox.org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    _readdress(setup, contact, NEW)
+    with setup.ledger.engine.begin() as conn:  # as the older version left it
+        conn.execute(update(subject_identifiers).values(left_at=None))
+        conn.execute(delete(ledger_settings).where(ledger_settings.c.name == LEFT_BACKFILL_SETTING))
+    assert setup.hub.address_now(setup.uid(OLD)) == NEW
+    key, now = setup.ledger.erasure_key(), setup.ledger.clock()
+    assert backfill_left(setup.ledger.engine, key, now) == 1
+    assert backfill_left(setup.ledger.engine, key, now) == 0
+    with setup.ledger.engine.connect() as conn:
+        left = conn.execute(
+            select(subject_identifiers.c.value).where(subject_identifiers.c.left_at.is_not(None))
+        ).scalars()
+        assert list(left) == [OLD]
+    setup.cli.ok("audit", "verify")

@@ -25,7 +25,7 @@ from consentsync.ledger.schema import audit_entries, sync_runs
 from consentsync.mapping import load_mapping
 from consentsync.sdk.harness import available_harnesses, build_connector, write_sync_config
 from consentsync.sync.locks import connector_lock
-from tests.conftest import record_args
+from tests.conftest import proof, record_args
 
 VENDORS = ("salesforce", "vtiger")
 
@@ -171,7 +171,7 @@ def test_a_refused_describe_at_sync_and_mapping_check(crm: Crm) -> None:
 
 def test_state_show_and_reset_audited_refused_while_a_run_holds_it(crm: Crm) -> None:
     crm.harness.seed(3)
-    recorded = crm.cli(*record_args("feed@example.test", "email_marketing", "granted"))
+    recorded = crm.cli(*record_args("feed@example.test", "email_marketing", "granted", *proof()))
     assert recorded.exit_code == 0, recorded.output  # a change in the ledger's feed
     assert crm.cli("sync", "contract").exit_code in (0, exit_codes.QUARANTINED)
     obj = crm.harness.object_type

@@ -22,7 +22,7 @@ from consentsync import exit_codes
 from consentsync.cli import main
 from consentsync.config import write_starter
 from consentsync.sdk.errors import Action, ErrorRule, Fault, network_error
-from tests.conftest import one_line_error
+from tests.conftest import one_line_error, proof
 
 EMAIL = "ana@example.test"
 
@@ -142,7 +142,7 @@ def test_output_that_cannot_be_written_is_one_line(config: Path) -> None:
     import subprocess
 
     command = [str(Path(sys.executable).parent / "consentsync"), "--config", str(config)]
-    record = ["ledger", "record", "--email", EMAIL, "--purpose", "service", "--status", "granted"]
+    record = ["ledger", "record", "--email", EMAIL, "--purpose", "service", "--status", "granted", *proof()]
     for args in (["audit", "log"], ["status", "--json"], [*record, "--source", "web_form"]):
         with open("/dev/full", "w") as full:
             result = subprocess.run([*command, *args], stdout=full, stderr=subprocess.PIPE, text=True)
@@ -193,7 +193,7 @@ def _ledger(config: Path) -> Path:
 
 def _record(config: Path, email: str = EMAIL) -> Result:
     args = "ledger record --purpose email_marketing --status granted --source web_form --email"
-    return run(config, *args.split(), email)
+    return run(config, *args.split(), email, *proof())
 
 
 def test_a_file_that_is_not_a_database(config: Path) -> None:

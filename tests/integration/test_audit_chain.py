@@ -96,16 +96,17 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(ledger: Ledger) -> None:
     _populated(ledger)
     _disable_guards(ledger.engine)
     with ledger.engine.begin() as conn:
-        row = conn.execute(select(audit_entries).where(audit_entries.c.seq == 5)).one()
+        # The first consent.recorded: after ledger.binding_by_chain, the purposes, subject.created.
+        row = conn.execute(select(audit_entries).where(audit_entries.c.seq == 6)).one()
         forged = row.payload.replace('"web_form"', '"forged"')
         assert forged != row.payload
         conn.execute(
             audit_entries.update()
-            .where(audit_entries.c.seq == 5)
+            .where(audit_entries.c.seq == 6)
             .values(payload=forged, hash=audit.chain_hash(row.prev_hash, forged))
         )
     result = _verify(ledger)
-    assert (result.ok, result.broken_seq) == (False, 6)
+    assert (result.ok, result.broken_seq) == (False, 7)
     assert "prev_hash" in (result.problem or "")
 
 
@@ -210,7 +211,8 @@ def test_concurrent_writers_keep_one_gapless_chain(ledger: Ledger) -> None:
     assert errors == []
     result = _verify(ledger)
     assert result.ok, result
-    assert result.entries_checked == 3 + 8 * 5 * 2  # purposes, then subject.created + recorded
+    # ledger.binding_by_chain and the purposes, then subject.created + recorded
+    assert result.entries_checked == 4 + 8 * 5 * 2
 
 
 def test_cli_verify_exits_5_and_names_the_entry(cli: Cli, ledger: Ledger) -> None:

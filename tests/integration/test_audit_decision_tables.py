@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from consentsync import audit, audit_decisions, exit_codes
 from consentsync.ledger.schema import objections, subjects, suppressions
 from consentsync.ledger.service import Ledger
-from tests.conftest import Cli, Clock, record_args
+from tests.conftest import Cli, Clock, proof, record_args
 from tests.integration.test_policy_s49_sync import _engine, _grant
 from tests.integration.test_policy_s50_address import _readdress, _two_people
 from tests.integration.test_tamper_evidence import _app_url, _configure_checkpoints
@@ -349,7 +349,7 @@ def test_the_application_role_cannot_delete_decisions_yet_makes_them(
         data = yaml.safe_load(cli.config_path.read_text())
         data["ledger"]["url"] = _app_url(ledger_url, role)
         cli.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        cli.ok(*record_args("zoe@example.org", "profiling", "granted", source="ops"))
+        cli.ok(*record_args("zoe@example.org", "profiling", "granted", *proof(), source="ops"))
         raised = cli.json("objection", "raise", "--email", "zoe@example.org", "--purpose", "profiling")
         cli.ok("objection", "decide", str(raised["id"]), "--reject", "--by", "rev", "--reason", "grounds")
         cli.ok("restrict", "--email", "zoe@example.org", "--reason", "18(1)(a)")

@@ -23,7 +23,7 @@ from consentsync.ledger.schema import audit_entries
 from consentsync.ledger.service import Ledger
 from consentsync.web.console import PER_PAGE
 from consentsync.web.server import build
-from tests.conftest import Cli, record_args
+from tests.conftest import Cli, proof, record_args
 from tests.web.conftest import PASSWORDS, TEST_HOSTS, api_login, log_in, page_csrf
 
 ADDRESS = "pat.reader@example.org"
@@ -47,7 +47,7 @@ def _reads(ledger: Ledger) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def ledger(cli: Cli, config_path: Path) -> Iterator[Ledger]:
-    cli.ok(*record_args(ADDRESS, "email_marketing", "granted"))
+    cli.ok(*record_args(ADDRESS, "email_marketing", "granted", *proof()))
     cli.ok(*record_args("sam.other@example.org", "email_marketing", "withdrawn"))
     opened = open_ledger(load_config(config_path))
     yield opened
@@ -128,4 +128,54 @@ def test_reading_the_console_trail_is_written_down(cli: Cli, config_path: Path, 
     ).json()
     assert second["items"][0]["seq"] == first["items"][-1]["seq"] - 1
     assert ADDRESS not in json.dumps(_reads(ledger))
+    _verified(cli)
+
+
+def test_the_log_s_own_reads_are_left_out_of_listings_unless_asked_for(
+    cli: Cli, config_path: Path, ledger: Ledger
+) -> None:
+    """Each listing writes an ``audit.viewed`` entry: listed, a client polling for the entries
+    since its last read always found some (its own reads), and the trail's first page filled
+    with them. The CLI, the console and the API leave them out unless the reader asks for them
+    (``--include-views`` / ``include_views``, or the action filter naming them); the entries are
+    still written, and verify counts them."""
+    everything = cli.json("audit", "log")
+    assert everything and "audit.viewed" not in {entry["action"] for entry in everything}
+    since = max(entry["at"] for entry in everything)
+    cli.json("audit", "log", "--since", since)  # a poller's read: written down
+    # Polled again: the two reads are all that was written since, and they are not listed.
+    polled = cli.json("audit", "log", "--since", since)
+    assert {entry["seq"] for entry in polled} <= {entry["seq"] for entry in everything}
+    reads = _reads(ledger)
+    assert len(reads) == 3
+    assert [e["seq"] for e in cli.json("audit", "log", "--action", "audit.viewed")] == [
+        r["seq"] for r in reads
+    ]
+    with_views = cli.json("audit", "log", "--include-views")
+    assert [e["seq"] for e in with_views if e["action"] == "audit.viewed"] == [
+        r["seq"] for r in _reads(ledger)[:4]
+    ]
+    assert _reads(ledger)[-1]["what"]["filters"] == {"include_views": True}
+    assert "--include-views" in cli.ok("audit", "log", "--help").stdout
+
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write("\n" + TEST_HOSTS)
+    Accounts(ledger.engine).add("vic", "viewer", PASSWORDS["vic"], actor="test")
+    app = build(load_config(config_path), ledger)
+    client = log_in(TestClient(app), "vic")
+    row = '<td data-label="Action"><code>audit.viewed</code></td>'  # an entry's row on the page
+    page = client.get("/audit")
+    assert page.status_code == 200 and "consent.recorded</code>" in page.text and row not in page.text
+    assert row in client.get("/audit", params={"action": "audit.viewed"}).text
+
+    api = TestClient(app)
+    csrf = api_login(api, "vic")
+    headers = {"X-CSRF-Token": csrf}
+    plain = api.post("/api/audit/search", json={"per_page": 200}, headers=headers).json()
+    assert plain["items"] and "audit.viewed" not in {entry["action"] for entry in plain["items"]}
+    asked = api.post(
+        "/api/audit/search", json={"per_page": 200, "include_views": True}, headers=headers
+    ).json()
+    views = [entry["seq"] for entry in asked["items"] if entry["action"] == "audit.viewed"]
+    assert views and asked["total"] == plain["total"] + len(views)
     _verified(cli)

@@ -51,6 +51,15 @@ def iso_ago(**delta: float) -> str:
     return (datetime.now(UTC) - timedelta(**delta)).isoformat().replace("+00:00", "Z")
 
 
+# A grant recorded by hand carries its proof and time (docs/admin-commands.md): what the tests
+# that record one as setup give it.
+PROOF = ("--evidence-ref", "form:signup/1")
+
+
+def proven(**delta: float) -> tuple[str, ...]:
+    return ("--at", iso_ago(**delta), *PROOF)
+
+
 def parse_iso(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
@@ -69,8 +78,9 @@ def state(view: dict[str, Any], purpose: str, channel: str = "email") -> dict[st
 
 
 def audit_entries(cli: Any, *extra: str) -> list[dict[str, Any]]:
-    """The log's entries but its own reads (``audit.viewed``: each call here writes one)."""
-    return [entry for entry in cli.json("audit", "log", *extra) if entry["action"] != "audit.viewed"]
+    """The log's entries; `audit log` leaves out its own reads (``audit.viewed``: each call here
+    writes one) unless asked for them."""
+    return cli.json("audit", "log", *extra)
 
 
 def audit_count(cli: Any) -> int:
@@ -201,7 +211,7 @@ def test_init_registers_starter_purposes_once(cli: Any) -> None:
     assert "exists: keeping it" in cli.ok("init").stdout
     assert audit_count(cli) == count  # nothing re-registered
     # Every starter purpose appears in a subject's effective state.
-    record(cli, "p@example.com", "service", "granted")
+    record(cli, "p@example.com", "service", "granted", *proven(minutes=1))
     assert {p["purpose"] for p in show(cli, "p@example.com")["purposes"]} == STARTER_PURPOSES
 
 
@@ -268,11 +278,11 @@ def test_record_with_every_option(cli: Any) -> None:
 
 
 def test_record_other_channel_and_basis_human_output(cli: Any) -> None:
-    extra = ("--basis", "legitimate_interests", "--channel", "SMS")
+    extra = ("--basis", "legitimate_interests", "--channel", "SMS", *proven(minutes=1))
     result = cli.ok(*record_args("bo@example.com", "service", "granted", *extra, source="phone"))
     assert result.stdout.strip() == (
         "recorded granted for service/sms: not_applicable -> granted, basis legitimate_interests, "
-        "suppressed no (rule unknown_event_time_most_restrictive)"
+        "suppressed no (rule latest_event_time)"
     )
     view = show(cli, "bo@example.com")
     assert state(view, "service", "sms")["basis"] == "legitimate_interests"
@@ -297,7 +307,7 @@ def test_record_replay_is_reported_and_not_recorded_twice(cli: Any) -> None:
 
 
 def test_expire_grant_past_its_validity(cli: Any) -> None:
-    record(cli, "old@example.com", "email_marketing", "granted", "--at", "2020-01-01T00:00:00Z")
+    record(cli, "old@example.com", "email_marketing", "granted", "--at", "2020-01-01T00:00:00Z", *PROOF)
     em = state(show(cli, "old@example.com"), "email_marketing")
     assert (em["status"], em["suppressed"], em["rule"]) == ("expired", True, "validity_expired")
 
@@ -317,7 +327,7 @@ def test_expire_grant_that_lapses_after_it_was_recorded(cli: Any) -> None:
     """The same, for a grant still valid when recorded: its validity runs out a moment later."""
     lapse_at = datetime.now(UTC) + timedelta(seconds=1.5)
     at = (lapse_at - timedelta(days=730)).isoformat().replace("+00:00", "Z")
-    out = record(cli, "lapse@example.com", "email_marketing", "granted", "--at", at)
+    out = record(cli, "lapse@example.com", "email_marketing", "granted", "--at", at, *PROOF)
     assert out["after"]["status"] == "granted", "recording took too long for this test"
     time.sleep(max(0.0, (lapse_at - datetime.now(UTC)).total_seconds()) + 0.1)
     assert cli.json("ledger", "expire") == {"expired": 1}
@@ -332,7 +342,7 @@ def test_requested_older_than(cli: Any) -> None:
     old = record(cli, "waiting@example.com", "email_marketing", "requested", "--at", "2026-01-01T00:00:00Z")
     fresh = record(cli, "new@example.com", "email_marketing", "requested")
     record(cli, "answered@example.com", "email_marketing", "requested", "--at", "2026-01-01T00:00:00Z")
-    record(cli, "answered@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "answered@example.com", "email_marketing", "granted", *proven(days=1))
 
     rows = cli.json("ledger", "requested", "--older-than", "30")
     assert rows == [
@@ -375,8 +385,8 @@ def test_direct_marketing_objection_is_upheld_at_once_everywhere(
 ) -> None:
     add_dm_purpose(config_path)
     email = "dm@example.com"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=5))
-    record(cli, email, "sms_offers", "granted", "--channel", "sms", "--at", iso_ago(days=5))
+    record(cli, email, "email_marketing", "granted", *proven(days=5))
+    record(cli, email, "sms_offers", "granted", "--channel", "sms", *proven(days=5))
     assert state(show(cli, email), "sms_offers", "sms")["suppressed"] is False
 
     purpose_args = (
@@ -412,7 +422,7 @@ def test_objection_to_a_contract_is_refused_and_records_nothing(cli: Any) -> Non
     direct marketing): before, the objection was upheld at once and the contract's service
     messages stopped. Refused: exit 2, one line, nothing recorded, for a known person or not."""
     email = "svc@example.com"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=5))
+    record(cli, email, "email_marketing", "granted", *proven(days=5))
     entries = audit_count(cli)
     for who in (email, "svc2@example.com"):
         refused = cli("objection", "raise", "--email", who, "--purpose", "service")
@@ -438,7 +448,7 @@ def test_objection_where_a_contract_purpose_rests_on_legitimate_interests_is_aut
     """The same purpose, recorded on legitimate interests for this person: objectable (Art.
     21(1)), decided by its configuration (policy.objection_handling: auto_uphold)."""
     email = "svc@example.com"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=5))
+    record(cli, email, "email_marketing", "granted", *proven(days=5))
     for channel in ALL_CHANNELS:
         record(
             cli, email, "service", "not_applicable", "--channel", channel, "--basis", "legitimate_interests"
@@ -581,7 +591,7 @@ def test_objection_decide_twice_or_without_decision_fails(cli: Any) -> None:
 def test_erase_leaves_only_a_keyed_hash(cli: Any) -> None:
     email = "erase.me@example.org"
     record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=10), "--evidence-ref", "f-9")
-    record(cli, email, "service", "granted", "--channel", "post")
+    record(cli, email, "service", "granted", "--channel", "post", *proven(days=10))
     raised = cli.json("objection", "raise", "--email", email, "--purpose", "profiling")
     cli.ok(
         "objection",
@@ -616,10 +626,10 @@ def test_erase_leaves_only_a_keyed_hash(cli: Any) -> None:
     verified = cli.json("audit", "verify")
     assert verified["ok"] is True and verified["broken_seq"] is None
 
-    # A grant for the address (any case, any whitespace) that cannot lift the erasure (no proof,
-    # not dated after it) is refused: the address is not stored again (session 57).
+    # A grant for the address (any case, any whitespace) that cannot lift the erasure (proven,
+    # but not dated after it) is refused: the address is not stored again (session 57).
     for spelling in (email, f"\t{email.upper()}  "):
-        refused = cli(*record_args(spelling, "email_marketing", "granted"))
+        refused = cli(*record_args(spelling, "email_marketing", "granted", *proven(days=1)))
         message = assert_bad_input(refused, "the address was erased")
         assert email not in message.lower()
     assert email not in dump_database(cli.config_path)
@@ -646,7 +656,9 @@ def test_erase_unknown_address_still_suppresses(cli: Any) -> None:
     assert [entry["actor"] for entry in erased] == [login_name()] * 2
     assert "never@example.com" not in dump_database(cli.config_path)
     # A grant that cannot lift the erasure is refused, the address never stored (session 57).
-    assert_bad_input(cli(*record_args("never@example.com", "service", "granted")), "the address was erased")
+    dated_before = proven(days=1)  # than the erasure: proven, yet it cannot lift it
+    refused = cli(*record_args("never@example.com", "service", "granted", *dated_before))
+    assert_bad_input(refused, "the address was erased")
     assert "never@example.com" not in dump_database(cli.config_path)
 
 
@@ -655,7 +667,7 @@ def test_erase_unknown_address_still_suppresses(cli: Any) -> None:
 
 def test_subject_show_json_and_human(cli: Any) -> None:
     email = "show@example.com"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=1), "--actor", "ops-eve")
+    record(cli, email, "email_marketing", "granted", *proven(days=1), "--actor", "ops-eve")
     record(cli, email, "service", "withdrawn", "--channel", "phone", "--at", iso_ago(hours=1))
     view = show(cli, email)
     assert {
@@ -689,7 +701,7 @@ def test_subject_show_json_and_human(cli: Any) -> None:
         "rule": "latest_event_time",
         "since": None,
         "expires_at": None,
-        "evidenced": False,
+        "evidenced": True,
         "detail": "",
     }
     phone = state(view, "service", "phone")
@@ -776,7 +788,7 @@ def test_subject_export_json_csv_xlsx(cli: Any, tmp_path: Path) -> None:
 
 
 def test_subject_export_rejects_unknown_format(cli: Any, tmp_path: Path) -> None:
-    record(cli, "fmt@example.com", "service", "granted")
+    record(cli, "fmt@example.com", "service", "granted", *proven(minutes=1))
     result = cli("subject", "export", "fmt@example.com", "--format", "pdf", "-o", str(tmp_path / "x"))
     assert result.exit_code == 2
     assert "json" in result.stderr and "csv" in result.stderr and "xlsx" in result.stderr
@@ -787,7 +799,7 @@ def test_subject_export_rejects_unknown_format(cli: Any, tmp_path: Path) -> None
 
 
 def test_audit_log_filters_and_verify(cli: Any) -> None:
-    record(cli, "one@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "one@example.com", "email_marketing", "granted", *proven(days=1))
     record(cli, "two@example.com", "service", "withdrawn", "--actor", "ops-zed")
     entries = audit_entries(cli)
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
@@ -832,8 +844,10 @@ def test_audit_log_filters_and_verify(cli: Any) -> None:
     human = cli.ok("audit", "log", "--email", "two@example.com").stdout
     assert "consent.recorded" in human and "ops-zed" in human and "withdrawn (suppressed)" in human
     entries = audit_entries(cli)  # and this read of two's trail
-    # Every entry, the log's own reads too (audit.viewed: this one's is written after it).
-    logged = len(cli.json("audit", "log")) + 1
+    # Every entry, the log's own reads too (audit.viewed: this one's is written after it); the
+    # listing leaves them out, verify counts them all.
+    assert "audit.viewed" not in {entry["action"] for entry in cli.json("audit", "log")}
+    logged = len(cli.json("audit", "log", "--include-views")) + 1
 
     verify = cli.ok("audit", "verify")
     assert f"audit chain verified: {logged} entries, head at {logged}" in verify.stdout
@@ -857,7 +871,7 @@ def test_config_option_before_or_after_command_and_env(cli: Any, tmp_path: Path)
     email = "cfg@example.com"
     after = runner.invoke(
         main,
-        [*record_args(email, "service", "granted", "--config", path, source="phone")],
+        [*record_args(email, "service", "granted", *proven(minutes=1), "--config", path, source="phone")],
     )
     assert after.exit_code == 0, after.stderr
     shown = runner.invoke(main, ["subject", "show", email, "--json", "--config", path])
@@ -1047,7 +1061,7 @@ def test_erasure_key_file_mode(cli: Any) -> None:
 
 
 def test_restrict_and_lift(cli: Any, tmp_path: Path) -> None:
-    record(cli, "held@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "held@example.com", "email_marketing", "granted", *proven(days=1))
     result = cli.json(
         "restrict", "--email", "held@example.com", "--reason", "accuracy contested", "--actor", "dpo.anna"
     )
@@ -1080,7 +1094,7 @@ def test_logs_name_subjects_never_addresses(cli: Any) -> None:
     email = "private.person@example.com"
     streams = []
     for args in (
-        record_args(email, "email_marketing", "granted"),
+        record_args(email, "email_marketing", "granted", *proven(minutes=1)),
         ("objection", "raise", "--email", email, "--purpose", "profiling"),
         ("erase", "--email", email, "--reason", "request", "--yes"),
     ):
@@ -1104,7 +1118,7 @@ def test_outbox_commands_on_an_empty_outbox(cli: Any) -> None:
 def test_erase_without_a_terminal_needs_yes_and_changes_nothing(cli: Any) -> None:
     cli.ok(
         "ledger", "record", "--email", "stays@example.org", "--purpose", "email_marketing",
-        "--status", "granted", "--source", "web_form",
+        "--status", "granted", "--source", "web_form", *proven(minutes=1),
     )  # fmt: skip
     refused = cli("erase", "--email", "stays@example.org", "--reason", "art17 request")
     assert refused.exit_code == 2

@@ -26,7 +26,7 @@ from consentsync.domain import ConsentStatus, Evidence, InvalidInput, Origin
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import crm_links, outbox, quarantine, subjects
 from consentsync.ledger.service import Ledger
-from tests.conftest import Cli, Clock
+from tests.conftest import Cli, Clock, proof
 from tests.integration.test_cli import assert_bad_input, audit_entries, dump_database, iso_ago, record, show
 
 EMAIL = "jane.roe@example.org"
@@ -79,7 +79,7 @@ def test_erasure_leaves_no_trace_of_the_person_and_the_chain_verifies(cli: Cli, 
         "--notice-version", "privacy-v3", "--evidence-ref", "form-77", "--double-opt-in-at", iso_ago(days=2),
     )  # fmt: skip
     run("ledger", "record", "--email", EMAIL, "--purpose", "service", "--status", "granted",
-        "--channel", "post", "--source", "phone", "--actor", "ops-eve")  # fmt: skip
+        "--channel", "post", "--source", "phone", "--actor", "ops-eve", *proof())  # fmt: skip
     run(
         "objection",
         "raise",
@@ -144,7 +144,7 @@ WHERE_IT_DOES_NOT_BELONG = [
 def test_the_address_is_refused_where_erasure_cannot_reach(
     cli: Cli, command: tuple[str, ...], option: str
 ) -> None:
-    record(cli, EMAIL, "email_marketing", "granted", "--at", iso_ago(days=1), "--actor", "ops-bob")
+    record(cli, EMAIL, "email_marketing", "granted", *proof(days=1), "--actor", "ops-bob")
     before = audit_entries(cli)
     verb, *rest = command
     args = [verb, *rest[:1]] if verb in ("ledger", "objection") else [verb]

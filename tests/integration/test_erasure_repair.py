@@ -29,7 +29,7 @@ from consentsync.ledger.schema import (
     suppressions,
 )
 from consentsync.ledger.service import ABSORBED_ERASED_SETTING, ERASURE_REPAIR_ACTOR
-from tests.conftest import Cli
+from tests.conftest import Cli, proof
 from tests.integration.test_cli_sync import connect_sandbox
 from tests.test_absorb_addressless_person import absorb_an_individual
 
@@ -180,7 +180,7 @@ def test_opening_a_ledger_erased_before_the_fix_erases_the_absorbed_person_once(
 def test_a_ledger_without_absorbed_people_is_left_as_it_is(cli: Cli, config_path: Path) -> None:
     cli.ok(
         "ledger", "record", "--email", ADDRESS, "--purpose", "email_marketing", "--status", "granted",
-        "--source", "web_form",
+        "--source", "web_form", *proof(),
     )  # fmt: skip
     cli.ok("erase", "--email", ADDRESS, "--reason", "Art. 17 request", "--yes")
     ledger = open_ledger(load_config(config_path))

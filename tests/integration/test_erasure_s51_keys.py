@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, delete, func, select
 
 from consentsync.config import ERASURE_KEY_ENV, load_config
 from consentsync.ledger.schema import audit_head, ledger_settings, subjects, suppressions
-from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, record_args
+from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, proof, record_args
 
 CONSENTSYNC = str(Path(sys.executable).parent / "consentsync")
 OTHER_KEY = "another-erasure-key-0123456789abcdef"
@@ -62,10 +62,10 @@ def _refused(done: subprocess.CompletedProcess[str], *named: str) -> None:
 
 
 def test_a_process_with_another_key_is_refused_and_changes_nothing(cli: Cli, tmp_path: Path) -> None:
-    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted", *proof()))
     cli.ok("erase", "--email", "gone@example.com", "--reason", "art17 request", "--yes")
     before = _state(cli)
-    comes_back = record_args("gone@example.com", "email_marketing", "granted", source="crm")
+    comes_back = record_args("gone@example.com", "email_marketing", "granted", *proof(), source="crm")
 
     # A container's environment variable, winning over the config's key file.
     in_container = own_environment(tmp_path, OTHER_KEY)
@@ -101,7 +101,7 @@ def test_a_ledger_holding_nothing_keyed_takes_a_new_key(cli: Cli, tmp_path: Path
     key file lost before anything was recorded), and from then on it is the ledger's key."""
     (first,) = _state(cli)[3]
     env = own_environment(tmp_path, OTHER_KEY)
-    done = _consentsync(env, *record_args("new@example.com", "email_marketing", "granted"))
+    done = _consentsync(env, *record_args("new@example.com", "email_marketing", "granted", *proof()))
     assert done.returncode == 0, done.stderr
     (taken,) = _state(cli)[3]
     assert taken != first
@@ -153,7 +153,7 @@ def test_a_running_process_keeps_the_key_it_checked(cli: Cli, monkeypatch: pytes
     from consentsync.ledger.identity import Identity
     from consentsync.ledger.service import utcnow
 
-    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted", *proof()))
     cli.ok("erase", "--email", "gone@example.com", "--reason", "art17 request", "--yes")
     ledger = open_ledger(load_config(cli.config_path))
     try:

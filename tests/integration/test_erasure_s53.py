@@ -132,9 +132,9 @@ def test_a_no_or_an_objection_recorded_by_ops_after_erasure_keeps_the_address_ou
     from consentsync.app import open_ledger
     from consentsync.config import load_config
     from consentsync.ledger.schema import subject_identifiers
-    from tests.conftest import record_args
+    from tests.conftest import proof, record_args
 
-    cli.ok(*record_args("gone@example.com", "email_marketing", "granted"))
+    cli.ok(*record_args("gone@example.com", "email_marketing", "granted", *proof()))
     cli.ok("erase", "--email", "gone@example.com", "--reason", "Art. 17 request", "--yes")
     cli.ok(*record_args("gone@example.com", "email_marketing", "withdrawn"))
     cli.ok(*record_args("gone@example.com", "email_marketing", "expired"))  # any status but a grant

@@ -47,7 +47,7 @@ from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger
 from tests.conftest import SQLITE_ONLY, Cli, Clock
 from tests.integration.helpers import consent_value
-from tests.integration.test_cli import assert_bad_input, audit_count, iso_ago, record, show
+from tests.integration.test_cli import PROOF, assert_bad_input, audit_count, iso_ago, proven, record, show
 
 
 def _iso_ahead(**delta: float) -> str:
@@ -60,6 +60,9 @@ def _record_args(email: str = "bounds@example.com", **options: str) -> list[str]
         "--purpose": "email_marketing",
         "--status": "granted",
         "--source": "web_form",
+        # A grant's proof (docs/admin-commands.md): an option under test replaces its own.
+        "--at": iso_ago(minutes=1),
+        "--evidence-ref": "form:bounds",
         **options,
     }
     return ["ledger", "record", *[part for pair in args.items() for part in pair]]
@@ -84,7 +87,7 @@ def test_a_future_event_time_is_refused_and_changes_nothing(cli: Cli, option: st
 
 
 def test_an_objection_dated_in_the_future_is_refused(cli: Cli) -> None:
-    record(cli, "objector@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "objector@example.com", "email_marketing", "granted", *proven(days=1))
     before = audit_count(cli)
     result = cli(
         "objection", "raise", "--email", "objector@example.com", "--purpose", "profiling",
@@ -116,7 +119,7 @@ def test_dates_outside_a_sane_range_are_one_line_errors(cli: Cli, option: str, v
 
 @pytest.mark.parametrize("value", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+05:00", "0001-01-01"])
 def test_edge_of_the_calendar_everywhere_a_time_is_read(cli: Cli, value: str) -> None:
-    record(cli, "edge@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "edge@example.com", "email_marketing", "granted", *proven(days=1))
     assert_bad_input(
         cli("objection", "raise", "--email", "edge@example.com", "--purpose", "profiling", "--at", value),
         "--at",
@@ -149,7 +152,7 @@ def test_the_clock_skew_is_configurable(cli: Cli) -> None:
     _set_policy(cli.config_path, max_clock_skew_seconds=0)
     assert_bad_input(cli(*_record_args(**{"--at": _iso_ahead(minutes=1)})), "--at", "clock skew of 0 s")
     _set_policy(cli.config_path, max_clock_skew_seconds=3600)
-    assert record(cli, "later@example.com", "service", "granted", "--at", _iso_ahead(minutes=30))
+    assert record(cli, "later@example.com", "service", "granted", "--at", _iso_ahead(minutes=30), *PROOF)
     assert_bad_input(cli(*_record_args(**{"--at": _iso_ahead(hours=2)})), "--at", "clock skew of 3600 s")
     _set_policy(cli.config_path, max_clock_skew_seconds=10**6)
     assert_bad_input(cli("ledger", "requested"), "max_clock_skew_seconds")
@@ -214,7 +217,7 @@ def test_a_ten_kilobyte_value_is_one_short_line(cli: Cli) -> None:
 
 
 def test_reasons_have_their_maximum(cli: Cli) -> None:
-    record(cli, "why@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "why@example.com", "email_marketing", "granted", *proven(days=1))
     long_reason = "r" * (REASON_MAX + 1)
     assert_bad_input(
         cli("restrict", "--email", "why@example.com", "--reason", long_reason),
@@ -278,7 +281,7 @@ def test_labels_holding_an_email_address_are_refused(cli: Cli, option: str) -> N
 
 
 def test_objection_and_decision_labels_are_checked(cli: Cli) -> None:
-    record(cli, "obj@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "obj@example.com", "email_marketing", "granted", *proven(days=1))
     base = ("objection", "raise", "--email", "obj@example.com", "--purpose", "profiling")
     assert_bad_input(cli(*base, "--source", "x" * (SOURCE_MAX + 1)), "--source", f"at most {SOURCE_MAX}")
     assert_bad_input(cli(*base, "--actor", "obj@example.com"), "--actor", "email address")
@@ -296,7 +299,7 @@ def test_objection_and_decision_labels_are_checked(cli: Cli) -> None:
 
 
 def test_a_reason_may_have_line_breaks(cli: Cli) -> None:
-    record(cli, "lines@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "lines@example.com", "email_marketing", "granted", *proven(days=1))
     cli.ok("restrict", "--email", "lines@example.com", "--reason", "disputed accuracy\n\tticket 42")
     assert cli.json("audit", "verify")["ok"] is True
 
@@ -465,7 +468,7 @@ def test_crm_values_out_of_bounds_are_quarantined_with_their_reason(
 
 
 _DECIDE = ("--uphold", "--by", "x", "--reason", "y")
-_RECORD_P = ("ledger", "record", "--email", "p@example.com", "--source", "s", "--status", "granted")
+_RECORD_P = ("ledger", "record", "--email", "p@example.com", "--source", "s", "--status", "granted", *PROOF)
 NEVER_A_TRACEBACK = [
     pytest.param(("audit", "log", "--limit", str(10**20), "--json"), 0, id="limit-beyond-64-bits"),
     pytest.param(("audit", "log", "--action", "a\x00b", "--json"), None, id="nul-in-a-filter"),
@@ -482,7 +485,7 @@ NEVER_A_TRACEBACK = [
 
 @pytest.mark.parametrize(("args", "code"), NEVER_A_TRACEBACK)
 def test_odd_input_is_never_a_traceback(cli: Cli, args: tuple[str, ...], code: int | None) -> None:
-    record(cli, "p@example.com", "email_marketing", "granted", "--at", iso_ago(days=1))
+    record(cli, "p@example.com", "email_marketing", "granted", *proven(days=1))
     before = audit_count(cli)
     result = cli(*args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

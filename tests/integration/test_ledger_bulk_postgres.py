@@ -87,7 +87,7 @@ def _contents(conn: Connection) -> dict[str, Any]:
     for row in conn.execute(select(audit_entries).order_by(audit_entries.c.seq)):
         payload = orjson.loads(row.payload)
         payload["subject"] = uid_email.get(payload["subject"], payload["subject"])
-        if row.action == "purpose.configured":
+        if row.action in ("purpose.configured", "ledger.binding_by_chain"):
             del payload["at"]  # written as the ledger opens, by the real clock
         trail.append((row.seq, row.action, payload))
     events = conn.execute(select(consent_events).order_by(consent_events.c.id)).all()

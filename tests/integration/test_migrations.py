@@ -13,7 +13,7 @@ from consentsync.app import SCHEMA_REVISION, migration_state
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.schema import metadata
-from tests.conftest import Cli, record_args
+from tests.conftest import Cli, proof, record_args
 
 
 def test_expected_revision_is_the_head(ledger_url: str) -> None:
@@ -98,12 +98,16 @@ def test_consent_events_keep_their_rows_and_guards_through_the_key_change_and_ba
     cli.ok("init")
     for n, status in enumerate(("granted", "withdrawn", "granted")):
         at = f"2026-05-0{n + 1}T10:00:00Z"
-        cli.ok(*record_args(f"p{n}@example.org", "email_marketing", status, "--at", at))
+        cli.ok(
+            *record_args(f"p{n}@example.org", "email_marketing", status, "--at", at, "--evidence-ref", "f")
+        )
     engine = make_engine(ledger_url)
 
     def events() -> list[tuple[object, ...]]:
+        # The columns 0010 has: notice_language (0021) is dropped on the way down.
         with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text("SELECT * FROM consent_events ORDER BY id"))]
+            rows = conn.execute(text("SELECT * FROM consent_events ORDER BY id")).mappings()
+            return [tuple(v for k, v in row.items() if k != "notice_language") for row in rows]
 
     recorded = events()
     assert len(recorded) == 3
@@ -149,7 +153,13 @@ def test_a_persons_trail_holds_the_entries_written_before_0013_and_after(cli: Cl
     for n in range(3):
         cli.ok(
             *record_args(
-                f"p{n}@example.org", "email_marketing", "granted", "--at", f"2026-05-0{n + 1}T10:00:00Z"
+                f"p{n}@example.org",
+                "email_marketing",
+                "granted",
+                "--at",
+                f"2026-05-0{n + 1}T10:00:00Z",
+                "--evidence-ref",
+                "form:1",
             )
         )
     engine = make_engine(ledger_url)
@@ -179,7 +189,7 @@ def test_verify_names_an_entry_pointed_at_another_person(cli: Cli, ledger_url: s
     take it out of its person's trail, and ``audit verify`` names that entry."""
     cli.ok("init")
     for n in range(2):
-        cli.ok(*record_args(f"p{n}@example.org", "email_marketing", "granted"))
+        cli.ok(*record_args(f"p{n}@example.org", "email_marketing", "granted", *proof()))
     engine = make_engine(ledger_url)
     rows = _audit_rows(engine)
     (seq, _, first), other = rows[0], next(row[2] for row in rows if row[2] != rows[0][2])

@@ -41,7 +41,15 @@ from consentsync.cli import main
 from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import audit_entries, subjects
-from tests.conftest import POSTGRES_ENV, SQLITE_ONLY, TEST_ERASURE_KEY, Cli, one_line_error, record_args
+from tests.conftest import (
+    POSTGRES_ENV,
+    SQLITE_ONLY,
+    TEST_ERASURE_KEY,
+    Cli,
+    one_line_error,
+    proof,
+    record_args,
+)
 from tests.integration.test_cli import audit_entries as logged_entries
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +100,8 @@ def test_demo_refuses_a_folder_holding_a_setup_and_changes_nothing(tmp_path: Pat
     assert _run(setup / "consentsync.yaml", "init").exit_code == 0
     assert (
         _run(
-            setup / "consentsync.yaml", *record_args("ana@example.com", "email_marketing", "granted")
+            setup / "consentsync.yaml",
+            *record_args("ana@example.com", "email_marketing", "granted", *proof()),
         ).exit_code
         == 0
     )
@@ -435,7 +444,7 @@ def test_a_notice_file_not_utf8_names_its_line_byte_and_offset(cli: Cli, tmp_pat
 def test_another_keys_refusal_lists_only_the_tables_holding_keyed_hashes(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cli.ok(*record_args("kept@example.com", "email_marketing", "granted"))
+    cli.ok(*record_args("kept@example.com", "email_marketing", "granted", *proof()))
     monkeypatch.setenv(ERASURE_KEY_ENV, "another-key-0123456789abcdef")
     said = one_line_error(
         cli("status"), exit_codes.CONFIG, "is not the one the ledger", "none of its keyed hashes"

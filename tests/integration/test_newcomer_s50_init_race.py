@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 import consentsync.config as config_module
 from consentsync.cli import main
 from consentsync.config import ERASURE_KEY_ENV, load_config, write_starter
+from tests.conftest import proof
 
 OTHERS_CONFIG = "# written by the other init\n"
 
@@ -274,7 +275,16 @@ def test_a_lost_key_is_not_replaced_once_the_ledger_holds_data_keyed_by_it(
     record = ["ledger", "record", "--email", "a@example.com", "--purpose", "email_marketing"]
     recorded = CliRunner().invoke(
         main,
-        ["--config", str(folder / "consentsync.yaml"), *record, "--status", "granted", "--source", "test"],
+        [
+            "--config",
+            str(folder / "consentsync.yaml"),
+            *record,
+            "--status",
+            "granted",
+            "--source",
+            "test",
+            *proof(),
+        ],
     )
     assert recorded.exit_code == 0, recorded.output + recorded.stderr
     (folder / "consentsync.key").unlink()  # lost: the backup is what holds it now

@@ -55,9 +55,30 @@ def test_an_undated_grant_is_tied_to_the_text_registered_before_it_was_recorded(
     text = tmp_path / "notice.txt"
     text.write_text("Newsletter\n")
     cli.ok("notice", "add", "email_marketing", str(text), "--version", "v7")
-    cli.ok(
-        "ledger", "record", "--email", "undated@example.org", "--purpose", "email_marketing",
-        "--status", "granted", "--source", "web_form", "--notice-version", "v7", "--evidence-ref", "form:1",
-    )  # fmt: skip
+    # Undated: a script's (``Ledger.record``) or an older version's; ``ledger record`` asks --at.
+    from consentsync.app import open_ledger
+    from consentsync.config import load_config
+    from consentsync.domain import ConsentStatus, Evidence, Origin
+    from consentsync.ledger.identity import Identity
+
+    ledger = open_ledger(load_config(cli.config_path))
+    try:
+        ledger.record(
+            Identity(email="undated@example.org"),
+            Evidence(
+                purpose="email_marketing",
+                channel="email",
+                status=ConsentStatus.GRANTED,
+                basis=None,
+                event_time=None,
+                observed_at=ledger.clock(),
+                source="web_form",
+                origin=Origin.CAPTURE,
+                notice_version="v7",
+                evidence_ref="form:1",
+            ),
+        )
+    finally:
+        ledger.engine.dispose()
     (shown,) = _shown(cli, "undated@example.org")
     assert shown is not None

@@ -35,7 +35,7 @@ from consentsync.ledger.schema import audit_entries, sync_runs
 from consentsync.ledger.service import Ledger
 from consentsync.sync.heartbeat import Heartbeat
 from consentsync.sync.status import connector_status
-from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, stop
+from tests.conftest import TEST_ERASURE_KEY, Cli, own_environment, proof, stop
 from tests.integration.crash_config import CONNECTOR, write_config
 from tests.integration.helpers import add_absent_salesforce, free_port, local_session, scrape_until
 
@@ -120,7 +120,7 @@ def test_a_failed_run_says_why_once_on_stderr_off_a_terminal(
 
 def _broken_chain(cli: Cli, ledger: Ledger) -> None:
     cli.ok("ledger", "record", "--email", "a@example.com", "--purpose", "email_marketing",
-           "--status", "granted", "--source", "web_form")  # fmt: skip
+           "--status", "granted", "--source", "web_form", *proof())  # fmt: skip
     with ledger.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("ALTER TABLE audit_entries DISABLE TRIGGER USER"))

@@ -70,7 +70,7 @@ def test_requested_leaves_out_erased_restricted_and_objecting_people(cli: Cli) -
 
 def test_a_returning_erased_person_is_not_chased(cli: Cli) -> None:
     email = "back@example.com"
-    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=90))
+    record(cli, email, "email_marketing", "granted", "--at", iso_ago(days=90), "--evidence-ref", "form:a")
     cli.ok("erase", "--email", email, "--reason", "art17", "--yes")
     # The address comes back through a capture that is no consent: the erasure suppression holds.
     record(cli, email, "email_marketing", "requested", "--at", OLD, source="import")

@@ -72,11 +72,11 @@ def test_a_withdrawal_undone_in_the_state_row_fails_verify(tmp_path: Path, confi
     _ok(tmp_path, "init")
     base = ("--purpose", "email_marketing", "--source", "web_form")
     _ok(tmp_path, "ledger", "record", "--email", "bob@example.com", *base, "--status", "granted",
-        "--at", "2026-01-01T10:00:00Z")  # fmt: skip
+        "--at", "2026-01-01T10:00:00Z", "--evidence-ref", "form:1")  # fmt: skip
     _ok(tmp_path, "ledger", "record", "--email", "bob@example.com", *base, "--status", "withdrawn",
         "--at", "2026-01-02T10:00:00Z")  # fmt: skip
     _ok(tmp_path, "ledger", "record", "--email", "alice@example.com", *base, "--status", "granted",
-        "--at", "2026-01-01T10:00:00Z")  # fmt: skip
+        "--at", "2026-01-01T10:00:00Z", "--evidence-ref", "form:1")  # fmt: skip
     assert DISAGREE not in _ok(tmp_path, "audit", "verify")
 
     database = sqlite3.connect(tmp_path / "ledger.db")

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from consentsync import exit_codes
 from consentsync.ledger.schema import audit_head, consent_events, subject_identifiers, subjects
-from tests.conftest import Cli, record_args
+from tests.conftest import Cli, proof, record_args
 
 ADDRESS = "gone@example.org"
 
@@ -36,10 +36,11 @@ def _counts(cli: Cli) -> tuple[int, int, int, int]:
 
 
 def test_an_untrusted_grant_for_an_erased_address_is_refused_and_changes_nothing(cli: Cli) -> None:
-    cli.ok(*record_args(ADDRESS, "email_marketing", "granted", source="web_form"))
+    cli.ok(*record_args(ADDRESS, "email_marketing", "granted", *proof(), source="web_form"))
     cli.ok("erase", "--email", ADDRESS, "--reason", "ticket 7", "--yes")
     before = _counts(cli)
-    result = cli(*record_args(ADDRESS, "email_marketing", "granted", source="crm_import"))
+    # With its proof: the source is what keeps it from lifting the erasure.
+    result = cli(*record_args(ADDRESS, "email_marketing", "granted", *proof(), source="crm_import"))
     assert result.exit_code == exit_codes.CONFIG, result.output
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()

@@ -71,8 +71,28 @@ def test_ledger_expire_passes_a_purpose_taken_out_of_the_config(cli: Cli) -> Non
     """`consentsync ledger expire` sweeps as the runs do: it no longer fails, whole, on the
     consents of a purpose the DPO dropped."""
     _purposes(cli.config_path, trial=True)
-    cli.ok(*record_args("ada@example.org", "email_marketing", "granted", "--at", "2020-01-01T00:00:00Z"))
-    cli.ok(*record_args("ada@example.org", "trial_offers", "granted", "--at", "2020-01-01T00:00:00Z"))
+    cli.ok(
+        *record_args(
+            "ada@example.org",
+            "email_marketing",
+            "granted",
+            "--at",
+            "2020-01-01T00:00:00Z",
+            "--evidence-ref",
+            "f",
+        )
+    )
+    cli.ok(
+        *record_args(
+            "ada@example.org",
+            "trial_offers",
+            "granted",
+            "--at",
+            "2020-01-01T00:00:00Z",
+            "--evidence-ref",
+            "f",
+        )
+    )
     _purposes(cli.config_path, trial=False)
     assert cli.json("ledger", "expire") == {"expired": 1}
     assert cli.json("ledger", "expire") == {"expired": 0}

@@ -20,7 +20,7 @@ import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from consentsync import exit_codes
-from tests.conftest import SQLITE_ONLY, Cli, record_args
+from tests.conftest import SQLITE_ONLY, Cli, proof, record_args
 from tests.integration.test_cli_sync import connect_sandbox
 
 # The connector's rules against its sandbox: the ledger's SQL of a partly recorded record's
@@ -67,7 +67,7 @@ def test_an_opt_out_beside_a_legal_basis_the_mapping_cannot_name_is_recorded(
         connect_sandbox(sandbox, config_path, monkeypatch)
         org = sandbox.org
         quinn = org.create("Contact", LastName="Quinn", Email=ADDRESS, Legal_Basis__c="Consent")
-        cli.ok(*record_args(ADDRESS, "email_marketing", "granted", "--basis", "consent"))
+        cli.ok(*record_args(ADDRESS, "email_marketing", "granted", "--basis", "consent", *proof()))
         _sync(cli, exit_codes.OK)
         assert _email_state(cli) == ("granted", False)
 
@@ -119,7 +119,7 @@ def test_our_own_tick_read_back_beside_a_basis_the_mapping_cannot_name_is_no_wit
         org = sandbox.org
         _admin_adds_picklist_value(sandbox, NEW_BASIS)
         quinn = org.create("Contact", LastName="Quinn", Email=ADDRESS, Legal_Basis__c=NEW_BASIS)
-        cli.ok(*record_args(ADDRESS, "email_marketing", "granted", "--basis", "consent"))
+        cli.ok(*record_args(ADDRESS, "email_marketing", "granted", "--basis", "consent", *proof()))
         _sync(cli, exit_codes.OK)  # an unticked box says nothing: its basis is never read
         cli.ok("restrict", "--email", ADDRESS, "--reason", "accuracy contested", "--actor", "ops")
         restricted = _sync(cli, exit_codes.OK)

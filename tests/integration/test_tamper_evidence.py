@@ -33,7 +33,7 @@ from consentsync.ledger.schema import (
     subjects,
 )
 from consentsync.ledger.service import Ledger
-from tests.conftest import Cli
+from tests.conftest import Cli, proof
 from tests.integration.test_audit_chain import _grant
 from tests.integration.test_cli_sync import connect_sandbox
 
@@ -314,7 +314,7 @@ def test_the_application_role_cannot_rewrite_the_audit_log(
         cli.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
         cli.ok(
             "ledger", "record", "--email", "b@example.com", "--purpose", "email_marketing",
-            "--status", "granted", "--source", "web_form",
+            "--status", "granted", "--source", "web_form", *proof(),
         )  # fmt: skip
         assert _head(owner)[0] > head_seq
         with SalesforceSandbox() as sandbox:  # a sync run: leases, cursors, outbox, runs, analyse

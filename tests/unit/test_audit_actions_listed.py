@@ -1,7 +1,8 @@
 """`consentsync audit log --action` refuses an action it does not know, listing the known ones
 (`cli.AUDIT_ACTIONS`). That list is kept by hand, so this meta-test reads every place the source
 names an audit action (an ``AuditRecord``'s action, ``audit.payload``'s, ``audit_read``'s, an
-``action=`` keyword) and checks that each is listed, and that nothing listed is named nowhere."""
+``action=`` keyword, a module's ``*_ACTION`` constant) and checks that each is listed, and that
+nothing listed is named nowhere."""
 
 from __future__ import annotations
 
@@ -33,7 +34,16 @@ def _named_actions() -> set[str]:
         for path in (ROOT / folder).rglob("*.py"):
             if "tests" in path.parts or "sandbox" in path.parts:
                 continue
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for statement in tree.body:  # a module's ``*_ACTION`` constant names an action
+                if (
+                    isinstance(statement, ast.Assign)
+                    and len(statement.targets) == 1
+                    and isinstance(statement.targets[0], ast.Name)
+                    and statement.targets[0].id.endswith("_ACTION")
+                ):
+                    found |= _strings(statement.value)
+            for node in ast.walk(tree):
                 if not isinstance(node, ast.Call):
                     continue
                 name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)

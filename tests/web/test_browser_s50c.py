@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from consentsync.ledger.schema import audit_entries
 from consentsync.web.server import WebServer
-from tests.conftest import Cli
+from tests.conftest import Cli, proof
 from tests.web.conftest import World
 from tests.web.test_browser import browser as browser
 from tests.web.test_browser import console as console
@@ -89,7 +89,7 @@ def test_an_address_with_a_non_ascii_local_part_or_an_idn_domain_is_found(
     console: WebServer, browser: Any, world: World, cli: Cli
 ) -> None:
     cli.ok("ledger", "record", "--email", UNICODE_ADDRESS, "--purpose", "profiling", "--status",
-           "granted", "--source", "web_form")  # fmt: skip
+           "granted", "--source", "web_form", *proof())  # fmt: skip
     page = browser.new_page()
     log_in(page, console.url, "vic", "/subjects")
     page.fill("input[name=email]", UNICODE_ADDRESS.upper())

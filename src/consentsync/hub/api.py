@@ -41,6 +41,7 @@ from consentsync.hub.capture import (
     request_digest,
 )
 from consentsync.hub.keys import ApiKey
+from consentsync.hub.preferences import PreferenceCentre
 from consentsync.hub.ratelimit import RateLimiter
 from consentsync.ledger.service import NotFound
 
@@ -120,9 +121,25 @@ def _aware_iso(value: object) -> bool:
     return parsed.tzinfo is not None
 
 
+GPC_FIELD = Field(default=False, description="The person's browser sent a Global Privacy Control signal.")
+
+
 class ConsentBatchIn(_Body):
     consents: list[ConsentIn] = Field(max_length=BATCH_MAX)
-    gpc: bool = Field(default=False, description="The person's browser sent a Global Privacy Control signal.")
+    gpc: bool = GPC_FIELD
+
+
+class OneConsentIn(ConsentIn):
+    """One consent sent alone, which may carry the request's GPC signal as a batch does: the
+    signal is the request's (the person's browser), not one consent's, so a batch's items do
+    not take it (``ConsentIn``)."""
+
+    gpc: bool = GPC_FIELD
+
+    def as_batch(self) -> ConsentBatchIn:
+        # Checked already: built as it is, not parsed again (a time is parsed from text only).
+        one = ConsentIn.model_construct(**self.model_dump(exclude={"gpc"}))
+        return ConsentBatchIn(consents=[one], gpc=self.gpc)
 
 
 def _shape(value: Any) -> str:
@@ -132,7 +149,7 @@ def _shape(value: Any) -> str:
 # One consent, or a batch: told apart by the "consents" key, so that a mistake is reported
 # against the shape that was meant, not against both.
 ConsentsBody = Annotated[
-    Annotated[ConsentBatchIn, Tag("batch")] | Annotated[ConsentIn, Tag("one")], Discriminator(_shape)
+    Annotated[ConsentBatchIn, Tag("batch")] | Annotated[OneConsentIn, Tag("one")], Discriminator(_shape)
 ]
 
 
@@ -346,6 +363,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.add_middleware(BodyLimit, limit=BODY_MAX)
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute
+    centre = PreferenceCentre(hub)  # an erasure asked for an address its person left: asked of them
 
     # Keys looked up in the last second, by secret: a sending tool asks before every message,
     # and a key read per request would cost as much as the decision. A revoked key is refused
@@ -435,7 +453,7 @@ def create_app(hub: Hub) -> FastAPI:
     ) -> JSONResponse:
         """One consent, or a batch (``{"consents": [...]}``), recorded in one transaction. With an
         ``Idempotency-Key`` header a retried request records once and gets the first answer."""
-        batch = body if isinstance(body, ConsentBatchIn) else ConsentBatchIn(consents=[body])
+        batch = body if isinstance(body, ConsentBatchIn) else body.as_batch()
         header_gpc = (sec_gpc or "").strip() == "1"
         gpc = batch.gpc or header_gpc
         offered = list(hub.settings.languages) or ["en"]
@@ -452,6 +470,8 @@ def create_app(hub: Hub) -> FastAPI:
         # sent again with the person's opt-out signal is another request (409), not a replay
         # that drops the opt-out. Without the header the digest is the body's, as it always was.
         content: Any = body.model_dump(mode="json")
+        if isinstance(body, OneConsentIn) and not body.gpc:
+            content.pop("gpc")  # a consent sent alone without it digests as it always did
         for one in content.get("consents", [content]):
             if one.get("language") is None:  # a request without it digests as it always did
                 one.pop("language", None)
@@ -502,7 +522,7 @@ def create_app(hub: Hub) -> FastAPI:
     @app.post("/erasure-requests", status_code=200)
     def request_erasure(body: ErasureIn, key: Key) -> dict[str, Any]:
         """Erases the person (GDPR Art. 17): a keyed hash stays so they are never re-imported."""
-        return hub.erasure(key, body.email, body.reason)
+        return hub.erasure(key, body.email, body.reason, asked_of_holder=centre.erasure_asked_of_holder)
 
     @app.post("/decisions")
     def decide(body: DecisionIn, key: Key) -> dict[str, Any]:

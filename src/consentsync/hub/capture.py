@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from consentsync import audit
 from consentsync.config import Config
 from consentsync.domain import (
+    ERASURE_REASON_MAX,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -39,6 +40,7 @@ from consentsync.domain import (
     as_read,
     as_utc,
     check_moment,
+    check_reason,
     email_forms,
     iso,
     lookup_email,
@@ -49,7 +51,14 @@ from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, bound, holds_now, mailed_tag, make_token, sent_elsewhere
 from consentsync.hub.mail import NOT_ONE_ADDRESS, Mail, Mailer, MailFailed, mailable
-from consentsync.hub.notices import check_language, check_shown, in_effect, languages_in_effect
+from consentsync.hub.notices import (
+    check_grant_notice,
+    check_language,
+    check_shown,
+    in_effect,
+    languages_in_effect,
+    text_shown_on_page,
+)
 from consentsync.hub.receipts import RECEIPTED
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity, SubjectResolver, derived_key, holding
@@ -73,6 +82,7 @@ from consentsync.ledger.service import (
     lifts_erasure,
     unliftable_erased_grant,
 )
+from consentsync.notice_texts import language_in_effect
 from consentsync.reconcile import TO_THE_SECONDS_END, no_counts_from
 
 log = structlog.get_logger("consentsync.hub")
@@ -551,6 +561,15 @@ class Hub:
             raise LinkRefused(EXPIRED_LINK)
         return row
 
+    def _page_text_language(self, row: Any, language: str) -> str | None:
+        """The language of the notice text the confirmation page showed in ``language`` (the
+        version's text in it, else its first: ``notices.text_shown_on_page``), recorded with
+        what the person answers there; None where it names no version."""
+        if row.notice_version is None:
+            return None
+        shown = text_shown_on_page(self.ledger, row.purpose, row.notice_version, language)
+        return shown.language if shown is not None else None
+
     def confirm(self, token: str, language: str = "en") -> dict[str, Any]:
         """The person followed the link and confirmed: the consent is granted, with the
         confirmation time as evidence. A second confirmation changes nothing. The receipt is
@@ -570,6 +589,7 @@ class Hub:
             notice_version=row.notice_version,
             double_opt_in_at=now,
             evidence_ref=f"confirmation:{row.id}",
+            notice_language=self._page_text_language(row, language),
         )
         with self.ledger.engine.begin() as conn:
             _refuse_if_void(conn, row)  # a withdrawal or an erasure committed since it was read
@@ -629,6 +649,7 @@ class Hub:
             origin=Origin.CAPTURE,
             notice_version=row.notice_version,
             evidence_ref=f"confirmation:{row.id}",
+            notice_language=self._page_text_language(row, language),
         )
         with self.ledger.engine.begin() as conn:
             _refuse_if_void(conn, row)  # a no or an erasure committed since it was read
@@ -812,6 +833,7 @@ class Hub:
                                 purpose=evidence.purpose,
                                 channel=evidence.channel,
                                 notice_version=evidence.notice_version,
+                                notice_language=evidence.notice_language,
                                 source=key.source,
                                 requested_at=now,
                                 expires_at=now + timedelta(days=self.settings.confirmation_days),
@@ -1189,14 +1211,8 @@ class Hub:
             basis = _basis(item.basis, f"{at}.basis")
             if status is ConsentStatus.GRANTED and basis not in (None, LawfulBasis.CONSENT):
                 raise InvalidInput(f"{at}.basis: a capture grants consent; other bases are not captured")
-            if status is ConsentStatus.GRANTED:
-                if item.notice_version is None:
-                    raise InvalidInput(f"{at}.notice_version: a grant must name the notice version shown")
-                if (item.purpose, item.notice_version) not in notices:
-                    raise InvalidInput(
-                        f"{at}.notice_version: {item.notice_version!r} is not a registered notice of "
-                        f"{item.purpose!r} (consentsync notice add {item.purpose} FILE --version VERSION)"
-                    )
+            if status is ConsentStatus.GRANTED:  # the rule ``ledger record`` follows too
+                check_grant_notice(item.purpose, item.notice_version, notices, f"{at}.notice_version")
             requested = status is ConsentStatus.GRANTED and item.purpose in self._double_opt_in
             try:  # a time its offset takes off the calendar (year 1 at +14:00) is bad input
                 event_time = as_utc(item.event_time) if item.event_time is not None else now
@@ -1224,6 +1240,15 @@ class Hub:
                     event_time,
                     f"{at}.language",
                 )
+            # The text shown, recorded for every proof to name (a grant's was checked just now;
+            # a no is never refused for it: recorded only where that text was in effect).
+            shown_in = (
+                language_in_effect(
+                    texts.get((item.purpose, item.notice_version), {}), item.language, event_time
+                )
+                if item.notice_version is not None
+                else None
+            )
             evidence = Evidence(
                 purpose=item.purpose,
                 channel=item.channel,
@@ -1236,6 +1261,7 @@ class Hub:
                 actor=f"apikey:{key.name}",
                 notice_version=item.notice_version,
                 evidence_ref=item.evidence_ref,
+                notice_language=shown_in,
             )
             try:
                 self.ledger.validate(evidence)
@@ -1298,13 +1324,28 @@ class Hub:
             actor=f"apikey:{key.name}",
         )
 
-    def erasure(self, key: ApiKey, email: str, reason: str) -> dict[str, Any]:
+    def erasure(
+        self,
+        key: ApiKey,
+        email: str,
+        reason: str,
+        *,
+        asked_of_holder: Callable[[ApiKey, str], dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        """Art. 17 asked through the API. ``asked_of_holder``: for an address its person left,
+        the request mailed to the address they hold now, its answer
+        (``PreferenceCentre.erasure_asked_of_holder``); None: erased as asked."""
         if not key.may("erasure"):
             raise Forbidden(f"API key {key.name!r} may not request erasure")
+        entered = lookup_email(email)
+        if not reason.strip():  # checked before anything else, as ``Ledger.erase`` checks it
+            raise InvalidInput("reason: must say why the subject is erased")
+        check_reason(reason, "reason:", ERASURE_REASON_MAX, erasable=False)
+        awaiting = asked_of_holder(key, entered)
+        if awaiting is not None:
+            return awaiting
         # Bad input named as the body names it (``reason: ...``), not as the CLI's --reason.
-        result = self.ledger.erase(
-            lookup_email(email), reason=reason, actor=f"apikey:{key.name}", reason_field="reason:"
-        )
+        result = self.ledger.erase(entered, reason=reason, actor=f"apikey:{key.name}", reason_field="reason:")
         return {
             "erased": True,
             "subject_known": result["subject_known"],

@@ -7,8 +7,8 @@ ledger already has and keeps secret; rotating that key ends every link (and ever
 
 A mailed link also names the address it was mailed to, as a keyed hash (``address_tag``: in the
 preference link's ``to`` claim, after ``BOUND_MARK`` in a confirmation link's token): once that
-address is one its person no longer holds (``SubjectResolver.superseded``: a CRM record of theirs
-took another), whoever has the old mailbox now may be someone else, and the link opens nothing
+address is one its person left (``SubjectResolver.superseded``: a CRM record of theirs took
+another of their own), whoever has the old mailbox now may be someone else, and the link opens nothing
 (``sent_elsewhere``). Mail goes to the address the person holds now (``holds_now``)."""
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import hmac
 from datetime import datetime, timedelta
 
 import jwt
+import structlog
 from sqlalchemy import Connection, select
 
 from consentsync.domain import email_forms
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import SubjectResolver, derived_key
+from consentsync.ledger.identity import derived_key
 from consentsync.ledger.schema import subject_identifiers, subjects
 from consentsync.ledger.service import Ledger
 
@@ -35,6 +36,8 @@ BOUND_MARK = "~"
 # What a link mailed to an address its person no longer holds says: what an expired one says, so
 # that whoever has the old mailbox learns nothing of the person's new address, or of any.
 STALE_LINK = "this link has expired: ask for a new one"
+
+log = structlog.get_logger("consentsync.hub")
 
 
 class LinkRefused(ValueError):
@@ -68,48 +71,60 @@ def mailed_tag(token: str) -> str | None:
     return tag if mark else None
 
 
-def _addresses(conn: Connection, subject_id: int) -> list[str]:
-    """The person's addresses, the latest they took first."""
-    return list(
-        conn.execute(
-            select(subject_identifiers.c.value)
-            .where(subject_identifiers.c.subject_id == subject_id, subject_identifiers.c.kind == "email")
-            .order_by(subject_identifiers.c.id.desc())
-        ).scalars()
-    )
+def _addresses(conn: Connection, subject_id: int) -> list[tuple[str, datetime | None]]:
+    """The person's addresses, the latest they took first, each with when they left it
+    (``subject_identifiers.left_at``; None: held)."""
+    held = subject_identifiers.c
+    return [
+        (value, left_at)
+        for value, left_at in conn.execute(
+            select(held.value, held.left_at)
+            .where(held.subject_id == subject_id, held.kind == "email")
+            .order_by(held.id.desc())
+        )
+    ]
 
 
-def _superseded(conn: Connection, ledger: Ledger, addresses: list[str]) -> set[str]:
-    resolver = SubjectResolver(conn, ledger.erasure_key(), ledger.clock(), None)
-    return resolver.superseded(set(addresses))
+def _now_and_gone(
+    subject_id: int, addresses: list[tuple[str, datetime | None]]
+) -> tuple[str | None, set[str]]:
+    """The address the person holds now, and those they left, of ``_addresses``. The sync never
+    leaves a person with every address left (``SubjectResolver.note_rereads``: an address is left
+    only for another of their own, which the same read holds). Should it happen all the same
+    (rows edited outside consentsync; ``audit verify`` names them), the one left last is taken
+    as held, with a warning: a person mailed nothing could neither withdraw nor ask for erasure
+    through the hub (Art. 7(3), Art. 12(2))."""
+    gone = {value for value, left_at in addresses if left_at is not None}
+    now = next((value for value, left_at in addresses if left_at is None), None)
+    if now is None and addresses:
+        # The latest left, the latest taken among those left at once (``addresses``: latest first).
+        now = max(enumerate(addresses), key=lambda item: (item[1][1], -item[0]))[1][0]
+        gone.discard(now)
+        log.warning("hub.every_address_left", subject=subject_id, addresses=len(addresses))
+    return now, gone
 
 
 def holds_now(conn: Connection, ledger: Ledger, subject_id: int) -> str | None:
     """The address a mail with a link of the person's goes to: the latest they took that they
-    still hold (not superseded). Not simply the latest: a record corrected back from a mistyped
-    address, or a second record that took the first one's, leaves the latest to a mailbox that
-    may be anyone's. None when they hold none now (every record of theirs shows another's
-    address): nothing is mailed, rather than to a mailbox they left."""
-    addresses = _addresses(conn, subject_id)
-    if not addresses:
-        return None
-    gone = _superseded(conn, ledger, addresses)
-    return next((address for address in addresses if address not in gone), None)
+    have not left (``SubjectResolver.superseded``). Not simply the latest: a record corrected back
+    from a mistyped address leaves the latest to a mailbox that may be anyone's. None for a
+    person holding no address (erased; a sign-up's held back)."""
+    return _now_and_gone(subject_id, _addresses(conn, subject_id))[0]
 
 
 def sent_elsewhere(conn: Connection, ledger: Ledger, subject_id: int, tag: str | None) -> bool:
     """Whether a link of the person's, mailed to the address ``tag`` names, went to a mailbox
-    they no longer hold: that address is superseded, or is not theirs. A link with no tag was
-    made by a version before links were bound: where it went is unknown, so it is taken as
-    mailed elsewhere once any address of the person's is superseded (the safe side; its page
-    offers a new link, mailed to the address they hold now), and works as before otherwise."""
+    they no longer hold: one they left, or one not theirs. A link with no tag was made by a
+    version before links were bound: where it went is unknown, so it is taken as mailed
+    elsewhere once the person left any address (the safe side; its page offers a new link,
+    mailed to the address they hold now), and works as before otherwise."""
     addresses = _addresses(conn, subject_id)
     if not addresses:
         return False  # erased, or a held-back sign-up: refused, or bound, by their own rules
-    gone = _superseded(conn, ledger, addresses)
+    _now, gone = _now_and_gone(subject_id, addresses)
     if tag is None:
         return bool(gone)
-    for address in addresses:
+    for address, _left_at in addresses:
         if any(hmac.compare_digest(tag, address_tag(ledger, form)) for form in email_forms(address)):
             return address in gone
     return True

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
@@ -19,48 +18,15 @@ from consentsync.audit import AuditRecord
 from consentsync.domain import NOTICE_VERSION_MAX, InvalidInput, as_utc, check_label, check_moment, iso, shown
 from consentsync.ledger.schema import consent_events, notices
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.notice_texts import Notice, in_effect_at, notice_of
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 NOTICE_TEXT_MAX = 100_000
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    purpose: str
-    version: str
-    language: str
-    sha256: str
-    text: str
-    created_at: datetime
-    # Since when the text was shown; None: since its registration (``created_at``).
-    in_effect_from: datetime | None = None
-
-    @property
-    def shown_from(self) -> datetime:
-        return self.in_effect_from or self.created_at
-
-    def as_dict(self, *, with_text: bool = False) -> dict[str, object]:
-        fields: dict[str, object] = {
-            "purpose": self.purpose,
-            "version": self.version,
-            "language": self.language,
-            "sha256": self.sha256,
-            "created_at": self.created_at.isoformat(),
-            "in_effect_from": self.shown_from.isoformat(),
-        }
-        if with_text:
-            fields["text"] = self.text
-        return fields
+ACCEPTED_LISTED = 5  # the versions a refused grant's error names as accepted
 
 
 def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _notice(row: Any) -> Notice:
-    return Notice(
-        row.purpose, row.version, row.language, row.sha256, row.text, row.created_at, row.in_effect_from
-    )
 
 
 def add(
@@ -99,7 +65,7 @@ def add(
         ).one_or_none()
         if existing is not None:
             if existing.sha256 == sha:
-                return _dated(conn, _notice(existing), in_effect_from, actor, now)
+                return _dated(conn, notice_of(existing), in_effect_from, actor, now)
             raise InvalidInput(
                 f"notice {purpose} {version} ({language}) exists with another text (sha256 "
                 f"{existing.sha256[:12]}…): a version names one text forever; add a new version"
@@ -169,24 +135,34 @@ def listed(ledger: Ledger, purpose: str | None = None) -> list[Notice]:
     if purpose is not None:
         query = query.where(notices.c.purpose == purpose)
     with ledger.engine.connect() as conn:
-        return [_notice(row) for row in conn.execute(query)]
+        return [notice_of(row) for row in conn.execute(query)]
 
 
 def find(ledger: Ledger, purpose: str, version: str, language: str | None = None) -> Notice:
     query = select(notices).where(notices.c.purpose == purpose, notices.c.version == version)
     with ledger.engine.connect() as conn:
-        rows = [_notice(row) for row in conn.execute(query.order_by(notices.c.id))]
+        rows = [notice_of(row) for row in conn.execute(query.order_by(notices.c.id))]
     if not rows:
         raise NotFound(f"no notice version {version!r} for purpose {purpose!r}")
     chosen = [n for n in rows if n.language == language]
     return (chosen or rows)[0]
 
 
+def text_shown_on_page(ledger: Ledger, purpose: str, version: str, language: str) -> Notice | None:
+    """The text of ``version`` a confirmation page in ``language`` shows (``find``: the version's
+    text in that language, else its first; None for a version without a text): what confirming
+    or declining there records as shown (``Evidence.notice_language``)."""
+    try:
+        return find(ledger, purpose, version, language)
+    except NotFound:
+        return None
+
+
 def current(ledger: Ledger, purpose: str, language: str = "en") -> Notice | None:
     """The latest version registered for ``purpose`` (in ``language`` if there is one)."""
     with ledger.engine.connect() as conn:
         rows = [
-            _notice(row)
+            notice_of(row)
             for row in conn.execute(
                 select(notices).where(notices.c.purpose == purpose).order_by(notices.c.id.desc())
             )
@@ -226,41 +202,15 @@ def languages_in_effect(ledger: Ledger) -> dict[tuple[str, str], dict[str, datet
     return found
 
 
-def texts_of(conn: Connection, purpose: str, version: str) -> list[Notice]:
-    """A version's texts, in the order they were registered."""
-    query = select(notices).where(notices.c.purpose == purpose, notices.c.version == version)
-    return [_notice(row) for row in conn.execute(query.order_by(notices.c.id))]
-
-
-def text_shown(texts: Sequence[Notice], moment: datetime | None) -> Notice | None:
-    """The text an event under a version names as shown, from ``texts`` (that version's, in the
-    order registered) and ``moment`` (the event's time; an undated one's ``recorded_at``): the
-    version's first text, and only if it was in effect by then. The DSAR export's rule
-    (``Ledger.subject_view``), so that a receipt and the export name the same text for an event,
-    whatever language either is read in: the ledger does not store the language a person was
-    shown (a capture's is checked, ``check_language``), and a text registered after the event,
-    in any language, is not what the person saw (Art. 7(1))."""
-    if not texts or moment is None:
-        return None
-    first = texts[0]
-    return first if as_utc(moment) >= as_utc(first.shown_from) else None
-
-
-def _in_effect_at(since: datetime, event_time: datetime) -> bool:
-    """A time stamped to the whole second may have been any moment of it: a text in effect from
-    10:00:00.4 may have been shown at a time stamped 10:00:00."""
-    return event_time >= (since if event_time.microsecond else since.replace(microsecond=0))
-
-
 def check_language(
     purpose: str, version: str, texts: dict[str, datetime], language: str, event_time: datetime, field: str
 ) -> None:
     """A grant says the person was shown notice ``version`` in ``language`` at ``event_time``:
     refused unless that version had a text in that language in effect then (``texts``: since
-    when each language's text was shown). The language is not recorded: what the grant's
-    receipt and export name must not depend on it, and a text registered later must never
-    become what was shown (Art. 7(1))."""
-    offered = sorted(lang for lang, since in texts.items() if _in_effect_at(since, event_time))
+    when each language's text was shown). The language is recorded with the grant
+    (``Evidence.notice_language``): its receipt and export name that text (``text_shown``), and
+    a text registered later must never become what was shown (Art. 7(1))."""
+    offered = sorted(lang for lang, since in texts.items() if in_effect_at(since, event_time))
     if language in offered:
         return
     raise InvalidInput(
@@ -291,6 +241,43 @@ def recorded_before(ledger: Ledger, notice: Notice) -> RecordedBefore | None:
     return RecordedBefore(int(count), as_utc(first)) if count else None
 
 
+def check_grant_notice(
+    purpose: str,
+    version: str | None,
+    registered: Mapping[tuple[str, str], datetime],
+    field: str,
+    *,
+    kept_elsewhere: bool = False,
+) -> datetime | None:
+    """The notice a captured grant names, as every capture path checks it (the capture API,
+    ``ledger record``): a grant names the version the person was shown, one registered for its
+    purpose (``registered``: ``in_effect``), since a grant naming none, or a typo, proves nothing
+    (Art. 7(1)). Returns since when that version was in effect, to check the grant's time
+    against (``check_shown``). ``kept_elsewhere``: a purpose without any registered notice (a
+    deployment keeping its notice texts outside the hub) takes a version as given, or none,
+    and returns None; its caller asks the grant's proof another way (``ledger record``). The
+    capture API takes no grant for such a purpose."""
+    versions = {shown_version: since for (key, shown_version), since in registered.items() if key == purpose}
+    if not versions and kept_elsewhere:
+        return None
+    # What is accepted, newest first and a few: a purpose's versions pile up over the years.
+    newest = sorted(versions, key=lambda v: (versions[v], v), reverse=True)
+    listed = ", ".join(shown(v) for v in newest[:ACCEPTED_LISTED])
+    more = f" and {len(newest) - ACCEPTED_LISTED} older" if len(newest) > ACCEPTED_LISTED else ""
+    accepted = f"registered for {purpose!r}: {listed}{more}" if versions else "none is registered"
+    if version is None:
+        raise InvalidInput(
+            f"{field}: a grant must name the notice version shown "
+            f"({accepted}; consentsync notice list {purpose})"
+        )
+    if version not in versions:
+        raise InvalidInput(
+            f"{field}: {shown(version)} is not a registered notice of purpose {purpose!r} ({accepted}): "
+            f"register its text first with consentsync notice add {purpose} FILE --version {shown(version)}"
+        )
+    return versions[version]
+
+
 def check_shown(purpose: str, version: str, since: datetime, event_time: datetime | None, field: str) -> None:
     """A grant dated ``event_time`` names notice ``version``, shown from ``since``: refused if it
     is dated before (Art. 7(1): the person cannot have been shown a text not yet in use). A time
@@ -298,7 +285,7 @@ def check_shown(purpose: str, version: str, since: datetime, event_time: datetim
     second came before (a notice registered at 10:00:00.4, a grant stamped 10:00:00)."""
     if event_time is None:
         return  # undated: the reconciler reads it as early as possible, so it reverses nothing
-    if not _in_effect_at(since, event_time):
+    if not in_effect_at(since, event_time):
         raise InvalidInput(
             f"{field}: {iso(event_time)} is before notice {shown(version)} of purpose {purpose!r} was "
             f"in effect (from {iso(since)}): no one was shown it then; a text shown earlier is "

@@ -40,9 +40,9 @@ from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import TOKEN_MAX, Hub  # a longer token: refused before any work
 from consentsync.hub.i18n import Translate, channel_labels, negotiate, translator
 from consentsync.hub.links import LinkRefused, expired_uid
-from consentsync.hub.notices import Notice
 from consentsync.hub.preferences import NoticeChanged, Person, PreferenceCentre
 from consentsync.ledger.service import NotFound
+from consentsync.notice_texts import Notice
 from consentsync.reconcile import Rule
 
 log = structlog.get_logger("consentsync.hub.people")
@@ -960,10 +960,8 @@ def _shown_notice(hub: Hub, purpose: str, version: str | None, lang: str) -> Not
     request or a renewal, and a renewal's newer notice, were shown nowhere else)."""
     if version is None:
         return None
-    try:
-        return notices.find(hub.ledger, purpose, version, lang)
-    except NotFound:
-        return None
+    # The one rule: what confirming or declining here records as shown (``Hub.confirm``).
+    return notices.text_shown_on_page(hub.ledger, purpose, version, lang)
 
 
 def _prefetch(request: Request) -> bool:

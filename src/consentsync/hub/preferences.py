@@ -23,11 +23,12 @@ from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, Purpose, iso
 from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
 from consentsync.hub.i18n import translator
+from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, bound, expired_uid, mailed_tag, read_token, sent_elsewhere
 from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
 from consentsync.ledger.engine import reading
-from consentsync.ledger.identity import Identity
+from consentsync.ledger.identity import Identity, SubjectResolver
 from consentsync.ledger.schema import confirmations, subjects
 from consentsync.ledger.service import NotFound, RecordOutcome, RecordRequest, objectable
 from consentsync.reconcile import Rule, serves_direct_marketing
@@ -109,6 +110,37 @@ class PreferenceCentre:
         self.hub = hub
         self.ledger = hub.ledger
         self._hash = hub.ledger.keyed_hasher()
+
+    def erasure_asked_of_holder(self, key: ApiKey, email: str) -> dict[str, Any] | None:
+        """For an address its person left (``SubjectResolver.superseded``), an erasure asked
+        for it is no word of theirs: whoever has the old mailbox now may be someone else, and an
+        erasure cannot be undone. It is asked of the person as their preference page asks it:
+        a confirmation link mailed to the address they hold now (``Hub.address_now``;
+        ``Hub.erasure`` asks it first); nothing is erased until it is followed (docs/policy.md,
+        "An address a person no longer holds").
+        None for any other address: erased as asked. A withdrawal or an objection for a left
+        address stays the person's (the safe side)."""
+        with reading(self.ledger.engine) as conn:
+            resolver = SubjectResolver(conn, self.ledger.erasure_key(), self.ledger.clock(), None)
+            if not resolver.superseded({email}):
+                return None
+            subject_id = resolver.holder(email)
+            uid = (
+                None
+                if subject_id is None
+                else conn.execute(select(subjects.c.uid).where(subjects.c.id == subject_id)).scalar()
+            )
+        held = None if uid is None else self.ledger.email_of(uid)
+        if uid is None or held is None:
+            return None  # erased meanwhile: the erasure below finds what is left
+        mailed = self.request_erasure(Person(uid, held), None, actor=f"apikey:{key.name}", source=key.source)
+        log.info("hub.erasure_awaits_holder", subject=uid, reason="address_superseded", mailed=mailed)
+        return {
+            "erased": False,
+            "subject_known": True,
+            "suppression_id": None,
+            "confirmation": "queued" if mailed else "failed",
+        }
 
     def visitor(self, client_address: str | None, user_agent: str | None, *, gpc: bool = False) -> Visitor:
         return Visitor(
@@ -343,6 +375,9 @@ class PreferenceCentre:
             origin=Origin.CAPTURE,
             notice_version=notice.version if notice else None,
             evidence_ref=visitor.evidence_ref,
+            # The text the page showed (the version's in the page's language, else another of
+            # its texts: ``current``): what every proof of this choice names.
+            notice_language=notice.language if notice else None,
         )
         (outcome,) = self._record(person, [evidence])
         log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, status=status.value)
@@ -434,13 +469,25 @@ class PreferenceCentre:
         self.ledger.audit_read(person.uid, "subject.exported", actor="data subject", source=SOURCE)
         return view
 
-    def request_erasure(self, person: Person, visitor: Visitor, language: str = "en") -> bool:
+    def request_erasure(
+        self,
+        person: Person,
+        visitor: Visitor | None,
+        language: str = "en",
+        *,
+        actor: str = "data subject",
+        source: str = SOURCE,
+    ) -> bool:
         """Art. 17: mails a confirmation link, to the address the person holds now; nothing is
-        erased until it is followed. Returns whether the mail went out."""
+        erased until it is followed. Returns whether the mail went out. ``actor`` and ``source``:
+        who asked, where the capture API passes on an erasure asked for an address the person
+        left (``Hub._erasure_awaits_holder``; ``visitor`` None)."""
         to = self._mail_to(person, "erasure")
         if to is None:
             return True
-        token = self._request_by_mail(person, "erasure", {}, action="subject.erasure_requested", to=to)
+        token = self._request_by_mail(
+            person, "erasure", {}, action="subject.erasure_requested", to=to, actor=actor, source=source
+        )
         if token is None:
             return True
         _ = translator(language)
@@ -458,7 +505,7 @@ class PreferenceCentre:
             log.warning("hub.mail_failed", subject=person.uid, kind="erasure", error=str(error))
             self._unsent(token)
             return False
-        log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash)
+        log.info("hub.erasure_requested", subject=person.uid, client=visitor.client_hash if visitor else None)
         return True
 
     def _mail_to(self, person: Person, kind: str) -> str | None:
@@ -478,6 +525,8 @@ class PreferenceCentre:
         action: str | None,
         what: dict[str, Any] | None = None,
         to: str | None = None,
+        actor: str = "data subject",
+        source: str = SOURCE,
     ) -> str | None:
         """Keeps a request (``kind``: erasure, restriction, new_link) whose mailed link is to
         confirm it, and its audit entry (``action``; None: none, for a new link, which changes
@@ -510,7 +559,7 @@ class PreferenceCentre:
                     token_hash=token_digest(token),
                     kind=kind,
                     subject_id=subject_id,
-                    source=SOURCE,
+                    source=source,
                     requested_at=now,
                     expires_at=now + timedelta(days=days),
                     **row,
@@ -526,8 +575,8 @@ class PreferenceCentre:
                     AuditRecord(
                         action,
                         {**(what or {}), "confirmation_days": days},
-                        source=SOURCE,
-                        actor="data subject",
+                        source=source,
+                        actor=actor,
                         subject_uid=person.uid,
                         subject_id=subject_id,
                     )

@@ -17,9 +17,9 @@ import orjson
 from sqlalchemy import select
 
 from consentsync.domain import iso
-from consentsync.hub.notices import Notice, text_shown, texts_of
 from consentsync.ledger.schema import consent_events, subjects
 from consentsync.ledger.service import Ledger, NotFound
+from consentsync.notice_texts import Notice, text_shown, texts_of
 from consentsync.reconcile import serves_direct_marketing
 
 SCHEMA_VERSION = "ISO/IEC TS 27560:2023; consentsync receipt 1"
@@ -103,8 +103,9 @@ def controller_of(branding: Any) -> dict[str, Any]:
 
 def find(ledger: Ledger, branding: Any, uid: str, record_id: str, language: str = "en") -> dict[str, Any]:
     """The receipt of the event ``record_id`` of person ``uid`` in ``language`` (raises
-    ``NotFound``). The notice it names is the text shown by the event's time (``text_shown``),
-    the same in every language and in the DSAR export."""
+    ``NotFound``). The notice it names is the text shown by the event's time (``text_shown``:
+    in the language the event recorded as shown, else the version's first text), the same in
+    every language and in the DSAR export."""
     with ledger.engine.connect() as conn:
         event = conn.execute(
             select(consent_events)
@@ -116,7 +117,7 @@ def find(ledger: Ledger, branding: Any, uid: str, record_id: str, language: str 
         texts = texts_of(conn, event.purpose, event.notice_version) if event.notice_version else []
     # The text shown is the event's, never the reader's: ``language`` words the receipt only, and
     # a text registered after the event (in any language) is not what the person was shown.
-    notice = text_shown(texts, event.event_time or event.recorded_at)
+    notice = text_shown(texts, event.event_time or event.recorded_at, event.notice_language)
     return receipt(ledger, controller_of(branding), uid, event, notice, language)
 
 

@@ -17,11 +17,23 @@ from typing import Any
 
 import orjson
 import structlog
-from sqlalchemy import ColumnElement, Connection, FromClause, Table, and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    FromClause,
+    Table,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import text as sql_text
 
 from consentsync.audit import AuditRecord
-from consentsync.domain import ASTRAL_FOLD, canonical_json, email_forms, fold_astral
+from consentsync.domain import ASTRAL_FOLD, email_forms, fold_astral
 from consentsync.ledger.bulk import (
     db_time,
     insert_returning_ids,
@@ -45,6 +57,16 @@ UNBOUND = "identifier_hmacs_removed"
 # (``Ledger.bind_identifiers``). ``subject.erased`` unbinds (``UNBOUND``).
 BINDING_ACTIONS = ("subject.created", "subject.identifier_added", "subject.identifiers_bound")
 UNBINDING_ACTIONS = ("subject.erased",)
+# An address its person left (``subject_identifiers.left_at`` set: a record of theirs took another
+# address of their own) and one they hold again (cleared: a record of theirs shows it again), by
+# keyed hash under ``LEFT`` and ``HELD_AGAIN``: ``audit verify`` holds the column to them.
+LEFT_ACTION = "subject.identifier_left"
+HELD_AGAIN_ACTION = "subject.identifier_held_again"
+LEFT_ACTIONS = (LEFT_ACTION, HELD_AGAIN_ACTION)
+LEFT = "identifier_hmacs_left"
+HELD_AGAIN = "identifier_hmacs_held_again"
+# The ledger_settings row saying the one-time ``backfill_left`` ran (after migration 0022).
+LEFT_BACKFILL_SETTING = "identifiers_left_backfilled"
 # A binding: (kind, keyed hash of the value).
 Binding = tuple[str, str]
 SUBJECT_COLUMNS = ("uid", "created_at", "restricted", "suppression_id")
@@ -158,6 +180,39 @@ def bound_by(entries: Iterable[tuple[int, str]]) -> tuple[dict[Binding, int], st
     return bound, uid
 
 
+def left_by(entries: Iterable[tuple[int, str]]) -> set[Binding]:
+    """Of one person's entries (seq, payload text; ``BINDING_ACTIONS``, ``UNBINDING_ACTIONS`` and
+    ``LEFT_ACTIONS``) in chain order, the bindings they leave marked as left: an identifier left
+    and neither held again nor unbound (erased) since. A binding entry changes nothing: a new
+    identifier was never left, and the one-time step binding an older version's rows
+    (``subject.identifiers_bound``) may come after a left entry."""
+    left: set[Binding] = set()
+    for _seq, text in entries:
+        said = entry_said(text)
+        if said is None:
+            continue
+        payload, what = said
+        action = payload.get("action")
+        if action == LEFT_ACTION:
+            left.update(said_bindings(what.get(LEFT)))
+        elif action == HELD_AGAIN_ACTION:
+            left.difference_update(said_bindings(what.get(HELD_AGAIN)))
+        elif action in UNBINDING_ACTIONS:
+            left.difference_update(said_bindings(what.get(UNBOUND)))
+    return left
+
+
+def entry_said(text: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """An audit entry's payload and its ``what``; None where the text is no JSON object with a
+    ``what`` object (an entry the chain's own check names as broken)."""
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    what = payload.get("what") if isinstance(payload, dict) else None
+    return (payload, what) if isinstance(what, dict) else None
+
+
 def said_bindings(said: Any) -> Iterator[Binding]:
     """The (kind, keyed hash) pairs an entry's ``BOUND`` or ``UNBOUND`` says (none where it says
     none: the entries of versions before bindings)."""
@@ -194,6 +249,19 @@ def derived_key(key: bytes, purpose: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=b"consentsync derived keys", info=purpose.encode("utf-8")
     ).derive(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Reread:
+    """A CRM record known by its id as person ``subject_id``'s (linked before this read), read
+    showing another address than at its last read, or back from deletion: the keyed hashes of
+    the address it was last read showing (``crm_snapshots.identity``; None: never read) and of
+    the one it shows now, as the sync hashes them (sync/engine.py, ``_identity_digests``)."""
+
+    subject_id: int
+    link: CrmLink
+    before: str | None
+    now: str
 
 
 class SubjectResolver:
@@ -445,41 +513,147 @@ class SubjectResolver:
         return found
 
     def superseded(self, emails: set[str]) -> set[str]:
-        """Of ``emails``, those their holder no longer holds: none of the person's live CRM
-        records was last read showing it, and one at least was read showing another address (a
-        record of theirs took a new one, or another person's: ``elsewhere``). The
-        person keeps it (their nos under it, Art. 15, ``subject.identifier_added``: an address
-        never moves to another person), but whoever writes from that mailbox now may be someone
-        else (recycled, a former employer's alias): a grant captured for it is no word of the
-        person's (docs/policy.md, "An address a person no longer holds"). A person no live
-        record was read for, or whose records show no address, holds theirs as before: nothing
-        says which is current. Two reads, the second only where one of ``emails`` is held."""
-        holders = self._find_emails(emails)
-        if not holders:
+        """Of ``emails``, those their holder left (``subject_identifiers.left_at``, kept by the
+        sync: ``note_rereads``): a CRM record known by its id as theirs took another address of
+        their own, and none shows it again since. The person keeps it (their nos under it, Art.
+        15, ``subject.identifier_added``: an address never moves to another person), but whoever
+        writes from that mailbox now may be someone else (recycled, a former employer's alias): a
+        grant or an erasure captured for it is no word of the person's (docs/policy.md, "An
+        address a person no longer holds"). The fact is kept, not recomputed from the records: a
+        new lead at the old address, a blanked or deleted record take no evidence away. One read,
+        of the addresses themselves (as ``_find_emails`` finds their holder)."""
+        wanted = {form: email for email in emails for form in email_forms(email)}
+        if not wanted:
             return set()
-        shown: dict[int, set[str]] = {}
-        rows = self.conn.execute(
-            select(crm_links.c.subject_id, crm_snapshots.c.identity)
-            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(
-                one_of(self.conn, crm_links.c.subject_id, sorted(set(holders.values()))),
-                crm_links.c.gone_at.is_(None),
-                crm_snapshots.c.identity.is_not(None),
+        rows = {
+            value: (folds, left_at)
+            for value, folds, left_at in select_in(
+                self.conn,
+                subject_identifiers,
+                ("value", "folds_astral_to", "left_at"),
+                "value",
+                sorted(wanted),
+                equal=[("kind", EMAIL)],
             )
-        )
-        for subject_id, identity in rows:
-            shown.setdefault(subject_id, set()).add(identity)
-        # A record read showing no address (empty, or none: the sync's identity of a value that
-        # is no text is its JSON after a NUL, sync/engine.py ``_identity_digests``) shows no
-        # other address.
-        blank = {self.hashed(""), self.hashed("\0" + canonical_json(None))}
+        }
         found: set[str] = set()
-        for email, holder in holders.items():
-            others = shown.get(holder, set()) - blank
-            # Snapshots hash the address in its one form; an older version's form (punycode) too.
-            if others and not others & {self.hashed(form) for form in email_forms(email)}:
-                found.add(email)
+        for email in emails:
+            for form in email_forms(email):
+                if form in rows:
+                    folds, left_at = rows[form]
+                    if form != email and not holds_for(email, form, folds):
+                        continue  # another person's "?" (``_find_emails``)
+                    if left_at is not None:
+                        found.add(email)
+                    break
         return found
+
+    def holder(self, email: str) -> int | None:
+        """The person holding ``email`` (as ``resolve`` finds them by it), or None."""
+        return self._find_emails({email}).get(email)
+
+    def note_rereads(self, rereads: Sequence[Reread]) -> None:
+        """Keeps which addresses the people of ``rereads`` left (``subject_identifiers.left_at``):
+        each a CRM record known by its id as its person's, read showing another address than at
+        its last read. Inside the caller's transaction, after the records' snapshots are written;
+        an entry for each change (``LEFT_ACTION``, ``HELD_AGAIN_ACTION``) in ``audit``.
+
+        The address it showed before is left where the one it shows now is, after the read, one
+        of the person's own (they took a new address) and no live record of theirs still shows
+        it. The one it shows now is held again if it was left. Another person's address (the
+        record is theirs by its id: ``elsewhere``), a malformed one (quarantined, never stored), a
+        blank, a deletion and a record new to the ledger (matched by its address: anyone can
+        make one, a web-to-lead form) say nothing of what the person holds.
+
+        So a person who left an address holds another, not left: the one the record shows now,
+        which this very read holds again; it is left in turn only when a record of theirs shows
+        a third of their own, and never while a live record shows it. Two reads for the page's
+        people (their addresses; the records still showing the ones left), the second only where
+        one is left."""
+        if not rereads:
+            return
+        people = sorted({r.subject_id for r in rereads})
+        # (person, keyed hash of any form of an address they hold) -> (row id, address, left)
+        held: dict[tuple[int, str], tuple[int, str, bool]] = {}
+        for row_id, subject_id, value, left_at in select_in(
+            self.conn,
+            subject_identifiers,
+            ("id", "subject_id", "value", "left_at"),
+            "subject_id",
+            people,
+            equal=[("kind", EMAIL)],
+        ):
+            for form in email_forms(value):
+                held.setdefault((subject_id, self.hashed(form)), (row_id, value, left_at is not None))
+        again: dict[int, tuple[int, str, Reread]] = {}
+        leaving: dict[int, tuple[int, str, Reread]] = {}
+        for reread in rereads:
+            shown = held.get((reread.subject_id, reread.now))
+            if shown is None:
+                continue  # not an address of theirs: says nothing of what they hold
+            if shown[2]:
+                again.setdefault(shown[0], (reread.subject_id, shown[1], reread))
+            last = held.get((reread.subject_id, reread.before)) if reread.before is not None else None
+            if last is not None and last[0] != shown[0] and not last[2]:
+                leaving.setdefault(last[0], (reread.subject_id, last[1], reread))
+        for row_id in again:
+            leaving.pop(row_id, None)
+        if leaving:
+            digests = {
+                row_id: {self.hashed(form) for form in email_forms(value)}
+                for row_id, (_subject, value, _r) in leaving.items()
+            }
+            still = {
+                (subject_id, identity)
+                for subject_id, identity in self.conn.execute(
+                    select(crm_links.c.subject_id, crm_snapshots.c.identity)
+                    .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                    .where(
+                        one_of(self.conn, crm_snapshots.c.identity, sorted(set().union(*digests.values()))),
+                        one_of(self.conn, crm_links.c.subject_id, sorted({v[0] for v in leaving.values()})),
+                        crm_links.c.gone_at.is_(None),
+                    )
+                )
+            }
+            leaving = {
+                row_id: v
+                for row_id, v in leaving.items()
+                if not any((v[0], digest) in still for digest in digests[row_id])
+            }
+        if not leaving and not again:
+            return
+        held_rows = subject_identifiers.c
+        if leaving:
+            self.conn.execute(
+                update(subject_identifiers)
+                .where(one_of(self.conn, held_rows.id, sorted(leaving)), held_rows.left_at.is_(None))
+                .values(left_at=self.now)
+            )
+        if again:
+            self.conn.execute(
+                update(subject_identifiers)
+                .where(one_of(self.conn, held_rows.id, sorted(again)))
+                .values(left_at=None)
+            )
+        changed = [(LEFT_ACTION, LEFT, v) for _, v in sorted(leaving.items())]
+        changed += [(HELD_AGAIN_ACTION, HELD_AGAIN, v) for _, v in sorted(again.items())]
+        uids = dict(
+            select_in(self.conn, subjects, ("id", "uid"), "id", sorted({v[0] for _a, _k, v in changed}))
+        )
+        for action, key, (subject_id, value, reread) in changed:
+            self.audit.append(
+                AuditRecord(
+                    action=action,
+                    what={
+                        key: bindings([(EMAIL, self.hashed(value))]),
+                        "crm_record": _link_json(reread.link),
+                    },
+                    run_id=self.run_id,
+                    subject_uid=uids[subject_id],
+                    subject_id=subject_id,
+                )
+            )
+        log.info("identity.addresses_left", left=len(leaving), held_again=len(again))
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.
@@ -679,6 +853,90 @@ class SubjectResolver:
                 )
             )
         return ids
+
+
+def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "consentsync:upgrade") -> int:
+    """Once per ledger (the ``ledger_settings`` row ``LEFT_BACKFILL_SETTING`` says it ran): marks
+    the addresses their people left before ``left_at`` was kept (migration 0022, which cannot: the
+    snapshots hash addresses under the erasure key). Best effort, from what the records show now:
+    an address is left where none of its person's live records was last read showing it and one
+    shows another address of their own (the rule before 0022, less another person's address, a
+    malformed one and a blank, which left people holding none). Only people holding two
+    addresses or more are read. One transaction, the chain's head locked first (two processes
+    opening at once mark each address once), a ``LEFT_ACTION`` entry per address marked, the
+    setting row written in it. Returns how many were marked."""
+    from consentsync import audit
+    from consentsync.ledger.engine import reading
+    from consentsync.ledger.schema import audit_head, ledger_settings
+
+    done = ledger_settings.c.name == LEFT_BACKFILL_SETTING
+    with reading(engine) as conn:
+        if conn.execute(select(ledger_settings.c.value).where(done)).scalar() is not None:
+            return 0
+    hashed = keyed_hasher(key)
+    records: list[AuditRecord] = []
+    with engine.begin() as conn:
+        conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+        if conn.execute(select(ledger_settings.c.value).where(done)).scalar() is not None:
+            return 0
+        held = subject_identifiers.c
+        people = sorted(
+            conn.execute(
+                select(held.subject_id)
+                .where(held.kind == EMAIL)
+                .group_by(held.subject_id)
+                .having(func.count() > 1)
+            ).scalars()
+        )
+        leaving: list[tuple[int, int, str]] = []  # row id, person, address
+        for chunk in (people[at : at + 500] for at in range(0, len(people), 500)):
+            addresses: dict[int, list[tuple[int, str, set[str]]]] = {}
+            for row_id, subject_id, value in conn.execute(
+                select(held.id, held.subject_id, held.value).where(
+                    held.kind == EMAIL, held.left_at.is_(None), one_of(conn, held.subject_id, chunk)
+                )
+            ):
+                forms = {hashed(form) for form in email_forms(value)}
+                addresses.setdefault(subject_id, []).append((row_id, value, forms))
+            shown: dict[int, set[str]] = {}
+            for subject_id, identity in conn.execute(
+                select(crm_links.c.subject_id, crm_snapshots.c.identity)
+                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    one_of(conn, crm_links.c.subject_id, chunk),
+                    crm_links.c.gone_at.is_(None),
+                    crm_snapshots.c.identity.is_not(None),
+                )
+            ):
+                shown.setdefault(subject_id, set()).add(identity)
+            for subject_id, theirs in addresses.items():
+                seen = shown.get(subject_id, set())
+                if any(forms & seen for _id, _value, forms in theirs):  # one of their own is shown
+                    leaving += [
+                        (row_id, subject_id, value) for row_id, value, forms in theirs if not forms & seen
+                    ]
+        if leaving:
+            conn.execute(
+                update(subject_identifiers)
+                .where(one_of(conn, held.id, [row[0] for row in leaving]))
+                .values(left_at=now)
+            )
+            uids = dict(select_in(conn, subjects, ("id", "uid"), "id", sorted({row[1] for row in leaving})))
+            records = [
+                AuditRecord(
+                    action=LEFT_ACTION,
+                    what={LEFT: bindings([(EMAIL, hashed(value))]), "backfilled": "0022"},
+                    actor=actor,
+                    subject_uid=uids[subject_id],
+                    subject_id=subject_id,
+                )
+                for _row_id, subject_id, value in leaving
+            ]
+            audit.append(conn, records, now)
+        conn.execute(insert(ledger_settings).values(name=LEFT_BACKFILL_SETTING, value="done", set_at=now))
+    if leaving:  # said once per ledger, and only where addresses were left
+        log.info("identity.left_backfilled", addresses=len(leaving))
+    return len(leaving)
 
 
 def _past(prefix: str) -> str | None:

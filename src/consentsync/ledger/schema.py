@@ -94,6 +94,12 @@ subject_identifiers = Table(
     # CRM's record and holds it (migration 0020): only then may it stand for a real address that
     # folds to it (``identity.holds_for``). NULL: the address is what it says ("?" is a "?").
     Column("folds_astral_to", String(8), nullable=True),
+    # When the person left this address (migration 0022): a CRM record known by its id as theirs
+    # that showed it was read showing another address of their own, and no live record of theirs
+    # shows it. Whoever writes from it now may be someone else (docs/policy.md, "An address a
+    # person no longer holds"). Cleared only when a record known by its id as theirs shows it
+    # again; bound in the chain (``subject.identifier_left``, ``subject.identifier_held_again``).
+    Column("left_at", Timestamp, nullable=True),
     UniqueConstraint("kind", "value"),
 )
 
@@ -157,6 +163,10 @@ consent_events = Table(
     Column("soft_opt_in_similar_products", String(200)),
     Column("soft_opt_in_refusal_at_collection", String(200)),
     Column("soft_opt_in_refusal_in_messages", String(200)),
+    # The language of the notice_version text the person was shown (migration 0021): the text
+    # every proof of the event names. NULL where the capture did not say (before 0021, a CRM's
+    # value): the version's first text in effect then is named.
+    Column("notice_language", String(16)),
     # Replaying the same evidence must not add a row: the fingerprint is the statement's identity.
     # Keyed by subject first, so that new events land together (a fingerprint is a hash).
     UniqueConstraint("subject_id", "fingerprint"),
@@ -339,6 +349,10 @@ crm_snapshots = Table(
     # With ``fields`` it tells a record read again unchanged (the look-back window, our own
     # writes read back) without resolving who it is again. Never the address itself.
     Column("identity", String(64)),
+    # The records last read showing an address (by its keyed hash): an erasure's or a
+    # restriction's holders, the access export's "records of others", whether a person still
+    # shows an address they took another for (migration 0022; without it each read scanned).
+    Index("ix_crm_snapshots_identity", "identity"),
 )
 
 # People a sync run must look at again (what to push to their records of this connector): each
@@ -561,6 +575,9 @@ confirmations = Table(
     Column("purpose", String(64)),
     Column("channel", String(32)),
     Column("notice_version", String(100)),
+    # The language of the notice text a sign-up was shown (migration 0021), kept until the link
+    # is confirmed; NULL for a request or renewal that showed none before its page.
+    Column("notice_language", String(16)),
     Column("source", String(200), nullable=False),
     Column("requested_at", Timestamp, nullable=False),
     Column("expires_at", Timestamp, nullable=False),

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -39,6 +39,7 @@ from consentsync.domain import (
     EARLIEST_EVENT_TIME,
     ERASURE_REASON_MAX,
     EVIDENCE_REF_MAX,
+    NOTICE_LANGUAGE,
     NOTICE_VERSION_MAX,
     REASON_MAX,
     SOFT_OPT_IN_CONDITIONS,
@@ -85,6 +86,7 @@ from consentsync.ledger.identity import (
     UNBOUND,
     CrmLink,
     Identity,
+    Reread,
     SubjectResolver,
     bindings,
     bound_by,
@@ -117,6 +119,7 @@ from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
 from consentsync.ledger.warm import WarmSubjects
+from consentsync.notice_texts import Notice, notice_of, text_shown
 from consentsync.reconcile import (
     NO_EVIDENCE,
     Policy,
@@ -172,6 +175,11 @@ BASES_BOUND_SETTING = "unstated_bases_bound"
 # having erased (a step of consentsync's own, not a request anyone made).
 ABSORBED_ERASED_SETTING = "absorbed_erased"
 ERASURE_REPAIR_ACTOR = "consentsync:repair"
+# The audit entry ``Ledger.mark_binding_by_chain`` appends once per ledger: from it on, a value
+# stating no basis is bound to the default the chain says was in force when it was recorded
+# (``audit_states.RecordedBases``); the ledger_settings row saying it was appended.
+BINDING_BY_CHAIN = "ledger.binding_by_chain"
+BINDING_BY_CHAIN_SETTING = "binding_by_chain"
 # Every character ``str.isspace`` takes for whitespace (``Evidence.has_proof`` reads a label of
 # these alone as blank): trimmed in SQL, where each database's own notion of space differs.
 _WHITESPACE = (
@@ -243,10 +251,9 @@ class Ledger:
     max_clock_skew_seconds: int = DEFAULT_CLOCK_SKEW_SECONDS
     # Each purpose's default bases as the chain says they were configured, read when first
     # needed (``_default_basis_at``) and again after the purposes change, here or in another
-    # process: the purposes' rows as they were read then, and the transaction that last looked.
-    _defaults_in_force: dict[str, _Defaults] | None = field(default=None, init=False, repr=False)
-    _defaults_read_with: Any = field(default=None, init=False, repr=False)
-    _defaults_looked_in: Any = field(default=None, init=False, repr=False)
+    # process (``_DefaultsRead``: with the purposes' rows they were read with, and the transaction
+    # that last looked). One attribute, replaced whole: the hub's threads share one Ledger.
+    _defaults_read: _DefaultsRead | None = field(default=None, init=False, repr=False)
 
     def keyed_hasher(self) -> Callable[[str], str]:
         """The erasure key's HMAC, the key read once: pseudonyms that only this ledger can make
@@ -298,7 +305,7 @@ class Ledger:
                 # large ledger) was bound to the default before it, and is dated before it too.
                 audit.append(conn, [entry], self.clock())
             changed.append(purpose.key)
-            self._defaults_in_force = None  # the chain says one more configuration
+            self._defaults_read = None  # the chain says one more configuration
         # After the purposes: an older version's blank-label proofs, folded again once; and the
         # identifiers it stored, bound to their people in the chain once.
         self.refold_blank_proof()
@@ -538,6 +545,49 @@ class Ledger:
             log.info("identifiers.bound", people=bound)
         return bound
 
+    def mark_binding_by_chain(self, actor: str = "consentsync") -> int:
+        """Once per ledger: the position in the chain from which this version binds what it
+        records, an audit entry (``BINDING_BY_CHAIN``, naming no person) appended the first time
+        a version binding by the chain opens the ledger; a new ledger gets it at its start.
+        Returns its seq.
+
+        Why: a value stating no basis is bound to the purpose's default. The versions before
+        f1dcd4c bound it to the default their process started with (a daemon running across a
+        change of the default bound to the replaced one); this one binds to the default the chain
+        says was in force when the value was recorded. ``audit verify`` holds the values recorded
+        before this entry to the former rule (any default in force by then), those after it to
+        the latter, so an upgraded ledger verifies clean and a binding edited since is named.
+        An entry, not a settings row: its place is in the hash chain, so a cutoff moved to let
+        an edit pass breaks the chain. The settings row only spares each open a look at the
+        chain: gone, the chain is looked at, and a second entry would change nothing (verify
+        reads the first)."""
+        from sqlalchemy.exc import IntegrityError
+
+        from consentsync.ledger.schema import ledger_settings
+
+        by_name = ledger_settings.c.name == BINDING_BY_CHAIN_SETTING
+        with reading(self.engine) as conn:
+            said = conn.execute(select(ledger_settings.c.value).where(by_name)).scalar()
+        if said is not None:
+            return int(said)
+        try:
+            with self.engine.begin() as conn:
+                # The head first: another process opening the ledger waits here, then finds it.
+                conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+                seq = binding_by_chain_from(conn)
+                if seq is None:
+                    what = {"binds": "default_in_force_when_recorded"}
+                    entry = AuditRecord("ledger.binding_by_chain", what, actor=actor)  # BINDING_BY_CHAIN
+                    (seq,) = audit.append(conn, [entry], self.clock())
+                if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is None:
+                    row = {"name": BINDING_BY_CHAIN_SETTING, "value": str(seq), "set_at": self.clock()}
+                    conn.execute(insert(ledger_settings).values(**row))
+        except IntegrityError:  # another process opening the ledger wrote it meanwhile
+            with reading(self.engine) as conn:
+                seq = binding_by_chain_from(conn)
+        assert seq is not None
+        return seq
+
     def bind_unstated_bases(self, actor: str = "consentsync", *, chunk_size: int = 500) -> int:
         """Once per ledger (the ``ledger_settings`` row ``BASES_BOUND_SETTING`` says it was done):
         each value an older version recorded without a lawful basis is bound to the basis it was
@@ -722,15 +772,17 @@ class Ledger:
         records after that to the new one, and ``audit verify`` holds every binding to the
         default in force when its value was recorded (session 62: any earlier one passed)."""
         transaction = conn.get_transaction()
-        looked = self._defaults_looked_in
-        defaults = self._defaults_in_force
+        # Read once: another thread may replace it meanwhile, and the defaults, the rows they
+        # were read with and the transaction that looked must be one read's (two attributes read
+        # apart paired another thread's rows with this one's older defaults, which were bound).
+        cached = self._defaults_read
         if (
-            defaults is not None
+            cached is not None
             and transaction is not None
-            and looked is not None
-            and looked() is transaction
+            and cached.looked_in is not None
+            and cached.looked_in() is transaction
         ):
-            return defaults
+            return cached.defaults
         rows = tuple(
             tuple(row)
             for row in conn.execute(
@@ -739,11 +791,11 @@ class Ledger:
                 ).order_by(purposes_table.c.key)
             )
         )
-        if defaults is None or rows != self._defaults_read_with:
-            defaults = self._defaults_in_force = _defaults_in_force(conn)
-            self._defaults_read_with = rows
+        fresh = cached is None or rows != cached.rows
+        defaults = _defaults_in_force(conn) if fresh or cached is None else cached.defaults
         # Weakly: a transaction ended and another made at its address is not taken for it.
-        self._defaults_looked_in = weakref.ref(transaction) if transaction is not None else None
+        looked_in = weakref.ref(transaction) if transaction is not None else None
+        self._defaults_read = _DefaultsRead(defaults, rows, looked_in)
         return defaults
 
     def _refold_blank_proof_in(
@@ -861,6 +913,7 @@ class Ledger:
         )
         check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX, proof=proof)
         check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX, proof=proof)
+        _check_notice_language(evidence)
         confirmed, signed_up = evidence.double_opt_in_at, evidence.event_time
         # A confirmation dated before the sign-up it confirms cannot be true (Art. 7(1)): refused
         # where the same rule refuses a blank proof label (a CRM's fields may be dated otherwise:
@@ -892,6 +945,7 @@ class Ledger:
                 evidence.source,
                 evidence.actor,
                 evidence.notice_version,
+                evidence.notice_language,
                 evidence.evidence_ref,
                 # A blank proof label is refused on a grant, never on a no (``validate``).
                 evidence.status,
@@ -1022,6 +1076,16 @@ class Ledger:
         audit.append(conn, resolver.audit, self.clock())
         analyse_grown(conn)
         return subject_ids, resolver.created
+
+    def note_rereads(self, conn: Connection, rereads: Sequence[Reread], *, run_id: str | None = None) -> None:
+        """Keeps, inside the caller's transaction, which addresses the people of ``rereads`` (CRM
+        records known by their id, read showing another address) left or hold again
+        (``SubjectResolver.note_rereads``), each change with its audit entry."""
+        if not rereads:
+            return
+        resolver = SubjectResolver(conn, self.erasure_key(), self.clock(), run_id)
+        resolver.note_rereads(rereads)
+        audit.append(conn, resolver.audit, self.clock())
 
     def record_in(
         self,
@@ -1708,10 +1772,13 @@ class Ledger:
         ``last_erased_at`` stays: a consent given since the erasure still lifts it).
 
         The holders are found by one read of the ``subject.absorbed`` entries (a scan of the log:
-        no index holds an action; the marker makes it one scan per ledger). One write
-        transaction per holder, the chain's head locked before the people left are read, so a
-        run stopped midway (the marker is written last) is finished by the next open and two
-        processes opening at once erase each person once. Returns the number of people erased."""
+        no index holds an action; the marker makes it one scan per ledger), and only those with
+        a person left not erased are kept (one look at those people's rows): a holder whose
+        absorbed people are all erased (every erasure since bf255f8) costs no transaction. One
+        write transaction per holder kept, the chain's head locked before the people left are
+        read again, so a run stopped midway (the marker is written last) is finished by the
+        next open and two processes opening at once erase each person once. Returns the number
+        of people erased."""
         from sqlalchemy.exc import IntegrityError
 
         from consentsync.ledger.schema import ledger_settings
@@ -1720,17 +1787,7 @@ class Ledger:
         with reading(self.engine) as conn:
             if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is not None:
                 return 0
-            holders = sorted(
-                set(
-                    conn.execute(
-                        select(audit_entries.c.subject_id)
-                        .join(subjects, subjects.c.id == audit_entries.c.subject_id)
-                        .where(
-                            audit_entries.c.action == "subject.absorbed", subjects.c.erased_at.is_not(None)
-                        )
-                    ).scalars()
-                )
-            )
+            holders = _holders_of_absorbed_left(conn)
         erased = 0
         for holder in holders:
             with self.engine.begin() as conn:
@@ -2366,30 +2423,26 @@ class Ledger:
             effective = self.effective_states_in(conn, [subject_id])[subject_id]
             states = [state.as_dict() for state in effective.values()]
             history = [_event_view(row) for row in _rows_of_subject(conn, consent_events, subject_id)]
-            # Each event's notice text by its content hash (the registry's first text of that
-            # version: its original language), so an export says exactly what the person was shown.
+            # Each event's notice text by its content hash: the one it recorded as shown (its
+            # language), else the version's first text, and only one in effect by the event's
+            # time. The receipts' rule (``notice_texts.text_shown``): a receipt and the export
+            # name the same text for an event (Art. 7(1): what the person was shown).
             versions = sorted({item["notice_version"] for item in history if item["notice_version"]})
             if versions:
-                hashes: dict[tuple[str, str], tuple[str, datetime]] = {}
+                texts: dict[tuple[str, str], list[Notice]] = {}
                 for row in conn.execute(
-                    select(
-                        notices.c.purpose,
-                        notices.c.version,
-                        notices.c.sha256,
-                        func.coalesce(notices.c.in_effect_from, notices.c.created_at).label("shown_from"),
-                    )
-                    .where(notices.c.version.in_(versions))
-                    .order_by(notices.c.id.desc())
+                    select(notices).where(notices.c.version.in_(versions)).order_by(notices.c.id)
                 ):
-                    hashes[(row.purpose, row.version)] = (row.sha256, as_utc(row.shown_from))
+                    texts.setdefault((row.purpose, row.version), []).append(notice_of(row))
                 for item in history:
-                    # Only a text shown by the event's time: one registered later (without an
-                    # earlier in_effect_from) is not what the person saw then (Art. 7(1)). An
-                    # undated value by when it was recorded (it was shown no later).
-                    found = hashes.get((item["purpose"], item["notice_version"]))
                     at = item["event_time"] or item["recorded_at"]
-                    shown = found is not None and at is not None and _parsed(at) >= found[1]
-                    item["notice_sha256"] = found[0] if shown and found is not None else None
+                    found = text_shown(
+                        texts.get((item["purpose"], item["notice_version"]), []),
+                        _parsed(at) if at else None,
+                        item["notice_language"],
+                    )
+                    item["notice_sha256"] = found.sha256 if found is not None else None
+                    item["notice_language"] = found.language if found is not None else None
             links = [
                 {
                     "connector": row.connector,
@@ -2865,6 +2918,15 @@ def _binding_entries(conn: Connection, people: dict[int, str]) -> dict[int, list
 _Defaults = tuple[list[datetime], list[LawfulBasis], LawfulBasis]
 
 
+class _DefaultsRead(NamedTuple):
+    """``Ledger._defaults_now``'s cache, replaced whole (never changed in place): the defaults,
+    the purposes' rows they were read with, and the transaction that last looked (weakly)."""
+
+    defaults: dict[str, _Defaults]
+    rows: tuple[tuple[Any, ...], ...]
+    looked_in: weakref.ReferenceType[Any] | None
+
+
 def _defaults_in_force(conn: Connection) -> dict[str, _Defaults]:
     """Each purpose's default basis over time, from the chain's ``purpose.configured`` entries
     (found through the index of the entries that name no person), ordered by their times, which
@@ -3078,6 +3140,39 @@ def lifts_erasure(policy: Policy, evidence: Evidence, since: datetime) -> bool:
 # The confirmations a double opt-in sign-up makes (hub/capture.py: its link, and the link whose
 # sign-up the person disowned).
 SIGN_UP_CONFIRMATIONS = ("double_opt_in", "disowned")
+
+
+def binding_by_chain_from(conn: Connection) -> int | None:
+    """The seq of the chain's first ``BINDING_BY_CHAIN`` entry (``Ledger.mark_binding_by_chain``):
+    None on a ledger no version binding by the chain has opened for writing. By the index of the
+    entries naming no person."""
+    return conn.execute(
+        select(func.min(audit_entries.c.seq)).where(
+            audit_entries.c.subject_id.is_(None),
+            audit_entries.c.subject_uid.is_(None),
+            audit_entries.c.action == BINDING_BY_CHAIN,
+        )
+    ).scalar()
+
+
+def _holders_of_absorbed_left(conn: Connection) -> list[int]:
+    """The erased people holding a person absorbed into them (``subject.absorbed``) who is not
+    erased (``Ledger.erase_absorbed``): the entries read once, then the absorbed people's rows
+    by uid, a chunk at a time."""
+    absorbed: dict[str, set[int]] = {}
+    for holder, payload in conn.execute(
+        select(audit_entries.c.subject_id, audit_entries.c.payload)
+        .join(subjects, subjects.c.id == audit_entries.c.subject_id)
+        .where(audit_entries.c.action == "subject.absorbed", subjects.c.erased_at.is_not(None))
+    ):
+        absorbed.setdefault(orjson.loads(payload)["what"]["absorbed"], set()).add(holder)
+    holders: set[int] = set()
+    for chunk in chunks(sorted(absorbed), 500):
+        for uid in conn.execute(
+            select(subjects.c.uid).where(subjects.c.uid.in_(chunk), subjects.c.erased_at.is_(None))
+        ).scalars():
+            holders |= absorbed[uid]
+    return sorted(holders)
 
 
 def absorbed_into(conn: Connection, holders: Sequence[int]) -> list[int]:
@@ -3324,8 +3419,22 @@ SOFT_OPT_IN_COLUMNS = (
 EVENT_COLUMNS = (
     "subject_id", "purpose", "channel", "status", "basis", "event_time", "recorded_at", "source",
     "origin", "actor", "notice_version", "double_opt_in_at", "evidence_ref", "fingerprint", "run_id",
-    *SOFT_OPT_IN_COLUMNS,
+    *SOFT_OPT_IN_COLUMNS, "notice_language",
 )  # fmt: skip
+
+
+def _check_notice_language(evidence: Evidence) -> None:
+    """The language of the text shown is that of a notice version's text: a tag (as ``notice
+    add --language`` takes), and only beside the version it is a text of."""
+    language = evidence.notice_language
+    if language is None:
+        return
+    if not NOTICE_LANGUAGE.match(language):
+        raise InvalidInput(
+            f"notice language {shown(language, 20)}: expected a language tag such as en, de or pt-BR"
+        )
+    if evidence.notice_version is None:
+        raise InvalidInput("notice language: given without the notice version whose text was shown in it")
 
 
 def _check_soft_opt_in(evidence: Evidence, purpose: Purpose) -> None:
@@ -3371,6 +3480,7 @@ def _event_evidence(row: Any) -> Evidence:
         double_opt_in_at=row.double_opt_in_at,
         evidence_ref=row.evidence_ref,
         soft_opt_in=soft_opt_in,
+        notice_language=row.notice_language,
     )
 
 
@@ -3400,6 +3510,7 @@ def _event_row(
         fingerprint,
         run_id,
         *(evidence.soft_opt_in.values() if evidence.soft_opt_in else (None, None, None, None)),
+        evidence.notice_language,
     )
 
 
@@ -3434,6 +3545,9 @@ def _recorded_payload(
             "double_opt_in_at": evidence.double_opt_in_at,
             "evidence_ref": evidence.evidence_ref,
             **({"soft_opt_in": _soft_opt_in_json(evidence.soft_opt_in)} if evidence.soft_opt_in else {}),
+            # The language of the text shown, only where known: entries without one stay as
+            # they were (``audit.agreement`` reads its absence as none).
+            **({"notice_language": evidence.notice_language} if evidence.notice_language else {}),
         },
         _state_tuple_json(before),
         _state_tuple_json(after),
@@ -3461,6 +3575,8 @@ def _event_view(row: Any) -> dict[str, Any]:
     return {
         **_EVENT_COLUMNS(row),
         "notice_sha256": None,  # filled by subject_view from the notice registry
+        # The language recorded as shown; subject_view makes it that of the text it names.
+        "notice_language": row.notice_language,
         **_EVENT_REFERENCES(row),
         "soft_opt_in": (
             {

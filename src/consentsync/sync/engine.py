@@ -51,7 +51,7 @@ from consentsync.domain import (
 from consentsync.ledger import absorb
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import CrmLink, Identity, holds_for, last_erased_at
+from consentsync.ledger.identity import CrmLink, Identity, Reread, holds_for, last_erased_at
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -1186,7 +1186,10 @@ class SyncEngine:
         if new_links:
             link_ids.update(self._link_ids(conn, mapping.object, new_links))
         stamp = db_time(conn, now)
-        for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
+        # Records known by their id read showing another address, or back from deletion: what
+        # their people hold or left (``Ledger.note_rereads``), weighed once the page is written.
+        rereads: list[Reread] = []
+        for (record, identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
             keyed = [(_evidence_key(e), e) for e in evidence]
@@ -1205,6 +1208,10 @@ class SyncEngine:
             if not fresh:
                 counts.unchanged_records += 1
             before = held.get(record.record_id)
+            if before is not None and identity.link is not None:
+                shows = digests[record.record_id]
+                if before.identity != shows or before.gone_at is not None:
+                    rereads.append(Reread(subject_id, identity.link, before.identity, shows))
             if (
                 fresh
                 or rethink
@@ -1247,6 +1254,8 @@ class SyncEngine:
         if gone:
             self._keep_the_last_no(conn, mapping, gone, report, now)
             self._mark_gone(conn, mapping, gone, report, now)
+        # After the snapshots and the deletions: whether a live record still shows an address.
+        self.ledger.note_rereads(conn, rereads, run_id=report.run_id)
         if earlier:
             # A no among them is the person's, taken as a deleted record's last no is, dated by
             # when it was given (a no dated now would outrank a yes the person gave since). Only
@@ -3481,6 +3490,7 @@ def _stored_no(row: Any) -> Evidence:
         notice_version=row.notice_version,
         double_opt_in_at=row.double_opt_in_at,
         evidence_ref=row.evidence_ref,
+        notice_language=row.notice_language,  # carried with its proof: the text it was said under
     )
 
 

@@ -102,6 +102,11 @@ class AuditSearch(_Body):
         description="Page on with the first page's `through` (the head it was read at): the entries "
         "written since, each search's own audit.viewed entry among them, then do not move the pages.",
     )
+    include_views: bool = Field(
+        default=False,
+        description="Also the trail's own reads (audit.viewed: each search writes one), left out "
+        "otherwise; `action: audit.viewed` lists them alone.",
+    )
 
 
 class EmailLookup(_Body):
@@ -303,6 +308,7 @@ def audit_search(request: Request, search: AuditSearch, account: Viewer) -> dict
         per_page=search.per_page,
         reader=(account, "api"),  # the trail read: written down (Console.audit)
         through=search.through,
+        include_views=search.include_views,
     )
     return {**found.as_dict(), "subjects": uids}
 

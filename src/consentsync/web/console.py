@@ -365,13 +365,16 @@ class Console:
         per_page: int = PER_PAGE,
         reader: Reader | None = None,
         through: int | None = None,
+        include_views: bool = False,
     ) -> Page:
         """A page of the trail, newest first. With ``reader``, the read is written down once the
         page is read (``audit.log_viewed``: who, the filters, the page, how many entries): the
         trail holds every person's history, and browsing it left no trace, where opening one
         person's page does. ``through``: the entries up to that seq (the first page's ``through``,
         in the page's summary: the head it was read at), so that the entries written since, each
-        page's own read among them, do not move the pages."""
+        page's own read among them, do not move the pages. The trail's own reads
+        (``audit.viewed``) are left out unless ``include_views`` or ``action`` names them: each
+        page read writes one, and they filled the first page."""
         filters = audit.AuditFilters(
             subject_uids=subjects,
             connector=connector or None,
@@ -379,6 +382,7 @@ class Console:
             action=action or None,
             since=since,
             until=until,
+            include_views=include_views,
         )
         with reading(self.engine) as conn:
             if through is None:
