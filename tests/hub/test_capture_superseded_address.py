@@ -85,21 +85,28 @@ def test_an_address_another_record_of_the_person_still_shows_is_theirs(setup: Cr
     assert not setup.opted_out(contact)
 
 
-@pytest.mark.parametrize("evidence_goes", ["new_lead_at_old", "blanked", "deleted"])
+@pytest.mark.parametrize(
+    "evidence_goes", ["new_lead_at_old", "new_lead_at_old_before_the_move", "blanked", "deleted"]
+)
 def test_the_old_address_stays_left_when_the_records_stop_saying_so(
     setup: CrmHub, evidence_goes: str
 ) -> None:
     """Whether Pat left the old address is kept, not recomputed from the records (session 62
     review): it stays left when the new owner of the old mailbox fills a web-to-lead form with
-    it (the sync links that lead to Pat: an address has one holder), when the re-addressed
-    record's address is blanked, or when the record is deleted. Recomputed, each made the old
-    address Pat's again: its grant reversed Pat's no, and Pat's old page link opened again."""
+    it (the sync links that lead to Pat: an address has one holder), also when that lead was
+    synced before Pat's record moved (a record linked by the address alone after Pat's record
+    showed it says nothing of Pat), when the re-addressed record's address is blanked, or when
+    the record is deleted. Recomputed, each made the old address Pat's again: its grant
+    reversed Pat's no, and Pat's old page link opened again."""
     org = setup.sandbox.org
     contact = org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
     setup.cli.ok("sync", "sf")
     assert setup.capture(OLD, "withdrawn")["recorded"] == "withdrawn"
     page = setup.mailed("/p/preferences/", OLD)
     pat = setup.uid(OLD)
+    if evidence_goes == "new_lead_at_old_before_the_move":
+        org.create("Lead", LastName="Xavier", Company="Recycled", Email=OLD)
+        setup.cli.ok("sync", "sf")
     org.update(contact, {"Email": NEW})
     setup.cli.ok("sync", "sf")
     assert setup.pages.get(page).status_code == 410

@@ -603,22 +603,30 @@ class SubjectResolver:
                 row_id: {self.hashed(form) for form in email_forms(value)}
                 for row_id, (_subject, value, _r) in leaving.items()
             }
-            still = {
-                (subject_id, identity)
-                for subject_id, identity in self.conn.execute(
-                    select(crm_links.c.subject_id, crm_snapshots.c.identity)
-                    .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-                    .where(
-                        one_of(self.conn, crm_snapshots.c.identity, sorted(set().union(*digests.values()))),
-                        one_of(self.conn, crm_links.c.subject_id, sorted({v[0] for v in leaving.values()})),
-                        crm_links.c.gone_at.is_(None),
-                    )
+            # A record still showing the address keeps it the person's only where it was theirs
+            # no later than the record that moved: one linked since, by that address alone (a
+            # web-to-lead form the old mailbox's new owner filled in), says nothing of them.
+            moved_linked = self._linked_at([v[2].link for v in leaving.values()])
+            still: dict[tuple[int, str], datetime] = {}
+            for subject_id, identity, linked_at in self.conn.execute(
+                select(crm_links.c.subject_id, crm_snapshots.c.identity, crm_links.c.linked_at)
+                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    one_of(self.conn, crm_snapshots.c.identity, sorted(set().union(*digests.values()))),
+                    one_of(self.conn, crm_links.c.subject_id, sorted({v[0] for v in leaving.values()})),
+                    crm_links.c.gone_at.is_(None),
                 )
-            }
+            ):
+                key = (subject_id, identity)
+                still[key] = min(linked_at, still.get(key, linked_at))
             leaving = {
                 row_id: v
                 for row_id, v in leaving.items()
-                if not any((v[0], digest) in still for digest in digests[row_id])
+                if not any(
+                    (v[0], digest) in still
+                    and (v[2].link not in moved_linked or still[(v[0], digest)] <= moved_linked[v[2].link])
+                    for digest in digests[row_id]
+                )
             }
         if not leaving and not again:
             return
@@ -654,6 +662,22 @@ class SubjectResolver:
                 )
             )
         log.info("identity.addresses_left", left=len(leaving), held_again=len(again))
+
+    def _linked_at(self, links: Sequence[CrmLink]) -> dict[CrmLink, datetime]:
+        """When each of ``links`` was linked to its person (a few records of a page: as typed
+        values, comparable with the snapshots' join)."""
+        found: dict[CrmLink, datetime] = {}
+        for link in set(links):
+            linked_at = self.conn.execute(
+                select(crm_links.c.linked_at).where(
+                    crm_links.c.connector == link.connector,
+                    crm_links.c.object_type == link.object_type,
+                    crm_links.c.record_id == link.record_id,
+                )
+            ).scalar()
+            if linked_at is not None:
+                found[link] = linked_at
+        return found
 
     def _find_links(self, links: set[CrmLink]) -> dict[CrmLink, int]:
         # One query per (connector, object type): the unique index leads with both.
@@ -864,10 +888,15 @@ def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "conse
     malformed one and a blank, which left people holding none). Only people holding two
     addresses or more are read. One transaction, the chain's head locked first (two processes
     opening at once mark each address once), a ``LEFT_ACTION`` entry per address marked, the
-    setting row written in it. Returns how many were marked."""
+    setting row written in it. Returns how many were marked.
+
+    First, the flags the chain says (``left_by`` over each person's ``LEFT_ACTIONS`` entries) are
+    set again, with no new entry (the chain says them already): a downgrade past 0022 drops the
+    column, not the append-only log, and the rule from the records alone misses an address whose
+    person's records were blanked or deleted since (``audit verify`` then names it). Counted."""
     from consentsync import audit
     from consentsync.ledger.engine import reading
-    from consentsync.ledger.schema import audit_head, ledger_settings
+    from consentsync.ledger.schema import audit_entries, audit_head, ledger_settings
 
     done = ledger_settings.c.name == LEFT_BACKFILL_SETTING
     with reading(engine) as conn:
@@ -880,6 +909,38 @@ def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "conse
         if conn.execute(select(ledger_settings.c.value).where(done)).scalar() is not None:
             return 0
         held = subject_identifiers.c
+        restored: list[int] = []  # row ids the chain says are left
+        said = audit_entries.c
+        saying = sorted(
+            conn.execute(
+                select(said.subject_id)
+                .where(said.action.in_(LEFT_ACTIONS), said.subject_id.is_not(None))
+                .distinct()
+            ).scalars()
+        )  # every LEFT_ACTIONS entry carries its person's id: none was written before 0013
+        for chunk in (saying[at : at + 500] for at in range(0, len(saying), 500)):
+            entries: dict[int, list[tuple[int, str]]] = {}
+            for subject_id, seq, payload in conn.execute(
+                select(said.subject_id, said.seq, said.payload)
+                .where(
+                    said.action.in_((*BINDING_ACTIONS, *UNBINDING_ACTIONS, *LEFT_ACTIONS)),
+                    one_of(conn, said.subject_id, chunk),
+                )
+                .order_by(said.seq)
+            ):
+                entries.setdefault(subject_id, []).append((seq, payload))
+            left = {subject_id: left_by(theirs) for subject_id, theirs in entries.items()}
+            for row_id, subject_id, kind, value in conn.execute(
+                select(held.id, held.subject_id, held.kind, held.value).where(
+                    held.left_at.is_(None), one_of(conn, held.subject_id, chunk)
+                )
+            ):
+                if (kind, hashed(value)) in left.get(subject_id, ()):
+                    restored.append(row_id)
+        if restored:
+            conn.execute(
+                update(subject_identifiers).where(one_of(conn, held.id, restored)).values(left_at=now)
+            )
         people = sorted(
             conn.execute(
                 select(held.subject_id)
@@ -934,9 +995,9 @@ def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "conse
             ]
             audit.append(conn, records, now)
         conn.execute(insert(ledger_settings).values(name=LEFT_BACKFILL_SETTING, value="done", set_at=now))
-    if leaving:  # said once per ledger, and only where addresses were left
-        log.info("identity.left_backfilled", addresses=len(leaving))
-    return len(leaving)
+    if leaving or restored:  # said once per ledger, and only where addresses were left
+        log.info("identity.left_backfilled", addresses=len(leaving), restored=len(restored))
+    return len(leaving) + len(restored)
 
 
 def _past(prefix: str) -> str | None:
