@@ -11,6 +11,7 @@ register on ``main``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -60,6 +61,7 @@ from consentsync.config import (
 from consentsync.domain import (
     ACTOR_MAX,
     EVIDENCE_REF_MAX,
+    NOTICE_LANGUAGE,
     NOTICE_VERSION_MAX,
     SOURCE_MAX,
     ConsentStatus,
@@ -75,6 +77,7 @@ from consentsync.domain import (
     normalise_email,
     parse_enum,
     parse_timestamp,
+    shown,
 )
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, NotFound
@@ -323,6 +326,17 @@ def ledger_record(
     # it proved anything (a script's unset variable: --notice-version "$VERSION").
     check_label(notice_version, "--notice-version", NOTICE_VERSION_MAX, proof=True)
     check_label(evidence_ref, "--evidence-ref", EVIDENCE_REF_MAX, proof=True)
+    # The ledger's own rule (``_check_notice_language``), said here naming the option.
+    if notice_language is not None and not NOTICE_LANGUAGE.match(notice_language):
+        raise InvalidInput(
+            f"--notice-language: {shown(notice_language, 20)} is no language tag: expected one such as "
+            "en, de or pt-BR"
+        )
+    if notice_language is not None and notice_version is None:
+        raise InvalidInput(
+            "--notice-language: given without --notice-version (the notice version whose text was "
+            "shown in it)"
+        )
     for option, moment in (("--at", at), ("--double-opt-in-at", double_opt_in_at)):
         if moment == "":
             raise InvalidInput(
@@ -359,6 +373,7 @@ def ledger_record(
     target.validate(evidence)
     if evidence.status is ConsentStatus.GRANTED:
         _check_grant_proof(target, evidence)
+    evidence = _text_language(target, evidence)
     # A no for an erased address keeps it a keyed hash: only a grant brings the person back.
     says_no = evidence.status is not ConsentStatus.GRANTED  # as the capture API reads it
     outcome = target.record(Identity(email=address, says_no=says_no), evidence)
@@ -411,6 +426,30 @@ def _check_grant_proof(target: Ledger, evidence: Evidence) -> None:
         )
     if since is not None and version is not None:
         check_shown(purpose, version, since, evidence.event_time, "--at (event_time)")
+
+
+def _text_language(target: Ledger, evidence: Evidence) -> Evidence:
+    """``--notice-language`` names a registered text of the version, as the capture API's
+    ``language`` does (hub/capture.py): a grant is refused unless the version had a text in that
+    language in effect at ``--at`` (``check_language``: its proof would name no text, or one
+    registered later); a no keeps the language only where such a text was in effect
+    (``language_in_effect``: a no is never refused for a label). A purpose whose notices are
+    kept elsewhere has no text to check against: the language is kept as given, as its version
+    is (``_check_grant_proof``)."""
+    from consentsync.hub.notices import check_language, in_effect, languages_in_effect
+    from consentsync.notice_texts import language_in_effect
+
+    purpose, version, language = evidence.purpose, evidence.notice_version, evidence.notice_language
+    if language is None or version is None:
+        return evidence
+    if not any(registered == purpose for registered, _version in in_effect(target)):
+        return evidence
+    texts = languages_in_effect(target).get((purpose, version), {})
+    moment = evidence.event_time or evidence.observed_at
+    if evidence.status is ConsentStatus.GRANTED:
+        check_language(purpose, version, texts, language, moment, "--notice-language")
+        return evidence
+    return dataclasses.replace(evidence, notice_language=language_in_effect(texts, language, moment))
 
 
 def _soft_opt_in(*values: str | None) -> SoftOptIn | None:

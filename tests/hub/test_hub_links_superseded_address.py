@@ -263,3 +263,52 @@ def test_the_addresses_left_before_0022_are_marked_once(setup: CrmHub) -> None:
         ).scalars()
         assert list(left) == [OLD]
     setup.cli.ok("audit", "verify")
+
+
+def test_the_addresses_left_survive_a_downgrade_past_0022_and_an_upgrade(
+    setup: CrmHub, config_path: Path
+) -> None:
+    """Downgrading to 0021 drops ``left_at``; upgrading again and opening the ledger sets the flags
+    the chain says again (its entries survive: the log is append-only), even where the records'
+    rule would not (Pat's record is deleted: no record shows any address of theirs), and the
+    ledger verifies. Before, the backfill's settings row survived the downgrade, no flag came
+    back, and ``audit verify`` named the chain's as tampered."""
+    from alembic import command
+    from sqlalchemy import select
+
+    from consentsync.app import SCHEMA_REVISION, migration_state, open_ledger
+    from consentsync.config import load_config
+    from consentsync.ledger.engine import make_engine
+    from consentsync.ledger.identity import SubjectResolver
+    from consentsync.ledger.migrate import alembic_config, upgrade
+    from consentsync.ledger.schema import subject_identifiers
+
+    contact = setup.sandbox.org.create("Contact", LastName="Pat", Email=OLD, HasOptedOutOfEmail=False)
+    setup.cli.ok("sync", "sf")
+    _readdress(setup, contact, NEW)
+    setup.sandbox.org.delete(contact)
+    setup.cli.ok("sync", "sf")
+    config = load_config(config_path)
+
+    def superseded() -> set[str]:
+        ledger = open_ledger(config)  # as every command opens it: the backfill runs here
+        with ledger.engine.connect() as conn:
+            resolver = SubjectResolver(conn, ledger.erasure_key(), ledger.clock(), None)
+            found = resolver.superseded({OLD, NEW})
+        ledger.engine.dispose()
+        return found
+
+    assert superseded() == {OLD}
+    engine = make_engine(config.ledger_url)
+    command.downgrade(alembic_config(engine), "0021")
+    upgrade(engine)
+    assert migration_state(engine) == SCHEMA_REVISION
+    assert superseded() == {OLD}
+    with engine.connect() as conn:
+        left = conn.execute(
+            select(subject_identifiers.c.value).where(subject_identifiers.c.left_at.is_not(None))
+        ).scalars()
+        assert list(left) == [OLD]
+    engine.dispose()
+    verified = setup.cli("audit", "verify")
+    assert verified.exit_code == 0, verified.output + verified.stderr

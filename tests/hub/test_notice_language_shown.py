@@ -263,4 +263,4 @@ def test_ledger_record_takes_the_language_of_the_text_shown(world: HubWorld, cli
     refused = cli(*words, *proof, "--notice-language", "deutsch!")
     assert refused.exit_code == exit_codes.CONFIG, refused.output  # bad input: 2
     message = refused.stderr.strip()
-    assert "\n" not in message and "notice language 'deutsch!'" in message, message
+    assert "\n" not in message and "--notice-language: 'deutsch!'" in message, message

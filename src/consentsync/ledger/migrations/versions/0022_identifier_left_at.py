@@ -25,7 +25,9 @@ people with none). Until then every address reads as held.
 ``ix_crm_snapshots_identity``: every read of the records showing an address (an erasure's
 holders, the access export's records of others) scanned the table.
 
-Downgrading drops the column and the index (the flags set are lost; the older code recomputes).
+Downgrading drops the column and the index (the flags set are lost; the older code recomputes),
+and the ``identifiers_left_backfilled`` settings row: upgrading again runs the backfill once more,
+which sets first the flags the chain says (the log keeps their entries), so the ledger verifies.
 
 Revision ID: 0022
 Revises: 0021
@@ -52,3 +54,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_crm_snapshots_identity", table_name="crm_snapshots")
     op.drop_column("subject_identifiers", "left_at")
+    # The backfill's "done" (identity.LEFT_BACKFILL_SETTING) is for the flags just dropped: kept,
+    # a re-upgraded ledger would hold none and ``audit verify`` name the chain's as tampered.
+    op.execute("DELETE FROM ledger_settings WHERE name = 'identifiers_left_backfilled'")
