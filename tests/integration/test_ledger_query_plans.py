@@ -203,6 +203,9 @@ def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, c
             subscribed = [r for r in sandbox.org.records("Contact") if not r.get("HasOptedOutOfEmail")]
             for record in subscribed[:4]:
                 sandbox.org.update(record["Id"], HasOptedOutOfEmail=True)
+            # Records read again with a new address: which addresses their people left is weighed.
+            for n, record in enumerate(subscribed[4:7]):
+                sandbox.org.update(record["Id"], Email=f"moved.{n}@example.net")
             second = engine.run()
         finally:
             event.remove(ledger.engine, "before_cursor_execute", statements.append_statement)
@@ -213,6 +216,8 @@ def test_a_sync_run_reads_every_growing_table_through_an_index(ledger: Ledger, c
     erased_lookup = ("suppressions.email_hmac IN", "suppressions.email_hmac = ANY")  # SQLite, PostgreSQL
     assert any(form in sql for sql, _ in statements for form in erased_lookup), "no erased-address lookup"
     assert any("count(*)" in sql and "outbox" in sql for sql, _ in statements), "no push guard count"
+    left = "UPDATE subject_identifiers SET left_at"
+    assert any(sql.startswith(left) for sql, _ in statements), "no address was found left"
     assert _whole_table_reads(ledger, statements) == []
 
 

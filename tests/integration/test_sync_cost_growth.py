@@ -93,10 +93,17 @@ def _incremental_steps(ledger: Ledger, config_path: Path, contacts: int) -> dict
         time.sleep(1.05)  # the CRM stamps whole seconds: the changes come after the last read's
         for record in subscribed[:CHANGED]:
             sandbox.org.update(record["Id"], HasOptedOutOfEmail=True)
+        # And people who took a new address: their records read again with it, so that the run
+        # weighs which addresses they left (the lookups of their addresses and of the records
+        # still showing the old ones).
+        for n, record in enumerate(subscribed[CHANGED : 2 * CHANGED]):
+            sandbox.org.update(record["Id"], Email=f"moved.{n}@example.net")
         with _StepCounter(ledger) as counter:
             report = engine.run()
         assert report.status == "succeeded", report.error
         assert report.counts.evidence_recorded >= CHANGED
+    left = [shape for shape in counter.steps if shape.startswith("UPDATE subject_identifiers SET left_at")]
+    assert left, "no address was found left: the run did not weigh the moves"
     return {shape: max(runs) for shape, runs in counter.steps.items()}
 
 
