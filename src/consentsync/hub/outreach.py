@@ -37,11 +37,12 @@ from consentsync.domain import (
 from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
 from consentsync.hub.links import bound
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
-from consentsync.hub.notices import current
+from consentsync.hub.notices import current, text_shown_on_page
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, consent_states, subjects
 from consentsync.ledger.service import RecordRequest, latest_address
+from consentsync.notice_texts import Notice
 from consentsync.reconcile import Rule, serves_direct_marketing
 
 log = structlog.get_logger("consentsync.hub.outreach")
@@ -152,6 +153,11 @@ class Outreacher:
         self.hub = hub
         self.ledger = hub.ledger
         self.sleep = sleep
+        # The language a request's or renewal's mail is written in and its link opens the
+        # confirmation page in (``?lang=``): nobody asked for one, so the hub's default, the first
+        # of hub.languages, as the capture API's. Passed to the mail and to the notice chosen, so
+        # that what is recorded as shown follows it.
+        self.mail_language = (list(hub.settings.languages) or ["en"])[0]
 
     def _asks_for_marketing(self, purpose: Purpose) -> bool:
         """Whether a mail asking for consent to ``purpose`` is itself direct marketing by e-mail
@@ -178,12 +184,13 @@ class Outreacher:
             )
         if purpose.default_basis is not LawfulBasis.CONSENT:
             raise InvalidInput(f"purpose {purpose_key!r} is not based on consent: there is nothing to ask")
-        notice = current(self.ledger, purpose.key)
+        notice = current(self.ledger, purpose.key, self.mail_language)
         if notice is None:
             raise InvalidInput(
                 f"purpose {purpose_key!r} has no notice to show "
                 f"(consentsync notice add {purpose_key} FILE --version VERSION)"
             )
+        shown_in = self._shown_in(notice)
         marketing = self._asks_for_marketing(purpose)
         purposes = self.ledger.purposes
         now = self.ledger.clock()
@@ -227,7 +234,7 @@ class Outreacher:
             # person stays among those asked by the next run. Stopped between the two, the open
             # link keeps the person from a second mail until it lapses; then they are asked again.
             with self.ledger.engine.begin() as conn:
-                self._open(conn, "request", subject_id, purpose.key, channel, notice.version, token)
+                self._open(conn, "request", subject_id, purpose.key, channel, notice.version, shown_in, token)
             self._pace(sent + failed)
             # The list was made at the start: the person may have been restricted, withdrawn or
             # objected since (the run's mails are paced over minutes). Asked only if still so.
@@ -246,7 +253,7 @@ class Outreacher:
                 changed += gone is not Mailed.ERASED
                 continue
             mailed = self.hub.send_confirmation(
-                PendingMail(email, uid, purpose.key, channel, token), kind="request"
+                PendingMail(email, uid, purpose.key, channel, token, self.mail_language), kind="request"
             )
             if mailed is not Mailed.SENT:
                 # Not asked: nothing is recorded (an erased person gets no "requested" either).
@@ -265,6 +272,7 @@ class Outreacher:
                 origin=Origin.SYSTEM,
                 actor="consentsync",
                 notice_version=notice.version,
+                notice_language=shown_in,
             )
             with self.ledger.engine.begin() as conn:
                 self.ledger.record_in(conn, [RecordRequest(Identity(subject_id=subject_id), evidence)])
@@ -336,7 +344,9 @@ class Outreacher:
                 unmailable += 1
                 continue
             token = bound(self.ledger, secrets.token_urlsafe(32), email)
-            notice = current(self.ledger, purpose_key)
+            notice = current(self.ledger, purpose_key, self.mail_language)
+            # Read before the write transaction: on SQLite a second connection waits on its lock.
+            shown_in = self._shown_in(notice)
             with self.ledger.engine.begin() as conn:
                 self._open(
                     conn,
@@ -345,6 +355,7 @@ class Outreacher:
                     purpose_key,
                     channel,
                     notice.version if notice else None,
+                    shown_in,
                     token,
                 )
             self._pace(sent + failed)
@@ -359,7 +370,7 @@ class Outreacher:
                 changed += gone is not Mailed.ERASED
                 continue
             mailed = self.hub.send_confirmation(
-                PendingMail(email, uid, purpose_key, channel, token), kind="renewal"
+                PendingMail(email, uid, purpose_key, channel, token, self.mail_language), kind="renewal"
             )
             sent += mailed is Mailed.SENT
             failed += mailed is Mailed.FAILED
@@ -427,6 +438,18 @@ class Outreacher:
         log.warning("hub.not_mailable", subject=uid, reason=NOT_ONE_ADDRESS)
         return False
 
+    def _shown_in(self, notice: Notice | None) -> str | None:
+        """The language of the text of ``notice``'s version the mail's link shows: the one the
+        confirmation page opened in the mail's language shows, and confirming there records
+        (``notices.text_shown_on_page``: the version's text in that language, else its first,
+        the text ``notice_texts.text_shown`` names for an event recording none). Recorded with
+        the request and kept with its link (migration 0021), so that the request's proof and the
+        grant's name one text. None for a renewal whose purpose has no notice."""
+        if notice is None:
+            return None
+        shown = text_shown_on_page(self.ledger, notice.purpose, notice.version, self.mail_language)
+        return shown.language if shown is not None else None
+
     def _unsent(self, token: str) -> None:
         """Takes back the link of a mail that could not go: nobody holds it, and an open link
         would keep the person from being asked until it lapsed."""
@@ -441,6 +464,7 @@ class Outreacher:
         purpose: str,
         channel: str,
         notice: str | None,
+        notice_language: str | None,
         token: str,
     ) -> None:
         now = self.ledger.clock()
@@ -452,6 +476,7 @@ class Outreacher:
                 purpose=purpose,
                 channel=channel,
                 notice_version=notice,
+                notice_language=notice_language,
                 source=REQUEST_SOURCE,
                 requested_at=now,
                 expires_at=now + timedelta(days=self.hub.settings.confirmation_days),

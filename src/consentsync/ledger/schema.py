@@ -575,8 +575,8 @@ confirmations = Table(
     Column("purpose", String(64)),
     Column("channel", String(32)),
     Column("notice_version", String(100)),
-    # The language of the notice text a sign-up was shown (migration 0021), kept until the link
-    # is confirmed; NULL for a request or renewal that showed none before its page.
+    # The language of the notice text a sign-up was shown, or a request's or renewal's page shows
+    # (migration 0021), kept until the link is confirmed; NULL where none was named.
     Column("notice_language", String(16)),
     Column("source", String(200), nullable=False),
     Column("requested_at", Timestamp, nullable=False),
