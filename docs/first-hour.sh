@@ -4,7 +4,8 @@
 # Run from an empty folder with consentsync installed as README's first command does.
 set -u
 CS=${CS:-consentsync}
-step() { printf '\n$ %s\n' "$*"; "$@"; echo "[exit $?]"; }
+# Each command printed as it can be pasted back (%q quotes an argument with a space in it).
+step() { printf '\n$'; printf ' %q' "$@"; printf '\n'; "$@"; echo "[exit $?]"; }
 export CONSENTSYNC_ERASURE_KEY=first-hour-erasure-key-0123456789abcdef
 # Ports: SANDBOX_PORT and METRICS_PORT when set; by default 0, a free port the sandbox and the
 # daemon pick themselves and print (never one another program already listens on).

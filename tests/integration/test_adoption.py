@@ -163,6 +163,9 @@ def test_the_push_guard_holds_an_oversized_run_until_a_plan_is_approved(
     before = _state(org)
     held = _run(cli, "sync", "sf", "--full", code=3)
     assert held["status"] == "held" and "push guard" in held["error"]
+    # The hint can be followed as written: apply takes the plan's file, which plan -o writes.
+    assert "`consentsync plan sf -o plan.json`" in held["error"], held["error"]
+    assert "`consentsync apply plan.json`" in held["error"], held["error"]
     assert held["counts"]["pushed"] == 0 and held["counts"]["pushes_held"] > 5
     assert _state(org) == before
     status = _run(cli, "status")

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -322,6 +323,9 @@ def test_first_hour_script_names_no_fixed_port_and_runs_on_the_ports_given(tmp_p
     assert "GET /healthz -> 200 ok" in transcript
     assert "consentsync_runs_total{" in transcript
     assert "[daemon exit 0]" in transcript
+    # Each command is printed as it can be pasted back: an argument with a space stays one.
+    applied = [line for line in transcript.splitlines() if line.startswith("$ ") and " apply " in line]
+    assert applied and all("Ops Admin" in shlex.split(line[2:]) for line in applied), applied
 
 
 # -- 6. a crashed run is counted in consentsync_runs_total -----------------------------------

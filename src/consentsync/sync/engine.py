@@ -2914,7 +2914,8 @@ class SyncEngine:
         report.status = "held"
         report.error = (
             f"push guard: {records} records to push is {' and '.join(limit)}: nothing was pushed; "
-            f"review `consentsync plan {self.name}` and approve it with `consentsync apply`"
+            f"review it with `consentsync plan {self.name} -o plan.json` and approve it with "
+            "`consentsync apply plan.json`"
         )
         log.warning("sync.push_held", run_id=report.run_id, connector=self.name, records=records, live=live)
         return True
