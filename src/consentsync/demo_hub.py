@@ -134,7 +134,10 @@ def run_hub_demo(
             if purpose["key"] == "email_marketing":
                 purpose["double_opt_in"] = True
                 purpose["description"] = "Offers and news by email, about twice a month."
+        # Over the starter's hub section, so that what it sets (gpc_purposes: without it every
+        # start warns that a GPC signal opts out of nothing) stays.
         data["hub"] = {
+            **(data.get("hub") or {}),
             "public_url": base,
             "smtp": {"host": "127.0.0.1", "port": smtp_port, "sender": "privacy@example.org"},
             "branding": {"name": "Example Co. privacy"},

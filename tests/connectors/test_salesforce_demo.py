@@ -18,6 +18,9 @@ def test_the_withdrawal_is_shown_on_every_linked_record(tmp_path: Path) -> None:
     lines: list[str] = []
     summary = run_demo(records=60, workdir=tmp_path, say=lines.append)
     assert summary["incremental"]["status"] == "succeeded"
+    # Its first sync pushes, and it says why: a connector one adds observes first.
+    assert summary["full"]["pushed"] > 0
+    assert any("pushes from its first sync" in line and "observes first" in line for line in lines), lines[:4]
 
     headline = next(i for i, line in enumerate(lines) if "email_marketing/email is withdrawn" in line)
     count = int(re.search(r"across (\d+) Salesforce records", lines[headline]).group(1))  # type: ignore[union-attr]

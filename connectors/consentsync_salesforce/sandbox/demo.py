@@ -61,7 +61,13 @@ def run_demo(
         config_path = _write_config(work, sandbox)
         config = load_config(config_path)
         ledger = open_ledger(config, migrate=True)
-        say(f"ledger: {config.settings.ledger.url} (in {work})\n")
+        say(f"ledger: {config.settings.ledger.url} (in {work})")
+        # Said, because the README's next step says a new connector only observes: this one is
+        # set to push from its first run, which a newcomer would otherwise read as the default.
+        say(
+            "the demo's connector pushes from its first sync (mode: two_way, push guard off); a "
+            "connector you add observes first and pushes only what you approve (README)\n"
+        )
 
         first = _sync(config, ledger, "full sync", say, full=True)
         summary["full"] = first
