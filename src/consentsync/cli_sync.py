@@ -267,6 +267,8 @@ def _print_report(report: Any) -> None:
             click.echo(
                 f"    {change['object']}.{change['field']} -> {change['new']}: {change['records']} record(s)"
             )
+    if c.irreversible_held:
+        click.echo(_irreversible_held_lines(report.connector, c.irreversible_held, report.run_id))
     if report.error:
         label = {"stopped": "stopped cleanly (the next run resumes from here)", "held": "held"}.get(
             report.status, "failed"
@@ -276,6 +278,25 @@ def _print_report(report: Any) -> None:
         click.echo(f"  {report.note}")
     if c.quarantined:
         click.echo(f"  see the quarantined records with: consentsync runs show {report.run_id}")
+
+
+#: Where ops reads what a held irreversible write means and what they can do about it.
+IRREVERSIBLE_DOC = 'docs/adoption.md, "Irreversible writes held"'
+
+
+def _irreversible_held_lines(connector: str, writes: int, run_id: str | None = None) -> str:
+    """What a run says of the writes it held back as irreversible: how many, why, and what ops can
+    do. Said because the CRM keeps acting on the value it shows (HubSpot keeps mailing a contact
+    a restriction did not unsubscribe) while the other CRMs and the ledger say otherwise. Counts
+    only: which records is not kept by the run (and a person's address is never shown)."""
+    return (
+        f"  irreversible writes held: {writes} (writes {connector} could never undo, such as an\n"
+        "    unsubscribe: left out, as the person's state rests on a restriction (Art. 18), an expiry\n"
+        "    or no consent on record, not on their own withdrawal, refusal, objection or erasure);\n"
+        f"    {connector} still shows those records as before. "
+        + (f"See `consentsync runs show {run_id}`; " if run_id else "")
+        + f"what to do: {IRREVERSIBLE_DOC}"
+    )
 
 
 # -- sync --all ------------------------------------------------------------------------------------
@@ -304,7 +325,13 @@ def sync_all(full: bool, dry_run: bool, as_json: bool) -> None:
         emit_json(results)
     else:
         click.echo("")
-        print_table(results, ["connector", "status", "exit_code", "error"])
+        columns = ["connector", "status", "exit_code", "error"]
+        for result in results:
+            result["irreversible_held"] = (result.get("counts") or {}).get("irreversible_held")
+        if any(result["irreversible_held"] for result in results):
+            # Only then: a column of zeros on every run would teach ops to read past it.
+            columns.insert(3, "irreversible_held")
+        print_table(results, columns)
     if code:
         sys.exit(code)
 
@@ -443,6 +470,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(f"  {name}: {cell_text(value)}")
     if run["error"]:
         click.echo(f"  error: {run['error']}")
+    if run["counts"].get("irreversible_held"):
+        click.echo(_irreversible_held_lines(run["connector"], run["counts"]["irreversible_held"]))
     click.echo("\nquarantined records:")
     print_table(run["quarantined_records"], ["object", "record_id", "stage", "reason"])
 
@@ -703,11 +732,8 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
 
     actor = login_name() if actor is None else actor  # who approved it is part of the record
     check_label(actor, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain: one line
-    try:
-        data = json.loads(plan_file.read_text(encoding="utf-8"))
-        plan = Plan.from_json(data)
-    except (ValueError, KeyError, TypeError) as error:
-        raise InvalidInput(f"{plan_file}: not a plan written by `consentsync plan -o` ({error})") from None
+    data = _read_plan_file(plan_file)
+    plan = Plan.from_json(data)
     if data.get("digest") not in (None, plan.digest):
         raise InvalidInput(f"{plan_file}: the plan was edited after it was made (its digest does not match)")
     config = current_config()
@@ -725,6 +751,106 @@ def apply_command(plan_file: Path, actor: str | None, as_json: bool) -> None:
     finally:
         engine.connector.close()
     _finish(report, as_json)
+
+
+#: What `apply` takes from a plan file, by field, as `consentsync plan -o` writes it: whether it
+#: must be there, the JSON types it may hold, and what the error says is accepted. Other fields
+#: (``records``, ``changes``: what `plan` shows) are read by nobody and may be anything.
+_PLAN_FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
+    "connector": (True, (str,), "a connector's name"),
+    "digest": (False, (str,), "a string (the plan's digest)"),
+    "items": (True, (list,), "a list of the records to push to"),
+}
+_PLAN_ITEM_FIELDS: dict[str, tuple[bool, tuple[type, ...], str]] = {
+    "object_type": (True, (str,), "the CRM object's name"),
+    "record_id": (True, (str,), "the CRM record's id"),
+    "who": (False, (str,), "the person's masked address"),
+    "action": (False, (str,), '"update" or "delete"'),
+    "old": (False, (dict, type(None)), "an object of field values"),
+    "new": (False, (dict, type(None)), "an object of field values"),
+    "rule": (False, (str, type(None)), "a rule's name or null"),
+}
+_PLAN_ACTIONS = ("update", "delete")
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "true or false"}
+
+
+def _json_type(value: Any) -> str:
+    """What a JSON value is, as the error names it: never the value itself (a hand-edited plan
+    may hold a person's address where a field name was)."""
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _check_plan_fields(
+    plan_file: Path, where: str, value: Any, fields: dict[str, tuple[bool, tuple[type, ...], str]]
+) -> None:
+    """``value`` (at JSON path ``where``) is an object whose ``fields`` are there when needed and
+    of a type they may hold; the first that is not, named by its JSON path, is a one-line error."""
+    for name, (required, types, accepted) in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in value:
+            if required:
+                raise _bad_plan(plan_file, path, "missing", accepted)
+            continue
+        field_value = value[name]
+        # bool is an int in Python, and no field takes a number: checked by exact type.
+        if type(field_value) not in types:
+            raise _bad_plan(plan_file, path, f"is {_json_type(field_value)}", accepted)
+        if required and isinstance(field_value, str) and not field_value.strip():
+            raise _bad_plan(plan_file, path, "is empty", accepted)
+
+
+def _bad_plan(plan_file: Path, path: str, problem: str, accepted: str) -> InvalidInput:
+    return InvalidInput(
+        f"{plan_file}: {path}: {problem}; accepted: {accepted} (a plan written by `consentsync plan -o`)"
+    )
+
+
+def _read_plan_file(plan_file: Path) -> dict[str, Any]:
+    """The plan file's JSON, checked field by field before anything is opened: a damaged or
+    hand-edited file is refused on one line naming the field (its JSON path, such as
+    ``items[3].object_type``) and what is accepted, before the ledger or the CRM is touched."""
+    try:
+        text = plan_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"{plan_file}: not UTF-8 text; accepted: a plan written by `consentsync plan -o`"
+        ) from None
+    except OSError as error:  # removed meanwhile, no permission to read it
+        raise InvalidInput(f"{plan_file}: {error.strerror}") from None
+    if not text.strip():
+        raise InvalidInput(
+            f"{plan_file}: the file is empty; accepted: a plan written by `consentsync plan -o`"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        # Where the parser stopped (line, column), never the text there (it may name a person).
+        raise InvalidInput(
+            f"{plan_file}: not JSON (line {error.lineno} column {error.colno}); "
+            "accepted: a plan written by `consentsync plan -o`"
+        ) from None
+    except RecursionError:  # thousands of nested brackets: no plan nests deeper than three
+        raise InvalidInput(
+            f"{plan_file}: not a plan (nested too deeply); accepted: a plan written by `consentsync plan -o`"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidInput(
+            f"{plan_file}: the file holds {_json_type(data)}; accepted: an object with `connector` "
+            "and `items` (a plan written by `consentsync plan -o`)"
+        )
+    _check_plan_fields(plan_file, "", data, _PLAN_FIELDS)
+    for index, item in enumerate(data["items"]):
+        where = f"items[{index}]"
+        if not isinstance(item, dict):
+            raise _bad_plan(plan_file, where, f"is {_json_type(item)}", "an object for one record")
+        _check_plan_fields(plan_file, where, item, _PLAN_ITEM_FIELDS)
+        if item.get("action", "update") not in _PLAN_ACTIONS:
+            raise _bad_plan(plan_file, f"{where}.action", "is not an action", _PLAN_ITEM_FIELDS["action"][2])
+    return data
 
 
 @main.command("connectors")
@@ -802,7 +928,10 @@ def status(as_json: bool) -> None:
 
     config = current_config()
     hours = config.settings.policy.late_suppression_hours
-    rows = connector_status(config, open_ledger(config).engine, late_after=timedelta(hours=hours))
+    engine = open_ledger(config).engine
+    rows = connector_status(config, engine, late_after=timedelta(hours=hours))
+    for row in rows:
+        row["irreversible_held"] = _latest_irreversible_hold(engine, row["connector"])
     problems = [problem for row in rows for problem in row["problems"]]
     if as_json:
         emit_json(rows)
@@ -813,6 +942,35 @@ def status(as_json: bool) -> None:
     if problems:  # what status reports cannot run as configured: an error, with the first reason
         more = f" (and {len(problems) - 1} more problem(s) above)" if len(problems) > 1 else ""
         fail(problems[0] + more, exit_codes.CONFIG)
+
+
+def _latest_irreversible_hold(engine: Any, connector: str) -> dict[str, Any] | None:
+    """The latest run of ``connector`` that held writes back as irreversible: its id, start and
+    how many writes. Not only the last run's: a run counts a held write once, when it decides on
+    the record's new state (a restriction); the runs after it pass over the unchanged record and
+    count nothing, while the CRM keeps showing the old value. None when no run held any."""
+    from sqlalchemy import select
+
+    from consentsync.ledger.schema import sync_runs
+
+    # Counts are canonical JSON (sorted keys, no spaces; `irreversible_held` is never the last
+    # key): the LIKEs keep the scan to the runs that held some; the count is checked in Python.
+    query = (
+        select(sync_runs.c.id, sync_runs.c.started_at, sync_runs.c.counts)
+        .where(
+            sync_runs.c.connector == connector,
+            sync_runs.c.counts.like('%"irreversible_held":%'),
+            sync_runs.c.counts.not_like('%"irreversible_held":0,%'),
+        )
+        .order_by(sync_runs.c.started_at.desc(), sync_runs.c.id)
+        .limit(20)
+    )
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            writes = json.loads(row.counts).get("irreversible_held") or 0
+            if writes > 0:
+                return {"run": row.id, "started_at": iso(row.started_at), "writes": writes}
+    return None
 
 
 def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
@@ -872,6 +1030,14 @@ def _print_status(rows: list[dict[str, Any]], hours: float) -> None:
         )
         if last and last["status"] == "held":
             click.echo(f"  ALERT      {last['error']}")
+        hold = row.get("irreversible_held")
+        if hold:
+            click.echo(
+                f"  held       {hold['writes']} irreversible write(s) left out by run {hold['run']} "
+                f"(at {hold['started_at']}): {name} kept the value those records showed then, as a "
+                "restriction (Art. 18), an expiry or no consent on record never unsubscribes or deletes; "
+                f"what to do: {IRREVERSIBLE_DOC}"
+            )
         if row["erasures_pending"]:
             # Art. 17(2): whoever reads this must not be told the CRM will hear of an erasure
             # that no scheduled run will send.

@@ -224,16 +224,6 @@ PROSPECT = "Legitimate interest \u2013 prospect/lead"
 CUSTOMER = "Legitimate interest \u2013 existing customer"
 
 
-@pytest.fixture
-def hubspot() -> Iterator[HubSpotHarness]:
-    harness = HubSpotHarness()
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-
-
 def _observed(hubspot: HubSpotHarness, tmp_path: Path) -> Path:
     config = write_sync_config(hubspot, tmp_path)
     data = yaml.safe_load(config.read_text())

@@ -6,7 +6,6 @@ is sent only for an evidenced withdrawal, objection or erasure."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,16 +19,6 @@ from consentsync.mapping import parse_mapping
 from consentsync.sdk.harness import open_sync_engine, write_sync_config
 from tests.conftest import SQLITE_ONLY, running_harness
 from tests.integration.helpers import consent_value, mapping_text
-
-
-@pytest.fixture
-def hubspot() -> Iterator[HubSpotHarness]:
-    harness = HubSpotHarness()
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
 
 
 def _captured(email: str, status: ConsentStatus, **proof: str) -> tuple[Identity, Evidence]:
