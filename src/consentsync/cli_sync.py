@@ -234,6 +234,7 @@ def _report_json(report: Any) -> dict[str, Any]:
         }
         if report.status == "dry_run"
         else None,
+        "would_hold": report.would_hold,
     }
 
 
@@ -251,6 +252,12 @@ def _print_report(report: Any) -> None:
             [{**asdict(p), "fields": p.fields} for p in report.plan_pushes],
             ["object_type", "record_id", "fields", "rule"],
         )
+        if report.plan_pushes:
+            click.echo(
+                f"\na run now would push none of them: {report.would_hold}"
+                if report.would_hold
+                else "\na run now would push them (neither the connector's mode nor its guard holds them)"
+            )
         return
     click.echo(f"run {report.run_id} of {report.connector}: {report.status}")
     click.echo(

@@ -73,6 +73,12 @@ def test_a_new_connector_observes_reports_plans_and_pushes_only_the_approved_pla
 ) -> None:
     _configure(config_path)
     before = _state(org)
+    # The dry run of a first sync says the pushes it lists would not go: the connector observes.
+    dry = _run(cli, "sync", "sf", "--full", "--dry-run")
+    assert dry["status"] == "dry_run" and dry["plan"]["pushes"]
+    assert dry["would_hold"] and "mode: observe" in dry["would_hold"], dry["would_hold"]
+    told = cli("sync", "sf", "--full", "--dry-run")
+    assert "a run now would push none of them: the connector observes" in told.stdout, told.stdout
     observed = _run(cli, "sync", "sf", "--full")
     assert observed["status"] == "succeeded"
     assert _state(org) == before, "observe mode changed the CRM"
@@ -150,6 +156,8 @@ def test_suppress_only_pushes_only_what_restricts_processing(
     lifted = [i for i in everything["items"] if any(json.dumps(v) == "false" for v in i["new"].values())]
     assert lifted, "the org should hold someone whose opt-out the two-way plan clears"
     before = json.loads(_state(org))
+    dry = _run(cli, "sync", "sf", "--full", "--dry-run")
+    assert dry["plan"]["pushes"] and dry["would_hold"] is None  # nothing holds them: they would go
     ran = _run(cli, "sync", "sf", "--full")
     assert ran["status"] == "succeeded"
     for (_, _), fields in _changed_fields(before, json.loads(_state(org))).items():
@@ -161,7 +169,10 @@ def test_the_push_guard_holds_an_oversized_run_until_a_plan_is_approved(
 ) -> None:
     _configure(config_path, mode="two_way", push_guard={"max_records": 5, "max_share": None})
     before = _state(org)
+    dry = _run(cli, "sync", "sf", "--full", "--dry-run")
+    assert dry["would_hold"] and dry["would_hold"].startswith("push guard: "), dry["would_hold"]
     held = _run(cli, "sync", "sf", "--full", code=3)
+    assert held["error"] == dry["would_hold"]  # the dry run said what the run then did
     assert held["status"] == "held" and "push guard" in held["error"]
     # The hint can be followed as written: apply takes the plan's file, which plan -o writes.
     assert "`consentsync plan sf -o plan.json`" in held["error"], held["error"]

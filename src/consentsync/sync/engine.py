@@ -188,6 +188,9 @@ class RunReport:
     exit_code: int | None = None
     # What a run that did what was asked wants said (a plan applied before: by which run).
     note: str | None = None
+    # A dry run's: why a run now would push none of its pushes (the connector observes, the push
+    # guard); None: it would push them.
+    would_hold: str | None = None
 
 
 STAGES = ("read", "pages", "examine", "push")
@@ -645,6 +648,9 @@ class SyncEngine:
                     ]
                     report.plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
                     report.counts.would_push = report.plan.changes()
+                    # What a run now would do with them: a first sync's plan read as "this will
+                    # write to my CRM" where the connector only observes.
+                    report.would_hold = self._why_held(conn)
                 finally:
                     self._shared = None
                     outer.rollback()
@@ -2867,58 +2873,70 @@ class SyncEngine:
     def _held(self, report: RunReport) -> bool:
         """True when nothing may be pushed now: the connector observes, or the pushes waiting
         exceed the blast-radius guard (the run is then ``held`` until a plan is approved)."""
-        options = self.options
-        guarded = options.guard_max_records is not None or options.guard_max_share is not None
-        if options.mode != "observe" and not guarded:
-            return False
         with self.ledger.engine.connect() as conn:
-            # The waiting records are counted by the database, through the pending index (the
-            # rows asked for): loaded here, a first sync's whole queue of pushes (600,000 at a
-            # million contacts) took 240 MiB at once. It is loaded only when it is held (for
-            # the adoption report).
-            waiting = (
-                select(outbox.c.object_type, outbox.c.record_id)
-                .where(outbox.c.connector == self.name, outbox.c.status == "pending")
-                .distinct()
-                .subquery()
-            )
-            records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
-            if not records:
-                return False
-            too_many = options.guard_max_records is not None and records > options.guard_max_records
-            live: int | None = None
-            too_much = False
-            if options.guard_max_share is not None and not too_many:
-                # Whether the connector has fewer live records than the share allows: counted up
-                # to that many only (an incremental run's few pushes never count the whole org).
-                enough = math.ceil(records / options.guard_max_share) + 1
-                live = self._live_records(conn, limit=enough)
-                too_much = bool(live) and records > options.guard_max_share * live
-            if options.mode != "observe" and not (too_many or too_much):
+            why = self._why_held(conn)
+            if why is None:
                 return False
             pending = self._pending(conn)
             plan = Plan(self.name, plan_items(conn, self.name, list(pending)))
         report.counts.pushes_held = len(pending)
         report.counts.would_push = plan.changes()
-        if options.mode == "observe":
+        if self.options.mode == "observe":
             log.info("sync.observing", run_id=report.run_id, connector=self.name, would_push=len(pending))
             return True
+        report.status = "held"
+        report.error = why
+        log.warning("sync.push_held", run_id=report.run_id, connector=self.name, pushes=len(pending))
+        return True
+
+    def _why_held(self, conn: Connection) -> str | None:
+        """Why a run would push none of the pushes waiting in ``conn`` (the connector observes,
+        or they exceed the blast-radius guard), as ops read it; None when it would push them. A
+        dry run asks it of the pushes its rolled-back transaction made."""
+        options = self.options
+        guarded = options.guard_max_records is not None or options.guard_max_share is not None
+        if options.mode != "observe" and not guarded:
+            return None
+        # The waiting records are counted by the database, through the pending index (the rows
+        # asked for): loaded here, a first sync's whole queue of pushes (600,000 at a million
+        # contacts) took 240 MiB at once. It is loaded only when it is held (for the adoption
+        # report).
+        waiting = (
+            select(outbox.c.object_type, outbox.c.record_id)
+            .where(outbox.c.connector == self.name, outbox.c.status == "pending")
+            .distinct()
+            .subquery()
+        )
+        records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+        if not records:
+            return None
+        approve = (
+            f"review it with `consentsync plan {self.name} -o plan.json` and approve it with "
+            "`consentsync apply plan.json`"
+        )
+        if options.mode == "observe":
+            return (
+                f"the connector observes (mode: observe): a run pushes none of the {records} records' "
+                f"pushes; {approve}, or set its mode to suppress_only or two_way"
+            )
+        too_many = options.guard_max_records is not None and records > options.guard_max_records
+        live: int | None = None
+        too_much = False
+        if options.guard_max_share is not None and not too_many:
+            # Whether the connector has fewer live records than the share allows: counted up to
+            # that many only (an incremental run's few pushes never count the whole org).
+            enough = math.ceil(records / options.guard_max_share) + 1
+            live = self._live_records(conn, limit=enough)
+            too_much = bool(live) and records > options.guard_max_share * live
+        if not (too_many or too_much):
+            return None
         limit = []
         if too_many:
             limit.append(f"more than {options.guard_max_records} records")
         if too_much:
             limit.append(f"more than {options.guard_max_share:.0%} of its {live} live records")
-        elif options.guard_max_share is not None:
-            with self.ledger.engine.connect() as conn:
-                live = self._live_records(conn)
-        report.status = "held"
-        report.error = (
-            f"push guard: {records} records to push is {' and '.join(limit)}: nothing was pushed; "
-            f"review it with `consentsync plan {self.name} -o plan.json` and approve it with "
-            "`consentsync apply plan.json`"
-        )
-        log.warning("sync.push_held", run_id=report.run_id, connector=self.name, records=records, live=live)
-        return True
+        limits = " and ".join(limit)
+        return f"push guard: {records} records to push is {limits}: nothing was pushed; {approve}"
 
     def _live_records(self, conn: Connection, *, limit: int | None = None) -> int:
         """The connector's live records of the objects it reads (a contact's Individual, linked
