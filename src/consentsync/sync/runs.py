@@ -18,8 +18,8 @@ from consentsync.rowview import RowView
 from consentsync.sync import quarantine as quarantined
 
 # What a run's row can say it ended as (or is doing): the one list the CLI's, the console's and
-# the API's filters accept.
-RUN_STATUSES = ("running", "succeeded", "failed", "crashed", "stopped", "held", "skipped", "dry_run")
+# the API's filters accept. Not "dry_run": a dry run changes nothing, and leaves no row either.
+RUN_STATUSES = ("running", "succeeded", "failed", "crashed", "stopped", "held", "skipped")
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from consentsync.web.deps import console_of, require, session_of, sessions_of, v
 from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
 
 # sync.runs.RUN_STATUSES, as a type the OpenAPI schema lists (test_api checks they agree).
-RunStatus = Literal["running", "succeeded", "failed", "crashed", "stopped", "held", "skipped", "dry_run"]
+RunStatus = Literal["running", "succeeded", "failed", "crashed", "stopped", "held", "skipped"]
 
 router = APIRouter(prefix="/api", tags=["console"])
 
