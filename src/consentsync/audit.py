@@ -330,6 +330,8 @@ class AuditFilters(TypedDict, total=False):
     action: str | None
     rule: str | None
     connector: str | None
+    # Entries written by one run (by its full id, through the run index).
+    run_id: str | None
     # Entries up to this seq: a reader paging newest first pages on where its first page stood
     # (entries written since, each read's own ``audit.viewed`` among them, would move the pages).
     through: int | None
@@ -390,6 +392,8 @@ def _where(conn: Connection, **filters: Unpack[AuditFilters]) -> list[Any]:
         where.append(audit_entries.c.action != LOG_VIEWED)
     if filters.get("through") is not None:
         where.append(audit_entries.c.seq <= filters["through"])
+    if filters.get("run_id") is not None:
+        where.append(audit_entries.c.run_id == filters["run_id"])
     if rule is not None:
         # The payload is canonical JSON: the rule appears exactly as "rule":"<value>".
         where.append(audit_entries.c.payload.like(_like_json("rule", rule), escape="\\"))

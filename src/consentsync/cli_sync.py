@@ -462,7 +462,8 @@ def _short(text: str | None, width: int = 72) -> str | None:
 @click.argument("run_id")
 @scriptable
 def runs_show(run_id: str, as_json: bool) -> None:
-    """One run: counts, API calls, errors and quarantined records with their reasons."""
+    """One run: counts, API calls, errors, what it pushed (and who approved the plan it applied)
+    and quarantined records with their reasons."""
     from consentsync.sync.runs import show_run
 
     run = show_run(open_ledger(current_config()).engine, run_id)
@@ -479,6 +480,15 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(f"  error: {run['error']}")
     if run["counts"].get("irreversible_held"):
         click.echo(_irreversible_held_lines(run["connector"], run["counts"]["irreversible_held"]))
+    if run["plan_approved_by"]:
+        click.echo(f"  applied a plan approved by {run['plan_approved_by']}")
+    if run["pushes"]:
+        shown, done = len(run["pushes"]), run["counts"].get("pushed") or 0
+        click.echo(f"\npushes ({shown}{f' of {done}' if done > shown else ''}):")
+        print_table(
+            [{**push, "new": cell_text(push["new"])} for push in run["pushes"]],
+            ["object", "record_id", "action", "new", "rule"],
+        )
     click.echo("\nquarantined records:")
     print_table(run["quarantined_records"], ["object", "record_id", "stage", "reason"])
 

@@ -105,6 +105,13 @@ def test_a_new_connector_observes_reports_plans_and_pushes_only_the_approved_pla
     assert changed == planned
     log = _run(cli, "audit", "log", "--action", "plan.applied")
     assert [entry["what"]["digest"] for entry in log] == [plan["digest"]]
+    # The apply's run lists what it pushed, and who approved the plan.
+    ran = _run(cli, "runs", "show", applied["run_id"])
+    assert ran["plan_approved_by"] == "dpo"
+    assert {(p["object"], p["record_id"]): p["new"] for p in ran["pushes"]} == planned
+    shown = cli("runs", "show", applied["run_id"]).stdout
+    assert "applied a plan approved by dpo" in shown and f"pushes ({len(planned)})" in shown, shown
+    assert _run(cli, "runs", "show", observed["run_id"])["pushes"] == []  # the observing run pushed none
     # The connector still observes: the next run pushes nothing more.
     after = _state(org)
     assert _run(cli, "sync", "sf")["counts"]["pushed"] == 0

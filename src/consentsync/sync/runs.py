@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Engine, insert, select, update
 
+from consentsync import audit
 from consentsync.domain import InvalidInput, as_utc, canonical_json
 from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.rowview import RowView
@@ -143,9 +144,30 @@ def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
         held = conn.execute(
             select(quarantine).where(quarantine.c.run_id == run_id).order_by(quarantine.c.id)
         ).all()
+        # What the run pushed, as its audit entries say (records by id, the fields' new values:
+        # no address), and who approved the plan it applied: the run's own row keeps counts only.
+        pushed = [
+            {
+                "object": entry["what"].get("object"),
+                "record_id": entry["what"].get("record"),
+                "action": entry["what"].get("action", "update"),
+                "new": entry.get("new"),
+                "rule": entry.get("rule"),
+            }
+            for entry in audit.entries(conn, run_id=run_id, action=PUSHED_ACTION, limit=PUSHES_SHOWN)
+        ]
+        applied = next(audit.entries(conn, run_id=run_id, action=PLAN_APPLIED_ACTION, limit=1), None)
     view = run_view(row)
     view["quarantined_records"] = [quarantined.view(q) for q in held]
+    view["pushes"] = pushed
+    view["plan_approved_by"] = applied.get("actor") if applied is not None else None
     return view
+
+
+# The run's pushes listed by ``show_run``, at most (its counts say how many in all).
+PUSHES_SHOWN = 500
+PUSHED_ACTION = "crm.pushed"
+PLAN_APPLIED_ACTION = "plan.applied"
 
 
 _RUN_COLUMNS = RowView("id connector status full=full_load started_at finished_at")
