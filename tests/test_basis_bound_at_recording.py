@@ -166,9 +166,7 @@ def test_an_expired_or_requested_consent_stays_suppressed_when_the_purpose_switc
         "form:1",
     )
     cli.ok(
-        *record_args(
-            BEN, "postal_offers", "requested", "--channel", "post", "--at", _at(5), source="consent_request"
-        )
+        *record_args(BEN, "postal_offers", "requested", "--channel", "post", "--at", _at(5), source="phone")
     )
     cli.ok(*record_args(CARL, "service", "granted", "--channel", "post", "--basis", "contract", *proof()))
     _set_default_basis(config_path, "postal_offers", "legitimate_interests")

@@ -29,6 +29,7 @@ from consentsync import cli_admin, cli_audit, cli_hub, cli_sync, cli_web  # noqa
 from consentsync.app import INIT_ACTIONS, ledger_engine, open_ledger, safe_url
 from consentsync.cli_base import (
     MAX_ROW_ID,
+    acting,
     audit_group,
     cell_text,
     check_output_folder,
@@ -59,7 +60,6 @@ from consentsync.config import (
     write_starter,
 )
 from consentsync.domain import (
-    ACTOR_MAX,
     EVIDENCE_REF_MAX,
     NOTICE_LANGUAGE,
     NOTICE_VERSION_MAX,
@@ -79,6 +79,7 @@ from consentsync.domain import (
     parse_timestamp,
     shown,
 )
+from consentsync.hub.keys import check_own_source
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.service import Ledger, NotFound
 
@@ -263,9 +264,17 @@ def ledger() -> None:
 @click.option("--status", required=True, help="|".join(s.value for s in ConsentStatus))
 @click.option("--basis", help="Lawful basis (default: the purpose's).")
 @click.option("--channel", default="email", show_default=True, help="A configured channel.")
-@click.option("--source", required=True, help="Where it was captured (web_form, phone, ...).")
+@click.option(
+    "--source",
+    required=True,
+    help="Where it was captured (web_form, phone, ...); not one of consentsync's own "
+    "(double_opt_in, preference_center, consent_request, erasure, restriction, consentsync:*).",
+)
 @click.option("--at", "at", metavar="ISO8601", help="When the person acted (omit if unknown).")
-@click.option("--actor", help="Who recorded it (staff or system, never the subject's address).")
+@click.option(
+    "--actor",
+    help="Who recorded it (staff or system, never the subject's address; default: your login name).",
+)
 @click.option("--notice-version", help="Version of the notice the person was shown.")
 @click.option(
     "--notice-language",
@@ -321,7 +330,10 @@ def ledger_record(
     if not source.strip():
         raise InvalidInput("--source must not be empty")
     check_label(source.strip(), "--source", SOURCE_MAX, required=True)
-    check_label(actor, "--actor", ACTOR_MAX)
+    # A double opt-in confirmed elsewhere is recorded under its own source with --double-opt-in-at.
+    check_own_source(source.strip())
+    # Who captured it is part of the record (Art. 5(2)), as erase's who erased.
+    actor = acting(actor)
     # Proof (docs/policy.md, "Evidence"): a blank value given is refused, never recorded as if
     # it proved anything (a script's unset variable: --notice-version "$VERSION").
     check_label(notice_version, "--notice-version", NOTICE_VERSION_MAX, proof=True)
@@ -520,8 +532,14 @@ def objection() -> None:
     help="An objection to direct marketing (Art. 21(2)): always upheld.",
 )
 @click.option("--at", "at", metavar="ISO8601", help="When the person objected (default: now).")
-@click.option("--source", default="ops", show_default=True)
-@click.option("--actor")
+@click.option(
+    "--source",
+    default="ops",
+    show_default=True,
+    help="Where the person objected; not one of consentsync's own (double_opt_in, "
+    "preference_center, consent_request, erasure, restriction, consentsync:*).",
+)
+@click.option("--actor", help="Who recorded it (staff or system; default: your login name).")
 @scriptable
 def objection_raise(
     email: str,
@@ -542,7 +560,8 @@ def objection_raise(
     address = _email(email)
     raised_at = _time(at, "--at")
     check_label(source, "--source", SOURCE_MAX, required=True)
-    check_label(actor, "--actor", ACTOR_MAX)
+    check_own_source(source)
+    actor = acting(actor)  # who recorded it is part of the record (Art. 5(2))
     target = current_ledger()
     check_moment(raised_at, "--at", target.clock(), target.max_clock_skew_seconds)
     try:
@@ -612,20 +631,22 @@ def objection_decide(
 @main.command(short_help="Erase a person (GDPR Article 17), keeping a keyed-hash suppression.")
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept with the suppression entry).")
-@click.option("--actor")
+@click.option("--actor", help="Who erases (kept in the audit log; default: your login name).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @scriptable
 def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) -> None:
     """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
     address = _held_email(email)
+    # Who erased is part of the record (Art. 5(2)): the login name when --actor is not given;
+    # checked before the question, so that a blank one is refused with nothing asked or done.
+    who = acting(actor)
     target = current_ledger()
     if not yes:
         if not sys.stdin.isatty():
             # A script must say so: an erasure cannot be undone, and nobody is there to ask.
             raise InvalidInput("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase {address}? This cannot be undone", abort=True)
-    # Who erased is part of the record (Art. 5(2)): the login name when --actor is not given.
-    result = target.erase(address, reason=reason, actor=login_name() if actor is None else actor)
+    result = target.erase(address, reason=reason, actor=who)
     entry = result["suppression_id"]
     emit_result(
         result,
@@ -642,11 +663,11 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
 @click.option("--lift", is_flag=True, help="Lift an earlier restriction.")
-@click.option("--actor")
+@click.option("--actor", help="Who restricts or lifts (kept in the audit log; default: your login name).")
 @scriptable
 def restrict(email: str, reason: str, lift: bool, actor: str | None, as_json: bool) -> None:
     """Restrict processing of a person (Art. 18): stored, not otherwise processed."""
-    who = login_name() if actor is None else actor
+    who = acting(actor)
     result = current_ledger().restrict(_held_email(email), restricted=not lift, reason=reason, actor=who)
     subject_uid = result["subject"]
     still = result.get("still_restricted_by", {})

@@ -12,12 +12,12 @@ import click
 from consentsync import exit_codes
 from consentsync.app import open_ledger
 from consentsync.cli_base import (
+    acting,
     check_output_folder,
     connector_filter,
     current_config,
     emit_json,
     fail,
-    login_name,
     main,
     print_table,
     scriptable,
@@ -25,7 +25,7 @@ from consentsync.cli_base import (
 )
 from consentsync.cli_sync import SEVERITY, worst  # noqa: F401 (sync --all's ranking, first defined here)
 from consentsync.config import Config, ConfigError
-from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, parse_timestamp
+from consentsync.domain import InvalidInput, parse_timestamp
 from consentsync.sdk.connector import Connector
 from consentsync.sdk.errors import ConnectorError, scrub
 
@@ -238,8 +238,7 @@ def state_reset(connector: str, object_type: str, to: str | None, actor: str | N
     from consentsync.sync.locks import RunInProgress
 
     moment = parse_timestamp(to, "--to") if to is not None else None
-    who = actor if actor is not None else login_name()
-    check_label(who, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain
+    who = acting(actor)  # kept in the audit chain
     config = current_config()
     config.connector(connector)
     ledger = open_ledger(config)

@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from consentsync import exit_codes
 from consentsync.app import LedgerNotReady, open_ledger
 from consentsync.config import Config, ConfigError, default_config_path, load_config
-from consentsync.domain import InvalidInput
+from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, holds_value
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.logs import FORMATS as LOG_FORMATS
@@ -413,6 +413,22 @@ def login_name() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "cli"
+
+
+def acting(actor: str | None, option: str = "--actor") -> str:
+    """Who acts, for the record (Art. 5(2): the controller shows who captured a consent, raised
+    an objection, erased or restricted): ``option`` as given, else the login name. A blank one is
+    refused, not recorded as nobody: a script's unset variable (--actor "$OPERATOR") would
+    otherwise pass the default by. ``InvalidInput`` (exit 2), one line naming ``option``."""
+    if actor is None:
+        return login_name()
+    if not holds_value(actor):
+        raise InvalidInput(
+            f"{option} is blank: name who acts (staff or a system, never the person's address), "
+            f"or leave {option} out for your login name"
+        )
+    check_label(actor, option, ACTOR_MAX, required=True)  # kept in the audit chain: one line
+    return actor
 
 
 class _OneLineUsageError(click.UsageError):

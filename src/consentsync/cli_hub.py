@@ -23,7 +23,7 @@ from consentsync.cli_base import (
     print_table,
     scriptable,
 )
-from consentsync.domain import InvalidInput, lookup_email
+from consentsync.domain import InvalidInput, email_forms, lookup_email
 from consentsync.ledger.service import NotFound
 
 if TYPE_CHECKING:  # the hub's modules load only with the hub's commands
@@ -56,7 +56,12 @@ def apikey() -> None:
 
 @apikey.command("add")
 @click.argument("name")
-@click.option("--source", required=True, help="The capture source its evidence names (e.g. web_form).")
+@click.option(
+    "--source",
+    required=True,
+    help="The capture source its evidence names (e.g. web_form); not one of consentsync's own "
+    "(double_opt_in, preference_center, consent_request, erasure, restriction, consentsync:*).",
+)
 @click.option("--purposes", **_listing("*", "Purpose keys; or *."))
 @click.option(
     "--actions", **_listing("consents,decisions", "Of consents, objections, erasure, decisions; or *.")
@@ -98,10 +103,21 @@ def apikey_add(
 @apikey.command("list")
 @scriptable
 def apikey_list(as_json: bool) -> None:
-    """Every key, live and revoked (never their secrets)."""
+    """Every key, live and revoked (never their secrets). A live key whose source consentsync
+    keeps for its own records (one an older version let in) is named on stderr: the capture API
+    refuses what it would record."""
     from consentsync.hub import keys
 
-    rows = [key.as_dict() for key in keys.listed(current_ledger())]
+    listed = keys.listed(current_ledger())
+    for key in listed:
+        if key.revoked_at is None and keys.is_reserved_source(key.source):
+            click.echo(
+                f"consentsync: warning: API key {key.name!r}: source {key.source!r} is one consentsync "
+                "keeps for its own records: the capture API refuses its consents, objections and erasure "
+                "requests (403); revoke it and add a key with the capture source's own name",
+                err=True,
+            )
+    rows = [key.as_dict() for key in listed]
     if as_json:
         emit_json(rows)
         return
@@ -217,20 +233,48 @@ def notice_show(purpose: str, version: str, language: str | None) -> None:
 @click.argument("email")
 @scriptable
 def link(email: str, as_json: bool) -> None:
-    """Print EMAIL's preference-centre link (valid hub.link_days days; for this person only)."""
+    """Print EMAIL's preference-centre link (valid hub.link_days days; for this person only).
+
+    For an address its person left (a CRM record of theirs took another), the link is theirs,
+    bound to the address they hold now, as every link the hub mails: send it there, not to
+    EMAIL (stderr says so; --json: address_left)."""
     from consentsync.hub.capture import Hub
 
     config = current_config()
     ledger = current_ledger()
     address = lookup_email(email)  # an address older versions let in is still found
-    uids = [uid for uid in ledger.subject_uids_for_email(address) if ledger.email_of(uid) == address]
+    # The live person holding the address, as every other command finds them (an erased one
+    # holds no address: email_of is None); one that they left included (docs/hub.md, "Links
+    # and an address the person left").
+    uids = [uid for uid in ledger.subject_uids_for_email(address) if ledger.email_of(uid) is not None]
     if not uids:
         raise NotFound(f"no subject with email {email!r} in the ledger")
-    url = Hub(config, ledger).preference_link(uids[0])
+    hub_ = Hub(config, ledger)
+    held = hub_.address_now(uids[0])
+    if held is None:  # a sign-up held back: nowhere a link could go, none to give
+        raise NotFound(f"subject {uids[0]} holds no address a link could go to (consentsync subject show)")
+    left = held not in email_forms(address)
+    # Bound to the address held now (its ``to``): mailed to the one left, whose mailbox may be
+    # someone else's now, it would open their page for whoever reads it.
+    url = hub_.preference_link(uids[0], to=held)
     if as_json:
-        emit_json({"subject": uids[0], "link": url, "valid_days": config.settings.hub.link_days})
+        emit_json(
+            {
+                "subject": uids[0],
+                "link": url,
+                "valid_days": config.settings.hub.link_days,
+                "address_left": left,
+            }
+        )
         return
     click.echo(url)
+    if left:
+        click.echo(
+            f"consentsync: note: subject {uids[0]} left this address (a CRM record of theirs shows another "
+            "now): the link is bound to the address they hold now; send it there, not to this one, whose "
+            "mailbox may be someone else's (consentsync subject show names it)",
+            err=True,
+        )
 
 
 @main.group(short_help="The hub's mails and upkeep: consent requests, renewals, lapsing.")

@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, insert, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
-from consentsync.domain import SOURCE_MAX, InvalidInput, check_label
+from consentsync.domain import SOURCE_MAX, InvalidInput, check_label, shown
 from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import api_keys
 from consentsync.ledger.service import Ledger, NotFound
@@ -34,6 +34,39 @@ KEY_HASH_DIGEST = "key_hash_sha256"
 # Bound by ``audit_registry.bind_api_keys`` for a key an older version created: its entry carried the
 # source, purposes, actions and prefix, not these.
 LATER_BOUND = ("rate_per_minute", KEY_HASH_DIGEST)
+# The sources consentsync records its own evidence under (docs/hub.md, "Setting it up"): the
+# hub's confirmations (capture.DOUBLE_OPT_IN_SOURCE), the preference page (preferences.SOURCE),
+# its consent requests (outreach.REQUEST_SOURCE), what an erasure or a restriction carries to
+# another record (sync.engine.ERASURE_CARRIED_SOURCE, ledger.service.RESTRICTION_CARRIED_SOURCE),
+# and every "consentsync:" one (the expiry sweep, an upgrade, a sign-up closed). Claimed by an
+# API key or a hand-made record, a plain form post would read as a confirmed double opt-in
+# (Art. 7(1): how consent was collected), and the first two are trusted by default
+# (policy.trusted_sources): such a grant would lift an erasure. Kept here as text, not imported
+# (the hub's modules import this one); tests/test_cli_reserved_sources_and_actors.py holds each
+# of those constants to this list.
+RESERVED_SOURCES = frozenset(
+    {"double_opt_in", "preference_center", "consent_request", "erasure", "restriction"}
+)
+RESERVED_SOURCE_PREFIX = "consentsync:"
+RESERVED_SOURCES_SHOWN = ", ".join([*sorted(RESERVED_SOURCES), f"{RESERVED_SOURCE_PREFIX}*"])
+
+
+def is_reserved_source(source: str) -> bool:
+    """Whether ``source`` is one consentsync records its own evidence under (``RESERVED_SOURCES``),
+    in any case or padding: "Double_Opt_In " misstates to a reader as much, if no policy trusts it."""
+    folded = source.strip().casefold()
+    return folded in RESERVED_SOURCES or folded.startswith(RESERVED_SOURCE_PREFIX)
+
+
+def check_own_source(source: str, what: str = "--source") -> str:
+    """A capture source as an API key or a hand-made record names it: refused (``InvalidInput``,
+    one line naming ``what``) where consentsync keeps it for its own records. Returns it unchanged."""
+    if is_reserved_source(source):
+        raise InvalidInput(
+            f"{what} {shown(source)} is reserved for consentsync's own records ({RESERVED_SOURCES_SHOWN}): "
+            "accepted is the name of where it was captured (web_form, phone, a shop's checkout, ...)"
+        )
+    return source
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +164,7 @@ def create(
     """A new key and its secret, which is shown this once and never stored."""
     check_label(name, "name", 64, required=True)
     check_label(source, "--source", SOURCE_MAX, required=True)
+    check_own_source(source)
     purposes = _checked_scope(purposes, tuple(ledger.purposes), "purposes")
     actions = _checked_scope(actions, ACTIONS, "actions")
     if rate_per_minute is not None and rate_per_minute < 1:
