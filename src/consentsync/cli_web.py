@@ -4,9 +4,10 @@ end-sessions|unlock`, and
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -14,6 +15,7 @@ from consentsync.app import open_ledger
 from consentsync.cli_base import (
     ROW_ID,
     F,
+    acting,
     check_host,
     configured,
     current_config,
@@ -25,7 +27,7 @@ from consentsync.cli_base import (
     runs,
     scriptable,
 )
-from consentsync.domain import ACTOR_MAX, InvalidInput, check_label
+from consentsync.domain import InvalidInput
 from consentsync.extras import require
 
 if TYPE_CHECKING:
@@ -117,19 +119,29 @@ def _password(from_stdin: bool) -> str:
 
 
 _ROLE = click.Choice(["viewer", "reviewer", "admin"])
-_ACTOR = click.option(
-    "--actor", default="cli", show_default=True, help="Who changes it (kept in the audit log)."
-)
+_ACTOR = click.option("--actor", help="Who changes it (kept in the audit log; default: your login name).")
 _PASSWORD_STDIN = click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input (for scripts)."
 )
+
+
+def _actor_named(func: F) -> F:
+    """``--actor`` as ``acting`` takes it (inside ``configured``: a blank one is a one-line error):
+    the login name when left out, as every other command records who acted."""
+
+    @functools.wraps(func)
+    def with_actor(*args: Any, **kwargs: Any) -> Any:
+        kwargs["actor"] = acting(kwargs.get("actor"))
+        return func(*args, **kwargs)
+
+    return cast(F, with_actor)
 
 
 def _account_change(name: str, *options: Callable[[F], F]) -> Callable[[F], click.Command]:
     """A `user` command that changes the account NAME: the command's own ``options``, and --actor."""
 
     def command(func: F) -> click.Command:
-        for decorator in reversed((click.argument("name"), *options, _ACTOR, configured)):
+        for decorator in reversed((click.argument("name"), *options, _ACTOR, configured, _actor_named)):
             func = decorator(func)
         return user.command(name)(func)
 
@@ -209,7 +221,7 @@ def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
     from consentsync.app import can_reread
     from consentsync.sync.quarantine import retry
 
-    check_label(actor, "--actor", ACTOR_MAX, required=True)  # kept in the audit chain
+    actor = acting(actor)  # kept in the audit chain: a blank one is refused
     config = current_config()
     ledger = open_ledger(config)
     row = retry(

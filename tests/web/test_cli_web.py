@@ -58,6 +58,15 @@ def test_user_commands_hash_passwords_check_input_and_audit(cli: Cli) -> None:
     actions = [e["action"] for e in cli.json("audit", "log") if e["action"].startswith("user.")]
     assert actions == ["user.added", "user.role_changed", "user.added", "user.disabled"]
     assert "a-long-enough-password" not in str(cli.json("audit", "log"))
+    # Who changed an account: the login name by default, as every other command records it; a
+    # blank --actor is refused (one line, exit 2, nothing changed), never recorded as nobody.
+    from consentsync.cli_base import login_name
+
+    changes = [e for e in cli.json("audit", "log") if e["action"].startswith("user.")]
+    assert {e["actor"] for e in changes} == {login_name()}, changes
+    blank = cli("user", "disable", "ops.lead", "--enable", "--actor", "  ")
+    assert blank.exit_code == 2 and "--actor is blank" in blank.stderr and "Traceback" not in blank.output
+    assert cli.json("user", "list")[0]["disabled"] is True
 
 
 def _free_port() -> int:
