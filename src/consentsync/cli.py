@@ -758,8 +758,8 @@ def subject_export(email: str, fmt: str, output: Path, force: bool) -> None:
 # The actions the audit log's entries name (``audit log --action``). A value not listed is still
 # accepted when entries of it are in the log (written by another version of consentsync).
 AUDIT_ACTIONS = (
-    "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "consent.recorded", "crm.pushed",
-    "crm.record_deleted", "crm.record_merged", "crm.record_restored", "ledger.binding_by_chain",
+    "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "consent.recorded", "crm.push_held",
+    "crm.pushed", "crm.record_deleted", "crm.record_merged", "crm.record_restored", "ledger.binding_by_chain",
     "login.failed", "login.succeeded", "notice.added",
     "notice.dated", "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
     "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",

@@ -295,7 +295,7 @@ def _irreversible_held_lines(connector: str, writes: int, run_id: str | None = N
     """What a run says of the writes it held back as irreversible: how many, why, and what ops can
     do. Said because the CRM keeps acting on the value it shows (HubSpot keeps mailing a contact
     a restriction did not unsubscribe) while the other CRMs and the ledger say otherwise. Counts
-    only: which records is not kept by the run (and a person's address is never shown)."""
+    only here: `runs show` lists the records by id (never a person's address)."""
     return (
         f"  irreversible writes held: {writes} (writes {connector} could never undo, such as an\n"
         "    unsubscribe: left out, as the person's state rests on a restriction (Art. 18), an expiry\n"
@@ -480,6 +480,13 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(f"  error: {run['error']}")
     if run["counts"].get("irreversible_held"):
         click.echo(_irreversible_held_lines(run["connector"], run["counts"]["irreversible_held"]))
+    if run["irreversible_held_records"]:
+        click.echo("\nrecords whose irreversible writes were held:")
+        records = run["irreversible_held_records"]
+        print_table(
+            [{**kept, "fields": ", ".join(kept["fields"] or ())} for kept in records],
+            ["object", "record_id", "fields", "rule"],
+        )
     if run["plan_approved_by"]:
         click.echo(f"  applied a plan approved by {run['plan_approved_by']}")
     if run["pushes"]:

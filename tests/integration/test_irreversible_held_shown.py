@@ -63,6 +63,15 @@ def test_a_restriction_held_from_hubspot_is_told_by_the_run_runs_show_and_status
     shown = _consentsync(config, "runs", "show", holding["id"])
     assert shown.exit_code == 0
     assert f"irreversible writes held: {held} " in _flat(shown.stdout) and DOC in _flat(shown.stdout)
+    # Which records, by id, with the fields held (never the address): from the run's audit entries.
+    records = json.loads(_consentsync(config, "runs", "show", holding["id"], "--json").stdout)
+    kept_back = records["irreversible_held_records"]
+    assert [(r["object"], r["record_id"]) for r in kept_back] == [("contacts", contact)], kept_back
+    assert sum(len(r["fields"]) for r in kept_back) == held
+    assert contact in shown.stdout and RESTRICTED not in shown.stdout
+    logged = json.loads(_consentsync(config, "audit", "log", "--action", "crm.push_held", "--json").stdout)
+    assert [entry["what"]["record"] for entry in logged] == [contact]
+    assert _consentsync(config, "audit", "verify").exit_code == 0
 
     # A later run passes over the unchanged record and counts nothing: status still says it.
     again = _consentsync(config, "sync", "contract")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-__all__ = ["DecidedPushes", "NewPush", "QueuedRow", "RecordKey"]
+__all__ = ["PUSH_HELD_ACTION", "DecidedPushes", "HeldWrite", "NewPush", "QueuedRow", "RecordKey"]
 
 
 class QueuedRow(NamedTuple):
@@ -23,6 +23,21 @@ class QueuedRow(NamedTuple):
 class RecordKey(NamedTuple):
     object_type: str
     record_id: str
+
+
+# The audit entry of a record's writes held back as irreversible (``HeldWrite``).
+PUSH_HELD_ACTION = "crm.push_held"
+
+
+class HeldWrite(NamedTuple):
+    """Writes to a record held back as irreversible (an unsubscribe the CRM could never undo, for
+    a state that rests on no evidenced no): which record, whose, which fields, by which rule."""
+
+    subject_id: int
+    object_type: str
+    record_id: str
+    fields: tuple[str, ...]
+    rule: str | None
 
 
 class NewPush(NamedTuple):
@@ -54,3 +69,5 @@ class DecidedPushes:
     # The rows kept as they were decided again (pending or dead-lettered), by id: whether their
     # write restricts processing (their ``suppression`` flag, set where it says otherwise).
     flags: dict[int, bool] = field(default_factory=dict)
+    # The writes held back as irreversible, record by record (``irreversible_held`` counts them).
+    held: list[HeldWrite] = field(default_factory=list)

@@ -86,7 +86,14 @@ from consentsync.sdk.clock import CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
-from consentsync.sync.decisions import DecidedPushes, NewPush, QueuedRow, RecordKey
+from consentsync.sync.decisions import (
+    PUSH_HELD_ACTION,
+    DecidedPushes,
+    HeldWrite,
+    NewPush,
+    QueuedRow,
+    RecordKey,
+)
 from consentsync.sync.failpoints import failpoint
 from consentsync.sync.feed import FeedPlace, read_feed
 from consentsync.sync.lease import Lease, LeaseLost
@@ -2140,8 +2147,19 @@ class SyncEngine:
                     updates = {**updates, **mapping.spec.personal_fields}
             elif self.options.mode == "suppress_only":
                 updates = restricting(mapping, updates)
+            before_held = updates
             updates, held = self._reversible_or_evidenced(mapping, row, updates, action, subject_states)
-            decided.irreversible_held += held
+            if held:
+                decided.irreversible_held += held
+                decided.held.append(
+                    HeldWrite(
+                        row.subject_id,
+                        row.object_type,
+                        row.record_id,
+                        tuple(sorted(before_held.keys() - updates.keys())),
+                        _rule_for(mapping, wanted, subject_states),
+                    )
+                )
             pending = [old.id for old in queued.get(key, ()) if old.status == "pending"]
             if not updates and action is WriteAction.UPDATE:
                 superseded += pending  # decided on an older state: the CRM already agrees now
@@ -2349,6 +2367,32 @@ class SyncEngine:
             analyse_grown(conn)
         report.counts.pushes_enqueued += len(decided.new_rows)
         report.counts.irreversible_held += decided.irreversible_held
+        if decided.held:
+            # Each record left showing what it showed, on the record (Art. 5(2)): which record,
+            # whose, which fields and why; `runs show` lists them (by id: no address).
+            uids = self._uids(conn, [held.subject_id for held in decided.held])
+            audit.append(
+                conn,
+                [
+                    AuditRecord(
+                        PUSH_HELD_ACTION,
+                        {
+                            "connector": self.name,
+                            "object": held.object_type,
+                            "record": held.record_id,
+                            "fields": list(held.fields),
+                        },
+                        rule=held.rule,
+                        source=self.name,
+                        actor="consentsync",
+                        run_id=report.run_id,
+                        subject_uid=uids[held.subject_id],
+                        subject_id=held.subject_id,
+                    )
+                    for held in decided.held
+                ],
+                now,
+            )
 
     def _queued(self, conn: Connection, rows: list[Any]) -> dict[tuple[str, str], list[QueuedRow]]:
         """The outbox rows of these records that still matter (pending, done, dead), oldest first,

@@ -17,6 +17,7 @@ from consentsync.domain import InvalidInput, as_utc, canonical_json
 from consentsync.ledger.schema import quarantine, sync_runs
 from consentsync.rowview import RowView
 from consentsync.sync import quarantine as quarantined
+from consentsync.sync.decisions import PUSH_HELD_ACTION
 
 # What a run's row can say it ended as (or is doing): the one list the CLI's, the console's and
 # the API's filters accept. Not "dry_run": a dry run changes nothing, and leaves no row either.
@@ -157,9 +158,19 @@ def show_run(engine: Engine, run_id: str) -> dict[str, Any] | None:
             for entry in audit.entries(conn, run_id=run_id, action=PUSHED_ACTION, limit=PUSHES_SHOWN)
         ]
         applied = next(audit.entries(conn, run_id=run_id, action=PLAN_APPLIED_ACTION, limit=1), None)
+        kept_back = [
+            {
+                "object": entry["what"].get("object"),
+                "record_id": entry["what"].get("record"),
+                "fields": entry["what"].get("fields"),
+                "rule": entry.get("rule"),
+            }
+            for entry in audit.entries(conn, run_id=run_id, action=PUSH_HELD_ACTION, limit=PUSHES_SHOWN)
+        ]
     view = run_view(row)
     view["quarantined_records"] = [quarantined.view(q) for q in held]
     view["pushes"] = pushed
+    view["irreversible_held_records"] = kept_back
     view["plan_approved_by"] = applied.get("actor") if applied is not None else None
     return view
 
