@@ -229,3 +229,15 @@ def test_link_for_an_address_lou_left_is_lous_bound_to_the_one_they_hold_now(lou
     assert held.stderr == "" and held.stdout.startswith("https://prefs.example.test/p/preferences/")
     assert lou.cli.json("link", NEW)["address_left"] is False
     one_line_error(lou.cli("link", "nobody@example.com"), 2, "no subject")
+
+
+def test_a_connector_named_consentsync_is_refused_naming_the_field(cli: Cli) -> None:
+    """Its records' events would be sourced "consentsync:<object>", as consentsync's own records."""
+    import yaml
+
+    data = yaml.safe_load(cli.config_path.read_text())
+    data["connectors"] = [
+        {"name": "consentsync", "vendor": "salesforce", "mappings": ["mappings/contact.yaml"], "settings": {}}
+    ]
+    cli.config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    one_line_error(cli("status"), 2, "connectors[0].name", "reserved for consentsync")

@@ -316,6 +316,14 @@ class Settings(_Strict):
         for index, name in enumerate(names):
             if names.index(name) != index:
                 raise _located(("connectors", index, "name"), f"duplicate connector name {name!r}")
+            if name.strip().casefold() == "consentsync":
+                # Its records' events would be sourced "consentsync:<object>", as consentsync's own
+                # records are (the expiry sweep, an upgrade: hub/keys.RESERVED_SOURCE_PREFIX).
+                raise _located(
+                    ("connectors", index, "name"),
+                    f"connector name {name!r} is reserved for consentsync's own records: accepted is "
+                    "any other name (salesforce-prod, hubspot, ...)",
+                )
         for channel in self.channels:
             if not _KEY.match(channel):
                 raise _located(("channels",), f"channel {channel!r} must be a lower-case word")
