@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from consentsync import exit_codes
 from consentsync.audit_registry import bind_api_keys
 from consentsync.config import Config, ConfigError
+from consentsync.hub.confirmation_terms import mark_confirmations_bound
 from consentsync.ledger.engine import make_engine
 from consentsync.ledger.identity import backfill_left
 from consentsync.ledger.problems import ledger_problem
@@ -229,6 +230,8 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
         # Once, first: where in the chain this version's binding of unstated bases begins, which
         # audit verify holds the values recorded before it to leniently (Ledger.mark_binding_by_chain).
         ledger.mark_binding_by_chain()
+        # Once: which confirmation rows an older version opened, unbound (hub/confirmation_terms.py).
+        mark_confirmations_bound(ledger)
         ledger.sync_purposes()
         bind_api_keys(ledger)  # once: what an older version's key entries did not carry
         # Once: the people an older version's erasures left (absorbed into the person erased).
@@ -242,7 +245,7 @@ def open_ledger(config: Config, *, migrate: bool = False) -> Ledger:
 KEY_CHECK_SETTING = "erasure_key_check"
 KEY_CHECK_TEXT = b"consentsync erasure key check v1"
 # The audit entries opening a ledger writes itself, naming no person: no key keyed them.
-INIT_ACTIONS = ("purpose.configured", "ledger.binding_by_chain")
+INIT_ACTIONS = ("purpose.configured", "ledger.binding_by_chain", "ledger.confirmations_bound")
 # Tables whose rows are what init itself records (keyed by no key), and the settings.
 _UNKEYED_TABLES = frozenset({"alembic_version", "purposes", "audit_head", "ledger_settings"})
 # Tables holding hashes keyed by the erasure key, by which an erased person is recognised: the

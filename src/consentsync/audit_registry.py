@@ -3,7 +3,10 @@ notice version names one text forever, and an API key's source decides whether i
 reverse a withdrawal or an erasure; both rows stay writable, so each is held to the entries that
 made or changed it. Apart from ``audit_bindings`` (the identifiers' bindings): it names no person,
 and the one-time binding of an older version's keys (``bind_api_keys``, run where the ledger
-is opened: app.py) lives here, so that the ledger imports neither this nor the hub's keys."""
+is opened: app.py) lives here, so that the ledger imports neither this nor the hub's keys.
+
+Beside them, the confirmation links' rows against the entries binding their terms
+(hub/confirmation_terms.py): found by row id, named by row id and kind, never by person."""
 
 from __future__ import annotations
 
@@ -21,9 +24,27 @@ from consentsync import audit
 from consentsync.audit import AuditRecord, CheckResult
 from consentsync.audit import entry_instant as _instant
 from consentsync.domain import ConsentStatus, iso
+from consentsync.hub.confirmation_terms import (
+    BOUND_TERMS,
+    CONFIRMATION_ACTIONS,
+    CONFIRMATION_OPENED,
+    TOKEN_HASH_DIGEST,
+    confirmations_marker,
+    differences,
+    older_version_row,
+    said_by,
+)
 from consentsync.hub.keys import ANY, KEY_HASH_DIGEST, LATER_BOUND, chain_binding
 from consentsync.ledger.engine import reading
-from consentsync.ledger.schema import api_keys, audit_entries, audit_head, consent_events, notices
+from consentsync.ledger.schema import (
+    api_keys,
+    audit_entries,
+    audit_head,
+    confirmations,
+    consent_events,
+    notices,
+    subjects,
+)
 from consentsync.ledger.service import BLANK_PROOF_SOURCE, Ledger
 
 SHOWN_PROBLEMS = 20
@@ -75,6 +96,8 @@ class RegistryResult(CheckResult):
     key_events: int = 0  # consent events recorded through an API key, checked against its source
     key_entries: int = 0  # objections raised and erasures made through an API key (their entries)
     unbound_keys: int = 0  # keys an older version made, whose hash and rate are not bound yet
+    confirmations: int = 0  # confirmations rows compared
+    older_confirmations: int = 0  # of those, rows an older version opened (no binding to hold to)
     findings: int = 0  # all of them
     problems: list[str] = field(default_factory=list)  # the first SHOWN_PROBLEMS, one line each
 
@@ -145,7 +168,8 @@ class KeyChain:
 def registry(conn: Connection, batch: int = 500) -> RegistryResult:
     """Every notice against its ``notice.added`` entry, every API key against the entries that
     made and changed it, and what was recorded through each key (consent events, objections,
-    erasures) against the source, purposes and actions the chain gave it then; one line per
+    erasures) against the source, purposes and actions the chain gave it then, and every
+    confirmation row against the entries binding its terms; one line per
     finding (the first ``SHOWN_PROBLEMS``), naming the table, the row and the field (never a
     key's secret, prefix or hash)."""
     problems: list[str] = []
@@ -154,20 +178,24 @@ def registry(conn: Connection, batch: int = 500) -> RegistryResult:
     keys_seen, unbound = _check_keys(conn, chains, problems)
     events = _check_key_events(conn, chains, problems)
     key_entries = _check_key_entries(conn, chains, problems)
+    confirmed = _check_confirmations(conn, problems, batch)
     counts = {
         "notices": notices_seen,
         "api_keys": keys_seen,
         "key_events": events,
         "key_entries": key_entries,
         "unbound_keys": unbound,
+        "confirmations": confirmed.rows,
+        "older_confirmations": confirmed.older,
     }
-    if not problems:
+    findings = len(problems) + confirmed.unshown
+    if not findings:
         return RegistryResult(ok=True, **counts)
-    more = f" ({len(problems) - 1} more findings)" if len(problems) > 1 else ""
+    more = f" ({findings - 1} more findings)" if findings > 1 else ""
     return RegistryResult(
         ok=False,
         problem=problems[0] + more,
-        findings=len(problems),
+        findings=findings,
         problems=problems[:SHOWN_PROBLEMS],
         **counts,
     )
@@ -658,6 +686,79 @@ def _check_key_entries(conn: Connection, chains: dict[str, KeyChain], problems: 
             f"revoked it at {iso(revoked_at)}: it was opened again outside consentsync"
         )
     return seen
+
+
+# -- confirmation links -----------------------------------------------------------------------------
+#
+# A confirmation row says what following its link records (hub/confirmation_terms.py): each is
+# held to its ``confirmation.opened`` entry (and a ``confirmation.disowned`` one, its kind). The
+# entries name the person, so they are read as the decision tables' are (``audit_decisions``):
+# ordered by the row id they name, beside the rows in id order, a page at a time.
+
+# The terms a finding may show as they are (labels and times; the token's hash is not shown).
+_SHOWN_CONFIRMATION_TERMS = frozenset(BOUND_TERMS)
+
+
+@dataclass(slots=True)
+class _Confirmations:
+    rows: int = 0
+    older: int = 0  # rows an older version opened, accepted without a binding
+    unshown: int = 0  # findings beyond those listed
+
+
+def _check_confirmations(conn: Connection, problems: list[str], batch: int) -> _Confirmations:
+    """Every confirmation row against the entries that opened (and disowned) it. A row no entry
+    opens passes only as an older version's (``older_version_row``); an entry whose row is gone
+    names a link deleted, as consentsync deletes one whose mail did not go: no finding. Findings
+    beyond ``SHOWN_PROBLEMS`` in all are counted, not listed."""
+    from consentsync.audit_decisions import _entries_by, _merged, _what_id  # the same reading
+
+    marker = confirmations_marker(conn)
+    rows = conn.execute(
+        select(confirmations, subjects.c.uid)
+        .select_from(confirmations.outerjoin(subjects, subjects.c.id == confirmations.c.subject_id))
+        .order_by(confirmations.c.id)
+        .execution_options(yield_per=batch)
+    )
+    groups = _entries_by(
+        conn, _what_id(conn, "confirmation"), audit_entries.c.action.in_(CONFIRMATION_ACTIONS), batch
+    )
+    seen = _Confirmations()
+    for row_id, row, entries in _merged(iter(rows), groups):
+        if row is None:
+            continue
+        seen.rows += 1
+        said, person = said_by(entries or [])
+        where = f"confirmations row {row_id} ({row.kind})"
+        if said is None:
+            if older_version_row(marker, row):
+                seen.older += 1
+                continue
+            found = (
+                f"{where}: no {CONFIRMATION_OPENED} audit entry opens it: inserted, or its id edited, "
+                "outside consentsync"
+            )
+        else:
+            parts = [_confirmation_part(*difference) for difference in differences(row._mapping, said)]
+            if person is not None and row.uid != person:
+                parts.insert(0, f"subject_id {row.subject_id} is not the person its opening entry names")
+            if not parts:
+                continue
+            found = f"{where}: {'; '.join(parts)}: edited outside consentsync"
+        if len(problems) < SHOWN_PROBLEMS:
+            problems.append(found)
+        else:
+            seen.unshown += 1
+    return seen
+
+
+def _confirmation_part(name: str, have: Any, said: Any, seq: int | None) -> str:
+    """One term that differs: labels and times shown, the token's hash only said to differ."""
+    where = f"audit entry {seq}" if seq is not None else "no audit entry"
+    if name in _SHOWN_CONFIRMATION_TERMS:
+        return f"{name} is {_key_value(have)} where {where} says {_key_value(said)}"
+    column = "token_hash" if name == TOKEN_HASH_DIGEST else name
+    return f"{column} differs from {where}"
 
 
 # -- the one-time binding of an older version's keys ---------------------------------------------

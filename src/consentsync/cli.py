@@ -758,17 +758,17 @@ def subject_export(email: str, fmt: str, output: Path, force: bool) -> None:
 # The actions the audit log's entries name (``audit log --action``). A value not listed is still
 # accepted when entries of it are in the log (written by another version of consentsync).
 AUDIT_ACTIONS = (
-    "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "consent.recorded", "crm.push_held",
-    "crm.pushed", "crm.record_deleted", "crm.record_merged", "crm.record_restored", "ledger.binding_by_chain",
-    "login.failed", "login.succeeded", "notice.added",
-    "notice.dated", "objection.decided", "objection.raised", "outbox.retried", "plan.applied", "plan.made",
-    "plan.refused", "plan.rejected", "purpose.configured", "quarantine.retried", "state.changed",
-    "subject.absorbed", "subject.created", "subject.erased", "subject.erasure_requested", "subject.exported",
-    "subject.identifier_added", "subject.identifier_held_again", "subject.identifier_left",
-    "subject.identifiers_bound", "subject.restricted",
-    "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed", "suppression.added",
-    "sync.cursor_reset", "user.added", "user.disabled", "user.enabled", "user.password_changed",
-    "user.role_changed", "user.sessions_ended", "user.unlocked",
+    "apikey.bound", "apikey.created", "apikey.revoked", "audit.viewed", "confirmation.disowned",
+    "confirmation.opened", "consent.recorded", "crm.push_held", "crm.pushed", "crm.record_deleted",
+    "crm.record_merged", "crm.record_restored", "ledger.binding_by_chain", "ledger.confirmations_bound",
+    "login.failed", "login.succeeded", "notice.added", "notice.dated", "objection.decided",
+    "objection.raised", "outbox.retried", "plan.applied", "plan.made", "plan.refused", "plan.rejected",
+    "purpose.configured", "quarantine.retried", "state.changed", "subject.absorbed", "subject.created",
+    "subject.erased", "subject.erasure_requested", "subject.exported", "subject.identifier_added",
+    "subject.identifier_held_again", "subject.identifier_left", "subject.identifiers_bound",
+    "subject.restricted", "subject.restriction_lifted", "subject.restriction_requested", "subject.viewed",
+    "suppression.added", "sync.cursor_reset", "user.added", "user.disabled", "user.enabled",
+    "user.password_changed", "user.role_changed", "user.sessions_ended", "user.unlocked",
 )  # fmt: skip
 
 

@@ -270,7 +270,8 @@ def _echo_registry(registry: Any) -> None:
     if registry.ok:
         click.echo(
             f"notices and API keys agree with audit entries: {registry.notices} notices, "
-            f"{registry.api_keys} API keys, {registry.key_events} consent events recorded through them"
+            f"{registry.api_keys} API keys, {registry.key_events} consent events recorded through them, "
+            f"{registry.confirmations} confirmation links"
         )
         return
     for problem in registry.problems:  # one line a finding, the first few

@@ -17,17 +17,17 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from structlog.testing import capture_logs
 
 from consentsync import audit
 from consentsync.config import BrandingSettings
-from consentsync.hub import i18n
+from consentsync.hub import confirmation_terms, i18n
 from consentsync.hub.capture import Hub, token_digest
 from consentsync.hub.links import make_token
 from consentsync.hub.people import brand_css, content_security_policy, mask_email
 from consentsync.hub.preferences import PreferenceCentre
-from consentsync.ledger.schema import confirmations, subjects
+from consentsync.ledger.schema import subjects
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import (
     EMAIL,
@@ -311,12 +311,11 @@ def open_confirmation(world: HubWorld, kind: str, purpose: str = "newsletter") -
     now = world.clock()
     with world.ledger.engine.begin() as conn:
         subject_id = conn.execute(select(subjects.c.id)).scalars().first()
-        conn.execute(
-            insert(confirmations).values(
-                token_hash=token_digest(raw), kind=kind, subject_id=subject_id, purpose=purpose,
-                channel="email", notice_version="2026-05", source="test", requested_at=now,
-                expires_at=now + timedelta(days=7),
-            )
+        # Opened as the hub opens one: its terms bound in the chain (an unbound row is refused).
+        confirmation_terms.open_confirmation(
+            conn, now, token_hash=token_digest(raw), kind=kind, subject_id=subject_id, purpose=purpose,
+            channel="email", notice_version="2026-05", source="test", expires_at=now + timedelta(days=7),
+            actor="test",
         )  # fmt: skip
     return raw
 

@@ -8,7 +8,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from consentsync import audit
@@ -96,17 +96,22 @@ def test_edit_with_recomputed_hash_breaks_the_next_link(ledger: Ledger) -> None:
     _populated(ledger)
     _disable_guards(ledger.engine)
     with ledger.engine.begin() as conn:
-        # The first consent.recorded: after ledger.binding_by_chain, the purposes, subject.created.
-        row = conn.execute(select(audit_entries).where(audit_entries.c.seq == 6)).one()
+        # The first consent.recorded (after the entries of the ledger's first opening).
+        row = conn.execute(
+            select(audit_entries)
+            .where(audit_entries.c.action == "consent.recorded")
+            .order_by(audit_entries.c.seq)
+            .limit(1)
+        ).one()
         forged = row.payload.replace('"web_form"', '"forged"')
         assert forged != row.payload
         conn.execute(
             audit_entries.update()
-            .where(audit_entries.c.seq == 6)
+            .where(audit_entries.c.seq == row.seq)
             .values(payload=forged, hash=audit.chain_hash(row.prev_hash, forged))
         )
     result = _verify(ledger)
-    assert (result.ok, result.broken_seq) == (False, 7)
+    assert (result.ok, result.broken_seq) == (False, row.seq + 1)
     assert "prev_hash" in (result.problem or "")
 
 
@@ -203,6 +208,8 @@ def test_concurrent_writers_keep_one_gapless_chain(ledger: Ledger) -> None:
         except BaseException as error:
             errors.append(error)
 
+    with ledger.engine.connect() as conn:  # the entries of the ledger's first opening
+        opened = conn.execute(select(func.count()).select_from(audit_entries)).scalar_one()
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
@@ -211,8 +218,8 @@ def test_concurrent_writers_keep_one_gapless_chain(ledger: Ledger) -> None:
     assert errors == []
     result = _verify(ledger)
     assert result.ok, result
-    # ledger.binding_by_chain and the purposes, then subject.created + recorded
-    assert result.entries_checked == 4 + 8 * 5 * 2
+    # Then subject.created + consent.recorded for each grant, none lost or forked.
+    assert result.entries_checked == opened + 8 * 5 * 2
 
 
 def test_cli_verify_exits_5_and_names_the_entry(cli: Cli, ledger: Ledger) -> None:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Connection, event, select
 
 from consentsync import audit
-from consentsync.app import open_ledger
+from consentsync.app import INIT_ACTIONS, open_ledger
 from consentsync.config import load_config, write_starter
 from consentsync.domain import ConsentStatus, Evidence, LawfulBasis, Origin
 from consentsync.ledger.bulk import select_in
@@ -87,7 +87,7 @@ def _contents(conn: Connection) -> dict[str, Any]:
     for row in conn.execute(select(audit_entries).order_by(audit_entries.c.seq)):
         payload = orjson.loads(row.payload)
         payload["subject"] = uid_email.get(payload["subject"], payload["subject"])
-        if row.action in ("purpose.configured", "ledger.binding_by_chain"):
+        if row.action in INIT_ACTIONS:
             del payload["at"]  # written as the ledger opens, by the real clock
         trail.append((row.seq, row.action, payload))
     events = conn.execute(select(consent_events).order_by(consent_events.c.id)).all()

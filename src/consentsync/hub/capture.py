@@ -47,6 +47,7 @@ from consentsync.domain import (
     normalise_email,
 )
 from consentsync.hub import receipts
+from consentsync.hub.confirmation_terms import disowned, open_confirmation, refuse_unless_bound
 from consentsync.hub.i18n import channel_labels, translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, bound, holds_now, mailed_tag, make_token, sent_elsewhere
@@ -549,6 +550,7 @@ class Hub:
                 raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
             if row.kind == DISOWNED_KIND:
                 raise LinkRefused(DISOWNED_LINK)
+            refuse_unless_bound(conn, row)
             # Mailed to an address its person no longer holds: whoever has that mailbox now may
             # be someone else, and neither confirms nor declines for them (a sealed token's
             # person holds no address yet: the one it carries is the one to prove).
@@ -656,12 +658,14 @@ class Hub:
             # Read in the transaction that records: a consent confirmed meanwhile (the same mail
             # opened twice) is not ended by the no that follows it.
             if row.kind == "double_opt_in" and not _waiting(self.ledger, conn, row):
-                conn.execute(
+                changed = conn.execute(
                     update(confirmations)
                     .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
                     .values(kind=DISOWNED_KIND)
-                )
+                ).rowcount
                 uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == row.subject_id)).scalar_one()
+                if changed:  # the row's kind is one of its bound terms: the chain says it changed
+                    audit.append(conn, [disowned(row, DISOWNED_KIND, uid)], now)
                 log.info("hub.disowned", subject=uid, purpose=row.purpose, channel=row.channel)
                 return {
                     "purpose": row.purpose,
@@ -825,19 +829,21 @@ class Hub:
                             token = self._sealed(token, held[index])
                         elif to is not None:
                             token = bound(self.ledger, token, to)
-                        conn.execute(
-                            insert(confirmations).values(
-                                token_hash=token_digest(token),
-                                kind="double_opt_in",
-                                subject_id=outcome.subject_id,
-                                purpose=evidence.purpose,
-                                channel=evidence.channel,
-                                notice_version=evidence.notice_version,
-                                notice_language=evidence.notice_language,
-                                source=key.source,
-                                requested_at=now,
-                                expires_at=now + timedelta(days=self.settings.confirmation_days),
-                            )
+                        # Its terms bound in the chain (``confirmation_terms``): an edited row opens nothing.
+                        open_confirmation(
+                            conn,
+                            now,
+                            token_hash=token_digest(token),
+                            kind="double_opt_in",
+                            subject_id=outcome.subject_id,
+                            subject_uid=outcome.subject_uid,
+                            purpose=evidence.purpose,
+                            channel=evidence.channel,
+                            notice_version=evidence.notice_version,
+                            notice_language=evidence.notice_language,
+                            source=key.source,
+                            expires_at=now + timedelta(days=self.settings.confirmation_days),
+                            actor=f"apikey:{key.name}",
                         )
                         if _void_at_birth(conn, token, now):
                             # The same request said no to it (a GPC signal opting out of this

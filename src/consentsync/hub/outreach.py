@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from consentsync.domain import (
     ConsentStatus,
@@ -35,6 +35,7 @@ from consentsync.domain import (
     Purpose,
 )
 from consentsync.hub.capture import Hub, Mailed, PendingMail, token_digest
+from consentsync.hub.confirmation_terms import open_confirmation
 from consentsync.hub.links import bound
 from consentsync.hub.mail import NOT_ONE_ADDRESS, mailable
 from consentsync.hub.notices import current, text_shown_on_page
@@ -468,17 +469,18 @@ class Outreacher:
         token: str,
     ) -> None:
         now = self.ledger.clock()
-        conn.execute(
-            insert(confirmations).values(
-                token_hash=token_digest(token),
-                kind=kind,
-                subject_id=subject_id,
-                purpose=purpose,
-                channel=channel,
-                notice_version=notice,
-                notice_language=notice_language,
-                source=REQUEST_SOURCE,
-                requested_at=now,
-                expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
-            )
+        # Its terms bound in the chain (``confirmation_terms``): an edited row opens nothing.
+        open_confirmation(
+            conn,
+            now,
+            token_hash=token_digest(token),
+            kind=kind,
+            subject_id=subject_id,
+            purpose=purpose,
+            channel=channel,
+            notice_version=notice,
+            notice_language=notice_language,
+            source=REQUEST_SOURCE,
+            expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
+            actor="consentsync",
         )

@@ -16,12 +16,13 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, Purpose, iso
 from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
+from consentsync.hub.confirmation_terms import open_confirmation, refuse_unless_bound
 from consentsync.hub.i18n import translator
 from consentsync.hub.keys import ApiKey
 from consentsync.hub.links import LinkRefused, bound, expired_uid, mailed_tag, read_token, sent_elsewhere
@@ -554,16 +555,18 @@ class PreferenceCentre:
             ).first()
             if asked is not None:
                 return None
-            conn.execute(
-                insert(confirmations).values(
-                    token_hash=token_digest(token),
-                    kind=kind,
-                    subject_id=subject_id,
-                    source=source,
-                    requested_at=now,
-                    expires_at=now + timedelta(days=days),
-                    **row,
-                )
+            # Its terms bound in the chain (``confirmation_terms``): an edited row opens nothing.
+            open_confirmation(
+                conn,
+                now,
+                token_hash=token_digest(token),
+                kind=kind,
+                subject_id=subject_id,
+                subject_uid=person.uid,
+                source=source,
+                expires_at=now + timedelta(days=days),
+                actor=actor,
+                **row,
             )
             if action is None:
                 return token
@@ -710,6 +713,8 @@ class PreferenceCentre:
                     select(subjects.c.erased_at).where(subjects.c.id == row.subject_id)
                 ).scalar()
             )
+            if row is not None:
+                refuse_unless_bound(conn, row)
         if row is None:
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
         if erased is not None:
@@ -732,6 +737,8 @@ class PreferenceCentre:
                     confirmations.c.token_hash == token_digest(token), confirmations.c.kind == "erasure"
                 )
             ).one_or_none()
+            if row is not None:
+                refuse_unless_bound(conn, row)
         if row is None:
             raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
         if row.confirmed_at is not None:
