@@ -30,8 +30,15 @@ action permanently deletes each contact (``POST .../gdpr-delete``, one call a co
 restorable, unlike an archive, which HubSpot keeps in its recycle bin for 90 days); setting
 ``delete_mode: archive`` archives instead (``batch/archive``).
 
+A write to a contact deleted (a read of its id answers 404) or merged away since the read (the
+read answers the merged contact, under its new id) is answered ``gone``; the deletion listing
+then names the merge and its survivor.
+
 Limits: the ``X-HubSpot-RateLimit-*`` headers keep a daily budget (stopping with a reserve
-left) and a secondly pace; a 429 SECONDLY is waited out, a 429 DAILY stops the run cleanly.
+left) and pace calls to the rolling ten-second window (``-Remaining`` at 0: wait out
+``-Interval-Milliseconds``); a 429 ``TEN_SECONDLY_ROLLING`` (or of a policy not known) without
+Retry-After is waited out for that window (ten seconds where the answer does not say), a 429 of
+the search limit (``SECONDLY``) for a second, and a 429 DAILY stops the run cleanly.
 """
 
 from __future__ import annotations
@@ -60,7 +67,11 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(Action.FAIL, Fault.CONFIG, "private app lacks a scope", 403, "MISSING_SCOPES"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "request refused", 403),
         ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily API limit reached", 429, "DAILY"),
-        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "secondly API limit reached", 429),
+        ErrorRule(
+            Action.RATE_LIMITED, Fault.LIMIT, "ten-second API limit reached", 429, "TEN_SECONDLY_ROLLING"
+        ),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "search API limit reached", 429, "SECONDLY"),
+        ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "API rate limit reached", 429),
         ErrorRule(Action.FAIL, Fault.CONFIG, "request rejected", 400, "VALIDATION_ERROR"),
         # Per record: in a 207 answer (retry next run) or a v3 409 (not retried within the call).
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "record being modified", code="CONFLICT"),
@@ -84,7 +95,24 @@ V3_LEGAL_BASES = (
 _VIRTUAL = re.compile(r"^subscription_(?P<id>\d+)(?:_(?P<part>legal_basis|timestamp))?$")
 _PROPERTY = re.compile(r"^[a-z][a-z0-9_]*$")
 _REFUSAL = re.compile(r"(?i)unsubscribed|opted out|cannot be resubscribed|resubscribe")
-_ALREADY = re.compile(r"(?i)\balready (un)?subscribed\b")
+# HubSpot's v3 answers a change to the state already held with 400 VALIDATION_ERROR "<email> is
+# already subscribed to subscription <id>" (or "is already unsubscribed from ..."): done, but
+# only for the state that was asked for. A subscribe refused with "already unsubscribed" is a
+# refusal; taken as done, the ledger would believe HubSpot holds a yes it never accepted.
+_ALREADY = {
+    "SUBSCRIBED": re.compile(r"(?i)\balready subscribed\b"),
+    "UNSUBSCRIBED": re.compile(r"(?i)\balready unsubscribed\b"),
+}
+#: The 429 policies (``policyName``) HubSpot names: its usage guidelines limit every app to a
+#: number of calls per rolling ten seconds (``TEN_SECONDLY_ROLLING``, the window the
+#: ``X-HubSpot-RateLimit-Max`` / ``-Remaining`` / ``-Interval-Milliseconds`` headers describe), the
+#: search endpoints to a few calls a second (its 429 says "You have reached your secondly
+#: limit."), and the account to a daily allowance (``DAILY``).
+DAILY_POLICY = "DAILY"
+SEARCH_POLICY = "SECONDLY"
+SECONDLY_MESSAGE = "you have reached your secondly limit."
+#: How long a rolling window lasts where a 429 does not say (HubSpot's documented ten seconds).
+BURST_WINDOW_SECONDS = 10.0
 OBJECT = "contacts"
 BATCH_READ_LIMIT = 100  # inputs a batch read takes
 # Inputs a batch read carrying ``propertiesWithHistory`` takes: HubSpot refuses more with 400
@@ -160,6 +188,11 @@ class HubSpotConnector(sdk.Connector):
         self._last_search = 0.0
         self._secondly_remaining: int | None = None
         self._secondly_at = 0.0
+        # The rolling window of the last answer's X-HubSpot-RateLimit-Remaining and
+        # -Interval-Milliseconds: calls left in it, its length (seconds), when it was answered.
+        self._window_remaining: int | None = None
+        self._window_seconds = BURST_WINDOW_SECONDS
+        self._window_at = 0.0
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -205,11 +238,23 @@ class HubSpotConnector(sdk.Connector):
         secondly = headers.get("X-HubSpot-RateLimit-Secondly-Remaining")
         if secondly and secondly.isdigit():
             self._secondly_remaining, self._secondly_at = int(secondly), time.monotonic()
+        remaining = headers.get("X-HubSpot-RateLimit-Remaining")
+        if remaining and remaining.isdigit():
+            self._window_remaining, self._window_at = int(remaining), time.monotonic()
+            self._window_seconds = _window_seconds(response) or BURST_WINDOW_SECONDS
 
     def _guard(self) -> None:
         """Stops before the budget is spent (per run, and the daily allowance less the reserve)
-        and paces calls by the secondly headers and the search rate."""
+        and paces calls by the rate-limit headers: the rolling window's (``-Remaining`` at 0:
+        wait until the window the answer counted has passed, the latest a slot frees in a
+        rolling window), the older secondly ones where HubSpot still sends them, and the search
+        rate."""
         self.config.budget.check(self.name, self.usage, calls="HubSpot API")
+        if self._window_remaining == 0:
+            wait = self._window_seconds - (time.monotonic() - self._window_at)
+            if wait > 0:
+                time.sleep(wait)
+            self._window_remaining = None
         if self._secondly_remaining == 0:
             wait = 1.0 - (time.monotonic() - self._secondly_at)
             if wait > 0:
@@ -235,13 +280,13 @@ class HubSpotConnector(sdk.Connector):
         category = str(body.get("category") or "") if isinstance(body, dict) else ""
         message = str(body.get("message") or "")[:300] if isinstance(body, dict) else response.text[:200]
         if status == 429:
-            policy = str(body.get("policyName") or "SECONDLY") if isinstance(body, dict) else "SECONDLY"
-            rule = ERRORS.classify(429, policy)
-            text = f"{describe}: 429 {policy}: {message}"
-            if policy == "DAILY":
+            policy = str(body.get("policyName") or "") if isinstance(body, dict) else ""
+            rule = ERRORS.classify(429, policy or None)
+            text = f"{describe}: 429 {policy or 'RATE_LIMIT'}: {message}"
+            if policy == DAILY_POLICY:
                 return sdk.BudgetExhausted(text, rule)
             wait = sdk.retry_after(response)
-            return ConnectorError(text, rule, retry_after=1.0 if wait is None else wait)
+            return ConnectorError(text, rule, retry_after=_rate_limit_wait(policy, message, response, wait))
         if status == 401:
             if self._token_changed():
                 return ConnectorError(f"{describe}: token rotated", ERRORS.classify(401, "TOKEN_ROTATED"))
@@ -610,17 +655,8 @@ class HubSpotConnector(sdk.Connector):
     def _points_to(self, record_id: str) -> str | None:
         """The contact an archived id now points to (a merge's result), or None (deleted).
         ``GET`` of a merged-away id answers the merged contact, with its own id."""
-        response = self._request(
-            "GET",
-            f"/crm/v3/objects/{OBJECT}/{record_id}",
-            params={"properties": "hs_object_id"},
-            describe="read an archived contact's id",
-            accept=lambda answer: answer.status_code == 404,  # deleted: no contact answers it
-        )
-        if response.status_code == 404:
-            return None
-        answered = str((sdk.json_or_none(response) or {}).get("id") or "")
-        return answered if answered.isdigit() and answered != record_id else None
+        answered = self._answered_id(record_id)
+        return answered if answered is not None and answered != record_id else None
 
     def _with_last_values(
         self,
@@ -978,9 +1014,10 @@ class HubSpotConnector(sdk.Connector):
             index = chunk[0][0]
             record_id = updates[index].record_id
             # Whether HubSpot refuses a batch naming a contact it no longer has with a 400 or a
-            # 207 is not documented: either way, a read of the id answering 404 says it is gone.
-            if self._gone(record_id):
-                yield {index: _no_such_contact(record_id)}
+            # 207 is not documented: either way, a read of the id says whether it is gone (404)
+            # or merged away (it answers another contact).
+            if (gone := self._no_longer_here(record_id)) is not None:
+                yield {index: gone}
                 return
             yield {index: sdk.WriteResult(record_id, False, "VALIDATION_ERROR", str(error))}
             return
@@ -995,8 +1032,8 @@ class HubSpotConnector(sdk.Connector):
             record_id = updates[index].record_id
             if record_id in failed:
                 category, message = failed[record_id]
-                if category == "OBJECT_NOT_FOUND" and self._gone(record_id):
-                    answers[index] = _no_such_contact(record_id)
+                if category == "OBJECT_NOT_FOUND" and (gone := self._no_longer_here(record_id)) is not None:
+                    answers[index] = gone
                     continue
                 retryable = ERRORS.classify(207, category).action in (Action.RETRY, Action.RATE_LIMITED)
                 answers[index] = sdk.WriteResult(record_id, False, category, message, retryable)
@@ -1056,22 +1093,50 @@ class HubSpotConnector(sdk.Connector):
 
     def _gone(self, record_id: str) -> bool:
         """Whether no contact answers ``GET .../contacts/{id}`` (404): deleted, permanently or
-        not. A merged-away id answers the contact it was merged into: not gone."""
+        not. A merged-away id answers the contact it was merged into: not gone (its person's
+        data lives on there, so an erasure of it is not done)."""
+        return self._answered_id(record_id) is None
+
+    def _answered_id(self, record_id: str) -> str | None:
+        """The id of the contact ``GET .../contacts/{id}`` answers: ``record_id`` itself, the
+        contact it was merged into (HubSpot's changelog "Updated merge functionality for
+        contacts and companies": fetching a record by an original id "will return the new
+        merged record with the new ID"), or None where it answers 404 (deleted)."""
         response = self._request(
             "GET",
             f"/crm/v3/objects/{OBJECT}/{record_id}",
             params={"properties": "hs_object_id"},
-            describe="read a deleted contact's id",
+            describe="read a contact's id",
             accept=lambda answer: answer.status_code == 404,
         )
-        return response.status_code == 404
+        if response.status_code == 404:
+            return None
+        answered = str((sdk.json_or_none(response) or {}).get("id") or "")
+        return answered if answered.isdigit() else record_id
+
+    def _no_longer_here(self, record_id: str) -> sdk.WriteResult | None:
+        """The answer of a write to a contact HubSpot no longer holds under ``record_id``:
+        deleted (a read of the id answers 404) or merged away since it was read (the read
+        answers another contact); None where the id still answers itself. Both are ``gone``: the
+        engine marks the link gone and sends it nothing more, and the deletion listing names the
+        merge and its survivor (``read_deletions``), to which the person's state is pushed from
+        then on. Not gone, a merged-away id's write would be refused for good with a wrong
+        reason (no email, no such object) and dead-lettered."""
+        answered = self._answered_id(record_id)
+        if answered is None:
+            return _no_such_contact(record_id)
+        if answered != record_id:
+            return _merged_away(record_id, answered)
+        return None
 
     def _subscription_results(
         self, record_id: str, email: str | None, subs: Mapping[str, Any]
     ) -> list[sdk.WriteResult]:
-        """One contact's subscription changes, one v3 call each."""
-        if not email and self._gone(record_id):
-            return [_no_such_contact(record_id)]
+        """One contact's subscription changes, one v3 call each. No address found for the id:
+        a contact deleted or merged away since the read (a batch read answers a merged-away id
+        with the merged contact, under its new id) is gone; else the contact has none."""
+        if not email and (gone := self._no_longer_here(record_id)) is not None:
+            return [gone]
         if not email:
             return [
                 sdk.WriteResult(
@@ -1134,9 +1199,11 @@ class HubSpotConnector(sdk.Connector):
                 return sdk.WriteResult(record_id, False, "CONFLICT", str(error), retryable=True)
             if error.rule.status != 400:
                 raise
-            text = str(error)
-            if _ALREADY.search(text):
-                return sdk.WriteResult(record_id, True)
+            # HubSpot's messages name the address: kept out of the answer, which the outbox and
+            # the quarantine store and run reports show.
+            text = re.sub(re.escape(email), "<email>", str(error), flags=re.IGNORECASE)
+            if _ALREADY[state].search(text):
+                return sdk.WriteResult(record_id, True)  # the state asked for is held already
             if action == "subscribe" and _REFUSAL.search(text):
                 return sdk.WriteResult(
                     record_id,
@@ -1449,6 +1516,8 @@ def _property_values(props: Mapping[str, Any]) -> dict[str, Any]:
 #: The answer of an update whose subscription changes HubSpot applied before the run stopped and
 #: whose properties were never sent (sent again next run).
 INTERRUPTED = "INTERRUPTED"
+#: The answer of a write to a contact merged into another since the read (``_merged_away``).
+MERGED_AWAY = "MERGED_AWAY"
 
 
 def _no_such_contact(record_id: str) -> sdk.WriteResult:
@@ -1456,6 +1525,19 @@ def _no_such_contact(record_id: str) -> sdk.WriteResult:
     the archived listing will name with its last values) or deleted for good: gone."""
     return sdk.WriteResult(
         record_id, False, "OBJECT_NOT_FOUND", "no such contact: archived or deleted", False, gone=True
+    )
+
+
+def _merged_away(record_id: str, survivor: str) -> sdk.WriteResult:
+    """A write to a contact merged into another since it was read (a read of the id answers
+    ``survivor``): gone under this id (``WriteResult.gone``: merged away)."""
+    return sdk.WriteResult(
+        record_id,
+        False,
+        MERGED_AWAY,
+        f"the contact was merged into contact {survivor}: HubSpot answers this id with that contact",
+        False,
+        gone=True,
     )
 
 
@@ -1472,6 +1554,29 @@ def _combined(record_id: str, parts: list[sdk.WriteResult]) -> sdk.WriteResult:
         not first.gone and all(p.retryable for p in failures),
         gone=first.gone,
     )
+
+
+def _window_seconds(response: requests.Response) -> float | None:
+    """The rolling window an answer's rate-limit headers count (``X-HubSpot-RateLimit-Interval-
+    Milliseconds``, e.g. 10000), in seconds; None where it says none."""
+    value = str(response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds") or "").strip()
+    return int(value) / 1000 if value.isdigit() and int(value) > 0 else None
+
+
+def _rate_limit_wait(
+    policy: str, message: str, response: requests.Response, retry_after: float | None
+) -> float:
+    """How long to wait before a call a 429 (not DAILY) refused is sent again: its Retry-After
+    where it has one; a second for the search limit (policy SECONDLY, or its message, which is
+    what HubSpot's own client goes by); else the rolling window (the 429's
+    ``-Interval-Milliseconds``, or HubSpot's documented ten seconds). A window policy not known
+    here is waited out as the longer: a one-second wait against a ten-second window would spend
+    every retry inside the same window and fail the run."""
+    if retry_after is not None:
+        return retry_after
+    if policy == SEARCH_POLICY or message.strip().lower() == SECONDLY_MESSAGE:
+        return 1.0
+    return _window_seconds(response) or BURST_WINDOW_SECONDS
 
 
 def _required_scopes(body: Any) -> list[str]:

@@ -132,7 +132,7 @@ class HubSpotHarness(SandboxHarness):
         portal's subscription types and the business unit of each (``HubSpotPortal``)."""
         self._directory = Path(tempfile.mkdtemp(prefix="consentsync-hubspot-"))
         self.token_file = self._directory / "token"
-        options = {"secondly_limit": 100, "search_per_second": 20, **sandbox_options}
+        options = {"burst_limit": 1000, "search_per_second": 20, **sandbox_options}
         portal = HubSpotPortal(
             merges=merges,
             merged_archived=merged_archived,

@@ -90,11 +90,19 @@ Endpoints (endpoint kind in brackets):
 Auth: ``Authorization: Bearer <private app token>``; a missing or unknown token answers 401
 INVALID_AUTHENTICATION, a token without the scope a call needs 403 MISSING_SCOPES.
 
-Limits: every call counts against a daily allowance (``daily_limit``) and a one-second window
-(``secondly_limit``); searches also against ``search_per_second`` per token. Over a limit: 429
-``{"status": "error", "errorType": "RATE_LIMIT", "policyName": "SECONDLY" | "DAILY", ...}``.
-Responses other than search carry ``X-HubSpot-RateLimit-Daily``, ``-Daily-Remaining``,
-``-Secondly``, ``-Secondly-Remaining`` (HubSpot leaves them off search responses).
+Limits (HubSpot's usage guidelines, https://developers.hubspot.com/docs/developer-tooling/
+platform/usage-guidelines): every call counts against a daily allowance (``daily_limit``) and a
+rolling window of ``burst_interval_ms`` (10,000: ten seconds) holding at most ``burst_limit``
+calls (190, a Professional or Enterprise account's private app); searches also against
+``search_per_second`` per token. Over a limit: 429 ``{"status": "error", "errorType":
+"RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING" | "SECONDLY" | "DAILY", "message": "You have
+reached your ten_secondly_rolling limit." | "You have reached your secondly limit." | "You have
+reached your daily limit.", ...}`` (search's limit is ``SECONDLY``), without Retry-After (HubSpot
+documents none). Responses other than search carry ``X-HubSpot-RateLimit-Daily``,
+``-Daily-Remaining``, ``-Max``, ``-Remaining`` and ``-Interval-Milliseconds`` (the window
+``-Max`` and ``-Remaining`` count; HubSpot leaves them all off search responses), a 429 too.
+The one-second window of HubSpot's older limits (``secondly_limit``: off unless given) answers
+429 ``SECONDLY`` and adds ``-Secondly`` and ``-Secondly-Remaining``.
 
 Where HubSpot's documentation is silent the sandbox chooses, so that the connector must not rely
 on it: the search index lags writes (HubSpot: a new or changed object can take a few seconds to
@@ -103,9 +111,14 @@ until :meth:`HubSpotPortal.index`, then with its original ``lastmodifieddate``; 
 it at once); records that tie on the sort property come in an order that is neither id nor insertion
 order; the text of error messages; an injected per-record write failure (``Faults.fail_ids``) is
 a 207 error entry of category CONFLICT (a 409 CONFLICT from v3 subscribe/unsubscribe); an
-unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400 VALIDATION_ERROR whose
-message says the contact unsubscribed; subscribe or unsubscribe to the state already held
-answers 200 with the unchanged status; a subscription change bumps the contact's
+unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400
+VALIDATION_ERROR whose message says the contact unsubscribed (HubSpot's v3 wording was not
+found; its v1 API's was "You cannot subscribe an unsubscribed address."); subscribe or
+unsubscribe to the state already held answers 400 VALIDATION_ERROR "<email> is already
+subscribed to subscription <id>" (or "is already unsubscribed from subscription <id>"), as
+integrators quote HubSpot's answer; a batch update naming a merged-away id answers it
+OBJECT_NOT_FOUND, as for a deleted one (HubSpot documents what a read of it answers, not a
+write); a subscription change bumps the contact's
 ``lastmodifieddate`` and its ``hs_email_optout_{id}`` property; a contact's "unsubscribe from
 all email" (:meth:`HubSpotPortal.unsubscribe_all`) is kept apart from the subscription statuses,
 as HubSpot's v4 API keeps it (its own endpoint, ``wideStatuses``): the contact's
@@ -1016,7 +1029,13 @@ class HubSpotSandbox(HttpsSandbox):
     credentials_class = HubSpotCredentials
     # The portal's limits (HubSpot's documented private-app values; constructor keywords too).
     daily_limit = 250_000
-    secondly_limit = 19
+    #: Calls an app may make in a rolling window of ``burst_interval_ms`` (HubSpot's usage
+    #: guidelines: 190 per ten seconds for a Professional or Enterprise account, 100 for Free and
+    #: Starter).
+    burst_limit = 190
+    burst_interval_ms = 10_000
+    #: A one-second window as HubSpot's older limits had (policy SECONDLY); None: none.
+    secondly_limit: int | None = None
     search_per_second = 4
     search_result_cap = 10_000
     batch_limit = 100
@@ -1036,6 +1055,7 @@ class HubSpotSandbox(HttpsSandbox):
         # Calls refused by the limits themselves (not by fault switches), by policy.
         self.rejections: Counter[str] = Counter()
         self._window: deque[float] = deque()
+        self._burst_window: deque[float] = deque()
         self._search_window: deque[float] = deque()
         if self.token_file:
             self.token_file.write_text(self.credentials.access_token + "\n")
@@ -1127,9 +1147,15 @@ class HubSpotSandbox(HttpsSandbox):
             if self._daily_used >= self.daily_limit:
                 self.rejections["DAILY"] += 1
                 raise self.request_limit_error()
+            interval = self.burst_interval_ms / 1000
+            while self._burst_window and now - self._burst_window[0] >= interval:
+                self._burst_window.popleft()
+            if len(self._burst_window) >= self.burst_limit:
+                self.rejections["TEN_SECONDLY_ROLLING"] += 1
+                raise _rate_limit("TEN_SECONDLY_ROLLING", "You have reached your ten_secondly_rolling limit.")
             while self._window and now - self._window[0] >= 1.0:
                 self._window.popleft()
-            if len(self._window) >= self.secondly_limit:
+            if self.secondly_limit is not None and len(self._window) >= self.secondly_limit:
                 self.rejections["SECONDLY"] += 1
                 raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
             if request.path.endswith("/search"):
@@ -1140,6 +1166,7 @@ class HubSpotSandbox(HttpsSandbox):
                     raise _rate_limit("SECONDLY", "You have reached your secondly limit.")
                 self._search_window.append(now)
             self._window.append(now)
+            self._burst_window.append(now)
             self._daily_used += 1
 
     def server_error(self, status: int) -> SandboxResponse:
@@ -1164,17 +1191,27 @@ class HubSpotSandbox(HttpsSandbox):
         if request.path.endswith("/search"):
             return response  # HubSpot sends no rate-limit headers with search responses
         now = time.monotonic()
+        interval = self.burst_interval_ms / 1000
         with self._lock:
             recent = sum(1 for t in self._window if now - t < 1.0)
+            in_window = sum(1 for t in self._burst_window if now - t < interval)
             used, limit = self._daily_used, self.daily_limit
         response.headers.update(
             {
                 "X-HubSpot-RateLimit-Daily": str(limit),
                 "X-HubSpot-RateLimit-Daily-Remaining": str(max(0, limit - used)),
-                "X-HubSpot-RateLimit-Secondly": str(self.secondly_limit),
-                "X-HubSpot-RateLimit-Secondly-Remaining": str(max(0, self.secondly_limit - recent)),
+                "X-HubSpot-RateLimit-Max": str(self.burst_limit),
+                "X-HubSpot-RateLimit-Remaining": str(max(0, self.burst_limit - in_window)),
+                "X-HubSpot-RateLimit-Interval-Milliseconds": str(self.burst_interval_ms),
             }
         )
+        if self.secondly_limit is not None:
+            response.headers.update(
+                {
+                    "X-HubSpot-RateLimit-Secondly": str(self.secondly_limit),
+                    "X-HubSpot-RateLimit-Secondly-Remaining": str(max(0, self.secondly_limit - recent)),
+                }
+            )
         return response
 
     # -- routing -------------------------------------------------------------------------------
@@ -1703,25 +1740,32 @@ class HubSpotSandbox(HttpsSandbox):
                 f"{email} has unsubscribed from subscription {sid} and cannot be resubscribed through this "
                 "API; the contact must resubscribe through a HubSpot form or the preferences page",
             )
-        if held is None or held.status != "SUBSCRIBED":
-            self.portal.set_status(
-                email, sid, "SUBSCRIBED", legal_basis=basis, explanation=explanation, source="API"
+        if held is not None and held.status == "SUBSCRIBED":
+            # HubSpot's answer as integrators quote it (a 400, not the status unchanged).
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"{email} is already subscribed to subscription {sid}"
             )
+        self.portal.set_status(
+            email, sid, "SUBSCRIBED", legal_basis=basis, explanation=explanation, source="API"
+        )
         return json_response(200, self._status_body(email, sid))
 
     def _h_unsubscribe(self, request: SandboxRequest) -> SandboxResponse:
         email, sid, basis, explanation = self._subscription_request(request)
         held = self.portal.status(email, sid)
-        if held is None or held.status != "UNSUBSCRIBED":
-            # Without a legal basis in the request, the one held stays.
-            self.portal.set_status(
-                email,
-                sid,
-                "UNSUBSCRIBED",
-                legal_basis=basis or (held.legal_basis if held else None),
-                explanation=explanation or (held.explanation if held else None),
-                source="API",
+        if held is not None and held.status == "UNSUBSCRIBED":
+            raise HubSpotApiError(
+                400, "VALIDATION_ERROR", f"{email} is already unsubscribed from subscription {sid}"
             )
+        # Without a legal basis in the request, the one held stays.
+        self.portal.set_status(
+            email,
+            sid,
+            "UNSUBSCRIBED",
+            legal_basis=basis or (held.legal_basis if held else None),
+            explanation=explanation or (held.explanation if held else None),
+            source="API",
+        )
         return json_response(200, self._status_body(email, sid))
 
     def _v4_statuses(self, email: str) -> list[dict[str, Any]]:
