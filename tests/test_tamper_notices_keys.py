@@ -107,7 +107,8 @@ def registered(cli: Cli, ledger: Ledger, clock: Clock) -> Iterator[dict[str, str
 
 def test_untampered_notices_and_keys_verify(cli: Cli, ledger: Ledger, registered: dict[str, str]) -> None:
     (line,) = _verify(cli)
-    assert line == f"{AGREE}1 notices, 3 API keys, 0 consent events recorded through them, 0 confirmation links"
+    counted = "1 notices, 3 API keys, 0 consent events recorded through them, 0 confirmation links"
+    assert line == f"{AGREE}{counted}"
     (created,) = [e for e in _entries(ledger, "apikey.created") if e["what"]["apikey"] == "shop"]
     with ledger.engine.connect() as conn:
         stored = conn.execute(select(api_keys.c.key_hash).where(api_keys.c.name == "shop")).scalar_one()

@@ -27,7 +27,7 @@ from consentsync.domain import ConsentStatus, iso
 from consentsync.hub.confirmation_terms import (
     BOUND_TERMS,
     CONFIRMATION_ACTIONS,
-    CONFIRMATION_OPENED,
+    CONFIRMATION_OPENED_ACTION,
     TOKEN_HASH_DIGEST,
     confirmations_marker,
     differences,
@@ -735,7 +735,7 @@ def _check_confirmations(conn: Connection, problems: list[str], batch: int) -> _
                 seen.older += 1
                 continue
             found = (
-                f"{where}: no {CONFIRMATION_OPENED} audit entry opens it: inserted, or its id edited, "
+                f"{where}: no {CONFIRMATION_OPENED_ACTION} audit entry opens it: inserted, or its id edited, "
                 "outside consentsync"
             )
         else:

@@ -322,7 +322,7 @@ class Settings(_Strict):
                 raise _located(
                     ("connectors", index, "name"),
                     f"connector name {name!r} is reserved for consentsync's own records: accepted is "
-                    "any other name (salesforce-prod, hubspot, ...)",
+                    "any other name (crm-prod, crm-eu, ...)",
                 )
         for channel in self.channels:
             if not _KEY.match(channel):

@@ -14,7 +14,7 @@ SHA-256 of its token's hash); a double opt-in the person disowns says so in a
 (``holds_to_chain``).
 
 Rows an older version opened carry no binding. The first open of the ledger by this version
-appends ``CONFIRMATIONS_BOUND`` once (``mark_confirmations_bound``), saying the highest row id
+appends ``CONFIRMATIONS_BOUND_ACTION`` once (``mark_confirmations_bound``), saying the highest row id
 then and the latest expiry of those rows: a row without a binding is an older version's when its
 id is at most that id and its expiry at most that expiry (``older_version_row``), so its link
 keeps working until it expires as it would have, and none is made to work longer.
@@ -41,13 +41,13 @@ from consentsync.ledger.engine import reading
 from consentsync.ledger.schema import audit_entries, audit_head, confirmations, ledger_settings, subjects
 from consentsync.ledger.service import Ledger
 
-CONFIRMATION_OPENED = "confirmation.opened"
+CONFIRMATION_OPENED_ACTION = "confirmation.opened"
 # A double opt-in the person said was not theirs (hub/capture.py ``DISOWNED_KIND``): its kind.
-CONFIRMATION_DISOWNED = "confirmation.disowned"
-CONFIRMATION_ACTIONS = (CONFIRMATION_OPENED, CONFIRMATION_DISOWNED)
+CONFIRMATION_DISOWNED_ACTION = "confirmation.disowned"
+CONFIRMATION_ACTIONS = (CONFIRMATION_OPENED_ACTION, CONFIRMATION_DISOWNED_ACTION)
 # The entry naming no person appended once per ledger (``mark_confirmations_bound``), and the
 # ledger_settings row sparing each open a look for it.
-CONFIRMATIONS_BOUND = "ledger.confirmations_bound"
+CONFIRMATIONS_BOUND_ACTION = "ledger.confirmations_bound"
 CONFIRMATIONS_BOUND_SETTING = "confirmations_bound"
 # The columns deciding what confirming a link records, bound as they are (times as ``iso``
 # spells them); the token's hash as the SHA-256 of the stored hash (which link opens the row).
@@ -93,7 +93,7 @@ def open_confirmation(
     subject_uid: str | None = None,
 ) -> int:
     """Inserts a confirmation row (requested ``now``) in the caller's transaction and binds its
-    terms in the chain (``CONFIRMATION_OPENED``, naming its person, dated ``now``); returns its
+    terms in the chain (``CONFIRMATION_OPENED_ACTION``, naming its person, dated ``now``); returns its
     id. ``subject_uid``: the person's, where the caller holds it (else read)."""
     values: dict[str, Any] = {
         "token_hash": token_hash,
@@ -110,7 +110,7 @@ def open_confirmation(
     row_id = int(conn.execute(insert(confirmations).values(**values)).inserted_primary_key[0])
     uid = subject_uid or conn.execute(select(subjects.c.uid).where(subjects.c.id == subject_id)).scalar_one()
     entry = AuditRecord(
-        CONFIRMATION_OPENED,
+        CONFIRMATION_OPENED_ACTION,
         {"confirmation": row_id},
         new=row_terms(values),
         source=source,
@@ -126,7 +126,7 @@ def disowned(row: Any, kind: str, uid: str) -> AuditRecord:
     """The entry saying confirmation ``row`` took the kind ``kind`` (its person disowned the
     sign-up): appended by the caller in the transaction that changes the row."""
     return AuditRecord(
-        CONFIRMATION_DISOWNED,
+        CONFIRMATION_DISOWNED_ACTION,
         {"confirmation": row.id},
         old={"kind": row.kind},
         new={"kind": kind},
@@ -154,11 +154,11 @@ def said_by(entries: Iterable[tuple[int, dict[str, Any]]]) -> tuple[Said | None,
         if not isinstance(new, dict):
             new = {}
         action = payload.get("action")
-        if action == CONFIRMATION_OPENED:
+        if action == CONFIRMATION_OPENED_ACTION:
             said = {name: (value, seq) for name, value in new.items()}
             subject = payload.get("subject")
             person = subject if isinstance(subject, str) else None
-        elif action == CONFIRMATION_DISOWNED and said is not None:
+        elif action == CONFIRMATION_DISOWNED_ACTION and said is not None:
             said.update({name: (value, seq) for name, value in new.items() if name == "kind"})
     return said, person
 
@@ -176,7 +176,7 @@ def differences(row: Mapping[str, Any], said: Said) -> list[tuple[str, Any, Any,
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    """The chain's ``CONFIRMATIONS_BOUND`` entry: the rows an older version opened (ids up to
+    """The chain's ``CONFIRMATIONS_BOUND_ACTION`` entry: the rows an older version opened (ids up to
     ``through``, expiring by ``expires_by``) carry no binding."""
 
     seq: int
@@ -185,14 +185,14 @@ class Marker:
 
 
 def confirmations_marker(conn: Connection) -> Marker | None:
-    """The chain's first ``CONFIRMATIONS_BOUND`` entry; None on a ledger this version has not
+    """The chain's first ``CONFIRMATIONS_BOUND_ACTION`` entry; None on a ledger this version has not
     opened. By the index of the entries naming no person (read where a row has no binding)."""
     found = conn.execute(
         select(audit_entries.c.seq, audit_entries.c.payload)
         .where(
             audit_entries.c.subject_id.is_(None),
             audit_entries.c.subject_uid.is_(None),
-            audit_entries.c.action == CONFIRMATIONS_BOUND,
+            audit_entries.c.action == CONFIRMATIONS_BOUND_ACTION,
         )
         .order_by(audit_entries.c.seq)
         .limit(1)
@@ -265,7 +265,7 @@ def refuse_unless_bound(conn: Connection, row: Any) -> None:
 
 def mark_confirmations_bound(ledger: Ledger, actor: str = "consentsync") -> int:
     """Once per ledger, at the first open by a version binding confirmations: the
-    ``CONFIRMATIONS_BOUND`` entry (naming no person) saying which rows an older version opened
+    ``CONFIRMATIONS_BOUND_ACTION`` entry (naming no person) saying which rows an older version opened
     (the highest id then, and the latest expiry among them); a new ledger gets it at its start.
     Returns its seq. An entry, not a settings row: its place and content are in the hash chain,
     so a cutoff moved to let a row pass breaks the chain; the settings row only spares each open
@@ -288,7 +288,7 @@ def mark_confirmations_bound(ledger: Ledger, actor: str = "consentsync") -> int:
                 ).one()
                 what = {"confirmations_through": int(through or 0), "expires_by": iso(expires_by)}
                 (seq,) = audit.append(
-                    conn, [AuditRecord(CONFIRMATIONS_BOUND, what, actor=actor)], ledger.clock()
+                    conn, [AuditRecord(CONFIRMATIONS_BOUND_ACTION, what, actor=actor)], ledger.clock()
                 )
             if conn.execute(select(ledger_settings.c.value).where(by_name)).scalar() is None:
                 row = {"name": CONFIRMATIONS_BOUND_SETTING, "value": str(seq), "set_at": ledger.clock()}
