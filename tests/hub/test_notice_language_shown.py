@@ -29,7 +29,7 @@ from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.schema import confirmations, consent_events
 from tests.conftest import Cli
 from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld, in_german
-from tests.hub.people_world import people_pages, token_of
+from tests.hub.people_world import mailed, people_pages, token_of
 from tests.integration.helpers import consent_value
 from tests.integration.test_tamper_evidence import _as_owner_unprotected
 
@@ -125,7 +125,15 @@ def test_the_preference_centre_in_german_names_the_german_text(world: HubWorld, 
             follow_redirects=False,
         )
         assert answer.status_code == 303, answer.text
-        (record_id,) = parse_qs(urlsplit(answer.headers["location"]).query)["receipt"]
+        if action == "grant":  # over the withdrawal: recorded once the mailed link is confirmed
+            confirmed = people.post(mailed(world, "/p/confirm/"), data={"lang": "de"}, follow_redirects=False)
+            assert confirmed.status_code == 303, confirmed.text
+            with world.ledger.engine.connect() as conn:
+                record_id = conn.execute(
+                    select(consent_events.c.fingerprint).order_by(consent_events.c.id.desc()).limit(1)
+                ).scalar_one()
+        else:
+            (record_id,) = parse_qs(urlsplit(answer.headers["location"]).query)["receipt"]
         record_ids.append(record_id)
     for record_id in record_ids:
         assert stored_language(world, record_id) == "de"

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from openpyxl import load_workbook
 
+from consentsync import audit
+from consentsync.hub.confirmation_terms import CONFIRMATION_OPENED_ACTION
 from consentsync.web.server import WebServer
 from tests.hub.conftest import HubWorld
 from tests.hub.people_world import EMAIL, mailed, seed, served_pages, soft_opt_in, token_of
@@ -89,15 +91,25 @@ def test_choices_objection_and_download_in_a_browser(
 
     world.clock.advance(minutes=5)
     follow(page, "#purpose-newsletter ~ ul button[value=grant]")
-    assert "you agreed to Newsletter (Email)" in status_text(page)
-    assert "Yes: you agreed" in newsletter.inner_text()
+    # Over the withdrawal: confirmed through the link mailed to the person (docs/hub.md).
+    assert "You had said no to Newsletter (Email). We sent you a mail" in status_text(page)
+    assert world.ledger.subject_view(EMAIL)["history"][-1]["status"] == "withdrawn"
+    preferences = page.url
+    page.goto(site.url + mailed(world, "/p/confirm/"))
+    follow(page, "main form button")
     event = world.ledger.subject_view(EMAIL)["history"][-1]
     assert (event["status"], event["source"], event["notice_version"]) == (
         "granted",
-        "preference_center",
+        "double_opt_in",
         "2026-05",
     )
-    assert "client:" in event["evidence_ref"] and "127.0.0.1" not in event["evidence_ref"]
+    (uid,) = world.ledger.subject_uids_for_email(EMAIL)
+    with world.ledger.engine.connect() as conn:  # who asked on the page: keyed hashes only
+        opened = list(audit.entries(conn, subject_uids=[uid], action=CONFIRMATION_OPENED_ACTION))
+    assert opened[-1]["new"]["kind"] == "double_opt_in"
+    assert "client:" in opened[-1]["actor"] and "127.0.0.1" not in opened[-1]["actor"]
+    page.goto(preferences)
+    assert "Yes: you agreed" in newsletter.inner_text()
 
     follow(page, "form.object button")
     assert "We received your objection to Profiling and segmentation" in status_text(page)
@@ -105,6 +117,11 @@ def test_choices_objection_and_download_in_a_browser(
     assert page.locator("form.object").count() == 0
     accessible(page, shots, "objected")
 
+    # The copy through the download link mailed to the person (docs/hub.md).
+    follow(page, "form.export button")
+    assert "We sent you a mail with a link to download a copy of your data" in status_text(page)
+    page.goto(site.url + mailed(world, "/p/export/"))
+    download_page = page.url
     with page.expect_download() as download:
         page.click("form.export button")
     saved = tmp_path / download.value.suggested_filename
@@ -119,12 +136,12 @@ def test_choices_objection_and_download_in_a_browser(
     saved = tmp_path / download.value.suggested_filename
     download.value.save_as(saved)
     assert saved.suffix == ".xlsx" and len(load_workbook(saved).sheetnames) > 1
-    assert page.url.startswith(f"{site.url}/p/preferences/{token}")  # still on the page
+    assert page.url == download_page  # still on the page
 
     # Marketed under the soft opt-in meanwhile: the page says so and stops it at once.
     world.clock.advance(minutes=5)
     soft_opt_in(world)
-    page.reload()
+    page.goto(preferences)
     marketing = page.locator("section", has=page.locator("h2", has_text="Email marketing"))
     assert "(soft opt-in)" in marketing.inner_text()
     accessible(page, shots, "soft-opt-in")

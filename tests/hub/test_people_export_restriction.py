@@ -8,7 +8,7 @@ import json
 from fastapi.testclient import TestClient
 
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, people_pages, seed, sqlite_ledger_url, token_of
+from tests.hub.people_world import EMAIL, mailed, people_pages, seed, sqlite_ledger_url, token_of
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
 FIXTURES = (sqlite_ledger_url, people_pages)
@@ -23,7 +23,8 @@ def test_the_person_sees_when_by_whom_and_why_they_were_restricted(
     world.ledger.restrict(EMAIL, restricted=False, reason="accuracy confirmed", actor="dpo.ben")
     world.clock.advance(minutes=5)
     world.ledger.restrict(EMAIL, restricted=True, reason="legal claim pending", actor="dpo.cara")
-    response = people.post(f"/p/preferences/{token}/export", data={"format": "json"})
+    people.post(f"/p/preferences/{token}/export", data={})  # mails the download link
+    response = people.post(mailed(world, "/p/export/"), data={"format": "json"})
     assert response.status_code == 200
     view = json.loads(response.content)
     assert view["restricted"] is True

@@ -117,7 +117,10 @@ def test_a_grant_that_does_not_name_the_current_notice_records_nothing(
     assert "changed while your page was open, so nothing was recorded" in words
     assert newest_event(world, "newsletter")["status"] == "withdrawn"
     act(people, token, "choose", {**form, "action": "grant", "notice_version": "2026-05"})
-    assert newest_event(world, "newsletter")["status"] == "granted"
+    # A grant over the withdrawal is confirmed through the mailed link first (docs/hub.md).
+    people.post(mailed(world, "/p/confirm/"), data={"lang": "en"})
+    granted = newest_event(world, "newsletter")
+    assert (granted["status"], granted["notice_version"]) == ("granted", "2026-05")
 
 
 def test_a_consent_a_restriction_stops_says_stopped_not_agreed(
@@ -165,8 +168,12 @@ def test_withdraw_and_grant_are_evidence_and_redirect_back_with_a_message(
     assert event["evidence_ref"] == visitor.evidence_ref
     world.clock.advance(minutes=5)
     shown = act(people, token, "choose", {**form, "action": "grant", "notice_version": "2026-05"})
-    assert "Thank you: you agreed to Newsletter (Email)." in text_of(shown.text)
-    assert newest_event(world, "newsletter")["status"] == "granted"
+    # Over the withdrawal: confirmed through the mailed link first (docs/hub.md).
+    assert "You had said no to Newsletter (Email). We sent you a mail" in text_of(shown.text)
+    assert newest_event(world, "newsletter")["status"] == "withdrawn"
+    people.post(mailed(world, "/p/confirm/"), data={"lang": "en"})
+    granted = newest_event(world, "newsletter")
+    assert (granted["status"], granted["notice_version"]) == ("granted", "2026-05")
     decision = world.hub.ledger.decision_for(EMAIL, "newsletter", "email")[1]
     assert not decision.suppressed
 
@@ -226,7 +233,10 @@ def test_an_objection_is_recorded_and_shown(world: HubWorld, people: TestClient,
 def test_the_record_downloads_as_the_console_exports_it(
     world: HubWorld, people: TestClient, token: str, fmt: str
 ) -> None:
-    response = people.post(f"/p/preferences/{token}/export", data={"format": fmt})
+    # The page mails a download link (docs/hub.md); the copy comes from that link.
+    people.post(f"/p/preferences/{token}/export", data={})
+    link = mailed(world, "/p/export/")
+    response = people.post(link, data={"format": fmt})
     assert response.status_code == 200
     assert response.headers["content-disposition"] == f'attachment; filename="my-data-2026-06-01.{fmt}"'
     assert response.headers["cache-control"] == "no-store"
@@ -243,7 +253,7 @@ def test_the_record_downloads_as_the_console_exports_it(
     with world.ledger.engine.connect() as conn:
         reads = list(audit.entries(conn, subject_uids=[uid], action="subject.exported"))
     assert [(e["actor"], e["source"]) for e in reads] == [("data subject", "preference_center")]
-    assert people.post(f"/p/preferences/{token}/export", data={"format": "pdf"}).status_code == 400
+    assert people.post(link, data={"format": "pdf"}).status_code == 400
 
 
 def test_erasure_is_asked_on_the_page_and_done_through_the_mailed_link(
@@ -424,11 +434,14 @@ def test_a_failure_is_a_page_without_details(
         raise RuntimeError(f"the database fell over while reading {person.email}")
 
     monkeypatch.setattr(PreferenceCentre, "export", broken)
+    people.post(f"/p/preferences/{token}/export", data={})
+    link = mailed(world, "/p/export/")
     with capture_logs() as logs:
-        response = people.post(f"/p/preferences/{token}/export", data={"format": "json"})
+        response = people.post(link, data={"format": "json"})
     assert response.status_code == 500
     assert "Please try again later." in response.text and EMAIL not in response.text
     assert EMAIL not in repr(logs) and token not in repr(logs)
+    assert link.rsplit("/", 1)[1] not in repr(logs)
     assert response.headers["referrer-policy"] == "no-referrer"
     assert people.get("/p/nothing-here").status_code == 404
 

@@ -17,7 +17,7 @@ from consentsync.domain import ConsentStatus, LawfulBasis
 from consentsync.ledger.identity import Identity
 from tests.conftest import SQLITE_ONLY
 from tests.hub.conftest import HubWorld
-from tests.hub.people_world import EMAIL, people_pages, seed, soft_opt_in, token_of
+from tests.hub.people_world import EMAIL, mailed, people_pages, seed, soft_opt_in, token_of
 from tests.hub.test_people_pages import act, page, tampered, text_of
 from tests.integration.helpers import consent_value
 
@@ -125,7 +125,8 @@ def test_the_person_downloads_why_their_objection_was_rejected(world: HubWorld, 
     (pending,) = world.ledger.list_objections(pending_only=True)
     reason = "fraud prevention outweighs it for twelve months"
     world.ledger.decide_objection(pending["id"], uphold=False, by="dpo.anna", reason=reason)
-    response = people.post(f"/p/preferences/{token}/export", data={"format": "json"})
+    people.post(f"/p/preferences/{token}/export", data={})  # mails the download link
+    response = people.post(mailed(world, "/p/export/"), data={"format": "json"})
     assert response.status_code == 200
     (objection,) = json.loads(response.content)["objections"]
     assert (objection["status"], objection["decided_by"], objection["decision_reason"]) == (

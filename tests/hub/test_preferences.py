@@ -14,6 +14,7 @@ from consentsync.hub.links import LinkRefused, make_token
 from consentsync.hub.notices import text_digest
 from consentsync.hub.preferences import PreferenceCentre
 from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld
+from tests.hub.people_world import mailed
 
 GRANT = {
     "email": "ada@example.test",
@@ -63,11 +64,14 @@ def test_a_choice_is_evidence_with_notice_and_keyed_hashes(world: HubWorld, cent
     assert visitor.client_hash in event["evidence_ref"] and "203.0.113.9" not in event["evidence_ref"]
     assert "Mozilla" not in event["evidence_ref"]
     world.clock.advance(minutes=5)
-    # The person's own new grant reverses their withdrawal (a trusted source, evidenced).
-    assert (
-        centre.choose(person, "newsletter", "email", grant=True, visitor=visitor, shown="2026-05")["status"]
-        == "granted"
-    )
+    # The person's own new grant reverses their withdrawal (a trusted source, evidenced), once
+    # confirmed through the link mailed to them (the page's link may have been forwarded).
+    asked = centre.choose(person, "newsletter", "email", grant=True, visitor=visitor, shown="2026-05")
+    assert asked == {"purpose": "newsletter", "channel": "email", "recorded": None, "confirmation": "mailed"}
+    world.hub.confirm(mailed(world, "/p/confirm/").rsplit("/", 1)[1])
+    event = world.ledger.subject_view("ada@example.test")["history"][-1]
+    assert (event["status"], event["notice_version"]) == ("granted", "2026-05")
+    assert world.ledger.decision_for("ada@example.test", "newsletter", "email")[1].status.value == "granted"
 
 
 def test_objection_and_export(world: HubWorld, centre: PreferenceCentre, tmp_path: Path) -> None:

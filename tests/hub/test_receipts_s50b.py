@@ -11,9 +11,9 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from consentsync.domain import ConsentStatus
-from consentsync.hub.capture import RECEIPT_MAILS, RECEIPT_WINDOW
+from consentsync.hub.capture import CONFIRMATION_MAILS, RECEIPT_MAILS, RECEIPT_WINDOW
 from tests.hub.conftest import HubWorld, in_german
-from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
+from tests.hub.people_world import EMAIL, GRANT, mails_with, people_pages, seed, sqlite_ledger_url, token_of
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
 FIXTURES = (sqlite_ledger_url, people_pages)
@@ -70,15 +70,19 @@ def test_toggling_a_choice_on_the_page_mails_a_bounded_number_of_receipts(
     uid = seed(world)
     token = token_of(world, uid)
     before = receipts_to(world)
+    confirmations = mails_with(world, "/p/confirm/")
     world.clock.advance(minutes=RECEIPT_WINDOW.total_seconds() / 60 + 1)  # the seed's receipt is old
     for index in range(12):  # whoever holds the link, grant and withdraw, again and again
         world.clock.advance(seconds=2)
         toggle(people, token, "withdraw" if index % 2 == 0 else "grant")
     assert receipts_to(world) - before == RECEIPT_MAILS
-    # Every choice is recorded all the same, the last one standing: only the mails are held back.
-    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == "granted"
+    # A grant over the withdrawal waits for the confirmation mailed to the person (docs/hub.md);
+    # the next withdrawal voids its link, and the double opt-in's day's cap holds those mails.
+    assert mails_with(world, "/p/confirm/") - confirmations == CONFIRMATION_MAILS
+    # Every withdrawal is recorded all the same: only the mails are held back.
+    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == "withdrawn"
     history = [e for e in world.ledger.subject_view(EMAIL)["history"] if e["purpose"] == "newsletter"]
-    assert len(history) >= 13
+    assert [e["status"] for e in history].count("withdrawn") == 6
     # A withdrawal after the flood still shows its receipt on the page, to download.
     world.clock.advance(seconds=2)
     toggle(people, token, "withdraw")
@@ -87,7 +91,7 @@ def test_toggling_a_choice_on_the_page_mails_a_bounded_number_of_receipts(
     assert page.status_code == 200
     # Once the window has passed, receipts are mailed again.
     world.clock.advance(minutes=RECEIPT_WINDOW.total_seconds() / 60 + 1)
-    toggle(people, token, "grant")
+    toggle(people, token, "withdraw")
     assert receipts_to(world) - before == RECEIPT_MAILS + 1
 
 

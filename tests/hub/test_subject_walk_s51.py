@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from consentsync.hub import notices
 from consentsync.hub.outreach import Outreacher
 from tests.hub.conftest import NEWSLETTER_NOTICE, HubWorld
-from tests.hub.people_world import EMAIL, GRANT, people_pages, seed, sqlite_ledger_url, token_of
+from tests.hub.people_world import EMAIL, GRANT, mailed, people_pages, seed, sqlite_ledger_url, token_of
 from tests.hub.test_outreach import someone
 
 # The module's fixtures: `ledger_url` (SQLite only here) and `people` (the pages, in-process).
@@ -128,9 +128,11 @@ def test_a_grant_names_the_notice_the_page_showed_not_one_registered_since(
     fields = choice_form(answer.text, "newsletter")
     assert fields["notice_version"] == "2026-06"
     world.clock.advance(minutes=1)
-    assert "Thank you: you agreed" in text_of(
+    assert "We sent you a mail" in text_of(
         people.post(f"/p/preferences/{token}/choose", data={**fields, "action": "grant"}).text
     )
+    # Over the withdrawal: recorded once the mailed link is confirmed (docs/hub.md).
+    assert people.post(mailed(world, "/p/confirm/"), data={"lang": "en"}).status_code == 200
     assert newest(world, "newsletter")["notice_version"] == "2026-06"
     assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].status.value == "granted"
 

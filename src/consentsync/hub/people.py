@@ -1,11 +1,16 @@
 """The preference centre's pages, for the person themselves (no account): mounted at ``/p``.
 
 ``/preferences/{token}`` shows each purpose in plain language with its state, basis and notice,
-and the forms to grant, withdraw, decline what waits for confirmation, object (Art. 21), download
-a copy of the record (Art. 15), ask for erasure (Art. 17) and for restriction (Art. 18).
+and the forms to grant, withdraw, decline what waits for confirmation, object (Art. 21), ask for
+a copy of the record (Art. 15), for erasure (Art. 17) and for restriction (Art. 18).
 ``/confirm/{token}`` (double opt-in; also declined there), ``/erase/{token}`` (erasure) and
 ``/restrict/{token}`` (restriction) show what the mailed link confirms and confirm only on POST:
-mail scanners fetch links.
+mail scanners fetch links. ``/export/{token}`` offers the copy's formats and downloads on POST.
+
+What the preference link alone does not do (docs/hub.md, "What a preference link lets its holder
+do"): the link is in every mail we send the person, and a mail may be forwarded. The copy of the
+record is mailed as a download link to the address the person holds now, and a grant that would
+lift their no (a withdrawal, a refusal, an objection) waits for the confirmation mailed there.
 
 The token in the URL is the person's only credential, so it is guarded like one: it is never
 logged (the subject's uid is), ``Referrer-Policy: no-referrer`` keeps it from other sites, and
@@ -40,7 +45,13 @@ from consentsync.hub.bodylimit import BodyLimit
 from consentsync.hub.capture import TOKEN_MAX, Hub  # a longer token: refused before any work
 from consentsync.hub.i18n import Translate, channel_labels, negotiate, translator
 from consentsync.hub.links import LinkRefused, expired_uid
-from consentsync.hub.preferences import NoticeChanged, Person, PreferenceCentre
+from consentsync.hub.preferences import (
+    EXPORT_LINK_VALIDITY,
+    EXPORT_REUSE_WINDOW,
+    NoticeChanged,
+    Person,
+    PreferenceCentre,
+)
 from consentsync.ledger.service import NotFound
 from consentsync.notice_texts import Notice
 from consentsync.reconcile import Rule
@@ -52,7 +63,7 @@ LANGUAGE_NAMES = {"en": "English", "de": "Deutsch", "fr": "Français", "es": "Es
                   "nl": "Nederlands", "pl": "Polski", "sv": "Svenska", "da": "Dansk"}  # fmt: skip
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _RECORD_ID = re.compile(r"^[0-9a-f]{64}$")  # an evidence fingerprint (SHA-256)
-_TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase|restrict)/)[^/]+")
+_TOKEN_PATH = re.compile(r"^(/(?:preferences|confirm|erase|restrict|export)/)[^/]+")
 # A path no route matched ("//preferences/<token>", "/PREFERENCES/<token>", a link a mail client
 # mangled) may still hold a token: every segment longer than our route names is left out.
 _LONG_SEGMENT = re.compile(r"[^/]{17,}")
@@ -524,6 +535,7 @@ def create_app(hub: Hub) -> FastAPI:
                     name: path_of(request, name, token=token)
                     for name in ("choose", "object", "export", "erase_request", "restrict_request")
                 },
+                "export_hours": int(EXPORT_LINK_VALIDITY.total_seconds() // 3600),
                 "restricted": bool(view["restricted"]),
                 "grounds": list(_ground_labels(_).items()),
                 "formats": [("json", "JSON"), ("csv", "CSV"), ("xlsx", _("Excel (XLSX)"))],
@@ -596,6 +608,31 @@ def create_app(hub: Hub) -> FastAPI:
                 _("We could not send the confirmation mail just now. Please try again later."),
             ),
             "restriction_already": ("good", _("The processing of your data is restricted already.")),
+            "export_mailed": (
+                "good",
+                _(
+                    "We sent you a mail with a link to download a copy of your data. The link works "
+                    "for {hours} hours.",
+                    hours=int(EXPORT_LINK_VALIDITY.total_seconds() // 3600),
+                ),
+            ),
+            "export_failed": (
+                "bad",
+                _("We could not send the mail just now. Please try again later."),
+            ),
+            "grant_mailed": (
+                "good",
+                _(
+                    "You had said no to {purpose} ({channel}). We sent you a mail: your consent is "
+                    "recorded once you open the link in it and confirm.",
+                    purpose=name,
+                    channel=channel_label,
+                ),
+            ),
+            "grant_failed": (
+                "bad",
+                _("We could not send the confirmation mail just now. Please try again later."),
+            ),
             "notice_changed": (
                 "bad",
                 _(
@@ -605,7 +642,13 @@ def create_app(hub: Hub) -> FastAPI:
                 ),
             ),
         }
-        about_the_person = ("erasure_mailed", "erasure_failed", *(m for m in messages if "restriction" in m))
+        about_the_person = (
+            "erasure_mailed",
+            "erasure_failed",
+            "export_mailed",
+            "export_failed",
+            *(m for m in messages if "restriction" in m),
+        )
         if done not in messages or (done not in about_the_person and not known):
             return None
         kind, text = messages[done]
@@ -659,6 +702,10 @@ def create_app(hub: Hub) -> FastAPI:
                 )
             except NoticeChanged:  # the page again, with the text now current to read
                 return back(request, token, lang, "notice_changed", item=f"{purpose}:{channel}")
+            if result.get("confirmation"):  # a grant over the person's no: mailed to confirm
+                return back(
+                    request, token, lang, f"grant_{result['confirmation']}", item=f"{purpose}:{channel}"
+                )
         return back(
             request,
             token,
@@ -690,19 +737,57 @@ def create_app(hub: Hub) -> FastAPI:
     def export(
         request: Request,
         token: str,
+        lang: Annotated[str, Form(max_length=16)] = "",
+        # Sent by the form of an older page; the format is chosen where the mailed link opens.
+        format: Annotated[str, Form(pattern="^(json|csv|xlsx)$")] = "",
+    ) -> Response:
+        """Art. 15 asked: a download link is mailed to the address the person holds now
+        (``PreferenceCentre.request_export``); the copy is never handed to whoever holds the
+        page's link, which every mail of ours carries and a forwarded mail passes on."""
+        person = person_of(token)
+        lang = language(request, lang)
+        sent = centre.request_export(person, visitor_of(request), lang)
+        return back(request, token, lang, f"export_{sent}")
+
+    @app.get("/export/{token}", name="download", response_class=HTMLResponse)
+    def download_page(request: Request, token: str) -> Response:
+        """The mailed download link: the formats, downloaded on POST (mail scanners fetch links,
+        and a fetch must not use up the link's window)."""
+        lang = language(request)
+        _ = translator(lang)
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        centre.export_link(token)
+        return render(
+            request,
+            "export.html",
+            lang,
+            {
+                "title": _("Download a copy of your data"),
+                "action": path_of(request, "download", token=token),
+                "formats": [("json", "JSON"), ("csv", "CSV"), ("xlsx", _("Excel (XLSX)"))],
+                "minutes": int(EXPORT_REUSE_WINDOW.total_seconds() // 60),
+            },
+        )
+
+    @app.post("/export/{token}")
+    def download(
+        request: Request,
+        token: str,
         format: Annotated[str, Form(pattern="^(json|csv|xlsx)$")],
     ) -> Response:
         # openpyxl is slow to import, and the console's media types are the ones to send.
         from consentsync.export import write_export
         from consentsync.web.console import EXPORT_TYPES
 
-        person = person_of(token)
-        view = centre.export(person)
+        if len(token) > TOKEN_MAX:
+            raise LinkRefused("this confirmation link is not valid: it may have been cut or changed")
+        view = centre.export_by_link(token)
         with tempfile.TemporaryDirectory(prefix="consentsync-export-") as folder:
             path = Path(folder) / f"record.{format}"
             write_export(view, format, path)
             content = path.read_bytes()
-        log.info("people.exported", subject=person.uid, format=format)
+        log.info("people.exported", subject=view["subject"], format=format)
         name = f"my-data-{view['as_of'][:10]}.{format}"
         return Response(
             content,

@@ -16,21 +16,47 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
-from consentsync.domain import ConsentStatus, Evidence, InvalidInput, LawfulBasis, Origin, Purpose, iso
-from consentsync.hub.capture import GPC_EVIDENCE, NEW_LINK_KIND, Hub, PendingReceipt, token_digest
+from consentsync.domain import (
+    ConsentStatus,
+    EffectiveState,
+    Evidence,
+    InvalidInput,
+    LawfulBasis,
+    Origin,
+    Purpose,
+    iso,
+)
+from consentsync.hub.capture import (
+    GPC_EVIDENCE,
+    NEW_LINK_KIND,
+    Hub,
+    Mailed,
+    PendingMail,
+    PendingReceipt,
+    _asked_lately,
+    token_digest,
+)
 from consentsync.hub.confirmation_terms import open_confirmation, refuse_unless_bound
 from consentsync.hub.i18n import translator
 from consentsync.hub.keys import ApiKey
-from consentsync.hub.links import LinkRefused, bound, expired_uid, mailed_tag, read_token, sent_elsewhere
+from consentsync.hub.links import (
+    LinkRefused,
+    bound,
+    expired_uid,
+    holds_now,
+    mailed_tag,
+    read_token,
+    sent_elsewhere,
+)
 from consentsync.hub.mail import Mail, MailFailed
 from consentsync.hub.notices import current
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity, SubjectResolver
-from consentsync.ledger.schema import confirmations, subjects
+from consentsync.ledger.schema import confirmations, consent_events, subjects
 from consentsync.ledger.service import NotFound, RecordOutcome, RecordRequest, objectable
 from consentsync.reconcile import Rule, serves_direct_marketing
 
@@ -43,6 +69,30 @@ SOURCE = "preference_center"  # a trusted source by default (policy.trusted_sour
 GPC_MARK = "gpc:1"  # in the evidence of a choice made while the browser sent Sec-GPC: 1
 ERASURE_REASON = "asked for by the person on the preference page, confirmed through a mailed link"
 LIFTED_LINK = "this link is no longer in use: the restriction it confirmed was lifted since"
+# Art. 15 asked on the preference page: the copy is not shown to whoever holds the page's link (a
+# receipt mailed to the person carries it, and may be forwarded); a download link is mailed to
+# the address the person holds now instead (``request_export``). It works EXPORT_LINK_VALIDITY
+# after it is mailed, and from its first download on only EXPORT_REUSE_WINDOW more (to take the
+# copy in another format), never past its expiry: a mail forwarded later opens nothing.
+EXPORT_KIND = "export"
+EXPORT_LINK_VALIDITY = timedelta(hours=24)
+EXPORT_REUSE_WINDOW = timedelta(hours=1)
+EXPORT_USED_LINK = "this download link is no longer in use: ask for a new one on your preference page"
+# The rules by which the reconciler holds a purpose back on the person's own no other than a
+# withdrawal or refusal on record: an objection (pending, upheld, or to direct marketing), and
+# the erasure of a form of their address. A trusted grant lifts each but a pending objection;
+# one made on the preference page, whose link may have been forwarded, must be confirmed first.
+# A restriction (Art. 18) is among them: it may hide an objection or an erasure behind it, which
+# a grant recorded now would reverse once the restriction is lifted.
+_PERSONS_NO_RULES = frozenset(
+    {
+        Rule.OBJECTION_DIRECT_MARKETING,
+        Rule.OBJECTION_UPHELD,
+        Rule.OBJECTION_PENDING,
+        Rule.ERASURE,
+        Rule.RESTRICTION,
+    }
+)
 # Art. 18(1): the grounds on which a person may have processing restricted, as the page offers
 # them (the key is kept with the request; the ledger's reason names the paragraph).
 RESTRICTION_GROUNDS = {
@@ -63,6 +113,46 @@ def direct_marketing_for(purpose: Purpose, rules: Iterable[str | None] = ()) -> 
     Art. 13(2)): never an Art. 21(1) objection that a review could reject, after which the
     marketing would resume."""
     return serves_direct_marketing(purpose) or any(rule == Rule.EPRIVACY_SOFT_OPT_IN for rule in rules)
+
+
+def says_no(state: EffectiveState) -> bool:
+    """Whether the person's state in force for a purpose and channel is their no, as the
+    reconciler reads it: a withdrawal or refusal (sticky, whatever rule holds it), an objection,
+    an erasure's suppression. A grant on the preference page does not reverse it by itself
+    (``PreferenceCentre._grant``)."""
+    no = (ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
+    return state.status in no or state.rule in _PERSONS_NO_RULES
+
+
+def no_is_only_gpc(conn: Connection, subject_id: int, state: EffectiveState) -> bool:
+    """Whether the no of ``state`` (``says_no``) is only a Global Privacy Control opt-out: every
+    withdrawal or refusal since the last grant, in the order written, is the signal's
+    (``GPC_EVIDENCE``, from this page or a capture), and no objection, erasure or restriction
+    holds the state. Such a no is the visiting browser's, not an act the person took, and CCPA
+    regulations § 7025(c)(3) let the person consent despite the signal on the page: their grant
+    is recorded as it always was (with its GPC mark, which ``honour_gpc`` then respects), not
+    mailed to confirm. A withdrawal the person made on the page with the signal on is their own
+    (its evidence names the page, ``Visitor.evidence_ref``)."""
+    if state.status is not ConsentStatus.WITHDRAWN or state.rule in _PERSONS_NO_RULES:
+        return False
+    if state.rule == Rule.RESTRICTION:
+        return False  # it hides any objection or erasure behind it: the person's no, to be safe
+    events = conn.execute(
+        select(consent_events.c.status, consent_events.c.evidence_ref)
+        .where(
+            consent_events.c.subject_id == subject_id,
+            consent_events.c.purpose == state.purpose,
+            consent_events.c.channel == state.channel,
+        )
+        .order_by(consent_events.c.id)
+    ).all()
+    nos_since_grant: list[bool] = []  # per no since the last grant: whether it was the signal's
+    for event in events:
+        if event.status == ConsentStatus.GRANTED.value:
+            nos_since_grant = []
+        elif event.status in (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value):
+            nos_since_grant.append(event.evidence_ref == GPC_EVIDENCE)
+    return bool(nos_since_grant) and all(nos_since_grant)
 
 
 def objectable_for(purpose: Purpose, basis: str | None) -> bool:
@@ -380,6 +470,10 @@ class PreferenceCentre:
             # its texts: ``current``): what every proof of this choice names.
             notice_language=notice.language if notice else None,
         )
+        if grant:
+            asked = self._grant(person, evidence, visitor, language)
+            if asked is not None:
+                return asked
         (outcome,) = self._record(person, [evidence])
         log.info("hub.preference", subject=person.uid, purpose=purpose, channel=channel, status=status.value)
         if not outcome.duplicate and self.hub.settings.mail_receipts:
@@ -399,6 +493,74 @@ class PreferenceCentre:
             "notice_version": evidence.notice_version,
             "record_id": evidence.fingerprint(),
         }
+
+    def _grant(
+        self, person: Person, evidence: Evidence, visitor: Visitor, language: str
+    ) -> dict[str, Any] | None:
+        """A grant made on the page where the person's state in force is their no
+        (``says_no``; not a GPC opt-out alone, ``no_is_only_gpc``): the page's link is in every
+        receipt, and whoever it was forwarded to must not consent in the person's name,
+        reversing their no (the page's source is a trusted one). It becomes a double opt-in, as
+        a grant captured for an address the person left does (``Hub._await_holder``): a
+        confirmation link mailed to the address they hold now, bound to it; nothing is recorded
+        until it is confirmed (``Hub.confirm`` records the grant then, from ``double_opt_in``),
+        and saying no to it only voids the link (``Hub.decline``: nothing waits). Returns the
+        page's answer, or None where the state is no no of the person's: the grant is recorded
+        as before. Judged and opened in the writer's transaction
+        that would record it: a no committed meanwhile counts."""
+        now = self.ledger.clock()
+        with self.ledger.engine.begin() as conn:
+            found = conn.execute(
+                select(subjects.c.id, subjects.c.erased_at).where(subjects.c.uid == person.uid)
+            ).one_or_none()
+            if found is None or found.erased_at is not None:
+                raise LinkRefused("this link opens no record any more: the record was erased")
+            states = self.ledger.effective_states_in(conn, [found.id])[found.id]
+            state = states.get((evidence.purpose, evidence.channel))
+            if state is None or not says_no(state) or no_is_only_gpc(conn, found.id, state):
+                return None
+            answer = {
+                "purpose": evidence.purpose,
+                "channel": evidence.channel,
+                "recorded": None,
+                "confirmation": "mailed",
+            }
+            to = holds_now(conn, self.ledger, found.id)
+            if to is None:  # nowhere to mail it: answered as if it went (nothing to tell)
+                log.info(
+                    "hub.mail_skipped", subject=person.uid, kind="double_opt_in", reason="no_address_held"
+                )
+                return answer
+            if _asked_lately(conn, found.id, evidence, now):
+                return answer  # a link went a moment ago (or the day's went): that mail answers
+            token = bound(self.ledger, secrets.token_urlsafe(32), to)
+            # Its terms bound in the chain (``confirmation_terms``): an edited row opens nothing.
+            open_confirmation(
+                conn,
+                now,
+                token_hash=token_digest(token),
+                kind="double_opt_in",
+                subject_id=found.id,
+                subject_uid=person.uid,
+                purpose=evidence.purpose,
+                channel=evidence.channel,
+                notice_version=evidence.notice_version,
+                notice_language=evidence.notice_language,
+                source=SOURCE,
+                expires_at=now + timedelta(days=self.hub.settings.confirmation_days),
+                actor=visitor.evidence_ref[:200],
+            )
+        log.info(
+            "hub.grant_awaits_confirmation",
+            subject=person.uid,
+            purpose=evidence.purpose,
+            channel=evidence.channel,
+            rule=state.rule,
+        )
+        pending = PendingMail(to, person.uid, evidence.purpose, evidence.channel, token, language)
+        if self.hub.send_confirmation(pending) is Mailed.FAILED:  # its link closed: asking again mails
+            answer["confirmation"] = "failed"
+        return answer
 
     def _record(self, person: Person, evidence: list[Evidence]) -> list[RecordOutcome]:
         """Records the person's own choices on the person the link names, by id, in the
@@ -461,9 +623,76 @@ class PreferenceCentre:
         log.info("hub.objection", subject=person.uid, purpose=purpose, status=result["status"])
         return result
 
+    def request_export(self, person: Person, visitor: Visitor, language: str = "en") -> str:
+        """Art. 15 asked on the page: mails a link to download the copy (``export``) to the
+        address the person holds now, bound to it, as an erasure's confirmation is (Art. 12(6):
+        the page's link may have been forwarded; the mailbox proves the person). Returns
+        "mailed" (also when one went a moment ago, ``NEW_LINK_INTERVAL``, or when the person
+        holds no address) or "failed" (the mail did not go)."""
+        to = self._mail_to(person, EXPORT_KIND)
+        if to is None:
+            return "mailed"
+        token = self._request_by_mail(
+            person, EXPORT_KIND, {}, action=None, to=to, expires_in=EXPORT_LINK_VALIDITY
+        )
+        if token is None:
+            return "mailed"
+        _ = translator(language)
+        text = _(
+            "You asked for a copy of everything we hold about you (Art. 15 GDPR). Download it "
+            "through this link within {hours} hours:\n\n{link}\n\nIf it was not you, ignore this "
+            "mail: nothing is shown to anyone until the link is followed.\n\nAll your choices, at "
+            "any time: {preferences}\n",
+            hours=int(EXPORT_LINK_VALIDITY.total_seconds() // 3600),
+            link=self.hub.link_to("/p/export/", token, language),
+            preferences=self.hub.preference_link(person.uid, language, to=to),
+        )
+        try:
+            self.hub.mailer.send(Mail(to, _("Your link to download a copy of your data"), text))
+        except MailFailed as error:
+            log.warning("hub.mail_failed", subject=person.uid, kind=EXPORT_KIND, error=str(error))
+            self._unsent(token)
+            return "failed"
+        log.info("hub.export_mailed", subject=person.uid, client=visitor.client_hash)
+        return "mailed"
+
+    def export_link(self, token: str) -> Person:
+        """The person a mailed download link (``request_export``) opens the copy of; raises
+        ``LinkRefused``: changed or not ours, mailed to an address the person left, expired,
+        closed, spent (``EXPORT_REUSE_WINDOW`` after its first download), or erased since."""
+        row = self._open_request(token, EXPORT_KIND, allow_confirmed=True)
+        now = self.ledger.clock()
+        if row.lapsed_at is not None or row.expires_at <= now:
+            raise LinkRefused("this download link has expired: ask for a new one on your preference page")
+        if row.confirmed_at is not None and row.confirmed_at + EXPORT_REUSE_WINDOW <= now:
+            raise LinkRefused(EXPORT_USED_LINK)
+        with self.ledger.engine.connect() as conn:
+            uid = conn.execute(select(subjects.c.uid).where(subjects.c.id == row.subject_id)).scalar_one()
+        email = self.ledger.email_of(uid)
+        if email is None:
+            raise LinkRefused("this link opens no record any more: the record was erased")
+        return Person(uid, email)
+
+    def export_by_link(self, token: str) -> dict[str, Any]:
+        """The copy a mailed download link opens (``export_link``), its first use marked (the
+        reuse window runs from it)."""
+        person = self.export_link(token)
+        with self.ledger.engine.begin() as conn:
+            conn.execute(
+                update(confirmations)
+                .where(
+                    confirmations.c.token_hash == token_digest(token),
+                    confirmations.c.kind == EXPORT_KIND,
+                    confirmations.c.confirmed_at.is_(None),
+                )
+                .values(confirmed_at=self.ledger.clock())
+            )
+        return self.export(person)
+
     def export(self, person: Person) -> dict[str, Any]:
         """Art. 15: the same view of the record that ops export, with when, by whom and why
-        processing was restricted (Art. 18) and lifted; the read is audited."""
+        processing was restricted (Art. 18) and lifted; the read is audited. On the pages only
+        through a mailed link (``export_by_link``)."""
         from consentsync.export import with_restrictions  # openpyxl is slow to import: only here
 
         view = with_restrictions(self.ledger, self.ledger.subject_view(person.email))
@@ -528,13 +757,15 @@ class PreferenceCentre:
         to: str | None = None,
         actor: str = "data subject",
         source: str = SOURCE,
+        expires_in: timedelta | None = None,
     ) -> str | None:
-        """Keeps a request (``kind``: erasure, restriction, new_link) whose mailed link is to
+        """Keeps a request (``kind``: erasure, restriction, export, new_link) whose mailed link is to
         confirm it, and its audit entry (``action``; None: none, for a new link, which changes
         nothing); returns the link's token, bound to ``to``, the address it is mailed to
         (``links.bound``), or None if one was asked for within ``NEW_LINK_INTERVAL`` and is
         still open (whoever holds the page's link could press the button again and again: the
-        mail sent a moment ago is the answer)."""
+        mail sent a moment ago is the answer). ``expires_in``: how long the link works
+        (default ``hub.confirmation_days``)."""
         token = secrets.token_urlsafe(32)
         if to is not None:
             token = bound(self.ledger, token, to)
@@ -564,7 +795,7 @@ class PreferenceCentre:
                 subject_id=subject_id,
                 subject_uid=person.uid,
                 source=source,
-                expires_at=now + timedelta(days=days),
+                expires_at=now + (expires_in or timedelta(days=days)),
                 actor=actor,
                 **row,
             )
