@@ -29,11 +29,14 @@ from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 
 from consentsync import audit
+from consentsync.domain import ConsentStatus, Origin
 from consentsync.hub import preferences
+from consentsync.ledger.identity import Identity
 from tests.conftest import Cli
 from tests.hub.conftest import HubWorld, Inbox
 from tests.hub.crm_world import CHANNEL, PURPOSE, CrmHub, crm_hub
 from tests.hub.people_world import EMAIL, GRANT, mailed, mails_with, people_pages, token_of
+from tests.integration.helpers import consent_value
 
 FIXTURES = (people_pages,)
 FORM = {"purpose": "newsletter", "channel": "email", "lang": "en", "notice_version": "2026-05"}
@@ -179,6 +182,34 @@ def test_a_grant_after_an_objection_to_direct_marketing_waits_too(
     _uid, after = world.ledger.decision_for(EMAIL, "email_marketing", "email")
     assert after.suppressed and after.rule == "objection_direct_marketing"
     assert mailed(world, "/p/confirm/")
+
+
+def test_a_gpc_opt_out_after_the_persons_own_no_and_an_unheeded_grant_is_not_gpc_only(
+    world: HubWorld, people: TestClient
+) -> None:
+    """Ada withdraws herself; a CRM's stale copy says subscribed (an untrusted grant, which her
+    withdrawal outranks); then a GPC signal reaches the capture API. Counting only the nos since
+    the last grant, her no read as the signal's alone, and the forwarded link's grant was recorded
+    at once over it (session 63 review): it waits for the mailed confirmation."""
+    world.hub.settings = world.hub.settings.model_copy(update={"gpc_purposes": ["newsletter"]})
+    _uid, token = _ada(world)
+    world.clock.advance(minutes=1)
+    assert "Done: you withdrew" in _post(people, token, "choose", {**FORM, "action": "withdraw"})
+    world.clock.advance(minutes=1)
+    now = world.clock()
+    stale = consent_value(
+        ConsentStatus.GRANTED, now, now, purpose="newsletter", source="crm-sf", origin=Origin.CRM
+    )
+    world.ledger.record(Identity(email=EMAIL), stale)
+    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].suppressed
+    world.clock.advance(minutes=1)
+    withdrawal = {"email": EMAIL, "purpose": "profiling", "status": "withdrawn"}
+    assert world.post("/consents", withdrawal, **{"Sec-GPC": "1"}).status_code == 201
+    world.clock.advance(minutes=1)
+    before = mails_with(world, "/p/confirm/")
+    assert "We sent you a mail" in _post(people, token, "choose", {**FORM, "action": "grant"})
+    assert mails_with(world, "/p/confirm/") == before + 1
+    assert world.ledger.decision_for(EMAIL, "newsletter", "email")[1].suppressed
 
 
 def test_a_grant_under_a_restriction_waits_too(world: HubWorld, people: TestClient) -> None:

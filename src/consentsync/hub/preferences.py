@@ -126,33 +126,30 @@ def says_no(state: EffectiveState) -> bool:
 
 def no_is_only_gpc(conn: Connection, subject_id: int, state: EffectiveState) -> bool:
     """Whether the no of ``state`` (``says_no``) is only a Global Privacy Control opt-out: every
-    withdrawal or refusal since the last grant, in the order written, is the signal's
+    withdrawal or refusal ever recorded for its purpose and channel is the signal's
     (``GPC_EVIDENCE``, from this page or a capture), and no objection, erasure or restriction
     holds the state. Such a no is the visiting browser's, not an act the person took, and CCPA
     regulations § 7025(c)(3) let the person consent despite the signal on the page: their grant
     is recorded as it always was (with its GPC mark, which ``honour_gpc`` then respects), not
     mailed to confirm. A withdrawal the person made on the page with the signal on is their own
-    (its evidence names the page, ``Visitor.evidence_ref``)."""
+    (its evidence names the page, ``Visitor.evidence_ref``).
+
+    Every no ever, not those since the last grant: a grant recorded after the person's own no
+    need not have lifted it (an untrusted source, a grant dated before it), and counting from it
+    let a forwarded link's holder grant over the person's own withdrawal once any GPC opt-out
+    came after it (session 63 review). A person who withdrew once and consented again since is
+    asked to confirm by mail: the safe side."""
     if state.status is not ConsentStatus.WITHDRAWN or state.rule in _PERSONS_NO_RULES:
         return False
-    if state.rule == Rule.RESTRICTION:
-        return False  # it hides any objection or erasure behind it: the person's no, to be safe
-    events = conn.execute(
-        select(consent_events.c.status, consent_events.c.evidence_ref)
-        .where(
+    nos = conn.execute(
+        select(consent_events.c.evidence_ref).where(
             consent_events.c.subject_id == subject_id,
             consent_events.c.purpose == state.purpose,
             consent_events.c.channel == state.channel,
+            consent_events.c.status.in_((ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)),
         )
-        .order_by(consent_events.c.id)
     ).all()
-    nos_since_grant: list[bool] = []  # per no since the last grant: whether it was the signal's
-    for event in events:
-        if event.status == ConsentStatus.GRANTED.value:
-            nos_since_grant = []
-        elif event.status in (ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value):
-            nos_since_grant.append(event.evidence_ref == GPC_EVIDENCE)
-    return bool(nos_since_grant) and all(nos_since_grant)
+    return bool(nos) and all(no.evidence_ref == GPC_EVIDENCE for no in nos)
 
 
 def objectable_for(purpose: Purpose, basis: str | None) -> bool:
