@@ -73,6 +73,22 @@ def test_every_source_consentsync_records_its_own_evidence_under_is_reserved(con
 
 
 RESERVED = ["double_opt_in", "preference_center", "consentsync:sign_up_closed", "Double_Opt_In", "erasure"]
+# Read as the same by a person (session 63 review): widths, separators, spaces around the colon.
+LOOK_ALIKES = [
+    "Double-Opt-In",
+    "\uff44ouble_opt_in",  # a fullwidth d
+    "preference\u2010center",  # a Unicode hyphen
+    "preference center",
+    "consentsync :expiry",
+    "consentsync\uff1aexpiry",  # a fullwidth colon
+]
+
+
+@pytest.mark.parametrize("source", LOOK_ALIKES)
+def test_a_look_alike_of_a_reserved_source_is_refused_too(cli: Cli, source: str) -> None:
+    result = cli("apikey", "add", "shopform", "--source", source, "--purposes", "*", "--actions", "*")
+    one_line_error(result, 2, "is reserved", "accepted is")
+    assert cli.json("apikey", "list") == []
 
 
 @pytest.mark.parametrize("source", RESERVED)
@@ -100,15 +116,16 @@ def test_objection_raise_refuses_a_reserved_source_and_records_nothing(cli: Cli)
     assert cli.json("objection", "list") == []
 
 
-def test_a_key_an_older_version_let_claim_double_opt_in_records_nothing(
+def test_a_key_an_older_version_let_claim_double_opt_in_records_no_grant_but_every_no(
     world: HubWorld,  # noqa: F811 (the hub's fixture)
     config_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The tester's: a key of source double_opt_in (as an older version created it), a plain
     form post for an erased address: it lifted the erasure, recorded as a confirmed double
-    opt-in. Now refused (403, nothing recorded); its decisions are still answered, and `apikey
-    list` names it on stderr."""
+    opt-in. Its grants are refused now (403, nothing recorded); its nos (a withdrawal, an
+    objection, an erasure request) are recorded as before, never lost to the upgrade (session 63
+    review); its decisions are still answered, and `apikey list` names it on stderr."""
     with monkeypatch.context() as older:
         older.setattr(keys, "check_own_source", lambda source, what="--source": source)
         _key, fake = keys.create(
@@ -122,16 +139,20 @@ def test_a_key_an_older_version_let_claim_double_opt_in_records_nothing(
         "notice_version": "2026-05",
         "evidence_ref": "x",
     }
-    for path, body in (
-        ("/consents", grant),
-        ("/objections", {"email": ADA, "purpose": "profiling"}),
-        ("/erasure-requests", {"email": ADA, "reason": "Art. 17"}),
-    ):
-        refused = world.post(path, body, secret=fake)
-        assert refused.status_code == 403, refused.text
-        assert "'shopform' names source 'double_opt_in'" in refused.json()["error"]
+    refused = world.post("/consents", grant, secret=fake)
+    assert refused.status_code == 403, refused.text
+    assert "'shopform' names source 'double_opt_in'" in refused.json()["error"]
     assert world.ledger.decision_for("eve@example.test", "newsletter", "email")[1].suppressed
-    assert world.ledger.decision_for(ADA, "profiling", "email")[0] is None
+    # A batch with a grant in it records nothing of it, its no included: one answer for the batch.
+    no = {"email": ADA, "purpose": "newsletter", "status": "withdrawn"}
+    assert world.post("/consents", {"consents": [no, grant]}, secret=fake).status_code == 403
+    assert world.ledger.decision_for(ADA, "newsletter", "email")[0] is None
+    # Its nos alone are recorded.
+    assert world.post("/consents", no, secret=fake).status_code == 201
+    assert world.ledger.decision_for(ADA, "newsletter", "email")[1].suppressed
+    objected = world.post("/objections", {"email": ADA, "purpose": "profiling"}, secret=fake)
+    assert objected.status_code in (200, 201), objected.text
+    assert world.ledger.decision_for(ADA, "profiling", "email")[1].suppressed
     asked = world.post("/decisions", {"email": ADA, "purpose": "newsletter", "channel": "email"}, secret=fake)
     assert asked.status_code == 200, asked.text
 

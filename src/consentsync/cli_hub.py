@@ -105,7 +105,7 @@ def apikey_add(
 def apikey_list(as_json: bool) -> None:
     """Every key, live and revoked (never their secrets). A live key whose source consentsync
     keeps for its own records (one an older version let in) is named on stderr: the capture API
-    refuses what it would record."""
+    refuses the grants it would record."""
     from consentsync.hub import keys
 
     listed = keys.listed(current_ledger())
@@ -113,8 +113,8 @@ def apikey_list(as_json: bool) -> None:
         if key.revoked_at is None and keys.is_reserved_source(key.source):
             click.echo(
                 f"consentsync: warning: API key {key.name!r}: source {key.source!r} is one consentsync "
-                "keeps for its own records: the capture API refuses its consents, objections and erasure "
-                "requests (403); revoke it and add a key with the capture source's own name",
+                "keeps for its own records: the capture API refuses its grants (403; its nos are recorded); "
+                "revoke it and add a key with the capture source's own name",
                 err=True,
             )
     rows = [key.as_dict() for key in listed]

@@ -416,22 +416,21 @@ def create_app(hub: Hub) -> FastAPI:
     # Every route of the API takes a key, so every JSON body it reads is checked.
     Key = Annotated[ApiKey, Depends(checked_key)]
 
-    def recording_key(key: Key) -> ApiKey:
-        """The key of a request that records (a consent, an objection, an erasure): refused (403,
-        nothing recorded) where its source is one consentsync keeps for its own records
-        (``keys.RESERVED_SOURCES``), which ``apikey add`` refuses now and an older version took.
-        What it recorded would claim the hub's provenance (a form post read as a confirmed
-        double opt-in, trusted by default). Its decisions and receipts record nothing of it."""
-        if keys.is_reserved_source(key.source):
+    def refuse_grants_of_reserved_key(key: ApiKey, batch: ConsentBatchIn) -> None:
+        """A key whose source is one consentsync keeps for its own records
+        (``keys.RESERVED_SOURCES``), which ``apikey add`` refuses now and an older version took,
+        records no grant (403, nothing recorded): it would claim the hub's provenance (a form post
+        read as a confirmed double opt-in, trusted by default, lifting an erasure). Its nos are
+        recorded as before (a withdrawal, a refusal, an objection, an erasure request can only
+        protect the person: an unchanged integration must not start dropping them)."""
+        if keys.is_reserved_source(key.source) and any(item.status == "granted" for item in batch.consents):
             log.warning("hub.reserved_source_key", apikey=key.name)
             raise Forbidden(
                 f"API key {key.name!r} names source {key.source!r}, which consentsync keeps for its own "
-                "records: nothing was recorded; revoke it and add a key with its capture source's own "
-                "name (consentsync apikey add NAME --source ...)"
+                "records: no grant is recorded through it (withdrawals, refusals, objections and erasure "
+                "requests still are); revoke it and add a key with its capture source's own name "
+                "(consentsync apikey add NAME --source ...)"
             )
-        return key
-
-    Recording = Annotated[ApiKey, Depends(recording_key)]
 
     @app.exception_handler(Unauthorised)
     async def _unauthorised(_request: Request, _error: Unauthorised) -> JSONResponse:
@@ -467,7 +466,7 @@ def create_app(hub: Hub) -> FastAPI:
     @app.post("/consents", status_code=201)
     def record_consents(
         body: ConsentsBody,
-        key: Recording,
+        key: Key,
         background: BackgroundTasks,
         sec_gpc: Annotated[str | None, Header(alias="Sec-GPC")] = None,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)] = None,
@@ -475,6 +474,7 @@ def create_app(hub: Hub) -> FastAPI:
         """One consent, or a batch (``{"consents": [...]}``), recorded in one transaction. With an
         ``Idempotency-Key`` header a retried request records once and gets the first answer."""
         batch = body if isinstance(body, ConsentBatchIn) else body.as_batch()
+        refuse_grants_of_reserved_key(key, batch)
         header_gpc = (sec_gpc or "").strip() == "1"
         gpc = batch.gpc or header_gpc
         offered = list(hub.settings.languages) or ["en"]
@@ -536,12 +536,12 @@ def create_app(hub: Hub) -> FastAPI:
         return document
 
     @app.post("/objections", status_code=201)
-    def raise_objection(body: ObjectionIn, key: Recording) -> dict[str, Any]:
+    def raise_objection(body: ObjectionIn, key: Key) -> dict[str, Any]:
         """An objection (GDPR Art. 21); to direct marketing it is upheld at once (Art. 21(3))."""
         return hub.objection(key, body.email, body.purpose, direct_marketing=body.direct_marketing)
 
     @app.post("/erasure-requests", status_code=200)
-    def request_erasure(body: ErasureIn, key: Recording) -> dict[str, Any]:
+    def request_erasure(body: ErasureIn, key: Key) -> dict[str, Any]:
         """Erases the person (GDPR Art. 17): a keyed hash stays so they are never re-imported."""
         return hub.erasure(key, body.email, body.reason, asked_of_holder=centre.erasure_asked_of_holder)
 

@@ -4,7 +4,9 @@ scoped to purposes and actions, revocable; every change is in the audit log."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,10 +53,17 @@ RESERVED_SOURCE_PREFIX = "consentsync:"
 RESERVED_SOURCES_SHOWN = ", ".join([*sorted(RESERVED_SOURCES), f"{RESERVED_SOURCE_PREFIX}*"])
 
 
+# Spaces and the dashes, dots and underscores a reader takes for one another, folded to "_".
+_SEPARATORS = re.compile(r"[\s_\-\u2010-\u2015\u2212.]+")
+
+
 def is_reserved_source(source: str) -> bool:
     """Whether ``source`` is one consentsync records its own evidence under (``RESERVED_SOURCES``),
-    in any case or padding: "Double_Opt_In " misstates to a reader as much, if no policy trusts it."""
-    folded = source.strip().casefold()
+    in any case, padding, width or separator: "Double-Opt-In ", a fullwidth "ｄouble_opt_in" or
+    "consentsync : expiry" misstate to a reader as much, if no policy trusts them (NFKC folds
+    widths and compatibility forms; letters of other scripts that look alike are not folded)."""
+    folded = _SEPARATORS.sub("_", unicodedata.normalize("NFKC", source).casefold()).strip("_")
+    folded = re.sub(r"_?:_?", ":", folded)
     return folded in RESERVED_SOURCES or folded.startswith(RESERVED_SOURCE_PREFIX)
 
 
