@@ -252,6 +252,17 @@ class HubSpotConnector(sdk.Connector):
         self.config.budget.check(self.name, self.usage, calls="HubSpot API")
         if self._window_remaining == 0:
             wait = self._window_seconds - (time.monotonic() - self._window_at)
+            if wait > self.config.max_rate_limit_wait:
+                # Held to the wait a 429 may cost (max_rate_limit_wait: 0 never sits one out), so
+                # that an odd header cannot keep the run asleep: the run stops cleanly, the rest
+                # waits for the next one.
+                self._window_remaining = None
+                raise ConnectorError(
+                    f"HubSpot's rate-limit window is spent for {wait:.0f}s, longer than "
+                    f"max_rate_limit_wait ({self.config.max_rate_limit_wait:g}s)",
+                    ERRORS.classify(429, "TEN_SECONDLY_ROLLING"),
+                    retry_after=wait,
+                )
             if wait > 0:
                 time.sleep(wait)
             self._window_remaining = None

@@ -120,3 +120,17 @@ def test_a_window_another_app_filled_is_waited_out_not_given_up(harness: HubSpot
         assert other.get(f"{harness.sandbox.api_url}/crm/v3/objects/contacts").status_code == 200
     conn.check()
     assert harness.sandbox.rejections["TEN_SECONDLY_ROLLING"] == 1
+
+
+def test_a_window_longer_than_the_run_may_wait_stops_the_run_instead(harness: HubSpotHarness) -> None:
+    """Pacing is held to max_rate_limit_wait as a 429's wait is (session 63 review): a window the
+    run may not sit out (0: never sit one out) is a rate-limited error at once, which stops the
+    run cleanly, not a sleep of whatever the header says."""
+    conn = HubSpotConnector("hs-test", harness.connector_settings(max_attempts=1, max_rate_limit_wait=0))
+    for _ in range(BURST):
+        conn.check()  # the window's allowance spent: the last answer says -Remaining 0
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        conn.check()
+    assert time.monotonic() - started < 1.0
+    assert getattr(raised.value, "action", None) is Action.RATE_LIMITED, raised.value
