@@ -214,9 +214,9 @@ def user_unlock(name: str, actor: str) -> None:
 
 @runs.command("retry")
 @click.argument("quarantine_id", type=ROW_ID, metavar="QUARANTINE_ID")
-@click.option("--actor", required=True, help="Who asks (kept in the audit log).")
+@click.option("--actor", help="Who asks (kept in the audit log; default: your login name).")
 @scriptable
-def runs_retry(quarantine_id: int, actor: str, as_json: bool) -> None:
+def runs_retry(quarantine_id: int, actor: str | None, as_json: bool) -> None:
     """Retry a quarantined record: re-read on the connector's next run, or its push re-queued."""
     from consentsync.app import can_reread
     from consentsync.sync.quarantine import retry

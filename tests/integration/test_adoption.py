@@ -6,6 +6,7 @@ guard holds an oversized run until a plan is approved."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -231,3 +232,18 @@ def test_a_plan_reads_its_crm_before_it_holds_the_ledger_for_writing(
     (plan,) = plans
     assert plan.status == "dry_run" and plan.plan is not None and plan.plan.items
     ledger.engine.dispose()
+
+
+def test_a_run_the_guard_holds_by_share_logs_the_records_and_the_live_ones(
+    cli: Cli, config_path: Path, org: SalesforceSandbox
+) -> None:
+    """The sync.push_held line says how many records wait and of how many live ones, as the
+    error does (records, not outbox rows)."""
+    _configure(config_path, mode="two_way", push_guard={"max_records": None, "max_share": 0.05})
+    result = cli("sync", "sf", "--full", "--json")
+    held = json.loads(result.stdout)
+    assert held["status"] == "held", held
+    (line,) = [json.loads(text) for text in result.stderr.splitlines() if "sync.push_held" in text]
+    error = re.search(r"push guard: (\d+) records .* of its (\d+) live records", held["error"])
+    assert error is not None, held["error"]
+    assert (line["records"], line["live"]) == (int(error[1]), int(error[2])), line

@@ -73,7 +73,7 @@ def test_the_persons_requests_are_in_their_export_with_what_became_of_each(
     assert objection["status"] == "pending"  # profiling: reviewed by ops
 
     # All three waiting: the export says so (it used to leave out the erasure and the restriction).
-    first = json.loads(people.post(f"{page}/export", data={"format": "json"}).content)
+    first = json.loads(_download(world, people, page, "json"))
     assert _requests(first) == [
         ("erasure", None, erasure, None, "pending", None, None),
         ("restriction", None, restriction, "accuracy", "pending", None, None),
@@ -101,9 +101,7 @@ def test_the_persons_requests_are_in_their_export_with_what_became_of_each(
         ("access", None, downloaded, None, "done", downloaded, None),  # the first download
     ]  # fmt: skip
     for fmt in ("json", "csv", "xlsx"):
-        response = people.post(f"{page}/export", data={"format": fmt})
-        assert response.status_code == 200
-        (tmp_path / f"page.{fmt}").write_bytes(response.content)
+        (tmp_path / f"page.{fmt}").write_bytes(_download(world, people, page, fmt))
     again = json.loads((tmp_path / "page.json").read_text(encoding="utf-8"))
     assert _requests(again)[:4] == answered
     with (tmp_path / "page.csv").open(newline="", encoding="utf-8") as handle:
@@ -137,6 +135,15 @@ def test_the_persons_requests_are_in_their_export_with_what_became_of_each(
         assert [(r["request"], r["received_at"]) for r in ops["requests"]] == listed
 
 
+def _download(world: HubWorld, people: TestClient, page: str, fmt: str) -> bytes:
+    """The person's copy as the preference page hands it over: a download link mailed to them
+    (a forwarded page link must not hand it over), followed."""
+    assert people.post(f"{page}/export", data={"lang": "en"}).status_code in (200, 303)
+    response = people.post(mailed(world, "/p/export/"), data={"format": fmt})
+    assert response.status_code == 200, response.text[:300]
+    return response.content
+
+
 class _Down:
     """A mail server that cannot be reached."""
 
@@ -152,7 +159,7 @@ def test_a_request_whose_mail_did_not_go_says_so(world: HubWorld, people: TestCl
     world.hub.mailer = mailer
     world.clock.advance(minutes=1)
     people.post(f"{page}/restrict", data={"lang": "en", "ground": "legal_claims"})  # asked again: mailed
-    view = json.loads(people.post(f"{page}/export", data={"format": "json"}).content)
+    view = json.loads(_download(world, people, page, "json"))
     assert _requests(view) == [
         ("restriction", None, failed, "legal_claims", "not_sent", failed, None),
         ("restriction", None, iso(world.clock()), "legal_claims", "pending", None, None),

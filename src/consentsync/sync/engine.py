@@ -419,6 +419,8 @@ class SyncEngine:
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
         self._shared: Connection | None = None  # the one transaction of a dry run
+        # What the push guard last counted: the records waiting, and the connector's live ones.
+        self._guard_counts: tuple[int, int | None] = (0, None)
         self._writer: RunWriter | None = None  # a run's write connection on SQLite
         self._lease: Lease | None = None  # this run's ownership of the connector
         self._apply_plan: Plan | None = None
@@ -2930,7 +2932,8 @@ class SyncEngine:
             return True
         report.status = "held"
         report.error = why
-        log.warning("sync.push_held", run_id=report.run_id, connector=self.name, pushes=len(pending))
+        records, live = self._guard_counts
+        log.warning("sync.push_held", run_id=report.run_id, connector=self.name, records=records, live=live)
         return True
 
     def _why_held(self, conn: Connection) -> str | None:
@@ -2952,6 +2955,7 @@ class SyncEngine:
             .subquery()
         )
         records = conn.execute(select(func.count()).select_from(waiting)).scalar_one()
+        self._guard_counts = (records, None)  # for the log line of a run held (``_held``)
         if not records:
             return None
         approve = (
@@ -2974,6 +2978,9 @@ class SyncEngine:
             too_much = bool(live) and records > options.guard_max_share * live
         if not (too_many or too_much):
             return None
+        if live is None and options.guard_max_share is not None:
+            live = self._live_records(conn)
+        self._guard_counts = (records, live)
         limit = []
         if too_many:
             limit.append(f"more than {options.guard_max_records} records")
