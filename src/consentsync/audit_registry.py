@@ -28,6 +28,7 @@ from consentsync.hub.confirmation_terms import (
     BOUND_TERMS,
     CONFIRMATION_ACTIONS,
     CONFIRMATION_OPENED_ACTION,
+    DELETED_WHEN_UNSENT,
     TOKEN_HASH_DIGEST,
     confirmations_marker,
     differences,
@@ -726,6 +727,18 @@ def _check_confirmations(conn: Connection, problems: list[str], batch: int) -> _
     seen = _Confirmations()
     for row_id, row, entries in _merged(iter(rows), groups):
         if row is None:
+            # Gone: consentsync deletes only a consent request's or renewal's link whose mail did
+            # not go; any other (an erasure's, a restriction's, a double opt-in's) was deleted
+            # outside it, and the person's link opens nothing.
+            said, _person = said_by(entries or [])
+            kind = said.get("kind", (None, None))[0] if said is not None else None
+            if said is None or kind in DELETED_WHEN_UNSENT:
+                continue
+            found = f"confirmations row {row_id} ({kind}): deleted outside consentsync"
+            if len(problems) < SHOWN_PROBLEMS:
+                problems.append(found)
+            else:
+                seen.unshown += 1
             continue
         seen.rows += 1
         said, person = said_by(entries or [])

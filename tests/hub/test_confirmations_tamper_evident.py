@@ -167,6 +167,22 @@ def test_an_erasure_link_moved_to_another_person_erases_no_one(world: HubWorld, 
     assert world.ledger.email_of(bob) == BOB and world.ledger.email_of(ada) == EMAIL
 
 
+def test_an_erasure_link_deleted_is_named(world: HubWorld, people: TestClient) -> None:
+    """consentsync deletes only a consent request's or renewal's row whose mail did not go; an
+    erasure's row deleted (the person's link then opens nothing) is a finding (session 63 review)."""
+    assert world.post("/consents", GRANT).status_code == 201
+    (ada,) = world.ledger.subject_uids_for_email(EMAIL)
+    token = token_of(world, ada)
+    assert people.post(f"/p/preferences/{token}/erase", data={}, follow_redirects=False).status_code == 303
+    link = mailed(world, "/p/erase/")
+    row_id = newest_row(world)
+    with world.ledger.engine.begin() as conn:
+        conn.execute(confirmations.delete().where(confirmations.c.id == row_id))
+    (finding,) = verify(world, 5)
+    assert f"confirmations row {row_id} (erasure): deleted outside consentsync" in finding
+    assert people.post(link, data={"lang": "en"}).status_code in (403, 410)
+
+
 def test_a_restriction_link_expired_and_extended_restricts_nothing(
     world: HubWorld, people: TestClient
 ) -> None:

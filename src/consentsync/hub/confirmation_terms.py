@@ -62,6 +62,9 @@ BOUND_TERMS = (
     "expires_at",
 )
 TOKEN_HASH_DIGEST = "token_hash_sha256"
+# The kinds whose row consentsync deletes, when the mail carrying the link did not go
+# (hub/outreach.py ``_unsent``); a row of another kind deleted is a finding of audit verify.
+DELETED_WHEN_UNSENT = ("request", "renewal")
 _TIMES = ("requested_at", "expires_at")
 
 log = structlog.get_logger("consentsync.hub")
