@@ -81,7 +81,16 @@ LOOK_ALIKES = [
     "preference center",
     "consentsync :expiry",
     "consentsync\uff1aexpiry",  # a fullwidth colon
+    "double\u02d7opt\u02d7in",  # a modifier minus
+    "double\u2043opt\u2043in",  # a hyphen bullet
+    "double\u00b7opt\u00b7in",  # a middle dot
 ]
+
+
+@pytest.mark.parametrize("source", ["erasure-form", "restriction_page", "preference-centre-v2", "web.form"])
+def test_a_source_merely_beginning_like_a_reserved_one_is_accepted(cli: Cli, source: str) -> None:
+    cli.ok("apikey", "add", "shopform", "--source", source, "--purposes", "*", "--actions", "*")
+    assert [key["source"] for key in cli.json("apikey", "list")] == [source]
 
 
 @pytest.mark.parametrize("source", LOOK_ALIKES)
@@ -145,7 +154,10 @@ def test_a_key_an_older_version_let_claim_double_opt_in_records_no_grant_but_eve
     assert world.ledger.decision_for("eve@example.test", "newsletter", "email")[1].suppressed
     # A batch with a grant in it records nothing of it, its no included: one answer for the batch.
     no = {"email": ADA, "purpose": "newsletter", "status": "withdrawn"}
-    assert world.post("/consents", {"consents": [no, grant]}, secret=fake).status_code == 403
+    mixed = world.post("/consents", {"consents": [no, grant]}, secret=fake)
+    assert mixed.status_code == 403
+    assert "nothing of this request was recorded" in mixed.json()["error"]
+    assert "send those again without the grants" in mixed.json()["error"]
     assert world.ledger.decision_for(ADA, "newsletter", "email")[0] is None
     # Its nos alone are recorded.
     assert world.post("/consents", no, secret=fake).status_code == 201

@@ -427,9 +427,10 @@ def create_app(hub: Hub) -> FastAPI:
             log.warning("hub.reserved_source_key", apikey=key.name)
             raise Forbidden(
                 f"API key {key.name!r} names source {key.source!r}, which consentsync keeps for its own "
-                "records: no grant is recorded through it (withdrawals, refusals, objections and erasure "
-                "requests still are); revoke it and add a key with its capture source's own name "
-                "(consentsync apikey add NAME --source ...)"
+                "records: it records no grant, so nothing of this request was recorded, its withdrawals "
+                "and refusals included: send those again without the grants (they are recorded, as its "
+                "objections and erasure requests are); revoke it and add a key with its capture "
+                "source's own name (consentsync apikey add NAME --source ...)"
             )
 
     @app.exception_handler(Unauthorised)

@@ -53,8 +53,23 @@ RESERVED_SOURCE_PREFIX = "consentsync:"
 RESERVED_SOURCES_SHOWN = ", ".join([*sorted(RESERVED_SOURCES), f"{RESERVED_SOURCE_PREFIX}*"])
 
 
-# Spaces and the dashes, dots and underscores a reader takes for one another, folded to "_".
-_SEPARATORS = re.compile(r"[\s_\-\u2010-\u2015\u2212.]+")
+# What a reader takes for a separator beside every dash, connector and space (by category): dots,
+# and the minus and bullet look-alikes of other categories.
+_LOOK_ALIKE_SEPARATORS = frozenset(".\u00b7\u2027\u2219\u30fb\u02d7\u2043\u2212\u30fc")
+_SEPARATOR_CATEGORIES = frozenset({"Pd", "Pc", "Zs"})
+
+
+def _is_separator(char: str) -> bool:
+    return (
+        char in _LOOK_ALIKE_SEPARATORS
+        or char.isspace()
+        or unicodedata.category(char) in _SEPARATOR_CATEGORIES
+    )
+
+
+def _separators_folded(text: str) -> str:
+    """``text`` with each run of dashes, connectors, spaces and dots as one "_"."""
+    return re.sub(r"_+", "_", "".join("_" if _is_separator(char) else char for char in text))
 
 
 def is_reserved_source(source: str) -> bool:
@@ -62,7 +77,7 @@ def is_reserved_source(source: str) -> bool:
     in any case, padding, width or separator: "Double-Opt-In ", a fullwidth "ｄouble_opt_in" or
     "consentsync : expiry" misstate to a reader as much, if no policy trusts them (NFKC folds
     widths and compatibility forms; letters of other scripts that look alike are not folded)."""
-    folded = _SEPARATORS.sub("_", unicodedata.normalize("NFKC", source).casefold()).strip("_")
+    folded = _separators_folded(unicodedata.normalize("NFKC", source).casefold()).strip("_")
     folded = re.sub(r"_?:_?", ":", folded)
     return folded in RESERVED_SOURCES or folded.startswith(RESERVED_SOURCE_PREFIX)
 
