@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -347,6 +348,12 @@ class AuditFilters(TypedDict, total=False):
 LOG_VIEWED = "audit.viewed"
 
 
+# What a read of the log may keep of a filter's text as it was typed: a name (a connector's, a
+# rule's, an action, a uid or its prefix), never free text; other text is kept as WITHHELD.
+_NAME_LIKE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+WITHHELD = "<not a name: withheld>"
+
+
 def log_viewed(
     engine: Engine,
     at: datetime,
@@ -367,7 +374,11 @@ def log_viewed(
         if value is None or (name == "include_views" and not value):  # said only when asked for
             continue
         if name == "subject_uids":
-            said["subjects"] = list(value)
+            said["subjects"] = [uid if _NAME_LIKE.fullmatch(str(uid)) else WITHHELD for uid in value]
+        elif isinstance(value, str) and not _NAME_LIKE.fullmatch(value):
+            # Typed by a reader: a connector, rule or action filter that is no such name may be
+            # anything (an address, a name), and the chain keeps what it is given for ever.
+            said[name] = WITHHELD
         else:
             said[name] = iso(value) if isinstance(value, datetime) else value
     what = {"filters": said, **{name: value for name, value in paging.items() if value is not None}}

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from consentsync import audit
 from consentsync.accounts import Accounts
 from consentsync.app import open_ledger
 from consentsync.cli_base import login_name
@@ -127,6 +128,13 @@ def test_reading_the_console_trail_is_written_down(cli: Cli, config_path: Path, 
         headers={"X-CSRF-Token": csrf},
     ).json()
     assert second["items"][0]["seq"] == first["items"][-1]["seq"] - 1
+    # Free text typed into a name filter (an address, a name) is not kept in the chain, which no
+    # erasure can touch (session 63 black-box): withheld; a name is kept as typed.
+    typed = {"connector": ADDRESS, "rule": f"Pat Reader {ADDRESS}", "action": "consent.recorded"}
+    api.post("/api/audit/search", json={"per_page": 5, **typed}, headers={"X-CSRF-Token": csrf})
+    kept = _reads(ledger)[-1]["what"]["filters"]
+    assert kept["connector"] == kept["rule"] == audit.WITHHELD and kept["action"] == "consent.recorded", kept
+    client.get("/audit", params={"connector": ADDRESS})
     assert ADDRESS not in json.dumps(_reads(ledger))
     _verified(cli)
 

@@ -34,3 +34,17 @@ def test_the_consoles_own_ids_stay() -> None:
     run_id = str(uuid.uuid4())
     assert logged_path(f"/runs/{run_id}") == f"/runs/{run_id}"
     assert logged_path(f"/subjects/{run_id}/export.json") == f"/subjects/{run_id}/export.json"
+
+
+ADDRESS_PATHS = [
+    "/subjects/jo.private@example.org",
+    "/api/subjects/jo%40example.org/export.csv",
+    "/subjects/a@b.c/x",
+]
+
+
+@pytest.mark.parametrize("path", ADDRESS_PATHS)
+def test_an_address_in_a_path_never_reaches_the_log(path: str) -> None:
+    """Typed into the console's URL (session 63 black-box): the request log holds no address."""
+    shown = logged_path(path)
+    assert "<address>" in shown and "@" not in shown and "%40" not in shown.lower(), shown

@@ -164,9 +164,16 @@ _PEOPLE_TOKEN = re.compile(r"^(/p/(?:preferences|confirm|erase)/)[^/]+")
 _TOKEN_LIKE = re.compile(r"[^/]{37,}")
 
 
+# A path segment holding an address (typed into the console's URL: /subjects/<address>),
+# encoded or not: the log holds no personal data.
+_ADDRESS_LIKE = re.compile(r"[^/]*(?:@|%40)[^/]*", re.IGNORECASE)
+
+
 def logged_path(path: str) -> str:
     """A request path as the log may hold it: a people page's token replaced by ``<token>``, and
-    so is any segment too long to be one of the console's ids."""
+    so is any segment too long to be one of the console's ids; a segment holding an address by
+    ``<address>``."""
+    path = _ADDRESS_LIKE.sub("<address>", path)
     return _TOKEN_LIKE.sub("<token>", _PEOPLE_TOKEN.sub(r"\1<token>", path))
 
 
