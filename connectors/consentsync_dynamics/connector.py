@@ -322,6 +322,11 @@ class DynamicsConnector(sdk.Connector):
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
         self.config = DynamicsSettings.model_validate(dict(settings))
+        # The sdk redacts the secrets it finds by a setting's name, a list's items not among
+        # them: the earlier keys are redacted from errors and logs as any secret.
+        for earlier in self.config.earlier_own_rows_secrets:
+            sdk.register_secret(earlier)
+        self._own_rows_key_warned = False
         self.api = sdk.HttpClient.configured(
             self.config,
             _classified,
@@ -1116,7 +1121,7 @@ class DynamicsConnector(sdk.Connector):
             wire.get("createdon"),
             wire.get("modifiedon"),
         )
-        key = self.config.client_secret.encode()
+        keys = self._own_rows_keys()
         changes = _ConsentChanges(link, set(), recheck=False)
         # Rows that existed before a look-up saw them (they may have moved), with their
         # modifiedon as the delta shows it: the edit their audit history has to hold.
@@ -1135,10 +1140,12 @@ class DynamicsConnector(sdk.Connector):
                 if changes.recheck:
                     continue
                 rid = str(row.get(entity.primary_id) or "").lower()
-                if address is not None and isinstance(of, str):
-                    ids = range(journeys.GENERATIONS)
-                    if rid in {journeys.row_id(key, of.lower(), address, g) for g in ids}:
-                        continue  # the connector's own row, where it created it
+                if (
+                    address is not None
+                    and isinstance(of, str)
+                    and rid in journeys.own_row_ids(keys, of, address)
+                ):
+                    continue  # the connector's own row, where it created it
                 if not _created_after(row.get(created_on) if created_on else None, seen):
                     changed = _moment(row.get(modified_on)) if modified_on else None
                     if rid and changed is not None:
@@ -1246,6 +1253,22 @@ class DynamicsConnector(sdk.Connector):
 
     # -- the connector's own consent rows, read back ---------------------------------------------
 
+    def _own_rows_keys(self) -> tuple[bytes, ...]:
+        """The keys the ids of the connector's own rows are derived from, the one new rows get
+        first (settings ``own_rows_secret``, ``earlier_own_rows_secrets``). Without an
+        ``own_rows_secret`` that is the client secret: said once a run, since rotating it
+        without keeping the old one makes every row created before read as the person's no."""
+        if self.config.own_rows_secret is None and not self._own_rows_key_warned:
+            self._own_rows_key_warned = True
+            # Never a key itself: the setting's name only.
+            log.warning(
+                "dynamics.own_rows_secret_unset",
+                connector=self.name,
+                advice="own-row ids use client_secret: set own_rows_secret, or list the old "
+                "client secret in earlier_own_rows_secrets when rotating it",
+            )
+        return self.config.own_rows_keys
+
     def _own_rows(self, rows: Sequence[Mapping[str, Any]], wire: Mapping[str, str]) -> set[int]:
         """The positions of ``rows`` (a page of consent rows) that are the connector's own write
         (journeys.py), left out of the read: never the person's choice.
@@ -1262,11 +1285,11 @@ class DynamicsConnector(sdk.Connector):
           Opted in and then Opted out again by the person (their preference center) would look
           the same, and their no must not be lost."""
         out = {index for index, row in enumerate(rows) if journeys.own_untouched(row, wire)}
-        key = self.config.client_secret.encode()
+        keys = self._own_rows_keys()
         primary = self._entity(CONSENT_TABLE).primary_id
         candidates: dict[str, tuple[int, datetime]] = {}
         for index, row in enumerate(rows):
-            if index in out or not journeys.own_value_kept(row, wire, key, primary):
+            if index in out or not journeys.own_value_kept(row, wire, keys, primary):
                 continue
             modified = _moment(row.get(wire.get("modifiedon", "modifiedon")))
             rid = str(row.get(primary) or "").lower()
@@ -1563,7 +1586,8 @@ class DynamicsConnector(sdk.Connector):
         second is created under the pair's next id (:data:`journeys.GENERATIONS`)."""
         entity = self._entity(CONSENT_TABLE)
         purpose_set = self._entity("msdynmkt_purpose").entity_set
-        key = self.config.client_secret.encode()
+        # Always the current key: the earlier ones only recognise rows made before a rotation.
+        key = self._own_rows_keys()[0]
         out: dict[tuple[str, str], sdk.WriteResult] = {}
         created = 0
         todo = list(missing)

@@ -38,7 +38,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "address_key",
     "field_for",
     "new_row",
+    "own_row_ids",
     "own_untouched",
     "own_value_kept",
     "purpose_of",
@@ -123,11 +124,20 @@ GENERATIONS = 4
 def row_id(key: bytes, purpose_id: str, address: str, generation: int = 0) -> str:
     """The id of the row the connector creates for a purpose and an address (:func:`address_key`):
     always the same, so that a create sent again finds the first; derived under ``key`` (the
-    connector's secret), so that the id does not give the address away to someone who guesses
-    it. ``generation``: the next id, where the first is held by a row moved to another address."""
+    connector's ``own_rows_secret``, by default its client secret), so that the id does not give
+    the address away to someone who guesses it. ``generation``: the next id, where the first is
+    held by a row moved to another address."""
     text = f"{purpose_id.lower()}\n{address}" + (f"\n{generation}" if generation else "")
     digest = hmac.new(key, text.encode(), hashlib.sha256).digest()
     return str(uuid.uuid5(_NAMESPACE, digest.hex()))
+
+
+def own_row_ids(keys: Sequence[bytes], purpose_id: str, address: str) -> set[str]:
+    """Every id the connector may have created the row of a purpose and an address under: each
+    generation under each of ``keys`` (the key new rows get, and the earlier ones a rotation left
+    rows under: a row created before the key changed is still the connector's own)."""
+    purpose = purpose_id.lower()
+    return {row_id(key, purpose, address, g) for key in keys for g in range(GENERATIONS)}
 
 
 def new_row(address: str, purpose_id: str, purpose_set: str) -> dict[str, Any]:
@@ -170,12 +180,14 @@ def own_untouched(row: Mapping[str, Any], wire: Mapping[str, str]) -> bool:
     )
 
 
-def own_value_kept(row: Mapping[str, Any], wire: Mapping[str, str], key: bytes, primary: str) -> bool:
+def own_value_kept(
+    row: Mapping[str, Any], wire: Mapping[str, str], keys: Sequence[bytes], primary: str
+) -> bool:
     """Whether a consent row (as the Web API answers it; ``primary``: its id property) is one the
     connector created that still says what it wrote, whoever changed it since: still Opted out,
-    and at the address and purpose its id was derived from under ``key`` (:func:`row_id`, any
-    generation: only the connector, holding the key, makes such an id). Whether its value stayed
-    Opted out all along, rather than being changed and set back, is for its audit history."""
+    and at the address and purpose its id was derived from under one of ``keys`` (:func:`row_id`,
+    any generation: only the connector, holding the key, makes such an id). Whether its value
+    stayed Opted out all along, rather than being changed and set back, is for its audit history."""
     if row.get(wire["msdynmkt_value"]) != OPTED_OUT:
         return False
     address_wire, purpose_wire = wire.get("msdynmkt_contactpointvalue"), wire.get("msdynmkt_purposeid")
@@ -185,4 +197,4 @@ def own_value_kept(row: Mapping[str, Any], wire: Mapping[str, str], key: bytes, 
     rid = str(row.get(primary) or "").lower()
     if address is None or not isinstance(purpose, str) or not rid:
         return False
-    return rid in {row_id(key, purpose.lower(), address, g) for g in range(GENERATIONS)}
+    return rid in own_row_ids(keys, purpose, address)

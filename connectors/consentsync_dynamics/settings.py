@@ -44,6 +44,14 @@ class DynamicsSettings(ConnectorSettings):
     )
     # Requests of a $batch refused with a transient error are sent again this many times.
     write_retries: int = Field(default=2, ge=0, le=10)
+    # The key the ids of the Journeys consent rows the connector creates are derived from
+    # (journeys.row_id): the connector knows its own rows by it. Unset: client_secret, which
+    # Entra makes expire, and a rotated client secret would leave every row created before it
+    # unrecognised (read as the person's no). A secret of its own outlives rotations.
+    own_rows_secret: str | None = Field(default=None, min_length=16)
+    # Keys rows were created under before (the client secret before its rotation, or before
+    # own_rows_secret was set): their rows are still recognised; new rows never use them.
+    earlier_own_rows_secrets: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
 
     @field_validator("environment_url", "token_url", mode="before")
     @classmethod
@@ -78,3 +86,18 @@ class DynamicsSettings(ConnectorSettings):
     @property
     def api_url(self) -> str:
         return f"{self.environment_url}/api/data/v{self.api_version}"
+
+    @property
+    def own_rows_key(self) -> bytes:
+        """The key the ids of the rows the connector creates now are derived from."""
+        return (self.own_rows_secret or self.client_secret).encode()
+
+    @property
+    def own_rows_keys(self) -> tuple[bytes, ...]:
+        """Every key a row the connector created may have its id derived from: the current one
+        first, then the client secret (the key before ``own_rows_secret`` was set: an install
+        that sets it without rotating the client secret needs no earlier key listed), then the
+        earlier ones (each once)."""
+        earlier = [key.encode() for key in self.earlier_own_rows_secrets]
+        keys = [self.own_rows_key, self.client_secret.encode(), *earlier]
+        return tuple(dict.fromkeys(keys))
