@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
 
 from consentsync import sdk
-from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
+from consentsync.sdk import Action, BudgetExhausted, ConnectorError, ErrorRule, Fault
 from consentsync.sdk.error_codes import coded_rules
 from consentsync_vtiger.settings import VtigerSettings
 
@@ -72,6 +77,24 @@ _LOGIN_ATTEMPTS = 3
 _FRESH_CHALLENGE = frozenset({"INVALID_USER_CREDENTIALS", "INVALID_AUTH_TOKEN"})
 _WRITES = frozenset({"login", "logout", "create", "revise", "update", "delete"})
 
+# Vtiger Cloud's usage headers (help.vtiger.com, "Vtiger CRM API Limits"), sent on every answer:
+# the minute window's limit, calls left and reset, and the rolling day's allowance and calls
+# left. Its 429s document no Retry-After.
+_MINUTE_REMAINING = "X-FloodControl-Remaining"
+_MINUTE_RESET = "X-FloodControl-Reset"
+_DAILY_LIMIT = "X-RateLimit-DailyLimit"
+_DAILY_REMAINING = "X-RateLimit-Remaining"
+# A reset up to a day's seconds is a count of seconds; a larger one an epoch time (the page's
+# example, 15349121212, is one: the page does not say which). An epoch beyond this is taken as
+# milliseconds.
+_DAY_SECONDS = 86_400.0
+_EPOCH_MILLISECONDS = 1e12
+# The minute window: the longest a 429 of flood control can need when its reset is unreadable.
+_MINUTE_WINDOW = 60.0
+# The least a 429 waits: a reset already past by the answer's clock (the clocks a second apart)
+# would otherwise be retried at once, and refused again.
+_LEAST_WAIT = 1.0
+
 
 class VtigerClient:
     """One logged-in session with one install, shared by the threads of the connector."""
@@ -81,6 +104,7 @@ class VtigerClient:
         self.username = config.username
         self._access_key = config.access_key
         self.usage = usage or sdk.ApiUsage()
+        self.flood = FloodControl()
         # The sdk's session: ca_bundle, proxy and a timeout on every call.
         self.http = sdk.http_session(config, on_response=self._count)
         # Shared by the threads that write side by side: one logs in, the others wait for it.
@@ -181,11 +205,10 @@ class VtigerClient:
                     "set read_deletions: false",
                     rule,
                 )
-            raise ConnectorError(
-                f"{operation}: HTTP {status} {code or ''}".strip(),
-                rule,
-                retry_after=sdk.retry_after(response),
-            )
+            describe = f"{operation}: HTTP {status} {code or ''}".strip()
+            if status == 429:
+                raise _limited(describe, rule, response)
+            raise ConnectorError(describe, rule, retry_after=sdk.retry_after(response))
         if not isinstance(body, dict) or "success" not in body:
             # PHP notices printed before the JSON, or a proxy's page: likely to pass.
             raise ConnectorError(
@@ -207,9 +230,121 @@ class VtigerClient:
         sent = body if request.method == "POST" else urlsplit(request.url or "").query
         fields = parse_qs(sent or "")
         self.usage.count((fields.get("operation") or ["other"])[0])
+        headers = response.headers
+        daily, left = headers.get(_DAILY_LIMIT), headers.get(_DAILY_REMAINING)
+        if daily and left and daily.isdigit() and left.isdigit() and int(daily) > 0:
+            # Vtiger Cloud's own count of the rolling day: the budget's daily reserve holds
+            # against it (DailyBudget). The open-source edition sends none.
+            self.usage.said(max(0, int(daily) - int(left)), int(daily))
+        self.flood.observe(response)
 
     def close(self) -> None:
         self.http.close()
+
+
+class FloodControl:
+    """Vtiger Cloud's minute window as its answers tell it: once ``X-FloodControl-Remaining``
+    says 0, the next call waits for ``X-FloodControl-Reset`` (sent sooner, it is refused 429 and
+    counts against the window again). Shared by the threads of the connector."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # When the spent window resets (time.monotonic()), or None while calls are left.
+        self._spent_until: float | None = None
+
+    def observe(self, response: requests.Response) -> None:
+        remaining = (response.headers.get(_MINUTE_REMAINING) or "").strip()
+        if not remaining.isdigit():
+            return
+        reset = reset_in(response)
+        with self._lock:
+            # The latest answer tells (calls answered side by side may come back out of order:
+            # at worst one call waits for a window already reset, or is refused 429 and waits).
+            if int(remaining) > 0 or reset is None:
+                self._spent_until = None
+            else:
+                self._spent_until = time.monotonic() + reset
+
+    def pace(self, max_wait: float, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Waits until the spent window resets; a wait longer than ``max_wait`` (the connector's
+        ``max_rate_limit_wait``) is not sat out: the run stops cleanly, as on a long 429."""
+        with self._lock:
+            until = self._spent_until
+        if until is None:
+            return
+        wait = until - time.monotonic()
+        if wait > max_wait:
+            raise ConnectorError(
+                f"Vtiger's minute limit is spent for {wait:.0f}s more (X-FloodControl-Reset), "
+                f"longer than max_rate_limit_wait ({max_wait:g}s): the rest waits for the next run",
+                ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "minute limit spent", 429),
+                retry_after=wait,
+            )
+        if wait > 0:
+            sleep(wait)
+        with self._lock:
+            if self._spent_until == until:
+                self._spent_until = None
+
+
+def reset_in(response: requests.Response) -> float | None:
+    """Seconds until ``X-FloodControl-Reset`` (0 when already past), or None when absent or
+    unreadable. Read as seconds up to a day, else as an epoch time (milliseconds beyond 1e12)
+    counted from the answer's own ``Date`` (Vtiger's clock: this machine's may be off by more
+    than the wait); an epoch more than a day ahead is no minute window's and is not trusted."""
+    text = (response.headers.get(_MINUTE_RESET) or "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    if value <= _DAY_SECONDS:
+        return value
+    if value >= _EPOCH_MILLISECONDS:
+        value /= 1000
+    seconds = value - _answer_time(response)
+    if seconds > _DAY_SECONDS:
+        return None
+    return max(0.0, seconds)
+
+
+def _answer_time(response: requests.Response) -> float:
+    """The answer's ``Date`` as an epoch time (whole seconds, so never later than the server's
+    clock: a wait counted from it is never short), else this machine's clock."""
+    stamp = response.headers.get("Date")
+    if stamp:
+        try:
+            parsed = parsedate_to_datetime(stamp)
+        except (TypeError, ValueError, IndexError):
+            pass
+        else:
+            # HTTP dates are GMT; one without a zone is read as such, not as local time.
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return time.time()
+
+
+def _limited(describe: str, rule: ErrorRule, response: requests.Response) -> ConnectorError:
+    """A 429 with the wait it asks for: ``Retry-After`` where sent; else, the day's allowance
+    spent (``X-RateLimit-Remaining`` 0), a clean stop at once (no wait within the run helps);
+    else until ``X-FloodControl-Reset`` (a minute window where unreadable). The sdk sits out a
+    wait up to ``max_rate_limit_wait`` and stops the run cleanly beyond it."""
+    asked = sdk.retry_after(response)
+    if asked is not None:
+        return ConnectorError(describe, rule, retry_after=asked)
+    headers = response.headers
+    if (headers.get(_DAILY_REMAINING) or "").strip() == "0":
+        return BudgetExhausted(
+            f"{describe}: Vtiger's daily API allowance is spent (X-RateLimit-Remaining: 0); "
+            "the rest waits for the next run",
+            ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "daily API limit reached", 429, rule.code),
+        )
+    if headers.get(_MINUTE_RESET) is None and headers.get(_MINUTE_REMAINING) is None:
+        # No usage headers (a proxy, an install without flood control): the sdk's backoff.
+        return ConnectorError(describe, rule)
+    reset = reset_in(response)
+    wait = _MINUTE_WINDOW if reset is None else reset
+    return ConnectorError(describe, rule, retry_after=max(_LEAST_WAIT, wait))
 
 
 def _text(value: Any) -> str:

@@ -143,7 +143,11 @@ class VtigerConnector(sdk.Connector):
     # -- calls ---------------------------------------------------------------------------------
 
     def _guard(self) -> None:
-        self.config.budget.check(self.name, self.usage)
+        """Before every call: stops before the run's budget or the daily allowance less its
+        reserve is spent (Vtiger Cloud's X-RateLimit-* headers), and waits out a spent minute
+        window (X-FloodControl-Remaining at 0) rather than be refused 429 in it."""
+        self.config.budget.check(self.name, self.usage, calls="Vtiger API")
+        self.client.flood.pace(self.config.max_rate_limit_wait)
 
     def _call(self, operation: str, params: Mapping[str, Any], describe: str | None = None) -> Any:
         def attempt() -> Any:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, ConfigDict, Field, field_validator
 
-from consentsync.sdk import ConnectorSettings, RunBudget, WebUrl
+from consentsync.sdk import ConnectorSettings, DailyBudget, WebUrl
 
 
 class VtigerSettings(ConnectorSettings):
@@ -46,9 +46,10 @@ class VtigerSettings(ConnectorSettings):
     # The character set of the install's tables: the stock install's MySQL `utf8` (3 bytes)
     # stores characters beyond the Basic Multilingual Plane (emoji) as "?"; `utf8mb4` keeps them.
     database_charset: Literal["utf8", "utf8mb4"] = "utf8"
-    # budget.per_run: calls a run may make; the open-source edition has no API limit, Vtiger
-    # Cloud a daily one.
-    budget: RunBudget = RunBudget()
+    # budget.per_run: calls a run may make; budget.daily_reserve_percent: the share of Vtiger
+    # Cloud's daily allowance (its X-RateLimit-* headers) left to the other integrations. The
+    # open-source edition has no API limit and sends no such header: the reserve never applies.
+    budget: DailyBudget = DailyBudget()
 
     @field_validator("url")
     @classmethod

@@ -87,9 +87,18 @@ Where Vtiger is silent the sandbox chooses, so the connector must not rely on th
 Guard module's name, prefix and field names (``consent_name``, ``contact_id``,
 ``consent_status``, ``granted_on``, ``consent_source``) are the sandbox's (Privacy Guard is a
 paid extension whose schema is not published: read ``describe`` on a real install); the
-``request_limit_after`` and ``enforce_daily_limit`` faults answer HTTP 429 with ``Retry-After``
-and the error code API_LIMIT_EXCEEDED (the open-source edition has no API limit; Vtiger Cloud
-has a daily quota); a server-error fault answers an HTML page, as Apache does.
+``request_limit_after`` and ``enforce_daily_limit`` faults answer HTTP 429 with the error code
+API_LIMIT_EXCEEDED (the open-source edition has no API limit; Vtiger Cloud has a daily quota and
+a minute one); a server-error fault answers an HTML page, as Apache does.
+
+Vtiger Cloud's limits as its help page ("Vtiger CRM API Limits") documents them: every answer
+carries ``X-FloodControl-MinuteLimit``, ``-Remaining`` and ``-Reset`` (the minute window; an epoch
+time by default, ``reset_style="seconds"`` for seconds left: the page does not say which) and
+``X-RateLimit-DailyLimit`` and ``-Remaining`` (the day's allowance, ``api_limit``). More than
+``minute_limit`` calls in a window of ``minute_window`` seconds answer 429 until it resets. A 429
+carries no ``Retry-After`` (none is documented) unless ``send_retry_after`` is on; the daily
+limit's says ``X-RateLimit-Remaining: 0``, the throttle's and the window's
+``X-FloodControl-Remaining: 0`` and their reset.
 """
 
 from __future__ import annotations
@@ -98,6 +107,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import random
 import secrets
 import threading
@@ -950,7 +960,19 @@ class VtigerSandbox(HttpsSandbox):
     session_lifetime = 86400.0  # seconds a session lives at most
     sync_fails = False  # sync answers HTTP 500 with an empty body, as stock 8.2.0 on PHP 8 does
     api_limit = 100_000  # API calls before API_LIMIT_EXCEEDED (enforce_daily_limit)
-    retry_after = 3600  # the Retry-After of API_LIMIT_EXCEEDED
+    # Vtiger Cloud's flood control: calls a window of minute_window seconds lets through (30, 60
+    # or 90 a minute by plan; the default is out of a test's reach), then 429 until it resets.
+    # Every answer says the window's limit, calls left and reset, and the day's allowance and
+    # calls left, in the headers Vtiger documents (X-FloodControl-*, X-RateLimit-*).
+    minute_limit = 100_000
+    minute_window = 60.0
+    # X-FloodControl-Reset as an epoch time ("epoch", as the example of Vtiger's page reads) or
+    # as seconds left ("seconds"): the page does not say which, and the connector takes both.
+    reset_style = "epoch"
+    # Vtiger documents no Retry-After on its 429s: sent only when this is on (retry_after on the
+    # daily limit, the throttle's own on the others).
+    send_retry_after = False
+    retry_after = 3600  # the Retry-After of API_LIMIT_EXCEEDED, with send_retry_after
     # Owners ("19x1", a group "20x2") whose records the integration user may not retrieve (no
     # sharing rule gives its role access): query drops them after the LIMIT, as Vtiger does
     # (VtigerModuleOperation::query skips each row failing hasPermission(RETRIEVE)), and
@@ -961,6 +983,9 @@ class VtigerSandbox(HttpsSandbox):
         self.crm = crm or VtigerCrm()
         super().__init__(normalize_id=_normalise_wsid, **options)
         self._api_used = 0
+        # The flood-control window: when it started (time.monotonic()) and the calls it let through.
+        self._window_started = time.monotonic()
+        self._window_calls = 0
         self._sessions: dict[str, _Session] = {}
         self._challenges: dict[int | None, _Challenge] = {}
 
@@ -1007,6 +1032,50 @@ class VtigerSandbox(HttpsSandbox):
 
     def authenticate(self, request: SandboxRequest) -> None:
         self._user(request.form())
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_started >= self.minute_window:
+                self._window_started, self._window_calls = now, 0
+            if self._window_calls >= self.minute_limit:
+                self._injected("flood_control")
+                left = self._window_started + self.minute_window - now
+                raise self._limited("Too many requests, retry later", left, spent_today=False)
+            self._window_calls += 1
+
+    def finish(self, response: SandboxResponse, request: SandboxRequest) -> SandboxResponse:
+        # The usage headers of every answer; a 429's own (its window, its day) stand.
+        response.headers = {**self._usage_headers(), **response.headers}
+        return response
+
+    def _usage_headers(self) -> dict[str, str]:
+        with self._lock:
+            left = self._window_started + self.minute_window - time.monotonic()
+            minute_left = max(0, self.minute_limit - self._window_calls)
+            day_left = max(0, self.api_limit - self._api_used)
+        return {
+            "X-FloodControl-MinuteLimit": str(self.minute_limit),
+            "X-FloodControl-Remaining": str(minute_left),
+            "X-FloodControl-Reset": self._reset(max(0.0, left)),
+            "X-RateLimit-DailyLimit": str(self.api_limit),
+            "X-RateLimit-Remaining": str(day_left),
+        }
+
+    def _reset(self, seconds: float) -> str:
+        """X-FloodControl-Reset for a window resetting ``seconds`` from now, rounded up (a
+        client waiting for it must not come back before)."""
+        if self.reset_style == "seconds":
+            return str(math.ceil(seconds))
+        return str(math.ceil(self.now().timestamp() + seconds))
+
+    def _limited(self, message: str, seconds: float, *, spent_today: bool) -> _HttpAnswer:
+        """A 429 of flood control (the window resets in ``seconds``) or of the day's allowance
+        (``spent_today``), with the headers Vtiger documents and Retry-After only if asked."""
+        headers = {"X-FloodControl-Remaining": "0", "X-FloodControl-Reset": self._reset(seconds)}
+        if spent_today:
+            headers = {"X-RateLimit-Remaining": "0"}
+        if self.send_retry_after:
+            headers["Retry-After"] = str(max(1, math.ceil(seconds)))
+        return _HttpAnswer(429, VtigerError("API_LIMIT_EXCEEDED", message), headers)
 
     def daily_usage(self) -> tuple[int | None, int | None]:
         with self._lock:
@@ -1017,18 +1086,10 @@ class VtigerSandbox(HttpsSandbox):
             self._api_used += 1
 
     def request_limit_error(self) -> Exception:
-        return _HttpAnswer(
-            429,
-            VtigerError("API_LIMIT_EXCEEDED", "API request limit exceeded"),
-            {"Retry-After": str(self.retry_after)},
-        )
+        return self._limited("API request limit exceeded", self.retry_after, spent_today=True)
 
     def throttle_error(self, retry_after: float) -> Exception:
-        return _HttpAnswer(
-            429,
-            VtigerError("API_LIMIT_EXCEEDED", "Too many requests, retry later"),
-            {"Retry-After": str(max(1, round(retry_after)))},
-        )
+        return self._limited("Too many requests, retry later", retry_after, spent_today=False)
 
     def server_error(self, status: int) -> SandboxResponse:
         body = f"<html><head><title>{status}</title></head><body>Service Unavailable</body></html>"
