@@ -815,7 +815,11 @@ class _Sweeps:
             first = connector._first_change()
             if first is None:
                 return False
-            walk.floor = first
+            # From the start of its day: the archive may order the date column by its date part
+            # only (ties by consent id, as the restrictions compare it), so the first row may be
+            # a later change of that day than another row's; a floor at its second would pass
+            # the earlier ones over, a withdrawal among them.
+            walk.floor = datetime.combine(first.date(), time(), UTC)
         walk.sweep = _second(self.until)  # until its first answer tells SuperOffice's clock
         walk.day, walk.after, walk.upto, walk.at = walk.floor.date(), 0, None, None
         return True

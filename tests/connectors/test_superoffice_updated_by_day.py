@@ -200,3 +200,20 @@ def test_a_page_call_that_makes_no_progress_fails_the_run(
     assert raised.value.action is Action.FAIL and raised.value.rule.fault is Fault.CONFIG
     assert "consentPersonId" in str(raised.value)
     assert so.calls["archive"] <= 3
+
+
+@pytest.mark.parametrize("by_day", [False, True], ids=["ordered-by-time", "ordered-by-day"])
+def test_a_first_read_takes_every_change_of_the_earliest_day(by_day: bool) -> None:
+    # The first read starts from the archive's first row. Ordered by the date part only (ties by
+    # consent id), that row may be the day's later change: the day's earlier ones, a withdrawal
+    # among them, must still be read.
+    tenant = SuperOfficeTenant(default_legal_base=None, sorts_dates_by_day=by_day)
+    day = TODAY - dt.timedelta(days=3)
+    with SuperOfficeSandbox(tenant) as server:
+        later = consenting(server, "later", day + dt.timedelta(hours=15))
+        earlier = consenting(server, "earlier", day + dt.timedelta(hours=9), "WITHDRAWN")
+        records = read(connector_for(server, 10))
+    assert {r.record_id: r.fields["LegalBase_EMARKETING"] for r in records} == {
+        str(later): "CONSENT",
+        str(earlier): "WITHDRAWN",
+    }

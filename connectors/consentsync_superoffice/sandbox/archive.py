@@ -389,11 +389,13 @@ class ArchiveQuery:
         )
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
+def _sort_key(value: Any, by_day: bool = False) -> tuple[int, Any]:
     if value is None:
         return (0, 0)
     if isinstance(value, ListItem):
         return (1, value.name)
+    if by_day and isinstance(value, dt.datetime):
+        return (1, value.astimezone(dt.UTC).date())
     return (1, value)
 
 
@@ -429,7 +431,10 @@ def run_query(
             rows = [_Row(p, None) for p in tenant.purposes]
         chosen = [row for row in rows if predicate(row, tenant)]
         for column, descending in reversed(order):
-            chosen.sort(key=lambda row, c=column: _sort_key(c.read(row, tenant)), reverse=descending)
+            by_day = tenant.sorts_dates_by_day and column.type == "date"
+            chosen.sort(
+                key=lambda row, c=column, d=by_day: _sort_key(c.read(row, tenant), d), reverse=descending
+            )
         top = min(query.top if query.top is not None else max_top, max_top)
         page = chosen[query.skip : query.skip + top]
         more = len(chosen) > query.skip + top

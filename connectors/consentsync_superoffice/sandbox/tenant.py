@@ -151,6 +151,7 @@ class SuperOfficeTenant:
         associate_id: int = 5,
         keep_fractions: bool = False,
         date_bounds_inclusive: bool = False,
+        sorts_dates_by_day: bool = False,
     ) -> None:
         self.purposes = _items(purposes, 1)
         self.legal_bases = _items(legal_bases, 1)
@@ -167,6 +168,9 @@ class SuperOfficeTenant:
         # Whether the archive's date restrictions ``before``/``after`` take their own day too
         # (SuperOffice does not say; the sandbox's default: strictly another day).
         self.date_bounds_inclusive = date_bounds_inclusive
+        # Whether the archive orders a ``date`` column by its date part only, ties by the next
+        # sort column (SuperOffice does not say; the restrictions use "only the date part").
+        self.sorts_dates_by_day = sorts_dates_by_day
         self.persons: dict[int, Person] = {}
         self.consents: dict[int, ConsentRow] = {}
         # Persons whose saving transaction has not committed: invisible to every read.
