@@ -73,6 +73,7 @@ from consentsync.domain import (
     as_read,
     check_label,
     check_moment,
+    email_forms,
     lookup_email,
     normalise_email,
     parse_enum,
@@ -98,6 +99,21 @@ def _held_email(value: str) -> str:
     """An address to find in the ledger: what older versions let in is still found, so that such
     a person can be erased, restricted, shown or exported (domain.lookup_email)."""
     return lookup_email(value)
+
+
+def _left_by(ledger: Ledger, address: str) -> str | None:
+    """The person who left ``address`` (a CRM record of theirs took another of their own), or
+    None: held, or no one's. A person whose every address is marked left holds the one left last
+    (``hub.links``: never left without one)."""
+    try:
+        view = ledger.subject_view(address)
+    except NotFound:
+        return None
+    emails = [item for item in view["identifiers"] if item["identifier_kind"] == "email"]
+    if all(item["left_at"] for item in emails):
+        return None
+    forms = set(email_forms(address))
+    return view["subject"] if any(i["identifier"] in forms and i["left_at"] for i in emails) else None
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -633,14 +649,33 @@ def objection_decide(
 @click.option("--reason", required=True, help="Why (kept with the suppression entry).")
 @click.option("--actor", help="Who erases (kept in the audit log; default: your login name).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--left-address",
+    is_flag=True,
+    help="Erase by an address its person left, once the request is confirmed as theirs.",
+)
 @scriptable
-def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) -> None:
-    """Erase a person (Art. 17), keeping only a keyed-hash suppression entry."""
+def erase(email: str, reason: str, actor: str | None, yes: bool, left_address: bool, as_json: bool) -> None:
+    """Erase a person (Art. 17), keeping only a keyed-hash suppression entry.
+
+    An address its person left (a CRM record of theirs shows another now) may be someone else's
+    mailbox: erasing by it needs --left-address, once the request is confirmed as the person's."""
     address = _held_email(email)
     # Who erased is part of the record (Art. 5(2)): the login name when --actor is not given;
     # checked before the question, so that a blank one is refused with nothing asked or done.
     who = acting(actor)
     target = current_ledger()
+    left_by = None if left_address else _left_by(target, address)
+    if left_by is not None:
+        # An erasure cannot be undone, and whoever asks from a left mailbox may be its new owner
+        # (docs/policy.md, "An address a person no longer holds"): the capture API mails a
+        # confirmation to the address held now instead; here ops confirm it and say so.
+        raise InvalidInput(
+            f"subject {left_by} left {email} (a CRM record of theirs shows another address now): whoever "
+            "asked from it may be the mailbox's new owner, and an erasure cannot be undone; confirm the "
+            f"request with the person at the address they hold now (consentsync subject show {email}; "
+            f"consentsync link {email} gives a link bound to it), then pass --left-address"
+        )
     if not yes:
         if not sys.stdin.isatty():
             # A script must say so: an erasure cannot be undone, and nobody is there to ask.
@@ -657,6 +692,11 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, as_json: bool) 
         if result["already_suppressed"]
         else f"no subject held that address; suppression entry {entry} recorded",
     )
+
+
+def _left_noted(identifier: dict[str, Any]) -> str:
+    left_at = identifier.get("left_at")
+    return f"{identifier['identifier']} (left {left_at})" if left_at else str(identifier["identifier"])
 
 
 @main.command(short_help="Restrict processing of a person (GDPR Article 18), or lift it.")
@@ -703,9 +743,15 @@ def subject_show(email: str, as_json: bool) -> None:
     click.echo(
         f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})"
     )
-    others = [item["identifier"] for item in view["identifiers"] if item["identifier"] != view["email"]]
-    if others:
-        click.echo(f"  also held under: {', '.join(others)}")
+    held = [item for item in view["identifiers"] if item["identifier"] != view["email"]]
+    if held:
+        click.echo(f"  also held under: {', '.join(_left_noted(item) for item in held)}")
+    looked_up = next((item for item in view["identifiers"] if item["identifier"] == view["email"]), None)
+    if looked_up is not None and looked_up["left_at"]:
+        click.echo(
+            f"  left: they left {view['email']} on {looked_up['left_at']} (a CRM record of theirs shows "
+            "another now): whoever writes from it may be someone else"
+        )
     if view["suppressed_by_erasure"]:
         click.echo("  suppressed: this address was erased before")
     click.echo("\neffective state:")

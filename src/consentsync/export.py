@@ -97,7 +97,8 @@ _RESTRICTION_ACTIONS = {"subject.restricted": "placed", "subject.restriction_lif
 RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason")
 # Every address (and other identifier) the person is held under, the latest first: the view's
 # ``email`` is only the one the export was asked by.
-IDENTIFIER_COLUMNS = ["identifier_kind", "identifier"]
+# ``left_at``: when the person left the address (a CRM record of theirs took another; empty: held).
+IDENTIFIER_COLUMNS = ["identifier_kind", "identifier", "left_at"]
 # Every request the person made of their rights that the ledger holds, oldest first (Art. 15, and
 # Art. 12(3): when each came and how it was answered): ``request`` access (a copy downloaded from
 # the preference page), erasure, restriction (asked for on the preference page, each to be

@@ -2461,11 +2461,13 @@ class Ledger:
                 for row in _rows_of_subject(conn, objections, subject_id, _with_subject(objections))
             ]
             # Every identifier the person is held under (Art. 15: a CRM record that took a new
-            # address keeps the person, who then holds both), the latest first.
+            # address keeps the person, who then holds both), the latest first, each with when
+            # they left it (docs/policy.md, "An address a person no longer holds"; None: held).
+            held = subject_identifiers.c
             identifiers = [
-                {"identifier_kind": row.kind, "identifier": row.value}
+                {"identifier_kind": row.kind, "identifier": row.value, "left_at": iso(row.left_at)}
                 for row in conn.execute(
-                    select(subject_identifiers.c.kind, subject_identifiers.c.value)
+                    select(held.kind, held.value, held.left_at)
                     .where(subject_identifiers.c.subject_id == subject_id)
                     .order_by(subject_identifiers.c.id.desc())
                 )
