@@ -41,6 +41,12 @@ log = structlog.get_logger("consentsync.salesforce")
 
 CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 CONVERTED_REASON = "lead converted: read-only, the person is on its contact"
+DUPLICATES = "DUPLICATES_DETECTED"
+DUPLICATE_REASON = (
+    "refused by a duplicate rule of the org: its Action on Edit is Block (an Allow rule's alert "
+    "is acknowledged by every write from API version 52.0; below it, Salesforce takes no "
+    "duplicate rule header): set the rule's Action on Edit to Allow, or merge the duplicates"
+)
 
 ERRORS = sdk.ErrorTable(
     [
@@ -50,6 +56,15 @@ ERRORS = sdk.ErrorTable(
         ),
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "record locked", code="UNABLE_TO_LOCK_ROW"),
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "query locator expired", code="INVALID_QUERY_LOCATOR"),
+        # Salesforce's platform error ("An unexpected error occurred. Please include this ErrorId
+        # if you contact support"), for a call or per record (sObject Collections, a Bulk job's
+        # sf__Error): it passes, as a lock does. A record is sent again in the run's later passes
+        # (``lock_retries``), then left pending, dead-lettered only after max_push_attempts.
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "Salesforce internal error", code="UNKNOWN_EXCEPTION"),
+        # A query the org stopped for running too long ("Your query request was running for too
+        # long."): it depends on the org's load, not on the query alone. Retried with backoff;
+        # still refused, the run stops as for an unreachable CRM (exit 69), not as an admin's fault.
+        ErrorRule(Action.RETRY, Fault.TRANSIENT, "query timed out", code="QUERY_TIMEOUT"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "query rejected", code="MALFORMED_QUERY"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "field does not exist or is not visible", code="INVALID_FIELD"),
         ErrorRule(Action.FAIL, Fault.CONFIG, "object does not exist or is not visible", code="INVALID_TYPE"),
@@ -65,6 +80,9 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(
             Action.SKIP, Fault.DATA, "invalid picklist value", code="INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
         ),
+        # A duplicate rule refused the save though the write says allowSave=true (``_WRITE_HEADERS``):
+        # a Block rule. Dead-lettered at once, its reason saying so (``_refused``).
+        ErrorRule(Action.SKIP, Fault.DATA, "duplicate rule blocks the save", code=DUPLICATES),
     ]
 )
 # REQUEST_LIMIT_EXCEEDED is also the answer to the org's concurrent long-running request limit
@@ -76,6 +94,19 @@ CONCURRENCY_LIMITED = ErrorRule(
 _CONCURRENCY_LIMIT = re.compile(r"\bConcurrent\w*\b[^.]*\bLimit exceeded", re.IGNORECASE)
 
 COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
+# Sent with every sObject Collections write. consentsync writes consent flags to exactly the
+# records an org's duplicate rules match (the contacts and leads it links to one person), and:
+# - Duplicate Rule Header (REST API, version 52.0 and later): "The default value for all fields
+#   is false", so an active rule whose Action on Edit is Allow with an Alert refused every such
+#   save through the API with DUPLICATES_DETECTED (a person's opt-out dead-lettered). allowSave
+#   acknowledges the alert, as the user in the UI does; a Block rule still refuses.
+#   includeRecordDetails stays false: the answer names a duplicate's id, never its fields.
+# - Assignment Rule Header: "If the header is not provided in the request, the default value is
+#   TRUE": every write of a consent flag to a Lead ran the org's active lead assignment rule
+#   and could hand the lead to another owner. FALSE: the owner stays.
+# Bulk API 2.0 takes neither: it runs an assignment rule only where the job names one
+# (assignmentRuleId, never given), and has no duplicate rule header (``_write_calls``).
+_WRITE_HEADERS = {"Sforce-Duplicate-Rule-Header": "allowSave=true", "Sforce-Auto-Assign": "FALSE"}
 # Read alongside the mapped fields where the object has them: a record in the recycle bin
 # (queryAll) and, after a merge, the record it was merged into.
 DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
@@ -823,20 +854,26 @@ class SalesforceConnector(sdk.Connector):
         by_object, deletes = _by_object(updates)
         for object_type, positions in by_object.items():
             _check_api_name(object_type)
+
+            def save(chunk: list[int], kind: str = object_type) -> list[sdk.WriteResult]:
+                return self._read_back(kind, updates, chunk, lambda: self._save_chunk(kind, updates, chunk))
+
             if len(positions) >= self.config.bulk_threshold:
-                yield self._read_back(
+                answers = self._read_back(
                     object_type,
                     updates,
                     positions,
                     lambda kind=object_type, chosen=positions: self._write_bulk(kind, updates, chosen),
                 )
+                # Bulk API 2.0 takes no duplicate rule header: a record an Allow-with-Alert rule
+                # refused there is sent again at once through sObject Collections, which says
+                # allowSave=true (a Block rule refuses it there too, and that answer stands).
+                again = [p for p, said in answers.items() if not said.ok and said.error_code == DUPLICATES]
+                yield {p: result for p, result in answers.items() if p not in again}
+                if again:
+                    yield from self._collection_calls(again, save)
             else:
-                yield from self._collection_calls(
-                    positions,
-                    lambda chunk, kind=object_type: self._read_back(
-                        kind, updates, chunk, lambda: self._save_chunk(kind, updates, chunk)
-                    ),
-                )
+                yield from self._collection_calls(positions, save)
         if deletes:
             malformed = {p: _malformed_id(updates[p].record_id) for p in deletes if _bad_id(updates[p])}
             if malformed:
@@ -1020,7 +1057,7 @@ class SalesforceConnector(sdk.Connector):
         }
         saved = self._call(
             f"composite/sobjects {object_type}",
-            lambda: self.sf.restful("composite/sobjects", method="PATCH", json=body),
+            lambda: self.sf.restful("composite/sobjects", method="PATCH", json=body, headers=_WRITE_HEADERS),
         )
         # Results come in input order; failed entries carry no id.
         return [_save_result(updates[i].record_id, outcome) for i, outcome in zip(chunk, saved, strict=True)]
@@ -1435,6 +1472,10 @@ def _refused(record_id: str, code: str, message: str) -> sdk.WriteResult:
     the bin) say gone, until ``_gone_confirmed`` asks: Salesforce words a lookup to a deleted or
     unknown record the same ways."""
     gone = code in _GONE_CODES
+    if code == DUPLICATES:
+        # Salesforce's words are the rule's alert text ("Use one of these records?"): ops reading
+        # the dead letter are told what refused it and what to do.
+        message = f"{message} ({DUPLICATE_REASON})"
     return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code, message), gone=gone)
 
 

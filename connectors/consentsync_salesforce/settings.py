@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile, WebUrl
+from consentsync.sdk import ConnectorSettings, DailyBudget, ExistingFile, SettingProblem, WebUrl
 
 #: A REST API version as it goes into /services/data/v{api_version}/: "59.0".
 _API_VERSION = re.compile(r"^([1-9][0-9]{1,2})\.0$")
@@ -21,9 +21,17 @@ OLDEST_API_VERSION = 42
 #: The JWT bearer ``aud`` of production (and Developer Edition) orgs, and of sandboxes.
 LOGIN_AUDIENCE = "https://login.salesforce.com"
 TEST_AUDIENCE = "https://test.salesforce.com"
+#: Salesforce's own login servers, shared by every org. "The client credentials flow doesn't
+#: support calls to login.salesforce.com or test.salesforce.com": it takes the org's My Domain
+#: login URL (Salesforce Help, *Migrate from OAuth Username-Password to Client Credentials Flow*);
+#: the token endpoint there answers invalid_grant, "request not supported on this domain".
+GENERIC_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 
 
 class SalesforceSettings(ConnectorSettings):
+    # The token endpoint's server: https://login.salesforce.com (production),
+    # https://test.salesforce.com (a sandbox) or the org's My Domain; auth client_credentials
+    # takes the My Domain only (``_credentials_for_the_flow``).
     login_url: WebUrl = "https://login.salesforce.com"
     auth: Literal["client_credentials", "password", "jwt", "token"] = "client_credentials"
     client_id: str | None = None
@@ -97,6 +105,16 @@ class SalesforceSettings(ConnectorSettings):
                 "token": ("access_token", "instance_url"),
             },
         )
+        host = (urlsplit(self.login_url).hostname or "").lower().rstrip(".")
+        if self.auth == "client_credentials" and host in GENERIC_LOGIN_HOSTS:
+            # Said before any call: Salesforce's answer ("request not supported on this
+            # domain") names neither the setting nor what it takes.
+            raise SettingProblem(
+                f"auth client_credentials needs the org's My Domain login URL, not {host} (Salesforce "
+                "refuses the flow there): accepted are https://<MyDomain>.my.salesforce.com, or "
+                "https://<MyDomain>--<sandbox>.sandbox.my.salesforce.com for a sandbox",
+                at=("login_url",),
+            )
         if self.read_back_writes and self.auth == "token":
             # A ready token's login names no user: whose save was last is then never known.
             raise ValueError(

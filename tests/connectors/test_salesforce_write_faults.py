@@ -211,7 +211,9 @@ def test_a_concurrent_limit_that_persists_stops_the_run_cleanly_the_daily_limit_
     ],
 )
 def test_the_jwt_audience_follows_the_kind_of_org(login_url: str, audience: str) -> None:
-    settings = {"login_url": login_url, "client_id": "cid", "client_secret": "secret"}
+    # (auth client_credentials takes a My Domain only: the password flow's settings, the same audience)
+    settings = {"login_url": login_url, "auth": "password", "client_id": "cid", "client_secret": "secret"}
+    settings |= {"username": "integration@example.org", "password": "pw"}
     assert SalesforceSettings.model_validate(settings).audience() == audience
     site = "https://acme.my.site.com/customers"
     assert SalesforceSettings.model_validate({**settings, "jwt_audience": site}).audience() == site

@@ -25,6 +25,7 @@ __all__ = [
     "LEGAL_BASIS_VALUES",
     "ApiError",
     "Automation",
+    "DuplicateRule",
     "FieldDef",
     "ObjectDef",
     "RecordError",
@@ -103,14 +104,28 @@ def parse_api_datetime(text: str) -> dt.datetime | None:
 class RecordError(Exception):
     """A per-record failure: a SaveResult error (``statusCode``, ``message``, ``fields``)."""
 
-    def __init__(self, status_code: str, message: str, fields: Sequence[str] = ()):
+    def __init__(
+        self,
+        status_code: str,
+        message: str,
+        fields: Sequence[str] = (),
+        *,
+        more: Mapping[str, Any] | None = None,
+    ):
         super().__init__(f"{status_code}: {message}")
         self.status_code = status_code
         self.message = message
         self.fields = list(fields)
+        # More of the SaveResult error's entries (a duplicate rule's ``duplicateResult``).
+        self.more = dict(more or {})
 
     def as_save_error(self) -> dict[str, Any]:
-        return {"statusCode": self.status_code, "message": self.message, "fields": list(self.fields)}
+        return {
+            "statusCode": self.status_code,
+            "message": self.message,
+            "fields": list(self.fields),
+            **self.more,
+        }
 
     def as_bulk_error(self) -> str:
         fields = ",".join(self.fields)
@@ -577,6 +592,29 @@ class Automation:
     sets: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class DuplicateRule:
+    """An active duplicate rule of the org (Setup > Duplicate Rules) and its matching rule: a
+    save of a ``sobject`` record whose ``fields`` all equal (ignoring case; none empty) those of
+    another live record of ``sobject`` finds that record a duplicate. ``on_edit`` is the rule's
+    *Action on Edit* (it runs on every edit of such a record, whatever fields the edit changes):
+
+    * ``"alert"``: Allow, with Alert. A user in the UI acknowledges the alert and saves; through
+      the API the save is refused with DUPLICATES_DETECTED unless the call says
+      ``allowSave=true`` (REST: the ``Sforce-Duplicate-Rule-Header``, API version 52.0 and later;
+      "The default value for all fields is false"). Bulk API 2.0 takes no such header.
+    * ``"block"``: Block. Refused whatever the call says.
+
+    The error is the rule's ``alert_text``, with a ``duplicateResult`` naming the rule and the
+    matching records' ids (never their fields: ``includeRecordDetails`` is not modelled)."""
+
+    sobject: str
+    on_edit: str = "alert"
+    fields: tuple[str, ...] = ("Email",)
+    name: str = "Standard_Rule"
+    alert_text: str = "Use one of these records?"
+
+
 class SalesforceOrg:
     """An org's data: records of Contact, Lead, Individual, ContactPointTypeConsent and
     DataUsePurpose, keyed by 18-character id. All methods are thread-safe.
@@ -598,6 +636,11 @@ class SalesforceOrg:
     Saves are the integration user's (:attr:`user_id`, whom the API logs in as) unless a helper
     is called inside :meth:`acting_as` another user (:meth:`new_user`: a sales user, a site or
     portal user). :meth:`automate` adds a record-triggered automation (:class:`Automation`).
+
+    The org's setup, off by default as in a new org: :meth:`add_duplicate_rule` (an active
+    duplicate rule, :class:`DuplicateRule`) and :meth:`activate_lead_assignment_rule` (an active
+    lead assignment rule, which the REST API applies to every Lead it creates or updates unless
+    the call's ``Sforce-Auto-Assign`` header says FALSE).
     """
 
     def __init__(
@@ -625,6 +668,10 @@ class SalesforceOrg:
         self.lead_convert_mapping: dict[str, str] = {"Legal_Basis__c": "Legal_Basis__c"}
         self.lock = threading.RLock()
         self.automations: list[Automation] = []
+        # Active duplicate rules (``add_duplicate_rule``), and the owner the active lead
+        # assignment rule gives a lead it runs on (``activate_lead_assignment_rule``; None: none).
+        self.duplicate_rules: list[DuplicateRule] = []
+        self.lead_assignment_owner: str | None = None
         # The user a helper saves as, per thread (``acting_as``): the API's saves, made by the
         # server's threads, stay the integration user's.
         self._acting = threading.local()
@@ -821,6 +868,78 @@ class SalesforceOrg:
         with self.lock:
             self.automations.append(automation)
         return automation
+
+    def add_duplicate_rule(
+        self,
+        sobject: str,
+        *,
+        on_edit: str = "alert",
+        fields: Sequence[str] = ("Email",),
+        name: str | None = None,
+        alert_text: str = "Use one of these records?",
+    ) -> DuplicateRule:
+        """An active duplicate rule on ``sobject`` (:class:`DuplicateRule`): ``on_edit`` "alert"
+        (Allow, with Alert) or "block"; records match on ``fields`` (by default Email)."""
+        if on_edit not in ("alert", "block"):
+            raise ValueError("on_edit is alert (Allow, with Alert) or block")
+        obj = self._require(sobject)
+        names = tuple(self._field_or_error(obj, f).name for f in fields)
+        rule = DuplicateRule(obj.name, on_edit, names, name or f"{obj.name}_Duplicate_Rule", alert_text)
+        with self.lock:
+            self.duplicate_rules.append(rule)
+        return rule
+
+    def activate_lead_assignment_rule(self, owner_id: str | None = None) -> str:
+        """An active lead assignment rule (Setup > Lead Assignment Rules) with one entry and no
+        criteria: every lead it runs on goes to ``owner_id`` (a new user, a queue, when None).
+        The REST API runs it on each Lead it creates or updates unless the call's
+        ``Sforce-Auto-Assign`` header says FALSE ("If the header is not provided in the request,
+        the default value is TRUE"); Bulk API 2.0 only when the job names an
+        ``assignmentRuleId``; a user's edit in the UI does not. Returns the owner."""
+        owner = owner_id or self.new_user()
+        with self.lock:
+            self.lead_assignment_owner = owner
+        return owner
+
+    def _duplicates(self, obj: ObjectDef, record_id: str, after: Mapping[str, Any], allow_save: bool) -> None:
+        """Raises DUPLICATES_DETECTED where an active duplicate rule finds the record as it would
+        be saved (``after``) a duplicate of another live record and its action refuses the save:
+        Block always, Allow with Alert unless ``allow_save``."""
+        for rule in self.duplicate_rules:
+            if rule.sobject != obj.name or (allow_save and rule.on_edit == "alert"):
+                continue
+            key = _match_key(after, rule.fields)
+            if key is None:
+                continue
+            matches = [
+                other["Id"]
+                for other in self._records[obj.name].values()
+                if other["Id"] != record_id
+                and not other["IsDeleted"]
+                and not other.get("IsConverted")
+                and _match_key(other, rule.fields) == key
+            ]
+            if matches:
+                result = {
+                    "allowSave": rule.on_edit == "alert",
+                    "duplicateRule": rule.name,
+                    "duplicateRuleEntityType": obj.name,
+                    "errorMessage": rule.alert_text,
+                    "matchResults": [
+                        {
+                            "entityType": obj.name,
+                            "matchEngine": "ExactMatchEngine",
+                            "matchRecords": [
+                                {"record": {"attributes": {"type": obj.name}, "Id": found}}
+                                for found in matches
+                            ],
+                            "rule": f"{obj.name}_Matching_Rule",
+                            "size": len(matches),
+                            "success": True,
+                        }
+                    ],
+                }
+                raise RecordError("DUPLICATES_DETECTED", rule.alert_text, more={"duplicateResult": result})
 
     def _automate(self, obj: ObjectDef, before: Mapping[str, Any], record: dict[str, Any]) -> None:
         """The automations ``record``'s save fires (``before``: the saved fields' values before)."""
@@ -1075,10 +1194,17 @@ class SalesforceOrg:
         *,
         all_or_none: bool,
         lock_check: Callable[[str], bool] | None = None,
+        allow_duplicates: bool = True,
+        auto_assign: bool = False,
     ) -> list[RecordError | None]:
         """Update records: ``items`` are (sobject type or None, id, Python field values). Returns
         one entry per item, None for success. With ``all_or_none`` nothing is saved when any item
-        fails, and the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK."""
+        fails, and the others answer ALL_OR_NONE_OPERATION_ROLLED_BACK.
+
+        ``allow_duplicates``: an Allow-with-Alert duplicate rule lets the save through (a user
+        acknowledging the alert; an API call saying ``allowSave=true``); a Block rule never does.
+        ``auto_assign``: the active lead assignment rule runs on the leads saved (an API call
+        without ``Sforce-Auto-Assign: FALSE``)."""
 
         def update(plan: _Planned, now: dt.datetime) -> RecordError | None:
             record = self._records[plan.sobject.name][plan.record_id]
@@ -1089,8 +1215,17 @@ class SalesforceOrg:
             self._touch(record, now)
             return None
 
+        def plan(item: tuple[str | None, str | None, Mapping[str, Any]]) -> _Planned:
+            planned = self._plan(*item, lock_check)
+            record = self._records[planned.sobject.name][planned.record_id]
+            if auto_assign and planned.sobject.name == "Lead" and self.lead_assignment_owner:
+                planned.values["OwnerId"] = self.lead_assignment_owner
+            after = {**record, **planned.values}
+            self._duplicates(planned.sobject, planned.record_id, after, allow_duplicates)
+            return planned
+
         with self.lock:
-            plans = _plan_each(items, lambda item: self._plan(*item, lock_check))
+            plans = _plan_each(items, plan)
             return self._write(plans, all_or_none, update)
 
     def _plan(
@@ -1525,6 +1660,13 @@ def _rolled_back(plans: Sequence[object], all_or_none: bool) -> list[RecordError
         "Record rolled back because not all records were valid and the request was using AllOrNone header",
     )
     return [p if isinstance(p, RecordError) else rolled for p in plans]
+
+
+def _match_key(record: Mapping[str, Any], fields: Sequence[str]) -> tuple[str, ...] | None:
+    """What a matching rule compares of ``record``: its ``fields``, case folded; None where one
+    is empty (a blank field matches nothing)."""
+    values = tuple(str(record.get(name) or "").strip().casefold() for name in fields)
+    return None if not all(values) else values
 
 
 def _refuse_converted(record: Mapping[str, Any]) -> None:

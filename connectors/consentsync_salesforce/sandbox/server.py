@@ -44,6 +44,18 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
   ``PUT .../{id}/batches`` (201), ``GET .../{id}/successfulResults|failedResults|
   unprocessedrecords``. Operations insert, update and delete; processed when the job is closed
   (after ``bulk_delay`` seconds when set).
+* The org's setup, off by default (:class:`~consentsync_salesforce.sandbox.org.SalesforceOrg`):
+  an active duplicate rule (``org.add_duplicate_rule``) refuses an update of a record matching
+  another with a per-record DUPLICATES_DETECTED (its alert text and a ``duplicateResult``): a
+  Block rule always, an Allow-with-Alert rule unless the call's ``Sforce-Duplicate-Rule-Header``
+  says ``allowSave=true`` (sObject rows and Collections; a Bulk API 2.0 job takes no such header,
+  so its rows are refused). An active lead assignment rule
+  (``org.activate_lead_assignment_rule``) sets the OwnerId of every Lead a REST call creates or
+  updates unless its ``Sforce-Auto-Assign`` header is FALSE (any case); a Bulk API 2.0 job runs
+  none (it names no ``assignmentRuleId``).
+* The token endpoint refuses the client credentials grant at a generic login host (a request
+  whose ``Host`` is login.salesforce.com or test.salesforce.com): 400 ``invalid_grant``
+  "request not supported on this domain"; the flow takes the org's My Domain only.
 
 Where the vendor documentation is silent the sandbox makes a choice, listed here so the
 connector does not rely on it: Bulk API 2.0 HTTP errors use the codes INVALIDJOB, INVALIDENTITY,
@@ -133,6 +145,9 @@ MIN_BATCH_SIZE = 200
 MAX_REPLICATION_IDS = 600_000
 
 _NOT_FOUND = "The requested resource does not exist"
+# Salesforce's own login servers, shared by every org: the client credentials grant is refused
+# there (the flow needs the org's My Domain).
+GENERIC_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 
 
 class SalesforceFaults(Faults):
@@ -149,15 +164,25 @@ class SalesforceFaults(Faults):
         a Bulk API 2.0 job's rows past this many are processed (saved or refused, and counted in
         ``numberRecordsProcessed``/``numberRecordsFailed``) but in neither result file: "Results
         are not recorded for batches that exceed the daily batch allocation".
+    ``internal_errors``
+        the failing rows are refused with Salesforce's platform error, UNKNOWN_EXCEPTION ("An
+        unexpected error occurred. Please include this ErrorId if you contact support: ..."),
+        instead of UNABLE_TO_LOCK_ROW: per record in sObject Collections and Bulk API results.
+    ``query_timeouts``
+        the next this many queries (query, queryAll, queryMore) are answered 400 QUERY_TIMEOUT
+        ("Your query request was running for too long."), as a busy org answers one it stopped.
     """
 
     id_settings = ("fail_ids", "lock_ids")
     lock_records = Faults.fail_records
     unlock_records = Faults.release_records
     consume_lock = Faults.consume_failure
-    own_settings = ("trigger_locks", "bulk_unrecorded_after")  # their defaults: just below
+    # their defaults: just below
+    own_settings = ("trigger_locks", "bulk_unrecorded_after", "internal_errors", "query_timeouts")
     trigger_locks: bool = False
     bulk_unrecorded_after: int | None = None
+    internal_errors: bool = False
+    query_timeouts: int = 0
 
     def update(self, **settings: Any) -> None:
         for name in set(self.own_settings) & settings.keys():
@@ -172,8 +197,22 @@ class SalesforceFaults(Faults):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **{name: getattr(self, name) for name in self.own_settings}}
 
+    def consume_query_timeout(self) -> bool:
+        """True when this query must be answered QUERY_TIMEOUT (spends one of ``query_timeouts``)."""
+        with self._mutex:
+            if self.query_timeouts <= 0:
+                return False
+            self.query_timeouts -= 1
+            return True
+
     def consume_failure(self, record_id: str) -> bool:
         locked = super().consume_failure(record_id)
+        if locked and self.internal_errors:
+            raise RecordError(
+                "UNKNOWN_EXCEPTION",
+                "An unexpected error occurred. Please include this ErrorId if you contact support: "
+                "1498613519-40812 (-1209493416)",
+            )
         if locked and self.trigger_locks:
             raise RecordError(
                 "CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
@@ -587,6 +626,11 @@ class SalesforceSandbox(HttpsSandbox):
                 raise _OAuthError("invalid_grant", "authentication failure")
             return _json_response(200, self._new_session())
         if grant == "client_credentials":
+            # "The client credentials flow doesn't support calls to login.salesforce.com or
+            # test.salesforce.com": the org's My Domain login URL only (Salesforce Help 000886201).
+            host = (request.header("Host") or "").rsplit(":", 1)[0].strip().lower().rstrip(".")
+            if host in GENERIC_LOGIN_HOSTS:
+                raise _OAuthError("invalid_grant", "request not supported on this domain")
             self._check_client(form.get("client_id"), form.get("client_secret"), request)
             return _json_response(200, self._new_session(scope=True))
         if grant == JWT_GRANT:
@@ -713,6 +757,7 @@ class SalesforceSandbox(HttpsSandbox):
         soql = request.param("q")
         if not soql or not soql.strip():
             raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+        self._query_timeout()
         bound = bind(parse(soql), self.org.resolve)
         include_deleted = endpoint == "queryAll"
         with self.org.lock:
@@ -733,6 +778,7 @@ class SalesforceSandbox(HttpsSandbox):
     def _h_queryMore(
         self, request: SandboxRequest, version: str, endpoint: str, locator: str, offset: str
     ) -> SandboxResponse:
+        self._query_timeout()
         with self._lock:
             found = self._locators.get(locator)
             now = time.monotonic()
@@ -746,6 +792,12 @@ class SalesforceSandbox(HttpsSandbox):
             found.batch_size = self._batch_size(request, found.batch_size)
             self._locators.move_to_end(locator)
         return self._page(locator, position)
+
+    def _query_timeout(self) -> None:
+        """A query the org stopped for running too long (``faults.query_timeouts``)."""
+        if self.faults.consume_query_timeout():
+            self._injected("query_timeout")
+            raise ApiError(400, "QUERY_TIMEOUT", "Your query request was running for too long.")
 
     def _page(self, locator_id: str, position: int) -> SandboxResponse:
         with self._lock:
@@ -832,6 +884,9 @@ class SalesforceSandbox(HttpsSandbox):
         body = request.json_object()
         fields = {k: v for k, v in body.items() if k != "attributes"}
         converted = self.org.convert_json_fields(obj, fields)
+        owner = self.org.lead_assignment_owner
+        if obj.name == "Lead" and owner and _auto_assign(request, creating=True):
+            converted["OwnerId"] = owner
         try:
             new_id = self.org.create(obj.name, converted)
         except RecordError as exc:
@@ -846,7 +901,11 @@ class SalesforceSandbox(HttpsSandbox):
         fields = {k: v for k, v in body.items() if k not in ("attributes", "Id", "id")}
         converted = self.org.convert_json_fields(obj, fields)
         result = self.org.apply_updates(
-            [(obj.name, record_id, converted)], all_or_none=True, lock_check=self.faults.consume_failure
+            [(obj.name, record_id, converted)],
+            all_or_none=True,
+            lock_check=self.faults.consume_failure,
+            allow_duplicates=_allow_save(request),
+            auto_assign=_auto_assign(request, creating=False),
         )[0]
         if result is None:
             return SandboxResponse(204, b"", None)
@@ -970,7 +1029,11 @@ class SalesforceSandbox(HttpsSandbox):
             fields = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
             items.append((obj.name, record_id, self.org.convert_json_fields(obj, fields)))
         results = self.org.apply_updates(
-            items, all_or_none=all_or_none, lock_check=self.faults.consume_failure
+            items,
+            all_or_none=all_or_none,
+            lock_check=self.faults.consume_failure,
+            allow_duplicates=_allow_save(request),
+            auto_assign=_auto_assign(request, creating=False),
         )
         out = []
         for (_, record_id, _), result in zip(items, results, strict=True):
@@ -1224,10 +1287,13 @@ class SalesforceSandbox(HttpsSandbox):
             except ApiError as exc:
                 outcomes[index] = (to18(row_id) or "", RecordError(exc.error_code, exc.message), False)
         if pending:
+            # Bulk API 2.0 takes no duplicate rule header (an alert refuses the row) and runs an
+            # assignment rule only where the job names one (assignmentRuleId: not modelled).
             results = self.org.apply_updates(
                 [(job.sobject.name, row_id or None, values) for _, row_id, values in pending],
                 all_or_none=False,
                 lock_check=self.faults.consume_failure,
+                allow_duplicates=False,
             )
             for (index, row_id, _), result in zip(pending, results, strict=True):
                 outcomes[index] = (to18(row_id) or "", result, False)
@@ -1250,6 +1316,24 @@ class SalesforceSandbox(HttpsSandbox):
             job.failed = failed
             job.successful_csv = "".join(success_lines)
             job.failed_csv = "".join(failed_lines)
+
+
+def _allow_save(request: SandboxRequest) -> bool:
+    """``allowSave`` of the call's ``Sforce-Duplicate-Rule-Header`` ("allowSave=true;
+    includeRecordDetails=false; ..."): "The default value for all fields is false"."""
+    header = request.header("Sforce-Duplicate-Rule-Header") or ""
+    fields = dict(part.strip().partition("=")[::2] for part in header.split(";") if part.strip())
+    return fields.get("allowSave", "").strip().lower() == "true"
+
+
+def _auto_assign(request: SandboxRequest, *, creating: bool) -> bool:
+    """Whether the active assignment rules run on what the call saves (``Sforce-Auto-Assign``):
+    TRUE or no header, yes; FALSE (any case), no; an AssignmentRule id runs that rule on
+    records created (this org has one rule)."""
+    value = (request.header("Sforce-Auto-Assign") or "TRUE").strip().lower()
+    if value in ("true", "false"):
+        return value == "true"
+    return creating
 
 
 def _csv_line(values: list[str]) -> str:

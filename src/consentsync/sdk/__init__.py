@@ -38,7 +38,14 @@ from consentsync.sdk.http import (
 from consentsync.sdk.journal import STATE_DIR_ENV, Journal, state_dir
 from consentsync.sdk.objects import config_error, require_fields, require_object
 from consentsync.sdk.retry import RetryPolicy, call
-from consentsync.sdk.settings import ConnectorSettings, DailyBudget, ExistingFile, RunBudget, WebUrl
+from consentsync.sdk.settings import (
+    ConnectorSettings,
+    DailyBudget,
+    ExistingFile,
+    RunBudget,
+    SettingProblem,
+    WebUrl,
+)
 
 __all__ = [
     "STATE_DIR_ENV",
@@ -62,6 +69,7 @@ __all__ = [
     "RecordUpdate",
     "RetryPolicy",
     "RunBudget",
+    "SettingProblem",
     "SharedLogin",
     "WebUrl",
     "WriteAction",

@@ -20,8 +20,9 @@ from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.connector import ApiUsage
 from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
 from consentsync.sdk.retry import RetryPolicy
+from consentsync.yamlfile import Problem as SettingProblem  # a validator's error at a field below it
 
-__all__ = ["ConnectorSettings", "DailyBudget", "ExistingFile", "RunBudget", "WebUrl"]
+__all__ = ["ConnectorSettings", "DailyBudget", "ExistingFile", "RunBudget", "SettingProblem", "WebUrl"]
 
 
 def _existing_file(value: str) -> str:
