@@ -28,22 +28,36 @@ every API read, archives included; no endpoint lists deleted persons, and a merg
 Person/{id}/MergeTo/{id}``) leaves no trace the API can list (the survivor cannot be found: an
 erasure's DELETE of a person merged away answers 404 and is done; docs/connectors/superoffice.md).
 The connector reads no deletions. An update answered 404 for a person a GET answers 404 too is
-``gone``.
+``gone``. A restore from the recycle bin touches no consent: each person the connector deleted or
+found gone is noted (``sdk.Journal``) and looked up at each read while the recycle bin may hold
+it; one shown again is handed on (``_restored``).
+
+The tenant's endpoint: SuperOffice Online serves a tenant's API only on its current cluster and
+answers 421 elsewhere; the connector finds it from the tenant's state API (``state_url``), again
+after its ``ValidUntil`` and on a 421 (the call then made once more), and stops the run when the
+tenant is not running (``TenantUnavailable``). An onsite base_url is used as it is.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import itertools
 import json
+import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from ipaddress import ip_address
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 import structlog
+from pydantic import TypeAdapter, ValidationError
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
@@ -58,6 +72,8 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "request limit reached", 429, "RequestLimitExceeded"),
         ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "too many requests", 429),
         ErrorRule(Action.SKIP, Fault.DATA, "value refused", 400),
+        # "Misdirected Request": the tenant is served on another cluster (``_request`` finds it).
+        ErrorRule(Action.FAIL, Fault.TRANSIENT, "tenant served elsewhere", 421),
     ]
 )
 
@@ -187,7 +203,17 @@ class SuperOfficeConnector(sdk.Connector):
                 f"{self.config.archive_provider!r} is not an archive provider name",
                 ErrorRule(Action.FAIL, Fault.CONFIG, "bad provider name"),
             )
-        self.base = self.config.base_url.rstrip("/") + "/api/v1"
+        # The tenant's root (``/api/v1`` follows it): SuperOffice Online's moves ("will change
+        # routinely to balance the load"), found from the tenant's state API before the first
+        # call, again once the state said it is no longer valid, and on a 421; an onsite
+        # installation's is base_url.
+        self._root = self.config.base_url.rstrip("/")
+        self._root_found = not self.config.online
+        self._root_until: datetime | None = None
+        self._root_lock = threading.Lock()
+        # The id_token's webapi_url claim (the refresh-token flow's login answers one): the
+        # tenant's API where its state API cannot be asked.
+        self._claimed_root: str | None = None
         self.api = sdk.HttpClient.configured(
             self.config,
             _classified,
@@ -198,6 +224,18 @@ class SuperOfficeConnector(sdk.Connector):
         # Shared by the threads that write side by side: one logs in, the others wait for it.
         self._token = sdk.SharedLogin(self._login)
         self._token_refused = False
+        # Persons this connector deleted or found gone (``_note_gone``), each with when: looked up
+        # again at each read while the tenant's recycle bin may still restore them
+        # (``_restored``). One journal per tenant and principal.
+        config = self.config
+        self._journal = sdk.Journal(
+            sdk.state_dir(config.state_dir),
+            self.vendor,
+            name,
+            config.base_url.rstrip("/").lower(),
+            config.client_id or config.auth,
+            required=bool(config.state_dir or os.environ.get(sdk.STATE_DIR_ENV)),
+        )
         self._purposes: list[str] | None = None
         # The look-back window of this run's reads (``resume_from``): a sweep starts that long
         # before the last one started.
@@ -228,6 +266,9 @@ class SuperOfficeConnector(sdk.Connector):
         body = sdk.request_token(
             self.api.session, config.token_url, form, login="login", who=f"{self.name}: "
         )
+        claimed = _claimed_api_root(body.get("id_token"))
+        if claimed is not None:
+            self._claimed_root = claimed
         return str(body["access_token"])
 
     def _headers(self) -> dict[str, str]:
@@ -264,16 +305,17 @@ class SuperOfficeConnector(sdk.Connector):
         ``busy_is_final`` a record another user holds (409) is not waited for: the write reports
         it as a retryable failure and the next run tries again."""
 
-        response = self.api.send(
-            method,
-            self.base + path,
-            describe=kind,
-            params=params,
-            json=body,
-            # A busy record's 409 is taken here, not retried, when the caller says so.
-            accept=lambda answer: busy_is_final and answer.status_code == 409,
-            before=lambda: self.usage.count(kind),
-        )
+        root = self._api_root()
+        response = self._send(kind, method, root, path, params, body, busy_is_final)
+        if response.status_code == 421:
+            # "Misdirected Request": the tenant moved to another cluster since its endpoint was
+            # found (or the configured one is not its cluster). Found again, the call is made
+            # once more there, within the run's budget as every call.
+            moved = self._find_root(stale=root)
+            if moved != root:
+                response = self._send(kind, method, moved, path, params, body, busy_is_final)
+            if response.status_code == 421:
+                raise self._misdirected(kind, response)
         if response.status_code == 409:
             error = _classified(kind, response)
             rule = error.rule
@@ -283,6 +325,210 @@ class SuperOfficeConnector(sdk.Connector):
         if response.status_code == 204:
             return None
         return response.json()
+
+    def _send(
+        self,
+        kind: str,
+        method: str,
+        root: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        busy_is_final: bool,
+    ) -> requests.Response:
+        return self.api.send(
+            method,
+            root + "/api/v1" + path,
+            describe=kind,
+            params=params,
+            json=body,
+            # A busy record's 409 is taken here, not retried, when the caller says so; a 421
+            # (the tenant is served elsewhere) by ``_request``.
+            accept=lambda answer: answer.status_code == 421 or (busy_is_final and answer.status_code == 409),
+            before=lambda: self.usage.count(kind),
+        )
+
+    def _misdirected(self, kind: str, response: requests.Response) -> ConnectorError:
+        error = _classified(kind, response)
+        if self.config.online:
+            message = (
+                f"{self.name}: {error}: SuperOffice serves the tenant elsewhere (421 Misdirected "
+                f"Request), and its state API ({self.config.state_url}) names no other endpoint: "
+                "it is moving; the next run tries again"
+            )
+            return TenantUnavailable(
+                message, ErrorRule(Action.FAIL, Fault.TRANSIENT, "tenant served elsewhere", 421)
+            )
+        message = (
+            f"{self.name}: {error}: base_url is not where SuperOffice serves the tenant (421 "
+            "Misdirected Request). For SuperOffice Online set base_url to the tenant's Online "
+            "address, https://online.superoffice.com/CustNNNNN: the connector then finds its "
+            "current endpoint"
+        )
+        rule = ErrorRule(Action.FAIL, Fault.CONFIG, "tenant served elsewhere", 421)
+        return TenantUnavailable(message, rule)
+
+    # -- the tenant's endpoint (SuperOffice Online) ---------------------------------------------
+
+    def _api_root(self) -> str:
+        """The tenant's root for the next call: found first where it is not known yet, and again
+        once the state API's ``ValidUntil`` passed."""
+        if self._root_found and (self._root_until is None or datetime.now(UTC) < self._root_until):
+            return self._root
+        return self._find_root(stale=None)
+
+    def _find_root(self, *, stale: str | None) -> str:
+        """Asks the tenant's state API where the tenant is served now (``Endpoint``): SuperOffice
+        Online's documented way ("Check tenant status"; the endpoint "will change routinely to
+        balance the load"). ``stale``: the root a call was just refused at (421); where another
+        thread found a new one meanwhile, that one is answered without a call. A tenant that is
+        not running (offline for maintenance, being provisioned) stops the run as a passing
+        failure; one deleted or suspended as a configuration problem. Where the state API cannot
+        be reached, the login's id_token ``webapi_url`` claim is taken, when there is one. Onsite
+        (no state API): base_url."""
+        config = self.config
+        if not config.online:
+            return self._root
+        with self._root_lock:
+            if self._root_found and stale is not None and self._root != stale:
+                return self._root
+            if (
+                self._root_found
+                and stale is None
+                and (self._root_until is None or datetime.now(UTC) < self._root_until)
+            ):
+                return self._root
+            try:
+                state = self._tenant_state()
+            except ConnectorError as error:
+                if isinstance(error, sdk.BudgetExhausted | TenantUnavailable) or error.action in (
+                    Action.RATE_LIMITED,
+                    Action.REFRESH_TOKEN,
+                ):
+                    raise
+                claimed = self._claim_root() if error.rule.fault is Fault.TRANSIENT else None
+                if claimed is None:
+                    # Never one record's failure: no call to the tenant can be made.
+                    raise TenantUnavailable(
+                        f"{self.name}: the tenant's endpoint cannot be found: {error}",
+                        replace(error.rule, action=Action.FAIL),
+                    ) from None
+                log.warning("superoffice.state_unreachable_claim_used", connector=self.name, error=str(error))
+                self._root, self._root_found, self._root_until = claimed, True, None
+                return self._root
+            root, valid_until = self._running_root(state)
+            if root != self._root:
+                log.info("superoffice.tenant_endpoint", connector=self.name, endpoint=root)
+            now = datetime.now(UTC)
+            self._root, self._root_found = root, True
+            # A ValidUntil already past (SuperOffice's own sample is from 2020) says nothing: the
+            # endpoint is then kept until a call is refused with 421.
+            self._root_until = valid_until if valid_until is not None and valid_until > now else None
+            return self._root
+
+    def _tenant_state(self) -> dict[str, Any]:
+        """``GET <state_url>``: the tenant's ``Endpoint``, ``State``, ``IsRunning``,
+        ``ValidUntil`` (no credentials)."""
+        assert self.config.state_url is not None
+        response = self.api.send(
+            "GET",
+            self.config.state_url,
+            describe="tenant state",
+            authenticated=False,
+            headers={"Accept": "application/json"},
+            # A refusal (4xx) is answered here: never taken for the access token's (it is sent
+            # none), nor retried. 5xx and 429 go by the error table.
+            accept=lambda answer: 400 <= answer.status_code < 500 and answer.status_code != 429,
+            before=lambda: self.usage.count("state"),
+        )
+        if response.status_code >= 400:
+            raise TenantUnavailable(
+                f"{self.name}: the tenant state API ({self.config.state_url}) refused: "
+                f"{response.status_code} {response.text[:200]}; check the context identifier in base_url",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "tenant state refused", response.status_code),
+            )
+        body = sdk.json_or_none(response)
+        if not isinstance(body, dict):
+            raise TenantUnavailable(
+                f"{self.name}: the tenant state API ({self.config.state_url}) answered no JSON object",
+                ErrorRule(Action.FAIL, Fault.TRANSIENT, "tenant state unreadable", response.status_code),
+            )
+        return body
+
+    def _claim_root(self) -> str | None:
+        """The id_token's ``webapi_url`` of the refresh-token flow's login (logging in for it
+        where it has not yet), checked as an endpoint from the state API is; None where the flow
+        has none (a fixed access token) or it is not a SuperOffice address."""
+        if self.config.auth != "refresh_token":
+            return None
+        if self._claimed_root is None:
+            try:
+                self._token.get()
+            except ConnectorError:
+                return None
+        claimed = self._claimed_root
+        if claimed is None:
+            return None
+        try:
+            return self._checked_root(claimed, "the id_token's webapi_url")
+        except ConnectorError:
+            return None
+
+    def _running_root(self, state: Mapping[str, Any]) -> tuple[str, datetime | None]:
+        """The tenant's root and until when it holds, from a state answer; raises where the
+        tenant is not running."""
+        name = str(state.get("State") or "").strip()
+        running = state.get("IsRunning")
+        context = state.get("ContextIdentifier") or self.config.state_url
+        if running is not True:
+            shown = name or "not said"
+            if name.lower() in _TENANT_GONE:
+                raise TenantUnavailable(
+                    f"{self.name}: the SuperOffice tenant {context} is {shown} (state API "
+                    f"{self.config.state_url}): its API is not available; the tenant must be "
+                    "reactivated, or the connector removed",
+                    ErrorRule(Action.FAIL, Fault.CONFIG, "tenant not available"),
+                )
+            raise TenantUnavailable(
+                f"{self.name}: the SuperOffice tenant {context} is not running (state {shown}, "
+                f"state API {self.config.state_url}): maintenance or an upgrade usually takes "
+                "minutes; the next run tries again (nothing was read or written)",
+                ErrorRule(Action.FAIL, Fault.TRANSIENT, "tenant not running"),
+            )
+        endpoint = state.get("Endpoint")
+        if not isinstance(endpoint, str) or not endpoint.strip():
+            api = str(state.get("Api") or "").strip().rstrip("/")
+            endpoint = api[: -len("/api")] if api.lower().endswith("/api") else None
+        if not isinstance(endpoint, str) or not endpoint.strip():
+            raise TenantUnavailable(
+                f"{self.name}: the tenant state API ({self.config.state_url}) names no Endpoint",
+                ErrorRule(Action.FAIL, Fault.TRANSIENT, "tenant endpoint unknown"),
+            )
+        root = self._checked_root(endpoint, "the tenant state API's Endpoint")
+        valid_until = None
+        with contextlib.suppress(ValueError):
+            valid_until = parse_so_time(state.get("ValidUntil"))
+        return root, valid_until
+
+    def _checked_root(self, endpoint: str, said_by: str) -> str:
+        """``endpoint`` as the tenant's root, where calls carrying the access token may go: https
+        (plain http to a loopback host only, a sandbox), on the state API's host or another of
+        its domain (``online3.superoffice.com`` for ``online.superoffice.com``)."""
+        root = endpoint.strip().rstrip("/")
+        assert self.config.state_url is not None
+        try:
+            _WEB_URL.validate_python(root)
+        except ValidationError:
+            usable = False
+        else:
+            usable = _same_site(urlsplit(root).hostname, urlsplit(self.config.state_url).hostname)
+        if not usable:
+            raise TenantUnavailable(
+                f"{self.name}: {said_by} is not a SuperOffice address the connector sends its "
+                f"credentials to: {root[:120]!r}",
+                ErrorRule(Action.FAIL, Fault.CONFIG, "tenant endpoint refused"),
+            )
+        return root
 
     def _read(self, kind: str, method: str, path: str, **kwargs: Any) -> Any:
         """A read: a refusal the table would skip (a bad restriction, a missing provider) is a
@@ -376,10 +622,79 @@ class SuperOfficeConnector(sdk.Connector):
         wanted = purpose_fields(fields)
         self.expected_records = None
         walk = _Walk.resumed(since, self.name)
+        yield from self._restored(walk, until, wanted)
         sweeps = _Sweeps(self, walk, until, wanted)
         # A run's budget spent inside a day stops the read as any error does: the engine keeps
         # what was handed over with the position reached (the token), and the next run goes on.
         yield from sweeps.run()
+
+    # -- the recycle bin ---------------------------------------------------------------------------
+
+    def _note_gone(self, person: int) -> None:
+        """Notes a person this connector deleted (DELETE Person/{id}: SuperOffice moves it to its
+        recycle bin) or found gone (a write answered 404, and a GET too), with when: until the
+        recycle bin may have purged it, each read looks it up again (``_restored``)."""
+        if self.config.recycle_bin_days > 0:
+            self._journal.add(f"{person}@{_second(datetime.now(UTC)).isoformat()}")
+
+    def _restored(
+        self, walk: _Walk, until: datetime, wanted: dict[str, list[str]]
+    ) -> Iterator[sdk.CrmRecord]:
+        """Persons noted gone (``_note_gone``) that SuperOffice shows again: restored from its
+        recycle bin (a user's Restore, or ``Agents/Person/Undelete``), each read whole, so that
+        its link is live again and an erasure's delete on it is sent again. A restore leaves the
+        person's consents as they were (ConsentPerson has no deleted date: its rows are not
+        touched), and SuperOffice documents no change time it stamps: the consents' archive never
+        names such a person. So each noted person is asked for (``GET Person/{id}``: 404 while it
+        is in the recycle bin) at every read, until ``recycle_bin_days`` after it went (then it
+        is purged for good). A person handed on is forgotten once the engine kept the position
+        of the read that handed it on (its token names it): a run stopped before that hands it
+        on again (read again unchanged, it changes nothing)."""
+        if walk.restored:
+            self._journal.discard(walk.restored)
+            walk.restored = []
+        days = self.config.recycle_bin_days
+        if days <= 0:
+            return
+        now = datetime.now(UTC)
+        by_person: dict[int, list[str]] = {}
+        purged: list[str] = []
+        for entry in self._journal.names():
+            person, gone_at = _noted(entry)
+            if person is None or gone_at is None or now - gone_at > timedelta(days=days + 1):
+                purged.append(entry)
+            else:
+                by_person.setdefault(person, []).append(entry)
+        if purged:
+            self._journal.discard(purged)
+        # Where the run has a budget, a quarter of what is left of it at most, so that the read
+        # of the changes always goes on; the next read goes on after the last person asked for.
+        persons = sorted(by_person, key=lambda person: (person <= walk.rechecked, person))
+        budget = self.config.budget.per_run
+        if budget is not None:
+            persons = persons[: max(1, (budget - self.usage.calls) // 4)]
+        handed: list[str] = []
+        for person in persons:
+            try:
+                entity = self._request("person_get", "GET", f"/Person/{person}")
+            except ConnectorError as error:
+                if error.rule.status == 404 and not isinstance(error, TenantUnavailable):
+                    continue  # still in the recycle bin
+                raise
+            finally:
+                walk.rechecked = person if len(persons) < len(by_person) else 0
+            infos = self._request(
+                "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
+            )
+            log.info("superoffice.person_restored", connector=self.name, person=person)
+            handed += by_person[person]
+            # The position stays where it was until every restored person is handed on.
+            self.completed_cursor = walk.cursor(until)
+            yield _record(person, _restored_stamp(entity, infos), _first_email(entity), infos or [], wanted)
+        if handed:
+            walk.restored = handed
+        if handed or walk.rechecked:
+            self.completed_cursor = walk.cursor(until)
 
     def _sweep_start(self, until: datetime, asked: datetime) -> datetime:
         """When a sweep whose first call was made at ``asked`` (our clock) started, by
@@ -555,15 +870,18 @@ class SuperOfficeConnector(sdk.Connector):
         except sdk.BudgetExhausted:
             raise
         except _PersonGone as gone:
+            self._note_gone(int(record_id))
             return sdk.WriteResult(record_id, False, "NOT_FOUND", str(gone), False, gone=True)
         except ConnectorError as error:
             if (
                 error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
                 or error.rule.fault is Fault.CONFIG
+                or isinstance(error, TenantUnavailable)
             ):
                 raise  # the whole run's problem: it stops, the rows stay pending
             code = error.rule.code or str(error.rule.status)
             if error.rule.status == 404 and self._person_gone(int(record_id)):
+                self._note_gone(int(record_id))
                 return sdk.WriteResult(record_id, False, code, str(error), False, gone=True)
             retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
             return sdk.WriteResult(record_id, False, code, str(error), retryable)
@@ -579,7 +897,7 @@ class SuperOfficeConnector(sdk.Connector):
             if error.rule.status == 404:
                 return True
             run_wide = error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
-            if run_wide or error.rule.fault is Fault.CONFIG:
+            if run_wide or error.rule.fault is Fault.CONFIG or isinstance(error, TenantUnavailable):
                 raise
             return False
         return False
@@ -592,8 +910,9 @@ class SuperOfficeConnector(sdk.Connector):
         try:
             self._request("person_delete", "DELETE", f"/Person/{person}", busy_is_final=True)
         except ConnectorError as error:
-            if error.rule.status != 404:
+            if error.rule.status != 404 or isinstance(error, TenantUnavailable):
                 raise
+        self._note_gone(person)
         return None
 
     def _patch_person(self, person: int, patch: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -660,6 +979,56 @@ class SuperOfficeConnector(sdk.Connector):
 
 # -- helpers -----------------------------------------------------------------------------------
 
+_WEB_URL: TypeAdapter[str] = TypeAdapter(sdk.WebUrl)
+#: Tenant states whose API stays unavailable until a person acts ("Check tenant status": Deleted,
+#: Deleting, DeleteFailed, Suspended "in termination", ProvisioningFailed).
+_TENANT_GONE = frozenset({"deleted", "deleting", "deletefailed", "suspended", "provisioningfailed"})
+#: The id_token claim naming the tenant's REST API (SuperOffice's OpenID Connect claims).
+WEBAPI_URL_CLAIM = "http://schemes.superoffice.net/identity/webapi_url"
+
+
+class TenantUnavailable(ConnectorError):
+    """The tenant's API cannot be called now (not running, or served on an endpoint that is not
+    found): the whole run's problem, never one record's."""
+
+
+def _same_site(host: str | None, of: str | None) -> bool:
+    """Whether ``host`` is ``of`` or another host of its parent domain (``online3.superoffice.com``
+    beside ``online.superoffice.com``)."""
+    if not host or not of:
+        return False
+    host, of = host.lower().rstrip("."), of.lower().rstrip(".")
+    if host == of:
+        return True
+    with contextlib.suppress(ValueError):
+        ip_address(of)
+        return False  # an address (a sandbox on 127.0.0.1) has no domain: itself only
+    parent = of.split(".", 1)[1] if of.count(".") >= 2 else None
+    return parent is not None and host.endswith("." + parent)
+
+
+def _claimed_api_root(id_token: Any) -> str | None:
+    """The tenant root an id_token's ``webapi_url`` claim names (``https://online3.superoffice.
+    com/Cust12345/api/`` gives ``https://online3.superoffice.com/Cust12345``); None where the
+    token has none. Its signature is not checked: the token came from the token endpoint over
+    TLS, and the root is checked as any discovered one (``_checked_root``)."""
+    if not isinstance(id_token, str) or id_token.count(".") < 2:
+        return None
+    payload = id_token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    url = claims.get(WEBAPI_URL_CLAIM) if isinstance(claims, dict) else None
+    if not isinstance(url, str) or not url.strip():
+        return None
+    root = url.strip().rstrip("/")
+    for suffix in ("/api/v1", "/api"):
+        if root.lower().endswith(suffix):
+            return root[: -len(suffix)]
+    return root
+
+
 #: The answer of an update of which SuperOffice applied some calls (a consent set or removed)
 #: before the run stopped (a limit, the token, the service): not done, sent again next run.
 INTERRUPTED = "INTERRUPTED"
@@ -706,6 +1075,11 @@ class _Walk:
     # The chunk under way is the day's latest page (``_Sweeps._latest``), not a stretch of the id
     # walk: a cut one is asked again newest first, ``at`` telling what it handed on.
     latest: bool = False
+    # Persons noted gone that the read this token is of handed on as restored (``_restored``):
+    # once the engine keeps it, they are forgotten.
+    restored: list[str] = field(default_factory=list)
+    # The last noted person looked up where a run's budget let a read look up only some (0: none).
+    rechecked: int = 0
 
     @classmethod
     def resumed(cls, since: sdk.Cursor, name: str) -> _Walk:
@@ -737,6 +1111,8 @@ class _Walk:
             int(upto) if upto is not None else None,
             (_required(at[0]), int(at[1])) if at else None,
             data.get("latest") is True,
+            [str(entry) for entry in data.get("restored") or []],
+            int(data.get("rechecked") or 0),
         )
 
     def token(self) -> str:
@@ -753,6 +1129,8 @@ class _Walk:
                 "at": [_iso(self.at[0]), self.at[1]] if self.at else None,
                 # Only while it is so: tokens of a read without it stay as they were.
                 **({"latest": True} if self.latest else {}),
+                **({"restored": list(self.restored)} if self.restored else {}),
+                **({"rechecked": self.rechecked} if self.rechecked else {}),
             },
             separators=(",", ":"),
         )
@@ -1013,6 +1391,34 @@ def _person_id(value: Any) -> int:
             f"not a person id: {str(value)[:40]!r}", ErrorRule(Action.FAIL, Fault.DATA, "bad id")
         ) from None
     return number
+
+
+def _noted(entry: str) -> tuple[int | None, datetime | None]:
+    """A journal entry of ``_note_gone``: ``<person id>@<when>``."""
+    person, _, when = entry.partition("@")
+    try:
+        return int(person), _moment(when)
+    except ValueError:
+        return None, None
+
+
+def _first_email(entity: Any) -> Any:
+    emails = entity.get("Emails") if isinstance(entity, dict) else None
+    first = emails[0] if isinstance(emails, list) and emails else None
+    return first.get("Value") if isinstance(first, dict) else None
+
+
+def _restored_stamp(entity: Any, infos: Any) -> datetime:
+    """A restored person's change time as an ordinary read gives it: its consents' latest
+    updated time (the restore stamps none of them), else the person's own."""
+    stamps = []
+    for info in infos if isinstance(infos, list) else []:
+        with contextlib.suppress(ValueError, AttributeError):
+            stamps.append(parse_so_time(info.get("Updated")))
+    if not stamps and isinstance(entity, dict):
+        with contextlib.suppress(ValueError):
+            stamps.append(parse_so_time(entity.get("UpdatedDate") or entity.get("Updated")))
+    return _second(max(stamps)) if stamps else _second(datetime.now(UTC))
 
 
 def _person_patch(fields: Mapping[str, Any]) -> list[dict[str, Any]] | str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -26,10 +27,47 @@ def utf16_units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+#: SuperOffice Online's hosts: an environment's authentication host (``online``, ``sod``,
+#: ``qaonline``, ``stage``) or one of its numbered clusters (``online3``, ``sod2``), which serve the
+#: tenants' APIs ("Check tenant status": "Subdomains without a number identifier ... are reserved
+#: for authentication").
+ONLINE_HOST = re.compile(r"^(online|sod|qaonline|stage)\d*\.superoffice\.com$", re.IGNORECASE)
+#: A tenant's context identifier (``Cust12345``), the first segment of its Online address.
+CONTEXT_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def online_state_url(base_url: str) -> str | None:
+    """The state API of a SuperOffice Online tenant named by ``base_url``
+    (``https://online.superoffice.com/Cust12345``, or a cluster's address of it,
+    ``https://online3.superoffice.com/Cust12345``): ``https://<environment>.superoffice.com/api/
+    state/<context identifier>``, where SuperOffice says the tenant's current endpoint is found.
+    None for any other address (an onsite installation): it is used as it is."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    match = ONLINE_HOST.match(host)
+    if match is None:
+        return None
+    segments = [segment for segment in parts.path.split("/") if segment]
+    if not segments or not CONTEXT_ID.match(segments[0]) or segments[0].lower() == "api":
+        raise ValueError(
+            "a SuperOffice Online base_url names the tenant: https://online.superoffice.com/Cust12345 "
+            "(its context identifier after the host; the API's address is found from it)"
+        )
+    return f"https://{match.group(1).lower()}.superoffice.com/api/state/{segments[0]}"
+
+
 class SuperOfficeSettings(ConnectorSettings):
-    # The tenant's root: https://online.superoffice.com/Cust12345 (Online; sod. for development)
-    # or an onsite installation's web API root; /api/v1 follows it.
+    # SuperOffice Online: the tenant, https://online.superoffice.com/Cust12345 (sod. for
+    # development, qaonline. for stage). Online serves a tenant's API only on the cluster it runs
+    # on now (https://online3.superoffice.com/Cust12345, which "will change routinely to balance
+    # the load"; any other answers 421), so the connector asks the tenant's state API for it
+    # (``state_url``) and asks again on a 421. Onsite: the installation's web API root, used as
+    # it is. /api/v1 follows the root.
     base_url: WebUrl
+    # Where the tenant's current endpoint and state are read (GET, no credentials): derived from
+    # an Online base_url (https://online.superoffice.com/api/state/Cust12345). Set it only for a
+    # sandbox or a proxy; none for an onsite installation (base_url is then the API's root).
+    state_url: WebUrl | None = None
     auth: Literal["token", "refresh_token"] = "refresh_token"
     # How the credential is sent: Bearer (an OpenID Connect access token) or SOTicket (a system
     # user ticket obtained outside consentsync, put in access_token with auth: token).
@@ -79,6 +117,25 @@ class SuperOfficeSettings(ConnectorSettings):
     write_comment: str = "Set by consentsync"
     # Purpose keys describe() lists when the tenant cannot be asked (it is asked first).
     purposes: list[str] = Field(default_factory=lambda: ["STORE", "EMARKETING"])
+    # How long the tenant keeps a deleted person in its recycle bin, restorable (SuperOffice's
+    # default: 14 days). A person consentsync deleted (the ``delete`` erasure action) or found
+    # gone is looked up again at each read for that long: one restored is read again (its link
+    # is live, an erasure's delete is sent again). 0: never looked up.
+    recycle_bin_days: int = Field(default=14, ge=0, le=3650)
+    # Where the connector notes those persons (their ids and when they went): none given,
+    # CONSENTSYNC_STATE_DIR, else the user's XDG state directory. It must outlive the process.
+    state_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _online_state(self) -> SuperOfficeSettings:
+        if self.state_url is None:
+            self.state_url = online_state_url(self.base_url)
+        return self
+
+    @property
+    def online(self) -> bool:
+        """Whether the tenant's endpoint is discovered (SuperOffice Online, or a sandbox of it)."""
+        return self.state_url is not None
 
     @field_validator("write_source")
     @classmethod

@@ -8,8 +8,16 @@ call counting every sandbox has (:class:`~consentsync.sandbox.server.HttpsSandbo
 ...     so.tenant.seed(300, seed=1)
 ...     token = so.issue_token()
 
-Endpoints (all also under a tenant prefix, ``/Cust12345/api/v1/...``, as SuperOffice Online
-serves them):
+The tenant's API is served under its current endpoint only, ``/<cluster>/Cust12345/api/v1/...``
+(:attr:`SuperOfficeSandbox.tenant_url`; SuperOffice Online's ``https://online3.superoffice.com/
+Cust12345``): any other prefix (``/Cust12345/api/v1``, Online's authentication host's address, or
+the cluster the tenant left, :meth:`SuperOfficeSandbox.move_tenant`) answers 421 "Wrong subdomain
+used to access tenant", as Online has since 2023-11-17. ``GET /api/state/Cust12345`` (no
+credentials) answers the tenant's state as SuperOffice's state API does (``ContextIdentifier,
+Endpoint, State, IsRunning, ValidUntil, Api``); while :attr:`SuperOfficeSandbox.tenant_state` is
+not Running (or OnlineMaintenance), the API answers 503.
+
+Endpoints:
 
 * ``POST /api/v1/Agents/Person/SetConsent`` ``{PersonId, Purpose, Source, LegalBase, Comment}``
   (keys of the purpose, the source and the legal basis), 204;
@@ -30,6 +38,8 @@ serves them):
   Merge Patch object; 200 with the person, 404 when there is none;
 * ``DELETE /api/v1/Person/{id}``: 204; the person and its consents are gone from every read
   (SuperOffice soft-deletes to its recycle bin, which the API never shows); 404 when there is none;
+* ``POST /api/v1/Agents/Person/Undelete`` ``{Id}``: 204, the person back from the recycle bin with
+  its consents as they were (:meth:`SuperOfficeTenant.restore_person`); 404 when it is not there;
 * ``POST /login/common/oauth/tokens``: the refresh-token grant of SuperOffice Online's OpenID
   Connect login (``grant_type=refresh_token, client_id, client_secret, refresh_token``).
 
@@ -49,7 +59,9 @@ person answers an empty list.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
 import re
 import secrets
@@ -81,26 +93,35 @@ log = logging.getLogger("consentsync_superoffice.sandbox.server")
 
 ENDPOINT_KINDS = (
     "token",
+    "state",
+    "misdirected",
     "archive",
     "person_get",
     "person_patch",
     "person_delete",
+    "person_undelete",
     "set_consent",
     "remove_consent",
     "has_consent",
     "get_consent_infos",
     "not_found",
 )
-_WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete")
-_API = r"(?:/[A-Za-z0-9_-]+)?/api/v1"
+_WRITE_KINDS = ("set_consent", "remove_consent", "person_patch", "person_delete", "person_undelete")
+# The tenant's API below its endpoint's path (``/online1/Cust12345``): the prefix is checked
+# against the tenant's current endpoint (``SuperOfficeSandbox.route``).
+_API = r"(?P<prefix>(?:/[A-Za-z0-9_-]+){0,2})/api/v1"
+#: The tenant states whose API answers ("Check tenant status": IsRunning).
+RUNNING_STATES = ("Running", "OnlineMaintenance")
 _ROUTES: tuple[PathRoute, ...] = tuple(
     (method, re.compile(pattern, re.IGNORECASE), kind, auth)
     for method, pattern, kind, auth in (
         ("POST", r"(?:/[A-Za-z0-9_-]+)?/login/common/oauth/tokens", "token", False),
+        ("GET", r"/api/state/(?P<context>[A-Za-z0-9_-]+)", "state", False),
         ("GET", _API + r"/archive/(?P<provider>[A-Za-z0-9_]+)", "archive", True),
         ("GET", _API + r"/Person/(?P<person_id>[^/]+)", "person_get", True),
         ("PATCH", _API + r"/Person/(?P<person_id>[^/]+)", "person_patch", True),
         ("DELETE", _API + r"/Person/(?P<person_id>[^/]+)", "person_delete", True),
+        ("POST", _API + r"/Agents/Person/Undelete", "person_undelete", True),
         ("POST", _API + r"/Agents/Person/SetConsent", "set_consent", True),
         ("POST", _API + r"/Agents/Person/RemoveConsent", "remove_consent", True),
         ("POST", _API + r"/Agents/Person/HasConsent", "has_consent", True),
@@ -159,6 +180,13 @@ class SuperOfficeSandbox(HttpsSandbox):
     token_lifetime = 3600.0  # seconds an access token lives
     request_limit_retry_after = 3600  # the Retry-After of the request limit's answer
     tenant_name = "Cust12345"  # the tenant's path segment (its context identifier)
+    # The cluster serving the tenant now (its endpoint, https://<cluster>.superoffice.com/Cust12345
+    # on Online, is ``/<cluster>/Cust12345`` here): every other prefix answers 421 (``move_tenant``).
+    cluster = "online1"
+    # What the state API says (``GET /api/state/Cust12345``): Running, OfflineMaintenance, ...
+    # Only Running and OnlineMaintenance serve the API; otherwise it answers 503.
+    tenant_state = "Running"
+    state_valid_seconds = 3600.0  # the state answer's ValidUntil, from now
 
     def __init__(self, tenant: SuperOfficeTenant | None = None, **options: Any) -> None:
         self.tenant = tenant or SuperOfficeTenant()
@@ -173,8 +201,34 @@ class SuperOfficeSandbox(HttpsSandbox):
 
     @property
     def tenant_url(self) -> str:
-        """What a connector is configured with: the tenant's root (``/api/v1`` follows it)."""
+        """The tenant's current endpoint (``/api/v1`` follows it): its cluster's, as the state API
+        names it. A connector configured with it alone uses it as it is (as onsite), until the
+        tenant moves (``move_tenant``)."""
+        return f"{self.base_url}/{self.cluster}/{self.tenant_name}"
+
+    @property
+    def online_url(self) -> str:
+        """The tenant's address on the authentication host (``https://online.superoffice.com/
+        Cust12345``): what an Online connector is configured with; API calls there answer 421."""
         return f"{self.base_url}/{self.tenant_name}"
+
+    @property
+    def state_url(self) -> str:
+        """The tenant's state API (``https://online.superoffice.com/api/state/Cust12345``)."""
+        return f"{self.base_url}/api/state/{self.tenant_name}"
+
+    def move_tenant(self, cluster: str) -> None:
+        """SuperOffice moves the tenant to another cluster ("to balance the load"): from now on
+        its API answers there only, the state API names the new endpoint, and calls to the old
+        one answer 421 Misdirected Request."""
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", cluster):
+            raise ValueError(f"not a cluster name: {cluster!r}")
+        self.cluster = cluster
+
+    def online_settings(self) -> dict[str, Any]:
+        """:meth:`connection_settings`: an Online connector's, the endpoint found from the state
+        API."""
+        return self.connection_settings()
 
     @property
     def token_url(self) -> str:
@@ -184,7 +238,10 @@ class SuperOfficeSandbox(HttpsSandbox):
         c = self.credentials
         return {
             **super().connection_settings(),
-            "base_url": self.tenant_url,
+            # As an Online tenant is configured: its Online address (the authentication host's,
+            # where API calls answer 421) and its state API, which names its endpoint.
+            "base_url": self.online_url,
+            "state_url": self.state_url,
             "auth": "refresh_token",
             "client_id": c.client_id,
             "client_secret": c.client_secret,
@@ -258,8 +315,15 @@ class SuperOfficeSandbox(HttpsSandbox):
     def route(self, request: SandboxRequest) -> Route:
         found = match_path(_ROUTES, request)
         if isinstance(found, PathMatch):
+            params = dict(found.params)
+            if "prefix" in params:
+                prefix = params.pop("prefix") or ""
+                if prefix.lower() != f"/{self.cluster}/{self.tenant_name}".lower():
+                    return Route("misdirected", self._misdirected, False)
+                if self.tenant_state not in RUNNING_STATES:
+                    return Route(found.kind, self._not_running, False)
             handler: Callable[..., SandboxResponse] = getattr(self, f"_h_{found.kind}")
-            return Route(found.kind, lambda: handler(request, **found.params), found.authenticated)
+            return Route(found.kind, lambda: handler(request, **params), found.authenticated)
         status, message = (405, "The requested resource does not support this method") if found else (404, "")
 
         def refuse() -> SandboxResponse:
@@ -268,6 +332,36 @@ class SuperOfficeSandbox(HttpsSandbox):
         return Route("not_found", refuse, False)
 
     # ------------------------------------------------------------------ handlers
+
+    def _misdirected(self) -> SandboxResponse:
+        # SuperOffice documents the status and the description only ("421 - Misdirected request
+        # with an additional error description saying 'Wrong subdomain used to access tenant'");
+        # the body is the sandbox's error body.
+        raise SuperOfficeError(421, "MisdirectedRequest", "Wrong subdomain used to access tenant")
+
+    def _not_running(self) -> SandboxResponse:
+        raise SuperOfficeError(
+            503, "ServiceUnavailable", f"The tenant is not available (state {self.tenant_state})"
+        )
+
+    def _h_state(self, _request: SandboxRequest, context: str) -> SandboxResponse:
+        if context.lower() != self.tenant_name.lower():
+            return json_response(
+                200,
+                {"ContextIdentifier": context, "Endpoint": None, "State": "Unknown", "IsRunning": False},
+            )
+        valid_until = self.now() + dt.timedelta(seconds=self.state_valid_seconds)
+        return json_response(
+            200,
+            {
+                "ContextIdentifier": self.tenant_name,
+                "Endpoint": self.tenant_url,
+                "State": self.tenant_state,
+                "IsRunning": self.tenant_state in RUNNING_STATES,
+                "ValidUntil": valid_until.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "Api": self.tenant_url + "/api",
+            },
+        )
 
     def _h_token(self, request: SandboxRequest) -> SandboxResponse:
         form = request.form()
@@ -284,9 +378,29 @@ class SuperOfficeSandbox(HttpsSandbox):
                 "token_type": "Bearer",
                 "access_token": self.issue_token(),
                 "expires_in": int(self.token_lifetime),
-                "id_token": secrets.token_urlsafe(32),
+                "id_token": self._id_token(),
             },
         )
+
+    def _id_token(self) -> str:
+        """An OpenID Connect id_token with SuperOffice's claims: the tenant (``ctx``) and its API's
+        address when the login is made (``webapi_url``, ``netserver_url``). Signed by nobody: the
+        sandbox has no signing key (a connector must not take it for proof of anything)."""
+        prefix = "http://schemes.superoffice.net/identity/"
+        now = int(self.now().timestamp())
+        claims = {
+            "iss": self.base_url,
+            "iat": now,
+            "exp": now + int(self.token_lifetime),
+            prefix + "ctx": self.tenant_name,
+            prefix + "webapi_url": self.tenant_url + "/api/",
+            prefix + "netserver_url": self.tenant_url + "/Remote/Services88/",
+        }
+
+        def part(value: Any) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+        return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.{secrets.token_urlsafe(32)}"
 
     def _h_archive(self, request: SandboxRequest, provider: str) -> SandboxResponse:
         if provider.lower() != "consentpurpose":
@@ -325,6 +439,12 @@ class SuperOfficeSandbox(HttpsSandbox):
         self._check_write(number)
         self.tenant.person(number)  # 404 when there is none
         self.tenant.delete_person(number)
+        return SandboxResponse(204, b"", None)
+
+    def _h_person_undelete(self, request: SandboxRequest) -> SandboxResponse:
+        body = self._body(request, "Id")
+        self._check_write(body["Id"])
+        self.tenant.restore_person(body["Id"])
         return SandboxResponse(204, b"", None)
 
     def _body(self, request: SandboxRequest, *names: str) -> dict[str, Any]:
@@ -459,7 +579,8 @@ def serve_forever(*, port: int = 8444, records: int = 500, seed: int, host: str)
     Prints the tenant URL, the CA files and the demo credentials."""
     sandbox, summary = seeded(SuperOfficeSandbox, SuperOfficeTenant(), records, seed, host=host, port=port)
     where = {
-        "tenant URL": f"{sandbox.tenant_url}   (REST: {sandbox.tenant_url}/api/v1)",
+        "tenant (base_url)": f"{sandbox.online_url}   (its endpoint now: {sandbox.tenant_url})",
+        "state URL": sandbox.state_url,
         "token URL": sandbox.token_url,
     }
     who = {

@@ -26,7 +26,12 @@ units (400 ArgumentException: the sandbox's choice of answer for what the databa
 A person begun with :meth:`SuperOfficeTenant.begin_late_person` (a save whose transaction commits
 late) has its id and times from the start, but no read sees it or its consents until
 :meth:`SuperOfficeTenant.commit_late`. A deleted person (``DELETE /api/v1/Person/{id}``, or the
-user's delete) is gone from every read: SuperOffice's soft delete hides it from the API.
+user's delete) is gone from every read: SuperOffice's soft delete hides it from the API, and keeps
+it in the recycle bin ("by default kept in the recycle bin for 14 days"), from where
+:meth:`SuperOfficeTenant.restore_person` (a user's Restore, ``Agents/Person/Undelete``) brings it
+back with its consent rows as they were, no updated time moved (SuperOffice documents none; the
+ConsentPerson table has no deleted date);
+:meth:`SuperOfficeTenant.purge_recycle_bin` purges it for good.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ class SuperOfficeTenant:
         keep_fractions: bool = False,
         date_bounds_inclusive: bool = False,
         sorts_dates_by_day: bool = False,
+        recycle_bin_days: int = 14,
     ) -> None:
         self.purposes = _items(purposes, 1)
         self.legal_bases = _items(legal_bases, 1)
@@ -173,6 +179,11 @@ class SuperOfficeTenant:
         self.sorts_dates_by_day = sorts_dates_by_day
         self.persons: dict[int, Person] = {}
         self.consents: dict[int, ConsentRow] = {}
+        # The recycle bin: persons deleted (soft-deleted, person.DeletedDate set) with their
+        # consent rows and when, hidden from every read; restorable for ``recycle_bin_days``
+        # (SuperOffice's default: 14), then purged for good.
+        self.recycle_bin: dict[int, tuple[Person, list[ConsentRow], dt.datetime]] = {}
+        self.recycle_bin_days = recycle_bin_days
         # Persons whose saving transaction has not committed: invisible to every read.
         self.uncommitted: set[int] = set()
         self._lock = threading.RLock()
@@ -267,10 +278,50 @@ class SuperOfficeTenant:
         return found
 
     def delete_person(self, person_id: int) -> None:
+        """A delete (``DELETE Person/{id}``, a user's delete): SuperOffice's soft delete. The
+        person and its consent rows leave every read and wait in the recycle bin, restorable."""
         with self._lock:
-            self.persons.pop(person_id, None)
-            for row_id in [r.id for r in self.consents.values() if r.person_id == person_id]:
-                del self.consents[row_id]
+            person = self.persons.pop(person_id, None)
+            rows = [r for r in self.consents.values() if r.person_id == person_id]
+            for row in rows:
+                del self.consents[row.id]
+            if person is not None:
+                self.recycle_bin[person_id] = (person, rows, self.clock())
+
+    def restore_person(self, person_id: Any) -> Person:
+        """A restore from the recycle bin (the user's Recycle bin > Restore, or ``POST
+        Agents/Person/Undelete {Id}``): the person and its consent rows come back as they were.
+        SuperOffice documents nothing a restore stamps; ConsentPerson has no deleted date, so its
+        rows are not touched: the sandbox moves no updated time (the person's included). 404
+        where the id is not in the recycle bin (never deleted, or purged)."""
+        if isinstance(person_id, bool) or not isinstance(person_id, int):
+            raise TenantError(400, "ArgumentException", f"Id must be an integer, not {person_id!r}")
+        with self._lock:
+            self.purge_recycle_bin()
+            held = self.recycle_bin.pop(person_id, None)
+            if held is None:
+                raise TenantError(
+                    404, "EntityNotFoundException", f"Person with id {person_id} is not in the recycle bin"
+                )
+            person, rows, _deleted_at = held
+            self.persons[person_id] = person
+            for row in rows:
+                self.consents[row.id] = row
+            return person
+
+    def purge_recycle_bin(self, *, everything: bool = False) -> list[int]:
+        """Purges (deletes for good) the persons deleted longer than ``recycle_bin_days`` ago,
+        or all of them: they can never be restored. Answers their ids."""
+        with self._lock:
+            limit = self.clock() - dt.timedelta(days=self.recycle_bin_days)
+            gone = [
+                person_id
+                for person_id, (_person, _rows, deleted_at) in self.recycle_bin.items()
+                if everything or deleted_at <= limit
+            ]
+            for person_id in gone:
+                del self.recycle_bin[person_id]
+            return gone
 
     def patch_person(self, person_id: Any, changes: dict[str, Any]) -> Person:
         """PATCH Person/{id}: ``changes`` by PersonEntity property (lower-cased): firstname,
