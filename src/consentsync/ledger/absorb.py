@@ -18,8 +18,10 @@ restriction are the caller's to carry, as a merge carries them.
 Never absorbed: a person holding an address (of any kind, or an erased one's hash: they are
 someone), an erased person, one with an objection still pending review (its decision belongs to
 them), and one the evidence ties to two address holders, or whose records were last read showing
-an address other than the holder's (two people may then be pooled on a guess). Nothing is read
-per record: the caller names the few pairs a page's records tie, and only those are looked up.
+an address other than the holder's (two people may then be pooled on a guess); nor one tied only
+by a record carrying an address its holder left (the sync leaves such ties out:
+``engine._tied_through_left``). Nothing is read per record: the caller names the few pairs a
+page's records tie, and only those are looked up.
 """
 
 from __future__ import annotations

@@ -305,6 +305,10 @@ class SubjectResolver:
         self.created = 0
         # Whether the ledger's text sorts by code point (``_sorts_by_code_point``), once asked.
         self._by_code_point: bool | None = None
+        # Each address looked up that its holder left (``left_at`` set): the holder and the form
+        # it is held under. Read with the holder, in the same statement (``_find_emails``): the
+        # sync weighs a record showing one (``SyncEngine._through_left``) at no cost for the others.
+        self.left: dict[str, tuple[int, str]] = {}
 
     def resolve(self, identities: Sequence[Identity]) -> list[int]:
         by_link = self._find_links({i.link for i in identities if i.link})
@@ -589,17 +593,18 @@ class SubjectResolver:
                 continue
             for form in email_forms(value):
                 held.setdefault((subject_id, self.hashed(form)), (row_id, value, left_at is not None))
-        again: dict[int, tuple[int, str, Reread]] = {}
+        showing: dict[int, list[tuple[int, str, Reread]]] = {}
         leaving: dict[int, tuple[int, str, Reread]] = {}
         for reread in rereads:
             shown = held.get((reread.subject_id, reread.now))
             if shown is None:
                 continue  # not an address of theirs: says nothing of what they hold
             if shown[2]:
-                again.setdefault(shown[0], (reread.subject_id, shown[1], reread))
+                showing.setdefault(shown[0], []).append((reread.subject_id, shown[1], reread))
             last = held.get((reread.subject_id, reread.before)) if reread.before is not None else None
             if last is not None and last[0] != shown[0] and not last[2]:
                 leaving.setdefault(last[0], (reread.subject_id, last[1], reread))
+        again = self._held_again(showing)
         for row_id in again:
             leaving.pop(row_id, None)
         if leaving:
@@ -666,6 +671,46 @@ class SubjectResolver:
                 )
             )
         log.info("identity.addresses_left", left=len(leaving), held_again=len(again))
+
+    def _held_again(
+        self, showing: dict[int, list[tuple[int, str, Reread]]]
+    ) -> dict[int, tuple[int, str, Reread]]:
+        """Of the left addresses (by row id) that re-read records show, each with the rereads
+        showing it, those a record of the person's from before they left it shows: linked to
+        them no later than ``left_at``. A record linked since, by that address alone (the old
+        mailbox's new owner's contact, edited away from it and back), is no record of theirs
+        showing it again (docs/policy.md, "An address a person no longer holds"). Rare: one
+        read (the people's links of those records, beside the addresses), only where a re-read
+        record shows a left address."""
+        if not showing:
+            return {}
+        held_rows, links = subject_identifiers.c, crm_links.c
+        rereads = [reread for rows in showing.values() for _s, _v, reread in rows]
+        times: dict[tuple[int, CrmLink], tuple[datetime, datetime]] = {}
+        for row_id, left_at, connector, object_type, record_id, linked_at in self.conn.execute(
+            select(
+                held_rows.id,
+                held_rows.left_at,
+                links.connector,
+                links.object_type,
+                links.record_id,
+                links.linked_at,
+            )
+            .join(crm_links, links.subject_id == held_rows.subject_id)
+            .where(
+                one_of(self.conn, held_rows.id, sorted(showing)),
+                one_of(self.conn, links.record_id, sorted({r.link.record_id for r in rereads})),
+            )
+        ):
+            times[(row_id, CrmLink(connector, object_type, record_id))] = (linked_at, left_at)
+        again: dict[int, tuple[int, str, Reread]] = {}
+        for row_id, rows in showing.items():
+            for subject_id, value, reread in rows:
+                linked_at, left_at = times.get((row_id, reread.link), (None, None))
+                if linked_at is not None and left_at is not None and linked_at <= left_at:
+                    again[row_id] = (subject_id, value, reread)
+                    break
+        return again
 
     def _linked_at(self, links: Sequence[CrmLink]) -> dict[CrmLink, datetime]:
         """When each of ``links`` was linked to its person (a few records of a page: as typed
@@ -789,11 +834,11 @@ class SubjectResolver:
         folding CRM's (its fold character): the caller's source may say it is what it says."""
         wanted = {form: email for email in emails for form in email_forms(email)}
         rows = {
-            value: (subject_id, folds)
-            for value, subject_id, folds in select_in(
+            value: (subject_id, folds, left_at)
+            for value, subject_id, folds, left_at in select_in(
                 self.conn,
                 subject_identifiers,
-                ("value", "subject_id", "folds_astral_to"),
+                ("value", "subject_id", "folds_astral_to", "left_at"),
                 "value",
                 sorted(wanted),
                 equal=[("kind", EMAIL)],
@@ -803,12 +848,14 @@ class SubjectResolver:
         for email in emails:
             for form in email_forms(email):
                 if form in rows:
-                    subject_id, folds = rows[form]
+                    subject_id, folds, left_at = rows[form]
                     # Nearly always held as it is (nothing more asked); else under an older
                     # form, or its folded one where a folding CRM's record brought that.
                     if form != email and not holds_for(email, form, folds):
                         continue  # another person's "?" (it is the last form)
                     found[email] = subject_id
+                    if left_at is not None:  # NULL or not only: the value is read where needed
+                        self.left[email] = (subject_id, form)
                     if folds is not None and form == email and marked is not None:
                         marked[email] = folds
                     break
@@ -1002,6 +1049,35 @@ def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "conse
     if leaving or restored:  # said once per ledger, and only where addresses were left
         log.info("identity.left_backfilled", addresses=len(leaving), restored=len(restored))
     return len(leaving) + len(restored)
+
+
+def linked_and_left(
+    conn: Connection, connector: str, object_type: str, showing: dict[str, tuple[int, str]]
+) -> dict[str, tuple[datetime, datetime]]:
+    """For records of one connector and object (by record id) each showing an address its
+    person left (``showing``: the person and the form the address is held under,
+    ``SubjectResolver.left``), when the record was linked to that person and when they left
+    the address, as typed values. One statement, only for a page holding such a record."""
+    if not showing:
+        return {}
+    links, held = crm_links.c, subject_identifiers.c
+    rows = conn.execute(
+        select(links.record_id, links.subject_id, links.linked_at, held.value, held.left_at)
+        .join(subject_identifiers, held.subject_id == links.subject_id)
+        .where(
+            links.connector == connector,
+            links.object_type == object_type,
+            one_of(conn, links.record_id, sorted(showing)),
+            held.kind == EMAIL,
+            one_of(conn, held.value, sorted({form for _s, form in showing.values()})),
+            held.left_at.is_not(None),
+        )
+    )
+    found: dict[str, tuple[datetime, datetime]] = {}
+    for record_id, subject_id, linked_at, value, left_at in rows:
+        if showing.get(record_id) == (subject_id, value):
+            found[record_id] = (linked_at, left_at)
+    return found
 
 
 def _past(prefix: str) -> str | None:

@@ -1061,18 +1061,22 @@ class Ledger:
         *,
         run_id: str | None = None,
         elsewhere: list[tuple[int, int]] | None = None,
+        left: dict[str, tuple[int, str]] | None = None,
     ) -> tuple[list[int], int]:
         """Resolves identities read from a CRM to subjects inside the caller's transaction,
         creating subjects and CRM links that are new; returns the subject ids and how many
         subjects were created. An erased person's address is matched by its keyed hash only.
         ``elsewhere``, when given, is filled with (the person a record's address names, the
-        person the record was resolved to) wherever they differ."""
+        person the record was resolved to) wherever they differ; ``left`` with each address
+        read that its holder left (``SubjectResolver.left``: the holder, the form held)."""
         if not identities:
             return [], 0
         resolver = SubjectResolver(
             conn, self.erasure_key(), self.clock(), run_id, from_crm=True, elsewhere=elsewhere
         )
         subject_ids = resolver.resolve(identities)
+        if left is not None:
+            left.update(resolver.left)
         audit.append(conn, resolver.audit, self.clock())
         analyse_grown(conn)
         return subject_ids, resolver.created

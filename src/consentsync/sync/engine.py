@@ -51,7 +51,7 @@ from consentsync.domain import (
 from consentsync.ledger import absorb
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import CrmLink, Identity, Reread, holds_for, last_erased_at
+from consentsync.ledger.identity import CrmLink, Identity, Reread, holds_for, last_erased_at, linked_and_left
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -245,6 +245,28 @@ class _Share:
 
 # A CRM call's answers: the rows it wrote, and each answer by position in them.
 _Answered = tuple[list[Any], dict[int, WriteResult]]
+
+
+def _tied_through_left(
+    identities: Sequence[Identity],
+    subject_ids: Sequence[int],
+    left: dict[str, tuple[int, str]],
+    elsewhere: Sequence[tuple[int, int]],
+) -> set[tuple[int, int]]:
+    """Of ``elsewhere`` (an address's holder, the person of a record showing it), the pairs only
+    records showing an address its holder left made: such a record ties nobody to the holder
+    (the old mailbox's new owner's contact pointing to their own Individual: docs/policy.md, "An
+    address a person no longer holds does not speak for them"), so its person is not absorbed
+    into them. The holder's nos still reach the record (``_carry_the_nos``: the CRM writes to the
+    address). Counted, so that a pair another record made too stays a tie."""
+    made: dict[tuple[int, int], int] = {}
+    for identity, subject_id in zip(identities, subject_ids, strict=True):
+        found = left.get(identity.email) if identity.email else None
+        if found is not None and found[0] != subject_id:
+            made[(found[0], subject_id)] = made.get((found[0], subject_id), 0) + 1
+    if not made:
+        return set()
+    return {pair for pair, count in made.items() if sum(1 for said in elsewhere if said == pair) <= count}
 
 
 class _PageLink(NamedTuple):
@@ -1156,8 +1178,10 @@ class SyncEngine:
         # user's edit, an import, a merge that kept the other's address): the CRM writes to that
         # address, so that person's nos and erasure reach the record's person, as in a merge.
         elsewhere: list[tuple[int, int]] = []
+        # The addresses read that their holders left, found with their holders (no lookup more).
+        left: dict[str, tuple[int, str]] = {}
         subject_ids, created = self.ledger.link_in(
-            conn, identities, run_id=report.run_id, elsewhere=elsewhere
+            conn, identities, run_id=report.run_id, elsewhere=elsewhere, left=left
         )
         extra_links = [
             Identity(link=link, subject_id=subject_id)
@@ -1177,6 +1201,8 @@ class SyncEngine:
         # is absorbed (ledger/absorb.py) before the page's evidence is recorded, so that it goes
         # to the holder. Only the page's ties are looked up: nothing is read for other records.
         ties = set(elsewhere)
+        if left:
+            ties -= _tied_through_left(identities, subject_ids, left, elsewhere)
         for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True):
             ties.update(
                 (other, subject_id) for link in links if (other := known.get(link, subject_id)) != subject_id
@@ -1191,6 +1217,14 @@ class SyncEngine:
                     if owner != held
                 ]
 
+        # Records speaking for their person only through an address the person left: their
+        # grants are no word of the person's (``_through_left``). Nothing is read for a page
+        # showing no such address.
+        aside = (
+            self._through_left(conn, mapping, good, identities, subject_ids, left, held, digests)
+            if left
+            else set()
+        )
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
         # People whose pushes must be looked at again: a record new to the ledger, or changed. A
@@ -1239,6 +1273,8 @@ class SyncEngine:
                 or (before is not None and before.gone_at is not None)
             ):
                 examine.add(subject_id)
+            if record.record_id in aside:
+                fresh = self._set_aside(report, mapping, record.record_id, fresh, problems, now)
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
                 (
@@ -1307,6 +1343,88 @@ class SyncEngine:
                 for o in outcomes
                 if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
             ]
+
+    def _through_left(
+        self,
+        conn: Connection,
+        mapping: Mapping,
+        good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]],
+        identities: list[Identity],
+        subject_ids: list[int],
+        left: dict[str, tuple[int, str]],
+        held: dict[str, _PageLink],
+        digests: dict[str, str],
+    ) -> set[str]:
+        """The page's records (by id) that speak for their person only through an address the
+        person left (``left``, ``SubjectResolver.left``; docs/policy.md, "An address a person no
+        longer holds does not speak for them"): whoever writes from it now may be someone else,
+        so the record's grants are set aside (``_set_aside``), on its first read and on every
+        read while it shows that address; its nos are the person's, on the safe side.
+
+        Not set aside: a record pointing to a record known as the holder's (an Individual: the
+        CRM ties it to them, not the address), and a record known by its id as theirs from
+        before they left the address (linked no later than ``left_at``) read showing it anew or
+        back from deletion: that read makes the address theirs again (``note_rereads``). Any
+        other record showing it was linked by the address alone, after the person's record
+        moved (the recycled mailbox's new owner's contact). One statement, only for a page
+        showing a left address."""
+        showing: dict[str, tuple[int, str]] = {}
+        for (record, _, _, _), identity, subject_id in zip(good, identities, subject_ids, strict=True):
+            found = left.get(identity.email) if identity.email else None
+            if found is None or found[0] != subject_id or identity.subject_id == subject_id:
+                continue
+            showing[record.record_id] = found
+        times = linked_and_left(conn, self.name, mapping.object, showing)
+        aside: set[str] = set()
+        for record_id in showing:
+            linked_at, left_at = times.get(record_id, (None, None))
+            before = held.get(record_id)
+            again = (
+                before is not None
+                and (before.identity != digests[record_id] or before.gone_at is not None)
+                and linked_at is not None
+                and left_at is not None
+                and linked_at <= left_at
+            )
+            if not again:
+                aside.add(record_id)
+        return aside
+
+    def _set_aside(
+        self,
+        report: RunReport,
+        mapping: Mapping,
+        record_id: str,
+        fresh: list[Evidence],
+        problems: list[dict[str, Any]],
+        now: datetime,
+    ) -> list[Evidence]:
+        """``fresh`` less its grants (every value that is not a no), read from a record that
+        speaks for its person only through an address they left (``_through_left``). The grants
+        are kept in the record's snapshot as read (they are not read as new again, even once the
+        address is the person's again: they were said from it meanwhile) and named in a
+        quarantine row for ops, with the reason; the nos are recorded."""
+        said_no = [e for e in fresh if e.status in SAID_NO_STATUSES]
+        if len(said_no) == len(fresh):
+            return fresh
+        aside = [e for e in fresh if e.status not in SAID_NO_STATUSES]
+        named = sorted({f"{e.purpose}/{e.channel} {e.status.value}" for e in aside})
+        reason = (
+            f"not recorded as its person's consent ({', '.join(named)}): the record is theirs only "
+            "through an address they left, and whoever writes from it now may be someone else "
+            '(docs/policy.md, "An address a person no longer holds does not speak for them"); '
+            "its nos are recorded"
+        )
+        log.warning(
+            "sync.grant_set_aside",
+            run_id=report.run_id,
+            connector=self.name,
+            object=mapping.object,
+            record_id=record_id,
+            values=len(aside),
+        )
+        problems.append(self._quarantine_row(report, mapping.object, record_id, "pull", reason, now))
+        return said_no
 
     def _recordable(self, evidence: list[Evidence], now: datetime, to_correct: list[str]) -> list[Evidence]:
         """What of one record's evidence the ledger can record, the reasons for the rest added
