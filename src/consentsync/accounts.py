@@ -5,9 +5,12 @@ records; an admin also manages accounts. Every account change, login and failed 
 audit entry. A failed login names the account only when it exists (a name typed by mistake may be
 a password); throttling counts digests of the name tried and of the client, never either in clear.
 
-Throttling cannot lock an account out for everyone: failures are counted per account *and*
+Throttling cannot lock an account out for its owner: failures are counted per account *and*
 client (each failure past the first few doubles the wait before that client may try that account
-again) and per client across accounts (a budget). An admin unlocks an account; a new password
+again), per client across accounts (a budget), and per account across clients (a ceiling of
+MAX_FAILURES_PER_ACCOUNT an hour, ASVS 4.0.3 V2.2.1), which holds back every client but a browser
+that logged in to the account before (its device cookie, web/security.py). IPv6 clients are
+counted by /64 (one host's share of addresses). An admin unlocks an account; a new password
 unlocks it too. Sessions live in the ledger (``console_sessions``), keyed by the SHA-256 of a
 random id: logging out, disabling the account and an admin end them for good; a new password ends
 the account's other sessions; one unused for ``IDLE_TIMEOUT`` ends by itself. Passwords are
@@ -18,6 +21,8 @@ at least 12 characters and not in the shipped list of the 10,000 most common pas
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -48,6 +53,17 @@ THROTTLE_WINDOW = timedelta(minutes=15)
 FREE_FAILURES = 3
 BACKOFF_BASE = timedelta(seconds=2)
 MAX_FAILURES_PER_CLIENT = 20
+# ASVS 4.0.3 V2.2.1: no more than 100 failed attempts an hour on one account. Past this many
+# failures within ACCOUNT_WINDOW, whatever the clients (an attacker's addresses are many), the
+# account is tried by nobody (the right password refused too) until the oldest leave the hour;
+# nobody but a browser that logged in to it before, with fewer than DEVICE_FAILURES failures of
+# its own within the hour (a device cookie, web/security.py): the owner is not locked out.
+ACCOUNT_WINDOW = timedelta(hours=1)
+MAX_FAILURES_PER_ACCOUNT = 100
+DEVICE_FAILURES = 10
+# IPv6 clients are counted by network of this prefix: one host is given a /64, billions of
+# addresses, and a count per address would give it as many tries.
+IPV6_CLIENT_PREFIX = 64
 SESSION_HOURS = 12
 # A session not used for this long ends too (ASVS 4.0 V3.3.2 at level 2, after NIST SP 800-63B
 # AAL2: 12 hours, or 30 minutes of inactivity): a console left open on a shared desk does not
@@ -114,8 +130,8 @@ class Account:
 class LoginThrottled(Exception):
     """Too many failed logins for this account or from this client; retry after ``retry_after``."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"too many failed logins: try again in {retry_after} s")
+    def __init__(self, retry_after: int, message: str = "too many failed logins") -> None:
+        super().__init__(f"{message}: try again in {retry_after} s")
         self.retry_after = retry_after
 
 
@@ -139,9 +155,23 @@ def common_passwords() -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
+_SPACE_RUNS = re.compile(r"\s+")
+
+
 def check_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise InvalidInput(f"the password must be at least {MIN_PASSWORD_LENGTH} characters long")
+    """The password, when the policy accepts it: at least MIN_PASSWORD_LENGTH characters, a run
+    of spaces counting as one (ASVS 4.0.3 V2.1.1), not blank, at most 1024, not a common one.
+    Only checked: the password itself is kept as typed."""
+    if not password.strip():
+        raise InvalidInput(
+            f"the password must not be blank or spaces only: give at least {MIN_PASSWORD_LENGTH} "
+            "characters, a run of spaces counting as one"
+        )
+    if len(_SPACE_RUNS.sub(" ", password)) < MIN_PASSWORD_LENGTH:
+        raise InvalidInput(
+            f"the password must be at least {MIN_PASSWORD_LENGTH} characters long, "
+            "a run of spaces counting as one"
+        )
     if len(password) > 1024:
         raise InvalidInput("the password must be at most 1024 characters long")
     if password.strip().lower() in common_passwords():
@@ -151,6 +181,20 @@ def check_password(password: str) -> str:
 
 def token_hash(token: str) -> str:
     return _digest(token)
+
+
+def client_group(client: str) -> str:
+    """The client as throttling counts it: an IPv4 address as it is, an IPv6 one by its /64
+    (an IPv4-mapped one as the IPv4 address), anything else (no address: "unknown") as given."""
+    try:
+        ip = ipaddress.ip_address(client.strip())
+    except ValueError:
+        return client
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +349,7 @@ class Accounts:
         keep_session: str | None = None,
         current_password: str | None = None,
         client: str = "unknown",
+        device: str | None = None,
     ) -> Account:
         """Save what differs from the account as it is, and only that: a save that changes nothing
         writes nothing (no audit entry). A password given is always set (it cannot be compared).
@@ -314,13 +359,14 @@ class Accounts:
         An account setting its own password must give its current one (ASVS 4.0 V2.1.6): a
         session taken over (a console left open, a stolen cookie) could otherwise change it and
         lock its owner out. It is checked as a login from ``client`` is, throttled and counted
-        alike, so the form cannot be used to guess it. An admin resetting another account's
-        password is not asked for that account's (they do not know it; it is audited as theirs)."""
+        alike, so the form cannot be used to guess it (``device``: as ``authenticate``). An admin
+        resetting another account's password is not asked for that account's (they do not know
+        it; it is audited as theirs)."""
         current = self.get(name)
         if password:
             check_password(password)  # a refused new password costs no attempt at the current one
             if actor == current.name:
-                self.confirm_password(current.name, current_password or "", client=client)
+                self.confirm_password(current.name, current_password or "", client=client, device=device)
         if role and Role.parse(role) != current.role:
             self.set_role(name, role, actor=actor)
         if password:
@@ -352,16 +398,19 @@ class Accounts:
         return current
 
     def locked(self, name: str) -> bool:
-        """Whether some client must wait before trying this account again."""
+        """Whether some client must wait before trying this account again (the account's hourly
+        ceiling reached: every client but its owner's browsers)."""
         now = self.clock()
         table = console_login_failures
+        name_digest = self._name_digest(name)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(table.c.client_digest, func.count(), func.max(table.c.at))
-                .where(table.c.name_digest == self._name_digest(name), table.c.at >= now - THROTTLE_WINDOW)
+                .where(table.c.name_digest == name_digest, table.c.at >= now - THROTTLE_WINDOW)
                 .group_by(table.c.client_digest)
             ).all()
-        return any(_backoff_until(count, last) > now for _client, count, last in rows)
+            ceiling = _ceiling_until(conn, name_digest, now)
+        return ceiling is not None or any(_backoff_until(count, last) > now for _client, count, last in rows)
 
     def _name_digest(self, name: str) -> str:
         return (self.keyed or _digest)(name.strip().lower()[:200])
@@ -511,7 +560,9 @@ class Accounts:
 
     # -- login ---------------------------------------------------------------------------------
 
-    def confirm_password(self, name: str, password: str, *, client: str) -> Account:
+    def confirm_password(
+        self, name: str, password: str, *, client: str, device: str | None = None
+    ) -> Account:
         """The account, when ``password`` is its current one: checked by ``authenticate`` (the
         same throttle and count as a login from ``client``; audited with rule
         ``current_password``). Raises ``InvalidInput`` when it is not given or wrong, and
@@ -520,21 +571,32 @@ class Accounts:
             raise InvalidInput(
                 "current_password: give your current password to set a new one for your own account"
             )
-        account = self.authenticate(name, password, client=client, rule=CURRENT_PASSWORD_RULE)
+        account = self.authenticate(name, password, client=client, rule=CURRENT_PASSWORD_RULE, device=device)
         if account is None:
             raise InvalidInput("current_password: the current password is wrong; nothing was changed")
         return account
 
     def authenticate(
-        self, name: str, password: str, *, client: str, rule: str | None = None
+        self,
+        name: str,
+        password: str,
+        *,
+        client: str,
+        rule: str | None = None,
+        device: str | None = None,
     ) -> Account | None:
         """The account when the password is right; None (and an audited, counted failure) when
         not. Raises ``LoginThrottled`` before checking anything when too many attempts failed.
-        ``rule`` marks the audit entry of a check that is not a login (``confirm_password``)."""
+        ``rule`` marks the audit entry of a check that is not a login (``confirm_password``).
+        ``client`` is counted by ``client_group``. ``device``: the id of a device cookie the
+        caller verified was issued to this account at a login (web/security.py); while it has
+        fewer than DEVICE_FAILURES failures in the hour, the account's ceiling does not hold it
+        back."""
         now = self.clock()
         tried = name.strip().lower()[:200]
         digest = self.keyed or _digest
-        name_digest, client_digest = digest(tried), digest(client)
+        name_digest, client_digest = digest(tried), digest(client_group(client))
+        device_digest = digest("device|" + device[:200]) if device else None
         # The attempt counts as a failure before the password is checked (taken back when it is
         # right): attempts sent side by side would otherwise all pass the throttle before any
         # failed, and a client could try as many passwords at once as the server has threads.
@@ -544,12 +606,18 @@ class Accounts:
         # sent to each at once all passed. A write transaction is serialised on both databases
         # (SQLite's BEGIN IMMEDIATE, the writer lock on PostgreSQL: ledger/engine.py).
         with _THROTTLE_LOCK, self.engine.begin() as conn:
-            self._check_throttle(conn, name_digest, client_digest, now)
+            self._check_throttle(conn, name_digest, client_digest, now, device_digest)
             conn.execute(
                 insert(console_login_failures).values(
                     name_digest=name_digest, client_digest=client_digest, at=now
                 )
             )
+            if device_digest is not None:  # the device's own count, apart from any account's
+                conn.execute(
+                    insert(console_login_failures).values(
+                        name_digest=device_digest, client_digest=device_digest, at=now
+                    )
+                )
         with self.engine.connect() as conn:
             row = conn.execute(select(console_users).where(console_users.c.name == tried)).first()
         ok = False
@@ -568,6 +636,13 @@ class Accounts:
                         console_login_failures.c.client_digest == client_digest,
                     )
                 )
+                # The device's own failures start over too: its owner got the password right.
+                if device_digest is not None:
+                    conn.execute(
+                        delete(console_login_failures).where(
+                            console_login_failures.c.name_digest == device_digest
+                        )
+                    )
                 if HASHER.check_needs_rehash(row.password_hash):
                     conn.execute(
                         update(console_users)
@@ -593,26 +668,68 @@ class Accounts:
             audit.append(conn, [record], now)
         return _account(row) if ok and row is not None else None
 
-    def _check_throttle(self, conn: Any, name_digest: str, client_digest: str, now: datetime) -> None:
-        """Raises ``LoginThrottled`` when this client must wait for this account, or for any;
-        inside the caller's write transaction, which then counts the attempt."""
+    def _check_throttle(
+        self, conn: Any, name_digest: str, client_digest: str, now: datetime, device_digest: str | None = None
+    ) -> None:
+        """Raises ``LoginThrottled`` when this client must wait for this account, or for any, or
+        when the account's hourly ceiling is reached (unless ``device_digest`` is a device cookie
+        of the account in good standing); inside the caller's write transaction, which then
+        counts the attempt."""
         since = now - THROTTLE_WINDOW
         table = console_login_failures
-        conn.execute(delete(table).where(table.c.at < since))
+        conn.execute(delete(table).where(table.c.at < now - ACCOUNT_WINDOW))
         count, last = conn.execute(
             select(func.count(), func.max(table.c.at)).where(
-                table.c.name_digest == name_digest, table.c.client_digest == client_digest
+                table.c.name_digest == name_digest,
+                table.c.client_digest == client_digest,
+                table.c.at >= since,
             )
         ).one()
         until = _backoff_until(count, last)
         if until > now:
             raise LoginThrottled(max(1, int((until - now).total_seconds()) + 1))
         count, oldest = conn.execute(
-            select(func.count(), func.min(table.c.at)).where(table.c.client_digest == client_digest)
+            select(func.count(), func.min(table.c.at)).where(
+                table.c.client_digest == client_digest, table.c.at >= since
+            )
         ).one()
         if count >= MAX_FAILURES_PER_CLIENT:
             first = oldest or now
             raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
+        ceiling = _ceiling_until(conn, name_digest, now)
+        if ceiling is None:
+            return
+        if device_digest is not None:
+            failed = conn.execute(
+                select(func.count()).where(
+                    table.c.name_digest == device_digest, table.c.at >= now - ACCOUNT_WINDOW
+                )
+            ).scalar_one()
+            if failed < DEVICE_FAILURES:
+                return
+        raise LoginThrottled(
+            max(1, int((ceiling - now).total_seconds()) + 1),
+            f"{MAX_FAILURES_PER_ACCOUNT} failed logins for this account within the hour, from "
+            "anywhere (a browser that logged in to it before is let through)",
+        )
+
+
+def _ceiling_until(conn: Any, name_digest: str, now: datetime) -> datetime | None:
+    """Until when the account's failures within the hour stay at MAX_FAILURES_PER_ACCOUNT or
+    more (when the one that brings them below leaves the hour), or None when they are fewer."""
+    table = console_login_failures
+    recent = table.c.name_digest == name_digest, table.c.at >= now - ACCOUNT_WINDOW
+    count = conn.execute(select(func.count()).where(*recent)).scalar_one()
+    if count < MAX_FAILURES_PER_ACCOUNT:
+        return None
+    leaving = conn.execute(
+        select(table.c.at)
+        .where(*recent)
+        .order_by(table.c.at)
+        .offset(count - MAX_FAILURES_PER_ACCOUNT)
+        .limit(1)
+    ).scalar_one()
+    return max(now, leaving + ACCOUNT_WINDOW)
 
 
 def _backoff_until(failures: int, last: datetime | None) -> datetime:

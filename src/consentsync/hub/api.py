@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -46,6 +47,8 @@ from consentsync.hub.keys import ApiKey
 from consentsync.hub.preferences import PreferenceCentre
 from consentsync.hub.ratelimit import RateLimiter
 from consentsync.ledger.service import NotFound
+from consentsync.web.swagger import ASSETS as SWAGGER_ASSETS
+from consentsync.web.swagger import swagger_page
 
 log = structlog.get_logger("consentsync.hub.api")
 KEY_CACHE_SECONDS = 1.0
@@ -53,6 +56,10 @@ KEY_CACHE_SECONDS = 1.0
 # longest, escaped as JSON, stays below it. Bigger is refused (413) before it is read or parsed,
 # which FastAPI would otherwise do before the API key is checked.
 BODY_MAX = 8 * 1024 * 1024
+# The docs page's CSP, the console's own (web/app.py) with the page's inline script hashed in.
+DOCS_CSP = (
+    "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
 
 
 class _Body(BaseModel):
@@ -360,11 +367,24 @@ def create_app(hub: Hub) -> FastAPI:
         description="Record consents, objections and erasure requests where people act, and ask "
         "before each message whether a person may be contacted. Authenticate with an API key "
         "(`consentsync apikey add`) as `Authorization: Bearer <key>`.",
-        docs_url="/docs",
+        # FastAPI's own docs page loads Swagger UI from a CDN and starts it with an inline script,
+        # both refused by the console's CSP (a blank page): served below from the package instead.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.add_middleware(BodyLimit, limit=BODY_MAX)
+    # Relative links: the page at /v1/docs loads /v1/openapi.json and /v1/swagger-ui/..., and the
+    # app served alone (the tests) finds them at /openapi.json and /swagger-ui/... alike.
+    app.mount("/swagger-ui", StaticFiles(directory=str(SWAGGER_ASSETS)), name="capture_swagger_ui")
+    docs_body, docs_csp = swagger_page(
+        openapi_url="openapi.json", title="consentsync capture API", assets="swagger-ui", csp=DOCS_CSP
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(docs_body, headers={"Content-Security-Policy": docs_csp})
+
     limiter = RateLimiter()
     default_rate = hub.settings.rate_per_minute
     centre = PreferenceCentre(hub)  # an erasure asked for an address its person left: asked of them

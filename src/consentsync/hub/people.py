@@ -288,7 +288,9 @@ def create_app(hub: Hub) -> FastAPI:
     offered = list(settings.languages) or ["en"]
     templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     app.add_middleware(BodyLimit, limit=FORM_MAX)
-    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
+    # A name of its own: path_of asks the outermost app first (the console, whose own /static is
+    # mounted as console_static), so a shared "static" linked the console's folder, not this one.
+    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="people_static")
     csp = content_security_policy(branding)
     stylesheet = brand_css(branding)
     # An http(s) URL (its origin is allowed in the CSP) or a path on this site; "//host" is neither.
@@ -329,7 +331,7 @@ def create_app(hub: Hub) -> FastAPI:
                 "brand": branding,
                 "logo": logo,
                 "languages": switch,
-                "css": [path_of(request, "static", path="people.css"), path_of(request, "brand_css")],
+                "css": [path_of(request, "people_static", path="people.css"), path_of(request, "brand_css")],
                 **context,
             },
             status_code=status,

@@ -16,7 +16,15 @@ from consentsync.domain import InvalidInput
 from consentsync.hub.api import NOT_NAMED, duplicate_key, names_a_key_twice
 from consentsync.web.console import Page, parse_day
 from consentsync.web.deps import console_of, require, session_of, sessions_of, viewer_zone
-from consentsync.web.security import LOGIN_COOKIE, SESSION_COOKIE, SESSION_HOURS, client_of, set_cookie
+from consentsync.web.security import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_HOURS,
+    client_of,
+    remember_device,
+    request_device,
+    set_cookie,
+)
 
 # sync.runs.RUN_STATUSES, as a type the OpenAPI schema lists (test_api checks they agree).
 RunStatus = Literal["running", "succeeded", "failed", "crashed", "stopped", "held", "skipped"]
@@ -150,7 +158,12 @@ async def login_body(request: Request, credentials: Credentials) -> Credentials:
 @router.post("/session", summary="Log in: sets the session cookie, answers the CSRF token")
 def login(credentials: Annotated[Credentials, Depends(login_body)], request: Request) -> JSONResponse:
     console = console_of(request)
-    account = console.accounts.authenticate(credentials.name, credentials.password, client=client_of(request))
+    account = console.accounts.authenticate(
+        credentials.name,
+        credentials.password,
+        client=client_of(request),
+        device=request_device(request, credentials.name),
+    )
     if account is None:
         return JSONResponse({"detail": "wrong name or password"}, status_code=401)
     sessions = sessions_of(request)
@@ -161,6 +174,7 @@ def login(credentials: Annotated[Credentials, Depends(login_body)], request: Req
     )
     response = JSONResponse({"user": account.as_dict(), "csrf_token": sessions.csrf_for(token)})
     set_cookie(response, request, SESSION_COOKIE, token, SESSION_HOURS * 3600)
+    remember_device(response, request, account)
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
@@ -202,6 +216,7 @@ def change_own_password(request: Request, change: PasswordChange, account: Viewe
             current_password=change.current_password,
             keep_session=session.token if session else None,
             client=client_of(request),
+            device=request_device(request, account.name),
         )
         .as_dict()
     )
@@ -426,6 +441,7 @@ def change_user(
             keep_session=session.token if session else None,
             current_password=change.current_password,
             client=client_of(request),
+            device=request_device(request, name),
         )
         .as_dict()
     )

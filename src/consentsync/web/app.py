@@ -3,8 +3,6 @@ right), error handling, security headers; the pages and the JSON API are routers
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -14,7 +12,6 @@ from urllib.parse import urlencode, urlsplit
 import structlog
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from consentsync.accounts import Account, LoginThrottled, Role
 from consentsync.domain import InvalidInput
+from consentsync.hub.bodylimit import BodyLimit
 from consentsync.ledger.service import NotFound
 from consentsync.web import api, pages
 from consentsync.web.console import Console
@@ -31,6 +29,7 @@ from consentsync.web.drafts import DRAFT_COOKIE, DRAFT_MINUTES, Drafts
 from consentsync.web.plans import Conflict
 from consentsync.web.rendering import is_utc_time, render, soft_breaks
 from consentsync.web.security import CSRF_FIELD, SESSION_COOKIE, Sessions, set_cookie, signing_key
+from consentsync.web.swagger import swagger_page
 
 log = structlog.get_logger("consentsync.web")
 _PACKAGE = resources.files("consentsync.web")
@@ -41,6 +40,14 @@ DOCS_URL = "/api/docs"
 OPENAPI_URL = "/api/openapi.json"
 SWAGGER = "/static/swagger-ui"  # vendored swagger-ui-dist (static/swagger-ui/README.md)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+# The largest body the console reads (docs/console-ops.md, "Request bodies"). Its largest legitimate
+# ones are a bulk retry's: a form of 25 ids, a 4,000-character reason and an 8,000-character
+# ``back`` path, percent-encoded (up to 12 bytes a character: about 150 KB), or the API's 1,000
+# ids and a reason as JSON escapes (about 60 KB). Anything larger is refused with 413 before it
+# is read, whoever sends it: FastAPI reads and parses a body before the login check runs.
+BODY_MAX = 256 * 1024
+# Where the hub's apps are mounted (_mount_hub): each caps its own bodies (8 MiB, 64 KiB).
+HUB_MOUNTS = ("/v1/", "/p/")
 
 
 def allowed_hosts(console: Console, bind: str | None) -> list[str]:
@@ -70,20 +77,11 @@ def host_allowed(name: str, allowed: list[str]) -> bool:
 
 def _docs_page() -> tuple[HTMLResponse, str]:
     """Swagger UI from the package's own files, and the CSP that lets exactly its one inline
-    script (the page's initialiser, hashed) and the files from 'self' run."""
-    page = get_swagger_ui_html(
-        openapi_url=OPENAPI_URL,
-        title="consentsync ops console API",
-        swagger_js_url=f"{SWAGGER}/swagger-ui-bundle.js",
-        swagger_css_url=f"{SWAGGER}/swagger-ui.css",
-        swagger_favicon_url=f"{SWAGGER}/favicon-32x32.png",
+    script (the page's initialiser, hashed) and the files from 'self' run (web/swagger.py)."""
+    body, csp = swagger_page(
+        openapi_url=OPENAPI_URL, title="consentsync ops console API", assets=SWAGGER, csp=CSP
     )
-    inline = re.findall(r"<script>(.*?)</script>", bytes(page.body).decode(), re.S)
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
-        for script in inline
-    )
-    return page, CSP.replace("default-src 'self';", f"default-src 'self'; script-src 'self' {hashes};")
+    return HTMLResponse(body), csp
 
 
 def create_app(console: Console, *, host: str | None = None) -> FastAPI:
@@ -110,7 +108,9 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
     app.state.templates.env.tests["utc_time"] = is_utc_time
     app.state.templates.env.filters["soft"] = soft_breaks
-    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="static")
+    # Named apart from the preference centre's own /static (hub/people.py): url_for finds a name
+    # from the outermost app down, and the first mount of a name wins.
+    app.mount("/static", StaticFiles(directory=str(_PACKAGE / "static")), name="console_static")
     _mount_hub(app, console)
     app.include_router(api.router)
     app.include_router(pages.router)
@@ -125,6 +125,14 @@ def create_app(console: Console, *, host: str | None = None) -> FastAPI:
     @app.get(DOCS_URL, include_in_schema=False)
     def docs(_account: Annotated[Account, Depends(require(Role.VIEWER, api=False))]) -> Response:
         return HTMLResponse(docs_page.body, headers={"Content-Security-Policy": docs_csp})
+
+    # Inside security_headers: a refused body is answered with the console's headers, and logged.
+    app.add_middleware(
+        BodyLimit,
+        limit=BODY_MAX,
+        answer={"detail": f"the request body is larger than {BODY_MAX} bytes"},
+        capped_below=HUB_MOUNTS,
+    )
 
     @app.middleware("http")
     async def security_headers(

@@ -24,6 +24,8 @@ from consentsync.web.security import (
     SESSION_COOKIE,
     SESSION_HOURS,
     client_of,
+    remember_device,
+    request_device,
     set_cookie,
 )
 
@@ -110,7 +112,9 @@ def login(
             "enter your password again.",
             status=400,
         )
-    account = console_of(request).accounts.authenticate(name, password, client=client_of(request))
+    account = console_of(request).accounts.authenticate(
+        name, password, client=client_of(request), device=request_device(request, name)
+    )
     if account is None:
         response = render(
             request,
@@ -137,6 +141,7 @@ def login(
         ),
         SESSION_HOURS * 3600,
     )
+    remember_device(response, request, account)
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
@@ -576,6 +581,7 @@ def change_own_password(
         current_password=current_password or None,
         keep_session=session.token if session else None,
         client=client_of(request),
+        device=request_device(request, account.name),
     )
     return RedirectResponse("/account?changed=1", status_code=303)
 
@@ -644,6 +650,7 @@ def change_user(
         keep_session=session.token if session else None,
         current_password=current_password or None,
         client=client_of(request),
+        device=request_device(request, name),
     )
     return RedirectResponse("/users?" + urlencode({"reset": name}) if password else "/users", status_code=303)
 

@@ -7,6 +7,11 @@ cookie is HttpOnly, SameSite=Strict, and Secure whenever the request came over H
 state-changing request carries a CSRF token bound to the session (a form field, or the
 X-CSRF-Token header for the JSON API); the login form's token is bound to a short-lived pre-session cookie.
 
+A login also sets a device cookie (``consentsync_device``, DEVICE_DAYS): a random id bound to
+the account by an HMAC. A browser holding one for the account it tries is not held back by that
+account's hourly ceiling of failed logins (accounts.py), so an attacker spending the ceiling does
+not lock the owner out of the browsers they used before (OWASP's device cookies).
+
 The signing key comes from CONSENTSYNC_WEB_SECRET when set, else it is derived from the erasure
 key (HMAC with a fixed label), so a fresh install is secure without another secret to manage.
 """
@@ -18,6 +23,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import secrets
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -33,6 +39,8 @@ LOGIN_COOKIE = "consentsync_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SECRET_ENV = "CONSENTSYNC_WEB_SECRET"
+DEVICE_COOKIE = "consentsync_device"
+DEVICE_DAYS = 90
 
 
 SECRET_MIN_CHARS = 32
@@ -98,6 +106,28 @@ class Sessions:
     def end(self, token: str) -> None:
         self.accounts.end_session(token)
 
+    def device_cookie(self, account: Account) -> str:
+        """A device cookie's value for a browser that just logged in to ``account``: a random id,
+        when it was issued, and an HMAC binding both to the account's name."""
+        device = secrets.token_urlsafe(16)
+        issued = int(self.accounts.clock().timestamp())
+        return f"{device}.{issued}.{self._sign(f'device|{account.name}|{device}|{issued}')}"
+
+    def device_of(self, value: str | None, name: str) -> str | None:
+        """The id of a device cookie issued at a login to the account ``name`` less than
+        DEVICE_DAYS ago; None for any other value."""
+        if not value or len(value) > 200 or value.count(".") != 2:
+            return None
+        device, issued, mac = value.split(".")
+        tried = name.strip().lower()[:200]
+        if not hmac.compare_digest(self._sign(f"device|{tried}|{device}|{issued}"), mac):
+            return None
+        try:
+            age = self.accounts.clock().timestamp() - int(issued)
+        except ValueError:
+            return None
+        return device if 0 <= age <= DEVICE_DAYS * 86400 else None
+
     def csrf_for(self, bound_to: str) -> str:
         return self._sign("csrf|" + bound_to)
 
@@ -147,3 +177,16 @@ def _trusted(address: str, trusted: tuple[IPNetwork, ...]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted if network.version == ip.version)
+
+
+def request_device(request: Request, name: str) -> str | None:
+    """The device id of the request's device cookie when it was issued for the account ``name``."""
+    sessions: Sessions = request.app.state.sessions
+    return sessions.device_of(request.cookies.get(DEVICE_COOKIE), name)
+
+
+def remember_device(response: Response, request: Request, account: Account) -> None:
+    """A new device cookie for the browser that just logged in to ``account`` (it outlives the
+    session and a logout: it only says that this browser logged in to the account before)."""
+    sessions: Sessions = request.app.state.sessions
+    set_cookie(response, request, DEVICE_COOKIE, sessions.device_cookie(account), DEVICE_DAYS * 86400)
