@@ -103,17 +103,14 @@ def _held_email(value: str) -> str:
 
 def _left_by(ledger: Ledger, address: str) -> str | None:
     """The person who left ``address`` (a CRM record of theirs took another of their own), or
-    None: held, or no one's. A person whose every address is marked left holds the one left last
-    (``hub.links``: never left without one)."""
-    try:
-        view = ledger.subject_view(address)
-    except NotFound:
-        return None
-    emails = [item for item in view["identifiers"] if item["identifier_kind"] == "email"]
-    if all(item["left_at"] for item in emails):
-        return None
+    None: held, or no one's; by the rule the hub mails by (``links.held_and_left``)."""
+    from consentsync.hub.links import held_and_left
+
     forms = set(email_forms(address))
-    return view["subject"] if any(i["identifier"] in forms and i["left_at"] for i in emails) else None
+    for uid in ledger.subject_uids_for_email(address):
+        if ledger.email_of(uid) is not None and forms & held_and_left(ledger, uid)[1]:
+            return uid
+    return None
 
 
 def _time(value: str | None, option: str) -> datetime | None:
@@ -694,11 +691,6 @@ def erase(email: str, reason: str, actor: str | None, yes: bool, left_address: b
     )
 
 
-def _left_noted(identifier: dict[str, Any]) -> str:
-    left_at = identifier.get("left_at")
-    return f"{identifier['identifier']} (left {left_at})" if left_at else str(identifier["identifier"])
-
-
 @main.command(short_help="Restrict processing of a person (GDPR Article 18), or lift it.")
 @click.option("--email", required=True)
 @click.option("--reason", required=True, help="Why (kept in the audit log).")
@@ -743,13 +735,18 @@ def subject_show(email: str, as_json: bool) -> None:
     click.echo(
         f"subject {view['subject']}  ({view['email']}, since {view['created_at']}, as of {view['as_of']})"
     )
-    held = [item for item in view["identifiers"] if item["identifier"] != view["email"]]
-    if held:
-        click.echo(f"  also held under: {', '.join(_left_noted(item) for item in held)}")
-    looked_up = next((item for item in view["identifiers"] if item["identifier"] == view["email"]), None)
-    if looked_up is not None and looked_up["left_at"]:
+    from consentsync.hub.links import held_and_left
+
+    # The addresses left as the hub judges them (``held_and_left``): where it mails agrees.
+    gone = held_and_left(ledger, view["subject"])[1]
+    left_at = {i["identifier"]: i["left_at"] for i in view["identifiers"] if i["identifier"] in gone}
+    others = [item["identifier"] for item in view["identifiers"] if item["identifier"] != view["email"]]
+    if others:
+        noted = [f"{other} (left {left_at[other]})" if other in left_at else other for other in others]
+        click.echo(f"  also held under: {', '.join(noted)}")
+    if view["email"] in left_at:
         click.echo(
-            f"  left: they left {view['email']} on {looked_up['left_at']} (a CRM record of theirs shows "
+            f"  left: they left {view['email']} on {left_at[view['email']]} (a CRM record of theirs shows "
             "another now): whoever writes from it may be someone else"
         )
     if view["suppressed_by_erasure"]:

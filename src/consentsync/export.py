@@ -97,8 +97,9 @@ _RESTRICTION_ACTIONS = {"subject.restricted": "placed", "subject.restriction_lif
 RESTRICTION_SUMMARY = ("restricted_since", "restricted_by", "restriction_reason")
 # Every address (and other identifier) the person is held under, the latest first: the view's
 # ``email`` is only the one the export was asked by.
-# ``left_at``: when the person left the address (a CRM record of theirs took another; empty: held).
-IDENTIFIER_COLUMNS = ["identifier_kind", "identifier", "left_at"]
+IDENTIFIER_COLUMNS = ["identifier_kind", "identifier"]
+# When the person left the address (a CRM record of theirs took another; empty: held).
+IDENTIFIER_LEFT_COLUMNS = ["left_at"]
 # Every request the person made of their rights that the ledger holds, oldest first (Art. 15, and
 # Art. 12(3): when each came and how it was answered): ``request`` access (a copy downloaded from
 # the preference page), erasure, restriction (asked for on the preference page, each to be
@@ -120,7 +121,7 @@ _SECTIONS = (
     ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS + LINK_HOLDER_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
-    ("identifier", "Identifiers", "identifiers", IDENTIFIER_COLUMNS),
+    ("identifier", "Identifiers", "identifiers", IDENTIFIER_COLUMNS + IDENTIFIER_LEFT_COLUMNS),
     ("request", "Requests", "requests", REQUEST_COLUMNS),
 )
 
@@ -137,6 +138,7 @@ _ADDED_LATER = (
     "ground",
     "status_at",
     *HISTORY_LANGUAGE_COLUMNS,
+    *IDENTIFIER_LEFT_COLUMNS,
 )
 
 

@@ -112,6 +112,17 @@ def holds_now(conn: Connection, ledger: Ledger, subject_id: int) -> str | None:
     return _now_and_gone(subject_id, _addresses(conn, subject_id))[0]
 
 
+def held_and_left(ledger: Ledger, uid: str) -> tuple[str | None, set[str]]:
+    """The address person ``uid`` holds now and those they left, by the rule every mailed link
+    follows (``_now_and_gone``): what ops are told of an address (``subject show``, ``erase``)
+    agrees with where the hub mails. (None, empty) for no such person."""
+    with reading(ledger.engine) as conn:
+        subject_id = conn.execute(select(subjects.c.id).where(subjects.c.uid == uid)).scalar()
+        if subject_id is None:
+            return None, set()
+        return _now_and_gone(int(subject_id), _addresses(conn, int(subject_id)))
+
+
 def sent_elsewhere(conn: Connection, ledger: Ledger, subject_id: int, tag: str | None) -> bool:
     """Whether a link of the person's, mailed to the address ``tag`` names, went to a mailbox
     they no longer hold: one they left, or one not theirs. A link with no tag was made by a
