@@ -45,7 +45,8 @@ DUPLICATES = "DUPLICATES_DETECTED"
 DUPLICATE_REASON = (
     "refused by a duplicate rule of the org: its Action on Edit is Block (an Allow rule's alert "
     "is acknowledged by every write from API version 52.0; below it, Salesforce takes no "
-    "duplicate rule header): set the rule's Action on Edit to Allow, or merge the duplicates"
+    "duplicate rule header): set the rule's Action on Edit to Allow, or give the rule a condition "
+    "that leaves out the values consentsync writes (an erasure's anonymised name or address)"
 )
 
 ERRORS = sdk.ErrorTable(
@@ -59,7 +60,8 @@ ERRORS = sdk.ErrorTable(
         # Salesforce's platform error ("An unexpected error occurred. Please include this ErrorId
         # if you contact support"), for a call or per record (sObject Collections, a Bulk job's
         # sf__Error): it passes, as a lock does. A record is sent again in the run's later passes
-        # (``lock_retries``), then left pending, dead-lettered only after max_push_attempts.
+        # (``lock_retries``; a Bulk job's through sObject Collections), then left pending,
+        # dead-lettered only after max_push_attempts.
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "Salesforce internal error", code="UNKNOWN_EXCEPTION"),
         # A query the org stopped for running too long ("Your query request was running for too
         # long."): it depends on the org's load, not on the query alone. Retried with backoff;
@@ -94,11 +96,13 @@ CONCURRENCY_LIMITED = ErrorRule(
 _CONCURRENCY_LIMIT = re.compile(r"\bConcurrent\w*\b[^.]*\bLimit exceeded", re.IGNORECASE)
 
 COLLECTION_LIMIT = 200  # sObject Collections: records (or ids to delete) a call
-# Sent with every sObject Collections write. consentsync writes consent flags to exactly the
-# records an org's duplicate rules match (the contacts and leads it links to one person), and:
+# Sent with every sObject Collections write:
 # - Duplicate Rule Header (REST API, version 52.0 and later): "The default value for all fields
-#   is false", so an active rule whose Action on Edit is Allow with an Alert refused every such
-#   save through the API with DUPLICATES_DETECTED (a person's opt-out dead-lettered). allowSave
+#   is false", so an active rule whose Action on Edit is Allow with an Alert refuses a save
+#   through the API with DUPLICATES_DETECTED. A rule runs on an edit only where it changes a
+#   field of the rule's matching criteria (Salesforce Help, article 005237351): never a consent
+#   flag's write, but an erasure's anonymise (names, email, phone rewritten) can leave the record
+#   matching another (an earlier erased one), and that erasure was dead-lettered. allowSave
 #   acknowledges the alert, as the user in the UI does; a Block rule still refuses.
 #   includeRecordDetails stays false: the answer names a duplicate's id, never its fields.
 # - Assignment Rule Header: "If the header is not provided in the request, the default value is
@@ -869,9 +873,18 @@ class SalesforceConnector(sdk.Connector):
                 # refused there is sent again at once through sObject Collections, which says
                 # allowSave=true (a Block rule refuses it there too, and that answer stands).
                 again = [p for p, said in answers.items() if not said.ok and said.error_code == DUPLICATES]
-                yield {p: result for p, result in answers.items() if p not in again}
+                # A record the job refused with a transient error (a lock, Salesforce's internal
+                # error) is sent again in this run through sObject Collections, as a Collections
+                # write's is in its later passes: the job was its first try, so it is sent again
+                # ``lock_retries`` times at most, then left pending (dead-lettered after
+                # max_push_attempts).
+                retries = self.config.lock_retries
+                transient = [p for p, said in answers.items() if retries and _transient_row(said)]
+                yield {p: result for p, result in answers.items() if p not in again and p not in transient}
                 if again:
                     yield from self._collection_calls(again, save)
+                if transient:
+                    yield from self._collection_calls(transient, save, retries - 1)
             else:
                 yield from self._collection_calls(positions, save)
         if deletes:
@@ -1032,16 +1045,20 @@ class SalesforceConnector(sdk.Connector):
             )
 
     def _collection_calls(
-        self, positions: Sequence[int], send: Callable[[list[int]], list[sdk.WriteResult]]
+        self,
+        positions: Sequence[int],
+        send: Callable[[list[int]], list[sdk.WriteResult]],
+        retries: int | None = None,
     ) -> Iterator[dict[int, sdk.WriteResult]]:
         """sObject Collections calls of at most 200 records, each call's answers yielded as it
-        returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, a few times;
-        a call's other answers are not held back for them. What still fails is reported."""
+        returns. Locked rows (UNABLE_TO_LOCK_ROW) are sent again in a later pass, ``retries``
+        times (``lock_retries``); a call's other answers are not held back for them. What still
+        fails is reported."""
         yield from sdk.write_in_passes(
             positions,
             send,
             size=COLLECTION_LIMIT,
-            retries=self.config.lock_retries,
+            retries=self.config.lock_retries if retries is None else retries,
             max_wait=self.config.max_rate_limit_wait,
         )
 
@@ -1477,6 +1494,19 @@ def _refused(record_id: str, code: str, message: str) -> sdk.WriteResult:
         # the dead letter are told what refused it and what to do.
         message = f"{message} ({DUPLICATE_REASON})"
     return sdk.WriteResult(record_id, False, code, message, not gone and _retryable(code, message), gone=gone)
+
+
+def _transient_row(result: sdk.WriteResult) -> bool:
+    """A Bulk job's record refused in its ``sf__Error`` with a transient error (``_retryable``: a
+    lock, UNKNOWN_EXCEPTION), to be sent again in the run. Not a record the job did not get to
+    (BULK_JOB_FAILED: the job failed or was aborted) or left out of its result files
+    (BULK_RESULT_MISSING: it may be saved): those wait for the next run."""
+    return (
+        not result.ok
+        and result.retryable
+        and not result.gone
+        and result.error_code not in ("BULK_JOB_FAILED", _RESULT_MISSING[0])
+    )
 
 
 def _converted_left_pending(result: sdk.WriteResult) -> sdk.WriteResult:

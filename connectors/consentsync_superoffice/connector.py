@@ -48,7 +48,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from ipaddress import ip_address
@@ -99,6 +99,8 @@ _UNSET: Any = object()
 #: How many archive pages of a day a read walks before it hands their persons on (a chunk): a
 #: day of at most that many pages is handed on whole, in (second, person) order.
 CHUNK_PAGES = 20
+# Updates whose deleted or gone persons are noted in the journal together (``write_batches``).
+_NOTE_CHUNK = 100
 #: An archive row as read: (its updated second, person id, the person's e-mail, consent id).
 _Row = tuple[datetime, int, Any, int]
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
@@ -630,12 +632,17 @@ class SuperOfficeConnector(sdk.Connector):
 
     # -- the recycle bin ---------------------------------------------------------------------------
 
-    def _note_gone(self, person: int) -> None:
-        """Notes a person this connector deleted (DELETE Person/{id}: SuperOffice moves it to its
-        recycle bin) or found gone (a write answered 404, and a GET too), with when: until the
-        recycle bin may have purged it, each read looks it up again (``_restored``)."""
-        if self.config.recycle_bin_days > 0:
-            self._journal.add(f"{person}@{_second(datetime.now(UTC)).isoformat()}")
+    def _note_gone(self, persons: Iterable[int]) -> dict[int, str]:
+        """Notes persons this connector deletes (DELETE Person/{id}: SuperOffice moves it to its
+        recycle bin) or found gone (a write answered 404, and a GET too), with when, all in one
+        write of the journal: until the recycle bin may have purged them, each read looks them
+        up again (``_restored``). Answers each person's entry (none where the lookups are off)."""
+        if self.config.recycle_bin_days <= 0:
+            return {}
+        now = _second(datetime.now(UTC)).isoformat()
+        entries = {person: f"{person}@{now}" for person in persons}
+        self._journal.add_many(entries.values())
+        return entries
 
     def _restored(
         self, walk: _Walk, until: datetime, wanted: dict[str, list[str]]
@@ -799,16 +806,68 @@ class SuperOfficeConnector(sdk.Connector):
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """Each update's answer as soon as its calls return (SuperOffice has no batch call: one
         SetConsent or RemoveConsent per person and purpose, one PATCH for the person's own
-        fields, one DELETE). A limit or a run-wide error propagates after the answers before."""
-        for position, update in enumerate(updates):
-            try:
-                result = self._write_one(update)
-            except _Interrupted as stop:
-                # Some of the update's calls were applied before the run stopped: its answer
-                # comes before the error, so the ledger knows what SuperOffice holds from it.
-                yield {position: stop.result}
-                raise stop.error from None
-            yield {position: result}
+        fields, one DELETE). A limit or a run-wide error propagates after the answers before.
+
+        The persons deleted or found gone are noted for the recycle bin's lookups
+        (``_note_gone``) before the engine takes their answers, in one write of the journal a
+        ``_NOTE_CHUNK`` updates (each write rewrites and syncs the file): the persons a chunk
+        deletes before its first DELETE is sent (forgotten again where their delete is not
+        done), those its updates find gone at its end, their answers held back until then
+        (nothing of such a write was applied: held back, nothing is lost if the run stops)."""
+        for start in range(0, len(updates), _NOTE_CHUNK):
+            yield from self._write_chunk(updates, range(start, min(len(updates), start + _NOTE_CHUNK)))
+
+    def _write_chunk(
+        self, updates: Sequence[sdk.RecordUpdate], positions: range
+    ) -> Iterator[dict[int, sdk.WriteResult]]:
+        noted = self._note_gone(
+            dict.fromkeys(int(updates[p].record_id) for p in positions if _deletes_person(updates[p]))
+        )
+        deleted: set[int] = set()
+        found: dict[int, sdk.WriteResult] = {}  # answered gone: held back until noted
+        settled = False
+
+        def unused() -> list[str]:
+            kept = deleted | {int(updates[p].record_id) for p in found}
+            return [entry for person, entry in noted.items() if person not in kept]
+
+        try:
+            last: dict[int, sdk.WriteResult] = {}
+            stop: BaseException | None = None
+            for position in positions:
+                update = updates[position]
+                try:
+                    result = self._write_one(update)
+                except _Interrupted as cut:
+                    # Some of the update's calls were applied before the run stopped: its answer
+                    # comes before the error, so the ledger knows what SuperOffice holds from it.
+                    last, stop = {position: cut.result}, cut.error
+                    break
+                except Exception as error:  # the run stops: the answers held back go first
+                    stop = error
+                    break
+                if result.gone:
+                    found[position] = result
+                    continue
+                if result.ok and _deletes_person(update):
+                    deleted.add(int(update.record_id))
+                yield {position: result}
+            gone = dict.fromkeys(int(updates[p].record_id) for p in found)
+            self._note_gone(person for person in gone if person not in noted)
+            if forgotten := unused():
+                self._journal.discard(forgotten)
+            settled = True
+            for answers in (found, last):
+                if answers:
+                    yield answers
+            if stop is not None:
+                raise stop from None
+        finally:
+            if not settled and (forgotten := unused()):
+                # Stopped early (the engine closed the write, or the journal failed): a delete
+                # not sent stays noted at worst, looked up (in vain) until recycle_bin_days.
+                with contextlib.suppress(ConnectorError):
+                    self._journal.discard(forgotten)
 
     def _write_one(self, update: sdk.RecordUpdate) -> sdk.WriteResult:
         record_id = update.record_id
@@ -870,7 +929,6 @@ class SuperOfficeConnector(sdk.Connector):
         except sdk.BudgetExhausted:
             raise
         except _PersonGone as gone:
-            self._note_gone(int(record_id))
             return sdk.WriteResult(record_id, False, "NOT_FOUND", str(gone), False, gone=True)
         except ConnectorError as error:
             if (
@@ -881,7 +939,6 @@ class SuperOfficeConnector(sdk.Connector):
                 raise  # the whole run's problem: it stops, the rows stay pending
             code = error.rule.code or str(error.rule.status)
             if error.rule.status == 404 and self._person_gone(int(record_id)):
-                self._note_gone(int(record_id))
                 return sdk.WriteResult(record_id, False, code, str(error), False, gone=True)
             retryable = error.action is Action.RETRY or error.rule.fault is Fault.TRANSIENT
             return sdk.WriteResult(record_id, False, code, str(error), retryable)
@@ -912,8 +969,7 @@ class SuperOfficeConnector(sdk.Connector):
         except ConnectorError as error:
             if error.rule.status != 404 or isinstance(error, TenantUnavailable):
                 raise
-        self._note_gone(person)
-        return None
+        return None  # noted gone before it was sent (``write_batches``)
 
     def _patch_person(self, person: int, patch: list[dict[str, Any]]) -> tuple[str, str] | None:
         self._request("person_patch", "PATCH", f"/Person/{person}", body=patch, busy_is_final=True)
@@ -1045,6 +1101,15 @@ class _Interrupted(Exception):
         super().__init__(str(error))
         self.result = result
         self.error = error
+
+
+def _deletes_person(update: sdk.RecordUpdate) -> bool:
+    """A DELETE of a Person by a valid id (``_write_one`` refuses the others unsent)."""
+    return (
+        update.action is sdk.WriteAction.DELETE
+        and update.object_type == OBJECT
+        and str(update.record_id).isdigit()
+    )
 
 
 def _check_object(object_type: str) -> None:

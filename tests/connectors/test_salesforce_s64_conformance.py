@@ -3,14 +3,17 @@ each against a sandbox that answers as a real org would:
 
 - an active duplicate rule whose Action on Edit is Allow with an Alert refuses a save through the
   API unless the call says ``Sforce-Duplicate-Rule-Header: allowSave=true`` ("The default value
-  for all fields is false", REST API *Duplicate Rule Header*): consentsync writes consent flags
-  to exactly the duplicates it links to one person, whose opt-outs were dead-lettered. A Block
-  rule still refuses, dead-lettered with a reason that says so; Bulk API 2.0 takes no header;
+  for all fields is false", REST API *Duplicate Rule Header*). It runs only on an edit that
+  changes a field of its matching criteria (Salesforce Help, article 005237351): never on a
+  consent flag's write, but on an erasure's anonymise, whose values can match a record erased
+  before (that erasure was dead-lettered). A Block rule still refuses, dead-lettered with a
+  reason that says so; Bulk API 2.0 takes no header, its refused rows go through Collections;
 - an active lead assignment rule runs on every REST update of a Lead unless the call says
   ``Sforce-Auto-Assign: FALSE`` ("If the header is not provided in the request, the default
   value is TRUE"): a consent flag written to a lead handed it to another owner;
 - UNKNOWN_EXCEPTION, Salesforce's platform error, per record (Collections and a Bulk job's
-  sf__Error): transient, as a lock is, not dead-lettered on its first try;
+  sf__Error): transient, as a lock is, sent again in the run (a Bulk job's row through
+  Collections), not dead-lettered on its first try;
 - the client credentials flow at login.salesforce.com or test.salesforce.com ("The client
   credentials flow doesn't support calls to" them): refused as the admin's configuration, in one
   line naming ``login_url`` and what is accepted, before any call;
@@ -42,6 +45,11 @@ from tests.sandbox.serving import serve_seeded
 
 BULK = {"bulk_threshold": 5, "bulk_poll_interval": 0.05}
 OPT_OUT = {"HasOptedOutOfEmail": True}
+# An erasure's ``anonymise`` (the mapping's ``personal_fields``), where the org wants an address on
+# every contact (a validation rule) and the admin writes a placeholder: it rewrites fields of the
+# standard matching rule (names, email, phone), so a duplicate rule runs on it.
+PLACEHOLDER = "erased@example.invalid"
+ANONYMISE = {"FirstName": None, "LastName": "Erased", "Email": PLACEHOLDER, "Phone": None}
 
 
 @pytest.fixture
@@ -58,17 +66,29 @@ def duplicates(sandbox: SalesforceSandbox, sobject: str, n: int, email: str) -> 
     ]
 
 
+def erased_before(sandbox: SalesforceSandbox, sobject: str) -> str:
+    """A record of another person that an earlier erasure anonymised: the next anonymised record
+    matches it."""
+    (record,) = duplicates(sandbox, sobject, 1, PLACEHOLDER)
+    sandbox.org.update(record, LastName="Erased")
+    return record
+
+
 def opt_outs(object_type: str, ids: list[str]) -> list[RecordUpdate]:
     return [RecordUpdate(object_type, record_id, dict(OPT_OUT)) for record_id in ids]
 
 
+def anonymised(object_type: str, ids: list[str]) -> list[RecordUpdate]:
+    return [RecordUpdate(object_type, record_id, dict(ANONYMISE)) for record_id in ids]
+
+
 def raw_patch(
-    sandbox: SalesforceSandbox, ids: list[str], sobject: str, **headers: str
+    sandbox: SalesforceSandbox, ids: list[str], sobject: str, fields: dict[str, Any] = OPT_OUT, **headers: str
 ) -> list[dict[str, Any]]:
     session = sandbox.requests_session()
     body = {
         "allOrNone": False,
-        "records": [{"attributes": {"type": sobject}, "id": i, **OPT_OUT} for i in ids],
+        "records": [{"attributes": {"type": sobject}, "id": i, **fields} for i in ids],
     }
     answer = session.patch(
         f"{sandbox.data_url()}/composite/sobjects",
@@ -85,61 +105,101 @@ def raw_patch(
 def test_the_sandbox_refuses_a_duplicates_save_under_an_alert_rule_unless_the_call_allows_it(
     sandbox: SalesforceSandbox,
 ) -> None:
-    """As Salesforce does: the API's default is allowSave=false; a Block rule refuses whatever."""
+    """As Salesforce does: the API's default is allowSave=false; a Block rule refuses whatever.
+    The edit changes a field of the matching rule's criteria (the first name), which runs it."""
     ids = duplicates(sandbox, "Contact", 2, "dupe.alert@example.org")
     sandbox.org.add_duplicate_rule("Contact", on_edit="alert")
-    (refused, _) = raw_patch(sandbox, ids, "Contact")
+    renamed = {"FirstName": "Kim"}
+    (refused, _) = raw_patch(sandbox, ids, "Contact", renamed)
     (error,) = refused["errors"]
     assert not refused["success"] and error["statusCode"] == "DUPLICATES_DETECTED"
     assert error["duplicateResult"]["matchResults"][0]["matchRecords"][0]["record"]["Id"] == ids[1]
     assert "Email" not in repr(error["duplicateResult"]), "ids only: includeRecordDetails is false"
-    assert all(
-        r["success"]
-        for r in raw_patch(sandbox, ids, "Contact", **{"Sforce-Duplicate-Rule-Header": "allowSave=true"})
-    )
+    allowed = {"Sforce-Duplicate-Rule-Header": "allowSave=true"}
+    assert all(r["success"] for r in raw_patch(sandbox, ids, "Contact", renamed, **allowed))
     other = duplicates(sandbox, "Contact", 2, "dupe.block@example.org")
     sandbox.org.add_duplicate_rule("Contact", on_edit="block")
     allowed = {"Sforce-Duplicate-Rule-Header": "allowSave=true; includeRecordDetails=false"}
-    assert not any(r["success"] for r in raw_patch(sandbox, other, "Contact", **allowed))
+    assert not any(r["success"] for r in raw_patch(sandbox, other, "Contact", renamed, **allowed))
+
+
+@pytest.mark.parametrize("on_edit", ["alert", "block"])
+def test_the_sandbox_runs_no_duplicate_rule_on_an_edit_leaving_its_matching_fields(
+    sandbox: SalesforceSandbox, on_edit: str
+) -> None:
+    """ "duplicate rules are only triggered when a change is detected in the fields defined in the
+    Matching Criteria" (Salesforce Help, article 005237351): a consent flag's write, or one
+    that writes a matching field's value unchanged, runs no rule, without any header."""
+    ids = duplicates(sandbox, "Contact", 2, "dupe.flags@example.org")
+    sandbox.org.add_duplicate_rule("Contact", on_edit=on_edit)
+    assert all(r["success"] for r in raw_patch(sandbox, ids, "Contact"))
+    same = {"Email": "dupe.flags@example.org", "DoNotCall": True}
+    assert all(r["success"] for r in raw_patch(sandbox, ids, "Contact", same))
+    assert all(sandbox.org.get(i)["HasOptedOutOfEmail"] and sandbox.org.get(i)["DoNotCall"] for i in ids)
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["collections", "bulk"])
+@pytest.mark.parametrize("sobject", ["Contact", "Lead"])
+def test_a_flag_only_write_to_duplicates_is_never_refused(
+    sandbox: SalesforceSandbox, sobject: str, bulk: bool
+) -> None:
+    """Consent flags written to exactly the duplicates consentsync links to one person change no
+    field of a matching rule: no duplicate rule runs, a Block rule's neither, through sObject
+    Collections and through a Bulk job (which takes no header) alike; nothing is sent twice."""
+    ids = duplicates(sandbox, sobject, 6, "flags.only@example.org")
+    sandbox.org.add_duplicate_rule(sobject, on_edit="alert")
+    sandbox.org.add_duplicate_rule(sobject, on_edit="block", name="Blocking_Rule")
+    results = connector_for(sandbox, **(BULK if bulk else {})).write(opt_outs(sobject, ids))
+    assert all(r.ok for r in results), [(r.error_code, r.message) for r in results]
+    assert all(sandbox.org.get(i)["HasOptedOutOfEmail"] is True for i in ids)
+    assert (sandbox.calls["bulk_create"], sandbox.calls["composite"]) == ((1, 0) if bulk else (0, 1))
 
 
 @pytest.mark.parametrize("sobject", ["Contact", "Lead"])
-def test_an_opt_out_written_to_duplicates_under_an_alert_rule_is_saved(
+def test_an_erasures_anonymise_of_duplicates_under_an_alert_rule_is_saved(
     sandbox: SalesforceSandbox, sobject: str
 ) -> None:
-    """An Allow-with-Alert rule on edit (the alert a user acknowledges in the UI) refused every
-    write of the opt-out to the person's duplicate records with DUPLICATES_DETECTED, which the
-    engine dead-lettered at once: the person stayed subscribed on them."""
+    """An Allow-with-Alert rule on edit (the alert a user acknowledges in the UI) refused an
+    erasure's anonymise of the person's records with DUPLICATES_DETECTED, the anonymised values
+    matching those of a record erased before, and the engine dead-lettered it: the person's
+    name stayed in Salesforce."""
     ids = duplicates(sandbox, sobject, 3, "same.person@example.org")
+    erased_before(sandbox, sobject)
     sandbox.org.add_duplicate_rule(sobject, on_edit="alert")
-    results = connector_for(sandbox).write(opt_outs(sobject, ids))
+    assert not any(r["success"] for r in raw_patch(sandbox, ids, sobject, ANONYMISE)), "the rule runs"
+    results = connector_for(sandbox).write(anonymised(sobject, ids))
     assert all(r.ok for r in results), [(r.error_code, r.message) for r in results]
-    assert all(sandbox.org.get(i)["HasOptedOutOfEmail"] is True for i in ids)
+    saved = [sandbox.org.get(i) for i in ids]
+    assert all(record["LastName"] == "Erased" and not record["FirstName"] for record in saved)
 
 
 def test_a_block_rule_still_refuses_and_the_dead_letter_says_why(sandbox: SalesforceSandbox) -> None:
     ids = duplicates(sandbox, "Contact", 2, "blocked.person@example.org")
+    erased_before(sandbox, "Contact")
     sandbox.org.add_duplicate_rule("Contact", on_edit="block", alert_text="Use one of these records?")
-    results = connector_for(sandbox).write(opt_outs("Contact", ids))
+    results = connector_for(sandbox).write(anonymised("Contact", ids))
     for result in results:
         assert not result.ok and not result.retryable and not result.gone
         assert result.error_code == "DUPLICATES_DETECTED"
         assert result.message is not None
         assert result.message.startswith("Use one of these records? (refused by a duplicate rule")
-        assert "Block" in result.message and "merge the duplicates" in result.message
+        assert "Block" in result.message and "leaves out the values consentsync writes" in result.message
     assert sandbox.calls["composite"] == 1, "not sent again: no retry can clear a Block rule"
-    assert not any(sandbox.org.get(i)["HasOptedOutOfEmail"] for i in ids)
+    assert not any(sandbox.org.get(i)["LastName"] == "Erased" for i in ids)
 
 
 def test_a_bulk_job_s_rows_an_alert_rule_refused_go_again_through_collections(
     sandbox: SalesforceSandbox,
 ) -> None:
-    """Bulk API 2.0 takes no duplicate rule header: the job refuses the duplicates' rows. They
-    are sent again at once through sObject Collections, which says allowSave=true."""
+    """Bulk API 2.0 takes no duplicate rule header: the job refuses the rows whose anonymise
+    makes them duplicates. They are sent again at once through sObject Collections, which says
+    allowSave=true; the job's flag-only rows ran no rule and were saved by it."""
     dupes = duplicates(sandbox, "Contact", 2, "bulk.dupe@example.org")
-    others = [r["Id"] for r in sandbox.org.records("Contact") if r["Id"] not in dupes][:6]
+    erased_before(sandbox, "Contact")
+    others = [r["Id"] for r in sandbox.org.records("Contact") if r["Email"] != PLACEHOLDER][:6]
+    others = [i for i in others if i not in dupes]
     sandbox.org.add_duplicate_rule("Contact", on_edit="alert")
-    updates = opt_outs("Contact", [*others, *dupes])
+    updates = [*opt_outs("Contact", others), *anonymised("Contact", dupes)]
     connector = connector_for(sandbox, **BULK)
     answers: dict[int, Any] = {}
     for batch in connector.write_batches(updates):
@@ -148,7 +208,8 @@ def test_a_bulk_job_s_rows_an_alert_rule_refused_go_again_through_collections(
     assert sorted(answers) == list(range(len(updates)))
     assert all(r.ok for r in answers.values()), [(r.error_code, r.message) for r in answers.values()]
     assert sandbox.calls["bulk_create"] == 1 and sandbox.calls["composite"] == 1
-    assert all(sandbox.org.get(i)["HasOptedOutOfEmail"] is True for i in [*others, *dupes])
+    assert all(sandbox.org.get(i)["HasOptedOutOfEmail"] is True for i in others)
+    assert all(sandbox.org.get(i)["LastName"] == "Erased" for i in dupes)
 
 
 # -- assignment rules --------------------------------------------------------------------------
@@ -199,11 +260,30 @@ def test_a_records_internal_error_is_transient_not_dead_lettered_at_once(
     first, second = results[0], results[1]
     assert first.error_code == "UNKNOWN_EXCEPTION" and not first.ok
     assert first.retryable, "left pending: dead-lettered only after max_push_attempts"
-    if bulk:
-        assert second.retryable and second.error_code == "UNKNOWN_EXCEPTION"  # a job is one attempt
-    else:
-        assert second.ok, "sent again in a later pass, as a locked row is"
+    assert second.ok, "sent again in a later pass, as a locked row is (a Bulk job's: through Collections)"
     assert all(r.ok for r in results[2:])
+    # lock_retries (2) sends again at most: a Bulk job is the first try, Collections the rest.
+    assert sandbox.calls["composite"] == (2 if bulk else 3)
+    assert sandbox.calls["bulk_create"] == (1 if bulk else 0)
+
+
+@pytest.mark.parametrize("lock_retries", [0, 1])
+def test_a_bulk_jobs_transient_rows_are_sent_again_within_lock_retries(
+    sandbox: SalesforceSandbox, lock_retries: int
+) -> None:
+    """The job counts as the first try: ``lock_retries: 0`` leaves the row pending for the next
+    run at once, 1 sends it once more through Collections. Rows the job did not get to
+    (BULK_JOB_FAILED) or left out of its result files are not sent again in the run."""
+    ids = [r["Id"] for r in sandbox.org.records("Contact")][:6]
+    sandbox.faults.update(internal_errors=True)
+    sandbox.faults.lock_records(ids[0], attempts=1)
+    connector = connector_for(sandbox, **BULK, lock_retries=lock_retries)
+    results = connector.write(opt_outs("Contact", ids))
+    assert results[0].ok is bool(lock_retries)
+    assert sandbox.calls["composite"] == lock_retries
+    if not lock_retries:
+        assert results[0].retryable and results[0].error_code == "UNKNOWN_EXCEPTION"
+    assert all(r.ok for r in results[1:])
 
 
 # -- client credentials at a generic login host ------------------------------------------------

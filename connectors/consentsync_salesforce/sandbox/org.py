@@ -23,6 +23,7 @@ from consentsync_salesforce.sandbox.soql import TEXT_TYPES, BoundQuery, bind, pa
 
 __all__ = [
     "LEGAL_BASIS_VALUES",
+    "STANDARD_MATCHING_FIELDS",
     "ApiError",
     "Automation",
     "DuplicateRule",
@@ -596,8 +597,15 @@ class Automation:
 class DuplicateRule:
     """An active duplicate rule of the org (Setup > Duplicate Rules) and its matching rule: a
     save of a ``sobject`` record whose ``fields`` all equal (ignoring case; none empty) those of
-    another live record of ``sobject`` finds that record a duplicate. ``on_edit`` is the rule's
-    *Action on Edit* (it runs on every edit of such a record, whatever fields the edit changes):
+    another live record of ``sobject`` finds that record a duplicate. ``criteria`` are the fields
+    of the matching rule's criteria (``fields`` and, by default, those of Salesforce's standard
+    contact and lead matching rules: names, title, company, email, phone, address, where the
+    object has them). The rule runs on an edit only where the edit changes one of them: "duplicate
+    rules are only triggered when a change is detected in the fields defined in the Matching
+    Criteria. Even with update operations using Data Loader, if the values of the matching fields
+    [...] are not changed, the duplicate rule is not triggered" (Salesforce Help, Knowledge
+    article 005237351). A consent flag's write never runs it. ``on_edit`` is the rule's *Action on
+    Edit*:
 
     * ``"alert"``: Allow, with Alert. A user in the UI acknowledges the alert and saves; through
       the API the save is refused with DUPLICATES_DETECTED unless the call says
@@ -613,6 +621,31 @@ class DuplicateRule:
     fields: tuple[str, ...] = ("Email",)
     name: str = "Standard_Rule"
     alert_text: str = "Use one of these records?"
+    criteria: tuple[str, ...] = ("Email",)
+
+    def runs_on(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+        """Whether an edit from ``before`` to ``after`` runs the rule: it changes a field of the
+        matching rule's criteria."""
+        return any(before.get(name) != after.get(name) for name in self.criteria)
+
+
+# The fields of Salesforce's standard contact and lead matching rules (Salesforce Help, *Standard
+# Contact Matching Rule and Standard Lead Matching Rule*: First Name, Last Name, Title, Account
+# Name / Company, Email, Phone, Mailing Street, City, ZIP), as each object names them.
+STANDARD_MATCHING_FIELDS = {
+    "Contact": (
+        "FirstName",
+        "LastName",
+        "Title",
+        "AccountId",
+        "Email",
+        "Phone",
+        "MailingStreet",
+        "MailingCity",
+        "MailingPostalCode",
+    ),
+    "Lead": ("FirstName", "LastName", "Title", "Company", "Email", "Phone", "Street", "City", "PostalCode"),
+}
 
 
 class SalesforceOrg:
@@ -877,14 +910,28 @@ class SalesforceOrg:
         fields: Sequence[str] = ("Email",),
         name: str | None = None,
         alert_text: str = "Use one of these records?",
+        criteria: Sequence[str] | None = None,
     ) -> DuplicateRule:
         """An active duplicate rule on ``sobject`` (:class:`DuplicateRule`): ``on_edit`` "alert"
-        (Allow, with Alert) or "block"; records match on ``fields`` (by default Email)."""
+        (Allow, with Alert) or "block"; records match on ``fields`` (by default Email). It runs on
+        an edit that changes one of ``fields`` or ``criteria`` (by default the standard matching
+        rule's fields the object has, :data:`STANDARD_MATCHING_FIELDS`)."""
         if on_edit not in ("alert", "block"):
             raise ValueError("on_edit is alert (Allow, with Alert) or block")
         obj = self._require(sobject)
         names = tuple(self._field_or_error(obj, f).name for f in fields)
-        rule = DuplicateRule(obj.name, on_edit, names, name or f"{obj.name}_Duplicate_Rule", alert_text)
+        if criteria is None:
+            watched = [f for f in STANDARD_MATCHING_FIELDS.get(obj.name, ()) if f in obj.fields]
+        else:
+            watched = [self._field_or_error(obj, f).name for f in criteria]
+        rule = DuplicateRule(
+            obj.name,
+            on_edit,
+            names,
+            name or f"{obj.name}_Duplicate_Rule",
+            alert_text,
+            tuple(dict.fromkeys([*names, *watched])),
+        )
         with self.lock:
             self.duplicate_rules.append(rule)
         return rule
@@ -901,12 +948,22 @@ class SalesforceOrg:
             self.lead_assignment_owner = owner
         return owner
 
-    def _duplicates(self, obj: ObjectDef, record_id: str, after: Mapping[str, Any], allow_save: bool) -> None:
-        """Raises DUPLICATES_DETECTED where an active duplicate rule finds the record as it would
-        be saved (``after``) a duplicate of another live record and its action refuses the save:
-        Block always, Allow with Alert unless ``allow_save``."""
+    def _duplicates(
+        self,
+        obj: ObjectDef,
+        record_id: str,
+        before: Mapping[str, Any],
+        after: Mapping[str, Any],
+        allow_save: bool,
+    ) -> None:
+        """Raises DUPLICATES_DETECTED where an active duplicate rule that the edit from ``before``
+        runs (:meth:`DuplicateRule.runs_on`) finds the record as it would be saved (``after``) a
+        duplicate of another live record and its action refuses the save: Block always, Allow
+        with Alert unless ``allow_save``."""
         for rule in self.duplicate_rules:
             if rule.sobject != obj.name or (allow_save and rule.on_edit == "alert"):
+                continue
+            if not rule.runs_on(before, after):
                 continue
             key = _match_key(after, rule.fields)
             if key is None:
@@ -1221,7 +1278,7 @@ class SalesforceOrg:
             if auto_assign and planned.sobject.name == "Lead" and self.lead_assignment_owner:
                 planned.values["OwnerId"] = self.lead_assignment_owner
             after = {**record, **planned.values}
-            self._duplicates(planned.sobject, planned.record_id, after, allow_duplicates)
+            self._duplicates(planned.sobject, planned.record_id, record, after, allow_duplicates)
             return planned
 
         with self.lock:

@@ -45,8 +45,9 @@ Endpoints (``vNN.N`` is any version from 59.0 on; older ones answer 404 NOT_FOUN
   unprocessedrecords``. Operations insert, update and delete; processed when the job is closed
   (after ``bulk_delay`` seconds when set).
 * The org's setup, off by default (:class:`~consentsync_salesforce.sandbox.org.SalesforceOrg`):
-  an active duplicate rule (``org.add_duplicate_rule``) refuses an update of a record matching
-  another with a per-record DUPLICATES_DETECTED (its alert text and a ``duplicateResult``): a
+  an active duplicate rule (``org.add_duplicate_rule``) refuses an update that changes a field
+  of its matching rule's criteria (never a consent flag's alone) and leaves the record matching
+  another, with a per-record DUPLICATES_DETECTED (its alert text and a ``duplicateResult``): a
   Block rule always, an Allow-with-Alert rule unless the call's ``Sforce-Duplicate-Rule-Header``
   says ``allowSave=true`` (sObject rows and Collections; a Bulk API 2.0 job takes no such header,
   so its rows are refused). An active lead assignment rule

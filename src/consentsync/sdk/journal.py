@@ -54,10 +54,12 @@ def state_dir(configured: str | None = None) -> Path | None:
 
 
 class Journal:
-    """A durable set of strings. ``add`` returns once the name is on disk; ``discard`` of the
-    last name removes the file. The file is read afresh each time: another process may have
-    left names in it since (one process writes a connector at a time: the writer lock).
-    Thread-safe. Nothing touches the disk before the first use."""
+    """A durable set of strings. ``add`` returns once the name is on disk, ``add_many`` once all
+    its names are (one write of the file for them all: each write rewrites and syncs the whole
+    file, so add many names at once where they come together); ``discard`` of the last name
+    removes the file. The file is read afresh each time: another process may have left names in
+    it since (one process writes a connector at a time: the writer lock). Thread-safe. Nothing
+    touches the disk before the first use."""
 
     def __init__(self, folder: Path | None, vendor: str, *identity: str, required: bool = True) -> None:
         digest = hashlib.sha256("\0".join(identity).encode("utf-8")).hexdigest()[:16]
@@ -75,10 +77,18 @@ class Journal:
             return self._usable(self._read, set())
 
     def add(self, name: str) -> None:
+        self.add_many([name])
+
+    def add_many(self, names: Iterable[str]) -> None:
+        """Adds ``names`` in one atomic write: after a crash the file holds all of them or none
+        (of those not already in it). Nothing to add: no write."""
+        wanted = set(names)
+        if not wanted:
+            return
         with self._lock:
-            names = self._usable(self._read, set())
-            if name not in names and not self.off:
-                self._usable(lambda: self._write(names | {name}), None)
+            held = self._usable(self._read, set())
+            if not wanted.issubset(held) and not self.off:
+                self._usable(lambda: self._write(held | wanted), None)
 
     def discard(self, names: Iterable[str]) -> None:
         with self._lock:
