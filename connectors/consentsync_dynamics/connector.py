@@ -11,15 +11,18 @@ cursor's token; later reads GET that link and receive only what changed, deleted
 triggers one full reload. A full read (the first, or a reload) that outlasts a run keeps its
 position with the link it took first, and the next run goes on from there. Tables without change
 tracking, or ``change_tracking: false``, are always read by the keyset ``$filter``. Writes go as
-``$batch`` requests (at most 1,000) of ``PATCH`` with ``If-Match: *`` (a PATCH alone would create
-a missing row), or ``DELETE`` for the delete action, and ``Prefer: odata.continue-on-error``, one
-result per request, handed over batch by batch.
+``$batch`` requests (``batch_size``, 10 by default; a batch that times out is sent again in
+halves) of ``PATCH`` with ``If-Match``: the ETag the row was read with (a row changed since is
+not overwritten: 412), else ``*`` (a PATCH alone would create a missing row), or ``DELETE`` for
+the delete action, and ``Prefer: odata.continue-on-error``, one result per request, handed over
+batch by batch.
 429 answers are waited out per ``Retry-After`` (tenacity, the sdk policy).
 
 The object ``consentsync_journeys_contact`` (:mod:`consentsync_dynamics.journeys`) is the contact
 table read again as Customer Insights - Journeys' consent center sees it: whether each address
-has a consent row per purpose. Pushed for a person's no, the connector creates the missing row
-(Opted out); read back, a row it created and nobody changed is left out of the consent-row read.
+the contact holds in Journeys' recipient fields (``journeys_email_fields``) has a consent row per
+purpose. Pushed for a person's no, the connector creates the missing rows (Opted out); read
+back, a row it created and nobody changed is left out of the consent-row read.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -43,7 +47,7 @@ from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_dynamics import journeys
 from consentsync_dynamics.batch import PartRequest, PartResponse, decode, encode
-from consentsync_dynamics.journeys import CONSENT_TABLE, CONTACT_EMAIL, JOURNEYS_CONTACT
+from consentsync_dynamics.journeys import CONSENT_TABLE, JOURNEYS_CONTACT
 from consentsync_dynamics.settings import DynamicsSettings
 
 log = structlog.get_logger("consentsync.dynamics")
@@ -89,7 +93,19 @@ _URL_BUDGET = URL_LIMIT - 8_192
 # A row that exists, answered to a create: 0x80040237 (the id: If-None-Match) or 0x80060892 (an
 # alternate key an admin defined).
 _EXISTS = frozenset({"0x80040237", "0x80060892"})
+_KEY_TAKEN = "0x80060892"  # 412: an alternate key's values are another row's
 _NOT_FOUND = "0x80040217"
+#: The answer to an update of a row changed since this run read it (412 to its ETag): retryable,
+#: but kept for the next run, whose read hands the change over first (``write_batches``).
+CHANGED_SINCE_READ = "CHANGED_SINCE_READ"
+# ExpiredVersionStamp: a delta link past the change-tracking retention (Organization
+# ExpireChangeTrackingInDays, 7 days by default), and the message that goes with it.
+_EXPIRED_VERSION_STAMP = "0x80044352"
+_EXPIRED_MESSAGE = "version stamp associated with the client has expired"
+# How many rows' ETags the connector keeps from its reads (the most recent): a row read longer
+# ago, or not read in this run, is written with If-Match: * (as a row of a table without
+# optimistic concurrency).
+_ETAGS_KEPT = 200_000
 
 
 def odata_literal(value: Any) -> str:
@@ -167,6 +183,8 @@ class _Entity:
     entity_set: str
     primary_id: str
     change_tracking: bool
+    # IsOptimisticConcurrencyEnabled: an update may go with the row's ETag (If-Match).
+    concurrency: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +318,10 @@ class _DeltaRefused(Exception):
     """The delta link was refused (expired or invalid): read the table again from the start."""
 
 
+class _BatchTimedOut(Exception):
+    """A ``$batch`` got no answer in time: :meth:`DynamicsConnector._batch` sends it in halves."""
+
+
 class DynamicsConnector(sdk.Connector):
     vendor = "dynamics"
     settings_model = DynamicsSettings
@@ -355,6 +377,12 @@ class DynamicsConnector(sdk.Connector):
         self._audited_columns: frozenset[str] | None = None
         # The latest Date this environment's Web API answered with (the service's clock).
         self._answered_at: datetime | None = None
+        # (table, row id as an int) -> the row's @odata.etag as a read of it was handed over: an
+        # update goes with it (If-Match), so a change made since is not overwritten unseen.
+        self._etags: dict[tuple[str, int], str] = {}
+        # Requests per $batch: batch_size, halved for the rest of the run by a batch that timed
+        # out (_batch).
+        self._batch_limit = self.config.batch_size
 
     # -- session -------------------------------------------------------------------------------
 
@@ -404,13 +432,17 @@ class DynamicsConnector(sdk.Connector):
                 "GET",
                 url,
                 f"EntityDefinitions {logical_name}",
-                params={"$select": "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled"},
+                params={
+                    "$select": "LogicalName,EntitySetName,PrimaryIdAttribute,ChangeTrackingEnabled,"
+                    "IsOptimisticConcurrencyEnabled"
+                },
             ).json()
             self._entities[logical_name] = _Entity(
                 logical_name,
                 body["EntitySetName"],
                 body["PrimaryIdAttribute"],
                 bool(body.get("ChangeTrackingEnabled")),
+                body.get("IsOptimisticConcurrencyEnabled") is True,
             )
         return self._entities[logical_name]
 
@@ -636,7 +668,8 @@ class DynamicsConnector(sdk.Connector):
         newest: tuple[datetime | None, str | None] = (since.modstamp, since.record_id)
         # Only once after a first read (its catch-up follows): the ids this delta yields, bounded
         # by the changes since that read, so that the catch-up does not yield them again.
-        delivered: set[str] = set()
+        # With the ETag each was handed over with: the catch-up's read of it is not handed over.
+        delivered: dict[str, str | None] = {}
 
         def note(record: sdk.CrmRecord) -> sdk.CrmRecord:
             nonlocal newest
@@ -651,12 +684,12 @@ class DynamicsConnector(sdk.Connector):
                 if "$deletedEntity" in str(row.get("@odata.context", "")) or row.get("reason") == "deleted":
                     # The delta carries no time of deletion: it happened before this page was read.
                     self.deleted_rows += 1
-                    yield _deleted(entity, row)
+                    yield self._seen(entity, row, _deleted(entity, row))
                     continue
                 if _wanted(row, wire, filters):
-                    record = note(_record(entity, row, wire))
+                    record = note(self._seen(entity, row, _record(entity, row, wire)))
                     if catch_up is not None:
-                        delivered.add(record.record_id)
+                        delivered[record.record_id] = self._etag(entity, record.record_id)
                     yield record
             if body.get("@odata.nextLink"):
                 url = self._checked_link(body["@odata.nextLink"])
@@ -670,12 +703,24 @@ class DynamicsConnector(sdk.Connector):
                 for record in self._read_keyset(table, sdk.Cursor(catch_up), until):
                     if record.record_id not in delivered:  # else the delta carried it already
                         yield note(record)
+                        continue
+                    self._forget_etag(entity, record.record_id)
+                    if (etag := delivered[record.record_id]) is not None:
+                        self._seen(entity, {"@odata.etag": etag}, record)
             self.completed_cursor = sdk.Cursor(*newest, token=self._checked_link(link))
             return
 
     def _page(self, url: str, params: Mapping[str, str] | None, entity: _Entity, *, delta: bool) -> Any:
+        """One page of a read; of a delta (its first page), a refusal of the link raises
+        :class:`_DeltaRefused`: any 400 or 410, and the expired-link error at any status.
+        Microsoft Learn says only that Dataverse "throws an exception" for changes older than
+        the retention period ("Use change tracking to synchronize data with external systems",
+        Organization ExpireChangeTrackingInDays, 7 days by default), not its status: an
+        ExpiredVersionStamp (0x80044352) or its message answered with a 5xx is the link's expiry
+        too, read again in full rather than retried, and failed, every run."""
+
         def refused(response: requests.Response) -> bool:
-            return delta and response.status_code in (400, 410)
+            return delta and (response.status_code in (400, 410) or _expired_link(response))
 
         response = self._request(
             "GET",
@@ -724,7 +769,7 @@ class DynamicsConnector(sdk.Connector):
                 "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
             ).json()
             for row in table.kept(body.get("value", [])):
-                yield _record(entity, row, wire)
+                yield self._seen(entity, row, _record(entity, row, wire))
             next_link = body.get("@odata.nextLink")
             if not next_link:
                 return
@@ -758,6 +803,39 @@ class DynamicsConnector(sdk.Connector):
                 ErrorRule(Action.FAIL, Fault.CONFIG, "foreign link"),
             )
         return link
+
+    # -- the rows' versions, for writes ------------------------------------------------------------
+
+    def _seen(self, entity: _Entity, row: Mapping[str, Any], record: sdk.CrmRecord) -> sdk.CrmRecord:
+        """``record`` (read from ``row``), its ETag kept for a write to it: only for a record
+        handed over as read (a row the read leaves out, or whose values do not reach the engine,
+        must not vouch for a write), of a table with optimistic concurrency; a deleted or merged
+        record has none."""
+        if entity.logical_name == JOURNEYS_CONTACT or not entity.concurrency:
+            return record
+        try:
+            key = (entity.logical_name, uuid.UUID(record.record_id).int)
+        except ValueError:
+            return record
+        etag = row.get("@odata.etag")
+        self._etags.pop(key, None)  # re-inserted last: the most recently read are kept
+        if isinstance(etag, str) and etag and not record.deleted:
+            self._etags[key] = etag
+            if len(self._etags) > _ETAGS_KEPT:
+                self._etags.pop(next(iter(self._etags)))
+        return record
+
+    def _etag(self, entity: _Entity, record_id: str) -> str | None:
+        if not entity.concurrency:
+            return None
+        try:
+            return self._etags.get((entity.logical_name, uuid.UUID(record_id).int))
+        except ValueError:
+            return None
+
+    def _forget_etag(self, entity: _Entity, record_id: str) -> None:
+        with suppress(ValueError):
+            self._etags.pop((entity.logical_name, uuid.UUID(record_id).int), None)
 
     # -- Customer Insights - Journeys: the contact as its consent center sees it --------------------
 
@@ -826,7 +904,7 @@ class DynamicsConnector(sdk.Connector):
         contact = self._entity("contact")
         entity = _Entity(JOURNEYS_CONTACT, contact.entity_set, contact.primary_id, contact.change_tracking)
         columns = [name for name in fields if name not in purposes]
-        table = self._table_read(entity, "contact", [*columns, CONTACT_EMAIL])
+        table = self._table_read(entity, "contact", [*columns, *self.config.journeys_email_fields])
         consents = self._entity(CONSENT_TABLE)
         if not (self.config.change_tracking and contact.change_tracking and consents.change_tracking):
             # Each contact's cursor (and the read's last one) goes with the contact once its page
@@ -1068,7 +1146,7 @@ class DynamicsConnector(sdk.Connector):
                     lost_only
                     and n < len(page)
                     and not (
-                        journeys.address_key(record.fields.get(CONTACT_EMAIL)) is not None
+                        self._addresses(record.fields)
                         and any(record.fields.get(name) is None for name in purposes)
                     )
                 ):
@@ -1343,7 +1421,7 @@ class DynamicsConnector(sdk.Connector):
                 target = quote(f"{{'@odata.id':'{entity.entity_set}({row_id})'}}", safe="")
                 url = f"{self.config.api_url}/RetrieveRecordChangeHistory(Target=@target)?@target={target}"
                 parts.append(PartRequest("GET", url))
-            _response, answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
+            answers = self._batch(parts, f"$batch reading the audit history of {len(parts)} rows")
             for position, row_id in enumerate(chunk):
                 if position >= len(answers):
                     yield row_id, None
@@ -1367,12 +1445,15 @@ class DynamicsConnector(sdk.Connector):
                 yield row_id, details
 
     def _contacts_at(self, table: _TableRead, addresses: Collection[str]) -> Iterator[sdk.CrmRecord]:
-        """The live contacts whose address is one of ``addresses`` (as :func:`journeys.address_key`
-        gives them: Dataverse compares text without regard to case), read in long GETs inside
-        ``$batch`` calls."""
+        """The live contacts holding one of ``addresses`` (as :func:`journeys.address_key` gives
+        them: Dataverse compares text without regard to case) in any of the recipient fields
+        (``journeys_email_fields``), read in long GETs inside ``$batch`` calls."""
         entity, wire = table.entity, table.wire
-        email = wire[CONTACT_EMAIL]
-        terms = [f"{email} eq {odata_literal(address)}" for address in sorted(addresses)]
+        terms = [
+            f"{wire[field]} eq {odata_literal(address)}"
+            for address in sorted(addresses)
+            for field in self.config.journeys_email_fields
+        ]
         urls = self._query_urls(entity, list(wire.values()), "", terms)
         for row in self._get_in_batches(urls, f"read {entity.entity_set} by address"):
             if _wanted(row, wire, table.filters) and table.keeps(row):
@@ -1383,19 +1464,34 @@ class DynamicsConnector(sdk.Connector):
     def _with_consent_rows(
         self, page: list[sdk.CrmRecord], purposes: Mapping[str, str]
     ) -> Iterator[sdk.CrmRecord]:
+        """``page`` with each contact's purpose fields: true where every address it holds in the
+        recipient fields (``journeys_email_fields``) has a consent row for the purpose, or where
+        it holds none; empty where one of them has none (Journeys checks consent per address:
+        a no pushed then creates the missing rows)."""
         live = [record for record in page if not record.deleted]
-        addresses = {key for r in live if (key := journeys.address_key(r.fields.get(CONTACT_EMAIL)))}
+        addresses = {key for record in live for key in self._addresses(record.fields)}
         rows = self._consent_rows(addresses, set(purposes.values()))
         for record in page:
             if record.deleted:
                 yield record
                 continue
-            key = journeys.address_key(record.fields.get(CONTACT_EMAIL))
+            keys = self._addresses(record.fields)
             shown = {
-                name: True if key is None or (key, purpose) in rows else None
+                name: True if all((key, purpose) in rows for key in keys) else None
                 for name, purpose in purposes.items()
             }
             yield replace(record, fields={**record.fields, **shown})
+
+    def _addresses(self, fields: Mapping[str, Any]) -> dict[str, str]:
+        """The addresses a contact's ``fields`` hold in the recipient fields (address key -> the
+        address as written, the first field's spelling where two hold one address)."""
+        found: dict[str, str] = {}
+        for field in self.config.journeys_email_fields:
+            written = fields.get(field)
+            key = journeys.address_key(written)
+            if key is not None and isinstance(written, str):
+                found.setdefault(key, written.strip())
+        return found
 
     def _consent_rows(self, addresses: Collection[str], purposes: Collection[str]) -> set[tuple[str, str]]:
         """(address, purpose id) of every purpose-level Email consent row of these addresses
@@ -1467,18 +1563,11 @@ class DynamicsConnector(sdk.Connector):
         while pending:
             chunk, pending = pending[: self.config.batch_size], pending[self.config.batch_size :]
             prefer = {"Prefer": f"odata.maxpagesize={self.config.page_size}"}
-            content_type, body = encode([PartRequest("GET", url, None, prefer) for url in chunk])
-            response = self._request(
-                "POST",
-                f"{self.config.api_url}/$batch",
-                f"{describe}: $batch of {len(chunk)}",
-                headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-                data=body,
-            )
-            answers = decode(response.headers.get("Content-Type", ""), response.content)
+            parts = [PartRequest("GET", url, None, prefer) for url in chunk]
+            answers = self._batch(parts, f"{describe}: $batch of {len(chunk)}")
             for answer in answers:
                 if answer.status >= 300:
-                    raise _part_error(describe, answer, response.headers.get("Date"))
+                    raise _part_error(describe, answer)
                 page = answer.body if isinstance(answer.body, dict) else {}
                 rows += page.get("value", [])
                 if page.get("@odata.nextLink"):
@@ -1523,6 +1612,7 @@ class DynamicsConnector(sdk.Connector):
         if answered:
             yield answered
         most = max((len(updates[index].fields) for index in valid), default=1)
+        most *= len(self.config.journeys_email_fields)  # a row per purpose and address
         yield from sdk.write_in_passes(
             valid,
             lambda chunk: self._create_rows([updates[i] for i in chunk]),
@@ -1532,20 +1622,19 @@ class DynamicsConnector(sdk.Connector):
         )
 
     def _create_rows(self, items: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
-        """One call for the contacts' addresses, one for the consent rows they have, one
-        ``$batch`` creating the missing rows (``PATCH`` of the row's derived id with
+        """One call for the contacts' addresses (every one they hold in the recipient fields,
+        ``journeys_email_fields``), one for the consent rows they have, one ``$batch`` creating
+        the missing rows, one per address and purpose (``PATCH`` of the row's derived id with
         ``If-None-Match: *``: a create sent again answers 412 and creates nothing)."""
         addresses = self._contact_addresses([item.record_id for item in items])
         wanted: dict[tuple[str, str], str] = {}  # (address key, purpose) -> the address as written
         for item in items:
-            written = addresses.get(item.record_id.lower())
-            key = journeys.address_key(written)
-            if key is None or written is None:
-                continue  # no address (or the contact is gone): nothing to create
-            for name in item.fields:
-                purpose = journeys.purpose_of(name)
-                assert purpose is not None
-                wanted.setdefault((key, purpose), written.strip())
+            # No address (or the contact is gone): nothing to create.
+            for key, written in addresses.get(item.record_id.lower(), {}).items():
+                for name in item.fields:
+                    purpose = journeys.purpose_of(name)
+                    assert purpose is not None
+                    wanted.setdefault((key, purpose), written)
         existing = self._consent_rows({key for key, _ in wanted}, {purpose for _, purpose in wanted})
         missing = [pair for pair in wanted if pair not in existing]
         answers: dict[tuple[str, str], sdk.WriteResult] = {}
@@ -1553,27 +1642,28 @@ class DynamicsConnector(sdk.Connector):
             answers = self._send_creates(missing, wanted)
         results = []
         for item in items:
-            key = journeys.address_key(addresses.get(item.record_id.lower()))
+            keys = addresses.get(item.record_id.lower(), {})
             failed = [
                 answers[pair]
+                for key in keys
                 for name in item.fields
-                if key is not None
-                and (pair := (key, str(journeys.purpose_of(name)))) in answers
-                and not answers[pair].ok
+                if (pair := (key, str(journeys.purpose_of(name)))) in answers and not answers[pair].ok
             ]
             done = sdk.WriteResult(item.record_id, True)
             results.append(replace(failed[0], record_id=item.record_id) if failed else done)
         return results
 
-    def _contact_addresses(self, record_ids: Sequence[str]) -> dict[str, str | None]:
-        """Contact id -> its address (``emailaddress1``); a contact that no longer exists is left
-        out."""
+    def _contact_addresses(self, record_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Contact id -> the addresses it holds in the recipient fields (:meth:`_addresses`); a
+        contact that no longer exists is left out."""
         entity = self._entity("contact")
         ids = sorted({record_id.lower() for record_id in record_ids})
         terms = [f"{entity.primary_id} eq {i}" for i in ids]
-        urls = self._query_urls(entity, [entity.primary_id, CONTACT_EMAIL], "", terms)
+        fields = self.config.journeys_email_fields
+        wire = self._wire_names("contact", list(fields))  # checked against the table's columns
+        urls = self._query_urls(entity, [entity.primary_id, *wire.values()], "", terms)
         return {
-            str(row[entity.primary_id]).lower(): row.get(CONTACT_EMAIL)
+            str(row[entity.primary_id]).lower(): self._addresses({f: row.get(wire[f]) for f in fields})
             for row in self._get_in_batches(urls, f"read {entity.entity_set}")
         }
 
@@ -1602,7 +1692,7 @@ class DynamicsConnector(sdk.Connector):
                 )
                 for pair in todo
             ]
-            response, answers = self._batch(parts, f"$batch creating {len(parts)} {entity.entity_set}")
+            answers = self._batch(parts, f"$batch creating {len(parts)} {entity.entity_set}")
             taken: list[tuple[str, str]] = []
             for position, pair in enumerate(todo):
                 if position >= len(answers):
@@ -1613,13 +1703,13 @@ class DynamicsConnector(sdk.Connector):
                 if answer.status < 300:
                     created += 1
                     out[pair] = sdk.WriteResult(ids[pair], True)
-                elif code == "0x80060892":
+                elif code == _KEY_TAKEN:
                     out[pair] = sdk.WriteResult(ids[pair], True)  # an alternate key: a row is there
                 elif answer.status == 412 or code in _EXISTS:
                     out[pair] = sdk.WriteResult(ids[pair], True)  # there already (a create re-sent)
                     taken.append(pair)
                 else:
-                    out[pair] = _part_result(ids[pair], answer, response.headers.get("Date"))
+                    out[pair] = _part_result(ids[pair], answer)
             held = self._row_pairs([ids[pair] for pair in taken]) if taken else {}
             todo = [pair for pair in taken if held.get(ids[pair], pair) != pair]  # moved away
             if not todo:
@@ -1647,7 +1737,7 @@ class DynamicsConnector(sdk.Connector):
         select = f"$select={entity.primary_id},{value},{purpose}"
         url = f"{self.config.api_url}/{entity.entity_set}"
         parts = [PartRequest("GET", f"{url}({row_id})?{select}") for row_id in row_ids]
-        _response, answers = self._batch(parts, f"$batch reading {len(parts)} {entity.entity_set}")
+        answers = self._batch(parts, f"$batch reading {len(parts)} {entity.entity_set}")
         held: dict[str, tuple[str | None, str | None]] = {}
         for row_id, answer in zip(row_ids, answers, strict=False):
             row = answer.body if answer.status < 300 and isinstance(answer.body, dict) else None
@@ -1673,7 +1763,12 @@ class DynamicsConnector(sdk.Connector):
         error are sent again (``write_retries`` times) in later batches and answered when those
         return; the rest of their batch is answered at once. Pushes to
         ``consentsync_journeys_contact`` (consent rows to create) go last, so that an erasure's
-        anonymise of the same contact is written first."""
+        anonymise of the same contact is written first.
+
+        An update of a row changed since this run read it (412, see :meth:`_write_batch`) is
+        answered as worth another try, but not sent again in this run: it stays pending for the
+        next, whose read hands the change over first, so the engine decides the write again on
+        it (superseded where it no longer holds) instead of overwriting it unseen."""
         refused: dict[int, sdk.WriteResult] = {}
         pending: list[int] = []
         created: list[int] = []
@@ -1688,19 +1783,35 @@ class DynamicsConnector(sdk.Connector):
                 pending.append(index)
         if refused:
             yield refused
-        yield from sdk.write_in_passes(
+        for answered in sdk.write_in_passes(
             pending,
             lambda chunk: self._write_batch([updates[i] for i in chunk]),
             size=self.config.batch_size,
             retries=self.config.write_retries,
             max_wait=self.config.max_rate_limit_wait,
-        )
+        ):
+            # Kept out of this run's passes (not retryable there), pending for the next run.
+            yield {
+                index: replace(result, retryable=True) if result.error_code == CHANGED_SINCE_READ else result
+                for index, result in answered.items()
+            }
         if created:
             yield from self._write_journeys(updates, created)
 
     def _write_batch(self, updates: Sequence[sdk.RecordUpdate]) -> list[sdk.WriteResult]:
+        """One ``$batch`` of the updates (``PATCH``) and deletes, one result each.
+
+        An update goes with ``If-Match``: the row's ETag (``@odata.etag``) as this run's read
+        handed the row over, where the table has optimistic concurrency ("Perform conditional
+        operations using the Web API", Apply optimistic concurrency), else ``*`` (update only: a
+        PATCH without it creates a missing row). A 412 then means the row changed since that
+        read (a person's opt-in made in Journeys, an agent's tick): it is not overwritten. Where
+        the row already holds every value written (a write of this run that a timed-out batch
+        executed, someone else's identical change) the update is done; otherwise it is answered
+        :data:`CHANGED_SINCE_READ`, for the next run to read the change first."""
         parts = []
-        for item in updates:
+        guarded: set[int] = set()
+        for position, item in enumerate(updates):
             entity = self._entity(item.object_type)
             url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
             if item.action is sdk.WriteAction.DELETE:
@@ -1708,17 +1819,16 @@ class DynamicsConnector(sdk.Connector):
                 continue
             for name in item.fields:
                 _check_name(name, "column")
-            parts.append(
-                PartRequest(
-                    "PATCH",
-                    url,
-                    dict(item.fields),
-                    {"If-Match": "*"},  # update only: a PATCH without it creates a missing row
-                )
-            )
-        response, answers = self._batch(parts, f"$batch of {len(parts)}")
+            etag = self._etag(entity, item.record_id)
+            if etag is not None:
+                guarded.add(position)
+            # ``*``: update only (a PATCH without If-Match creates a missing row); an ETag also
+            # only the row as it was read.
+            parts.append(PartRequest("PATCH", url, dict(item.fields), {"If-Match": etag or "*"}))
+        answers = self._batch(parts, f"$batch of {len(parts)}")
         results = []
         not_found: list[int] = []
+        changed: list[int] = []
         for position, item in enumerate(updates):
             if position >= len(answers):
                 # Not executed (the service stopped at an earlier failure): safe to send again.
@@ -1730,7 +1840,33 @@ class DynamicsConnector(sdk.Connector):
                 answer = PartResponse(204, None, answer.headers)
             elif answer.status == 404:
                 not_found.append(position)
-            results.append(_part_result(item.record_id, answer, response.headers.get("Date")))
+            elif answer.status == 412 and position in guarded and answer.error[0] != _KEY_TAKEN:
+                changed.append(position)  # (an alternate key's refusal is the value's fault)
+            if position in guarded:
+                # Written (its ETag moves on) or refused: a later write of this run goes unguarded
+                # rather than with an ETag that no longer is the row's.
+                self._forget_etag(self._entity(item.object_type), item.record_id)
+            results.append(_part_result(item.record_id, answer))
+        if changed:
+            holding = self._holding([updates[position] for position in changed])
+            for position in changed:
+                item = updates[position]
+                if (item.object_type, item.record_id.lower()) in holding:
+                    results[position] = sdk.WriteResult(item.record_id, True)
+                else:
+                    results[position] = sdk.WriteResult(
+                        item.record_id,
+                        False,
+                        CHANGED_SINCE_READ,
+                        "the row changed in Dynamics after this run read it: not overwritten; the "
+                        "next run reads the change and decides the write again",
+                    )
+            log.info(
+                "dynamics.changed_since_read",
+                connector=self.name,
+                rows=len(changed),
+                already_holding=len(holding),
+            )
         if not_found:
             gone = self._gone([updates[position] for position in not_found])
             for position in not_found:
@@ -1740,6 +1876,29 @@ class DynamicsConnector(sdk.Connector):
                     refused = results[position]
                     results[position] = replace(refused, retryable=False, retry_after=None, gone=True)
         return results
+
+    def _holding(self, items: Sequence[sdk.RecordUpdate]) -> set[tuple[str, str]]:
+        """(object, id) of the ``items`` (updates) whose row holds every value they write now, by
+        a GET of those columns in one ``$batch``; none where the check could not be made, nor
+        for a value not read back as written (a lookup bound with ``@odata.bind``)."""
+        parts = []
+        for item in items:
+            entity = self._entity(item.object_type)
+            url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
+            columns = ",".join(name for name in item.fields if "@" not in name) or entity.primary_id
+            parts.append(PartRequest("GET", f"{url}?$select={columns}"))
+        try:
+            answers = self._batch(parts, f"$batch reading {len(parts)} rows changed since the read")
+        except ConnectorError as error:
+            log.warning("dynamics.changed_row_unread", connector=self.name, error=str(error)[:200])
+            return set()
+        return {
+            (item.object_type, item.record_id.lower())
+            for item, answer in zip(items, answers, strict=False)
+            if answer.status < 300
+            and isinstance(answer.body, dict)
+            and all("@" not in name and answer.body.get(name) == value for name, value in item.fields.items())
+        }
 
     def _gone(self, items: Sequence[sdk.RecordUpdate]) -> set[tuple[str, str]]:
         """(object, id) of the ``items`` whose record a GET answers 404 too. An update's 404 alone
@@ -1751,7 +1910,7 @@ class DynamicsConnector(sdk.Connector):
             url = f"{self.config.api_url}/{entity.entity_set}({item.record_id.lower()})"
             parts.append(PartRequest("GET", f"{url}?$select={entity.primary_id}"))
         try:
-            _response, answers = self._batch(parts, f"$batch checking {len(parts)} rows answered 404")
+            answers = self._batch(parts, f"$batch checking {len(parts)} rows answered 404")
         except ConnectorError as error:
             log.warning("dynamics.gone_check_failed", connector=self.name, error=str(error))
             return set()
@@ -1762,18 +1921,73 @@ class DynamicsConnector(sdk.Connector):
             if answer.status == 404 and answer.error[0] in (None, _NOT_FOUND)
         }
 
-    def _batch(self, parts: list[PartRequest], describe: str) -> tuple[Any, list[PartResponse]]:
-        """Sends ``parts`` as one ``$batch`` that goes on past a failed part; the answer and its
-        parts' answers, in order (fewer where the service stopped)."""
+    def _batch(self, parts: list[PartRequest], describe: str) -> list[PartResponse]:
+        """Sends ``parts`` as ``$batch`` calls that go on past a failed part; their answers, in
+        order (fewer where the service stopped: the rest was not executed).
+
+        Dataverse runs a batch's requests one after another and answers when the last is done
+        ("Execute batch operations using the Web API"), so a batch too large for the call's
+        ``timeout`` is executed whole and never answered; sent again whole (the retry policy's
+        attempts), it is executed again each time and never answered either. A batch that times
+        out is sent again in halves instead, and the run's later batches are held to that size
+        (``dynamics.batch_timed_out``); a single request that times out is retried as any call.
+        A request executed by the timed-out call and again by its half is written twice, with the
+        same values (a write whose row changed since the read then answers 412, see
+        :meth:`_write_batch`)."""
+        answers: list[PartResponse] = []
+        start = 0
+        while start < len(parts):
+            size = min(len(parts) - start, self._batch_limit)
+            chunk = parts[start : start + size]
+            said = describe if size == len(parts) else f"{describe} ({size} of them)"
+            try:
+                answered = self._post_batch(chunk, said, halve=size > 1)
+            except _BatchTimedOut:
+                self._batch_limit = max(1, size // 2)
+                log.warning(
+                    "dynamics.batch_timed_out",
+                    connector=self.name,
+                    requests=size,
+                    next_size=self._batch_limit,
+                )
+                continue
+            answers += answered
+            if len(answered) < len(chunk):
+                return answers  # the service stopped: nothing after it was executed
+            start += size
+        return answers
+
+    def _post_batch(self, parts: Sequence[PartRequest], describe: str, *, halve: bool) -> list[PartResponse]:
+        """One ``$batch`` call of ``parts`` under the retry policy, but for a timeout where
+        ``halve``: :class:`_BatchTimedOut`, for :meth:`_batch` to send the parts again in halves.
+        A part refused with a Retry-After given as a date carries the batch answer's Date."""
         content_type, body = encode(parts)
-        response = self._request(
-            "POST",
-            f"{self.config.api_url}/$batch",
-            describe,
-            headers={"Content-Type": content_type, "Prefer": "odata.continue-on-error"},
-            data=body,
-        )
-        return response, decode(response.headers.get("Content-Type", ""), response.content)
+        url = f"{self.config.api_url}/$batch"
+        headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error"}
+        if not halve:
+            response = self._request("POST", url, describe, headers=headers, data=body)
+        else:
+
+            def attempt() -> requests.Response:
+                try:
+                    return self.api.send(
+                        "POST", url, describe=describe, headers=headers, data=body, retry=False
+                    )
+                except ConnectorError as error:
+                    if _timed_out(error):
+                        raise _BatchTimedOut(str(error)) from None
+                    raise
+
+            response = sdk.call(
+                attempt, policy=self.api.policy, refresh_session=self._forget_token, describe=describe
+            )
+        date = response.headers.get("Date")
+        return [
+            replace(answer, headers={**answer.headers, "date": date})
+            if date and "retry-after" in answer.headers and "date" not in answer.headers
+            else answer
+            for answer in decode(response.headers.get("Content-Type", ""), response.content)
+        ]
 
     def close(self) -> None:
         self.api.close()
@@ -1846,28 +2060,48 @@ def _error_of(response: requests.Response) -> tuple[str | None, str]:
     return code, str(journeys.redacted(message))[:300]
 
 
+def _expired_link(response: requests.Response) -> bool:
+    """Whether a refused delta read says its link expired (ExpiredVersionStamp), whatever its
+    status."""
+    if response.status_code < 400:
+        return False
+    code, message = _error_of(response)
+    return (code or "").lower() == _EXPIRED_VERSION_STAMP or _EXPIRED_MESSAGE in message.lower()
+
+
+def _timed_out(error: ConnectorError) -> bool:
+    """Whether ``error`` is a call sent that got no answer in time (a read timeout: the service
+    may be executing it). A connect timeout sent nothing: it is retried as any call."""
+    return (
+        error.rule.reason == "timed out" and error.rule.status is None and "ConnectTimeout" not in str(error)
+    )
+
+
 def _classified(describe: str, response: requests.Response) -> ConnectorError:
     return sdk.response_error(describe, response, ERRORS, *_error_of(response))
 
 
-def _part_error(describe: str, answer: PartResponse, date: str | None) -> ConnectorError:
-    """A request of a ``$batch`` refused, as the error the table says (with its Retry-After)."""
+def _part_error(describe: str, answer: PartResponse) -> ConnectorError:
+    """A request of a ``$batch`` refused, as the error the table says (with its Retry-After; a
+    date is read against the batch answer's Date, which :meth:`DynamicsConnector._post_batch`
+    gives the part)."""
     code, message = answer.error
     rule = ERRORS.classify(answer.status, code)
-    wait = sdk.retry_after_value(answer.headers.get("retry-after"), date)
+    wait = sdk.retry_after_value(answer.headers.get("retry-after"), answer.headers.get("date"))
     text = str(journeys.redacted(message))[:300]  # a refused look-up may quote its $filter
     return ConnectorError(f"{describe}: {answer.status} {code or ''} {text}", rule, retry_after=wait)
 
 
-def _part_result(record_id: str, answer: PartResponse, date: str | None = None) -> sdk.WriteResult:
+def _part_result(record_id: str, answer: PartResponse) -> sdk.WriteResult:
     if answer.status < 300:
         return sdk.WriteResult(record_id, True)
     code, message = answer.error
     rule = ERRORS.classify(answer.status, code)
     retryable = rule.action in (Action.RETRY, Action.RATE_LIMITED, Action.REFRESH_TOKEN)
     # A request of the batch refused by service protection carries its own Retry-After (the
-    # part's headers; ``date`` is the batch answer's Date): resent before then, it is refused
-    # again and the throttle runs on.
+    # part's headers, with the batch answer's Date): resent before then, it is refused again and
+    # the throttle runs on.
+    date = answer.headers.get("date")
     wait = sdk.retry_after_value(answer.headers.get("retry-after"), date) if retryable else None
     # Redacted whole, then cut: a cut address would keep its first half.
     text = str(journeys.redacted(message))[:500]

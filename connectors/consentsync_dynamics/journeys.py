@@ -10,10 +10,13 @@ object :data:`JOURNEYS_CONTACT`.
 That object is no Dataverse table: each of its records is a contact (same id, read through the
 contact table's change tracking and the consent table's, whose changes hand over the contacts
 they concern) seen from Journeys' consent center. Its field
-``purpose_<purpose id without dashes>`` is true when the contact's address (``emailaddress1``)
-has a purpose-level Email consent row for that purpose, or when the contact has no address
-(nothing to create), and empty otherwise. A mapping pushes true for a person's no only
-(``push: {withdrawn: true}``); the connector then creates the row, Opted out: source Internal,
+``purpose_<purpose id without dashes>`` is true when each address the contact holds in the
+recipient fields Journeys may email (setting ``journeys_email_fields``, the email recipient
+fields of its audience configuration; ``emailaddress1`` by default) has a purpose-level Email
+consent row for that purpose, or when the contact has no address (nothing to create), and empty
+otherwise: Journeys checks consent per address. A mapping pushes true for a person's no only
+(``push: {withdrawn: true}``); the connector then creates the row of each address without one,
+Opted out: source Internal,
 reason "No reasons", and :data:`MARKER` as its reason description (the Journeys documentation's
 way to tell the rows a sync wrote). Its id is derived from the purpose and the address under a
 key, so that a create re-sent (a lost answer, a crash) finds its first attempt instead of adding
@@ -27,7 +30,8 @@ never changed (:func:`own_value_kept`, connector ``_own_rows``). A change of the
 in a preference center), or a row whose history cannot tell, is read as any other row.
 
 Sources: Microsoft Learn, "Create a consent record using a cloud flow" (Customer Insights -
-Journeys) and "Manage user compliance settings" (enforcement models); the Contact Point Consent
+Journeys), "Manage user compliance settings" (enforcement models) and "Select the audience source
+for journeys" (recipient fields); the Contact Point Consent
 (msdynmkt_contactpointconsent4) table/entity reference; Dataverse Web API "Perform conditional
 operations" (If-None-Match) and "Execute batch operations" (GET requests in a batch).
 """
@@ -62,7 +66,8 @@ __all__ = [
 #: table can be named so: a custom table's publisher prefix has at most eight characters.
 JOURNEYS_CONTACT = "consentsync_journeys_contact"
 CONSENT_TABLE = "msdynmkt_contactpointconsent4"
-#: The contact's column Journeys sends email to.
+#: The contact's default email recipient field in Journeys' audience configuration (the setting
+#: ``journeys_email_fields`` lists those of an environment).
 CONTACT_EMAIL = "emailaddress1"
 #: Option set values (the Contact Point Consent table reference).
 EMAIL_POINT = 534120000  # msdynmkt_contactpointtype: Email

@@ -35,7 +35,12 @@ class DynamicsSettings(ConnectorSettings):
     # false, by modifiedon with a (modifiedon, id) keyset $filter.
     change_tracking: bool = True
     page_size: int = Field(default=5000, ge=1, le=5000)  # Prefer: odata.maxpagesize
-    batch_size: int = Field(default=1000, ge=1, le=1000)  # requests per $batch
+    # Requests per $batch. Dataverse runs a batch's requests one after another ("Execute batch
+    # operations using the Web API"), and answers it only when the last is done: a batch of 1,000
+    # updates, each tens of milliseconds with plug-ins, outlasts the call's ``timeout``. "Service
+    # protection API limits" (Avoid large batches): "start with a small batch size of 10". A
+    # batch that times out anyway is sent again in halves (connector ``_batch``), never whole.
+    batch_size: int = Field(default=10, ge=1, le=1000)
     # Rows read only when a column holds one of the listed values, per table. Consent records of
     # Text and Voice contact points carry a phone number, not an address, so by default only Email
     # ones (534120000) are read.
@@ -52,6 +57,12 @@ class DynamicsSettings(ConnectorSettings):
     # Keys rows were created under before (the client secret before its rotation, or before
     # own_rows_secret was set): their rows are still recognised; new rows never use them.
     earlier_own_rows_secrets: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    # The contact's columns Customer Insights - Journeys may send email to: the recipient fields of
+    # its audience configuration for contacts (Settings > Customer engagement > Audience
+    # configuration > Contact, email; several since the February 2024 release), as logical names.
+    # Journeys checks consent per address, so a person's no creates the Opted out row for each
+    # address the contact holds in any of them (consentsync_journeys_contact, journeys.py).
+    journeys_email_fields: list[str] = Field(default_factory=lambda: ["emailaddress1"], min_length=1)
 
     @field_validator("environment_url", "token_url", mode="before")
     @classmethod
@@ -76,6 +87,14 @@ class DynamicsSettings(ConnectorSettings):
                 if not allowed:
                     raise ValueError(f"record_filters: {table}.{column} lists no values")
         return value
+
+    @field_validator("journeys_email_fields")
+    @classmethod
+    def _email_fields(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _NAME.fullmatch(name):  # fullmatch: no trailing newline into a $filter
+                raise ValueError(f"journeys_email_fields: {name!r} is not a Dataverse logical name")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _default_scope(self) -> DynamicsSettings:

@@ -135,6 +135,9 @@ class Table:
     alternate_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # The table's IsAuditEnabled: its rows' changes are recorded where the environment audits.
     audited: bool = False
+    # IsOptimisticConcurrencyEnabled: an update or delete with an ETag in If-Match is refused
+    # (412) when the row's version is another.
+    optimistic_concurrency: bool = True
 
     def types(self) -> dict[str, str]:
         return {name: column.edm for name, column in self.columns.items()}
@@ -178,6 +181,7 @@ def _tables() -> dict[str, Table]:
             Column("fullname", "String", updatable=False),
             Column("emailaddress1", "String", max_length=100),
             Column("emailaddress2", "String", max_length=100),
+            Column("emailaddress3", "String", max_length=100),
             Column("telephone1", "String", max_length=50),
             Column("mobilephone", "String", max_length=50),
             Column("description", "Memo", max_length=2000),
@@ -255,6 +259,10 @@ class DataverseEnvironment:
         # (operation 2, Update). Off by default, as in a new environment.
         self.auditing = False
         self.audit_log: list[dict[str, Any]] = []
+        # Customer Insights - Journeys' audience configuration for contacts: the recipient fields
+        # of the email channel ("Select the audience source for journeys": several since the
+        # February 2024 release). Journeys checks consent per address (journeys_recipients).
+        self.journeys_email_fields: tuple[str, ...] = ("emailaddress1",)
         for purpose_id, name in PURPOSES.items():
             self.create("msdynmkt_purpose", {"msdynmkt_name": name}, record_id=purpose_id)
 
@@ -434,6 +442,31 @@ class DataverseEnvironment:
                 if entry["objecttypecode"] == logical_name and entry["objectid"] == record_id.lower()
             ]
         return list(reversed(rows))
+
+    def journeys_recipients(self, contact_id: str, purpose_id: str) -> list[str]:
+        """The addresses Journeys may email a contact at for a purpose whose enforcement model is
+        non-restrictive: each address the contact holds in :attr:`journeys_email_fields` without
+        an Opted out (534120002) purpose-level Email consent row for the purpose, active or not
+        ("Manage user compliance settings": consent is checked per contact point value)."""
+        with self.lock:
+            contact = self.get("contact", contact_id)
+            if contact is None:
+                return []
+            opted_out = {
+                str(row["msdynmkt_contactpointvalue"]).casefold()
+                for row in self.records("msdynmkt_contactpointconsent4")
+                if row.get("msdynmkt_value") == 534120002
+                and row.get("msdynmkt_contactpointtype") == 534120000
+                and row.get("_msdynmkt_topicid_value") is None
+                and str(row.get("_msdynmkt_purposeid_value") or "").lower() == purpose_id.lower()
+                and isinstance(row.get("msdynmkt_contactpointvalue"), str)
+            }
+            found: dict[str, str] = {}
+            for field in self.journeys_email_fields:
+                value = contact.get(field)
+                if isinstance(value, str) and "@" in value and value.strip().casefold() not in opted_out:
+                    found.setdefault(value.strip().casefold(), value.strip())
+            return list(found.values())
 
     def begin_late(self, logical_name: str, values: Mapping[str, Any]) -> str:
         """A row created in a transaction that has not committed (a long plug-in chain, a bulk

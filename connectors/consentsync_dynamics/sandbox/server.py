@@ -28,7 +28,12 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   ``{"@odata.context": ".../$metadata#{set}/$deletedEntity", "id", "reason": "deleted"}``.
 * ``GET|PATCH|DELETE /api/data/v9.2/{set}({id})``, ``POST /api/data/v9.2/{set}``. PATCH is an
   upsert unless ``If-Match: *`` (then 404 for a missing row) or ``If-None-Match: *`` (create
-  only: 412 "A record with matching key values already exists." for a row that exists). POST
+  only: 412 "A record with matching key values already exists." for a row that exists). Every
+  row is read with ``@odata.etag`` (``W/"<versionnumber>"``); a PATCH or DELETE with an ETag in
+  ``If-Match`` ("Perform conditional operations using the Web API", Apply optimistic
+  concurrency) is refused 412 "The version of the existing record doesn't match the RowVersion
+  property provided." (code ``0x80060882``) when the row has changed since, and 404 for a
+  missing row; tables report ``IsOptimisticConcurrencyEnabled`` (``Table.optimistic_concurrency``). POST
   creates (204 with ``OData-EntityId``, or with ``Prefer: return=representation`` 201 with the
   row, ``$select`` honoured, and no ``OData-EntityId``); a lookup is set with
   ``{navigation property}@odata.bind`` (case as declared). A row whose values an alternate key
@@ -45,7 +50,9 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   {'@odata.id':'{set}({id})'}`` answers the row's audited updates, newest first, as
   ``AuditDetailCollection.AuditDetails`` of ``AttributeAuditDetail`` (``AuditRecord``,
   ``OldValue``, ``NewValue``: the changed columns); 403 ``0x80040220`` without
-  ``prvReadRecordAuditHistory`` (``audit_readable`` false).
+  ``prvReadRecordAuditHistory`` (``audit_readable`` false), and for ``organizations`` without
+  ``prvReadOrganization`` (``organization_readable`` false): the privileges :data:`PRIVILEGES`
+  names, which the security role in docs/connectors/dynamics.md grants.
 * Late commits: :meth:`~consentsync_dynamics.sandbox.dataverse.DataverseEnvironment.begin_late` makes a
   row no read sees until it commits; it then comes in the next delta (its row version is the
   commit's) with its original ``modifiedon``.
@@ -54,7 +61,11 @@ Endpoints (``v9.0`` to ``v9.2``; others answer 404):
   request's answer in its part; without it, it stops at the first failed request and answers
   the batch with that request's status, its answer the last part ("Execute batch operations
   using the Web API", Handling errors). A request inside a batch whose URL is longer than 64 KB
-  (65,536 characters, as sent: percent-encoded) is refused, 414.
+  (65,536 characters, as sent: percent-encoded) is refused, 414. The requests run one after
+  another, as Dataverse runs them ("These operations will be performed sequentially"), each for
+  ``batch_request_seconds`` (0 by default; a contact update with plug-ins takes tens of
+  milliseconds): a batch answers when its last request is done, and one whose caller gave up
+  waiting is executed to its end all the same.
 
 Every response carries ``OData-Version: 4.0``. Service protection ("Service protection API
 limits"): more than ``rate_limit`` requests in a sliding window of ``rate_window`` seconds answer
@@ -65,7 +76,10 @@ requests inside a batch do count toward, is modelled as ``execution_limit`` requ
 
 Where the documentation is silent the sandbox chooses, and the connector must not rely on it:
 change tracking refuses ``$filter``, ``$orderby``, ``$top`` (400, 0x80060888); an expired delta
-token answers 400 ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400 0x80060888; a
+token (older than ``change_retention``: Organization ExpireChangeTrackingInDays, 7 days by
+default) answers ``expired_delta_status`` (400 by default: Microsoft Learn says only that "the
+system throws an exception") with ``0x80044352`` (ExpiredVersionStamp) and a malformed one 400
+0x80060888; a
 row in the fault switch ``fail_ids`` answers 500 ``0x80044150``; more than 1000 batch requests
 answer 400 ``0x8006088a``; a batch stopped at a failed request carries that request's
 ``Retry-After`` on the batch's answer too; a request of a batch over the URL limit answers 414
@@ -99,13 +113,25 @@ from consentsync.sandbox.tokens import IssuedTokens, client_credentials_form
 from consentsync_dynamics.sandbox.dataverse import DataverseEnvironment, RowError, Table
 from consentsync_dynamics.sandbox.odata import ODataError, no_property, parse_filter, parse_orderby
 
-__all__ = ["DYNAMICS_KINDS", "DataverseCredentials", "DynamicsSandbox", "normalize_guid", "serve_forever"]
+__all__ = [
+    "DYNAMICS_KINDS",
+    "PRIVILEGES",
+    "DataverseCredentials",
+    "DynamicsSandbox",
+    "normalize_guid",
+    "serve_forever",
+]
 
 log = logging.getLogger("consentsync_dynamics.sandbox.server")
 
 MAX_PAGE_SIZE = 5000
 MAX_BATCH_REQUESTS = 1000
 EXPIRED_VERSION_STAMP = "0x80044352"
+VERSION_MISMATCH = "0x80060882"  # 412 to an If-Match ETag the row no longer has
+#: The privileges the sandbox checks beyond table access, by the switch that takes each away
+#: (the application user's security role lacks it): docs/connectors/dynamics.md lists them in the
+#: role it asks for.
+PRIVILEGES = {"audit_readable": "prvReadRecordAuditHistory", "organization_readable": "prvReadOrganization"}
 THROTTLED = "0x80072322"
 THROTTLED_EXECUTION = "0x80072321"
 URL_LIMIT = 65_536  # characters of a URL inside a $batch, as sent
@@ -221,8 +247,14 @@ class DynamicsSandbox(HttpsSandbox):
     # part. False: a batch whose requests would pass the limit is refused whole.
     throttle_in_batch = False
     change_retention = 7 * 24 * 3600.0  # seconds a delta token stays good for
+    # The status an expired delta token is refused with (its code is 0x80044352 whatever it is).
+    expired_delta_status = 400
     # The application user holds prvReadRecordAuditHistory (RetrieveRecordChangeHistory answers).
     audit_readable = True
+    # The application user holds prvReadOrganization (organizations answers).
+    organization_readable = True
+    # Seconds each request inside a $batch takes to execute (one after another).
+    batch_request_seconds = 0.0
 
     def __init__(self, environment: DataverseEnvironment | None = None, **options: Any) -> None:
         self.environment = environment or DataverseEnvironment()
@@ -573,6 +605,12 @@ class DynamicsSandbox(HttpsSandbox):
             return self._change_history(version, rest, request)
         if rest == "organizations" and method == "GET":
             env = self.environment
+            if not self.organization_readable:
+                raise RowError(
+                    403,
+                    "0x80040220",
+                    f"Principal user (Id={env.user_id}, type=8) is missing prvReadOrganization privilege",
+                )
             return _json(
                 200,
                 {
@@ -589,6 +627,7 @@ class DynamicsSandbox(HttpsSandbox):
             if method == "PATCH":
                 return self._patch(version, table, record_id, request)
             if method == "DELETE":
+                self._check_version(table, record_id, request)
                 self.environment.delete(table.logical_name, record_id)
                 return SandboxResponse(204, b"", None)
         elif re.fullmatch(r"\w+", rest):
@@ -700,6 +739,7 @@ class DynamicsSandbox(HttpsSandbox):
                     "EntitySetName": table.entity_set,
                     "PrimaryIdAttribute": table.primary_id,
                     "ChangeTrackingEnabled": table.change_tracking,
+                    "IsOptimisticConcurrencyEnabled": table.optimistic_concurrency,
                     "IsAuditEnabled": _managed(table.audited),
                     "MetadataId": str(uuid.uuid5(uuid.NAMESPACE_URL, table.logical_name)),
                 },
@@ -866,6 +906,7 @@ class DynamicsSandbox(HttpsSandbox):
             raise ODataError(
                 "Version stamp associated with the client has expired. Please perform a full sync.",
                 EXPIRED_VERSION_STAMP,
+                status=self.expired_delta_status,
             )
         with self.environment.lock:
             upto = int(state.get("v", self.environment.version))
@@ -924,8 +965,9 @@ class DynamicsSandbox(HttpsSandbox):
     def _patch(self, version: str, table: Table, record_id: str, request: SandboxRequest) -> SandboxResponse:
         values = self.environment.convert(table, _body(request), creating=False)
         exists = self.environment.get(table.logical_name, record_id) is not None
-        if request.header("If-Match") == "*" and not exists:
+        if request.header("If-Match") is not None and not exists:
             raise RowError(404, "0x80040217", f"{table.logical_name} With Id = {record_id} Does Not Exist")
+        self._check_version(table, record_id, request)
         if request.header("If-None-Match") == "*" and exists:
             raise RowError(412, "0x80040237", "A record with matching key values already exists.")
         if exists and self.faults.consume_failure(record_id):
@@ -948,6 +990,19 @@ class DynamicsSandbox(HttpsSandbox):
                 {"OData-EntityId": entity},
             )
         return SandboxResponse(204, b"", None, {"OData-EntityId": entity})
+
+    def _check_version(self, table: Table, record_id: str, request: SandboxRequest) -> None:
+        """Optimistic concurrency: an ``If-Match`` ETag that is not the row's current one."""
+        wanted = request.header("If-Match")
+        row = self.environment.get(table.logical_name, record_id)
+        if wanted is None or wanted.strip() == "*" or row is None or not table.optimistic_concurrency:
+            return
+        if wanted.strip() != f'W/"{row["versionnumber"]}"':
+            raise RowError(
+                412,
+                VERSION_MISMATCH,
+                "The version of the existing record doesn't match the RowVersion property provided.",
+            )
 
     def _batch(self, version: str, request: SandboxRequest) -> SandboxResponse:
         groups = _parse_batch(request)
@@ -1019,6 +1074,8 @@ class DynamicsSandbox(HttpsSandbox):
             refused = self._admit_execution(1) if self.throttle_in_batch else None
             if refused is not None:
                 return self.error_response(refused)
+            if self.batch_request_seconds > 0:
+                time.sleep(self.batch_request_seconds)  # executed one after another
             response = self._route(
                 part.method, path, parse_qs(split.query, keep_blank_values=True), part.headers, part.body
             )
