@@ -6,7 +6,9 @@ and shifts when a record changes mid-read, so every page is a fresh search from 
 (keyset paging: the filter moves, ``after`` is never used). Records sharing a
 ``lastmodifieddate`` are ordered by id here; a page whose records all share one timestamp is
 finished by a search on that timestamp sorted by ``hs_object_id``. Subscription statuses come
-from v4 batch status reads, one per page, as virtual fields ``subscription_<id>``,
+from v4 batch status reads, one per page (without the Enterprise-only batch scope, one read
+per address: ``_per_address``; an answer leaving an address unread fails the page), as virtual
+fields ``subscription_<id>``,
 ``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``. A contact opted out of all
 email (``hs_email_optout``, which HubSpot keeps apart from the subscription statuses) reads
 UNSUBSCRIBED for every subscription, as of its opt-out (v4 "wide" status reads, for those
@@ -18,14 +20,19 @@ HubSpot keys those statuses by address, not by contact: a user changing a contac
 hides the old address's no. Each page's ``email`` history (batch read, ``propertiesWithHistory``)
 names the addresses a contact had since the read's lower bound; a no among their statuses that
 the contact no longer shows, and that no later yes under the new address outranks, comes as the
-record's ``earlier_values``. A read of every contact again that names what the reads before it
-passed (``Cursor.history_from``) reads no address left before that bound: history a read passed is
-not acted on twice. An archived contact's history comes with its last values.
+record's ``earlier_values``; so does a no under one of its secondary addresses
+(``hs_additional_emails``: HubSpot's merge keeps the other contact's there), given while the
+contact had it (that property's history). A read of every contact again that names what the
+reads before it passed (``Cursor.history_from``) reads no address left before that bound:
+history a read passed is not acted on twice. An archived contact's history comes with its last values.
 
 Writing: properties by batch update (per-record results from the 207 answer; a batch HubSpot
-rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe.
-HubSpot's v3 never resubscribes a contact who unsubscribed: that refusal is a permanent
-per-record outcome (``HUBSPOT_REFUSES_RESUBSCRIBE``), never retried. The ``delete`` erasure
+rejects whole is retried record by record), subscription statuses by v3 subscribe/unsubscribe,
+each with a legal basis and its explanation (a GDPR portal requires them of both). consentsync
+never resubscribes a contact who unsubscribed in HubSpot, by its own policy (HubSpot's v4 could:
+``RESUBSCRIBE_OCCURRED``; a resubscribe must come from the person, through HubSpot's preferences
+page or a HubSpot form): v3 subscribe declines it, a permanent per-record outcome
+(``HUBSPOT_REFUSES_RESUBSCRIBE``), never retried. The ``delete`` erasure
 action permanently deletes each contact (``POST .../gdpr-delete``, one call a contact: not
 restorable, unlike an archive, which HubSpot keeps in its recycle bin for 90 days); setting
 ``delete_mode: archive`` archives instead (``batch/archive``).
@@ -47,18 +54,30 @@ import heapq
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import requests
+import structlog
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
 from consentsync_hubspot.settings import HubSpotSettings
+
+log = structlog.get_logger("consentsync.hubspot")
+
+#: A v4 batch status read that answered 207 with error entries, or left addresses it was asked
+#: about without a result: the page is read again (the cursor never passes a contact whose
+#: statuses were not read), then the run fails and the next one reads it again.
+PARTIAL_READ = ErrorRule(
+    Action.RETRY, Fault.TRANSIENT, "subscription statuses not answered for every address", 207, "PARTIAL_READ"
+)
 
 ERRORS = sdk.ErrorTable(
     [
@@ -77,6 +96,7 @@ ERRORS = sdk.ErrorTable(
         ErrorRule(Action.RETRY, Fault.TRANSIENT, "record being modified", code="CONFLICT"),
         ErrorRule(Action.SKIP, Fault.TRANSIENT, "record being modified", 409, "CONFLICT"),
         ErrorRule(Action.SKIP, Fault.DATA, "record not found", code="OBJECT_NOT_FOUND"),
+        PARTIAL_READ,
     ]
 )
 
@@ -123,6 +143,17 @@ HISTORY_BATCH_LIMIT = 50
 #: The business unit HubSpot gives the default "Account" unit (and every subscription type of a
 #: portal without the Business Units add-on).
 DEFAULT_UNIT = 0
+#: The private-app scope HubSpot's v4 batch status reads need (its spec: subscription-status-
+#: batch-read): "You must have an Marketing Hub Enterprise subscription to authorize these
+#: scopes" (the 2026-03 communication-preferences guide). Without it (a 403 MISSING_SCOPES),
+#: statuses are read one address at a time (``GET .../v4/statuses/{email}``, which needs only
+#: ``communication_preferences.read``) for the rest of the run.
+BATCH_READ_SCOPE = "communication_preferences.statuses.batch.read"
+#: A contact's secondary addresses (";"-joined): HubSpot's merge keeps the other contact's
+#: address there, and a user may add some. Each keeps its own subscription statuses.
+ADDITIONAL_EMAILS = "hs_additional_emails"
+#: The end of the span of an address the contact still has.
+STILL_HELD = datetime.max.replace(tzinfo=UTC)
 MERGED_IDS = "hs_merged_object_ids"  # on the survivor of a merge: the merged-away ids, ";"-joined
 # "Unsubscribed from all email": true once the contact opted out of all email (the unsubscribe
 # link of a marketing email, a user's "opt out of email"). HubSpot keeps that opt-out apart from
@@ -160,7 +191,7 @@ class HubSpotConnector(sdk.Connector):
     # was never read with them (its no stayed unknown), so every contact is read again once.
     # The statuses of the addresses a contact had since the last read are read too (session
     # 55): not a reason to read every contact again. A no hidden that way before the upgrade
-    # would become, on every contact at once, an unsubscribe HubSpot never undoes: an admin
+    # would become, on every contact at once, an unsubscribe consentsync never undoes: an admin
     # asks for it with a planned `sync --full` (docs/connectors/hubspot.md).
     reading_version: ClassVar[str | None] = "2-email-optout-wide"
     reads_deletions = True  # archived contacts (archivedAt) and merged-away ids
@@ -193,6 +224,9 @@ class HubSpotConnector(sdk.Connector):
         self._window_remaining: int | None = None
         self._window_seconds = BURST_WINDOW_SECONDS
         self._window_at = 0.0
+        # The private app lacks BATCH_READ_SCOPE (a 403 MISSING_SCOPES answered a v4 batch
+        # status read): statuses are read one address at a time for the rest of the run.
+        self._per_address = False
 
     # -- token ---------------------------------------------------------------------------------
 
@@ -381,7 +415,7 @@ class HubSpotConnector(sdk.Connector):
         bound was in a read already: its no was taken then (the ledger holds it), superseded
         since, or left out on purpose (a no hidden before this connector read earlier
         addresses, taken only by a planned ``sync --full``). Read again, each would be taken
-        anew, on every re-addressed contact at once, as an unsubscribe HubSpot never undoes.
+        anew, on every re-addressed contact at once, as an unsubscribe consentsync never undoes.
         The bound is where an incremental read would resume (the engine's ``resume_from`` with
         the configured look-back): no look-back is taken off here. None (a first read,
         ``sync --full``): every address the contact ever had."""
@@ -605,8 +639,8 @@ class HubSpotConnector(sdk.Connector):
         size = min(self.config.batch_size, HISTORY_BATCH_LIMIT)
         for start in range(0, len(ids), size):
             body = {
-                "properties": ["email"],
-                "propertiesWithHistory": ["email"],
+                "properties": ["email", ADDITIONAL_EMAILS],
+                "propertiesWithHistory": ["email", ADDITIONAL_EMAILS],
                 "inputs": [{"id": record_id} for record_id in ids[start : start + size]],
             }
             answer = self._request(
@@ -696,7 +730,7 @@ class HubSpotConnector(sdk.Connector):
                 "inputs": [{"id": record.record_id} for record in chunk],
             }
             if subscriptions:
-                request["propertiesWithHistory"] = ["email"]
+                request["propertiesWithHistory"] = ["email", ADDITIONAL_EMAILS]
             body = self._request(
                 "POST",
                 f"/crm/v3/objects/{OBJECT}/batch/read",
@@ -783,17 +817,22 @@ class HubSpotConnector(sdk.Connector):
         self, emails: list[str], subscriptions: Sequence[str] = ()
     ) -> dict[str, OptOuts] | None:
         """email (lower case) -> what it opted out of all email of, and when (``OptOuts``), for
-        those of ``emails`` the v4 batch read of the "wide" statuses answers opted out; None
-        where the portal does not serve that endpoint (404). A ``PORTAL_WIDE`` status (or one of
-        no type: a portal without business units) is an opt-out of all email; a
-        ``BUSINESS_UNIT_WIDE`` one only of the email of its ``businessUnitId`` (the subscription
-        types whose definitions name that unit): a contact opting out of all of one brand's
-        email still takes the other brands'. A wide status of another type, or naming no
-        unit, is not taken. The read is made without a business unit and, for each unit other
-        than the default one that ``subscriptions`` belong to, with it (``businessUnitId``:
-        HubSpot documents it as a filter and does not say which units' statuses come without
-        it). For the contacts whose ``hs_email_optout`` reads true the flag decides where these
-        statuses answer nothing (``_records``)."""
+        those of ``emails`` the v4 read of the "wide" statuses answers opted out; None where the
+        portal does not serve that endpoint (404). A ``PORTAL_WIDE`` status (or one of no type:
+        a portal without business units) is an opt-out of all email; a ``BUSINESS_UNIT_WIDE``
+        one only of the email of its ``businessUnitId`` (the subscription types whose
+        definitions name that unit): a contact opting out of all of one brand's email still
+        takes the other brands'. A wide status of another type, or naming no unit, is not
+        taken. The read is made without a business unit and, for each unit other than the
+        default one that ``subscriptions`` belong to, with it (``businessUnitId``: HubSpot
+        documents it as a filter and does not say which units' statuses come without it). For
+        the contacts whose ``hs_email_optout`` reads true the flag decides where these statuses
+        answer nothing (``_records``).
+
+        By ``POST .../v4/statuses/batch/unsubscribe-all/read``, ``status_batch_size`` addresses
+        a call (an address not opted out may be left out of its ``results``; a 207 error entry
+        fails the page, ``_batch_status_read``); without the batch scope, one
+        ``GET .../v4/statuses/{email}/unsubscribe-all`` per address (``_per_address``)."""
         wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e.strip()))
         out: dict[str, OptOuts] = {}
         size = self.config.status_batch_size
@@ -802,27 +841,56 @@ class HubSpotConnector(sdk.Connector):
             if unit is not None:
                 params["businessUnitId"] = unit
             for start in range(0, len(wanted), size):
-                response = self._request(
-                    "POST",
-                    "/communication-preferences/v4/statuses/batch/unsubscribe-all/read",
-                    params=params,
-                    json={"inputs": wanted[start : start + size]},
-                    describe="opted out of all email",
-                    accept=lambda answer: answer.status_code == 404,  # not served: the flag alone
-                )
-                if response.status_code == 404:
-                    return None
-                for result in response.json().get("results") or []:
-                    email = str(result.get("subscriberIdString") or "").strip().lower()
-                    if email not in wanted:
-                        continue
-                    for wide in result.get("wideStatuses") or []:
+                answered = self._wide_chunk(wanted[start : start + size], params)
+                if answered is None:
+                    return None  # not served: the flag alone
+                for email, wides in answered.items():
+                    for wide in wides:
                         scope = _wide_scope(wide)
                         if scope is None or wide.get("status") != "UNSUBSCRIBED":
                             continue
                         held = out.setdefault(email, {})
                         if held.get(scope) is None:
                             held[scope] = str(wide["timestamp"]) if wide.get("timestamp") else None
+        return out
+
+    def _wide_chunk(self, chunk: list[str], params: dict[str, Any]) -> dict[str, list[dict[str, Any]]] | None:
+        """Each address of ``chunk`` (as asked) -> its wide statuses; None where HubSpot does
+        not serve the read (404)."""
+        if not self._per_address:
+            try:
+                answered = self._batch_status_read(
+                    "/communication-preferences/v4/statuses/batch/unsubscribe-all/read",
+                    chunk,
+                    params,
+                    "opted out of all email",
+                    every_input=False,
+                )
+            except ConnectorError as error:
+                if not _lacks_scope(error):
+                    raise
+                self._read_per_address(error)
+            else:
+                if answered is None:
+                    return None
+                return {email: list(result.get("wideStatuses") or []) for email, result in answered.items()}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for email in chunk:
+            response = self._request(
+                "GET",
+                f"/communication-preferences/v4/statuses/{quote(email, safe='@')}/unsubscribe-all",
+                params=params,
+                describe="opted out of all email (one address)",
+                accept=lambda answer: answer.status_code == 404,
+            )
+            if response.status_code == 404:
+                return None
+            out[email] = [
+                wide
+                for wide in (sdk.json_or_none(response) or {}).get("results") or []
+                if isinstance(wide, dict)
+                and _address(wide.get("subscriberIdString") or email) == _address(email)
+            ]
         return out
 
     def _one_basis(self, value: str) -> str:
@@ -835,14 +903,22 @@ class HubSpotConnector(sdk.Connector):
         return value
 
     def _statuses(
-        self, emails: list[str], subscriptions: Sequence[str] = ()
+        self, emails: list[str], subscriptions: Sequence[str] = (), *, strict: bool = True
     ) -> dict[str, dict[str, dict[str, Any]]]:
-        """email (lower case) -> subscription id -> v4 status, by batch reads: without a business
+        """email (as given) -> subscription id -> v4 status, by batch reads: without a business
         unit where ``subscriptions`` name one of the default unit's (or none), and with each
         other unit they belong to (``businessUnitId``, HubSpot's filter: "If you have the
         business unit add-on, include this parameter to filter results by business unit ID";
         it does not say which units' statuses come without it). A unit's own read decides its
-        subscription types."""
+        subscription types.
+
+        ``POST .../v4/statuses/batch/read``, ``status_batch_size`` addresses a call. An answer
+        that leaves an address without its statuses (a 207 error entry, or no result for it)
+        fails the read (``_batch_status_read``): read as NOT_SPECIFIED, its no would be lost and
+        the cursor would pass it. ``strict=False`` (the basis held, looked up before an
+        unsubscribe) takes what was answered. Without the batch scope (a 403 MISSING_SCOPES:
+        Marketing Hub Enterprise only), one ``GET .../v4/statuses/{email}`` per address and unit
+        for the rest of the run (``_per_address``)."""
         wanted = list(dict.fromkeys(e for e in emails if e))
         out: dict[str, dict[str, dict[str, Any]]] = {}
         size = self.config.status_batch_size
@@ -853,26 +929,121 @@ class HubSpotConnector(sdk.Connector):
             if unit is not None:
                 params["businessUnitId"] = unit
             for start in range(0, len(wanted), size):
-                answer = self._request(
-                    "POST",
-                    "/communication-preferences/v4/statuses/batch/read",
-                    params=params,
-                    json={"inputs": wanted[start : start + size]},
-                    describe="subscription statuses",
-                ).json()
-                for result in answer.get("results") or []:
-                    email = str(result.get("subscriberIdString") or "").strip().lower()
+                for email, statuses in self._status_chunk(
+                    wanted[start : start + size], params, strict
+                ).items():
                     held = out.setdefault(email, {})
-                    for status in result.get("statuses") or []:
+                    for status in statuses:
                         sid = str(status["subscriptionId"])
                         if unit is None or self._unit_of(sid) == unit:
                             held[sid] = status
         return out
 
+    def _status_chunk(
+        self, chunk: list[str], params: dict[str, Any], strict: bool
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Each address of ``chunk`` (as asked) -> its v4 statuses."""
+        if not self._per_address:
+            try:
+                answered = self._batch_status_read(
+                    "/communication-preferences/v4/statuses/batch/read",
+                    chunk,
+                    params,
+                    "subscription statuses",
+                    every_input=True,
+                    strict=strict,
+                )
+            except ConnectorError as error:
+                if not _lacks_scope(error):
+                    raise
+                self._read_per_address(error)
+            else:
+                return {
+                    email: list(result.get("statuses") or []) for email, result in (answered or {}).items()
+                }
+        out: dict[str, list[dict[str, Any]]] = {}
+        for email in chunk:
+            body = self._request(
+                "GET",
+                f"/communication-preferences/v4/statuses/{quote(email, safe='@')}",
+                params=params,
+                describe="subscription statuses (one address)",
+            ).json()
+            out[email] = [
+                status
+                for status in body.get("results") or []
+                if isinstance(status, dict)
+                and _address(status.get("subscriberIdString") or email) == _address(email)
+            ]
+        return out
+
+    def _batch_status_read(
+        self,
+        path: str,
+        chunk: list[str],
+        params: dict[str, Any],
+        describe: str,
+        *,
+        every_input: bool,
+        strict: bool = True,
+    ) -> dict[str, dict[str, Any]] | None:
+        """One v4 batch status read of ``chunk``: each address (as asked) -> its result, matched
+        by ``subscriberIdString`` compared as ``_address`` (HubSpot may answer another
+        spelling); None on a 404 (not served). HubSpot's spec answers these reads 207 "multiple
+        statuses" (``...WithErrors``) when some inputs fail: an error entry, or (``every_input``:
+        the subscription statuses, which answer every address) an address left without a
+        result, fails the whole read (``_partial_read``), retried under the error table's rule
+        with the call's own retries; given up, the run stops and the cursor stays before the
+        page. ``strict=False`` takes what was answered."""
+        asked = {_address(email): email for email in chunk}
+
+        def attempt() -> dict[str, dict[str, Any]] | None:
+            response = self.api.send(
+                "POST",
+                self.base + path,
+                describe=describe,
+                params=params,
+                json={"inputs": chunk},
+                # The opt-outs of all email only: a portal not serving that read leaves the flag.
+                accept=lambda answer: answer.status_code == 404 and not every_input,
+                retry=False,
+            )
+            if response.status_code == 404:
+                return None
+            body = sdk.json_or_none(response) or {}
+            answered: dict[str, dict[str, Any]] = {}
+            for result in body.get("results") or []:
+                key = _address(result.get("subscriberIdString")) if isinstance(result, dict) else ""
+                if key in asked:
+                    answered[asked[key]] = result
+            errors = [entry for entry in body.get("errors") or [] if isinstance(entry, dict)]
+            missing = [email for email in chunk if email not in answered] if every_input else []
+            if strict and (errors or missing):
+                raise _partial_read(describe, response.status_code, errors, missing, chunk)
+            return answered
+
+        return sdk.call(attempt, policy=self.api.policy, describe=describe)
+
+    def _read_per_address(self, error: ConnectorError) -> None:
+        """The private app lacks ``BATCH_READ_SCOPE``: the v4 statuses are read one address at a
+        time from now on, in this run (each address and business unit one call, counted against
+        the run's budget like any other)."""
+        if not self._per_address:
+            log.warning(
+                "hubspot.status_reads_per_address",
+                connector=self.name,
+                missing_scope=BATCH_READ_SCOPE,
+                reason=str(error)[:300],
+                note="one GET /communication-preferences/v4/statuses/{email} per address read",
+            )
+        self._per_address = True
+
     # -- writing -------------------------------------------------------------------------------
 
     def irreversible(self, update: sdk.RecordUpdate) -> set[str]:
-        """An unsubscribe: HubSpot's API can never resubscribe the contact (v3 refuses it)."""
+        """An unsubscribe: consentsync never resubscribes a contact who unsubscribed in HubSpot
+        (its own policy: a resubscribe comes from the person, through HubSpot's preferences page
+        or a HubSpot form; v3 subscribe declines it, and v4's resubscribe is not used)."""
         fields = {
             name
             for name, value in update.fields.items()
@@ -961,9 +1132,15 @@ class HubSpotConnector(sdk.Connector):
         try:
             if with_subs:
                 emails = self._emails([updates[i].record_id for i in with_subs])
+                held = self._held_bases(emails, [(updates[i].record_id, plans[i][1]) for i in with_subs])
                 for index in with_subs:
                     record_id = updates[index].record_id
-                    outcomes = self._subscription_results(record_id, emails.get(record_id), plans[index][1])
+                    outcomes = self._subscription_results(
+                        record_id,
+                        emails.get(record_id),
+                        plans[index][1],
+                        held.get(emails.get(record_id) or "", {}),
+                    )
                     if plans[index][0] and all(outcome.ok for outcome in outcomes):
                         taken[index] = outcomes  # answered with its properties
                     else:
@@ -1140,8 +1317,48 @@ class HubSpotConnector(sdk.Connector):
             return _merged_away(record_id, answered)
         return None
 
+    def _held_bases(
+        self, emails: Mapping[str, str], changes: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> dict[str, dict[str, str]]:
+        """address -> subscription id -> the legal basis HubSpot holds with the status, for the
+        unsubscribes of ``changes`` (record id, its subscription fields) that push no basis of
+        their own: an unsubscribe sends it back (a GDPR portal refuses one without a basis, and
+        the default sent instead would change what the contact shows). One status read for the
+        group's addresses (per 100; one call per address without the batch scope); an address
+        it leaves unanswered gets ``default_legal_basis``: a failed look-up never holds back a
+        person's no."""
+        wanted: dict[str, set[str]] = {}
+        for record_id, subs in changes:
+            email = emails.get(record_id)
+            for key, value in subs.items():
+                match = _VIRTUAL.match(key)
+                if (
+                    email
+                    and match
+                    and not match["part"]
+                    and str(value).upper() == "UNSUBSCRIBED"
+                    and not subs.get(f"subscription_{match['id']}_legal_basis")
+                ):
+                    wanted.setdefault(email, set()).add(match["id"])
+        if not wanted:
+            return {}
+        sids = sorted({sid for ids in wanted.values() for sid in ids})
+        statuses = self._statuses(list(wanted), sids, strict=False)
+        return {
+            email: {
+                sid: str(status["legalBasis"])
+                for sid, status in statuses.get(email, {}).items()
+                if sid in ids and status.get("legalBasis") in V3_LEGAL_BASES
+            }
+            for email, ids in wanted.items()
+        }
+
     def _subscription_results(
-        self, record_id: str, email: str | None, subs: Mapping[str, Any]
+        self,
+        record_id: str,
+        email: str | None,
+        subs: Mapping[str, Any],
+        held: Mapping[str, str] | None = None,
     ) -> list[sdk.WriteResult]:
         """One contact's subscription changes, one v3 call each. No address found for the id:
         a contact deleted or merged away since the read (a batch read answers a merged-away id
@@ -1178,6 +1395,8 @@ class HubSpotConnector(sdk.Connector):
                     )
                 continue  # sent with the status it belongs to
             basis = subs.get(f"subscription_{match['id']}_legal_basis")
+            if not basis and str(value).upper() == "UNSUBSCRIBED":
+                basis = (held or {}).get(match["id"])
             results.append(
                 self._set_subscription(
                     record_id, email, match["id"], str(value), str(basis) if basis else None
@@ -1188,21 +1407,26 @@ class HubSpotConnector(sdk.Connector):
     def _set_subscription(
         self, record_id: str, email: str, sid: str, state: str, basis: str | None
     ) -> sdk.WriteResult:
+        """One v3 subscribe or unsubscribe. Both carry a legal basis and its explanation, which a
+        portal with the GDPR features on requires of either (HubSpot's v3 spec,
+        PublicUpdateSubscriptionStatusRequest: "required for GDPR enabled portals"): ``basis``
+        (the mapping's, or for an unsubscribe the one HubSpot holds with the status) else
+        ``default_legal_basis``; the explanation ``legal_basis_explanation`` with a subscribe,
+        ``unsubscribe_explanation`` with an unsubscribe (naming consentsync and the ledger's
+        rule; never personal data)."""
         if state not in ("SUBSCRIBED", "UNSUBSCRIBED"):
             return sdk.WriteResult(
                 record_id, False, "INVALID_VALUE", f"v3 sets SUBSCRIBED or UNSUBSCRIBED, not {state!r}"
             )
         action = "subscribe" if state == "SUBSCRIBED" else "unsubscribe"
-        explicit_basis = basis is not None
         body = {
             "emailAddress": email,
             "subscriptionId": sid,
             "legalBasis": basis or self.config.default_legal_basis,
-            "legalBasisExplanation": self.config.legal_basis_explanation,
+            "legalBasisExplanation": self.config.legal_basis_explanation
+            if action == "subscribe"
+            else self.config.unsubscribe_explanation,
         }
-        if action == "unsubscribe" and not explicit_basis:
-            # The basis held stays; sending the default would change what the contact shows.
-            del body["legalBasis"], body["legalBasisExplanation"]
         try:
             self._request("POST", f"/communication-preferences/v3/{action}", json=body, describe=action)
         except ConnectorError as error:
@@ -1220,9 +1444,11 @@ class HubSpotConnector(sdk.Connector):
                     record_id,
                     False,
                     REFUSES_RESUBSCRIBE,
-                    f"HubSpot refuses to resubscribe a contact who unsubscribed from subscription {sid} "
-                    "(communication-preferences v3); the person must opt in again through a HubSpot form "
-                    "or the preferences page. Not retried.",
+                    f"consentsync does not resubscribe a contact who unsubscribed from subscription {sid} "
+                    "in HubSpot (its own policy: it never overrides a HubSpot unsubscribe; v3 subscribe "
+                    "declined it and v4's resubscribe is not used). The person can opt in again themselves "
+                    "through HubSpot's preferences page or a HubSpot form, which HubSpot records as theirs; "
+                    "the ledger keeps the opt-in. Not retried.",
                     retryable=False,
                 )
             return sdk.WriteResult(record_id, False, "VALIDATION_ERROR", text)
@@ -1310,11 +1536,58 @@ def _held_before(
         record_id = str(item.get("id") or "")
         if record_id not in current:
             continue
-        versions = ((item.get("propertiesWithHistory") or {}).get("email")) or []
+        histories = item.get("propertiesWithHistory") or {}
+        versions = histories.get("email") or []
         passed = passed_id is not None and record_id.isdigit() and int(record_id) <= passed_id
         left = _addresses_held(versions, current[record_id], since, at_since=not passed)
+        more = _additional_held(histories.get(ADDITIONAL_EMAILS) or [], current[record_id], since, not passed)
+        for address, spans in more.items():
+            left.setdefault(address, []).extend(spans)
         if left:
             out[record_id] = left
+    return out
+
+
+def _address(value: Any) -> str:
+    """An address as the connector compares it: NFC, trimmed, lower case (HubSpot may answer a
+    ``subscriberIdString`` in another spelling than the one asked about)."""
+    return unicodedata.normalize("NFC", str(value or "")).strip().lower()
+
+
+def _additional_held(
+    versions: Sequence[Mapping[str, Any]], current: str, since: datetime | None, at_since: bool = True
+) -> dict[str, list[tuple[datetime, datetime]]]:
+    """Of a contact's ``hs_additional_emails`` history (``propertiesWithHistory``: each version
+    the ";"-joined addresses), each secondary address (lower case) and the spans the contact had
+    it: from the version that added it to the one that removed it, ``STILL_HELD`` where it still
+    has it. Statuses are kept by address, so a no given under a secondary address while the
+    contact had it (an older email's unsubscribe link, followed after HubSpot's merge kept that
+    address as the merged contact's additional one) is the contact's, as an earlier address's
+    is (``_earlier_values``). One the contact still has comes whatever the read's bound (it is
+    the contact's current state; the same no handed over twice is one statement in the
+    ledger); one it removed only if it left after ``since`` (as ``_addresses_held``). The
+    address the contact has as its own (``current``) is read as the record's. A history with a
+    version of no readable time gives nothing."""
+    ordered: list[tuple[datetime, set[str]]] = []
+    for version in versions:
+        stamp = _stamp(version.get("timestamp"))
+        if stamp is None:
+            return {}
+        ordered.append((stamp, {a for a in map(_address, str(version.get("value") or "").split(";")) if a}))
+    ordered.sort(key=lambda item: item[0])
+    out: dict[str, list[tuple[datetime, datetime]]] = {}
+    added: dict[str, datetime] = {}
+    for stamp, present in ordered:
+        for address in present - added.keys():
+            added[address] = stamp
+        for address in [a for a in added if a not in present]:
+            held_from = added.pop(address)
+            if since is not None and (stamp < since or (stamp == since and not at_since)):
+                continue
+            out.setdefault(address, []).append((held_from, stamp))
+    for address, held_from in added.items():
+        out.setdefault(address, []).append((held_from, STILL_HELD))
+    out.pop(current, None)
     return out
 
 
@@ -1329,7 +1602,7 @@ def _earlier_no(
     or None where it showed none. A no given before the contact had the address (another
     contact's, or a previous holder's) or after it left it is not the contact's; nor is one of
     no readable time, which cannot be placed (taken, it would unsubscribe the contact's new
-    address, which HubSpot never undoes)."""
+    address, which consentsync never undoes)."""
     noes: list[datetime | None] = []
     if status.get("status") == "UNSUBSCRIBED":
         noes.append(_stamp(status.get("timestamp")))
@@ -1358,7 +1631,7 @@ def _earlier_values(
     or an opt-out of all email covering the type: ``_covering``). Left out where the record
     shows a yes given after it (the person's latest word, under the new address) or a yes whose
     order against it is not known: taken, a wrong no would have the engine unsubscribe the new
-    address, which HubSpot never undoes."""
+    address, which consentsync never undoes."""
     out: dict[str, Any] = {}
     given_at: dict[str, datetime] = {}
     for sid, unit in units.items():
@@ -1449,6 +1722,56 @@ def _covering(opt_outs: Mapping[str | int, str | None] | None, unit: int | None)
         return True, max(times, key=lambda at: parse_hs_datetime(str(at)))
     except ValueError:
         return True, times[0] if len(times) == 1 else None
+
+
+def _lacks_scope(error: ConnectorError) -> bool:
+    """A 403 MISSING_SCOPES: the private app was not granted the scope the call needs."""
+    return error.rule.status == 403 and error.rule.code == "MISSING_SCOPES"
+
+
+def _partial_read(
+    describe: str,
+    status: int,
+    errors: Sequence[Mapping[str, Any]],
+    missing: Sequence[str],
+    asked: Sequence[str],
+) -> ConnectorError:
+    """The error of a v4 batch status read that did not answer every address: by the error
+    table, the rule of its error entries' ``status`` (an HTTP status, where HubSpot gives one)
+    and ``category``, a refused request (VALIDATION_ERROR) a config failure, anything else (an
+    address left unanswered, an internal error, an entry of a kind that would skip the record)
+    ``PARTIAL_READ``, retried. The addresses are never named (they would reach the run's
+    report): only how many."""
+    rules: list[ErrorRule] = []
+    categories: list[str] = []
+    for entry in errors:
+        category = str(entry.get("category") or "") or None
+        code = str(entry.get("status") or "")
+        if code.isdigit() and int(code) >= 400:
+            rule = ERRORS.classify(int(code), category)
+        elif category == "VALIDATION_ERROR":
+            rule = ERRORS.classify(400, category)
+        else:
+            rule = PARTIAL_READ
+        rules.append(PARTIAL_READ if rule.action is Action.SKIP else rule)
+        categories.append(category or "ERROR")
+    rule = next(
+        (r for r in rules if r.action is Action.FAIL),
+        next((r for r in rules if r.action is Action.RATE_LIMITED), PARTIAL_READ),
+    )
+    failed = {
+        str(i).strip().lower() for entry in errors for i in (entry.get("context") or {}).get("ids") or []
+    }
+    count = len(failed | {m.strip().lower() for m in missing}) or len(errors)
+    message = str(errors[0].get("message") or "")[:200] if errors else "no result for them"
+    for address in asked:
+        message = re.sub(re.escape(address), "<email>", message, flags=re.IGNORECASE)
+    return ConnectorError(
+        f"{describe}: {status}: HubSpot answered without the statuses of {count} of {len(asked)} "
+        f"address(es) ({', '.join(sorted(set(categories))) or 'unanswered'}: {message}); the page "
+        "is not passed until they are read",
+        rule,
+    )
 
 
 def _check_object(object_type: str) -> None:
@@ -1605,6 +1928,8 @@ _ENDPOINTS = (
     ("/gdpr-delete", "gdpr_delete"),
     ("/contacts/merge", "merge"),
     ("/statuses/batch/read", "status_batch_read"),
+    ("/unsubscribe-all/read", "wide_status_batch_read"),
+    ("/unsubscribe-all", "wide_status_read"),
     ("/batch/read", "batch_read"),
     ("/v3/subscribe", "subscribe"),
     ("/v3/unsubscribe", "unsubscribe"),

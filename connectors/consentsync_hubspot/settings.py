@@ -38,10 +38,21 @@ class HubSpotSettings(ConnectorSettings):
     # Batch update and batch read: inputs a call (unconfirmed: 100); v4 status batch reads.
     batch_size: int = Field(default=100, ge=1, le=1000)
     status_batch_size: int = Field(default=100, ge=1, le=1000)
-    # v3 subscribe needs a legal basis and its explanation on a GDPR portal: used when the
-    # mapping pushes no subscription_<id>_legal_basis with the status.
+    # v3 subscribe and unsubscribe need a legal basis and its explanation on a GDPR portal
+    # (HubSpot's PublicUpdateSubscriptionStatusRequest: "required for GDPR enabled portals").
+    # default_legal_basis: sent where the mapping pushes no subscription_<id>_legal_basis with
+    # the status (an unsubscribe sends the basis HubSpot holds with the status, this where it
+    # holds none). The explanations are HubSpot's legalBasisExplanation: the subscribe's, and
+    # the unsubscribe's (never personal data: HubSpot shows it on the contact's record).
     default_legal_basis: str = "CONSENT_WITH_NOTICE"
-    legal_basis_explanation: str = "Consent recorded in the consentsync ledger"
+    legal_basis_explanation: str = Field(default="Consent recorded in the consentsync ledger", min_length=1)
+    unsubscribe_explanation: str = Field(
+        default=(
+            "Withdrawal recorded in the consentsync ledger: consentsync passes a person's no (a "
+            "withdrawal, an objection or an erasure) on to every system that holds their address"
+        ),
+        min_length=1,
+    )
     legal_basis_property: str = "hs_legal_basis"
     legal_basis_precedence: list[str] = Field(default_factory=lambda: list(DEFAULT_LEGAL_BASIS_PRECEDENCE))
     # What the ``delete`` erasure action does: "gdpr" (the default) permanently deletes each

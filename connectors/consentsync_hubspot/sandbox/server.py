@@ -67,14 +67,34 @@ Endpoints (endpoint kind in brackets):
 * ``GET /crm/v3/properties/contacts`` [properties].
 * ``GET /communication-preferences/v3/definitions`` [definitions],
   ``POST /communication-preferences/v3/subscribe|unsubscribe`` [subscribe, unsubscribe]
-  (``emailAddress``, ``subscriptionId``, ``legalBasis``, ``legalBasisExplanation``; the legal
-  basis and its explanation are required on a GDPR portal). v3 never resubscribes a contact who
-  unsubscribed: that answers 400.
-* ``GET /communication-preferences/v4/statuses/{email}?channel=EMAIL`` [status_read],
+  (``emailAddress``, ``subscriptionId``, ``legalBasis``, ``legalBasisExplanation``). On a GDPR
+  portal (``HubSpotSandbox.gdpr``, the default) both need the legal basis and its explanation
+  (HubSpot's v3 spec, PublicUpdateSubscriptionStatusRequest, the body of both: "required for
+  GDPR enabled portals"): 400 VALIDATION_ERROR without them; ``gdpr=False``: an unsubscribe
+  without a basis keeps the one held. v3 never resubscribes a contact who unsubscribed: that
+  answers 400.
+* ``GET /communication-preferences/v4/statuses/{email}?channel=EMAIL`` [status_read] and
+  ``GET .../v4/statuses/{email}/unsubscribe-all?channel=EMAIL`` [wide_status_read] (one
+  address; its opt-outs of all email, ``results`` empty where it has none), scope
+  ``communication_preferences.read``;
   ``POST /communication-preferences/v4/statuses/batch/read?channel=EMAIL`` [status_batch_read],
   ``POST /communication-preferences/v4/statuses/batch/unsubscribe-all/read?channel=EMAIL``
   [wide_status_batch_read]: the addresses opted out of all email, each with its
-  ``wideStatuses`` (an address not opted out is left out of ``results``).
+  ``wideStatuses`` (an address not opted out is left out of ``results``). The two batch reads
+  need the scope ``communication_preferences.statuses.batch.read`` (HubSpot's spec:
+  subscription-status-batch-read; its 2026-03 guide: only a Marketing Hub Enterprise portal can
+  grant it): a private app without it is answered 403 MISSING_SCOPES. An opt-in fault
+  (:meth:`HubSpotSandbox.fail_status_reads`) answers them 207 "multiple statuses" (the spec's
+  ``...WithErrors`` answers) with an error entry for chosen addresses, or leaves those out of
+  ``results``; :attr:`HubSpotSandbox.echo_spelling` answers ``subscriberIdString`` in another
+  spelling than asked.
+* Secondary addresses (``hs_additional_emails``, ";"-joined): a merge of the new kind keeps the
+  other contact's address there, a user adds or removes one
+  (:meth:`HubSpotPortal.add_additional_email`); each keeps its own subscription statuses and
+  opt-out of all email (kept by address), and ``propertiesWithHistory`` answers the property's
+  versions. A status change or opt-out under a secondary address moves neither the contact's
+  ``lastmodifieddate`` nor its ``hs_email_optout*`` properties (HubSpot does not say whether it
+  does: the connector must not rely on it).
 * Business units (the Business Units add-on): ``HubSpotPortal(business_units={sid: unit})``
   puts subscription types in a unit other than the default one (0, "Account"); each
   definition answers its ``businessUnitId``, each v4 status too. The v4 status reads take an
@@ -111,7 +131,7 @@ until :meth:`HubSpotPortal.index`, then with its original ``lastmodifieddate``; 
 it at once); records that tie on the sort property come in an order that is neither id nor insertion
 order; the text of error messages; an injected per-record write failure (``Faults.fail_ids``) is
 a 207 error entry of category CONFLICT (a 409 CONFLICT from v3 subscribe/unsubscribe); an
-unsubscribe without a legal basis keeps the one held; a resubscribe refusal is 400
+unsubscribe without a legal basis keeps the one held (``gdpr=False``); a resubscribe refusal is 400
 VALIDATION_ERROR whose message says the contact unsubscribed (HubSpot's v3 wording was not
 found; its v1 API's was "You cannot subscribe an unsubscribed address."); subscribe or
 unsubscribe to the state already held answers 400 VALIDATION_ERROR "<email> is already
@@ -195,6 +215,8 @@ LEGAL_BASIS_OPTIONS = (
     "Freely given consent from contact",
     "Not applicable",
 )
+#: The private-app scope of the v4 batch status reads (Marketing Hub Enterprise only).
+BATCH_READ_SCOPE = "communication_preferences.statuses.batch.read"
 _SCOPE_OF_KIND = {
     "search": "crm.objects.contacts.read",
     "list": "crm.objects.contacts.read",
@@ -210,8 +232,12 @@ _SCOPE_OF_KIND = {
     "subscribe": "communication_preferences.write",
     "unsubscribe": "communication_preferences.write",
     "status_read": "communication_preferences.read",
-    "status_batch_read": "communication_preferences.read",
-    "wide_status_batch_read": "communication_preferences.read",
+    "wide_status_read": "communication_preferences.read",
+    # HubSpot's v4 batch status reads need a scope of their own (its spec: subscription-status-
+    # batch-read; a private app's communication_preferences.statuses.batch.read), which only a
+    # portal on Marketing Hub Enterprise can grant (the 2026-03 communication-preferences guide).
+    "status_batch_read": BATCH_READ_SCOPE,
+    "wide_status_batch_read": BATCH_READ_SCOPE,
 }
 #: Every kind of call (each needs its scope), and the answer to a path HubSpot does not serve.
 ENDPOINT_KINDS = (*_SCOPE_OF_KIND, "not_found")
@@ -400,6 +426,9 @@ class HubSpotPortal:
         # Each contact's ``email`` property history, oldest first: (value, when, sourceType), as
         # ``propertiesWithHistory`` answers it (newest first).
         self._email_history: dict[int, list[tuple[str | None, dt.datetime, str]]] = {}
+        # Each contact's ``hs_additional_emails`` history, oldest first, the same way: (the
+        # ";"-joined addresses or None, when set, sourceType).
+        self._additional_history: dict[int, list[tuple[str | None, dt.datetime, str]]] = {}
         # Addresses opted out of all email ("wide" status), with when they opted out.
         self._opted_out_of_all: dict[str, dt.datetime] = {}
         # (address, business unit) opted out of all of that unit's email, with when.
@@ -506,10 +535,11 @@ class HubSpotPortal:
         moment = at or self.now()
         with self.lock:
             record = self._contacts[int(contact_id)]
-            before = record.get("email")
+            before, more = record.get("email"), record.get("hs_additional_emails")
             record.update(values)
             record["lastmodifieddate"] = moment
             self._after_edit(int(contact_id), before, moment, "CRM_UI")
+            self._note_additional(int(contact_id), more, moment, "CRM_UI")
 
     def get(self, contact_id: str) -> dict[str, Any] | None:
         with self.lock:
@@ -566,6 +596,7 @@ class HubSpotPortal:
             self._unindexed.discard(wanted)
             self._purged.add(wanted)
             self._email_history.pop(wanted, None)
+            self._additional_history.pop(wanted, None)
             for address in (record.get("email"), *_merged_ids(record.get("hs_additional_emails"))):
                 if address:
                     self._blocklist.add(str(address).strip().lower())
@@ -710,6 +741,12 @@ class HubSpotPortal:
             }
         )
         self._contacts[new_id] = record
+        more = record.get("hs_additional_emails")
+        held = list(self._additional_history.get(primary, []))
+        if more and (not held or held[-1][0] != more):
+            held.append((str(more), moment, "MERGE"))
+        if held:
+            self._additional_history[new_id] = held
         # The new contact's address is the primary's, with the primary's history of it.
         self._email_history[new_id] = list(self._email_history.get(primary, [])) or (
             [(str(record["email"]), moment, "MERGE")] if record.get("email") else []
@@ -854,10 +891,11 @@ class HubSpotPortal:
         values = self._checked(properties, user=False)
         with self.lock:
             record = self._contacts[int(contact_id)]
-            before = record.get("email")
+            before, more = record.get("email"), record.get("hs_additional_emails")
             record.update(values)
             record["lastmodifieddate"] = moment = self.now()
             self._after_edit(int(contact_id), before, moment, "API")
+            self._note_additional(int(contact_id), more, moment, "API")
             return dict(record)
 
     def _after_edit(self, contact_id: int, before: Any, moment: dt.datetime, source: str) -> None:
@@ -891,6 +929,48 @@ class HubSpotPortal:
         """The contact's ``email`` values, oldest first: (value, when set, sourceType)."""
         with self.lock:
             return list(self._email_history.get(_as_int(contact_id), []))
+
+    def additional_history(self, contact_id: str) -> list[tuple[str | None, dt.datetime, str]]:
+        """The contact's ``hs_additional_emails`` values, oldest first: (the ";"-joined
+        addresses or None, when set, sourceType)."""
+        with self.lock:
+            return list(self._additional_history.get(_as_int(contact_id), []))
+
+    def add_additional_email(self, contact_id: str, email: str, /, *, at: dt.datetime | None = None) -> None:
+        """A user adds a secondary address to the contact (its record's "Additional email
+        addresses"): ``hs_additional_emails`` and ``lastmodifieddate`` follow. The address keeps
+        its own subscription statuses (HubSpot keys them by address)."""
+        moment = at or self.now()
+        with self.lock:
+            record = self._contacts[int(contact_id)]
+            more = record.get("hs_additional_emails")
+            addresses = [*_merged_ids(more), email]
+            record["hs_additional_emails"] = ";".join(dict.fromkeys(addresses))
+            record["lastmodifieddate"] = moment
+            self._note_additional(int(contact_id), more, moment, "CRM_UI")
+
+    def remove_additional_email(
+        self, contact_id: str, email: str, /, *, at: dt.datetime | None = None
+    ) -> None:
+        """A user removes a secondary address from the contact."""
+        moment = at or self.now()
+        with self.lock:
+            record = self._contacts[int(contact_id)]
+            more = record.get("hs_additional_emails")
+            kept = [a for a in _merged_ids(more) if a.lower() != email.strip().lower()]
+            record["hs_additional_emails"] = ";".join(kept) or None
+            record["lastmodifieddate"] = moment
+            self._note_additional(int(contact_id), more, moment, "CRM_UI")
+
+    def _note_additional(self, contact_id: int, before: Any, moment: dt.datetime, source: str) -> None:
+        """After an edit (the lock held): a changed ``hs_additional_emails`` goes into its history."""
+        after = self._contacts[contact_id].get("hs_additional_emails")
+        if (before or None) == (after or None):
+            return
+        history = self._additional_history.setdefault(contact_id, [])
+        if not history and before:
+            history.append((str(before), self._contacts[contact_id]["createdate"], source))
+        history.append((str(after) if after else None, moment, source))
 
     def _checked(self, properties: Mapping[str, Any], *, user: bool) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -1057,6 +1137,13 @@ class HubSpotSandbox(HttpsSandbox):
         self._window: deque[float] = deque()
         self._burst_window: deque[float] = deque()
         self._search_window: deque[float] = deque()
+        # The opt-in fault of the v4 batch status reads (:meth:`fail_status_reads`): address ->
+        # (reads left to fail, -1 for every one; left unanswered rather than named in an error;
+        # the kinds of read it takes).
+        self._status_faults: dict[str, tuple[int, bool, frozenset[str]]] = {}
+        #: How a v4 status read spells each ``subscriberIdString`` it answers (HubSpot does not
+        #: promise to echo the input as sent): the input itself unless a test says otherwise.
+        self.echo_spelling: Callable[[str], str] = str
         if self.token_file:
             self.token_file.write_text(self.credentials.access_token + "\n")
 
@@ -1087,6 +1174,35 @@ class HubSpotSandbox(HttpsSandbox):
 
     def expire_sessions(self) -> None:
         self.rotate_token()
+
+    def fail_status_reads(
+        self,
+        *emails: str,
+        times: int = 1,
+        unanswered: bool = False,
+        reads: tuple[str, ...] = ("status_batch_read", "wide_status_batch_read"),
+    ) -> None:
+        """An opt-in fault: the next ``times`` v4 batch status reads (of the kinds ``reads``:
+        subscription statuses, opt-outs of all email) naming one of ``emails`` answer 207
+        "multiple statuses" (HubSpot's ``BatchResponsePublicStatusBulkResponseWithErrors``)
+        without that address's result, with an error entry naming it (category INTERNAL_ERROR,
+        ``context.ids``); ``unanswered``: the address is simply left out of ``results``, with no
+        error. ``times`` -1: every read; 0: the fault is lifted."""
+        with self._lock:
+            for email in emails:
+                self._status_faults[email.strip().lower()] = (times, unanswered, frozenset(reads))
+
+    def _status_fault(self, email: str, kind: str) -> str | None:
+        """Whether a fault of :meth:`fail_status_reads` takes this read (of kind ``kind``) of
+        ``email`` (one of its reads used up): "error", "unanswered", or None."""
+        with self._lock:
+            key = email.strip().lower()
+            left, unanswered, kinds = self._status_faults.get(key, (0, False, frozenset()))
+            if left == 0 or kind not in kinds:
+                return None
+            if left > 0:
+                self._status_faults[key] = (left - 1, unanswered, kinds)
+            return "unanswered" if unanswered else "error"
 
     def authenticate(self, request: SandboxRequest) -> None:
         header = request.header("Authorization") or ""
@@ -1241,7 +1357,10 @@ class HubSpotSandbox(HttpsSandbox):
         }
         found = table.get((method, path))
         if found is None and method == "GET" and path.startswith("/communication-preferences/v4/statuses/"):
-            found = ("status_read", self._h_status_read)
+            if path.endswith("/unsubscribe-all"):
+                found = ("wide_status_read", self._h_wide_status_read)
+            else:
+                found = ("status_read", self._h_status_read)
         if found is None and method == "GET" and path.startswith("/crm/v3/objects/contacts/"):
             found = ("get", self._h_get)
         if found is None:
@@ -1573,6 +1692,8 @@ class HubSpotSandbox(HttpsSandbox):
                 continue  # HubSpot leaves out properties that do not exist
             if name == "email":
                 versions = self.portal.email_history(contact_id)
+            elif name == "hs_additional_emails" and self.portal.additional_history(contact_id):
+                versions = self.portal.additional_history(contact_id)
             else:
                 value = record.get(name)
                 versions = [(value, record["lastmodifieddate"], "CRM_UI")] if value is not None else []
@@ -1752,6 +1873,14 @@ class HubSpotSandbox(HttpsSandbox):
 
     def _h_unsubscribe(self, request: SandboxRequest) -> SandboxResponse:
         email, sid, basis, explanation = self._subscription_request(request)
+        if self.gdpr and (not basis or not explanation):
+            # HubSpot's v3 spec: PublicUpdateSubscriptionStatusRequest, the body of subscribe and
+            # unsubscribe alike, needs both "for GDPR enabled portals".
+            raise HubSpotApiError(
+                400,
+                "VALIDATION_ERROR",
+                "legalBasis and legalBasisExplanation are required for portals with GDPR features enabled",
+            )
         held = self.portal.status(email, sid)
         if held is not None and held.status == "UNSUBSCRIBED":
             raise HubSpotApiError(
@@ -1821,7 +1950,10 @@ class HubSpotSandbox(HttpsSandbox):
             200,
             {
                 "status": "COMPLETE",
-                "results": self._unit_statuses(email, self._business_unit(request)),
+                "results": [
+                    {**status, "subscriberIdString": self.echo_spelling(email)}
+                    for status in self._unit_statuses(email, self._business_unit(request))
+                ],
                 "startedAt": started,
                 "completedAt": started,
             },
@@ -1832,47 +1964,95 @@ class HubSpotSandbox(HttpsSandbox):
         inputs = self._inputs(request.json(), self.status_batch_limit)
         unit = self._business_unit(request)
         started = iso_ms(self.portal.now())
-        results = [
-            {"subscriberIdString": str(email), "statuses": self._unit_statuses(str(email), unit)}
-            for email in inputs
-        ]
-        return json_response(
-            200,
+        results, failed = [], []
+        for email in map(str, inputs):
+            fault = self._status_fault(email, "status_batch_read")
+            if fault is not None:
+                if fault == "error":
+                    failed.append(email)
+                continue
+            statuses = [
+                {**status, "subscriberIdString": self.echo_spelling(email)}
+                for status in self._unit_statuses(email, unit)
+            ]
+            results.append({"subscriberIdString": self.echo_spelling(email), "statuses": statuses})
+        return self._status_answer(results, failed, started)
+
+    def _status_answer(
+        self, results: list[dict[str, Any]], failed: list[str], started: str
+    ) -> SandboxResponse:
+        """A v4 batch status read's answer: 200, or 207 with an error entry per address of
+        ``failed`` (the ``...WithErrors`` answer of HubSpot's spec)."""
+        out: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": iso_ms(self.portal.now()),
+        }
+        if failed:
+            out["errors"] = [
+                {
+                    "status": "error",
+                    "category": "INTERNAL_ERROR",
+                    "message": f"Could not read the subscription statuses of {email}",
+                    "context": {"ids": [email]},
+                }
+                for email in failed
+            ]
+            out["numErrors"] = len(failed)
+        return json_response(207 if failed else 200, out)
+
+    def _wide_statuses(self, email: str, unit: int) -> list[dict[str, Any]]:
+        """The address's opt-outs of all email of business unit ``unit`` ("wide" statuses): the
+        unit's ``BUSINESS_UNIT_WIDE`` one and, for the default unit, the ``PORTAL_WIDE`` one."""
+        opt_outs = [("BUSINESS_UNIT_WIDE", self.portal.opted_out_of_unit(email, unit))]
+        if unit == DEFAULT_UNIT:
+            opt_outs.insert(0, ("PORTAL_WIDE", self.portal.opted_out_of_all(email)))
+        return [
             {
-                "status": "COMPLETE",
-                "results": results,
-                "startedAt": started,
-                "completedAt": iso_ms(self.portal.now()),
-            },
-        )
+                "channel": "EMAIL",
+                "status": "UNSUBSCRIBED",
+                "subscriberIdString": self.echo_spelling(email),
+                "timestamp": iso_ms(since),
+                "wideStatusType": kind,
+                "businessUnitId": unit,
+            }
+            for kind, since in opt_outs
+            if since is not None
+        ]
 
     def _h_wide_status_batch_read(self, request: SandboxRequest) -> SandboxResponse:
         self._channel(request)
         inputs = self._inputs(request.json(), self.status_batch_limit)
         unit = self._business_unit(request)
         started = iso_ms(self.portal.now())
-        results = []
+        results, failed = [], []
         for email in map(str, inputs):
-            opt_outs = [("BUSINESS_UNIT_WIDE", self.portal.opted_out_of_unit(email, unit))]
-            if unit == DEFAULT_UNIT:
-                opt_outs.insert(0, ("PORTAL_WIDE", self.portal.opted_out_of_all(email)))
-            wide = [
-                {
-                    "channel": "EMAIL",
-                    "status": "UNSUBSCRIBED",
-                    "subscriberIdString": email,
-                    "timestamp": iso_ms(since),
-                    "wideStatusType": kind,
-                    "businessUnitId": unit,
-                }
-                for kind, since in opt_outs
-                if since is not None
-            ]
+            fault = self._status_fault(email, "wide_status_batch_read")
+            if fault is not None:
+                if fault == "error":
+                    failed.append(email)
+                continue
+            wide = self._wide_statuses(email, unit)
             if wide:
-                results.append({"subscriberIdString": email, "wideStatuses": wide})
+                results.append({"subscriberIdString": self.echo_spelling(email), "wideStatuses": wide})
+        return self._status_answer(results, failed, started)
+
+    def _h_wide_status_read(self, request: SandboxRequest) -> SandboxResponse:
+        """``GET .../v4/statuses/{email}/unsubscribe-all``: the address's opt-outs of all email
+        (HubSpot: "If a contact has not opted out of all communications, the response
+        ``results`` array will be empty")."""
+        self._channel(request)
+        email = unquote(request.path.rstrip("/").rsplit("/", 2)[-2])
+        started = iso_ms(self.portal.now())
         return json_response(
             200,
-            {"status": "COMPLETE", "results": results, "startedAt": started, "completedAt": started},
+            {
+                "status": "COMPLETE",
+                "results": self._wide_statuses(email, self._business_unit(request)),
+                "startedAt": started,
+                "completedAt": started,
+            },
         )
 
 
