@@ -18,7 +18,9 @@ restriction are the caller's to carry, as a merge carries them.
 Never absorbed: a person holding an address (of any kind, or an erased one's hash: they are
 someone), an erased person, one with an objection still pending review (its decision belongs to
 them), and one the evidence ties to two address holders, or whose records were last read showing
-an address other than the holder's (two people may then be pooled on a guess); nor one tied only
+an address other than the holder's (two people may then be pooled on a guess), or whose record
+another person's records already point to (a record shared: ``SHARED_KEY``, sync/shared.py: an
+Individual the Contacts of two addresses point to, read on two pages or runs); nor one tied only
 by a record carrying an address its holder left (the sync leaves such ties out:
 ``engine._tied_through_left``). Nothing is read per record: the caller names the few pairs a
 page's records tie, and only those are looked up.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
 
@@ -54,6 +57,19 @@ log = structlog.get_logger("consentsync.ledger")
 
 
 RULE = "one_person_proven"
+# The key of a record's snapshot fields naming the people whose records point to it, when it is
+# another person's (sync/shared.py); a NUL first: no CRM field has that name, and canonical JSON
+# writes it first, so a snapshot holding it is told by its text's start (``SHARED_PREFIX``).
+SHARED_KEY = "\x00shared_with"
+SHARED_PREFIX = canonical_json({SHARED_KEY: []})[:-3]
+
+
+def sharing(fields: str | None) -> list[int]:
+    """The people whose records point to the record whose snapshot's fields text this is (none
+    for nearly every record: a prefix check)."""
+    if fields is None or not fields.startswith(SHARED_PREFIX):
+        return []
+    return [int(person) for person in orjson.loads(fields).get(SHARED_KEY, ())]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +129,8 @@ def absorbable(
     for lone, held_by in sorted(holders.items()):
         if len(held_by) > 1:
             # Two people known by an address: whose records these are is a guess, and two
-            # people are never pooled on one. The records stay where they are (each address's
-            # nos still reach them: engine._carry_the_nos).
+            # people are never pooled on one. The records stay where they are, shared: their
+            # person's nos reach each holder (sync/shared.py, engine._carry_the_nos).
             log.warning(
                 "ledger.absorption_ambiguous",
                 subject=rows[lone].uid,
@@ -136,20 +152,27 @@ def absorbable(
             )
         ).scalars()
     )
-    # The addresses each absorbed person's records were last read showing: none, or the holder's.
+    # The addresses each absorbed person's records were last read showing: none, or the holder's;
+    # and the people whose records point to theirs: none, or the holder.
     shown: dict[int, set[str]] = {}
-    for subject_id, identity in conn.execute(
-        select(crm_links.c.subject_id, crm_snapshots.c.identity)
+    shared_with: dict[int, set[int]] = {}
+    for subject_id, identity, fields in conn.execute(
+        select(crm_links.c.subject_id, crm_snapshots.c.identity, crm_snapshots.c.fields)
         .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
         .where(one_of(conn, crm_links.c.subject_id, sorted(found)))
     ):
-        shown.setdefault(subject_id, set()).add(identity)
+        others = sharing(fields)
+        if identity is not None or not others:  # one made only to name them shows nothing
+            shown.setdefault(subject_id, set()).add(identity)
+        shared_with.setdefault(subject_id, set()).update(others)
     blank = no_address(hashed)
     for lone, holder in sorted(found.items()):
         theirs = {blank} | {hashed(form) for value in addresses[holder] for form in email_forms(value)}
         reason = "objection_pending" if lone in pending else None
         if shown.get(lone, set()) - theirs:
             reason = "another_address"
+        elif shared_with.get(lone, set()) - {holder}:
+            reason = "shared"
         if reason is not None:
             log.warning(
                 "ledger.absorption_refused", subject=rows[lone].uid, into=rows[holder].uid, reason=reason

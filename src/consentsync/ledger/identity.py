@@ -108,6 +108,11 @@ class Identity:
     # BMP (``Connector.folds_astral_to``): an address holding it may be a person's real address
     # folded, and is that person's where exactly one person holds such an address (``_unfold``).
     folds_astral_to: str | None = None
+    # The person of a record this one points to (its Salesforce Individual), where the ledger
+    # knows it: this record's person, unless the record carries an address another person holds
+    # (and did not leave). A record showing an address is that address's holder's, whatever was
+    # read first (docs/policy.md, "A person known only through records without an address").
+    pointed: int | None = None
 
     def __post_init__(self) -> None:
         if self.email is None and self.link is None and self.subject_id is None:
@@ -340,6 +345,7 @@ class SubjectResolver:
                 (by_link.get(identity.link) if identity.link else None)
                 or unfolded.get(position)
                 or (by_email.get(identity.email) if identity.email else None)
+                or identity.pointed
             )
             if known is None:
                 unknown.setdefault(identity.email or identity.link, identity)
@@ -359,6 +365,7 @@ class SubjectResolver:
         erased_ids = self._erased_ids(
             {by_link[i.link] for i in identities if i.link and i.link in by_link and i.email}
             | {i.subject_id for i in identities if i.subject_id is not None and i.email}
+            | {i.pointed for i in identities if i.pointed is not None and i.email}
             | set(erased.values())
         )
         for position, identity in enumerate(identities):
@@ -370,6 +377,8 @@ class SubjectResolver:
             real = unfolded.get(position)
             if subject_id is None:
                 subject_id = real
+            if subject_id is None and identity.pointed is not None:
+                subject_id = self._pointed_or_holder(identity, by_email)
             if subject_id is None and identity.email:
                 subject_id = by_email.get(identity.email)
             if subject_id is None and identity.link:
@@ -399,6 +408,22 @@ class SubjectResolver:
         insert_rows(self.conn, crm_links, LINK_COLUMNS, new_links)
         self._bind_added(new_emails, added_by)
         return resolved
+
+    def _pointed_or_holder(self, identity: Identity, by_email: dict[str, int]) -> int:
+        """The person of a record new to the ledger that points to a record of person
+        ``identity.pointed`` (an Individual): the holder of the address it carries, where someone
+        holds it (an erased person by its keyed hash, as a record showing it is matched without a
+        pointer) and has not left it (whoever writes from a left mailbox may be someone else:
+        docs/policy.md, "An address a person no longer holds"); else the person pointed to, who
+        takes a new address as before. So a Contact showing kim.home@ is kim.home's person's,
+        whether its Individual was read first or not; the two people are tied, never pooled (the
+        sync: ``absorb``, sync/shared.py). No lookup: the batch's addresses were read already."""
+        pointed = identity.pointed
+        assert pointed is not None
+        email = identity.email
+        if email is None or email in self.left:
+            return pointed
+        return by_email.get(email, pointed)
 
     def _mark_folded(self, stored: Sequence[str], identities: Sequence[Identity]) -> None:
         """Marks each address just ``stored`` that a folding CRM's record showed holding its fold

@@ -71,3 +71,6 @@ class DecidedPushes:
     flags: dict[int, bool] = field(default_factory=dict)
     # The writes held back as irreversible, record by record (``irreversible_held`` counts them).
     held: list[HeldWrite] = field(default_factory=list)
+    # (the person of a record others' records point to, one of those others: sync/shared.py):
+    # the first's nos reach the second, as a merge's do (``merged``).
+    shared: list[tuple[int, int]] = field(default_factory=list)

@@ -85,6 +85,7 @@ from consentsync.reconcile import Rule, binding_no, no_counts_from, serves_direc
 from consentsync.sdk.clock import CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
+from consentsync.sync import shared
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
 from consentsync.sync.decisions import (
     PUSH_HELD_ACTION,
@@ -429,6 +430,9 @@ class SyncEngine:
         self.connector = connector
         self.mappings = list(mappings)
         self.by_object = {m.object: m for m in self.mappings}
+        # The objects whose records carry an address (a Contact, not an Individual): a record
+        # pointing to one of them is that record's person's, whatever address it shows.
+        self._addressed = {m.object for m in self.mappings if m.spec.identity.email}
         # Each object's reading, kept with its cursor: a change means reading it all again.
         # A connector that starts reading more for a mapping (a field it adds by itself, such as
         # HubSpot's opt-out of all email) says so by its ``reading_version``: the same change.
@@ -1170,9 +1174,14 @@ class SyncEngine:
         identities = []
         for _, identity, links, _ in good:
             if identity.link not in known:
-                via = next((known[link] for link in links if link in known), None)
-                if via is not None:
-                    identity = Identity(email=identity.email, link=identity.link, subject_id=via)
+                via = next((link for link in links if link in known), None)
+                if via is not None and via.object_type in self._addressed:
+                    identity = Identity(email=identity.email, link=identity.link, subject_id=known[via])
+                elif via is not None:
+                    # A record without an address (an Individual): its person's, unless this
+                    # record carries an address another person holds, whose record it then is,
+                    # whatever was read first (``SubjectResolver._pointed_or_holder``).
+                    identity = Identity(email=identity.email, link=identity.link, pointed=known[via])
             identities.append(identity)
         # A record of one person (by its id) that now carries another person's address (a CRM
         # user's edit, an import, a merge that kept the other's address): the CRM writes to that
@@ -1183,12 +1192,31 @@ class SyncEngine:
         subject_ids, created = self.ledger.link_in(
             conn, identities, run_id=report.run_id, elsewhere=elsewhere, left=left
         )
-        extra_links = [
-            Identity(link=link, subject_id=subject_id)
-            for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True)
-            for link in links
-        ]
-        self.ledger.link_in(conn, extra_links, run_id=report.run_id)
+        # The records they point to that the ledger does not know yet are their people's (the
+        # first record's). One without an address that records showing the addresses of two
+        # people point to (one Individual for a work and a home Contact) is neither's alone: a
+        # person of its own, tied to both (below), as it is when read first.
+        pointed: dict[CrmLink, list[tuple[int, bool]]] = {}
+        for (_, identity, links, _), subject_id in zip(good, subject_ids, strict=True):
+            for link in links:
+                if link not in known:
+                    pointed.setdefault(link, []).append((subject_id, identity.email is not None))
+        if pointed:
+            extra_links = [
+                Identity(link=link)
+                if link.object_type not in self._addressed
+                and len({subject_id for subject_id, addressed in people if addressed}) > 1
+                else Identity(link=link, subject_id=people[0][0])
+                for link, people in pointed.items()
+            ]
+            linked, made = self.ledger.link_in(conn, extra_links, run_id=report.run_id)
+            if made:  # the page's records are tied to each such person below
+                created += made
+                known.update(
+                    (link, subject_id)
+                    for link, identity, subject_id in zip(pointed, extra_links, linked, strict=True)
+                    if identity.subject_id is None
+                )
         counts.subjects_created += created
         revived = [
             row for record, _, _, _ in good if (row := held.get(record.record_id)) and row.gone_at is not None
@@ -1203,10 +1231,15 @@ class SyncEngine:
         ties = set(elsewhere)
         if left:
             ties -= _tied_through_left(identities, subject_ids, left, elsewhere)
+        # (a record pointed to, its person, the person of a record pointing to it) where the two
+        # differ: rare, and found in the pass that looks for ties anyway.
+        pointing: list[tuple[CrmLink, int, int]] = []
         for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True):
-            ties.update(
-                (other, subject_id) for link in links if (other := known.get(link, subject_id)) != subject_id
-            )
+            for link in links:
+                if (other := known.get(link, subject_id)) != subject_id:
+                    pointing.append((link, other, subject_id))
+        ties.update((other, subject_id) for _, other, subject_id in pointing)
+        into: dict[int, int] = {}
         if ties:
             into = self._absorb(conn, ties, report)
             if into:
@@ -1216,6 +1249,14 @@ class SyncEngine:
                     for owner, held in ((into.get(a, a), into.get(b, b)) for a, b in elsewhere)
                     if owner != held
                 ]
+        # A record still pointed to by another person's record once the page's absorptions are
+        # done is shared (sync/shared.py): its person's nos reach that person, now and later.
+        sharers: dict[CrmLink, set[int]] = {}
+        for link, other, subject_id in pointing:
+            owner, sharer = into.get(other, other), into.get(subject_id, subject_id)
+            if owner != sharer:
+                sharers.setdefault(link, set()).add(sharer)
+                elsewhere.append((owner, sharer))
 
         # Records speaking for their person only through an address the person left: their
         # grants are no word of the person's (``_through_left``). Nothing is read for a page
@@ -1252,8 +1293,10 @@ class SyncEngine:
             ]
             if fresh and seen:
                 fresh = self._not_dated_again(conn, mapping, record.record_id, subject_id, seen, fresh)
-            fields = canonical_json(_consent_fields(mapping, record.fields))
             stored = snapshots.get(record.record_id)
+            # A shared record's snapshot keeps who else points to it (sync/shared.py).
+            read = _consent_fields(mapping, record.fields)
+            fields = canonical_json(shared.keep(stored[1] if stored is not None else None, read))
             if not fresh:
                 counts.unchanged_records += 1
             before = held.get(record.record_id)
@@ -1300,6 +1343,8 @@ class SyncEngine:
             ("link_id",),
             snapshot_rows,
         )
+        if sharers:  # after the page's snapshots: a record pointed to may be on the page
+            shared.mark(conn, self.name, sharers, now)
         if problems:
             conn.execute(insert(quarantine), problems)
         if gone:
@@ -1371,7 +1416,9 @@ class SyncEngine:
         showing: dict[str, tuple[int, str]] = {}
         for (record, _, _, _), identity, subject_id in zip(good, identities, subject_ids, strict=True):
             found = left.get(identity.email) if identity.email else None
-            if found is None or found[0] != subject_id or identity.subject_id == subject_id:
+            if found is None or found[0] != subject_id:
+                continue
+            if subject_id in (identity.subject_id, identity.pointed):
                 continue
             showing[record.record_id] = found
         times = linked_and_left(conn, self.name, mapping.object, showing)
@@ -1871,7 +1918,8 @@ class SyncEngine:
         never to be contacted again), as a withdrawal at the
         erasure's time for every purpose and channel, which only the survivor's person's new
         consent newer than it lifts. ``joined`` also holds (an address's person, the person whose
-        record now carries that address): the CRM writes to that address."""
+        record now carries that address): the CRM writes to that address; and (the person of a
+        record others' records point to, one of those others: sync/shared.py)."""
         merged = sorted({loser for loser, _ in joined})
         policy, purposes = self.ledger.policy, self.ledger.purposes
         events: dict[tuple[int, str, str], list[Evidence]] = {}
@@ -2197,18 +2245,25 @@ class SyncEngine:
                 )
             )
         )  # by link id: the pushes are decided, and sent, in the order the links were made
-        merged = [
-            (row.subject_id, row.merged_into_object or row.object_type, row.merged_into)
-            for row in links
-            if row.merged_into is not None and row.gone_at is not None
-        ]
+        merged: list[tuple[int, str, str]] = []
+        # (the person of a record others' records point to, one of those others): its nos reach
+        # them (sync/shared.py). Its snapshot names them; any other costs a prefix check.
+        sharing: list[tuple[int, int]] = []
+        for row in links:
+            if row.gone_at is not None:
+                if row.merged_into is not None:
+                    survivor = (row.merged_into_object or row.object_type, row.merged_into)
+                    merged.append((row.subject_id, *survivor))
+            elif row.fields is not None and row.fields.startswith(shared.PREFIX):
+                others = shared.sharing(row.fields)
+                sharing += [(row.subject_id, other) for other in others if other != row.subject_id]
         queued = self._queued(conn, rows)
         erasures_done = {
             key for key, history in queued.items() for old in history
             if old.rule in ERASURE_RULE_NAMES and old.status in ("done", "dead")
         }  # fmt: skip
         records = [RecordKey(row.object_type, row.record_id) for row in rows]
-        decided = DecidedPushes([], [], 0, records, queued, merged)
+        decided = DecidedPushes([], [], 0, records, queued, merged, shared=sorted(set(sharing)))
         superseded = decided.superseded
         writes = {name: bool(mapping.push_fields()) for name, mapping in self.by_object.items()}
         # Never a put-back in suppress_only mode (it clears an opt-out): nothing to look up.
@@ -2217,12 +2272,16 @@ class SyncEngine:
         # The records whose opt-out of ours would be put back: by (object, record), their place
         # in ``examined``, snapshot and the fields asked about.
         put_backs: dict[tuple[str, str], tuple[int, Any, dict[str, Any], list[str]]] = {}
+        # The erased people's records a delete or an anonymise would reach.
+        acted_on: list[Any] = []
         for row in rows:
             mapping = self.by_object[row.object_type]
             key = (row.object_type, row.record_id)
             erasure = erasures.get(row.object_type, "suppress")
             if row.gone_at is not None and key in erasures_done:
                 continue  # a record kept by the CRM: its erasure was sent, nothing else goes to it
+            if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
+                acted_on.append(row)
             if not writes[row.object_type] and (
                 row.erased_at is None or erasure == "suppress" or key in erasures_done
             ):
@@ -2256,10 +2315,27 @@ class SyncEngine:
             row, mapping, key, erasure, subject_states, _updates = examined[at]
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states, ours=ours), known)
             examined[at] = (row, mapping, key, erasure, subject_states, updates)
+        # Of those, the records that do not speak for the person alone: suppressed only.
+        kept = self._not_theirs_to_erase(conn, acted_on, links) if acted_on else {}
         for row, mapping, key, erasure, subject_states, updates in examined:
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
-            if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
+            if row.erased_at is not None and erasure != "suppress" and row.id in kept:
+                # Another person's data: the erasure's suppression, not its delete or anonymise,
+                # and the entry says why (the outbox row's rule too, where one is written).
+                rule = kept[row.id]
+                # Not counted with the writes held for want of an evidenced no (their advice is
+                # not this one's): listed with them (``runs show``), under this rule.
+                decided.held.append(
+                    HeldWrite(
+                        row.subject_id,
+                        row.object_type,
+                        row.record_id,
+                        tuple(sorted(mapping.spec.personal_fields)) if erasure == "anonymise" else (),
+                        rule,
+                    )
+                )
+            elif row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
                 rule = ERASURE_RULES[erasure]
                 if erasure == "delete":
                     action, updates = WriteAction.DELETE, {}
@@ -2312,6 +2388,26 @@ class SyncEngine:
                 )
             )
         return decided
+
+    def _not_theirs_to_erase(self, conn: Connection, acted_on: list[Any], links: list[Any]) -> dict[int, str]:
+        """Of an erased person's records that the erasure's delete or anonymise would reach
+        (``acted_on``: ``_LinkToPush`` rows), those that do not speak for them alone, by link id,
+        each with the rule saying why (sync/shared.py): one others' records point to, and one
+        linked to them only through an address they had left. Only an examination of erased
+        people with such an action configured asks."""
+        kept = {
+            row.id: shared.SHARED_RULE
+            for row in acted_on
+            if any(other != row.subject_id for other in shared.sharing(row.fields))
+        }
+        theirs: dict[int, set[tuple[str, str]]] = {}
+        for row in links:
+            theirs.setdefault(row.subject_id, set()).add((row.object_type, row.record_id))
+        left = shared.linked_through_left(
+            conn, [row for row in acted_on if row.id not in kept], self.by_object, theirs
+        )
+        kept.update(dict.fromkeys(left, shared.ADDRESS_LEFT_RULE))
+        return kept
 
     def _put_backs(
         self,
@@ -2665,8 +2761,8 @@ class SyncEngine:
                         # The child decides on, but cannot write, what a merge carries.
                         if (
                             decided is not None
-                            and decided.merged
-                            and self._carry_after_merges(conn, decided.merged, report)
+                            and (decided.merged or decided.shared)
+                            and self._carry_after_merges(conn, decided.merged, report, decided.shared)
                         ):
                             decided = None
                         if decided is None:
@@ -2736,18 +2832,29 @@ class SyncEngine:
         record merged into another person's, that person takes on their nos first (a no given
         after the merge reaches the survivor as one given before it does), and is examined."""
         decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
-        if decided.merged and self._carry_after_merges(conn, decided.merged, report):
+        if (decided.merged or decided.shared) and self._carry_after_merges(
+            conn, decided.merged, report, decided.shared
+        ):
             decided = self.decide_pushes(conn, marked, warm=self._warm_for(conn))
         return decided
 
     def _carry_after_merges(
-        self, conn: Connection, merged: list[tuple[int, str, str]], report: RunReport
+        self,
+        conn: Connection,
+        merged: list[tuple[int, str, str]],
+        report: RunReport,
+        sharing: Sequence[tuple[int, int]] = (),
     ) -> bool:
         """Carries the nos of people whose records were merged into another person's survivor
-        (``_carry_the_nos``); whether anything new was recorded. Merges are rare: one lookup of
-        the survivors, only for a batch that has any."""
-        owners = self._known_links(
-            conn, [CrmLink(self.name, object_type, survivor) for _, object_type, survivor in merged]
+        (``_carry_the_nos``), and of people whose records others' records point to (``sharing``:
+        sync/shared.py) to those others; whether anything new was recorded. Merges are rare: one
+        lookup of the survivors, only for a batch that has any."""
+        owners = (
+            self._known_links(
+                conn, [CrmLink(self.name, object_type, survivor) for _, object_type, survivor in merged]
+            )
+            if merged
+            else {}
         )
         joined = {
             (subject_id, owner)
@@ -2755,6 +2862,7 @@ class SyncEngine:
             if (owner := owners.get(CrmLink(self.name, object_type, survivor))) is not None
             and owner != subject_id
         }
+        joined.update(sharing)
         return bool(joined) and self._carry_the_nos(conn, joined, report)
 
     def _decides_ahead(self, marked: int) -> bool:
@@ -3701,12 +3809,12 @@ def _survivor_link(connector: str, object_type: str, record: CrmRecord) -> CrmLi
 def _unchanged(mapping: Mapping, record: CrmRecord, held: Any, digest: str) -> bool:
     """Whether a record is read exactly as its live link's snapshot holds it: its values and
     its identity (by keyed hash)."""
-    return (
-        held is not None
-        and held.gone_at is None
-        and held.identity == digest
-        and held.fields == canonical_json(_consent_fields(mapping, record.fields))
-    )
+    if held is None or held.gone_at is not None or held.identity != digest:
+        return False
+    read = canonical_json(_consent_fields(mapping, record.fields))
+    # A shared record's snapshot also names who points to it (sync/shared.py): looked at only
+    # where the text differs.
+    return held.fields == read or shared.same_fields(held.fields, read)
 
 
 def _repeats(history: Sequence[Any], fields: str, action: str) -> bool:
