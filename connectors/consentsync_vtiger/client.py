@@ -26,6 +26,14 @@ from consentsync.sdk import Action, BudgetExhausted, ConnectorError, ErrorRule, 
 from consentsync.sdk.error_codes import coded_rules
 from consentsync_vtiger.settings import VtigerSettings
 
+# What this client calls the answer of Vtiger's Duplicate Prevention (7.2+): its beforesave
+# handler (modules/Vtiger/handlers/CheckDuplicateHandler.php) throws a DuplicateException, which
+# webservice.php answers as WebServiceException($e->getCode(), $e->getMessage()): code 0 (the
+# exception's default) and the translated LBL_DUPLICATES_DETECTED ("Duplicates detected"). Every
+# other exception a save throws is answered INTERNAL_SERVER_ERROR, and every WebServiceException
+# carries a named code: code 0 is Duplicate Prevention's alone.
+DUPLICATES_DETECTED = "DUPLICATES_DETECTED"
+
 ERRORS = sdk.ErrorTable(
     [
         *coded_rules(
@@ -56,6 +64,10 @@ ERRORS = sdk.ErrorTable(
                 "MANDATORY_FIELDS_MISSING": "mandatory field empty",
                 "REFERENCE_INVALID": "invalid reference",
                 "INVALID_ID_ATTRIBUTE": "id of another module",
+                # Duplicate Prevention (7.2+) refused the save: see DUPLICATES_DETECTED below.
+                DUPLICATES_DETECTED: "refused by Duplicate Prevention",
+                # Vtiger Cloud's REST API names it so (unconfirmed for webservice.php there).
+                "DUPLICATE_RECORD_FOUND": "refused by Duplicate Prevention",
             },
         ),
         ErrorRule(
@@ -94,6 +106,18 @@ _MINUTE_WINDOW = 60.0
 # The least a 429 waits: a reset already past by the answer's clock (the clocks a second apart)
 # would otherwise be retried at once, and refused again.
 _LEAST_WAIT = 1.0
+
+
+class VtigerRefusal(ConnectorError):
+    """Vtiger's own refusal of one call: HTTP 200 with ``{"success": false, "error": {...}}``
+    (the code is in ``rule.code``). Not a network failure, an HTTP error or an answer that is not
+    Vtiger's JSON: the server took the call and answered it."""
+
+    def __init__(self, message: str, rule: ErrorRule, *, operation: str, answer: str) -> None:
+        super().__init__(message, rule)
+        self.operation = operation
+        # Vtiger's message as answered (at most 300 characters).
+        self.answer = answer
 
 
 class VtigerClient:
@@ -218,9 +242,13 @@ class VtigerClient:
         if body.get("success"):
             return body.get("result")
         error = body.get("error") if isinstance(body.get("error"), dict) else {}
-        code = str(error.get("code") or "UNKNOWN")
+        raw = error.get("code")
+        # Code 0 is Duplicate Prevention's (see DUPLICATES_DETECTED); no code at all, UNKNOWN.
+        code = DUPLICATES_DETECTED if raw in (0, "0") else str(raw or "UNKNOWN")
         message = str(error.get("message") or "")[:300]
-        raise ConnectorError(f"{operation}: {code}: {message}", ERRORS.classify(200, code))
+        raise VtigerRefusal(
+            f"{operation}: {code}: {message}", ERRORS.classify(200, code), operation=operation, answer=message
+        )
 
     def _count(self, response: requests.Response) -> None:
         request = response.request

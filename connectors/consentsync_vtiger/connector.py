@@ -52,7 +52,7 @@ from pydantic import ValidationError
 
 from consentsync import sdk
 from consentsync.sdk import Action, ConnectorError, ErrorRule, Fault
-from consentsync_vtiger.client import ERRORS, VtigerClient
+from consentsync_vtiger.client import DUPLICATES_DETECTED, ERRORS, VtigerClient, VtigerRefusal
 from consentsync_vtiger.settings import VtigerSettings
 
 __all__ = ["ERRORS", "VtigerConnector", "vtql_string"]
@@ -62,16 +62,27 @@ log = structlog.get_logger("consentsync.vtiger")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _WSID = re.compile(r"^\d+x\d+$")
 _TIME = "%Y-%m-%d %H:%M:%S"
-# Errors that concern one record of a write: reported for it, the others carry on.
-_RECORD_ERRORS = frozenset(
+# Vtiger's refusals of a record's call that concern the session, the credentials, the install or
+# its limits, never that one record: raised (a session is logged in again, the others stop the
+# run). Every other refusal Vtiger answers a record's call with (success false, HTTP 200) is that
+# record's: reported for it, and the other records carry on (``_record_call``). Network failures,
+# HTTP errors and answers that are not Vtiger's JSON (the server down) are never a record's.
+_RUN_WIDE = frozenset(
     {
-        "ACCESS_DENIED",
-        "RECORD_NOT_FOUND",
-        "MANDATORY_FIELDS_MISSING",
-        "REFERENCE_INVALID",
-        "INVALID_ID_ATTRIBUTE",
+        "INVALID_SESSIONID",
+        "SESSION_LEFT_IDLE",
+        "SESSION_EXPIRED",
+        "AUTHENTICATION_REQUIRED",
+        "INVALID_AUTH_TOKEN",
+        "INVALID_USER_CREDENTIALS",
+        "ACCESSKEY_UNDEFINED",
+        "UNKNOWN_OPERATION",
+        "QUERY_SYNTAX_ERROR",
+        "API_LIMIT_EXCEEDED",
     }
 )
+# Duplicate Prevention's refusal (client.DUPLICATES_DETECTED; Vtiger Cloud's name, unconfirmed).
+_DUPLICATE_CODES = frozenset({DUPLICATES_DETECTED, "DUPLICATE_RECORD_FOUND"})
 # A delete refused so may mean that the record is gone already (``_gone`` makes sure).
 _GONE_CODES = frozenset({"ACCESS_DENIED", "RECORD_NOT_FOUND"})
 # The module whose records Vtiger hides by more than the recycle bin: a lead converted
@@ -85,8 +96,15 @@ _CONVERTED_INTO = "Contacts"
 _SYNC_ROWS = 100
 # Vtiger's words for an id with no live record behind it (the record deleted, or never there).
 _NO_SUCH_RECORD = "Permission to perform the operation is denied"
-# ... and those worth another try on a later run (a MySQL lock wait surfaces as this).
-_RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR"})
+# ... and those worth another try on a later run (a MySQL lock wait surfaces as the first; an
+# exception thrown by a workflow or an event handler during the record's save as the second,
+# "Unknown Error while processing request"). The engine sends such a record again on each run,
+# up to its max_push_attempts, then dead-letters it.
+_RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR", "INTERNAL_SERVER_ERROR"})
+# Records in a row refused so within one write, none taken in between, after which the install
+# is taken to fail every save (a broken workflow, the database): the run stops, the records not
+# sent yet wait for the next run rather than each spend an attempt.
+_FAILING_SAVES = 5
 # Checkbox values as 8.2.0 stores them; "true", "yes" and "false" would all be stored as 0.
 _TICKED = frozenset({"1", "true", "yes", "on"})
 _UNTICKED = frozenset({"0", "false", "no", "off", ""})
@@ -246,9 +264,21 @@ class VtigerConnector(sdk.Connector):
     def write_batches(self, updates: Sequence[sdk.RecordUpdate]) -> Iterator[dict[int, sdk.WriteResult]]:
         """One call per record (``revise``, or ``delete`` for a deletion: Vtiger has no batch
         write), each answer handed over as its call returns. A limit or a run-wide error raised
-        by a call propagates; the answers before it were already handed over."""
+        by a call propagates; the answers before it were already handed over. A refusal of one
+        record (Duplicate Prevention, a workflow failing on its save) is that record's answer;
+        after ``_FAILING_SAVES`` records in a row refused as retryable the write stops."""
+        failing = 0
         for position, item in enumerate(updates):
-            yield {position: self._write_one(item)}
+            result = self._write_one(item)
+            yield {position: result}
+            failing = failing + 1 if not result.ok and result.error_code in _RECORD_RETRY else 0
+            if failing >= _FAILING_SAVES and position < len(updates) - 1:
+                raise ConnectorError(
+                    f"{self.name}: Vtiger refused the last {failing} saves in a row ({result.error_code}): "
+                    "the install fails every save (a workflow or event handler, the database); the rest "
+                    "waits for the next run",
+                    ErrorRule(Action.RETRY, Fault.TRANSIENT, "every save refused", code=result.error_code),
+                )
 
     def _write_one(self, item: sdk.RecordUpdate) -> sdk.WriteResult:
         problem = self._write_problem(item)
@@ -270,7 +300,15 @@ class VtigerConnector(sdk.Connector):
             return sdk.WriteResult(item.record_id, True)
         code = refused.rule.code or "UNKNOWN"
         message = str(refused)
-        if item.action is sdk.WriteAction.DELETE and code == "ACCESS_DENIED":
+        if code in _DUPLICATE_CODES:
+            message = _duplicate_message(item, refused)
+        elif code in _RECORD_RETRY:
+            message += (
+                " (Vtiger failed this record's save: a MySQL lock wait, or a workflow or event handler "
+                "that threw on it; sent again on the next runs, dead-lettered after the engine's "
+                "max_push_attempts)"
+            )
+        elif item.action is sdk.WriteAction.DELETE and code == "ACCESS_DENIED":
             message += " (the record is there: the user's profile may not delete it)"
         elif code in _GONE_CODES and self._gone(item):
             # No live record has this id (deleted in Vtiger since it was last read): the engine
@@ -299,18 +337,29 @@ class VtigerConnector(sdk.Connector):
         return element
 
     def _record_call(self, operation: str, params: Mapping[str, Any], what: str) -> ConnectorError | None:
-        """None when Vtiger took the call; the error when it refused this record. Sessions,
-        server errors and resets are retried here; anything else about the call is raised."""
+        """None when Vtiger took the call; the error when it refused this record: any refusal
+        Vtiger answers the call with (success false) but those of the session, the credentials,
+        the install or its limits (``_RUN_WIDE``), which are raised, as are network failures,
+        HTTP errors (429 included) and answers that are not Vtiger's JSON: sessions, server
+        errors and resets are retried here first. So a record Duplicate Prevention refuses
+        (code 0), or whose save a workflow fails (INTERNAL_SERVER_ERROR), or that Vtiger refuses
+        with a code this connector does not know, is reported for that record, and the other
+        records of the write carry on."""
 
         def attempt() -> ConnectorError | None:
             try:
                 self._guard()
                 self.client.request(operation, params)
-            except ConnectorError as error:
-                if error.rule.code in _RECORD_ERRORS or error.rule.code in _RECORD_RETRY:
-                    # This record only: the next run retries it from the outbox.
-                    return error
-                raise
+            except VtigerRefusal as error:
+                rule = error.rule
+                if (
+                    error.operation != operation  # a login's refusal, met on the way
+                    or rule.code in _RUN_WIDE
+                    or rule.credentials
+                    or rule.action in (Action.REFRESH_TOKEN, Action.RATE_LIMITED)
+                ):
+                    raise
+                return error  # this record only
             return None
 
         return sdk.call(
@@ -773,6 +822,21 @@ class VtigerConnector(sdk.Connector):
                 f"{item.object_type} field(s) {', '.join(refused)} missing or not editable",
             )
         return None
+
+
+def _duplicate_message(item: sdk.RecordUpdate, refused: ConnectorError) -> str:
+    """What ops read for a record Vtiger's Duplicate Prevention refused, and what to do."""
+    answer = getattr(refused, "answer", "") or "Duplicates detected"
+    code = "0" if refused.rule.code == DUPLICATES_DETECTED else refused.rule.code
+    module = item.object_type
+    return (
+        f"Vtiger's Duplicate Prevention refused this {module} save ({answer!r}, code {code}): another "
+        f"live {module} record holds the same values in the fields the module's duplicate check "
+        "compares, and Vtiger checks them on every save, edits included. An administrator can turn "
+        f"the check off for {module} or pick other fields (Settings > Module Management > Module "
+        "Layouts & Fields > Duplicate Prevention) so that opt-outs and anonymised values ('Erased', "
+        "emptied fields) pass, or merge the duplicates; then `consentsync outbox retry`"
+    )
 
 
 def _check_name(name: str, what: str) -> None:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from consentsync_vtiger import VtigerConnector
+from consentsync_vtiger.client import VtigerRefusal
 from consentsync_vtiger.connector import ERRORS, vtql_string
 from consentsync_vtiger.sandbox.server import VtigerCrm, VtigerSandbox
 
@@ -185,9 +186,11 @@ def test_a_revise_refused_for_a_record_deleted_since_is_answered_gone(
 
     def request(operation: str, params: Any, **how: Any) -> Any:
         if operation == "revise" and params["element"]["id"] == refused:
-            raise ConnectorError(
+            raise VtigerRefusal(
                 "revise: ACCESS_DENIED: Permission to write is denied",
                 ERRORS.classify(200, "ACCESS_DENIED"),
+                operation="revise",
+                answer="Permission to write is denied",
             )
         return sent(operation, params, **how)
 

@@ -33,9 +33,13 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   ``timezone``, UTC by default), as 8.2.0 stores and serves ``modifiedtime``: neither UTC nor the
   API user's zone. Where the zone has daylight saving time, an hour of wall-clock times repeats
   each autumn and the stored times are ambiguous, as on the real server.
-* Values are stored as the stock install's MySQL ``utf8`` (3-byte) columns keep them: characters
-  beyond the Basic Multilingual Plane (emoji) become ``?``. A checkbox is ticked by JSON true, 1,
-  "1" or "on"; anything else ("true", "yes" and "false" included) stores 0, as 8.2.0 does.
+* Values are stored with each character beyond the Basic Multilingual Plane (emoji) as one ``?``,
+  as a 3-byte ``utf8`` column keeps a 4-byte character converted to it. A stock install does not
+  store that: PearDatabase sends ``SET NAMES utf8`` before every query, so the character is
+  invalid on the connection, and MariaDB keeps a ``?`` per byte (``????``), MySQL cuts the value
+  there (docs/connectors/vtiger.md, "What a stock install stores instead"). A checkbox is ticked
+  by JSON true, 1, "1" or "on"; anything else ("true", "yes" and "false" included) stores 0, as
+  8.2.0 does.
 * ``GET operation=retrieve&id=``, ``GET operation=describe&elementType=``,
   ``GET operation=listtypes``.
 * ``POST operation=revise&element={json}``: partial update, bumps ``modifiedtime``; a mandatory
@@ -66,6 +70,17 @@ Written from Vtiger's documentation and source (``webservice.php``, ``include/We
   out, and a value arrives as it was sent (quotes, backslashes, newlines and all), but for "0",
   which PHP takes as false: it arrives as "". ``sync`` with ``modifiedTime=0`` therefore gets no
   time at all and answers nothing (``date($format, "")``; see :meth:`VtigerCrm.sync`).
+* Duplicate Prevention (7.2+; *Module Layouts & Fields > Duplicate Prevention*), off by default:
+  :meth:`VtigerCrm.prevent_duplicates` turns it on for a module with its fields (up to three),
+  as an administrator does, and :meth:`VtigerCrm.allow_duplicates` off. As
+  ``CheckDuplicateHandler`` does on ``vtiger.entity.beforesave`` (and ``beforerestore``), every
+  save (``create``, ``revise``, ``update``, a restore; edits included, whoever makes them) looks at
+  the record's values after the save: where at least one of the fields is not empty, a live
+  record of the module other than this one (a converted lead left out) with the same value in
+  every field (an empty one matching an empty one; compared as MySQL's ``utf8_general_ci`` does:
+  case and trailing spaces ignored) refuses the save with a ``DuplicateException``, which
+  ``webservice.php`` answers ``{"code": 0, "message": "Duplicates detected"}``. Turning it on
+  changes no record already there: duplicates made before stay, and their next save is refused.
 * A user made inactive (:meth:`VtigerCrm.deactivate_user`) still gets a challenge; its login,
   once the key matches, answers AUTHENTICATION_REQUIRED "Given user is inactive", as
   ``vtws_login`` does.
@@ -198,9 +213,10 @@ _TICKED = {"1", "on"}
 
 
 class VtigerError(Exception):
-    """A webservice error: answered as ``{"success": false, "error": {code, message}}``."""
+    """A webservice error: answered as ``{"success": false, "error": {code, message}}``. The code
+    is Vtiger's name for it, or 0 for Duplicate Prevention's (``DuplicateException::getCode()``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str | int, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -209,6 +225,23 @@ class VtigerError(Exception):
 # Vtiger's answer for an id with no live record (its module is looked up among records not
 # deleted: vtws_retrieve, vtws_revise, vtws_delete), and for one the user may not act on.
 _NO_SUCH_RECORD = "Permission to perform the operation is denied"
+
+
+# How many fields a module's duplicate check may compare (the settings page's maximum).
+_MOST_DUPLICATE_FIELDS = 3
+
+
+def _duplicates_detected() -> VtigerError:
+    """CheckDuplicateHandler's DuplicateException as webservice.php answers it (7.2+):
+    ``new WebServiceException($e->getCode(), $e->getMessage())``, the code 0."""
+    return VtigerError(0, "Duplicates detected")
+
+
+def _same_text(one: str | None, other: str | None) -> bool:
+    """Two stored values compared as MySQL's ``utf8_general_ci`` compares them in the duplicate
+    check's ``WHERE``: case and trailing spaces ignored; an empty field (NULL or "") matches an
+    empty one (``(col = '' OR col IS NULL)``)."""
+    return (one or "").rstrip(" ").casefold() == (other or "").rstrip(" ").casefold()
 
 
 def _denied(message: str = "Permission to read given object is denied") -> VtigerError:
@@ -423,6 +456,7 @@ class VtigerCrm:
         integration_user_id: int = 5,
         timezone: str = "UTC",
         missing_modules: Iterable[str] = (),
+        duplicate_prevention: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.lock = threading.RLock()
         # The install's $default_timezone: the zone of every stored time.
@@ -440,6 +474,10 @@ class VtigerCrm:
         self.integration_user_id = integration_user_id
         self._records: dict[int, _Record] = {}
         self._next_crmid = 1000
+        # Duplicate Prevention per module: the fields its check compares (prevent_duplicates).
+        self.duplicate_checks: dict[str, tuple[str, ...]] = {}
+        for name, checked in (duplicate_prevention or {}).items():
+            self.prevent_duplicates(name, *checked)
 
     def now(self) -> dt.datetime:
         return self.clock().astimezone(dt.UTC).replace(microsecond=0)
@@ -503,6 +541,7 @@ class VtigerCrm:
         given = {**dict(values or {}), **more}
         with self.lock:
             stored = self._coerce(mod, given, partial=False)
+            self._check_duplicates(mod, stored, None)
             self._next_crmid += 1
             crmid = self._next_crmid
             stamp = self.format_time(at or self.now())
@@ -554,6 +593,7 @@ class VtigerCrm:
         with self.lock:
             record = self._writable(wsid)
             changes = self._coerce(record.module, given, partial=True)
+            self._check_duplicates(record.module, {**record.values, **changes}, record.crmid)
             record.values.update(changes)
             if changes.get("assigned_user_id"):
                 record.owner = changes["assigned_user_id"]
@@ -565,6 +605,11 @@ class VtigerCrm:
         with self.lock:
             record = self._writable(wsid)
             changes = self._coerce(record.module, values, partial=False)
+            after = {
+                **record.values,
+                **{name: changes.get(name) for name, fdef in record.module.fields.items() if fdef.editable},
+            }
+            self._check_duplicates(record.module, after, record.crmid)
             for name, fdef in record.module.fields.items():
                 if fdef.editable:
                     record.values[name] = changes.get(name)
@@ -586,6 +631,7 @@ class VtigerCrm:
             record = self._lookup(wsid)
             if record is None or not record.deleted:
                 raise KeyError(wsid)
+            self._check_duplicates(record.module, record.values, record.crmid)  # beforerestore
             record.deleted = False
             self._touch(record, at)
 
@@ -613,6 +659,24 @@ class VtigerCrm:
             lead.converted = True
             self._touch(lead, at)
             return contact
+
+    def prevent_duplicates(self, module: str, *fields: str) -> None:
+        """An administrator turns Duplicate Prevention on for ``module`` (*Module Layouts &
+        Fields > Duplicate Prevention*, "Enable duplicate check") with ``fields`` (one to three)
+        as the ones compared. Records already there are left as they are."""
+        mod = self.module(module)
+        if not 1 <= len(fields) <= _MOST_DUPLICATE_FIELDS:
+            raise ValueError(f"a duplicate check compares 1 to {_MOST_DUPLICATE_FIELDS} fields")
+        unknown = [name for name in fields if mod.field(name) is None or not mod.fields[name].editable]
+        if unknown:
+            raise ValueError(f"{module} has no editable field(s) {', '.join(unknown)}")
+        with self.lock:
+            self.duplicate_checks[module] = tuple(fields)
+
+    def allow_duplicates(self, module: str) -> None:
+        """An administrator turns Duplicate Prevention off for ``module``."""
+        with self.lock:
+            self.duplicate_checks.pop(module, None)
 
     def deactivate_user(self, username: str) -> None:
         """An administrator makes the user inactive (status 'Inactive')."""
@@ -828,6 +892,26 @@ class VtigerCrm:
             # converted lead passes it (only vtiger_crmentity.deleted is looked at).
             raise _denied(_NO_SUCH_RECORD)
         return record
+
+    def _check_duplicates(self, mod: ModuleDef, values: Mapping[str, str | None], crmid: int | None) -> None:
+        """Duplicate Prevention on a save of a ``mod`` record (``crmid``; None: a new one) whose
+        values after the save are ``values``: refused (code 0) where another live record of the
+        module holds the same value in every checked field; no check where all of them are
+        empty (CheckDuplicateHandler::triggerCheckDuplicateHandler)."""
+        fields = self.duplicate_checks.get(mod.name)
+        if not fields or not any(values.get(name) for name in fields):
+            return
+        for other in self._records.values():
+            if (
+                other.module is not mod
+                or other.crmid == crmid
+                or other.deleted
+                or other.pending  # another transaction's, not committed: not seen
+                or other.converted  # Leads: "AND converted = 0"
+            ):
+                continue
+            if all(_same_text(values.get(name), other.values.get(name)) for name in fields):
+                raise _duplicates_detected()
 
     def _touch(self, record: _Record, at: dt.datetime | None) -> None:
         record.values["modifiedtime"] = self.format_time(at or self.now())
