@@ -10,7 +10,9 @@ client (each failure past the first few doubles the wait before that client may 
 again), per client across accounts (a budget), and per account across clients (a ceiling of
 MAX_FAILURES_PER_ACCOUNT an hour, ASVS 4.0.3 V2.2.1), which holds back every client but a browser
 that logged in to the account before (its device cookie, web/security.py). IPv6 clients are
-counted by /64 (one host's share of addresses). An admin unlocks an account; a new password
+counted by /64 (one host's share of addresses); an attempt carrying a device cookie of the account
+it tries is counted by that device instead, and is not held back by its address's failures (a
+neighbour on the owner's /64 cannot lock them out). An admin unlocks an account; a new password
 unlocks it too. Sessions live in the ledger (``console_sessions``), keyed by the SHA-256 of a
 random id: logging out, disabling the account and an admin end them for good; a new password ends
 the account's other sessions; one unused for ``IDLE_TIMEOUT`` ends by itself. Passwords are
@@ -25,6 +27,7 @@ import ipaddress
 import re
 import secrets
 import threading
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -156,25 +159,57 @@ def common_passwords() -> frozenset[str]:
 
 
 _SPACE_RUNS = re.compile(r"\s+")
+# Characters that show nothing and are not white space, beyond the format characters (category
+# Cf: U+200B, U+FEFF, U+2060, ...): Unicode's other default-ignorable code points (Hangul fillers,
+# variation selectors, ...) and the blank Braille pattern.
+_INVISIBLE = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+
+
+def _shown(char: str) -> bool:
+    if char.isspace():
+        return True
+    if unicodedata.category(char) in ("Cf", "Cc"):
+        return False
+    code = ord(char)
+    return not any(low <= code <= high for low, high in _INVISIBLE)
+
+
+def _visible(password: str) -> str:
+    """The password as measured: its invisible characters (format and control characters,
+    default-ignorable ones) left out. Not NFKC: it expands a ligature or U+FDFA to many letters."""
+    return "".join(char for char in password if _shown(char))
 
 
 def check_password(password: str) -> str:
     """The password, when the policy accepts it: at least MIN_PASSWORD_LENGTH characters, a run
-    of spaces counting as one (ASVS 4.0.3 V2.1.1), not blank, at most 1024, not a common one.
-    Only checked: the password itself is kept as typed."""
-    if not password.strip():
+    of spaces counting as one and invisible characters (U+200B, U+FEFF, ...) as none (ASVS 4.0.3
+    V2.1.1), not blank, at most 1024, not a common one. Only checked: the password itself is
+    kept as typed."""
+    visible = _visible(password)
+    if not visible.strip():
         raise InvalidInput(
             f"the password must not be blank or spaces only: give at least {MIN_PASSWORD_LENGTH} "
             "characters, a run of spaces counting as one"
         )
-    if len(_SPACE_RUNS.sub(" ", password)) < MIN_PASSWORD_LENGTH:
+    if len(_SPACE_RUNS.sub(" ", visible)) < MIN_PASSWORD_LENGTH:
         raise InvalidInput(
             f"the password must be at least {MIN_PASSWORD_LENGTH} characters long, "
             "a run of spaces counting as one"
         )
     if len(password) > 1024:
         raise InvalidInput("the password must be at most 1024 characters long")
-    if password.strip().lower() in common_passwords():
+    if visible.strip().lower() in common_passwords():
         raise InvalidInput("the password is one of the most common passwords: choose another")
     return password
 
@@ -589,14 +624,17 @@ class Accounts:
         not. Raises ``LoginThrottled`` before checking anything when too many attempts failed.
         ``rule`` marks the audit entry of a check that is not a login (``confirm_password``).
         ``client`` is counted by ``client_group``. ``device``: the id of a device cookie the
-        caller verified was issued to this account at a login (web/security.py); while it has
-        fewer than DEVICE_FAILURES failures in the hour, the account's ceiling does not hold it
-        back."""
+        caller verified was issued to this account at a login (web/security.py): the attempt is
+        then counted by the device, not by ``client`` (its backoff is the device's; the client's
+        budget and the failures of others at its address do not hold it back: a neighbour on the
+        owner's /64 cannot lock them out), and while the device has fewer than DEVICE_FAILURES
+        failures in the hour the account's ceiling does not hold it back either."""
         now = self.clock()
         tried = name.strip().lower()[:200]
         digest = self.keyed or _digest
-        name_digest, client_digest = digest(tried), digest(client_group(client))
         device_digest = digest("device|" + device[:200]) if device else None
+        name_digest = digest(tried)
+        client_digest = device_digest or digest(client_group(client))
         # The attempt counts as a failure before the password is checked (taken back when it is
         # right): attempts sent side by side would otherwise all pass the throttle before any
         # failed, and a client could try as many passwords at once as the server has threads.
@@ -606,18 +644,12 @@ class Accounts:
         # sent to each at once all passed. A write transaction is serialised on both databases
         # (SQLite's BEGIN IMMEDIATE, the writer lock on PostgreSQL: ledger/engine.py).
         with _THROTTLE_LOCK, self.engine.begin() as conn:
-            self._check_throttle(conn, name_digest, client_digest, now, device_digest)
+            self._check_throttle(conn, name_digest, client_digest, now, device_digest is not None)
             conn.execute(
                 insert(console_login_failures).values(
                     name_digest=name_digest, client_digest=client_digest, at=now
                 )
             )
-            if device_digest is not None:  # the device's own count, apart from any account's
-                conn.execute(
-                    insert(console_login_failures).values(
-                        name_digest=device_digest, client_digest=device_digest, at=now
-                    )
-                )
         with self.engine.connect() as conn:
             row = conn.execute(select(console_users).where(console_users.c.name == tried)).first()
         ok = False
@@ -636,13 +668,6 @@ class Accounts:
                         console_login_failures.c.client_digest == client_digest,
                     )
                 )
-                # The device's own failures start over too: its owner got the password right.
-                if device_digest is not None:
-                    conn.execute(
-                        delete(console_login_failures).where(
-                            console_login_failures.c.name_digest == device_digest
-                        )
-                    )
                 if HASHER.check_needs_rehash(row.password_hash):
                     conn.execute(
                         update(console_users)
@@ -669,12 +694,13 @@ class Accounts:
         return _account(row) if ok and row is not None else None
 
     def _check_throttle(
-        self, conn: Any, name_digest: str, client_digest: str, now: datetime, device_digest: str | None = None
+        self, conn: Any, name_digest: str, client_digest: str, now: datetime, device: bool = False
     ) -> None:
         """Raises ``LoginThrottled`` when this client must wait for this account, or for any, or
-        when the account's hourly ceiling is reached (unless ``device_digest`` is a device cookie
-        of the account in good standing); inside the caller's write transaction, which then
-        counts the attempt."""
+        when the account's hourly ceiling is reached; inside the caller's write transaction, which
+        then counts the attempt. With ``device`` (``client_digest`` is then a device cookie of the
+        account), there is no budget across accounts (the cookie is good for this one only), and
+        the ceiling does not hold it back while it has fewer than DEVICE_FAILURES failures."""
         since = now - THROTTLE_WINDOW
         table = console_login_failures
         conn.execute(delete(table).where(table.c.at < now - ACCOUNT_WINDOW))
@@ -693,16 +719,18 @@ class Accounts:
                 table.c.client_digest == client_digest, table.c.at >= since
             )
         ).one()
-        if count >= MAX_FAILURES_PER_CLIENT:
+        if count >= MAX_FAILURES_PER_CLIENT and not device:
             first = oldest or now
             raise LoginThrottled(max(1, int((first + THROTTLE_WINDOW - now).total_seconds()) + 1))
         ceiling = _ceiling_until(conn, name_digest, now)
         if ceiling is None:
             return
-        if device_digest is not None:
+        if device:
             failed = conn.execute(
                 select(func.count()).where(
-                    table.c.name_digest == device_digest, table.c.at >= now - ACCOUNT_WINDOW
+                    table.c.name_digest == name_digest,
+                    table.c.client_digest == client_digest,
+                    table.c.at >= now - ACCOUNT_WINDOW,
                 )
             ).scalar_one()
             if failed < DEVICE_FAILURES:

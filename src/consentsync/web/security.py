@@ -8,9 +8,10 @@ state-changing request carries a CSRF token bound to the session (a form field, 
 X-CSRF-Token header for the JSON API); the login form's token is bound to a short-lived pre-session cookie.
 
 A login also sets a device cookie (``consentsync_device``, DEVICE_DAYS): a random id bound to
-the account by an HMAC. A browser holding one for the account it tries is not held back by that
-account's hourly ceiling of failed logins (accounts.py), so an attacker spending the ceiling does
-not lock the owner out of the browsers they used before (OWASP's device cookies).
+the account by an HMAC. A browser holding one for the account it tries is counted by it, not by
+its address (accounts.py): neither the failures of others at its address (an office's shared
+IPv6 /64 or NAT address) nor that account's hourly ceiling of failed logins hold it back, so an
+attacker does not lock the owner out of the browsers they used before (OWASP's device cookies).
 
 The signing key comes from CONSENTSYNC_WEB_SECRET when set, else it is derived from the erasure
 key (HMAC with a fixed label), so a fresh install is secure without another secret to manage.
