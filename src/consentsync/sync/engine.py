@@ -1192,21 +1192,38 @@ class SyncEngine:
         subject_ids, created = self.ledger.link_in(
             conn, identities, run_id=report.run_id, elsewhere=elsewhere, left=left
         )
+        # Records speaking for their person only through an address the person left: their
+        # grants are no word of the person's (``_through_left``). Nothing is read for a page
+        # showing no such address. (The page's absorptions below never take the address
+        # holder, so the people found here stay the records' people.)
+        aside = (
+            self._through_left(conn, mapping, good, identities, subject_ids, left, held, digests)
+            if left
+            else set()
+        )
         # The records they point to that the ledger does not know yet are their people's (the
         # first record's). One without an address that records showing the addresses of two
         # people point to (one Individual for a work and a home Contact) is neither's alone: a
-        # person of its own, tied to both (below), as it is when read first.
+        # person of its own, tied to both (below), as it is when read first. So is one that only
+        # records in ``aside`` point to: a record that is the person's only through an address
+        # they left brings them nothing it points to (the old mailbox's new owner's Individual,
+        # whose consent records would speak for the former holder), as when read first.
         pointed: dict[CrmLink, list[tuple[int, bool]]] = {}
-        for (_, identity, links, _), subject_id in zip(good, subject_ids, strict=True):
+        for (record, identity, links, _), subject_id in zip(good, subject_ids, strict=True):
             for link in links:
                 if link not in known:
-                    pointed.setdefault(link, []).append((subject_id, identity.email is not None))
+                    pointed.setdefault(link, []).append(
+                        (-1 if record.record_id in aside else subject_id, identity.email is not None)
+                    )
         if pointed:
             extra_links = [
                 Identity(link=link)
-                if link.object_type not in self._addressed
-                and len({subject_id for subject_id, addressed in people if addressed}) > 1
-                else Identity(link=link, subject_id=people[0][0])
+                if (
+                    link.object_type not in self._addressed
+                    and len({subject_id for subject_id, addressed in people if addressed}) > 1
+                )
+                or all(subject_id == -1 for subject_id, _ in people)
+                else Identity(link=link, subject_id=next(s for s, _ in people if s != -1))
                 for link, people in pointed.items()
             ]
             linked, made = self.ledger.link_in(conn, extra_links, run_id=report.run_id)
@@ -1258,14 +1275,6 @@ class SyncEngine:
                 sharers.setdefault(link, set()).add(sharer)
                 elsewhere.append((owner, sharer))
 
-        # Records speaking for their person only through an address the person left: their
-        # grants are no word of the person's (``_through_left``). Nothing is read for a page
-        # showing no such address.
-        aside = (
-            self._through_left(conn, mapping, good, identities, subject_ids, left, held, digests)
-            if left
-            else set()
-        )
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
         # People whose pushes must be looked at again: a record new to the ledger, or changed. A
@@ -1409,10 +1418,11 @@ class SyncEngine:
         Not set aside: a record pointing to a record known as the holder's (an Individual: the
         CRM ties it to them, not the address), and a record known by its id as theirs from
         before they left the address (linked no later than ``left_at``) read showing it anew or
-        back from deletion: that read makes the address theirs again (``note_rereads``). Any
-        other record showing it was linked by the address alone, after the person's record
-        moved (the recycled mailbox's new owner's contact). One statement, only for a page
-        showing a left address."""
+        back from deletion: that read makes the address theirs again (``note_rereads``). "From
+        before" is linked no later than the record whose move left the address
+        (``identity.moved_linked``): any other record showing it was linked by the address alone,
+        after the person's record (the recycled mailbox's new owner's contact, made before or
+        after the move). A few statements, only for a page showing a left address."""
         showing: dict[str, tuple[int, str]] = {}
         for (record, _, _, _), identity, subject_id in zip(good, identities, subject_ids, strict=True):
             found = left.get(identity.email) if identity.email else None
@@ -1421,7 +1431,7 @@ class SyncEngine:
             if subject_id in (identity.subject_id, identity.pointed):
                 continue
             showing[record.record_id] = found
-        times = linked_and_left(conn, self.name, mapping.object, showing)
+        times = linked_and_left(conn, self.name, mapping.object, showing, self.ledger.keyed_hasher())
         aside: set[str] = set()
         for record_id in showing:
             linked_at, left_at = times.get(record_id, (None, None))
@@ -1763,7 +1773,10 @@ class SyncEngine:
         """A record deleted (or merged away) in the CRM: its link is marked gone, audited, and
         nothing more is pushed to it; the person and their history stay. A merge's survivor is
         linked to the same person when the ledger did not know it yet. A record a write found
-        gone before is named by the listing now: its merge (if it was one) is recorded."""
+        gone before is named by the listing now: its merge (if it was one) is recorded. A record
+        deleted by our own delete whose answer was lost (the run stopped after the CRM took it)
+        is that delete carried out, not a deletion made in the CRM (``_own_deletes``)."""
+        self._own_deletes(conn, mapping, [r for r in gone if not r.merged_into], report, now)
         rows = {
             row.record_id: row
             for row in conn.execute(
@@ -1859,6 +1872,34 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
+
+    def _own_deletes(
+        self, conn: Connection, mapping: Mapping, deleted: list[CrmRecord], report: RunReport, now: datetime
+    ) -> None:
+        """The deletions listed that are our own: a delete (an erasure's) sent and never answered,
+        the run stopped after the CRM carried it out. The listing is its answer, as reading an
+        update's values back is an update's (``_recognise_echoes``): the row is done, audited
+        ``crm.pushed`` (``confirmed_by: read_back``) and the link gone by it, exactly as the lost
+        answer would have left them. Taken for a deletion made in the CRM, the erasure would
+        stand in the audit log as superseded, never carried out (Art. 17(2), 5(2)), and a run
+        resumed before the listing shows it sends the delete again. A record a user deleted
+        before ours arrived counts the same: the CRM's answer to ours would have been "already
+        deleted", which ``_settle`` takes as done too."""
+        if not deleted:
+            return
+        sent = conn.execute(
+            select(outbox).where(
+                outbox.c.connector == self.name,
+                outbox.c.object_type == mapping.object,
+                one_of(conn, outbox.c.record_id, sorted({record.record_id for record in deleted})),
+                outbox.c.action == WriteAction.DELETE.value,
+                outbox.c.status == "pending",
+                outbox.c.sent_at.is_not(None),
+            )
+        ).all()
+        if sent:
+            answers = [(row, WriteResult(row.record_id, True)) for row in sent]
+            self._settle(conn, answers, report, now, confirmed_by="read_back")
 
     def _absorb(self, conn: Connection, ties: set[tuple[int, int]], report: RunReport) -> dict[int, int]:
         """Absorbs the address-less people ``ties`` prove to be an address holder
