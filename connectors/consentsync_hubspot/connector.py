@@ -7,7 +7,8 @@ and shifts when a record changes mid-read, so every page is a fresh search from 
 ``lastmodifieddate`` are ordered by id here; a page whose records all share one timestamp is
 finished by a search on that timestamp sorted by ``hs_object_id``. Subscription statuses come
 from v4 batch status reads, one per page (without the Enterprise-only batch scope, one read
-per address: ``_per_address``; an answer leaving an address unread fails the page), as virtual
+per address: ``_per_address``; an address HubSpot never answers, every retry over, has its
+contact read ``UNREAD``, quarantined by the engine, and the page passes), as virtual
 fields ``subscription_<id>``,
 ``subscription_<id>_legal_basis`` and ``subscription_<id>_timestamp``. A contact opted out of all
 email (``hs_email_optout``, which HubSpot keeps apart from the subscription statuses) reads
@@ -55,7 +56,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -73,8 +74,9 @@ from consentsync_hubspot.settings import HubSpotSettings
 log = structlog.get_logger("consentsync.hubspot")
 
 #: A v4 batch status read that answered 207 with error entries, or left addresses it was asked
-#: about without a result: the page is read again (the cursor never passes a contact whose
-#: statuses were not read), then the run fails and the next one reads it again.
+#: about without a result: read again; given up, their contacts read ``UNREAD`` (quarantined),
+#: or, where the entries name no address asked about, the run fails and the next one reads it
+#: again (the cursor never passes a contact whose statuses were not read unquarantined).
 PARTIAL_READ = ErrorRule(
     Action.RETRY, Fault.TRANSIENT, "subscription statuses not answered for every address", 207, "PARTIAL_READ"
 )
@@ -164,6 +166,19 @@ OPTED_OUT_OF_ALL = "hs_email_optout"
 #: types) -> when it was given (None: not known).
 OptOuts = dict[str | int, str | None]
 PORTAL_WIDE = "PORTAL_WIDE"
+#: What a subscription field reads where HubSpot would not answer the address's statuses (a
+#: 207 error entry, or no result, to every attempt of the run; a one-address read it refused):
+#: no mapping translates it, so the engine quarantines the contact with a reason naming its id
+#: and records the rest of the page. Read NOT_SPECIFIED, the address's no would be lost; failing
+#: the page, one address HubSpot never answers would hold every later contact's no, and every
+#: push, back for good. Ops re-read the contact with ``consentsync runs retry``
+#: (``read_records``).
+UNREAD = "UNREAD: HubSpot did not answer this contact's subscription status (retry the record)"
+#: An email address anywhere in a text (once NFKC-normalised: a fullwidth "＠" is an "@"), as
+#: written or percent-encoded as a URL carries it.
+_ADDRESS_IN_TEXT = re.compile(
+    r"[^\s@<>()\[\]{},;:\"'`|/\\]+(?:@|%40)[^\s@<>()\[\]{},;:\"'`|/\\]+", re.IGNORECASE
+)
 
 
 def parse_hs_datetime(value: str) -> datetime:
@@ -199,6 +214,9 @@ class HubSpotConnector(sdk.Connector):
     # default); POST .../batch/archive with delete_mode: archive.
     can_delete = True
     reports_merges = True  # hs_merged_object_ids on the contact that stands (either kind of merge)
+    # ``read_records``: a contact quarantined because HubSpot did not answer its statuses
+    # (``UNREAD``) is read again on ``consentsync runs retry``.
+    can_read_by_id = True
 
     def __init__(self, name: str, settings: Mapping[str, Any]) -> None:
         super().__init__(name, settings)
@@ -323,7 +341,13 @@ class HubSpotConnector(sdk.Connector):
         body = sdk.json_or_none(response)
         status = response.status_code
         category = str(body.get("category") or "") if isinstance(body, dict) else ""
-        message = str(body.get("message") or "")[:300] if isinstance(body, dict) else response.text[:200]
+        # HubSpot's messages may quote the address a call named (a one-address status read, a
+        # v3 unsubscribe): masked before anything is cut, so no part of one is kept.
+        message = (
+            _redacted(str(body.get("message") or ""))[:300]
+            if isinstance(body, dict)
+            else _redacted(response.text[:1000])[:200]
+        )
         if status == 429:
             policy = str(body.get("policyName") or "") if isinstance(body, dict) else ""
             rule = ERRORS.classify(429, policy or None)
@@ -402,6 +426,33 @@ class HubSpotConnector(sdk.Connector):
         horizon = self._history_horizon(since)
         for batch in pages:
             earlier = self._earlier_addresses(batch, horizon) if subscriptions else {}
+            yield from self._records(object_type, batch, subscriptions, earlier=earlier)
+
+    def read_records(
+        self, object_type: str, fields: Sequence[str], record_ids: Sequence[str]
+    ) -> Iterator[sdk.CrmRecord]:
+        """The contacts ``record_ids`` as they are now (ops retrying a quarantined contact: one
+        whose statuses HubSpot did not answer, ``UNREAD``), read as a page of a full read is:
+        ``POST .../batch/read`` (``batch_size`` ids a call, at most 100) with their statuses,
+        opt-outs and every address they had (a retried contact's earlier addresses are read
+        whatever the cursor). An id HubSpot no longer answers as itself (deleted, or merged away:
+        the deletion listing names it) is left out."""
+        _check_object(object_type)
+        wanted, subscriptions = self._wanted(object_type, fields)
+        ids = list(dict.fromkeys(str(record_id) for record_id in record_ids if str(record_id).isdigit()))
+        size = min(self.config.batch_size, BATCH_READ_LIMIT)
+        for start in range(0, len(ids), size):
+            chunk = ids[start : start + size]
+            body = {"properties": wanted, "inputs": [{"id": record_id} for record_id in chunk]}
+            answer = self._request(
+                "POST", f"/crm/v3/objects/{OBJECT}/batch/read", json=body, describe="read contacts by id"
+            ).json()
+            asked = set(chunk)
+            results = answer.get("results") or []
+            batch = [raw for raw in results if isinstance(raw, dict) and str(raw.get("id")) in asked]
+            if not batch:
+                continue
+            earlier = self._earlier_addresses(batch, None) if subscriptions else {}
             yield from self._records(object_type, batch, subscriptions, earlier=earlier)
 
     def _history_horizon(self, since: sdk.Cursor) -> tuple[datetime, int | None] | None:
@@ -536,11 +587,22 @@ class HubSpotConnector(sdk.Connector):
         statuses. ``earlier``: by contact id, the addresses it had before the one it has and
         the spans it had them (``_earlier_addresses``): their statuses are read too, and a no
         among them that the contact no longer shows goes into ``CrmRecord.earlier_values``
-        (``_earlier_values``)."""
+        (``_earlier_values``).
+
+        An address whose statuses HubSpot would not answer, every retry of the run over
+        (``_batch_status_read``), makes each subscription field its contact cannot be read to
+        say no in ``UNREAD``, which no mapping translates: the engine quarantines the contact,
+        with a reason naming its id (never the address), records the rest of the page and moves
+        on; ``consentsync runs retry`` reads it again (``read_records``). A field that
+        says no all the same (the contact's opt-out of all email covers it) keeps its no. An
+        earlier address left unanswered puts ``UNREAD`` in ``earlier_values`` where no other no
+        was found there and no later yes under the new address outranks whatever it held."""
         earlier = earlier if subscriptions and earlier else {}
         earlier_addresses = sorted({address for held in earlier.values() for address in held})
         current = [str((r["properties"] or {}).get("email") or "").strip().lower() for r in batch]
-        statuses = self._statuses([*current, *earlier_addresses], subscriptions) if subscriptions else {}
+        unread: set[str] = set()
+        everyone = [*current, *earlier_addresses]
+        statuses = self._statuses(everyone, subscriptions, unread=unread) if subscriptions else {}
         flagged = [
             email
             for email, r in zip(current, batch, strict=True)
@@ -553,8 +615,9 @@ class HubSpotConnector(sdk.Connector):
         asked = [*(current if every_address else flagged), *earlier_addresses]
         opted_out: dict[str, OptOuts] = {}
         earlier_opted_out: dict[str, OptOuts] = {}
+        held_back: list[str] = []  # the contacts a status HubSpot did not answer holds back
         if subscriptions and any(asked):
-            wide = self._wide_unsubscribes(asked, subscriptions)
+            wide = self._wide_unsubscribes(asked, subscriptions, unread)
             # The flag decides for the address a contact has: where the wide statuses answer it
             # they say which email it opted out of (all, or one business unit's) and when; where
             # they answer nothing (or are not served) the flag alone says all of it, undated.
@@ -594,6 +657,10 @@ class HubSpotConnector(sdk.Connector):
                     # opt-out, the type's own unsubscribe).
                     props[f"subscription_{sid}"] = "UNSUBSCRIBED"
                     props[f"subscription_{sid}_timestamp"] = _latest_no(status, opted_out_at)
+                if email in unread and props[f"subscription_{sid}"] != "UNSUBSCRIBED":
+                    props[f"subscription_{sid}"] = UNREAD
+                    props[f"subscription_{sid}_legal_basis"] = None
+                    props[f"subscription_{sid}_timestamp"] = None
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
             held_before = earlier.get(str(raw["id"]))
             values, given_at = (
@@ -603,10 +670,13 @@ class HubSpotConnector(sdk.Connector):
                     held_before,
                     statuses,
                     earlier_opted_out,
+                    unread,
                 )
                 if held_before
                 else ({}, {})
             )
+            if UNREAD in props.values() or UNREAD in values.values():
+                held_back.append(str(raw["id"]))
             yield sdk.CrmRecord(
                 object_type,
                 str(raw["id"]),
@@ -614,6 +684,15 @@ class HubSpotConnector(sdk.Connector):
                 props,
                 earlier_values=values or None,
                 earlier_given_at=given_at or None,
+            )
+        if held_back:
+            log.warning(
+                "hubspot.contacts_unread",
+                connector=self.name,
+                contacts=held_back[:50],
+                count=len(held_back),
+                note="HubSpot did not answer their subscription statuses: quarantined by the engine; "
+                "`consentsync runs retry` reads them again",
             )
 
     def _earlier_addresses(
@@ -814,7 +893,7 @@ class HubSpotConnector(sdk.Connector):
         return sorted(unit for unit in units if unit is not None and unit != DEFAULT_UNIT)
 
     def _wide_unsubscribes(
-        self, emails: list[str], subscriptions: Sequence[str] = ()
+        self, emails: list[str], subscriptions: Sequence[str] = (), unread: set[str] | None = None
     ) -> dict[str, OptOuts] | None:
         """email (lower case) -> what it opted out of all email of, and when (``OptOuts``), for
         those of ``emails`` the v4 read of the "wide" statuses answers opted out; None where the
@@ -830,9 +909,10 @@ class HubSpotConnector(sdk.Connector):
         answer nothing (``_records``).
 
         By ``POST .../v4/statuses/batch/unsubscribe-all/read``, ``status_batch_size`` addresses
-        a call (an address not opted out may be left out of its ``results``; a 207 error entry
-        fails the page, ``_batch_status_read``); without the batch scope, one
-        ``GET .../v4/statuses/{email}/unsubscribe-all`` per address (``_per_address``)."""
+        a call (an address not opted out may be left out of its ``results``; one a 207 error
+        entry names, every retry of the run over, goes into ``unread``: ``_batch_status_read``);
+        without the batch scope, one ``GET .../v4/statuses/{email}/unsubscribe-all`` per address
+        (``_per_address``)."""
         wanted = list(dict.fromkeys(e.strip().lower() for e in emails if e.strip()))
         out: dict[str, OptOuts] = {}
         size = self.config.status_batch_size
@@ -841,7 +921,7 @@ class HubSpotConnector(sdk.Connector):
             if unit is not None:
                 params["businessUnitId"] = unit
             for start in range(0, len(wanted), size):
-                answered = self._wide_chunk(wanted[start : start + size], params)
+                answered = self._wide_chunk(wanted[start : start + size], params, unread)
                 if answered is None:
                     return None  # not served: the flag alone
                 for email, wides in answered.items():
@@ -854,9 +934,12 @@ class HubSpotConnector(sdk.Connector):
                             held[scope] = str(wide["timestamp"]) if wide.get("timestamp") else None
         return out
 
-    def _wide_chunk(self, chunk: list[str], params: dict[str, Any]) -> dict[str, list[dict[str, Any]]] | None:
+    def _wide_chunk(
+        self, chunk: list[str], params: dict[str, Any], unread: set[str] | None = None
+    ) -> dict[str, list[dict[str, Any]]] | None:
         """Each address of ``chunk`` (as asked) -> its wide statuses; None where HubSpot does
-        not serve the read (404)."""
+        not serve the read (404). An address HubSpot would not answer is left out and noted in
+        ``unread``."""
         if not self._per_address:
             try:
                 answered = self._batch_status_read(
@@ -865,6 +948,7 @@ class HubSpotConnector(sdk.Connector):
                     params,
                     "opted out of all email",
                     every_input=False,
+                    unread=unread,
                 )
             except ConnectorError as error:
                 if not _lacks_scope(error):
@@ -875,14 +959,22 @@ class HubSpotConnector(sdk.Connector):
                     return None
                 return {email: list(result.get("wideStatuses") or []) for email, result in answered.items()}
         out: dict[str, list[dict[str, Any]]] = {}
+        failed: list[tuple[str, ConnectorError]] = []
+        describe = "opted out of all email (one address)"
         for email in chunk:
-            response = self._request(
-                "GET",
-                f"/communication-preferences/v4/statuses/{quote(email, safe='@')}/unsubscribe-all",
-                params=params,
-                describe="opted out of all email (one address)",
-                accept=lambda answer: answer.status_code == 404,
-            )
+            try:
+                response = self._request(
+                    "GET",
+                    f"/communication-preferences/v4/statuses/{quote(email, safe='@')}/unsubscribe-all",
+                    params=params,
+                    describe=describe,
+                    accept=lambda answer: answer.status_code == 404,
+                )
+            except ConnectorError as error:
+                if _stops_the_run(error):
+                    raise
+                failed.append((email, error))
+                continue
             if response.status_code == 404:
                 return None
             out[email] = [
@@ -891,6 +983,7 @@ class HubSpotConnector(sdk.Connector):
                 if isinstance(wide, dict)
                 and _address(wide.get("subscriberIdString") or email) == _address(email)
             ]
+        self._one_address_errors(failed, bool(out), describe, strict=True, unread=unread)
         return out
 
     def _one_basis(self, value: str) -> str:
@@ -903,7 +996,12 @@ class HubSpotConnector(sdk.Connector):
         return value
 
     def _statuses(
-        self, emails: list[str], subscriptions: Sequence[str] = (), *, strict: bool = True
+        self,
+        emails: list[str],
+        subscriptions: Sequence[str] = (),
+        *,
+        strict: bool = True,
+        unread: set[str] | None = None,
     ) -> dict[str, dict[str, dict[str, Any]]]:
         """email (as given) -> subscription id -> v4 status, by batch reads: without a business
         unit where ``subscriptions`` name one of the default unit's (or none), and with each
@@ -913,12 +1011,14 @@ class HubSpotConnector(sdk.Connector):
         subscription types.
 
         ``POST .../v4/statuses/batch/read``, ``status_batch_size`` addresses a call. An answer
-        that leaves an address without its statuses (a 207 error entry, or no result for it)
-        fails the read (``_batch_status_read``): read as NOT_SPECIFIED, its no would be lost and
-        the cursor would pass it. ``strict=False`` (the basis held, looked up before an
-        unsubscribe) takes what was answered. Without the batch scope (a 403 MISSING_SCOPES:
-        Marketing Hub Enterprise only), one ``GET .../v4/statuses/{email}`` per address and unit
-        for the rest of the run (``_per_address``)."""
+        that leaves an address without its statuses (a 207 error entry, or no result for it) is
+        read again; every retry of the run over, the address goes into ``unread`` (its contact
+        is quarantined: ``_records``), or, without ``unread``, the read fails
+        (``_batch_status_read``): read as NOT_SPECIFIED, its no would be lost and the cursor
+        would pass it. ``strict=False`` (the basis held, looked up before an unsubscribe) takes
+        what was answered. Without the batch scope (a 403 MISSING_SCOPES: Marketing Hub
+        Enterprise only), one ``GET .../v4/statuses/{email}`` per address and unit for the rest
+        of the run (``_per_address``), its refusals handled alike (``_one_address_errors``)."""
         wanted = list(dict.fromkeys(e for e in emails if e))
         out: dict[str, dict[str, dict[str, Any]]] = {}
         size = self.config.status_batch_size
@@ -930,7 +1030,7 @@ class HubSpotConnector(sdk.Connector):
                 params["businessUnitId"] = unit
             for start in range(0, len(wanted), size):
                 for email, statuses in self._status_chunk(
-                    wanted[start : start + size], params, strict
+                    wanted[start : start + size], params, strict, unread
                 ).items():
                     held = out.setdefault(email, {})
                     for status in statuses:
@@ -940,9 +1040,11 @@ class HubSpotConnector(sdk.Connector):
         return out
 
     def _status_chunk(
-        self, chunk: list[str], params: dict[str, Any], strict: bool
+        self, chunk: list[str], params: dict[str, Any], strict: bool, unread: set[str] | None = None
     ) -> dict[str, list[dict[str, Any]]]:
-        """Each address of ``chunk`` (as asked) -> its v4 statuses."""
+        """Each address of ``chunk`` (as asked) -> its v4 statuses; an address HubSpot would not
+        answer is left out (and noted in ``unread``, ``_batch_status_read``,
+        ``_one_address_errors``)."""
         if not self._per_address:
             try:
                 answered = self._batch_status_read(
@@ -952,6 +1054,7 @@ class HubSpotConnector(sdk.Connector):
                     "subscription statuses",
                     every_input=True,
                     strict=strict,
+                    unread=unread,
                 )
             except ConnectorError as error:
                 if not _lacks_scope(error):
@@ -962,19 +1065,28 @@ class HubSpotConnector(sdk.Connector):
                     email: list(result.get("statuses") or []) for email, result in (answered or {}).items()
                 }
         out: dict[str, list[dict[str, Any]]] = {}
+        failed: list[tuple[str, ConnectorError]] = []
+        describe = "subscription statuses (one address)"
         for email in chunk:
-            body = self._request(
-                "GET",
-                f"/communication-preferences/v4/statuses/{quote(email, safe='@')}",
-                params=params,
-                describe="subscription statuses (one address)",
-            ).json()
+            try:
+                body = self._request(
+                    "GET",
+                    f"/communication-preferences/v4/statuses/{quote(email, safe='@')}",
+                    params=params,
+                    describe=describe,
+                ).json()
+            except ConnectorError as error:
+                if _stops_the_run(error):
+                    raise
+                failed.append((email, error))
+                continue
             out[email] = [
                 status
                 for status in body.get("results") or []
                 if isinstance(status, dict)
                 and _address(status.get("subscriberIdString") or email) == _address(email)
             ]
+        self._one_address_errors(failed, bool(out), describe, strict=strict, unread=unread)
         return out
 
     def _batch_status_read(
@@ -986,18 +1098,24 @@ class HubSpotConnector(sdk.Connector):
         *,
         every_input: bool,
         strict: bool = True,
+        unread: set[str] | None = None,
     ) -> dict[str, dict[str, Any]] | None:
         """One v4 batch status read of ``chunk``: each address (as asked) -> its result, matched
         by ``subscriberIdString`` compared as ``_address`` (HubSpot may answer another
         spelling); None on a 404 (not served). HubSpot's spec answers these reads 207 "multiple
         statuses" (``...WithErrors``) when some inputs fail: an error entry, or (``every_input``:
         the subscription statuses, which answer every address) an address left without a
-        result, fails the whole read (``_partial_read``), retried under the error table's rule
-        with the call's own retries; given up, the run stops and the cursor stays before the
-        page. ``strict=False`` takes what was answered."""
+        result, fails the read (``_partial_read``), retried under the error table's rule with
+        the call's own retries. Given up, the addresses it named (or left out) go into
+        ``unread`` and the others' results are answered (``_records`` has the engine quarantine
+        those contacts); where it cannot be told which addresses failed, or without ``unread``,
+        the error stops the run and the cursor stays before the page. ``strict=False`` takes
+        what was answered."""
         asked = {_address(email): email for email in chunk}
+        last: dict[str, dict[str, Any]] = {}
 
         def attempt() -> dict[str, dict[str, Any]] | None:
+            nonlocal last
             response = self.api.send(
                 "POST",
                 self.base + path,
@@ -1016,13 +1134,56 @@ class HubSpotConnector(sdk.Connector):
                 key = _address(result.get("subscriberIdString")) if isinstance(result, dict) else ""
                 if key in asked:
                     answered[asked[key]] = result
+            last = answered
             errors = [entry for entry in body.get("errors") or [] if isinstance(entry, dict)]
             missing = [email for email in chunk if email not in answered] if every_input else []
             if strict and (errors or missing):
                 raise _partial_read(describe, response.status_code, errors, missing, chunk)
             return answered
 
-        return sdk.call(attempt, policy=self.api.policy, describe=describe)
+        try:
+            return sdk.call(attempt, policy=self.api.policy, describe=describe)
+        except _PartialRead as error:
+            if unread is None or error.failed is None:
+                raise
+            self._unanswered(describe, error.failed, len(chunk), unread, str(error))
+            return {email: result for email, result in last.items() if email not in error.failed}
+
+    def _unanswered(self, describe: str, failed: set[str], asked: int, unread: set[str], reason: str) -> None:
+        """Notes addresses HubSpot would not answer (as asked) in ``unread``; logged without
+        them (``reason`` is masked)."""
+        unread.update(failed)
+        log.warning(
+            "hubspot.statuses_unanswered",
+            connector=self.name,
+            read=describe,
+            addresses=len(failed),
+            asked=asked,
+            reason=reason[:300],
+            note="their contacts are quarantined by id, read again on `consentsync runs retry`",
+        )
+
+    def _one_address_errors(
+        self,
+        failed: Sequence[tuple[str, ConnectorError]],
+        answered: bool,
+        describe: str,
+        *,
+        strict: bool,
+        unread: set[str] | None,
+    ) -> None:
+        """The errors of one-address status reads (each given up after its retries, none of a
+        kind that stops the run: ``_stops_the_run``): with ``strict=False`` (a look-up of the
+        basis held) what was answered is taken; else each address HubSpot refused (a 4xx), or
+        failed where another address of the same group was answered (``answered``; an outage
+        fails them all, and then the run stops), is noted in ``unread``."""
+        for email, error in failed:
+            if not strict:
+                continue
+            status = error.rule.status
+            if unread is None or status is None or (status >= 500 and not answered):
+                raise error
+            self._unanswered(describe, {email}, 1, unread, str(error))
 
     def _read_per_address(self, error: ConnectorError) -> None:
         """The private app lacks ``BATCH_READ_SCOPE``: the v4 statuses are read one address at a
@@ -1214,7 +1375,7 @@ class HubSpotConnector(sdk.Connector):
         for error in body.get("errors") or []:
             category = str(error.get("category") or "ERROR")
             for record_id in (error.get("context") or {}).get("ids") or []:
-                failed[str(record_id)] = (category, str(error.get("message") or ""))
+                failed[str(record_id)] = (category, _redacted(str(error.get("message") or "")))
         answers: dict[int, sdk.WriteResult] = {}
         for index, _props in chunk:
             record_id = updates[index].record_id
@@ -1622,6 +1783,7 @@ def _earlier_values(
     held_before: Mapping[str, Sequence[tuple[datetime, datetime]]],
     statuses: Mapping[str, Mapping[str, Mapping[str, Any]]],
     opted_out: Mapping[str, OptOuts],
+    unread: Collection[str] = (),
 ) -> tuple[dict[str, Any], dict[str, datetime]]:
     """The noes of a contact's earlier addresses that its record no longer shows, as
     ``subscription_<id>`` UNSUBSCRIBED with the legal basis and time of that no, and when each
@@ -1631,7 +1793,9 @@ def _earlier_values(
     or an opt-out of all email covering the type: ``_covering``). Left out where the record
     shows a yes given after it (the person's latest word, under the new address) or a yes whose
     order against it is not known: taken, a wrong no would have the engine unsubscribe the new
-    address, which consentsync never undoes."""
+    address, which consentsync never undoes. Where none was found and an earlier address's
+    statuses went unanswered (``unread``), ``UNREAD`` (the engine quarantines the contact for
+    it), unless the record shows a yes given after the contact left every such address."""
     out: dict[str, Any] = {}
     given_at: dict[str, datetime] = {}
     for sid, unit in units.items():
@@ -1646,6 +1810,10 @@ def _earlier_values(
             if when is not None and (latest is None or when > latest[0]):
                 latest = (when, status)
         if latest is None:
+            left = [at for address, spans in held_before.items() if address in unread for _, at in spans]
+            yes_at = _stamp(props.get(f"subscription_{sid}_timestamp")) if shown == "SUBSCRIBED" else None
+            if left and (yes_at is None or yes_at < max(left)):
+                out[f"subscription_{sid}"] = UNREAD
             continue
         when, status = latest
         if shown == "SUBSCRIBED":
@@ -1724,9 +1892,43 @@ def _covering(opt_outs: Mapping[str | int, str | None] | None, unit: int | None)
         return True, times[0] if len(times) == 1 else None
 
 
+def _stops_the_run(error: ConnectorError) -> bool:
+    """Whether a one-address read's error is the run's, not the address's: a limit, the token,
+    a permission."""
+    return (
+        isinstance(error, sdk.BudgetExhausted)
+        or error.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN)
+        or error.rule.status in (401, 403, 429)
+    )
+
+
 def _lacks_scope(error: ConnectorError) -> bool:
     """A 403 MISSING_SCOPES: the private app was not granted the scope the call needs."""
     return error.rule.status == 403 and error.rule.code == "MISSING_SCOPES"
+
+
+def _redacted(text: str) -> str:
+    """``text`` (a HubSpot message: it may quote the address a call named, in whatever spelling
+    HubSpot answers it) with every email address in it replaced by ``<email>``, after NFKC
+    normalisation (another Unicode form, a fullwidth "＠"): error texts reach logs, run reports,
+    the quarantine and dead-letter reasons."""
+    if not text:
+        return text
+    folded = unicodedata.normalize("NFKC", text)
+    if "@" not in folded and "%40" not in folded.lower():
+        return text
+    return _ADDRESS_IN_TEXT.sub("<email>", folded)
+
+
+class _PartialRead(ConnectorError):
+    """A v4 batch status read that did not answer every address (``_partial_read``).
+    ``failed``: the addresses (as asked) it named in an error entry or left without a result;
+    None where that cannot be told address by address (an entry naming none of them), or where
+    the entries say to wait (a rate limit): then only the whole read can fail."""
+
+    def __init__(self, message: str, rule: ErrorRule, failed: set[str] | None) -> None:
+        super().__init__(message, rule)
+        self.failed = failed
 
 
 def _partial_read(
@@ -1735,15 +1937,17 @@ def _partial_read(
     errors: Sequence[Mapping[str, Any]],
     missing: Sequence[str],
     asked: Sequence[str],
-) -> ConnectorError:
+) -> _PartialRead:
     """The error of a v4 batch status read that did not answer every address: by the error
     table, the rule of its error entries' ``status`` (an HTTP status, where HubSpot gives one)
     and ``category``, a refused request (VALIDATION_ERROR) a config failure, anything else (an
     address left unanswered, an internal error, an entry of a kind that would skip the record)
     ``PARTIAL_READ``, retried. The addresses are never named (they would reach the run's
-    report): only how many."""
+    report): only how many; HubSpot's message goes with every address in it masked."""
     rules: list[ErrorRule] = []
     categories: list[str] = []
+    keys = {_address(email): email for email in asked}
+    failed: set[str] | None = {email for email in missing if _address(email) in keys}
     for entry in errors:
         category = str(entry.get("category") or "") or None
         code = str(entry.get("status") or "")
@@ -1755,22 +1959,24 @@ def _partial_read(
             rule = PARTIAL_READ
         rules.append(PARTIAL_READ if rule.action is Action.SKIP else rule)
         categories.append(category or "ERROR")
+        named = [keys.get(_address(i)) for i in (entry.get("context") or {}).get("ids") or []]
+        if failed is not None and named and all(named):
+            failed.update(email for email in named if email)
+        else:
+            failed = None  # an entry that names no address asked about
     rule = next(
         (r for r in rules if r.action is Action.FAIL),
         next((r for r in rules if r.action is Action.RATE_LIMITED), PARTIAL_READ),
     )
-    failed = {
-        str(i).strip().lower() for entry in errors for i in (entry.get("context") or {}).get("ids") or []
-    }
-    count = len(failed | {m.strip().lower() for m in missing}) or len(errors)
-    message = str(errors[0].get("message") or "")[:200] if errors else "no result for them"
-    for address in asked:
-        message = re.sub(re.escape(address), "<email>", message, flags=re.IGNORECASE)
-    return ConnectorError(
+    if rule.action in (Action.RATE_LIMITED, Action.REFRESH_TOKEN) or not failed:
+        failed = None
+    count = len(failed) if failed else len({_address(m) for m in missing}) or len(errors)
+    message = _redacted(str(errors[0].get("message") or ""))[:200] if errors else "no result for them"
+    return _PartialRead(
         f"{describe}: {status}: HubSpot answered without the statuses of {count} of {len(asked)} "
-        f"address(es) ({', '.join(sorted(set(categories))) or 'unanswered'}: {message}); the page "
-        "is not passed until they are read",
+        f"address(es) ({', '.join(sorted(set(categories))) or 'unanswered'}: {message})",
         rule,
+        failed,
     )
 
 

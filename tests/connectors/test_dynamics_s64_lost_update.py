@@ -36,7 +36,7 @@ FIELDS = ["emailaddress1", "donotbulkemail"]
 CHANGED_SINCE_READ = "CHANGED_SINCE_READ"  # connector.CHANGED_SINCE_READ
 CONSENTS = "msdynmkt_contactpointconsent4"
 EMAIL_MARKETING = "6f0b1c7e-0d6a-4c1e-9a51-000000000001"
-NOT_SET, OPTED_IN = 534120000, 534120001
+NOT_SET, OPTED_IN, OPTED_OUT = 534120000, 534120001, 534120002
 PREFERENCE_CENTER = 534120004  # msdynmkt_source
 
 
@@ -132,7 +132,14 @@ def test_an_opt_in_made_in_journeys_between_the_read_and_the_push_is_read_by_the
     form) and pushes Opted out to it. Between that read and the push the person opts in in
     Journeys' preference center: the push must not overwrite it (before, the next read showed
     the push, recognised as consentsync's own echo, and the opt-in never reached the ledger), and
-    the next run reads it as the person's newer statement."""
+    the next run reads it as the person's newer statement.
+
+    That run then sends the held push again, with the ETag it has just read, and Opted out
+    overwrites the opt-in (bb64 review3): by policy, not by a lost update. The ledger holds the
+    person's evidenced withdrawal; an opt-in read from a CRM is no new consent and never lifts a
+    withdrawal (docs/policy.md, ``sticky_withdrawal`` and "A new consent"), so the person's state
+    stays withdrawn and every CRM is told so. The opt-in is recorded, in the ledger's history
+    (docs/connectors/dynamics.md, "How it writes", If-Match)."""
     email = "between@example.test"
     env = dv.environment
     env.create("contact", {"lastname": "Invented", "emailaddress1": email})
@@ -178,3 +185,13 @@ def test_an_opt_in_made_in_journeys_between_the_read_and_the_push_is_read_by_the
     with ledger.engine.connect() as conn:
         said = conn.execute(select(consent_events.c.status).where(consent_events.c.run_id == after.run_id))
         assert ConsentStatus.GRANTED.value in {str(status) for status in said.scalars()}
+    # The same run sends the held Opted out again, with the fresh ETag: the withdrawal stands.
+    _person, state = ledger.decision_for(email, "email_marketing", "email")
+    assert (state.status, state.rule) == (ConsentStatus.WITHDRAWN, "sticky_withdrawal")
+    assert after.counts.pushed >= 1
+    assert env.get(CONSENTS, row)["msdynmkt_value"] == OPTED_OUT, "the opt-in outlived the withdrawal"
+    # And it stays so: nothing more is pushed, nothing is read as new.
+    settled = run()
+    counts = settled.counts
+    assert (counts.pushed, counts.pushes_enqueued, counts.evidence_recorded) == (0, 0, 0)
+    assert env.get(CONSENTS, row)["msdynmkt_value"] == OPTED_OUT
