@@ -2436,11 +2436,14 @@ class SyncEngine:
         each with the rule saying why (sync/shared.py): one others' records point to, and one
         linked to them only through an address they had left. Only an examination of erased
         people with such an action configured asks."""
-        kept = {
-            row.id: shared.SHARED_RULE
+        others = {
+            row.id: {other for other in shared.sharing(row.fields) if other != row.subject_id}
             for row in acted_on
-            if any(other != row.subject_id for other in shared.sharing(row.fields))
         }
+        # A sharer erased too, or left with no live record, has no data of theirs there to keep:
+        # with every sharer so, the record is the erased person's alone and the action reaches it.
+        present = self._present_people(conn, set().union(*others.values())) if any(others.values()) else set()
+        kept = {row.id: shared.SHARED_RULE for row in acted_on if others[row.id] & present}
         theirs: dict[int, set[tuple[str, str]]] = {}
         for row in links:
             theirs.setdefault(row.subject_id, set()).add((row.object_type, row.record_id))
@@ -2449,6 +2452,23 @@ class SyncEngine:
         )
         kept.update(dict.fromkeys(left, shared.ADDRESS_LEFT_RULE))
         return kept
+
+    def _present_people(self, conn: Connection, people: set[int]) -> set[int]:
+        """Of ``people``, those not erased who still have a live record in this connector."""
+        return {
+            subject_id
+            for (subject_id,) in conn.execute(
+                select(subjects.c.id)
+                .join(crm_links, crm_links.c.subject_id == subjects.c.id)
+                .where(
+                    one_of(conn, subjects.c.id, sorted(people)),
+                    subjects.c.erased_at.is_(None),
+                    crm_links.c.connector == self.name,
+                    crm_links.c.gone_at.is_(None),
+                )
+                .distinct()
+            )
+        }
 
     def _put_backs(
         self,
