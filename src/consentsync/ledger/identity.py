@@ -41,7 +41,14 @@ from consentsync.ledger.bulk import (
     one_of,
     select_in,
 )
-from consentsync.ledger.schema import crm_links, crm_snapshots, subject_identifiers, subjects, suppressions
+from consentsync.ledger.schema import (
+    audit_entries,
+    crm_links,
+    crm_snapshots,
+    subject_identifiers,
+    subjects,
+    suppressions,
+)
 
 log = structlog.get_logger("consentsync.ledger")
 
@@ -702,8 +709,9 @@ class SubjectResolver:
     ) -> dict[int, tuple[int, str, Reread]]:
         """Of the left addresses (by row id) that re-read records show, each with the rereads
         showing it, those a record of the person's from before they left it shows: linked to
-        them no later than ``left_at``. A record linked since, by that address alone (the old
-        mailbox's new owner's contact, edited away from it and back), is no record of theirs
+        them no later than the record whose move left it (``moved_linked``). A record linked
+        since, by that address alone (the old mailbox's new owner's contact, made before or after
+        the move, edited away from it and back or restored), is no record of theirs
         showing it again (docs/policy.md, "An address a person no longer holds"). Rare: one
         read (the people's links of those records, beside the addresses), only where a re-read
         record shows a left address."""
@@ -728,10 +736,15 @@ class SubjectResolver:
             )
         ):
             times[(row_id, CrmLink(connector, object_type, record_id))] = (linked_at, left_at)
+        bounds = moved_linked(
+            self.conn, {subject_id for rows in showing.values() for subject_id, _v, _r in rows}
+        )
         again: dict[int, tuple[int, str, Reread]] = {}
         for row_id, rows in showing.items():
             for subject_id, value, reread in rows:
                 linked_at, left_at = times.get((row_id, reread.link), (None, None))
+                if left_at is not None:
+                    left_at = bounds.get(subject_id, {}).get(self.hashed(value), left_at)
                 if linked_at is not None and left_at is not None and linked_at <= left_at:
                     again[row_id] = (subject_id, value, reread)
                     break
@@ -1076,13 +1089,83 @@ def backfill_left(engine: Engine, key: bytes, now: datetime, actor: str = "conse
     return len(leaving) + len(restored)
 
 
+def moved_linked(conn: Connection, people: Iterable[int]) -> dict[int, dict[str, datetime]]:
+    """For each of ``people``, each address they left and neither held again nor had unbound
+    since (its keyed hash, as the chain and the snapshots keep it), the latest a record may have
+    been linked to them to be theirs from before they left it: when the record whose move left
+    it was linked (``note_rereads``: one linked after that record, by the address alone, keeps
+    nothing for them, whenever it was read), or, where the chain names no such record
+    (``backfill_left``), when they left it. From the chain's ``subject.identifier_left`` entries
+    (one read by the subject index, one for those records' links), only for the few people a
+    page's records show a left address of (or an erasure's action would reach)."""
+    wanted = sorted(set(people))
+    if not wanted:
+        return {}
+    said: dict[int, dict[str, tuple[datetime, CrmLink | None]]] = {}
+    entries = audit_entries.c
+    for subject_id, action, at, payload in conn.execute(
+        select(entries.subject_id, entries.action, entries.at, entries.payload)
+        .where(
+            one_of(conn, entries.subject_id, wanted),
+            entries.action.in_((LEFT_ACTION, HELD_AGAIN_ACTION)),
+        )
+        .order_by(entries.seq)
+    ):
+        read = entry_said(payload)
+        if read is None:
+            continue
+        what = read[1]
+        theirs = said.setdefault(subject_id, {})
+        if action == LEFT_ACTION:
+            record = what.get("crm_record")
+            link = (
+                CrmLink(str(record["connector"]), str(record["object"]), str(record["id"]))
+                if isinstance(record, dict) and {"connector", "object", "id"} <= record.keys()
+                else None
+            )
+            for kind, digest in said_bindings(what.get(LEFT)):
+                if kind == EMAIL:
+                    theirs[digest] = (at, link)
+        else:
+            for kind, digest in said_bindings(what.get(HELD_AGAIN)):
+                if kind == EMAIL:
+                    theirs.pop(digest, None)
+    moved = {link for theirs in said.values() for _at, link in theirs.values() if link is not None}
+    linked: dict[CrmLink, datetime] = {}
+    by_type: dict[tuple[str, str], set[str]] = {}
+    for link in moved:  # the unique index leads with connector and object type
+        by_type.setdefault((link.connector, link.object_type), set()).add(link.record_id)
+    links = crm_links.c
+    for (connector, object_type), record_ids in sorted(by_type.items()):
+        for record_id, linked_at in conn.execute(
+            select(links.record_id, links.linked_at).where(
+                links.connector == connector,
+                links.object_type == object_type,
+                one_of(conn, links.record_id, sorted(record_ids)),
+            )
+        ):
+            linked[CrmLink(connector, object_type, record_id)] = linked_at
+    return {
+        subject_id: {
+            digest: min(at, linked[link]) if link in linked else at for digest, (at, link) in theirs.items()
+        }
+        for subject_id, theirs in said.items()
+    }
+
+
 def linked_and_left(
-    conn: Connection, connector: str, object_type: str, showing: dict[str, tuple[int, str]]
+    conn: Connection,
+    connector: str,
+    object_type: str,
+    showing: dict[str, tuple[int, str]],
+    hashed: Callable[[str], str],
 ) -> dict[str, tuple[datetime, datetime]]:
     """For records of one connector and object (by record id) each showing an address its
     person left (``showing``: the person and the form the address is held under,
-    ``SubjectResolver.left``), when the record was linked to that person and when they left
-    the address, as typed values. One statement, only for a page holding such a record."""
+    ``SubjectResolver.left``), when the record was linked to that person and the latest it may
+    have been linked to be theirs from before they left the address (``moved_linked``: when the
+    record whose move left it was linked), as typed values. Two statements, only for a page
+    holding such a record."""
     if not showing:
         return {}
     links, held = crm_links.c, subject_identifiers.c
@@ -1102,6 +1185,11 @@ def linked_and_left(
     for record_id, subject_id, linked_at, value, left_at in rows:
         if showing.get(record_id) == (subject_id, value):
             found[record_id] = (linked_at, left_at)
+    if found:
+        bounds = moved_linked(conn, {showing[record_id][0] for record_id in found})
+        for record_id, (linked_at, left_at) in found.items():
+            subject_id, form = showing[record_id]
+            found[record_id] = (linked_at, bounds.get(subject_id, {}).get(hashed(form), left_at))
     return found
 
 

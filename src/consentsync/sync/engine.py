@@ -51,7 +51,15 @@ from consentsync.domain import (
 from consentsync.ledger import absorb
 from consentsync.ledger.bulk import db_time, insert_rows, one_of, select_in, upsert_rows
 from consentsync.ledger.engine import analyse_grown, reading
-from consentsync.ledger.identity import CrmLink, Identity, Reread, holds_for, last_erased_at, linked_and_left
+from consentsync.ledger.identity import (
+    EMAIL,
+    CrmLink,
+    Identity,
+    Reread,
+    holds_for,
+    last_erased_at,
+    linked_and_left,
+)
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -1251,11 +1259,15 @@ class SyncEngine:
         # (a record pointed to, its person, the person of a record pointing to it) where the two
         # differ: rare, and found in the pass that looks for ties anyway.
         pointing: list[tuple[CrmLink, int, int]] = []
-        for (_, _, links, _), subject_id in zip(good, subject_ids, strict=True):
+        for (record, _, links, _), subject_id in zip(good, subject_ids, strict=True):
             for link in links:
                 if (other := known.get(link, subject_id)) != subject_id:
                     pointing.append((link, other, subject_id))
-        ties.update((other, subject_id) for _, other, subject_id in pointing)
+                    # A record in ``aside`` ties nobody to its person: it is theirs only through
+                    # an address they left (``_tied_through_left``); the record pointed to is
+                    # still shared (below), so its person's nos reach them, on the safe side.
+                    if record.record_id not in aside:
+                        ties.add((other, subject_id))
         into: dict[int, int] = {}
         if ties:
             into = self._absorb(conn, ties, report)
@@ -1287,8 +1299,22 @@ class SyncEngine:
         stamp = db_time(conn, now)
         # Records known by their id read showing another address, or back from deletion: what
         # their people hold or left (``Ledger.note_rereads``), weighed once the page is written.
-        rereads: list[Reread] = []
-        for (record, identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
+        rereads = [
+            Reread(subject_id, identity.link, before.identity, digests[record.record_id])
+            for (record, identity, _links, _evidence), subject_id in zip(good, subject_ids, strict=True)
+            if (before := held.get(record.record_id)) is not None
+            and identity.link is not None
+            and (before.identity != digests[record.record_id] or before.gone_at is not None)
+        ]
+        # Records new to the ledger showing an address a record of the same person moves off
+        # on this page: whether it is left is known once the page is written (``note_rereads``),
+        # and such a record, linked on the leaving page, is linked after the move (the recycled
+        # mailbox's new owner's contact read beside the former holder's edit). Their grants
+        # wait for that (``_weigh_waiting``); their nos are recorded. Nothing is looked at for
+        # a page on which no known record shows another address.
+        waiting: dict[str, tuple[int, list[Evidence]]] = {}
+        suspects = self._on_the_leaving_page(good, identities, subject_ids, rereads, held, digests, aside)
+        for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
             keyed = [(_evidence_key(e), e) for e in evidence]
@@ -1309,10 +1335,6 @@ class SyncEngine:
             if not fresh:
                 counts.unchanged_records += 1
             before = held.get(record.record_id)
-            if before is not None and identity.link is not None:
-                shows = digests[record.record_id]
-                if before.identity != shows or before.gone_at is not None:
-                    rereads.append(Reread(subject_id, identity.link, before.identity, shows))
             if (
                 fresh
                 or rethink
@@ -1327,6 +1349,11 @@ class SyncEngine:
                 examine.add(subject_id)
             if record.record_id in aside:
                 fresh = self._set_aside(report, mapping, record.record_id, fresh, problems, now)
+            elif record.record_id in suspects and (
+                grants := [e for e in fresh if e.status not in SAID_NO_STATUSES]
+            ):
+                waiting[record.record_id] = (subject_id, grants)
+                fresh = [e for e in fresh if e.status in SAID_NO_STATUSES]
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
                 (
@@ -1358,9 +1385,16 @@ class SyncEngine:
             conn.execute(insert(quarantine), problems)
         if gone:
             self._keep_the_last_no(conn, mapping, gone, report, now)
+            # A record merged into another (a lead converted into a contact) lives on in it: the
+            # survivor is the person's from when the merged record was (``_carry_linked_at``).
+            merged = self._merged_linked_at(conn, mapping, gone)
             self._mark_gone(conn, mapping, gone, report, now)
+            if merged:
+                self._carry_linked_at(conn, merged)
         # After the snapshots and the deletions: whether a live record still shows an address.
         self.ledger.note_rereads(conn, rereads, run_id=report.run_id)
+        if waiting:
+            outcomes = [*outcomes, *self._weigh_waiting(conn, report, mapping, waiting, digests, now)]
         if earlier:
             # A no among them is the person's, taken as a deleted record's last no is, dated by
             # when it was given (a no dated now would outrank a yes the person gave since). Only
@@ -1446,6 +1480,124 @@ class SyncEngine:
             if not again:
                 aside.add(record_id)
         return aside
+
+    def _merged_linked_at(
+        self, conn: Connection, mapping: Mapping, gone: list[CrmRecord]
+    ) -> dict[CrmLink, tuple[int, datetime]]:
+        """For the records of ``gone`` merged into another (a lead converted into a contact, a
+        merge's loser), the survivor's link, with the merged record's person and when it was
+        linked to them. One read, only for a page with such a record."""
+        merged = {r.record_id: _survivor_link(self.name, mapping.object, r) for r in gone if r.merged_into}
+        if not merged:
+            return {}
+        found: dict[CrmLink, tuple[int, datetime]] = {}
+        for record_id, subject_id, linked_at in conn.execute(
+            select(crm_links.c.record_id, crm_links.c.subject_id, crm_links.c.linked_at).where(
+                crm_links.c.connector == self.name,
+                crm_links.c.object_type == mapping.object,
+                one_of(conn, crm_links.c.record_id, sorted(merged)),
+            )
+        ):
+            survivor = merged[record_id]
+            if survivor not in found or linked_at < found[survivor][1]:
+                found[survivor] = (subject_id, linked_at)
+        return found
+
+    def _carry_linked_at(self, conn: Connection, merged: dict[CrmLink, tuple[int, datetime]]) -> None:
+        """A survivor of the merged person's (``_merged_linked_at``) linked to them since the
+        merged record takes the merged record's time: the record it stands for was theirs from
+        then, so a move back to an address they left on it is a record of theirs from before
+        showing it again (``note_rereads``, ``_through_left``), not one linked after the move.
+        A survivor another person's stays as it is. One statement per survivor, only where a
+        page merged records."""
+        for link, (subject_id, linked_at) in merged.items():
+            conn.execute(
+                update(crm_links)
+                .where(
+                    crm_links.c.connector == link.connector,
+                    crm_links.c.object_type == link.object_type,
+                    crm_links.c.record_id == link.record_id,
+                    crm_links.c.subject_id == subject_id,
+                    crm_links.c.linked_at > linked_at,
+                )
+                .values(linked_at=linked_at)
+            )
+
+    def _on_the_leaving_page(
+        self,
+        good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]],
+        identities: list[Identity],
+        subject_ids: list[int],
+        rereads: list[Reread],
+        held: dict[str, _PageLink],
+        digests: dict[str, str],
+        aside: set[str],
+    ) -> set[str]:
+        """The page's records (by id) new to the ledger that show, for the same person, the
+        address a record of theirs known by its id moves off on this page (``rereads``), and
+        speak for them by nothing else (not pointing to a record known as theirs): linked on the
+        page that may leave the address, they are linked after the move, and if it is left
+        they are theirs only through it (``_through_left``). In memory; nothing for a page on
+        which no known record shows another address."""
+        moving = {(r.subject_id, r.before) for r in rereads if r.before is not None and r.before != r.now}
+        if not moving:
+            return set()
+        return {
+            record.record_id
+            for (record, _, _, _), identity, subject_id in zip(good, identities, subject_ids, strict=True)
+            if record.record_id not in held
+            and record.record_id not in aside
+            and identity.subject_id != subject_id
+            and (subject_id, digests[record.record_id]) in moving
+        }
+
+    def _weigh_waiting(
+        self,
+        conn: Connection,
+        report: RunReport,
+        mapping: Mapping,
+        waiting: dict[str, tuple[int, list[Evidence]]],
+        digests: dict[str, str],
+        now: datetime,
+    ) -> list[RecordOutcome]:
+        """The grants of records linked on the page that may leave the address they show
+        (``_on_the_leaving_page``), once the page's rereads are weighed: set aside where their
+        person left it (``_set_aside``: the record is theirs only through it), else recorded.
+        One read (the people's left addresses), only for such a page."""
+        hashed = self.ledger.keyed_hasher()
+        left_now = {
+            (subject_id, hashed(form))
+            for subject_id, value in conn.execute(
+                select(subject_identifiers.c.subject_id, subject_identifiers.c.value).where(
+                    one_of(conn, subject_identifiers.c.subject_id, sorted({s for s, _ in waiting.values()})),
+                    subject_identifiers.c.kind == EMAIL,
+                    subject_identifiers.c.left_at.is_not(None),
+                )
+            )
+            for form in email_forms(value)
+        }
+        problems: list[dict[str, Any]] = []
+        requests: list[RecordRequest] = []
+        for record_id, (subject_id, grants) in waiting.items():
+            if (subject_id, digests[record_id]) in left_now:
+                self._set_aside(report, mapping, record_id, grants, problems, now)
+            else:
+                requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in grants]
+        if problems:
+            conn.execute(insert(quarantine), problems)
+        if not requests:
+            return []
+        # A second batch in the page's transaction: what the run's pages know of their people
+        # (``WarmSubjects``, one batch staged) is read again from the ledger after this page.
+        warm = self._warm_for(conn)
+        if warm is not None:
+            warm.discard()
+            warm.clear()
+        stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
+        report.counts.evidence_recorded += stats.recorded
+        report.counts.evidence_duplicates += stats.duplicates
+        report.counts.state_changes += stats.state_changes
+        return outcomes
 
     def _set_aside(
         self,

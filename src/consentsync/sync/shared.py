@@ -44,8 +44,8 @@ from sqlalchemy import Connection, insert, select, update
 from consentsync.domain import canonical_json
 from consentsync.ledger import absorb
 from consentsync.ledger.bulk import one_of, select_in
-from consentsync.ledger.identity import EMAIL, HELD_AGAIN, HELD_AGAIN_ACTION, LEFT, LEFT_ACTION, CrmLink
-from consentsync.ledger.schema import audit_entries, crm_links, crm_snapshots
+from consentsync.ledger.identity import CrmLink, moved_linked
+from consentsync.ledger.schema import crm_links, crm_snapshots
 from consentsync.mapping import Mapping
 
 # The snapshot key holding the ids of the people whose records point to the record (sorted), and
@@ -127,33 +127,14 @@ def mark(conn: Connection, connector: str, shared: dict[CrmLink, set[int]], now:
 
 def left_addresses(conn: Connection, people: Iterable[int]) -> dict[int, dict[str, datetime]]:
     """For erased people, each address they had left at their erasure (its keyed hash, as the
-    snapshots keep addresses) and when they left it, from the chain: the erasure deleted the
-    ``subject_identifiers`` rows, not the entries that bound ``left_at`` (one read by the
-    subject index, for the few erased people whose records an action would reach)."""
-    wanted = sorted(set(people))
-    if not wanted:
-        return {}
-    found: dict[int, dict[str, datetime]] = {}
-    rows = conn.execute(
-        select(
-            audit_entries.c.subject_id, audit_entries.c.action, audit_entries.c.at, audit_entries.c.payload
-        )
-        .where(
-            one_of(conn, audit_entries.c.subject_id, wanted),
-            audit_entries.c.action.in_((LEFT_ACTION, HELD_AGAIN_ACTION)),
-        )
-        .order_by(audit_entries.c.seq)
-    )
-    for subject_id, action, at, payload in rows:
-        what = orjson.loads(payload).get("what") or {}
-        theirs = found.setdefault(subject_id, {})
-        if action == LEFT_ACTION:
-            for digest in (what.get(LEFT) or {}).get(EMAIL, ()):
-                theirs[digest] = at
-        else:
-            for digest in (what.get(HELD_AGAIN) or {}).get(EMAIL, ()):
-                theirs.pop(digest, None)
-    return found
+    snapshots keep addresses) and the latest a record may have been linked to them to be theirs
+    from before they left it: when the record whose move left it was linked
+    (``identity.moved_linked``; a record linked after it by that address alone, the new owner's
+    contact made before or after the move, is theirs only through it). From the chain: the
+    erasure deleted the ``subject_identifiers`` rows, not the entries that bound ``left_at`` (one
+    read by the subject index, for the few erased people whose records an action would reach, and
+    one for the moved records' links)."""
+    return moved_linked(conn, people)
 
 
 def linked_through_left(
@@ -184,8 +165,8 @@ def linked_through_left(
     found: set[int] = set()
     for row in candidates:
         linked_at, identity = shown.get(row.id, (None, None))
-        left_at = left.get(row.subject_id, {}).get(identity) if identity is not None else None
-        if left_at is None or linked_at is None or linked_at <= left_at:
+        bound = left.get(row.subject_id, {}).get(identity) if identity is not None else None
+        if bound is None or linked_at is None or linked_at <= bound:
             continue
         mapping = by_object[row.object_type]
         known = orjson.loads(row.fields) if row.fields else {}
