@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,7 +77,7 @@ LEFT_BACKFILL_SETTING = "identifiers_left_backfilled"
 # A binding: (kind, keyed hash of the value).
 Binding = tuple[str, str]
 SUBJECT_COLUMNS = ("uid", "created_at", "restricted", "suppression_id")
-LINK_COLUMNS = ("subject_id", "connector", "object_type", "record_id", "linked_at")
+LINK_COLUMNS = ("subject_id", "connector", "object_type", "record_id", "linked_at", "record_created_at")
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +298,7 @@ class SubjectResolver:
         *,
         from_crm: bool = False,
         elsewhere: list[tuple[int, int]] | None = None,
+        record_created: Mapping[CrmLink, datetime] | None = None,
     ):
         # from_crm: the identities come from CRM records, which still carry what the ledger erased.
         # Such a record is matched to its erased person by the address's keyed hash, and the
@@ -307,6 +308,9 @@ class SubjectResolver:
         # Filled, when given, with (the person an address names, the person its record was
         # resolved to) wherever the two differ: a CRM record now carrying another's address.
         self.elsewhere = elsewhere
+        # When the CRM created each record read (where it says), kept on the link made for it:
+        # an erasure's delete or anonymise reaches only the records held when it was made.
+        self.record_created = record_created or {}
         self.conn = conn
         self.hashed = keyed_hasher(erasure_key)
         self.now = now
@@ -369,6 +373,7 @@ class SubjectResolver:
         new_emails: list[tuple[Any, ...]] = []
         added_by: list[CrmLink | None] = []  # the record that brought each of new_emails
         linked_at = db_time(self.conn, self.now)
+        record_created = self.record_created
         erased_ids = self._erased_ids(
             {by_link[i.link] for i in identities if i.link and i.link in by_link and i.email}
             | {i.subject_id for i in identities if i.subject_id is not None and i.email}
@@ -404,7 +409,17 @@ class SubjectResolver:
                     added_by.append(identity.link)
             if identity.link and identity.link not in by_link:
                 link = identity.link
-                new_links.append((subject_id, link.connector, link.object_type, link.record_id, linked_at))
+                created_at = record_created.get(link)
+                new_links.append(
+                    (
+                        subject_id,
+                        link.connector,
+                        link.object_type,
+                        link.record_id,
+                        linked_at,
+                        None if created_at is None else db_time(self.conn, created_at),
+                    )
+                )
                 by_link[identity.link] = subject_id
             resolved.append(subject_id)
         insert_rows(self.conn, subject_identifiers, IDENTIFIER_COLUMNS, new_emails)

@@ -123,6 +123,10 @@ crm_links = Table(
     # deletion listing naming it later still takes its last no and its survivor. NULL: gone by a
     # listing or by our own delete.
     Column("gone_by_write", Boolean),
+    # When the CRM created the record, where it said (``CrmRecord.created_at``) when the ledger
+    # first linked it: an erasure's delete or anonymise reaches only the records held when it was
+    # made (NULL: ``linked_at`` tells).
+    Column("record_created_at", Timestamp),
     UniqueConstraint("connector", "object_type", "record_id"),
 )
 

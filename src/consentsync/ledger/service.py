@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import weakref
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1062,17 +1062,25 @@ class Ledger:
         run_id: str | None = None,
         elsewhere: list[tuple[int, int]] | None = None,
         left: dict[str, tuple[int, str]] | None = None,
+        record_created: Mapping[CrmLink, datetime] | None = None,
     ) -> tuple[list[int], int]:
         """Resolves identities read from a CRM to subjects inside the caller's transaction,
         creating subjects and CRM links that are new; returns the subject ids and how many
         subjects were created. An erased person's address is matched by its keyed hash only.
         ``elsewhere``, when given, is filled with (the person a record's address names, the
         person the record was resolved to) wherever they differ; ``left`` with each address
-        read that its holder left (``SubjectResolver.left``: the holder, the form held)."""
+        read that its holder left (``SubjectResolver.left``: the holder, the form held);
+        ``record_created``: when the CRM created records read (kept on the links made for them)."""
         if not identities:
             return [], 0
         resolver = SubjectResolver(
-            conn, self.erasure_key(), self.clock(), run_id, from_crm=True, elsewhere=elsewhere
+            conn,
+            self.erasure_key(),
+            self.clock(),
+            run_id,
+            from_crm=True,
+            elsewhere=elsewhere,
+            record_created=record_created,
         )
         subject_ids = resolver.resolve(identities)
         if left is not None:

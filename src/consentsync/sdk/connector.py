@@ -127,6 +127,11 @@ class CrmRecord:
     merged_into_object: str | None = None
     earlier_values: Mapping[str, Any] | None = None
     earlier_given_at: Mapping[str, datetime] | None = None
+    # When the CRM created the record (aware), where it says: an erasure's delete or anonymise
+    # reaches a record first read after the erasure only if the CRM created it before (the
+    # erased person's data, held when they asked), never one made since (a person who came
+    # back, met again by a CRM user: suppressed, not deleted). None where the CRM does not say.
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +247,10 @@ class Connector(ABC):
     # merged-away record names the record it was merged into.
     deletions: ClassVar[str] = "none"
     reports_merges: ClassVar[bool] = False
+    # True where every live record ``read_changes`` yields says when the CRM created it
+    # (``CrmRecord.created_at``): the contract checks it (a connector whose CRM keeps no creation
+    # time sets it False, and the check skips).
+    reports_created: ClassVar[bool] = True
     # True where ``write_batches`` carries out ``WriteAction.DELETE`` (the ``delete`` erasure action).
     can_delete: ClassVar[bool] = False
     # How many ``write_batches`` a run may have writing at once, each over a share of a push

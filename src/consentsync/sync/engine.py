@@ -396,6 +396,8 @@ class _Read:
 
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
+# An erased person's record the CRM made after the erasure: suppressed, not deleted or anonymised.
+CREATED_AFTER_RULE = "erasure_suppress_only_created_after"
 # The source of an erasure carried, as a withdrawal, to a person whose CRM record took on the
 # erased person's record (a merge) or address (never a trusted source: it reverses nothing).
 ERASURE_CARRIED_SOURCE = "erasure"
@@ -1198,7 +1200,18 @@ class SyncEngine:
         # The addresses read that their holders left, found with their holders (no lookup more).
         left: dict[str, tuple[int, str]] = {}
         subject_ids, created = self.ledger.link_in(
-            conn, identities, run_id=report.run_id, elsewhere=elsewhere, left=left
+            conn,
+            identities,
+            run_id=report.run_id,
+            elsewhere=elsewhere,
+            left=left,
+            # Kept on the links made now: an erasure's delete or anonymise reaches only the
+            # records the CRM held when it was made (``_erasure_reaches``).
+            record_created={
+                identity.link: record.created_at
+                for record, identity, _, _ in good
+                if record.created_at is not None and identity.link is not None
+            },
         )
         # Records speaking for their person only through an address the person left: their
         # grants are no word of the person's (``_through_left``). Nothing is read for a page
@@ -2473,11 +2486,20 @@ class SyncEngine:
             erasure = erasures.get(row.object_type, "suppress")
             if row.gone_at is not None and key in erasures_done:
                 continue  # a record kept by the CRM: its erasure was sent, nothing else goes to it
-            if row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
+            # The erased person's record, or one showing an erased address whose person the ledger
+            # first met after the erasure (made under its entry): the action may reach it, if the
+            # CRM held it when the erasure was made (``_erasure_reaches``).
+            erasable = (
+                erasure != "suppress"
+                and key not in erasures_done
+                and (
+                    row.erased_at is not None
+                    or (row.address_erased is not None and row.address_erased == row.suppression_id)
+                )
+            )
+            if erasable:
                 acted_on.append(row)
-            if not writes[row.object_type] and (
-                row.erased_at is None or erasure == "suppress" or key in erasures_done
-            ):
+            if not writes[row.object_type] and not erasable:
                 # An object the mapping only reads (consent records) is never written, but for
                 # an erasure's anonymise or delete: a pending row from an older mapping goes.
                 superseded += [old.id for old in queued.get(key, ()) if old.status == "pending"]
@@ -2508,12 +2530,13 @@ class SyncEngine:
             row, mapping, key, erasure, subject_states, _updates = examined[at]
             updates = self._not_shown_yet(row, mapping.updates_for(known, subject_states, ours=ours), known)
             examined[at] = (row, mapping, key, erasure, subject_states, updates)
-        # Of those, the records that do not speak for the person alone: suppressed only.
-        kept = self._not_theirs_to_erase(conn, acted_on, links) if acted_on else {}
+        # Of those, the records the action reaches, and the erased people's records it does not
+        # (another person's data, or made since the erasure): suppressed only, each with why.
+        reached, kept = self._erasure_reaches(conn, acted_on, links) if acted_on else (set(), {})
         for row, mapping, key, erasure, subject_states, updates in examined:
             wanted, rule = updates, None  # the rule is worked out only for a row that is pushed
             action = WriteAction.UPDATE
-            if row.erased_at is not None and erasure != "suppress" and row.id in kept:
+            if row.id in kept:
                 # Another person's data: the erasure's suppression, not its delete or anonymise,
                 # and the entry says why (the outbox row's rule too, where one is written).
                 rule = kept[row.id]
@@ -2528,7 +2551,7 @@ class SyncEngine:
                         rule,
                     )
                 )
-            elif row.erased_at is not None and erasure != "suppress" and key not in erasures_done:
+            elif row.id in reached:
                 rule = ERASURE_RULES[erasure]
                 if erasure == "delete":
                     action, updates = WriteAction.DELETE, {}
@@ -2560,7 +2583,7 @@ class SyncEngine:
             # an erasure's action): the alerts and metrics on late and dead-lettered suppressions
             # count these. Not every push of a person with a suppressed state: their
             # re-subscription to another purpose is no suppression.
-            erasing = action is WriteAction.DELETE or row.erased_at is not None
+            erasing = action is WriteAction.DELETE or row.erased_at is not None or row.id in reached
             restricts = erasing or bool(restricting(mapping, updates))
             if _repeats(queued.get(key, ()), fields, action.value):
                 # Its pending (or dead) row stays, with its attempts and its sent mark; its flag
@@ -2581,6 +2604,48 @@ class SyncEngine:
                 )
             )
         return decided
+
+    def _erasure_reaches(
+        self, conn: Connection, acted_on: list[Any], links: list[Any]
+    ) -> tuple[set[int], dict[int, str]]:
+        """Of the records an erasure's delete or anonymise would reach (``acted_on``), by link id:
+        those it reaches, and those of erased people it does not, each with the rule saying why.
+
+        The action reaches the records the CRM held when the erasure was made: created before it
+        where the CRM says (``crm_links.record_created_at``), else linked before it. One the CRM
+        made since is a person met again (a CRM user entering them after a new sign-up): the
+        erased person's is suppressed, never deleted (``CREATED_AFTER_RULE``, named to ops) until
+        the address is erased again; a person the ledger first met after the erasure of their
+        address is erased there only through the records held then. Then, of those, the records
+        that do not speak for the person alone (``_not_theirs_to_erase``). Only an examination of
+        such records asks."""
+        held_then: set[int] = set()
+        kept: dict[int, str] = {}
+        erased = {row.id for row in acted_on if row.erased_at is not None}
+        for link_id, created_at, linked_at, erased_at, entry_erased_at in conn.execute(
+            select(
+                crm_links.c.id,
+                crm_links.c.record_created_at,
+                crm_links.c.linked_at,
+                subjects.c.erased_at,
+                last_erased_at(suppressions),
+            )
+            .join(subjects, subjects.c.id == crm_links.c.subject_id)
+            .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
+            .where(one_of(conn, crm_links.c.id, sorted(row.id for row in acted_on)))
+        ):
+            # An erased person's entry moves on when their address is erased again (asked again
+            # once a CRM user entered them anew): what the CRM held then is reached too.
+            since = max((t for t in (erased_at, entry_erased_at) if t is not None), default=None)
+            if link_id not in erased:
+                since = entry_erased_at
+            made = created_at if created_at is not None else linked_at
+            if since is not None and made <= since:
+                held_then.add(link_id)
+            elif link_id in erased:
+                kept[link_id] = CREATED_AFTER_RULE
+        kept.update(self._not_theirs_to_erase(conn, [row for row in acted_on if row.id in held_then], links))
+        return held_then - kept.keys(), kept
 
     def _not_theirs_to_erase(self, conn: Connection, acted_on: list[Any], links: list[Any]) -> dict[int, str]:
         """Of an erased person's records that the erasure's delete or anonymise would reach
@@ -3206,7 +3271,14 @@ class SyncEngine:
         log.warning("sync.plan_unpushed", run_id=report.run_id, connector=self.name, pending=left)
 
     def _push_rows(self, report: RunReport, approved: set[int] | None) -> None:
-        """Drains the pending rows (only ``approved`` ones, when given) once, oldest first."""
+        """Drains the pending rows (only ``approved`` ones, when given) once, oldest first: those
+        never sent before those a CRM refused before. A few records the CRM keeps refusing (a
+        workflow failing on their save) would otherwise head every run's pushes, and a CRM that
+        stops a write after refusals in a row (Vtiger) would stop before anyone else's were sent."""
+        for retried in (False, True):
+            self._push_pass(report, approved, retried=retried)
+
+    def _push_pass(self, report: RunReport, approved: set[int] | None, *, retried: bool) -> None:
         floor = 0
         while True:
             # People whose state changed since the examination (a withdrawal captured while this
@@ -3233,6 +3305,7 @@ class SyncEngine:
                         # A row this run already sent and the CRM refused for now waits for
                         # the next run, as one this stage sends does.
                         or_(outbox.c.run_id != report.run_id, outbox.c.attempts == 0),
+                        outbox.c.attempts > 0 if retried else outbox.c.attempts == 0,
                     )
                     .order_by(outbox.c.id)
                     .limit(self.options.push_batch_size)
