@@ -75,6 +75,11 @@ ERRORS = sdk.ErrorTable(
 )
 # Set by the Merge action on the subordinate row: read with every row of a table that has them.
 MERGE_COLUMNS = ("merged", "masterid")
+# When the row was created (UTC, whole seconds, as modifiedon), read with every row of a table that
+# has it and handed over as ``CrmRecord.created_at``, not among the fields (unless mapped). A
+# delta link taken by a version that did not select it still serves: its rows come without it
+# (no full reload for it); the next link taken afresh selects it.
+CREATED_COLUMN = "createdon"
 _AFTER = "consentsync-after="  # the fragment of a first read's link: its signpost
 # The fragment of a full read's link while the read is under way (a first read, a reload after a
 # refused link): the cursor's position is how far the read got, the link the one it took before
@@ -203,6 +208,17 @@ class _TableRead:
     # Rows left out of what is read (the connector's own consent rows): given a page's rows and
     # the wire names, the positions of those to leave out.
     skip: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], set[int]] | None = None
+    # Columns of ``wire`` read along, outside the mapping (``CREATED_COLUMN``): left out of the
+    # fields handed over, and not required of a delta link an earlier version took.
+    along: frozenset[str] = frozenset()
+
+    def record(self, row: Mapping[str, Any]) -> sdk.CrmRecord:
+        return _record(self.entity, row, self.wire, self.along)
+
+    def unselected(self, link: str) -> set[str]:
+        """The columns this read needs that ``link``'s $select lacks (the key always comes)."""
+        selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
+        return set(self.wire.values()) - set(selected) - {self.entity.primary_id} - self.along
 
     def kept(self, rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
         """``rows`` (one page) less those :attr:`skip` leaves out."""
@@ -543,11 +559,13 @@ class DynamicsConnector(sdk.Connector):
     ) -> _TableRead:
         """What a read of ``entity`` asks for: the columns of the table ``source`` (checked
         against its metadata), with the merge columns and the record filters it has."""
-        merges = [name for name in MERGE_COLUMNS if name in self.describe(source)]
-        wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields, *merges]))
+        known = self.describe(source)
+        merges = [name for name in MERGE_COLUMNS if name in known]
+        along = [CREATED_COLUMN] if CREATED_COLUMN in known and CREATED_COLUMN not in fields else []
+        wanted = list(dict.fromkeys([entity.primary_id, "modifiedon", *fields, *merges, *along]))
         filters = self.config.record_filters.get(source, {})
         wire = self._wire_names(source, list(dict.fromkeys([*wanted, *filters])))
-        return _TableRead(entity, wire, filters, skip)
+        return _TableRead(entity, wire, filters, skip, frozenset(along) - set(filters))
 
     def _read_table(self, table: _TableRead, since: sdk.Cursor, until: datetime) -> Iterator[sdk.CrmRecord]:
         yield from self._handed_over(self._table_steps(table, since, until))
@@ -614,8 +632,7 @@ class DynamicsConnector(sdk.Connector):
         still serve: None (the read starts again from the first row, with a new link) for a link
         of another environment or one that does not select every column the mapping reads now."""
         link = token.partition("#")[0]
-        selected = parse_qs(urlsplit(link).query).get("$select", [""])[0].split(",")
-        if not self._ours(link) or set(table.wire.values()) - set(selected) - {table.entity.primary_id}:
+        if not self._ours(link) or table.unselected(link):
             log.warning(
                 "dynamics.full_read_restarted",
                 connector=self.name,
@@ -660,8 +677,7 @@ class DynamicsConnector(sdk.Connector):
         url, _, fragment = since.token.partition("#")
         if not self._ours(url):
             raise _DeltaRefused("a delta link of another environment")
-        selected = parse_qs(urlsplit(url).query).get("$select", [""])[0].split(",")
-        if set(wire.values()) - set(selected) - {entity.primary_id}:  # the key always comes
+        if table.unselected(url):
             raise _DeltaRefused("the mapping reads columns the delta link does not select")
         catch_up = None
         if fragment.startswith(_AFTER):
@@ -692,7 +708,7 @@ class DynamicsConnector(sdk.Connector):
                     yield self._seen(entity, row, _deleted(entity, row))
                     continue
                 if _wanted(row, wire, filters):
-                    record = note(self._seen(entity, row, _record(entity, row, wire)))
+                    record = note(self._seen(entity, row, table.record(row)))
                     if catch_up is not None:
                         delivered[record.record_id] = self._etag(entity, record.record_id)
                     yield record
@@ -774,7 +790,7 @@ class DynamicsConnector(sdk.Connector):
                 "GET", url, f"read {entity.entity_set}", headers=self._prefer(), params=params
             ).json()
             for row in table.kept(body.get("value", [])):
-                yield self._seen(entity, row, _record(entity, row, wire))
+                yield self._seen(entity, row, table.record(row))
             next_link = body.get("@odata.nextLink")
             if not next_link:
                 return
@@ -1462,7 +1478,7 @@ class DynamicsConnector(sdk.Connector):
         urls = self._query_urls(entity, list(wire.values()), "", terms)
         for row in self._get_in_batches(urls, f"read {entity.entity_set} by address"):
             if _wanted(row, wire, table.filters) and table.keeps(row):
-                record = _record(entity, row, wire)
+                record = table.record(row)
                 if not record.deleted:  # merged away: nothing of it changed
                     yield record
 
@@ -1866,9 +1882,11 @@ class DynamicsConnector(sdk.Connector):
                 not_found.append(position)
             elif answer.status == 412 and position in guarded and answer.error[0] != _KEY_TAKEN:
                 changed.append(position)  # (an alternate key's refusal is the value's fault)
-            if position in guarded:
-                # Written (its ETag moves on) or refused: a later write of this run goes unguarded
-                # rather than with an ETag that no longer is the row's.
+            if position in guarded and answer.status < 300:
+                # Written: its ETag moves on, and a later write of this run goes unguarded rather
+                # than with an ETag that no longer is the row's. A refusal wrote nothing and keeps
+                # it: sent again (a 429 inside the batch, a lock, a 5xx), the row still goes with
+                # the ETag read, and a change made since that read answers 412, not overwritten.
                 self._forget_etag(self._entity(item.object_type), item.record_id)
             results.append(_part_result(item.record_id, answer))
         if changed:
@@ -1877,7 +1895,9 @@ class DynamicsConnector(sdk.Connector):
                 item = updates[position]
                 if (item.object_type, item.record_id.lower()) in holding:
                     results[position] = sdk.WriteResult(item.record_id, True)
+                    self._forget_etag(self._entity(item.object_type), item.record_id)  # done, as a 2xx
                 else:
+                    # The ETag read stays: a later write of the row in this run is refused too.
                     results[position] = sdk.WriteResult(
                         item.record_id,
                         False,
@@ -2038,8 +2058,10 @@ def _wanted(row: Mapping[str, Any], wire: Mapping[str, str], filters: Mapping[st
     return all(row.get(wire[column]) in allowed for column, allowed in filters.items())
 
 
-def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) -> sdk.CrmRecord:
-    fields = {name: row.get(prop) for name, prop in wire.items()}
+def _record(
+    entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str], along: Collection[str] = ()
+) -> sdk.CrmRecord:
+    fields = {name: row.get(prop) for name, prop in wire.items() if name not in along}
     modified = row.get("modifiedon")
     if not isinstance(modified, str):
         raise ConnectorError(
@@ -2047,13 +2069,22 @@ def _record(entity: _Entity, row: Mapping[str, Any], wire: Mapping[str, str]) ->
             ErrorRule(Action.FAIL, Fault.TRANSIENT, "row without modifiedon"),
         )
     record_id, stamp = str(row[entity.primary_id]), parse_dataverse_datetime(modified)
+    # createdon as modifiedon: UTC (the Web API answers a User Local column in UTC), whole seconds.
+    # None where the row does not carry it (a delta link that does not select it).
+    created = _moment(row.get(CREATED_COLUMN))
     if row.get("merged") is True:
         # Merged away: the subordinate row stays, deactivated, naming the survivor in masterid.
         master = row.get("_masterid_value")
         return sdk.CrmRecord(
-            entity.logical_name, record_id, stamp, fields, True, str(master) if master else None
+            entity.logical_name,
+            record_id,
+            stamp,
+            fields,
+            True,
+            str(master) if master else None,
+            created_at=created,
         )
-    return sdk.CrmRecord(entity.logical_name, record_id, stamp, fields)
+    return sdk.CrmRecord(entity.logical_name, record_id, stamp, fields, created_at=created)
 
 
 def _deleted(entity: _Entity, row: Mapping[str, Any]) -> sdk.CrmRecord:

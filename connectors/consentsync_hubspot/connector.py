@@ -484,7 +484,9 @@ class HubSpotConnector(sdk.Connector):
         )
         subscriptions = sorted({m["id"] for f in fields if (m := _VIRTUAL.match(f))})
         properties = [f for f in fields if not _VIRTUAL.match(f)]
-        wanted = list(dict.fromkeys(["hs_object_id", "lastmodifieddate", *properties]))
+        # ``createdate``: when the contact was created (``CrmRecord.created_at``). HubSpot answers
+        # it (with ``hs_object_id`` and ``lastmodifieddate``) unasked; asked all the same.
+        wanted = list(dict.fromkeys(["hs_object_id", "createdate", "lastmodifieddate", *properties]))
         if subscriptions and "email" not in wanted:
             wanted.append("email")
         if subscriptions and OPTED_OUT_OF_ALL in known and OPTED_OUT_OF_ALL not in wanted:
@@ -662,6 +664,7 @@ class HubSpotConnector(sdk.Connector):
                     props[f"subscription_{sid}_legal_basis"] = None
                     props[f"subscription_{sid}_timestamp"] = None
             modstamp = parse_hs_datetime(str(props.get("lastmodifieddate") or raw["updatedAt"]))
+            created_at = _stamp(props.get("createdate") or raw.get("createdAt"))
             held_before = earlier.get(str(raw["id"]))
             values, given_at = (
                 _earlier_values(
@@ -684,6 +687,7 @@ class HubSpotConnector(sdk.Connector):
                 props,
                 earlier_values=values or None,
                 earlier_given_at=given_at or None,
+                created_at=created_at,
             )
         if held_back:
             log.warning(
@@ -837,6 +841,7 @@ class HubSpotConnector(sdk.Connector):
                     deleted=True,
                     merged_into=record.merged_into,
                     earlier_given_at=last.earlier_given_at if last else None,
+                    created_at=last.created_at if last else record.created_at,
                 )
 
     def _archived(self) -> Iterator[sdk.CrmRecord]:
@@ -851,7 +856,12 @@ class HubSpotConnector(sdk.Connector):
                 stamp = raw.get("archivedAt") or raw.get("updatedAt")
                 if stamp:
                     yield sdk.CrmRecord(
-                        OBJECT, str(raw["id"]), parse_hs_datetime(str(stamp)), {}, deleted=True
+                        OBJECT,
+                        str(raw["id"]),
+                        parse_hs_datetime(str(stamp)),
+                        {},
+                        deleted=True,
+                        created_at=_stamp(raw.get("createdAt")),
                     )
             after = ((body.get("paging") or {}).get("next") or {}).get("after")
             if not after:
@@ -1486,7 +1496,8 @@ class HubSpotConnector(sdk.Connector):
         their own: an unsubscribe sends it back (a GDPR portal refuses one without a basis, and
         the default sent instead would change what the contact shows). One status read for the
         group's addresses (per 100; one call per address without the batch scope); an address
-        it leaves unanswered gets ``default_legal_basis``: a failed look-up never holds back a
+        it leaves unanswered, or a read that fails (but for an error that stops the run:
+        ``_stops_the_run``), gets ``default_legal_basis``: a failed look-up never holds back a
         person's no."""
         wanted: dict[str, set[str]] = {}
         for record_id, subs in changes:
@@ -1504,7 +1515,21 @@ class HubSpotConnector(sdk.Connector):
         if not wanted:
             return {}
         sids = sorted({sid for ids in wanted.values() for sid in ids})
-        statuses = self._statuses(list(wanted), sids, strict=False)
+        try:
+            statuses = self._statuses(list(wanted), sids, strict=False)
+        except ConnectorError as error:
+            if _stops_the_run(error):
+                raise  # a limit, the token, a permission: the unsubscribes would be refused alike
+            # Given up after its retries (a 5xx): the unsubscribes go with default_legal_basis.
+            log.warning(
+                "hubspot.held_basis_unread",
+                connector=self.name,
+                records=[record_id for record_id, _subs in changes if emails.get(record_id) in wanted],
+                status=error.rule.status,
+                reason=error.rule.reason,
+                note="unsubscribes sent with default_legal_basis",
+            )
+            statuses = {}
         return {
             email: {
                 sid: str(status["legalBasis"])

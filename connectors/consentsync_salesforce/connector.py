@@ -117,6 +117,10 @@ DELETION_FIELDS = ("IsDeleted", "MasterRecordId")
 # Read alongside where the object has it (Lead): a lead converted into a contact stays, queryable
 # and read-only, with IsConverted true; it is handed over as gone (``_record``).
 CONVERSION_FIELDS = ("IsConverted", "ConvertedContactId")
+# Read alongside where the object has it (every standard and custom object does): when the record
+# was created, handed over as ``CrmRecord.created_at`` (an erasure reaches a record first read
+# after it only where it was created before it). UTC, whole seconds, as SystemModstamp.
+CREATION_FIELD = "CreatedDate"
 _RECORD_ID = re.compile(r"^[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?$")
 _SLOW_JOB = "bulk job slow"
 # A job that is done with: nothing more of it is applied.
@@ -547,7 +551,7 @@ class SalesforceConnector(sdk.Connector):
         """The records changed after ``since`` up to ``until``, page by page."""
         query = self.build_query(object_type, fields, since, until)
         headers = {"Sforce-Query-Options": f"batchSize={self.config.query_batch_size}"}
-        added = self._conversion_fields(object_type, fields)
+        added = self._along_fields(object_type, fields)
 
         def resume(last: sdk.CrmRecord) -> str:
             # The query is in (SystemModstamp, Id) order: the rest is what follows the last
@@ -682,18 +686,19 @@ class SalesforceConnector(sdk.Connector):
     ) -> Iterator[sdk.CrmRecord]:
         self._read_fields[object_type] = tuple(fields)
         selected = self._selected_fields(object_type, fields)
-        added = self._conversion_fields(object_type, fields)
+        added = self._along_fields(object_type, fields)
         wanted = [*selected, *added]
         for start in range(0, len(record_ids), COLLECTION_LIMIT):
             ids = list(record_ids[start : start + COLLECTION_LIMIT])
             query = format_soql(f"SELECT {', '.join(wanted)} FROM {object_type} WHERE Id IN {{}}", ids)
             yield from self._query_all(object_type, query, {}, added=added)
 
-    def _conversion_fields(self, object_type: str, fields: Sequence[str]) -> tuple[str, ...]:
-        """``CONVERSION_FIELDS`` the object has and the mapping does not read itself: read along,
-        and left out of the values handed over."""
+    def _along_fields(self, object_type: str, fields: Sequence[str]) -> tuple[str, ...]:
+        """``CONVERSION_FIELDS`` and ``CREATION_FIELD`` the object has and the mapping does not
+        read itself: read along, and left out of the values handed over."""
         known = self._known(object_type)
-        return tuple(name for name in CONVERSION_FIELDS if name in known and name not in fields)
+        along = (*CONVERSION_FIELDS, CREATION_FIELD)
+        return tuple(name for name in along if name in known and name not in fields)
 
     def _query_all(
         self,
@@ -773,7 +778,7 @@ class SalesforceConnector(sdk.Connector):
         field names are checked against describe(); every value goes through format_soql."""
         selected = self._selected_fields(object_type, fields)
         known = self._known(object_type)
-        along = (*DELETION_FIELDS, *CONVERSION_FIELDS)
+        along = (*DELETION_FIELDS, *CONVERSION_FIELDS, CREATION_FIELD)
         wanted = list(dict.fromkeys([*selected, *(name for name in along if name in known)]))
         where = format_soql("SystemModstamp <= {}", until.astimezone(UTC))
         if since.modstamp is not None:
@@ -1439,6 +1444,8 @@ def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ())
     record_id = str(raw["Id"])
     modstamp = parse_sf_datetime(str(raw["SystemModstamp"]))
     fields = {k: v for k, v in raw.items() if k not in ("attributes", *DELETION_FIELDS, *added)}
+    created = raw.get(CREATION_FIELD)
+    created_at = parse_sf_datetime(created) if isinstance(created, str) and created else None
     if raw.get("IsDeleted") is True:
         # In the recycle bin: SystemModstamp is the deletion; MasterRecordId names the survivor
         # when it was merged away. queryAll answers a recycled row with its last values (they
@@ -1463,7 +1470,7 @@ def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ())
         survivor = raw.get("ConvertedContactId") or None
         survivor_object = "Contact" if survivor else None
     else:
-        return sdk.CrmRecord(object_type, record_id, modstamp, fields)
+        return sdk.CrmRecord(object_type, record_id, modstamp, fields, created_at=created_at)
     return sdk.CrmRecord(
         object_type,
         record_id,
@@ -1472,6 +1479,7 @@ def _record(object_type: str, raw: Mapping[str, Any], added: Sequence[str] = ())
         deleted=True,
         merged_into=survivor,
         merged_into_object=survivor_object,
+        created_at=created_at,
     )
 
 

@@ -101,8 +101,9 @@ _UNSET: Any = object()
 CHUNK_PAGES = 20
 # Updates whose deleted or gone persons are noted in the journal together (``write_batches``).
 _NOTE_CHUNK = 100
-#: An archive row as read: (its updated second, person id, the person's e-mail, consent id).
-_Row = tuple[datetime, int, Any, int]
+#: An archive row as read: (its updated second, person id, the person's e-mail, consent id, when
+#: the person was registered: None where the row does not say).
+_Row = tuple[datetime, int, Any, int, datetime | None]
 _PURPOSE_FIELD = re.compile(rf"^({'|'.join(PURPOSE_ATTRIBUTES)})_([A-Za-z0-9]+)$")
 _COLUMN = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(?:/[A-Za-z][A-Za-z0-9_:]*)*$")
 _INFO_KEYS = {
@@ -193,6 +194,7 @@ class SuperOfficeConnector(sdk.Connector):
             self.config.column_updated,
             self.config.column_email,
             self.config.column_consent_id,
+            *([self.config.column_person_registered] if self.config.column_person_registered else []),
         )
         for column in columns:
             if not _COLUMN.match(column):
@@ -697,7 +699,14 @@ class SuperOfficeConnector(sdk.Connector):
             handed += by_person[person]
             # The position stays where it was until every restored person is handed on.
             self.completed_cursor = walk.cursor(until)
-            yield _record(person, _restored_stamp(entity, infos), _first_email(entity), infos or [], wanted)
+            yield _record(
+                person,
+                _restored_stamp(entity, infos),
+                _first_email(entity),
+                infos or [],
+                wanted,
+                _registered(entity.get("CreatedDate") if isinstance(entity, dict) else None),
+            )
         if handed:
             walk.restored = handed
         if handed or walk.rechecked:
@@ -776,6 +785,7 @@ class SuperOfficeConnector(sdk.Connector):
         whether more may follow (a full page, or one the server cut short with a next link)."""
         config = self.config
         size = top or config.page_size
+        registered = config.column_person_registered
         params = {
             "$select": ",".join(
                 (
@@ -783,6 +793,7 @@ class SuperOfficeConnector(sdk.Connector):
                     config.column_updated,
                     config.column_email,
                     config.column_consent_id,
+                    *([registered] if registered else []),
                 )
             ),
             "$orderby": order,
@@ -797,6 +808,7 @@ class SuperOfficeConnector(sdk.Connector):
                 _person_id(row.get(config.column_person_id)),
                 row.get(config.column_email),
                 _person_id(row.get(config.column_consent_id)),
+                _registered(row.get(registered)) if registered else None,
             )
             for row in answer.get("value") or []
         ]
@@ -1389,21 +1401,23 @@ class _Sweeps:
         walk = self.walk
         assert walk.floor is not None
         floor = (walk.floor, walk.floor_id)
-        latest: dict[int, tuple[datetime, Any]] = {}
-        for second, person, email, _consent in rows:
+        latest: dict[int, tuple[datetime, Any, datetime | None]] = {}
+        for second, person, email, _consent, registered in rows:
             if second >= self.end or (second, person) <= floor:
                 continue
             known = latest.get(person)
             if known is None or second > known[0]:
-                latest[person] = (second, email)
+                latest[person] = (second, email, registered)
         settled = self.end - self.window
         todo = [
-            (second, person, email)
-            for person, (second, email) in sorted(latest.items(), key=lambda item: (item[1][0], item[0]))
+            (second, person, email, registered)
+            for person, (second, email, registered) in sorted(
+                latest.items(), key=lambda item: (item[1][0], item[0])
+            )
             if (walk.at is None or (second, person) > walk.at)
             and not (person in self.handed and second < settled)
         ]
-        for number, (second, person, email) in enumerate(todo, 1):
+        for number, (second, person, email, registered) in enumerate(todo, 1):
             infos = self.connector._request(
                 "get_consent_infos", "POST", "/Agents/Person/GetConsentInfos", body={"PersonId": person}
             )
@@ -1415,7 +1429,7 @@ class _Sweeps:
                 # commits the read's last page, the position must not stop short of it).
                 walk.after, walk.upto, walk.at, walk.latest = walk.upto or walk.after, None, None, False
             self._moved()
-            yield _record(person, second, email, infos or [], self.wanted)
+            yield _record(person, second, email, infos or [], self.wanted, registered)
 
     def _moved(self) -> None:
         self.moved = True
@@ -1501,8 +1515,25 @@ def _person_patch(fields: Mapping[str, Any]) -> list[dict[str, Any]] | str:
     return operations
 
 
+def _registered(value: Any) -> datetime | None:
+    """When the person was registered (the archive's ``personRegisteredDate``, the PersonEntity's
+    ``CreatedDate``): UTC whatever the tenant's zone, as the updated times ("SOTimezone"), to the
+    second; None where it is missing or not a time."""
+    if value in (None, ""):
+        return None
+    try:
+        return _second(parse_so_time(value))
+    except ValueError:
+        return None
+
+
 def _record(
-    person: int, stamp: datetime, email: Any, infos: list[Mapping[str, Any]], wanted: dict[str, list[str]]
+    person: int,
+    stamp: datetime,
+    email: Any,
+    infos: list[Mapping[str, Any]],
+    wanted: dict[str, list[str]],
+    registered: datetime | None = None,
 ) -> sdk.CrmRecord:
     fields: dict[str, Any] = {
         "PersonId": str(person),
@@ -1522,7 +1553,7 @@ def _record(
                 with contextlib.suppress(ValueError):  # not a time: the mapping says so
                     value = parse_so_time(value).isoformat().replace("+00:00", "Z")
             fields[name] = value
-    return sdk.CrmRecord(OBJECT, str(person), stamp, fields)
+    return sdk.CrmRecord(OBJECT, str(person), stamp, fields, created_at=registered)
 
 
 def _classified(kind: str, response: requests.Response) -> ConnectorError:

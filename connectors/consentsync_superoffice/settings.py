@@ -98,6 +98,11 @@ class SuperOfficeSettings(ConnectorSettings):
     column_email: str = "consentPerson/person/email/emailAddress"
     # The consent's own id (an int column that never changes): the key pages are walked by.
     column_consent_id: str = "consentPerson/consentPersonId"
+    # When the person was registered (UTC, "Registered date: The date/time the data was registered
+    # in UTC"): read with each row, handed over as the record's creation time (an erasure reaches
+    # a person first read after it only where SuperOffice registered the person before it).
+    # None: not read (records then say nothing of their creation).
+    column_person_registered: str | None = "consentPerson/person/personRegisteredDate"
     # How a day is written in a restriction on the updated column (strftime, UTC). That column
     # is of restriction type "date": SuperOffice uses only its date part. SuperOffice's own
     # examples write days dotted ('2014.3.4').

@@ -62,6 +62,9 @@ log = structlog.get_logger("consentsync.vtiger")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _WSID = re.compile(r"^\d+x\d+$")
 _TIME = "%Y-%m-%d %H:%M:%S"
+# When the record was created: wall-clock text in the install's zone, as modifiedtime. Read along
+# where the module has it, handed over as ``CrmRecord.created_at``, not among the fields.
+_CREATED = "createdtime"
 # Vtiger's refusals of a record's call that concern the session, the credentials, the install or
 # its limits, never that one record: raised (a session is logged in again, the others stop the
 # run). Every other refusal Vtiger answers a record's call with (success false, HTTP 200) is that
@@ -215,7 +218,8 @@ class VtigerConnector(sdk.Connector):
     def read_changes(
         self, object_type: str, fields: Sequence[str], since: sdk.Cursor, until: datetime
     ) -> Iterator[sdk.CrmRecord]:
-        columns = self._columns(object_type, fields)
+        along = self._created_along(object_type, fields)
+        columns = self._columns(object_type, [*fields, *along])
         stamps = self._stamps(object_type, fields)
         page_size = self.config.page_size
         overlap = min(self.config.crowded_second_overlap, page_size // 2)
@@ -231,7 +235,7 @@ class VtigerConnector(sdk.Connector):
             if not any(str(r["modifiedtime"]) != floor or str(r["id"]) not in held for r in rows):
                 # Nothing beyond what was read: the read is complete. A short page says nothing:
                 # Vtiger applies LIMIT first and then drops the rows the user may not retrieve.
-                yield from self._second(object_type, floor, held, since, until, stamps)
+                yield from self._second(object_type, floor, held, since, until, stamps, along)
                 return
             seconds = list(dict.fromkeys(str(row["modifiedtime"]) for row in rows))
             last = seconds[-1]
@@ -244,11 +248,11 @@ class VtigerConnector(sdk.Connector):
             # go on beyond the window: it is read again, from about as many rows as it has here.
             if floor not in seconds:
                 # What was held of `floor` is all of it (the rest left that second meanwhile).
-                yield from self._second(object_type, floor, held, since, until, stamps)
+                yield from self._second(object_type, floor, held, since, until, stamps, along)
             for second in seconds[:-1]:
                 found = held if second == floor else {}
                 found.update((str(r["id"]), r) for r in rows if str(r["modifiedtime"]) == second)
-                yield from self._second(object_type, second, found, since, until, stamps)
+                yield from self._second(object_type, second, found, since, until, stamps, along)
             held = {str(r["id"]): r for r in rows if str(r["modifiedtime"]) == last}
             # Its rows here are its first (every earlier row is at an earlier second): the next
             # window starts `overlap` rows before their count, so that a record leaving `last`
@@ -498,7 +502,8 @@ class VtigerConnector(sdk.Connector):
         (None behind the stored position: the engine keeps that), then ``(None, cursor)``: the
         position past the last batch taken whole, where there is one."""
         converts = object_type == _CONVERTIBLE and bool(fields)
-        columns = self._columns(object_type, fields) if converts else []
+        along = self._created_along(object_type, fields) if converts else []
+        columns = self._columns(object_type, [*fields, *along]) if converts else []
         stamps = self._stamps(object_type, fields) if converts else []
         cap = self.config.conversion_checks_per_run
         spent = 0
@@ -553,6 +558,7 @@ class VtigerConnector(sdk.Connector):
                     if values is None:  # deleted: Vtiger keeps nothing of it within reach
                         yield sdk.CrmRecord(object_type, record_id, stamp, {}, deleted=True), cursor
                     else:  # converted: kept by Vtiger, with the person's data, no longer listed
+                        values, created = self._created(values, along)
                         converted = sdk.CrmRecord(
                             object_type,
                             record_id,
@@ -560,6 +566,7 @@ class VtigerConnector(sdk.Connector):
                             values,
                             deleted=True,
                             merged_into_object=_CONVERTED_INTO,
+                            created_at=created,
                         )
                         yield converted, cursor
             reached, took = max(reached, following), True
@@ -698,6 +705,27 @@ class VtigerConnector(sdk.Connector):
         known = self.describe(object_type)
         return [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
 
+    def _created_along(self, object_type: str, fields: Sequence[str]) -> list[str]:
+        """``createdtime``, where the module has it and the mapping does not read it itself."""
+        return [_CREATED] if _CREATED in self.describe(object_type) and _CREATED not in fields else []
+
+    def _created(self, row: dict[str, Any], along: Sequence[str]) -> tuple[dict[str, Any], datetime | None]:
+        """``row`` less the columns read ``along``, and when the record was created: its
+        ``createdtime`` read as ``modifiedtime`` is (wall-clock in the install's zone, a repeated
+        autumn hour read as its later pass; a mapped one ``_in_utc`` gave as UTC already); None
+        where it is missing or not a Vtiger time."""
+        text = row.get(_CREATED)
+        created = None
+        if isinstance(text, str) and text.strip():
+            with contextlib.suppress(ValueError):
+                created = self._parse_time(text.strip())
+            if created is None and text.strip().endswith("Z"):
+                with contextlib.suppress(ValueError):
+                    created = datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if along:
+            row = {name: value for name, value in row.items() if name not in along}
+        return row, created
+
     def _columns(self, object_type: str, fields: Sequence[str]) -> list[str]:
         known = self.describe(object_type)
         wanted = list(dict.fromkeys(["id", "modifiedtime", *fields]))
@@ -743,6 +771,7 @@ class VtigerConnector(sdk.Connector):
         since: sdk.Cursor,
         until: datetime,
         stamps: Sequence[str] = (),
+        along: Sequence[str] = (),
     ) -> Iterator[sdk.CrmRecord]:
         if second is None:
             return
@@ -751,7 +780,10 @@ class VtigerConnector(sdk.Connector):
             return  # inside the widened upper bound only: the next run reads it
         for record_id in sorted(found):
             if since.is_before(modstamp, record_id):
-                yield sdk.CrmRecord(object_type, record_id, modstamp, self._in_utc(found[record_id], stamps))
+                values, created = self._created(found[record_id], along)
+                yield sdk.CrmRecord(
+                    object_type, record_id, modstamp, self._in_utc(values, stamps), created_at=created
+                )
 
     def _in_utc(self, row: dict[str, Any], stamps: Sequence[str]) -> dict[str, Any]:
         """``row`` with its date-time fields (``stamps``) as UTC ISO 8601: read as they are, a

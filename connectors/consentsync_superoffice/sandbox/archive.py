@@ -131,6 +131,7 @@ ARCHIVE_COLUMNS: dict[str, Column] = {
         Column("consentPerson/person/lastName", "string", _person_value("last_name")),
         Column("consentPerson/person/email/emailAddress", "string", _person_value("email")),
         Column("consentPerson/person/personUpdatedDate", "date", _person_value("updated")),
+        Column("consentPerson/person/personRegisteredDate", "date", _person_value("registered")),
         Column("consentPerson/person/personNoMail", "bool", _person_value("no_mailings")),
     )
 }

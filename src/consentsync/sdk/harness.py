@@ -12,14 +12,15 @@ A harness is registered, like the connector, through an entry point (group
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from consentsync.sdk.connector import Connector, RecordUpdate
+from consentsync.sdk.connector import Connector, Cursor, RecordUpdate
 
 HARNESS_GROUP = "consentsync.harnesses"
 PERSON_HARNESS_MISSING = "the harness lacks create_person/opt_out (consentsync.sdk.harness.PersonHarness)"
@@ -234,6 +235,52 @@ class AdoptionHarness(Protocol):
         run that wrote nothing, and different exactly for the records a run wrote to."""
 
 
+#: How far a record's creation time may lie outside the moments (this machine's clock) around the
+#: call that created it: the sandbox stamps with the real time, cut to whole seconds.
+CREATION_SLACK = timedelta(seconds=5)
+
+
+def check_created_at(harness: ContractHarness, connector: Connector) -> str | None:
+    """The contract's ``test_a_record_read_says_when_the_crm_created_it``, without pytest: a
+    record created in the sandbox as a CRM user creates it (``PersonHarness.create_person``, else
+    ``create_with_text``), then read, carries an aware ``created_at`` within
+    :data:`CREATION_SLACK` of its creation and not after its modstamp. The engine needs it: an
+    erasure's delete or anonymise reaches a record first read after the erasure only where the
+    CRM created it before. Raises AssertionError where the connector fails it; answers why it
+    does not apply (a connector with ``reports_created`` False: its CRM keeps no creation time),
+    or None once checked."""
+    if not getattr(connector, "reports_created", True):
+        return f"the {connector.vendor} connector says its records carry no creation time (reports_created)"
+    before = datetime.now(UTC)
+    if isinstance(harness, PersonHarness):
+        record_id = harness.create_person("created.at@example.test")
+    else:
+        record_id = harness.create_with_text("created at")
+    after = datetime.now(UTC)
+    time.sleep(1.1)  # whole-second CRMs: a connector may leave the current second to the next read
+    until = datetime.now(UTC) + timedelta(seconds=5)
+    read = connector.read_changes(harness.object_type, list(harness.read_fields), Cursor(), until)
+    records = [record for record in read if record.record_id == record_id and not record.deleted]
+    assert records, f"the record created ({record_id}) was not read"
+    record = records[-1]
+    created = record.created_at
+    assert created is not None, (
+        f"{connector.vendor}: a record read says nothing of when the CRM created it (created_at); "
+        "set reports_created = False on a connector whose CRM keeps no creation time"
+    )
+    assert created.tzinfo is not None and created.utcoffset() is not None, (
+        f"created_at must be aware (UTC), not {created!r}"
+    )
+    assert before - CREATION_SLACK <= created <= after + CREATION_SLACK, (
+        f"created_at {created.isoformat()} is not the creation, made between {before.isoformat()} "
+        f"and {after.isoformat()}"
+    )
+    assert created <= record.modstamp, (
+        f"created_at {created.isoformat()} is after the record's modstamp {record.modstamp.isoformat()}"
+    )
+    return None
+
+
 def fault_outcomes(harness: ContractHarness) -> dict[str, FaultOutcome]:
     return {**STANDARD_FAULTS, **dict(getattr(harness, "fault_outcomes", {}) or {})}
 
@@ -306,6 +353,7 @@ def open_sync_engine(config_path: Path, name: str = "contract", *, batch_size: i
 
 
 __all__ = [
+    "CREATION_SLACK",
     "HARNESS_GROUP",
     "HOSTILE_TEXTS",
     "PERSON_HARNESS_MISSING",
@@ -319,6 +367,7 @@ __all__ = [
     "PersonHarness",
     "available_harnesses",
     "build_connector",
+    "check_created_at",
     "fault_outcomes",
     "hostile_texts",
     "open_sync_engine",

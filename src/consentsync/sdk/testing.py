@@ -41,6 +41,7 @@ from consentsync.sdk.harness import (
     LateCommitHarness,
     PersonHarness,
     build_connector,
+    check_created_at,
     fault_outcomes,
     hostile_texts,
     open_sync_engine,
@@ -495,6 +496,17 @@ class ConnectorTrustContract:
         assert email not in stored, "the sync wrote the erased address back into the ledger"
         assert record_id in _links(config, harness), "the erased person's CRM link was lost"
         assert harness.read_opted_out(record_id) is True, "the erased person is not suppressed in the CRM"
+
+    def test_a_record_read_says_when_the_crm_created_it(self, harness: ContractHarness) -> None:
+        # An erasure's delete or anonymise reaches a record first read after it only where the
+        # CRM created it before (``CrmRecord.created_at``; ``reports_created`` False skips).
+        connector = build_connector(harness)
+        try:
+            skipped = check_created_at(harness, connector)
+        finally:
+            connector.close()
+        if skipped:
+            pytest.skip(skipped)
 
 
 class ConnectorContract(ConnectorTrustContract):

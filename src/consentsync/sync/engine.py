@@ -1496,44 +1496,68 @@ class SyncEngine:
 
     def _merged_linked_at(
         self, conn: Connection, mapping: Mapping, gone: list[CrmRecord]
-    ) -> dict[CrmLink, tuple[int, datetime]]:
+    ) -> dict[CrmLink, tuple[int, datetime, datetime]]:
         """For the records of ``gone`` merged into another (a lead converted into a contact, a
-        merge's loser), the survivor's link, with the merged record's person and when it was
-        linked to them. One read, only for a page with such a record."""
+        merge's loser), the survivor's link, with the merged record's person, when it was linked
+        to them and since when the CRM held it (its creation, else its link). One read, only for
+        a page with such a record."""
         merged = {r.record_id: _survivor_link(self.name, mapping.object, r) for r in gone if r.merged_into}
         if not merged:
             return {}
-        found: dict[CrmLink, tuple[int, datetime]] = {}
-        for record_id, subject_id, linked_at in conn.execute(
-            select(crm_links.c.record_id, crm_links.c.subject_id, crm_links.c.linked_at).where(
+        found: dict[CrmLink, tuple[int, datetime, datetime]] = {}
+        for record_id, subject_id, linked_at, created_at in conn.execute(
+            select(
+                crm_links.c.record_id,
+                crm_links.c.subject_id,
+                crm_links.c.linked_at,
+                crm_links.c.record_created_at,
+            ).where(
                 crm_links.c.connector == self.name,
                 crm_links.c.object_type == mapping.object,
                 one_of(conn, crm_links.c.record_id, sorted(merged)),
             )
         ):
             survivor = merged[record_id]
-            if survivor not in found or linked_at < found[survivor][1]:
-                found[survivor] = (subject_id, linked_at)
+            held_since = linked_at if created_at is None else min(created_at, linked_at)
+            earlier = found.get(survivor)
+            if earlier is None:
+                found[survivor] = (subject_id, linked_at, held_since)
+            else:
+                first = earlier if earlier[1] <= linked_at else (subject_id, linked_at, earlier[2])
+                found[survivor] = (first[0], first[1], min(first[2], held_since))
         return found
 
-    def _carry_linked_at(self, conn: Connection, merged: dict[CrmLink, tuple[int, datetime]]) -> None:
+    def _carry_linked_at(
+        self, conn: Connection, merged: dict[CrmLink, tuple[int, datetime, datetime]]
+    ) -> None:
         """A survivor of the merged person's (``_merged_linked_at``) linked to them since the
         merged record takes the merged record's time: the record it stands for was theirs from
         then, so a move back to an address they left on it is a record of theirs from before
         showing it again (``note_rereads``, ``_through_left``), not one linked after the move.
-        A survivor another person's stays as it is. One statement per survivor, only where a
-        page merged records."""
-        for link, (subject_id, linked_at) in merged.items():
+        It holds their data since the merged record was held too: an erasure's delete or
+        anonymise made between reaches it (``_erasure_reaches``), though the CRM made the survivor
+        after the erasure (a merge into a record a CRM user entered since, HubSpot's merge making
+        a new contact). A survivor another person's stays as it is. Two statements per survivor,
+        only where a page merged records."""
+        for link, (subject_id, linked_at, held_since) in merged.items():
+            theirs = (
+                crm_links.c.connector == link.connector,
+                crm_links.c.object_type == link.object_type,
+                crm_links.c.record_id == link.record_id,
+                crm_links.c.subject_id == subject_id,
+            )
+            conn.execute(
+                update(crm_links)
+                .where(*theirs, crm_links.c.linked_at > linked_at)
+                .values(linked_at=linked_at)
+            )
             conn.execute(
                 update(crm_links)
                 .where(
-                    crm_links.c.connector == link.connector,
-                    crm_links.c.object_type == link.object_type,
-                    crm_links.c.record_id == link.record_id,
-                    crm_links.c.subject_id == subject_id,
-                    crm_links.c.linked_at > linked_at,
+                    *theirs,
+                    or_(crm_links.c.record_created_at.is_(None), crm_links.c.record_created_at > held_since),
                 )
-                .values(linked_at=linked_at)
+                .values(record_created_at=held_since)
             )
 
     def _on_the_leaving_page(

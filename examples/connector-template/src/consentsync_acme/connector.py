@@ -118,8 +118,11 @@ class AcmeConnector(sdk.Connector):
                 params |= {"since": cursor.modstamp.isoformat(), "since_id": cursor.record_id or ""}
             page = self._call("GET", "/api/v1/contacts", params=params)
             for raw in page["contacts"]:
-                stamp = datetime.fromisoformat(raw["updated_at"].replace("Z", "+00:00")).astimezone(UTC)
-                yield sdk.CrmRecord(object_type, raw["id"], stamp, raw)
+                stamp = _acme_time(raw["updated_at"])
+                # When Acme created the contact: an erasure's delete reaches a record first read
+                # after it only where the CRM held it then (``reports_created``).
+                created = _acme_time(raw["created_at"]) if raw.get("created_at") else None
+                yield sdk.CrmRecord(object_type, raw["id"], stamp, raw, created_at=created)
                 cursor = sdk.Cursor(stamp, raw["id"])
             if not page["has_more"]:
                 return
@@ -160,3 +163,8 @@ def _only_contacts(object_type: str) -> None:
 def _result(update: sdk.RecordUpdate, outcome: Mapping[str, Any]) -> sdk.WriteResult:
     error = outcome.get("error")
     return sdk.WriteResult(update.record_id, bool(outcome["ok"]), error, error, retryable=error == "locked")
+
+
+def _acme_time(text: str) -> datetime:
+    """An Acme timestamp (ISO 8601, UTC, ``Z``) as an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)

@@ -69,7 +69,14 @@ class AcmeSandbox(HttpsSandbox):
         with self._data:
             self._serial += 1
             contact_id = f"c-{self._serial:06d}"
-            contact = {"unsubscribed": False, **fields, "id": contact_id, "updated_at": at or self.now()}
+            made = at or self.now()
+            contact = {
+                "unsubscribed": False,
+                **fields,
+                "id": contact_id,
+                "created_at": made,
+                "updated_at": made,
+            }
             (self.contacts if visible else self.uncommitted)[contact_id] = contact
             return contact_id
 
@@ -161,7 +168,9 @@ class AcmeSandbox(HttpsSandbox):
             and (until is None or c["updated_at"] <= until)
         ]
         page = chosen[:limit]
-        body = [{**c, "updated_at": stamp(c["updated_at"])} for c in page]
+        body = [
+            {**c, "created_at": stamp(c["created_at"]), "updated_at": stamp(c["updated_at"])} for c in page
+        ]
         return json_response(200, {"contacts": body, "has_more": len(chosen) > limit})
 
     def _batch(self, request: SandboxRequest) -> SandboxResponse:
