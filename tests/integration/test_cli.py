@@ -339,17 +339,17 @@ def test_expire_grant_that_lapses_after_it_was_recorded(cli: Any) -> None:
 
 
 def test_requested_older_than(cli: Any) -> None:
-    old = record(cli, "waiting@example.com", "email_marketing", "requested", "--at", "2026-01-01T00:00:00Z")
-    fresh = record(cli, "new@example.com", "email_marketing", "requested")
-    record(cli, "answered@example.com", "email_marketing", "requested", "--at", "2026-01-01T00:00:00Z")
-    record(cli, "answered@example.com", "email_marketing", "granted", *proven(days=1))
+    old = record(cli, "waiting@example.com", "profiling", "requested", "--at", "2026-01-01T00:00:00Z")
+    fresh = record(cli, "new@example.com", "profiling", "requested")
+    record(cli, "answered@example.com", "profiling", "requested", "--at", "2026-01-01T00:00:00Z")
+    record(cli, "answered@example.com", "profiling", "granted", *proven(days=1))
 
     rows = cli.json("ledger", "requested", "--older-than", "30")
     assert rows == [
         {
             "subject": old["subject"],
             "email": "waiting@example.com",
-            "purpose": "email_marketing",
+            "purpose": "profiling",
             "channel": "email",
             "requested_since": "2026-01-01T00:00:00Z",
         }

@@ -162,11 +162,11 @@ def test_expiry_sweep_records_each_expiry_once(ledger: Ledger, clock: Clock) -> 
 def test_stale_requests_are_reported(ledger: Ledger, clock: Clock) -> None:
     ledger.record(
         Identity(email="q@example.com"),
-        _evidence(ledger, ConsentStatus.REQUESTED, at=clock.now - timedelta(days=40)),
+        _evidence(ledger, ConsentStatus.REQUESTED, purpose="profiling", at=clock.now - timedelta(days=40)),
     )
     ledger.record(
         Identity(email="n@example.com"),
-        _evidence(ledger, ConsentStatus.REQUESTED, at=clock.now - timedelta(days=3)),
+        _evidence(ledger, ConsentStatus.REQUESTED, purpose="profiling", at=clock.now - timedelta(days=3)),
     )
     assert [r["email"] for r in ledger.stale_requests(30)] == ["q@example.com"]
     assert len(ledger.stale_requests(1)) == 2

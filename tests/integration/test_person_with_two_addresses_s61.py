@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
 from tests.conftest import Cli
@@ -64,6 +65,18 @@ def test_a_request_to_chase_is_listed_once_at_the_latest_address(two_addresses: 
     # The old mailbox may be someone else's now: the list of people to contact names the address
     # the person is known by now, once (bb61 F4).
     cli = two_addresses
+    # A consent to another purpose of e-mail marketing: the ground on which a person may be chased
+    # about email marketing (docs/policy.md rule 6).
+    data = yaml.safe_load(cli.config_path.read_text(encoding="utf-8"))
+    data["purposes"].append(
+        {"key": "newsletter", "name": "Newsletter", "direct_marketing": True, "default_basis": "consent",
+         "channels": ["email"]}
+    )  # fmt: skip
+    cli.config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    cli.ok(
+        "ledger", "record", "--email", SECOND, "--purpose", "newsletter", "--status", "granted",
+        "--source", "ops", "--at", "2026-09-01T00:00:00Z", "--evidence-ref", "form:1",
+    )  # fmt: skip
     cli.ok(
         "ledger", "record", "--email", SECOND, "--purpose", "email_marketing", "--status", "requested",
         "--source", "ops", "--at", "2026-10-01T00:00:00Z",

@@ -4,7 +4,8 @@
 to contact about a consent they were asked for. None of them lists an erased person, a restricted
 one (Art. 18), or one whose state for that purpose and channel a subject-wide rule decides (an
 objection upheld or pending review, the suppression left by an earlier erasure); lifting the
-restriction puts the person back.
+restriction puts the person back. Email marketing is direct marketing: its requests are chased only
+for people we may e-mail marketing on another ground (session 65), here a newsletter consent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+import yaml
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,9 +30,26 @@ from consentsync.sync.plan import mask_email
 from consentsync.web.server import build
 from tests.conftest import Cli, Clock
 from tests.integration.helpers import consent_value
-from tests.integration.test_cli import iso_ago, record
+from tests.integration.test_cli import iso_ago, proven, record
 
 OLD = iso_ago(days=60)
+# A second purpose of e-mail marketing: a consent to it in force is the ground on which a person
+# may be chased about email marketing (docs/policy.md rule 6).
+NEWSLETTER = {"key": "newsletter", "name": "Newsletter", "direct_marketing": True, "default_basis": "consent",
+              "channels": ["email"]}  # fmt: skip
+
+
+@pytest.fixture
+def config_path(config_path: Path) -> Path:
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    data["purposes"].append(NEWSLETTER)
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return config_path
+
+
+def _subscribed(cli: Cli, email: str) -> None:
+    """``email`` consented to the newsletter: we may e-mail them marketing."""
+    record(cli, email, "newsletter", "granted", *proven(days=90))
 
 
 def _requested(cli: Cli, *extra: str) -> set[str]:
@@ -42,6 +62,7 @@ def test_requested_leaves_out_erased_restricted_and_objecting_people(cli: Cli) -
         for name in ("plain", "erased", "restricted", "lifted", "dm_objector", "pending", "other_objection")
     }
     for email in people.values():
+        _subscribed(cli, email)
         record(cli, email, "email_marketing", "requested", "--at", OLD)
     record(cli, people["pending"], "profiling", "requested", "--at", OLD)
     assert _requested(cli) == set(people.values())
@@ -82,6 +103,7 @@ def test_the_console_lists_the_same_people(cli: Cli, config_path: Path, ledger: 
 
     ledger.clock = utcnow
     for name in ("plain", "restricted", "erased"):
+        _subscribed(cli, f"{name}@example.com")
         record(cli, f"{name}@example.com", "email_marketing", "requested", "--at", OLD)
     cli.ok("restrict", "--email", "restricted@example.com", "--reason", "disputed")
     cli.ok("erase", "--email", "erased@example.com", "--reason", "art17", "--yes")
@@ -129,6 +151,11 @@ def test_the_report_is_exactly_the_people_who_may_be_chased(
     for blockers in people:
         email = f"p{next(_ids)}@example.org"
         emails[email] = blockers
+        subscribed = consent_value(
+            ConsentStatus.GRANTED, clock.now - timedelta(days=90), clock.now, purpose="newsletter",
+            evidence_ref="form:1",
+        )  # fmt: skip
+        ledger.record(Identity(email=email), subscribed)
         ledger.record(Identity(email=email), _evidence(clock, ConsentStatus.REQUESTED, days_ago=60))
         if "withdraw" in blockers:
             ledger.record(Identity(email=email), _evidence(clock, ConsentStatus.WITHDRAWN, days_ago=50))

@@ -8,6 +8,9 @@
 - ``Console.requested()`` read every unanswered request with each person's address, flags,
   objections and evidence at once to show 25 of them. It walks the requests a batch at a time
   now, deciding each as the report does, and reads addresses for the page's rows only.
+
+Each person consented to a newsletter, another purpose of e-mail marketing: a request for email
+marketing is chased only where we may e-mail the person marketing on another ground (session 65).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -46,6 +50,18 @@ def _ask(
     )
 
 
+NEWSLETTER = {"key": "newsletter", "name": "Newsletter", "direct_marketing": True, "default_basis": "consent",
+              "channels": ["email"]}  # fmt: skip
+
+
+@pytest.fixture
+def config_path(config_path: Path) -> Path:
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    data["purposes"].append(NEWSLETTER)
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return config_path
+
+
 def _people(ledger: Ledger, clock: Clock, count: int) -> list[str]:
     """``count`` people asked at interleaved times (some on the same day, so that ties are
     ordered by person), every third kept off the list by a rule the policy decides."""
@@ -53,6 +69,11 @@ def _people(ledger: Ledger, clock: Clock, count: int) -> list[str]:
     for n in range(count):
         email = f"person{n}@example.org"
         emails.append(email)
+        at = clock.now - timedelta(days=90)
+        subscribed = consent_value(
+            ConsentStatus.GRANTED, at, clock.now, purpose="newsletter", evidence_ref="f:1"
+        )
+        ledger.record(Identity(email=email), subscribed)
         _ask(ledger, clock, email, days_ago=40 + (n * 7) % 11)
         _ask(ledger, clock, email, days_ago=45 + n % 3, purpose="profiling")
         if n % 3 == 1:

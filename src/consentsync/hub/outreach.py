@@ -6,7 +6,7 @@ Never to a person who may not be contacted about it: an erased address, a restri
 objection, a withdrawal or refusal on record (only "no consent on record" is asked), nor twice
 while a request is open. A request for consent to marketing is itself marketing by e-mail (PECR
 reg. 22, docs/policy.md rule 6): it goes only to people the ledger lets us e-mail marketing on
-another ground (``_may_mail_marketing``); the rest are counted, never mailed.
+another ground (``may_email_marketing``: ledger/service.py); the rest are counted, never mailed.
 
 Mails go at most ``hub.mails_per_minute``, so a run lasts minutes: each person's state is read
 again right before their mail, and one who was erased, restricted, or said no meanwhile is left
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -42,7 +42,7 @@ from consentsync.hub.notices import current, text_shown_on_page
 from consentsync.ledger.engine import reading
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import confirmations, consent_states, subjects
-from consentsync.ledger.service import RecordRequest, latest_address
+from consentsync.ledger.service import RecordRequest, latest_address, may_email_marketing
 from consentsync.notice_texts import Notice
 from consentsync.reconcile import Rule, serves_direct_marketing
 
@@ -50,8 +50,6 @@ log = structlog.get_logger("consentsync.hub.outreach")
 
 REQUEST_SOURCE = "consent_request"
 CHUNK = 500
-# The channel the hub's mails go by: a consent request is an e-mail whatever channel it asks about.
-MAIL_CHANNEL = "email"
 # Why a person was not asked (the log's ``reason``): nothing lets us e-mail them marketing.
 NO_MARKETING_GROUND = "no_email_marketing_ground"
 
@@ -65,7 +63,7 @@ class Outreach:
     restricted (Art. 18), withdrew, refused or objected (or, for a request, answered it
     otherwise; for a renewal, renewed): not failures, nothing to retry. ``no_ground``: requests
     for consent to marketing not mailed because nothing on record lets us e-mail the person
-    marketing (``_may_mail_marketing``), counted in a dry run too."""
+    marketing (``may_email_marketing``: ledger/service.py), counted in a dry run too."""
 
     kind: str
     sent: int
@@ -92,31 +90,6 @@ def _asked(state: EffectiveState) -> bool:
     """Whether a consent request may go: only where nothing is on record. A refusal,
     withdrawal, objection, erasure or restriction is decided by another rule, never asked."""
     return state.rule == Rule.NO_CONSENT_ON_RECORD
-
-
-def _may_mail_marketing(
-    states: Mapping[tuple[str, str], EffectiveState], purposes: Mapping[str, Purpose]
-) -> bool:
-    """Whether the ledger lets us e-mail this person marketing on a ground a consent request does
-    not itself need: a consent of theirs in force to e-mail marketing of ours (another purpose,
-    or this one on another channel: PECR reg. 22(2), "consents for the time being to such
-    communications being sent by ... the sender"), or a soft opt-in they have not refused since
-    (reg. 22(3); its every message offers a refusal, as the request's "No, thank you" and
-    preference link do). Only purposes under the ePrivacy rules count: their e-mail state is
-    unsuppressed only on such a ground (reconcile: ``eprivacy_consent_required``); a contract or
-    legitimate interests alone is none (the ICO fined Honda and Flybe in 2017 for consent
-    requests mailed on nothing more). A restriction, erasure or objection suppresses every state
-    it binds, so it leaves no ground either."""
-    for (key, channel), state in states.items():
-        purpose = purposes.get(key)
-        if channel != MAIL_CHANNEL or purpose is None or not purpose.eprivacy_applies(channel):
-            continue
-        if state.suppressed:
-            continue
-        consented = state.status is ConsentStatus.GRANTED and state.basis is LawfulBasis.CONSENT
-        if consented or state.rule == Rule.EPRIVACY_SOFT_OPT_IN:
-            return True
-    return False
 
 
 def _renewal_due(state: EffectiveState, now: datetime, days: int) -> bool:
@@ -208,7 +181,7 @@ class Outreacher:
                         # restriction is decided by another rule and is never asked again.
                         if not _asked(state) or (subject_id, purpose.key, channel) in busy:
                             continue
-                        if marketing and not _may_mail_marketing(states[subject_id], purposes):
+                        if marketing and not may_email_marketing(states[subject_id], purposes):
                             no_ground += 1  # counted by reason, never named
                             continue
                         wanted.append((subject_id, uid, email, channel))
@@ -242,7 +215,7 @@ class Outreacher:
             states = self._states_now(subject_id)
             state = states.get((purpose.key, channel)) if states is not None else None
             gone = self._no_longer_due(uid, state, _asked)
-            if gone is None and marketing and not _may_mail_marketing(states or {}, purposes):
+            if gone is None and marketing and not may_email_marketing(states or {}, purposes):
                 # The consent (or soft opt-in) that let us e-mail them ended meanwhile.
                 log.info("hub.mail_skipped", subject=uid, reason=NO_MARKETING_GROUND)
                 self._unsent(token)

@@ -97,6 +97,13 @@ _STOPPED_BY = frozenset(
 )  # fmt: skip
 
 
+# The rules that hold a purpose back whatever the person consents to: a restriction (Art. 18,
+# lifted by ops, who tell the person first: Art. 18(3)) and an objection under review (a reviewer
+# decides it). A new consent of theirs lifts every other no (docs/policy.md, "A new consent"):
+# an upheld objection, to direct marketing too (Art. 21(3)), and an erasure's suppression.
+_NOT_LIFTED_BY_CONSENT = frozenset({Rule.RESTRICTION, Rule.OBJECTION_PENDING})
+
+
 def _state_label(_: Translate, row: dict[str, Any]) -> str:
     """The state of a purpose on a channel in the person's words. A consent says what the person
     said ("agreed", "withdrew") unless an objection, a restriction or an erasure stops it;
@@ -488,6 +495,7 @@ def create_app(hub: Hub) -> FastAPI:
             # interests): the page offers to stop it, whatever any older objection said.
             group["stoppable"] = group["stoppable"] or row["stop"] == "object"
             group["in_use"] = group["in_use"] or not row["suppressed"]
+            granted = row["status"] == "granted"
             group["rows"].append(
                 {
                     "channel": row["channel"],
@@ -495,11 +503,21 @@ def create_app(hub: Hub) -> FastAPI:
                     "status": row["status"],
                     "status_label": _state_label(_, row),
                     "basis_label": bases.get(row["basis"], row["basis"]),
-                    "granted": row["status"] == "granted",
+                    # Shown as a yes only where the consent is in force: one an objection, a
+                    # restriction or an erasure stops reads "Stopped for you", and is no yes.
+                    "granted": granted and not row["suppressed"],
+                    # The consent on record is a grant: withdrawing it stays offered where
+                    # something else stops it too (Art. 7(3); it also voids a mailed "I agree").
+                    "withdrawable": granted,
+                    # "I agree" where nothing is done now (sent to the person now on another
+                    # basis, there is nothing to agree to) and a consent would change that: not
+                    # over a grant that a restriction or a pending objection holds back, which
+                    # a new consent does not lift. Over the person's no (an objection too) it
+                    # is confirmed by mail first (``PreferenceCentre._grant``).
+                    "grantable": row["suppressed"]
+                    and not (granted and row["rule"] in _NOT_LIFTED_BY_CONSENT),
                     "requested": row["status"] == "requested",
                     "suppressed": row["suppressed"],
-                    # Sent to the person now on another basis: nothing to agree to, and "I
-                    # agree" would be the only button next to what they may want to stop.
                     "in_use": not row["suppressed"],
                 }
             )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import JSON, Connection, Engine, and_, case, cast, func, or_, select, tuple_, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
-from consentsync.domain import ConsentStatus, as_utc, iso
+from consentsync.domain import as_utc, iso
 from consentsync.ledger.engine import is_postgres, reading
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
@@ -262,8 +262,6 @@ def requested_page(
     rows are kept; whether a request is chased is the policy's to say, not a copy of it in SQL,
     so the count needs every candidate decided. No address is read: the caller names each person
     as it may show them."""
-    from consentsync.ledger.service import CHASEABLE_RULES
-
     try:
         cutoff = ledger.clock() - timedelta(days=older_than_days)
     except OverflowError:
@@ -310,12 +308,10 @@ def requested_page(
             if not rows:
                 break
             last = tuple(rows[-1][:4])
-            states = ledger.effective_states_in(conn, sorted({row.subject_id for row in rows}))
+            # Decided as the report decides them (``Ledger.chaseable_in``: docs/policy.md rule 6).
+            chased = ledger.chaseable_in(conn, [(row.subject_id, row.purpose, row.channel) for row in rows])
             for row in rows:
-                state = states.get(row.subject_id, {}).get((row.purpose, row.channel))
-                if state is None or state.status is not ConsentStatus.REQUESTED:
-                    continue
-                if state.rule not in CHASEABLE_RULES:
+                if (row.subject_id, row.purpose, row.channel) not in chased:
                     continue
                 if offset <= total < offset + limit:
                     items.append(

@@ -146,6 +146,36 @@ STATISTICS_WAIT_SECONDS = 30.0
 CHASEABLE_RULES = frozenset(
     {Rule.LATEST_EVENT_TIME, Rule.MOST_RESTRICTIVE_ON_TIE, Rule.UNKNOWN_EVENT_TIME, Rule.TRUSTED_OPT_IN}
 )
+# The channel a message asking for consent goes by, whatever channel it asks about: e-mail.
+MAIL_CHANNEL = "email"
+
+
+def may_email_marketing(
+    states: Mapping[tuple[str, str], EffectiveState], purposes: Mapping[str, Purpose]
+) -> bool:
+    """Whether the ledger lets us e-mail this person marketing on a ground a consent request does
+    not itself need (``states``: every configured purpose and channel of theirs, as of now): a
+    consent of theirs in force to e-mail marketing of ours (another purpose, or this one on
+    another channel: PECR reg. 22(2), "consents for the time being to such communications being
+    sent by ... the sender"), or a soft opt-in they have not refused since (reg. 22(3); its every
+    message offers a refusal, as the request's "No, thank you" and preference link do). Only
+    purposes under the ePrivacy rules count: their e-mail state is unsuppressed only on such a
+    ground (reconcile: ``eprivacy_consent_required``); a contract or legitimate interests alone is
+    none (the ICO fined Honda and Flybe in 2017 for consent requests mailed on nothing more). A
+    restriction, erasure or objection suppresses every state it binds, so it leaves no ground
+    either. The one test of who may be asked for consent to marketing (``hub requests``:
+    hub/outreach.py) and chased about it (``Ledger.stale_requests``: docs/policy.md rule 6)."""
+    for (key, channel), state in states.items():
+        purpose = purposes.get(key)
+        if channel != MAIL_CHANNEL or purpose is None or not purpose.eprivacy_applies(channel):
+            continue
+        if state.suppressed:
+            continue
+        consented = state.status is ConsentStatus.GRANTED and state.basis is LawfulBasis.CONSENT
+        if consented or state.rule == Rule.EPRIVACY_SOFT_OPT_IN:
+            return True
+    return False
+
 
 # Log lines name subjects by their pseudonymous uid and objections by id: never an address.
 log = structlog.get_logger("consentsync.ledger")
@@ -2359,11 +2389,11 @@ class Ledger:
 
         Only people who may be contacted about it (rule 6): never an erased person, a restricted
         one (Art. 18) or one whose state for that purpose and channel a subject-wide rule decides
-        (an objection, an erasure suppression, ...). A request is chased only while the evidence
-        alone decides its state (``CHASEABLE_RULES``)."""
-        now = self.clock()
+        (an objection, an erasure suppression, ...); for a purpose serving direct marketing only
+        people we may e-mail marketing on another ground; and never a double opt-in sign-up
+        nobody confirmed (``chaseable_in``)."""
         try:
-            cutoff = now - timedelta(days=older_than_days)
+            cutoff = self.clock() - timedelta(days=older_than_days)
         except OverflowError:
             return []  # further back than the calendar goes: nothing is that old
         with self.engine.connect() as conn:
@@ -2377,25 +2407,9 @@ class Ledger:
                 )
                 .order_by(consent_states.c.since, consent_states.c.subject_id)
             ).all()
-            ids = {row.subject_id for row in candidates}
-            contexts = self._contexts(conn, ids)
-            summaries = self._load_summaries(conn, ids)
-        rows = []
-        for row in candidates:
-            purpose = self.purposes.get(row.purpose)
-            if purpose is None or row.channel not in purpose.channels:
-                continue  # no longer configured: nothing to ask for
-            context = contexts[row.subject_id]
-            state = effective_state(
-                summaries.get((row.subject_id, row.purpose, row.channel), NO_EVIDENCE),
-                purpose,
-                row.channel,
-                flags=context.flags,
-                objections=context.objections,
-                now=now,
-            )
-            if state.status is ConsentStatus.REQUESTED and state.rule in CHASEABLE_RULES:
-                rows.append(row)
+            keys = [(row.subject_id, row.purpose, row.channel) for row in candidates]
+            chased = self.chaseable_in(conn, keys)
+        rows = [row for row, key in zip(candidates, keys, strict=True) if key in chased]
         return [
             {
                 "subject": row.uid,
@@ -2406,6 +2420,64 @@ class Ledger:
             }
             for row in rows
         ]
+
+    def chaseable_in(
+        self, conn: Connection, requested: Sequence[tuple[int, str, str]]
+    ) -> set[tuple[int, str, str]]:
+        """Those of ``requested`` (subject id, purpose, channel: stored as "requested") whose person
+        may be chased about it now (docs/policy.md rule 6, "Reports: who may be chased"):
+
+        - the evidence alone decides the state, still "requested" (``CHASEABLE_RULES``): no
+          restriction, erasure suppression or objection binds it, and no rule added later;
+        - for a purpose serving direct marketing (``serves_direct_marketing``), the ledger lets us
+          e-mail the person marketing on another ground (``may_email_marketing``, the test
+          ``hub requests`` asks by): a message asking for marketing consent is itself direct
+          marketing (PECR reg. 22), and the request pending is no ground;
+        - it is no double opt-in sign-up nobody confirmed, open or lapsed (``hub lapse``): the
+          sign-up is not a request we sent, the address may have been typed by someone else, and
+          only the mailed link confirms it. A request recorded after the sign-up (by event time,
+          beyond the clock skew) is one again.
+
+        A purpose or channel no longer configured is asked for by no one."""
+        ids = sorted({subject_id for subject_id, _purpose, _channel in requested})
+        if not ids:
+            return set()
+        states = self.effective_states_in(conn, ids)
+        signed_up: dict[tuple[int, str, str], datetime] = {}
+        for chunk in chunks(ids, 500):
+            for subject_id, purpose_key, channel, at in conn.execute(
+                select(
+                    confirmations.c.subject_id,
+                    confirmations.c.purpose,
+                    confirmations.c.channel,
+                    func.max(confirmations.c.requested_at),
+                )
+                .where(
+                    confirmations.c.subject_id.in_(chunk),
+                    confirmations.c.kind.in_(SIGN_UP_CONFIRMATIONS),
+                    confirmations.c.confirmed_at.is_(None),
+                )
+                .group_by(confirmations.c.subject_id, confirmations.c.purpose, confirmations.c.channel)
+            ):
+                signed_up[(subject_id, purpose_key, channel)] = as_utc(at)
+        found: set[tuple[int, str, str]] = set()
+        for key in requested:
+            subject_id, purpose_key, channel = key
+            purpose = self.purposes.get(purpose_key)
+            held = states.get(subject_id, {})
+            state = held.get((purpose_key, channel))
+            if purpose is None or state is None:
+                continue  # no longer configured: nothing to ask for
+            if state.status is not ConsentStatus.REQUESTED or state.rule not in CHASEABLE_RULES:
+                continue
+            sign_up = signed_up.get(key)
+            skew = self.policy.clock_skew
+            if sign_up is not None and (state.since is None or state.since <= sign_up + skew):
+                continue  # the state is a sign-up's nobody confirmed: no request of ours
+            if serves_direct_marketing(purpose) and not may_email_marketing(held, self.purposes):
+                continue
+            found.add(key)
+        return found
 
     # -- reading -------------------------------------------------------------------------------
 
