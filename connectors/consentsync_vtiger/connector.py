@@ -24,7 +24,12 @@ Times: ``modifiedtime`` is wall-clock time in the install's ``$default_timezone`
 stamps are ambiguous; they are read as the later of the two moments (never earlier than the
 truth, so no look-back filter drops a change; one stamped in the first pass of the hour is read
 up to an hour late), and the query bounds are widened by the zone's offset change so no stamp
-falls between them.
+falls between them. The record's other date-time fields (Privacy Guard's ``granted_on``) are
+handed over as UTC too; one of those in a repeated hour, or in the hour skipped each spring (a
+time no clock showed, which may mean either side of it), is handed over as both moments it can
+mean, an ISO 8601 interval (``start/end``), and the mapping reads it in the person's favour by the
+status it dates: a no at the later moment, a grant at the earlier one (docs/policy.md, "A CRM
+time without its zone").
 
 Writing: ``operation=revise`` (a partial update), one call per record: Vtiger's open-source
 edition has no batch write; each call's answer is handed over as it returns. ``update`` is never
@@ -62,6 +67,7 @@ log = structlog.get_logger("consentsync.vtiger")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,79}$")
 _WSID = re.compile(r"^\d+x\d+$")
 _TIME = "%Y-%m-%d %H:%M:%S"
+_UTC_TIME = "%Y-%m-%dT%H:%M:%SZ"
 # When the record was created: wall-clock text in the install's zone, as modifiedtime. Read along
 # where the module has it, handed over as ``CrmRecord.created_at``, not among the fields.
 _CREATED = "createdtime"
@@ -700,8 +706,8 @@ class VtigerConnector(sdk.Connector):
 
     def _stamps(self, object_type: str, fields: Sequence[str]) -> list[str]:
         """The date-time fields among ``fields`` other than modifiedtime (Privacy Guard's
-        granted_on, say): served as wall-clock text in the install's zone too, handed over as
-        UTC, with the Z."""
+        granted_on, say): served as wall-clock text in the install's zone too, handed over in
+        UTC (``_in_utc``)."""
         known = self.describe(object_type)
         return [name for name in fields if name != "modifiedtime" and known[name].type == "datetime"]
 
@@ -789,7 +795,12 @@ class VtigerConnector(sdk.Connector):
         """``row`` with its date-time fields (``stamps``) as UTC ISO 8601: read as they are, a
         time without an offset is taken as UTC, hours from the truth outside UTC (a refusal in
         +05:30 would be "in the future" and refused; in -08:00 a consent would sort and expire
-        hours early). A value that is not a Vtiger time is left for the mapping to refuse."""
+        hours early). A value that is not a Vtiger time is left for the mapping to refuse.
+
+        An event time (any but ``createdtime``, which is read as ``modifiedtime`` is) that a
+        daylight-saving change leaves in doubt is handed over as the interval of the moments it
+        can mean (``_moments``): which of them is in the person's favour depends on the status it
+        dates, which the mapping knows."""
         if not stamps:
             return row
         converted = dict(row)
@@ -797,7 +808,11 @@ class VtigerConnector(sdk.Connector):
             value = row.get(name)
             if isinstance(value, str) and value.strip():
                 with contextlib.suppress(ValueError):
-                    converted[name] = self._parse_time(value.strip()).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    if name == _CREATED:
+                        moments = [self._parse_time(value.strip())]
+                    else:
+                        moments = self._moments(value.strip())
+                    converted[name] = "/".join(moment.strftime(_UTC_TIME) for moment in moments)
         return converted
 
     def _offsets_near(self, moment: datetime) -> list[timedelta]:
@@ -823,6 +838,15 @@ class VtigerConnector(sdk.Connector):
     def _parse_time(self, text: str) -> datetime:
         # fold=1: a repeated autumn hour is read as its second pass, never earlier than the truth.
         return datetime.strptime(text, _TIME).replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+
+    def _moments(self, text: str) -> list[datetime]:
+        """The moments the wall-clock ``text`` can mean in the install's zone, earliest first: one
+        on every day but two a year; two for a time in the hour repeated each autumn (its first
+        and second pass) or in the hour skipped each spring (a time no clock showed: read with
+        the offset before the change and with the one after)."""
+        wall = datetime.strptime(text, _TIME)
+        readings = {wall.replace(tzinfo=self.zone, fold=fold).astimezone(UTC) for fold in (0, 1)}
+        return sorted(readings)
 
     def _module_missing(self, object_type: str) -> ConnectorError:
         return ConnectorError(

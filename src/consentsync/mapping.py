@@ -1439,6 +1439,8 @@ class Mapping:
             raise self._bad(record_id, spec.field, raw, "a time between 1970 and now") from None
         if isinstance(raw, date):
             return datetime(raw.year, raw.month, raw.day, tzinfo=UTC)
+        if (span := _span(raw)) is not None:
+            return span[0]  # its start; an event time is read within it by _read_in_doubt
         if isinstance(raw, str):
             try:
                 return parse_timestamp(raw)
@@ -1525,41 +1527,68 @@ EARLIEST_OFFSET = timedelta(hours=14)
 # From a date's midnight in UTC to the last moment of that day anywhere (the end of it at UTC-12).
 END_OF_DAY = timedelta(days=1) + LATEST_OFFSET - timedelta(microseconds=1)
 _DAY_ONLY = re.compile(r"\s*\d{4}-\d{2}-\d{2}\s*")
-_DAY, _WALL_CLOCK = "day", "wall clock"
+# How far a value that leaves its moment open reaches before and after what it says read as UTC
+# (or, for an interval, its start): the earliest and the latest moment it can mean.
+_DAY = (EARLIEST_OFFSET, END_OF_DAY)
+_WALL_CLOCK = (EARLIEST_OFFSET, LATEST_OFFSET)
+# An ISO 8601 interval "start/end", each a time with its offset or "Z".
+_INTERVAL = re.compile(r"\s*([^/\s]+)\s*/\s*([^/\s]+)\s*")
+
+
+def _span(raw: Any) -> tuple[datetime, datetime] | None:
+    """The first and last moment an ISO 8601 interval ("start/end", each with its offset or "Z")
+    names, in UTC; None for any other value (a start after its end, or a time without its offset,
+    is no such interval). A connector that knows its CRM's zone hands one over for a wall-clock
+    time that a daylight-saving change repeats or skips, which may mean either moment
+    (docs/policy.md, "A CRM time without its zone")."""
+    if not isinstance(raw, str) or (found := _INTERVAL.fullmatch(raw)) is None:
+        return None
+    try:
+        stated = [datetime.fromisoformat(part) for part in found.groups()]
+        if any(moment.tzinfo is None for moment in stated):
+            return None
+        start, end = (as_utc(moment) for moment in stated)
+    except (ValueError, OverflowError):
+        return None
+    return (start, end) if start <= end else None
 
 
 def _read_in_doubt(
-    moment: datetime, status: ConsentStatus, doubt: str | None, observed_at: datetime
+    moment: datetime, status: ConsentStatus, doubt: tuple[timedelta, timedelta] | None, observed_at: datetime
 ) -> datetime | None:
     """The event time a CRM value says, read in the person's favour where the value leaves the
     moment open (docs/policy.md, "A CRM time without its zone"): ``moment`` is what the value
-    says read as UTC; ``doubt`` is _DAY (a date alone) or _WALL_CLOCK (a time without an offset).
+    says read as UTC (an interval's start); ``doubt`` how far before and after it the moment may
+    lie (_DAY for a date alone, _WALL_CLOCK for a time without an offset, an interval's length).
 
-    A no is read as late as it can be (the end of its day, or its time, at UTC-12), so that a
-    consent captured after the value's own time in UTC but before the real no does not reverse
-    it. While that moment is still to come the no has no time yet: unknown, read as when it was
-    first observed (the same on every read; the observation itself would move with each read and
-    make it a new value). A grant is read as early as it can be (its day's start, or its time, at
-    UTC+14): it reverses no no it might have preceded, and its validity runs from then."""
+    A no is read as late as it can be (the end of its day, or its time, at UTC-12; an interval's
+    end), so that a consent captured after the value's own time in UTC but before the real no
+    does not reverse it. While that moment is still to come the no has no time yet: unknown,
+    read as when it was first observed (the same on every read; the observation itself would
+    move with each read and make it a new value). A grant is read as early as it can be (its
+    day's start, or its time, at UTC+14; an interval's start): it reverses no no it might have
+    preceded, and its validity runs from then."""
     if doubt is None:
         return moment
+    earlier, later = doubt
     if status in SAID_NO_STATUSES:
-        late = moment + (END_OF_DAY if doubt == _DAY else LATEST_OFFSET)
-        if moment - EARLIEST_OFFSET > observed_at:
+        late = moment + later
+        if moment - earlier > observed_at:
             # Still to come in every zone: a future-dated no (a typo, a server's clock), which
             # the sync records without its time and quarantines for ops to correct.
             return late
         return late if late <= observed_at else None
     if status is ConsentStatus.GRANTED:
-        return moment - EARLIEST_OFFSET
+        return moment - earlier
     return moment
 
 
-def _zone_unknown(record: RecordMap[str, Any], spec: ValueSpec | None) -> str | None:
+def _zone_unknown(record: RecordMap[str, Any], spec: ValueSpec | None) -> tuple[timedelta, timedelta] | None:
     """How the field ``spec`` reads leaves its moment open: _DAY for a date without a time of day
     (a CRM's Date field: "2026-11-23", or a ``date``), _WALL_CLOCK for a time without an offset
-    (a connector that knows its CRM's zone attaches it before the mapping reads the value),
-    None for a moment (a time with its offset, or "Z")."""
+    (a connector that knows its CRM's zone attaches it before the mapping reads the value), an
+    interval's length for an interval (nothing before its start), None for a moment (a time with
+    its offset, or "Z")."""
     if spec is None:
         return None
     raw = field_value(record, spec.field)
@@ -1567,6 +1596,8 @@ def _zone_unknown(record: RecordMap[str, Any], spec: ValueSpec | None) -> str | 
         return _WALL_CLOCK if raw.tzinfo is None else None
     if isinstance(raw, date) or (isinstance(raw, str) and _DAY_ONLY.fullmatch(raw) is not None):
         return _DAY
+    if (span := _span(raw)) is not None:
+        return timedelta(0), span[1] - span[0]
     if isinstance(raw, str):
         text = raw.strip()
         if text.endswith(("Z", "z")):
