@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy import Connection, bindparam, select, update
 
@@ -52,24 +51,12 @@ from consentsync.ledger.schema import (
     sync_examine,
 )
 from consentsync.ledger.service import _event_evidence
+from consentsync.ledger.shared_marker import sharing
 
 log = structlog.get_logger("consentsync.ledger")
 
 
 RULE = "one_person_proven"
-# The key of a record's snapshot fields naming the people whose records point to it, when it is
-# another person's (sync/shared.py); a NUL first: no CRM field has that name, and canonical JSON
-# writes it first, so a snapshot holding it is told by its text's start (``SHARED_PREFIX``).
-SHARED_KEY = "\x00shared_with"
-SHARED_PREFIX = canonical_json({SHARED_KEY: []})[:-3]
-
-
-def sharing(fields: str | None) -> list[int]:
-    """The people whose records point to the record whose snapshot's fields text this is (none
-    for nearly every record: a prefix check)."""
-    if fields is None or not fields.startswith(SHARED_PREFIX):
-        return []
-    return [int(person) for person in orjson.loads(fields).get(SHARED_KEY, ())]
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,6 +118,7 @@ from consentsync.ledger.schema import (
 from consentsync.ledger.schema import (
     purposes as purposes_table,
 )
+from consentsync.ledger.shared_marker import sharing_with
 from consentsync.ledger.warm import WarmSubjects
 from consentsync.notice_texts import Notice, notice_of, text_shown
 from consentsync.reconcile import (
@@ -1787,6 +1788,11 @@ class Ledger:
                 .where(crm_snapshots.c.identity.in_(digests), crm_links.c.gone_at.is_(None))
             ).scalars()
         ) - set(people)
+        # And the people holding a record the erased people's records point to (a record shared:
+        # sync/shared.py): it is spared the erasure's delete or anonymise only while someone
+        # sharing it is not erased, so each connector looks at it again (the record's person
+        # is examined), whichever sync read it last (engine: ``_erasure_reaches``).
+        holders |= sharing_with(conn, people) - set(people)
         audit.append(conn, records, now)
         # Restrictions carried from an erased person stand on data that is gone: lifted as
         # lifting their restriction would (the erased address stays suppressed anyway). Only

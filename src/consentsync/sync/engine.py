@@ -292,6 +292,16 @@ class _PageLink(NamedTuple):
     identity: str | None
 
 
+class _HeldGrants(NamedTuple):
+    """A record's grants held for the run's reads (``SyncEngine._weigh_held_over``): its link,
+    its person, the keyed hash of the address it showed, and the grants."""
+
+    link_id: int
+    subject_id: int
+    identity: str
+    grants: list[Evidence]
+
+
 class _LinkToPush(NamedTuple):
     """A person's link the examination weighs: its snapshot's fields (None where none is kept),
     whether the person was erased (``erased_at`` as stored: only NULL or not matters), whether
@@ -398,6 +408,13 @@ ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
 # An erased person's record the CRM made after the erasure: suppressed, not deleted or anonymised.
 CREATED_AFTER_RULE = "erasure_suppress_only_created_after"
+# The quarantine reason of a record whose grants wait for the run's reads (``_held_row``).
+_HELD_OVER_REASON = (
+    "its grants wait for the run's reads, which stopped before their end: a page not read "
+    "may make the record its person's only through an address they left "
+    '(docs/policy.md, "An address a person no longer holds does not speak for them"); '
+    "the next run reads it again by id and weighs them"
+)
 # The source of an erasure carried, as a withdrawal, to a person whose CRM record took on the
 # erased person's record (a merge) or address (never a trusted source: it reverses nothing).
 ERASURE_CARRIED_SOURCE = "erasure"
@@ -451,6 +468,10 @@ class SyncEngine:
         self._read_digests = {m.object: reading_digest(m, connector_reading) for m in self.mappings}
         self._rereading: set[str] = set()  # the reads of this run going through everything again
         self._history_bounds: dict[str, Cursor] = {}  # theirs, where one is known (``_reads``)
+        # While a run's reads go on: the grants held for them, by (object, record id), and when
+        # the run started (``_commit_page``, ``_weigh_held_over``).
+        self._held_over: dict[tuple[str, str], _HeldGrants] | None = None
+        self._held_over_since: datetime | None = None
         self.options = options or SyncOptions()
         self.progress = progress or (lambda _report: None)
         self.name = connector.name
@@ -851,6 +872,33 @@ class SyncEngine:
         dry_run: bool,
         spooled: Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]] | None = None,
     ) -> None:
+        """``_pull_pages``, with the grants its pages hold for the run's reads weighed once they
+        are all read (``_weigh_held_over``), or, where the reads stop short, left for the next
+        run to read again (``_park_held_over``)."""
+        with self._transaction() as conn:
+            # A first read of the CRM has no older record to move: nothing is held, nor looked up.
+            older = conn.execute(
+                select(crm_links.c.id)
+                .where(crm_links.c.connector == self.name, crm_links.c.linked_at < report.started_at)
+                .limit(1)
+            ).first()
+        self._held_over, self._held_over_since = {}, report.started_at if older is not None else None
+        try:
+            self._pull_pages(report, until=until, full=full, dry_run=dry_run, spooled=spooled)
+        except BaseException:
+            self._park_held_over(report, dry_run=dry_run)
+            raise
+        self._weigh_held_over(report, dry_run=dry_run)
+
+    def _pull_pages(
+        self,
+        report: RunReport,
+        *,
+        until: datetime,
+        full: bool,
+        dry_run: bool,
+        spooled: Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]] | None = None,
+    ) -> None:
         """Reads every mapped object's changes, committing page by page. The reads run one after
         the other in a reader thread one page ahead of the commits, across objects too: the next
         object's first page is on its way while the last one's is committed. A plan hands in
@@ -1222,19 +1270,32 @@ class SyncEngine:
             if left
             else set()
         )
+        # Records new to the ledger showing an address a record of the same person moves off
+        # on this page: whether it is left is known once the page is written (``note_rereads``),
+        # and such a record, linked on the leaving page, is linked after the move (the recycled
+        # mailbox's new owner's contact read beside the former holder's edit). Their grants
+        # wait for that (``_weigh_waiting``); their nos are recorded. Worked out before the
+        # records they point to are linked: until they are weighed they bring their person
+        # nothing they point to, as the records in ``aside`` (below). Nothing is looked at for a
+        # page on which no known record shows another address.
+        suspects = self._on_the_leaving_page(good, identities, subject_ids, held, digests, aside)
         # The records they point to that the ledger does not know yet are their people's (the
-        # first record's). One without an address that records showing the addresses of two
-        # people point to (one Individual for a work and a home Contact) is neither's alone: a
-        # person of its own, tied to both (below), as it is when read first. So is one that only
-        # records in ``aside`` point to: a record that is the person's only through an address
-        # they left brings them nothing it points to (the old mailbox's new owner's Individual,
-        # whose consent records would speak for the former holder), as when read first.
+        # first record's showing an address, else the first record's). One without an address
+        # that records showing the addresses of two people point to (one Individual for a work
+        # and a home Contact) is neither's alone: a person of its own, tied to both (below), as it
+        # is when read first. So is one that only records in ``aside`` or ``suspects`` point to:
+        # a record that is the person's only through an address they left brings them nothing
+        # it points to (the old mailbox's new owner's Individual, whose consent records would
+        # speak for the former holder), as when read first.
         pointed: dict[CrmLink, list[tuple[int, bool]]] = {}
         for (record, identity, links, _), subject_id in zip(good, subject_ids, strict=True):
             for link in links:
                 if link not in known:
                     pointed.setdefault(link, []).append(
-                        (-1 if record.record_id in aside else subject_id, identity.email is not None)
+                        (
+                            -1 if record.record_id in aside or record.record_id in suspects else subject_id,
+                            identity.email is not None,
+                        )
                     )
         if pointed:
             extra_links = [
@@ -1244,17 +1305,22 @@ class SyncEngine:
                     and len({subject_id for subject_id, addressed in people if addressed}) > 1
                 )
                 or all(subject_id == -1 for subject_id, _ in people)
-                else Identity(link=link, subject_id=next(s for s, _ in people if s != -1))
+                else Identity(
+                    link=link,
+                    subject_id=next(
+                        (s for s, addressed in people if s != -1 and addressed),
+                        next(s for s, _ in people if s != -1),
+                    ),
+                )
                 for link, people in pointed.items()
             ]
             linked, made = self.ledger.link_in(conn, extra_links, run_id=report.run_id)
-            if made:  # the page's records are tied to each such person below
-                created += made
-                known.update(
-                    (link, subject_id)
-                    for link, identity, subject_id in zip(pointed, extra_links, linked, strict=True)
-                    if identity.subject_id is None
-                )
+            created += made
+            # Every record linked so, with its person: a record of the page pointing to it whose
+            # person differs is tied to that person, or shares the record (below). (A Contact
+            # without an address beside the work Contact pointing to the same new Individual is
+            # the work address's holder's, as when the Individual is read first.)
+            known.update(zip(pointed, linked, strict=True))
         counts.subjects_created += created
         revived = [
             row for record, _, _, _ in good if (row := held.get(record.record_id)) and row.gone_at is not None
@@ -1272,6 +1338,9 @@ class SyncEngine:
         # (a record pointed to, its person, the person of a record pointing to it) where the two
         # differ: rare, and found in the pass that looks for ties anyway.
         pointing: list[tuple[CrmLink, int, int]] = []
+        # The ties of the records in ``suspects``: made once they are weighed, if their person
+        # did not leave the address they show (``_weigh_waiting``).
+        suspected: dict[str, set[tuple[int, int]]] = {}
         for (record, _, links, _), subject_id in zip(good, subject_ids, strict=True):
             for link in links:
                 if (other := known.get(link, subject_id)) != subject_id:
@@ -1279,7 +1348,9 @@ class SyncEngine:
                     # A record in ``aside`` ties nobody to its person: it is theirs only through
                     # an address they left (``_tied_through_left``); the record pointed to is
                     # still shared (below), so its person's nos reach them, on the safe side.
-                    if record.record_id not in aside:
+                    if record.record_id in suspects:
+                        suspected.setdefault(record.record_id, set()).add((other, subject_id))
+                    elif record.record_id not in aside:
                         ties.add((other, subject_id))
         into: dict[int, int] = {}
         if ties:
@@ -1319,14 +1390,15 @@ class SyncEngine:
             and identity.link is not None
             and (before.identity != digests[record.record_id] or before.gone_at is not None)
         ]
-        # Records new to the ledger showing an address a record of the same person moves off
-        # on this page: whether it is left is known once the page is written (``note_rereads``),
-        # and such a record, linked on the leaving page, is linked after the move (the recycled
-        # mailbox's new owner's contact read beside the former holder's edit). Their grants
-        # wait for that (``_weigh_waiting``); their nos are recorded. Nothing is looked at for
-        # a page on which no known record shows another address.
+        # The grants of the records in ``suspects`` wait for the page's rereads to be weighed.
         waiting: dict[str, tuple[int, list[Evidence]]] = {}
-        suspects = self._on_the_leaving_page(good, identities, subject_ids, rereads, held, digests, aside)
+        # And those of records that a later page of this run may make the person's only through
+        # an address they left: they wait for the run's reads (``_held_over_candidates``).
+        over = (
+            self._held_over_candidates(conn, good, identities, subject_ids, held, digests, aside | suspects)
+            if self._held_over is not None
+            else set()
+        )
         for (record, _identity, _links, evidence), subject_id in zip(good, subject_ids, strict=True):
             seen = snapshots.get(record.record_id, ({}, {}))[0]
             echo = echoes.get(record.record_id, {})
@@ -1362,11 +1434,26 @@ class SyncEngine:
                 examine.add(subject_id)
             if record.record_id in aside:
                 fresh = self._set_aside(report, mapping, record.record_id, fresh, problems, now)
-            elif record.record_id in suspects and (
-                grants := [e for e in fresh if e.status not in SAID_NO_STATUSES]
-            ):
-                waiting[record.record_id] = (subject_id, grants)
+            elif record.record_id in suspects:
+                # Weighed whether or not it says yes: its ties wait too.
+                waiting[record.record_id] = (
+                    subject_id,
+                    [e for e in fresh if e.status not in SAID_NO_STATUSES],
+                )
                 fresh = [e for e in fresh if e.status in SAID_NO_STATUSES]
+            elif record.record_id in over and self._held_over is not None:
+                grants = [e for e in fresh if e.status not in SAID_NO_STATUSES]
+                if grants:
+                    self._held_over[(mapping.object, record.record_id)] = _HeldGrants(
+                        link_ids[record.record_id], subject_id, digests[record.record_id], grants
+                    )
+                    fresh = [e for e in fresh if e.status in SAID_NO_STATUSES]
+                    # Not in the snapshot until they are weighed: a run that stops before (a
+                    # process killed, the ledger lost) leaves them to be read again by id.
+                    if self.connector.can_read_by_id:
+                        problems.append(self._held_row(report, mapping.object, record.record_id, now))
+                    held_keys = {_evidence_key(e) for e in grants}
+                    view = {key: value for key, value in view.items() if key not in held_keys}
             requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in fresh]
             snapshot_rows.append(
                 (
@@ -1407,7 +1494,18 @@ class SyncEngine:
         # After the snapshots and the deletions: whether a live record still shows an address.
         self.ledger.note_rereads(conn, rereads, run_id=report.run_id)
         if waiting:
-            outcomes = [*outcomes, *self._weigh_waiting(conn, report, mapping, waiting, digests, now)]
+            weighed, kept = self._weigh_waiting(conn, report, mapping, waiting, digests, now)
+            outcomes = [*outcomes, *weighed]
+            # Theirs after all (the address is not left): what they point to ties them, as
+            # for any record read, and an address-less person linked for it is absorbed.
+            late = {
+                pair
+                for record_id in kept
+                for other, subject_id in suspected.get(record_id, ())
+                if (pair := (into.get(other, other), into.get(subject_id, subject_id)))[0] != pair[1]
+            }
+            if late:
+                self._absorb(conn, late, report)
         if earlier:
             # A no among them is the person's, taken as a deleted record's last no is, dated by
             # when it was given (a no dated now would outrank a yes the person gave since). Only
@@ -1431,19 +1529,7 @@ class SyncEngine:
             key, position = cursor
             self._save_cursor(conn, key, position, report.run_id, now)
         if dry_run:
-            uids = self._uids(conn, [o.subject_id for o in outcomes])
-            report.plan_changes += [
-                PlannedChange(
-                    uids[o.subject_id],
-                    o.after.purpose,
-                    o.after.channel,
-                    _brief(o.before),
-                    _brief(o.after),
-                    o.after.rule,
-                )
-                for o in outcomes
-                if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
-            ]
+            self._note_planned(conn, report, outcomes)
 
     def _through_left(
         self,
@@ -1565,18 +1651,23 @@ class SyncEngine:
         good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]],
         identities: list[Identity],
         subject_ids: list[int],
-        rereads: list[Reread],
         held: dict[str, _PageLink],
         digests: dict[str, str],
         aside: set[str],
     ) -> set[str]:
         """The page's records (by id) new to the ledger that show, for the same person, the
-        address a record of theirs known by its id moves off on this page (``rereads``), and
-        speak for them by nothing else (not pointing to a record known as theirs): linked on the
-        page that may leave the address, they are linked after the move, and if it is left
-        they are theirs only through it (``_through_left``). In memory; nothing for a page on
-        which no known record shows another address."""
-        moving = {(r.subject_id, r.before) for r in rereads if r.before is not None and r.before != r.now}
+        address a record of theirs known by its id moves off on this page (its snapshot's
+        address before the page), and speak for them by nothing else (not pointing to a record
+        known as theirs, as ``_through_left`` weighs it): linked on the page that may leave the
+        address, they are linked after the move, and if it is left they are theirs only through
+        it. In memory; nothing for a page on which no known record shows another address."""
+        moving = {
+            (subject_id, before.identity)
+            for (record, _, _, _), subject_id in zip(good, subject_ids, strict=True)
+            if (before := held.get(record.record_id)) is not None
+            and before.identity is not None
+            and before.identity != digests[record.record_id]
+        }
         if not moving:
             return set()
         return {
@@ -1584,7 +1675,7 @@ class SyncEngine:
             for (record, _, _, _), identity, subject_id in zip(good, identities, subject_ids, strict=True)
             if record.record_id not in held
             and record.record_id not in aside
-            and identity.subject_id != subject_id
+            and subject_id not in (identity.subject_id, identity.pointed)
             and (subject_id, digests[record.record_id]) in moving
         }
 
@@ -1596,10 +1687,11 @@ class SyncEngine:
         waiting: dict[str, tuple[int, list[Evidence]]],
         digests: dict[str, str],
         now: datetime,
-    ) -> list[RecordOutcome]:
+    ) -> tuple[list[RecordOutcome], set[str]]:
         """The grants of records linked on the page that may leave the address they show
         (``_on_the_leaving_page``), once the page's rereads are weighed: set aside where their
         person left it (``_set_aside``: the record is theirs only through it), else recorded.
+        Returns what was recorded and the records that are their person's after all (by id).
         One read (the people's left addresses), only for such a page."""
         hashed = self.ledger.keyed_hasher()
         left_now = {
@@ -1615,15 +1707,17 @@ class SyncEngine:
         }
         problems: list[dict[str, Any]] = []
         requests: list[RecordRequest] = []
+        kept: set[str] = set()
         for record_id, (subject_id, grants) in waiting.items():
             if (subject_id, digests[record_id]) in left_now:
                 self._set_aside(report, mapping, record_id, grants, problems, now)
             else:
+                kept.add(record_id)
                 requests += [RecordRequest(Identity(subject_id=subject_id), e) for e in grants]
         if problems:
             conn.execute(insert(quarantine), problems)
         if not requests:
-            return []
+            return [], kept
         # A second batch in the page's transaction: what the run's pages know of their people
         # (``WarmSubjects``, one batch staged) is read again from the ledger after this page.
         warm = self._warm_for(conn)
@@ -1634,7 +1728,186 @@ class SyncEngine:
         report.counts.evidence_recorded += stats.recorded
         report.counts.evidence_duplicates += stats.duplicates
         report.counts.state_changes += stats.state_changes
-        return outcomes
+        return outcomes, kept
+
+    def _held_over_candidates(
+        self,
+        conn: Connection,
+        good: list[tuple[CrmRecord, Identity, list[CrmLink], list[Evidence]]],
+        identities: list[Identity],
+        subject_ids: list[int],
+        held: dict[str, _PageLink],
+        digests: dict[str, str],
+        weighed: set[str],
+    ) -> set[str]:
+        """The page's records (by id) new to the ledger, with a grant, that speak for their person
+        only through the address they show (matched by it alone, not pointing to a record of
+        theirs), where an older record of the person in this CRM (linked before the run) still
+        showed that address when last read: a later page of the run may read it moved off the
+        address (another object's read, a page further on), and the new record is then theirs
+        only through an address they left (``_through_left``: the old mailbox's new owner's lead,
+        made before the person's contact moved). Their grants wait for the run's reads
+        (``_weigh_held_over``), as those of a record read on the very page of the move wait for
+        the page's (``_weigh_waiting``). One read, only for a page with such a record: a first
+        read's people have no older record."""
+        wanted = {
+            record.record_id: (subject_id, digests[record.record_id])
+            for (record, _, _, evidence), identity, subject_id in zip(
+                good, identities, subject_ids, strict=True
+            )
+            if record.record_id not in held
+            and record.record_id not in weighed
+            and identity.email is not None
+            and subject_id not in (identity.subject_id, identity.pointed)
+            and any(e.status not in SAID_NO_STATUSES for e in evidence)
+        }
+        if not wanted or self._held_over_since is None:
+            return set()
+        on_page = {row.link_id for row in held.values()}
+        showing = {
+            (subject_id, identity)
+            for link_id, subject_id, identity in conn.execute(
+                select(crm_links.c.id, crm_links.c.subject_id, crm_snapshots.c.identity)
+                .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    one_of(conn, crm_links.c.subject_id, sorted({s for s, _ in wanted.values()})),
+                    crm_links.c.connector == self.name,
+                    crm_links.c.gone_at.is_(None),
+                    crm_links.c.linked_at < self._held_over_since,
+                    one_of(conn, crm_snapshots.c.identity, sorted({d for _, d in wanted.values()})),
+                )
+            )
+            if link_id not in on_page
+        }
+        return {record_id for record_id, shown in wanted.items() if shown in showing}
+
+    def _weigh_held_over(self, report: RunReport, *, dry_run: bool) -> None:
+        """The grants held for the run's reads (``_held_over_candidates``), once every page is
+        read: set aside where their person left the address the record shows (``_set_aside``),
+        else recorded as theirs; either way kept in the record's snapshot as read, and the person
+        examined. One transaction, only for a run that held any."""
+        held_over, self._held_over = self._held_over, None
+        if not held_over:
+            return
+        now = self.ledger.clock()
+        with self._transaction() as conn:
+            # Weighed now: the rows their pages wrote for a run stopped short go with this
+            # transaction, and stay where it does not commit.
+            conn.execute(
+                delete(quarantine).where(
+                    quarantine.c.run_id == report.run_id,
+                    quarantine.c.connector == self.name,
+                    quarantine.c.reason == _HELD_OVER_REASON,
+                    quarantine.c.resolved_at.is_(None),
+                )
+            )
+            hashed = self.ledger.keyed_hasher()
+            left_now = {
+                (subject_id, hashed(form))
+                for subject_id, value in conn.execute(
+                    select(subject_identifiers.c.subject_id, subject_identifiers.c.value).where(
+                        one_of(
+                            conn,
+                            subject_identifiers.c.subject_id,
+                            sorted({item.subject_id for item in held_over.values()}),
+                        ),
+                        subject_identifiers.c.kind == EMAIL,
+                        subject_identifiers.c.left_at.is_not(None),
+                    )
+                )
+                for form in email_forms(value)
+            }
+            problems: list[dict[str, Any]] = []
+            requests: list[RecordRequest] = []
+            for (object_type, record_id), item in held_over.items():
+                if (item.subject_id, item.identity) in left_now:
+                    mapping = self.by_object[object_type]
+                    self._set_aside(report, mapping, record_id, item.grants, problems, now)
+                else:
+                    requests += [RecordRequest(Identity(subject_id=item.subject_id), e) for e in item.grants]
+            if problems:
+                conn.execute(insert(quarantine), problems)
+            by_link = {item.link_id: item.grants for item in held_over.values()}
+            for link_id, evidence in conn.execute(
+                select(crm_snapshots.c.link_id, crm_snapshots.c.evidence).where(
+                    one_of(conn, crm_snapshots.c.link_id, sorted(by_link))
+                )
+            ).all():
+                view = orjson.loads(evidence) if evidence else {}
+                view.update({_evidence_key(e): _evidence_view(e) for e in by_link[link_id]})
+                conn.execute(
+                    update(crm_snapshots)
+                    .where(crm_snapshots.c.link_id == link_id)
+                    .values(evidence=canonical_json(view))
+                )
+            self._mark_for_examination(conn, {item.subject_id for item in held_over.values()})
+            if not requests:
+                return
+            warm = self._warm_for(conn)  # it holds these people as the pages left them
+            if warm is not None:
+                warm.discard()
+                warm.clear()
+            stats, outcomes = self.ledger.record_in(conn, requests, run_id=report.run_id)
+            report.counts.evidence_recorded += stats.recorded
+            report.counts.evidence_duplicates += stats.duplicates
+            report.counts.state_changes += stats.state_changes
+            if dry_run:
+                self._note_planned(conn, report, outcomes)
+
+    def _park_held_over(self, report: RunReport, *, dry_run: bool) -> None:
+        """The grants held for reads that stopped short (a stop, a CRM's error): whether a page
+        not read would have left the address is not known. Each record's page quarantined it
+        already, in its own transaction (``_held_row``: a process killed, or a ledger lost while
+        weighing, leaves it so), for the next run to read again by id (``_reread_quarantined``),
+        which weighs its grants as it weighs any record's (``_through_left``): they are not in
+        its snapshot. Counted here as quarantined. A connector that cannot read by id leaves them
+        for the record's next change (a yes late, never a stranger's taken as theirs)."""
+        held_over, self._held_over = self._held_over, None
+        if not held_over or dry_run or not self.connector.can_read_by_id:
+            return
+        now = self.ledger.clock()
+        rows = []
+        for object_type, record_id in held_over:
+            report.counts.quarantined += 1
+            log.warning(
+                "record.quarantined",
+                run_id=report.run_id,
+                connector=self.name,
+                object=object_type,
+                record_id=record_id,
+                stage="pull",
+            )
+            rows.append(self._held_row(report, object_type, record_id, now))
+        # Where the page's own row went with it (a page whose commit waited for the next, which
+        # failed), written again: best effort, the run's own error stays its.
+        with suppress(Exception), self._transaction() as conn:
+            written = {
+                (object_type, record_id)
+                for object_type, record_id in conn.execute(
+                    select(quarantine.c.object_type, quarantine.c.record_id).where(
+                        quarantine.c.run_id == report.run_id, quarantine.c.reason == _HELD_OVER_REASON
+                    )
+                )
+            }
+            missing = [row for row in rows if (row["object_type"], row["record_id"]) not in written]
+            if missing:
+                conn.execute(insert(quarantine), missing)
+
+    def _held_row(self, report: RunReport, object_type: str, record_id: str, now: datetime) -> dict[str, Any]:
+        """The quarantine row of a record whose grants are held for the run's reads, written with
+        its page: the next run reads it again by id unless this run weighs it
+        (``_weigh_held_over`` deletes it in the transaction that records or sets them aside)."""
+        return {
+            "run_id": report.run_id,
+            "connector": self.name,
+            "object_type": object_type,
+            "record_id": record_id[:64],
+            "stage": "pull",
+            "reason": _HELD_OVER_REASON,
+            "created_at": now,
+            "retry_requested_at": now,
+            "retry_requested_by": "consentsync",
+        }
 
     def _set_aside(
         self,
@@ -2013,6 +2286,17 @@ class SyncEngine:
                 self._carry_the_nos(conn, joined, report)
         uids = self._uids(conn, [row.subject_id for row in rows.values()])
         records: list[AuditRecord] = []
+        # The records going that point to another's record: it may now be shared with nobody
+        # live (``_erased_sharers_reach``, ``_not_theirs_to_erase``), so its person is examined.
+        pointing = [
+            row.id
+            for record in gone
+            if mapping.spec.identity.links
+            and (row := rows.get(record.record_id)) is not None
+            and row.gone_at is None
+        ]
+        if pointing:
+            self._examine_owners_pointed_to(conn, mapping, pointing)
         for record in gone:
             row = rows.get(record.record_id)
             if row is None or (row.gone_at is not None and not row.gone_by_write):
@@ -2061,6 +2345,25 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
+
+    def _examine_owners_pointed_to(self, conn: Connection, mapping: Mapping, link_ids: list[int]) -> None:
+        """Marks for examination the people of the records that the records ``link_ids`` (of
+        ``mapping``'s object, going now) point to, where another person's: a record shared with
+        the going record's person (sync/shared.py) may hold nobody else's data once that person
+        has no live record left, and an erasure's delete or anonymise then reaches it. Two
+        reads, only for a page deleting records whose object points to others."""
+        points: dict[CrmLink, int] = {}
+        for subject_id, fields in conn.execute(
+            select(crm_links.c.subject_id, crm_snapshots.c.fields)
+            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+            .where(one_of(conn, crm_links.c.id, sorted(link_ids)))
+        ):
+            known = orjson.loads(fields) if fields else {}
+            for link in mapping.spec.identity.links:
+                if known.get(link.field) not in (None, ""):
+                    points[CrmLink(self.name, link.object, str(known[link.field]))] = subject_id
+        owners = self._known_links(conn, list(points)) if points else {}
+        self._mark_for_examination(conn, {owner for link, owner in owners.items() if owner != points[link]})
 
     def _own_deletes(
         self, conn: Connection, mapping: Mapping, deleted: list[CrmRecord], report: RunReport, now: datetime
@@ -2519,6 +2822,9 @@ class SyncEngine:
                 and (
                     row.erased_at is not None
                     or (row.address_erased is not None and row.address_erased == row.suppression_id)
+                    # A record others' records point to: once every one of them is erased, or
+                    # has no live record left, their erasure reaches it (``_erasure_reaches``).
+                    or (row.fields is not None and row.fields.startswith(shared.PREFIX))
                 )
             )
             if erasable:
@@ -2642,7 +2948,21 @@ class SyncEngine:
         the address is erased again; a person the ledger first met after the erasure of their
         address is erased there only through the records held then. Then, of those, the records
         that do not speak for the person alone (``_not_theirs_to_erase``). Only an examination of
-        such records asks."""
+        such records asks.
+
+        A shared record of a person who is not erased (``_erased_sharers_reach``) is reached
+        where that person is known by it alone (no address) and everyone sharing it is erased
+        or has no live record left."""
+        shared_only = [
+            row
+            for row in acted_on
+            if row.erased_at is None
+            and not (row.address_erased is not None and row.address_erased == row.suppression_id)
+        ]
+        if shared_only:
+            apart = {row.id for row in shared_only}
+            acted_on = [row for row in acted_on if row.id not in apart]
+        reached = self._erased_sharers_reach(conn, shared_only) if shared_only else set()
         held_then: set[int] = set()
         kept: dict[int, str] = {}
         erased = {row.id for row in acted_on if row.erased_at is not None}
@@ -2669,7 +2989,57 @@ class SyncEngine:
             elif link_id in erased:
                 kept[link_id] = CREATED_AFTER_RULE
         kept.update(self._not_theirs_to_erase(conn, [row for row in acted_on if row.id in held_then], links))
-        return held_then - kept.keys(), kept
+        return (held_then - kept.keys()) | reached, kept
+
+    def _erased_sharers_reach(self, conn: Connection, rows: list[Any]) -> set[int]:
+        """Of records others' records point to (``rows``: ``_LinkToPush`` rows, sync/shared.py)
+        whose own person is not erased, the link ids an erasure's delete or anonymise reaches:
+        their person is known through such records alone (no address: the Individual read on
+        one page through the Contacts of two addresses, a person of its own), and everyone
+        sharing them is erased or has no live record left in this CRM, one at least erased, by
+        an erasure made after the CRM made the record (``_erasure_reaches``). The record then
+        holds nobody's data but the erased people's. A few reads, only where a person holding
+        such a record is examined."""
+        people = {row.subject_id for row in rows}
+        addressed = set(
+            conn.execute(
+                select(subject_identifiers.c.subject_id)
+                .where(one_of(conn, subject_identifiers.c.subject_id, sorted(people)))
+                .distinct()
+            ).scalars()
+        )
+        sharers = {
+            row.id: {other for other in shared.sharing(row.fields) if other != row.subject_id}
+            for row in rows
+            if row.subject_id not in addressed
+        }
+        everyone = set().union(*sharers.values()) if sharers else set()
+        if not everyone:
+            return set()
+        present = self._present_people(conn, everyone)
+        erased_at: dict[int, datetime] = {}
+        for subject_id, erased, entry_erased in conn.execute(
+            select(subjects.c.id, subjects.c.erased_at, last_erased_at(suppressions))
+            .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
+            .where(one_of(conn, subjects.c.id, sorted(everyone)), subjects.c.erased_at.is_not(None))
+        ):
+            erased_at[subject_id] = max(t for t in (erased, entry_erased) if t is not None)
+        candidates = {
+            link_id: max(erased_at[other] for other in others if other in erased_at)
+            for link_id, others in sharers.items()
+            if others and not others & present and others & erased_at.keys()
+        }
+        if not candidates:
+            return set()
+        return {
+            link_id
+            for link_id, created_at, linked_at in conn.execute(
+                select(crm_links.c.id, crm_links.c.record_created_at, crm_links.c.linked_at).where(
+                    one_of(conn, crm_links.c.id, sorted(candidates))
+                )
+            )
+            if (created_at if created_at is not None else linked_at) <= candidates[link_id]
+        }
 
     def _not_theirs_to_erase(self, conn: Connection, acted_on: list[Any], links: list[Any]) -> dict[int, str]:
         """Of an erased person's records that the erasure's delete or anonymise would reach
@@ -3866,6 +4236,22 @@ class SyncEngine:
         return olds
 
     # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _note_planned(self, conn: Connection, report: RunReport, outcomes: Sequence[RecordOutcome]) -> None:
+        """A dry run's changes of state (``plan``): each person's, as its uid and brief states."""
+        uids = self._uids(conn, [o.subject_id for o in outcomes])
+        report.plan_changes += [
+            PlannedChange(
+                uids[o.subject_id],
+                o.after.purpose,
+                o.after.channel,
+                _brief(o.before),
+                _brief(o.after),
+                o.after.rule,
+            )
+            for o in outcomes
+            if o.before is not None and o.after is not None and _brief(o.before) != _brief(o.after)
+        ]
 
     def _quarantine_row(
         self, report: RunReport, object_type: str, record_id: str, stage: str, reason: str, now: datetime

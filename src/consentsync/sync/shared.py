@@ -29,7 +29,12 @@ the reason (``ADDRESS_LEFT_RULE``, ``SHARED_RULE``):
   pointing to a record of theirs), as ``SyncEngine._through_left`` weighs a read. The addresses
   left and when are read from the chain (``subject.identifier_left``, ``subject.identifier_held_again``:
   the erasure deleted the rows), only for the erased people whose records an action would reach;
-- a record shared with another person (above): their records point to it.
+- a record shared with another person (above): their records point to it, while one of them is
+  not erased and has a live record left. Once none is, the record holds nobody's data but the
+  erased people's and the action reaches it, also where its own person is known by it alone (an
+  Individual read through two people's Contacts on one page: ``SyncEngine._erased_sharers_reach``).
+  So an erasure has every connector examine the people holding records shared with the erased
+  (``Ledger.erase``), and a record deleted in the CRM its pointers' people (``_mark_gone``).
 """
 
 from __future__ import annotations
@@ -42,16 +47,16 @@ import orjson
 from sqlalchemy import Connection, insert, select, update
 
 from consentsync.domain import canonical_json
-from consentsync.ledger import absorb
 from consentsync.ledger.bulk import one_of, select_in
 from consentsync.ledger.identity import CrmLink, moved_linked
 from consentsync.ledger.schema import crm_links, crm_snapshots
+from consentsync.ledger.shared_marker import SHARED_KEY, SHARED_PREFIX
+from consentsync.ledger.shared_marker import sharing as sharing  # used as shared.sharing
 from consentsync.mapping import Mapping
 
 # The snapshot key holding the ids of the people whose records point to the record (sorted), and
 # how a snapshot's fields text starts where it is there (canonical JSON sorts it first).
-SHARED_KEY, PREFIX = absorb.SHARED_KEY, absorb.SHARED_PREFIX
-sharing = absorb.sharing
+PREFIX = SHARED_PREFIX
 # The outbox's and the held entry's rule where an erasure's delete or anonymise is not sent.
 ADDRESS_LEFT_RULE = "erasure_suppress_only_address_left"
 SHARED_RULE = "erasure_suppress_only_shared_record"
