@@ -3668,11 +3668,22 @@ class SyncEngine:
         """Drains the pending rows (only ``approved`` ones, when given) once, oldest first: those
         never sent before those a CRM refused before. A few records the CRM keeps refusing (a
         workflow failing on their save) would otherwise head every run's pushes, and a CRM that
-        stops a write after refusals in a row (Vtiger) would stop before anyone else's were sent."""
-        for retried in (False, True):
-            self._push_pass(report, approved, retried=retried)
+        stops a write after refusals in a row (Vtiger) would stop before anyone else's were sent.
+        Each row goes once a run: ``sent`` keeps the ids this run sent (a row an earlier run
+        decided keeps that run's id when the CRM refuses it now). The two passes are taken again
+        while one sends anything: a row decided during the second (a withdrawal captured while
+        this run pushes) is sent in this run."""
+        sent: set[int] = set()
+        while True:
+            before = len(sent)
+            for retried in (False, True):
+                self._push_pass(report, approved, retried=retried, sent=sent)
+            if len(sent) == before:
+                return
 
-    def _push_pass(self, report: RunReport, approved: set[int] | None, *, retried: bool) -> None:
+    def _push_pass(
+        self, report: RunReport, approved: set[int] | None, *, retried: bool, sent: set[int]
+    ) -> None:
         floor = 0
         while True:
             # People whose state changed since the examination (a withdrawal captured while this
@@ -3706,12 +3717,16 @@ class SyncEngine:
                 )
                 if approved is not None:
                     query = query.where(one_of(conn, outbox.c.id, sorted(approved)))
-                rows = conn.execute(query).all()
-            if not rows:
+                found = conn.execute(query).all()
+            if not found:
                 return
             if self.stop_requested.is_set():
                 raise _Stop
-            floor = rows[-1].id
+            floor = found[-1].id
+            rows = [row for row in found if row.id not in sent]
+            if not rows:
+                continue
+            sent.update(row.id for row in rows)
             report.stage, report.stage_done, report.stage_total = "pushing", report.counts.pushed, None
             self._settle_calls(self._send(rows), report)
 
