@@ -2691,8 +2691,13 @@ class SyncEngine:
                 continue
             known = snapshots.get(row.record_id, ({}, {}))[1]
             echoes[row.record_id] = self._echo_view(mapping, row.record_id, {**known, **fields}, now) or {}
-            if all(
-                name in shown and crm_key(shown[name]) == crm_key(value) for name, value in fields.items()
+            # An erasure's anonymise blanks personal fields the mapping does not read (a name, a
+            # phone): one write with the fields it reads, judged by those (a record's write is
+            # applied whole), or its lost answer would leave it unsettled and sent again.
+            unread = mapping.spec.personal_fields if row.rule == ERASURE_RULES["anonymise"] else {}
+            judged = {name: value for name, value in fields.items() if name in shown or name not in unread}
+            if judged and all(
+                name in shown and crm_key(shown[name]) == crm_key(value) for name, value in judged.items()
             ):
                 taken.append((row, WriteResult(row.record_id, True)))
         if not_there:
