@@ -339,6 +339,17 @@ quarantine = Table(
     Index("ix_quarantine_open", "connector", "resolved_at"),
 )
 
+# How the fields text of a shared record's snapshot starts (ledger/shared_marker.py: canonical
+# JSON of its marker key, which writes the key's NUL as an escape, so the text is ASCII and
+# PostgreSQL can hold it), and the condition of the partial index holding those snapshots only
+# (migration 0024). A literal, in the index and in the query alike: SQLite and PostgreSQL use a
+# partial index only where the query's own terms match the index's, and a generic plan of a
+# prepared statement does not know what a bound parameter holds. ``substr``, not LIKE: both
+# databases write it alike, and LIKE's escapes differ (a backslash is PostgreSQL's default one).
+SHARED_SNAPSHOT_PREFIX = '{"\\u0000shared_with":'
+SNAPSHOT_IS_SHARED = f"substr(fields, 1, {len(SHARED_SNAPSHOT_PREFIX)}) = '{SHARED_SNAPSHOT_PREFIX}'"
+_SHARED = text(SNAPSHOT_IS_SHARED)
+
 # What consentsync last saw in (or wrote to) each linked CRM record: the consent values it took
 # as evidence and the values of the fields it pushes. Undated values are evidence only when they
 # change, and pushes are made only where the CRM differs from the ledger.
@@ -357,6 +368,10 @@ crm_snapshots = Table(
     # restriction's holders, the access export's "records of others", whether a person still
     # shows an address they took another for (migration 0022; without it each read scanned).
     Index("ix_crm_snapshots_identity", "identity"),
+    # Partial: the snapshots of records other people's records point to (a handful), which an
+    # erasure reads to have their people examined (``shared_marker.sharing_with``; migration
+    # 0024: before it each erasure read every snapshot's text).
+    Index("ix_crm_snapshots_shared", "link_id", sqlite_where=_SHARED, postgresql_where=_SHARED),
 )
 
 # People a sync run must look at again (what to push to their records of this connector): each
