@@ -1,4 +1,4 @@
-"""A record two people share holds nobody's data once everyone sharing it is erased or gone
+"""A record two people share holds nobody's data once everyone sharing it is erased
 (session 65 review of ad00d18; docs/policy.md, Art. 17(2) erasure actions and "A record two
 people's records point to"). Against the Salesforce sandbox over HTTP, on SQLite and PostgreSQL.
 
@@ -6,9 +6,10 @@ One Individual, a work and a home Contact pointing to it. Read on one page, the 
 person of its own (known by it alone, never erased): erasing both addresses left its name, as
 nobody erased held it. Read a run apart, it is the work address's person's: erasing work keeps
 it (home's data may be in it), and once home is erased too it was anonymised only where no sync
-ran between the two erasures (nobody examined its person again). Now an erasure, or a person's
-last record going, has each connector look again at the records they shared, and the action
-reaches a shared record whose every sharer is erased or has no live record left."""
+ran between the two erasures (nobody examined its person again). Now an erasure has
+each connector look again at the records they shared, and the action
+reaches a shared record whose every sharer is erased (a sharer whose records the CRM deleted still
+holds their data in it: session 66)."""
 
 from __future__ import annotations
 
@@ -97,11 +98,14 @@ def test_a_shared_individual_is_anonymised_once_both_sharers_are_erased(
     assert org.get(individual)["FirstName"] is None
 
 
-def test_a_shared_individual_is_anonymised_once_the_other_sharer_has_no_record_left(
+def test_a_shared_individual_is_kept_while_the_other_sharer_is_not_erased_though_deleted(
     cli: Cli, org: Any
 ) -> None:
     """The work address erased (the Individual kept: the home Contact points to it), then the
-    home Contact deleted in Salesforce: nobody else's data is in the Individual any more."""
+    home Contact deleted in Salesforce, into its recycle bin: the Individual still holds the home
+    address's person's data (the Contact may be restored, pointing to it), so it is not
+    anonymised (session 66 review: it was, and the restored Contact pointed to a blanked
+    Individual). Once home is erased too, it is."""
     individual, _work, home = _shared(cli, org, later=True)
     cli.ok("erase", "--email", WORK, "--reason", "asked", "--yes")
     _sync(cli)
@@ -110,7 +114,13 @@ def test_a_shared_individual_is_anonymised_once_the_other_sharer_has_no_record_l
 
     org.delete(home)
     _sync(cli)
-    assert org.get(individual)["LastName"] != "Moss", "the Individual's other sharer is gone; its name stays"
+    _sync(cli)
+    assert org.get(individual)["LastName"] == "Moss", "a sharer not erased lost their data in the Individual"
+    cli.ok("erase", "--email", HOME, "--reason", "asked", "--yes")
+    _sync(cli)
+    assert org.get(individual)["LastName"] != "Moss", (
+        "everyone sharing the Individual is erased; its name stays"
+    )
 
 
 def test_a_shared_individual_of_its_own_is_kept_while_a_sharer_is_not_erased(cli: Cli, org: Any) -> None:

@@ -405,6 +405,7 @@ class _Read:
 
 
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
+ANONYMISE_RULE = ERASURE_RULES["anonymise"]
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
 # An erased person's record the CRM made after the erasure: suppressed, not deleted or anonymised.
 CREATED_AFTER_RULE = "erasure_suppress_only_created_after"
@@ -2286,17 +2287,6 @@ class SyncEngine:
                 self._carry_the_nos(conn, joined, report)
         uids = self._uids(conn, [row.subject_id for row in rows.values()])
         records: list[AuditRecord] = []
-        # The records going that point to another's record: it may now be shared with nobody
-        # live (``_erased_sharers_reach``, ``_not_theirs_to_erase``), so its person is examined.
-        pointing = [
-            row.id
-            for record in gone
-            if mapping.spec.identity.links
-            and (row := rows.get(record.record_id)) is not None
-            and row.gone_at is None
-        ]
-        if pointing:
-            self._examine_owners_pointed_to(conn, mapping, pointing)
         for record in gone:
             row = rows.get(record.record_id)
             if row is None or (row.gone_at is not None and not row.gone_by_write):
@@ -2345,25 +2335,6 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
-
-    def _examine_owners_pointed_to(self, conn: Connection, mapping: Mapping, link_ids: list[int]) -> None:
-        """Marks for examination the people of the records that the records ``link_ids`` (of
-        ``mapping``'s object, going now) point to, where another person's: a record shared with
-        the going record's person (sync/shared.py) may hold nobody else's data once that person
-        has no live record left, and an erasure's delete or anonymise then reaches it. Two
-        reads, only for a page deleting records whose object points to others."""
-        points: dict[CrmLink, int] = {}
-        for subject_id, fields in conn.execute(
-            select(crm_links.c.subject_id, crm_snapshots.c.fields)
-            .join(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
-            .where(one_of(conn, crm_links.c.id, sorted(link_ids)))
-        ):
-            known = orjson.loads(fields) if fields else {}
-            for link in mapping.spec.identity.links:
-                if known.get(link.field) not in (None, ""):
-                    points[CrmLink(self.name, link.object, str(known[link.field]))] = subject_id
-        owners = self._known_links(conn, list(points)) if points else {}
-        self._mark_for_examination(conn, {owner for link, owner in owners.items() if owner != points[link]})
 
     def _own_deletes(
         self, conn: Connection, mapping: Mapping, deleted: list[CrmRecord], report: RunReport, now: datetime
@@ -2691,13 +2662,12 @@ class SyncEngine:
                 continue
             known = snapshots.get(row.record_id, ({}, {}))[1]
             echoes[row.record_id] = self._echo_view(mapping, row.record_id, {**known, **fields}, now) or {}
-            # An erasure's anonymise blanks personal fields the mapping does not read (a name, a
-            # phone): one write with the fields it reads, judged by those (a record's write is
-            # applied whole), or its lost answer would leave it unsettled and sent again.
-            unread = mapping.spec.personal_fields if row.rule == ERASURE_RULES["anonymise"] else {}
-            judged = {name: value for name, value in fields.items() if name in shown or name not in unread}
-            if judged and all(
-                name in shown and crm_key(shown[name]) == crm_key(value) for name, value in judged.items()
+            # Only a write whose every field is read back: an erasure's anonymise blanking fields
+            # the mapping does not read (a name, a phone) is never taken as carried out by what it
+            # shows of the rest, which a CRM user may have set by hand while ours never arrived.
+            # Its row stays and is sent again, whole (``_repeats``): blanking twice is harmless.
+            if all(
+                name in shown and crm_key(shown[name]) == crm_key(value) for name, value in fields.items()
             ):
                 taken.append((row, WriteResult(row.record_id, True)))
         if not_there:
@@ -2827,8 +2797,8 @@ class SyncEngine:
                 and (
                     row.erased_at is not None
                     or (row.address_erased is not None and row.address_erased == row.suppression_id)
-                    # A record others' records point to: once every one of them is erased, or
-                    # has no live record left, their erasure reaches it (``_erasure_reaches``).
+                    # A record others' records point to: once every one of them is erased,
+                    # their erasure reaches it (``_erasure_reaches``).
                     or (row.fields is not None and row.fields.startswith(shared.PREFIX))
                 )
             )
@@ -2920,7 +2890,8 @@ class SyncEngine:
             # re-subscription to another purpose is no suppression.
             erasing = action is WriteAction.DELETE or row.erased_at is not None or row.id in reached
             restricts = erasing or bool(restricting(mapping, updates))
-            if _repeats(queued.get(key, ()), fields, action.value):
+            shown = (orjson.loads(row.fields) if row.fields else {}) if rule == ANONYMISE_RULE else None
+            if _repeats(queued.get(key, ()), fields, action.value, shown):
                 # Its pending (or dead) row stays, with its attempts and its sent mark; its flag
                 # is made this meaning (a row an older release queued took every push of a
                 # person with a suppressed state for a suppression).
@@ -2956,8 +2927,7 @@ class SyncEngine:
         such records asks.
 
         A shared record of a person who is not erased (``_erased_sharers_reach``) is reached
-        where that person is known by it alone (no address) and everyone sharing it is erased
-        or has no live record left."""
+        where that person is known by it alone (no address) and everyone sharing it is erased."""
         shared_only = [
             row
             for row in acted_on
@@ -3001,8 +2971,8 @@ class SyncEngine:
         whose own person is not erased, the link ids an erasure's delete or anonymise reaches:
         their person is known through such records alone (no address: the Individual read on
         one page through the Contacts of two addresses, a person of its own), and everyone
-        sharing them is erased or has no live record left in this CRM, one at least erased, by
-        an erasure made after the CRM made the record (``_erasure_reaches``). The record then
+        sharing them is erased, by erasures made after the CRM made the record
+        (``_erasure_reaches``). The record then
         holds nobody's data but the erased people's. A few reads, only where a person holding
         such a record is examined."""
         people = {row.subject_id for row in rows}
@@ -3021,7 +2991,7 @@ class SyncEngine:
         everyone = set().union(*sharers.values()) if sharers else set()
         if not everyone:
             return set()
-        present = self._present_people(conn, everyone)
+        present = self._not_erased(conn, everyone)
         erased_at: dict[int, datetime] = {}
         for subject_id, erased, entry_erased in conn.execute(
             select(subjects.c.id, subjects.c.erased_at, last_erased_at(suppressions))
@@ -3032,7 +3002,7 @@ class SyncEngine:
         candidates = {
             link_id: max(erased_at[other] for other in others if other in erased_at)
             for link_id, others in sharers.items()
-            if others and not others & present and others & erased_at.keys()
+            if others and not others & present
         }
         if not candidates:
             return set()
@@ -3056,9 +3026,11 @@ class SyncEngine:
             row.id: {other for other in shared.sharing(row.fields) if other != row.subject_id}
             for row in acted_on
         }
-        # A sharer erased too, or left with no live record, has no data of theirs there to keep:
-        # with every sharer so, the record is the erased person's alone and the action reaches it.
-        present = self._present_people(conn, set().union(*others.values())) if any(others.values()) else set()
+        # A sharer erased too has no data of theirs there to keep: with every sharer so, the
+        # record is the erased people's alone and the action reaches it. One whose records the
+        # CRM deleted is not: a deletion may be undone (a recycle bin), and their data in the
+        # shared record is theirs until they are erased (an anonymise is never undone).
+        present = self._not_erased(conn, set().union(*others.values())) if any(others.values()) else set()
         kept = {row.id: shared.SHARED_RULE for row in acted_on if others[row.id] & present}
         theirs: dict[int, set[tuple[str, str]]] = {}
         for row in links:
@@ -3069,22 +3041,15 @@ class SyncEngine:
         kept.update(dict.fromkeys(left, shared.ADDRESS_LEFT_RULE))
         return kept
 
-    def _present_people(self, conn: Connection, people: set[int]) -> set[int]:
-        """Of ``people``, those not erased who still have a live record in this connector."""
-        return {
-            subject_id
-            for (subject_id,) in conn.execute(
-                select(subjects.c.id)
-                .join(crm_links, crm_links.c.subject_id == subjects.c.id)
-                .where(
-                    one_of(conn, subjects.c.id, sorted(people)),
-                    subjects.c.erased_at.is_(None),
-                    crm_links.c.connector == self.name,
-                    crm_links.c.gone_at.is_(None),
+    def _not_erased(self, conn: Connection, people: set[int]) -> set[int]:
+        """Of ``people``, those not erased."""
+        return set(
+            conn.execute(
+                select(subjects.c.id).where(
+                    one_of(conn, subjects.c.id, sorted(people)), subjects.c.erased_at.is_(None)
                 )
-                .distinct()
-            )
-        }
+            ).scalars()
+        )
 
     def _put_backs(
         self,
@@ -4533,13 +4498,31 @@ def _unchanged(mapping: Mapping, record: CrmRecord, held: Any, digest: str) -> b
     return held.fields == read or shared.same_fields(held.fields, read)
 
 
-def _repeats(history: Sequence[Any], fields: str, action: str) -> bool:
+def _repeats(history: Sequence[Any], fields: str, action: str, shown: dict[str, Any] | None = None) -> bool:
     """Whether a new outbox row would repeat the record's latest row that is pending (it stays)
-    or dead-lettered (the CRM refused exactly this for good: ops retry it, a re-read does not)."""
+    or dead-lettered (the CRM refused exactly this for good: ops retry it, a re-read does not).
+
+    With ``shown`` (the record as last read, for an erasure's anonymise): a pending anonymise
+    writing the new row's fields and, beside them, only values the record shows already is
+    repeated too. Sent and its answer lost, it may or may not have blanked the fields the mapping
+    does not read; sent again whole, its entry names every field written, where a new row
+    would leave out the suppression flags the record shows (set by the lost write, or by hand)."""
     if not history:
         return False
     latest = history[-1]
-    return latest.status in ("pending", "dead") and (latest.fields, latest.action) == (fields, action)
+    if latest.status not in ("pending", "dead") or latest.action != action:
+        return False
+    if latest.fields == fields:
+        return True
+    if shown is None or latest.status != "pending" or latest.rule != ANONYMISE_RULE:
+        return False
+    sent, wanted = orjson.loads(latest.fields), orjson.loads(fields)
+    return all(
+        name in sent and crm_key(sent[name]) == crm_key(value) for name, value in wanted.items()
+    ) and all(
+        name in wanted or (name in shown and crm_key(shown[name]) == crm_key(value))
+        for name, value in sent.items()
+    )
 
 
 def _later(candidate: Cursor, position: Cursor) -> bool:
