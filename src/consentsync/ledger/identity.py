@@ -24,6 +24,7 @@ from sqlalchemy import (
     FromClause,
     Table,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -787,17 +788,38 @@ class SubjectResolver:
         for link in links:
             by_type.setdefault((link.connector, link.object_type), []).append(link.record_id)
         found: dict[CrmLink, int] = {}
+        # Links made before the CRM said when it made their record (a record first linked
+        # through a pointer to it, or before migration 0023), read now with that time: it is
+        # kept, as on a link made now (an erasure's delete or anonymise reaches the records
+        # the CRM held when it was made; by the link's own time, one first linked after it
+        # would be spared though the CRM held it).
+        unstamped: list[dict[str, Any]] = []
         for (connector, object_type), record_ids in sorted(by_type.items()):
             rows = select_in(
                 self.conn,
                 crm_links,
-                ("record_id", "subject_id"),
+                ("record_id", "subject_id", "record_created_at"),
                 "record_id",
                 sorted(record_ids),
                 equal=[("connector", connector), ("object_type", object_type)],
             )
-            for record_id, subject_id in rows:
-                found[CrmLink(connector, object_type, record_id)] = subject_id
+            for record_id, subject_id, created_at in rows:
+                link = CrmLink(connector, object_type, record_id)
+                found[link] = subject_id
+                if created_at is None and (stamp := self.record_created.get(link)) is not None:
+                    unstamped.append({"k": connector, "t": object_type, "r": record_id, "at": stamp})
+        if unstamped:
+            self.conn.execute(
+                update(crm_links)
+                .where(
+                    crm_links.c.connector == bindparam("k"),
+                    crm_links.c.object_type == bindparam("t"),
+                    crm_links.c.record_id == bindparam("r"),
+                    crm_links.c.record_created_at.is_(None),
+                )
+                .values(record_created_at=bindparam("at")),
+                unstamped,
+            )
         return found
 
     def _erased_by_email(self, emails: set[str]) -> dict[str, int]:
