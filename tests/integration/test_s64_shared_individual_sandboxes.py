@@ -18,17 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from consentsync.demo_crms import _past_this_second
 from consentsync.export import ANOTHER_PERSONS_RECORD, OWN_RECORD
 from tests.conftest import Cli, running_harness
+from tests.integration.individuals_kit import individual_connector, sync, write_connectors
 
 # The rule the audit names for a record given the erasure's suppression only: others' records
 # point to it.
 SHARED_RULE = "erasure_suppress_only_shared_record"
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "connectors" / "consentsync_salesforce" / "mappings"
 # Order 1: everything exists at the first (full) read, Contacts read before the Individual.
 # Order 2: the Individual is read first (a run of its own), then the two Contacts.
 ORDERS = {"contacts_first": "kim", "individual_first": "lee"}
@@ -44,28 +42,15 @@ def orgs(cli: Cli, config_path: Path) -> Iterator[dict[str, Any]]:
         running_harness("salesforce") as second,
     ):
         harnesses = {"contacts_first": first, "individual_first": second}
-        data = yaml.safe_load(config_path.read_text())
-        data["connectors"] = [
-            {
-                "name": f"sf_{order}",
-                "vendor": harness.vendor,
-                "mappings": [str(MAPPINGS / "contact.yaml"), str(MAPPINGS / "individual.yaml")],
-                "settings": harness.connector_settings(),
-                "signpost_lag_seconds": 0,
-                "mode": "two_way",
-                "push_guard": {"max_records": None, "max_share": None},
-                "erasure": {"Contact": "anonymise", "Individual": "anonymise"},
-            }
-            for order, harness in harnesses.items()
-        ]
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        write_connectors(
+            config_path,
+            [individual_connector(f"sf_{order}", harness) for order, harness in harnesses.items()],
+        )
         yield {order: harness.sandbox.org for order, harness in harnesses.items()}
 
 
 def _sync(cli: Cli, order: str, *more: str) -> None:
-    _past_this_second()  # the sandbox stamps changes to the second: a change is past
-    result = cli("sync", f"sf_{order}", *more)
-    assert result.exit_code == 0, result.output + result.stderr
+    sync(cli, *more, connector=f"sf_{order}")
 
 
 def _state(cli: Cli, email: str) -> list[tuple[str, str, str, str, bool]]:

@@ -18,40 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from consentsync.demo_crms import _past_this_second
-from tests.conftest import Cli, running_harness
+from tests.conftest import Cli
+from tests.integration.individuals_kit import salesforce_individuals
+from tests.integration.individuals_kit import sync as _sync
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "connectors" / "consentsync_salesforce" / "mappings"
 WORK, HOME = "pat.work@example.org", "pat.home@example.org"
 SHARED_RULE = "erasure_suppress_only_shared_record"
 
 
 @pytest.fixture
 def org(cli: Cli, config_path: Path) -> Iterator[Any]:
-    with running_harness("salesforce") as harness:
-        data = yaml.safe_load(config_path.read_text())
-        data["connectors"] = [
-            {
-                "name": "sf",
-                "vendor": harness.vendor,
-                "mappings": [str(MAPPINGS / "contact.yaml"), str(MAPPINGS / "individual.yaml")],
-                "settings": harness.connector_settings(),
-                "signpost_lag_seconds": 0,
-                "mode": "two_way",
-                "push_guard": {"max_records": None, "max_share": None},
-                "erasure": {"Contact": "anonymise", "Individual": "anonymise"},
-            }
-        ]
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-        yield harness.sandbox.org
-
-
-def _sync(cli: Cli, *more: str) -> None:
-    _past_this_second()
-    result = cli("sync", "sf", *more)
-    assert result.exit_code == 0, result.output + result.stderr
+    with salesforce_individuals(config_path) as sandbox_org:
+        yield sandbox_org
 
 
 def _held(cli: Cli) -> set[tuple[str, str]]:

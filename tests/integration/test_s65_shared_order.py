@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from consentsync.demo_crms import _past_this_second
 from tests.conftest import Cli, running_harness
+from tests.integration.individuals_kit import individual_connector, sync, write_connectors
 
-MAPPINGS = Path(__file__).resolve().parents[2] / "connectors" / "consentsync_salesforce" / "mappings"
 ORDERS = ("contacts_first", "individual_first")
 
 
@@ -29,28 +27,15 @@ ORDERS = ("contacts_first", "individual_first")
 def orgs(cli: Cli, config_path: Path) -> Iterator[dict[str, Any]]:
     with running_harness("salesforce") as first, running_harness("salesforce") as second:
         harnesses = dict(zip(ORDERS, (first, second), strict=True))
-        data = yaml.safe_load(config_path.read_text())
-        data["connectors"] = [
-            {
-                "name": f"sf_{order}",
-                "vendor": harness.vendor,
-                "mappings": [str(MAPPINGS / "contact.yaml"), str(MAPPINGS / "individual.yaml")],
-                "settings": harness.connector_settings(),
-                "signpost_lag_seconds": 0,
-                "mode": "two_way",
-                "push_guard": {"max_records": None, "max_share": None},
-                "erasure": {"Contact": "anonymise", "Individual": "anonymise"},
-            }
-            for order, harness in harnesses.items()
-        ]
-        config_path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        write_connectors(
+            config_path,
+            [individual_connector(f"sf_{order}", harness) for order, harness in harnesses.items()],
+        )
         yield {order: harness.sandbox.org for order, harness in harnesses.items()}
 
 
 def _sync(cli: Cli, order: str, *more: str) -> None:
-    _past_this_second()
-    result = cli("sync", f"sf_{order}", *more)
-    assert result.exit_code == 0, result.output + result.stderr
+    sync(cli, *more, connector=f"sf_{order}")
 
 
 def _records(cli: Cli, email: str) -> set[str]:
