@@ -11,7 +11,9 @@ import importlib.util
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, event, func, insert, inspect, select, text
 
@@ -148,11 +150,8 @@ def _index_condition(engine: Engine) -> str | None:
         return conn.execute(text(query), {"name": INDEX}).scalar()
 
 
-def test_0024_adds_the_index_and_downgrade_drops_it(ledger_url: str) -> None:
-    """0024 adds the partial index over the snapshots already there (no row touched), and
-    downgrading to 0023 drops it only; upgrading again builds it again."""
-    engine = make_engine(ledger_url)
-    upgrade(engine, "0023")
+def _two_people_one_marked(engine: Engine) -> None:
+    """Person 1's Contact, and person 2's Individual whose snapshot names person 1 as sharing it."""
     marked = canonical_json({SHARED_KEY: [1], "LastName": "Moss"})
     with engine.begin() as conn:
         conn.execute(
@@ -176,6 +175,14 @@ def test_0024_adds_the_index_and_downgrade_drops_it(ledger_url: str) -> None:
             ),
             {"marked": marked},
         )
+
+
+def test_0024_adds_the_index_and_downgrade_drops_it(ledger_url: str) -> None:
+    """0024 adds the partial index over the snapshots already there (no row touched), and
+    downgrading to 0023 drops it only; upgrading again builds it again."""
+    engine = make_engine(ledger_url)
+    upgrade(engine, "0023")
+    _two_people_one_marked(engine)
     assert _index_condition(engine) is None
 
     def snapshots() -> list[tuple[object, ...]]:
@@ -194,9 +201,8 @@ def test_0024_adds_the_index_and_downgrade_drops_it(ledger_url: str) -> None:
             # The index holds the marked snapshot only (SQLite's INDEXED BY refuses a query whose
             # terms do not imply the index's condition; PostgreSQL has no such hint).
             if engine.dialect.name == "sqlite":
-                by_index = (
-                    f"SELECT link_id FROM crm_snapshots INDEXED BY {INDEX} WHERE {schema.SNAPSHOT_IS_SHARED}"
-                )
+                where = schema.SNAPSHOT_IS_SHARED["sqlite"]
+                by_index = f"SELECT link_id FROM crm_snapshots INDEXED BY {INDEX} WHERE {where}"
                 held = conn.execute(text(by_index)).scalars()
                 assert list(held) == [2]
             assert sharing_with(conn, [1]) == {2}
@@ -213,3 +219,23 @@ def test_a_ledger_at_the_head_is_built_with_the_index(ledger: Ledger) -> None:
     PostgreSQL) has the index as the migration made it."""
     condition = _index_condition(ledger.engine)
     assert condition is not None and SHARED_PREFIX in condition
+
+
+@pytest.mark.parametrize("ledger_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_0024_and_the_lookup_where_postgresql_reads_backslashes_as_escapes(ledger_url: str) -> None:
+    """A server kept with standard_conforming_strings off (for an older application sharing it):
+    a plain literal's backslash starts an escape there, and the marker's start ("\\u0000") was
+    refused, by the migration and by every erasure's lookup (session 66 review of 546f666). Written
+    as an escape string, it means the same under either setting."""
+    off = ledger_url.replace(
+        quote("-csearch_path="), quote("-cstandard_conforming_strings=off -csearch_path=")
+    )
+    engine = make_engine(off)
+    upgrade(engine, "0023")
+    _two_people_one_marked(engine)
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW standard_conforming_strings")).scalar() == "off"
+        assert sharing_with(conn, [1]) == {2}
+    assert SHARED_PREFIX in str(_index_condition(engine)).replace("\\\\", "\\")
+    engine.dispose()

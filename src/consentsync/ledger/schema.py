@@ -347,8 +347,14 @@ quarantine = Table(
 # prepared statement does not know what a bound parameter holds. ``substr``, not LIKE: both
 # databases write it alike, and LIKE's escapes differ (a backslash is PostgreSQL's default one).
 SHARED_SNAPSHOT_PREFIX = '{"\\u0000shared_with":'
-SNAPSHOT_IS_SHARED = f"substr(fields, 1, {len(SHARED_SNAPSHOT_PREFIX)}) = '{SHARED_SNAPSHOT_PREFIX}'"
-_SHARED = text(SNAPSHOT_IS_SHARED)
+# By database: on PostgreSQL an escape string (E'...', its backslash doubled), read alike whatever
+# the server's standard_conforming_strings says (off, a plain literal's backslash starts an
+# escape and "\u0000" is refused: every erasure and the migration failed; session 66 review).
+SNAPSHOT_IS_SHARED = {
+    "sqlite": f"substr(fields, 1, {len(SHARED_SNAPSHOT_PREFIX)}) = '{SHARED_SNAPSHOT_PREFIX}'",
+    "postgresql": f"substr(fields, 1, {len(SHARED_SNAPSHOT_PREFIX)}) = "
+    f"E'{SHARED_SNAPSHOT_PREFIX.replace(chr(92), chr(92) * 2)}'",
+}
 
 # What consentsync last saw in (or wrote to) each linked CRM record: the consent values it took
 # as evidence and the values of the fields it pushes. Undated values are evidence only when they
@@ -371,7 +377,12 @@ crm_snapshots = Table(
     # Partial: the snapshots of records other people's records point to (a handful), which an
     # erasure reads to have their people examined (``shared_marker.sharing_with``; migration
     # 0024: before it each erasure read every snapshot's text).
-    Index("ix_crm_snapshots_shared", "link_id", sqlite_where=_SHARED, postgresql_where=_SHARED),
+    Index(
+        "ix_crm_snapshots_shared",
+        "link_id",
+        sqlite_where=text(SNAPSHOT_IS_SHARED["sqlite"]),
+        postgresql_where=text(SNAPSHOT_IS_SHARED["postgresql"]),
+    ),
 )
 
 # People a sync run must look at again (what to push to their records of this connector): each

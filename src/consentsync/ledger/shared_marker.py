@@ -7,24 +7,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import Connection, func, literal_column, select
+from sqlalchemy import ColumnElement, Connection, func, literal_column, select
 
 from consentsync.domain import canonical_json
 from consentsync.ledger.bulk import one_of
-from consentsync.ledger.schema import SHARED_SNAPSHOT_PREFIX, crm_links, crm_snapshots
+from consentsync.ledger.schema import SHARED_SNAPSHOT_PREFIX, SNAPSHOT_IS_SHARED, crm_links, crm_snapshots
 
 # The key of a record's snapshot fields naming the people whose records point to it, when it is
 # another person's; a NUL first: no CRM field has that name, and canonical JSON writes it first,
 # so a snapshot holding it is told by its text's start (``SHARED_PREFIX``).
 SHARED_KEY = "\x00shared_with"
 SHARED_PREFIX = canonical_json({SHARED_KEY: []})[:-3]
+
+
 # The condition of the partial index of the snapshots that hold it (``ix_crm_snapshots_shared``,
 # migration 0024; ``schema.SNAPSHOT_IS_SHARED``, the same start written out) as a query must write
 # it: its function and literals, no bound parameter, so that SQLite's and PostgreSQL's planners
 # (a generic plan of a prepared statement included) find the index's term in the query's.
-_IS_SHARED = func.substr(
-    crm_snapshots.c.fields, literal_column("1"), literal_column(str(len(SHARED_SNAPSHOT_PREFIX)))
-) == literal_column(f"'{SHARED_SNAPSHOT_PREFIX}'")
+def _is_shared(dialect: str) -> ColumnElement[bool]:
+    start = SNAPSHOT_IS_SHARED[dialect].partition(" = ")[2]
+    return func.substr(
+        crm_snapshots.c.fields, literal_column("1"), literal_column(str(len(SHARED_SNAPSHOT_PREFIX)))
+    ) == literal_column(start)
 
 
 def sharing(fields: str | None) -> list[int]:
@@ -48,7 +52,7 @@ def sharing_with(conn: Connection, people: Sequence[int]) -> set[int]:
     links = [
         link_id
         for link_id, fields in conn.execute(
-            select(crm_snapshots.c.link_id, crm_snapshots.c.fields).where(_IS_SHARED)
+            select(crm_snapshots.c.link_id, crm_snapshots.c.fields).where(_is_shared(conn.dialect.name))
         )
         if wanted.intersection(sharing(fields))
     ]

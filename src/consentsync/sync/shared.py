@@ -30,11 +30,12 @@ the reason (``ADDRESS_LEFT_RULE``, ``SHARED_RULE``):
   left and when are read from the chain (``subject.identifier_left``, ``subject.identifier_held_again``:
   the erasure deleted the rows), only for the erased people whose records an action would reach;
 - a record shared with another person (above): their records point to it, while one of them is
-  not erased and has a live record left. Once none is, the record holds nobody's data but the
-  erased people's and the action reaches it, also where its own person is known by it alone (an
-  Individual read through two people's Contacts on one page: ``SyncEngine._erased_sharers_reach``).
-  So an erasure has every connector examine the people holding records shared with the erased
-  (``Ledger.erase``), and a record deleted in the CRM its pointers' people (``_mark_gone``).
+  not erased, whether or not a record of theirs is still live (a deletion may be undone; their
+  data in the shared record is theirs until they are erased). Once none is, the record holds
+  nobody's data but the erased people's and the action reaches it, also where its own person is
+  known by it alone (an Individual read through two people's Contacts on one page:
+  ``SyncEngine._erased_sharers_reach``). So an erasure has every connector examine the people
+  holding records shared with the erased (``Ledger.erase``).
 """
 
 from __future__ import annotations

@@ -29,10 +29,14 @@ depends_on = None
 
 # Written out, not read from schema.py or shared_marker.py (a revision is a record: a later change
 # there must not change what it created). The start of canonical JSON of {"\x00shared_with": ...}:
-# the NUL escaped, so ASCII (PostgreSQL's text holds no NUL); the backslash is a plain character in
-# a standard SQL string literal (PostgreSQL's standard_conforming_strings, on since 9.1).
+# the NUL escaped, so ASCII (PostgreSQL's text holds no NUL).
 _PREFIX = '{"\\u0000shared_with":'
-_SHARED = f"substr(fields, 1, {len(_PREFIX)}) = '{_PREFIX}'"
+# On PostgreSQL an escape string, its backslash doubled: read alike whatever the server's
+# standard_conforming_strings says (off, a plain literal's "\u0000" is an escape it refuses).
+_SHARED = {
+    "sqlite": f"substr(fields, 1, {len(_PREFIX)}) = '{_PREFIX}'",
+    "postgresql": f"substr(fields, 1, {len(_PREFIX)}) = E'{_PREFIX.replace(chr(92), chr(92) * 2)}'",
+}
 
 
 def upgrade() -> None:
@@ -40,8 +44,8 @@ def upgrade() -> None:
         "ix_crm_snapshots_shared",
         "crm_snapshots",
         ["link_id"],
-        sqlite_where=sa.text(_SHARED),
-        postgresql_where=sa.text(_SHARED),
+        sqlite_where=sa.text(_SHARED["sqlite"]),
+        postgresql_where=sa.text(_SHARED["postgresql"]),
     )
 
 
