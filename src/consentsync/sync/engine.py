@@ -2285,6 +2285,7 @@ class SyncEngine:
             self.ledger.link_in(conn, survivors, run_id=report.run_id)
             if joined:
                 self._carry_the_nos(conn, joined, report)
+            self._share_survivors(conn, survivors, now)
         uids = self._uids(conn, [row.subject_id for row in rows.values()])
         records: list[AuditRecord] = []
         for record in gone:
@@ -2335,6 +2336,23 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
+
+    def _share_survivors(self, conn: Connection, survivors: list[Identity], now: datetime) -> None:
+        """A survivor holding a merged record of another person's (``survivors``: the survivors'
+        links, each with the merged record's person) holds that person's data too (HubSpot's
+        merge keeps the merged contact's address on it): it is marked shared with them
+        (sync/shared.py), so that an erasure of its own person alone suppresses it, never deletes
+        or anonymises it, while the merged person is not erased (docs/policy.md, Merges: the
+        survivor's person erased, the merged person not). Before, the erased survivor's person's
+        delete destroyed the merged person's data. Two reads, only for a page merging records."""
+        owners = self._known_links(conn, [identity.link for identity in survivors if identity.link])
+        sharers: dict[CrmLink, set[int]] = {}
+        for identity in survivors:
+            owner = owners.get(identity.link) if identity.link is not None else None
+            if owner is not None and identity.subject_id is not None and owner != identity.subject_id:
+                sharers.setdefault(identity.link, set()).add(identity.subject_id)  # type: ignore[arg-type]
+        if sharers:
+            shared.mark(conn, self.name, sharers, now)
 
     def _own_deletes(
         self, conn: Connection, mapping: Mapping, deleted: list[CrmRecord], report: RunReport, now: datetime
