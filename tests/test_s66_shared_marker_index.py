@@ -8,7 +8,8 @@ otherwise, saying so)."""
 from __future__ import annotations
 
 import importlib.util
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -51,13 +52,12 @@ def test_the_index_condition_is_the_markers_start() -> None:
     assert schema.SNAPSHOT_IS_SHARED == _migration()._SHARED
 
 
-def _person_ids(ledger: Ledger, clock: Clock) -> dict[str, int]:
-    """Three people, each with a Contact and a consent; the home person also holds the
-    Individual, which the work person's Contact points to (marked as sync/shared.py marks it)."""
-    now = clock()
+def contacts_granted(ledger: Ledger, now: datetime, connector: str, emails: Sequence[str]) -> None:
+    """Each of ``emails`` a person with a Contact of ``connector`` (003 and the address's place,
+    12 digits) granting e-mail marketing, as read from the CRM."""
     requests = [
         RecordRequest(
-            Identity(email=email, link=CrmLink("salesforce", "Contact", f"003{n:012d}")),
+            Identity(email=email, link=CrmLink(connector, "Contact", f"003{n:012d}")),
             Evidence(
                 purpose="email_marketing",
                 channel="email",
@@ -65,13 +65,20 @@ def _person_ids(ledger: Ledger, clock: Clock) -> dict[str, int]:
                 basis=LawfulBasis.CONSENT,
                 event_time=now - timedelta(days=1),
                 observed_at=now,
-                source="salesforce",
+                source=connector,
                 origin=Origin.CRM,
             ),
         )
-        for n, email in enumerate((WORK, HOME, OTHER))
+        for n, email in enumerate(emails)
     ]
     ledger.record_many(iter(requests), batch_size=10)
+
+
+def _person_ids(ledger: Ledger, clock: Clock) -> dict[str, int]:
+    """Three people, each with a Contact and a consent; the home person also holds the
+    Individual, which the work person's Contact points to (marked as sync/shared.py marks it)."""
+    now = clock()
+    contacts_granted(ledger, now, "salesforce", (WORK, HOME, OTHER))
     with ledger.engine.begin() as conn:
         ids = {
             email: conn.execute(

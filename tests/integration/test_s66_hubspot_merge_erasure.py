@@ -2,9 +2,9 @@
 other person's data the survivor holds (session 66 black-box audit: with ``erasure: {contacts:
 delete}`` the survivor was GDPR-deleted, the other, never erased, person's data with it, and their
 address blocklisted in HubSpot for good). docs/policy.md, Merges: "the survivor's person erased, the
-merged person is not erased: ... the survivor's record is suppressed". The survivor is marked shared
-with the merged record's person (sync/shared.py): suppressed only while they are not erased, the
-delete or anonymise reaching it once they are. Through the real connector and sync engine against
+merged person is not erased: ... the survivor's record is suppressed": suppressed only while the
+merged record's person is not erased (sync/engine.py ``_merged_into``), the delete or anonymise
+reaching it once they are. Through the real connector and sync engine against
 the HubSpot sandbox over HTTPS, HubSpot's merges of both kinds (a new contact, the primary kept)."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_the_erased_survivors_person_does_not_take_the_merged_persons_data(
     assert not portal.blocklisted(KEPT), "the merged person's address was blocklisted"
     if kind == "new":  # HubSpot keeps the merged contact's address on the new one
         assert KEPT in str(record.get("hs_additional_emails") or ""), record
-    assert (survivor, "erasure_suppress_only_shared_record") in _held(config)
+    assert (survivor, "erasure_suppress_only_merged_record") in _held(config)
     assert harness.read_opted_out(survivor), "the erased person's survivor was not suppressed"
 
     # Once the merged person is erased too, the survivor holds nobody's data but erased people's.

@@ -128,6 +128,16 @@ crm_links = Table(
     # made (NULL: ``linked_at`` tells).
     Column("record_created_at", Timestamp),
     UniqueConstraint("connector", "object_type", "record_id"),
+    # Partial: the links of records merged into others, looked up by their survivor's id along
+    # chains of merges (an erasure sparing a survivor holding a person not erased, and finding
+    # who holds the survivors of the erased people's records; migration 0025).
+    Index(
+        "ix_crm_links_merged_into",
+        "connector",
+        "merged_into",
+        sqlite_where=text("merged_into IS NOT NULL"),
+        postgresql_where=text("merged_into IS NOT NULL"),
+    ),
 )
 
 purposes = Table(

@@ -96,6 +96,7 @@ from consentsync.ledger.identity import (
     keyed_hasher,
     last_erased_at,
 )
+from consentsync.ledger.merge_survivors import survivors_holders
 from consentsync.ledger.schema import (
     STATE_IS_REQUESTED,
     audit_entries,
@@ -1793,6 +1794,9 @@ class Ledger:
         # sharing it is not erased, so each connector looks at it again (the record's person
         # is examined), whichever sync read it last (engine: ``_erasure_reaches``).
         holders |= sharing_with(conn, people) - set(people)
+        # And those holding the survivors of the erased people's merged records: a survivor of
+        # another person's is spared while a merged person is not erased (sync: ``_merged_into``).
+        holders |= survivors_holders(conn, people) - set(people)
         audit.append(conn, records, now)
         # Restrictions carried from an erased person stand on data that is gone: lifted as
         # lifting their restriction would (the erased address stays suppressed anyway). Only

@@ -60,6 +60,7 @@ from consentsync.ledger.identity import (
     last_erased_at,
     linked_and_left,
 )
+from consentsync.ledger.merge_survivors import MAX_MERGE_CHAIN
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -407,6 +408,9 @@ class _Read:
 ERASURE_RULES = {"anonymise": "erasure_anonymise", "delete": "erasure_delete"}
 ANONYMISE_RULE = ERASURE_RULES["anonymise"]
 ERASURE_RULE_NAMES = frozenset(ERASURE_RULES.values())
+# The rule of an erasure's suppression of a merge's survivor holding a merged record of another
+# person, not erased (``_merged_into``), and how long a chain of merges is followed.
+MERGED_RULE = "erasure_suppress_only_merged_record"
 # An erased person's record the CRM made after the erasure: suppressed, not deleted or anonymised.
 CREATED_AFTER_RULE = "erasure_suppress_only_created_after"
 # The quarantine reason of a record whose grants wait for the run's reads (``_held_row``).
@@ -2285,7 +2289,6 @@ class SyncEngine:
             self.ledger.link_in(conn, survivors, run_id=report.run_id)
             if joined:
                 self._carry_the_nos(conn, joined, report)
-            self._share_survivors(conn, survivors, now)
         uids = self._uids(conn, [row.subject_id for row in rows.values()])
         records: list[AuditRecord] = []
         for record in gone:
@@ -2336,23 +2339,6 @@ class SyncEngine:
                 .values(status="superseded", done_at=now, last_error="the CRM record is gone")
             )
             audit.append(conn, records, now)
-
-    def _share_survivors(self, conn: Connection, survivors: list[Identity], now: datetime) -> None:
-        """A survivor holding a merged record of another person's (``survivors``: the survivors'
-        links, each with the merged record's person) holds that person's data too (HubSpot's
-        merge keeps the merged contact's address on it): it is marked shared with them
-        (sync/shared.py), so that an erasure of its own person alone suppresses it, never deletes
-        or anonymises it, while the merged person is not erased (docs/policy.md, Merges: the
-        survivor's person erased, the merged person not). Before, the erased survivor's person's
-        delete destroyed the merged person's data. Two reads, only for a page merging records."""
-        owners = self._known_links(conn, [identity.link for identity in survivors if identity.link])
-        sharers: dict[CrmLink, set[int]] = {}
-        for identity in survivors:
-            owner = owners.get(identity.link) if identity.link is not None else None
-            if owner is not None and identity.subject_id is not None and owner != identity.subject_id:
-                sharers.setdefault(identity.link, set()).add(identity.subject_id)  # type: ignore[arg-type]
-        if sharers:
-            shared.mark(conn, self.name, sharers, now)
 
     def _own_deletes(
         self, conn: Connection, mapping: Mapping, deleted: list[CrmRecord], report: RunReport, now: datetime
@@ -3057,7 +3043,52 @@ class SyncEngine:
             conn, [row for row in acted_on if row.id not in kept], self.by_object, theirs
         )
         kept.update(dict.fromkeys(left, shared.ADDRESS_LEFT_RULE))
+        # A survivor of a merge holding another person's merged record (directly or along a
+        # chain of merges) holds their data too (HubSpot keeps the merged contact's address on
+        # it): while one of them is not erased, the erased person's erasure suppresses it only
+        # (docs/policy.md, Merges: the survivor's person erased, the merged person not).
+        owners = {row.id: row.subject_id for row in acted_on if row.id not in kept}
+        merged = self._merged_into(conn, [row for row in acted_on if row.id in owners])
+        merged = {link_id: people - {owners[link_id]} for link_id, people in merged.items()}
+        if any(merged.values()):
+            present = self._not_erased(conn, set().union(*merged.values()))
+            kept.update({link_id: MERGED_RULE for link_id, people in merged.items() if people & present})
         return kept
+
+    def _merged_into(self, conn: Connection, rows: list[Any]) -> dict[int, set[int]]:
+        """For each of ``rows`` (``_LinkToPush`` rows of this connector), the people of the
+        records merged into it, directly or along a chain of merges (A into B, then B into C: a
+        CRM lists only B as merged into C), by link id. A read per step of the chains, through
+        the partial index of merged links (migration 0025); only for an erasure's delete or
+        anonymise."""
+        frontier = {(row.object_type, row.record_id): row.id for row in rows}
+        seen = set(frontier)
+        found: dict[int, set[int]] = {}
+        for _ in range(MAX_MERGE_CHAIN):
+            if not frontier:
+                break
+            step: dict[tuple[str, str], int] = {}
+            for object_type, record_id, into_object, subject_id, into in conn.execute(
+                select(
+                    crm_links.c.object_type,
+                    crm_links.c.record_id,
+                    crm_links.c.merged_into_object,
+                    crm_links.c.subject_id,
+                    crm_links.c.merged_into,
+                ).where(
+                    crm_links.c.connector == self.name,
+                    one_of(conn, crm_links.c.merged_into, sorted({record for _, record in frontier})),
+                )
+            ):
+                link_id = frontier.get((into_object or object_type, into))
+                if link_id is None:
+                    continue  # merged into a record of that id of another object
+                found.setdefault(link_id, set()).add(subject_id)
+                if (object_type, record_id) not in seen:
+                    seen.add((object_type, record_id))
+                    step[(object_type, record_id)] = link_id
+            frontier = step
+        return found
 
     def _not_erased(self, conn: Connection, people: set[int]) -> set[int]:
         """Of ``people``, those not erased."""
