@@ -2979,14 +2979,7 @@ class SyncEngine:
         (``_erasure_reaches``). The record then
         holds nobody's data but the erased people's. A few reads, only where a person holding
         such a record is examined."""
-        people = {row.subject_id for row in rows}
-        addressed = set(
-            conn.execute(
-                select(subject_identifiers.c.subject_id)
-                .where(one_of(conn, subject_identifiers.c.subject_id, sorted(people)))
-                .distinct()
-            ).scalars()
-        )
+        addressed = self._with_an_address(conn, {row.subject_id for row in rows})
         sharers = {
             row.id: {other for other in shared.sharing(row.fields) if other != row.subject_id}
             for row in rows
@@ -3051,7 +3044,12 @@ class SyncEngine:
         merged = self._merged_into(conn, [row for row in acted_on if row.id in owners])
         merged = {link_id: people - {owners[link_id]} for link_id, people in merged.items()}
         if any(merged.values()):
-            present = self._not_erased(conn, set().union(*merged.values()))
+            # Only a person an erasure can be asked for (by an address): one the ledger knows by
+            # records alone (a phone-only lead converted into the erased person's contact) would
+            # spare the survivor for ever, as the records two people share weigh them
+            # (``_erased_sharers_reach``).
+            everyone = set().union(*merged.values())
+            present = self._not_erased(conn, everyone & self._with_an_address(conn, everyone))
             kept.update({link_id: MERGED_RULE for link_id, people in merged.items() if people & present})
         return kept
 
@@ -3061,13 +3059,18 @@ class SyncEngine:
         CRM lists only B as merged into C), by link id. A read per step of the chains, through
         the partial index of merged links (migration 0025); only for an erasure's delete or
         anonymise."""
-        frontier = {(row.object_type, row.record_id): row.id for row in rows}
-        seen = set(frontier)
+        # Each record reached, with the survivors (link ids) it lives on in: a chain may pass
+        # through another record asked about (a converted lead the same erasure acts on), and
+        # one record may lead to several survivors.
+        frontier: dict[tuple[str, str], set[int]] = {}
+        for row in rows:
+            frontier.setdefault((row.object_type, row.record_id), set()).add(row.id)
+        reached = {key: set(survivors) for key, survivors in frontier.items()}
         found: dict[int, set[int]] = {}
         for _ in range(MAX_MERGE_CHAIN):
             if not frontier:
                 break
-            step: dict[tuple[str, str], int] = {}
+            step: dict[tuple[str, str], set[int]] = {}
             for object_type, record_id, into_object, subject_id, into in conn.execute(
                 select(
                     crm_links.c.object_type,
@@ -3080,15 +3083,28 @@ class SyncEngine:
                     one_of(conn, crm_links.c.merged_into, sorted({record for _, record in frontier})),
                 )
             ):
-                link_id = frontier.get((into_object or object_type, into))
-                if link_id is None:
+                survivors = frontier.get((into_object or object_type, into))
+                if survivors is None:
                     continue  # merged into a record of that id of another object
-                found.setdefault(link_id, set()).add(subject_id)
-                if (object_type, record_id) not in seen:
-                    seen.add((object_type, record_id))
-                    step[(object_type, record_id)] = link_id
+                for survivor in survivors:
+                    found.setdefault(survivor, set()).add(subject_id)
+                own = (object_type, record_id)
+                new = survivors - reached.setdefault(own, set())
+                if new:  # a cycle, or a record reached before for these survivors, ends here
+                    reached[own] |= new
+                    step.setdefault(own, set()).update(new)
             frontier = step
         return found
+
+    def _with_an_address(self, conn: Connection, people: set[int]) -> set[int]:
+        """Of ``people``, those holding an address (an erasure can be asked for them)."""
+        return set(
+            conn.execute(
+                select(subject_identifiers.c.subject_id)
+                .where(one_of(conn, subject_identifiers.c.subject_id, sorted(people)))
+                .distinct()
+            ).scalars()
+        )
 
     def _not_erased(self, conn: Connection, people: set[int]) -> set[int]:
         """Of ``people``, those not erased."""
