@@ -86,7 +86,9 @@ def test_the_survivor_of_a_chain_names_everyone_merged_into_it(ledger: Ledger, c
         carl = conn.execute(select(crm_links).where(crm_links.c.record_id == f"003{2:012d}")).one()
     engine = SimpleNamespace(name="sf")
     found, statements = _captured(ledger, lambda conn: SyncEngine._merged_into(engine, conn, [carl]))  # type: ignore[arg-type]
-    assert found == {carl.id: {ids[PEOPLE[0]], ids[PEOPLE[1]], ids[PEOPLE[3]]}}
+    assert {link: set(people) for link, people in found.items()} == {
+        carl.id: {ids[PEOPLE[0]], ids[PEOPLE[1]], ids[PEOPLE[3]]}
+    }
     for plan in _by_merged_into(ledger, statements):
         assert INDEX in plan and "Seq Scan" not in plan, plan
 

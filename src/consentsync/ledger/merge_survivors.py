@@ -12,13 +12,10 @@ from sqlalchemy import Connection, select
 from consentsync.ledger.bulk import one_of, select_in
 from consentsync.ledger.schema import crm_links
 
-# How many merges of a chain are followed (A into B, then B into C, ...), as the sync follows them.
-MAX_MERGE_CHAIN = 8
-
 
 def survivors_holders(conn: Connection, people: Sequence[int]) -> set[int]:
     """The people holding the records ``people``'s merged records live on in, directly or along
-    a chain. A read by person (their links, merged ones only), then one per step of the chains
+    a chain of any length. A read by person (their links, merged ones only), then one per step of the chains
     by record key; none where no record of theirs was merged."""
     if not people:
         return set()
@@ -37,9 +34,7 @@ def survivors_holders(conn: Connection, people: Sequence[int]) -> set[int]:
     }
     seen = set(frontier)
     holders: set[int] = set()
-    for _ in range(MAX_MERGE_CHAIN):
-        if not frontier:
-            break
+    while frontier:  # each record once: a cycle ends
         by_object: dict[tuple[str, str], list[str]] = {}
         for connector, object_type, record_id in frontier:
             by_object.setdefault((connector, object_type), []).append(record_id)

@@ -60,7 +60,6 @@ from consentsync.ledger.identity import (
     last_erased_at,
     linked_and_left,
 )
-from consentsync.ledger.merge_survivors import MAX_MERGE_CHAIN
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.schema import (
     OUTBOX_UNANSWERED,
@@ -2989,13 +2988,7 @@ class SyncEngine:
         if not everyone:
             return set()
         present = self._not_erased(conn, everyone)
-        erased_at: dict[int, datetime] = {}
-        for subject_id, erased, entry_erased in conn.execute(
-            select(subjects.c.id, subjects.c.erased_at, last_erased_at(suppressions))
-            .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
-            .where(one_of(conn, subjects.c.id, sorted(everyone)), subjects.c.erased_at.is_not(None))
-        ):
-            erased_at[subject_id] = max(t for t in (erased, entry_erased) if t is not None)
+        erased_at = self._erased_at(conn, everyone)
         candidates = {
             link_id: max(erased_at[other] for other in others if other in erased_at)
             for link_id, others in sharers.items()
@@ -3042,42 +3035,69 @@ class SyncEngine:
         # (docs/policy.md, Merges: the survivor's person erased, the merged person not).
         owners = {row.id: row.subject_id for row in acted_on if row.id not in kept}
         merged = self._merged_into(conn, [row for row in acted_on if row.id in owners])
-        merged = {link_id: people - {owners[link_id]} for link_id, people in merged.items()}
-        if any(merged.values()):
+        for link_id, people in merged.items():
+            people.pop(owners[link_id], None)
+        everyone = {person for people in merged.values() for person in people}
+        if everyone:
             # Only a person an erasure can be asked for (by an address): one the ledger knows by
             # records alone (a phone-only lead converted into the erased person's contact) would
             # spare the survivor for ever, as the records two people share weigh them
-            # (``_erased_sharers_reach``).
-            everyone = set().union(*merged.values())
+            # (``_erased_sharers_reach``). An erased person's record made after their erasure
+            # (they came back: a CRM user entered them again) is theirs anew, as the erasure's
+            # own action spares it (``CREATED_AFTER_RULE``) until the address is erased again.
             present = self._not_erased(conn, everyone & self._with_an_address(conn, everyone))
-            kept.update({link_id: MERGED_RULE for link_id, people in merged.items() if people & present})
+            erased_at = self._erased_at(conn, everyone - present)
+            kept.update(
+                {
+                    link_id: MERGED_RULE
+                    for link_id, people in merged.items()
+                    if any(
+                        person in present or (person in erased_at and made > erased_at[person])
+                        for person, made in people.items()
+                    )
+                }
+            )
         return kept
 
-    def _merged_into(self, conn: Connection, rows: list[Any]) -> dict[int, set[int]]:
+    def _erased_at(self, conn: Connection, people: set[int]) -> dict[int, datetime]:
+        """Of ``people``, the erased ones, each with their latest erasure (theirs, or their
+        address's entry's, erased again after they came back)."""
+        return {
+            subject_id: max(t for t in (erased, entry_erased) if t is not None)
+            for subject_id, erased, entry_erased in conn.execute(
+                select(subjects.c.id, subjects.c.erased_at, last_erased_at(suppressions))
+                .outerjoin(suppressions, suppressions.c.id == subjects.c.suppression_id)
+                .where(one_of(conn, subjects.c.id, sorted(people)), subjects.c.erased_at.is_not(None))
+            )
+        }
+
+    def _merged_into(self, conn: Connection, rows: list[Any]) -> dict[int, dict[int, datetime]]:
         """For each of ``rows`` (``_LinkToPush`` rows of this connector), the people of the
-        records merged into it, directly or along a chain of merges (A into B, then B into C: a
-        CRM lists only B as merged into C), by link id. A read per step of the chains, through
-        the partial index of merged links (migration 0025); only for an erasure's delete or
-        anonymise."""
+        records merged into it, directly or along a chain of merges of any length (A into B,
+        then B into C: a CRM lists only B as merged into C), by link id, each with when the
+        latest of their records there was made (the CRM's creation, else its link). A read per
+        step of the chains, through the partial index of merged links (migration 0025); only
+        for an erasure's delete or anonymise."""
         # Each record reached, with the survivors (link ids) it lives on in: a chain may pass
         # through another record asked about (a converted lead the same erasure acts on), and
-        # one record may lead to several survivors.
+        # one record may lead to several survivors. A record is followed once per survivor:
+        # cycles end.
         frontier: dict[tuple[str, str], set[int]] = {}
         for row in rows:
             frontier.setdefault((row.object_type, row.record_id), set()).add(row.id)
         reached = {key: set(survivors) for key, survivors in frontier.items()}
-        found: dict[int, set[int]] = {}
-        for _ in range(MAX_MERGE_CHAIN):
-            if not frontier:
-                break
+        found: dict[int, dict[int, datetime]] = {}
+        while frontier:
             step: dict[tuple[str, str], set[int]] = {}
-            for object_type, record_id, into_object, subject_id, into in conn.execute(
+            for object_type, record_id, into_object, subject_id, into, created_at, linked_at in conn.execute(
                 select(
                     crm_links.c.object_type,
                     crm_links.c.record_id,
                     crm_links.c.merged_into_object,
                     crm_links.c.subject_id,
                     crm_links.c.merged_into,
+                    crm_links.c.record_created_at,
+                    crm_links.c.linked_at,
                 ).where(
                     crm_links.c.connector == self.name,
                     one_of(conn, crm_links.c.merged_into, sorted({record for _, record in frontier})),
@@ -3086,11 +3106,13 @@ class SyncEngine:
                 survivors = frontier.get((into_object or object_type, into))
                 if survivors is None:
                     continue  # merged into a record of that id of another object
+                made = created_at if created_at is not None else linked_at
                 for survivor in survivors:
-                    found.setdefault(survivor, set()).add(subject_id)
+                    people = found.setdefault(survivor, {})
+                    people[subject_id] = max(made, people.get(subject_id, made))
                 own = (object_type, record_id)
                 new = survivors - reached.setdefault(own, set())
-                if new:  # a cycle, or a record reached before for these survivors, ends here
+                if new:
                     reached[own] |= new
                     step.setdefault(own, set()).update(new)
             frontier = step
