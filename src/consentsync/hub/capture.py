@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import secrets
+import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -92,6 +93,17 @@ log = structlog.get_logger("consentsync.hub")
 CAPTURED_STATUSES = (ConsentStatus.GRANTED, ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
 BATCH_MAX = 500
 GPC_EVIDENCE = "Sec-GPC: 1"
+# The label as a reader takes it, whatever its case, width or spacing (``claims_the_gpc_signal``).
+_GPC_EVIDENCE_FOLDED = "sec-gpc:1"
+# A client's evidence_ref reading as GPC_EVIDENCE: the label the hub writes on the signal's own
+# opt-outs only, which the preference page lets anyone holding the link grant over at once
+# (preferences.no_is_only_gpc). A grant bearing it is refused; a no is recorded without it.
+GPC_LABEL_RESERVED = (
+    f"{GPC_EVIDENCE!r} is reserved for the Global Privacy Control opt-outs the hub records itself: "
+    'send the signal as the Sec-GPC: 1 header or "gpc": true, and name here where the proof is kept'
+)
+# The actor of everything the hub records through an API key: "apikey:<name>".
+API_KEY_ACTOR_PREFIX = "apikey:"
 # A capture's answer when it carried a GPC signal and ``hub.gpc_purposes`` names no purpose: the
 # signal is a valid opt-out (CCPA regulations § 7025) and must not vanish unsaid; a field, not a
 # refusal (the rest of the capture stands, and the person's signal is no client's mistake).
@@ -209,6 +221,12 @@ class ErasedRequest(ValueError):
     """An Idempotency-Key whose request recorded a person erased since (answered 410)."""
 
 
+class SaidNoSince(Conflict):
+    """An Idempotency-Key's request sent again unchanged past its window, after its person said
+    no to what it granted (answered 409, as a key reused is): run again, it would reverse that no
+    (``Hub._kept_answer``)."""
+
+
 class ErasedAddress(ValueError):
     """A grant for an erased address nobody came back with, from a capture that cannot lift the
     erasure's suppression (``Hub._refuse_erased``): refused, nothing recorded, nothing mailed."""
@@ -262,6 +280,14 @@ class CaptureResult:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def claims_the_gpc_signal(evidence_ref: str | None) -> bool:
+    """Whether a client's ``evidence_ref`` reads as ``GPC_EVIDENCE`` in any case, width or spacing
+    ("sec-gpc:1", a fullwidth colon): a reader of the evidence takes each for the signal's."""
+    if evidence_ref is None:
+        return False
+    return "".join(unicodedata.normalize("NFKC", evidence_ref).casefold().split()) == _GPC_EVIDENCE_FOLDED
 
 
 def request_digest(payload: Any) -> str:
@@ -734,6 +760,9 @@ class Hub:
         self._await_holder(requests, doi)
         languages = {index: item.language for index, item in enumerate(items)}
         emails = {r.identity.email for r in requests}
+        # The signal's opt-outs follow the items: their place marks them (``"gpc": true``, no
+        # receipt), never their label, which a client could choose for an item of its own.
+        signal_from = len(requests)
         if gpc:
             for email in sorted(e for e in emails if e) or []:
                 requests += self._gpc_evidence(key, email, now)
@@ -745,10 +774,12 @@ class Hub:
         # addresses, the rest of a body being predictable).
         stored: tuple[str, str] | None = None
         if idempotency_key is not None:
+            stored = self._stored_request(idempotency_key, fingerprint or "")
             upkept = self._requests_upkept_at
             if upkept is None or not upkept <= now < upkept + REQUESTS_UPKEEP:
-                self.forget_old_requests()
-            stored = self._stored_request(idempotency_key, fingerprint or "")
+                # Not this key's own record: past its window it still tells whether the request
+                # is an old one sent again (``_kept_answer``), which a purge here would forget.
+                self.forget_old_requests(sparing=(key.id, stored[0]))
         try:
             with self.ledger.engine.begin() as conn:
                 if stored is not None:
@@ -793,7 +824,7 @@ class Hub:
                     }
                     if erased:
                         entry["erased"] = True
-                    if evidence.evidence_ref == GPC_EVIDENCE and evidence.source == key.source:
+                    if index >= signal_from:
                         entry["gpc"] = True
                     elif erased:
                         pass  # no receipt: nothing goes to an erased address (Art. 17)
@@ -923,18 +954,35 @@ class Hub:
         ).one_or_none()
         if row is None:
             return None
-        if row.created_at <= now - IDEMPOTENCY_WINDOW:
-            # Past its window, not yet forgotten: the key names a new request.
-            conn.execute(delete(capture_requests).where(capture_requests.c.id == row.id))
-            return None
         if row.status_code == ERASED_REQUEST_STATUS:
             # Closed by an erasure (Ledger.erase): run again, a sign-up retried late would
-            # bring the person back, dated now, and the first answer named them.
+            # bring the person back, dated now, and the first answer named them. Past its window
+            # too, as long as it is known: the request's digest went with the answer, so a
+            # retry of it cannot be told from a new request under the same key.
             log.info("hub.capture_refused", apikey=key.name, reason="erased_request")
             raise ErasedRequest(
                 "Idempotency-Key: the request it names recorded a person who was erased since "
                 "(GDPR Art. 17): its answer is gone and it is not run again; nothing was recorded"
             )
+        if row.created_at <= now - IDEMPOTENCY_WINDOW:
+            # Past its window, not yet forgotten: the key names a new request, unless it is the
+            # same request sent again (a queue's backlog) after its person said no to what it
+            # granted. Run again, its grant would be dated now and reverse that no
+            # (trusted_opt_in_reverses), as a late retry after an erasure would bring them back.
+            said_no_to = (
+                _said_no_since(conn, orjson.loads(row.response), row.created_at)
+                if row.request_sha256 == stored[1]
+                else None
+            )
+            if said_no_to is not None:
+                log.info("hub.capture_refused", apikey=key.name, reason="said_no_since")
+                raise SaidNoSince(
+                    "Idempotency-Key: the request it names was first recorded over a day ago, and the "
+                    f"person said no to {said_no_to!r} since (a withdrawal, refusal, objection or "
+                    "erasure): run again it would reverse that no, so it is not; nothing was recorded"
+                )
+            conn.execute(delete(capture_requests).where(capture_requests.c.id == row.id))
+            return None
         if row.request_sha256 != stored[1]:
             raise Conflict(
                 "Idempotency-Key was used before with another request: a key names one request; "
@@ -952,19 +1000,25 @@ class Hub:
         key_hash, request_hash = self._request_hashers()
         return HASHED_IDEMPOTENCY_KEY + key_hash(idempotency_key), request_hash(fingerprint)
 
-    def forget_old_requests(self) -> int:
+    def forget_old_requests(self, *, sparing: tuple[int, str] | None = None) -> int:
         """Deletes the idempotency records past ``IDEMPOTENCY_WINDOW``; returns how many. Those an
         older version wrote within it (the key as sent, the body's plain digest) are stored as
         this version stores them, the replay of their request kept, and closed as an erasure
-        closes them now (``Ledger.erase``) where their answer names a person erased since."""
+        closes them now (``Ledger.erase``) where their answer names a person erased since.
+        ``sparing`` (an API key's id and a stored Idempotency-Key) keeps the record a capture is
+        about to read: ``_kept_answer`` deletes it, or refuses a late retry with it."""
         now = self.ledger.clock()
-        with self.ledger.engine.begin() as conn:
-            gone = (
-                conn.execute(
-                    delete(capture_requests).where(capture_requests.c.created_at <= now - IDEMPOTENCY_WINDOW)
-                ).rowcount
-                or 0
+        expired = capture_requests.c.created_at <= now - IDEMPOTENCY_WINDOW
+        if sparing is not None:
+            expired = and_(
+                expired,
+                ~and_(
+                    capture_requests.c.key_id == sparing[0],
+                    capture_requests.c.idempotency_key == sparing[1],
+                ),
             )
+        with self.ledger.engine.begin() as conn:
+            gone = conn.execute(delete(capture_requests).where(expired)).rowcount or 0
             older = conn.execute(
                 select(capture_requests).where(
                     ~capture_requests.c.idempotency_key.startswith(HASHED_IDEMPOTENCY_KEY, autoescape=True)
@@ -1215,6 +1269,16 @@ class Hub:
                 raise Forbidden(f"{at}.purpose: API key {key.name!r} may not record purpose {item.purpose!r}")
             status = _status(item.status, f"{at}.status")
             basis = _basis(item.basis, f"{at}.basis")
+            evidence_ref = item.evidence_ref
+            if claims_the_gpc_signal(evidence_ref):
+                if status is ConsentStatus.GRANTED:
+                    raise InvalidInput(f"{at}.evidence_ref: {GPC_LABEL_RESERVED}")
+                # A no is never turned away for it (as for its time, below): recorded as the
+                # person's own no, which only the person's confirmation reverses, and receipted.
+                # Kept with the label, it read as the signal's, and whoever held the preference
+                # link granted over it at once (preferences.no_is_only_gpc).
+                log.warning("hub.gpc_label_set_aside", key=key.name, field=f"{at}.evidence_ref")
+                evidence_ref = None
             if status is ConsentStatus.GRANTED and basis not in (None, LawfulBasis.CONSENT):
                 raise InvalidInput(f"{at}.basis: a capture grants consent; other bases are not captured")
             if status is ConsentStatus.GRANTED:  # the rule ``ledger record`` follows too
@@ -1266,7 +1330,7 @@ class Hub:
                 origin=Origin.CAPTURE,
                 actor=f"apikey:{key.name}",
                 notice_version=item.notice_version,
-                evidence_ref=item.evidence_ref,
+                evidence_ref=evidence_ref,
                 notice_language=shown_in,
             )
             try:
@@ -1499,6 +1563,56 @@ def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
             )
         ).scalars()
     )
+
+
+def _said_no_since(conn: Connection, answer: dict[str, Any], since: datetime) -> str | None:
+    """The purpose of a grant in ``answer`` (an idempotency record's kept answer, first given at
+    ``since``) that its person said no to after it: a withdrawal or refusal on its channel, an
+    objection to it, their erasure, recorded since. None where there is none. A grant is what the
+    request asked for (granted, a double opt-in's "requested", or a sign-up over a consent that
+    stood: nothing recorded), not a no the same request recorded beside it for the same person,
+    purpose and channel (its own GPC opt-out: recorded in its transaction, after ``since``)."""
+    results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("subject")]
+    own_nos = {
+        (r["subject"], r.get("purpose"), r.get("channel")) for r in results if r.get("recorded") in _SAYING_NO
+    }
+    grants = [
+        (r["subject"], r.get("purpose"), r.get("channel"))
+        for r in results
+        if r.get("recorded") in (None, ConsentStatus.GRANTED.value, ConsentStatus.REQUESTED.value)
+        and not r.get("gpc")
+    ]
+    grants = [grant for grant in grants if grant not in own_nos]
+    if not grants:
+        return None
+    people = {
+        row.uid: row
+        for row in conn.execute(
+            select(subjects.c.uid, subjects.c.id, subjects.c.erased_at).where(
+                subjects.c.uid.in_(sorted({uid for uid, _purpose, _channel in grants}))
+            )
+        )
+    }
+    for uid, purpose, channel in grants:
+        person = people.get(uid)
+        if person is None:
+            continue
+        if person.erased_at is not None and person.erased_at > since:
+            return str(purpose)
+        events, raised = consent_events.c, objections.c
+        withdrawn = select(events.id).where(
+            events.subject_id == person.id,
+            events.purpose == purpose,
+            events.channel == channel,
+            events.status.in_(_SAYING_NO),
+            events.recorded_at > since,
+        )
+        objected = select(raised.id).where(
+            raised.subject_id == person.id, raised.purpose == purpose, raised.recorded_at > since
+        )
+        if conn.execute(select(or_(exists(withdrawn), exists(objected)))).scalar():
+            return str(purpose)
+    return None
 
 
 def _asked_lately(conn: Connection, subject_id: int, evidence: Evidence, now: datetime) -> bool:

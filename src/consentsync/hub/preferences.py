@@ -10,13 +10,13 @@ address and user agent (never the address or agent themselves)."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from consentsync import audit
 from consentsync.audit import AuditRecord
@@ -31,6 +31,7 @@ from consentsync.domain import (
     iso,
 )
 from consentsync.hub.capture import (
+    API_KEY_ACTOR_PREFIX,
     GPC_EVIDENCE,
     NEW_LINK_KIND,
     Hub,
@@ -124,15 +125,18 @@ def says_no(state: EffectiveState) -> bool:
     return state.status in no or state.rule in _PERSONS_NO_RULES
 
 
-def no_is_only_gpc(conn: Connection, subject_id: int, state: EffectiveState) -> bool:
+def no_is_only_gpc(
+    conn: Connection, subject_id: int, state: EffectiveState, gpc_purposes: Collection[str]
+) -> bool:
     """Whether the no of ``state`` (``says_no``) is only a Global Privacy Control opt-out: every
-    withdrawal or refusal ever recorded for its purpose and channel is the signal's
-    (``GPC_EVIDENCE``, from this page or a capture), and no objection, erasure or restriction
-    holds the state. Such a no is the visiting browser's, not an act the person took, and CCPA
-    regulations § 7025(c)(3) let the person consent despite the signal on the page: their grant
-    is recorded as it always was (with its GPC mark, which ``honour_gpc`` then respects), not
-    mailed to confirm. A withdrawal the person made on the page with the signal on is their own
-    (its evidence names the page, ``Visitor.evidence_ref``).
+    withdrawal or refusal ever recorded for its purpose and channel was recorded from the signal
+    (``recorded_from_the_signal``: by this page or a capture, for a purpose ``gpc_purposes``
+    names), and no objection, erasure or restriction holds the state. Such a no is the visiting
+    browser's, not an act the person took, and CCPA regulations § 7025(c)(3) let the person
+    consent despite the signal on the page: their grant is recorded as it always was (with its
+    GPC mark, which ``honour_gpc`` then respects), not mailed to confirm. A withdrawal the person
+    made on the page with the signal on is their own (its evidence names the page,
+    ``Visitor.evidence_ref``).
 
     Every no ever, not those since the last grant: a grant recorded after the person's own no
     need not have lifted it (an untrusted source, a grant dated before it), and counting from it
@@ -141,15 +145,47 @@ def no_is_only_gpc(conn: Connection, subject_id: int, state: EffectiveState) -> 
     asked to confirm by mail: the safe side."""
     if state.status is not ConsentStatus.WITHDRAWN or state.rule in _PERSONS_NO_RULES:
         return False
+    events = consent_events.c
     nos = conn.execute(
-        select(consent_events.c.evidence_ref).where(
-            consent_events.c.subject_id == subject_id,
-            consent_events.c.purpose == state.purpose,
-            consent_events.c.channel == state.channel,
-            consent_events.c.status.in_((ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)),
+        select(
+            events.purpose,
+            events.status,
+            events.origin,
+            events.source,
+            events.actor,
+            events.notice_version,
+            events.evidence_ref,
+        ).where(
+            events.subject_id == subject_id,
+            events.purpose == state.purpose,
+            events.channel == state.channel,
+            events.status.in_((ConsentStatus.WITHDRAWN.value, ConsentStatus.REFUSED.value)),
         )
     ).all()
-    return bool(nos) and all(no.evidence_ref == GPC_EVIDENCE for no in nos)
+    return bool(nos) and all(recorded_from_the_signal(no, gpc_purposes) for no in nos)
+
+
+def recorded_from_the_signal(event: Row[Any], gpc_purposes: Collection[str]) -> bool:
+    """Whether ``event`` (a consent event's purpose, status, origin, source, actor, notice version
+    and evidence reference) is a GPC opt-out as the hub records the signal, and nothing else is:
+    withdrawn, captured, no notice, labelled ``GPC_EVIDENCE``, for a purpose the signal opts out
+    of now (``hub.gpc_purposes``), by this page (``honour_gpc``: its source, no actor) or through
+    an API key (``Hub._gpc_evidence``: the key's actor). The label alone proves nothing: a client
+    chose it for an explicit withdrawal (the capture API sets it aside since, session 67), and a
+    withdrawal so labelled let whoever held the preference link grant over it at once. A no
+    that is not plainly the signal's counts as the person's own: the safe side (a purpose
+    taken out of ``hub.gpc_purposes`` since asks its grants to be confirmed by mail)."""
+    return (
+        event.status == ConsentStatus.WITHDRAWN.value
+        and event.evidence_ref == GPC_EVIDENCE
+        and event.origin == Origin.CAPTURE.value
+        and event.notice_version is None
+        and event.purpose in gpc_purposes
+        and (
+            (event.source == SOURCE and event.actor is None)
+            or str(event.actor or "").startswith(API_KEY_ACTOR_PREFIX)
+        )
+    )
 
 
 def objectable_for(purpose: Purpose, basis: str | None) -> bool:
@@ -514,7 +550,8 @@ class PreferenceCentre:
                 raise LinkRefused("this link opens no record any more: the record was erased")
             states = self.ledger.effective_states_in(conn, [found.id])[found.id]
             state = states.get((evidence.purpose, evidence.channel))
-            if state is None or not says_no(state) or no_is_only_gpc(conn, found.id, state):
+            gpc_purposes = self.hub.settings.gpc_purposes
+            if state is None or not says_no(state) or no_is_only_gpc(conn, found.id, state, gpc_purposes):
                 return None
             answer = {
                 "purpose": evidence.purpose,
