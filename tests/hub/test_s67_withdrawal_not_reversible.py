@@ -15,18 +15,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from consentsync.app import open_ledger
+from consentsync.config import load_config
 from consentsync.domain import ConsentStatus, Evidence, Origin, iso
-from consentsync.hub.capture import IDEMPOTENCY_WINDOW
+from consentsync.hub import keys, notices
+from consentsync.hub.api import create_app
+from consentsync.hub.capture import IDEMPOTENCY_WINDOW, Hub
 from consentsync.ledger.identity import Identity
 from consentsync.ledger.schema import capture_requests, consent_events
-from tests.hub.conftest import HubWorld
+from tests.hub.conftest import NEWSLETTER_NOTICE, NOTICE_IN_EFFECT, HubWorld, hub_config
 from tests.hub.people_world import EMAIL, GRANT, mails_with, people_pages, token_of
 from tests.hub.test_s57_capture_requests_erasure import holders_of
 from tests.hub.test_s57_capture_requests_erasure import people as people_in_the_ledger
@@ -243,3 +250,74 @@ def test_past_the_upkeep_a_sign_up_sent_with_its_time_reverses_nothing(world: Hu
     late = _sign_up(world, signed_up)
     assert late.status_code == 201, late.text
     assert _state(world)["contact"] is False
+
+
+@pytest.fixture
+def dm_world(config_path: Path, clock: Any, inbox: Any) -> Iterator[HubWorld]:
+    """The hub tests' world (``tests.hub.conftest.world``) with the newsletter flagged direct
+    marketing, as a newsletter is."""
+    handler, port = inbox
+    hub_config(config_path, port)
+    data = yaml.safe_load(config_path.read_text())
+    for purpose in data["purposes"]:
+        purpose["direct_marketing"] = purpose.get("direct_marketing") or purpose["key"] == "newsletter"
+    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(config_path)
+    ledger = open_ledger(config, migrate=True)
+    ledger.clock = clock
+    ledger.sync_purposes()
+    for purpose in ("newsletter", "email_marketing", "profiling"):
+        notices.add(ledger, purpose, "2026-05", NEWSLETTER_NOTICE, in_effect_from=NOTICE_IN_EFFECT)
+    _key, secret = keys.create(ledger, "website", source="web_form", purposes=["*"], actions=["*"])
+    hub = Hub(config, ledger)
+    with TestClient(create_app(hub)) as client:
+        yield HubWorld(hub, ledger, client, handler, clock, secret)
+    ledger.engine.dispose()
+
+
+@pytest.mark.parametrize("flagged", [True, False], ids=["direct_marketing", "email_marketing_only"])
+def test_a_sign_up_retried_past_its_day_after_an_objection_to_direct_marketing_is_refused(
+    dm_world: HubWorld, flagged: bool
+) -> None:
+    """An objection to direct marketing binds every purpose serving it (Art. 21(3)), the
+    newsletter included, whichever purpose it was raised to (email marketing serves it: the
+    ledger makes it one to all direct marketing); the retry of the newsletter's sign-up would
+    lift it."""
+    world = dm_world
+    assert _sign_up(world, GRANT).status_code == 201
+    world.clock.advance(minutes=1)
+    body = {"email": EMAIL, "purpose": "email_marketing", **({"direct_marketing": True} if flagged else {})}
+    assert world.post("/objections", body).status_code == 201
+    assert _state(world)["contact"] is False
+    world.clock.advance(seconds=PAST_THE_WINDOW.total_seconds())
+    late = _sign_up(world, GRANT)
+    assert late.status_code == 409 and "said no to 'newsletter'" in late.json()["error"]
+    assert _state(world)["contact"] is False
+
+
+def test_a_sign_up_retried_past_its_day_after_the_person_consented_again_is_a_new_request(
+    world: HubWorld,
+) -> None:
+    """The person withdrew, then consented again themselves: no no stands for the retry to undo."""
+    assert _sign_up(world, GRANT).status_code == 201
+    world.clock.advance(minutes=1)
+    assert world.post("/consents", WITHDRAWAL).status_code == 201
+    world.clock.advance(minutes=1)
+    assert world.post("/consents", GRANT).status_code == 201
+    assert _state(world)["contact"] is True
+    world.clock.advance(seconds=PAST_THE_WINDOW.total_seconds())
+    assert _sign_up(world, GRANT).status_code == 201
+
+
+def test_a_sign_up_retried_past_its_day_after_a_rejected_objection_is_a_new_request(world: HubWorld) -> None:
+    """An objection the controller rejected (compelling grounds, Art. 21(1)) is no no of the
+    person's in force: the retry reverses nothing."""
+    profiling = {**GRANT, "purpose": "profiling"}
+    assert _sign_up(world, profiling, key="prof-1").status_code == 201
+    world.clock.advance(minutes=1)
+    objection = world.post("/objections", {"email": EMAIL, "purpose": "profiling"})
+    assert objection.status_code == 201, objection.text
+    world.clock.advance(minutes=1)
+    world.ledger.decide_objection(objection.json()["id"], uphold=False, by="dpo", reason="compelling grounds")
+    world.clock.advance(seconds=PAST_THE_WINDOW.total_seconds())
+    assert _sign_up(world, profiling, key="prof-1").status_code == 201

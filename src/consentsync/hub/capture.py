@@ -970,7 +970,12 @@ class Hub:
             # granted. Run again, its grant would be dated now and reverse that no
             # (trusted_opt_in_reverses), as a late retry after an erasure would bring them back.
             said_no_to = (
-                _said_no_since(conn, orjson.loads(row.response), row.created_at)
+                _said_no_since(
+                    conn,
+                    orjson.loads(row.response),
+                    row.created_at,
+                    lambda subject_id: self.ledger.effective_states_in(conn, [subject_id])[subject_id],
+                )
                 if row.request_sha256 == stored[1]
                 else None
             )
@@ -1565,13 +1570,26 @@ def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
     )
 
 
-def _said_no_since(conn: Connection, answer: dict[str, Any], since: datetime) -> str | None:
+def _said_no_since(
+    conn: Connection,
+    answer: dict[str, Any],
+    since: datetime,
+    states_of: Callable[[int], dict[tuple[str, str], EffectiveState]],
+) -> str | None:
     """The purpose of a grant in ``answer`` (an idempotency record's kept answer, first given at
-    ``since``) that its person said no to after it: a withdrawal or refusal on its channel, an
-    objection to it, their erasure, recorded since. None where there is none. A grant is what the
-    request asked for (granted, a double opt-in's "requested", or a sign-up over a consent that
-    stood: nothing recorded), not a no the same request recorded beside it for the same person,
-    purpose and channel (its own GPC opt-out: recorded in its transaction, after ``since``)."""
+    ``since``) that its person said no to after it and whose no stands: their state in force for
+    its purpose and channel (``states_of``: by subject id) is a no (``preferences.says_no``: a
+    withdrawal or refusal, an objection, an erasure, a restriction), and they acted since (an
+    erasure, a withdrawal or refusal on its channel, an objection not rejected, to any purpose:
+    one to direct marketing binds every purpose serving it, Art. 21(3), as the state then says).
+    None where there is none: a no the person reversed since with a new consent of their own, or
+    an objection the controller rejected, leaves nothing for the retry to undo. A grant is what
+    the request asked for (granted, a double opt-in's "requested", or a sign-up over a consent
+    that stood: nothing recorded), not a no the same request recorded beside it for the same
+    person, purpose and channel (its own GPC opt-out: recorded in its transaction, after
+    ``since``)."""
+    from consentsync.hub.preferences import says_no  # preferences imports this module
+
     results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("subject")]
     own_nos = {
         (r["subject"], r.get("purpose"), r.get("channel")) for r in results if r.get("recorded") in _SAYING_NO
@@ -1597,6 +1615,9 @@ def _said_no_since(conn: Connection, answer: dict[str, Any], since: datetime) ->
         person = people.get(uid)
         if person is None:
             continue
+        state = states_of(person.id).get((str(purpose), str(channel)))
+        if state is None or not says_no(state):
+            continue
         if person.erased_at is not None and person.erased_at > since:
             return str(purpose)
         events, raised = consent_events.c, objections.c
@@ -1608,7 +1629,9 @@ def _said_no_since(conn: Connection, answer: dict[str, Any], since: datetime) ->
             events.recorded_at > since,
         )
         objected = select(raised.id).where(
-            raised.subject_id == person.id, raised.purpose == purpose, raised.recorded_at > since
+            raised.subject_id == person.id,
+            raised.status != ObjectionStatus.REJECTED.value,
+            raised.recorded_at > since,
         )
         if conn.execute(select(or_(exists(withdrawn), exists(objected)))).scalar():
             return str(purpose)
