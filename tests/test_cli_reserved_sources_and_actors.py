@@ -195,6 +195,20 @@ def test_a_blank_actor_is_refused_and_nothing_is_done(cli: Cli, command: str, bl
     assert _audit(cli) == before
 
 
+@pytest.mark.parametrize("actor", ["apikey:website", " APIKEY:website"])
+@pytest.mark.parametrize("command", sorted(COMMANDS_WITH_ACTOR))
+def test_the_hubs_key_actor_is_refused_and_nothing_is_done(cli: Cli, command: str, actor: str) -> None:
+    """``apikey:<name>`` is the hub's actor for what it records through a key (session 67): an
+    operator's no under it, labelled as the GPC signal's, read as the browser's own, which the
+    person's page let anyone holding the link grant over at once."""
+    if command == "restrict":
+        cli.ok(*record_args(ADA, "email_marketing", "withdrawn", source="phone"))
+    before = _audit(cli)
+    result = cli(*COMMANDS_WITH_ACTOR[command], "--actor", actor)
+    one_line_error(result, 2, "is reserved for what the hub records through an API key")
+    assert _audit(cli) == before
+
+
 def test_state_reset_refuses_a_blank_actor_as_every_command(cli: Cli) -> None:
     result = cli("state", "reset", "nowhere", "Contact", "--actor", " ")
     one_line_error(result, 2, "--actor is blank")

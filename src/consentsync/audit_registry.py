@@ -23,7 +23,7 @@ from sqlalchemy import Connection, and_, case, func, select
 from consentsync import audit
 from consentsync.audit import AuditRecord, CheckResult
 from consentsync.audit import entry_instant as _instant
-from consentsync.domain import ConsentStatus, iso
+from consentsync.domain import API_KEY_ACTOR_PREFIX, ConsentStatus, iso
 from consentsync.hub.confirmation_terms import (
     BOUND_TERMS,
     CONFIRMATION_ACTIONS,
@@ -72,7 +72,7 @@ NOTICE_CHANGES = ("notice.dated",)
 # A column not listed here and no entry names is not compared (one a newer version adds).
 _NOTICE_UNSAID: dict[str, Any] = {"in_effect_from": None}
 KEY_ACTIONS = ("apikey.created", "apikey.bound", "apikey.revoked")
-CAPTURE_ACTOR = "apikey:"  # the actor of what the hub records through a key (hub/capture.py)
+CAPTURE_ACTOR = API_KEY_ACTOR_PREFIX  # the actor of what the hub records through a key (hub/capture.py)
 # A capture authenticated just before its key was revoked is recorded just after: how much later
 # such an event may be recorded before it says the key worked after its revocation.
 IN_FLIGHT = timedelta(minutes=5)

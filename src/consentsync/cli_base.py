@@ -28,7 +28,7 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from consentsync import exit_codes
 from consentsync.app import LedgerNotReady, open_ledger
 from consentsync.config import Config, ConfigError, default_config_path, load_config
-from consentsync.domain import ACTOR_MAX, InvalidInput, check_label, holds_value
+from consentsync.domain import ACTOR_MAX, API_KEY_ACTOR_PREFIX, InvalidInput, check_label, holds_value
 from consentsync.ledger.problems import ledger_problem
 from consentsync.ledger.service import Ledger, NotFound
 from consentsync.logs import FORMATS as LOG_FORMATS
@@ -428,6 +428,14 @@ def acting(actor: str | None, option: str = "--actor") -> str:
             f"or leave {option} out for your login name"
         )
     check_label(actor, option, ACTOR_MAX, required=True)  # kept in the audit chain: one line
+    if actor.strip().casefold().startswith(API_KEY_ACTOR_PREFIX):
+        # The hub's actor for what it records through a key: taken by hand, an operator's no
+        # labelled as the GPC signal's read as the browser's, which the person's page lets anyone
+        # holding the link grant over at once (hub/preferences.recorded_from_the_signal).
+        raise InvalidInput(
+            f"{option} {actor!r} is reserved for what the hub records through an API key: name who "
+            f"acts (staff or a system), or leave {option} out for your login name"
+        )
     return actor
 
 

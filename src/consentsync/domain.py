@@ -379,6 +379,9 @@ def lookup_email(raw: str) -> str:
 EMAIL_MAX = 320
 SOURCE_MAX = 200
 ACTOR_MAX = 200
+# The actor of everything the hub records through an API key: "apikey:<name>". Reserved: no
+# operator acts under it (cli_base.acting).
+API_KEY_ACTOR_PREFIX = "apikey:"
 NOTICE_VERSION_MAX = 100
 # A notice text's language (``consentsync notice add --language``): a tag such as en, de or pt-BR.
 NOTICE_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")

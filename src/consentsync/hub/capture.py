@@ -102,8 +102,6 @@ GPC_LABEL_RESERVED = (
     f"{GPC_EVIDENCE!r} is reserved for the Global Privacy Control opt-outs the hub records itself: "
     'send the signal as the Sec-GPC: 1 header or "gpc": true, and name here where the proof is kept'
 )
-# The actor of everything the hub records through an API key: "apikey:<name>".
-API_KEY_ACTOR_PREFIX = "apikey:"
 # A capture's answer when it carried a GPC signal and ``hub.gpc_purposes`` names no purpose: the
 # signal is a valid opt-out (CCPA regulations § 7025) and must not vanish unsaid; a field, not a
 # refusal (the rest of the capture stands, and the person's signal is no client's mistake).

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, select, update
 from consentsync import audit
 from consentsync.audit import AuditRecord
 from consentsync.domain import (
+    API_KEY_ACTOR_PREFIX,
     ConsentStatus,
     EffectiveState,
     Evidence,
@@ -31,7 +32,6 @@ from consentsync.domain import (
     iso,
 )
 from consentsync.hub.capture import (
-    API_KEY_ACTOR_PREFIX,
     GPC_EVIDENCE,
     NEW_LINK_KIND,
     Hub,
