@@ -102,7 +102,10 @@ FORMAT_VERSION = 1
 # reconcile's ``Summary.answered``), which also pushes no lawful basis: one over a consent granted
 # and since expired (or any other answer) ticks the opt-out again, as the expiry alone does; the
 # people version 6 left unticked so are examined again.
-PUSH_DECISIONS_VERSION = 7
+# 8: a person known by records without an address alone, all of whose sharers are erased, takes on
+# their erasure (engine ``_tell_the_erasures``): an Individual read before the erased person's
+# Contact pointing to it kept its opt-in; the ledgers earlier versions left so are repaired.
+PUSH_DECISIONS_VERSION = 8
 
 
 class OurWrite(NamedTuple):

@@ -23,7 +23,8 @@ another person's records already point to (a record shared: ``SHARED_KEY``, sync
 Individual the Contacts of two addresses point to, read on two pages or runs); nor one tied only
 by a record carrying an address its holder left (the sync leaves such ties out:
 ``engine._tied_through_left``). Nothing is read per record: the caller names the few pairs a
-page's records tie, and only those are looked up.
+page's records tie, and only those are looked up. Nor is anyone absorbed into an erased person:
+the erasure reaches A's records through the record tying them instead (``absorbable``).
 """
 
 from __future__ import annotations
@@ -126,7 +127,11 @@ def absorbable(
             continue
         (holder,) = held_by
         # Only into a live address holder: an erased person's hash on a record is not them
-        # coming back (their erasure reaches the record as a no, engine._carry_the_nos).
+        # coming back. The records stay where they are, shared with the erased person
+        # (sync/shared.py), and the erasure reaches them as it would had they been read after
+        # the erased person's record: their person, known by them alone, takes on the erasure
+        # of everyone sharing them once all are erased, and the erasure's action reaches them
+        # (engine._tell_the_erasures, engine._erased_sharers_reach).
         if holder in addresses and rows[holder].erased_at is None:
             found[lone] = holder
     if not found:

@@ -1367,19 +1367,25 @@ class SyncEngine:
                     if owner != held
                 ]
         # A record still pointed to by another person's record once the page's absorptions are
-        # done is shared (sync/shared.py): its person's nos reach that person, now and later.
+        # done is shared (sync/shared.py): its person's nos reach that person, now and later. Its
+        # person is examined again: known by such records alone, they take on the erasure of
+        # sharers who are all erased (``_tell_the_erasures``: an erased person's Contact read
+        # after the Individual it points to, which the ledger never absorbs into them).
         sharers: dict[CrmLink, set[int]] = {}
+        owners: set[int] = set()
         for link, other, subject_id in pointing:
             owner, sharer = into.get(other, other), into.get(subject_id, subject_id)
             if owner != sharer:
                 sharers.setdefault(link, set()).add(sharer)
                 elsewhere.append((owner, sharer))
+                owners.add(owner)
 
         requests: list[RecordRequest] = []
         snapshot_rows: list[tuple[Any, ...]] = []
-        # People whose pushes must be looked at again: a record new to the ledger, or changed. A
-        # record re-read unchanged (the look-back window) leaves its pending pushes as they are.
-        examine: set[int] = set()
+        # People whose pushes must be looked at again: a record new to the ledger, or changed, or
+        # one a record read here points to (above). A record re-read unchanged (the look-back
+        # window) leaves its pending pushes as they are.
+        examine: set[int] = set(owners)
         link_ids = {record_id: row.link_id for record_id, row in held.items()}
         new_links = [record.record_id for record, _, _, _ in good if record.record_id not in link_ids]
         if new_links:
@@ -2425,8 +2431,11 @@ class SyncEngine:
         never to be contacted again), as a withdrawal at the
         erasure's time for every purpose and channel, which only the survivor's person's new
         consent newer than it lifts. ``joined`` also holds (an address's person, the person whose
-        record now carries that address): the CRM writes to that address; and (the person of a
-        record others' records point to, one of those others: sync/shared.py)."""
+        record now carries that address): the CRM writes to that address; (the person of a
+        record others' records point to, one of those others: sync/shared.py); and (an erased
+        person sharing such a record, its person known by records alone: ``_tell_the_erasures``),
+        so that the erasure reaches the records read before the erased person's as it reaches
+        those read after."""
         merged = sorted({loser for loser, _ in joined})
         policy, purposes = self.ledger.policy, self.ledger.purposes
         events: dict[tuple[int, str, str], list[Evidence]] = {}
@@ -3592,7 +3601,72 @@ class SyncEngine:
             and owner != subject_id
         }
         joined.update(sharing)
-        return bool(joined) and self._carry_the_nos(conn, joined, report)
+        carried = bool(joined) and self._carry_the_nos(conn, joined, report)
+        told = bool(sharing) and self._tell_the_erasures(conn, sharing, report)
+        return carried or told
+
+    def _tell_the_erasures(
+        self, conn: Connection, sharing: Sequence[tuple[int, int]], report: RunReport
+    ) -> bool:
+        """``sharing``: (the person of a record others' records point to, one of those others),
+        as ``decide_pushes`` found them. A person known by such records alone (no address, not
+        erased) all of whose sharers are erased holds nothing but the erased people's data: an
+        Individual read before the erased person's Contact pointing to it (in an earlier run, or
+        before the erasure: ``absorb.absorbable`` never absorbs into an erased person), or one
+        the Contacts of two addresses, both erased, point to. Read the other way round (the
+        Contact first), those records would have been the erased person's, so that the order of
+        reading does not decide it (Art. 17(2), 19; docs/policy.md, "A person known only
+        through records without an address"):
+
+        - their sharers' erasures (and nos) are recorded for them as a merge carries them
+          (``_carry_the_nos``: a withdrawal at the erasure's time for every purpose and channel,
+          its ``consent.recorded`` entry naming the erasure), which only a consent of theirs
+          newer than the erasure lifts, as it would the erasure's suppression;
+        - each of their records of this connector showing no address (the Individual's consent
+          records, a Contact without an address pointing to it; read after the tie too) is
+          marked with those sharers as the record pointed to is (``shared.mark``), so that the
+          erasure's delete or anonymise reaches it where the CRM held it at the erasure
+          (``_erased_sharers_reach``). A record of theirs showing an address (one its holder
+          left) may be another human's: it gets the suppression only.
+
+        While one sharer is not erased, nothing travels (their data may be in the records).
+        Whether anything new was recorded or marked (the caller decides again). A few reads,
+        only for a batch holding a record others' records point to."""
+        others: dict[int, set[int]] = {}
+        for owner, other in sharing:
+            others.setdefault(owner, set()).add(other)
+        alone = self._not_erased(conn, set(others)) - self._with_an_address(conn, set(others))
+        everyone = {other for owner in alone for other in others[owner]}
+        if not everyone:
+            return False
+        present = self._not_erased(conn, everyone)
+        told = {owner: others[owner] for owner in alone if not others[owner] & present}
+        if not told:
+            return False
+        carried = self._carry_the_nos(
+            conn, {(erased, owner) for owner, people in told.items() for erased in people}, report
+        )
+        blank = absorb.no_address(self.ledger.keyed_hasher())
+        marks = {
+            CrmLink(self.name, object_type, record_id): told[subject_id]
+            for subject_id, object_type, record_id, identity in conn.execute(
+                select(
+                    crm_links.c.subject_id,
+                    crm_links.c.object_type,
+                    crm_links.c.record_id,
+                    crm_snapshots.c.identity,
+                )
+                .outerjoin(crm_snapshots, crm_snapshots.c.link_id == crm_links.c.id)
+                .where(
+                    crm_links.c.connector == self.name,
+                    one_of(conn, crm_links.c.subject_id, sorted(told)),
+                    crm_links.c.gone_at.is_(None),
+                )
+            )
+            if identity is None or identity == blank
+        }
+        marked = bool(marks) and shared.mark(conn, self.name, marks, self.ledger.clock()) > 0
+        return carried or marked
 
     def _decides_ahead(self, marked: int) -> bool:
         """Whether a second process decides the examination's batches ahead (sync/ahead.py): on
