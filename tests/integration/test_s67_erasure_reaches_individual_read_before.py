@@ -327,3 +327,32 @@ def test_an_individual_whose_sharers_are_all_erased_takes_their_erasure_in_any_o
         "individual_state": [("email_marketing", "email", True)],
     }
     assert ends == dict.fromkeys(ends, expected), ends
+
+
+def test_a_sharer_not_erased_who_comes_a_run_later_keeps_their_consent(cli: Cli, config_path: Path) -> None:
+    """Review of c0fc1d0: the Individual read alone took on its erased sharer's erasure (told, as
+    above); a run later a person not erased got a Contact pointing to it. The erasure the
+    Individual's person took on travelled on to them as that person's own no: they were recorded
+    withdrawn and their Contact opted out, by another person's erasure."""
+    name = "sf_later"
+    erased, other = "e.later@example.org", "o.later@example.org"
+    with _sandbox(config_path, name) as org:
+        _known(cli, erased)
+        _known(cli, other)
+        individual = org.create("Individual", FirstName="Kim", LastName="Lee", HasOptedOutSolicit=False)
+        sync(cli, "--full", connector=name)
+        _erase(cli, erased)
+        org.create("Contact", LastName="Lee", Email=erased, IndividualId=individual)
+        sync(cli, connector=name)
+        sync(cli, connector=name)
+        assert org.get(individual)["HasOptedOutSolicit"] is True  # told of the erasure
+        theirs = org.create("Contact", LastName="Lee", Email=other, IndividualId=individual)
+        sync(cli, connector=name)
+        sync(cli, connector=name)
+        shown = cli.json("subject", "show", other)
+        assert [
+            (p["status"], p["suppressed"])
+            for p in shown["purposes"]
+            if (p["purpose"], p["channel"]) == ("email_marketing", "email")
+        ] == [("granted", False)]
+        assert org.get(theirs)["HasOptedOutOfEmail"] is False

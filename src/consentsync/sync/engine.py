@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import abc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -1373,11 +1373,13 @@ class SyncEngine:
         # after the Individual it points to, which the ledger never absorbs into them).
         sharers: dict[CrmLink, set[int]] = {}
         owners: set[int] = set()
+        shared_pairs: set[tuple[int, int]] = set()
         for link, other, subject_id in pointing:
             owner, sharer = into.get(other, other), into.get(subject_id, subject_id)
             if owner != sharer:
                 sharers.setdefault(link, set()).add(sharer)
                 elsewhere.append((owner, sharer))
+                shared_pairs.add((owner, sharer))
                 owners.add(owner)
 
         requests: list[RecordRequest] = []
@@ -1481,7 +1483,7 @@ class SyncEngine:
         counts.evidence_duplicates += stats.duplicates
         counts.state_changes += stats.state_changes
         if elsewhere:  # after the page's own evidence: a no read on this page travels too
-            self._carry_the_nos(conn, set(elsewhere), report)
+            self._carry_the_nos(conn, set(elsewhere), report, sharing=shared_pairs)
         upsert_rows(
             conn,
             crm_snapshots,
@@ -2414,7 +2416,14 @@ class SyncEngine:
         self._mark_for_examination(conn, {a.into for a in done})
         return {a.absorbed: a.into for a in done}
 
-    def _carry_the_nos(self, conn: Connection, joined: set[tuple[int, int]], report: RunReport) -> bool:
+    def _carry_the_nos(
+        self,
+        conn: Connection,
+        joined: set[tuple[int, int]],
+        report: RunReport,
+        *,
+        sharing: Collection[tuple[int, int]] = (),
+    ) -> bool:
         """``joined``: (merged person, survivor's person) pairs of a CRM merge that joined records
         of two people of the ledger. The survivor's person takes on every withdrawal and refusal
         that still binds the merged person (its events as recorded: same times, sources and
@@ -2505,7 +2514,14 @@ class SyncEngine:
                     )
         requests: list[RecordRequest] = []
         for loser, survivor in sorted(joined):
+            shared = (loser, survivor) in sharing
             for item in nos.get(loser, ()):
+                if shared and item.source == ERASURE_CARRIED_SOURCE:
+                    # An erasure the record's person took on from its erased sharers
+                    # (``_tell_the_erasures``) is theirs, not the record's person's own no: it
+                    # never reaches a sharer who is not erased (one whose Contact pointed to the
+                    # record a run later was withdrawn and opted out by another's erasure).
+                    continue
                 try:
                     self.ledger.validate(item, now=self.ledger.clock())
                 except InvalidInput as error:  # recorded before today's bounds: named, not quoted
@@ -3601,7 +3617,7 @@ class SyncEngine:
             and owner != subject_id
         }
         joined.update(sharing)
-        carried = bool(joined) and self._carry_the_nos(conn, joined, report)
+        carried = bool(joined) and self._carry_the_nos(conn, joined, report, sharing=set(sharing))
         told = bool(sharing) and self._tell_the_erasures(conn, sharing, report)
         return carried or told
 
