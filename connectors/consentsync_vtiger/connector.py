@@ -114,6 +114,10 @@ _RECORD_RETRY = frozenset({"DATABASE_QUERY_ERROR", "INTERNAL_SERVER_ERROR"})
 # is taken to fail every save (a broken workflow, the database): the run stops, the records not
 # sent yet wait for the next run rather than each spend an attempt.
 _FAILING_SAVES = 5
+# How often one read steps back in a crowded second whose rows leave it while it is walked
+# (``read_changes``) before it stops for the next run, the cursor before that second.
+_MAX_STEPS_BACK = 50
+_UNSEEN = object()
 # Checkbox values as 8.2.0 stores them; "true", "yes" and "false" would all be stored as 0.
 _TICKED = frozenset({"1", "true", "yes", "on"})
 _UNTICKED = frozenset({"0", "false", "no", "off", ""})
@@ -235,10 +239,37 @@ class VtigerConnector(sdk.Connector):
         floor = self._lower_bound(since.modstamp) if since.modstamp is not None else None
         held: dict[str, dict[str, Any]] = {}  # records of the second `floor` not yielded yet
         offset = 0
+        # A window at an offset past `floor`'s start must begin inside what was held of it (the
+        # overlap): where it does not, more than `overlap` rows left `floor` since the window
+        # before (edited or deleted meanwhile) and the rows behind them moved back past the
+        # offset, out of sight. The walk steps back until the windows meet again. A window
+        # beginning the same way twice from one offset is taken as it is: rows the user may not
+        # retrieve (dropped after LIMIT) leave a gap that no step back closes.
+        looked: dict[tuple[str | None, int], str | None] = {}
+        steps_back = 0
+        # The offset a step back was taken from: a window behind it holding nothing new says
+        # only that the rows it holds were read already, not that the read is complete.
+        stepped_back_from: int | None = None
         self.expected_records = None
         while True:
             rows = self._page(object_type, columns, floor, upper, offset, page_size)
-            if not any(str(r["modifiedtime"]) != floor or str(r["id"]) not in held for r in rows):
+            if offset > 0 and not _meets(rows, floor, held):
+                first = str(rows[0]["id"]) if rows else None
+                if looked.get((floor, offset), _UNSEEN) != first:
+                    looked[(floor, offset)] = first
+                    steps_back += 1
+                    if steps_back > _MAX_STEPS_BACK:
+                        raise ConnectorError(
+                            f"query {object_type}: records kept leaving the second {floor} while it was "
+                            "read; the read stops before it, for the next run",
+                            ErrorRule(Action.RETRY, Fault.TRANSIENT, "a crowded second kept changing"),
+                        )
+                    stepped_back_from = max(offset, stepped_back_from or 0)
+                    offset = max(0, offset - step)
+                    continue
+            behind = stepped_back_from is not None and offset < stepped_back_from
+            news = any(str(r["modifiedtime"]) != floor or str(r["id"]) not in held for r in rows)
+            if not behind and not news:
                 # Nothing beyond what was read: the read is complete. A short page says nothing:
                 # Vtiger applies LIMIT first and then drops the rows the user may not retrieve.
                 yield from self._second(object_type, floor, held, since, until, stamps, along)
@@ -264,6 +295,7 @@ class VtigerConnector(sdk.Connector):
             # window starts `overlap` rows before their count, so that a record leaving `last`
             # meanwhile cannot shift another out of sight, as in a crowded second's walk.
             floor, offset = last, max(0, len(held) - overlap)
+            stepped_back_from = None
 
     def as_read_back(self, update: sdk.RecordUpdate) -> dict[str, Any]:
         """Text as the install's tables keep it: on the stock 3-byte ``utf8`` a character beyond
@@ -893,6 +925,12 @@ def _duplicate_message(item: sdk.RecordUpdate, refused: ConnectorError) -> str:
         "Layouts & Fields > Duplicate Prevention) so that opt-outs and anonymised values ('Erased', "
         "emptied fields) pass, or merge the duplicates; then `consentsync outbox retry`"
     )
+
+
+def _meets(rows: Sequence[dict[str, Any]], floor: str | None, held: dict[str, dict[str, Any]]) -> bool:
+    """Whether a window read at an offset into ``floor``'s second begins inside what was held of
+    it: its first row is of that second and already held (``read_changes``)."""
+    return bool(rows) and str(rows[0]["modifiedtime"]) == floor and str(rows[0]["id"]) in held
 
 
 def _check_name(name: str, what: str) -> None:

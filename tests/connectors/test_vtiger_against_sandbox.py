@@ -73,10 +73,14 @@ def test_a_second_holding_far_more_than_a_page_is_read_whole_and_resumable(sandb
     assert [r.record_id for r in rest] == [r.record_id for r in everything[7 + 151 :]]
 
 
-@pytest.mark.parametrize(("overlap", "loses"), [(10, False), (0, True)])
+@pytest.mark.parametrize(("overlap", "leaving"), [(10, 5), (10, 15), (10, 120), (0, 5)])
 def test_a_record_leaving_a_crowded_second_mid_read_hides_no_other(
-    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch, overlap: int, loses: bool
+    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch, overlap: int, leaving: int
 ) -> None:
+    """More records leaving the second between two windows than the windows overlap by (session
+    67: 15 against 10) moved as many others back past the next window's offset, and their
+    changes were never read: the cursor went past the second. The walk steps back until the
+    windows meet again."""
     moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     crowd = sorted(_crowd(sandbox.crm, 250, moment), key=lambda i: int(i.split("x")[1]))
     answer = sandbox.crm.query
@@ -88,14 +92,39 @@ def test_a_record_leaving_a_crowded_second_mid_read_hides_no_other(
         if len(answered) == 2:
             # Between two pages of the crowded second, users edit five records already read:
             # they move to now, and every later record of that second moves up five places.
-            for moved in crowd[5:10]:
+            for moved in crowd[5 : 5 + leaving]:
                 sandbox.crm.revise(moved, firstname="edited")
         return rows
 
     monkeypatch.setattr(sandbox.crm, "query", query_then_users_edit)
     connector = connector_for(sandbox, crowded_second_overlap=overlap)
     seen = {r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(), read_until())}
-    assert (not set(crowd) <= seen) is loses
+    assert set(crowd) <= seen
+
+
+def test_a_second_straddling_windows_loses_no_record_when_more_than_the_overlap_leave_it(
+    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No crowded second: a second the first window ends inside (its rows read again from the
+    overlap) loses none of its records when more than the overlap of them leave it meanwhile."""
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    before = _crowd(sandbox.crm, 60, moment - dt.timedelta(seconds=5))
+    straddling = sorted(_crowd(sandbox.crm, 90, moment), key=lambda i: int(i.split("x")[1]))
+    answer = sandbox.crm.query
+    answered = []
+
+    def query_then_users_edit(vtql: str) -> list[dict[str, str]]:
+        rows = answer(vtql)
+        answered.append(vtql)
+        if len(answered) == 1:  # after the first window (60 before, 40 of the straddling second)
+            for moved in straddling[:15]:
+                sandbox.crm.revise(moved, firstname="edited")
+        return rows
+
+    monkeypatch.setattr(sandbox.crm, "query", query_then_users_edit)
+    connector = connector_for(sandbox, crowded_second_overlap=10)
+    seen = {r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(), read_until())}
+    assert set(before) | set(straddling) <= seen
 
 
 def test_an_expired_session_is_renewed_mid_read(sandbox: VtigerSandbox) -> None:
