@@ -269,7 +269,7 @@ class VtigerConnector(sdk.Connector):
                     continue
             behind = stepped_back_from is not None and offset < stepped_back_from
             news = any(str(r["modifiedtime"]) != floor or str(r["id"]) not in held for r in rows)
-            if not behind and not news:
+            if not rows or (not behind and not news):
                 # Nothing beyond what was read: the read is complete. A short page says nothing:
                 # Vtiger applies LIMIT first and then drops the rows the user may not retrieve.
                 yield from self._second(object_type, floor, held, since, until, stamps, along)

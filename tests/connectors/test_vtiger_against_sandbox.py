@@ -553,3 +553,28 @@ def test_an_unknown_username_is_not_taken_for_a_missing_module(sandbox: VtigerSa
         connector_for(sandbox, username="nobody").describe("Contacts")
     assert refused.value.rule.credentials and "check the username" in str(refused.value)
     assert "enable the module" not in str(refused.value)
+
+
+def test_a_crowded_second_emptied_mid_read_ends_the_read_with_what_was_held(
+    sandbox: VtigerSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every record of the second still unread deleted between two windows (a mass delete while
+    a mass update's second is walked): the windows stepped back to came back empty, and an empty
+    one behind the step back failed the run (an IndexError) instead of ending the second."""
+    moment = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+    crowd = sorted(_crowd(sandbox.crm, 250, moment), key=lambda i: int(i.split("x")[1]))
+    answer = sandbox.crm.query
+    answered = []
+
+    def query_then_users_delete(vtql: str) -> list[dict[str, str]]:
+        rows = answer(vtql)
+        answered.append(vtql)
+        if len(answered) == 2:
+            for gone in crowd:
+                sandbox.crm.delete(gone)
+        return rows
+
+    monkeypatch.setattr(sandbox.crm, "query", query_then_users_delete)
+    connector = connector_for(sandbox)
+    seen = [r.record_id for r in connector.read_changes("Contacts", FIELDS, Cursor(), read_until())]
+    assert seen == crowd[:190]  # the two windows read before the delete, each once, in order
