@@ -85,7 +85,7 @@ from consentsync.ledger.service import (
     unliftable_erased_grant,
 )
 from consentsync.notice_texts import language_in_effect
-from consentsync.reconcile import TO_THE_SECONDS_END, no_counts_from
+from consentsync.reconcile import TO_THE_SECONDS_END, Rule, no_counts_from
 
 log = structlog.get_logger("consentsync.hub")
 
@@ -1568,6 +1568,32 @@ def _erased_among(conn: Connection, subject_ids: set[int]) -> set[int]:
     )
 
 
+# The rules by which the reconciler holds a purpose back on the person's own no other than a
+# withdrawal or refusal on record: an objection (pending, upheld, or to direct marketing), and
+# the erasure of a form of their address. A trusted grant lifts each but a pending objection;
+# one made on the preference page, whose link may have been forwarded, must be confirmed first.
+# A restriction (Art. 18) is among them: it may hide an objection or an erasure behind it, which
+# a grant recorded now would reverse once the restriction is lifted.
+PERSONS_NO_RULES = frozenset(
+    {
+        Rule.OBJECTION_DIRECT_MARKETING,
+        Rule.OBJECTION_UPHELD,
+        Rule.OBJECTION_PENDING,
+        Rule.ERASURE,
+        Rule.RESTRICTION,
+    }
+)
+
+
+def says_no(state: EffectiveState) -> bool:
+    """Whether the person's state in force for a purpose and channel is their no, as the
+    reconciler reads it: a withdrawal or refusal (sticky, whatever rule holds it), an objection,
+    an erasure's suppression. A grant on the preference page does not reverse it by itself
+    (``PreferenceCentre._grant``)."""
+    no = (ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
+    return state.status in no or state.rule in PERSONS_NO_RULES
+
+
 def _said_no_since(
     conn: Connection,
     answer: dict[str, Any],
@@ -1576,7 +1602,7 @@ def _said_no_since(
 ) -> str | None:
     """The purpose of a grant in ``answer`` (an idempotency record's kept answer, first given at
     ``since``) that its person said no to after it and whose no stands: their state in force for
-    its purpose and channel (``states_of``: by subject id) is a no (``preferences.says_no``: a
+    its purpose and channel (``states_of``: by subject id) is a no (``says_no``: a
     withdrawal or refusal, an objection, an erasure, a restriction), and they acted since (an
     erasure, a withdrawal or refusal on its channel, an objection not rejected, to any purpose:
     one to direct marketing binds every purpose serving it, Art. 21(3), as the state then says).
@@ -1586,8 +1612,6 @@ def _said_no_since(
     that stood: nothing recorded), not a no the same request recorded beside it for the same
     person, purpose and channel (its own GPC opt-out: recorded in its transaction, after
     ``since``)."""
-    from consentsync.hub.preferences import says_no  # preferences imports this module
-
     results = [r for r in answer.get("results") or [] if isinstance(r, dict) and r.get("subject")]
     own_nos = {
         (r["subject"], r.get("purpose"), r.get("channel")) for r in results if r.get("recorded") in _SAYING_NO

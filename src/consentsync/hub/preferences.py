@@ -34,11 +34,13 @@ from consentsync.domain import (
 from consentsync.hub.capture import (
     GPC_EVIDENCE,
     NEW_LINK_KIND,
+    PERSONS_NO_RULES,
     Hub,
     Mailed,
     PendingMail,
     PendingReceipt,
     _asked_lately,
+    says_no,
     token_digest,
 )
 from consentsync.hub.confirmation_terms import open_confirmation, refuse_unless_bound
@@ -79,21 +81,6 @@ EXPORT_KIND = "export"
 EXPORT_LINK_VALIDITY = timedelta(hours=24)
 EXPORT_REUSE_WINDOW = timedelta(hours=1)
 EXPORT_USED_LINK = "this download link is no longer in use: ask for a new one on your preference page"
-# The rules by which the reconciler holds a purpose back on the person's own no other than a
-# withdrawal or refusal on record: an objection (pending, upheld, or to direct marketing), and
-# the erasure of a form of their address. A trusted grant lifts each but a pending objection;
-# one made on the preference page, whose link may have been forwarded, must be confirmed first.
-# A restriction (Art. 18) is among them: it may hide an objection or an erasure behind it, which
-# a grant recorded now would reverse once the restriction is lifted.
-_PERSONS_NO_RULES = frozenset(
-    {
-        Rule.OBJECTION_DIRECT_MARKETING,
-        Rule.OBJECTION_UPHELD,
-        Rule.OBJECTION_PENDING,
-        Rule.ERASURE,
-        Rule.RESTRICTION,
-    }
-)
 # Art. 18(1): the grounds on which a person may have processing restricted, as the page offers
 # them (the key is kept with the request; the ledger's reason names the paragraph).
 RESTRICTION_GROUNDS = {
@@ -116,15 +103,6 @@ def direct_marketing_for(purpose: Purpose, rules: Iterable[str | None] = ()) -> 
     return serves_direct_marketing(purpose) or any(rule == Rule.EPRIVACY_SOFT_OPT_IN for rule in rules)
 
 
-def says_no(state: EffectiveState) -> bool:
-    """Whether the person's state in force for a purpose and channel is their no, as the
-    reconciler reads it: a withdrawal or refusal (sticky, whatever rule holds it), an objection,
-    an erasure's suppression. A grant on the preference page does not reverse it by itself
-    (``PreferenceCentre._grant``)."""
-    no = (ConsentStatus.WITHDRAWN, ConsentStatus.REFUSED)
-    return state.status in no or state.rule in _PERSONS_NO_RULES
-
-
 def no_is_only_gpc(
     conn: Connection, subject_id: int, state: EffectiveState, gpc_purposes: Collection[str]
 ) -> bool:
@@ -143,7 +121,7 @@ def no_is_only_gpc(
     let a forwarded link's holder grant over the person's own withdrawal once any GPC opt-out
     came after it (session 63 review). A person who withdrew once and consented again since is
     asked to confirm by mail: the safe side."""
-    if state.status is not ConsentStatus.WITHDRAWN or state.rule in _PERSONS_NO_RULES:
+    if state.status is not ConsentStatus.WITHDRAWN or state.rule in PERSONS_NO_RULES:
         return False
     events = consent_events.c
     nos = conn.execute(
