@@ -44,7 +44,7 @@ class LedgerNotReady(RuntimeError):
 
 # The newest migration this code expects; tests/integration/test_migrations.py checks that it is
 # Alembic's head, so normal commands need not load Alembic to know.
-SCHEMA_REVISION = "0025"
+SCHEMA_REVISION = "0026"
 
 # Development revisions squashed into the baseline 0010 before 0.1.0 (ledger/migrations/versions/
 # 0010_baseline.py). This code cannot upgrade a ledger stamped with one; the last commit that can

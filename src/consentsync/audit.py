@@ -474,8 +474,15 @@ SOFT_OPT_IN_FIELDS = ("sale_ref", "similar_products", "refusal_at_collection", "
 # the event has one, so an entry without it says none, whenever it was written (no event had one
 # before), and a language set on an event afterwards is found.
 LANGUAGE_FIELD = "notice_language"
+# How far the CRM's clock that stamped the event may run behind ours (migration 0026), after it and
+# the same way: an entry carries it only where the event has one. It decides how late a no counts
+# (reconcile.Ranked.of), so an edited lag is found as an edited time is.
+CLOCK_LAG_FIELD = "clock_lag_ms"
 # The names of a key's places, for saying which of them an event and its entry disagree on.
-KEY_FIELDS = ("subject", "event_fingerprint", *EVENT_FIELDS, *EVIDENCE_FIELDS, "soft_opt_in", LANGUAGE_FIELD)
+KEY_FIELDS = (
+    "subject", "event_fingerprint", *EVENT_FIELDS, *EVIDENCE_FIELDS, "soft_opt_in", LANGUAGE_FIELD,
+    CLOCK_LAG_FIELD,
+)  # fmt: skip
 _OPTIONAL = (*EVIDENCE_FIELDS, "soft_opt_in")
 # Stands in for the value of a field an entry does not carry when no event is what it names: it
 # matches nothing an event says, so such an entry is reported and never passes for its event.
@@ -520,6 +527,7 @@ def _events_query() -> Select[Any]:
         consent_events.c.evidence_ref,
         *(consent_events.c[f"soft_opt_in_{name}"] for name in SOFT_OPT_IN_FIELDS),
         consent_events.c.notice_language,
+        consent_events.c.clock_lag_ms,
     ).join(subjects, subjects.c.id == consent_events.c.subject_id)
 
 
@@ -542,7 +550,7 @@ def _column_time(value: Any) -> str | None:
 
 def _event_key(row: Any) -> tuple[Any, ...]:
     (_id, uid, fingerprint, purpose, channel, status, basis, origin, source, actor, run_id) = row[:11]
-    (event_time, notice_version, double_opt_in_at, evidence_ref, *soft, notice_language) = row[11:]
+    (event_time, notice_version, double_opt_in_at, evidence_ref, *soft, notice_language, clock_lag) = row[11:]
     return (
         uid,
         fingerprint,
@@ -560,6 +568,7 @@ def _event_key(row: Any) -> tuple[Any, ...]:
         evidence_ref,
         _soft_opt_in_key(soft),
         notice_language,
+        clock_lag,
     )
 
 
@@ -620,6 +629,7 @@ def _entry_page_keys(conn: Connection, page: list[tuple[int, str]]) -> Iterator[
                         if soft is None
                         else canonical_json(soft),  # no object: written outside consentsync
                         get(LANGUAGE_FIELD),
+                        get(CLOCK_LAG_FIELD),
                     ),
                 )
             )
@@ -637,7 +647,7 @@ def _entry_page_keys(conn: Connection, page: list[tuple[int, str]]) -> Iterator[
                 else values.get(n, _NO_EVENT)
                 for n in _OPTIONAL
             ]
-            keys[at] = (seq, (*head, *said, what.get(LANGUAGE_FIELD)))
+            keys[at] = (seq, (*head, *said, what.get(LANGUAGE_FIELD), what.get(CLOCK_LAG_FIELD)))
     return iter(keys)
 
 
@@ -652,7 +662,8 @@ def _event_values(conn: Connection, wanted: set[tuple[Any, Any]]) -> dict[tuple[
     found: dict[tuple[Any, Any], dict[str, Any]] = {}
     for row in conn.execute(query):
         key = _event_key(row)
-        found[(key[0], key[1])] = dict(zip(_OPTIONAL, key[-len(_OPTIONAL) - 1 : -1], strict=True))
+        # The optional fields sit before the language and the clock lag (``_event_key``).
+        found[(key[0], key[1])] = dict(zip(_OPTIONAL, key[-len(_OPTIONAL) - 2 : -2], strict=True))
     return found
 
 

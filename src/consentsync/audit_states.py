@@ -91,6 +91,7 @@ _EVENTS = select(
     consent_events.c.fingerprint,
     *(consent_events.c[name] for name in SOFT_OPT_IN_COLUMNS),
     consent_events.c.notice_language,
+    consent_events.c.clock_lag_ms,
 ).order_by(consent_events.c.subject_id)
 # A dict lookup first: calling an enum costs ten times as much (as ``Ranked.from_json`` does).
 _STATUSES = {status.value: status for status in ConsentStatus}
@@ -165,7 +166,8 @@ def _evidence(row: Any) -> Evidence:
     the one it folded then (an older version's formula may print the same event otherwise, and
     only the order of two otherwise equal values depends on it)."""
     (_subject, purpose, channel, status, basis, event_time, recorded_at, source, origin) = row[:9]
-    (actor, notice_version, double_opt_in_at, evidence_ref, fingerprint, *soft, notice_language) = row[9:]
+    (actor, notice_version, double_opt_in_at, evidence_ref, fingerprint, *soft) = row[9:-2]
+    notice_language, lag_ms = row[-2:]
     soft_opt_in = None
     if all(soft):
         try:
@@ -187,6 +189,8 @@ def _evidence(row: Any) -> Evidence:
         evidence_ref,
         soft_opt_in,
         notice_language,
+        # How late a no from a CRM whose clock ran behind counts, as the ledger folded it.
+        None if lag_ms is None else timedelta(milliseconds=lag_ms),
     )
     object.__setattr__(evidence, "_fingerprint", fingerprint)
     return evidence

@@ -644,6 +644,12 @@ class Evidence:
     # where the capture knows it; None for a value that does not say (CRM values, events
     # recorded before migration 0021): its proof names the version's first text then.
     notice_language: str | None = None
+    # How far the clock that stamped ``event_time`` may run behind ours, as measured when the
+    # value was read (a CRM's clock, from its answers' Date headers; whole milliseconds): the
+    # reconciler reads a no that late at most (``Ranked.of``). None: not known to run behind.
+    # Not part of the fingerprint: a re-read under another estimate is the same statement (the
+    # first recorded is kept).
+    clock_lag: timedelta | None = None
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -728,7 +734,37 @@ class Evidence:
             parts = (*parts, *self.soft_opt_in.values())
         if self.notice_language is not None:  # the same: a value without one prints as it did
             parts = (*parts, ["notice_language", self.notice_language])
+        # ``clock_lag`` is left out: it is how the value was read, not what it states.
         return sha256_hex(orjson.dumps(parts, option=orjson.OPT_UTC_Z))
+
+
+# ``Evidence.clock_lag`` is kept in whole milliseconds (``consent_events.clock_lag_ms``, migration
+# 0026), and at most a day: a Date header further off is no clock (sdk/clock.py,
+# MAX_PLAUSIBLE_OFFSET), and the engine takes none from it.
+CLOCK_LAG_UNIT = timedelta(milliseconds=1)
+CLOCK_LAG_MAX = timedelta(days=1)
+
+
+def check_clock_lag(lag: timedelta | None) -> timedelta | None:
+    """A clock lag the ledger can keep as it folds it: None, or whole milliseconds from 0 to a
+    day (the engine rounds its measure up to that). Returns it unchanged."""
+    if lag is None:
+        return None
+    if not isinstance(lag, timedelta) or not timedelta(0) <= lag <= CLOCK_LAG_MAX or lag % CLOCK_LAG_UNIT:
+        raise InvalidInput(
+            f"clock lag {shown(lag)}: accepted is a duration of whole milliseconds from 0 to a day"
+        )
+    return lag
+
+
+def clock_lag_ms(lag: timedelta | None) -> int | None:
+    """``Evidence.clock_lag`` as stored (``check_clock_lag`` passed): whole milliseconds."""
+    return None if lag is None else lag // CLOCK_LAG_UNIT
+
+
+def clock_lag_of(milliseconds: int | None) -> timedelta | None:
+    """A stored ``clock_lag_ms`` as ``Evidence.clock_lag``."""
+    return None if milliseconds is None else timedelta(milliseconds=milliseconds)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1025,6 +1025,7 @@ class Mapping:
         given_at: RecordMap[str, datetime] | None = None,
         status_fields: Collection[str] | None = None,
         held_back: list[MappingValueError] | None = None,
+        clock_lag: timedelta | None = None,
     ) -> list[Evidence]:
         """What the record says, one Evidence per consent and channel; a consent whose status
         translates to null (or whose purpose or channel is not ours) says nothing. ``record_id``:
@@ -1032,7 +1033,8 @@ class Mapping:
         when the CRM says its value was given, the event time of a consent the mapping dates
         nothing of (``CrmRecord.earlier_given_at``). ``status_fields``: only the consents whose
         status field is one of these (a record's earlier values: its current ones are weighed
-        elsewhere).
+        elsewhere). ``clock_lag``: how far the CRM's clock may run behind ours, as its answers
+        showed when the record was read (``Evidence.clock_lag``; None: not known to run behind).
 
         A value the tables cannot translate raises ``MappingValueError``, unless ``held_back`` is
         given: then it stops only what it says (docs/policy.md, "Event times and input limits"),
@@ -1051,7 +1053,7 @@ class Mapping:
                 continue
             try:
                 out += self._consent_evidence(
-                    record, record_id, consent, connector, observed_at, given_at, held_back
+                    record, record_id, consent, connector, observed_at, given_at, held_back, clock_lag
                 )
             except MappingValueError as error:
                 if held_back is None:
@@ -1068,6 +1070,7 @@ class Mapping:
         observed_at: datetime,
         given_at: RecordMap[str, datetime] | None,
         held_back: list[MappingValueError] | None,
+        clock_lag: timedelta | None = None,
     ) -> list[Evidence]:
         """One consent's evidence (``evidence_from``); MappingValueError for a value that stops it."""
         purpose = self._key(record, record_id, consent.purpose)
@@ -1122,6 +1125,9 @@ class Mapping:
                 notice_version=notice,
                 double_opt_in_at=double_opt_in_at,
                 evidence_ref=reference,
+                # Only beside a time the CRM's clock stamped: an undated value is read as when
+                # it was observed, on our clock.
+                clock_lag=clock_lag if event_time is not None else None,
             )
             for channel in channels
         ]

@@ -25,7 +25,10 @@ keeps exactly what domain.md's precedence rules need:
 Unknown event times are read in the most restrictive way: a withdrawal or refusal is taken to
 have happened as late as possible (when it was first observed), anything else as early as
 possible. An event time later than the observation (beyond the clock skew) is not a time anyone
-acted at: it is read as unknown, so a future-dated value never outranks a real one.
+acted at: it is read as unknown, so a future-dated value never outranks a real one. A no counts
+as late as possible within what its stamp can mean: stamped to the whole second, from the end of
+that second; stamped by a clock known to run behind ours (``Evidence.clock_lag``, a CRM's as its
+answers showed), up to that much later, never after it was observed (``Ranked.of``).
 ``effective_state`` then layers erasure, restriction, objections, the ePrivacy rule and expiry
 on top.
 """
@@ -185,11 +188,22 @@ class Ranked:
         A withdrawal, refusal or expiry stamped to the whole second sorts at the end of its
         second, as the rule for unknown times reads a no as late as possible: a CRM's "12:00:00"
         is anywhere in that second, so a consent captured at 12:00:00.750 is not known to come
-        after it and must not reverse it. Each value's own sort time, so the fold stays a join."""
+        after it and must not reverse it. Each value's own sort time, so the fold stays a join.
+
+        So, by the same rule, is a no stamped by a clock running behind ours (``clock_lag``: a
+        CRM's, as its answers showed when the value was read): it may have been made up to that
+        much later than its stamp says, never after we observed it. A grant's stamp from such a
+        clock is earlier than the truth already, which favours the no: read as it is."""
         event_time = (policy or _DEFAULT_POLICY).credible_time(evidence)
         late = evidence.status in _LATE_STATUSES
         if event_time is not None:
-            sort_time = no_counts_from(event_time) if late else event_time
+            if late:
+                sort_time = no_counts_from(event_time)
+                lag = evidence.clock_lag
+                if lag is not None:  # the one test the common case pays
+                    sort_time = max(sort_time, min(event_time + lag, evidence.observed_at))
+            else:
+                sort_time = event_time
         elif late:
             sort_time = evidence.observed_at
         else:

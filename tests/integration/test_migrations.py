@@ -15,6 +15,9 @@ from consentsync.ledger.migrate import alembic_config, upgrade
 from consentsync.ledger.schema import metadata
 from tests.conftest import Cli, proof, record_args
 
+# consent_events' columns added after 0010.
+LATER_EVENT_COLUMNS = ("notice_language", "clock_lag_ms")
+
 
 def test_expected_revision_is_the_head(ledger_url: str) -> None:
     engine = make_engine(ledger_url)
@@ -104,10 +107,11 @@ def test_consent_events_keep_their_rows_and_guards_through_the_key_change_and_ba
     engine = make_engine(ledger_url)
 
     def events() -> list[tuple[object, ...]]:
-        # The columns 0010 has: notice_language (0021) is dropped on the way down.
+        # The columns 0010 has: notice_language (0021) and clock_lag_ms (0026) are dropped on the
+        # way down.
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT * FROM consent_events ORDER BY id")).mappings()
-            return [tuple(v for k, v in row.items() if k != "notice_language") for row in rows]
+            return [tuple(v for k, v in row.items() if k not in LATER_EVENT_COLUMNS) for row in rows]
 
     recorded = events()
     assert len(recorded) == 3
@@ -303,3 +307,35 @@ def test_0017_keeps_every_link_and_snapshot_both_ways(ledger_url: str) -> None:
         "UPDATE crm_links SET gone_by_write = true WHERE id = 2",
         "id, record_id, merged_into, merged_into_object",
     )
+
+
+def test_0026_adds_the_clock_lag_in_place_and_downgrade_drops_it(cli: Cli, ledger_url: str) -> None:
+    """0026 adds consent_events.clock_lag_ms, NULL for every event before it (read as stamped, as
+    before); downgrading drops it and keeps every event, and the ledger verifies both ways."""
+    cli.ok("init")
+    cli.ok(*record_args("lag@example.org", "email_marketing", "granted", *proof()))
+    cli.ok(*record_args("lag@example.org", "email_marketing", "withdrawn", source="salesforce"))
+    engine = make_engine(ledger_url)
+
+    def events() -> list[tuple[object, ...]]:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT * FROM consent_events ORDER BY id")).mappings()
+            return [tuple(v for k, v in row.items() if k != "clock_lag_ms") for row in rows]
+
+    def columns() -> set[str]:
+        return {column["name"] for column in inspect(engine).get_columns("consent_events")}
+
+    recorded = events()
+    with engine.connect() as conn:
+        assert (
+            conn.execute(text("SELECT count(*) FROM consent_events WHERE clock_lag_ms IS NULL")).scalar() == 2
+        )
+    command.downgrade(alembic_config(engine), "0025")
+    assert migration_state(engine) == "0025"
+    assert "clock_lag_ms" not in columns() and events() == recorded
+    upgrade(engine)
+    assert migration_state(engine) == SCHEMA_REVISION == "0026"
+    assert "clock_lag_ms" in columns() and events() == recorded
+    engine.dispose()
+    verified = cli("audit", "verify")
+    assert verified.exit_code == 0, verified.output + verified.stderr

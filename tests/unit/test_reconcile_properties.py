@@ -48,6 +48,9 @@ NOWS = [T0 + timedelta(days=d) for d in (3, 500, 1000, 1600)]
 # When consentsync learned of a dated value: at once, later, or (rarely) before it "happened":
 # a future-dated value, which must count as undated.
 OBSERVED_AFTER = [timedelta(0), timedelta(hours=1), timedelta(days=1), timedelta(days=-30)]
+# How far the clock that stamped a value may have run behind ours (``Evidence.clock_lag``): mostly
+# not known to, else up to a whole day (a lag past the observation is cut to it).
+CLOCK_LAGS = [None, None, None, timedelta(minutes=2), timedelta(hours=2), timedelta(days=1)]
 
 TRUSTED = ("web_form", "ops")
 UNTRUSTED = ("hubspot", "salesforce", "partner_list")
@@ -108,6 +111,9 @@ def evidence(
         notice_version=draw(st.sampled_from([None, None, "v1", "v2"])),
         double_opt_in_at=draw(st.sampled_from([None, None, TIMES[1]])),
         evidence_ref=draw(st.sampled_from([None, None, "ref-1", "soft opt-in"])),
+        # Read from a CRM whose clock ran behind ours (a no then counts up to that much later,
+        # never after its observation): the order of arrival must still not matter.
+        clock_lag=draw(st.sampled_from(CLOCK_LAGS)),
     )
 
 

@@ -181,6 +181,10 @@ consent_events = Table(
     # every proof of the event names. NULL where the capture did not say (before 0021, a CRM's
     # value): the version's first text in effect then is named.
     Column("notice_language", String(16)),
+    # How far the clock that stamped event_time (a CRM's) may have run behind ours when the value
+    # was read, in milliseconds (migration 0026): a no counts up to that much later than stamped
+    # (reconcile.Ranked.of). NULL: not known to run behind (every event before 0026).
+    Column("clock_lag_ms", Integer),
     # Replaying the same evidence must not add a row: the fingerprint is the statement's identity.
     # Keyed by subject first, so that new events land together (a fingerprint is a hash).
     UniqueConstraint("subject_id", "fingerprint"),

@@ -58,9 +58,12 @@ from consentsync.domain import (
     SubjectFlags,
     as_utc,
     canonical_json,
+    check_clock_lag,
     check_label,
     check_moment,
     check_reason,
+    clock_lag_ms,
+    clock_lag_of,
     email_forms,
     fold_astral,
     iso,
@@ -946,6 +949,9 @@ class Ledger:
         check_label(evidence.notice_version, "notice version", NOTICE_VERSION_MAX, proof=proof)
         check_label(evidence.evidence_ref, "evidence reference", EVIDENCE_REF_MAX, proof=proof)
         _check_notice_language(evidence)
+        # Kept as folded (whole milliseconds): the state ``audit verify`` folds again is the one
+        # recorded.
+        check_clock_lag(evidence.clock_lag)
         confirmed, signed_up = evidence.double_opt_in_at, evidence.event_time
         # A confirmation dated before the sign-up it confirms cannot be true (Art. 7(1)): refused
         # where the same rule refuses a blank proof label (a CRM's fields may be dated otherwise:
@@ -979,6 +985,7 @@ class Ledger:
                 evidence.notice_version,
                 evidence.notice_language,
                 evidence.evidence_ref,
+                evidence.clock_lag,
                 # A blank proof label is refused on a grant, never on a no (``validate``).
                 evidence.status,
                 evidence.origin,
@@ -3515,7 +3522,7 @@ SOFT_OPT_IN_COLUMNS = (
 EVENT_COLUMNS = (
     "subject_id", "purpose", "channel", "status", "basis", "event_time", "recorded_at", "source",
     "origin", "actor", "notice_version", "double_opt_in_at", "evidence_ref", "fingerprint", "run_id",
-    *SOFT_OPT_IN_COLUMNS, "notice_language",
+    *SOFT_OPT_IN_COLUMNS, "notice_language", "clock_lag_ms",
 )  # fmt: skip
 
 
@@ -3577,6 +3584,7 @@ def _event_evidence(row: Any) -> Evidence:
         evidence_ref=row.evidence_ref,
         soft_opt_in=soft_opt_in,
         notice_language=row.notice_language,
+        clock_lag=clock_lag_of(row.clock_lag_ms),
     )
 
 
@@ -3607,6 +3615,7 @@ def _event_row(
         run_id,
         *(evidence.soft_opt_in.values() if evidence.soft_opt_in else (None, None, None, None)),
         evidence.notice_language,
+        clock_lag_ms(evidence.clock_lag),
     )
 
 
@@ -3644,6 +3653,10 @@ def _recorded_payload(
             # The language of the text shown, only where known: entries without one stay as
             # they were (``audit.agreement`` reads its absence as none).
             **({"notice_language": evidence.notice_language} if evidence.notice_language else {}),
+            # How late a no from a clock behind ours counts (``Ranked.of``): it decides
+            # precedence, so the chain vouches for it; only where known, so that every entry
+            # without one reads as it did (``audit.agreement``).
+            **({"clock_lag_ms": clock_lag_ms(evidence.clock_lag)} if evidence.clock_lag is not None else {}),
         },
         _state_tuple_json(before),
         _state_tuple_json(after),

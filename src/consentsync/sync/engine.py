@@ -33,6 +33,7 @@ from consentsync import audit, exit_codes
 from consentsync.audit import AuditRecord
 from consentsync.collector import collecting_less_often
 from consentsync.domain import (
+    CLOCK_LAG_MAX,
     STICKY_STATUSES,
     ConsentStatus,
     EffectiveState,
@@ -44,6 +45,7 @@ from consentsync.domain import (
     as_read,
     canonical_address,
     canonical_json,
+    clock_lag_of,
     email_forms,
     iso,
     without_emails,
@@ -90,7 +92,7 @@ from consentsync.mapping import (
     field_value,
 )
 from consentsync.reconcile import Rule, binding_no, no_counts_from, serves_direct_marketing, summarise
-from consentsync.sdk.clock import CrmClock, bounded_until
+from consentsync.sdk.clock import ClockOffset, CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
 from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
 from consentsync.sync import shared
@@ -224,6 +226,7 @@ OUTBOX_COLUMNS = (
     "attempts",
     "action",
 )
+_MICROSECOND = timedelta(microseconds=1)
 READ_AHEAD = 4  # batches read ahead of the commits (memory: a few thousand records at most)
 
 
@@ -527,10 +530,28 @@ class SyncEngine:
         would lie in its future, and the next read's look-back would start past the changes it
         stamps meanwhile). Nothing known of the CRM's clock: our own bound."""
         lag = timedelta(seconds=self.options.signpost_lag_seconds)
+        return bounded_until(started - lag, started, lag, self._crm_offset())
+
+    def _crm_offset(self) -> ClockOffset | None:
+        """What the CRM's answers so far said of its clock against ours (None: nothing yet, or
+        a connector that keeps no ``CrmClock``)."""
         crm_clock = getattr(self.connector, "crm_clock", None)
         clock = crm_clock() if callable(crm_clock) else None
-        offset = clock.offset() if isinstance(clock, CrmClock) else None
-        return bounded_until(started - lag, started, lag, offset)
+        return clock.offset() if isinstance(clock, CrmClock) else None
+
+    def _clock_lag(self) -> timedelta | None:
+        """How far the CRM's clock may run behind ours now (``Evidence.clock_lag`` of the values
+        read): where its answers show it behind, the most they allow (``-offset.low``), rounded
+        up to whole milliseconds (what the ledger stores: the value folded is the value kept);
+        None for a clock in step, ahead or not known, whose values are read as before. Taken
+        once a page: the records of a page were read together."""
+        offset = self._crm_offset()
+        if offset is None or not offset.behind:
+            return None
+        microseconds = -offset.low // _MICROSECOND
+        # At most a day: the clock takes no Date further off for the CRM's (MAX_PLAUSIBLE_OFFSET),
+        # and the rounding must not carry the lag past what the ledger keeps.
+        return min(timedelta(milliseconds=-(-microseconds // 1000)), CLOCK_LAG_MAX)
 
     def _run(self, *, full: bool, dry_run: bool) -> RunReport:
         started = self.ledger.clock()
@@ -1119,6 +1140,7 @@ class SyncEngine:
         now, or a field read now was not before, and what its CRM record should show is decided
         again."""
         now = self.ledger.clock()
+        clock_lag = self._clock_lag()
         counts = report.counts
         counts.read += len(page)
         # Deleted and merged records are handled after the page's live ones: a merge's survivor
@@ -1191,6 +1213,7 @@ class SyncEngine:
                     observed_at=now,
                     record_id=record_id,
                     held_back=held_back,
+                    clock_lag=clock_lag,
                 )
                 try:
                     evidence = self._recordable(evidence, now, to_correct)
@@ -1980,7 +2003,7 @@ class SyncEngine:
                     refused = refused or error
                     to_correct.append(str(error))
                     continue
-                undated = replace(item, event_time=None)
+                undated = replace(item, event_time=None, clock_lag=None)  # no stamp to lag
                 self.ledger.validate(undated, now=now)  # a label may still refuse it
                 kept.append(undated)
                 to_correct.append(str(error))
@@ -2126,6 +2149,7 @@ class SyncEngine:
         requests: list[RecordRequest] = []
         saying_no: list[tuple[CrmRecord, Any, str, str | None, list[Evidence]]] = []
         email_field = mapping.spec.identity.email
+        clock_lag = self._clock_lag()
         for record in with_values:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None and row.link_id not in listed:
@@ -2148,6 +2172,7 @@ class SyncEngine:
                     if earlier_values and record.earlier_values
                     else None,
                     held_back=held_back,
+                    clock_lag=clock_lag,
                 )
                 said_no = [
                     e
@@ -4645,6 +4670,8 @@ def _stored_no(row: Any) -> Evidence:
         double_opt_in_at=row.double_opt_in_at,
         evidence_ref=row.evidence_ref,
         notice_language=row.notice_language,  # carried with its proof: the text it was said under
+        # Read as it was when recorded: a no from a CRM whose clock ran behind binds as late.
+        clock_lag=clock_lag_of(row.clock_lag_ms),
     )
 
 
