@@ -198,10 +198,12 @@ class Ranked:
         late = evidence.status in _LATE_STATUSES
         if event_time is not None:
             if late:
-                sort_time = no_counts_from(event_time)
                 lag = evidence.clock_lag
-                if lag is not None:  # the one test the common case pays
-                    sort_time = max(sort_time, min(event_time + lag, evidence.observed_at))
+                sort_time = (  # the one test the common case pays
+                    no_counts_from(event_time)
+                    if lag is None
+                    else no_counts_at(event_time, lag, evidence.observed_at)
+                )
             else:
                 sort_time = event_time
         elif late:
@@ -319,6 +321,17 @@ def no_counts_from(moment: datetime) -> datetime:
     Every no is read so (a withdrawal, a refusal, an expiry, an objection), so that a consent
     captured within the same second is not taken to come after it."""
     return moment + TO_THE_SECONDS_END if not moment.microsecond else moment
+
+
+def no_counts_at(moment: datetime, clock_lag: timedelta | None, observed_at: datetime) -> datetime:
+    """When a no stamped ``moment`` counts from: ``no_counts_from``, and where the stamping clock
+    may run ``clock_lag`` behind ours (``Evidence.clock_lag``), up to that much later, never after
+    it was observed (``observed_at``). Every place that asks whether a no came after something
+    reads it so (``Ranked.of``, a confirmation link's guard)."""
+    counts = no_counts_from(moment)
+    if clock_lag is None:
+        return counts
+    return max(counts, min(moment + clock_lag, observed_at))
 
 
 class _Ordered(Protocol):

@@ -42,6 +42,7 @@ from consentsync.domain import (
     as_utc,
     check_moment,
     check_reason,
+    clock_lag_of,
     email_forms,
     iso,
     lookup_email,
@@ -85,7 +86,7 @@ from consentsync.ledger.service import (
     unliftable_erased_grant,
 )
 from consentsync.notice_texts import language_in_effect
-from consentsync.reconcile import TO_THE_SECONDS_END, Rule, no_counts_from
+from consentsync.reconcile import TO_THE_SECONDS_END, Rule, no_counts_at, no_counts_from
 
 log = structlog.get_logger("consentsync.hub")
 
@@ -1808,19 +1809,31 @@ def _refuse_if_void(conn: Connection, row: Any) -> None:
         )
     ).scalar()
     since = min(asked, row.requested_at) if asked is not None else row.requested_at
-    # A no stamped to the whole second counts from the end of that second, as the reconciler
-    # reads it (``no_counts_from``, docs/policy.md): an unsubscribe stamped 12:00:00 voids a link
-    # asked for at 12:00:00.5. Read from up to a second before, and each judged so.
+    # A no counts from when the reconciler reads it as made (``no_counts_at``, docs/policy.md):
+    # stamped to the whole second, from the end of that second (an unsubscribe stamped 12:00:00
+    # voids a link asked for at 12:00:00.5); stamped by a CRM clock running behind ours, up to
+    # its lag later, never after it was recorded. Read from up to a second before, or, for a no
+    # with a lag, recorded since; each judged so.
     said_no = conn.execute(
-        select(consent_events.c.event_time, consent_events.c.recorded_at).where(
+        select(
+            consent_events.c.event_time, consent_events.c.recorded_at, consent_events.c.clock_lag_ms
+        ).where(
             *same_key,
             consent_events.c.status.in_(_SAYING_NO),
-            func.coalesce(consent_events.c.event_time, consent_events.c.recorded_at)
-            >= since - TO_THE_SECONDS_END,
+            or_(
+                func.coalesce(consent_events.c.event_time, consent_events.c.recorded_at)
+                >= since - TO_THE_SECONDS_END,
+                and_(consent_events.c.clock_lag_ms.is_not(None), consent_events.c.recorded_at >= since),
+            ),
         )
     ).all()
     if any(
-        (no_counts_from(no.event_time) if no.event_time is not None else no.recorded_at) >= since
+        (
+            no_counts_at(no.event_time, clock_lag_of(no.clock_lag_ms), no.recorded_at)
+            if no.event_time is not None
+            else no.recorded_at
+        )
+        >= since
         for no in said_no
     ):
         raise LinkRefused(SAID_NO_LINK)
