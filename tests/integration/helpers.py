@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from consentsync_salesforce.sandbox import SalesforceSandbox
 
+from consentsync import yamlfile
 from consentsync.app import open_connector, open_ledger
 from consentsync.config import load_config
 from consentsync.demo import find_mappings
@@ -76,9 +76,9 @@ def sandbox_engine(
     """A sync engine on ``ledger`` for ``connector`` (a config entry: name, vendor, mappings,
     settings), written into the test's config as its only connector. The ledger's clock becomes
     the real one: a sandbox stamps its records with the real time, and the run's signpost follows."""
-    data = yaml.safe_load(config_path.read_text())
+    data = yamlfile.loads(config_path.read_text())
     data["connectors"] = [connector]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config_path.write_text(yamlfile.dumps(data))
     opened, mappings = open_connector(load_config(config_path), connector["name"])
     ledger.clock = utcnow
     return SyncEngine(ledger, opened, mappings, options)
@@ -201,7 +201,7 @@ def add_absent_salesforce(config_path: Path, secret: str = "not-a-secret", **ext
     """Gives the config one Salesforce connector whose CRM is not there (a free local port):
     `run` and `web` refuse a config without a connector, and its runs fail while the process
     lives on. ``extra`` adds keys to the connector (a schedule, say)."""
-    data = yaml.safe_load(config_path.read_text())
+    data = yamlfile.loads(config_path.read_text())
     root = Path(__file__).resolve().parents[2]
     data["connectors"] = [
         {
@@ -217,4 +217,4 @@ def add_absent_salesforce(config_path: Path, secret: str = "not-a-secret", **ext
             **extra,
         }
     ]
-    config_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config_path.write_text(yamlfile.dumps(data))

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 from datetime import datetime, timedelta
 
-import jwt
 import structlog
 from sqlalchemy import Connection, select
 
@@ -154,10 +153,14 @@ def make_token(
     }
     if to is not None:
         claims["to"] = address_tag(ledger, to)
+    import jwt  # here, not at the top: PyJWT loads cryptography, 40 ms of every command's start
+
     return jwt.encode(claims, _key(ledger), algorithm=ALGORITHM)
 
 
 def _claims(ledger: Ledger, token: str) -> dict[str, object]:
+    import jwt  # as in ``link``: only where a link is read
+
     try:
         return dict(
             jwt.decode(

@@ -308,13 +308,12 @@ def write_sync_config(
     """A consentsync.yaml in ``directory``: the starter config, a SQLite ledger beside it and one
     connector, ``name``, configured against the harness's sandbox (reading ``batch_size`` records
     a page and pushing ``push_batch_size`` a group, where given)."""
-    import yaml
-
+    from consentsync import yamlfile
     from consentsync.config import write_starter
 
     path = directory / "consentsync.yaml"
     write_starter(path, f"sqlite:///{directory / 'ledger.db'}")
-    data = yaml.safe_load(path.read_text())
+    data = yamlfile.loads(path.read_text())
     data["connectors"] = [
         {
             "name": name,
@@ -330,7 +329,7 @@ def write_sync_config(
             **({"push_batch_size": push_batch_size} if push_batch_size else {}),
         }
     ]
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    path.write_text(yamlfile.dumps(data))
     return path
 
 

@@ -135,11 +135,11 @@ def _captured(ledger: Any, emails: list[str], *, granted: bool) -> None:
 
 
 def _set_connector(config: Path, **settings: Any) -> None:
-    import yaml
+    from consentsync import yamlfile
 
-    data = yaml.safe_load(config.read_text())
+    data = yamlfile.loads(config.read_text())
     data["connectors"][0].update(settings)
-    config.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    config.write_text(yamlfile.dumps(data))
 
 
 def _people(harness: ContractHarness, count: int, prefix: str) -> list[str]:
