@@ -66,6 +66,10 @@ HISTORY_COLUMNS = [
 # The language of the text notice_sha256 names (the one recorded as shown, migration 0021; for
 # an event recorded without one, the version's first text's).
 HISTORY_LANGUAGE_COLUMNS = ["notice_language"]
+# How far the CRM clock that stamped the event may have run behind ours when it was read (whole
+# milliseconds, migration 0026; empty where not known to run behind): a no counts up to that much
+# after its event_time, which is why it can outrank a consent stamped a little later.
+HISTORY_CLOCK_COLUMNS = ["clock_lag_ms"]
 OBJECTION_COLUMNS = [
     "id",
     "purpose",
@@ -117,7 +121,7 @@ _OBJECTION_STATUS = {"pending": "pending", "upheld": "done", "rejected": "reject
 
 _SECTIONS = (
     ("state", "Effective state", "purposes", STATE_COLUMNS),
-    ("event", "History", "history", HISTORY_COLUMNS + HISTORY_LANGUAGE_COLUMNS),
+    ("event", "History", "history", HISTORY_COLUMNS + HISTORY_LANGUAGE_COLUMNS + HISTORY_CLOCK_COLUMNS),
     ("objection", "Objections", "objections", OBJECTION_COLUMNS + OBJECTION_DECISION_COLUMNS),
     ("crm_record", "CRM records", "crm_records", LINK_COLUMNS + LINK_HOLDER_COLUMNS),
     ("restriction", "Restrictions", "restrictions", RESTRICTION_COLUMNS),
@@ -139,6 +143,7 @@ _ADDED_LATER = (
     "status_at",
     *HISTORY_LANGUAGE_COLUMNS,
     *IDENTIFIER_LEFT_COLUMNS,
+    *HISTORY_CLOCK_COLUMNS,
 )
 
 

@@ -97,7 +97,7 @@ def test_the_csv_export_adds_left_at_after_every_released_column(world: CrmHub, 
         rows = [row for row in reader if row["record_type"] == "identifier"]
         header = reader.fieldnames or []
     assert header[: len(RELEASED_CSV_HEADER)] == RELEASED_CSV_HEADER
-    assert header[len(RELEASED_CSV_HEADER) :] == ["left_at"]
+    assert header[len(RELEASED_CSV_HEADER) :] == ["left_at", "clock_lag_ms"]  # then 0026's clock lag
     left = {row["identifier"]: row["left_at"] for row in rows}
     assert left[NEW] == "" and left[OLD].startswith("20")
 

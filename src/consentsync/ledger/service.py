@@ -3686,6 +3686,9 @@ def _event_view(row: Any) -> dict[str, Any]:
         "notice_sha256": None,  # filled by subject_view from the notice registry
         # The language recorded as shown; subject_view makes it that of the text it names.
         "notice_language": row.notice_language,
+        # How far the CRM clock that stamped a no may have run behind ours when it was read
+        # (migration 0026): the no counts up to that much after its event_time (docs/policy.md).
+        "clock_lag_ms": row.clock_lag_ms,
         **_EVENT_REFERENCES(row),
         "soft_opt_in": (
             {
