@@ -98,6 +98,11 @@ class BudgetExhausted(ConnectorError):
     """The run's or the day's API budget is (nearly) spent: stop cleanly, resume next run."""
 
 
+class RunBudgetSpent(BudgetExhausted):
+    """The run's own cap (``budget.per_run``) is spent: an admin's setting, which the engine
+    reports as the admin's to fix where a run spent it all without headway (it would again)."""
+
+
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=!-]{8,}"),
     re.compile(

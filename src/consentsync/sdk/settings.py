@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 
 from consentsync.sdk.clock import CrmClock
 from consentsync.sdk.connector import ApiUsage
-from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault
+from consentsync.sdk.errors import Action, BudgetExhausted, ErrorRule, Fault, RunBudgetSpent
 from consentsync.sdk.retry import RetryPolicy
 from consentsync.yamlfile import Problem as SettingProblem  # a validator's error at a field below it
 
@@ -107,7 +107,7 @@ class RunBudget(BaseModel):
         cursor) once connector ``name`` has made ``per_run`` calls in this run. ``calls`` names
         the calls in the message ("HubSpot API")."""
         if self.per_run is not None and usage.calls >= self.per_run:
-            raise BudgetExhausted(
+            raise RunBudgetSpent(
                 f"{name}: the run's API budget of {self.per_run} calls is spent",
                 ErrorRule(Action.RATE_LIMITED, Fault.LIMIT, "run budget spent"),
             )

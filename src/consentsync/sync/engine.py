@@ -94,7 +94,7 @@ from consentsync.mapping import (
 from consentsync.reconcile import Rule, binding_no, no_counts_from, serves_direct_marketing, summarise
 from consentsync.sdk.clock import ClockOffset, CrmClock, bounded_until
 from consentsync.sdk.connector import Connector, CrmRecord, Cursor, RecordUpdate, WriteAction, WriteResult
-from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault
+from consentsync.sdk.errors import Action, BudgetExhausted, ConnectorError, Fault, RunBudgetSpent
 from consentsync.sync import shared
 from consentsync.sync.ahead import DecisionsAhead, Recipe, changed_since, next_marked
 from consentsync.sync.decisions import (
@@ -580,7 +580,12 @@ class SyncEngine:
             if self.ledger.engine.dialect.name == "sqlite":
                 self._writer = RunWriter(self.ledger.engine)
         bound.info("sync.started", full=full, dry_run=dry_run)
+        owed_before: tuple[int, int, int] | None = None
         try:
+            if not dry_run:
+                # What this CRM was owed before the run: a run stopped on its own budget that
+                # changed none of it and read nothing new made no headway (``_fail_if_stalled``).
+                owed_before = self._owed()
             if dry_run:
                 self._plan(report, until=until, full=full)
             else:
@@ -622,6 +627,8 @@ class SyncEngine:
             said = self._located(str(error)) if error.rule.fault is Fault.CONFIG else str(error)
             report.error = f"{label}: {said}"
             report.exit_code = exit_codes.for_connector_error(error.rule)
+            if isinstance(error, RunBudgetSpent) and owed_before is not None:
+                self._fail_if_stalled(report, owed_before)
             bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
         except InvalidInput as error:
             report.status = "failed"
@@ -677,6 +684,69 @@ class SyncEngine:
         )
         structlog.contextvars.unbind_contextvars("run_id", "connector")
         return report
+
+    def _owed(self) -> tuple[int, int, int]:
+        """This CRM's pending writes, as a run's headway changes them: how many, the newest id
+        and their attempts (aggregates through the pending index: a first sync queues hundreds
+        of thousands)."""
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.max(outbox.c.id), 0),
+                    func.coalesce(func.sum(outbox.c.attempts), 0),
+                ).where(outbox.c.connector == self.name, outbox.c.status == "pending")
+            ).one()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def _fail_if_stalled(self, report: RunReport, owed_before: tuple[int, int, int]) -> None:
+        """A run stopped on its own budget (``budget.per_run``) without headway: nothing new
+        read (every record read was unchanged), no pending write sent, settled or tried, while
+        writes are owed that nothing else holds back (observe mode, the push guard). Counted in
+        ``counts.stalled_runs``, run after run; the second in a row is failed as the admin's to
+        fix (exit 2, one line): every later run would spend its calls on the same reads, the
+        writes (a withdrawal among them) never sent. One such run alone stays "stopped": a run
+        may pay calls the next does not (the hour's describes)."""
+        counts = report.counts
+        if (
+            counts.pushed
+            or counts.push_failed
+            or counts.echoes_recognised
+            or counts.deleted_records
+            or counts.quarantined
+            or counts.read > counts.unchanged_records
+        ):
+            return
+        try:
+            owed = self._owed()
+            if owed != owed_before or not owed[0]:
+                return
+            with self.ledger.engine.connect() as conn:
+                if self._why_held(conn) is not None:
+                    return
+                previous = conn.execute(
+                    select(sync_runs.c.counts)
+                    .where(sync_runs.c.connector == self.name, sync_runs.c.id != report.run_id)
+                    .order_by(sync_runs.c.started_at.desc())
+                    .limit(1)
+                ).scalar()
+        except SQLAlchemyError:
+            return  # the ledger's trouble is not the budget's: the run stays stopped
+        before = orjson.loads(previous).get("stalled_runs", 0) if previous else 0
+        counts.stalled_runs = before + 1
+        if counts.stalled_runs < 2:
+            return
+        budget = getattr(getattr(self.connector, "config", None), "budget", None)
+        per_run = getattr(budget, "per_run", None)
+        calls = self.connector.usage.calls
+        report.status = "failed"
+        report.error = (
+            f"config: settings budget.per_run {per_run} of connector {self.name!r}: {counts.stalled_runs} "
+            f"runs in a row spent it ({calls} API calls this one) on reads that brought nothing new and "
+            f"sent none of the {owed[0]} writes owed; every run would do the same; set it above {calls}, "
+            "with room for the writes"
+        )
+        report.exit_code = exit_codes.CONFIG
 
     def _queue_what_is_owed(self, report: RunReport) -> None:
         """The CRM's reads failed: what the ledger already knows it owes this CRM (a withdrawal

@@ -55,6 +55,9 @@ class RunCounts:
     pushed: int = 0
     push_failed: int = 0
     api_calls: int = 0
+    # Runs in a row, this one the last, that stopped on their own budget (budget.per_run) without
+    # headway while writes were owed (``SyncEngine._fail_if_stalled``): the second fails.
+    stalled_runs: int = 0
     api_used: int | None = None
     api_limit: int | None = None
 
