@@ -581,11 +581,12 @@ class SyncEngine:
                 self._writer = RunWriter(self.ledger.engine)
         bound.info("sync.started", full=full, dry_run=dry_run)
         owed_before: tuple[int, int, int] | None = None
+        positions: dict[str, object] = {}
         try:
             if not dry_run:
-                # What this CRM was owed before the run: a run stopped on its own budget that
-                # changed none of it and read nothing new made no headway (``_fail_if_stalled``).
-                owed_before = self._owed()
+                # What this CRM was owed before the run, and where its reads stood: a run stopped
+                # on its own budget that changed neither made no headway (``_fail_if_stalled``).
+                owed_before, positions = self._owed(), self._read_positions()
             if dry_run:
                 self._plan(report, until=until, full=full)
             else:
@@ -628,7 +629,7 @@ class SyncEngine:
             report.error = f"{label}: {said}"
             report.exit_code = exit_codes.for_connector_error(error.rule)
             if isinstance(error, RunBudgetSpent) and owed_before is not None:
-                self._fail_if_stalled(report, owed_before)
+                self._fail_if_stalled(report, owed_before, positions)
             bound.error("sync.interrupted", status=report.status, reason=error.rule.reason, error=str(error))
         except InvalidInput as error:
             report.status = "failed"
@@ -699,14 +700,36 @@ class SyncEngine:
             ).one()
         return int(row[0]), int(row[1]), int(row[2])
 
-    def _fail_if_stalled(self, report: RunReport, owed_before: tuple[int, int, int]) -> None:
+    def _read_positions(self) -> dict[str, object]:
+        """Where each of this connector's reads of its CRM stands: its stored cursor less
+        ``read_until`` (the bound every run moves), by object. A read through a backlog of
+        changes that say nothing new of consent moves it; so does every read of a CRM whose
+        position is a token it renews each time (hence read with the count of records read)."""
+        with self.ledger.engine.connect() as conn:
+            rows = conn.execute(
+                select(sync_cursors.c.object_type, sync_cursors.c.cursor).where(
+                    sync_cursors.c.connector == self.name, ~sync_cursors.c.object_type.startswith("~")
+                )
+            ).all()
+        positions: dict[str, object] = {}
+        for object_type, stored in rows:
+            value = orjson.loads(stored) if stored else None
+            if isinstance(value, dict):
+                value.pop("read_until", None)
+            positions[object_type] = value
+        return positions
+
+    def _fail_if_stalled(
+        self, report: RunReport, owed_before: tuple[int, int, int], positions: dict[str, object]
+    ) -> None:
         """A run stopped on its own budget (``budget.per_run``) without headway: nothing new
-        read (every record read was unchanged), no pending write sent, settled or tried, while
-        writes are owed that nothing else holds back (observe mode, the push guard). Counted in
-        ``counts.stalled_runs``, run after run; the second in a row is failed as the admin's to
-        fix (exit 2, one line): every later run would spend its calls on the same reads, the
-        writes (a withdrawal among them) never sent. One such run alone stays "stopped": a run
-        may pay calls the next does not (the hour's describes)."""
+        read (every record read said nothing new, and none moved a read on), no pending write
+        sent, settled or tried. Counted in ``counts.stalled_runs``, run after run; the second in a
+        row is failed as the admin's to fix (exit 2, one line): every later run would spend its
+        calls on the same reads, the writes owed (a withdrawal among them) never sent, or, where
+        none is owed or they are held (observe mode, the push guard), the reads never finished (a
+        no given in the CRM on an object read later would never be read). One such run alone
+        stays "stopped": a run may pay calls the next does not (the hour's describes)."""
         counts = report.counts
         if (
             counts.pushed
@@ -718,12 +741,13 @@ class SyncEngine:
         ):
             return
         try:
+            if counts.read and self._read_positions() != positions:
+                return  # records read moved a read on: a backlog of other changes, say
             owed = self._owed()
-            if owed != owed_before or not owed[0]:
+            if owed != owed_before:
                 return
             with self.ledger.engine.connect() as conn:
-                if self._why_held(conn) is not None:
-                    return
+                held = owed[0] and self._why_held(conn) is not None
                 previous = conn.execute(
                     select(sync_runs.c.counts)
                     .where(sync_runs.c.connector == self.name, sync_runs.c.id != report.run_id)
@@ -739,12 +763,17 @@ class SyncEngine:
         budget = getattr(getattr(self.connector, "config", None), "budget", None)
         per_run = getattr(budget, "per_run", None)
         calls = self.connector.usage.calls
+        lost = (
+            f"none of the {owed[0]} writes owed sent"
+            if owed[0] and not held
+            else "its reads never finished (a change in the CRM may never be read)"
+        )
         report.status = "failed"
         report.error = (
             f"config: settings budget.per_run {per_run} of connector {self.name!r}: {counts.stalled_runs} "
-            f"runs in a row spent it ({calls} API calls this one) on reads that brought nothing new and "
-            f"sent none of the {owed[0]} writes owed; every run would do the same; set it above {calls}, "
-            "with room for the writes"
+            f"runs in a row spent it ({calls} API calls this one) without headway, nothing new read and "
+            f"{lost}; every run would do the same; set it above {calls}"
+            + (", with room for the writes" if owed[0] and not held else "")
         )
         report.exit_code = exit_codes.CONFIG
 
