@@ -395,6 +395,12 @@ class SalesforceConnector(sdk.Connector):
         self._describes.pop(object_type, None)
         self._described_earlier.discard(object_type)
 
+    def rewound(self, cursor: sdk.Cursor, by: timedelta) -> sdk.Cursor | None:
+        """As every connector goes back for a clock set back (``Connector.rewound``). A held transaction's
+        token names a moment of the org's clock (the hold, the cursor's ``read_until``): the read goes
+        back from the earlier of it and the position, as a plain one."""
+        return sdk.rewound_plain(cursor, by)
+
     def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
         """As every connector resumes a plain cursor (the look-back window behind it). A cursor
         holding the start of an open transaction (its token, ``_Hold``) is kept as it is: its

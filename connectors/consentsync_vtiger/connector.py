@@ -430,6 +430,12 @@ class VtigerConnector(sdk.Connector):
 
     # -- deletions -----------------------------------------------------------------------------
 
+    def rewound(self, cursor: sdk.Cursor, by: timedelta) -> sdk.Cursor | None:
+        """As every connector goes back for a clock set back (``Connector.rewound``). A deletion listing's
+        token says what of a sync batch was handed over, no position of its own: the listing goes back
+        from the position as a plain one (its batches listed whole again)."""
+        return sdk.rewound_plain(cursor, by)
+
     def resume_from(self, cursor: sdk.Cursor, lookback: timedelta | None = None) -> sdk.Cursor:
         """As every connector resumes; the window is kept, so that a deletion listing knows how
         far behind the stored position it may start (``read_deletions``). A deletion listing's

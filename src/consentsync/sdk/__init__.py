@@ -13,6 +13,7 @@ from consentsync.sdk.connector import (
     RecordUpdate,
     WriteAction,
     WriteResult,
+    rewound_plain,
 )
 from consentsync.sdk.errors import (
     Action,
@@ -91,6 +92,7 @@ __all__ = [
     "response_error",
     "retry_after",
     "retry_after_value",
+    "rewound_plain",
     "state_dir",
     "write_in_passes",
 ]

@@ -93,6 +93,20 @@ class Cursor:
         return (modstamp, record_id) > (self.modstamp, self.record_id or "")
 
 
+def _earliest_moment(cursor: Cursor) -> datetime:
+    """The earlier of a cursor's position and its read's bound (a bound the CRM said its changes
+    were whole up to lies before the position). Only for a cursor with a position."""
+    assert cursor.modstamp is not None
+    return min(cursor.modstamp, cursor.read_until or cursor.modstamp)
+
+
+def rewound_plain(cursor: Cursor, by: timedelta) -> Cursor | None:
+    """``Connector.rewound`` for a connector whose token holds no position of its own (a
+    moment of the CRM's clock, or what of a batch was handed over): the cursor ``by`` earlier as
+    a plain position, its token dropped (the read from there is a plain one)."""
+    return None if cursor.modstamp is None else Cursor(_earliest_moment(cursor) - by)
+
+
 @dataclass(frozen=True, slots=True)
 class CrmRecord:
     """One record as the CRM holds it now, or the news that it is gone.
@@ -348,9 +362,9 @@ class Connector(ABC):
 
     def resume_from(self, cursor: Cursor, lookback: timedelta | None = None) -> Cursor:
         """Where an incremental read starts: ``lookback`` (the connector's own by default)
-        before the stored position, from the first record of that moment, but never before the
-        window behind the last read's upper bound (a change stamped earlier than that was visible
-        to that read: it was read then), and at the stored position itself when that lies
+        before the stored position, from the first record of that moment; where the last read's
+        upper bound is kept, the window behind that bound (a change stamped earlier than that was
+        visible to that read: it was read then), and the stored position itself when that lies
         before the window (nothing at or before it can still appear). A cursor holding a CRM
         token (a delta link) is the CRM's own commit-ordered position: it is kept."""
         window = self.lookback if lookback is None else lookback
@@ -361,8 +375,24 @@ class Connector(ABC):
             settled = cursor.read_until - window
             if cursor.modstamp <= settled:
                 return Cursor(cursor.modstamp, cursor.record_id)
-            start = max(start, settled)
+            # The window behind the bound, not behind the position, even where the position
+            # lies past the bound: records stamped after the bound were read, but a change
+            # stamped before the position may still appear there (a bound the CRM said its
+            # changes were whole up to, ``covered_until``; a position stamped by a CRM clock
+            # that was set back since, whose new stamps fall behind it).
+            start = settled
         return Cursor(start, None, None)
+
+    def rewound(self, cursor: Cursor, by: timedelta) -> Cursor | None:
+        """``cursor`` moved ``by`` earlier, for a read to start from where the CRM's clock was set
+        back by up to ``by`` since the cursor's read (the engine measures it from the CRM's
+        answers, ``crm_clock``): the changes the CRM stamps since lie up to that much behind the
+        positions its clock stamped before. A plain position at its moment less ``by``; None for
+        a position that is no moment of the CRM's clock (a delta token: commit-ordered, which no
+        clock moves). A connector whose token holds a moment of the clock overrides it."""
+        if cursor.modstamp is None or cursor.token is not None:
+            return None
+        return Cursor(_earliest_moment(cursor) - by)
 
     def crm_clock(self) -> CrmClock | None:
         """What the CRM's answers said of its clock (their ``Date`` headers), which the engine

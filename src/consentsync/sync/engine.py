@@ -124,6 +124,10 @@ DELETIONS = "#deleted"  # suffix of the sync_cursors row of an object's deletion
 # still going through every record again after a change of those (see ``SyncEngine._reads``).
 READS_KEY = "reads"
 REREADING_KEY = "rereading"
+# Also kept there: how far the CRM's clock ran ahead of ours (its answers' ``Date``, as
+# ``ClockOffset``: microseconds, low and high) when the records up to the position were read; a
+# later read measuring it lower knows the clock was set back since (``_rewind_if_set_back``).
+CLOCK_KEY = "crm_clock"
 # The run id of a cursor an admin placed (consentsync state reset): a position chosen by hand.
 _RESET_RUN_PREFIX = "state-reset"
 T = TypeVar("T")
@@ -474,6 +478,8 @@ class SyncEngine:
         connector_reading = None if reading is None else str(reading)
         self._read_digests = {m.object: reading_digest(m, connector_reading) for m in self.mappings}
         self._rereading: set[str] = set()  # the reads of this run going through everything again
+        # Each read's CRM clock offset stored with its cursor (``CLOCK_KEY``), as this run found it.
+        self._clock_from: dict[str, ClockOffset | None] = {}
         self._history_bounds: dict[str, Cursor] = {}  # theirs, where one is known (``_reads``)
         # While a run's reads go on: the grants held for them, by (object, record id), and when
         # the run started (``_commit_page``, ``_weigh_held_over``).
@@ -538,6 +544,48 @@ class SyncEngine:
         crm_clock = getattr(self.connector, "crm_clock", None)
         clock = crm_clock() if callable(crm_clock) else None
         return clock.offset() if isinstance(clock, CrmClock) else None
+
+    def _clock_frame(self, key: str) -> ClockOffset | None:
+        """The CRM clock offset stored with read ``key``'s cursor: the one its answers show now,
+        except where they show the clock set back since the offset the stored cursor was read
+        under and the read has not yet gone back for it (``_rewind_if_set_back``): that one is
+        kept, so a run cut before it did still knows the clock was set back."""
+        before, now = self._clock_from.get(key), self._crm_offset()
+        if now is None or (before is not None and _set_back_by(before, now) is not None):
+            return before
+        return now
+
+    def _rewind_if_set_back(self, reads: list[_Read], report: RunReport) -> set[str]:
+        """The reads (keys) whose CRM clock was set back since their stored cursors were read:
+        the changes it stamps since lie behind the positions its clock stamped before, where this
+        run's reads, started from those positions, did not look. Each such cursor is moved back
+        by as much as the clock went (``Connector.rewound``), its offset now the one measured, for
+        the run to read it once more (what it read again is recognised by its snapshot). A read
+        that a CRM token positions (a delta link) is left as it is."""
+        now = self._crm_offset()
+        if now is None:
+            return set()
+        rewound: set[str] = set()
+        for read in reads:
+            before = self._clock_from.get(read.key)
+            by = _set_back_by(before, now) if before is not None else None
+            if by is None:
+                continue
+            start = self.connector.rewound(read.since, by)
+            if start is None:
+                continue
+            failpoint("sync.clock_set_back")  # the crash tests: cut before the cursor goes back
+            self._clock_from[read.key] = now
+            with self._transaction() as conn:
+                self._save_cursor(conn, read.key, start, report.run_id, self.ledger.clock())
+            log.warning(
+                "sync.crm_clock_set_back",
+                object=read.key,
+                seconds_at_most=round(by.total_seconds(), 3),
+                read_again_from=start.modstamp.isoformat() if start.modstamp else None,
+            )
+            rewound.add(read.key)
+        return rewound
 
     def _clock_lag(self) -> timedelta | None:
         """How far the CRM's clock may run behind ours now (``Evidence.clock_lag`` of the values
@@ -716,6 +764,7 @@ class SyncEngine:
             value = orjson.loads(stored) if stored else None
             if isinstance(value, dict):
                 value.pop("read_until", None)
+                value.pop(CLOCK_KEY, None)  # measured again by every read
             positions[object_type] = value
         return positions
 
@@ -955,14 +1004,18 @@ class SyncEngine:
                 sync_cursors.c.connector == self.name, sync_cursors.c.object_type == key
             )
         ).first()
+        self._clock_from[key] = None
         if wanted is None:  # a deletion listing: what it lists does not depend on the mapping
-            return (Cursor.from_json(orjson.loads(row.cursor)) if row else Cursor()), False, None
+            data = orjson.loads(row.cursor) if row else None
+            self._clock_from[key] = _stored_offset(data)
+            return Cursor.from_json(data), False, None
         if row is None:
             # A first read, or a cursor an admin removed (state reset) after records were seen:
             # under which mapping is not known, so none is skipped as read as last seen.
             return Cursor(), self._object_seen(conn, key), None
         data = orjson.loads(row.cursor)
         cursor = Cursor.from_json(data)
+        self._clock_from[key] = _stored_offset(data)
         held = data.get(READS_KEY) if isinstance(data, dict) else None
         if not (isinstance(data, dict) and data.get(REREADING_KEY)):
             # A history bound belongs to a read of every record again still under way only.
@@ -1022,11 +1075,12 @@ class SyncEngine:
         full: bool,
         dry_run: bool,
         spooled: Iterator[tuple[_Read, list[CrmRecord] | None, Cursor | None]] | None = None,
+        only: set[str] | None = None,
     ) -> None:
-        """Reads every mapped object's changes, committing page by page. The reads run one after
-        the other in a reader thread one page ahead of the commits, across objects too: the next
-        object's first page is on its way while the last one's is committed. A plan hands in
-        the pages it read beforehand (``spooled``)."""
+        """Reads every mapped object's changes (``only``: those reads), committing page by page.
+        The reads run one after the other in a reader thread one page ahead of the commits,
+        across objects too: the next object's first page is on its way while the last one's is
+        committed. A plan hands in the pages it read beforehand (``spooled``)."""
 
         def take(
             read: _Read, page: list[CrmRecord] | None, final: Cursor | None, *, defer: bool = False
@@ -1050,6 +1104,8 @@ class SyncEngine:
             return
         with self._transaction() as conn:
             reads = self._reads(conn, report, full=full, dry_run=dry_run)
+        if only is not None:
+            reads = [read for read in reads if read.key in only]
         # A few batches ahead: a CRM page holds several of our batches, and the next CRM page
         # must be on its way while the last batches of this one are committed.
         readers = [self.connector.reader() for _ in reads[1:]]
@@ -1094,6 +1150,12 @@ class SyncEngine:
                 self._commit_deferred()
         if self.stop_requested.is_set():
             raise _Stop
+        if only is None and not dry_run:
+            # Every read ended: the CRM's answers tell its clock now. Where it was set back
+            # since a read's cursor was stored, that read goes once more from as far back.
+            rewound = self._rewind_if_set_back(reads, report)
+            if rewound:
+                self._pull_pages(report, until=until, full=False, dry_run=False, only=rewound)
 
     def _pages_of(
         self, reads: list[_Read], until: datetime, connector: Connector
@@ -4580,6 +4642,9 @@ class SyncEngine:
             stored[READS_KEY] = digest
             if object_type in self._rereading:
                 stored[REREADING_KEY] = True
+        frame = self._clock_frame(object_type)
+        if frame is not None:
+            stored[CLOCK_KEY] = {"low_us": frame.low // _MICROSECOND, "high_us": frame.high // _MICROSECOND}
         upsert_rows(
             conn,
             sync_cursors,
@@ -4826,6 +4891,26 @@ def _repeats(history: Sequence[Any], fields: str, action: str, shown: dict[str, 
         name in wanted or (name in shown and crm_key(shown[name]) == crm_key(value))
         for name, value in sent.items()
     )
+
+
+def _stored_offset(data: object) -> ClockOffset | None:
+    """The CRM clock offset kept in a stored cursor's JSON (``CLOCK_KEY``), or None."""
+    kept = data.get(CLOCK_KEY) if isinstance(data, dict) else None
+    if not isinstance(kept, dict):
+        return None
+    low, high = kept.get("low_us"), kept.get("high_us")
+    if not isinstance(low, int) or not isinstance(high, int) or low > high:
+        return None
+    return ClockOffset(low * _MICROSECOND, high * _MICROSECOND)
+
+
+def _set_back_by(before: ClockOffset, now: ClockOffset) -> timedelta | None:
+    """How far the CRM's clock may have been set back between two measures of it, where it
+    surely was (even the highest reading now lies below the lowest before; within the margins of
+    one answer it may have stayed where it was): the most it went, else None."""
+    if now.high >= before.low:
+        return None
+    return before.high - now.low
 
 
 def _later(candidate: Cursor, position: Cursor) -> bool:
