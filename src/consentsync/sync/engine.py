@@ -43,6 +43,7 @@ from consentsync.domain import (
     ObjectionStatus,
     Origin,
     as_read,
+    as_utc,
     canonical_address,
     canonical_json,
     clock_lag_of,
@@ -478,8 +479,12 @@ class SyncEngine:
         connector_reading = None if reading is None else str(reading)
         self._read_digests = {m.object: reading_digest(m, connector_reading) for m in self.mappings}
         self._rereading: set[str] = set()  # the reads of this run going through everything again
-        # Each read's CRM clock offset stored with its cursor (``CLOCK_KEY``), as this run found it.
+        # Each read's CRM clock offset stored with its cursor (``CLOCK_KEY``), as this run found it,
+        # and where a read cut short after the clock was set back started (``_clock_frame``);
+        # where this run's reads start (``Connector.rewound`` by nothing: a moment of the clock).
         self._clock_from: dict[str, ClockOffset | None] = {}
+        self._back_from: dict[str, datetime | None] = {}
+        self._started_from: dict[str, datetime | None] = {}
         self._history_bounds: dict[str, Cursor] = {}  # theirs, where one is known (``_reads``)
         # While a run's reads go on: the grants held for them, by (object, record id), and when
         # the run started (``_commit_page``, ``_weigh_held_over``).
@@ -545,38 +550,61 @@ class SyncEngine:
         clock = crm_clock() if callable(crm_clock) else None
         return clock.offset() if isinstance(clock, CrmClock) else None
 
-    def _clock_frame(self, key: str) -> ClockOffset | None:
-        """The CRM clock offset stored with read ``key``'s cursor: the one its answers show now,
-        except where they show the clock set back since the offset the stored cursor was read
-        under and the read has not yet gone back for it (``_rewind_if_set_back``): that one is
-        kept, so a run cut before it did still knows the clock was set back."""
+    def _clock_frame(self, key: str) -> tuple[ClockOffset | None, datetime | None]:
+        """The CRM clock offset stored with read ``key``'s cursor, and where a read is to go back
+        from: the offset its answers show now, except where they show the clock set back since
+        the offset the stored cursor was read under and the read has not yet gone back for it
+        (``_rewind_if_set_back``). That one is kept then, with the earliest place a read started
+        from since (this run's, or a run's before it cut short the same way): a run cut before
+        it went back (a kill, its budget) still moved the position on through what the set-back
+        clock stamped later, and the next run must go back from where the clock was last right,
+        not from that position."""
         before, now = self._clock_from.get(key), self._crm_offset()
-        if now is None or (before is not None and _set_back_by(before, now) is not None):
-            return before
-        return now
+        if now is None:
+            return before, self._back_from.get(key)
+        if before is not None and _set_back_by(before, now) is not None:
+            starts = [moment for moment in (self._back_from.get(key), self._started_from.get(key)) if moment]
+            return before, min(starts, default=None)
+        return now, None
+
+    def _set_back_start(self, read: _Read, now: ClockOffset) -> tuple[Cursor | None, timedelta | None]:
+        """Where ``read`` goes back to for a CRM clock set back since its stored cursor was read
+        (``Connector.rewound``: by as much as the clock went, from where this read, or a read
+        cut short before it, started), and by how much; (None, how much) where it cannot go back
+        (a read from the first record, a CRM token), (None, None) where the clock was not set
+        back."""
+        before = self._clock_from.get(read.key)
+        by = _set_back_by(before, now) if before is not None else None
+        if by is None:
+            return None, None
+        start = self.connector.rewound(read.since, by)
+        earlier = self._back_from.get(read.key)
+        if start is not None and start.modstamp is not None and earlier is not None:
+            start = Cursor(min(start.modstamp, earlier - by))
+        return start, by
 
     def _rewind_if_set_back(self, reads: list[_Read], report: RunReport) -> set[str]:
         """The reads (keys) whose CRM clock was set back since their stored cursors were read:
         the changes it stamps since lie behind the positions its clock stamped before, where this
         run's reads, started from those positions, did not look. Each such cursor is moved back
-        by as much as the clock went (``Connector.rewound``), its offset now the one measured, for
+        by as much as the clock went (``_set_back_start``), its offset now the one measured, for
         the run to read it once more (what it read again is recognised by its snapshot). A read
-        that a CRM token positions (a delta link) is left as it is."""
+        from the first record (``sync --full``, a mapping changed), or one a CRM token positions
+        (a delta link), missed nothing of it: its cursor just takes the offset measured."""
         now = self._crm_offset()
         if now is None:
             return set()
         rewound: set[str] = set()
         for read in reads:
-            before = self._clock_from.get(read.key)
-            by = _set_back_by(before, now) if before is not None else None
+            start, by = self._set_back_start(read, now)
             if by is None:
                 continue
-            start = self.connector.rewound(read.since, by)
-            if start is None:
-                continue
             failpoint("sync.clock_set_back")  # the crash tests: cut before the cursor goes back
-            self._clock_from[read.key] = now
+            self._clock_from[read.key], self._back_from[read.key] = now, None
             with self._transaction() as conn:
+                if start is None:
+                    self._restamp_clock(conn, read.key, report.run_id)
+                    continue
                 self._save_cursor(conn, read.key, start, report.run_id, self.ledger.clock())
             log.warning(
                 "sync.crm_clock_set_back",
@@ -587,15 +615,60 @@ class SyncEngine:
             rewound.add(read.key)
         return rewound
 
-    def _clock_lag(self) -> timedelta | None:
-        """How far the CRM's clock may run behind ours now (``Evidence.clock_lag`` of the values
-        read): where its answers show it behind, the most they allow (``-offset.low``), rounded
-        up to whole milliseconds (what the ledger stores: the value folded is the value kept);
-        None for a clock in step, ahead or not known, whose values are read as before. Taken
-        once a page: the records of a page were read together."""
-        offset = self._crm_offset()
-        if offset is None or not offset.behind:
+    def _reads_gone_back(self, reads: list[_Read]) -> list[_Read]:
+        """For a plan: the reads once more from where ``_rewind_if_set_back`` would take them
+        (nothing is stored: the plan's transaction is rolled back), so that the plan shows what
+        the run would do."""
+        now = self._crm_offset()
+        again: list[_Read] = []
+        for read in reads if now is not None else []:
+            start, _ = self._set_back_start(read, now)
+            if start is not None:
+                since = self.connector.resume_from(start, self._lookback())
+                gone_back = _Read(read.mapping, read.key, start, since, read.deletions)
+                gone_back.rethink = read.rethink
+                again.append(gone_back)
+        return again
+
+    def _restamp_clock(self, conn: Connection, key: str, run_id: str) -> None:
+        """Read ``key``'s stored cursor as it is, with the CRM clock offset measured now."""
+        row = conn.execute(
+            select(sync_cursors.c.cursor).where(
+                sync_cursors.c.connector == self.name, sync_cursors.c.object_type == key
+            )
+        ).first()
+        if row is None:
+            return
+        data = orjson.loads(row.cursor)
+        if not isinstance(data, dict):
+            return
+        frame = self._crm_offset()
+        if frame is None:
+            return
+        data[CLOCK_KEY] = _offset_json(frame, None)
+        conn.execute(
+            update(sync_cursors)
+            .where(sync_cursors.c.connector == self.name, sync_cursors.c.object_type == key)
+            .values(cursor=canonical_json(data), run_id=run_id)
+        )
+
+    def _clock_lag(self, object_type: str | None = None) -> timedelta | None:
+        """How far the CRM's clock may have run behind ours when it stamped the values read
+        (``Evidence.clock_lag``): where its answers show it behind, now or when the cursors of
+        ``object_type``'s reads (its changes, its deletions) were stored (a value changed since
+        was stamped by the clock as it ran then or as it runs now: a clock put right since the
+        last read does not make a no stamped behind count as stamped), the most they allow
+        (``-offset.low``), rounded up to whole
+        milliseconds (what the ledger stores: the value folded is the value kept); None for a
+        clock in step, ahead or not known, whose values are read as before. Taken once a page:
+        the records of a page were read together."""
+        known = [self._crm_offset()]
+        if object_type is not None:
+            known += [self._clock_from.get(object_type), self._clock_from.get(object_type + DELETIONS)]
+        behind = [offset for offset in known if offset is not None and offset.behind]
+        if not behind:
             return None
+        offset = min(behind, key=lambda found: found.low)
         microseconds = -offset.low // _MICROSECOND
         # At most a day: the clock takes no Date further off for the CRM's (MAX_PLAUSIBLE_OFFSET),
         # and the rounding must not carry the lag past what the ledger keeps.
@@ -839,6 +912,29 @@ class SyncEngine:
         except SQLAlchemyError as error:
             log.error("sync.owed_not_queued", error=type(error).__name__)
 
+    def _spool_pages(
+        self,
+        report: RunReport,
+        reads: list[_Read],
+        until: datetime,
+        spool: PageSpool,
+        *,
+        only: list[_Read] | None = None,
+    ) -> None:
+        """A plan's reads (``only``: those of ``reads``) into ``spool``, each page by its read's
+        place in ``reads``."""
+        number = {id(read): index for index, read in enumerate(reads)}
+        pages = iter(self._pages_of(reads if only is None else only, until, self.connector))
+        while True:
+            with _timed(report, "read"):
+                item = next(pages, None)
+            if item is None:
+                break
+            if self.stop_requested.is_set():
+                raise _Stop
+            read, page, final = item
+            spool.add((number[id(read)], page, final))
+
     def _plan(self, report: RunReport, *, until: datetime, full: bool) -> None:
         """A dry run: the whole run in one transaction that is rolled back, so that every page
         sees what earlier pages did, and the plan is exactly what a real run would do now.
@@ -848,18 +944,14 @@ class SyncEngine:
         CRM's answers (a first read of a large CRM takes minutes)."""
         with reading(self.ledger.engine) as conn:
             reads = self._reads(conn, report, full=full, dry_run=True)
-        number = {id(read): index for index, read in enumerate(reads)}
         with PageSpool() as spool:
-            pages = iter(self._pages_of(reads, until, self.connector))
-            while True:
-                with _timed(report, "read"):
-                    item = next(pages, None)
-                if item is None:
-                    break
-                if self.stop_requested.is_set():
-                    raise _Stop
-                read, page, final = item
-                spool.add((number[id(read)], page, final))
+            self._spool_pages(report, reads, until, spool)
+            # Where the CRM's clock was set back since a read's cursor was stored, the run reads
+            # it once more from as far back (``_rewind_if_set_back``): so does the plan.
+            again = self._reads_gone_back(reads)
+            if again:
+                reads += again
+                self._spool_pages(report, reads, until, spool, only=again)
             with self.ledger.engine.connect() as conn:
                 outer = conn.begin()
                 self._shared = conn
@@ -991,6 +1083,8 @@ class SyncEngine:
                     self._history_bounds[key] = passed
                 read = _Read(mapping, key, stored, since, key.endswith(DELETIONS))
                 read.rethink = rethink
+                began = self.connector.rewound(since, timedelta(0))
+                self._started_from[key] = began.modstamp if began is not None else None
                 reads.append(read)
         return reads
 
@@ -1004,10 +1098,10 @@ class SyncEngine:
                 sync_cursors.c.connector == self.name, sync_cursors.c.object_type == key
             )
         ).first()
-        self._clock_from[key] = None
+        self._clock_from[key], self._back_from[key] = None, None
         if wanted is None:  # a deletion listing: what it lists does not depend on the mapping
             data = orjson.loads(row.cursor) if row else None
-            self._clock_from[key] = _stored_offset(data)
+            self._clock_from[key], self._back_from[key] = _stored_offset(data), _stored_back_from(data)
             return Cursor.from_json(data), False, None
         if row is None:
             # A first read, or a cursor an admin removed (state reset) after records were seen:
@@ -1015,7 +1109,7 @@ class SyncEngine:
             return Cursor(), self._object_seen(conn, key), None
         data = orjson.loads(row.cursor)
         cursor = Cursor.from_json(data)
-        self._clock_from[key] = _stored_offset(data)
+        self._clock_from[key], self._back_from[key] = _stored_offset(data), _stored_back_from(data)
         held = data.get(READS_KEY) if isinstance(data, dict) else None
         if not (isinstance(data, dict) and data.get(REREADING_KEY)):
             # A history bound belongs to a read of every record again still under way only.
@@ -1301,7 +1395,7 @@ class SyncEngine:
         now, or a field read now was not before, and what its CRM record should show is decided
         again."""
         now = self.ledger.clock()
-        clock_lag = self._clock_lag()
+        clock_lag = self._clock_lag(mapping.object)
         counts = report.counts
         counts.read += len(page)
         # Deleted and merged records are handled after the page's live ones: a merge's survivor
@@ -2310,7 +2404,7 @@ class SyncEngine:
         requests: list[RecordRequest] = []
         saying_no: list[tuple[CrmRecord, Any, str, str | None, list[Evidence]]] = []
         email_field = mapping.spec.identity.email
-        clock_lag = self._clock_lag()
+        clock_lag = self._clock_lag(mapping.object)
         for record in with_values:
             row = held.get(record.record_id)
             if row is not None and row.gone_at is not None and row.link_id not in listed:
@@ -4642,9 +4736,9 @@ class SyncEngine:
             stored[READS_KEY] = digest
             if object_type in self._rereading:
                 stored[REREADING_KEY] = True
-        frame = self._clock_frame(object_type)
+        frame, back_from = self._clock_frame(object_type)
         if frame is not None:
-            stored[CLOCK_KEY] = {"low_us": frame.low // _MICROSECOND, "high_us": frame.high // _MICROSECOND}
+            stored[CLOCK_KEY] = _offset_json(frame, back_from)
         upsert_rows(
             conn,
             sync_cursors,
@@ -4902,6 +4996,25 @@ def _stored_offset(data: object) -> ClockOffset | None:
     if not isinstance(low, int) or not isinstance(high, int) or low > high:
         return None
     return ClockOffset(low * _MICROSECOND, high * _MICROSECOND)
+
+
+def _stored_back_from(data: object) -> datetime | None:
+    """Where a read cut short after the CRM's clock was set back started (``_clock_frame``), as
+    kept in a stored cursor's JSON, or None."""
+    kept = data.get(CLOCK_KEY) if isinstance(data, dict) else None
+    moment = kept.get("back_from") if isinstance(kept, dict) else None
+    try:
+        return as_utc(datetime.fromisoformat(moment)) if isinstance(moment, str) else None
+    except ValueError:
+        return None
+
+
+def _offset_json(offset: ClockOffset, back_from: datetime | None) -> dict[str, Any]:
+    """A CRM clock offset (and where to go back from) as kept in a stored cursor's JSON."""
+    kept: dict[str, Any] = {"low_us": offset.low // _MICROSECOND, "high_us": offset.high // _MICROSECOND}
+    if back_from is not None:
+        kept["back_from"] = back_from.isoformat()
+    return kept
 
 
 def _set_back_by(before: ClockOffset, now: ClockOffset) -> timedelta | None:
